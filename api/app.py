@@ -1,0 +1,51 @@
+"""The API application factory and its routes table."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from api import keys
+from api.chat import CTX, chat_completions
+from api.context import ApiContext
+from shared.http import error_middleware, json_response
+
+
+def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=ctx.settings.max_body_bytes)
+    app[CTX] = ctx
+    app.router.add_get("/health", health)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/api_management/create-api-key/", keys.create_api_key)
+    app.router.add_post("/api_management/create-api-key", keys.create_api_key)
+    if run_background:
+        app.cleanup_ctx.append(_background)
+    app.on_shutdown.append(_cancel_in_flight)
+    return app
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CTX]
+    tasks = [asyncio.create_task(ctx.metagraph.run())]
+    if ctx.availability is not None:
+        tasks.append(asyncio.create_task(ctx.availability.run()))
+    yield
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _cancel_in_flight(app: web.Application) -> None:
+    ctx = app[CTX]
+    for t in list(ctx.background):
+        t.cancel()
+    await asyncio.gather(*ctx.background, return_exceptions=True)
+
+
+async def health(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    snap = ctx.metagraph.snapshot
+    return json_response({"status": "ok", "hotkey": ctx.client.signer.hotkey, "neurons": len(snap.neurons),
+                          "serving": len(snap.serving(exclude_hotkey=ctx.client.signer.hotkey))})

@@ -1,0 +1,171 @@
+"""``POST /v1/chat/completions``: authenticate, select, race, answer.
+
+The handler is thin: it parses once, asks ``selection`` for miners, runs a
+``Race`` and turns the winner into an OpenAI response (SSE pass-through when
+streaming, a ``chat.completion`` object otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+
+from api.auth import authenticate
+from api.context import ApiContext
+from api.race import MinerRun, Race
+from api.selection import select_miners
+from shared.errors import ApiError
+from shared.http import json_response, parse_model, read_json
+from shared.jsonutil import dumpb, dumps
+from shared.protocol import (
+    DEFAULT_TASK,
+    ChatCompletionRequest,
+    completion_object,
+    content_text,
+    estimate_tokens,
+    new_completion_id,
+    usage_chunk,
+)
+from shared.sse import DONE_FRAME, encode_event
+
+CTX = web.AppKey("api_context", ApiContext)
+
+
+def deadline_seconds(req: ChatCompletionRequest, ctx: ApiContext) -> float:
+    """Per-request deadline: the caller's ``timeout`` or the default, capped by settings."""
+    wanted = req.timeout if req.timeout is not None else ctx.settings.request_timeout
+    return min(wanted, ctx.settings.max_request_timeout)
+
+
+def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[str, Any]:
+    prompt = estimate_tokens("\n".join(content_text(m.content) for m in req.messages))
+    completion = estimate_tokens(completion_text)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "estimated": True}
+
+
+def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
+    usage = run.usage
+    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+        return usage
+    return estimated_usage(req, run.text)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    started = time.perf_counter()
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    if len(request_id) > 128 or not request_id.isprintable():
+        request_id = uuid.uuid4().hex
+    key = await authenticate(request, ctx.store, scope="chat")
+    req: ChatCompletionRequest = parse_model(ChatCompletionRequest, await read_json(request))
+    task = req.task or DEFAULT_TASK
+    model = None if req.wants_any_model() else req.model
+    neurons = select_miners(
+        ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=task, model=model,
+        k=ctx.settings.default_k, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
+    )
+    seed = req.seed if req.seed is not None else random.randrange(2**31)
+    miner_body = req.miner_body(seed=seed)
+    body = dumpb(miner_body)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_seconds(req, ctx)
+    race = Race(ctx.client, neurons, body, deadline, stream=req.stream, request_id=request_id)
+    race.start()
+    headers = {"x-request-id": request_id, "x-sn1-seed": str(seed)}
+    outcome = "error"
+    winner: MinerRun | None = None
+    try:
+        winner = await race.winner()
+        if winner is None:
+            raise _no_winner(race)
+        headers["x-sn1-miner-uid"] = str(winner.uid)
+        if req.stream:
+            response = await _stream(request, req, race, winner, headers)
+        else:
+            response = _complete(req, winner, headers)
+        outcome = "ok"
+        return response
+    except ApiError as e:
+        e.headers.update(headers)
+        raise
+    finally:
+        if outcome == "ok" or (winner is None and all(r.done for r in race.runs)):
+            ctx.spawn(_settle(ctx, race, miner_body))
+        else:
+            race.cancel()
+        logger.info(
+            "chat rid={} key={} uids={} winner={} stream={} status={} latency_ms={:.1f}",
+            request_id, key.id, [n.uid for n in neurons], winner.uid if winner else None,
+            req.stream, outcome, (time.perf_counter() - started) * 1000,
+        )
+
+
+def _no_winner(race: Race) -> ApiError:
+    errors = "; ".join(f"uid {uid}: {err}" for uid, err in race.errors().items())
+    if race.timed_out():
+        return ApiError(504, f"No miner answered validly before the deadline. {errors}".strip(), code="deadline_exceeded")
+    return ApiError(502, f"No miner returned a valid answer. {errors}".strip(), code="no_valid_answer")
+
+
+def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]) -> web.Response:
+    obj = completion_object(
+        completion_id=new_completion_id(),
+        model=run.model or req.model or "unknown",
+        content=run.text or (None if run.tool_calls else ""),
+        tool_calls=run.merged_tool_calls(),
+        finish_reason=run.finish_reason or ("tool_calls" if run.tool_calls else "stop"),
+        usage=response_usage(req, run),
+        logprobs=_merge_logprobs(run.logprobs),
+    )
+    return json_response(obj, headers=headers)
+
+
+def _merge_logprobs(parts: list[Any]) -> Any:
+    content: list[Any] = []
+    for p in parts:
+        if isinstance(p, dict) and isinstance(p.get("content"), list):
+            content.extend(p["content"])
+    return {"content": content} if content else None
+
+
+async def _stream(
+    request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun, headers: dict[str, str]
+) -> web.StreamResponse:
+    """Relay the winner's events as they arrive; a failure after it won ends with an error event."""
+    response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    async for data in race.follow(run):
+        await response.write(b"data: " + data.encode() + b"\n\n")
+    if run.error:
+        err = {"error": {"message": f"miner uid {run.uid} failed mid-stream: {run.error}",
+                         "type": "upstream_error", "code": "miner_failed_mid_stream", "param": None}}
+        await response.write(encode_event(dumps(err)))
+    elif req.stream_options and req.stream_options.include_usage and run.usage is None:
+        chunk = usage_chunk(completion_id=new_completion_id(), model=run.model or req.model or "unknown",
+                            usage=estimated_usage(req, run.text))
+        await response.write(encode_event(dumps(chunk)))
+    await response.write(DONE_FRAME)
+    await response.write_eof()
+    return response
+
+
+async def _settle(ctx: ApiContext, race: Race, miner_body: dict[str, Any]) -> None:
+    """After the answer: let the other miners finish (bounded by the deadline), then hand off the payload."""
+    await race.finish()
+    if not ctx.payload_sinks:
+        return
+    payload = race.payload()
+    payload["body"] = miner_body
+    for sink in ctx.payload_sinks:
+        try:
+            await sink(payload)
+        except Exception as e:  # noqa: BLE001 - a sink failure is logged, never raised into a request
+            logger.warning("scoring payload sink failed: {}", e)

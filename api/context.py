@@ -1,0 +1,35 @@
+"""Everything the API's handlers share, built once per process in ``create_api_app``."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from api.availability import AvailabilityCache
+from shared.metagraph import MetagraphView
+from shared.miner_client import MinerClient
+from shared.settings import ApiSettings
+from shared.store.base import Store
+
+PayloadSink = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class ApiContext:
+    settings: ApiSettings
+    store: Store
+    metagraph: MetagraphView
+    client: MinerClient
+    availability: AvailabilityCache | None
+    rng: random.Random = field(default_factory=random.Random)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+    payload_sinks: list[PayloadSink] = field(default_factory=list)
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run work that outlives the response (losers' answers, scoring payload), tracked for shutdown."""
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)

@@ -1,0 +1,88 @@
+"""``sn1 api``: build the context once per worker process and serve.
+
+With ``WORKERS > 1`` the parent forks that many workers which share the port
+through SO_REUSEPORT; each runs its own uvloop and connection pool, and all of
+them share keys and limits through the store.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+
+from loguru import logger
+
+from api.app import create_api_app
+from api.availability import AvailabilityCache
+from api.context import ApiContext
+from shared.http import run, serve_until_signal
+from shared.logging import setup_logging
+from shared.metagraph import MetagraphView, make_source
+from shared.miner_client import MinerClient, make_session
+from shared.settings import ApiSettings
+from shared.signing import Signer
+from shared.store.sqlite import open_store
+from shared.wallet import load_hotkey
+
+
+async def build_context(settings: ApiSettings) -> ApiContext:
+    hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
+    signer = Signer(hotkey)
+    metagraph = MetagraphView(
+        make_source(settings.metagraph_file, settings.subtensor_network, settings.netuid),
+        refresh_seconds=settings.metagraph_refresh_seconds,
+    )
+    await metagraph.refresh()
+    client = MinerClient(make_session(), signer, max_response_bytes=settings.miner_max_response_bytes)
+    availability = AvailabilityCache(
+        client, settings.validator_api, hotkey.ss58_address,
+        refresh_seconds=settings.availability_refresh_seconds, stale_seconds=settings.availability_stale_seconds,
+    )
+    await availability.refresh()
+    store = open_store(settings.store_url, namespace=settings.store_namespace)
+    return ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability)
+
+
+async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
+    setup_logging(settings.log_level, role=f"api[{os.getpid()}]")
+    ctx = await build_context(settings)
+    app = create_api_app(ctx)
+
+    async def close(_app) -> None:
+        await ctx.client.session.close()
+        await ctx.store.close()
+
+    app.on_cleanup.append(close)
+    logger.info(
+        "api starting hotkey={} port={} network={} store={} admin={}",
+        ctx.client.signer.hotkey, settings.api_port, settings.network_label(),
+        settings.store_url.split("://")[0], "enabled" if settings.admin_key else "disabled",
+    )
+    await serve_until_signal(app, settings.api_host, settings.api_port, reuse_port=reuse_port)
+
+
+def _worker_entry(settings: ApiSettings) -> None:
+    run(lambda: serve_worker(settings, reuse_port=True))
+
+
+def run_api(settings: ApiSettings) -> None:
+    if settings.workers == 1:
+        run(lambda: serve_worker(settings, reuse_port=False))
+        return
+    setup_logging(settings.log_level, role="api")
+    mp = multiprocessing.get_context("spawn")
+    procs = [mp.Process(target=_worker_entry, args=(settings,), daemon=False) for _ in range(settings.workers)]
+    for p in procs:
+        p.start()
+    logger.info("api supervisor started {} workers on port {}", len(procs), settings.api_port)
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.join()

@@ -1,0 +1,228 @@
+"""Fan out one request to k miners and race them: the first valid answer wins.
+
+Streaming: the first miner to send a non-empty content (or tool-call) chunk
+wins, and its events are relayed as they arrive. Non-streaming: the first miner
+to finish with a non-empty answer wins. Every miner's events and arrival times
+are kept *per uid* (for the scoring payload); a miner never contributes a chunk
+to another's answer.
+
+This module knows nothing about HTTP servers: it is driven by ``api/chat.py``
+and tested directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+
+from shared.metagraph import Neuron
+from shared.miner_client import MinerClient, MinerError
+
+
+@dataclass
+class MinerRun:
+    """Everything one miner sent for one request."""
+
+    neuron: Neuron
+    events: list[str] = field(default_factory=list)  # raw JSON text of each chunk, in order
+    timings: list[float] = field(default_factory=list)  # seconds since the fan-out started
+    content: list[str] = field(default_factory=list)
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    model: str | None = None
+    logprobs: list[Any] = field(default_factory=list)
+    error: str | None = None
+    error_kind: str | None = None
+    done: bool = False
+    has_answer: bool = False
+    new_data: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def uid(self) -> int:
+        return self.neuron.uid
+
+    @property
+    def text(self) -> str:
+        return "".join(self.content)
+
+    def merged_tool_calls(self) -> list[dict[str, Any]] | None:
+        if not self.tool_calls:
+            return None
+        return [self.tool_calls[i] for i in sorted(self.tool_calls)]
+
+    def absorb(self, data: str) -> None:
+        """Record one chunk and fold it into the running answer; raise ValueError if it is garbage."""
+        obj = json.loads(data)
+        if not isinstance(obj, dict):
+            raise ValueError("chunk is not a JSON object")
+        if "error" in obj and "choices" not in obj:
+            err = obj["error"]
+            raise ValueError(f"miner reported an error: {err.get('message') if isinstance(err, dict) else err}")
+        if obj.get("usage"):
+            self.usage = obj["usage"]
+        if obj.get("model") and not self.model:
+            self.model = str(obj["model"])
+        choices = obj.get("choices")
+        if not isinstance(choices, list):
+            raise ValueError("chunk has no choices list")
+        for choice in choices:
+            if not isinstance(choice, dict):
+                raise ValueError("choice is not an object")
+            delta = choice.get("delta") or {}
+            if not isinstance(delta, dict):
+                raise ValueError("delta is not an object")
+            piece = delta.get("content")
+            if piece:
+                if not isinstance(piece, str):
+                    raise ValueError("delta.content is not a string")
+                self.content.append(piece)
+                self.has_answer = True
+            if delta.get("tool_calls"):
+                self._merge_tool_calls(delta["tool_calls"])
+                self.has_answer = True
+            if choice.get("logprobs"):
+                self.logprobs.append(choice["logprobs"])
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+
+    def _merge_tool_calls(self, calls: Any) -> None:
+        if not isinstance(calls, list):
+            raise ValueError("tool_calls is not a list")
+        for call in calls:
+            if not isinstance(call, dict):
+                raise ValueError("tool call is not an object")
+            index = int(call.get("index", len(self.tool_calls)))
+            slot = self.tool_calls.setdefault(
+                index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            if call.get("id"):
+                slot["id"] = call["id"]
+            if call.get("type"):
+                slot["type"] = call["type"]
+            fn = call.get("function") or {}
+            if fn.get("name"):
+                slot["function"]["name"] += fn["name"]
+            if fn.get("arguments"):
+                slot["function"]["arguments"] += fn["arguments"]
+
+
+class Race:
+    """One fan-out. ``start()``, then ``winner()``, then ``follow(winner)`` (streaming)."""
+
+    def __init__(
+        self,
+        client: MinerClient,
+        neurons: list[Neuron],
+        body: bytes,
+        deadline: float,
+        *,
+        stream: bool,
+        request_id: str | None = None,
+    ) -> None:
+        self.client = client
+        self.runs = [MinerRun(n) for n in neurons]
+        self.body = body
+        self.deadline = deadline
+        self.stream = stream
+        self.request_id = request_id
+        self.started = 0.0
+        self.tasks: list[asyncio.Task[None]] = []
+        self._winner: asyncio.Future[MinerRun | None] | None = None
+        self.winning_run: MinerRun | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.started = loop.time()
+        self._winner = loop.create_future()
+        self.tasks = [asyncio.create_task(self._run(r)) for r in self.runs]
+
+    async def _run(self, run: MinerRun) -> None:
+        try:
+            async for data in self.client.stream_chat(run.neuron, self.body, self.deadline, request_id=self.request_id):
+                run.absorb(data)
+                run.events.append(data)
+                run.timings.append(asyncio.get_running_loop().time() - self.started)
+                run.new_data.set()
+                if self.stream and run.has_answer:
+                    self._claim(run)
+        except MinerError as e:
+            run.error, run.error_kind = str(e), e.kind
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            run.error, run.error_kind = f"invalid chunk: {e}", "bad_response"
+        except asyncio.CancelledError:
+            run.error, run.error_kind = "cancelled", "cancelled"
+            raise
+        finally:
+            run.done = True
+            run.new_data.set()
+            if run.error:
+                logger.debug("rid={} uid={} failed: {}", self.request_id, run.uid, run.error)
+            elif not self.stream and run.has_answer:
+                self._claim(run)
+            self._maybe_no_winner()
+
+    def _claim(self, run: MinerRun) -> None:
+        if self._winner is not None and not self._winner.done():
+            self.winning_run = run
+            self._winner.set_result(run)
+
+    def _maybe_no_winner(self) -> None:
+        if self._winner is not None and not self._winner.done() and all(r.done for r in self.runs):
+            self._winner.set_result(None)
+
+    async def winner(self) -> MinerRun | None:
+        """The first valid run, or None once every miner failed or the deadline passed."""
+        assert self._winner is not None, "start() first"
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                return await asyncio.shield(self._winner)
+        except TimeoutError:
+            return self._winner.result() if self._winner.done() else None
+
+    async def follow(self, run: MinerRun) -> AsyncIterator[str]:
+        """The run's events from the first one, as they arrive, until it ends."""
+        index = 0
+        while True:
+            if index < len(run.events):
+                yield run.events[index]
+                index += 1
+                continue
+            if run.done:
+                return
+            run.new_data.clear()
+            if index < len(run.events) or run.done:
+                continue
+            await run.new_data.wait()
+
+    def timed_out(self) -> bool:
+        return any(r.error_kind == "timeout" or not r.done for r in self.runs)
+
+    def errors(self) -> dict[int, str]:
+        return {r.uid: r.error for r in self.runs if r.error}
+
+    async def finish(self) -> None:
+        """Wait for every miner (each is bounded by the deadline)."""
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def cancel(self) -> None:
+        for t in self.tasks:
+            if not t.done():
+                t.cancel()
+
+    def payload(self) -> dict[str, Any]:
+        """The organic-scoring record: each uid's own chunks and timings, and its error."""
+        return {
+            "uids": [r.uid for r in self.runs],
+            "chunks": {str(r.uid): list(r.events) for r in self.runs},
+            "timings": {str(r.uid): list(r.timings) for r in self.runs},
+            "errors": {str(r.uid): r.error for r in self.runs if r.error},
+            "winner": self.winning_run.uid if self.winning_run else None,
+            "created_at": time.time(),
+        }

@@ -1,0 +1,73 @@
+"""Which miners answer a request.
+
+Explicit ``uids`` are validated against the metagraph; otherwise up to ``k``
+serving miners that serve the task and model are sampled, leaning towards high
+incentive while still exploring (weighted sampling without replacement,
+Efraimidis-Spirakis, with a floor so a zero-incentive miner still gets picked).
+"""
+
+from __future__ import annotations
+
+import random
+
+from api.availability import AvailabilityCache
+from shared.errors import ApiError
+from shared.metagraph import MetagraphSnapshot, Neuron
+
+EXPLORATION_FLOOR = 0.05
+
+
+def weighted_sample(neurons: list[Neuron], k: int, rng: random.Random) -> list[Neuron]:
+    if len(neurons) <= k:
+        picked = list(neurons)
+        rng.shuffle(picked)
+        return picked
+    top = max((n.incentive for n in neurons), default=0.0)
+    floor = max(top, 1e-9) * EXPLORATION_FLOOR
+    keyed = [(rng.random() ** (1.0 / (n.incentive + floor)), n) for n in neurons]
+    keyed.sort(key=lambda kn: kn[0], reverse=True)
+    return [n for _, n in keyed[:k]]
+
+
+def select_miners(
+    snapshot: MetagraphSnapshot,
+    cache: AvailabilityCache | None,
+    *,
+    uids: list[int] | None,
+    task: str | None,
+    model: str | None,
+    k: int,
+    rng: random.Random,
+    self_hotkey: str | None = None,
+) -> list[Neuron]:
+    if uids:
+        return explicit_miners(snapshot, uids)
+    candidates = snapshot.serving(exclude_hotkey=self_hotkey)
+    if cache is not None and cache.fresh():
+        serving = [n for n in candidates if cache.serves(n.uid, task, model)]
+        if not serving:
+            if model and not any(cache.serves(n.uid, None, model) for n in candidates):
+                raise ApiError(404, f"The model '{model}' is not served by any available miner.",
+                               code="model_not_found", param="model")
+            raise ApiError(503, f"No miner is available for task '{task}' and model '{model or 'any'}'.",
+                           code="no_miners_available")
+        candidates = serving
+    if not candidates:
+        raise ApiError(503, "No serving miners in the metagraph.", code="no_miners_available")
+    return weighted_sample(candidates, k, rng)
+
+
+def explicit_miners(snapshot: MetagraphSnapshot, uids: list[int]) -> list[Neuron]:
+    out: list[Neuron] = []
+    seen: set[int] = set()
+    for uid in uids:
+        if uid in seen:
+            continue
+        seen.add(uid)
+        neuron = snapshot.by_uid(uid)
+        if neuron is None:
+            raise ApiError(400, f"Unknown uid {uid}: not in the metagraph.", param="uids", code="unknown_uid")
+        if not neuron.axon:
+            raise ApiError(400, f"uid {uid} does not serve an axon.", param="uids", code="uid_not_serving")
+        out.append(neuron)
+    return out

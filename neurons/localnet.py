@@ -1,0 +1,334 @@
+"""``sn1 localnet``: a whole subnet on 127.0.0.1 with no chain and no GPU.
+
+Real sr25519 wallets in ``--dir``, a metagraph file, N miners, one validator and
+one API as child processes; it waits until all answer ``/health``, creates (or
+reuses) an API key, prints the endpoints and writes ``<dir>/localnet.json``.
+Ctrl-C or SIGTERM stops every child cleanly. ``LocalNet`` is also what the
+integration tests start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VALIDATOR_WALLET = "validator"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def add_localnet_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--miners", type=int, default=3, help="number of miners (default 3)")
+    p.add_argument("--api-port", type=int, default=42170)
+    p.add_argument("--validator-port", type=int, default=8094)
+    p.add_argument("--dir", default="./localnet", help="state folder (wallets, metagraph, logs)")
+    p.add_argument("--admin-key", default=None, help="admin key (default: generated once, kept in --dir)")
+    p.add_argument("--backend", choices=["deterministic", "openai"], default="deterministic")
+    p.add_argument("--upstream", default=None, help="OpenAI-compatible base URL for --backend openai")
+    p.add_argument("--model", default="sn1/deterministic", help="model name of the deterministic backend")
+    p.add_argument("--log-level", default="INFO")
+
+
+@dataclass
+class LocalNetConfig:
+    directory: Path
+    miners: int = 3
+    api_port: int = 42170
+    validator_port: int = 8094
+    admin_key: str | None = None
+    backend: str = "deterministic"
+    upstream: str | None = None
+    model: str = "sn1/deterministic"
+    log_level: str = "INFO"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    health_url: str
+    log_path: Path
+
+
+class LocalNet:
+    def __init__(self, config: LocalNetConfig) -> None:
+        if config.miners < 1:
+            raise ValueError("--miners must be at least 1")
+        if config.backend == "openai" and not config.upstream:
+            raise ValueError("--backend openai needs --upstream URL")
+        self.cfg = config
+        self.dir = config.directory.resolve()
+        self.children: list[Child] = []
+        self.info: dict[str, Any] = {}
+
+    # --- set-up -----------------------------------------------------------------
+    @property
+    def wallet_path(self) -> Path:
+        return self.dir / "wallets"
+
+    def _admin_key(self) -> str:
+        if self.cfg.admin_key:
+            return self.cfg.admin_key
+        path = self.dir / "admin_key"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def _previous(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.dir / "localnet.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def prepare(self) -> None:
+        from shared.metagraph import MetagraphSnapshot, Neuron, write_metagraph_file
+        from shared.wallet import coldkey_address, ensure_wallet
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "logs").mkdir(exist_ok=True)
+        validator = ensure_wallet(VALIDATOR_WALLET, "default", self.wallet_path)
+        neurons = [Neuron(uid=0, hotkey=validator.ss58_address,
+                          coldkey=coldkey_address(VALIDATOR_WALLET, self.wallet_path),
+                          axon=None, stake=10_000.0, incentive=0.0, validator_permit=True)]
+        self.miner_specs = []
+        for i in range(1, self.cfg.miners + 1):
+            name = f"miner{i}"
+            hk = ensure_wallet(name, "default", self.wallet_path)
+            port = free_port()
+            neurons.append(Neuron(uid=i, hotkey=hk.ss58_address, coldkey=coldkey_address(name, self.wallet_path),
+                                  axon=f"127.0.0.1:{port}", stake=0.0, incentive=1.0 / self.cfg.miners))
+            self.miner_specs.append({"uid": i, "hotkey": hk.ss58_address, "port": port, "wallet": name})
+        self.validator_hotkey = validator.ss58_address
+        self.metagraph_path = self.dir / "metagraph.json"
+        write_metagraph_file(self.metagraph_path, MetagraphSnapshot(netuid=1, block=1, neurons=tuple(neurons)))
+
+    def _common_env(self, wallet: str) -> dict[str, str]:
+        return {
+            "WALLET_NAME": wallet,
+            "WALLET_HOTKEY": "default",
+            "WALLET_PATH": str(self.wallet_path),
+            "NETUID": "1",
+            "METAGRAPH_FILE": str(self.metagraph_path),
+            "METAGRAPH_REFRESH_SECONDS": "5",
+            "LOG_LEVEL": self.cfg.log_level,
+        }
+
+    def _write_env(self, name: str, env: dict[str, str]) -> Path:
+        path = self.dir / f"{name}.env"
+        path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        path.chmod(0o600)
+        return path
+
+    def _spawn(self, name: str, role: str, env: dict[str, str], health_url: str) -> None:
+        env_file = self._write_env(name, env | self.cfg.extra_env)
+        log_path = self.dir / "logs" / f"{name}.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "MINER_", "ADMIN_KEY"))}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", role, "--env-file", str(env_file)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env,
+            start_new_session=True,
+        )
+        log.close()
+        self.children.append(Child(name, proc, health_url, log_path))
+
+    # --- lifecycle ----------------------------------------------------------------
+    def start(self, *, timeout: float = 90.0, progress: bool = False) -> dict[str, Any]:
+        self.prepare()
+        admin_key = self._admin_key()
+        for spec in self.miner_specs:
+            env = self._common_env(spec["wallet"]) | {
+                "MINER_HOST": "127.0.0.1",
+                "MINER_PORT": str(spec["port"]),
+                "MINER_BACKEND": self.cfg.backend,
+                "MINER_MODEL": self.cfg.model,
+            }
+            if self.cfg.upstream:
+                env["UPSTREAM_URL"] = self.cfg.upstream
+            self._spawn(f"miner{spec['uid']}", "miner", env, f"http://127.0.0.1:{spec['port']}/health")
+        validator_url = f"http://127.0.0.1:{self.cfg.validator_port}"
+        self._spawn("validator", "validator", self._common_env(VALIDATOR_WALLET) | {
+            "SCORING_API_HOST": "127.0.0.1",
+            "SCORING_API_PORT": str(self.cfg.validator_port),
+            "STATE_DIR": str(self.dir / "state" / "validator"),
+            "WEIGHTS_LEDGER_FILE": str(self.dir / "weights.json"),
+            "AVAILABILITY_INTERVAL": "5",
+        }, f"{validator_url}/health")
+        self.wait_healthy([c for c in self.children], timeout=timeout, progress=progress)
+        api_url = f"http://127.0.0.1:{self.cfg.api_port}"
+        self._spawn("api", "api", self._common_env(VALIDATOR_WALLET) | {
+            "API_HOST": "127.0.0.1",
+            "API_PORT": str(self.cfg.api_port),
+            "VALIDATOR_API": validator_url,
+            "ADMIN_KEY": admin_key,
+            "STORE_URL": f"sqlite:///{self.dir / 'state' / 'api.db'}",
+            "AVAILABILITY_REFRESH_SECONDS": "5",
+        }, f"{api_url}/health")
+        self.wait_healthy(self.children[-1:], timeout=timeout, progress=progress)
+        api_key = self._api_key(api_url, admin_key)
+        self.info = {
+            "api_url": api_url,
+            "validator_url": validator_url,
+            "admin_key": admin_key,
+            "api_key": api_key,
+            "validator_hotkey": self.validator_hotkey,
+            "wallet_path": str(self.wallet_path),
+            "metagraph_file": str(self.metagraph_path),
+            "miners": [
+                {"uid": s["uid"], "hotkey": s["hotkey"], "url": f"http://127.0.0.1:{s['port']}",
+                 "backend": self.cfg.backend}
+                for s in self.miner_specs
+            ],
+        }
+        path = self.dir / "localnet.json"
+        path.write_text(json.dumps(self.info, indent=2))
+        path.chmod(0o600)
+        return self.info
+
+    def _api_key(self, api_url: str, admin_key: str) -> str:
+        previous = self._previous().get("api_key")
+        if previous and _key_works(api_url, previous):
+            return previous
+        req = urllib.request.Request(f"{api_url}/api_management/create-api-key/?rate_limit=600&name=localnet",
+                                     method="POST", headers={"admin-key": admin_key})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())["api_key"]
+
+    def wait_healthy(self, children: list[Child], *, timeout: float, progress: bool = False) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(children)
+        while pending:
+            for child in list(pending):
+                code = child.proc.poll()
+                if code is not None:
+                    tail = child.log_path.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"{child.name} exited with code {code} during start-up:\n{tail}")
+                try:
+                    with urllib.request.urlopen(child.health_url, timeout=1) as r:
+                        if r.status == 200:
+                            pending.remove(child)
+                            if progress:
+                                print(f"  up: {child.name:<10} {child.health_url.rsplit('/', 1)[0]}", flush=True)
+                except (urllib.error.URLError, OSError):
+                    pass
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(c.name for c in pending)
+                raise RuntimeError(f"timed out waiting for {names} to become healthy (logs in {self.dir / 'logs'})")
+            if pending:
+                time.sleep(0.2)
+
+    def dead_children(self) -> list[Child]:
+        return [c for c in self.children if c.proc.poll() is not None]
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            try:
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+        self.children.clear()
+
+    def __enter__(self) -> LocalNet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _key_works(api_url: str, key: str) -> bool:
+    """A cheap check that a saved key is still known to the API (401 means it is not)."""
+    req = urllib.request.Request(f"{api_url}/v1/chat/completions", data=b"{}", method="POST",
+                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5):
+            return True
+    except urllib.error.HTTPError as e:
+        return e.code != 401
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def summary(info: dict[str, Any], directory: Path) -> str:
+    api, key = info["api_url"], info["api_key"]
+    miners = "\n".join(f"    uid {m['uid']}: {m['url']}  ({m['backend']})  {m['hotkey']}" for m in info["miners"])
+    return f"""
+Local subnet is up.
+  API:        {api}
+  Validator:  {info['validator_url']}
+  Miners:
+{miners}
+  Admin key:  {info['admin_key']}
+  API key:    {key}
+  Details:    {directory / 'localnet.json'}   Logs: {directory / 'logs'}
+
+Try it:
+  curl -s {api}/v1/chat/completions -H 'Authorization: Bearer {key}' \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"model": "default", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+Press Ctrl-C to stop.
+"""
+
+
+def run_localnet(args: argparse.Namespace) -> int:
+    config = LocalNetConfig(
+        directory=Path(args.dir), miners=args.miners, api_port=args.api_port, validator_port=args.validator_port,
+        admin_key=args.admin_key, backend=args.backend, upstream=args.upstream, model=args.model,
+        log_level=args.log_level,
+    )
+    try:
+        net = LocalNet(config)
+    except ValueError as e:
+        print(f"sn1 localnet: {e}", file=sys.stderr)
+        return 2
+    stop = {"requested": False}
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    print(f"Starting a local subnet in {net.dir} ({config.miners} miners, backend {config.backend}) ...", flush=True)
+    try:
+        info = net.start(progress=True)
+    except (RuntimeError, OSError, urllib.error.URLError) as e:
+        print(f"sn1 localnet: {e}", file=sys.stderr)
+        net.stop()
+        return 1
+    print(summary(info, net.dir), flush=True)
+    code = 0
+    while not stop["requested"]:
+        dead = net.dead_children()
+        if dead:
+            for c in dead:
+                print(f"sn1 localnet: {c.name} exited with code {c.proc.returncode}; see {c.log_path}", file=sys.stderr)
+            code = 1
+            break
+        time.sleep(0.5)
+    print("Stopping the local subnet ...", flush=True)
+    net.stop()
+    print("Stopped.", flush=True)
+    return code

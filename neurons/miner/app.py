@@ -1,0 +1,122 @@
+"""The reference miner's HTTP API: signed chat completions and availability.
+
+Only validators may call it: every route but ``/health`` needs a btauth/1
+signature for this miner's hotkey from a validator-permit holder (or an
+allow-listed hotkey).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+
+from neurons.miner.backends.base import Backend, BackendError
+from shared.errors import ApiError
+from shared.http import error_middleware, json_response, parse_model, read_json
+from shared.jsonutil import dumps
+from shared.metagraph import MetagraphView
+from shared.protocol import ChatCompletionRequest
+from shared.signing import CALLER_KEY, RequestVerifier, btauth_middleware
+from shared.sse import DONE_FRAME, encode_event
+
+BACKEND = web.AppKey("backend", Backend)
+METAGRAPH = web.AppKey("metagraph", MetagraphView)
+
+
+def create_miner_app(
+    backend: Backend,
+    verifier: RequestVerifier,
+    *,
+    metagraph: MetagraphView | None = None,
+    max_body_bytes: int = 4 << 20,
+) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, btauth_middleware(verifier)], client_max_size=max_body_bytes
+    )
+    app[BACKEND] = backend
+    if metagraph is not None:
+        app[METAGRAPH] = metagraph
+        app.cleanup_ctx.append(_metagraph_refresh)
+    app.router.add_get("/health", health)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/availability", availability)
+    app.on_cleanup.append(_close_backend)
+    return app
+
+
+async def _metagraph_refresh(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[METAGRAPH].run())
+    yield
+    task.cancel()
+
+
+async def _close_backend(app: web.Application) -> None:
+    await app[BACKEND].close()
+
+
+async def health(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    return json_response({"status": "ok", "backend": backend.name, "models": backend.models()})
+
+
+async def availability(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    return json_response(
+        {
+            "task_availabilities": {t: True for t in backend.tasks()},
+            "llm_model_availabilities": {m: True for m in backend.models()},
+        }
+    )
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    data = await read_json(request)
+    req: ChatCompletionRequest = parse_model(ChatCompletionRequest, data)
+    backend = request.app[BACKEND]
+    models = backend.models()
+    if not req.wants_any_model() and req.model not in models:
+        raise ApiError(404, f"The model '{req.model}' is not served here.", code="model_not_found", param="model")
+    body: dict[str, Any] = data
+    caller = request[CALLER_KEY].hotkey_ss58
+    rid = request.headers.get("x-request-id", "-")
+    if req.stream:
+        response = await _stream(request, backend, body)
+    else:
+        try:
+            result = await backend.complete(body)
+        except BackendError as e:
+            raise ApiError(e.status, str(e), code="backend_error") from None
+        response = json_response(result)
+    logger.info(
+        "chat rid={} caller={} stream={} latency_ms={:.1f}",
+        rid, caller[:10], req.stream, (time.perf_counter() - started) * 1000,
+    )
+    return response
+
+
+async def _stream(request: web.Request, backend: Backend, body: dict[str, Any]) -> web.StreamResponse:
+    """Stream the backend's chunks; a failure after headers becomes an SSE error event."""
+    chunks = backend.stream(body)
+    try:
+        first = await anext(chunks, None)
+    except BackendError as e:
+        raise ApiError(e.status, str(e), code="backend_error") from None
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    try:
+        if first is not None:
+            await response.write(encode_event(first))
+        async for data in chunks:
+            await response.write(encode_event(data))
+    except BackendError as e:
+        logger.warning("backend failed mid-stream: {}", e)
+        await response.write(encode_event(dumps({"error": {"message": str(e), "type": "upstream_error"}})))
+    await response.write(DONE_FRAME)
+    await response.write_eof()
+    return response

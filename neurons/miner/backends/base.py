@@ -1,0 +1,32 @@
+"""What a miner backend must do: say what it serves, answer streaming or not."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+
+class BackendError(Exception):
+    """The backend could not answer (upstream down, bad upstream reply)."""
+
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Backend(Protocol):
+    name: str
+
+    def models(self) -> list[str]: ...
+
+    def tasks(self) -> list[str]: ...
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A whole ``chat.completion`` object."""
+        ...
+
+    def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
+        """Each chunk's JSON text, in order, without the final ``[DONE]``."""
+        ...
+
+    async def close(self) -> None: ...

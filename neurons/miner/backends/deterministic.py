@@ -1,0 +1,108 @@
+"""A seeded text generator that needs no weights.
+
+Same messages + seed + sampling parameters -> the same text, so a validator
+running the same generator can reproduce (and exactly check) an honest answer.
+The text is word-salad from a fixed vocabulary; what matters is that it is a
+pure function of the request. ``max_tokens`` bounds the number of words.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+from shared.jsonutil import dumps
+from shared.protocol import chunk_object, completion_object, content_text, estimate_tokens, new_completion_id, usage_chunk
+
+VOCABULARY = (
+    "the a network miner validator answer token model subnet signal weight score stake block chain "
+    "query result reason because therefore example value system request response stream fast slow "
+    "honest useful clear simple data context question agent tool call function open source node "
+    "light river stone cloud garden market bridge window paper music number letter city story"
+).split()
+DEFAULT_WORDS = 48
+WORDS_PER_CHUNK = 4
+
+
+def request_fingerprint(body: dict[str, Any]) -> bytes:
+    """The inputs that determine the answer, canonically encoded."""
+    messages = [(m.get("role"), content_text(m.get("content"))) for m in body.get("messages", [])]
+    sp = body.get("sampling_parameters") or {}
+    key = {
+        "messages": messages,
+        "seed": body.get("seed"),
+        "temperature": body.get("temperature", sp.get("temperature")),
+        "top_p": body.get("top_p", sp.get("top_p")),
+        "top_k": sp.get("top_k"),
+        "max_tokens": body.get("max_tokens"),
+    }
+    return json.dumps(key, sort_keys=True, separators=(",", ":")).encode()
+
+
+def generate_text(body: dict[str, Any]) -> str:
+    """The deterministic answer for a request (used by the miner and the validator alike)."""
+    digest = hashlib.sha256(request_fingerprint(body)).digest()
+    rng = random.Random(digest)
+    max_tokens = body.get("max_tokens") or (body.get("sampling_parameters") or {}).get("max_new_tokens")
+    n_words = min(DEFAULT_WORDS, int(max_tokens)) if max_tokens else DEFAULT_WORDS
+    words = [rng.choice(VOCABULARY) for _ in range(max(1, n_words))]
+    words[0] = words[0].capitalize()
+    return " ".join(words) + "."
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    return "\n".join(content_text(m.get("content")) for m in body.get("messages", []))
+
+
+class DeterministicBackend:
+    name = "deterministic"
+
+    def __init__(self, model: str = "sn1/deterministic") -> None:
+        self.model = model
+
+    def models(self) -> list[str]:
+        return [self.model]
+
+    def tasks(self) -> list[str]:
+        return ["InferenceTask", "QuestionAnsweringTask"]
+
+    def _usage(self, body: dict[str, Any], text: str) -> dict[str, int]:
+        prompt = estimate_tokens(prompt_text(body))
+        completion = len(text.split())
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _finish_reason(self, body: dict[str, Any], text: str) -> str:
+        max_tokens = body.get("max_tokens")
+        return "length" if max_tokens and len(text.split()) >= int(max_tokens) < DEFAULT_WORDS else "stop"
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        text = generate_text(body)
+        return completion_object(
+            completion_id=new_completion_id(),
+            model=self.model,
+            content=text,
+            finish_reason=self._finish_reason(body, text),
+            usage=self._usage(body, text),
+        )
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
+        text = generate_text(body)
+        cid = new_completion_id()
+        words = text.split(" ")
+        yield dumps(chunk_object(completion_id=cid, model=self.model, delta={"role": "assistant", "content": ""}))
+        for i in range(0, len(words), WORDS_PER_CHUNK):
+            piece = " ".join(words[i : i + WORDS_PER_CHUNK])
+            if i:
+                piece = " " + piece
+            yield dumps(chunk_object(completion_id=cid, model=self.model, delta={"content": piece}))
+        yield json.dumps(
+            chunk_object(completion_id=cid, model=self.model, delta={}, finish_reason=self._finish_reason(body, text))
+        )
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield dumps(usage_chunk(completion_id=cid, model=self.model, usage=self._usage(body, text)))
+
+    async def close(self) -> None:
+        return None

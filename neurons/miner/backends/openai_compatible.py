@@ -1,0 +1,116 @@
+"""Forward to any OpenAI-compatible server (vLLM, llama.cpp, Ollama, a hosted API).
+
+Streaming chunks are passed through as the upstream sent them (no re-encoding);
+``tools``/``tool_calls``, ``response_format``, ``logprobs`` travel untouched. The
+subnet's own fields are removed first because strict upstreams reject unknown
+parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from loguru import logger
+
+from neurons.miner.backends.base import BackendError
+from shared.protocol import ANY_MODEL
+from shared.sse import DONE, SSEError, SSEParser
+
+SUBNET_FIELDS = ("task", "sampling_parameters", "uids", "mixture", "inference_mode", "target_results", "timeout")
+
+
+class OpenAICompatibleBackend:
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        fallback_model: str | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._models: list[str] = [fallback_model] if fallback_model else []
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512))
+        await self.refresh_models()
+
+    async def refresh_models(self) -> None:
+        try:
+            async with self._http().get(f"{self.base_url}/models", headers=self._headers, timeout=aiohttp.ClientTimeout(total=10)) as r:
+                data = await r.json(content_type=None)
+            models = [m["id"] for m in data.get("data", []) if isinstance(m, dict) and m.get("id")]
+            if models:
+                self._models = models
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as e:
+            logger.warning("could not list upstream models at {}: {}", self.base_url, e)
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("backend not started")
+        return self._session
+
+    def models(self) -> list[str]:
+        return list(self._models)
+
+    def tasks(self) -> list[str]:
+        return ["InferenceTask", "QuestionAnsweringTask"]
+
+    def upstream_body(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+        out = {k: v for k, v in body.items() if k not in SUBNET_FIELDS}
+        sp = body.get("sampling_parameters") or {}
+        if sp.get("top_k") is not None and "top_k" not in out:
+            out["top_k"] = sp["top_k"]
+        if out.get("model") in ANY_MODEL and self._models:
+            out["model"] = self._models[0]
+        out["stream"] = stream
+        if not stream:
+            out.pop("stream_options", None)
+        return out
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        payload = json.dumps(self.upstream_body(body, stream=False))
+        try:
+            async with self._http().post(
+                f"{self.base_url}/chat/completions", data=payload, headers=self._headers, timeout=self._timeout
+            ) as r:
+                if r.status != 200:
+                    raise BackendError(f"upstream HTTP {r.status}: {(await r.text())[:300]}", status=502)
+                return await r.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            raise BackendError(f"upstream failed: {type(e).__name__}: {e}") from None
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
+        payload = json.dumps(self.upstream_body(body, stream=True))
+        parser = SSEParser()
+        try:
+            async with self._http().post(
+                f"{self.base_url}/chat/completions", data=payload, headers=self._headers, timeout=self._timeout
+            ) as r:
+                if r.status != 200:
+                    raise BackendError(f"upstream HTTP {r.status}: {(await r.text())[:300]}", status=502)
+                async for chunk in r.content.iter_any():
+                    for data in parser.feed(chunk):
+                        if data == DONE:
+                            return
+                        yield data
+                for data in parser.close():
+                    if data != DONE:
+                        yield data
+        except (aiohttp.ClientError, TimeoutError, SSEError) as e:
+            raise BackendError(f"upstream stream failed: {type(e).__name__}: {e}") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

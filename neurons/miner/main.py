@@ -1,0 +1,50 @@
+"""``sn1 miner``: load settings, build the backend and the app, serve until SIGTERM."""
+
+from __future__ import annotations
+
+from loguru import logger
+
+from neurons.miner.app import create_miner_app
+from neurons.miner.backends.base import Backend
+from neurons.miner.backends.deterministic import DeterministicBackend
+from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
+from shared.http import serve_until_signal
+from shared.logging import setup_logging
+from shared.metagraph import MetagraphView, make_source
+from shared.settings import MinerSettings
+from shared.signing import Authorizer, RequestVerifier
+from shared.wallet import load_hotkey
+
+
+async def build_backend(settings: MinerSettings) -> Backend:
+    if settings.miner_backend == "openai":
+        assert settings.upstream_url
+        backend = OpenAICompatibleBackend(
+            settings.upstream_url,
+            api_key=settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None,
+            timeout=settings.upstream_timeout,
+            fallback_model=settings.miner_model,
+        )
+        await backend.start()
+        return backend
+    return DeterministicBackend(settings.miner_model)
+
+
+async def run_miner(settings: MinerSettings) -> None:
+    setup_logging(settings.log_level, role="miner")
+    hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
+    metagraph = MetagraphView(
+        make_source(settings.metagraph_file, settings.subtensor_network, settings.netuid),
+        refresh_seconds=settings.metagraph_refresh_seconds,
+    )
+    await metagraph.refresh()
+    verifier = RequestVerifier(
+        hotkey.ss58_address, Authorizer(metagraph.permitted_hotkeys, settings.allowed_hotkeys)
+    )
+    backend = await build_backend(settings)
+    app = create_miner_app(backend, verifier, metagraph=metagraph, max_body_bytes=settings.max_body_bytes)
+    logger.info(
+        "miner starting hotkey={} port={} network={} backend={} models={}",
+        hotkey.ss58_address, settings.miner_port, settings.network_label(), backend.name, backend.models(),
+    )
+    await serve_until_signal(app, settings.miner_host, settings.miner_port)

@@ -1,0 +1,80 @@
+"""Who serves what: signed ``POST /availability`` to every serving miner.
+
+Unreachable or malformed miners are recorded as unavailable (``None``), never
+silently dropped, so the API and the scorer can tell "down" from "unknown".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+from pydantic import ValidationError
+
+from shared.metagraph import MetagraphView, Neuron
+from shared.miner_client import MinerClient, MinerError
+from shared.protocol import AvailabilityResponse
+
+
+@dataclass
+class AvailabilityBook:
+    """uid -> availability (or None when the miner is down), with the hotkey it was learnt for."""
+
+    entries: dict[int, dict[str, Any] | None] = field(default_factory=dict)
+    hotkeys: dict[int, str] = field(default_factory=dict)
+    updated_at: float = 0.0
+
+    def get(self, uids: list[int] | None) -> dict[str, dict[str, Any] | None]:
+        keys = sorted(self.entries) if uids is None else uids
+        return {str(uid): self.entries.get(uid) for uid in keys}
+
+    def available(self, task: str | None, model: str | None) -> list[int]:
+        out = []
+        for uid, entry in self.entries.items():
+            if entry is None:
+                continue
+            if task and not entry["task_availabilities"].get(task):
+                continue
+            if model and not entry["llm_model_availabilities"].get(model):
+                continue
+            out.append(uid)
+        return out
+
+
+async def poll_one(client: MinerClient, neuron: Neuron, timeout: float) -> dict[str, Any] | None:
+    assert neuron.url
+    try:
+        status, data = await client.post_json(neuron.url, "/availability", {}, neuron.hotkey, timeout=timeout)
+    except MinerError as e:
+        logger.debug("availability uid={} unreachable: {}", neuron.uid, e)
+        return None
+    if status != 200:
+        logger.debug("availability uid={} HTTP {}", neuron.uid, status)
+        return None
+    try:
+        return AvailabilityResponse.model_validate(data).model_dump()
+    except ValidationError:
+        logger.debug("availability uid={} malformed answer", neuron.uid)
+        return None
+
+
+async def poll_all(
+    client: MinerClient, metagraph: MetagraphView, book: AvailabilityBook, *, timeout: float, concurrency: int
+) -> AvailabilityBook:
+    neurons = metagraph.snapshot.serving(exclude_hotkey=client.signer.hotkey)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def bounded(n: Neuron) -> tuple[Neuron, dict[str, Any] | None]:
+        async with sem:
+            return n, await poll_one(client, n, timeout)
+
+    results = await asyncio.gather(*(bounded(n) for n in neurons))
+    book.entries = {n.uid: entry for n, entry in results}
+    book.hotkeys = {n.uid: n.hotkey for n, _ in results}
+    book.updated_at = time.time()
+    up = sum(1 for _, e in results if e is not None)
+    logger.info("availability: {}/{} miners up", up, len(results))
+    return book

@@ -1,0 +1,59 @@
+"""The ``sn1`` command: ``api``, ``validator``, ``miner``, ``localnet`` (and later more)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEFAULT_ENV = {"api": ".env.api", "validator": ".env.validator", "miner": ".env.miner"}
+
+
+def _settings(role: str, env_file: str | None):
+    from shared.settings import ApiSettings, MinerSettings, SettingsError, ValidatorSettings, load_settings
+
+    cls = {"api": ApiSettings, "validator": ValidatorSettings, "miner": MinerSettings}[role]
+    path = env_file or DEFAULT_ENV[role]
+    if env_file and not Path(env_file).exists():
+        sys.exit(f"sn1 {role}: env file {env_file} not found")
+    try:
+        return load_settings(cls, path)
+    except SettingsError as e:
+        sys.exit(f"sn1 {role}: {e}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="sn1", description="Subnet node: API gateway, validator, miner.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for role in ("api", "validator", "miner"):
+        p = sub.add_parser(role, help=f"run the {role}")
+        p.add_argument("--env-file", default=None, help=f"settings file (default {DEFAULT_ENV[role]})")
+    from neurons.localnet import add_localnet_arguments
+
+    add_localnet_arguments(sub.add_parser("localnet", help="start a whole local subnet on 127.0.0.1"))
+    args = parser.parse_args(argv)
+
+    if args.command == "api":
+        from api.main import run_api
+
+        run_api(_settings("api", args.env_file))
+    elif args.command == "validator":
+        from neurons.validator.main import run_validator
+        from shared.http import run
+
+        settings = _settings("validator", args.env_file)
+        run(lambda: run_validator(settings))
+    elif args.command == "miner":
+        from neurons.miner.main import run_miner
+        from shared.http import run
+
+        settings = _settings("miner", args.env_file)
+        run(lambda: run_miner(settings))
+    elif args.command == "localnet":
+        from neurons.localnet import run_localnet
+
+        sys.exit(run_localnet(args))
+
+
+if __name__ == "__main__":
+    main()

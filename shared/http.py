@@ -1,0 +1,116 @@
+"""aiohttp plumbing shared by the three servers: error shape, JSON bodies, serving.
+
+Each process builds its app in a factory; this module supplies the middleware
+that turns every failure into an OpenAI-shaped error body and the runner that
+serves an app until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+from pydantic import BaseModel, ValidationError
+
+from shared.errors import ApiError, error_body, error_type_for
+from shared.jsonutil import dumps, loads_body
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def error_response(err: ApiError, *, headers: dict[str, str] | None = None) -> web.Response:
+    return json_response(err.body(), status=err.status, headers={**err.headers, **(headers or {})})
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as ``{"error": {...}}`` with the right status; a bug is a logged 500."""
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return error_response(e)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        message = e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason
+        if e.status == 413:
+            message = f"Request body too large (limit {request._client_max_size} bytes)."
+        body = error_body(message, type_=error_type_for(e.status), code=e.reason.lower().replace(" ", "_"))
+        headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
+        return json_response(body, status=e.status, headers=headers)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        logger.exception("unhandled error on {} {}", request.method, request.path)
+        return json_response(error_body("Internal server error.", type_="server_error"), status=500)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON, with 400s for bad JSON and 415 for a non-JSON content type."""
+    # curl -d sends form-urlencoded by default; we read the body as JSON whatever the
+    # declared type, except multipart uploads which are certainly not JSON.
+    if request.content_type.startswith("multipart/"):
+        raise ApiError(415, "Content-Type must be application/json.", code="unsupported_media_type")
+    return loads_body(await request.read())
+
+
+def parse_model(model: type[BaseModel], data: Any) -> Any:
+    """Validate ``data`` into ``model``; the first problem becomes a 400 naming the field."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "Request body must be a JSON object.", code="invalid_request")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        raise ApiError(400, f"Invalid value for '{param}': {err['msg']}", param=param, code="invalid_value") from None
+
+
+def bound_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket; with ``reuse_port`` several worker processes share one port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve_until_signal(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False, on_started: Callable[[], None] | None = None
+) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully (cleanup_ctx runs)."""
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.SockSite(runner, bound_socket(host, port, reuse_port=reuse_port), shutdown_timeout=5.0)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if on_started:
+        on_started()
+    try:
+        await stop.wait()
+    finally:
+        logger.info("shutting down")
+        await runner.cleanup()
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    """Run a coroutine on uvloop."""
+    import uvloop
+
+    uvloop.run(main())

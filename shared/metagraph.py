@@ -1,0 +1,195 @@
+"""The metagraph, from the chain or from a local JSON file, behind one interface.
+
+Only ``ChainMetagraphSource`` touches the SDK's chain client; everything else
+reads immutable ``MetagraphSnapshot`` objects through a ``MetagraphView`` that
+refreshes in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from loguru import logger
+
+
+@dataclass(frozen=True, slots=True)
+class Neuron:
+    uid: int
+    hotkey: str
+    coldkey: str = ""
+    axon: str | None = None  # "ip:port", None when nothing is served
+    stake: float = 0.0
+    incentive: float = 0.0
+    validator_permit: bool = False
+
+    @property
+    def url(self) -> str | None:
+        return f"http://{self.axon}" if self.axon else None
+
+
+@dataclass(frozen=True)
+class MetagraphSnapshot:
+    netuid: int
+    block: int
+    neurons: tuple[Neuron, ...]
+    fetched_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_uid", {n.uid: n for n in self.neurons})
+        object.__setattr__(self, "_by_hotkey", {n.hotkey: n for n in self.neurons})
+        object.__setattr__(
+            self, "_permitted", frozenset(n.hotkey for n in self.neurons if n.validator_permit)
+        )
+
+    def by_uid(self, uid: int) -> Neuron | None:
+        return self._by_uid.get(uid)  # type: ignore[attr-defined]
+
+    def by_hotkey(self, hotkey: str) -> Neuron | None:
+        return self._by_hotkey.get(hotkey)  # type: ignore[attr-defined]
+
+    @property
+    def permitted_hotkeys(self) -> frozenset[str]:
+        return self._permitted  # type: ignore[attr-defined]
+
+    def serving(self, exclude_hotkey: str | None = None) -> list[Neuron]:
+        """Neurons with an axon, other than ourselves: the miners we may call."""
+        return [n for n in self.neurons if n.axon and n.hotkey != exclude_hotkey]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"netuid": self.netuid, "block": self.block, "neurons": [asdict(n) for n in self.neurons]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MetagraphSnapshot:
+        neurons = tuple(
+            Neuron(
+                uid=int(n["uid"]),
+                hotkey=str(n["hotkey"]),
+                coldkey=str(n.get("coldkey", "")),
+                axon=n.get("axon") or None,
+                stake=float(n.get("stake", 0.0)),
+                incentive=float(n.get("incentive", 0.0)),
+                validator_permit=bool(n.get("validator_permit", False)),
+            )
+            for n in data.get("neurons", [])
+        )
+        return cls(netuid=int(data.get("netuid", 0)), block=int(data.get("block", 0)), neurons=neurons)
+
+
+class MetagraphSource(Protocol):
+    async def fetch(self) -> MetagraphSnapshot: ...
+
+    async def close(self) -> None: ...
+
+
+class FileMetagraphSource:
+    """The local network's metagraph: a JSON file written by ``sn1 localnet`` and the weight ledger."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    async def fetch(self) -> MetagraphSnapshot:
+        data = await asyncio.to_thread(self.path.read_text)
+        return MetagraphSnapshot.from_json(json.loads(data))
+
+    async def close(self) -> None:
+        return None
+
+
+def write_metagraph_file(path: str | Path, snapshot: MetagraphSnapshot) -> None:
+    """Atomic write (temp file + rename) so readers never see half a file."""
+    atomic_write_json(path, snapshot.to_json())
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ChainMetagraphSource:
+    """Reads the subnet's metagraph through the bittensor SDK's async client."""
+
+    def __init__(self, network: str, netuid: int) -> None:
+        self.network = network
+        self.netuid = netuid
+        self._client: Any = None
+
+    async def fetch(self) -> MetagraphSnapshot:
+        import bittensor as bt
+
+        if self._client is None:
+            self._client = bt.Client(self.network)
+            await self._client.connect()
+        mg = await self._client.subnets.metagraph(self.netuid, commitments=False)
+        if mg is None:
+            raise RuntimeError(f"subnet {self.netuid} does not exist on {self.network}")
+        neurons = tuple(
+            Neuron(
+                uid=n.uid,
+                hotkey=n.hotkey,
+                coldkey=n.coldkey,
+                axon=n.axon,
+                stake=float(n.total_stake.tao if hasattr(n.total_stake, "tao") else n.total_stake),
+                incentive=float(n.incentive),
+                validator_permit=bool(n.validator_permit),
+            )
+            for n in mg.neurons
+        )
+        return MetagraphSnapshot(netuid=self.netuid, block=int(mg.block), neurons=neurons)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+class MetagraphView:
+    """The current snapshot plus a refresh loop. Readers never block on the network."""
+
+    def __init__(self, source: MetagraphSource, *, refresh_seconds: float = 60.0) -> None:
+        self.source = source
+        self.refresh_seconds = refresh_seconds
+        self.snapshot = MetagraphSnapshot(netuid=0, block=0, neurons=(), fetched_at=0.0)
+
+    async def refresh(self) -> MetagraphSnapshot:
+        self.snapshot = await self.source.fetch()
+        return self.snapshot
+
+    async def run(self) -> None:
+        """Refresh forever; a failed refresh keeps the last good snapshot."""
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            try:
+                await self.refresh()
+                logger.debug("metagraph refreshed: {} neurons at block {}", len(self.snapshot.neurons), self.snapshot.block)
+            except Exception as e:  # noqa: BLE001 - a refresh failure must not kill the loop
+                logger.warning("metagraph refresh failed, keeping the last snapshot: {}", e)
+
+    def permitted_hotkeys(self) -> frozenset[str]:
+        return self.snapshot.permitted_hotkeys
+
+    @property
+    def age_seconds(self) -> float:
+        return time.time() - self.snapshot.fetched_at
+
+
+def make_source(metagraph_file: str | None, network: str, netuid: int) -> MetagraphSource:
+    if metagraph_file:
+        return FileMetagraphSource(metagraph_file)
+    return ChainMetagraphSource(network, netuid)

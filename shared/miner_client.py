@@ -1,0 +1,155 @@
+"""The signed HTTP client every process uses to call miners (and the validator).
+
+One pooled ``aiohttp.ClientSession`` per process; each call is signed for its
+receiver's hotkey and bounded by an absolute deadline (loop time) and a
+response-size cap, so an untrusted peer can neither hang nor flood us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from shared.jsonutil import dumpb
+from shared.metagraph import Neuron
+from shared.signing import Signer
+from shared.sse import DONE, SSEError, SSEParser
+
+
+class MinerError(Exception):
+    """A miner call failed: refused, timed out, bad status, broken stream, too large."""
+
+    def __init__(self, message: str, *, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def make_session(*, limit: int = 1024, limit_per_host: int = 256) -> aiohttp.ClientSession:
+    """The process-wide pooled session (call once, inside the running loop)."""
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit_per_host, ttl_dns_cache=300)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=True, raise_for_status=False)
+
+
+class MinerClient:
+    def __init__(self, session: aiohttp.ClientSession, signer: Signer, *, max_response_bytes: int = 8 << 20) -> None:
+        self.session = session
+        self.signer = signer
+        self.max_response_bytes = max_response_bytes
+
+    def _timeout(self, deadline: float) -> aiohttp.ClientTimeout:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise MinerError("deadline passed before the request was sent", kind="timeout")
+        return aiohttp.ClientTimeout(total=remaining)
+
+    async def stream_chat(
+        self,
+        neuron: Neuron,
+        body: bytes,
+        deadline: float,
+        *,
+        request_id: str | None = None,
+    ) -> AsyncIterator[str]:
+        """Yield each SSE event's ``data`` (raw JSON text) as it arrives, ending before ``[DONE]``.
+
+        A miner that answers with plain JSON (no stream) is accepted: its
+        completion is yielded as one chunk-shaped event.
+        """
+        if not neuron.url:
+            raise MinerError(f"uid {neuron.uid} serves no axon", kind="unreachable")
+        url = URL(neuron.url + "/v1/chat/completions")
+        headers = self.signer.headers("POST", url, body, neuron.hotkey)
+        headers["Content-Type"] = "application/json"
+        headers["Accept"] = "text/event-stream"
+        if request_id:
+            headers["x-request-id"] = request_id
+        try:
+            async with asyncio.timeout_at(deadline):
+                async with self.session.post(url, data=body, headers=headers, timeout=self._timeout(deadline)) as resp:
+                    if resp.status != 200:
+                        text = (await resp.content.read(2048)).decode(errors="replace")
+                        raise MinerError(f"HTTP {resp.status}: {text[:300]}", kind="status")
+                    ctype = resp.content_type
+                    if ctype == "application/json":
+                        yield await self._json_as_event(resp)
+                        return
+                    if ctype != "text/event-stream":
+                        raise MinerError(f"unexpected content type {ctype!r}", kind="bad_response")
+                    async for data in self._events(resp):
+                        yield data
+        except TimeoutError:
+            raise MinerError("deadline exceeded", kind="timeout") from None
+        except aiohttp.ClientError as e:
+            raise MinerError(f"{type(e).__name__}: {e}", kind="unreachable") from None
+        except SSEError as e:
+            raise MinerError(f"broken SSE stream: {e}", kind="bad_response") from None
+
+    async def _events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
+        parser = SSEParser(max_event_bytes=self.max_response_bytes)
+        received = 0
+        async for chunk in resp.content.iter_any():
+            received += len(chunk)
+            if received > self.max_response_bytes:
+                raise MinerError(f"response larger than {self.max_response_bytes} bytes", kind="too_large")
+            for data in parser.feed(chunk):
+                if data == DONE:
+                    return
+                yield data
+        for data in parser.close():
+            if data == DONE:
+                return
+            yield data
+
+    async def _json_as_event(self, resp: aiohttp.ClientResponse) -> str:
+        raw = await resp.content.read(self.max_response_bytes + 1)
+        if len(raw) > self.max_response_bytes:
+            raise MinerError(f"response larger than {self.max_response_bytes} bytes", kind="too_large")
+        try:
+            obj = json.loads(raw)
+            choice = obj["choices"][0]
+            message = choice.get("message") or {}
+            delta = {k: v for k, v in message.items() if v is not None}
+            chunk = {
+                "id": obj.get("id", ""),
+                "object": "chat.completion.chunk",
+                "created": obj.get("created", int(time.time())),
+                "model": obj.get("model", ""),
+                "choices": [{"index": 0, "delta": delta, "logprobs": choice.get("logprobs"),
+                             "finish_reason": choice.get("finish_reason")}],
+            }
+            if obj.get("usage"):
+                chunk["usage"] = obj["usage"]
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            raise MinerError(f"malformed JSON completion: {e}", kind="bad_response") from None
+        return json.dumps(chunk)
+
+    async def post_json(
+        self, base_url: str, path: str, payload: Any, receiver: str, *, timeout: float
+    ) -> tuple[int, Any]:
+        """Signed JSON POST; returns (status, parsed body or None). Raises MinerError on transport failure."""
+        url = URL(base_url.rstrip("/") + path)
+        body = dumpb(payload)
+        headers = self.signer.headers("POST", url, body, receiver)
+        headers["Content-Type"] = "application/json"
+        try:
+            async with self.session.post(
+                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
+                raw = await resp.content.read(self.max_response_bytes + 1)
+                if len(raw) > self.max_response_bytes:
+                    raise MinerError("response too large", kind="too_large")
+                try:
+                    data = json.loads(raw) if raw else None
+                except ValueError:
+                    data = None
+                return resp.status, data
+        except TimeoutError:
+            raise MinerError("timed out", kind="timeout") from None
+        except aiohttp.ClientError as e:
+            raise MinerError(f"{type(e).__name__}: {e}", kind="unreachable") from None

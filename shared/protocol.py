@@ -1,0 +1,244 @@
+"""Wire models: what crosses a process boundary on the chat path.
+
+The request model accepts every standard OpenAI chat-completion field plus the
+subnet's extras; unknown fields are kept (``extra="allow"``) so they reach the
+miner instead of being silently dropped, as the original implementation did.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_TASK = "InferenceTask"
+ANY_MODEL = {"", "default", None}
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str = "text"
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool", "developer", "function"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def text(self) -> str:
+        return content_text(self.content)
+
+
+def content_text(content: Any) -> str:
+    """Flatten OpenAI message content (a string or a list of parts) to plain text."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        text = part.get("text") if isinstance(part, dict) else getattr(part, "text", None)
+        if text:
+            parts.append(text)
+    return "\n".join(parts)
+
+
+class SamplingParameters(BaseModel):
+    """The subnet's own sampling block (``extra_body.sampling_parameters``)."""
+
+    model_config = ConfigDict(extra="allow")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    max_new_tokens: int | None = Field(default=None, ge=1, le=65536)
+    do_sample: bool | None = None
+    mixture: bool | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=1)
+    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=65536)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=65536)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    user: str | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+
+    # The subnet's extras.
+    task: str | None = None
+    sampling_parameters: SamplingParameters | None = None
+    uids: list[int] | None = Field(default=None, max_length=256)
+    mixture: bool | None = None
+    inference_mode: str | None = None
+    target_results: int | None = Field(default=None, ge=1, le=256)
+    timeout: float | None = Field(default=None, gt=0, le=600)
+
+    @field_validator("uids")
+    @classmethod
+    def _uids_non_negative(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(u < 0 for u in v):
+            raise ValueError("uids must be non-negative integers")
+        return v
+
+    @model_validator(mode="after")
+    def _stop_is_bounded(self) -> ChatCompletionRequest:
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            raise ValueError("stop accepts at most 4 sequences")
+        return self
+
+    def wants_any_model(self) -> bool:
+        return self.model in ANY_MODEL
+
+    def effective_max_tokens(self) -> int | None:
+        """OpenAI fields win over the subnet's ``sampling_parameters`` (documented precedence)."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        if self.max_tokens is not None:
+            return self.max_tokens
+        sp = self.sampling_parameters
+        return sp.max_new_tokens if sp else None
+
+    def effective_temperature(self) -> float | None:
+        if self.temperature is not None:
+            return self.temperature
+        sp = self.sampling_parameters
+        return sp.temperature if sp else None
+
+    def effective_top_p(self) -> float | None:
+        if self.top_p is not None:
+            return self.top_p
+        sp = self.sampling_parameters
+        return sp.top_p if sp else None
+
+    def miner_body(self, *, seed: int) -> dict[str, Any]:
+        """The body sent to miners: every field the caller sent, with sampling merged in.
+
+        Routing-only fields (``uids``, ``timeout``) stay with the API; everything
+        else, unknown fields included, is forwarded.
+        """
+        body = self.model_dump(mode="json", exclude_none=True, exclude={"uids", "timeout"})
+        body["seed"] = seed
+        body["stream"] = True
+        for name, value in (
+            ("max_tokens", self.effective_max_tokens()),
+            ("temperature", self.effective_temperature()),
+            ("top_p", self.effective_top_p()),
+        ):
+            if value is not None:
+                body[name] = value
+        body.pop("max_completion_tokens", None)
+        body.setdefault("task", DEFAULT_TASK)
+        return body
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    estimated: bool | None = None
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def completion_object(
+    *,
+    completion_id: str,
+    model: str,
+    content: str | None,
+    finish_reason: str | None,
+    usage: dict[str, Any],
+    tool_calls: list[dict[str, Any]] | None = None,
+    logprobs: Any = None,
+    created: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A standard ``chat.completion`` object as a plain dict (the hot path avoids models)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    obj = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created or int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}],
+        "usage": usage,
+    }
+    if extra:
+        obj.update(extra)
+    return obj
+
+
+def chunk_object(
+    *,
+    completion_id: str,
+    model: str,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    created: int | None = None,
+    usage: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created or int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+    if usage is not None:
+        obj["usage"] = usage
+    return obj
+
+
+def usage_chunk(*, completion_id: str, model: str, usage: dict[str, Any], created: int | None = None) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created or int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    }
+
+
+class AvailabilityResponse(BaseModel):
+    """What a miner says it serves (``POST /availability``)."""
+
+    task_availabilities: dict[str, bool]
+    llm_model_availabilities: dict[str, bool]
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap, documented token estimate: ~4 characters per token, at least 1 for non-empty text."""
+    if not text:
+        return 0
+    return max(1, (len(text) + 3) // 4)

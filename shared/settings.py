@@ -1,0 +1,141 @@
+"""Settings per role, loaded once in ``main`` from an env file plus the environment.
+
+Environment variables win over the env file. A bad or missing value stops the
+process at start with one clear line per problem (``SettingsError``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """Raised with a human-readable list of every bad setting."""
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, env_file_encoding="utf-8")
+
+    wallet_name: str = Field(default="validator", description="Wallet (coldkey) name")
+    wallet_hotkey: str = Field(default="default", description="Hotkey name inside the wallet")
+    wallet_path: str = Field(default="~/.bittensor/wallets", description="Wallet directory")
+    netuid: int = Field(default=1, ge=0, le=65535)
+    subtensor_network: str = Field(default="finney", description="finney, test, local or a ws(s):// URL")
+    metagraph_file: str | None = Field(
+        default=None, description="Read the metagraph from this JSON file instead of the chain (local network)"
+    )
+    metagraph_refresh_seconds: float = Field(default=60.0, gt=0)
+    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("metagraph_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    def network_label(self) -> str:
+        return f"file:{self.metagraph_file}" if self.metagraph_file else f"{self.subtensor_network}/netuid {self.netuid}"
+
+
+class ApiSettings(CommonSettings):
+    api_host: str = "0.0.0.0"
+    api_port: int = Field(default=42170, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=256)
+    validator_api: str = Field(default="http://127.0.0.1:8094", description="Base URL of the validator's API")
+    admin_key: SecretStr | None = Field(default=None, description="Admin key for /api_management; unset disables it")
+    store_url: str = Field(default="sqlite:///./state/api.db", description="sqlite:///path or redis://host:port/db")
+    store_namespace: str = Field(default="sn1", description="Key prefix in a shared Redis")
+    default_k: int = Field(default=5, ge=1, le=256, description="Miners raced per chat request")
+    request_timeout: float = Field(default=30.0, gt=0, le=600, description="Default per-request deadline (s)")
+    max_request_timeout: float = Field(default=120.0, gt=0, le=600)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    miner_max_response_bytes: int = Field(default=8 << 20, ge=1024)
+    availability_refresh_seconds: float = Field(default=15.0, gt=0)
+    availability_stale_seconds: float = Field(default=120.0, gt=0)
+
+    @field_validator("admin_key", mode="before")
+    @classmethod
+    def _empty_admin_key(cls, v: object) -> object:
+        return None if v in ("", None) else v
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_scheme(cls, v: str) -> str:
+        if not (v.startswith("sqlite:///") or v.startswith("redis://") or v.startswith("rediss://")):
+            raise ValueError("must start with sqlite:/// or redis://")
+        return v
+
+
+class ValidatorSettings(CommonSettings):
+    scoring_api_host: str = "0.0.0.0"
+    scoring_api_port: int = Field(default=8094, ge=1, le=65535)
+    api_hotkeys: list[str] = Field(
+        default_factory=list, description="Hotkeys allowed to POST /scoring (default: our own)"
+    )
+    state_dir: str = Field(default="./state/validator")
+    weights_ledger_file: str | None = Field(default=None, description="Local network: write weights here")
+    availability_interval: float = Field(default=30.0, gt=0)
+    availability_timeout: float = Field(default=3.0, gt=0)
+    availability_concurrency: int = Field(default=32, ge=1)
+    neuron_disable_set_weights: bool = False
+
+    @field_validator("api_hotkeys", mode="before")
+    @classmethod
+    def _split_hotkeys(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [h.strip() for h in v.split(",") if h.strip()]
+        return v
+
+
+class MinerSettings(CommonSettings):
+    wallet_name: str = "miner"
+    miner_host: str = "0.0.0.0"
+    miner_port: int = Field(default=8091, ge=1, le=65535)
+    miner_backend: Literal["deterministic", "openai"] = "deterministic"
+    miner_model: str = Field(default="sn1/deterministic", description="Model name served by the deterministic backend")
+    upstream_url: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    upstream_api_key: SecretStr | None = None
+    upstream_timeout: float = Field(default=120.0, gt=0)
+    allowed_hotkeys: list[str] = Field(default_factory=list, description="Callers accepted even without a permit")
+    max_body_bytes: int = Field(default=4 << 20, ge=1024)
+
+    @field_validator("allowed_hotkeys", mode="before")
+    @classmethod
+    def _split_allowed(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [h.strip() for h in v.split(",") if h.strip()]
+        return v
+
+    @field_validator("upstream_url", mode="before")
+    @classmethod
+    def _empty_upstream(cls, v: object) -> object:
+        return None if v == "" else v
+
+    def check(self) -> None:
+        if self.miner_backend == "openai" and not self.upstream_url:
+            raise SettingsError("UPSTREAM_URL: required when MINER_BACKEND=openai")
+
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def load_settings(cls: type[S], env_file: str | Path | None = None, **overrides: object) -> S:
+    """Build settings from ``env_file`` (if it exists), the environment and ``overrides``."""
+    env = str(env_file) if env_file and Path(env_file).exists() else None
+    if env_file and env is None and overrides.pop("_require_env_file", False):
+        raise SettingsError(f"env file {env_file} not found")
+    try:
+        settings = cls(_env_file=env, **overrides)  # type: ignore[call-arg]
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            name = "_".join(str(p) for p in err["loc"]).upper() or "settings"
+            lines.append(f"{name}: {err['msg']}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    check = getattr(settings, "check", None)
+    if callable(check):
+        check()
+    return settings

@@ -1,0 +1,112 @@
+"""btauth/1 request signing and verification (``bittensor.http_auth``).
+
+Every API->miner, validator->miner and API->validator request is signed by the
+validator hotkey *for the receiver's hotkey*. Receivers verify signature,
+freshness, receiver binding and replay, then authorise the caller (a
+validator-permit holder in their metagraph view, or an explicit allow-list).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+from bittensor import http_auth
+from yarl import URL
+
+from shared.errors import ApiError
+
+CALLER_KEY = "btauth_caller"
+
+
+class Signer:
+    """Signs outgoing requests with a cached hotkey keypair.
+
+    Pass the keypair (``wallet.hotkey``), never the ``Wallet``: signing with a
+    wallet re-reads the key file on every call (~1 ms instead of ~35 us).
+    """
+
+    def __init__(self, keypair: Any) -> None:
+        self._keypair = keypair
+        self.hotkey: str = keypair.ss58_address
+
+    def headers(self, method: str, url: str | URL, body: bytes, receiver: str) -> dict[str, str]:
+        target = URL(url).raw_path_qs if not isinstance(url, URL) else url.raw_path_qs
+        return http_auth.sign(self._keypair, method=method, path=target, body=body, receiver_ss58=receiver)
+
+
+_STATUS = {http_auth.MalformedAuth: 400, http_auth.WrongReceiver: 403}
+
+
+class Authorizer:
+    """Decides which authenticated hotkeys may call this receiver.
+
+    ``permitted`` is re-read on each call so a metagraph refresh takes effect at once.
+    """
+
+    def __init__(self, permitted: Callable[[], Iterable[str]], allow: Iterable[str] = ()) -> None:
+        self._permitted = permitted
+        self._allow = frozenset(allow)
+
+    def allowed(self, hotkey: str) -> bool:
+        return hotkey in self._allow or hotkey in self._permitted()
+
+
+class RequestVerifier:
+    """Verifies a signed aiohttp request for one receiver hotkey."""
+
+    def __init__(
+        self,
+        self_hotkey: str,
+        authorizer: Authorizer,
+        *,
+        nonce_store: Any | None = None,
+        max_age: float = http_auth.DEFAULT_MAX_AGE,
+    ) -> None:
+        self.self_hotkey = self_hotkey
+        self.authorizer = authorizer
+        self.nonce_store = nonce_store or http_auth.InMemoryNonceStore(retention=max(60.0, max_age + 5))
+        self.max_age = max_age
+
+    def verify(self, headers: Any, body: bytes, *, method: str, path: str) -> http_auth.Caller:
+        """Return the caller or raise ``ApiError`` (400 malformed, 401 bad/stale/replay, 403 not allowed)."""
+        try:
+            caller = http_auth.verify(
+                headers,
+                body,
+                method=method,
+                path=path,
+                self_hotkey_ss58=self.self_hotkey,
+                max_age=self.max_age,
+                nonce_store=self.nonce_store,
+            )
+        except http_auth.AuthError as e:
+            status = _STATUS.get(type(e), 401)
+            raise ApiError(status, f"{type(e).__name__}: {e}", code=type(e).__name__) from None
+        if not self.authorizer.allowed(caller.hotkey_ss58):
+            raise ApiError(
+                403,
+                f"hotkey {caller.hotkey_ss58} holds no validator permit here and is not allow-listed",
+                code="NotAValidator",
+            )
+        return caller
+
+
+def btauth_middleware(
+    verifier: RequestVerifier, *, public_paths: Iterable[str] = ("/health",)
+) -> Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]], Awaitable[web.StreamResponse]]:
+    """aiohttp middleware: every route except ``public_paths`` must be signed for us."""
+    public = frozenset(public_paths)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path in public:
+            return await handler(request)
+        body = await request.read()
+        request[CALLER_KEY] = verifier.verify(
+            request.headers, body, method=request.method, path=request.raw_path
+        )
+        return await handler(request)
+
+    return middleware
