@@ -1,0 +1,100 @@
+"""The OpenAI SDK against a real local subnet: the issue's "done when" flows."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import openai
+import pytest
+
+
+def client(info: dict, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=info["api_url"] + "/v1", api_key=info["api_key"], max_retries=0, timeout=30, **kw)
+
+
+def test_non_streaming_completion(localnet: dict) -> None:
+    resp = client(localnet).chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "Hello"}]
+    )
+    completion = resp.parse()
+    assert completion.choices[0].message.content
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.model == "sn1/deterministic"
+    assert completion.usage is not None and completion.usage.total_tokens > 0
+    uid = int(resp.headers["x-sn1-miner-uid"])
+    assert uid in {m["uid"] for m in localnet["miners"]}
+    assert resp.headers["x-request-id"]
+
+
+def test_streaming_completion_with_api_key_header(localnet: dict) -> None:
+    c = client(localnet, default_headers={"api-key": localnet["api_key"]})
+    stream = c.chat.completions.create(
+        model="sn1/deterministic", messages=[{"role": "user", "content": "Stream please"}], stream=True
+    )
+    pieces = [ch.choices[0].delta.content or "" for ch in stream if ch.choices]
+    text = "".join(pieces)
+    assert len([p for p in pieces if p]) > 3
+    assert text.endswith(".")
+
+
+def test_subnet_extras_and_seed_are_deterministic(localnet: dict) -> None:
+    c = client(localnet)
+    kwargs = dict(
+        model="sn1/deterministic",
+        messages=[{"role": "user", "content": "How are you?"}],
+        temperature=0.7,
+        seed=42,
+        extra_body={"task": "InferenceTask", "sampling_parameters": {"mixture": False, "max_new_tokens": 256,
+                                                                      "do_sample": True}},
+    )
+    first = c.chat.completions.create(**kwargs).choices[0].message.content
+    second = c.chat.completions.create(**kwargs).choices[0].message.content
+    other = c.chat.completions.create(**{**kwargs, "seed": 43}).choices[0].message.content
+    assert first == second, "same messages + seed + sampling must give the same answer"
+    assert first != other
+
+
+def test_max_tokens_reaches_the_miner(localnet: dict) -> None:
+    out = client(localnet).chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "short"}], max_tokens=5
+    )
+    assert len(out.choices[0].message.content.split()) == 5
+    assert out.choices[0].finish_reason == "length"
+
+
+def test_unknown_model_is_404_model_not_found(localnet: dict) -> None:
+    with pytest.raises(openai.NotFoundError) as e:
+        client(localnet).chat.completions.create(model="no/such-model", messages=[{"role": "user", "content": "x"}])
+    assert e.value.code == "model_not_found"
+
+
+def test_unknown_uid_is_400(localnet: dict) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client(localnet).chat.completions.create(model="default", messages=[{"role": "user", "content": "x"}],
+                                                 extra_body={"uids": [999]})
+    assert "999" in e.value.message
+
+
+def test_bad_key_is_401(localnet: dict) -> None:
+    c = openai.OpenAI(base_url=localnet["api_url"] + "/v1", api_key="sn1-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        c.chat.completions.create(model="default", messages=[{"role": "user", "content": "x"}])
+
+
+def test_explicit_uid_answers_and_is_reported(localnet: dict) -> None:
+    uid = localnet["miners"][1]["uid"]
+    resp = client(localnet).chat.completions.with_raw_response.create(
+        model="default", messages=[{"role": "user", "content": "x"}], extra_body={"uids": [uid]}
+    )
+    assert resp.headers["x-sn1-miner-uid"] == str(uid)
+
+
+def test_localnet_json_lists_everything(localnet: dict) -> None:
+    with open(f"{localnet['dir']}/localnet.json") as f:
+        data = json.load(f)
+    assert set(data) >= {"api_url", "validator_url", "admin_key", "api_key", "miners"}
+    assert all(set(m) >= {"uid", "hotkey", "url", "backend"} for m in data["miners"])
+    for m in data["miners"]:
+        with urllib.request.urlopen(m["url"] + "/health", timeout=5) as r:
+            assert r.status == 200
