@@ -42,6 +42,8 @@ def add_localnet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["deterministic", "openai"], default="deterministic")
     p.add_argument("--upstream", default=None, help="OpenAI-compatible base URL for --backend openai")
     p.add_argument("--model", default="sn1/deterministic", help="model name of the deterministic backend")
+    p.add_argument("--miner-profiles", default=None,
+                   help="comma-separated profile per miner, e.g. honest,lazy,slow,copy,down (default all honest)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -56,6 +58,7 @@ class LocalNetConfig:
     upstream: str | None = None
     model: str = "sn1/deterministic"
     log_level: str = "INFO"
+    miner_profiles: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -73,6 +76,13 @@ class LocalNet:
             raise ValueError("--miners must be at least 1")
         if config.backend == "openai" and not config.upstream:
             raise ValueError("--backend openai needs --upstream URL")
+        if len(config.miner_profiles) > config.miners:
+            raise ValueError("--miner-profiles lists more profiles than --miners")
+        from neurons.miner.profiles import all_profiles
+
+        unknown = set(config.miner_profiles) - set(all_profiles())
+        if unknown:
+            raise ValueError(f"unknown miner profile(s) {sorted(unknown)}; known: {', '.join(all_profiles())}")
         self.cfg = config
         self.dir = config.directory.resolve()
         self.children: list[Child] = []
@@ -115,7 +125,9 @@ class LocalNet:
             port = free_port()
             neurons.append(Neuron(uid=i, hotkey=hk.ss58_address, coldkey=coldkey_address(name, self.wallet_path),
                                   axon=f"127.0.0.1:{port}", stake=0.0, incentive=1.0 / self.cfg.miners))
-            self.miner_specs.append({"uid": i, "hotkey": hk.ss58_address, "port": port, "wallet": name})
+            profile = self.cfg.miner_profiles[i - 1] if i <= len(self.cfg.miner_profiles) else "honest"
+            self.miner_specs.append({"uid": i, "hotkey": hk.ss58_address, "port": port, "wallet": name,
+                                     "profile": profile})
         self.validator_hotkey = validator.ss58_address
         self.metagraph_path = self.dir / "metagraph.json"
         write_metagraph_file(self.metagraph_path, MetagraphSnapshot(netuid=1, block=1, neurons=tuple(neurons)))
@@ -160,6 +172,7 @@ class LocalNet:
                 "MINER_PORT": str(spec["port"]),
                 "MINER_BACKEND": self.cfg.backend,
                 "MINER_MODEL": self.cfg.model,
+                "MINER_PROFILE": spec["profile"],
             }
             if self.cfg.upstream:
                 env["UPSTREAM_URL"] = self.cfg.upstream
@@ -194,7 +207,7 @@ class LocalNet:
             "metagraph_file": str(self.metagraph_path),
             "miners": [
                 {"uid": s["uid"], "hotkey": s["hotkey"], "url": f"http://127.0.0.1:{s['port']}",
-                 "backend": self.cfg.backend}
+                 "backend": self.cfg.backend, "profile": s["profile"]}
                 for s in self.miner_specs
             ],
         }
@@ -273,7 +286,8 @@ def _key_works(api_url: str, key: str) -> bool:
 
 def summary(info: dict[str, Any], directory: Path) -> str:
     api, key = info["api_url"], info["api_key"]
-    miners = "\n".join(f"    uid {m['uid']}: {m['url']}  ({m['backend']})  {m['hotkey']}" for m in info["miners"])
+    miners = "\n".join(f"    uid {m['uid']}: {m['url']}  ({m['backend']}, {m['profile']})  {m['hotkey']}"
+                       for m in info["miners"])
     return f"""
 Local subnet is up.
   API:        {api}
@@ -298,6 +312,7 @@ def run_localnet(args: argparse.Namespace) -> int:
         directory=Path(args.dir), miners=args.miners, api_port=args.api_port, validator_port=args.validator_port,
         admin_key=args.admin_key, backend=args.backend, upstream=args.upstream, model=args.model,
         log_level=args.log_level,
+        miner_profiles=[p.strip() for p in args.miner_profiles.split(",") if p.strip()] if args.miner_profiles else [],
     )
     try:
         net = LocalNet(config)

@@ -101,6 +101,7 @@ class MinerSettings(CommonSettings):
     upstream_timeout: float = Field(default=120.0, gt=0)
     allowed_hotkeys: list[str] = Field(default_factory=list, description="Callers accepted even without a permit")
     max_body_bytes: int = Field(default=4 << 20, ge=1024)
+    miner_profile: str = Field(default="honest", description="Behaviour profile (local network and tests)")
 
     @field_validator("allowed_hotkeys", mode="before")
     @classmethod

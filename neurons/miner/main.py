@@ -8,6 +8,7 @@ from neurons.miner.app import create_miner_app
 from neurons.miner.backends.base import Backend
 from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
+from neurons.miner.profiles import apply_quality_profile
 from shared.http import serve_until_signal
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView, make_source
@@ -41,10 +42,11 @@ async def run_miner(settings: MinerSettings) -> None:
     verifier = RequestVerifier(
         hotkey.ss58_address, Authorizer(metagraph.permitted_hotkeys, settings.allowed_hotkeys)
     )
-    backend = await build_backend(settings)
+    backend = apply_quality_profile(settings.miner_profile, await build_backend(settings), settings)
     app = create_miner_app(backend, verifier, metagraph=metagraph, max_body_bytes=settings.max_body_bytes)
     logger.info(
-        "miner starting hotkey={} port={} network={} backend={} models={}",
-        hotkey.ss58_address, settings.miner_port, settings.network_label(), backend.name, backend.models(),
+        "miner starting hotkey={} port={} network={} backend={} profile={} models={}",
+        hotkey.ss58_address, settings.miner_port, settings.network_label(), backend.name,
+        settings.miner_profile, backend.models(),
     )
     await serve_until_signal(app, settings.miner_host, settings.miner_port)
