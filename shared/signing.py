@@ -17,7 +17,7 @@ from yarl import URL
 
 from shared.errors import ApiError
 
-CALLER_KEY = "btauth_caller"
+CALLER_KEY = web.RequestKey("btauth_caller", http_auth.Caller)
 
 
 class Signer:

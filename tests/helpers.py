@@ -49,3 +49,100 @@ class StaticSource:
 
     async def close(self) -> None:
         return None
+
+
+# --- scripted miners and an in-process API ----------------------------------------------------------
+
+import asyncio  # noqa: E402
+import json  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+
+def chunk(content: str | None = None, *, finish: str | None = None, model: str = "scripted", usage: dict | None = None) -> str:
+    delta = {} if content is None else {"content": content}
+    obj: dict[str, Any] = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": model,
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    if usage:
+        obj["usage"] = usage
+    return json.dumps(obj)
+
+
+@dataclass
+class Script:
+    """What a scripted miner streams: (delay_seconds, raw bytes) steps; ``die`` drops the connection after."""
+
+    steps: list[tuple[float, bytes]]
+    die: bool = False
+    status: int = 200
+    calls: int = 0
+    cancelled: int = 0
+    active: int = 0
+
+
+def sse(*datas: str, done: bool = True) -> list[bytes]:
+    out = [f"data: {d}\n\n".encode() for d in datas]
+    if done:
+        out.append(b"data: [DONE]\n\n")
+    return out
+
+
+def scripted_miner_app(script: Script) -> web.Application:
+    """A miner double that streams exactly what the script says (no signature check)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        script.calls += 1
+        script.active += 1
+        try:
+            if script.status != 200:
+                return web.Response(status=script.status, text="scripted failure")
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            for delay, data in script.steps:
+                if delay:
+                    await asyncio.sleep(delay)
+                await resp.write(data)
+            if script.die:
+                assert request.transport is not None
+                request.transport.close()
+                return resp
+            await resp.write_eof()
+            return resp
+        except asyncio.CancelledError:
+            script.cancelled += 1
+            raise
+        finally:
+            script.active -= 1
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    return app
+
+
+async def build_api_context(tmp: Path, snap: MetagraphSnapshot, signer_keypair: Any, **settings: Any):
+    """An ApiContext with a real SQLite store, a static metagraph and a real signed client."""
+    from api.context import ApiContext
+    from shared.metagraph import MetagraphView
+    from shared.miner_client import MinerClient, make_session
+    from shared.settings import ApiSettings
+    from shared.signing import Signer
+    from shared.store.sqlite import SQLiteStore
+
+    api_settings = ApiSettings(_env_file=None, store_url=f"sqlite:///{tmp / 'api.db'}",
+                               admin_key="admin-secret-for-tests", **settings)
+    view = MetagraphView(StaticSource(snap))
+    await view.refresh()
+    client = MinerClient(make_session(), Signer(signer_keypair),
+                         max_response_bytes=api_settings.miner_max_response_bytes)
+    store = SQLiteStore(tmp / "api.db")
+    return ApiContext(settings=api_settings, store=store, metagraph=view, client=client, availability=None)
+
+
+@dataclass
+class ApiUnderTest:
+    url: str
+    key: str
+    ctx: Any
+    scripts: dict[int, Script] = field(default_factory=dict)

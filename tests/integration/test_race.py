@@ -1,0 +1,225 @@
+"""The race through the real API app and real HTTP miners: who wins, and what the client sees."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from api.app import create_api_app
+from neurons.miner.app import create_miner_app
+from neurons.miner.backends.deterministic import DeterministicBackend, generate_text
+from shared.signing import Authorizer, RequestVerifier
+from tests.helpers import (
+    ApiUnderTest,
+    Script,
+    build_api_context,
+    chunk,
+    keypair,
+    scripted_miner_app,
+    serve_app,
+    snapshot,
+    sse,
+)
+
+VALIDATOR = keypair("//Validator")
+MESSAGES = [{"role": "user", "content": "Race me"}]
+
+
+@contextlib.asynccontextmanager
+async def api_with_miners(tmp_path: Path, scripts: dict[int, Script], *, honest: set[int] = frozenset(),
+                          **settings) -> AsyncIterator[ApiUnderTest]:
+    """Start scripted miners (and real deterministic miners for uids in ``honest``) plus the API."""
+    async with contextlib.AsyncExitStack() as stack:
+        miners: dict[int, tuple[str, str | None]] = {}
+        for uid, script in scripts.items():
+            url = await stack.enter_async_context(serve_app(scripted_miner_app(script)))
+            miners[uid] = (keypair(f"//Miner{uid}").ss58_address, url.removeprefix("http://"))
+        for uid in honest:
+            kp = keypair(f"//Miner{uid}")
+            verifier = RequestVerifier(kp.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
+            url = await stack.enter_async_context(serve_app(create_miner_app(DeterministicBackend(), verifier)))
+            miners[uid] = (kp.ss58_address, url.removeprefix("http://"))
+        ctx = await build_api_context(tmp_path, snapshot(VALIDATOR.ss58_address, miners), VALIDATOR, **settings)
+        stack.push_async_callback(ctx.client.session.close)
+        secret, _ = await ctx.store.create_key(1000)
+        url = await stack.enter_async_context(serve_app(create_api_app(ctx, run_background=False)))
+        yield ApiUnderTest(url=url, key=secret, ctx=ctx, scripts=scripts)
+
+
+async def post(api: ApiUnderTest, body: dict, *, timeout: float = 20) -> tuple[int, dict, str]:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(api.url + "/v1/chat/completions", json=body, timeout=aiohttp.ClientTimeout(total=timeout),
+                          headers={"Authorization": f"Bearer {api.key}"}) as r:
+            return r.status, dict(r.headers), await r.text()
+
+
+def sse_datas(text: str) -> list[str]:
+    return [line[6:] for line in text.split("\n") if line.startswith("data: ")]
+
+
+def streamed_text(text: str) -> str:
+    out = []
+    for d in sse_datas(text):
+        if d == "[DONE]":
+            continue
+        obj = json.loads(d)
+        for c in obj.get("choices", []):
+            out.append(c.get("delta", {}).get("content") or "")
+    return "".join(out)
+
+
+GOOD = "The slow but correct answer."
+
+
+def slow_good(delay: float = 0.3) -> Script:
+    return Script([(delay, d) for d in sse(chunk("The slow "), chunk("but correct answer."), chunk(finish="stop"))])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_fast_garbage_miner_loses_to_slow_good_miner(tmp_path: Path, stream: bool) -> None:
+    garbage = Script([(0, b"data: {not json\n\n"), (0, b"data: [DONE]\n\n")])
+    empty = Script([(0, d) for d in sse(chunk(""), chunk(finish="stop"))])
+    async with api_with_miners(tmp_path, {1: garbage, 2: empty, 3: slow_good()}) as api:
+        status, headers, text = await post(api, {"messages": MESSAGES, "stream": stream})
+    assert status == 200, text
+    assert headers["x-sn1-miner-uid"] == "3"
+    content = streamed_text(text) if stream else json.loads(text)["choices"][0]["message"]["content"]
+    assert content == GOOD
+
+
+async def test_first_valid_stream_wins_and_is_passed_through_whole(tmp_path: Path) -> None:
+    fast = Script([(0.01, d) for d in sse(chunk("fast "), chunk("answer"), chunk(finish="stop"))])
+    async with api_with_miners(tmp_path, {1: fast, 2: slow_good(0.5)}) as api:
+        status, headers, text = await post(api, {"messages": MESSAGES, "stream": True})
+    assert status == 200 and headers["x-sn1-miner-uid"] == "1"
+    assert streamed_text(text) == "fast answer"
+    assert sse_datas(text)[-1] == "[DONE]"
+
+
+async def test_real_deterministic_miner_answers_through_signed_path(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {}, honest={5}) as api:
+        status, headers, text = await post(api, {"messages": MESSAGES, "seed": 7})
+    assert status == 200, text
+    body = json.loads(text)
+    expected = generate_text({"messages": MESSAGES, "seed": 7, "task": "InferenceTask"})
+    assert body["choices"][0]["message"]["content"] == expected
+    assert headers["x-sn1-seed"] == "7"
+
+
+async def test_winner_dying_mid_stream_ends_with_error_event_and_done(tmp_path: Path) -> None:
+    dying = Script([(0, d) for d in sse(chunk("partial "), done=False)] + [(0.05, b'data: {"choi')], die=True)
+    async with api_with_miners(tmp_path, {1: dying}) as api:
+        started = time.monotonic()
+        status, _, text = await post(api, {"messages": MESSAGES, "stream": True})
+    assert status == 200
+    assert time.monotonic() - started < 5
+    datas = sse_datas(text)
+    assert datas[-1] == "[DONE]"
+    err = json.loads(datas[-2])
+    assert err["error"]["code"] == "miner_failed_mid_stream"
+    assert streamed_text("\n".join(f"data: {d}" for d in datas[:-2])) == "partial "
+
+
+async def test_all_miners_fail_is_502_openai_shaped(tmp_path: Path) -> None:
+    bad = Script([], status=500)
+    garbage = Script([(0, b"data: nonsense\n\n")])
+    async with api_with_miners(tmp_path, {1: bad, 2: garbage}) as api:
+        status, _, text = await post(api, {"messages": MESSAGES})
+    assert status == 502
+    err = json.loads(text)["error"]
+    assert err["code"] == "no_valid_answer" and err["type"] == "upstream_error"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_deadline_is_504_within_deadline(tmp_path: Path, stream: bool) -> None:
+    stall = Script([(0, b": hello\n\n"), (30, b"")])
+    async with api_with_miners(tmp_path, {1: stall}) as api:
+        started = time.monotonic()
+        status, _, text = await post(api, {"messages": MESSAGES, "stream": stream, "timeout": 0.5})
+        elapsed = time.monotonic() - started
+    assert status == 504, text
+    assert json.loads(text)["error"]["code"] == "deadline_exceeded"
+    assert elapsed < 1.5
+
+
+async def test_winner_stalling_after_first_chunk_is_cut_at_deadline(tmp_path: Path) -> None:
+    stall = Script([(0, d) for d in sse(chunk("start "), done=False)] + [(30, b"")])
+    async with api_with_miners(tmp_path, {1: stall}) as api:
+        started = time.monotonic()
+        status, _, text = await post(api, {"messages": MESSAGES, "stream": True, "timeout": 0.6})
+    assert status == 200
+    assert time.monotonic() - started < 2
+    datas = sse_datas(text)
+    assert datas[-1] == "[DONE]" and "error" in json.loads(datas[-2])
+
+
+async def test_client_disconnect_cancels_miner_requests(tmp_path: Path) -> None:
+    slow = Script([(0, d) for d in sse(chunk("tick "), done=False)] + [(0.2, sse(chunk("tick "), done=False)[0])] * 50)
+    other = Script([(10, b"")])
+    async with api_with_miners(tmp_path, {1: slow, 2: other}) as api:
+        async with aiohttp.ClientSession() as s:
+            resp = await s.post(api.url + "/v1/chat/completions", headers={"api-key": api.key},
+                                json={"messages": MESSAGES, "stream": True, "timeout": 30})
+            await resp.content.readline()
+            resp.close()  # the client goes away mid-stream
+        for _ in range(50):
+            if slow.active == 0 and other.active == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert slow.active == 0 and other.active == 0, "miner requests must be cancelled within 1 s"
+
+
+async def test_organic_payload_attributes_chunks_per_uid(tmp_path: Path) -> None:
+    a = Script([(0.01, d) for d in sse(chunk("A1 "), chunk("A2"), chunk(finish="stop"))])
+    b = Script([(0.03, d) for d in sse(chunk("B1 "), chunk("B2"), chunk(finish="stop"))])
+    got: list[dict] = []
+    async with api_with_miners(tmp_path, {1: a, 2: b}) as api:
+
+        async def sink(payload: dict) -> None:
+            got.append(payload)
+
+        api.ctx.payload_sinks.append(sink)
+        status, _, _ = await post(api, {"messages": MESSAGES, "stream": True, "seed": 3})
+        assert status == 200
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.02)
+    assert got, "a scoring payload must be produced when the race settles"
+    p = got[0]
+    assert sorted(p["uids"]) == [1, 2] and p["body"]["seed"] == 3
+    for uid, prefix in (("1", "A"), ("2", "B")):
+        texts = [json.loads(c)["choices"][0]["delta"].get("content") or "" for c in p["chunks"][uid]]
+        assert "".join(texts) == f"{prefix}1 {prefix}2"
+        assert len(p["timings"][uid]) == len(p["chunks"][uid])
+        assert p["timings"][uid] == sorted(p["timings"][uid])
+
+
+async def test_bad_input_is_4xx_openai_shaped(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {1: slow_good(0)}) as api:
+        cases = [
+            b"{not json", b"[]", b'{"messages": []}', b'{"messages": "hi"}',
+            b'{"messages": [{"role": "wizard", "content": "x"}]}',
+            b'{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}',
+            b'{"messages": [{"role": "user", "content": "x"}], "uids": [-1]}',
+            b'{"messages": [{"role": "user", "content": "x"}], "uids": [42]}',
+            b"\xff\xfe", b"",
+        ]
+        async with aiohttp.ClientSession() as s:
+            for raw in cases:
+                async with s.post(api.url + "/v1/chat/completions", data=raw,
+                                  headers={"api-key": api.key, "Content-Type": "application/json"}) as r:
+                    body = await r.json()
+                    assert r.status == 400, (raw, r.status, body)
+                    assert set(body["error"]) == {"message", "type", "code", "param"}
+            big = b'{"messages": [{"role": "user", "content": "' + b"x" * (2 << 20) + b'"}]}'
+            async with s.post(api.url + "/v1/chat/completions", data=big, headers={"api-key": api.key}) as r:
+                assert r.status == 413
+                assert "error" in await r.json()

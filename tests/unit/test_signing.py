@@ -1,0 +1,97 @@
+"""btauth/1 accept and reject cases, through the real SDK."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from bittensor import http_auth
+
+from shared.errors import ApiError
+from shared.signing import Authorizer, RequestVerifier, Signer
+from tests.helpers import keypair
+
+VALIDATOR = keypair("//Validator")
+MINER = keypair("//Miner1")
+STRANGER = keypair("//Stranger")
+URL = "http://127.0.0.1:9/v1/chat/completions?x=1"
+BODY = b'{"messages":[{"role":"user","content":"hi"}]}'
+
+
+def verifier(allow: tuple[str, ...] = ()) -> RequestVerifier:
+    return RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}, allow))
+
+
+def verify(v: RequestVerifier, headers: dict[str, str], body: bytes = BODY, path: str = "/v1/chat/completions?x=1"):
+    return v.verify(headers, body, method="POST", path=path)
+
+
+def signed(signer=VALIDATOR, receiver=MINER.ss58_address, body=BODY) -> dict[str, str]:
+    return Signer(signer).headers("POST", URL, body, receiver)
+
+
+def test_valid_request_is_accepted() -> None:
+    caller = verify(verifier(), signed())
+    assert caller.hotkey_ss58 == VALIDATOR.ss58_address
+
+
+def test_tampered_body_is_401() -> None:
+    with pytest.raises(ApiError) as e:
+        verify(verifier(), signed(), body=BODY.replace(b"hi", b"HI"))
+    assert e.value.status == 401 and e.value.code == "BadSignature"
+
+
+def test_tampered_query_is_401() -> None:
+    with pytest.raises(ApiError) as e:
+        verify(verifier(), signed(), path="/v1/chat/completions?x=2")
+    assert e.value.status == 401
+
+
+def test_replay_is_401() -> None:
+    v, h = verifier(), signed()
+    verify(v, h)
+    with pytest.raises(ApiError) as e:
+        verify(v, h)
+    assert e.value.status == 401 and e.value.code == "ReplayedRequest"
+
+
+def test_stale_request_is_401() -> None:
+    old = time.time_ns() - 60 * 10**9
+    h = http_auth.sign(VALIDATOR, method="POST", path="/v1/chat/completions?x=1", body=BODY,
+                       receiver_ss58=MINER.ss58_address, nonce_ns=old)
+    with pytest.raises(ApiError) as e:
+        verify(verifier(), h)
+    assert e.value.status == 401 and e.value.code == "StaleRequest"
+
+
+def test_wrong_receiver_is_403() -> None:
+    with pytest.raises(ApiError) as e:
+        verify(verifier(), signed(receiver=STRANGER.ss58_address))
+    assert e.value.status == 403 and e.value.code == "WrongReceiver"
+
+
+def test_non_validator_caller_is_403() -> None:
+    with pytest.raises(ApiError) as e:
+        verify(verifier(), signed(signer=STRANGER))
+    assert e.value.status == 403 and e.value.code == "NotAValidator"
+
+
+def test_allow_listed_caller_is_accepted() -> None:
+    caller = verify(verifier(allow=(STRANGER.ss58_address,)), signed(signer=STRANGER))
+    assert caller.hotkey_ss58 == STRANGER.ss58_address
+
+
+def test_unsigned_request_is_400() -> None:
+    with pytest.raises(ApiError) as e:
+        verify(verifier(), {})
+    assert e.value.status == 400 and e.value.code == "MalformedAuth"
+
+
+def test_permit_lost_after_metagraph_refresh_is_403() -> None:
+    permitted = {VALIDATOR.ss58_address}
+    v = RequestVerifier(MINER.ss58_address, Authorizer(lambda: permitted))
+    verify(v, signed())
+    permitted.clear()
+    with pytest.raises(ApiError) as e:
+        verify(v, signed())
+    assert e.value.status == 403
