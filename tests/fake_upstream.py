@@ -1,0 +1,63 @@
+"""A faithful fake of an OpenAI-compatible server (the edge of the machine), served over HTTP.
+
+It records every request body it receives, so tests can check what a miner forwarded.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+MODEL = "fake/llm-1"
+
+
+def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True) -> web.Application:
+    async def models(_request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        received.append(body)
+        if strict and set(body) & {"task", "sampling_parameters", "uids", "mixture", "timeout"}:
+            return web.json_response({"error": {"message": "unknown parameter", "type": "invalid_request_error"}},
+                                     status=400)
+        text = "echo: " + str(body["messages"][-1].get("content"))
+        tool_calls = None
+        if body.get("tools"):
+            fn = body["tools"][0]["function"]["name"]
+            tool_calls = [{"index": 0, "id": "call_1", "type": "function",
+                           "function": {"name": fn, "arguments": '{"q": "x"}'}}]
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
+            if tool_calls:
+                message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in tool_calls]
+            return web.json_response({
+                "id": "up-1", "object": "chat.completion", "created": 1, "model": body.get("model"),
+                "choices": [{"index": 0, "message": message,
+                             "finish_reason": "tool_calls" if tool_calls else "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+            })
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+
+        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+            chunk = {"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": body.get("model"),
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        if tool_calls:
+            await send({"role": "assistant", "tool_calls": tool_calls})
+            await send({}, "tool_calls")
+        else:
+            for word in text.split(" "):
+                await send({"content": word + " "})
+            await send({}, "stop")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    return app

@@ -1,0 +1,73 @@
+"""The reference miner over real HTTP: signed access only, streaming and JSON, availability."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+from yarl import URL
+
+from neurons.miner.app import create_miner_app
+from neurons.miner.backends.deterministic import DeterministicBackend, generate_text
+from shared.signing import Authorizer, RequestVerifier, Signer
+from tests.helpers import keypair, serve_app
+
+VALIDATOR, MINER, STRANGER = keypair("//Validator"), keypair("//Miner1"), keypair("//Stranger")
+BODY = {"messages": [{"role": "user", "content": "hi"}], "seed": 1, "model": "sn1/deterministic"}
+
+
+def miner_app():
+    verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
+    return create_miner_app(DeterministicBackend(), verifier)
+
+
+async def call(url: str, path: str, body: dict, *, signer=VALIDATOR, receiver=MINER.ss58_address, headers=None):
+    raw = json.dumps(body).encode()
+    h = Signer(signer).headers("POST", URL(url + path), raw, receiver) if signer else {}
+    h.update(headers or {})
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url + path, data=raw, headers=h) as r:
+            return r.status, r.content_type, await r.text()
+
+
+async def test_signed_json_completion_is_deterministic() -> None:
+    async with serve_app(miner_app()) as url:
+        status, ctype, text = await call(url, "/v1/chat/completions", BODY)
+    assert status == 200 and ctype == "application/json"
+    out = json.loads(text)
+    assert out["choices"][0]["message"]["content"] == generate_text(BODY)
+    assert out["usage"]["completion_tokens"] > 0
+
+
+async def test_signed_stream_has_chunks_and_done() -> None:
+    async with serve_app(miner_app()) as url:
+        status, ctype, text = await call(url, "/v1/chat/completions", {**BODY, "stream": True,
+                                                                        "stream_options": {"include_usage": True}})
+    assert status == 200 and ctype == "text/event-stream"
+    datas = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    assert datas[-1] == "[DONE]"
+    text_out = "".join(json.loads(d)["choices"][0]["delta"].get("content", "") for d in datas[:-1]
+                       if json.loads(d)["choices"])
+    assert text_out == generate_text({**BODY, "stream": True})
+    assert json.loads(datas[-2])["usage"]["total_tokens"] > 0
+
+
+async def test_rejections_over_http() -> None:
+    async with serve_app(miner_app()) as url:
+        assert (await call(url, "/v1/chat/completions", BODY, signer=None))[0] == 400
+        assert (await call(url, "/v1/chat/completions", BODY, receiver=STRANGER.ss58_address))[0] == 403
+        status, _, text = await call(url, "/v1/chat/completions", BODY, signer=STRANGER)
+        assert status == 403 and json.loads(text)["error"]["code"] == "NotAValidator"
+        status, _, text = await call(url, "/v1/chat/completions", {**BODY, "model": "other"})
+        assert status == 404 and json.loads(text)["error"]["code"] == "model_not_found"
+        status, _, text = await call(url, "/v1/chat/completions", {"messages": "nope"})
+        assert status == 400 and json.loads(text)["error"]["param"] == "messages"
+
+
+async def test_availability_lists_tasks_and_models() -> None:
+    async with serve_app(miner_app()) as url:
+        status, _, text = await call(url, "/availability", {})
+    assert status == 200
+    data = json.loads(text)
+    assert data["llm_model_availabilities"] == {"sn1/deterministic": True}
+    assert data["task_availabilities"]["InferenceTask"] is True
