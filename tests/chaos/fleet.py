@@ -1,0 +1,121 @@
+"""A fleet of real miners (honest and fault-injecting) behind an in-process API, all on 127.0.0.1.
+
+Every miner verifies real btauth/1 signatures from the API's hotkey; the API
+has a real SQLite store and a real key. Used by the chaos suite and the soak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from api.app import create_api_app
+from neurons.miner.app import create_miner_app
+from neurons.miner.backends.deterministic import DeterministicBackend, generate_text
+from neurons.miner.faults import REFUSE, STATS, FaultOptions, FaultStats, create_fault_app, refusing_port
+from shared.signing import Authorizer, RequestVerifier
+from tests.helpers import build_api_context, keypair, serve_app, snapshot
+
+VALIDATOR = keypair("//Validator")
+HONEST = "honest"
+MESSAGES = [{"role": "user", "content": "Tell me something reliable."}]
+
+
+def miner_keypair(uid: int) -> Any:
+    return keypair(f"//ChaosMiner{uid}")
+
+
+def expected_answer(seed: int, messages: list[dict[str, Any]] = MESSAGES, **fields: Any) -> str:
+    """The honest (deterministic) answer the API must relay for this request."""
+    return generate_text({"messages": messages, "seed": seed, **fields})
+
+
+@dataclass
+class Fleet:
+    url: str
+    key: str
+    ctx: Any
+    profiles: dict[int, str]
+    stats: dict[int, FaultStats] = field(default_factory=dict)
+
+    def uids(self, *profiles: str) -> list[int]:
+        return [uid for uid, p in self.profiles.items() if p in profiles]
+
+    def in_flight(self) -> int:
+        """Miner-side chat requests still open (fault miners only)."""
+        return sum(s.active for s in self.stats.values())
+
+
+@contextlib.asynccontextmanager
+async def fleet(
+    tmp_path: Path, profiles: dict[int, str], *, options: FaultOptions | None = None, **settings: Any
+) -> AsyncIterator[Fleet]:
+    """Start one miner per uid (``honest`` or a fault profile) and the API in front of them."""
+    allowed = {VALIDATOR.ss58_address}
+    async with contextlib.AsyncExitStack() as stack:
+        miners: dict[int, tuple[str, str | None]] = {}
+        stats: dict[int, FaultStats] = {}
+        for uid, profile in profiles.items():
+            kp = miner_keypair(uid)
+            verifier = RequestVerifier(kp.ss58_address, Authorizer(lambda: allowed))
+            if profile == REFUSE:
+                port = stack.enter_context(refusing_port())
+                miners[uid] = (kp.ss58_address, f"127.0.0.1:{port}")
+                continue
+            if profile == HONEST:
+                app = create_miner_app(DeterministicBackend(), verifier)
+            else:
+                app = create_fault_app(profile, DeterministicBackend(), verifier, options=options)
+                stats[uid] = app[STATS]
+            url = await stack.enter_async_context(serve_app(app))
+            miners[uid] = (kp.ss58_address, url.removeprefix("http://"))
+        ctx = await build_api_context(tmp_path, snapshot(VALIDATOR.ss58_address, miners), VALIDATOR, **settings)
+        stack.push_async_callback(ctx.store.close)
+        stack.push_async_callback(ctx.client.session.close)
+        secret, _ = await ctx.store.create_key(1_000_000)
+        url = await stack.enter_async_context(serve_app(create_api_app(ctx, run_background=False)))
+        yield Fleet(url=url, key=secret, ctx=ctx, profiles=dict(profiles), stats=stats)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    text: str
+    elapsed: float
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+    def sse_datas(self) -> list[str]:
+        return [line[6:] for line in self.text.split("\n") if line.startswith("data: ")]
+
+    def content(self) -> str:
+        """The answer text, from a completion object or from a stream's deltas."""
+        if not self.headers.get("Content-Type", "").startswith("text/event-stream"):
+            return self.json()["choices"][0]["message"]["content"]
+        out = []
+        for d in self.sse_datas():
+            if d == "[DONE]":
+                continue
+            for c in json.loads(d).get("choices", []):
+                out.append(c.get("delta", {}).get("content") or "")
+        return "".join(out)
+
+
+async def chat(
+    session: aiohttp.ClientSession, f: Fleet, body: dict[str, Any], *, limit: float = 30.0
+) -> Reply:
+    import time
+
+    started = time.monotonic()
+    async with session.post(f.url + "/v1/chat/completions", json=body, timeout=aiohttp.ClientTimeout(total=limit),
+                            headers={"Authorization": f"Bearer {f.key}"}) as r:
+        text = await r.text()
+        return Reply(r.status, dict(r.headers), text, time.monotonic() - started)
