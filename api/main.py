@@ -22,7 +22,7 @@ from shared.metagraph import MetagraphView, make_source
 from shared.miner_client import MinerClient, make_session
 from shared.settings import ApiSettings
 from shared.signing import Signer
-from shared.store.sqlite import open_store
+from shared.store import open_store
 from shared.wallet import load_hotkey
 
 

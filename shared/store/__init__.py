@@ -1,0 +1,24 @@
+"""The shared store: keys, rate limits and usage for every API worker and host.
+
+``open_store(STORE_URL, namespace=STORE_NAMESPACE)`` picks the backend:
+``sqlite:///path`` (one host, the default) or ``redis://host:port/db`` (a fleet).
+"""
+
+from __future__ import annotations
+
+from shared.store.base import Store, StoreUnavailable
+
+__all__ = ["Store", "StoreUnavailable", "open_store"]
+
+
+def open_store(url: str, *, namespace: str = "sn1") -> Store:
+    """Build the store named by ``STORE_URL``; no I/O happens until the first call (Redis) or here (SQLite)."""
+    if url.startswith("sqlite:///"):
+        from shared.store.sqlite import SQLiteStore
+
+        return SQLiteStore.from_url(url)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from shared.store.redis import RedisStore
+
+        return RedisStore.from_url(url, namespace=namespace)
+    raise ValueError(f"unsupported STORE_URL scheme: {url}")

@@ -1,19 +1,29 @@
 """The store interface: everything API workers and hosts must share.
 
 Two implementations (SQLite for one host, Redis for a fleet) are held to one
-shared test suite. Secrets never enter the store: keys are kept as a SHA-256
-hash plus a short display prefix.
+shared test suite (``tests/store``). Secrets never enter the store: keys are
+kept as a SHA-256 hash plus a short display prefix, and looked up by hash.
+
+The hot path is ``authorize``: one call (one Redis round trip, one SQLite
+transaction) finds the key, checks expiry and scope and charges its rate
+limit, so a request costs a single store operation. Later features (scoring
+outbox, sticky sessions) reach the backend through ``SQLiteStore.db`` /
+``RedisStore.redis`` and ``RedisStore.key(...)`` for namespaced names.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Protocol
 
 KEY_PREFIX = "sn1-"
 ALL_SCOPES = ("chat", "web_retrieval", "availability")
+WINDOW_SECONDS = 60
+USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors", "rate_limited")
 
 
 class StoreUnavailable(Exception):
@@ -25,12 +35,22 @@ def new_api_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def new_key_id() -> str:
+    """A public identifier for a key (safe to log and show; 64 random bits)."""
+    return secrets.token_hex(8)
+
+
 def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def display_prefix(api_key: str) -> str:
     return api_key[: len(KEY_PREFIX) + 6]
+
+
+def usage_day(ts: float) -> str:
+    """The UTC calendar day usage is filed under."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,101 @@ class KeyRecord:
         return self.expires_at is not None and now >= self.expires_at
 
 
+@dataclass(frozen=True)
+class KeyChanges:
+    """A partial update of a key; ``None`` leaves a field alone, ``clear_expiry`` removes the expiry."""
+
+    rate_limit: int | None = None
+    name: str | None = None
+    scopes: tuple[str, ...] | None = None
+    allowed_models: tuple[str, ...] | None = None
+    expires_at: float | None = None
+    clear_expiry: bool = False
+
+    def apply(self, record: KeyRecord) -> KeyRecord:
+        return replace(
+            record,
+            rate_limit=self.rate_limit if self.rate_limit is not None else record.rate_limit,
+            name=self.name if self.name is not None else record.name,
+            scopes=self.scopes if self.scopes is not None else record.scopes,
+            allowed_models=(self.allowed_models or None) if self.allowed_models is not None else record.allowed_models,
+            expires_at=None if self.clear_expiry else (self.expires_at if self.expires_at is not None
+                                                       else record.expires_at),
+        )
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """The outcome of charging a sliding-window limit (what the x-ratelimit-* headers report).
+
+    ``reset_after``: seconds until the window is empty again; ``retry_after``: seconds
+    until the next request would be admitted (0 when this one was).
+    """
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: float
+    retry_after: float
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """What ``Store.authorize`` found. ``decision`` is None when nothing was charged:
+    the key is unknown, expired or lacks the scope."""
+
+    record: KeyRecord | None
+    decision: RateDecision | None
+    status: str  # "ok" | "unknown" | "expired" | "scope"
+
+
+def check_key(record: KeyRecord | None, scope: str | None, now: float) -> str:
+    """Why a key may not be charged ("unknown", "expired", "scope") or "ok"; one rule for every backend."""
+    if record is None:
+        return "unknown"
+    if record.expired(now):
+        return "expired"
+    if scope is not None and scope not in record.scopes:
+        return "scope"
+    return "ok"
+
+
+@dataclass
+class UsageCounts:
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+    rate_limited: int = 0
+
+    def add(self, other: UsageCounts) -> None:
+        for f in USAGE_FIELDS:
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+
+    def as_dict(self) -> dict[str, int]:
+        d = {f: getattr(self, f) for f in USAGE_FIELDS}
+        d["total_tokens"] = self.prompt_tokens + self.completion_tokens
+        return d
+
+
+@dataclass(frozen=True)
+class UsageDelta:
+    """Counts to add for one key on one day (a flush batch is a list of these)."""
+
+    key_id: str
+    day: str
+    counts: UsageCounts
+    last_used_at: float
+
+
+@dataclass
+class UsageReport:
+    key_id: str
+    totals: UsageCounts
+    days: dict[str, UsageCounts]
+    last_used_at: float | None = None
+
+
 class Store(Protocol):
     async def create_key(
         self,
@@ -61,13 +176,41 @@ class Store(Protocol):
         allowed_models: tuple[str, ...] | None = None,
         expires_at: float | None = None,
     ) -> tuple[str, KeyRecord]:
-        """Create a key; returns (the secret, shown once; its record)."""
+        """Create a key; returns (the secret, shown once; its record). Durable once it returns."""
         ...
 
     async def get_key(self, key_hash: str) -> KeyRecord | None: ...
 
-    async def delete_key(self, key_hash: str) -> bool: ...
+    async def get_key_by_id(self, key_id: str) -> KeyRecord | None: ...
+
+    async def update_key(self, key_id: str, changes: KeyChanges) -> KeyRecord | None:
+        """Apply ``changes``; None if the key does not exist (a deleted key is never recreated)."""
+        ...
+
+    async def delete_key(self, key_id: str) -> bool: ...
 
     async def list_keys(self) -> list[KeyRecord]: ...
 
+    async def authorize(self, key_hash: str, *, scope: str | None, now: float | None = None) -> Authorization:
+        """Look the key up, check expiry and scope, and charge its limit, atomically for the fleet."""
+        ...
+
+    async def charge(self, bucket: str, limit: int, *, cost: int = 1, now: float | None = None) -> RateDecision:
+        """Charge ``cost`` against any named sliding window (``cost=0`` only peeks)."""
+        ...
+
+    async def add_usage(self, deltas: list[UsageDelta]) -> None:
+        """Add a batch of usage counts (one call per flush, not per request)."""
+        ...
+
+    async def usage(self, key_id: str, *, since_day: str | None = None) -> UsageReport: ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable if the backend cannot be reached."""
+        ...
+
     async def close(self) -> None: ...
+
+
+def now_or_clock(now: float | None) -> float:
+    return time.time() if now is None else now

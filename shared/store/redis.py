@@ -1,0 +1,308 @@
+"""Redis store: one Redis shared by a fleet of API hosts.
+
+Every name is prefixed by the namespace (``STORE_NAMESPACE``), so several
+deployments or test runs can share one server. Layout (``ns`` = namespace):
+
+* ``ns:key:<sha256>``  hash  the key record (never the secret)
+* ``ns:keys``          hash  key id -> sha256 (listing, lookups by id)
+* ``ns:rl:<bucket>``   hash  second -> admitted count (the sliding window, see ``window.py``)
+* ``ns:usage:<id>``    hash  ``total:<field>`` / ``<day>:<field>`` counters and ``last_used_at``
+
+The hot path is one EVALSHA (``AUTHORIZE``): lookup, expiry and scope checks and
+the rate-limit charge run atomically on the server, with the server's clock, so
+hosts with skewed clocks still share one window. Scripts touch keys they derive
+from the namespace, so this targets a single Redis (or a primary), not Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from shared.store.base import (
+    ALL_SCOPES,
+    USAGE_FIELDS,
+    Authorization,
+    KeyChanges,
+    KeyRecord,
+    RateDecision,
+    StoreUnavailable,
+    UsageCounts,
+    UsageDelta,
+    UsageReport,
+    display_prefix,
+    hash_key,
+    new_api_key,
+    new_key_id,
+)
+
+# The sliding window of window.py, in Lua. Returns allowed, limit, remaining, reset_after, retry_after.
+_WINDOW_LUA = """
+local function charge(key, limit, now, cost)
+  local current = math.floor(now)
+  local oldest = current - 60
+  local raw = redis.call('HGETALL', key)
+  local count, stale, live = 0, {}, {}
+  for i = 1, #raw, 2 do
+    local b, n = tonumber(raw[i]), tonumber(raw[i + 1])
+    if b < oldest then stale[#stale + 1] = raw[i] else count = count + n; live[#live + 1] = {b, n} end
+  end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  local need = cost
+  if need < 1 then need = 1 end
+  local allowed = (count + need) <= limit
+  if allowed and cost > 0 then
+    redis.call('HINCRBY', key, current, cost)
+    redis.call('EXPIRE', key, 62)
+    count = count + cost
+    live[#live + 1] = {current, cost}
+  end
+  table.sort(live, function(a, b) return a[1] < b[1] end)
+  local reset, retry = 0, 0
+  if #live > 0 then reset = live[#live][1] + 61 - now end
+  if not allowed then
+    local must, freed = count - limit + 1, 0
+    for _, e in ipairs(live) do
+      freed = freed + e[2]
+      if freed >= must then retry = e[1] + 61 - now; break end
+    end
+    if retry < 0 then retry = 0 end
+  end
+  local remaining = limit - count
+  if remaining < 0 then remaining = 0 end
+  return {allowed and 1 or 0, limit, remaining, tostring(reset), tostring(retry)}
+end
+local function clock(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
+# KEYS[1] = ns:key:<hash>; ARGV = now|'', scope|'', rl prefix
+AUTHORIZE = _WINDOW_LUA + """
+local rec = redis.call('HGETALL', KEYS[1])
+if #rec == 0 then return {'unknown'} end
+local f = {}
+for i = 1, #rec, 2 do f[rec[i]] = rec[i + 1] end
+local now = clock(ARGV[1])
+if f.expires_at ~= nil and f.expires_at ~= '' and now >= tonumber(f.expires_at) then return {'expired', rec} end
+if ARGV[2] ~= '' and not string.find(',' .. f.scopes .. ',', ',' .. ARGV[2] .. ',', 1, true) then
+  return {'scope', rec}
+end
+return {'ok', rec, charge(ARGV[3] .. 'key:' .. f.id, tonumber(f.rate_limit), now, 1)}
+"""
+
+# KEYS[1] = ns:rl:<bucket>; ARGV = limit, cost, now|''
+CHARGE = _WINDOW_LUA + """
+return charge(KEYS[1], tonumber(ARGV[1]), clock(ARGV[3]), tonumber(ARGV[2]))
+"""
+
+# KEYS[1] = ns:key:<hash>; ARGV = field, value, ... (only if the key still exists: never resurrect)
+UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+# KEYS[1] = ns:usage:<id>, KEYS[2] = ns:keys; ARGV = id, day, last_used_at, counts in USAGE_FIELDS order
+ADD_USAGE = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
+local fields = {'requests', 'prompt_tokens', 'completion_tokens', 'errors', 'rate_limited'}
+for i, name in ipairs(fields) do
+  local n = tonumber(ARGV[3 + i])
+  if n ~= 0 then
+    redis.call('HINCRBY', KEYS[1], 'total:' .. name, n)
+    redis.call('HINCRBY', KEYS[1], ARGV[2] .. ':' .. name, n)
+  end
+end
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_used_at') or '0')
+if tonumber(ARGV[3]) > last then redis.call('HSET', KEYS[1], 'last_used_at', ARGV[3]) end
+return 1
+"""
+
+
+def _opt_float(v: str | None) -> float | None:
+    return float(v) if v not in (None, "") else None
+
+
+def _record_from_flat(flat: list[str]) -> KeyRecord:
+    f = dict(zip(flat[::2], flat[1::2], strict=True))
+    return _record(f)
+
+
+def _record(f: dict[str, str]) -> KeyRecord:
+    return KeyRecord(
+        id=f["id"], key_hash=f["key_hash"], prefix=f["prefix"], rate_limit=int(f["rate_limit"]),
+        name=f.get("name") or None,
+        scopes=tuple(s for s in f.get("scopes", "").split(",") if s),
+        allowed_models=tuple(json.loads(f["allowed_models"])) if f.get("allowed_models") else None,
+        expires_at=_opt_float(f.get("expires_at")), created_at=float(f.get("created_at") or 0),
+    )
+
+
+def _fields(record: KeyRecord) -> dict[str, str]:
+    return {
+        "id": record.id, "key_hash": record.key_hash, "prefix": record.prefix, "rate_limit": str(record.rate_limit),
+        "name": record.name or "", "scopes": ",".join(record.scopes),
+        "allowed_models": json.dumps(list(record.allowed_models)) if record.allowed_models else "",
+        "expires_at": "" if record.expires_at is None else repr(record.expires_at),
+        "created_at": repr(record.created_at),
+    }
+
+
+def _decision(raw: list[Any]) -> RateDecision:
+    return RateDecision(allowed=bool(int(raw[0])), limit=int(raw[1]), remaining=int(raw[2]),
+                        reset_after=max(0.0, float(raw[3])), retry_after=max(0.0, float(raw[4])))
+
+
+class RedisStore:
+    def __init__(self, client: aioredis.Redis, *, namespace: str = "sn1") -> None:
+        self.redis = client
+        self.namespace = namespace
+        self._authorize = client.register_script(AUTHORIZE)
+        self._charge = client.register_script(CHARGE)
+        self._update = client.register_script(UPDATE)
+        self._add_usage = client.register_script(ADD_USAGE)
+
+    @classmethod
+    def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisStore:
+        client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=2.0,
+                                         socket_connect_timeout=2.0, health_check_interval=30)
+        return cls(client, namespace=namespace)
+
+    def key(self, *parts: str) -> str:
+        """A namespaced Redis key name (for features that share this connection)."""
+        return ":".join((self.namespace, *parts))
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisError, OSError) as e:
+            raise StoreUnavailable(f"redis: {e.__class__.__name__}: {e}") from e
+
+    # --- keys -------------------------------------------------------------------------------------
+    async def create_key(
+        self,
+        rate_limit: int,
+        *,
+        name: str | None = None,
+        scopes: tuple[str, ...] = ALL_SCOPES,
+        allowed_models: tuple[str, ...] | None = None,
+        expires_at: float | None = None,
+    ) -> tuple[str, KeyRecord]:
+        secret = new_api_key()
+        record = KeyRecord(
+            id=new_key_id(), key_hash=hash_key(secret), prefix=display_prefix(secret), rate_limit=rate_limit,
+            name=name, scopes=tuple(scopes), allowed_models=tuple(allowed_models) if allowed_models else None,
+            expires_at=expires_at, created_at=time.time(),
+        )
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.key("key", record.key_hash), mapping=_fields(record))
+        pipe.hset(self.key("keys"), record.id, record.key_hash)
+        await self._call(pipe.execute())
+        return secret, record
+
+    async def get_key(self, key_hash: str) -> KeyRecord | None:
+        f = await self._call(self.redis.hgetall(self.key("key", key_hash)))
+        if not f:
+            return None
+        record = _record(f)
+        last = await self._call(self.redis.hget(self.key("usage", record.id), "last_used_at"))
+        return _with_last_used(record, last)
+
+    async def get_key_by_id(self, key_id: str) -> KeyRecord | None:
+        key_hash = await self._call(self.redis.hget(self.key("keys"), key_id))
+        return await self.get_key(key_hash) if key_hash else None
+
+    async def update_key(self, key_id: str, changes: KeyChanges) -> KeyRecord | None:
+        current = await self.get_key_by_id(key_id)
+        if current is None:
+            return None
+        new = changes.apply(current)
+        flat = [x for kv in _fields(new).items() for x in kv]
+        ok = await self._call(self._update(keys=[self.key("key", new.key_hash)], args=flat))
+        return new if ok else None
+
+    async def delete_key(self, key_id: str) -> bool:
+        key_hash = await self._call(self.redis.hget(self.key("keys"), key_id))
+        if not key_hash:
+            return False
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.key("key", key_hash))
+        pipe.hdel(self.key("keys"), key_id)
+        pipe.delete(self.key("usage", key_id), self.key("rl", f"key:{key_id}"))
+        results = await self._call(pipe.execute())
+        return bool(results[0])
+
+    async def list_keys(self) -> list[KeyRecord]:
+        index: dict[str, str] = await self._call(self.redis.hgetall(self.key("keys")))
+        if not index:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for key_id, key_hash in index.items():
+            pipe.hgetall(self.key("key", key_hash))
+            pipe.hget(self.key("usage", key_id), "last_used_at")
+        raw = await self._call(pipe.execute())
+        records = [_with_last_used(_record(f), last) for f, last in zip(raw[::2], raw[1::2], strict=True) if f]
+        return sorted(records, key=lambda r: r.created_at)
+
+    # --- the hot path -----------------------------------------------------------------------------
+    async def authorize(self, key_hash: str, *, scope: str | None, now: float | None = None) -> Authorization:
+        raw = await self._call(self._authorize(
+            keys=[self.key("key", key_hash)],
+            args=["" if now is None else repr(now), scope or "", self.key("rl", "")],
+        ))
+        status = raw[0]
+        record = _record_from_flat(raw[1]) if len(raw) > 1 else None
+        decision = _decision(raw[2]) if status == "ok" else None
+        return Authorization(record=record, decision=decision, status=status)
+
+    async def charge(self, bucket: str, limit: int, *, cost: int = 1, now: float | None = None) -> RateDecision:
+        raw = await self._call(self._charge(keys=[self.key("rl", bucket)],
+                                            args=[limit, cost, "" if now is None else repr(now)]))
+        return _decision(raw)
+
+    # --- usage ------------------------------------------------------------------------------------
+    async def add_usage(self, deltas: list[UsageDelta]) -> None:
+        if not deltas:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for d in deltas:
+            await self._add_usage(
+                keys=[self.key("usage", d.key_id), self.key("keys")],
+                args=[d.key_id, d.day, repr(d.last_used_at), *(getattr(d.counts, f) for f in USAGE_FIELDS)],
+                client=pipe,
+            )
+        await self._call(pipe.execute())
+
+    async def usage(self, key_id: str, *, since_day: str | None = None) -> UsageReport:
+        raw: dict[str, str] = await self._call(self.redis.hgetall(self.key("usage", key_id)))
+        totals = UsageCounts()
+        days: dict[str, UsageCounts] = {}
+        for name, value in raw.items():
+            scope, _, field_name = name.rpartition(":")
+            if field_name not in USAGE_FIELDS:
+                continue
+            if scope == "total":
+                setattr(totals, field_name, int(value))
+            elif since_day is None or scope >= since_day:
+                counts = days.setdefault(scope, UsageCounts())
+                setattr(counts, field_name, int(value))
+        return UsageReport(key_id=key_id, totals=totals, days=dict(sorted(days.items())),
+                           last_used_at=_opt_float(raw.get("last_used_at")))
+
+    async def ping(self) -> None:
+        await self._call(self.redis.ping())
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def _with_last_used(record: KeyRecord, last: str | None) -> KeyRecord:
+    return replace(record, last_used_at=_opt_float(last)) if last else record

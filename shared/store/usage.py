@@ -1,0 +1,99 @@
+"""Usage accounting buffered in memory and flushed to the store in batches.
+
+Counting a request must not cost a store round trip (a streamed answer would
+otherwise pay one per chunk), so the API adds counts here and a background task
+writes them every ``flush_interval`` seconds in one ``add_usage`` call; the last
+batch is written at graceful shutdown. If the store is down the counts stay
+buffered and go out with the next flush.
+
+Two entry points, so nothing is counted twice:
+
+* ``count_response(key_id, status)``: called once per authenticated response (by the
+  API's response hook): one request; an error if status >= 400; rate-limited if 429.
+* ``record(key_id, prompt_tokens=, completion_tokens=, error=)``: called by a handler
+  when the work ends: tokens, and ``error=True`` only for a failure the status could
+  not show (a stream that broke after its 200).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from loguru import logger
+
+from shared.store.base import Store, StoreUnavailable, UsageCounts, UsageDelta, UsageReport, usage_day
+
+
+class UsageRecorder:
+    def __init__(self, store: Store, *, flush_interval: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.flush_interval = flush_interval
+        self.clock = clock
+        self._pending: dict[tuple[str, str], UsageCounts] = {}
+        self._last_used: dict[tuple[str, str], float] = {}
+        self._lock = asyncio.Lock()
+
+    def _slot(self, key_id: str) -> UsageCounts:
+        now = self.clock()
+        slot = (key_id, usage_day(now))
+        self._last_used[slot] = now
+        counts = self._pending.get(slot)
+        if counts is None:
+            counts = self._pending[slot] = UsageCounts()
+        return counts
+
+    def count_response(self, key_id: str, status: int) -> None:
+        counts = self._slot(key_id)
+        counts.requests += 1
+        if status == 429:
+            counts.rate_limited += 1
+        elif status >= 400:
+            counts.errors += 1
+
+    def record(self, key_id: str, *, prompt_tokens: int = 0, completion_tokens: int = 0, error: bool = False) -> None:
+        counts = self._slot(key_id)
+        counts.prompt_tokens += max(0, int(prompt_tokens))
+        counts.completion_tokens += max(0, int(completion_tokens))
+        counts.errors += int(error)
+
+    def pending_for(self, key_id: str) -> dict[str, UsageCounts]:
+        """This process's not-yet-flushed counts for a key, by day (merged into reports)."""
+        return {day: c for (kid, day), c in self._pending.items() if kid == key_id}
+
+    async def flush(self) -> int:
+        """Write everything buffered in one batch; returns how many (key, day) rows were written."""
+        async with self._lock:
+            batch, last = self._pending, self._last_used
+            self._pending, self._last_used = {}, {}
+            deltas = [UsageDelta(key_id=k, day=d, counts=c, last_used_at=last[(k, d)]) for (k, d), c in batch.items()]
+            try:
+                await self.store.add_usage(deltas)
+            except StoreUnavailable as e:
+                self._merge_back(batch, last)
+                logger.warning("usage flush failed, {} rows kept for the next try: {}", len(deltas), e)
+                return 0
+            return len(deltas)
+
+    def _merge_back(self, batch: dict[tuple[str, str], UsageCounts], last: dict[tuple[str, str], float]) -> None:
+        for slot, counts in batch.items():
+            mine = self._pending.setdefault(slot, UsageCounts())
+            mine.add(counts)
+            self._last_used[slot] = max(self._last_used.get(slot, 0.0), last[slot])
+
+    async def run(self) -> None:
+        """Flush forever (cancel to stop; the owner calls ``flush`` once more after)."""
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush()
+
+    async def report(self, key_id: str, *, since_day: str | None = None) -> UsageReport:
+        """The store's report plus what this process has not flushed yet."""
+        report = await self.store.usage(key_id, since_day=since_day)
+        for day, counts in self.pending_for(key_id).items():
+            report.totals.add(counts)
+            if since_day is None or day >= since_day:
+                report.days.setdefault(day, UsageCounts()).add(counts)
+        report.days = dict(sorted(report.days.items()))
+        return report

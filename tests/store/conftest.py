@@ -1,0 +1,39 @@
+"""The store contract fixture: every test in ``tests/store`` runs against SQLite and Redis."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from shared.store.base import Store
+from shared.store.redis import RedisStore
+from shared.store.sqlite import SQLiteStore
+
+REDIS_URL = os.environ.get("REDIS_URL")
+
+
+async def drop_namespace(store: RedisStore) -> None:
+    """Delete every Redis key of a test namespace (tests never touch anything else)."""
+    async for name in store.redis.scan_iter(match=f"{store.namespace}:*", count=500):
+        await store.redis.delete(name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "store.db")
+        yield s
+        await s.close()
+        return
+    if not REDIS_URL:
+        pytest.skip("REDIS_URL is not set: the Redis backend needs a server")
+    r = RedisStore.from_url(REDIS_URL, namespace=f"test-{secrets.token_hex(6)}")
+    try:
+        yield r
+    finally:
+        await drop_namespace(r)
+        await r.close()

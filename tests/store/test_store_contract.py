@@ -1,0 +1,173 @@
+"""One suite, both backends: what every API worker relies on the store for."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from shared.store.base import (
+    KeyChanges,
+    Store,
+    StoreUnavailable,
+    UsageCounts,
+    UsageDelta,
+    hash_key,
+    usage_day,
+)
+from shared.store.redis import RedisStore
+
+T0 = float(int(time.time()))  # a whole second: bucket arithmetic below stays readable
+
+
+async def test_create_then_lookup_by_hash_and_id(store: Store) -> None:
+    secret, rec = await store.create_key(7, name="alice", scopes=("chat",), allowed_models=("m1",),
+                                         expires_at=T0 + 3600)
+    assert secret.startswith("sn1-") and len(secret) >= 4 + 43  # 256 bits, urlsafe base64
+    got = await store.get_key(hash_key(secret))
+    assert got is not None
+    assert (got.id, got.rate_limit, got.name, got.scopes, got.allowed_models, got.expires_at) == (
+        rec.id, 7, "alice", ("chat",), ("m1",), T0 + 3600)
+    assert got.prefix == secret[:10] and got.key_hash == hash_key(secret)
+    assert (await store.get_key_by_id(rec.id)) == got
+    assert await store.get_key(hash_key(secret + "x")) is None
+    assert await store.get_key_by_id("0123456789abcdef") is None
+
+
+async def test_keys_are_distinct_and_listed_without_secrets(store: Store) -> None:
+    created = [await store.create_key(10 + i, name=f"k{i}") for i in range(3)]
+    secrets_ = {s for s, _ in created}
+    assert len(secrets_) == 3
+    listed = await store.list_keys()
+    assert [r.id for r in listed] == [r.id for _, r in created]
+    assert all(s not in repr(listed) for s in secrets_)
+
+
+async def test_authorize_reports_unknown_expired_scope_and_charges_only_live_keys(store: Store) -> None:
+    live, live_rec = await store.create_key(3, scopes=("chat",))
+    old, _ = await store.create_key(3, expires_at=T0 - 1)
+    assert (await store.authorize(hash_key("sn1-nope"), scope="chat", now=T0)).status == "unknown"
+    expired = await store.authorize(hash_key(old), scope="chat", now=T0)
+    assert expired.status == "expired" and expired.decision is None
+    denied = await store.authorize(hash_key(live), scope="web_retrieval", now=T0)
+    assert denied.status == "scope" and denied.decision is None and denied.record.id == live_rec.id
+    ok = await store.authorize(hash_key(live), scope="chat", now=T0)
+    assert ok.status == "ok" and ok.decision.allowed and ok.decision.remaining == 2  # the scope miss was free
+    no_scope_needed = await store.authorize(hash_key(live), scope=None, now=T0)
+    assert no_scope_needed.decision.remaining == 1
+
+
+async def test_burst_of_limit_then_nothing_until_the_window_passes(store: Store) -> None:
+    secret, _ = await store.create_key(5)
+    h = hash_key(secret)
+    decisions = [(await store.authorize(h, scope="chat", now=T0 + 0.1 * i)).decision for i in range(7)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False] * 2
+    assert [d.remaining for d in decisions[:5]] == [4, 3, 2, 1, 0]
+    assert decisions[5].retry_after == pytest.approx(61 - 0.5)
+    assert decisions[4].reset_after == pytest.approx(61 - 0.4)
+    # A token bucket refilling at 5/min would admit one more 12 s after the burst; the window must not.
+    assert not (await store.authorize(h, scope="chat", now=T0 + 12.5)).decision.allowed
+    assert not (await store.authorize(h, scope="chat", now=T0 + 60.9)).decision.allowed
+    after = (await store.authorize(h, scope="chat", now=T0 + 61.0)).decision
+    assert after.allowed and after.remaining == 4
+
+
+async def test_never_more_than_limit_in_any_60s_window(store: Store) -> None:
+    limit = 4
+    secret, _ = await store.create_key(limit)
+    rng = random.Random(7)
+    t, admitted = T0, []
+    for _ in range(120):
+        t += rng.choice([0.05, 0.3, 1.0, 4.0, 9.0])
+        if (await store.authorize(hash_key(secret), scope=None, now=t)).decision.allowed:
+            admitted.append(t)
+    assert len(admitted) >= 2 * limit  # it keeps admitting as time passes
+    for i, start in enumerate(admitted):
+        assert sum(1 for x in admitted[i:] if x < start + 60) <= limit
+
+
+async def test_concurrent_charges_admit_exactly_the_limit(store: Store) -> None:
+    secret, _ = await store.create_key(20)
+    results = await asyncio.gather(*(store.authorize(hash_key(secret), scope="chat", now=T0) for _ in range(60)))
+    assert sum(r.decision.allowed for r in results) == 20
+
+
+async def test_charge_named_bucket_and_peek(store: Store) -> None:
+    assert (await store.charge("admin-fail:1.2.3.4", 2, cost=0, now=T0)).allowed
+    assert (await store.charge("admin-fail:1.2.3.4", 2, now=T0)).allowed
+    assert (await store.charge("admin-fail:1.2.3.4", 2, now=T0)).allowed
+    peek = await store.charge("admin-fail:1.2.3.4", 2, cost=0, now=T0)
+    assert not peek.allowed and peek.remaining == 0
+    assert (await store.charge("admin-fail:5.6.7.8", 2, now=T0)).allowed  # buckets are independent
+
+
+async def test_update_applies_to_the_next_request_and_never_resurrects(store: Store) -> None:
+    secret, rec = await store.create_key(1)
+    h = hash_key(secret)
+    assert (await store.authorize(h, scope="chat", now=T0)).decision.allowed
+    assert not (await store.authorize(h, scope="chat", now=T0)).decision.allowed
+    new = await store.update_key(rec.id, KeyChanges(rate_limit=3, name="renamed", scopes=("availability",)))
+    assert new is not None and (new.rate_limit, new.name, new.scopes) == (3, "renamed", ("availability",))
+    assert (await store.authorize(h, scope="chat", now=T0)).status == "scope"
+    assert (await store.authorize(h, scope="availability", now=T0)).decision.remaining == 1
+    dated = await store.update_key(rec.id, KeyChanges(expires_at=T0 + 5))
+    assert dated.expires_at == T0 + 5 and dated.rate_limit == 3
+    assert (await store.authorize(h, scope=None, now=T0 + 6)).status == "expired"
+    cleared = await store.update_key(rec.id, KeyChanges(clear_expiry=True))
+    assert cleared.expires_at is None
+    assert await store.delete_key(rec.id)
+    assert await store.update_key(rec.id, KeyChanges(rate_limit=9)) is None
+    assert await store.get_key(h) is None and await store.list_keys() == []
+
+
+async def test_delete_is_immediate_and_idempotent(store: Store) -> None:
+    secret, rec = await store.create_key(5)
+    other, _ = await store.create_key(5)
+    assert await store.delete_key(rec.id)
+    assert (await store.authorize(hash_key(secret), scope="chat", now=T0)).status == "unknown"
+    assert not await store.delete_key(rec.id)
+    assert (await store.authorize(hash_key(other), scope="chat", now=T0)).status == "ok"
+
+
+async def test_usage_batches_add_up_by_day_and_in_total(store: Store) -> None:
+    _, rec = await store.create_key(5)
+    day1, day2 = usage_day(T0 - 86400), usage_day(T0)
+    await store.add_usage([
+        UsageDelta(rec.id, day1, UsageCounts(requests=2, prompt_tokens=10, completion_tokens=5), T0 - 86400),
+        UsageDelta(rec.id, day2, UsageCounts(requests=1, errors=1, rate_limited=0), T0),
+        UsageDelta("ffffffffffffffff", day2, UsageCounts(requests=1), T0),  # unknown key: dropped
+    ])
+    await store.add_usage([UsageDelta(rec.id, day2, UsageCounts(requests=3, rate_limited=2, completion_tokens=4),
+                                      T0 - 10)])
+    report = await store.usage(rec.id)
+    assert report.totals.as_dict() == {"requests": 6, "prompt_tokens": 10, "completion_tokens": 9, "errors": 1,
+                                       "rate_limited": 2, "total_tokens": 19}
+    assert list(report.days) == [day1, day2]
+    assert report.days[day2].requests == 4 and report.days[day1].prompt_tokens == 10
+    assert report.last_used_at == pytest.approx(T0)  # the latest, not the last written
+    assert (await store.get_key_by_id(rec.id)).last_used_at == pytest.approx(T0)
+    assert list((await store.usage(rec.id, since_day=day2)).days) == [day2]
+    assert (await store.usage("ffffffffffffffff")).totals.requests == 0
+
+
+async def test_deleting_a_key_drops_its_usage(store: Store) -> None:
+    _, rec = await store.create_key(5)
+    await store.add_usage([UsageDelta(rec.id, usage_day(T0), UsageCounts(requests=1), T0)])
+    await store.delete_key(rec.id)
+    assert (await store.usage(rec.id)).totals.requests == 0
+
+
+@pytest.mark.redis
+async def test_unreachable_redis_raises_store_unavailable() -> None:
+    from neurons.localnet import free_port
+
+    dead = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", namespace="nowhere")
+    try:
+        with pytest.raises(StoreUnavailable):
+            await dead.authorize(hash_key("sn1-x"), scope="chat")
+        with pytest.raises(StoreUnavailable):
+            await dead.create_key(5)
+    finally:
+        await dead.close()
