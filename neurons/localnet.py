@@ -176,7 +176,9 @@ class LocalNet:
             }
             if self.cfg.upstream:
                 env["UPSTREAM_URL"] = self.cfg.upstream
-            self._spawn(f"miner{spec['uid']}", "miner", env, f"http://127.0.0.1:{spec['port']}/health")
+            # A ``refuse`` miner never listens, so there is no /health to wait for.
+            health = "" if spec["profile"] == "refuse" else f"http://127.0.0.1:{spec['port']}/health"
+            self._spawn(f"miner{spec['uid']}", "miner", env, health)
         validator_url = f"http://127.0.0.1:{self.cfg.validator_port}"
         self._spawn("validator", "validator", self._common_env(VALIDATOR_WALLET) | {
             "SCORING_API_HOST": "127.0.0.1",
@@ -227,7 +229,7 @@ class LocalNet:
 
     def wait_healthy(self, children: list[Child], *, timeout: float, progress: bool = False) -> None:
         deadline = time.monotonic() + timeout
-        pending = list(children)
+        pending = [c for c in children if c.health_url]
         while pending:
             for child in list(pending):
                 code = child.proc.poll()

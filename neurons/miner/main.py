@@ -8,6 +8,7 @@ from neurons.miner.app import create_miner_app
 from neurons.miner.backends.base import Backend
 from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
+from neurons.miner.faults import FAULT_PROFILES, serve_fault_miner
 from neurons.miner.profiles import apply_quality_profile
 from shared.http import serve_until_signal
 from shared.logging import setup_logging
@@ -42,6 +43,10 @@ async def run_miner(settings: MinerSettings) -> None:
     verifier = RequestVerifier(
         hotkey.ss58_address, Authorizer(metagraph.permitted_hotkeys, settings.allowed_hotkeys)
     )
+    if settings.miner_profile in FAULT_PROFILES:
+        await serve_fault_miner(settings.miner_profile, await build_backend(settings), verifier,
+                                settings.miner_host, settings.miner_port, max_body_bytes=settings.max_body_bytes)
+        return
     backend = apply_quality_profile(settings.miner_profile, await build_backend(settings), settings)
     app = create_miner_app(backend, verifier, metagraph=metagraph, max_body_bytes=settings.max_body_bytes)
     logger.info(
