@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from api import keys
+from api import keys, miner_availabilities, web_retrieval
 from api.chat import CTX, chat_completions
 from api.context import ApiContext
 from shared.http import error_middleware, json_response
@@ -18,6 +18,10 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app[CTX] = ctx
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/web_retrieval", web_retrieval.web_retrieval)
+    app.router.add_post("/web_retrieval", web_retrieval.web_retrieval)
+    app.router.add_post("/miner_availabilities/miner_availabilities", miner_availabilities.miner_availabilities)
+    app.router.add_get("/miner_availabilities/get_available_miners", miner_availabilities.get_available_miners)
     app.router.add_post("/api_management/create-api-key/", keys.create_api_key)
     app.router.add_post("/api_management/create-api-key", keys.create_api_key)
     if run_background:
@@ -31,6 +35,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(ctx.metagraph.run())]
     if ctx.availability is not None:
         tasks.append(asyncio.create_task(ctx.availability.run()))
+    if ctx.forwarder is not None:
+        tasks.append(asyncio.create_task(ctx.forwarder.run()))
     yield
     for t in tasks:
         t.cancel()

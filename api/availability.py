@@ -37,6 +37,10 @@ class AvailabilityCache:
         """True/False from fresh data; None when we do not know (no or stale data)."""
         if not self.fresh():
             return None
+        return self.matches(uid, task, model)
+
+    def matches(self, uid: int, task: str | None, model: str | None) -> bool:
+        """Whether the last known entry for ``uid`` serves ``task`` and ``model`` (None = any)."""
         entry = self.entries.get(uid)
         if entry is None:
             return False

@@ -1,8 +1,9 @@
 """``POST /v1/chat/completions``: authenticate, select, race, answer.
 
 The handler is thin: it parses once, asks ``selection`` for miners, runs a
-``Race`` and turns the winner into an OpenAI response (SSE pass-through when
-streaming, a ``chat.completion`` object otherwise).
+``Race`` (after a mixture first stage when asked) and turns the winner into an
+OpenAI response: SSE pass-through when streaming, a ``chat.completion`` object
+otherwise.
 """
 
 from __future__ import annotations
@@ -10,19 +11,20 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 from typing import Any
 
 from aiohttp import web
 from loguru import logger
 
+from api import mixture
 from api.auth import authenticate
 from api.context import ApiContext
+from api.fanout import deadline_seconds, request_id_from, settle, start_race
 from api.race import MinerRun, Race
-from api.selection import select_miners
+from api.selection import select_miners, top_miner
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
-from shared.jsonutil import dumpb, dumps
+from shared.jsonutil import dumps
 from shared.protocol import (
     DEFAULT_TASK,
     ChatCompletionRequest,
@@ -35,12 +37,6 @@ from shared.protocol import (
 from shared.sse import DONE_FRAME, encode_event
 
 CTX = web.AppKey("api_context", ApiContext)
-
-
-def deadline_seconds(req: ChatCompletionRequest, ctx: ApiContext) -> float:
-    """Per-request deadline: the caller's ``timeout`` or the default, capped by settings."""
-    wanted = req.timeout if req.timeout is not None else ctx.settings.request_timeout
-    return min(wanted, ctx.settings.max_request_timeout)
 
 
 def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[str, Any]:
@@ -60,25 +56,36 @@ def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     started = time.perf_counter()
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    if len(request_id) > 128 or not request_id.isprintable():
-        request_id = uuid.uuid4().hex
+    request_id = request_id_from(request.headers)
     key = await authenticate(request, ctx.store, scope="chat")
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, await read_json(request))
     task = req.task or DEFAULT_TASK
     model = None if req.wants_any_model() else req.model
+    use_mixture = mixture.is_mixture(req)
+    if use_mixture:
+        mixture.check_request(req)
+    k = ctx.settings.mixture_k if use_mixture else ctx.settings.default_k
     neurons = select_miners(
         ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=task, model=model,
-        k=ctx.settings.default_k, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
+        k=k, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
     )
     seed = req.seed if req.seed is not None else random.randrange(2**31)
-    miner_body = req.miner_body(seed=seed)
-    body = dumpb(miner_body)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + deadline_seconds(req, ctx)
-    race = Race(ctx.client, neurons, body, deadline, stream=req.stream, request_id=request_id)
-    race.start()
+    body = req.miner_body(seed=seed)
+    seconds = deadline_seconds(ctx.settings, timeout=req.timeout, max_tokens=req.effective_max_tokens())
     headers = {"x-request-id": request_id, "x-sn1-seed": str(seed)}
+    if use_mixture:
+        loop = asyncio.get_running_loop()
+        stage_started = loop.time()
+        try:
+            answers = await mixture.gather_answers(ctx, neurons, body, mixture.stage_one_seconds(seconds), request_id)
+        except ApiError as e:
+            e.headers.update(headers)
+            raise
+        body = mixture.final_body(body, [r.text for r in answers])
+        seconds = max(0.1, seconds - (loop.time() - stage_started))
+        neurons = [top_miner(neurons)]
+        headers["x-sn1-mixture-uids"] = ",".join(str(r.uid) for r in answers)
+    race = start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=request_id)
     outcome = "error"
     winner: MinerRun | None = None
     try:
@@ -97,13 +104,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         if outcome == "ok" or (winner is None and all(r.done for r in race.runs)):
-            ctx.spawn(_settle(ctx, race, miner_body))
+            ctx.spawn(settle(ctx, race, body, kind="mixture" if use_mixture else "chat"))
         else:
-            race.cancel()
+            race.cancel()  # client gone or a bug: stop every miner request now
         logger.info(
-            "chat rid={} key={} uids={} winner={} stream={} status={} latency_ms={:.1f}",
+            "chat rid={} key={} uids={} winner={} stream={} mixture={} status={} latency_ms={:.1f}",
             request_id, key.id, [n.uid for n in neurons], winner.uid if winner else None,
-            req.stream, outcome, (time.perf_counter() - started) * 1000,
+            req.stream, use_mixture, outcome, (time.perf_counter() - started) * 1000,
         )
 
 
@@ -155,17 +162,3 @@ async def _stream(
     await response.write(DONE_FRAME)
     await response.write_eof()
     return response
-
-
-async def _settle(ctx: ApiContext, race: Race, miner_body: dict[str, Any]) -> None:
-    """After the answer: let the other miners finish (bounded by the deadline), then hand off the payload."""
-    await race.finish()
-    if not ctx.payload_sinks:
-        return
-    payload = race.payload()
-    payload["body"] = miner_body
-    for sink in ctx.payload_sinks:
-        try:
-            await sink(payload)
-        except Exception as e:  # noqa: BLE001 - a sink failure is logged, never raised into a request
-            logger.warning("scoring payload sink failed: {}", e)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.availability import AvailabilityCache
+from api.scoring_outbox import OutboxForwarder
 from shared.metagraph import MetagraphView
 from shared.miner_client import MinerClient
 from shared.settings import ApiSettings
@@ -27,6 +28,12 @@ class ApiContext:
     rng: random.Random = field(default_factory=random.Random)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     payload_sinks: list[PayloadSink] = field(default_factory=list)
+    forwarder: OutboxForwarder | None = None
+
+    def attach_forwarder(self, forwarder: OutboxForwarder) -> None:
+        """Every settled fan-out's payload goes to the durable outbox; the forwarder delivers it."""
+        self.forwarder = forwarder
+        self.payload_sinks.append(forwarder.sink)
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run work that outlives the response (losers' answers, scoring payload), tracked for shutdown."""

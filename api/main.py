@@ -16,6 +16,7 @@ from loguru import logger
 from api.app import create_api_app
 from api.availability import AvailabilityCache
 from api.context import ApiContext
+from api.scoring_outbox import OutboxForwarder
 from shared.http import run, serve_until_signal
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView, make_source
@@ -23,6 +24,7 @@ from shared.miner_client import MinerClient, make_session
 from shared.settings import ApiSettings
 from shared.signing import Signer
 from shared.store import open_store
+from shared.store.outbox import open_outbox
 from shared.wallet import load_hotkey
 
 
@@ -41,7 +43,12 @@ async def build_context(settings: ApiSettings) -> ApiContext:
     )
     await availability.refresh()
     store = open_store(settings.store_url, namespace=settings.store_namespace)
-    return ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability)
+    ctx = ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability)
+    outbox = open_outbox(settings.store_url, namespace=settings.store_namespace, max_items=settings.outbox_max_items)
+    ctx.attach_forwarder(OutboxForwarder(outbox, client, settings.validator_api,
+                                         settings.validator_hotkey or hotkey.ss58_address,
+                                         lease_seconds=settings.outbox_lease_seconds))
+    return ctx
 
 
 async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
@@ -52,6 +59,8 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
     async def close(_app) -> None:
         await ctx.client.session.close()
         await ctx.store.close()
+        if ctx.forwarder is not None:
+            await ctx.forwarder.outbox.close()
 
     app.on_cleanup.append(close)
     logger.info(

@@ -41,7 +41,7 @@ def select_miners(
     self_hotkey: str | None = None,
 ) -> list[Neuron]:
     if uids:
-        return explicit_miners(snapshot, uids)
+        return explicit_miners(snapshot, uids, cache=cache, task=task, model=model)
     candidates = snapshot.serving(exclude_hotkey=self_hotkey)
     if cache is not None and cache.fresh():
         serving = [n for n in candidates if cache.serves(n.uid, task, model)]
@@ -57,7 +57,19 @@ def select_miners(
     return weighted_sample(candidates, k, rng)
 
 
-def explicit_miners(snapshot: MetagraphSnapshot, uids: list[int]) -> list[Neuron]:
+def top_miner(candidates: list[Neuron]) -> Neuron:
+    """The highest-incentive miner (ties: the lowest uid), e.g. for a mixture's final answer."""
+    return max(candidates, key=lambda n: (n.incentive, -n.uid))
+
+
+def explicit_miners(
+    snapshot: MetagraphSnapshot,
+    uids: list[int],
+    *,
+    cache: AvailabilityCache | None = None,
+    task: str | None = None,
+    model: str | None = None,
+) -> list[Neuron]:
     out: list[Neuron] = []
     seen: set[int] = set()
     for uid in uids:
@@ -69,5 +81,8 @@ def explicit_miners(snapshot: MetagraphSnapshot, uids: list[int]) -> list[Neuron
             raise ApiError(400, f"Unknown uid {uid}: not in the metagraph.", param="uids", code="unknown_uid")
         if not neuron.axon:
             raise ApiError(400, f"uid {uid} does not serve an axon.", param="uids", code="uid_not_serving")
+        if cache is not None and cache.serves(uid, task, model) is False:
+            raise ApiError(400, f"uid {uid} is not available for task '{task}' and model '{model or 'any'}'.",
+                           param="uids", code="uid_not_serving")
         out.append(neuron)
     return out

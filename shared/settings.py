@@ -45,6 +45,9 @@ class ApiSettings(CommonSettings):
     api_port: int = Field(default=42170, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=256)
     validator_api: str = Field(default="http://127.0.0.1:8094", description="Base URL of the validator's API")
+    validator_hotkey: str | None = Field(
+        default=None, description="The validator's hotkey (receiver of /scoring); default: our own wallet's"
+    )
     admin_key: SecretStr | None = Field(default=None, description="Admin key for /api_management; unset disables it")
     store_url: str = Field(default="sqlite:///./state/api.db", description="sqlite:///path or redis://host:port/db")
     store_namespace: str = Field(default="sn1", description="Key prefix in a shared Redis")
@@ -55,6 +58,13 @@ class ApiSettings(CommonSettings):
     miner_max_response_bytes: int = Field(default=8 << 20, ge=1024)
     availability_refresh_seconds: float = Field(default=15.0, gt=0)
     availability_stale_seconds: float = Field(default=120.0, gt=0)
+    seconds_per_token: float = Field(
+        default=0.05, ge=0, description="Deadline grows by this per requested token (see README)"
+    )
+    mixture_k: int = Field(default=3, ge=1, le=64, description="Answers gathered in a mixture's first stage")
+    web_retrieval_n_miners: int = Field(default=3, ge=1, le=64, description="Default n_miners for web retrieval")
+    outbox_max_items: int = Field(default=10_000, ge=1, description="Scoring outbox bound (oldest dropped)")
+    outbox_lease_seconds: float = Field(default=10.0, gt=0, description="Forwarder lease; a dead holder's expires")
 
     @field_validator("admin_key", mode="before")
     @classmethod

@@ -1,0 +1,63 @@
+"""What every fan-out shares (chat, mixture stages, web retrieval): deadline, race, settle.
+
+A fan-out is "settled" once every miner has finished (each bounded by the
+deadline); its payload (body, uids, per-uid chunks, timings and errors) then
+goes to the payload sinks, i.e. the durable scoring outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from loguru import logger
+
+from api.context import ApiContext
+from api.race import Race
+from shared.jsonutil import dumpb
+from shared.metagraph import Neuron
+from shared.settings import ApiSettings
+
+
+def deadline_seconds(settings: ApiSettings, *, timeout: float | None, max_tokens: int | None) -> float:
+    """The caller's ``timeout`` if given; else ``REQUEST_TIMEOUT``, grown by ``SECONDS_PER_TOKEN``
+    per requested token beyond 256 (long answers need longer); always capped by ``MAX_REQUEST_TIMEOUT``."""
+    if timeout is not None:
+        wanted = timeout
+    else:
+        extra = max(0, (max_tokens or 0) - 256) * settings.seconds_per_token
+        wanted = settings.request_timeout + extra
+    return min(wanted, settings.max_request_timeout)
+
+
+def request_id_from(headers: Any) -> str:
+    rid = headers.get("x-request-id") or ""
+    if not rid or len(rid) > 128 or not rid.isprintable() or not rid.isascii():
+        return uuid.uuid4().hex
+    return rid
+
+
+def start_race(
+    ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, *, stream: bool, request_id: str
+) -> Race:
+    deadline = asyncio.get_running_loop().time() + seconds
+    race = Race(ctx.client, neurons, dumpb(body), deadline, stream=stream, request_id=request_id)
+    race.start()
+    return race
+
+
+async def settle(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str = "chat") -> None:
+    """Let every miner finish (bounded by the deadline), then hand the payload to the sinks."""
+    await race.finish()
+    if not ctx.payload_sinks:
+        return
+    payload = race.payload()
+    payload["body"] = body
+    payload["kind"] = kind
+    payload["request_id"] = race.request_id
+    for sink in ctx.payload_sinks:
+        try:
+            await sink(payload)
+        except Exception as e:  # noqa: BLE001 - a sink failure is logged, never raised into a request
+            logger.warning("scoring payload sink failed: {}", e)

@@ -1,0 +1,77 @@
+"""Mixture of miners: gather several answers, then have one top miner synthesise them.
+
+Stage 1 asks up to ``MIXTURE_K`` miners non-streaming under the first half of
+the deadline and keeps every valid answer (partial failures are fine). Stage 2
+sends the original conversation plus a synthesis instruction listing those
+answers to the top-incentive miner, streaming or not as the caller asked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.context import ApiContext
+from api.fanout import settle, start_race
+from api.race import MinerRun
+from shared.errors import ApiError
+from shared.metagraph import Neuron
+from shared.protocol import ChatCompletionRequest
+
+MIXTURE_MODES = {"mixture-of-agents", "mixture-of-miners", "mixture"}
+STAGE_ONE_SHARE = 0.5
+
+SYNTHESIS_PROMPT = (
+    "You have been provided with a set of responses from various models to the latest user query. "
+    "Your task is to synthesize these responses into a single, high-quality response. Critically "
+    "evaluate the information provided, recognising that some of it may be biased or incorrect. Do not "
+    "simply replicate the given answers; offer a refined, accurate and comprehensive reply.\n\n"
+    "Responses from models:"
+)
+
+
+def is_mixture(req: ChatCompletionRequest) -> bool:
+    if req.mixture:
+        return True
+    if req.sampling_parameters is not None and req.sampling_parameters.mixture:
+        return True
+    return (req.inference_mode or "").strip().lower() in MIXTURE_MODES
+
+
+def synthesis_messages(messages: list[dict[str, Any]], answers: list[str]) -> list[dict[str, Any]]:
+    listing = "\n".join(f"{i}. {a}" for i, a in enumerate(answers, 1))
+    return [{"role": "system", "content": f"{SYNTHESIS_PROMPT}\n{listing}"}, *messages]
+
+
+def final_body(body: dict[str, Any], answers: list[str]) -> dict[str, Any]:
+    out = dict(body)
+    out["messages"] = synthesis_messages(body["messages"], answers)
+    out.pop("mixture", None)
+    out.pop("inference_mode", None)
+    if isinstance(out.get("sampling_parameters"), dict):
+        out["sampling_parameters"] = {k: v for k, v in out["sampling_parameters"].items() if k != "mixture"}
+    return out
+
+
+async def gather_answers(
+    ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, request_id: str
+) -> list[MinerRun]:
+    """Stage 1: every valid answer from ``neurons`` within ``seconds``; 502 when none is valid."""
+    stage_body = {**body, "stream": True}
+    race = start_race(ctx, neurons, stage_body, seconds, stream=False, request_id=request_id)
+    await race.finish()
+    ctx.spawn(settle(ctx, race, stage_body, kind="mixture_stage1"))
+    valid = [r for r in race.runs if r.error is None and r.has_answer and r.text]
+    if not valid:
+        errors = "; ".join(f"uid {u}: {e}" for u, e in race.errors().items())
+        raise ApiError(502, f"Mixture: no miner returned a valid first-stage answer. {errors}".strip(),
+                       code="no_valid_answer")
+    return valid
+
+
+def stage_one_seconds(total: float) -> float:
+    return total * STAGE_ONE_SHARE
+
+
+def check_request(req: ChatCompletionRequest) -> None:
+    if req.tools:
+        raise ApiError(400, "Mixture mode does not support tools.", param="tools", code="unsupported_parameter")

@@ -1,0 +1,153 @@
+"""``GET|POST /web_retrieval``: fan a search out to miners, merge and de-duplicate results.
+
+Miners answer ``WebRetrievalTask`` with a JSON list of ``{url, content, relevant}``
+as the message content. Miners are untrusted: anything that is not such a list
+is discarded, malformed items are dropped one by one, and results are
+de-duplicated by normalised URL before the first ``n_results`` are returned.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from yarl import URL
+
+from api.auth import authenticate
+from api.chat import CTX
+from api.fanout import request_id_from, settle, start_race
+from api.selection import select_miners
+from shared.errors import ApiError
+from shared.http import json_response, parse_model, read_json
+
+TASK = "WebRetrievalTask"
+MAX_URL = 2048
+MAX_CONTENT = 20_000
+MAX_QUERY = 2000
+
+
+class WebRetrievalRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    search_query: str = Field(min_length=1, max_length=MAX_QUERY)
+    n_miners: int | None = Field(default=None, ge=1, le=64)
+    n_results: int = Field(default=5, ge=1, le=100)
+    max_response_time: float = Field(default=10.0, gt=0, le=120)
+    uids: list[int] | None = Field(default=None, max_length=64, description="Deprecated: prefer n_miners")
+
+    @field_validator("search_query")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("search_query must not be blank")
+        return v.strip()
+
+    @field_validator("uids", mode="before")
+    @classmethod
+    def _split_uids(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+
+class WebResult(BaseModel):
+    url: str
+    content: str
+    relevant: str = ""
+
+
+def normalise_url(raw: str) -> str | None:
+    """Scheme and host lower-cased, default port, fragment and trailing slash removed; None if not http(s)."""
+    try:
+        url = URL(raw.strip())
+    except (ValueError, TypeError):
+        return None
+    if url.scheme.lower() not in ("http", "https") or not url.host:
+        return None
+    path = url.path.rstrip("/") or "/"
+    port = "" if url.is_default_port() or url.port is None else f":{url.port}"
+    query = f"?{url.query_string}" if url.query_string else ""
+    return f"{url.scheme.lower()}://{url.host.lower()}{port}{path}{query}"
+
+
+def parse_results(text: str) -> list[WebResult]:
+    """One miner's answer -> its well-formed results (malformed items dropped)."""
+    text = text.strip()
+    if text.startswith("```"):
+        text = text.strip("`")
+        text = text[4:] if text.lower().startswith("json") else text
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return []
+    if isinstance(data, dict):
+        data = data.get("results")
+    if not isinstance(data, list):
+        return []
+    out = []
+    for item in data:
+        if not isinstance(item, dict):
+            continue
+        url, content, relevant = item.get("url"), item.get("content"), item.get("relevant", "")
+        if not isinstance(url, str) or not isinstance(content, str) or not isinstance(relevant, str):
+            continue
+        if len(url) > MAX_URL or not content.strip() or normalise_url(url) is None:
+            continue
+        out.append(WebResult(url=url.strip(), content=content[:MAX_CONTENT], relevant=relevant[:MAX_CONTENT]))
+    return out
+
+
+def merge_results(per_miner: list[list[WebResult]], n_results: int) -> list[WebResult]:
+    """Round-robin across miners (no one miner floods the answer), first occurrence of a URL wins."""
+    seen: set[str] = set()
+    merged: list[WebResult] = []
+    depth = max((len(r) for r in per_miner), default=0)
+    for i in range(depth):
+        for results in per_miner:
+            if i >= len(results):
+                continue
+            key = normalise_url(results[i].url)
+            if key is None or key in seen:
+                continue
+            seen.add(key)
+            merged.append(results[i])
+            if len(merged) >= n_results:
+                return merged
+    return merged
+
+
+async def _request_model(request: web.Request) -> WebRetrievalRequest:
+    if request.method == "POST":
+        return parse_model(WebRetrievalRequest, await read_json(request))
+    query = {k: v for k, v in request.query.items()}
+    return parse_model(WebRetrievalRequest, query)
+
+
+async def web_retrieval(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    started = time.perf_counter()
+    request_id = request_id_from(request.headers)
+    key = await authenticate(request, ctx.store, scope="web_retrieval")
+    req = await _request_model(request)
+    neurons = select_miners(
+        ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=TASK, model=None,
+        k=req.n_miners or ctx.settings.web_retrieval_n_miners, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
+    )
+    body = {"task": TASK, "messages": [{"role": "user", "content": req.search_query}],
+            "target_results": req.n_results, "timeout": req.max_response_time, "stream": True,
+            "seed": random.randrange(2**31)}
+    race = start_race(ctx, neurons, body, req.max_response_time, stream=False, request_id=request_id)
+    await race.finish()
+    ctx.spawn(settle(ctx, race, body, kind="web_retrieval"))
+    per_miner = [parse_results(r.text) for r in race.runs if r.error is None]
+    results = merge_results(per_miner, req.n_results)
+    logger.info("web_retrieval rid={} key={} uids={} results={} latency_ms={:.1f}", request_id, key.id,
+                [n.uid for n in neurons], len(results), (time.perf_counter() - started) * 1000)
+    if not results and all(r.error for r in race.runs):
+        raise ApiError(502, "No miner returned web results.", code="no_valid_answer",
+                       headers={"x-request-id": request_id})
+    return json_response({"results": [r.model_dump() for r in results]}, headers={"x-request-id": request_id})

@@ -1,0 +1,235 @@
+"""The organic-scoring outbox: durable, bounded, delivered at least once, in order.
+
+Every completed fan-out's payload is written here (SQLite file or Redis),
+never kept only in process memory. One forwarder at a time across all API
+workers and hosts holds a lease and delivers the oldest payloads first; the
+lease expires if its holder dies, so another worker (or the restarted API)
+takes over. A payload is removed only after the validator acknowledged it, so
+nothing acknowledged by the API is lost; when the outbox is full the oldest
+payloads are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from shared.store.base import StoreUnavailable
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: str
+    payload: dict[str, Any]
+    attempts: int = 0
+
+
+class Outbox(Protocol):
+    async def put(self, payload: dict[str, Any]) -> int:
+        """Append a payload; returns how many old payloads were dropped to make room."""
+        ...
+
+    async def peek(self, limit: int) -> list[OutboxItem]:
+        """The oldest ``limit`` payloads, oldest first."""
+        ...
+
+    async def ack(self, item_id: str) -> None: ...
+
+    async def depth(self) -> int: ...
+
+    async def dropped(self) -> int: ...
+
+    async def acquire_lease(self, holder: str, seconds: float) -> bool:
+        """Take or renew the forwarder lease; False if another live holder has it."""
+        ...
+
+    async def release_lease(self, holder: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, holder TEXT, until REAL, value INTEGER);
+INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('lease', NULL, 0, 0);
+INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('dropped', NULL, 0, 0);
+"""
+
+
+class SQLiteOutbox:
+    """Outbox in the API's SQLite file (own tables, own connection; WAL, safe across processes)."""
+
+    def __init__(self, path: str | Path, *, max_items: int = 10_000) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_items = max_items
+        self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: survives a process crash
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(SQLITE_SCHEMA)
+
+    def _tx(self, fn: Any) -> Any:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return out
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"sqlite outbox: {e}") from e
+
+    async def put(self, payload: dict[str, Any]) -> int:
+        data = json.dumps(payload, separators=(",", ":"))
+
+        def run(db: sqlite3.Connection) -> int:
+            db.execute("INSERT INTO outbox (payload, created_at) VALUES (?, ?)", (data, time.time()))
+            (count,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+            excess = count - self.max_items
+            if excess > 0:
+                db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,))
+                db.execute("UPDATE outbox_meta SET value = value + ? WHERE name = 'dropped'", (excess,))
+            return max(0, excess)
+
+        return self._tx(run)
+
+    async def peek(self, limit: int) -> list[OutboxItem]:
+        try:
+            rows = self._db.execute("SELECT id, payload FROM outbox ORDER BY id LIMIT ?", (limit,)).fetchall()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"sqlite outbox: {e}") from e
+        return [OutboxItem(id=str(i), payload=json.loads(p)) for i, p in rows]
+
+    async def ack(self, item_id: str) -> None:
+        self._tx(lambda db: db.execute("DELETE FROM outbox WHERE id = ?", (int(item_id),)))
+
+    async def depth(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+    async def dropped(self) -> int:
+        return self._db.execute("SELECT value FROM outbox_meta WHERE name = 'dropped'").fetchone()[0]
+
+    async def acquire_lease(self, holder: str, seconds: float) -> bool:
+        now = time.time()
+
+        def run(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE outbox_meta SET holder = ?, until = ? WHERE name = 'lease' AND (holder = ? OR until < ?)",
+                (holder, now + seconds, holder, now),
+            )
+            return cur.rowcount == 1
+
+        return self._tx(run)
+
+    async def release_lease(self, holder: str) -> None:
+        self._tx(lambda db: db.execute(
+            "UPDATE outbox_meta SET holder = NULL, until = 0 WHERE name = 'lease' AND holder = ?", (holder,)))
+
+    async def close(self) -> None:
+        self._db.close()
+
+
+_REDIS_PUT = """
+local id = redis.call('XADD', KEYS[1], '*', 'p', ARGV[1])
+local len = redis.call('XLEN', KEYS[1])
+local excess = len - tonumber(ARGV[2])
+if excess > 0 then
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', tonumber(ARGV[2]))
+  redis.call('INCRBY', KEYS[2], excess)
+  return excess
+end
+return 0
+"""
+
+_REDIS_LEASE = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+  return 1
+end
+return 0
+"""
+
+_REDIS_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisOutbox:
+    """Outbox as a Redis stream (``<namespace>:outbox``), exact MAXLEN trimming counted atomically."""
+
+    def __init__(self, client: Any, *, namespace: str = "sn1", max_items: int = 10_000) -> None:
+        self.r = client
+        self.max_items = max_items
+        self.key = f"{namespace}:outbox"
+        self.dropped_key = f"{namespace}:outbox:dropped"
+        self.lease_key = f"{namespace}:outbox:lease"
+        self._put = client.register_script(_REDIS_PUT)
+        self._lease = client.register_script(_REDIS_LEASE)
+        self._release = client.register_script(_REDIS_RELEASE)
+
+    @classmethod
+    def from_url(cls, url: str, **kw: Any) -> RedisOutbox:
+        import redis.asyncio as aioredis
+
+        return cls(aioredis.Redis.from_url(url), **kw)
+
+    async def _call(self, coro: Any) -> Any:
+        import redis
+
+        try:
+            return await coro
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            raise StoreUnavailable(f"redis outbox: {e}") from e
+
+    async def put(self, payload: dict[str, Any]) -> int:
+        data = json.dumps(payload, separators=(",", ":"))
+        return int(await self._call(self._put(keys=[self.key, self.dropped_key], args=[data, self.max_items])))
+
+    async def peek(self, limit: int) -> list[OutboxItem]:
+        rows = await self._call(self.r.xrange(self.key, count=limit))
+        out = []
+        for item_id, fields in rows:
+            raw = fields.get(b"p") if b"p" in fields else fields.get("p")
+            out.append(OutboxItem(id=item_id.decode() if isinstance(item_id, bytes) else item_id,
+                                  payload=json.loads(raw)))
+        return out
+
+    async def ack(self, item_id: str) -> None:
+        await self._call(self.r.xdel(self.key, item_id))
+
+    async def depth(self) -> int:
+        return int(await self._call(self.r.xlen(self.key)))
+
+    async def dropped(self) -> int:
+        return int(await self._call(self.r.get(self.dropped_key)) or 0)
+
+    async def acquire_lease(self, holder: str, seconds: float) -> bool:
+        return bool(await self._call(self._lease(keys=[self.lease_key], args=[holder, int(seconds * 1000)])))
+
+    async def release_lease(self, holder: str) -> None:
+        await self._call(self._release(keys=[self.lease_key], args=[holder]))
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+
+def open_outbox(url: str, *, namespace: str = "sn1", max_items: int = 10_000) -> Outbox:
+    """The outbox that lives beside the key store named by ``STORE_URL``."""
+    if url.startswith("sqlite:///"):
+        return SQLiteOutbox(Path(url[len("sqlite:///"):]), max_items=max_items)
+    if url.startswith(("redis://", "rediss://")):
+        return RedisOutbox.from_url(url, namespace=namespace, max_items=max_items)
+    raise ValueError(f"unsupported STORE_URL scheme: {url}")
