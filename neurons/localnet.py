@@ -188,6 +188,10 @@ class LocalNet:
             "AVAILABILITY_INTERVAL": "5",
         }, f"{validator_url}/health")
         self.wait_healthy([c for c in self.children], timeout=timeout, progress=progress)
+        # The API trusts the validator's availability: do not start it before the validator has
+        # seen the miners up, or the first requests fail with 503 "no miner available".
+        listening = sum(1 for s in self.miner_specs if s["profile"] != "refuse")
+        wait_available(validator_url, listening, timeout=timeout)
         api_url = f"http://127.0.0.1:{self.cfg.api_port}"
         self._spawn("api", "api", self._common_env(VALIDATOR_WALLET) | {
             "API_HOST": "127.0.0.1",
@@ -271,6 +275,24 @@ class LocalNet:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_available(validator_url: str, expected: int, *, timeout: float) -> None:
+    """Wait until the validator's availability lists ``expected`` miners as up."""
+    deadline = time.monotonic() + timeout
+    url = f"{validator_url}/miner_availabilities/miner_availabilities"
+    while True:
+        try:
+            req = urllib.request.Request(url, data=b"", method="POST")
+            with urllib.request.urlopen(req, timeout=2) as r:
+                up = sum(1 for entry in json.loads(r.read()).values() if entry)
+            if up >= expected:
+                return
+        except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for the validator to see {expected} miners up")
+        time.sleep(0.2)
 
 
 def _key_works(api_url: str, key: str) -> bool:
