@@ -106,10 +106,21 @@ class MinerClient:
                 return
             yield data
 
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The whole body, cut with ``too_large`` past the cap.
+
+        ``StreamReader.read(n)`` returns whatever is buffered (often one TCP
+        segment), not n bytes, so a body is read to EOF here.
+        """
+        raw = bytearray()
+        async for chunk in resp.content.iter_any():
+            raw += chunk
+            if len(raw) > self.max_response_bytes:
+                raise MinerError(f"response larger than {self.max_response_bytes} bytes", kind="too_large")
+        return bytes(raw)
+
     async def _json_as_event(self, resp: aiohttp.ClientResponse) -> str:
-        raw = await resp.content.read(self.max_response_bytes + 1)
-        if len(raw) > self.max_response_bytes:
-            raise MinerError(f"response larger than {self.max_response_bytes} bytes", kind="too_large")
+        raw = await self._read_capped(resp)
         try:
             obj = json.loads(raw)
             choice = obj["choices"][0]
@@ -141,9 +152,7 @@ class MinerClient:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as resp:
-                raw = await resp.content.read(self.max_response_bytes + 1)
-                if len(raw) > self.max_response_bytes:
-                    raise MinerError("response too large", kind="too_large")
+                raw = await self._read_capped(resp)
                 try:
                     data = json.loads(raw) if raw else None
                 except ValueError:
