@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from api import keys, miner_availabilities, web_retrieval
+from api import keys, miner_availabilities, usage, web_retrieval
+from api.auth import add_rate_limit_headers
 from api.chat import CTX, chat_completions
 from api.context import ApiContext
 from shared.http import error_middleware, json_response
+from shared.store.usage import UsageRecorder
 
 
 def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Application:
@@ -24,6 +26,16 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app.router.add_get("/miner_availabilities/get_available_miners", miner_availabilities.get_available_miners)
     app.router.add_post("/api_management/create-api-key/", keys.create_api_key)
     app.router.add_post("/api_management/create-api-key", keys.create_api_key)
+    app.router.add_put("/api_management/modify-api-key/{api_key}", keys.modify_api_key)
+    app.router.add_delete("/api_management/delete-api-key/{api_key}", keys.delete_api_key)
+    app.router.add_get("/api_management/api-keys", keys.list_api_keys)
+    app.router.add_get("/api_management/api-keys/{api_key}/usage", keys.api_key_usage)
+    app.router.add_get("/v1/usage", usage.get_usage)
+    if ctx.usage is None:
+        ctx.usage = UsageRecorder(ctx.store)
+    app.on_response_prepare.append(add_rate_limit_headers)  # x-ratelimit-* on every charged response
+    app.on_response_prepare.append(usage.count_response)
+    app.cleanup_ctx.append(usage.usage_flusher)  # always: the last flush at shutdown must happen
     if run_background:
         app.cleanup_ctx.append(_background)
     app.on_shutdown.append(_cancel_in_flight)

@@ -1,34 +1,51 @@
-"""Caller authentication: the API key from ``api-key``, ``Authorization: Bearer`` or ``x-api-key``.
+"""Caller authentication and rate limiting, and the admin check.
 
-Keys are looked up by their SHA-256; the secret itself is never stored or logged.
-The admin key is compared in constant time.
+``authenticate`` reads the key from ``api-key``, ``Authorization: Bearer`` or
+``x-api-key`` and makes one store call that finds it by its SHA-256, checks
+expiry and scope and charges its per-minute limit for the whole fleet. The
+decision is left on the request so ``add_rate_limit_headers`` (an
+``on_response_prepare`` hook) can stamp every response, streams included.
+
+The admin key is compared in constant time (digests of equal length), failed
+admin attempts are logged without the attempted key and limited per client
+address through the store, so guessing is slow on every worker at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-import time
+import math
 
 from aiohttp import web
+from loguru import logger
+from multidict import CIMultiDictProxy
 
 from shared.errors import ApiError
-from shared.store.base import KeyRecord, Store, StoreUnavailable, hash_key
+from shared.store.base import KeyRecord, RateDecision, Store, StoreUnavailable, hash_key
 
-KEY_RECORD = "api_key_record"
+KEY_RECORD = web.RequestKey("sn1_key_record", KeyRecord)
+RATE_DECISION = web.RequestKey("sn1_rate_decision", RateDecision)
 MAX_KEY_LENGTH = 256
+ADMIN_FAILURES_PER_MINUTE = 10
 
 
-def extract_api_key(headers: "web.BaseRequest.headers") -> str | None:  # type: ignore[name-defined]
+def extract_api_key(headers: CIMultiDictProxy[str]) -> str | None:
     key = headers.get("api-key") or headers.get("x-api-key")
     if not key:
-        auth = headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
+        scheme, _, token = headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             key = token.strip()
     return key or None
 
 
-async def authenticate(request: web.Request, store: Store, *, scope: str) -> KeyRecord:
+def store_unavailable() -> ApiError:
+    return ApiError(503, "The key store is unreachable; try again shortly.", code="store_unavailable",
+                    headers={"Retry-After": "1"})
+
+
+async def authenticate(request: web.Request, store: Store, *, scope: str | None) -> KeyRecord:
+    """The caller's key, charged once; 401 unknown/expired, 403 scope, 429 over the limit, 503 store down."""
     key = extract_api_key(request.headers)
     if key is None:
         raise ApiError(
@@ -39,23 +56,98 @@ async def authenticate(request: web.Request, store: Store, *, scope: str) -> Key
     if len(key) > MAX_KEY_LENGTH:
         raise ApiError(401, "Invalid API key.", code="invalid_api_key")
     try:
-        record = await store.get_key(hash_key(key))
+        auth = await store.authorize(hash_key(key), scope=scope)
     except StoreUnavailable:
-        raise ApiError(503, "The key store is unreachable; try again shortly.", code="store_unavailable") from None
-    if record is None:
+        raise store_unavailable() from None
+    if auth.status == "unknown" or auth.record is None:
         raise ApiError(401, "Invalid API key.", code="invalid_api_key")
-    if record.expired(time.time()):
+    if auth.status == "expired":
         raise ApiError(401, "This API key has expired.", code="expired_api_key")
-    if scope not in record.scopes:
+    request[KEY_RECORD] = auth.record
+    if auth.status == "scope":
         raise ApiError(403, f"This API key lacks the '{scope}' scope.", code="insufficient_scope")
-    request[KEY_RECORD] = record
-    return record
+    assert auth.decision is not None
+    request[RATE_DECISION] = auth.decision
+    if not auth.decision.allowed:
+        raise ApiError(
+            429,
+            f"Rate limit reached: this key allows {auth.decision.limit} requests per minute. "
+            f"Retry in {go_duration(auth.decision.retry_after)}.",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(max(1, math.ceil(auth.decision.retry_after)))},
+        )
+    return auth.record
 
 
-def check_admin(request: web.Request, admin_key: str | None) -> None:
-    """Constant-time admin check; with no ADMIN_KEY configured, admin routes are closed."""
+def check_model(key: KeyRecord, model: str | None) -> None:
+    """403 unless the key may use ``model`` (keys without ``allowed_models`` may use any)."""
+    if key.allowed_models is None:
+        return
+    if model is None or model not in key.allowed_models:
+        allowed = ", ".join(key.allowed_models)
+        raise ApiError(403, f"This API key may only use these models: {allowed}. Name one in 'model'.",
+                       code="model_not_allowed", param="model")
+
+
+def go_duration(seconds: float) -> str:
+    """OpenAI's reset format: ``"59.4s"``, ``"1m0s"``, ``"0s"``."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.3g}s" if seconds < 10 else f"{seconds:.1f}s".replace(".0s", "s")
+    minutes, rest = divmod(int(math.ceil(seconds)), 60)
+    return f"{minutes}m{rest}s"
+
+
+def rate_limit_headers(decision: RateDecision) -> dict[str, str]:
+    headers = {
+        "x-ratelimit-limit-requests": str(decision.limit),
+        "x-ratelimit-remaining-requests": str(decision.remaining),
+        "x-ratelimit-reset-requests": go_duration(decision.reset_after),
+    }
+    return headers
+
+
+async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every response to a charged request reports the key's limit."""
+    decision = request.get(RATE_DECISION)
+    if decision is not None:
+        response.headers.update(rate_limit_headers(decision))
+
+
+def admin_key_matches(given: str, admin_key: str) -> bool:
+    """Constant time: both sides are hashed to 32 bytes first, so neither content nor length leaks."""
+    a = hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest()
+    b = hashlib.sha256(admin_key.encode("utf-8", "surrogatepass")).digest()
+    return hmac.compare_digest(a, b)
+
+
+async def check_admin(request: web.Request, admin_key: str | None, store: Store) -> None:
+    """403 when admin is disabled, 429 after repeated failures from this address, 401 on a wrong key."""
     if not admin_key:
         raise ApiError(403, "Admin endpoints are disabled: set ADMIN_KEY to enable them.", code="admin_disabled")
-    given = request.headers.get("admin-key", "")
-    if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), admin_key.encode()):
-        raise ApiError(401, "Invalid or missing admin-key header.", code="invalid_admin_key")
+    bucket = f"admin-fail:{request.remote or 'unknown'}"
+    try:
+        gate = await store.charge(bucket, ADMIN_FAILURES_PER_MINUTE, cost=0)
+        if not gate.allowed:
+            raise _admin_locked(gate)
+        if admin_key_matches(request.headers.get("admin-key", ""), admin_key):
+            return
+        await store.charge(bucket, ADMIN_FAILURES_PER_MINUTE)
+    except StoreUnavailable:
+        raise store_unavailable() from None
+    logger.warning("admin auth failed remote={} method={} path={}", request.remote, request.method,
+                   _path_without_secret(request))
+    raise ApiError(401, "Invalid or missing admin-key header.", code="invalid_admin_key")
+
+
+def _admin_locked(gate: RateDecision) -> ApiError:
+    return ApiError(
+        429, f"Too many failed admin attempts from this address; retry in {go_duration(gate.retry_after)}.",
+        code="admin_rate_limited", headers={"Retry-After": str(max(1, math.ceil(gate.retry_after)))},
+    )
+
+
+def _path_without_secret(request: web.Request) -> str:
+    """The route pattern, not the path: admin paths may carry an API key (``/modify-api-key/{api_key}``)."""
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "?"

@@ -17,7 +17,7 @@ from aiohttp import web
 from loguru import logger
 
 from api import mixture
-from api.auth import authenticate
+from api.auth import authenticate, check_model
 from api.context import ApiContext
 from api.fanout import deadline_seconds, request_id_from, settle, start_race
 from api.race import MinerRun, Race
@@ -61,6 +61,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, await read_json(request))
     task = req.task or DEFAULT_TASK
     model = None if req.wants_any_model() else req.model
+    check_model(key, model)
     use_mixture = mixture.is_mixture(req)
     if use_mixture:
         mixture.check_request(req)
@@ -107,6 +108,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             ctx.spawn(settle(ctx, race, body, kind="mixture" if use_mixture else "chat"))
         else:
             race.cancel()  # client gone or a bug: stop every miner request now
+        if outcome == "ok" and winner is not None:
+            used = response_usage(req, winner)
+            ctx.usage.record(key.id, prompt_tokens=used.get("prompt_tokens") or 0,
+                             completion_tokens=used.get("completion_tokens") or 0, error=winner.error is not None)
         logger.info(
             "chat rid={} key={} uids={} winner={} stream={} mixture={} status={} latency_ms={:.1f}",
             request_id, key.id, [n.uid for n in neurons], winner.uid if winner else None,

@@ -14,6 +14,7 @@ from shared.metagraph import MetagraphView
 from shared.miner_client import MinerClient
 from shared.settings import ApiSettings
 from shared.store.base import Store
+from shared.store.usage import UsageRecorder
 
 PayloadSink = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -29,6 +30,7 @@ class ApiContext:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     payload_sinks: list[PayloadSink] = field(default_factory=list)
     forwarder: OutboxForwarder | None = None
+    usage: UsageRecorder | None = None  # filled in by create_api_app when not given
 
     def attach_forwarder(self, forwarder: OutboxForwarder) -> None:
         """Every settled fan-out's payload goes to the durable outbox; the forwarder delivers it."""

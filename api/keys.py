@@ -1,43 +1,144 @@
-"""Admin routes: API key management (``admin-key`` header)."""
+"""Admin routes: API key management behind the ``admin-key`` header.
+
+Paths follow the subnet's API doc (``create-api-key``, ``modify-api-key/{api_key}``,
+``delete-api-key/{api_key}``); ``{api_key}`` may be the secret or the key's id, so
+an operator who only kept the id (``sn1 keys list``) can still manage it.
+Parameters come as query strings (as in the doc's curl examples) or a JSON body.
+"""
 
 from __future__ import annotations
 
+import re
+import time
+from typing import Any
+
 from aiohttp import web
+from loguru import logger
+from pydantic import BaseModel
 
-from api.auth import check_admin
+from api.auth import check_admin, store_unavailable
 from api.chat import CTX
+from api.usage import usage_out
 from shared.errors import ApiError
-from shared.http import json_response
-from shared.store.base import StoreUnavailable
+from shared.http import json_response, parse_model, read_json
+from shared.keys_wire import CreatedKeyOut, DeletedKeyOut, KeyListOut, KeyOut, KeyParams
+from shared.store.base import ALL_SCOPES, KEY_PREFIX, KeyRecord, Store, StoreUnavailable, hash_key
 
-MAX_RATE_LIMIT = 1_000_000
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+_LIST_FIELDS = ("scopes", "allowed_models")
 
 
-def parse_rate_limit(value: str | None) -> int:
-    if value is None or value == "":
-        raise ApiError(400, "rate_limit is required (requests per minute, a positive integer).",
-                       param="rate_limit", code="missing_parameter")
+async def _admin(request: web.Request) -> Store:
+    ctx = request.app[CTX]
+    secret = ctx.settings.admin_key
+    await check_admin(request, secret.get_secret_value() if secret else None, ctx.store)
+    return ctx.store
+
+
+async def _params(request: web.Request) -> KeyParams:
+    """Query parameters, overridden by a JSON body if one was sent; lists may be comma-separated."""
+    data: dict[str, Any] = {}
+    for name in set(request.query):
+        values = request.query.getall(name)
+        if name in _LIST_FIELDS:
+            data[name] = [v.strip() for value in values for v in value.split(",") if v.strip()]
+        else:
+            data[name] = values[-1]
+    if request.body_exists:
+        if (await request.read()).strip():  # aiohttp caches the body: read_json reads it again for free
+            body = await read_json(request)
+            if not isinstance(body, dict):
+                raise ApiError(400, "Request body must be a JSON object.", code="invalid_request")
+            data.update(body)
+    return parse_model(KeyParams, data)
+
+
+async def _resolve(store: Store, ref: str) -> KeyRecord:
+    """The key named by its secret or its id; 404 otherwise."""
     try:
-        limit = int(value)
-    except ValueError:
-        raise ApiError(400, "rate_limit must be a positive integer.", param="rate_limit", code="invalid_value") from None
-    if not 1 <= limit <= MAX_RATE_LIMIT:
-        raise ApiError(400, f"rate_limit must be between 1 and {MAX_RATE_LIMIT}.", param="rate_limit",
-                       code="invalid_value")
-    return limit
+        if ref.startswith(KEY_PREFIX) and len(ref) <= 256:
+            record = await store.get_key(hash_key(ref))
+        elif _KEY_ID.fullmatch(ref):
+            record = await store.get_key_by_id(ref)
+        else:
+            record = None
+    except StoreUnavailable:
+        raise store_unavailable() from None
+    if record is None:
+        raise ApiError(404, "No such API key.", code="api_key_not_found", param="api_key")
+    return record
 
 
-def _admin_key(request: web.Request) -> str | None:
-    secret = request.app[CTX].settings.admin_key
-    return secret.get_secret_value() if secret else None
+def _dump(model: BaseModel, status: int = 200) -> web.Response:
+    return json_response(model.model_dump(mode="json"), status=status)
 
 
 async def create_api_key(request: web.Request) -> web.Response:
-    check_admin(request, _admin_key(request))
-    limit = parse_rate_limit(request.query.get("rate_limit"))
+    store = await _admin(request)
+    params = await _params(request)
+    if params.rate_limit is None:
+        raise ApiError(400, "rate_limit is required (requests per minute, a positive integer).",
+                       param="rate_limit", code="missing_parameter")
+    now = time.time()
+    expires_at = params.expiry(now)
+    if expires_at is not None and expires_at <= now:
+        raise ApiError(400, "expires_at is in the past.", param="expires_at", code="invalid_value")
     try:
-        secret, record = await request.app[CTX].store.create_key(limit, name=request.query.get("name"))
+        secret, record = await store.create_key(
+            params.rate_limit, name=params.name, expires_at=expires_at,
+            scopes=tuple(params.scopes) if params.scopes else ALL_SCOPES,
+            allowed_models=tuple(params.allowed_models) if params.allowed_models else None,
+        )
     except StoreUnavailable:
-        raise ApiError(503, "The key store is unreachable; try again shortly.", code="store_unavailable") from None
-    return json_response({"message": "API key created", "api_key": secret, "id": record.id,
-                          "rate_limit": record.rate_limit})
+        raise store_unavailable() from None
+    logger.info("api key created id={} rate_limit={} scopes={}", record.id, record.rate_limit, ",".join(record.scopes))
+    return _dump(CreatedKeyOut(api_key=secret, **KeyOut.of(record).model_dump()))
+
+
+async def modify_api_key(request: web.Request) -> web.Response:
+    store = await _admin(request)
+    record = await _resolve(store, request.match_info["api_key"])
+    params = await _params(request)
+    if params.is_empty():
+        raise ApiError(400, "Nothing to change: give rate_limit, name, expires_at, expires_in_days, scopes or "
+                            "allowed_models.", code="missing_parameter")
+    changes = params.changes(time.time())
+    try:
+        new = await store.update_key(record.id, changes)
+    except StoreUnavailable:
+        raise store_unavailable() from None
+    if new is None:
+        raise ApiError(404, "No such API key.", code="api_key_not_found", param="api_key")
+    logger.info("api key modified id={} fields={}", new.id, ",".join(sorted(params.model_fields_set)))
+    return _dump(KeyOut.of(new))
+
+
+async def delete_api_key(request: web.Request) -> web.Response:
+    store = await _admin(request)
+    record = await _resolve(store, request.match_info["api_key"])
+    try:
+        deleted = await store.delete_key(record.id)
+    except StoreUnavailable:
+        raise store_unavailable() from None
+    if not deleted:
+        raise ApiError(404, "No such API key.", code="api_key_not_found", param="api_key")
+    logger.info("api key deleted id={}", record.id)
+    return _dump(DeletedKeyOut(id=record.id))
+
+
+async def list_api_keys(request: web.Request) -> web.Response:
+    store = await _admin(request)
+    usage = request.app[CTX].usage
+    try:
+        records = await store.list_keys()
+        out = [KeyOut.of(r, (await usage.report(r.id)).totals) for r in records]
+    except StoreUnavailable:
+        raise store_unavailable() from None
+    return _dump(KeyListOut(data=out))
+
+
+async def api_key_usage(request: web.Request) -> web.Response:
+    store = await _admin(request)
+    record = await _resolve(store, request.match_info["api_key"])
+    return _dump(await usage_out(request, record))
+

@@ -52,11 +52,11 @@ class UsageRecorder:
         elif status >= 400:
             counts.errors += 1
 
-    def record(self, key_id: str, *, prompt_tokens: int = 0, completion_tokens: int = 0, error: bool = False) -> None:
+    def record(self, key_id: str, *, prompt_tokens: object = 0, completion_tokens: object = 0, error: bool = False) -> None:
         counts = self._slot(key_id)
-        counts.prompt_tokens += max(0, int(prompt_tokens))
-        counts.completion_tokens += max(0, int(completion_tokens))
-        counts.errors += int(error)
+        counts.prompt_tokens += _tokens(prompt_tokens)
+        counts.completion_tokens += _tokens(completion_tokens)
+        counts.errors += int(bool(error))
 
     def pending_for(self, key_id: str) -> dict[str, UsageCounts]:
         """This process's not-yet-flushed counts for a key, by day (merged into reports)."""
@@ -97,3 +97,10 @@ class UsageRecorder:
                 report.days.setdefault(day, UsageCounts()).add(counts)
         report.days = dict(sorted(report.days.items()))
         return report
+
+
+def _tokens(value: object) -> int:
+    """A miner-reported count, trusted only if it is a sane non-negative integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0
+    return min(value, 10_000_000)

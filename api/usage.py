@@ -1,0 +1,60 @@
+"""Usage: ``GET /v1/usage`` for callers, the per-response counter and the flush lifecycle.
+
+Requests are counted once, when their response is prepared (``count_response``),
+so every endpoint that authenticates is counted the same way, 429s included;
+handlers add tokens with ``ctx.usage.record(...)``. Counts are buffered in
+``UsageRecorder`` and flushed in batches (see ``shared/store/usage.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from api.auth import KEY_RECORD, authenticate, store_unavailable
+from api.chat import CTX
+from shared.errors import ApiError
+from shared.http import json_response
+from shared.keys_wire import UsageOut
+from shared.store.base import KeyRecord, StoreUnavailable, usage_day
+
+
+async def get_usage(request: web.Request) -> web.Response:
+    """The caller's own usage; any live key may read it (no scope needed), and it is charged like any request."""
+    key = await authenticate(request, request.app[CTX].store, scope=None)
+    return json_response((await usage_out(request, key)).model_dump(mode="json"))
+
+
+async def usage_out(request: web.Request, record: KeyRecord) -> UsageOut:
+    """A key's usage (``?days=N``, default 30, up to 366), including this worker's unflushed counts."""
+    raw = request.query.get("days", "30")
+    if not raw.isdigit() or not 1 <= int(raw) <= 366:
+        raise ApiError(400, "days must be an integer between 1 and 366.", param="days", code="invalid_value")
+    since = usage_day(time.time() - (int(raw) - 1) * 86400)
+    try:
+        report = await request.app[CTX].usage.report(record.id, since_day=since)
+    except StoreUnavailable:
+        raise store_unavailable() from None
+    return UsageOut.of(record, report)
+
+
+async def count_response(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: one request for the key that made it, an error or a 429 by its status."""
+    key = request.get(KEY_RECORD)
+    if key is not None:
+        request.app[CTX].usage.count_response(key.id, response.status)
+
+
+async def usage_flusher(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: flush in the background; at shutdown, one last flush so nothing counted is lost."""
+    usage = app[CTX].usage
+    task = asyncio.create_task(usage.run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await usage.flush()

@@ -1,0 +1,189 @@
+"""Wire models of the key-management and usage endpoints, shared by the API and the admin client.
+
+The API validates admin input with ``KeyParams`` and builds its answers from the
+``*Out`` models; ``shared.admin_client`` parses the same models, so the two
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.store.base import KeyChanges, KeyRecord, UsageCounts, UsageReport
+
+Scope = Literal["chat", "web_retrieval", "availability"]
+MAX_RATE_LIMIT = 1_000_000
+MAX_NAME = 100
+MAX_MODELS = 64
+NEVER = ("never", "none", "null")
+
+
+def iso(ts: float | None) -> str | None:
+    """Unix seconds -> ``2025-01-31T12:00:00Z`` (what every answer shows)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class KeyParams(BaseModel):
+    """Create/modify input, from query parameters and/or a JSON body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limit: int | None = Field(default=None, ge=1, le=MAX_RATE_LIMIT, description="requests per minute")
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_NAME)
+    expires_at: datetime | None = Field(default=None, description="ISO 8601 or unix seconds; 'never' clears it")
+    expires_in_days: float | None = Field(default=None, gt=0, le=36500)
+    scopes: list[Scope] | None = Field(default=None, min_length=1)
+    allowed_models: list[str] | None = Field(default=None, max_length=MAX_MODELS)
+    clear_expiry: bool = Field(default=False, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _never(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("expires_at"), str) and data["expires_at"].lower() in NEVER:
+            data = {**data, "expires_at": None, "clear_expiry": True}
+        return data
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _no_bool_or_fraction(cls, v: Any) -> Any:
+        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+            raise ValueError("must be a positive integer")
+        return v
+
+    @field_validator("expires_in_days", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be a number of days")
+        return v
+
+    @field_validator("allowed_models")
+    @classmethod
+    def _models(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and any(not m or len(m) > 200 for m in v):
+            raise ValueError("model names must be 1-200 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> KeyParams:
+        if (self.expires_at is not None) + (self.expires_in_days is not None) + self.clear_expiry > 1:
+            raise ValueError("give at most one of expires_at, expires_in_days")
+        return self
+
+    def expiry(self, now: float) -> float | None:
+        if self.expires_in_days is not None:
+            return now + self.expires_in_days * 86400
+        if self.expires_at is not None:
+            at = self.expires_at if self.expires_at.tzinfo else self.expires_at.replace(tzinfo=UTC)
+            return at.timestamp()
+        return None
+
+    def is_empty(self) -> bool:
+        return not self.model_fields_set - {"clear_expiry"} and not self.clear_expiry
+
+    def changes(self, now: float) -> KeyChanges:
+        return KeyChanges(
+            rate_limit=self.rate_limit, name=self.name,
+            scopes=tuple(self.scopes) if self.scopes is not None else None,
+            allowed_models=tuple(self.allowed_models) if self.allowed_models is not None else None,
+            expires_at=self.expiry(now), clear_expiry=self.clear_expiry,
+        )
+
+    def as_query(self) -> dict[str, str]:
+        """The same parameters as query strings (what the admin client sends)."""
+        out: dict[str, str] = {}
+        if self.rate_limit is not None:
+            out["rate_limit"] = str(self.rate_limit)
+        if self.name is not None:
+            out["name"] = self.name
+        if self.clear_expiry:
+            out["expires_at"] = "never"
+        elif self.expires_at is not None:
+            out["expires_at"] = self.expires_at.isoformat()
+        if self.expires_in_days is not None:
+            out["expires_in_days"] = repr(self.expires_in_days)
+        if self.scopes is not None:
+            out["scopes"] = ",".join(self.scopes)
+        if self.allowed_models is not None:
+            out["allowed_models"] = ",".join(self.allowed_models)
+        return out
+
+
+class UsageTotalsOut(BaseModel):
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    errors: int = 0
+    rate_limited: int = 0
+
+    @classmethod
+    def of(cls, counts: UsageCounts) -> UsageTotalsOut:
+        return cls(**counts.as_dict())
+
+
+class UsageDayOut(UsageTotalsOut):
+    date: str
+
+
+class KeyOut(BaseModel):
+    id: str
+    name: str | None
+    prefix: str
+    rate_limit: int
+    scopes: list[str]
+    allowed_models: list[str] | None
+    expires_at: str | None
+    created_at: str | None
+    last_used_at: str | None = None
+    usage: UsageTotalsOut | None = None
+
+    @classmethod
+    def of(cls, record: KeyRecord, usage: UsageCounts | None = None) -> KeyOut:
+        return cls(
+            id=record.id, name=record.name, prefix=record.prefix, rate_limit=record.rate_limit,
+            scopes=list(record.scopes), allowed_models=list(record.allowed_models) if record.allowed_models else None,
+            expires_at=iso(record.expires_at), created_at=iso(record.created_at),
+            last_used_at=iso(record.last_used_at), usage=UsageTotalsOut.of(usage) if usage is not None else None,
+        )
+
+
+class CreatedKeyOut(KeyOut):
+    message: str = "API key created"
+    api_key: str
+
+
+class KeyListOut(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyOut]
+
+
+class DeletedKeyOut(BaseModel):
+    message: str = "API key deleted"
+    id: str
+    deleted: bool = True
+
+
+class UsageOut(BaseModel):
+    object: Literal["usage"] = "usage"
+    key_id: str
+    name: str | None = None
+    rate_limit: int
+    last_used_at: str | None
+    totals: UsageTotalsOut
+    days: list[UsageDayOut]
+
+    @classmethod
+    def of(cls, record: KeyRecord, report: UsageReport) -> UsageOut:
+        return cls(
+            key_id=record.id, name=record.name, rate_limit=record.rate_limit,
+            last_used_at=iso(max(filter(None, (report.last_used_at, record.last_used_at)), default=None)),
+            totals=UsageTotalsOut.of(report.totals),
+            days=[UsageDayOut(date=d, **c.as_dict()) for d, c in report.days.items()],
+        )
+
