@@ -17,11 +17,11 @@ def keypair(uri: str) -> Keypair:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """Serve ``app`` on a free port; yield its base URL; always clean up."""
+async def serve_app(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve ``app`` on ``port`` (default: a free one); yield its base URL; always clean up."""
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, 0, shutdown_timeout=1.0)
+    site = web.TCPSite(runner, host, port, shutdown_timeout=1.0, reuse_address=True)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
@@ -79,6 +79,7 @@ class Script:
     calls: int = 0
     cancelled: int = 0
     active: int = 0
+    bodies: list = field(default_factory=list)
 
 
 def sse(*datas: str, done: bool = True) -> list[bytes]:
@@ -92,7 +93,8 @@ def scripted_miner_app(script: Script) -> web.Application:
     """A miner double that streams exactly what the script says (no signature check)."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        await request.read()
+        raw = await request.read()
+        script.bodies.append(json.loads(raw) if raw else None)
         script.calls += 1
         script.active += 1
         try:
@@ -146,3 +148,44 @@ class ApiUnderTest:
     key: str
     ctx: Any
     scripts: dict[int, Script] = field(default_factory=dict)
+
+
+import aiohttp  # noqa: E402
+
+from api.app import create_api_app  # noqa: E402
+from neurons.miner.app import create_miner_app  # noqa: E402
+from neurons.miner.backends.deterministic import DeterministicBackend  # noqa: E402
+from shared.signing import Authorizer, RequestVerifier  # noqa: E402
+
+VALIDATOR_KP = keypair("//Validator")
+
+
+@contextlib.asynccontextmanager
+async def api_with_miners(tmp_path: Path, scripts: dict[int, Script], *, honest: set[int] = frozenset(),
+                          incentives: dict[int, float] | None = None, **settings) -> AsyncIterator[ApiUnderTest]:
+    """Start scripted miners (and real deterministic miners for uids in ``honest``) plus the API."""
+    async with contextlib.AsyncExitStack() as stack:
+        miners: dict[int, tuple[str, str | None]] = {}
+        for uid, script in scripts.items():
+            url = await stack.enter_async_context(serve_app(scripted_miner_app(script)))
+            miners[uid] = (keypair(f"//Miner{uid}").ss58_address, url.removeprefix("http://"))
+        for uid in honest:
+            kp = keypair(f"//Miner{uid}")
+            verifier = RequestVerifier(kp.ss58_address, Authorizer(lambda: {VALIDATOR_KP.ss58_address}))
+            url = await stack.enter_async_context(serve_app(create_miner_app(DeterministicBackend(), verifier)))
+            miners[uid] = (kp.ss58_address, url.removeprefix("http://"))
+        ctx = await build_api_context(tmp_path, snapshot(VALIDATOR_KP.ss58_address, miners, incentives=incentives),
+                                VALIDATOR_KP, **settings)
+        stack.push_async_callback(ctx.client.session.close)
+        secret, _ = await ctx.store.create_key(1000)
+        url = await stack.enter_async_context(serve_app(create_api_app(ctx, run_background=False)))
+        yield ApiUnderTest(url=url, key=secret, ctx=ctx, scripts=scripts)
+
+
+async def post(api: ApiUnderTest, body: dict, *, timeout: float = 20) -> tuple[int, dict, str]:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(api.url + "/v1/chat/completions", json=body, timeout=aiohttp.ClientTimeout(total=timeout),
+                          headers={"Authorization": f"Bearer {api.key}"}) as r:
+            return r.status, dict(r.headers), await r.text()
+
+

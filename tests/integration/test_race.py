@@ -3,61 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from api.app import create_api_app
-from neurons.miner.app import create_miner_app
-from neurons.miner.backends.deterministic import DeterministicBackend, generate_text
-from shared.signing import Authorizer, RequestVerifier
-from tests.helpers import (
-    ApiUnderTest,
-    Script,
-    build_api_context,
-    chunk,
-    keypair,
-    scripted_miner_app,
-    serve_app,
-    snapshot,
-    sse,
-)
+from neurons.miner.backends.deterministic import generate_text
+from tests.helpers import Script, api_with_miners, chunk, post, sse
 
-VALIDATOR = keypair("//Validator")
 MESSAGES = [{"role": "user", "content": "Race me"}]
-
-
-@contextlib.asynccontextmanager
-async def api_with_miners(tmp_path: Path, scripts: dict[int, Script], *, honest: set[int] = frozenset(),
-                          **settings) -> AsyncIterator[ApiUnderTest]:
-    """Start scripted miners (and real deterministic miners for uids in ``honest``) plus the API."""
-    async with contextlib.AsyncExitStack() as stack:
-        miners: dict[int, tuple[str, str | None]] = {}
-        for uid, script in scripts.items():
-            url = await stack.enter_async_context(serve_app(scripted_miner_app(script)))
-            miners[uid] = (keypair(f"//Miner{uid}").ss58_address, url.removeprefix("http://"))
-        for uid in honest:
-            kp = keypair(f"//Miner{uid}")
-            verifier = RequestVerifier(kp.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
-            url = await stack.enter_async_context(serve_app(create_miner_app(DeterministicBackend(), verifier)))
-            miners[uid] = (kp.ss58_address, url.removeprefix("http://"))
-        ctx = await build_api_context(tmp_path, snapshot(VALIDATOR.ss58_address, miners), VALIDATOR, **settings)
-        stack.push_async_callback(ctx.client.session.close)
-        secret, _ = await ctx.store.create_key(1000)
-        url = await stack.enter_async_context(serve_app(create_api_app(ctx, run_background=False)))
-        yield ApiUnderTest(url=url, key=secret, ctx=ctx, scripts=scripts)
-
-
-async def post(api: ApiUnderTest, body: dict, *, timeout: float = 20) -> tuple[int, dict, str]:
-    async with aiohttp.ClientSession() as s:
-        async with s.post(api.url + "/v1/chat/completions", json=body, timeout=aiohttp.ClientTimeout(total=timeout),
-                          headers={"Authorization": f"Bearer {api.key}"}) as r:
-            return r.status, dict(r.headers), await r.text()
 
 
 def sse_datas(text: str) -> list[str]:

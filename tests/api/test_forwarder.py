@@ -1,0 +1,128 @@
+"""The forwarder: validator outages, restarts, poison payloads; every payload once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+from aiohttp import web
+
+from api.scoring_outbox import OutboxForwarder
+from neurons.localnet import free_port
+from shared.miner_client import MinerClient, make_session
+from shared.signing import Authorizer, RequestVerifier, Signer
+from shared.store.outbox import SQLiteOutbox
+from tests.helpers import keypair, serve_app
+
+API = keypair("//Validator")  # the API signs with the validator hotkey
+
+
+def scoring_app(received: list[dict], statuses: list[int] | None = None) -> web.Application:
+    """A validator /scoring endpoint that verifies btauth/1 like the real one and records payloads."""
+    verifier = RequestVerifier(API.ss58_address, Authorizer(lambda: (), [API.ss58_address]))
+
+    async def scoring(request: web.Request) -> web.Response:
+        raw = await request.read()
+        verifier.verify(request.headers, raw, method=request.method, path=request.raw_path)
+        if statuses:
+            status = statuses.pop(0)
+            if status != 202:
+                return web.json_response({"error": {"message": "nope"}}, status=status)
+        received.append(await request.json())
+        return web.json_response({"status": "accepted"}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/scoring", scoring)
+    return app
+
+
+def forwarder(box: SQLiteOutbox, client: MinerClient, url: str) -> OutboxForwarder:
+    return OutboxForwarder(box, client, url, API.ss58_address, lease_seconds=1.0, base_delay=0.05,
+                           max_delay=0.2, rng=random.Random(1))
+
+
+async def wait_for(predicate, timeout: float = 8.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_validator_down_then_up_delivers_each_payload_once_in_order(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    received: list[dict] = []
+    box = SQLiteOutbox(tmp_path / "api.db")
+    async with make_session() as session:
+        fwd = forwarder(box, MinerClient(session, Signer(API)), url)
+        task = asyncio.create_task(fwd.run())
+        for i in range(20):
+            await fwd.sink({"n": i})
+        await asyncio.sleep(0.6)  # validator down: nothing delivered, nothing lost
+        assert received == [] and await box.depth() == 20 and fwd.delivery_failures > 0
+        async with serve_app(scoring_app(received), port=port):
+            await wait_for(lambda: len(received) == 20)
+            for i in range(20, 25):
+                await fwd.sink({"n": i})
+            await wait_for(lambda: len(received) == 25)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [p["n"] for p in received] == list(range(25))
+    assert await box.depth() == 0
+    await box.close()
+
+
+async def test_payloads_pending_at_api_death_are_delivered_after_restart(tmp_path: Path) -> None:
+    received: list[dict] = []
+    first = SQLiteOutbox(tmp_path / "api.db")
+    for i in range(5):
+        await first.put({"n": i})
+    assert await first.acquire_lease("the-api-that-died", 0.3)  # it held the lease when it was killed
+    await first.close()
+    async with serve_app(scoring_app(received)) as url, make_session() as session:
+        box = SQLiteOutbox(tmp_path / "api.db")
+        fwd = forwarder(box, MinerClient(session, Signer(API)), url)
+        task = asyncio.create_task(fwd.run())
+        await wait_for(lambda: len(received) == 5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await box.close()
+    assert [p["n"] for p in received] == [0, 1, 2, 3, 4]
+
+
+async def test_transient_errors_retry_and_poison_payload_is_dropped(tmp_path: Path) -> None:
+    received: list[dict] = []
+    statuses = [503, 503, 400]  # two retries of payload 0, then payload 0 is rejected as malformed
+    async with serve_app(scoring_app(received, statuses)) as url, make_session() as session:
+        box = SQLiteOutbox(tmp_path / "api.db")
+        fwd = forwarder(box, MinerClient(session, Signer(API)), url)
+        for i in range(3):
+            await fwd.sink({"n": i})
+        task = asyncio.create_task(fwd.run())
+        await wait_for(lambda: len(received) == 2)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert await box.depth() == 0
+        await box.close()
+    assert [p["n"] for p in received] == [1, 2]
+
+
+async def test_two_workers_share_one_outbox_without_double_delivery(tmp_path: Path) -> None:
+    received: list[dict] = []
+    async with serve_app(scoring_app(received)) as url, make_session() as session:
+        boxes = [SQLiteOutbox(tmp_path / "api.db"), SQLiteOutbox(tmp_path / "api.db")]
+        fwds = [forwarder(b, MinerClient(session, Signer(API)), url) for b in boxes]
+        tasks = [asyncio.create_task(f.run()) for f in fwds]
+        for i in range(40):
+            await fwds[i % 2].sink({"n": i})
+        await wait_for(lambda: len(received) == 40)
+        await asyncio.sleep(0.3)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for b in boxes:
+            await b.close()
+    assert sorted(p["n"] for p in received) == list(range(40))
+    assert len(received) == 40, "no payload may be delivered twice in normal operation"

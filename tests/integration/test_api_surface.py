@@ -1,0 +1,140 @@
+"""Mixture of miners, web retrieval and the availability routes through the real API app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.helpers import Script, api_with_miners, chunk, post, sse
+
+MESSAGES = [{"role": "user", "content": "What is a subnet?"}]
+
+
+def answer(text: str, delay: float = 0.0) -> Script:
+    return Script([(delay, d) for d in sse(chunk(text), chunk(finish="stop"))])
+
+
+@pytest.mark.parametrize("how", [{"mixture": True}, {"sampling_parameters": {"mixture": True}},
+                                 {"inference_mode": "Mixture-of-Agents"}])
+async def test_mixture_synthesises_valid_answers_on_the_top_miner(tmp_path: Path, how: dict) -> None:
+    scripts = {1: answer("first view"), 2: Script([], status=500), 3: answer("third view"),
+               4: Script([(0, b"data: garbage\n\n")])}
+    async with api_with_miners(tmp_path, scripts, incentives={1: 0.1, 2: 0.1, 3: 0.7, 4: 0.1},
+                               mixture_k=4) as api:
+        status, headers, text = await post(api, {"messages": MESSAGES, **how})
+    assert status == 200, text
+    assert headers["x-sn1-miner-uid"] == "3", "the final answer comes from the top-incentive miner"
+    assert sorted(headers["x-sn1-mixture-uids"].split(",")) == ["1", "3"]
+    final_body = scripts[3].bodies[-1]
+    system = final_body["messages"][0]
+    assert system["role"] == "system" and "first view" in system["content"] and "third view" in system["content"]
+    assert final_body["messages"][1:] == MESSAGES
+    assert "mixture" not in final_body and "mixture" not in (final_body.get("sampling_parameters") or {})
+
+
+async def test_mixture_streams_the_synthesis(tmp_path: Path) -> None:
+    scripts = {1: answer("a"), 2: answer("b")}
+    async with api_with_miners(tmp_path, scripts, incentives={1: 0.9, 2: 0.1}) as api:
+        status, headers, text = await post(api, {"messages": MESSAGES, "mixture": True, "stream": True})
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    assert text.rstrip().endswith("data: [DONE]")
+
+
+async def test_mixture_with_no_valid_first_stage_is_502(tmp_path: Path) -> None:
+    scripts = {1: Script([], status=500), 2: Script([(0, b"data: {}\n\n")])}
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, _, text = await post(api, {"messages": MESSAGES, "mixture": True})
+    assert status == 502 and json.loads(text)["error"]["code"] == "no_valid_answer"
+
+
+def retrieval(results: list | str, delay: float = 0.0) -> Script:
+    text = results if isinstance(results, str) else json.dumps(results)
+    return answer(text, delay)
+
+
+async def get_json(api, path: str, **kw) -> tuple[int, object]:
+    async with aiohttp.ClientSession() as s:
+        async with s.request(kw.pop("method", "GET"), api.url + path, headers={"api-key": api.key}, **kw) as r:
+            return r.status, await r.json()
+
+
+async def test_web_retrieval_merges_and_dedups_hostile_miners(tmp_path: Path) -> None:
+    scripts = {
+        1: retrieval([{"url": "https://a.example/1", "content": "one", "relevant": "r"},
+                      {"url": "https://a.example/2", "content": "two", "relevant": "r"}]),
+        2: retrieval([{"url": "HTTPS://A.EXAMPLE/1/", "content": "dup", "relevant": "r"}, {"bogus": True},
+                      {"url": "https://b.example/3", "content": "three", "relevant": "r"}]),
+        3: retrieval("this is not json"),
+        4: Script([], status=500),
+    }
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, data = await get_json(api, "/web_retrieval?search_query=subnets&n_miners=4&n_results=5")
+        assert status == 200, data
+        from api.web_retrieval import normalise_url
+
+        urls = sorted(normalise_url(r["url"]) for r in data["results"])
+        assert urls == ["https://a.example/1", "https://a.example/2", "https://b.example/3"]
+        assert all(set(r) == {"url", "content", "relevant"} for r in data["results"])
+        status, data = await get_json(api, "/web_retrieval", method="POST",
+                                      json={"search_query": "subnets", "n_miners": 4, "n_results": 1})
+        assert status == 200 and len(data["results"]) == 1
+        sent = scripts[1].bodies[-1]
+        assert sent["task"] == "WebRetrievalTask" and sent["messages"][0]["content"] == "subnets"
+        for bad in ("/web_retrieval", "/web_retrieval?search_query=", "/web_retrieval?search_query=x&n_results=0",
+                    "/web_retrieval?search_query=x&n_miners=abc", "/web_retrieval?search_query=x&uids=1,zz"):
+            status, data = await get_json(api, bad)
+            assert status == 400 and "error" in data, bad
+
+
+async def test_availability_routes_serve_the_cache(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {1: answer("x"), 2: answer("y")}) as api:
+        from api.availability import AvailabilityCache
+
+        cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "hk")
+        cache.entries = {1: {"task_availabilities": {"InferenceTask": True},
+                             "llm_model_availabilities": {"m1": True}}, 2: None}
+        cache.updated_at = time.time()
+        api.ctx.availability = cache
+        status, data = await get_json(api, "/miner_availabilities/miner_availabilities", method="POST", json=[1, 2, 3])
+        assert status == 200 and data["1"]["llm_model_availabilities"] == {"m1": True}
+        assert data["2"] is None and data["3"] is None
+        status, data = await get_json(api, "/miner_availabilities/get_available_miners?task=InferenceTask&model=m1&k=5")
+        assert status == 200 and data == [1]
+        status, data = await get_json(api, "/miner_availabilities/get_available_miners?k=0")
+        assert status == 400
+        status, data = await get_json(api, "/miner_availabilities/miner_availabilities", method="POST",
+                                      json={"not": "a list"})
+        assert status == 400
+
+
+async def test_attribution_under_randomised_completion_orders(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    scripts = {}
+    for uid in range(1, 6):
+        steps = [(rng.uniform(0, 0.03), d) for d in sse(*(chunk(f"u{uid}c{i} ") for i in range(4)),
+                                                         chunk(finish="stop"))]
+        scripts[uid] = Script(steps)
+    got: list[dict] = []
+    async with api_with_miners(tmp_path, scripts, default_k=5) as api:
+        async def sink(p: dict) -> None:
+            got.append(p)
+
+        api.ctx.payload_sinks.append(sink)
+        results = await asyncio.gather(*(post(api, {"messages": MESSAGES, "stream": bool(i % 2)}) for i in range(6)))
+        assert all(r[0] == 200 for r in results)
+        for _ in range(100):
+            if len(got) == 6:
+                break
+            await asyncio.sleep(0.02)
+    assert len(got) == 6
+    for p in got:
+        for uid, chunks in p["chunks"].items():
+            text = "".join(json.loads(c)["choices"][0]["delta"].get("content") or "" for c in chunks)
+            assert text == "".join(f"u{uid}c{i} " for i in range(4)), "a uid's chunks must be its own, in order"
+            assert len(p["timings"][uid]) == len(chunks)
