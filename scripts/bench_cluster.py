@@ -1,0 +1,132 @@
+"""Everything the benchmark runs on 127.0.0.1, started once and always stopped.
+
+The fake upstream, two bare pass-through proxies, and a real local subnet from
+``neurons.localnet`` (10 miners with ``--backend openai`` in front of the fake
+upstream, the real validator, one API worker), plus, on demand, a second API
+with ``WORKERS=2`` over the same store. Child output goes to ``bench/logs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from neurons.localnet import LocalNet, LocalNetConfig, free_port
+
+SCRIPTS = Path(__file__).resolve().parent
+BENCH_RATE_LIMIT = 1_000_000  # requests per minute: never throttles the bench
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"timed out waiting for {url}")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (for the 'how the cores were shared' line)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Cluster:
+    def __init__(self, directory: Path, *, miners: int = 10, log_level: str = "INFO") -> None:
+        self.dir = directory
+        self.miners = miners
+        self.log_level = log_level
+        self.procs: list[subprocess.Popen] = []
+        self.net: LocalNet | None = None
+        self.urls: dict[str, str] = {}
+        self.pids: dict[str, int] = {}
+        self.api_key = ""
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "logs" / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.procs.append(proc)
+        self.pids[name] = proc.pid
+        return proc
+
+    def start(self) -> None:
+        up_port, p1, p2 = free_port(), free_port(), free_port()
+        upstream = self._spawn("upstream", [str(SCRIPTS / "bench_upstream.py"), "--port", str(up_port)])
+        self.urls["upstream"] = self.urls["direct"] = f"http://127.0.0.1:{up_port}"
+        wait_http(self.urls["upstream"] + "/health", upstream)
+        hop2 = self._spawn("bare2", [str(SCRIPTS / "bench_passthrough.py"), "--port", str(p2),
+                                     "--target", self.urls["upstream"]])
+        hop1 = self._spawn("bare1", [str(SCRIPTS / "bench_passthrough.py"), "--port", str(p1),
+                                     "--target", f"http://127.0.0.1:{p2}"])
+        wait_http(f"http://127.0.0.1:{p2}/health", hop2)
+        wait_http(f"http://127.0.0.1:{p1}/health", hop1)
+        self.urls["bare"] = f"http://127.0.0.1:{p1}"
+        self.admin_key = secrets.token_urlsafe(24)
+        self.net = LocalNet(LocalNetConfig(
+            directory=self.dir / "net", miners=self.miners, api_port=free_port(), validator_port=free_port(),
+            admin_key=self.admin_key, backend="openai", upstream=self.urls["upstream"] + "/v1",
+            log_level=self.log_level))
+        info = self.net.start(timeout=120)
+        self.urls["sn1"] = info["api_url"]
+        for child in self.net.children:
+            self.pids[child.name] = child.proc.pid
+        self.api_key = self.create_key(self.urls["sn1"])
+
+    def create_key(self, api_url: str) -> str:
+        req = urllib.request.Request(
+            f"{api_url}/api_management/create-api-key/?rate_limit={BENCH_RATE_LIMIT}&name=bench",
+            method="POST", headers={"admin-key": self.admin_key})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())["api_key"]
+
+    def start_second_api(self, workers: int) -> str:
+        """Another API over the same env file and store, with ``WORKERS=workers``."""
+        assert self.net is not None
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "WORKERS"))}
+        env |= {"API_PORT": str(port), "WORKERS": str(workers)}
+        proc = self._spawn(f"api_workers{workers}",
+                           ["-m", "shared.cli", "api", "--env-file", str(self.net.dir / "api.env")], env)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/health", proc, timeout=90)
+        self.urls[f"sn1_workers{workers}"] = url
+        return url
+
+    def stop(self) -> None:
+        if self.net is not None:
+            self.net.stop()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()

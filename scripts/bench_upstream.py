@@ -1,0 +1,94 @@
+"""The benchmark's fake OpenAI-compatible upstream: fixed answers, no delays.
+
+``POST /v1/chat/completions`` answers a fixed ``chat.completion`` (non-streaming)
+or 20 SSE chunks then ``[DONE]`` (streaming), from bytes built once at start so
+the upstream costs as little as possible: it is the physical limit every setup
+is measured against. Model ``bench-drip`` streams one chunk per second instead
+(the open-streams memory test). Run: ``python scripts/bench_upstream.py --port P``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+
+from aiohttp import web
+
+MODEL = "bench"
+DRIP_MODEL = "bench-drip"
+CHUNKS = 20
+DRIP_CHUNKS = 120
+
+
+def completion_bytes() -> bytes:
+    return json.dumps({
+        "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "tok " * CHUNKS},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": CHUNKS, "total_tokens": CHUNKS + 5},
+    }, separators=(",", ":")).encode()
+
+
+def chunk_frame(i: int, last: bool = False, model: str = MODEL) -> bytes:
+    delta = {"content": "tok "} if not last else {}
+    if i == 0:
+        delta["role"] = "assistant"
+    chunk = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
+             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": "stop" if last else None}]}
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+def stream_bytes() -> bytes:
+    frames = [chunk_frame(i) for i in range(CHUNKS - 1)] + [chunk_frame(CHUNKS - 1, last=True)]
+    return b"".join(frames) + b"data: [DONE]\n\n"
+
+
+def create_upstream_app() -> web.Application:
+    completion, stream = completion_bytes(), stream_bytes()
+    models = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"},
+                                                    {"id": DRIP_MODEL, "object": "model"}]}).encode()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if b'"' + DRIP_MODEL.encode() + b'"' in body:
+            return await drip(request)
+        if b'"stream":true' in body.replace(b" ", b""):
+            return web.Response(body=stream, content_type="text/event-stream")
+        return web.Response(body=completion, content_type="application/json")
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(DRIP_CHUNKS):
+            await response.write(chunk_frame(i, model=DRIP_MODEL))
+            await asyncio.sleep(1.0)
+        await response.write(chunk_frame(DRIP_CHUNKS, last=True, model=DRIP_MODEL) + b"data: [DONE]\n\n")
+        return response
+
+    async def list_models(_request: web.Request) -> web.Response:
+        return web.Response(body=models, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", list_models)
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--port", type=int, required=True)
+    args = p.parse_args()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", args.port))
+    import uvloop
+
+    web.run_app(create_upstream_app(), sock=sock, access_log=None, print=None, loop=uvloop.new_event_loop(),
+                backlog=4096)
+
+
+if __name__ == "__main__":
+    main()
