@@ -98,3 +98,29 @@ def test_localnet_json_lists_everything(localnet: dict) -> None:
     for m in data["miners"]:
         with urllib.request.urlopen(m["url"] + "/health", timeout=5) as r:
             assert r.status == 200
+
+
+def test_subnet_doc_example_async_streaming_with_mixture_on_and_off(localnet: dict) -> None:
+    """The subnet doc's own example: AsyncOpenAI, api-key header, stream, extra_body with mixture."""
+    import asyncio
+
+    async def run(mixture: bool) -> str:
+        headers = {"api-key": localnet["api_key"], "Content-Type": "application/json"}
+        client = openai.AsyncOpenAI(
+            base_url=localnet["api_url"] + "/v1", max_retries=0,
+            timeout=openai.Timeout(30, connect=10, read=20),
+            http_client=openai.DefaultAsyncHttpxClient(headers=headers), api_key=localnet["api_key"],
+        )
+        result = await client.chat.completions.create(
+            model="sn1/deterministic", messages=[{"role": "user", "content": "How are you?"}], stream=True,
+            temperature=0.7, seed=42, extra_headers=headers,
+            extra_body={"task": "InferenceTask",
+                        "sampling_parameters": {"mixture": mixture, "max_new_tokens": 256, "do_sample": True}},
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in result if c.choices])
+        await client.close()
+        return text
+
+    plain, mixed = asyncio.run(run(False)), asyncio.run(run(True))
+    assert plain and mixed
+    assert plain != mixed, "the mixture answer is generated from a synthesis prompt, not the plain one"
