@@ -6,9 +6,11 @@ has a real SQLite store and a real key. Used by the chaos suite and the soak.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,10 +114,16 @@ class Reply:
 async def chat(
     session: aiohttp.ClientSession, f: Fleet, body: dict[str, Any], *, limit: float = 30.0
 ) -> Reply:
-    import time
-
     started = time.monotonic()
     async with session.post(f.url + "/v1/chat/completions", json=body, timeout=aiohttp.ClientTimeout(total=limit),
                             headers={"Authorization": f"Bearer {f.key}"}) as r:
         text = await r.text()
         return Reply(r.status, dict(r.headers), text, time.monotonic() - started)
+
+
+async def wait_until(check: Callable[[], bool], timeout: float) -> float:
+    """Poll ``check`` (state held by servers in this process) until true or ``timeout``; the seconds taken."""
+    started = time.monotonic()
+    while not check() and time.monotonic() - started < timeout:  # noqa: ASYNC110 - polling another party's state
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started

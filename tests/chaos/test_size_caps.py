@@ -15,7 +15,16 @@ from neurons.miner.faults import FaultOptions
 from shared.metagraph import Neuron
 from shared.miner_client import MinerClient
 from shared.signing import Signer
-from tests.chaos.fleet import HONEST, MESSAGES, VALIDATOR, chat, expected_answer, fleet, miner_keypair
+from tests.chaos.fleet import (
+    HONEST,
+    MESSAGES,
+    VALIDATOR,
+    chat,
+    expected_answer,
+    fleet,
+    miner_keypair,
+    wait_until,
+)
 from tests.helpers import serve_app
 
 BODY_CAP = 64 << 10
@@ -54,7 +63,7 @@ async def test_huge_answer_is_discarded_and_memory_stays_bounded(tmp_path: Path)
                                           "timeout": 10})
                 assert reply.status == 200 and reply.headers["x-sn1-miner-uid"] == "2"
                 assert reply.content() == expected_answer(5)
-            await _until(lambda: f.in_flight() == 0, 5.0)
+            await wait_until(lambda: f.in_flight() == 0, 5.0)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -88,9 +97,3 @@ async def test_large_json_answer_under_the_cap_is_read_whole(tmp_path: Path) -> 
         else:
             raise AssertionError("a JSON answer over the cap must be refused")
 
-
-async def _until(check, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not check() and loop.time() < end:
-        await asyncio.sleep(0.02)

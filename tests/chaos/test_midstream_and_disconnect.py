@@ -1,0 +1,66 @@
+"""After the winner started: its failure ends the stream with an SSE error event then ``[DONE]``;
+a client that goes away cancels every miner request for it within 1 s."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from neurons.miner.faults import FaultOptions
+from tests.chaos.fleet import MESSAGES, chat, expected_answer, fleet, wait_until
+
+DEADLINE = 1.5
+SLOW = ["stall-headers", "stall-body", "stall-mid", "trickle", "late"]
+
+
+def assert_error_then_done(datas: list[str]) -> dict:
+    assert datas[-1] == "[DONE]"
+    err = json.loads(datas[-2])["error"]
+    assert set(err) == {"message", "type", "code", "param"} and err["code"] == "miner_failed_mid_stream"
+    return err
+
+
+@pytest.mark.parametrize(("fault", "options"), [
+    ("stall-mid", FaultOptions(stall_after_chunks=2)),
+    ("disconnect", FaultOptions(disconnect_after_chunks=2)),
+])
+async def test_winner_failing_mid_stream_ends_with_error_event_then_done(
+    tmp_path: Path, fault: str, options: FaultOptions
+) -> None:
+    async with fleet(tmp_path, {1: fault}, options=options) as f, aiohttp.ClientSession() as s:
+        reply = await chat(s, f, {"messages": MESSAGES, "seed": 9, "stream": True, "timeout": DEADLINE})
+    assert reply.status == 200 and reply.headers["x-sn1-miner-uid"] == "1"
+    assert reply.elapsed < DEADLINE + 1
+    datas = reply.sse_datas()
+    assert_error_then_done(datas)
+    relayed = "".join(json.loads(d)["choices"][0]["delta"].get("content") or "" for d in datas[:-2])
+    assert relayed and expected_answer(9).startswith(relayed), "what was relayed is the winner's own prefix"
+    assert len(relayed) < len(expected_answer(9))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["waiting", "mid-stream"])
+async def test_client_disconnect_cancels_every_miner_request_within_1s(tmp_path: Path, stream: bool) -> None:
+    profiles = dict(enumerate(SLOW, start=1))
+    async with fleet(tmp_path, profiles, options=FaultOptions(late_seconds=60, trickle_interval=0.5)) as f:
+        async with aiohttp.ClientSession() as s:
+            request = asyncio.ensure_future(s.post(f.url + "/v1/chat/completions", headers={"api-key": f.key},
+                                                   json={"messages": MESSAGES, "stream": stream, "timeout": 60,
+                                                         "uids": list(profiles)}))
+            if stream:
+                resp = await request
+                assert resp.status == 200 and resp.headers["x-sn1-miner-uid"] == str(SLOW.index("stall-mid") + 1)
+                assert (await resp.content.readline()).startswith(b"data: ")
+            else:
+                await asyncio.sleep(0.3)  # the API is waiting for a winner that never comes
+            assert f.in_flight() == len(SLOW), "every miner must be busy with the request"
+            request.cancel()  # the client goes away
+            if stream:
+                resp.close()
+        elapsed = await wait_until(lambda: f.in_flight() == 0, 3.0)
+        assert f.in_flight() == 0, {uid: s.active for uid, s in f.stats.items()}
+        assert elapsed < 1.0, f"miner requests outlived the client by {elapsed:.2f}s"
+        assert sum(st.cancelled for st in f.stats.values()) == len(SLOW)
