@@ -96,6 +96,8 @@ class UsageRecorder:
             if since_day is None or day >= since_day:
                 report.days.setdefault(day, UsageCounts()).add(counts)
         report.days = dict(sorted(report.days.items()))
+        mine = [t for (kid, _), t in self._last_used.items() if kid == key_id]
+        report.last_used_at = max([*mine, report.last_used_at or 0.0]) or None
         return report
 
 

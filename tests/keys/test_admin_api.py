@@ -1,0 +1,184 @@
+"""Admin endpoints over real HTTP: the subnet doc's flows, bad input, and the admin gate."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import pytest
+
+from tests.helpers import ApiUnderTest
+from tests.keys.conftest import ADMIN, assert_error, call, create_key
+
+AK = {"admin-key": ADMIN}
+
+
+async def test_subnet_doc_flow_create_modify_delete(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    created = await create_key(http, api.url, "rate_limit=2")
+    assert created["message"] == "API key created" and created["api_key"].startswith("sn1-")
+    key = created["api_key"]
+    usage_url = f"{api.url}/v1/usage"
+    status, headers, _ = await call(http, "GET", usage_url, headers={"api-key": key})
+    assert status == 200 and headers["x-ratelimit-limit-requests"] == "2"
+
+    status, _, body = await call(http, "PUT", f"{api.url}/api_management/modify-api-key/{key}?rate_limit=5", headers=AK)
+    assert status == 200 and body["rate_limit"] == 5 and "api_key" not in body
+    status, headers, _ = await call(http, "GET", usage_url, headers={"x-api-key": key})
+    assert status == 200 and headers["x-ratelimit-limit-requests"] == "5"
+    assert headers["x-ratelimit-remaining-requests"] == "3"  # the window carried over the change
+
+    status, _, body = await call(http, "DELETE", f"{api.url}/api_management/delete-api-key/{key}", headers=AK)
+    assert status == 200 and body == {"message": "API key deleted", "id": created["id"], "deleted": True}
+    status, _, body = await call(http, "GET", usage_url, headers={"Authorization": f"Bearer {key}"})
+    assert_error(status, body, 401, "invalid_api_key")
+    status, _, body = await call(http, "DELETE", f"{api.url}/api_management/delete-api-key/{key}", headers=AK)
+    assert_error(status, body, 404, "api_key_not_found")
+
+
+async def test_create_with_json_body_and_manage_by_id(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    created = await create_key(http, api.url, "", json={
+        "rate_limit": 30, "name": "team-a", "scopes": ["chat", "availability"], "allowed_models": ["m1", "m2"],
+        "expires_in_days": 2})
+    assert created["name"] == "team-a" and created["scopes"] == ["chat", "availability"]
+    assert created["allowed_models"] == ["m1", "m2"] and created["expires_at"].endswith("Z")
+    key_id = created["id"]
+    status, _, body = await call(http, "PUT", f"{api.url}/api_management/modify-api-key/{key_id}",
+                                 headers=AK, json={"expires_at": "never", "scopes": ["web_retrieval"]})
+    assert status == 200 and body["expires_at"] is None and body["scopes"] == ["web_retrieval"]
+    assert body["rate_limit"] == 30 and body["name"] == "team-a"
+
+    status, _, listing = await call(http, "GET", f"{api.url}/api_management/api-keys", headers=AK)
+    assert status == 200 and listing["object"] == "list"
+    mine = next(k for k in listing["data"] if k["id"] == key_id)
+    assert mine["prefix"] == created["api_key"][:10] and mine["usage"]["requests"] == 0
+    assert created["api_key"] not in str(listing) and api.key not in str(listing)
+
+    status, _, usage = await call(http, "GET", f"{api.url}/api_management/api-keys/{key_id}/usage?days=7", headers=AK)
+    assert status == 200 and usage["key_id"] == key_id and usage["totals"]["requests"] == 0
+
+
+async def test_query_lists_and_iso_expiry(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    created = await create_key(
+        http, api.url, "rate_limit=7&scopes=chat,web_retrieval&allowed_models=a&allowed_models=b"
+                       "&expires_at=2999-01-02T03:04:05Z&name=q")
+    assert created["scopes"] == ["chat", "web_retrieval"] and created["allowed_models"] == ["a", "b"]
+    assert created["expires_at"] == "2999-01-02T03:04:05Z" and created["name"] == "q"
+
+
+@pytest.mark.parametrize("query,body,param", [
+    ("", None, "rate_limit"),
+    ("rate_limit=0", None, "rate_limit"),
+    ("rate_limit=-3", None, "rate_limit"),
+    ("rate_limit=abc", None, "rate_limit"),
+    ("rate_limit=1.5", None, "rate_limit"),
+    ("rate_limit=99999999999", None, "rate_limit"),
+    ("", {"rate_limit": True}, "rate_limit"),
+    ("", {"rate_limit": [5]}, "rate_limit"),
+    ("rate_limit=5&scopes=chat,admin", None, "scopes.1"),
+    ("rate_limit=5&expires_at=2001-01-01T00:00:00Z", None, "expires_at"),
+    ("rate_limit=5&expires_at=yesterday", None, "expires_at"),
+    ("rate_limit=5&expires_in_days=0", None, "expires_in_days"),
+    ("rate_limit=5&expires_in_days=nan", None, "expires_in_days"),
+    ("rate_limit=5&expires_in_days=3&expires_at=2999-01-01", None, None),
+    ("rate_limit=5&colour=blue", None, "colour"),
+    ("", {"rate_limit": 5, "name": "x" * 101}, "name"),
+])
+async def test_create_rejects_bad_values(api: ApiUnderTest, http: aiohttp.ClientSession,
+                                         query: str, body: dict | None, param: str | None) -> None:
+    status, _, out = await call(http, "POST", f"{api.url}/api_management/create-api-key/?{query}", headers=AK,
+                                json=body)
+    assert_error(status, out, 400)
+    if param:
+        assert out["error"]["param"] == param, out
+
+
+async def test_create_rejects_bad_bodies(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    url = f"{api.url}/api_management/create-api-key/"
+    for data in (b"{not json", b"[1, 2]", b"\xff\xfe"):
+        status, _, out = await call(http, "POST", url, headers=AK, data=data)
+        assert_error(status, out, 400)
+    status, _, out = await call(http, "POST", url, headers=AK, data=b"x" * (2 << 20))
+    assert_error(status, out, 413)
+    listing = (await call(http, "GET", f"{api.url}/api_management/api-keys", headers=AK))[2]
+    assert len(listing["data"]) == 1  # only the fixture's key: nothing was created by bad requests
+
+
+async def test_modify_and_delete_errors(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    base = f"{api.url}/api_management"
+    for ref in ("sn1-unknown", "0123456789abcdef", "not-a-key", "x" * 300):
+        status, _, out = await call(http, "PUT", f"{base}/modify-api-key/{ref}?rate_limit=3", headers=AK)
+        assert_error(status, out, 404, "api_key_not_found")
+        status, _, out = await call(http, "DELETE", f"{base}/delete-api-key/{ref}", headers=AK)
+        assert_error(status, out, 404)
+    status, _, out = await call(http, "PUT", f"{base}/modify-api-key/{api.key}", headers=AK)
+    assert_error(status, out, 400, "missing_parameter")
+    status, _, out = await call(http, "PUT", f"{base}/modify-api-key/{api.key}?rate_limit=0", headers=AK)
+    assert_error(status, out, 400)
+    status, _, out = await call(http, "GET", f"{base}/api-keys/{api.key}/usage?days=0", headers=AK)
+    assert_error(status, out, 400)
+    status, _, out = await call(http, "POST", f"{base}/modify-api-key/{api.key}?rate_limit=3", headers=AK)
+    assert_error(status, out, 405)
+
+
+async def test_admin_gate(api: ApiUnderTest, http: aiohttp.ClientSession, logs: list[str]) -> None:
+    url = f"{api.url}/api_management/create-api-key/?rate_limit=5"
+    status, _, out = await call(http, "POST", url)
+    assert_error(status, out, 401, "invalid_admin_key")
+    wrong = "wrong-admin-key-attempt-123"
+    for _ in range(9):
+        status, _, out = await call(http, "POST", url, headers={"admin-key": wrong})
+        assert_error(status, out, 401, "invalid_admin_key")
+    # ten failures from this address in a minute: even the right key is refused for now
+    status, headers, out = await call(http, "POST", url, headers=AK)
+    assert_error(status, out, 429, "admin_rate_limited")
+    assert int(headers["Retry-After"]) >= 1
+    assert sum("admin auth failed" in line for line in logs) == 10
+    assert not any(wrong in line or ADMIN in line for line in logs)
+
+
+async def test_admin_disabled_without_admin_key(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    api.ctx.settings.admin_key = None
+    for method, path in (("POST", "create-api-key/?rate_limit=5"), ("GET", "api-keys"),
+                         ("DELETE", f"delete-api-key/{api.key}")):
+        status, _, out = await call(http, method, f"{api.url}/api_management/{path}", headers=AK)
+        assert_error(status, out, 403, "admin_disabled")
+        assert "ADMIN_KEY" in out["error"]["message"]
+
+
+def test_admin_compare_is_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check must go through hmac.compare_digest on equal-length digests (no early exit, no length leak)."""
+    import hmac
+
+    from api import auth
+
+    seen: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        seen.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    assert auth.admin_key_matches("s3cret", "s3cret")
+    assert not auth.admin_key_matches("s3cre", "s3cret")
+    assert not auth.admin_key_matches("", "s3cret")
+    assert seen == [(32, 32)] * 3
+
+
+async def test_expiry_takes_effect(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    created = await create_key(http, api.url, "rate_limit=5")
+    soon = time.time() + 1.0
+    status, _, _ = await call(http, "PUT", f"{api.url}/api_management/modify-api-key/{created['id']}",
+                              headers=AK, json={"expires_at": soon})
+    assert status == 200
+    hdr = {"api-key": created["api_key"]}
+    assert (await call(http, "GET", f"{api.url}/v1/usage", headers=hdr))[0] == 200
+    await _sleep_until(soon + 0.05)
+    status, _, out = await call(http, "GET", f"{api.url}/v1/usage", headers=hdr)
+    assert_error(status, out, 401, "expired_api_key")
+
+
+async def _sleep_until(t: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(max(0.0, t - time.time()))

@@ -1,0 +1,145 @@
+"""What a caller sees: the three key headers, 401/403/429/503, rate-limit headers and usage."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import aiohttp
+
+from api.app import create_api_app
+from neurons.localnet import free_port
+from shared.store.redis import RedisStore
+from shared.store.usage import UsageRecorder
+from tests.helpers import VALIDATOR_KP, ApiUnderTest, build_api_context, serve_app, snapshot
+from tests.keys.conftest import ADMIN, assert_error, call, create_key
+
+CHAT = {"model": "sn1/deterministic", "messages": [{"role": "user", "content": "Count to three, please."}]}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_key_headers_and_401s(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    url = f"{api.url}/v1/usage"
+    for headers in ({"api-key": api.key}, {"x-api-key": api.key}, bearer(api.key), {"authorization": f"bearer {api.key}"}):
+        assert (await call(http, "GET", url, headers=headers))[0] == 200, headers
+    cases = [({}, "missing_api_key"), ({"Authorization": f"Basic {api.key}"}, "missing_api_key"),
+             (bearer("sn1-nope"), "invalid_api_key"), ({"api-key": api.key + "x"}, "invalid_api_key"),
+             ({"api-key": "k" * 5000}, "invalid_api_key")]
+    for headers, code in cases:
+        status, hdrs, out = await call(http, "GET", url, headers=headers)
+        assert_error(status, out, 401, code)
+        assert "x-ratelimit-limit-requests" not in hdrs  # nothing was charged
+    status, _, out = await call(http, "POST", f"{api.url}/v1/chat/completions", json=CHAT, headers={})
+    assert_error(status, out, 401, "missing_api_key")
+
+
+async def test_scopes_and_models_are_403(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    chat_only = (await create_key(http, api.url, "rate_limit=50&scopes=chat&allowed_models=other/model"))["api_key"]
+    status, _, out = await call(http, "GET", f"{api.url}/miner_availabilities/get_available_miners",
+                                headers=bearer(chat_only))
+    assert_error(status, out, 403, "insufficient_scope")
+    status, _, out = await call(http, "POST", f"{api.url}/v1/chat/completions", json=CHAT, headers=bearer(chat_only))
+    assert_error(status, out, 403, "model_not_allowed")
+    assert out["error"]["param"] == "model" and "other/model" in out["error"]["message"]
+    allowed = (await create_key(http, api.url, "rate_limit=50&allowed_models=sn1/deterministic"))["api_key"]
+    status, _, out = await call(http, "POST", f"{api.url}/v1/chat/completions", json=CHAT, headers=bearer(allowed))
+    assert status == 200 and out["choices"][0]["message"]["content"]
+    no_chat = (await create_key(http, api.url, "rate_limit=50&scopes=availability"))["api_key"]
+    status, _, out = await call(http, "POST", f"{api.url}/v1/chat/completions", json=CHAT, headers=bearer(no_chat))
+    assert_error(status, out, 403, "insufficient_scope")
+    assert (await call(http, "GET", f"{api.url}/v1/usage", headers=bearer(no_chat)))[0] == 200  # usage needs no scope
+
+
+async def test_rate_limit_headers_429_and_usage(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    key = (await create_key(http, api.url, "rate_limit=3"))["api_key"]
+    chat_url = f"{api.url}/v1/chat/completions"
+    status, h1, body = await call(http, "POST", chat_url, json=CHAT, headers=bearer(key))
+    assert status == 200
+    assert (h1["x-ratelimit-limit-requests"], h1["x-ratelimit-remaining-requests"]) == ("3", "2")
+    assert h1["x-ratelimit-reset-requests"].endswith("s")
+    reported = body["usage"]
+    async with http.post(chat_url, json={**CHAT, "stream": True}, headers=bearer(key)) as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+        assert r.headers["x-ratelimit-remaining-requests"] == "1"
+        stream_text = await r.text()
+    assert stream_text.rstrip().endswith("data: [DONE]")
+    status, _, out = await call(http, "POST", chat_url, data=b"{bad json", headers=bearer(key))
+    assert_error(status, out, 400)  # a client error is still a charged request
+    status, h4, out = await call(http, "POST", chat_url, json=CHAT, headers=bearer(key))
+    assert_error(status, out, 429, "rate_limit_exceeded")
+    assert int(h4["Retry-After"]) >= 59 and h4["x-ratelimit-remaining-requests"] == "0"
+    assert "3 requests per minute" in out["error"]["message"]
+    status, _, out = await call(http, "GET", f"{api.url}/v1/usage", headers=bearer(key))
+    assert_error(status, out, 429)
+
+    listing = (await call(http, "GET", f"{api.url}/api_management/api-keys", headers={"admin-key": ADMIN}))[2]
+    totals = next(k for k in listing["data"] if k["prefix"] == key[:10])["usage"]
+    assert totals["requests"] == 5 and totals["rate_limited"] == 2 and totals["errors"] == 1
+    assert totals["prompt_tokens"] >= 2 * reported["prompt_tokens"] > 0
+    assert totals["completion_tokens"] >= 2 * reported["completion_tokens"] > 0
+    status, _, mine = await call(http, "GET", f"{api.url}/api_management/api-keys/{key}/usage",
+                                 headers={"admin-key": ADMIN})
+    assert mine["totals"] == totals and len(mine["days"]) == 1 and mine["days"][0]["requests"] == 5
+
+
+async def test_own_usage_endpoint(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    key = (await create_key(http, api.url, "rate_limit=10&name=me"))["api_key"]
+    assert (await call(http, "POST", f"{api.url}/v1/chat/completions", json=CHAT, headers=bearer(key)))[0] == 200
+    status, headers, out = await call(http, "GET", f"{api.url}/v1/usage?days=3", headers=bearer(key))
+    assert status == 200 and headers["x-ratelimit-remaining-requests"] == "8"
+    assert out["object"] == "usage" and out["name"] == "me" and out["rate_limit"] == 10
+    assert out["totals"]["requests"] == 1 and out["totals"]["total_tokens"] > 0
+    assert out["days"][0]["requests"] == 1 and out["last_used_at"].endswith("Z")
+    status, _, out = await call(http, "GET", f"{api.url}/v1/usage?days=abc", headers=bearer(key))
+    assert_error(status, out, 400)
+
+
+async def test_store_unreachable_is_503_never_open(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    dead = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", namespace="gone")
+    real, api.ctx.store = api.ctx.store, dead
+    try:
+        for method, path, headers in (
+            ("POST", "/v1/chat/completions", bearer(api.key)),
+            ("GET", "/v1/usage", bearer(api.key)),
+            ("POST", "/api_management/create-api-key/?rate_limit=3", {"admin-key": ADMIN}),
+        ):
+            status, hdrs, out = await call(http, method, api.url + path, headers=headers, json=CHAT)
+            assert_error(status, out, 503, "store_unavailable")
+            assert "unreachable" in out["error"]["message"] and hdrs["Retry-After"] == "1"
+    finally:
+        api.ctx.store = real
+        await dead.close()
+
+
+async def test_usage_is_flushed_at_graceful_shutdown(tmp_path: Path) -> None:
+    ctx = await build_api_context(tmp_path, snapshot(VALIDATOR_KP.ss58_address, {}), VALIDATOR_KP)
+    ctx.usage = UsageRecorder(ctx.store, flush_interval=3600)  # only the shutdown flush can write
+    secret, record = await ctx.store.create_key(50)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(ctx.store.close)
+        stack.push_async_callback(ctx.client.session.close)
+        async with serve_app(create_api_app(ctx, run_background=False)) as url:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(3):
+                    assert (await call(http, "GET", f"{url}/v1/usage", headers=bearer(secret)))[0] == 200
+            assert (await ctx.store.usage(record.id)).totals.requests == 0  # still buffered
+        assert (await ctx.store.usage(record.id)).totals.requests == 3
+
+
+async def test_secrets_never_logged(api: ApiUnderTest, http: aiohttp.ClientSession, logs: list[str]) -> None:
+    created = await create_key(http, api.url, "rate_limit=1&name=logged")
+    key = created["api_key"]
+    await call(http, "POST", f"{api.url}/v1/chat/completions", json=CHAT, headers=bearer(key))
+    await call(http, "POST", f"{api.url}/v1/chat/completions", json=CHAT, headers=bearer(key))  # 429
+    await call(http, "PUT", f"{api.url}/api_management/modify-api-key/{key}?rate_limit=2", headers={"admin-key": "no"})
+    await call(http, "PUT", f"{api.url}/api_management/modify-api-key/{key}?rate_limit=2", headers={"admin-key": ADMIN})
+    await call(http, "DELETE", f"{api.url}/api_management/delete-api-key/{key}", headers={"admin-key": ADMIN})
+    text = "\n".join(logs)
+    assert created["id"] in text  # the key is logged by id ...
+    for secret in (key, key[10:30], ADMIN, api.key):
+        assert secret not in text  # ... never by its secret, whole or in part
+    assert json.dumps(key) not in text
