@@ -87,10 +87,41 @@ class ValidatorSettings(CommonSettings):
     )
     state_dir: str = Field(default="./state/validator")
     weights_ledger_file: str | None = Field(default=None, description="Local network: write weights here")
-    availability_interval: float = Field(default=30.0, gt=0)
-    availability_timeout: float = Field(default=3.0, gt=0)
-    availability_concurrency: int = Field(default=32, ge=1)
-    neuron_disable_set_weights: bool = False
+    availability_interval: float = Field(default=30.0, gt=0, description="Seconds between availability polls")
+    availability_timeout: float = Field(default=3.0, gt=0, description="Per-miner timeout of POST /availability")
+    availability_concurrency: int = Field(default=32, ge=1, description="Availability polls in flight at once")
+    neuron_disable_set_weights: bool = Field(default=False, description="Compute and log weights, never set them")
+    synthetic_interval: float = Field(default=20.0, gt=0, description="Seconds between synthetic task cycles")
+    synthetic_sample_size: int = Field(default=8, ge=1, le=256, description="Miners sent each synthetic task")
+    synthetic_timeout: float = Field(default=15.0, gt=0, le=600, description="Deadline of a synthetic task (s)")
+    synthetic_concurrency: int = Field(default=2, ge=1, le=64, description="Synthetic cycles in flight at once")
+    scoring_workers: int = Field(default=2, ge=1, le=64, description="Workers draining the scoring queue")
+    scoring_queue_size: int = Field(default=10_000, ge=1, description="Bound of the scoring queue (503 when full)")
+    organic_timeout: float = Field(default=30.0, gt=0, description="Deadline assumed for organic latency penalties (s)")
+    latency_grace: float = Field(default=0.25, ge=0, lt=1,
+                                 description="First chunk within this fraction of the deadline: no latency penalty")
+    score_alpha: float = Field(default=0.1, gt=0, le=1, description="EMA weight of a new reward")
+    task_probabilities: dict[str, float] | None = Field(
+        default=None, description='JSON {task: probability}; default Inference .5, QA .2, Arithmetic .15, Web .15')
+    weights_interval: float = Field(default=600.0, gt=0, description="Seconds between weight settings")
+    weights_power: float = Field(default=3.0, gt=0, le=16,
+                                 description="Scores are raised to this power before normalising (sharpening)")
+    max_weight_limit: float = Field(default=1.0, gt=0, le=1,
+                                    description="Local network: max share of one uid (on chain: the subnet's)")
+    min_allowed_weights: int = Field(default=1, ge=0, description="Local network: min non-zero weights (on chain: the subnet's)")
+    reference_llm_url: str | None = Field(
+        default=None, description="OpenAI-compatible base URL of the reference model (unset: the deterministic model)")
+    reference_llm_api_key: SecretStr | None = Field(default=None, description="Bearer key of the reference LLM")
+    reference_llm_model: str | None = Field(default=None, description="Model name sent to the reference LLM")
+    reference_llm_reproducible: bool = Field(
+        default=False, description="The reference LLM reproduces answers exactly for a seed (exact-match rewards)")
+    dataset_file: str | None = Field(default=None, description="JSONL of prompts / QA items replacing the generators")
+    corpus_file: str | None = Field(default=None, description="JSONL {url,title,content} web corpus (miners must share it)")
+
+    @field_validator("reference_llm_url", "dataset_file", "corpus_file", "reference_llm_model", mode="before")
+    @classmethod
+    def _empty_optional(cls, v: object) -> object:
+        return None if v == "" else v
 
     @field_validator("api_hotkeys", mode="before")
     @classmethod

@@ -1,42 +1,55 @@
-"""The validator's HTTP API: availability for the API processes, organic results in.
+"""The validator's HTTP API: availability for the API processes, organic results in, scores out.
 
-``/health`` is public; ``/miner_availabilities/*`` answers anyone (it is the
-same public information as the metagraph); ``/scoring`` needs a btauth/1
-signature from an allow-listed API hotkey.
+``/health``, ``/scores`` and ``/miner_availabilities/*`` answer anyone (the
+same public information as the metagraph and the weights); ``/scoring`` needs a
+btauth/1 signature from an allow-listed API hotkey. Handlers are thin: the
+logic lives in the objects of ``ValidatorContext``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from loguru import logger
 
 from neurons.validator.availability import AvailabilityBook
+from neurons.validator.payload import OrganicPayload
+from neurons.validator.scores import ScoreBook
 from shared.errors import ApiError
-from shared.http import error_middleware, json_response, read_json
+from shared.http import error_middleware, json_response, parse_model, read_json
+from shared.metagraph import MetagraphView
 from shared.signing import CALLER_KEY, RequestVerifier
 
-BOOK = web.AppKey("availability_book", AvailabilityBook)
-SCORING_QUEUE = web.AppKey("scoring_queue", asyncio.Queue)
-VERIFIER = web.AppKey("verifier", RequestVerifier)
 MAX_K = 256
 
 
+@dataclass
+class ValidatorContext:
+    book: AvailabilityBook
+    scoring_queue: asyncio.Queue
+    verifier: RequestVerifier
+    scores: ScoreBook
+    metagraph: MetagraphView
+    organic_timeout: float = 30.0
+
+
+CTX = web.AppKey("validator_context", ValidatorContext)
+
+
 def create_validator_app(
-    book: AvailabilityBook,
-    scoring_queue: asyncio.Queue,
-    verifier: RequestVerifier,
+    ctx: ValidatorContext,
     *,
-    background: list[Any] | None = None,
+    background: list[Callable[[], Awaitable[Any]]] | None = None,
     max_body_bytes: int = 16 << 20,
 ) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=max_body_bytes)
-    app[BOOK] = book
-    app[SCORING_QUEUE] = scoring_queue
-    app[VERIFIER] = verifier
+    app[CTX] = ctx
     app.router.add_get("/health", health)
+    app.router.add_get("/scores", scores)
     app.router.add_post("/miner_availabilities/miner_availabilities", miner_availabilities)
     app.router.add_get("/miner_availabilities/get_available_miners", get_available_miners)
     app.router.add_post("/scoring", scoring)
@@ -45,9 +58,9 @@ def create_validator_app(
     return app
 
 
-def _run_background(coros_factories: list[Any]):
+def _run_background(factories: list[Callable[[], Awaitable[Any]]]):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(f()) for f in coros_factories]
+        tasks = [asyncio.ensure_future(f()) for f in factories]
         yield
         for t in tasks:
             t.cancel()
@@ -57,9 +70,17 @@ def _run_background(coros_factories: list[Any]):
 
 
 async def health(request: web.Request) -> web.Response:
-    book = request.app[BOOK]
-    return json_response({"status": "ok", "availability_updated_at": book.updated_at,
-                          "scoring_queue": request.app[SCORING_QUEUE].qsize()})
+    ctx = request.app[CTX]
+    return json_response({"status": "ok", "availability_updated_at": ctx.book.updated_at,
+                          "scoring_queue": ctx.scoring_queue.qsize(),
+                          "scoring_queue_max": ctx.scoring_queue.maxsize,
+                          "scores_updated_at": ctx.scores.updated_at or None,
+                          "last_weights_set_at": ctx.scores.last_weights_set_at})
+
+
+async def scores(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    return json_response(ctx.scores.report(ctx.metagraph.snapshot))
 
 
 def parse_uid_list(data: Any) -> list[int] | None:
@@ -77,7 +98,7 @@ async def miner_availabilities(request: web.Request) -> web.Response:
     data = None
     if raw.strip():
         data = await read_json(request)
-    return json_response(request.app[BOOK].get(parse_uid_list(data)))
+    return json_response(request.app[CTX].book.get(parse_uid_list(data)))
 
 
 def parse_k(value: str | None, default: int = 10) -> int:
@@ -95,21 +116,21 @@ def parse_k(value: str | None, default: int = 10) -> int:
 async def get_available_miners(request: web.Request) -> web.Response:
     q = request.query
     k = parse_k(q.get("k"))
-    uids = request.app[BOOK].available(q.get("task") or None, q.get("model") or None)
+    uids = request.app[CTX].book.available(q.get("task") or None, q.get("model") or None)
     return json_response(uids[:k])
 
 
 async def scoring(request: web.Request) -> web.Response:
+    """Organic results: signature first (401/403), then the payload (400), then the queue (503)."""
+    ctx = request.app[CTX]
     body = await request.read()
-    request[CALLER_KEY] = request.app[VERIFIER].verify(
-        request.headers, body, method=request.method, path=request.raw_path
-    )
-    payload = await read_json(request)
-    if not isinstance(payload, dict) or "body" not in payload or "uids" not in payload:
-        raise ApiError(400, "Scoring payload must be an object with 'body' and 'uids'.", code="invalid_payload")
-    queue = request.app[SCORING_QUEUE]
+    request[CALLER_KEY] = ctx.verifier.verify(request.headers, body, method=request.method, path=request.raw_path)
+    payload: OrganicPayload = parse_model(OrganicPayload, await read_json(request))
+    job = payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout)
     try:
-        queue.put_nowait(payload)
+        ctx.scoring_queue.put_nowait(job)
     except asyncio.QueueFull:
-        raise ApiError(503, "Scoring queue is full; retry later.", code="queue_full") from None
-    return json_response({"status": "accepted"}, status=202)
+        raise ApiError(503, "Scoring queue is full; retry later.", code="queue_full",
+                       headers={"Retry-After": "5"}) from None
+    logger.debug("organic payload queued: task={} uids={}", job.task, payload.uids)
+    return json_response({"status": "accepted", "uids": sorted(job.hotkeys)}, status=202)

@@ -31,6 +31,10 @@ class AvailabilityBook:
         keys = sorted(self.entries) if uids is None else uids
         return {str(uid): self.entries.get(uid) for uid in keys}
 
+    def serves(self, uid: int, task: str) -> bool:
+        entry = self.entries.get(uid)
+        return bool(entry and entry["task_availabilities"].get(task))
+
     def available(self, task: str | None, model: str | None) -> list[int]:
         out = []
         for uid, entry in self.entries.items():

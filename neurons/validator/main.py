@@ -1,13 +1,32 @@
-"""``sn1 validator``: metagraph sync, availability polling and the validator API."""
+"""``sn1 validator``: build every part once from settings, run the loops and serve the API."""
 
 from __future__ import annotations
 
 import asyncio
+import random
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 from loguru import logger
 
-from neurons.validator.app import create_validator_app
-from neurons.validator.availability import AvailabilityBook, poll_all
+from neurons.validator.app import ValidatorContext, create_validator_app
+from neurons.validator.availability import AvailabilityBook
+from neurons.validator.datasets import build_datasets
+from neurons.validator.loops import availability_cycle, every, metagraph_cycle, synthetic_cycle, weights_cycle
+from neurons.validator.reference import (
+    CachedReference,
+    DeterministicReference,
+    OpenAIReference,
+    ReferenceModel,
+)
+from neurons.validator.scores import ScoreBook
+from neurons.validator.scoring import Scorer, scoring_worker
+from neurons.validator.synthetic import SyntheticConfig
+from neurons.validator.tasks import default_registry
+from neurons.validator.tasks.base import RewardContext
+from neurons.validator.weights import ChainWeightSink, DisabledSink, LedgerWeightSink, WeightRules, WeightSink
+from shared.corpus import load_corpus
 from shared.http import serve_until_signal
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView, make_source
@@ -17,6 +36,32 @@ from shared.signing import Authorizer, RequestVerifier, Signer
 from shared.wallet import load_hotkey
 
 
+def build_reference(settings: ValidatorSettings, session: aiohttp.ClientSession) -> ReferenceModel:
+    if settings.reference_llm_url:
+        key = settings.reference_llm_api_key.get_secret_value() if settings.reference_llm_api_key else None
+        return CachedReference(OpenAIReference(
+            settings.reference_llm_url, session=session, api_key=key, model=settings.reference_llm_model,
+            timeout=settings.synthetic_timeout * 4, reproducible=settings.reference_llm_reproducible))
+    return CachedReference(DeterministicReference())
+
+
+def build_sink(settings: ValidatorSettings, hotkey_ss58: str) -> WeightSink:
+    local_rules = WeightRules(max_weight=settings.max_weight_limit, min_allowed=settings.min_allowed_weights)
+    if settings.neuron_disable_set_weights:
+        return DisabledSink(local_rules)
+    if settings.weights_ledger_file:
+        return LedgerWeightSink(settings.weights_ledger_file, settings.metagraph_file,
+                                validator_hotkey=hotkey_ss58, rules=local_rules)
+    if settings.metagraph_file:
+        logger.warning("metagraph file without WEIGHTS_LEDGER_FILE: weights are computed but not set")
+        return DisabledSink(local_rules)
+    import bittensor as bt
+
+    wallet = bt.Wallet(name=settings.wallet_name, hotkey=settings.wallet_hotkey,
+                       path=str(Path(settings.wallet_path).expanduser()))
+    return ChainWeightSink(lambda: bt.Client(settings.subtensor_network), wallet, settings.netuid)
+
+
 async def run_validator(settings: ValidatorSettings) -> None:
     setup_logging(settings.log_level, role="validator")
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
@@ -24,40 +69,60 @@ async def run_validator(settings: ValidatorSettings) -> None:
         make_source(settings.metagraph_file, settings.subtensor_network, settings.netuid),
         refresh_seconds=settings.metagraph_refresh_seconds,
     )
+    registry = default_registry(settings.task_probabilities)
+    scores = ScoreBook(registry.probabilities, alpha=settings.score_alpha,
+                       path=Path(settings.state_dir) / "scores.json")
+    scores.load()
     await metagraph.refresh()
+    scores.sync(metagraph.snapshot)
+    corpus = load_corpus(settings.corpus_file)
+    datasets = build_datasets(corpus, settings.dataset_file)
     signer = Signer(hotkey)
     api_hotkeys = settings.api_hotkeys or [hotkey.ss58_address]
     verifier = RequestVerifier(hotkey.ss58_address, Authorizer(lambda: (), api_hotkeys))
     session = make_session()
     client = MinerClient(session, signer)
+    reference = build_reference(settings, session)
+    sink = build_sink(settings, hotkey.ss58_address)
     book = AvailabilityBook()
-    scoring_queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
+    queue: asyncio.Queue = asyncio.Queue(maxsize=settings.scoring_queue_size)
+    scorer = Scorer(registry, RewardContext(reference=reference, corpus=corpus), scores,
+                    grace=settings.latency_grace)
+    synthetic = SyntheticConfig(sample_size=settings.synthetic_sample_size, timeout=settings.synthetic_timeout)
+    rng = random.Random()
 
-    async def availability_loop() -> None:
-        while True:
-            try:
-                await poll_all(client, metagraph, book, timeout=settings.availability_timeout,
-                               concurrency=settings.availability_concurrency)
-            except Exception as e:  # noqa: BLE001 - one bad cycle must not stop the loop
-                logger.warning("availability cycle failed: {}", e)
-            await asyncio.sleep(settings.availability_interval)
+    loops: list[Any] = [
+        lambda: every("metagraph", settings.metagraph_refresh_seconds, lambda: metagraph_cycle(metagraph, scores),
+                      first_delay=settings.metagraph_refresh_seconds),
+        lambda: every("availability", settings.availability_interval, lambda: availability_cycle(
+            client, metagraph, book, timeout=settings.availability_timeout,
+            concurrency=settings.availability_concurrency)),
+        lambda: every("weights", settings.weights_interval,
+                      lambda: weights_cycle(scores, sink, power=settings.weights_power),
+                      first_delay=settings.weights_interval),
+    ]
+    loops += [
+        (lambda: every("synthetic", settings.synthetic_interval, lambda: synthetic_cycle(
+            client, metagraph, book, registry, datasets, synthetic, rng, queue),
+            first_delay=min(settings.availability_timeout, settings.synthetic_interval)))
+        for _ in range(settings.synthetic_concurrency)
+    ]
+    loops += [lambda: scoring_worker(queue, scorer, metagraph) for _ in range(settings.scoring_workers)]
 
-    async def scoring_drain() -> None:
-        # Organic payloads are accepted now; the scoring pipeline consumes them.
-        while True:
-            payload = await scoring_queue.get()
-            logger.debug("organic payload for uids {}", payload.get("uids"))
+    ctx = ValidatorContext(book=book, scoring_queue=queue, verifier=verifier, scores=scores, metagraph=metagraph,
+                           organic_timeout=settings.organic_timeout)
+    app = create_validator_app(ctx, background=loops)
 
-    app = create_validator_app(
-        book, scoring_queue, verifier, background=[metagraph.run, availability_loop, scoring_drain]
-    )
-
-    async def close_session(_app) -> None:
+    async def close(_app: Any) -> None:
+        await sink.close()
+        await reference.close()
         await session.close()
+        await metagraph.source.close()
 
-    app.on_cleanup.append(close_session)
+    app.on_cleanup.append(close)
     logger.info(
-        "validator starting hotkey={} port={} network={}",
-        hotkey.ss58_address, settings.scoring_api_port, settings.network_label(),
+        "validator starting hotkey={} port={} network={} sink={} reference={} tasks={}",
+        hotkey.ss58_address, settings.scoring_api_port, settings.network_label(), sink.name,
+        "llm" if settings.reference_llm_url else "deterministic", registry.probabilities,
     )
     await serve_until_signal(app, settings.scoring_api_host, settings.scoring_api_port)

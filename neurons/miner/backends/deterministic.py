@@ -1,9 +1,16 @@
-"""A seeded text generator that needs no weights.
+"""A seeded test model that needs no weights, and answers every task correctly.
 
 Same messages + seed + sampling parameters -> the same text, so a validator
 running the same generator can reproduce (and exactly check) an honest answer.
-The text is word-salad from a fixed vocabulary; what matters is that it is a
-pure function of the request. ``max_tokens`` bounds the number of words.
+Per task (the body's ``task``):
+
+- ``InferenceTask``: word-salad from a fixed vocabulary, a pure function of
+  the request; ``max_tokens`` bounds the number of words;
+- ``QuestionAnsweringTask``: the context sentence that shares the most words
+  with the question (extractive QA);
+- ``ArithmeticTask``: the value of the expression in the prompt;
+- ``WebRetrievalTask``: a JSON list of ``{url, content, relevant}`` from the
+  local corpus search.
 """
 
 from __future__ import annotations
@@ -14,8 +21,19 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+from neurons.miner.search import CorpusSearch, SearchBackend, best_sentence
+from shared import tasks
+from shared.arithmetic import evaluate, find_expression
+from shared.corpus import builtin_corpus
 from shared.jsonutil import dumps
-from shared.protocol import chunk_object, completion_object, content_text, estimate_tokens, new_completion_id, usage_chunk
+from shared.protocol import (
+    chunk_object,
+    completion_object,
+    content_text,
+    estimate_tokens,
+    new_completion_id,
+    usage_chunk,
+)
 
 VOCABULARY = (
     "the a network miner validator answer token model subnet signal weight score stake block chain "
@@ -57,17 +75,60 @@ def prompt_text(body: dict[str, Any]) -> str:
     return "\n".join(content_text(m.get("content")) for m in body.get("messages", []))
 
 
+def last_user_text(body: dict[str, Any]) -> str:
+    for m in reversed(body.get("messages", [])):
+        if m.get("role") == "user":
+            return content_text(m.get("content"))
+    return prompt_text(body)
+
+
+def answer_question(prompt: str) -> str | None:
+    """Extractive QA on a ``Context: ... Question: ...`` prompt; None when the prompt has neither."""
+    ctx_at, q_at = prompt.rfind(tasks.CONTEXT_MARKER), prompt.rfind(tasks.QUESTION_MARKER)
+    if ctx_at < 0 or q_at < ctx_at:
+        return None
+    context = prompt[ctx_at + len(tasks.CONTEXT_MARKER) : q_at].strip()
+    question = prompt[q_at + len(tasks.QUESTION_MARKER) :].strip().splitlines()[0] if prompt[q_at:].strip() else ""
+    if not context or not question:
+        return None
+    return best_sentence(context, question)
+
+
+def answer_arithmetic(prompt: str) -> str | None:
+    expression = find_expression(prompt)
+    if expression is None:
+        return None
+    try:
+        return str(evaluate(expression))
+    except ValueError:
+        return None
+
+
 class DeterministicBackend:
     name = "deterministic"
 
-    def __init__(self, model: str = "sn1/deterministic") -> None:
+    def __init__(self, model: str = "sn1/deterministic", *, search: SearchBackend | None = None) -> None:
         self.model = model
+        self.search = search or CorpusSearch(builtin_corpus())
 
     def models(self) -> list[str]:
         return [self.model]
 
     def tasks(self) -> list[str]:
-        return ["InferenceTask", "QuestionAnsweringTask"]
+        return list(tasks.ALL_TASKS)
+
+    def answer_text(self, body: dict[str, Any]) -> str:
+        """The answer for any task; falls back to the seeded text when a prompt does not parse."""
+        task = body.get("task") or tasks.INFERENCE
+        prompt = last_user_text(body)
+        answer: str | None = None
+        if task == tasks.QUESTION_ANSWERING:
+            answer = answer_question(prompt)
+        elif task == tasks.ARITHMETIC:
+            answer = answer_arithmetic(prompt)
+        elif task == tasks.WEB_RETRIEVAL:
+            answer = dumps(self.search.search(prompt.strip()))
+        return answer if answer is not None else generate_text(body)
 
     def _usage(self, body: dict[str, Any], text: str) -> dict[str, int]:
         prompt = estimate_tokens(prompt_text(body))
@@ -79,7 +140,7 @@ class DeterministicBackend:
         return "length" if max_tokens and len(text.split()) >= int(max_tokens) < DEFAULT_WORDS else "stop"
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        text = generate_text(body)
+        text = self.answer_text(body)
         return completion_object(
             completion_id=new_completion_id(),
             model=self.model,
@@ -89,7 +150,7 @@ class DeterministicBackend:
         )
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
-        text = generate_text(body)
+        text = self.answer_text(body)
         cid = new_completion_id()
         words = text.split(" ")
         yield dumps(chunk_object(completion_id=cid, model=self.model, delta={"role": "assistant", "content": ""}))

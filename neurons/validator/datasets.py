@@ -1,0 +1,154 @@
+"""Where synthetic tasks get their material: built-in offline generators or a JSONL file.
+
+A ``Dataset`` hands out records (plain dicts) from a seeded ``random.Random``
+so a cycle can be replayed in a test. The built-in generators need no files and
+no network; ``JsonlDataset`` reads real corpora (``DATASET_FILE`` /
+``sn1 localnet --dataset path.jsonl``):
+
+- ``{"prompt": "..."}`` or ``{"messages": [...]}``: an inference prompt;
+- ``{"context": "...", "question": "...", "answer": "..."}``: a QA item.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Protocol
+
+from shared.arithmetic import evaluate
+from shared.corpus import Corpus, iter_jsonl
+
+_PROMPTS = (
+    "Write a short note about {title}.",
+    "Summarise what is known about {title} in a few sentences.",
+    "Explain to a child why {title} matters.",
+    "List three questions a visitor might ask about {title}.",
+    "Describe {title} as a travel guide would.",
+    "Compose a four-line poem about {title}.",
+)
+
+
+class Dataset(Protocol):
+    name: str
+
+    def sample(self, rng: random.Random) -> dict[str, Any]: ...
+
+
+class PromptGenerator:
+    """Inference prompts built from corpus titles and fixed templates."""
+
+    name = "builtin-prompts"
+
+    def __init__(self, corpus: Corpus) -> None:
+        self.titles = [d.title.split(" (")[0] for d in corpus.documents]
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        prompt = rng.choice(_PROMPTS).format(title=rng.choice(self.titles))
+        return {"messages": [{"role": "user", "content": prompt}]}
+
+
+class CorpusQA:
+    """Question answering over the corpus: a document, one of its facts, the evidence sentence."""
+
+    name = "builtin-qa"
+
+    def __init__(self, corpus: Corpus) -> None:
+        self.documents = [d for d in corpus.documents if d.facts]
+        if not self.documents:
+            raise ValueError("the corpus has no documents with facts for question answering")
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        doc = rng.choice(self.documents)
+        fact = rng.choice(doc.facts)
+        return {"context": doc.content, "question": fact.question, "answer": fact.answer,
+                "evidence": fact.evidence, "url": doc.url}
+
+
+class WebQueries:
+    """Search queries that one corpus document answers (its title plus a fact's answer)."""
+
+    name = "builtin-web"
+
+    def __init__(self, corpus: Corpus) -> None:
+        self.documents = list(corpus.documents)
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        doc = rng.choice(self.documents)
+        name = doc.title.split(" (")[0]
+        if doc.facts:
+            fact = rng.choice(doc.facts)
+            query = f"{name} {fact.answer}"
+        else:
+            query = name
+        return {"query": query, "target_url": doc.url}
+
+
+class ArithmeticGenerator:
+    """Integer expressions with an exactly verifiable answer: a lazy miner is caught with no model."""
+
+    name = "builtin-arithmetic"
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        a, b, c = rng.randint(2, 999), rng.randint(2, 99), rng.randint(1, 999)
+        op1, op2 = rng.choice("+-*"), rng.choice("+-")
+        expression = f"{a} {op1} {b} {op2} {c}"
+        return {"expression": expression, "answer": str(evaluate(expression))}
+
+
+class JsonlDataset:
+    """Records from a JSONL file of one kind (``prompt``/``messages`` or ``context``+``question``+``answer``)."""
+
+    def __init__(self, records: list[dict[str, Any]], name: str) -> None:
+        if not records:
+            raise ValueError(f"{name}: no usable records")
+        self.records = records
+        self.name = name
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        return rng.choice(self.records)
+
+
+def _as_prompt(r: dict[str, Any]) -> dict[str, Any] | None:
+    if isinstance(r.get("messages"), list) and r["messages"]:
+        return {"messages": r["messages"]}
+    if isinstance(r.get("prompt"), str) and r["prompt"].strip():
+        return {"messages": [{"role": "user", "content": r["prompt"]}]}
+    return None
+
+
+def _as_qa(r: dict[str, Any]) -> dict[str, Any] | None:
+    if all(isinstance(r.get(k), str) and r[k].strip() for k in ("context", "question", "answer")):
+        return {"context": r["context"], "question": r["question"], "answer": r["answer"],
+                "evidence": r.get("evidence") or r["answer"]}
+    return None
+
+
+def load_jsonl_datasets(path: str | Path) -> dict[str, JsonlDataset]:
+    """Split a JSONL file into the datasets it can feed: ``{"inference": ..., "qa": ...}``."""
+    prompts, qa = [], []
+    for r in iter_jsonl(path):
+        if (item := _as_qa(r)) is not None:
+            qa.append(item)
+        elif (item := _as_prompt(r)) is not None:
+            prompts.append(item)
+    out: dict[str, JsonlDataset] = {}
+    if prompts:
+        out["inference"] = JsonlDataset(prompts, f"{Path(path).name}:prompts")
+    if qa:
+        out["qa"] = JsonlDataset(qa, f"{Path(path).name}:qa")
+    if not out:
+        raise ValueError(f"{path}: no prompt or question-answering records")
+    return out
+
+
+def build_datasets(corpus: Corpus, dataset_file: str | None = None) -> dict[str, Dataset]:
+    """The datasets each task draws from; a JSONL file replaces the generators it covers."""
+    datasets: dict[str, Dataset] = {
+        "inference": PromptGenerator(corpus),
+        "qa": CorpusQA(corpus),
+        "web": WebQueries(corpus),
+        "arithmetic": ArithmeticGenerator(),
+    }
+    if dataset_file:
+        datasets.update(load_jsonl_datasets(dataset_file))
+    return datasets

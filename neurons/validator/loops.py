@@ -1,0 +1,84 @@
+"""The validator's periodic loops: each has its own interval, bounded work and one summary log line.
+
+A cycle that raises is logged and the loop goes on: a validator must run for weeks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from loguru import logger
+
+from neurons.validator.availability import AvailabilityBook, poll_all
+from neurons.validator.scores import ScoreBook
+from neurons.validator.scoring import ScoringJob
+from neurons.validator.synthetic import SyntheticConfig, run_cycle
+from neurons.validator.tasks.base import TaskRegistry
+from neurons.validator.weights import WeightSink, log_top, weights_from_scores
+from shared.metagraph import MetagraphView
+from shared.miner_client import MinerClient
+
+
+async def every(name: str, interval: float, cycle: Callable[[], Awaitable[Any]], *, first_delay: float = 0.0) -> None:
+    """Run ``cycle`` forever, ``interval`` seconds apart (start to start when it is quicker)."""
+    await asyncio.sleep(first_delay)
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        try:
+            await cycle()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one failed cycle must not end the loop
+            logger.warning("{} cycle failed: {}: {}", name, type(e).__name__, e)
+        await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
+
+
+async def metagraph_cycle(metagraph: MetagraphView, scores: ScoreBook) -> None:
+    snapshot = await metagraph.refresh()
+    reset = scores.sync(snapshot)
+    if reset:
+        await asyncio.to_thread(scores.save)
+    logger.info("metagraph: block {} neurons {} serving {} reset {}", snapshot.block, len(snapshot.neurons),
+                len(snapshot.serving()), reset or "-")
+
+
+async def availability_cycle(client: MinerClient, metagraph: MetagraphView, book: AvailabilityBook, *,
+                             timeout: float, concurrency: int) -> None:
+    await poll_all(client, metagraph, book, timeout=timeout, concurrency=concurrency)
+
+
+async def synthetic_cycle(
+    client: MinerClient, metagraph: MetagraphView, book: AvailabilityBook, registry: TaskRegistry,
+    datasets: dict[str, Any], config: SyntheticConfig, rng: random.Random, queue: asyncio.Queue[ScoringJob],
+) -> None:
+    job = await run_cycle(client, metagraph, book, registry, datasets, config, rng)
+    if job is None:
+        logger.info("synthetic: no serving miner")
+        return
+    answered = len(job.bodies) - len(job.errors)
+    await queue.put(job)  # bounded: a backlog slows synthetic traffic instead of growing memory
+    logger.info("synthetic: {} to {} miners, {} answered, queue {}/{}", job.task, len(job.bodies), answered,
+                queue.qsize(), queue.maxsize)
+
+
+async def weights_cycle(scores: ScoreBook, sink: WeightSink, *, power: float) -> list[float] | None:
+    """Compute weights from the combined scores and hand them to the sink; returns the weights set."""
+    rules = await sink.rules()
+    uids, weights = weights_from_scores(scores.combined_all(), rules, power)
+    if not any(weights):
+        logger.info("weights: nothing to set yet (no positive score)")
+        return None
+    nonzero = [(u, w) for u, w in zip(uids, weights, strict=True) if w > 0]
+    outcome = await sink.set_weights([u for u, _ in nonzero], [w for _, w in nonzero])
+    scores.weights = dict(nonzero)
+    if sink.name != "disabled":
+        scores.last_weights_set_at = time.time()
+    await asyncio.to_thread(scores.save)
+    logger.info("weights: {} uids via {} -> {}; top {}", len(nonzero), sink.name, outcome,
+                log_top([u for u, _ in nonzero], [w for _, w in nonzero]))
+    return weights

@@ -1,0 +1,68 @@
+"""The organic scoring payload an API process posts to ``/scoring`` (wire model).
+
+Shape (``api.race.Race.payload()`` plus ``body``): the request body sent to
+every miner, the uids raced, each uid's raw SSE chunks and their arrival times
+(seconds since fan-out), each uid's error, the winner and a timestamp.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from neurons.validator.scoring import ScoringJob
+from shared.metagraph import MetagraphSnapshot
+from shared.protocol import DEFAULT_TASK, ChatCompletionRequest
+
+MAX_UIDS = 256
+MAX_CHUNKS = 100_000
+
+
+class OrganicPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    body: dict[str, Any]
+    uids: list[int] = Field(min_length=1, max_length=MAX_UIDS)
+    chunks: dict[int, list[str]] = Field(default_factory=dict)
+    timings: dict[int, list[float]] = Field(default_factory=dict)
+    errors: dict[int, str | None] = Field(default_factory=dict)
+    winner: int | None = None
+    created_at: float | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OrganicPayload:
+        if any(u < 0 for u in self.uids) or len(set(self.uids)) != len(self.uids):
+            raise ValueError("uids must be distinct non-negative integers")
+        known = set(self.uids)
+        for name in ("chunks", "timings", "errors"):
+            extra = set(getattr(self, name)) - known
+            if extra:
+                raise ValueError(f"{name} has uids {sorted(extra)} that are not in uids")
+        if sum(len(c) for c in self.chunks.values()) > MAX_CHUNKS:
+            raise ValueError("too many chunks")
+        if self.winner is not None and self.winner not in known:
+            raise ValueError("winner is not one of uids")
+        try:
+            ChatCompletionRequest.model_validate(self.body)  # the body must be a real chat request
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"body is not a chat request ({where}: {err['msg']})") from None
+        return self
+
+    def to_job(self, snapshot: MetagraphSnapshot, deadline_s: float) -> ScoringJob:
+        """A scoring job for the uids the metagraph still knows (hotkeys as of now)."""
+        hotkeys = {u: n.hotkey for u in self.uids if (n := snapshot.by_uid(u)) is not None}
+        timeout = self.body.get("timeout")
+        return ScoringJob(
+            source="organic",
+            task=str(self.body.get("task") or DEFAULT_TASK),
+            bodies={u: self.body for u in hotkeys},
+            hotkeys=hotkeys,
+            chunks={u: c for u, c in self.chunks.items() if u in hotkeys},
+            timings={u: t for u, t in self.timings.items() if u in hotkeys},
+            errors={u: e for u, e in self.errors.items() if u in hotkeys and e},
+            deadline_s=float(timeout) if isinstance(timeout, int | float) and timeout > 0 else deadline_s,
+            created_at=self.created_at or 0.0,
+        )

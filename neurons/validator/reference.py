@@ -1,0 +1,130 @@
+"""The validator's reference model: what a good miner would have answered.
+
+Two implementations behind one interface:
+
+- ``DeterministicReference`` runs the very code the local network's miners run
+  (``DeterministicBackend``), so an honest answer is reproduced exactly and is
+  rewarded by exact match;
+- ``OpenAIReference`` asks any OpenAI-compatible endpoint
+  (``REFERENCE_LLM_URL``) with the same messages, seed and sampling parameters.
+  Real LLM servers are rarely bit-reproducible, so its answers are compared by
+  similarity unless ``REFERENCE_LLM_REPRODUCIBLE`` says otherwise.
+
+References are cached per request fingerprint: an organic payload sends one
+body to k miners and the reference is computed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import aiohttp
+
+from neurons.miner.backends.deterministic import DeterministicBackend, request_fingerprint
+from neurons.miner.backends.openai_compatible import SUBNET_FIELDS
+
+
+class ReferenceError(Exception):
+    """The reference model could not answer; the job is skipped, not scored as 0."""
+
+
+class ReferenceModel(Protocol):
+    reproducible: bool
+
+    async def answer(self, body: dict[str, Any]) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+class DeterministicReference:
+    reproducible = True
+
+    def __init__(self, backend: DeterministicBackend | None = None) -> None:
+        self.backend = backend or DeterministicBackend()
+
+    async def answer(self, body: dict[str, Any]) -> str:
+        return self.backend.answer_text(body)
+
+    async def close(self) -> None:
+        return None
+
+
+class OpenAIReference:
+    """Non-streaming chat completion against an OpenAI-compatible server."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        session: aiohttp.ClientSession,
+        api_key: str | None = None,
+        model: str | None = None,
+        timeout: float = 60.0,
+        reproducible: bool = False,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = session
+        self.model = model
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.reproducible = reproducible
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+
+    def request_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in body.items() if k not in SUBNET_FIELDS and k != "stream_options"}
+        sp = body.get("sampling_parameters") or {}
+        if "max_tokens" not in out and sp.get("max_new_tokens"):
+            out["max_tokens"] = sp["max_new_tokens"]
+        for name in ("temperature", "top_p", "top_k"):
+            if name not in out and sp.get(name) is not None:
+                out[name] = sp[name]
+        if self.model:
+            out["model"] = self.model
+        out["stream"] = False
+        return out
+
+    async def answer(self, body: dict[str, Any]) -> str:
+        try:
+            async with self.session.post(
+                f"{self.base_url}/chat/completions", json=self.request_body(body), headers=self._headers,
+                timeout=self.timeout,
+            ) as r:
+                if r.status != 200:
+                    raise ReferenceError(f"reference LLM answered HTTP {r.status}")
+                data = await r.json(content_type=None)
+            content = data["choices"][0]["message"].get("content")
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError) as e:
+            raise ReferenceError(f"reference LLM failed: {type(e).__name__}: {e}") from None
+        if not isinstance(content, str):
+            raise ReferenceError("reference LLM returned no text")
+        return content
+
+    async def close(self) -> None:
+        return None  # the session belongs to the caller
+
+
+class CachedReference:
+    """A bounded LRU cache in front of a reference model, keyed by the request fingerprint."""
+
+    def __init__(self, inner: ReferenceModel, *, size: int = 4096) -> None:
+        self.inner = inner
+        self.reproducible = inner.reproducible
+        self.size = size
+        self._cache: OrderedDict[bytes, str] = OrderedDict()
+
+    async def answer(self, body: dict[str, Any]) -> str:
+        key = hashlib.sha256(request_fingerprint(body) + str(body.get("task")).encode()).digest()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        text = await self.inner.answer(body)
+        self._cache[key] = text
+        if len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return text
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -1,0 +1,73 @@
+"""WebRetrievalTask: results must be well formed, distinct, real and relevant.
+
+A miner answers with a JSON list of ``{url, content, relevant}``. Each result
+earns its relevance (the share of the query's terms found in its content) only
+if it is well formed, its URL was not already listed, ``content`` really is
+text of that URL's page in the corpus the validator holds, and ``relevant`` is
+a passage of ``content``. The reward is half the mean result score (junk
+padding lowers the mean) and half whether the page the query was made from is
+among the valid results (synthetic tasks only; organic queries have no target,
+so the mean is the reward).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shared.corpus import Corpus, content_terms
+
+MAX_RESULTS = 10
+MIN_CONTENT_CHARS = 20
+
+
+def parse_results(answer: str) -> list[Any] | None:
+    """The answer as a JSON list, or None when it is not one (malformed)."""
+    try:
+        data = json.loads(answer)
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, list) else None
+
+
+def result_valid(item: Any, corpus: Corpus) -> bool:
+    if not isinstance(item, dict):
+        return False
+    url, content, relevant = item.get("url"), item.get("content"), item.get("relevant")
+    if not (isinstance(url, str) and isinstance(content, str) and isinstance(relevant, str)):
+        return False
+    doc = corpus.get(url)
+    content = content.strip()
+    if doc is None or len(content) < min(MIN_CONTENT_CHARS, len(doc.content)) or content not in doc.content:
+        return False
+    return bool(relevant.strip()) and relevant.strip() in content
+
+
+def relevance(query_terms: set[str], text: str) -> float:
+    if not query_terms:
+        return 0.0
+    return len(query_terms & set(content_terms(text))) / len(query_terms)
+
+
+def web_reward(answer: str, query: str, corpus: Corpus, target_url: str | None = None) -> float:
+    results = parse_results(answer)
+    if not results:
+        return 0.0
+    results = results[:MAX_RESULTS]
+    terms = set(content_terms(query))
+    seen: set[str] = set()
+    scores, valid_urls = [], set()
+    for item in results:
+        url = item.get("url") if isinstance(item, dict) else None
+        if not isinstance(url, str) or url in seen or not result_valid(item, corpus):
+            scores.append(0.0)
+            if isinstance(url, str):
+                seen.add(url)
+            continue
+        seen.add(url)
+        valid_urls.add(url)
+        scores.append(relevance(terms, item["content"]))
+    mean = sum(scores) / len(scores)
+    if target_url is None:
+        return mean
+    return 0.5 * mean + 0.5 * (1.0 if target_url in valid_urls else 0.0)

@@ -1,0 +1,142 @@
+"""Per-uid moving averages of rewards, per task, persisted atomically.
+
+A validator runs for weeks and restarts: every update is written to
+``<STATE_DIR>/scores.json`` (temp file + fsync + rename) and read back at start,
+so a SIGKILL loses at most the update in flight. A uid whose hotkey changed is a
+new miner: its history is dropped, never inherited.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from shared.metagraph import MetagraphSnapshot, atomic_write_json
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class MinerScore:
+    hotkey: str
+    tasks: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    updated_at: float = 0.0
+
+
+class ScoreBook:
+    def __init__(self, probabilities: dict[str, float], *, alpha: float = 0.1, path: str | Path | None = None) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError("alpha must be in (0, 1]")
+        self.alpha = alpha
+        self.probabilities = dict(probabilities)
+        self.path = Path(path) if path else None
+        self.miners: dict[int, MinerScore] = {}
+        self.weights: dict[int, float] = {}
+        self.updated_at = 0.0
+        self.last_weights_set_at: float | None = None
+
+    # --- updates -----------------------------------------------------------------------
+    def update(self, uid: int, hotkey: str, task: str, reward: float) -> float:
+        """Fold one reward into the uid's average for ``task``; returns the new average."""
+        reward = min(1.0, max(0.0, float(reward)))
+        entry = self.miners.get(uid)
+        if entry is None or entry.hotkey != hotkey:
+            if entry is not None:
+                logger.info("uid {} changed hotkey: score reset", uid)
+            entry = self.miners[uid] = MinerScore(hotkey=hotkey)
+        old = entry.tasks.get(task, 0.0)
+        entry.tasks[task] = (1 - self.alpha) * old + self.alpha * reward
+        entry.counts[task] = entry.counts.get(task, 0) + 1
+        entry.updated_at = self.updated_at = time.time()
+        return entry.tasks[task]
+
+    def sync(self, snapshot: MetagraphSnapshot) -> list[int]:
+        """Drop uids that left the metagraph or whose hotkey changed; returns the uids reset."""
+        reset = []
+        for uid in list(self.miners):
+            neuron = snapshot.by_uid(uid)
+            if neuron is None or neuron.hotkey != self.miners[uid].hotkey:
+                del self.miners[uid]
+                self.weights.pop(uid, None)
+                reset.append(uid)
+        if reset:
+            logger.info("scores reset for uids {} (hotkey changed or deregistered)", reset)
+        return reset
+
+    # --- reads -------------------------------------------------------------------------
+    def combined(self, uid: int) -> float:
+        """The task averages weighted by task probability (a task never tried counts 0)."""
+        entry = self.miners.get(uid)
+        if entry is None:
+            return 0.0
+        return sum(p * entry.tasks.get(task, 0.0) for task, p in self.probabilities.items())
+
+    def combined_all(self) -> dict[int, float]:
+        return {uid: self.combined(uid) for uid in self.miners}
+
+    def report(self, snapshot: MetagraphSnapshot | None = None) -> dict[str, Any]:
+        """The ``GET /scores`` body."""
+        uids = set(self.miners) | set(self.weights)
+        if snapshot is not None:
+            uids |= {n.uid for n in snapshot.serving()}
+        miners = []
+        for uid in sorted(uids):
+            entry = self.miners.get(uid)
+            neuron = snapshot.by_uid(uid) if snapshot is not None else None
+            hotkey = entry.hotkey if entry else (neuron.hotkey if neuron else None)
+            miners.append({
+                "uid": uid,
+                "hotkey": hotkey,
+                "score": round(self.combined(uid), 6),
+                "weight": round(self.weights.get(uid, 0.0), 6),
+                "tasks": {t: round(v, 6) for t, v in sorted((entry.tasks if entry else {}).items())},
+            })
+        return {"updated_at": self.updated_at or None, "last_weights_set_at": self.last_weights_set_at,
+                "miners": miners}
+
+    # --- persistence -------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": FORMAT_VERSION,
+            "updated_at": self.updated_at,
+            "last_weights_set_at": self.last_weights_set_at,
+            "alpha": self.alpha,
+            "weights": {str(u): w for u, w in self.weights.items()},
+            "miners": {
+                str(uid): {"hotkey": m.hotkey, "tasks": m.tasks, "counts": m.counts, "updated_at": m.updated_at}
+                for uid, m in self.miners.items()
+            },
+        }
+
+    def save(self) -> None:
+        if self.path is not None:
+            atomic_write_json(self.path, self.to_json())
+
+    def load(self) -> bool:
+        """Restore from ``path``; a missing file is a fresh start, a corrupt one is logged and ignored."""
+        if self.path is None or not self.path.exists():
+            return False
+        try:
+            data = json.loads(self.path.read_text())
+            miners = {
+                int(uid): MinerScore(hotkey=str(m["hotkey"]),
+                                     tasks={str(t): float(v) for t, v in m.get("tasks", {}).items()},
+                                     counts={str(t): int(v) for t, v in m.get("counts", {}).items()},
+                                     updated_at=float(m.get("updated_at", 0.0)))
+                for uid, m in data.get("miners", {}).items()
+            }
+            weights = {int(u): float(w) for u, w in data.get("weights", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            logger.warning("scores file {} unreadable ({}); starting fresh", self.path, e)
+            return False
+        self.miners, self.weights = miners, weights
+        self.updated_at = float(data.get("updated_at") or 0.0)
+        self.last_weights_set_at = data.get("last_weights_set_at")
+        logger.info("restored scores for {} uids from {}", len(miners), self.path)
+        return True

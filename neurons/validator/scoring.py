@@ -1,0 +1,130 @@
+"""One scoring pipeline for synthetic and organic results.
+
+A ``ScoringJob`` holds, per uid, the body that miner was sent and every chunk it
+streamed back with its arrival time. The ``Scorer`` rebuilds each answer (with
+the same chunk folding the API uses, ``api.race.MinerRun``), applies the
+generic penalties (error/timeout/empty/malformed -> 0, slow first chunk, copied
+answers) around the task's own reward, and folds the result into the
+``ScoreBook``. A pool of workers drains one bounded queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from loguru import logger
+
+from api.race import MinerRun
+from neurons.validator.reference import ReferenceError
+from neurons.validator.rewards.penalties import DEFAULT_GRACE, copied_uids, latency_factor
+from neurons.validator.scores import ScoreBook
+from neurons.validator.tasks.base import RewardContext, TaskRegistry
+from shared.metagraph import MetagraphView, Neuron
+
+
+@dataclass
+class ScoringJob:
+    source: Literal["synthetic", "organic"]
+    task: str
+    bodies: dict[int, dict[str, Any]]
+    hotkeys: dict[int, str]
+    chunks: dict[int, list[str]] = field(default_factory=dict)
+    timings: dict[int, list[float]] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    deadline_s: float = 30.0
+    expected: dict[str, Any] | None = None
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Answer:
+    text: str = ""
+    first_content_s: float | None = None
+    error: str | None = None
+
+
+def rebuild_answer(chunks: list[str], timings: list[float], error: str | None) -> Answer:
+    """The answer text and the arrival time of its first content chunk; garbage is an error."""
+    if error:
+        return Answer(error=error)
+    run = MinerRun(Neuron(uid=-1, hotkey=""))
+    first: float | None = None
+    try:
+        for i, data in enumerate(chunks):
+            run.absorb(data)
+            if first is None and run.has_answer:
+                first = timings[i] if i < len(timings) else None
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        return Answer(error=f"malformed chunk: {e}")
+    if not run.text.strip():
+        return Answer(error="empty answer")
+    return Answer(text=run.text, first_content_s=first)
+
+
+class Scorer:
+    def __init__(self, registry: TaskRegistry, ctx: RewardContext, scores: ScoreBook, *,
+                 grace: float = DEFAULT_GRACE) -> None:
+        self.registry = registry
+        self.ctx = ctx
+        self.scores = scores
+        self.grace = grace
+        self.jobs_scored = 0
+
+    async def rewards(self, job: ScoringJob) -> dict[int, float]:
+        """Reward per uid for one job (uids that cannot be scored are left out)."""
+        task = self.registry.get(job.task)
+        if task is None:
+            logger.debug("no reward pipeline for task {}; job skipped", job.task)
+            return {}
+        answers = {uid: rebuild_answer(job.chunks.get(uid, []), job.timings.get(uid, []), job.errors.get(uid))
+                   for uid in job.bodies}
+        copied: set[int] = set()
+        if task.seed_dependent:
+            copied = copied_uids({u: a.text for u, a in answers.items() if a.error is None},
+                                 {u: b.get("seed") for u, b in job.bodies.items()})
+        out: dict[int, float] = {}
+        for uid, answer in answers.items():
+            if answer.error is not None or uid in copied:
+                out[uid] = 0.0
+                continue
+            reward = await task.reward(job.bodies[uid], answer.text, job.expected, self.ctx)
+            if reward is None:
+                continue
+            out[uid] = reward * latency_factor(answer.first_content_s, job.deadline_s, self.grace)
+        return out
+
+    async def score(self, job: ScoringJob) -> dict[int, float]:
+        """Reward the job, update and persist the scores; a failing reference model skips the job."""
+        try:
+            rewards = await self.rewards(job)
+        except ReferenceError as e:
+            logger.warning("{} {} job skipped: {}", job.source, job.task, e)
+            return {}
+        for uid, reward in rewards.items():
+            hotkey = job.hotkeys.get(uid)
+            if hotkey:
+                self.scores.update(uid, hotkey, job.task, reward)
+        if rewards:
+            await asyncio.to_thread(self.scores.save)
+        self.jobs_scored += 1
+        logger.info("scored {} {}: {}", job.source, job.task,
+                    " ".join(f"{u}={r:.2f}" for u, r in sorted(rewards.items())) or "nothing")
+        return rewards
+
+
+async def scoring_worker(queue: asyncio.Queue[ScoringJob], scorer: Scorer, metagraph: MetagraphView) -> None:
+    """Drain the queue forever; a job whose uid changed hotkey since it was queued is not credited."""
+    while True:
+        job = await queue.get()
+        try:
+            snapshot = metagraph.snapshot
+            job.hotkeys = {u: hk for u, hk in job.hotkeys.items()
+                           if (n := snapshot.by_uid(u)) is not None and n.hotkey == hk}
+            await scorer.score(job)
+        except Exception as e:  # noqa: BLE001 - one bad job must not stop the worker
+            logger.exception("scoring job failed: {}", e)
+        finally:
+            queue.task_done()

@@ -1,0 +1,91 @@
+"""Synthetic tasks: build a challenge, send it to a sample of miners, queue the answers for scoring.
+
+Every miner in a sample gets the same messages; for seed-dependent tasks each
+gets its own seed, so honest answers differ and a shared (copied) answer shows.
+Calls are signed, streamed and timed per chunk exactly as the API does it (one
+``api.race.Race`` per miner). A sampled miner that does not serve the task, or
+is down, is recorded with an error and scores 0: it is never dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from api.race import Race
+from neurons.validator.availability import AvailabilityBook
+from neurons.validator.scoring import ScoringJob
+from neurons.validator.tasks.base import Challenge, TaskRegistry
+from shared.jsonutil import dumpb
+from shared.metagraph import MetagraphView, Neuron
+from shared.miner_client import MinerClient
+
+
+@dataclass
+class SyntheticConfig:
+    sample_size: int = 8
+    timeout: float = 10.0
+
+
+def challenge_body(challenge: Challenge, seed: int, timeout: float) -> dict[str, Any]:
+    """The request a miner receives (the fields the API would send, plus the deadline it has)."""
+    body: dict[str, Any] = {
+        "messages": challenge.messages,
+        "task": challenge.task,
+        "seed": seed,
+        "stream": True,
+        "timeout": timeout,
+        "sampling_parameters": {"temperature": 0.7, "top_p": 0.95, "do_sample": True},
+    }
+    if challenge.max_tokens:
+        body["max_tokens"] = challenge.max_tokens
+    return body
+
+
+def sample_miners(neurons: list[Neuron], k: int, rng: random.Random) -> list[Neuron]:
+    return neurons if len(neurons) <= k else rng.sample(neurons, k)
+
+
+async def query_one(client: MinerClient, neuron: Neuron, body: dict[str, Any], deadline: float) -> Race:
+    race = Race(client, [neuron], dumpb(body), deadline, stream=True, request_id=f"synthetic-{body['seed']}")
+    race.start()
+    await race.finish()
+    return race
+
+
+async def run_cycle(
+    client: MinerClient,
+    metagraph: MetagraphView,
+    book: AvailabilityBook,
+    registry: TaskRegistry,
+    datasets: dict[str, Any],
+    config: SyntheticConfig,
+    rng: random.Random,
+) -> ScoringJob | None:
+    """One challenge to one sample; returns the job to score (None when no miner serves)."""
+    neurons = sample_miners(metagraph.snapshot.serving(exclude_hotkey=client.signer.hotkey), config.sample_size, rng)
+    if not neurons:
+        return None
+    task = registry.choose(rng)
+    challenge = task.build(rng, datasets)
+    base_seed = rng.randrange(2**31)
+    bodies = {n.uid: challenge_body(challenge, base_seed + i if task.seed_dependent else base_seed, config.timeout)
+              for i, n in enumerate(neurons)}
+    job = ScoringJob(source="synthetic", task=task.name, bodies=bodies, hotkeys={n.uid: n.hotkey for n in neurons},
+                     deadline_s=config.timeout, expected=challenge.expected)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.timeout
+    calls: dict[int, asyncio.Task[Race]] = {}
+    for n in neurons:
+        if book.serves(n.uid, task.name):
+            calls[n.uid] = asyncio.create_task(query_one(client, n, bodies[n.uid], deadline))
+        else:
+            job.errors[n.uid] = "unavailable for this task"
+    for uid, call in calls.items():
+        run = (await call).runs[0]
+        job.chunks[uid], job.timings[uid] = list(run.events), list(run.timings)
+        if run.error:
+            job.errors[uid] = run.error
+    return job

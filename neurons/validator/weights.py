@@ -1,0 +1,232 @@
+"""From scores to weights, and where weights go (the chain or the local ledger).
+
+``compute_weights`` turns combined scores into a non-negative, normalised vector
+that respects the subnet's hyperparameters: no uid above the max weight limit,
+at least ``min_allowed`` non-zero entries. Scores are raised to ``power`` first:
+a miner that is right only on the easy tasks (or copies) should earn a small
+share, not a proportional one. ``to_u16`` is the chain's integer form (the
+largest weight becomes 65535, as the SDK's normalisation does).
+
+``WeightSink`` is the only door to the outside: ``ChainWeightSink`` submits the
+SDK's ``SetWeights`` intent; ``LedgerWeightSink`` writes the local network's
+ledger and the incentives in its metagraph file, so the API's miner selection
+follows quality exactly as on chain.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from loguru import logger
+
+from shared.metagraph import FileMetagraphSource, MetagraphSnapshot, atomic_write_json, write_metagraph_file
+
+U16_MAX = 65535
+
+
+@dataclass(frozen=True)
+class WeightRules:
+    """The subnet's constraints: max share of one uid (fraction) and minimum non-zero entries."""
+
+    max_weight: float = 1.0
+    min_allowed: int = 1
+
+
+def clip_max_weight(w: np.ndarray, limit: float) -> np.ndarray:
+    """Cap normalised weights at ``limit``, handing the excess to uncapped non-zero entries pro rata."""
+    w = w / w.sum()
+    if limit >= 1.0:
+        return w
+    capped = np.zeros(w.shape, dtype=bool)
+    for _ in range(w.size):
+        over = w > limit + 1e-12
+        if not over.any():
+            break
+        capped |= over
+        excess = float((w[over] - limit).sum())
+        w[over] = limit
+        room = (~capped) & (w > 0)
+        if not room.any():
+            room = ~capped
+        if not room.any():
+            break
+        base = w[room]
+        w[room] = base + excess * (base / base.sum() if base.sum() > 0 else 1.0 / base.size)
+    return w / w.sum()
+
+
+def compute_weights(
+    uids: np.ndarray, scores: np.ndarray, rules: WeightRules = WeightRules(), *, power: float = 1.0
+) -> np.ndarray:
+    """Normalised weights aligned with ``uids`` (all zeros when no uid has a positive score)."""
+    s = np.clip(np.nan_to_num(np.asarray(scores, dtype=np.float64)), 0.0, None) ** power
+    if s.size == 0 or s.sum() <= 0:
+        return np.zeros(s.shape)
+    w = s / s.sum()
+    missing = rules.min_allowed - int(np.count_nonzero(w))
+    if missing > 0:
+        # Fill up to the minimum with the best remaining uids at the smallest u16 step.
+        order = np.lexsort((uids, -s))
+        fill = [i for i in order if w[i] == 0][:missing]
+        w[fill] = w.max() / U16_MAX
+        w = w / w.sum()
+    return clip_max_weight(w, rules.max_weight)
+
+
+def to_u16(uids: np.ndarray, weights: np.ndarray) -> tuple[list[int], list[int]]:
+    """Max-upscale to u16 (largest = 65535), rounding; zero entries are dropped."""
+    if weights.size == 0 or weights.max() <= 0:
+        return [], []
+    q = np.rint(weights / weights.max() * U16_MAX).astype(np.int64)
+    keep = q > 0
+    return [int(u) for u in uids[keep]], [int(v) for v in q[keep]]
+
+
+def from_u16(values: list[int]) -> list[float]:
+    total = sum(values)
+    return [v / total for v in values] if total else []
+
+
+class WeightSink(Protocol):
+    name: str
+
+    async def rules(self) -> WeightRules: ...
+
+    async def set_weights(self, uids: list[int], weights: list[float]) -> str:
+        """Submit normalised weights; returns a one-line outcome for the log. Raises on failure."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class DisabledSink:
+    """``NEURON_DISABLE_SET_WEIGHTS``: compute and log, set nothing."""
+
+    name = "disabled"
+
+    def __init__(self, rules: WeightRules = WeightRules()) -> None:
+        self._rules = rules
+
+    async def rules(self) -> WeightRules:
+        return self._rules
+
+    async def set_weights(self, uids: list[int], weights: list[float]) -> str:
+        return "not set (NEURON_DISABLE_SET_WEIGHTS)"
+
+    async def close(self) -> None:
+        return None
+
+
+class LedgerWeightSink:
+    """The local network: ``weights.json`` plus incentives in the metagraph file."""
+
+    name = "ledger"
+
+    def __init__(self, ledger_path: str | Path, metagraph_file: str | Path | None, *, validator_hotkey: str,
+                 rules: WeightRules = WeightRules()) -> None:
+        self.ledger_path = Path(ledger_path)
+        self.metagraph_file = Path(metagraph_file) if metagraph_file else None
+        self.validator_hotkey = validator_hotkey
+        self._rules = rules
+
+    async def rules(self) -> WeightRules:
+        return self._rules
+
+    async def set_weights(self, uids: list[int], weights: list[float]) -> str:
+        dests, values = to_u16(np.asarray(uids, dtype=np.int64), np.asarray(weights, dtype=np.float64))
+        if not dests:
+            raise ValueError("no non-zero weight to set")
+        shares = dict(zip(dests, from_u16(values), strict=True))
+        block = await self._update_metagraph(shares)
+        atomic_write_json(self.ledger_path, {
+            "set_at": time.time(), "block": block, "validator_hotkey": self.validator_hotkey,
+            "uids": dests, "weights_u16": values, "weights": {str(u): s for u, s in shares.items()},
+        })
+        return f"ledger {self.ledger_path} ({len(dests)} uids, block {block})"
+
+    async def _update_metagraph(self, shares: dict[int, float]) -> int | None:
+        """Incentive follows the (single) validator's weights; the block advances by one."""
+        if self.metagraph_file is None:
+            return None
+        snapshot = await FileMetagraphSource(self.metagraph_file).fetch()
+        neurons = tuple(replace(n, incentive=shares.get(n.uid, 0.0)) for n in snapshot.neurons)
+        updated = MetagraphSnapshot(netuid=snapshot.netuid, block=snapshot.block + 1, neurons=neurons)
+        write_metagraph_file(self.metagraph_file, updated)
+        return updated.block
+
+    async def close(self) -> None:
+        return None
+
+
+class ChainWeightSink:
+    """On chain through the SDK: hyperparameters read from the subnet, ``SetWeights`` executed.
+
+    ``client_factory`` builds a ``bt.Client`` inside the running loop (tests pass
+    one over the SDK doc's ``FakeSubstrate``); ``wallet`` is anything with
+    ``hotkey``/``coldkey``/``coldkeypub`` (a ``bt.Wallet`` in production).
+    """
+
+    name = "chain"
+
+    def __init__(self, client_factory: Callable[[], Any], wallet: Any, netuid: int) -> None:
+        self.client_factory = client_factory
+        self.wallet = wallet
+        self.netuid = netuid
+        self._client: Any = None
+
+    async def _connected(self) -> Any:
+        if self._client is None:
+            client = self.client_factory()
+            await client.connect()
+            self._client = client
+        return self._client
+
+    async def rules(self) -> WeightRules:
+        client = await self._connected()
+        max_limit = await client.hyperparameters.max_weight_limit(self.netuid)
+        min_allowed = await client.hyperparameters.min_allowed_weights(self.netuid)
+        return WeightRules(max_weight=float(max_limit) / U16_MAX, min_allowed=int(min_allowed or 1))
+
+    async def set_weights(self, uids: list[int], weights: list[float]) -> str:
+        import bittensor as bt
+
+        client = await self._connected()
+        hotkey = self.wallet.hotkey.ss58_address
+        uid = await client.neurons.uid(hotkey, self.netuid)
+        if uid is None:
+            raise RuntimeError(f"hotkey {hotkey} is not registered on netuid {self.netuid}")
+        rate_limit = await client.hyperparameters.weights_rate_limit(self.netuid)
+        since = await client.epochs.blocks_since_last_update(self.netuid, uid)
+        if since is not None and rate_limit is not None and since < rate_limit:
+            return f"skipped: rate limited ({since} of {rate_limit} blocks since the last update)"
+        version = int(await client.query(bt.storage.SubtensorModule.WeightsVersionKey, [self.netuid]) or 0)
+        intent = bt.SetWeights(netuid=self.netuid, weights=dict(zip(uids, weights, strict=True)),
+                               version_key=version)
+        result = await client.execute(intent, self.wallet, wait_for_finalization=False)
+        if not result:
+            raise RuntimeError(f"SetWeights failed: {getattr(result, 'message', result)}")
+        return f"chain netuid {self.netuid}: {len(uids)} uids set ({getattr(result, 'message', 'ok')})"
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def log_top(uids: list[int], weights: list[float], n: int = 5) -> str:
+    top = sorted(zip(uids, weights, strict=True), key=lambda p: -p[1])[:n]
+    return ", ".join(f"{u}:{w:.3f}" for u, w in top)
+
+
+def weights_from_scores(scores: dict[int, float], rules: WeightRules, power: float) -> tuple[list[int], list[float]]:
+    """Dict in, parallel lists out (uids sorted); zero weights are kept so the caller sees every uid."""
+    uids = np.asarray(sorted(scores), dtype=np.int64)
+    w = compute_weights(uids, np.asarray([scores[int(u)] for u in uids]), rules, power=power)
+    if not w.any():
+        logger.debug("no positive score yet")
+    return [int(u) for u in uids], [float(x) for x in w]

@@ -1,0 +1,52 @@
+"""Safe integer arithmetic (``+ - *``) shared by the verifiable task and the test model.
+
+The validator checks an ``ArithmeticTask`` answer exactly with this evaluator,
+and the deterministic miner backend answers with it, so no ``eval`` is ever
+run on text that crossed the network.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+MAX_EXPRESSION = 200
+EXPRESSION = re.compile(r"-?\d+(?:\s*[-+*]\s*-?\d+)+")
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def evaluate(expression: str) -> int:
+    """Evaluate integers joined by + - * with the usual precedence; anything else is a ValueError."""
+    if len(expression) > MAX_EXPRESSION:
+        raise ValueError("expression too long")
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError:
+        raise ValueError("not an arithmetic expression") from None
+    return _walk(tree.body)
+
+
+def _walk(node: ast.AST) -> int:
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_walk(node.operand)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult):
+        left, right = _walk(node.left), _walk(node.right)
+        if isinstance(node.op, ast.Add):
+            return left + right
+        if isinstance(node.op, ast.Sub):
+            return left - right
+        return left * right
+    raise ValueError("only integers with + - * are allowed")
+
+
+def find_expression(text: str) -> str | None:
+    """The last arithmetic expression in a prompt ("What is 12 * 7 + 3?" -> "12 * 7 + 3")."""
+    found = EXPRESSION.findall(text)
+    return found[-1] if found else None
+
+
+def numbers_in(text: str) -> list[str]:
+    """Numbers as written (thousands separators removed)."""
+    return [n.replace(",", "") for n in NUMBER.findall(text)]
