@@ -44,6 +44,9 @@ def add_localnet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="sn1/deterministic", help="model name of the deterministic backend")
     p.add_argument("--miner-profiles", default=None,
                    help="comma-separated profile per miner, e.g. honest,lazy,slow,copy,down (default all honest)")
+    p.add_argument("--fast", action="store_true",
+                   help="shorten every validator interval (demos, tests): weights follow quality within minutes")
+    p.add_argument("--dataset", default=None, help="JSONL of prompts / QA items for the validator's synthetic tasks")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -60,6 +63,8 @@ class LocalNetConfig:
     log_level: str = "INFO"
     miner_profiles: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
+    fast: bool = False
+    dataset: str | None = None
 
 
 @dataclass
@@ -143,6 +148,14 @@ class LocalNet:
             "LOG_LEVEL": self.cfg.log_level,
         }
 
+    def _validator_extra_env(self) -> dict[str, str]:
+        from neurons.validator.presets import FAST_ENV
+
+        env = dict(FAST_ENV) if self.cfg.fast else {}
+        if self.cfg.dataset:
+            env["DATASET_FILE"] = str(Path(self.cfg.dataset).resolve())
+        return env
+
     def _write_env(self, name: str, env: dict[str, str]) -> Path:
         path = self.dir / f"{name}.env"
         path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
@@ -186,7 +199,7 @@ class LocalNet:
             "STATE_DIR": str(self.dir / "state" / "validator"),
             "WEIGHTS_LEDGER_FILE": str(self.dir / "weights.json"),
             "AVAILABILITY_INTERVAL": "5",
-        }, f"{validator_url}/health")
+        } | self._validator_extra_env(), f"{validator_url}/health")
         self.wait_healthy([c for c in self.children], timeout=timeout, progress=progress)
         # The API trusts the validator's availability: do not start it before the validator has
         # seen the miners up, or the first requests fail with 503 "no miner available".
@@ -335,7 +348,7 @@ def run_localnet(args: argparse.Namespace) -> int:
     config = LocalNetConfig(
         directory=Path(args.dir), miners=args.miners, api_port=args.api_port, validator_port=args.validator_port,
         admin_key=args.admin_key, backend=args.backend, upstream=args.upstream, model=args.model,
-        log_level=args.log_level,
+        log_level=args.log_level, fast=args.fast, dataset=args.dataset,
         miner_profiles=[p.strip() for p in args.miner_profiles.split(",") if p.strip()] if args.miner_profiles else [],
     )
     try:
