@@ -90,6 +90,8 @@ class MinerRun:
             if choice.get("logprobs"):
                 self.logprobs.append(choice["logprobs"])
             if choice.get("finish_reason"):
+                if not isinstance(choice["finish_reason"], str):
+                    raise ValueError("finish_reason is not a string")
                 self.finish_reason = choice["finish_reason"]
 
     def _merge_tool_calls(self, calls: Any) -> None:
@@ -154,7 +156,9 @@ class Race:
                     self._claim(run)
         except MinerError as e:
             run.error, run.error_kind = str(e), e.kind
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as e:
+            # json.loads of deep nesting raises RecursionError, int(1e999) OverflowError: both are the
+            # miner's garbage and must mark it failed, or a broken winner looks like a complete answer.
             run.error, run.error_kind = f"invalid chunk: {e}", "bad_response"
         except asyncio.CancelledError:
             run.error, run.error_kind = "cancelled", "cancelled"
