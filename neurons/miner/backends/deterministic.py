@@ -11,6 +11,9 @@ Per task (the body's ``task``):
 - ``ArithmeticTask``: the value of the expression in the prompt;
 - ``WebRetrievalTask``: a JSON list of ``{url, content, relevant}`` from the
   local corpus search.
+
+With ``tools`` in the request it calls a tool instead (the rule is in
+``tool_calls.py``); after a ``tool`` result it answers in text.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+from neurons.miner.backends.tool_calls import planned_tool_call, tool_call_completion, tool_call_stream
 from neurons.miner.search import CorpusSearch, SearchBackend, best_sentence
 from shared import tasks
 from shared.arithmetic import evaluate, find_expression
@@ -140,6 +144,9 @@ class DeterministicBackend:
         return "length" if max_tokens and len(text.split()) >= int(max_tokens) < DEFAULT_WORDS else "stop"
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        call = planned_tool_call(body)  # tools given: see tool_calls.py for the documented rule
+        if call is not None:
+            return tool_call_completion(call, model=self.model, usage=self._usage(body, call["function"]["arguments"]))
         text = self.answer_text(body)
         return completion_object(
             completion_id=new_completion_id(),
@@ -150,6 +157,13 @@ class DeterministicBackend:
         )
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
+        call = planned_tool_call(body)
+        if call is not None:
+            wants_usage = (body.get("stream_options") or {}).get("include_usage")
+            usage = self._usage(body, call["function"]["arguments"]) if wants_usage else None
+            for data in tool_call_stream(call, model=self.model, usage=usage):
+                yield data
+            return
         text = self.answer_text(body)
         cid = new_completion_id()
         words = text.split(" ")

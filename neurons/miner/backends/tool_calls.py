@@ -1,0 +1,141 @@
+"""The deterministic test model's tool calling: simple, documented, and a pure function of the request.
+
+Agent frameworks (the OpenAI Agents SDK, LangChain) drive a model through tool
+calls, so the test model must make them for an agent test to be real. The rule:
+
+- no ``tools``, or ``tool_choice: "none"`` -> no tool call (plain text answer);
+- ``tool_choice: {"type": "function", "function": {"name": X}}`` -> call ``X``;
+- otherwise, if the last message is a ``tool`` result -> no tool call: the
+  model answers in text (so an agent loop ends);
+- otherwise -> call the tool that shares the most distinct words with the last
+  user message (its name split on ``_``/``-`` plus its description; the first
+  tool listed on a tie).
+
+Arguments come from the tool's JSON-schema ``properties``, in order: a string
+gets the last user message (an ``enum`` its first value), an integer or number
+the message's word count, a boolean ``true``, an array ``[]``, an object ``{}``.
+The call id is derived from the request, so the same request gives the same call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from shared.jsonutil import dumps
+from shared.protocol import chunk_object, completion_object, content_text, new_completion_id, usage_chunk
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+MAX_STRING_ARGUMENT = 500
+
+
+def _words(text: str) -> set[str]:
+    return {w.lower() for w in _WORD.findall(text)}
+
+
+def _functions(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's callable functions (malformed tool entries are ignored, not fatal)."""
+    out = []
+    for tool in body.get("tools") or []:
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str) and fn["name"]:
+            out.append(fn)
+    return out
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for m in reversed(messages):
+        if isinstance(m, dict) and m.get("role") == "user":
+            return content_text(m.get("content"))
+    return ""
+
+
+def _choose(functions: list[dict[str, Any]], text: str) -> dict[str, Any]:
+    wanted = _words(text)
+
+    def overlap(fn: dict[str, Any]) -> int:
+        description = fn.get("description") if isinstance(fn.get("description"), str) else ""
+        return len(wanted & (_words(fn["name"]) | _words(description)))
+
+    best = max(range(len(functions)), key=lambda i: (overlap(functions[i]), -i))
+    return functions[best]
+
+
+def _argument(schema: Any, text: str) -> Any:
+    if not isinstance(schema, dict):
+        return None
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), None)
+    if kind == "string":
+        return text[:MAX_STRING_ARGUMENT]
+    if kind in ("integer", "number"):
+        return len(text.split())
+    if kind == "boolean":
+        return True
+    if kind == "array":
+        return []
+    if kind == "object":
+        return {}
+    return None
+
+
+def arguments_for(parameters: Any, text: str) -> dict[str, Any]:
+    properties = parameters.get("properties") if isinstance(parameters, dict) else None
+    if not isinstance(properties, dict):
+        return {}
+    return {name: _argument(schema, text) for name, schema in properties.items()}
+
+
+def planned_tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool call the model makes for this request, or None when it answers in text."""
+    functions = _functions(body)
+    choice = body.get("tool_choice")
+    if not functions or choice == "none":
+        return None
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    if named is None and messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+        return None
+    text = _last_user_text(messages)
+    fn = next((f for f in functions if f["name"] == named), None) if named else _choose(functions, text)
+    if fn is None:
+        return None
+    arguments = json.dumps(arguments_for(fn.get("parameters"), text), ensure_ascii=False)
+    digest = hashlib.sha256(json.dumps([fn["name"], arguments, body.get("seed")]).encode()).hexdigest()
+    return {"id": f"call_{digest[:24]}", "type": "function", "function": {"name": fn["name"], "arguments": arguments}}
+
+
+def tool_call_completion(call: dict[str, Any], *, model: str, usage: dict[str, Any]) -> dict[str, Any]:
+    """A whole ``chat.completion`` whose message is the call (``content: null``, ``finish_reason: tool_calls``)."""
+    return completion_object(completion_id=new_completion_id(), model=model, content=None, tool_calls=[call],
+                             finish_reason="tool_calls", usage=usage)
+
+
+def tool_call_stream(call: dict[str, Any], *, model: str, usage: dict[str, Any] | None) -> Iterator[str]:
+    """The call's chunks as JSON text (then a usage chunk when ``usage`` is given)."""
+    cid = new_completion_id()
+    for chunk in tool_call_chunks(call, completion_id=cid, model=model):
+        yield dumps(chunk)
+    if usage is not None:
+        yield dumps(usage_chunk(completion_id=cid, model=model, usage=usage))
+
+
+def tool_call_chunks(call: dict[str, Any], *, completion_id: str, model: str) -> Iterator[dict[str, Any]]:
+    """The call as OpenAI streams it: id and name first, the arguments in two pieces, then ``tool_calls``."""
+    arguments = call["function"]["arguments"]
+    half = len(arguments) // 2
+    head = {"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"],
+                                                                          "arguments": ""}}
+    yield chunk_object(completion_id=completion_id, model=model,
+                       delta={"role": "assistant", "content": None, "tool_calls": [head]})
+    for piece in (arguments[:half], arguments[half:]):
+        if piece:
+            yield chunk_object(completion_id=completion_id, model=model,
+                               delta={"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+    yield chunk_object(completion_id=completion_id, model=model, delta={}, finish_reason="tool_calls")

@@ -1,0 +1,70 @@
+"""The deterministic test model's documented tool-calling rule (``neurons/miner/backends/tool_calls.py``)."""
+
+from __future__ import annotations
+
+import json
+
+from neurons.miner.backends.deterministic import DeterministicBackend
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "days": {"type": "integer"}, "unit": {"type": "string", "enum": ["c", "f"]},
+        "alerts": {"type": "boolean"}}, "required": ["city"]}}}
+TO_SPANISH = {"type": "function", "function": {"name": "transfer_to_spanish_agent", "parameters": {}}}
+TO_ENGLISH = {"type": "function", "function": {"name": "transfer_to_english_agent", "parameters": {}}}
+
+
+async def complete(**body) -> dict:
+    return await DeterministicBackend().complete({"seed": 1, **body})
+
+
+async def stream(**body) -> list[dict]:
+    return [json.loads(c) async for c in DeterministicBackend().stream({"seed": 1, **body})]
+
+
+async def test_tools_given_calls_a_tool_with_arguments_from_the_last_user_message() -> None:
+    out = await complete(messages=[{"role": "user", "content": "Paris in three days"}], tools=[WEATHER])
+    choice = out["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    call = choice["message"]["tool_calls"][0]
+    assert call["id"].startswith("call_") and call["type"] == "function"
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris in three days", "days": 4, "unit": "c",
+                                                         "alerts": True}
+
+
+async def test_the_tool_sharing_most_words_wins_and_the_first_on_a_tie() -> None:
+    tools = [TO_SPANISH, TO_ENGLISH]
+    english = await complete(messages=[{"role": "user", "content": "Hello! I speak English."}], tools=tools)
+    tie = await complete(messages=[{"role": "user", "content": "Hola, ¿Cómo te llamas?"}], tools=tools)
+    assert english["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "transfer_to_english_agent"
+    assert tie["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "transfer_to_spanish_agent"
+
+
+async def test_named_tool_choice_none_and_tool_results() -> None:
+    msgs = [{"role": "user", "content": "Hello English"}]
+    named = await complete(messages=msgs, tools=[TO_SPANISH, TO_ENGLISH],
+                           tool_choice={"type": "function", "function": {"name": "transfer_to_spanish_agent"}})
+    assert named["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "transfer_to_spanish_agent"
+    none = await complete(messages=msgs, tools=[WEATHER], tool_choice="none")
+    assert none["choices"][0]["message"]["content"] and "tool_calls" not in none["choices"][0]["message"]
+    call = named["choices"][0]["message"]["tool_calls"][0]
+    after = await complete(tools=[WEATHER], messages=msgs + [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "{}"}])
+    assert after["choices"][0]["finish_reason"] == "stop" and after["choices"][0]["message"]["content"]
+
+
+async def test_streamed_call_reassembles_to_the_same_call_and_reports_usage() -> None:
+    msgs = [{"role": "user", "content": "Paris"}]
+    whole = (await complete(messages=msgs, tools=[WEATHER]))["choices"][0]["message"]["tool_calls"][0]
+    chunks = await stream(messages=msgs, tools=[WEATHER], stream_options={"include_usage": True})
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert deltas[0]["tool_calls"][0]["id"] == whole["id"]
+    assert deltas[0]["tool_calls"][0]["function"]["name"] == "get_weather"
+    args = "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas if d.get("tool_calls"))
+    assert args == whole["function"]["arguments"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
