@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from api import keys, miner_availabilities, usage, web_retrieval
+from api import keys, miner_availabilities, sessions, usage, web_retrieval
 from api.auth import add_rate_limit_headers
 from api.chat import CTX, chat_completions
 from api.context import ApiContext
@@ -31,6 +31,10 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app.router.add_get("/api_management/api-keys", keys.list_api_keys)
     app.router.add_get("/api_management/api-keys/{api_key}/usage", keys.api_key_usage)
     app.router.add_get("/v1/usage", usage.get_usage)
+    app.router.add_post("/v1/sessions", sessions.open_session)
+    app.router.add_get("/v1/sessions", sessions.get_session)
+    app.router.add_delete("/v1/sessions/{session_id}", sessions.delete_session)
+    app.router.add_post("/v1/sessions/{session_id}/ping", sessions.ping_session)
     if ctx.usage is None:
         ctx.usage = UsageRecorder(ctx.store)
     app.on_response_prepare.append(add_rate_limit_headers)  # x-ratelimit-* on every charged response
@@ -49,6 +53,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         tasks.append(asyncio.create_task(ctx.availability.run()))
     if ctx.forwarder is not None:
         tasks.append(asyncio.create_task(ctx.forwarder.run()))
+    if ctx.sessions is not None:
+        tasks.append(asyncio.create_task(sessions.sweep_loop(ctx, ctx.settings.availability_refresh_seconds)))
     yield
     for t in tasks:
         t.cancel()

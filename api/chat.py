@@ -16,9 +16,9 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
-from api import mixture
+from api import mixture, sessions
 from api.auth import authenticate, check_model
-from api.context import ApiContext
+from api.context import CTX
 from api.fanout import deadline_seconds, request_id_from, settle, start_race
 from api.race import MinerRun, Race
 from api.selection import select_miners, top_miner
@@ -35,8 +35,6 @@ from shared.protocol import (
     usage_chunk,
 )
 from shared.sse import DONE_FRAME, encode_event
-
-CTX = web.AppKey("api_context", ApiContext)
 
 
 def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[str, Any]:
@@ -65,15 +63,21 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     use_mixture = mixture.is_mixture(req)
     if use_mixture:
         mixture.check_request(req)
-    k = ctx.settings.mixture_k if use_mixture else ctx.settings.default_k
-    neurons = select_miners(
-        ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=task, model=model,
-        k=k, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
-    )
+    session = None if (req.uids or use_mixture) else await sessions.resolve(ctx, request, req.session_id, key)
+    if session is not None:
+        neurons = await sessions.session_miners(ctx, session)
+    else:
+        neurons = select_miners(
+            ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=task, model=model,
+            k=ctx.settings.mixture_k if use_mixture else ctx.settings.default_k,
+            rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
+        )
     seed = req.seed if req.seed is not None else random.randrange(2**31)
     body = req.miner_body(seed=seed)
     seconds = deadline_seconds(ctx.settings, timeout=req.timeout, max_tokens=req.effective_max_tokens())
     headers = {"x-request-id": request_id, "x-sn1-seed": str(seed)}
+    if session is not None:
+        headers["x-sn1-session-id"] = session.id
     if use_mixture:
         loop = asyncio.get_running_loop()
         stage_started = loop.time()
@@ -91,6 +95,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     winner: MinerRun | None = None
     try:
         winner = await race.winner()
+        if winner is None and session is not None:
+            race, winner = await sessions.failover_race(ctx, session, race, body, stream=req.stream,
+                                                        request_id=request_id, headers=headers)
         if winner is None:
             raise _no_winner(race)
         headers["x-sn1-miner-uid"] = str(winner.uid)

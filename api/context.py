@@ -8,12 +8,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
+
 from api.availability import AvailabilityCache
 from api.scoring_outbox import OutboxForwarder
 from shared.metagraph import MetagraphView
 from shared.miner_client import MinerClient
 from shared.settings import ApiSettings
 from shared.store.base import Store
+from shared.store.sessions import SessionStore
 from shared.store.usage import UsageRecorder
 
 PayloadSink = Callable[[dict[str, Any]], Awaitable[None]]
@@ -31,6 +34,7 @@ class ApiContext:
     payload_sinks: list[PayloadSink] = field(default_factory=list)
     forwarder: OutboxForwarder | None = None
     usage: UsageRecorder | None = None  # filled in by create_api_app when not given
+    sessions: SessionStore | None = None
 
     def attach_forwarder(self, forwarder: OutboxForwarder) -> None:
         """Every settled fan-out's payload goes to the durable outbox; the forwarder delivers it."""
@@ -42,3 +46,6 @@ class ApiContext:
         task = asyncio.ensure_future(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+
+CTX = web.AppKey("api_context", ApiContext)

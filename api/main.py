@@ -25,6 +25,7 @@ from shared.settings import ApiSettings
 from shared.signing import Signer
 from shared.store import open_store
 from shared.store.outbox import open_outbox
+from shared.store.sessions import open_sessions
 from shared.wallet import load_hotkey
 
 
@@ -43,7 +44,8 @@ async def build_context(settings: ApiSettings) -> ApiContext:
     )
     await availability.refresh()
     store = open_store(settings.store_url, namespace=settings.store_namespace)
-    ctx = ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability)
+    ctx = ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability,
+                     sessions=open_sessions(settings.store_url, namespace=settings.store_namespace))
     outbox = open_outbox(settings.store_url, namespace=settings.store_namespace, max_items=settings.outbox_max_items)
     ctx.attach_forwarder(OutboxForwarder(outbox, client, settings.validator_api,
                                          settings.validator_hotkey or hotkey.ss58_address,
@@ -61,6 +63,8 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
         await ctx.store.close()
         if ctx.forwarder is not None:
             await ctx.forwarder.outbox.close()
+        if ctx.sessions is not None:
+            await ctx.sessions.aclose()
 
     app.on_cleanup.append(close)
     logger.info(

@@ -99,6 +99,7 @@ class ChatCompletionRequest(BaseModel):
     inference_mode: str | None = None
     target_results: int | None = Field(default=None, ge=1, le=256)
     timeout: float | None = Field(default=None, gt=0, le=600)
+    session_id: str | None = Field(default=None, max_length=128)
 
     @field_validator("uids")
     @classmethod
@@ -140,10 +141,10 @@ class ChatCompletionRequest(BaseModel):
     def miner_body(self, *, seed: int) -> dict[str, Any]:
         """The body sent to miners: every field the caller sent, with sampling merged in.
 
-        Routing-only fields (``uids``, ``timeout``) stay with the API; everything
+        Routing-only fields (``uids``, ``timeout``, ``session_id``) stay with the API; everything
         else, unknown fields included, is forwarded.
         """
-        body = self.model_dump(mode="json", exclude_none=True, exclude={"uids", "timeout"})
+        body = self.model_dump(mode="json", exclude_none=True, exclude={"uids", "timeout", "session_id"})
         body["seed"] = seed
         body["stream"] = True
         for name, value in (

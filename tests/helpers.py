@@ -139,7 +139,10 @@ async def build_api_context(tmp: Path, snap: MetagraphSnapshot, signer_keypair: 
     client = MinerClient(make_session(), Signer(signer_keypair),
                          max_response_bytes=api_settings.miner_max_response_bytes)
     store = SQLiteStore(tmp / "api.db")
-    return ApiContext(settings=api_settings, store=store, metagraph=view, client=client, availability=None)
+    from shared.store.sessions import SQLiteSessionStore
+
+    return ApiContext(settings=api_settings, store=store, metagraph=view, client=client, availability=None,
+                      sessions=SQLiteSessionStore(tmp / "api.db"))
 
 
 @dataclass

@@ -1,0 +1,251 @@
+"""Sticky model sessions: ``/v1/sessions`` routes and how chat uses a pinned miner.
+
+A session pins one miner (chosen like any selection: serving the model,
+incentive-weighted) to the calling key until it expires. While a key has an
+active session, chat requests without explicit ``uids`` go to that miner only;
+with ``failover``, a miner that fails before its first byte is replaced by
+another serving the same model and the session is re-pinned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.auth import authenticate
+from api.context import CTX, ApiContext
+from api.fanout import request_id_from, settle, start_race
+from api.race import MinerRun, Race
+from api.selection import select_miners
+from shared.errors import ApiError
+from shared.http import json_response, parse_model, read_json
+from shared.metagraph import Neuron
+from shared.protocol import DEFAULT_TASK
+from shared.store.base import KeyRecord, StoreUnavailable
+from shared.store.sessions import Session, SessionStore
+
+MIN_DURATION, MAX_DURATION = 1, 7 * 24 * 3600
+PING_TIMEOUT = 10.0
+
+
+class OpenSessionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model: str = Field(min_length=1, max_length=256)
+    session_duration: int = Field(default=3600, ge=MIN_DURATION, le=MAX_DURATION, alias="sessionDuration")
+    failover: bool = False
+    direct_payment: bool | None = Field(default=None, alias="directPayment", description="Accepted, ignored")
+
+
+def _store(ctx: ApiContext) -> SessionStore:
+    if ctx.sessions is None:
+        raise ApiError(503, "Sessions are not enabled on this API.", code="sessions_disabled")
+    return ctx.sessions
+
+
+def _unavailable() -> ApiError:
+    return ApiError(503, "The session store is unreachable; try again shortly.", code="store_unavailable")
+
+
+def pick_miner(ctx: ApiContext, model: str | None, *, exclude: set[int] = frozenset()) -> Neuron | None:
+    """One miner serving ``model`` (incentive-weighted), or None."""
+    try:
+        picked = select_miners(ctx.metagraph.snapshot, ctx.availability, uids=None, task=DEFAULT_TASK,
+                               model=model, k=len(exclude) + 1, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey)
+    except ApiError:
+        return None
+    return next((n for n in picked if n.uid not in exclude), None)
+
+
+def pinned_neuron(ctx: ApiContext, session: Session) -> Neuron | None:
+    """The session's miner if it is still the same registered, serving hotkey."""
+    n = ctx.metagraph.snapshot.by_uid(session.uid)
+    if n is None or n.hotkey != session.hotkey or not n.axon:
+        return None
+    return n
+
+
+def still_valid(ctx: ApiContext, session: Session) -> bool:
+    if pinned_neuron(ctx, session) is None:
+        return False
+    cache = ctx.availability
+    served = cache.serves(session.uid, None, _model(session.model)) if cache is not None else None
+    return served is not False
+
+
+def _model(model: str) -> str | None:
+    return None if model in ("", "default") else model
+
+
+async def move_or_close(ctx: ApiContext, session: Session, reason: str) -> tuple[Session | None, str]:
+    """Failover: re-pin to another miner; otherwise (or if none) close. Returns (session or None, action)."""
+    store = _store(ctx)
+    if session.failover:
+        replacement = pick_miner(ctx, _model(session.model), exclude={session.uid})
+        if replacement is not None:
+            moved = await store.repin(session.id, replacement.uid, replacement.hotkey)
+            if moved is not None:
+                logger.info("session {} moved uid {} -> {}: {}", session.id, session.uid, replacement.uid, reason)
+                return moved, "moved"
+    await store.close(session.id)
+    logger.info("session {} closed (uid {}): {}", session.id, session.uid, reason)
+    return None, "closed"
+
+
+async def resolve(ctx: ApiContext, request: web.Request, explicit_id: str | None, key: KeyRecord) -> Session | None:
+    """The session this chat request runs in: the named one (``session_id`` / ``x-session-id``) or the key's."""
+    if ctx.sessions is None:
+        return None
+    session_id = explicit_id or request.headers.get("x-session-id")
+    try:
+        if session_id:
+            session = await ctx.sessions.get(session_id)
+            if session is None or session.key_id != key.id:
+                raise ApiError(404, f"No active session '{session_id}' for this key.", code="session_not_found",
+                               param="session_id")
+            return session
+        return await ctx.sessions.for_key(key.id)
+    except StoreUnavailable:
+        raise _unavailable() from None
+
+
+async def session_miners(ctx: ApiContext, session: Session) -> list[Neuron]:
+    """The pinned miner; if it is gone, fail over now (or answer 502 naming the session)."""
+    neuron = pinned_neuron(ctx, session)
+    if neuron is None:
+        moved, _ = await move_or_close(ctx, session, "miner deregistered")
+        neuron = pinned_neuron(ctx, moved) if moved else None
+        if neuron is None:
+            raise ApiError(502, f"Session {session.id}: its miner uid {session.uid} is gone; the session was closed.",
+                           code="session_miner_failed")
+    return [neuron]
+
+
+async def failover_race(
+    ctx: ApiContext, session: Session, race: Race, body: dict[str, Any], *, stream: bool, request_id: str,
+    headers: dict[str, str],
+) -> tuple[Race, MinerRun | None]:
+    """The pinned miner gave no valid answer: with failover, and if it failed before its first byte,
+    re-pin and ask the replacement within what is left of the deadline; otherwise a 502 naming the session."""
+    failed = race.runs[0]
+    if session.failover and not failed.events:
+        moved, action = await move_or_close(ctx, session, f"request failed: {failed.error}")
+        neuron = pinned_neuron(ctx, moved) if moved else None
+        remaining = race.deadline - asyncio.get_running_loop().time()
+        if neuron is not None and remaining > 0.05:
+            headers["x-sn1-session-moved-from"] = str(session.uid)
+            ctx.spawn(settle(ctx, race, body, kind="session"))  # the failed attempt is scored too
+            retry = start_race(ctx, [neuron], body, remaining, stream=stream, request_id=request_id)
+            return retry, await retry.winner()
+    raise ApiError(502, f"Session {session.id}: the pinned miner uid {session.uid} failed: {failed.error}",
+                   code="session_miner_failed", headers=dict(headers))
+
+
+async def open_session(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    key = await authenticate(request, ctx.store, scope="chat")
+    body = parse_model(OpenSessionRequest, await read_json(request))
+    model = _model(body.model)
+    if model is not None and key.allowed_models and model not in key.allowed_models:
+        raise ApiError(403, f"This API key may not use the model '{model}'.", code="model_not_allowed", param="model")
+    miner = pick_miner(ctx, model)
+    if miner is None:
+        raise ApiError(404, f"The model '{body.model}' is not served by any available miner.",
+                       code="model_not_found", param="model")
+    try:
+        session = await _store(ctx).open(key.id, body.model, miner.uid, miner.hotkey,
+                                         duration=body.session_duration, failover=body.failover)
+    except StoreUnavailable:
+        raise _unavailable() from None
+    logger.info("session {} opened key={} model={} uid={}", session.id, key.id, session.model, session.uid)
+    return json_response(session.public())
+
+
+async def _own_session(request: web.Request, ctx: ApiContext, key: KeyRecord) -> Session:
+    session_id = request.match_info["session_id"]
+    try:
+        session = await _store(ctx).get(session_id)
+    except StoreUnavailable:
+        raise _unavailable() from None
+    if session is None or session.key_id != key.id:
+        raise ApiError(404, f"No active session '{session_id[:128]}' for this key.", code="session_not_found")
+    return session
+
+
+async def get_session(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    key = await authenticate(request, ctx.store, scope="chat")
+    try:
+        session = await _store(ctx).for_key(key.id)
+    except StoreUnavailable:
+        raise _unavailable() from None
+    if session is None:
+        raise ApiError(404, "This key has no active session.", code="session_not_found")
+    return json_response(session.public())
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    key = await authenticate(request, ctx.store, scope="chat")
+    session = await _own_session(request, ctx, key)
+    await _store(ctx).close(session.id)
+    return json_response({"session_id": session.id, "deleted": True})
+
+
+async def ping_session(request: web.Request) -> web.Response:
+    """A minimal completion against the pinned miner; on failure the session is moved or closed."""
+    ctx = request.app[CTX]
+    key = await authenticate(request, ctx.store, scope="chat")
+    session = await _own_session(request, ctx, key)
+    started = time.perf_counter()
+    error = await ping_miner(ctx, session, request_id_from(request.headers))
+    latency_ms = round((time.perf_counter() - started) * 1000, 1)
+    if error is None:
+        return json_response({"session_id": session.id, "uid": session.uid, "status": "ok", "latency_ms": latency_ms})
+    moved, action = await move_or_close(ctx, session, f"ping failed: {error}")
+    out: dict[str, Any] = {"session_id": session.id, "status": action, "error": error, "previous_uid": session.uid}
+    if moved is not None:
+        out["uid"] = moved.uid
+    return json_response(out)
+
+
+async def ping_miner(ctx: ApiContext, session: Session, request_id: str) -> str | None:
+    """None if the pinned miner answered a one-token completion, else the reason it did not."""
+    neuron = pinned_neuron(ctx, session)
+    if neuron is None:
+        return f"uid {session.uid} is no longer registered with the pinned hotkey"
+    body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1, "stream": True, "seed": 0,
+            "task": DEFAULT_TASK}
+    if _model(session.model):
+        body["model"] = session.model
+    race = start_race(ctx, [neuron], body, PING_TIMEOUT, stream=False, request_id=request_id)
+    winner = await race.winner()
+    await race.finish()
+    if winner is None:
+        return race.runs[0].error or "no answer"
+    return None
+
+
+async def sweep(ctx: ApiContext) -> int:
+    """End sessions whose miner was deregistered or is no longer available (run after refreshes)."""
+    if ctx.sessions is None:
+        return 0
+    ended = 0
+    for session in await ctx.sessions.active():
+        if not still_valid(ctx, session):
+            await move_or_close(ctx, session, "miner deregistered or unavailable")
+            ended += 1
+    return ended
+
+
+async def sweep_loop(ctx: ApiContext, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sweep(ctx)
+        except StoreUnavailable as e:
+            logger.warning("session sweep skipped: {}", e)

@@ -1,0 +1,269 @@
+"""Sticky model sessions: one miner pinned to one API key, shared by every worker and host.
+
+A key has at most one active session: opening a new one replaces the old one
+atomically. Sessions expire at ``expires_at``; ``repin`` moves a session to
+another miner (failover) without changing its id or expiry.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from shared.store.base import StoreUnavailable
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    key_id: str
+    model: str
+    uid: int
+    hotkey: str
+    created_at: float
+    expires_at: float
+    failover: bool = False
+
+    def public(self) -> dict[str, Any]:
+        return {"session_id": self.id, "model": self.model, "uid": self.uid, "expires_at": self.expires_at,
+                "created_at": self.created_at, "failover": self.failover}
+
+
+def new_session_id() -> str:
+    return "sess-" + secrets.token_urlsafe(16)
+
+
+class SessionStore(Protocol):
+    async def open(self, key_id: str, model: str, uid: int, hotkey: str, *, duration: float,
+                   failover: bool) -> Session: ...
+
+    async def get(self, session_id: str) -> Session | None: ...
+
+    async def for_key(self, key_id: str) -> Session | None: ...
+
+    async def repin(self, session_id: str, uid: int, hotkey: str) -> Session | None: ...
+
+    async def close(self, session_id: str) -> bool: ...
+
+    async def active(self) -> list[Session]: ...
+
+    async def aclose(self) -> None: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS model_sessions (
+    id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS model_sessions_key ON model_sessions (key_id);
+"""
+
+
+class SQLiteSessionStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(SCHEMA)
+
+    def _tx(self, fn: Any) -> Any:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return out
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"sqlite sessions: {e}") from e
+
+    def _query(self, sql: str, args: tuple) -> list[Any]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"sqlite sessions: {e}") from e
+
+    async def open(self, key_id: str, model: str, uid: int, hotkey: str, *, duration: float,
+                   failover: bool) -> Session:
+        now = time.time()
+        session = Session(new_session_id(), key_id, model, uid, hotkey, now, now + duration, failover)
+
+        def run(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM model_sessions WHERE key_id = ?", (key_id,))
+            db.execute("INSERT INTO model_sessions (id, key_id, data, expires_at) VALUES (?,?,?,?)",
+                       (session.id, key_id, json.dumps(asdict(session)), session.expires_at))
+
+        self._tx(run)
+        return session
+
+    async def get(self, session_id: str) -> Session | None:
+        rows = self._query("SELECT data FROM model_sessions WHERE id = ? AND expires_at > ?", (session_id, time.time()))
+        return Session(**json.loads(rows[0][0])) if rows else None
+
+    async def for_key(self, key_id: str) -> Session | None:
+        rows = self._query("SELECT data FROM model_sessions WHERE key_id = ? AND expires_at > ?", (key_id, time.time()))
+        return Session(**json.loads(rows[0][0])) if rows else None
+
+    async def repin(self, session_id: str, uid: int, hotkey: str) -> Session | None:
+        def run(db: sqlite3.Connection) -> Session | None:
+            row = db.execute("SELECT data FROM model_sessions WHERE id = ? AND expires_at > ?",
+                             (session_id, time.time())).fetchone()
+            if row is None:
+                return None
+            moved = replace(Session(**json.loads(row[0])), uid=uid, hotkey=hotkey)
+            db.execute("UPDATE model_sessions SET data = ? WHERE id = ?", (json.dumps(asdict(moved)), session_id))
+            return moved
+
+        return self._tx(run)
+
+    async def close(self, session_id: str) -> bool:
+        return self._tx(lambda db: db.execute("DELETE FROM model_sessions WHERE id = ?", (session_id,)).rowcount > 0)
+
+    async def active(self) -> list[Session]:
+        now = time.time()
+        self._tx(lambda db: db.execute("DELETE FROM model_sessions WHERE expires_at <= ?", (now,)))
+        return [Session(**json.loads(r[0])) for r in self._query("SELECT data FROM model_sessions", ())]
+
+    async def aclose(self) -> None:
+        self._db.close()
+
+
+_OPEN = """
+local old = redis.call('GET', KEYS[1])
+if old then
+  redis.call('DEL', ARGV[3] .. old)
+  redis.call('SREM', KEYS[3], old)
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PXAT', ARGV[4])
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[2])
+return 1
+"""
+
+_REPIN = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local s = cjson.decode(raw)
+s['uid'] = tonumber(ARGV[1])
+s['hotkey'] = ARGV[2]
+local out = cjson.encode(s)
+redis.call('SET', KEYS[1], out, 'KEEPTTL')
+return out
+"""
+
+_CLOSE = """
+local raw = redis.call('GET', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+if not raw then return 0 end
+local s = cjson.decode(raw)
+local ptr = ARGV[2] .. s['key_id']
+if redis.call('GET', ptr) == ARGV[1] then redis.call('DEL', ptr) end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+class RedisSessionStore:
+    """Sessions as JSON strings with PXAT expiry, a per-key pointer and an index set for sweeps."""
+
+    def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
+        self.r = client
+        self.ns = namespace
+        self._open = client.register_script(_OPEN)
+        self._repin = client.register_script(_REPIN)
+        self._close = client.register_script(_CLOSE)
+
+    @classmethod
+    def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisSessionStore:
+        import redis.asyncio as aioredis
+
+        return cls(aioredis.Redis.from_url(url), namespace=namespace)
+
+    def _skey(self, session_id: str) -> str:
+        return f"{self.ns}:session:{session_id}"
+
+    def _kkey(self, key_id: str) -> str:
+        return f"{self.ns}:session_by_key:{key_id}"
+
+    @property
+    def _index(self) -> str:
+        return f"{self.ns}:sessions"
+
+    async def _call(self, coro: Any) -> Any:
+        import redis
+
+        try:
+            return await coro
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            raise StoreUnavailable(f"redis sessions: {e}") from e
+
+    @staticmethod
+    def _decode(raw: Any) -> Session | None:
+        if not raw:
+            return None
+        data = json.loads(raw)
+        data["uid"] = int(data["uid"])
+        data["failover"] = bool(data["failover"])
+        s = Session(**data)
+        return s if s.expires_at > time.time() else None
+
+    async def open(self, key_id: str, model: str, uid: int, hotkey: str, *, duration: float,
+                   failover: bool) -> Session:
+        now = time.time()
+        session = Session(new_session_id(), key_id, model, uid, hotkey, now, now + duration, failover)
+        await self._call(self._open(
+            keys=[self._kkey(key_id), self._skey(session.id), self._index],
+            args=[json.dumps(asdict(session)), session.id, f"{self.ns}:session:", int(session.expires_at * 1000)],
+        ))
+        return session
+
+    async def get(self, session_id: str) -> Session | None:
+        return self._decode(await self._call(self.r.get(self._skey(session_id))))
+
+    async def for_key(self, key_id: str) -> Session | None:
+        sid = await self._call(self.r.get(self._kkey(key_id)))
+        if not sid:
+            return None
+        return await self.get(sid.decode() if isinstance(sid, bytes) else sid)
+
+    async def repin(self, session_id: str, uid: int, hotkey: str) -> Session | None:
+        return self._decode(await self._call(self._repin(keys=[self._skey(session_id)], args=[uid, hotkey])))
+
+    async def close(self, session_id: str) -> bool:
+        out = await self._call(self._close(keys=[self._skey(session_id), "", self._index],
+                                           args=[session_id, f"{self.ns}:session_by_key:"]))
+        return bool(out)
+
+    async def active(self) -> list[Session]:
+        out = []
+        for sid in await self._call(self.r.smembers(self._index)):
+            sid = sid.decode() if isinstance(sid, bytes) else sid
+            session = await self.get(sid)
+            if session is None:
+                await self._call(self.r.srem(self._index, sid))
+            else:
+                out.append(session)
+        return out
+
+    async def aclose(self) -> None:
+        await self.r.aclose()
+
+
+def open_sessions(url: str, *, namespace: str = "sn1") -> SessionStore:
+    if url.startswith("sqlite:///"):
+        return SQLiteSessionStore(Path(url[len("sqlite:///"):]))
+    if url.startswith(("redis://", "rediss://")):
+        return RedisSessionStore.from_url(url, namespace=namespace)
+    raise ValueError(f"unsupported STORE_URL scheme: {url}")

@@ -1,0 +1,203 @@
+"""Sticky model sessions through the real API app and real HTTP miners."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from api.app import create_api_app
+from shared.store.sessions import RedisSessionStore, SQLiteSessionStore
+from tests.helpers import Script, api_with_miners, build_api_context, chunk, serve_app, sse
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def answer(text: str) -> Script:
+    return Script([(0, d) for d in sse(chunk(text), chunk(finish="stop"))])
+
+
+def miners(n: int = 4) -> dict[int, Script]:
+    return {uid: answer(f"from {uid}") for uid in range(1, n + 1)}
+
+
+async def call(api, method: str, path: str, *, key: str | None = None, **kw) -> tuple[int, dict, dict]:
+    async with aiohttp.ClientSession() as s:
+        async with s.request(method, api.url + path, headers={"Authorization": f"Bearer {key or api.key}"}, **kw) as r:
+            return r.status, dict(r.headers), await r.json()
+
+
+async def chat(api, **extra) -> tuple[int, dict, dict]:
+    return await call(api, "POST", "/v1/chat/completions", json={"messages": MESSAGES, **extra})
+
+
+async def test_requests_in_a_session_stick_to_one_miner(tmp_path: Path) -> None:
+    scripts = miners()
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default", "session_duration": 600})
+        assert status == 200 and set(s) >= {"session_id", "model", "uid", "expires_at", "failover"}
+        for stream in (False, True, False):
+            status, headers, _ = await call(api, "POST", "/v1/chat/completions",
+                                            json={"messages": MESSAGES, "stream": stream}) if not stream else \
+                (await _stream_chat(api))
+            assert status == 200
+            assert headers["x-sn1-miner-uid"] == str(s["uid"])
+            assert headers["x-sn1-session-id"] == s["session_id"]
+    assert sum(sc.calls for uid, sc in scripts.items() if uid != s["uid"]) == 0, "no race while in a session"
+
+
+async def _stream_chat(api) -> tuple[int, dict, dict]:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(api.url + "/v1/chat/completions", json={"messages": MESSAGES, "stream": True},
+                          headers={"api-key": api.key}) as r:
+            await r.read()
+            return r.status, dict(r.headers), {}
+
+
+async def test_new_session_replaces_old_and_delete_ends_it(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, miners()) as api:
+        _, _, first = await call(api, "POST", "/v1/sessions", json={"model": "default"})
+        _, _, second = await call(api, "POST", "/v1/sessions", json={"model": "default", "sessionDuration": 120,
+                                                                      "failover": True, "directPayment": False})
+        status, _, current = await call(api, "GET", "/v1/sessions")
+        assert status == 200 and current["session_id"] == second["session_id"] and current["failover"] is True
+        status, _, err = await chat(api, session_id=first["session_id"])
+        assert status == 404 and err["error"]["code"] == "session_not_found"
+        status, _, _ = await call(api, "DELETE", f"/v1/sessions/{second['session_id']}")
+        assert status == 200
+        status, _, _ = await call(api, "GET", "/v1/sessions")
+        assert status == 404
+
+
+async def test_session_expires(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, miners(2)) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default", "session_duration": 1})
+        assert (await call(api, "GET", "/v1/sessions"))[0] == 200
+        await asyncio.sleep(1.2)
+        assert (await call(api, "GET", "/v1/sessions"))[0] == 404
+        status, headers, _ = await chat(api)
+        assert status == 200 and "x-sn1-session-id" not in headers
+
+
+@pytest.mark.parametrize("failover", [False, True])
+async def test_ping_on_dead_miner_closes_or_moves(tmp_path: Path, failover: bool) -> None:
+    scripts = miners(3)
+    async with api_with_miners(tmp_path, scripts) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default", "failover": failover})
+        status, _, pong = await call(api, "POST", f"/v1/sessions/{s['session_id']}/ping")
+        assert status == 200 and pong["status"] == "ok"
+        scripts[s["uid"]].status = 500  # the pinned miner dies
+        status, _, pong = await call(api, "POST", f"/v1/sessions/{s['session_id']}/ping")
+        assert status == 200 and pong["previous_uid"] == s["uid"]
+        status, _, current = await call(api, "GET", "/v1/sessions")
+        if failover:
+            assert pong["status"] == "moved" and pong["uid"] != s["uid"]
+            assert status == 200 and current["uid"] == pong["uid"]
+        else:
+            assert pong["status"] == "closed" and status == 404
+
+
+@pytest.mark.parametrize("failover", [False, True])
+async def test_failover_mid_request(tmp_path: Path, failover: bool) -> None:
+    scripts = miners(3)
+    async with api_with_miners(tmp_path, scripts) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default", "failover": failover})
+        scripts[s["uid"]].status = 500
+        status, headers, body = await chat(api)
+        if failover:
+            assert status == 200
+            assert headers["x-sn1-miner-uid"] != str(s["uid"])
+            assert headers["x-sn1-session-moved-from"] == str(s["uid"])
+            assert body["choices"][0]["message"]["content"] == f"from {headers['x-sn1-miner-uid']}"
+            _, _, current = await call(api, "GET", "/v1/sessions")
+            assert current["uid"] == int(headers["x-sn1-miner-uid"])
+        else:
+            assert status == 502 and body["error"]["code"] == "session_miner_failed"
+            assert s["session_id"] in body["error"]["message"]
+
+
+async def test_other_keys_session_is_refused_and_bad_bodies_are_400(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, miners(2)) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default"})
+        other, _ = await api.ctx.store.create_key(100)
+        for method, path in (("DELETE", f"/v1/sessions/{s['session_id']}"),
+                             ("POST", f"/v1/sessions/{s['session_id']}/ping")):
+            status, _, err = await call(api, method, path, key=other)
+            assert status == 404 and err["error"]["code"] == "session_not_found"
+        async with aiohttp.ClientSession() as sess:
+            async with sess.post(api.url + "/v1/chat/completions", json={"messages": MESSAGES},
+                                 headers={"api-key": other, "x-session-id": s["session_id"]}) as r:
+                assert r.status == 404
+        for bad in ({}, {"model": ""}, {"model": 5}, {"model": "default", "session_duration": "long"},
+                    {"model": "default", "session_duration": 0}, {"model": "default", "failover": "maybe"},
+                    {"model": "default", "surprise": 1}, []):
+            status, _, err = await call(api, "POST", "/v1/sessions", json=bad)
+            assert status == 400 and set(err["error"]) == {"message", "type", "code", "param"}, bad
+        import time
+
+        from api.availability import AvailabilityCache
+
+        cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "hk")
+        cache.entries = {uid: {"task_availabilities": {"InferenceTask": True},
+                               "llm_model_availabilities": {"m1": True}} for uid in (1, 2)}
+        cache.updated_at = time.time()
+        api.ctx.availability = cache
+        status, _, err = await call(api, "POST", "/v1/sessions", json={"model": "no/such-model"})
+        assert status == 404 and err["error"]["code"] == "model_not_found"
+        status, _, ok = await call(api, "POST", "/v1/sessions", json={"model": "m1"})
+        assert status == 200 and ok["model"] == "m1"
+
+
+async def test_deregistered_miner_ends_its_sessions_at_refresh(tmp_path: Path) -> None:
+    from api.sessions import sweep
+    from shared.metagraph import MetagraphSnapshot, Neuron
+
+    async with api_with_miners(tmp_path, miners(3)) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default"})
+        snap = api.ctx.metagraph.snapshot
+        neurons = tuple(Neuron(n.uid, "new-hotkey" if n.uid == s["uid"] else n.hotkey, n.coldkey, n.axon)
+                        for n in snap.neurons)
+        api.ctx.metagraph.snapshot = MetagraphSnapshot(snap.netuid, snap.block + 1, neurons)
+        assert await sweep(api.ctx) == 1
+        assert (await call(api, "GET", "/v1/sessions"))[0] == 404
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_sessions_are_visible_across_api_processes_sharing_a_store(tmp_path: Path, backend: str) -> None:
+    redis_url = os.environ.get("REDIS_URL")
+    if backend == "redis" and not redis_url:
+        pytest.skip("needs REDIS_URL (CI sets it; .ci/run)")
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+
+    def session_store():
+        if backend == "redis":
+            return RedisSessionStore.from_url(redis_url, namespace=namespace)
+        return SQLiteSessionStore(tmp_path / "api.db")
+
+    scripts = miners(3)
+    async with api_with_miners(tmp_path, scripts) as api:
+        api.ctx.sessions = session_store()
+        ctx2 = await build_api_context(tmp_path, api.ctx.metagraph.snapshot, api.ctx.client.signer._keypair)
+        ctx2.sessions = session_store()
+        try:
+            async with serve_app(create_api_app(ctx2, run_background=False)) as url2:
+                _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default"})
+                async with aiohttp.ClientSession() as sess:
+                    async with sess.get(url2 + "/v1/sessions", headers={"api-key": api.key}) as r:
+                        assert r.status == 200 and (await r.json())["session_id"] == s["session_id"]
+                    async with sess.post(url2 + "/v1/chat/completions", json={"messages": MESSAGES},
+                                         headers={"api-key": api.key}) as r:
+                        assert r.status == 200 and r.headers["x-sn1-miner-uid"] == str(s["uid"])
+        finally:
+            if backend == "redis":
+                r = api.ctx.sessions.r
+                keys = [k async for k in r.scan_iter(match=f"{namespace}:*")]
+                if keys:
+                    await r.delete(*keys)
+            await api.ctx.sessions.aclose()
+            await ctx2.sessions.aclose()
+            await ctx2.client.session.close()
