@@ -8,8 +8,6 @@ upper bound on how large one event may grow.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 DONE = "[DONE]"
 DONE_FRAME = b"data: [DONE]\n\n"
 
@@ -19,56 +17,55 @@ class SSEError(ValueError):
 
 
 class SSEParser:
-    """Feed raw bytes, get back complete events' ``data`` payloads (as str)."""
+    """Feed raw bytes, get back complete events' ``data`` payloads (as str).
+
+    Lines are split by ``bytes.split`` on the whole chunk (CR and CRLF are
+    normalised to LF first, holding back a CR at the end that may be half of a
+    CRLF), so the per-byte work happens in C: this sits on every stream twice
+    (miner and API) and a byte-at-a-time scanner was the slowest part of it.
+    A chunk without any line end is only appended (no rescan), so a huge line
+    sent in small pieces costs linear time up to the size limit.
+    """
 
     def __init__(self, max_event_bytes: int = 1 << 20) -> None:
-        self._buf = bytearray()
+        self._rest = bytearray()
         self._data: list[str] = []
         self._data_size = 0
         self._max = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[str]:
-        self._buf += chunk
+        if b"\n" not in chunk and b"\r" not in chunk and not self._rest.endswith(b"\r"):
+            self._rest += chunk
+            if len(self._rest) > self._max:
+                raise SSEError(f"SSE line longer than {self._max} bytes")
+            return []
+        buf = bytes(self._rest) + chunk if self._rest else bytes(chunk)
+        held = b""
+        if b"\r" in buf:
+            if buf.endswith(b"\r"):  # may be the first half of CRLF: decide with the next chunk
+                buf, held = buf[:-1], b"\r"
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buf.split(b"\n")
+        self._rest = bytearray(lines.pop() + held)
         events: list[str] = []
-        for line in self._lines():
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
-        if len(self._buf) > self._max:
+        for line in lines:
+            if not line:
+                if self._data:
+                    events.append(self._flush())
+            elif line.startswith(b"data:"):
+                self._add_data(line[6:] if line[5:6] == b" " else line[5:])
+            else:
+                self._line(line)
+        if len(self._rest) > self._max:
             raise SSEError(f"SSE line longer than {self._max} bytes")
         return events
 
     def close(self) -> list[str]:
         """End of stream: a final event without its blank line still counts."""
-        events = []
-        if self._buf:
-            tail = bytes(self._buf)
-            self._buf.clear()
-            event = self._line(tail.rstrip(b"\r\n"))
-            if event is not None:
-                events.append(event)
+        events = self.feed(b"\n") if self._rest else []
         if self._data:
             events.append(self._flush())
         return events
-
-    def _lines(self) -> Iterator[bytes]:
-        buf = self._buf
-        start = 0
-        n = len(buf)
-        while start < n:
-            nl = buf.find(b"\n", start)
-            cr = buf.find(b"\r", start)
-            if nl < 0 and cr < 0:
-                break
-            if cr >= 0 and (nl < 0 or cr < nl):
-                if cr + 1 == n:  # a CR at the end may be the first half of CRLF
-                    break
-                end, nxt = cr, cr + 2 if buf[cr + 1] == 0x0A else cr + 1
-            else:
-                end, nxt = nl, nl + 1
-            yield bytes(buf[start:end])
-            start = nxt
-        del buf[:start]
 
     def _line(self, line: bytes) -> str | None:
         if not line:
@@ -80,6 +77,10 @@ class SSEParser:
             return None  # event:, id:, retry: carry nothing we use
         if value[:1] == b" ":
             value = value[1:]
+        self._add_data(value)
+        return None
+
+    def _add_data(self, value: bytes) -> None:
         self._data_size += len(value)
         if self._data_size > self._max:
             raise SSEError(f"SSE event larger than {self._max} bytes")
@@ -87,7 +88,6 @@ class SSEParser:
             self._data.append(value.decode())
         except UnicodeDecodeError as e:
             raise SSEError("SSE data is not valid UTF-8") from e
-        return None
 
     def _flush(self) -> str:
         data = "\n".join(self._data)
