@@ -149,7 +149,7 @@ class Bench:
         return result
 
     def workers(self) -> dict[str, Any]:
-        self.c.start_second_api(2)
+        self.c.start_api(2)
         runs: dict[str, list[dict]] = {"1": [], "2": []}
         for _ in range(max(2, self.rounds - 1)):
             for setup, key in (("sn1", "1"), ("sn1_workers2", "2")):
@@ -198,7 +198,7 @@ def main() -> int:
         results["micro"] = micro_figures()
     cluster = Cluster(out / "run", log_level=args.log_level)
     try:
-        print("starting upstream, 2 pass-through proxies, 10 miners, validator, API ...", flush=True)
+        print("starting upstream (+ instant /scoring), 2 pass-through proxies, 10 miners, API ...", flush=True)
         cluster.start()
         bench = Bench(cluster, seconds=args.seconds, rounds=args.rounds, loadgen=args.loadgen)
         results["loadgen"] = "wrk (1 thread, own process)" if bench.use_wrk else "python raw-HTTP (own process)"

@@ -1,9 +1,13 @@
 """Everything the benchmark runs on 127.0.0.1, started once and always stopped.
 
 The fake upstream, two bare pass-through proxies, and a real local subnet from
-``neurons.localnet`` (10 miners with ``--backend openai`` in front of the fake
-upstream, the real validator, one API worker), plus, on demand, a second API
-with ``WORKERS=2`` over the same store. Child output goes to ``bench/logs``.
+``neurons.localnet`` (wallets, metagraph file, 10 miners with ``--backend
+openai`` in front of the fake upstream). The measured API is started from the
+local network's own env file, with ``VALIDATOR_API`` pointing at the fake
+upstream's instant ``/scoring`` (the real validator is stopped once the
+network is up: its scoring work would compete for the same two cores and
+its synthetic traffic would hit the miners mid-measurement). ``WORKERS=2`` is
+a second API over the same store. Child output goes to ``<out>/run/logs``.
 """
 
 from __future__ import annotations
@@ -92,10 +96,14 @@ class Cluster:
             admin_key=self.admin_key, backend="openai", upstream=self.urls["upstream"] + "/v1",
             log_level=self.log_level))
         info = self.net.start(timeout=120)
-        self.urls["sn1"] = info["api_url"]
         for child in self.net.children:
             self.pids[child.name] = child.proc.pid
-        self.api_key = self.create_key(self.urls["sn1"])
+        self.api_key = self.create_key(info["api_url"])
+        for child in self.net.children:
+            if child.name in ("validator", "api"):
+                child.proc.terminate()
+                child.proc.wait(timeout=15)
+        self.start_api(1)
 
     def create_key(self, api_url: str) -> str:
         req = urllib.request.Request(
@@ -104,17 +112,21 @@ class Cluster:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())["api_key"]
 
-    def start_second_api(self, workers: int) -> str:
-        """Another API over the same env file and store, with ``WORKERS=workers``."""
+    def start_api(self, workers: int) -> str:
+        """An API from the local network's env file and store, with ``WORKERS=workers``.
+
+        Named ``sn1`` (pid ``api``) for one worker, ``sn1_workers2`` for two.
+        """
         assert self.net is not None
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "WORKERS"))}
-        env |= {"API_PORT": str(port), "WORKERS": str(workers)}
-        proc = self._spawn(f"api_workers{workers}",
+        name = "sn1" if workers == 1 else f"sn1_workers{workers}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "MINER_", "ADMIN_KEY", "WORKERS"))}
+        env |= {"API_PORT": str(port), "WORKERS": str(workers), "VALIDATOR_API": self.urls["upstream"]}
+        proc = self._spawn("api" if workers == 1 else name,
                            ["-m", "shared.cli", "api", "--env-file", str(self.net.dir / "api.env")], env)
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/health", proc, timeout=90)
-        self.urls[f"sn1_workers{workers}"] = url
+        self.urls[name] = url
         return url
 
     def stop(self) -> None:

@@ -4,7 +4,9 @@
 or 20 SSE chunks then ``[DONE]`` (streaming), from bytes built once at start so
 the upstream costs as little as possible: it is the physical limit every setup
 is measured against. Model ``bench-drip`` streams one chunk per second instead
-(the open-streams memory test). Run: ``python scripts/bench_upstream.py --port P``.
+(the open-streams memory test). It also plays a validator that accepts
+``/scoring`` at once, so the API's outbox delivery is measured without the
+validator's own scoring work competing for the cores. Run: ``python scripts/bench_upstream.py --port P``.
 """
 
 from __future__ import annotations
@@ -70,10 +72,21 @@ def create_upstream_app() -> web.Application:
     async def list_models(_request: web.Request) -> web.Response:
         return web.Response(body=models, content_type="application/json")
 
+    async def scoring(request: web.Request) -> web.Response:
+        """The fake validator's ``/scoring``: accept at once (the API's outbox delivery stays measured)."""
+        await request.read()
+        return web.json_response({"status": "accepted"}, status=202)
+
+    async def no_availability(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({})
+
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", list_models)
+    app.router.add_post("/scoring", scoring)
+    app.router.add_post("/miner_availabilities/miner_availabilities", no_availability)
     return app
 
 
