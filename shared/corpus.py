@@ -35,9 +35,17 @@ def tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+def stem(token: str) -> str:
+    """A crude suffix stripper ("flows" ~ "flow", "worked" ~ "work"): enough for matching queries."""
+    for suffix in ("ing", "ed", "s"):
+        if len(token) > len(suffix) + 3 and token.endswith(suffix):
+            return token[: -len(suffix)]
+    return token
+
+
 def content_terms(text: str) -> list[str]:
-    """Tokens without stop words (what a query is *about*)."""
-    return [t for t in tokens(text) if t not in STOPWORDS]
+    """Stemmed tokens without stop words (what a query is *about*)."""
+    return [stem(t) for t in tokens(text) if t not in STOPWORDS]
 
 
 @dataclass(frozen=True)
@@ -141,10 +149,10 @@ def _person(rng: random.Random, name: str) -> Document:
     field_, invention = rng.choice(_FIELDS), rng.choice(_INVENTIONS)
     born, city = rng.randint(1500, 1950), _name(rng)
     facts = (
-        Fact(f"What field did {full} work in?", field_, f"{full} was a scientist who worked in {field_}."),
+        Fact(f"In which field did {full} work as a scientist?", field_, f"{full} was a scientist who worked in {field_}."),
         Fact(f"When was {full} born?", str(born), f"{full} was born in {born}."),
-        Fact(f"What did {full} invent?", invention, f"{full} is credited with inventing {invention}."),
-        Fact(f"Where did {full} teach?", city, f"{full} taught for many years in the city of {city}."),
+        Fact(f"What is {full} credited with inventing?", invention, f"{full} is credited with inventing {invention}."),
+        Fact(f"In which city did {full} spend many years?", city, f"{full} taught for many years in the city of {city}."),
     )
     extra = f"Letters written by {full} are kept in a small museum."
     return _document(f"{full} ({field_})", facts, extra)
@@ -155,8 +163,8 @@ def _river(rng: random.Random, name: str) -> Document:
     fish = rng.choice(("trout", "salmon", "pike", "carp", "eel"))
     facts = (
         Fact(f"How long is the {name} river?", f"{length} km", f"The {name} river is {length} km long."),
-        Fact(f"Where does the {name} river rise?", source, f"The {name} river rises near the hills of {source}."),
-        Fact(f"Into which sea does the {name} river flow?", mouth, f"The {name} river flows into the {mouth}."),
+        Fact(f"Near which hills does the {name} river rise?", source, f"The {name} river rises near the hills of {source}."),
+        Fact(f"Into which water does the {name} river flow?", mouth, f"The {name} river flows into the {mouth}."),
         Fact(f"Which fish is common in the {name} river?", fish, f"The most common fish in the {name} river is {fish}."),
     )
     extra = f"Boats on the {name} carry grain and timber in the summer months."

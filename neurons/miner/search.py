@@ -32,7 +32,13 @@ class CorpusSearch:
         self.corpus = corpus
 
     def search(self, query: str, k: int = DEFAULT_RESULTS) -> list[dict[str, str]]:
+        """The top ``k`` pages, keeping only those at least half as relevant as the best one."""
+        terms = set(content_terms(query))
+        ranked = [(doc, len(terms & set(content_terms(doc.content)))) for doc in self.corpus.search(query, k)]
+        if not ranked:
+            return []
+        best = max(hits for _, hits in ranked)
         return [
             {"url": doc.url, "content": doc.content, "relevant": best_sentence(doc.content, query)}
-            for doc in self.corpus.search(query, k)
+            for doc, hits in ranked if hits * 2 >= best
         ]

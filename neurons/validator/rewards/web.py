@@ -2,7 +2,7 @@
 
 A miner answers with a JSON list of ``{url, content, relevant}``. Each result
 earns its relevance (the share of the query's terms found in its content) only
-if it is well formed, its URL was not already listed, ``content`` really is
+if it is well formed, its URL (normalised) was not already listed, ``content`` really is
 text of that URL's page in the corpus the validator holds, and ``relevant`` is
 a passage of ``content``. The reward is half the mean result score (junk
 padding lowers the mean) and half whether the page the query was made from is
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from api.web_retrieval import normalise_url
 from shared.corpus import Corpus, content_terms
 
 MAX_RESULTS = 10
@@ -59,12 +60,13 @@ def web_reward(answer: str, query: str, corpus: Corpus, target_url: str | None =
     scores, valid_urls = [], set()
     for item in results:
         url = item.get("url") if isinstance(item, dict) else None
-        if not isinstance(url, str) or url in seen or not result_valid(item, corpus):
+        key = (normalise_url(url) or url) if isinstance(url, str) else None
+        if key is None or key in seen or not result_valid(item, corpus):
             scores.append(0.0)
-            if isinstance(url, str):
-                seen.add(url)
+            if key is not None:
+                seen.add(key)
             continue
-        seen.add(url)
+        seen.add(key)
         valid_urls.add(url)
         scores.append(relevance(terms, item["content"]))
     mean = sum(scores) / len(scores)

@@ -1,0 +1,159 @@
+"""Each reward on hand-made answers: good, empty, wrong, slow, malformed, copied."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from neurons.miner.backends.deterministic import DeterministicBackend, generate_text
+from neurons.validator.reference import DeterministicReference
+from neurons.validator.rewards.exact import number_reward
+from neurons.validator.rewards.penalties import copied_uids, latency_factor
+from neurons.validator.rewards.text import lcs_length, qa_reward, reference_reward, rouge_l, similarity, token_f1
+from neurons.validator.rewards.web import web_reward
+from neurons.validator.scoring import Scorer, ScoringJob, rebuild_answer
+from neurons.validator.scores import ScoreBook
+from neurons.validator.tasks import default_registry
+from neurons.validator.tasks.base import RewardContext
+from shared.corpus import builtin_corpus
+from shared.jsonutil import dumps
+from shared.protocol import chunk_object
+
+CORPUS = builtin_corpus()
+
+
+def naive_lcs(a: list[str], b: list[str]) -> int:
+    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
+    return table[-1][-1]
+
+
+def test_bit_parallel_lcs_matches_the_textbook_table() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        a = [rng.choice("abcde") for _ in range(rng.randint(0, 70))]
+        b = [rng.choice("abcdef") for _ in range(rng.randint(0, 70))]
+        assert lcs_length(a, b) == naive_lcs(a, b)
+
+
+def test_text_metrics_on_hand_made_answers() -> None:
+    ref = "the river flows into the grey sea".split()
+    assert rouge_l(ref, ref) == token_f1(ref, ref) == 1.0
+    assert rouge_l([], ref) == token_f1(ref, []) == 0.0
+    shuffled = list(reversed(ref))
+    assert token_f1(shuffled, ref) == 1.0 and rouge_l(shuffled, ref) < 0.5  # order matters for ROUGE-L
+    assert similarity("completely unrelated words here", "the river flows") == 0.0
+
+
+def test_inference_reward_exact_when_reproducible() -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "seed": 3}
+    honest = generate_text(body)
+    assert reference_reward(honest, honest, reproducible=True) == 1.0
+    assert reference_reward("  " + honest.replace(" ", "  ") + "\n", honest, reproducible=True) == 1.0
+    assert reference_reward("", honest, reproducible=True) == 0.0
+    other_seed = generate_text({**body, "seed": 4})
+    assert reference_reward(other_seed, honest, reproducible=True) < 0.5
+    truncated = " ".join(honest.split()[:-2])
+    assert 0.3 < reference_reward(truncated, honest, reproducible=False) < 1.0
+
+
+def test_qa_reward() -> None:
+    evidence = "The Kelzor river flows into the Grey Sea."
+    assert qa_reward(evidence, "Grey Sea", evidence) == pytest.approx(1.0)
+    assert qa_reward("Grey Sea.", "Grey Sea", evidence) > 0.6
+    assert qa_reward("", "Grey Sea", evidence) == 0.0
+    assert qa_reward("The Kelzor river is 909 km long.", "Grey Sea", evidence) < 0.3
+    stuffed = " ".join([evidence] * 30)
+    assert qa_reward(stuffed, "Grey Sea", evidence) < 0.3
+
+
+@pytest.mark.parametrize("answer,reward", [
+    ("444", 1.0), ("The answer is 444.", 1.0), ("444.0", 1.0), ("445", 0.0), ("", 0.0), ("four hundred", 0.0),
+    ("443 444 445 446", 0.0), ("x" * 500 + " 444", 0.0),
+])
+def test_number_reward(answer: str, reward: float) -> None:
+    assert number_reward(answer, "444") == reward
+
+
+def test_web_reward() -> None:
+    doc = CORPUS.documents[0]
+    query = doc.title.split(" (")[0] + " " + doc.facts[3].answer
+    good = [{"url": doc.url, "content": doc.content, "relevant": doc.facts[3].evidence}]
+    assert web_reward(json.dumps(good), query, CORPUS, doc.url) == pytest.approx(1.0)
+    assert web_reward("", query, CORPUS, doc.url) == 0.0
+    assert web_reward("not json", query, CORPUS, doc.url) == 0.0
+    assert web_reward(json.dumps({"url": doc.url}), query, CORPUS, doc.url) == 0.0
+    fake_content = [{"url": doc.url, "content": "A page about something else entirely, made up.", "relevant": "made"}]
+    assert web_reward(json.dumps(fake_content), query, CORPUS, doc.url) == 0.0
+    unknown_url = [{**good[0], "url": "https://example.com/nowhere"}]
+    assert web_reward(json.dumps(unknown_url), query, CORPUS, doc.url) == 0.0
+    relevant_not_in_content = [{**good[0], "relevant": "invented passage"}]
+    assert web_reward(json.dumps(relevant_not_in_content), query, CORPUS, doc.url) == 0.0
+    duplicated = good + [{**good[0], "url": doc.url.upper().replace("HTTPS", "https", 1) + "/"}]
+    assert web_reward(json.dumps(duplicated), query, CORPUS, doc.url) == pytest.approx(0.75)
+    other = CORPUS.documents[5]
+    wrong_page = [{"url": other.url, "content": other.content, "relevant": other.facts[0].evidence}]
+    assert web_reward(json.dumps(wrong_page), query, CORPUS, doc.url) < 0.3
+
+
+def test_latency_factor() -> None:
+    assert latency_factor(0.1, 10.0) == 1.0
+    assert latency_factor(2.5, 10.0) == 1.0
+    assert latency_factor(8.0, 10.0) == pytest.approx(1 - 5.5 / 7.5)
+    assert latency_factor(10.0, 10.0) == 0.0
+    assert latency_factor(None, 10.0) == 0.0
+
+
+def test_copied_answers_only_count_when_seeds_differ() -> None:
+    same = "one two three four five"
+    assert copied_uids({1: same, 2: same, 3: "other answer entirely here"}, {1: 10, 2: 11, 3: 12}) == {1, 2}
+    assert copied_uids({1: same, 2: same}, {1: 10, 2: 10}) == set()
+    assert copied_uids({1: "ok", 2: "ok"}, {1: 1, 2: 2}) == set()  # too short to call a copy
+
+
+def chunks_for(text: str) -> list[str]:
+    return [dumps(chunk_object(completion_id="c", model="m", delta={"role": "assistant", "content": ""})),
+            dumps(chunk_object(completion_id="c", model="m", delta={"content": text})),
+            dumps(chunk_object(completion_id="c", model="m", delta={}, finish_reason="stop"))]
+
+
+def test_rebuild_answer_flags_garbage() -> None:
+    assert rebuild_answer(chunks_for("hello"), [0.1, 0.2, 0.3], None).first_content_s == 0.2
+    assert rebuild_answer(["{not json"], [0.1], None).error
+    assert rebuild_answer(['{"choices": 5}'], [0.1], None).error
+    assert rebuild_answer(chunks_for(""), [0.1, 0.2, 0.3], None).error == "empty answer"
+    assert rebuild_answer([], [], "deadline exceeded").error == "deadline exceeded"
+
+
+async def test_scorer_applies_penalties_around_the_task_reward(tmp_path) -> None:
+    registry = default_registry()
+    scores = ScoreBook(registry.probabilities, alpha=0.5, path=tmp_path / "scores.json")
+    scorer = Scorer(registry, RewardContext(DeterministicReference(), CORPUS), scores)
+    backend = DeterministicBackend()
+    base = {"messages": [{"role": "user", "content": "Tell me a story"}], "task": "InferenceTask"}
+    bodies = {uid: {**base, "seed": 100 + uid} for uid in range(1, 7)}
+    good = {uid: backend.answer_text(b) for uid, b in bodies.items()}
+    t = [0.05, 0.1, 0.2]
+    job = ScoringJob(
+        source="synthetic", task="InferenceTask", bodies=bodies, hotkeys={u: f"hk{u}" for u in bodies},
+        chunks={1: chunks_for(good[1]),                       # good
+                2: chunks_for(good[2]),                       # good but slow
+                3: chunks_for(""),                            # empty
+                4: ["garbage"],                               # malformed
+                5: chunks_for(good[1]),                       # copied uid 1's answer
+                6: chunks_for("random words that are not the answer at all")},  # wrong
+        timings={1: t, 2: [5.0, 8.0, 8.1], 3: t, 4: [0.1], 5: t, 6: t},
+        deadline_s=10.0,
+    )
+    rewards = await scorer.score(job)
+    assert rewards[1] == 0.0 and rewards[5] == 0.0, "identical answers to different seeds are copies"
+    assert rewards[3] == rewards[4] == 0.0
+    assert 0.0 < rewards[2] < 0.5 and rewards[6] < 0.3
+    job.chunks[5] = chunks_for(good[5])
+    rewards = await scorer.score(job)
+    assert rewards[1] == rewards[5] == 1.0
+    assert (tmp_path / "scores.json").exists()

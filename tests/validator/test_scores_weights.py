@@ -1,0 +1,246 @@
+"""Moving averages, resets, persistence (SIGKILL included), weight constraints, u16, the sinks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import bittensor as bt
+import numpy as np
+import pytest
+from bittensor.sp_core import Keypair
+
+from neurons.validator.loops import weights_cycle
+from neurons.validator.scores import ScoreBook
+from neurons.validator.weights import (
+    U16_MAX,
+    ChainWeightSink,
+    DisabledSink,
+    LedgerWeightSink,
+    WeightRules,
+    compute_weights,
+    from_u16,
+    to_u16,
+)
+from shared.metagraph import FileMetagraphSource, write_metagraph_file
+from tests.helpers import snapshot
+
+PROBS = {"A": 0.75, "B": 0.25}
+
+
+def test_ema_and_combined_score() -> None:
+    book = ScoreBook(PROBS, alpha=0.5)
+    assert book.update(1, "hk1", "A", 1.0) == 0.5
+    assert book.update(1, "hk1", "A", 1.0) == 0.75
+    assert book.update(1, "hk1", "A", 0.0) == 0.375
+    book.update(1, "hk1", "B", 2.0)  # clamped to 1
+    assert book.combined(1) == pytest.approx(0.75 * 0.375 + 0.25 * 0.5)
+    assert book.combined(99) == 0.0
+
+
+def test_hotkey_change_resets_the_score() -> None:
+    book = ScoreBook(PROBS, alpha=0.5)
+    book.update(1, "old", "A", 1.0)
+    book.update(2, "hk2", "A", 1.0)
+    book.update(1, "new", "A", 0.0)
+    assert book.miners[1].hotkey == "new" and book.combined(1) == 0.0
+    # a metagraph sync drops a uid whose hotkey changed or that left
+    book.weights = {2: 1.0}
+    snap = snapshot("v", {2: ("other", "127.0.0.1:1")})
+    assert sorted(book.sync(snap)) == [1, 2]
+    assert book.miners == {} and book.weights == {}
+
+
+def test_persistence_across_restart(tmp_path: Path) -> None:
+    path = tmp_path / "scores.json"
+    book = ScoreBook(PROBS, alpha=0.2, path=path)
+    book.update(3, "hk3", "A", 1.0)
+    book.weights = {3: 1.0}
+    book.last_weights_set_at = 123.0
+    book.save()
+    again = ScoreBook(PROBS, alpha=0.2, path=path)
+    assert again.load()
+    assert again.combined(3) == pytest.approx(book.combined(3))
+    assert again.weights == {3: 1.0} and again.last_weights_set_at == 123.0
+    path.write_text("{corrupt")
+    assert not ScoreBook(PROBS, path=path).load()
+
+
+WRITER = """
+import sys
+from neurons.validator.scores import ScoreBook
+book = ScoreBook({"A": 1.0}, alpha=0.1, path=sys.argv[1])
+i = 0
+print("ready", flush=True)
+while True:
+    i += 1
+    book.update(i % 50, f"hk{i % 50}", "A", 1.0)
+    book.save()
+"""
+
+
+def test_sigkill_mid_write_leaves_a_readable_file(tmp_path: Path) -> None:
+    path = tmp_path / "scores.json"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
+                            cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=10)
+    restored = ScoreBook({"A": 1.0}, path=path)
+    assert restored.load(), "the file must be whole after SIGKILL"
+    assert len(restored.miners) > 0
+    assert not [p for p in tmp_path.iterdir() if p.name != "scores.json" and not p.name.startswith(".scores")]
+
+
+def test_weights_sum_to_one_and_sharpen() -> None:
+    uids = np.arange(4)
+    w = compute_weights(uids, np.array([1.0, 0.5, 0.0, -1.0]), power=1.0)
+    assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
+    assert w[0] == pytest.approx(2 / 3) and w[2] == w[3] == 0.0
+    sharp = compute_weights(uids, np.array([1.0, 0.5, 0.0, 0.0]), power=3.0)
+    assert sharp[0] == pytest.approx(1 / 1.125)
+    assert not compute_weights(uids, np.zeros(4)).any()
+    assert not compute_weights(uids, np.array([np.nan, 0, 0, 0])).any()
+
+
+def test_max_weight_limit_is_respected() -> None:
+    uids = np.arange(5)
+    w = compute_weights(uids, np.array([10.0, 1.0, 1.0, 1.0, 1.0]), WeightRules(max_weight=0.3))
+    assert w.sum() == pytest.approx(1.0)
+    assert w.max() <= 0.3 + 1e-9
+    assert w[1] == pytest.approx(w[4]) == pytest.approx(0.7 / 4)
+
+
+def test_min_allowed_weights_fills_with_the_next_best() -> None:
+    uids = np.array([5, 6, 7, 8])
+    w = compute_weights(uids, np.array([1.0, 0.0, 0.0, 0.0]), WeightRules(min_allowed=3))
+    assert np.count_nonzero(w) == 3 and w.sum() == pytest.approx(1.0)
+    dests, values = to_u16(uids, w)
+    assert dests == [5, 6, 7] and values[0] == U16_MAX and values[1:] == [1, 1]
+
+
+def test_u16_conversion_matches_the_sdk() -> None:
+    dests, values = to_u16(np.array([1, 2, 3]), np.array([0.1, 0.7, 0.2]))
+    assert dests == [1, 2, 3] and values == [9362, 65535, 18724]  # the SDK doc's observed values
+    assert to_u16(np.array([1, 2]), np.array([0.0, 0.0])) == ([], [])
+    assert sum(from_u16(values)) == pytest.approx(1.0)
+
+
+async def test_ledger_sink_moves_incentive_to_quality(tmp_path: Path) -> None:
+    mg = tmp_path / "metagraph.json"
+    write_metagraph_file(mg, snapshot("val", {1: ("hk1", "127.0.0.1:1"), 2: ("hk2", "127.0.0.1:2")},
+                                      incentives={1: 0.5, 2: 0.5}))
+    book = ScoreBook(PROBS, alpha=1.0, path=tmp_path / "scores.json")
+    book.update(1, "hk1", "A", 1.0)
+    book.update(1, "hk1", "B", 1.0)
+    book.update(2, "hk2", "A", 0.2)
+    sink = LedgerWeightSink(tmp_path / "weights.json", mg, validator_hotkey="val")
+    await weights_cycle(book, sink, power=1.0)
+    ledger = json.loads((tmp_path / "weights.json").read_text())
+    assert ledger["uids"] == [1, 2] and ledger["weights_u16"][0] == U16_MAX
+    snap = await FileMetagraphSource(mg).fetch()
+    assert snap.block == 2
+    assert snap.by_uid(1).incentive > 0.8 > snap.by_uid(2).incentive > 0
+    assert snap.by_uid(0).incentive == 0.0
+    assert book.last_weights_set_at is not None and book.weights[1] > book.weights[2]
+    report = book.report(snap)
+    assert [m["uid"] for m in report["miners"]] == [1, 2]
+    assert set(report["miners"][0]) == {"uid", "hotkey", "score", "weight", "tasks"}
+
+
+async def test_disabled_sink_computes_but_sets_nothing(tmp_path: Path) -> None:
+    book = ScoreBook(PROBS, alpha=1.0)
+    book.update(1, "hk1", "A", 1.0)
+    weights = await weights_cycle(book, DisabledSink(), power=1.0)
+    assert weights == [1.0] and book.last_weights_set_at is None and book.weights == {1: 1.0}
+
+
+class FakeSubstrate:
+    """The SDK doc's offline substrate (section 3): enough for hyperparameters and SetWeights."""
+
+    def __init__(self, storage=None, runtime=None, block=1000):
+        self.storage, self.runtime, self.block = storage or {}, runtime or {}, block
+        self.token_symbols, self.submitted = {}, []
+
+    def balance(self, rao, netuid=0):
+        return bt.Balance.from_rao(rao, netuid)
+
+    async def connect(self): pass
+
+    async def close(self): pass
+
+    async def block_number(self): return self.block
+
+    async def block_hash(self, block=None): return f"0x{block or self.block:064x}"
+
+    async def block_time(self): return 12.0
+
+    async def query(self, module, name, params=None, block_hash=None):
+        return self.storage.get((module, name, tuple(params or ())))
+
+    async def query_map(self, module, name, params=None, block_hash=None): return []
+
+    async def runtime_call(self, api, method, params, block_hash=None):
+        return self.runtime.get((api, method, tuple(params)))
+
+    async def compose(self, call): return call
+
+    async def estimate_fee(self, call, keypair): raise RuntimeError("no fee offline")
+
+    async def submit(self, call, keypair, **kw):
+        self.submitted.append((call, keypair.ss58_address, kw))
+        return bt.ExtrinsicResult(success=True, message="fake inclusion")
+
+
+@dataclass
+class DevWallet:
+    coldkey: Keypair
+    coldkeypub: Keypair
+    hotkey: Keypair
+
+
+def chain_storage(hotkey: str, *, last_update: int, max_limit: int = 32767, min_allowed: int = 2) -> dict:
+    sm = "SubtensorModule"
+    return {(sm, "Uids", (1, hotkey)): 0, (sm, "WeightsSetRateLimit", (1,)): 100,
+            (sm, "LastUpdate", (1,)): [last_update], (sm, "MinAllowedWeights", (1,)): min_allowed,
+            (sm, "MaxWeightsLimit", (1,)): max_limit, (sm, "WeightsVersionKey", (1,)): 3,
+            (sm, "CommitRevealWeightsEnabled", (1,)): False, (sm, "SubnetEpochConsensus", (1,)): "Yuma"}
+
+
+async def test_chain_sink_sets_weights_through_the_sdk_intent() -> None:
+    cold = Keypair.create_from_uri("//Alice")
+    wallet = DevWallet(cold, cold, Keypair.create_from_uri("//Alice//validator"))
+    fake = FakeSubstrate(storage=chain_storage(wallet.hotkey.ss58_address, last_update=850))
+    sink = ChainWeightSink(lambda: bt.Client("local", substrate=fake), wallet, 1)
+    rules = await sink.rules()
+    assert rules == WeightRules(max_weight=32767 / U16_MAX, min_allowed=2)
+    book = ScoreBook(PROBS, alpha=1.0)
+    for uid, s in ((1, 1.0), (2, 0.5), (3, 0.25)):
+        book.update(uid, f"hk{uid}", "A", s)
+        book.update(uid, f"hk{uid}", "B", s)
+    await weights_cycle(book, sink, power=1.0)
+    call = fake.submitted[0][0]
+    assert call.params["dests"] == [1, 2, 3] and call.params["version_key"] == 3
+    shares = from_u16(call.params["weights"])
+    assert max(shares) <= 0.5 + 1e-3, "the subnet's max weight limit holds"
+    assert book.last_weights_set_at is not None
+    await sink.close()
+
+
+async def test_chain_sink_respects_the_rate_limit() -> None:
+    cold = Keypair.create_from_uri("//Bob")
+    wallet = DevWallet(cold, cold, Keypair.create_from_uri("//Bob//validator"))
+    fake = FakeSubstrate(storage=chain_storage(wallet.hotkey.ss58_address, last_update=990))
+    sink = ChainWeightSink(lambda: bt.Client("local", substrate=fake), wallet, 1)
+    outcome = await sink.set_weights([1, 2], [0.6, 0.4])
+    assert outcome.startswith("skipped: rate limited") and fake.submitted == []
+    await sink.close()
