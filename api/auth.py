@@ -57,7 +57,8 @@ async def authenticate(request: web.Request, store: Store, *, scope: str | None)
         raise ApiError(401, "Invalid API key.", code="invalid_api_key")
     try:
         auth = await store.authorize(hash_key(key), scope=scope)
-    except StoreUnavailable:
+    except StoreUnavailable as e:
+        logger.warning("store unavailable, answering 503: {}", e)
         raise store_unavailable() from None
     if auth.status == "unknown" or auth.record is None:
         raise ApiError(401, "Invalid API key.", code="invalid_api_key")

@@ -41,6 +41,8 @@ from shared.store.base import (
     new_key_id,
 )
 
+MAX_CONNECTIONS = 64  # per process
+
 # The sliding window of window.py, in Lua. Returns allowed, limit, remaining, reset_after, retry_after.
 _WINDOW_LUA = """
 local function charge(key, limit, now, cost)
@@ -172,9 +174,13 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisStore:
-        client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=2.0,
-                                         socket_connect_timeout=2.0, health_check_interval=30)
-        return cls(client, namespace=namespace)
+        # A bounded pool that queues (up to 2 s) instead of failing when every connection is busy:
+        # a burst of requests must wait its turn, not turn into 503s.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=2.0, decode_responses=True, socket_timeout=2.0,
+            socket_connect_timeout=2.0, health_check_interval=30,
+        )
+        return cls(aioredis.Redis.from_pool(pool), namespace=namespace)
 
     def key(self, *parts: str) -> str:
         """A namespaced Redis key name (for features that share this connection)."""

