@@ -11,10 +11,17 @@ from neurons.miner.backends.deterministic import DeterministicBackend, generate_
 from neurons.validator.reference import DeterministicReference
 from neurons.validator.rewards.exact import number_reward
 from neurons.validator.rewards.penalties import copied_uids, latency_factor
-from neurons.validator.rewards.text import lcs_length, qa_reward, reference_reward, rouge_l, similarity, token_f1
+from neurons.validator.rewards.text import (
+    lcs_length,
+    qa_reward,
+    reference_reward,
+    rouge_l,
+    similarity,
+    token_f1,
+)
 from neurons.validator.rewards.web import web_reward
-from neurons.validator.scoring import Scorer, ScoringJob, rebuild_answer
 from neurons.validator.scores import ScoreBook
+from neurons.validator.scoring import Scorer, ScoringJob, rebuild_answer
 from neurons.validator.tasks import default_registry
 from neurons.validator.tasks.base import RewardContext
 from shared.corpus import builtin_corpus

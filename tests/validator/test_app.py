@@ -1,0 +1,189 @@
+"""The validator's HTTP API over real HTTP: /scoring signatures and payloads, availability shapes, /scores."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+import pytest
+from bittensor import http_auth
+from yarl import URL
+
+from neurons.miner.app import create_miner_app
+from neurons.miner.backends.deterministic import DeterministicBackend
+from neurons.miner.quality import DownBackend
+from neurons.validator.app import ValidatorContext, create_validator_app
+from neurons.validator.availability import AvailabilityBook, poll_all
+from neurons.validator.reference import DeterministicReference
+from neurons.validator.scores import ScoreBook
+from neurons.validator.scoring import Scorer, ScoringJob
+from neurons.validator.tasks import default_registry
+from neurons.validator.tasks.base import RewardContext
+from shared.corpus import builtin_corpus
+from shared.metagraph import MetagraphView
+from shared.miner_client import MinerClient, make_session
+from shared.signing import Authorizer, RequestVerifier, Signer
+from tests.helpers import StaticSource, keypair, serve_app, snapshot
+
+VALIDATOR, API2, STRANGER = keypair("//Validator"), keypair("//Api2"), keypair("//Stranger")
+MINERS = {1: keypair("//Miner1"), 2: keypair("//Miner2")}
+BODY = {"messages": [{"role": "user", "content": "hi"}], "seed": 5, "task": "InferenceTask", "stream": True}
+
+
+def payload(**over) -> dict:
+    base = {"body": BODY, "uids": [1, 2], "chunks": {"1": [], "2": []}, "timings": {"1": [], "2": []},
+            "errors": {"2": "deadline exceeded"}, "winner": None, "created_at": time.time()}
+    return {**base, **over}
+
+
+def make_ctx(queue_size: int = 10) -> ValidatorContext:
+    snap = snapshot(VALIDATOR.ss58_address, {u: (k.ss58_address, None) for u, k in MINERS.items()})
+    registry = default_registry()
+    return ValidatorContext(
+        book=AvailabilityBook(), scoring_queue=asyncio.Queue(maxsize=queue_size),
+        verifier=RequestVerifier(VALIDATOR.ss58_address, Authorizer(lambda: (), [VALIDATOR.ss58_address,
+                                                                                 API2.ss58_address])),
+        scores=ScoreBook(registry.probabilities), metagraph=_view(snap))
+
+
+def _view(snap) -> MetagraphView:
+    view = MetagraphView(StaticSource(snap))
+    view.snapshot = snap
+    return view
+
+
+async def post(url: str, path: str, data: bytes, *, signer=VALIDATOR, receiver=None, headers=None,
+               sign_body: bytes | None = None):
+    h = Signer(signer).headers("POST", URL(url + path), data if sign_body is None else sign_body,
+                               receiver or VALIDATOR.ss58_address) if signer else {}
+    h.update(headers or {})
+    async with aiohttp.ClientSession() as s, s.post(url + path, data=data, headers=h) as r:
+        return r.status, await r.json(content_type=None)
+
+
+def is_openai_error(body: dict) -> bool:
+    return set(body.get("error", {})) == {"message", "type", "code", "param"}
+
+
+async def test_scoring_accepts_a_signed_valid_payload() -> None:
+    ctx = make_ctx()
+    async with serve_app(create_validator_app(ctx)) as url:
+        status, body = await post(url, "/scoring", json.dumps(payload()).encode())
+        assert status == 202 and body["status"] == "accepted"
+        status, _ = await post(url, "/scoring", json.dumps(payload()).encode(), signer=API2)
+        assert status == 202
+    job = ctx.scoring_queue.get_nowait()
+    assert isinstance(job, ScoringJob) and job.source == "organic" and job.task == "InferenceTask"
+    assert job.hotkeys == {u: k.ss58_address for u, k in MINERS.items()} and job.errors == {2: "deadline exceeded"}
+
+
+async def test_scoring_signature_rejections() -> None:
+    ctx = make_ctx()
+    raw = json.dumps(payload()).encode()
+    async with serve_app(create_validator_app(ctx)) as url:
+        cases = {
+            "unsigned": (await post(url, "/scoring", raw, signer=None), 400),
+            "stranger": (await post(url, "/scoring", raw, signer=STRANGER), 403),
+            "wrong receiver": (await post(url, "/scoring", raw, receiver=STRANGER.ss58_address), 403),
+            "tampered": (await post(url, "/scoring", raw, sign_body=raw + b" "), 401),
+        }
+        stale = http_auth.sign(VALIDATOR, method="POST", path="/scoring", body=raw,
+                               receiver_ss58=VALIDATOR.ss58_address, nonce_ns=time.time_ns() - 60 * 10**9)
+        cases["stale"] = (await post(url, "/scoring", raw, signer=None, headers=stale), 401)
+        signed = Signer(VALIDATOR).headers("POST", URL(url + "/scoring"), raw, VALIDATOR.ss58_address)
+        assert (await post(url, "/scoring", raw, signer=None, headers=signed))[0] == 202
+        cases["replay"] = (await post(url, "/scoring", raw, signer=None, headers=signed), 401)
+    for name, ((status, body), expected) in cases.items():
+        assert status == expected, name
+        assert is_openai_error(body), name
+    assert ctx.scoring_queue.qsize() == 1
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"{not json", b"[]", b'"text"',
+    json.dumps({"uids": [1]}).encode(),
+    json.dumps(payload(uids=[])).encode(),
+    json.dumps(payload(uids=[1, 1])).encode(),
+    json.dumps(payload(uids=[-1])).encode(),
+    json.dumps(payload(uids="1,2")).encode(),
+    json.dumps(payload(chunks={"9": []})).encode(),
+    json.dumps(payload(chunks={"1": "not a list"})).encode(),
+    json.dumps(payload(winner=7)).encode(),
+    json.dumps(payload(body={"messages": []})).encode(),
+    json.dumps(payload(body={"messages": [{"role": "robot", "content": "x"}]})).encode(),
+])
+async def test_bad_payloads_are_400(data: bytes) -> None:
+    ctx = make_ctx()
+    async with serve_app(create_validator_app(ctx)) as url:
+        status, body = await post(url, "/scoring", data)
+    assert status == 400 and is_openai_error(body)
+    assert ctx.scoring_queue.qsize() == 0
+
+
+async def test_full_queue_is_503_and_oversized_is_413() -> None:
+    ctx = make_ctx(queue_size=1)
+    app = create_validator_app(ctx, max_body_bytes=4096)
+    async with serve_app(app) as url:
+        assert (await post(url, "/scoring", json.dumps(payload()).encode()))[0] == 202
+        status, body = await post(url, "/scoring", json.dumps(payload()).encode())
+        assert status == 503 and body["error"]["code"] == "queue_full"
+        status, body = await post(url, "/scoring", json.dumps(payload(chunks={"1": ["x" * 5000]})).encode())
+        assert status == 413 and is_openai_error(body)
+        async with aiohttp.ClientSession() as s, s.get(url + "/health") as r:
+            health = await r.json()
+        assert health["scoring_queue"] == 1 and health["scoring_queue_max"] == 1
+
+
+async def test_availability_endpoints_shapes_with_real_miners() -> None:
+    """Up, down (no tasks) and unreachable miners: every uid is listed, none silently dropped."""
+    apps = {1: create_miner_app(DeterministicBackend(), RequestVerifier(
+                MINERS[1].ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))),
+            2: create_miner_app(DownBackend(DeterministicBackend()), RequestVerifier(
+                MINERS[2].ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address})))}
+    async with serve_app(apps[1]) as u1, serve_app(apps[2]) as u2:
+        snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, u1.removeprefix("http://")),
+                                                 2: (MINERS[2].ss58_address, u2.removeprefix("http://")),
+                                                 3: (keypair("//Gone").ss58_address, "127.0.0.1:9")})
+        ctx = make_ctx()
+        ctx.metagraph = _view(snap)
+        async with make_session() as session:
+            await poll_all(MinerClient(session, Signer(VALIDATOR)), ctx.metagraph, ctx.book, timeout=2,
+                           concurrency=4)
+        async with serve_app(create_validator_app(ctx)) as url, aiohttp.ClientSession() as s:
+            async with s.post(url + "/miner_availabilities/miner_availabilities", json=None) as r:
+                everyone = await r.json()
+            async with s.post(url + "/miner_availabilities/miner_availabilities", json=[1, 7]) as r:
+                some = await r.json()
+            async with s.post(url + "/miner_availabilities/miner_availabilities", json=["x"]) as r:
+                assert r.status == 400 and is_openai_error(await r.json())
+            async with s.get(url + "/miner_availabilities/get_available_miners",
+                             params={"task": "ArithmeticTask", "k": "5"}) as r:
+                available = await r.json()
+            async with s.get(url + "/miner_availabilities/get_available_miners", params={"k": "0"}) as r:
+                assert r.status == 400
+            async with s.get(url + "/scores") as r:
+                scores = await r.json()
+    assert set(everyone) == {"1", "2", "3"} and everyone["3"] is None
+    assert set(everyone["1"]) == {"task_availabilities", "llm_model_availabilities"}
+    assert everyone["1"]["task_availabilities"]["WebRetrievalTask"] is True
+    assert everyone["2"] == {"task_availabilities": {}, "llm_model_availabilities": {}}
+    assert some == {"1": everyone["1"], "7": None}
+    assert available == [1]
+    assert set(scores) == {"updated_at", "last_weights_set_at", "miners"}
+    assert [m["uid"] for m in scores["miners"]] == [1, 2, 3] and scores["miners"][0]["score"] == 0.0
+
+
+async def test_organic_payload_is_scored_against_the_reference() -> None:
+    """The API's payload shape, end to end: honest text earns 1, a different seed's text does not."""
+    backend = DeterministicBackend()
+    ctx = make_ctx()
+    good = [json.dumps({"choices": [{"index": 0, "delta": {"content": backend.answer_text(BODY)}}]})]
+    other = [json.dumps({"choices": [{"index": 0, "delta": {"content": backend.answer_text({**BODY, "seed": 6})}}]})]
+    async with serve_app(create_validator_app(ctx)) as url:
+        raw = json.dumps(payload(chunks={"1": good, "2": other}, timings={"1": [0.1], "2": [0.1]}, errors={})).encode()
+        assert (await post(url, "/scoring", raw))[0] == 202
+    scorer = Scorer(default_registry(), RewardContext(DeterministicReference(), builtin_corpus()), ctx.scores)
+    rewards = await scorer.score(ctx.scoring_queue.get_nowait())
+    assert rewards[1] == 1.0 and rewards[2] < 0.5
