@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from api import keys, miner_availabilities, sessions, usage, web_retrieval
+from api import keys, miner_availabilities, ops, sessions, usage, web_retrieval
 from api.auth import add_rate_limit_headers
 from api.chat import CTX, chat_completions
 from api.context import ApiContext
@@ -31,6 +31,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app.router.add_get("/api_management/api-keys", keys.list_api_keys)
     app.router.add_get("/api_management/api-keys/{api_key}/usage", keys.api_key_usage)
     app.router.add_get("/v1/usage", usage.get_usage)
+    ops.install(app, ctx)  # /v1/models, /v1/tasks, /ready, /metrics, /openapi.json, /docs; request metrics
     app.router.add_post("/v1/sessions", sessions.open_session)
     app.router.add_get("/v1/sessions", sessions.get_session)
     app.router.add_delete("/v1/sessions/{session_id}", sessions.delete_session)

@@ -1,0 +1,114 @@
+"""Operations: ``GET /ready`` for load balancers and ``GET /metrics`` for Prometheus.
+
+``/health`` stays a cheap liveness check (the process answers); ``/ready`` says
+whether this worker can usefully serve traffic, with a reason per failing
+check, and answers 503 when it cannot, so a load balancer takes it out of
+rotation. ``install`` wires both, the discovery routes, the API description
+and the metrics middleware into an API app (one call in ``create_api_app``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from api import discovery, openapi
+from api.availability import AvailabilityCache
+from api.chat import CTX
+from api.context import ApiContext
+from api.discovery_wire import CheckOut, ReadyOut
+from shared.http import json_response
+from shared.metrics import ApiMetrics, metrics_handler, metrics_middleware
+from shared.store.base import StoreUnavailable
+
+METRICS = web.AppKey("api_metrics", ApiMetrics)
+STORE_PING_SECONDS = 2.0
+MIN_METAGRAPH_LIMIT = 60.0
+
+
+def metagraph_check(ctx: ApiContext) -> CheckOut:
+    limit = max(MIN_METAGRAPH_LIMIT, 3 * ctx.settings.metagraph_refresh_seconds)
+    age = ctx.metagraph.age_seconds
+    if not ctx.metagraph.snapshot.neurons:
+        return CheckOut(ok=False, detail="the metagraph has not been loaded")
+    if age > limit:
+        return CheckOut(ok=False, detail=f"the metagraph is {age:.0f}s old (limit {limit:.0f}s)")
+    return CheckOut(ok=True, detail=f"block {ctx.metagraph.snapshot.block}, {age:.0f}s old")
+
+
+async def store_check(ctx: ApiContext) -> CheckOut:
+    try:
+        await asyncio.wait_for(ctx.store.ping(), STORE_PING_SECONDS)
+    except (StoreUnavailable, TimeoutError, OSError) as e:
+        return CheckOut(ok=False, detail=f"the key store is unreachable: {type(e).__name__}")
+    return CheckOut(ok=True, detail="reachable")
+
+
+def validator_check(ctx: ApiContext) -> CheckOut:
+    cache = ctx.availability
+    if cache is None:
+        return CheckOut(ok=True, detail="not used (no availability cache configured)")
+    if not cache.fresh():
+        return CheckOut(ok=False, detail=f"no fresh availability from the validator at {cache.validator_url} "
+                                         f"(stale after {cache.stale_seconds:.0f}s)")
+    return CheckOut(ok=True, detail=f"availability {_age(cache):.0f}s old")
+
+
+def _age(cache: AvailabilityCache) -> float:
+    return time.time() - cache.updated_at
+
+
+def miners_check(ctx: ApiContext) -> CheckOut:
+    serving = ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey)
+    cache = ctx.availability
+    if cache is not None and cache.fresh():
+        serving = [n for n in serving if cache.matches(n.uid, None, None)]
+    if not serving:
+        return CheckOut(ok=False, detail="no serving miner is available")
+    return CheckOut(ok=True, detail=f"{len(serving)} serving miner(s)")
+
+
+async def readiness(ctx: ApiContext) -> ReadyOut:
+    checks = {"metagraph": metagraph_check(ctx), "store": await store_check(ctx),
+              "validator": validator_check(ctx), "miners": miners_check(ctx)}
+    reasons = [f"{name}: {c.detail}" for name, c in checks.items() if not c.ok]
+    return ReadyOut(ready=not reasons, reasons=reasons, checks=checks)
+
+
+async def ready(request: web.Request) -> web.Response:
+    out = await readiness(request.app[CTX])
+    return json_response(out.model_dump(mode="json"), status=200 if out.ready else 503)
+
+
+async def sample(ctx: ApiContext, metrics: ApiMetrics) -> None:
+    """Copy the values that live elsewhere into the gauges, right before a scrape."""
+    metrics.metagraph_age.set(ctx.metagraph.age_seconds)
+    metrics.serving_miners.set(len(ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey)))
+    if ctx.availability is not None:
+        metrics.availability_age.set(_age(ctx.availability))
+    forwarder = ctx.forwarder
+    if forwarder is not None:
+        metrics.outbox_delivered.set(forwarder.delivered)
+        metrics.outbox_failures.set(forwarder.delivery_failures)
+        try:
+            metrics.outbox_depth.set(await forwarder.outbox.depth())
+            metrics.outbox_dropped.set(await forwarder.outbox.dropped())
+        except StoreUnavailable:
+            pass  # the gauges keep their last value; /ready reports the store
+
+
+def install(app: web.Application, ctx: ApiContext) -> ApiMetrics:
+    """Add discovery, /ready, /metrics, /openapi.json and /docs, and count every request."""
+    metrics = ApiMetrics()
+    app[METRICS] = metrics
+    app.middlewares.insert(0, metrics_middleware(metrics.http))  # outermost: sees the final status
+    ctx.payload_sinks.append(metrics.payload_sink)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics_handler(metrics.registry, lambda: sample(ctx, metrics)))
+    app.router.add_get("/v1/models", discovery.list_models)
+    app.router.add_get("/v1/models/{model:.+}", discovery.get_model)
+    app.router.add_get("/v1/tasks", discovery.list_tasks)
+    openapi.add_routes(app)
+    return metrics

@@ -1,0 +1,186 @@
+"""Prometheus metrics for the API and the validator (``GET /metrics``, text exposition format).
+
+Each app owns its metrics in its own ``CollectorRegistry`` (no module-level
+state, so tests can build many apps in one process). Values that live
+elsewhere (outbox depth, metagraph age, scoring queue) are sampled into gauges
+right before each scrape by the app's ``sample`` callback.
+
+Several API workers: when ``PROMETHEUS_MULTIPROC_DIR`` is set (``sn1 api`` sets
+it itself when ``WORKERS > 1``), prometheus_client keeps every worker's values
+in files there and a scrape, answered by any worker, reports the whole fleet:
+counters and histograms are summed, per-worker counts such as delivery failures
+use ``livesum`` gauges, shared values (outbox depth) ``max``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+
+from shared.errors import ApiError
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+UNMATCHED = "unmatched"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Sampler = Callable[[], Awaitable[None]]
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class HttpMetrics:
+    """Requests by route pattern, method and status, and their latency."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.requests = Counter(f"{prefix}_http_requests", "HTTP requests by route pattern, method and status",
+                                ["route", "method", "status"], registry=registry)
+        self.latency = Histogram(f"{prefix}_http_request_duration_seconds",
+                                 "Time to the end of the response (streams included)", ["route", "method"],
+                                 buckets=LATENCY_BUCKETS, registry=registry)
+        self.rate_limited = Counter(f"{prefix}_rate_limited", "Requests refused with 429", ["route"],
+                                    registry=registry)
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(seconds)
+        if status == 429:
+            self.rate_limited.labels(route).inc()
+
+
+def route_label(request: web.Request) -> str:
+    """The matched route's pattern (``/v1/models/{model}``), never the raw path: bounded label values."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, ApiError | web.HTTPException):
+        return exc.status
+    return 500
+
+
+def metrics_middleware(http: HttpMetrics) -> Any:
+    """Outermost middleware: counts every request once with the status the client saw."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except BaseException as e:
+            status = 499 if isinstance(e, ConnectionResetError | asyncio.CancelledError) else _status_of(e)
+            raise
+        finally:
+            http.observe(route_label(request), request.method, status, time.perf_counter() - started)
+
+    return middleware
+
+
+class ApiMetrics:
+    """The API's metrics: HTTP, per-miner answers and wins, outbox, metagraph and availability."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.http = HttpMetrics(r, "sn1_api")
+        self.miner_answer = Histogram("sn1_api_miner_answer_seconds", "Time for a miner's whole answer, by uid",
+                                      ["uid"], buckets=LATENCY_BUCKETS, registry=r)
+        self.miner_first_chunk = Histogram("sn1_api_miner_first_chunk_seconds", "Time to a miner's first chunk",
+                                           ["uid"], buckets=LATENCY_BUCKETS, registry=r)
+        self.miner_wins = Counter("sn1_api_miner_wins", "Races won, by uid", ["uid"], registry=r)
+        self.miner_errors = Counter("sn1_api_miner_errors", "Miner requests that failed, by uid", ["uid"], registry=r)
+        self.fanouts = Counter("sn1_api_fanouts", "Settled fan-outs by kind", ["kind"], registry=r)
+        self.outbox_depth = Gauge("sn1_api_outbox_depth", "Scoring payloads waiting for delivery",
+                                  registry=r, multiprocess_mode="max")
+        self.outbox_dropped = Gauge("sn1_api_outbox_dropped", "Payloads dropped because the outbox was full",
+                                    registry=r, multiprocess_mode="max")
+        self.outbox_delivered = Gauge("sn1_api_outbox_delivered", "Payloads delivered to the validator (since start)",
+                                      registry=r, multiprocess_mode="livesum")
+        self.outbox_failures = Gauge("sn1_api_outbox_delivery_failures",
+                                     "Failed deliveries to the validator (since start)",
+                                     registry=r, multiprocess_mode="livesum")
+        self.metagraph_age = Gauge("sn1_api_metagraph_age_seconds", "Age of the metagraph snapshot",
+                                   registry=r, multiprocess_mode="livemin")
+        self.availability_age = Gauge("sn1_api_availability_age_seconds",
+                                      "Age of the availability data from the validator",
+                                      registry=r, multiprocess_mode="livemin")
+        self.serving_miners = Gauge("sn1_api_serving_miners", "Miners in the metagraph with an axon",
+                                    registry=r, multiprocess_mode="livemax")
+
+    async def payload_sink(self, payload: dict[str, Any]) -> None:
+        """A payload sink: every settled fan-out's per-uid timings, errors and winner become metrics."""
+        self.fanouts.labels(str(payload.get("kind", "chat"))).inc()
+        errors = payload.get("errors") or {}
+        for uid, timings in (payload.get("timings") or {}).items():
+            if uid in errors:
+                self.miner_errors.labels(uid).inc()
+            elif timings:
+                self.miner_first_chunk.labels(uid).observe(timings[0])
+                self.miner_answer.labels(uid).observe(timings[-1])
+        if payload.get("winner") is not None:
+            self.miner_wins.labels(str(payload["winner"])).inc()
+
+
+class ValidatorMetrics:
+    """The validator's metrics: HTTP, loop timings and failures, scoring queue, availability."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.http = HttpMetrics(r, "sn1_validator")
+        self.loop_seconds = Histogram("sn1_validator_loop_seconds", "Duration of one loop cycle", ["loop"],
+                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.loop_failures = Counter("sn1_validator_loop_failures", "Loop cycles that raised", ["loop"], registry=r)
+        self.scoring_queue_depth = Gauge("sn1_validator_scoring_queue_depth", "Jobs waiting to be scored",
+                                         registry=r)
+        self.scoring_queue_max = Gauge("sn1_validator_scoring_queue_max", "Bound of the scoring queue", registry=r)
+        self.miners_available = Gauge("sn1_validator_miners_available", "Miners that answered the last poll",
+                                      registry=r)
+        self.availability_age = Gauge("sn1_validator_availability_age_seconds", "Age of the last availability poll",
+                                      registry=r)
+
+    def observe_loop(self, name: str, seconds: float, ok: bool) -> None:
+        self.loop_seconds.labels(name).observe(seconds)
+        if not ok:
+            self.loop_failures.labels(name).inc()
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The registry in text format; in multiprocess mode, every worker's values instead."""
+    path = multiprocess_dir()
+    if path:
+        fleet = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(fleet, path=path)
+        return generate_latest(fleet)
+    return generate_latest(registry)
+
+
+def metrics_handler(registry: CollectorRegistry, sample: Sampler | None = None) -> Handler:
+    """``GET /metrics``: sample the live gauges, then render (no auth: scrape from a private network)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        if sample is not None:
+            await sample()
+        return web.Response(body=exposition(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return handler

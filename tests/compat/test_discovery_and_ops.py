@@ -1,0 +1,162 @@
+"""Discovery (/v1/models, /v1/tasks), /ready, /metrics and the API description, through the real API app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from api.app import create_api_app
+from api.availability import AvailabilityCache
+from api.openapi import routes_of
+from tests.helpers import ApiUnderTest, api_with_miners, post
+
+MODEL = "sn1/deterministic"
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+def fresh_cache(api: ApiUnderTest, entries: dict[int, dict | None]) -> AvailabilityCache:
+    cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "validator-hotkey")
+    cache.entries, cache.updated_at = entries, time.time()
+    return cache
+
+
+def serves(models: list[str], tasks: list[str]) -> dict:
+    return {"llm_model_availabilities": {m: True for m in models} | {"off/model": False},
+            "task_availabilities": {t: True for t in tasks}}
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
+    async with api_with_miners(tmp_path, {}, honest={1, 2, 3}) as api:
+        api.ctx.availability = fresh_cache(api, {
+            1: serves([MODEL], ["InferenceTask", "ArithmeticTask"]),
+            2: serves([MODEL, "other/model"], ["InferenceTask"]),
+            3: None,  # did not answer the last poll
+            7: serves(["ghost/model"], ["InferenceTask"]),  # not in the metagraph: never listed
+        })
+        yield api
+
+
+async def get(api: ApiUnderTest, path: str, *, key: str | None = "default", **kw) -> tuple[int, dict, str]:
+    headers = {} if key is None else {"Authorization": f"Bearer {api.key if key == 'default' else key}"}
+    async with aiohttp.ClientSession() as s, s.get(api.url + path, headers=headers, **kw) as r:
+        return r.status, dict(r.headers), (await r.read()).decode(errors="replace")
+
+
+async def get_json(api: ApiUnderTest, path: str, **kw) -> tuple[int, dict]:
+    status, _, text = await get(api, path, **kw)
+    return status, json.loads(text)
+
+
+async def test_models_list_is_openai_shaped_and_counts_available_miners(api: ApiUnderTest) -> None:
+    status, body = await get_json(api, "/v1/models")
+    assert status == 200 and body["object"] == "list"
+    by_id = {m["id"]: m for m in body["data"]}
+    assert set(by_id) == {MODEL, "other/model"}, "only models of available miners in the metagraph"
+    assert by_id[MODEL]["object"] == "model" and by_id[MODEL]["miners"] == 2
+    assert by_id[MODEL]["tasks"] == {"ArithmeticTask": 1, "InferenceTask": 2}
+    status, one = await get_json(api, "/v1/models/" + MODEL)
+    assert status == 200 and one == by_id[MODEL]
+
+
+async def test_unknown_model_is_404_and_no_key_is_401(api: ApiUnderTest) -> None:
+    status, body = await get_json(api, "/v1/models/no/such")
+    assert status == 404 and body["error"]["code"] == "model_not_found" and body["error"]["param"] == "model"
+    status, body = await get_json(api, "/v1/models", key=None)
+    assert status == 401 and body["error"]["type"] == "authentication_error"
+
+
+async def test_tasks_list_counts_miners_per_task(api: ApiUnderTest) -> None:
+    status, body = await get_json(api, "/v1/tasks")
+    assert status == 200
+    tasks = {t["id"]: t for t in body["data"]}
+    assert tasks["InferenceTask"]["miners"] == 2 and tasks["ArithmeticTask"]["miners"] == 1
+    assert tasks["InferenceTask"]["models"] == sorted([MODEL, "other/model"])
+
+
+async def test_stale_availability_lists_nothing_and_makes_the_api_not_ready(api: ApiUnderTest) -> None:
+    status, body = await get_json(api, "/ready", key=None)
+    assert status == 200 and body["ready"] is True and body["reasons"] == []
+    api.ctx.availability.updated_at = time.time() - 3600
+    status, body = await get_json(api, "/v1/models")
+    assert status == 200 and body["data"] == []
+    status, body = await get_json(api, "/ready", key=None)
+    assert status == 503 and body["ready"] is False
+    assert [r.split(":")[0] for r in body["reasons"]] == ["validator"]
+    assert body["checks"]["metagraph"]["ok"] and body["checks"]["store"]["ok"]
+
+
+async def test_ready_is_503_with_a_reason_when_no_miner_serves(api: ApiUnderTest) -> None:
+    api.ctx.availability.entries = {1: None, 2: None, 3: None}
+    status, body = await get_json(api, "/ready", key=None)
+    assert status == 503 and any(r.startswith("miners:") for r in body["reasons"])
+    status, _, _ = await get(api, "/health", key=None)
+    assert status == 200, "/health stays a liveness check"
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_metrics_move_with_traffic(api: ApiUnderTest) -> None:
+    _, _, before = await get(api, "/metrics", key=None)
+    for _ in range(2):
+        status, _, text = await post(api, {"model": MODEL, "messages": MESSAGES})
+        assert status == 200, text
+    await get(api, "/v1/models/no/such")
+    secret, _ = await api.ctx.store.create_key(1)
+    assert (await get(api, "/v1/tasks", key=secret))[0] == 200
+    assert (await get(api, "/v1/tasks", key=secret))[0] == 429
+    deadline = time.monotonic() + 10
+    while True:  # wins and answer latencies are recorded once each fan-out has settled
+        status, headers, text = await get(api, "/metrics", key=None)
+        if sum(sample(text, "sn1_api_miner_wins_total", uid=u) for u in "123") >= 2 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    chat = {"route": "/v1/chat/completions", "method": "POST"}
+    assert sample(before, "sn1_api_http_requests_total", status="200", **chat) == 0
+    assert sample(text, "sn1_api_http_requests_total", status="200", **chat) == 2
+    assert sample(text, "sn1_api_http_request_duration_seconds_count", **chat) == 2
+    assert sample(text, "sn1_api_http_requests_total", route="/v1/models/{model}", status="404") == 1
+    assert sample(text, "sn1_api_rate_limited_total", route="/v1/tasks") == 1
+    assert sum(sample(text, "sn1_api_miner_wins_total", uid=u) for u in "123") == 2
+    assert sum(sample(text, "sn1_api_miner_answer_seconds_count", uid=u) for u in "123") >= 2
+    assert sample(text, "sn1_api_serving_miners") == 3
+    assert "/no/such" not in text, "route patterns, never raw paths, as labels"
+
+
+async def test_openapi_covers_every_route_and_docs_are_served_locally(api: ApiUnderTest) -> None:
+    status, doc = await get_json(api, "/openapi.json", key=None)
+    assert status == 200 and doc["openapi"].startswith("3.1")
+    twin = create_api_app(api.ctx, run_background=False)  # the same routes table as the app under test
+    app_routes = {(m.lower(), p) for m, p, _ in routes_of(twin)}
+    documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
+    assert app_routes and app_routes <= documented
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert chat["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ChatCompletionRequest"}
+    assert "messages" in doc["components"]["schemas"]["ChatCompletionRequest"]["required"]
+    assert chat["responses"]["4XX"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
+    assert {"bearer", "apiKeyHeader", "adminKey"} <= set(doc["components"]["securitySchemes"])
+    status, _, page = await get(api, "/docs", key=None)
+    assert status == 200 and "/openapi.json" in page and "swagger-ui-bundle.js" in page
+    assert not re.search(r"(src|href)=\"https?://", page), "no CDN: every asset is served by the API"
+    for asset in re.findall(r"(?:src|href)=\"(/docs/assets/[^\"]+)\"", page):
+        status, headers, body = await get(api, asset, key=None)
+        assert status == 200 and len(body) > 100, asset
+    assert (await get(api, "/docs/assets/..%2f..%2fsecrets", key=None))[0] == 404
