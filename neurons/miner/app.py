@@ -101,22 +101,35 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, backend: Backend, body: dict[str, Any]) -> web.StreamResponse:
-    """Stream the backend's chunks; a failure after headers becomes an SSE error event."""
-    chunks = backend.stream(body)
+    """Stream the backend's chunks; a failure after headers becomes an SSE error event.
+
+    Chunks that arrived together are written together (one syscall, not one per chunk).
+    """
+    batches = _batches(backend, body)
     try:
-        first = await anext(chunks, None)
+        first = await anext(batches, None)
     except BackendError as e:
         raise ApiError(e.status, str(e), code="backend_error") from None
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     try:
         if first is not None:
-            await response.write(encode_event(first))
-        async for data in chunks:
-            await response.write(encode_event(data))
+            await response.write(b"".join(map(encode_event, first)))
+        async for batch in batches:
+            await response.write(b"".join(map(encode_event, batch)))
     except BackendError as e:
         logger.warning("backend failed mid-stream: {}", e)
         await response.write(encode_event(dumps({"error": {"message": str(e), "type": "upstream_error"}})))
-    await response.write(DONE_FRAME)
-    await response.write_eof()
+    await response.write_eof(DONE_FRAME)
     return response
+
+
+async def _batches(backend: Backend, body: dict[str, Any]) -> AsyncIterator[list[str]]:
+    """The backend's chunks in groups: its own ``stream_batches`` when it has one, else one by one."""
+    stream_batches = getattr(backend, "stream_batches", None)
+    if stream_batches is not None:
+        async for batch in stream_batches(body):
+            yield batch
+        return
+    async for data in backend.stream(body):
+        yield [data]

@@ -26,7 +26,12 @@ class Backend(Protocol):
         ...
 
     def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
-        """Each chunk's JSON text, in order, without the final ``[DONE]``."""
+        """Each chunk's JSON text, in order, without the final ``[DONE]``.
+
+        A backend may also offer ``stream_batches(body)``: the same chunks in
+        non-empty lists as they arrived, which the app then writes one list at a
+        time. A wrapper that changes ``stream`` must not expose the inner one's.
+        """
         ...
 
     async def close(self) -> None: ...
