@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,6 @@ from pathlib import Path
 CORPUS_SEED = "sn1-corpus-v1"
 DEFAULT_DOCUMENTS = 150
 BASE_URL = "https://corpus.sn1.local"
-_TOKEN = re.compile(r"\w+", re.UNICODE)
 STOPWORDS = frozenset(
     "a an and are as at be by for from has have in is it its of on or that the this to was were what when "
     "where which who whom why how with about into than then there their they them his her he she do does did "
@@ -30,9 +30,17 @@ STOPWORDS = frozenset(
 )
 
 
+_SEPARATORS = str.maketrans({c: " " for c in string.punctuation.replace("_", "") + "\u201c\u201d\u2018\u2019"
+                                                   "\u2014\u2013\u2026\u00ab\u00bb\u00bf\u00a1"})
+
+
 def tokens(text: str) -> list[str]:
-    """Lower-cased word tokens: the one tokenizer every reward and the search use."""
-    return _TOKEN.findall(text.lower())
+    """Lower-cased word tokens: the one tokenizer every reward and the search use.
+
+    Punctuation becomes a separator and the text is split on whitespace:
+    several times faster than a ``\\w+`` regex on long answers (the scoring hot path).
+    """
+    return text.lower().translate(_SEPARATORS).split()
 
 
 def stem(token: str) -> str:

@@ -84,7 +84,7 @@ def to_u16(uids: np.ndarray, weights: np.ndarray) -> tuple[list[int], list[int]]
         return [], []
     q = np.rint(weights / weights.max() * U16_MAX).astype(np.int64)
     keep = q > 0
-    return [int(u) for u in uids[keep]], [int(v) for v in q[keep]]
+    return uids[keep].astype(np.int64).tolist(), q[keep].tolist()
 
 
 def from_u16(values: list[int]) -> list[float]:

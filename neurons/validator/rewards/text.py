@@ -11,6 +11,7 @@ O(len(answer)) big-integer operations instead of an O(n*m) table, which keeps a
 from __future__ import annotations
 
 from collections import Counter
+from functools import lru_cache
 
 from shared.corpus import tokens
 
@@ -26,50 +27,91 @@ def token_f1(answer: list[str], reference: list[str]) -> float:
     """Harmonic mean of token precision and recall (multiset overlap)."""
     if not answer or not reference:
         return 0.0
-    common = Counter(answer) & Counter(reference)
-    overlap = sum(common.values())
-    if overlap == 0:
+    return _f1(_overlap(Counter(answer), Counter(reference)), len(answer), len(reference))
+
+
+def _overlap(a: Counter[str], b: Counter[str]) -> int:
+    if len(a) > len(b):
+        a, b = b, a
+    return sum(min(c, b[t]) for t, c in a.items() if t in b)
+
+
+def _f1(hits: int, n_answer: int, n_reference: int) -> float:
+    if hits == 0:
         return 0.0
-    precision, recall = overlap / len(answer), overlap / len(reference)
+    precision, recall = hits / n_answer, hits / n_reference
     return 2 * precision * recall / (precision + recall)
+
+
+def _masks(tokens_: list[str]) -> dict[str, int]:
+    masks: dict[str, int] = {}
+    for i, tok in enumerate(tokens_):
+        masks[tok] = masks.get(tok, 0) | (1 << i)
+    return masks
+
+
+def _lcs(masks: dict[str, int], n: int, other: list[str]) -> int:
+    """Bit-parallel LCS: ``masks`` index one sequence (length ``n``), ``other`` is scanned.
+
+    Carries only move upwards, so bits above ``n`` never disturb the low ``n``
+    bits: the mask is applied once, at the end.
+    """
+    if n == 0:
+        return 0
+    v = (1 << n) - 1
+    get = masks.get
+    for tok in other:
+        m = get(tok)
+        if m is not None:
+            u = v & m
+            v = (v + u) | (v - u)
+    return n - (v & ((1 << n) - 1)).bit_count()
 
 
 def lcs_length(a: list[str], b: list[str]) -> int:
     """Length of the longest common subsequence of two token lists (bit-parallel)."""
-    if len(a) < len(b):
-        a, b = b, a
-    n = len(a)
-    if n == 0 or not b:
+    if not a or not b:
         return 0
-    masks: dict[str, int] = {}
-    for i, tok in enumerate(a):
-        masks[tok] = masks.get(tok, 0) | (1 << i)
-    full = (1 << n) - 1
-    v = full
-    for tok in b:
-        m = masks.get(tok)
-        if m is None:
-            continue
-        u = v & m
-        v = ((v + u) | (v - u)) & full
-    return n - v.bit_count()
+    return _lcs(_masks(a), len(a), b)
 
 
 def rouge_l(answer: list[str], reference: list[str]) -> float:
     """ROUGE-L F1 over tokens."""
     if not answer or not reference:
         return 0.0
-    lcs = lcs_length(answer, reference)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(answer), lcs / len(reference)
-    return 2 * precision * recall / (precision + recall)
+    return _f1(lcs_length(answer, reference), len(answer), len(reference))
+
+
+class PreparedReference:
+    """A reference text tokenised once, with its counts and LCS masks, for scoring many answers."""
+
+    __slots__ = ("tokens", "counts", "masks")
+
+    def __init__(self, text: str) -> None:
+        self.tokens = normalize(text)
+        self.counts = Counter(self.tokens)
+        self.masks = _masks(self.tokens)
+
+    def similarity(self, answer: str) -> float:
+        """The mean of ROUGE-L and token F1 against this reference."""
+        a, n = normalize(answer), len(self.tokens)
+        if not a or not n:
+            return 0.0
+        f1 = _f1(_overlap(Counter(a), self.counts), len(a), n)
+        if f1 == 0.0:
+            return 0.0
+        return 0.5 * _f1(_lcs(self.masks, n, a), len(a), n) + 0.5 * f1
+
+
+@lru_cache(maxsize=256)
+def prepared(reference: str) -> PreparedReference:
+    """References repeat across the miners of one job: prepare each once."""
+    return PreparedReference(reference)
 
 
 def similarity(answer: str, reference: str) -> float:
     """The inference similarity: the mean of ROUGE-L and token F1 on normalised text."""
-    a, r = normalize(answer), normalize(reference)
-    return 0.5 * rouge_l(a, r) + 0.5 * token_f1(a, r)
+    return prepared(reference).similarity(answer)
 
 
 def same_text(a: str, b: str) -> bool:
