@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.arithmetic import evaluate
-from shared.corpus import Corpus, iter_jsonl
+from shared.corpus import Corpus, builtin_corpus, iter_jsonl
 
 _PROMPTS = (
     "Write a short note about {title}.",
@@ -145,7 +145,8 @@ def build_datasets(corpus: Corpus, dataset_file: str | None = None) -> dict[str,
     """The datasets each task draws from; a JSONL file replaces the generators it covers."""
     datasets: dict[str, Dataset] = {
         "inference": PromptGenerator(corpus),
-        "qa": CorpusQA(corpus),
+        # QA carries its context in the prompt, so a corpus without facts borrows the built-in one's.
+        "qa": CorpusQA(corpus if any(d.facts for d in corpus.documents) else builtin_corpus()),
         "web": WebQueries(corpus),
         "arithmetic": ArithmeticGenerator(),
     }
