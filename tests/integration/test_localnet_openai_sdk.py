@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 import urllib.request
 
 import openai
@@ -124,3 +125,21 @@ def test_subnet_doc_example_async_streaming_with_mixture_on_and_off(localnet: di
     plain, mixed = asyncio.run(run(False)), asyncio.run(run(True))
     assert plain and mixed
     assert plain != mixed, "the mixture answer is generated from a synthesis prompt, not the plain one"
+
+
+def test_web_retrieval_returns_deduplicated_results_from_the_local_corpus(localnet: dict) -> None:
+    """The README's curl: miners search the same offline corpus the validator verifies against."""
+    from api.web_retrieval import normalise_url
+    from shared.corpus import BASE_URL, builtin_corpus
+
+    doc = builtin_corpus().documents[0]
+    query = urllib.parse.urlencode({"search_query": doc.title, "n_miners": 3, "n_results": 5})
+    req = urllib.request.Request(f"{localnet['api_url']}/web_retrieval?{query}",
+                                 headers={"api-key": localnet["api_key"]})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        results = json.loads(r.read())["results"]
+    assert 1 <= len(results) <= 5
+    urls = [normalise_url(x["url"]) for x in results]
+    assert len(set(urls)) == len(urls), "results are de-duplicated by URL"
+    assert all(x["url"].startswith(BASE_URL) and x["content"] for x in results)
+    assert any(x["url"] == doc.url for x in results), "the document matching the query is found"
