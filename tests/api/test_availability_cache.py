@@ -1,0 +1,45 @@
+"""The API's availability cache: refresh from the validator, keep the last good data, warn once a minute."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from loguru import logger
+
+from api.availability import AvailabilityCache
+from neurons.localnet import free_port
+from shared.miner_client import MinerClient, make_session
+from shared.signing import Signer
+from tests.helpers import keypair, serve_app
+
+VALIDATOR = keypair("//Validator")
+ENTRY = {"task_availabilities": {"InferenceTask": True}, "llm_model_availabilities": {"m1": True}}
+
+
+def validator_app() -> web.Application:
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"1": ENTRY, "2": None})
+
+    app = web.Application()
+    app.router.add_post("/miner_availabilities/miner_availabilities", handler)
+    return app
+
+
+async def test_validator_outage_keeps_last_good_cache_and_warns_once() -> None:
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
+    port = free_port()
+    try:
+        async with make_session() as session:
+            cache = AvailabilityCache(MinerClient(session, Signer(VALIDATOR)), f"http://127.0.0.1:{port}",
+                                      VALIDATOR.ss58_address, stale_seconds=60)
+            async with serve_app(validator_app(), port=port):
+                assert await cache.refresh()
+            assert cache.serves(1, "InferenceTask", "m1") is True and cache.serves(2, None, None) is False
+            for _ in range(5):  # validator gone: every refresh fails
+                assert not await cache.refresh()
+            assert cache.fresh() and cache.serves(1, None, "m1") is True, "last good data is kept"
+            assert len([w for w in warnings if "unreachable" in w]) == 1, "one warning a minute, not per refresh"
+            cache.updated_at -= 120  # the data is now stale: selection must fall back
+            assert cache.serves(1, None, "m1") is None
+    finally:
+        logger.remove(sink)
