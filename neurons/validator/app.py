@@ -19,12 +19,11 @@ from loguru import logger
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.payload import OrganicPayload
 from neurons.validator.scores import ScoreBook
+from shared.availability_query import parse_k, read_uid_list
 from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json
 from shared.metagraph import MetagraphView
 from shared.signing import CALLER_KEY, RequestVerifier
-
-MAX_K = 256
 
 
 @dataclass
@@ -83,34 +82,8 @@ async def scores(request: web.Request) -> web.Response:
     return json_response(ctx.scores.report(ctx.metagraph.snapshot))
 
 
-def parse_uid_list(data: Any) -> list[int] | None:
-    if data is None:
-        return None
-    if not isinstance(data, list) or not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in data):
-        raise ApiError(400, "Body must be a JSON array of non-negative integer uids, or null.", code="invalid_uids")
-    if len(data) > 65536:
-        raise ApiError(400, "Too many uids.", code="invalid_uids")
-    return data
-
-
 async def miner_availabilities(request: web.Request) -> web.Response:
-    raw = await request.read()
-    data = None
-    if raw.strip():
-        data = await read_json(request)
-    return json_response(request.app[CTX].book.get(parse_uid_list(data)))
-
-
-def parse_k(value: str | None, default: int = 10) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        k = int(value)
-    except ValueError:
-        raise ApiError(400, "k must be an integer.", param="k", code="invalid_value") from None
-    if not 1 <= k <= MAX_K:
-        raise ApiError(400, f"k must be between 1 and {MAX_K}.", param="k", code="invalid_value")
-    return k
+    return json_response(request.app[CTX].book.get(await read_uid_list(request)))
 
 
 async def get_available_miners(request: web.Request) -> web.Response:

@@ -1,0 +1,42 @@
+"""Parsing the ``/miner_availabilities/*`` inputs, shared by the validator and the API (same shapes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from shared.errors import ApiError
+from shared.http import read_json
+
+MAX_K = 256
+MAX_UIDS = 65536
+
+
+def parse_uid_list(data: Any) -> list[int] | None:
+    """A JSON array of non-negative integer uids, or null for every uid."""
+    if data is None:
+        return None
+    if not isinstance(data, list) or not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in data):
+        raise ApiError(400, "Body must be a JSON array of non-negative integer uids, or null.", code="invalid_uids")
+    if len(data) > MAX_UIDS:
+        raise ApiError(400, f"At most {MAX_UIDS} uids per request.", code="invalid_uids")
+    return data
+
+
+async def read_uid_list(request: web.Request) -> list[int] | None:
+    """The request body as a uid list; an empty body means all uids."""
+    raw = await request.read()
+    return parse_uid_list(await read_json(request)) if raw.strip() else None
+
+
+def parse_k(value: str | None, default: int = 10) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        k = int(value)
+    except ValueError:
+        raise ApiError(400, "k must be an integer.", param="k", code="invalid_value") from None
+    if not 1 <= k <= MAX_K:
+        raise ApiError(400, f"k must be between 1 and {MAX_K}.", param="k", code="invalid_value")
+    return k
