@@ -57,8 +57,8 @@ def rebuild_answer(chunks: list[str], timings: list[float], error: str | None) -
             run.absorb(data)
             if first is None and run.has_answer:
                 first = timings[i] if i < len(timings) else None
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        return Answer(error=f"malformed chunk: {e}")
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as e:
+        return Answer(error=f"malformed chunk: {type(e).__name__}")
     if not run.text.strip():
         return Answer(error="empty answer")
     return Answer(text=run.text, first_content_s=first)
