@@ -1,0 +1,54 @@
+"""Every example in ``docs/clients.md`` runs, as written, against the local subnet (``localnet`` fixture).
+
+Each fenced ``python``/``bash`` block is one example, run in its own process with
+``SN1_API``, ``SN1_BASE_URL``, ``SN1_API_KEY`` and ``SN1_ADMIN_KEY`` set, as a reader
+would after copy-pasting it. Its output must show what the section promises.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "clients.md"
+BLOCK = re.compile(r"^```(python|bash)\n(.*?)^```", re.S | re.M)
+
+# A distinctive line of each example -> what its output must contain.
+EXPECTED = {  # most specific first: the agents example also mentions AsyncOpenAI
+    "with_raw_response": ["not found: model_not_found", "tokens]"],
+    "triage_agent": ["Spanish agent :", "English agent :"],
+    "get_weather": ["get_weather {'city': 'Paris'}"],
+    "langchain_openai": [],
+    "AsyncOpenAI": ["sn1/deterministic"],
+    "/v1/chat/completions": ['"object":"chat.completion"', "data: [DONE]", '"object":"list"', '"results"'],
+    "create-api-key": ['"api_key":"sn1-', '"rate_limit":120', '"deleted":true'],
+    "/openapi.json": ["sn1_api_http_requests_total{", "paths", "200"],
+}
+
+
+def examples() -> list[tuple[str, str, str]]:
+    found = []
+    for lang, code in BLOCK.findall(DOC.read_text()):
+        if "export SN1_API=" in code:
+            continue  # the set-up block itself
+        key = next((k for k in EXPECTED if k in code), None)
+        assert key is not None, f"an example in {DOC.name} has no expectation here:\n{code[:200]}"
+        found.append((key, lang, code))
+    return found
+
+
+@pytest.mark.parametrize(("key", "lang", "code"), examples(), ids=[e[0] for e in examples()])
+def test_example_runs(localnet: dict, key: str, lang: str, code: str) -> None:
+    env = {**os.environ, "SN1_API": localnet["api_url"], "SN1_BASE_URL": localnet["api_url"] + "/v1",
+           "SN1_API_KEY": localnet["api_key"], "SN1_ADMIN_KEY": localnet["admin_key"]}
+    cmd = [sys.executable, "-c", code] if lang == "python" else ["bash", "-c", code]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"{key} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    for expected in EXPECTED[key]:
+        assert expected in out.stdout, f"{key}: {expected!r} not in output:\n{out.stdout[-2000:]}"
+    assert out.stdout.strip(), "every example prints its answer"
