@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.store.base import StoreUnavailable
+from shared.store.sqlite_tables import SQLiteTables
 
 
 @dataclass(frozen=True)
@@ -64,31 +65,14 @@ INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('dropped'
 """
 
 
-class SQLiteOutbox:
+class SQLiteOutbox(SQLiteTables):
     """Outbox in the API's SQLite file (own tables, own connection; WAL, safe across processes)."""
 
-    def __init__(self, path: str | Path, *, max_items: int = 10_000) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.max_items = max_items
-        self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: survives a process crash
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(SQLITE_SCHEMA)
+    label = "sqlite outbox"
 
-    def _tx(self, fn: Any) -> Any:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            return out
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"sqlite outbox: {e}") from e
+    def __init__(self, path: str | Path, *, max_items: int = 10_000) -> None:
+        super().__init__(path, SQLITE_SCHEMA)
+        self.max_items = max_items
 
     async def put(self, payload: dict[str, Any]) -> int:
         data = json.dumps(payload, separators=(",", ":"))
@@ -105,20 +89,17 @@ class SQLiteOutbox:
         return self._tx(run)
 
     async def peek(self, limit: int) -> list[OutboxItem]:
-        try:
-            rows = self._db.execute("SELECT id, payload FROM outbox ORDER BY id LIMIT ?", (limit,)).fetchall()
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"sqlite outbox: {e}") from e
+        rows = self._query("SELECT id, payload FROM outbox ORDER BY id LIMIT ?", (limit,))
         return [OutboxItem(id=str(i), payload=json.loads(p)) for i, p in rows]
 
     async def ack(self, item_id: str) -> None:
         self._tx(lambda db: db.execute("DELETE FROM outbox WHERE id = ?", (int(item_id),)))
 
     async def depth(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        return self._query("SELECT COUNT(*) FROM outbox")[0][0]
 
     async def dropped(self) -> int:
-        return self._db.execute("SELECT value FROM outbox_meta WHERE name = 'dropped'").fetchone()[0]
+        return self._query("SELECT value FROM outbox_meta WHERE name = 'dropped'")[0][0]
 
     async def acquire_lease(self, holder: str, seconds: float) -> bool:
         now = time.time()
@@ -137,7 +118,7 @@ class SQLiteOutbox:
             "UPDATE outbox_meta SET holder = NULL, until = 0 WHERE name = 'lease' AND holder = ?", (holder,)))
 
     async def close(self) -> None:
-        self._db.close()
+        self._close_db()
 
 
 _REDIS_PUT = """

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.store.base import StoreUnavailable
+from shared.store.sqlite_tables import SQLiteTables
 
 
 @dataclass(frozen=True)
@@ -66,34 +67,11 @@ CREATE INDEX IF NOT EXISTS model_sessions_key ON model_sessions (key_id);
 """
 
 
-class SQLiteSessionStore:
+class SQLiteSessionStore(SQLiteTables):
+    label = "sqlite sessions"
+
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(SCHEMA)
-
-    def _tx(self, fn: Any) -> Any:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            return out
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"sqlite sessions: {e}") from e
-
-    def _query(self, sql: str, args: tuple) -> list[Any]:
-        try:
-            return self._db.execute(sql, args).fetchall()
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"sqlite sessions: {e}") from e
+        super().__init__(path, SCHEMA)
 
     async def open(self, key_id: str, model: str, uid: int, hotkey: str, *, duration: float,
                    failover: bool) -> Session:
@@ -137,7 +115,7 @@ class SQLiteSessionStore:
         return [Session(**json.loads(r[0])) for r in self._query("SELECT data FROM model_sessions", ())]
 
     async def aclose(self) -> None:
-        self._db.close()
+        self._close_db()
 
 
 _OPEN = """
