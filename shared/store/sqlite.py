@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 from shared.store.base import (
@@ -41,7 +43,7 @@ from shared.store.base import (
     new_key_id,
     now_or_clock,
 )
-from shared.store.window import charge_window, decode_buckets, encode_buckets
+from shared.store.window import charge_window
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -58,7 +60,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE TABLE IF NOT EXISTS rate_windows (
     bucket TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
+    state BLOB NOT NULL,
     updated_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage_daily (
@@ -85,13 +87,16 @@ def sqlite_path(url: str) -> Path:
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+    db.create_function("window_charge", 4, window_charge_sql, deterministic=True)
     db.execute("PRAGMA busy_timeout=10000")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
     return db
 
 
+@lru_cache(maxsize=4096)
 def _record(row: tuple) -> KeyRecord:
+    """Rows are re-read on every request (so changes show at once); only the decoding is memoised."""
     return KeyRecord(
         id=row[0], key_hash=row[1], prefix=row[2], name=row[3], rate_limit=row[4],
         scopes=tuple(json.loads(row[5])),
@@ -107,6 +112,31 @@ def _errors() -> Iterator[None]:
         yield
     except sqlite3.Error as e:
         raise StoreUnavailable(f"sqlite: {e}") from e
+
+
+_SELECT_BY_HASH = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"
+_UPSERT = (
+    "INSERT INTO rate_windows (bucket, state, updated_at) VALUES (?1, window_charge(NULL, ?2, ?3, ?4), ?3)"
+    " ON CONFLICT(bucket) DO UPDATE SET state = window_charge(state, ?2, ?3, ?4), updated_at = ?3"
+    " RETURNING state"
+)
+_PEEK = "SELECT window_charge(state, ?1, ?2, 0) FROM rate_windows WHERE bucket = ?3"
+
+
+_DECISION = struct.Struct("<?IIdd")
+
+
+def window_charge_sql(state: bytes | None, limit: int, now: float, cost: int) -> bytes:
+    """The SQL function behind ``_UPSERT``. The stored value is the last decision followed by the
+    window (see ``window.py``), so ``RETURNING state`` hands both back in the same statement."""
+    window, d = charge_window(state[_DECISION.size:] if state else None, limit, now, cost)
+    return _DECISION.pack(d.allowed, d.limit, d.remaining, d.reset_after, d.retry_after) + window
+
+
+def _decision(state: bytes) -> RateDecision:
+    allowed, limit, remaining, reset_after, retry_after = _DECISION.unpack_from(state)
+    return RateDecision(allowed=allowed, limit=limit, remaining=remaining, reset_after=reset_after,
+                        retry_after=retry_after)
 
 
 class SQLiteStore:
@@ -201,32 +231,28 @@ class SQLiteStore:
     # --- the hot path -----------------------------------------------------------------------------
     async def authorize(self, key_hash: str, *, scope: str | None, now: float | None = None) -> Authorization:
         now = now_or_clock(now)
-        record = await self.get_key(key_hash)
-        status = check_key(record, scope, now)
-        if status != "ok" or record is None:
-            return Authorization(record=record, decision=None, status=status)
-        decision = self._charge(f"key:{record.id}", record.rate_limit, 1, now)
-        return Authorization(record=record, decision=decision, status="ok")
+        try:
+            row = self.db.execute(_SELECT_BY_HASH, (key_hash,)).fetchone()
+            record = _record(row) if row else None
+            status = check_key(record, scope, now)
+            if status != "ok" or record is None:
+                return Authorization(record=record, decision=None, status=status)
+            return Authorization(record=record, decision=self._charge(f"key:{record.id}", record.rate_limit, 1, now),
+                                 status="ok")
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"sqlite: {e}") from e
 
     async def charge(self, bucket: str, limit: int, *, cost: int = 1, now: float | None = None) -> RateDecision:
-        return self._charge(bucket, limit, cost, now_or_clock(now))
+        with _errors():
+            return self._charge(bucket, limit, cost, now_or_clock(now))
 
     def _charge(self, bucket: str, limit: int, cost: int, now: float) -> RateDecision:
-        db = self.db
-        with _errors():
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute("SELECT state FROM rate_windows WHERE bucket = ?", (bucket,)).fetchone()
-                buckets, decision = charge_window(decode_buckets(row[0] if row else None), limit, now, cost)
-                if cost > 0 and decision.allowed:
-                    db.execute("INSERT OR REPLACE INTO rate_windows (bucket, state, updated_at) VALUES (?,?,?)",
-                               (bucket, encode_buckets(buckets), now))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        return decision
+        """One statement: the UPSERT runs ``window_charge`` under SQLite's write lock, so it is atomic
+        across every process on the file without an explicit transaction (one execute, no BEGIN/COMMIT)."""
+        if cost <= 0:
+            row = self.db.execute(_PEEK, (limit, now, bucket)).fetchone()
+            return _decision(row[0] if row else window_charge_sql(None, limit, now, 0))
+        return _decision(self.db.execute(_UPSERT, (bucket, limit, now, cost)).fetchone()[0])
 
     # --- usage ------------------------------------------------------------------------------------
     async def add_usage(self, deltas: list[UsageDelta]) -> None:

@@ -7,65 +7,86 @@ request one emission interval later, so up to ``2*limit-1`` fit in the first
 minute). Counting admitted requests per second over the last 61 buckets is a
 sound over-estimate of the requests in the trailing 60 s, so the guarantee
 holds exactly; the price is that a slot frees up 60-61 s after its request
-instead of exactly 60 s. State per key is at most 61 small integers.
+instead of exactly 60 s.
 
-This module is the reference implementation: the SQLite store calls it inside
-its transaction, the Redis store runs the same steps in Lua (``redis.py``),
-and both are held to the same tests.
+State is a ring of 61 counters plus the second of the newest one, packed in
+260 bytes: decoding, summing and re-encoding it are C-level array operations
+(a few microseconds), which matters because SQLite runs this on every request.
+The Redis store runs the same steps in Lua on a hash (``redis.py``); both are
+held to the same tests.
 """
 
 from __future__ import annotations
 
 import math
+import struct
+from array import array
 
 from shared.store.base import WINDOW_SECONDS, RateDecision
 
-Buckets = dict[int, int]
+SLOTS = WINDOW_SECONDS + 1  # buckets current-60 .. current
+_HEAD = struct.Struct("<q")
 
 
-def charge_window(buckets: Buckets, limit: int, now: float, cost: int = 1) -> tuple[Buckets, RateDecision]:
-    """Charge ``cost`` requests at ``now``; returns the new (pruned) buckets and the decision.
+def _load(state: bytes | None) -> tuple[int, array]:
+    if not state:
+        return 0, array("I", bytes(4 * SLOTS))
+    newest = _HEAD.unpack_from(state)[0]
+    counts = array("I")
+    counts.frombytes(state[_HEAD.size:_HEAD.size + 4 * SLOTS])
+    return newest, counts
+
+
+def _shift(newest: int, counts: array, current: int) -> tuple[int, array]:
+    """Move the ring so its last slot is ``current`` (a clock behind ours charges our newest slot)."""
+    gap = current - newest
+    if gap <= 0:
+        return newest, counts
+    if gap >= SLOTS:
+        return current, array("I", bytes(4 * SLOTS))
+    shifted = counts[gap:]
+    shifted.frombytes(bytes(4 * gap))
+    return current, shifted
+
+
+def charge_window(state: bytes | None, limit: int, now: float, cost: int = 1) -> tuple[bytes, RateDecision]:
+    """Charge ``cost`` requests at ``now``; returns the new state and the decision.
 
     ``cost=0`` peeks: the decision says whether one more request would pass, nothing is recorded.
     """
-    current = math.floor(now)
-    oldest = current - WINDOW_SECONDS
-    live = {b: n for b, n in buckets.items() if b >= oldest and n > 0}
-    count = sum(live.values())
+    newest, counts = _shift(*_load(state), math.floor(now))
+    count = sum(counts)
     allowed = count + max(cost, 1) <= limit
     if allowed and cost > 0:
-        live[current] = live.get(current, 0) + cost
+        counts[-1] += cost
         count += cost
-    return live, RateDecision(
+    decision = RateDecision(
         allowed=allowed,
         limit=limit,
         remaining=max(0, limit - count),
-        reset_after=(max(live) + WINDOW_SECONDS + 1 - now) if live else 0.0,
-        retry_after=0.0 if allowed else _retry_after(live, count, limit, now),
+        reset_after=_reset_after(newest, counts, now),
+        retry_after=0.0 if allowed else _retry_after(newest, counts, count - limit + 1, now),
     )
+    return _HEAD.pack(newest) + counts.tobytes(), decision
 
 
-def _retry_after(live: Buckets, count: int, limit: int, now: float) -> float:
-    """Seconds until enough old buckets leave the window for one more request."""
-    must_expire = count - limit + 1
-    freed = 0
-    for b in sorted(live):
-        freed += live[b]
-        if freed >= must_expire:
-            return max(0.0, b + WINDOW_SECONDS + 1 - now)
+def _second(newest: int, slot: int) -> int:
+    return newest - (SLOTS - 1) + slot
+
+
+def _reset_after(newest: int, counts: array, now: float) -> float:
+    """Seconds until the newest admitted request leaves the window (then the full limit is back)."""
+    for slot in range(SLOTS - 1, -1, -1):
+        if counts[slot]:
+            return max(0.0, _second(newest, slot) + SLOTS - now)
     return 0.0
 
 
-def encode_buckets(buckets: Buckets) -> str:
-    """Compact text form for storage: ``"1700000000:3,1700000001:1"``."""
-    return ",".join(f"{b}:{n}" for b, n in buckets.items())
-
-
-def decode_buckets(text: str | None) -> Buckets:
-    if not text:
-        return {}
-    out: Buckets = {}
-    for part in text.split(","):
-        b, _, n = part.partition(":")
-        out[int(b)] = int(n)
-    return out
+def _retry_after(newest: int, counts: array, must_expire: int, now: float) -> float:
+    """Seconds until enough old buckets leave the window for one more request."""
+    freed = 0
+    for slot in range(SLOTS):
+        freed += counts[slot]
+        if counts[slot] and freed >= must_expire:
+            return max(0.0, _second(newest, slot) + SLOTS - now)
+    return 0.0
