@@ -13,23 +13,11 @@ import aiohttp
 import pytest
 
 from api.app import create_api_app
-from api.availability import AvailabilityCache
 from api.openapi import routes_of
+from tests.compat.support import MODEL, fresh_cache, serves
 from tests.helpers import ApiUnderTest, api_with_miners, post
 
-MODEL = "sn1/deterministic"
 MESSAGES = [{"role": "user", "content": "Hello"}]
-
-
-def fresh_cache(api: ApiUnderTest, entries: dict[int, dict | None]) -> AvailabilityCache:
-    cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "validator-hotkey")
-    cache.entries, cache.updated_at = entries, time.time()
-    return cache
-
-
-def serves(models: list[str], tasks: list[str]) -> dict:
-    return {"llm_model_availabilities": {m: True for m in models} | {"off/model": False},
-            "task_availabilities": {t: True for t in tasks}}
 
 
 @pytest.fixture
