@@ -9,6 +9,7 @@ logic lives in the objects of ``ValidatorContext``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from shared.availability_query import parse_k, read_uid_list
 from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json
 from shared.metagraph import MetagraphView
+from shared.metrics import ValidatorMetrics, metrics_handler, metrics_middleware
 from shared.signing import CALLER_KEY, RequestVerifier
 
 
@@ -44,9 +46,13 @@ def create_validator_app(
     *,
     background: list[Callable[[], Awaitable[Any]]] | None = None,
     max_body_bytes: int = 16 << 20,
+    metrics: ValidatorMetrics | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=max_body_bytes)
     app[CTX] = ctx
+    metrics = metrics or ValidatorMetrics()
+    app.middlewares.insert(0, metrics_middleware(metrics.http))  # outermost: sees the final status
+    app.router.add_get("/metrics", metrics_handler(metrics.registry, lambda: _sample(ctx, metrics)))
     app.router.add_get("/health", health)
     app.router.add_get("/scores", scores)
     app.router.add_post("/miner_availabilities/miner_availabilities", miner_availabilities)
@@ -66,6 +72,13 @@ def _run_background(factories: list[Callable[[], Awaitable[Any]]]):
         await asyncio.gather(*tasks, return_exceptions=True)
 
     return ctx
+
+
+async def _sample(ctx: ValidatorContext, metrics: ValidatorMetrics) -> None:
+    metrics.scoring_queue_depth.set(ctx.scoring_queue.qsize())
+    metrics.scoring_queue_max.set(ctx.scoring_queue.maxsize)
+    metrics.miners_available.set(sum(1 for e in ctx.book.entries.values() if e))
+    metrics.availability_age.set(time.time() - ctx.book.updated_at if ctx.book.updated_at else 0.0)
 
 
 async def health(request: web.Request) -> web.Response:

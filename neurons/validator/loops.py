@@ -23,18 +23,25 @@ from shared.metagraph import MetagraphView
 from shared.miner_client import MinerClient
 
 
-async def every(name: str, interval: float, cycle: Callable[[], Awaitable[Any]], *, first_delay: float = 0.0) -> None:
-    """Run ``cycle`` forever, ``interval`` seconds apart (start to start when it is quicker)."""
+async def every(name: str, interval: float, cycle: Callable[[], Awaitable[Any]], *, first_delay: float = 0.0,
+                observe: Callable[[str, float, bool], None] | None = None) -> None:
+    """Run ``cycle`` forever, ``interval`` seconds apart (start to start when it is quicker).
+
+    ``observe(name, seconds, ok)`` is told about every cycle (the ``/metrics`` loop timings)."""
     await asyncio.sleep(first_delay)
     loop = asyncio.get_running_loop()
     while True:
         started = loop.time()
+        ok = False
         try:
             await cycle()
+            ok = True
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - one failed cycle must not end the loop
             logger.warning("{} cycle failed: {}: {}", name, type(e).__name__, e)
+        if observe is not None:
+            observe(name, loop.time() - started, ok)
         await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
 
 

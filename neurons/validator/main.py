@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from shared.corpus import load_corpus
 from shared.http import serve_until_signal
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView, make_source
+from shared.metrics import ValidatorMetrics
 from shared.miner_client import MinerClient, make_session
 from shared.settings import ValidatorSettings
 from shared.signing import Authorizer, RequestVerifier, Signer
@@ -91,18 +93,20 @@ async def run_validator(settings: ValidatorSettings) -> None:
     synthetic = SyntheticConfig(sample_size=settings.synthetic_sample_size, timeout=settings.synthetic_timeout)
     rng = random.Random()
 
+    metrics = ValidatorMetrics()
+    timed = functools.partial(every, observe=metrics.observe_loop)
     loops: list[Any] = [
-        lambda: every("metagraph", settings.metagraph_refresh_seconds, lambda: metagraph_cycle(metagraph, scores),
+        lambda: timed("metagraph", settings.metagraph_refresh_seconds, lambda: metagraph_cycle(metagraph, scores),
                       first_delay=settings.metagraph_refresh_seconds),
-        lambda: every("availability", settings.availability_interval, lambda: availability_cycle(
+        lambda: timed("availability", settings.availability_interval, lambda: availability_cycle(
             client, metagraph, book, timeout=settings.availability_timeout,
             concurrency=settings.availability_concurrency)),
-        lambda: every("weights", settings.weights_interval,
+        lambda: timed("weights", settings.weights_interval,
                       lambda: weights_cycle(scores, sink, power=settings.weights_power),
                       first_delay=settings.weights_interval),
     ]
     loops += [
-        (lambda: every("synthetic", settings.synthetic_interval, lambda: synthetic_cycle(
+        (lambda: timed("synthetic", settings.synthetic_interval, lambda: synthetic_cycle(
             client, metagraph, book, registry, datasets, synthetic, rng, queue),
             first_delay=min(settings.availability_timeout, settings.synthetic_interval)))
         for _ in range(settings.synthetic_concurrency)
@@ -111,7 +115,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
 
     ctx = ValidatorContext(book=book, scoring_queue=queue, verifier=verifier, scores=scores, metagraph=metagraph,
                            organic_timeout=settings.organic_timeout)
-    app = create_validator_app(ctx, background=loops)
+    app = create_validator_app(ctx, background=loops, metrics=metrics)
 
     async def close(_app: Any) -> None:
         await sink.close()

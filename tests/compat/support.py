@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from api.availability import AvailabilityCache
@@ -20,3 +21,14 @@ def fresh_cache(api: ApiUnderTest, entries: dict[int, dict | None]) -> Availabil
     cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "validator-hotkey")
     cache.entries, cache.updated_at = entries, time.time()
     return cache
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

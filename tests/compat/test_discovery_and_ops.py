@@ -14,7 +14,7 @@ import pytest
 
 from api.app import create_api_app
 from api.openapi import routes_of
-from tests.compat.support import MODEL, fresh_cache, serves
+from tests.compat.support import MODEL, fresh_cache, sample, serves
 from tests.helpers import ApiUnderTest, api_with_miners, post
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -87,17 +87,6 @@ async def test_ready_is_503_with_a_reason_when_no_miner_serves(api: ApiUnderTest
     assert status == 503 and any(r.startswith("miners:") for r in body["reasons"])
     status, _, _ = await get(api, "/health", key=None)
     assert status == 200, "/health stays a liveness check"
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text format (0 when absent)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 async def test_metrics_move_with_traffic(api: ApiUnderTest) -> None:
