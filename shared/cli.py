@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     from neurons.localnet import add_localnet_arguments
 
     add_localnet_arguments(sub.add_parser("localnet", help="start a whole local subnet on 127.0.0.1"))
+    from shared.keys_cli import add_keys_arguments
+
+    add_keys_arguments(sub.add_parser("keys", help="manage API keys on a running API (admin key)"))
     args = parser.parse_args(argv)
 
     if args.command == "api":
@@ -53,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         from neurons.localnet import run_localnet
 
         sys.exit(run_localnet(args))
+    elif args.command == "keys":
+        from shared.keys_cli import run_keys
+
+        sys.exit(run_keys(args))
 
 
 if __name__ == "__main__":

@@ -94,25 +94,6 @@ class KeyParams(BaseModel):
             expires_at=self.expiry(now), clear_expiry=self.clear_expiry,
         )
 
-    def as_query(self) -> dict[str, str]:
-        """The same parameters as query strings (what the admin client sends)."""
-        out: dict[str, str] = {}
-        if self.rate_limit is not None:
-            out["rate_limit"] = str(self.rate_limit)
-        if self.name is not None:
-            out["name"] = self.name
-        if self.clear_expiry:
-            out["expires_at"] = "never"
-        elif self.expires_at is not None:
-            out["expires_at"] = self.expires_at.isoformat()
-        if self.expires_in_days is not None:
-            out["expires_in_days"] = repr(self.expires_in_days)
-        if self.scopes is not None:
-            out["scopes"] = ",".join(self.scopes)
-        if self.allowed_models is not None:
-            out["allowed_models"] = ",".join(self.allowed_models)
-        return out
-
 
 class UsageTotalsOut(BaseModel):
     requests: int = 0

@@ -1,0 +1,131 @@
+"""A typed client for the API's key-management endpoints, for operators' own scripts.
+
+    async with AdminClient("http://127.0.0.1:42170", admin_key) as admin:
+        created = await admin.create_key(60, name="team-a", scopes=["chat"])
+        print(created.api_key)            # shown once
+        for key in await admin.list_keys():
+            print(key.id, key.rate_limit, key.usage.requests)
+
+Input is validated with the same model the server uses (``KeyParams``) before
+anything is sent, and answers are parsed into the server's own wire models;
+every non-2xx answer raises ``AdminError`` with the server's status, code and message.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, ValidationError
+
+from shared.keys_wire import CreatedKeyOut, DeletedKeyOut, KeyListOut, KeyOut, KeyParams, UsageOut
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+def key_params(**fields: Any) -> dict[str, Any]:
+    """Validate parameters locally (same rules as the server) and return the JSON body to send."""
+    given = {k: v for k, v in fields.items() if v is not None}
+    try:
+        params = KeyParams.model_validate(given)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = ".".join(str(p) for p in err["loc"]) or "parameters"
+        raise AdminError(0, f"invalid {name}: {err['msg']}", code="invalid_value") from None
+    body = params.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    if params.clear_expiry:
+        body["expires_at"] = "never"
+    return body
+
+
+class AdminClient:
+    def __init__(self, base_url: str, admin_key: str, *, timeout: float = 30.0,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"admin-key": admin_key}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session = session
+        self._owns_session = session is None
+
+    async def __aenter__(self) -> AdminClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def create_key(
+        self, rate_limit: int, *, name: str | None = None, scopes: list[str] | None = None,
+        allowed_models: list[str] | None = None, expires_at: datetime | float | None = None,
+        expires_in_days: float | None = None,
+    ) -> CreatedKeyOut:
+        body = key_params(rate_limit=rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
+                          expires_at=expires_at, expires_in_days=expires_in_days)
+        return await self._request("POST", "/api_management/create-api-key/", CreatedKeyOut, json=body)
+
+    async def modify_key(
+        self, key: str, *, rate_limit: int | None = None, name: str | None = None, scopes: list[str] | None = None,
+        allowed_models: list[str] | None = None, expires_at: datetime | float | str | None = None,
+        expires_in_days: float | None = None,
+    ) -> KeyOut:
+        """``key`` is the secret or the key's id; ``expires_at="never"`` removes an expiry."""
+        body = key_params(rate_limit=rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
+                          expires_at=expires_at, expires_in_days=expires_in_days)
+        return await self._request("PUT", f"/api_management/modify-api-key/{key}", KeyOut, json=body)
+
+    async def delete_key(self, key: str) -> DeletedKeyOut:
+        return await self._request("DELETE", f"/api_management/delete-api-key/{key}", DeletedKeyOut)
+
+    async def list_keys(self) -> list[KeyOut]:
+        return (await self._request("GET", "/api_management/api-keys", KeyListOut)).data
+
+    async def usage(self, key: str, *, days: int = 30) -> UsageOut:
+        return await self._request("GET", f"/api_management/api-keys/{key}/usage", UsageOut,
+                                   params={"days": str(days)})
+
+    async def _request(self, method: str, path: str, model: type[M], **kw: Any) -> M:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            async with self._session.request(method, self.base_url + path, headers=self._headers, **kw) as r:
+                raw = await r.read()
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise AdminError(0, f"cannot reach the API at {self.base_url}: {e.__class__.__name__} {e}".strip(),
+                             code="unreachable") from None
+        if status >= 400:
+            raise _error(status, raw)
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as e:
+            raise AdminError(status, f"unexpected answer from the API: {e.errors()[0]['msg']}") from None
+
+
+def _error(status: int, raw: bytes) -> AdminError:
+    try:
+        err = KeyErrorBody.model_validate_json(raw).error
+        return AdminError(status, err.message, err.code)
+    except ValidationError:
+        return AdminError(status, raw[:200].decode("utf-8", "replace") or "no body")
+
+
+class _ErrorDetail(BaseModel):
+    message: str
+    code: str | None = None
+
+
+class KeyErrorBody(BaseModel):
+    error: _ErrorDetail

@@ -1,0 +1,126 @@
+"""``sn1 keys create|list|modify|delete|usage``: manage API keys on a running API.
+
+Built on ``shared.admin_client``. The API URL and admin key come from
+``--api`` / ``--admin-key`` or the environment (``SN1_API_URL``, ``ADMIN_KEY``);
+tables by default, ``--json`` for scripts. Exit codes: 0 ok, 1 the API said no,
+2 bad usage or the API is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from shared.admin_client import AdminClient, AdminError
+
+DEFAULT_API = "http://127.0.0.1:42170"
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _key_fields(p: argparse.ArgumentParser, *, create: bool) -> None:
+    p.add_argument("--rate-limit", type=int, required=create, help="requests per minute")
+    p.add_argument("--name")
+    p.add_argument("--scopes", type=_csv, help="comma-separated: chat,web_retrieval,availability (default all)")
+    p.add_argument("--models", type=_csv, dest="allowed_models", help="comma-separated model allow-list")
+    expiry = p.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-at", help="ISO 8601 time or unix seconds")
+    expiry.add_argument("--expires-in-days", type=float)
+    if not create:
+        expiry.add_argument("--no-expiry", action="store_true", help="remove the key's expiry")
+
+
+def add_keys_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api", default=os.environ.get("SN1_API_URL", DEFAULT_API),
+                   help=f"API base URL (env SN1_API_URL, default {DEFAULT_API})")
+    p.add_argument("--admin-key", default=None, help="admin key (env ADMIN_KEY)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub = p.add_subparsers(dest="action", required=True)
+    _key_fields(sub.add_parser("create", help="create a key (its secret is printed once)"), create=True)
+    sub.add_parser("list", help="list keys with usage totals")
+    modify = sub.add_parser("modify", help="change a key's limit, name, scopes, models or expiry")
+    modify.add_argument("key", help="the key's id or secret")
+    _key_fields(modify, create=False)
+    sub.add_parser("delete", help="delete a key").add_argument("key", help="the key's id or secret")
+    usage = sub.add_parser("usage", help="a key's usage, totals and per day")
+    usage.add_argument("key", help="the key's id or secret")
+    usage.add_argument("--days", type=int, default=30)
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
+    fields = {k: getattr(args, k, None) for k in ("rate_limit", "name", "scopes", "allowed_models", "expires_at",
+                                                   "expires_in_days")}
+    if args.action == "create":
+        created = await admin.create_key(**fields)
+        if args.json:
+            return created.model_dump_json(indent=2)
+        return (f"API key created (shown once, store it now):\n  {created.api_key}\n\n"
+                + table([_key_row(created)], KEY_HEADERS))
+    if args.action == "list":
+        keys = await admin.list_keys()
+        if args.json:
+            return json.dumps([k.model_dump(mode="json") for k in keys], indent=2)
+        return table([_key_row(k) for k in keys], KEY_HEADERS) if keys else "no keys"
+    if args.action == "modify":
+        if args.no_expiry:
+            fields["expires_at"] = "never"
+        if all(v is None for v in fields.values()):
+            raise AdminError(0, "nothing to change: give --rate-limit, --name, --scopes, --models or an expiry")
+        key = await admin.modify_key(args.key, **fields)
+        return key.model_dump_json(indent=2) if args.json else table([_key_row(key)], KEY_HEADERS)
+    if args.action == "delete":
+        deleted = await admin.delete_key(args.key)
+        return deleted.model_dump_json(indent=2) if args.json else f"deleted key {deleted.id}"
+    report = await admin.usage(args.key, days=args.days)
+    if args.json:
+        return report.model_dump_json(indent=2)
+    t = report.totals
+    rows = [[d.date, d.requests, d.prompt_tokens, d.completion_tokens, d.errors, d.rate_limited] for d in report.days]
+    rows.append(["total", t.requests, t.prompt_tokens, t.completion_tokens, t.errors, t.rate_limited])
+    return (f"key {report.key_id} ({report.name or 'unnamed'}), {report.rate_limit}/min, "
+            f"last used {report.last_used_at or 'never'}\n"
+            + table(rows, ["day", "requests", "prompt_tok", "completion_tok", "errors", "rate_limited"]))
+
+
+KEY_HEADERS = ["id", "name", "prefix", "rate/min", "scopes", "models", "expires", "created", "last used",
+               "requests", "tokens"]
+
+
+def _key_row(k: Any) -> list[Any]:
+    usage = k.usage
+    return [k.id, k.name, k.prefix + "...", k.rate_limit, ",".join(k.scopes),
+            ",".join(k.allowed_models) if k.allowed_models else "any", k.expires_at or "never", k.created_at,
+            k.last_used_at, usage.requests if usage else None, usage.total_tokens if usage else None]
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    admin_key = args.admin_key or os.environ.get("ADMIN_KEY")
+    if not admin_key:
+        print("sn1 keys: no admin key: pass --admin-key or set ADMIN_KEY", file=sys.stderr)
+        return 2
+
+    async def go() -> str:
+        async with AdminClient(args.api, admin_key) as admin:
+            return await _run(args, admin)
+
+    try:
+        print(asyncio.run(go()))
+    except AdminError as e:
+        print(f"sn1 keys {args.action}: {e}", file=sys.stderr)
+        return 2 if e.status == 0 else 1
+    return 0

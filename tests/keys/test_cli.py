@@ -1,0 +1,85 @@
+"""The typed admin client and ``sn1 keys`` against a real API over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+
+import pytest
+
+from shared.admin_client import AdminClient, AdminError
+from shared.cli import main
+from tests.helpers import ApiUnderTest
+from tests.keys.conftest import ADMIN
+
+
+async def sn1_keys(api: ApiUnderTest, *args: str, admin_key: str | None = ADMIN) -> tuple[int, str, str]:
+    """Run ``sn1 keys`` exactly as the console script does (``shared.cli.main``), in a worker thread so
+    this event loop keeps serving the API; returns (exit code, stdout, stderr)."""
+    argv = ["keys", "--api", api.url, *(["--admin-key", admin_key] if admin_key else []), *args]
+
+    def run() -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as done:
+            main(argv)
+        return int(done.value.code or 0), out.getvalue(), err.getvalue()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("ADMIN_KEY", raising=False)
+        return await asyncio.to_thread(run)
+
+
+async def test_admin_client_round_trip(api: ApiUnderTest) -> None:
+    async with AdminClient(api.url, ADMIN) as admin:
+        created = await admin.create_key(12, name="sdk", scopes=["chat"], expires_in_days=1)
+        assert created.api_key.startswith("sn1-") and created.scopes == ["chat"] and created.expires_at
+        changed = await admin.modify_key(created.id, rate_limit=24, expires_at="never")
+        assert changed.rate_limit == 24 and changed.expires_at is None and changed.name == "sdk"
+        assert created.id in {k.id for k in await admin.list_keys()}
+        assert (await admin.usage(created.api_key)).totals.requests == 0
+        assert (await admin.delete_key(created.id)).deleted
+        with pytest.raises(AdminError) as e:
+            await admin.delete_key(created.id)
+        assert (e.value.status, e.value.code) == (404, "api_key_not_found")
+        with pytest.raises(AdminError) as e:
+            await admin.create_key(0)
+        assert e.value.status == 0 and "rate_limit" in str(e.value)  # refused before anything was sent
+    async with AdminClient(api.url, "wrong") as admin:
+        with pytest.raises(AdminError) as e:
+            await admin.list_keys()
+        assert e.value.status == 401
+
+
+async def test_cli_create_list_modify_usage_delete(api: ApiUnderTest) -> None:
+    code, out, err = await sn1_keys(api, "--json", "create", "--rate-limit", "9", "--name", "cli",
+                                    "--scopes", "chat,availability", "--models", "a,b")
+    assert code == 0, err
+    created = json.loads(out)
+    assert created["api_key"].startswith("sn1-") and created["allowed_models"] == ["a", "b"]
+
+    code, out, err = await sn1_keys(api, "list")
+    assert code == 0, err
+    header, rule, *rows = out.strip().splitlines()
+    assert header.split()[:4] == ["id", "name", "prefix", "rate/min"] and set(rule) <= {"-", " "}
+    assert any(created["id"] in r and " cli " in r and " 9 " in r for r in rows)
+    assert created["api_key"] not in out
+
+    code, out, err = await sn1_keys(api, "modify", created["id"], "--rate-limit", "99", "--no-expiry")
+    assert code == 0 and " 99 " in out, err
+    code, out, err = await sn1_keys(api, "usage", created["id"], "--days", "3")
+    assert code == 0 and "total" in out and "99/min" in out, err
+    code, out, err = await sn1_keys(api, "--json", "delete", created["api_key"])
+    assert code == 0 and json.loads(out)["deleted"] is True, err
+
+
+async def test_cli_errors_are_clear(api: ApiUnderTest) -> None:
+    code, _, err = await sn1_keys(api, "delete", "0123456789abcdef")
+    assert code == 1 and "HTTP 404" in err and "No such API key" in err
+    code, _, err = await sn1_keys(api, "list", admin_key=None)
+    assert code == 2 and "ADMIN_KEY" in err
+    code, _, err = await sn1_keys(api, "create", "--rate-limit", "-1")
+    assert code == 2 and "rate_limit" in err
+    code, _, err = await sn1_keys(api, "modify", "0123456789abcdef")
+    assert code == 2 and "nothing to change" in err
