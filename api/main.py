@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 
 from loguru import logger
+from prometheus_client import multiprocess as prom_multiprocess
 
 from api.app import create_api_app
 from api.availability import AvailabilityCache
@@ -20,6 +23,7 @@ from api.scoring_outbox import OutboxForwarder
 from shared.http import run, serve_until_signal
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView, make_source
+from shared.metrics import MULTIPROC_ENV
 from shared.miner_client import MinerClient, make_session
 from shared.settings import ApiSettings
 from shared.signing import Signer
@@ -84,6 +88,7 @@ def run_api(settings: ApiSettings) -> None:
         run(lambda: serve_worker(settings, reuse_port=False))
         return
     setup_logging(settings.log_level, role="api")
+    metrics_dir = shared_metrics_dir()
     mp = multiprocessing.get_context("spawn")
     procs = [mp.Process(target=_worker_entry, args=(settings,), daemon=False) for _ in range(settings.workers)]
     for p in procs:
@@ -99,3 +104,20 @@ def run_api(settings: ApiSettings) -> None:
     signal.signal(signal.SIGINT, forward)
     for p in procs:
         p.join()
+        prom_multiprocess.mark_process_dead(p.pid)
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def shared_metrics_dir() -> str | None:
+    """Workers record metrics in one directory so any worker's ``/metrics`` reports the fleet.
+
+    Set in the environment before the workers are spawned (prometheus_client reads it at
+    import). An operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used as is; else a fresh
+    temporary one is made, and removed at exit (returned).
+    """
+    if os.environ.get(MULTIPROC_ENV):
+        return None
+    path = tempfile.mkdtemp(prefix="sn1-api-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    return path
