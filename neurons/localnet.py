@@ -47,6 +47,8 @@ def add_localnet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true",
                    help="shorten every validator interval (demos, tests): weights follow quality within minutes")
     p.add_argument("--dataset", default=None, help="JSONL of prompts / QA items for the validator's synthetic tasks")
+    p.add_argument("--corpus", default=None,
+                   help="JSONL {url,title,content} web corpus shared by miners and validator (default: built-in)")
     p.add_argument("--log-level", default="INFO")
 
 
@@ -65,6 +67,7 @@ class LocalNetConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     fast: bool = False
     dataset: str | None = None
+    corpus: str | None = None
 
 
 @dataclass
@@ -146,7 +149,7 @@ class LocalNet:
             "METAGRAPH_FILE": str(self.metagraph_path),
             "METAGRAPH_REFRESH_SECONDS": "5",
             "LOG_LEVEL": self.cfg.log_level,
-        }
+        } | ({"CORPUS_FILE": str(Path(self.cfg.corpus).resolve())} if self.cfg.corpus else {})
 
     def _validator_extra_env(self) -> dict[str, str]:
         from neurons.validator.presets import FAST_ENV
@@ -348,7 +351,7 @@ def run_localnet(args: argparse.Namespace) -> int:
     config = LocalNetConfig(
         directory=Path(args.dir), miners=args.miners, api_port=args.api_port, validator_port=args.validator_port,
         admin_key=args.admin_key, backend=args.backend, upstream=args.upstream, model=args.model,
-        log_level=args.log_level, fast=args.fast, dataset=args.dataset,
+        log_level=args.log_level, fast=args.fast, dataset=args.dataset, corpus=args.corpus,
         miner_profiles=[p.strip() for p in args.miner_profiles.split(",") if p.strip()] if args.miner_profiles else [],
     )
     try:

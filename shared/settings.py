@@ -143,6 +143,9 @@ class MinerSettings(CommonSettings):
     allowed_hotkeys: list[str] = Field(default_factory=list, description="Callers accepted even without a permit")
     max_body_bytes: int = Field(default=4 << 20, ge=1024)
     miner_profile: str = Field(default="honest", description="Behaviour profile (local network and tests)")
+    corpus_file: str | None = Field(
+        default=None, description="JSONL {url,title,content} web corpus for web retrieval (default: built-in)"
+    )
 
     @field_validator("allowed_hotkeys", mode="before")
     @classmethod

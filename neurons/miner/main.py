@@ -10,6 +10,8 @@ from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from neurons.miner.faults import FAULT_PROFILES, serve_fault_miner
 from neurons.miner.profiles import apply_quality_profile
+from neurons.miner.search import CorpusSearch
+from shared.corpus import load_corpus
 from shared.http import serve_until_signal
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView, make_source
@@ -29,7 +31,7 @@ async def build_backend(settings: MinerSettings) -> Backend:
         )
         await backend.start()
         return backend
-    return DeterministicBackend(settings.miner_model)
+    return DeterministicBackend(settings.miner_model, search=CorpusSearch(load_corpus(settings.corpus_file)))
 
 
 async def run_miner(settings: MinerSettings) -> None:

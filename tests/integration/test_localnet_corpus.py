@@ -1,0 +1,27 @@
+"""``sn1 localnet --corpus``: miners and validator share a real JSONL corpus for web retrieval."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from neurons.localnet import LocalNet, LocalNetConfig, free_port
+
+
+def test_custom_corpus_reaches_the_miners(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    docs = [{"url": f"https://docs.example.org/page-{i}", "title": f"Zanzibar turbine note {i}",
+             "content": f"The Zanzibar turbine model {i} spins at {1000 + i} rpm. It was built in a harbour."}
+            for i in range(3)]
+    corpus.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    config = LocalNetConfig(directory=tmp_path / "net", miners=1, api_port=free_port(), validator_port=free_port(),
+                            admin_key="corpus-admin-key-0123456789", corpus=str(corpus))
+    with LocalNet(config) as net:
+        info = net.start(timeout=120)
+        query = urllib.parse.urlencode({"search_query": "Zanzibar turbine rpm", "n_results": 3})
+        req = urllib.request.Request(f"{info['api_url']}/web_retrieval?{query}", headers={"api-key": info["api_key"]})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            results = json.loads(r.read())["results"]
+    assert results and all(x["url"].startswith("https://docs.example.org/") for x in results)
