@@ -71,6 +71,20 @@ class KeyRecord:
         return self.expires_at is not None and now >= self.expires_at
 
 
+def mint_key(
+    rate_limit: int, *, name: str | None, scopes: tuple[str, ...], allowed_models: tuple[str, ...] | None,
+    expires_at: float | None,
+) -> tuple[str, KeyRecord]:
+    """A new secret and the record every backend stores for it (hash, display prefix, public id)."""
+    secret = new_api_key()
+    record = KeyRecord(
+        id=new_key_id(), key_hash=hash_key(secret), prefix=display_prefix(secret), rate_limit=rate_limit,
+        name=name, scopes=tuple(scopes), allowed_models=tuple(allowed_models) if allowed_models else None,
+        expires_at=expires_at, created_at=time.time(),
+    )
+    return secret, record
+
+
 @dataclass(frozen=True)
 class KeyChanges:
     """A partial update of a key; ``None`` leaves a field alone, ``clear_expiry`` removes the expiry."""

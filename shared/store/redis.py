@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -36,10 +35,7 @@ from shared.store.base import (
     UsageCounts,
     UsageDelta,
     UsageReport,
-    display_prefix,
-    hash_key,
-    new_api_key,
-    new_key_id,
+    mint_key,
 )
 
 MAX_CONNECTIONS = 64  # per process
@@ -206,12 +202,8 @@ class RedisStore:
         allowed_models: tuple[str, ...] | None = None,
         expires_at: float | None = None,
     ) -> tuple[str, KeyRecord]:
-        secret = new_api_key()
-        record = KeyRecord(
-            id=new_key_id(), key_hash=hash_key(secret), prefix=display_prefix(secret), rate_limit=rate_limit,
-            name=name, scopes=tuple(scopes), allowed_models=tuple(allowed_models) if allowed_models else None,
-            expires_at=expires_at, created_at=time.time(),
-        )
+        secret, record = mint_key(rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
+                                  expires_at=expires_at)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.key("key", record.key_hash), mapping=_fields(record))
         pipe.hset(self.key("keys"), record.id, record.key_hash)

@@ -37,10 +37,7 @@ from shared.store.base import (
     UsageDelta,
     UsageReport,
     check_key,
-    display_prefix,
-    hash_key,
-    new_api_key,
-    new_key_id,
+    mint_key,
     now_or_clock,
 )
 from shared.store.window import charge_window
@@ -162,12 +159,8 @@ class SQLiteStore:
         allowed_models: tuple[str, ...] | None = None,
         expires_at: float | None = None,
     ) -> tuple[str, KeyRecord]:
-        secret = new_api_key()
-        record = KeyRecord(
-            id=new_key_id(), key_hash=hash_key(secret), prefix=display_prefix(secret), rate_limit=rate_limit,
-            name=name, scopes=tuple(scopes), allowed_models=tuple(allowed_models) if allowed_models else None,
-            expires_at=expires_at, created_at=time.time(),
-        )
+        secret, record = mint_key(rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
+                                  expires_at=expires_at)
         with _errors():
             self.admin.execute(
                 f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
