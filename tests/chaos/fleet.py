@@ -43,6 +43,7 @@ class Fleet:
     url: str
     key: str
     ctx: Any
+    app: Any
     profiles: dict[int, str]
     stats: dict[int, FaultStats] = field(default_factory=dict)
 
@@ -81,8 +82,9 @@ async def fleet(
         stack.push_async_callback(ctx.store.close)
         stack.push_async_callback(ctx.client.session.close)
         secret, _ = await ctx.store.create_key(1_000_000)
-        url = await stack.enter_async_context(serve_app(create_api_app(ctx, run_background=False)))
-        yield Fleet(url=url, key=secret, ctx=ctx, profiles=dict(profiles), stats=stats)
+        app = create_api_app(ctx, run_background=False)
+        url = await stack.enter_async_context(serve_app(app))
+        yield Fleet(url=url, key=secret, ctx=ctx, app=app, profiles=dict(profiles), stats=stats)
 
 
 @dataclass

@@ -1,0 +1,255 @@
+"""Every API endpoint fuzzed: whatever a caller sends, the answer is never a 500, every error is
+OpenAI-shaped, and no secret comes back in an error body.
+
+Routes are read from the app's router, so an endpoint added later is fuzzed too.
+Requests carry a valid API key and the admin key, so the fuzz reaches past
+authentication into each handler's parsing.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import urllib.parse
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from tests.hostile.conftest import ADMIN_KEY, Running
+
+FANOUT = ("/v1/chat/completions", "/web_retrieval")
+# Fan-out routes may fail upstream for a request the API accepted (a 1 ns ``timeout``, a model
+# no miner serves): those are the documented 502/503/504, never a 500.
+UPSTREAM_CODES = {"no_valid_answer", "deadline_exceeded", "no_miners_available", "model_not_found"}
+# No shrinking: a failure already names the request that caused it, and shrinking HTTP round trips is slow.
+FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+                phases=[Phase.explicit, Phase.generate])
+
+scalars = (st.none() | st.booleans() | st.integers(min_value=-(10**40), max_value=10**40)
+           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40))
+json_values = st.recursive(scalars, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c,
+                                                                                           max_size=4), max_leaves=16)
+FIELDS = ["messages", "model", "stream", "stream_options", "temperature", "top_p", "n", "stop", "max_tokens",
+          "max_completion_tokens", "seed", "tools", "tool_choice", "response_format", "logit_bias", "task",
+          "sampling_parameters", "uids", "mixture", "timeout", "target_results", "inference_mode", "search_query",
+          "n_miners", "n_results", "max_response_time", "rate_limit", "name", "scopes", "allowed_models",
+          "expires_at", "expires_in", "user", "logprobs", "top_logprobs"]
+message = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool", "x"]) | json_values},
+                                optional={"content": st.text(max_size=50) | json_values, "name": json_values})
+shaped = st.fixed_dictionaries(
+    {"messages": st.lists(message, min_size=0, max_size=3) | json_values},
+    optional={f: json_values for f in FIELDS if f != "messages"},
+)
+
+
+def deep(n: int) -> bytes:
+    return b'{"messages":' + b"[" * n + b"]" * n + b"}"
+
+
+# Mostly-valid bodies with one hostile field: they get past the first check into the handler.
+one_bad_field = st.tuples(st.sampled_from(FIELDS), json_values).map(
+    lambda kv: {"messages": [{"role": "user", "content": "hi"}], "rate_limit": 5, "search_query": "q", kv[0]: kv[1]})
+raw_bodies = st.one_of(
+    one_bad_field.map(lambda d: json.dumps(d, allow_nan=True).encode()),
+    one_bad_field.map(lambda d: json.dumps(d, allow_nan=True).encode()),
+    st.binary(max_size=200),
+    st.just(b"\xff\xfe\x00{"), st.just(b'{"messages": "\xc3\x28"}'),
+    st.integers(min_value=1, max_value=200_000).map(deep),
+    st.integers(min_value=100, max_value=5000).map(lambda n: b"9" * n),  # a huge number as the whole body
+    shaped.map(lambda d: json.dumps(d, allow_nan=True).encode()),
+    json_values.map(lambda d: json.dumps(d, allow_nan=True).encode()),
+)
+path_params = st.one_of(
+    st.sampled_from(["@key", "@id"]),  # the real key or its id: reaches past the lookup
+    st.text(max_size=80),
+    st.sampled_from(["../../../../etc/passwd", "..%2f..%2fetc%2fpasswd", "%2e%2e/%2e%2e/", "....//....//",
+                     "%00", "sn1-%00", "sn1-" + "A" * 5000, "/", "%2F", "..", ".", "~root", "\u202e", "0" * 16]),
+)
+query_values = st.text(max_size=30) | st.sampled_from(["-1", "0", "1e309", "NaN", "99999999999999999999999",
+                                                        "%00", "[]", "{}", "true"])
+
+
+def routes(server: Running) -> list[tuple[str, str]]:
+    out = []
+    for route in server.app.router.routes():
+        info = route.resource.get_info() if route.resource else {}
+        template = info.get("formatter") or info.get("path")
+        if template and route.method != "HEAD":
+            out.append((route.method, template))
+    return sorted(set(out))
+
+
+def fill(template: str, value: str, *, quote: bool, server: Running | None = None, method: str = "GET") -> str:
+    if server is not None and value in ("@key", "@id"):
+        # Never DELETE the key the fuzz authenticates with.
+        value = "sn1-not-our-key" if method == "DELETE" else (server.key if value == "@key" else key_id(server))
+    encoded = urllib.parse.quote(value, safe="" if quote else "/%.") if value else "x"
+    return re.sub(r"\{[^}]+\}", lambda _: encoded, template)
+
+
+def key_id(server: Running) -> str:
+    from shared.store.base import hash_key
+
+    return server.call(server.ctx.store.get_key(hash_key(server.key))).id
+
+
+def send(server: Running, method: str, path: str, body: bytes | None,
+         headers: list[tuple[str, str | bytes]]) -> tuple[int, bytes, http.client.HTTPMessage]:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, resp.read(), resp.msg
+    finally:
+        conn.close()
+
+
+def auth_headers(server: Running) -> list[tuple[str, str]]:
+    return [("Authorization", f"Bearer {server.key}"), ("admin-key", ADMIN_KEY)]
+
+
+def parser_error(status: int, body: bytes) -> bool:
+    """aiohttp's HTTP parser answers malformed requests (e.g. a request line over 8190 bytes) with a
+    plain-text 400 before any application code runs; that is the one non-JSON error we accept."""
+    return status == 400 and not body.startswith(b"{")
+
+
+def check(server: Running, method: str, template: str, status: int, body: bytes, path: str = "") -> None:
+    """Never a 500; errors OpenAI-shaped; the admin key never in a body; the API key in an error
+    body only where the caller itself put it in the path (a 404 may name what was asked for)."""
+    where = f"{method} {path or template} -> {status}: {body[:300]!r}"
+    assert status != 500, where
+    assert ADMIN_KEY.encode() not in body, f"admin key echoed: {where}"
+    if server.key not in path:
+        assert server.key.encode() not in body or status < 400, f"api key echoed in an error: {where}"
+    if status >= 400 and not parser_error(status, body):
+        err = json.loads(body)["error"]
+        assert set(err) == {"message", "type", "code", "param"}, where
+        if status >= 500:
+            assert template in FANOUT and err["code"] in UPSTREAM_CODES, where
+
+
+@FUZZ
+@given(data=st.data())
+def test_hostile_bodies_and_queries_on_every_route(api_server: Running, data: st.DataObject) -> None:
+    for method, template in routes(api_server):
+        path = fill(template, data.draw(path_params, label="path"), quote=data.draw(st.booleans(), label="quote"),
+                    server=api_server, method=method)
+        query = data.draw(st.dictionaries(st.sampled_from(["rate_limit", "rate_limit", "k", "name", "task", "model", "scopes",
+                                                           "n_miners", "search_query", "limit", "since"]),
+                                          query_values, max_size=3), label="query")
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
+        body = data.draw(raw_bodies, label="body") if method in ("POST", "PUT", "PATCH", "DELETE") else None
+        ctype = data.draw(st.sampled_from(["application/json", "text/plain", "multipart/form-data; boundary=x",
+                                           "application/x-www-form-urlencoded", "", "application/json; charset=latin-1"]))
+        headers = auth_headers(api_server) + ([("Content-Type", ctype)] if ctype else [])
+        status, resp, _ = send(api_server, method, path, body, headers)
+        check(api_server, method, template, status, resp, path)
+
+
+@pytest.mark.parametrize("value", [
+    "../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2f", "sn1-..%2f..%2fapi.db",
+    "%00", "sn1-" + "A" * 10_000, "%F0%9F%98%80", "%ff%fe",
+])
+def test_path_traversal_in_key_paths_is_4xx(api_server: Running, value: str) -> None:
+    for method, template in routes(api_server):
+        if "{" not in template:
+            continue
+        path = re.sub(r"\{[^}]+\}", value, template)
+        status, body, _ = send(api_server, method, path, b"{}" if method != "GET" else None, auth_headers(api_server))
+        assert 400 <= status < 500, (method, path, status, body[:200])
+        check(api_server, method, template, status, body, path)
+
+
+def test_traversal_outside_the_routes_is_404(api_server: Running) -> None:
+    for path in ("/../../etc/passwd", "/v1/../api_management/api-keys/../../state/api.db", "/%2e%2e/%2e%2e/etc/passwd",
+                 "/api_management/api-keys/..%2f..%2f..%2fetc%2fpasswd/usage", "//etc/passwd"):
+        status, body, _ = send(api_server, "GET", path, None, auth_headers(api_server))
+        assert 400 <= status < 500, (path, status)
+        assert b"root:" not in body
+
+
+def test_duplicate_and_conflicting_auth_headers_are_4xx(api_server: Running) -> None:
+    cases = [
+        [("Authorization", "Bearer wrong"), ("Authorization", f"Bearer {api_server.key}")],
+        [("Authorization", f"Bearer {api_server.key}"), ("Authorization", "Bearer wrong")],
+        [("api-key", "x"), ("api-key", "y")],
+        [("Authorization", "Basic " + "A" * 300)],
+        [("Authorization", "Bearer " + "k" * 1000)],
+        [("Authorization", "Bearer"), ("x-api-key", "")],
+        [("Authorization", "Bearer \xe9\xff".encode("latin-1"))],
+    ]
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    for headers in cases:
+        status, resp, _ = send(api_server, "POST", "/v1/chat/completions", body,
+                               [*headers, ("Content-Type", "application/json")])
+        assert status in (200, 401), (headers, status, resp[:200])
+        check(api_server, "POST", "/v1/chat/completions", status, resp)
+
+
+def test_duplicate_content_length_and_smuggling_attempts_are_rejected(api_server: Running) -> None:
+    """Raw sockets: requests no client library would send. The HTTP parser itself answers 400."""
+    import socket
+
+    body = b'{"messages":[{"role":"user","content":"hi"}]}'
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api_server.key}\r\n"
+    attempts = [
+        head + f"Content-Length: {len(body)}\r\nContent-Length: 5\r\n\r\n",
+        head + f"Content-Length: {len(body)}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        head + "Content-Length: -1\r\n\r\n",
+        head + "Content-Length: 99999999999999999999999\r\n\r\n",
+        head + "X-Injected: a\rb\r\nContent-Length: 0\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Bad\x00Name: 1\r\n\r\n",
+        "GET /health\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET / HTTP/9.9\r\n\r\n",
+    ]
+    for raw in attempts:
+        with socket.create_connection((api_server.host, api_server.port), timeout=10) as s:
+            s.sendall(raw.encode("latin-1") + body)
+            s.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        status = int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/") else 0
+        assert 400 <= status < 500 or status == 0, (raw[:80], reply[:200])
+
+
+def test_header_injection_through_request_id_is_not_reflected(api_server: Running) -> None:
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    for rid in ("abc\u2028Set-Cookie: x=1", "é" * 10, "a" * 500, "ok-id"):
+        status, _, headers = send(api_server, "POST", "/v1/chat/completions", body,
+                                  [*auth_headers(api_server), ("x-request-id", rid.encode("utf-8"))])
+        assert status == 200
+        assert headers.get("Set-Cookie") is None
+        echoed = headers.get("x-request-id", "")
+        assert echoed.isascii() and echoed.isprintable() and len(echoed) <= 128
+        if rid == "ok-id":
+            assert echoed == rid
+
+
+def test_no_secret_in_any_log_line(api_server: Running) -> None:
+    """Runs last in this module: a key made through the admin route is used, misused and deleted,
+    then everything the servers logged (the fuzz included) is searched for any secret."""
+    status, body, _ = send(api_server, "POST", "/api_management/create-api-key?rate_limit=5&name=logcheck", b"",
+                           [("admin-key", ADMIN_KEY)])
+    assert status == 200, body
+    fresh = json.loads(body)["api_key"]
+    chat = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    for headers in ([("Authorization", f"Bearer {fresh}")], [("api-key", fresh + "x")], [("x-api-key", fresh[:-1])]):
+        send(api_server, "POST", "/v1/chat/completions", chat, [*headers, ("Content-Type", "application/json")])
+    send(api_server, "GET", f"/api_management/api-keys/{fresh}/usage", None, [("admin-key", ADMIN_KEY)])
+    send(api_server, "DELETE", f"/api_management/delete-api-key/{fresh}", None, [("admin-key", ADMIN_KEY + "x")])
+    send(api_server, "DELETE", f"/api_management/delete-api-key/{fresh}", None, [("admin-key", ADMIN_KEY)])
+    secrets = [api_server.key, fresh, ADMIN_KEY, "//Validator"]
+    assert api_server.logs, "the servers must have logged something"
+    for line in api_server.logs:
+        for secret in secrets:
+            assert secret not in line, f"secret in log line: {line[:300]}"
