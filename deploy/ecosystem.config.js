@@ -1,0 +1,35 @@
+// pm2 ecosystem for an sn1 node: `pm2 start deploy/ecosystem.config.js` from the repository root.
+// Each process reads its own env file (copy .env.*.example first). Start only what this host runs:
+//   pm2 start deploy/ecosystem.config.js --only sn1-api
+// The API forks WORKERS processes itself (SO_REUSEPORT): keep pm2 at one instance, fork mode.
+// pm2 restarts a process that exits; SIGTERM lets it finish in-flight requests (kill_timeout).
+const path = require("path");
+const root = path.resolve(__dirname, "..");
+
+function app(name, script, args) {
+  return {
+    name,
+    cwd: root,
+    script,
+    args,
+    interpreter: "none",
+    exec_mode: "fork",
+    instances: 1,
+    autorestart: true,
+    max_restarts: 50,
+    min_uptime: "10s",
+    restart_delay: 2000,
+    exp_backoff_restart_delay: 200,
+    kill_timeout: 15000,
+    merge_logs: true,
+    time: true,
+  };
+}
+
+module.exports = {
+  apps: [
+    app("sn1-api", "./run_api.sh", ""),
+    app("sn1-validator", ".venv/bin/sn1", "validator --env-file .env.validator"),
+    app("sn1-miner", ".venv/bin/sn1", "miner --env-file .env.miner"),
+  ],
+};

@@ -1,0 +1,58 @@
+"""deploy/: the pm2 ecosystem and systemd units start commands that exist, with env files that have examples."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLES = ("api", "validator", "miner")
+
+
+def check_command(script: str, args: list[str]) -> None:
+    """``run_api.sh``, or ``sn1 <role> --env-file .env.<role>`` with a known role and an example env file."""
+    if script.endswith("run_api.sh"):
+        assert (ROOT / "run_api.sh").exists() and not args
+        return
+    assert script.endswith(".venv/bin/sn1"), script
+    role, flag, env_file = args
+    assert role in ROLES and flag == "--env-file" and env_file == f".env.{role}"
+    assert (ROOT / f"{env_file}.example").exists()
+    assert "--env-file" in cli_help(role)
+
+
+@functools.cache
+def cli_help(role: str) -> str:
+    """``sn1 <role> --help``: the subcommand exists and takes --env-file."""
+    return subprocess.run([sys.executable, "-m", "shared.cli", role, "--help"], capture_output=True, text=True,
+                          check=True, timeout=60, cwd=ROOT).stdout
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed (needed to load the pm2 file)")
+def test_pm2_ecosystem_runs_the_three_processes() -> None:
+    out = subprocess.run(["node", "-e", "console.log(JSON.stringify(require(process.argv[1])))",
+                          str(ROOT / "deploy" / "ecosystem.config.js")], capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    apps = json.loads(out)["apps"]
+    assert [a["name"] for a in apps] == ["sn1-api", "sn1-validator", "sn1-miner"]
+    for a in apps:
+        assert Path(a["cwd"]) == ROOT and a["instances"] == 1 and a["autorestart"]
+        check_command(a["script"], a["args"].split())
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_systemd_unit_restarts_and_runs_a_real_command(role: str) -> None:
+    text = (ROOT / "deploy" / "systemd" / f"sn1-{role}.service").read_text()
+    fields = dict(re.findall(r"^(\w+)=(.*)$", text, re.M))
+    assert fields["Restart"] == "always" and fields["KillSignal"] == "SIGTERM"
+    workdir = fields["WorkingDirectory"]
+    command = fields["ExecStart"].split()
+    assert command[0].startswith(workdir + "/")
+    check_command(command[0].removeprefix(workdir + "/"), command[1:])
