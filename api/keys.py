@@ -21,7 +21,7 @@ from api.chat import CTX
 from api.usage import usage_out
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
-from shared.keys_wire import CreatedKeyOut, DeletedKeyOut, KeyListOut, KeyOut, KeyParams
+from shared.keys_wire import DeletedKeyOut, KeyListOut, KeyOut, KeyParams
 from shared.store.base import ALL_SCOPES, KEY_PREFIX, KeyRecord, Store, StoreUnavailable, hash_key
 
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
@@ -92,7 +92,8 @@ async def create_api_key(request: web.Request) -> web.Response:
     except StoreUnavailable:
         raise store_unavailable() from None
     logger.info("api key created id={} rate_limit={} scopes={}", record.id, record.rate_limit, ",".join(record.scopes))
-    return _dump(CreatedKeyOut(api_key=secret, **KeyOut.of(record).model_dump()))
+    # the subnet doc's two fields first, then the key's public details
+    return json_response({"message": "API key created", "api_key": secret, **KeyOut.of(record).model_dump(mode="json")})
 
 
 async def modify_api_key(request: web.Request) -> web.Response:
