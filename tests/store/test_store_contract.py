@@ -171,3 +171,12 @@ async def test_unreachable_redis_raises_store_unavailable() -> None:
             await dead.create_key(5)
     finally:
         await dead.close()
+
+
+async def test_a_clock_slightly_behind_still_counts(store: Store) -> None:
+    """Hosts' clocks differ a little: a charge stamped earlier than the newest bucket still counts."""
+    secret, _ = await store.create_key(2)
+    h = hash_key(secret)
+    assert (await store.authorize(h, scope=None, now=T0 + 5.2)).decision.allowed
+    assert (await store.authorize(h, scope=None, now=T0 + 3.9)).decision.allowed
+    assert not (await store.authorize(h, scope=None, now=T0 + 4.5)).decision.allowed

@@ -1,0 +1,43 @@
+"""The usage buffer: batches per flush, keeps counts while the store is down, merges unflushed counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from neurons.localnet import free_port
+from shared.store.redis import RedisStore
+from shared.store.sqlite import SQLiteStore
+from shared.store.usage import UsageRecorder
+
+
+class CountingStore(SQLiteStore):
+    """A real SQLite store that counts add_usage calls (one per flush, whatever the traffic)."""
+
+    batches = 0
+
+    async def add_usage(self, deltas):  # type: ignore[no-untyped-def]
+        self.batches += 1
+        await super().add_usage(deltas)
+
+
+async def test_one_batch_per_flush_and_nothing_lost_while_the_store_is_down(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "u.db")
+    _, rec = await store.create_key(10)
+    usage = UsageRecorder(store)
+    for status in (200, 200, 429, 500):
+        usage.count_response(rec.id, status)
+    usage.record(rec.id, prompt_tokens=7, completion_tokens=11)
+    usage.record(rec.id, prompt_tokens="lots", completion_tokens=-5, error=True)  # junk from a miner: ignored
+    assert (await usage.report(rec.id)).totals.requests == 4  # unflushed counts are reported
+    dead = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", namespace="gone")
+    usage.store = dead
+    assert await usage.flush() == 0  # store down: kept for the next try
+    usage.count_response(rec.id, 200)
+    usage.store = store
+    assert await usage.flush() == 1 and store.batches == 1
+    totals = (await store.usage(rec.id)).totals.as_dict()
+    assert totals == {"requests": 5, "prompt_tokens": 7, "completion_tokens": 11, "total_tokens": 18,
+                      "errors": 2, "rate_limited": 1}
+    assert await usage.flush() == 0 and (await store.usage(rec.id)).totals.requests == 5  # nothing twice
+    await dead.close()
+    await store.close()
