@@ -161,8 +161,8 @@ async def _stream(
     response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await response.prepare(request)
-    async for data in race.follow(run):
-        await response.write(b"data: " + data.encode() + b"\n\n")
+    async for batch in race.follow_batches(run):
+        await response.write(b"".join(b"data: " + data.encode() + b"\n\n" for data in batch))
     if run.error:
         err = {"error": {"message": f"miner uid {run.uid} failed mid-stream: {run.error}",
                          "type": "upstream_error", "code": "miner_failed_mid_stream", "param": None}}
@@ -171,6 +171,5 @@ async def _stream(
         chunk = usage_chunk(completion_id=new_completion_id(), model=run.model or req.model or "unknown",
                             usage=estimated_usage(req, run.text))
         await response.write(encode_event(dumps(chunk)))
-    await response.write(DONE_FRAME)
-    await response.write_eof()
+    await response.write_eof(DONE_FRAME)
     return response

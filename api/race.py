@@ -147,13 +147,17 @@ class Race:
 
     async def _run(self, run: MinerRun) -> None:
         try:
-            async for data in self.client.stream_chat(run.neuron, self.body, self.deadline, request_id=self.request_id):
-                run.absorb(data)
-                run.events.append(data)
-                run.timings.append(asyncio.get_running_loop().time() - self.started)
+            loop = asyncio.get_running_loop()
+            batches = self.client.stream_chat_batches(run.neuron, self.body, self.deadline, request_id=self.request_id)
+            async for batch in batches:
+                arrived = loop.time() - self.started  # one read: the same arrival time for its events
+                for data in batch:
+                    run.absorb(data)
+                    run.events.append(data)
+                    run.timings.append(arrived)
+                    if self.stream and run.has_answer:
+                        self._claim(run)
                 run.new_data.set()
-                if self.stream and run.has_answer:
-                    self._claim(run)
         except MinerError as e:
             run.error, run.error_kind = str(e), e.kind
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as e:
@@ -192,11 +196,18 @@ class Race:
 
     async def follow(self, run: MinerRun) -> AsyncIterator[str]:
         """The run's events from the first one, as they arrive, until it ends."""
+        async for batch in self.follow_batches(run):
+            for data in batch:
+                yield data
+
+    async def follow_batches(self, run: MinerRun) -> AsyncIterator[list[str]]:
+        """``follow`` in groups: every event that arrived since the last group (one client write each)."""
         index = 0
         while True:
             if index < len(run.events):
-                yield run.events[index]
-                index += 1
+                batch = run.events[index:]
+                index += len(batch)
+                yield batch
                 continue
             if run.done:
                 return

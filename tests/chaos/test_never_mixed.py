@@ -71,6 +71,12 @@ class FakeClient:
     def __init__(self, miners: dict[int, FakeMiner]) -> None:
         self.miners = miners
 
+    async def stream_chat_batches(self, neuron: Neuron, body: bytes, deadline: float, *,
+                                  request_id: str | None = None) -> AsyncIterator[list[str]]:
+        """What the race consumes: here one event per group, the worst case for splicing."""
+        async for data in self.stream_chat(neuron, body, deadline, request_id=request_id):
+            yield [data]
+
     async def stream_chat(self, neuron: Neuron, body: bytes, deadline: float, *,
                           request_id: str | None = None) -> AsyncIterator[str]:
         m = self.miners[neuron.uid]

@@ -1,0 +1,70 @@
+"""The race consumes events in groups (one per network read): grouping must change nothing visible.
+
+A group is absorbed event by event, so a bad event in the middle of a group
+keeps the events before it, marks the miner failed and never lets the events
+after it through; events of one group share one arrival time; ``follow_batches``
+hands the client exactly the winner's events, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from api.race import Race
+from shared.metagraph import Neuron
+
+
+def chunk(text: str) -> str:
+    return json.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}]})
+
+
+ROLE = json.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+GARBAGE = '{"choices": [{"delta": {"content": "half'
+
+
+class GroupedClient:
+    """Serves scripted groups of events per uid, yielding to the loop between groups."""
+
+    def __init__(self, groups: dict[int, list[list[str]]]) -> None:
+        self.groups = groups
+
+    async def stream_chat_batches(self, neuron: Neuron, body: bytes, deadline: float, *,
+                                  request_id: str | None = None) -> AsyncIterator[list[str]]:
+        for group in self.groups[neuron.uid]:
+            await asyncio.sleep(0)
+            yield list(group)
+
+
+async def run_race(groups: dict[int, list[list[str]]], *, stream: bool) -> Race:
+    deadline = asyncio.get_running_loop().time() + 5
+    race = Race(GroupedClient(groups), [Neuron(uid=u, hotkey=f"hk{u}") for u in groups], b"{}", deadline,
+                stream=stream)
+    race.start()
+    return race
+
+
+async def test_bad_event_mid_group_keeps_earlier_events_and_fails_the_stream() -> None:
+    race = await run_race({1: [[ROLE, chunk("a"), chunk("b")], [chunk("c"), GARBAGE, chunk("never")]]}, stream=True)
+    winner = await race.winner()
+    assert winner is not None and winner.uid == 1
+    relayed = [batch async for batch in race.follow_batches(winner)]
+    await race.finish()
+    flat = [e for batch in relayed for e in batch]
+    assert flat == [ROLE, chunk("a"), chunk("b"), chunk("c")]
+    assert winner.text == "abc"
+    assert winner.error and "invalid chunk" in winner.error
+    assert winner.timings[0] == winner.timings[1] == winner.timings[2] <= winner.timings[3]
+
+
+async def test_non_stream_winner_is_the_complete_grouped_answer() -> None:
+    race = await run_race({1: [[ROLE], [chunk("x"), chunk("y")], [chunk("z")]],
+                           2: [[ROLE, chunk("p")], [GARBAGE]]}, stream=False)
+    winner = await race.winner()
+    await race.finish()
+    assert winner is not None and winner.uid == 1 and winner.error is None
+    assert winner.text == "xyz" and len(winner.timings) == len(winner.events) == 4
+    loser = next(r for r in race.runs if r.uid == 2)
+    assert loser.error and loser.events == [ROLE, chunk("p")]
+    assert race.payload()["chunks"] == {"1": winner.events, "2": [ROLE, chunk("p")]}
