@@ -91,6 +91,7 @@ class ValidatorSettings(CommonSettings):
     availability_timeout: float = Field(default=3.0, gt=0, description="Per-miner timeout of POST /availability")
     availability_concurrency: int = Field(default=32, ge=1, description="Availability polls in flight at once")
     neuron_disable_set_weights: bool = Field(default=False, description="Compute and log weights, never set them")
+    synthetic_enabled: bool = Field(default=True, description="Send synthetic tasks (false: score organic traffic only)")
     synthetic_interval: float = Field(default=20.0, gt=0, description="Seconds between synthetic task cycles")
     synthetic_sample_size: int = Field(default=8, ge=1, le=256, description="Miners sent each synthetic task")
     synthetic_timeout: float = Field(default=15.0, gt=0, le=600, description="Deadline of a synthetic task (s)")

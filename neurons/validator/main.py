@@ -109,7 +109,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
         (lambda: timed("synthetic", settings.synthetic_interval, lambda: synthetic_cycle(
             client, metagraph, book, registry, datasets, synthetic, rng, queue),
             first_delay=min(settings.availability_timeout, settings.synthetic_interval)))
-        for _ in range(settings.synthetic_concurrency)
+        for _ in range(settings.synthetic_concurrency if settings.synthetic_enabled else 0)
     ]
     loops += [lambda: scoring_worker(queue, scorer, metagraph) for _ in range(settings.scoring_workers)]
 

@@ -19,10 +19,10 @@ def scores(validator_url: str) -> dict[int, float]:
 
 
 def test_organic_traffic_changes_the_validators_scores(tmp_path: Path) -> None:
-    # synthetic tasks effectively off: only organic answers can move the scores
+    # synthetic tasks off: only organic answers can move the scores
     config = LocalNetConfig(directory=tmp_path, miners=2, api_port=free_port(), validator_port=free_port(),
                             admin_key="organic-admin-key-0123456789", miner_profiles=["honest", "lazy"],
-                            extra_env={"SYNTHETIC_INTERVAL": "3600"})
+                            extra_env={"SYNTHETIC_ENABLED": "false"})
     with LocalNet(config) as net:
         info = net.start(timeout=120)
         before = scores(info["validator_url"])
