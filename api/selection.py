@@ -13,6 +13,7 @@ import random
 from api.availability import AvailabilityCache
 from shared.errors import ApiError
 from shared.metagraph import MetagraphSnapshot, Neuron
+from shared.tasks import ALL_TASKS
 
 EXPLORATION_FLOOR = 0.05
 
@@ -46,6 +47,9 @@ def select_miners(
     if cache is not None and cache.fresh():
         serving = [n for n in candidates if cache.serves(n.uid, task, model)]
         if not serving:
+            if task and task not in known_tasks(cache):
+                raise ApiError(400, f"Unknown task '{task}'. Known tasks: {', '.join(sorted(known_tasks(cache)))}.",
+                               param="task", code="unknown_task")
             if model and not any(cache.serves(n.uid, None, model) for n in candidates):
                 raise ApiError(404, f"The model '{model}' is not served by any available miner.",
                                code="model_not_found", param="model")
@@ -55,6 +59,14 @@ def select_miners(
     if not candidates:
         raise ApiError(503, "No serving miners in the metagraph.", code="no_miners_available")
     return weighted_sample(candidates, k, rng)
+
+
+def known_tasks(cache: AvailabilityCache | None) -> set[str]:
+    """The subnet's task names plus any task a miner currently advertises."""
+    known = set(ALL_TASKS)
+    for entry in (cache.entries.values() if cache is not None else ()):
+        known.update(t for t, ok in (entry or {}).get("task_availabilities", {}).items() if ok)
+    return known
 
 
 def top_miner(candidates: list[Neuron]) -> Neuron:

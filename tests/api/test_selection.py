@@ -67,6 +67,14 @@ def test_unknown_model_is_404_and_unserved_task_is_503() -> None:
     assert e.value.status == 503 and "WebRetrievalTask" in e.value.message
 
 
+def test_unknown_task_is_400_but_an_advertised_new_task_is_not() -> None:
+    c = cache({1: entry(tasks=("InferenceTask", "ProgrammingTask")), 2: entry()})
+    with pytest.raises(ApiError) as e:
+        pick(snap(n=2), c, task="NoSuchTask")
+    assert e.value.status == 400 and e.value.code == "unknown_task"
+    assert pick(snap(n=2), c, task="ProgrammingTask", k=5) == [1]
+
+
 def test_stale_cache_falls_back_to_all_serving_miners() -> None:
     c = cache({1: entry(models=("m1",))}, age=1000, stale=60)
     assert set(pick(snap(n=3), c, model="m2", k=5)) == {1, 2, 3}
