@@ -1,4 +1,4 @@
-"""Every example in ``docs/clients.md`` runs, as written, against the local subnet (``localnet`` fixture).
+"""Every example in the README's "Clients" section runs, as written, against the local subnet.
 
 Each fenced ``python``/``bash`` block is one example, run in its own process with
 ``SN1_API``, ``SN1_BASE_URL``, ``SN1_API_KEY`` and ``SN1_ADMIN_KEY`` set, as a reader
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "clients.md"
+DOC = Path(__file__).resolve().parents[2] / "README.md"
+START, END = "<!-- clients:start", "<!-- clients:end -->"
 BLOCK = re.compile(r"^```(python|bash)\n(.*?)^```", re.S | re.M)
 
 # A distinctive line of each example -> what its output must contain.
@@ -33,7 +34,9 @@ EXPECTED = {  # most specific first: the agents example also mentions AsyncOpenA
 
 def examples() -> list[tuple[str, str, str]]:
     found = []
-    for lang, code in BLOCK.findall(DOC.read_text()):
+    text = DOC.read_text()
+    section = text[text.index(START):text.index(END)]
+    for lang, code in BLOCK.findall(section):
         if "export SN1_API=" in code:
             continue  # the set-up block itself
         key = next((k for k in EXPECTED if k in code), None)
