@@ -17,7 +17,7 @@ from loguru import logger
 from pydantic import BaseModel
 
 from api.auth import check_admin, store_unavailable
-from api.chat import CTX
+from api.context import CTX
 from api.usage import usage_out
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json

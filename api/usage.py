@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from api.auth import KEY_RECORD, authenticate, store_unavailable
-from api.chat import CTX
+from api.context import CTX
 from shared.errors import ApiError
 from shared.http import json_response
 from shared.keys_wire import UsageOut
