@@ -34,11 +34,19 @@ class Outbox(Protocol):
         """Append a payload; returns how many old payloads were dropped to make room."""
         ...
 
+    async def put_many(self, payloads: list[dict[str, Any]]) -> int:
+        """Append payloads in order in one transaction (group commit); returns how many were dropped."""
+        ...
+
     async def peek(self, limit: int) -> list[OutboxItem]:
         """The oldest ``limit`` payloads, oldest first."""
         ...
 
     async def ack(self, item_id: str) -> None: ...
+
+    async def ack_many(self, item_ids: list[str]) -> None:
+        """Remove delivered payloads in one transaction."""
+        ...
 
     async def depth(self) -> int: ...
 
@@ -75,10 +83,14 @@ class SQLiteOutbox(SQLiteTables):
         self.max_items = max_items
 
     async def put(self, payload: dict[str, Any]) -> int:
-        data = json.dumps(payload, separators=(",", ":"))
+        return await self.put_many([payload])
+
+    async def put_many(self, payloads: list[dict[str, Any]]) -> int:
+        now = time.time()
+        rows = [(json.dumps(p, separators=(",", ":")), now) for p in payloads]
 
         def run(db: sqlite3.Connection) -> int:
-            db.execute("INSERT INTO outbox (payload, created_at) VALUES (?, ?)", (data, time.time()))
+            db.executemany("INSERT INTO outbox (payload, created_at) VALUES (?, ?)", rows)
             (count,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
             excess = count - self.max_items
             if excess > 0:
@@ -94,6 +106,9 @@ class SQLiteOutbox(SQLiteTables):
 
     async def ack(self, item_id: str) -> None:
         self._tx(lambda db: db.execute("DELETE FROM outbox WHERE id = ?", (int(item_id),)))
+
+    async def ack_many(self, item_ids: list[str]) -> None:
+        self._tx(lambda db: db.executemany("DELETE FROM outbox WHERE id = ?", [(int(i),) for i in item_ids]))
 
     async def depth(self) -> int:
         return self._query("SELECT COUNT(*) FROM outbox")[0][0]
@@ -179,6 +194,9 @@ class RedisOutbox:
         data = json.dumps(payload, separators=(",", ":"))
         return int(await self._call(self._put(keys=[self.key, self.dropped_key], args=[data, self.max_items])))
 
+    async def put_many(self, payloads: list[dict[str, Any]]) -> int:
+        return sum([await self.put(p) for p in payloads])  # each XADD is atomic; order is kept
+
     async def peek(self, limit: int) -> list[OutboxItem]:
         rows = await self._call(self.r.xrange(self.key, count=limit))
         out = []
@@ -190,6 +208,10 @@ class RedisOutbox:
 
     async def ack(self, item_id: str) -> None:
         await self._call(self.r.xdel(self.key, item_id))
+
+    async def ack_many(self, item_ids: list[str]) -> None:
+        if item_ids:
+            await self._call(self.r.xdel(self.key, *item_ids))
 
     async def depth(self) -> int:
         return int(await self._call(self.r.xlen(self.key)))

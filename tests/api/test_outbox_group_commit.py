@@ -1,0 +1,58 @@
+"""Group commit in the forwarder's sink, and the batch calls it uses, on both outbox backends.
+
+Concurrent requests' payloads share one store transaction, but a sink call
+still returns only once its own payload is stored, in the order the sinks
+were called; ``put_many``/``ack_many`` behave like the one-at-a-time calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from api.scoring_outbox import OutboxForwarder
+from tests.api.test_outbox import make_outbox  # noqa: F401 - the two-backend fixture
+
+UNUSED_URL = "http://127.0.0.1:9"  # the forwarder loop is not started: nothing is delivered here
+
+
+class CountingOutbox:
+    """Counts store transactions of the wrapped outbox."""
+
+    def __init__(self, box) -> None:
+        self.box = box
+        self.put_calls = 0
+
+    async def put_many(self, payloads):
+        self.put_calls += 1
+        return await self.box.put_many(payloads)
+
+    def __getattr__(self, name):
+        return getattr(self.box, name)
+
+
+async def test_concurrent_sinks_share_transactions_and_each_returns_stored(make_outbox) -> None:  # noqa: F811
+    box = CountingOutbox(make_outbox(max_items=1000))
+    fwd = OutboxForwarder(box, None, UNUSED_URL, "hk", rng=random.Random(1))  # type: ignore[arg-type]
+
+    async def settle(i: int) -> int:
+        await fwd.sink({"n": i})
+        return len(await box.peek(1000))  # what is stored when this caller is told "done"
+
+    seen = await asyncio.gather(*(settle(i) for i in range(50)))
+    assert all(n >= i + 1 for i, n in enumerate(seen)), "a sink returned before its payload was stored"
+    items = await box.peek(1000)
+    assert [it.payload["n"] for it in items] == list(range(50))
+    assert box.put_calls < 10, f"{box.put_calls} transactions for 50 concurrent payloads"
+
+
+async def test_put_many_trims_and_ack_many_removes(make_outbox) -> None:  # noqa: F811
+    box = make_outbox(max_items=5)
+    assert await box.put_many([{"n": i} for i in range(3)]) == 0
+    assert await box.put_many([{"n": i} for i in range(3, 8)]) == 3
+    items = await box.peek(10)
+    assert [it.payload["n"] for it in items] == [3, 4, 5, 6, 7]
+    await box.ack_many([it.id for it in items[:2]])
+    await box.ack_many([])
+    assert [it.payload["n"] for it in await box.peek(10)] == [5, 6, 7]
+    assert await box.dropped() == 3
