@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, RootModel
 from pydantic.json_schema import models_json_schema
 
 from api.discovery_wire import ModelListOut, ModelOut, ReadyOut, TaskListOut
+from api.sessions import OpenSessionRequest
 from api.web_retrieval import WebResult, WebRetrievalRequest
 from shared.errors import ApiError
 from shared.http import json_response
@@ -84,6 +85,33 @@ class ChatCompletionOut(BaseModel):
     usage: Usage
 
 
+class ChunkDelta(BaseModel):
+    model_config = {"extra": "allow"}
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ChunkChoice(BaseModel):
+    model_config = {"extra": "allow"}
+    index: int = 0
+    delta: ChunkDelta = Field(default_factory=ChunkDelta)
+    logprobs: dict[str, Any] | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunkOut(BaseModel):
+    """One ``chat.completion.chunk`` of a stream (the last may carry only ``usage``, with no choices)."""
+
+    model_config = {"extra": "allow"}
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
 class WebRetrievalOut(BaseModel):
     results: list[WebResult]
 
@@ -99,6 +127,34 @@ class AvailabilityMapOut(RootModel[dict[str, AvailabilityResponse | None]]):
 
 class UidListOut(RootModel[list[int]]):
     pass
+
+
+class SessionOut(BaseModel):
+    """A sticky session: the calling key's chat requests go to miner ``uid`` until ``expires_at``."""
+
+    session_id: str
+    model: str
+    uid: int
+    created_at: float = Field(description="Unix time")
+    expires_at: float = Field(description="Unix time")
+    failover: bool
+
+
+class SessionDeletedOut(BaseModel):
+    session_id: str
+    deleted: Literal[True]
+
+
+class SessionPingOut(BaseModel):
+    """``ok``: the pinned miner answered; ``moved``: it did not and the session now pins ``uid``;
+    ``closed``: it did not and no other miner serves the model, so the session ended."""
+
+    session_id: str
+    status: Literal["ok", "moved", "closed"]
+    uid: int | None = Field(default=None, description="The miner the session pins now (absent when closed)")
+    latency_ms: float | None = Field(default=None, description="Round trip of the one-token completion (ok)")
+    error: str | None = Field(default=None, description="Why the pinned miner failed (moved, closed)")
+    previous_uid: int | None = Field(default=None, description="The miner that failed (moved, closed)")
 
 
 class DaysQuery(BaseModel):
@@ -166,6 +222,16 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/api_management/api-keys/{api_key}/usage"): Operation(
         "One key's usage by day", "admin", "admin", query=DaysQuery, response=UsageOut),
     ("GET", "/v1/usage"): Operation("The calling key's usage by day", "usage", query=DaysQuery, response=UsageOut),
+    ("POST", "/v1/sessions"): Operation(
+        "Open a sticky session: pin one miner serving the model to the calling key (404 if none serves it)",
+        "sessions", body=OpenSessionRequest, response=SessionOut),
+    ("GET", "/v1/sessions"): Operation("The calling key's active session (404 if none)", "sessions",
+                                       response=SessionOut),
+    ("DELETE", "/v1/sessions/{session_id}"): Operation("Close one of the calling key's sessions", "sessions",
+                                                       response=SessionDeletedOut),
+    ("POST", "/v1/sessions/{session_id}/ping"): Operation(
+        "A one-token completion against the pinned miner; on failure the session is moved or closed",
+        "sessions", response=SessionPingOut),
 }
 
 SECURITY_SCHEMES = {
@@ -193,6 +259,8 @@ def routes_of(app: web.Application) -> list[tuple[str, str, Any]]:
 def _schemas(ops: list[Operation]) -> tuple[dict[tuple[type[BaseModel], str], Any], dict[str, Any]]:
     wanted: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [(ErrorOut, "serialization")]
     for op in ops:
+        if op.stream:
+            wanted.append((ChatCompletionChunkOut, "serialization"))
         if op.body:
             wanted.append((op.body, "validation"))
         if op.response:
@@ -215,6 +283,25 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     return params
 
 
+# The HTTP parser (aiohttp) answers a request it cannot parse (request line or a header over 8190 bytes,
+# invalid HTTP) itself, before any application code runs: a plain-text 400, the one non-JSON error.
+PARSER_400 = {"description": "Invalid request: an OpenAI-shaped error; or, when the HTTP parser rejects the "
+                             "request itself (request line or a header over 8190 bytes), plain text",
+              "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+def sse_event_schema(refs: dict[tuple[type[BaseModel], str], Any]) -> dict[str, Any]:
+    """One server-sent event of a stream: its ``data`` is a JSON chunk, an OpenAI error, or ``[DONE]``."""
+    payload = {"anyOf": [refs[(ChatCompletionChunkOut, "serialization")], refs[(ErrorOut, "serialization")]]}
+    return {"type": "object", "required": ["data"], "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "anyOf": [
+            {"const": "[DONE]"},
+            {"contentMediaType": "application/json", "contentSchema": payload},
+        ]},
+    }}
+
+
 def _responses(op: Operation, refs: dict[tuple[type[BaseModel], str], Any]) -> dict[str, Any]:
     error = {"description": "OpenAI-shaped error", "content": {"application/json": {
         "schema": refs[(ErrorOut, "serialization")]}}}
@@ -223,10 +310,12 @@ def _responses(op: Operation, refs: dict[tuple[type[BaseModel], str], Any]) -> d
     else:
         content = {op.media: {"schema": {"type": "string"} if op.media != "application/json" else {}}}
     if op.stream:
-        content["text/event-stream"] = {"schema": {"type": "string"},
-                                        "description": "`data: <chat.completion.chunk>` events, then `data: [DONE]`"}
+        content["text/event-stream"] = {"schema": sse_event_schema(refs),
+                                        "description": "`data: <chat.completion.chunk>` events, then `data: [DONE]`; "
+                                                       "a failure after the first byte is an `error` event"}
     ok = {"description": op.summary, "content": content}
-    responses = {"200": ok, "4XX": error, "5XX": error}
+    responses = {"200": ok, "400": PARSER_400 | {"content": {**error["content"], **PARSER_400["content"]}},
+                 "4XX": error, "5XX": error}
     if op.tag == "operations" and op.response is ReadyOut:
         responses["503"] = {"description": "Not ready (same body, with reasons)", "content": ok["content"]}
     return responses
