@@ -13,7 +13,6 @@ and tested directly.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 
 from loguru import logger
 
+from shared.jsonutil import loads
 from shared.metagraph import Neuron
 from shared.miner_client import MinerClient, MinerError
 
@@ -59,7 +59,7 @@ class MinerRun:
 
     def absorb(self, data: str) -> None:
         """Record one chunk and fold it into the running answer; raise ValueError if it is garbage."""
-        obj = json.loads(data)
+        obj = loads(data)
         if not isinstance(obj, dict):
             raise ValueError("chunk is not a JSON object")
         if "error" in obj and "choices" not in obj:

@@ -1,19 +1,40 @@
-"""JSON helpers shared by every process (one place to swap the codec)."""
+"""JSON helpers shared by every process (one place to swap the codec).
+
+Serialising and parsing on the hot path (miner chunks, scoring payloads) use
+orjson: the profile of the API under load showed JSON at ~11% of its CPU with
+the standard library, a few times less with orjson. Output is the same compact
+UTF-8 JSON; what orjson cannot encode (integers beyond 64 bits) falls back to
+the standard library. ``loads`` is strict JSON (no NaN/Infinity literals,
+numbers that overflow a double are an error: a ``ValueError`` like any bad
+input). Request bodies keep the standard parser (``loads_body``).
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import orjson
+
 from shared.errors import ApiError
 
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
 def dumpb(obj: Any) -> bytes:
-    return dumps(obj).encode()
+    try:
+        return orjson.dumps(obj, option=_OPTIONS)
+    except TypeError:  # e.g. an int beyond 64 bits from a caller's extra field
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def dumps(obj: Any) -> str:
+    return dumpb(obj).decode()
+
+
+def loads(data: str | bytes) -> Any:
+    """Parse trusted-shape JSON (miner chunks, stored payloads); raises ``ValueError`` on bad input."""
+    return orjson.loads(data)
 
 
 def loads_body(raw: bytes) -> Any:

@@ -8,7 +8,6 @@ response-size cap, so an untrusted peer can neither hang nor flood us.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from shared.jsonutil import dumpb
+from shared.jsonutil import dumpb, dumps, loads
 from shared.metagraph import Neuron
 from shared.signing import Signer
 from shared.sse import DONE, SSEError, SSEParser
@@ -144,7 +143,7 @@ class MinerClient:
     async def _json_as_event(self, resp: aiohttp.ClientResponse) -> str:
         raw = await self._read_capped(resp)
         try:
-            obj = json.loads(raw)
+            obj = loads(raw)
             choice = obj["choices"][0]
             message = choice.get("message") or {}
             delta = {k: v for k, v in message.items() if v is not None}
@@ -160,7 +159,7 @@ class MinerClient:
                 chunk["usage"] = obj["usage"]
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             raise MinerError(f"malformed JSON completion: {e}", kind="bad_response") from None
-        return json.dumps(chunk)
+        return dumps(chunk)
 
     async def post_json(
         self, base_url: str, path: str, payload: Any, receiver: str, *, timeout: float
@@ -176,7 +175,7 @@ class MinerClient:
             ) as resp:
                 raw = await self._read_capped(resp)
                 try:
-                    data = json.loads(raw) if raw else None
+                    data = loads(raw) if raw else None
                 except ValueError:
                     data = None
                 return resp.status, data

@@ -11,13 +11,13 @@ payloads are dropped and counted.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared.jsonutil import dumps, loads
 from shared.store.base import StoreUnavailable
 from shared.store.sqlite_tables import SQLiteTables
 
@@ -87,7 +87,7 @@ class SQLiteOutbox(SQLiteTables):
 
     async def put_many(self, payloads: list[dict[str, Any]]) -> int:
         now = time.time()
-        rows = [(json.dumps(p, separators=(",", ":")), now) for p in payloads]
+        rows = [(dumps(p), now) for p in payloads]
 
         def run(db: sqlite3.Connection) -> int:
             db.executemany("INSERT INTO outbox (payload, created_at) VALUES (?, ?)", rows)
@@ -102,7 +102,7 @@ class SQLiteOutbox(SQLiteTables):
 
     async def peek(self, limit: int) -> list[OutboxItem]:
         rows = self._query("SELECT id, payload FROM outbox ORDER BY id LIMIT ?", (limit,))
-        return [OutboxItem(id=str(i), payload=json.loads(p)) for i, p in rows]
+        return [OutboxItem(id=str(i), payload=loads(p)) for i, p in rows]
 
     async def ack(self, item_id: str) -> None:
         self._tx(lambda db: db.execute("DELETE FROM outbox WHERE id = ?", (int(item_id),)))
@@ -191,7 +191,7 @@ class RedisOutbox:
             raise StoreUnavailable(f"redis outbox: {e}") from e
 
     async def put(self, payload: dict[str, Any]) -> int:
-        data = json.dumps(payload, separators=(",", ":"))
+        data = dumps(payload)
         return int(await self._call(self._put(keys=[self.key, self.dropped_key], args=[data, self.max_items])))
 
     async def put_many(self, payloads: list[dict[str, Any]]) -> int:
@@ -203,7 +203,7 @@ class RedisOutbox:
         for item_id, fields in rows:
             raw = fields.get(b"p") if b"p" in fields else fields.get("p")
             out.append(OutboxItem(id=item_id.decode() if isinstance(item_id, bytes) else item_id,
-                                  payload=json.loads(raw)))
+                                  payload=loads(raw)))
         return out
 
     async def ack(self, item_id: str) -> None:
