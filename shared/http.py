@@ -47,8 +47,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         body = error_body(message, type_=error_type_for(e.status), code=e.reason.lower().replace(" ", "_"))
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
         return json_response(body, status=e.status, headers=headers)
-    except (asyncio.CancelledError, ConnectionResetError):
+    except asyncio.CancelledError:
         raise
+    except ConnectionResetError:
+        # The peer went away before we answered (e.g. the API cancelled a losing miner). aiohttp would
+        # log a ConnectionResetError as an ERROR traceback and try to send a 500; end the handler the
+        # way it ends on a disconnect it noticed first: cancelled, quietly.
+        raise asyncio.CancelledError from None
     except Exception:
         logger.exception("unhandled error on {} {}", request.method, request.path)
         return json_response(error_body("Internal server error.", type_="server_error"), status=500)
