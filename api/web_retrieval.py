@@ -24,6 +24,7 @@ from api.fanout import request_id_from, settle, start_race
 from api.selection import select_miners
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
+from shared.protocol import MIN_TIMEOUT
 
 TASK = "WebRetrievalTask"
 MAX_URL = 2048
@@ -36,7 +37,7 @@ class WebRetrievalRequest(BaseModel):
     search_query: str = Field(min_length=1, max_length=MAX_QUERY)
     n_miners: int | None = Field(default=None, ge=1, le=64)
     n_results: int = Field(default=5, ge=1, le=100)
-    max_response_time: float = Field(default=10.0, gt=0, le=120)
+    max_response_time: float = Field(default=10.0, ge=MIN_TIMEOUT, le=120)
     uids: list[int] | None = Field(default=None, max_length=64, description="Deprecated: prefer n_miners")
 
     @field_validator("search_query")

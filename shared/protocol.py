@@ -14,17 +14,23 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_TASK = "InferenceTask"
+# The shortest deadline a caller may ask for: below it no miner can answer over a network, so the
+# request could only ever fail (a 504); it is refused up front instead (a 400 naming the field).
+MIN_TIMEOUT = 0.5
+# Unknown fields are kept (forwarded to miners); known ones must have their JSON type, as at OpenAI:
+# "max_tokens": "5" or "stream": "true" is a 400 naming the field, never silently coerced.
+REQUEST_CONFIG = ConfigDict(extra="allow", strict=True)
 ANY_MODEL = {"", "default", None}
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = REQUEST_CONFIG
     type: str = "text"
     text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = REQUEST_CONFIG
     role: Literal["system", "user", "assistant", "tool", "developer", "function"]
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -52,7 +58,7 @@ def content_text(content: Any) -> str:
 class SamplingParameters(BaseModel):
     """The subnet's own sampling block (``extra_body.sampling_parameters``)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = REQUEST_CONFIG
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
@@ -62,12 +68,12 @@ class SamplingParameters(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = REQUEST_CONFIG
     include_usage: bool | None = None
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = REQUEST_CONFIG
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
@@ -98,7 +104,7 @@ class ChatCompletionRequest(BaseModel):
     mixture: bool | None = None
     inference_mode: str | None = None
     target_results: int | None = Field(default=None, ge=1, le=256)
-    timeout: float | None = Field(default=None, gt=0, le=600)
+    timeout: float | None = Field(default=None, ge=MIN_TIMEOUT, le=600, description="Deadline in seconds")
     session_id: str | None = Field(default=None, max_length=128)
 
     @field_validator("uids")

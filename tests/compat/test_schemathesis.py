@@ -24,7 +24,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
 from api.openapi import OPERATIONS
+from shared.tasks import ALL_TASKS
 from tests.chaos.fleet import HONEST, fleet
+from tests.compat.support import MODEL, fresh_cache, serves
 from tests.hostile.conftest import ADMIN_KEY, threaded
 
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "12"))  # per operation and mode
@@ -48,6 +50,8 @@ def fuzzed_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A fleet of three honest miners behind its own API (not shared with other tests)."""
     tmp: Path = tmp_path_factory.mktemp("schemathesis")
     with threaded(lambda: fleet(tmp, {1: HONEST, 2: HONEST, 3: HONEST})) as (f, _loop):
+        # As a validator would report it: every miner serves the deterministic model and every task.
+        f.ctx.availability = fresh_cache(f, {uid: serves([MODEL], sorted(ALL_TASKS)) for uid in (1, 2, 3)})
         yield f
 
 
@@ -84,3 +88,23 @@ def test_operation_conforms_to_the_document(api_schema: Any, method: str, path: 
         case.call_and_validate()
 
     fuzz()
+
+
+def test_findings_stay_fixed(fuzzed_api: Any) -> None:
+    """What schemathesis found, as plain requests: a deadline no miner can meet and wrongly typed
+    fields were accepted (a 504 later, or a silent coercion); both are now a 400 naming the field."""
+    headers = {"Authorization": f"Bearer {fuzzed_api.key}"}
+    messages = [{"role": "user", "content": "hi"}]
+    refused = [
+        ("/v1/chat/completions", {"messages": messages, "timeout": 5e-324}, "timeout"),
+        ("/v1/chat/completions", {"messages": messages, "max_tokens": "5"}, "max_tokens"),
+        ("/v1/chat/completions", {"messages": messages, "stream": "true"}, "stream"),
+        ("/v1/chat/completions", {"messages": messages, "frequency_penalty": False}, "frequency_penalty"),
+        ("/web_retrieval", {"search_query": "q", "max_response_time": 0.01}, "max_response_time"),
+    ]
+    for path, body, param in refused:
+        r = requests.post(fuzzed_api.url + path, json=body, headers=headers, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (path, body, r.status_code, r.text)
+    r = requests.post(fuzzed_api.url + "/v1/chat/completions", headers=headers, timeout=30,
+                      json={"messages": messages, "timeout": 5, "temperature": 1, "max_tokens": 8})
+    assert r.status_code == 200, "an int where a number is expected is still fine, as at OpenAI"
