@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench soak clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ lint: install
 
 bench: install
 	$(BIN)/python scripts/bench.py
+
+# 20,000 requests through honest + faulty miners at concurrency 64; prints fds/tasks/RSS before and after.
+soak: install
+	$(BIN)/python scripts/soak.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) localnet state .pytest_cache
