@@ -114,3 +114,24 @@ def test_findings_stay_fixed(fuzzed_api: Any) -> None:
     r = requests.post(fuzzed_api.url + "/v1/chat/completions", headers=headers, timeout=30,
                       json={"messages": messages, "timeout": 5, "temperature": 1, "max_tokens": 8})
     assert r.status_code == 200, "an int where a number is expected is still fine, as at OpenAI"
+
+
+def test_session_lifecycle_answers_match_the_document(api_schema: Any, fuzzed_api: Any) -> None:
+    """Random bodies rarely name a served model, so the sessions' 200 answers are checked here,
+    each validated by schemathesis against its documented schema: open, get, ping, delete."""
+    auth = {"Authorization": f"Bearer {fuzzed_api.key}"}
+    opened = api_schema["/v1/sessions"]["POST"].Case(body={"model": MODEL, "sessionDuration": 60}).call_and_validate(
+        headers=auth)
+    assert opened.status_code == 200, opened.text
+    session_id = opened.json()["session_id"]
+    got = api_schema["/v1/sessions"]["GET"].Case().call_and_validate(headers=auth)
+    assert got.status_code == 200 and got.json()["session_id"] == session_id
+    ids = {"session_id": session_id}
+    pinged = api_schema["/v1/sessions/{session_id}/ping"]["POST"].Case(path_parameters=ids).call_and_validate(
+        headers=auth)
+    assert pinged.status_code == 200 and pinged.json()["status"] == "ok", pinged.text
+    deleted = api_schema["/v1/sessions/{session_id}"]["DELETE"].Case(path_parameters=ids).call_and_validate(
+        headers=auth)
+    assert deleted.status_code == 200 and deleted.json() == {"session_id": session_id, "deleted": True}
+    gone = api_schema["/v1/sessions"]["GET"].Case().call_and_validate(headers=auth)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "session_not_found"
