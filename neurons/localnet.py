@@ -178,6 +178,21 @@ class LocalNet:
         log.close()
         self.children.append(Child(name, proc, health_url, log_path))
 
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    def restart(self, name: str, *, overrides: dict[str, str] | None = None, timeout: float = 60.0) -> Child:
+        """Start ``name`` again from its env file (after it crashed or was killed); wait for /health."""
+        old = self.child(name)
+        if old.proc.poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        self.children.remove(old)
+        lines = (self.dir / f"{name}.env").read_text().splitlines()
+        env = dict(line.split("=", 1) for line in lines if "=" in line)
+        self._spawn(name, "miner" if name.startswith("miner") else name, env | (overrides or {}), old.health_url)
+        self.wait_healthy(self.children[-1:], timeout=timeout)
+        return self.children[-1]
+
     # --- lifecycle ----------------------------------------------------------------
     def start(self, *, timeout: float = 90.0, progress: bool = False) -> dict[str, Any]:
         self.prepare()
