@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +80,8 @@ class Cluster:
         return proc
 
     def start(self) -> None:
+        for logs in (self.dir / "logs", self.dir / "net" / "logs"):  # this run's logs only (wallets are kept)
+            shutil.rmtree(logs, ignore_errors=True)
         up_port, p1, p2 = free_port(), free_port(), free_port()
         upstream = self._spawn("upstream", [str(SCRIPTS / "bench_upstream.py"), "--port", str(up_port)])
         self.urls["upstream"] = self.urls["direct"] = f"http://127.0.0.1:{up_port}"

@@ -3,7 +3,7 @@
 Sign and verify (btauth/1, sr25519), SSE parsing throughput, and, when the
 engineers who own them have written them, the auth + rate-limit and validator
 micro benches (``tests/bench/bench_auth.py``, ``tests/bench/bench_validator.py``)
-and the outbox write. Each figure is measured in this process, in a loop, with
+and the scoring outbox's write. Each figure is measured in this process, in a loop, with
 nothing else running.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_YET = "not available yet"
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def per_call_us(fn: Callable[[], Any], n: int) -> float:
@@ -50,9 +52,6 @@ def sign_verify_us(n: int = 2000) -> dict[str, float]:
 
 def sse_parse_mb_s(megabytes: int = 8, piece: int = 4096) -> float:
     """Feed a realistic chat-completion stream in network-sized pieces."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "scripts"))
     from bench_upstream import stream_bytes
 
     from shared.sse import SSEParser
@@ -68,12 +67,51 @@ def sse_parse_mb_s(megabytes: int = 8, piece: int = 4096) -> float:
     return len(data) / (time.perf_counter() - t0) / 1e6
 
 
-def outbox_write_us() -> float | str:
-    """The scoring outbox's per-request write, once the outbox exists in the API."""
-    for mod in ("api.outbox", "api.scoring_outbox"):
-        if importlib.util.find_spec(mod) is not None:
-            return f"{mod} exists: measured by its own bench ({NOT_YET} here)"
-    return NOT_YET
+def outbox_write_us(n: int = 400) -> dict[str, float]:
+    """The scoring outbox's write per request (SQLite file, a payload of 20 chunks): one by one and grouped."""
+    import asyncio
+    import tempfile
+
+    from bench_upstream import chunk_frame
+
+    from shared.store.outbox import SQLiteOutbox
+
+    chunks = [chunk_frame(i)[6:-2].decode() for i in range(20)]
+    payload = {"uids": [1], "chunks": {"1": chunks}, "timings": {"1": [0.001 * i for i in range(20)]},
+               "errors": {}, "winner": 1, "created_at": time.time(), "kind": "chat", "request_id": "x" * 32,
+               "body": {"model": "bench", "messages": [{"role": "user", "content": "Hello"}], "stream": True}}
+
+    async def run() -> dict[str, float]:
+        with tempfile.TemporaryDirectory() as d:
+            box = SQLiteOutbox(Path(d) / "api.db", max_items=100_000)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await box.put(payload)
+            single = (time.perf_counter() - t0) / n * 1e6
+            t0 = time.perf_counter()
+            for _ in range(n // 10):
+                await box.put_many([payload] * 10)
+            grouped = (time.perf_counter() - t0) / (n // 10 * 10) * 1e6
+            await box.close()
+        return {"one_per_transaction_us": single, "ten_per_transaction_us": grouped}
+
+    return asyncio.run(run())
+
+
+def _redis_env() -> None:
+    """Let the auth bench measure Redis too when a local server answers (db 12, namespaced by the bench)."""
+    import os
+    import socket
+
+    if os.environ.get("REDIS_URL"):
+        return
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/12"
+    except OSError:
+        pass
 
 
 def external_bench(relpath: str) -> Any:
@@ -100,6 +138,7 @@ def micro_figures() -> dict[str, Any]:
     figures: dict[str, Any] = dict(sign_verify_us())
     figures["sse_parse_mb_s"] = sse_parse_mb_s()
     figures["outbox_write_us"] = outbox_write_us()
+    _redis_env()
     figures["auth_rate_limit"] = external_bench("tests/bench/bench_auth.py")
     figures["validator"] = external_bench("tests/bench/bench_validator.py")
     return figures

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import ROOT, Bench  # noqa: E402
 from bench_cluster import Cluster  # noqa: E402
+from bench_measure import ROOT, Bench  # noqa: E402
 
 
 def summarize(raw: Path, top: int) -> str:

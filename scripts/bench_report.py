@@ -92,8 +92,12 @@ def _micro_rows(results: dict) -> list[str]:
         return []
     rows = [f"micro: sign {m['sign_us']:.0f} us/call, verify {m['verify_us']:.0f} us/call, "
             f"SSE parse {m['sse_parse_mb_s']:.0f} MB/s"]
-    for name, key in (("auth + rate limit", "auth_rate_limit"), ("outbox write", "outbox_write_us"),
-                      ("validator", "validator")):
+    box = m.get("outbox_write_us")
+    if isinstance(box, dict):
+        rows.append(f"micro: outbox write per request (SQLite, 20-chunk payload): "
+                    f"{box['one_per_transaction_us']:.0f} us one per transaction, "
+                    f"{box['ten_per_transaction_us']:.0f} us grouped by 10 (the API's group commit)")
+    for name, key in (("auth + rate limit", "auth_rate_limit"), ("validator", "validator")):
         value = m.get(key)
         text = f"{value:.1f} us/request" if isinstance(value, float) else str(value)
         rows.append(f"micro: {name}: " + text.replace("\n", "\n       "))
