@@ -63,6 +63,7 @@ class Report:
     unexpected: list[str] = field(default_factory=list)
     before: Resources | None = None
     after: Resources | None = None
+    max_loop_lag: float = 0.0
     ok: bool = False
 
 
@@ -138,6 +139,15 @@ def short_keepalive_session(limit: int, limit_per_host: int) -> aiohttp.ClientSe
     return aiohttp.ClientSession(connector=connector)
 
 
+async def watch_loop_lag(report: Report, period: float = 0.05) -> None:
+    """The longest the event loop was late waking us: starvation (a busy shared machine) shows here."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(period)
+        report.max_loop_lag = max(report.max_loop_lag, loop.time() - before - period)
+
+
 async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: float, seed: int) -> Report:
     report = Report(requests=requests, concurrency=concurrency)
     profiles = {1: HONEST, 2: HONEST} | {uid: p for uid, p in enumerate(FAULTY, start=3)}
@@ -148,12 +158,18 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
             f.ctx.client.session = short_keepalive_session(1024, 256)  # same limits as make_session()
             await api_pool.close()
             async with short_keepalive_session(concurrency, concurrency) as session:
-                await drive(session, f, min(requests, 4 * concurrency), concurrency, deadline, seed + 1, None)
+                # Warm-up at the same concurrency: pools, caches and allocator arenas reach their
+                # working size, so the growth measured after is what the run itself left behind.
+                warmup = max(4 * concurrency, 500, requests // 10)
+                await drive(session, f, warmup, concurrency, deadline, seed + 1, None)
                 await quiesce(f, deadline + 10)
                 report.before = resources()
                 started = time.monotonic()
+                watcher = asyncio.create_task(watch_loop_lag(report))
                 await drive(session, f, requests, concurrency, deadline, seed, report)
                 report.seconds = time.monotonic() - started
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
                 await quiesce(f, deadline + 10)
                 report.after = resources()
             await f.ctx.client.session.close()
@@ -169,7 +185,7 @@ def render(r: Report, max_rss_mb: float) -> str:
     lines = [
         f"soak: {r.requests} requests at concurrency {r.concurrency} in {r.seconds:.1f}s "
         f"({r.requests / max(r.seconds, 1e-9):.0f} req/s); each raced 1 honest + 3 faulty miners",
-        f"  answers: {dict(Counter(r.statuses))}",
+        f"  answers: {dict(Counter(r.statuses))}; longest event-loop stall {r.max_loop_lag * 1000:.0f} ms",
         f"  {'':<16}{'before':>10}{'after':>10}{'delta':>10}   limit",
         f"  {'open fds':<16}{b.fds:>10}{a.fds:>10}{a.fds - b.fds:>+10}   <= +{FD_SLACK}",
         f"  {'asyncio tasks':<16}{b.tasks:>10}{a.tasks:>10}{a.tasks - b.tasks:>+10}   <= 0",
@@ -184,7 +200,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=20_000)
     p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--deadline", type=float, default=3.0, help="per-request timeout sent to the API (s)")
+    p.add_argument("--deadline", type=float, default=5.0, help="per-request timeout sent to the API (s)")
     p.add_argument("--max-rss-mb", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print the report as one JSON line too")
