@@ -71,7 +71,7 @@ def main() -> int:
         results["micro"] = micro_figures()
     cluster = Cluster(out / "run", log_level=args.log_level)
     try:
-        print("starting upstream (+ instant /scoring), 2 pass-through proxies, 10 miners, API ...", flush=True)
+        print("starting upstream, fake validator, 2 pass-through proxies, 10 miners, API ...", flush=True)
         cluster.start()
         bench = Bench(cluster, seconds=args.seconds, rounds=args.rounds, loadgen=args.loadgen)
         results["loadgen"] = "wrk (1 thread, own process)" if bench.use_wrk else "python raw-HTTP (own process)"

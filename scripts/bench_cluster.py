@@ -3,8 +3,9 @@
 The fake upstream, two bare pass-through proxies, and a real local subnet from
 ``neurons.localnet`` (wallets, metagraph file, 10 miners with ``--backend
 openai`` in front of the fake upstream). The measured API is started from the
-local network's own env file, with ``VALIDATOR_API`` pointing at the fake
-upstream's instant ``/scoring`` (the real validator is stopped once the
+local network's own env file, with ``VALIDATOR_API`` pointing at a second
+instance of the fake upstream, in its own process, whose ``/scoring`` accepts at
+once (the real validator is stopped once the
 network is up: its scoring work would compete for the same two cores and
 its synthetic traffic would hit the miners mid-measurement). ``WORKERS=2`` is
 a second API over the same store. Child output goes to ``<out>/run/logs``.
@@ -86,6 +87,10 @@ class Cluster:
         upstream = self._spawn("upstream", [str(SCRIPTS / "bench_upstream.py"), "--port", str(up_port)])
         self.urls["upstream"] = self.urls["direct"] = f"http://127.0.0.1:{up_port}"
         wait_http(self.urls["upstream"] + "/health", upstream)
+        val_port = free_port()
+        validator = self._spawn("fake_validator", [str(SCRIPTS / "bench_upstream.py"), "--port", str(val_port)])
+        self.urls["validator"] = f"http://127.0.0.1:{val_port}"
+        wait_http(self.urls["validator"] + "/health", validator)
         hop2 = self._spawn("bare2", [str(SCRIPTS / "bench_passthrough.py"), "--port", str(p2),
                                      "--target", self.urls["upstream"]])
         hop1 = self._spawn("bare1", [str(SCRIPTS / "bench_passthrough.py"), "--port", str(p1),
@@ -124,7 +129,7 @@ class Cluster:
         port = free_port()
         name = "sn1" if workers == 1 else f"sn1_workers{workers}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "MINER_", "ADMIN_KEY", "WORKERS"))}
-        env |= {"API_PORT": str(port), "WORKERS": str(workers), "VALIDATOR_API": self.urls["upstream"]}
+        env |= {"API_PORT": str(port), "WORKERS": str(workers), "VALIDATOR_API": self.urls["validator"]}
         proc = self._spawn("api" if workers == 1 else name,
                            ["-m", "shared.cli", "api", "--env-file", str(self.net.dir / "api.env")], env)
         url = f"http://127.0.0.1:{port}"

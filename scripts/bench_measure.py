@@ -74,7 +74,8 @@ class Bench:
         p = self.c.pids
         return {"direct": {"upstream": p["upstream"]},
                 "bare": {"bare1": p["bare1"], "bare2": p["bare2"], "upstream": p["upstream"]},
-                }.get(setup, {"api": p["api"], "miner": p["miner1"], "upstream": p["upstream"]})
+                }.get(setup, {"api": p["api"], "miner": p["miner1"], "upstream": p["upstream"],
+                              "fake validator": p["fake_validator"]})
 
     def warm_up(self) -> None:
         for setup in SETUPS:

@@ -4,9 +4,9 @@
 or 20 SSE chunks then ``[DONE]`` (streaming), from bytes built once at start so
 the upstream costs as little as possible: it is the physical limit every setup
 is measured against. Model ``bench-drip`` streams one chunk per second instead
-(the open-streams memory test). It also plays a validator that accepts
-``/scoring`` at once, so the API's outbox delivery is measured without the
-validator's own scoring work competing for the cores. Run: ``python scripts/bench_upstream.py --port P``.
+(the open-streams memory test). A second instance plays the validator: its
+``/scoring`` accepts at once, so the API's outbox delivery is measured without
+the validator's own scoring work competing for the cores. Run: ``python scripts/bench_upstream.py --port P``.
 """
 
 from __future__ import annotations
