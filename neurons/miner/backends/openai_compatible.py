@@ -8,7 +8,6 @@ parameters.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +15,7 @@ import aiohttp
 from loguru import logger
 
 from neurons.miner.backends.base import BackendError
+from shared.jsonutil import dumpb
 from shared.protocol import ANY_MODEL
 from shared.sse import DONE, SSEError, SSEParser
 
@@ -79,7 +79,7 @@ class OpenAICompatibleBackend:
         return out
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        payload = json.dumps(self.upstream_body(body, stream=False))
+        payload = dumpb(self.upstream_body(body, stream=False))
         try:
             async with self._http().post(
                 f"{self.base_url}/chat/completions", data=payload, headers=self._headers, timeout=self._timeout
@@ -101,7 +101,7 @@ class OpenAICompatibleBackend:
         The miner app writes each group in one go: a write per chunk costs a
         syscall per chunk on both ends of the connection.
         """
-        payload = json.dumps(self.upstream_body(body, stream=True))
+        payload = dumpb(self.upstream_body(body, stream=True))
         parser = SSEParser()
         try:
             async with self._http().post(
