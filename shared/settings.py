@@ -94,7 +94,7 @@ class ValidatorSettings(CommonSettings):
     synthetic_enabled: bool = Field(default=True, description="Send synthetic tasks (false: score organic traffic only)")
     synthetic_interval: float = Field(default=20.0, gt=0, description="Seconds between synthetic task cycles")
     synthetic_sample_size: int = Field(default=8, ge=1, le=256, description="Miners sent each synthetic task")
-    synthetic_timeout: float = Field(default=15.0, gt=0, le=600, description="Deadline of a synthetic task (s)")
+    synthetic_timeout: float = Field(default=15.0, ge=0.5, le=600, description="Deadline of a synthetic task (s)")
     synthetic_concurrency: int = Field(default=2, ge=1, le=64, description="Synthetic cycles in flight at once")
     scoring_workers: int = Field(default=2, ge=1, le=64, description="Workers draining the scoring queue")
     scoring_queue_size: int = Field(default=10_000, ge=1, description="Bound of the scoring queue (503 when full)")
