@@ -178,7 +178,7 @@ def test_sigkill_validator_restores_scores_and_weights(net: LocalNet) -> None:
     sigkill(net, "validator")
     saved = json.loads(scores_file.read_text())  # atomic writes: whole even after SIGKILL
     # Restart with scoring and weight setting paused, so what it reports can only come from the file.
-    net.restart("validator", overrides={"SYNTHETIC_INTERVAL": "3600", "WEIGHTS_INTERVAL": "3600"})
+    net.restart("validator", overrides={"SYNTHETIC_ENABLED": "false", "WEIGHTS_INTERVAL": "3600"})
     status, _, text = request(net.info["validator_url"] + "/scores")
     assert status == 200, text
     report = json.loads(text)
