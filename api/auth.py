@@ -28,6 +28,7 @@ KEY_RECORD = web.RequestKey("sn1_key_record", KeyRecord)
 RATE_DECISION = web.RequestKey("sn1_rate_decision", RateDecision)
 MAX_KEY_LENGTH = 256
 ADMIN_FAILURES_PER_MINUTE = 10
+INVALID_KEYS_PER_MINUTE = 60
 
 
 def extract_api_key(headers: CIMultiDictProxy[str]) -> str | None:
@@ -54,14 +55,14 @@ async def authenticate(request: web.Request, store: Store, *, scope: str | None)
             code="missing_api_key",
         )
     if len(key) > MAX_KEY_LENGTH:
-        raise ApiError(401, "Invalid API key.", code="invalid_api_key")
+        raise await invalid_key(request, store)
     try:
         auth = await store.authorize(hash_key(key), scope=scope)
     except StoreUnavailable as e:
         logger.warning("store unavailable, answering 503: {}", e)
         raise store_unavailable() from None
     if auth.status == "unknown" or auth.record is None:
-        raise ApiError(401, "Invalid API key.", code="invalid_api_key")
+        raise await invalid_key(request, store)
     if auth.status == "expired":
         raise ApiError(401, "This API key has expired.", code="expired_api_key")
     request[KEY_RECORD] = auth.record
@@ -78,6 +79,22 @@ async def authenticate(request: web.Request, store: Store, *, scope: str | None)
             headers={"Retry-After": str(max(1, math.ceil(auth.decision.retry_after)))},
         )
     return auth.record
+
+
+async def invalid_key(request: web.Request, store: Store) -> ApiError:
+    """A wrong key costs its client address one attempt (fleet-wide, through the store); past
+    ``INVALID_KEYS_PER_MINUTE`` the answer is 429, so guessing keys is throttled like the admin key.
+    Only failures are charged: a valid key never pays for the check."""
+    try:
+        gate = await store.charge(f"key-fail:{request.remote or 'unknown'}", INVALID_KEYS_PER_MINUTE)
+    except StoreUnavailable:
+        return store_unavailable()
+    if not gate.allowed:
+        return ApiError(
+            429, f"Too many invalid API keys from this address; retry in {go_duration(gate.retry_after)}.",
+            code="invalid_key_rate_limited", headers={"Retry-After": str(max(1, math.ceil(gate.retry_after)))},
+        )
+    return ApiError(401, "Invalid API key.", code="invalid_api_key")
 
 
 def check_model(key: KeyRecord, model: str | None) -> None:

@@ -1,0 +1,75 @@
+"""Guessing secrets: wrong API keys and wrong admin keys are throttled per client address (through
+the store, so for every worker at once), and comparing the admin key does not leak by timing."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import aiohttp
+
+from api.auth import ADMIN_FAILURES_PER_MINUTE, INVALID_KEYS_PER_MINUTE, admin_key_matches
+from tests.chaos.fleet import HONEST, MESSAGES, fleet
+from tests.hostile.conftest import ADMIN_KEY
+
+CHAT = {"messages": MESSAGES, "seed": 1}
+
+
+async def post(s: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[int, dict, dict]:
+    async with s.post(url, json=CHAT, headers=headers) as r:
+        return r.status, dict(r.headers), await r.json(content_type=None)
+
+
+async def test_guessing_api_keys_is_throttled_per_address(tmp_path: Path) -> None:
+    async with fleet(tmp_path, {1: HONEST}) as f, aiohttp.ClientSession() as s:
+        url = f.url + "/v1/chat/completions"
+        for i in range(INVALID_KEYS_PER_MINUTE):
+            status, _, body = await post(s, url, {"Authorization": f"Bearer sn1-guess-{i}"})
+            assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        status, headers, body = await post(s, url, {"Authorization": "Bearer sn1-guess-one-more"})
+        assert status == 429 and body["error"]["code"] == "invalid_key_rate_limited", body
+        assert int(headers["Retry-After"]) >= 1 and "sn1-guess" not in body["error"]["message"]
+        # A legitimate key from the same address still works: only failures are throttled.
+        assert (await post(s, url, {"Authorization": f"Bearer {f.key}"}))[0] == 200
+        # Another client address has its own budget.
+        other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=other) as s2:
+            status, _, body = await post(s2, url, {"api-key": "sn1-guess-x"})
+            assert status == 401, body
+
+
+async def test_guessing_the_admin_key_is_throttled_per_address(tmp_path: Path) -> None:
+    async with fleet(tmp_path, {1: HONEST}) as f, aiohttp.ClientSession() as s:
+        url = f.url + "/api_management/create-api-key?rate_limit=5"
+        for i in range(ADMIN_FAILURES_PER_MINUTE):
+            status, _, body = await post(s, url, {"admin-key": f"guess-{i}"})
+            assert status == 401, body
+        status, _, body = await post(s, url, {"admin-key": "guess-again"})
+        assert status == 429 and body["error"]["code"] == "admin_rate_limited"
+        status, _, body = await post(s, url, {"admin-key": ADMIN_KEY})
+        assert status == 429, "while locked, even the right admin key waits: guessing gains nothing"
+
+
+def _mean_ns(given: str, rounds: int = 2000) -> float:
+    started = time.perf_counter_ns()
+    for _ in range(rounds):
+        admin_key_matches(given, ADMIN_KEY)
+    return (time.perf_counter_ns() - started) / rounds
+
+
+def test_admin_key_comparison_time_does_not_depend_on_how_close_the_guess_is() -> None:
+    guesses = {
+        "almost right": ADMIN_KEY[:-1] + "X",
+        "right prefix only": ADMIN_KEY[:4] + "x" * (len(ADMIN_KEY) - 4),
+        "all wrong": "y" * len(ADMIN_KEY),
+        "short": "z",
+        "long": "w" * 4096,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in guesses}
+    for _ in range(15):  # interleaved rounds: machine noise hits every guess alike
+        for name, guess in guesses.items():
+            samples[name].append(_mean_ns(guess))
+    medians = {name: statistics.median(v) for name, v in samples.items()}
+    same_length = [medians[n] for n in ("almost right", "right prefix only", "all wrong")]
+    assert max(same_length) / min(same_length) < 1.5, medians
