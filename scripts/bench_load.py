@@ -55,10 +55,15 @@ class _Conn(asyncio.Protocol):
         self.waiter = asyncio.get_running_loop().create_future()
         assert self.transport is not None
         self.transport.write(request)
+        if self.buf:  # a response already buffered (it arrived with the previous one)
+            self._deliver()
         return self.waiter
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        self._deliver()
+
+    def _deliver(self) -> None:
         end = self._complete()
         if end >= 0 and self.waiter and not self.waiter.done():
             del self.buf[:end]

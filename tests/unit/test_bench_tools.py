@@ -1,0 +1,82 @@
+"""The benchmark's own tools: its load generator must count responses right, its table must judge right.
+
+A load generator that mis-frames a chunked stream would stall or double-count
+and make every figure in ``make bench`` a lie; the verdicts are the point of
+the table. Both are tested without starting anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from bench_load import _Conn, _wrk_time_ms, build_request  # noqa: E402
+from bench_report import render_table  # noqa: E402
+
+CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"e\r\ndata: {\"a\":1}\n\n\r\n" b"e\r\ndata: [DONE]\n\n\r\n" b"0\r\n\r\n")
+SIZED = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 5\r\nContent-Type: application/json\r\n\r\n{\"e\"}"
+
+
+class _Transport:
+    def write(self, data: bytes) -> None:
+        pass
+
+
+@pytest.mark.parametrize("split", [1, 2, 7, 50, 10_000])
+async def test_connection_frames_back_to_back_responses_however_split(split: int) -> None:
+    conn = _Conn()
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    wire = CHUNKED + SIZED + CHUNKED
+    statuses = []
+    for _ in range(3):
+        waiter = conn.send(b"GET / HTTP/1.1\r\n\r\n")
+        while not waiter.done() and wire:
+            piece, wire = wire[:split], wire[split:]
+            conn.data_received(piece)
+        statuses.append(await asyncio.wait_for(waiter, 1))
+    assert statuses == [200, 429, 200]
+    assert not wire and not conn.buf
+
+
+def test_request_bytes_carry_length_and_headers() -> None:
+    host, port, raw = build_request("http://127.0.0.1:8123/v1/chat/completions", b"{}", {"Authorization": "Bearer k"})
+    assert (host, port) == ("127.0.0.1", 8123)
+    assert raw.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert b"Content-Length: 2\r\n" in raw and b"Authorization: Bearer k\r\n" in raw and raw.endswith(b"\r\n\r\n{}")
+
+
+def test_wrk_times_in_every_unit() -> None:
+    assert _wrk_time_ms("850.00us") == pytest.approx(0.85)
+    assert _wrk_time_ms("1.50ms") == 1.5
+    assert _wrk_time_ms("2.00s") == 2000.0
+
+
+def _run(rps: float, p50: float) -> dict:
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p50 * 2, "errors": 0, "cpu_share": {"x": 0.5}}
+
+
+def _results(sn1_rps: float, sn1_p50: float, cpus: int) -> dict:
+    points = [{"stream": s, "concurrency": c, "direct": _run(5000, 0.1), "bare": _run(1000, 1.0),
+               "sn1": _run(sn1_rps, sn1_p50)} for s in (False, True) for c in (1, 64)]
+    return {"machine": {"cpus": cpus, "python": "3.11"}, "settings": {"rounds": 3, "seconds": 8, "log_level": "INFO"},
+            "loadgen": "wrk", "points": points,
+            "fanout": {k: _run(v, 1) for k, v in {"1": 300, "3": 100, "5": 60, "10": 30}.items()},
+            "open_streams": {"streams": 1000, "ready": 1000, "idle_rss_mb": 90, "rss_mb": 130},
+            "workers": {"1": _run(300, 1), "2": _run(310, 1), "cpus": cpus}}
+
+
+def test_table_passes_only_when_every_target_is_met() -> None:
+    table, ok = render_table(_results(sn1_rps=750, sn1_p50=1.5, cpus=2))
+    assert ok and "FAIL" not in table and "n/a (2 cores" in table
+    table, ok = render_table(_results(sn1_rps=500, sn1_p50=1.5, cpus=2))
+    assert not ok and "0.50x" in table  # 500/1000 misses both throughput targets
+    table, ok = render_table(_results(sn1_rps=750, sn1_p50=1.8, cpus=2))
+    assert not ok and "+0.80 ms" in table  # added latency over 0.7 ms
+    _, ok = render_table(_results(sn1_rps=750, sn1_p50=1.5, cpus=8))
+    assert not ok  # with the cores to spare, 1.03x for two workers is a failure
