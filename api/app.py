@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from api import keys, miner_availabilities, ops, sessions, usage, web_retrieval
-from api.auth import add_rate_limit_headers
+from api.auth import INVALID_KEY_LIMIT, add_rate_limit_headers
 from api.chat import CTX, chat_completions
 from api.context import ApiContext
 from shared.http import error_middleware, json_response
@@ -18,6 +18,7 @@ from shared.store.usage import UsageRecorder
 def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=ctx.settings.max_body_bytes)
     app[CTX] = ctx
+    app[INVALID_KEY_LIMIT] = ctx.settings.invalid_keys_per_minute
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/web_retrieval", web_retrieval.web_retrieval)

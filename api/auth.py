@@ -28,7 +28,8 @@ KEY_RECORD = web.RequestKey("sn1_key_record", KeyRecord)
 RATE_DECISION = web.RequestKey("sn1_rate_decision", RateDecision)
 MAX_KEY_LENGTH = 256
 ADMIN_FAILURES_PER_MINUTE = 10
-INVALID_KEYS_PER_MINUTE = 60
+INVALID_KEYS_PER_MINUTE = 60  # default of INVALID_KEYS_PER_MINUTE (ApiSettings.invalid_keys_per_minute)
+INVALID_KEY_LIMIT = web.AppKey("sn1_invalid_key_limit", int)
 
 
 def extract_api_key(headers: CIMultiDictProxy[str]) -> str | None:
@@ -85,8 +86,9 @@ async def invalid_key(request: web.Request, store: Store) -> ApiError:
     """A wrong key costs its client address one attempt (fleet-wide, through the store); past
     ``INVALID_KEYS_PER_MINUTE`` the answer is 429, so guessing keys is throttled like the admin key.
     Only failures are charged: a valid key never pays for the check."""
+    limit = request.app.get(INVALID_KEY_LIMIT, INVALID_KEYS_PER_MINUTE)
     try:
-        gate = await store.charge(f"key-fail:{request.remote or 'unknown'}", INVALID_KEYS_PER_MINUTE)
+        gate = await store.charge(f"key-fail:{request.remote or 'unknown'}", limit)
     except StoreUnavailable:
         return store_unavailable()
     if not gate.allowed:

@@ -49,6 +49,8 @@ class ApiSettings(CommonSettings):
         default=None, description="The validator's hotkey (receiver of /scoring); default: our own wallet's"
     )
     admin_key: SecretStr | None = Field(default=None, description="Admin key for /api_management; unset disables it")
+    invalid_keys_per_minute: int = Field(default=60, ge=1, description="Wrong API keys one client address may "
+                                         "send per minute (fleet-wide) before answers turn to 429")
     store_url: str = Field(default="sqlite:///./state/api.db", description="sqlite:///path or redis://host:port/db")
     store_namespace: str = Field(default="sn1", description="Key prefix in a shared Redis")
     default_k: int = Field(default=5, ge=1, le=256, description="Miners raced per chat request")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from api.auth import ADMIN_FAILURES_PER_MINUTE, INVALID_KEYS_PER_MINUTE, admin_key_matches
+from api.auth import ADMIN_FAILURES_PER_MINUTE, admin_key_matches
 from tests.chaos.fleet import HONEST, MESSAGES, fleet
 from tests.hostile.conftest import ADMIN_KEY
 
@@ -24,7 +24,7 @@ async def post(s: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> t
 async def test_guessing_api_keys_is_throttled_per_address(tmp_path: Path) -> None:
     async with fleet(tmp_path, {1: HONEST}) as f, aiohttp.ClientSession() as s:
         url = f.url + "/v1/chat/completions"
-        for i in range(INVALID_KEYS_PER_MINUTE):
+        for i in range(f.ctx.settings.invalid_keys_per_minute):
             status, _, body = await post(s, url, {"Authorization": f"Bearer sn1-guess-{i}"})
             assert status == 401 and body["error"]["code"] == "invalid_api_key"
         status, headers, body = await post(s, url, {"Authorization": "Bearer sn1-guess-one-more"})
