@@ -123,6 +123,7 @@ def external_bench(relpath: str) -> Any:
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     out = io.StringIO()
+    argv, sys.argv = sys.argv, [str(path)]  # its main() must not see our command line
     try:
         with contextlib.redirect_stdout(out):
             spec.loader.exec_module(module)
@@ -131,6 +132,8 @@ def external_bench(relpath: str) -> Any:
         result = None if e.code in (0, None) else f"exited with {e.code}"
     except Exception as e:  # noqa: BLE001 - a broken external bench is reported, not fatal
         return f"failed: {type(e).__name__}: {e}"
+    finally:
+        sys.argv = argv
     return result if result is not None else out.getvalue().strip() or NOT_YET
 
 
