@@ -22,7 +22,7 @@ from api.context import ApiContext
 from api.scoring_outbox import OutboxForwarder
 from shared.http import run, serve_until_signal
 from shared.logging import setup_logging
-from shared.metagraph import MetagraphView, make_source
+from shared.metagraph import MetagraphView
 from shared.metrics import MULTIPROC_ENV
 from shared.miner_client import MinerClient, make_session
 from shared.settings import ApiSettings
@@ -36,10 +36,7 @@ from shared.wallet import load_hotkey
 async def build_context(settings: ApiSettings) -> ApiContext:
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
     signer = Signer(hotkey)
-    metagraph = MetagraphView(
-        make_source(settings.metagraph_file, settings.subtensor_network, settings.netuid),
-        refresh_seconds=settings.metagraph_refresh_seconds,
-    )
+    metagraph = MetagraphView.from_settings(settings)
     await metagraph.refresh()
     client = MinerClient(make_session(), signer, max_response_bytes=settings.miner_max_response_bytes)
     availability = AvailabilityCache(

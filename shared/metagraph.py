@@ -181,6 +181,12 @@ class MetagraphView:
             except Exception as e:  # noqa: BLE001 - a refresh failure must not kill the loop
                 logger.warning("metagraph refresh failed, keeping the last snapshot: {}", e)
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> MetagraphView:
+        """The view every process builds: the file source for the local network, else the chain."""
+        return cls(make_source(settings.metagraph_file, settings.subtensor_network, settings.netuid),
+                   refresh_seconds=settings.metagraph_refresh_seconds)
+
     def permitted_hotkeys(self) -> frozenset[str]:
         return self.snapshot.permitted_hotkeys
 

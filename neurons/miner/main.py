@@ -14,7 +14,7 @@ from neurons.miner.search import CorpusSearch
 from shared.corpus import load_corpus
 from shared.http import serve_until_signal
 from shared.logging import setup_logging
-from shared.metagraph import MetagraphView, make_source
+from shared.metagraph import MetagraphView
 from shared.settings import MinerSettings
 from shared.signing import Authorizer, RequestVerifier
 from shared.wallet import load_hotkey
@@ -37,10 +37,7 @@ async def build_backend(settings: MinerSettings) -> Backend:
 async def run_miner(settings: MinerSettings) -> None:
     setup_logging(settings.log_level, role="miner")
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
-    metagraph = MetagraphView(
-        make_source(settings.metagraph_file, settings.subtensor_network, settings.netuid),
-        refresh_seconds=settings.metagraph_refresh_seconds,
-    )
+    metagraph = MetagraphView.from_settings(settings)
     await metagraph.refresh()
     verifier = RequestVerifier(
         hotkey.ss58_address, Authorizer(metagraph.permitted_hotkeys, settings.allowed_hotkeys)

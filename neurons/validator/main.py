@@ -30,7 +30,7 @@ from neurons.validator.weights import ChainWeightSink, DisabledSink, LedgerWeigh
 from shared.corpus import load_corpus
 from shared.http import serve_until_signal
 from shared.logging import setup_logging
-from shared.metagraph import MetagraphView, make_source
+from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics
 from shared.miner_client import MinerClient, make_session
 from shared.settings import ValidatorSettings
@@ -67,10 +67,7 @@ def build_sink(settings: ValidatorSettings, hotkey_ss58: str) -> WeightSink:
 async def run_validator(settings: ValidatorSettings) -> None:
     setup_logging(settings.log_level, role="validator")
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
-    metagraph = MetagraphView(
-        make_source(settings.metagraph_file, settings.subtensor_network, settings.netuid),
-        refresh_seconds=settings.metagraph_refresh_seconds,
-    )
+    metagraph = MetagraphView.from_settings(settings)
     registry = default_registry(settings.task_probabilities)
     scores = ScoreBook(registry.probabilities, alpha=settings.score_alpha,
                        path=Path(settings.state_dir) / "scores.json")
