@@ -40,6 +40,7 @@ from shared.store.base import (
     mint_key,
     now_or_clock,
 )
+from shared.store.sqlite_tables import BUSY_TIMEOUT_S
 from shared.store.window import charge_window
 
 SCHEMA = """
@@ -83,9 +84,9 @@ def sqlite_path(url: str) -> Path:
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     db.create_function("window_charge", 4, window_charge_sql, deterministic=True)
-    db.execute("PRAGMA busy_timeout=10000")
+    db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
     return db

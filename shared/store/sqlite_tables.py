@@ -15,6 +15,13 @@ from typing import Any, TypeVar
 
 from shared.store.base import StoreUnavailable
 
+# How long a statement waits for another connection's write lock. Calls run on the event loop, so
+# this is also how long the whole worker (every request, /health included) can freeze on a locked
+# file: SQLite's default here was 10 s, which froze the loop 10 s per request while another process
+# held the lock. WAL commits take micro- to milliseconds, so half a second is ample for real
+# contention; past it the caller gets StoreUnavailable (503) and the loop moves on.
+BUSY_TIMEOUT_S = 0.5
+
 T = TypeVar("T")
 
 
@@ -24,10 +31,10 @@ class SQLiteTables:
     def __init__(self, path: str | Path, schema: str, *, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")  # WAL + NORMAL survives a process crash
-        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         self._db.executescript(schema)
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -1,0 +1,51 @@
+"""SQLite store outage: another process holds the database's write lock (a backup, a stuck admin
+tool). Requests get a quick 503 (never a 200 without a key check), the worker stays responsive, and
+the API recovers by itself when the lock goes.
+
+Store calls run on the event loop, so the lock wait bounds how long the whole worker freezes: it
+was SQLite's 10 s (every request, /health included, stalled 10 s per store call) and is now
+``BUSY_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import aiohttp
+
+from shared.store.sqlite_tables import BUSY_TIMEOUT_S
+from tests.chaos.fleet import HONEST, MESSAGES, Fleet, fleet
+
+
+async def timed_chat(s: aiohttp.ClientSession, f: Fleet, key: str) -> tuple[int, str, float]:
+    started = time.monotonic()
+    async with s.post(f.url + "/v1/chat/completions", json={"messages": MESSAGES, "seed": 2},
+                      headers={"Authorization": f"Bearer {key}"}) as r:
+        body = await r.json(content_type=None)
+        code = body.get("error", {}).get("code") if r.status >= 400 else "ok"
+        return r.status, code, time.monotonic() - started
+
+
+async def test_locked_sqlite_is_a_quick_503_and_recovers_by_itself(tmp_path: Path) -> None:
+    async with fleet(tmp_path, {1: HONEST}) as f, aiohttp.ClientSession() as s:
+        assert (await timed_chat(s, f, f.key))[0] == 200
+        holder = sqlite3.connect(tmp_path / "api.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another process's write lock on the file
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(timed_chat(s, f, f.key), timed_chat(s, f, "sn1-forged"),
+                                           timed_chat(s, f, f.key))
+            for status, code, _ in results:
+                assert (status, code) == (503, "store_unavailable"), results
+            # Three requests, each waiting the lock timeout at most: the worker never froze for long.
+            assert time.monotonic() - started < 3 * BUSY_TIMEOUT_S + 1.5, results
+            async with s.get(f.url + "/health") as r:
+                assert r.status == 200
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        status, code, elapsed = await timed_chat(s, f, f.key)
+        assert (status, code) == (200, "ok") and elapsed < 2
