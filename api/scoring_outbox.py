@@ -118,13 +118,42 @@ class OutboxForwarder:
         logger.debug("validator answered HTTP {} for payload {}", status, item.id)
         return False
 
+    async def deliver_batch(self, items: list[OutboxItem]) -> bool | None:
+        """Post several payloads as one JSON array (one HTTP call instead of one per answer).
+
+        True: all done with (the validator accepted them or rejected single items as malformed);
+        False: retry later; None: the batch as a whole was refused, deliver one by one.
+        """
+        try:
+            status, body = await self.client.post_json(
+                self.validator_url, "/scoring", [i.payload for i in items], self.validator_hotkey, timeout=10.0
+            )
+        except MinerError as e:
+            logger.debug("scoring batch delivery failed: {}", e)
+            return False
+        if 200 <= status < 300:
+            rejected = body.get("rejected") if isinstance(body, dict) else None
+            if rejected:
+                logger.warning("validator rejected {} of {} scoring payloads as malformed: dropped",
+                               len(rejected), len(items))
+            return True
+        if status in POISON_STATUSES:
+            return None
+        logger.debug("validator answered HTTP {} for a batch of {}", status, len(items))
+        return False
+
     async def step(self) -> int:
         """One pass: deliver what we can in order; returns how many were delivered."""
         if not await self.outbox.acquire_lease(self.holder, self.lease_seconds):
             return 0
+        items = await self.outbox.peek(self.batch)
+        if len(items) > 1:
+            outcome = await self.deliver_batch(items)
+            if outcome is not None:
+                return await self._settle_pass([i.id for i in items] if outcome else [])
         delivered: list[str] = []
         try:
-            for item in await self.outbox.peek(self.batch):
+            for item in items:
                 if not await self.deliver(item):
                     self.failures += 1
                     self.delivery_failures += 1
@@ -135,6 +164,16 @@ class OutboxForwarder:
         finally:
             if delivered:  # one transaction per pass; a crash before it only means a re-delivery
                 await self.outbox.ack_many(delivered)
+        return len(delivered)
+
+    async def _settle_pass(self, delivered: list[str]) -> int:
+        if not delivered:
+            self.failures += 1
+            self.delivery_failures += 1
+            return 0
+        await self.outbox.ack_many(delivered)
+        self.failures = 0
+        self.delivered += len(delivered)
         return len(delivered)
 
     async def run(self) -> None:

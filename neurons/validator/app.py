@@ -111,12 +111,37 @@ async def scoring(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body = await request.read()
     request[CALLER_KEY] = ctx.verifier.verify(request.headers, body, method=request.method, path=request.raw_path)
-    payload: OrganicPayload = parse_model(OrganicPayload, await read_json(request))
+    data = await read_json(request)
+    if isinstance(data, list):
+        return _score_batch(ctx, data)
+    payload: OrganicPayload = parse_model(OrganicPayload, data)
     job = payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout)
-    try:
-        ctx.scoring_queue.put_nowait(job)
-    except asyncio.QueueFull:
-        raise ApiError(503, "Scoring queue is full; retry later.", code="queue_full",
-                       headers={"Retry-After": "5"}) from None
+    _enqueue(ctx, [job])
     logger.debug("organic payload queued: task={} uids={}", job.task, payload.uids)
     return json_response({"status": "accepted", "uids": sorted(job.hotkeys)}, status=202)
+
+
+MAX_SCORING_BATCH = 256
+
+
+def _enqueue(ctx: ValidatorContext, jobs: list[Any]) -> None:
+    """All or nothing: a batch that does not fit is a 503 and is retried whole."""
+    queue = ctx.scoring_queue
+    if queue.maxsize and queue.maxsize - queue.qsize() < len(jobs):
+        raise ApiError(503, "Scoring queue is full; retry later.", code="queue_full", headers={"Retry-After": "5"})
+    for job in jobs:
+        queue.put_nowait(job)
+
+
+def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
+    """A JSON array of payloads (the API's forwarder batches): malformed items are reported, not fatal."""
+    if not items or len(items) > MAX_SCORING_BATCH:
+        raise ApiError(400, f"A scoring batch holds 1 to {MAX_SCORING_BATCH} payloads.", code="invalid_payload")
+    jobs, rejected = [], []
+    for index, item in enumerate(items):
+        try:
+            jobs.append(parse_model(OrganicPayload, item).to_job(ctx.metagraph.snapshot, ctx.organic_timeout))
+        except ApiError as e:
+            rejected.append({"index": index, "error": e.message})
+    _enqueue(ctx, jobs)
+    return json_response({"status": "accepted", "accepted": len(jobs), "rejected": rejected}, status=202)

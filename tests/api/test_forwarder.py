@@ -29,7 +29,15 @@ def scoring_app(received: list[dict], statuses: list[int] | None = None) -> web.
             status = statuses.pop(0)
             if status != 202:
                 return web.json_response({"error": {"message": "nope"}}, status=status)
-        received.append(await request.json())
+        data = await request.json()
+        if isinstance(data, list):  # the forwarder's batches, as the real validator takes them
+            rejected = [{"index": i, "error": "poison"} for i, p in enumerate(data) if p.get("poison")]
+            received.extend(p for p in data if not p.get("poison"))
+            return web.json_response({"status": "accepted", "accepted": len(data) - len(rejected),
+                                      "rejected": rejected}, status=202)
+        if data.get("poison"):
+            return web.json_response({"error": {"message": "malformed"}}, status=400)
+        received.append(data)
         return web.json_response({"status": "accepted"}, status=202)
 
     app = web.Application()
@@ -94,12 +102,12 @@ async def test_payloads_pending_at_api_death_are_delivered_after_restart(tmp_pat
 
 async def test_transient_errors_retry_and_poison_payload_is_dropped(tmp_path: Path) -> None:
     received: list[dict] = []
-    statuses = [503, 503, 400]  # two retries of payload 0, then payload 0 is rejected as malformed
+    statuses = [503, 503]  # two transient failures, then payload 0 is rejected as malformed
     async with serve_app(scoring_app(received, statuses)) as url, make_session() as session:
         box = SQLiteOutbox(tmp_path / "api.db")
         fwd = forwarder(box, MinerClient(session, Signer(API)), url)
         for i in range(3):
-            await fwd.sink({"n": i})
+            await fwd.sink({"n": i, "poison": i == 0})
         task = asyncio.create_task(fwd.run())
         await wait_for(lambda: len(received) == 2)
         task.cancel()
@@ -107,6 +115,21 @@ async def test_transient_errors_retry_and_poison_payload_is_dropped(tmp_path: Pa
         assert await box.depth() == 0
         await box.close()
     assert [p["n"] for p in received] == [1, 2]
+
+
+async def test_a_batch_refused_whole_falls_back_to_one_by_one(tmp_path: Path) -> None:
+    received: list[dict] = []
+    async with serve_app(scoring_app(received, [400])) as url, make_session() as session:
+        box = SQLiteOutbox(tmp_path / "api.db")
+        fwd = forwarder(box, MinerClient(session, Signer(API)), url)
+        for i in range(4):
+            await fwd.sink({"n": i})
+        task = asyncio.create_task(fwd.run())
+        await wait_for(lambda: len(received) == 4)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await box.close()
+    assert [p["n"] for p in received] == [0, 1, 2, 3]
 
 
 async def test_two_workers_share_one_outbox_without_double_delivery(tmp_path: Path) -> None:

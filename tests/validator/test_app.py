@@ -136,6 +136,22 @@ async def test_full_queue_is_503_and_oversized_is_413() -> None:
         assert health["scoring_queue"] == 1 and health["scoring_queue_max"] == 1
 
 
+async def test_scoring_batch_queues_valid_items_and_reports_malformed_ones() -> None:
+    ctx = make_ctx(queue_size=3)
+    async with serve_app(create_validator_app(ctx)) as url:
+        batch = [payload(), {"body": "nope"}, payload(uids=[1], chunks={"1": []}, timings={"1": []}, errors={})]
+        status, body = await post(url, "/scoring", json.dumps(batch).encode())
+        assert status == 202 and body["accepted"] == 2
+        assert [r["index"] for r in body["rejected"]] == [1]
+        assert ctx.scoring_queue.qsize() == 2
+        status, body = await post(url, "/scoring", json.dumps([payload(), payload()]).encode())
+        assert status == 503 and body["error"]["code"] == "queue_full", "a batch that does not fit is refused whole"
+        assert ctx.scoring_queue.qsize() == 2
+        for bad in ([], [payload()] * 300):
+            status, body = await post(url, "/scoring", json.dumps(bad).encode())
+            assert status == 400 and is_openai_error(body)
+
+
 async def test_availability_endpoints_shapes_with_real_miners() -> None:
     """Up, down (no tasks) and unreachable miners: every uid is listed, none silently dropped."""
     apps = {1: create_miner_app(DeterministicBackend(), RequestVerifier(
