@@ -20,7 +20,6 @@ from shared.metagraph import Neuron
 from shared.signing import Signer
 from shared.sse import DONE, SSEError, SSEParser
 
-
 _BOUNDED_BY_CALLER = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
 
