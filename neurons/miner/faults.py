@@ -100,6 +100,17 @@ def _is_content(event: bytes) -> bool:
     return b'"content":"' in event and b'"content":""' not in event
 
 
+async def _sse_bytes(call: FaultCall, *chunks: bytes, done: bool = True) -> web.StreamResponse:
+    """An SSE response made of exactly these bytes (then ``[DONE]`` unless ``done=False``)."""
+    response = await _sse_response(call.request)
+    for chunk in chunks:
+        await response.write(chunk)
+    if done:
+        await response.write(DONE_FRAME)
+    await response.write_eof()
+    return response
+
+
 async def _stream_honestly(call: FaultCall, response: web.StreamResponse) -> web.StreamResponse:
     for event in await honest_events(call):
         await response.write(event)
@@ -151,36 +162,22 @@ async def http500(call: FaultCall) -> web.StreamResponse:
 
 
 async def bad_json(call: FaultCall) -> web.StreamResponse:
-    response = await _sse_response(call.request)
-    await response.write(b'data: {"choices": [{"index": 0, "delta": {"content": "Hel\n\n')
-    await response.write(b"data: this is not json\n\n")
-    await response.write(DONE_FRAME)
-    await response.write_eof()
-    return response
+    return await _sse_bytes(call, b'data: {"choices": [{"index": 0, "delta": {"content": "Hel\n\n',
+                            b"data: this is not json\n\n")
 
 
 async def bad_sse(call: FaultCall) -> web.StreamResponse:
     """Events run together without the blank line between them, then bytes that are not UTF-8."""
-    response = await _sse_response(call.request)
     events = [e.rstrip(b"\n") for e in await honest_events(call)]
-    await response.write(b"".join(events) + b"\n\n")
-    await response.write(b"data: \xff\xfe\xfd\n\n")
-    await response.write(DONE_FRAME)
-    await response.write_eof()
-    return response
+    return await _sse_bytes(call, b"".join(events) + b"\n\n", b"data: \xff\xfe\xfd\n\n")
 
 
 async def empty(call: FaultCall) -> web.StreamResponse:
-    response = await _sse_response(call.request)
-    await response.write_eof()
-    return response
+    return await _sse_bytes(call, done=False)
 
 
 async def done_only(call: FaultCall) -> web.StreamResponse:
-    response = await _sse_response(call.request)
-    await response.write(DONE_FRAME)
-    await response.write_eof()
-    return response
+    return await _sse_bytes(call)
 
 
 async def huge(call: FaultCall) -> web.StreamResponse:
@@ -210,14 +207,10 @@ BAD_TOOL_CALLS: tuple[Any, ...] = (
 
 
 async def bad_tools(call: FaultCall) -> web.StreamResponse:
-    response = await _sse_response(call.request)
-    for garbage in BAD_TOOL_CALLS:
-        chunk = {"object": "chat.completion.chunk", "model": "sn1/garbage",
-                 "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": garbage}}]}
-        await response.write(b"data: " + dumpb(chunk) + b"\n\n")
-    await response.write(DONE_FRAME)
-    await response.write_eof()
-    return response
+    chunks = ({"object": "chat.completion.chunk", "model": "sn1/garbage",
+               "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": garbage}}]}
+              for garbage in BAD_TOOL_CALLS)
+    return await _sse_bytes(call, *(b"data: " + dumpb(c) + b"\n\n" for c in chunks))
 
 
 async def late(call: FaultCall) -> web.StreamResponse:
