@@ -57,7 +57,9 @@ class ApiSettings(CommonSettings):
     request_timeout: float = Field(default=30.0, gt=0, le=600, description="Default per-request deadline (s)")
     max_request_timeout: float = Field(default=120.0, gt=0, le=600)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
-    miner_max_response_bytes: int = Field(default=8 << 20, ge=1024)
+    miner_max_response_bytes: int = Field(
+        default=2 << 20, ge=1024, description="A miner answer above this is cut and discarded (memory bound per miner)"
+    )
     availability_refresh_seconds: float = Field(default=15.0, gt=0)
     availability_stale_seconds: float = Field(default=120.0, gt=0)
     seconds_per_token: float = Field(

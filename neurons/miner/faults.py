@@ -43,7 +43,7 @@ from shared.sse import DONE_FRAME, encode_event
 class FaultOptions:
     """Knobs of the faults. Defaults put every fault beyond the API's default limits."""
 
-    huge_bytes: int = 16 << 20  # > MINER_MAX_RESPONSE_BYTES (8 MiB by default)
+    huge_bytes: int = 16 << 20  # > MINER_MAX_RESPONSE_BYTES (2 MiB by default)
     late_seconds: float = 125.0  # > MAX_REQUEST_TIMEOUT (120 s by default)
     trickle_interval: float = 1.0  # one byte per interval
     stall_after_chunks: int = 1  # stall-mid: content chunks sent before the stall
