@@ -37,7 +37,7 @@ async def build_context(settings: ApiSettings) -> ApiContext:
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
     signer = Signer(hotkey)
     metagraph = MetagraphView.from_settings(settings)
-    await metagraph.refresh()
+    await metagraph.first_refresh()
     client = MinerClient(make_session(), signer, max_response_bytes=settings.miner_max_response_bytes)
     availability = AvailabilityCache(
         client, settings.validator_api, hotkey.ss58_address,
@@ -85,6 +85,7 @@ def run_api(settings: ApiSettings) -> None:
         run(lambda: serve_worker(settings, reuse_port=False))
         return
     setup_logging(settings.log_level, role="api")
+    load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)  # fail fast, before forking
     metrics_dir = shared_metrics_dir()
     mp = multiprocessing.get_context("spawn")
     procs = [mp.Process(target=_worker_entry, args=(settings,), daemon=False) for _ in range(settings.workers)]

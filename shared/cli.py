@@ -22,6 +22,23 @@ def _settings(role: str, env_file: str | None):
         sys.exit(f"sn1 {role}: {e}")
 
 
+def _run_role(role: str, settings: object) -> None:
+    from shared.http import run
+
+    if role == "api":
+        from api.main import run_api
+
+        run_api(settings)  # type: ignore[arg-type]
+    elif role == "validator":
+        from neurons.validator.main import run_validator
+
+        run(lambda: run_validator(settings))  # type: ignore[arg-type]
+    else:
+        from neurons.miner.main import run_miner
+
+        run(lambda: run_miner(settings))  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sn1", description="Subnet node: API gateway, validator, miner.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -36,22 +53,14 @@ def main(argv: list[str] | None = None) -> None:
     add_keys_arguments(sub.add_parser("keys", help="manage API keys on a running API (admin key)"))
     args = parser.parse_args(argv)
 
-    if args.command == "api":
-        from api.main import run_api
+    if args.command in DEFAULT_ENV:
+        from shared.settings import SettingsError
 
-        run_api(_settings("api", args.env_file))
-    elif args.command == "validator":
-        from neurons.validator.main import run_validator
-        from shared.http import run
-
-        settings = _settings("validator", args.env_file)
-        run(lambda: run_validator(settings))
-    elif args.command == "miner":
-        from neurons.miner.main import run_miner
-        from shared.http import run
-
-        settings = _settings("miner", args.env_file)
-        run(lambda: run_miner(settings))
+        settings = _settings(args.command, args.env_file)
+        try:
+            _run_role(args.command, settings)
+        except SettingsError as e:  # wallet or metagraph unreadable at start: one clear line, no traceback
+            sys.exit(f"sn1 {args.command}: {e}")
     elif args.command == "localnet":
         from neurons.localnet import run_localnet
 

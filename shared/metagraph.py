@@ -171,6 +171,23 @@ class MetagraphView:
         self.snapshot = await self.source.fetch()
         return self.snapshot
 
+    async def first_refresh(self) -> MetagraphSnapshot:
+        """The start-up read: a failure here is a configuration problem, reported as one line."""
+        from shared.settings import SettingsError
+
+        try:
+            return await self.refresh()
+        except Exception as e:  # noqa: BLE001 - any failure to read the source stops the start
+            raise SettingsError(f"METAGRAPH_FILE/SUBTENSOR_NETWORK/NETUID: cannot read the metagraph from "
+                                f"{self.source_label()}: {type(e).__name__}: {e}") from None
+
+    def source_label(self) -> str:
+        if isinstance(self.source, FileMetagraphSource):
+            return f"file {self.source.path}"
+        if isinstance(self.source, ChainMetagraphSource):
+            return f"{self.source.network} netuid {self.source.netuid}"
+        return type(self.source).__name__
+
     async def run(self) -> None:
         """Refresh forever; a failed refresh keeps the last good snapshot."""
         while True:

@@ -38,7 +38,7 @@ async def run_miner(settings: MinerSettings) -> None:
     setup_logging(settings.log_level, role="miner")
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
     metagraph = MetagraphView.from_settings(settings)
-    await metagraph.refresh()
+    await metagraph.first_refresh()
     verifier = RequestVerifier(
         hotkey.ss58_address, Authorizer(metagraph.permitted_hotkeys, settings.allowed_hotkeys)
     )

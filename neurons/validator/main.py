@@ -72,7 +72,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
     scores = ScoreBook(registry.probabilities, alpha=settings.score_alpha,
                        path=Path(settings.state_dir) / "scores.json")
     scores.load()
-    await metagraph.refresh()
+    await metagraph.first_refresh()
     scores.sync(metagraph.snapshot)
     corpus = load_corpus(settings.corpus_file)
     datasets = build_datasets(corpus, settings.dataset_file)
