@@ -25,3 +25,16 @@ def test_custom_corpus_reaches_the_miners(tmp_path: Path) -> None:
         with urllib.request.urlopen(req, timeout=30) as r:
             results = json.loads(r.read())["results"]
     assert results and all(x["url"].startswith("https://docs.example.org/") for x in results)
+
+
+def test_rerun_with_the_same_dir_reuses_wallets_and_keys(tmp_path: Path) -> None:
+    def run_once() -> dict:
+        config = LocalNetConfig(directory=tmp_path, miners=1, api_port=free_port(), validator_port=free_port())
+        with LocalNet(config) as net:
+            return net.start(timeout=120)
+
+    first, second = run_once(), run_once()
+    assert second["admin_key"] == first["admin_key"]
+    assert second["api_key"] == first["api_key"], "the saved API key still works, so it is reused"
+    assert second["validator_hotkey"] == first["validator_hotkey"]
+    assert [m["hotkey"] for m in second["miners"]] == [m["hotkey"] for m in first["miners"]]
