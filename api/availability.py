@@ -50,14 +50,6 @@ class AvailabilityCache:
             return False
         return True
 
-    def models(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for entry in self.entries.values():
-            for model, ok in (entry or {}).get("llm_model_availabilities", {}).items():
-                if ok:
-                    counts[model] = counts.get(model, 0) + 1
-        return counts
-
     async def refresh(self) -> bool:
         try:
             status, data = await self.client.post_json(

@@ -25,6 +25,7 @@ from api.selection import select_miners
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.protocol import MIN_TIMEOUT
+from shared.settings import split_csv
 
 TASK = "WebRetrievalTask"
 MAX_URL = 2048
@@ -50,9 +51,7 @@ class WebRetrievalRequest(BaseModel):
     @field_validator("uids", mode="before")
     @classmethod
     def _split_uids(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [p.strip() for p in v.split(",") if p.strip()]
-        return v
+        return split_csv(v)
 
 
 class WebResult(BaseModel):

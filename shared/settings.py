@@ -13,6 +13,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def split_csv(value: object) -> object:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]`` (env files and query strings); anything else unchanged."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 class SettingsError(Exception):
     """Raised with a human-readable list of every bad setting."""
 
@@ -131,9 +138,7 @@ class ValidatorSettings(CommonSettings):
     @field_validator("api_hotkeys", mode="before")
     @classmethod
     def _split_hotkeys(cls, v: object) -> object:
-        if isinstance(v, str):
-            return [h.strip() for h in v.split(",") if h.strip()]
-        return v
+        return split_csv(v)
 
 
 class MinerSettings(CommonSettings):
@@ -155,9 +160,7 @@ class MinerSettings(CommonSettings):
     @field_validator("allowed_hotkeys", mode="before")
     @classmethod
     def _split_allowed(cls, v: object) -> object:
-        if isinstance(v, str):
-            return [h.strip() for h in v.split(",") if h.strip()]
-        return v
+        return split_csv(v)
 
     @field_validator("upstream_url", mode="before")
     @classmethod

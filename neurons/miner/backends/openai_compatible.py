@@ -8,6 +8,7 @@ parameters.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -78,14 +79,20 @@ class OpenAICompatibleBackend:
             out.pop("stream_options", None)
         return out
 
+    @contextlib.asynccontextmanager
+    async def _chat(self, body: dict[str, Any], *, stream: bool) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST the upstream chat completion; a non-200 answer is a BackendError naming its status."""
+        payload = dumpb(self.upstream_body(body, stream=stream))
+        async with self._http().post(
+            f"{self.base_url}/chat/completions", data=payload, headers=self._headers, timeout=self._timeout
+        ) as r:
+            if r.status != 200:
+                raise BackendError(f"upstream HTTP {r.status}: {(await r.text())[:300]}", status=502)
+            yield r
+
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        payload = dumpb(self.upstream_body(body, stream=False))
         try:
-            async with self._http().post(
-                f"{self.base_url}/chat/completions", data=payload, headers=self._headers, timeout=self._timeout
-            ) as r:
-                if r.status != 200:
-                    raise BackendError(f"upstream HTTP {r.status}: {(await r.text())[:300]}", status=502)
+            async with self._chat(body, stream=False) as r:
                 return await r.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise BackendError(f"upstream failed: {type(e).__name__}: {e}") from None
@@ -101,14 +108,9 @@ class OpenAICompatibleBackend:
         The miner app writes each group in one go: a write per chunk costs a
         syscall per chunk on both ends of the connection.
         """
-        payload = dumpb(self.upstream_body(body, stream=True))
         parser = SSEParser()
         try:
-            async with self._http().post(
-                f"{self.base_url}/chat/completions", data=payload, headers=self._headers, timeout=self._timeout
-            ) as r:
-                if r.status != 200:
-                    raise BackendError(f"upstream HTTP {r.status}: {(await r.text())[:300]}", status=502)
+            async with self._chat(body, stream=True) as r:
                 async for chunk in r.content.iter_any():
                     events = parser.feed(chunk)
                     if DONE in events:
