@@ -24,7 +24,7 @@ from api.race import MinerRun, Race
 from api.selection import select_miners, top_miner
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
-from shared.jsonutil import dumps
+from shared.jsonutil import dumpb, dumps
 from shared.protocol import (
     DEFAULT_TASK,
     ChatCompletionRequest,
@@ -162,7 +162,8 @@ async def _stream(
                                            "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await response.prepare(request)
     async for batch in race.follow_batches(run):
-        await response.write(b"".join(b"data: " + data.encode() + b"\n\n" for data in batch))
+        await response.write(b"".join(
+            b"data: " + (data.encode() if isinstance(data, str) else dumpb(data)) + b"\n\n" for data in batch))
     if run.error:
         err = {"error": {"message": f"miner uid {run.uid} failed mid-stream: {run.error}",
                          "type": "upstream_error", "code": "miner_failed_mid_stream", "param": None}}

@@ -20,9 +20,9 @@ from typing import Any
 
 from loguru import logger
 
-from shared.jsonutil import loads
+from shared.jsonutil import dumps, loads
 from shared.metagraph import Neuron
-from shared.miner_client import MinerClient, MinerError
+from shared.miner_client import Event, MinerClient, MinerError
 
 
 @dataclass
@@ -30,7 +30,7 @@ class MinerRun:
     """Everything one miner sent for one request."""
 
     neuron: Neuron
-    events: list[str] = field(default_factory=list)  # raw JSON text of each chunk, in order
+    events: list[Event] = field(default_factory=list)  # each chunk as received (raw JSON text or object)
     timings: list[float] = field(default_factory=list)  # seconds since the fan-out started
     content: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -57,9 +57,13 @@ class MinerRun:
             return None
         return [self.tool_calls[i] for i in sorted(self.tool_calls)]
 
-    def absorb(self, data: str) -> None:
+    def event_texts(self) -> list[str]:
+        """Every chunk as JSON text (for the scoring payload and the stream relay)."""
+        return [e if isinstance(e, str) else dumps(e) for e in self.events]
+
+    def absorb(self, data: Event) -> None:
         """Record one chunk and fold it into the running answer; raise ValueError if it is garbage."""
-        obj = loads(data)
+        obj = loads(data) if isinstance(data, str) else data
         if not isinstance(obj, dict):
             raise ValueError("chunk is not a JSON object")
         if "error" in obj and "choices" not in obj:
@@ -195,12 +199,12 @@ class Race:
             return self._winner.result() if self._winner.done() else None
 
     async def follow(self, run: MinerRun) -> AsyncIterator[str]:
-        """The run's events from the first one, as they arrive, until it ends."""
+        """The run's events (JSON text) from the first one, as they arrive, until it ends."""
         async for batch in self.follow_batches(run):
             for data in batch:
-                yield data
+                yield data if isinstance(data, str) else dumps(data)
 
-    async def follow_batches(self, run: MinerRun) -> AsyncIterator[list[str]]:
+    async def follow_batches(self, run: MinerRun) -> AsyncIterator[list[Event]]:
         """``follow`` in groups: every event that arrived since the last group (one client write each)."""
         index = 0
         while True:
@@ -235,7 +239,7 @@ class Race:
         """The organic-scoring record: each uid's own chunks and timings, and its error."""
         return {
             "uids": [r.uid for r in self.runs],
-            "chunks": {str(r.uid): list(r.events) for r in self.runs},
+            "chunks": {str(r.uid): r.event_texts() for r in self.runs},
             "timings": {str(r.uid): list(r.timings) for r in self.runs},
             "errors": {str(r.uid): r.error for r in self.runs if r.error},
             "winner": self.winning_run.uid if self.winning_run else None,

@@ -20,6 +20,11 @@ from shared.metagraph import Neuron
 from shared.signing import Signer
 from shared.sse import DONE, SSEError, SSEParser
 
+Event = str | dict[str, Any]
+"""One chunk from a miner: the raw JSON text of an SSE event (relayed byte for byte when streaming),
+or, for a miner that answered with one JSON completion, that completion already parsed into
+chunk shape (parsed once here, never serialised again on the response path)."""
+
 _BOUNDED_BY_CALLER = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
 
@@ -60,12 +65,12 @@ class MinerClient:
     ) -> AsyncIterator[str]:
         """Yield each SSE event's ``data`` (raw JSON text) as it arrives, ending before ``[DONE]``.
 
-        A miner that answers with plain JSON (no stream) is accepted: its
-        completion is yielded as one chunk-shaped event.
+        A miner that answers with plain JSON (what a non-streaming request asks
+        for) is yielded as one chunk-shaped event.
         """
         async for batch in self.stream_chat_batches(neuron, body, deadline, request_id=request_id):
             for data in batch:
-                yield data
+                yield data if isinstance(data, str) else dumps(data)
 
     async def stream_chat_batches(
         self,
@@ -74,7 +79,7 @@ class MinerClient:
         deadline: float,
         *,
         request_id: str | None = None,
-    ) -> AsyncIterator[list[str]]:
+    ) -> AsyncIterator[list[Event]]:
         """``stream_chat``'s events grouped as they arrived: one non-empty list per network read.
 
         The hot path handles a group at once (one timestamp, one wake-up, one
@@ -96,7 +101,7 @@ class MinerClient:
                         raise MinerError(f"HTTP {resp.status}: {text[:300]}", kind="status")
                     ctype = resp.content_type
                     if ctype == "application/json":
-                        yield [await self._json_as_event(resp)]
+                        yield [await self._json_as_chunk(resp)]
                         return
                     if ctype != "text/event-stream":
                         raise MinerError(f"unexpected content type {ctype!r}", kind="bad_response")
@@ -109,7 +114,7 @@ class MinerClient:
         except SSEError as e:
             raise MinerError(f"broken SSE stream: {e}", kind="bad_response") from None
 
-    async def _event_batches(self, resp: aiohttp.ClientResponse) -> AsyncIterator[list[str]]:
+    async def _event_batches(self, resp: aiohttp.ClientResponse) -> AsyncIterator[list[Event]]:
         parser = SSEParser(max_event_bytes=self.max_response_bytes)
         received = 0
         async for chunk in resp.content.iter_any():
@@ -143,7 +148,7 @@ class MinerClient:
                 raise MinerError(f"response larger than {self.max_response_bytes} bytes", kind="too_large")
         return bytes(raw)
 
-    async def _json_as_event(self, resp: aiohttp.ClientResponse) -> str:
+    async def _json_as_chunk(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
         raw = await self._read_capped(resp)
         try:
             obj = loads(raw)
@@ -162,7 +167,7 @@ class MinerClient:
                 chunk["usage"] = obj["usage"]
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             raise MinerError(f"malformed JSON completion: {e}", kind="bad_response") from None
-        return dumps(chunk)
+        return chunk
 
     async def post_json(
         self, base_url: str, path: str, payload: Any, receiver: str, *, timeout: float

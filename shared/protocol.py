@@ -152,7 +152,11 @@ class ChatCompletionRequest(BaseModel):
         """
         body = self.model_dump(mode="json", exclude_none=True, exclude={"uids", "timeout", "session_id"})
         body["seed"] = seed
-        body["stream"] = True
+        # Miners answer in the caller's mode: a non-streaming caller gets one JSON completion from
+        # each miner (one parse, one write per hop) instead of a stream it would only reassemble.
+        body["stream"] = bool(self.stream)
+        if not self.stream:
+            body.pop("stream_options", None)
         for name, value in (
             ("max_tokens", self.effective_max_tokens()),
             ("temperature", self.effective_temperature()),

@@ -88,11 +88,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if req.stream:
         response = await _stream(request, backend, body)
     else:
-        try:
-            result = await backend.complete(body)
-        except BackendError as e:
-            raise ApiError(e.status, str(e), code="backend_error") from None
-        response = json_response(result)
+        response = await _complete(backend, body)
     logger.info(
         "chat rid={} caller={} stream={} latency_ms={:.1f}",
         rid, caller[:10], req.stream, (time.perf_counter() - started) * 1000,
@@ -100,28 +96,51 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _complete(backend: Backend, body: dict[str, Any]) -> web.Response:
+    try:
+        complete_raw = getattr(backend, "complete_raw", None)
+        if complete_raw is not None:
+            return web.Response(body=await complete_raw(body), content_type="application/json")
+        return json_response(await backend.complete(body))
+    except BackendError as e:
+        raise ApiError(e.status, str(e), code="backend_error") from None
+
+
 async def _stream(request: web.Request, backend: Backend, body: dict[str, Any]) -> web.StreamResponse:
     """Stream the backend's chunks; a failure after headers becomes an SSE error event.
 
     Chunks that arrived together are written together (one syscall, not one per chunk).
+    The upstream's status decides ours: nothing is sent before its first chunk.
     """
-    batches = _batches(backend, body)
+    stream_raw = getattr(backend, "stream_raw", None)
+    pieces = stream_raw(body) if stream_raw is not None else _encoded(backend, body)
     try:
-        first = await anext(batches, None)
+        first = await anext(pieces, None)
     except BackendError as e:
         raise ApiError(e.status, str(e), code="backend_error") from None
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
+    tail = b""
     try:
         if first is not None:
-            await response.write(b"".join(map(encode_event, first)))
-        async for batch in batches:
-            await response.write(b"".join(map(encode_event, batch)))
+            await response.write(first)
+            tail = first[-32:]
+        async for piece in pieces:
+            await response.write(piece)
+            tail = (tail + piece)[-32:]
     except BackendError as e:
         logger.warning("backend failed mid-stream: {}", e)
         await response.write(encode_event(dumps({"error": {"message": str(e), "type": "upstream_error"}})))
-    await response.write_eof(DONE_FRAME)
+        tail = b""
+    # A relayed stream carries the upstream's own [DONE]; every other ending gets ours.
+    await response.write_eof(b"" if tail.rstrip(b"\r\n ").endswith(b"data: [DONE]") else DONE_FRAME)
     return response
+
+
+async def _encoded(backend: Backend, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The backend's chunks as SSE bytes, a group of chunks that arrived together per piece."""
+    async for batch in _batches(backend, body):
+        yield b"".join(map(encode_event, batch))
 
 
 async def _batches(backend: Backend, body: dict[str, Any]) -> AsyncIterator[list[str]]:

@@ -85,7 +85,7 @@ async def run_cycle(
             job.errors[n.uid] = "unavailable for this task"
     for uid, call in calls.items():
         run = (await call).runs[0]
-        job.chunks[uid], job.timings[uid] = list(run.events), list(run.timings)
+        job.chunks[uid], job.timings[uid] = run.event_texts(), list(run.timings)
         if run.error:
             job.errors[uid] = run.error
     return job

@@ -56,9 +56,10 @@ def request(url: str, *, data: Any = None, headers: dict[str, str] | None = None
         return e.code, dict(e.headers), e.read().decode()
 
 
-def chat(info: dict, seed: int, *, stream: bool = False, timeout: float = 15) -> tuple[int, dict, str]:
+def chat(info: dict, seed: int, *, stream: bool = False, timeout: float = 15,
+         key: str | None = None) -> tuple[int, dict, str]:
     return request(info["api_url"] + "/v1/chat/completions", timeout=timeout,
-                   headers={"Authorization": f"Bearer {info['api_key']}"},
+                   headers={"Authorization": f"Bearer {key or info['api_key']}"},
                    data={"model": "default", "seed": seed, "stream": stream, "timeout": 5,
                          "messages": [{"role": "user", "content": "Hi"}]})
 
@@ -105,7 +106,12 @@ def test_every_request_is_answered_by_an_honest_miner(net: LocalNet, stream: boo
 
 def test_sigkill_api_under_load_loses_no_acknowledged_key_usage_or_outbox_payload(net: LocalNet) -> None:
     info = net.info
-    usage_before = usage_requests(info, info["api_key"])
+    # A key of its own with room for the whole load: six threads outrun localnet's 600/min key.
+    status, _, text = request(f"{info['api_url']}/api_management/create-api-key?rate_limit=1000000&name=load",
+                              headers={"admin-key": info["admin_key"]}, method="POST")
+    assert status == 200, text
+    load_key = json.loads(text)["api_key"]
+    usage_before = usage_requests(info, load_key)
     stop = threading.Event()
     acked_chats: list[float] = []
     acked_keys: list[str] = []
@@ -115,7 +121,7 @@ def test_sigkill_api_under_load_loses_no_acknowledged_key_usage_or_outbox_payloa
         while not stop.is_set():
             seed += 1
             try:
-                if chat(info, seed, stream=bool(seed % 2), timeout=10)[0] == 200:
+                if chat(info, seed, stream=bool(seed % 2), timeout=10, key=load_key)[0] == 200:
                     acked_chats.append(time.monotonic())
             except OSError:
                 return  # the API is gone
@@ -155,7 +161,7 @@ def test_sigkill_api_under_load_loses_no_acknowledged_key_usage_or_outbox_payloa
         status, _, text = request(info["api_url"] + "/v1/usage", headers={"Authorization": f"Bearer {key}"})
         assert status == 200, f"acknowledged key lost: {text}"
     durable = sum(1 for t in acked_chats if t < killed_at - USAGE_FLUSH - 0.5)
-    assert usage_requests(info, info["api_key"]) - usage_before >= durable
+    assert usage_requests(info, load_key) - usage_before >= durable
     deadline = time.monotonic() + 30
     while outbox_state(net)[0] and time.monotonic() < deadline:
         time.sleep(0.25)

@@ -31,6 +31,10 @@ class Backend(Protocol):
         A backend may also offer ``stream_batches(body)``: the same chunks in
         non-empty lists as they arrived, which the app then writes one list at a
         time. A wrapper that changes ``stream`` must not expose the inner one's.
+
+        A backend in front of another server may offer ``complete_raw(body)``
+        (the JSON completion's bytes) and ``stream_raw(body)`` (the SSE bytes as
+        read, ``[DONE]`` included): the app then relays them without parsing.
         """
         ...
 

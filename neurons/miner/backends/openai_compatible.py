@@ -1,6 +1,8 @@
 """Forward to any OpenAI-compatible server (vLLM, llama.cpp, Ollama, a hosted API).
 
-Streaming chunks are passed through as the upstream sent them (no re-encoding);
+Answers are relayed as the upstream sent them: the JSON completion's bytes, and
+the SSE stream's bytes as they arrive (``complete_raw``, ``stream_raw``), with no
+parsing or re-encoding on the miner (the API checks every chunk anyway);
 ``tools``/``tool_calls``, ``response_format``, ``logprobs`` travel untouched. The
 subnet's own fields are removed first because strict upstreams reject unknown
 parameters.
@@ -96,6 +98,23 @@ class OpenAICompatibleBackend:
                 return await r.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise BackendError(f"upstream failed: {type(e).__name__}: {e}") from None
+
+    async def complete_raw(self, body: dict[str, Any]) -> bytes:
+        """The upstream's JSON completion, byte for byte."""
+        try:
+            async with self._chat(body, stream=False) as r:
+                return await r.read()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise BackendError(f"upstream failed: {type(e).__name__}: {e}") from None
+
+    async def stream_raw(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The upstream's SSE bytes as each read returns them (its own ``[DONE]`` included)."""
+        try:
+            async with self._chat(body, stream=True) as r:
+                async for chunk in r.content.iter_any():
+                    yield chunk
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise BackendError(f"upstream stream failed: {type(e).__name__}: {e}") from None
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
         async for batch in self.stream_batches(body):
