@@ -41,6 +41,21 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Sampler = Callable[[], Awaitable[None]]
 
 
+class Children:
+    """A labelled metric's children by label values, looked up once: ``labels()`` costs microseconds
+    (validation, locking) on every call, and the API calls it several times per request."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
@@ -56,10 +71,11 @@ class HttpMetrics:
                                  buckets=LATENCY_BUCKETS, registry=registry)
         self.rate_limited = Counter(f"{prefix}_rate_limited", "Requests refused with 429", ["route"],
                                     registry=registry)
+        self._requests, self._latency = Children(self.requests), Children(self.latency)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method).observe(seconds)
+        self._requests(route, method, str(status)).inc()
+        self._latency(route, method).observe(seconds)
         if status == 429:
             self.rate_limited.labels(route).inc()
 
@@ -126,19 +142,22 @@ class ApiMetrics:
                                       registry=r, multiprocess_mode="livemin")
         self.serving_miners = Gauge("sn1_api_serving_miners", "Miners in the metagraph with an axon",
                                     registry=r, multiprocess_mode="livemax")
+        self._fanouts, self._errors = Children(self.fanouts), Children(self.miner_errors)
+        self._first, self._answer, self._wins = (Children(self.miner_first_chunk), Children(self.miner_answer),
+                                                 Children(self.miner_wins))
 
     async def payload_sink(self, payload: dict[str, Any]) -> None:
         """A payload sink: every settled fan-out's per-uid timings, errors and winner become metrics."""
-        self.fanouts.labels(str(payload.get("kind", "chat"))).inc()
+        self._fanouts(str(payload.get("kind", "chat"))).inc()
         errors = payload.get("errors") or {}
         for uid, timings in (payload.get("timings") or {}).items():
             if uid in errors:
-                self.miner_errors.labels(uid).inc()
+                self._errors(uid).inc()
             elif timings:
-                self.miner_first_chunk.labels(uid).observe(timings[0])
-                self.miner_answer.labels(uid).observe(timings[-1])
+                self._first(uid).observe(timings[0])
+                self._answer(uid).observe(timings[-1])
         if payload.get("winner") is not None:
-            self.miner_wins.labels(str(payload["winner"])).inc()
+            self._wins(str(payload["winner"])).inc()
 
 
 class ValidatorMetrics:

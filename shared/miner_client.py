@@ -173,8 +173,13 @@ class MinerClient:
         self, base_url: str, path: str, payload: Any, receiver: str, *, timeout: float
     ) -> tuple[int, Any]:
         """Signed JSON POST; returns (status, parsed body or None). Raises MinerError on transport failure."""
+        return await self.post_json_bytes(base_url, path, dumpb(payload), receiver, timeout=timeout)
+
+    async def post_json_bytes(
+        self, base_url: str, path: str, body: bytes, receiver: str, *, timeout: float
+    ) -> tuple[int, Any]:
+        """``post_json`` for a body that is already JSON bytes."""
         url = URL(base_url.rstrip("/") + path)
-        body = dumpb(payload)
         headers = self.signer.headers("POST", url, body, receiver)
         headers["Content-Type"] = "application/json"
         try:

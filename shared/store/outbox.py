@@ -24,9 +24,16 @@ from shared.store.sqlite_tables import SQLiteTables
 
 @dataclass(frozen=True)
 class OutboxItem:
+    """One stored payload. ``raw`` is its JSON text as stored: the forwarder posts it as is
+    (parsing every payload only to serialise it again cost the API a few per cent)."""
+
     id: str
-    payload: dict[str, Any]
+    raw: str
     attempts: int = 0
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return loads(self.raw)
 
 
 class Outbox(Protocol):
@@ -102,7 +109,7 @@ class SQLiteOutbox(SQLiteTables):
 
     async def peek(self, limit: int) -> list[OutboxItem]:
         rows = self._query("SELECT id, payload FROM outbox ORDER BY id LIMIT ?", (limit,))
-        return [OutboxItem(id=str(i), payload=loads(p)) for i, p in rows]
+        return [OutboxItem(id=str(i), raw=p if isinstance(p, str) else p.decode()) for i, p in rows]
 
     async def ack(self, item_id: str) -> None:
         self._tx(lambda db: db.execute("DELETE FROM outbox WHERE id = ?", (int(item_id),)))
@@ -203,7 +210,7 @@ class RedisOutbox:
         for item_id, fields in rows:
             raw = fields.get(b"p") if b"p" in fields else fields.get("p")
             out.append(OutboxItem(id=item_id.decode() if isinstance(item_id, bytes) else item_id,
-                                  payload=loads(raw)))
+                                  raw=raw.decode() if isinstance(raw, bytes) else raw))
         return out
 
     async def ack(self, item_id: str) -> None:

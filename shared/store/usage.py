@@ -34,10 +34,20 @@ class UsageRecorder:
         self._pending: dict[tuple[str, str], UsageCounts] = {}
         self._last_used: dict[tuple[str, str], float] = {}
         self._lock = asyncio.Lock()
+        self._day = ("", 0.0, -1.0)  # (day, its first second, its last second): formatting a date per
+        # request showed in the profile, and the day changes once every 86,400 seconds
+
+    def _today(self, now: float) -> str:
+        day, start, end = self._day
+        if not start <= now < end:
+            day = usage_day(now)
+            start = (now // 86400) * 86400
+            self._day = (day, start, start + 86400)
+        return day
 
     def _slot(self, key_id: str) -> UsageCounts:
         now = self.clock()
-        slot = (key_id, usage_day(now))
+        slot = (key_id, self._today(now))
         self._last_used[slot] = now
         counts = self._pending.get(slot)
         if counts is None:
