@@ -25,6 +25,7 @@ from api.selection import select_miners, top_miner
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.jsonutil import dumpb, dumps
+from shared.miner_client import Event
 from shared.protocol import (
     DEFAULT_TASK,
     ChatCompletionRequest,
@@ -154,23 +155,39 @@ def _merge_logprobs(parts: list[Any]) -> Any:
     return {"content": content} if content else None
 
 
-async def _stream(
-    request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun, headers: dict[str, str]
-) -> web.StreamResponse:
-    """Relay the winner's events as they arrive; a failure after it won ends with an error event."""
-    response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    await response.prepare(request)
-    async for batch in race.follow_batches(run):
-        await response.write(b"".join(
-            b"data: " + (data.encode() if isinstance(data, str) else dumpb(data)) + b"\n\n" for data in batch))
+def _frames(batch: list[Event]) -> bytes:
+    return b"".join(b"data: " + (d.encode() if isinstance(d, str) else dumpb(d)) + b"\n\n" for d in batch)
+
+
+def _trailer(req: ChatCompletionRequest, run: MinerRun) -> bytes:
+    """What follows the winner's chunks: an error event if it failed mid-stream, else the usage
+    chunk when asked for and the miner sent none; then ``[DONE]``."""
     if run.error:
         err = {"error": {"message": f"miner uid {run.uid} failed mid-stream: {run.error}",
                          "type": "upstream_error", "code": "miner_failed_mid_stream", "param": None}}
-        await response.write(encode_event(dumps(err)))
-    elif req.stream_options and req.stream_options.include_usage and run.usage is None:
+        return encode_event(dumps(err)) + DONE_FRAME
+    if req.stream_options and req.stream_options.include_usage and run.usage is None:
         chunk = usage_chunk(completion_id=new_completion_id(), model=run.model or req.model or "unknown",
                             usage=estimated_usage(req, run.text))
-        await response.write(encode_event(dumps(chunk)))
-    await response.write_eof(DONE_FRAME)
+        return encode_event(dumps(chunk)) + DONE_FRAME
+    return DONE_FRAME
+
+
+async def _stream(
+    request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun, headers: dict[str, str]
+) -> web.StreamResponse:
+    """Relay the winner's events as they arrive; a failure after it won ends with an error event.
+
+    A winner whose whole answer is already in (a fast miner's stream often arrives in one read)
+    goes out as one response body: one write instead of a chunked stream's three.
+    """
+    headers = {**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+               "X-Accel-Buffering": "no"}
+    if run.done:
+        return web.Response(body=_frames(run.events) + _trailer(req, run), headers=headers)
+    response = web.StreamResponse(headers=headers)
+    await response.prepare(request)
+    async for batch in race.follow_batches(run):
+        await response.write(_frames(batch))
+    await response.write_eof(_trailer(req, run))
     return response

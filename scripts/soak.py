@@ -160,7 +160,7 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
             async with short_keepalive_session(concurrency, concurrency) as session:
                 # Warm-up at the same concurrency: pools, caches and allocator arenas reach their
                 # working size, so the growth measured after is what the run itself left behind.
-                warmup = max(4 * concurrency, 500, requests // 10)
+                warmup = max(4 * concurrency, 1500, requests // 10)
                 await drive(session, f, warmup, concurrency, deadline, seed + 1, None)
                 await quiesce(f, deadline + 10)
                 report.before = resources()

@@ -8,6 +8,7 @@ allow-listed hotkey).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -118,7 +119,13 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any]) 
         first = await anext(pieces, None)
     except BackendError as e:
         raise ApiError(e.status, str(e), code="backend_error") from None
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    if first is not None and _ends_done(first):  # the whole answer came in one read: one write
+        with contextlib.suppress(BackendError):  # a break after [DONE] loses nothing
+            async for _rest in pieces:  # to the upstream's end, so its connection is reused
+                pass
+        return web.Response(body=first, headers=headers)
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     tail = b""
     try:
@@ -133,8 +140,12 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any]) 
         await response.write(encode_event(dumps({"error": {"message": str(e), "type": "upstream_error"}})))
         tail = b""
     # A relayed stream carries the upstream's own [DONE]; every other ending gets ours.
-    await response.write_eof(b"" if tail.rstrip(b"\r\n ").endswith(b"data: [DONE]") else DONE_FRAME)
+    await response.write_eof(b"" if _ends_done(tail) else DONE_FRAME)
     return response
+
+
+def _ends_done(data: bytes) -> bool:
+    return data[-32:].rstrip(b"\r\n ").endswith(b"data: [DONE]")
 
 
 async def _encoded(backend: Backend, body: dict[str, Any]) -> AsyncIterator[bytes]:
