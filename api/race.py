@@ -190,13 +190,13 @@ class Race:
             self._winner.set_result(None)
 
     async def winner(self) -> MinerRun | None:
-        """The first valid run, or None once every miner failed or the deadline passed."""
+        """The first valid run, or None once every miner failed or the deadline passed.
+
+        No timer of its own: every run is bounded by the deadline (``MinerClient``), and the last
+        run to end resolves this with None.
+        """
         assert self._winner is not None, "start() first"
-        try:
-            async with asyncio.timeout_at(self.deadline):
-                return await asyncio.shield(self._winner)
-        except TimeoutError:
-            return self._winner.result() if self._winner.done() else None
+        return await asyncio.shield(self._winner)
 
     async def follow(self, run: MinerRun) -> AsyncIterator[str]:
         """The run's events (JSON text) from the first one, as they arrive, until it ends."""

@@ -17,6 +17,7 @@ from aiohttp import web
 from loguru import logger
 
 from neurons.miner.backends.base import Backend, BackendError
+from neurons.miner.traffic import TRAFFIC, TrafficLog, summary_loop
 from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json
 from shared.jsonutil import dumps
@@ -40,6 +41,8 @@ def create_miner_app(
         middlewares=[error_middleware, btauth_middleware(verifier)], client_max_size=max_body_bytes
     )
     app[BACKEND] = backend
+    app[TRAFFIC] = TrafficLog()
+    app.cleanup_ctx.append(summary_loop)
     if metagraph is not None:
         app[METAGRAPH] = metagraph
         app.cleanup_ctx.append(_metagraph_refresh)
@@ -77,24 +80,25 @@ async def availability(request: web.Request) -> web.Response:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
-    data = await read_json(request)
-    req: ChatCompletionRequest = parse_model(ChatCompletionRequest, data)
-    backend = request.app[BACKEND]
-    models = backend.models()
-    if not req.wants_any_model() and req.model not in models:
-        raise ApiError(404, f"The model '{req.model}' is not served here.", code="model_not_found", param="model")
-    body: dict[str, Any] = data
-    caller = request[CALLER_KEY].hotkey_ss58
-    rid = request.headers.get("x-request-id", "-")
-    if req.stream:
-        response = await _stream(request, backend, body)
-    else:
-        response = await _complete(backend, body)
-    logger.info(
-        "chat rid={} caller={} stream={} latency_ms={:.1f}",
-        rid, caller[:10], req.stream, (time.perf_counter() - started) * 1000,
-    )
-    return response
+    status, stream = 500, False
+    try:
+        data = await read_json(request)
+        req: ChatCompletionRequest = parse_model(ChatCompletionRequest, data)
+        stream = bool(req.stream)
+        backend = request.app[BACKEND]
+        if not req.wants_any_model() and req.model not in backend.models():
+            raise ApiError(404, f"The model '{req.model}' is not served here.", code="model_not_found",
+                           param="model")
+        response = await (_stream(request, backend, data) if stream else _complete(backend, data))
+        status = response.status
+        return response
+    except ApiError as e:
+        status = e.status
+        raise
+    finally:
+        request.app[TRAFFIC].record(rid=request.headers.get("x-request-id", "-"),
+                                    caller=request[CALLER_KEY].hotkey_ss58, stream=stream, status=status,
+                                    latency_ms=(time.perf_counter() - started) * 1000)
 
 
 async def _complete(backend: Backend, body: dict[str, Any]) -> web.Response:

@@ -45,7 +45,8 @@ class OpenAICompatibleBackend:
         self._models: list[str] = [fallback_model] if fallback_model else []
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512))
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512),
+                                              cookie_jar=aiohttp.DummyCookieJar())
         await self.refresh_models()
 
     async def refresh_models(self) -> None:
