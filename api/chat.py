@@ -107,6 +107,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         else:
             response = _complete(req, winner, headers)
         outcome = "ok"
+        if not response.prepared:  # send now: the bookkeeping below is not the caller's wait
+            await response.prepare(request)
+            await response.write_eof()
         return response
     except ApiError as e:
         e.headers.update(headers)

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 from bittensor import http_auth
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from shared.errors import ApiError
@@ -61,6 +62,23 @@ class Signer:
 
 
 _STATUS = {http_auth.MalformedAuth: 400, http_auth.WrongReceiver: 403}
+_AUTH_HEADERS = (http_auth.HEADER_VERSION, http_auth.HEADER_HOTKEY, http_auth.HEADER_NONCE, http_auth.HEADER_SIGNATURE,
+                 http_auth.HEADER_RECEIVER, http_auth.HEADER_CRYPTO)
+
+
+def _auth_headers(headers: Any) -> Any:
+    """Only the btauth headers of a case-insensitive mapping: ``verify`` lowercases every header it
+    is given, and a request carries a dozen it does not read."""
+    if not isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        return headers
+    picked = {}
+    for name in _AUTH_HEADERS:
+        values = headers.getall(name, ())
+        if len(values) > 1:  # which copy was signed is ambiguous: refuse rather than pick one
+            raise ApiError(400, f"MalformedAuth: duplicate {name} header", code="MalformedAuth")
+        if values:
+            picked[name] = values[0]
+    return picked
 
 
 class Authorizer:
@@ -97,7 +115,7 @@ class RequestVerifier:
         """Return the caller or raise ``ApiError`` (400 malformed, 401 bad/stale/replay, 403 not allowed)."""
         try:
             caller = http_auth.verify(
-                headers,
+                _auth_headers(headers),
                 body,
                 method=method,
                 path=path,
