@@ -8,13 +8,13 @@ goes to the payload sinks, i.e. the durable scoring outbox.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 from loguru import logger
 
 from api.context import ApiContext
 from api.race import Race
+from shared.ids import random_hex
 from shared.jsonutil import dumpb
 from shared.metagraph import Neuron
 from shared.settings import ApiSettings
@@ -34,7 +34,7 @@ def deadline_seconds(settings: ApiSettings, *, timeout: float | None, max_tokens
 def request_id_from(headers: Any) -> str:
     rid = headers.get("x-request-id") or ""
     if not rid or len(rid) > 128 or not rid.isprintable() or not rid.isascii():
-        return uuid.uuid4().hex
+        return random_hex()
     return rid
 
 

@@ -18,13 +18,13 @@ from loguru import logger
 from pydantic import BaseModel, ValidationError
 
 from shared.errors import ApiError, error_body, error_type_for
-from shared.jsonutil import dumps, loads_body
+from shared.jsonutil import dumpb, loads_body
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(text=dumps(data), status=status, content_type="application/json", headers=headers)
+    return web.Response(body=dumpb(data), status=status, content_type="application/json", headers=headers)
 
 
 def error_response(err: ApiError, *, headers: dict[str, str] | None = None) -> web.Response:

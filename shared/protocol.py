@@ -8,10 +8,11 @@ miner instead of being silently dropped, as the original implementation did.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.ids import random_hex
 
 DEFAULT_TASK = "InferenceTask"
 # The shortest deadline a caller may ask for: below it no miner can answer over a network, so the
@@ -177,7 +178,7 @@ class Usage(BaseModel):
 
 
 def new_completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    return f"chatcmpl-{random_hex()}"
 
 
 def completion_object(
