@@ -19,7 +19,7 @@ from loguru import logger
 from api import mixture, sessions
 from api.auth import authenticate, check_model
 from api.context import CTX
-from api.fanout import deadline_seconds, request_id_from, settle, start_race
+from api.fanout import deadline_seconds, request_id_from, settle_soon, start_race
 from api.race import MinerRun, Race
 from api.selection import select_miners, top_miner
 from shared.errors import ApiError
@@ -57,7 +57,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     request_id = request_id_from(request.headers)
     key = await authenticate(request, ctx.store, scope="chat")
-    req: ChatCompletionRequest = parse_model(ChatCompletionRequest, await read_json(request))
+    sent = await read_json(request)
+    req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)
     task = req.task or DEFAULT_TASK
     model = None if req.wants_any_model() else req.model
     check_model(key, model)
@@ -74,7 +75,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
         )
     seed = req.seed if req.seed is not None else random.randrange(2**31)
-    body = req.miner_body(seed=seed)
+    body = req.miner_body(seed=seed, sent=sent)
     seconds = deadline_seconds(ctx.settings, timeout=req.timeout, max_tokens=req.effective_max_tokens())
     headers = {"x-request-id": request_id, "x-sn1-seed": str(seed)}
     if session is not None:
@@ -116,7 +117,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         if outcome == "ok" or (winner is None and all(r.done for r in race.runs)):
-            ctx.spawn(settle(ctx, race, body, kind="mixture" if use_mixture else "chat"))
+            settle_soon(ctx, race, body, kind="mixture" if use_mixture else "chat")
         else:
             race.cancel()  # client gone or a bug: stop every miner request now
         if outcome == "ok" and winner is not None:

@@ -19,7 +19,8 @@ from shared.store.base import Store
 from shared.store.sessions import SessionStore
 from shared.store.usage import UsageRecorder
 
-PayloadSink = Callable[[dict[str, Any]], Awaitable[None]]
+PayloadSink = Callable[[dict[str, Any]], None]
+"""Takes a settled fan-out's payload; must not block (the outbox sink only queues it for its group commit)."""
 
 
 @dataclass
@@ -39,7 +40,7 @@ class ApiContext:
     def attach_forwarder(self, forwarder: OutboxForwarder) -> None:
         """Every settled fan-out's payload goes to the durable outbox; the forwarder delivers it."""
         self.forwarder = forwarder
-        self.payload_sinks.append(forwarder.sink)
+        self.payload_sinks.append(forwarder.enqueue)
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run work that outlives the response (losers' answers, scoring payload), tracked for shutdown."""

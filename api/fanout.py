@@ -50,6 +50,19 @@ def start_race(
 async def settle(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str = "chat") -> None:
     """Let every miner finish (bounded by the deadline), then hand the payload to the sinks."""
     await race.finish()
+    deliver(ctx, race, body, kind=kind)
+
+
+def settle_soon(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str = "chat") -> None:
+    """``settle`` without a task when every miner is already done (a k = 1 race, usually)."""
+    if all(r.done for r in race.runs):
+        deliver(ctx, race, body, kind=kind)
+    else:
+        ctx.spawn(settle(ctx, race, body, kind=kind))
+
+
+def deliver(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str) -> None:
+    """The settled race's payload to every sink."""
     if not ctx.payload_sinks:
         return
     payload = race.payload()
@@ -58,6 +71,6 @@ async def settle(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str
     payload["request_id"] = race.request_id
     for sink in ctx.payload_sinks:
         try:
-            await sink(payload)
+            sink(payload)
         except Exception as e:  # noqa: BLE001 - a sink failure is logged, never raised into a request
             logger.warning("scoring payload sink failed: {}", e)

@@ -25,7 +25,7 @@ from shared.metagraph import Neuron
 from shared.miner_client import Event, MinerClient, MinerError
 
 
-@dataclass
+@dataclass(slots=True)
 class MinerRun:
     """Everything one miner sent for one request."""
 

@@ -65,18 +65,22 @@ class OutboxForwarder:
         self._committer: asyncio.Task[None] | None = None
 
     async def sink(self, payload: dict[str, Any]) -> None:
-        """Durably enqueue one payload (the API's payload sink); returns once it is stored.
+        """Durably enqueue one payload; returns once it is stored (raises the store's error)."""
+        await asyncio.shield(self.enqueue(payload))
+
+    def enqueue(self, payload: dict[str, Any]) -> asyncio.Future[None]:
+        """Queue one payload for the next group commit (the API's payload sink); the future says
+        when it is stored. A failed commit is logged here, so nobody has to wait on the future.
 
         Group commit: payloads settled within ``GROUP_COMMIT_SECONDS`` of each
         other share one store transaction (a transaction per request was the
-        API's largest cost after HTTP itself). Nothing is acknowledged before
-        it is written: each caller waits for its own group's commit.
+        API's largest cost after HTTP itself).
         """
         done = asyncio.get_running_loop().create_future()
         self._pending.append((payload, done))
         if self._committer is None:
             self._committer = asyncio.ensure_future(self._commit_soon())
-        await asyncio.shield(done)
+        return done
 
     async def _commit_soon(self) -> None:
         try:
@@ -92,9 +96,11 @@ class OutboxForwarder:
         try:
             dropped = await self.outbox.put_many([payload for payload, _ in group])
         except Exception as e:  # noqa: BLE001 - every waiting caller gets the store's error
+            logger.warning("scoring outbox: {} payload(s) not stored: {}", len(group), e)
             for _, done in group:
                 if not done.done():
                     done.set_exception(e)
+                    done.exception()  # retrieved: an enqueue nobody awaits must not warn at GC
             return
         if dropped:
             logger.warning("scoring outbox full: dropped {} oldest payload(s)", dropped)

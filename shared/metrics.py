@@ -146,7 +146,7 @@ class ApiMetrics:
         self._first, self._answer, self._wins = (Children(self.miner_first_chunk), Children(self.miner_answer),
                                                  Children(self.miner_wins))
 
-    async def payload_sink(self, payload: dict[str, Any]) -> None:
+    def payload_sink(self, payload: dict[str, Any]) -> None:
         """A payload sink: every settled fan-out's per-uid timings, errors and winner become metrics."""
         self._fanouts(str(payload.get("kind", "chat"))).inc()
         errors = payload.get("errors") or {}

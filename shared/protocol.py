@@ -22,6 +22,7 @@ MIN_TIMEOUT = 0.5
 # "max_tokens": "5" or "stream": "true" is a 400 naming the field, never silently coerced.
 REQUEST_CONFIG = ConfigDict(extra="allow", strict=True)
 ANY_MODEL = {"", "default", None}
+ROUTING_FIELDS = ("uids", "timeout", "session_id")  # for the API only, never sent to miners
 
 
 class TextPart(BaseModel):
@@ -145,13 +146,18 @@ class ChatCompletionRequest(BaseModel):
         sp = self.sampling_parameters
         return sp.top_p if sp else None
 
-    def miner_body(self, *, seed: int) -> dict[str, Any]:
+    def miner_body(self, *, seed: int, sent: dict[str, Any] | None = None) -> dict[str, Any]:
         """The body sent to miners: every field the caller sent, with sampling merged in.
 
         Routing-only fields (``uids``, ``timeout``, ``session_id``) stay with the API; everything
-        else, unknown fields included, is forwarded.
+        else, unknown fields included, is forwarded. ``sent`` is the JSON object this request was
+        validated from: validation is strict (nothing coerced), so its values are forwarded as they
+        came, which is what the caller sent and cheaper than dumping the model again.
         """
-        body = self.model_dump(mode="json", exclude_none=True, exclude={"uids", "timeout", "session_id"})
+        if sent is not None:
+            body = {k: v for k, v in sent.items() if v is not None and k not in ROUTING_FIELDS}
+        else:
+            body = self.model_dump(mode="json", exclude_none=True, exclude=set(ROUTING_FIELDS))
         body["seed"] = seed
         # Miners answer in the caller's mode: a non-streaming caller gets one JSON completion from
         # each miner (one parse, one write per hop) instead of a stream it would only reassemble.

@@ -122,7 +122,7 @@ async def test_attribution_under_randomised_completion_orders(tmp_path: Path) ->
         scripts[uid] = Script(steps)
     got: list[dict] = []
     async with api_with_miners(tmp_path, scripts, default_k=5) as api:
-        async def sink(p: dict) -> None:
+        def sink(p: dict) -> None:
             got.append(p)
 
         api.ctx.payload_sinks.append(sink)

@@ -138,7 +138,7 @@ async def test_organic_payload_attributes_chunks_per_uid(tmp_path: Path) -> None
     got: list[dict] = []
     async with api_with_miners(tmp_path, {1: a, 2: b}) as api:
 
-        async def sink(payload: dict) -> None:
+        def sink(payload: dict) -> None:
             got.append(payload)
 
         api.ctx.payload_sinks.append(sink)
