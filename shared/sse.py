@@ -34,6 +34,24 @@ class SSEParser:
         self._max = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[str]:
+        """Complete events in ``chunk`` (plus what earlier chunks left open)."""
+        if self._rest or self._data or b"\r" in chunk:
+            return self._feed_lines(chunk)
+        # The shape nearly every server sends: whole ``data: ...`` frames, LF only. Each is one
+        # slice, not a trip through the line loop; anything else goes to the general parser.
+        frames = chunk.split(b"\n\n")
+        tail = frames.pop()
+        events: list[str] = []
+        for i, frame in enumerate(frames):
+            if not frame.startswith(b"data: ") or b"\n" in frame or len(frame) - 6 > self._max:
+                return events + self._feed_lines(b"\n\n".join(frames[i:]) + b"\n\n" + tail)
+            try:
+                events.append(frame[6:].decode())
+            except UnicodeDecodeError as e:
+                raise SSEError("SSE data is not valid UTF-8") from e
+        return events + self._feed_lines(tail) if tail else events
+
+    def _feed_lines(self, chunk: bytes) -> list[str]:
         if b"\n" not in chunk and b"\r" not in chunk and not self._rest.endswith(b"\r"):
             self._rest += chunk
             if len(self._rest) > self._max:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.sse import DONE, SSEError, SSEParser, encode_event
 
@@ -70,3 +72,31 @@ def test_invalid_utf8_raises() -> None:
 
 def test_encode_roundtrip_multiline() -> None:
     assert feed_all([encode_event("a\nb"), encode_event('{"x": 1}')]) == ["a\nb", '{"x": 1}']
+
+
+def reference_events(chunks: list[bytes]) -> list[str]:
+    """The general line parser alone (no whole-frame fast path), as the reference."""
+    p = SSEParser()
+    out: list[str] = []
+    for c in chunks:
+        out += p._feed_lines(c)
+    return out + p.close()
+
+
+SSE_PIECES = [b"data: ", b"data:", b"{\"a\":1}", b"x", b"", b"\n", b"\n\n", b"\r\n", b"\r", b": c\n",
+              b"event: e\n", b"[DONE]", "é".encode(), b"data: tok \n\n", b"id: 1\n"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(SSE_PIECES), max_size=30), st.lists(st.integers(0, 200), max_size=6))
+def test_fast_path_matches_the_line_parser_on_any_stream_and_split(pieces: list[bytes], cuts: list[int]) -> None:
+    raw = b"".join(pieces)
+    bounds = sorted({min(c, len(raw)) for c in cuts})
+    chunks = [raw[a:b] for a, b in zip([0, *bounds], [*bounds, len(raw)], strict=True)]
+    assert feed_all(chunks) == reference_events(chunks)
+
+
+def test_fast_path_whole_frames() -> None:
+    raw = b"".join(b'data: {"i":%d}\n\n' % i for i in range(20)) + b"data: [DONE]\n\n"
+    assert feed_all([raw]) == [f'{{"i":{i}}}' for i in range(20)] + [DONE]
+    assert feed_all([raw[:25], raw[25:]]) == [f'{{"i":{i}}}' for i in range(20)] + [DONE]
