@@ -24,6 +24,7 @@ from shared.store.base import StoreUnavailable
 from shared.store.outbox import Outbox, OutboxItem
 
 POISON_STATUSES = {400, 413, 422}
+BATCH_BYTES = 512 << 10  # a delivery's JSON array stays well under the validator's 1 MiB body limit
 GROUP_COMMIT_SECONDS = 0.02
 LINGER_SECONDS = 0.25  # a delivery waits this long for a fuller batch: one POST per request was the
 # API's largest background cost at low concurrency, and scoring is not in a hurry
@@ -38,7 +39,8 @@ class OutboxForwarder:
         validator_hotkey: str,
         *,
         lease_seconds: float = 10.0,
-        batch: int = 32,
+        batch: int = 128,
+        batch_bytes: int = BATCH_BYTES,
         linger: float = LINGER_SECONDS,
         base_delay: float = 0.5,
         max_delay: float = 60.0,
@@ -51,6 +53,8 @@ class OutboxForwarder:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease_seconds = lease_seconds
         self.batch = batch
+        self.batch_bytes = batch_bytes
+        self._backlog = False
         self.linger = linger
         self._stored = 0  # payloads committed since the last delivery pass (fills the linger early)
         self._full = asyncio.Event()
@@ -163,7 +167,9 @@ class OutboxForwarder:
         """One pass: deliver what we can in order; returns how many were delivered."""
         if not await self.outbox.acquire_lease(self.holder, self.lease_seconds):
             return 0
-        items = await self.outbox.peek(self.batch)
+        peeked = await self.outbox.peek(self.batch)
+        items = self._within_bytes(peeked)
+        self._backlog = len(peeked) == self.batch or len(items) < len(peeked)  # more waits behind these
         if len(items) > 1:
             outcome = await self.deliver_batch(items)
             if outcome is not None:
@@ -182,6 +188,15 @@ class OutboxForwarder:
             if delivered:  # one transaction per pass; a crash before it only means a re-delivery
                 await self.outbox.ack_many(delivered)
         return len(delivered)
+
+    def _within_bytes(self, items: list[OutboxItem]) -> list[OutboxItem]:
+        """The oldest items whose JSON fits ``batch_bytes`` (always at least one)."""
+        size = 0
+        for i, item in enumerate(items):
+            size += len(item.raw) + 1
+            if size > self.batch_bytes and i:
+                return items[:i]
+        return items
 
     async def _linger(self) -> None:
         """Let a batch fill: up to ``linger`` seconds, less once ``batch`` payloads are stored."""
@@ -211,7 +226,7 @@ class OutboxForwarder:
                     logger.warning("scoring outbox unreachable: {}", e)
                     delivered = 0
                     self.failures += 1
-                if delivered >= self.batch:
+                if delivered and self._backlog:
                     continue  # a backlog: drain it at full batches
                 wait = self.backoff() if self.failures else self.lease_seconds / 3
                 try:

@@ -149,3 +149,28 @@ async def test_two_workers_share_one_outbox_without_double_delivery(tmp_path: Pa
             await b.close()
     assert sorted(p["n"] for p in received) == list(range(40))
     assert len(received) == 40, "no payload may be delivered twice in normal operation"
+
+
+async def test_a_delivery_stays_under_the_byte_budget_and_drains_a_backlog_in_order(tmp_path: Path) -> None:
+    received: list[dict] = []
+    posts: list[int] = []
+    box = SQLiteOutbox(tmp_path / "api.db")
+    app = scoring_app(received)
+
+    @web.middleware
+    async def count_posts(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        posts.append(len(await request.read()))
+        return await handler(request)
+
+    app.middlewares.append(count_posts)
+    async with serve_app(app) as url, make_session() as session:
+        fwd = OutboxForwarder(box, MinerClient(session, Signer(API)), url, API.ss58_address,
+                              batch_bytes=4000, linger=0.0)
+        for i in range(30):  # ~1 KB each: 30 KB of backlog, at most ~4 KB per post
+            await fwd.sink({"n": i, "pad": "x" * 1000})
+        task = asyncio.create_task(fwd.run())
+        await wait_for(lambda: len(received) == 30)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert [p["n"] for p in received] == list(range(30))
+    assert len(posts) >= 8 and max(posts) <= 4000 + 2, posts
