@@ -161,6 +161,13 @@ def _decision(raw: list[Any]) -> RateDecision:
                         reset_after=max(0.0, float(raw[3])), retry_after=max(0.0, float(raw[4])))
 
 
+def _authorization(raw: list[Any]) -> Authorization:
+    status = raw[0]
+    record = _record_from_fields(raw[1]) if len(raw) > 1 else None
+    decision = _decision(raw[2]) if status == "ok" else None
+    return Authorization(record=record, decision=decision, status=status)
+
+
 class RedisStore:
     def __init__(self, client: aioredis.Redis, *, namespace: str = "sn1") -> None:
         self.redis = client
@@ -170,6 +177,8 @@ class RedisStore:
         self._charge = client.register_script(CHARGE)
         self._update = client.register_script(UPDATE)
         self._add_usage = client.register_script(ADD_USAGE)
+        self._gathering: list[tuple[str, str | None, asyncio.Future[Authorization]]] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisStore:
@@ -256,14 +265,59 @@ class RedisStore:
 
     # --- the hot path -----------------------------------------------------------------------------
     async def authorize(self, key_hash: str, *, scope: str | None, now: float | None = None) -> Authorization:
-        raw = await self._call(self._authorize(
-            keys=[self.key("key", key_hash)],
-            args=["" if now is None else repr(now), scope or "", self.key("rl", "")],
-        ))
-        status = raw[0]
-        record = _record_from_fields(raw[1]) if len(raw) > 1 else None
-        decision = _decision(raw[2]) if status == "ok" else None
-        return Authorization(record=record, decision=decision, status=status)
+        """Find the key and charge its limit (one atomic script). Calls made in the same event-loop
+        turn go out as one pipeline: one round trip for all of them, each script still atomic and
+        run in arrival order, so every request keeps its own exact decision. The first caller of a
+        turn gathers the others; alone, it makes a plain call (no pipeline, no task)."""
+        if now is not None:  # an explicit clock (tests): at once, on its own
+            return _authorization(await self._call(self._authorize(**self._authorize_call(key_hash, scope, now))))
+        mine: asyncio.Future[Authorization] = asyncio.get_running_loop().create_future()
+        entry = (key_hash, scope, mine)
+        if self._gathering is not None:  # another caller leads this turn's batch
+            self._gathering.append(entry)
+            return await mine
+        batch = self._gathering = [entry]
+        try:
+            await asyncio.sleep(0)  # this turn's other callers join
+        except asyncio.CancelledError:
+            self._gathering = None
+            self._send_batch(batch[1:])  # the others are still owed their answers
+            raise
+        self._gathering = None
+        if len(batch) == 1:
+            return _authorization(await self._call(self._authorize(**self._authorize_call(key_hash, scope))))
+        self._send_batch(batch)  # a task: it runs to the end even if this caller is cancelled
+        return await mine
+
+    def _send_batch(self, batch: list[tuple[str, str | None, asyncio.Future[Authorization]]]) -> None:
+        if batch:
+            send = asyncio.ensure_future(self._authorize_batch(batch))
+            self._sending.add(send)
+            send.add_done_callback(self._sending.discard)
+
+    def _authorize_call(self, key_hash: str, scope: str | None, now: float | None = None) -> dict[str, Any]:
+        return {"keys": [self.key("key", key_hash)],
+                "args": ["" if now is None else repr(now), scope or "", self.key("rl", "")]}
+
+    async def _authorize_batch(self, batch: list[tuple[str, str | None, asyncio.Future[Authorization]]]) -> None:
+        batch = [entry for entry in batch if not entry[2].done()]  # a caller that went away is not charged
+        if not batch:
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for key_hash, scope, _ in batch:
+                await self._authorize(**self._authorize_call(key_hash, scope), client=pipe)
+            raws = await self._call(pipe.execute())
+        except BaseException as e:  # StoreUnavailable, or cancelled at shutdown: every waiter hears it
+            for _, _, waiter in batch:
+                if not waiter.done():
+                    waiter.set_exception(e if isinstance(e, Exception) else StoreUnavailable("redis: cancelled"))
+            if not isinstance(e, Exception):
+                raise
+            return
+        for (_, _, waiter), raw in zip(batch, raws, strict=True):
+            if not waiter.done():
+                waiter.set_result(_authorization(raw))
 
     async def charge(self, bucket: str, limit: int, *, cost: int = 1, now: float | None = None) -> RateDecision:
         raw = await self._call(self._charge(keys=[self.key("rl", bucket)],
