@@ -19,13 +19,13 @@ from loguru import logger
 from api import mixture, sessions
 from api.auth import authenticate, check_model
 from api.context import CTX
-from api.fanout import deadline_seconds, request_id_from, settle_soon, start_race
+from api.fanout import deadline_seconds, request_id_from, settle, start_race
 from api.race import MinerRun, Race
 from api.selection import select_miners, top_miner
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
-from shared.jsonutil import dumpb, dumps
-from shared.miner_client import Event
+from shared.jsonutil import dumps
+from shared.miner_client import Event, event_text
 from shared.protocol import (
     DEFAULT_TASK,
     ChatCompletionRequest,
@@ -117,7 +117,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         if outcome == "ok" or (winner is None and all(r.done for r in race.runs)):
-            settle_soon(ctx, race, body, kind="mixture" if use_mixture else "chat")
+            settle(ctx, race, body, kind="mixture" if use_mixture else "chat")
         else:
             race.cancel()  # client gone or a bug: stop every miner request now
         if outcome == "ok" and winner is not None:
@@ -160,7 +160,7 @@ def _merge_logprobs(parts: list[Any]) -> Any:
 
 
 def _frames(batch: list[Event]) -> bytes:
-    return b"".join(b"data: " + (d.encode() if isinstance(d, str) else dumpb(d)) + b"\n\n" for d in batch)
+    return b"".join(b"data: " + event_text(d).encode() + b"\n\n" for d in batch)
 
 
 def _trailer(req: ChatCompletionRequest, run: MinerRun) -> bytes:

@@ -47,18 +47,18 @@ def start_race(
     return race
 
 
-async def settle(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str = "chat") -> None:
-    """Let every miner finish (bounded by the deadline), then hand the payload to the sinks."""
-    await race.finish()
-    deliver(ctx, race, body, kind=kind)
-
-
-def settle_soon(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str = "chat") -> None:
-    """``settle`` without a task when every miner is already done (a k = 1 race, usually)."""
+def settle(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str = "chat") -> None:
+    """Hand the payload to the sinks once every miner is done (each is bounded by the deadline):
+    at once when they all are (a k = 1 race, usually), else from a tracked background task."""
     if all(r.done for r in race.runs):
         deliver(ctx, race, body, kind=kind)
     else:
-        ctx.spawn(settle(ctx, race, body, kind=kind))
+        ctx.spawn(_deliver_when_finished(ctx, race, body, kind=kind))
+
+
+async def _deliver_when_finished(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str) -> None:
+    await race.finish()
+    deliver(ctx, race, body, kind=kind)
 
 
 def deliver(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str) -> None:

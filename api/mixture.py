@@ -59,7 +59,7 @@ async def gather_answers(
     stage_body = {**body, "stream": True}
     race = start_race(ctx, neurons, stage_body, seconds, stream=False, request_id=request_id)
     await race.finish()
-    ctx.spawn(settle(ctx, race, stage_body, kind="mixture_stage1"))
+    settle(ctx, race, stage_body, kind="mixture_stage1")
     valid = [r for r in race.runs if r.error is None and r.has_answer and r.text]
     if not valid:
         errors = "; ".join(f"uid {u}: {e}" for u, e in race.errors().items())

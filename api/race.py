@@ -20,9 +20,9 @@ from typing import Any
 
 from loguru import logger
 
-from shared.jsonutil import dumps, loads
+from shared.jsonutil import loads
 from shared.metagraph import Neuron
-from shared.miner_client import Event, MinerClient, MinerError
+from shared.miner_client import Event, MinerClient, MinerError, event_text
 
 
 @dataclass(slots=True)
@@ -59,7 +59,7 @@ class MinerRun:
 
     def event_texts(self) -> list[str]:
         """Every chunk as JSON text (for the scoring payload and the stream relay)."""
-        return [e if isinstance(e, str) else dumps(e) for e in self.events]
+        return [event_text(e) for e in self.events]
 
     def absorb(self, data: Event) -> None:
         """Record one chunk and fold it into the running answer; raise ValueError if it is garbage."""
@@ -202,7 +202,7 @@ class Race:
         """The run's events (JSON text) from the first one, as they arrive, until it ends."""
         async for batch in self.follow_batches(run):
             for data in batch:
-                yield data if isinstance(data, str) else dumps(data)
+                yield event_text(data)
 
     async def follow_batches(self, run: MinerRun) -> AsyncIterator[list[Event]]:
         """``follow`` in groups: every event that arrived since the last group (one client write each)."""

@@ -138,7 +138,7 @@ async def failover_race(
         remaining = race.deadline - asyncio.get_running_loop().time()
         if neuron is not None and remaining > 0.05:
             headers["x-sn1-session-moved-from"] = str(session.uid)
-            ctx.spawn(settle(ctx, race, body, kind="session"))  # the failed attempt is scored too
+            settle(ctx, race, body, kind="session")  # the failed attempt is scored too
             retry = start_race(ctx, [neuron], body, remaining, stream=stream, request_id=request_id)
             return retry, await retry.winner()
     raise ApiError(502, f"Session {session.id}: the pinned miner uid {session.uid} failed: {failed.error}",

@@ -142,7 +142,7 @@ async def web_retrieval(request: web.Request) -> web.Response:
             "seed": random.randrange(2**31)}
     race = start_race(ctx, neurons, body, req.max_response_time, stream=False, request_id=request_id)
     await race.finish()
-    ctx.spawn(settle(ctx, race, body, kind="web_retrieval"))
+    settle(ctx, race, body, kind="web_retrieval")
     per_miner = [parse_results(r.text) for r in race.runs if r.error is None]
     results = merge_results(per_miner, req.n_results)
     logger.info("web_retrieval rid={} key={} uids={} results={} latency_ms={:.1f}", request_id, key.id,

@@ -25,6 +25,11 @@ Event = str | dict[str, Any]
 or, for a miner that answered with one JSON completion, that completion already parsed into
 chunk shape (parsed once here, never serialised again on the response path)."""
 
+
+def event_text(event: Event) -> str:
+    """An event as JSON text (a parsed completion is serialised only where text is needed)."""
+    return event if isinstance(event, str) else dumps(event)
+
 _BOUNDED_BY_CALLER = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
 
@@ -73,7 +78,7 @@ class MinerClient:
         """
         async for batch in self.stream_chat_batches(neuron, body, deadline, request_id=request_id):
             for data in batch:
-                yield data if isinstance(data, str) else dumps(data)
+                yield event_text(data)
 
     async def stream_chat_batches(
         self,

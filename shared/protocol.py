@@ -146,7 +146,7 @@ class ChatCompletionRequest(BaseModel):
         sp = self.sampling_parameters
         return sp.top_p if sp else None
 
-    def miner_body(self, *, seed: int, sent: dict[str, Any] | None = None) -> dict[str, Any]:
+    def miner_body(self, *, seed: int, sent: dict[str, Any]) -> dict[str, Any]:
         """The body sent to miners: every field the caller sent, with sampling merged in.
 
         Routing-only fields (``uids``, ``timeout``, ``session_id``) stay with the API; everything
@@ -154,10 +154,7 @@ class ChatCompletionRequest(BaseModel):
         validated from: validation is strict (nothing coerced), so its values are forwarded as they
         came, which is what the caller sent and cheaper than dumping the model again.
         """
-        if sent is not None:
-            body = {k: v for k, v in sent.items() if v is not None and k not in ROUTING_FIELDS}
-        else:
-            body = self.model_dump(mode="json", exclude_none=True, exclude=set(ROUTING_FIELDS))
+        body = {k: v for k, v in sent.items() if v is not None and k not in ROUTING_FIELDS}
         body["seed"] = seed
         # Miners answer in the caller's mode: a non-streaming caller gets one JSON completion from
         # each miner (one parse, one write per hop) instead of a stream it would only reassemble.

@@ -153,17 +153,12 @@ def _ends_done(data: bytes) -> bool:
 
 
 async def _encoded(backend: Backend, body: dict[str, Any]) -> AsyncIterator[bytes]:
-    """The backend's chunks as SSE bytes, a group of chunks that arrived together per piece."""
-    async for batch in _batches(backend, body):
-        yield b"".join(map(encode_event, batch))
-
-
-async def _batches(backend: Backend, body: dict[str, Any]) -> AsyncIterator[list[str]]:
-    """The backend's chunks in groups: its own ``stream_batches`` when it has one, else one by one."""
+    """The backend's chunks as SSE bytes, one piece per group of chunks that arrived together
+    (the backend's own ``stream_batches`` when it has one, else one chunk at a time)."""
     stream_batches = getattr(backend, "stream_batches", None)
     if stream_batches is not None:
         async for batch in stream_batches(body):
-            yield batch
+            yield b"".join(map(encode_event, batch))
         return
     async for data in backend.stream(body):
-        yield [data]
+        yield encode_event(data)
