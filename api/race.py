@@ -63,40 +63,46 @@ class MinerRun:
 
     def absorb(self, data: Event) -> None:
         """Record one chunk and fold it into the running answer; raise ValueError if it is garbage."""
-        obj = loads(data) if isinstance(data, str) else data
-        if not isinstance(obj, dict):
+        obj = loads(data) if type(data) is str else data
+        if type(obj) is not dict:
             raise ValueError("chunk is not a JSON object")
-        if "error" in obj and "choices" not in obj:
-            err = obj["error"]
-            raise ValueError(f"miner reported an error: {err.get('message') if isinstance(err, dict) else err}")
-        if obj.get("usage"):
-            self.usage = obj["usage"]
-        if obj.get("model") and not self.model:
-            self.model = str(obj["model"])
         choices = obj.get("choices")
-        if not isinstance(choices, list):
+        if type(choices) is not list:
+            if "error" in obj:
+                err = obj["error"]
+                raise ValueError(f"miner reported an error: {err.get('message') if isinstance(err, dict) else err}")
             raise ValueError("chunk has no choices list")
+        usage = obj.get("usage")
+        if usage:
+            self.usage = usage
+        if self.model is None:
+            model = obj.get("model")
+            if model:
+                self.model = str(model)
         for choice in choices:
-            if not isinstance(choice, dict):
+            if type(choice) is not dict:
                 raise ValueError("choice is not an object")
-            delta = choice.get("delta") or {}
-            if not isinstance(delta, dict):
-                raise ValueError("delta is not an object")
-            piece = delta.get("content")
-            if piece:
-                if not isinstance(piece, str):
-                    raise ValueError("delta.content is not a string")
-                self.content.append(piece)
-                self.has_answer = True
-            if delta.get("tool_calls"):
-                self._merge_tool_calls(delta["tool_calls"])
-                self.has_answer = True
+            delta = choice.get("delta")
+            if delta:
+                if type(delta) is not dict:
+                    raise ValueError("delta is not an object")
+                piece = delta.get("content")
+                if piece:
+                    if type(piece) is not str:
+                        raise ValueError("delta.content is not a string")
+                    self.content.append(piece)
+                    self.has_answer = True
+                calls = delta.get("tool_calls")
+                if calls:
+                    self._merge_tool_calls(calls)
+                    self.has_answer = True
             if choice.get("logprobs"):
                 self.logprobs.append(choice["logprobs"])
-            if choice.get("finish_reason"):
-                if not isinstance(choice["finish_reason"], str):
+            reason = choice.get("finish_reason")
+            if reason:
+                if type(reason) is not str:
                     raise ValueError("finish_reason is not a string")
-                self.finish_reason = choice["finish_reason"]
+                self.finish_reason = reason
 
     def _merge_tool_calls(self, calls: Any) -> None:
         if not isinstance(calls, list):

@@ -6,12 +6,18 @@ the standard library, a few times less with orjson. Output is the same compact
 UTF-8 JSON; what orjson cannot encode (integers beyond 64 bits) falls back to
 the standard library. ``loads`` is strict JSON (no NaN/Infinity literals,
 numbers that overflow a double are an error: a ``ValueError`` like any bad
-input). Request bodies keep the standard parser (``loads_body``).
+input). Request bodies (``loads_body``) accept exactly what the standard parser
+accepts: orjson reads them, and whatever it refuses (NaN literals, lone
+surrogates, bad input) is read again by the standard parser, whose answer or
+error message is the one given. A body with a run of 19 or more digits goes to
+the standard parser directly: orjson would turn an integer beyond 64 bits into
+a float, silently losing digits.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -19,6 +25,7 @@ import orjson
 from shared.errors import ApiError
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+_LONG_DIGITS = re.compile(rb"\d{19}")  # a possible integer beyond 64 bits
 
 
 def dumpb(obj: Any) -> bytes:
@@ -41,6 +48,11 @@ def loads_body(raw: bytes) -> Any:
     """Parse a request body, turning every decoding failure into a 400."""
     if not raw:
         raise ApiError(400, "Request body is empty; expected a JSON object.", code="invalid_json")
+    if _LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # the standard parser decides, and words the error
     try:
         return json.loads(raw)
     except UnicodeDecodeError:

@@ -55,6 +55,16 @@ class MinerClient:
         self.session = session
         self.signer = signer
         self.max_response_bytes = max_response_bytes
+        self._chat_urls: dict[str, URL] = {}
+
+    def _chat_url(self, base: str) -> URL:
+        """The parsed chat URL of an axon, built once (parsing a URL per request showed in the profile)."""
+        url = self._chat_urls.get(base)
+        if url is None:
+            if len(self._chat_urls) >= 8192:  # axons change rarely; a bound keeps a churning metagraph small
+                self._chat_urls.clear()
+            url = self._chat_urls[base] = URL(base + "/v1/chat/completions")
+        return url
 
     def _timeout(self, deadline: float) -> aiohttp.ClientTimeout:
         """No aiohttp timer: the caller's ``asyncio.timeout_at(deadline)`` already bounds the whole call
@@ -95,7 +105,7 @@ class MinerClient:
         """
         if not neuron.url:
             raise MinerError(f"uid {neuron.uid} serves no axon", kind="unreachable")
-        url = URL(neuron.url + "/v1/chat/completions")
+        url = self._chat_url(neuron.url)
         headers = self.signer.headers("POST", url, body, neuron.hotkey)
         headers["Content-Type"] = "application/json"
         headers["Accept"] = "text/event-stream"

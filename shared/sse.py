@@ -37,8 +37,24 @@ class SSEParser:
         """Complete events in ``chunk`` (plus what earlier chunks left open)."""
         if self._rest or self._data or b"\r" in chunk:
             return self._feed_lines(chunk)
-        # The shape nearly every server sends: whole ``data: ...`` frames, LF only. Each is one
-        # slice, not a trip through the line loop; anything else goes to the general parser.
+        # The shape nearly every server sends: whole ``data: ...`` frames, LF only. The chunk is
+        # decoded once and each frame is one slice, not a trip through the line loop; anything else
+        # goes to the general parser (which also words a UTF-8 error).
+        if not chunk.endswith(b"\n\n") or len(chunk) > self._max:
+            return self._fast_frames(chunk)
+        try:
+            text = chunk.decode()
+        except UnicodeDecodeError:
+            return self._fast_frames(chunk)
+        frames = text.split("\n\n")
+        frames.pop()  # the empty string after the last blank line
+        for frame in frames:
+            if not frame.startswith("data: ") or "\n" in frame:
+                return self._fast_frames(chunk)
+        return [frame[6:] for frame in frames]
+
+    def _fast_frames(self, chunk: bytes) -> list[str]:
+        """Whole frames one by one while they have the common shape, then the general parser."""
         frames = chunk.split(b"\n\n")
         tail = frames.pop()
         events: list[str] = []

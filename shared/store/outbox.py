@@ -98,14 +98,22 @@ class SQLiteOutbox(SQLiteTables):
 
         def run(db: sqlite3.Connection) -> int:
             db.executemany("INSERT INTO outbox (payload, created_at) VALUES (?, ?)", rows)
-            (count,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
-            excess = count - self.max_items
+            excess = self._count_over_limit(db)
             if excess > 0:
                 db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,))
                 db.execute("UPDATE outbox_meta SET value = value + ? WHERE name = 'dropped'", (excess,))
             return max(0, excess)
 
         return self._tx(run)
+
+    def _count_over_limit(self, db: sqlite3.Connection) -> int:
+        """How many rows exceed ``max_items``. The id span bounds the count from above in two index
+        lookups; the exact count (a scan of every row's page) is needed only when the span is over."""
+        lo, hi = db.execute("SELECT (SELECT MIN(id) FROM outbox), (SELECT MAX(id) FROM outbox)").fetchone()
+        if lo is None or hi - lo + 1 <= self.max_items:
+            return 0
+        (count,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        return count - self.max_items
 
     async def peek(self, limit: int) -> list[OutboxItem]:
         rows = self._query("SELECT id, payload FROM outbox ORDER BY id LIMIT ?", (limit,))

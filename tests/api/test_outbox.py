@@ -58,6 +58,20 @@ async def test_full_outbox_drops_oldest_and_counts(make_outbox) -> None:
     assert await box.dropped() == 2
 
 
+async def test_a_gap_left_by_an_ack_out_of_order_drops_nothing(make_outbox) -> None:
+    """The SQLite outbox bounds its count by the id span; a hole in the span must not look full."""
+    box = make_outbox(max_items=3)
+    for i in range(3):
+        await box.put({"n": i})
+    middle = (await box.peek(3))[1]
+    await box.ack(middle.id)
+    assert await box.put({"n": 3}) == 0  # 3 payloads, span of 4 ids: nothing is over the limit
+    assert [it.payload["n"] for it in await box.peek(10)] == [0, 2, 3]
+    assert await box.put({"n": 4}) == 1
+    assert [it.payload["n"] for it in await box.peek(10)] == [2, 3, 4]
+    assert await box.dropped() == 1
+
+
 async def test_payloads_survive_a_new_instance(make_outbox) -> None:
     first = make_outbox()
     await first.put({"n": 1})
