@@ -18,6 +18,7 @@ from loguru import logger
 from pydantic import BaseModel, ValidationError
 
 from shared.errors import ApiError, error_body, error_type_for
+from shared.gc_tuning import tune_for_serving
 from shared.jsonutil import dumpb, loads_body
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -101,6 +102,7 @@ async def serve_until_signal(
     await runner.setup()
     site = web.SockSite(runner, bound_socket(host, port, reuse_port=reuse_port), shutdown_timeout=5.0)
     await site.start()
+    tune_for_serving()  # after start-up, so the app's long-lived objects are frozen too
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
