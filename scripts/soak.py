@@ -36,6 +36,7 @@ import aiohttp  # noqa: E402
 from loguru import logger  # noqa: E402
 
 from neurons.miner.faults import FaultOptions  # noqa: E402
+from shared.gc_tuning import tune_for_serving  # noqa: E402
 from shared.logging import setup_logging  # noqa: E402
 from tests.chaos.fleet import HONEST, MESSAGES, Fleet, expected_answer, fleet, wait_until  # noqa: E402
 
@@ -154,6 +155,7 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
     options = FaultOptions(huge_bytes=1 << 20, late_seconds=deadline + 0.5, trickle_interval=0.1)
     with tempfile.TemporaryDirectory(prefix="sn1-soak-") as tmp:
         async with fleet(Path(tmp), profiles, options=options, miner_max_response_bytes=256 << 10) as f:
+            tune_for_serving()  # the collector settings a served API runs with (serve_until_signal)
             api_pool = f.ctx.client.session
             f.ctx.client.session = short_keepalive_session(1024, 256)  # same limits as make_session()
             await api_pool.close()
