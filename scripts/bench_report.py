@@ -104,12 +104,29 @@ def _micro_rows(results: dict) -> list[str]:
     return rows
 
 
-def _cores_line(results: dict) -> str:
-    p = _point(results, False, 64)
-    share = ", ".join(f"{name} {v:.2f}" for name, v in p["sn1"]["cpu_share"].items())
-    bare = ", ".join(f"{name} {v:.2f}" for name, v in p["bare"]["cpu_share"].items())
-    return (f"cores: {results['machine']['cpus']}, no pinning, every process shares them. CPU cores used at "
-            f"non-stream c=64 -- sn1: {share}; bare: {bare}")
+def _cpu_per_request(run: dict) -> tuple[float, str]:
+    """All processes' CPU per request (ms) and each one's part, from the run's CPU shares."""
+    rps = run["rps"] or 1.0
+    parts = {name: share * 1000 / rps for name, share in run.get("cpu_share", {}).items()}
+    return sum(parts.values()), " + ".join(f"{name} {ms:.2f}" for name, ms in parts.items())
+
+
+def _cores_lines(results: dict) -> list[str]:
+    """How the cores were shared, as CPU per request: where the time goes, and what a target leaves.
+
+    With every core busy, throughput is cores / (CPU per request), so a target ratio r lets sn1
+    spend at most bare's CPU per request / r in all (the budget printed beside each mode).
+    """
+    lines = [f"cores: {results['machine']['cpus']}, no pinning, every process shares them. "
+             "CPU per request at c=64, in ms (each process's CPU time / requests):"]
+    for stream, need in ((False, 0.6), (True, 0.7)):
+        p = _point(results, stream, 64)
+        bare_ms, bare_parts = _cpu_per_request(p["bare"])
+        sn1_ms, sn1_parts = _cpu_per_request(p["sn1"])
+        mode = "stream" if stream else "non-stream"
+        lines.append(f"  {mode:<10} bare {bare_ms:.2f} = {bare_parts}")
+        lines.append(f"  {'':<10} sn1  {sn1_ms:.2f} = {sn1_parts}; {need}x allows sn1 {bare_ms / need:.2f}")
+    return lines
 
 
 def render_table(results: dict[str, Any]) -> tuple[str, bool]:
@@ -124,7 +141,7 @@ def render_table(results: dict[str, Any]) -> tuple[str, bool]:
     lines += _fanout_rows(results, verdicts)
     lines += _streams_row(results, verdicts)
     lines += _workers_row(results, verdicts)
-    lines += ["-" * 120, _cores_line(results)]
+    lines += ["-" * 120, *_cores_lines(results)]
     lines += _micro_rows(results)
     errors = {f"{'stream' if p['stream'] else 'non-stream'} c={p['concurrency']} {s}": p[s]["errors"]
               for p in results["points"] for s in SETUPS if p[s]["errors"]}

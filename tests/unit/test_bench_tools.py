@@ -80,3 +80,10 @@ def test_table_passes_only_when_every_target_is_met() -> None:
     assert not ok and "+0.80 ms" in table  # added latency over 0.7 ms
     _, ok = render_table(_results(sn1_rps=750, sn1_p50=1.5, cpus=8))
     assert not ok  # with the cores to spare, 1.03x for two workers is a failure
+
+
+def test_table_shows_cpu_per_request_and_the_budget_each_target_leaves() -> None:
+    table, _ = render_table(_results(sn1_rps=750, sn1_p50=1.5, cpus=2))
+    # bare: half a core at 1,000/s = 0.50 ms a request; sn1: half a core at 750/s = 0.67 ms
+    assert "bare 0.50 = x 0.50" in table and "sn1  0.67 = x 0.67" in table
+    assert "0.6x allows sn1 0.83" in table and "0.7x allows sn1 0.71" in table
