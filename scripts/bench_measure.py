@@ -159,4 +159,5 @@ def median_run(runs: list[dict]) -> dict:
     return {"rps": statistics.median(r["rps"] for r in runs), "p50_ms": statistics.median(r["p50_ms"] for r in runs),
             "p99_ms": statistics.median(r["p99_ms"] for r in runs), "errors": sum(r["errors"] for r in runs),
             "requests": sum(r["requests"] for r in runs), "rounds": [round(r["rps"], 1) for r in runs],
+            "p50_rounds": [round(r["p50_ms"], 3) for r in runs],
             "cpu_share": mid.get("cpu_share", {}), "tool": mid.get("tool")}

@@ -47,6 +47,28 @@ def _throughput_rows(results: dict, verdicts: list[bool]) -> list[str]:
     return rows
 
 
+def _rounds_lines(results: dict) -> list[str]:
+    """Each round's sn1 against the bare run beside it in time: how far one round is from another.
+
+    The verdicts use the medians (the issue's rule); these lines only show the spread, which on a
+    shared VM is often as wide as the distance to a target.
+    """
+    ratios, added = [], []
+    for stream in (False, True):
+        mode = "stream" if stream else "non-stream"
+        hi, lo = _point(results, stream, 64), _point(results, stream, 1)
+        pairs = zip(hi["sn1"].get("rounds", []), hi["bare"].get("rounds", []), strict=False)
+        if cells := [f"{s / b:.2f}x" for s, b in pairs if b]:
+            ratios.append(f"{mode} " + " ".join(cells))
+        pairs = zip(lo["sn1"].get("p50_rounds", []), lo["bare"].get("p50_rounds", []), strict=False)
+        if cells := [f"{s - b:+.2f} ms" for s, b in pairs]:
+            added.append(f"{mode} " + " ".join(cells))
+    lines = ["round by round, sn1 against the bare run beside it:"]
+    lines.append("  c=64 sn1/bare: " + ("; ".join(ratios) or "n/a"))
+    lines.append("  c=1 added p50: " + ("; ".join(added) or "n/a (not recorded by this run)"))
+    return lines
+
+
 def _fanout_rows(results: dict, verdicts: list[bool]) -> list[str]:
     fan = results.get("fanout")
     if not fan:
@@ -138,6 +160,7 @@ def render_table(results: dict[str, Any]) -> tuple[str, bool]:
             f"{s['seconds']:g} s, LOG_LEVEL={s['log_level']}")
     lines = [head, "", _row("", list(SETUPS), "sn1 vs bare", "target", "result"), "-" * 120]
     lines += _throughput_rows(results, verdicts)
+    lines += _rounds_lines(results)
     lines += _fanout_rows(results, verdicts)
     lines += _streams_row(results, verdicts)
     lines += _workers_row(results, verdicts)

@@ -87,3 +87,15 @@ def test_table_shows_cpu_per_request_and_the_budget_each_target_leaves() -> None
     # bare: half a core at 1,000/s = 0.50 ms a request; sn1: half a core at 750/s = 0.67 ms
     assert "bare 0.50 = x 0.50" in table and "sn1  0.67 = x 0.67" in table
     assert "0.6x allows sn1 0.83" in table and "0.7x allows sn1 0.71" in table
+
+
+def test_table_shows_each_rounds_ratio_beside_the_median_verdict() -> None:
+    results = _results(sn1_rps=750, sn1_p50=1.5, cpus=2)
+    point = next(p for p in results["points"] if not p["stream"] and p["concurrency"] == 64)
+    point["bare"]["rounds"], point["sn1"]["rounds"] = [1000, 1000, 1000], [550, 750, 800]
+    low = next(p for p in results["points"] if not p["stream"] and p["concurrency"] == 1)
+    low["bare"]["p50_rounds"], low["sn1"]["p50_rounds"] = [1.0, 1.0, 1.0], [1.5, 1.9, 1.6]
+    table, ok = render_table(results)
+    assert "c=64 sn1/bare: non-stream 0.55x 0.75x 0.80x" in table
+    assert "c=1 added p50: non-stream +0.50 ms +0.90 ms +0.60 ms" in table
+    assert ok  # the verdicts still come from the medians
