@@ -16,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from bench_load import _Conn, _wrk_time_ms, build_request  # noqa: E402
+from bench_profile import summarize  # noqa: E402
 from bench_report import render_table  # noqa: E402
 
 CHUNKED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -99,3 +100,16 @@ def test_table_shows_each_rounds_ratio_beside_the_median_verdict() -> None:
     assert "c=64 sn1/bare: non-stream 0.55x 0.75x 0.80x" in table
     assert "c=1 added p50: non-stream +0.50 ms +0.90 ms +0.60 ms" in table
     assert ok  # the verdicts still come from the medians
+
+
+def test_profile_summary_counts_only_the_event_loop_thread(tmp_path: Path) -> None:
+    raw = tmp_path / "profile.txt"
+    raw.write_text(
+        "_run_module_as_main (<frozen runpy>:198);run (uvloop:1);handler (api/chat.py:5) 30\n"
+        "_run_module_as_main (<frozen runpy>:198);run (uvloop:1);sign (shared/signing.py:9) 10\n"
+        "Thread._bootstrap (threading.py:1002);_worker (concurrent/futures/thread.py:81) 40\n"
+    )
+    text = summarize(raw, 5)
+    assert "40 samples on the event loop's thread (40 in other threads, not counted)" in text
+    assert "75.0%  handler (api/chat.py:5)" in text and "25.0%  sign (shared/signing.py:9)" in text
+    assert "_worker" not in text
