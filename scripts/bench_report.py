@@ -13,6 +13,11 @@ from typing import Any
 
 SETUPS = ("direct", "bare", "sn1")
 MIN_CORES_FOR_WORKERS = 4  # 2 API workers + miner + upstream + load generator each need a core
+THROUGHPUT_TARGETS = ((False, 0.6), (True, 0.7))  # (streaming?, least sn1/bare at concurrency 64)
+
+
+def _mode(stream: bool) -> str:
+    return "stream" if stream else "non-stream"
 
 
 def _verdict(ok: bool) -> str:
@@ -29,8 +34,8 @@ def _row(label: str, cells: list[str], check: str = "", target: str = "", verdic
 
 def _throughput_rows(results: dict, verdicts: list[bool]) -> list[str]:
     rows = []
-    for stream, need in ((False, 0.6), (True, 0.7)):
-        mode = "stream" if stream else "non-stream"
+    for stream, need in THROUGHPUT_TARGETS:
+        mode = _mode(stream)
         p = _point(results, stream, 64)
         ratio = p["sn1"]["rps"] / p["bare"]["rps"] if p["bare"]["rps"] else 0.0
         ok = ratio >= need and p["sn1"]["errors"] == 0
@@ -55,7 +60,7 @@ def _rounds_lines(results: dict) -> list[str]:
     """
     ratios, added = [], []
     for stream in (False, True):
-        mode = "stream" if stream else "non-stream"
+        mode = _mode(stream)
         hi, lo = _point(results, stream, 64), _point(results, stream, 1)
         pairs = zip(hi["sn1"].get("rounds", []), hi["bare"].get("rounds", []), strict=False)
         if cells := [f"{s / b:.2f}x" for s, b in pairs if b]:
@@ -141,11 +146,11 @@ def _cores_lines(results: dict) -> list[str]:
     """
     lines = [f"cores: {results['machine']['cpus']}, no pinning, every process shares them. "
              "CPU per request at c=64, in ms (each process's CPU time / requests):"]
-    for stream, need in ((False, 0.6), (True, 0.7)):
+    for stream, need in THROUGHPUT_TARGETS:
         p = _point(results, stream, 64)
         bare_ms, bare_parts = _cpu_per_request(p["bare"])
         sn1_ms, sn1_parts = _cpu_per_request(p["sn1"])
-        mode = "stream" if stream else "non-stream"
+        mode = _mode(stream)
         lines.append(f"  {mode:<10} bare {bare_ms:.2f} = {bare_parts}")
         lines.append(f"  {'':<10} sn1  {sn1_ms:.2f} = {sn1_parts}; {need}x allows sn1 {bare_ms / need:.2f}")
     return lines
@@ -166,7 +171,7 @@ def render_table(results: dict[str, Any]) -> tuple[str, bool]:
     lines += _workers_row(results, verdicts)
     lines += ["-" * 120, *_cores_lines(results)]
     lines += _micro_rows(results)
-    errors = {f"{'stream' if p['stream'] else 'non-stream'} c={p['concurrency']} {s}": p[s]["errors"]
+    errors = {f"{_mode(p['stream'])} c={p['concurrency']} {s}": p[s]["errors"]
               for p in results["points"] for s in SETUPS if p[s]["errors"]}
     if errors:
         lines.append(f"errors (non-200 or broken): {errors}")
