@@ -44,6 +44,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app.cleanup_ctx.append(usage.usage_flusher)  # always: the last flush at shutdown must happen
     if run_background:
         app.cleanup_ctx.append(_background)
+    app.cleanup_ctx.append(_flush_request_log)  # last in, first out: the final lines go out first
     app.on_shutdown.append(_cancel_in_flight)
     return app
 
@@ -61,6 +62,12 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _flush_request_log(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: the access log's queued lines are written at shutdown."""
+    yield
+    app[CTX].request_log.flush()
 
 
 async def _cancel_in_flight(app: web.Application) -> None:

@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 from aiohttp import web
-from loguru import logger
 
 from api import mixture, sessions
 from api.auth import authenticate, check_model
@@ -124,10 +123,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             used = response_usage(req, winner)
             ctx.usage.record(key.id, prompt_tokens=used.get("prompt_tokens") or 0,
                              completion_tokens=used.get("completion_tokens") or 0, error=winner.error is not None)
-        logger.info(
-            "chat rid={} key={} uids={} winner={} stream={} mixture={} status={} latency_ms={:.1f}",
-            request_id, key.id, [n.uid for n in neurons], winner.uid if winner else None,
-            req.stream, use_mixture, outcome, (time.perf_counter() - started) * 1000,
+        ctx.request_log.write(
+            f"chat rid={request_id} key={key.id} uids={[n.uid for n in neurons]} "
+            f"winner={winner.uid if winner else None} stream={req.stream} mixture={use_mixture} "
+            f"status={outcome} latency_ms={(time.perf_counter() - started) * 1000:.1f}"
         )
 
 

@@ -14,6 +14,7 @@ from api.availability import AvailabilityCache
 from api.scoring_outbox import OutboxForwarder
 from shared.metagraph import MetagraphView
 from shared.miner_client import MinerClient
+from shared.request_log import RequestLog
 from shared.settings import ApiSettings
 from shared.store.base import Store
 from shared.store.sessions import SessionStore
@@ -36,6 +37,7 @@ class ApiContext:
     forwarder: OutboxForwarder | None = None
     usage: UsageRecorder | None = None  # filled in by create_api_app when not given
     sessions: SessionStore | None = None
+    request_log: RequestLog = field(default_factory=lambda: RequestLog("api"))  # one INFO line per request
 
     def attach_forwarder(self, forwarder: OutboxForwarder) -> None:
         """Every settled fan-out's payload goes to the durable outbox; the forwarder delivers it."""

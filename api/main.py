@@ -25,6 +25,7 @@ from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
 from shared.metrics import MULTIPROC_ENV
 from shared.miner_client import MinerClient, make_session
+from shared.request_log import RequestLog
 from shared.settings import ApiSettings
 from shared.signing import Signer
 from shared.store import open_store
@@ -33,7 +34,7 @@ from shared.store.sessions import open_sessions
 from shared.wallet import load_hotkey
 
 
-async def build_context(settings: ApiSettings) -> ApiContext:
+async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiContext:
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
     signer = Signer(hotkey)
     metagraph = MetagraphView.from_settings(settings)
@@ -46,7 +47,8 @@ async def build_context(settings: ApiSettings) -> ApiContext:
     await availability.refresh()
     store = open_store(settings.store_url, namespace=settings.store_namespace)
     ctx = ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability,
-                     sessions=open_sessions(settings.store_url, namespace=settings.store_namespace))
+                     sessions=open_sessions(settings.store_url, namespace=settings.store_namespace),
+                     request_log=RequestLog(role, level=settings.log_level))
     outbox = open_outbox(settings.store_url, namespace=settings.store_namespace, max_items=settings.outbox_max_items)
     ctx.attach_forwarder(OutboxForwarder(outbox, client, settings.validator_api,
                                          settings.validator_hotkey or hotkey.ss58_address,
@@ -55,8 +57,9 @@ async def build_context(settings: ApiSettings) -> ApiContext:
 
 
 async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
-    setup_logging(settings.log_level, role=f"api[{os.getpid()}]")
-    ctx = await build_context(settings)
+    role = f"api[{os.getpid()}]"
+    setup_logging(settings.log_level, role=role)
+    ctx = await build_context(settings, role=role)
     app = create_api_app(ctx)
 
     async def close(_app) -> None:

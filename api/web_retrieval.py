@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 from aiohttp import web
-from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from yarl import URL
 
@@ -145,8 +144,8 @@ async def web_retrieval(request: web.Request) -> web.Response:
     settle(ctx, race, body, kind="web_retrieval")
     per_miner = [parse_results(r.text) for r in race.runs if r.error is None]
     results = merge_results(per_miner, req.n_results)
-    logger.info("web_retrieval rid={} key={} uids={} results={} latency_ms={:.1f}", request_id, key.id,
-                [n.uid for n in neurons], len(results), (time.perf_counter() - started) * 1000)
+    ctx.request_log.write(f"web_retrieval rid={request_id} key={key.id} uids={[n.uid for n in neurons]} "
+                          f"results={len(results)} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
     if not results and all(r.error for r in race.runs):
         raise ApiError(502, "No miner returned web results.", code="no_valid_answer",
                        headers={"x-request-id": request_id})

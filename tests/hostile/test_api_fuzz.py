@@ -8,6 +8,7 @@ authentication into each handler's parsing.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import re
@@ -249,7 +250,13 @@ def test_no_secret_in_any_log_line(api_server: Running) -> None:
     send(api_server, "DELETE", f"/api_management/delete-api-key/{fresh}", None, [("admin-key", ADMIN_KEY + "x")])
     send(api_server, "DELETE", f"/api_management/delete-api-key/{fresh}", None, [("admin-key", ADMIN_KEY)])
     secrets = [api_server.key, fresh, ADMIN_KEY, "//Validator"]
+
+    async def flush_access_log() -> None:
+        api_server.ctx.request_log.flush()
+
+    asyncio.run_coroutine_threadsafe(flush_access_log(), api_server.loop).result(10)
     assert api_server.logs, "the servers must have logged something"
+    assert any(" | chat rid=" in line for line in api_server.logs), "the access log's lines are searched too"
     for line in api_server.logs:
         for secret in secrets:
             assert secret not in line, f"secret in log line: {line[:300]}"

@@ -139,8 +139,10 @@ async def test_secrets_never_logged(api: ApiUnderTest, http: aiohttp.ClientSessi
     await call(http, "PUT", f"{api.url}/api_management/modify-api-key/{key}?rate_limit=2", headers={"admin-key": "no"})
     await call(http, "PUT", f"{api.url}/api_management/modify-api-key/{key}?rate_limit=2", headers={"admin-key": ADMIN})
     await call(http, "DELETE", f"{api.url}/api_management/delete-api-key/{key}", headers={"admin-key": ADMIN})
+    api.ctx.request_log.flush()  # the access log's lines too
     text = "\n".join(logs)
     assert created["id"] in text  # the key is logged by id ...
+    assert "chat rid=" in text and f"key={created['id']}" in text
     for secret in (key, key[10:30], ADMIN, api.key):
         assert secret not in text  # ... never by its secret, whole or in part
     assert json.dumps(key) not in text

@@ -1,0 +1,65 @@
+"""Every chat request leaves one INFO access-log line (ids, never the key), written even at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from loguru import logger
+
+from tests.helpers import Script, api_with_miners, chunk, post, sse
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def lines() -> Iterator[list[str]]:
+    out: list[str] = []
+    handler = logger.add(lambda m: out.extend(str(m).splitlines()), level="INFO", format="{message}")
+    try:
+        yield out
+    finally:
+        logger.remove(handler)
+
+
+def chat_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if " | chat rid=" in line]
+
+
+async def test_each_request_is_logged_once_with_ids_winner_and_latency(tmp_path: Path, lines: list[str]) -> None:
+    scripts = {2: Script([(0, d) for d in sse(chunk("hi"), chunk(finish="stop"))])}
+    async with api_with_miners(tmp_path, scripts) as api:
+        key_id = (await api.ctx.store.list_keys())[0].id
+        for rid, stream in (("rid-one", False), ("rid-two", True)):
+            status, _, text = await post(api, {"messages": MESSAGES, "uids": [2], "stream": stream},
+                                         headers={"x-request-id": rid})
+            assert status == 200, text
+        await asyncio.sleep(0.3)  # the access log's flush interval (0.1 s) has passed: no explicit flush
+        logged = chat_lines(lines)
+        assert len(logged) == 2, logged
+        for line, rid, stream in zip(logged, ("rid-one", "rid-two"), (False, True), strict=True):
+            assert f" | INFO    | api | chat rid={rid} key={key_id} uids=[2] winner=2 stream={stream} " in line
+            assert " status=ok latency_ms=" in line
+            assert api.key not in line
+
+
+async def test_lines_still_queued_are_written_when_the_api_stops(tmp_path: Path, lines: list[str]) -> None:
+    scripts = {2: Script([(0, d) for d in sse(chunk("hi"), chunk(finish="stop"))])}
+    async with api_with_miners(tmp_path, scripts) as api:
+        api.ctx.request_log.flush_seconds = 3600  # nothing but the shutdown can write it
+        status, _, text = await post(api, {"messages": MESSAGES, "uids": [2]}, headers={"x-request-id": "late"})
+        assert status == 200, text
+        await asyncio.sleep(0.05)
+        assert chat_lines(lines) == [] and api.ctx.request_log.pending == 1
+    assert len(chat_lines(lines)) == 1 and "chat rid=late " in chat_lines(lines)[0]
+
+
+async def test_a_failed_request_is_logged_with_its_outcome(tmp_path: Path, lines: list[str]) -> None:
+    async with api_with_miners(tmp_path, {2: Script([], status=500)}) as api:
+        status, _, _ = await post(api, {"messages": MESSAGES, "uids": [2]}, headers={"x-request-id": "broken"})
+        assert status == 502
+        api.ctx.request_log.flush()
+    (line,) = chat_lines(lines)
+    assert "chat rid=broken " in line and " winner=None " in line and " status=error " in line
