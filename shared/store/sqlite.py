@@ -42,7 +42,7 @@ from shared.store.base import (
     now_or_clock,
 )
 from shared.store.sqlite_tables import BUSY_TIMEOUT_S
-from shared.store.window import charge_window
+from shared.store.window import charge_each, charge_window
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -120,6 +120,11 @@ _UPSERT = (
     " RETURNING state"
 )
 _PEEK = "SELECT window_charge(state, ?1, ?2, 0) FROM rate_windows WHERE bucket = ?3"
+_STATE = "SELECT state FROM rate_windows WHERE bucket = ?"
+_STORE_STATE = (
+    "INSERT INTO rate_windows (bucket, state, updated_at) VALUES (?1, ?2, ?3)"
+    " ON CONFLICT(bucket) DO UPDATE SET state = ?2, updated_at = ?3"
+)
 
 
 _DECISION = struct.Struct("<?IIdd")
@@ -129,6 +134,10 @@ def window_charge_sql(state: bytes | None, limit: int, now: float, cost: int) ->
     """The SQL function behind ``_UPSERT``. The stored value is the last decision followed by the
     window (see ``window.py``), so ``RETURNING state`` hands both back in the same statement."""
     window, d = charge_window(state[_DECISION.size:] if state else None, limit, now, cost)
+    return _pack(d, window)
+
+
+def _pack(d: RateDecision, window: bytes) -> bytes:
     return _DECISION.pack(d.allowed, d.limit, d.remaining, d.reset_after, d.retry_after) + window
 
 
@@ -268,18 +277,27 @@ class SQLiteStore:
                     waiter.set_result(result)
 
     def _authorize_group(self, key_hash: str, scopes: list[str | None], now: float) -> list[Authorization]:
-        """One lookup of the key, then one charge per request that passes its checks."""
+        """One lookup of the key, then the requests that pass its checks charged in order, in one write."""
         row = self.db.execute(_SELECT_BY_HASH, (key_hash,)).fetchone()
         record = _record(row) if row else None
-        out = []
-        for scope in scopes:
-            status = check_key(record, scope, now)
-            if status != "ok" or record is None:
-                out.append(Authorization(record=record, decision=None, status=status))
-            else:
-                out.append(Authorization(record=record, decision=self._charge(f"key:{record.id}", record.rate_limit,
-                                                                              1, now), status="ok"))
-        return out
+        statuses = [check_key(record, scope, now) for scope in scopes]
+        passed = statuses.count("ok") if record is not None else 0
+        decisions = iter(self._charge_each(f"key:{record.id}", record.rate_limit, passed, now) if passed else ())
+        return [Authorization(record=record, decision=next(decisions), status="ok")
+                if status == "ok" and record is not None else Authorization(record=record, decision=None, status=status)
+                for status in statuses]
+
+    def _charge_each(self, bucket: str, limit: int, n: int, now: float) -> list[RateDecision]:
+        """``n`` requests one after another (``window.charge_each``): one statement for one request,
+        a read and a write for several (inside the turn's write transaction, so no other process
+        can charge in between)."""
+        if n == 1:
+            return [self._charge(bucket, limit, 1, now)]
+        assert self.db.in_transaction, "several charges at once need the write transaction"
+        row = self.db.execute(_STATE, (bucket,)).fetchone()
+        window, decisions = charge_each(row[0][_DECISION.size:] if row else None, limit, now, n)
+        self.db.execute(_STORE_STATE, (bucket, _pack(decisions[-1], window), now))
+        return decisions
 
     async def charge(self, bucket: str, limit: int, *, cost: int = 1, now: float | None = None) -> RateDecision:
         with _errors():

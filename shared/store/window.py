@@ -70,6 +70,28 @@ def charge_window(state: bytes | None, limit: int, now: float, cost: int = 1) ->
     return _HEAD.pack(newest) + counts.tobytes(), decision
 
 
+def charge_each(state: bytes | None, limit: int, now: float, n: int) -> tuple[bytes, list[RateDecision]]:
+    """``n`` requests at ``now``, one after another: the state and decisions of ``n`` calls of
+    ``charge_window(..., cost=1)``, computed in one pass (the first ``limit - count`` pass, the
+    rest are refused alike), so a turn's requests for one key cost one store write, not ``n``."""
+    newest, counts = _shift(*_load(state), math.floor(now))
+    count = sum(counts)
+    admitted = max(0, min(n, limit - count))
+    decisions = []
+    if admitted:
+        counts[-1] += admitted
+        reset_after = _reset_after(newest, counts, now)
+        decisions = [RateDecision(allowed=True, limit=limit, remaining=max(0, limit - (count + i + 1)),
+                                  reset_after=reset_after, retry_after=0.0) for i in range(admitted)]
+        count += admitted
+    if admitted < n:
+        refused = RateDecision(allowed=False, limit=limit, remaining=max(0, limit - count),
+                               reset_after=_reset_after(newest, counts, now),
+                               retry_after=_retry_after(newest, counts, count - limit + 1, now))
+        decisions += [refused] * (n - admitted)
+    return _HEAD.pack(newest) + counts.tobytes(), decisions
+
+
 def _second(newest: int, slot: int) -> int:
     return newest - (SLOTS - 1) + slot
 

@@ -38,7 +38,9 @@ async def test_one_turn_of_calls_is_one_transaction_with_exact_ordered_decisions
         assert results[8].decision.allowed and results[8].decision.remaining == 99
         assert results[9].status == "unknown" and results[9].decision is None
         assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
-        assert sum(s.startswith("SELECT") for s in statements) == 3, "one lookup per distinct key"
+        assert sum(s.startswith("SELECT id,") for s in statements) == 3, "one lookup per distinct key"
+        writes = [s for s in statements if s.startswith("INSERT INTO rate_windows")]
+        assert len(writes) == 2, "one write per charged key, not per request"
     finally:
         await store.close()
 
