@@ -56,3 +56,15 @@ async def test_put_many_trims_and_ack_many_removes(make_outbox) -> None:  # noqa
     await box.ack_many([])
     assert [it.payload["n"] for it in await box.peek(10)] == [5, 6, 7]
     assert await box.dropped() == 3
+
+
+async def test_ack_many_removes_exactly_the_given_ids_runs_and_gaps_alike(make_outbox) -> None:  # noqa: F811
+    box = make_outbox(max_items=100)
+    await box.put_many([{"n": i} for i in range(10)])
+    items = await box.peek(10)
+    await box.ack_many([items[i].id for i in (4, 2, 3)])  # an unbroken run, out of order
+    assert [it.payload["n"] for it in await box.peek(10)] == [0, 1, 5, 6, 7, 8, 9]
+    await box.ack_many([items[i].id for i in (0, 6, 8)])  # gaps: the rows between stay
+    assert [it.payload["n"] for it in await box.peek(10)] == [1, 5, 7, 9]
+    await box.ack_many([items[i].id for i in (5, 6, 7)])  # a run holding an id already acknowledged
+    assert [it.payload["n"] for it in await box.peek(10)] == [1, 9]
