@@ -16,9 +16,10 @@ from typing import Any
 from aiohttp import web
 
 from api import mixture, sessions
+from api.access_log import access_logged, request_id, write
 from api.auth import authenticate, check_model
 from api.context import CTX
-from api.fanout import deadline_seconds, request_id_from, settle, start_race
+from api.fanout import deadline_seconds, settle, start_race
 from api.race import MinerRun, Race
 from api.selection import select_miners, top_miner
 from shared.errors import ApiError
@@ -51,10 +52,11 @@ def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
     return estimated_usage(req, run.text)
 
 
+@access_logged("chat")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     started = time.perf_counter()
-    request_id = request_id_from(request.headers)
+    rid = request_id(request)
     key = await authenticate(request, ctx.store, scope="chat")
     sent = await read_json(request)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)
@@ -76,14 +78,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     seed = req.seed if req.seed is not None else random.randrange(2**31)
     body = req.miner_body(seed=seed, sent=sent)
     seconds = deadline_seconds(ctx.settings, timeout=req.timeout, max_tokens=req.effective_max_tokens())
-    headers = {"x-request-id": request_id, "x-sn1-seed": str(seed)}
+    headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
     if session is not None:
         headers["x-sn1-session-id"] = session.id
     if use_mixture:
         loop = asyncio.get_running_loop()
         stage_started = loop.time()
         try:
-            answers = await mixture.gather_answers(ctx, neurons, body, mixture.stage_one_seconds(seconds), request_id)
+            answers = await mixture.gather_answers(ctx, neurons, body, mixture.stage_one_seconds(seconds), rid)
         except ApiError as e:
             e.headers.update(headers)
             raise
@@ -91,14 +93,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         seconds = max(0.1, seconds - (loop.time() - stage_started))
         neurons = [top_miner(neurons)]
         headers["x-sn1-mixture-uids"] = ",".join(str(r.uid) for r in answers)
-    race = start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=request_id)
+    race = start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=rid)
     outcome = "error"
     winner: MinerRun | None = None
     try:
         winner = await race.winner()
         if winner is None and session is not None:
             race, winner = await sessions.failover_race(ctx, session, race, body, stream=req.stream,
-                                                        request_id=request_id, headers=headers)
+                                                        request_id=rid, headers=headers)
         if winner is None:
             raise _no_winner(race)
         headers["x-sn1-miner-uid"] = str(winner.uid)
@@ -123,8 +125,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             used = response_usage(req, winner)
             ctx.usage.record(key.id, prompt_tokens=used.get("prompt_tokens") or 0,
                              completion_tokens=used.get("completion_tokens") or 0, error=winner.error is not None)
-        ctx.request_log.write(
-            f"chat rid={request_id} key={key.id} uids={[n.uid for n in neurons]} "
+        write(
+            request,
+            f"chat rid={rid} key={key.id} uids={[n.uid for n in neurons]} "
             f"winner={winner.uid if winner else None} stream={req.stream} mixture={use_mixture} "
             f"status={outcome} latency_ms={(time.perf_counter() - started) * 1000:.1f}"
         )

@@ -17,9 +17,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from yarl import URL
 
+from api.access_log import access_logged, request_id, write
 from api.auth import authenticate
 from api.chat import CTX
-from api.fanout import request_id_from, settle, start_race
+from api.fanout import settle, start_race
 from api.selection import select_miners
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
@@ -126,10 +127,11 @@ async def _request_model(request: web.Request) -> WebRetrievalRequest:
     return parse_model(WebRetrievalRequest, query)
 
 
-async def web_retrieval(request: web.Request) -> web.Response:
+@access_logged("web_retrieval")
+async def web_retrieval(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     started = time.perf_counter()
-    request_id = request_id_from(request.headers)
+    rid = request_id(request)
     key = await authenticate(request, ctx.store, scope="web_retrieval")
     req = await _request_model(request)
     neurons = select_miners(
@@ -139,14 +141,14 @@ async def web_retrieval(request: web.Request) -> web.Response:
     body = {"task": TASK, "messages": [{"role": "user", "content": req.search_query}],
             "target_results": req.n_results, "timeout": req.max_response_time, "stream": True,
             "seed": random.randrange(2**31)}
-    race = start_race(ctx, neurons, body, req.max_response_time, stream=False, request_id=request_id)
+    race = start_race(ctx, neurons, body, req.max_response_time, stream=False, request_id=rid)
     await race.finish()
     settle(ctx, race, body, kind="web_retrieval")
     per_miner = [parse_results(r.text) for r in race.runs if r.error is None]
     results = merge_results(per_miner, req.n_results)
-    ctx.request_log.write(f"web_retrieval rid={request_id} key={key.id} uids={[n.uid for n in neurons]} "
-                          f"results={len(results)} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
+    write(request, f"web_retrieval rid={rid} key={key.id} uids={[n.uid for n in neurons]} "
+                   f"results={len(results)} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
     if not results and all(r.error for r in race.runs):
         raise ApiError(502, "No miner returned web results.", code="no_valid_answer",
-                       headers={"x-request-id": request_id})
-    return json_response({"results": [r.model_dump() for r in results]}, headers={"x-request-id": request_id})
+                       headers={"x-request-id": rid})
+    return json_response({"results": [r.model_dump() for r in results]}, headers={"x-request-id": rid})

@@ -1,13 +1,17 @@
-"""Every chat request leaves one INFO access-log line (ids, never the key), written even at shutdown."""
+"""Every chat and web-retrieval request leaves one INFO access-log line (ids, never the key), refused
+ones included, written even at shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from loguru import logger
+from multidict import CIMultiDict
 
 from tests.helpers import Script, api_with_miners, chunk, post, sse
 
@@ -63,3 +67,39 @@ async def test_a_failed_request_is_logged_with_its_outcome(tmp_path: Path, lines
         api.ctx.request_log.flush()
     (line,) = chat_lines(lines)
     assert "chat rid=broken " in line and " winner=None " in line and " status=error " in line
+
+
+async def _send(url: str, *, key: str, body: bytes, rid: str) -> tuple[int, CIMultiDict[str]]:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url, data=body, headers={"Authorization": f"Bearer {key}", "x-request-id": rid,
+                                                   "Content-Type": "application/json"}) as r:
+            await r.read()
+            return r.status, r.headers.copy()
+
+
+async def test_refused_requests_get_one_line_each_and_their_request_id(tmp_path: Path, lines: list[str]) -> None:
+    async with api_with_miners(tmp_path, {}, honest={1}) as api:
+        chat = api.url + "/v1/chat/completions"
+        ok_body = json.dumps({"messages": MESSAGES, "uids": [1]}).encode()
+        limited, limited_record = await api.ctx.store.create_key(1)
+        key_id = (await api.ctx.store.list_keys())[0].id
+        cases = [("no-key", "sn1-wrong", ok_body, 401, "invalid_api_key", None),
+                 ("bad-json", api.key, b"{bad", 400, "invalid_json", key_id),
+                 ("first", limited, ok_body, 200, None, limited_record.id),
+                 ("over-limit", limited, ok_body, 429, "rate_limit_exceeded", limited_record.id)]
+        for rid, key, body, status, _, _ in cases:
+            got, headers = await _send(chat, key=key, body=body, rid=rid)
+            assert got == status
+            assert headers.get("x-request-id") == rid, "a refusal names the request id its line carries"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(api.url + "/web_retrieval?search_query=x", headers={"x-request-id": "web-no-key"}) as r:
+                assert r.status == 401
+        api.ctx.request_log.flush()
+    for rid, _, _, status, code, kid in cases:
+        (line,) = [x for x in lines if f" | chat rid={rid} " in x]
+        if status == 200:
+            assert " status=ok " in line
+        else:
+            assert f" key={kid} status={status} code={code} latency_ms=" in line
+    (web,) = [x for x in lines if " | web_retrieval rid=web-no-key " in x]
+    assert " key=None status=401 code=missing_api_key " in web
