@@ -20,6 +20,7 @@ from api.auth import KEY_RECORD
 from api.context import CTX
 from api.fanout import request_id_from
 from shared.errors import ApiError
+from shared.http import http_error_code
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("sn1_request_id", str)
@@ -55,7 +56,7 @@ def access_logged(kind: str) -> Callable[[Handler], Handler]:
                 raise
             except web.HTTPException as e:  # aiohttp's own refusals, e.g. 413 for an oversized body
                 if e.status >= 400:
-                    _refused(request, kind, started, e.status, e.reason.lower().replace(" ", "_"))
+                    _refused(request, kind, started, e.status, http_error_code(e))
                 raise
 
         return logged

@@ -32,6 +32,11 @@ def error_response(err: ApiError, *, headers: dict[str, str] | None = None) -> w
     return json_response(err.body(), status=err.status, headers={**err.headers, **(headers or {})})
 
 
+def http_error_code(e: web.HTTPException) -> str:
+    """The error code for one of aiohttp's own refusals: its reason phrase, ``request_entity_too_large``."""
+    return e.reason.lower().replace(" ", "_")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error leaves as ``{"error": {...}}`` with the right status; a bug is a logged 500."""
@@ -45,7 +50,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         message = e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason
         if e.status == 413:
             message = f"Request body too large (limit {request._client_max_size} bytes)."
-        body = error_body(message, type_=error_type_for(e.status), code=e.reason.lower().replace(" ", "_"))
+        body = error_body(message, type_=error_type_for(e.status), code=http_error_code(e))
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
         return json_response(body, status=e.status, headers=headers)
     except asyncio.CancelledError:

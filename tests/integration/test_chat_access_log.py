@@ -78,7 +78,7 @@ async def _send(url: str, *, key: str, body: bytes, rid: str) -> tuple[int, CIMu
 
 
 async def test_refused_requests_get_one_line_each_and_their_request_id(tmp_path: Path, lines: list[str]) -> None:
-    async with api_with_miners(tmp_path, {}, honest={1}) as api:
+    async with api_with_miners(tmp_path, {}, honest={1}, max_body_bytes=4096) as api:
         chat = api.url + "/v1/chat/completions"
         ok_body = json.dumps({"messages": MESSAGES, "uids": [1]}).encode()
         limited, limited_record = await api.ctx.store.create_key(1)
@@ -94,6 +94,8 @@ async def test_refused_requests_get_one_line_each_and_their_request_id(tmp_path:
         async with aiohttp.ClientSession() as s:
             async with s.get(api.url + "/web_retrieval?search_query=x", headers={"x-request-id": "web-no-key"}) as r:
                 assert r.status == 401
+        got, _ = await _send(chat, key=api.key, body=b'{"x": "' + b"a" * 8192 + b'"}', rid="too-big")
+        assert got == 413
         api.ctx.request_log.flush()
     for rid, _, _, status, code, kid in cases:
         (line,) = [x for x in lines if f" | chat rid={rid} " in x]
@@ -101,5 +103,7 @@ async def test_refused_requests_get_one_line_each_and_their_request_id(tmp_path:
             assert " status=ok " in line
         else:
             assert f" key={kid} status={status} code={code} latency_ms=" in line
+    (big,) = [x for x in lines if " | chat rid=too-big " in x]  # aiohttp's own refusal, not an ApiError
+    assert f" key={key_id} status=413 code=request_entity_too_large " in big
     (web,) = [x for x in lines if " | web_retrieval rid=web-no-key " in x]
     assert " key=None status=401 code=missing_api_key " in web
