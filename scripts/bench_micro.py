@@ -98,6 +98,65 @@ def outbox_write_us(n: int = 400) -> dict[str, float]:
     return asyncio.run(run())
 
 
+def client_cost_us(seconds: float = 2.0, concurrency: int = 16) -> dict[str, float]:
+    """CPU per streamed request of an HTTP client alone (this process's CPU time / requests): aiohttp's
+    ``ClientSession`` as the API and the miner use it, and the raw asyncio protocol of the load generator.
+
+    Every hop of both ``bare`` and ``sn1`` pays aiohttp's figure once; the difference is what a
+    hand-written client would save per hop (see the stream budget line of the table).
+    """
+    import asyncio
+    import resource
+    import subprocess
+
+    import aiohttp
+    import uvloop
+    from bench_cluster import free_port, wait_http
+    from bench_load import closed_loop
+    from bench_measure import body
+
+    port = free_port()
+    upstream = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "bench_upstream.py"), "--port", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, payload = f"http://127.0.0.1:{port}/v1/chat/completions", body(True)
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    async def with_aiohttp() -> tuple[int, float]:
+        done, c0 = 0, cpu()
+        stop = time.perf_counter() + seconds
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                         cookie_jar=aiohttp.DummyCookieJar()) as session:
+            async def worker() -> None:
+                nonlocal done
+                while time.perf_counter() < stop:
+                    async with session.post(url, data=payload, headers={"Content-Type": "application/json"}) as r:
+                        async for _ in r.content.iter_any():
+                            pass
+                    done += 1
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done, cpu() - c0
+
+    async def with_protocol() -> tuple[int, float]:
+        c0 = cpu()
+        result = await closed_loop(url, payload, {}, concurrency, seconds)
+        return result["requests"], cpu() - c0
+
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", upstream)
+        out = {}
+        for name, fn in (("aiohttp", with_aiohttp), ("protocol", with_protocol)):
+            requests, used = uvloop.run(fn())
+            out[f"{name}_us"] = used / max(1, requests) * 1e6
+        return out
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=10)
+
+
 def _redis_env() -> None:
     """Let the auth bench measure Redis too when a local server answers (db 12, namespaced by the bench)."""
     import os
@@ -141,6 +200,7 @@ def micro_figures() -> dict[str, Any]:
     figures: dict[str, Any] = dict(sign_verify_us())
     figures["sse_parse_mb_s"] = sse_parse_mb_s()
     figures["outbox_write_us"] = outbox_write_us()
+    figures["client_us"] = client_cost_us()
     _redis_env()
     figures["auth_rate_limit"] = external_bench("tests/bench/bench_auth.py")
     figures["validator"] = external_bench("tests/bench/bench_validator.py")

@@ -119,6 +119,11 @@ def _micro_rows(results: dict) -> list[str]:
         return []
     rows = [f"micro: sign {m['sign_us']:.0f} us/call, verify {m['verify_us']:.0f} us/call, "
             f"SSE parse {m['sse_parse_mb_s']:.0f} MB/s"]
+    client = m.get("client_us")
+    if isinstance(client, dict):
+        rows.append(f"micro: HTTP client CPU per streamed request: aiohttp {client['aiohttp_us']:.0f} us, "
+                    f"a raw asyncio protocol {client['protocol_us']:.0f} us (each hop of bare and sn1 pays "
+                    f"aiohttp's)")
     box = m.get("outbox_write_us")
     if isinstance(box, dict):
         rows.append(f"micro: outbox write per request (SQLite, 20-chunk payload): "
@@ -153,7 +158,30 @@ def _cores_lines(results: dict) -> list[str]:
         mode = _mode(stream)
         lines.append(f"  {mode:<10} bare {bare_ms:.2f} = {bare_parts}")
         lines.append(f"  {'':<10} sn1  {sn1_ms:.2f} = {sn1_parts}; {need}x allows sn1 {bare_ms / need:.2f}")
+        if budget := _budget_line(results, p, need):
+            lines.append(budget)
     return lines
+
+
+def _budget_line(results: dict, point: dict, need: float) -> str | None:
+    """What a target leaves for our logic: its CPU budget minus what sn1 cannot avoid, namely the
+    two hops' HTTP work (bare's two proxies), the processes around them (upstream, load generator,
+    validator) and one sign plus one verify (the protocol's signature)."""
+    micro = results.get("micro") or {}
+    if "sign_us" not in micro:
+        return None
+    rps_bare, rps_sn1 = point["bare"]["rps"] or 1.0, point["sn1"]["rps"] or 1.0
+    share_bare, share_sn1 = point["bare"].get("cpu_share", {}), point["sn1"].get("cpu_share", {})
+    hops = sum(v for k, v in share_bare.items() if k.startswith("bare")) * 1000 / rps_bare
+    around = sum(v for k, v in share_sn1.items() if k not in ("api", "miner")) * 1000 / rps_sn1
+    signature = (micro["sign_us"] + micro["verify_us"]) / 1000
+    sn1_ms = sum(share_sn1.values()) * 1000 / rps_sn1
+    bare_ms = sum(share_bare.values()) * 1000 / rps_bare
+    left = bare_ms / need - hops - around - signature
+    spent = sn1_ms - hops - around - signature
+    return (f"  {'':<10} after two HTTP hops {hops:.2f}, upstream/load/validator {around:.2f} and sign+verify "
+            f"{signature:.2f}, {need}x leaves {left:.2f} ms for all other API and miner logic "
+            f"(auth, rate limit, parsing, race, scoring outbox); it takes {spent:.2f} now")
 
 
 def render_table(results: dict[str, Any]) -> tuple[str, bool]:

@@ -90,6 +90,23 @@ def test_table_shows_cpu_per_request_and_the_budget_each_target_leaves() -> None
     assert "0.6x allows sn1 0.83" in table and "0.7x allows sn1 0.71" in table
 
 
+def test_budget_line_splits_what_a_target_leaves_for_our_logic() -> None:
+    results = _results(sn1_rps=750, sn1_p50=1.5, cpus=2)
+    results["micro"] = {"sign_us": 20.0, "verify_us": 40.0, "sse_parse_mb_s": 300.0,
+                        "client_us": {"aiohttp_us": 64.0, "protocol_us": 16.0}}
+    point = next(p for p in results["points"] if p["stream"] and p["concurrency"] == 64)
+    # bare at 1,000/s: two hops 0.15 ms each + upstream 0.05 = 0.35 ms; 0.7x allows 0.50 ms
+    point["bare"]["cpu_share"] = {"bare1": 0.15, "bare2": 0.15, "upstream": 0.05}
+    # sn1 at 750/s: api 0.30 + miner 0.225 + upstream 0.0375 (= 0.40 + 0.30 + 0.05 ms a request)
+    point["sn1"]["cpu_share"] = {"api": 0.30, "miner": 0.225, "upstream": 0.0375}
+    table, _ = render_table(results)
+    line = next(x for x in table.splitlines() if "0.7x leaves" in x)
+    # 0.50 - 0.30 (hops) - 0.05 (upstream) - 0.06 (sign + verify) = 0.09 left; sn1 spends 0.75 - 0.41 = 0.34
+    assert "two HTTP hops 0.30" in line and "upstream/load/validator 0.05" in line and "sign+verify 0.06" in line
+    assert "0.7x leaves 0.09 ms" in line and "it takes 0.34 now" in line
+    assert "aiohttp 64 us, a raw asyncio protocol 16 us" in table
+
+
 def test_table_shows_each_rounds_ratio_beside_the_median_verdict() -> None:
     results = _results(sn1_rps=750, sn1_p50=1.5, cpus=2)
     point = next(p for p in results["points"] if not p["stream"] and p["concurrency"] == 64)
