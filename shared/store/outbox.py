@@ -151,12 +151,13 @@ class SQLiteOutbox(SQLiteTables):
         self._close_db()
 
 
+# KEYS[1] = the stream, KEYS[2] = the dropped counter; ARGV = max_items, payload, payload, ...
 _REDIS_PUT = """
-local id = redis.call('XADD', KEYS[1], '*', 'p', ARGV[1])
+for i = 2, #ARGV do redis.call('XADD', KEYS[1], '*', 'p', ARGV[i]) end
 local len = redis.call('XLEN', KEYS[1])
-local excess = len - tonumber(ARGV[2])
+local excess = len - tonumber(ARGV[1])
 if excess > 0 then
-  redis.call('XTRIM', KEYS[1], 'MAXLEN', tonumber(ARGV[2]))
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', tonumber(ARGV[1]))
   redis.call('INCRBY', KEYS[2], excess)
   return excess
 end
@@ -176,6 +177,9 @@ _REDIS_RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+PUT_GROUP = 256  # payloads per script call: a few MB at most, and Redis busy for well under a millisecond
 
 
 class RedisOutbox:
@@ -206,11 +210,17 @@ class RedisOutbox:
             raise StoreUnavailable(f"redis outbox: {e}") from e
 
     async def put(self, payload: dict[str, Any]) -> int:
-        data = dumps(payload)
-        return int(await self._call(self._put(keys=[self.key, self.dropped_key], args=[data, self.max_items])))
+        return await self.put_many([payload])
 
     async def put_many(self, payloads: list[dict[str, Any]]) -> int:
-        return sum([await self.put(p) for p in payloads])  # each XADD is atomic; order is kept
+        """The group in one script call per ``PUT_GROUP`` payloads: one round trip, atomic, in order
+        (a call per payload made the group commit wait for ~50 sequential round trips at load).
+        Trimming once after the group drops exactly what trimming after each add would."""
+        dropped = 0
+        for start in range(0, len(payloads), PUT_GROUP):
+            args = [self.max_items, *(dumps(p) for p in payloads[start:start + PUT_GROUP])]
+            dropped += int(await self._call(self._put(keys=[self.key, self.dropped_key], args=args)))
+        return dropped
 
     async def peek(self, limit: int) -> list[OutboxItem]:
         rows = await self._call(self.r.xrange(self.key, count=limit))

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
+
+import pytest
 
 from api.scoring_outbox import OutboxForwarder
-from tests.api.test_outbox import make_outbox  # noqa: F401 - the two-backend fixture
+from shared.store.outbox import PUT_GROUP, RedisOutbox
+from tests.api.test_outbox import REDIS_URL, make_outbox  # noqa: F401 - the two-backend fixture
 
 UNUSED_URL = "http://127.0.0.1:9"  # the forwarder loop is not started: nothing is delivered here
 
@@ -68,3 +72,28 @@ async def test_ack_many_removes_exactly_the_given_ids_runs_and_gaps_alike(make_o
     assert [it.payload["n"] for it in await box.peek(10)] == [1, 5, 7, 9]
     await box.ack_many([items[i].id for i in (5, 6, 7)])  # a run holding an id already acknowledged
     assert [it.payload["n"] for it in await box.peek(10)] == [1, 9]
+
+
+async def test_redis_group_is_one_round_trip_per_put_group_in_order() -> None:
+    """On Redis a group commit costs a round trip per ``PUT_GROUP`` payloads, not one per payload
+    (which made each group wait for dozens of sequential round trips), and keeps order and the bound."""
+    if not REDIS_URL:
+        pytest.skip("Redis outbox tests need REDIS_URL (CI sets it; .ci/run)")
+    box = RedisOutbox.from_url(REDIS_URL, namespace=f"test-{uuid.uuid4().hex[:8]}", max_items=PUT_GROUP + 20)
+
+    async def script_calls() -> int:
+        stats = await box.r.info("commandstats")
+        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+    try:
+        await box.put({"n": -1})  # the script is loaded now, not counted below
+        before = await script_calls()
+        n = PUT_GROUP + 50
+        assert await box.put_many([{"n": i} for i in range(n)]) == 31  # 1 + n - (PUT_GROUP + 20)
+        assert await script_calls() - before == 2, f"not one script call per {PUT_GROUP} of {n} payloads"
+        items = await box.peek(n)
+        assert [it.payload["n"] for it in items] == list(range(30, n))  # -1 and 0..29 were dropped
+        assert await box.dropped() == 31
+    finally:
+        await box.r.delete(box.key, box.dropped_key)
+        await box.close()
