@@ -8,9 +8,10 @@ deployments or test runs can share one server. Layout (``ns`` = namespace):
 * ``ns:rl:<bucket>``   hash  second -> admitted count (the sliding window, see ``window.py``)
 * ``ns:usage:<id>``    hash  ``total:<field>`` / ``<day>:<field>`` counters and ``last_used_at``
 
-The hot path is one EVALSHA (``AUTHORIZE``): lookup, expiry and scope checks and
-the rate-limit charge run atomically on the server, with the server's clock, so
-hosts with skewed clocks still share one window. Scripts touch keys they derive
+The hot path is one EVALSHA (``AUTHORIZE``) per key per event-loop turn: lookup,
+expiry and scope checks and the rate-limit charges of that turn's requests run
+atomically on the server, with the server's clock, so hosts with skewed clocks
+still share one window. Scripts touch keys they derive
 from the namespace, so this targets a single Redis (or a primary), not Cluster.
 """
 
@@ -22,7 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from shared.store.base import (
     ALL_SCOPES,
@@ -76,6 +77,47 @@ local function charge(key, limit, now, cost)
   if remaining < 0 then remaining = 0 end
   return {allowed and 1 or 0, limit, remaining, tostring(reset), tostring(retry)}
 end
+local function charge_each(key, limit, now, n)
+  local current = math.floor(now)
+  local oldest = current - 60
+  local raw = redis.call('HGETALL', key)
+  local count, stale, live = 0, {}, {}
+  for i = 1, #raw, 2 do
+    local b, c = tonumber(raw[i]), tonumber(raw[i + 1])
+    if b < oldest then stale[#stale + 1] = raw[i] else count = count + c; live[#live + 1] = {b, c} end
+  end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  local admitted = limit - count
+  if admitted > n then admitted = n end
+  if admitted < 0 then admitted = 0 end
+  if admitted > 0 then
+    redis.call('HINCRBY', key, current, admitted)
+    redis.call('EXPIRE', key, 62)
+    live[#live + 1] = {current, admitted}
+  end
+  table.sort(live, function(a, b) return a[1] < b[1] end)
+  local reset = 0
+  if #live > 0 then reset = live[#live][1] + 61 - now end
+  local out = {}
+  for i = 1, admitted do
+    local remaining = limit - (count + i)
+    if remaining < 0 then remaining = 0 end
+    out[i] = {1, limit, remaining, tostring(reset), '0'}
+  end
+  if admitted < n then
+    count = count + admitted
+    local must, freed, retry = count - limit + 1, 0, 0
+    for _, e in ipairs(live) do
+      freed = freed + e[2]
+      if freed >= must then retry = e[1] + 61 - now; break end
+    end
+    if retry < 0 then retry = 0 end
+    local remaining = limit - count
+    if remaining < 0 then remaining = 0 end
+    for i = admitted + 1, n do out[i] = {0, limit, remaining, tostring(reset), tostring(retry)} end
+  end
+  return out
+end
 local function clock(arg)
   if arg ~= '' then return tonumber(arg) end
   local t = redis.call('TIME')
@@ -83,18 +125,28 @@ local function clock(arg)
 end
 """
 
-# KEYS[1] = ns:key:<hash>; ARGV = now|'', scope|'', rl prefix. Replies {status, fields in RECORD_FIELDS order,
-# decision}: HMGET in a fixed order keeps the reply small and its parsing cheap.
+# One key's requests of a turn, in order. KEYS[1] = ns:key:<hash>; ARGV = now|'', rl prefix, then one scope|''
+# per request. Replies {'unknown'}, {'expired', fields} or {'each', fields, a status per request, a decision per
+# 'ok' one}: the key is read once and charged once (``charge_each``), each request still decided as if alone.
+# HMGET in a fixed order (RECORD_FIELDS) keeps the reply small and its parsing cheap.
 AUTHORIZE = _WINDOW_LUA + """
 local f = redis.call('HMGET', KEYS[1], 'id', 'key_hash', 'prefix', 'rate_limit', 'name', 'scopes', 'allowed_models',
                      'expires_at', 'created_at')
 if not f[1] then return {'unknown'} end
 local now = clock(ARGV[1])
 if f[8] ~= '' and now >= tonumber(f[8]) then return {'expired', f} end
-if ARGV[2] ~= '' and not string.find(',' .. f[6] .. ',', ',' .. ARGV[2] .. ',', 1, true) then
-  return {'scope', f}
+local statuses, n = {}, 0
+for i = 3, #ARGV do
+  if ARGV[i] ~= '' and not string.find(',' .. f[6] .. ',', ',' .. ARGV[i] .. ',', 1, true) then
+    statuses[#statuses + 1] = 'scope'
+  else
+    statuses[#statuses + 1] = 'ok'
+    n = n + 1
+  end
 end
-return {'ok', f, charge(ARGV[3] .. 'key:' .. f[1], tonumber(f[4]), now, 1)}
+local decisions = {}
+if n > 0 then decisions = charge_each(ARGV[2] .. 'key:' .. f[1], tonumber(f[4]), now, n) end
+return {'each', f, statuses, decisions}
 """
 RECORD_FIELDS = ("id", "key_hash", "prefix", "rate_limit", "name", "scopes", "allowed_models", "expires_at",
                  "created_at")
@@ -161,11 +213,14 @@ def _decision(raw: list[Any]) -> RateDecision:
                         reset_after=max(0.0, float(raw[3])), retry_after=max(0.0, float(raw[4])))
 
 
-def _authorization(raw: list[Any]) -> Authorization:
-    status = raw[0]
+def _authorizations(raw: list[Any], n: int) -> list[Authorization]:
+    """``AUTHORIZE``'s reply as one Authorization per request, in order."""
     record = _record_from_fields(raw[1]) if len(raw) > 1 else None
-    decision = _decision(raw[2]) if status == "ok" else None
-    return Authorization(record=record, decision=decision, status=status)
+    if raw[0] != "each":  # unknown or expired: the same for every request
+        return [Authorization(record=record, decision=None, status=raw[0])] * n
+    decisions = iter(raw[3])
+    return [Authorization(record=record, decision=_decision(next(decisions)), status="ok") if status == "ok"
+            else Authorization(record=record, decision=None, status=status) for status in raw[2]]
 
 
 class RedisStore:
@@ -266,11 +321,12 @@ class RedisStore:
     # --- the hot path -----------------------------------------------------------------------------
     async def authorize(self, key_hash: str, *, scope: str | None, now: float | None = None) -> Authorization:
         """Find the key and charge its limit (one atomic script). Calls made in the same event-loop
-        turn go out as one pipeline: one round trip for all of them, each script still atomic and
-        run in arrival order, so every request keeps its own exact decision. The first caller of a
-        turn gathers the others; alone, it makes a plain call (no pipeline, no task)."""
+        turn go out together: one script call per distinct key, which reads the key once and charges
+        its requests in arrival order, each with its own exact decision; several keys share one
+        pipeline (one round trip). The first caller of a turn gathers the others; alone, it makes a
+        plain call (no pipeline, no task)."""
         if now is not None:  # an explicit clock (tests): at once, on its own
-            return _authorization(await self._call(self._authorize(**self._authorize_call(key_hash, scope, now))))
+            return (await self._authorize_group(key_hash, [scope], now))[0]
         mine: asyncio.Future[Authorization] = asyncio.get_running_loop().create_future()
         entry = (key_hash, scope, mine)
         if self._gathering is not None:  # another caller leads this turn's batch
@@ -285,7 +341,7 @@ class RedisStore:
             raise
         self._gathering = None
         if len(batch) == 1:
-            return _authorization(await self._call(self._authorize(**self._authorize_call(key_hash, scope))))
+            return (await self._authorize_group(key_hash, [scope]))[0]
         self._send_batch(batch)  # a task: it runs to the end even if this caller is cancelled
         return await mine
 
@@ -295,29 +351,63 @@ class RedisStore:
             self._sending.add(send)
             send.add_done_callback(self._sending.discard)
 
-    def _authorize_call(self, key_hash: str, scope: str | None, now: float | None = None) -> dict[str, Any]:
-        return {"keys": [self.key("key", key_hash)],
-                "args": ["" if now is None else repr(now), scope or "", self.key("rl", "")]}
+    async def _authorize_group(self, key_hash: str, scopes: list[str | None], now: float | None = None,
+                               ) -> list[Authorization]:
+        """One key's requests, in order, in one script call."""
+        raw = await self._call(self._authorize(keys=[self.key("key", key_hash)],
+                                               args=self._authorize_args(scopes, now)))
+        return _authorizations(raw, len(scopes))
+
+    def _authorize_args(self, scopes: list[str | None], now: float | None = None) -> list[str]:
+        return ["" if now is None else repr(now), self.key("rl", ""), *(scope or "" for scope in scopes)]
 
     async def _authorize_batch(self, batch: list[tuple[str, str | None, asyncio.Future[Authorization]]]) -> None:
-        batch = [entry for entry in batch if not entry[2].done()]  # a caller that went away is not charged
-        if not batch:
+        """A turn's callers: one script call per distinct key (several keys: one pipeline, one round trip)."""
+        groups: dict[str, list[tuple[str | None, asyncio.Future[Authorization]]]] = {}
+        for key_hash, scope, waiter in batch:
+            if not waiter.done():  # a caller that went away is not charged
+                groups.setdefault(key_hash, []).append((scope, waiter))
+        if not groups:
             return
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for key_hash, scope, _ in batch:
-                await self._authorize(**self._authorize_call(key_hash, scope), client=pipe)
-            raws = await self._call(pipe.execute())
+            if len(groups) == 1:
+                [(key_hash, entries)] = groups.items()
+                results = [await self._authorize_group(key_hash, [scope for scope, _ in entries])]
+            else:
+                results = await self._authorize_pipeline(groups)
         except BaseException as e:  # StoreUnavailable, or cancelled at shutdown: every waiter hears it
-            for _, _, waiter in batch:
-                if not waiter.done():
-                    waiter.set_exception(e if isinstance(e, Exception) else StoreUnavailable("redis: cancelled"))
+            for entries in groups.values():
+                for _, waiter in entries:
+                    if not waiter.done():
+                        waiter.set_exception(e if isinstance(e, Exception) else StoreUnavailable("redis: cancelled"))
             if not isinstance(e, Exception):
                 raise
             return
-        for (_, _, waiter), raw in zip(batch, raws, strict=True):
-            if not waiter.done():
-                waiter.set_result(_authorization(raw))
+        for entries, answers in zip(groups.values(), results, strict=True):
+            for (_, waiter), answer in zip(entries, answers, strict=True):
+                if not waiter.done():
+                    waiter.set_result(answer)
+
+    async def _authorize_pipeline(
+        self, groups: dict[str, list[tuple[str | None, asyncio.Future[Authorization]]]]
+    ) -> list[list[Authorization]]:
+        """Several keys' groups in one round trip. EVALSHA is queued directly: a pipeline of registered
+        scripts would first ask ``SCRIPT EXISTS`` (a second round trip on every call); a server that
+        lost its scripts (restart, ``SCRIPT FLUSH``) gets them loaded once and the pipeline again."""
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for key_hash, entries in groups.items():
+                args = self._authorize_args([scope for scope, _ in entries])
+                pipe.evalsha(self._authorize.sha, 1, self.key("key", key_hash), *args)
+            try:
+                raws = await self._call(pipe.execute())
+            except StoreUnavailable as e:
+                if attempt == 1 and isinstance(e.__cause__, NoScriptError):
+                    await self._call(self.redis.script_load(AUTHORIZE))
+                    continue
+                raise
+            return [_authorizations(raw, len(entries)) for raw, entries in zip(raws, groups.values(), strict=True)]
+        raise AssertionError("unreachable")
 
     async def charge(self, bucket: str, limit: int, *, cost: int = 1, now: float | None = None) -> RateDecision:
         raw = await self._call(self._charge(keys=[self.key("rl", bucket)],
