@@ -8,7 +8,8 @@ median of ``--rounds`` rounds:
 - ``sn1``:    client -> API (auth, rate limit, selection, signing, race, outbox, usage)
               -> miner (``--backend openai``, signature check) -> upstream, one explicit uid (k = 1).
 
-Then fan-out (k = 1, 3, 5, 10 at concurrency 16), the API's RSS with 1,000 open
+Then a paced stream (each chunk its own write, 2 ms apart: a model's shape; shown, not a
+target), fan-out (k = 1, 3, 5, 10 at concurrency 16), the API's RSS with 1,000 open
 streams, ``WORKERS=2`` against one worker, and the micro figures. Prints one
 table with PASS/FAIL per target, writes ``bench/results.json`` and
 ``bench/bench.png``. Everything it starts is stopped, whatever happens.
@@ -54,7 +55,7 @@ def main() -> int:
     p.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     p.add_argument("--out", default=str(ROOT / "bench"))
     p.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the API, miners and validator")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: fanout,streams,workers,micro")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: paced,fanout,streams,workers,micro")
     p.add_argument("--docs", action="store_true",
                    help="also copy the table and chart to docs/bench.md and docs/bench.png (the committed copy)")
     args = p.parse_args()
@@ -78,6 +79,8 @@ def main() -> int:
         bench.warm_up()
         print(f"measuring ({results['loadgen']}) ...", flush=True)
         results["points"] = bench.points()
+        if "paced" not in skip:
+            results["paced"] = bench.paced()
         if "fanout" not in skip:
             results["fanout"] = bench.fanout()
         if "streams" not in skip:

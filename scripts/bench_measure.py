@@ -19,6 +19,7 @@ from typing import Any
 
 from bench_cluster import Cluster, cpu_seconds, rss_mb
 from bench_load import have_wrk, wrk_run
+from bench_upstream import PACED_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUPS = ("direct", "bare", "sn1")
@@ -40,11 +41,12 @@ class Bench:
         self.use_wrk = loadgen == "wrk" or (loadgen == "auto" and have_wrk())
         self.cpu_share: dict[str, dict[str, float]] = {}
 
-    def target(self, setup: str, stream: bool, uids: list[int] | None = None) -> tuple[str, bytes, dict[str, str]]:
+    def target(self, setup: str, stream: bool, uids: list[int] | None = None,
+               model: str = "bench") -> tuple[str, bytes, dict[str, str]]:
         if setup.startswith("sn1"):
             headers = {"Authorization": f"Bearer {self.c.api_key}"}
-            return self.c.urls[setup] + PATH, body(stream, uids=uids or [1]), headers
-        return self.c.urls[setup] + PATH, body(stream), {}
+            return self.c.urls[setup] + PATH, body(stream, uids=uids or [1], model=model), headers
+        return self.c.urls[setup] + PATH, body(stream, model=model), {}
 
     def load(self, url: str, payload: bytes, headers: dict[str, str], concurrency: int, seconds: float) -> dict:
         """One measurement by the load generator in its own process; also its CPU seconds."""
@@ -100,6 +102,19 @@ class Bench:
                 out.append(point)
                 self._progress(point)
         return out
+
+    def paced(self) -> dict[str, Any]:
+        """Streaming at c=64 with each chunk its own write, 2 ms apart (the upstream's ``bench-paced``):
+        the shape of a model's stream, where every hop pays per chunk. Not one of the issue's targets
+        (its upstream has no delays); shown beside them. Rounds of half the main points' length."""
+        runs: dict[str, list[dict]] = {s: [] for s in SETUPS}
+        for _ in range(self.rounds):
+            for setup in SETUPS:
+                runs[setup].append(self.measured(setup, True, 64, self.seconds / 2, model=PACED_MODEL))
+        point = {setup: median_run(rs) for setup, rs in runs.items()}
+        cells = "  ".join(f"{s}: {point[s]['rps']:.0f}/s" for s in SETUPS)
+        print(f"  paced stream c=64 {cells}", flush=True)
+        return point
 
     def fanout(self) -> dict[str, dict]:
         ks = (1, 3, 5, 10)

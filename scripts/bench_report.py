@@ -52,6 +52,21 @@ def _throughput_rows(results: dict, verdicts: list[bool]) -> list[str]:
     return rows
 
 
+def _paced_rows(results: dict) -> list[str]:
+    """The paced stream beside the targets: the same ratio, printed without a verdict (the issue's
+    upstream sends without delays; a model's stream arrives a chunk at a time)."""
+    p = results.get("paced")
+    if not p:
+        return []
+    ratio = p["sn1"]["rps"] / p["bare"]["rps"] if p["bare"]["rps"] else 0.0
+    rows = [_row("paced stream c=64 req/s", [f"{p[s]['rps']:.0f}" for s in SETUPS], f"{ratio:.2f}x",
+                 "not a target", "(2 ms between chunks)"),
+            _row("paced stream p50/p99 ms", [f"{p[s]['p50_ms']:.1f}/{p[s]['p99_ms']:.1f}" for s in SETUPS])]
+    if p["sn1"]["errors"]:
+        rows.append(f"paced stream errors (sn1): {p['sn1']['errors']}")
+    return rows
+
+
 def _rounds_lines(results: dict) -> list[str]:
     """Each round's sn1 against the bare run beside it in time: how far one round is from another.
 
@@ -193,6 +208,7 @@ def render_table(results: dict[str, Any]) -> tuple[str, bool]:
             f"{s['seconds']:g} s, LOG_LEVEL={s['log_level']}")
     lines = [head, "", _row("", list(SETUPS), "sn1 vs bare", "target", "result"), "-" * 120]
     lines += _throughput_rows(results, verdicts)
+    lines += _paced_rows(results)
     lines += _rounds_lines(results)
     lines += _fanout_rows(results, verdicts)
     lines += _streams_row(results, verdicts)

@@ -20,6 +20,8 @@ from aiohttp import web
 
 MODEL = "bench"
 DRIP_MODEL = "bench-drip"
+PACED_MODEL = "bench-paced"  # a stream shaped like a model's: each chunk its own write, PACE_SECONDS apart
+PACE_SECONDS = 0.002
 CHUNKS = 20
 DRIP_CHUNKS = 120
 
@@ -50,12 +52,15 @@ def stream_bytes() -> bytes:
 def create_upstream_app() -> web.Application:
     completion, stream = completion_bytes(), stream_bytes()
     models = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"},
-                                                    {"id": DRIP_MODEL, "object": "model"}]}).encode()
+                                                    {"id": DRIP_MODEL, "object": "model"},
+                                                    {"id": PACED_MODEL, "object": "model"}]}).encode()
 
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         if b'"' + DRIP_MODEL.encode() + b'"' in body:
             return await drip(request)
+        if b'"' + PACED_MODEL.encode() + b'"' in body:
+            return await paced(request)
         if b'"stream":true' in body.replace(b" ", b""):
             return web.Response(body=stream, content_type="text/event-stream")
         return web.Response(body=completion, content_type="application/json")
@@ -67,6 +72,15 @@ def create_upstream_app() -> web.Application:
             await response.write(chunk_frame(i, model=DRIP_MODEL))
             await asyncio.sleep(1.0)
         await response.write(chunk_frame(DRIP_CHUNKS, last=True, model=DRIP_MODEL) + b"data: [DONE]\n\n")
+        return response
+
+    async def paced(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(CHUNKS - 1):
+            await response.write(chunk_frame(i, model=PACED_MODEL))
+            await asyncio.sleep(PACE_SECONDS)
+        await response.write_eof(chunk_frame(CHUNKS - 1, last=True, model=PACED_MODEL) + b"data: [DONE]\n\n")
         return response
 
     async def list_models(_request: web.Request) -> web.Response:

@@ -107,6 +107,17 @@ def test_budget_line_splits_what_a_target_leaves_for_our_logic() -> None:
     assert "aiohttp 64 us, a raw asyncio protocol 16 us" in table
 
 
+def test_paced_stream_is_shown_beside_the_targets_without_a_verdict() -> None:
+    results = _results(sn1_rps=750, sn1_p50=1.5, cpus=2)
+    table, ok = render_table(results)
+    assert "paced" not in table  # a run that skipped it
+    results["paced"] = {"direct": _run(1500, 42.0), "bare": _run(1000, 55.0), "sn1": _run(500, 70.0)}
+    table, ok_with = render_table(results)
+    row = next(x for x in table.splitlines() if x.startswith("paced stream c=64"))
+    assert "0.50x" in row and "not a target" in row and "FAIL" not in row
+    assert ok_with == ok, "the paced point changes no verdict"
+
+
 def test_table_shows_each_rounds_ratio_beside_the_median_verdict() -> None:
     results = _results(sn1_rps=750, sn1_p50=1.5, cpus=2)
     point = next(p for p in results["points"] if not p["stream"] and p["concurrency"] == 64)
