@@ -9,7 +9,6 @@ and the metrics middleware into an API app (one call in ``create_api_app``).
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from aiohttp import web
@@ -19,6 +18,7 @@ from api.availability import AvailabilityCache
 from api.chat import CTX
 from api.context import ApiContext
 from api.discovery_wire import CheckOut, ReadyOut
+from shared.aio import within
 from shared.http import json_response
 from shared.metrics import ApiMetrics, metrics_handler, metrics_middleware
 from shared.store.base import StoreUnavailable
@@ -40,7 +40,7 @@ def metagraph_check(ctx: ApiContext) -> CheckOut:
 
 async def store_check(ctx: ApiContext) -> CheckOut:
     try:
-        await asyncio.wait_for(ctx.store.ping(), STORE_PING_SECONDS)
+        await within(ctx.store.ping(), STORE_PING_SECONDS)
     except (StoreUnavailable, TimeoutError, OSError) as e:
         return CheckOut(ok=False, detail=f"the key store is unreachable: {type(e).__name__}")
     return CheckOut(ok=True, detail="reachable")

@@ -10,7 +10,6 @@ same payload, so order is kept. A payload the validator rejects as malformed
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import socket
@@ -19,6 +18,7 @@ from typing import Any
 
 from loguru import logger
 
+from shared.aio import wait_event
 from shared.miner_client import MinerClient, MinerError
 from shared.store.base import StoreUnavailable
 from shared.store.outbox import Outbox, OutboxItem
@@ -202,8 +202,7 @@ class OutboxForwarder:
         """Let a batch fill: up to ``linger`` seconds, less once ``batch`` payloads are stored."""
         if self.linger > 0 and self._stored < self.batch:
             self._full.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), timeout=self.linger)
+            await wait_event(self._full, self.linger)
         self._stored = 0
 
     async def _settle_pass(self, delivered: list[str]) -> int:
@@ -229,14 +228,11 @@ class OutboxForwarder:
                 if delivered and self._backlog:
                     continue  # a backlog: drain it at full batches
                 wait = self.backoff() if self.failures else self.lease_seconds / 3
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                if await wait_event(self._wake, wait):
                     if self.failures:
                         await asyncio.sleep(self.backoff())
                     else:
                         await self._linger()
-                except TimeoutError:
-                    pass
         finally:
             try:
                 await self._commit()  # payloads still waiting for their group commit

@@ -174,3 +174,29 @@ async def test_a_delivery_stays_under_the_byte_budget_and_drains_a_backlog_in_or
         await asyncio.gather(task, return_exceptions=True)
     assert [p["n"] for p in received] == list(range(30))
     assert len(posts) >= 8 and max(posts) <= 4000 + 2, posts
+
+
+async def test_a_forwarder_cancelled_as_it_is_woken_stops(tmp_path: Path) -> None:
+    """Shutdown cancels the forwarder; a payload committed in the same instant sets its wake-up.
+
+    On Python 3.11 ``asyncio.wait_for`` returns the result instead of raising when the awaited
+    thing finished in the same loop turn as the cancel, so a forwarder parked in
+    ``wait_for(wake.wait())`` kept running and the API hung at shutdown (seen: an API stuck for
+    20 minutes after SIGTERM). Both of its waits (between passes, and the linger) must obey.
+    """
+    box = SQLiteOutbox(tmp_path / "api.db")
+    fwd = OutboxForwarder(box, None, "http://127.0.0.1:9", API.ss58_address,  # type: ignore[arg-type]
+                          lease_seconds=30.0, linger=30.0, rng=random.Random(1))
+    try:
+        for wake_up in ("_wake", "_full"):
+            task = asyncio.create_task(fwd.run())
+            await asyncio.sleep(0.05)  # parked between passes (nothing to deliver)
+            if wake_up == "_full":
+                fwd._wake.set()  # a payload arrived: now it lingers for a fuller batch
+                await asyncio.sleep(0.05)
+            getattr(fwd, wake_up).set()
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=2.0)
+            assert done and task.cancelled(), f"the forwarder kept running when cancelled as {wake_up} was set"
+    finally:
+        await box.close()
