@@ -6,7 +6,8 @@ the most samples (self and inclusive) per process, on its event loop's thread.
 py-spy pauses the process for each sample (its non-blocking mode cut a third
 of the stacks short, which hid where they came from). Raw collapsed stacks are
 left in ``bench/profile-*.txt`` (``py-spy`` from PyPI; root or ptrace rights).
-Run: ``.venv/bin/python scripts/bench_profile.py --stream --concurrency 64``.
+Run: ``.venv/bin/python scripts/bench_profile.py --stream --concurrency 64`` (``--paced``: the
+upstream's paced stream, a chunk every 2 ms).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_cluster import Cluster  # noqa: E402
 from bench_measure import ROOT, Bench  # noqa: E402
+from bench_upstream import PACED_MODEL  # noqa: E402
 
 MAIN_THREAD_ROOT = "_run_module_as_main"  # every stack of the event loop's thread starts here
 
@@ -57,6 +59,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setup", default="sn1")
     p.add_argument("--stream", action="store_true")
+    p.add_argument("--paced", action="store_true", help="stream the upstream's paced model (a chunk every 2 ms)")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--top", type=int, default=25)
@@ -75,12 +78,14 @@ def main() -> None:
                                          "-f", "raw", "-o", str(out / f"profile-{name}.txt")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for name, pid in targets.items()}
-        result = bench.measured(args.setup, args.stream, args.concurrency, args.seconds)
+        model = {"model": PACED_MODEL} if args.paced else {}
+        result = bench.measured(args.setup, args.stream or args.paced, args.concurrency, args.seconds, **model)
         for spy in spies.values():
             spy.wait(timeout=60)
     finally:
         cluster.stop()
-    print(f"{args.setup} stream={args.stream} c={args.concurrency}: {result['rps']:.0f} req/s "
+    mode = "paced stream" if args.paced else "stream" if args.stream else "non-stream"
+    print(f"{args.setup} {mode} c={args.concurrency}: {result['rps']:.0f} req/s "
           f"p50 {result['p50_ms']:.2f} ms, cores {result['cpu_share']}")
     for name in targets:
         print(f"\n=== {name} ===\n" + summarize(out / f"profile-{name}.txt", args.top))
