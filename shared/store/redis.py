@@ -43,7 +43,7 @@ MAX_CONNECTIONS = 64  # per process
 
 # The sliding window of window.py, in Lua. Returns allowed, limit, remaining, reset_after, retry_after.
 _WINDOW_LUA = """
-local function charge(key, limit, now, cost)
+local function load(key, now)
   local current = math.floor(now)
   local oldest = current - 60
   local raw = redis.call('HGETALL', key)
@@ -53,19 +53,18 @@ local function charge(key, limit, now, cost)
     if b < oldest then stale[#stale + 1] = raw[i] else count = count + n; live[#live + 1] = {b, n} end
   end
   if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
-  local need = cost
-  if need < 1 then need = 1 end
-  local allowed = (count + need) <= limit
-  if allowed and cost > 0 then
-    redis.call('HINCRBY', key, current, cost)
-    redis.call('EXPIRE', key, 62)
-    count = count + cost
-    live[#live + 1] = {current, cost}
-  end
+  return current, count, live
+end
+local function add(key, live, current, n)
+  redis.call('HINCRBY', key, current, n)
+  redis.call('EXPIRE', key, 62)
+  live[#live + 1] = {current, n}
+end
+local function timing(live, count, limit, now, refused)
   table.sort(live, function(a, b) return a[1] < b[1] end)
   local reset, retry = 0, 0
   if #live > 0 then reset = live[#live][1] + 61 - now end
-  if not allowed then
+  if refused then
     local must, freed = count - limit + 1, 0
     for _, e in ipairs(live) do
       freed = freed + e[2]
@@ -73,49 +72,27 @@ local function charge(key, limit, now, cost)
     end
     if retry < 0 then retry = 0 end
   end
-  local remaining = limit - count
-  if remaining < 0 then remaining = 0 end
-  return {allowed and 1 or 0, limit, remaining, tostring(reset), tostring(retry)}
+  return tostring(reset), tostring(retry)
 end
+local function charge(key, limit, now, cost)
+  local current, count, live = load(key, now)
+  local allowed = (count + math.max(cost, 1)) <= limit
+  if allowed and cost > 0 then
+    add(key, live, current, cost)
+    count = count + cost
+  end
+  local reset, retry = timing(live, count, limit, now, not allowed)
+  return {allowed and 1 or 0, limit, math.max(limit - count, 0), reset, retry}
+end
+-- n requests one after another, in one read and one write: the decisions of n charge(..., 1) calls
 local function charge_each(key, limit, now, n)
-  local current = math.floor(now)
-  local oldest = current - 60
-  local raw = redis.call('HGETALL', key)
-  local count, stale, live = 0, {}, {}
-  for i = 1, #raw, 2 do
-    local b, c = tonumber(raw[i]), tonumber(raw[i + 1])
-    if b < oldest then stale[#stale + 1] = raw[i] else count = count + c; live[#live + 1] = {b, c} end
-  end
-  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
-  local admitted = limit - count
-  if admitted > n then admitted = n end
-  if admitted < 0 then admitted = 0 end
-  if admitted > 0 then
-    redis.call('HINCRBY', key, current, admitted)
-    redis.call('EXPIRE', key, 62)
-    live[#live + 1] = {current, admitted}
-  end
-  table.sort(live, function(a, b) return a[1] < b[1] end)
-  local reset = 0
-  if #live > 0 then reset = live[#live][1] + 61 - now end
+  local current, count, live = load(key, now)
+  local admitted = math.max(math.min(n, limit - count), 0)
+  if admitted > 0 then add(key, live, current, admitted) end
+  local reset, retry = timing(live, count + admitted, limit, now, admitted < n)
   local out = {}
-  for i = 1, admitted do
-    local remaining = limit - (count + i)
-    if remaining < 0 then remaining = 0 end
-    out[i] = {1, limit, remaining, tostring(reset), '0'}
-  end
-  if admitted < n then
-    count = count + admitted
-    local must, freed, retry = count - limit + 1, 0, 0
-    for _, e in ipairs(live) do
-      freed = freed + e[2]
-      if freed >= must then retry = e[1] + 61 - now; break end
-    end
-    if retry < 0 then retry = 0 end
-    local remaining = limit - count
-    if remaining < 0 then remaining = 0 end
-    for i = admitted + 1, n do out[i] = {0, limit, remaining, tostring(reset), tostring(retry)} end
-  end
+  for i = 1, admitted do out[i] = {1, limit, math.max(limit - count - i, 0), reset, '0'} end
+  for i = admitted + 1, n do out[i] = {0, limit, math.max(limit - count - admitted, 0), reset, retry} end
   return out
 end
 local function clock(arg)
