@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -29,8 +30,15 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield s
         await s.close()
         return
+    async with redis_test_store() as r:
+        yield r
+
+
+@contextlib.asynccontextmanager
+async def redis_test_store() -> AsyncIterator[RedisStore]:
+    """A RedisStore in a fresh namespace, dropped afterwards; the test is skipped without REDIS_URL."""
     if not REDIS_URL:
-        pytest.skip("REDIS_URL is not set: the Redis backend needs a server")
+        pytest.skip("REDIS_URL is not set: the Redis backend needs a server (CI sets it; .ci/run)")
     r = RedisStore.from_url(REDIS_URL, namespace=f"test-{secrets.token_hex(6)}")
     try:
         yield r

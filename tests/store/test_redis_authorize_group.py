@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import secrets
 from collections.abc import AsyncIterator
 
 import pytest
 
 from shared.store.base import hash_key
 from shared.store.redis import RedisStore
-from tests.store.conftest import REDIS_URL, drop_namespace
+from tests.store.conftest import redis_test_store
 
 pytestmark = pytest.mark.redis
 T0 = 1_700_000_000.0
@@ -24,14 +23,8 @@ T0 = 1_700_000_000.0
 
 @pytest.fixture
 async def redis_store() -> AsyncIterator[RedisStore]:
-    if not REDIS_URL:
-        pytest.skip("REDIS_URL is not set: the Redis backend needs a server (CI sets it; .ci/run)")
-    store = RedisStore.from_url(REDIS_URL, namespace=f"test-{secrets.token_hex(6)}")
-    try:
+    async with redis_test_store() as store:
         yield store
-    finally:
-        await drop_namespace(store)
-        await store.close()
 
 
 async def _calls(store: RedisStore, *commands: str) -> int:
