@@ -179,7 +179,7 @@ return 0
 """
 
 
-PUT_GROUP = 256  # payloads per script call: a few MB at most, and Redis busy for well under a millisecond
+PUT_GROUP = 256  # payloads per script call: a few MB at most, and Redis busy for about a millisecond at most
 
 
 class RedisOutbox:
