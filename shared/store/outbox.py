@@ -179,7 +179,7 @@ return 0
 """
 
 
-PUT_GROUP = 256  # payloads per script call: a few MB at most, and Redis busy for about a millisecond at most
+PUT_GROUP = 256  # payloads per script call: Redis busy ~2 ms for 256 of 5 KB (measured); ~50 a group at c=64
 
 
 class RedisOutbox:
