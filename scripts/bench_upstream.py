@@ -4,7 +4,8 @@
 or 20 SSE chunks then ``[DONE]`` (streaming), from bytes built once at start so
 the upstream costs as little as possible: it is the physical limit every setup
 is measured against. Model ``bench-drip`` streams one chunk per second instead
-(the open-streams memory test). A second instance plays the validator: its
+(the open-streams memory test); ``bench-paced`` streams the 20 chunks each in its own write,
+2 ms apart (a model's shape). A second instance plays the validator: its
 ``/scoring`` accepts at once, so the API's outbox delivery is measured without
 the validator's own scoring work competing for the cores. Run: ``python scripts/bench_upstream.py --port P``.
 """
@@ -58,29 +59,21 @@ def create_upstream_app() -> web.Application:
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         if b'"' + DRIP_MODEL.encode() + b'"' in body:
-            return await drip(request)
+            return await paced(request, DRIP_MODEL, DRIP_CHUNKS, 1.0)
         if b'"' + PACED_MODEL.encode() + b'"' in body:
-            return await paced(request)
+            return await paced(request, PACED_MODEL, CHUNKS, PACE_SECONDS)
         if b'"stream":true' in body.replace(b" ", b""):
             return web.Response(body=stream, content_type="text/event-stream")
         return web.Response(body=completion, content_type="application/json")
 
-    async def drip(request: web.Request) -> web.StreamResponse:
+    async def paced(request: web.Request, model: str, chunks: int, pause: float) -> web.StreamResponse:
+        """``chunks`` chunks, each its own write, ``pause`` seconds apart, then ``[DONE]``."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for i in range(DRIP_CHUNKS):
-            await response.write(chunk_frame(i, model=DRIP_MODEL))
-            await asyncio.sleep(1.0)
-        await response.write(chunk_frame(DRIP_CHUNKS, last=True, model=DRIP_MODEL) + b"data: [DONE]\n\n")
-        return response
-
-    async def paced(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for i in range(CHUNKS - 1):
-            await response.write(chunk_frame(i, model=PACED_MODEL))
-            await asyncio.sleep(PACE_SECONDS)
-        await response.write_eof(chunk_frame(CHUNKS - 1, last=True, model=PACED_MODEL) + b"data: [DONE]\n\n")
+        for i in range(chunks - 1):
+            await response.write(chunk_frame(i, model=model))
+            await asyncio.sleep(pause)
+        await response.write_eof(chunk_frame(chunks - 1, last=True, model=model) + b"data: [DONE]\n\n")
         return response
 
     async def list_models(_request: web.Request) -> web.Response:
