@@ -32,3 +32,30 @@ async def within(awaitable: Awaitable[T], timeout: float) -> T:
     a cancel)."""
     async with asyncio.timeout(timeout):
         return await awaitable
+
+
+def describe_tasks(most: int = 20) -> str:
+    """The running loop's tasks but the caller's (``most`` of them), each with the chain of
+    coroutines it waits in, outermost first: what a stuck shutdown is waiting for.
+    ``Task.get_stack`` shows only one frame of a suspended coroutine, so the chain is followed
+    through ``cr_await``."""
+    me = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not me]
+    lines = [f"{task.get_name()}: {' -> '.join(_await_chain(task.get_coro())) or repr(task)}"
+             for task in tasks[:most]]
+    if len(tasks) > most:
+        lines.append(f"and {len(tasks) - most} more")
+    return "; ".join(lines) or "no other task"
+
+
+def _await_chain(awaitable: object) -> list[str]:
+    where = []
+    for _ in range(64):  # bounded: a chain is a few frames deep
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "ag_frame", None)
+        if frame is None:
+            if awaitable is not None and not where:
+                where.append(type(awaitable).__name__)
+            break
+        where.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno})")
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "ag_await", None)
+    return where

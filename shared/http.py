@@ -8,6 +8,7 @@ serves an app until SIGINT/SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from aiohttp import web
 from loguru import logger
 from pydantic import BaseModel, ValidationError
 
+from shared.aio import describe_tasks
 from shared.errors import ApiError, error_body, error_type_for
 from shared.gc_tuning import tune_for_serving
 from shared.jsonutil import dumpb, loads_body
@@ -99,10 +101,17 @@ def bound_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.so
     return sock
 
 
+SHUTDOWN_LIMIT_S = 30.0  # in-flight requests get 5 s (the site's shutdown_timeout); the rest is cleanup
+
+
 async def serve_until_signal(
-    app: web.Application, host: str, port: int, *, reuse_port: bool = False, on_started: Callable[[], None] | None = None
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False, on_started: Callable[[], None] | None = None,
+    shutdown_limit: float = SHUTDOWN_LIMIT_S,
 ) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully (cleanup_ctx runs)."""
+    """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully (cleanup_ctx runs).
+
+    A shutdown that takes longer than ``shutdown_limit`` is a bug (a task that ignores its cancel):
+    the process logs what is still running and exits with status 1 instead of hanging."""
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.SockSite(runner, bound_socket(host, port, reuse_port=reuse_port), shutdown_timeout=5.0)
@@ -118,7 +127,18 @@ async def serve_until_signal(
         await stop.wait()
     finally:
         logger.info("shutting down")
-        await runner.cleanup()
+        await _cleanup_within(runner, shutdown_limit)
+
+
+async def _cleanup_within(runner: web.AppRunner, limit: float) -> None:
+    """``runner.cleanup()`` in its own task, watched by ``asyncio.wait``: a timeout around it would
+    cancel it, and a cancel is exactly what a stuck task ignores."""
+    cleanup = asyncio.ensure_future(runner.cleanup())
+    done, _ = await asyncio.wait({cleanup}, timeout=limit)
+    if not done:
+        logger.error("shutdown did not finish within {:g} s; exiting. Still running: {}", limit, describe_tasks())
+        os._exit(1)  # asyncio.run would wait on the same stuck tasks again
+    cleanup.result()
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from shared.aio import wait_event, within
+from shared.aio import describe_tasks, wait_event, within
 
 
 async def test_wait_event_tells_set_from_timed_out() -> None:
@@ -34,3 +34,23 @@ async def test_a_cancel_in_the_same_turn_as_the_wakeup_is_obeyed() -> None:
     bounded.cancel()
     await asyncio.wait({waiter, bounded}, timeout=2.0)
     assert waiter.cancelled() and bounded.cancelled()
+
+
+async def test_describe_tasks_follows_each_await_chain_and_bounds_the_list() -> None:
+    async def inner() -> None:
+        await asyncio.sleep(30)
+
+    async def outer() -> None:
+        await inner()
+
+    tasks = [asyncio.create_task(outer(), name=f"t{i}") for i in range(3)]
+    await asyncio.sleep(0)
+    try:
+        text = describe_tasks()
+        assert "t0: outer (test_aio.py:" in text and "-> inner (test_aio.py:" in text
+        assert "-> sleep (tasks.py:" in text  # down to where it really waits
+        assert describe_tasks(most=2).endswith("and 1 more")
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,70 @@
+"""A server whose shutdown hangs (a task that ignores its cancel) exits anyway, and says what hung.
+
+Real processes: a tiny app served by ``serve_until_signal`` in a subprocess, stopped with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from neurons.localnet import free_port
+
+SERVER = textwrap.dedent("""
+    import asyncio, sys
+    from aiohttp import web
+    from shared.http import run, serve_until_signal
+
+    async def stubborn() -> None:
+        while True:  # swallows every cancel, like a loop parked in 3.11's wait_for
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass
+
+    async def background(app):
+        loop = stubborn() if sys.argv[2] == "hang" else asyncio.sleep(3600)
+        task = asyncio.create_task(loop, name="stubborn-loop")
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def main() -> None:
+        app = web.Application()
+        app.cleanup_ctx.append(background)
+        await serve_until_signal(app, "127.0.0.1", int(sys.argv[1]), shutdown_limit=0.5,
+                                 on_started=lambda: print("ready", flush=True))
+
+    run(main)
+""")
+
+
+def _serve_then_sigterm(mode: str) -> tuple[int, float, str]:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(free_port()), mode], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=20)
+        return code, time.monotonic() - started, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_shutdown_that_hangs_is_cut_off_and_names_what_hung() -> None:
+    code, seconds, log = _serve_then_sigterm("hang")
+    assert code == 1 and seconds < 10, (code, seconds)
+    assert "shutdown did not finish within 0.5 s" in log
+    assert "stubborn-loop: stubborn (<string>:" in log, log  # the stuck task and where it waits
+
+
+def test_a_clean_shutdown_exits_zero_at_once() -> None:
+    code, seconds, log = _serve_then_sigterm("clean")
+    assert code == 0 and seconds < 5, (code, seconds, log)
+    assert "shutdown did not finish" not in log
