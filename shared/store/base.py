@@ -13,9 +13,11 @@ outbox, sticky sessions) reach the backend through ``SQLiteStore.db`` /
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -131,6 +133,37 @@ class Authorization:
     record: KeyRecord | None
     decision: RateDecision | None
     status: str  # "ok" | "unknown" | "expired" | "scope"
+
+
+Waiter = tuple[str, str | None, asyncio.Future[Authorization]]  # key hash, scope, the caller's answer
+
+
+class TurnGroups:
+    """A turn's authorize callers grouped by key hash, each group in arrival order (both backends
+    batch a turn this way). A caller that went away before the turn was sent is left out: it is
+    not charged."""
+
+    def __init__(self, batch: Iterable[Waiter]) -> None:
+        self.by_key: dict[str, list[tuple[str | None, asyncio.Future[Authorization]]]] = {}
+        for key_hash, scope, waiter in batch:
+            if not waiter.done():
+                self.by_key.setdefault(key_hash, []).append((scope, waiter))
+
+    def scopes(self, key_hash: str) -> list[str | None]:
+        return [scope for scope, _ in self.by_key[key_hash]]
+
+    def answer(self, results: Iterable[list[Authorization]]) -> None:
+        """One list of answers per group, in ``by_key`` order."""
+        for entries, answers in zip(self.by_key.values(), results, strict=True):
+            for (_, waiter), answer in zip(entries, answers, strict=True):
+                if not waiter.done():
+                    waiter.set_result(answer)
+
+    def fail(self, error: Exception) -> None:
+        for entries in self.by_key.values():
+            for _, waiter in entries:
+                if not waiter.done():
+                    waiter.set_exception(error)
 
 
 def check_key(record: KeyRecord | None, scope: str | None, now: float) -> str:

@@ -33,9 +33,11 @@ from shared.store.base import (
     KeyRecord,
     RateDecision,
     StoreUnavailable,
+    TurnGroups,
     UsageCounts,
     UsageDelta,
     UsageReport,
+    Waiter,
     mint_key,
 )
 
@@ -209,7 +211,7 @@ class RedisStore:
         self._charge = client.register_script(CHARGE)
         self._update = client.register_script(UPDATE)
         self._add_usage = client.register_script(ADD_USAGE)
-        self._gathering: list[tuple[str, str | None, asyncio.Future[Authorization]]] | None = None
+        self._gathering: list[Waiter] | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -322,7 +324,7 @@ class RedisStore:
         self._send_batch(batch)  # a task: it runs to the end even if this caller is cancelled
         return await mine
 
-    def _send_batch(self, batch: list[tuple[str, str | None, asyncio.Future[Authorization]]]) -> None:
+    def _send_batch(self, batch: list[Waiter]) -> None:
         if batch:
             send = asyncio.ensure_future(self._authorize_batch(batch))
             self._sending.add(send)
@@ -338,44 +340,33 @@ class RedisStore:
     def _authorize_args(self, scopes: list[str | None], now: float | None = None) -> list[str]:
         return ["" if now is None else repr(now), self.key("rl", ""), *(scope or "" for scope in scopes)]
 
-    async def _authorize_batch(self, batch: list[tuple[str, str | None, asyncio.Future[Authorization]]]) -> None:
+    async def _authorize_batch(self, batch: list[Waiter]) -> None:
         """A turn's callers: one script call per distinct key (several keys: one pipeline, one round trip)."""
-        groups: dict[str, list[tuple[str | None, asyncio.Future[Authorization]]]] = {}
-        for key_hash, scope, waiter in batch:
-            if not waiter.done():  # a caller that went away is not charged
-                groups.setdefault(key_hash, []).append((scope, waiter))
-        if not groups:
+        groups = TurnGroups(batch)
+        if not groups.by_key:
             return
         try:
-            if len(groups) == 1:
-                [(key_hash, entries)] = groups.items()
-                results = [await self._authorize_group(key_hash, [scope for scope, _ in entries])]
+            if len(groups.by_key) == 1:
+                [key_hash] = groups.by_key
+                results = [await self._authorize_group(key_hash, groups.scopes(key_hash))]
             else:
                 results = await self._authorize_pipeline(groups)
         except BaseException as e:  # StoreUnavailable, or cancelled at shutdown: every waiter hears it
-            for entries in groups.values():
-                for _, waiter in entries:
-                    if not waiter.done():
-                        waiter.set_exception(e if isinstance(e, Exception) else StoreUnavailable("redis: cancelled"))
+            groups.fail(e if isinstance(e, Exception) else StoreUnavailable("redis: cancelled"))
             if not isinstance(e, Exception):
                 raise
             return
-        for entries, answers in zip(groups.values(), results, strict=True):
-            for (_, waiter), answer in zip(entries, answers, strict=True):
-                if not waiter.done():
-                    waiter.set_result(answer)
+        groups.answer(results)
 
-    async def _authorize_pipeline(
-        self, groups: dict[str, list[tuple[str | None, asyncio.Future[Authorization]]]]
-    ) -> list[list[Authorization]]:
+    async def _authorize_pipeline(self, groups: TurnGroups) -> list[list[Authorization]]:
         """Several keys' groups in one round trip. EVALSHA is queued directly: a pipeline of registered
         scripts would first ask ``SCRIPT EXISTS`` (a second round trip on every call); a server that
         lost its scripts (restart, ``SCRIPT FLUSH``) gets them loaded once and the pipeline again."""
         for attempt in (1, 2):
             pipe = self.redis.pipeline(transaction=False)
-            for key_hash, entries in groups.items():
-                args = self._authorize_args([scope for scope, _ in entries])
-                pipe.evalsha(self._authorize.sha, 1, self.key("key", key_hash), *args)
+            for key_hash in groups.by_key:
+                pipe.evalsha(self._authorize.sha, 1, self.key("key", key_hash),
+                             *self._authorize_args(groups.scopes(key_hash)))
             try:
                 raws = await self._call(pipe.execute())
             except StoreUnavailable as e:
@@ -383,7 +374,7 @@ class RedisStore:
                     await self._call(self.redis.script_load(AUTHORIZE))
                     continue
                 raise
-            return [_authorizations(raw, len(entries)) for raw, entries in zip(raws, groups.values(), strict=True)]
+            return [_authorizations(raw, len(entries)) for raw, entries in zip(raws, groups.by_key.values(), strict=True)]
         raise AssertionError("unreachable")
 
     async def charge(self, bucket: str, limit: int, *, cost: int = 1, now: float | None = None) -> RateDecision:

@@ -34,9 +34,11 @@ from shared.store.base import (
     KeyRecord,
     RateDecision,
     StoreUnavailable,
+    TurnGroups,
     UsageCounts,
     UsageDelta,
     UsageReport,
+    Waiter,
     check_key,
     mint_key,
     now_or_clock,
@@ -155,7 +157,7 @@ class SQLiteStore:
             self.admin = _connect(self.path, "FULL")
             self.admin.executescript(SCHEMA)
             self.db = _connect(self.path, "NORMAL")
-        self._waiting: list[tuple[str, str | None, asyncio.Future[Authorization]]] = []
+        self._waiting: list[Waiter] = []
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -249,32 +251,23 @@ class SQLiteStore:
 
     def _authorize_waiting(self) -> None:
         batch, self._waiting = self._waiting, []
-        groups: dict[str, list[tuple[str | None, asyncio.Future[Authorization]]]] = {}
-        for key_hash, scope, waiter in batch:
-            if not waiter.done():  # a caller that went away is not charged
-                groups.setdefault(key_hash, []).append((scope, waiter))
-        if not groups:
+        groups = TurnGroups(batch)
+        if not groups.by_key:
             return
         now = time.time()
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                results = {h: self._authorize_group(h, [scope for scope, _ in ws], now) for h, ws in groups.items()}
+                results = [self._authorize_group(h, groups.scopes(h), now) for h in groups.by_key]
                 self.db.execute("COMMIT")
             except BaseException:
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
-            for ws in groups.values():
-                for _, waiter in ws:
-                    if not waiter.done():
-                        waiter.set_exception(StoreUnavailable(f"sqlite: {e}"))
+            groups.fail(StoreUnavailable(f"sqlite: {e}"))
             return
-        for h, ws in groups.items():
-            for (_, waiter), result in zip(ws, results[h], strict=True):
-                if not waiter.done():
-                    waiter.set_result(result)
+        groups.answer(results)
 
     def _authorize_group(self, key_hash: str, scopes: list[str | None], now: float) -> list[Authorization]:
         """One lookup of the key, then the requests that pass its checks charged in order, in one write."""
