@@ -6,17 +6,21 @@ the standard library, a few times less with orjson. Output is the same compact
 UTF-8 JSON; what orjson cannot encode (integers beyond 64 bits) falls back to
 the standard library. ``loads`` is strict JSON (no NaN/Infinity literals,
 numbers that overflow a double are an error: a ``ValueError`` like any bad
-input). Request bodies (``loads_body``) accept exactly what the standard parser
-accepts: orjson reads them, and whatever it refuses (NaN literals, lone
-surrogates, bad input) is read again by the standard parser, whose answer or
-error message is the one given. A body with a run of 19 or more digits goes to
-the standard parser directly: orjson would turn an integer beyond 64 bits into
-a float, silently losing digits.
+input). Request bodies (``loads_body``) accept what the standard parser
+accepts, except numbers that are not finite: orjson reads them, and whatever it
+refuses (NaN literals, lone surrogates, bad input) is read again by the
+standard parser, whose answer or error message is the one given. A body with a
+run of 19 or more digits goes to the standard parser directly: orjson would
+turn an integer beyond 64 bits into a float, silently losing digits. A NaN or
+Infinity literal, or a number beyond a double's range, is a 400 naming where it
+sits: JSON has no such numbers, and forwarded with orjson it would reach the
+miner as ``null`` (a client's mistake blamed on a miner as a 502).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -54,8 +58,30 @@ def loads_body(raw: bytes) -> Any:
         except orjson.JSONDecodeError:
             pass  # the standard parser decides, and words the error
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except UnicodeDecodeError:
         raise ApiError(400, "Request body is not valid UTF-8.", code="invalid_json") from None
     except (ValueError, RecursionError) as e:
         raise ApiError(400, f"Request body is not valid JSON: {e}", code="invalid_json") from None
+    where = non_finite_at(value)
+    if where is not None:
+        param = ".".join(map(str, where)) or None
+        raise ApiError(400, f"Invalid value for '{param or 'body'}': NaN, Infinity and numbers beyond a double's "
+                            "range are not JSON numbers; send a finite number.", code="invalid_value", param=param)
+    return value
+
+
+def non_finite_at(value: Any) -> tuple[str | int, ...] | None:
+    """The path to the first NaN or infinite float in a parsed document, or None (no recursion: a
+    document the standard parser read can nest deeper than a recursive walk may go)."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
+    while stack:
+        path, item = stack.pop()
+        if type(item) is float:
+            if not math.isfinite(item):
+                return path
+        elif type(item) is dict:
+            stack.extend((path + (k,), v) for k, v in reversed(item.items()))
+        elif type(item) is list:
+            stack.extend((path + (i,), v) for i, v in reversed(list(enumerate(item))))
+    return None

@@ -179,3 +179,20 @@ async def test_bad_input_is_4xx_openai_shaped(tmp_path: Path) -> None:
             async with s.post(api.url + "/v1/chat/completions", data=big, headers={"api-key": api.key}) as r:
                 assert r.status == 413
                 assert "error" in await r.json()
+
+
+async def test_non_finite_numbers_are_the_callers_400_and_reach_no_miner(tmp_path: Path) -> None:
+    """NaN/Infinity are not JSON: accepted, they would reach the miner as null (orjson writes them so)
+    and come back as the miner's 502 instead of the caller's 400."""
+    script = slow_good(0)
+    async with api_with_miners(tmp_path, {1: script}) as api:
+        cases = [(b'"logit_bias": {"50256": NaN}', "logit_bias.50256"), (b'"temperature": Infinity', "temperature"),
+                 (b'"metadata": {"score": -Infinity}', "metadata.score"), (b'"top_p": 1e999', "top_p")]
+        async with aiohttp.ClientSession() as s:
+            for field, param in cases:
+                raw = b'{"messages": [{"role": "user", "content": "x"}], "uids": [1], ' + field + b"}"
+                async with s.post(api.url + "/v1/chat/completions", data=raw, headers={"api-key": api.key}) as r:
+                    body = await r.json()
+                    assert r.status == 400, (field, r.status, body)
+                    assert body["error"]["param"] == param and body["error"]["code"] == "invalid_value"
+        assert script.calls == 0
