@@ -12,6 +12,7 @@ from typing import Protocol
 from shared.corpus import Corpus, content_terms, split_sentences
 
 DEFAULT_RESULTS = 3
+MAX_RESULTS = 100  # the API's n_results bound
 
 
 class SearchBackend(Protocol):

@@ -14,17 +14,23 @@ def test_custom_corpus_reaches_the_miners(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.jsonl"
     docs = [{"url": f"https://docs.example.org/page-{i}", "title": f"Zanzibar turbine note {i}",
              "content": f"The Zanzibar turbine model {i} spins at {1000 + i} rpm. It was built in a harbour."}
-            for i in range(3)]
+            for i in range(6)]
     corpus.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
     config = LocalNetConfig(directory=tmp_path / "net", miners=1, api_port=free_port(), validator_port=free_port(),
                             admin_key="corpus-admin-key-0123456789", corpus=str(corpus))
     with LocalNet(config) as net:
         info = net.start(timeout=120)
-        query = urllib.parse.urlencode({"search_query": "Zanzibar turbine rpm", "n_results": 3})
-        req = urllib.request.Request(f"{info['api_url']}/web_retrieval?{query}", headers={"api-key": info["api_key"]})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            results = json.loads(r.read())["results"]
-    assert results and all(x["url"].startswith("https://docs.example.org/") for x in results)
+        def search(n_results: int) -> list[dict]:
+            query = urllib.parse.urlencode({"search_query": "Zanzibar turbine rpm", "n_results": n_results})
+            req = urllib.request.Request(f"{info['api_url']}/web_retrieval?{query}",
+                                         headers={"api-key": info["api_key"]})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read())["results"]
+
+        five, two = search(5), search(2)
+    assert all(x["url"].startswith("https://docs.example.org/") for x in five + two)
+    assert len(five) == 5, "the miner honours n_results (target_results), not its own default of 3"
+    assert len(two) == 2
 
 
 def test_rerun_with_the_same_dir_reuses_wallets_and_keys(tmp_path: Path) -> None:

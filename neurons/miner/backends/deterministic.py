@@ -10,7 +10,7 @@ Per task (the body's ``task``):
   with the question (extractive QA);
 - ``ArithmeticTask``: the value of the expression in the prompt;
 - ``WebRetrievalTask``: a JSON list of ``{url, content, relevant}`` from the
-  local corpus search.
+  local corpus search, at most ``target_results`` long.
 
 With ``tools`` in the request it calls a tool instead (the rule is in
 ``tool_calls.py``); after a ``tool`` result it answers in text.
@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from neurons.miner.backends.tool_calls import planned_tool_call, tool_call_completion, tool_call_stream
-from neurons.miner.search import CorpusSearch, SearchBackend, best_sentence
+from neurons.miner.search import DEFAULT_RESULTS, MAX_RESULTS, CorpusSearch, SearchBackend, best_sentence
 from shared import tasks
 from shared.arithmetic import evaluate, find_expression
 from shared.corpus import builtin_corpus
@@ -108,6 +108,15 @@ def answer_arithmetic(prompt: str) -> str | None:
         return None
 
 
+def wanted_results(body: dict[str, Any]) -> int:
+    """How many search results to return at most: the request's ``target_results`` (the API's
+    ``n_results``, up to ``MAX_RESULTS``), else ``DEFAULT_RESULTS`` (what the validator's tasks get)."""
+    wanted = body.get("target_results")
+    if type(wanted) is int and wanted >= 1:
+        return min(wanted, MAX_RESULTS)
+    return DEFAULT_RESULTS
+
+
 class DeterministicBackend:
     name = "deterministic"
 
@@ -131,7 +140,7 @@ class DeterministicBackend:
         elif task == tasks.ARITHMETIC:
             answer = answer_arithmetic(prompt)
         elif task == tasks.WEB_RETRIEVAL:
-            answer = dumps(self.search.search(prompt.strip()))
+            answer = dumps(self.search.search(prompt.strip(), wanted_results(body)))
         return answer if answer is not None else generate_text(body)
 
     def _usage(self, body: dict[str, Any], text: str) -> dict[str, int]:
