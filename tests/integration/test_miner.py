@@ -50,6 +50,7 @@ async def test_signed_stream_has_chunks_and_done() -> None:
                        if json.loads(d)["choices"])
     assert text_out == generate_text({**BODY, "stream": True})
     assert json.loads(datas[-2])["usage"]["total_tokens"] > 0
+    assert all(d == json.dumps(json.loads(d), separators=(",", ":")) for d in datas[:-1]), "every chunk compact"
 
 
 async def test_rejections_over_http() -> None:

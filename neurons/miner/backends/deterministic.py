@@ -182,7 +182,7 @@ class DeterministicBackend:
             if i:
                 piece = " " + piece
             yield dumps(chunk_object(completion_id=cid, model=self.model, delta={"content": piece}))
-        yield json.dumps(
+        yield dumps(
             chunk_object(completion_id=cid, model=self.model, delta={}, finish_reason=self._finish_reason(body, text))
         )
         if (body.get("stream_options") or {}).get("include_usage"):
