@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from shared.ids import random_hex
 
@@ -31,13 +32,37 @@ class TextPart(BaseModel):
     text: str | None = None
 
 
+NEEDS_CONTENT = frozenset({"system", "user", "developer", "tool"})
+
+
 class ChatMessage(BaseModel):
+    """One message. As at OpenAI, only an assistant (or legacy function) message may go without
+    content, and a tool result names the call it answers: a request that breaks this is the caller's
+    400 here, not an upstream's refusal relayed as a miner's failure (which would cost the miner
+    its score)."""
+
     model_config = REQUEST_CONFIG
     role: Literal["system", "user", "assistant", "tool", "developer", "function"]
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart] | None = Field(default=None, validate_default=True)
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
+    tool_call_id: str | None = Field(default=None, validate_default=True)
+
+    @field_validator("content")
+    @classmethod
+    def _content_where_required(cls, v: Any, info: ValidationInfo) -> Any:
+        role = info.data.get("role")
+        if v is None and role in NEEDS_CONTENT:
+            raise PydanticCustomError("missing_content", "a {role} message needs content (a string or a list of "
+                                      "parts)", {"role": role})
+        return v
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _tool_names_its_call(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None and info.data.get("role") == "tool":
+            raise PydanticCustomError("missing_tool_call_id", "a tool message needs the tool_call_id it answers")
+        return v
 
     def text(self) -> str:
         return content_text(self.content)

@@ -196,3 +196,23 @@ async def test_non_finite_numbers_are_the_callers_400_and_reach_no_miner(tmp_pat
                     assert r.status == 400, (field, r.status, body)
                     assert body["error"]["param"] == param and body["error"]["code"] == "invalid_value"
         assert script.calls == 0
+
+
+async def test_messages_an_upstream_would_refuse_are_the_callers_400(tmp_path: Path) -> None:
+    """A user message without content or a tool result without its call id is refused by OpenAI and by
+    model servers; relayed, the refusal would come back as a 502 and count against the miner."""
+    script = slow_good(0)
+    user = {"role": "user", "content": "x"}
+    cases = [([{"role": "user"}], "messages.0.content"),
+             ([{"role": "system", "content": None}, user], "messages.0.content"),
+             ([user, {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+               "function": {"name": "f", "arguments": "{}"}}]}, {"role": "tool", "content": "{}"}],
+              "messages.2.tool_call_id")]
+    async with api_with_miners(tmp_path, {1: script}) as api:
+        for messages, param in cases:
+            status, _, text = await post(api, {"messages": messages, "uids": [1]})
+            body = json.loads(text)
+            assert status == 400 and body["error"]["param"] == param, (messages, status, body)
+        status, _, text = await post(api, {"messages": [user, {"role": "assistant"}, user], "uids": [1]})
+        assert status == 200, "an assistant message may go without content"
+    assert script.calls == 1
