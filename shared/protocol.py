@@ -94,6 +94,24 @@ class SamplingParameters(BaseModel):
     mixture: bool | None = None
 
 
+class FunctionDefinition(BaseModel):
+    model_config = REQUEST_CONFIG
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(BaseModel):
+    """A tool as OpenAI and model servers take it (validation only: the caller's JSON is forwarded)."""
+
+    model_config = REQUEST_CONFIG
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+
+
 class StreamOptions(BaseModel):
     model_config = REQUEST_CONFIG
     include_usage: bool | None = None
@@ -119,7 +137,7 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     user: str | None = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
@@ -133,6 +151,49 @@ class ChatCompletionRequest(BaseModel):
     target_results: int | None = Field(default=None, ge=1, le=256)
     timeout: float | None = Field(default=None, ge=MIN_TIMEOUT, le=600, description="Deadline in seconds")
     session_id: str | None = Field(default=None, max_length=128)
+
+    # What follows refuses requests that OpenAI and model servers refuse: passed on, each would
+    # come back as a miner's failure (a 502 for the caller and a zero score for the miner).
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_needs_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("logprobs") is not True:
+            raise PydanticCustomError("logprobs_required", "top_logprobs needs logprobs: true")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_names_a_tool(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None or v in ("none", "auto"):
+            return v
+        fn = v.get("function") if isinstance(v, dict) and v.get("type") == "function" else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if v != "required" and not isinstance(name, str):
+            raise PydanticCustomError("invalid_tool_choice", "tool_choice must be 'none', 'auto', 'required' or "
+                                      '{"type": "function", "function": {"name": ...}}')
+        tools = info.data.get("tools") or []
+        if not tools:
+            raise PydanticCustomError("tools_required", "tool_choice {choice} needs tools",
+                                      {"choice": "'required'" if v == "required" else "naming a function"})
+        if name is not None and name not in {t.function.name for t in tools}:
+            raise PydanticCustomError("unknown_tool", "tool_choice names '{name}', which is not among tools",
+                                      {"name": name})
+        return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _response_format_is_known(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return v
+        if v.get("type") not in RESPONSE_FORMATS:
+            raise PydanticCustomError("invalid_response_format",
+                                      "response_format type must be 'text', 'json_object' or 'json_schema'")
+        schema = v.get("json_schema")
+        if v["type"] == "json_schema" and not (isinstance(schema, dict) and isinstance(schema.get("name"), str)
+                                               and schema["name"]):
+            raise PydanticCustomError("invalid_response_format",
+                                      "response_format json_schema needs a json_schema object with a name")
+        return v
 
     @field_validator("uids")
     @classmethod

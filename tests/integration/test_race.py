@@ -198,21 +198,42 @@ async def test_non_finite_numbers_are_the_callers_400_and_reach_no_miner(tmp_pat
         assert script.calls == 0
 
 
-async def test_messages_an_upstream_would_refuse_are_the_callers_400(tmp_path: Path) -> None:
-    """A user message without content or a tool result without its call id is refused by OpenAI and by
-    model servers; relayed, the refusal would come back as a 502 and count against the miner."""
+USER = {"role": "user", "content": "x"}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+REFUSED_UPSTREAM = [  # (extra request fields, the param the 400 names)
+    ({"messages": [{"role": "user"}]}, "messages.0.content"),
+    ({"messages": [{"role": "system", "content": None}, USER]}, "messages.0.content"),
+    ({"messages": [USER, {"role": "assistant", "content": None, "tool_calls": [CALL]}, {"role": "tool", "content": "{}"}]},
+     "messages.2.tool_call_id"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_time"}}}, "tool_choice"),
+    ({"tools": [{"function": {"name": "get_weather"}}]}, "tools.0.type"),
+    ({"tools": [{"type": "function", "function": {"name": "get weather"}}]}, "tools.0.function.name"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format"),
+]
+ACCEPTED = [
+    {"messages": [USER, {"role": "assistant"}, USER]},  # an assistant message may go without content
+    {"logprobs": True, "top_logprobs": 3},
+    {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+    {"tool_choice": "auto"},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}},
+]
+
+
+async def test_requests_an_upstream_would_refuse_are_the_callers_400(tmp_path: Path) -> None:
+    """OpenAI and model servers refuse these; relayed, the refusal would come back as a 502 for the
+    caller and count against a miner that did nothing wrong."""
     script = slow_good(0)
-    user = {"role": "user", "content": "x"}
-    cases = [([{"role": "user"}], "messages.0.content"),
-             ([{"role": "system", "content": None}, user], "messages.0.content"),
-             ([user, {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
-               "function": {"name": "f", "arguments": "{}"}}]}, {"role": "tool", "content": "{}"}],
-              "messages.2.tool_call_id")]
     async with api_with_miners(tmp_path, {1: script}) as api:
-        for messages, param in cases:
-            status, _, text = await post(api, {"messages": messages, "uids": [1]})
+        for fields, param in REFUSED_UPSTREAM:
+            status, _, text = await post(api, {"messages": [USER], "uids": [1], **fields})
             body = json.loads(text)
-            assert status == 400 and body["error"]["param"] == param, (messages, status, body)
-        status, _, text = await post(api, {"messages": [user, {"role": "assistant"}, user], "uids": [1]})
-        assert status == 200, "an assistant message may go without content"
-    assert script.calls == 1
+            assert status == 400 and body["error"]["param"] == param, (fields, status, body)
+        assert script.calls == 0
+        for fields in ACCEPTED:
+            status, _, text = await post(api, {"messages": [USER], "uids": [1], **fields})
+            assert status == 200, (fields, text)
+    assert script.calls == len(ACCEPTED)
