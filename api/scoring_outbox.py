@@ -133,7 +133,8 @@ class OutboxForwarder:
         if 200 <= status < 300:
             return True
         if status in POISON_STATUSES:
-            logger.warning("validator rejected scoring payload {} as malformed (HTTP {}): dropped", item.id, status)
+            logger.warning("validator rejected scoring payload {} as malformed (HTTP {}): dropped ({})", item.id,
+                           status, describe_rejected([{"index": 0, "error": _error_message(body)}], [item]))
             return True
         logger.debug("validator answered HTTP {} for payload {}", status, item.id)
         return False
@@ -155,8 +156,8 @@ class OutboxForwarder:
         if 200 <= status < 300:
             rejected = body.get("rejected") if isinstance(body, dict) else None
             if rejected:
-                logger.warning("validator rejected {} of {} scoring payloads as malformed: dropped",
-                               len(rejected), len(items))
+                logger.warning("validator rejected {} of {} scoring payloads as malformed: dropped ({})",
+                               len(rejected), len(items), describe_rejected(rejected, items))
             return True
         if status in POISON_STATUSES:
             return None
@@ -239,3 +240,27 @@ class OutboxForwarder:
                 await self.outbox.release_lease(self.holder)
             except StoreUnavailable:
                 pass
+
+
+def describe_rejected(rejected: Any, items: list[OutboxItem], *, limit: int = 3) -> str:
+    """The first rejections as ``rid=... why=...``: what the operator needs to find the request and
+    the cause (a count alone named neither). Only rejected payloads are parsed, so this costs nothing
+    when all is well."""
+    parts = []
+    for entry in rejected[:limit] if isinstance(rejected, list) else []:
+        index = entry.get("index") if isinstance(entry, dict) else None
+        rid = None
+        if isinstance(index, int) and 0 <= index < len(items):
+            try:
+                rid = items[index].payload.get("request_id")
+            except (ValueError, AttributeError):
+                rid = None
+        why = entry.get("error") if isinstance(entry, dict) else entry
+        parts.append(f"rid={rid} why={str(why)[:200]}")
+    more = len(rejected) - limit if isinstance(rejected, list) and len(rejected) > limit else 0
+    return "; ".join(parts) + (f"; and {more} more" if more else "")
+
+
+def _error_message(body: Any) -> Any:
+    err = body.get("error") if isinstance(body, dict) else None
+    return err.get("message") if isinstance(err, dict) else body

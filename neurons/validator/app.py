@@ -144,4 +144,12 @@ def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
         except ApiError as e:
             rejected.append({"index": index, "error": e.message})
     _enqueue(ctx, jobs)
+    if rejected:
+        first = rejected[0]
+        logger.warning("scoring: rejected {} of {} payloads as malformed (first: index {} request_id={}: {})",
+                       len(rejected), len(items), first["index"], _request_id(items[first["index"]]), first["error"])
     return json_response({"status": "accepted", "accepted": len(jobs), "rejected": rejected}, status=202)
+
+
+def _request_id(item: Any) -> Any:
+    return str(item.get("request_id"))[:128] if isinstance(item, dict) else None

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 from aiohttp import web
+from loguru import logger
 
 from api.scoring_outbox import OutboxForwarder
 from neurons.localnet import free_port
@@ -200,3 +201,26 @@ async def test_a_forwarder_cancelled_as_it_is_woken_stops(tmp_path: Path) -> Non
             assert done and task.cancelled(), f"the forwarder kept running when cancelled as {wake_up} was set"
     finally:
         await box.close()
+
+
+async def test_a_rejected_payload_is_logged_with_its_request_id_and_the_reason(tmp_path: Path) -> None:
+    """A count alone ("rejected 1 of 2") named neither the request nor the cause."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", format="{message}")
+    received: list[dict] = []
+    try:
+        async with serve_app(scoring_app(received)) as url, make_session() as session:
+            box = SQLiteOutbox(tmp_path / "api.db")
+            fwd = forwarder(box, MinerClient(session, Signer(API)), url)
+            await fwd.sink({"n": 0, "request_id": "rid-good"})
+            await fwd.sink({"n": 1, "request_id": "rid-bad", "poison": True})
+            task = asyncio.create_task(fwd.run())
+            await wait_for(lambda: len(received) == 1 and any("rejected" in line for line in lines))
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await box.close()
+    finally:
+        logger.remove(sink)
+    (line,) = [x for x in lines if "rejected" in x]
+    assert "rejected 1 of 2 scoring payloads" in line and "rid=rid-bad why=poison" in line
+    assert "rid-good" not in line

@@ -9,6 +9,7 @@ import time
 import aiohttp
 import pytest
 from bittensor import http_auth
+from loguru import logger
 from yarl import URL
 
 from neurons.miner.app import create_miner_app
@@ -138,11 +139,20 @@ async def test_full_queue_is_503_and_oversized_is_413() -> None:
 
 async def test_scoring_batch_queues_valid_items_and_reports_malformed_ones() -> None:
     ctx = make_ctx(queue_size=3)
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", format="{message}")
     async with serve_app(create_validator_app(ctx)) as url:
-        batch = [payload(), {"body": "nope"}, payload(uids=[1], chunks={"1": []}, timings={"1": []}, errors={})]
-        status, body = await post(url, "/scoring", json.dumps(batch).encode())
+        batch = [payload(), {"body": "nope", "request_id": "rid-7"},
+                 payload(uids=[1], chunks={"1": []}, timings={"1": []}, errors={})]
+        try:
+            status, body = await post(url, "/scoring", json.dumps(batch).encode())
+        finally:
+            logger.remove(sink)
         assert status == 202 and body["accepted"] == 2
         assert [r["index"] for r in body["rejected"]] == [1]
+        (line,) = lines  # the operator sees which payload and why, on the validator's side too
+        assert "rejected 1 of 3 payloads" in line and "index 1 request_id=rid-7" in line
+        assert body["rejected"][0]["error"] in line
         assert ctx.scoring_queue.qsize() == 2
         status, body = await post(url, "/scoring", json.dumps([payload(), payload()]).encode())
         assert status == 503 and body["error"]["code"] == "queue_full", "a batch that does not fit is refused whole"
