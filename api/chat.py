@@ -22,7 +22,7 @@ from api.context import CTX
 from api.fanout import deadline_seconds, settle, start_race
 from api.race import MinerRun, Race
 from api.selection import select_miners, top_miner
-from shared.errors import ApiError
+from shared.errors import MODEL_SERVER_REJECTED, ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.jsonutil import dumps
 from shared.miner_client import Event, event_text
@@ -98,7 +98,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     winner: MinerRun | None = None
     try:
         winner = await race.winner()
-        if winner is None and session is not None:
+        # A request the model server refused would be refused by any miner: no failover for it.
+        if winner is None and session is not None and not race.refused():
             race, winner = await sessions.failover_race(ctx, session, race, body, stream=req.stream,
                                                         request_id=rid, headers=headers)
         if winner is None:
@@ -135,6 +136,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 def _no_winner(race: Race) -> ApiError:
     errors = "; ".join(f"uid {uid}: {err}" for uid, err in race.errors().items())
+    if race.refused():
+        # Every miner's model server refused the request itself (a bad parameter, more tokens than the
+        # model takes): the caller's to fix, so a 400 (which clients do not retry), not a 502 (which
+        # the OpenAI SDK retries twice, refused twice more).
+        return ApiError(400, f"The miners' model servers refused this request. {errors}",
+                        code=MODEL_SERVER_REJECTED)
     if race.timed_out():
         return ApiError(504, f"No miner answered validly before the deadline. {errors}".strip(), code="deadline_exceeded")
     return ApiError(502, f"No miner returned a valid answer. {errors}".strip(), code="no_valid_answer")

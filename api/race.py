@@ -226,6 +226,10 @@ class Race:
                 continue
             await run.new_data.wait()
 
+    def refused(self) -> bool:
+        """Every miner's model server refused the request itself: the caller's mistake, not theirs."""
+        return bool(self.runs) and all(r.error_kind == "refused" for r in self.runs)
+
     def timed_out(self) -> bool:
         return any(r.error_kind == "timeout" or not r.done for r in self.runs)
 

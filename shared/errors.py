@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# A miner's error code for a request its model server refused itself (a 4xx: a bad parameter, more
+# tokens than the model takes). The API tells it from the miner's own failure by this code.
+MODEL_SERVER_REJECTED = "model_server_rejected"
+
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",

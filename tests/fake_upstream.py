@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 MODEL = "fake/llm-1"
+CONTEXT_TOKENS = 4096
 
 
 def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True) -> web.Application:
@@ -23,6 +24,14 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True)
         if strict and set(body) & {"task", "sampling_parameters", "uids", "mixture", "timeout"}:
             return web.json_response({"error": {"message": "unknown parameter", "type": "invalid_request_error"}},
                                      status=400)
+        if (body.get("max_tokens") or 0) > CONTEXT_TOKENS:  # as vLLM and OpenAI refuse it
+            return web.json_response({"error": {
+                "message": f"This model's maximum context length is {CONTEXT_TOKENS} tokens; you asked for "
+                           f"{body['max_tokens']}.", "type": "invalid_request_error", "param": "max_tokens",
+                "code": "context_length_exceeded"}}, status=400)
+        if body["messages"][-1].get("content") == "overloaded":
+            return web.json_response({"error": {"message": "Server overloaded", "type": "server_error"}},
+                                     status=503)
         text = "echo: " + str(body["messages"][-1].get("content"))
         tool_calls = None
         if body.get("tools"):

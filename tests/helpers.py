@@ -76,6 +76,7 @@ class Script:
     steps: list[tuple[float, bytes]]
     die: bool = False
     status: int = 200
+    error_code: str | None = None  # with a failing status: answer an OpenAI-shaped error with this code
     calls: int = 0
     cancelled: int = 0
     active: int = 0
@@ -98,6 +99,10 @@ def scripted_miner_app(script: Script) -> web.Application:
         script.calls += 1
         script.active += 1
         try:
+            if script.status != 200 and script.error_code:
+                return web.json_response({"error": {"message": "scripted refusal", "type": "invalid_request_error",
+                                                    "code": script.error_code, "param": None}},
+                                         status=script.status)
             if script.status != 200:
                 return web.Response(status=script.status, text="scripted failure")
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

@@ -108,7 +108,7 @@ async def _complete(backend: Backend, body: dict[str, Any]) -> web.Response:
             return web.Response(body=await complete_raw(body), content_type="application/json")
         return json_response(await backend.complete(body))
     except BackendError as e:
-        raise ApiError(e.status, str(e), code="backend_error") from None
+        raise ApiError(e.status, str(e), code=e.code) from None
 
 
 async def _stream(request: web.Request, backend: Backend, body: dict[str, Any]) -> web.StreamResponse:
@@ -122,7 +122,7 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any]) 
     try:
         first = await anext(pieces, None)
     except BackendError as e:
-        raise ApiError(e.status, str(e), code="backend_error") from None
+        raise ApiError(e.status, str(e), code=e.code) from None
     headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     if first is not None and _ends_done(first):  # the whole answer came in one read: one write
         with contextlib.suppress(BackendError):  # a break after [DONE] loses nothing

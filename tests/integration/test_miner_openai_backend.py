@@ -75,3 +75,23 @@ async def test_tool_calls_pass_through(tmp_path: Path) -> None:
                 call = msg["message"]["tool_calls"][0]
             assert call["function"]["name"] == "search" and call["function"]["arguments"] == '{"q": "x"}'
     assert received[-1]["tools"] == tools
+
+
+async def test_a_request_the_model_server_refuses_is_the_callers_400_not_a_miner_failure(tmp_path: Path) -> None:
+    """The upstream's 400 (too many tokens) reaches the caller as a 400 with the upstream's words, which
+    clients do not retry; the upstream's own failure (503) stays the miner's 502."""
+    received: list = []
+    async with stack(tmp_path, received) as (api, key), aiohttp.ClientSession() as s:
+        for stream in (False, True):
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000,
+                    "stream": stream}
+            async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
+                out = await r.json()
+                assert r.status == 400, out
+            assert out["error"]["code"] == "model_server_rejected"
+            assert out["error"]["type"] == "invalid_request_error"
+            assert "maximum context length is 4096 tokens" in out["error"]["message"]
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "overloaded"}]}
+        async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
+            out = await r.json()
+            assert r.status == 502 and out["error"]["code"] == "no_valid_answer", out

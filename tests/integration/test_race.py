@@ -237,3 +237,25 @@ async def test_requests_an_upstream_would_refuse_are_the_callers_400(tmp_path: P
             status, _, text = await post(api, {"messages": [USER], "uids": [1], **fields})
             assert status == 200, (fields, text)
     assert script.calls == len(ACCEPTED)
+
+
+def refusing(status: int = 400, code: str = "model_server_rejected") -> Script:
+    return Script([], status=status, error_code=code)
+
+
+@pytest.mark.parametrize(("scripts", "status", "code"), [
+    ({1: "refuse", 2: "refuse"}, 400, "model_server_rejected"),  # every model server refused it: the caller's
+    ({1: "refuse", 2: "fail"}, 502, "no_valid_answer"),  # one miner failed on its own: not the caller's
+    ({1: "refuse", 2: "good"}, 200, None),  # another miner answered it
+    ({1: "miner400", 2: "miner400"}, 502, "no_valid_answer"),  # a miner's own 400 (e.g. its auth check) is not
+])
+async def test_a_request_every_model_server_refused_is_the_callers_400(
+        tmp_path: Path, scripts: dict[int, str], status: int, code: str | None) -> None:
+    make = {"refuse": refusing, "fail": lambda: Script([], status=500), "good": lambda: slow_good(0),
+            "miner400": lambda: refusing(400, "MalformedAuth")}
+    async with api_with_miners(tmp_path, {uid: make[kind]() for uid, kind in scripts.items()}) as api:
+        for stream in (False, True):
+            got, _, text = await post(api, {"messages": [USER], "uids": [1, 2], "stream": stream})
+            assert got == status, (stream, text)
+            if code:
+                assert json.loads(text)["error"]["code"] == code

@@ -201,3 +201,18 @@ async def test_sessions_are_visible_across_api_processes_sharing_a_store(tmp_pat
             await api.ctx.sessions.aclose()
             await ctx2.sessions.aclose()
             await ctx2.client.session.close()
+
+
+async def test_a_refused_request_does_not_move_the_session(tmp_path: Path) -> None:
+    """The pinned miner's model server refused the request itself: any miner would, so it is the
+    caller's 400 and the session stays where it is."""
+    scripts = miners(3)
+    async with api_with_miners(tmp_path, scripts) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default", "failover": True})
+        pinned = scripts[s["uid"]]
+        pinned.status, pinned.error_code = 400, "model_server_rejected"
+        status, _, body = await chat(api)
+        assert status == 400 and body["error"]["code"] == "model_server_rejected"
+        _, _, current = await call(api, "GET", "/v1/sessions")
+        assert current["uid"] == s["uid"]
+        assert sum(sc.calls for uid, sc in scripts.items() if uid != s["uid"]) == 0

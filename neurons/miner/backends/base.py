@@ -7,11 +7,13 @@ from typing import Any, Protocol
 
 
 class BackendError(Exception):
-    """The backend could not answer (upstream down, bad upstream reply)."""
+    """The backend could not answer (upstream down, bad upstream reply), or its model server refused
+    the request (a 4xx status with ``code=MODEL_SERVER_REJECTED``)."""
 
-    def __init__(self, message: str, status: int = 502) -> None:
+    def __init__(self, message: str, status: int = 502, *, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code or "backend_error"
 
 
 class Backend(Protocol):

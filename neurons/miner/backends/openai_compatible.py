@@ -18,10 +18,15 @@ import aiohttp
 from loguru import logger
 
 from neurons.miner.backends.base import BackendError
+from shared.errors import MODEL_SERVER_REJECTED
 from shared.jsonutil import dumpb
 from shared.protocol import ANY_MODEL
 from shared.sse import DONE, SSEError, SSEParser
 
+# The upstream refused the request itself (bad parameter, too many tokens for the model, too large):
+# the miner answers with the same status and MODEL_SERVER_REJECTED, so the API can tell the caller's mistake
+# from the miner's failure. Any other upstream status (auth, rate limit, 5xx) is the miner's 502.
+REFUSED_REQUEST = frozenset({400, 413, 422})
 SUBNET_FIELDS = ("task", "sampling_parameters", "uids", "mixture", "inference_mode", "target_results", "timeout")
 
 
@@ -90,7 +95,9 @@ class OpenAICompatibleBackend:
             f"{self.base_url}/chat/completions", data=payload, headers=self._headers, timeout=self._timeout
         ) as r:
             if r.status != 200:
-                raise BackendError(f"upstream HTTP {r.status}: {(await r.text())[:300]}", status=502)
+                refused = r.status in REFUSED_REQUEST
+                raise BackendError(f"upstream HTTP {r.status}: {(await r.text())[:300]}",
+                                   status=r.status if refused else 502, code=MODEL_SERVER_REJECTED if refused else None)
             yield r
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
