@@ -207,6 +207,12 @@ def builtin_corpus(n: int = DEFAULT_DOCUMENTS, seed: str = CORPUS_SEED) -> Corpu
 # --- JSONL files ------------------------------------------------------------------------
 def iter_jsonl(path: str | Path) -> Iterator[dict]:
     """Each non-blank line as a JSON object; a bad line stops with its line number."""
+    for _, obj in iter_jsonl_numbered(path):
+        yield obj
+
+
+def iter_jsonl_numbered(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """``iter_jsonl`` with each object's line number (for errors about a record's content)."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -217,7 +223,7 @@ def iter_jsonl(path: str | Path) -> Iterator[dict]:
                 raise ValueError(f"{path}:{lineno}: not JSON: {e}") from None
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            yield obj
+            yield lineno, obj
 
 
 def documents_from_records(records: Iterable[dict]) -> list[Document]:

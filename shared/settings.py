@@ -6,6 +6,8 @@ process at start with one clear line per problem (``SettingsError``).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -22,6 +24,16 @@ def split_csv(value: object) -> object:
 
 class SettingsError(Exception):
     """Raised with a human-readable list of every bad setting."""
+
+
+@contextlib.contextmanager
+def setting_file(name: str) -> Iterator[None]:
+    """A file a setting names that cannot be read or used: that setting's one-line start-up error
+    (``DATASET_FILE: data.jsonl:3: ...``), not a traceback."""
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        raise SettingsError(f"{name}: {e}") from None
 
 
 class CommonSettings(BaseSettings):

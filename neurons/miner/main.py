@@ -15,7 +15,7 @@ from shared.corpus import load_corpus
 from shared.http import serve_until_signal
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
-from shared.settings import MinerSettings
+from shared.settings import MinerSettings, setting_file
 from shared.signing import Authorizer, RequestVerifier
 from shared.wallet import load_hotkey
 
@@ -31,7 +31,9 @@ async def build_backend(settings: MinerSettings) -> Backend:
         )
         await backend.start()
         return backend
-    return DeterministicBackend(settings.miner_model, search=CorpusSearch(load_corpus(settings.corpus_file)))
+    with setting_file("CORPUS_FILE"):
+        corpus = load_corpus(settings.corpus_file)
+    return DeterministicBackend(settings.miner_model, search=CorpusSearch(corpus))
 
 
 async def run_miner(settings: MinerSettings) -> None:

@@ -15,8 +15,11 @@ import random
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import TypeAdapter, ValidationError
+
 from shared.arithmetic import evaluate
-from shared.corpus import Corpus, builtin_corpus, iter_jsonl
+from shared.corpus import Corpus, builtin_corpus, iter_jsonl_numbered
+from shared.protocol import ChatMessage
 
 _PROMPTS = (
     "Write a short note about {title}.",
@@ -108,8 +111,19 @@ class JsonlDataset:
         return rng.choice(self.records)
 
 
+_MESSAGES = TypeAdapter(list[ChatMessage])
+
+
 def _as_prompt(r: dict[str, Any]) -> dict[str, Any] | None:
+    """A prompt record as the miners' request messages; ``ValueError`` for messages a miner would refuse
+    (every miner would fail the task and score 0 for the dataset's mistake)."""
     if isinstance(r.get("messages"), list) and r["messages"]:
+        try:
+            _MESSAGES.validate_python(r["messages"])
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in ("messages", *err["loc"]))
+            raise ValueError(f"{where}: {err['msg']}") from None
         return {"messages": r["messages"]}
     if isinstance(r.get("prompt"), str) and r["prompt"].strip():
         return {"messages": [{"role": "user", "content": r["prompt"]}]}
@@ -126,11 +140,14 @@ def _as_qa(r: dict[str, Any]) -> dict[str, Any] | None:
 def load_jsonl_datasets(path: str | Path) -> dict[str, JsonlDataset]:
     """Split a JSONL file into the datasets it can feed: ``{"inference": ..., "qa": ...}``."""
     prompts, qa = [], []
-    for r in iter_jsonl(path):
-        if (item := _as_qa(r)) is not None:
-            qa.append(item)
-        elif (item := _as_prompt(r)) is not None:
-            prompts.append(item)
+    for lineno, r in iter_jsonl_numbered(path):
+        try:
+            if (item := _as_qa(r)) is not None:
+                qa.append(item)
+            elif (item := _as_prompt(r)) is not None:
+                prompts.append(item)
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: {e}") from None
     out: dict[str, JsonlDataset] = {}
     if prompts:
         out["inference"] = JsonlDataset(prompts, f"{Path(path).name}:prompts")

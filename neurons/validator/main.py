@@ -33,7 +33,7 @@ from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics
 from shared.miner_client import MinerClient, make_session
-from shared.settings import ValidatorSettings
+from shared.settings import ValidatorSettings, setting_file
 from shared.signing import Authorizer, RequestVerifier, Signer
 from shared.wallet import load_hotkey
 
@@ -74,8 +74,10 @@ async def run_validator(settings: ValidatorSettings) -> None:
     scores.load()
     await metagraph.first_refresh()
     scores.sync(metagraph.snapshot)
-    corpus = load_corpus(settings.corpus_file)
-    datasets = build_datasets(corpus, settings.dataset_file)
+    with setting_file("CORPUS_FILE"):
+        corpus = load_corpus(settings.corpus_file)
+    with setting_file("DATASET_FILE"):
+        datasets = build_datasets(corpus, settings.dataset_file)
     signer = Signer(hotkey)
     api_hotkeys = settings.api_hotkeys or [hotkey.ss58_address]
     verifier = RequestVerifier(hotkey.ss58_address, Authorizer(lambda: (), api_hotkeys))

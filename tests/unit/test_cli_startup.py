@@ -49,3 +49,26 @@ def test_unreadable_metagraph_is_one_clear_line(tmp_path: Path) -> None:
 def test_missing_env_file_is_named(tmp_path: Path) -> None:
     out = start("miner", tmp_path / "nope.env")
     assert out.returncode != 0 and "nope.env not found" in out.stderr
+
+
+@pytest.mark.parametrize(("setting", "content", "expected"), [
+    ("DATASET_FILE", '{"messages": [{"role": "user"}]}\n', "data.jsonl:1: messages.0.content: a user message needs content"),
+    ("DATASET_FILE", '{"prompt": "ok"}\n{oops\n', "data.jsonl:2: not JSON"),
+    ("CORPUS_FILE", '{"title": "no url"}\n', "no record with 'url' and 'content'"),
+])
+def test_an_unusable_data_file_is_one_clear_line(tmp_path: Path, setting: str, content: str, expected: str) -> None:
+    """A dataset whose tasks every miner would refuse (or a corpus with nothing in it) stops the validator
+    at start with the setting, the file and the line, not a traceback."""
+    from shared.metagraph import write_metagraph_file
+    from tests.helpers import snapshot
+
+    hotkey = ensure_wallet("validator", "default", tmp_path / "wallets")
+    write_metagraph_file(tmp_path / "mg.json", snapshot(hotkey.ss58_address, {}))
+    (tmp_path / "data.jsonl").write_text(content)
+    env = tmp_path / "data.env"
+    env.write_text(f"WALLET_PATH={tmp_path / 'wallets'}\nMETAGRAPH_FILE={tmp_path / 'mg.json'}\n"
+                   f"SCORING_API_PORT={free_port()}\nSTATE_DIR={tmp_path / 'state'}\n"
+                   f"{setting}={tmp_path / 'data.jsonl'}\n")
+    out = start("validator", env)
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"sn1 validator: {setting}: " in out.stderr and expected in out.stderr

@@ -51,6 +51,17 @@ def test_bad_jsonl_is_refused_with_its_line(tmp_path: Path) -> None:
         load_jsonl_datasets(write_jsonl(tmp_path / "none.jsonl", [{"x": 1}]))
 
 
+def test_messages_a_miner_would_refuse_are_refused_with_their_line(tmp_path: Path) -> None:
+    """Sent as tasks, they would fail at every miner and score them all 0 for the dataset's mistake."""
+    path = write_jsonl(tmp_path / "m.jsonl", [{"prompt": "ok"}, {"messages": [{"role": "user", "content": "ok"}]},
+                                              {"messages": [{"role": "user"}]}])
+    with pytest.raises(ValueError, match=r"m.jsonl:3: messages.0.content: a user message needs content"):
+        load_jsonl_datasets(path)
+    path = write_jsonl(tmp_path / "r.jsonl", [{"messages": [{"role": "robot", "content": "x"}]}])
+    with pytest.raises(ValueError, match=r"r.jsonl:1: messages.0.role"):
+        load_jsonl_datasets(path)
+
+
 def test_corpus_from_jsonl(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "c.jsonl", [{"url": "https://a.example/1", "title": "One", "content": "first page"},
                                               {"url": "https://a.example/2", "content": "second page"}, {"x": 1}])
