@@ -33,6 +33,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port (connections still closing there do not count, as for our servers)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def add_localnet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--miners", type=int, default=3, help="number of miners (default 3)")
     p.add_argument("--api-port", type=int, default=42170)
@@ -195,6 +206,12 @@ class LocalNet:
 
     # --- lifecycle ----------------------------------------------------------------
     def start(self, *, timeout: float = 90.0, progress: bool = False) -> dict[str, Any]:
+        # Another process on a port would answer our health checks as if it were ours (a second
+        # localnet's API took the new admin key as wrong: "HTTP Error 401"): refuse before spawning.
+        for name, port in (("API", self.cfg.api_port), ("validator", self.cfg.validator_port)):
+            if not port_is_free(port):
+                raise RuntimeError(f"the {name} port {port} is in use on 127.0.0.1 (another sn1 localnet?): "
+                                   f"stop it, or pick another with --{name.lower()}-port")
         self.prepare()
         admin_key = self._admin_key()
         for spec in self.miner_specs:
@@ -276,7 +293,7 @@ class LocalNet:
                         if r.status == 200:
                             pending.remove(child)
                             if progress:
-                                print(f"  up: {child.name:<10} {child.health_url.rsplit('/', 1)[0]}", flush=True)
+                                say(f"  up: {child.name:<10} {child.health_url.rsplit('/', 1)[0]}")
                 except (urllib.error.URLError, OSError):
                     pass
             if pending and time.monotonic() > deadline:
@@ -379,26 +396,37 @@ def run_localnet(args: argparse.Namespace) -> int:
     def request_stop(signum: int, _frame: object) -> None:
         stop["requested"] = True
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    print(f"Starting a local subnet in {net.dir} ({config.miners} miners, backend {config.backend}) ...", flush=True)
-    try:
-        info = net.start(progress=True)
-    except (RuntimeError, OSError, urllib.error.URLError) as e:
-        print(f"sn1 localnet: {e}", file=sys.stderr)
-        net.stop()
-        return 1
-    print(summary(info, net.dir), flush=True)
+    # SIGHUP too: a closed terminal must stop the children, not orphan them.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, request_stop)
+    say(f"Starting a local subnet in {net.dir} ({config.miners} miners, backend {config.backend}) ...")
     code = 0
-    while not stop["requested"]:
-        dead = net.dead_children()
-        if dead:
-            for c in dead:
-                print(f"sn1 localnet: {c.name} exited with code {c.proc.returncode}; see {c.log_path}", file=sys.stderr)
-            code = 1
-            break
-        time.sleep(0.5)
-    print("Stopping the local subnet ...", flush=True)
-    net.stop()
-    print("Stopped.", flush=True)
+    try:
+        try:
+            info = net.start(progress=True)
+        except (RuntimeError, OSError, urllib.error.URLError) as e:
+            say(f"sn1 localnet: {e}", err=True)
+            return 1
+        say(summary(info, net.dir))
+        while not stop["requested"]:
+            dead = net.dead_children()
+            if dead:
+                for c in dead:
+                    say(f"sn1 localnet: {c.name} exited with code {c.proc.returncode}; see {c.log_path}", err=True)
+                code = 1
+                break
+            time.sleep(0.5)
+        say("Stopping the local subnet ...")
+    finally:  # whatever ends the loop (a signal, a closed pipe, a bug), no child outlives us
+        net.stop()
+    say("Stopped.")
     return code
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """Print, and carry on if nobody reads any more (``sn1 localnet | head``, a closed terminal):
+    a failed print must not skip stopping the children."""
+    try:
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+    except (BrokenPipeError, OSError):
+        pass

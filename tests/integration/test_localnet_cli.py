@@ -1,0 +1,66 @@
+"""``sn1 localnet`` as a user runs it: it refuses a busy port up front, and no process it started
+outlives it, however it is stopped."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from neurons.localnet import LocalNet, LocalNetConfig, free_port, port_is_free
+
+
+def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        net = LocalNet(LocalNetConfig(directory=tmp_path, miners=1, api_port=port, validator_port=free_port()))
+        try:
+            with pytest.raises(RuntimeError, match=f"the API port {port} is in use"):
+                net.start(timeout=30)
+            assert net.children == [], "nothing was spawned"
+        finally:
+            net.stop()
+
+
+def ours(directory: Path) -> list[str]:
+    """Processes started for this directory (their env files live in it)."""
+    out = subprocess.run(["pgrep", "-f", "--", f"--env-file {directory}/"], capture_output=True, text=True)
+    return out.stdout.split()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_no_child_outlives_localnet_when_nobody_reads_its_output(tmp_path: Path, sig: signal.Signals) -> None:
+    """A closed terminal (SIGHUP), or SIGTERM once stdout is gone (``sn1 localnet | head``): before, the
+    first killed localnet at once and the second made its farewell print fail before the stop."""
+    api_port, validator_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "localnet", "--miners", "1", "--dir", str(tmp_path),
+                             "--api-port", str(api_port), "--validator-port", str(validator_port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # bounded: localnet gives up after its own start-up timeout
+            seen.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        assert any("Local subnet is up" in line for line in seen), "".join(seen)
+        assert len(ours(tmp_path)) == 3  # a miner, the validator, the API
+        proc.stdout.close()  # nobody reads any more
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while ours(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ours(tmp_path) == [], "children outlived localnet"
+        assert port_is_free(api_port) and port_is_free(validator_port)
+    finally:
+        proc.kill()
+        for pid in ours(tmp_path):
+            subprocess.run(["kill", "-9", pid], check=False)
