@@ -396,9 +396,11 @@ def run_localnet(args: argparse.Namespace) -> int:
     def request_stop(signum: int, _frame: object) -> None:
         stop["requested"] = True
 
-    # SIGHUP too: a closed terminal must stop the children, not orphan them.
+    # SIGHUP too: a closed terminal must stop the children, not orphan them (unless it is ignored, as
+    # under ``nohup``: then the local subnet is meant to outlive the terminal, children included).
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, request_stop)
+        if not (sig is signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN):
+            signal.signal(sig, request_stop)
     say(f"Starting a local subnet in {net.dir} ({config.miners} miners, backend {config.backend}) ...")
     code = 0
     try:

@@ -35,23 +35,42 @@ def ours(directory: Path) -> list[str]:
     return out.stdout.split()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
-def test_no_child_outlives_localnet_when_nobody_reads_its_output(tmp_path: Path, sig: signal.Signals) -> None:
-    """A closed terminal (SIGHUP), or SIGTERM once stdout is gone (``sn1 localnet | head``): before, the
-    first killed localnet at once and the second made its farewell print fail before the stop."""
-    api_port, validator_port = free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "localnet", "--miners", "1", "--dir", str(tmp_path),
+def start_localnet(directory: Path, api_port: int, validator_port: int, *, nohup: bool = False) -> subprocess.Popen:
+    """``sn1 localnet`` with one miner, returned once it says it is up (its output is then left unread)."""
+    ignore_hup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "localnet", "--miners", "1", "--dir", str(directory),
                              "--api-port", str(api_port), "--validator-port", str(validator_port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ignore_hup)
+    assert proc.stdout is not None
     try:
-        assert proc.stdout is not None
         seen = []
         for line in proc.stdout:  # bounded: localnet gives up after its own start-up timeout
             seen.append(line)
             if "Press Ctrl-C" in line:
                 break
         assert any("Local subnet is up" in line for line in seen), "".join(seen)
-        assert len(ours(tmp_path)) == 3  # a miner, the validator, the API
+        assert len(ours(directory)) == 3  # a miner, the validator, the API
+    except BaseException:
+        kill_all(proc, directory)
+        raise
+    return proc
+
+
+def kill_all(proc: subprocess.Popen, directory: Path) -> None:
+    """Whatever a failed test left running: localnet and every process started for ``directory``."""
+    proc.kill()
+    for pid in ours(directory):
+        subprocess.run(["kill", "-9", pid], check=False)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_no_child_outlives_localnet_when_nobody_reads_its_output(tmp_path: Path, sig: signal.Signals) -> None:
+    """A closed terminal (SIGHUP), or SIGTERM once stdout is gone (``sn1 localnet | head``): before, the
+    first killed localnet at once and the second made its farewell print fail before the stop."""
+    api_port, validator_port = free_port(), free_port()
+    proc = start_localnet(tmp_path, api_port, validator_port)
+    try:
+        assert proc.stdout is not None
         proc.stdout.close()  # nobody reads any more
         proc.send_signal(sig)
         proc.wait(timeout=30)
@@ -61,6 +80,20 @@ def test_no_child_outlives_localnet_when_nobody_reads_its_output(tmp_path: Path,
         assert ours(tmp_path) == [], "children outlived localnet"
         assert port_is_free(api_port) and port_is_free(validator_port)
     finally:
-        proc.kill()
-        for pid in ours(tmp_path):
-            subprocess.run(["kill", "-9", pid], check=False)
+        kill_all(proc, tmp_path)
+
+
+def test_under_nohup_a_closed_terminal_does_not_stop_it(tmp_path: Path) -> None:
+    proc = start_localnet(tmp_path, free_port(), free_port(), nohup=True)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        assert proc.poll() is None and len(ours(tmp_path)) == 3
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while ours(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ours(tmp_path) == []
+    finally:
+        kill_all(proc, tmp_path)
