@@ -108,7 +108,7 @@ async def serve_until_signal(
     app: web.Application, host: str, port: int, *, reuse_port: bool = False, on_started: Callable[[], None] | None = None,
     shutdown_limit: float = SHUTDOWN_LIMIT_S,
 ) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully (cleanup_ctx runs).
+    """Serve ``app`` until SIGINT, SIGTERM or SIGHUP, then shut down gracefully (cleanup_ctx runs).
 
     A shutdown that takes longer than ``shutdown_limit`` is a bug (a task that ignores its cancel):
     the process logs what is still running and exits with status 1 instead of hanging."""
@@ -119,7 +119,7 @@ async def serve_until_signal(
     tune_for_serving()  # after start-up, so the app's long-lived objects are frozen too
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in stop_signals():
         loop.add_signal_handler(sig, stop.set)
     if on_started:
         on_started()
@@ -128,6 +128,15 @@ async def serve_until_signal(
     finally:
         logger.info("shutting down")
         await _cleanup_within(runner, shutdown_limit)
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop a server gracefully: SIGHUP too (a closed terminal would otherwise end the
+    process with no cleanup, losing the outbox's pending group and the usage counts), unless it is
+    ignored, as under ``nohup``, where the process is meant to outlive the terminal."""
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        return (signal.SIGINT, signal.SIGTERM)
+    return (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 async def _cleanup_within(runner: web.AppRunner, limit: float) -> None:

@@ -42,13 +42,19 @@ SERVER = textwrap.dedent("""
 """)
 
 
-def _serve_then_sigterm(mode: str) -> tuple[int, float, str]:
+def _serve_then_sigterm(mode: str, sig: signal.Signals = signal.SIGTERM, *,
+                        nohup: bool = False) -> tuple[int, float, str]:
+    ignore_hup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(free_port()), mode], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ignore_hup)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        if nohup:
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            assert proc.poll() is None, "under nohup a closed terminal does not stop the server"
         started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         code = proc.wait(timeout=20)
         return code, time.monotonic() - started, proc.stderr.read() if proc.stderr else ""
     finally:
@@ -68,3 +74,11 @@ def test_a_clean_shutdown_exits_zero_at_once() -> None:
     code, seconds, log = _serve_then_sigterm("clean")
     assert code == 0 and seconds < 5, (code, seconds, log)
     assert "shutdown did not finish" not in log
+
+
+def test_a_closed_terminal_is_a_clean_shutdown_unless_under_nohup() -> None:
+    """SIGHUP used to end the process with no cleanup (the outbox's pending group, the usage counts)."""
+    code, seconds, log = _serve_then_sigterm("clean", signal.SIGHUP)
+    assert code == 0 and seconds < 5 and "shutting down" in log, (code, seconds, log)
+    code, _, log = _serve_then_sigterm("clean", nohup=True)
+    assert code == 0 and "shutting down" in log, (code, log)
