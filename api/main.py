@@ -20,7 +20,7 @@ from api.app import create_api_app
 from api.availability import AvailabilityCache
 from api.context import ApiContext
 from api.scoring_outbox import OutboxForwarder
-from shared.http import run, serve_until_signal
+from shared.http import run, serve_until_signal, stop_signals
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
 from shared.metrics import MULTIPROC_ENV
@@ -101,8 +101,8 @@ def run_api(settings: ApiSettings) -> None:
             if p.is_alive():
                 os.kill(p.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for sig in stop_signals():  # as a worker stops: a supervisor dying alone would orphan its workers
+        signal.signal(sig, forward)
     for p in procs:
         p.join()
         prom_multiprocess.mark_process_dead(p.pid)

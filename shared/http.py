@@ -121,6 +121,7 @@ async def serve_until_signal(
     loop = asyncio.get_running_loop()
     for sig in stop_signals():
         loop.add_signal_handler(sig, stop.set)
+    logger.info("serving on {}:{}", host, port)  # from here on a stop signal is a graceful shutdown
     if on_started:
         on_started()
     try:

@@ -73,7 +73,7 @@ def wait_ready(apis: list[ApiProcess], *, workers: int = 1, timeout: float = 60.
                 raise RuntimeError(f"api exited {api.proc.returncode}:\n{api.log.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(api.url + "/health", timeout=1) as r:
-                    if r.status == 200 and api.log.read_text().count("api starting") >= workers:
+                    if r.status == 200 and api.log.read_text().count("serving on") >= workers:
                         break
             except (urllib.error.URLError, OSError):
                 pass
