@@ -7,6 +7,7 @@ status. Nothing else in the code base builds error bodies by hand.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 # A miner's error code for a request its model server refused itself (a 4xx: a bad parameter, more
@@ -63,3 +64,16 @@ def error_body(
 
 def error_type_for(status: int) -> str:
     return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def parse_error(text: str) -> tuple[str | None, str]:
+    """``(error.code, error.message)`` of an OpenAI-shaped error body; ``(None, text)`` for anything else
+    (a peer's error text, quoted to a caller, reads better without the JSON around it)."""
+    try:
+        err = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        return None, text
+    if not isinstance(err, dict):
+        return None, text
+    message = err.get("message")
+    return err.get("code") if isinstance(err.get("code"), str) else None, message if isinstance(message, str) else text

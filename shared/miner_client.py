@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from shared.errors import MODEL_SERVER_REJECTED
+from shared.errors import MODEL_SERVER_REJECTED, parse_error
 from shared.jsonutil import dumpb, dumps, loads
 from shared.metagraph import Neuron
 from shared.signing import Signer
@@ -30,15 +30,6 @@ chunk shape (parsed once here, never serialised again on the response path)."""
 def event_text(event: Event) -> str:
     """An event as JSON text (a parsed completion is serialised only where text is needed)."""
     return event if isinstance(event, str) else dumps(event)
-
-def error_code(text: str) -> str | None:
-    """The ``error.code`` of an OpenAI-shaped error body, or None."""
-    try:
-        err = loads(text).get("error")
-    except (ValueError, AttributeError):
-        return None
-    return err.get("code") if isinstance(err, dict) else None
-
 
 _BOUNDED_BY_CALLER = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
@@ -126,8 +117,10 @@ class MinerClient:
                 async with self.session.post(url, data=body, headers=headers, timeout=self._timeout(deadline)) as resp:
                     if resp.status != 200:
                         text = (await resp.content.read(2048)).decode(errors="replace")
-                        refused = resp.status < 500 and error_code(text) == MODEL_SERVER_REJECTED
-                        raise MinerError(f"HTTP {resp.status}: {text[:300]}", kind="refused" if refused else "status")
+                        code, message = parse_error(text)
+                        if resp.status < 500 and code == MODEL_SERVER_REJECTED:
+                            raise MinerError(f"HTTP {resp.status}: {message[:300]}", kind="refused")
+                        raise MinerError(f"HTTP {resp.status}: {text[:300]}", kind="status")
                     ctype = resp.content_type
                     if ctype == "application/json":
                         yield [await self._json_as_chunk(resp)]

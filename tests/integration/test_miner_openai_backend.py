@@ -90,7 +90,8 @@ async def test_a_request_the_model_server_refuses_is_the_callers_400_not_a_miner
                 assert r.status == 400, out
             assert out["error"]["code"] == "model_server_rejected"
             assert out["error"]["type"] == "invalid_request_error"
-            assert "maximum context length is 4096 tokens" in out["error"]["message"]
+            assert "uid 1: HTTP 400: upstream HTTP 400: This model's maximum context length is 4096 tokens" in \
+                out["error"]["message"], "the upstream's words, not its JSON wrapped in the miner's"
         body = {"model": MODEL, "messages": [{"role": "user", "content": "overloaded"}]}
         async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
             out = await r.json()

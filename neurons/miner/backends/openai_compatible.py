@@ -18,7 +18,7 @@ import aiohttp
 from loguru import logger
 
 from neurons.miner.backends.base import BackendError
-from shared.errors import MODEL_SERVER_REJECTED
+from shared.errors import MODEL_SERVER_REJECTED, parse_error
 from shared.jsonutil import dumpb
 from shared.protocol import ANY_MODEL
 from shared.sse import DONE, SSEError, SSEParser
@@ -95,8 +95,9 @@ class OpenAICompatibleBackend:
             f"{self.base_url}/chat/completions", data=payload, headers=self._headers, timeout=self._timeout
         ) as r:
             if r.status != 200:
+                _, message = parse_error(await r.text())
                 refused = r.status in REFUSED_REQUEST
-                raise BackendError(f"upstream HTTP {r.status}: {(await r.text())[:300]}",
+                raise BackendError(f"upstream HTTP {r.status}: {message[:300]}",
                                    status=r.status if refused else 502, code=MODEL_SERVER_REJECTED if refused else None)
             yield r
 
