@@ -44,6 +44,17 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def first_model(base_url: str) -> str | None:
+    """The first model an OpenAI-compatible server lists (``GET /models``), or None if it lists none."""
+    try:
+        with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=5) as r:
+            data = json.loads(r.read())
+        models = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        return None
+    return next((m for m in models if isinstance(m, str) and m), None)
+
+
 def add_localnet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--miners", type=int, default=3, help="number of miners (default 3)")
     p.add_argument("--api-port", type=int, default=42170)
@@ -168,6 +179,13 @@ class LocalNet:
         env = dict(FAST_ENV) if self.cfg.fast else {}
         if self.cfg.dataset:
             env["DATASET_FILE"] = str(Path(self.cfg.dataset).resolve())
+        if self.cfg.backend == "openai" and self.cfg.upstream:
+            # The miners answer with this model: judged against the deterministic model instead, every
+            # honest answer would score 0. The reference is then the same server (similarity rewards).
+            env["REFERENCE_LLM_URL"] = self.cfg.upstream
+            model = first_model(self.cfg.upstream)
+            if model:
+                env["REFERENCE_LLM_MODEL"] = model
         return env
 
     def _write_env(self, name: str, env: dict[str, str]) -> Path:

@@ -97,3 +97,35 @@ def test_under_nohup_a_closed_terminal_does_not_stop_it(tmp_path: Path) -> None:
         assert ours(tmp_path) == []
     finally:
         kill_all(proc, tmp_path)
+
+
+def test_with_a_model_server_the_validator_judges_against_that_model(tmp_path: Path) -> None:
+    """``--backend openai --upstream URL``: the validator's reference is that server, so honest miners
+    score; judged against the deterministic model, as before, every answer scored 0."""
+    import json
+    import urllib.request
+
+    port = free_port()
+    upstream = subprocess.Popen([sys.executable, str(Path(__file__).parents[2] / "scripts" / "bench_upstream.py"),
+                                 "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = LocalNetConfig(directory=tmp_path, miners=1, api_port=free_port(), validator_port=free_port(),
+                            backend="openai", upstream=f"http://127.0.0.1:{port}/v1", fast=True)
+    try:
+        deadline = time.monotonic() + 15
+        while port_is_free(port) and time.monotonic() < deadline:  # the upstream is starting
+            time.sleep(0.1)
+        with LocalNet(config) as net:
+            info = net.start(timeout=60)
+            assert "REFERENCE_LLM_URL=" in (tmp_path / "validator.env").read_text()
+            assert "REFERENCE_LLM_MODEL=bench\n" in (tmp_path / "validator.env").read_text()
+            score = 0.0
+            deadline = time.monotonic() + 30
+            while score == 0.0 and time.monotonic() < deadline:
+                time.sleep(1)
+                with urllib.request.urlopen(info["validator_url"] + "/scores", timeout=5) as r:
+                    miners = json.loads(r.read())["miners"]
+                score = miners[0]["tasks"].get("InferenceTask", 0.0) if miners else 0.0
+            assert score > 0.0, "an honest miner in front of the reference's own model scores"
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=10)
