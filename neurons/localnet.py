@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.process import die_with_parent
+
 VALIDATOR_WALLET = "validator"
 
 
@@ -202,7 +204,7 @@ class LocalNet:
         proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", role, "--env-file", str(env_file)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=die_with_parent(),
         )
         log.close()
         self.children.append(Child(name, proc, health_url, log_path))

@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from neurons.localnet import LocalNet, LocalNetConfig, free_port
+from shared.process import die_with_parent
 
 SCRIPTS = Path(__file__).resolve().parent
 BENCH_RATE_LIMIT = 1_000_000  # requests per minute: never throttles the bench
@@ -75,7 +76,8 @@ class Cluster:
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
         with open(self.dir / "logs" / f"{name}.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                    preexec_fn=die_with_parent())
         self.procs.append(proc)
         self.pids[name] = proc.pid
         return proc

@@ -129,3 +129,19 @@ def test_with_a_model_server_the_validator_judges_against_that_model(tmp_path: P
     finally:
         upstream.terminate()
         upstream.wait(timeout=10)
+
+
+def test_its_processes_stop_even_when_localnet_is_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL (or the OOM killer) gives localnet no chance to stop anything: the kernel sends each
+    child SIGTERM when its parent dies, and each stops gracefully."""
+    proc = start_localnet(tmp_path, free_port(), free_port())
+    try:
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while ours(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ours(tmp_path) == [], "children outlived a killed localnet"
+        assert "shutting down" in (tmp_path / "logs" / "api.log").read_text()
+    finally:
+        kill_all(proc, tmp_path)

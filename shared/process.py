@@ -1,0 +1,35 @@
+"""Child processes that do not outlive the process that started them.
+
+``sn1 localnet`` and the bench start servers in their own sessions (so a terminal's Ctrl-C reaches
+only the parent, which stops them in order). If the parent is killed outright (SIGKILL, the OOM
+killer), nothing would stop them: on Linux the kernel is asked to send them SIGTERM, a graceful
+stop, when their parent dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` for ``subprocess.Popen`` that arms the parent-death signal (Linux), else None.
+
+    ``prctl`` is looked up here, in the parent: the forked child only makes the C call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
