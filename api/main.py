@@ -25,6 +25,7 @@ from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
 from shared.metrics import MULTIPROC_ENV
 from shared.miner_client import MinerClient, make_session
+from shared.process import stop_with_parent
 from shared.request_log import RequestLog
 from shared.settings import ApiSettings
 from shared.signing import Signer
@@ -79,7 +80,8 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
     await serve_until_signal(app, settings.api_host, settings.api_port, reuse_port=reuse_port)
 
 
-def _worker_entry(settings: ApiSettings) -> None:
+def _worker_entry(settings: ApiSettings, supervisor: int) -> None:
+    stop_with_parent(supervisor)  # a supervisor killed outright must not leave its workers serving
     run(lambda: serve_worker(settings, reuse_port=True))
 
 
@@ -91,7 +93,8 @@ def run_api(settings: ApiSettings) -> None:
     load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)  # fail fast, before forking
     metrics_dir = shared_metrics_dir()
     mp = multiprocessing.get_context("spawn")
-    procs = [mp.Process(target=_worker_entry, args=(settings,), daemon=False) for _ in range(settings.workers)]
+    procs = [mp.Process(target=_worker_entry, args=(settings, os.getpid()), daemon=False)
+             for _ in range(settings.workers)]
     for p in procs:
         p.start()
     logger.info("api supervisor started {} workers on port {}", len(procs), settings.api_port)

@@ -1,9 +1,9 @@
 """Child processes that do not outlive the process that started them.
 
 ``sn1 localnet`` and the bench start servers in their own sessions (so a terminal's Ctrl-C reaches
-only the parent, which stops them in order). If the parent is killed outright (SIGKILL, the OOM
-killer), nothing would stop them: on Linux the kernel is asked to send them SIGTERM, a graceful
-stop, when their parent dies.
+only the parent, which stops them in order), and the API's supervisor starts its workers. If the
+parent is killed outright (SIGKILL, the OOM killer), nothing would stop them: on Linux the kernel
+is asked to send them SIGTERM, a graceful stop, when their parent dies.
 """
 
 from __future__ import annotations
@@ -26,10 +26,17 @@ def die_with_parent() -> Callable[[], None] | None:
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     parent = os.getpid()
+    return lambda: _arm(prctl, parent)
 
-    def arm() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the parent died before the signal was armed
-            os._exit(1)
 
-    return arm
+def stop_with_parent(parent: int) -> None:
+    """The same, armed by the child itself (a ``multiprocessing`` worker, which has no ``preexec_fn``):
+    ``parent`` is the pid that started it."""
+    if sys.platform.startswith("linux"):
+        _arm(ctypes.CDLL(None, use_errno=True).prctl, parent)
+
+
+def _arm(prctl: Callable[..., int], parent: int) -> None:
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -36,5 +37,21 @@ def test_a_signal_to_the_supervisor_alone_stops_every_worker(tmp_path: Path, sig
         assert api.proc.wait(timeout=30) == 0
         assert group_members(api.proc.pid) == [], "no worker outlives the supervisor"
         assert api.log.read_text().count("shutting down") == 2, api.log.read_text()[-3000:]
+    finally:
+        api.kill(signal.SIGKILL)
+
+
+def test_workers_stop_when_the_supervisor_is_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL gives the supervisor no chance to pass anything on: the kernel sends each worker SIGTERM."""
+    api = start_api(tmp_path, prepare(tmp_path), store_url=f"sqlite:///{tmp_path / 'api.db'}", workers=2)
+    try:
+        wait_ready([api], workers=2)
+        os.kill(api.proc.pid, signal.SIGKILL)
+        api.proc.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while group_members(api.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert group_members(api.proc.pid) == [], "no worker outlives the supervisor"
+        assert api.log.read_text().count("shutting down") == 2
     finally:
         api.kill(signal.SIGKILL)
