@@ -117,6 +117,7 @@ class LocalNet:
             raise ValueError(f"unknown miner profile(s) {sorted(unknown)}; known: {', '.join(all_profiles())}")
         self.cfg = config
         self.dir = config.directory.resolve()
+        self.upstream_model: str | None = None  # the first model the upstream lists (--backend openai)
         self.children: list[Child] = []
         self.info: dict[str, Any] = {}
 
@@ -185,9 +186,8 @@ class LocalNet:
             # The miners answer with this model: judged against the deterministic model instead, every
             # honest answer would score 0. The reference is then the same server (similarity rewards).
             env["REFERENCE_LLM_URL"] = self.cfg.upstream
-            model = first_model(self.cfg.upstream)
-            if model:
-                env["REFERENCE_LLM_MODEL"] = model
+            if self.upstream_model:
+                env["REFERENCE_LLM_MODEL"] = self.upstream_model
         return env
 
     def _write_env(self, name: str, env: dict[str, str]) -> Path:
@@ -233,6 +233,11 @@ class LocalNet:
                 raise RuntimeError(f"the {name} port {port} is in use on 127.0.0.1 (another sn1 localnet?): "
                                    f"stop it, or pick another with --{name.lower()}-port")
         self.prepare()
+        if self.cfg.backend == "openai" and self.cfg.upstream:
+            self.upstream_model = first_model(self.cfg.upstream)
+            if self.upstream_model is None and progress:
+                say(f"  warning: {self.cfg.upstream.rstrip('/')}/models lists no model (is the model server up?): "
+                    "the miners will fail every request until it answers")
         admin_key = self._admin_key()
         for spec in self.miner_specs:
             env = self._common_env(spec["wallet"]) | {

@@ -145,3 +145,13 @@ def test_its_processes_stop_even_when_localnet_is_killed_outright(tmp_path: Path
         assert "shutting down" in (tmp_path / "logs" / "api.log").read_text()
     finally:
         kill_all(proc, tmp_path)
+
+
+def test_an_upstream_that_does_not_answer_lists_no_model() -> None:
+    """What makes ``sn1 localnet --backend openai`` warn that the miners will fail every request."""
+    from neurons.localnet import first_model
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connection refused
+        assert first_model(f"http://127.0.0.1:{port}/v1") is None
