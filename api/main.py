@@ -20,12 +20,12 @@ from api.app import create_api_app
 from api.availability import AvailabilityCache
 from api.context import ApiContext
 from api.scoring_outbox import OutboxForwarder
-from shared.http import run, serve_until_signal, stop_signals
+from shared.http import run, serve_until_signal
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
 from shared.metrics import MULTIPROC_ENV
 from shared.miner_client import MinerClient, make_session
-from shared.process import stop_with_parent
+from shared.process import stop_signals, stop_with_parent
 from shared.request_log import RequestLog
 from shared.settings import ApiSettings
 from shared.signing import Signer

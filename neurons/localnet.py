@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.process import die_with_parent
+from shared.process import die_with_parent, stop_signals
 
 VALIDATOR_WALLET = "validator"
 
@@ -421,11 +421,8 @@ def run_localnet(args: argparse.Namespace) -> int:
     def request_stop(signum: int, _frame: object) -> None:
         stop["requested"] = True
 
-    # SIGHUP too: a closed terminal must stop the children, not orphan them (unless it is ignored, as
-    # under ``nohup``: then the local subnet is meant to outlive the terminal, children included).
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        if not (sig is signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN):
-            signal.signal(sig, request_stop)
+    for sig in stop_signals():  # a closed terminal too: it must stop the children, not orphan them
+        signal.signal(sig, request_stop)
     say(f"Starting a local subnet in {net.dir} ({config.miners} miners, backend {config.backend}) ...")
     code = 0
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,6 +21,7 @@ from shared.aio import describe_tasks
 from shared.errors import ApiError, error_body, error_type_for
 from shared.gc_tuning import tune_for_serving
 from shared.jsonutil import dumpb, loads_body
+from shared.process import stop_signals
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -129,15 +129,6 @@ async def serve_until_signal(
     finally:
         logger.info("shutting down")
         await _cleanup_within(runner, shutdown_limit)
-
-
-def stop_signals() -> tuple[signal.Signals, ...]:
-    """The signals that stop a server gracefully: SIGHUP too (a closed terminal would otherwise end the
-    process with no cleanup, losing the outbox's pending group and the usage counts), unless it is
-    ignored, as under ``nohup``, where the process is meant to outlive the terminal."""
-    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
-        return (signal.SIGINT, signal.SIGTERM)
-    return (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 async def _cleanup_within(runner: web.AppRunner, limit: float) -> None:

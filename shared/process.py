@@ -1,4 +1,4 @@
-"""Child processes that do not outlive the process that started them.
+"""Processes that stop when they should: on a closed terminal, and with the process that started them.
 
 ``sn1 localnet`` and the bench start servers in their own sessions (so a terminal's Ctrl-C reaches
 only the parent, which stops them in order), and the API's supervisor starts its workers. If the
@@ -40,3 +40,13 @@ def _arm(prctl: Callable[..., int], parent: int) -> None:
     prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before the signal was armed
         os._exit(1)
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop a process gracefully (servers, the API's supervisor, ``sn1 localnet``):
+    SIGHUP too (a closed terminal would otherwise end it with no cleanup: a server's pending outbox
+    group and usage counts, localnet's children), unless it is ignored, as under ``nohup``, where the
+    process is meant to outlive the terminal."""
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        return (signal.SIGINT, signal.SIGTERM)
+    return (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
