@@ -117,7 +117,6 @@ class LocalNet:
             raise ValueError(f"unknown miner profile(s) {sorted(unknown)}; known: {', '.join(all_profiles())}")
         self.cfg = config
         self.dir = config.directory.resolve()
-        self.upstream_model: str | None = None  # the first model the upstream lists (--backend openai)
         self.children: list[Child] = []
         self.info: dict[str, Any] = {}
 
@@ -176,7 +175,7 @@ class LocalNet:
             "LOG_LEVEL": self.cfg.log_level,
         } | ({"CORPUS_FILE": str(Path(self.cfg.corpus).resolve())} if self.cfg.corpus else {})
 
-    def _validator_extra_env(self) -> dict[str, str]:
+    def _validator_extra_env(self, *, progress: bool = False) -> dict[str, str]:
         from neurons.validator.presets import FAST_ENV
 
         env = dict(FAST_ENV) if self.cfg.fast else {}
@@ -186,8 +185,12 @@ class LocalNet:
             # The miners answer with this model: judged against the deterministic model instead, every
             # honest answer would score 0. The reference is then the same server (similarity rewards).
             env["REFERENCE_LLM_URL"] = self.cfg.upstream
-            if self.upstream_model:
-                env["REFERENCE_LLM_MODEL"] = self.upstream_model
+            model = first_model(self.cfg.upstream)
+            if model:
+                env["REFERENCE_LLM_MODEL"] = model
+            elif progress:
+                say(f"  warning: {self.cfg.upstream.rstrip('/')}/models lists no model (is the model server up?): "
+                    "the miners will fail every request until it answers")
         return env
 
     def _write_env(self, name: str, env: dict[str, str]) -> Path:
@@ -233,11 +236,6 @@ class LocalNet:
                 raise RuntimeError(f"the {name} port {port} is in use on 127.0.0.1 (another sn1 localnet?): "
                                    f"stop it, or pick another with --{name.lower()}-port")
         self.prepare()
-        if self.cfg.backend == "openai" and self.cfg.upstream:
-            self.upstream_model = first_model(self.cfg.upstream)
-            if self.upstream_model is None and progress:
-                say(f"  warning: {self.cfg.upstream.rstrip('/')}/models lists no model (is the model server up?): "
-                    "the miners will fail every request until it answers")
         admin_key = self._admin_key()
         for spec in self.miner_specs:
             env = self._common_env(spec["wallet"]) | {
@@ -259,7 +257,7 @@ class LocalNet:
             "STATE_DIR": str(self.dir / "state" / "validator"),
             "WEIGHTS_LEDGER_FILE": str(self.dir / "weights.json"),
             "AVAILABILITY_INTERVAL": "5",
-        } | self._validator_extra_env(), f"{validator_url}/health")
+        } | self._validator_extra_env(progress=progress), f"{validator_url}/health")
         self.wait_healthy([c for c in self.children], timeout=timeout, progress=progress)
         # The API trusts the validator's availability: do not start it before the validator has
         # seen the miners up, or the first requests fail with 503 "no miner available".
