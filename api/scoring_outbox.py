@@ -10,6 +10,7 @@ same payload, so order is kept. A payload the validator rejects as malformed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -251,10 +252,8 @@ def describe_rejected(rejected: Any, items: list[OutboxItem], *, limit: int = 3)
         index = entry.get("index") if isinstance(entry, dict) else None
         rid = None
         if isinstance(index, int) and 0 <= index < len(items):
-            try:
+            with contextlib.suppress(ValueError, AttributeError):  # an unreadable payload has no id to give
                 rid = items[index].payload.get("request_id")
-            except (ValueError, AttributeError):
-                rid = None
         why = entry.get("error") if isinstance(entry, dict) else entry
         parts.append(f"rid={rid} why={str(why)[:200]}")
     more = len(rejected) - limit if isinstance(rejected, list) and len(rejected) > limit else 0

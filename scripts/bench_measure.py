@@ -87,18 +87,21 @@ class Bench:
                     raise RuntimeError(f"warm-up: {setup} stream={stream} answered {r['errors']} errors; "
                                        f"see {self.c.dir / 'logs'} and {self.c.dir / 'net' / 'logs'}")
 
+    def interleaved(self, stream: bool, concurrency: int, seconds: float, **kw: Any) -> dict[str, dict]:
+        """Setups interleaved A B C per round, ``rounds`` rounds: the median run per setup."""
+        runs: dict[str, list[dict]] = {s: [] for s in SETUPS}
+        for _ in range(self.rounds):
+            for setup in SETUPS:
+                runs[setup].append(self.measured(setup, stream, concurrency, seconds, **kw))
+        return {setup: median_run(rs) for setup, rs in runs.items()}
+
     def points(self) -> list[dict]:
         """Each (mode, concurrency) point: setups interleaved A B C per round, median per setup."""
         out = []
         for stream in (False, True):
             for concurrency in (1, 64):
-                runs: dict[str, list[dict]] = {s: [] for s in SETUPS}
-                for _ in range(self.rounds):
-                    for setup in SETUPS:
-                        runs[setup].append(self.measured(setup, stream, concurrency, self.seconds))
-                point = {"stream": stream, "concurrency": concurrency}
-                for setup, rs in runs.items():
-                    point[setup] = median_run(rs)
+                point = {"stream": stream, "concurrency": concurrency,
+                         **self.interleaved(stream, concurrency, self.seconds)}
                 out.append(point)
                 self._progress(point)
         return out
@@ -107,11 +110,7 @@ class Bench:
         """Streaming at c=64 with each chunk its own write, 2 ms apart (the upstream's ``bench-paced``):
         the shape of a model's stream, where every hop pays per chunk. Not one of the issue's targets
         (its upstream has no delays); shown beside them. Rounds of half the main points' length."""
-        runs: dict[str, list[dict]] = {s: [] for s in SETUPS}
-        for _ in range(self.rounds):
-            for setup in SETUPS:
-                runs[setup].append(self.measured(setup, True, 64, self.seconds / 2, model=PACED_MODEL))
-        point = {setup: median_run(rs) for setup, rs in runs.items()}
+        point = self.interleaved(True, 64, self.seconds / 2, model=PACED_MODEL)
         cells = "  ".join(f"{s}: {point[s]['rps']:.0f}/s" for s in SETUPS)
         print(f"  paced stream c=64 {cells}", flush=True)
         return point
