@@ -49,9 +49,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        message = e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason
-        if e.status == 413:
-            message = f"Request body too large (limit {request._client_max_size} bytes)."
+        message = _http_error_message(request, e)
         body = error_body(message, type_=error_type_for(e.status), code=http_error_code(e))
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
         return json_response(body, status=e.status, headers=headers)
@@ -65,6 +63,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         logger.exception("unhandled error on {} {}", request.method, request.path)
         return json_response(error_body("Internal server error.", type_="server_error"), status=500)
+
+
+def _http_error_message(request: web.Request, e: web.HTTPException) -> str:
+    """What went wrong, in words a caller can act on (aiohttp's own say only "Not Found")."""
+    if e.status == 413:
+        return f"Request body too large (limit {request._client_max_size} bytes)."
+    if e.text and not e.text.startswith(f"{e.status}:"):
+        return e.text  # words given where it was raised
+    if e.status == 404:
+        # OpenAI's wording for a path it does not serve, so a client pointed at the wrong path
+        # (``/v1/responses``, a doubled ``/v1``) sees what it asked for.
+        return f"Invalid URL ({request.method} {request.path[:200]}): no such endpoint here."
+    if isinstance(e, web.HTTPMethodNotAllowed):
+        return f"Method {request.method} is not allowed for {request.path[:200]}; use {', '.join(sorted(e.allowed_methods))}."
+    return e.reason
 
 
 async def read_json(request: web.Request) -> Any:

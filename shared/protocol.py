@@ -307,13 +307,14 @@ def chunk_object(
     finish_reason: str | None = None,
     created: int | None = None,
     usage: dict[str, Any] | None = None,
+    logprobs: Any = None,
 ) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion.chunk",
         "created": created or int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
     }
     if usage is not None:
         obj["usage"] = usage

@@ -64,6 +64,40 @@ def test_max_tokens_reaches_the_miner(localnet: dict) -> None:
     assert out.choices[0].finish_reason == "length"
 
 
+def test_stop_ends_the_answer_before_the_sequence(localnet: dict) -> None:
+    c = client(localnet)
+    kwargs = dict(model="default", seed=5, messages=[{"role": "user", "content": "Hello"}])
+    full = c.chat.completions.create(**kwargs).choices[0].message.content
+    stop = " " + full.split()[2]
+    choice = c.chat.completions.create(**kwargs, stop=[stop]).choices[0]
+    assert choice.message.content == full[: full.index(stop)] and choice.finish_reason == "stop"
+
+
+def test_logprobs_come_in_openai_shape_and_agree_streamed_or_not(localnet: dict) -> None:
+    c = client(localnet)
+    kwargs = dict(model="default", seed=9, messages=[{"role": "user", "content": "Hello"}], logprobs=True,
+                  top_logprobs=3)
+    choice = c.chat.completions.create(**kwargs).choices[0]
+    tokens = choice.logprobs.content
+    assert "".join(t.token for t in tokens) == choice.message.content
+    for t in tokens:
+        assert t.logprob < 0 and bytes(t.bytes).decode() == t.token and len(t.top_logprobs) == 3
+        assert t.top_logprobs[0].token == t.token and t.top_logprobs[1].logprob < t.logprob
+    streamed = [t for ch in c.chat.completions.create(**kwargs, stream=True)
+                if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in tokens]
+    assert c.chat.completions.create(**{**kwargs, "logprobs": False, "top_logprobs": None}).choices[0].logprobs is None
+
+
+def test_an_endpoint_this_api_lacks_is_a_404_naming_it(localnet: dict) -> None:
+    with pytest.raises(openai.NotFoundError) as e:
+        client(localnet).responses.create(model="default", input="hi")
+    assert "Invalid URL (POST /v1/responses)" in e.value.message
+    with pytest.raises(openai.APIStatusError) as e:
+        client(localnet).get("/chat/completions", cast_to=object)
+    assert e.value.status_code == 405 and "use POST" in e.value.message
+
+
 def test_unknown_model_is_404_model_not_found(localnet: dict) -> None:
     with pytest.raises(openai.NotFoundError) as e:
         client(localnet).chat.completions.create(model="no/such-model", messages=[{"role": "user", "content": "x"}])

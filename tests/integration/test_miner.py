@@ -72,3 +72,21 @@ async def test_availability_lists_tasks_and_models() -> None:
     data = json.loads(text)
     assert data["llm_model_availabilities"] == {"sn1/deterministic": True}
     assert data["task_availabilities"]["InferenceTask"] is True
+
+
+async def test_stop_sequences_end_the_answer_in_both_modes() -> None:
+    full = generate_text(BODY)
+    word = full.split()[3]
+    stop = {**BODY, "stop": ["zzz-never", " " + word]}
+    cut = full[: full.index(" " + word)]
+    async with serve_app(miner_app()) as url:
+        _, _, text = await call(url, "/v1/chat/completions", stop)
+        _, _, streamed = await call(url, "/v1/chat/completions", {**stop, "stream": True})
+        _, _, unstopped = await call(url, "/v1/chat/completions", {**BODY, "stop": "zzz-never"})
+    choice = json.loads(text)["choices"][0]
+    assert (choice["message"]["content"], choice["finish_reason"]) == (cut, "stop")
+    datas = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+    assert "".join(d["choices"][0]["delta"].get("content", "") for d in datas) == cut
+    assert datas[-1]["choices"][0]["finish_reason"] == "stop"
+    assert json.loads(unstopped)["choices"][0]["message"]["content"] == full
+    assert DeterministicBackend().answer_text(stop) == cut, "the validator's reference stops at the same place"

@@ -12,6 +12,11 @@ Per task (the body's ``task``):
 - ``WebRetrievalTask``: a JSON list of ``{url, content, relevant}`` from the
   local corpus search, at most ``target_results`` long.
 
+Like a model server, it ends the answer before the first of the request's
+``stop`` sequences (the sequence itself is not sent, and ``finish_reason`` is
+``stop``), and with ``logprobs: true`` it sends made-up but stable log
+probabilities in the usual shape (``logprobs.py``).
+
 With ``tools`` in the request it calls a tool instead (the rule is in
 ``tool_calls.py``); after a ``tool`` result it answers in text.
 """
@@ -24,6 +29,7 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
+from neurons.miner.backends.logprobs import Logprobs, wants_logprobs
 from neurons.miner.backends.tool_calls import planned_tool_call, tool_call_completion, tool_call_stream
 from neurons.miner.search import DEFAULT_RESULTS, MAX_RESULTS, CorpusSearch, SearchBackend, best_sentence
 from shared import tasks
@@ -108,6 +114,19 @@ def answer_arithmetic(prompt: str) -> str | None:
         return None
 
 
+def stop_sequences(body: dict[str, Any]) -> list[str]:
+    """The request's ``stop`` as a list (one string or up to four; empty ones stop nothing)."""
+    stop = body.get("stop")
+    sequences = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    return [s for s in sequences if isinstance(s, str) and s]
+
+
+def cut_at_stop(text: str, body: dict[str, Any]) -> str:
+    """``text`` up to the earliest of the request's stop sequences."""
+    found = [at for s in stop_sequences(body) if (at := text.find(s)) >= 0]
+    return text[: min(found)] if found else text
+
+
 def wanted_results(body: dict[str, Any]) -> int:
     """How many search results to return at most: the request's ``target_results`` (the API's
     ``n_results``, up to ``MAX_RESULTS``), else ``DEFAULT_RESULTS`` (what the validator's tasks get)."""
@@ -131,7 +150,9 @@ class DeterministicBackend:
         return list(tasks.ALL_TASKS)
 
     def answer_text(self, body: dict[str, Any]) -> str:
-        """The answer for any task; falls back to the seeded text when a prompt does not parse."""
+        """The answer for any task (what the validator checks against); the seeded text when a
+        prompt does not parse. Cut before a stop sequence, it has fewer words than ``max_tokens``,
+        so ``_finish_reason`` says ``stop``."""
         task = body.get("task") or tasks.INFERENCE
         prompt = last_user_text(body)
         answer: str | None = None
@@ -141,7 +162,7 @@ class DeterministicBackend:
             answer = answer_arithmetic(prompt)
         elif task == tasks.WEB_RETRIEVAL:
             answer = dumps(self.search.search(prompt.strip(), wanted_results(body)))
-        return answer if answer is not None else generate_text(body)
+        return cut_at_stop(answer if answer is not None else generate_text(body), body)
 
     def _usage(self, body: dict[str, Any], text: str) -> dict[str, int]:
         prompt = estimate_tokens(prompt_text(body))
@@ -163,7 +184,11 @@ class DeterministicBackend:
             content=text,
             finish_reason=self._finish_reason(body, text),
             usage=self._usage(body, text),
+            logprobs=self._logprobs(body).of(text) if wants_logprobs(body) else None,
         )
+
+    def _logprobs(self, body: dict[str, Any]) -> Logprobs:
+        return Logprobs(body, request_fingerprint(body), VOCABULARY)
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
         call = planned_tool_call(body)
@@ -176,12 +201,14 @@ class DeterministicBackend:
         text = self.answer_text(body)
         cid = new_completion_id()
         words = text.split(" ")
+        logprobs = self._logprobs(body) if wants_logprobs(body) else None
         yield dumps(chunk_object(completion_id=cid, model=self.model, delta={"role": "assistant", "content": ""}))
         for i in range(0, len(words), WORDS_PER_CHUNK):
             piece = " ".join(words[i : i + WORDS_PER_CHUNK])
             if i:
                 piece = " " + piece
-            yield dumps(chunk_object(completion_id=cid, model=self.model, delta={"content": piece}))
+            yield dumps(chunk_object(completion_id=cid, model=self.model, delta={"content": piece},
+                                     logprobs=logprobs.of(piece) if logprobs else None))
         yield dumps(
             chunk_object(completion_id=cid, model=self.model, delta={}, finish_reason=self._finish_reason(body, text))
         )
