@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,8 +23,10 @@ from shared.errors import ApiError, error_body, error_type_for
 from shared.gc_tuning import tune_for_serving
 from shared.jsonutil import dumpb, loads_body
 from shared.process import stop_signals
+from shared.store.base import KEY_PREFIX, display_prefix
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_KEY_IN_PATH = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]+")
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -73,10 +76,12 @@ def _http_error_message(request: web.Request, e: web.HTTPException) -> str:
         return e.text  # words given where it was raised
     if e.status == 404:
         # OpenAI's wording for a path it does not serve, so a client pointed at the wrong path
-        # (``/v1/responses``, a doubled ``/v1``) sees what it asked for.
-        return f"Invalid URL ({request.method} {request.path[:200]}): no such endpoint here."
+        # (``/v1/responses``, a doubled ``/v1``) sees what it asked for; an API key in the path (the
+        # admin routes take one) is cut to its display prefix, as everywhere a key is shown.
+        path = _KEY_IN_PATH.sub(lambda m: display_prefix(m.group()) + "...", request.path[:200])
+        return f"Invalid URL ({request.method} {path}): no such endpoint here."
     if isinstance(e, web.HTTPMethodNotAllowed):
-        return f"Method {request.method} is not allowed for {request.path[:200]}; use {', '.join(sorted(e.allowed_methods))}."
+        return f"Method {request.method} is not allowed here; use {', '.join(sorted(e.allowed_methods))}."
     return e.reason
 
 

@@ -118,6 +118,11 @@ async def test_modify_and_delete_errors(api: ApiUnderTest, http: aiohttp.ClientS
     assert_error(status, out, 400)
     status, _, out = await call(http, "POST", f"{base}/modify-api-key/{api.key}?rate_limit=3", headers=AK)
     assert_error(status, out, 405)
+    assert out["error"]["message"] == "Method POST is not allowed here; use PUT."
+    status, _, out = await call(http, "DELETE", f"{base}/delete-api-key/{api.key}/extra", headers=AK)
+    assert_error(status, out, 404)
+    message = out["error"]["message"]
+    assert api.key not in message and f"/delete-api-key/{api.key[:10]}.../extra" in message, message
 
 
 async def test_admin_gate(api: ApiUnderTest, http: aiohttp.ClientSession, logs: list[str]) -> None:
