@@ -25,7 +25,7 @@ from shared.store.base import StoreUnavailable
 from shared.store.outbox import Outbox, OutboxItem
 
 POISON_STATUSES = {400, 413, 422}
-BATCH_BYTES = 512 << 10  # a delivery's JSON array stays well under the validator's 1 MiB body limit
+BATCH_BYTES = 512 << 10  # a delivery's JSON array (or its one larger payload); the validator takes up to 16 MiB
 GROUP_COMMIT_SECONDS = 0.02
 LINGER_SECONDS = 0.25  # a delivery waits this long for a fuller batch: one POST per request was the
 # API's largest background cost at low concurrency, and scoring is not in a hurry

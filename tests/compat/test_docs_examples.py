@@ -24,6 +24,7 @@ EXPECTED = {  # most specific first: the agents example also mentions AsyncOpenA
     "with_raw_response": ["not found: model_not_found", "tokens]"],
     "triage_agent": ["Spanish agent :", "English agent :"],
     "get_weather": ["get_weather {'city': 'Paris'}"],
+    "response_format=City": ["name='Tell me about Paris' population=4 landmarks=['Tell me about Paris']"],
     "langchain_openai": [],
     "AsyncOpenAI": ["sn1/deterministic"],
     "/v1/chat/completions": ['"object":"chat.completion"', "data: [DONE]", '"object":"list"', '"results"'],

@@ -15,7 +15,9 @@ Per task (the body's ``task``):
 Like a model server, it ends the answer before the first of the request's
 ``stop`` sequences (the sequence itself is not sent, and ``finish_reason`` is
 ``stop``), and with ``logprobs: true`` it sends made-up but stable log
-probabilities in the usual shape (``logprobs.py``).
+probabilities in the usual shape (``logprobs.py``). A ``response_format`` of
+``json_schema`` gets JSON that fits the schema (``schema_instance.py``),
+``json_object`` gets ``{"answer": ...}``.
 
 With ``tools`` in the request it calls a tool instead (the rule is in
 ``tool_calls.py``); after a ``tool`` result it answers in text.
@@ -30,6 +32,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from neurons.miner.backends.logprobs import Logprobs, wants_logprobs
+from neurons.miner.backends.schema_instance import instance
 from neurons.miner.backends.tool_calls import planned_tool_call, tool_call_completion, tool_call_stream
 from neurons.miner.search import DEFAULT_RESULTS, MAX_RESULTS, CorpusSearch, SearchBackend, best_sentence
 from shared import tasks
@@ -127,6 +130,18 @@ def cut_at_stop(text: str, body: dict[str, Any]) -> str:
     return text[: min(found)] if found else text
 
 
+def structured(text: str, prompt: str, response_format: Any) -> str:
+    """The answer in the form ``response_format`` asks for: JSON that fits a ``json_schema``
+    (``schema_instance.py``, from the prompt's words), ``{"answer": text}`` for ``json_object``."""
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        return dumps(instance(spec.get("schema") if isinstance(spec, dict) else None, prompt))
+    if kind == "json_object":
+        return dumps({"answer": text})
+    return text
+
+
 def wanted_results(body: dict[str, Any]) -> int:
     """How many search results to return at most: the request's ``target_results`` (the API's
     ``n_results``, up to ``MAX_RESULTS``), else ``DEFAULT_RESULTS`` (what the validator's tasks get)."""
@@ -162,7 +177,8 @@ class DeterministicBackend:
             answer = answer_arithmetic(prompt)
         elif task == tasks.WEB_RETRIEVAL:
             answer = dumps(self.search.search(prompt.strip(), wanted_results(body)))
-        return cut_at_stop(answer if answer is not None else generate_text(body), body)
+        text = answer if answer is not None else generate_text(body)
+        return cut_at_stop(structured(text, prompt, body.get("response_format")), body)
 
     def _usage(self, body: dict[str, Any], text: str) -> dict[str, int]:
         prompt = estimate_tokens(prompt_text(body))

@@ -11,9 +11,10 @@ calls, so the test model must make them for an agent test to be real. The rule:
   user message (its name split on ``_``/``-`` plus its description; the first
   tool listed on a tie).
 
-Arguments come from the tool's JSON-schema ``properties``, in order: a string
-gets the last user message (an ``enum`` its first value), an integer or number
-the message's word count, a boolean ``true``, an array ``[]``, an object ``{}``.
+Arguments are a value of the tool's JSON-schema ``parameters`` built from the
+last user message (``schema_instance.py``): a string gets the message (an
+``enum`` its first value), an integer or number the message's word count, a
+boolean ``true``, a nested object every property, an array one item.
 The call id is derived from the request, so the same request gives the same call.
 """
 
@@ -25,11 +26,11 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from neurons.miner.backends.schema_instance import instance
 from shared.jsonutil import dumps
 from shared.protocol import chunk_object, completion_object, content_text, new_completion_id, usage_chunk
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
-MAX_STRING_ARGUMENT = 500
 
 
 def _words(text: str) -> set[str]:
@@ -64,32 +65,10 @@ def _choose(functions: list[dict[str, Any]], text: str) -> dict[str, Any]:
     return functions[best]
 
 
-def _argument(schema: Any, text: str) -> Any:
-    if not isinstance(schema, dict):
-        return None
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][0]
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), None)
-    if kind == "string":
-        return text[:MAX_STRING_ARGUMENT]
-    if kind in ("integer", "number"):
-        return len(text.split())
-    if kind == "boolean":
-        return True
-    if kind == "array":
-        return []
-    if kind == "object":
-        return {}
-    return None
-
-
 def arguments_for(parameters: Any, text: str) -> dict[str, Any]:
-    properties = parameters.get("properties") if isinstance(parameters, dict) else None
-    if not isinstance(properties, dict):
-        return {}
-    return {name: _argument(schema, text) for name, schema in properties.items()}
+    """The call's arguments: a value of its ``parameters`` schema built from ``text``."""
+    value = instance(parameters, text)
+    return value if isinstance(value, dict) else {}
 
 
 def planned_tool_call(body: dict[str, Any]) -> dict[str, Any] | None:

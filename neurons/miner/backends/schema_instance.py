@@ -1,0 +1,151 @@
+"""A value that fits a JSON schema, built from the request's words: the test model's structured output.
+
+Clients check what a model returns against the schema they sent (pydantic in
+LangChain's ``with_structured_output``, the OpenAI SDK's ``parse``, an agent's
+tool arguments), so the deterministic model must return a value that passes:
+every property of an object (nested ones too, through ``$ref``), one item in an
+array (or ``minItems``), numbers inside their bounds, strings in their
+``format``. The rule, so a test can predict it:
+
+- ``enum`` -> its first value; ``const`` -> itself; ``anyOf``/``oneOf`` -> the
+  first choice that is not ``null``; ``allOf`` -> its first schema;
+- string -> ``text`` (cut to ``maxLength``, padded to ``minLength``), or a fixed
+  value of its ``format`` (date-time, date, time, email, uri, uuid);
+- integer / number -> the number of words in ``text``, moved into
+  ``minimum``/``maximum``;
+- boolean -> ``true``; null -> ``null``;
+- object -> every property; array -> ``minItems`` items, at least one.
+
+From ``SHALLOW`` levels down, the smallest value that fits instead: only the
+required properties, ``minItems`` items (none by default), ``null`` where
+``anyOf`` allows it. So a model that refers to itself (``friends:
+list[Person]``) ends; past ``MAX_DEPTH`` (a schema that requires itself, which
+nothing finite fits) an object is ``{}`` and an array ``[]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SHALLOW = 3
+MAX_DEPTH = 12
+MAX_STRING = 500
+MAX_ITEMS = 16
+FORMATS = {
+    "date-time": "2026-01-01T00:00:00Z",
+    "date": "2026-01-01",
+    "time": "00:00:00Z",
+    "email": "user@example.com",
+    "uri": "https://example.com/",
+    "url": "https://example.com/",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+}
+
+
+def instance(schema: Any, text: str, *, root: Any = None, depth: int = 0) -> Any:
+    """A value of ``schema`` (``root`` is the document its ``$ref``s point into: the schema itself by default)."""
+    root = schema if root is None else root
+    schema = _resolve(schema, root)
+    if not isinstance(schema, dict):
+        return None
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        choices = schema.get(key)
+        if isinstance(choices, list) and choices:
+            nulls = [c for c in choices if _resolve(c, root) == {"type": "null"}]
+            if nulls and depth >= SHALLOW:
+                return None
+            choice = next((c for c in choices if c not in nulls), choices[0])
+            return instance(choice, text, root=root, depth=depth)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), None)
+    if kind is None and isinstance(schema.get("properties"), dict):
+        kind = "object"
+    return _VALUES.get(kind, _null)(schema, text, root, depth)
+
+
+def _resolve(schema: Any, root: Any) -> Any:
+    """Follow ``$ref``s into ``root`` (``#/$defs/X``, ``#/definitions/X``); any other is an empty schema."""
+    for _ in range(MAX_DEPTH):
+        ref = schema.get("$ref") if isinstance(schema, dict) else None
+        if not isinstance(ref, str):
+            return schema
+        schema = _lookup(root, ref)
+    return {}
+
+
+def _lookup(root: Any, ref: str) -> dict[str, Any]:
+    if not ref.startswith("#/"):
+        return {}
+    node = root
+    for part in ref[2:].split("/"):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def _string(schema: dict[str, Any], text: str, _root: Any, _depth: int) -> str:
+    fmt = schema.get("format")
+    if fmt in FORMATS:
+        return FORMATS[fmt]
+    value = text[: _bound(schema.get("maxLength"), MAX_STRING)]
+    shortest = _bound(schema.get("minLength"), 0)
+    return value + "x" * (shortest - len(value)) if len(value) < shortest else value
+
+
+def _number(schema: dict[str, Any], text: str, _root: Any, _depth: int) -> int | float:
+    value: float = len(text.split())
+    low, high = _limit(schema, "minimum", "exclusiveMinimum"), _limit(schema, "maximum", "exclusiveMaximum")
+    if low is not None and value < low[0] + low[1]:
+        value = low[0] + low[1]
+    if high is not None and value > high[0] - high[1]:
+        value = high[0] - high[1]
+        if low is not None and value < low[0] + low[1]:  # a narrow open range (0 < x < 1): its middle
+            value = (low[0] + high[0]) / 2
+    return int(value) if schema.get("type") == "integer" else value
+
+
+def _limit(schema: dict[str, Any], inclusive: str, exclusive: str) -> tuple[float, int] | None:
+    """A bound and the step that keeps a value off it (1 when exclusive, 0 when inclusive)."""
+    for key, step in ((exclusive, 1), (inclusive, 0)):
+        value = schema.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value, step
+    return None
+
+
+def _object(schema: dict[str, Any], text: str, root: Any, depth: int) -> dict[str, Any]:
+    properties = schema.get("properties")
+    if depth >= MAX_DEPTH or not isinstance(properties, dict):
+        return {}
+    required = schema.get("required") if isinstance(schema.get("required"), list) else []
+    return {name: instance(sub, text, root=root, depth=depth + 1) for name, sub in properties.items()
+            if depth < SHALLOW or name in required}
+
+
+def _array(schema: dict[str, Any], text: str, root: Any, depth: int) -> list[Any]:
+    if depth >= MAX_DEPTH:
+        return []
+    count = min(_bound(schema.get("minItems"), 1 if depth < SHALLOW else 0), MAX_ITEMS)
+    return [instance(schema.get("items", {}), text, root=root, depth=depth + 1) for _ in range(count)]
+
+
+def _bound(value: Any, default: int) -> int:
+    return value if type(value) is int and value >= 0 else default
+
+
+def _null(*_args: Any) -> None:
+    return None
+
+
+_VALUES = {
+    "string": _string,
+    "integer": _number,
+    "number": _number,
+    "boolean": lambda *_args: True,
+    "object": _object,
+    "array": _array,
+}

@@ -1,0 +1,85 @@
+"""The deterministic test model's structured output: JSON that the caller's own schema accepts.
+
+What a client does with ``response_format`` (pydantic in the OpenAI SDK's ``parse`` and LangChain's
+``with_structured_output``) is validate the answer against the model it sent, so these tests do
+the same with pydantic models of the shapes applications use.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from neurons.miner.backends.deterministic import DeterministicBackend
+from neurons.miner.backends.schema_instance import instance
+from neurons.miner.backends.tool_calls import planned_tool_call
+
+PROMPT = "Paris is lovely in spring"
+
+
+class Colour(str, Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Address(BaseModel):
+    city: str
+    zip_code: str = Field(min_length=5, max_length=5)
+
+
+class Person(BaseModel):
+    name: str
+    age: int = Field(ge=18, le=120)
+    score: float = Field(gt=0, lt=1)
+    colour: Colour
+    kind: Literal["a", "b"]
+    born: datetime
+    home: Address
+    past: list[Address] = Field(min_length=2)
+    nickname: str | None
+    friends: list[Person] = []
+
+
+def schema_of(model: type[BaseModel]) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": model.__name__, "schema": model.model_json_schema()}}
+
+
+def answer(**fields) -> str:
+    return DeterministicBackend().answer_text({"messages": [{"role": "user", "content": PROMPT}], "seed": 1,
+                                               **fields})
+
+
+def test_json_schema_answers_validate_against_the_callers_model() -> None:
+    person = Person.model_validate_json(answer(response_format=schema_of(Person)))
+    assert person.name == PROMPT and person.age == 18 and 0 < person.score < 1
+    assert person.colour is Colour.RED and person.kind == "a" and len(person.home.zip_code) == 5
+    assert len(person.past) == 2 and person.nickname == PROMPT
+    assert person.friends and person.friends[0].home.city == PROMPT, "a model that refers to itself still fits"
+
+
+def test_json_object_wraps_the_usual_answer_and_no_format_is_plain_text() -> None:
+    plain = answer()
+    assert json.loads(answer(response_format={"type": "json_object"})) == {"answer": plain}
+    assert answer(response_format={"type": "text"}) == plain
+
+
+def test_instance_follows_the_documented_rule_and_survives_odd_schemas() -> None:
+    assert instance({"type": "integer", "minimum": 10}, "two words") == 10
+    assert instance({"type": "number", "exclusiveMaximum": 1}, "three words here") == 0
+    assert instance({"type": ["null", "string"], "format": "email"}, "x") == "user@example.com"
+    assert instance({"$ref": "#/$defs/missing"}, "x") is None
+    loop = {"$ref": "#"}
+    assert instance(loop, "x") is None, "a schema that is only a reference to itself ends"
+    assert instance({"oneOf": [{"const": 7}]}, "x") == 7
+    assert instance("not a schema", "x") is None
+
+
+def test_tool_arguments_fit_nested_parameters() -> None:
+    tool = {"type": "function", "function": {"name": "book", "parameters": Person.model_json_schema()}}
+    call = planned_tool_call({"messages": [{"role": "user", "content": PROMPT}], "tools": [tool], "seed": 1})
+    assert call is not None
+    Person.model_validate_json(call["function"]["arguments"])
