@@ -19,6 +19,21 @@ def group_members(pgid: int) -> list[str]:
     return [pid for pid in out.stdout.split() if _state(pid) not in ("Z", None)]
 
 
+def gone_within(pgid: int, seconds: float) -> list[str]:
+    """The group's live members once it is empty or ``seconds`` have passed (with their command lines)."""
+    deadline = time.monotonic() + seconds
+    while (members := group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [f"{pid}: {_cmdline(pid)}" for pid in members]
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return "?"
+
+
 def _state(pid: str) -> str | None:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -35,7 +50,9 @@ def test_a_signal_to_the_supervisor_alone_stops_every_worker(tmp_path: Path, sig
         assert len(group_members(api.proc.pid)) >= 3  # the supervisor and two workers
         os.kill(api.proc.pid, sig)  # the supervisor only, not its process group
         assert api.proc.wait(timeout=30) == 0
-        assert group_members(api.proc.pid) == [], "no worker outlives the supervisor"
+        # multiprocessing's resource tracker (same group) exits when it reads the supervisor's pipe
+        # close, a moment after the supervisor: allow that moment, not a worker that keeps serving.
+        assert gone_within(api.proc.pid, 5.0) == [], "no worker outlives the supervisor"
         assert api.log.read_text().count("shutting down") == 2, api.log.read_text()[-3000:]
     finally:
         api.kill(signal.SIGKILL)
@@ -48,10 +65,7 @@ def test_workers_stop_when_the_supervisor_is_killed_outright(tmp_path: Path) -> 
         wait_ready([api], workers=2)
         os.kill(api.proc.pid, signal.SIGKILL)
         api.proc.wait(timeout=10)
-        deadline = time.monotonic() + 20
-        while group_members(api.proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert group_members(api.proc.pid) == [], "no worker outlives the supervisor"
+        assert gone_within(api.proc.pid, 20.0) == [], "no worker outlives the supervisor"
         assert api.log.read_text().count("shutting down") == 2
     finally:
         api.kill(signal.SIGKILL)
