@@ -2,7 +2,10 @@
 
 Streaming: the first miner to send a non-empty content (or tool-call) chunk
 wins, and its events are relayed as they arrive. Non-streaming: the first miner
-to finish with a non-empty answer wins. Every miner's events and arrival times
+to finish with a non-empty answer wins. When every miner has ended and none said
+anything, the first to end cleanly with a ``finish_reason`` is the answer: a
+model that stops at once (a stop sequence that matches its first word) answers
+``""``, and that is the caller's answer, not a 502. Every miner's events and arrival times
 are kept *per uid* (for the scoring payload); a miner never contributes a chunk
 to another's answer.
 
@@ -148,6 +151,7 @@ class Race:
         self.tasks: list[asyncio.Task[None]] = []
         self._winner: asyncio.Future[MinerRun | None] | None = None
         self.winning_run: MinerRun | None = None
+        self._ended: list[MinerRun] = []  # in the order the runs ended
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -179,6 +183,7 @@ class Race:
             raise
         finally:
             run.done = True
+            self._ended.append(run)
             run.new_data.set()
             if run.error:
                 logger.debug("rid={} uid={} failed: {}", self.request_id, run.uid, run.error)
@@ -193,7 +198,8 @@ class Race:
 
     def _maybe_no_winner(self) -> None:
         if self._winner is not None and not self._winner.done() and all(r.done for r in self.runs):
-            self._winner.set_result(None)
+            self.winning_run = next((r for r in self._ended if r.error is None and r.finish_reason), None)
+            self._winner.set_result(self.winning_run)
 
     async def winner(self) -> MinerRun | None:
         """The first valid run, or None once every miner failed or the deadline passed.

@@ -94,6 +94,25 @@ async def test_all_miners_fail_is_502_openai_shaped(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True])
+async def test_a_clean_empty_answer_is_the_answer_when_nobody_says_more(tmp_path: Path, stream: bool) -> None:
+    """A model that stops at once answers "" with a finish_reason: the caller's answer, not a 502
+    (which the OpenAI SDK would retry twice for the same ""). Silence without one is no answer."""
+    empty = Script([(0.05, d) for d in sse(chunk(""), chunk(finish="stop"))])
+    silent = Script([(0, b"data: [DONE]\n\n")])
+    async with api_with_miners(tmp_path, {1: Script([], status=500), 2: silent, 3: empty}) as api:
+        status, headers, text = await post(api, {"messages": MESSAGES, "stream": stream})
+        assert status == 200 and headers["x-sn1-miner-uid"] == "3", text
+        if stream:
+            assert streamed_text(text) == "" and sse_datas(text)[-1] == "[DONE]"
+            assert json.loads(sse_datas(text)[-2])["choices"][0]["finish_reason"] == "stop"
+        else:
+            choice = json.loads(text)["choices"][0]
+            assert (choice["message"]["content"], choice["finish_reason"]) == ("", "stop")
+        status, _, text = await post(api, {"messages": MESSAGES, "stream": stream, "uids": [1, 2]})
+    assert status == 502 and json.loads(text)["error"]["code"] == "no_valid_answer"
+
+
+@pytest.mark.parametrize("stream", [False, True])
 async def test_deadline_is_504_within_deadline(tmp_path: Path, stream: bool) -> None:
     stall = Script([(0, b": hello\n\n"), (30, b"")])
     async with api_with_miners(tmp_path, {1: stall}) as api:
