@@ -76,6 +76,8 @@ def test_instance_follows_the_documented_rule_and_survives_odd_schemas() -> None
     assert instance(loop, "x") is None, "a schema that is only a reference to itself ends"
     assert instance({"oneOf": [{"const": 7}]}, "x") == 7
     assert instance("not a schema", "x") is None
+    assert len(instance({"type": "string", "minLength": 10**9}, "x")) == 4096, "no huge string on request"
+    assert len(instance({"type": "array", "minItems": 10**9, "items": {"type": "integer"}}, "x")) == 16
 
 
 def test_tool_arguments_fit_nested_parameters() -> None:

@@ -30,6 +30,7 @@ from typing import Any
 SHALLOW = 3
 MAX_DEPTH = 12
 MAX_STRING = 500
+MAX_PADDED = 4096
 MAX_ITEMS = 16
 FORMATS = {
     "date-time": "2026-01-01T00:00:00Z",
@@ -92,7 +93,7 @@ def _string(schema: dict[str, Any], text: str, _root: Any, _depth: int) -> str:
     if fmt in FORMATS:
         return FORMATS[fmt]
     value = text[: _bound(schema.get("maxLength"), MAX_STRING)]
-    shortest = _bound(schema.get("minLength"), 0)
+    shortest = min(_bound(schema.get("minLength"), 0), MAX_PADDED)  # a request must not buy a huge string
     return value + "x" * (shortest - len(value)) if len(value) < shortest else value
 
 
