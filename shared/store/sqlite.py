@@ -43,7 +43,7 @@ from shared.store.base import (
     mint_key,
     now_or_clock,
 )
-from shared.store.sqlite_tables import BUSY_TIMEOUT_S
+from shared.store.sqlite_tables import open_db
 from shared.store.window import charge_each, charge_window
 
 SCHEMA = """
@@ -86,12 +86,9 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len("sqlite:///"):])
 
 
-def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+def _connect(path: Path, synchronous: str, schema: str = "") -> sqlite3.Connection:
+    db = open_db(path, synchronous=synchronous, schema=schema)
     db.create_function("window_charge", 4, window_charge_sql, deterministic=True)
-    db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(f"PRAGMA synchronous={synchronous}")
     return db
 
 
@@ -154,8 +151,7 @@ class SQLiteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _errors():
-            self.admin = _connect(self.path, "FULL")
-            self.admin.executescript(SCHEMA)
+            self.admin = _connect(self.path, "FULL", SCHEMA)
             self.db = _connect(self.path, "NORMAL")
         self._waiting: list[Waiter] = []
 

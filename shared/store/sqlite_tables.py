@@ -9,6 +9,7 @@ surfaced as ``StoreUnavailable`` (a 503 at the edge, never an open door).
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,8 +22,33 @@ from shared.store.base import StoreUnavailable
 # held the lock. WAL commits take micro- to milliseconds, so half a second is ample for real
 # contention; past it the caller gets StoreUnavailable (503) and the loop moves on.
 BUSY_TIMEOUT_S = 0.5
+# Opening is different: the workers of one API start together and each creates the file, switches
+# it to WAL and creates its tables, one after another under SQLite's locks, before it serves anything.
+# Held to 0.5 s there, a worker on a slow disk died at start ("database is locked", seen in CI with
+# WORKERS=4); so opening waits up to this long, and is retried if SQLite refuses to wait at all (it
+# does, rather than risk a deadlock between two connections upgrading their locks).
+OPEN_TIMEOUT_S = 30.0
 
 T = TypeVar("T")
+
+
+def open_db(path: Path, *, synchronous: str, schema: str = "") -> sqlite3.Connection:
+    """A WAL connection to ``path`` with ``schema`` created, then ``BUSY_TIMEOUT_S`` for serving."""
+    deadline = time.monotonic() + OPEN_TIMEOUT_S
+    while True:
+        db = sqlite3.connect(path, timeout=OPEN_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={synchronous}")  # WAL + NORMAL survives a process crash
+            if schema:
+                db.executescript(schema)
+            db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            return db
+        except sqlite3.OperationalError as e:
+            db.close()
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class SQLiteTables:
@@ -31,11 +57,7 @@ class SQLiteTables:
     def __init__(self, path: str | Path, schema: str, *, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")  # WAL + NORMAL survives a process crash
-        self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-        self._db.executescript(schema)
+        self._db = open_db(self.path, synchronous=synchronous, schema=schema)
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
