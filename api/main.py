@@ -8,10 +8,13 @@ them share keys and limits through the store.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import signal
+import sys
 import tempfile
+from multiprocessing.process import BaseProcess
 
 from loguru import logger
 from prometheus_client import multiprocess as prom_multiprocess
@@ -99,18 +102,43 @@ def run_api(settings: ApiSettings) -> None:
         p.start()
     logger.info("api supervisor started {} workers on port {}", len(procs), settings.api_port)
 
-    def forward(signum: int, _frame: object) -> None:
+    stopping = False
+
+    def stop_workers() -> None:
         for p in procs:
             if p.is_alive():
                 os.kill(p.pid, signal.SIGTERM)
 
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        stop_workers()
+
     for sig in stop_signals():  # as a worker stops: a supervisor dying alone would orphan its workers
         signal.signal(sig, forward)
+    ended = _first_to_exit(procs)
+    crashed = not stopping
+    if crashed:
+        # A worker ended by itself (a crash, a store it could not open). Serving on with fewer
+        # workers would hide it; stopping all and exiting non-zero lets pm2 or systemd restart the API.
+        logger.error("api worker pid {} exited with code {} on its own; stopping the other workers",
+                     ended.pid, ended.exitcode)
+        stop_workers()
     for p in procs:
         p.join()
         prom_multiprocess.mark_process_dead(p.pid)
     if metrics_dir is not None:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+    if crashed:
+        sys.exit(1)
+
+
+def _first_to_exit(procs: list[BaseProcess]) -> BaseProcess:
+    """Block until a worker ends: all of them after a stop signal, one when it crashes."""
+    ready = multiprocessing.connection.wait([p.sentinel for p in procs])
+    ended = next(p for p in procs if p.sentinel in ready)
+    ended.join()  # reaped, so its exit code is known
+    return ended
 
 
 def shared_metrics_dir() -> str | None:

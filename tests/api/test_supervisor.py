@@ -69,3 +69,21 @@ def test_workers_stop_when_the_supervisor_is_killed_outright(tmp_path: Path) -> 
         assert api.log.read_text().count("shutting down") == 2
     finally:
         api.kill(signal.SIGKILL)
+
+
+def test_a_worker_that_dies_on_its_own_stops_the_api_with_status_1(tmp_path: Path) -> None:
+    """Serving on with fewer workers hid a crashed one; exiting non-zero lets pm2 or systemd restart."""
+    api = start_api(tmp_path, prepare(tmp_path), store_url=f"sqlite:///{tmp_path / 'api.db'}", workers=2)
+    try:
+        wait_ready([api], workers=2)
+        workers = [pid for pid in group_members(api.proc.pid) if int(pid) != api.proc.pid
+                   and "spawn_main" in _cmdline(pid)]
+        assert len(workers) == 2, workers
+        os.kill(int(workers[0]), signal.SIGKILL)
+        assert api.proc.wait(timeout=30) == 1
+        assert gone_within(api.proc.pid, 5.0) == [], "the other worker stopped too"
+        log = api.log.read_text()
+        assert f"api worker pid {workers[0]} exited with code -9 on its own" in log, log[-3000:]
+        assert log.count("shutting down") == 1, "the surviving worker shut down gracefully"
+    finally:
+        api.kill(signal.SIGKILL)
