@@ -12,6 +12,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 from neurons.miner.backends.deterministic import DeterministicBackend
@@ -85,3 +87,25 @@ def test_tool_arguments_fit_nested_parameters() -> None:
     call = planned_tool_call({"messages": [{"role": "user", "content": PROMPT}], "tools": [tool], "seed": 1})
     assert call is not None
     Person.model_validate_json(call["function"]["arguments"])
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from(["string", "integer", "number", "boolean", "object", "array", "null", "#/$defs/a", "#",
+                       "date-time", "$ref", "properties", "items", "anyOf", "enum", "minItems", "minimum"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["type", "properties", "items", "$ref", "$defs", "a", "anyOf", "oneOf", "allOf", "enum",
+                         "const", "required", "minItems", "minLength", "maxLength", "minimum", "maximum",
+                         "exclusiveMinimum", "exclusiveMaximum", "format"]), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(JSON)
+def test_any_json_as_a_schema_gives_json_and_never_raises(schema: object) -> None:
+    """A caller's schema reaches the miner unchecked: whatever it is, the answer is still JSON."""
+    json.dumps(instance(schema, PROMPT))
+    body = {"messages": [{"role": "user", "content": PROMPT}], "seed": 1,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+    json.loads(DeterministicBackend().answer_text(body))

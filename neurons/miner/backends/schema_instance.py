@@ -64,6 +64,8 @@ def instance(schema: Any, text: str, *, root: Any = None, depth: int = 0) -> Any
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), None)
+    if not isinstance(kind, str):  # the caller's schema reaches us unchecked: any JSON at all
+        kind = None
     if kind is None and isinstance(schema.get("properties"), dict):
         kind = "object"
     return _VALUES.get(kind, _null)(schema, text, root, depth)
@@ -90,7 +92,7 @@ def _lookup(root: Any, ref: str) -> dict[str, Any]:
 
 def _string(schema: dict[str, Any], text: str, _root: Any, _depth: int) -> str:
     fmt = schema.get("format")
-    if fmt in FORMATS:
+    if isinstance(fmt, str) and fmt in FORMATS:
         return FORMATS[fmt]
     value = text[: _bound(schema.get("maxLength"), MAX_STRING)]
     shortest = min(_bound(schema.get("minLength"), 0), MAX_PADDED)  # a request must not buy a huge string
