@@ -25,7 +25,7 @@ EXPECTED = {  # most specific first: the agents example also mentions AsyncOpenA
     "triage_agent": ["Spanish agent :", "English agent :"],
     "get_weather": ["get_weather {'city': 'Paris'}"],
     "response_format=City": ["name='Tell me about Paris' population=4 landmarks=['Tell me about Paris']"],
-    "langchain_openai": [],
+    "langchain_openai": ["uid=7 hotkey='uid and hotkey of the top miner?'"],
     "AsyncOpenAI": ["sn1/deterministic"],
     "/v1/chat/completions": ['"object":"chat.completion"', "data: [DONE]", '"object":"list"', '"results"'],
     "create-api-key": ['"api_key":"sn1-', '"rate_limit":120', '"deleted":true'],
