@@ -8,13 +8,10 @@ them share keys and limits through the store.
 from __future__ import annotations
 
 import multiprocessing
-import multiprocessing.connection
 import os
 import shutil
-import signal
 import sys
 import tempfile
-from multiprocessing.process import BaseProcess
 
 from loguru import logger
 from prometheus_client import multiprocess as prom_multiprocess
@@ -23,12 +20,13 @@ from api.app import create_api_app
 from api.availability import AvailabilityCache
 from api.context import ApiContext
 from api.scoring_outbox import OutboxForwarder
+from api.supervisor import Supervisor
 from shared.http import run, serve_until_signal
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
 from shared.metrics import MULTIPROC_ENV
 from shared.miner_client import MinerClient, make_session
-from shared.process import stop_signals, stop_with_parent
+from shared.process import stop_with_parent
 from shared.request_log import RequestLog
 from shared.settings import ApiSettings
 from shared.signing import Signer
@@ -96,49 +94,16 @@ def run_api(settings: ApiSettings) -> None:
     load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)  # fail fast, before forking
     metrics_dir = shared_metrics_dir()
     mp = multiprocessing.get_context("spawn")
-    procs = [mp.Process(target=_worker_entry, args=(settings, os.getpid()), daemon=False)
-             for _ in range(settings.workers)]
-    for p in procs:
-        p.start()
-    logger.info("api supervisor started {} workers on port {}", len(procs), settings.api_port)
-
-    stopping = False
-
-    def stop_workers() -> None:
-        for p in procs:
-            if p.is_alive():
-                os.kill(p.pid, signal.SIGTERM)
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        stop_workers()
-
-    for sig in stop_signals():  # as a worker stops: a supervisor dying alone would orphan its workers
-        signal.signal(sig, forward)
-    ended = _first_to_exit(procs)
-    crashed = not stopping
-    if crashed:
-        # A worker ended by itself (a crash, a store it could not open). Serving on with fewer
-        # workers would hide it; stopping all and exiting non-zero lets pm2 or systemd restart the API.
-        logger.error("api worker pid {} exited with code {} on its own; stopping the other workers",
-                     ended.pid, ended.exitcode)
-        stop_workers()
-    for p in procs:
-        p.join()
-        prom_multiprocess.mark_process_dead(p.pid)
+    workers = [mp.Process(target=_worker_entry, args=(settings, os.getpid()), daemon=False)
+               for _ in range(settings.workers)]
+    logger.info("api supervisor starting {} workers on port {}", len(workers), settings.api_port)
+    status = Supervisor(workers).run()
+    for w in workers:
+        prom_multiprocess.mark_process_dead(w.pid)
     if metrics_dir is not None:
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    if crashed:
-        sys.exit(1)
-
-
-def _first_to_exit(procs: list[BaseProcess]) -> BaseProcess:
-    """Block until a worker ends: all of them after a stop signal, one when it crashes."""
-    ready = multiprocessing.connection.wait([p.sentinel for p in procs])
-    ended = next(p for p in procs if p.sentinel in ready)
-    ended.join()  # reaped, so its exit code is known
-    return ended
+    if status:
+        sys.exit(status)
 
 
 def shared_metrics_dir() -> str | None:

@@ -1,0 +1,52 @@
+"""``WORKERS`` > 1: the process that starts the API's workers, passes stop signals on, and exits
+when they have. It never outlives them, and it never hides one that died: a worker that exits on
+its own stops the rest, and the supervisor exits 1 so that pm2 or systemd restarts the whole API."""
+
+from __future__ import annotations
+
+import multiprocessing.connection
+import os
+import signal
+from multiprocessing.process import BaseProcess
+
+from loguru import logger
+
+from shared.process import stop_signals
+
+
+class Supervisor:
+    def __init__(self, workers: list[BaseProcess]) -> None:
+        self.workers = workers
+        self.stopping = False
+
+    def run(self) -> int:
+        """Start the workers and wait for every one to end; the exit status (1: one ended on its own)."""
+        for w in self.workers:
+            w.start()
+        for sig in stop_signals():  # as a worker stops: a supervisor dying alone would orphan its workers
+            signal.signal(sig, self._on_signal)
+        ended = self._first_to_end()
+        crashed = not self.stopping
+        if crashed:  # a crash, or a store it could not open: serving on with fewer workers would hide it
+            logger.error("api worker pid {} exited with code {} on its own; stopping the other workers",
+                         ended.pid, ended.exitcode)
+            self._stop_workers()
+        for w in self.workers:
+            w.join()
+        return 1 if crashed else 0
+
+    def _on_signal(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+        self._stop_workers()
+
+    def _stop_workers(self) -> None:
+        for w in self.workers:
+            if w.is_alive():
+                os.kill(w.pid, signal.SIGTERM)  # type: ignore[arg-type]  # started, so it has a pid
+
+    def _first_to_end(self) -> BaseProcess:
+        """Block until a worker ends: all of them after a stop signal, one when it crashes."""
+        ready = multiprocessing.connection.wait([w.sentinel for w in self.workers])
+        ended = next(w for w in self.workers if w.sentinel in ready)
+        ended.join()  # reaped, so its exit code is known
+        return ended
