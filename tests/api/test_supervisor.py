@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.keys.procs import prepare, start_api, wait_ready
+from tests.keys.procs import ApiProcess, prepare, start_api, wait_ready
+
+
+@contextlib.contextmanager
+def two_workers(tmp_path: Path) -> Iterator[ApiProcess]:
+    """An API with ``WORKERS=2``, both serving; its whole process group is killed after the test."""
+    api = start_api(tmp_path, prepare(tmp_path), store_url=f"sqlite:///{tmp_path / 'api.db'}", workers=2)
+    try:
+        wait_ready([api], workers=2)  # both workers log "serving on" once a signal stops them gracefully
+        yield api
+    finally:
+        api.kill(signal.SIGKILL)
 
 
 def group_members(pgid: int) -> list[str]:
@@ -44,9 +57,7 @@ def _state(pid: str) -> str | None:
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
 def test_a_signal_to_the_supervisor_alone_stops_every_worker(tmp_path: Path, sig: signal.Signals) -> None:
     """A SIGHUP sent to the supervisor only (``kill -HUP``) used to kill it and leave its workers serving."""
-    api = start_api(tmp_path, prepare(tmp_path), store_url=f"sqlite:///{tmp_path / 'api.db'}", workers=2)
-    try:
-        wait_ready([api], workers=2)  # both workers log "serving on" once a signal stops them gracefully
+    with two_workers(tmp_path) as api:
         assert len(group_members(api.proc.pid)) >= 3  # the supervisor and two workers
         os.kill(api.proc.pid, sig)  # the supervisor only, not its process group
         assert api.proc.wait(timeout=30) == 0
@@ -54,28 +65,20 @@ def test_a_signal_to_the_supervisor_alone_stops_every_worker(tmp_path: Path, sig
         # close, a moment after the supervisor: allow that moment, not a worker that keeps serving.
         assert gone_within(api.proc.pid, 5.0) == [], "no worker outlives the supervisor"
         assert api.log.read_text().count("shutting down") == 2, api.log.read_text()[-3000:]
-    finally:
-        api.kill(signal.SIGKILL)
 
 
 def test_workers_stop_when_the_supervisor_is_killed_outright(tmp_path: Path) -> None:
     """SIGKILL gives the supervisor no chance to pass anything on: the kernel sends each worker SIGTERM."""
-    api = start_api(tmp_path, prepare(tmp_path), store_url=f"sqlite:///{tmp_path / 'api.db'}", workers=2)
-    try:
-        wait_ready([api], workers=2)
+    with two_workers(tmp_path) as api:
         os.kill(api.proc.pid, signal.SIGKILL)
         api.proc.wait(timeout=10)
         assert gone_within(api.proc.pid, 20.0) == [], "no worker outlives the supervisor"
         assert api.log.read_text().count("shutting down") == 2
-    finally:
-        api.kill(signal.SIGKILL)
 
 
 def test_a_worker_that_dies_on_its_own_stops_the_api_with_status_1(tmp_path: Path) -> None:
     """Serving on with fewer workers hid a crashed one; exiting non-zero lets pm2 or systemd restart."""
-    api = start_api(tmp_path, prepare(tmp_path), store_url=f"sqlite:///{tmp_path / 'api.db'}", workers=2)
-    try:
-        wait_ready([api], workers=2)
+    with two_workers(tmp_path) as api:
         workers = [pid for pid in group_members(api.proc.pid) if int(pid) != api.proc.pid
                    and "spawn_main" in _cmdline(pid)]
         assert len(workers) == 2, workers
@@ -85,5 +88,3 @@ def test_a_worker_that_dies_on_its_own_stops_the_api_with_status_1(tmp_path: Pat
         log = api.log.read_text()
         assert f"api worker pid {workers[0]} exited with code -9 on its own" in log, log[-3000:]
         assert log.count("shutting down") == 1, "the surviving worker shut down gracefully"
-    finally:
-        api.kill(signal.SIGKILL)
