@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
+from shared.errors import first_problem
 from shared.keys_wire import CreatedKeyOut, DeletedKeyOut, KeyListOut, KeyOut, KeyParams, UsageOut
 
 M = TypeVar("M", bound=BaseModel)
@@ -38,9 +39,8 @@ def key_params(**fields: Any) -> dict[str, Any]:
     try:
         params = KeyParams.model_validate(given)
     except ValidationError as e:
-        err = e.errors()[0]
-        name = ".".join(str(p) for p in err["loc"]) or "parameters"
-        raise AdminError(0, f"invalid {name}: {err['msg']}", code="invalid_value") from None
+        where, why = first_problem(e)
+        raise AdminError(0, f"invalid {where or 'parameters'}: {why}", code="invalid_value") from None
     body = params.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
     if params.clear_expiry:
         body["expires_at"] = "never"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import ValidationError
+
 # A miner's error code for a request its model server refused itself (a 4xx: a bad parameter, more
 # tokens than the model takes). The API tells it from the miner's own failure by this code.
 MODEL_SERVER_REJECTED = "model_server_rejected"
@@ -64,6 +66,13 @@ def error_body(
 
 def error_type_for(status: int) -> str:
     return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def first_problem(e: ValidationError) -> tuple[str, str]:
+    """Where a validation failed, dotted (``messages.0.content``; ``""`` at the top), and why: the
+    first problem is the one each caller reports."""
+    err = e.errors()[0]
+    return ".".join(str(p) for p in err["loc"]), err["msg"]
 
 
 def parse_error(text: str) -> tuple[str | None, str]:

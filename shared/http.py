@@ -19,7 +19,7 @@ from loguru import logger
 from pydantic import BaseModel, ValidationError
 
 from shared.aio import describe_tasks
-from shared.errors import ApiError, error_body, error_type_for
+from shared.errors import ApiError, error_body, error_type_for, first_problem
 from shared.gc_tuning import tune_for_serving
 from shared.jsonutil import dumpb, loads_body
 from shared.process import stop_signals
@@ -101,9 +101,9 @@ def parse_model(model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        raise ApiError(400, f"Invalid value for '{param}': {err['msg']}", param=param, code="invalid_value") from None
+        where, why = first_problem(e)
+        param = where or None
+        raise ApiError(400, f"Invalid value for '{param}': {why}", param=param, code="invalid_value") from None
 
 
 def bound_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:

@@ -19,6 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from shared.arithmetic import evaluate
 from shared.corpus import Corpus, builtin_corpus, iter_jsonl_numbered
+from shared.errors import first_problem
 from shared.protocol import ChatMessage
 
 _PROMPTS = (
@@ -121,9 +122,8 @@ def _as_prompt(r: dict[str, Any]) -> dict[str, Any] | None:
         try:
             _MESSAGES.validate_python(r["messages"])
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in ("messages", *err["loc"]))
-            raise ValueError(f"{where}: {err['msg']}") from None
+            where, why = first_problem(e)
+            raise ValueError(f"messages.{where}: {why}") from None
         return {"messages": r["messages"]}
     if isinstance(r.get("prompt"), str) and r["prompt"].strip():
         return {"messages": [{"role": "user", "content": r["prompt"]}]}

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from neurons.validator.scoring import ScoringJob
+from shared.errors import first_problem
 from shared.metagraph import MetagraphSnapshot
 from shared.protocol import DEFAULT_TASK, ChatCompletionRequest
 
@@ -46,9 +47,8 @@ class OrganicPayload(BaseModel):
         try:
             ChatCompletionRequest.model_validate(self.body)  # the body must be a real chat request
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise ValueError(f"body is not a chat request ({where}: {err['msg']})") from None
+            where, why = first_problem(e)
+            raise ValueError(f"body is not a chat request ({where}: {why})") from None
         return self
 
     def to_job(self, snapshot: MetagraphSnapshot, deadline_s: float) -> ScoringJob:
