@@ -38,6 +38,7 @@ from loguru import logger  # noqa: E402
 from neurons.miner.faults import FaultOptions  # noqa: E402
 from shared.gc_tuning import tune_for_serving  # noqa: E402
 from shared.logging import setup_logging  # noqa: E402
+from shared.signing import nonce_retention  # noqa: E402
 from tests.chaos.fleet import HONEST, MESSAGES, Fleet, expected_answer, fleet, wait_until  # noqa: E402
 
 FAULTY = ["refuse", "stall-headers", "stall-body", "trickle", "http500", "bad-json", "bad-sse", "empty",
@@ -46,7 +47,7 @@ FAULTY = ["refuse", "stall-headers", "stall-body", "trickle", "http500", "bad-js
 # with empty pools: what remains open then is a leak, not a cached connection.
 KEEPALIVE = 1.0
 FD_SLACK = 2
-REPLAY_WINDOW_S = 60.0  # how long a miner keeps each nonce (RequestVerifier's retention)
+REPLAY_WINDOW_S = nonce_retention()  # how long a miner keeps each nonce
 
 
 @dataclass

@@ -95,6 +95,11 @@ class Authorizer:
         return hotkey in self._allow or hotkey in self._permitted()
 
 
+def nonce_retention(max_age: float = http_auth.DEFAULT_MAX_AGE) -> float:
+    """How long a receiver remembers each nonce against replays: past a signature's age and skew."""
+    return max(60.0, max_age + 5)
+
+
 class RequestVerifier:
     """Verifies a signed aiohttp request for one receiver hotkey."""
 
@@ -108,7 +113,7 @@ class RequestVerifier:
     ) -> None:
         self.self_hotkey = self_hotkey
         self.authorizer = authorizer
-        self.nonce_store = nonce_store or http_auth.InMemoryNonceStore(retention=max(60.0, max_age + 5))
+        self.nonce_store = nonce_store or http_auth.InMemoryNonceStore(retention=nonce_retention(max_age))
         self.max_age = max_age
 
     def verify(self, headers: Any, body: bytes, *, method: str, path: str) -> http_auth.Caller:
