@@ -194,17 +194,19 @@ class DeterministicBackend:
         if call is not None:
             return tool_call_completion(call, model=self.model, usage=self._usage(body, call["function"]["arguments"]))
         text = self.answer_text(body)
+        logprobs = self._logprobs(body)
         return completion_object(
             completion_id=new_completion_id(),
             model=self.model,
             content=text,
             finish_reason=self._finish_reason(body, text),
             usage=self._usage(body, text),
-            logprobs=self._logprobs(body).of(text) if wants_logprobs(body) else None,
+            logprobs=logprobs.of(text) if logprobs else None,
         )
 
-    def _logprobs(self, body: dict[str, Any]) -> Logprobs:
-        return Logprobs(body, request_fingerprint(body), VOCABULARY)
+    def _logprobs(self, body: dict[str, Any]) -> Logprobs | None:
+        """The answer's log probabilities, when the request asks for them."""
+        return Logprobs(body, request_fingerprint(body), VOCABULARY) if wants_logprobs(body) else None
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
         call = planned_tool_call(body)
@@ -217,7 +219,7 @@ class DeterministicBackend:
         text = self.answer_text(body)
         cid = new_completion_id()
         words = text.split(" ")
-        logprobs = self._logprobs(body) if wants_logprobs(body) else None
+        logprobs = self._logprobs(body)
         yield dumps(chunk_object(completion_id=cid, model=self.model, delta={"role": "assistant", "content": ""}))
         for i in range(0, len(words), WORDS_PER_CHUNK):
             piece = " ".join(words[i : i + WORDS_PER_CHUNK])
