@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from bittensor.sp_core import Keypair
@@ -198,3 +199,11 @@ async def post(api: ApiUnderTest, body: dict, *, timeout: float = 20,
             return r.status, dict(r.headers), await r.text()
 
 
+
+
+def until_empty(probe: Callable[[], list[str]], seconds: float) -> list[str]:
+    """What ``probe`` still finds (processes, say) once it finds nothing or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while (found := probe()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found

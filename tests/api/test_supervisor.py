@@ -6,12 +6,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import until_empty
 from tests.keys.procs import ApiProcess, prepare, start_api, wait_ready
 
 
@@ -34,10 +34,7 @@ def group_members(pgid: int) -> list[str]:
 
 def gone_within(pgid: int, seconds: float) -> list[str]:
     """The group's live members once it is empty or ``seconds`` have passed (with their command lines)."""
-    deadline = time.monotonic() + seconds
-    while (members := group_members(pgid)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return [f"{pid}: {_cmdline(pid)}" for pid in members]
+    return [f"{pid}: {_cmdline(pid)}" for pid in until_empty(lambda: group_members(pgid), seconds)]
 
 
 def _cmdline(pid: str) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from neurons.localnet import LocalNet, LocalNetConfig, free_port, port_is_free
+from tests.helpers import until_empty
 
 
 def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
@@ -74,10 +75,7 @@ def test_no_child_outlives_localnet_when_nobody_reads_its_output(tmp_path: Path,
         proc.stdout.close()  # nobody reads any more
         proc.send_signal(sig)
         proc.wait(timeout=30)
-        deadline = time.monotonic() + 15
-        while ours(tmp_path) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert ours(tmp_path) == [], "children outlived localnet"
+        assert until_empty(lambda: ours(tmp_path), 15) == [], "children outlived localnet"
         assert port_is_free(api_port) and port_is_free(validator_port)
     finally:
         kill_all(proc, tmp_path)
@@ -91,10 +89,7 @@ def test_under_nohup_a_closed_terminal_does_not_stop_it(tmp_path: Path) -> None:
         assert proc.poll() is None and len(ours(tmp_path)) == 3
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-        deadline = time.monotonic() + 15
-        while ours(tmp_path) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert ours(tmp_path) == []
+        assert until_empty(lambda: ours(tmp_path), 15) == []
     finally:
         kill_all(proc, tmp_path)
 
@@ -138,10 +133,7 @@ def test_its_processes_stop_even_when_localnet_is_killed_outright(tmp_path: Path
     try:
         proc.kill()
         proc.wait(timeout=10)
-        deadline = time.monotonic() + 20
-        while ours(tmp_path) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert ours(tmp_path) == [], "children outlived a killed localnet"
+        assert until_empty(lambda: ours(tmp_path), 20) == [], "children outlived a killed localnet"
         assert "shutting down" in (tmp_path / "logs" / "api.log").read_text()
     finally:
         kill_all(proc, tmp_path)
