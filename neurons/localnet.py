@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,31 @@ VALIDATOR_WALLET = "validator"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int, *, avoid: Collection[int] = ()) -> list[int]:
+    """``n`` distinct ports that are free on 127.0.0.1 now, none of them in ``avoid``.
+
+    Every socket is held until all are chosen: ``free_port()`` called twice can return the same
+    port (the kernel may hand a just-closed port out again), and the second child given it dies
+    with "Address already in use" while the first answers its health checks for it.
+    """
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        # At most len(avoid) ports are skipped: a held port is never handed out twice.
+        while len(ports) < n:
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in avoid:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    return ports
 
 
 def port_is_free(port: int) -> bool:
@@ -151,10 +174,10 @@ class LocalNet:
                           coldkey=coldkey_address(VALIDATOR_WALLET, self.wallet_path),
                           axon=None, stake=10_000.0, incentive=0.0, validator_permit=True)]
         self.miner_specs = []
-        for i in range(1, self.cfg.miners + 1):
+        ports = free_ports(self.cfg.miners, avoid=(self.cfg.api_port, self.cfg.validator_port))
+        for i, port in enumerate(ports, start=1):
             name = f"miner{i}"
             hk = ensure_wallet(name, "default", self.wallet_path)
-            port = free_port()
             neurons.append(Neuron(uid=i, hotkey=hk.ss58_address, coldkey=coldkey_address(name, self.wallet_path),
                                   axon=f"127.0.0.1:{port}", stake=0.0, incentive=1.0 / self.cfg.miners))
             profile = self.cfg.miner_profiles[i - 1] if i <= len(self.cfg.miner_profiles) else "honest"
@@ -262,7 +285,7 @@ class LocalNet:
         # The API trusts the validator's availability: do not start it before the validator has
         # seen the miners up, or the first requests fail with 503 "no miner available".
         listening = sum(1 for s in self.miner_specs if s["profile"] != "refuse")
-        wait_available(validator_url, listening, timeout=timeout)
+        wait_available(validator_url, listening, timeout=timeout, children=self.children, logs=self.dir / "logs")
         api_url = f"http://127.0.0.1:{self.cfg.api_port}"
         self._spawn("api", "api", self._common_env(VALIDATOR_WALLET) | {
             "API_HOST": "127.0.0.1",
@@ -306,11 +329,8 @@ class LocalNet:
         deadline = time.monotonic() + timeout
         pending = [c for c in children if c.health_url]
         while pending:
+            raise_if_exited(pending)
             for child in list(pending):
-                code = child.proc.poll()
-                if code is not None:
-                    tail = child.log_path.read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"{child.name} exited with code {code} during start-up:\n{tail}")
                 try:
                     with urllib.request.urlopen(child.health_url, timeout=1) as r:
                         if r.status == 200:
@@ -348,21 +368,41 @@ class LocalNet:
         self.stop()
 
 
-def wait_available(validator_url: str, expected: int, *, timeout: float) -> None:
-    """Wait until the validator's availability lists ``expected`` miners as up."""
+def raise_if_exited(children: Iterable[Child]) -> None:
+    """Start-up fails at once, with the end of its log, when a child has exited."""
+    for child in children:
+        code = child.proc.poll()
+        if code is not None:
+            tail = child.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{child.name} exited with code {code} during start-up:\n{tail}")
+
+
+def wait_available(validator_url: str, expected: int, *, timeout: float, children: Iterable[Child] = (),
+                   logs: Path | None = None) -> None:
+    """Wait until the validator's availability lists ``expected`` miners as up.
+
+    A child that exits meanwhile ends the wait at once: its port taken by another process, a miner
+    can die after something else answered its health check, and the wait would run to its timeout.
+    """
     deadline = time.monotonic() + timeout
     url = f"{validator_url}/miner_availabilities/miner_availabilities"
+    seen: dict[str, Any] = {}
     while True:
+        raise_if_exited(children)
         try:
             req = urllib.request.Request(url, data=b"", method="POST")
             with urllib.request.urlopen(req, timeout=2) as r:
-                up = sum(1 for entry in json.loads(r.read()).values() if entry)
-            if up >= expected:
+                answer = json.loads(r.read())
+            seen = answer if isinstance(answer, dict) else {}
+            if sum(1 for entry in seen.values() if entry) >= expected:
                 return
         except (urllib.error.URLError, OSError, ValueError, AttributeError):
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for the validator to see {expected} miners up")
+            down = [str(uid) for uid, entry in seen.items() if not entry]
+            raise RuntimeError(f"timed out waiting for the validator to see {expected} miners up"
+                               + (f"; not up: uid {', '.join(down)}" if down else "")
+                               + (f" (logs in {logs})" if logs else ""))
         time.sleep(0.2)
 
 

@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from neurons.localnet import LocalNet, LocalNetConfig, free_port
+from neurons.localnet import LocalNet, LocalNetConfig, free_port, free_ports
 from shared.process import die_with_parent
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -85,11 +85,10 @@ class Cluster:
     def start(self) -> None:
         for logs in (self.dir / "logs", self.dir / "net" / "logs"):  # this run's logs only (wallets are kept)
             shutil.rmtree(logs, ignore_errors=True)
-        up_port, p1, p2 = free_port(), free_port(), free_port()
+        up_port, p1, p2, val_port, api_port, validator_port = free_ports(6)
         upstream = self._spawn("upstream", [str(SCRIPTS / "bench_upstream.py"), "--port", str(up_port)])
         self.urls["upstream"] = self.urls["direct"] = f"http://127.0.0.1:{up_port}"
         wait_http(self.urls["upstream"] + "/health", upstream)
-        val_port = free_port()
         validator = self._spawn("fake_validator", [str(SCRIPTS / "bench_upstream.py"), "--port", str(val_port)])
         self.urls["validator"] = f"http://127.0.0.1:{val_port}"
         wait_http(self.urls["validator"] + "/health", validator)
@@ -102,7 +101,7 @@ class Cluster:
         self.urls["bare"] = f"http://127.0.0.1:{p1}"
         self.admin_key = secrets.token_urlsafe(24)
         self.net = LocalNet(LocalNetConfig(
-            directory=self.dir / "net", miners=self.miners, api_port=free_port(), validator_port=free_port(),
+            directory=self.dir / "net", miners=self.miners, api_port=api_port, validator_port=validator_port,
             admin_key=self.admin_key, backend="openai", upstream=self.urls["upstream"] + "/v1",
             log_level=self.log_level))
         info = self.net.start(timeout=120)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from neurons.localnet import LocalNet, LocalNetConfig, free_port
+from neurons.localnet import LocalNet, LocalNetConfig, free_ports
 from shared.store.outbox import SQLiteOutbox
 
 PROFILES = ["honest", "honest", "refuse", "stall-headers", "http500", "disconnect", "bad-sse"]
@@ -34,8 +34,9 @@ USAGE_FLUSH = 1.0  # UsageRecorder's flush interval: counts younger than this ma
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNet]:
     directory: Path = tmp_path_factory.mktemp("faultnet")
-    ln = LocalNet(LocalNetConfig(directory=directory, miners=len(PROFILES), api_port=free_port(),
-                                 validator_port=free_port(), miner_profiles=PROFILES, fast=True,
+    api_port, validator_port = free_ports(2)
+    ln = LocalNet(LocalNetConfig(directory=directory, miners=len(PROFILES), api_port=api_port,
+                                 validator_port=validator_port, miner_profiles=PROFILES, fast=True,
                                  admin_key="chaos-admin-key-0123456789"))
     try:
         ln.start(timeout=120)

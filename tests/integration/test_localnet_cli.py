@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from neurons.localnet import LocalNet, LocalNetConfig, free_port, port_is_free
+from neurons.localnet import LocalNet, LocalNetConfig, free_port, free_ports, port_is_free
 from tests.helpers import until_empty
 
 
@@ -68,7 +68,7 @@ def kill_all(proc: subprocess.Popen, directory: Path) -> None:
 def test_no_child_outlives_localnet_when_nobody_reads_its_output(tmp_path: Path, sig: signal.Signals) -> None:
     """A closed terminal (SIGHUP), or SIGTERM once stdout is gone (``sn1 localnet | head``): before, the
     first killed localnet at once and the second made its farewell print fail before the stop."""
-    api_port, validator_port = free_port(), free_port()
+    api_port, validator_port = free_ports(2)
     proc = start_localnet(tmp_path, api_port, validator_port)
     try:
         assert proc.stdout is not None
@@ -82,7 +82,7 @@ def test_no_child_outlives_localnet_when_nobody_reads_its_output(tmp_path: Path,
 
 
 def test_under_nohup_a_closed_terminal_does_not_stop_it(tmp_path: Path) -> None:
-    proc = start_localnet(tmp_path, free_port(), free_port(), nohup=True)
+    proc = start_localnet(tmp_path, *free_ports(2), nohup=True)
     try:
         proc.send_signal(signal.SIGHUP)
         time.sleep(1.5)
@@ -100,10 +100,10 @@ def test_with_a_model_server_the_validator_judges_against_that_model(tmp_path: P
     import json
     import urllib.request
 
-    port = free_port()
+    port, api_port, validator_port = free_ports(3)
     upstream = subprocess.Popen([sys.executable, str(Path(__file__).parents[2] / "scripts" / "bench_upstream.py"),
                                  "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    config = LocalNetConfig(directory=tmp_path, miners=1, api_port=free_port(), validator_port=free_port(),
+    config = LocalNetConfig(directory=tmp_path, miners=1, api_port=api_port, validator_port=validator_port,
                             backend="openai", upstream=f"http://127.0.0.1:{port}/v1", fast=True)
     try:
         deadline = time.monotonic() + 15
@@ -129,7 +129,7 @@ def test_with_a_model_server_the_validator_judges_against_that_model(tmp_path: P
 def test_its_processes_stop_even_when_localnet_is_killed_outright(tmp_path: Path) -> None:
     """SIGKILL (or the OOM killer) gives localnet no chance to stop anything: the kernel sends each
     child SIGTERM when its parent dies, and each stops gracefully."""
-    proc = start_localnet(tmp_path, free_port(), free_port())
+    proc = start_localnet(tmp_path, *free_ports(2))
     try:
         proc.kill()
         proc.wait(timeout=10)

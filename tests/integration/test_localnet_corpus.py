@@ -7,7 +7,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from neurons.localnet import LocalNet, LocalNetConfig, free_port
+from neurons.localnet import LocalNet, LocalNetConfig, free_ports
 
 
 def test_custom_corpus_reaches_the_miners(tmp_path: Path) -> None:
@@ -16,7 +16,8 @@ def test_custom_corpus_reaches_the_miners(tmp_path: Path) -> None:
              "content": f"The Zanzibar turbine model {i} spins at {1000 + i} rpm. It was built in a harbour."}
             for i in range(6)]
     corpus.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
-    config = LocalNetConfig(directory=tmp_path / "net", miners=1, api_port=free_port(), validator_port=free_port(),
+    api_port, validator_port = free_ports(2)
+    config = LocalNetConfig(directory=tmp_path / "net", miners=1, api_port=api_port, validator_port=validator_port,
                             admin_key="corpus-admin-key-0123456789", corpus=str(corpus))
     with LocalNet(config) as net:
         info = net.start(timeout=120)
@@ -35,7 +36,8 @@ def test_custom_corpus_reaches_the_miners(tmp_path: Path) -> None:
 
 def test_rerun_with_the_same_dir_reuses_wallets_and_keys(tmp_path: Path) -> None:
     def run_once() -> dict:
-        config = LocalNetConfig(directory=tmp_path, miners=1, api_port=free_port(), validator_port=free_port())
+        api_port, validator_port = free_ports(2)
+        config = LocalNetConfig(directory=tmp_path, miners=1, api_port=api_port, validator_port=validator_port)
         with LocalNet(config) as net:
             return net.start(timeout=120)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import openai
 
-from neurons.localnet import LocalNet, LocalNetConfig, free_port
+from neurons.localnet import LocalNet, LocalNetConfig, free_ports
 
 
 def scores(validator_url: str) -> dict[int, float]:
@@ -20,7 +20,8 @@ def scores(validator_url: str) -> dict[int, float]:
 
 def test_organic_traffic_changes_the_validators_scores(tmp_path: Path) -> None:
     # synthetic tasks off: only organic answers can move the scores
-    config = LocalNetConfig(directory=tmp_path, miners=2, api_port=free_port(), validator_port=free_port(),
+    api_port, validator_port = free_ports(2)
+    config = LocalNetConfig(directory=tmp_path, miners=2, api_port=api_port, validator_port=validator_port,
                             admin_key="organic-admin-key-0123456789", miner_profiles=["honest", "lazy"],
                             extra_env={"SYNTHETIC_ENABLED": "false"})
     with LocalNet(config) as net:

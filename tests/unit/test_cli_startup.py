@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from neurons.localnet import free_port
+from neurons.localnet import free_port, free_ports
 from shared.wallet import ensure_wallet
 
 
@@ -29,8 +29,9 @@ def test_bad_values_are_listed(tmp_path: Path, role: str) -> None:
 @pytest.mark.parametrize("role", ["api", "validator", "miner"])
 def test_missing_wallet_is_one_clear_line(tmp_path: Path, role: str) -> None:
     env = tmp_path / "nowallet.env"
+    api, scoring, miner = free_ports(3)
     env.write_text(f"WALLET_NAME=ghost\nWALLET_PATH={tmp_path / 'wallets'}\nMETAGRAPH_FILE={tmp_path / 'mg.json'}\n"
-                   f"API_PORT={free_port()}\nSCORING_API_PORT={free_port()}\nMINER_PORT={free_port()}\n")
+                   f"API_PORT={api}\nSCORING_API_PORT={scoring}\nMINER_PORT={miner}\n")
     out = start(role, env)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "cannot load hotkey 'default' of wallet 'ghost'" in out.stderr and "btcli wallet create" in out.stderr

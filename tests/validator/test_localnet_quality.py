@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from neurons.localnet import LocalNet, LocalNetConfig, free_port
+from neurons.localnet import LocalNet, LocalNetConfig, free_ports
 
 PROFILES = ["honest", "honest", "lazy", "slow", "copy", "down"]
 LIMIT_S = 150.0
@@ -35,8 +35,9 @@ def honest_share(scores: dict, honest: set[int]) -> float:
 
 
 def test_weights_follow_quality_with_fast_intervals(tmp_path: Path) -> None:
-    net = LocalNet(LocalNetConfig(directory=tmp_path, miners=len(PROFILES), api_port=free_port(),
-                                  validator_port=free_port(), admin_key="quality-admin-key-0123456789",
+    api_port, validator_port = free_ports(2)
+    net = LocalNet(LocalNetConfig(directory=tmp_path, miners=len(PROFILES), api_port=api_port,
+                                  validator_port=validator_port, admin_key="quality-admin-key-0123456789",
                                   miner_profiles=PROFILES, fast=True))
     try:
         info = net.start(timeout=120)
