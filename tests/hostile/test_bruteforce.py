@@ -3,7 +3,6 @@ the store, so for every worker at once), and comparing the admin key does not le
 
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 
@@ -70,6 +69,8 @@ def test_admin_key_comparison_time_does_not_depend_on_how_close_the_guess_is() -
     for _ in range(15):  # interleaved rounds: machine noise hits every guess alike
         for name, guess in guesses.items():
             samples[name].append(_mean_ns(guess))
-    medians = {name: statistics.median(v) for name, v in samples.items()}
-    same_length = [medians[n] for n in ("almost right", "right prefix only", "all wrong")]
-    assert max(same_length) / min(same_length) < 1.5, medians
+    # The fastest round of each: noise only ever adds time. The median let a busy machine fail this
+    # (3.7x on one guess with the cores taken by other processes), the comparison being no different.
+    fastest = {name: min(v) for name, v in samples.items()}
+    same_length = [fastest[n] for n in ("almost right", "right prefix only", "all wrong")]
+    assert max(same_length) / min(same_length) < 1.5, fastest
