@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from api import keys, miner_availabilities, ops, sessions, usage, web_retrieval
+from api import keys, miner_availabilities, ops, responses, sessions, usage, web_retrieval
 from api.auth import INVALID_KEY_LIMIT, add_rate_limit_headers
 from api.chat import CTX, chat_completions
 from api.context import ApiContext
@@ -21,6 +21,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app[INVALID_KEY_LIMIT] = ctx.settings.invalid_keys_per_minute
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/responses", responses.create_response)
     app.router.add_get("/web_retrieval", web_retrieval.web_retrieval)
     app.router.add_post("/web_retrieval", web_retrieval.web_retrieval)
     app.router.add_post("/miner_availabilities/miner_availabilities", miner_availabilities.miner_availabilities)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -36,6 +36,7 @@ from shared.protocol import (
     usage_chunk,
 )
 from shared.sse import DONE_FRAME, encode_event
+from shared.store.base import KeyRecord
 
 
 def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[str, Any]:
@@ -52,14 +53,31 @@ def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
     return estimated_usage(req, run.text)
 
 
+class AnswerFormat(Protocol):
+    """How a winner reaches the caller: a chat completion here, a Responses API response elsewhere."""
+
+    kind: str  # the access log's word for the request
+
+    def complete(self, req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]) -> web.Response: ...
+
+    async def stream(self, request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun,
+                     headers: dict[str, str]) -> web.StreamResponse: ...
+
+
 @access_logged("chat")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[CTX]
     started = time.perf_counter()
-    rid = request_id(request)
-    key = await authenticate(request, ctx.store, scope="chat")
+    key = await authenticate(request, request.app[CTX].store, scope="chat")
     sent = await read_json(request)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)
+    return await answer(request, key, req, sent, CHAT_COMPLETION, started=started)
+
+
+async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
+                 fmt: AnswerFormat, *, started: float) -> web.StreamResponse:
+    """Select, race and answer an authenticated, validated chat request (``sent`` is its JSON)."""
+    ctx = request.app[CTX]
+    rid = request_id(request)
     task = req.task or DEFAULT_TASK
     model = None if req.wants_any_model() else req.model
     check_model(key, model)
@@ -106,9 +124,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             raise _no_winner(race)
         headers["x-sn1-miner-uid"] = str(winner.uid)
         if req.stream:
-            response = await _stream(request, req, race, winner, headers)
+            response = await fmt.stream(request, req, race, winner, headers)
         else:
-            response = _complete(req, winner, headers)
+            response = fmt.complete(req, winner, headers)
         outcome = "ok"
         if not response.prepared:  # send now: the bookkeeping below is not the caller's wait
             await response.prepare(request)
@@ -128,7 +146,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                              completion_tokens=used.get("completion_tokens") or 0, error=winner.error is not None)
         write(
             request,
-            f"chat rid={rid} key={key.id} uids={[n.uid for n in neurons]} "
+            f"{fmt.kind} rid={rid} key={key.id} uids={[n.uid for n in neurons]} "
             f"winner={winner.uid if winner else None} stream={req.stream} mixture={use_mixture} "
             f"status={outcome} latency_ms={(time.perf_counter() - started) * 1000:.1f}"
         )
@@ -204,3 +222,14 @@ async def _stream(
         await response.write(_frames(batch))
     await response.write_eof(_trailer(req, run))
     return response
+
+
+class ChatCompletionFormat:
+    """OpenAI's chat completion: one ``chat.completion`` object, or the winner's chunks relayed."""
+
+    kind = "chat"
+    complete = staticmethod(_complete)
+    stream = staticmethod(_stream)
+
+
+CHAT_COMPLETION = ChatCompletionFormat()

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, RootModel
 from pydantic.json_schema import models_json_schema
 
 from api.discovery_wire import ModelListOut, ModelOut, ReadyOut, TaskListOut
+from api.responses_wire import ResponseEventOut, ResponseOut, ResponsesRequest
 from api.sessions import OpenSessionRequest
 from api.web_retrieval import WebResult, WebRetrievalRequest
 from shared.errors import ApiError
@@ -178,6 +179,9 @@ class Operation:
     response: type[BaseModel] | None = None
     media: str = "application/json"
     stream: bool = False
+    event: type[BaseModel] | None = None  # a stream's event data (default: a chat completion chunk)
+    stream_doc: str = ("`data: <chat.completion.chunk>` events, then `data: [DONE]`; a failure after the first "
+                       "byte is an `error` event")
 
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -192,6 +196,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/chat/completions"): Operation(
         "Chat completion (OpenAI-compatible; `stream: true` answers server-sent events)", "inference",
         body=ChatCompletionRequest, response=ChatCompletionOut, stream=True),
+    ("POST", "/v1/responses"): Operation(
+        "Create a response (OpenAI's Responses API, stateless: send the whole conversation in `input`; "
+        "`stream: true` answers server-sent events)", "inference",
+        body=ResponsesRequest, response=ResponseOut, stream=True, event=ResponseEventOut,
+        stream_doc="`event: <type>` / `data: <event>` pairs in OpenAI's order, from `response.created` to "
+                   "`response.completed` (or `response.incomplete`, `response.failed`)"),
     ("GET", "/v1/models"): Operation("Models served by available miners", "discovery", response=ModelListOut),
     ("GET", "/v1/models/{model}"): Operation("One model: its tasks and miner count", "discovery",
                                              response=ModelOut),
@@ -260,7 +270,7 @@ def _schemas(ops: list[Operation]) -> tuple[dict[tuple[type[BaseModel], str], An
     wanted: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [(ErrorOut, "serialization")]
     for op in ops:
         if op.stream:
-            wanted.append((ChatCompletionChunkOut, "serialization"))
+            wanted.append((op.event or ChatCompletionChunkOut, "serialization"))
         if op.body:
             wanted.append((op.body, "validation"))
         if op.response:
@@ -290,9 +300,9 @@ PARSER_400 = {"description": "Invalid request: an OpenAI-shaped error; or, when 
               "content": {"text/plain": {"schema": {"type": "string"}}}}
 
 
-def sse_event_schema(refs: dict[tuple[type[BaseModel], str], Any]) -> dict[str, Any]:
-    """One server-sent event of a stream: its ``data`` is a JSON chunk, an OpenAI error, or ``[DONE]``."""
-    payload = {"anyOf": [refs[(ChatCompletionChunkOut, "serialization")], refs[(ErrorOut, "serialization")]]}
+def sse_event_schema(refs: dict[tuple[type[BaseModel], str], Any], event: type[BaseModel]) -> dict[str, Any]:
+    """One server-sent event of a stream: its ``data`` is a JSON event, an OpenAI error, or ``[DONE]``."""
+    payload = {"anyOf": [refs[(event, "serialization")], refs[(ErrorOut, "serialization")]]}
     return {"type": "object", "required": ["data"], "properties": {
         "event": {"type": "string"},
         "data": {"type": "string", "anyOf": [
@@ -310,9 +320,8 @@ def _responses(op: Operation, refs: dict[tuple[type[BaseModel], str], Any]) -> d
     else:
         content = {op.media: {"schema": {"type": "string"} if op.media != "application/json" else {}}}
     if op.stream:
-        content["text/event-stream"] = {"schema": sse_event_schema(refs),
-                                        "description": "`data: <chat.completion.chunk>` events, then `data: [DONE]`; "
-                                                       "a failure after the first byte is an `error` event"}
+        content["text/event-stream"] = {"schema": sse_event_schema(refs, op.event or ChatCompletionChunkOut),
+                                        "description": op.stream_doc}
     ok = {"description": op.summary, "content": content}
     responses = {"200": ok, "400": PARSER_400 | {"content": {**error["content"], **PARSER_400["content"]}},
                  "4XX": error, "5XX": error}

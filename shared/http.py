@@ -94,15 +94,16 @@ async def read_json(request: web.Request) -> Any:
     return loads_body(await request.read())
 
 
-def parse_model(model: type[BaseModel], data: Any) -> Any:
-    """Validate ``data`` into ``model``; the first problem becomes a 400 naming the field."""
+def parse_model(model: type[BaseModel], data: Any, *, at: str = "") -> Any:
+    """Validate ``data`` into ``model``; the first problem becomes a 400 naming the field (below
+    ``at``, the dotted place of ``data`` in the body, when it is a part of it)."""
     if not isinstance(data, dict):
         raise ApiError(400, "Request body must be a JSON object.", code="invalid_request")
     try:
         return model.model_validate(data)
     except ValidationError as e:
         where, why = first_problem(e)
-        param = where or None
+        param = ".".join(p for p in (at, where) if p) or None
         raise ApiError(400, f"Invalid value for '{param}': {why}", param=param, code="invalid_value") from None
 
 

@@ -114,10 +114,11 @@ class Reply:
 
 
 async def chat(
-    session: aiohttp.ClientSession, f: Fleet, body: dict[str, Any], *, limit: float = 30.0
+    session: aiohttp.ClientSession, f: Fleet, body: dict[str, Any], *, limit: float = 30.0,
+    path: str = "/v1/chat/completions",
 ) -> Reply:
     started = time.monotonic()
-    async with session.post(f.url + "/v1/chat/completions", json=body, timeout=aiohttp.ClientTimeout(total=limit),
+    async with session.post(f.url + path, json=body, timeout=aiohttp.ClientTimeout(total=limit),
                             headers={"Authorization": f"Bearer {f.key}"}) as r:
         text = await r.text()
         return Reply(r.status, dict(r.headers), text, time.monotonic() - started)

@@ -76,6 +76,26 @@ async def test_one_healthy_miner_among_all_faults_answers(chaos, stream: bool) -
         assert reply.content() == expected_answer(100 + seed)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_the_responses_api_gets_the_healthy_answer_among_all_faults(chaos, stream: bool) -> None:
+    f, session = chaos
+    faults = [uid for uid, p in f.profiles.items() if p != HONEST and not (stream and p in FAIL_AFTER_ANSWER_STARTS)]
+    healthy = f.uids(HONEST)[1]
+    request = body([*faults, healthy], stream=stream, seed=200)
+    request["input"] = request.pop("messages")
+    reply = await chat(session, f, request, path="/v1/responses")
+    assert reply.status == 200 and reply.headers["x-sn1-miner-uid"] == str(healthy), reply.text
+    if stream:
+        events = [json.loads(frame.split("\ndata: ", 1)[1]) for frame in reply.text.split("\n\n") if frame]
+        assert events[-1]["type"] == "response.completed"
+        text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    else:
+        text = json.loads(reply.text)["output"][0]["content"][0]["text"]
+    assert text == expected_answer(200)
+    only_faults = await chat(session, f, {**request, "uids": [f.uids("bad-json")[0]]}, path="/v1/responses")
+    assert only_faults.status == 502 and assert_openai_error(only_faults.text)["code"] == "no_valid_answer"
+
+
 @pytest.mark.parametrize(("fault", "stream"), CASES)
 async def test_only_a_fault_is_502_or_504_within_the_deadline(chaos, fault: str, stream: bool) -> None:
     f, session = chaos

@@ -64,3 +64,19 @@ async def test_client_disconnect_cancels_every_miner_request_within_1s(tmp_path:
         assert f.in_flight() == 0, {uid: s.active for uid, s in f.stats.items()}
         assert elapsed < 1.0, f"miner requests outlived the client by {elapsed:.2f}s"
         assert sum(st.cancelled for st in f.stats.values()) == len(SLOW)
+
+
+async def test_a_responses_stream_whose_winner_fails_ends_with_response_failed(tmp_path: Path) -> None:
+    """The Responses API's way to say it: every item closed, then ``response.failed`` naming the miner."""
+    async with fleet(tmp_path, {1: "disconnect"}, options=FaultOptions(disconnect_after_chunks=2)) as f, \
+            aiohttp.ClientSession() as s:
+        async with s.post(f.url + "/v1/responses", headers={"api-key": f.key},
+                          json={"input": MESSAGES, "seed": 9, "stream": True, "timeout": DEADLINE}) as r:
+            assert r.status == 200 and r.headers["x-sn1-miner-uid"] == "1"
+            text = await r.text()
+    events = [json.loads(frame.split("\ndata: ", 1)[1]) for frame in text.split("\n\n") if frame]
+    last = events[-1]
+    assert last["type"] == "response.failed" and "miner uid 1 failed mid-stream" in last["response"]["error"]["message"]
+    relayed = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert relayed and expected_answer(9).startswith(relayed) and len(relayed) < len(expected_answer(9))
+    assert last["response"]["output"][0]["content"][0]["text"] == relayed

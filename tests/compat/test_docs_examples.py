@@ -24,6 +24,7 @@ EXPECTED = {  # most specific first: the agents example also mentions AsyncOpenA
     "with_raw_response": ["not found: model_not_found", "tokens]"],
     "triage_agent": ["Spanish agent :", "English agent :"],
     "get_weather": ["get_weather {'city': 'Paris'}"],
+    "client.responses": ["completed ", "usage:", " tokens"],
     "response_format=City": ["name='Tell me about Paris' population=4 landmarks=['Tell me about Paris']"],
     "langchain_openai": ["uid=7 hotkey='uid and hotkey of the top miner?'"],
     "AsyncOpenAI": ["sn1/deterministic"],

@@ -91,8 +91,8 @@ def test_logprobs_come_in_openai_shape_and_agree_streamed_or_not(localnet: dict)
 
 def test_an_endpoint_this_api_lacks_is_a_404_naming_it(localnet: dict) -> None:
     with pytest.raises(openai.NotFoundError) as e:
-        client(localnet).responses.create(model="default", input="hi")
-    assert "Invalid URL (POST /v1/responses)" in e.value.message
+        client(localnet).embeddings.create(model="default", input="hi")
+    assert "Invalid URL (POST /v1/embeddings)" in e.value.message
     with pytest.raises(openai.APIStatusError) as e:
         client(localnet).get("/chat/completions", cast_to=object)
     assert e.value.status_code == 405 and "use POST" in e.value.message

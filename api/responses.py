@@ -1,0 +1,74 @@
+"""``POST /v1/responses``: OpenAI's Responses API, served as a chat completion underneath.
+
+The OpenAI SDK's ``client.responses``, the Agents SDK's default model and
+other tools that speak only this API reach the miners through the same
+pipeline as ``/v1/chat/completions``: one key check, miner selection, the race,
+the scoring outbox and usage. Only the request (``responses_translate``) and
+the answer's shape (``responses_render``) differ.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from api.access_log import access_logged
+from api.auth import authenticate
+from api.chat import answer, response_usage
+from api.context import CTX
+from api.race import MinerRun, Race
+from api.responses_render import ResponseStream, complete_output, finished, new_id, skeleton
+from api.responses_translate import chat_body
+from api.responses_wire import ResponsesRequest
+from shared.http import json_response, parse_model, read_json
+from shared.protocol import ChatCompletionRequest
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@access_logged("responses")
+async def create_response(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    key = await authenticate(request, request.app[CTX].store, scope="chat")
+    sent = await read_json(request)
+    wanted: ResponsesRequest = parse_model(ResponsesRequest, sent)
+    body = chat_body(wanted)
+    req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)
+    return await answer(request, key, req, body, ResponsesFormat(wanted), started=started)
+
+
+class ResponsesFormat:
+    """The winner as a ``response`` object, or as the Responses API's stream of events."""
+
+    kind = "responses"
+
+    def __init__(self, wanted: ResponsesRequest) -> None:
+        self.wanted = wanted
+
+    def _base(self, req: ChatCompletionRequest, run: MinerRun) -> dict:
+        return skeleton(self.wanted, response_id=new_id("resp"), model=run.model or req.model or "unknown")
+
+    def complete(self, req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]) -> web.Response:
+        obj = finished(self._base(req, run), complete_output(run.text, run.merged_tool_calls()),
+                       finish_reason=run.finish_reason, usage=response_usage(req, run))
+        return json_response(obj, headers=headers)
+
+    async def stream(self, request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun,
+                     headers: dict[str, str]) -> web.StreamResponse:
+        events = ResponseStream(self._base(req, run))
+        if run.done:  # the whole answer is in: one body, one write
+            body = events.start() + b"".join(events.feed(e) for e in run.events) + _end(events, req, run)
+            return web.Response(body=body, headers={**headers, **SSE_HEADERS})
+        response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
+        await response.prepare(request)
+        await response.write(events.start())
+        async for batch in race.follow_batches(run):
+            await response.write(b"".join(events.feed(e) for e in batch))
+        await response.write_eof(_end(events, req, run))
+        return response
+
+
+def _end(events: ResponseStream, req: ChatCompletionRequest, run: MinerRun) -> bytes:
+    error = f"miner uid {run.uid} failed mid-stream: {run.error}" if run.error else None
+    return events.finish(finish_reason=run.finish_reason, usage=response_usage(req, run), error=error)

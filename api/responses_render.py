@@ -1,0 +1,199 @@
+"""A winning chat answer rendered as a Responses API response: one object, or its stream of events.
+
+The stream follows OpenAI's event sequence, which the SDK's ``responses.stream()``
+checks item by item: ``response.created``, ``response.in_progress``, then per
+output item ``output_item.added`` (and ``content_part.added`` for a message),
+its deltas, its ``.done`` events, and finally ``response.completed`` (or
+``response.incomplete`` / ``response.failed``) carrying the whole response.
+Every event has a ``sequence_number``; there is no ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from api.responses_wire import ResponsesRequest
+from shared.ids import random_hex
+from shared.jsonutil import dumpb, loads
+from shared.miner_client import Event
+
+INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{random_hex()}"
+
+
+def response_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """A chat completion's usage in the Responses API's words."""
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + completion}
+
+
+def skeleton(r: ResponsesRequest, *, response_id: str, model: str) -> dict[str, Any]:
+    """The response object before its output: what the request asked for, echoed as OpenAI does."""
+    fmt = r.text.format if r.text and r.text.format else None
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": r.instructions,
+        "max_output_tokens": r.max_output_tokens,
+        "model": model,
+        "output": [],
+        "parallel_tool_calls": r.parallel_tool_calls if r.parallel_tool_calls is not None else True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": False,
+        "temperature": r.temperature,
+        "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}},
+        "tool_choice": r.tool_choice if r.tool_choice is not None else "auto",
+        "tools": [t.model_dump(exclude_none=True) for t in r.tools or []],
+        "top_p": r.top_p,
+        "truncation": "disabled",
+        "usage": None,
+        "user": r.user,
+        "metadata": r.metadata or {},
+    }
+
+
+def message_item(item_id: str, text: str, *, status: str = "completed") -> dict[str, Any]:
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant",
+            "content": [] if status == "in_progress" else [output_text(text)]}
+
+
+def output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def call_item(item_id: str, call_id: str, name: str, arguments: str, *, status: str = "completed") -> dict[str, Any]:
+    return {"id": item_id, "type": "function_call", "status": status, "call_id": call_id, "name": name,
+            "arguments": arguments}
+
+
+def finished(base: dict[str, Any], output: list[dict[str, Any]], *, finish_reason: str | None,
+             usage: dict[str, Any], error: str | None = None) -> dict[str, Any]:
+    """The response object once the answer is in: its status, and each item's, say whether it is whole."""
+    reason = INCOMPLETE.get(finish_reason or "")
+    status = "failed" if error is not None else "incomplete" if reason else "completed"
+    for item in output:
+        item["status"] = "completed" if status == "completed" else "incomplete"
+    obj = base | {"status": status, "output": output, "usage": response_usage(usage)}
+    if error is not None:
+        obj["error"] = {"code": "server_error", "message": error}
+    elif reason:
+        obj["incomplete_details"] = {"reason": reason}
+    return obj
+
+
+def complete_output(text: str, tool_calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The output items of a finished answer: its text as a message (if any), then each call."""
+    output = [message_item(new_id("msg"), text)] if text or not tool_calls else []
+    for call in tool_calls or []:
+        fn = call.get("function") or {}
+        output.append(call_item(new_id("fc"), call.get("id") or new_id("call"), fn.get("name") or "",
+                                fn.get("arguments") or ""))
+    return output
+
+
+class ResponseStream:
+    """Chat completion chunks in, Responses API events out (SSE bytes), in OpenAI's order.
+
+    Items open as their first delta arrives and stay open to the end (a message's text and the
+    calls of one turn may interleave in a chat stream); the end closes them in output order.
+    """
+
+    def __init__(self, base: dict[str, Any]) -> None:
+        self.base = base
+        self.seq = 0
+        self.items: list[dict[str, Any]] = []  # in output order; each the item as it will be when done
+        self.message: dict[str, Any] | None = None
+        self.calls: dict[int, dict[str, Any]] = {}  # chat tool-call index -> its item
+
+    def event(self, type_: str, **fields: Any) -> bytes:
+        data = dumpb({"type": type_, "sequence_number": self.seq, **fields})
+        self.seq += 1
+        return b"event: " + type_.encode() + b"\ndata: " + data + b"\n\n"
+
+    def start(self) -> bytes:
+        return self.event("response.created", response=self.base) + self.event("response.in_progress",
+                                                                                 response=self.base)
+
+    def feed(self, chunk: Event) -> bytes:
+        """The events for one chat chunk (already checked by the race: an object with choices)."""
+        obj = loads(chunk) if isinstance(chunk, str) else chunk
+        out = []
+        for choice in obj.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                out.append(self._text(delta["content"]))
+            for call in delta.get("tool_calls") or []:
+                out.append(self._call(call))
+        return b"".join(out)
+
+    def _text(self, piece: str) -> bytes:
+        opened = self._open_message() if self.message is None else b""
+        assert self.message is not None
+        self.message["content"][0]["text"] += piece
+        return opened + self.event("response.output_text.delta", item_id=self.message["id"],
+                                   output_index=self.items.index(self.message), content_index=0, delta=piece,
+                                   logprobs=[])
+
+    def _open_message(self) -> bytes:
+        self.message = message_item(new_id("msg"), "")
+        index = self._open(self.message)
+        return (self.event("response.output_item.added", output_index=index,
+                           item=message_item(self.message["id"], "", status="in_progress"))
+                + self.event("response.content_part.added", item_id=self.message["id"], output_index=index,
+                             content_index=0, part=output_text("")))
+
+    def _call(self, call: dict[str, Any]) -> bytes:
+        fn = call.get("function") or {}
+        slot = int(call.get("index", len(self.calls)))
+        item = self.calls.get(slot)
+        opened = b""
+        if item is None:
+            item = self.calls[slot] = call_item(new_id("fc"), call.get("id") or new_id("call"), fn.get("name") or "", "")
+            index = self._open(item)
+            opened = self.event("response.output_item.added", output_index=index,
+                                item=item | {"status": "in_progress"})
+        elif fn.get("name"):
+            item["name"] += fn["name"]
+        arguments = fn.get("arguments") or ""
+        if not arguments:
+            return opened
+        item["arguments"] += arguments
+        return opened + self.event("response.function_call_arguments.delta", item_id=item["id"],
+                                   output_index=self.items.index(item), delta=arguments)
+
+    def _open(self, item: dict[str, Any]) -> int:
+        self.items.append(item)
+        return len(self.items) - 1
+
+    def finish(self, *, finish_reason: str | None, usage: dict[str, Any], error: str | None = None) -> bytes:
+        """Close every item, then the response (``completed``, ``incomplete`` or ``failed``)."""
+        # An answer with neither text nor calls is an empty message, as in the non-streamed object.
+        out = [self._open_message()] if not self.items and error is None else []
+        final = finished(self.base, self.items, finish_reason=finish_reason, usage=usage, error=error)
+        out += [self._close(index, item) for index, item in enumerate(self.items)]
+        out.append(self.event(f"response.{final['status']}", response=final))
+        return b"".join(out)
+
+    def _close(self, index: int, item: dict[str, Any]) -> bytes:
+        if item["type"] == "message":
+            part = item["content"][0]
+            out = (self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
+                               text=part["text"], logprobs=[])
+                    + self.event("response.content_part.done", item_id=item["id"], output_index=index,
+                                 content_index=0, part=part))
+        else:
+            out = self.event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                              name=item["name"], arguments=item["arguments"])
+        return out + self.event("response.output_item.done", output_index=index, item=item)

@@ -1,0 +1,161 @@
+"""A Responses API request as the chat completion the miners answer.
+
+Miners speak chat completions (so do the model servers behind them), and the
+validator scores chat completions: a response is served by translating its
+request into one, racing it like any other, and rendering the winner as a
+response (``api/responses_render.py``). The translation is exact for what both
+APIs share (messages, function tools and calls, structured output, sampling);
+anything else is refused with a 400 naming its place in the body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.responses_wire import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    MessageItem,
+    ResponsesRequest,
+    TextFormat,
+)
+from shared.errors import ApiError
+from shared.http import parse_model
+
+ITEMS: dict[str, type[MessageItem | FunctionCallItem | FunctionCallOutputItem]] = {
+    "message": MessageItem,
+    "function_call": FunctionCallItem,
+    "function_call_output": FunctionCallOutputItem,
+}
+SKIPPED_ITEMS = frozenset({"reasoning"})  # a model's reasoning summary: no chat message holds it
+TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+PASSED_ON = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "seed", "task", "uids", "mixture",
+             "timeout", "session_id")
+
+
+def invalid(param: str, message: str) -> ApiError:
+    return ApiError(400, f"Invalid value for '{param}': {message}", param=param, code="invalid_value")
+
+
+def chat_body(r: ResponsesRequest) -> dict[str, Any]:
+    """The chat completion request (JSON) that ``r`` asks for."""
+    messages: list[dict[str, Any]] = []
+    if r.instructions:
+        messages.append({"role": "system", "content": r.instructions})
+    if isinstance(r.input, str):
+        messages.append({"role": "user", "content": r.input})
+    else:
+        for i, raw in enumerate(r.input):
+            _add_item(messages, raw, f"input.{i}")
+    body: dict[str, Any] = {"messages": messages, "stream": r.stream}
+    if r.stream:
+        body["stream_options"] = {"include_usage": True}  # for the usage of response.completed
+    for name in PASSED_ON:
+        value = getattr(r, name)
+        if value is not None:
+            body[name] = value
+    if r.sampling_parameters is not None:
+        body["sampling_parameters"] = r.sampling_parameters.model_dump(exclude_none=True)
+    if r.max_output_tokens is not None:
+        body["max_tokens"] = r.max_output_tokens
+    if r.tools:
+        body["tools"] = [{"type": "function", "function": {k: v for k, v in (
+            ("name", t.name), ("description", t.description), ("parameters", t.parameters), ("strict", t.strict),
+        ) if v is not None}} for t in r.tools]
+    if r.tool_choice is not None:
+        body["tool_choice"] = _tool_choice(r.tool_choice)
+    fmt = r.text.format if r.text else None
+    if fmt is not None and fmt.type != "text":
+        body["response_format"] = _response_format(fmt)
+    return body
+
+
+def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> None:
+    kind = _type_of(raw, at, default="message" if "role" in raw else None)
+    if kind in SKIPPED_ITEMS:
+        return
+    model = ITEMS.get(kind or "")
+    if model is None:
+        raise invalid(f"{at}.type", f"input items served here are {', '.join(ITEMS)} (and reasoning, skipped); "
+                                    f"not {kind!r}")
+    item = parse_model(model, raw, at=at)
+    if isinstance(item, MessageItem):
+        messages.append(_message(item, at))
+    elif isinstance(item, FunctionCallItem):
+        call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
+        last = messages[-1] if messages else None
+        if last is not None and last["role"] == "assistant":  # the calls of one turn go in one message
+            last.setdefault("tool_calls", []).append(call)
+        else:
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+    else:
+        output = item.output if isinstance(item.output, str) else _joined_text(item.output, f"{at}.output")
+        messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+
+
+def _message(item: MessageItem, at: str) -> dict[str, Any]:
+    if isinstance(item.content, str):
+        return {"role": item.role, "content": item.content}
+    if item.role == "assistant":  # what the model said before: its text (output_text and refusal parts)
+        return {"role": "assistant", "content": _joined_text(item.content, f"{at}.content")}
+    return {"role": item.role, "content": [_part(p, f"{at}.content.{i}") for i, p in enumerate(item.content)]}
+
+
+def _part(part: dict[str, Any], at: str) -> dict[str, Any]:
+    kind = _type_of(part, at)
+    if kind in TEXT_PARTS:
+        return {"type": "text", "text": _text_of(part, at)}
+    if kind == "input_image":
+        url = part.get("image_url")
+        if not isinstance(url, str):
+            raise invalid(f"{at}.image_url", "an input_image needs an image_url (a URL or a data: URL); file ids "
+                                             "need OpenAI's file store")
+        image = {"url": url} | ({"detail": part["detail"]} if isinstance(part.get("detail"), str) else {})
+        return {"type": "image_url", "image_url": image}
+    raise invalid(f"{at}.type", f"content parts served here are input_text and input_image, not {kind!r}")
+
+
+def _joined_text(parts: list[dict[str, Any]], at: str) -> str:
+    texts = []
+    for i, part in enumerate(parts):
+        kind = _type_of(part, f"{at}.{i}")
+        if kind not in TEXT_PARTS and kind != "refusal":
+            raise invalid(f"{at}.{i}.type", f"only text parts are served here, not {kind!r}")
+        texts.append(_text_of(part, f"{at}.{i}", field="refusal" if kind == "refusal" else "text"))
+    return "".join(texts)
+
+
+def _type_of(obj: dict[str, Any], at: str, default: str | None = None) -> str | None:
+    kind = obj.get("type", default)
+    if kind is not None and not isinstance(kind, str):
+        raise invalid(f"{at}.type", "must be a string")
+    return kind
+
+
+def _text_of(part: dict[str, Any], at: str, field: str = "text") -> str:
+    text = part.get(field)
+    if not isinstance(text, str):
+        raise invalid(f"{at}.{field}", "must be a string")
+    return text
+
+
+def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
+    if isinstance(choice, str):
+        return choice  # none, auto, required: the chat request's own check refuses the rest
+    if choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    raise invalid("tool_choice", "tool_choice must be 'none', 'auto', 'required' or "
+                                 '{"type": "function", "name": ...}')
+
+
+def _response_format(fmt: TextFormat) -> dict[str, Any]:
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    if not fmt.name or fmt.schema_ is None:
+        raise invalid("text.format", "a json_schema format needs a name and a schema")
+    schema = {"name": fmt.name, "schema": fmt.schema_}
+    if fmt.description is not None:
+        schema["description"] = fmt.description
+    if fmt.strict is not None:
+        schema["strict"] = fmt.strict
+    return {"type": "json_schema", "json_schema": schema}

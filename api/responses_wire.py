@@ -1,0 +1,181 @@
+"""Wire models of OpenAI's Responses API (``POST /v1/responses``), as far as this gateway serves it.
+
+A response is a chat completion underneath (``api/responses_translate.py``): what
+cannot be expressed as one is refused with a 400 naming the field, never dropped
+in silence. Nothing is stored, so ``previous_response_id`` and ``conversation``
+are refused and the caller sends the whole conversation in ``input``, as with
+chat completions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from shared.protocol import MIN_TIMEOUT, REQUEST_CONFIG, SamplingParameters
+
+STATELESS = "this gateway stores no responses: send the whole conversation in 'input'"
+
+
+class FunctionTool(BaseModel):
+    """A function tool, Responses style (flat: ``name`` and ``parameters`` beside ``type``)."""
+
+    model_config = REQUEST_CONFIG
+    type: str
+    name: str | None = Field(default=None, validate_default=True, pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _function_only(cls, v: str) -> str:
+        if v != "function":
+            raise PydanticCustomError("unsupported_tool", "only function tools are served here, not '{type}'",
+                                      {"type": v})
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, v: str | None) -> str | None:
+        if v is None:
+            raise PydanticCustomError("missing_name", "a function tool needs a name")
+        return v
+
+
+class TextFormat(BaseModel):
+    model_config = REQUEST_CONFIG
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class TextConfig(BaseModel):
+    model_config = REQUEST_CONFIG
+    format: TextFormat | None = None
+
+
+class MessageItem(BaseModel):
+    """A message in ``input``; ``content`` is a string or a list of parts (``input_text``, ...)."""
+
+    model_config = REQUEST_CONFIG
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[dict[str, Any]]
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallItem(BaseModel):
+    """A call the model made earlier in the conversation."""
+
+    model_config = REQUEST_CONFIG
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(BaseModel):
+    """The caller's result for a call: ``output`` is text, or a list of parts with text."""
+
+    model_config = REQUEST_CONFIG
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str | list[dict[str, Any]]
+    id: str | None = None
+    status: str | None = None
+
+
+class ResponsesRequest(BaseModel):
+    """The request body. Fields of OpenAI's that only its own platform can honour (``background``,
+    ``prompt``, stored state) are refused; the subnet's extras are as for chat completions."""
+
+    model_config = REQUEST_CONFIG
+
+    input: str | list[dict[str, Any]]
+    model: str | None = None
+    instructions: str | None = None
+    stream: bool = False
+    tools: list[FunctionTool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=65536)
+    text: TextConfig | None = None
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    store: bool | None = None
+    user: str | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None
+    background: bool | None = None
+    prompt: dict[str, Any] | None = None
+
+    # The subnet's extras, as for chat completions.
+    task: str | None = None
+    sampling_parameters: SamplingParameters | None = None
+    uids: list[int] | None = Field(default=None, max_length=256)
+    mixture: bool | None = None
+    timeout: float | None = Field(default=None, ge=MIN_TIMEOUT, le=600, description="Deadline in seconds")
+    session_id: str | None = Field(default=None, max_length=128)
+
+    @field_validator("input")
+    @classmethod
+    def _input_not_empty(cls, v: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        if isinstance(v, list) and not v:
+            raise PydanticCustomError("empty_input", "input needs at least one item")
+        return v
+
+    @field_validator("previous_response_id", "conversation")
+    @classmethod
+    def _stateless(cls, v: Any) -> Any:
+        if v is not None:
+            raise PydanticCustomError("unsupported_parameter", STATELESS)
+        return v
+
+    @field_validator("background")
+    @classmethod
+    def _no_background(cls, v: bool | None) -> bool | None:
+        if v:
+            raise PydanticCustomError("unsupported_parameter", "background responses need stored responses; "
+                                      "this gateway answers in the request (use stream: true for long answers)")
+        return v
+
+    @field_validator("prompt")
+    @classmethod
+    def _no_prompt_templates(cls, v: Any) -> Any:
+        if v is not None:
+            raise PydanticCustomError("unsupported_parameter", "prompt templates live on OpenAI's platform; "
+                                      "send the prompt's text in 'instructions' and 'input'")
+        return v
+
+
+class ResponseOut(BaseModel):
+    """A ``response`` object (``stream: false``); with ``stream: true`` the answer is SSE events."""
+
+    model_config = {"extra": "allow"}
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Literal["completed", "incomplete", "failed"]
+    model: str
+    output: list[dict[str, Any]] = Field(description="message and function_call items, in order")
+    usage: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    incomplete_details: dict[str, Any] | None = None
+
+
+class ResponseEventOut(BaseModel):
+    """One event of a streamed response (``response.created``, ``response.output_text.delta``, ...)."""
+
+    model_config = {"extra": "allow"}
+    type: str
+    sequence_number: int

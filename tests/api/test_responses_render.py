@@ -1,0 +1,93 @@
+"""Chat chunks rendered as the Responses API's events, in OpenAI's order, and as a response object."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from api.responses_render import ResponseStream, complete_output, finished, skeleton
+from api.responses_wire import ResponsesRequest
+
+USAGE = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+
+
+def chunk(content: str | None = None, calls: list[dict[str, Any]] | None = None,
+          finish: str | None = None) -> str:
+    delta: dict[str, Any] = {}
+    if content is not None:
+        delta["content"] = content
+    if calls is not None:
+        delta["tool_calls"] = calls
+    return json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+def events(raw: bytes) -> list[dict[str, Any]]:
+    out = []
+    for frame in raw.decode().split("\n\n"):
+        if frame:
+            name, data = frame.split("\n")
+            event = json.loads(data.removeprefix("data: "))
+            assert name == f"event: {event['type']}"
+            out.append(event)
+    return out
+
+
+def stream_of(*chunks: str, finish_reason: str | None = "stop", error: str | None = None) -> list[dict[str, Any]]:
+    s = ResponseStream(skeleton(ResponsesRequest(input="x"), response_id="resp_1", model="m"))
+    raw = s.start() + b"".join(s.feed(c) for c in chunks) + s.finish(finish_reason=finish_reason, usage=USAGE,
+                                                                        error=error)
+    return events(raw)
+
+
+def test_text_then_a_call_stream_in_openais_order_and_end_complete() -> None:
+    got = stream_of(chunk("Hel"), chunk("lo"),
+                    chunk(calls=[{"index": 0, "id": "call_1", "type": "function",
+                                  "function": {"name": "get_weather", "arguments": '{"ci'}}]),
+                    chunk(calls=[{"index": 0, "function": {"arguments": 'ty":"Paris"}'}}]), chunk(finish="tool_calls"))
+    assert [e["type"] for e in got] == [
+        "response.created", "response.in_progress",
+        "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.delta",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.function_call_arguments.done", "response.output_item.done",
+        "response.completed"]
+    assert [e["sequence_number"] for e in got] == list(range(len(got)))
+    added = [e for e in got if e["type"] == "response.output_item.added"]
+    assert added[0]["item"]["status"] == "in_progress" and added[0]["item"]["content"] == []
+    assert added[1]["item"]["call_id"] == "call_1" and added[1]["output_index"] == 1
+    final = got[-1]["response"]
+    assert final["status"] == "completed" and final["id"] == "resp_1"
+    assert final["output"][0]["content"][0]["text"] == "Hello"
+    assert final["output"][1] | {"id": None} == {"id": None, "type": "function_call", "status": "completed",
+                                                  "call_id": "call_1", "name": "get_weather",
+                                                  "arguments": '{"city":"Paris"}'}
+    assert final["usage"] == {"input_tokens": 3, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 5,
+                              "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 8}
+    done = {e["item"]["id"]: e["item"] for e in got if e["type"] == "response.output_item.done"}
+    assert [done[item["id"]] for item in final["output"]] == final["output"]
+
+
+def test_a_cut_answer_is_incomplete_and_a_failed_winner_is_failed() -> None:
+    cut = stream_of(chunk("Hel"), finish_reason="length")[-1]
+    assert cut["type"] == "response.incomplete"
+    assert cut["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    failed = stream_of(chunk("Hel"), finish_reason=None, error="miner uid 3 failed mid-stream: timeout")[-1]
+    assert failed["type"] == "response.failed"
+    assert failed["response"]["error"] == {"code": "server_error",
+                                           "message": "miner uid 3 failed mid-stream: timeout"}
+    assert failed["response"]["output"][0]["content"][0]["text"] == "Hel"  # what the caller already has
+    assert cut["response"]["output"][0]["status"] == failed["response"]["output"][0]["status"] == "incomplete"
+
+
+def test_an_empty_answer_is_one_empty_message_streamed_or_not() -> None:
+    got = stream_of(chunk(finish="stop"))
+    assert [e["type"] for e in got][2:] == ["response.output_item.added", "response.content_part.added",
+                                            "response.output_text.done", "response.content_part.done",
+                                            "response.output_item.done", "response.completed"]
+    whole = finished(skeleton(ResponsesRequest(input="x"), response_id="r", model="m"), complete_output("", None),
+                     finish_reason="stop", usage=USAGE)
+    assert [item["content"][0]["text"] for item in whole["output"]] == [""]
+    assert got[-1]["response"]["output"][0]["content"] == whole["output"][0]["content"]

@@ -1,0 +1,134 @@
+"""A Responses API request becomes the chat completion its caller means; what cannot is a 400 naming it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from api.responses_translate import chat_body
+from api.responses_wire import ResponsesRequest
+from shared.errors import ApiError
+from shared.http import parse_model
+from shared.protocol import ChatCompletionRequest
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}, "strict": True}
+
+
+def translate(**fields: Any) -> dict[str, Any]:
+    body = chat_body(parse_model(ResponsesRequest, fields))
+    parse_model(ChatCompletionRequest, body)  # what the chat pipeline then accepts
+    return body
+
+
+def refused(**fields: Any) -> ApiError:
+    with pytest.raises(ApiError) as e:
+        translate(**fields)
+    assert e.value.status == 400
+    return e.value
+
+
+def test_a_string_input_with_instructions_is_a_system_and_a_user_message() -> None:
+    body = translate(model="m", input="Hello", instructions="Be brief", max_output_tokens=20, temperature=0.5)
+    assert body["messages"] == [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hello"}]
+    assert body["max_tokens"] == 20 and body["temperature"] == 0.5 and body["model"] == "m"
+    assert body["stream"] is False and "stream_options" not in body
+
+
+def test_streaming_asks_the_miners_for_usage() -> None:
+    assert translate(input="Hi", stream=True)["stream_options"] == {"include_usage": True}
+
+
+def test_a_tool_round_trip_is_one_assistant_turn_then_the_tool_results() -> None:
+    body = translate(input=[
+        {"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris and Rome?"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking.",
+                                                             "annotations": []}]},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+        {"type": "function_call", "call_id": "c2", "name": "get_weather", "arguments": '{"city":"Rome"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "rain"}]},
+    ], tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"})
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Weather in Paris and Rome?"}]},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+            {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "c2", "content": "rain"},
+    ]
+    assert body["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city", "parameters": WEATHER["parameters"],
+        "strict": True}}]
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+
+
+def test_structured_output_and_images_translate() -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    body = translate(input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "What is this?"},
+        {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"}]}],
+        text={"format": {"type": "json_schema", "name": "City", "schema": schema, "strict": True}})
+    assert body["messages"][0]["content"][1] == {"type": "image_url",
+                                                 "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}}
+    assert body["response_format"] == {"type": "json_schema",
+                                       "json_schema": {"name": "City", "schema": schema, "strict": True}}
+    assert translate(input="x", text={"format": {"type": "json_object"}})["response_format"] == {"type": "json_object"}
+    assert "response_format" not in translate(input="x", text={"format": {"type": "text"}})
+
+
+def test_the_subnets_extras_reach_the_chat_request() -> None:
+    body = translate(input="x", uids=[1, 2], timeout=5, task="InferenceTask", seed=7)
+    assert (body["uids"], body["timeout"], body["task"], body["seed"]) == ([1, 2], 5, "InferenceTask", 7)
+
+
+@pytest.mark.parametrize(("fields", "param", "says"), [
+    ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id", "stores no responses"),
+    ({"input": "x", "conversation": "conv_1"}, "conversation", "stores no responses"),
+    ({"input": "x", "background": True}, "background", "background responses"),
+    ({"input": []}, "input", "at least one item"),
+    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools.0.type", "only function tools"),
+    ({"input": "x", "tools": [{"type": "function"}]}, "tools.0.name", "needs a name"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0.type", "not 'item_reference'"),
+    ({"input": [{"role": "user", "content": "a"}, {"type": "function_call", "name": "f", "arguments": "{}"}]},
+     "input.1.call_id", "Field required"),
+    ({"input": [{"role": "robot", "content": "a"}]}, "input.0.role", "Input should be"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input.0.content.0.type",
+     "not 'input_file'"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+     "input.0.content.0.image_url", "needs an image_url"),
+    ({"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]}, "input.0.content.0.text",
+     "must be a string"),
+    ({"input": "x", "tool_choice": {"type": "web_search"}}, "tool_choice", "tool_choice must be"),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format", "needs a name"),
+    ({"input": "x", "max_output_tokens": "5"}, "max_output_tokens", "valid integer"),
+])
+def test_what_cannot_be_served_is_a_400_naming_its_place(fields: dict[str, Any], param: str, says: str) -> None:
+    e = refused(**fields)
+    assert e.param == param and says in e.message, (e.param, e.message)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                    max_leaves=12)
+ITEM_KEYS = st.sampled_from(["type", "role", "content", "call_id", "name", "arguments", "output", "text",
+                             "image_url", "id"])
+ITEM_VALUES = st.sampled_from(["message", "function_call", "function_call_output", "reasoning", "input_text",
+                               "input_image", "output_text", "refusal", "user", "assistant", "system"]) | JSON
+PARTS = st.lists(st.dictionaries(ITEM_KEYS, ITEM_VALUES, max_size=4), max_size=3)
+ITEM = st.dictionaries(ITEM_KEYS, ITEM_VALUES | PARTS, max_size=6)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(items=st.lists(ITEM, min_size=1, max_size=4),
+       extra=st.dictionaries(st.sampled_from(["tools", "tool_choice", "text", "instructions", "stream"]), JSON,
+                             max_size=2))
+def test_any_body_is_translated_or_a_400_never_a_crash(items: list[dict[str, Any]], extra: dict[str, Any]) -> None:
+    try:
+        translate(input=items, **extra)
+    except ApiError as e:
+        assert e.status == 400 and e.param

@@ -1,0 +1,108 @@
+"""The Responses API (``POST /v1/responses``) against a real local subnet, through the SDKs that use it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+from tests.integration.test_localnet_openai_sdk import client
+
+MODEL = "sn1/deterministic"
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def test_a_response_and_its_stream_say_the_same(localnet: dict) -> None:
+    c = client(localnet)
+    raw = c.responses.with_raw_response.create(model=MODEL, input="Hello there", instructions="Be brief", extra_body={"seed": 5})
+    whole = raw.parse()
+    assert whole.status == "completed" and whole.output_text and whole.model == MODEL
+    assert whole.usage is not None and whole.usage.output_tokens > 0
+    assert int(raw.headers["x-sn1-miner-uid"]) in {m["uid"] for m in localnet["miners"]}
+    with c.responses.stream(model=MODEL, input="Hello there", instructions="Be brief", extra_body={"seed": 5}) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert len(deltas) > 3 and "".join(deltas) == final.output_text == whole.output_text
+    assert final.status == "completed" and final.usage is not None and final.usage.output_tokens > 0
+
+
+def test_a_tool_call_and_its_result_round_trip(localnet: dict) -> None:
+    c = client(localnet)
+    first = c.responses.create(model=MODEL, input="Weather in Paris", tools=[WEATHER])
+    (call,) = first.output
+    assert call.type == "function_call" and call.name == "get_weather" and json.loads(call.arguments)["city"]
+    second = c.responses.create(model=MODEL, tools=[WEATHER], input=[
+        {"role": "user", "content": "Weather in Paris"}, call.model_dump(exclude_none=True),
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    assert second.output_text and second.output[0].type == "message"
+    with c.responses.stream(model=MODEL, input="Weather in Paris", tools=[WEATHER]) as stream:
+        streamed = stream.get_final_response().output
+    assert [(o.type, o.name, o.arguments) for o in streamed] == [(call.type, call.name, call.arguments)]
+
+
+def test_structured_output_parses_into_the_model(localnet: dict) -> None:
+    class City(BaseModel):
+        name: str
+        population: int
+        landmarks: list[str]
+
+    parsed = client(localnet).responses.parse(model=MODEL, input="Tell me about Paris", text_format=City)
+    assert isinstance(parsed.output_parsed, City)
+
+
+def test_what_needs_stored_responses_is_a_400_the_sdk_raises(localnet: dict) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client(localnet).responses.create(model=MODEL, input="again", previous_response_id="resp_123")
+    assert e.value.param == "previous_response_id" and "whole conversation" in e.value.message
+
+
+def test_the_agents_sdks_default_model_runs_handoffs_and_tools(localnet: dict) -> None:
+    """``OpenAIResponsesModel`` (the Agents SDK's default), streamed and not, with a handoff and a tool."""
+    from agents import Agent, AsyncOpenAI, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    model = OpenAIResponsesModel(model=MODEL, openai_client=AsyncOpenAI(
+        base_url=localnet["api_url"] + "/v1", api_key=localnet["api_key"], max_retries=0))
+    asked: list[str] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        asked.append(city)
+        return f"sunny in {city}"
+
+    spanish = Agent(name="Spanish agent", instructions="You only speak Spanish.", model=model)
+    english = Agent(name="English agent", instructions="You only speak English.", model=model)
+    triage = Agent(name="Triage agent", instructions="Handoff to the appropriate agent based on the language.",
+                   handoffs=[spanish, english], model=model)
+    weather = Agent(name="Weather agent", instructions="Use the tool.", tools=[get_weather], model=model)
+
+    async def run() -> None:
+        result = await Runner.run(triage, input="Hola, ¿Cómo te llamas?")
+        assert result.last_agent.name == "Spanish agent" and result.final_output
+        streamed = Runner.run_streamed(triage, input="Hello! Please answer in English.")
+        async for _event in streamed.stream_events():
+            pass
+        assert streamed.last_agent.name == "English agent" and streamed.final_output
+        result = await Runner.run(weather, input="Weather in Paris?")
+        assert asked and result.final_output
+
+    asyncio.run(run())
+
+
+def test_curl_sees_openais_event_stream(localnet: dict) -> None:
+    req = urllib.request.Request(localnet["api_url"] + "/v1/responses", method="POST",
+                                 data=json.dumps({"input": "hi", "stream": True}).encode(),
+                                 headers={"Authorization": f"Bearer {localnet['api_key']}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        frames = r.read().decode().strip().split("\n\n")
+    names = [f.split("\n")[0] for f in frames]
+    assert names[:2] == ["event: response.created", "event: response.in_progress"]
+    assert names[-1] == "event: response.completed" and "data: [DONE]" not in frames
