@@ -190,10 +190,10 @@ class ResponseStream:
         if item["type"] == "message":
             part = item["content"][0]
             out = (self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                               text=part["text"], logprobs=[])
-                    + self.event("response.content_part.done", item_id=item["id"], output_index=index,
-                                 content_index=0, part=part))
+                              text=part["text"], logprobs=[])
+                   + self.event("response.content_part.done", item_id=item["id"], output_index=index,
+                                content_index=0, part=part))
         else:
             out = self.event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                              name=item["name"], arguments=item["arguments"])
+                             name=item["name"], arguments=item["arguments"])
         return out + self.event("response.output_item.done", output_index=index, item=item)
