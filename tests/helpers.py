@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -10,6 +11,14 @@ from aiohttp import web
 from bittensor.sp_core import Keypair
 
 from shared.metagraph import MetagraphSnapshot, Neuron
+
+
+def hangup_as(*, nohup: bool = False) -> Callable[[], None]:
+    """A ``preexec_fn`` that gives a child SIGHUP as a terminal does (it stops the process) or as
+    ``nohup`` does (ignored). Set either way: a test run started under nohup passes "ignored" on to
+    every child, and the tests that send SIGHUP then fail for the run's sake, not the code's."""
+    wanted = signal.SIG_IGN if nohup else signal.SIG_DFL
+    return lambda: signal.signal(signal.SIGHUP, wanted)
 
 
 def keypair(uri: str) -> Keypair:

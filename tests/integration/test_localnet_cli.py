@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from neurons.localnet import LocalNet, LocalNetConfig, free_port, free_ports, port_is_free
-from tests.helpers import until_empty
+from tests.helpers import hangup_as, until_empty
 
 
 def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
@@ -38,10 +38,9 @@ def ours(directory: Path) -> list[str]:
 
 def start_localnet(directory: Path, api_port: int, validator_port: int, *, nohup: bool = False) -> subprocess.Popen:
     """``sn1 localnet`` with one miner, returned once it says it is up (its output is then left unread)."""
-    ignore_hup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None
     proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "localnet", "--miners", "1", "--dir", str(directory),
                              "--api-port", str(api_port), "--validator-port", str(validator_port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ignore_hup)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=hangup_as(nohup=nohup))
     assert proc.stdout is not None
     try:
         seen = []

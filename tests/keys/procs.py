@@ -15,6 +15,7 @@ from pathlib import Path
 from neurons.localnet import free_port
 from shared.metagraph import MetagraphSnapshot, Neuron, write_metagraph_file
 from shared.wallet import ensure_wallet
+from tests.helpers import hangup_as
 
 ADMIN = "fleet-admin-key-0123456789"
 
@@ -60,7 +61,7 @@ def start_api(directory: Path, env: dict[str, str], *, store_url: str, workers: 
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "api", "--env-file", str(env_file)],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=clean_env,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=hangup_as())
     return ApiProcess(url=f"http://127.0.0.1:{port}", proc=proc, log=log)
 
 

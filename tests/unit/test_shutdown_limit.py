@@ -12,6 +12,7 @@ import textwrap
 import time
 
 from neurons.localnet import free_port
+from tests.helpers import hangup_as
 
 SERVER = textwrap.dedent("""
     import asyncio, sys
@@ -44,9 +45,8 @@ SERVER = textwrap.dedent("""
 
 def _serve_then_sigterm(mode: str, sig: signal.Signals = signal.SIGTERM, *,
                         nohup: bool = False) -> tuple[int, float, str]:
-    ignore_hup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(free_port()), mode], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=ignore_hup)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=hangup_as(nohup=nohup))
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         if nohup:
