@@ -106,3 +106,27 @@ def test_curl_sees_openais_event_stream(localnet: dict) -> None:
     names = [f.split("\n")[0] for f in frames]
     assert names[:2] == ["event: response.created", "event: response.in_progress"]
     assert names[-1] == "event: response.completed" and "data: [DONE]" not in frames
+
+
+def test_langchain_on_the_responses_api(localnet: dict) -> None:
+    """``ChatOpenAI(use_responses_api=True)``: invoke, stream, tools and structured output."""
+    from langchain_openai import ChatOpenAI
+
+    class GetWeather(BaseModel):
+        """The weather in a city."""
+
+        city: str
+
+    class City(BaseModel):
+        name: str
+        population: int
+
+    llm = ChatOpenAI(model=MODEL, base_url=localnet["api_url"] + "/v1", api_key=localnet["api_key"],
+                     use_responses_api=True, max_retries=0, extra_body={"seed": 3})
+    said = llm.invoke("Hello there")
+    assert said.text and said.usage_metadata and said.usage_metadata["output_tokens"] > 0
+    streamed = list(llm.stream("Hello there"))
+    assert len(streamed) > 3 and "".join(c.text for c in streamed) == said.text
+    (call,) = llm.bind_tools([GetWeather]).invoke("Weather in Paris").tool_calls
+    assert call["name"] == "GetWeather" and call["args"]["city"]
+    assert isinstance(llm.with_structured_output(City).invoke("Paris"), City)
