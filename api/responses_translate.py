@@ -30,7 +30,7 @@ ITEMS: dict[str, type[MessageItem | FunctionCallItem | FunctionCallOutputItem]] 
 SKIPPED_ITEMS = frozenset({"reasoning"})  # a model's reasoning summary: no chat message holds it
 TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 PASSED_ON = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "seed", "task", "uids", "mixture",
-             "timeout", "session_id")
+             "inference_mode", "timeout", "session_id")
 
 
 def invalid(param: str, message: str) -> ApiError:

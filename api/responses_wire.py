@@ -124,6 +124,7 @@ class ResponsesRequest(BaseModel):
     sampling_parameters: SamplingParameters | None = None
     uids: list[int] | None = Field(default=None, max_length=256)
     mixture: bool | None = None
+    inference_mode: str | None = None
     timeout: float | None = Field(default=None, ge=MIN_TIMEOUT, le=600, description="Deadline in seconds")
     session_id: str | None = Field(default=None, max_length=128)
 

@@ -200,14 +200,12 @@ async def api_with_miners(tmp_path: Path, scripts: dict[int, Script], *, honest:
         yield ApiUnderTest(url=url, key=secret, ctx=ctx, scripts=scripts)
 
 
-async def post(api: ApiUnderTest, body: dict, *, timeout: float = 20,
-               headers: dict[str, str] | None = None) -> tuple[int, dict, str]:
+async def post(api: ApiUnderTest, body: dict, *, timeout: float = 20, headers: dict[str, str] | None = None,
+               path: str = "/v1/chat/completions") -> tuple[int, dict, str]:
     async with aiohttp.ClientSession() as s:
-        async with s.post(api.url + "/v1/chat/completions", json=body, timeout=aiohttp.ClientTimeout(total=timeout),
+        async with s.post(api.url + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout),
                           headers={"Authorization": f"Bearer {api.key}", **(headers or {})}) as r:
             return r.status, dict(r.headers), await r.text()
-
-
 
 
 def until_empty(probe: Callable[[], list[str]], seconds: float) -> list[str]:

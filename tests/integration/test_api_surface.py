@@ -46,6 +46,19 @@ async def test_mixture_streams_the_synthesis(tmp_path: Path) -> None:
     assert text.rstrip().endswith("data: [DONE]")
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_responses_api_request_can_ask_for_a_mixture(tmp_path: Path, stream: bool) -> None:
+    scripts = {1: answer("first view"), 2: answer("second view")}
+    async with api_with_miners(tmp_path, scripts, incentives={1: 0.9, 2: 0.1}) as api:
+        status, headers, text = await post(api, {"input": "What is a subnet?", "inference_mode": "Mixture-of-Agents",
+                                                 "stream": stream}, path="/v1/responses")
+    assert status == 200 and headers["x-sn1-miner-uid"] == "1", text
+    assert sorted(headers["x-sn1-mixture-uids"].split(",")) == ["1", "2"]
+    system = scripts[1].bodies[-1]["messages"][0]
+    assert "first view" in system["content"] and "second view" in system["content"]
+    assert ("event: response.completed" in text) if stream else json.loads(text)["status"] == "completed"
+
+
 async def test_mixture_with_no_valid_first_stage_is_502(tmp_path: Path) -> None:
     scripts = {1: Script([], status=500), 2: Script([(0, b"data: {}\n\n")])}
     async with api_with_miners(tmp_path, scripts) as api:
