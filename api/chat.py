@@ -173,17 +173,18 @@ def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]
         tool_calls=run.merged_tool_calls(),
         finish_reason=run.finish_reason or ("tool_calls" if run.tool_calls else "stop"),
         usage=response_usage(req, run),
-        logprobs=_merge_logprobs(run.logprobs),
+        logprobs=({"content": tokens} if (tokens := logprob_tokens(run.logprobs)) else None),
     )
     return json_response(obj, headers=headers)
 
 
-def _merge_logprobs(parts: list[Any]) -> Any:
+def logprob_tokens(parts: list[Any]) -> list[Any]:
+    """The tokens' log probabilities of a run's chunks (each chunk's ``logprobs.content``), in order."""
     content: list[Any] = []
     for p in parts:
         if isinstance(p, dict) and isinstance(p.get("content"), list):
             content.extend(p["content"])
-    return {"content": content} if content else None
+    return content
 
 
 def _frames(batch: list[Event]) -> bytes:

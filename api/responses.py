@@ -15,7 +15,7 @@ from aiohttp import web
 
 from api.access_log import access_logged
 from api.auth import authenticate
-from api.chat import answer, response_usage
+from api.chat import answer, logprob_tokens, response_usage
 from api.context import CTX
 from api.race import MinerRun, Race
 from api.responses_render import ResponseStream, complete_output, finished, new_id, skeleton
@@ -50,8 +50,8 @@ class ResponsesFormat:
         return skeleton(self.wanted, response_id=new_id("resp"), model=run.model or req.model or "unknown")
 
     def complete(self, req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]) -> web.Response:
-        obj = finished(self._base(req, run), complete_output(run.text, run.merged_tool_calls()),
-                       finish_reason=run.finish_reason, usage=response_usage(req, run))
+        output = complete_output(run.text, run.merged_tool_calls(), logprob_tokens(run.logprobs))
+        obj = finished(self._base(req, run), output, finish_reason=run.finish_reason, usage=response_usage(req, run))
         return json_response(obj, headers=headers)
 
     async def stream(self, request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun,

@@ -57,6 +57,7 @@ def skeleton(r: ResponsesRequest, *, response_id: str, model: str) -> dict[str, 
         "tool_choice": r.tool_choice if r.tool_choice is not None else "auto",
         "tools": [t.model_dump(exclude_none=True) for t in r.tools or []],
         "top_p": r.top_p,
+        "top_logprobs": r.top_logprobs,
         "truncation": "disabled",
         "usage": None,
         "user": r.user,
@@ -64,13 +65,14 @@ def skeleton(r: ResponsesRequest, *, response_id: str, model: str) -> dict[str, 
     }
 
 
-def message_item(item_id: str, text: str, *, status: str = "completed") -> dict[str, Any]:
+def message_item(item_id: str, text: str, *, status: str = "completed",
+                 logprobs: list[Any] | None = None) -> dict[str, Any]:
     return {"id": item_id, "type": "message", "status": status, "role": "assistant",
-            "content": [] if status == "in_progress" else [output_text(text)]}
+            "content": [] if status == "in_progress" else [output_text(text, logprobs)]}
 
 
-def output_text(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def output_text(text: str, logprobs: list[Any] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": list(logprobs or [])}
 
 
 def call_item(item_id: str, call_id: str, name: str, arguments: str, *, status: str = "completed") -> dict[str, Any]:
@@ -93,9 +95,10 @@ def finished(base: dict[str, Any], output: list[dict[str, Any]], *, finish_reaso
     return obj
 
 
-def complete_output(text: str, tool_calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+def complete_output(text: str, tool_calls: list[dict[str, Any]] | None,
+                    logprobs: list[Any] | None = None) -> list[dict[str, Any]]:
     """The output items of a finished answer: its text as a message (if any), then each call."""
-    output = [message_item(new_id("msg"), text)] if text or not tool_calls else []
+    output = [message_item(new_id("msg"), text, logprobs=logprobs)] if text or not tool_calls else []
     for call in tool_calls or []:
         fn = call.get("function") or {}
         output.append(call_item(new_id("fc"), call.get("id") or new_id("call"), fn.get("name") or "",
@@ -133,18 +136,22 @@ class ResponseStream:
         for choice in obj.get("choices") or []:
             delta = choice.get("delta") or {}
             if delta.get("content"):
-                out.append(self._text(delta["content"]))
+                logprobs = choice.get("logprobs")
+                tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+                out.append(self._text(delta["content"], tokens if isinstance(tokens, list) else []))
             for call in delta.get("tool_calls") or []:
                 out.append(self._call(call))
         return b"".join(out)
 
-    def _text(self, piece: str) -> bytes:
+    def _text(self, piece: str, logprobs: list[Any]) -> bytes:
         opened = self._open_message() if self.message is None else b""
         assert self.message is not None
-        self.message["content"][0]["text"] += piece
+        part = self.message["content"][0]
+        part["text"] += piece
+        part["logprobs"].extend(logprobs)
         return opened + self.event("response.output_text.delta", item_id=self.message["id"],
                                    output_index=self.items.index(self.message), content_index=0, delta=piece,
-                                   logprobs=[])
+                                   logprobs=logprobs)
 
     def _open_message(self) -> bytes:
         self.message = message_item(new_id("msg"), "")
@@ -190,7 +197,7 @@ class ResponseStream:
         if item["type"] == "message":
             part = item["content"][0]
             out = (self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                              text=part["text"], logprobs=[])
+                              text=part["text"], logprobs=part["logprobs"])
                    + self.event("response.content_part.done", item_id=item["id"], output_index=index,
                                 content_index=0, part=part))
         else:

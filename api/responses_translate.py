@@ -28,6 +28,7 @@ ITEMS: dict[str, type[MessageItem | FunctionCallItem | FunctionCallOutputItem]] 
     "function_call_output": FunctionCallOutputItem,
 }
 SKIPPED_ITEMS = frozenset({"reasoning"})  # a model's reasoning summary: no chat message holds it
+LOGPROBS = "message.output_text.logprobs"  # the include that asks for the answer's token log probabilities
 TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 PASSED_ON = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "seed", "task", "uids", "mixture",
              "inference_mode", "timeout", "session_id")
@@ -58,6 +59,10 @@ def chat_body(r: ResponsesRequest) -> dict[str, Any]:
         body["sampling_parameters"] = r.sampling_parameters.model_dump(exclude_none=True)
     if r.max_output_tokens is not None:
         body["max_tokens"] = r.max_output_tokens
+    if LOGPROBS in (r.include or []):  # as at OpenAI, top_logprobs alone asks for nothing
+        body["logprobs"] = True
+        if r.top_logprobs is not None:
+            body["top_logprobs"] = r.top_logprobs
     if r.tools:
         body["tools"] = [{"type": "function", "function": {k: v for k, v in (
             ("name", t.name), ("description", t.description), ("parameters", t.parameters), ("strict", t.strict),

@@ -109,6 +109,8 @@ class ResponsesRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     max_output_tokens: int | None = Field(default=None, ge=1, le=65536)
+    include: list[str] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     text: TextConfig | None = None
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     store: bool | None = None

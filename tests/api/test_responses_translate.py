@@ -81,6 +81,13 @@ def test_structured_output_and_images_translate() -> None:
     assert "response_format" not in translate(input="x", text={"format": {"type": "text"}})
 
 
+def test_log_probabilities_are_asked_for_with_include_as_at_openai() -> None:
+    body = translate(input="x", include=["message.output_text.logprobs"], top_logprobs=2)
+    assert (body["logprobs"], body["top_logprobs"]) == (True, 2)
+    alone = translate(input="x", top_logprobs=2, include=["reasoning.encrypted_content"])
+    assert "logprobs" not in alone and "top_logprobs" not in alone
+
+
 def test_the_subnets_extras_reach_the_chat_request() -> None:
     body = translate(input="x", uids=[1, 2], timeout=5, task="InferenceTask", seed=7)
     assert (body["uids"], body["timeout"], body["task"], body["seed"]) == ([1, 2], 5, "InferenceTask", 7)

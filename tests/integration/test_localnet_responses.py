@@ -31,6 +31,19 @@ def test_a_response_and_its_stream_say_the_same(localnet: dict) -> None:
     assert final.status == "completed" and final.usage is not None and final.usage.output_tokens > 0
 
 
+def test_log_probabilities_come_with_the_text_streamed_or_not(localnet: dict) -> None:
+    c = client(localnet)
+    asked = {"model": MODEL, "input": "Hello there", "include": ["message.output_text.logprobs"], "top_logprobs": 2,
+             "extra_body": {"seed": 4}}
+    part = c.responses.create(**asked).output[0].content[0]
+    assert "".join(t.token for t in part.logprobs) == part.text
+    assert all(t.logprob < 0 and len(t.top_logprobs) == 2 for t in part.logprobs)
+    with c.responses.stream(**asked) as stream:
+        streamed = [t for e in stream if e.type == "response.output_text.delta" for t in e.logprobs]
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in part.logprobs]
+    assert c.responses.create(**{**asked, "include": []}).output[0].content[0].logprobs == []
+
+
 def test_a_tool_call_and_its_result_round_trip(localnet: dict) -> None:
     c = client(localnet)
     first = c.responses.create(model=MODEL, input="Weather in Paris", tools=[WEATHER])
