@@ -31,7 +31,8 @@ async def read_uid_list(request: web.Request) -> list[int] | None:
 
 
 def parse_k(value: str | None, default: int = 10) -> int:
-    if value is None or value == "":
+    """``k`` from a query string; absent is the default, and ``k=`` (empty) is not a number: a 400."""
+    if value is None:
         return default
     try:
         k = int(value)
