@@ -22,6 +22,8 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/responses", responses.create_response)
+    app.router.add_get("/v1/responses/{response_id}", responses.stored_response)
+    app.router.add_delete("/v1/responses/{response_id}", responses.stored_response)
     app.router.add_get("/web_retrieval", web_retrieval.web_retrieval)
     app.router.add_post("/web_retrieval", web_retrieval.web_retrieval)
     app.router.add_post("/miner_availabilities/miner_availabilities", miner_availabilities.miner_availabilities)

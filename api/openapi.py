@@ -202,6 +202,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         body=ResponsesRequest, response=ResponseOut, stream=True, event=ResponseEventOut,
         stream_doc="`event: <type>` / `data: <event>` pairs in OpenAI's order, from `response.created` to "
                    "`response.completed` (or `response.incomplete`, `response.failed`)"),
+    ("GET", "/v1/responses/{response_id}"): Operation(
+        "A stored response: always 404 `response_not_found`, as this gateway stores none", "inference"),
+    ("DELETE", "/v1/responses/{response_id}"): Operation(
+        "Delete a stored response: always 404 `response_not_found`, as this gateway stores none", "inference"),
     ("GET", "/v1/models"): Operation("Models served by available miners", "discovery", response=ModelListOut),
     ("GET", "/v1/models/{model}"): Operation("One model: its tasks and miner count", "discovery",
                                              response=ModelOut),

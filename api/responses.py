@@ -21,6 +21,7 @@ from api.race import MinerRun, Race
 from api.responses_render import ResponseStream, complete_output, finished, new_id, skeleton
 from api.responses_translate import chat_body
 from api.responses_wire import ResponsesRequest
+from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.protocol import ChatCompletionRequest
 
@@ -36,6 +37,15 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     body = chat_body(wanted)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)
     return await answer(request, key, req, body, ResponsesFormat(wanted), started=started)
+
+
+@access_logged("responses")
+async def stored_response(request: web.Request) -> web.StreamResponse:
+    """``GET`` / ``DELETE /v1/responses/{id}``: nothing is stored, so no id is known; the 404 says why."""
+    await authenticate(request, request.app[CTX].store, scope="chat")
+    raise ApiError(404, f"No response '{request.match_info['response_id'][:64]}' here: this gateway stores no "
+                        "responses. Each is returned once, to the request that made it.", code="response_not_found",
+                   param="response_id")
 
 
 class ResponsesFormat:

@@ -72,6 +72,14 @@ def test_what_needs_stored_responses_is_a_400_the_sdk_raises(localnet: dict) -> 
     with pytest.raises(openai.BadRequestError) as e:
         client(localnet).responses.create(model=MODEL, input="again", previous_response_id="resp_123")
     assert e.value.param == "previous_response_id" and "whole conversation" in e.value.message
+    made = client(localnet).responses.create(model=MODEL, input="hi")
+    for call in (client(localnet).responses.retrieve, client(localnet).responses.delete):
+        with pytest.raises(openai.NotFoundError) as e:
+            call(made.id)
+        assert e.value.code == "response_not_found" and "stores no responses" in e.value.message
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=localnet["api_url"] + "/v1", api_key="sn1-wrong", max_retries=0).responses.retrieve(
+            made.id)
 
 
 def test_the_agents_sdks_default_model_runs_handoffs_and_tools(localnet: dict) -> None:
