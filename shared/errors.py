@@ -68,11 +68,43 @@ def error_type_for(status: int) -> str:
     return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "dict", "list", "none"})
+
+
 def first_problem(e: ValidationError) -> tuple[str, str]:
     """Where a validation failed, dotted (``messages.0.content``; ``""`` at the top), and why: the
-    first problem is the one each caller reports."""
-    err = e.errors()[0]
-    return ".".join(str(p) for p in err["loc"]), err["msg"]
+    first problem is the one each caller reports.
+
+    pydantic reports a union (``content: str | list[TextPart]``) once per member, each under the
+    member's name (``messages.0.content.str``). The caller sent one value: its problem is the one
+    of the member it came closest to (the deepest), at the field's own place; a value no member
+    took even at the top is "a valid string or a valid list".
+    """
+    errors = e.errors()
+    loc = tuple(errors[0]["loc"])
+    for i, part in enumerate(loc):
+        branches = [err for err in errors
+                    if len(err["loc"]) > i and tuple(err["loc"][:i]) == loc[:i] and _is_member(err["loc"][i])]
+        if not _is_member(part) or len({err["loc"][i] for err in branches}) < 2:
+            continue
+        closest = max(branches, key=lambda err: len(err["loc"]))
+        if len(closest["loc"]) > i + 1:
+            return _dotted(loc[:i] + tuple(closest["loc"][i + 1:])), closest["msg"]
+        wanted = dict.fromkeys(err["msg"].removeprefix("Input should be ") for err in branches)
+        return _dotted(loc[:i]), "Input should be " + " or ".join(wanted)
+    return _dotted(loc), errors[0]["msg"]
+
+
+def _is_member(part: Any) -> bool:
+    """A union member's name in a pydantic location (``str``, ``list[TextPart]``), not a field or a key.
+
+    Only type names: a dict's keys are the caller's words (``logit_bias.Hello``), and our unions
+    have no model class as a member of its own."""
+    return isinstance(part, str) and ("[" in part or part in _TYPE_TAGS)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc)
 
 
 def parse_error(text: str) -> tuple[str | None, str]:

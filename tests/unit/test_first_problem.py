@@ -1,0 +1,43 @@
+"""A 400 names the place and the problem of the value the caller sent, not pydantic's union members."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from api.responses_wire import ResponsesRequest
+from shared.errors import first_problem
+from shared.protocol import ChatCompletionRequest
+
+HI = [{"role": "user", "content": "x"}]
+
+
+def problem(model: type[BaseModel], data: dict[str, Any]) -> tuple[str, str]:
+    with pytest.raises(ValidationError) as e:
+        model.model_validate(data)
+    return first_problem(e.value)
+
+
+@pytest.mark.parametrize(("model", "data", "where", "why"), [
+    # a list whose part is wrong: the part is named, not "content.str"
+    (ChatCompletionRequest, {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+     "messages.0.content.0.text", "Input should be a valid string"),
+    (ChatCompletionRequest, {"messages": HI, "stop": ["a", 5]}, "stop.1", "Input should be a valid string"),
+    (ResponsesRequest, {"input": [5]}, "input.0", "Input should be a valid dictionary"),
+    # a value no member takes: every member's type, at the field
+    (ChatCompletionRequest, {"messages": [{"role": "user", "content": {"a": 1}}]}, "messages.0.content",
+     "Input should be a valid string or a valid list"),
+    (ChatCompletionRequest, {"messages": HI, "tool_choice": 5}, "tool_choice",
+     "Input should be a valid string or a valid dictionary"),
+    (ResponsesRequest, {"input": {"a": 1}}, "input", "Input should be a valid string or a valid list"),
+    # the first problem is still the first field's; a plain field is as before
+    (ChatCompletionRequest, {"messages": HI, "temperature": "hot", "stop": 5}, "temperature",
+     "Input should be a valid number"),
+    (ChatCompletionRequest, {"messages": HI, "logit_bias": {"Hello": "x", "str": "y"}}, "logit_bias.Hello",
+     "Input should be a valid number"),
+])
+def test_the_problem_is_named_where_the_caller_put_it(model: type[BaseModel], data: dict[str, Any], where: str,
+                                                      why: str) -> None:
+    assert problem(model, data) == (where, why)
