@@ -19,7 +19,7 @@ from api.responses_wire import (
     ResponsesRequest,
     TextFormat,
 )
-from shared.errors import ApiError
+from shared.errors import invalid_value
 from shared.http import parse_model
 
 ITEMS: dict[str, type[MessageItem | FunctionCallItem | FunctionCallOutputItem]] = {
@@ -34,10 +34,6 @@ PASSED_ON = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "se
              "inference_mode", "timeout", "session_id")
 
 
-def invalid(param: str, message: str) -> ApiError:
-    return ApiError(400, f"Invalid value for '{param}': {message}", param=param, code="invalid_value")
-
-
 def chat_body(r: ResponsesRequest) -> dict[str, Any]:
     """The chat completion request (JSON) that ``r`` asks for."""
     messages: list[dict[str, Any]] = []
@@ -48,6 +44,8 @@ def chat_body(r: ResponsesRequest) -> dict[str, Any]:
     else:
         for i, raw in enumerate(r.input):
             _add_item(messages, raw, f"input.{i}")
+        if not messages:
+            raise invalid_value("input", "input has no message to answer (reasoning items are skipped)")
     body: dict[str, Any] = {"messages": messages, "stream": r.stream}
     if r.stream:
         body["stream_options"] = {"include_usage": True}  # for the usage of response.completed
@@ -81,7 +79,7 @@ def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> N
         return
     model = ITEMS.get(kind or "")
     if model is None:
-        raise invalid(f"{at}.type", f"input items served here are {', '.join(ITEMS)} (and reasoning, skipped); "
+        raise invalid_value(f"{at}.type", f"input items served here are {', '.join(ITEMS)} (and reasoning, skipped); "
                                     f"not {kind!r}")
     item = parse_model(model, raw, at=at)
     if isinstance(item, MessageItem):
@@ -113,11 +111,11 @@ def _part(part: dict[str, Any], at: str) -> dict[str, Any]:
     if kind == "input_image":
         url = part.get("image_url")
         if not isinstance(url, str):
-            raise invalid(f"{at}.image_url", "an input_image needs an image_url (a URL or a data: URL); file ids "
+            raise invalid_value(f"{at}.image_url", "an input_image needs an image_url (a URL or a data: URL); file ids "
                                              "need OpenAI's file store")
         image = {"url": url} | ({"detail": part["detail"]} if isinstance(part.get("detail"), str) else {})
         return {"type": "image_url", "image_url": image}
-    raise invalid(f"{at}.type", f"content parts served here are input_text and input_image, not {kind!r}")
+    raise invalid_value(f"{at}.type", f"content parts served here are input_text and input_image, not {kind!r}")
 
 
 def _joined_text(parts: list[dict[str, Any]], at: str) -> str:
@@ -125,7 +123,7 @@ def _joined_text(parts: list[dict[str, Any]], at: str) -> str:
     for i, part in enumerate(parts):
         kind = _type_of(part, f"{at}.{i}")
         if kind not in TEXT_PARTS and kind != "refusal":
-            raise invalid(f"{at}.{i}.type", f"only text parts are served here, not {kind!r}")
+            raise invalid_value(f"{at}.{i}.type", f"only text parts are served here, not {kind!r}")
         texts.append(_text_of(part, f"{at}.{i}", field="refusal" if kind == "refusal" else "text"))
     return "".join(texts)
 
@@ -133,14 +131,14 @@ def _joined_text(parts: list[dict[str, Any]], at: str) -> str:
 def _type_of(obj: dict[str, Any], at: str, default: str | None = None) -> str | None:
     kind = obj.get("type", default)
     if kind is not None and not isinstance(kind, str):
-        raise invalid(f"{at}.type", "must be a string")
+        raise invalid_value(f"{at}.type", "must be a string")
     return kind
 
 
 def _text_of(part: dict[str, Any], at: str, field: str = "text") -> str:
     text = part.get(field)
     if not isinstance(text, str):
-        raise invalid(f"{at}.{field}", "must be a string")
+        raise invalid_value(f"{at}.{field}", "must be a string")
     return text
 
 
@@ -149,7 +147,7 @@ def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
         return choice  # none, auto, required: the chat request's own check refuses the rest
     if choice.get("type") == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
-    raise invalid("tool_choice", "tool_choice must be 'none', 'auto', 'required' or "
+    raise invalid_value("tool_choice", "tool_choice must be 'none', 'auto', 'required' or "
                                  '{"type": "function", "name": ...}')
 
 
@@ -157,7 +155,7 @@ def _response_format(fmt: TextFormat) -> dict[str, Any]:
     if fmt.type == "json_object":
         return {"type": "json_object"}
     if not fmt.name or fmt.schema_ is None:
-        raise invalid("text.format", "a json_schema format needs a name and a schema")
+        raise invalid_value("text.format", "a json_schema format needs a name and a schema")
     schema = {"name": fmt.name, "schema": fmt.schema_}
     if fmt.description is not None:
         schema["description"] = fmt.description

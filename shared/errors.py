@@ -58,6 +58,11 @@ class ApiError(Exception):
         return error_body(self.message, type_=self.type, code=self.code, param=self.param)
 
 
+def invalid_value(param: str | None, message: str) -> ApiError:
+    """The 400 for a value the caller sent that cannot be used, naming where it sits (``None``: the body)."""
+    return ApiError(400, f"Invalid value for '{param or 'body'}': {message}", param=param, code="invalid_value")
+
+
 def error_body(
     message: str, *, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from loguru import logger
 from pydantic import BaseModel, ValidationError
 
 from shared.aio import describe_tasks
-from shared.errors import ApiError, error_body, error_type_for, first_problem
+from shared.errors import ApiError, error_body, error_type_for, first_problem, invalid_value
 from shared.gc_tuning import tune_for_serving
 from shared.jsonutil import dumpb, loads_body
 from shared.process import stop_signals
@@ -104,7 +104,7 @@ def parse_model(model: type[BaseModel], data: Any, *, at: str = "") -> Any:
     except ValidationError as e:
         where, why = first_problem(e)
         param = ".".join(p for p in (at, where) if p) or None
-        raise ApiError(400, f"Invalid value for '{param}': {why}", param=param, code="invalid_value") from None
+        raise invalid_value(param, why) from None
 
 
 def bound_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:

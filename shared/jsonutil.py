@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from shared.errors import ApiError
+from shared.errors import ApiError, invalid_value
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 _LONG_DIGITS = re.compile(rb"\d{19}")  # a possible integer beyond 64 bits
@@ -66,8 +66,8 @@ def loads_body(raw: bytes) -> Any:
     where = non_finite_at(value)
     if where is not None:
         param = ".".join(map(str, where)) or None
-        raise ApiError(400, f"Invalid value for '{param or 'body'}': NaN, Infinity and numbers beyond a double's "
-                            "range are not JSON numbers; send a finite number.", code="invalid_value", param=param)
+        raise invalid_value(param, "NaN, Infinity and numbers beyond a double's range are not JSON numbers; send "
+                                   "a finite number.")
     return value
 
 

@@ -98,6 +98,7 @@ def test_the_subnets_extras_reach_the_chat_request() -> None:
     ({"input": "x", "conversation": "conv_1"}, "conversation", "stores no responses"),
     ({"input": "x", "background": True}, "background", "background responses"),
     ({"input": []}, "input", "at least one item"),
+    ({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input", "no message to answer"),
     ({"input": "x", "tools": [{"type": "web_search"}]}, "tools.0.type", "only function tools"),
     ({"input": "x", "tools": [{"type": "function"}]}, "tools.0.name", "needs a name"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0.type", "not 'item_reference'"),
