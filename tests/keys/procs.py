@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from neurons.localnet import free_port
+from neurons.localnet import free_port, free_ports
 from shared.metagraph import MetagraphSnapshot, Neuron, write_metagraph_file
 from shared.wallet import ensure_wallet
 from tests.helpers import hangup_as
@@ -51,7 +51,7 @@ def prepare(directory: Path) -> dict[str, str]:
 
 def start_api(directory: Path, env: dict[str, str], *, store_url: str, workers: int = 1,
               namespace: str = "sn1", name: str = "api") -> ApiProcess:
-    port = free_port()
+    (port,) = free_ports(1, avoid=(int(env["VALIDATOR_API"].rsplit(":", 1)[1]),))  # not the (dead) validator's
     env_file = directory / f"{name}-{port}.env"
     settings = env | {"API_PORT": str(port), "WORKERS": str(workers), "STORE_URL": store_url,
                       "STORE_NAMESPACE": namespace}
