@@ -191,11 +191,16 @@ def _frames(batch: list[Event]) -> bytes:
     return b"".join(b"data: " + event_text(d).encode() + b"\n\n" for d in batch)
 
 
+def mid_stream_failure(run: MinerRun) -> str | None:
+    """What the caller is told when the winner fails after its answer started (None: it did not)."""
+    return f"miner uid {run.uid} failed mid-stream: {run.error}" if run.error else None
+
+
 def _trailer(req: ChatCompletionRequest, run: MinerRun) -> bytes:
     """What follows the winner's chunks: an error event if it failed mid-stream, else the usage
     chunk when asked for and the miner sent none; then ``[DONE]``."""
     if run.error:
-        err = {"error": {"message": f"miner uid {run.uid} failed mid-stream: {run.error}",
+        err = {"error": {"message": mid_stream_failure(run),
                          "type": "upstream_error", "code": "miner_failed_mid_stream", "param": None}}
         return encode_event(dumps(err)) + DONE_FRAME
     if req.stream_options and req.stream_options.include_usage and run.usage is None:

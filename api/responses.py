@@ -15,7 +15,7 @@ from aiohttp import web
 
 from api.access_log import access_logged
 from api.auth import authenticate
-from api.chat import answer, logprob_tokens, response_usage
+from api.chat import answer, logprob_tokens, mid_stream_failure, response_usage
 from api.context import CTX
 from api.race import MinerRun, Race
 from api.responses_render import ResponseStream, complete_output, finished, new_id, skeleton
@@ -80,5 +80,5 @@ class ResponsesFormat:
 
 
 def _end(events: ResponseStream, req: ChatCompletionRequest, run: MinerRun) -> bytes:
-    error = f"miner uid {run.uid} failed mid-stream: {run.error}" if run.error else None
-    return events.finish(finish_reason=run.finish_reason, usage=response_usage(req, run), error=error)
+    return events.finish(finish_reason=run.finish_reason, usage=response_usage(req, run),
+                         error=mid_stream_failure(run))

@@ -25,7 +25,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{random_hex()}"
 
 
-def response_usage(usage: dict[str, Any]) -> dict[str, Any]:
+def usage_in_responses_words(usage: dict[str, Any]) -> dict[str, Any]:
     """A chat completion's usage in the Responses API's words."""
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
@@ -75,9 +75,11 @@ def output_text(text: str, logprobs: list[Any] | None = None) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": list(logprobs or [])}
 
 
-def call_item(item_id: str, call_id: str, name: str, arguments: str, *, status: str = "completed") -> dict[str, Any]:
-    return {"id": item_id, "type": "function_call", "status": status, "call_id": call_id, "name": name,
-            "arguments": arguments}
+def call_item(call: dict[str, Any], *, arguments: str) -> dict[str, Any]:
+    """A ``function_call`` item for a chat tool call (whole, or the first delta of one)."""
+    fn = call.get("function") or {}
+    return {"id": new_id("fc"), "type": "function_call", "status": "completed",
+            "call_id": call.get("id") or new_id("call"), "name": fn.get("name") or "", "arguments": arguments}
 
 
 def finished(base: dict[str, Any], output: list[dict[str, Any]], *, finish_reason: str | None,
@@ -87,7 +89,7 @@ def finished(base: dict[str, Any], output: list[dict[str, Any]], *, finish_reaso
     status = "failed" if error is not None else "incomplete" if reason else "completed"
     for item in output:
         item["status"] = "completed" if status == "completed" else "incomplete"
-    obj = base | {"status": status, "output": output, "usage": response_usage(usage)}
+    obj = base | {"status": status, "output": output, "usage": usage_in_responses_words(usage)}
     if error is not None:
         obj["error"] = {"code": "server_error", "message": error}
     elif reason:
@@ -100,9 +102,7 @@ def complete_output(text: str, tool_calls: list[dict[str, Any]] | None,
     """The output items of a finished answer: its text as a message (if any), then each call."""
     output = [message_item(new_id("msg"), text, logprobs=logprobs)] if text or not tool_calls else []
     for call in tool_calls or []:
-        fn = call.get("function") or {}
-        output.append(call_item(new_id("fc"), call.get("id") or new_id("call"), fn.get("name") or "",
-                                fn.get("arguments") or ""))
+        output.append(call_item(call, arguments=(call.get("function") or {}).get("arguments") or ""))
     return output
 
 
@@ -167,7 +167,7 @@ class ResponseStream:
         item = self.calls.get(slot)
         opened = b""
         if item is None:
-            item = self.calls[slot] = call_item(new_id("fc"), call.get("id") or new_id("call"), fn.get("name") or "", "")
+            item = self.calls[slot] = call_item(call, arguments="")
             index = self._open(item)
             opened = self.event("response.output_item.added", output_index=index,
                                 item=item | {"status": "in_progress"})

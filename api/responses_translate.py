@@ -30,6 +30,7 @@ ITEMS: dict[str, type[MessageItem | FunctionCallItem | FunctionCallOutputItem]] 
 SKIPPED_ITEMS = frozenset({"reasoning"})  # a model's reasoning summary: no chat message holds it
 LOGPROBS = "message.output_text.logprobs"  # the include that asks for the answer's token log probabilities
 TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+TOOL_FIELDS = {"name", "description", "parameters", "strict"}  # a chat tool's function, from a flat tool
 PASSED_ON = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "seed", "task", "uids", "mixture",
              "inference_mode", "timeout", "session_id")
 
@@ -62,9 +63,8 @@ def chat_body(r: ResponsesRequest) -> dict[str, Any]:
         if r.top_logprobs is not None:
             body["top_logprobs"] = r.top_logprobs
     if r.tools:
-        body["tools"] = [{"type": "function", "function": {k: v for k, v in (
-            ("name", t.name), ("description", t.description), ("parameters", t.parameters), ("strict", t.strict),
-        ) if v is not None}} for t in r.tools]
+        body["tools"] = [{"type": "function", "function": t.model_dump(include=TOOL_FIELDS, exclude_none=True)}
+                         for t in r.tools]
     if r.tool_choice is not None:
         body["tool_choice"] = _tool_choice(r.tool_choice)
     fmt = r.text.format if r.text else None
@@ -79,8 +79,8 @@ def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> N
         return
     model = ITEMS.get(kind or "")
     if model is None:
-        raise invalid_value(f"{at}.type", f"input items served here are {', '.join(ITEMS)} (and reasoning, skipped); "
-                                    f"not {kind!r}")
+        raise invalid_value(f"{at}.type", f"input items served here are {', '.join(ITEMS)} (and reasoning, "
+                                          f"skipped); not {kind!r}")
     item = parse_model(model, raw, at=at)
     if isinstance(item, MessageItem):
         messages.append(_message(item, at))
@@ -111,8 +111,8 @@ def _part(part: dict[str, Any], at: str) -> dict[str, Any]:
     if kind == "input_image":
         url = part.get("image_url")
         if not isinstance(url, str):
-            raise invalid_value(f"{at}.image_url", "an input_image needs an image_url (a URL or a data: URL); file ids "
-                                             "need OpenAI's file store")
+            raise invalid_value(f"{at}.image_url", "an input_image needs an image_url (a URL or a data: URL); "
+                                                   "file ids need OpenAI's file store")
         image = {"url": url} | ({"detail": part["detail"]} if isinstance(part.get("detail"), str) else {})
         return {"type": "image_url", "image_url": image}
     raise invalid_value(f"{at}.type", f"content parts served here are input_text and input_image, not {kind!r}")
@@ -148,7 +148,7 @@ def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
     if choice.get("type") == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
     raise invalid_value("tool_choice", "tool_choice must be 'none', 'auto', 'required' or "
-                                 '{"type": "function", "name": ...}')
+                                       '{"type": "function", "name": ...}')
 
 
 def _response_format(fmt: TextFormat) -> dict[str, Any]:

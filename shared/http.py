@@ -76,7 +76,7 @@ def _http_error_message(request: web.Request, e: web.HTTPException) -> str:
         return e.text  # words given where it was raised
     if e.status == 404:
         # OpenAI's wording for a path it does not serve, so a client pointed at the wrong path
-        # (``/v1/responses``, a doubled ``/v1``) sees what it asked for; an API key in the path (the
+        # (``/v1/embeddings``, a doubled ``/v1``) sees what it asked for; an API key in the path (the
         # admin routes take one) is cut to its display prefix, as everywhere a key is shown.
         path = _KEY_IN_PATH.sub(lambda m: display_prefix(m.group()) + "...", request.path[:200])
         return f"Invalid URL ({request.method} {path}): no such endpoint here."
