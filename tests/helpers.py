@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,18 @@ def hangup_as(*, nohup: bool = False) -> Callable[[], None]:
     every child, and the tests that send SIGHUP then fail for the run's sake, not the code's."""
     wanted = signal.SIG_IGN if nohup else signal.SIG_DFL
     return lambda: signal.signal(signal.SIGHUP, wanted)
+
+
+def response_events(text: str) -> list[dict]:
+    """A Responses API stream's events, in order; each frame's ``event:`` line must name its type."""
+    out = []
+    for frame in text.split("\n\n"):
+        if frame:
+            name, data = frame.split("\n")
+            event = json.loads(data.removeprefix("data: "))
+            assert name == f"event: {event['type']}", frame
+            out.append(event)
+    return out
 
 
 def keypair(uri: str) -> Keypair:
@@ -64,7 +77,6 @@ class StaticSource:
 # --- scripted miners and an in-process API ----------------------------------------------------------
 
 import asyncio  # noqa: E402
-import json  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402

@@ -7,6 +7,7 @@ from typing import Any
 
 from api.responses_render import ResponseStream, complete_output, finished, skeleton
 from api.responses_wire import ResponsesRequest
+from tests.helpers import response_events
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
 
@@ -22,22 +23,11 @@ def chunk(content: str | None = None, calls: list[dict[str, Any]] | None = None,
                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
 
-def events(raw: bytes) -> list[dict[str, Any]]:
-    out = []
-    for frame in raw.decode().split("\n\n"):
-        if frame:
-            name, data = frame.split("\n")
-            event = json.loads(data.removeprefix("data: "))
-            assert name == f"event: {event['type']}"
-            out.append(event)
-    return out
-
-
 def stream_of(*chunks: str, finish_reason: str | None = "stop", error: str | None = None) -> list[dict[str, Any]]:
     s = ResponseStream(skeleton(ResponsesRequest(input="x"), response_id="resp_1", model="m"))
     raw = s.start() + b"".join(s.feed(c) for c in chunks) + s.finish(finish_reason=finish_reason, usage=USAGE,
                                                                         error=error)
-    return events(raw)
+    return response_events(raw.decode())
 
 
 def test_text_then_a_call_stream_in_openais_order_and_end_complete() -> None:

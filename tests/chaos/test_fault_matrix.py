@@ -16,6 +16,7 @@ import pytest_asyncio
 
 from neurons.miner.faults import FAIL_AFTER_ANSWER_STARTS, FAULT_PROFILES, FaultOptions
 from tests.chaos.fleet import HONEST, MESSAGES, Fleet, chat, expected_answer, fleet
+from tests.helpers import response_events
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -86,7 +87,7 @@ async def test_the_responses_api_gets_the_healthy_answer_among_all_faults(chaos,
     reply = await chat(session, f, request, path="/v1/responses")
     assert reply.status == 200 and reply.headers["x-sn1-miner-uid"] == str(healthy), reply.text
     if stream:
-        events = [json.loads(frame.split("\ndata: ", 1)[1]) for frame in reply.text.split("\n\n") if frame]
+        events = response_events(reply.text)
         assert events[-1]["type"] == "response.completed"
         text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     else:

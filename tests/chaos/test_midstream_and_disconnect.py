@@ -12,6 +12,7 @@ import pytest
 
 from neurons.miner.faults import FaultOptions
 from tests.chaos.fleet import MESSAGES, chat, expected_answer, fleet, wait_until
+from tests.helpers import response_events
 
 DEADLINE = 1.5
 SLOW = ["stall-headers", "stall-body", "stall-mid", "trickle", "late"]
@@ -74,7 +75,7 @@ async def test_a_responses_stream_whose_winner_fails_ends_with_response_failed(t
                           json={"input": MESSAGES, "seed": 9, "stream": True, "timeout": DEADLINE}) as r:
             assert r.status == 200 and r.headers["x-sn1-miner-uid"] == "1"
             text = await r.text()
-    events = [json.loads(frame.split("\ndata: ", 1)[1]) for frame in text.split("\n\n") if frame]
+    events = response_events(text)
     last = events[-1]
     assert last["type"] == "response.failed" and "miner uid 1 failed mid-stream" in last["response"]["error"]["message"]
     relayed = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
