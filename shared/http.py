@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 from pydantic import BaseModel, ValidationError
 
@@ -23,6 +24,7 @@ from shared.errors import ApiError, error_body, error_type_for, first_problem, i
 from shared.gc_tuning import tune_for_serving
 from shared.jsonutil import dumpb, loads_body
 from shared.process import stop_signals
+from shared.server_log import ServerLog
 from shared.store.base import KEY_PREFIX, display_prefix
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -56,6 +58,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         body = error_body(message, type_=error_type_for(e.status), code=http_error_code(e))
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
         return json_response(body, status=e.status, headers=headers)
+    except web.RequestPayloadError as e:
+        return _unreadable_body(request, e)
     except asyncio.CancelledError:
         raise
     except ConnectionResetError:
@@ -66,6 +70,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         logger.exception("unhandled error on {} {}", request.method, request.path)
         return json_response(error_body("Internal server error.", type_="server_error"), status=500)
+
+
+def _unreadable_body(request: web.Request, e: web.RequestPayloadError) -> web.Response:
+    """A 400 for a body that cannot be read (a gzip body that is not gzip, broken chunked framing), in the
+    HTTP parser's words, which name the fault and never echo the body; the connection then closes.
+
+    The body is marked ended first: aiohttp would otherwise read the rest of it after the answer (to
+    reuse the connection), meet the same error again and log it as an unhandled exception."""
+    cause = e.__cause__
+    why = cause.message if isinstance(cause, HttpProcessingError) and cause.message else "it is malformed"
+    request.content.feed_eof()
+    response = json_response(error_body(f"Request body could not be read: {why.rstrip('.')}.", code="invalid_body"),
+                             status=400)
+    response.force_close()
+    return response
 
 
 def _http_error_message(request: web.Request, e: web.HTTPException) -> str:
@@ -120,6 +139,12 @@ def bound_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.so
     return sock
 
 
+def app_runner(app: web.Application) -> web.AppRunner:
+    """How every server here runs an app: handlers cancelled when their client goes, no aiohttp access
+    log (ours is ``request_log``), and aiohttp's own reports through loguru without a client's bytes."""
+    return web.AppRunner(app, handler_cancellation=True, access_log=None, logger=ServerLog())
+
+
 SHUTDOWN_LIMIT_S = 30.0  # in-flight requests get 5 s (the site's shutdown_timeout); the rest is cleanup
 
 
@@ -131,7 +156,7 @@ async def serve_until_signal(
 
     A shutdown that takes longer than ``shutdown_limit`` is a bug (a task that ignores its cancel):
     the process logs what is still running and exits with status 1 instead of hanging."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = app_runner(app)
     await runner.setup()
     site = web.SockSite(runner, bound_socket(host, port, reuse_port=reuse_port), shutdown_timeout=5.0)
     await site.start()

@@ -7,14 +7,21 @@ UTF-8 JSON; what orjson cannot encode (integers beyond 64 bits) falls back to
 the standard library. ``loads`` is strict JSON (no NaN/Infinity literals,
 numbers that overflow a double are an error: a ``ValueError`` like any bad
 input). Request bodies (``loads_body``) accept what the standard parser
-accepts, except numbers that are not finite: orjson reads them, and whatever it
-refuses (NaN literals, lone surrogates, bad input) is read again by the
-standard parser, whose answer or error message is the one given. A body with a
-run of 19 or more digits goes to the standard parser directly: orjson would
-turn an integer beyond 64 bits into a float, silently losing digits. A NaN or
-Infinity literal, or a number beyond a double's range, is a 400 naming where it
-sits: JSON has no such numbers, and forwarded with orjson it would reach the
-miner as ``null`` (a client's mistake blamed on a miner as a 502).
+accepts, except what JSON text may spell but no answer can carry: orjson
+reads a body, and whatever it refuses (NaN literals, lone surrogates, bad
+input) is read again by the standard parser, whose answer or error message is
+the one given. A body with a run of 19 or more digits goes to the standard
+parser directly: orjson would turn an integer beyond 64 bits into a float,
+silently losing digits. Two things the standard parser takes are then a 400
+naming where they sit:
+
+- a NaN or Infinity literal, or a number beyond a double's range: JSON has no
+  such numbers, and forwarded with orjson it would reach the miner as ``null``
+  (a client's mistake blamed on a miner as a 502);
+- a lone UTF-16 surrogate escape (``"\\ud800"`` without its pair, what a
+  JavaScript client sends for an emoji cut in half): it is not a character, so
+  no UTF-8 body to a miner, no log line and no scoring payload could hold it
+  (it was a 500).
 """
 
 from __future__ import annotations
@@ -63,25 +70,39 @@ def loads_body(raw: bytes) -> Any:
         raise ApiError(400, "Request body is not valid UTF-8.", code="invalid_json") from None
     except (ValueError, RecursionError) as e:
         raise ApiError(400, f"Request body is not valid JSON: {e}", code="invalid_json") from None
-    where = non_finite_at(value)
-    if where is not None:
-        param = ".".join(map(str, where)) or None
-        raise invalid_value(param, "NaN, Infinity and numbers beyond a double's range are not JSON numbers; send "
-                                   "a finite number.")
+    unfit = unfit_at(value)
+    if unfit is not None:
+        where, problem = unfit
+        raise invalid_value(".".join(map(str, where)) or None, problem)
     return value
 
 
-def non_finite_at(value: Any) -> tuple[str | int, ...] | None:
-    """The path to the first NaN or infinite float in a parsed document, or None (no recursion: a
-    document the standard parser read can nest deeper than a recursive walk may go)."""
+NON_FINITE = "NaN, Infinity and numbers beyond a double's range are not JSON numbers; send a finite number."
+SURROGATE = ("the text holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair, as from an emoji cut "
+             "in half), which is not a character; send valid Unicode text.")
+SURROGATE_KEY = "an object key holds a lone UTF-16 surrogate escape, which is not a character; send valid Unicode text."
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def unfit_at(value: Any) -> tuple[tuple[str | int, ...], str] | None:
+    """Where the first value JSON can spell but no answer can carry sits, and why (``NON_FINITE``,
+    ``SURROGATE``, ``SURROGATE_KEY``), or None. A key with a surrogate is named by its object's path:
+    the key itself cannot be written into the error. No recursion: a document the standard parser
+    read can nest deeper than a recursive walk may go."""
     stack: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
     while stack:
         path, item = stack.pop()
-        if type(item) is float:
+        kind = type(item)
+        if kind is float:
             if not math.isfinite(item):
-                return path
-        elif type(item) is dict:
+                return path, NON_FINITE
+        elif kind is str:
+            if _SURROGATES.search(item):
+                return path, SURROGATE
+        elif kind is dict:
+            if any(_SURROGATES.search(k) for k in item):
+                return path, SURROGATE_KEY
             stack.extend((path + (k,), v) for k, v in reversed(item.items()))
-        elif type(item) is list:
+        elif kind is list:
             stack.extend((path + (i,), v) for i, v in reversed(list(enumerate(item))))
     return None

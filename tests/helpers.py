@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from bittensor.sp_core import Keypair
 
+from shared.http import app_runner
 from shared.metagraph import MetagraphSnapshot, Neuron
 
 
@@ -42,7 +43,7 @@ def keypair(uri: str) -> Keypair:
 @contextlib.asynccontextmanager
 async def serve_app(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Serve ``app`` on ``port`` (default: a free one); yield its base URL; always clean up."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = app_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, host, port, shutdown_timeout=1.0, reuse_address=True)
     await site.start()

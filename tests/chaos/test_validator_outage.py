@@ -18,6 +18,7 @@ from neurons.validator.app import ValidatorContext, create_validator_app
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.scores import ScoreBook
 from neurons.validator.tasks import default_registry
+from shared.http import app_runner
 from shared.metagraph import MetagraphView
 from shared.signing import Authorizer, RequestVerifier
 from shared.store.outbox import SQLiteOutbox
@@ -35,7 +36,7 @@ async def validator_on(port: int, queue: asyncio.Queue, view: MetagraphView) -> 
                            verifier=RequestVerifier(VALIDATOR.ss58_address,
                                                     Authorizer(lambda: (), [VALIDATOR.ss58_address])),
                            metagraph=view)
-    runner = web.AppRunner(create_validator_app(ctx), handler_cancellation=True, access_log=None)
+    runner = app_runner(create_validator_app(ctx))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, shutdown_timeout=0.5).start()
     try:

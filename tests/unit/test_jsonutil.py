@@ -1,5 +1,6 @@
 """Request bodies are parsed by orjson first, yet accept and refuse what the standard parser does, except
-numbers that are not finite (JSON has none), which are 400s naming where they sit."""
+numbers that are not finite (JSON has none) and lone surrogate escapes (no character), which are 400s naming
+where they sit."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.errors import ApiError
-from shared.jsonutil import loads_body, non_finite_at
+from shared.jsonutil import NON_FINITE, loads_body, unfit_at
 
 ACCEPTED_BY_STDLIB_ONLY = [
     b'{"seed": 123456789012345678901234567890}',  # beyond 64 bits: orjson refuses, stdlib reads it
-    b'{"content": "\\ud800"}',  # a lone surrogate escape
+    b'{"content": "\\ud83d\\ude00"}',  # a surrogate pair escape: orjson reads it too, one character
 ]
 
 
@@ -60,7 +61,7 @@ def test_the_check_walks_documents_deeper_than_a_recursive_walk_could() -> None:
     doc: object = float("nan")
     for _ in range(5 * sys.getrecursionlimit()):
         doc = [0, doc]
-    assert non_finite_at({"a": doc}) == ("a",) + (1,) * (5 * sys.getrecursionlimit())
+    assert unfit_at({"a": doc}) == (("a",) + (1,) * (5 * sys.getrecursionlimit()), NON_FINITE)
 
 
 @pytest.mark.parametrize(("raw", "fragment"), [
@@ -89,3 +90,20 @@ def test_random_documents_parse_as_the_standard_parser_parses_them(value: object
     raw = json.dumps(value).encode()
     assert loads_body(raw) == json.loads(raw)
 
+
+
+@pytest.mark.parametrize(("raw", "param", "why"), [
+    (b'{"messages": [{"role": "user", "content": "cut \\ud83d"}]}', "messages.0.content", "lone UTF-16 surrogate"),
+    (b'{"stop": ["ok", "\\udc00 tail"]}', "stop.1", "lone UTF-16 surrogate"),
+    (b'{"metadata": {"\\ud800": "v"}}', "metadata", "object key"),  # the key itself cannot be named
+    (b'{"seed": 123456789012345678901, "user": "\\udfff"}', "user", "lone UTF-16 surrogate"),  # long digits path
+    (b'"\\ud800"', None, "lone UTF-16 surrogate"),
+])
+def test_lone_surrogate_escapes_are_400s_naming_where(raw: bytes, param: str | None, why: str) -> None:
+    """The standard parser takes them, but no UTF-8 body, log line or payload can hold one: it was a 500."""
+    with pytest.raises(ApiError) as err:
+        loads_body(raw)
+    assert err.value.status == 400 and err.value.code == "invalid_value"
+    assert err.value.param == param
+    assert why in err.value.message
+    json.dumps(err.value.body(), ensure_ascii=False).encode()  # the error itself is writable as UTF-8
