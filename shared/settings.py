@@ -7,12 +7,15 @@ process at start with one clear line per problem (``SettingsError``).
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import pydantic_settings
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def split_csv(value: object) -> object:
@@ -20,6 +23,23 @@ def split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+/?", re.IGNORECASE)  # what a browser sends as Origin
+
+
+def csv_or_json_list(value: object) -> object:
+    """A list setting as an operator writes it: ``a, b`` or a JSON list ``["a", "b"]``."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        with contextlib.suppress(ValueError):
+            return json.loads(value)
+    return split_csv(value)
+
+
+# A list of strings read from one env var. pydantic-settings would parse the value as JSON only (so
+# the comma lists this README documents stopped the process with its traceback); NoDecode hands the
+# raw string to the validator instead.
+CsvList = Annotated[list[str], NoDecode, BeforeValidator(csv_or_json_list)]
 
 
 class SettingsError(Exception):
@@ -88,6 +108,18 @@ class ApiSettings(CommonSettings):
     web_retrieval_n_miners: int = Field(default=3, ge=1, le=64, description="Default n_miners for web retrieval")
     outbox_max_items: int = Field(default=10_000, ge=1, description="Scoring outbox bound (oldest dropped)")
     outbox_lease_seconds: float = Field(default=10.0, gt=0, description="Forwarder lease; a dead holder's expires")
+    cors_origins: CsvList = Field(
+        default_factory=lambda: ["*"],
+        description="Origins a browser may call the API from: * (any), a comma list, or empty (CORS off)")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: * or scheme://host[:port], no path "
+                                 "(https://app.example.com)")
+        return [o.rstrip("/") for o in v]
 
     @field_validator("admin_key", mode="before")
     @classmethod
@@ -105,7 +137,7 @@ class ApiSettings(CommonSettings):
 class ValidatorSettings(CommonSettings):
     scoring_api_host: str = "0.0.0.0"
     scoring_api_port: int = Field(default=8094, ge=1, le=65535)
-    api_hotkeys: list[str] = Field(
+    api_hotkeys: CsvList = Field(
         default_factory=list, description="Hotkeys allowed to POST /scoring (default: our own)"
     )
     state_dir: str = Field(default="./state/validator")
@@ -147,11 +179,6 @@ class ValidatorSettings(CommonSettings):
     def _empty_optional(cls, v: object) -> object:
         return None if v == "" else v
 
-    @field_validator("api_hotkeys", mode="before")
-    @classmethod
-    def _split_hotkeys(cls, v: object) -> object:
-        return split_csv(v)
-
 
 class MinerSettings(CommonSettings):
     wallet_name: str = "miner"
@@ -162,17 +189,12 @@ class MinerSettings(CommonSettings):
     upstream_url: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     upstream_api_key: SecretStr | None = None
     upstream_timeout: float = Field(default=120.0, gt=0)
-    allowed_hotkeys: list[str] = Field(default_factory=list, description="Callers accepted even without a permit")
+    allowed_hotkeys: CsvList = Field(default_factory=list, description="Callers accepted even without a permit")
     max_body_bytes: int = Field(default=4 << 20, ge=1024)
     miner_profile: str = Field(default="honest", description="Behaviour profile (local network and tests)")
     corpus_file: str | None = Field(
         default=None, description="JSONL {url,title,content} web corpus for web retrieval (default: built-in)"
     )
-
-    @field_validator("allowed_hotkeys", mode="before")
-    @classmethod
-    def _split_allowed(cls, v: object) -> object:
-        return split_csv(v)
 
     @field_validator("upstream_url", mode="before")
     @classmethod
@@ -194,6 +216,8 @@ def load_settings(cls: type[S], env_file: str | Path | None = None, **overrides:
         raise SettingsError(f"env file {env_file} not found")
     try:
         settings = cls(_env_file=env, **overrides)  # type: ignore[call-arg]
+    except pydantic_settings.SettingsError as e:  # a value its source could not decode (JSON for a dict)
+        raise SettingsError(f"invalid settings:\n  {e}: {e.__cause__}") from None
     except ValidationError as e:
         lines = []
         for err in e.errors():
