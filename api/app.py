@@ -11,6 +11,7 @@ from api import keys, miner_availabilities, ops, responses, sessions, usage, web
 from api.auth import INVALID_KEY_LIMIT, add_rate_limit_headers
 from api.chat import CTX, chat_completions
 from api.context import ApiContext
+from api.cors import install_cors
 from shared.http import error_middleware, json_response
 from shared.store.usage import UsageRecorder
 
@@ -44,6 +45,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
         ctx.usage = UsageRecorder(ctx.store)
     app.on_response_prepare.append(add_rate_limit_headers)  # x-ratelimit-* on every charged response
     app.on_response_prepare.append(usage.count_response)
+    install_cors(app, ctx.settings.cors_origins)  # after every route, and after the hooks that add headers
     app.cleanup_ctx.append(usage.usage_flusher)  # always: the last flush at shutdown must happen
     if run_background:
         app.cleanup_ctx.append(_background)

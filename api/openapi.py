@@ -260,11 +260,11 @@ SECURITY = {"key": [{"bearer": []}, {"apiKeyHeader": []}, {"xApiKeyHeader": []}]
 
 
 def routes_of(app: web.Application) -> list[tuple[str, str, Any]]:
-    """(method, path pattern, handler) of every registered route, HEAD twins left out."""
+    """(method, path pattern, handler) of every registered route, HEAD twins and CORS preflights left out."""
     out = []
     for route in app.router.routes():
         resource = route.resource
-        if route.method in ("HEAD", "*") or resource is None:
+        if route.method in ("HEAD", "OPTIONS", "*") or resource is None:
             continue
         out.append((route.method, resource.canonical, route.handler))
     return out

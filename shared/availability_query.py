@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from shared.errors import ApiError
-from shared.http import read_json
+from shared.http import read_json, read_raw
 
 MAX_K = 256
 MAX_UIDS = 65536
@@ -26,7 +26,7 @@ def parse_uid_list(data: Any) -> list[int] | None:
 
 async def read_uid_list(request: web.Request) -> list[int] | None:
     """The request body as a uid list; an empty body means all uids."""
-    raw = await request.read()
+    raw = await read_raw(request)
     return parse_uid_list(await read_json(request)) if raw.strip() else None
 
 

@@ -45,6 +45,7 @@ class ApiError(Exception):
         param: str | None = None,
         type_: str | None = None,
         headers: dict[str, str] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -53,6 +54,7 @@ class ApiError(Exception):
         self.param = param
         self.type = type_ or _TYPES.get(status, "invalid_request_error")
         self.headers = headers or {}
+        self.close = close  # end the connection after the answer: what follows on it cannot be trusted
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, type_=self.type, code=self.code, param=self.param)

@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import socket
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,7 +37,10 @@ def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | Non
 
 
 def error_response(err: ApiError, *, headers: dict[str, str] | None = None) -> web.Response:
-    return json_response(err.body(), status=err.status, headers={**err.headers, **(headers or {})})
+    response = json_response(err.body(), status=err.status, headers={**err.headers, **(headers or {})})
+    if err.close:
+        response.force_close()
+    return response
 
 
 def http_error_code(e: web.HTTPException) -> str:
@@ -73,18 +77,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _unreadable_body(request: web.Request, e: web.RequestPayloadError) -> web.Response:
-    """A 400 for a body that cannot be read (a gzip body that is not gzip, broken chunked framing), in the
-    HTTP parser's words, which name the fault and never echo the body; the connection then closes.
-
-    The body is marked ended first: aiohttp would otherwise read the rest of it after the answer (to
-    reuse the connection), meet the same error again and log it as an unhandled exception."""
+    """A 400 for a body the HTTP parser could not read, in its words, which name the fault and never
+    echo the body."""
     cause = e.__cause__
     why = cause.message if isinstance(cause, HttpProcessingError) and cause.message else "it is malformed"
+    return error_response(_unread_body_error(request, 400, f"Request body could not be read: {why.rstrip('.')}.",
+                                             "invalid_body"))
+
+
+def _unread_body_error(request: web.Request, status: int, message: str, code: str) -> ApiError:
+    """An error that ends the connection after a body that was not read to its end.
+
+    The body is marked ended first: aiohttp would otherwise go on reading it after the answer (to
+    reuse the connection), meet the same fault again and log it as an unhandled exception."""
     request.content.feed_eof()
-    response = json_response(error_body(f"Request body could not be read: {why.rstrip('.')}.", code="invalid_body"),
-                             status=400)
-    response.force_close()
-    return response
+    return ApiError(status, message, code=code, close=True)
 
 
 def _http_error_message(request: web.Request, e: web.HTTPException) -> str:
@@ -100,7 +107,8 @@ def _http_error_message(request: web.Request, e: web.HTTPException) -> str:
         path = _KEY_IN_PATH.sub(lambda m: display_prefix(m.group()) + "...", request.path[:200])
         return f"Invalid URL ({request.method} {path}): no such endpoint here."
     if isinstance(e, web.HTTPMethodNotAllowed):
-        return f"Method {request.method} is not allowed here; use {', '.join(sorted(e.allowed_methods))}."
+        methods = sorted(m for m in e.allowed_methods if m != "OPTIONS") or sorted(e.allowed_methods)  # not CORS's
+        return f"Method {request.method} is not allowed here; use {', '.join(methods)}."
     return e.reason
 
 
@@ -110,7 +118,73 @@ async def read_json(request: web.Request) -> Any:
     # declared type, except multipart uploads which are certainly not JSON.
     if request.content_type.startswith("multipart/"):
         raise ApiError(415, "Content-Type must be application/json.", code="unsupported_media_type")
-    return loads_body(await request.read())
+    return loads_body(await read_body(request))
+
+
+BODY_TIMEOUT_S = 30.0
+
+
+async def read_raw(request: web.Request, *, timeout: float = BODY_TIMEOUT_S) -> bytes:
+    """The body's bytes as sent (what a signature covers); read once, then kept by aiohttp.
+
+    A body that has not arrived whole within ``timeout`` seconds is a 408 and the connection closes.
+    Besides a client that stalls, this ends a wait that would last forever: when a chunked body's
+    framing turns out to be broken after its headers were handed to us, aiohttp queues a 400 for
+    after this request and never ends this request's body."""
+    if request.content.is_eof():  # it came whole with the headers, as small bodies do: no timer needed
+        return await request.read()
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise _unread_body_error(request, 408, f"Request body did not arrive whole within {timeout:g} s.",
+                                 "request_timeout") from None
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The body, decoded from its ``Content-Encoding`` (``gzip``, ``deflate``; see ``decode_body``)."""
+    raw = await read_raw(request)
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    return raw if encoding in ("", "identity") else decode_body(raw, encoding, request.client_max_size)
+
+
+# wbits for zlib: gzip's header and trailer; "deflate" is zlib's format (RFC 9110), which some clients
+# send without its header (raw deflate), as aiohttp and urllib3 also accept.
+_GZIP, _ZLIB, _RAW_DEFLATE = 16 + zlib.MAX_WBITS, zlib.MAX_WBITS, -zlib.MAX_WBITS
+
+
+def decode_body(raw: bytes, encoding: str, limit: int) -> bytes:
+    """Decode a compressed request body, or say why not: 415 for an encoding not served, 400 for a
+    body that is not in its encoding or stops short of its end, 413 when it decodes to more than
+    ``limit`` bytes (the cap a plain body has; a small gzip body can hold gigabytes).
+
+    The servers decode bodies here rather than in aiohttp (``auto_decompress=False``): aiohttp left a
+    request waiting forever for a deflate body that stopped short, when the body arrived after the
+    headers, and answered an encoding it lacks (``br``) with a plain-text error."""
+    if encoding in ("gzip", "x-gzip"):
+        modes = [_GZIP]
+    elif encoding == "deflate":
+        modes = [_ZLIB, _RAW_DEFLATE]
+    else:
+        raise ApiError(415, f"Content-Encoding {encoding[:40]!r} is not supported; send the body as is, or as gzip "
+                            "or deflate.", code="unsupported_content_encoding")
+    for wbits in modes:
+        decoder = zlib.decompressobj(wbits)
+        try:
+            out = decoder.decompress(raw, limit + 1)
+        except zlib.error:
+            continue
+        if len(out) > limit:
+            raise ApiError(413, f"Request body too large once decoded from {encoding} (limit {limit} bytes).",
+                           code="request_entity_too_large")
+        if not decoder.eof:
+            raise ApiError(400, f"Request body could not be read: its {encoding} data stops short of its end.",
+                           code="invalid_body")
+        if decoder.unused_data:
+            raise ApiError(400, f"Request body could not be read: there are bytes after the end of its {encoding} "
+                                "data.", code="invalid_body")
+        return out
+    raise ApiError(400, f"Request body could not be read: it is not {encoding} data.", code="invalid_body")
 
 
 def parse_model(model: type[BaseModel], data: Any, *, at: str = "") -> Any:
@@ -141,8 +215,9 @@ def bound_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.so
 
 def app_runner(app: web.Application) -> web.AppRunner:
     """How every server here runs an app: handlers cancelled when their client goes, no aiohttp access
-    log (ours is ``request_log``), and aiohttp's own reports through loguru without a client's bytes."""
-    return web.AppRunner(app, handler_cancellation=True, access_log=None, logger=ServerLog())
+    log (ours is ``request_log``), aiohttp's own reports through loguru without a client's bytes, and
+    compressed bodies decoded by ``read_body``, not by aiohttp."""
+    return web.AppRunner(app, handler_cancellation=True, access_log=None, logger=ServerLog(), auto_decompress=False)
 
 
 SHUTDOWN_LIMIT_S = 30.0  # in-flight requests get 5 s (the site's shutdown_timeout); the rest is cleanup

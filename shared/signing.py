@@ -18,6 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from shared.errors import ApiError
+from shared.http import read_raw
 
 CALLER_KEY = web.RequestKey("btauth_caller", http_auth.Caller)
 
@@ -150,7 +151,7 @@ def btauth_middleware(
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path in public:
             return await handler(request)
-        body = await request.read()
+        body = await read_raw(request)
         request[CALLER_KEY] = verifier.verify(
             request.headers, body, method=request.method, path=request.raw_path
         )

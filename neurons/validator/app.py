@@ -22,7 +22,7 @@ from neurons.validator.payload import OrganicPayload
 from neurons.validator.scores import ScoreBook
 from shared.availability_query import parse_k, read_uid_list
 from shared.errors import ApiError
-from shared.http import error_middleware, json_response, parse_model, read_json
+from shared.http import error_middleware, json_response, parse_model, read_json, read_raw
 from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics, metrics_handler, metrics_middleware
 from shared.signing import CALLER_KEY, RequestVerifier
@@ -109,7 +109,7 @@ async def get_available_miners(request: web.Request) -> web.Response:
 async def scoring(request: web.Request) -> web.Response:
     """Organic results: signature first (401/403), then the payload (400), then the queue (503)."""
     ctx = request.app[CTX]
-    body = await request.read()
+    body = await read_raw(request)
     request[CALLER_KEY] = ctx.verifier.verify(request.headers, body, method=request.method, path=request.raw_path)
     data = await read_json(request)
     if isinstance(data, list):

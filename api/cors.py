@@ -1,0 +1,34 @@
+"""CORS: which web pages may call the API from a browser (``CORS_ORIGINS``, default any).
+
+A browser lets a page read an answer from another origin only when the answer says so, and asks
+first (an ``OPTIONS`` preflight) before a request with an ``Authorization`` header or a JSON body.
+Without it a browser app (the OpenAI JS SDK with ``dangerouslyAllowBrowser``, a web playground)
+cannot call the API at all. Every route that answers callers is open to the configured origins, as
+OpenAI's own API and vLLM's server are to any origin. That is safe here because the API carries
+no ambient credentials (no cookies; a key is sent by the page itself), so another site's page can
+do nothing a script with no key could not. The admin routes and ``/metrics`` stay closed to
+browsers: they are for operators' tools.
+
+The headers a page may read are every header of the answer (``x-request-id``, ``x-ratelimit-*``,
+``retry-after``), so this is installed after the hooks that add them.
+"""
+
+from __future__ import annotations
+
+import aiohttp_cors
+from aiohttp import web
+
+CLOSED_TO_BROWSERS = ("/api_management/", "/metrics")
+PREFLIGHT_CACHE_SECONDS = 600
+
+
+def install_cors(app: web.Application, origins: list[str]) -> None:
+    """Open every route outside ``CLOSED_TO_BROWSERS`` to ``origins`` (none: CORS stays off)."""
+    if not origins:
+        return
+    options = aiohttp_cors.ResourceOptions(allow_credentials=False, expose_headers="*", allow_headers="*",
+                                           allow_methods="*", max_age=PREFLIGHT_CACHE_SECONDS)
+    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
+    for resource in list(app.router.resources()):
+        if not resource.canonical.startswith(CLOSED_TO_BROWSERS):
+            cors.add(resource)
