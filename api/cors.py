@@ -15,8 +15,12 @@ The headers a page may read are every header of the answer (``x-request-id``, ``
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import aiohttp_cors
-from aiohttp import web
+from aiohttp import hdrs, web
+
+ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
 CLOSED_TO_BROWSERS = ("/api_management/", "/metrics")
 PREFLIGHT_CACHE_SECONDS = 600
@@ -28,7 +32,21 @@ def install_cors(app: web.Application, origins: list[str]) -> None:
         return
     options = aiohttp_cors.ResourceOptions(allow_credentials=False, expose_headers="*", allow_headers="*",
                                            allow_methods="*", max_age=PREFLIGHT_CACHE_SECONDS)
+    hooks_before = len(app.on_response_prepare)
     cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
+    (hook,) = app.on_response_prepare[hooks_before:]  # the one aiohttp-cors adds for every answer
+    app.on_response_prepare[hooks_before] = _with_origin_only(hook)
     for resource in list(app.router.resources()):
         if not resource.canonical.startswith(CLOSED_TO_BROWSERS):
             cors.add(resource)
+
+
+def _with_origin_only(hook: ResponseHook) -> ResponseHook:
+    """aiohttp-cors's answer hook, called only for requests that carry an ``Origin`` (what browsers
+    send cross-origin); for the rest it would find its route's settings and then stop at the missing
+    ``Origin`` anyway, about 4 us per answer on the API's hot path."""
+    async def hook_for_browsers(request: web.Request, response: web.StreamResponse) -> None:
+        if hdrs.ORIGIN in request.headers:
+            await hook(request, response)
+
+    return hook_for_browsers
