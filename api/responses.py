@@ -13,17 +13,19 @@ import time
 
 from aiohttp import web
 
-from api.access_log import access_logged
+from api.access_log import access_logged, request_id
 from api.auth import authenticate
 from api.chat import answer, logprob_tokens, mid_stream_failure, response_usage
 from api.context import CTX
 from api.race import MinerRun, Race
 from api.responses_render import ResponseStream, complete_output, finished, new_id, skeleton
-from api.responses_translate import chat_body
+from api.responses_translate import chat_body, wants_search
 from api.responses_wire import ResponsesRequest
+from api.web_retrieval import Found
+from api.web_search import SOURCES, citations, search_call_item, search_for, with_results
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
-from shared.protocol import ChatCompletionRequest
+from shared.protocol import MIN_TIMEOUT, ChatCompletionRequest
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -36,7 +38,15 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     wanted: ResponsesRequest = parse_model(ResponsesRequest, sent)
     body = chat_body(wanted)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)
-    return await answer(request, key, req, body, ResponsesFormat(wanted), started=started)
+    found = None
+    if wants_search(wanted) and wanted.web_search is not None:
+        searching = time.perf_counter()
+        found = await search_for(request.app[CTX], body, wanted.web_search, request_id=request_id(request))
+        body = with_results(body, found, wanted.web_search)
+        if wanted.timeout is not None:  # the caller's timeout covers the whole request, search included
+            body["timeout"] = max(MIN_TIMEOUT, wanted.timeout - (time.perf_counter() - searching))
+        req = parse_model(ChatCompletionRequest, body)
+    return await answer(request, key, req, body, ResponsesFormat(wanted, found), started=started)
 
 
 @access_logged("responses")
@@ -53,26 +63,44 @@ class ResponsesFormat:
 
     kind = "responses"
 
-    def __init__(self, wanted: ResponsesRequest) -> None:
+    def __init__(self, wanted: ResponsesRequest, found: Found | None = None) -> None:
         self.wanted = wanted
+        self.found = found  # the web search made for this answer, if any
 
     def _base(self, req: ChatCompletionRequest, run: MinerRun) -> dict:
         return skeleton(self.wanted, response_id=new_id("resp"), model=run.model or req.model or "unknown")
 
+    def _search_item(self) -> dict | None:
+        if self.found is None:
+            return None
+        return search_call_item(self.found, include_sources=SOURCES in (self.wanted.include or []))
+
+    def _annotate(self, text: str) -> list[dict]:
+        return citations(text, self.found) if self.found is not None else []
+
     def complete(self, req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]) -> web.Response:
         output = complete_output(run.text, run.merged_tool_calls(), logprob_tokens(run.logprobs))
-        obj = finished(self._base(req, run), output, finish_reason=run.finish_reason, usage=response_usage(req, run))
+        for item in output:
+            if item["type"] == "message":
+                item["content"][0]["annotations"] = self._annotate(item["content"][0]["text"])
+        searched = self._search_item()
+        obj = finished(self._base(req, run), ([searched] if searched else []) + output,
+                       finish_reason=run.finish_reason, usage=response_usage(req, run))
         return json_response(obj, headers=headers)
+
+    def _start(self, events: ResponseStream) -> bytes:
+        searched = self._search_item()
+        return events.start() + (events.searched(searched) if searched else b"")
 
     async def stream(self, request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun,
                      headers: dict[str, str]) -> web.StreamResponse:
-        events = ResponseStream(self._base(req, run))
+        events = ResponseStream(self._base(req, run), annotate=self._annotate)
         if run.done:  # the whole answer is in: one body, one write
-            body = events.start() + b"".join(events.feed(e) for e in run.events) + _end(events, req, run)
+            body = self._start(events) + b"".join(events.feed(e) for e in run.events) + _end(events, req, run)
             return web.Response(body=body, headers={**headers, **SSE_HEADERS})
         response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
         await response.prepare(request)
-        await response.write(events.start())
+        await response.write(self._start(events))
         async for batch in race.follow_batches(run):
             await response.write(b"".join(events.feed(e) for e in batch))
         await response.write_eof(_end(events, req, run))

@@ -11,6 +11,7 @@ Every event has a ``sequence_number``; there is no ``[DONE]``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from api.responses_wire import ResponsesRequest
@@ -88,7 +89,8 @@ def finished(base: dict[str, Any], output: list[dict[str, Any]], *, finish_reaso
     reason = INCOMPLETE.get(finish_reason or "")
     status = "failed" if error is not None else "incomplete" if reason else "completed"
     for item in output:
-        item["status"] = "completed" if status == "completed" else "incomplete"
+        if item["type"] != "web_search_call":  # a search is done before the answer, whatever became of it
+            item["status"] = "completed" if status == "completed" else "incomplete"
     obj = base | {"status": status, "output": output, "usage": usage_in_responses_words(usage)}
     if error is not None:
         obj["error"] = {"code": "server_error", "message": error}
@@ -113,10 +115,12 @@ class ResponseStream:
     calls of one turn may interleave in a chat stream); the end closes them in output order.
     """
 
-    def __init__(self, base: dict[str, Any]) -> None:
+    def __init__(self, base: dict[str, Any], *, annotate: Callable[[str], list[dict[str, Any]]] | None = None) -> None:
         self.base = base
+        self.annotate = annotate  # the message's annotations, from its whole text (url citations)
         self.seq = 0
         self.items: list[dict[str, Any]] = []  # in output order; each the item as it will be when done
+        self.closed = 0  # items[:closed] were whole before the answer began (a web search)
         self.message: dict[str, Any] | None = None
         self.calls: dict[int, dict[str, Any]] = {}  # chat tool-call index -> its item
 
@@ -128,6 +132,18 @@ class ResponseStream:
     def start(self) -> bytes:
         return self.event("response.created", response=self.base) + self.event("response.in_progress",
                                                                                  response=self.base)
+
+    def searched(self, item: dict[str, Any]) -> bytes:
+        """The events of a ``web_search_call`` item that finished before the answer began (call right after
+        ``start``)."""
+        index = self._open(item)
+        self.closed = len(self.items)
+        ids = {"output_index": index, "item_id": item["id"]}
+        return (self.event("response.output_item.added", output_index=index, item=item | {"status": "in_progress"})
+                + self.event("response.web_search_call.in_progress", **ids)
+                + self.event("response.web_search_call.searching", **ids)
+                + self.event("response.web_search_call.completed", **ids)
+                + self.event("response.output_item.done", output_index=index, item=item))
 
     def feed(self, chunk: Event) -> bytes:
         """The events for one chat chunk (already checked by the race: an object with choices)."""
@@ -187,16 +203,16 @@ class ResponseStream:
     def finish(self, *, finish_reason: str | None, usage: dict[str, Any], error: str | None = None) -> bytes:
         """Close every item, then the response (``completed``, ``incomplete`` or ``failed``)."""
         # An answer with neither text nor calls is an empty message, as in the non-streamed object.
-        out = [self._open_message()] if not self.items and error is None else []
+        out = [self._open_message()] if len(self.items) == self.closed and error is None else []
         final = finished(self.base, self.items, finish_reason=finish_reason, usage=usage, error=error)
-        out += [self._close(index, item) for index, item in enumerate(self.items)]
+        out += [self._close(index, item) for index, item in enumerate(self.items) if index >= self.closed]
         out.append(self.event(f"response.{final['status']}", response=final))
         return b"".join(out)
 
     def _close(self, index: int, item: dict[str, Any]) -> bytes:
         if item["type"] == "message":
             part = item["content"][0]
-            out = (self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
+            out = self._annotations(index, item) + (self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
                               text=part["text"], logprobs=part["logprobs"])
                    + self.event("response.content_part.done", item_id=item["id"], output_index=index,
                                 content_index=0, part=part))
@@ -204,3 +220,10 @@ class ResponseStream:
             out = self.event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                              name=item["name"], arguments=item["arguments"])
         return out + self.event("response.output_item.done", output_index=index, item=item)
+
+    def _annotations(self, index: int, item: dict[str, Any]) -> bytes:
+        part = item["content"][0]
+        part["annotations"] = self.annotate(part["text"]) if self.annotate else []
+        return b"".join(self.event("response.output_text.annotation.added", item_id=item["id"], output_index=index,
+                                   content_index=0, annotation_index=i, annotation=a)
+                        for i, a in enumerate(part["annotations"]))

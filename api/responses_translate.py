@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.responses_wire import (
+    WEB_SEARCH_TYPES,
     FunctionCallItem,
     FunctionCallOutputItem,
     MessageItem,
@@ -27,7 +28,9 @@ ITEMS: dict[str, type[MessageItem | FunctionCallItem | FunctionCallOutputItem]] 
     "function_call": FunctionCallItem,
     "function_call_output": FunctionCallOutputItem,
 }
-SKIPPED_ITEMS = frozenset({"reasoning"})  # a model's reasoning summary: no chat message holds it
+# A model's reasoning summary and an earlier turn's web search (its results are not in the item; the
+# answer that used them follows as a message): no chat message holds them.
+SKIPPED_ITEMS = frozenset({"reasoning", "web_search_call"})
 LOGPROBS = "message.output_text.logprobs"  # the include that asks for the answer's token log probabilities
 TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 TOOL_FIELDS = {"name", "description", "parameters", "strict"}  # a chat tool's function, from a flat tool
@@ -62,11 +65,13 @@ def chat_body(r: ResponsesRequest) -> dict[str, Any]:
         body["logprobs"] = True
         if r.top_logprobs is not None:
             body["top_logprobs"] = r.top_logprobs
-    if r.tools:
+    functions = [t for t in r.tools or [] if not t.is_web_search]  # web search is done here, not by miners
+    if functions:
         body["tools"] = [{"type": "function", "function": t.model_dump(include=TOOL_FIELDS, exclude_none=True)}
-                         for t in r.tools]
-    if r.tool_choice is not None:
-        body["tool_choice"] = _tool_choice(r.tool_choice)
+                         for t in functions]
+    choice = _tool_choice(r)
+    if choice is not None:
+        body["tool_choice"] = choice
     fmt = r.text.format if r.text else None
     if fmt is not None and fmt.type != "text":
         body["response_format"] = _response_format(fmt)
@@ -142,13 +147,35 @@ def _text_of(part: dict[str, Any], at: str, field: str = "text") -> str:
     return text
 
 
-def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
+def wants_search(r: ResponsesRequest) -> bool:
+    """Whether to search the web before the answer: a web search tool is offered and ``tool_choice``
+    does not rule it out (``none``, or one function by name).
+
+    OpenAI's model decides for itself whether to search; here the search runs once, before the
+    miners answer, on the conversation's last user message, and its results are the answer's context."""
+    if r.web_search is None:
+        return False
+    choice = r.tool_choice
+    return not (choice == "none" or (isinstance(choice, dict) and choice.get("type") == "function"))
+
+
+def _tool_choice(r: ResponsesRequest) -> str | dict[str, Any] | None:
+    """The chat request's ``tool_choice``: web search is not a miner's tool, so a choice of it (or
+    ``required`` with web search the only tool) is met by the search and leaves the miners free."""
+    choice, functions = r.tool_choice, [t for t in r.tools or [] if not t.is_web_search]
+    if choice is None:
+        return None
     if isinstance(choice, str):
-        return choice  # none, auto, required: the chat request's own check refuses the rest
+        # none, auto, required: the chat request's own check refuses the rest
+        return None if choice == "required" and r.web_search is not None and not functions else choice
     if choice.get("type") == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
-    raise invalid_value("tool_choice", "tool_choice must be 'none', 'auto', 'required' or "
-                                       '{"type": "function", "name": ...}')
+    if choice.get("type") in WEB_SEARCH_TYPES:
+        if r.web_search is None:
+            raise invalid_value("tool_choice", "tool_choice names web search, which is not among the tools")
+        return None
+    raise invalid_value("tool_choice", "tool_choice must be 'none', 'auto', 'required', "
+                                       '{"type": "function", "name": ...} or {"type": "web_search"}')
 
 
 def _response_format(fmt: TextFormat) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from shared.protocol import MIN_TIMEOUT, REQUEST_CONFIG, SamplingParameters
@@ -19,8 +19,16 @@ from shared.protocol import MIN_TIMEOUT, REQUEST_CONFIG, SamplingParameters
 STATELESS = "this gateway stores no responses: send the whole conversation in 'input'"
 
 
-class FunctionTool(BaseModel):
-    """A function tool, Responses style (flat: ``name`` and ``parameters`` beside ``type``)."""
+# OpenAI's names for its hosted web search tool, old and new: served by the subnet's web retrieval miners.
+WEB_SEARCH_TYPES = frozenset({"web_search", "web_search_preview", "web_search_2025_08_26",
+                              "web_search_preview_2025_03_11"})
+
+
+class Tool(BaseModel):
+    """A tool: a function (flat, Responses style: ``name`` and ``parameters`` beside ``type``) or web search.
+
+    Web search takes OpenAI's options; ``search_context_size`` sets how many results the answer gets,
+    ``user_location`` and ``filters`` are accepted and echoed (the miners search without them)."""
 
     model_config = REQUEST_CONFIG
     type: str
@@ -28,21 +36,28 @@ class FunctionTool(BaseModel):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    search_context_size: Literal["low", "medium", "high"] | None = None
+    user_location: dict[str, Any] | None = None
+    filters: dict[str, Any] | None = None
 
     @field_validator("type")
     @classmethod
-    def _function_only(cls, v: str) -> str:
-        if v != "function":
-            raise PydanticCustomError("unsupported_tool", "only function tools are served here, not '{type}'",
-                                      {"type": v})
+    def _served(cls, v: str) -> str:
+        if v != "function" and v not in WEB_SEARCH_TYPES:
+            raise PydanticCustomError("unsupported_tool", "only function and web_search tools are served here, "
+                                      "not '{type}'", {"type": v})
         return v
 
     @field_validator("name")
     @classmethod
-    def _named(cls, v: str | None) -> str | None:
-        if v is None:
+    def _named(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None and info.data.get("type") == "function":
             raise PydanticCustomError("missing_name", "a function tool needs a name")
         return v
+
+    @property
+    def is_web_search(self) -> bool:
+        return self.type in WEB_SEARCH_TYPES
 
 
 class TextFormat(BaseModel):
@@ -103,7 +118,7 @@ class ResponsesRequest(BaseModel):
     model: str | None = None
     instructions: str | None = None
     stream: bool = False
-    tools: list[FunctionTool] | None = None
+    tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -129,6 +144,11 @@ class ResponsesRequest(BaseModel):
     inference_mode: str | None = None
     timeout: float | None = Field(default=None, ge=MIN_TIMEOUT, le=600, description="Deadline in seconds")
     session_id: str | None = Field(default=None, max_length=128)
+
+    @property
+    def web_search(self) -> Tool | None:
+        """The web search tool, if the request offers one (the first, if several)."""
+        return next((t for t in self.tools or [] if t.is_web_search), None)
 
     @field_validator("input")
     @classmethod
@@ -170,7 +190,7 @@ class ResponseOut(BaseModel):
     created_at: int
     status: Literal["completed", "incomplete", "failed"]
     model: str
-    output: list[dict[str, Any]] = Field(description="message and function_call items, in order")
+    output: list[dict[str, Any]] = Field(description="web_search_call, message and function_call items, in order")
     usage: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     incomplete_details: dict[str, Any] | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from yarl import URL
 from api.access_log import access_logged, request_id, write
 from api.auth import authenticate
 from api.chat import CTX
+from api.context import ApiContext
 from api.fanout import settle, start_race
 from api.selection import select_miners
 from shared.errors import ApiError
@@ -134,21 +136,39 @@ async def web_retrieval(request: web.Request) -> web.StreamResponse:
     rid = request_id(request)
     key = await authenticate(request, ctx.store, scope="web_retrieval")
     req = await _request_model(request)
+    found = await search(ctx, req.search_query, n_results=req.n_results, n_miners=req.n_miners, uids=req.uids,
+                         timeout=req.max_response_time, request_id=rid)
+    write(request, f"web_retrieval rid={rid} key={key.id} uids={found.uids} "
+                   f"results={len(found.results)} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
+    if not found.results and found.all_failed:
+        raise ApiError(502, "No miner returned web results.", code="no_valid_answer",
+                       headers={"x-request-id": rid})
+    return json_response({"results": [r.model_dump() for r in found.results]}, headers={"x-request-id": rid})
+
+
+@dataclass
+class Found:
+    """What a search gave: the merged results, the miners asked, and whether every one of them failed."""
+
+    query: str
+    results: list[WebResult]
+    uids: list[int]
+    all_failed: bool
+
+
+async def search(ctx: ApiContext, query: str, *, n_results: int, timeout: float, request_id: str,
+                 n_miners: int | None = None, uids: list[int] | None = None) -> Found:
+    """Fan ``query`` out to web retrieval miners; their answers are scored like any organic answer."""
     neurons = select_miners(
-        ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=TASK, model=None,
-        k=req.n_miners or ctx.settings.web_retrieval_n_miners, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
+        ctx.metagraph.snapshot, ctx.availability, uids=uids, task=TASK, model=None,
+        k=n_miners or ctx.settings.web_retrieval_n_miners, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
     )
-    body = {"task": TASK, "messages": [{"role": "user", "content": req.search_query}],
-            "target_results": req.n_results, "timeout": req.max_response_time, "stream": True,
+    body = {"task": TASK, "messages": [{"role": "user", "content": query}],
+            "target_results": n_results, "timeout": timeout, "stream": True,
             "seed": random.randrange(2**31)}
-    race = start_race(ctx, neurons, body, req.max_response_time, stream=False, request_id=rid)
+    race = start_race(ctx, neurons, body, timeout, stream=False, request_id=request_id)
     await race.finish()
     settle(ctx, race, body, kind="web_retrieval")
     per_miner = [parse_results(r.text) for r in race.runs if r.error is None]
-    results = merge_results(per_miner, req.n_results)
-    write(request, f"web_retrieval rid={rid} key={key.id} uids={[n.uid for n in neurons]} "
-                   f"results={len(results)} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
-    if not results and all(r.error for r in race.runs):
-        raise ApiError(502, "No miner returned web results.", code="no_valid_answer",
-                       headers={"x-request-id": rid})
-    return json_response({"results": [r.model_dump() for r in results]}, headers={"x-request-id": rid})
+    return Found(query=query, results=merge_results(per_miner, n_results), uids=[n.uid for n in neurons],
+                 all_failed=all(r.error for r in race.runs))

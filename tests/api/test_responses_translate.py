@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.responses_translate import chat_body
+from api.responses_translate import chat_body, wants_search
 from api.responses_wire import ResponsesRequest
 from shared.errors import ApiError
 from shared.http import parse_model
@@ -93,13 +93,53 @@ def test_the_subnets_extras_reach_the_chat_request() -> None:
     assert (body["uids"], body["timeout"], body["task"], body["seed"]) == ([1, 2], 5, "InferenceTask", 7)
 
 
+SEARCH = {"type": "web_search", "search_context_size": "low", "user_location": {"type": "approximate", "country": "GB"}}
+
+
+@pytest.mark.parametrize(("tools", "choice", "search", "chat_tools", "chat_choice"), [
+    ([SEARCH], None, True, None, None),
+    ([SEARCH, WEATHER], "auto", True, ["get_weather"], "auto"),
+    ([SEARCH, WEATHER], "required", True, ["get_weather"], "required"),  # a function call is still required
+    ([SEARCH], "required", True, None, None),  # met by the search: the miners answer freely
+    ([SEARCH, WEATHER], {"type": "web_search"}, True, ["get_weather"], None),
+    ([{"type": "web_search_preview"}], {"type": "web_search_preview"}, True, None, None),
+    ([SEARCH, WEATHER], "none", False, ["get_weather"], "none"),
+    ([SEARCH, WEATHER], {"type": "function", "name": "get_weather"}, False, ["get_weather"],
+     {"type": "function", "function": {"name": "get_weather"}}),
+    ([WEATHER], None, False, ["get_weather"], None),
+])
+def test_web_search_is_done_here_and_the_miners_get_the_function_tools(
+        tools: list[dict], choice: Any, search: bool, chat_tools: list[str] | None, chat_choice: Any) -> None:
+    fields = {"input": "Weather in Paris?", "tools": tools} | ({"tool_choice": choice} if choice is not None else {})
+    body = translate(**fields)
+    assert wants_search(parse_model(ResponsesRequest, fields)) is search
+    assert ([t["function"]["name"] for t in body["tools"]] if "tools" in body else None) == chat_tools
+    assert body.get("tool_choice") == chat_choice
+
+
+def test_an_earlier_turns_web_search_item_is_skipped() -> None:
+    """The Agents SDK sends a turn's output back as input: its web_search_call holds no text for chat."""
+    body = translate(input=[
+        {"role": "user", "content": "Tell me about Pelseldan"},
+        {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search", "query": "q"}},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "A city.",
+                                                             "annotations": [{"type": "url_citation"}]}]},
+        {"role": "user", "content": "And its river?"},
+    ], tools=[SEARCH])
+    assert body["messages"] == [{"role": "user", "content": "Tell me about Pelseldan"},
+                                {"role": "assistant", "content": "A city."},
+                                {"role": "user", "content": "And its river?"}]
+
+
 @pytest.mark.parametrize(("fields", "param", "says"), [
     ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id", "stores no responses"),
     ({"input": "x", "conversation": "conv_1"}, "conversation", "stores no responses"),
     ({"input": "x", "background": True}, "background", "background responses"),
     ({"input": []}, "input", "at least one item"),
     ({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input", "no message to answer"),
-    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools.0.type", "only function tools"),
+    ({"input": "x", "tools": [{"type": "file_search"}]}, "tools.0.type", "only function and web_search tools"),
+    ({"input": "x", "tools": [{"type": "web_search", "search_context_size": "huge"}]},
+     "tools.0.search_context_size", "Input should be"),
     ({"input": "x", "tools": [{"type": "function"}]}, "tools.0.name", "needs a name"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0.type", "not 'item_reference'"),
     ({"input": [{"role": "user", "content": "a"}, {"type": "function_call", "name": "f", "arguments": "{}"}]},
@@ -111,7 +151,8 @@ def test_the_subnets_extras_reach_the_chat_request() -> None:
      "input.0.content.0.image_url", "needs an image_url"),
     ({"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]}, "input.0.content.0.text",
      "must be a string"),
-    ({"input": "x", "tool_choice": {"type": "web_search"}}, "tool_choice", "tool_choice must be"),
+    ({"input": "x", "tool_choice": {"type": "web_search"}}, "tool_choice", "not among the tools"),
+    ({"input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice", "tool_choice must be"),
     ({"input": "x", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format", "needs a name"),
     ({"input": "x", "max_output_tokens": "5"}, "max_output_tokens", "valid integer"),
 ])

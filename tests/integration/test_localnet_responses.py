@@ -116,6 +116,43 @@ def test_the_agents_sdks_default_model_runs_handoffs_and_tools(localnet: dict) -
     asyncio.run(run())
 
 
+def test_web_search_is_served_by_the_retrieval_miners(localnet: dict) -> None:
+    """OpenAI's ``web_search`` tool, answered from the local network's corpus (the deterministic miners'
+    web), streamed and not; the Agents SDK's ``WebSearchTool`` over two turns (the second sends the first
+    turn's search call back as input)."""
+    c = client(localnet)
+    r = c.responses.create(model=MODEL, input="Tell me about the city of Pelseldan",
+                           tools=[{"type": "web_search"}], include=["web_search_call.action.sources"])
+    search, message = r.output
+    assert search.type == "web_search_call" and search.status == "completed" and message.type == "message"
+    assert search.action.query == "Tell me about the city of Pelseldan"
+    urls = [source.url for source in search.action.sources]
+    assert urls and urls[0] == "https://corpus.sn1.local/wiki/pelseldan-city"
+    assert r.output_text
+    with c.responses.stream(model=MODEL, input="Tell me about Marcor city",
+                            tools=[{"type": "web_search_preview", "search_context_size": "low"}]) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert "response.web_search_call.completed" in kinds and kinds[-1] == "response.completed"
+    assert [o.type for o in final.output] == ["web_search_call", "message"]
+    assert not hasattr(final.output[0].action, "sources") or not final.output[0].action.sources  # not asked
+
+    from agents import Agent, AsyncOpenAI, OpenAIResponsesModel, Runner, WebSearchTool, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    model = OpenAIResponsesModel(model=MODEL, openai_client=AsyncOpenAI(
+        base_url=localnet["api_url"] + "/v1", api_key=localnet["api_key"], max_retries=0))
+    researcher = Agent(name="Researcher", instructions="Answer with sources.", tools=[WebSearchTool()], model=model)
+
+    async def run() -> None:
+        first = await Runner.run(researcher, "Tell me about the city of Pelseldan")
+        assert [type(i).__name__ for i in first.new_items] == ["ToolCallItem", "MessageOutputItem"]
+        second = await Runner.run(researcher, [*first.to_input_list(), {"role": "user", "content": "And Marcor?"}])
+        assert second.final_output
+
+    asyncio.run(run())
+
+
 def test_curl_sees_openais_event_stream(localnet: dict) -> None:
     req = urllib.request.Request(localnet["api_url"] + "/v1/responses", method="POST",
                                  data=json.dumps({"input": "hi", "stream": True}).encode(),

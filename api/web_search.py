@@ -1,0 +1,81 @@
+"""The Responses API's ``web_search`` tool, served by the subnet's web retrieval miners.
+
+OpenAI's hosted tool lets its model search the web while it answers. Here the search runs once,
+before the race (``responses_translate.wants_search``): the conversation's last user message is
+the query, the web retrieval miners answer it (``web_retrieval.search``, scored like any organic
+retrieval), and the results go to the chat miners as a system message with numbered sources. The
+response then carries what OpenAI's does: a ``web_search_call`` item before the answer, and
+``url_citation`` annotations where the answer names a source's URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.context import ApiContext
+from api.responses_render import new_id
+from api.responses_wire import Tool
+from api.web_retrieval import MAX_QUERY, Found, search
+
+RESULTS_FOR = {"low": 3, "medium": 5, "high": 8}  # search_context_size -> results given to the answer
+EXCERPT = {"low": 500, "medium": 1200, "high": 3000}  # characters of each result's content
+SEARCH_TIMEOUT_S = 10.0  # at most; a request's own shorter timeout gives the search half of it
+SOURCES = "web_search_call.action.sources"  # the ``include`` that asks for the sources in the call item
+
+
+async def search_for(ctx: ApiContext, body: dict[str, Any], tool: Tool, *, request_id: str) -> Found:
+    """Search the web for the chat request ``body``'s last user message."""
+    size = tool.search_context_size or "medium"
+    timeout = min(SEARCH_TIMEOUT_S, float(body.get("timeout") or SEARCH_TIMEOUT_S * 2) / 2)
+    return await search(ctx, query_of(body["messages"]), n_results=RESULTS_FOR[size], timeout=timeout,
+                        request_id=request_id)
+
+
+def query_of(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user message (its text parts joined), cut to what a search takes."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            text = content if isinstance(content, str) else " ".join(
+                p.get("text", "") for p in content or [] if isinstance(p, dict) and p.get("type") == "text")
+            if text.strip():
+                return text.strip()[:MAX_QUERY]
+    return ""
+
+
+def with_results(body: dict[str, Any], found: Found, tool: Tool) -> dict[str, Any]:
+    """The chat request with the search results as a system message after the leading system messages."""
+    messages = list(body["messages"])
+    at = next((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")), len(messages))
+    messages.insert(at, {"role": "system", "content": context_text(found, EXCERPT[tool.search_context_size or "medium"])})
+    return body | {"messages": messages}
+
+
+def context_text(found: Found, excerpt: int) -> str:
+    if not found.results:
+        return (f"A web search for {found.query!r} found nothing. Answer from what you know, and say that the "
+                "search found no sources.")
+    sources = "\n\n".join(f"[{i}] {r.url}\n{r.content[:excerpt].strip()}" for i, r in enumerate(found.results, 1))
+    return (f"Web search results for {found.query!r}:\n\n{sources}\n\nUse these results where they help, and "
+            "cite each source you use by its URL.")
+
+
+def search_call_item(found: Found, *, include_sources: bool) -> dict[str, Any]:
+    """The ``web_search_call`` output item (its sources only when ``include`` asks, as at OpenAI)."""
+    action: dict[str, Any] = {"type": "search", "query": found.query}
+    if include_sources:
+        action["sources"] = [{"type": "url", "url": r.url} for r in found.results]
+    return {"id": new_id("ws"), "type": "web_search_call", "status": "completed", "action": action}
+
+
+def citations(text: str, found: Found) -> list[dict[str, Any]]:
+    """A ``url_citation`` for each place the answer names a result's URL, in the order they appear."""
+    out = []
+    for result in found.results:
+        start = text.find(result.url)
+        while start != -1:
+            end = start + len(result.url)
+            out.append({"type": "url_citation", "start_index": start, "end_index": end, "url": result.url,
+                        "title": result.url})
+            start = text.find(result.url, end)
+    return sorted(out, key=lambda a: a["start_index"])

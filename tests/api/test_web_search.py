@@ -1,0 +1,83 @@
+"""The Responses API's web search: the query, the context the miners get, the call item and citations."""
+
+from __future__ import annotations
+
+from api.responses_render import ResponseStream, skeleton
+from api.responses_wire import ResponsesRequest, Tool
+from api.web_retrieval import Found, WebResult
+from api.web_search import citations, context_text, query_of, search_call_item, with_results
+from tests.api.test_responses_render import USAGE, chunk
+from tests.helpers import response_events
+
+A, B = "https://corpus.sn1.local/wiki/pelseldan-city", "https://corpus.sn1.local/wiki/marcor-city"
+FOUND = Found(query="Pelseldan", uids=[1, 2], all_failed=False,
+              results=[WebResult(url=A, content="Pelseldan is a city. " * 200), WebResult(url=B, content="Marcor.")])
+
+
+def test_the_query_is_the_last_user_messages_text() -> None:
+    assert query_of([{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"},
+                     {"role": "user", "content": [{"type": "text", "text": "Tell me"},
+                                                  {"type": "image_url", "image_url": {"url": "u"}},
+                                                  {"type": "text", "text": "about Pelseldan"}]},
+                     {"role": "tool", "tool_call_id": "c", "content": "t"}]) == "Tell me about Pelseldan"
+    assert query_of([{"role": "user", "content": "q" * 5000}]) == "q" * 2000
+    assert query_of([{"role": "system", "content": "s"}]) == ""
+
+
+def test_the_results_go_after_the_leading_system_messages_cut_to_the_context_size() -> None:
+    body = {"messages": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Pelseldan?"}]}
+    got = with_results(body, FOUND, Tool(type="web_search", search_context_size="low"))
+    assert [m["role"] for m in got["messages"]] == ["system", "system", "user"]
+    context = got["messages"][1]["content"]
+    assert f"[1] {A}" in context and f"[2] {B}" in context and "cite each source" in context
+    assert len(context) < 500 + 500 + 300  # low: 500 characters of each result
+    assert body["messages"][1]["role"] == "user", "the caller's body is not changed"
+    assert "found nothing" in context_text(Found(query="q", results=[], uids=[], all_failed=True), 500)
+
+
+def test_the_call_item_lists_its_sources_only_when_asked() -> None:
+    item = search_call_item(FOUND, include_sources=True)
+    assert item["type"] == "web_search_call" and item["status"] == "completed" and item["id"].startswith("ws_")
+    assert item["action"] == {"type": "search", "query": "Pelseldan",
+                              "sources": [{"type": "url", "url": A}, {"type": "url", "url": B}]}
+    assert "sources" not in search_call_item(FOUND, include_sources=False)["action"]
+
+
+def test_each_mention_of_a_sources_url_is_a_citation_in_order() -> None:
+    text = f"See {B} and {A}; again {B}."
+    got = citations(text, FOUND)
+    assert [(a["url"], text[a["start_index"]:a["end_index"]]) for a in got] == [(B, B), (A, A), (B, B)]
+    assert citations("no links here", FOUND) == []
+
+
+def test_a_streamed_search_comes_first_and_the_answer_carries_its_citations() -> None:
+    s = ResponseStream(skeleton(ResponsesRequest(input="x", tools=[{"type": "web_search"}]), response_id="resp_1",
+                                model="m"), annotate=lambda text: citations(text, FOUND))
+    item = search_call_item(FOUND, include_sources=False)
+    raw = (s.start() + s.searched(item) + s.feed(chunk(f"It is {A[:20]}")) + s.feed(chunk(f"{A[20:]} .")) +
+           s.finish(finish_reason="stop", usage=USAGE))
+    got = response_events(raw.decode())
+    assert [e["type"] for e in got] == [
+        "response.created", "response.in_progress",
+        "response.output_item.added", "response.web_search_call.in_progress", "response.web_search_call.searching",
+        "response.web_search_call.completed", "response.output_item.done",
+        "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.delta",
+        "response.output_text.annotation.added",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.completed"]
+    assert [e.get("output_index") for e in got if e["type"] == "response.output_item.added"] == [0, 1]
+    final = got[-1]["response"]
+    assert [o["type"] for o in final["output"]] == ["web_search_call", "message"]
+    assert final["output"][0] == item
+    (cite,) = final["output"][1]["content"][0]["annotations"]
+    assert cite["url"] == A and final["output"][1]["content"][0]["text"][cite["start_index"]:cite["end_index"]] == A
+
+
+def test_a_cut_answer_leaves_the_search_completed() -> None:
+    s = ResponseStream(skeleton(ResponsesRequest(input="x"), response_id="resp_1", model="m"))
+    raw = s.start() + s.searched(search_call_item(FOUND, include_sources=False)) + s.feed(chunk("It")) + s.finish(
+        finish_reason="length", usage=USAGE)
+    final = response_events(raw.decode())[-1]["response"]
+    assert final["status"] == "incomplete"
+    assert [o["status"] for o in final["output"]] == ["completed", "incomplete"]

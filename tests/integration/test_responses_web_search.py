@@ -1,0 +1,76 @@
+"""Web search in the Responses API through the real API app: the search is a web retrieval race, its
+results reach the chat miners, and the answer's mentions of a source are citations the SDK reads."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from openai import AsyncOpenAI
+
+from tests.helpers import Script, api_with_miners, chunk, sse
+
+PAGE = "https://corpus.sn1.local/wiki/pelseldan-city"
+
+
+def miner_answering(text: str) -> Script:
+    return Script([(0, d) for d in sse(chunk(text), chunk(finish="stop"))])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
+async def test_the_answer_gets_the_results_and_cites_them(tmp_path: Path, stream: bool) -> None:
+    # A scripted miner answers every request alike: its text is a retrieval result list naming PAGE, which
+    # the search reads as results and which, as the chat answer, mentions PAGE.
+    text = json.dumps([{"url": PAGE, "content": "Pelseldan is a city on the Zorgal river."}])
+    scripts = {1: miner_answering(text), 2: miner_answering(text)}
+    async with api_with_miners(tmp_path, scripts) as api:
+        client = AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0)
+        fields = {"model": "default", "input": "Tell me about Pelseldan", "instructions": "Be brief.",
+                  "tools": [{"type": "web_search"}], "include": ["web_search_call.action.sources"],
+                  "extra_body": {"timeout": 4}}
+        if stream:
+            async with client.responses.stream(**fields) as events:
+                kinds = [event.type async for event in events]
+                r = await events.get_final_response()
+            assert "response.output_text.annotation.added" in kinds
+        else:
+            r = await client.responses.create(**fields)
+    search, message = r.output
+    assert [s.url for s in search.action.sources] == [PAGE]
+    (cite,) = [a for a in message.content[0].annotations if a.url == PAGE]
+    assert message.content[0].text[cite.start_index:cite.end_index] == PAGE
+    bodies = [b for s in scripts.values() for b in s.bodies]
+    retrieval = [b for b in bodies if b.get("task") == "WebRetrievalTask"]
+    chats = [b for b in bodies if b.get("task") != "WebRetrievalTask"]
+    assert retrieval and retrieval[0]["messages"] == [{"role": "user", "content": "Tell me about Pelseldan"}]
+    roles = [m["role"] for m in chats[0]["messages"]]
+    assert roles == ["system", "system", "user"] and chats[0]["messages"][0]["content"] == "Be brief."
+    assert f"[1] {PAGE}" in chats[0]["messages"][1]["content"]
+    assert all("web_search" not in json.dumps(b.get("tools", [])) for b in chats), "miners never see the tool"
+    assert retrieval[0]["timeout"] == 2, "the search gets half the caller's timeout"
+
+
+async def test_without_the_tool_nothing_is_searched(tmp_path: Path) -> None:
+    scripts = {1: miner_answering("plain")}
+    async with api_with_miners(tmp_path, scripts) as api:
+        client = AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0)
+        r = await client.responses.create(model="default", input="Hi",
+                                          tools=[{"type": "web_search"}], tool_choice="none")
+    assert [o.type for o in r.output] == ["message"]
+    assert [b.get("task") for b in scripts[1].bodies] == ["InferenceTask"]
+
+
+async def test_the_callers_timeout_covers_the_search_and_the_answer(tmp_path: Path) -> None:
+    """Every miner takes 1.2 s: the search gets 1 s of a 2 s timeout and finds nothing, and the answer
+    gets the 1 s left, so the request ends at its 2 s (a 504) instead of 1 s + a fresh 2 s (a 200)."""
+    slow = Script([(1.2, d) for d in sse(chunk("late"), chunk(finish="stop"))])
+    async with api_with_miners(tmp_path, {1: slow}) as api:
+        client = AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0)
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as err:
+            await client.responses.create(model="default", input="Pelseldan?", tools=[{"type": "web_search"}],
+                                          extra_body={"timeout": 2})
+    assert err.value.status_code == 504 and time.monotonic() - started < 3
