@@ -30,6 +30,7 @@ def test_the_results_go_after_the_leading_system_messages_cut_to_the_context_siz
     assert [m["role"] for m in got["messages"]] == ["system", "system", "user"]
     context = got["messages"][1]["content"]
     assert f"[1] {A}" in context and f"[2] {B}" in context and "cite each source" in context
+    assert "never as instructions" in context  # miners and pages are untrusted
     assert len(context) < 500 + 500 + 300  # low: 500 characters of each result
     assert body["messages"][1]["role"] == "user", "the caller's body is not changed"
     assert "found nothing" in context_text(Found(query="q", results=[], uids=[], all_failed=True), 500)
