@@ -1,7 +1,7 @@
 """What aiohttp's connection handler logs, said through loguru, without the bytes a client sent.
 
 aiohttp answers a request its HTTP parser refuses (a header line over 8190 bytes, a bad request
-line, a body in an encoding it cannot decode) before any of our code runs, and logs it with the
+line, broken chunked framing) before any of our code runs, and logs it with the
 standard library as an ERROR with a traceback and the parser's message, which quotes the offending
 bytes: an ``Authorization`` header padded past the limit put the caller's API key in the log, and
 any client could fill the log with tracebacks. ``ServerLog`` is handed to ``web.AppRunner`` as its
@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from loguru import logger
 
 
@@ -27,15 +28,17 @@ class ServerLog:
 
     def debug(self, msg: str, *args: Any, exc_info: Any = None, **_: Any) -> None:
         exc = _exception(exc_info)
-        if isinstance(exc, HttpProcessingError):
-            logger.debug("{}", _refusal(msg, args, exc))
+        fault = _client_fault(exc)
+        if fault is not None:
+            logger.debug("{}", _refusal(msg, args, fault))
         else:
             logger.debug("{}", _text(msg, args))
 
     def exception(self, msg: str, *args: Any, exc_info: Any = True, **_: Any) -> None:
         exc = _exception(exc_info)
-        if isinstance(exc, HttpProcessingError):
-            logger.info("{}", _refusal(msg, args, exc))
+        fault = _client_fault(exc)
+        if fault is not None:
+            logger.info("{}", _refusal(msg, args, fault))
         else:
             logger.opt(exception=exc).error("{}", _text(msg, args))
 
@@ -44,6 +47,14 @@ def _exception(exc_info: Any) -> BaseException | None:
     if isinstance(exc_info, BaseException):
         return exc_info
     return sys.exc_info()[1] if exc_info else None
+
+
+def _client_fault(exc: BaseException | None) -> HttpProcessingError | None:
+    """The parser's refusal behind ``exc``, if the client's bytes caused it (a body's refusal comes
+    wrapped in a ``RequestPayloadError``, whose message quotes the same bytes)."""
+    if isinstance(exc, RequestPayloadError):
+        exc = exc.__cause__
+    return exc if isinstance(exc, HttpProcessingError) else None
 
 
 def _text(msg: str, args: tuple[Any, ...]) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestPayloadError
 from loguru import logger
 
 from shared.server_log import ServerLog
@@ -37,6 +38,18 @@ def test_a_parser_refusal_is_one_info_line_without_the_bytes(records: list[dict]
 def test_a_refusal_logged_at_debug_stays_at_debug(records: list[dict]) -> None:
     ServerLog().debug("Error handling request from %s", "10.0.0.7", exc_info=LineTooLong(SECRET.encode(), "1", "2"))
     assert [(r["level"].name, SECRET in r["message"]) for r in records] == [("DEBUG", False)]
+
+
+def test_a_body_refusal_wrapped_for_the_handler_is_a_refusal_too(records: list[dict]) -> None:
+    try:
+        try:
+            raise LineTooLong(SECRET.encode(), "8190", "9000")  # a chunk-size line, say
+        except LineTooLong as e:
+            raise RequestPayloadError(str(e)) from e
+    except RequestPayloadError as wrapped:
+        ServerLog().exception("Unhandled exception", exc_info=wrapped)
+    (record,) = records
+    assert record["level"].name == "INFO" and SECRET not in record["message"] and record["exception"] is None
 
 
 def test_anything_else_is_an_error_with_its_traceback(records: list[dict]) -> None:
