@@ -212,8 +212,9 @@ class ResponseStream:
     def _close(self, index: int, item: dict[str, Any]) -> bytes:
         if item["type"] == "message":
             part = item["content"][0]
-            out = self._annotations(index, item) + (self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                              text=part["text"], logprobs=part["logprobs"])
+            out = (self._annotations(index, item)
+                   + self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
+                                text=part["text"], logprobs=part["logprobs"])
                    + self.event("response.content_part.done", item_id=item["id"], output_index=index,
                                 content_index=0, part=part))
         else:
@@ -222,6 +223,7 @@ class ResponseStream:
         return out + self.event("response.output_item.done", output_index=index, item=item)
 
     def _annotations(self, index: int, item: dict[str, Any]) -> bytes:
+        """A message's annotations, found in its whole text (citations can span deltas), as events."""
         part = item["content"][0]
         part["annotations"] = self.annotate(part["text"]) if self.annotate else []
         return b"".join(self.event("response.output_text.annotation.added", item_id=item["id"], output_index=index,

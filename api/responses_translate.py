@@ -49,7 +49,8 @@ def chat_body(r: ResponsesRequest) -> dict[str, Any]:
         for i, raw in enumerate(r.input):
             _add_item(messages, raw, f"input.{i}")
         if not messages:
-            raise invalid_value("input", "input has no message to answer (reasoning items are skipped)")
+            raise invalid_value("input", "input has no message to answer (reasoning and web_search_call items are "
+                                         "skipped)")
     body: dict[str, Any] = {"messages": messages, "stream": r.stream}
     if r.stream:
         body["stream_options"] = {"include_usage": True}  # for the usage of response.completed
@@ -84,8 +85,8 @@ def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> N
         return
     model = ITEMS.get(kind or "")
     if model is None:
-        raise invalid_value(f"{at}.type", f"input items served here are {', '.join(ITEMS)} (and reasoning, "
-                                          f"skipped); not {kind!r}")
+        raise invalid_value(f"{at}.type", f"input items served here are {', '.join(ITEMS)} (and reasoning and "
+                                          f"web_search_call, skipped); not {kind!r}")
     item = parse_model(model, raw, at=at)
     if isinstance(item, MessageItem):
         messages.append(_message(item, at))
