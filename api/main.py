@@ -74,9 +74,10 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
 
     app.on_cleanup.append(close)
     logger.info(
-        "api starting hotkey={} port={} network={} store={} admin={}",
+        "api starting hotkey={} port={} network={} store={} admin={} cors={}",
         ctx.client.signer.hotkey, settings.api_port, settings.network_label(),
         settings.store_url.split("://")[0], "enabled" if settings.admin_key else "disabled",
+        ",".join(settings.cors_origins) or "off",
     )
     await serve_until_signal(app, settings.api_host, settings.api_port, reuse_port=reuse_port)
 
