@@ -22,6 +22,8 @@ from api.context import CTX
 from api.fanout import deadline_seconds, settle, start_race
 from api.race import MinerRun, Race
 from api.selection import select_miners, top_miner
+from api.web_retrieval import Found
+from api.web_search import chat_citations, search_into
 from shared.errors import MODEL_SERVER_REJECTED, ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.jsonutil import dumps
@@ -70,7 +72,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     key = await authenticate(request, request.app[CTX].store, scope="chat")
     sent = await read_json(request)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)
-    return await answer(request, key, req, sent, CHAT_COMPLETION, started=started)
+    if req.web_search_options is None:
+        return await answer(request, key, req, sent, CHAT_COMPLETION, started=started)
+    sent, found = await search_into(request.app[CTX], sent, req.web_search_options.search_context_size,
+                                    request_id=request_id(request))
+    req = parse_model(ChatCompletionRequest, sent)
+    return await answer(request, key, req, sent, ChatCompletionFormat(found), started=started)
 
 
 async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
@@ -165,7 +172,8 @@ def _no_winner(race: Race) -> ApiError:
     return ApiError(502, f"No miner returned a valid answer. {errors}".strip(), code="no_valid_answer")
 
 
-def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]) -> web.Response:
+def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str],
+              found: Found | None = None) -> web.Response:
     obj = completion_object(
         completion_id=new_completion_id(),
         model=run.model or req.model or "unknown",
@@ -175,6 +183,8 @@ def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]
         usage=response_usage(req, run),
         logprobs=({"content": tokens} if (tokens := logprob_tokens(run.logprobs)) else None),
     )
+    if found is not None:  # a web search came first: the places the answer names its sources
+        obj["choices"][0]["message"]["annotations"] = chat_citations(run.text, found)
     return json_response(obj, headers=headers)
 
 
@@ -231,11 +241,19 @@ async def _stream(
 
 
 class ChatCompletionFormat:
-    """OpenAI's chat completion: one ``chat.completion`` object, or the winner's chunks relayed."""
+    """OpenAI's chat completion: one ``chat.completion`` object, or the winner's chunks relayed.
+
+    After a web search (``web_search_options``) the object's message carries ``url_citation``
+    annotations; a stream is relayed as the miner sent it, without them."""
 
     kind = "chat"
-    complete = staticmethod(_complete)
     stream = staticmethod(_stream)
+
+    def __init__(self, found: Found | None = None) -> None:
+        self.found = found
+
+    def complete(self, req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]) -> web.Response:
+        return _complete(req, run, headers, self.found)
 
 
 CHAT_COMPLETION = ChatCompletionFormat()

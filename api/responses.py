@@ -22,10 +22,10 @@ from api.responses_render import ResponseStream, complete_output, finished, new_
 from api.responses_translate import chat_body, wants_search
 from api.responses_wire import ResponsesRequest
 from api.web_retrieval import Found
-from api.web_search import SOURCES, citations, search_call_item, search_for, with_results
+from api.web_search import SOURCES, citations, search_call_item, search_into
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
-from shared.protocol import MIN_TIMEOUT, ChatCompletionRequest
+from shared.protocol import ChatCompletionRequest
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -40,11 +40,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)
     found = None
     if wants_search(wanted) and wanted.web_search is not None:
-        searching = time.perf_counter()
-        found = await search_for(request.app[CTX], body, wanted.web_search, request_id=request_id(request))
-        body = with_results(body, found, wanted.web_search)
-        if wanted.timeout is not None:  # the caller's timeout covers the whole request, search included
-            body["timeout"] = max(MIN_TIMEOUT, wanted.timeout - (time.perf_counter() - searching))
+        body, found = await search_into(request.app[CTX], body, wanted.web_search.search_context_size,
+                                        request_id=request_id(request))
         req = parse_model(ChatCompletionRequest, body)
     return await answer(request, key, req, body, ResponsesFormat(wanted, found), started=started)
 

@@ -20,8 +20,7 @@ from yarl import URL
 
 from api.access_log import access_logged, request_id, write
 from api.auth import authenticate
-from api.chat import CTX
-from api.context import ApiContext
+from api.context import CTX, ApiContext
 from api.fanout import settle, start_race
 from api.selection import select_miners
 from shared.errors import ApiError

@@ -1,22 +1,25 @@
-"""The Responses API's ``web_search`` tool, served by the subnet's web retrieval miners.
+"""Web search before the answer, served by the subnet's web retrieval miners.
 
-OpenAI's hosted tool lets its model search the web while it answers. Here the search runs once,
-before the race (``responses_translate.wants_search``): the conversation's last user message is
-the query, the web retrieval miners answer it (``web_retrieval.search``, scored like any organic
-retrieval), and the results go to the chat miners as a system message with numbered sources,
-framed as pages to draw on and not instructions to follow (any miner, and any page, can put text
-there). The response then carries what OpenAI's does: a ``web_search_call`` item before the
-answer, and ``url_citation`` annotations where the answer names a source's URL.
+OpenAI's Responses API has a hosted ``web_search`` tool, which its model uses while it answers, and
+its chat completions take ``web_search_options`` for the same. Here the search runs once, before
+the race (``responses_translate.wants_search``; ``web_search_options`` on a chat completion): the
+conversation's last user message is the query, the web retrieval miners answer it
+(``web_retrieval.search``, scored like any organic retrieval), and the results go to the chat
+miners as a system message with numbered sources, framed as pages to draw on and not instructions
+to follow (any miner, and any page, can put text there). The answer then carries what OpenAI's
+does: a Responses ``web_search_call`` item before it, and ``url_citation`` annotations where it
+names a source's URL.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from api.context import ApiContext
 from api.responses_render import new_id
-from api.responses_wire import Tool
 from api.web_retrieval import MAX_QUERY, Found, search
+from shared.protocol import MIN_TIMEOUT
 
 RESULTS_FOR = {"low": 3, "medium": 5, "high": 8}  # search_context_size -> results given to the answer
 EXCERPT = {"low": 500, "medium": 1200, "high": 3000}  # characters of each result's content
@@ -24,12 +27,20 @@ SEARCH_TIMEOUT_S = 10.0  # at most; a request's own shorter timeout gives the se
 SOURCES = "web_search_call.action.sources"  # the ``include`` that asks for the sources in the call item
 
 
-async def search_for(ctx: ApiContext, body: dict[str, Any], tool: Tool, *, request_id: str) -> Found:
-    """Search the web for the chat request ``body``'s last user message."""
-    size = tool.search_context_size or "medium"
-    timeout = min(SEARCH_TIMEOUT_S, float(body.get("timeout") or SEARCH_TIMEOUT_S * 2) / 2)
-    return await search(ctx, query_of(body["messages"]), n_results=RESULTS_FOR[size], timeout=timeout,
-                        request_id=request_id)
+async def search_into(ctx: ApiContext, body: dict[str, Any], size: str | None, *,
+                      request_id: str) -> tuple[dict[str, Any], Found]:
+    """Search the web for the chat request ``body``'s last user message; the request with the results
+    in it, and what was found. A ``timeout`` in ``body`` covers the whole request: the search gets at
+    most half of it, and the answer what the search leaves."""
+    size = size or "medium"
+    timeout = body.get("timeout")
+    started = time.perf_counter()
+    found = await search(ctx, query_of(body["messages"]), n_results=RESULTS_FOR[size], request_id=request_id,
+                         timeout=min(SEARCH_TIMEOUT_S, float(timeout or SEARCH_TIMEOUT_S * 2) / 2))
+    body = with_results(body, found, size)
+    if timeout is not None:
+        body["timeout"] = max(MIN_TIMEOUT, timeout - (time.perf_counter() - started))
+    return body, found
 
 
 def query_of(messages: list[dict[str, Any]]) -> str:
@@ -44,11 +55,11 @@ def query_of(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-def with_results(body: dict[str, Any], found: Found, tool: Tool) -> dict[str, Any]:
+def with_results(body: dict[str, Any], found: Found, size: str) -> dict[str, Any]:
     """The chat request with the search results as a system message after the leading system messages."""
     messages = list(body["messages"])
     at = next((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")), len(messages))
-    messages.insert(at, {"role": "system", "content": context_text(found, EXCERPT[tool.search_context_size or "medium"])})
+    messages.insert(at, {"role": "system", "content": context_text(found, EXCERPT[size])})
     return body | {"messages": messages}
 
 
@@ -70,8 +81,15 @@ def search_call_item(found: Found, *, include_sources: bool) -> dict[str, Any]:
     return {"id": new_id("ws"), "type": "web_search_call", "status": "completed", "action": action}
 
 
+def chat_citations(text: str, found: Found) -> list[dict[str, Any]]:
+    """``citations`` in the chat completion's shape (the place and URL nested under ``url_citation``)."""
+    return [{"type": "url_citation", "url_citation": {k: v for k, v in a.items() if k != "type"}}
+            for a in citations(text, found)]
+
+
 def citations(text: str, found: Found) -> list[dict[str, Any]]:
-    """A ``url_citation`` for each place the answer names a result's URL, in the order they appear."""
+    """A ``url_citation`` for each place the answer names a result's URL, in the order they appear
+    (the Responses API's shape)."""
     out = []
     for result in found.results:
         start = text.find(result.url)

@@ -23,7 +23,8 @@ MIN_TIMEOUT = 0.5
 # "max_tokens": "5" or "stream": "true" is a 400 naming the field, never silently coerced.
 REQUEST_CONFIG = ConfigDict(extra="allow", strict=True)
 ANY_MODEL = {"", "default", None}
-ROUTING_FIELDS = ("uids", "timeout", "session_id")  # for the API only, never sent to miners
+# For the API only, never sent to miners (web_search_options: the API searches, see api/web_search.py).
+ROUTING_FIELDS = ("uids", "timeout", "session_id", "web_search_options")
 
 
 class TextPart(BaseModel):
@@ -117,6 +118,15 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
+class WebSearchOptions(BaseModel):
+    """OpenAI's ``web_search_options``: search the web before answering (``user_location`` is accepted;
+    the miners search without it)."""
+
+    model_config = REQUEST_CONFIG
+    search_context_size: Literal["low", "medium", "high"] | None = None
+    user_location: dict[str, Any] | None = None
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = REQUEST_CONFIG
 
@@ -141,6 +151,7 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
+    web_search_options: WebSearchOptions | None = None
 
     # The subnet's extras.
     task: str | None = None

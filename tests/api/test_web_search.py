@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from api.responses_render import ResponseStream, skeleton
-from api.responses_wire import ResponsesRequest, Tool
+from api.responses_wire import ResponsesRequest
 from api.web_retrieval import Found, WebResult
-from api.web_search import citations, context_text, query_of, search_call_item, with_results
+from api.web_search import chat_citations, citations, context_text, query_of, search_call_item, with_results
 from tests.api.test_responses_render import USAGE, chunk
 from tests.helpers import response_events
 
@@ -26,7 +26,7 @@ def test_the_query_is_the_last_user_messages_text() -> None:
 
 def test_the_results_go_after_the_leading_system_messages_cut_to_the_context_size() -> None:
     body = {"messages": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Pelseldan?"}]}
-    got = with_results(body, FOUND, Tool(type="web_search", search_context_size="low"))
+    got = with_results(body, FOUND, "low")
     assert [m["role"] for m in got["messages"]] == ["system", "system", "user"]
     context = got["messages"][1]["content"]
     assert f"[1] {A}" in context and f"[2] {B}" in context and "cite each source" in context
@@ -49,6 +49,9 @@ def test_each_mention_of_a_sources_url_is_a_citation_in_order() -> None:
     got = citations(text, FOUND)
     assert [(a["url"], text[a["start_index"]:a["end_index"]]) for a in got] == [(B, B), (A, A), (B, B)]
     assert citations("no links here", FOUND) == []
+    (chat,) = chat_citations(f"See {A}.", FOUND)  # a chat completion nests the place under url_citation
+    assert chat == {"type": "url_citation", "url_citation": {"start_index": 4, "end_index": 4 + len(A), "url": A,
+                                                             "title": A}}
 
 
 def test_a_streamed_search_comes_first_and_the_answer_carries_its_citations() -> None:

@@ -1,5 +1,6 @@
-"""Web search in the Responses API through the real API app: the search is a web retrieval race, its
-results reach the chat miners, and the answer's mentions of a source are citations the SDK reads."""
+"""Web search through the real API app (the Responses API's ``web_search`` tool, and chat completions'
+``web_search_options``): the search is a web retrieval race, its results reach the chat miners, and
+the answer's mentions of a source are citations the SDK reads."""
 
 from __future__ import annotations
 
@@ -74,3 +75,26 @@ async def test_the_callers_timeout_covers_the_search_and_the_answer(tmp_path: Pa
             await client.responses.create(model="default", input="Pelseldan?", tools=[{"type": "web_search"}],
                                           extra_body={"timeout": 2})
     assert err.value.status_code == 504 and time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
+async def test_chat_completions_take_web_search_options(tmp_path: Path, stream: bool) -> None:
+    """OpenAI's ``web_search_options``: the same search, the results in the miners' context, and (not
+    streamed) ``url_citation`` annotations in the message; the miners never see the option."""
+    text = json.dumps([{"url": PAGE, "content": "Pelseldan is a city on the Zorgal river."}])
+    scripts = {1: miner_answering(text)}
+    async with api_with_miners(tmp_path, scripts) as api:
+        client = AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0)
+        messages = [{"role": "user", "content": "Tell me about Pelseldan"}]
+        options = {"search_context_size": "high"}
+        if stream:
+            chunks = [c async for c in await client.chat.completions.create(
+                model="default", messages=messages, web_search_options=options, stream=True)]
+            assert PAGE in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            r = await client.chat.completions.create(model="default", messages=messages, web_search_options=options)
+            (cite,) = [a for a in r.choices[0].message.annotations if a.url_citation.url == PAGE]
+            assert r.choices[0].message.content[cite.url_citation.start_index:cite.url_citation.end_index] == PAGE
+    retrieval, chat = scripts[1].bodies
+    assert retrieval["task"] == "WebRetrievalTask" and retrieval["target_results"] == 8  # high: 8 results
+    assert f"[1] {PAGE}" in chat["messages"][0]["content"] and "web_search_options" not in chat
