@@ -139,10 +139,11 @@ class ResponseStream:
         index = self._open(item)
         self.closed = len(self.items)
         ids = {"output_index": index, "item_id": item["id"]}
+        completed = self.event("response.web_search_call.completed", **ids) if item["status"] == "completed" else b""
         return (self.event("response.output_item.added", output_index=index, item=item | {"status": "in_progress"})
                 + self.event("response.web_search_call.in_progress", **ids)
                 + self.event("response.web_search_call.searching", **ids)
-                + self.event("response.web_search_call.completed", **ids)
+                + completed
                 + self.event("response.output_item.done", output_index=index, item=item))
 
     def feed(self, chunk: Event) -> bytes:

@@ -74,11 +74,13 @@ def context_text(found: Found, excerpt: int) -> str:
 
 
 def search_call_item(found: Found, *, include_sources: bool) -> dict[str, Any]:
-    """The ``web_search_call`` output item (its sources only when ``include`` asks, as at OpenAI)."""
+    """The ``web_search_call`` output item (its sources only when ``include`` asks, as at OpenAI);
+    ``failed`` when no retrieval miner answered (the answer then says the search found nothing)."""
     action: dict[str, Any] = {"type": "search", "query": found.query}
     if include_sources:
         action["sources"] = [{"type": "url", "url": r.url} for r in found.results]
-    return {"id": new_id("ws"), "type": "web_search_call", "status": "completed", "action": action}
+    return {"id": new_id("ws"), "type": "web_search_call", "status": "failed" if found.all_failed else "completed",
+            "action": action}
 
 
 def chat_citations(text: str, found: Found) -> list[dict[str, Any]]:

@@ -85,3 +85,15 @@ def test_a_cut_answer_leaves_the_search_completed() -> None:
     final = response_events(raw.decode())[-1]["response"]
     assert final["status"] == "incomplete"
     assert [o["status"] for o in final["output"]] == ["completed", "incomplete"]
+
+
+def test_a_search_no_miner_answered_is_a_failed_call_and_the_answer_goes_on() -> None:
+    nothing = Found(query="Pelseldan", results=[], uids=[1, 2], all_failed=True)
+    item = search_call_item(nothing, include_sources=True)
+    assert item["status"] == "failed" and item["action"]["sources"] == []
+    s = ResponseStream(skeleton(ResponsesRequest(input="x"), response_id="resp_1", model="m"))
+    raw = s.start() + s.searched(item) + s.feed(chunk("From memory.")) + s.finish(finish_reason="stop", usage=USAGE)
+    got = response_events(raw.decode())
+    kinds = [e["type"] for e in got]
+    assert "response.web_search_call.completed" not in kinds and kinds[-1] == "response.completed"
+    assert [o["status"] for o in got[-1]["response"]["output"]] == ["failed", "completed"]
