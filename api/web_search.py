@@ -33,9 +33,12 @@ async def search_into(ctx: ApiContext, body: dict[str, Any], size: str | None, *
     in it, and what was found. A ``timeout`` in ``body`` covers the whole request: the search gets at
     most half of it, and the answer what the search leaves."""
     size = size or "medium"
+    query = query_of(body["messages"])
+    if not query:  # no user text to search for (only system messages, or only images): nothing is asked
+        return body, Found(query="", results=[], uids=[], all_failed=False)
     timeout = body.get("timeout")
     started = time.perf_counter()
-    found = await search(ctx, query_of(body["messages"]), n_results=RESULTS_FOR[size], request_id=request_id,
+    found = await search(ctx, query, n_results=RESULTS_FOR[size], request_id=request_id,
                          timeout=min(SEARCH_TIMEOUT_S, float(timeout or SEARCH_TIMEOUT_S * 2) / 2))
     body = with_results(body, found, size)
     if timeout is not None:

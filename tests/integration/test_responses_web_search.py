@@ -98,3 +98,14 @@ async def test_chat_completions_take_web_search_options(tmp_path: Path, stream: 
     retrieval, chat = scripts[1].bodies
     assert retrieval["task"] == "WebRetrievalTask" and retrieval["target_results"] == 8  # high: 8 results
     assert f"[1] {PAGE}" in chat["messages"][0]["content"] and "web_search_options" not in chat
+
+
+async def test_a_request_with_no_user_text_searches_nothing(tmp_path: Path) -> None:
+    scripts = {1: miner_answering("plain")}
+    async with api_with_miners(tmp_path, scripts) as api:
+        client = AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0)
+        r = await client.responses.create(model="default", input=[{"role": "system", "content": "Say hi."}],
+                                          tools=[{"type": "web_search"}])
+    assert [o.type for o in r.output] == ["web_search_call", "message"] and r.output[0].action.query == ""
+    assert [b.get("task") for b in scripts[1].bodies] == ["InferenceTask"], "no retrieval race was run"
+    assert [m["role"] for m in scripts[1].bodies[0]["messages"]] == ["system"], "and no context was added"
