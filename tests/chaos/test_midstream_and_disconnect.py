@@ -67,6 +67,29 @@ async def test_client_disconnect_cancels_every_miner_request_within_1s(tmp_path:
         assert sum(st.cancelled for st in f.stats.values()) == len(SLOW)
 
 
+@pytest.mark.parametrize(("path", "body"), [
+    ("/web_retrieval", {"search_query": "Pelseldan", "max_response_time": 60}),
+    ("/v1/responses", {"input": "Pelseldan", "tools": [{"type": "web_search"}], "timeout": 120}),
+], ids=["web_retrieval", "responses_web_search"])
+async def test_a_client_leaving_during_a_search_cancels_its_miner_requests(tmp_path: Path, path: str,
+                                                                           body: dict) -> None:
+    """A search waits for every retrieval miner (to merge their results): when the caller goes, so do they
+    (``Race.finish`` gathers the miner tasks, and a cancelled gather cancels each of them)."""
+    profiles = dict(enumerate(SLOW, start=1))
+    async with fleet(tmp_path, profiles, options=FaultOptions(late_seconds=60, trickle_interval=0.5)) as f:
+        async with aiohttp.ClientSession() as s:
+            request = asyncio.ensure_future(s.post(f.url + path, headers={"api-key": f.key},
+                                                   json={**body, "uids": list(profiles)}))
+            await wait_until(lambda: f.in_flight() >= 3, 3.0)
+            await asyncio.sleep(0.2)
+            busy = f.in_flight()  # the uids asked (/web_retrieval), or WEB_RETRIEVAL_N_MINERS (3) of them
+            assert busy >= 3, "the search's miners must be busy with it"
+            request.cancel()
+        elapsed = await wait_until(lambda: f.in_flight() == 0, 3.0)
+        assert f.in_flight() == 0 and elapsed < 1.0, f"miner requests outlived the client by {elapsed:.2f}s"
+        assert sum(st.cancelled for st in f.stats.values()) == busy
+
+
 async def test_a_responses_stream_whose_winner_fails_ends_with_response_failed(tmp_path: Path) -> None:
     """The Responses API's way to say it: every item closed, then ``response.failed`` naming the miner."""
     async with fleet(tmp_path, {1: "disconnect"}, options=FaultOptions(disconnect_after_chunks=2)) as f, \
