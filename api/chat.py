@@ -77,7 +77,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     sent, found = await search_into(request.app[CTX], sent, req.web_search_options.search_context_size,
                                     request_id=request_id(request))
     req = parse_model(ChatCompletionRequest, sent)
-    return await answer(request, key, req, sent, ChatCompletionFormat(found), started=started)
+    return await answer(request, key, req, sent, SearchedChatCompletionFormat(found), started=started)
 
 
 async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
@@ -206,22 +206,30 @@ def mid_stream_failure(run: MinerRun) -> str | None:
     return f"miner uid {run.uid} failed mid-stream: {run.error}" if run.error else None
 
 
-def _trailer(req: ChatCompletionRequest, run: MinerRun) -> bytes:
-    """What follows the winner's chunks: an error event if it failed mid-stream, else the usage
+def _trailer(req: ChatCompletionRequest, run: MinerRun, found: Found | None = None) -> bytes:
+    """What follows the winner's chunks: an error event if it failed mid-stream; else the citations
+    of a web search that came first (an annotations-only chunk, as OpenAI sends them), and the usage
     chunk when asked for and the miner sent none; then ``[DONE]``."""
     if run.error:
         err = {"error": {"message": mid_stream_failure(run),
                          "type": "upstream_error", "code": "miner_failed_mid_stream", "param": None}}
         return encode_event(dumps(err)) + DONE_FRAME
+    out = b""
+    if found is not None and (annotations := chat_citations(run.text, found)):
+        chunk = {"id": new_completion_id(), "object": "chat.completion.chunk", "created": int(time.time()),
+                 "model": run.model or req.model or "unknown",
+                 "choices": [{"index": 0, "delta": {"annotations": annotations}, "finish_reason": None}]}
+        out += encode_event(dumps(chunk))
     if req.stream_options and req.stream_options.include_usage and run.usage is None:
         chunk = usage_chunk(completion_id=new_completion_id(), model=run.model or req.model or "unknown",
                             usage=estimated_usage(req, run.text))
-        return encode_event(dumps(chunk)) + DONE_FRAME
-    return DONE_FRAME
+        out += encode_event(dumps(chunk))
+    return out + DONE_FRAME
 
 
 async def _stream(
-    request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun, headers: dict[str, str]
+    request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun, headers: dict[str, str],
+    found: Found | None = None,
 ) -> web.StreamResponse:
     """Relay the winner's events as they arrive; a failure after it won ends with an error event.
 
@@ -231,29 +239,36 @@ async def _stream(
     headers = {**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}
     if run.done:
-        return web.Response(body=_frames(run.events) + _trailer(req, run), headers=headers)
+        return web.Response(body=_frames(run.events) + _trailer(req, run, found), headers=headers)
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     async for batch in race.follow_batches(run):
         await response.write(_frames(batch))
-    await response.write_eof(_trailer(req, run))
+    await response.write_eof(_trailer(req, run, found))
     return response
 
 
 class ChatCompletionFormat:
-    """OpenAI's chat completion: one ``chat.completion`` object, or the winner's chunks relayed.
-
-    After a web search (``web_search_options``) the object's message carries ``url_citation``
-    annotations; a stream is relayed as the miner sent it, without them."""
+    """OpenAI's chat completion: one ``chat.completion`` object, or the winner's chunks relayed."""
 
     kind = "chat"
+    complete = staticmethod(_complete)
     stream = staticmethod(_stream)
 
-    def __init__(self, found: Found | None = None) -> None:
+
+class SearchedChatCompletionFormat(ChatCompletionFormat):
+    """A chat completion after a web search (``web_search_options``): the object's message carries
+    ``url_citation`` annotations, and a stream ends with them in an annotations-only chunk."""
+
+    def __init__(self, found: Found) -> None:
         self.found = found
 
     def complete(self, req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]) -> web.Response:
         return _complete(req, run, headers, self.found)
+
+    async def stream(self, request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun,
+                     headers: dict[str, str]) -> web.StreamResponse:
+        return await _stream(request, req, race, run, headers, self.found)
 
 
 CHAT_COMPLETION = ChatCompletionFormat()

@@ -90,7 +90,12 @@ async def test_chat_completions_take_web_search_options(tmp_path: Path, stream: 
         if stream:
             chunks = [c async for c in await client.chat.completions.create(
                 model="default", messages=messages, web_search_options=options, stream=True)]
-            assert PAGE in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            # the citations come last, in an annotations-only delta, as OpenAI streams them
+            (last,) = [c for c in chunks if c.choices and getattr(c.choices[0].delta, "annotations", None)]
+            (cite,) = last.choices[0].delta.annotations
+            span = cite["url_citation"]
+            assert chunks[-1] is last and text[span["start_index"]:span["end_index"]] == PAGE
         else:
             r = await client.chat.completions.create(model="default", messages=messages, web_search_options=options)
             (cite,) = [a for a in r.choices[0].message.annotations if a.url_citation.url == PAGE]
