@@ -15,44 +15,34 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from api import mixture, sessions
+from api import choices, mixture, sessions
 from api.access_log import access_logged, request_id, write
 from api.auth import authenticate, check_model
+from api.completion import (
+    completion_for,
+    estimated_usage,
+    mid_stream_failure,
+    no_winner_error,
+    response_usage,
+)
 from api.context import CTX
 from api.fanout import deadline_seconds, settle, start_race
 from api.race import MinerRun, Race
 from api.selection import select_miners, top_miner
 from api.web_retrieval import Found
 from api.web_search import chat_citations, search_into
-from shared.errors import MODEL_SERVER_REJECTED, ApiError
+from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.jsonutil import dumps
 from shared.miner_client import Event, event_text
 from shared.protocol import (
     DEFAULT_TASK,
     ChatCompletionRequest,
-    completion_object,
-    content_text,
-    estimate_tokens,
     new_completion_id,
     usage_chunk,
 )
 from shared.sse import DONE_FRAME, encode_event
 from shared.store.base import KeyRecord
-
-
-def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[str, Any]:
-    prompt = estimate_tokens("\n".join(content_text(m.content) for m in req.messages))
-    completion = estimate_tokens(completion_text)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "estimated": True}
-
-
-def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
-    usage = run.usage
-    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-        return usage
-    return estimated_usage(req, run.text)
 
 
 class AnswerFormat(Protocol):
@@ -72,12 +62,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     key = await authenticate(request, request.app[CTX].store, scope="chat")
     sent = await read_json(request)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)
-    if req.web_search_options is None:
+    if req.web_search_options is None and not req.n:
         return await answer(request, key, req, sent, CHAT_COMPLETION, started=started)
-    sent, found = await search_into(request.app[CTX], sent, req.web_search_options.search_context_size,
-                                    request_id=request_id(request))
-    req = parse_model(ChatCompletionRequest, sent)
-    return await answer(request, key, req, sent, SearchedChatCompletionFormat(found), started=started)
+    fmt: AnswerFormat = CHAT_COMPLETION
+    if req.n is not None and req.n > 1:
+        choices.check_request(req)  # before a search is spent on a request refused anyway
+    if req.web_search_options is not None:
+        sent, found = await search_into(request.app[CTX], sent, req.web_search_options.search_context_size,
+                                        request_id=request_id(request))
+        req = parse_model(ChatCompletionRequest, sent)
+        fmt = SearchedChatCompletionFormat(found)
+    if req.n is not None and req.n > 1:
+        return await choices.answer_choices(request, key, req, sent, started=started)
+    return await answer(request, key, req, sent, fmt, started=started)
 
 
 async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
@@ -128,7 +125,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             race, winner = await sessions.failover_race(ctx, session, race, body, stream=req.stream,
                                                         request_id=rid, headers=headers)
         if winner is None:
-            raise _no_winner(race)
+            raise no_winner_error(race)
         headers["x-sn1-miner-uid"] = str(winner.uid)
         if req.stream:
             response = await fmt.stream(request, req, race, winner, headers)
@@ -159,51 +156,16 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         )
 
 
-def _no_winner(race: Race) -> ApiError:
-    errors = "; ".join(f"uid {uid}: {err}" for uid, err in race.errors().items())
-    if race.refused():
-        # Every miner's model server refused the request itself (a bad parameter, more tokens than the
-        # model takes): the caller's to fix, so a 400 (which clients do not retry), not a 502 (which
-        # the OpenAI SDK retries twice, refused twice more).
-        return ApiError(400, f"The miners' model servers refused this request. {errors}",
-                        code=MODEL_SERVER_REJECTED)
-    if race.timed_out():
-        return ApiError(504, f"No miner answered validly before the deadline. {errors}".strip(), code="deadline_exceeded")
-    return ApiError(502, f"No miner returned a valid answer. {errors}".strip(), code="no_valid_answer")
-
-
 def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str],
               found: Found | None = None) -> web.Response:
-    obj = completion_object(
-        completion_id=new_completion_id(),
-        model=run.model or req.model or "unknown",
-        content=run.text or (None if run.tool_calls else ""),
-        tool_calls=run.merged_tool_calls(),
-        finish_reason=run.finish_reason or ("tool_calls" if run.tool_calls else "stop"),
-        usage=response_usage(req, run),
-        logprobs=({"content": tokens} if (tokens := logprob_tokens(run.logprobs)) else None),
-    )
+    obj = completion_for(req, run, response_usage(req, run))
     if found is not None:  # a web search came first: the places the answer names its sources
         obj["choices"][0]["message"]["annotations"] = chat_citations(run.text, found)
     return json_response(obj, headers=headers)
 
 
-def logprob_tokens(parts: list[Any]) -> list[Any]:
-    """The tokens' log probabilities of a run's chunks (each chunk's ``logprobs.content``), in order."""
-    content: list[Any] = []
-    for p in parts:
-        if isinstance(p, dict) and isinstance(p.get("content"), list):
-            content.extend(p["content"])
-    return content
-
-
 def _frames(batch: list[Event]) -> bytes:
     return b"".join(b"data: " + event_text(d).encode() + b"\n\n" for d in batch)
-
-
-def mid_stream_failure(run: MinerRun) -> str | None:
-    """What the caller is told when the winner fails after its answer started (None: it did not)."""
-    return f"miner uid {run.uid} failed mid-stream: {run.error}" if run.error else None
 
 
 def _trailer(req: ChatCompletionRequest, run: MinerRun, found: Found | None = None) -> bytes:

@@ -15,7 +15,8 @@ from aiohttp import web
 
 from api.access_log import access_logged, request_id
 from api.auth import authenticate
-from api.chat import answer, logprob_tokens, mid_stream_failure, response_usage
+from api.chat import answer
+from api.completion import logprob_tokens, mid_stream_failure, response_usage
 from api.context import CTX
 from api.race import MinerRun, Race
 from api.responses_render import ResponseStream, complete_output, finished, new_id, skeleton

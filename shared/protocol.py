@@ -136,7 +136,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=1)
+    n: int | None = Field(default=None, ge=1, le=8, description="Choices: each the winner of its own race")
     stop: str | list[str] | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=65536)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=65536)

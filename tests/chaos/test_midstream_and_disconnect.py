@@ -43,6 +43,20 @@ async def test_winner_failing_mid_stream_ends_with_error_event_then_done(
     assert len(relayed) < len(expected_answer(9))
 
 
+async def test_choices_whose_winners_fail_mid_stream_end_with_one_error_event(tmp_path: Path) -> None:
+    """``n`` = 2 from one miner that drops its streams: both choices start, both fail, one error event
+    names both, then ``[DONE]``."""
+    async with fleet(tmp_path, {1: "disconnect"}, options=FaultOptions(disconnect_after_chunks=2)) as f, \
+            aiohttp.ClientSession() as s:
+        reply = await chat(s, f, {"messages": MESSAGES, "seed": 9, "stream": True, "n": 2, "timeout": DEADLINE})
+    assert reply.status == 200 and reply.headers["x-sn1-miner-uid"] == "1,1"
+    datas = reply.sse_datas()
+    err = assert_error_then_done(datas)
+    assert err["message"].count("miner uid 1 failed mid-stream") == 2
+    indexes = {c["index"] for d in datas[:-2] for c in json.loads(d)["choices"]}
+    assert indexes == {0, 1}, "both choices were relayed before they failed"
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["waiting", "mid-stream"])
 async def test_client_disconnect_cancels_every_miner_request_within_1s(tmp_path: Path, stream: bool) -> None:
     profiles = dict(enumerate(SLOW, start=1))

@@ -1,0 +1,73 @@
+"""A winning miner run in OpenAI's words: its completion object, usage, and what failure is said.
+
+Shared by the chat completions route (``api/chat.py``), its ``n`` choices (``api/choices.py``) and
+the Responses API (``api/responses.py``), which render the same runs in their own shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.race import MinerRun, Race
+from shared.errors import MODEL_SERVER_REJECTED, ApiError
+from shared.protocol import (
+    ChatCompletionRequest,
+    completion_object,
+    content_text,
+    estimate_tokens,
+    new_completion_id,
+)
+
+
+def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[str, Any]:
+    prompt = estimate_tokens("\n".join(content_text(m.content) for m in req.messages))
+    completion = estimate_tokens(completion_text)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "estimated": True}
+
+
+def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
+    usage = run.usage
+    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+        return usage
+    return estimated_usage(req, run.text)
+
+
+def no_winner_error(race: Race) -> ApiError:
+    errors = "; ".join(f"uid {uid}: {err}" for uid, err in race.errors().items())
+    if race.refused():
+        # Every miner's model server refused the request itself (a bad parameter, more tokens than the
+        # model takes): the caller's to fix, so a 400 (which clients do not retry), not a 502 (which
+        # the OpenAI SDK retries twice, refused twice more).
+        return ApiError(400, f"The miners' model servers refused this request. {errors}",
+                        code=MODEL_SERVER_REJECTED)
+    if race.timed_out():
+        return ApiError(504, f"No miner answered validly before the deadline. {errors}".strip(), code="deadline_exceeded")
+    return ApiError(502, f"No miner returned a valid answer. {errors}".strip(), code="no_valid_answer")
+
+
+def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, Any]) -> dict[str, Any]:
+    """The ``chat.completion`` object of one winning run."""
+    return completion_object(
+        completion_id=new_completion_id(),
+        model=run.model or req.model or "unknown",
+        content=run.text or (None if run.tool_calls else ""),
+        tool_calls=run.merged_tool_calls(),
+        finish_reason=run.finish_reason or ("tool_calls" if run.tool_calls else "stop"),
+        usage=usage,
+        logprobs=({"content": tokens} if (tokens := logprob_tokens(run.logprobs)) else None),
+    )
+
+
+def logprob_tokens(parts: list[Any]) -> list[Any]:
+    """The tokens' log probabilities of a run's chunks (each chunk's ``logprobs.content``), in order."""
+    content: list[Any] = []
+    for p in parts:
+        if isinstance(p, dict) and isinstance(p.get("content"), list):
+            content.extend(p["content"])
+    return content
+
+
+def mid_stream_failure(run: MinerRun) -> str | None:
+    """What the caller is told when the winner fails after its answer started (None: it did not)."""
+    return f"miner uid {run.uid} failed mid-stream: {run.error}" if run.error else None

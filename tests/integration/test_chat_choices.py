@@ -1,0 +1,69 @@
+"""``n`` > 1 on chat completions: n choices, each the winner of its own race, streamed or not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+from openai import AsyncOpenAI
+
+from tests.helpers import Script, api_with_miners
+
+HONEST = {1, 2, 3}
+MESSAGES = [{"role": "user", "content": "Name a river."}]
+
+
+def sdk(api) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0)
+
+
+async def test_n_choices_each_answered_and_choice_0_is_the_n_1_answer(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        client = sdk(api)
+        many = await client.chat.completions.create(model="default", messages=MESSAGES, n=3, seed=7)
+        one = await client.chat.completions.create(model="default", messages=MESSAGES, seed=7)
+    assert [c.index for c in many.choices] == [0, 1, 2]
+    texts = [c.message.content for c in many.choices]
+    assert all(texts) and len(set(texts)) == 3, "each choice has its own seed, so its own answer"
+    assert texts[0] == one.choices[0].message.content
+    assert all(c.finish_reason for c in many.choices)
+    assert many.usage.prompt_tokens == one.usage.prompt_tokens, "the prompt is counted once"
+    assert many.usage.completion_tokens > one.usage.completion_tokens
+
+
+async def test_streamed_choices_interleave_under_one_id_with_one_usage_chunk(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        client = sdk(api)
+        chunks = [c async for c in await client.chat.completions.create(
+            model="default", messages=MESSAGES, n=2, seed=7, stream=True, stream_options={"include_usage": True})]
+        whole = await client.chat.completions.create(model="default", messages=MESSAGES, n=2, seed=7)
+    assert len({c.id for c in chunks}) == 1
+    texts: dict[int, str] = {}
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+    assert texts == {i: ch.message.content for i, ch in enumerate(whole.choices)}
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert len(usage) == 1 and chunks[-1].usage is not None and not chunks[-1].choices
+    assert usage[0].completion_tokens == whole.usage.completion_tokens
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ({"n": 9}, "less than or equal to 8"),
+    ({"n": 2, "inference_mode": "Mixture-of-Agents"}, "mixture"),
+    ({"n": 2, "session_id": "s"}, "session_id"),
+])
+async def test_what_n_cannot_do_is_a_400_naming_n(tmp_path: Path, extra: dict, says: str) -> None:
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        with pytest.raises(openai.BadRequestError) as err:
+            await sdk(api).chat.completions.create(model="default", messages=MESSAGES, extra_body=extra)
+    assert err.value.body["param"] == "n" and says in err.value.body["message"]
+
+
+async def test_a_choice_no_miner_answers_fails_the_request(tmp_path: Path) -> None:
+    """All or nothing, as at OpenAI: one miner that always fails, so every race fails."""
+    async with api_with_miners(tmp_path, {1: Script([], status=500)}) as api:
+        with pytest.raises(openai.APIStatusError) as err:
+            await sdk(api).chat.completions.create(model="default", messages=MESSAGES, n=2)
+    assert err.value.status_code == 502 and err.value.body["code"] == "no_valid_answer"
