@@ -34,6 +34,7 @@ from shared.protocol import DEFAULT_TASK, ChatCompletionRequest, new_completion_
 from shared.sse import DONE_FRAME, encode_event
 from shared.store.base import KeyRecord
 
+SEED_RANGE = 2**63  # the seeds a request may carry (0 .. 2**63 - 1)
 MAX_CHOICES = 8  # each choice is a race of DEFAULT_K miners: n bounds a request's fan-out at n x k
 
 
@@ -64,7 +65,7 @@ async def answer_choices(request: web.Request, key: KeyRecord, req: ChatCompleti
         neurons = select_miners(ctx.metagraph.snapshot, ctx.availability, uids=req.uids,
                                 task=req.task or DEFAULT_TASK, model=model, k=ctx.settings.default_k, rng=ctx.rng,
                                 self_hotkey=ctx.client.signer.hotkey)
-        body = req.miner_body(seed=seed + i, sent=sent)
+        body = req.miner_body(seed=(seed + i) % SEED_RANGE, sent=sent)  # a seed at the top wraps to 0
         races.append((start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=rid), body))
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
     outcome, winners = "error", []

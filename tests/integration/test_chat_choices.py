@@ -67,3 +67,11 @@ async def test_a_choice_no_miner_answers_fails_the_request(tmp_path: Path) -> No
         with pytest.raises(openai.APIStatusError) as err:
             await sdk(api).chat.completions.create(model="default", messages=MESSAGES, n=2)
     assert err.value.status_code == 502 and err.value.body["code"] == "no_valid_answer"
+
+
+async def test_a_seed_at_the_top_of_its_range_wraps_for_the_next_choices(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        client = sdk(api)
+        top = await client.chat.completions.create(model="default", messages=MESSAGES, n=2, seed=2**63 - 1)
+        zero = await client.chat.completions.create(model="default", messages=MESSAGES, seed=0)
+    assert top.choices[1].message.content == zero.choices[0].message.content
