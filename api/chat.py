@@ -21,7 +21,7 @@ from api.auth import authenticate, check_model
 from api.completion import (
     completion_for,
     estimated_usage,
-    mid_stream_failure,
+    mid_stream_failure_event,
     no_winner_error,
     response_usage,
 )
@@ -38,6 +38,7 @@ from shared.miner_client import Event, event_text
 from shared.protocol import (
     DEFAULT_TASK,
     ChatCompletionRequest,
+    chunk_object,
     new_completion_id,
     usage_chunk,
 )
@@ -62,17 +63,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     key = await authenticate(request, request.app[CTX].store, scope="chat")
     sent = await read_json(request)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)
-    if req.web_search_options is None and not req.n:
+    many = (req.n or 1) > 1
+    if req.web_search_options is None and not many:
         return await answer(request, key, req, sent, CHAT_COMPLETION, started=started)
     fmt: AnswerFormat = CHAT_COMPLETION
-    if req.n is not None and req.n > 1:
+    if many:
         choices.check_request(req)  # before a search is spent on a request refused anyway
     if req.web_search_options is not None:
         sent, found = await search_into(request.app[CTX], sent, req.web_search_options.search_context_size,
                                         request_id=request_id(request))
         req = parse_model(ChatCompletionRequest, sent)
         fmt = SearchedChatCompletionFormat(found)
-    if req.n is not None and req.n > 1:
+    if many:
         return await choices.answer_choices(request, key, req, sent, started=started)
     return await answer(request, key, req, sent, fmt, started=started)
 
@@ -173,14 +175,11 @@ def _trailer(req: ChatCompletionRequest, run: MinerRun, found: Found | None = No
     of a web search that came first (an annotations-only chunk, as OpenAI sends them), and the usage
     chunk when asked for and the miner sent none; then ``[DONE]``."""
     if run.error:
-        err = {"error": {"message": mid_stream_failure(run),
-                         "type": "upstream_error", "code": "miner_failed_mid_stream", "param": None}}
-        return encode_event(dumps(err)) + DONE_FRAME
+        return mid_stream_failure_event([run]) + DONE_FRAME
     out = b""
     if found is not None and (annotations := chat_citations(run.text, found)):
-        chunk = {"id": new_completion_id(), "object": "chat.completion.chunk", "created": int(time.time()),
-                 "model": run.model or req.model or "unknown",
-                 "choices": [{"index": 0, "delta": {"annotations": annotations}, "finish_reason": None}]}
+        chunk = chunk_object(completion_id=new_completion_id(), model=run.model or req.model or "unknown",
+                             delta={"annotations": annotations})
         out += encode_event(dumps(chunk))
     if req.stream_options and req.stream_options.include_usage and run.usage is None:
         chunk = usage_chunk(completion_id=new_completion_id(), model=run.model or req.model or "unknown",

@@ -20,7 +20,12 @@ from aiohttp import web
 
 from api.access_log import request_id, write
 from api.auth import check_model
-from api.completion import completion_for, mid_stream_failure, no_winner_error, response_usage
+from api.completion import (
+    completion_for,
+    mid_stream_failure_event,
+    no_winner_error,
+    response_usage,
+)
 from api.context import CTX
 from api.fanout import deadline_seconds, settle, start_race
 from api.mixture import is_mixture
@@ -30,7 +35,7 @@ from shared.errors import ApiError
 from shared.http import json_response
 from shared.jsonutil import dumps, loads
 from shared.miner_client import Event
-from shared.protocol import DEFAULT_TASK, ChatCompletionRequest, new_completion_id
+from shared.protocol import DEFAULT_TASK, ChatCompletionRequest, new_completion_id, usage_chunk
 from shared.sse import DONE_FRAME, encode_event
 from shared.store.base import KeyRecord
 
@@ -51,8 +56,8 @@ def check_request(req: ChatCompletionRequest) -> None:
 
 async def answer_choices(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
                          *, started: float) -> web.StreamResponse:
-    """Race n times, then answer with n choices (``req.n`` > 1, validated, authenticated)."""
-    check_request(req)
+    """Race n times, then answer with n choices (``req.n`` > 1; validated, authenticated, and passed by
+    ``check_request`` before any web search was spent on it)."""
     ctx = request.app[CTX]
     rid = request_id(request)
     model = None if req.wants_any_model() else req.model
@@ -68,7 +73,7 @@ async def answer_choices(request: web.Request, key: KeyRecord, req: ChatCompleti
         body = req.miner_body(seed=(seed + i) % SEED_RANGE, sent=sent)  # a seed at the top wraps to 0
         races.append((start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=rid), body))
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
-    outcome, winners = "error", []
+    outcome, winners, usage = "error", [], {}
     try:
         for race, _ in races:
             winner = await race.winner()
@@ -93,8 +98,7 @@ async def answer_choices(request: web.Request, key: KeyRecord, req: ChatCompleti
             else:
                 race.cancel()  # a choice failed, the client left, or a bug: stop every miner request now
         if outcome == "ok":
-            used = total_usage([response_usage(req, w) for w in winners])
-            ctx.usage.record(key.id, prompt_tokens=used["prompt_tokens"], completion_tokens=used["completion_tokens"],
+            ctx.usage.record(key.id, prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
                              error=any(w.error is not None for w in winners))
         write(request, f"chat rid={rid} key={key.id} n={n} uids={[[r.uid for r in race.runs] for race, _ in races]} "
                        f"winners={[w.uid for w in winners]} stream={req.stream} status={outcome} "
@@ -129,15 +133,11 @@ async def _stream(request: web.Request, req: ChatCompletionRequest, races: list[
     async for i, batch in _merged(races, winners):
         frames = [_relabelled(data, i, cid, created) for data in batch]
         await response.write(b"".join(f for f in frames if f))
-    failures = [mid_stream_failure(run) for run in winners if run.error]
-    if failures:
-        err = {"error": {"message": "; ".join(f for f in failures if f), "type": "upstream_error",
-                         "code": "miner_failed_mid_stream", "param": None}}
-        tail = encode_event(dumps(err))
+    if any(run.error for run in winners):
+        tail = mid_stream_failure_event(winners)
     elif req.stream_options and req.stream_options.include_usage:
-        tail = encode_event(dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                   "model": winners[0].model or req.model or "unknown", "choices": [],
-                                   "usage": usage}))
+        tail = encode_event(dumps(usage_chunk(completion_id=cid, model=winners[0].model or req.model or "unknown",
+                                              usage=usage, created=created)))
     else:
         tail = b""
     await response.write_eof(tail + DONE_FRAME)

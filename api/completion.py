@@ -10,6 +10,7 @@ from typing import Any
 
 from api.race import MinerRun, Race
 from shared.errors import MODEL_SERVER_REJECTED, ApiError
+from shared.jsonutil import dumps
 from shared.protocol import (
     ChatCompletionRequest,
     completion_object,
@@ -17,6 +18,7 @@ from shared.protocol import (
     estimate_tokens,
     new_completion_id,
 )
+from shared.sse import encode_event
 
 
 def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[str, Any]:
@@ -71,3 +73,11 @@ def logprob_tokens(parts: list[Any]) -> list[Any]:
 def mid_stream_failure(run: MinerRun) -> str | None:
     """What the caller is told when the winner fails after its answer started (None: it did not)."""
     return f"miner uid {run.uid} failed mid-stream: {run.error}" if run.error else None
+
+
+def mid_stream_failure_event(runs: list[MinerRun]) -> bytes:
+    """The SSE error event that ends a chat stream whose winners (one per choice) failed after they
+    started, naming each that did."""
+    message = "; ".join(f for f in map(mid_stream_failure, runs) if f)
+    return encode_event(dumps({"error": {"message": message, "type": "upstream_error",
+                                         "code": "miner_failed_mid_stream", "param": None}}))

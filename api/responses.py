@@ -20,7 +20,7 @@ from api.completion import logprob_tokens, mid_stream_failure, response_usage
 from api.context import CTX
 from api.race import MinerRun, Race
 from api.responses_render import ResponseStream, complete_output, finished, new_id, skeleton
-from api.responses_translate import chat_body, wants_search
+from api.responses_translate import chat_body, search_tool
 from api.responses_wire import ResponsesRequest
 from api.web_retrieval import Found
 from api.web_search import SOURCES, citations, search_call_item, search_into
@@ -40,8 +40,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     body = chat_body(wanted)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)
     found = None
-    if wants_search(wanted) and wanted.web_search is not None:
-        body, found = await search_into(request.app[CTX], body, wanted.web_search.search_context_size,
+    tool = search_tool(wanted)
+    if tool is not None:
+        body, found = await search_into(request.app[CTX], body, tool.search_context_size,
                                         request_id=request_id(request))
         req = parse_model(ChatCompletionRequest, body)
     return await answer(request, key, req, body, ResponsesFormat(wanted, found), started=started)

@@ -19,6 +19,7 @@ from api.responses_wire import (
     MessageItem,
     ResponsesRequest,
     TextFormat,
+    Tool,
 )
 from shared.errors import invalid_value
 from shared.http import parse_model
@@ -66,10 +67,9 @@ def chat_body(r: ResponsesRequest) -> dict[str, Any]:
         body["logprobs"] = True
         if r.top_logprobs is not None:
             body["top_logprobs"] = r.top_logprobs
-    functions = [t for t in r.tools or [] if not t.is_web_search]  # web search is done here, not by miners
-    if functions:
+    if r.function_tools:
         body["tools"] = [{"type": "function", "function": t.model_dump(include=TOOL_FIELDS, exclude_none=True)}
-                         for t in functions]
+                         for t in r.function_tools]
     choice = _tool_choice(r)
     if choice is not None:
         body["tool_choice"] = choice
@@ -148,27 +148,27 @@ def _text_of(part: dict[str, Any], at: str, field: str = "text") -> str:
     return text
 
 
-def wants_search(r: ResponsesRequest) -> bool:
-    """Whether to search the web before the answer: a web search tool is offered and ``tool_choice``
-    does not rule it out (``none``, or one function by name).
+def search_tool(r: ResponsesRequest) -> Tool | None:
+    """The web search tool to search the web with before the answer: offered, and not ruled out by
+    ``tool_choice`` (``none``, or one function by name); None: no search.
 
     OpenAI's model decides for itself whether to search; here the search runs once, before the
     miners answer, on the conversation's last user message, and its results are the answer's context."""
-    if r.web_search is None:
-        return False
     choice = r.tool_choice
-    return not (choice == "none" or (isinstance(choice, dict) and choice.get("type") == "function"))
+    if choice == "none" or (isinstance(choice, dict) and choice.get("type") == "function"):
+        return None
+    return r.web_search
 
 
 def _tool_choice(r: ResponsesRequest) -> str | dict[str, Any] | None:
     """The chat request's ``tool_choice``: web search is not a miner's tool, so a choice of it (or
     ``required`` with web search the only tool) is met by the search and leaves the miners free."""
-    choice, functions = r.tool_choice, [t for t in r.tools or [] if not t.is_web_search]
+    choice = r.tool_choice
     if choice is None:
         return None
     if isinstance(choice, str):
         # none, auto, required: the chat request's own check refuses the rest
-        return None if choice == "required" and r.web_search is not None and not functions else choice
+        return None if choice == "required" and r.web_search is not None and not r.function_tools else choice
     if choice.get("type") == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
     if choice.get("type") in WEB_SEARCH_TYPES:

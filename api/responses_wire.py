@@ -150,6 +150,11 @@ class ResponsesRequest(BaseModel):
         """The web search tool, if the request offers one (the first, if several)."""
         return next((t for t in self.tools or [] if t.is_web_search), None)
 
+    @property
+    def function_tools(self) -> list[Tool]:
+        """The tools the miners get: every one but web search, which the gateway does itself."""
+        return [t for t in self.tools or [] if not t.is_web_search]
+
     @field_validator("input")
     @classmethod
     def _input_not_empty(cls, v: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:

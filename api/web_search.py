@@ -2,7 +2,7 @@
 
 OpenAI's Responses API has a hosted ``web_search`` tool, which its model uses while it answers, and
 its chat completions take ``web_search_options`` for the same. Here the search runs once, before
-the race (``responses_translate.wants_search``; ``web_search_options`` on a chat completion): the
+the race (``responses_translate.search_tool``; ``web_search_options`` on a chat completion): the
 conversation's last user message is the query, the web retrieval miners answer it
 (``web_retrieval.search``, scored like any organic retrieval), and the results go to the chat
 miners as a system message with numbered sources, framed as pages to draw on and not instructions

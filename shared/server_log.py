@@ -27,20 +27,21 @@ class ServerLog:
     """
 
     def debug(self, msg: str, *args: Any, exc_info: Any = None, **_: Any) -> None:
-        exc = _exception(exc_info)
-        fault = _client_fault(exc)
-        if fault is not None:
-            logger.debug("{}", _refusal(msg, args, fault))
-        else:
-            logger.debug("{}", _text(msg, args))
+        _report(msg, args, _exception(exc_info), refused="DEBUG", otherwise="DEBUG", traceback=False)
 
     def exception(self, msg: str, *args: Any, exc_info: Any = True, **_: Any) -> None:
-        exc = _exception(exc_info)
-        fault = _client_fault(exc)
-        if fault is not None:
-            logger.info("{}", _refusal(msg, args, fault))
-        else:
-            logger.opt(exception=exc).error("{}", _text(msg, args))
+        _report(msg, args, _exception(exc_info), refused="INFO", otherwise="ERROR", traceback=True)
+
+
+def _report(msg: str, args: tuple[Any, ...], exc: BaseException | None, *, refused: str, otherwise: str,
+            traceback: bool) -> None:
+    """One line: a client's refused request at ``refused`` without its bytes, anything else at
+    ``otherwise`` (with its traceback when ``traceback``)."""
+    fault = _client_fault(exc)
+    if fault is not None:
+        logger.log(refused, "{}", _refusal(msg, args, fault))
+    else:
+        logger.opt(exception=exc if traceback else None).log(otherwise, "{}", _text(msg, args))
 
 
 def _exception(exc_info: Any) -> BaseException | None:

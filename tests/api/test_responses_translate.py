@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.responses_translate import chat_body, wants_search
+from api.responses_translate import chat_body, search_tool
 from api.responses_wire import ResponsesRequest
 from shared.errors import ApiError
 from shared.http import parse_model
@@ -112,7 +112,7 @@ def test_web_search_is_done_here_and_the_miners_get_the_function_tools(
         tools: list[dict], choice: Any, search: bool, chat_tools: list[str] | None, chat_choice: Any) -> None:
     fields = {"input": "Weather in Paris?", "tools": tools} | ({"tool_choice": choice} if choice is not None else {})
     body = translate(**fields)
-    assert wants_search(parse_model(ResponsesRequest, fields)) is search
+    assert (search_tool(parse_model(ResponsesRequest, fields)) is not None) is search
     assert ([t["function"]["name"] for t in body["tools"]] if "tools" in body else None) == chat_tools
     assert body.get("tool_choice") == chat_choice
 
