@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from api import keys, miner_availabilities, ops, responses, sessions, usage, web_retrieval
+from api import completions, keys, miner_availabilities, ops, responses, sessions, usage, web_retrieval
 from api.auth import INVALID_KEY_LIMIT, add_rate_limit_headers
 from api.chat import CTX, chat_completions
 from api.context import ApiContext
@@ -22,6 +22,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app[INVALID_KEY_LIMIT] = ctx.settings.invalid_keys_per_minute
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions.completions)
     app.router.add_post("/v1/responses", responses.create_response)
     app.router.add_get("/v1/responses/{response_id}", responses.stored_response)
     app.router.add_delete("/v1/responses/{response_id}", responses.stored_response)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -34,6 +35,7 @@ from api.web_search import chat_citations, search_into
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.jsonutil import dumps
+from shared.metagraph import Neuron
 from shared.miner_client import Event, event_text
 from shared.protocol import (
     DEFAULT_TASK,
@@ -44,6 +46,7 @@ from shared.protocol import (
 )
 from shared.sse import DONE_FRAME, encode_event
 from shared.store.base import KeyRecord
+from shared.store.sessions import Session
 
 
 class AnswerFormat(Protocol):
@@ -60,31 +63,41 @@ class AnswerFormat(Protocol):
 @access_logged("chat")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
-    key = await authenticate(request, request.app[CTX].store, scope="chat")
+    ctx = request.app[CTX]
+    key = await authenticate(request, ctx.store, scope="chat")
     sent = await read_json(request)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)
     many = (req.n or 1) > 1
     if req.web_search_options is None and not many:
         return await answer(request, key, req, sent, CHAT_COMPLETION, started=started)
+    # Who answers is decided first: a request refused anyway (an unknown model or session, a uid
+    # that serves nothing) spends no web search.
+    picks = choices.plan(ctx, key, req) if many else await plan(request, key, req)
     fmt: AnswerFormat = CHAT_COMPLETION
-    if many:
-        choices.check_request(req)  # before a search is spent on a request refused anyway
     if req.web_search_options is not None:
-        sent, found = await search_into(request.app[CTX], sent, req.web_search_options.search_context_size,
+        sent, found = await search_into(ctx, sent, req.web_search_options.search_context_size,
                                         request_id=request_id(request))
         req = parse_model(ChatCompletionRequest, sent)
         fmt = SearchedChatCompletionFormat(found)
-    if many:
-        return await choices.answer_choices(request, key, req, sent, started=started)
-    return await answer(request, key, req, sent, fmt, started=started)
+    if isinstance(picks, Plan):
+        return await answer(request, key, req, sent, fmt, started=started, planned=picks)
+    return await choices.answer_choices(request, key, req, sent, picks, started=started)
 
 
-async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
-                 fmt: AnswerFormat, *, started: float) -> web.StreamResponse:
-    """Select, race and answer an authenticated, validated chat request (``sent`` is its JSON)."""
+@dataclass(frozen=True)
+class Plan:
+    """Who answers a chat request: decided from its model, uids, session and mixture fields, which a
+    web search leaves as they are, so it can be decided before the search."""
+
+    mixture: bool
+    session: Session | None
+    neurons: list[Neuron]
+
+
+async def plan(request: web.Request, key: KeyRecord, req: ChatCompletionRequest) -> Plan:
+    """Check what the key may ask for and choose the miners (or the session's pinned one); every
+    refusal here is a 4xx before anything is spent."""
     ctx = request.app[CTX]
-    rid = request_id(request)
-    task = req.task or DEFAULT_TASK
     model = None if req.wants_any_model() else req.model
     check_model(key, model)
     use_mixture = mixture.is_mixture(req)
@@ -95,10 +108,21 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         neurons = await sessions.session_miners(ctx, session)
     else:
         neurons = select_miners(
-            ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=task, model=model,
+            ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=req.task or DEFAULT_TASK, model=model,
             k=ctx.settings.mixture_k if use_mixture else ctx.settings.default_k,
             rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
         )
+    return Plan(mixture=use_mixture, session=session, neurons=neurons)
+
+
+async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
+                 fmt: AnswerFormat, *, started: float, planned: Plan | None = None) -> web.StreamResponse:
+    """Race and answer an authenticated, validated chat request (``sent`` is its JSON), with the
+    miners ``planned`` for it (chosen now when not given)."""
+    ctx = request.app[CTX]
+    rid = request_id(request)
+    planned = planned or await plan(request, key, req)
+    session, use_mixture, neurons = planned.session, planned.mixture, planned.neurons
     seed = req.seed if req.seed is not None else random.randrange(2**31)
     body = req.miner_body(seed=seed, sent=sent)
     seconds = deadline_seconds(ctx.settings, timeout=req.timeout, max_tokens=req.effective_max_tokens())

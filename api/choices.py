@@ -14,7 +14,8 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -26,7 +27,7 @@ from api.completion import (
     no_winner_error,
     response_usage,
 )
-from api.context import CTX
+from api.context import CTX, ApiContext
 from api.fanout import deadline_seconds, settle, start_race
 from api.mixture import is_mixture
 from api.race import MinerRun, Race
@@ -34,6 +35,7 @@ from api.selection import select_miners
 from shared.errors import ApiError
 from shared.http import json_response
 from shared.jsonutil import dumps, loads
+from shared.metagraph import Neuron
 from shared.miner_client import Event
 from shared.protocol import DEFAULT_TASK, ChatCompletionRequest, new_completion_id, usage_chunk
 from shared.sse import DONE_FRAME, encode_event
@@ -54,24 +56,68 @@ def check_request(req: ChatCompletionRequest) -> None:
                        code="unsupported_parameter")
 
 
-async def answer_choices(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
-                         *, started: float) -> web.StreamResponse:
-    """Race n times, then answer with n choices (``req.n`` > 1; validated, authenticated, and passed by
-    ``check_request`` before any web search was spent on it)."""
-    ctx = request.app[CTX]
-    rid = request_id(request)
+def plan(ctx: ApiContext, key: KeyRecord, req: ChatCompletionRequest, *, count: int | None = None) -> list[list[Neuron]]:
+    """Check what ``n`` may not be combined with and what the key may ask for, and choose the miners
+    of each of ``count`` (default ``n``) answers apart, so often different ones: every refusal before
+    anything is spent."""
+    check_request(req)
     model = None if req.wants_any_model() else req.model
     check_model(key, model)
-    n = req.n or 1
+    return [select_miners(ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=req.task or DEFAULT_TASK,
+                          model=model, k=ctx.settings.default_k, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey)
+            for _ in range(count or req.n or 1)]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One race of a request with several answers: the chat request it answers (for usage estimates),
+    the body its miners get, its miners, and which of the request's prompts it answers (usage counts
+    each prompt once, however many choices answer it)."""
+
+    req: ChatCompletionRequest
+    body: dict[str, Any]
+    neurons: list[Neuron]
+    prompt: int = 0
+
+
+class ChoicesFormat(Protocol):
+    """How n winners reach the caller: chat completion choices here, text completion choices in
+    ``api/completions.py``."""
+
+    kind: str  # the access log's word for the request
+
+    def new_id(self) -> str: ...
+
+    def complete(self, winners: list[MinerRun], usage: dict[str, Any], headers: dict[str, str]) -> web.Response: ...
+
+    def chunk(self, data: Event, index: int, cid: str, created: int) -> bytes:
+        """A winner's chunk as choice ``index`` of completion ``cid`` (b"": nothing to send)."""
+        ...
+
+    def usage_chunk(self, cid: str, created: int, model: str, usage: dict[str, Any]) -> bytes: ...
+
+
+async def answer_choices(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
+                         picks: list[list[Neuron]], *, started: float) -> web.StreamResponse:
+    """Race n times (choice i among ``picks[i]``, from ``plan``), then answer with n chat choices."""
     seed = req.seed if req.seed is not None else random.randrange(2**31 - MAX_CHOICES)
+    asks = [Ask(req, req.miner_body(seed=choice_seed(seed, i), sent=sent), neurons) for i, neurons in enumerate(picks)]
+    return await run_choices(request, key, asks, ChatChoices(req), seed=seed, started=started)
+
+
+def choice_seed(seed: int, i: int) -> int:
+    """Choice i's seed: the request's + i (choice 0 is what n = 1 answers); a seed at the top wraps to 0."""
+    return (seed + i) % SEED_RANGE
+
+
+async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt: ChoicesFormat, *, seed: int,
+                      started: float) -> web.StreamResponse:
+    """Race every ask, then answer with each one's winner as a choice, in order (all or nothing)."""
+    ctx = request.app[CTX]
+    rid = request_id(request)
+    req = asks[0].req  # what the asks share: stream, stream_options, timeout, max_tokens
     seconds = deadline_seconds(ctx.settings, timeout=req.timeout, max_tokens=req.effective_max_tokens())
-    races: list[tuple[Race, dict[str, Any]]] = []
-    for i in range(n):
-        neurons = select_miners(ctx.metagraph.snapshot, ctx.availability, uids=req.uids,
-                                task=req.task or DEFAULT_TASK, model=model, k=ctx.settings.default_k, rng=ctx.rng,
-                                self_hotkey=ctx.client.signer.hotkey)
-        body = req.miner_body(seed=(seed + i) % SEED_RANGE, sent=sent)  # a seed at the top wraps to 0
-        races.append((start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=rid), body))
+    races = [(start_race(ctx, a.neurons, a.body, seconds, stream=req.stream, request_id=rid), a.body) for a in asks]
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
     outcome, winners, usage = "error", [], {}
     try:
@@ -81,11 +127,11 @@ async def answer_choices(request: web.Request, key: KeyRecord, req: ChatCompleti
                 raise no_winner_error(race)
             winners.append(winner)
         headers["x-sn1-miner-uid"] = ",".join(str(w.uid) for w in winners)
-        usage = total_usage([response_usage(req, w) for w in winners])
+        usage = total_usage([(a.prompt, response_usage(a.req, w)) for a, w in zip(asks, winners, strict=True)])
         if req.stream:
-            response = await _stream(request, req, races, winners, usage, headers)
+            response = await _stream(request, req, races, winners, usage, headers, fmt)
         else:
-            response = _complete(req, winners, usage, headers)
+            response = fmt.complete(winners, usage, headers)
         outcome = "ok"
         return response
     except ApiError as e:
@@ -100,44 +146,64 @@ async def answer_choices(request: web.Request, key: KeyRecord, req: ChatCompleti
         if outcome == "ok":
             ctx.usage.record(key.id, prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
                              error=any(w.error is not None for w in winners))
-        write(request, f"chat rid={rid} key={key.id} n={n} uids={[[r.uid for r in race.runs] for race, _ in races]} "
+        write(request, f"{fmt.kind} rid={rid} key={key.id} n={len(asks)} "
+                       f"uids={[[r.uid for r in race.runs] for race, _ in races]} "
                        f"winners={[w.uid for w in winners]} stream={req.stream} status={outcome} "
                        f"latency_ms={(time.perf_counter() - started) * 1000:.1f}")
 
 
-def total_usage(each: list[dict[str, Any]]) -> dict[str, Any]:
-    """The request's usage: the prompt once (every choice answered the same one), every completion."""
-    prompt = max((int(u.get("prompt_tokens") or 0) for u in each), default=0)
-    completion = sum(int(u.get("completion_tokens") or 0) for u in each)
+def total_usage(each: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """The request's usage from each (prompt, choice's usage): every prompt once (its choices all
+    answered it), every completion."""
+    prompts: dict[int, int] = {}
+    for i, u in each:
+        prompts[i] = max(prompts.get(i, 0), int(u.get("prompt_tokens") or 0))
+    prompt = sum(prompts.values())
+    completion = sum(int(u.get("completion_tokens") or 0) for _, u in each)
     out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
                            "total_tokens": prompt + completion}
-    if any(u.get("estimated") for u in each):
+    if any(u.get("estimated") for _, u in each):
         out["estimated"] = True
     return out
 
 
-def _complete(req: ChatCompletionRequest, winners: list[MinerRun], usage: dict[str, Any],
-              headers: dict[str, str]) -> web.Response:
-    objects = [completion_for(req, run, usage) for run in winners]
-    obj = objects[0] | {"choices": [o["choices"][0] | {"index": i} for i, o in enumerate(objects)]}
-    return json_response(obj, headers=headers)
+class ChatChoices:
+    """n chat completion choices: one ``chat.completion`` object, or the winners' chunks relabelled."""
+
+    kind = "chat"
+
+    def __init__(self, req: ChatCompletionRequest) -> None:
+        self.req = req
+
+    def new_id(self) -> str:
+        return new_completion_id()
+
+    def complete(self, winners: list[MinerRun], usage: dict[str, Any], headers: dict[str, str]) -> web.Response:
+        objects = [completion_for(self.req, run, usage) for run in winners]
+        obj = objects[0] | {"choices": [o["choices"][0] | {"index": i} for i, o in enumerate(objects)]}
+        return json_response(obj, headers=headers)
+
+    def chunk(self, data: Event, index: int, cid: str, created: int) -> bytes:
+        return _relabelled(data, index, cid, created)
+
+    def usage_chunk(self, cid: str, created: int, model: str, usage: dict[str, Any]) -> bytes:
+        return encode_event(dumps(usage_chunk(completion_id=cid, model=model, usage=usage, created=created)))
 
 
 async def _stream(request: web.Request, req: ChatCompletionRequest, races: list[tuple[Race, dict[str, Any]]],
-                  winners: list[MinerRun], usage: dict[str, Any], headers: dict[str, str]) -> web.StreamResponse:
+                  winners: list[MinerRun], usage: dict[str, Any], headers: dict[str, str],
+                  fmt: ChoicesFormat) -> web.StreamResponse:
     """The winners' chunks interleaved as they arrive, each relabelled with its choice and one id."""
     response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await response.prepare(request)
-    cid, created = new_completion_id(), int(time.time())
+    cid, created = fmt.new_id(), int(time.time())
     async for i, batch in _merged(races, winners):
-        frames = [_relabelled(data, i, cid, created) for data in batch]
-        await response.write(b"".join(f for f in frames if f))
+        await response.write(b"".join(fmt.chunk(data, i, cid, created) for data in batch))
     if any(run.error for run in winners):
         tail = mid_stream_failure_event(winners)
     elif req.stream_options and req.stream_options.include_usage:
-        tail = encode_event(dumps(usage_chunk(completion_id=cid, model=winners[0].model or req.model or "unknown",
-                                              usage=usage, created=created)))
+        tail = fmt.usage_chunk(cid, created, winners[0].model or req.model or "unknown", usage)
     else:
         tail = b""
     await response.write_eof(tail + DONE_FRAME)

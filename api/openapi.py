@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, RootModel
 from pydantic.json_schema import models_json_schema
 
+from api.completions_wire import CompletionOut, CompletionRequest
 from api.discovery_wire import ModelListOut, ModelOut, ReadyOut, TaskListOut
 from api.responses_wire import ResponseEventOut, ResponseOut, ResponsesRequest
 from api.sessions import OpenSessionRequest
@@ -196,6 +197,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/chat/completions"): Operation(
         "Chat completion (OpenAI-compatible; `stream: true` answers server-sent events)", "inference",
         body=ChatCompletionRequest, response=ChatCompletionOut, stream=True),
+    ("POST", "/v1/completions"): Operation(
+        "Text completion (OpenAI's legacy Completions API; each prompt is answered as one user message by the "
+        "chat miners; `stream: true` answers server-sent events)", "inference",
+        body=CompletionRequest, response=CompletionOut, stream=True, event=CompletionOut,
+        stream_doc="`data: <text_completion>` chunks (`choices[].text` is the next piece of choice `index`), then "
+                   "`data: [DONE]`; a failure after the first byte is an `error` event"),
     ("POST", "/v1/responses"): Operation(
         "Create a response (OpenAI's Responses API, stateless: send the whole conversation in `input`; "
         "`stream: true` answers server-sent events)", "inference",

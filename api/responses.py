@@ -15,7 +15,7 @@ from aiohttp import web
 
 from api.access_log import access_logged, request_id
 from api.auth import authenticate
-from api.chat import answer
+from api.chat import answer, plan
 from api.completion import logprob_tokens, mid_stream_failure, response_usage
 from api.context import CTX
 from api.race import MinerRun, Race
@@ -40,12 +40,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     body = chat_body(wanted)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)
     found = None
+    planned = await plan(request, key, req)  # a request refused anyway spends no web search
     tool = search_tool(wanted)
     if tool is not None:
         body, found = await search_into(request.app[CTX], body, tool.search_context_size,
                                         request_id=request_id(request))
         req = parse_model(ChatCompletionRequest, body)
-    return await answer(request, key, req, body, ResponsesFormat(wanted, found), started=started)
+    return await answer(request, key, req, body, ResponsesFormat(wanted, found), started=started, planned=planned)
 
 
 @access_logged("responses")

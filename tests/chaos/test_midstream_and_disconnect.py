@@ -43,12 +43,15 @@ async def test_winner_failing_mid_stream_ends_with_error_event_then_done(
     assert len(relayed) < len(expected_answer(9))
 
 
-async def test_choices_whose_winners_fail_mid_stream_end_with_one_error_event(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"], ids=["chat", "completions"])
+async def test_choices_whose_winners_fail_mid_stream_end_with_one_error_event(tmp_path: Path, path: str) -> None:
     """``n`` = 2 from one miner that drops its streams: both choices start, both fail, one error event
-    names both, then ``[DONE]``."""
+    names both, then ``[DONE]`` (on chat completions, and on the text completions that share the code)."""
+    asked = {"messages": MESSAGES} if path == "/v1/chat/completions" else {"prompt": MESSAGES[0]["content"],
+                                                                            "max_tokens": 200}
     async with fleet(tmp_path, {1: "disconnect"}, options=FaultOptions(disconnect_after_chunks=2)) as f, \
             aiohttp.ClientSession() as s:
-        reply = await chat(s, f, {"messages": MESSAGES, "seed": 9, "stream": True, "n": 2, "timeout": DEADLINE})
+        reply = await chat(s, f, {**asked, "seed": 9, "stream": True, "n": 2, "timeout": DEADLINE}, path=path)
     assert reply.status == 200 and reply.headers["x-sn1-miner-uid"] == "1,1"
     datas = reply.sse_datas()
     err = assert_error_then_done(datas)

@@ -26,6 +26,7 @@ EXPECTED = {  # most specific first: the agents example also mentions AsyncOpenA
     "get_weather": ["get_weather {'city': 'Paris'}"],
     "client.responses": ["completed ", "usage:", " tokens", "https://corpus.sn1.local/wiki/pelseldan-city"],
     "web_search_options": ["| citations: 0"],
+    "client.completions": ["0 length ", "3 length ", "usage: ", "langchain: "],
     "response_format=City": ["name='Tell me about Paris' population=4 landmarks=['Tell me about Paris']"],
     "langchain_openai": ["uid=7 hotkey='uid and hotkey of the top miner?'"],
     "AsyncOpenAI": ["sn1/deterministic"],

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from tests.hostile.conftest import ADMIN_KEY, Running
 
-FANOUT = ("/v1/chat/completions", "/web_retrieval")
+FANOUT = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/web_retrieval")
 # Fan-out routes may fail upstream for a request the API accepted (a short ``timeout``, a model
 # no miner serves): those are the documented 503/504, never a 500. Never "no_valid_answer" (502): the
 # miner behind this API is honest, so a 502 means the API let through a request a miner refuses, a
@@ -41,7 +41,7 @@ FIELDS = ["messages", "model", "stream", "stream_options", "temperature", "top_p
           "max_completion_tokens", "seed", "tools", "tool_choice", "response_format", "logit_bias", "task",
           "sampling_parameters", "uids", "mixture", "timeout", "target_results", "inference_mode", "search_query",
           "n_miners", "n_results", "max_response_time", "rate_limit", "name", "scopes", "allowed_models",
-          "expires_at", "expires_in", "user", "logprobs", "top_logprobs"]
+          "expires_at", "expires_in", "user", "logprobs", "top_logprobs", "prompt", "suffix", "echo", "best_of"]
 message = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool", "x"]) | json_values},
                                 optional={"content": st.text(max_size=50) | json_values, "name": json_values})
 shaped = st.fixed_dictionaries(
@@ -56,7 +56,8 @@ def deep(n: int) -> bytes:
 
 # Mostly-valid bodies with one hostile field: they get past the first check into the handler.
 one_bad_field = st.tuples(st.sampled_from(FIELDS), json_values).map(
-    lambda kv: {"messages": [{"role": "user", "content": "hi"}], "rate_limit": 5, "search_query": "q", kv[0]: kv[1]})
+    lambda kv: {"messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "rate_limit": 5, "search_query": "q",
+                kv[0]: kv[1]})
 # A string with a lone UTF-16 surrogate (written as its \\u escape), as a value or as a key.
 surrogate_text = st.builds(lambda a, c, b: a + c + b, st.text(max_size=5),
                            st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), st.text(max_size=5))

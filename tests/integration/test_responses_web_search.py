@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from tests.helpers import Script, api_with_miners, chunk, sse
+from tests.helpers import Script, api_with_miners, chunk, post, sse
 
 PAGE = "https://corpus.sn1.local/wiki/pelseldan-city"
 
@@ -114,3 +114,25 @@ async def test_a_request_with_no_user_text_searches_nothing(tmp_path: Path) -> N
     assert [o.type for o in r.output] == ["web_search_call", "message"] and r.output[0].action.query == ""
     assert [b.get("task") for b in scripts[1].bodies] == ["InferenceTask"], "no retrieval race was run"
     assert [m["role"] for m in scripts[1].bodies[0]["messages"]] == ["system"], "and no context was added"
+
+
+@pytest.mark.parametrize(("path", "fields", "code"), [
+    ("/v1/chat/completions", {"session_id": "sess-nope"}, "session_not_found"),
+    ("/v1/chat/completions", {"uids": [99]}, "unknown_uid"),
+    ("/v1/chat/completions", {"n": 2, "uids": [99]}, "unknown_uid"),
+    ("/v1/responses", {"session_id": "sess-nope"}, "session_not_found"),
+], ids=["chat-session", "chat-uid", "chat-n", "responses-session"])
+async def test_a_request_refused_anyway_spends_no_search(tmp_path: Path, path: str, fields: dict,
+                                                         code: str) -> None:
+    """Who answers is decided before the search: an unknown session or uid is its 4xx at once, and no
+    retrieval miner is asked (each search costs the subnet a race of them)."""
+    scripts = {1: miner_answering("plain")}
+    async with api_with_miners(tmp_path, scripts) as api:
+        if path == "/v1/responses":
+            body = {"model": "default", "input": "Pelseldan?", "tools": [{"type": "web_search"}], **fields}
+        else:
+            body = {"model": "default", "messages": [{"role": "user", "content": "Pelseldan?"}],
+                    "web_search_options": {}, **fields}
+        status, _, text = await post(api, body, path=path)
+    assert status in (400, 404) and json.loads(text)["error"]["code"] == code
+    assert scripts[1].bodies == [], "no miner was asked anything"

@@ -1,0 +1,147 @@
+"""``POST /v1/completions``: OpenAI's legacy Completions API, answered by the chat miners.
+
+LangChain's ``OpenAI`` LLM, lm-evaluation-harness's ``local-completions`` generation tasks, and
+older tools speak only this route. Each prompt becomes a chat request of one user message and
+runs through the same pipeline as ``n`` choices on chat completions (``api/choices.py``): one
+key check, miners selected for every answer before any is asked, a race per answer, the scoring
+outbox and usage. Prompt i's choice j is the answer at index i * n + j, with the seed + j, so a
+prompt gets the same answers in a batch as alone. What a chat model cannot do is refused in
+``api/completions_wire.py``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from aiohttp import web
+
+from api.access_log import access_logged
+from api.auth import authenticate
+from api.choices import MAX_CHOICES, Ask, choice_seed, run_choices
+from api.choices import plan as plan_choices
+from api.completion import logprob_tokens
+from api.completions_wire import CompletionRequest
+from api.context import CTX
+from api.race import MinerRun
+from shared.http import json_response, parse_model, read_json
+from shared.ids import random_hex
+from shared.jsonutil import dumps, loads
+from shared.miner_client import Event
+from shared.protocol import ChatCompletionRequest
+from shared.sse import encode_event
+
+# Fields a completion request passes on to its chat request as they are.
+PASSED_ON = ("model", "max_tokens", "temperature", "top_p", "stop", "presence_penalty", "frequency_penalty",
+             "logit_bias", "user", "task", "uids", "inference_mode", "timeout")
+# A chat finish reason a text completion has no word for (a miner's tool call, which was not asked for).
+FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
+
+
+@access_logged("completions")
+async def completions(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    ctx = request.app[CTX]
+    key = await authenticate(request, ctx.store, scope="chat")
+    wanted: CompletionRequest = parse_model(CompletionRequest, await read_json(request))
+    bodies = [chat_body(wanted, prompt) for prompt in wanted.prompts]
+    reqs: list[ChatCompletionRequest] = [parse_model(ChatCompletionRequest, b) for b in bodies]
+    picks = plan_choices(ctx, key, reqs[0], count=len(reqs) * wanted.n)  # every refusal before any miner is asked
+    seed = wanted.seed if wanted.seed is not None else random.randrange(2**31 - MAX_CHOICES)
+    asks = [Ask(req, req.miner_body(seed=choice_seed(seed, j), sent=body), picks[i * wanted.n + j], prompt=i)
+            for i, (req, body) in enumerate(zip(reqs, bodies, strict=True)) for j in range(wanted.n)]
+    return await run_choices(request, key, asks, TextChoices(wanted), seed=seed, started=started)
+
+
+def chat_body(r: CompletionRequest, prompt: str) -> dict[str, Any]:
+    """The chat completion request (JSON) that answers ``prompt``: one user message, the same sampling."""
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}], "stream": r.stream}
+    if r.stream and r.stream_options is not None:
+        body["stream_options"] = r.stream_options.model_dump(exclude_none=True)
+    for name in PASSED_ON:
+        value = getattr(r, name)
+        if value is not None:
+            body[name] = value
+    if r.sampling_parameters is not None:
+        body["sampling_parameters"] = r.sampling_parameters.model_dump(exclude_none=True)
+    if r.logprobs is not None:
+        body["logprobs"] = True
+        body["top_logprobs"] = r.logprobs
+    return body
+
+
+class TextChoices:
+    """The winners as ``text_completion`` choices: one object, or chunks of the same shape."""
+
+    kind = "completions"
+
+    def __init__(self, wanted: CompletionRequest) -> None:
+        self.wanted = wanted
+        self.offsets: dict[int, int] = {}  # a streamed choice's text so far (its next token's text_offset)
+
+    def new_id(self) -> str:
+        return f"cmpl-{random_hex()}"
+
+    def _echo(self, index: int) -> str:
+        return self.wanted.prompts[index // self.wanted.n] if self.wanted.echo else ""
+
+    def complete(self, winners: list[MinerRun], usage: dict[str, Any], headers: dict[str, str]) -> web.Response:
+        choices = [{"text": self._echo(i) + run.text, "index": i,
+                    "logprobs": self._logprobs(logprob_tokens(run.logprobs), 0),
+                    "finish_reason": FINISH.get(run.finish_reason or "stop", "stop")}
+                   for i, run in enumerate(winners)]
+        return json_response(self._object(self.new_id(), int(time.time()), self._model(winners[0]), choices, usage),
+                             headers=headers)
+
+    def chunk(self, data: Event, index: int, cid: str, created: int) -> bytes:
+        obj = loads(data) if isinstance(data, str) else dict(data)
+        out = []
+        for c in obj.get("choices") or []:  # a usage-only chunk has none: the request's usage comes last
+            delta = c.get("delta") or {}
+            text = delta.get("content") or ""
+            if index not in self.offsets:  # the choice's first chunk: the prompt first, when echoed
+                text = self._echo(index) + text
+            finish = c.get("finish_reason")
+            tokens = (c.get("logprobs") or {}).get("content")
+            if not (text or finish or tokens):
+                continue
+            out.append({"text": text, "index": index,
+                        "logprobs": self._logprobs(tokens if isinstance(tokens, list) else [],
+                                                   self.offsets.get(index, 0)),
+                        "finish_reason": FINISH.get(finish, "stop") if finish else None})
+            self.offsets[index] = self.offsets.get(index, 0) + len(text)
+        if not out:
+            return b""
+        return encode_event(dumps(self._object(cid, created, obj.get("model") or self.wanted.model or "unknown", out)))
+
+    def usage_chunk(self, cid: str, created: int, model: str, usage: dict[str, Any]) -> bytes:
+        return encode_event(dumps(self._object(cid, created, model, [], usage)))
+
+    def _model(self, run: MinerRun) -> str:
+        return run.model or self.wanted.model or "unknown"
+
+    @staticmethod
+    def _object(cid: str, created: int, model: str, choices: list[dict[str, Any]],
+                usage: dict[str, Any] | None = None) -> dict[str, Any]:
+        obj: dict[str, Any] = {"id": cid, "object": "text_completion", "created": created, "model": model,
+                               "choices": choices}
+        if usage is not None:
+            obj["usage"] = usage
+        return obj
+
+    def _logprobs(self, tokens: list[Any], offset: int) -> dict[str, Any] | None:
+        """Chat's token log probabilities in the Completions API's shape (None: not asked, or none came)."""
+        if self.wanted.logprobs is None or not tokens:
+            return None
+        out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for t in tokens:
+            if not isinstance(t, dict) or not isinstance(t.get("token"), str):
+                continue
+            out["tokens"].append(t["token"])
+            out["token_logprobs"].append(t.get("logprob"))
+            out["top_logprobs"].append({a["token"]: a.get("logprob") for a in t.get("top_logprobs") or []
+                                        if isinstance(a, dict) and isinstance(a.get("token"), str)})
+            out["text_offset"].append(offset)
+            offset += len(t["token"])
+        return out

@@ -1,0 +1,155 @@
+"""``POST /v1/completions`` through the real API app and real deterministic miners, with the OpenAI
+SDK: each prompt answered as one user message, batches and ``n``, streaming, ``echo``, ``logprobs``,
+and a 400 naming the field for what a chat model cannot do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import openai
+import pytest
+from openai import AsyncOpenAI
+
+from tests.helpers import Script, api_with_miners, chunk, post, sse
+
+HONEST = {1, 2, 3}
+
+
+def sdk(api) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0)
+
+
+async def test_a_prompt_is_answered_as_one_user_message(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        client = sdk(api)
+        done = await client.completions.create(model="default", prompt="Name a river.", seed=5, max_tokens=40)
+        chat = await client.chat.completions.create(model="default", seed=5, max_tokens=40,
+                                                    messages=[{"role": "user", "content": "Name a river."}])
+        short = await client.completions.create(model="default", prompt="Name a river.", seed=5)
+    assert done.object == "text_completion" and done.id.startswith("cmpl-")
+    (choice,) = done.choices
+    assert choice.index == 0 and choice.text == chat.choices[0].message.content and choice.logprobs is None
+    assert choice.finish_reason == chat.choices[0].finish_reason
+    assert done.usage.prompt_tokens == chat.usage.prompt_tokens
+    assert done.usage.completion_tokens == chat.usage.completion_tokens
+    # OpenAI's default for this route is 16 tokens
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 16
+
+
+async def test_a_batch_of_prompts_times_n_in_order_each_as_if_asked_alone(tmp_path: Path) -> None:
+    prompts = ["Name a river.", "Name a mountain."]
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        client = sdk(api)
+        batch = await client.completions.create(model="default", prompt=prompts, n=2, seed=9, max_tokens=20)
+        alone = [await client.completions.create(model="default", prompt=p, seed=9 + j, max_tokens=20)
+                 for p in prompts for j in range(2)]
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3]
+    assert [c.text for c in batch.choices] == [a.choices[0].text for a in alone], "prompt i's choice j: seed + j"
+    assert len({c.text for c in batch.choices}) == 4
+    # each prompt counted once, every completion counted
+    assert batch.usage.prompt_tokens == alone[0].usage.prompt_tokens + alone[2].usage.prompt_tokens
+    assert batch.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+
+
+async def test_streamed_choices_add_up_to_the_whole_answer(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        client = sdk(api)
+        fields = {"model": "default", "prompt": ["Name a river.", "Hi"], "seed": 4, "max_tokens": 30}
+        whole = await client.completions.create(**fields)
+        chunks = [c async for c in await client.completions.create(
+            **fields, stream=True, stream_options={"include_usage": True})]
+        plain = [c async for c in await client.completions.create(**fields, stream=True)]
+    assert len({c.id for c in chunks}) == 1 and all(c.object == "text_completion" for c in chunks)
+    texts: dict[int, str] = {}
+    finished: dict[int, str] = {}
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+            if choice.finish_reason:
+                finished[choice.index] = choice.finish_reason
+    assert texts == {c.index: c.text for c in whole.choices}
+    assert finished == {c.index: c.finish_reason for c in whole.choices}
+    assert chunks[-1].usage is not None and not chunks[-1].choices, "usage comes last, once"
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert all(c.usage is None for c in plain), "no usage chunk unless asked for"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
+async def test_echo_puts_the_prompt_before_the_answer(tmp_path: Path, stream: bool) -> None:
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        client = sdk(api)
+        plain = await client.completions.create(model="default", prompt="Say hi.", seed=2)
+        if stream:
+            text = "".join([ch.text async for c in await client.completions.create(
+                model="default", prompt="Say hi.", seed=2, echo=True, stream=True) for ch in c.choices])
+        else:
+            text = (await client.completions.create(model="default", prompt="Say hi.", seed=2, echo=True)).choices[0].text
+    assert text == "Say hi." + plain.choices[0].text
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
+async def test_logprobs_in_the_completions_shape(tmp_path: Path, stream: bool) -> None:
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        client = sdk(api)
+        fields = {"model": "default", "prompt": "Name a river.", "seed": 3, "logprobs": 2, "max_tokens": 12}
+        if stream:
+            parts = [ch async for c in await client.completions.create(**fields, stream=True) for ch in c.choices]
+            text = "".join(p.text for p in parts)
+            tokens, offsets, tops, lps = [], [], [], []
+            for p in parts:
+                if p.logprobs is not None:
+                    tokens += p.logprobs.tokens
+                    offsets += p.logprobs.text_offset
+                    tops += p.logprobs.top_logprobs
+                    lps += p.logprobs.token_logprobs
+        else:
+            (choice,) = (await client.completions.create(**fields)).choices
+            text, lp = choice.text, choice.logprobs
+            tokens, offsets, tops, lps = lp.tokens, lp.text_offset, lp.top_logprobs, lp.token_logprobs
+    assert "".join(tokens) == text and len(tokens) == len(offsets) == len(tops) == len(lps) > 0
+    assert offsets == [len("".join(tokens[:i])) for i in range(len(tokens))], "offsets run over the whole text"
+    assert all(t in top and len(top) <= 3 and top[t] == lp for t, top, lp in zip(tokens, tops, lps, strict=True))
+
+
+@pytest.mark.parametrize(("extra", "param", "says"), [
+    ({"prompt": [1, 2, 3]}, "prompt", "token ids"),
+    ({"prompt": [[1, 2], [3]]}, "prompt", "token ids"),
+    ({"prompt": []}, "prompt", "at least one"),
+    ({"prompt": 5}, "prompt", ""),
+    ({"suffix": "return x"}, "suffix", "fill-in-the-middle"),
+    ({"echo": True, "logprobs": 1}, None, "loglikelihood"),
+    ({"best_of": 3}, None, "best_of"),
+    ({"prompt": ["a"] * 3, "n": 3}, None, "at most 8"),
+    ({"logprobs": 6}, "logprobs", ""),
+    ({"max_tokens": "5"}, "max_tokens", ""),
+    ({"uids": [99]}, "uids", "Unknown uid 99"),
+])
+async def test_what_a_chat_miner_cannot_do_is_a_400(tmp_path: Path, extra: dict, param: str | None,
+                                                    says: str) -> None:
+    scripts = {1: Script([(0, d) for d in sse(chunk("never"), chunk(finish="stop"))])}
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, _, text = await post(api, {"model": "default", "prompt": "hi", **extra}, path="/v1/completions")
+    error = json.loads(text)["error"]
+    assert status == 400 and error["param"] == param and says in error["message"], error
+    assert scripts[1].bodies == [], "no miner was asked"
+
+
+async def test_no_valid_answer_is_the_sdks_typed_error(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {1: Script([], status=500)}) as api:
+        with pytest.raises(openai.APIStatusError) as err:
+            await sdk(api).completions.create(model="default", prompt="hi")
+    assert err.value.status_code == 502 and err.value.body["code"] == "no_valid_answer"
+
+
+async def test_the_miners_get_a_chat_request_with_the_sampling_asked_for(tmp_path: Path) -> None:
+    scripts = {1: Script([(0, d) for d in sse(chunk("ok"), chunk(finish="stop"))])}
+    async with api_with_miners(tmp_path, scripts) as api:
+        r = await sdk(api).completions.create(model="default", prompt="Once upon", temperature=0.3, stop=["\n"],
+                                              max_tokens=7, seed=11, user="u1", extra_body={"uids": [1]})
+    assert r.choices[0].text == "ok"
+    (body,) = scripts[1].bodies
+    assert body["messages"] == [{"role": "user", "content": "Once upon"}]
+    assert {k: body[k] for k in ("temperature", "stop", "max_tokens", "seed", "user")} == {
+        "temperature": 0.3, "stop": ["\n"], "max_tokens": 7, "seed": 11, "user": "u1"}
+    assert "prompt" not in body and "uids" not in body
