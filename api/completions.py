@@ -29,12 +29,12 @@ from shared.http import json_response, parse_model, read_json
 from shared.ids import random_hex
 from shared.jsonutil import dumps, loads
 from shared.miner_client import Event
-from shared.protocol import ChatCompletionRequest
+from shared.protocol import ChatCompletionRequest, passed_on
 from shared.sse import encode_event
 
 # Fields a completion request passes on to its chat request as they are.
 PASSED_ON = ("model", "max_tokens", "temperature", "top_p", "stop", "presence_penalty", "frequency_penalty",
-             "logit_bias", "user", "task", "uids", "inference_mode", "timeout")
+             "logit_bias", "user", "task", "uids", "inference_mode", "timeout", "sampling_parameters")
 # A chat finish reason a text completion has no word for (a miner's tool call, which was not asked for).
 FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
 
@@ -59,12 +59,7 @@ def chat_body(r: CompletionRequest, prompt: str) -> dict[str, Any]:
     body: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}], "stream": r.stream}
     if r.stream and r.stream_options is not None:
         body["stream_options"] = r.stream_options.model_dump(exclude_none=True)
-    for name in PASSED_ON:
-        value = getattr(r, name)
-        if value is not None:
-            body[name] = value
-    if r.sampling_parameters is not None:
-        body["sampling_parameters"] = r.sampling_parameters.model_dump(exclude_none=True)
+    body.update(passed_on(r, PASSED_ON))
     if r.logprobs is not None:
         body["logprobs"] = True
         body["top_logprobs"] = r.logprobs

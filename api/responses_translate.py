@@ -23,6 +23,7 @@ from api.responses_wire import (
 )
 from shared.errors import invalid_value
 from shared.http import parse_model
+from shared.protocol import passed_on
 
 ITEMS: dict[str, type[MessageItem | FunctionCallItem | FunctionCallOutputItem]] = {
     "message": MessageItem,
@@ -36,7 +37,7 @@ LOGPROBS = "message.output_text.logprobs"  # the include that asks for the answe
 TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 TOOL_FIELDS = {"name", "description", "parameters", "strict"}  # a chat tool's function, from a flat tool
 PASSED_ON = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "seed", "task", "uids", "mixture",
-             "inference_mode", "timeout", "session_id")
+             "inference_mode", "timeout", "session_id", "sampling_parameters")
 
 
 def chat_body(r: ResponsesRequest) -> dict[str, Any]:
@@ -55,12 +56,7 @@ def chat_body(r: ResponsesRequest) -> dict[str, Any]:
     body: dict[str, Any] = {"messages": messages, "stream": r.stream}
     if r.stream:
         body["stream_options"] = {"include_usage": True}  # for the usage of response.completed
-    for name in PASSED_ON:
-        value = getattr(r, name)
-        if value is not None:
-            body[name] = value
-    if r.sampling_parameters is not None:
-        body["sampling_parameters"] = r.sampling_parameters.model_dump(exclude_none=True)
+    body.update(passed_on(r, PASSED_ON))
     if r.max_output_tokens is not None:
         body["max_tokens"] = r.max_output_tokens
     if LOGPROBS in (r.include or []):  # as at OpenAI, top_logprobs alone asks for nothing

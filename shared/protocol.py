@@ -277,6 +277,17 @@ class Usage(BaseModel):
     estimated: bool | None = None
 
 
+def passed_on(r: BaseModel, names: tuple[str, ...]) -> dict[str, Any]:
+    """The fields ``names`` that a request of another API (Responses, Completions) has set, as its chat
+    request carries them (the subnet's ``sampling_parameters`` as JSON)."""
+    out: dict[str, Any] = {}
+    for name in names:
+        value = getattr(r, name)
+        if value is not None:
+            out[name] = value.model_dump(exclude_none=True) if isinstance(value, BaseModel) else value
+    return out
+
+
 def new_completion_id() -> str:
     return f"chatcmpl-{random_hex()}"
 

@@ -54,6 +54,14 @@ def test_each_mention_of_a_sources_url_is_a_citation_in_order() -> None:
                                                              "title": A}}
 
 
+def test_a_source_named_by_its_number_is_a_citation_of_its_url() -> None:
+    """Sources are numbered in the miners' context, and models cite them so: [1] is the first result."""
+    text = f"Pelseldan is on a river [1][2]. See [3], [0] and [2](https://x.example/) or {A}[1]."
+    got = [(a["url"], text[a["start_index"]:a["end_index"]]) for a in citations(text, FOUND)]
+    # [3] and [0] name no result; a markdown link's label is not a reference (its URL is not a result here)
+    assert got == [(A, "[1]"), (B, "[2]"), (A, A), (A, "[1]")]
+
+
 def test_a_streamed_search_comes_first_and_the_answer_carries_its_citations() -> None:
     s = ResponseStream(skeleton(ResponsesRequest(input="x", tools=[{"type": "web_search"}]), response_id="resp_1",
                                 model="m"), annotate=lambda text: citations(text, FOUND))

@@ -146,10 +146,12 @@ async def test_the_miners_get_a_chat_request_with_the_sampling_asked_for(tmp_pat
     scripts = {1: Script([(0, d) for d in sse(chunk("ok"), chunk(finish="stop"))])}
     async with api_with_miners(tmp_path, scripts) as api:
         r = await sdk(api).completions.create(model="default", prompt="Once upon", temperature=0.3, stop=["\n"],
-                                              max_tokens=7, seed=11, user="u1", extra_body={"uids": [1]})
+                                              max_tokens=7, seed=11, user="u1",
+                                              extra_body={"uids": [1], "sampling_parameters": {"top_k": 5}})
     assert r.choices[0].text == "ok"
     (body,) = scripts[1].bodies
     assert body["messages"] == [{"role": "user", "content": "Once upon"}]
-    assert {k: body[k] for k in ("temperature", "stop", "max_tokens", "seed", "user")} == {
-        "temperature": 0.3, "stop": ["\n"], "max_tokens": 7, "seed": 11, "user": "u1"}
+    assert {k: body[k] for k in ("temperature", "stop", "max_tokens", "seed", "user", "sampling_parameters")} == {
+        "temperature": 0.3, "stop": ["\n"], "max_tokens": 7, "seed": 11, "user": "u1",
+        "sampling_parameters": {"top_k": 5}}
     assert "prompt" not in body and "uids" not in body
