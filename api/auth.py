@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import time
+from dataclasses import dataclass
 
 from aiohttp import web
 from loguru import logger
@@ -23,9 +25,26 @@ from multidict import CIMultiDictProxy
 
 from shared.errors import ApiError
 from shared.store.base import KeyRecord, RateDecision, Store, StoreUnavailable, hash_key
+from shared.store.usage import UsageRecorder
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    """A key's daily token limit as this request found it (what the x-ratelimit-*-tokens headers say)."""
+
+    limit: int
+    used: int  # today's tokens before this request (UTC day)
+    reset_after: float  # seconds until the next UTC day
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
 
 KEY_RECORD = web.RequestKey("sn1_key_record", KeyRecord)
 RATE_DECISION = web.RequestKey("sn1_rate_decision", RateDecision)
+TOKEN_BUDGET = web.RequestKey("sn1_token_budget", TokenBudget)
+TOKEN_SCOPE = "chat"  # the scope whose requests spend tokens (chat, responses, completions)
 MAX_KEY_LENGTH = 256
 ADMIN_FAILURES_PER_MINUTE = 10
 INVALID_KEYS_PER_MINUTE = 60  # default of INVALID_KEYS_PER_MINUTE (ApiSettings.invalid_keys_per_minute)
@@ -46,8 +65,10 @@ def store_unavailable() -> ApiError:
                     headers={"Retry-After": "1"})
 
 
-async def authenticate(request: web.Request, store: Store, *, scope: str | None) -> KeyRecord:
-    """The caller's key, charged once; 401 unknown/expired, 403 scope, 429 over the limit, 503 store down."""
+async def authenticate(request: web.Request, store: Store, *, scope: str | None,
+                       usage: UsageRecorder | None = None) -> KeyRecord:
+    """The caller's key, charged once; 401 unknown/expired, 403 scope, 429 over the limit (or, for a
+    request that spends tokens, over the key's daily token limit: ``usage`` counts them), 503 store down."""
     key = extract_api_key(request.headers)
     if key is None:
         raise ApiError(
@@ -79,7 +100,32 @@ async def authenticate(request: web.Request, store: Store, *, scope: str | None)
             code="rate_limit_exceeded",
             headers={"Retry-After": str(max(1, math.ceil(auth.decision.retry_after)))},
         )
+    if scope == TOKEN_SCOPE and auth.record.daily_token_limit is not None and usage is not None:
+        await check_token_budget(request, auth.record, usage)
     return auth.record
+
+
+async def check_token_budget(request: web.Request, key: KeyRecord, usage: UsageRecorder) -> None:
+    """429 once the key's tokens today (UTC, every API process's flushed counts and this one's) reach
+    its daily limit. A request that starts under the limit runs to its end, so a day's total may pass
+    the limit by the requests in flight when it was reached."""
+    assert key.daily_token_limit is not None
+    try:
+        used = await usage.tokens_today(key.id)
+    except StoreUnavailable as e:
+        logger.warning("store unavailable, answering 503: {}", e)
+        raise store_unavailable() from None
+    now = time.time()
+    budget = TokenBudget(limit=key.daily_token_limit, used=used, reset_after=86400 - now % 86400)
+    request[TOKEN_BUDGET] = budget
+    if budget.remaining <= 0:
+        raise ApiError(
+            429,
+            f"Daily token limit reached: this key allows {budget.limit} tokens per day (UTC) and has used "
+            f"{budget.used}. Retry in {go_duration(budget.reset_after)}, when the day ends.",
+            code="token_limit_exceeded",
+            headers={"Retry-After": str(max(1, math.ceil(budget.reset_after)))},
+        )
 
 
 async def invalid_key(request: web.Request, store: Store) -> ApiError:
@@ -110,12 +156,15 @@ def check_model(key: KeyRecord, model: str | None) -> None:
 
 
 def go_duration(seconds: float) -> str:
-    """OpenAI's reset format: ``"59.4s"``, ``"1m0s"``, ``"0s"``."""
+    """OpenAI's reset format: ``"59.4s"``, ``"1m0s"``, ``"2h5m0s"``, ``"0s"``."""
     seconds = max(0.0, seconds)
     if seconds < 60:
         return f"{seconds:.3g}s" if seconds < 10 else f"{seconds:.1f}s".replace(".0s", "s")
     minutes, rest = divmod(int(math.ceil(seconds)), 60)
-    return f"{minutes}m{rest}s"
+    if minutes < 60:
+        return f"{minutes}m{rest}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes}m{rest}s"
 
 
 def rate_limit_headers(decision: RateDecision) -> dict[str, str]:
@@ -128,10 +177,16 @@ def rate_limit_headers(decision: RateDecision) -> dict[str, str]:
 
 
 async def add_rate_limit_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: every response to a charged request reports the key's limit."""
+    """``on_response_prepare``: every response to a charged request reports the key's limit (and its
+    daily token limit, for a key that has one, as OpenAI's ``x-ratelimit-*-tokens``)."""
     decision = request.get(RATE_DECISION)
     if decision is not None:
         response.headers.update(rate_limit_headers(decision))
+    budget = request.get(TOKEN_BUDGET)
+    if budget is not None:
+        response.headers.update({"x-ratelimit-limit-tokens": str(budget.limit),
+                                 "x-ratelimit-remaining-tokens": str(budget.remaining),
+                                 "x-ratelimit-reset-tokens": go_duration(budget.reset_after)})
 
 
 def admin_key_matches(given: str, admin_key: str) -> bool:

@@ -64,7 +64,7 @@ class AnswerFormat(Protocol):
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     ctx = request.app[CTX]
-    key = await authenticate(request, ctx.store, scope="chat")
+    key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage)
     sent = await read_json(request)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)
     many = (req.n or 1) > 1

@@ -43,7 +43,7 @@ FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter"
 async def completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     ctx = request.app[CTX]
-    key = await authenticate(request, ctx.store, scope="chat")
+    key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage)
     wanted: CompletionRequest = parse_model(CompletionRequest, await read_json(request))
     bodies = [chat_body(wanted, prompt) for prompt in wanted.prompts]
     reqs: list[ChatCompletionRequest] = [parse_model(ChatCompletionRequest, b) for b in bodies]

@@ -88,6 +88,7 @@ async def create_api_key(request: web.Request) -> web.Response:
             params.rate_limit, name=params.name, expires_at=expires_at,
             scopes=tuple(params.scopes) if params.scopes else ALL_SCOPES,
             allowed_models=tuple(params.allowed_models) if params.allowed_models else None,
+            daily_token_limit=params.daily_token_limit,
         )
     except StoreUnavailable:
         raise store_unavailable() from None
@@ -101,8 +102,8 @@ async def modify_api_key(request: web.Request) -> web.Response:
     record = await _resolve(store, request.match_info["api_key"])
     params = await _params(request)
     if params.is_empty():
-        raise ApiError(400, "Nothing to change: give rate_limit, name, expires_at, expires_in_days, scopes or "
-                            "allowed_models.", code="missing_parameter")
+        raise ApiError(400, "Nothing to change: give rate_limit, name, expires_at, expires_in_days, scopes, "
+                            "allowed_models or daily_token_limit.", code="missing_parameter")
     changes = params.changes(time.time())
     try:
         new = await store.update_key(record.id, changes)

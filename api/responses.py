@@ -34,7 +34,8 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
 @access_logged("responses")
 async def create_response(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
-    key = await authenticate(request, request.app[CTX].store, scope="chat")
+    ctx = request.app[CTX]
+    key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage)
     sent = await read_json(request)
     wanted: ResponsesRequest = parse_model(ResponsesRequest, sent)
     body = chat_body(wanted)
@@ -43,7 +44,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     planned = await plan(request, key, req)  # a request refused anyway spends no web search
     tool = search_tool(wanted)
     if tool is not None:
-        body, found = await search_into(request.app[CTX], body, tool.search_context_size,
+        body, found = await search_into(ctx, body, tool.search_context_size,
                                         request_id=request_id(request))
         req = parse_model(ChatCompletionRequest, body)
     return await answer(request, key, req, body, ResponsesFormat(wanted, found), started=started, planned=planned)

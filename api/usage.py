@@ -34,12 +34,13 @@ async def usage_out(request: web.Request, record: KeyRecord) -> UsageOut:
     raw = request.query.get("days", "30")
     if not raw.isdigit() or not 1 <= int(raw) <= 366:
         raise ApiError(400, "days must be an integer between 1 and 366.", param="days", code="invalid_value")
-    since = usage_day(time.time() - (int(raw) - 1) * 86400)
+    now = time.time()
+    since = usage_day(now - (int(raw) - 1) * 86400)
     try:
         report = await request.app[CTX].usage.report(record.id, since_day=since)
     except StoreUnavailable:
         raise store_unavailable() from None
-    return UsageOut.of(record, report)
+    return UsageOut.of(record, report, today=usage_day(now))
 
 
 async def count_response(request: web.Request, response: web.StreamResponse) -> None:

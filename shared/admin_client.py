@@ -44,6 +44,8 @@ def key_params(**fields: Any) -> dict[str, Any]:
     body = params.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
     if params.clear_expiry:
         body["expires_at"] = "never"
+    if params.clear_token_limit:
+        body["daily_token_limit"] = "none"
     return body
 
 
@@ -70,20 +72,21 @@ class AdminClient:
     async def create_key(
         self, rate_limit: int, *, name: str | None = None, scopes: list[str] | None = None,
         allowed_models: list[str] | None = None, expires_at: datetime | float | None = None,
-        expires_in_days: float | None = None,
+        expires_in_days: float | None = None, daily_token_limit: int | None = None,
     ) -> CreatedKeyOut:
         body = key_params(rate_limit=rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
-                          expires_at=expires_at, expires_in_days=expires_in_days)
+                          expires_at=expires_at, expires_in_days=expires_in_days, daily_token_limit=daily_token_limit)
         return await self._request("POST", "/api_management/create-api-key/", CreatedKeyOut, json=body)
 
     async def modify_key(
         self, key: str, *, rate_limit: int | None = None, name: str | None = None, scopes: list[str] | None = None,
         allowed_models: list[str] | None = None, expires_at: datetime | float | str | None = None,
-        expires_in_days: float | None = None,
+        expires_in_days: float | None = None, daily_token_limit: int | str | None = None,
     ) -> KeyOut:
-        """``key`` is the secret or the key's id; ``expires_at="never"`` removes an expiry."""
+        """``key`` is the secret or the key's id; ``expires_at="never"`` removes an expiry,
+        ``daily_token_limit="none"`` the daily token limit."""
         body = key_params(rate_limit=rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
-                          expires_at=expires_at, expires_in_days=expires_in_days)
+                          expires_at=expires_at, expires_in_days=expires_in_days, daily_token_limit=daily_token_limit)
         return await self._request("PUT", f"/api_management/modify-api-key/{key}", KeyOut, json=body)
 
     async def delete_key(self, key: str) -> DeletedKeyOut:

@@ -30,6 +30,11 @@ def _key_fields(p: argparse.ArgumentParser, *, create: bool) -> None:
     p.add_argument("--name")
     p.add_argument("--scopes", type=_csv, help="comma-separated: chat,web_retrieval,availability (default all)")
     p.add_argument("--models", type=_csv, dest="allowed_models", help="comma-separated model allow-list")
+    tokens = p.add_mutually_exclusive_group()
+    tokens.add_argument("--daily-tokens", type=int, dest="daily_token_limit",
+                        help="prompt + completion tokens per UTC day")
+    if not create:
+        tokens.add_argument("--no-daily-tokens", action="store_true", help="remove the key's daily token limit")
     expiry = p.add_mutually_exclusive_group()
     expiry.add_argument("--expires-at", help="ISO 8601 time or unix seconds")
     expiry.add_argument("--expires-in-days", type=float)
@@ -64,7 +69,7 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
     fields = {k: getattr(args, k, None) for k in ("rate_limit", "name", "scopes", "allowed_models", "expires_at",
-                                                   "expires_in_days")}
+                                                   "expires_in_days", "daily_token_limit")}
     if args.action == "create":
         created = await admin.create_key(**fields)
         if args.json:
@@ -79,8 +84,11 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
     if args.action == "modify":
         if args.no_expiry:
             fields["expires_at"] = "never"
+        if args.no_daily_tokens:
+            fields["daily_token_limit"] = "none"
         if all(v is None for v in fields.values()):
-            raise AdminError(0, "nothing to change: give --rate-limit, --name, --scopes, --models or an expiry")
+            raise AdminError(0, "nothing to change: give --rate-limit, --name, --scopes, --models, --daily-tokens "
+                                "or an expiry")
         key = await admin.modify_key(args.key, **fields)
         return key.model_dump_json(indent=2) if args.json else table([_key_row(key)], KEY_HEADERS)
     if args.action == "delete":
@@ -92,18 +100,20 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
     t = report.totals
     rows = [[d.date, d.requests, d.prompt_tokens, d.completion_tokens, d.errors, d.rate_limited] for d in report.days]
     rows.append(["total", t.requests, t.prompt_tokens, t.completion_tokens, t.errors, t.rate_limited])
-    return (f"key {report.key_id} ({report.name or 'unnamed'}), {report.rate_limit}/min, "
+    tokens = (f", {report.daily_token_limit} tokens/day ({report.tokens_remaining_today} left today)"
+              if report.daily_token_limit is not None else "")
+    return (f"key {report.key_id} ({report.name or 'unnamed'}), {report.rate_limit}/min{tokens}, "
             f"last used {report.last_used_at or 'never'}\n"
             + table(rows, ["day", "requests", "prompt_tok", "completion_tok", "errors", "rate_limited"]))
 
 
-KEY_HEADERS = ["id", "name", "prefix", "rate/min", "scopes", "models", "expires", "created", "last used",
-               "requests", "tokens"]
+KEY_HEADERS = ["id", "name", "prefix", "rate/min", "tokens/day", "scopes", "models", "expires", "created",
+               "last used", "requests", "tokens"]
 
 
 def _key_row(k: Any) -> list[Any]:
     usage = k.usage
-    return [k.id, k.name, k.prefix + "...", k.rate_limit, ",".join(k.scopes),
+    return [k.id, k.name, k.prefix + "...", k.rate_limit, k.daily_token_limit or "any", ",".join(k.scopes),
             ",".join(k.allowed_models) if k.allowed_models else "any", k.expires_at or "never", k.created_at,
             k.last_used_at, usage.requests if usage else None, usage.total_tokens if usage else None]
 

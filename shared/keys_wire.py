@@ -18,6 +18,7 @@ Scope = Literal["chat", "web_retrieval", "availability"]
 MAX_RATE_LIMIT = 1_000_000
 MAX_NAME = 100
 MAX_MODELS = 64
+MAX_DAILY_TOKENS = 10**12
 NEVER = ("never", "none", "null")
 
 
@@ -39,16 +40,23 @@ class KeyParams(BaseModel):
     expires_in_days: float | None = Field(default=None, gt=0, le=36500)
     scopes: list[Scope] | None = Field(default=None, min_length=1)
     allowed_models: list[str] | None = Field(default=None, max_length=MAX_MODELS)
+    daily_token_limit: int | None = Field(default=None, ge=1, le=MAX_DAILY_TOKENS,
+                                          description="prompt + completion tokens per UTC day; 'none' removes it")
     clear_expiry: bool = Field(default=False, exclude=True)
+    clear_token_limit: bool = Field(default=False, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
     def _never(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("expires_at"), str) and data["expires_at"].lower() in NEVER:
-            data = {**data, "expires_at": None, "clear_expiry": True}
+        """``expires_at=never`` removes the expiry, ``daily_token_limit=none`` the token limit."""
+        if not isinstance(data, dict):
+            return data
+        for name, flag in (("expires_at", "clear_expiry"), ("daily_token_limit", "clear_token_limit")):
+            if isinstance(data.get(name), str) and data[name].lower() in NEVER:
+                data = {**data, name: None, flag: True}
         return data
 
-    @field_validator("rate_limit", mode="before")
+    @field_validator("rate_limit", "daily_token_limit", mode="before")
     @classmethod
     def _no_bool_or_fraction(cls, v: Any) -> Any:
         if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
@@ -84,7 +92,8 @@ class KeyParams(BaseModel):
         return None
 
     def is_empty(self) -> bool:
-        return not self.model_fields_set - {"clear_expiry"} and not self.clear_expiry
+        flags = {"clear_expiry", "clear_token_limit"}
+        return not self.model_fields_set - flags and not self.clear_expiry and not self.clear_token_limit
 
     def changes(self, now: float) -> KeyChanges:
         return KeyChanges(
@@ -92,6 +101,7 @@ class KeyParams(BaseModel):
             scopes=tuple(self.scopes) if self.scopes is not None else None,
             allowed_models=tuple(self.allowed_models) if self.allowed_models is not None else None,
             expires_at=self.expiry(now), clear_expiry=self.clear_expiry,
+            daily_token_limit=self.daily_token_limit, clear_token_limit=self.clear_token_limit,
         )
 
 
@@ -121,6 +131,7 @@ class KeyOut(BaseModel):
     allowed_models: list[str] | None
     expires_at: str | None
     created_at: str | None
+    daily_token_limit: int | None = None
     last_used_at: str | None = None
     usage: UsageTotalsOut | None = None
 
@@ -130,6 +141,7 @@ class KeyOut(BaseModel):
             id=record.id, name=record.name, prefix=record.prefix, rate_limit=record.rate_limit,
             scopes=list(record.scopes), allowed_models=list(record.allowed_models) if record.allowed_models else None,
             expires_at=iso(record.expires_at), created_at=iso(record.created_at),
+            daily_token_limit=record.daily_token_limit,
             last_used_at=iso(record.last_used_at), usage=UsageTotalsOut.of(usage) if usage is not None else None,
         )
 
@@ -155,14 +167,21 @@ class UsageOut(BaseModel):
     key_id: str
     name: str | None = None
     rate_limit: int
+    daily_token_limit: int | None = None
+    tokens_remaining_today: int | None = Field(
+        default=None, description="Under the daily token limit, as this process counts them (with a limit)")
     last_used_at: str | None
     totals: UsageTotalsOut
     days: list[UsageDayOut]
 
     @classmethod
-    def of(cls, record: KeyRecord, report: UsageReport) -> UsageOut:
+    def of(cls, record: KeyRecord, report: UsageReport, *, today: str | None = None) -> UsageOut:
+        limit = record.daily_token_limit
+        used = report.days.get(today) if today is not None else None
+        spent = used.prompt_tokens + used.completion_tokens if used is not None else 0
         return cls(
-            key_id=record.id, name=record.name, rate_limit=record.rate_limit,
+            key_id=record.id, name=record.name, rate_limit=record.rate_limit, daily_token_limit=limit,
+            tokens_remaining_today=max(0, limit - spent) if limit is not None else None,
             last_used_at=iso(max(filter(None, (report.last_used_at, record.last_used_at)), default=None)),
             totals=UsageTotalsOut.of(report.totals),
             days=[UsageDayOut(date=d, **c.as_dict()) for d, c in report.days.items()],

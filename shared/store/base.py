@@ -68,6 +68,7 @@ class KeyRecord:
     created_at: float = 0.0
     last_used_at: float | None = None
     extra: dict = field(default_factory=dict)
+    daily_token_limit: int | None = None  # prompt + completion tokens per UTC day (None: no limit)
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -75,21 +76,22 @@ class KeyRecord:
 
 def mint_key(
     rate_limit: int, *, name: str | None, scopes: tuple[str, ...], allowed_models: tuple[str, ...] | None,
-    expires_at: float | None,
+    expires_at: float | None, daily_token_limit: int | None = None,
 ) -> tuple[str, KeyRecord]:
     """A new secret and the record every backend stores for it (hash, display prefix, public id)."""
     secret = new_api_key()
     record = KeyRecord(
         id=new_key_id(), key_hash=hash_key(secret), prefix=display_prefix(secret), rate_limit=rate_limit,
         name=name, scopes=tuple(scopes), allowed_models=tuple(allowed_models) if allowed_models else None,
-        expires_at=expires_at, created_at=time.time(),
+        expires_at=expires_at, created_at=time.time(), daily_token_limit=daily_token_limit,
     )
     return secret, record
 
 
 @dataclass(frozen=True)
 class KeyChanges:
-    """A partial update of a key; ``None`` leaves a field alone, ``clear_expiry`` removes the expiry."""
+    """A partial update of a key; ``None`` leaves a field alone, ``clear_expiry`` removes the expiry and
+    ``clear_token_limit`` the daily token limit."""
 
     rate_limit: int | None = None
     name: str | None = None
@@ -97,6 +99,8 @@ class KeyChanges:
     allowed_models: tuple[str, ...] | None = None
     expires_at: float | None = None
     clear_expiry: bool = False
+    daily_token_limit: int | None = None
+    clear_token_limit: bool = False
 
     def apply(self, record: KeyRecord) -> KeyRecord:
         return replace(
@@ -107,6 +111,8 @@ class KeyChanges:
             allowed_models=(self.allowed_models or None) if self.allowed_models is not None else record.allowed_models,
             expires_at=None if self.clear_expiry else (self.expires_at if self.expires_at is not None
                                                        else record.expires_at),
+            daily_token_limit=None if self.clear_token_limit else (
+                self.daily_token_limit if self.daily_token_limit is not None else record.daily_token_limit),
         )
 
 
@@ -222,6 +228,7 @@ class Store(Protocol):
         scopes: tuple[str, ...] = ALL_SCOPES,
         allowed_models: tuple[str, ...] | None = None,
         expires_at: float | None = None,
+        daily_token_limit: int | None = None,
     ) -> tuple[str, KeyRecord]:
         """Create a key; returns (the secret, shown once; its record). Durable once it returns."""
         ...
@@ -251,6 +258,11 @@ class Store(Protocol):
         ...
 
     async def usage(self, key_id: str, *, since_day: str | None = None) -> UsageReport: ...
+
+    async def day_tokens(self, key_id: str, day: str) -> int:
+        """The key's flushed prompt + completion tokens on ``day`` (one small read: a daily token
+        limit checks it before each request of a key that has one)."""
+        ...
 
     async def ping(self) -> None:
         """Raise StoreUnavailable if the backend cannot be reached."""

@@ -110,7 +110,7 @@ end
 # HMGET in a fixed order (RECORD_FIELDS) keeps the reply small and its parsing cheap.
 AUTHORIZE = _WINDOW_LUA + """
 local f = redis.call('HMGET', KEYS[1], 'id', 'key_hash', 'prefix', 'rate_limit', 'name', 'scopes', 'allowed_models',
-                     'expires_at', 'created_at')
+                     'expires_at', 'created_at', 'daily_token_limit')
 if not f[1] then return {'unknown'} end
 local now = clock(ARGV[1])
 if f[8] ~= '' and now >= tonumber(f[8]) then return {'expired', f} end
@@ -128,7 +128,7 @@ if n > 0 then decisions = charge_each(ARGV[2] .. 'key:' .. f[1], tonumber(f[4]),
 return {'each', f, statuses, decisions}
 """
 RECORD_FIELDS = ("id", "key_hash", "prefix", "rate_limit", "name", "scopes", "allowed_models", "expires_at",
-                 "created_at")
+                 "created_at", "daily_token_limit")  # a key made before daily_token_limit existed has none (nil)
 
 # KEYS[1] = ns:rl:<bucket>; ARGV = limit, cost, now|''
 CHARGE = _WINDOW_LUA + """
@@ -174,6 +174,7 @@ def _record(f: dict[str, str]) -> KeyRecord:
         scopes=tuple(s for s in f.get("scopes", "").split(",") if s),
         allowed_models=tuple(json.loads(f["allowed_models"])) if f.get("allowed_models") else None,
         expires_at=_opt_float(f.get("expires_at")), created_at=float(f.get("created_at") or 0),
+        daily_token_limit=int(f["daily_token_limit"]) if f.get("daily_token_limit") else None,
     )
 
 
@@ -184,6 +185,7 @@ def _fields(record: KeyRecord) -> dict[str, str]:
         "allowed_models": json.dumps(list(record.allowed_models)) if record.allowed_models else "",
         "expires_at": "" if record.expires_at is None else repr(record.expires_at),
         "created_at": repr(record.created_at),
+        "daily_token_limit": "" if record.daily_token_limit is None else str(record.daily_token_limit),
     }
 
 
@@ -244,9 +246,10 @@ class RedisStore:
         scopes: tuple[str, ...] = ALL_SCOPES,
         allowed_models: tuple[str, ...] | None = None,
         expires_at: float | None = None,
+        daily_token_limit: int | None = None,
     ) -> tuple[str, KeyRecord]:
         secret, record = mint_key(rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
-                                  expires_at=expires_at)
+                                  expires_at=expires_at, daily_token_limit=daily_token_limit)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.key("key", record.key_hash), mapping=_fields(record))
         pipe.hset(self.key("keys"), record.id, record.key_hash)
@@ -410,6 +413,11 @@ class RedisStore:
                 setattr(counts, field_name, int(value))
         return UsageReport(key_id=key_id, totals=totals, days=dict(sorted(days.items())),
                            last_used_at=_opt_float(raw.get("last_used_at")))
+
+    async def day_tokens(self, key_id: str, day: str) -> int:
+        prompt, completion = await self._call(self.redis.hmget(self.key("usage", key_id), f"{day}:prompt_tokens",
+                                                               f"{day}:completion_tokens"))
+        return int(prompt or 0) + int(completion or 0)
 
     async def ping(self) -> None:
         await self._call(self.redis.ping())

@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     allowed_models TEXT,
     expires_at REAL,
     created_at REAL NOT NULL,
-    last_used_at REAL
+    last_used_at REAL,
+    daily_token_limit INTEGER
 );
 CREATE TABLE IF NOT EXISTS rate_windows (
     bucket TEXT PRIMARY KEY,
@@ -76,7 +77,10 @@ CREATE TABLE IF NOT EXISTS usage_daily (
 ) WITHOUT ROWID;
 """
 
-_KEY_COLUMNS = "id, key_hash, prefix, name, rate_limit, scopes, allowed_models, expires_at, created_at, last_used_at"
+_KEY_COLUMNS = ("id, key_hash, prefix, name, rate_limit, scopes, allowed_models, expires_at, created_at, last_used_at, "
+                "daily_token_limit")
+# Columns added after a release: a file made before them gets them when it is opened.
+_ADDED_COLUMNS = {"daily_token_limit": "INTEGER"}
 
 
 def sqlite_path(url: str) -> Path:
@@ -92,6 +96,19 @@ def _connect(path: Path, synchronous: str, schema: str = "") -> sqlite3.Connecti
     return db
 
 
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Bring a keys table made by an earlier release up to date (the workers of one API may race to
+    do it: the loser finds the column there)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
+    for name, kind in _ADDED_COLUMNS.items():
+        if name not in have:
+            try:
+                db.execute(f"ALTER TABLE api_keys ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as e:
+                if "duplicate column" not in str(e):
+                    raise
+
+
 @lru_cache(maxsize=4096)
 def _record(row: tuple) -> KeyRecord:
     """Rows are re-read on every request (so changes show at once); only the decoding is memoised."""
@@ -99,7 +116,7 @@ def _record(row: tuple) -> KeyRecord:
         id=row[0], key_hash=row[1], prefix=row[2], name=row[3], rate_limit=row[4],
         scopes=tuple(json.loads(row[5])),
         allowed_models=tuple(json.loads(row[6])) if row[6] else None,
-        expires_at=row[7], created_at=row[8], last_used_at=row[9],
+        expires_at=row[7], created_at=row[8], last_used_at=row[9], daily_token_limit=row[10],
     )
 
 
@@ -152,6 +169,7 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _errors():
             self.admin = _connect(self.path, "FULL", SCHEMA)
+            _add_columns(self.admin)
             self.db = _connect(self.path, "NORMAL")
         self._waiting: list[Waiter] = []
 
@@ -168,16 +186,17 @@ class SQLiteStore:
         scopes: tuple[str, ...] = ALL_SCOPES,
         allowed_models: tuple[str, ...] | None = None,
         expires_at: float | None = None,
+        daily_token_limit: int | None = None,
     ) -> tuple[str, KeyRecord]:
         secret, record = mint_key(rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
-                                  expires_at=expires_at)
+                                  expires_at=expires_at, daily_token_limit=daily_token_limit)
         with _errors():
             self.admin.execute(
-                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (record.id, record.key_hash, record.prefix, record.name, record.rate_limit,
                  json.dumps(list(record.scopes)),
                  json.dumps(list(record.allowed_models)) if record.allowed_models else None,
-                 record.expires_at, record.created_at, None),
+                 record.expires_at, record.created_at, None, record.daily_token_limit),
             )
         return secret, record
 
@@ -201,9 +220,11 @@ class SQLiteStore:
                     return None
                 new = changes.apply(_record(row))
                 self.admin.execute(
-                    "UPDATE api_keys SET name=?, rate_limit=?, scopes=?, allowed_models=?, expires_at=? WHERE id=?",
+                    "UPDATE api_keys SET name=?, rate_limit=?, scopes=?, allowed_models=?, expires_at=?, "
+                    "daily_token_limit=? WHERE id=?",
                     (new.name, new.rate_limit, json.dumps(list(new.scopes)),
-                     json.dumps(list(new.allowed_models)) if new.allowed_models else None, new.expires_at, key_id),
+                     json.dumps(list(new.allowed_models)) if new.allowed_models else None, new.expires_at,
+                     new.daily_token_limit, key_id),
                 )
                 self.admin.execute("COMMIT")
             except BaseException:
@@ -348,6 +369,12 @@ class SQLiteStore:
         days = {r[0]: UsageCounts(*r[1:]) for r in rows}
         return UsageReport(key_id=key_id, totals=UsageCounts(*total_row), days=days,
                            last_used_at=last[0] if last else None)
+
+    async def day_tokens(self, key_id: str, day: str) -> int:
+        with _errors():
+            row = self.db.execute("SELECT prompt_tokens + completion_tokens FROM usage_daily WHERE key_id = ? AND day = ?",
+                                  (key_id, day)).fetchone()
+        return int(row[0]) if row else 0
 
     async def ping(self) -> None:
         with _errors():

@@ -68,6 +68,14 @@ class UsageRecorder:
         counts.completion_tokens += _tokens(completion_tokens)
         counts.errors += int(bool(error))
 
+    async def tokens_today(self, key_id: str) -> int:
+        """The key's prompt + completion tokens today (UTC): what every process flushed, and what this
+        one has not yet (another process's last ``flush_interval`` is not seen)."""
+        day = self._today(self.clock())
+        pending = self._pending.get((key_id, day))
+        mine = pending.prompt_tokens + pending.completion_tokens if pending is not None else 0
+        return await self.store.day_tokens(key_id, day) + mine
+
     def pending_for(self, key_id: str) -> dict[str, UsageCounts]:
         """This process's not-yet-flushed counts for a key, by day (merged into reports)."""
         return {day: c for (kid, day), c in self._pending.items() if kid == key_id}

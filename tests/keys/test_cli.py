@@ -35,8 +35,10 @@ async def test_admin_client_round_trip(api: ApiUnderTest) -> None:
     async with AdminClient(api.url, ADMIN) as admin:
         created = await admin.create_key(12, name="sdk", scopes=["chat"], expires_in_days=1)
         assert created.api_key.startswith("sn1-") and created.scopes == ["chat"] and created.expires_at
-        changed = await admin.modify_key(created.id, rate_limit=24, expires_at="never")
+        changed = await admin.modify_key(created.id, rate_limit=24, expires_at="never", daily_token_limit=500)
         assert changed.rate_limit == 24 and changed.expires_at is None and changed.name == "sdk"
+        assert changed.daily_token_limit == 500
+        assert (await admin.modify_key(created.id, daily_token_limit="none")).daily_token_limit is None
         assert created.id in {k.id for k in await admin.list_keys()}
         assert (await admin.usage(created.api_key)).totals.requests == 0
         assert (await admin.delete_key(created.id)).deleted
@@ -66,10 +68,13 @@ async def test_cli_create_list_modify_usage_delete(api: ApiUnderTest) -> None:
     assert any(created["id"] in r and " cli " in r and " 9 " in r for r in rows)
     assert created["api_key"] not in out
 
-    code, out, err = await sn1_keys(api, "modify", created["id"], "--rate-limit", "99", "--no-expiry")
-    assert code == 0 and " 99 " in out, err
+    code, out, err = await sn1_keys(api, "modify", created["id"], "--rate-limit", "99", "--no-expiry",
+                                    "--daily-tokens", "5000")
+    assert code == 0 and " 99 " in out and " 5000 " in out, err
     code, out, err = await sn1_keys(api, "usage", created["id"], "--days", "3")
-    assert code == 0 and "total" in out and "99/min" in out, err
+    assert code == 0 and "total" in out and "99/min, 5000 tokens/day (5000 left today)" in out, err
+    code, out, err = await sn1_keys(api, "--json", "modify", created["id"], "--no-daily-tokens")
+    assert code == 0 and json.loads(out)["daily_token_limit"] is None, err
     code, out, err = await sn1_keys(api, "--json", "delete", created["api_key"])
     assert code == 0 and json.loads(out)["deleted"] is True, err
 

@@ -152,6 +152,36 @@ async def test_usage_batches_add_up_by_day_and_in_total(store: Store) -> None:
     assert (await store.usage("ffffffffffffffff")).totals.requests == 0
 
 
+async def test_a_daily_token_limit_is_kept_changed_and_removed(store: Store) -> None:
+    secret, rec = await store.create_key(5, daily_token_limit=1000)
+    plain, _ = await store.create_key(5)
+    assert rec.daily_token_limit == 1000
+    assert (await store.get_key(hash_key(secret))).daily_token_limit == 1000
+    assert (await store.get_key(hash_key(plain))).daily_token_limit is None
+    assert (await store.authorize(hash_key(secret), scope="chat", now=T0)).record.daily_token_limit == 1000
+    assert [k.daily_token_limit for k in await store.list_keys()] == [1000, None]
+    renamed = await store.update_key(rec.id, KeyChanges(name="n"))
+    assert renamed.daily_token_limit == 1000, "a change of another field keeps the limit"
+    assert (await store.update_key(rec.id, KeyChanges(daily_token_limit=50))).daily_token_limit == 50
+    assert (await store.authorize(hash_key(secret), scope="chat", now=T0)).record.daily_token_limit == 50
+    assert (await store.update_key(rec.id, KeyChanges(clear_token_limit=True))).daily_token_limit is None
+    assert (await store.get_key_by_id(rec.id)).daily_token_limit is None
+
+
+async def test_day_tokens_counts_one_days_prompt_and_completion_tokens(store: Store) -> None:
+    _, rec = await store.create_key(5)
+    today, yesterday = usage_day(T0), usage_day(T0 - 86400)
+    assert await store.day_tokens(rec.id, today) == 0
+    await store.add_usage([
+        UsageDelta(rec.id, yesterday, UsageCounts(requests=1, prompt_tokens=100, completion_tokens=100), T0 - 86400),
+        UsageDelta(rec.id, today, UsageCounts(requests=2, prompt_tokens=7, completion_tokens=5), T0),
+    ])
+    await store.add_usage([UsageDelta(rec.id, today, UsageCounts(completion_tokens=3), T0)])
+    assert await store.day_tokens(rec.id, today) == 15
+    assert await store.day_tokens(rec.id, yesterday) == 200
+    assert await store.day_tokens("ffffffffffffffff", today) == 0
+
+
 async def test_deleting_a_key_drops_its_usage(store: Store) -> None:
     _, rec = await store.create_key(5)
     await store.add_usage([UsageDelta(rec.id, usage_day(T0), UsageCounts(requests=1), T0)])

@@ -1,0 +1,52 @@
+"""Keys stored by an earlier release work in this one: its keys keep working, and the columns
+added since are there (an operator's keys must survive an upgrade)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from shared.store.base import hash_key
+from shared.store.sqlite import SQLiteStore
+from tests.store.conftest import redis_test_store
+
+# api_keys as releases before daily_token_limit made it
+OLD_KEYS_TABLE = """
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, name TEXT,
+    rate_limit INTEGER NOT NULL, scopes TEXT NOT NULL, allowed_models TEXT, expires_at REAL,
+    created_at REAL NOT NULL, last_used_at REAL
+);
+"""
+
+
+async def test_a_key_file_from_before_the_daily_token_limit_opens_and_upgrades(tmp_path: Path) -> None:
+    path = tmp_path / "api.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_KEYS_TABLE)
+        db.execute("INSERT INTO api_keys VALUES ('00112233445566aa', ?, 'sn1-abcdef', 'old', 7, '[\"chat\"]', NULL, "
+                   "NULL, 1.0, NULL)", (hash_key("sn1-old-secret"),))
+    db.close()
+    store = SQLiteStore(path)
+    again = SQLiteStore(path)  # a second worker opening the upgraded file finds the column there
+    try:
+        old = await store.get_key(hash_key("sn1-old-secret"))
+        assert old is not None and (old.name, old.rate_limit, old.daily_token_limit) == ("old", 7, None)
+        assert (await store.authorize(hash_key("sn1-old-secret"), scope="chat")).status == "ok"
+        secret, new = await again.create_key(5, daily_token_limit=300)
+        assert (await store.get_key(hash_key(secret))).daily_token_limit == 300
+    finally:
+        await store.close()
+        await again.close()
+
+
+@pytest.mark.redis
+async def test_a_redis_key_from_before_the_daily_token_limit_still_works() -> None:
+    async with redis_test_store() as store:
+        secret, rec = await store.create_key(5)
+        await store.redis.hdel(store.key("key", rec.key_hash), "daily_token_limit")  # as an earlier release wrote it
+        auth = await store.authorize(hash_key(secret), scope="chat")
+        assert auth.status == "ok" and auth.record.daily_token_limit is None
+        assert (await store.get_key_by_id(rec.id)).daily_token_limit is None
