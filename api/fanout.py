@@ -62,8 +62,13 @@ async def _deliver_when_finished(ctx: ApiContext, race: Race, body: dict[str, An
 
 
 def deliver(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str) -> None:
-    """The settled race's payload to every sink."""
+    """The settled race's payload to every sink; none for a request every miner's model server
+    refused (the caller's 400: scored, it would be a zero for every miner that did nothing wrong,
+    and any key could send such requests to sink honest miners' scores)."""
     if not ctx.payload_sinks:
+        return
+    if race.refused():
+        logger.debug("rid={} not scored: every model server refused the request", race.request_id)
         return
     payload = race.payload()
     payload["body"] = body

@@ -272,9 +272,14 @@ async def test_a_request_every_model_server_refused_is_the_callers_400(
         tmp_path: Path, scripts: dict[int, str], status: int, code: str | None) -> None:
     make = {"refuse": refusing, "fail": lambda: Script([], status=500), "good": lambda: slow_good(0),
             "miner400": lambda: refusing(400, "MalformedAuth")}
+    payloads: list[dict] = []
     async with api_with_miners(tmp_path, {uid: make[kind]() for uid, kind in scripts.items()}) as api:
+        api.ctx.payload_sinks.append(payloads.append)
         for stream in (False, True):
             got, _, text = await post(api, {"messages": [USER], "uids": [1, 2], "stream": stream})
             assert got == status, (stream, text)
             if code:
                 assert json.loads(text)["error"]["code"] == code
+    # A request every model server refused is the caller's mistake: it is not scored (scored, it would be a
+    # zero for each miner, and any key could sink honest miners' scores so). Any other outcome is scored.
+    assert len(payloads) == (0 if code == "model_server_rejected" else 2)
