@@ -27,7 +27,7 @@ from api.completion import (
     response_usage,
 )
 from api.context import CTX
-from api.fanout import deadline_seconds, settle, start_race
+from api.fanout import deadline_seconds, settle, shortened, start_race
 from api.race import MinerRun, Race
 from api.selection import select_miners, top_miner
 from api.web_retrieval import Found
@@ -126,6 +126,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
     seed = req.seed if req.seed is not None else random.randrange(2**31)
     body = req.miner_body(seed=seed, sent=sent)
     seconds = deadline_seconds(ctx.settings, timeout=req.timeout, max_tokens=req.effective_max_tokens())
+    excuse = shortened(ctx.settings, timeout=req.timeout, max_tokens=req.effective_max_tokens())
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
     if session is not None:
         headers["x-sn1-session-id"] = session.id
@@ -133,7 +134,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         loop = asyncio.get_running_loop()
         stage_started = loop.time()
         try:
-            answers = await mixture.gather_answers(ctx, neurons, body, mixture.stage_one_seconds(seconds), rid)
+            answers = await mixture.gather_answers(ctx, neurons, body, mixture.stage_one_seconds(seconds), rid,
+                                                   excuse_timeouts=excuse)
         except ApiError as e:
             e.headers.update(headers)
             raise
@@ -141,7 +143,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         seconds = max(0.1, seconds - (loop.time() - stage_started))
         neurons = [top_miner(neurons)]
         headers["x-sn1-mixture-uids"] = ",".join(str(r.uid) for r in answers)
-    race = start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=rid)
+    race = start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse)
     outcome = "error"
     winner: MinerRun | None = None
     try:

@@ -31,6 +31,12 @@ def deadline_seconds(settings: ApiSettings, *, timeout: float | None, max_tokens
     return min(wanted, settings.max_request_timeout)
 
 
+def shortened(settings: ApiSettings, *, timeout: float | None, max_tokens: int | None) -> bool:
+    """The caller's ``timeout`` is shorter than the deadline the node would give the request: a miner
+    it cuts off is not scored for that (any key could otherwise zero honest miners with a short one)."""
+    return timeout is not None and timeout < deadline_seconds(settings, timeout=None, max_tokens=max_tokens)
+
+
 def request_id_from(headers: Any) -> str:
     rid = headers.get("x-request-id") or ""
     if not rid or len(rid) > 128 or not rid.isprintable() or not rid.isascii():
@@ -39,10 +45,12 @@ def request_id_from(headers: Any) -> str:
 
 
 def start_race(
-    ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, *, stream: bool, request_id: str
+    ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, *, stream: bool, request_id: str,
+    excuse_timeouts: bool = False,
 ) -> Race:
     deadline = asyncio.get_running_loop().time() + seconds
-    race = Race(ctx.client, neurons, dumpb(body), deadline, stream=stream, request_id=request_id)
+    race = Race(ctx.client, neurons, dumpb(body), deadline, stream=stream, request_id=request_id,
+                excuse_timeouts=excuse_timeouts)
     race.start()
     return race
 
@@ -71,6 +79,9 @@ def deliver(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str) -> 
         logger.debug("rid={} not scored: every model server refused the request", race.request_id)
         return
     payload = race.payload()
+    if not payload["uids"]:
+        logger.debug("rid={} not scored: the caller's deadline cut off every miner", race.request_id)
+        return
     payload["body"] = body
     payload["kind"] = kind
     payload["request_id"] = race.request_id

@@ -140,8 +140,12 @@ class Race:
         *,
         stream: bool,
         request_id: str | None = None,
+        excuse_timeouts: bool = False,
     ) -> None:
         self.client = client
+        # The deadline is shorter than the node would give (a caller's ``timeout``, what a failover
+        # had left): a miner that ran out of it is not at fault, so it is left out of the payload.
+        self.excuse_timeouts = excuse_timeouts
         self.runs = [MinerRun(n) for n in neurons]
         self.body = body
         self.deadline = deadline
@@ -252,12 +256,14 @@ class Race:
                 t.cancel()
 
     def payload(self) -> dict[str, Any]:
-        """The organic-scoring record: each uid's own chunks and timings, and its error."""
+        """The organic-scoring record: each uid's own chunks and timings, and its error (without the
+        runs a shortened deadline cut off: see ``excuse_timeouts``)."""
+        runs = [r for r in self.runs if not (self.excuse_timeouts and r.error_kind == "timeout")]
         return {
-            "uids": [r.uid for r in self.runs],
-            "chunks": {str(r.uid): r.event_texts() for r in self.runs},
-            "timings": {str(r.uid): list(r.timings) for r in self.runs},
-            "errors": {str(r.uid): r.error for r in self.runs if r.error},
+            "uids": [r.uid for r in runs],
+            "chunks": {str(r.uid): r.event_texts() for r in runs},
+            "timings": {str(r.uid): list(r.timings) for r in runs},
+            "errors": {str(r.uid): r.error for r in runs if r.error},
             "winner": self.winning_run.uid if self.winning_run else None,
             "created_at": time.time(),
         }

@@ -139,7 +139,9 @@ async def failover_race(
         if neuron is not None and remaining > 0.05:
             headers["x-sn1-session-moved-from"] = str(session.uid)
             settle(ctx, race, body, kind="session")  # the failed attempt is scored too
-            retry = start_race(ctx, [neuron], body, remaining, stream=stream, request_id=request_id)
+            # the replacement has only what the failed miner left of the deadline: not its fault if short
+            retry = start_race(ctx, [neuron], body, remaining, stream=stream, request_id=request_id,
+                               excuse_timeouts=True)
             return retry, await retry.winner()
     raise ApiError(502, f"Session {session.id}: the pinned miner uid {session.uid} failed: {failed.error}",
                    code="session_miner_failed", headers=dict(headers))

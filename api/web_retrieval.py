@@ -32,6 +32,7 @@ TASK = "WebRetrievalTask"
 MAX_URL = 2048
 MAX_CONTENT = 20_000
 MAX_QUERY = 2000
+DEFAULT_RESPONSE_TIME = 10.0  # seconds the miners get when the caller names none (max_response_time)
 
 
 class WebRetrievalRequest(BaseModel):
@@ -39,7 +40,7 @@ class WebRetrievalRequest(BaseModel):
     search_query: str = Field(min_length=1, max_length=MAX_QUERY)
     n_miners: int | None = Field(default=None, ge=1, le=64)
     n_results: int = Field(default=5, ge=1, le=100)
-    max_response_time: float = Field(default=10.0, ge=MIN_TIMEOUT, le=120)
+    max_response_time: float = Field(default=DEFAULT_RESPONSE_TIME, ge=MIN_TIMEOUT, le=120)
     uids: list[int] | None = Field(default=None, max_length=64, description="Deprecated: prefer n_miners")
 
     @field_validator("search_query")
@@ -165,7 +166,8 @@ async def search(ctx: ApiContext, query: str, *, n_results: int, timeout: float,
     body = {"task": TASK, "messages": [{"role": "user", "content": query}],
             "target_results": n_results, "timeout": timeout, "stream": True,
             "seed": random.randrange(2**31)}
-    race = start_race(ctx, neurons, body, timeout, stream=False, request_id=request_id)
+    race = start_race(ctx, neurons, body, timeout, stream=False, request_id=request_id,
+                      excuse_timeouts=timeout < DEFAULT_RESPONSE_TIME)  # a caller's shorter time cuts miners off
     await race.finish()
     settle(ctx, race, body, kind="web_retrieval")
     per_miner = [parse_results(r.text) for r in race.runs if r.error is None]

@@ -19,12 +19,12 @@ from typing import Any
 
 from api.context import ApiContext
 from api.responses_render import new_id
-from api.web_retrieval import MAX_QUERY, Found, search
+from api.web_retrieval import DEFAULT_RESPONSE_TIME, MAX_QUERY, Found, search
 from shared.protocol import MIN_TIMEOUT
 
 RESULTS_FOR = {"low": 3, "medium": 5, "high": 8}  # search_context_size -> results given to the answer
 EXCERPT = {"low": 500, "medium": 1200, "high": 3000}  # characters of each result's content
-SEARCH_TIMEOUT_S = 10.0  # at most; a request's own shorter timeout gives the search half of it
+SEARCH_TIMEOUT_S = DEFAULT_RESPONSE_TIME  # at most; a request's own shorter timeout gives the search half of it
 # A source named by its number in the results message ("[2]"); not a markdown link's label
 # ("[2](https://...)"), whose URL is found as written.
 REFERENCE = re.compile(r"\[(\d{1,2})\](?!\()")

@@ -283,3 +283,46 @@ async def test_a_request_every_model_server_refused_is_the_callers_400(
     # A request every model server refused is the caller's mistake: it is not scored (scored, it would be a
     # zero for each miner, and any key could sink honest miners' scores so). Any other outcome is scored.
     assert len(payloads) == (0 if code == "model_server_rejected" else 2)
+
+
+@pytest.mark.parametrize(("timeout", "scored"), [(None, [1, 2]), (0.6, [1])], ids=["node-deadline", "callers-shorter"])
+async def test_a_miner_cut_off_by_a_callers_shorter_timeout_is_not_scored(
+        tmp_path: Path, timeout: float | None, scored: list[int]) -> None:
+    """A miner that runs out of the node's own deadline is scored (its error, a zero); one that runs out of
+    a caller's shorter ``timeout`` is left out: any key could otherwise zero honest miners with a short one."""
+    payloads: list[dict] = []
+    scripts = {1: slow_good(0), 2: slow_good(1.5)}
+    async with api_with_miners(tmp_path, scripts, request_timeout=1.0) as api:
+        api.ctx.payload_sinks.append(payloads.append)
+        body = {"messages": [USER], "uids": [1, 2]} | ({"timeout": timeout} if timeout else {})
+        status, _, _ = await post(api, body)
+        assert status == 200
+        for _ in range(150):  # the slow miner ends at the deadline, then the race settles
+            if payloads:
+                break
+            await asyncio.sleep(0.02)
+    (payload,) = payloads
+    assert sorted(payload["uids"]) == scored
+    assert ("2" in payload["errors"]) == (2 in scored), "the cut-off miner's error goes only where it is scored"
+
+
+async def test_a_race_the_callers_timeout_cut_off_entirely_is_not_scored(tmp_path: Path) -> None:
+    payloads: list[dict] = []
+    async with api_with_miners(tmp_path, {1: slow_good(1.5)}, request_timeout=1.0) as api:
+        api.ctx.payload_sinks.append(payloads.append)
+        status, _, text = await post(api, {"messages": [USER], "uids": [1], "timeout": 0.6})
+        assert status == 504, text
+        await asyncio.sleep(0.2)
+    assert payloads == []
+
+
+async def test_a_retrieval_miner_cut_off_by_a_callers_shorter_time_is_not_scored(tmp_path: Path) -> None:
+    payloads: list[dict] = []
+    async with api_with_miners(tmp_path, {1: slow_good(0), 2: slow_good(1.5)}) as api:
+        api.ctx.payload_sinks.append(payloads.append)
+        status, _, _ = await post(api, {"search_query": "rivers", "uids": [1, 2], "max_response_time": 0.6},
+                                  path="/web_retrieval")
+        assert status in (200, 502)  # a scripted chat answer is no result list: either way, not the point here
+        await asyncio.sleep(0.1)
+    (payload,) = payloads
+    assert payload["uids"] == [1], "the miner that ran out of the caller's 0.6 s is left out"
