@@ -115,6 +115,22 @@ async def modify_api_key(request: web.Request) -> web.Response:
     return _dump(KeyOut.of(new))
 
 
+async def rotate_api_key(request: web.Request) -> web.Response:
+    """A new secret for the key, shown once; the old one stops working at once. Its id, settings,
+    usage history and rate-limit window stay: a leaked key is replaced without losing them."""
+    store = await _admin(request)
+    record = await _resolve(store, request.match_info["api_key"])
+    try:
+        rotated = await store.rotate_key(record.id)
+    except StoreUnavailable:
+        raise store_unavailable() from None
+    if rotated is None:
+        raise ApiError(404, "No such API key.", code="api_key_not_found", param="api_key")
+    secret, new = rotated
+    logger.info("api key rotated id={}", new.id)
+    return json_response({"message": "API key rotated", "api_key": secret, **KeyOut.of(new).model_dump(mode="json")})
+
+
 async def delete_api_key(request: web.Request) -> web.Response:
     store = await _admin(request)
     record = await _resolve(store, request.match_info["api_key"])

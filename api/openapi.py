@@ -27,7 +27,15 @@ from api.sessions import OpenSessionRequest
 from api.web_retrieval import WebResult, WebRetrievalRequest
 from shared.errors import ApiError
 from shared.http import json_response
-from shared.keys_wire import CreatedKeyOut, DeletedKeyOut, KeyListOut, KeyOut, KeyParams, UsageOut
+from shared.keys_wire import (
+    CreatedKeyOut,
+    DeletedKeyOut,
+    KeyListOut,
+    KeyOut,
+    KeyParams,
+    RotatedKeyOut,
+    UsageOut,
+)
 from shared.protocol import AvailabilityResponse, ChatCompletionRequest, Usage
 
 OPENAPI_VERSION = "3.1.0"
@@ -236,6 +244,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("PUT", "/api_management/modify-api-key/{api_key}"): Operation(
         "Modify an API key (by secret or id)", "admin", "admin", body=KeyParams, body_required=False,
         query=KeyParams, response=KeyOut),
+    ("POST", "/api_management/rotate-api-key/{api_key}"): Operation(
+        "Rotate an API key (by secret or id): a new secret, shown once; the old one stops working at once; "
+        "the id, settings, usage and rate-limit window stay", "admin", "admin", response=RotatedKeyOut),
     ("DELETE", "/api_management/delete-api-key/{api_key}"): Operation(
         "Delete an API key (by secret or id)", "admin", "admin", response=DeletedKeyOut),
     ("GET", "/api_management/api-keys"): Operation("List API keys with usage totals", "admin", "admin",

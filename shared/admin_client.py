@@ -20,7 +20,15 @@ import aiohttp
 from pydantic import BaseModel, ValidationError
 
 from shared.errors import first_problem
-from shared.keys_wire import CreatedKeyOut, DeletedKeyOut, KeyListOut, KeyOut, KeyParams, UsageOut
+from shared.keys_wire import (
+    CreatedKeyOut,
+    DeletedKeyOut,
+    KeyListOut,
+    KeyOut,
+    KeyParams,
+    RotatedKeyOut,
+    UsageOut,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -88,6 +96,10 @@ class AdminClient:
         body = key_params(rate_limit=rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
                           expires_at=expires_at, expires_in_days=expires_in_days, daily_token_limit=daily_token_limit)
         return await self._request("PUT", f"/api_management/modify-api-key/{key}", KeyOut, json=body)
+
+    async def rotate_key(self, key: str) -> RotatedKeyOut:
+        """A new secret for the key (``.api_key``, shown once); the old one stops working at once."""
+        return await self._request("POST", f"/api_management/rotate-api-key/{key}", RotatedKeyOut)
 
     async def delete_key(self, key: str) -> DeletedKeyOut:
         return await self._request("DELETE", f"/api_management/delete-api-key/{key}", DeletedKeyOut)

@@ -53,6 +53,8 @@ def add_keys_arguments(p: argparse.ArgumentParser) -> None:
     modify = sub.add_parser("modify", help="change a key's limit, name, scopes, models or expiry")
     modify.add_argument("key", help="the key's id or secret")
     _key_fields(modify, create=False)
+    sub.add_parser("rotate", help="give a key a new secret (printed once; the old one stops working), keeping its "
+                                  "id, settings and usage").add_argument("key", help="the key's id or secret")
     sub.add_parser("delete", help="delete a key").add_argument("key", help="the key's id or secret")
     usage = sub.add_parser("usage", help="a key's usage, totals and per day")
     usage.add_argument("key", help="the key's id or secret")
@@ -91,6 +93,12 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
                                 "or an expiry")
         key = await admin.modify_key(args.key, **fields)
         return key.model_dump_json(indent=2) if args.json else table([_key_row(key)], KEY_HEADERS)
+    if args.action == "rotate":
+        rotated = await admin.rotate_key(args.key)
+        if args.json:
+            return rotated.model_dump_json(indent=2)
+        return (f"API key rotated (the new secret, shown once; the old one no longer works):\n  {rotated.api_key}\n\n"
+                + table([_key_row(rotated)], KEY_HEADERS))
     if args.action == "delete":
         deleted = await admin.delete_key(args.key)
         return deleted.model_dump_json(indent=2) if args.json else f"deleted key {deleted.id}"

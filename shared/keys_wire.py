@@ -151,6 +151,11 @@ class CreatedKeyOut(KeyOut):
     api_key: str
 
 
+class RotatedKeyOut(KeyOut):
+    message: str = "API key rotated"
+    api_key: str
+
+
 class KeyListOut(BaseModel):
     object: Literal["list"] = "list"
     data: list[KeyOut]

@@ -74,6 +74,12 @@ class KeyRecord:
         return self.expires_at is not None and now >= self.expires_at
 
 
+def new_secret(record: KeyRecord) -> tuple[str, KeyRecord]:
+    """A fresh secret for ``record``, and the record with its hash and display prefix."""
+    secret = new_api_key()
+    return secret, replace(record, key_hash=hash_key(secret), prefix=display_prefix(secret))
+
+
 def mint_key(
     rate_limit: int, *, name: str | None, scopes: tuple[str, ...], allowed_models: tuple[str, ...] | None,
     expires_at: float | None, daily_token_limit: int | None = None,
@@ -239,6 +245,11 @@ class Store(Protocol):
 
     async def update_key(self, key_id: str, changes: KeyChanges) -> KeyRecord | None:
         """Apply ``changes``; None if the key does not exist (a deleted key is never recreated)."""
+        ...
+
+    async def rotate_key(self, key_id: str) -> tuple[str, KeyRecord] | None:
+        """A new secret for the key (the old one stops working at once); its id, settings, usage and
+        rate-limit window stay. None if the key does not exist."""
         ...
 
     async def delete_key(self, key_id: str) -> bool: ...

@@ -39,6 +39,7 @@ from shared.store.base import (
     UsageReport,
     Waiter,
     mint_key,
+    new_secret,
 )
 
 MAX_CONNECTIONS = 64  # per process
@@ -142,6 +143,17 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
+# KEYS[1] = ns:key:<old hash>, KEYS[2] = ns:key:<new hash>, KEYS[3] = ns:keys; ARGV = id, new hash, new prefix.
+# The record moves to its new name in one step: no moment where both secrets, or neither, work.
+ROTATE = """
+if redis.call('HGET', KEYS[3], ARGV[1]) == false then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[2], 'key_hash', ARGV[2], 'prefix', ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+return 1
+"""
+
 # KEYS[1] = ns:usage:<id>, KEYS[2] = ns:keys; ARGV = id, day, last_used_at, counts in USAGE_FIELDS order
 ADD_USAGE = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
@@ -212,6 +224,7 @@ class RedisStore:
         self._authorize = client.register_script(AUTHORIZE)
         self._charge = client.register_script(CHARGE)
         self._update = client.register_script(UPDATE)
+        self._rotate = client.register_script(ROTATE)
         self._add_usage = client.register_script(ADD_USAGE)
         self._gathering: list[Waiter] | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -276,6 +289,15 @@ class RedisStore:
         flat = [x for kv in _fields(new).items() for x in kv]
         ok = await self._call(self._update(keys=[self.key("key", new.key_hash)], args=flat))
         return new if ok else None
+
+    async def rotate_key(self, key_id: str) -> tuple[str, KeyRecord] | None:
+        current = await self.get_key_by_id(key_id)
+        if current is None:
+            return None
+        secret, new = new_secret(current)
+        keys = [self.key("key", current.key_hash), self.key("key", new.key_hash), self.key("keys")]
+        ok = await self._call(self._rotate(keys=keys, args=[key_id, new.key_hash, new.prefix]))
+        return (secret, new) if ok else None
 
     async def delete_key(self, key_id: str) -> bool:
         key_hash = await self._call(self.redis.hget(self.key("keys"), key_id))

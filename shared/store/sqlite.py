@@ -41,6 +41,7 @@ from shared.store.base import (
     Waiter,
     check_key,
     mint_key,
+    new_secret,
     now_or_clock,
 )
 from shared.store.sqlite_tables import open_db
@@ -232,6 +233,16 @@ class SQLiteStore:
                     self.admin.execute("ROLLBACK")
                 raise
         return new
+
+    async def rotate_key(self, key_id: str) -> tuple[str, KeyRecord] | None:
+        with _errors():
+            row = self.admin.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            if row is None:
+                return None
+            secret, new = new_secret(_record(row))
+            cur = self.admin.execute("UPDATE api_keys SET key_hash = ?, prefix = ? WHERE id = ?",
+                                     (new.key_hash, new.prefix, key_id))
+        return (secret, new) if cur.rowcount else None
 
     async def delete_key(self, key_id: str) -> bool:
         with _errors():

@@ -97,8 +97,9 @@ def routes(server: Running) -> list[tuple[str, str]]:
 
 def fill(template: str, value: str, *, quote: bool, server: Running | None = None, method: str = "GET") -> str:
     if server is not None and value in ("@key", "@id"):
-        # Never DELETE the key the fuzz authenticates with.
-        value = "sn1-not-our-key" if method == "DELETE" else (server.key if value == "@key" else key_id(server))
+        # Never delete or rotate the key the fuzz authenticates with.
+        ours = method != "DELETE" and "rotate-api-key" not in template
+        value = (server.key if value == "@key" else key_id(server)) if ours else "sn1-not-our-key"
     encoded = urllib.parse.quote(value, safe="" if quote else "/%.") if value else "x"
     return re.sub(r"\{[^}]+\}", lambda _: encoded, template)
 

@@ -35,6 +35,33 @@ async def test_subnet_doc_flow_create_modify_delete(api: ApiUnderTest, http: aio
     assert_error(status, body, 404, "api_key_not_found")
 
 
+async def test_rotate_gives_a_new_secret_and_the_old_one_stops_working(
+    api: ApiUnderTest, http: aiohttp.ClientSession, logs: list[str]
+) -> None:
+    created = await create_key(http, api.url, "rate_limit=3&name=leaky")
+    old = created["api_key"]
+    assert (await call(http, "GET", f"{api.url}/v1/usage", headers={"api-key": old}))[0] == 200
+    status, _, rotated = await call(http, "POST", f"{api.url}/api_management/rotate-api-key/{old}", headers=AK)
+    assert status == 200 and rotated["message"] == "API key rotated"
+    new = rotated["api_key"]
+    assert new.startswith("sn1-") and new != old and rotated["prefix"] == new[:10]
+    assert (rotated["id"], rotated["name"], rotated["rate_limit"]) == (created["id"], "leaky", 3)
+    status, _, body = await call(http, "GET", f"{api.url}/v1/usage", headers={"api-key": old})
+    assert_error(status, body, 401, "invalid_api_key")
+    status, headers, usage = await call(http, "GET", f"{api.url}/v1/usage", headers={"api-key": new})
+    assert status == 200 and usage["key_id"] == created["id"] and usage["totals"]["requests"] >= 1, "history kept"
+    assert headers["x-ratelimit-remaining-requests"] == "1", "the same window: one request each way before"
+    # by id too; the old secret now names no key
+    status, _, again = await call(http, "POST", f"{api.url}/api_management/rotate-api-key/{created['id']}", headers=AK)
+    assert status == 200 and again["api_key"] not in (old, new)
+    status, _, body = await call(http, "POST", f"{api.url}/api_management/rotate-api-key/{old}", headers=AK)
+    assert_error(status, body, 404, "api_key_not_found")
+    status, _, body = await call(http, "POST", f"{api.url}/api_management/rotate-api-key/{created['id']}")
+    assert_error(status, body, 401, "invalid_admin_key")
+    assert not any(secret in line for line in logs for secret in (old, new, again["api_key"]))
+    assert any(f"api key rotated id={created['id']}" in line for line in logs)
+
+
 async def test_create_with_json_body_and_manage_by_id(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
     created = await create_key(http, api.url, "", json={
         "rate_limit": 30, "name": "team-a", "scopes": ["chat", "availability"], "allowed_models": ["m1", "m2"],

@@ -41,6 +41,9 @@ async def test_admin_client_round_trip(api: ApiUnderTest) -> None:
         assert (await admin.modify_key(created.id, daily_token_limit="none")).daily_token_limit is None
         assert created.id in {k.id for k in await admin.list_keys()}
         assert (await admin.usage(created.api_key)).totals.requests == 0
+        rotated = await admin.rotate_key(created.api_key)
+        assert rotated.id == created.id and rotated.api_key != created.api_key
+        assert (await admin.usage(rotated.api_key)).key_id == created.id
         assert (await admin.delete_key(created.id)).deleted
         with pytest.raises(AdminError) as e:
             await admin.delete_key(created.id)
@@ -75,7 +78,10 @@ async def test_cli_create_list_modify_usage_delete(api: ApiUnderTest) -> None:
     assert code == 0 and "total" in out and "99/min, 5000 tokens/day (5000 left today)" in out, err
     code, out, err = await sn1_keys(api, "--json", "modify", created["id"], "--no-daily-tokens")
     assert code == 0 and json.loads(out)["daily_token_limit"] is None, err
-    code, out, err = await sn1_keys(api, "--json", "delete", created["api_key"])
+    code, out, err = await sn1_keys(api, "rotate", created["id"])
+    assert code == 0 and "API key rotated" in out and created["api_key"] not in out, err
+    (secret,) = [w for w in out.split() if w.startswith("sn1-") and len(w) > 40]
+    code, out, err = await sn1_keys(api, "--json", "delete", secret)
     assert code == 0 and json.loads(out)["deleted"] is True, err
 
 

@@ -210,3 +210,24 @@ async def test_a_clock_slightly_behind_still_counts(store: Store) -> None:
     assert (await store.authorize(h, scope=None, now=T0 + 5.2)).decision.allowed
     assert (await store.authorize(h, scope=None, now=T0 + 3.9)).decision.allowed
     assert not (await store.authorize(h, scope=None, now=T0 + 4.5)).decision.allowed
+
+
+async def test_rotating_a_key_replaces_its_secret_and_keeps_everything_else(store: Store) -> None:
+    now = time.time()  # not T0: the store drops rate windows a minute stale by the real clock
+    old, rec = await store.create_key(2, name="team", scopes=("chat",), daily_token_limit=99)
+    assert (await store.authorize(hash_key(old), scope="chat", now=now)).decision.remaining == 1
+    await store.add_usage([UsageDelta(rec.id, usage_day(now), UsageCounts(requests=1, prompt_tokens=5), now)])
+    rotated = await store.rotate_key(rec.id)
+    assert rotated is not None
+    new, after = rotated
+    assert new != old and new.startswith("sn1-") and after.prefix == new[:10] and after.key_hash == hash_key(new)
+    assert (await store.authorize(hash_key(old), scope="chat", now=now)).status == "unknown", "the old secret is dead"
+    got = await store.authorize(hash_key(new), scope="chat", now=now)
+    assert got.status == "ok" and got.record.id == rec.id
+    assert (got.record.name, got.record.scopes, got.record.daily_token_limit) == ("team", ("chat",), 99)
+    assert got.decision.remaining == 0, "the rate-limit window carries over (it is the key's, not the secret's)"
+    assert (await store.usage(rec.id)).totals.prompt_tokens == 5
+    assert [k.prefix for k in await store.list_keys()] == [after.prefix]
+    assert (await store.get_key_by_id(rec.id)).key_hash == hash_key(new)
+    assert await store.rotate_key("ffffffffffffffff") is None
+    assert await store.delete_key(rec.id) and await store.rotate_key(rec.id) is None
