@@ -29,6 +29,7 @@ from api.completion import (
 from api.context import CTX
 from api.fanout import deadline_seconds, settle, shortened, start_race
 from api.race import MinerRun, Race
+from api.route_hints import require
 from api.selection import select_miners, top_miner
 from api.web_retrieval import Found
 from api.web_search import chat_citations, search_into
@@ -66,6 +67,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage)
     sent = await read_json(request)
+    require(sent, "messages")
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)
     many = (req.n or 1) > 1
     if req.web_search_options is None and not many:

@@ -25,6 +25,7 @@ from api.completion import logprob_tokens
 from api.completions_wire import CompletionRequest
 from api.context import CTX
 from api.race import MinerRun
+from api.route_hints import require
 from shared.http import json_response, parse_model, read_json
 from shared.ids import random_hex
 from shared.jsonutil import dumps, loads
@@ -44,7 +45,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage)
-    wanted: CompletionRequest = parse_model(CompletionRequest, await read_json(request))
+    sent = await read_json(request)
+    require(sent, "prompt")
+    wanted: CompletionRequest = parse_model(CompletionRequest, sent)
     bodies = [chat_body(wanted, prompt) for prompt in wanted.prompts]
     reqs: list[ChatCompletionRequest] = [parse_model(ChatCompletionRequest, b) for b in bodies]
     picks = plan_choices(ctx, key, reqs[0], count=len(reqs) * wanted.n)  # every refusal before any miner is asked

@@ -22,6 +22,7 @@ from api.race import MinerRun, Race
 from api.responses_render import ResponseStream, complete_output, finished, new_id, skeleton
 from api.responses_translate import chat_body, search_tool
 from api.responses_wire import ResponsesRequest
+from api.route_hints import require
 from api.web_retrieval import Found
 from api.web_search import SOURCES, citations, search_call_item, search_into
 from shared.errors import ApiError
@@ -37,6 +38,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage)
     sent = await read_json(request)
+    require(sent, "input")
     wanted: ResponsesRequest = parse_model(ResponsesRequest, sent)
     body = chat_body(wanted)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)

@@ -155,3 +155,18 @@ async def test_the_miners_get_a_chat_request_with_the_sampling_asked_for(tmp_pat
         "temperature": 0.3, "stop": ["\n"], "max_tokens": 7, "seed": 11, "user": "u1",
         "sampling_parameters": {"top_k": 5}}
     assert "prompt" not in body and "uids" not in body
+
+
+@pytest.mark.parametrize(("path", "body", "param", "says"), [
+    ("/v1/completions", {"messages": [{"role": "user", "content": "hi"}]}, "prompt", "/v1/chat/completions"),
+    ("/v1/chat/completions", {"prompt": "hi"}, "messages", "/v1/completions"),
+    ("/v1/chat/completions", {"input": "hi"}, "messages", "/v1/responses"),
+    ("/v1/responses", {"messages": [{"role": "user", "content": "hi"}]}, "input", "/v1/chat/completions"),
+    ("/v1/responses", {"prompt": {"id": "pmpt_1"}}, "input", "Field required"),  # the Responses API's own prompt
+])
+async def test_a_body_for_another_route_is_told_where_it_goes(tmp_path: Path, path: str, body: dict, param: str,
+                                                              says: str) -> None:
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        status, _, text = await post(api, {"model": "default", **body}, path=path)
+    error = json.loads(text)["error"]
+    assert status == 400 and error["param"] == param and says in error["message"], error
