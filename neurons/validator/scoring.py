@@ -44,6 +44,7 @@ class Answer:
     text: str = ""
     first_content_s: float | None = None
     error: str | None = None
+    tool_calls: bool = False  # the answer calls tools (with or without text)
 
 
 def rebuild_answer(chunks: list[str], timings: list[float], error: str | None) -> Answer:
@@ -59,6 +60,8 @@ def rebuild_answer(chunks: list[str], timings: list[float], error: str | None) -
                 first = timings[i] if i < len(timings) else None
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as e:
         return Answer(error=f"malformed chunk: {type(e).__name__}")
+    if run.tool_calls:
+        return Answer(text=run.text, first_content_s=first, tool_calls=True)
     if not run.text.strip():
         return Answer(error="empty answer")
     return Answer(text=run.text, first_content_s=first)
@@ -83,12 +86,14 @@ class Scorer:
                    for uid in job.bodies}
         copied: set[int] = set()
         if task.seed_dependent:
-            copied = copied_uids({u: a.text for u, a in answers.items() if a.error is None},
+            copied = copied_uids({u: a.text for u, a in answers.items() if a.error is None and not a.tool_calls},
                                  {u: b.get("seed") for u, b in job.bodies.items()})
         out: dict[int, float] = {}
         for uid, answer in answers.items():
-            if answer.error is not None or uid in copied:
-                out[uid] = 0.0
+            if answer.tool_calls and job.bodies[uid].get("tools"):
+                continue  # a call of a tool it was offered: no reward compares tool calls, and it is no fault
+            if answer.error is not None or uid in copied or answer.tool_calls or not answer.text.strip():
+                out[uid] = 0.0  # an error, a copy, or tools called that were never offered
                 continue
             reward = await task.reward(job.bodies[uid], answer.text, job.expected, self.ctx)
             if reward is None:
