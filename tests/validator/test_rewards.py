@@ -107,6 +107,26 @@ def test_web_reward() -> None:
     assert web_reward(json.dumps(wrong_page), query, CORPUS, doc.url) < 0.3
 
 
+def test_organic_web_answers_are_judged_on_the_pages_the_validator_holds() -> None:
+    """A caller's query finds pages the validator's corpus lacks: they are left out, not zeros (every
+    honest miner scored 0 on organic web traffic); with none it can check, the answer is not scored."""
+    doc = CORPUS.documents[0]
+    query = doc.title.split(" (")[0] + " " + doc.facts[3].answer
+    good = {"url": doc.url, "content": doc.content, "relevant": doc.facts[3].evidence}
+    outside = {"url": "https://en.wikipedia.org/wiki/Danube", "content": "The Danube is a river in Europe.",
+               "relevant": "a river"}
+    assert web_reward(json.dumps([outside]), query, CORPUS, verifiable_only=True) is None
+    assert web_reward(json.dumps([outside]), query, CORPUS) == 0.0, "synthetic answers are judged as before"
+    assert web_reward(json.dumps([good, outside]), query, CORPUS, verifiable_only=True) == pytest.approx(
+        web_reward(json.dumps([good]), query, CORPUS, verifiable_only=True))
+    faked = {**good, "content": "Made up text that is on no page of the corpus at all."}
+    assert web_reward(json.dumps([faked, outside]), query, CORPUS, verifiable_only=True) == 0.0
+    assert web_reward("not json", query, CORPUS, verifiable_only=True) == 0.0
+    assert web_reward(json.dumps([outside, outside]), query, CORPUS, verifiable_only=True) == 0.0, "padding is 0"
+    assert web_reward(json.dumps([outside, good, good]), query, CORPUS, verifiable_only=True) == pytest.approx(
+        0.5 * web_reward(json.dumps([good]), query, CORPUS, verifiable_only=True)), "a repeat still counts 0"
+
+
 def test_latency_factor() -> None:
     assert latency_factor(0.1, 10.0) == 1.0
     assert latency_factor(2.5, 10.0) == 1.0

@@ -8,6 +8,11 @@ a passage of ``content``. The reward is half the mean result score (junk
 padding lowers the mean) and half whether the page the query was made from is
 among the valid results (synthetic tasks only; organic queries have no target,
 so the mean is the reward).
+
+An organic query is a caller's, about anything: the pages a miner finds are mostly not in the
+validator's corpus, and a page the validator does not hold is neither proof of a fake nor
+verifiable. So for organic answers (``verifiable_only``) such results are left out of the mean, and
+an answer with no result the validator can check is not scored (it was 0 for every honest miner).
 """
 
 from __future__ import annotations
@@ -50,7 +55,10 @@ def relevance(query_terms: set[str], text: str) -> float:
     return len(query_terms & set(content_terms(text))) / len(query_terms)
 
 
-def web_reward(answer: str, query: str, corpus: Corpus, target_url: str | None = None) -> float:
+def web_reward(answer: str, query: str, corpus: Corpus, target_url: str | None = None, *,
+               verifiable_only: bool = False) -> float | None:
+    """The answer's reward; None (not scored) when ``verifiable_only`` and no result is one the
+    validator can check (its URL is not in the corpus)."""
     results = parse_results(answer)
     if not results:
         return 0.0
@@ -61,6 +69,9 @@ def web_reward(answer: str, query: str, corpus: Corpus, target_url: str | None =
     for item in results:
         url = item.get("url") if isinstance(item, dict) else None
         key = (normalise_url(url) or url) if isinstance(url, str) else None
+        if verifiable_only and key is not None and key not in seen and corpus.get(url) is None:
+            seen.add(key)  # a page the validator does not hold: not counted either way
+            continue
         if key is None or key in seen or not result_valid(item, corpus):
             scores.append(0.0)
             if key is not None:
@@ -69,6 +80,8 @@ def web_reward(answer: str, query: str, corpus: Corpus, target_url: str | None =
         seen.add(key)
         valid_urls.add(url)
         scores.append(relevance(terms, item["content"]))
+    if not scores:
+        return None
     mean = sum(scores) / len(scores)
     if target_url is None:
         return mean

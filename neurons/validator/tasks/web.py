@@ -26,4 +26,4 @@ class WebRetrievalTask:
         if expected:
             return web_reward(answer, expected["query"], ctx.corpus, expected.get("target_url"))
         query = last_user_text(body).strip()
-        return web_reward(answer, query, ctx.corpus) if query else None
+        return web_reward(answer, query, ctx.corpus, verifiable_only=True) if query else None
