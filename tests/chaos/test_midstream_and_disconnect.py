@@ -85,6 +85,24 @@ async def test_client_disconnect_cancels_every_miner_request_within_1s(tmp_path:
 
 
 @pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", {"messages": MESSAGES, "n": 2}),
+    ("/v1/completions", {"prompt": ["Pelseldan?", "Zorgal?"]}),
+], ids=["chat-n", "completions-batch"])
+async def test_a_client_leaving_a_request_of_several_races_cancels_them_all(tmp_path: Path, path: str,
+                                                                           body: dict) -> None:
+    profiles = dict(enumerate(SLOW, start=1))
+    async with fleet(tmp_path, profiles, options=FaultOptions(late_seconds=60, trickle_interval=0.5)) as f:
+        async with aiohttp.ClientSession() as s:
+            request = asyncio.ensure_future(s.post(f.url + path, headers={"api-key": f.key},
+                                                   json={**body, "timeout": 60, "uids": list(profiles)}))
+            await asyncio.sleep(0.3)  # two races, every miner in each, waiting for winners that never come
+            assert f.in_flight() == 2 * len(SLOW)
+            request.cancel()
+        elapsed = await wait_until(lambda: f.in_flight() == 0, 3.0)
+        assert f.in_flight() == 0 and elapsed < 1.0, f"miner requests outlived the client by {elapsed:.2f}s"
+
+
+@pytest.mark.parametrize(("path", "body"), [
     ("/web_retrieval", {"search_query": "Pelseldan", "max_response_time": 60}),
     ("/v1/responses", {"input": "Pelseldan", "tools": [{"type": "web_search"}], "timeout": 120}),
 ], ids=["web_retrieval", "responses_web_search"])
