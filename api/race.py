@@ -46,6 +46,9 @@ class MinerRun:
     done: bool = False
     has_answer: bool = False
     new_data: asyncio.Event = field(default_factory=asyncio.Event)
+    # The tools the request lets the model call (``offered_tools``); None: not checked (the validator
+    # rebuilds answers with its own rules).
+    offered: frozenset[str] | None = None
 
     @property
     def uid(self) -> int:
@@ -106,10 +109,17 @@ class MinerRun:
                 if type(reason) is not str:
                     raise ValueError("finish_reason is not a string")
                 self.finish_reason = reason
+                if self.offered is not None and self.tool_calls:
+                    for slot in self.tool_calls.values():
+                        if slot["function"]["name"] not in self.offered:
+                            raise ValueError(f"tool call to {slot['function']['name']!r}, which the request "
+                                             "did not offer")
 
     def _merge_tool_calls(self, calls: Any) -> None:
         if not isinstance(calls, list):
             raise ValueError("tool_calls is not a list")
+        if self.offered is not None and not self.offered:
+            raise ValueError("tool call, but the request offered no tool")
         for call in calls:
             if not isinstance(call, dict):
                 raise ValueError("tool call is not an object")
@@ -124,6 +134,10 @@ class MinerRun:
             fn = call.get("function") or {}
             if fn.get("name"):
                 slot["function"]["name"] += fn["name"]
+                name = slot["function"]["name"]
+                # a name arrives whole or in pieces: each piece must still lead to an offered tool
+                if self.offered is not None and not any(t.startswith(name) for t in self.offered):
+                    raise ValueError(f"tool call to {name[:64]!r}, which the request did not offer")
             if fn.get("arguments"):
                 slot["function"]["arguments"] += fn["arguments"]
 
@@ -141,12 +155,13 @@ class Race:
         stream: bool,
         request_id: str | None = None,
         excuse_timeouts: bool = False,
+        offered: frozenset[str] | None = None,
     ) -> None:
         self.client = client
         # The deadline is shorter than the node would give (a caller's ``timeout``, what a failover
         # had left): a miner that ran out of it is not at fault, so it is left out of the payload.
         self.excuse_timeouts = excuse_timeouts
-        self.runs = [MinerRun(n) for n in neurons]
+        self.runs = [MinerRun(n, offered=offered) for n in neurons]
         self.body = body
         self.deadline = deadline
         self.stream = stream

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -326,3 +327,35 @@ async def test_a_retrieval_miner_cut_off_by_a_callers_shorter_time_is_not_scored
         await asyncio.sleep(0.1)
     (payload,) = payloads
     assert payload["uids"] == [1], "the miner that ran out of the caller's 0.6 s is left out"
+
+
+def tool_calling(name: str, delay: float = 0.0) -> Script:
+    def call(**delta: Any) -> str:
+        return json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "scripted",
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+    first = call(role="assistant", tool_calls=[{"index": 0, "id": "call_1", "type": "function",
+                                                "function": {"name": name, "arguments": ""}}])
+    rest = call(tool_calls=[{"index": 0, "function": {"arguments": "{}"}}])
+    return Script([(delay, d) for d in sse(first, rest, chunk(finish="tool_calls"))])
+
+
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize(("fields", "called", "wins"), [
+    ({}, "get_weather", 2),  # no tools offered: any tool call is garbage
+    ({"tools": WEATHER}, "delete_everything", 2),  # a tool that was not offered
+    ({"tools": WEATHER}, "get_weather_and_more", 2),  # an offered name's extension is another name
+    ({"tools": WEATHER, "tool_choice": "none"}, "get_weather", 2),  # tools offered but not to be called
+    ({"tools": WEATHER}, "get_weather", 1),  # a call of an offered tool is a valid answer: the fast one wins
+], ids=["no-tools", "unoffered", "longer-name", "tool-choice-none", "offered"])
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
+async def test_a_call_of_a_tool_the_request_did_not_offer_never_wins(
+        tmp_path: Path, fields: dict, called: str, wins: int, stream: bool) -> None:
+    """A fast miner could win every race with a made-up tool call (the caller's app then gets a call of a
+    function it never defined); only calls of the tools the request offers count as answers."""
+    scripts = {1: tool_calling(called), 2: slow_good(0.3)}
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, headers, text = await post(api, {"messages": [USER], "uids": [1, 2], "stream": stream, **fields})
+    assert status == 200, text
+    assert headers["x-sn1-miner-uid"] == str(wins)
