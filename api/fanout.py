@@ -12,6 +12,7 @@ from typing import Any
 
 from loguru import logger
 
+from api.answer_checks import json_check, offered_tools
 from api.context import ApiContext
 from api.race import Race
 from shared.ids import random_hex
@@ -37,21 +38,6 @@ def shortened(settings: ApiSettings, *, timeout: float | None, max_tokens: int |
     return timeout is not None and timeout < deadline_seconds(settings, timeout=None, max_tokens=max_tokens)
 
 
-def offered_tools(body: dict[str, Any]) -> frozenset[str]:
-    """The functions a model may call for ``body``: its tools, narrowed by ``tool_choice`` (none with
-    ``"none"``, one when it names one). A miner's call of anything else is garbage, never an answer:
-    a fast miner could otherwise win every race with a made-up tool call."""
-    tools = body.get("tools")
-    choice = body.get("tool_choice")
-    if not isinstance(tools, list) or not tools or choice == "none":
-        return frozenset()
-    if isinstance(choice, dict) and isinstance(fn := choice.get("function"), dict) and isinstance(fn.get("name"), str):
-        return frozenset({fn["name"]})
-    return frozenset(t["function"]["name"] for t in tools
-                     if isinstance(t, dict) and isinstance(t.get("function"), dict)
-                     and isinstance(t["function"].get("name"), str))
-
-
 def request_id_from(headers: Any) -> str:
     rid = headers.get("x-request-id") or ""
     if not rid or len(rid) > 128 or not rid.isprintable() or not rid.isascii():
@@ -65,7 +51,7 @@ def start_race(
 ) -> Race:
     deadline = asyncio.get_running_loop().time() + seconds
     race = Race(ctx.client, neurons, dumpb(body), deadline, stream=stream, request_id=request_id,
-                excuse_timeouts=excuse_timeouts, offered=offered_tools(body))
+                excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=json_check(body))
     race.start()
     return race
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from loguru import logger
 
+from api.answer_checks import Check
 from shared.jsonutil import loads
 from shared.metagraph import Neuron
 from shared.miner_client import Event, MinerClient, MinerError, event_text
@@ -156,8 +157,10 @@ class Race:
         request_id: str | None = None,
         excuse_timeouts: bool = False,
         offered: frozenset[str] | None = None,
+        check: Check | None = None,
     ) -> None:
         self.client = client
+        self.check = check  # what a whole answer must also be (the JSON asked for): answer_checks
         # The deadline is shorter than the node would give (a caller's ``timeout``, what a failover
         # had left): a miner that ran out of it is not at fault, so it is left out of the payload.
         self.excuse_timeouts = excuse_timeouts
@@ -204,6 +207,10 @@ class Race:
             run.done = True
             self._ended.append(run)
             run.new_data.set()
+            # A stream is relayed as it comes (its first content wins): only a whole answer can be checked.
+            if self.check is not None and not self.stream and run.error is None and run.has_answer \
+                    and (why := self.check(run)):
+                run.error, run.error_kind = why, "bad_response"
             if run.error:
                 logger.debug("rid={} uid={} failed: {}", self.request_id, run.uid, run.error)
             elif not self.stream and run.has_answer:

@@ -33,6 +33,8 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True)
             return web.json_response({"error": {"message": "Server overloaded", "type": "server_error"}},
                                      status=503)
         text = "echo: " + str(body["messages"][-1].get("content"))
+        if (body.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
+            text = json.dumps({"echo": text})  # JSON mode, as model servers honour it
         tool_calls = None
         if body.get("tools"):
             fn = body["tools"][0]["function"]["name"]

@@ -105,12 +105,13 @@ async def test_logprobs_pass_through_and_response_format_reaches_the_miner(tmp_p
     script = Script([(0, d) for d in sse(logprob_chunk("Hi"), logprob_chunk("", finish="stop"))])
     async with api_with_miners(tmp_path, {1: script}) as api:
         client = sdk(api)
+        text_format = {"type": "text"}  # (JSON formats are checked: a whole answer must be JSON, "Hi" is not)
         out = await client.chat.completions.create(model="default", messages=MSG, logprobs=True, top_logprobs=1,
-                                                   response_format={"type": "json_object"})
+                                                   response_format=text_format)
         assert out.choices[0].logprobs.content[0].token == "Hi"
         assert out.choices[0].logprobs.content[0].top_logprobs[0].logprob == -0.25
         sent = script.bodies[-1]
-        assert sent["response_format"] == {"type": "json_object"}
+        assert sent["response_format"] == text_format
         assert sent["logprobs"] is True and sent["top_logprobs"] == 1
         stream = await client.chat.completions.create(model="default", messages=MSG, logprobs=True, stream=True)
         streamed = [c.choices[0].logprobs for c in [c async for c in stream] if c.choices and c.choices[0].logprobs]

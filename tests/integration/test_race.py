@@ -239,7 +239,9 @@ ACCEPTED = [
     {"logprobs": True, "top_logprobs": 3},
     {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
     {"tool_choice": "auto"},
-    {"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}},
+    # streamed: relayed as it comes (a whole non-streamed answer must be the JSON asked for: see below)
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}},
+     "stream": True},
 ]
 
 
@@ -359,3 +361,36 @@ async def test_a_call_of_a_tool_the_request_did_not_offer_never_wins(
         status, headers, text = await post(api, {"messages": [USER], "uids": [1, 2], "stream": stream, **fields})
     assert status == 200, text
     assert headers["x-sn1-miner-uid"] == str(wins)
+
+
+def answering(text: str, delay: float) -> Script:
+    return Script([(delay, d) for d in sse(chunk(text), chunk(finish="stop"))])
+
+
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+        "additionalProperties": False}
+
+
+@pytest.mark.parametrize(("response_format", "fast", "wins"), [
+    ({"type": "json_object"}, "Sure! Paris.", 2),  # prose where JSON was asked for
+    ({"type": "json_object"}, '{"town": "Paris"}', 1),  # JSON: the fast one is an answer
+    ({"type": "json_schema", "json_schema": {"name": "c", "strict": True, "schema": CITY}}, '{"town": "Paris"}', 2),
+    ({"type": "json_schema", "json_schema": {"name": "c", "schema": CITY}}, '{"town": "Paris"}', 1),  # not strict
+    ({"type": "text"}, "Sure! Paris.", 1),
+], ids=["prose-for-json", "json", "strict-schema-misfit", "loose-schema-misfit", "text"])
+async def test_a_whole_answer_must_be_the_json_the_request_asked_for(
+        tmp_path: Path, response_format: dict, fast: str, wins: int) -> None:
+    scripts = {1: answering(fast, 0), 2: answering('{"city": "Paris"}', 0.3)}
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, headers, text = await post(api, {"messages": [USER], "uids": [1, 2],
+                                                 "response_format": response_format})
+    assert status == 200, text
+    assert headers["x-sn1-miner-uid"] == str(wins)
+    if wins == 2:
+        assert json.loads(json.loads(text)["choices"][0]["message"]["content"]) == {"city": "Paris"}
+
+
+async def test_no_answer_in_the_json_asked_for_is_a_502_naming_why(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {1: answering("Paris, of course.", 0)}) as api:
+        status, _, text = await post(api, {"messages": [USER], "uids": [1], "response_format": {"type": "json_object"}})
+    assert status == 502 and "not the JSON the request asked for" in json.loads(text)["error"]["message"]

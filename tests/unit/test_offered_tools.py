@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.fanout import offered_tools
+from api.answer_checks import offered_tools
 
 TOOLS = [{"type": "function", "function": {"name": "a"}}, {"type": "function", "function": {"name": "b"}}]
 

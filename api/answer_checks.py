@@ -1,0 +1,67 @@
+"""What counts as an answer to a request, beyond being well formed: the tools it offers, the JSON it
+asks for.
+
+A race's first valid answer wins, and "valid" has to include what the caller asked for: otherwise a
+fast miner wins every race with a made-up tool call, or with prose where the caller's code parses
+JSON. A run that fails these checks is a failed miner (``bad_response``), and the next one answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, best_match
+
+from shared.jsonutil import loads
+
+if TYPE_CHECKING:
+    from api.race import MinerRun
+
+Check = Callable[["MinerRun"], str | None]  # why a finished run is no answer (None: it is one)
+
+
+def offered_tools(body: dict[str, Any]) -> frozenset[str]:
+    """The functions a model may call for ``body``: its tools, narrowed by ``tool_choice`` (none with
+    ``"none"``, one when it names one). A miner's call of anything else is garbage, never an answer."""
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if not isinstance(tools, list) or not tools or choice == "none":
+        return frozenset()
+    if isinstance(choice, dict) and isinstance(fn := choice.get("function"), dict) and isinstance(fn.get("name"), str):
+        return frozenset({fn["name"]})
+    return frozenset(t["function"]["name"] for t in tools
+                     if isinstance(t, dict) and isinstance(t.get("function"), dict)
+                     and isinstance(t["function"].get("name"), str))
+
+
+def json_check(body: dict[str, Any]) -> Check | None:
+    """For ``response_format`` ``json_object`` or ``json_schema``: the answer must be JSON, and with a
+    ``strict`` schema it must fit it (a non-strict schema is a model's guide, not a contract). None:
+    nothing to check. An answer that calls a tool is not text to check."""
+    fmt = body.get("response_format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in ("json_object", "json_schema"):
+        return None
+    spec = fmt.get("json_schema") if kind == "json_schema" else None
+    validator = None
+    if isinstance(spec, dict) and spec.get("strict") is True and isinstance(spec.get("schema"), dict):
+        try:
+            Draft202012Validator.check_schema(spec["schema"])
+            validator = Draft202012Validator(spec["schema"])
+        except SchemaError:
+            validator = None  # a schema no validator can read is left to the model server
+
+    def check(run: MinerRun) -> str | None:
+        if run.tool_calls:
+            return None
+        try:
+            value = loads(run.text)
+        except ValueError:
+            return "the answer is not the JSON the request asked for (response_format)"
+        if validator is not None and (error := best_match(validator.iter_errors(value))) is not None:
+            return f"the answer does not fit the request's strict JSON schema: {error.message[:200]}"
+        return None
+
+    return check
