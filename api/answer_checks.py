@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from api.race import MinerRun
 
 Check = Callable[["MinerRun"], str | None]  # why a finished run is no answer (None: it is one)
+UNFIT = "unfit"  # the error kind of a run a check refused: lost the race, but its text is still scored
 
 
 def offered_tools(body: dict[str, Any]) -> frozenset[str]:

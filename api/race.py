@@ -23,7 +23,7 @@ from typing import Any
 
 from loguru import logger
 
-from api.answer_checks import Check
+from api.answer_checks import UNFIT, Check
 from shared.jsonutil import loads
 from shared.metagraph import Neuron
 from shared.miner_client import Event, MinerClient, MinerError, event_text
@@ -210,7 +210,7 @@ class Race:
             # A stream is relayed as it comes (its first content wins): only a whole answer can be checked.
             if self.check is not None and not self.stream and run.error is None and run.has_answer \
                     and (why := self.check(run)):
-                run.error, run.error_kind = why, "bad_response"
+                run.error, run.error_kind = why, UNFIT
             if run.error:
                 logger.debug("rid={} uid={} failed: {}", self.request_id, run.uid, run.error)
             elif not self.stream and run.has_answer:
@@ -285,7 +285,9 @@ class Race:
             "uids": [r.uid for r in runs],
             "chunks": {str(r.uid): r.event_texts() for r in runs},
             "timings": {str(r.uid): list(r.timings) for r in runs},
-            "errors": {str(r.uid): r.error for r in runs if r.error},
+            # An answer that misses the caller's format is the validator's to judge against its reference:
+            # a caller's impossible schema would otherwise be a zero for every miner.
+            "errors": {str(r.uid): r.error for r in runs if r.error and r.error_kind != UNFIT},
             "winner": self.winning_run.uid if self.winning_run else None,
             "created_at": time.time(),
         }

@@ -394,3 +394,20 @@ async def test_no_answer_in_the_json_asked_for_is_a_502_naming_why(tmp_path: Pat
     async with api_with_miners(tmp_path, {1: answering("Paris, of course.", 0)}) as api:
         status, _, text = await post(api, {"messages": [USER], "uids": [1], "response_format": {"type": "json_object"}})
     assert status == 502 and "not the JSON the request asked for" in json.loads(text)["error"]["message"]
+
+
+async def test_an_answer_that_misses_the_format_is_scored_on_its_text_not_zeroed(tmp_path: Path) -> None:
+    """A strict schema no JSON can fit fails every miner for the caller (a 502), but the validator judges
+    their text against its reference: marked as errors, they would all be zeros, which a key could send on
+    purpose."""
+    impossible = {"type": "object", "properties": {"a": {"type": "string", "minLength": 5, "maxLength": 2}},
+                  "required": ["a"]}
+    payloads: list[dict] = []
+    async with api_with_miners(tmp_path, {1: answering('{"a": "abc"}', 0)}) as api:
+        api.ctx.payload_sinks.append(payloads.append)
+        status, _, _ = await post(api, {"messages": [USER], "uids": [1], "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": impossible}}})
+        await asyncio.sleep(0.1)
+    assert status == 502
+    (payload,) = payloads
+    assert payload["uids"] == [1] and payload["errors"] == {} and payload["chunks"]["1"]
