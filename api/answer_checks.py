@@ -21,6 +21,18 @@ if TYPE_CHECKING:
 
 Check = Callable[["MinerRun"], str | None]  # why a finished run is no answer (None: it is one)
 UNFIT = "unfit"  # the error kind of a run a check refused: lost the race, but its text is still scored
+NOT_JSON = "the answer is not the JSON the request asked for (response_format)"
+
+
+class Unfit(ValueError):
+    """A chunk shows the answer cannot be what the request asked for (prose where JSON was asked)."""
+
+
+def json_opening(body: dict[str, Any]) -> str | None:
+    """What a JSON-mode answer starts with (``{``: OpenAI's JSON modes answer an object), so a stream
+    of prose fails at its first words instead of winning the race; None: any text."""
+    fmt = body.get("response_format")
+    return "{" if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema") else None
 
 
 def offered_tools(body: dict[str, Any]) -> frozenset[str]:
@@ -60,7 +72,7 @@ def json_check(body: dict[str, Any]) -> Check | None:
         try:
             value = loads(run.text)
         except ValueError:
-            return "the answer is not the JSON the request asked for (response_format)"
+            return NOT_JSON
         if validator is not None and (error := best_match(validator.iter_errors(value))) is not None:
             return f"the answer does not fit the request's strict JSON schema: {error.message[:200]}"
         return None

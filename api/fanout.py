@@ -12,7 +12,7 @@ from typing import Any
 
 from loguru import logger
 
-from api.answer_checks import json_check, offered_tools
+from api.answer_checks import json_check, json_opening, offered_tools
 from api.context import ApiContext
 from api.race import Race
 from shared.ids import random_hex
@@ -51,7 +51,8 @@ def start_race(
 ) -> Race:
     deadline = asyncio.get_running_loop().time() + seconds
     race = Race(ctx.client, neurons, dumpb(body), deadline, stream=stream, request_id=request_id,
-                excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=json_check(body))
+                excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=json_check(body),
+                opens_with=json_opening(body))
     race.start()
     return race
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from loguru import logger
 
-from api.answer_checks import UNFIT, Check
+from api.answer_checks import NOT_JSON, UNFIT, Check, Unfit
 from shared.jsonutil import loads
 from shared.metagraph import Neuron
 from shared.miner_client import Event, MinerClient, MinerError, event_text
@@ -50,6 +50,8 @@ class MinerRun:
     # The tools the request lets the model call (``offered_tools``); None: not checked (the validator
     # rebuilds answers with its own rules).
     offered: frozenset[str] | None = None
+    opens_with: str | None = None  # what the answer's text must start with (``answer_checks.json_opening``)
+    opened: bool = False  # its first text was checked
 
     @property
     def uid(self) -> int:
@@ -98,7 +100,12 @@ class MinerRun:
                     if type(piece) is not str:
                         raise ValueError("delta.content is not a string")
                     self.content.append(piece)
-                    self.has_answer = True
+                    if self.opens_with is None or self.opened:
+                        self.has_answer = True
+                    elif head := piece.lstrip():  # the first text of a JSON answer: it must open one
+                        if not head.startswith(self.opens_with):
+                            raise Unfit(NOT_JSON)
+                        self.opened = self.has_answer = True
                 calls = delta.get("tool_calls")
                 if calls:
                     self._merge_tool_calls(calls)
@@ -158,13 +165,14 @@ class Race:
         excuse_timeouts: bool = False,
         offered: frozenset[str] | None = None,
         check: Check | None = None,
+        opens_with: str | None = None,
     ) -> None:
         self.client = client
         self.check = check  # what a whole answer must also be (the JSON asked for): answer_checks
         # The deadline is shorter than the node would give (a caller's ``timeout``, what a failover
         # had left): a miner that ran out of it is not at fault, so it is left out of the payload.
         self.excuse_timeouts = excuse_timeouts
-        self.runs = [MinerRun(n, offered=offered) for n in neurons]
+        self.runs = [MinerRun(n, offered=offered, opens_with=opens_with) for n in neurons]
         self.body = body
         self.deadline = deadline
         self.stream = stream
@@ -196,6 +204,8 @@ class Race:
                 run.new_data.set()
         except MinerError as e:
             run.error, run.error_kind = str(e), e.kind
+        except Unfit as e:
+            run.error, run.error_kind = str(e), UNFIT
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as e:
             # json.loads of deep nesting raises RecursionError, int(1e999) OverflowError: both are the
             # miner's garbage and must mark it failed, or a broken winner looks like a complete answer.

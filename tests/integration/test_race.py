@@ -239,9 +239,7 @@ ACCEPTED = [
     {"logprobs": True, "top_logprobs": 3},
     {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
     {"tool_choice": "auto"},
-    # streamed: relayed as it comes (a whole non-streamed answer must be the JSON asked for: see below)
-    {"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}},
-     "stream": True},
+    # (a json_schema with a name and a schema is accepted too: the JSON tests below send one to a JSON miner)
 ]
 
 
@@ -411,3 +409,20 @@ async def test_an_answer_that_misses_the_format_is_scored_on_its_text_not_zeroed
     assert status == 502
     (payload,) = payloads
     assert payload["uids"] == [1] and payload["errors"] == {} and payload["chunks"]["1"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
+async def test_prose_where_json_was_asked_never_wins_even_streamed(tmp_path: Path, stream: bool) -> None:
+    """A stream is relayed from its first content, so it cannot wait for a whole answer to check; but JSON
+    mode answers an object, so prose shows at its first words: that miner fails there and the JSON one wins."""
+    fast = Script([(0, d) for d in sse(chunk("  "), chunk("Sure! "), chunk("Paris."), chunk(finish="stop"))])
+    scripts = {1: fast, 2: answering('{"city": "Paris"}', 0.3)}
+    payloads: list[dict] = []
+    async with api_with_miners(tmp_path, scripts) as api:
+        api.ctx.payload_sinks.append(payloads.append)
+        status, headers, text = await post(api, {"messages": [USER], "uids": [1, 2], "stream": stream,
+                                                 "response_format": {"type": "json_object"}})
+        await asyncio.sleep(0.1)
+    assert status == 200 and headers["x-sn1-miner-uid"] == "2", text
+    assert '{\\"city\\": \\"Paris\\"}' in text and "Sure!" not in text
+    assert payloads and "1" not in payloads[0]["errors"], "the prose is scored on its text, not as an error"
