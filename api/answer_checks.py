@@ -29,10 +29,18 @@ class Unfit(ValueError):
 
 
 def json_opening(body: dict[str, Any]) -> str | None:
-    """What a JSON-mode answer starts with (``{``: OpenAI's JSON modes answer an object), so a stream
-    of prose fails at its first words instead of winning the race; None: any text."""
+    """What a JSON-mode answer starts with, so a stream of prose fails at its first words instead of
+    winning the race: ``{`` for ``json_object`` and an object schema (OpenAI's structured outputs are
+    objects), ``[`` for an array schema (model servers such as vLLM take one); None: not known, any
+    text."""
     fmt = body.get("response_format")
-    return "{" if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema") else None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "json_object":
+        return "{"
+    spec = fmt.get("json_schema") if kind == "json_schema" else None
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    root = schema.get("type") if isinstance(schema, dict) else None
+    return {"object": "{", "array": "["}.get(root) if isinstance(root, str) else None
 
 
 def offered_tools(body: dict[str, Any]) -> frozenset[str]:

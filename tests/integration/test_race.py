@@ -426,3 +426,11 @@ async def test_prose_where_json_was_asked_never_wins_even_streamed(tmp_path: Pat
     assert status == 200 and headers["x-sn1-miner-uid"] == "2", text
     assert '{\\"city\\": \\"Paris\\"}' in text and "Sure!" not in text
     assert payloads and "1" not in payloads[0]["errors"], "the prose is scored on its text, not as an error"
+
+
+async def test_a_streamed_array_for_an_array_schema_is_an_answer(tmp_path: Path) -> None:
+    schema = {"type": "array", "items": {"type": "string"}}
+    async with api_with_miners(tmp_path, {1: answering('["Paris", "Rome"]', 0)}) as api:
+        status, headers, text = await post(api, {"messages": [USER], "uids": [1], "stream": True, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "cities", "strict": True, "schema": schema}}})
+    assert status == 200 and "Paris" in text and "error" not in text, text
