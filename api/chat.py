@@ -27,7 +27,7 @@ from api.completion import (
     response_usage,
 )
 from api.context import CTX
-from api.fanout import deadline_seconds, settle, shortened, start_race
+from api.fanout import chat_deadline, settle, start_race
 from api.race import MinerRun, Race
 from api.route_hints import require
 from api.selection import select_miners, top_miner
@@ -127,8 +127,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
     session, use_mixture, neurons = planned.session, planned.mixture, planned.neurons
     seed = req.seed if req.seed is not None else random.randrange(2**31)
     body = req.miner_body(seed=seed, sent=sent)
-    seconds = deadline_seconds(ctx.settings, timeout=req.timeout, max_tokens=req.effective_max_tokens())
-    excuse = shortened(ctx.settings, timeout=req.timeout, max_tokens=req.effective_max_tokens())
+    seconds, excuse = chat_deadline(ctx.settings, req)
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
     if session is not None:
         headers["x-sn1-session-id"] = session.id

@@ -28,7 +28,7 @@ from api.completion import (
     response_usage,
 )
 from api.context import CTX, ApiContext
-from api.fanout import deadline_seconds, settle, shortened, start_race
+from api.fanout import chat_deadline, settle, start_race
 from api.mixture import is_mixture
 from api.race import MinerRun, Race
 from api.selection import select_miners
@@ -116,8 +116,7 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
     ctx = request.app[CTX]
     rid = request_id(request)
     req = asks[0].req  # what the asks share: stream, stream_options, timeout, max_tokens
-    seconds = deadline_seconds(ctx.settings, timeout=req.timeout, max_tokens=req.effective_max_tokens())
-    excuse = shortened(ctx.settings, timeout=req.timeout, max_tokens=req.effective_max_tokens())
+    seconds, excuse = chat_deadline(ctx.settings, req)
     races = [(start_race(ctx, a.neurons, a.body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse),
               a.body) for a in asks]
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}

@@ -18,6 +18,7 @@ from api.race import Race
 from shared.ids import random_hex
 from shared.jsonutil import dumpb
 from shared.metagraph import Neuron
+from shared.protocol import ChatCompletionRequest
 from shared.settings import ApiSettings
 
 
@@ -32,10 +33,14 @@ def deadline_seconds(settings: ApiSettings, *, timeout: float | None, max_tokens
     return min(wanted, settings.max_request_timeout)
 
 
-def shortened(settings: ApiSettings, *, timeout: float | None, max_tokens: int | None) -> bool:
-    """The caller's ``timeout`` is shorter than the deadline the node would give the request: a miner
-    it cuts off is not scored for that (any key could otherwise zero honest miners with a short one)."""
-    return timeout is not None and timeout < deadline_seconds(settings, timeout=None, max_tokens=max_tokens)
+def chat_deadline(settings: ApiSettings, req: ChatCompletionRequest) -> tuple[float, bool]:
+    """A chat request's deadline in seconds, and whether it is shorter than the node's own (the caller's
+    ``timeout``): a miner it cuts off is then not scored for that (any key could otherwise zero honest
+    miners with a short one)."""
+    max_tokens = req.effective_max_tokens()
+    seconds = deadline_seconds(settings, timeout=req.timeout, max_tokens=max_tokens)
+    return seconds, req.timeout is not None and seconds < deadline_seconds(settings, timeout=None,
+                                                                          max_tokens=max_tokens)
 
 
 def request_id_from(headers: Any) -> str:

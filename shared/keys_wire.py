@@ -183,7 +183,7 @@ class UsageOut(BaseModel):
     def of(cls, record: KeyRecord, report: UsageReport, *, today: str | None = None) -> UsageOut:
         limit = record.daily_token_limit
         used = report.days.get(today) if today is not None else None
-        spent = used.prompt_tokens + used.completion_tokens if used is not None else 0
+        spent = used.tokens if used is not None else 0
         return cls(
             key_id=record.id, name=record.name, rate_limit=record.rate_limit, daily_token_limit=limit,
             tokens_remaining_today=max(0, limit - spent) if limit is not None else None,

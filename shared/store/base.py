@@ -85,13 +85,11 @@ def mint_key(
     expires_at: float | None, daily_token_limit: int | None = None,
 ) -> tuple[str, KeyRecord]:
     """A new secret and the record every backend stores for it (hash, display prefix, public id)."""
-    secret = new_api_key()
-    record = KeyRecord(
-        id=new_key_id(), key_hash=hash_key(secret), prefix=display_prefix(secret), rate_limit=rate_limit,
+    return new_secret(KeyRecord(
+        id=new_key_id(), key_hash="", prefix="", rate_limit=rate_limit,
         name=name, scopes=tuple(scopes), allowed_models=tuple(allowed_models) if allowed_models else None,
         expires_at=expires_at, created_at=time.time(), daily_token_limit=daily_token_limit,
-    )
-    return secret, record
+    ))
 
 
 @dataclass(frozen=True)
@@ -201,9 +199,14 @@ class UsageCounts:
         for f in USAGE_FIELDS:
             setattr(self, f, getattr(self, f) + getattr(other, f))
 
+    @property
+    def tokens(self) -> int:
+        """Prompt and completion tokens together (what a daily token limit counts)."""
+        return self.prompt_tokens + self.completion_tokens
+
     def as_dict(self) -> dict[str, int]:
         d = {f: getattr(self, f) for f in USAGE_FIELDS}
-        d["total_tokens"] = self.prompt_tokens + self.completion_tokens
+        d["total_tokens"] = self.tokens
         return d
 
 

@@ -73,7 +73,7 @@ class UsageRecorder:
         one has not yet (another process's last ``flush_interval`` is not seen)."""
         day = self._today(self.clock())
         pending = self._pending.get((key_id, day))
-        mine = pending.prompt_tokens + pending.completion_tokens if pending is not None else 0
+        mine = pending.tokens if pending is not None else 0
         return await self.store.day_tokens(key_id, day) + mine
 
     def pending_for(self, key_id: str) -> dict[str, UsageCounts]:
