@@ -24,6 +24,7 @@ from loguru import logger
 from multidict import CIMultiDictProxy
 
 from shared.errors import ApiError
+from shared.http import route_path
 from shared.store.base import KeyRecord, RateDecision, Store, StoreUnavailable, hash_key
 from shared.store.usage import UsageRecorder
 
@@ -156,8 +157,10 @@ def check_model(key: KeyRecord, model: str | None) -> None:
 
 
 def go_duration(seconds: float) -> str:
-    """OpenAI's reset format: ``"59.4s"``, ``"1m0s"``, ``"2h5m0s"``, ``"0s"``."""
+    """OpenAI's reset format: ``"20ms"``, ``"59.4s"``, ``"1m0s"``, ``"2h5m0s"``, ``"0s"``."""
     seconds = max(0.0, seconds)
+    if 0 < seconds < 1:  # as Go writes them ("20ms"), never in exponent form ("1e-05s")
+        return f"{min(999, max(1, round(seconds * 1000)))}ms"
     if seconds < 60:
         return f"{seconds:.3g}s" if seconds < 10 else f"{seconds:.1f}s".replace(".0s", "s")
     minutes, rest = divmod(int(math.ceil(seconds)), 60)
@@ -211,7 +214,7 @@ async def check_admin(request: web.Request, admin_key: str | None, store: Store)
     except StoreUnavailable:
         raise store_unavailable() from None
     logger.warning("admin auth failed remote={} method={} path={}", request.remote, request.method,
-                   _path_without_secret(request))
+                   route_path(request))
     raise ApiError(401, "Invalid or missing admin-key header.", code="invalid_admin_key")
 
 
@@ -222,7 +225,3 @@ def _admin_locked(gate: RateDecision) -> ApiError:
     )
 
 
-def _path_without_secret(request: web.Request) -> str:
-    """The route pattern, not the path: admin paths may carry an API key (``/modify-api-key/{api_key}``)."""
-    info = request.match_info.route.resource
-    return info.canonical if info is not None else "?"

@@ -24,8 +24,10 @@ from api.choices import plan as plan_choices
 from api.completion import logprob_tokens
 from api.completions_wire import CompletionRequest
 from api.context import CTX
+from api.mixture import is_mixture
 from api.race import MinerRun
 from api.route_hints import require
+from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.ids import random_hex
 from shared.jsonutil import dumps, loads
@@ -50,11 +52,26 @@ async def completions(request: web.Request) -> web.StreamResponse:
     wanted: CompletionRequest = parse_model(CompletionRequest, sent)
     bodies = [chat_body(wanted, prompt) for prompt in wanted.prompts]
     reqs: list[ChatCompletionRequest] = [parse_model(ChatCompletionRequest, b) for b in bodies]
+    refuse_chat_only(sent, reqs[0])
     picks = plan_choices(ctx, key, reqs[0], count=len(reqs) * wanted.n)  # every refusal before any miner is asked
     seed = wanted.seed if wanted.seed is not None else random.randrange(2**31 - MAX_CHOICES)
     asks = [Ask(req, req.miner_body(seed=choice_seed(seed, j), sent=body), picks[i * wanted.n + j], prompt=i)
             for i, (req, body) in enumerate(zip(reqs, bodies, strict=True)) for j in range(wanted.n)]
     return await run_choices(request, key, asks, TextChoices(wanted), seed=seed, started=started)
+
+
+def refuse_chat_only(sent: dict[str, Any], req: ChatCompletionRequest) -> None:
+    """A mixture of miners and a session are chat completions' own: asked for here, they are a 400 naming
+    the field, not dropped (the caller would get a plain race and never know)."""
+    if sent.get("session_id") is not None:
+        raise ApiError(400, "session_id is served on /v1/chat/completions only: send the prompt there as a user "
+                       "message to use the session.", param="session_id", code="unsupported_parameter")
+    if sent.get("mixture") or is_mixture(req):
+        param = "inference_mode" if req.inference_mode and not sent.get("mixture") else "mixture"
+        if req.sampling_parameters is not None and req.sampling_parameters.mixture:
+            param = "sampling_parameters.mixture"
+        raise ApiError(400, "A mixture of miners is served on /v1/chat/completions only (it synthesises one chat "
+                       "answer from several).", param=param, code="unsupported_parameter")
 
 
 def chat_body(r: CompletionRequest, prompt: str) -> dict[str, Any]:

@@ -82,7 +82,8 @@ async def create_api_key(request: web.Request) -> web.Response:
     now = time.time()
     expires_at = params.expiry(now)
     if expires_at is not None and expires_at <= now:
-        raise ApiError(400, "expires_at is in the past.", param="expires_at", code="invalid_value")
+        param = "expires_in_days" if params.expires_in_days is not None else "expires_at"
+        raise ApiError(400, f"{param} puts the expiry in the past.", param=param, code="invalid_value")
     try:
         secret, record = await store.create_key(
             params.rate_limit, name=params.name, expires_at=expires_at,

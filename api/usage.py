@@ -32,7 +32,8 @@ async def get_usage(request: web.Request) -> web.Response:
 async def usage_out(request: web.Request, record: KeyRecord) -> UsageOut:
     """A key's usage (``?days=N``, default 30, up to 366), including this worker's unflushed counts."""
     raw = request.query.get("days", "30")
-    if not raw.isdigit() or not 1 <= int(raw) <= 366:
+    # ASCII digits only, and few: "²" passes isdigit() and int() refuses it; 5,000 digits exceed int()'s limit
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 366:
         raise ApiError(400, "days must be an integer between 1 and 366.", param="days", code="invalid_value")
     now = time.time()
     since = usage_day(now - (int(raw) - 1) * 86400)

@@ -72,8 +72,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # way it ends on a disconnect it noticed first: cancelled, quietly.
         raise asyncio.CancelledError from None
     except Exception:
-        logger.exception("unhandled error on {} {}", request.method, request.path)
+        logger.exception("unhandled error on {} {}", request.method, route_path(request))
         return json_response(error_body("Internal server error.", type_="server_error"), status=500)
+
+
+def route_path(request: web.Request) -> str:
+    """The route pattern, not the path, for logs: admin paths may carry an API key
+    (``/modify-api-key/{api_key}``), and no secret is ever logged."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "?"
 
 
 def _unreadable_body(request: web.Request, e: web.RequestPayloadError) -> web.Response:

@@ -20,12 +20,16 @@ MAX_NAME = 100
 MAX_MODELS = 64
 MAX_DAILY_TOKENS = 10**12
 NEVER = ("never", "none", "null")
+CLEARABLE = {"expires_at": "clear_expiry", "daily_token_limit": "clear_token_limit"}
+FIRST_SECOND, LAST_SECOND = -62135596800.0, 253402300799.0  # 0001-01-01 and 9999-12-31T23:59:59, UTC
 
 
 def iso(ts: float | None) -> str | None:
-    """Unix seconds -> ``2025-01-31T12:00:00Z`` (what every answer shows)."""
+    """Unix seconds -> ``2025-01-31T12:00:00Z`` (what every answer shows); a time beyond what a date can
+    show (a record from before expiries were bounded) is shown at the bound, never a failed listing."""
     if ts is None:
         return None
+    ts = min(max(ts, FIRST_SECOND), LAST_SECOND)
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -48,13 +52,25 @@ class KeyParams(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _never(cls, data: Any) -> Any:
-        """``expires_at=never`` removes the expiry, ``daily_token_limit=none`` the token limit."""
+        """``expires_at=never`` (or JSON null) removes the expiry, ``daily_token_limit=none`` (or null) the
+        token limit; a null for anything else is an error, not a silent "no change"."""
         if not isinstance(data, dict):
             return data
-        for name, flag in (("expires_at", "clear_expiry"), ("daily_token_limit", "clear_token_limit")):
-            if isinstance(data.get(name), str) and data[name].lower() in NEVER:
+        for name, value in list(data.items()):
+            flag = CLEARABLE.get(name)
+            if flag is not None and (value is None or (isinstance(value, str) and value.lower() in NEVER)):
                 data = {**data, name: None, flag: True}
+            elif value is None and name in cls.model_fields and name not in CLEARABLE.values():
+                raise ValueError(f"{name} cannot be null (leave it out to keep it as it is)")
         return data
+
+    @field_validator("expires_at")
+    @classmethod
+    def _representable(cls, v: datetime | None) -> datetime | None:
+        """A date every answer and listing can show (a year past 9999 in UTC failed them all)."""
+        if v is not None and not 0 <= (v if v.tzinfo else v.replace(tzinfo=UTC)).timestamp() <= LAST_SECOND:
+            raise ValueError("must fall between 1970 and the end of 9999 (UTC)")
+        return v
 
     @field_validator("rate_limit", "daily_token_limit", mode="before")
     @classmethod

@@ -136,10 +136,23 @@ CHARGE = _WINDOW_LUA + """
 return charge(KEYS[1], tonumber(ARGV[1]), clock(ARGV[3]), tonumber(ARGV[2]))
 """
 
-# KEYS[1] = ns:key:<hash>; ARGV = field, value, ... (only if the key still exists: never resurrect)
+# KEYS[1] = ns:keys; ARGV = id, 'ns:key:', then field, value, ... (only the fields that change, so that two
+# admins changing different fields at once both keep theirs). The record is found by id here, not by a hash
+# read before: a rotation in between moves it, and a deleted key is never resurrected.
 UPDATE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+local h = redis.call('HGET', KEYS[1], ARGV[1])
+if not h then return 0 end
+if #ARGV > 2 then redis.call('HSET', ARGV[2] .. h, unpack(ARGV, 3)) end
+return 1
+"""
+
+# KEYS[1] = ns:keys, KEYS[2] = ns:usage:<id>, KEYS[3] = ns:rl:key:<id>; ARGV = id, 'ns:key:'. The hash is
+# read in the same step as the delete: a rotation between the two would leave the renamed record working.
+DELETE = """
+local h = redis.call('HGET', KEYS[1], ARGV[1])
+if not h then return 0 end
+redis.call('DEL', ARGV[2] .. h, KEYS[2], KEYS[3])
+redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
 """
 
@@ -225,6 +238,7 @@ class RedisStore:
         self._charge = client.register_script(CHARGE)
         self._update = client.register_script(UPDATE)
         self._rotate = client.register_script(ROTATE)
+        self._delete = client.register_script(DELETE)
         self._add_usage = client.register_script(ADD_USAGE)
         self._gathering: list[Waiter] | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -285,10 +299,10 @@ class RedisStore:
         current = await self.get_key_by_id(key_id)
         if current is None:
             return None
-        new = changes.apply(current)
-        flat = [x for kv in _fields(new).items() for x in kv]
-        ok = await self._call(self._update(keys=[self.key("key", new.key_hash)], args=flat))
-        return new if ok else None
+        before, after = _fields(current), _fields(changes.apply(current))
+        flat = [x for name, value in after.items() if value != before[name] for x in (name, value)]
+        ok = await self._call(self._update(keys=[self.key("keys")], args=[key_id, self.key("key", ""), *flat]))
+        return await self.get_key_by_id(key_id) if ok else None
 
     async def rotate_key(self, key_id: str) -> tuple[str, KeyRecord] | None:
         current = await self.get_key_by_id(key_id)
@@ -300,15 +314,8 @@ class RedisStore:
         return (secret, new) if ok else None
 
     async def delete_key(self, key_id: str) -> bool:
-        key_hash = await self._call(self.redis.hget(self.key("keys"), key_id))
-        if not key_hash:
-            return False
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self.key("key", key_hash))
-        pipe.hdel(self.key("keys"), key_id)
-        pipe.delete(self.key("usage", key_id), self.key("rl", f"key:{key_id}"))
-        results = await self._call(pipe.execute())
-        return bool(results[0])
+        keys = [self.key("keys"), self.key("usage", key_id), self.key("rl", f"key:{key_id}")]
+        return bool(await self._call(self._delete(keys=keys, args=[key_id, self.key("key", "")])))
 
     async def list_keys(self) -> list[KeyRecord]:
         index: dict[str, str] = await self._call(self.redis.hgetall(self.key("keys")))

@@ -239,9 +239,11 @@ class SQLiteStore:
             row = self.admin.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
             if row is None:
                 return None
-            secret, new = new_secret(_record(row))
-            cur = self.admin.execute("UPDATE api_keys SET key_hash = ?, prefix = ? WHERE id = ?",
-                                     (new.key_hash, new.prefix, key_id))
+            old = _record(row)
+            secret, new = new_secret(old)
+            # Only if no other worker rotated it since the read: else its secret would be dead on arrival.
+            cur = self.admin.execute("UPDATE api_keys SET key_hash = ?, prefix = ? WHERE id = ? AND key_hash = ?",
+                                     (new.key_hash, new.prefix, key_id, old.key_hash))
         return (secret, new) if cur.rowcount else None
 
     async def delete_key(self, key_id: str) -> bool:

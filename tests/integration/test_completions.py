@@ -124,6 +124,11 @@ async def test_logprobs_in_the_completions_shape(tmp_path: Path, stream: bool) -
     ({"logprobs": 6}, "logprobs", ""),
     ({"max_tokens": "5"}, "max_tokens", ""),
     ({"uids": [99]}, "uids", "Unknown uid 99"),
+    # chat completions' own: refused, not dropped (and not mistaken for n > 1)
+    ({"session_id": "sess-1"}, "session_id", "/v1/chat/completions only"),
+    ({"mixture": True}, "mixture", "/v1/chat/completions only"),
+    ({"inference_mode": "mixture-of-miners"}, "inference_mode", "/v1/chat/completions only"),
+    ({"sampling_parameters": {"mixture": True}}, "sampling_parameters.mixture", "/v1/chat/completions only"),
 ])
 async def test_what_a_chat_miner_cannot_do_is_a_400(tmp_path: Path, extra: dict, param: str | None,
                                                     says: str) -> None:

@@ -108,6 +108,11 @@ async def test_query_lists_and_iso_expiry(api: ApiUnderTest, http: aiohttp.Clien
     ("rate_limit=5&expires_in_days=nan", None, "expires_in_days"),
     ("rate_limit=5&expires_in_days=3&expires_at=2999-01-01", None, None),
     ("rate_limit=5&colour=blue", None, "colour"),
+    # a year past 9999 once in UTC: stored, then a 500 for this and every later listing
+    ("rate_limit=5&expires_at=9999-12-31T23:59:59-14:00", None, "expires_at"),
+    ("rate_limit=5&expires_in_days=1e-300", None, "expires_in_days"),
+    ("", {"rate_limit": 5, "name": None}, None),
+    ("", {"rate_limit": None}, None),
     ("", {"rate_limit": 5, "name": "x" * 101}, "name"),
 ])
 async def test_create_rejects_bad_values(api: ApiUnderTest, http: aiohttp.ClientSession,
@@ -128,6 +133,27 @@ async def test_create_rejects_bad_bodies(api: ApiUnderTest, http: aiohttp.Client
     assert_error(status, out, 413)
     listing = (await call(http, "GET", f"{api.url}/api_management/api-keys", headers=AK))[2]
     assert len(listing["data"]) == 1  # only the fixture's key: nothing was created by bad requests
+
+
+async def test_dates_out_of_range_and_nulls_on_modify(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    base = f"{api.url}/api_management"
+    created = await create_key(http, api.url, "rate_limit=5&expires_in_days=2&daily_token_limit=100")
+    url = f"{base}/modify-api-key/{created['id']}"
+    status, _, out = await call(http, "PUT", url + "?expires_at=0001-01-01T00:00:00%2B14:00", headers=AK)
+    assert_error(status, out, 400)
+    assert out["error"]["param"] == "expires_at" and "9999" in out["error"]["message"], out
+    status, _, listing = await call(http, "GET", f"{base}/api-keys", headers=AK)
+    assert status == 200 and len(listing["data"]) == 2, "every key still lists"
+    # JSON null removes what can be removed, as "never" / "none" do; a null for anything else is a 400
+    status, _, out = await call(http, "PUT", url, headers=AK, json={"expires_at": None, "daily_token_limit": None})
+    assert status == 200 and out["expires_at"] is None and out["daily_token_limit"] is None, out
+    status, _, out = await call(http, "PUT", url, headers=AK, json={"scopes": None})
+    assert_error(status, out, 400)
+    assert "scopes cannot be null" in out["error"]["message"]
+    for days in ("%C2%B2", "9" * 5000, "0366", "-1", "1.0"):  # a superscript two passes str.isdigit()
+        status, _, out = await call(http, "GET", f"{api.url}/v1/usage?days={days}", headers={"api-key": api.key})
+        assert_error(status, out, 400)
+        assert out["error"]["param"] == "days"
 
 
 async def test_modify_and_delete_errors(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:

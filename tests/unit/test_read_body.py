@@ -7,6 +7,7 @@ import gzip
 import time
 import zlib
 
+import aiohttp
 import pytest
 from aiohttp import web
 from hypothesis import given
@@ -68,3 +69,29 @@ async def test_a_body_that_never_ends_is_a_408_not_a_hang(rest: bytes) -> None:
     assert b'"code":"request_timeout"' in head_and_body and b"Connection: close" in head_and_body
     assert b"HTTP/1.1" not in head_and_body, "one answer only: the connection ends after it"
     assert time.monotonic() - started < 3
+
+
+async def test_an_unexpected_error_is_a_json_500_whose_log_line_names_the_route_not_the_secret() -> None:
+    """Admin paths carry API keys (``/modify-api-key/{api_key}``): the path of a failed request is logged
+    as its route, so no secret reaches the log."""
+    from loguru import logger
+
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("a bug")
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_put("/api_management/modify-api-key/{api_key}", broken)
+    lines: list[str] = []
+    # as shared/logging.py configures the node's sink (diagnose would print the frames' variables)
+    sink = logger.add(lambda m: lines.append(str(m)), level="TRACE", backtrace=False, diagnose=False)
+    secret = "sn1-aSGNkbZTmN-on8UdbqA_9XAK2mEb-uArGBylDhSlIBk"
+    try:
+        async with serve_app(app) as url, aiohttp.ClientSession() as http, \
+                http.put(f"{url}/api_management/modify-api-key/{secret}") as r:
+            status, body = r.status, await r.json()
+    finally:
+        logger.remove(sink)
+    assert status == 500 and body["error"]["type"] == "server_error"
+    logged = "".join(lines)
+    assert "unhandled error on PUT /api_management/modify-api-key/{api_key}" in logged, logged
+    assert secret not in logged and secret[:12] not in logged
