@@ -194,7 +194,8 @@ def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]
 
 
 def _frames(batch: list[Event]) -> bytes:
-    return b"".join(b"data: " + event_text(d).encode() + b"\n\n" for d in batch)
+    # encode_event: a miner's event may span several data: lines (pretty-printed JSON), each its own line
+    return b"".join(encode_event(event_text(d)) for d in batch)
 
 
 def _trailer(req: ChatCompletionRequest, run: MinerRun, found: Found | None = None) -> bytes:

@@ -82,7 +82,7 @@ class MinerRun:
                 raise ValueError(f"miner reported an error: {err.get('message') if isinstance(err, dict) else err}")
             raise ValueError("chunk has no choices list")
         usage = obj.get("usage")
-        if usage:
+        if usage and valid_usage(usage):  # else the caller's usage is estimated, as when none came
             self.usage = usage
         if self.model is None:
             model = obj.get("model")
@@ -91,6 +91,8 @@ class MinerRun:
         for choice in choices:
             if type(choice) is not dict:
                 raise ValueError("choice is not an object")
+            if choice.get("index") not in (0, None):  # one answer is asked of each miner: a second would mix in
+                raise ValueError(f"choice index {choice.get('index')!r}: one answer was asked for")
             delta = choice.get("delta")
             if delta:
                 if type(delta) is not dict:
@@ -111,7 +113,7 @@ class MinerRun:
                     self._merge_tool_calls(calls)
                     self.has_answer = True
             if choice.get("logprobs"):
-                self.logprobs.append(choice["logprobs"])
+                self.logprobs.append(checked_logprobs(choice["logprobs"]))
             reason = choice.get("finish_reason")
             if reason:
                 if type(reason) is not str:
@@ -148,6 +150,33 @@ class MinerRun:
                     raise ValueError(f"tool call to {name[:64]!r}, which the request did not offer")
             if fn.get("arguments"):
                 slot["function"]["arguments"] += fn["arguments"]
+
+
+def valid_usage(usage: Any) -> bool:
+    """Token counts a caller can be billed by: non-negative integers (a miner's "n/a" was a 500)."""
+    if type(usage) is not dict:
+        return False
+    return all(type(usage.get(name, 0)) is int and usage.get(name, 0) >= 0
+               for name in ("prompt_tokens", "completion_tokens", "total_tokens")) and "completion_tokens" in usage
+
+
+def checked_logprobs(logprobs: Any) -> Any:
+    """A choice's ``logprobs`` as OpenAI shapes it (``content``: tokens, each with its ``top_logprobs``),
+    or ValueError: the caller's renderers read it as such."""
+    if type(logprobs) is not dict:
+        raise ValueError("logprobs is not an object")
+    content = logprobs.get("content")
+    if content is None:
+        return logprobs
+    if type(content) is not list:
+        raise ValueError("logprobs.content is not a list")
+    for token in content:
+        if type(token) is not dict or type(token.get("token")) is not str:
+            raise ValueError("a logprobs token is not an object with a token string")
+        tops = token.get("top_logprobs")
+        if tops is not None and (type(tops) is not list or any(type(t) is not dict for t in tops)):
+            raise ValueError("top_logprobs is not a list of objects")
+    return logprobs
 
 
 class Race:
@@ -299,5 +328,6 @@ class Race:
             # a caller's impossible schema would otherwise be a zero for every miner.
             "errors": {str(r.uid): r.error for r in runs if r.error and r.error_kind != UNFIT},
             "winner": self.winning_run.uid if self.winning_run else None,
+            "deadline_s": max(0.1, round(self.deadline - self.started, 3)),  # the latency reward's scale
             "created_at": time.time(),
         }

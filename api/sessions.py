@@ -142,7 +142,11 @@ async def failover_race(
             # the replacement has only what the failed miner left of the deadline: not its fault if short
             retry = start_race(ctx, [neuron], body, remaining, stream=stream, request_id=request_id,
                                excuse_timeouts=True)
-            return retry, await retry.winner()
+            try:
+                return retry, await retry.winner()
+            except BaseException:  # the caller left (or a bug): the handler's cleanup only knows the first race
+                retry.cancel()
+                raise
     raise ApiError(502, f"Session {session.id}: the pinned miner uid {session.uid} failed: {failed.error}",
                    code="session_miner_failed", headers=dict(headers))
 

@@ -73,7 +73,25 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise asyncio.CancelledError from None
     except Exception:
         logger.exception("unhandled error on {} {}", request.method, route_path(request))
+        if request.writer.output_size > 0:  # a stream's headers went out: no 500 can follow them
+            await _end_broken_stream(request)
         return json_response(error_body("Internal server error.", type_="server_error"), status=500)
+
+
+async def _end_broken_stream(request: web.Request) -> None:
+    """End a stream a bug broke with an error event, ``[DONE]`` and the body's end, then the
+    connection (which can carry nothing else now): the client's SDK raises at once instead of
+    waiting for more that would never come. Only streams (SSE) are written in parts here."""
+    event = dumpb(error_body("Internal server error; the stream was cut short.", type_="server_error"))
+    try:
+        await request.writer.write(b"data: " + event + b"\n\ndata: [DONE]\n\n")
+        await request.writer.write_eof()
+    except (ConnectionError, RuntimeError) as e:
+        logger.debug("could not end the broken stream: {}", e)
+    finally:
+        if request.transport is not None:
+            request.transport.close()
+    raise asyncio.CancelledError
 
 
 def route_path(request: web.Request) -> str:

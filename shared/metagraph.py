@@ -171,6 +171,11 @@ class MetagraphView:
         self.snapshot = await self.source.fetch()
         return self.snapshot
 
+    def hotkey_of(self, uid: int) -> str | None:
+        """The hotkey that owns ``uid`` now (None: no such uid)."""
+        neuron = self.snapshot.by_uid(uid)
+        return neuron.hotkey if neuron is not None else None
+
     async def first_refresh(self) -> MetagraphSnapshot:
         """The start-up read: a failure here is a configuration problem, reported as one line."""
         from shared.settings import SettingsError

@@ -177,6 +177,9 @@ class MinerClient:
             choice = obj["choices"][0]
             message = choice.get("message") or {}
             delta = {k: v for k, v in message.items() if v is not None}
+            if isinstance(delta.get("tool_calls"), list):  # a stream's tool-call deltas carry their index
+                delta["tool_calls"] = [{"index": i, **c} if isinstance(c, dict) else c
+                                       for i, c in enumerate(delta["tool_calls"])]
             chunk = {
                 "id": obj.get("id", ""),
                 "object": "chat.completion.chunk",

@@ -24,7 +24,8 @@ MIN_TIMEOUT = 0.5
 REQUEST_CONFIG = ConfigDict(extra="allow", strict=True)
 ANY_MODEL = {"", "default", None}
 # For the API only, never sent to miners (web_search_options: the API searches, see api/web_search.py).
-ROUTING_FIELDS = ("uids", "timeout", "session_id", "web_search_options")
+# n: each miner is asked for one answer (the API races once per choice; a miner's second would mix in).
+ROUTING_FIELDS = ("uids", "timeout", "session_id", "web_search_options", "n")
 
 
 class TextPart(BaseModel):
@@ -246,7 +247,7 @@ class ChatCompletionRequest(BaseModel):
     def miner_body(self, *, seed: int, sent: dict[str, Any]) -> dict[str, Any]:
         """The body sent to miners: every field the caller sent, with sampling merged in.
 
-        Routing-only fields (``uids``, ``timeout``, ``session_id``) stay with the API; everything
+        Routing-only fields (``uids``, ``timeout``, ``session_id``, ``n``) stay with the API; everything
         else, unknown fields included, is forwarded. ``sent`` is the JSON object this request was
         validated from: validation is strict (nothing coerced), so its values are forwarded as they
         came, which is what the caller sent and cheaper than dumping the model again.

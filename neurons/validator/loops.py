@@ -18,7 +18,7 @@ from neurons.validator.scores import ScoreBook
 from neurons.validator.scoring import ScoringJob
 from neurons.validator.synthetic import SyntheticConfig, run_cycle
 from neurons.validator.tasks.base import TaskRegistry
-from neurons.validator.weights import WeightSink, log_top, weights_from_scores
+from neurons.validator.weights import WeightSink, WeightsNotSet, log_top, weights_from_scores
 from shared.metagraph import MetagraphView
 from shared.miner_client import MinerClient
 
@@ -49,7 +49,7 @@ async def metagraph_cycle(metagraph: MetagraphView, scores: ScoreBook) -> None:
     snapshot = await metagraph.refresh()
     reset = scores.sync(snapshot)
     if reset:
-        await asyncio.to_thread(scores.save)
+        await scores.save_off_loop()
     logger.info("metagraph: block {} neurons {} serving {} reset {}", snapshot.block, len(snapshot.neurons),
                 len(snapshot.serving()), reset or "-")
 
@@ -81,11 +81,15 @@ async def weights_cycle(scores: ScoreBook, sink: WeightSink, *, power: float) ->
         logger.info("weights: nothing to set yet (no positive score)")
         return None
     nonzero = [(u, w) for u, w in zip(uids, weights, strict=True) if w > 0]
-    outcome = await sink.set_weights([u for u, _ in nonzero], [w for _, w in nonzero])
+    try:
+        outcome = await sink.set_weights([u for u, _ in nonzero], [w for _, w in nonzero])
+    except WeightsNotSet as e:  # not a failure, and not a set: /health keeps the last real one
+        logger.info("weights: not set this cycle: {}", e)
+        return None
     scores.weights = dict(nonzero)
     if sink.name != "disabled":
         scores.last_weights_set_at = time.time()
-    await asyncio.to_thread(scores.save)
+    await scores.save_off_loop()
     logger.info("weights: {} uids via {} -> {}; top {}", len(nonzero), sink.name, outcome,
                 log_top([u for u, _ in nonzero], [w for _, w in nonzero]))
     return weights

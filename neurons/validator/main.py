@@ -88,7 +88,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
     book = AvailabilityBook()
     queue: asyncio.Queue = asyncio.Queue(maxsize=settings.scoring_queue_size)
     scorer = Scorer(registry, RewardContext(reference=reference, corpus=corpus), scores,
-                    grace=settings.latency_grace)
+                    grace=settings.latency_grace, owner=metagraph.hotkey_of)
     synthetic = SyntheticConfig(sample_size=settings.synthetic_sample_size, timeout=settings.synthetic_timeout)
     rng = random.Random()
 

@@ -30,6 +30,9 @@ class OrganicPayload(BaseModel):
     errors: dict[int, str | None] = Field(default_factory=dict)
     winner: int | None = None
     created_at: float | None = None
+    # The deadline the miners had (the API's: the caller's timeout or what its max_tokens allows); an API
+    # from before it existed sends none and the validator's ORGANIC_TIMEOUT stands in.
+    deadline_s: float | None = Field(default=None, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _consistent(self) -> OrganicPayload:
@@ -54,7 +57,6 @@ class OrganicPayload(BaseModel):
     def to_job(self, snapshot: MetagraphSnapshot, deadline_s: float) -> ScoringJob:
         """A scoring job for the uids the metagraph still knows (hotkeys as of now)."""
         hotkeys = {u: n.hotkey for u in self.uids if (n := snapshot.by_uid(u)) is not None}
-        timeout = self.body.get("timeout")
         return ScoringJob(
             source="organic",
             task=str(self.body.get("task") or DEFAULT_TASK),
@@ -63,6 +65,6 @@ class OrganicPayload(BaseModel):
             chunks={u: c for u, c in self.chunks.items() if u in hotkeys},
             timings={u: t for u, t in self.timings.items() if u in hotkeys},
             errors={u: e for u, e in self.errors.items() if u in hotkeys and e},
-            deadline_s=float(timeout) if isinstance(timeout, int | float) and timeout > 0 else deadline_s,
+            deadline_s=self.deadline_s or deadline_s,
             created_at=self.created_at or 0.0,
         )

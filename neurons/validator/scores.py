@@ -8,6 +8,7 @@ new miner: its history is dropped, never inherited.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -109,7 +110,8 @@ class ScoreBook:
             "alpha": self.alpha,
             "weights": {str(u): w for u, w in self.weights.items()},
             "miners": {
-                str(uid): {"hotkey": m.hotkey, "tasks": m.tasks, "counts": m.counts, "updated_at": m.updated_at}
+                str(uid): {"hotkey": m.hotkey, "tasks": dict(m.tasks), "counts": dict(m.counts),
+                           "updated_at": m.updated_at}
                 for uid, m in self.miners.items()
             },
         }
@@ -117,6 +119,13 @@ class ScoreBook:
     def save(self) -> None:
         if self.path is not None:
             atomic_write_json(self.path, self.to_json())
+
+    async def save_off_loop(self) -> None:
+        """``save`` with the file write in a thread. The copy is taken here, on the event loop that
+        changes the scores: a thread reading the live dicts while a job updates them can fail
+        ("dictionary changed size during iteration")."""
+        if self.path is not None:
+            await asyncio.to_thread(atomic_write_json, self.path, self.to_json())
 
     def load(self) -> bool:
         """Restore from ``path``; a missing file is a fresh start, a corrupt one is logged and ignored."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,11 +70,14 @@ def rebuild_answer(chunks: list[str], timings: list[float], error: str | None) -
 
 class Scorer:
     def __init__(self, registry: TaskRegistry, ctx: RewardContext, scores: ScoreBook, *,
-                 grace: float = DEFAULT_GRACE) -> None:
+                 grace: float = DEFAULT_GRACE, owner: Callable[[int], str | None] | None = None) -> None:
         self.registry = registry
         self.ctx = ctx
         self.scores = scores
         self.grace = grace
+        # uid -> its hotkey on the metagraph now: a job's rewards (a reference model can take a minute)
+        # are credited only to the hotkeys that still own their uids, never to a previous owner.
+        self.owner = owner
         self.jobs_scored = 0
 
     async def rewards(self, job: ScoringJob) -> dict[int, float]:
@@ -110,10 +114,10 @@ class Scorer:
             return {}
         for uid, reward in rewards.items():
             hotkey = job.hotkeys.get(uid)
-            if hotkey:
+            if hotkey and (self.owner is None or self.owner(uid) == hotkey):
                 self.scores.update(uid, hotkey, job.task, reward)
         if rewards:
-            await asyncio.to_thread(self.scores.save)
+            await self.scores.save_off_loop()
         self.jobs_scored += 1
         logger.info("scored {} {}: {}", job.source, job.task,
                     " ".join(f"{u}={r:.2f}" for u, r in sorted(rewards.items())) or "nothing")

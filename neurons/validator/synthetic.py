@@ -64,8 +64,13 @@ async def run_cycle(
     config: SyntheticConfig,
     rng: random.Random,
 ) -> ScoringJob | None:
-    """One challenge to one sample; returns the job to score (None when no miner serves)."""
-    neurons = sample_miners(metagraph.snapshot.serving(exclude_hotkey=client.signer.hotkey), config.sample_size, rng)
+    """One challenge to one sample; returns the job to score (None when no miner serves).
+
+    Only miners whose availability is known for their current hotkey are sampled: before the first
+    poll ends (every start) or after a uid changed hands, "not in the book" is unknown, not a 0."""
+    serving = metagraph.snapshot.serving(exclude_hotkey=client.signer.hotkey)
+    known = [n for n in serving if book.hotkeys.get(n.uid) == n.hotkey]
+    neurons = sample_miners(known, config.sample_size, rng)
     if not neurons:
         return None
     task = registry.choose(rng)

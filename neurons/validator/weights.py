@@ -15,6 +15,7 @@ follows quality exactly as on chain.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -68,14 +69,17 @@ def compute_weights(
     if s.size == 0 or s.sum() <= 0:
         return np.zeros(s.shape)
     w = s / s.sum()
+    # Every positive score keeps at least the smallest u16 step: rounded to 0 (2.5% of the top after the
+    # power of 3), the chain would drop it, and the minimum below would be counted on weights it never sees.
+    step = w.max() / U16_MAX
+    w[(w > 0) & (w < step)] = step
     missing = rules.min_allowed - int(np.count_nonzero(w))
     if missing > 0:
         # Fill up to the minimum with the best remaining uids at the smallest u16 step.
         order = np.lexsort((uids, -s))
         fill = [i for i in order if w[i] == 0][:missing]
-        w[fill] = w.max() / U16_MAX
-        w = w / w.sum()
-    return clip_max_weight(w, rules.max_weight)
+        w[fill] = step
+    return clip_max_weight(w / w.sum(), rules.max_weight)
 
 
 def to_u16(uids: np.ndarray, weights: np.ndarray) -> tuple[list[int], list[int]]:
@@ -163,6 +167,10 @@ class LedgerWeightSink:
         return None
 
 
+class WeightsNotSet(RuntimeError):
+    """The chain would not take weights now (its rate limit): the cycle records nothing as set."""
+
+
 class ChainWeightSink:
     """On chain through the SDK: hyperparameters read from the subnet, ``SetWeights`` executed.
 
@@ -173,10 +181,13 @@ class ChainWeightSink:
 
     name = "chain"
 
-    def __init__(self, client_factory: Callable[[], Any], wallet: Any, netuid: int) -> None:
+    def __init__(self, client_factory: Callable[[], Any], wallet: Any, netuid: int, *,
+                 block_seconds: float = 12.0, max_wait: float = 300.0) -> None:
         self.client_factory = client_factory
         self.wallet = wallet
         self.netuid = netuid
+        self.block_seconds = block_seconds  # to turn the blocks left of the rate limit into a wait
+        self.max_wait = max_wait  # the longest wait for the rate limit before giving up this cycle
         self._client: Any = None
 
     async def _connected(self) -> Any:
@@ -200,10 +211,7 @@ class ChainWeightSink:
         uid = await client.neurons.uid(hotkey, self.netuid)
         if uid is None:
             raise RuntimeError(f"hotkey {hotkey} is not registered on netuid {self.netuid}")
-        rate_limit = await client.hyperparameters.weights_rate_limit(self.netuid)
-        since = await client.epochs.blocks_since_last_update(self.netuid, uid)
-        if since is not None and rate_limit is not None and since < rate_limit:
-            return f"skipped: rate limited ({since} of {rate_limit} blocks since the last update)"
+        await self._wait_for_rate_limit(client, uid)
         version = int(await client.query(bt.storage.SubtensorModule.WeightsVersionKey, [self.netuid]) or 0)
         intent = bt.SetWeights(netuid=self.netuid, weights=dict(zip(uids, weights, strict=True)),
                                version_key=version)
@@ -211,6 +219,21 @@ class ChainWeightSink:
         if not result:
             raise RuntimeError(f"SetWeights failed: {getattr(result, 'message', result)}")
         return f"chain netuid {self.netuid}: {len(uids)} uids set ({getattr(result, 'message', 'ok')})"
+
+    async def _wait_for_rate_limit(self, client: Any, uid: int) -> None:
+        """Wait out the subnet's weights rate limit (up to ``max_wait``); WeightsNotSet if it still holds."""
+        waited = False
+        while True:
+            rate_limit = await client.hyperparameters.weights_rate_limit(self.netuid)
+            since = await client.epochs.blocks_since_last_update(self.netuid, uid)
+            if since is None or rate_limit is None or since >= rate_limit:
+                return
+            wait = (rate_limit - since) * self.block_seconds
+            if waited or wait > self.max_wait:
+                raise WeightsNotSet(f"rate limited ({since} of {rate_limit} blocks since the last update)")
+            logger.info("weights: rate limited, waiting {:.0f} s ({} blocks)", wait, rate_limit - since)
+            await asyncio.sleep(wait)
+            waited = True
 
     async def close(self) -> None:
         if self._client is not None:

@@ -80,6 +80,20 @@ async def test_scoring_accepts_a_signed_valid_payload() -> None:
     assert job.hotkeys == {u: k.ss58_address for u, k in MINERS.items()} and job.errors == {2: "deadline exceeded"}
 
 
+async def test_organic_latency_is_judged_on_the_deadline_the_miners_had() -> None:
+    """The API strips ``timeout`` from the body it forwards, so the deadline travels as ``deadline_s``: a
+    caller's 120 s (or a long max_tokens) must not be judged on the validator's 30 s default."""
+    ctx = make_ctx()
+    async with serve_app(create_validator_app(ctx)) as url:
+        for extra in ({"deadline_s": 120.0}, {}):
+            status, _ = await post(url, "/scoring", json.dumps(payload(**extra)).encode())
+            assert status == 202
+        status, body = await post(url, "/scoring", json.dumps(payload(deadline_s=-1)).encode())
+        assert status == 400 and "deadline_s" in body["error"]["message"], body
+    given, older_api = ctx.scoring_queue.get_nowait(), ctx.scoring_queue.get_nowait()
+    assert given.deadline_s == 120.0 and older_api.deadline_s == ctx.organic_timeout
+
+
 async def test_scoring_signature_rejections() -> None:
     ctx = make_ctx()
     raw = json.dumps(payload()).encode()

@@ -86,6 +86,13 @@ def test_number_reward(answer: str, reward: float) -> None:
     assert number_reward(answer, "444") == reward
 
 
+def test_large_numbers_are_compared_exactly() -> None:
+    right = str(123456789123456789 * 987654321)
+    assert number_reward(right, right) == 1.0 and number_reward(right + ".0", right) == 1.0
+    assert number_reward(str(int(right) + 12345), right) == 0.0, "equal as floats, wrong as numbers"
+    assert number_reward("121932631234567900000000000", right) == 0.0
+
+
 def test_web_reward() -> None:
     doc = CORPUS.documents[0]
     query = doc.title.split(" (")[0] + " " + doc.facts[3].answer
@@ -212,3 +219,23 @@ async def test_a_call_of_an_offered_tool_is_not_scored_and_an_unoffered_one_is_a
     assert 1 not in rewards, "the tool call is left out, not a zero"
     assert rewards[2] > 0.5, "a text answer to the same request is scored as always"
     assert rewards[3] == 0.0
+
+
+async def test_a_job_finishing_after_its_uid_changed_hands_credits_nobody(tmp_path) -> None:
+    """A uid re-registered while its job waited on the reference model: the old owner's reward must not
+    replace the new owner's fresh entry (it was reset, then the old owner came back)."""
+    registry = default_registry()
+    scores = ScoreBook(registry.probabilities, alpha=0.5, path=tmp_path / "scores.json")
+    owners = {1: "hk-old", 2: "hk2"}
+    scorer = Scorer(registry, RewardContext(DeterministicReference(), CORPUS), scores, owner=owners.get)
+    body = {"messages": [{"role": "user", "content": "Tell me a story"}], "task": "InferenceTask", "seed": 4}
+    good = chunks_for(DeterministicBackend().answer_text(body))
+    job = ScoringJob(source="organic", task="InferenceTask", bodies={1: body, 2: {**body, "seed": 5}},
+                     hotkeys={1: "hk-old", 2: "hk2"}, chunks={1: good, 2: chunks_for(DeterministicBackend()
+                                                                                    .answer_text({**body, "seed": 5}))},
+                     timings={1: [0.05, 0.1, 0.2], 2: [0.05, 0.1, 0.2]}, deadline_s=10.0)
+    owners[1] = "hk-new"  # the metagraph sync moved uid 1 on while the job was scored
+    scores.update(1, "hk-new", "ArithmeticTask", 0.5)
+    await scorer.score(job)
+    assert scores.miners[1].hotkey == "hk-new" and scores.miners[1].tasks == {"ArithmeticTask": 0.25}
+    assert scores.miners[2].tasks["InferenceTask"] > 0, "uids still owned are credited as always"

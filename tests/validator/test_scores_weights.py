@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from neurons.validator.weights import (
     DisabledSink,
     LedgerWeightSink,
     WeightRules,
+    WeightsNotSet,
     compute_weights,
     from_u16,
     to_u16,
@@ -236,11 +238,70 @@ async def test_chain_sink_sets_weights_through_the_sdk_intent() -> None:
     await sink.close()
 
 
-async def test_chain_sink_respects_the_rate_limit() -> None:
+def _book(*scores: float) -> ScoreBook:
+    book = ScoreBook(PROBS, alpha=1.0)
+    for uid, s in enumerate(scores, start=1):
+        book.update(uid, f"hk{uid}", "A", s)
+        book.update(uid, f"hk{uid}", "B", s)
+    return book
+
+
+async def test_chain_sink_past_its_longest_wait_sets_nothing_and_records_nothing() -> None:
     cold = Keypair.create_from_uri("//Bob")
     wallet = DevWallet(cold, cold, Keypair.create_from_uri("//Bob//validator"))
     fake = FakeSubstrate(storage=chain_storage(wallet.hotkey.ss58_address, last_update=990))
-    sink = ChainWeightSink(lambda: bt.Client("local", substrate=fake), wallet, 1)
-    outcome = await sink.set_weights([1, 2], [0.6, 0.4])
-    assert outcome.startswith("skipped: rate limited") and fake.submitted == []
+    sink = ChainWeightSink(lambda: bt.Client("local", substrate=fake), wallet, 1, max_wait=60)  # 90 blocks left
+    with pytest.raises(WeightsNotSet, match="rate limited"):
+        await sink.set_weights([1, 2], [0.6, 0.4])
+    book = _book(1.0, 0.5)
+    assert await weights_cycle(book, sink, power=1.0) is None
+    assert fake.submitted == [] and book.last_weights_set_at is None and book.weights == {}, \
+        "/health must not report weights the chain never took"
     await sink.close()
+
+
+async def test_chain_sink_waits_out_the_rate_limit_then_sets() -> None:
+    cold = Keypair.create_from_uri("//Bob")
+    wallet = DevWallet(cold, cold, Keypair.create_from_uri("//Bob//validator"))
+    fake = FakeSubstrate(storage=chain_storage(wallet.hotkey.ss58_address, last_update=990))
+    sink = ChainWeightSink(lambda: bt.Client("local", substrate=fake), wallet, 1, block_seconds=0.01)
+
+    async def blocks_pass() -> None:
+        await asyncio.sleep(0.3)
+        fake.block += 100
+
+    passing = asyncio.create_task(blocks_pass())
+    book = _book(1.0, 0.5)
+    started = time.monotonic()
+    assert await weights_cycle(book, sink, power=1.0) is not None
+    assert 0.3 <= time.monotonic() - started < 5 and len(fake.submitted) == 1 and book.last_weights_set_at
+    await passing
+    await sink.close()
+
+
+async def test_min_allowed_weights_counts_what_survives_the_u16_rounding() -> None:
+    """With a power of 3, a score 1/90 of the top one is 1/729,000 of its weight: 0 in u16, which the SDK
+    drops. It must keep the smallest step, or the chain refuses the set for too few weights."""
+    cold = Keypair.create_from_uri("//Dave")
+    wallet = DevWallet(cold, cold, Keypair.create_from_uri("//Dave//validator"))
+    fake = FakeSubstrate(storage=chain_storage(wallet.hotkey.ss58_address, last_update=850, max_limit=U16_MAX))
+    sink = ChainWeightSink(lambda: bt.Client("local", substrate=fake), wallet, 1)
+    await weights_cycle(_book(0.9, 0.01), sink, power=3.0)
+    call = fake.submitted[0][0]
+    assert call.params["dests"] == [1, 2] and call.params["weights"] == [65535, 1]
+    await sink.close()
+
+
+async def test_a_save_writes_the_scores_as_they_were_when_it_was_asked_for(tmp_path: Path) -> None:
+    """The file is written in a thread while jobs go on changing the scores on the event loop: the
+    thread gets a copy (reading the live dicts failed now and then: "dictionary changed size")."""
+    book = ScoreBook(PROBS, alpha=1.0, path=tmp_path / "scores.json")
+    book.update(1, "hk1", "A", 0.5)
+    saving = asyncio.create_task(book.save_off_loop())
+    await asyncio.sleep(0)  # the copy is taken; the write is in its thread
+    book.update(1, "hk1", "B", 1.0)
+    for uid in range(2, 500):
+        book.update(uid, f"hk{uid}", "A", 1.0)
+    await saving
+    saved = json.loads((tmp_path / "scores.json").read_text())
+    assert list(saved["miners"]) == ["1"] and saved["miners"]["1"]["tasks"] == {"A": 0.5}

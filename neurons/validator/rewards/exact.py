@@ -7,6 +7,8 @@ numbers to hit the right one by chance earns nothing.
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
+
 from shared.arithmetic import numbers_in
 
 MAX_NUMBERS = 3
@@ -20,7 +22,7 @@ def number_reward(answer: str, expected: str) -> float:
     numbers = numbers_in(text)
     if not numbers or len(numbers) > MAX_NUMBERS:
         return 0.0
-    try:
-        return 1.0 if float(numbers[-1]) == float(expected.replace(",", "")) else 0.0
-    except ValueError:
+    try:  # exact: as floats, 121932631234567900000000000 "equals" every integer within ~10^10 of it
+        return 1.0 if Decimal(numbers[-1]) == Decimal(expected.replace(",", "")) else 0.0
+    except (InvalidOperation, ValueError):
         return 0.0
