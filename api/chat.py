@@ -135,8 +135,9 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         loop = asyncio.get_running_loop()
         stage_started = loop.time()
         try:
+            # stage one has part of the node's deadline: a miner that runs out of it is not at fault
             answers = await mixture.gather_answers(ctx, neurons, body, mixture.stage_one_seconds(seconds), rid,
-                                                   excuse_timeouts=excuse)
+                                                   excuse_timeouts=True)
         except ApiError as e:
             e.headers.update(headers)
             raise
@@ -144,6 +145,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         seconds = max(0.1, seconds - (loop.time() - stage_started))
         neurons = [top_miner(neurons)]
         headers["x-sn1-mixture-uids"] = ",".join(str(r.uid) for r in answers)
+        excuse = True  # the final miner has what stage one left of the deadline: running out is not its fault
     race = start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse)
     outcome = "error"
     winner: MinerRun | None = None

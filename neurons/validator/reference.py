@@ -10,19 +10,20 @@ Two implementations behind one interface:
   Real LLM servers are rarely bit-reproducible, so its answers are compared by
   similarity unless ``REFERENCE_LLM_REPRODUCIBLE`` says otherwise.
 
-References are cached per request fingerprint: an organic payload sends one
-body to k miners and the reference is computed once.
+References are cached per request (everything but how it is delivered): an organic
+payload sends one body to k miners and the reference is computed once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from typing import Any, Protocol
 
 import aiohttp
 
-from neurons.miner.backends.deterministic import DeterministicBackend, request_fingerprint
+from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.openai_compatible import SUBNET_FIELDS
 
 
@@ -98,12 +99,20 @@ class OpenAIReference:
             content = data["choices"][0]["message"].get("content")
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError) as e:
             raise ReferenceError(f"reference LLM failed: {type(e).__name__}: {e}") from None
-        if not isinstance(content, str):
+        if not isinstance(content, str) or not content.strip():
+            # "" (a reasoning model that spent max_tokens thinking, say) would score every miner 0
             raise ReferenceError("reference LLM returned no text")
         return content
 
     async def close(self) -> None:
         return None  # the session belongs to the caller
+
+
+def cache_key(body: dict[str, Any]) -> bytes:
+    """Everything the reference answer depends on (the model, tools, response format and stop sequences
+    as much as the messages and seed); only how the answer is delivered is left out."""
+    fields = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).digest()
 
 
 class CachedReference:
@@ -116,7 +125,7 @@ class CachedReference:
         self._cache: OrderedDict[bytes, str] = OrderedDict()
 
     async def answer(self, body: dict[str, Any]) -> str:
-        key = hashlib.sha256(request_fingerprint(body) + str(body.get("task")).encode()).digest()
+        key = cache_key(body)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]

@@ -151,3 +151,32 @@ async def test_attribution_under_randomised_completion_orders(tmp_path: Path) ->
             text = "".join(json.loads(c)["choices"][0]["delta"].get("content") or "" for c in chunks)
             assert text == "".join(f"u{uid}c{i} " for i in range(4)), "a uid's chunks must be its own, in order"
             assert len(p["timings"][uid]) == len(chunks)
+
+
+async def test_the_final_miner_of_a_mixture_cut_off_by_what_stage_one_left_is_not_scored(tmp_path: Path) -> None:
+    """Stage one spends part of the node's deadline; the final miner gets the rest. Running out of that
+    shorter time is not its fault: it is left out of the payload, as a caller's short timeout is."""
+    payloads: list[dict] = []
+    top = Script([])
+    top.steps = ByCall(top, first=[(0.2, d) if i == 0 else (0, d)
+                                   for i, d in enumerate(sse(chunk("first view"), chunk(finish="stop")))],
+                       later=answer("too late", delay=2.0).steps)  # the final-stage call runs out of time
+    scripts = {1: top, 2: answer("second view")}
+    async with api_with_miners(tmp_path, scripts, incentives={1: 0.9, 2: 0.1}, request_timeout=1.0) as api:
+        api.ctx.payload_sinks.append(payloads.append)
+        status, _, text = await post(api, {"messages": MESSAGES, "mixture": True})
+        assert status == 504, text
+        await asyncio.sleep(0.2)
+    assert [sorted(p["uids"]) for p in payloads] == [[1, 2]], "stage one is scored, the cut-off final call is not"
+    assert payloads[0]["errors"] == {}
+
+
+class ByCall(list):
+    """A script's steps that differ by call: its first call gets ``first``, every later one ``later``."""
+
+    def __init__(self, script: Script, *, first: list, later: list) -> None:
+        super().__init__(first)
+        self.script, self.first, self.later = script, first, later
+
+    def __iter__(self):
+        return iter(self.first if self.script.calls <= 1 else self.later)
