@@ -35,7 +35,7 @@ from api.web_retrieval import Found
 from api.web_search import chat_citations, search_into
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
-from shared.jsonutil import dumps
+from shared.jsonutil import dumps, loads
 from shared.metagraph import Neuron
 from shared.miner_client import Event, event_text
 from shared.protocol import (
@@ -74,8 +74,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return await answer(request, key, req, sent, CHAT_COMPLETION, started=started)
     # Who answers is decided first: a request refused anyway (an unknown model or session, a uid
     # that serves nothing) spends no web search.
+    if many and request.headers.get("x-session-id"):
+        choices.check_request(req.model_copy(update={"session_id": request.headers["x-session-id"]}))
     picks = choices.plan(ctx, key, req) if many else await plan(request, key, req)
     fmt: AnswerFormat = CHAT_COMPLETION
+    found: Found | None = None
     if req.web_search_options is not None:
         sent, found = await search_into(ctx, sent, req.web_search_options.search_context_size,
                                         request_id=request_id(request))
@@ -83,7 +86,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         fmt = SearchedChatCompletionFormat(found)
     if isinstance(picks, Plan):
         return await answer(request, key, req, sent, fmt, started=started, planned=picks)
-    return await choices.answer_choices(request, key, req, sent, picks, started=started)
+    return await choices.answer_choices(request, key, req, sent, picks, started=started, found=found)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ async def plan(request: web.Request, key: KeyRecord, req: ChatCompletionRequest)
     use_mixture = mixture.is_mixture(req)
     if use_mixture:
         mixture.check_request(req)
-    session = None if (req.uids or use_mixture) else await sessions.resolve(ctx, request, req.session_id, key)
+    session = None if (req.uids or use_mixture) else await sessions.resolve(ctx, request, req.session_id, key, model)
     if session is not None:
         neurons = await sessions.session_miners(ctx, session)
     else:
@@ -208,14 +211,21 @@ def _trailer(req: ChatCompletionRequest, run: MinerRun, found: Found | None = No
         return mid_stream_failure_event([run]) + DONE_FRAME
     out = b""
     if found is not None and (annotations := chat_citations(run.text, found)):
-        chunk = chunk_object(completion_id=new_completion_id(), model=run.model or req.model or "unknown",
+        chunk = chunk_object(completion_id=_stream_id(run), model=run.model or req.model or "unknown",
                              delta={"annotations": annotations})
         out += encode_event(dumps(chunk))
     if req.stream_options and req.stream_options.include_usage and run.usage is None:
-        chunk = usage_chunk(completion_id=new_completion_id(), model=run.model or req.model or "unknown",
+        chunk = usage_chunk(completion_id=_stream_id(run), model=run.model or req.model or "unknown",
                             usage=estimated_usage(req, run.text))
         out += encode_event(dumps(chunk))
     return out + DONE_FRAME
+
+
+def _stream_id(run: MinerRun) -> str:
+    """The relayed stream's completion id (the miner's), for the chunks the API adds to it."""
+    first = run.events[0] if run.events else None
+    found = (loads(first) if isinstance(first, str) else first or {}).get("id")
+    return found if isinstance(found, str) and found else new_completion_id()
 
 
 async def _stream(

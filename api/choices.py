@@ -32,12 +32,14 @@ from api.fanout import chat_deadline, settle, start_race
 from api.mixture import is_mixture
 from api.race import MinerRun, Race
 from api.selection import select_miners
+from api.web_retrieval import Found
+from api.web_search import chat_citations
 from shared.errors import ApiError
 from shared.http import json_response
 from shared.jsonutil import dumps, loads
 from shared.metagraph import Neuron
 from shared.miner_client import Event
-from shared.protocol import DEFAULT_TASK, ChatCompletionRequest, new_completion_id, usage_chunk
+from shared.protocol import DEFAULT_TASK, ChatCompletionRequest, chunk_object, new_completion_id, usage_chunk
 from shared.sse import DONE_FRAME, encode_event
 from shared.store.base import KeyRecord
 
@@ -96,13 +98,18 @@ class ChoicesFormat(Protocol):
 
     def usage_chunk(self, cid: str, created: int, model: str, usage: dict[str, Any]) -> bytes: ...
 
+    def tail(self, winners: list[MinerRun], cid: str, created: int) -> bytes:
+        """What a complete stream carries after the winners' chunks and before its usage (b"": nothing)."""
+        ...
+
 
 async def answer_choices(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
-                         picks: list[list[Neuron]], *, started: float) -> web.StreamResponse:
-    """Race n times (choice i among ``picks[i]``, from ``plan``), then answer with n chat choices."""
+                         picks: list[list[Neuron]], *, started: float, found: Found | None = None) -> web.StreamResponse:
+    """Race n times (choice i among ``picks[i]``, from ``plan``), then answer with n chat choices (each
+    with its ``url_citation`` annotations when a web search came first: ``found``)."""
     seed = req.seed if req.seed is not None else random.randrange(2**31 - MAX_CHOICES)
     asks = [Ask(req, req.miner_body(seed=choice_seed(seed, i), sent=sent), neurons) for i, neurons in enumerate(picks)]
-    return await run_choices(request, key, asks, ChatChoices(req), seed=seed, started=started)
+    return await run_choices(request, key, asks, ChatChoices(req, found), seed=seed, started=started)
 
 
 def choice_seed(seed: int, i: int) -> int:
@@ -173,16 +180,33 @@ class ChatChoices:
 
     kind = "chat"
 
-    def __init__(self, req: ChatCompletionRequest) -> None:
+    def __init__(self, req: ChatCompletionRequest, found: Found | None = None) -> None:
         self.req = req
+        self.found = found  # a web search came first: each choice names its sources as url_citations
 
     def new_id(self) -> str:
         return new_completion_id()
 
     def complete(self, winners: list[MinerRun], usage: dict[str, Any], headers: dict[str, str]) -> web.Response:
         objects = [completion_for(self.req, run, usage) for run in winners]
+        if self.found is not None:
+            for o, run in zip(objects, winners, strict=True):
+                o["choices"][0]["message"]["annotations"] = chat_citations(run.text, self.found)
         obj = objects[0] | {"choices": [o["choices"][0] | {"index": i} for i, o in enumerate(objects)]}
         return json_response(obj, headers=headers)
+
+    def tail(self, winners: list[MinerRun], cid: str, created: int) -> bytes:
+        """Each choice's citations, in an annotations-only chunk of its index (as OpenAI sends them)."""
+        if self.found is None:
+            return b""
+        out = b""
+        for i, run in enumerate(winners):
+            if annotations := chat_citations(run.text, self.found):
+                chunk = chunk_object(completion_id=cid, model=run.model or self.req.model or "unknown",
+                                     delta={"annotations": annotations}, created=created)
+                chunk["choices"][0]["index"] = i
+                out += encode_event(dumps(chunk))
+        return out
 
     def chunk(self, data: Event, index: int, cid: str, created: int) -> bytes:
         return _relabelled(data, index, cid, created)
@@ -203,10 +227,10 @@ async def _stream(request: web.Request, req: ChatCompletionRequest, races: list[
         await response.write(b"".join(fmt.chunk(data, i, cid, created) for data in batch))
     if any(run.error for run in winners):
         tail = mid_stream_failure_event(winners)
-    elif req.stream_options and req.stream_options.include_usage:
-        tail = fmt.usage_chunk(cid, created, winners[0].model or req.model or "unknown", usage)
     else:
-        tail = b""
+        tail = fmt.tail(winners, cid, created)
+        if req.stream_options and req.stream_options.include_usage:
+            tail += fmt.usage_chunk(cid, created, winners[0].model or req.model or "unknown", usage)
     await response.write_eof(tail + DONE_FRAME)
     return response
 

@@ -133,6 +133,9 @@ class TextChoices:
     def usage_chunk(self, cid: str, created: int, model: str, usage: dict[str, Any]) -> bytes:
         return encode_event(dumps(self._object(cid, created, model, [], usage)))
 
+    def tail(self, winners: list[MinerRun], cid: str, created: int) -> bytes:
+        return b""
+
     def _model(self, run: MinerRun) -> str:
         return run.model or self.wanted.model or "unknown"
 

@@ -96,8 +96,13 @@ async def move_or_close(ctx: ApiContext, session: Session, reason: str) -> tuple
     return None, "closed"
 
 
-async def resolve(ctx: ApiContext, request: web.Request, explicit_id: str | None, key: KeyRecord) -> Session | None:
-    """The session this chat request runs in: the named one (``session_id`` / ``x-session-id``) or the key's."""
+async def resolve(ctx: ApiContext, request: web.Request, explicit_id: str | None, key: KeyRecord,
+                  model: str | None = None) -> Session | None:
+    """The session this chat request runs in: the named one (``session_id`` / ``x-session-id``) or the key's.
+
+    The key's session pins the requests for its model (or any model, for a session opened for any): a
+    request naming another model is raced as usual, since the pinned miner may not serve it. Naming a
+    session and another model is a 400."""
     if ctx.sessions is None:
         return None
     session_id = explicit_id or request.headers.get("x-session-id")
@@ -107,10 +112,19 @@ async def resolve(ctx: ApiContext, request: web.Request, explicit_id: str | None
             if session is None or session.key_id != key.id:
                 raise ApiError(404, f"No active session '{session_id}' for this key.", code="session_not_found",
                                param="session_id")
+            if _other_model(session, model):
+                raise ApiError(400, f"Session {session.id} serves the model '{session.model}'; this request names "
+                               f"'{model}'.", code="session_model_mismatch", param="model")
             return session
-        return await ctx.sessions.for_key(key.id)
+        session = await ctx.sessions.for_key(key.id)
+        return None if session is None or _other_model(session, model) else session
     except StoreUnavailable:
         raise _unavailable() from None
+
+
+def _other_model(session: Session, model: str | None) -> bool:
+    pinned = _model(session.model)
+    return model is not None and pinned is not None and model != pinned
 
 
 async def session_miners(ctx: ApiContext, session: Session) -> list[Neuron]:

@@ -96,6 +96,7 @@ async def test_chat_completions_take_web_search_options(tmp_path: Path, stream: 
             (cite,) = last.choices[0].delta.annotations
             span = cite["url_citation"]
             assert chunks[-1] is last and text[span["start_index"]:span["end_index"]] == PAGE
+            assert len({c.id for c in chunks}) == 1, "the citations chunk carries the stream's own id"
         else:
             r = await client.chat.completions.create(model="default", messages=messages, web_search_options=options)
             (cite,) = [a for a in r.choices[0].message.annotations if a.url_citation.url == PAGE]
@@ -103,6 +104,26 @@ async def test_chat_completions_take_web_search_options(tmp_path: Path, stream: 
     retrieval, chat = scripts[1].bodies
     assert retrieval["task"] == "WebRetrievalTask" and retrieval["target_results"] == 8  # high: 8 results
     assert f"[1] {PAGE}" in chat["messages"][0]["content"] and "web_search_options" not in chat
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
+async def test_each_of_n_choices_cites_its_sources(tmp_path: Path, stream: bool) -> None:
+    """``n`` > 1 after a web search: every choice's annotations (they were dropped)."""
+    text = json.dumps([{"url": PAGE, "content": "Pelseldan is a city on the Zorgal river."}])
+    async with api_with_miners(tmp_path, {1: miner_answering(text), 2: miner_answering(text)}) as api:
+        client = AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0)
+        fields = {"model": "default", "messages": [{"role": "user", "content": "Tell me about Pelseldan"}],
+                  "web_search_options": {}, "n": 2}
+        if stream:
+            chunks = [c async for c in await client.chat.completions.create(**fields, stream=True)]
+            cited = {c.choices[0].index: c.choices[0].delta.annotations for c in chunks
+                     if c.choices and getattr(c.choices[0].delta, "annotations", None)}
+            urls = {i: [a["url_citation"]["url"] for a in cites] for i, cites in cited.items()}
+            assert len({c.id for c in chunks}) == 1, "the citations belong to the stream's completion"
+        else:
+            r = await client.chat.completions.create(**fields)
+            urls = {c.index: [a.url_citation.url for a in c.message.annotations] for c in r.choices}
+    assert urls == {0: [PAGE], 1: [PAGE]}
 
 
 async def test_a_request_with_no_user_text_searches_nothing(tmp_path: Path) -> None:

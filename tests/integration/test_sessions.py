@@ -216,3 +216,24 @@ async def test_a_refused_request_does_not_move_the_session(tmp_path: Path) -> No
         _, _, current = await call(api, "GET", "/v1/sessions")
         assert current["uid"] == s["uid"]
         assert sum(sc.calls for uid, sc in scripts.items() if uid != s["uid"]) == 0
+
+
+async def test_a_session_pins_its_own_model_and_a_request_for_another_races(tmp_path: Path) -> None:
+    """The key's session pins the requests for its model; one naming another model is raced as usual (the
+    pinned miner may not serve it: it was a 404 from the miner, or a failover away from a good miner)."""
+    async with api_with_miners(tmp_path, miners()) as api:
+        status, _, s = await call(api, "POST", "/v1/sessions", json={"model": "model-a"})
+        assert status == 200, s
+        for model, pinned in (("model-a", True), ("default", True), ("model-b", False)):
+            status, headers, body = await chat(api, model=model)
+            assert status == 200, body
+            assert ("x-sn1-session-id" in headers) == pinned, model
+        status, _, body = await chat(api, model="model-b", session_id=s["session_id"])
+        assert status == 400 and body["error"]["code"] == "session_model_mismatch", body
+        assert body["error"]["param"] == "model" and "model-a" in body["error"]["message"]
+        # n > 1 with a session named in the header is refused as with session_id in the body (it was ignored)
+        async with aiohttp.ClientSession() as http, http.post(
+                api.url + "/v1/chat/completions", json={"messages": MESSAGES, "n": 2},
+                headers={"api-key": api.key, "x-session-id": s["session_id"]}) as r:
+            status, body = r.status, await r.json()
+        assert status == 400 and body["error"]["param"] == "n" and "session" in body["error"]["message"], body
