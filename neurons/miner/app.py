@@ -17,7 +17,7 @@ from aiohttp import web
 from loguru import logger
 
 from neurons.miner.backends.base import Backend, BackendError
-from neurons.miner.traffic import TRAFFIC, TrafficLog, summary_loop
+from neurons.miner.traffic import CLIENT_GONE, TRAFFIC, TrafficLog, summary_loop
 from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json
 from shared.jsonutil import dumps
@@ -27,6 +27,7 @@ from shared.signing import CALLER_KEY, RequestVerifier, btauth_middleware
 from shared.sse import DONE_FRAME, encode_event
 
 BACKEND = web.AppKey("backend", Backend)
+MID_STREAM_FAILURE = "sn1_mid_stream_failure"  # request key: the backend failed after the stream began
 METAGRAPH = web.AppKey("metagraph", MetagraphView)
 
 
@@ -90,10 +91,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             raise ApiError(404, f"The model '{req.model}' is not served here.", code="model_not_found",
                            param="model")
         response = await (_stream(request, backend, data) if stream else _complete(backend, data))
-        status = response.status
+        status = 502 if request.get(MID_STREAM_FAILURE) else response.status
         return response
     except ApiError as e:
         status = e.status
+        raise
+    except asyncio.CancelledError:
+        status = CLIENT_GONE  # the caller left (a lost race, its deadline): not a failure of this miner
         raise
     finally:
         request.app[TRAFFIC].record(rid=request.headers.get("x-request-id", "-"),
@@ -141,15 +145,25 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any]) 
             tail = (tail + piece)[-32:]
     except BackendError as e:
         logger.warning("backend failed mid-stream: {}", e)
-        await response.write(encode_event(dumps({"error": {"message": str(e), "type": "upstream_error"}})))
+        request[MID_STREAM_FAILURE] = True
+        await response.write(_event_boundary(tail) + encode_event(dumps({"error": {"message": str(e),
+                                                                                   "type": "upstream_error"}})))
         tail = b""
-    # A relayed stream carries the upstream's own [DONE]; every other ending gets ours.
-    await response.write_eof(b"" if _ends_done(tail) else DONE_FRAME)
+    # A relayed stream carries the upstream's own [DONE]; every other ending gets ours, after a blank line
+    # if the upstream stopped mid-event (else ours would run on into its last line).
+    await response.write_eof(b"" if _ends_done(tail) else _event_boundary(tail) + DONE_FRAME)
     return response
 
 
 def _ends_done(data: bytes) -> bool:
     return data[-32:].rstrip(b"\r\n ").endswith(b"data: [DONE]")
+
+
+def _event_boundary(tail: bytes) -> bytes:
+    """What ends the relayed bytes' last event (nothing when they end on a blank line already)."""
+    if not tail or tail.endswith((b"\n\n", b"\r\n\r\n", b"\r\r")):
+        return b""
+    return b"\n\n"
 
 
 async def _encoded(backend: Backend, body: dict[str, Any]) -> AsyncIterator[bytes]:

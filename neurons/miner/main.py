@@ -27,7 +27,6 @@ async def build_backend(settings: MinerSettings) -> Backend:
             settings.upstream_url,
             api_key=settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None,
             timeout=settings.upstream_timeout,
-            fallback_model=settings.miner_model,
         )
         await backend.start()
         return backend

@@ -16,6 +16,7 @@ from aiohttp import web
 from loguru import logger
 
 SUMMARY_SECONDS = 60.0
+CLIENT_GONE = 499  # the status logged for a caller that left first (nginx's word for it)
 MAX_SAMPLES = 10_000  # latencies kept per interval for the median: bounded memory under any load
 
 
@@ -26,6 +27,7 @@ class TrafficLog:
     def _reset(self) -> None:
         self.requests = 0
         self.failed = 0
+        self.left = 0  # the caller went away first (a race another miner won, a deadline): no failure
         self.callers: set[str] = set()
         self.latencies_ms: list[float] = []
 
@@ -33,7 +35,8 @@ class TrafficLog:
         logger.debug("chat rid={} caller={} stream={} status={} latency_ms={:.1f}",
                      rid, caller[:10], stream, status, latency_ms)
         self.requests += 1
-        self.failed += status >= 400
+        self.left += status == CLIENT_GONE
+        self.failed += status >= 400 and status != CLIENT_GONE
         if len(self.callers) < 1000:
             self.callers.add(caller)
         if len(self.latencies_ms) < MAX_SAMPLES:
@@ -45,7 +48,8 @@ class TrafficLog:
             return None
         p50 = statistics.median(self.latencies_ms) if self.latencies_ms else 0.0
         line = (f"served {self.requests} chat requests in the last {seconds:.0f}s "
-                f"({self.failed} failed) from {len(self.callers)} caller(s), p50 latency {p50:.1f} ms")
+                f"({self.failed} failed, {self.left} left by the caller first) from {len(self.callers)} caller(s), "
+                f"p50 latency {p50:.1f} ms")
         self._reset()
         return line
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from pathlib import Path
 
 import aiohttp
+import pytest
+from aiohttp import web
 
 from api.app import create_api_app
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
-from shared.signing import Authorizer, RequestVerifier
+from shared.metagraph import Neuron
+from shared.miner_client import MinerClient, make_session
+from shared.signing import Authorizer, RequestVerifier, Signer
 from tests.fake_upstream import MODEL, create_fake_upstream
 from tests.helpers import build_api_context, keypair, serve_app, snapshot
 
@@ -96,3 +101,77 @@ async def test_a_request_the_model_server_refuses_is_the_callers_400_not_a_miner
         async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
             out = await r.json()
             assert r.status == 502 and out["error"]["code"] == "no_valid_answer", out
+
+
+def test_the_subnets_sampling_block_reaches_the_upstream_as_its_own_fields() -> None:
+    """Synthetic tasks carry their sampling only in ``sampling_parameters``: the upstream must sample as
+    the validator's reference model does (it got them at the top level; the upstream got none)."""
+    backend = OpenAICompatibleBackend("http://127.0.0.1:9/v1")
+    body = {"messages": [], "seed": 7, "task": "InferenceTask", "temperature": 0.2,
+            "sampling_parameters": {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "max_new_tokens": 64}}
+    sent = backend.upstream_body(body, stream=True)
+    assert (sent["temperature"], sent["top_p"], sent["top_k"], sent["max_tokens"]) == (0.2, 0.95, 40, 64), \
+        "the request's own fields first, then the block's"
+    assert "sampling_parameters" not in sent and "task" not in sent
+
+
+async def test_models_come_from_the_upstream_even_when_it_comes_up_late() -> None:
+    """An upstream still loading at the miner's start has no models to advertise (the deterministic model's
+    name was advertised, and sent upstream for "default"); once it is up, its list is read."""
+    up = web.Application()
+    up.router.add_get("/v1/models", lambda _r: web.json_response({"data": [{"id": "late-model"}]}))
+    async with serve_app(up) as url:
+        port = int(url.rsplit(":", 1)[1])
+    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{port}/v1", models_refresh=0.05)
+    await backend.start()  # nothing listens on the port now
+    try:
+        assert backend.models() == []
+        async with serve_app(up, port=port):
+            for _ in range(100):
+                if backend.models():
+                    break
+                await asyncio.sleep(0.02)
+            assert backend.models() == ["late-model"]
+    finally:
+        await backend.close()
+
+
+@pytest.mark.parametrize("ending", [b"", b"\n", b'\n\ndata: {"id":"u","obj'],
+                         ids=["no-newline", "one-newline", "cut-mid-event"])
+async def test_a_stream_the_upstream_ends_mid_line_keeps_its_events_apart(tmp_path: Path, ending: bytes) -> None:
+    """The miner's own ending (``[DONE]``, or an error event) must not run on into the upstream's last line."""
+    def event(text: str, finish: str | None = None) -> bytes:
+        return b"data: " + json.dumps({"id": "u", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                                       "choices": [{"index": 0, "delta": {"content": text},
+                                                    "finish_reason": finish}]}).encode()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(event("a") + b"\n\n" + event("b", "stop") + ending)
+        await response.write_eof()
+        return response
+
+    up = web.Application()
+    up.router.add_get("/v1/models", lambda _r: web.json_response({"data": [{"id": "m"}]}))
+    up.router.add_post("/v1/chat/completions", chat)
+    async with contextlib.AsyncExitStack() as st:
+        upstream = await st.enter_async_context(serve_app(up))
+        backend = OpenAICompatibleBackend(upstream + "/v1")
+        await backend.start()
+        st.push_async_callback(backend.close)
+        verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
+        miner = await st.enter_async_context(serve_app(create_miner_app(backend, verifier)))
+        client = MinerClient(make_session(), Signer(VALIDATOR))
+        st.push_async_callback(client.session.close)
+        neuron = Neuron(uid=1, hotkey=MINER.ss58_address, axon=miner.removeprefix("http://"))
+        deadline = asyncio.get_running_loop().time() + 5
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+        events = [e for batch in [b async for b in client.stream_chat_batches(neuron, body, deadline)] for e in batch]
+    if ending.endswith(b"obj"):  # the cut event arrives as the garbage it is (the API fails the miner), apart
+        assert events[-1] == '{"id":"u","obj' and len(events) == 3
+        events = events[:2]
+    texts = [json.loads(e) if isinstance(e, str) else e for e in events]
+    assert [c["choices"][0]["delta"]["content"] for c in texts] == ["a", "b"]
+    assert texts[-1]["choices"][0]["finish_reason"] == "stop"

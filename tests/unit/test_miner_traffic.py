@@ -10,10 +10,11 @@ from neurons.miner.traffic import TrafficLog
 def test_summary_counts_requests_failures_callers_and_median_then_starts_over() -> None:
     log = TrafficLog()
     assert log.summary(60) is None, "no traffic, no line"
-    for i, (status, ms) in enumerate([(200, 1.0), (200, 3.0), (502, 9.0)]):
+    for i, (status, ms) in enumerate([(200, 1.0), (200, 3.0), (502, 9.0), (499, 2.0)]):
         log.record(rid=f"r{i}", caller="5Validator" + str(i % 2), stream=False, status=status, latency_ms=ms)
     line = log.summary(60)
-    assert line == "served 3 chat requests in the last 60s (1 failed) from 2 caller(s), p50 latency 3.0 ms"
+    assert line == ("served 4 chat requests in the last 60s (1 failed, 1 left by the caller first) from 2 "
+                    "caller(s), p50 latency 2.5 ms"), "a caller that left (a race lost) is no failure"
     assert log.summary(60) is None, "each interval reports only its own requests"
 
 

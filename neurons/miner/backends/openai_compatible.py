@@ -10,6 +10,7 @@ parameters.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -39,7 +40,7 @@ class OpenAICompatibleBackend:
         *,
         api_key: str | None = None,
         timeout: float = 120.0,
-        fallback_model: str | None = None,
+        models_refresh: float = 60.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Content-Type": "application/json"}
@@ -47,18 +48,34 @@ class OpenAICompatibleBackend:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
-        self._models: list[str] = [fallback_model] if fallback_model else []
+        # What the upstream serves, from its /models: nothing until it answers (a model server still
+        # loading at start is no model to advertise), then refreshed every ``models_refresh`` seconds.
+        self._models: list[str] = []
+        self._models_refresh = models_refresh
+        self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512),
                                               cookie_jar=aiohttp.DummyCookieJar())
         await self.refresh_models()
+        self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._models_refresh)
+            await self.refresh_models()
 
     async def refresh_models(self) -> None:
+        """Read the upstream's models; a failure keeps the last list (and says so once per failure)."""
         try:
-            async with self._http().get(f"{self.base_url}/models", headers=self._headers, timeout=aiohttp.ClientTimeout(total=10)) as r:
+            async with self._http().get(f"{self.base_url}/models", headers=self._headers,
+                                        timeout=aiohttp.ClientTimeout(total=10)) as r:
+                if r.status != 200:
+                    raise ValueError(f"HTTP {r.status}")
                 data = await r.json(content_type=None)
             models = [m["id"] for m in data.get("data", []) if isinstance(m, dict) and m.get("id")]
+            if models != self._models and models:
+                logger.info("upstream models: {}", ", ".join(models))
             if models:
                 self._models = models
         except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as e:
@@ -77,9 +94,13 @@ class OpenAICompatibleBackend:
 
     def upstream_body(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
         out = {k: v for k, v in body.items() if k not in SUBNET_FIELDS}
+        # The subnet's sampling block, in the upstream's own fields (as the validator's reference model
+        # gets them: the same sampling on both sides of a comparison).
         sp = body.get("sampling_parameters") or {}
-        if sp.get("top_k") is not None and "top_k" not in out:
-            out["top_k"] = sp["top_k"]
+        for name, field in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
+                            ("max_new_tokens", "max_tokens")):
+            if sp.get(name) is not None and field not in out:
+                out[field] = sp[name]
         if out.get("model") in ANY_MODEL and self._models:
             out["model"] = self._models[0]
         out["stream"] = stream
@@ -95,7 +116,7 @@ class OpenAICompatibleBackend:
             f"{self.base_url}/chat/completions", data=payload, headers=self._headers, timeout=self._timeout
         ) as r:
             if r.status != 200:
-                _, message = parse_error(await r.text())
+                _, message = parse_error((await r.read()).decode("utf-8", "replace"))
                 refused = r.status in REFUSED_REQUEST
                 raise BackendError(f"upstream HTTP {r.status}: {message[:300]}",
                                    status=r.status if refused else 502, code=MODEL_SERVER_REJECTED if refused else None)
@@ -154,6 +175,9 @@ class OpenAICompatibleBackend:
             raise BackendError(f"upstream stream failed: {type(e).__name__}: {e}") from None
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
         if self._session is not None:
             await self._session.close()
             self._session = None
