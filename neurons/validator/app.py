@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +29,25 @@ from shared.metrics import ValidatorMetrics, metrics_handler, metrics_middleware
 from shared.signing import CALLER_KEY, RequestVerifier
 
 
+class RecentPayloads:
+    """The identities of the last ``size`` payloads accepted: a payload sent again (its 202 was lost on
+    the way back, so the API's forwarder retried) is acknowledged and not scored a second time."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+
+    def __contains__(self, identity: tuple[Any, ...] | None) -> bool:
+        return identity is not None and identity in self._seen
+
+    def add(self, identity: tuple[Any, ...] | None) -> None:
+        if identity is None:
+            return
+        self._seen[identity] = None
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+
+
 @dataclass
 class ValidatorContext:
     book: AvailabilityBook
@@ -36,6 +56,9 @@ class ValidatorContext:
     scores: ScoreBook
     metagraph: MetagraphView
     organic_timeout: float = 30.0
+    seen: RecentPayloads = field(default_factory=RecentPayloads)
+
+
 
 
 CTX = web.AppKey("validator_context", ValidatorContext)
@@ -116,8 +139,12 @@ async def scoring(request: web.Request) -> web.Response:
         return _score_batch(ctx, data)
     payload: OrganicPayload = parse_model(OrganicPayload, data)
     job = payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout)
-    _enqueue(ctx, [job])
-    logger.debug("organic payload queued: task={} uids={}", job.task, payload.uids)
+    if payload.identity() in ctx.seen:
+        logger.debug("organic payload request_id={} seen before: not scored again", payload.request_id)
+    else:
+        _enqueue(ctx, [job])
+        ctx.seen.add(payload.identity())
+        logger.debug("organic payload queued: task={} uids={}", job.task, payload.uids)
     return json_response({"status": "accepted", "uids": sorted(job.hotkeys)}, status=202)
 
 
@@ -137,13 +164,24 @@ def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
     """A JSON array of payloads (the API's forwarder batches): malformed items are reported, not fatal."""
     if not items or len(items) > MAX_SCORING_BATCH:
         raise ApiError(400, f"A scoring batch holds 1 to {MAX_SCORING_BATCH} payloads.", code="invalid_payload")
-    jobs, rejected = [], []
+    jobs, rejected, identities, repeated = [], [], set(), 0
     for index, item in enumerate(items):
         try:
-            jobs.append(parse_model(OrganicPayload, item).to_job(ctx.metagraph.snapshot, ctx.organic_timeout))
+            payload = parse_model(OrganicPayload, item)
         except ApiError as e:
             rejected.append({"index": index, "error": e.message})
+            continue
+        identity = payload.identity()
+        if identity in ctx.seen or (identity is not None and identity in identities):
+            repeated += 1  # sent before (its 202 was lost): acknowledged, not scored twice
+            continue
+        identities.add(identity)
+        jobs.append(payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout))
     _enqueue(ctx, jobs)
+    for identity in identities:
+        ctx.seen.add(identity)
+    if repeated:
+        logger.info("scoring: {} of {} payloads were sent before and are not scored again", repeated, len(items))
     if rejected:
         first = rejected[0]
         logger.warning("scoring: rejected {} of {} payloads as malformed (first: index {} request_id={}: {})",

@@ -33,6 +33,15 @@ class OrganicPayload(BaseModel):
     # The deadline the miners had (the API's: the caller's timeout or what its max_tokens allows); an API
     # from before it existed sends none and the validator's ORGANIC_TIMEOUT stands in.
     deadline_s: float | None = Field(default=None, gt=0, le=3600)
+    request_id: str | None = Field(default=None, max_length=128)
+    kind: str | None = Field(default=None, max_length=64)
+
+    def identity(self) -> tuple[Any, ...] | None:
+        """What tells this payload from any other (None: an API too old to say). A forwarder that lost the
+        validator's 202 sends the same stored payload again: it must be scored once."""
+        if self.request_id is None or self.created_at is None:
+            return None
+        return (self.request_id, self.kind, self.created_at, tuple(self.uids))
 
     @model_validator(mode="after")
     def _consistent(self) -> OrganicPayload:

@@ -94,6 +94,20 @@ async def test_organic_latency_is_judged_on_the_deadline_the_miners_had() -> Non
     assert given.deadline_s == 120.0 and older_api.deadline_s == ctx.organic_timeout
 
 
+async def test_a_payload_sent_again_is_acknowledged_and_scored_once() -> None:
+    """The forwarder retries a batch whose 202 it never got: the validator must not score it twice."""
+    ctx = make_ctx()
+    one = payload(request_id="rid-1", kind="chat")
+    other = payload(request_id="rid-2", kind="chat")
+    async with serve_app(create_validator_app(ctx)) as url:
+        for body in (one, one, [one, other, other]):
+            status, answer = await post(url, "/scoring", json.dumps(body).encode())
+            assert status == 202, answer
+        for _ in range(2):  # an API too old to name its payloads: nothing to tell repeats by
+            assert (await post(url, "/scoring", json.dumps(payload()).encode()))[0] == 202
+    assert ctx.scoring_queue.qsize() == 2 + 2, "rid-1 once, rid-2 once, and both unnamed ones"
+
+
 async def test_scoring_signature_rejections() -> None:
     ctx = make_ctx()
     raw = json.dumps(payload()).encode()
