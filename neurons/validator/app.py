@@ -141,6 +141,8 @@ async def scoring(request: web.Request) -> web.Response:
     job = payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout)
     if payload.identity() in ctx.seen:
         logger.debug("organic payload request_id={} seen before: not scored again", payload.request_id)
+    elif not job.hotkeys:
+        logger.debug("organic payload request_id={}: none of its uids is registered now", payload.request_id)
     else:
         _enqueue(ctx, [job])
         ctx.seen.add(payload.identity())
@@ -176,7 +178,9 @@ def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
             repeated += 1  # sent before (its 202 was lost): acknowledged, not scored twice
             continue
         identities.add(identity)
-        jobs.append(payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout))
+        job = payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout)
+        if job.hotkeys:  # else none of its uids is registered now: nothing to score, no queue slot spent
+            jobs.append(job)
     _enqueue(ctx, jobs)
     for identity in identities:
         ctx.seen.add(identity)
@@ -186,7 +190,9 @@ def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
         first = rejected[0]
         logger.warning("scoring: rejected {} of {} payloads as malformed (first: index {} request_id={}: {})",
                        len(rejected), len(items), first["index"], _request_id(items[first["index"]]), first["error"])
-    return json_response({"status": "accepted", "accepted": len(jobs), "rejected": rejected}, status=202)
+    # accepted: every well-formed payload, queued or not (one sent before, or with no uid registered now)
+    return json_response({"status": "accepted", "accepted": len(items) - len(rejected), "queued": len(jobs),
+                          "rejected": rejected}, status=202)
 
 
 def _request_id(item: Any) -> Any:

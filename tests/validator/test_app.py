@@ -108,6 +108,16 @@ async def test_a_payload_sent_again_is_acknowledged_and_scored_once() -> None:
     assert ctx.scoring_queue.qsize() == 2 + 2, "rid-1 once, rid-2 once, and both unnamed ones"
 
 
+async def test_a_payload_whose_uids_are_all_gone_spends_no_queue_slot() -> None:
+    ctx = make_ctx()
+    gone = payload(uids=[77], chunks={"77": []}, timings={"77": []}, errors={})
+    async with serve_app(create_validator_app(ctx)) as url:
+        assert (await post(url, "/scoring", json.dumps(gone).encode()))[0] == 202
+        status, body = await post(url, "/scoring", json.dumps([gone, payload()]).encode())
+    assert status == 202 and (body["accepted"], body["queued"]) == (2, 1)
+    assert ctx.scoring_queue.qsize() == 1
+
+
 async def test_scoring_signature_rejections() -> None:
     ctx = make_ctx()
     raw = json.dumps(payload()).encode()
