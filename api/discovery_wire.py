@@ -38,11 +38,15 @@ class TaskListOut(BaseModel):
 class CheckOut(BaseModel):
     ok: bool
     detail: str
+    required: bool = Field(default=True, description="false: a failure is a warning, not a reason to take the "
+                                                     "worker out of rotation")
 
 
 class ReadyOut(BaseModel):
-    """``GET /ready``: 200 when every check passes, 503 with the failing checks' reasons otherwise."""
+    """``GET /ready``: 200 when every required check passes, 503 with the failing checks' reasons otherwise;
+    a failing check that does not stop the worker serving is a warning."""
 
     ready: bool
     reasons: list[str]
+    warnings: list[str] = Field(default_factory=list)
     checks: dict[str, CheckOut]

@@ -51,8 +51,11 @@ def validator_check(ctx: ApiContext) -> CheckOut:
     if cache is None:
         return CheckOut(ok=True, detail="not used (no availability cache configured)")
     if not cache.fresh():
-        return CheckOut(ok=False, detail=f"no fresh availability from the validator at {cache.validator_url} "
-                                         f"(stale after {cache.stale_seconds:.0f}s)")
+        # A warning: the worker still serves (every serving miner is a candidate while availability is
+        # unknown), and one validator restart must not take every API host of a fleet out of rotation.
+        return CheckOut(ok=False, required=False,
+                        detail=f"no fresh availability from the validator at {cache.validator_url} (stale after "
+                               f"{cache.stale_seconds:.0f}s); serving every registered miner meanwhile")
     return CheckOut(ok=True, detail=f"availability {_age(cache):.0f}s old")
 
 
@@ -73,8 +76,9 @@ def miners_check(ctx: ApiContext) -> CheckOut:
 async def readiness(ctx: ApiContext) -> ReadyOut:
     checks = {"metagraph": metagraph_check(ctx), "store": await store_check(ctx),
               "validator": validator_check(ctx), "miners": miners_check(ctx)}
-    reasons = [f"{name}: {c.detail}" for name, c in checks.items() if not c.ok]
-    return ReadyOut(ready=not reasons, reasons=reasons, checks=checks)
+    reasons = [f"{name}: {c.detail}" for name, c in checks.items() if not c.ok and c.required]
+    warnings = [f"{name}: {c.detail}" for name, c in checks.items() if not c.ok and not c.required]
+    return ReadyOut(ready=not reasons, reasons=reasons, warnings=warnings, checks=checks)
 
 
 async def ready(request: web.Request) -> web.Response:
