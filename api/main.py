@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 
@@ -21,14 +22,14 @@ from api.availability import AvailabilityCache
 from api.context import ApiContext
 from api.scoring_outbox import OutboxForwarder
 from api.supervisor import Supervisor
-from shared.http import run, serve_until_signal
+from shared.http import bound_socket, run, serve_until_signal
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
 from shared.metrics import MULTIPROC_ENV
 from shared.miner_client import MinerClient, make_session
 from shared.process import stop_with_parent
 from shared.request_log import RequestLog
-from shared.settings import ApiSettings
+from shared.settings import ApiSettings, SettingsError
 from shared.signing import Signer
 from shared.store import open_store
 from shared.store.outbox import open_outbox
@@ -47,11 +48,16 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
         refresh_seconds=settings.availability_refresh_seconds, stale_seconds=settings.availability_stale_seconds,
     )
     await availability.refresh()
-    store = open_store(settings.store_url, namespace=settings.store_namespace)
+    try:  # a SQLite path that cannot be opened: STORE_URL's one line at start, not a traceback
+        store = open_store(settings.store_url, namespace=settings.store_namespace)
+        sessions = open_sessions(settings.store_url, namespace=settings.store_namespace)
+        outbox = open_outbox(settings.store_url, namespace=settings.store_namespace,
+                             max_items=settings.outbox_max_items)
+    except (OSError, sqlite3.Error) as e:
+        await client.session.close()
+        raise SettingsError(f"STORE_URL: cannot open {settings.store_url}: {e}") from None
     ctx = ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability,
-                     sessions=open_sessions(settings.store_url, namespace=settings.store_namespace),
-                     request_log=RequestLog(role, level=settings.log_level))
-    outbox = open_outbox(settings.store_url, namespace=settings.store_namespace, max_items=settings.outbox_max_items)
+                     sessions=sessions, request_log=RequestLog(role, level=settings.log_level))
     ctx.attach_forwarder(OutboxForwarder(outbox, client, settings.validator_api,
                                          settings.validator_hotkey or hotkey.ss58_address,
                                          lease_seconds=settings.outbox_lease_seconds))
@@ -61,6 +67,7 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
 async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
     role = f"api[{os.getpid()}]"
     setup_logging(settings.log_level, role=role)
+    sock = bound_socket(settings.api_host, settings.api_port, reuse_port=reuse_port)  # a port in use: stop now
     ctx = await build_context(settings, role=role)
     app = create_api_app(ctx)
 
@@ -79,7 +86,7 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
         settings.store_url.split("://")[0], "enabled" if settings.admin_key else "disabled",
         ",".join(settings.cors_origins) or "off",
     )
-    await serve_until_signal(app, settings.api_host, settings.api_port, reuse_port=reuse_port)
+    await serve_until_signal(app, settings.api_host, settings.api_port, sock=sock)
 
 
 def _worker_entry(settings: ApiSettings, supervisor: int) -> None:

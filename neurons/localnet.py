@@ -20,12 +20,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from shared.process import die_with_parent, stop_signals
+from shared.settings import ApiSettings, CommonSettings, MinerSettings, ValidatorSettings
+
+# Every name a setting is read from: the children's environment must not carry one (see ``_spawn``).
+SETTING_NAMES = frozenset(name.upper() for cls in (ApiSettings, ValidatorSettings, MinerSettings)
+                          for name in cls.model_fields)
+LOG_LEVELS = get_args(CommonSettings.model_fields["log_level"].annotation)
 
 VALIDATOR_WALLET = "validator"
 
@@ -80,10 +86,36 @@ def first_model(base_url: str) -> str | None:
     return next((m for m in models if isinstance(m, str) and m), None)
 
 
+def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """The environment a child process gets: the caller's, without any setting. The env file is the
+    child's whole configuration, and a setting exported in the caller's shell (an operator's
+    WALLET_NAME after the real-chain steps, say) would override it, as the environment overrides env
+    files: every miner loaded the validator's wallet."""
+    return {k: v for k, v in parent.items() if k.upper() not in SETTING_NAMES}
+
+
+def port(text: str) -> int:
+    """A TCP port for argparse (70000 was a traceback from bind)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (1-65535)")
+    return value
+
+
+def log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a log level ({', '.join(LOG_LEVELS)})")
+    return level
+
+
 def add_localnet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--miners", type=int, default=3, help="number of miners (default 3)")
-    p.add_argument("--api-port", type=int, default=42170)
-    p.add_argument("--validator-port", type=int, default=8094)
+    p.add_argument("--api-port", type=port, default=42170)
+    p.add_argument("--validator-port", type=port, default=8094)
     p.add_argument("--dir", default="./localnet", help="state folder (wallets, metagraph, logs)")
     p.add_argument("--admin-key", default=None, help="admin key (default: generated once, kept in --dir)")
     p.add_argument("--backend", choices=["deterministic", "openai"], default="deterministic")
@@ -96,7 +128,7 @@ def add_localnet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, help="JSONL of prompts / QA items for the validator's synthetic tasks")
     p.add_argument("--corpus", default=None,
                    help="JSONL {url,title,content} web corpus shared by miners and validator (default: built-in)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", type=log_level, default="INFO", help="TRACE, DEBUG, INFO (default), WARNING, ...")
 
 
 @dataclass
@@ -123,6 +155,13 @@ class Child:
     proc: subprocess.Popen
     health_url: str
     log_path: Path
+    log_start: int = 0  # the log's size when this child started: what comes after is this run's
+
+    def log_tail(self, size: int = 3000) -> str:
+        """The end of what this child wrote (earlier runs' lines in the same file are not its story)."""
+        with self.log_path.open("rb") as f:
+            f.seek(max(self.log_start, self.log_path.stat().st_size - size))
+            return f.read().decode(errors="replace")
 
 
 class LocalNet:
@@ -226,14 +265,15 @@ class LocalNet:
         env_file = self._write_env(name, env | self.cfg.extra_env)
         log_path = self.dir / "logs" / f"{name}.log"
         log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        child_env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "MINER_", "ADMIN_KEY"))}
+        log_start = log.tell()
+        child_env = child_environment(os.environ)
         proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", role, "--env-file", str(env_file)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env,
             start_new_session=True, preexec_fn=die_with_parent(),
         )
         log.close()
-        self.children.append(Child(name, proc, health_url, log_path))
+        self.children.append(Child(name, proc, health_url, log_path, log_start))
 
     def child(self, name: str) -> Child:
         return next(c for c in self.children if c.name == name)
@@ -373,7 +413,7 @@ def raise_if_exited(children: Iterable[Child]) -> None:
     for child in children:
         code = child.proc.poll()
         if code is not None:
-            tail = child.log_path.read_text(errors="replace")[-3000:]
+            tail = child.log_tail()
             raise RuntimeError(f"{child.name} exited with code {code} during start-up:\n{tail}")
 
 

@@ -232,7 +232,13 @@ def bound_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.so
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as e:  # a port in use, an address not on this host: one line at start, not a traceback
+        sock.close()
+        from shared.settings import SettingsError
+
+        raise SettingsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.listen(2048)
     sock.setblocking(False)
     return sock
@@ -250,15 +256,18 @@ SHUTDOWN_LIMIT_S = 30.0  # in-flight requests get 5 s (the site's shutdown_timeo
 
 async def serve_until_signal(
     app: web.Application, host: str, port: int, *, reuse_port: bool = False, on_started: Callable[[], None] | None = None,
-    shutdown_limit: float = SHUTDOWN_LIMIT_S,
+    shutdown_limit: float = SHUTDOWN_LIMIT_S, sock: socket.socket | None = None,
 ) -> None:
     """Serve ``app`` until SIGINT, SIGTERM or SIGHUP, then shut down gracefully (cleanup_ctx runs).
 
-    A shutdown that takes longer than ``shutdown_limit`` is a bug (a task that ignores its cancel):
-    the process logs what is still running and exits with status 1 instead of hanging."""
+    ``sock``: a socket the process bound first (``bound_socket``), so that a port in use stops it
+    before it builds anything. A shutdown that takes longer than ``shutdown_limit`` is a bug (a task
+    that ignores its cancel): the process logs what is still running and exits with status 1 instead
+    of hanging."""
+    sock = sock or bound_socket(host, port, reuse_port=reuse_port)
     runner = app_runner(app)
     await runner.setup()
-    site = web.SockSite(runner, bound_socket(host, port, reuse_port=reuse_port), shutdown_timeout=5.0)
+    site = web.SockSite(runner, sock, shutdown_timeout=5.0)
     await site.start()
     tune_for_serving()  # after start-up, so the app's long-lived objects are frozen too
     stop = asyncio.Event()

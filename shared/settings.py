@@ -17,6 +17,8 @@ import pydantic_settings
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.tasks import ALL_TASKS
+
 
 def split_csv(value: object) -> object:
     """``"a, b,,c"`` -> ``["a", "b", "c"]`` (env files and query strings); anything else unchanged."""
@@ -69,6 +71,11 @@ class CommonSettings(BaseSettings):
     )
     metagraph_refresh_seconds: float = Field(default=60.0, gt=0)
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, v: object) -> object:
+        return v.strip().upper() if isinstance(v, str) else v
 
     @field_validator("metagraph_file", mode="before")
     @classmethod
@@ -158,7 +165,8 @@ class ValidatorSettings(CommonSettings):
                                  description="First chunk within this fraction of the deadline: no latency penalty")
     score_alpha: float = Field(default=0.1, gt=0, le=1, description="EMA weight of a new reward")
     task_probabilities: dict[str, float] | None = Field(
-        default=None, description='JSON {task: probability}; default Inference .5, QA .2, Arithmetic .15, Web .15')
+        default=None, description='JSON {task: probability}; default {"InferenceTask": 0.5, "QuestionAnsweringTask": '
+                                  '0.2, "ArithmeticTask": 0.15, "WebRetrievalTask": 0.15}')
     weights_interval: float = Field(default=600.0, gt=0, description="Seconds between weight settings")
     weights_power: float = Field(default=3.0, gt=0, le=16,
                                  description="Scores are raised to this power before normalising (sharpening)")
@@ -178,6 +186,31 @@ class ValidatorSettings(CommonSettings):
     @classmethod
     def _empty_optional(cls, v: object) -> object:
         return None if v == "" else v
+
+    @field_validator("task_probabilities")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
+        unknown = sorted(set(v) - set(ALL_TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {', '.join(unknown)}; the tasks are {', '.join(ALL_TASKS)}")
+        if any(p < 0 for p in v.values()) or not any(p > 0 for p in v.values()):
+            raise ValueError("probabilities must be non-negative, and at least one positive")
+        return v
+
+    def check_state_dir(self) -> None:
+        """At start: the state directory must be writable (scores are saved after every job; one that
+        cannot hold them failed every job, each with a traceback, while the validator looked up)."""
+        path = Path(self.state_dir)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-check"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise SettingsError(f"STATE_DIR: {self.state_dir} is not a writable directory ({e.strerror or e})") \
+                from None
 
 
 class MinerSettings(CommonSettings):

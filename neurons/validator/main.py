@@ -28,7 +28,7 @@ from neurons.validator.tasks import default_registry
 from neurons.validator.tasks.base import RewardContext
 from neurons.validator.weights import ChainWeightSink, DisabledSink, LedgerWeightSink, WeightRules, WeightSink
 from shared.corpus import load_corpus
-from shared.http import serve_until_signal
+from shared.http import bound_socket, serve_until_signal
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics
@@ -66,6 +66,8 @@ def build_sink(settings: ValidatorSettings, hotkey_ss58: str) -> WeightSink:
 
 async def run_validator(settings: ValidatorSettings) -> None:
     setup_logging(settings.log_level, role="validator")
+    settings.check_state_dir()
+    sock = bound_socket(settings.scoring_api_host, settings.scoring_api_port)  # a port in use: stop now
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
     metagraph = MetagraphView.from_settings(settings)
     registry = default_registry(settings.task_probabilities)
@@ -128,4 +130,4 @@ async def run_validator(settings: ValidatorSettings) -> None:
         hotkey.ss58_address, settings.scoring_api_port, settings.network_label(), sink.name,
         "llm" if settings.reference_llm_url else "deterministic", registry.probabilities,
     )
-    await serve_until_signal(app, settings.scoring_api_host, settings.scoring_api_port)
+    await serve_until_signal(app, settings.scoring_api_host, settings.scoring_api_port, sock=sock)

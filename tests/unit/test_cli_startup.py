@@ -73,3 +73,84 @@ def test_an_unusable_data_file_is_one_clear_line(tmp_path: Path, setting: str, c
     out = start("validator", env)
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert f"sn1 validator: {setting}: " in out.stderr and expected in out.stderr
+
+
+def _validator_env(tmp_path: Path, extra: str) -> Path:
+    from shared.metagraph import write_metagraph_file
+    from tests.helpers import snapshot
+
+    hotkey = ensure_wallet("validator", "default", tmp_path / "wallets")
+    write_metagraph_file(tmp_path / "mg.json", snapshot(hotkey.ss58_address, {}))
+    env = tmp_path / "v.env"
+    env.write_text(f"WALLET_PATH={tmp_path / 'wallets'}\nMETAGRAPH_FILE={tmp_path / 'mg.json'}\n"
+                   f"SCORING_API_PORT={free_port()}\nSTATE_DIR={tmp_path / 'state'}\n{extra}")
+    return env
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ("STATE_DIR=/proc/nope\n", "STATE_DIR: /proc/nope is not a writable directory"),
+    ('TASK_PROBABILITIES={"Inference": 1}\n', "unknown task(s) Inference; the tasks are InferenceTask"),
+    ('TASK_PROBABILITIES={"InferenceTask": -1}\n', "probabilities must be non-negative"),
+], ids=["state-dir", "task-names", "negative"])
+def test_a_validator_setting_it_cannot_work_with_is_one_clear_line(tmp_path: Path, extra: str, expected: str) -> None:
+    out = start("validator", _validator_env(tmp_path, extra))
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert expected in out.stderr
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = _validator_env(tmp_path, f"SCORING_API_HOST=127.0.0.1\nSCORING_API_PORT={port}\n")
+        out = start("validator", env)
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert "Unclosed" not in out.stderr, "it stops before it builds anything"
+
+
+def test_an_unknown_miner_profile_and_an_unopenable_store_are_one_clear_line(tmp_path: Path) -> None:
+    from shared.metagraph import write_metagraph_file
+    from tests.helpers import snapshot
+
+    hotkey = ensure_wallet("miner", "default", tmp_path / "wallets")
+    ensure_wallet("validator", "default", tmp_path / "wallets")
+    write_metagraph_file(tmp_path / "mg.json", snapshot(hotkey.ss58_address, {}))
+    common = f"WALLET_PATH={tmp_path / 'wallets'}\nMETAGRAPH_FILE={tmp_path / 'mg.json'}\n"
+    (tmp_path / "m.env").write_text(common + f"MINER_PORT={free_port()}\nMINER_PROFILE=bogus\n")
+    out = start("miner", tmp_path / "m.env")
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "MINER_PROFILE: unknown profile 'bogus'; the profiles are" in out.stderr and "honest" in out.stderr
+    (tmp_path / "a.env").write_text(common + f"WALLET_NAME=validator\nAPI_PORT={free_port()}\n"
+                                             "STORE_URL=sqlite:////proc/nope/api.db\nVALIDATOR_API=http://127.0.0.1:9\n")
+    out = start("api", tmp_path / "a.env")
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "STORE_URL: cannot open sqlite:////proc/nope/api.db" in out.stderr
+
+
+def test_log_levels_are_read_in_any_case(tmp_path: Path) -> None:
+    from shared.settings import ApiSettings, load_settings
+
+    (tmp_path / "l.env").write_text("LOG_LEVEL=debug\n")
+    assert load_settings(ApiSettings, tmp_path / "l.env").log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--api-port", "70000"], "70000 is not a port"), (["--log-level", "loud"], "'loud' is not a log level"),
+])
+def test_localnet_refuses_a_bad_option_before_starting_anything(tmp_path: Path, args: list[str], expected: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "shared.cli", "localnet", "--dir", str(tmp_path / "ln"), *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "ln").exists()
+
+
+def test_localnet_children_take_their_settings_from_their_env_files_only() -> None:
+    from neurons.localnet import child_environment
+
+    shell = {"PATH": "/usr/bin", "HOME": "/root", "WALLET_NAME": "validator", "wallet_path": "/x",
+             "MINER_PORT": "1", "STORE_URL": "redis://elsewhere", "ADMIN_KEY": "k", "REDIS_URL": "redis://x"}
+    assert child_environment(shell) == {"PATH": "/usr/bin", "HOME": "/root", "REDIS_URL": "redis://x"}
