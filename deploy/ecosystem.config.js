@@ -20,7 +20,7 @@ function app(name, script, args) {
     min_uptime: "10s",
     restart_delay: 2000,
     exp_backoff_restart_delay: 200,
-    kill_timeout: 15000,
+    kill_timeout: 40000,
     merge_logs: true,
     time: true,
   };

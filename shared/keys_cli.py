@@ -42,21 +42,36 @@ def _key_fields(p: argparse.ArgumentParser, *, create: bool) -> None:
         expiry.add_argument("--no-expiry", action="store_true", help="remove the key's expiry")
 
 
-def add_keys_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--api", default=os.environ.get("SN1_API_URL", DEFAULT_API),
+def _connection(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """--api, --admin-key and --json: before the action, or after it (``sn1 keys list --json``), where
+    they are SUPPRESSed when absent so the value given before the action stands."""
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument("--api", default=default(os.environ.get("SN1_API_URL", DEFAULT_API)),
                    help=f"API base URL (env SN1_API_URL, default {DEFAULT_API})")
-    p.add_argument("--admin-key", default=None, help="admin key (env ADMIN_KEY)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--admin-key", default=default(None), help="admin key (env ADMIN_KEY)")
+    p.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of a table")
+
+
+def add_keys_arguments(p: argparse.ArgumentParser) -> None:
+    _connection(p, defaults=True)
+    anywhere = argparse.ArgumentParser(add_help=False)
+    _connection(anywhere, defaults=False)
     sub = p.add_subparsers(dest="action", required=True)
-    _key_fields(sub.add_parser("create", help="create a key (its secret is printed once)"), create=True)
-    sub.add_parser("list", help="list keys with usage totals")
-    modify = sub.add_parser("modify", help="change a key's limit, name, scopes, models or expiry")
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[anywhere])
+
+    _key_fields(action("create", "create a key (its secret is printed once)"), create=True)
+    action("list", "list keys with usage totals")
+    modify = action("modify", "change a key's limit, name, scopes, models or expiry")
     modify.add_argument("key", help="the key's id or secret")
     _key_fields(modify, create=False)
-    sub.add_parser("rotate", help="give a key a new secret (printed once; the old one stops working), keeping its "
-                                  "id, settings and usage").add_argument("key", help="the key's id or secret")
-    sub.add_parser("delete", help="delete a key").add_argument("key", help="the key's id or secret")
-    usage = sub.add_parser("usage", help="a key's usage, totals and per day")
+    action("rotate", "give a key a new secret (printed once; the old one stops working), keeping its id, settings "
+                     "and usage").add_argument("key", help="the key's id or secret")
+    action("delete", "delete a key").add_argument("key", help="the key's id or secret")
+    usage = action("usage", "a key's usage, totals and per day")
     usage.add_argument("key", help="the key's id or secret")
     usage.add_argument("--days", type=int, default=30)
 

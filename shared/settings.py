@@ -48,6 +48,16 @@ class SettingsError(Exception):
     """Raised with a human-readable list of every bad setting."""
 
 
+MIN_ADMIN_KEY = 16
+
+
+def http_url(v: str) -> str:
+    """A base URL the node calls: with its scheme (``localhost:8000`` started, then failed every call)."""
+    if not re.match(r"^https?://[^/\s]+", v):
+        raise ValueError(f"{v!r} is not an http(s) URL (http://host:port/...)")
+    return v
+
+
 @contextlib.contextmanager
 def setting_file(name: str) -> Iterator[None]:
     """A file a setting names that cannot be read or used: that setting's one-line start-up error
@@ -133,6 +143,24 @@ class ApiSettings(CommonSettings):
     def _empty_admin_key(cls, v: object) -> object:
         return None if v in ("", None) else v
 
+    @field_validator("admin_key")
+    @classmethod
+    def _strong_admin_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < MIN_ADMIN_KEY:
+            raise ValueError(f"must be at least {MIN_ADMIN_KEY} characters (it manages every API key): "
+                             "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes one")
+        return v
+
+    @field_validator("validator_api")
+    @classmethod
+    def _validator_url(cls, v: str) -> str:
+        return http_url(v)
+
+    def check(self) -> None:
+        if self.request_timeout > self.max_request_timeout:
+            raise SettingsError(f"REQUEST_TIMEOUT: {self.request_timeout:g} s is above MAX_REQUEST_TIMEOUT "
+                                f"({self.max_request_timeout:g} s), the longest deadline a caller may ask for")
+
     @field_validator("store_url")
     @classmethod
     def _store_scheme(cls, v: str) -> str:
@@ -187,6 +215,11 @@ class ValidatorSettings(CommonSettings):
     def _empty_optional(cls, v: object) -> object:
         return None if v == "" else v
 
+    @field_validator("reference_llm_url")
+    @classmethod
+    def _reference_url(cls, v: str | None) -> str | None:
+        return None if v is None else http_url(v)
+
     @field_validator("task_probabilities")
     @classmethod
     def _known_tasks(cls, v: dict[str, float] | None) -> dict[str, float] | None:
@@ -233,6 +266,11 @@ class MinerSettings(CommonSettings):
     @classmethod
     def _empty_upstream(cls, v: object) -> object:
         return None if v == "" else v
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _upstream_url(cls, v: str | None) -> str | None:
+        return None if v is None else http_url(v)
 
     def check(self) -> None:
         if self.miner_backend == "openai" and not self.upstream_url:

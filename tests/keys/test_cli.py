@@ -94,3 +94,17 @@ async def test_cli_errors_are_clear(api: ApiUnderTest) -> None:
     assert code == 2 and "rate_limit" in err
     code, _, err = await sn1_keys(api, "modify", "0123456789abcdef")
     assert code == 2 and "nothing to change" in err
+
+
+def test_connection_options_work_before_or_after_the_action() -> None:
+    """``sn1 keys list --json`` was "unrecognized arguments" (only ``sn1 keys --json list`` worked)."""
+    import argparse
+
+    from shared.keys_cli import add_keys_arguments
+
+    parser = argparse.ArgumentParser()
+    add_keys_arguments(parser)
+    after = vars(parser.parse_args(["usage", "k", "--json", "--admin-key", "a" * 20, "--api", "http://h:1"]))
+    before = vars(parser.parse_args(["--json", "--admin-key", "a" * 20, "--api", "http://h:1", "usage", "k"]))
+    assert after == before and after["json"] is True and after["api"] == "http://h:1"
+    assert vars(parser.parse_args(["--json", "list"]))["json"] is True, "an option before stands when none follows"

@@ -154,3 +154,22 @@ def test_localnet_children_take_their_settings_from_their_env_files_only() -> No
     shell = {"PATH": "/usr/bin", "HOME": "/root", "WALLET_NAME": "validator", "wallet_path": "/x",
              "MINER_PORT": "1", "STORE_URL": "redis://elsewhere", "ADMIN_KEY": "k", "REDIS_URL": "redis://x"}
     assert child_environment(shell) == {"PATH": "/usr/bin", "HOME": "/root", "REDIS_URL": "redis://x"}
+
+
+@pytest.mark.parametrize(("cls_name", "content", "expected"), [
+    ("ApiSettings", "ADMIN_KEY=adminadmin\n", "ADMIN_KEY: Value error, must be at least 16 characters"),
+    ("ApiSettings", "VALIDATOR_API=127.0.0.1:8094\n", "VALIDATOR_API: Value error, '127.0.0.1:8094' is not an http(s) URL"),
+    ("ApiSettings", "REQUEST_TIMEOUT=200\n", "REQUEST_TIMEOUT: 200 s is above MAX_REQUEST_TIMEOUT (120 s)"),
+    ("MinerSettings", "MINER_BACKEND=openai\nUPSTREAM_URL=localhost:8000\n", "UPSTREAM_URL: Value error"),
+    ("ValidatorSettings", "REFERENCE_LLM_URL=localhost:8000/v1\n", "REFERENCE_LLM_URL: Value error"),
+], ids=["weak-admin-key", "validator-url", "timeouts", "upstream-url", "reference-url"])
+def test_settings_that_would_fail_later_are_refused_at_start(tmp_path: Path, cls_name: str, content: str,
+                                                             expected: str) -> None:
+    """A URL without its scheme started, then failed every call; a default deadline above the maximum was
+    silently capped; a 10-character admin key guards every API key."""
+    import shared.settings as settings
+
+    (tmp_path / "s.env").write_text(content)
+    with pytest.raises(settings.SettingsError) as err:
+        settings.load_settings(getattr(settings, cls_name), tmp_path / "s.env")
+    assert expected in str(err.value)
