@@ -51,8 +51,8 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app.cleanup_ctx.append(usage.usage_flusher)  # always: the last flush at shutdown must happen
     if run_background:
         app.cleanup_ctx.append(_background)
+    app.cleanup_ctx.append(_settle_in_flight)  # exits before _background: payloads in before the outbox closes
     app.cleanup_ctx.append(_flush_request_log)  # last in, first out: the final lines go out first
-    app.on_shutdown.append(_cancel_in_flight)
     return app
 
 
@@ -77,7 +77,12 @@ async def _flush_request_log(app: web.Application) -> AsyncIterator[None]:
     app[CTX].request_log.flush()
 
 
-async def _cancel_in_flight(app: web.Application) -> None:
+async def _settle_in_flight(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``, after the last handler ended (aiohttp runs ``on_shutdown`` before in-flight
+    requests finish, so their settle tasks started after it): stop the miners still answering answered
+    requests and let each race store its payload (``fanout._deliver_when_finished``) before the
+    forwarder's last commit."""
+    yield
     ctx = app[CTX]
     for t in list(ctx.background):
         t.cancel()

@@ -64,7 +64,11 @@ def start_race(
 
 def settle(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str = "chat") -> None:
     """Hand the payload to the sinks once every miner is done (each is bounded by the deadline):
-    at once when they all are (a k = 1 race, usually), else from a tracked background task."""
+    at once when they all are (a k = 1 race, usually), else from a tracked background task. Once per
+    race: a session's failed attempt is settled by the failover, and must not be again by the handler."""
+    if race.settled:
+        return
+    race.settled = True
     if all(r.done for r in race.runs):
         deliver(ctx, race, body, kind=kind)
     else:
@@ -72,7 +76,15 @@ def settle(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str = "ch
 
 
 async def _deliver_when_finished(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str) -> None:
-    await race.finish()
+    try:
+        await race.finish()
+    except asyncio.CancelledError:
+        # The API is shutting down with miners still answering an answered request: stop them, and
+        # store what the others sent (the stopped ones are left out, not scored 0) before the outbox closes.
+        race.cancel()
+        await asyncio.gather(*race.tasks, return_exceptions=True)
+        deliver(ctx, race, body, kind=kind)
+        raise
     deliver(ctx, race, body, kind=kind)
 
 

@@ -210,6 +210,7 @@ class Race:
         self.tasks: list[asyncio.Task[None]] = []
         self._winner: asyncio.Future[MinerRun | None] | None = None
         self.winning_run: MinerRun | None = None
+        self.settled = False  # handed to the scoring sinks (``fanout.settle``): once per race
         self._ended: list[MinerRun] = []  # in the order the runs ended
 
     def start(self) -> None:
@@ -318,8 +319,10 @@ class Race:
 
     def payload(self) -> dict[str, Any]:
         """The organic-scoring record: each uid's own chunks and timings, and its error (without the
-        runs a shortened deadline cut off: see ``excuse_timeouts``)."""
-        runs = [r for r in self.runs if not (self.excuse_timeouts and r.error_kind == "timeout")]
+        runs a shortened deadline cut off, see ``excuse_timeouts``, and those the API stopped)."""
+        # A run the API stopped (shutting down) did nothing wrong either.
+        runs = [r for r in self.runs if not (self.excuse_timeouts and r.error_kind == "timeout")
+                and r.error_kind != "cancelled"]
         return {
             "uids": [r.uid for r in runs],
             "chunks": {str(r.uid): r.event_texts() for r in runs},

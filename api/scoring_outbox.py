@@ -25,6 +25,8 @@ from shared.store.base import StoreUnavailable
 from shared.store.outbox import Outbox, OutboxItem
 
 POISON_STATUSES = {400, 413, 422}
+MAX_UNSTORED = 10_000  # payloads kept in memory while the store refuses their commit (then oldest dropped)
+MAX_POST_SECONDS = 10.0
 BATCH_BYTES = 512 << 10  # a delivery's JSON array (or its one larger payload); the validator takes up to 16 MiB
 GROUP_COMMIT_SECONDS = 0.02
 LINGER_SECONDS = 0.25  # a delivery waits this long for a fuller batch: one POST per request was the
@@ -62,6 +64,12 @@ class OutboxForwarder:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.rng = rng or random.Random()
+        # A post must end well inside the lease, and the lease is renewed before each one: another
+        # worker must never find it expired while this one is still posting.
+        self.post_timeout = min(MAX_POST_SECONDS, lease_seconds / 2)
+        self.batch_limit = batch  # halved while the validator's queue refuses a whole batch (503), grown back after
+        self.unstored_dropped = 0  # payloads lost because the store refused them for too long
+        self._commit_failures = 0
         self.failures = 0
         self.delivered = 0
         self.delivery_failures = 0
@@ -87,26 +95,23 @@ class OutboxForwarder:
             self._committer = asyncio.ensure_future(self._commit_soon())
         return done
 
-    async def _commit_soon(self) -> None:
+    async def _commit_soon(self, delay: float = GROUP_COMMIT_SECONDS) -> None:
         try:
-            await asyncio.sleep(GROUP_COMMIT_SECONDS)
+            await asyncio.sleep(delay)
         finally:
             self._committer = None
             await self._commit()
 
-    async def _commit(self) -> None:
+    async def _commit(self, *, final: bool = False) -> None:
         group, self._pending = self._pending, []
         if not group:
             return
         try:
             dropped = await self.outbox.put_many([payload for payload, _ in group])
-        except Exception as e:  # noqa: BLE001 - every waiting caller gets the store's error
-            logger.warning("scoring outbox: {} payload(s) not stored: {}", len(group), e)
-            for _, done in group:
-                if not done.done():
-                    done.set_exception(e)
-                    done.exception()  # retrieved: an enqueue nobody awaits must not warn at GC
+        except Exception as e:  # noqa: BLE001 - kept for the next try (a locked SQLite, Redis for a moment)
+            self._keep_unstored(group, e, final=final)
             return
+        self._commit_failures = 0
         if dropped:
             logger.warning("scoring outbox full: dropped {} oldest payload(s)", dropped)
         for _, done in group:
@@ -117,6 +122,37 @@ class OutboxForwarder:
             self._full.set()
         self._wake.set()
 
+    def _keep_unstored(self, group: list[tuple[dict[str, Any], asyncio.Future[None]]], error: Exception, *,
+                       final: bool) -> None:
+        """A failed group commit: the payloads wait in memory (oldest first, bounded) and the commit is
+        tried again with backoff; they were thrown away with one warning line. At shutdown (``final``) they
+        are lost, and said to be."""
+        self._pending = group + self._pending
+        if final:
+            logger.error("scoring outbox: {} payload(s) not stored at shutdown, lost: {}", len(self._pending), error)
+            self._fail_waiters(self._pending, error)
+            self.unstored_dropped += len(self._pending)
+            self._pending = []
+            return
+        if len(self._pending) > MAX_UNSTORED:
+            lost, self._pending = self._pending[:-MAX_UNSTORED], self._pending[-MAX_UNSTORED:]
+            self.unstored_dropped += len(lost)
+            self._fail_waiters(lost, error)
+            logger.error("scoring outbox: the store refused commits too long; dropped {} oldest payload(s)", len(lost))
+        self._commit_failures += 1
+        delay = min(5.0, GROUP_COMMIT_SECONDS * 2 ** min(self._commit_failures, 10))
+        logger.warning("scoring outbox: {} payload(s) not stored yet ({}); retrying in {:.2f} s",
+                       len(self._pending), error, delay)
+        if self._committer is None:
+            self._committer = asyncio.ensure_future(self._commit_soon(delay))
+
+    @staticmethod
+    def _fail_waiters(group: list[tuple[dict[str, Any], asyncio.Future[None]]], error: Exception) -> None:
+        for _, done in group:
+            if not done.done():
+                done.set_exception(error)
+                done.exception()  # retrieved: an enqueue nobody awaits must not warn at GC
+
     def backoff(self) -> float:
         """Full jitter: uniform in [0, min(max_delay, base * 2**failures)]."""
         cap = min(self.max_delay, self.base_delay * (2 ** min(self.failures, 30)))
@@ -126,7 +162,7 @@ class OutboxForwarder:
         """True when the payload is done with (accepted, or rejected as malformed)."""
         try:
             status, body = await self.client.post_json(
-                self.validator_url, "/scoring", item.payload, self.validator_hotkey, timeout=10.0
+                self.validator_url, "/scoring", item.payload, self.validator_hotkey, timeout=self.post_timeout
             )
         except MinerError as e:
             logger.debug("scoring delivery failed: {}", e)
@@ -149,19 +185,22 @@ class OutboxForwarder:
         array = ("[" + ",".join(i.raw for i in items) + "]").encode()
         try:
             status, body = await self.client.post_json_bytes(
-                self.validator_url, "/scoring", array, self.validator_hotkey, timeout=10.0
+                self.validator_url, "/scoring", array, self.validator_hotkey, timeout=self.post_timeout
             )
         except MinerError as e:
             logger.debug("scoring batch delivery failed: {}", e)
             return False
         if 200 <= status < 300:
             rejected = body.get("rejected") if isinstance(body, dict) else None
-            if rejected:
+            if rejected and isinstance(rejected, list):
                 logger.warning("validator rejected {} of {} scoring payloads as malformed: dropped ({})",
                                len(rejected), len(items), describe_rejected(rejected, items))
+            self.batch_limit = min(self.batch, self.batch_limit * 2)
             return True
         if status in POISON_STATUSES:
             return None
+        if status == 503 and len(items) > 1:  # the validator's queue cannot take this many at once: fewer next
+            self.batch_limit = max(1, len(items) // 2)
         logger.debug("validator answered HTTP {} for a batch of {}", status, len(items))
         return False
 
@@ -169,9 +208,9 @@ class OutboxForwarder:
         """One pass: deliver what we can in order; returns how many were delivered."""
         if not await self.outbox.acquire_lease(self.holder, self.lease_seconds):
             return 0
-        peeked = await self.outbox.peek(self.batch)
+        peeked = await self.outbox.peek(self.batch_limit)
         items = self._within_bytes(peeked)
-        self._backlog = len(peeked) == self.batch or len(items) < len(peeked)  # more waits behind these
+        self._backlog = len(peeked) == self.batch_limit or len(items) < len(peeked)  # more waits behind these
         if len(items) > 1:
             outcome = await self.deliver_batch(items)
             if outcome is not None:
@@ -179,6 +218,8 @@ class OutboxForwarder:
         delivered: list[str] = []
         try:
             for item in items:
+                if not await self.outbox.acquire_lease(self.holder, self.lease_seconds):
+                    break  # renewed before each post; lost (a stall past it): another worker delivers now
                 if not await self.deliver(item):
                     self.failures += 1
                     self.delivery_failures += 1
@@ -227,6 +268,10 @@ class OutboxForwarder:
                     logger.warning("scoring outbox unreachable: {}", e)
                     delivered = 0
                     self.failures += 1
+                except Exception as e:  # noqa: BLE001 - the forwarder must outlive any one failure
+                    logger.opt(exception=e).error("scoring outbox: delivery pass failed; retrying with backoff")
+                    delivered = 0
+                    self.failures += 1
                 if delivered and self._backlog:
                     continue  # a backlog: drain it at full batches
                 wait = self.backoff() if self.failures else self.lease_seconds / 3
@@ -237,7 +282,11 @@ class OutboxForwarder:
                         await self._linger()
         finally:
             try:
-                await self._commit()  # payloads still waiting for their group commit
+                committer = self._committer
+                if committer is not None:  # its sleep cut short: it commits what waits, now
+                    committer.cancel()
+                    await asyncio.gather(committer, return_exceptions=True)
+                await self._commit(final=True)  # payloads still waiting for their group commit
                 await self.outbox.release_lease(self.holder)
             except StoreUnavailable:
                 pass

@@ -224,3 +224,111 @@ async def test_a_rejected_payload_is_logged_with_its_request_id_and_the_reason(t
     (line,) = [x for x in lines if "rejected" in x]
     assert "rejected 1 of 2 scoring payloads" in line and "rid=rid-bad why=poison" in line
     assert "rid-good" not in line
+
+
+class FakeValidator:
+    """Answers the forwarder's posts from a script (then 202), recording each and how many overlap."""
+
+    def __init__(self, answers: list[tuple[int, object]] | None = None, seconds: float = 0.0) -> None:
+        self.answers, self.seconds = list(answers or []), seconds
+        self.posts: list[list[int]] = []
+        self.inflight = self.most_inflight = 0
+
+    async def post_json_bytes(self, url, path, body, receiver, *, timeout):
+        import json
+
+        self.inflight += 1
+        self.most_inflight = max(self.most_inflight, self.inflight)
+        self.posts.append([p["n"] for p in json.loads(body)])
+        try:
+            await asyncio.sleep(min(self.seconds, timeout))
+        finally:
+            self.inflight -= 1
+        return self.answers.pop(0) if self.answers else (202, {"rejected": []})
+
+    async def post_json(self, url, path, payload, receiver, *, timeout):
+        self.posts.append([payload["n"]])
+        return self.answers.pop(0) if self.answers else (202, {})
+
+
+async def test_two_workers_never_post_at_once_however_slow_the_validator(tmp_path: Path) -> None:
+    """The lease was taken once a pass and a post could outlast it (10 s against a 10 s lease): a second
+    worker took it and posted the same payloads at the same time."""
+    validator = FakeValidator(seconds=1.5)
+    a, b = SQLiteOutbox(tmp_path / "api.db"), SQLiteOutbox(tmp_path / "api.db")
+    fa = OutboxForwarder(a, validator, "http://x", "hk", lease_seconds=1.0, linger=0)
+    fb = OutboxForwarder(b, validator, "http://x", "hk", lease_seconds=1.0, linger=0)
+    assert fa.post_timeout == 0.5, "a post ends well inside the lease"
+    for i in range(10):
+        await fa.sink({"n": i})
+    tasks = [asyncio.create_task(fa.run())]
+    await asyncio.sleep(0.05)
+    tasks.append(asyncio.create_task(fb.run()))
+    await asyncio.sleep(2.5)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert validator.most_inflight == 1, validator.posts
+    await a.close()
+    await b.close()
+
+
+async def test_a_group_commit_the_store_refuses_for_a_moment_is_retried_not_lost(tmp_path: Path) -> None:
+    import sqlite3
+
+    box = SQLiteOutbox(tmp_path / "api.db")
+    fwd = OutboxForwarder(box, FakeValidator(), "http://x", "hk")
+    other = sqlite3.connect(tmp_path / "api.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another worker's write holds the lock past the store's 0.5 s wait
+    asyncio.get_running_loop().call_later(0.8, lambda: other.execute("COMMIT"))
+    for i in range(5):
+        fwd.enqueue({"n": i})  # as fanout.deliver does, after the caller has its answer
+    await wait_for(lambda: not fwd._pending and fwd._committer is None, timeout=6)
+    assert [i.payload["n"] for i in await box.peek(10)] == [0, 1, 2, 3, 4] and fwd.unstored_dropped == 0
+    other.close()
+    await box.close()
+
+
+async def test_the_forwarder_outlives_a_garbage_answer_and_an_unexpected_error(tmp_path: Path) -> None:
+    box = SQLiteOutbox(tmp_path / "api.db")
+    validator = FakeValidator(answers=[(202, {"rejected": 2})])  # not a list: was a TypeError that ended the task
+    fwd = OutboxForwarder(box, validator, "http://x", "hk", lease_seconds=1.0, linger=0, base_delay=0.05,
+                          max_delay=0.1)
+    real_peek, calls = box.peek, []
+
+    async def peek_fails_once(n: int):
+        calls.append(n)
+        if len(calls) == 2:
+            raise RuntimeError("a bug, or a Redis error the store does not translate")
+        return await real_peek(n)
+
+    box.peek = peek_fails_once  # type: ignore[method-assign]
+    for i in range(3):
+        await fwd.sink({"n": i})
+    task = asyncio.create_task(fwd.run())
+    await wait_for(lambda: len(calls) >= 2)
+    for i in range(3, 6):
+        await fwd.sink({"n": i})
+    await wait_for(lambda: [n for post in validator.posts for n in post][-3:] == [3, 4, 5])
+    assert not task.done()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert await box.depth() == 0
+    await box.close()
+
+
+async def test_a_validator_queue_smaller_than_a_batch_gets_smaller_batches(tmp_path: Path) -> None:
+    """The validator queues a batch whole or answers 503: a batch bigger than its queue was retried whole
+    forever."""
+    box = SQLiteOutbox(tmp_path / "api.db")
+    validator = FakeValidator(answers=[(503, {}), (503, {})])
+    fwd = OutboxForwarder(box, validator, "http://x", "hk", lease_seconds=1.0, linger=0, base_delay=0.01,
+                          max_delay=0.02, batch=8)
+    for i in range(8):
+        await fwd.sink({"n": i})
+    task = asyncio.create_task(fwd.run())
+    await wait_for(lambda: [n for post in validator.posts[2:] for n in post] == list(range(8)))
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert [len(p) for p in validator.posts[:3]] == [8, 4, 2], "halved on each 503"
+    await box.close()
