@@ -27,12 +27,22 @@ def new_id(prefix: str) -> str:
 
 
 def usage_in_responses_words(usage: dict[str, Any]) -> dict[str, Any]:
-    """A chat completion's usage in the Responses API's words."""
+    """A chat completion's usage in the Responses API's words (the model server's cached and reasoning
+    token counts carried over when it gave them)."""
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+    return {"input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": _detail(usage, "prompt_tokens_details", "cached_tokens")},
+            "output_tokens": completion,
+            "output_tokens_details": {"reasoning_tokens": _detail(usage, "completion_tokens_details",
+                                                                  "reasoning_tokens")},
             "total_tokens": prompt + completion}
+
+
+def _detail(usage: dict[str, Any], group: str, name: str) -> int:
+    details = usage.get(group)
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if type(value) is int and value >= 0 else 0
 
 
 def skeleton(r: ResponsesRequest, *, response_id: str, model: str) -> dict[str, Any]:
@@ -88,9 +98,9 @@ def finished(base: dict[str, Any], output: list[dict[str, Any]], *, finish_reaso
     """The response object once the answer is in: its status, and each item's, say whether it is whole."""
     reason = INCOMPLETE.get(finish_reason or "")
     status = "failed" if error is not None else "incomplete" if reason else "completed"
-    for item in output:
-        if item["type"] != "web_search_call":  # a search is done before the answer, whatever became of it
-            item["status"] = "completed" if status == "completed" else "incomplete"
+    answer = [item for item in output if item["type"] != "web_search_call"]  # a search ended before the answer
+    for i, item in enumerate(answer):  # only the last item was cut short: those before it are whole
+        item["status"] = "completed" if status == "completed" or i < len(answer) - 1 else "incomplete"
     obj = base | {"status": status, "output": output, "usage": usage_in_responses_words(usage)}
     if error is not None:
         obj["error"] = {"code": "server_error", "message": error}
@@ -111,8 +121,10 @@ def complete_output(text: str, tool_calls: list[dict[str, Any]] | None,
 class ResponseStream:
     """Chat completion chunks in, Responses API events out (SSE bytes), in OpenAI's order.
 
-    Items open as their first delta arrives and stay open to the end (a message's text and the
-    calls of one turn may interleave in a chat stream); the end closes them in output order.
+    One item at a time, as OpenAI sends them: an item opens at its first delta, and the one before
+    it is done first (its ``.done`` events), so text then calls is a done message, then each call.
+    Text that resumes after a call is a new message. Clients rebuild their turns from this order
+    (LangChain put an empty message after the calls when the message stayed open across them).
     """
 
     def __init__(self, base: dict[str, Any], *, annotate: Callable[[str], list[dict[str, Any]]] | None = None) -> None:
@@ -121,7 +133,8 @@ class ResponseStream:
         self.seq = 0
         self.items: list[dict[str, Any]] = []  # in output order; each the item as it will be when done
         self.closed = 0  # items[:closed] were whole before the answer began (a web search)
-        self.message: dict[str, Any] | None = None
+        self.message: dict[str, Any] | None = None  # the open message, if the open item is one
+        self.current: int | None = None  # the index of the item still open
         self.calls: dict[int, dict[str, Any]] = {}  # chat tool-call index -> its item
 
     def event(self, type_: str, **fields: Any) -> bytes:
@@ -137,7 +150,7 @@ class ResponseStream:
         """The events of a ``web_search_call`` item that finished before the answer began (call right after
         ``start``)."""
         index = self._open(item)
-        self.closed = len(self.items)
+        self.closed, self.current = len(self.items), None  # its events below open and close it whole
         ids = {"output_index": index, "item_id": item["id"]}
         completed = self.event("response.web_search_call.completed", **ids) if item["status"] == "completed" else b""
         return (self.event("response.output_item.added", output_index=index, item=item | {"status": "in_progress"})
@@ -171,9 +184,10 @@ class ResponseStream:
                                    logprobs=logprobs)
 
     def _open_message(self) -> bytes:
+        closed = self._close_current()
         self.message = message_item(new_id("msg"), "")
         index = self._open(self.message)
-        return (self.event("response.output_item.added", output_index=index,
+        return closed + (self.event("response.output_item.added", output_index=index,
                            item=message_item(self.message["id"], "", status="in_progress"))
                 + self.event("response.content_part.added", item_id=self.message["id"], output_index=index,
                              content_index=0, part=output_text("")))
@@ -184,10 +198,11 @@ class ResponseStream:
         item = self.calls.get(slot)
         opened = b""
         if item is None:
+            closed = self._close_current()
             item = self.calls[slot] = call_item(call, arguments="")
             index = self._open(item)
-            opened = self.event("response.output_item.added", output_index=index,
-                                item=item | {"status": "in_progress"})
+            opened = closed + self.event("response.output_item.added", output_index=index,
+                                         item=item | {"status": "in_progress"})
         elif fn.get("name"):
             item["name"] += fn["name"]
         arguments = fn.get("arguments") or ""
@@ -199,14 +214,22 @@ class ResponseStream:
 
     def _open(self, item: dict[str, Any]) -> int:
         self.items.append(item)
-        return len(self.items) - 1
+        self.current = len(self.items) - 1
+        return self.current
+
+    def _close_current(self) -> bytes:
+        """The open item's ``.done`` events (b"" when none is open)."""
+        if self.current is None:
+            return b""
+        index, self.current, self.message = self.current, None, None
+        return self._close(index, self.items[index])
 
     def finish(self, *, finish_reason: str | None, usage: dict[str, Any], error: str | None = None) -> bytes:
-        """Close every item, then the response (``completed``, ``incomplete`` or ``failed``)."""
+        """Close the open item, then the response (``completed``, ``incomplete`` or ``failed``)."""
         # An answer with neither text nor calls is an empty message, as in the non-streamed object.
         out = [self._open_message()] if len(self.items) == self.closed and error is None else []
         final = finished(self.base, self.items, finish_reason=finish_reason, usage=usage, error=error)
-        out += [self._close(index, item) for index, item in enumerate(self.items) if index >= self.closed]
+        out.append(self._close_current())
         out.append(self.event(f"response.{final['status']}", response=final))
         return b"".join(out)
 

@@ -66,8 +66,13 @@ def chat_body(r: ResponsesRequest) -> dict[str, Any]:
     if r.function_tools:
         body["tools"] = [{"type": "function", "function": t.model_dump(include=TOOL_FIELDS, exclude_none=True)}
                          for t in r.function_tools]
+    else:
+        # No tool reaches the miners (none sent, or web search only, which the API runs): chat servers refuse
+        # tool_choice and parallel_tool_calls without tools (OpenAI, vLLM), and Codex always sends the latter.
+        body.pop("parallel_tool_calls", None)
     choice = _tool_choice(r)
-    if choice is not None:
+    # "auto" and "none" mean nothing without tools; any other choice goes on, for the chat check's 400
+    if choice is not None and (r.function_tools or choice not in ("auto", "none")):
         body["tool_choice"] = choice
     fmt = r.text.format if r.text else None
     if fmt is not None and fmt.type != "text":

@@ -39,9 +39,10 @@ def test_text_then_a_call_stream_in_openais_order_and_end_complete() -> None:
         "response.created", "response.in_progress",
         "response.output_item.added", "response.content_part.added",
         "response.output_text.delta", "response.output_text.delta",
+        # the message is done before the call is added, as OpenAI streams: one item at a time
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
         "response.output_item.added", "response.function_call_arguments.delta",
         "response.function_call_arguments.delta",
-        "response.output_text.done", "response.content_part.done", "response.output_item.done",
         "response.function_call_arguments.done", "response.output_item.done",
         "response.completed"]
     assert [e["sequence_number"] for e in got] == list(range(len(got)))
@@ -58,6 +59,24 @@ def test_text_then_a_call_stream_in_openais_order_and_end_complete() -> None:
                               "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 8}
     done = {e["item"]["id"]: e["item"] for e in got if e["type"] == "response.output_item.done"}
     assert [done[item["id"]] for item in final["output"]] == final["output"]
+
+
+def test_items_follow_one_another_and_text_after_a_call_is_a_new_message() -> None:
+    """LangChain rebuilds a turn from the order items open and close: a message left open across the calls
+    became an empty message after them, which strict servers refuse in the next request."""
+    got = stream_of(chunk("Checking."),
+                    chunk(calls=[{"index": 0, "id": "c1", "type": "function", "function": {"name": "a", "arguments": "{}"}}]),
+                    chunk(calls=[{"index": 1, "id": "c2", "type": "function", "function": {"name": "b", "arguments": "{}"}}]),
+                    chunk("Done."), chunk(finish="stop"))
+    opened: list[int] = []
+    for e in got:
+        if e["type"] == "response.output_item.added":
+            opened.append(e["output_index"])
+        elif e["type"] == "response.output_item.done":
+            assert opened.pop() == e["output_index"] and not opened, "the item done is the one open"
+    final = got[-1]["response"]
+    assert [(i["type"], i.get("name") or i.get("content", [{}])[0].get("text")) for i in final["output"]] == [
+        ("message", "Checking."), ("function_call", "a"), ("function_call", "b"), ("message", "Done.")]
 
 
 def test_a_cut_answer_is_incomplete_and_a_failed_winner_is_failed() -> None:
@@ -81,3 +100,13 @@ def test_an_empty_answer_is_one_empty_message_streamed_or_not() -> None:
                      finish_reason="stop", usage=USAGE)
     assert [item["content"][0]["text"] for item in whole["output"]] == [""]
     assert got[-1]["response"]["output"][0]["content"] == whole["output"][0]["content"]
+
+
+def test_cached_and_reasoning_tokens_are_carried_over() -> None:
+    usage = {**USAGE, "prompt_tokens_details": {"cached_tokens": 2}, "completion_tokens_details": {"reasoning_tokens": 4}}
+    final = finished({"id": "r"}, [], finish_reason="stop", usage=usage)
+    assert final["usage"]["input_tokens_details"] == {"cached_tokens": 2}
+    assert final["usage"]["output_tokens_details"] == {"reasoning_tokens": 4}
+    odd = {**USAGE, "prompt_tokens_details": {"cached_tokens": "2"}, "completion_tokens_details": [1]}
+    assert finished({"id": "r"}, [], finish_reason="stop", usage=odd)["usage"]["input_tokens_details"] == \
+        {"cached_tokens": 0}

@@ -117,6 +117,19 @@ def test_web_search_is_done_here_and_the_miners_get_the_function_tools(
     assert body.get("tool_choice") == chat_choice
 
 
+@pytest.mark.parametrize("fields", [
+    {"parallel_tool_calls": False},  # Codex sends it with every request
+    {"tool_choice": "auto", "parallel_tool_calls": True},
+    {"tools": [SEARCH], "tool_choice": "auto", "parallel_tool_calls": True},  # web search only: no miner tool
+    {"tool_choice": "none"},
+])
+def test_tool_settings_without_a_tool_for_the_miners_are_not_sent(fields: dict) -> None:
+    """OpenAI's and vLLM's chat servers refuse tool_choice and parallel_tool_calls without tools: every such
+    request came back as the caller's 400 "model servers refused"."""
+    body = translate(input="hi", **fields)
+    assert "tools" not in body and "tool_choice" not in body and "parallel_tool_calls" not in body
+
+
 def test_an_earlier_turns_web_search_item_is_skipped() -> None:
     """The Agents SDK sends a turn's output back as input: its web_search_call holds no text for chat."""
     body = translate(input=[
