@@ -75,7 +75,7 @@ def json_check(body: dict[str, Any]) -> Check | None:
             validator = None  # a schema no validator can read is left to the model server
 
     def check(run: MinerRun) -> str | None:
-        if run.tool_calls:
+        if run.tool_calls or run.refusal:  # a call, or the model declining, is no text to check
             return None
         try:
             value = loads(run.text)

@@ -53,7 +53,8 @@ def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, A
     return completion_object(
         completion_id=new_completion_id(),
         model=run.model or req.model or "unknown",
-        content=run.text or (None if run.tool_calls else ""),
+        content=run.text or (None if run.tool_calls or run.refusal else ""),
+        refusal="".join(run.refusal) or None,
         tool_calls=run.merged_tool_calls(),
         finish_reason=run.finish_reason or ("tool_calls" if run.tool_calls else "stop"),
         usage=usage,

@@ -37,6 +37,7 @@ class MinerRun:
     events: list[Event] = field(default_factory=list)  # each chunk as received (raw JSON text or object)
     timings: list[float] = field(default_factory=list)  # seconds since the fan-out started
     content: list[str] = field(default_factory=list)
+    refusal: list[str] = field(default_factory=list)  # the model declined (OpenAI's ``refusal``): an answer too
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
@@ -111,6 +112,12 @@ class MinerRun:
                 calls = delta.get("tool_calls")
                 if calls:
                     self._merge_tool_calls(calls)
+                    self.has_answer = True
+                declined = delta.get("refusal")
+                if declined:
+                    if type(declined) is not str:
+                        raise ValueError("delta.refusal is not a string")
+                    self.refusal.append(declined)
                     self.has_answer = True
             if choice.get("logprobs"):
                 self.logprobs.append(checked_logprobs(choice["logprobs"]))

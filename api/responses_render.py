@@ -86,6 +86,12 @@ def output_text(text: str, logprobs: list[Any] | None = None) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": list(logprobs or [])}
 
 
+def refusal_part(text: str) -> dict[str, Any]:
+    """The model declined (chat's ``refusal``): OpenAI's ``refusal`` content part, which the SDK's
+    ``responses.parse`` reports instead of parsing an answer that is not there."""
+    return {"type": "refusal", "refusal": text}
+
+
 def call_item(call: dict[str, Any], *, arguments: str) -> dict[str, Any]:
     """A ``function_call`` item for a chat tool call (whole, or the first delta of one)."""
     fn = call.get("function") or {}
@@ -110,9 +116,13 @@ def finished(base: dict[str, Any], output: list[dict[str, Any]], *, finish_reaso
 
 
 def complete_output(text: str, tool_calls: list[dict[str, Any]] | None,
-                    logprobs: list[Any] | None = None) -> list[dict[str, Any]]:
-    """The output items of a finished answer: its text as a message (if any), then each call."""
-    output = [message_item(new_id("msg"), text, logprobs=logprobs)] if text or not tool_calls else []
+                    logprobs: list[Any] | None = None, refusal: str = "") -> list[dict[str, Any]]:
+    """The output items of a finished answer: its text as a message (if any), then each call; a refusal
+    with no text is a message of one refusal part."""
+    if refusal and not text:
+        output = [message_item(new_id("msg"), "") | {"content": [refusal_part(refusal)]}]
+    else:
+        output = [message_item(new_id("msg"), text, logprobs=logprobs)] if text or not tool_calls else []
     for call in tool_calls or []:
         output.append(call_item(call, arguments=(call.get("function") or {}).get("arguments") or ""))
     return output
@@ -171,10 +181,23 @@ class ResponseStream:
                 out.append(self._text(delta["content"], tokens if isinstance(tokens, list) else []))
             for call in delta.get("tool_calls") or []:
                 out.append(self._call(call))
+            if delta.get("refusal"):
+                out.append(self._refusal(delta["refusal"]))
         return b"".join(out)
 
+    def _refusal(self, piece: str) -> bytes:
+        opened = b"" if self._open_part() == "refusal" else self._open_message(refusal_part(""))
+        assert self.message is not None
+        self.message["content"][0]["refusal"] += piece
+        return opened + self.event("response.refusal.delta", item_id=self.message["id"],
+                                   output_index=self.items.index(self.message), content_index=0, delta=piece)
+
+    def _open_part(self) -> str | None:
+        """The type of the open message's part (None: no message is open)."""
+        return self.message["content"][0]["type"] if self.message is not None else None
+
     def _text(self, piece: str, logprobs: list[Any]) -> bytes:
-        opened = self._open_message() if self.message is None else b""
+        opened = b"" if self._open_part() == "output_text" else self._open_message()
         assert self.message is not None
         part = self.message["content"][0]
         part["text"] += piece
@@ -183,14 +206,15 @@ class ResponseStream:
                                    output_index=self.items.index(self.message), content_index=0, delta=piece,
                                    logprobs=logprobs)
 
-    def _open_message(self) -> bytes:
+    def _open_message(self, part: dict[str, Any] | None = None) -> bytes:
         closed = self._close_current()
-        self.message = message_item(new_id("msg"), "")
+        part = part or output_text("")
+        self.message = message_item(new_id("msg"), "") | {"content": [part]}
         index = self._open(self.message)
         return closed + (self.event("response.output_item.added", output_index=index,
-                           item=message_item(self.message["id"], "", status="in_progress"))
-                + self.event("response.content_part.added", item_id=self.message["id"], output_index=index,
-                             content_index=0, part=output_text("")))
+                                    item=message_item(self.message["id"], "", status="in_progress"))
+                         + self.event("response.content_part.added", item_id=self.message["id"], output_index=index,
+                                      content_index=0, part=dict(part)))
 
     def _call(self, call: dict[str, Any]) -> bytes:
         fn = call.get("function") or {}
@@ -234,7 +258,13 @@ class ResponseStream:
         return b"".join(out)
 
     def _close(self, index: int, item: dict[str, Any]) -> bytes:
-        if item["type"] == "message":
+        if item["type"] == "message" and item["content"][0]["type"] == "refusal":
+            part = item["content"][0]
+            out = (self.event("response.refusal.done", item_id=item["id"], output_index=index, content_index=0,
+                              refusal=part["refusal"])
+                   + self.event("response.content_part.done", item_id=item["id"], output_index=index,
+                                content_index=0, part=part))
+        elif item["type"] == "message":
             part = item["content"][0]
             out = (self._annotations(index, item)
                    + self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,

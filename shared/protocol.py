@@ -304,9 +304,10 @@ def completion_object(
     logprobs: Any = None,
     created: int | None = None,
     extra: dict[str, Any] | None = None,
+    refusal: str | None = None,
 ) -> dict[str, Any]:
     """A standard ``chat.completion`` object as a plain dict (the hot path avoids models)."""
-    message: dict[str, Any] = {"role": "assistant", "content": content}
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": refusal}
     if tool_calls:
         message["tool_calls"] = tool_calls
     obj = {

@@ -195,3 +195,31 @@ async def test_a_caller_leaving_during_a_session_failover_stops_the_replacement(
             if not scripts[replacement].active:
                 break
         assert scripts[replacement].active == 0 and scripts[replacement].cancelled == 1, "stopped within a second"
+
+
+def _refusing() -> Script:
+    parts = sse(raw_chunk(0, None, None, **{}), done=False)  # a role-only opening chunk
+    declined = json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                           "choices": [{"index": 0, "delta": {"refusal": "I can't help with that."},
+                                        "finish_reason": None}]})
+    return Script([(0, d) for d in parts + sse(declined, raw_chunk(0, finish="stop"))])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
+async def test_a_models_refusal_reaches_the_caller_as_a_refusal(tmp_path: Path, stream: bool) -> None:
+    """OpenAI's ``refusal``: it was an empty "completed" answer on both routes, and ``responses.parse``
+    gave ``output_parsed=None`` with no reason."""
+    async with with_miners(tmp_path, {1: _refusing()}) as api:
+        client = sdk(api.url, api.key)
+        if stream:
+            async with client.responses.stream(model="default", input="Do something bad") as events:
+                kinds = [e.type async for e in events]
+                r = await events.get_final_response()
+            assert "response.refusal.delta" in kinds and "response.refusal.done" in kinds
+        else:
+            r = await client.responses.create(model="default", input="Do something bad")
+            chat = await client.chat.completions.create(model="default", messages=MESSAGES)
+            assert chat.choices[0].message.refusal == "I can't help with that."
+            assert chat.choices[0].message.content is None
+    (message,) = r.output
+    assert [(p.type, p.refusal) for p in message.content] == [("refusal", "I can't help with that.")]
