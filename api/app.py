@@ -65,6 +65,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         tasks.append(asyncio.create_task(ctx.forwarder.run()))
     if ctx.sessions is not None:
         tasks.append(asyncio.create_task(sessions.sweep_loop(ctx, ctx.settings.availability_refresh_seconds)))
+    tasks.append(asyncio.create_task(ops.sample_forever(ctx, app[ops.METRICS])))
     yield
     for t in tasks:
         t.cancel()

@@ -32,7 +32,9 @@ def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
     usage = run.usage
     if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
         return usage
-    return estimated_usage(req, run.text)
+    # what the model wrote: its text, a refusal, and the names and arguments of the tools it called
+    calls = "".join(c["function"]["name"] + c["function"]["arguments"] for c in run.tool_calls.values())
+    return estimated_usage(req, run.text + "".join(run.refusal) + calls)
 
 
 def no_winner_error(race: Race) -> ApiError:

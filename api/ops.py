@@ -9,9 +9,11 @@ and the metrics middleware into an API app (one call in ``create_api_app``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
+from loguru import logger
 
 from api import discovery, openapi
 from api.availability import AvailabilityCache
@@ -101,6 +103,21 @@ async def sample(ctx: ApiContext, metrics: ApiMetrics) -> None:
             metrics.outbox_dropped.set(await forwarder.outbox.dropped())
         except StoreUnavailable:
             pass  # the gauges keep their last value; /ready reports the store
+
+
+SAMPLE_SECONDS = 5.0
+
+
+async def sample_forever(ctx: ApiContext, metrics: ApiMetrics, every: float = SAMPLE_SECONDS) -> None:
+    """Keep this worker's gauges fresh between scrapes. With ``WORKERS`` > 1 a scrape is answered by one
+    worker and merges every worker's files: the others' gauges were as old as their last scrape (an hour-old
+    metagraph read as 2 s old, a drained outbox as 5,000 deep)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await sample(ctx, metrics)
+        except Exception as e:  # noqa: BLE001 - a failed sample must not end the loop
+            logger.debug("metrics sample failed: {}", e)
 
 
 def install(app: web.Application, ctx: ApiContext) -> ApiMetrics:

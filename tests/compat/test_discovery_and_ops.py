@@ -141,3 +141,21 @@ async def test_openapi_covers_every_route_and_docs_are_served_locally(api: ApiUn
         status, headers, body = await get(api, asset, key=None)
         assert status == 200 and len(body) > 100, asset
     assert (await get(api, "/docs/assets/..%2f..%2fsecrets", key=None))[0] == 404
+
+
+async def test_a_workers_gauges_stay_fresh_between_scrapes(api: ApiUnderTest) -> None:
+    """With WORKERS > 1 a scrape merges every worker's values, but only the worker answering it sampled:
+    the others' gauges were as old as their last scrape."""
+    import asyncio
+
+    from api.ops import sample_forever
+    from shared.metrics import ApiMetrics
+
+    metrics = ApiMetrics()
+    api.ctx.metagraph.snapshot = api.ctx.metagraph.snapshot.__class__(
+        netuid=api.ctx.metagraph.snapshot.netuid, block=api.ctx.metagraph.snapshot.block,
+        neurons=api.ctx.metagraph.snapshot.neurons, fetched_at=time.time() - 3600)
+    task = asyncio.create_task(sample_forever(api.ctx, metrics, every=0.02))
+    await asyncio.sleep(0.2)  # no scrape in between
+    task.cancel()
+    assert metrics.metagraph_age._value.get() >= 3599

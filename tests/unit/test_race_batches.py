@@ -69,3 +69,20 @@ async def test_non_stream_winner_is_the_complete_grouped_answer() -> None:
     assert loser.error and loser.events == [ROLE, chunk("p")]
     assert race.payload()["chunks"] == {"1": winner.events, "2": [ROLE, chunk("p")]}
     assert abs(race.payload()["deadline_s"] - 5.0) < 0.05, "the deadline the miners had, for the latency reward"
+
+
+async def test_an_answer_that_only_calls_a_tool_is_estimated_as_more_than_nothing() -> None:
+    """A miner that sends no usage: the estimate counted the text only, so a tool call was 0 tokens."""
+    from api.completion import response_usage
+    from shared.protocol import ChatCompletionRequest
+
+    call = json.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "id": "c1", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}]},
+        "finish_reason": "tool_calls"}]})
+    race = await run_race({1: [[ROLE, call]]}, stream=False)
+    winner = await race.winner()
+    await race.finish()
+    req = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "Weather?"}]})
+    usage = response_usage(req, winner)
+    assert usage["estimated"] is True and usage["completion_tokens"] >= 10
