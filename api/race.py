@@ -27,6 +27,7 @@ from api.answer_checks import NOT_JSON, UNFIT, Check, Unfit
 from shared.jsonutil import loads
 from shared.metagraph import Neuron
 from shared.miner_client import Event, MinerClient, MinerError, event_text
+from shared.protocol import token_count
 
 
 @dataclass(slots=True)
@@ -163,7 +164,7 @@ def valid_usage(usage: Any) -> bool:
     """Token counts a caller can be billed by: non-negative integers (a miner's "n/a" was a 500)."""
     if type(usage) is not dict:
         return False
-    return all(type(usage.get(name, 0)) is int and usage.get(name, 0) >= 0
+    return all(token_count(usage.get(name, 0)) is not None
                for name in ("prompt_tokens", "completion_tokens", "total_tokens")) and "completion_tokens" in usage
 
 

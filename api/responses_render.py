@@ -18,6 +18,7 @@ from api.responses_wire import ResponsesRequest
 from shared.ids import random_hex
 from shared.jsonutil import dumpb, loads
 from shared.miner_client import Event
+from shared.protocol import token_count
 
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
@@ -41,8 +42,7 @@ def usage_in_responses_words(usage: dict[str, Any]) -> dict[str, Any]:
 
 def _detail(usage: dict[str, Any], group: str, name: str) -> int:
     details = usage.get(group)
-    value = details.get(name) if isinstance(details, dict) else None
-    return value if type(value) is int and value >= 0 else 0
+    return token_count(details.get(name) if isinstance(details, dict) else None) or 0
 
 
 def skeleton(r: ResponsesRequest, *, response_id: str, model: str) -> dict[str, Any]:

@@ -271,6 +271,12 @@ class ChatCompletionRequest(BaseModel):
         return body
 
 
+def token_count(value: Any) -> int | None:
+    """A token count as a model server reports it, if it is one: a non-negative integer (not a bool, a
+    float or "n/a", which miners have sent); None otherwise."""
+    return value if type(value) is int and value >= 0 else None
+
+
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0

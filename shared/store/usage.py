@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from loguru import logger
 
+from shared.protocol import token_count
 from shared.store.base import Store, StoreUnavailable, UsageCounts, UsageDelta, UsageReport, usage_day
 
 
@@ -121,6 +122,4 @@ class UsageRecorder:
 
 def _tokens(value: object) -> int:
     """A miner-reported count, trusted only if it is a sane non-negative integer."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return 0
-    return min(value, 10_000_000)
+    return min(token_count(value) or 0, 10_000_000)
