@@ -21,7 +21,6 @@ from api.access_log import access_logged, request_id, write
 from api.auth import authenticate, check_model
 from api.completion import (
     completion_for,
-    estimated_usage,
     mid_stream_failure_event,
     no_winner_error,
     response_usage,
@@ -32,7 +31,7 @@ from api.race import MinerRun, Race
 from api.route_hints import require
 from api.selection import select_miners, top_miner
 from api.web_retrieval import Found
-from api.web_search import chat_citations, search_into
+from api.web_search import chat_citations, citations_event, search_into
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.jsonutil import dumps, loads
@@ -41,7 +40,6 @@ from shared.miner_client import Event, event_text
 from shared.protocol import (
     DEFAULT_TASK,
     ChatCompletionRequest,
-    chunk_object,
     new_completion_id,
     usage_chunk,
 )
@@ -210,13 +208,12 @@ def _trailer(req: ChatCompletionRequest, run: MinerRun, found: Found | None = No
     if run.error:
         return mid_stream_failure_event([run]) + DONE_FRAME
     out = b""
-    if found is not None and (annotations := chat_citations(run.text, found)):
-        chunk = chunk_object(completion_id=_stream_id(run), model=run.model or req.model or "unknown",
-                             delta={"annotations": annotations})
-        out += encode_event(dumps(chunk))
+    model = run.model or req.model or "unknown"
+    if found is not None:
+        out += citations_event(run.text, found, completion_id=_stream_id(run), model=model)
     if req.stream_options and req.stream_options.include_usage and run.usage is None:
-        chunk = usage_chunk(completion_id=_stream_id(run), model=run.model or req.model or "unknown",
-                            usage=estimated_usage(req, run.text))
+        # response_usage: the same estimate as an answer that is not streamed (tool calls and refusals count)
+        chunk = usage_chunk(completion_id=_stream_id(run), model=model, usage=response_usage(req, run))
         out += encode_event(dumps(chunk))
     return out + DONE_FRAME
 

@@ -33,13 +33,13 @@ from api.mixture import is_mixture
 from api.race import MinerRun, Race
 from api.selection import select_miners
 from api.web_retrieval import Found
-from api.web_search import chat_citations
+from api.web_search import chat_citations, citations_event
 from shared.errors import ApiError
 from shared.http import json_response
 from shared.jsonutil import dumps, loads
 from shared.metagraph import Neuron
 from shared.miner_client import Event
-from shared.protocol import DEFAULT_TASK, ChatCompletionRequest, chunk_object, new_completion_id, usage_chunk
+from shared.protocol import DEFAULT_TASK, ChatCompletionRequest, new_completion_id, usage_chunk
 from shared.sse import DONE_FRAME, encode_event
 from shared.store.base import KeyRecord
 
@@ -199,14 +199,9 @@ class ChatChoices:
         """Each choice's citations, in an annotations-only chunk of its index (as OpenAI sends them)."""
         if self.found is None:
             return b""
-        out = b""
-        for i, run in enumerate(winners):
-            if annotations := chat_citations(run.text, self.found):
-                chunk = chunk_object(completion_id=cid, model=run.model or self.req.model or "unknown",
-                                     delta={"annotations": annotations}, created=created)
-                chunk["choices"][0]["index"] = i
-                out += encode_event(dumps(chunk))
-        return out
+        return b"".join(citations_event(run.text, self.found, completion_id=cid, created=created, index=i,
+                                        model=run.model or self.req.model or "unknown")
+                        for i, run in enumerate(winners))
 
     def chunk(self, data: Event, index: int, cid: str, created: int) -> bytes:
         return _relabelled(data, index, cid, created)

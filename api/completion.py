@@ -29,9 +29,8 @@ def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[st
 
 
 def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
-    usage = run.usage
-    if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-        return usage
+    if run.usage is not None:  # kept by the race only when its token counts are sane (race.valid_usage)
+        return run.usage
     # what the model wrote: its text, a refusal, and the names and arguments of the tools it called
     calls = "".join(c["function"]["name"] + c["function"]["arguments"] for c in run.tool_calls.values())
     return estimated_usage(req, run.text + "".join(run.refusal) + calls)

@@ -20,7 +20,9 @@ from typing import Any
 from api.context import ApiContext
 from api.responses_render import new_id
 from api.web_retrieval import DEFAULT_RESPONSE_TIME, MAX_QUERY, Found, search
-from shared.protocol import MIN_TIMEOUT
+from shared.jsonutil import dumps
+from shared.protocol import MIN_TIMEOUT, chunk_object
+from shared.sse import encode_event
 
 RESULTS_FOR = {"low": 3, "medium": 5, "high": 8}  # search_context_size -> results given to the answer
 EXCERPT = {"low": 500, "medium": 1200, "high": 3000}  # characters of each result's content
@@ -94,6 +96,19 @@ def chat_citations(text: str, found: Found) -> list[dict[str, Any]]:
     """``citations`` in the chat completion's shape (the place and URL nested under ``url_citation``)."""
     return [{"type": "url_citation", "url_citation": {k: v for k, v in a.items() if k != "type"}}
             for a in citations(text, found)]
+
+
+def citations_event(text: str, found: Found, *, completion_id: str, model: str, index: int = 0,
+                    created: int | None = None) -> bytes:
+    """The annotations-only chunk (of choice ``index``) that ends a chat stream after a web search, as
+    OpenAI sends citations; b"" when the answer names no source."""
+    annotations = chat_citations(text, found)
+    if not annotations:
+        return b""
+    chunk = chunk_object(completion_id=completion_id, model=model, delta={"annotations": annotations},
+                         created=created)
+    chunk["choices"][0]["index"] = index
+    return encode_event(dumps(chunk))
 
 
 def citations(text: str, found: Found) -> list[dict[str, Any]]:

@@ -223,3 +223,20 @@ async def test_a_models_refusal_reaches_the_caller_as_a_refusal(tmp_path: Path, 
             assert chat.choices[0].message.content is None
     (message,) = r.output
     assert [(p.type, p.refusal) for p in message.content] == [("refusal", "I can't help with that.")]
+
+
+async def test_a_streamed_tool_call_gets_the_same_usage_estimate_as_one_not_streamed(tmp_path: Path) -> None:
+    """Without the miner's usage, a stream's usage chunk is the estimate the object gets (it counted the
+    text only: a tool call was 0 tokens when streamed)."""
+    call = raw_chunk(0, None, None, **{}).replace('"delta": {}', '"delta": {"tool_calls": [{"index": 0, "id": "c1", '
+                                                   '"type": "function", "function": {"name": "get_weather", '
+                                                   '"arguments": "{\\"city\\": \\"Paris\\"}"}}]}')
+    script = Script([(0, d) for d in sse(call, raw_chunk(0, finish="tool_calls"))])
+    async with with_miners(tmp_path, {1: script}) as api:
+        client = sdk(api.url, api.key)
+        fields = {"model": "default", "messages": MESSAGES, "tools": TOOLS}
+        whole = await client.chat.completions.create(**fields)
+        chunks = [c async for c in await client.chat.completions.create(
+            **fields, stream=True, stream_options={"include_usage": True})]
+    assert whole.usage.completion_tokens > 0
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
