@@ -138,16 +138,12 @@ async def scoring(request: web.Request) -> web.Response:
     if isinstance(data, list):
         return _score_batch(ctx, data)
     payload: OrganicPayload = parse_model(OrganicPayload, data)
-    job = payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout)
-    if payload.identity() in ctx.seen:
-        logger.debug("organic payload request_id={} seen before: not scored again", payload.request_id)
-    elif not job.hotkeys:
-        logger.debug("organic payload request_id={}: none of its uids is registered now", payload.request_id)
-    else:
-        _enqueue(ctx, [job])
-        ctx.seen.add(payload.identity())
-        logger.debug("organic payload queued: task={} uids={}", job.task, payload.uids)
-    return json_response({"status": "accepted", "uids": sorted(job.hotkeys)}, status=202)
+    queued, _ = _queue_new(ctx, [payload])
+    logger.debug("organic payload request_id={} task={} uids={}: {}", payload.request_id, payload.body.get("task"),
+                 payload.uids, "queued" if queued else "not queued (seen before, or no uid registered now)")
+    snapshot = ctx.metagraph.snapshot
+    return json_response({"status": "accepted", "uids": sorted(u for u in payload.uids if snapshot.by_uid(u))},
+                         status=202)
 
 
 MAX_SCORING_BATCH = 256
@@ -162,28 +158,38 @@ def _enqueue(ctx: ValidatorContext, jobs: list[Any]) -> None:
         queue.put_nowait(job)
 
 
-def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
-    """A JSON array of payloads (the API's forwarder batches): malformed items are reported, not fatal."""
-    if not items or len(items) > MAX_SCORING_BATCH:
-        raise ApiError(400, f"A scoring batch holds 1 to {MAX_SCORING_BATCH} payloads.", code="invalid_payload")
-    jobs, rejected, identities, repeated = [], [], set(), 0
-    for index, item in enumerate(items):
-        try:
-            payload = parse_model(OrganicPayload, item)
-        except ApiError as e:
-            rejected.append({"index": index, "error": e.message})
-            continue
+def _queue_new(ctx: ValidatorContext, payloads: list[OrganicPayload]) -> tuple[int, int]:
+    """Queue the jobs of the payloads not scored before (all or nothing: ``_enqueue``), then remember
+    them; returns (queued, repeated). A payload seen before, or twice in one batch (the forwarder retried
+    a batch whose 202 it lost), is acknowledged and not scored again; one none of whose uids is
+    registered now spends no queue slot."""
+    jobs, identities, repeated = [], set(), 0
+    for payload in payloads:
         identity = payload.identity()
         if identity in ctx.seen or (identity is not None and identity in identities):
-            repeated += 1  # sent before (its 202 was lost): acknowledged, not scored twice
+            repeated += 1
             continue
         identities.add(identity)
         job = payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout)
-        if job.hotkeys:  # else none of its uids is registered now: nothing to score, no queue slot spent
+        if job.hotkeys:
             jobs.append(job)
     _enqueue(ctx, jobs)
     for identity in identities:
         ctx.seen.add(identity)
+    return len(jobs), repeated
+
+
+def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
+    """A JSON array of payloads (the API's forwarder batches): malformed items are reported, not fatal."""
+    if not items or len(items) > MAX_SCORING_BATCH:
+        raise ApiError(400, f"A scoring batch holds 1 to {MAX_SCORING_BATCH} payloads.", code="invalid_payload")
+    payloads, rejected = [], []
+    for index, item in enumerate(items):
+        try:
+            payloads.append(parse_model(OrganicPayload, item))
+        except ApiError as e:
+            rejected.append({"index": index, "error": e.message})
+    queued, repeated = _queue_new(ctx, payloads)
     if repeated:
         logger.info("scoring: {} of {} payloads were sent before and are not scored again", repeated, len(items))
     if rejected:
@@ -191,7 +197,7 @@ def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
         logger.warning("scoring: rejected {} of {} payloads as malformed (first: index {} request_id={}: {})",
                        len(rejected), len(items), first["index"], _request_id(items[first["index"]]), first["error"])
     # accepted: every well-formed payload, queued or not (one sent before, or with no uid registered now)
-    return json_response({"status": "accepted", "accepted": len(items) - len(rejected), "queued": len(jobs),
+    return json_response({"status": "accepted", "accepted": len(items) - len(rejected), "queued": queued,
                           "rejected": rejected}, status=202)
 
 
