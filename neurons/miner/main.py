@@ -9,13 +9,13 @@ from neurons.miner.backends.base import Backend
 from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from neurons.miner.faults import FAULT_PROFILES, serve_fault_miner
-from neurons.miner.profiles import all_profiles, apply_quality_profile
+from neurons.miner.profiles import apply_quality_profile, check_profile
 from neurons.miner.search import CorpusSearch
 from shared.corpus import load_corpus
 from shared.http import bound_socket, serve_until_signal
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
-from shared.settings import MinerSettings, SettingsError, setting_file
+from shared.settings import MinerSettings, setting_file
 from shared.signing import Authorizer, RequestVerifier
 from shared.wallet import load_hotkey
 
@@ -37,9 +37,8 @@ async def build_backend(settings: MinerSettings) -> Backend:
 
 async def run_miner(settings: MinerSettings) -> None:
     setup_logging(settings.log_level, role="miner")
-    if settings.miner_profile not in all_profiles():
-        raise SettingsError(f"MINER_PROFILE: unknown profile {settings.miner_profile!r}; the profiles are "
-                            f"{', '.join(all_profiles())}")
+    with setting_file("MINER_PROFILE"):
+        check_profile(settings.miner_profile)
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
     metagraph = MetagraphView.from_settings(settings)
     await metagraph.first_refresh()

@@ -42,9 +42,15 @@ def _load_registries() -> None:
                 raise
 
 
+def check_profile(name: str) -> None:
+    """ValueError naming every profile, for a name that is none of them (checked at start, before the
+    backend is built)."""
+    if name not in all_profiles():
+        raise ValueError(f"unknown profile {name!r}; the profiles are {', '.join(all_profiles())}")
+
+
 def apply_quality_profile(name: str, backend: Backend, settings: Any) -> Backend:
-    _load_registries()
-    try:
-        return QUALITY_PROFILES[name](backend, settings)
-    except KeyError:
-        raise ValueError(f"unknown miner profile {name!r}; known: {', '.join(all_profiles())}") from None
+    check_profile(name)
+    if name not in QUALITY_PROFILES:
+        raise ValueError(f"{name!r} is a fault profile, served by its own server (neurons/miner/faults.py)")
+    return QUALITY_PROFILES[name](backend, settings)
