@@ -2,8 +2,9 @@
 
 Streaming: the first miner to send a non-empty content (or tool-call) chunk
 wins, and its events are relayed as they arrive. Non-streaming: the first miner
-to finish with a non-empty answer wins. When every miner has ended and none said
-anything, the first to end cleanly with a ``finish_reason`` is the answer: a
+to finish with a non-empty answer wins. An answer that ends without a ``finish_reason``
+was cut short (an upstream that dropped its connection): it fails, streamed or not.
+When every miner has ended and none said anything, the first to end cleanly with a ``finish_reason`` is the answer: a
 model that stops at once (a stop sequence that matches its first word) answers
 ``""``, and that is the caller's answer, not a 502. Every miner's events and arrival times
 are kept *per uid* (for the scoring payload); a miner never contributes a chunk
@@ -240,6 +241,8 @@ class Race:
                     if self.stream and run.has_answer:
                         self._claim(run)
                 run.new_data.set()
+            if run.finish_reason is None:  # every OpenAI-shaped answer ends with one: without it, it was cut
+                raise MinerError("the answer ended without a finish_reason (cut short)", kind="bad_response")
         except MinerError as e:
             run.error, run.error_kind = str(e), e.kind
         except Unfit as e:

@@ -4,7 +4,7 @@ Miners are untrusted and unreliable by design, so the API and the validator are
 tested against servers that do every bad thing the wire allows: refuse
 connections, stall before or after the headers or mid-stream, trickle one byte
 a second, answer 500, broken JSON, broken SSE framing, an empty stream, only
-``[DONE]``, an answer beyond the size cap, the wrong content type, tool-call
+``[DONE]``, an answer cut short (no ``finish_reason``), an answer beyond the size cap, the wrong content type, tool-call
 garbage, an answer after the deadline, a connection dropped mid-chunk.
 
 Each fault miner is otherwise a faithful miner: it verifies btauth/1 signatures
@@ -180,6 +180,14 @@ async def done_only(call: FaultCall) -> web.StreamResponse:
     return await _sse_bytes(call)
 
 
+async def cut_short(call: FaultCall) -> web.StreamResponse:
+    """The answer without its last chunk (the one with ``finish_reason``), then ``[DONE]``: what a
+    miner relays when its model server drops the connection mid-answer and it ends the stream as if
+    nothing happened. Well-formed to the last byte; only the missing ``finish_reason`` tells."""
+    events = [e for e in await honest_events(call) if b'"finish_reason":"' not in e]
+    return await _sse_bytes(call, *events)
+
+
 async def huge(call: FaultCall) -> web.StreamResponse:
     """One content event of ``huge_bytes``, written in 64 KiB pieces (bounded memory on both sides)."""
     response = await _sse_response(call.request)
@@ -249,6 +257,7 @@ FAULTS: dict[str, FaultHandler] = {
     "bad-sse": bad_sse,
     "empty": empty,
     "done-only": done_only,
+    "cut-short": cut_short,
     "huge": huge,
     "wrong-type": wrong_type,
     "bad-tools": bad_tools,
@@ -261,7 +270,7 @@ FAULT_PROFILES.add(REFUSE)
 
 # Faults that start a valid answer and only then fail: in a streaming race they can win
 # (the first content chunk wins) and the client then sees the mid-stream error event.
-FAIL_AFTER_ANSWER_STARTS = frozenset({"stall-mid"})
+FAIL_AFTER_ANSWER_STARTS = frozenset({"stall-mid", "cut-short"})
 
 
 # --- the app ---------------------------------------------------------------------------------------

@@ -43,6 +43,20 @@ async def test_winner_failing_mid_stream_ends_with_error_event_then_done(
     assert len(relayed) < len(expected_answer(9))
 
 
+async def test_an_answer_cut_short_is_not_passed_off_as_complete(tmp_path: Path) -> None:
+    """A miner whose model server dropped mid-answer ends its stream cleanly but without a
+    ``finish_reason``: streamed, the caller is told it broke; waited for, it is no answer (a 502),
+    never a shorter answer labelled ``stop``."""
+    async with fleet(tmp_path, {1: "cut-short"}) as f, aiohttp.ClientSession() as s:
+        streamed = await chat(s, f, {"messages": MESSAGES, "seed": 9, "stream": True, "timeout": DEADLINE})
+        waited = await chat(s, f, {"messages": MESSAGES, "seed": 9, "timeout": DEADLINE})
+    assert streamed.status == 200
+    err = assert_error_then_done(streamed.sse_datas())
+    assert "without a finish_reason" in err["message"]
+    assert waited.status == 502, waited.text
+    assert "without a finish_reason" in json.loads(waited.text)["error"]["message"]
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"], ids=["chat", "completions"])
 async def test_choices_whose_winners_fail_mid_stream_end_with_one_error_event(tmp_path: Path, path: str) -> None:
     """``n`` = 2 from one miner that drops its streams: both choices start, both fail, one error event
