@@ -23,6 +23,7 @@ from aiohttp import web
 from loguru import logger
 from multidict import CIMultiDictProxy
 
+from shared.client_address import client_address
 from shared.errors import ApiError
 from shared.http import route_path
 from shared.store.base import KeyRecord, RateDecision, Store, StoreUnavailable, hash_key
@@ -135,7 +136,7 @@ async def invalid_key(request: web.Request, store: Store) -> ApiError:
     Only failures are charged: a valid key never pays for the check."""
     limit = request.app.get(INVALID_KEY_LIMIT, INVALID_KEYS_PER_MINUTE)
     try:
-        gate = await store.charge(f"key-fail:{request.remote or 'unknown'}", limit)
+        gate = await store.charge(f"key-fail:{client_address(request)}", limit)
     except StoreUnavailable:
         return store_unavailable()
     if not gate.allowed:
@@ -203,7 +204,8 @@ async def check_admin(request: web.Request, admin_key: str | None, store: Store)
     """403 when admin is disabled, 429 after repeated failures from this address, 401 on a wrong key."""
     if not admin_key:
         raise ApiError(403, "Admin endpoints are disabled: set ADMIN_KEY to enable them.", code="admin_disabled")
-    bucket = f"admin-fail:{request.remote or 'unknown'}"
+    address = client_address(request)
+    bucket = f"admin-fail:{address}"
     try:
         gate = await store.charge(bucket, ADMIN_FAILURES_PER_MINUTE, cost=0)
         if not gate.allowed:
@@ -213,7 +215,7 @@ async def check_admin(request: web.Request, admin_key: str | None, store: Store)
         await store.charge(bucket, ADMIN_FAILURES_PER_MINUTE)
     except StoreUnavailable:
         raise store_unavailable() from None
-    logger.warning("admin auth failed remote={} method={} path={}", request.remote, request.method,
+    logger.warning("admin auth failed remote={} method={} path={}", address, request.method,
                    route_path(request))
     raise ApiError(401, "Invalid or missing admin-key header.", code="invalid_admin_key")
 

@@ -17,6 +17,7 @@ import pydantic_settings
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.client_address import parse_networks
 from shared.tasks import ALL_TASKS
 
 
@@ -125,6 +126,9 @@ class ApiSettings(CommonSettings):
     web_retrieval_n_miners: int = Field(default=3, ge=1, le=64, description="Default n_miners for web retrieval")
     outbox_max_items: int = Field(default=10_000, ge=1, description="Scoring outbox bound (oldest dropped)")
     outbox_lease_seconds: float = Field(default=10.0, gt=0, description="Forwarder lease; a dead holder's expires")
+    trusted_proxies: CsvList = Field(
+        default_factory=list,
+        description="Reverse proxies (IPs or CIDRs) whose X-Forwarded-For names the client address; empty: none")
     cors_origins: CsvList = Field(
         default_factory=lambda: ["*"],
         description="Origins a browser may call the API from: * (any), a comma list, or empty (CORS off)")
@@ -137,6 +141,12 @@ class ApiSettings(CommonSettings):
                 raise ValueError(f"{origin!r} is not an origin: * or scheme://host[:port], no path "
                                  "(https://app.example.com)")
         return [o.rstrip("/") for o in v]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        parse_networks(v)
+        return v
 
     @field_validator("admin_key", mode="before")
     @classmethod

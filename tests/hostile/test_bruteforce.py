@@ -76,3 +76,32 @@ def test_admin_key_comparison_time_does_not_depend_on_how_close_the_guess_is() -
     fastest = {name: min(v) for name, v in samples.items()}
     same_length = [fastest[n] for n in ("almost right", "right prefix only", "all wrong")]
     assert max(same_length) / min(same_length) < 1.5, fastest
+
+
+async def test_behind_a_trusted_proxy_the_lockout_is_per_forwarded_client(tmp_path: Path) -> None:
+    """Behind nginx every request comes from the proxy: the client it names in X-Forwarded-For is
+    locked out, not every caller of the proxy."""
+    async with fleet(tmp_path, {1: HONEST}, trusted_proxies=["127.0.0.1"]) as f, aiohttp.ClientSession() as s:
+        url = f.url + "/api_management/create-api-key?rate_limit=5"
+        attacker = {"X-Forwarded-For": "203.0.113.7"}
+        for i in range(ADMIN_FAILURES_PER_MINUTE):
+            assert (await post(s, url, {"admin-key": f"guess-{i}", **attacker}))[0] == 401
+        assert (await post(s, url, {"admin-key": ADMIN_KEY, **attacker}))[0] == 429
+        # A client-written address ahead of the proxy's entry changes nothing: the proxy's entry counts.
+        spoofed = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}
+        assert (await post(s, url, {"admin-key": ADMIN_KEY, **spoofed}))[0] == 429
+        # The operator, through the same proxy, is not locked out.
+        async with s.post(url, headers={"admin-key": ADMIN_KEY, "X-Forwarded-For": "192.0.2.10"}) as r:
+            body = await r.json()
+            assert r.status == 200 and body["api_key"].startswith("sn1-"), body
+
+
+async def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Path) -> None:
+    """Without TRUSTED_PROXIES a client cannot name a fresh address per guess to dodge the lockout."""
+    async with fleet(tmp_path, {1: HONEST}) as f, aiohttp.ClientSession() as s:
+        url = f.url + "/api_management/create-api-key?rate_limit=5"
+        for i in range(ADMIN_FAILURES_PER_MINUTE):
+            forged = {"X-Forwarded-For": f"203.0.113.{i}"}
+            assert (await post(s, url, {"admin-key": f"guess-{i}", **forged}))[0] == 401
+        forged = {"X-Forwarded-For": "198.51.100.99"}
+        assert (await post(s, url, {"admin-key": "guess-again", **forged}))[0] == 429

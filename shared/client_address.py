@@ -1,0 +1,67 @@
+"""Which address a request came from, behind a reverse proxy too.
+
+The API throttles wrong API keys and locks out failed admin logins per client
+address. Behind nginx or a load balancer every request arrives from the proxy,
+so without this one caller's bad guesses would lock the admin (and throttle
+everyone's key mistakes) for every address at once. ``TRUSTED_PROXIES`` names
+the proxies whose ``X-Forwarded-For`` is believed; no one else's is, or a
+client could pick its own address and guess without limit.
+
+Computed only where an address is needed (a failed key or admin check), not per
+request: aiohttp-remotes does the same as a middleware, but clones every request
+on the hot path to do it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from aiohttp import web
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+TRUSTED_PROXIES = web.AppKey("sn1_trusted_proxies", tuple)  # tuple[Network, ...]
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    """``["10.0.0.0/8", "127.0.0.1"]`` -> networks; ValueError names an entry that is neither."""
+    out = []
+    for entry in entries:
+        try:
+            out.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address or network (10.0.0.5, 10.0.0.0/8, ::1)") from None
+    return tuple(out)
+
+
+def _trusted(address: str, proxies: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:  # ::ffff:10.0.0.1 from a dual-stack socket
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in proxies)
+
+
+def forwarded_client(peer: str | None, forwarded_for: Iterable[str], proxies: tuple[Network, ...]) -> str:
+    """The client address: the peer, unless it is a trusted proxy; then the nearest address in
+    ``X-Forwarded-For`` (read right to left, as each proxy appends) that is not a trusted proxy.
+
+    A client may write anything into the header's left part, so only entries added by trusted
+    proxies are skipped: the first one that is not was written by the last trusted proxy, which
+    saw it as its peer.
+    """
+    if peer is None or not proxies or not _trusted(peer, proxies):
+        return peer or "unknown"
+    hops = [hop.strip() for header in forwarded_for for hop in header.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, proxies):
+            return hop[:64]  # a header value, not an address we checked: bounded before it names a bucket
+    return hops[0][:64] if hops else peer
+
+
+def client_address(request: web.Request) -> str:
+    """``forwarded_client`` for this request, with the app's ``TRUSTED_PROXIES``."""
+    proxies = request.app.get(TRUSTED_PROXIES, ())
+    return forwarded_client(request.remote, request.headers.getall("X-Forwarded-For", ()), proxies)
