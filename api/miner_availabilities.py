@@ -6,7 +6,7 @@ from aiohttp import web
 
 from api.auth import authenticate
 from api.chat import CTX
-from shared.availability_query import parse_k, read_uid_list
+from shared.availability_query import parse_k, parse_task, read_uid_list
 from shared.http import json_response
 
 
@@ -23,7 +23,7 @@ async def get_available_miners(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     await authenticate(request, ctx.store, scope="availability")
     k = parse_k(request.query.get("k"))
-    task, model = request.query.get("task") or None, request.query.get("model") or None
+    task, model = parse_task(request.query.get("task")), request.query.get("model") or None
     cache = ctx.availability
     if cache is None:
         return json_response([])

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from shared.errors import ApiError
 from shared.http import read_json, read_raw
+from shared.tasks import ALL_TASKS
 
 MAX_K = 256
 MAX_UIDS = 65536
@@ -41,3 +42,14 @@ def parse_k(value: str | None, default: int = 10) -> int:
     if not 1 <= k <= MAX_K:
         raise ApiError(400, f"k must be between 1 and {MAX_K}.", param="k", code="invalid_value")
     return k
+
+
+def parse_task(value: str | None) -> str | None:
+    """``task`` from a query string: one of the subnet's tasks, or None (any). A misspelt task is a
+    400 naming them, not an empty list that reads as "no miner serves it"."""
+    if not value:
+        return None
+    if value not in ALL_TASKS:
+        raise ApiError(400, f"Unknown task {value[:64]!r}: the tasks are {', '.join(ALL_TASKS)}.", param="task",
+                       code="invalid_value")
+    return value

@@ -21,7 +21,7 @@ from loguru import logger
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.payload import OrganicPayload
 from neurons.validator.scores import ScoreBook
-from shared.availability_query import parse_k, read_uid_list
+from shared.availability_query import parse_k, parse_task, read_uid_list
 from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json, read_raw
 from shared.metagraph import MetagraphView
@@ -125,7 +125,7 @@ async def miner_availabilities(request: web.Request) -> web.Response:
 async def get_available_miners(request: web.Request) -> web.Response:
     q = request.query
     k = parse_k(q.get("k"))
-    uids = request.app[CTX].book.available(q.get("task") or None, q.get("model") or None)
+    uids = request.app[CTX].book.available(parse_task(q.get("task")), q.get("model") or None)
     return json_response(uids[:k])
 
 
