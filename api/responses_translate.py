@@ -74,6 +74,10 @@ def chat_body(r: ResponsesRequest) -> dict[str, Any]:
     # "auto" and "none" mean nothing without tools; any other choice goes on, for the chat check's 400
     if choice is not None and (r.function_tools or choice not in ("auto", "none")):
         body["tool_choice"] = choice
+    if r.reasoning is not None and r.reasoning.effort is not None:
+        body["reasoning_effort"] = r.reasoning.effort
+    if r.text is not None and r.text.verbosity is not None:
+        body["verbosity"] = r.text.verbosity
     fmt = r.text.format if r.text else None
     if fmt is not None and fmt.type != "text":
         body["response_format"] = _response_format(fmt)
@@ -90,7 +94,15 @@ def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> N
                                           f"web_search_call, skipped); not {kind!r}")
     item = parse_model(model, raw, at=at)
     if isinstance(item, MessageItem):
-        messages.append(_message(item, at))
+        message = _message(item, at)
+        last = messages[-1] if messages else None
+        if message["role"] == "assistant" and last is not None and last["role"] == "assistant" \
+                and last.get("tool_calls"):
+            # Text after a call in one turn (this API streams it as its own item): chat wants the turn's
+            # text and calls in one message, its tool results right after it, or its servers answer 400.
+            last["content"] = (last["content"] or "") + message["content"]
+        else:
+            messages.append(message)
     elif isinstance(item, FunctionCallItem):
         call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
         last = messages[-1] if messages else None

@@ -72,6 +72,16 @@ class TextFormat(BaseModel):
 class TextConfig(BaseModel):
     model_config = REQUEST_CONFIG
     format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None  # chat's ``verbosity``
+
+
+class ReasoningConfig(BaseModel):
+    """How hard a reasoning model thinks (chat's ``reasoning_effort``); a summary of it is not served:
+    miners send no reasoning items."""
+
+    model_config = REQUEST_CONFIG
+    effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    summary: str | None = None
 
 
 class MessageItem(BaseModel):
@@ -127,6 +137,7 @@ class ResponsesRequest(BaseModel):
     include: list[str] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     text: TextConfig | None = None
+    reasoning: ReasoningConfig | None = None
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     store: bool | None = None
     user: str | None = None

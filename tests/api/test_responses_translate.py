@@ -67,6 +67,21 @@ def test_a_tool_round_trip_is_one_assistant_turn_then_the_tool_results() -> None
     assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
 
 
+def test_text_after_a_call_joins_the_calls_turn_so_the_tool_result_follows_it() -> None:
+    """This API streams text that comes after a call as its own message item: replayed as the next
+    request's input, it must not come between the call and its result (chat servers answer 400)."""
+    body = translate(input=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "One moment.",
+                                                             "annotations": []}]},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+    ], tools=[WEATHER])
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "tool"]
+    assert body["messages"][1]["content"] == "One moment."
+    assert body["messages"][1]["tool_calls"][0]["id"] == "c1"
+
+
 def test_structured_output_and_images_translate() -> None:
     schema = {"type": "object", "properties": {"name": {"type": "string"}}}
     body = translate(input=[{"role": "user", "content": [
@@ -194,3 +209,18 @@ def test_any_body_is_translated_or_a_400_never_a_crash(items: list[dict[str, Any
         translate(input=items, **extra)
     except ApiError as e:
         assert e.status == 400 and e.param
+
+
+def test_reasoning_effort_and_verbosity_reach_the_miners_as_chat_fields() -> None:
+    """Codex and the Agents SDK send them for reasoning models: dropped, the model thinks at its default."""
+    body = translate(input="Hi", reasoning={"effort": "low", "summary": "auto"}, text={"verbosity": "high"})
+    assert body["reasoning_effort"] == "low" and body["verbosity"] == "high"
+    assert "reasoning" not in body and "text" not in body
+    plain = translate(input="Hi")
+    assert "reasoning_effort" not in plain and "verbosity" not in plain
+
+
+def test_an_unknown_reasoning_effort_is_a_400() -> None:
+    with pytest.raises(ApiError) as e:
+        translate(input="Hi", reasoning={"effort": "extreme"})
+    assert e.value.status == 400 and "reasoning" in str(e.value.param or e.value)
