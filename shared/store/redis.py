@@ -418,7 +418,9 @@ class RedisStore:
     async def add_usage(self, deltas: list[UsageDelta]) -> None:
         if not deltas:
             return
-        pipe = self.redis.pipeline(transaction=False)
+        # One transaction: a connection lost part way through a plain pipeline leaves some rows added,
+        # and the recorder, told the flush failed, adds them again with its retry.
+        pipe = self.redis.pipeline(transaction=True)
         for d in deltas:
             await self._add_usage(
                 keys=[self.key("usage", d.key_id), self.key("keys")],

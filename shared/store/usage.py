@@ -34,6 +34,9 @@ class UsageRecorder:
         self.clock = clock
         self._pending: dict[tuple[str, str], UsageCounts] = {}
         self._last_used: dict[tuple[str, str], float] = {}
+        # The batch a flush is writing: counted by readers until the store has it (else a key's
+        # tokens today dip by that batch while the write is in flight, and a spent budget reopens).
+        self._flushing: dict[tuple[str, str], UsageCounts] = {}
         self._lock = asyncio.Lock()
         self._day = ("", 0.0, -1.0)  # (day, its first second, its last second): formatting a date per
         # request showed in the profile, and the day changes once every 86,400 seconds
@@ -73,13 +76,25 @@ class UsageRecorder:
         """The key's prompt + completion tokens today (UTC): what every process flushed, and what this
         one has not yet (another process's last ``flush_interval`` is not seen)."""
         day = self._today(self.clock())
-        pending = self._pending.get((key_id, day))
-        mine = pending.tokens if pending is not None else 0
-        return await self.store.day_tokens(key_id, day) + mine
+        for _ in range(3):  # a flush that starts or ends during the read replaces ``_flushing``: read again
+            flushing = self._flushing
+            stored = await self.store.day_tokens(key_id, day)
+            if flushing is self._flushing:
+                break
+        # A batch that lands during the read, before its flush resumes, is counted twice for that moment:
+        # over, never under (a spent budget does not reopen).
+        mine = sum(c.tokens for c in (self._pending.get((key_id, day)), self._flushing.get((key_id, day))) if c)
+        return stored + mine
 
     def pending_for(self, key_id: str) -> dict[str, UsageCounts]:
-        """This process's not-yet-flushed counts for a key, by day (merged into reports)."""
-        return {day: c for (kid, day), c in self._pending.items() if kid == key_id}
+        """This process's not-yet-stored counts for a key, by day (merged into reports): those buffered
+        and those a flush is writing."""
+        out: dict[str, UsageCounts] = {}
+        for batch in (self._pending, self._flushing):
+            for (kid, day), counts in batch.items():
+                if kid == key_id:
+                    out.setdefault(day, UsageCounts()).add(counts)
+        return out
 
     async def flush(self) -> int:
         """Write everything buffered in one batch; returns how many (key, day) rows were written."""
@@ -87,12 +102,15 @@ class UsageRecorder:
             batch, last = self._pending, self._last_used
             self._pending, self._last_used = {}, {}
             deltas = [UsageDelta(key_id=k, day=d, counts=c, last_used_at=last[(k, d)]) for (k, d), c in batch.items()]
+            self._flushing = batch
             try:
                 await self.store.add_usage(deltas)
             except StoreUnavailable as e:
                 self._merge_back(batch, last)
                 logger.warning("usage flush failed, {} rows kept for the next try: {}", len(deltas), e)
                 return 0
+            finally:
+                self._flushing = {}
             return len(deltas)
 
     def _merge_back(self, batch: dict[tuple[str, str], UsageCounts], last: dict[tuple[str, str], float]) -> None:

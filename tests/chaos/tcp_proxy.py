@@ -21,6 +21,7 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._budget: int | None = None  # bytes from clients still forwarded before every link drops
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
@@ -37,23 +38,38 @@ class TcpProxy:
                 return
             up_reader, upstream = await asyncio.open_connection(*self.target)
             self._writers.add(upstream)
-            await asyncio.gather(self._pipe(reader, upstream), self._pipe(up_reader, writer))
+            await asyncio.gather(self._pipe(reader, upstream, outbound=True), self._pipe(up_reader, writer))
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
             self._tasks.discard(task)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                    outbound: bool = False) -> None:
         try:
             while data := await reader.read(65536):
                 if self.mode != "forward":
                     await self._wake.wait()
                     return
+                if outbound and self._budget is not None and len(data) >= self._budget:
+                    writer.write(data[: self._budget])  # the server gets this much of the request, then the link dies
+                    await writer.drain()
+                    self._budget = None
+                    for w in list(self._writers):
+                        w.close()
+                    return
+                if outbound and self._budget is not None:
+                    self._budget -= len(data)
                 writer.write(data)
                 await writer.drain()
         finally:
             writer.close()
+
+    def cut_after(self, n_bytes: int) -> None:
+        """Forward ``n_bytes`` more from clients, then drop every connection: a link lost part way
+        through a request. New connections are forwarded as before."""
+        self._budget = n_bytes
 
     async def _drop_all(self) -> None:
         """Close every connection and let every handler finish on its own (no cancellation)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from neurons.localnet import free_port
@@ -40,4 +41,35 @@ async def test_one_batch_per_flush_and_nothing_lost_while_the_store_is_down(tmp_
                       "errors": 2, "rate_limited": 1}
     assert await usage.flush() == 0 and (await store.usage(rec.id)).totals.requests == 5  # nothing twice
     await dead.close()
+    await store.close()
+
+
+class SlowWriteStore(SQLiteStore):
+    """A real SQLite store whose usage write waits for a go-ahead (a slow disk, a far Redis)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writing = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def add_usage(self, deltas):  # type: ignore[no-untyped-def]
+        self.writing.set()
+        await self.go.wait()
+        await super().add_usage(deltas)
+
+
+async def test_tokens_in_a_flush_still_count_while_it_is_written(tmp_path: Path) -> None:
+    """A key's daily budget reads stored + unflushed tokens: the batch being written is neither
+    until it lands, and the spent budget reopened for that moment."""
+    store = SlowWriteStore(tmp_path / "u.db")
+    _, rec = await store.create_key(10)
+    usage = UsageRecorder(store)
+    usage.record(rec.id, prompt_tokens=40, completion_tokens=60)
+    flush = asyncio.create_task(usage.flush())
+    await asyncio.wait_for(store.writing.wait(), 5)
+    assert await usage.tokens_today(rec.id) == 100
+    assert (await usage.report(rec.id)).totals.tokens == 100
+    store.go.set()
+    assert await flush == 1
+    assert await usage.tokens_today(rec.id) == 100  # now from the store, and not twice
     await store.close()
