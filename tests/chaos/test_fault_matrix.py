@@ -1,6 +1,6 @@
 """The fault matrix: every fault profile against the real API, alone and beside a healthy miner.
 
-One fleet (all fifteen faults + two honest miners, real signed HTTP on
+One fleet (all sixteen faults + two honest miners, real signed HTTP on
 127.0.0.1) serves the whole module; each test picks its miners with ``uids``.
 """
 
