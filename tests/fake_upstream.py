@@ -14,7 +14,10 @@ MODEL = "fake/llm-1"
 CONTEXT_TOKENS = 4096
 
 
-def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True) -> web.Application:
+def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
+                         refuses: frozenset[str] = frozenset()) -> web.Application:
+    """``refuses``: fields answered with a 400, as OpenAI's hosted API answers ``top_k``."""
+
     async def models(_request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
 
@@ -23,6 +26,10 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True)
         received.append(body)
         if strict and set(body) & {"task", "sampling_parameters", "uids", "mixture", "timeout"}:
             return web.json_response({"error": {"message": "unknown parameter", "type": "invalid_request_error"}},
+                                     status=400)
+        for name in sorted(refuses & set(body)):  # OpenAI's own words
+            return web.json_response({"error": {"message": f"Unrecognized request argument supplied: {name}",
+                                                "type": "invalid_request_error", "param": None, "code": None}},
                                      status=400)
         if (body.get("max_tokens") or 0) > CONTEXT_TOKENS:  # as vLLM and OpenAI refuse it
             return web.json_response({"error": {

@@ -24,9 +24,9 @@ VALIDATOR, MINER = keypair("//Validator"), keypair("//Miner1")
 
 
 @contextlib.asynccontextmanager
-async def stack(tmp_path: Path, received: list):
+async def stack(tmp_path: Path, received: list, *, refuses: frozenset[str] = frozenset()):
     async with contextlib.AsyncExitStack() as st:
-        upstream = await st.enter_async_context(serve_app(create_fake_upstream(received)))
+        upstream = await st.enter_async_context(serve_app(create_fake_upstream(received, refuses=refuses)))
         backend = OpenAICompatibleBackend(upstream + "/v1")
         await backend.start()
         verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
@@ -101,6 +101,33 @@ async def test_a_request_the_model_server_refuses_is_the_callers_400_not_a_miner
         async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
             out = await r.json()
             assert r.status == 502 and out["error"]["code"] == "no_valid_answer", out
+
+
+async def test_an_upstream_that_refuses_top_k_is_asked_again_without_it_and_never_sent_it_again(
+        tmp_path: Path) -> None:
+    """The validator's tasks carry ``top_k``, which OpenAI's hosted API refuses (400): every synthetic
+    task would fail on such a miner. The refusal names the field: the miner asks again without it, and
+    remembers."""
+    received: list = []
+    async with stack(tmp_path, received, refuses=frozenset({"top_k"})) as (api, key), aiohttp.ClientSession() as s:
+        for stream in (False, True, False):
+            body = {"messages": [{"role": "user", "content": "hi"}], "stream": stream,
+                    "sampling_parameters": {"top_k": 7, "temperature": 0.5}}
+            async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
+                text = await r.text()
+                assert r.status == 200, text
+            if stream:
+                answer = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                                 for line in text.splitlines() if line.startswith("data: {"))
+            else:
+                answer = json.loads(text)["choices"][0]["message"]["content"]
+            assert answer.strip() == "echo: hi"
+        # a required field the upstream refuses is still the caller's 400 (nothing optional to drop)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000}
+        async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
+            assert r.status == 400
+    assert ["top_k" in b for b in received[:3]] == [True, False, False], "asked once with it, then never"
+    assert all(b.get("temperature") == 0.5 for b in received[:3]), "the rest of the sampling still goes"
 
 
 def test_the_subnets_sampling_block_reaches_the_upstream_as_its_own_fields() -> None:

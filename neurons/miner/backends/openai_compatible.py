@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,6 +30,9 @@ from shared.sse import DONE, SSEError, SSEParser
 # from the miner's failure. Any other upstream status (auth, rate limit, 5xx) is the miner's 502.
 REFUSED_REQUEST = frozenset({400, 413, 422})
 SUBNET_FIELDS = ("task", "sampling_parameters", "uids", "mixture", "inference_mode", "target_results", "timeout")
+# Sampling fields that vLLM, llama.cpp and Ollama honour and hosted APIs (OpenAI's own) refuse with a 400:
+# an upstream that names one in its refusal gets the request again without it, and never again after.
+OPTIONAL_FIELDS = ("top_k", "min_p", "repetition_penalty", "top_a")
 
 
 class OpenAICompatibleBackend:
@@ -53,6 +57,7 @@ class OpenAICompatibleBackend:
         self._models: list[str] = []
         self._models_refresh = models_refresh
         self._refresher: asyncio.Task[None] | None = None
+        self._unsupported: set[str] = set()  # OPTIONAL_FIELDS this upstream refused
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512),
@@ -93,13 +98,13 @@ class OpenAICompatibleBackend:
         return ["InferenceTask", "QuestionAnsweringTask"]
 
     def upstream_body(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
-        out = {k: v for k, v in body.items() if k not in SUBNET_FIELDS}
+        out = {k: v for k, v in body.items() if k not in SUBNET_FIELDS and k not in self._unsupported}
         # The subnet's sampling block, in the upstream's own fields (as the validator's reference model
         # gets them: the same sampling on both sides of a comparison).
         sp = body.get("sampling_parameters") or {}
         for name, field in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
                             ("max_new_tokens", "max_tokens")):
-            if sp.get(name) is not None and field not in out:
+            if sp.get(name) is not None and field not in out and field not in self._unsupported:
                 out[field] = sp[name]
         if out.get("model") in ANY_MODEL and self._models:
             out["model"] = self._models[0]
@@ -110,17 +115,33 @@ class OpenAICompatibleBackend:
 
     @contextlib.asynccontextmanager
     async def _chat(self, body: dict[str, Any], *, stream: bool) -> AsyncIterator[aiohttp.ClientResponse]:
-        """POST the upstream chat completion; a non-200 answer is a BackendError naming its status."""
-        payload = dumpb(self.upstream_body(body, stream=stream))
-        async with self._http().post(
-            f"{self.base_url}/chat/completions", data=payload, headers=self._headers, timeout=self._timeout
-        ) as r:
-            if r.status != 200:
+        """POST the upstream chat completion; a non-200 answer is a BackendError naming its status.
+
+        A refusal that names an optional sampling field the request carried is asked again without it."""
+        out = self.upstream_body(body, stream=stream)
+        for attempt in (1, 2):
+            async with self._http().post(
+                f"{self.base_url}/chat/completions", data=dumpb(out), headers=self._headers, timeout=self._timeout
+            ) as r:
+                if r.status == 200:
+                    yield r
+                    return
                 _, message = parse_error((await r.read()).decode("utf-8", "replace"))
                 refused = r.status in REFUSED_REQUEST
+                if refused and attempt == 1 and (dropped := self._refused_fields(out, message)):
+                    out = {k: v for k, v in out.items() if k not in dropped}
+                    continue
                 raise BackendError(f"upstream HTTP {r.status}: {message[:300]}",
                                    status=r.status if refused else 502, code=MODEL_SERVER_REJECTED if refused else None)
-            yield r
+
+    def _refused_fields(self, sent: dict[str, Any], message: str) -> set[str]:
+        """The optional fields of ``sent`` that the upstream's refusal names; learnt for good."""
+        named = {f for f in OPTIONAL_FIELDS if f in sent and re.search(rf"\b{f}\b", message)}
+        if named:
+            self._unsupported |= named
+            logger.warning("the upstream refuses {} ({}): not sent to it from now on", ", ".join(sorted(named)),
+                           message[:200])
+        return named
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
