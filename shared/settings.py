@@ -265,6 +265,10 @@ class MinerSettings(CommonSettings):
     upstream_url: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     upstream_api_key: SecretStr | None = None
     upstream_timeout: float = Field(default=120.0, gt=0)
+    upstream_models: CsvList = Field(
+        default_factory=list,
+        description="Upstream models to serve, in order (the first answers 'default'); empty: every chat model "
+                    "its /models lists")
     allowed_hotkeys: CsvList = Field(default_factory=list, description="Callers accepted even without a permit")
     max_body_bytes: int = Field(default=4 << 20, ge=1024)
     miner_profile: str = Field(default="honest", description="Behaviour profile (local network and tests)")

@@ -27,6 +27,7 @@ async def build_backend(settings: MinerSettings) -> Backend:
             settings.upstream_url,
             api_key=settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None,
             timeout=settings.upstream_timeout,
+            serve_models=settings.upstream_models,
         )
         await backend.start()
         return backend

@@ -202,3 +202,26 @@ async def test_a_stream_the_upstream_ends_mid_line_keeps_its_events_apart(tmp_pa
     texts = [json.loads(e) if isinstance(e, str) else e for e in events]
     assert [c["choices"][0]["delta"]["content"] for c in texts] == ["a", "b"]
     assert texts[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+async def _listing(ids: list[str], **kwargs: object) -> list[str]:
+    up = web.Application()
+    up.router.add_get("/v1/models", lambda _r: web.json_response({"data": [{"id": i} for i in ids]}))
+    async with serve_app(up) as url:
+        backend = OpenAICompatibleBackend(url + "/v1", **kwargs)  # type: ignore[arg-type]
+        await backend.start()
+        try:
+            return backend.models()
+        finally:
+            await backend.close()
+
+
+async def test_only_chat_models_are_advertised_and_upstream_models_chooses_among_them() -> None:
+    """OpenAI's /models lists embeddings, speech and image models beside its chat models (Ollama's, the
+    embedding models pulled): advertised, they drew requests they fail, and "default" went to the first."""
+    listed = ["text-embedding-3-small", "gpt-4o-mini", "whisper-1", "tts-1", "dall-e-3", "nomic-embed-text",
+              "omni-moderation-latest", "llama3.1:8b"]
+    assert await _listing(listed) == ["gpt-4o-mini", "llama3.1:8b"]
+    # UPSTREAM_MODELS: the operator's choice and order (the first answers "default"); unlisted ones left out
+    assert await _listing(listed, serve_models=["llama3.1:8b", "gpt-4o-mini", "not-there"]) == \
+        ["llama3.1:8b", "gpt-4o-mini"]

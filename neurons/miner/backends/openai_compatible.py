@@ -33,6 +33,9 @@ SUBNET_FIELDS = ("task", "sampling_parameters", "uids", "mixture", "inference_mo
 # Sampling fields that vLLM, llama.cpp and Ollama honour and hosted APIs (OpenAI's own) refuse with a 400:
 # an upstream that names one in its refusal gets the request again without it, and never again after.
 OPTIONAL_FIELDS = ("top_k", "min_p", "repetition_penalty", "top_a")
+# Models a /models list holds that answer no chat completion (OpenAI's lists embeddings, speech, images and
+# moderation beside its chat models; Ollama's, the embedding models pulled): not advertised.
+NOT_CHAT = re.compile(r"embed|whisper|tts|dall-e|gpt-image|moderation|rerank|transcribe", re.IGNORECASE)
 
 
 class OpenAICompatibleBackend:
@@ -45,6 +48,7 @@ class OpenAICompatibleBackend:
         api_key: str | None = None,
         timeout: float = 120.0,
         models_refresh: float = 60.0,
+        serve_models: list[str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Content-Type": "application/json"}
@@ -56,6 +60,8 @@ class OpenAICompatibleBackend:
         # loading at start is no model to advertise), then refreshed every ``models_refresh`` seconds.
         self._models: list[str] = []
         self._models_refresh = models_refresh
+        self._serve_models = list(serve_models or [])  # UPSTREAM_MODELS: the operator's choice, in order
+        self._missing: list[str] = []
         self._refresher: asyncio.Task[None] | None = None
         self._unsupported: set[str] = set()  # OPTIONAL_FIELDS this upstream refused
 
@@ -78,13 +84,25 @@ class OpenAICompatibleBackend:
                 if r.status != 200:
                     raise ValueError(f"HTTP {r.status}")
                 data = await r.json(content_type=None)
-            models = [m["id"] for m in data.get("data", []) if isinstance(m, dict) and m.get("id")]
+            models = self._served([str(m["id"]) for m in data.get("data", []) if isinstance(m, dict) and m.get("id")])
             if models != self._models and models:
                 logger.info("upstream models: {}", ", ".join(models))
             if models:
                 self._models = models
         except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as e:
             logger.warning("could not list upstream models at {}: {}", self.base_url, e)
+
+    def _served(self, listed: list[str]) -> list[str]:
+        """The models to advertise: those of UPSTREAM_MODELS the upstream lists, in that order, else
+        every listed chat model. A chosen model the upstream does not list is left out, with a warning."""
+        if not self._serve_models:
+            return [m for m in listed if not NOT_CHAT.search(m)]
+        missing = [m for m in self._serve_models if m not in listed]
+        if missing and listed and missing != self._missing:  # once per change, not every refresh
+            logger.warning("UPSTREAM_MODELS names {} that the upstream does not list (it lists {})",
+                           ", ".join(missing), ", ".join(listed[:20]))
+        self._missing = missing
+        return [m for m in self._serve_models if m in listed]
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
