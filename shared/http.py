@@ -59,6 +59,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if e.status < 400:
             raise
         message = _http_error_message(request, e)
+        if e.status == 404 and request.path.endswith("/") and len(request.path) > 1:
+            message += await _without_slash_hint(request)
         body = error_body(message, type_=error_type_for(e.status), code=http_error_code(e))
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
         return json_response(body, status=e.status, headers=headers)
@@ -92,6 +94,16 @@ async def _end_broken_stream(request: web.Request) -> None:
         if request.transport is not None:
             request.transport.close()
     raise asyncio.CancelledError
+
+
+async def _without_slash_hint(request: web.Request) -> str:
+    """`` Did you mean ...?`` when the path without its trailing slash is served (curl users add one;
+    the router, as OpenAI's, treats them as two paths), else nothing."""
+    stripped = request.path.rstrip("/") or "/"
+    match = await request.app.router.resolve(request.clone(rel_url=request.rel_url.with_path(stripped)))
+    if match.http_exception is not None and match.http_exception.status == 404:
+        return ""
+    return f" Did you mean {_KEY_IN_PATH.sub(lambda m: display_prefix(m.group()) + '...', stripped[:200])}?"
 
 
 def route_path(request: web.Request) -> str:

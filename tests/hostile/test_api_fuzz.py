@@ -195,6 +195,19 @@ def test_traversal_outside_the_routes_is_404(api_server: Running) -> None:
         assert b"root:" not in body
 
 
+def test_a_trailing_slash_404_names_the_path_that_is_served(api_server: Running) -> None:
+    """curl users add a slash the router does not serve: the 404 says which path is (never the key in it)."""
+    status, body, _ = send(api_server, "GET", "/api_management/api-keys/", None, [("admin-key", ADMIN_KEY)])
+    assert status == 404 and "Did you mean /api_management/api-keys?" in json.loads(body)["error"]["message"]
+    status, body, _ = send(api_server, "PUT", f"/api_management/modify-api-key/{api_server.key}/", b"{}",
+                           [("admin-key", ADMIN_KEY)])
+    message = json.loads(body)["error"]["message"]
+    assert status == 404 and "Did you mean /api_management/modify-api-key/sn1-" in message
+    assert api_server.key not in message
+    status, body, _ = send(api_server, "GET", "/v1/nothing/", None, auth_headers(api_server))
+    assert status == 404 and "Did you mean" not in json.loads(body)["error"]["message"]
+
+
 def test_duplicate_and_conflicting_auth_headers_are_4xx(api_server: Running) -> None:
     cases = [
         [("Authorization", "Bearer wrong"), ("Authorization", f"Bearer {api_server.key}")],
