@@ -16,8 +16,9 @@ from api.race import Race
 from shared.metagraph import Neuron
 
 
-def chunk(text: str) -> str:
-    return json.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}]})
+def chunk(text: str, finish: str | None = None) -> str:
+    return json.dumps({"object": "chat.completion.chunk",
+                       "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]})
 
 
 ROLE = json.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
@@ -59,7 +60,7 @@ async def test_bad_event_mid_group_keeps_earlier_events_and_fails_the_stream() -
 
 
 async def test_non_stream_winner_is_the_complete_grouped_answer() -> None:
-    race = await run_race({1: [[ROLE], [chunk("x"), chunk("y")], [chunk("z")]],
+    race = await run_race({1: [[ROLE], [chunk("x"), chunk("y")], [chunk("z", finish="stop")]],
                            2: [[ROLE, chunk("p")], [GARBAGE]]}, stream=False)
     winner = await race.winner()
     await race.finish()
@@ -86,3 +87,11 @@ async def test_an_answer_that_only_calls_a_tool_is_estimated_as_more_than_nothin
     req = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "Weather?"}]})
     usage = response_usage(req, winner)
     assert usage["estimated"] is True and usage["completion_tokens"] >= 10
+
+
+async def test_an_answer_without_a_finish_reason_was_cut_short_and_loses() -> None:
+    """Well-formed chunks that stop before any ``finish_reason``: a dropped model server, not an answer."""
+    race = await run_race({1: [[ROLE, chunk("a"), chunk("b")]]}, stream=False)
+    assert await race.winner() is None
+    await race.finish()
+    assert "without a finish_reason" in (race.runs[0].error or "") and race.runs[0].error_kind == "bad_response"
