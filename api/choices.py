@@ -127,7 +127,7 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
     races = [(start_race(ctx, a.neurons, a.body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse),
               a.body) for a in asks]
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
-    outcome, winners, usage = "error", [], {}
+    outcome, winners = "error", []
     try:
         for race, _ in races:
             winner = await race.winner()
@@ -135,11 +135,10 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
                 raise no_winner_error(race)
             winners.append(winner)
         headers["x-sn1-miner-uid"] = ",".join(str(w.uid) for w in winners)
-        usage = total_usage([(a.prompt, response_usage(a.req, w)) for a, w in zip(asks, winners, strict=True)])
         if req.stream:
-            response = await _stream(request, req, races, winners, usage, headers, fmt)
+            response = await _stream(request, req, races, winners, asks, headers, fmt)
         else:
-            response = fmt.complete(winners, usage, headers)
+            response = fmt.complete(winners, choices_usage(asks, winners), headers)
         outcome = "ok"
         return response
     except ApiError as e:
@@ -152,12 +151,18 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
             else:
                 race.cancel()  # a choice failed, the client left, or a bug: stop every miner request now
         if outcome == "ok":
+            usage = choices_usage(asks, winners)  # after the stream: each winner's whole answer and its usage
             ctx.usage.record(key.id, prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
                              error=any(w.error is not None for w in winners))
         write(request, f"{fmt.kind} rid={rid} key={key.id} n={len(asks)} "
                        f"uids={[[r.uid for r in race.runs] for race, _ in races]} "
                        f"winners={[w.uid for w in winners]} stream={req.stream} status={outcome} "
                        f"latency_ms={(time.perf_counter() - started) * 1000:.1f}")
+
+
+def choices_usage(asks: list[Ask], winners: list[MinerRun]) -> dict[str, Any]:
+    """The request's usage once its winners have ended (a streamed winner's count comes last)."""
+    return total_usage([(a.prompt, response_usage(a.req, w)) for a, w in zip(asks, winners, strict=True)])
 
 
 def total_usage(each: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
@@ -211,7 +216,7 @@ class ChatChoices:
 
 
 async def _stream(request: web.Request, req: ChatCompletionRequest, races: list[tuple[Race, dict[str, Any]]],
-                  winners: list[MinerRun], usage: dict[str, Any], headers: dict[str, str],
+                  winners: list[MinerRun], asks: list[Ask], headers: dict[str, str],
                   fmt: ChoicesFormat) -> web.StreamResponse:
     """The winners' chunks interleaved as they arrive, each relabelled with its choice and one id."""
     response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
@@ -225,7 +230,8 @@ async def _stream(request: web.Request, req: ChatCompletionRequest, races: list[
     else:
         tail = fmt.tail(winners, cid, created)
         if req.stream_options and req.stream_options.include_usage:
-            tail += fmt.usage_chunk(cid, created, winners[0].model or req.model or "unknown", usage)
+            tail += fmt.usage_chunk(cid, created, winners[0].model or req.model or "unknown",
+                                    choices_usage(asks, winners))
     await response.write_eof(tail + DONE_FRAME)
     return response
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import openai
 import pytest
 from openai import AsyncOpenAI
 
-from tests.helpers import Script, api_with_miners
+from tests.helpers import Script, api_with_miners, chunk, post, sse
 
 HONEST = {1, 2, 3}
 MESSAGES = [{"role": "user", "content": "Name a river."}]
@@ -75,3 +76,34 @@ async def test_a_seed_at_the_top_of_its_range_wraps_for_the_next_choices(tmp_pat
         top = await client.chat.completions.create(model="default", messages=MESSAGES, n=2, seed=2**63 - 1)
         zero = await client.chat.completions.create(model="default", messages=MESSAGES, seed=0)
     assert top.choices[1].message.content == zero.choices[0].message.content
+
+
+def _slow_miner() -> Script:
+    """A model streaming as real ones do: chunks apart in time, its usage in the last one."""
+    steps = [(0.0, sse(chunk("Hello"))[0])]
+    steps += [(0.02, b) for b in sse(*[chunk(" word") for _ in range(10)],
+                                     chunk(None, finish="stop", usage={"prompt_tokens": 7, "completion_tokens": 11,
+                                                                       "total_tokens": 18}))]
+    return Script(steps=steps)
+
+
+@pytest.mark.parametrize(("path", "asked"), [
+    ("/v1/chat/completions", {"messages": MESSAGES, "n": 2}),
+    ("/v1/completions", {"prompt": "Name a river.", "n": 2}),
+], ids=["chat-n2", "completions-n2"])
+async def test_streamed_choices_report_and_charge_the_usage_the_miners_sent_at_the_end(
+        tmp_path: Path, path: str, asked: dict) -> None:
+    """The usage was taken when the winners were known, before their streams were relayed: the
+    miners' counts (in their last chunks) were missed, and a rough estimate of the first chunk was
+    reported and charged, so a streaming key spent far less than it used of its daily limit."""
+    async with api_with_miners(tmp_path, {1: _slow_miner(), 2: _slow_miner()}) as api:
+        key_id = (await api.ctx.store.list_keys())[0].id
+        status, _, text = await post(api, {**asked, "stream": True, "stream_options": {"include_usage": True}},
+                                     path=path)
+        assert status == 200, text
+        await api.ctx.usage.flush()
+        charged = await api.ctx.usage.tokens_today(key_id)
+    usages = [u for line in text.splitlines() if line.startswith("data: {")
+              and (u := json.loads(line[6:]).get("usage"))]
+    assert usages == [{"prompt_tokens": 7, "completion_tokens": 22, "total_tokens": 29}], usages
+    assert charged == 29
