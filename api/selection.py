@@ -15,6 +15,7 @@ from shared.errors import ApiError
 from shared.metagraph import MetagraphSnapshot, Neuron
 from shared.tasks import ALL_TASKS
 
+NO_MINERS = "no_miners_available"  # the error code when no miner serves what was asked
 EXPLORATION_FLOOR = 0.05
 
 
@@ -54,10 +55,10 @@ def select_miners(
                 raise ApiError(404, f"The model '{model}' is not served by any available miner.",
                                code="model_not_found", param="model")
             raise ApiError(503, f"No miner is available for task '{task}' and model '{model or 'any'}'.",
-                           code="no_miners_available")
+                           code=NO_MINERS)
         candidates = serving
     if not candidates:
-        raise ApiError(503, "No serving miners in the metagraph.", code="no_miners_available")
+        raise ApiError(503, "No serving miners in the metagraph.", code=NO_MINERS)
     return weighted_sample(candidates, k, rng)
 
 

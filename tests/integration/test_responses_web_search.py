@@ -12,6 +12,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
+from api.availability import AvailabilityCache
 from tests.helpers import Script, api_with_miners, chunk, post, sse
 
 PAGE = "https://corpus.sn1.local/wiki/pelseldan-city"
@@ -75,6 +76,38 @@ async def test_the_callers_timeout_covers_the_search_and_the_answer(tmp_path: Pa
             await client.responses.create(model="default", input="Pelseldan?", tools=[{"type": "web_search"}],
                                           extra_body={"timeout": 2})
     assert err.value.status_code == 504 and time.monotonic() - started < 3
+
+
+async def test_a_short_timeout_still_gives_the_search_the_least_a_miner_accepts(tmp_path: Path) -> None:
+    """Half of a 0.8 s timeout is 0.4 s, under the 0.5 s a miner accepts: every retrieval miner
+    refused the search, so it always came back empty."""
+    text = json.dumps([{"url": PAGE, "content": "Pelseldan is a city."}])
+    scripts = {1: miner_answering(text)}
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, _, body = await post(api, {"messages": [{"role": "user", "content": "Pelseldan?"}],
+                                           "web_search_options": {}, "timeout": 0.8})
+    assert status == 200, body
+    retrieval = [b for b in scripts[1].bodies if b.get("task") == "WebRetrievalTask"]
+    assert retrieval[0]["timeout"] == 0.5
+    assert json.loads(body)["choices"][0]["message"]["annotations"], "the search found the page"
+
+
+async def test_no_retrieval_miner_means_a_search_that_found_nothing_not_a_503(tmp_path: Path) -> None:
+    """The README's promise: a search no retrieval miner answered is a failed call, and the answer goes on."""
+    async with api_with_miners(tmp_path, {}, honest={1, 2}) as api:
+        cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "unused")
+        cache.entries = {uid: {"task_availabilities": {"InferenceTask": True, "WebRetrievalTask": False},
+                               "llm_model_availabilities": {"sn1/deterministic": True}} for uid in (1, 2)}
+        cache.updated_at = time.time()
+        api.ctx.availability = cache
+        status, _, body = await post(api, {"messages": [{"role": "user", "content": "Pelseldan?"}],
+                                           "web_search_options": {}})
+        assert status == 200, body
+        status, _, body = await post(api, {"input": "Pelseldan?", "tools": [{"type": "web_search"}]},
+                                     path="/v1/responses")
+    assert status == 200, body
+    call = json.loads(body)["output"][0]
+    assert call["type"] == "web_search_call" and call["status"] == "failed"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
