@@ -144,7 +144,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             raise
         body = mixture.final_body(body, [r.text for r in answers])
         seconds = max(0.1, seconds - (loop.time() - stage_started))
-        neurons = [top_miner(neurons)]
+        neurons = [top_miner([r.neuron for r in answers])]  # one that failed stage one is not asked again
         headers["x-sn1-mixture-uids"] = ",".join(str(r.uid) for r in answers)
         excuse = True  # the final miner has what stage one left of the deadline: running out is not its fault
     race = start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse)

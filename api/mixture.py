@@ -3,13 +3,15 @@
 Stage 1 asks up to ``MIXTURE_K`` miners non-streaming under the first half of
 the deadline and keeps every valid answer (partial failures are fine). Stage 2
 sends the original conversation plus a synthesis instruction listing those
-answers to the top-incentive miner, streaming or not as the caller asked.
+answers to the top-incentive miner among those that answered stage 1 (one that failed it is not
+trusted with the last word), streaming or not as the caller asked.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from api.completion import no_winner_error
 from api.context import ApiContext
 from api.fanout import settle, start_race
 from api.race import MinerRun
@@ -56,7 +58,8 @@ async def gather_answers(
     ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, request_id: str, *,
     excuse_timeouts: bool = False,
 ) -> list[MinerRun]:
-    """Stage 1: every valid answer from ``neurons`` within ``seconds``; 502 when none is valid."""
+    """Stage 1: every valid answer from ``neurons`` within ``seconds``; none valid is the error a plain
+    request would get (400 if every model server refused it, 504 past the deadline, else 502)."""
     stage_body = {**body, "stream": True}
     race = start_race(ctx, neurons, stage_body, seconds, stream=False, request_id=request_id,
                       excuse_timeouts=excuse_timeouts)
@@ -64,9 +67,8 @@ async def gather_answers(
     settle(ctx, race, stage_body, kind="mixture_stage1")
     valid = [r for r in race.runs if r.error is None and r.has_answer and r.text]
     if not valid:
-        errors = "; ".join(f"uid {u}: {e}" for u, e in race.errors().items())
-        raise ApiError(502, f"Mixture: no miner returned a valid first-stage answer. {errors}".strip(),
-                       code="no_valid_answer")
+        plain = no_winner_error(race)
+        raise ApiError(plain.status, f"Mixture, first stage: {plain.message}", code=plain.code)
     return valid
 
 

@@ -66,6 +66,30 @@ async def test_mixture_with_no_valid_first_stage_is_502(tmp_path: Path) -> None:
     assert status == 502 and json.loads(text)["error"]["code"] == "no_valid_answer"
 
 
+async def test_the_mixtures_last_word_goes_to_a_miner_that_answered_stage_one(tmp_path: Path) -> None:
+    """The top-incentive miner failed stage one: asked for the synthesis anyway, it failed that too and
+    the whole request was a 502, every time."""
+    scripts = {1: Script([], status=500), 2: answer("two"), 3: answer("three")}
+    async with api_with_miners(tmp_path, scripts, incentives={1: 0.9, 2: 0.06, 3: 0.04}) as api:
+        status, headers, text = await post(api, {"messages": MESSAGES, "mixture": True})
+    assert status == 200, text
+    assert headers["x-sn1-miner-uid"] == "2", "the top-incentive miner among those that answered"
+
+
+@pytest.mark.parametrize(("scripts", "settings", "status", "code"), [
+    ({1: Script([], status=400, error_code="model_server_rejected")}, {}, 400, "model_server_rejected"),
+    ({1: answer("late", delay=3)}, {"request_timeout": 1.0}, 504, "deadline_exceeded"),
+], ids=["refused", "deadline"])
+async def test_a_mixture_that_gets_no_first_stage_answer_fails_as_a_plain_request_would(
+        tmp_path: Path, scripts: dict, settings: dict, status: int, code: str) -> None:
+    """Every failure was a 502, which the OpenAI SDK retries twice: a refused request (the caller's
+    400) was sent three times, a timeout was reported as a bad answer."""
+    async with api_with_miners(tmp_path, scripts, **settings) as api:
+        got, _, text = await post(api, {"messages": MESSAGES, "mixture": True})
+    err = json.loads(text)["error"]
+    assert got == status and err["code"] == code and err["message"].startswith("Mixture, first stage:"), text
+
+
 def retrieval(results: list | str, delay: float = 0.0) -> Script:
     text = results if isinstance(results, str) else json.dumps(results)
     return answer(text, delay)
