@@ -128,6 +128,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
     session, use_mixture, neurons = planned.session, planned.mixture, planned.neurons
     seed = req.seed if req.seed is not None else random.randrange(2**31)
     body = req.miner_body(seed=seed, sent=sent)
+    if session is not None and req.wants_any_model() and sessions.pinned_model(session):
+        body["model"] = session.model  # the session's model, not any the pinned miner serves (and for scoring)
     seconds, excuse = chat_deadline(ctx.settings, req)
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
     if session is not None:

@@ -52,7 +52,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     wanted: CompletionRequest = parse_model(CompletionRequest, sent)
     bodies = [chat_body(wanted, prompt) for prompt in wanted.prompts]
     reqs: list[ChatCompletionRequest] = [parse_model(ChatCompletionRequest, b) for b in bodies]
-    refuse_chat_only(sent, reqs[0])
+    refuse_chat_only(sent, reqs[0], header_session=request.headers.get("x-session-id"))
     picks = plan_choices(ctx, key, reqs[0], count=len(reqs) * wanted.n)  # every refusal before any miner is asked
     seed = wanted.seed if wanted.seed is not None else random.randrange(2**31 - MAX_CHOICES)
     asks = [Ask(req, req.miner_body(seed=choice_seed(seed, j), sent=body), picks[i * wanted.n + j], prompt=i)
@@ -60,12 +60,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await run_choices(request, key, asks, TextChoices(wanted), seed=seed, started=started)
 
 
-def refuse_chat_only(sent: dict[str, Any], req: ChatCompletionRequest) -> None:
+def refuse_chat_only(sent: dict[str, Any], req: ChatCompletionRequest, *, header_session: str | None = None) -> None:
     """A mixture of miners and a session are chat completions' own: asked for here, they are a 400 naming
     the field, not dropped (the caller would get a plain race and never know)."""
-    if sent.get("session_id") is not None:
-        raise ApiError(400, "session_id is served on /v1/chat/completions only: send the prompt there as a user "
-                       "message to use the session.", param="session_id", code="unsupported_parameter")
+    if sent.get("session_id") is not None or header_session:
+        name = "session_id" if sent.get("session_id") is not None else "x-session-id"
+        raise ApiError(400, f"{name} is served on /v1/chat/completions only: send the prompt there as a user "
+                       "message to use the session.", param=name, code="unsupported_parameter")
     if sent.get("mixture") or is_mixture(req):
         param = "inference_mode" if req.inference_mode and not sent.get("mixture") else "mixture"
         if req.sampling_parameters is not None and req.sampling_parameters.mixture:

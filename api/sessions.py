@@ -17,7 +17,7 @@ from aiohttp import web
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import authenticate
+from api.auth import authenticate, check_model
 from api.context import CTX, ApiContext
 from api.fanout import request_id_from, settle, start_race
 from api.race import MinerRun, Race
@@ -81,8 +81,14 @@ def _model(model: str) -> str | None:
     return None if model in ("", "default") else model
 
 
+def pinned_model(session: Session) -> str | None:
+    """The model a session was opened for; None for one opened for any model."""
+    return _model(session.model)
+
+
 async def move_or_close(ctx: ApiContext, session: Session, reason: str) -> tuple[Session | None, str]:
-    """Failover: re-pin to another miner; otherwise (or if none) close. Returns (session or None, action)."""
+    """Failover: re-pin to another miner; otherwise (or if none) close. Returns (session or None, action).
+    The store down is StoreUnavailable (the sweep skips a round); request paths use ``moved_or_closed``."""
     store = _store(ctx)
     if session.failover:
         replacement = pick_miner(ctx, _model(session.model), exclude={session.uid})
@@ -94,6 +100,14 @@ async def move_or_close(ctx: ApiContext, session: Session, reason: str) -> tuple
     await store.close(session.id)
     logger.info("session {} closed (uid {}): {}", session.id, session.uid, reason)
     return None, "closed"
+
+
+async def moved_or_closed(ctx: ApiContext, session: Session, reason: str) -> tuple[Session | None, str]:
+    """``move_or_close`` for a request: the session store down is its 503, not a 500."""
+    try:
+        return await move_or_close(ctx, session, reason)
+    except StoreUnavailable:
+        raise _unavailable() from None
 
 
 async def resolve(ctx: ApiContext, request: web.Request, explicit_id: str | None, key: KeyRecord,
@@ -131,7 +145,7 @@ async def session_miners(ctx: ApiContext, session: Session) -> list[Neuron]:
     """The pinned miner; if it is gone, fail over now (or answer 502 naming the session)."""
     neuron = pinned_neuron(ctx, session)
     if neuron is None:
-        moved, _ = await move_or_close(ctx, session, "miner deregistered")
+        moved, _ = await moved_or_closed(ctx, session, "miner deregistered")
         neuron = pinned_neuron(ctx, moved) if moved else None
         if neuron is None:
             raise ApiError(502, f"Session {session.id}: its miner uid {session.uid} is gone; the session was closed.",
@@ -146,12 +160,15 @@ async def failover_race(
     """The pinned miner gave no valid answer: with failover, and if it failed before its first byte,
     re-pin and ask the replacement within what is left of the deadline; otherwise a 502 naming the session."""
     failed = race.runs[0]
+    what = ""
     if session.failover and not failed.events:
-        moved, action = await move_or_close(ctx, session, f"request failed: {failed.error}")
+        moved, action = await moved_or_closed(ctx, session, f"request failed: {failed.error}")
         neuron = pinned_neuron(ctx, moved) if moved else None
         remaining = race.deadline - asyncio.get_running_loop().time()
-        if neuron is not None and remaining > 0.05:
+        if moved is not None:
             headers["x-sn1-session-moved-from"] = str(session.uid)
+        what = f" The session now pins uid {moved.uid}." if moved is not None else " The session was closed."
+        if neuron is not None and remaining > 0.05:
             settle(ctx, race, body, kind="session")  # the failed attempt is scored too
             # the replacement has only what the failed miner left of the deadline: not its fault if short
             retry = start_race(ctx, [neuron], body, remaining, stream=stream, request_id=request_id,
@@ -161,7 +178,10 @@ async def failover_race(
             except BaseException:  # the caller left (or a bug): the handler's cleanup only knows the first race
                 retry.cancel()
                 raise
-    raise ApiError(502, f"Session {session.id}: the pinned miner uid {session.uid} failed: {failed.error}",
+    if failed.error_kind == "timeout":  # as a plain request past its deadline: a 504, not a bad answer
+        raise ApiError(504, f"Session {session.id}: the pinned miner uid {session.uid} did not answer before the "
+                       f"deadline.{what}", code="deadline_exceeded", headers=dict(headers))
+    raise ApiError(502, f"Session {session.id}: the pinned miner uid {session.uid} failed: {failed.error}.{what}",
                    code="session_miner_failed", headers=dict(headers))
 
 
@@ -170,8 +190,7 @@ async def open_session(request: web.Request) -> web.Response:
     key = await authenticate(request, ctx.store, scope="chat")
     body = parse_model(OpenSessionRequest, await read_json(request))
     model = _model(body.model)
-    if model is not None and key.allowed_models and model not in key.allowed_models:
-        raise ApiError(403, f"This API key may not use the model '{model}'.", code="model_not_allowed", param="model")
+    check_model(key, model)  # as chat checks it: a key limited to some models cannot pin "default" either
     miner = pick_miner(ctx, model)
     if miner is None:
         raise ApiError(404, f"The model '{body.model}' is not served by any available miner.",
@@ -212,7 +231,10 @@ async def delete_session(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope="chat")
     session = await _own_session(request, ctx, key)
-    await _store(ctx).close(session.id)
+    try:
+        await _store(ctx).close(session.id)
+    except StoreUnavailable:
+        raise _unavailable() from None
     return json_response({"session_id": session.id, "deleted": True})
 
 
@@ -226,7 +248,7 @@ async def ping_session(request: web.Request) -> web.Response:
     latency_ms = round((time.perf_counter() - started) * 1000, 1)
     if error is None:
         return json_response({"session_id": session.id, "uid": session.uid, "status": "ok", "latency_ms": latency_ms})
-    moved, action = await move_or_close(ctx, session, f"ping failed: {error}")
+    moved, action = await moved_or_closed(ctx, session, f"ping failed: {error}")
     out: dict[str, Any] = {"session_id": session.id, "status": action, "error": error, "previous_uid": session.uid}
     if moved is not None:
         out["uid"] = moved.uid
@@ -243,8 +265,12 @@ async def ping_miner(ctx: ApiContext, session: Session, request_id: str) -> str 
     if _model(session.model):
         body["model"] = session.model
     race = start_race(ctx, [neuron], body, PING_TIMEOUT, stream=False, request_id=request_id)
-    winner = await race.winner()
-    await race.finish()
+    try:
+        winner = await race.winner()
+        await race.finish()
+    except BaseException:  # the caller left: its miner request goes too (it ran on up to PING_TIMEOUT)
+        race.cancel()
+        raise
     if winner is None:
         return race.runs[0].error or "no answer"
     return None
@@ -269,3 +295,5 @@ async def sweep_loop(ctx: ApiContext, interval: float) -> None:
             await sweep(ctx)
         except StoreUnavailable as e:
             logger.warning("session sweep skipped: {}", e)
+        except Exception:  # a bug in one round must not end the sweeps for good
+            logger.exception("session sweep failed; trying again in {} s", interval)

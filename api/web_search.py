@@ -125,13 +125,18 @@ def citations(text: str, found: Found) -> list[dict[str, Any]]:
     """A ``url_citation`` for each place the answer names a result, in the order they appear (the
     Responses API's shape): by its URL, or by its number in the results it was given (``[2]``, as
     models cite numbered sources)."""
-    out = []
+    named = []
     for result in found.results:
         start = text.find(result.url)
         while start != -1:
-            out.append(_citation(result.url, start, start + len(result.url)))
+            named.append((start, start + len(result.url), result.url))
             start = text.find(result.url, start + len(result.url))
-    urls = [(a["start_index"], a["end_index"]) for a in out]
+    out: list[dict[str, Any]] = []
+    urls: list[tuple[int, int]] = []
+    for start, end, url in sorted(named, key=lambda m: (m[0], m[0] - m[1])):  # longest first where they overlap
+        if not any(s < end and start < e for s, e in urls):  # a.com/x inside a.com/x/y is not a citation of a.com/x
+            out.append(_citation(url, start, end))
+            urls.append((start, end))
     for m in REFERENCE.finditer(text):
         n = int(m.group(1))
         if 1 <= n <= len(found.results) and not any(s <= m.start() < e for s, e in urls):

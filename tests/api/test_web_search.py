@@ -54,6 +54,16 @@ def test_each_mention_of_a_sources_url_is_a_citation_in_order() -> None:
                                                              "title": A}}
 
 
+def test_a_source_whose_url_begins_another_sources_is_not_cited_inside_it() -> None:
+    """Sources ``.../x`` and ``.../x/y``: a mention of the longer one cited both, overlapping."""
+    short, long = "https://a.example/x", "https://a.example/x/y"
+    found = Found(query="q", uids=[1], all_failed=False,
+                  results=[WebResult(url=short, content="s"), WebResult(url=long, content="l")])
+    text = f"See {long} and {short}."
+    got = [(a["url"], a["start_index"]) for a in citations(text, found)]
+    assert got == [(long, 4), (short, text.index(" and ") + 5)]
+
+
 def test_a_source_named_by_its_number_is_a_citation_of_its_url() -> None:
     """Sources are numbered in the miners' context, and models cite them so: [1] is the first result."""
     text = f"Pelseldan is on a river [1][2]. See [3], [0] and [2](https://x.example/) or {A}[1]."

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from api.app import create_api_app
+from shared.store.base import StoreUnavailable
 from shared.store.sessions import RedisSessionStore, SQLiteSessionStore
 from tests.helpers import Script, api_with_miners, build_api_context, chunk, serve_app, sse
 
@@ -237,3 +238,71 @@ async def test_a_session_pins_its_own_model_and_a_request_for_another_races(tmp_
                 headers={"api-key": api.key, "x-session-id": s["session_id"]}) as r:
             status, body = r.status, await r.json()
         assert status == 400 and body["error"]["param"] == "n" and "session" in body["error"]["message"], body
+        # the pinned miner is told the session's model when the request names none (it may serve several)
+        _, _, sess = await call(api, "GET", "/v1/sessions")
+        pinned_bodies = _bodies_of(api, sess["uid"])
+        assert [b["model"] for b in pinned_bodies[-3:]] == ["model-a", "model-a", "model-b"], "the 'default' request ran for the session's model"
+        # /v1/completions takes no session: named in the header it is a 400 as in the body, not ignored
+        async with aiohttp.ClientSession() as http, http.post(
+                api.url + "/v1/completions", json={"prompt": "hi"},
+                headers={"api-key": api.key, "x-session-id": s["session_id"]}) as r:
+            status, body = r.status, await r.json()
+        assert status == 400 and body["error"]["param"] == "x-session-id", body
+
+
+def _bodies_of(api, uid: int) -> list[dict]:
+    return api.scripts[uid].bodies
+
+
+async def _store_down(*_args, **_kwargs):
+    raise StoreUnavailable("sqlite sessions: database is locked")
+
+
+async def test_a_session_store_outage_is_a_503_on_every_session_path(tmp_path: Path) -> None:
+    """A store that cannot write (SQLite locked, Redis away) gave bare 500s on delete, ping and a chat
+    whose pinned miner failed over."""
+    scripts = {1: Script([], status=500), 2: answer("two")}
+    async with api_with_miners(tmp_path, scripts, incentives={1: 1.0, 2: 0.0}) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default", "failover": True})
+        store = api.ctx.sessions
+        await store.repin(s["session_id"], 1, api.ctx.metagraph.snapshot.by_uid(1).hotkey)  # pinned to the broken one
+        store.close = store.repin = _store_down  # writes fail from now on
+        for method, path in (("DELETE", f"/v1/sessions/{s['session_id']}"),
+                             ("POST", f"/v1/sessions/{s['session_id']}/ping"), ("POST", "/v1/chat/completions")):
+            status, _, body = await call(api, method, path, json={"messages": MESSAGES})
+            assert status == 503 and body["error"]["code"] == "store_unavailable", (method, path, body)
+
+
+async def test_a_failover_with_no_time_left_is_a_504_that_says_where_the_session_went(tmp_path: Path) -> None:
+    """The pinned miner used the whole deadline: the session moved, but the caller got a 502 'failed'
+    without the moved-from header, and learnt of the move only from GET /v1/sessions."""
+    slow = Script([(3, d) for d in sse(chunk("late"), chunk(finish="stop"))])
+    async with api_with_miners(tmp_path, {1: slow, 2: answer("two")}, incentives={1: 1.0, 2: 0.0},
+                               request_timeout=1.0) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default", "failover": True})
+        await api.ctx.sessions.repin(s["session_id"], 1, api.ctx.metagraph.snapshot.by_uid(1).hotkey)
+        status, headers, body = await chat(api)
+        assert status == 504 and body["error"]["code"] == "deadline_exceeded", body
+        assert headers["x-sn1-session-moved-from"] == "1" and "now pins uid 2" in body["error"]["message"]
+        assert (await call(api, "GET", "/v1/sessions"))[2]["uid"] == 2
+
+
+async def test_a_ping_whose_caller_left_stops_its_miner_request(tmp_path: Path) -> None:
+    slow = Script([(5, d) for d in sse(chunk("late"), chunk(finish="stop"))])
+    async with api_with_miners(tmp_path, {1: slow}) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default"})
+        with pytest.raises(asyncio.TimeoutError):
+            await call(api, "POST", f"/v1/sessions/{s['session_id']}/ping", timeout=aiohttp.ClientTimeout(total=0.5))
+        for _ in range(100):  # the miner request is cancelled within a second, not after PING_TIMEOUT
+            if slow.active == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert slow.active == 0
+
+
+async def test_a_key_limited_to_some_models_cannot_pin_any_model(tmp_path: Path) -> None:
+    """Its chat for 'default' is a 403; opening a session for 'default' was a 200."""
+    async with api_with_miners(tmp_path, miners(2)) as api:
+        secret, _ = await api.ctx.store.create_key(100, allowed_models=["sn1/deterministic"])
+        status, _, body = await call(api, "POST", "/v1/sessions", key=secret, json={"model": "default"})
+        assert status == 403 and body["error"]["code"] == "model_not_allowed", body
