@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from shared.protocol import MIN_TIMEOUT, REQUEST_CONFIG, SamplingParameters, StreamOptions
+from shared.protocol import MIN_TIMEOUT, REQUEST_CONFIG, SamplingParameters, StreamOptions, null_means_default
 
 MAX_RACES = 8  # prompts x n: each is a race of DEFAULT_K miners, as n's cap on chat completions
 DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for this route
@@ -37,6 +37,7 @@ class CompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
+    _nulls = null_means_default("max_tokens", "n", "stream", "echo")
     stop: str | list[str] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from shared.protocol import MIN_TIMEOUT, REQUEST_CONFIG, SamplingParameters
+from shared.protocol import MIN_TIMEOUT, REQUEST_CONFIG, SamplingParameters, null_means_default
 
 STATELESS = "this gateway stores no responses: send the whole conversation in 'input'"
 
@@ -128,6 +128,7 @@ class ResponsesRequest(BaseModel):
     model: str | None = None
     instructions: str | None = None
     stream: bool = False
+    _nulls = null_means_default("stream")
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None

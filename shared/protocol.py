@@ -119,6 +119,18 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
+def null_means_default(*fields: str) -> Any:
+    """A validator for a model's body: an explicit JSON ``null`` in these fields is their default.
+    OpenAI documents them "or null" and SDKs send it (``stream=None``); strict validation refused it."""
+
+    def take(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+        if value is not None or info.field_name is None:
+            return value
+        return cls.model_fields[info.field_name].get_default(call_default_factory=True)
+
+    return field_validator(*fields, mode="before")(take)
+
+
 class WebSearchOptions(BaseModel):
     """OpenAI's ``web_search_options``: search the web before answering (``user_location`` is accepted;
     the miners search without it)."""
@@ -134,6 +146,7 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
     stream: bool = False
+    _nulls = null_means_default("stream")
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)

@@ -206,3 +206,16 @@ class ByCall(list):
 
     def __iter__(self):
         return iter(self.first if self.script.calls <= 1 else self.later)
+
+
+async def test_fields_openai_documents_as_nullable_take_null(tmp_path: Path) -> None:
+    """``stream=None`` from the OpenAI SDK (and null max_tokens, n, echo on completions) was a 400."""
+    async with api_with_miners(tmp_path, {}, honest={1}) as api:
+        for path, body in (("/v1/chat/completions", {"messages": MESSAGES, "stream": None}),
+                           ("/v1/completions", {"prompt": "hi", "stream": None, "max_tokens": None, "n": None,
+                                                "echo": None}),
+                           ("/v1/responses", {"input": "hi", "stream": None})):
+            status, headers, text = await post(api, body, path=path)
+            assert status == 200 and headers["Content-Type"].startswith("application/json"), (path, text)
+        status, _, text = await post(api, {"messages": MESSAGES, "stream": "yes"})
+        assert status == 400 and json.loads(text)["error"]["param"] == "stream"
