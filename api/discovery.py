@@ -50,8 +50,10 @@ class Catalogue:
         return ModelOut(id=name, created=self.updated_at, miners=len(self.model_miners[name]),
                         tasks=dict(sorted(self.model_tasks[name].items())))
 
-    def models(self) -> ModelListOut:
-        return ModelListOut(data=[m for name in sorted(self.model_miners) if (m := self.model(name))])
+    def models(self, allowed: list[str] | None = None) -> ModelListOut:
+        """Every served model, or those of them a key may use (``allowed_models``), as OpenAI lists them."""
+        names = sorted(self.model_miners) if allowed is None else sorted(set(self.model_miners) & set(allowed))
+        return ModelListOut(data=[m for name in names if (m := self.model(name))])
 
     def tasks(self) -> TaskListOut:
         return TaskListOut(data=[TaskOut(id=t, miners=len(uids), models=sorted(self.task_models[t]))
@@ -73,15 +75,15 @@ def build_catalogue(ctx: ApiContext) -> Catalogue:
 
 async def list_models(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    await authenticate(request, ctx.store, scope=None)
-    return json_response(build_catalogue(ctx).models().model_dump(mode="json"))
+    key = await authenticate(request, ctx.store, scope=None)
+    return json_response(build_catalogue(ctx).models(key.allowed_models).model_dump(mode="json"))
 
 
 async def get_model(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    await authenticate(request, ctx.store, scope=None)
+    key = await authenticate(request, ctx.store, scope=None)
     name = request.match_info["model"]
-    found = build_catalogue(ctx).model(name)
+    found = build_catalogue(ctx).model(name) if key.allowed_models is None or name in key.allowed_models else None
     if found is None:
         raise ApiError(404, f"The model '{name}' is not served by any available miner.", code="model_not_found",
                        param="model")

@@ -54,6 +54,15 @@ async def test_models_list_is_openai_shaped_and_counts_available_miners(api: Api
     assert status == 200 and one == by_id[MODEL]
 
 
+async def test_a_key_limited_to_some_models_is_listed_those_only(api: ApiUnderTest) -> None:
+    """As OpenAI lists a key's models: listed, the others drew a 403 model_not_allowed when used."""
+    secret, _ = await api.ctx.store.create_key(100, allowed_models=["other/model", "not/served"])
+    status, body = await get_json(api, "/v1/models", key=secret)
+    assert status == 200 and [m["id"] for m in body["data"]] == ["other/model"]
+    assert (await get_json(api, "/v1/models/" + MODEL, key=secret))[0] == 404
+    assert (await get_json(api, "/v1/models/other/model", key=secret))[0] == 200
+
+
 async def test_unknown_model_is_404_and_no_key_is_401(api: ApiUnderTest) -> None:
     status, body = await get_json(api, "/v1/models/no/such")
     assert status == 404 and body["error"]["code"] == "model_not_found" and body["error"]["param"] == "model"
