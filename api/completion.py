@@ -31,9 +31,9 @@ def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[st
 def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
     if run.usage is not None:  # kept by the race only when its token counts are sane (race.valid_usage)
         return run.usage
-    # what the model wrote: its text, a refusal, and the names and arguments of the tools it called
+    # what the model wrote: its thinking, its text, a refusal, and the names and arguments of the tools it called
     calls = "".join(c["function"]["name"] + c["function"]["arguments"] for c in run.tool_calls.values())
-    return estimated_usage(req, run.text + "".join(run.refusal) + calls)
+    return estimated_usage(req, "".join(run.reasoning) + run.text + "".join(run.refusal) + calls)
 
 
 def no_winner_error(race: Race) -> ApiError:
@@ -56,6 +56,7 @@ def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, A
         model=run.model or req.model or "unknown",
         content=run.text or (None if run.tool_calls or run.refusal else ""),
         refusal="".join(run.refusal) or None,
+        reasoning="".join(run.reasoning) or None,
         tool_calls=run.merged_tool_calls(),
         finish_reason=run.finish_reason or ("tool_calls" if run.tool_calls else "stop"),
         usage=usage,

@@ -40,6 +40,10 @@ class MinerRun:
     timings: list[float] = field(default_factory=list)  # seconds since the fan-out started
     content: list[str] = field(default_factory=list)
     refusal: list[str] = field(default_factory=list)  # the model declined (OpenAI's ``refusal``): an answer too
+    # A reasoning model's thinking (``reasoning_content``, vLLM and DeepSeek; ``reasoning``, OpenRouter):
+    # it comes first, often for long: a streamed answer is claimed by it (the caller sees it as it comes),
+    # one waited for is not (thinking alone, cut by max_tokens, never beats an answer with content).
+    reasoning: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
@@ -115,6 +119,11 @@ class MinerRun:
                 if calls:
                     self._merge_tool_calls(calls)
                     self.has_answer = True
+                thought = delta.get("reasoning_content") or delta.get("reasoning")
+                if thought:
+                    if type(thought) is not str:
+                        raise ValueError("delta.reasoning_content is not a string")
+                    self.reasoning.append(thought)
                 declined = delta.get("refusal")
                 if declined:
                     if type(declined) is not str:
@@ -238,7 +247,7 @@ class Race:
                     run.absorb(data)
                     run.events.append(data)
                     run.timings.append(arrived)
-                    if self.stream and run.has_answer:
+                    if self.stream and (run.has_answer or run.reasoning):
                         self._claim(run)
                 run.new_data.set()
             if run.finish_reason is None:  # every OpenAI-shaped answer ends with one: without it, it was cut

@@ -324,9 +324,13 @@ def completion_object(
     created: int | None = None,
     extra: dict[str, Any] | None = None,
     refusal: str | None = None,
+    reasoning: str | None = None,
 ) -> dict[str, Any]:
-    """A standard ``chat.completion`` object as a plain dict (the hot path avoids models)."""
+    """A standard ``chat.completion`` object as a plain dict (the hot path avoids models). ``reasoning``:
+    a reasoning model's thinking, as vLLM and DeepSeek name it (``message.reasoning_content``)."""
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": refusal}
+    if reasoning:
+        message["reasoning_content"] = reasoning
     if tool_calls:
         message["tool_calls"] = tool_calls
     obj = {

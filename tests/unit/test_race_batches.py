@@ -95,3 +95,30 @@ async def test_an_answer_without_a_finish_reason_was_cut_short_and_loses() -> No
     assert await race.winner() is None
     await race.finish()
     assert "without a finish_reason" in (race.runs[0].error or "") and race.runs[0].error_kind == "bad_response"
+
+
+def thinking(text: str) -> str:
+    return json.dumps({"object": "chat.completion.chunk",
+                       "choices": [{"index": 0, "delta": {"reasoning_content": text}, "finish_reason": None}]})
+
+
+async def test_a_reasoning_models_thinking_streams_as_it_comes_and_is_kept_when_waited_for() -> None:
+    """Nothing was relayed until the first answer token (a reasoning model thinks for seconds), and a
+    completion waited for lost the thinking."""
+    streamed = await run_race({1: [[ROLE, thinking("Let me")], [thinking(" think.")], [chunk("42", finish="stop")]]},
+                              stream=True)
+    winner = await streamed.winner()
+    assert winner is not None and winner.uid == 1 and winner.text == "", "claimed while thinking, before its text"
+    await streamed.finish()
+    assert "".join(winner.reasoning) == "Let me think." and winner.text == "42"
+    from api.completion import completion_for
+    from shared.protocol import ChatCompletionRequest
+    req = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "?"}]})
+    message = completion_for(req, winner, {})["choices"][0]["message"]
+    assert message["reasoning_content"] == "Let me think." and message["content"] == "42"
+    # waited for, thinking alone (cut by max_tokens) does not beat an answer with content
+    waited = await run_race({1: [[ROLE, thinking("hmm")], [chunk("", finish="length")]],
+                             2: [[ROLE], [chunk("x")], [chunk("y", finish="stop")]]}, stream=False)
+    best = await waited.winner()
+    await waited.finish()
+    assert best is not None and best.uid == 2
