@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from shared.ids import random_hex
@@ -227,11 +227,12 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("uids must be non-negative integers")
         return v
 
-    @model_validator(mode="after")
-    def _stop_is_bounded(self) -> ChatCompletionRequest:
-        if isinstance(self.stop, list) and len(self.stop) > 4:
-            raise ValueError("stop accepts at most 4 sequences")
-        return self
+    @field_validator("stop")
+    @classmethod
+    def _stop_is_bounded(cls, v: Any) -> Any:
+        if isinstance(v, list) and len(v) > 4:  # a field check, so the 400 names 'stop' as its param
+            raise PydanticCustomError("too_many_stops", "stop accepts at most 4 sequences")
+        return v
 
     def wants_any_model(self) -> bool:
         return self.model in ANY_MODEL

@@ -219,3 +219,11 @@ async def test_fields_openai_documents_as_nullable_take_null(tmp_path: Path) -> 
             assert status == 200 and headers["Content-Type"].startswith("application/json"), (path, text)
         status, _, text = await post(api, {"messages": MESSAGES, "stream": "yes"})
         assert status == 400 and json.loads(text)["error"]["param"] == "stream"
+
+
+async def test_too_many_stop_sequences_is_a_400_naming_stop(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {}, honest={1}) as api:
+        status, _, text = await post(api, {"messages": MESSAGES, "stop": ["a", "b", "c", "d", "e"]})
+    err = json.loads(text)["error"]
+    assert status == 400 and err["param"] == "stop" and "at most 4" in err["message"], err
+    assert "Value error" not in err["message"]
