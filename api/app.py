@@ -13,7 +13,7 @@ from api.chat import CTX, chat_completions
 from api.context import ApiContext
 from api.cors import install_cors
 from shared.client_address import TRUSTED_PROXIES, parse_networks
-from shared.http import error_middleware, json_response
+from shared.http import NOT_SERVED_HERE, error_middleware, json_response
 from shared.store.usage import UsageRecorder
 
 
@@ -21,6 +21,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app = web.Application(middlewares=[error_middleware], client_max_size=ctx.settings.max_body_bytes)
     app[CTX] = ctx
     app[INVALID_KEY_LIMIT] = ctx.settings.invalid_keys_per_minute
+    app[NOT_SERVED_HERE] = frozenset({"/v1/responses/input_tokens", "/v1/responses/compact"})  # OpenAI's, not ours
     app[TRUSTED_PROXIES] = parse_networks(ctx.settings.trusted_proxies)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat_completions)

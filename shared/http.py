@@ -30,6 +30,10 @@ from shared.store.base import KEY_PREFIX, display_prefix
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _KEY_IN_PATH = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]+")
+# Paths of endpoints this server does not serve that a route pattern of its own matches (OpenAI's
+# ``POST /v1/responses/input_tokens`` matches ``/v1/responses/{response_id}``): a 404 naming the path,
+# not a 405 that reads as "this endpoint exists, use GET".
+NOT_SERVED_HERE = web.AppKey("sn1_not_served_here", frozenset)
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -58,6 +62,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as e:
         if e.status < 400:
             raise
+        if e.status == 405 and request.path in request.app.get(NOT_SERVED_HERE, frozenset()):
+            e = web.HTTPNotFound()
         message = _http_error_message(request, e)
         if e.status == 404 and request.path.endswith("/") and len(request.path) > 1:
             message += await _without_slash_hint(request)

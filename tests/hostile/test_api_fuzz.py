@@ -208,6 +208,17 @@ def test_a_trailing_slash_404_names_the_path_that_is_served(api_server: Running)
     assert status == 404 and "Did you mean" not in json.loads(body)["error"]["message"]
 
 
+def test_openai_endpoints_not_served_here_are_404_not_405(api_server: Running) -> None:
+    """``responses.input_tokens.count`` matched ``/v1/responses/{response_id}``: a 405 "use GET" read as
+    if the endpoint existed, and the SDK raised an untyped error instead of NotFoundError."""
+    for path in ("/v1/responses/input_tokens", "/v1/responses/compact"):
+        status, body, _ = send(api_server, "POST", path, b'{"input": "hi"}', auth_headers(api_server))
+        err = json.loads(body)["error"]
+        assert status == 404 and f"Invalid URL (POST {path})" in err["message"], (path, status, body)
+    status, _, _ = send(api_server, "POST", "/v1/responses/resp_1", b"{}", auth_headers(api_server))
+    assert status == 405, "another POST on a stored-response path still names the methods it takes"
+
+
 def test_duplicate_and_conflicting_auth_headers_are_4xx(api_server: Running) -> None:
     cases = [
         [("Authorization", "Bearer wrong"), ("Authorization", f"Bearer {api_server.key}")],
