@@ -43,7 +43,7 @@ from shared.protocol import DEFAULT_TASK, ChatCompletionRequest, new_completion_
 from shared.sse import DONE_FRAME, encode_event
 from shared.store.base import KeyRecord
 
-SEED_RANGE = 2**63  # the seeds a request may carry (0 .. 2**63 - 1)
+INT64 = 2**64  # seeds are OpenAI's: any signed 64-bit integer
 MAX_CHOICES = 8  # each choice is a race of DEFAULT_K miners: n bounds a request's fan-out at n x k
 
 
@@ -113,8 +113,9 @@ async def answer_choices(request: web.Request, key: KeyRecord, req: ChatCompleti
 
 
 def choice_seed(seed: int, i: int) -> int:
-    """Choice i's seed: the request's + i (choice 0 is what n = 1 answers); a seed at the top wraps to 0."""
-    return (seed + i) % SEED_RANGE
+    """Choice i's seed: the request's + i (choice 0 is what n = 1 answers); past the top of int64 it wraps
+    to the bottom, as int64 arithmetic does."""
+    return (seed + i + 2**63) % INT64 - 2**63
 
 
 async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt: ChoicesFormat, *, seed: int,

@@ -15,7 +15,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from shared.protocol import MIN_TIMEOUT, REQUEST_CONFIG, SamplingParameters, StreamOptions, null_means_default
+from shared.protocol import (
+    MAX_OUTPUT_TOKENS,
+    MIN_TIMEOUT,
+    REQUEST_CONFIG,
+    SamplingParameters,
+    StreamOptions,
+    null_means_default,
+)
 
 MAX_RACES = 8  # prompts x n: each is a race of DEFAULT_K miners, as n's cap on chat completions
 DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for this route
@@ -28,7 +35,7 @@ class CompletionRequest(BaseModel):
     prompt: str | list[str] = Field(description="One prompt, or a batch of prompts (each answered n times)")
     model: str | None = None
     suffix: str | None = None
-    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=65536)
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=MAX_OUTPUT_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int = Field(default=1, ge=1, le=MAX_RACES)
@@ -43,7 +50,7 @@ class CompletionRequest(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI: any int64
 
     # The subnet's extras, as on chat completions.
     task: str | None = None

@@ -14,7 +14,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from shared.protocol import MIN_TIMEOUT, REQUEST_CONFIG, SamplingParameters, null_means_default
+from shared.protocol import (
+    MAX_OUTPUT_TOKENS,
+    MIN_TIMEOUT,
+    REQUEST_CONFIG,
+    SamplingParameters,
+    null_means_default,
+)
 
 STATELESS = "this gateway stores no responses: send the whole conversation in 'input'"
 
@@ -134,7 +140,7 @@ class ResponsesRequest(BaseModel):
     parallel_tool_calls: bool | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    max_output_tokens: int | None = Field(default=None, ge=1, le=65536)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
     include: list[str] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     text: TextConfig | None = None
@@ -142,7 +148,7 @@ class ResponsesRequest(BaseModel):
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     store: bool | None = None
     user: str | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI: any int64
     previous_response_id: str | None = None
     conversation: str | dict[str, Any] | None = None
     background: bool | None = None

@@ -19,6 +19,9 @@ DEFAULT_TASK = "InferenceTask"
 # The shortest deadline a caller may ask for: below it no miner can answer over a network, so the
 # request could only ever fail (a 504); it is refused up front instead (a 400 naming the field).
 MIN_TIMEOUT = 0.5
+# Output tokens a request may ask for: the model server refuses what its context cannot hold (a 400 it
+# names); 65,536 refused what OpenAI allows (128k for its newest models).
+MAX_OUTPUT_TOKENS = 1 << 20
 # Unknown fields are kept (forwarded to miners); known ones must have their JSON type, as at OpenAI:
 # "max_tokens": "5" or "stream": "true" is a 400 naming the field, never silently coerced.
 REQUEST_CONFIG = ConfigDict(extra="allow", strict=True)
@@ -91,7 +94,7 @@ class SamplingParameters(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
-    max_new_tokens: int | None = Field(default=None, ge=1, le=65536)
+    max_new_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
     do_sample: bool | None = None
     mixture: bool | None = None
 
@@ -152,15 +155,15 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = Field(default=None, ge=1, le=8, description="Choices: each the winner of its own race")
     stop: str | list[str] | None = None
-    max_tokens: int | None = Field(default=None, ge=1, le=65536)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=65536)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     user: str | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI: any int64
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None

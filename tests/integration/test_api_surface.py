@@ -227,3 +227,16 @@ async def test_too_many_stop_sequences_is_a_400_naming_stop(tmp_path: Path) -> N
     err = json.loads(text)["error"]
     assert status == 400 and err["param"] == "stop" and "at most 4" in err["message"], err
     assert "Value error" not in err["message"]
+
+
+async def test_values_openai_accepts_are_accepted(tmp_path: Path) -> None:
+    """A negative seed (OpenAI's range is any int64) and more than 65,536 output tokens (OpenAI allows
+    128k) were 400s; the model server is the one to refuse what its context cannot hold."""
+    async with api_with_miners(tmp_path, {}, honest={1}) as api:
+        for path, body in (("/v1/chat/completions", {"messages": MESSAGES, "seed": -1, "max_tokens": 128_000}),
+                           ("/v1/chat/completions", {"messages": MESSAGES, "max_completion_tokens": 100_000}),
+                           ("/v1/completions", {"prompt": "hi", "seed": -(2**63), "max_tokens": 100_000}),
+                           ("/v1/responses", {"input": "hi", "seed": -5, "max_output_tokens": 100_000})):
+            status, headers, text = await post(api, body, path=path)
+            assert status == 200, (path, text)
+            assert headers["x-sn1-seed"] == str(body.get("seed", headers["x-sn1-seed"]))

@@ -74,8 +74,8 @@ async def test_a_seed_at_the_top_of_its_range_wraps_for_the_next_choices(tmp_pat
     async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
         client = sdk(api)
         top = await client.chat.completions.create(model="default", messages=MESSAGES, n=2, seed=2**63 - 1)
-        zero = await client.chat.completions.create(model="default", messages=MESSAGES, seed=0)
-    assert top.choices[1].message.content == zero.choices[0].message.content
+        bottom = await client.chat.completions.create(model="default", messages=MESSAGES, seed=-(2**63))
+    assert top.choices[1].message.content == bottom.choices[0].message.content
 
 
 def _slow_miner() -> Script:
