@@ -110,7 +110,10 @@ class MinerRun:
                         raise ValueError("delta.content is not a string")
                     self.content.append(piece)
                     if self.opens_with is None or self.opened:
-                        self.has_answer = True
+                        # Whitespace alone starts nothing: a miner that sent " " at once claimed the stream,
+                        # and its answer's first-content time (the validator's latency) was that space's.
+                        if not self.has_answer and not piece.isspace():
+                            self.has_answer = True
                     elif head := piece.lstrip():  # the first text of a JSON answer: it must open one
                         if not head.startswith(self.opens_with):
                             raise Unfit(NOT_JSON)

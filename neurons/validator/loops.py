@@ -62,8 +62,10 @@ async def availability_cycle(client: MinerClient, metagraph: MetagraphView, book
 async def synthetic_cycle(
     client: MinerClient, metagraph: MetagraphView, book: AvailabilityBook, registry: TaskRegistry,
     datasets: dict[str, Any], config: SyntheticConfig, rng: random.Random, queue: asyncio.Queue[ScoringJob],
+    scores: ScoreBook | None = None,
 ) -> None:
-    job = await run_cycle(client, metagraph, book, registry, datasets, config, rng)
+    job = await run_cycle(client, metagraph, book, registry, datasets, config, rng,
+                          scored=set(scores.miners) if scores is not None else ())
     if job is None:
         logger.info("synthetic: no serving miner")
         return

@@ -108,7 +108,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
     ]
     loops += [
         (lambda: timed("synthetic", settings.synthetic_interval, lambda: synthetic_cycle(
-            client, metagraph, book, registry, datasets, synthetic, rng, queue),
+            client, metagraph, book, registry, datasets, synthetic, rng, queue, scores),
             first_delay=min(settings.availability_timeout, settings.synthetic_interval)))
         for _ in range(settings.synthetic_concurrency if settings.synthetic_enabled else 0)
     ]

@@ -1,7 +1,12 @@
 """Synthetic tasks: build a challenge, send it to a sample of miners, queue the answers for scoring.
 
 Every miner in a sample gets the same messages; for seed-dependent tasks each
-gets its own seed, so honest answers differ and a shared (copied) answer shows.
+gets its own random seed, so honest answers differ and a shared (copied) answer
+shows. The seeds are independent: with consecutive ones, a miner knew its peers'
+(its own +- 1), answered with a peer's honest text and had the peer zeroed with it
+as a copier. A miner that keeps a score but serves no axon any more (it went dark
+after earning weight) is recorded with an error in each job, so its score decays
+like any miner's that stopped answering.
 Calls are signed, streamed and timed per chunk exactly as the API does it (one
 ``api.race.Race`` per miner). A sampled miner that does not serve the task, or
 is down, is recorded with an error and scores 0: it is never dropped silently.
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +69,13 @@ async def run_cycle(
     datasets: dict[str, Any],
     config: SyntheticConfig,
     rng: random.Random,
+    scored: Collection[int] = (),
 ) -> ScoringJob | None:
     """One challenge to one sample; returns the job to score (None when no miner serves).
 
     Only miners whose availability is known for their current hotkey are sampled: before the first
-    poll ends (every start) or after a uid changed hands, "not in the book" is unknown, not a 0."""
+    poll ends (every start) or after a uid changed hands, "not in the book" is unknown, not a 0.
+    ``scored``: uids that hold a score; those of them registered with no axon join the job as failed."""
     serving = metagraph.snapshot.serving(exclude_hotkey=client.signer.hotkey)
     known = [n for n in serving if book.hotkeys.get(n.uid) == n.hotkey]
     neurons = sample_miners(known, config.sample_size, rng)
@@ -75,11 +83,17 @@ async def run_cycle(
         return None
     task = registry.choose(rng)
     challenge = task.build(rng, datasets)
-    base_seed = rng.randrange(2**31)
-    bodies = {n.uid: challenge_body(challenge, base_seed + i if task.seed_dependent else base_seed, config.timeout)
-              for i, n in enumerate(neurons)}
-    job = ScoringJob(source="synthetic", task=task.name, bodies=bodies, hotkeys={n.uid: n.hotkey for n in neurons},
+    dark = [n for n in metagraph.snapshot.neurons
+            if n.uid in scored and not n.axon and n.hotkey != client.signer.hotkey]
+    shared_seed = rng.randrange(2**31)
+    bodies = {n.uid: challenge_body(challenge, rng.randrange(2**31) if task.seed_dependent else shared_seed,
+                                    config.timeout)
+              for n in [*neurons, *dark]}
+    job = ScoringJob(source="synthetic", task=task.name, bodies=bodies,
+                     hotkeys={n.uid: n.hotkey for n in [*neurons, *dark]},
                      deadline_s=config.timeout, expected=challenge.expected)
+    for n in dark:
+        job.errors[n.uid] = "serves no axon"
     loop = asyncio.get_running_loop()
     deadline = loop.time() + config.timeout
     calls: dict[int, asyncio.Task[Race]] = {}

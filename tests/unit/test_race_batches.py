@@ -122,3 +122,17 @@ async def test_a_reasoning_models_thinking_streams_as_it_comes_and_is_kept_when_
     best = await waited.winner()
     await waited.finish()
     assert best is not None and best.uid == 2
+
+
+async def test_whitespace_alone_does_not_start_an_answer() -> None:
+    """A miner that sent " " at once claimed every streamed race it was in, and its first-content time,
+    the validator's latency, was that space's: an exact answer at 9.5 s of 10 scored as one at 0.1 s."""
+    race = await run_race({1: [[ROLE, chunk(" ")], [chunk("\n")], [], [], [chunk("late", finish="stop")]],
+                           2: [[ROLE], [chunk("first")], [chunk("!", finish="stop")]]}, stream=True)
+    winner = await race.winner()
+    await race.finish()
+    assert winner is not None and winner.uid == 2
+    from neurons.validator.scoring import rebuild_answer
+    spaced = next(r for r in race.runs if r.uid == 1)
+    timings = [0.1, 0.1, 0.2, 9.5]
+    assert rebuild_answer(spaced.event_texts(), timings, None).first_content_s == 9.5

@@ -19,14 +19,15 @@ from tests.helpers import VALIDATOR_KP, StaticSource, keypair, snapshot
 NOTHING = {"task_availabilities": {}, "llm_model_availabilities": {}}
 
 
-async def _cycle(book: AvailabilityBook):
-    miners = {uid: (keypair(f"//Miner{uid}").ss58_address, "127.0.0.1:9") for uid in (1, 2)}
+async def _cycle(book: AvailabilityBook, *, dark: tuple[int, ...] = (), scored: tuple[int, ...] = (),
+                 seed: int = 1, uids: tuple[int, ...] = (1, 2)):
+    miners = {uid: (keypair(f"//Miner{uid}").ss58_address, None if uid in dark else "127.0.0.1:9") for uid in uids}
     view = MetagraphView(StaticSource(snapshot(VALIDATOR_KP.ss58_address, miners)))
     await view.refresh()
     client = MinerClient(make_session(), Signer(VALIDATOR_KP))
     try:
         return await run_cycle(client, view, book, default_registry(), build_datasets(builtin_corpus()),
-                               SyntheticConfig(sample_size=8, timeout=1.0), random.Random(1))
+                               SyntheticConfig(sample_size=8, timeout=1.0), random.Random(seed), scored=scored)
     finally:
         await client.session.close()
 
@@ -41,3 +42,32 @@ async def test_a_uid_known_only_under_its_previous_hotkey_is_left_out() -> None:
     job = await _cycle(book)
     assert job is not None and set(job.bodies) == {1}, "uid 2's new owner was never polled"
     assert job.errors == {1: "unavailable for this task"}, "uid 1 was polled and serves nothing: that is a 0"
+
+
+def _known(*uids: int) -> AvailabilityBook:
+    return AvailabilityBook(entries={u: NOTHING for u in uids},
+                            hotkeys={u: keypair(f"//Miner{u}").ss58_address for u in uids})
+
+
+async def test_a_scored_miner_that_took_its_axon_down_is_a_failure_in_every_job() -> None:
+    """It kept its score (and its weight) for good: only serving miners were ever sampled."""
+    job = await _cycle(_known(1, 2), dark=(2,), scored=(1, 2))
+    assert job is not None and set(job.bodies) == {1, 2}
+    assert job.errors[2] == "serves no axon"
+    never_scored = await _cycle(_known(1, 2), dark=(2,), scored=(1,))
+    assert never_scored is not None and set(never_scored.bodies) == {1}, "a uid with no score has nothing to lose"
+
+
+async def test_seeds_of_one_job_are_independent_so_no_miner_can_name_a_peers() -> None:
+    """Consecutive seeds (base + i) let a miner answer with a peer's honest text (its seed +- 1) and have
+    the peer zeroed as a copier with it."""
+    uids = tuple(range(1, 9))
+    for seed in range(20):
+        job = await _cycle(_known(*uids), uids=uids, seed=seed)
+        assert job is not None
+        if job.task in ("InferenceTask",):
+            seeds = sorted(b["seed"] for b in job.bodies.values())
+            assert len(set(seeds)) == len(seeds)
+            assert all(b - a != 1 for a, b in zip(seeds, seeds[1:], strict=False)), seeds
+            return
+    raise AssertionError("no seed-dependent task was chosen in 20 cycles")
