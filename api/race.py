@@ -348,6 +348,8 @@ class Race:
                 and r.error_kind != "cancelled"]
         return {
             "uids": [r.uid for r in runs],
+            # who answered: a payload delivered after a uid changed hands must not credit its new owner
+            "hotkeys": {str(r.uid): r.neuron.hotkey for r in runs},
             "chunks": {str(r.uid): r.event_texts() for r in runs},
             "timings": {str(r.uid): list(r.timings) for r in runs},
             # An answer that misses the caller's format is the validator's to judge against its reference:

@@ -1,8 +1,9 @@
 """The organic scoring payload an API process posts to ``/scoring`` (wire model).
 
 Shape (``api.race.Race.payload()`` plus ``body``): the request body sent to
-every miner, the uids raced, each uid's raw SSE chunks and their arrival times
-(seconds since fan-out), each uid's error, the winner and a timestamp.
+every miner, the uids raced and the hotkey each was raced under, each uid's raw
+SSE chunks and their arrival times (seconds since fan-out), each uid's error,
+the winner and a timestamp.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ class OrganicPayload(BaseModel):
     chunks: dict[int, list[str]] = Field(default_factory=dict)
     timings: dict[int, list[float]] = Field(default_factory=dict)
     errors: dict[int, str | None] = Field(default_factory=dict)
+    # The hotkey each uid was raced under (an API from before it existed sends none): a payload that
+    # arrives after a uid changed hands (an outbox holds payloads while the validator is down) scores
+    # only the uids still held by the hotkeys that answered.
+    hotkeys: dict[int, str] = Field(default_factory=dict)
     winner: int | None = None
     created_at: float | None = None
     # The deadline the miners had (the API's: the caller's timeout or what its max_tokens allows); an API
@@ -48,7 +53,7 @@ class OrganicPayload(BaseModel):
         if any(u < 0 for u in self.uids) or len(set(self.uids)) != len(self.uids):
             raise ValueError("uids must be distinct non-negative integers")
         known = set(self.uids)
-        for name in ("chunks", "timings", "errors"):
+        for name in ("chunks", "timings", "errors", "hotkeys"):
             extra = set(getattr(self, name)) - known
             if extra:
                 raise ValueError(f"{name} has uids {sorted(extra)} that are not in uids")
@@ -64,8 +69,9 @@ class OrganicPayload(BaseModel):
         return self
 
     def to_job(self, snapshot: MetagraphSnapshot, deadline_s: float) -> ScoringJob:
-        """A scoring job for the uids the metagraph still knows (hotkeys as of now)."""
-        hotkeys = {u: n.hotkey for u in self.uids if (n := snapshot.by_uid(u)) is not None}
+        """A scoring job for the uids the metagraph still knows, held by the hotkeys that answered."""
+        hotkeys = {u: n.hotkey for u in self.uids if (n := snapshot.by_uid(u)) is not None
+                   and self.hotkeys.get(u, n.hotkey) == n.hotkey}
         return ScoringJob(
             source="organic",
             task=str(self.body.get("task") or DEFAULT_TASK),

@@ -69,6 +69,7 @@ async def test_non_stream_winner_is_the_complete_grouped_answer() -> None:
     loser = next(r for r in race.runs if r.uid == 2)
     assert loser.error and loser.events == [ROLE, chunk("p")]
     assert race.payload()["chunks"] == {"1": winner.events, "2": [ROLE, chunk("p")]}
+    assert race.payload()["hotkeys"] == {"1": "hk1", "2": "hk2"}, "who answered, for the validator to check"
     assert abs(race.payload()["deadline_s"] - 5.0) < 0.05, "the deadline the miners had, for the latency reward"
 
 

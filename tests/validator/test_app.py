@@ -118,6 +118,20 @@ async def test_a_payload_whose_uids_are_all_gone_spends_no_queue_slot() -> None:
     assert ctx.scoring_queue.qsize() == 1
 
 
+async def test_a_payload_credits_only_the_hotkeys_that_answered() -> None:
+    """A payload delivered after uid 2 changed hands (an outbox holds payloads while the validator is
+    down) credited the uid's new owner with its previous owner's answer."""
+    ctx = make_ctx()
+    answered = {"1": MINERS[1].ss58_address, "2": keypair("//PreviousOwner").ss58_address}
+    async with serve_app(create_validator_app(ctx)) as url:
+        status, _ = await post(url, "/scoring", json.dumps(payload(hotkeys=answered)).encode())
+        assert status == 202
+        status, body = await post(url, "/scoring", json.dumps(payload(hotkeys={"9": "x"})).encode())
+        assert status == 400 and "hotkeys" in body["error"]["message"], body
+    job = ctx.scoring_queue.get_nowait()
+    assert job.hotkeys == {1: MINERS[1].ss58_address}, "uid 2 is someone else's now: not scored"
+
+
 async def test_scoring_signature_rejections() -> None:
     ctx = make_ctx()
     raw = json.dumps(payload()).encode()
