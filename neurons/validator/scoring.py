@@ -46,6 +46,18 @@ class Answer:
     first_content_s: float | None = None
     error: str | None = None
     tool_calls: bool = False  # the answer calls tools (with or without text)
+    finish_reason: str | None = None  # how the model ended (an empty answer that ended cleanly may be the caller's)
+
+
+EMPTY = "empty answer"
+CUTTING_FIELDS = ("stop", "max_tokens", "max_completion_tokens")  # a caller's ways to leave an answer empty
+
+
+def caller_emptied(body: dict[str, Any], answer: Answer) -> bool:
+    """An organic answer the caller's own ``stop`` or token limit cut to nothing, the model ending
+    cleanly (the README's valid ``""``): no fault of the miner's, and scored it would be a zero that
+    any key could hand any miner."""
+    return answer.error == EMPTY and answer.finish_reason is not None and any(body.get(f) for f in CUTTING_FIELDS)
 
 
 def rebuild_answer(chunks: list[str], timings: list[float], error: str | None) -> Answer:
@@ -64,7 +76,7 @@ def rebuild_answer(chunks: list[str], timings: list[float], error: str | None) -
     if run.tool_calls:
         return Answer(text=run.text, first_content_s=first, tool_calls=True)
     if not run.text.strip():
-        return Answer(error="empty answer")
+        return Answer(error=EMPTY, finish_reason=run.finish_reason)
     return Answer(text=run.text, first_content_s=first)
 
 
@@ -96,6 +108,8 @@ class Scorer:
         for uid, answer in answers.items():
             if answer.tool_calls and job.bodies[uid].get("tools"):
                 continue  # a call of a tool it was offered: no reward compares tool calls, and it is no fault
+            if job.source == "organic" and caller_emptied(job.bodies[uid], answer):
+                continue
             if answer.error is not None or uid in copied or answer.tool_calls or not answer.text.strip():
                 out[uid] = 0.0  # an error, a copy, or tools called that were never offered
                 continue

@@ -239,3 +239,22 @@ async def test_a_job_finishing_after_its_uid_changed_hands_credits_nobody(tmp_pa
     await scorer.score(job)
     assert scores.miners[1].hotkey == "hk-new" and scores.miners[1].tasks == {"ArithmeticTask": 0.25}
     assert scores.miners[2].tasks["InferenceTask"] > 0, "uids still owned are credited as always"
+
+
+async def test_an_organic_answer_the_callers_stop_left_empty_is_not_scored(tmp_path) -> None:
+    """A stop sequence that matches the first word leaves "" (a valid answer, ended with finish_reason):
+    scored, it was a zero any key could hand any miner by choosing the stop."""
+    registry = default_registry()
+    scorer = Scorer(registry, RewardContext(DeterministicReference(), CORPUS),
+                    ScoreBook(registry.probabilities, alpha=0.5, path=tmp_path / "scores.json"))
+    body = {"messages": [{"role": "user", "content": "Tell me a story"}], "task": "InferenceTask", "seed": 3}
+    ended = [dumps(chunk_object(completion_id="c", model="m", delta={"role": "assistant"})),
+             dumps(chunk_object(completion_id="c", model="m", delta={}, finish_reason="stop"))]
+    job = ScoringJob(source="organic", task="InferenceTask",
+                     bodies={1: {**body, "stop": ["Once"]}, 2: body, 3: {**body, "stop": ["Once"]}},
+                     hotkeys={1: "hk1", 2: "hk2", 3: "hk3"}, chunks={1: ended, 2: ended, 3: ended[:1]},
+                     timings={1: [0.1, 0.2], 2: [0.1, 0.2], 3: [0.1]}, deadline_s=10.0)
+    rewards = await scorer.score(job)
+    assert 1 not in rewards, "the caller's stop emptied it"
+    assert rewards[2] == 0.0, "no stop asked for: an empty answer is still a zero"
+    assert rewards[3] == 0.0, "no finish_reason: cut, not ended"
