@@ -41,6 +41,8 @@ class ScoreBook:
         self.weights: dict[int, float] = {}
         self.updated_at = 0.0
         self.last_weights_set_at: float | None = None
+        self._unsaved = False  # changed since the last save began
+        self._saving: asyncio.Lock | None = None  # made on first use (it belongs to the running loop)
 
     # --- updates -----------------------------------------------------------------------
     def update(self, uid: int, hotkey: str, task: str, reward: float) -> float:
@@ -121,11 +123,24 @@ class ScoreBook:
             atomic_write_json(self.path, self.to_json())
 
     async def save_off_loop(self) -> None:
-        """``save`` with the file write in a thread. The copy is taken here, on the event loop that
-        changes the scores: a thread reading the live dicts while a job updates them can fail
-        ("dictionary changed size during iteration")."""
-        if self.path is not None:
-            await asyncio.to_thread(atomic_write_json, self.path, self.to_json())
+        """``save`` with the file write in a thread, one save at a time, each of the latest scores.
+
+        The copy is taken here, on the event loop that changes the scores: a thread reading the live
+        dicts while a job updates them can fail ("dictionary changed size during iteration"). Two
+        saves at once could land out of order (an older copy over a newer one), and a save per job
+        capped scoring at the disk's pace: a call made while a save runs returns at once, and the
+        running save writes once more after it, with every change made meanwhile."""
+        if self.path is None:
+            return
+        self._unsaved = True
+        if self._saving is None:
+            self._saving = asyncio.Lock()
+        if self._saving.locked():
+            return
+        async with self._saving:
+            while self._unsaved:
+                self._unsaved = False
+                await asyncio.to_thread(atomic_write_json, self.path, self.to_json())
 
     def load(self) -> bool:
         """Restore from ``path``; a missing file is a fresh start, a corrupt one is logged and ignored."""

@@ -50,6 +50,9 @@ class Answer:
 
 
 EMPTY = "empty answer"
+# What of an answer is compared with the reference: far more than any task asks for (a 64-token prompt,
+# an organic max_tokens of 20k), and a bound on the similarity's cost for a miner that sends megabytes.
+MAX_SCORED_CHARS = 100_000
 CUTTING_FIELDS = ("stop", "max_tokens", "max_completion_tokens")  # a caller's ways to leave an answer empty
 
 
@@ -98,12 +101,8 @@ class Scorer:
         if task is None:
             logger.debug("no reward pipeline for task {}; job skipped", job.task)
             return {}
-        answers = {uid: rebuild_answer(job.chunks.get(uid, []), job.timings.get(uid, []), job.errors.get(uid))
-                   for uid in job.bodies}
-        copied: set[int] = set()
-        if task.seed_dependent:
-            copied = copied_uids({u: a.text for u, a in answers.items() if a.error is None and not a.tool_calls},
-                                 {u: b.get("seed") for u, b in job.bodies.items()})
+        # megabytes of chunks must not stall the loop (the HTTP API, other races' chunk timings)
+        answers, copied = await asyncio.to_thread(self._answers, job, task.seed_dependent)
         out: dict[int, float] = {}
         for uid, answer in answers.items():
             if answer.tool_calls and job.bodies[uid].get("tools"):
@@ -113,11 +112,24 @@ class Scorer:
             if answer.error is not None or uid in copied or answer.tool_calls or not answer.text.strip():
                 out[uid] = 0.0  # an error, a copy, or tools called that were never offered
                 continue
-            reward = await task.reward(job.bodies[uid], answer.text, job.expected, self.ctx)
+            reward = await task.reward(job.bodies[uid], answer.text[:MAX_SCORED_CHARS], job.expected, self.ctx)
             if reward is None:
                 continue
             out[uid] = reward * latency_factor(answer.first_content_s, job.deadline_s, self.grace)
         return out
+
+    @staticmethod
+    def _answers(job: ScoringJob, seed_dependent: bool) -> tuple[dict[int, Answer], set[int]]:
+        """Every uid's answer rebuilt from its chunks, and the copies among them (pure CPU, run in a
+        thread: a job of 8 answers of 7 MB each held the event loop for seconds)."""
+        answers = {uid: rebuild_answer(job.chunks.get(uid, []), job.timings.get(uid, []), job.errors.get(uid))
+                   for uid in job.bodies}
+        copied: set[int] = set()
+        if seed_dependent:
+            copied = copied_uids({u: a.text[:MAX_SCORED_CHARS] for u, a in answers.items()
+                                  if a.error is None and not a.tool_calls},
+                                 {u: b.get("seed") for u, b in job.bodies.items()})
+        return answers, copied
 
     async def score(self, job: ScoringJob) -> dict[int, float]:
         """Reward the job, update and persist the scores; a failing reference model skips the job."""

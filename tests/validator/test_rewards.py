@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import time
 
 import pytest
 
@@ -258,3 +260,38 @@ async def test_an_organic_answer_the_callers_stop_left_empty_is_not_scored(tmp_p
     assert 1 not in rewards, "the caller's stop emptied it"
     assert rewards[2] == 0.0, "no stop asked for: an empty answer is still a zero"
     assert rewards[3] == 0.0, "no finish_reason: cut, not ended"
+
+
+async def test_megabytes_of_answers_do_not_stall_the_event_loop(tmp_path) -> None:
+    """Rebuilding and comparing 4 answers of 3 MB each ran on the event loop: the validator's HTTP API
+    and every race's chunk timings stood still for the whole job (seconds, with 8 answers of 7 MB)."""
+    registry = default_registry()
+    scorer = Scorer(registry, RewardContext(DeterministicReference(), CORPUS),
+                    ScoreBook(registry.probabilities, alpha=0.5, path=tmp_path / "scores.json"))
+    def big(uid: int) -> list[str]:  # ~3 MB of words, each miner its own
+        piece = " ".join(f"w{(i * (uid + 3)) % 997}" for i in range(200))
+        out = [dumps(chunk_object(completion_id="c", model="m", delta={"content": piece})) for _ in range(3000)]
+        return [*out, dumps(chunk_object(completion_id="c", model="m", delta={}, finish_reason="stop"))]
+
+    body = {"messages": [{"role": "user", "content": "Tell me a story"}], "task": "InferenceTask"}
+    chunks = {u: big(u) for u in range(4)}
+    job = ScoringJob(source="synthetic", task="InferenceTask", bodies={u: {**body, "seed": u} for u in range(4)},
+                     hotkeys={u: f"hk{u}" for u in range(4)}, chunks=chunks,
+                     timings={u: [0.1] * len(c) for u, c in chunks.items()}, deadline_s=10.0)
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0.02)
+    rewards = await scorer.rewards(job)
+    await asyncio.sleep(0.05)  # the ticker's next tick records a stall that ended just now
+    ticking.cancel()
+    assert set(rewards) == {0, 1, 2, 3} and all(r < 0.5 for r in rewards.values())
+    assert max(gaps) < 0.25, f"the event loop stood still for {max(gaps):.2f} s"

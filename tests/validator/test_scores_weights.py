@@ -305,3 +305,30 @@ async def test_a_save_writes_the_scores_as_they_were_when_it_was_asked_for(tmp_p
     await saving
     saved = json.loads((tmp_path / "scores.json").read_text())
     assert list(saved["miners"]) == ["1"] and saved["miners"]["1"]["tasks"] == {"A": 0.5}
+
+
+async def test_saves_asked_for_during_a_save_coalesce_and_the_file_ends_with_the_latest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each scored job saved the whole file: two saves at once could land out of order (an older copy
+    over a newer one), and at 4,096 uids a save per job capped scoring at ~5 jobs/s."""
+    import neurons.validator.scores as scores_module
+
+    writes: list[dict] = []
+    real = scores_module.atomic_write_json
+
+    def slow_write(path, data) -> None:  # a slow disk: each write takes a while
+        time.sleep(0.05)
+        writes.append(data)
+        real(path, data)
+
+    monkeypatch.setattr(scores_module, "atomic_write_json", slow_write)
+    book = ScoreBook(PROBS, alpha=1.0, path=tmp_path / "scores.json")
+    saves = []
+    for i in range(20):
+        book.update(1, "hk1", "A", i / 20)
+        saves.append(asyncio.create_task(book.save_off_loop()))
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*saves)
+    assert len(writes) < 10, f"{len(writes)} writes for 20 saves: they did not coalesce"
+    saved = json.loads((tmp_path / "scores.json").read_text())
+    assert saved["miners"]["1"]["tasks"] == {"A": 19 / 20}, "the last change is on disk"
