@@ -8,6 +8,7 @@ goes to the payload sinks, i.e. the durable scoring outbox.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from loguru import logger
@@ -21,6 +22,7 @@ from shared.metagraph import Neuron
 from shared.protocol import ChatCompletionRequest
 from shared.settings import ApiSettings
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/@+-]+")
 
 def deadline_seconds(settings: ApiSettings, *, timeout: float | None, max_tokens: int | None) -> float:
     """The caller's ``timeout`` if given; else ``REQUEST_TIMEOUT``, grown by ``SECONDS_PER_TOKEN``
@@ -44,8 +46,11 @@ def chat_deadline(settings: ApiSettings, req: ChatCompletionRequest) -> tuple[fl
 
 
 def request_id_from(headers: Any) -> str:
+    """The caller's ``x-request-id`` if it is an id (letters, digits, ``-_.:/@+``, up to 128), else a
+    new one. Spaces and ``=`` are not: the id goes into the ``key=value`` log line, where
+    ``abc key=... winner=9`` charged the request to another key and miner for a log parser."""
     rid = headers.get("x-request-id") or ""
-    if not rid or len(rid) > 128 or not rid.isprintable() or not rid.isascii():
+    if not rid or len(rid) > 128 or not _REQUEST_ID.fullmatch(rid):
         return random_hex()
     return rid
 

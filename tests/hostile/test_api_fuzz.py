@@ -326,6 +326,21 @@ def test_header_injection_through_request_id_is_not_reflected(api_server: Runnin
             assert echoed == rid
 
 
+def test_a_request_id_cannot_forge_fields_of_the_log_line(api_server: Running) -> None:
+    """``x-request-id: abc key=... winner=9`` went into the ``key=value`` access log as fields of its own."""
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    seen = len(api_server.logs)
+    forged = "abc key=deadbeef00000000 uids=[9] winner=9 status=ok"
+    status, _, headers = send(api_server, "POST", "/v1/chat/completions", body,
+                              [*auth_headers(api_server), ("x-request-id", forged)])
+    assert status == 200 and headers["x-request-id"] != forged and " " not in headers["x-request-id"]
+    assert not [line for line in api_server.logs[seen:] if "deadbeef00000000" in line]
+    for fine in ("req_01HZX9", "trace-7f3a.span:2", "svc/abc@1+2"):
+        _, _, headers = send(api_server, "POST", "/v1/chat/completions", body,
+                             [*auth_headers(api_server), ("x-request-id", fine)])
+        assert headers["x-request-id"] == fine
+
+
 def test_no_secret_in_any_log_line(api_server: Running) -> None:
     """Runs last in this module: a key made through the admin route is used, misused and deleted,
     then everything the servers logged (the fuzz included) is searched for any secret."""
