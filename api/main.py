@@ -32,6 +32,7 @@ from shared.request_log import RequestLog
 from shared.settings import ApiSettings, SettingsError
 from shared.signing import Signer
 from shared.store import open_store
+from shared.store.base import StoreUnavailable
 from shared.store.outbox import open_outbox
 from shared.store.sessions import open_sessions
 from shared.wallet import load_hotkey
@@ -53,7 +54,7 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
         sessions = open_sessions(settings.store_url, namespace=settings.store_namespace)
         outbox = open_outbox(settings.store_url, namespace=settings.store_namespace,
                              max_items=settings.outbox_max_items)
-    except (OSError, sqlite3.Error) as e:
+    except (OSError, sqlite3.Error, StoreUnavailable) as e:  # a directory, a file that is not a database
         await client.session.close()
         raise SettingsError(f"STORE_URL: cannot open {settings.store_url}: {e}") from None
     ctx = ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability,
@@ -91,7 +92,10 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
 
 def _worker_entry(settings: ApiSettings, supervisor: int) -> None:
     stop_with_parent(supervisor)  # a supervisor killed outright must not leave its workers serving
-    run(lambda: serve_worker(settings, reuse_port=True))
+    try:
+        run(lambda: serve_worker(settings, reuse_port=True))
+    except SettingsError as e:  # one line, as with one worker (a spawned process printed its traceback)
+        sys.exit(f"sn1 api: {e}")
 
 
 def run_api(settings: ApiSettings) -> None:
@@ -100,6 +104,9 @@ def run_api(settings: ApiSettings) -> None:
         return
     setup_logging(settings.log_level, role="api")
     load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)  # fail fast, before forking
+    # The workers share the port with SO_REUSEPORT, and so would another API's workers (a copy still
+    # running, pm2 and systemd both starting it): a plain bind first tells a port in use, once.
+    bound_socket(settings.api_host, settings.api_port).close()
     metrics_dir = shared_metrics_dir()
     mp = multiprocessing.get_context("spawn")
     workers = [mp.Process(target=_worker_entry, args=(settings, os.getpid()), daemon=False)
