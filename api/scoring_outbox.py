@@ -25,6 +25,8 @@ from shared.store.base import StoreUnavailable
 from shared.store.outbox import Outbox, OutboxItem
 
 POISON_STATUSES = {400, 413, 422}
+REFUSED_STATUSES = {401, 403}  # the validator does not accept our signature: a setting to fix, said out loud
+REFUSAL_WARNING_EVERY = 60.0
 MAX_UNSTORED = 10_000  # payloads kept in memory while the store refuses their commit (then oldest dropped)
 MAX_POST_SECONDS = 10.0
 BATCH_BYTES = 512 << 10  # a delivery's JSON array (or its one larger payload); the validator takes up to 16 MiB
@@ -64,6 +66,7 @@ class OutboxForwarder:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.rng = rng or random.Random()
+        self._refusal_warned_at = -REFUSAL_WARNING_EVERY
         # A post must end well inside the lease, and the lease is renewed before each one: another
         # worker must never find it expired while this one is still posting.
         self.post_timeout = min(MAX_POST_SECONDS, lease_seconds / 2)
@@ -173,8 +176,23 @@ class OutboxForwarder:
             logger.warning("validator rejected scoring payload {} as malformed (HTTP {}): dropped ({})", item.id,
                            status, describe_rejected([{"index": 0, "error": _error_message(body)}], [item]))
             return True
+        self._warn_if_refused(status, body)
         logger.debug("validator answered HTTP {} for payload {}", status, item.id)
         return False
+
+    def _warn_if_refused(self, status: int, body: Any) -> None:
+        """A validator that refuses our signature stops all organic scoring while the outbox grows; it was
+        a DEBUG line, so nothing said so. A WARNING a minute names the settings to check."""
+        if status not in REFUSED_STATUSES:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._refusal_warned_at < REFUSAL_WARNING_EVERY:
+            return
+        self._refusal_warned_at = now
+        logger.warning("the validator at {} refuses this API's scoring payloads (HTTP {}: {}): check that its "
+                       "API_HOTKEYS lists this API's hotkey {} and that VALIDATOR_HOTKEY ({}) is the validator's; "
+                       "payloads are kept and retried", self.validator_url, status, str(_error_message(body))[:200],
+                       self.client.signer.hotkey, self.validator_hotkey)
 
     async def deliver_batch(self, items: list[OutboxItem]) -> bool | None:
         """Post several payloads as one JSON array (one HTTP call instead of one per answer).
@@ -201,6 +219,7 @@ class OutboxForwarder:
             return None
         if status == 503 and len(items) > 1:  # the validator's queue cannot take this many at once: fewer next
             self.batch_limit = max(1, len(items) // 2)
+        self._warn_if_refused(status, body)
         logger.debug("validator answered HTTP {} for a batch of {}", status, len(items))
         return False
 

@@ -59,6 +59,19 @@ def http_url(v: str) -> str:
     return v
 
 
+def ss58_addresses(values: list[str]) -> list[str]:
+    """Hotkeys as SS58 addresses, each checked (its checksum too): one mistyped character in
+    ``API_HOTKEYS`` made the validator refuse every organic payload, and nothing said so."""
+    from bittensor.sp_core import Keypair  # the SDK's own decoding; imported when settings are checked
+
+    for v in values:
+        try:
+            Keypair(ss58_address=v)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{v!r} is not a hotkey's SS58 address (5...): {e}") from None
+    return values
+
+
 @contextlib.contextmanager
 def setting_file(name: str) -> Iterator[None]:
     """A file a setting names that cannot be read or used: that setting's one-line start-up error
@@ -166,6 +179,11 @@ class ApiSettings(CommonSettings):
     def _validator_url(cls, v: str) -> str:
         return http_url(v)
 
+    @field_validator("validator_hotkey")
+    @classmethod
+    def _validator_hotkey(cls, v: str | None) -> str | None:
+        return None if not v else ss58_addresses([v])[0]
+
     def check(self) -> None:
         if self.request_timeout > self.max_request_timeout:
             raise SettingsError(f"REQUEST_TIMEOUT: {self.request_timeout:g} s is above MAX_REQUEST_TIMEOUT "
@@ -185,6 +203,7 @@ class ValidatorSettings(CommonSettings):
     api_hotkeys: CsvList = Field(
         default_factory=list, description="Hotkeys allowed to POST /scoring (default: our own)"
     )
+    _api_hotkeys = field_validator("api_hotkeys")(classmethod(lambda cls, v: ss58_addresses(v)))
     state_dir: str = Field(default="./state/validator")
     weights_ledger_file: str | None = Field(default=None, description="Local network: write weights here")
     availability_interval: float = Field(default=30.0, gt=0, description="Seconds between availability polls")
@@ -270,6 +289,7 @@ class MinerSettings(CommonSettings):
         description="Upstream models to serve, in order (the first answers 'default'); empty: every chat model "
                     "its /models lists")
     allowed_hotkeys: CsvList = Field(default_factory=list, description="Callers accepted even without a permit")
+    _allowed_hotkeys = field_validator("allowed_hotkeys")(classmethod(lambda cls, v: ss58_addresses(v)))
     max_body_bytes: int = Field(default=4 << 20, ge=1024)
     miner_profile: str = Field(default="honest", description="Behaviour profile (local network and tests)")
     corpus_file: str | None = Field(

@@ -332,3 +332,26 @@ async def test_a_validator_queue_smaller_than_a_batch_gets_smaller_batches(tmp_p
     await asyncio.gather(task, return_exceptions=True)
     assert [len(p) for p in validator.posts[:3]] == [8, 4, 2], "halved on each 503"
     await box.close()
+
+
+async def test_a_validator_that_refuses_our_signature_is_a_warning_that_names_the_settings(tmp_path: Path) -> None:
+    """A validator whose API_HOTKEYS lacks this API's hotkey answers 403 to every payload: all organic
+    scoring stopped while the outbox grew, and only a DEBUG line said so."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", format="{message}")
+    received: list[dict] = []
+    try:
+        async with serve_app(scoring_app(received, [403] * 6)) as url, make_session() as session:
+            box = SQLiteOutbox(tmp_path / "api.db")
+            fwd = forwarder(box, MinerClient(session, Signer(API)), url)
+            await fwd.sink({"n": 0})
+            task = asyncio.create_task(fwd.run())
+            await wait_for(lambda: len(received) == 1)  # refused 6 times, then accepted: kept, not lost
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await box.close()
+    finally:
+        logger.remove(sink)
+    refused = [x for x in lines if "refuses this API's scoring payloads" in x]
+    assert len(refused) == 1, "one warning a minute, not one per retry"
+    assert "API_HOTKEYS" in refused[0] and API.ss58_address in refused[0] and "HTTP 403: nope" in refused[0]

@@ -16,11 +16,13 @@ from shared.settings import (
     load_settings,
 )
 
+A, B = "5F3sa2TJAWMqDhXG6jhV4N8ko9SxwGy8TpaNS1repo5EYjQX", "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
+
 
 @pytest.mark.parametrize(("raw", "want"), [
-    ("5Abc,5Def", ["5Abc", "5Def"]),
-    (" 5Abc , ,5Def ", ["5Abc", "5Def"]),
-    ('["5Abc", "5Def"]', ["5Abc", "5Def"]),
+    (f"{A},{B}", [A, B]),
+    (f" {A} , ,{B} ", [A, B]),
+    (f'["{A}", "{B}"]', [A, B]),
     ("", []),
 ])
 def test_hotkey_lists_from_the_environment(monkeypatch: pytest.MonkeyPatch, raw: str, want: list[str]) -> None:
@@ -58,3 +60,13 @@ def test_a_value_its_source_cannot_decode_is_one_clear_error(monkeypatch: pytest
     monkeypatch.setenv("TABLE", "{not json")
     with pytest.raises(SettingsError, match="table"):
         load_settings(WithTable)
+
+
+@pytest.mark.parametrize("name", ["API_HOTKEYS", "ALLOWED_HOTKEYS", "VALIDATOR_HOTKEY"])
+def test_a_mistyped_hotkey_stops_the_start_naming_it(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """One wrong character in API_HOTKEYS made the validator refuse every organic payload with a 403, and
+    nothing said so; a broken JSON list ('["a","b"') was taken as two odd hotkeys."""
+    settings = {"API_HOTKEYS": ValidatorSettings, "ALLOWED_HOTKEYS": MinerSettings, "VALIDATOR_HOTKEY": ApiSettings}
+    monkeypatch.setenv(name, A[:-1] + "Y")  # its checksum no longer matches
+    with pytest.raises(SettingsError, match=f"{name}: .*not a hotkey's SS58 address"):
+        load_settings(settings[name])
