@@ -52,7 +52,14 @@ def test_systemd_unit_restarts_and_runs_a_real_command(role: str) -> None:
     text = (ROOT / "deploy" / "systemd" / f"sn1-{role}.service").read_text()
     fields = dict(re.findall(r"^(\w+)=(.*)$", text, re.M))
     assert fields["Restart"] == "always" and fields["KillSignal"] == "SIGTERM"
-    workdir = fields["WorkingDirectory"]
+    # ExecStart is relative to WorkingDirectory (through env), so editing WorkingDirectory is enough: an
+    # absolute /opt/sn1-node/... in ExecStart failed wherever else the repository was.
     command = fields["ExecStart"].split()
-    assert command[0].startswith(workdir + "/")
-    check_command(command[0].removeprefix(workdir + "/"), command[1:])
+    assert command[0] == "/usr/bin/env" and "/opt/" not in fields["ExecStart"]
+    if command[1] == "bash":
+        command = command[1:]
+    check_command(command[1], command[2:])
+    if shutil.which("systemd-analyze"):  # where systemd is installed, the unit must verify
+        out = subprocess.run(["systemd-analyze", "verify", str(ROOT / "deploy" / "systemd" / f"sn1-{role}.service")],
+                             capture_output=True, text=True, timeout=60)
+        assert "not executable" not in out.stderr and "Invalid" not in out.stderr, out.stderr
