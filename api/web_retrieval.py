@@ -76,8 +76,10 @@ def normalise_url(raw: str) -> str | None:
     return f"{url.scheme.lower()}://{url.host.lower()}{port}{path}{query}"
 
 
-def parse_results(text: str) -> list[WebResult]:
-    """One miner's answer -> its well-formed results (malformed items dropped)."""
+def results_list(text: str) -> list[Any] | None:
+    """A retrieval answer's list of results as miners write it: a JSON list, ``{"results": [...]}``, or
+    either in a ```json fence; None when it is none of them. The validator reads answers this way too:
+    a form shown to callers must not score 0."""
     text = text.strip()
     if text.startswith("```"):
         text = text.strip("`")
@@ -85,11 +87,15 @@ def parse_results(text: str) -> list[WebResult]:
     try:
         data = json.loads(text)
     except (ValueError, RecursionError):
-        return []
+        return None
     if isinstance(data, dict):
         data = data.get("results")
-    if not isinstance(data, list):
-        return []
+    return data if isinstance(data, list) else None
+
+
+def parse_results(text: str) -> list[WebResult]:
+    """One miner's answer -> its well-formed results (malformed items dropped)."""
+    data = results_list(text) or []
     out = []
     for item in data:
         if not isinstance(item, dict):

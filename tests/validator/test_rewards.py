@@ -295,3 +295,17 @@ async def test_megabytes_of_answers_do_not_stall_the_event_loop(tmp_path) -> Non
     ticking.cancel()
     assert set(rewards) == {0, 1, 2, 3} and all(r < 0.5 for r in rewards.values())
     assert max(gaps) < 0.25, f"the event loop stood still for {max(gaps):.2f} s"
+
+
+def test_web_answers_are_read_as_the_api_reads_them_and_an_empty_organic_one_is_not_scored() -> None:
+    """``{"results": [...]}`` and a ```json fence are shown to callers (the API reads them) but scored 0;
+    an honest "nothing found" ([]) for a caller's query scored 0 while invented URLs were not scored."""
+    doc = CORPUS.documents[0]
+    query = doc.title.split(" (")[0] + " " + doc.facts[3].answer
+    good = [{"url": doc.url, "content": doc.content, "relevant": doc.facts[3].evidence}]
+    plain = web_reward(json.dumps(good), query, CORPUS, doc.url)
+    assert plain == pytest.approx(1.0)
+    assert web_reward(json.dumps({"results": good}), query, CORPUS, doc.url) == plain
+    assert web_reward("```json\n" + json.dumps(good) + "\n```", query, CORPUS, doc.url) == plain
+    assert web_reward("[]", query, CORPUS, verifiable_only=True) is None
+    assert web_reward("[]", query, CORPUS, doc.url) == 0.0, "a synthetic query's page is in the corpus: find it"

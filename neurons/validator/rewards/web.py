@@ -17,10 +17,9 @@ an answer with no result the validator can check is not scored (it was 0 for eve
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from api.web_retrieval import normalise_url
+from api.web_retrieval import normalise_url, results_list
 from shared.corpus import Corpus, content_terms
 
 MAX_RESULTS = 10
@@ -28,12 +27,8 @@ MIN_CONTENT_CHARS = 20
 
 
 def parse_results(answer: str) -> list[Any] | None:
-    """The answer as a JSON list, or None when it is not one (malformed)."""
-    try:
-        data = json.loads(answer)
-    except (ValueError, RecursionError):
-        return None
-    return data if isinstance(data, list) else None
+    """The answer's results as the API reads them for callers (``results_list``), or None (malformed)."""
+    return results_list(answer)
 
 
 def result_valid(item: Any, corpus: Corpus) -> bool:
@@ -60,6 +55,8 @@ def web_reward(answer: str, query: str, corpus: Corpus, target_url: str | None =
     """The answer's reward; None (not scored) when ``verifiable_only`` and no result is one the
     validator can check (its URL is not in the corpus)."""
     results = parse_results(answer)
+    if results == [] and verifiable_only:
+        return None  # an organic query may have no answer on the web: "nothing found" is no fault
     if not results:
         return 0.0
     results = results[:MAX_RESULTS]
