@@ -15,6 +15,7 @@ from neurons.validator.rewards.exact import number_reward
 from neurons.validator.rewards.penalties import copied_uids, latency_factor
 from neurons.validator.rewards.text import (
     lcs_length,
+    normalize,
     qa_reward,
     reference_reward,
     rouge_l,
@@ -309,3 +310,12 @@ def test_web_answers_are_read_as_the_api_reads_them_and_an_empty_organic_one_is_
     assert web_reward("```json\n" + json.dumps(good) + "\n```", query, CORPUS, doc.url) == plain
     assert web_reward("[]", query, CORPUS, verifiable_only=True) is None
     assert web_reward("[]", query, CORPUS, doc.url) == 0.0, "a synthetic query's page is in the corpus: find it"
+
+
+def test_chinese_and_japanese_answers_are_compared_character_by_character() -> None:
+    """Split on whitespace only, a Chinese sentence was one token: two answers one character apart had
+    similarity 0 (its English equivalent 0.92), and identical ones escaped the copy check (< 3 tokens)."""
+    a, b = normalize("东京是日本的首都。"), normalize("东京是日本的首府。")
+    assert rouge_l(a, b) > 0.8 and token_f1(a, b) > 0.8
+    assert copied_uids({1: "东京是日本的首都。", 2: "东京是日本的首都。"}, {1: 1, 2: 2}) == {1, 2}
+    assert normalize("The river, 川は長い!") == ["river", "川", "は", "長", "い"]
