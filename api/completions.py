@@ -50,6 +50,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     sent = await read_json(request)
     require(sent, "prompt")
     wanted: CompletionRequest = parse_model(CompletionRequest, sent)
+    if problem := wanted.unservable():
+        raise ApiError(400, problem[1], param=problem[0], code="unsupported_parameter")
     bodies = [chat_body(wanted, prompt) for prompt in wanted.prompts]
     reqs: list[ChatCompletionRequest] = [parse_model(ChatCompletionRequest, b) for b in bodies]
     refuse_chat_only(sent, reqs[0], header_session=request.headers.get("x-session-id"))

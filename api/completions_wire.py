@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from shared.protocol import (
@@ -79,21 +79,21 @@ class CompletionRequest(BaseModel):
                                       "are chat models, which answer a prompt")
         return v
 
-    @model_validator(mode="after")
-    def _servable(self) -> CompletionRequest:
+    def unservable(self) -> tuple[str, str] | None:
+        """(param, why) for what a chat miner cannot serve in fields that are valid alone; None if all is
+        servable. Checked by the handler, so the 400 names the field (a model check named the body)."""
         if self.best_of is not None and self.best_of != self.n:
-            raise ValueError("best_of is served only equal to n (each choice is the first valid answer of its "
-                             "own race; no choice is picked among several)")
+            return "best_of", ("best_of is served only equal to n (each choice is the first valid answer of its "
+                               "own race; no choice is picked among several)")
         if self.echo and self.logprobs is not None:
-            raise ValueError("echo with logprobs needs the prompt's own token log probabilities, which chat "
-                             "miners do not give (loglikelihood evaluations cannot run here)")
+            return "echo", ("echo with logprobs needs the prompt's own token log probabilities, which chat "
+                            "miners do not give (loglikelihood evaluations cannot run here)")
         if isinstance(self.stop, list) and len(self.stop) > 4:
-            raise ValueError("stop accepts at most 4 sequences")
+            return "stop", "stop accepts at most 4 sequences"
         if len(self.prompts) * self.n > MAX_RACES:
-            raise ValueError(f"{len(self.prompts)} prompts x n = {self.n} asks for "
-                             f"{len(self.prompts) * self.n} answers; at most {MAX_RACES} a request (send the "
-                             f"rest in further requests)")
-        return self
+            return "n", (f"{len(self.prompts)} prompts x n = {self.n} asks for {len(self.prompts) * self.n} "
+                         f"answers; at most {MAX_RACES} a request (send the rest in further requests)")
+        return None
 
     @property
     def prompts(self) -> list[str]:
