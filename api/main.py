@@ -35,6 +35,7 @@ from shared.store import open_store
 from shared.store.base import StoreUnavailable
 from shared.store.outbox import open_outbox
 from shared.store.sessions import open_sessions
+from shared.store.sqlite import sqlite_path
 from shared.wallet import load_hotkey
 
 
@@ -49,6 +50,7 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
         refresh_seconds=settings.availability_refresh_seconds, stale_seconds=settings.availability_stale_seconds,
     )
     await availability.refresh()
+    new_file = settings.store_url.startswith("sqlite:///") and not sqlite_path(settings.store_url).exists()
     try:  # a SQLite path that cannot be opened: STORE_URL's one line at start, not a traceback
         store = open_store(settings.store_url, namespace=settings.store_namespace)
         sessions = open_sessions(settings.store_url, namespace=settings.store_namespace)
@@ -57,6 +59,9 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
     except (OSError, sqlite3.Error, StoreUnavailable) as e:  # a directory, a file that is not a database
         await client.session.close()
         raise SettingsError(f"STORE_URL: cannot open {settings.store_url}: {e}") from None
+    if new_file:  # a first start, or a mistyped path: every existing key would answer 401, said once here
+        logger.warning("STORE_URL: {} did not exist; a new, empty key store was created there",
+                       sqlite_path(settings.store_url))
     ctx = ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability,
                      sessions=sessions, request_log=RequestLog(role, level=settings.log_level))
     ctx.attach_forwarder(OutboxForwarder(outbox, client, settings.validator_api,

@@ -115,3 +115,19 @@ def test_a_start_up_error_in_the_workers_is_one_line_not_a_traceback(tmp_path: P
                          capture_output=True, text=True, timeout=60, env=clean)
     assert out.returncode != 0
     assert "sn1 api: STORE_URL: cannot open" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_new_sqlite_store_is_said_once_at_start(tmp_path: Path) -> None:
+    """A mistyped STORE_URL path made a new, empty key store without a word: every key answered 401."""
+    env = prepare(tmp_path)
+    store = f"sqlite:///{tmp_path / 'typo' / 'api.db'}"
+    logs = []
+    for _ in range(2):
+        api = start_api(tmp_path, env, store_url=store)
+        try:
+            wait_ready([api])
+            logs.append(api.log.read_text())
+        finally:
+            api.kill()
+    assert "a new, empty key store was created there" in logs[0]
+    assert "a new, empty key store" not in logs[1], "the second start opened the store it made: no warning"
