@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+from bittensor import http_auth
 from yarl import URL
 
 from shared.errors import MODEL_SERVER_REJECTED, parse_error
@@ -42,9 +43,35 @@ class MinerError(Exception):
         self.kind = kind
 
 
+class ResigningConnector(aiohttp.TCPConnector):
+    """A pool that signs a request again when it waited long for a connection.
+
+    A signature is good for ``http_auth.DEFAULT_MAX_AGE`` (10 s), and a saturated pool (``limit_per_host``
+    requests to one slow miner, ``limit`` in all) can hold a request longer: the miner then refused it
+    (401), and was scored 0 for the node's own congestion. ``MinerClient`` leaves in ``pending`` how to
+    sign each request again, under its nonce, until the request is done.
+    """
+
+    resign_after = 2.0  # seconds of waiting after which a request is signed again as it leaves
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pending: dict[str, tuple[Signer, bytes]] = {}
+
+    async def connect(self, req: aiohttp.ClientRequest, traces: Any, timeout: aiohttp.ClientTimeout) -> Any:
+        started = time.monotonic()
+        conn = await super().connect(req, traces, timeout)
+        if time.monotonic() - started >= self.resign_after:
+            again = self.pending.get(req.headers.get(http_auth.HEADER_NONCE, ""))
+            if again is not None:
+                signer, body = again
+                req.headers.update(signer.headers(req.method, req.url, body, req.headers[http_auth.HEADER_RECEIVER]))
+        return conn
+
+
 def make_session(*, limit: int = 1024, limit_per_host: int = 256) -> aiohttp.ClientSession:
     """The process-wide pooled session (call once, inside the running loop)."""
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit_per_host, ttl_dns_cache=300)
+    connector = ResigningConnector(limit=limit, limit_per_host=limit_per_host, ttl_dns_cache=300)
     # No cookie jar: a miner must not be able to plant state that we send back (to it or to others),
     # and matching cookies per request was measurable on the hot path.
     return aiohttp.ClientSession(connector=connector, auto_decompress=True, raise_for_status=False,
@@ -57,6 +84,8 @@ class MinerClient:
         self.signer = signer
         self.max_response_bytes = max_response_bytes
         self._chat_urls: dict[str, URL] = {}
+        # How the pool signs a request again after a long wait for a connection (ResigningConnector).
+        self._pending: dict[str, tuple[Signer, bytes]] | None = getattr(session.connector, "pending", None)
 
     def _chat_url(self, base: str) -> URL:
         """The parsed chat URL of an axon, built once (parsing a URL per request showed in the profile)."""
@@ -112,9 +141,11 @@ class MinerClient:
         headers["Accept"] = "text/event-stream"
         if request_id:
             headers["x-request-id"] = request_id
+        nonce = self._resignable(headers, body)
         try:
             async with asyncio.timeout_at(deadline):
                 async with self.session.post(url, data=body, headers=headers, timeout=self._timeout(deadline)) as resp:
+                    self._done(nonce)  # sent: nothing to sign again (the finally is for a request that never was)
                     if resp.status != 200:
                         text = (await resp.content.read(2048)).decode(errors="replace")
                         code, message = parse_error(text)
@@ -135,6 +166,20 @@ class MinerClient:
             raise MinerError(f"{type(e).__name__}: {e}", kind="unreachable") from None
         except SSEError as e:
             raise MinerError(f"broken SSE stream: {e}", kind="bad_response") from None
+        finally:
+            self._done(nonce)
+
+    def _resignable(self, headers: dict[str, str], body: bytes) -> str | None:
+        """Leave the pool how to sign this request again; returns the key to take it back with."""
+        if self._pending is None:
+            return None
+        nonce = headers[http_auth.HEADER_NONCE]
+        self._pending[nonce] = (self.signer, body)
+        return nonce
+
+    def _done(self, nonce: str | None) -> None:
+        if nonce is not None and self._pending is not None:
+            self._pending.pop(nonce, None)
 
     async def _event_batches(self, resp: aiohttp.ClientResponse) -> AsyncIterator[list[Event]]:
         parser = SSEParser(max_event_bytes=self.max_response_bytes)
@@ -207,10 +252,12 @@ class MinerClient:
         url = URL(base_url.rstrip("/") + path)
         headers = self.signer.headers("POST", url, body, receiver)
         headers["Content-Type"] = "application/json"
+        nonce = self._resignable(headers, body)
         try:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as resp:
+                self._done(nonce)
                 raw = await self._read_capped(resp)
                 try:
                     data = loads(raw) if raw else None
@@ -221,3 +268,5 @@ class MinerClient:
             raise MinerError("timed out", kind="timeout") from None
         except aiohttp.ClientError as e:
             raise MinerError(f"{type(e).__name__}: {e}", kind="unreachable") from None
+        finally:
+            self._done(nonce)
