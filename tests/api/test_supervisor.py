@@ -89,30 +89,29 @@ def test_a_worker_that_dies_on_its_own_stops_the_api_with_status_1(tmp_path: Pat
         assert log.count("shutting down") == 1, "the surviving worker shut down gracefully"
 
 
+def start_once(env_file: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``sn1 api`` with these settings alone (none from the test's environment), run to its exit."""
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "WORKERS", "STORE_"))}
+    return subprocess.run([sys.executable, "-m", "shared.cli", "api", "--env-file", str(env_file)],
+                          capture_output=True, text=True, timeout=60, env=clean)
+
+
 def test_a_second_api_on_a_port_in_use_stops_at_start_with_one_line(tmp_path: Path) -> None:
     """Workers share the port with SO_REUSEPORT, and so did a second API's (an old copy still running, pm2
     and systemd both starting it): both served, splitting the traffic between two versions."""
     with two_workers(tmp_path) as first:
         port = first.url.rsplit(":", 1)[1]
-        env = prepare(tmp_path / "second") | {"API_PORT": port, "WORKERS": "2", "API_HOST": "127.0.0.1",
-                                              "STORE_URL": f"sqlite:///{tmp_path / 'second.db'}"}
-        env_file = tmp_path / "second.env"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "WORKERS", "STORE_"))}
-        second = subprocess.run([sys.executable, "-m", "shared.cli", "api", "--env-file", str(env_file)],
-                                capture_output=True, text=True, timeout=60, env=clean)
+        second = start_once(tmp_path / "second.env", prepare(tmp_path / "second") | {
+            "API_PORT": port, "WORKERS": "2", "API_HOST": "127.0.0.1", "STORE_URL": f"sqlite:///{tmp_path / 'second.db'}"})
     assert second.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in second.stderr and "Traceback" not in second.stderr, second.stderr
 
 
 def test_a_start_up_error_in_the_workers_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     """With WORKERS > 1, a bad STORE_URL (or metagraph file) gave each spawned worker's traceback."""
-    env = prepare(tmp_path) | {"WORKERS": "2", "API_PORT": str(free_port()), "STORE_URL": f"sqlite:///{tmp_path}"}  # a directory
-    env_file = tmp_path / "api.env"
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "WORKERS", "STORE_"))}
-    out = subprocess.run([sys.executable, "-m", "shared.cli", "api", "--env-file", str(env_file)],
-                         capture_output=True, text=True, timeout=60, env=clean)
+    out = start_once(tmp_path / "api.env", prepare(tmp_path) | {
+        "WORKERS": "2", "API_PORT": str(free_port()), "STORE_URL": f"sqlite:///{tmp_path}"})  # a directory
     assert out.returncode != 0
     assert "sn1 api: STORE_URL: cannot open" in out.stderr and "Traceback" not in out.stderr, out.stderr
 
