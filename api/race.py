@@ -1,14 +1,15 @@
 """Fan out one request to k miners and race them: the first valid answer wins.
 
-Streaming: the first miner to send a non-empty content (or tool-call) chunk
-wins, and its events are relayed as they arrive. Non-streaming: the first miner
-to finish with a non-empty answer wins. An answer that ends without a ``finish_reason``
-was cut short (an upstream that dropped its connection): it fails, streamed or not.
-When every miner has ended and none said anything, the first to end cleanly with a ``finish_reason`` is the answer: a
-model that stops at once (a stop sequence that matches its first word) answers
-``""``, and that is the caller's answer, not a 502. Every miner's events and arrival times
-are kept *per uid* (for the scoring payload); a miner never contributes a chunk
-to another's answer.
+Streaming: the first miner to send content that is not only whitespace, a tool
+call, a refusal or a reasoning model's thinking wins, and its events are relayed
+as they arrive. Non-streaming: the first miner to finish with a non-empty answer
+wins. An answer that ends without a ``finish_reason`` was cut short (an upstream
+that dropped its connection): it fails, streamed or not. When every miner has
+ended and none said anything, the first to end cleanly with a ``finish_reason``
+is the answer: a model that stops at once (a stop sequence that matches its
+first word) answers ``""``, and that is the caller's answer, not a 502. Every
+miner's events and arrival times are kept *per uid* (for the scoring payload); a
+miner never contributes a chunk to another's answer.
 
 This module knows nothing about HTTP servers: it is driven by ``api/chat.py``
 and tested directly.
