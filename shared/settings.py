@@ -126,7 +126,9 @@ class ApiSettings(CommonSettings):
     default_k: int = Field(default=5, ge=1, le=256, description="Miners raced per chat request")
     request_timeout: float = Field(default=30.0, gt=0, le=600, description="Default per-request deadline (s)")
     max_request_timeout: float = Field(default=120.0, gt=0, le=600)
-    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # 4 MiB: a photo as a data URL (an image input) fits; the miners take twice that, so a body at the cap
+    # plus the fields the API adds never meets a miner's 413 (which would score the miner 0).
+    max_body_bytes: int = Field(default=4 << 20, ge=1024)
     miner_max_response_bytes: int = Field(
         default=2 << 20, ge=1024, description="A miner answer above this is cut and discarded (memory bound per miner)"
     )
@@ -290,7 +292,7 @@ class MinerSettings(CommonSettings):
                     "its /models lists")
     allowed_hotkeys: CsvList = Field(default_factory=list, description="Callers accepted even without a permit")
     _allowed_hotkeys = field_validator("allowed_hotkeys")(classmethod(lambda cls, v: ss58_addresses(v)))
-    max_body_bytes: int = Field(default=4 << 20, ge=1024)
+    max_body_bytes: int = Field(default=8 << 20, ge=1024)  # twice the API's default: what it forwards fits
     miner_profile: str = Field(default="honest", description="Behaviour profile (local network and tests)")
     corpus_file: str | None = Field(
         default=None, description="JSONL {url,title,content} web corpus for web retrieval (default: built-in)"

@@ -36,7 +36,7 @@ def create_miner_app(
     verifier: RequestVerifier,
     *,
     metagraph: MetagraphView | None = None,
-    max_body_bytes: int = 4 << 20,
+    max_body_bytes: int = 8 << 20,
 ) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware, btauth_middleware(verifier)], client_max_size=max_body_bytes

@@ -282,7 +282,7 @@ def create_fault_app(
     verifier: RequestVerifier | None = None,
     *,
     options: FaultOptions | None = None,
-    max_body_bytes: int = 4 << 20,
+    max_body_bytes: int = 8 << 20,
 ) -> web.Application:
     """A miner app whose chat route misbehaves as ``profile`` says (``refuse`` has no app)."""
     if profile not in FAULTS:
@@ -354,7 +354,7 @@ async def _until_signal() -> None:
 
 async def serve_fault_miner(
     profile: str, backend: Backend, verifier: RequestVerifier, host: str, port: int,
-    *, max_body_bytes: int = 4 << 20, options: FaultOptions | None = None,
+    *, max_body_bytes: int = 8 << 20, options: FaultOptions | None = None,
 ) -> None:
     """``sn1 miner`` with a fault profile: serve the misbehaving app until SIGINT/SIGTERM."""
     from shared.http import serve_until_signal

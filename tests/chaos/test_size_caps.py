@@ -51,6 +51,24 @@ async def test_request_body_over_the_limit_is_413_openai_shaped(tmp_path: Path) 
         assert reply.status == 200, reply.text
 
 
+async def test_a_photo_as_a_data_url_fits_the_default_caps_end_to_end(tmp_path: Path) -> None:
+    """MAX_BODY_BYTES was 1 MiB: a phone photo as a data URL (the README's image input) was a 413. A body
+    at the API's cap, with the fields the API adds, must also fit the miners' cap (their 413 is scored)."""
+    from shared.settings import ApiSettings
+
+    cap = ApiSettings.model_fields["max_body_bytes"].default
+    async with fleet(tmp_path, {1: HONEST}) as f, aiohttp.ClientSession() as s:
+        prefix = "data:image/jpeg;base64,"
+        body = {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is in this photo?"},
+            {"type": "image_url", "image_url": {"url": prefix}}]}], "seed": 2}
+        room = cap - len(json.dumps(body)) - 2
+        body["messages"][0]["content"][1]["image_url"]["url"] = prefix + "A" * room
+        assert 3 << 20 < len(json.dumps(body)) <= cap
+        reply = await chat(s, f, body, limit=60)
+    assert reply.status == 200, reply.text[:500]
+
+
 async def test_huge_answer_is_discarded_and_memory_stays_bounded(tmp_path: Path) -> None:
     """A 48 MiB answer against a 256 KiB cap: the honest miner wins, peak traced memory stays small."""
     options = FaultOptions(huge_bytes=48 << 20)
