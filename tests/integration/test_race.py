@@ -195,7 +195,7 @@ async def test_bad_input_is_4xx_openai_shaped(tmp_path: Path) -> None:
                     body = await r.json()
                     assert r.status == 400, (raw, r.status, body)
                     assert set(body["error"]) == {"message", "type", "code", "param"}
-            big = b'{"messages": [{"role": "user", "content": "' + b"x" * (2 << 20) + b'"}]}'
+            big = b'{"messages": [{"role": "user", "content": "' + b"x" * api.ctx.settings.max_body_bytes + b'"}]}'
             async with s.post(api.url + "/v1/chat/completions", data=big, headers={"api-key": api.key}) as r:
                 assert r.status == 413
                 assert "error" in await r.json()
