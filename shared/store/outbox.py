@@ -206,8 +206,8 @@ class RedisOutbox:
 
         try:
             return await coro
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-            raise StoreUnavailable(f"redis outbox: {e}") from e
+        except (redis.RedisError, OSError) as e:  # as the key store: an OOM or READONLY reply (a failover) too
+            raise StoreUnavailable(f"redis outbox: {e.__class__.__name__}: {e}") from e
 
     async def put(self, payload: dict[str, Any]) -> int:
         return await self.put_many([payload])

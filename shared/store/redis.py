@@ -292,8 +292,17 @@ class RedisStore:
         return _with_last_used(record, last)
 
     async def get_key_by_id(self, key_id: str) -> KeyRecord | None:
-        key_hash = await self._call(self.redis.hget(self.key("keys"), key_id))
-        return await self.get_key(key_hash) if key_hash else None
+        """The record by id: the index names its hash, then the record is read by hash. A rotation
+        between the two reads moves the record to a new hash: the index is read again (it was a 404 for
+        a key that exists, and a modify during a rotation was dropped)."""
+        for _ in range(3):
+            key_hash = await self._call(self.redis.hget(self.key("keys"), key_id))
+            if not key_hash:
+                return None
+            record = await self.get_key(key_hash)
+            if record is not None:
+                return record
+        return None
 
     async def update_key(self, key_id: str, changes: KeyChanges) -> KeyRecord | None:
         current = await self.get_key_by_id(key_id)

@@ -130,15 +130,12 @@ redis.call('SADD', KEYS[3], ARGV[2])
 return 1
 """
 
+# Re-pin as compare-and-set: the new JSON is made in Python from the stored one. Lua's cjson re-encoded
+# the session with 14 significant digits, so expires_at and created_at changed on Redis only.
 _REPIN = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return false end
-local s = cjson.decode(raw)
-s['uid'] = tonumber(ARGV[1])
-s['hotkey'] = ARGV[2]
-local out = cjson.encode(s)
-redis.call('SET', KEYS[1], out, 'KEEPTTL')
-return out
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return ARGV[2]
 """
 
 _CLOSE = """
@@ -184,8 +181,8 @@ class RedisSessionStore:
 
         try:
             return await coro
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-            raise StoreUnavailable(f"redis sessions: {e}") from e
+        except (redis.RedisError, OSError) as e:  # as the key store: an OOM or READONLY reply (a failover) too
+            raise StoreUnavailable(f"redis sessions: {e.__class__.__name__}: {e}") from e
 
     @staticmethod
     def _decode(raw: Any) -> Session | None:
@@ -217,7 +214,15 @@ class RedisSessionStore:
         return await self.get(sid.decode() if isinstance(sid, bytes) else sid)
 
     async def repin(self, session_id: str, uid: int, hotkey: str) -> Session | None:
-        return self._decode(await self._call(self._repin(keys=[self._skey(session_id)], args=[uid, hotkey])))
+        for _ in range(5):  # another worker re-pinned it between our read and write: read again
+            raw = await self._call(self.r.get(self._skey(session_id)))
+            session = self._decode(raw)
+            if session is None:
+                return None
+            moved = json.dumps(asdict(replace(session, uid=uid, hotkey=hotkey)))
+            if await self._call(self._repin(keys=[self._skey(session_id)], args=[raw, moved])):
+                return self._decode(moved)
+        return None
 
     async def close(self, session_id: str) -> bool:
         out = await self._call(self._close(keys=[self._skey(session_id), "", self._index],

@@ -347,21 +347,25 @@ class SQLiteStore:
                     exists = self.db.execute("SELECT 1 FROM api_keys WHERE id = ?", (d.key_id,)).fetchone()
                     if not exists:  # deleted meanwhile: its usage goes with it
                         continue
-                    self.db.execute(
-                        f"INSERT INTO usage_daily (key_id, day, {cols}) VALUES (?,?,?,?,?,?,?)"
-                        f" ON CONFLICT(key_id, day) DO UPDATE SET {adds}",
-                        (d.key_id, d.day, *(getattr(d.counts, f) for f in USAGE_FIELDS)),
-                    )
+                    counts = [getattr(d.counts, f) for f in USAGE_FIELDS]
+                    if any(counts):  # all zero adds no day (as on Redis): only the last use moves
+                        self.db.execute(
+                            f"INSERT INTO usage_daily (key_id, day, {cols}) VALUES (?,?,?,?,?,?,?)"
+                            f" ON CONFLICT(key_id, day) DO UPDATE SET {adds}",
+                            (d.key_id, d.day, *counts),
+                        )
                     self.db.execute(
                         "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
                         (d.last_used_at, d.key_id),
                     )
+                # In the same transaction: after the commit, a prune that met a busy lock failed a flush whose
+                # usage was stored, and the recorder wrote that usage again (counted twice).
+                self._prune_windows(time.time())
                 self.db.execute("COMMIT")
             except BaseException:
                 if self.db.in_transaction:
                     self.db.execute("ROLLBACK")
                 raise
-            self._prune_windows(time.time())
 
     def _prune_windows(self, now: float) -> None:
         """Drop windows idle for over a minute (they hold nothing); piggybacks on the usage flush."""
@@ -370,15 +374,19 @@ class SQLiteStore:
     async def usage(self, key_id: str, *, since_day: str | None = None) -> UsageReport:
         cols = ", ".join(USAGE_FIELDS)
         with _errors():
-            rows = self.db.execute(
-                f"SELECT day, {cols} FROM usage_daily WHERE key_id = ? AND day >= ? ORDER BY day",
-                (key_id, since_day or ""),
-            ).fetchall()
-            total_row = self.db.execute(
-                f"SELECT {', '.join(f'COALESCE(SUM({f}), 0)' for f in USAGE_FIELDS)} FROM usage_daily WHERE key_id = ?",
-                (key_id,),
-            ).fetchone()
-            last = self.db.execute("SELECT last_used_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            self.db.execute("BEGIN")  # one snapshot: another worker's flush between the reads tore them apart
+            try:
+                rows = self.db.execute(
+                    f"SELECT day, {cols} FROM usage_daily WHERE key_id = ? AND day >= ? ORDER BY day",
+                    (key_id, since_day or ""),
+                ).fetchall()
+                total_row = self.db.execute(
+                    f"SELECT {', '.join(f'COALESCE(SUM({f}), 0)' for f in USAGE_FIELDS)} FROM usage_daily "
+                    "WHERE key_id = ?", (key_id,),
+                ).fetchone()
+                last = self.db.execute("SELECT last_used_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            finally:
+                self.db.execute("COMMIT")
         days = {r[0]: UsageCounts(*r[1:]) for r in rows}
         return UsageReport(key_id=key_id, totals=UsageCounts(*total_row), days=days,
                            last_used_at=last[0] if last else None)

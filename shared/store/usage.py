@@ -120,10 +120,19 @@ class UsageRecorder:
             self._last_used[slot] = max(self._last_used.get(slot, 0.0), last[slot])
 
     async def run(self) -> None:
-        """Flush forever (cancel to stop; the owner calls ``flush`` once more after)."""
+        """Flush forever (cancel to stop; the owner calls ``flush`` once more after).
+
+        A cancel that lands while a batch is being written waits for that write to end: cancelled
+        mid-write, the batch was neither stored for sure nor kept, and the last flush at shutdown
+        found nothing to write (a batch lost on Redis, whose write awaits)."""
         while True:
             await asyncio.sleep(self.flush_interval)
-            await self.flush()
+            flushing = asyncio.ensure_future(self.flush())
+            try:
+                await asyncio.shield(flushing)
+            except asyncio.CancelledError:
+                await flushing
+                raise
 
     async def report(self, key_id: str, *, since_day: str | None = None) -> UsageReport:
         """The store's report plus what this process has not flushed yet."""
