@@ -66,14 +66,15 @@ def normalise_url(raw: str) -> str | None:
     """Scheme and host lower-cased, default port, fragment and trailing slash removed; None if not http(s)."""
     try:
         url = URL(raw.strip())
-    except (ValueError, TypeError):
+        host = url.host  # decoded lazily by yarl: a bad IDNA label ("xn--a.com") raises only here
+    except (ValueError, TypeError):  # UnicodeError is a ValueError: a miner's bad URL, dropped (it was a 500)
         return None
-    if url.scheme.lower() not in ("http", "https") or not url.host:
+    if url.scheme.lower() not in ("http", "https") or not host:
         return None
     path = url.path.rstrip("/") or "/"
     port = "" if url.is_default_port() or url.port is None else f":{url.port}"
     query = f"?{url.query_string}" if url.query_string else ""
-    return f"{url.scheme.lower()}://{url.host.lower()}{port}{path}{query}"
+    return f"{url.scheme.lower()}://{host.lower()}{port}{path}{query}"
 
 
 def results_list(text: str) -> list[Any] | None:
@@ -131,7 +132,9 @@ def merge_results(per_miner: list[list[WebResult]], n_results: int) -> list[WebR
 async def _request_model(request: web.Request) -> WebRetrievalRequest:
     if request.method == "POST":
         return parse_model(WebRetrievalRequest, await read_json(request))
-    query = {k: v for k, v in request.query.items()}
+    query: dict[str, Any] = dict(request.query)
+    if len(uids := request.query.getall("uids", [])) > 1:  # uids=4&uids=5 (as FastAPI took it): every one
+        query["uids"] = ",".join(uids)
     return parse_model(WebRetrievalRequest, query)
 
 
@@ -143,7 +146,7 @@ async def web_retrieval(request: web.Request) -> web.StreamResponse:
     key = await authenticate(request, ctx.store, scope="web_retrieval")
     req = await _request_model(request)
     found = await search(ctx, req.search_query, n_results=req.n_results, n_miners=req.n_miners, uids=req.uids,
-                         timeout=req.max_response_time, request_id=rid)
+                         timeout=min(req.max_response_time, ctx.settings.max_request_timeout), request_id=rid)
     write(request, f"web_retrieval rid={rid} key={key.id} uids={found.uids} "
                    f"results={len(found.results)} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
     if not found.results and found.all_failed:

@@ -135,11 +135,12 @@ class ApiMetrics:
         self.outbox_failures = Gauge("sn1_api_outbox_delivery_failures",
                                      "Failed deliveries to the validator (since start)",
                                      registry=r, multiprocess_mode="livesum")
+        # The oldest of the live workers' (livemax): with livemin a worker an hour behind hid behind a fresh one.
         self.metagraph_age = Gauge("sn1_api_metagraph_age_seconds", "Age of the metagraph snapshot",
-                                   registry=r, multiprocess_mode="livemin")
+                                   registry=r, multiprocess_mode="livemax")
         self.availability_age = Gauge("sn1_api_availability_age_seconds",
                                       "Age of the availability data from the validator",
-                                      registry=r, multiprocess_mode="livemin")
+                                      registry=r, multiprocess_mode="livemax")
         self.serving_miners = Gauge("sn1_api_serving_miners", "Miners in the metagraph with an axon",
                                     registry=r, multiprocess_mode="livemax")
         self._fanouts, self._errors = Children(self.fanouts), Children(self.miner_errors)

@@ -398,8 +398,12 @@ class SQLiteStore:
         return int(row[0]) if row else 0
 
     async def ping(self) -> None:
+        """The write lock, taken and let go: every authenticated request writes (its rate-limit charge),
+        and ``SELECT 1`` touched neither the file nor its lock, so /ready said ready while a lock held
+        elsewhere made every request a 503."""
         with _errors():
-            self.db.execute("SELECT 1").fetchone()
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("ROLLBACK")
 
     async def close(self) -> None:
         self.db.close()

@@ -102,6 +102,24 @@ async def test_ready_is_503_with_a_reason_when_no_miner_serves(api: ApiUnderTest
     assert status == 200, "/health stays a liveness check"
 
 
+async def test_ready_is_503_when_the_key_store_cannot_take_a_write(api: ApiUnderTest) -> None:
+    """Its ping was SELECT 1, which needs neither the file nor its lock: /ready said ready while another
+    process's lock on the SQLite file made every authenticated request a 503."""
+    import sqlite3
+
+    holder = sqlite3.connect(api.ctx.store.path, isolation_level=None, timeout=0.1)  # another process's lock
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        status, body = await get_json(api, "/ready", key=None)
+        assert status == 503 and any(r.startswith("store:") for r in body["reasons"]), body
+        assert (await get(api, "/v1/models"))[0] == 503, "what /ready foretold"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    status, body = await get_json(api, "/ready", key=None)
+    assert status == 200, body
+
+
 async def test_metrics_move_with_traffic(api: ApiUnderTest) -> None:
     _, _, before = await get(api, "/metrics", key=None)
     for _ in range(2):

@@ -129,6 +129,27 @@ async def test_web_retrieval_merges_and_dedups_hostile_miners(tmp_path: Path) ->
             assert status == 400 and "error" in data, bad
 
 
+async def test_a_miners_bad_url_is_dropped_not_a_500_and_every_repeated_uid_is_asked(tmp_path: Path) -> None:
+    """yarl decodes a host lazily: "xn--a.com" raised outside the check, and one miner's bad URL turned
+    every search it was in into a 500 (web search on chat completions too), the others' results lost."""
+    scripts = {1: retrieval([{"url": "http://xn--a.com/", "content": "bad host", "relevant": "b"}]),
+               2: retrieval([{"url": "https://b.example/ok", "content": "fine", "relevant": "f"}])}
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, data = await get_json(api, "/web_retrieval?search_query=x&uids=1&uids=2")
+        assert status == 200, data
+        assert [r["url"] for r in data["results"]] == ["https://b.example/ok"]
+        assert scripts[1].calls == scripts[2].calls == 1, "uids=1&uids=2 asks both (the last one alone was asked)"
+
+
+async def test_web_retrieval_keeps_to_max_request_timeout(tmp_path: Path) -> None:
+    """max_response_time (10 s by default, up to 120) went past the operator's cap on every deadline."""
+    slow = retrieval([{"url": "https://b.example/late", "content": "late", "relevant": "l"}], delay=5)
+    async with api_with_miners(tmp_path, {1: slow}, max_request_timeout=1.0, request_timeout=1.0) as api:
+        started = time.monotonic()
+        status, _ = await get_json(api, "/web_retrieval?search_query=x&max_response_time=6")
+        assert time.monotonic() - started < 3 and status in (502, 504)
+
+
 async def test_availability_routes_serve_the_cache(tmp_path: Path) -> None:
     async with api_with_miners(tmp_path, {1: answer("x"), 2: answer("y")}) as api:
         from api.availability import AvailabilityCache
