@@ -24,6 +24,7 @@ from api.race import Race
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.scoring import ScoringJob
 from neurons.validator.tasks.base import Challenge, TaskRegistry
+from shared.ids import random_hex
 from shared.jsonutil import dumpb
 from shared.metagraph import MetagraphView, Neuron
 from shared.miner_client import MinerClient
@@ -35,14 +36,15 @@ class SyntheticConfig:
     timeout: float = 10.0
 
 
-def challenge_body(challenge: Challenge, seed: int, timeout: float) -> dict[str, Any]:
-    """The request a miner receives (the fields the API would send, plus the deadline it has)."""
+def challenge_body(challenge: Challenge, seed: int) -> dict[str, Any]:
+    """The request a miner receives: the fields the API sends for an organic request, and nothing the
+    API would not (a ``timeout`` field, which the API keeps to itself, told synthetic traffic apart, so a
+    miner could answer it honestly and cut corners on callers). The deadline bounds the race only."""
     body: dict[str, Any] = {
         "messages": challenge.messages,
         "task": challenge.task,
         "seed": seed,
         "stream": True,
-        "timeout": timeout,
         "sampling_parameters": {"temperature": 0.7, "top_p": 0.95, "do_sample": True},
     }
     if challenge.max_tokens:
@@ -55,7 +57,8 @@ def sample_miners(neurons: list[Neuron], k: int, rng: random.Random) -> list[Neu
 
 
 async def query_one(client: MinerClient, neuron: Neuron, body: dict[str, Any], deadline: float) -> Race:
-    race = Race(client, [neuron], dumpb(body), deadline, stream=True, request_id=f"synthetic-{body['seed']}")
+    # A random request id, as the API's: "synthetic-<seed>" named synthetic traffic in every miner's log.
+    race = Race(client, [neuron], dumpb(body), deadline, stream=True, request_id=random_hex())
     race.start()
     await race.finish()
     return race
@@ -86,8 +89,7 @@ async def run_cycle(
     dark = [n for n in metagraph.snapshot.neurons
             if n.uid in scored and not n.axon and n.hotkey != client.signer.hotkey]
     shared_seed = rng.randrange(2**31)
-    bodies = {n.uid: challenge_body(challenge, rng.randrange(2**31) if task.seed_dependent else shared_seed,
-                                    config.timeout)
+    bodies = {n.uid: challenge_body(challenge, rng.randrange(2**31) if task.seed_dependent else shared_seed)
               for n in [*neurons, *dark]}
     job = ScoringJob(source="synthetic", task=task.name, bodies=bodies,
                      hotkeys={n.uid: n.hotkey for n in [*neurons, *dark]},

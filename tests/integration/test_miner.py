@@ -90,3 +90,14 @@ async def test_stop_sequences_end_the_answer_in_both_modes() -> None:
     assert datas[-1]["choices"][0]["finish_reason"] == "stop"
     assert json.loads(unstopped)["choices"][0]["message"]["content"] == full
     assert DeterministicBackend().answer_text(stop) == cut, "the validator's reference stops at the same place"
+
+
+async def test_a_question_marker_with_no_question_is_answered_not_a_500() -> None:
+    """"Context: ...\\nQuestion:" with nothing after it raised IndexError: a 500 from the miner, and the
+    same code as the validator's reference failed the organic scoring job."""
+    body = {**BODY, "task": "QuestionAnsweringTask",
+            "messages": [{"role": "user", "content": "Context: a b c.\nQuestion:"}]}
+    async with serve_app(miner_app()) as url:
+        for stream in (False, True):
+            status, _, text = await call(url, "/v1/chat/completions", {**body, "stream": stream})
+            assert status == 200, text

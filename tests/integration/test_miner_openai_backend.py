@@ -225,3 +225,42 @@ async def test_only_chat_models_are_advertised_and_upstream_models_chooses_among
     # UPSTREAM_MODELS: the operator's choice and order (the first answers "default"); unlisted ones left out
     assert await _listing(listed, serve_models=["llama3.1:8b", "gpt-4o-mini", "not-there"]) == \
         ["llama3.1:8b", "gpt-4o-mini"]
+
+
+async def test_a_chat_model_serves_arithmetic_and_nothing_is_served_before_the_upstream_lists_a_model() -> None:
+    """Arithmetic was not advertised: the validator recorded every arithmetic job (15% of the weight) as
+    "unavailable for this task", a 0, though any chat model answers it."""
+    up = web.Application()
+    up.router.add_get("/v1/models", lambda _r: web.json_response({"data": [{"id": "m"}]}))
+    async with serve_app(up) as url:
+        port = int(url.rsplit(":", 1)[1])
+    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{port}/v1", models_refresh=0.05)
+    await backend.start()  # nothing listens yet: a model server still loading
+    try:
+        assert backend.tasks() == [], "no model, no task: advertised, every job would fail"
+        async with serve_app(up, port=port):
+            for _ in range(100):
+                if backend.models():
+                    break
+                await asyncio.sleep(0.02)
+            assert set(backend.tasks()) == {"InferenceTask", "QuestionAnsweringTask", "ArithmeticTask"}
+    finally:
+        await backend.close()
+
+
+async def test_credentials_in_upstream_url_never_reach_the_log() -> None:
+    """http://user:token@host/v1 was logged whole, every minute the upstream was unreachable."""
+    from loguru import logger
+
+    from neurons.localnet import free_port
+
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", format="{message}")
+    backend = OpenAICompatibleBackend(f"http://miner:s3cret-token@127.0.0.1:{free_port()}/v1")
+    try:
+        await backend.start()  # nothing listens: the failure is logged
+    finally:
+        await backend.close()
+        logger.remove(sink)
+    assert any("could not list upstream models" in line for line in lines)
+    assert not any("s3cret-token" in line for line in lines), lines

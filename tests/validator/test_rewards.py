@@ -319,3 +319,16 @@ def test_chinese_and_japanese_answers_are_compared_character_by_character() -> N
     assert rouge_l(a, b) > 0.8 and token_f1(a, b) > 0.8
     assert copied_uids({1: "东京是日本的首都。", 2: "东京是日本的首都。"}, {1: 1, 2: 2}) == {1, 2}
     assert normalize("The river, 川は長い!") == ["river", "川", "は", "長", "い"]
+
+
+def test_finding_the_expression_is_linear_on_hostile_prompts() -> None:
+    """20,000 digits took 15 s (the regex backtracked through every shorter run at every position): one
+    organic arithmetic prompt froze a miner's event loop, and the validator's scoring of it."""
+    from shared.arithmetic import find_expression
+
+    started = time.perf_counter()
+    for hostile in ("1" * 20_000, "1 " * 20_000, "9" * 10_000 + "+", "-" + "7" * 20_000):
+        assert find_expression(hostile) is None
+    assert time.perf_counter() - started < 1.0, "linear, not quadratic"
+    assert find_expression("What is 512 * 37 - 90?") == "512 * 37 - 90"
+    assert find_expression("Compute -5 + 3, then 3 * -4") == "3 * -4"

@@ -71,3 +71,12 @@ async def test_seeds_of_one_job_are_independent_so_no_miner_can_name_a_peers() -
             assert all(b - a != 1 for a, b in zip(seeds, seeds[1:], strict=False)), seeds
             return
     raise AssertionError("no seed-dependent task was chosen in 20 cycles")
+
+
+async def test_a_synthetic_request_looks_like_an_organic_one() -> None:
+    """"synthetic-<seed>" as the request id, and a timeout field the API never forwards, told synthetic
+    traffic apart: a miner could answer it honestly and cut corners on callers."""
+    job = await _cycle(_known(1, 2))
+    assert job is not None
+    for body in job.bodies.values():
+        assert "timeout" not in body and "uids" not in body and "session_id" not in body

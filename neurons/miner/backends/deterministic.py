@@ -101,7 +101,8 @@ def answer_question(prompt: str) -> str | None:
     if ctx_at < 0 or q_at < ctx_at:
         return None
     context = prompt[ctx_at + len(tasks.CONTEXT_MARKER) : q_at].strip()
-    question = prompt[q_at + len(tasks.QUESTION_MARKER) :].strip().splitlines()[0] if prompt[q_at:].strip() else ""
+    asked = prompt[q_at + len(tasks.QUESTION_MARKER) :].strip()
+    question = asked.splitlines()[0] if asked else ""  # "Question:" with nothing after it was an IndexError (a 500)
     if not context or not question:
         return None
     return best_sentence(context, question)

@@ -18,12 +18,14 @@ from typing import Any
 
 import aiohttp
 from loguru import logger
+from yarl import URL
 
 from neurons.miner.backends.base import BackendError
 from shared.errors import MODEL_SERVER_REJECTED, parse_error
 from shared.jsonutil import dumpb
 from shared.protocol import ANY_MODEL
 from shared.sse import DONE, SSEError, SSEParser
+from shared.tasks import ARITHMETIC, INFERENCE, QUESTION_ANSWERING
 
 # The upstream refused the request itself (bad parameter, too many tokens for the model, too large):
 # the miner answers with the same status and MODEL_SERVER_REJECTED, so the API can tell the caller's mistake
@@ -51,6 +53,8 @@ class OpenAICompatibleBackend:
         serve_models: list[str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # For logs: credentials in the URL (http://user:token@host/v1) are never written out.
+        self.shown_url = str(URL(self.base_url).with_user(None)) if URL(self.base_url).user else self.base_url
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -90,7 +94,7 @@ class OpenAICompatibleBackend:
             if models:
                 self._models = models
         except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as e:
-            logger.warning("could not list upstream models at {}: {}", self.base_url, e)
+            logger.warning("could not list upstream models at {}: {}", self.shown_url, e)
 
     def _served(self, listed: list[str]) -> list[str]:
         """The models to advertise: those of UPSTREAM_MODELS the upstream lists, in that order, else
@@ -113,7 +117,12 @@ class OpenAICompatibleBackend:
         return list(self._models)
 
     def tasks(self) -> list[str]:
-        return ["InferenceTask", "QuestionAnsweringTask"]
+        """What a chat model answers: inference, questions on a context, arithmetic (it was left out, and
+        every arithmetic job, 15% of the weight, was this miner's 0). Web retrieval needs a search this
+        backend does not have. Nothing while the upstream lists no model (down, or still loading)."""
+        if not self._models:
+            return []
+        return [INFERENCE, QUESTION_ANSWERING, ARITHMETIC]
 
     def upstream_body(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
         out = {k: v for k, v in body.items() if k not in SUBNET_FIELDS and k not in self._unsupported}
