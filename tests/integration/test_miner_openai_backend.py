@@ -264,3 +264,27 @@ async def test_credentials_in_upstream_url_never_reach_the_log() -> None:
         logger.remove(sink)
     assert any("could not list upstream models" in line for line in lines)
     assert not any("s3cret-token" in line for line in lines), lines
+
+
+async def test_an_upstream_200_that_is_not_an_answer_is_the_miners_502() -> None:
+    """A proxy's HTML page with status 200 was relayed as an answer (streamed: the page, then our [DONE])
+    and counted a success."""
+    from neurons.miner.backends.base import BackendError
+
+    up = web.Application()
+    up.router.add_get("/v1/models", lambda _r: web.json_response({"data": [{"id": "m"}]}))
+    up.router.add_post("/v1/chat/completions",
+                       lambda _r: web.Response(text="<html>Bad gateway, try later</html>", content_type="text/html"))
+    async with serve_app(up) as url:
+        backend = OpenAICompatibleBackend(url + "/v1")
+        await backend.start()
+        try:
+            body = {"messages": [{"role": "user", "content": "hi"}]}
+            with pytest.raises(BackendError, match="text/html") as waited:
+                await backend.complete_raw(body)
+            assert waited.value.status == 502
+            with pytest.raises(BackendError, match="text/html"):
+                async for _ in backend.stream_raw(body):
+                    pass
+        finally:
+            await backend.close()

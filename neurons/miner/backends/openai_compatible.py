@@ -37,6 +37,11 @@ SUBNET_FIELDS = ("task", "sampling_parameters", "uids", "mixture", "inference_mo
 OPTIONAL_FIELDS = ("top_k", "min_p", "repetition_penalty", "top_a")
 # Models a /models list holds that answer no chat completion (OpenAI's lists embeddings, speech, images and
 # moderation beside its chat models; Ollama's, the embedding models pulled): not advertised.
+# An upstream's whole JSON answer is held in memory: bounded (a 200 MB answer was read whole), far above
+# what the API takes from a miner (MINER_MAX_RESPONSE_BYTES, 2 MiB by default). Error bodies: their start.
+MAX_ANSWER_BYTES = 32 << 20
+MAX_ERROR_BYTES = 64 << 10
+ANSWER_TYPES = {False: "application/json", True: "text/event-stream"}  # what a 200 must be, by stream
 NOT_CHAT = re.compile(r"embed|whisper|tts|dall-e|gpt-image|moderation|rerank|transcribe", re.IGNORECASE)
 
 
@@ -151,9 +156,12 @@ class OpenAICompatibleBackend:
                 f"{self.base_url}/chat/completions", data=dumpb(out), headers=self._headers, timeout=self._timeout
             ) as r:
                 if r.status == 200:
+                    if r.content_type != ANSWER_TYPES[stream]:  # a proxy's HTML page is no answer, though a 200
+                        raise BackendError(f"upstream answered HTTP 200 with {r.content_type!r}, not "
+                                           f"{ANSWER_TYPES[stream]!r}")
                     yield r
                     return
-                _, message = parse_error((await r.read()).decode("utf-8", "replace"))
+                _, message = parse_error((await r.content.read(MAX_ERROR_BYTES)).decode("utf-8", "replace"))
                 refused = r.status in REFUSED_REQUEST
                 if refused and attempt == 1 and (dropped := self._refused_fields(out, message)):
                     out = {k: v for k, v in out.items() if k not in dropped}
@@ -181,7 +189,12 @@ class OpenAICompatibleBackend:
         """The upstream's JSON completion, byte for byte."""
         try:
             async with self._chat(body, stream=False) as r:
-                return await r.read()
+                raw = bytearray()
+                async for piece in r.content.iter_any():
+                    raw += piece
+                    if len(raw) > MAX_ANSWER_BYTES:
+                        raise BackendError(f"upstream answer larger than {MAX_ANSWER_BYTES} bytes")
+                return bytes(raw)
         except (aiohttp.ClientError, TimeoutError) as e:
             raise BackendError(f"upstream failed: {type(e).__name__}: {e}") from None
 
