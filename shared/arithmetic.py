@@ -50,6 +50,22 @@ def find_expression(text: str) -> str | None:
     return found[-1] if found else None
 
 
+# What a prompt may hold that ``+ - *`` on integers would misread: brackets, division, powers, percent,
+# decimals and thousands separators.
+_OTHER_ARITHMETIC = re.compile(r"[()/÷^%]|\d[.,]\d|\*\*")
+
+
+def sole_expression(text: str) -> str | None:
+    """The prompt's arithmetic when it is one plain integer ``+ - *`` expression and nothing else the
+    evaluator would misread; None otherwise. For scoring a caller's prompt: "(2 + 3) * 4", "2.5 * 4",
+    "1,000 + 1" or "3 * 4 for the 2024-2025 season" were read as another sum, and a correct answer
+    scored 0."""
+    if _OTHER_ARITHMETIC.search(text):
+        return None
+    found = EXPRESSION.findall(text)
+    return found[0] if len(found) == 1 else None
+
+
 def numbers_in(text: str) -> list[str]:
     """Numbers as written (thousands separators removed)."""
     return [n.replace(",", "") for n in NUMBER.findall(text)]

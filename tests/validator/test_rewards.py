@@ -332,3 +332,20 @@ def test_finding_the_expression_is_linear_on_hostile_prompts() -> None:
     assert time.perf_counter() - started < 1.0, "linear, not quadratic"
     assert find_expression("What is 512 * 37 - 90?") == "512 * 37 - 90"
     assert find_expression("Compute -5 + 3, then 3 * -4") == "3 * -4"
+
+
+async def test_an_organic_prompt_that_is_not_plain_integer_arithmetic_is_not_scored() -> None:
+    """"(2 + 3) * 4" was read as 3 * 4, "2.5 * 4" as 5 * 4: a correct answer scored 0, and a miner that
+    answered the misreading got full marks."""
+    from neurons.validator.tasks.arithmetic import ArithmeticTask
+
+    task, ctx = ArithmeticTask(), RewardContext(DeterministicReference(), CORPUS)
+
+    def body(prompt: str) -> dict:
+        return {"messages": [{"role": "user", "content": prompt}], "task": "ArithmeticTask"}
+
+    for prompt, right in (("(2 + 3) * 4", "20"), ("2.5 * 4", "10"), ("1,000 + 1", "1001"), ("10 / 2 + 3", "8"),
+                          ("3 * 4 for the 2024-2025 season", "12")):
+        assert await task.reward(body(prompt), right, None, ctx) is None, prompt
+    assert await task.reward(body("What is 12 * 7 + 3?"), "87", None, ctx) == 1.0
+    assert await task.reward(body("What is 12 * 7 + 3?"), "88", None, ctx) == 0.0

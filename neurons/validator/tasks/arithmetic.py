@@ -9,7 +9,7 @@ from neurons.miner.backends.deterministic import last_user_text
 from neurons.validator.rewards.exact import number_reward
 from neurons.validator.tasks.base import Challenge, RewardContext
 from shared import tasks
-from shared.arithmetic import evaluate, find_expression
+from shared.arithmetic import evaluate, sole_expression
 
 
 class ArithmeticTask:
@@ -27,7 +27,7 @@ class ArithmeticTask:
                      ctx: RewardContext) -> float | None:
         if expected:
             return number_reward(answer, expected["answer"])
-        expression = find_expression(last_user_text(body))
+        expression = sole_expression(last_user_text(body))  # a caller's prompt: scored only if read for sure
         if expression is None:
             return None
         try:
