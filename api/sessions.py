@@ -10,7 +10,9 @@ another serving the same model and the session is re-pinned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -47,8 +49,14 @@ def _store(ctx: ApiContext) -> SessionStore:
     return ctx.sessions
 
 
-def _unavailable() -> ApiError:
-    return ApiError(503, "The session store is unreachable; try again shortly.", code="store_unavailable")
+@contextlib.contextmanager
+def _store_calls() -> Iterator[None]:
+    """Session store calls on a request's path: the store down is the caller's 503, not a 500."""
+    try:
+        yield
+    except StoreUnavailable:
+        raise ApiError(503, "The session store is unreachable; try again shortly.",
+                       code="store_unavailable") from None
 
 
 def pick_miner(ctx: ApiContext, model: str | None, *, exclude: set[int] = frozenset()) -> Neuron | None:
@@ -104,10 +112,8 @@ async def move_or_close(ctx: ApiContext, session: Session, reason: str) -> tuple
 
 async def moved_or_closed(ctx: ApiContext, session: Session, reason: str) -> tuple[Session | None, str]:
     """``move_or_close`` for a request: the session store down is its 503, not a 500."""
-    try:
+    with _store_calls():
         return await move_or_close(ctx, session, reason)
-    except StoreUnavailable:
-        raise _unavailable() from None
 
 
 async def resolve(ctx: ApiContext, request: web.Request, explicit_id: str | None, key: KeyRecord,
@@ -120,7 +126,7 @@ async def resolve(ctx: ApiContext, request: web.Request, explicit_id: str | None
     if ctx.sessions is None:
         return None
     session_id = explicit_id or request.headers.get("x-session-id")
-    try:
+    with _store_calls():
         if session_id:
             session = await ctx.sessions.get(session_id)
             if session is None or session.key_id != key.id:
@@ -132,8 +138,6 @@ async def resolve(ctx: ApiContext, request: web.Request, explicit_id: str | None
             return session
         session = await ctx.sessions.for_key(key.id)
         return None if session is None or _other_model(session, model) else session
-    except StoreUnavailable:
-        raise _unavailable() from None
 
 
 def _other_model(session: Session, model: str | None) -> bool:
@@ -195,21 +199,17 @@ async def open_session(request: web.Request) -> web.Response:
     if miner is None:
         raise ApiError(404, f"The model '{body.model}' is not served by any available miner.",
                        code="model_not_found", param="model")
-    try:
+    with _store_calls():
         session = await _store(ctx).open(key.id, body.model, miner.uid, miner.hotkey,
                                          duration=body.session_duration, failover=body.failover)
-    except StoreUnavailable:
-        raise _unavailable() from None
     logger.info("session {} opened key={} model={} uid={}", session.id, key.id, session.model, session.uid)
     return json_response(session.public())
 
 
 async def _own_session(request: web.Request, ctx: ApiContext, key: KeyRecord) -> Session:
     session_id = request.match_info["session_id"]
-    try:
+    with _store_calls():
         session = await _store(ctx).get(session_id)
-    except StoreUnavailable:
-        raise _unavailable() from None
     if session is None or session.key_id != key.id:
         raise ApiError(404, f"No active session '{session_id[:128]}' for this key.", code="session_not_found")
     return session
@@ -218,10 +218,8 @@ async def _own_session(request: web.Request, ctx: ApiContext, key: KeyRecord) ->
 async def get_session(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope="chat")
-    try:
+    with _store_calls():
         session = await _store(ctx).for_key(key.id)
-    except StoreUnavailable:
-        raise _unavailable() from None
     if session is None:
         raise ApiError(404, "This key has no active session.", code="session_not_found")
     return json_response(session.public())
@@ -231,10 +229,8 @@ async def delete_session(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope="chat")
     session = await _own_session(request, ctx, key)
-    try:
+    with _store_calls():
         await _store(ctx).close(session.id)
-    except StoreUnavailable:
-        raise _unavailable() from None
     return json_response({"session_id": session.id, "deleted": True})
 
 

@@ -89,10 +89,10 @@ async def run_cycle(
     dark = [n for n in metagraph.snapshot.neurons
             if n.uid in scored and not n.axon and n.hotkey != client.signer.hotkey]
     shared_seed = rng.randrange(2**31)
+    asked = [*neurons, *dark]
     bodies = {n.uid: challenge_body(challenge, rng.randrange(2**31) if task.seed_dependent else shared_seed)
-              for n in [*neurons, *dark]}
-    job = ScoringJob(source="synthetic", task=task.name, bodies=bodies,
-                     hotkeys={n.uid: n.hotkey for n in [*neurons, *dark]},
+              for n in asked}
+    job = ScoringJob(source="synthetic", task=task.name, bodies=bodies, hotkeys={n.uid: n.hotkey for n in asked},
                      deadline_s=config.timeout, expected=challenge.expected)
     for n in dark:
         job.errors[n.uid] = "serves no axon"

@@ -26,11 +26,6 @@ MAX_RESULTS = 10
 MIN_CONTENT_CHARS = 20
 
 
-def parse_results(answer: str) -> list[Any] | None:
-    """The answer's results as the API reads them for callers (``results_list``), or None (malformed)."""
-    return results_list(answer)
-
-
 def result_valid(item: Any, corpus: Corpus) -> bool:
     if not isinstance(item, dict):
         return False
@@ -54,7 +49,7 @@ def web_reward(answer: str, query: str, corpus: Corpus, target_url: str | None =
                verifiable_only: bool = False) -> float | None:
     """The answer's reward; None (not scored) when ``verifiable_only`` and no result is one the
     validator can check (its URL is not in the corpus)."""
-    results = parse_results(answer)
+    results = results_list(answer)  # as the API reads them for callers; None: malformed
     if results == [] and verifiable_only:
         return None  # an organic query may have no answer on the web: "nothing found" is no fault
     if not results:
