@@ -128,7 +128,7 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
     races = [(start_race(ctx, a.neurons, a.body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse),
               a.body) for a in asks]
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
-    outcome, winners = "error", []
+    outcome, winners, usage = "error", [], {}
     try:
         for race, _ in races:
             winner = await race.winner()
@@ -137,9 +137,10 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
             winners.append(winner)
         headers["x-sn1-miner-uid"] = ",".join(str(w.uid) for w in winners)
         if req.stream:
-            response = await _stream(request, req, races, winners, asks, headers, fmt)
+            response, usage = await _stream(request, req, races, winners, asks, headers, fmt)
         else:
-            response = fmt.complete(winners, choices_usage(asks, winners), headers)
+            usage = choices_usage(asks, winners)
+            response = fmt.complete(winners, usage, headers)
         outcome = "ok"
         return response
     except ApiError as e:
@@ -152,7 +153,6 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
             else:
                 race.cancel()  # a choice failed, the client left, or a bug: stop every miner request now
         if outcome == "ok":
-            usage = choices_usage(asks, winners)  # after the stream: each winner's whole answer and its usage
             ctx.usage.record(key.id, prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
                              error=any(w.error is not None for w in winners))
         write(request, f"{fmt.kind} rid={rid} key={key.id} n={len(asks)} "
@@ -218,23 +218,24 @@ class ChatChoices:
 
 async def _stream(request: web.Request, req: ChatCompletionRequest, races: list[tuple[Race, dict[str, Any]]],
                   winners: list[MinerRun], asks: list[Ask], headers: dict[str, str],
-                  fmt: ChoicesFormat) -> web.StreamResponse:
-    """The winners' chunks interleaved as they arrive, each relabelled with its choice and one id."""
+                  fmt: ChoicesFormat) -> tuple[web.StreamResponse, dict[str, Any]]:
+    """The winners' chunks interleaved as they arrive, each relabelled with its choice and one id; and the
+    request's usage, taken once the streams have ended (a winner's own count comes last)."""
     response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await response.prepare(request)
     cid, created = fmt.new_id(), int(time.time())
     async for i, batch in _merged(races, winners):
         await response.write(b"".join(fmt.chunk(data, i, cid, created) for data in batch))
+    usage = choices_usage(asks, winners)
     if any(run.error for run in winners):
         tail = mid_stream_failure_event(winners)
     else:
         tail = fmt.tail(winners, cid, created)
         if req.stream_options and req.stream_options.include_usage:
-            tail += fmt.usage_chunk(cid, created, winners[0].model or req.model or "unknown",
-                                    choices_usage(asks, winners))
+            tail += fmt.usage_chunk(cid, created, winners[0].model or req.model or "unknown", usage)
     await response.write_eof(tail + DONE_FRAME)
-    return response
+    return response, usage
 
 
 async def _merged(races: list[tuple[Race, dict[str, Any]]],

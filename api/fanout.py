@@ -24,6 +24,7 @@ from shared.settings import ApiSettings
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/@+-]+")
 
+
 def deadline_seconds(settings: ApiSettings, *, timeout: float | None, max_tokens: int | None) -> float:
     """The caller's ``timeout`` if given; else ``REQUEST_TIMEOUT``, grown by ``SECONDS_PER_TOKEN``
     per requested token beyond 256 (long answers need longer); always capped by ``MAX_REQUEST_TIMEOUT``."""

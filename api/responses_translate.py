@@ -93,21 +93,20 @@ def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> N
         raise invalid_value(f"{at}.type", f"input items served here are {', '.join(ITEMS)} (and reasoning and "
                                           f"web_search_call, skipped); not {kind!r}")
     item = parse_model(model, raw, at=at)
+    last = messages[-1] if messages else None
+    turn = last if last is not None and last["role"] == "assistant" else None  # the assistant turn going on
     if isinstance(item, MessageItem):
         message = _message(item, at)
-        last = messages[-1] if messages else None
-        if message["role"] == "assistant" and last is not None and last["role"] == "assistant" \
-                and last.get("tool_calls"):
+        if message["role"] == "assistant" and turn is not None and turn.get("tool_calls"):
             # Text after a call in one turn (this API streams it as its own item): chat wants the turn's
             # text and calls in one message, its tool results right after it, or its servers answer 400.
-            last["content"] = (last["content"] or "") + message["content"]
+            turn["content"] = (turn["content"] or "") + message["content"]
         else:
             messages.append(message)
     elif isinstance(item, FunctionCallItem):
         call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
-        last = messages[-1] if messages else None
-        if last is not None and last["role"] == "assistant":  # the calls of one turn go in one message
-            last.setdefault("tool_calls", []).append(call)
+        if turn is not None:  # the calls of one turn go in one message
+            turn.setdefault("tool_calls", []).append(call)
         else:
             messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
     else:

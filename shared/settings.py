@@ -205,7 +205,6 @@ class ValidatorSettings(CommonSettings):
     api_hotkeys: CsvList = Field(
         default_factory=list, description="Hotkeys allowed to POST /scoring (default: our own)"
     )
-    _api_hotkeys = field_validator("api_hotkeys")(classmethod(lambda cls, v: ss58_addresses(v)))
     state_dir: str = Field(default="./state/validator")
     weights_ledger_file: str | None = Field(default=None, description="Local network: write weights here")
     availability_interval: float = Field(default=30.0, gt=0, description="Seconds between availability polls")
@@ -240,6 +239,11 @@ class ValidatorSettings(CommonSettings):
         default=False, description="The reference LLM reproduces answers exactly for a seed (exact-match rewards)")
     dataset_file: str | None = Field(default=None, description="JSONL of prompts / QA items replacing the generators")
     corpus_file: str | None = Field(default=None, description="JSONL {url,title,content} web corpus (miners must share it)")
+
+    @field_validator("api_hotkeys")
+    @classmethod
+    def _api_hotkeys(cls, v: list[str]) -> list[str]:
+        return ss58_addresses(v)
 
     @field_validator("reference_llm_url", "dataset_file", "corpus_file", "reference_llm_model", mode="before")
     @classmethod
@@ -291,12 +295,16 @@ class MinerSettings(CommonSettings):
         description="Upstream models to serve, in order (the first answers 'default'); empty: every chat model "
                     "its /models lists")
     allowed_hotkeys: CsvList = Field(default_factory=list, description="Callers accepted even without a permit")
-    _allowed_hotkeys = field_validator("allowed_hotkeys")(classmethod(lambda cls, v: ss58_addresses(v)))
     max_body_bytes: int = Field(default=8 << 20, ge=1024)  # twice the API's default: what it forwards fits
     miner_profile: str = Field(default="honest", description="Behaviour profile (local network and tests)")
     corpus_file: str | None = Field(
         default=None, description="JSONL {url,title,content} web corpus for web retrieval (default: built-in)"
     )
+
+    @field_validator("allowed_hotkeys")
+    @classmethod
+    def _allowed_hotkeys(cls, v: list[str]) -> list[str]:
+        return ss58_addresses(v)
 
     @field_validator("upstream_url", mode="before")
     @classmethod

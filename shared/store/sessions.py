@@ -219,9 +219,9 @@ class RedisSessionStore:
             session = self._decode(raw)
             if session is None:
                 return None
-            moved = json.dumps(asdict(replace(session, uid=uid, hotkey=hotkey)))
-            if await self._call(self._repin(keys=[self._skey(session_id)], args=[raw, moved])):
-                return self._decode(moved)
+            moved = replace(session, uid=uid, hotkey=hotkey)
+            if await self._call(self._repin(keys=[self._skey(session_id)], args=[raw, json.dumps(asdict(moved))])):
+                return moved
         return None
 
     async def close(self, session_id: str) -> bool:
