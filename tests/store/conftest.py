@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -45,3 +46,17 @@ async def redis_test_store() -> AsyncIterator[RedisStore]:
     finally:
         await drop_namespace(r)
         await r.close()
+
+
+class SlowWriteStore(SQLiteStore):
+    """A real SQLite store whose usage write waits for a go-ahead (a slow disk, a far Redis)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writing = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def add_usage(self, deltas):  # type: ignore[no-untyped-def]
+        self.writing.set()
+        await self.go.wait()
+        await super().add_usage(deltas)

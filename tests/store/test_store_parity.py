@@ -17,7 +17,7 @@ from shared.store.redis import RedisStore
 from shared.store.sessions import RedisSessionStore, SQLiteSessionStore
 from shared.store.sqlite import SQLiteStore
 from shared.store.usage import UsageRecorder
-from tests.store.conftest import REDIS_URL
+from tests.store.conftest import REDIS_URL, SlowWriteStore
 
 
 class PruneFailsOnce(SQLiteStore):
@@ -45,21 +45,10 @@ async def test_a_flush_that_fails_after_writing_usage_is_not_counted_twice(tmp_p
     await store.close()
 
 
-class SlowWrite(SQLiteStore):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.writing, self.go = asyncio.Event(), asyncio.Event()
-
-    async def add_usage(self, deltas):  # type: ignore[no-untyped-def]
-        self.writing.set()
-        await self.go.wait()
-        await super().add_usage(deltas)
-
-
 async def test_stopping_the_flusher_mid_write_loses_nothing(tmp_path: Path) -> None:
     """At shutdown the flusher is cancelled: landing during a write (Redis awaits it), the cancel dropped
     the batch, and the last flush found nothing to write."""
-    store = SlowWrite(tmp_path / "u.db")
+    store = SlowWriteStore(tmp_path / "u.db")
     _, rec = await store.create_key(10)
     usage = UsageRecorder(store, flush_interval=0.01)
     usage.record(rec.id, prompt_tokens=40, completion_tokens=60)

@@ -9,6 +9,7 @@ from neurons.localnet import free_port
 from shared.store.redis import RedisStore
 from shared.store.sqlite import SQLiteStore
 from shared.store.usage import UsageRecorder
+from tests.store.conftest import SlowWriteStore
 
 
 class CountingStore(SQLiteStore):
@@ -42,20 +43,6 @@ async def test_one_batch_per_flush_and_nothing_lost_while_the_store_is_down(tmp_
     assert await usage.flush() == 0 and (await store.usage(rec.id)).totals.requests == 5  # nothing twice
     await dead.close()
     await store.close()
-
-
-class SlowWriteStore(SQLiteStore):
-    """A real SQLite store whose usage write waits for a go-ahead (a slow disk, a far Redis)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.writing = asyncio.Event()
-        self.go = asyncio.Event()
-
-    async def add_usage(self, deltas):  # type: ignore[no-untyped-def]
-        self.writing.set()
-        await self.go.wait()
-        await super().add_usage(deltas)
 
 
 async def test_tokens_in_a_flush_still_count_while_it_is_written(tmp_path: Path) -> None:
