@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from api.availability import AvailabilityCache
+from tests.compat.support import fresh_cache, serves
 from tests.helpers import Script, api_with_miners, chunk, post, sse
 
 PAGE = "https://corpus.sn1.local/wiki/pelseldan-city"
@@ -95,11 +95,8 @@ async def test_a_short_timeout_still_gives_the_search_the_least_a_miner_accepts(
 async def test_no_retrieval_miner_means_a_search_that_found_nothing_not_a_503(tmp_path: Path) -> None:
     """The README's promise: a search no retrieval miner answered is a failed call, and the answer goes on."""
     async with api_with_miners(tmp_path, {}, honest={1, 2}) as api:
-        cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "unused")
-        cache.entries = {uid: {"task_availabilities": {"InferenceTask": True, "WebRetrievalTask": False},
-                               "llm_model_availabilities": {"sn1/deterministic": True}} for uid in (1, 2)}
-        cache.updated_at = time.time()
-        api.ctx.availability = cache
+        api.ctx.availability = fresh_cache(api, {uid: serves(["sn1/deterministic"], ["InferenceTask"])
+                                                 for uid in (1, 2)})  # no WebRetrievalTask
         status, _, body = await post(api, {"messages": [{"role": "user", "content": "Pelseldan?"}],
                                            "web_search_options": {}})
         assert status == 200, body
