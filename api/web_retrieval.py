@@ -16,7 +16,6 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from yarl import URL
 
 from api.access_log import access_logged, request_id, write
 from api.auth import authenticate
@@ -27,6 +26,7 @@ from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.protocol import MIN_TIMEOUT
 from shared.settings import split_csv
+from shared.urls import normalise_url
 
 TASK = "WebRetrievalTask"
 MAX_URL = 2048
@@ -60,21 +60,6 @@ class WebResult(BaseModel):
     url: str
     content: str
     relevant: str = ""
-
-
-def normalise_url(raw: str) -> str | None:
-    """Scheme and host lower-cased, default port, fragment and trailing slash removed; None if not http(s)."""
-    try:
-        url = URL(raw.strip())
-        host = url.host  # decoded lazily by yarl: a bad IDNA label ("xn--a.com") raises only here
-    except (ValueError, TypeError):  # UnicodeError is a ValueError: a miner's bad URL, dropped (it was a 500)
-        return None
-    if url.scheme.lower() not in ("http", "https") or not host:
-        return None
-    path = url.path.rstrip("/") or "/"
-    port = "" if url.is_default_port() or url.port is None else f":{url.port}"
-    query = f"?{url.query_string}" if url.query_string else ""
-    return f"{url.scheme.lower()}://{host.lower()}{port}{path}{query}"
 
 
 def results_list(text: str) -> list[Any] | None:

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.urls import normalise_url
+
 CORPUS_SEED = "sn1-corpus-v1"
 DEFAULT_DOCUMENTS = 150
 BASE_URL = "https://corpus.sn1.local"
@@ -88,6 +90,10 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
 
 
+def _url_key(url: str) -> str:
+    return normalise_url(url) or url
+
+
 @dataclass
 class Corpus:
     """Documents by URL, with an inverted index for the miner's search."""
@@ -98,7 +104,7 @@ class Corpus:
     _titles: list[frozenset[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.by_url = {d.url: d for d in self.documents}
+        self.by_url = {_url_key(d.url): d for d in self.documents}
         self._index = {}
         self._titles = [frozenset(tokens(d.title)) for d in self.documents]
         for i, doc in enumerate(self.documents):
@@ -109,7 +115,9 @@ class Corpus:
         return len(self.documents)
 
     def get(self, url: str) -> Document | None:
-        return self.by_url.get(url)
+        """The page at ``url`` in any spelling of it (``HTTPS://Host/page/`` is ``https://host/page``):
+        a miner that cites a page it really read, in a form the web writes it, is not a fake."""
+        return self.by_url.get(_url_key(url))
 
     def search(self, query: str, k: int = 5) -> list[Document]:
         """Rank documents by query-term matches (title matches count double)."""

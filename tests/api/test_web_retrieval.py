@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from api.web_retrieval import merge_results, normalise_url, parse_results
+from api.web_retrieval import merge_results, parse_results
+from shared.urls import normalise_url
 
 
 def test_normalise_url() -> None:
@@ -14,6 +15,17 @@ def test_normalise_url() -> None:
     assert normalise_url("javascript:alert(1)") is None
     assert normalise_url("ftp://example.com/") is None
     assert normalise_url("not a url") is None
+    assert normalise_url("https://x.example/%7efoo") == normalise_url("https://x.example/~foo")
+
+
+def test_an_encoded_question_mark_in_a_path_is_another_page_than_a_query() -> None:
+    """``/a%3Fb`` is the page "a?b"; ``/a?b`` is page ``a`` with a query: the path was decoded, the two
+    became one key, and the second page was dropped from the merged results as a duplicate."""
+    assert normalise_url("https://x.example/a%3Fb") != normalise_url("https://x.example/a?b")
+    assert normalise_url("https://x.example/a%2Fb") != normalise_url("https://x.example/a/b")
+    a = parse_results(json.dumps([{"url": "https://x.example/wiki/What%3F", "content": "the page What?"}]))
+    b = parse_results(json.dumps([{"url": "https://x.example/wiki/What?", "content": "the page What"}]))
+    assert [r.content for r in merge_results([a, b], 10)] == ["the page What?", "the page What"]
 
 
 def test_hostile_outputs_give_only_well_formed_items() -> None:

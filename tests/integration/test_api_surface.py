@@ -113,7 +113,7 @@ async def test_web_retrieval_merges_and_dedups_hostile_miners(tmp_path: Path) ->
     async with api_with_miners(tmp_path, scripts) as api:
         status, data = await get_json(api, "/web_retrieval?search_query=subnets&n_miners=4&n_results=5")
         assert status == 200, data
-        from api.web_retrieval import normalise_url
+        from shared.urls import normalise_url
 
         urls = sorted(normalise_url(r["url"]) for r in data["results"])
         assert urls == ["https://a.example/1", "https://a.example/2", "https://b.example/3"]

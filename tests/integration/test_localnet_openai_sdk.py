@@ -163,7 +163,7 @@ def test_subnet_doc_example_async_streaming_with_mixture_on_and_off(localnet: di
 
 def test_web_retrieval_returns_deduplicated_results_from_the_local_corpus(localnet: dict) -> None:
     """The README's curl: miners search the same offline corpus the validator verifies against."""
-    from api.web_retrieval import normalise_url
+    from shared.urls import normalise_url
     from shared.corpus import BASE_URL, builtin_corpus
 
     doc = builtin_corpus().documents[0]

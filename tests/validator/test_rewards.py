@@ -117,6 +117,18 @@ def test_web_reward() -> None:
     assert web_reward(json.dumps(wrong_page), query, CORPUS, doc.url) < 0.3
 
 
+def test_a_page_cited_in_another_spelling_of_its_url_is_the_page() -> None:
+    """``HTTPS://Host/page/`` is the corpus's ``https://host/page``: the page was read, not faked (it
+    scored 0 as an unknown URL, and missed the target page's half)."""
+    doc = CORPUS.documents[0]
+    query = doc.title.split(" (")[0] + " " + doc.facts[3].answer
+    spelled = doc.url.replace("https://corpus", "HTTPS://Corpus", 1) + "/"
+    assert CORPUS.get(spelled) is doc
+    good = [{"url": spelled, "content": doc.content, "relevant": doc.facts[3].evidence}]
+    assert web_reward(json.dumps(good), query, CORPUS, doc.url) == pytest.approx(1.0)
+    assert web_reward(json.dumps(good), query, CORPUS, verifiable_only=True) == pytest.approx(1.0)
+
+
 def test_organic_web_answers_are_judged_on_the_pages_the_validator_holds() -> None:
     """A caller's query finds pages the validator's corpus lacks: they are left out, not zeros (every
     honest miner scored 0 on organic web traffic); with none it can check, the answer is not scored."""

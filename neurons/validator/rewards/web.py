@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.web_retrieval import normalise_url, results_list
+from api.web_retrieval import results_list
 from shared.corpus import Corpus, content_terms
+from shared.urls import normalise_url
 
 MAX_RESULTS = 10
 MIN_CONTENT_CHARS = 20
@@ -70,11 +71,11 @@ def web_reward(answer: str, query: str, corpus: Corpus, target_url: str | None =
                 seen.add(key)
             continue
         seen.add(key)
-        valid_urls.add(url)
+        valid_urls.add(key)
         scores.append(relevance(terms, item["content"]))
     if not scores:
         return None
     mean = sum(scores) / len(scores)
     if target_url is None:
         return mean
-    return 0.5 * mean + 0.5 * (1.0 if target_url in valid_urls else 0.0)
+    return 0.5 * mean + 0.5 * (1.0 if (normalise_url(target_url) or target_url) in valid_urls else 0.0)
