@@ -163,8 +163,8 @@ def test_subnet_doc_example_async_streaming_with_mixture_on_and_off(localnet: di
 
 def test_web_retrieval_returns_deduplicated_results_from_the_local_corpus(localnet: dict) -> None:
     """The README's curl: miners search the same offline corpus the validator verifies against."""
-    from shared.urls import normalise_url
     from shared.corpus import BASE_URL, builtin_corpus
+    from shared.urls import normalise_url
 
     doc = builtin_corpus().documents[0]
     query = urllib.parse.urlencode({"search_query": doc.title, "n_miners": 3, "n_results": 5})
