@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+from pathlib import Path
 
 from loguru import logger
 from prometheus_client import multiprocess as prom_multiprocess
@@ -130,11 +131,24 @@ def shared_metrics_dir() -> str | None:
     """Workers record metrics in one directory so any worker's ``/metrics`` reports the fleet.
 
     Set in the environment before the workers are spawned (prometheus_client reads it at
-    import). An operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used as is; else a fresh
+    import). An operator's own ``PROMETHEUS_MULTIPROC_DIR`` is made if missing and cleared of the
+    last run's files (prometheus_client's rule: wipe it between runs; left, every restart's
+    workers were summed in with the live ones, and a file per dead worker piled up); else a fresh
     temporary one is made, and removed at exit (returned).
     """
-    if os.environ.get(MULTIPROC_ENV):
+    if own := os.environ.get(MULTIPROC_ENV):
+        clear_metrics_dir(Path(own))
         return None
     path = tempfile.mkdtemp(prefix="sn1-api-metrics-")
     os.environ[MULTIPROC_ENV] = path
     return path
+
+
+def clear_metrics_dir(path: Path) -> None:
+    """Remove prometheus_client's ``*.db`` files from ``path`` (nothing else in it is touched)."""
+    path.mkdir(parents=True, exist_ok=True)
+    stale = list(path.glob("*.db"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    if stale:
+        logger.info("cleared {} metric files of an earlier run from {}", len(stale), path)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.compat.support import sample
 
 WORKER = """
@@ -33,3 +35,26 @@ def test_counts_from_every_worker_are_summed(tmp_path: Path) -> None:
     assert sample(text, "sn1_api_http_requests_total", status="200", **chat) == 2
     assert sample(text, "sn1_api_rate_limited_total", route="/v1/chat/completions") == 2
     assert sample(text, "sn1_api_http_request_duration_seconds_count", **chat) == 4
+
+
+def test_an_operators_own_directory_starts_each_run_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """prometheus_client's directory must be wiped between runs: left, the last run's workers were
+    summed in with the new ones (a restart did not reset a counter) and a file per dead worker piled up."""
+    from api.main import shared_metrics_dir
+
+    metrics = tmp_path / "metrics"
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    metrics.mkdir()
+    subprocess.run([sys.executable, "-c", WORKER], env=env, check=True, timeout=60)  # the last run's worker
+    (metrics / "README").write_text("the operator's own file")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics))
+    assert shared_metrics_dir() is None, "an operator's directory is theirs: not removed at exit"
+    assert sorted(p.name for p in metrics.iterdir()) == ["README"]
+    text = subprocess.run([sys.executable, "-c", SCRAPE], env=env, check=True, timeout=60, capture_output=True,
+                          text=True).stdout
+    assert sample(text, "sn1_api_http_requests_total", route="/v1/chat/completions", method="POST",
+                  status="200") == 0
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "not-yet"))
+    shared_metrics_dir()
+    assert (tmp_path / "not-yet").is_dir(), "made when missing (the workers would fail on their first metric)"
