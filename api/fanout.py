@@ -13,7 +13,7 @@ from typing import Any
 
 from loguru import logger
 
-from api.answer_checks import json_check, json_opening, offered_tools
+from api.answer_checks import Check, json_check, json_opening, offered_tools
 from api.context import ApiContext
 from api.race import Race
 from shared.ids import random_hex
@@ -58,11 +58,13 @@ def request_id_from(headers: Any) -> str:
 
 def start_race(
     ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, *, stream: bool, request_id: str,
-    excuse_timeouts: bool = False,
+    excuse_timeouts: bool = False, check: Check | None = None,
 ) -> Race:
+    """``check``: what makes a whole answer valid, when the request's own fields do not say (a web
+    search's list of results); else the request's ``response_format`` decides."""
     deadline = asyncio.get_running_loop().time() + seconds
     race = Race(ctx.client, neurons, dumpb(body), deadline, stream=stream, request_id=request_id,
-                excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=json_check(body),
+                excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=check or json_check(body),
                 opens_with=json_opening(body))
     race.start()
     return race

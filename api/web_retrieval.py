@@ -21,6 +21,7 @@ from api.access_log import access_logged, request_id, write
 from api.auth import authenticate
 from api.context import CTX, ApiContext
 from api.fanout import settle, start_race
+from api.race import MinerRun
 from api.selection import select_miners
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
@@ -95,6 +96,18 @@ def parse_results(text: str) -> list[WebResult]:
     return out
 
 
+def results_check(run: MinerRun) -> str | None:
+    """A retrieval answer is one when it is a list of results with a usable one, or an empty list (nothing
+    found is an answer). Prose or a list of junk is none: it neither wins the race (the win counted in
+    ``sn1_api_miner_wins``) nor keeps a search whose every miner sent it from failing."""
+    found = results_list(run.text)
+    if found is None:
+        return "the answer is not a list of web results"
+    if found and not parse_results(run.text):
+        return "no result in the answer has a url and content"
+    return None
+
+
 def merge_results(per_miner: list[list[WebResult]], n_results: int) -> list[WebResult]:
     """Round-robin across miners (no one miner floods the answer), first occurrence of a URL wins."""
     seen: set[str] = set()
@@ -160,7 +173,7 @@ async def search(ctx: ApiContext, query: str, *, n_results: int, timeout: float,
     body = {"task": TASK, "messages": [{"role": "user", "content": query}],
             "target_results": n_results, "timeout": timeout, "stream": True,
             "seed": random.randrange(2**31)}
-    race = start_race(ctx, neurons, body, timeout, stream=False, request_id=request_id,
+    race = start_race(ctx, neurons, body, timeout, stream=False, request_id=request_id, check=results_check,
                       excuse_timeouts=timeout < DEFAULT_RESPONSE_TIME)  # a caller's shorter time cuts miners off
     await race.finish()
     settle(ctx, race, body, kind="web_retrieval")

@@ -141,6 +141,27 @@ async def test_a_miners_bad_url_is_dropped_not_a_500_and_every_repeated_uid_is_a
         assert scripts[1].calls == scripts[2].calls == 1, "uids=1&uids=2 asks both (the last one alone was asked)"
 
 
+async def test_prose_or_junk_from_a_retrieval_miner_neither_wins_nor_passes_for_a_search(tmp_path: Path) -> None:
+    """The fast miner that answers prose was counted the race's winner (``sn1_api_miner_wins``), and a
+    search whose every miner sent junk was a 200 with no results, as if the web had nothing."""
+    from tests.compat.support import sample
+
+    good = [{"url": "https://b.example/ok", "content": "fine", "relevant": "f"}]
+    scripts = {1: retrieval("Here are some great links!"), 2: retrieval(good, delay=0.3),
+               3: retrieval([{"bogus": True}]), 4: retrieval([])}
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, data = await get_json(api, "/web_retrieval?search_query=x&uids=1,2")
+        assert status == 200 and [r["url"] for r in data["results"]] == ["https://b.example/ok"]
+        status, data = await get_json(api, "/web_retrieval?search_query=x&uids=1,3")
+        assert status == 502 and data["error"]["code"] == "no_valid_answer", data
+        status, data = await get_json(api, "/web_retrieval?search_query=x&uids=1,4")
+        assert status == 200 and data == {"results": []}, "nothing found is an answer, not a failure"
+        async with aiohttp.ClientSession() as s, s.get(api.url + "/metrics") as r:
+            text = await r.text()
+        wins = {uid: sample(text, "sn1_api_miner_wins_total", uid=str(uid)) for uid in scripts}
+        assert wins == {1: 0, 2: 1, 3: 0, 4: 1}, wins
+
+
 async def test_web_retrieval_keeps_to_max_request_timeout(tmp_path: Path) -> None:
     """max_response_time (10 s by default, up to 120) went past the operator's cap on every deadline."""
     slow = retrieval([{"url": "https://b.example/late", "content": "late", "relevant": "l"}], delay=5)
