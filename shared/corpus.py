@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.urls import normalise_url
+from shared.urls import url_key
 
 CORPUS_SEED = "sn1-corpus-v1"
 DEFAULT_DOCUMENTS = 150
@@ -90,10 +90,6 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
 
 
-def _url_key(url: str) -> str:
-    return normalise_url(url) or url
-
-
 @dataclass
 class Corpus:
     """Documents by URL, with an inverted index for the miner's search."""
@@ -104,7 +100,7 @@ class Corpus:
     _titles: list[frozenset[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.by_url = {_url_key(d.url): d for d in self.documents}
+        self.by_url = {url_key(d.url): d for d in self.documents}
         self._index = {}
         self._titles = [frozenset(tokens(d.title)) for d in self.documents]
         for i, doc in enumerate(self.documents):
@@ -117,7 +113,7 @@ class Corpus:
     def get(self, url: str) -> Document | None:
         """The page at ``url`` in any spelling of it (``HTTPS://Host/page/`` is ``https://host/page``):
         a miner that cites a page it really read, in a form the web writes it, is not a fake."""
-        return self.by_url.get(_url_key(url))
+        return self.by_url.get(url_key(url))
 
     def search(self, query: str, k: int = 5) -> list[Document]:
         """Rank documents by query-term matches (title matches count double)."""

@@ -23,3 +23,8 @@ def normalise_url(raw: str) -> str | None:
     port = "" if url.is_default_port() or url.port is None else f":{url.port}"
     query = f"?{url.query_string}" if url.query_string else ""
     return f"{url.scheme.lower()}://{host.lower()}{port}{path}{query}"
+
+
+def url_key(url: str) -> str:
+    """``normalise_url``, or the text itself for what is not an http(s) URL (still a key to match on)."""
+    return normalise_url(url) or url

@@ -21,7 +21,7 @@ from typing import Any
 
 from api.web_retrieval import results_list
 from shared.corpus import Corpus, content_terms
-from shared.urls import normalise_url
+from shared.urls import url_key
 
 MAX_RESULTS = 10
 MIN_CONTENT_CHARS = 20
@@ -61,7 +61,7 @@ def web_reward(answer: str, query: str, corpus: Corpus, target_url: str | None =
     scores, valid_urls = [], set()
     for item in results:
         url = item.get("url") if isinstance(item, dict) else None
-        key = (normalise_url(url) or url) if isinstance(url, str) else None
+        key = url_key(url) if isinstance(url, str) else None
         if verifiable_only and key is not None and key not in seen and corpus.get(url) is None:
             seen.add(key)  # a page the validator does not hold: not counted either way
             continue
@@ -78,4 +78,4 @@ def web_reward(answer: str, query: str, corpus: Corpus, target_url: str | None =
     mean = sum(scores) / len(scores)
     if target_url is None:
         return mean
-    return 0.5 * mean + 0.5 * (1.0 if (normalise_url(target_url) or target_url) in valid_urls else 0.0)
+    return 0.5 * mean + 0.5 * (1.0 if url_key(target_url) in valid_urls else 0.0)
