@@ -82,7 +82,10 @@ def results_list(text: str) -> list[Any] | None:
 
 def parse_results(text: str) -> list[WebResult]:
     """One miner's answer -> its well-formed results (malformed items dropped)."""
-    data = results_list(text) or []
+    return well_formed(results_list(text) or [])
+
+
+def well_formed(data: list[Any]) -> list[WebResult]:
     out = []
     for item in data:
         if not isinstance(item, dict):
@@ -96,16 +99,28 @@ def parse_results(text: str) -> list[WebResult]:
     return out
 
 
-def results_check(run: MinerRun) -> str | None:
-    """A retrieval answer is one when it is a list of results with a usable one, or an empty list (nothing
-    found is an answer). Prose or a list of junk is none: it neither wins the race (the win counted in
-    ``sn1_api_miner_wins``) nor keeps a search whose every miner sent it from failing."""
-    found = results_list(run.text)
-    if found is None:
-        return "the answer is not a list of web results"
-    if found and not parse_results(run.text):
-        return "no result in the answer has a url and content"
-    return None
+class ResultsCheck:
+    """The race's check of retrieval answers. An answer is one when it is a list of results with a usable
+    one, or an empty list (nothing found is an answer). Prose or a list of junk is none: it neither wins
+    the race (the win counted in ``sn1_api_miner_wins``) nor keeps a search whose every miner sent it
+    from failing. What each answer gave is kept: an answer of megabytes is parsed once, not twice."""
+
+    def __init__(self) -> None:
+        self._found: dict[int, list[WebResult]] = {}
+
+    def __call__(self, run: MinerRun) -> str | None:
+        data = results_list(run.text)
+        if data is None:
+            return "the answer is not a list of web results"
+        results = well_formed(data)
+        if data and not results:
+            return "no result in the answer has a url and content"
+        self._found[id(run)] = results
+        return None
+
+    def results(self, run: MinerRun) -> list[WebResult]:
+        """The run's results: none for a run that failed or sent no answer."""
+        return self._found.get(id(run), []) if run.error is None else []
 
 
 def merge_results(per_miner: list[list[WebResult]], n_results: int) -> list[WebResult]:
@@ -173,10 +188,11 @@ async def search(ctx: ApiContext, query: str, *, n_results: int, timeout: float,
     body = {"task": TASK, "messages": [{"role": "user", "content": query}],
             "target_results": n_results, "timeout": timeout, "stream": True,
             "seed": random.randrange(2**31)}
-    race = start_race(ctx, neurons, body, timeout, stream=False, request_id=request_id, check=results_check,
+    check = ResultsCheck()
+    race = start_race(ctx, neurons, body, timeout, stream=False, request_id=request_id, check=check,
                       excuse_timeouts=timeout < DEFAULT_RESPONSE_TIME)  # a caller's shorter time cuts miners off
     await race.finish()
     settle(ctx, race, body, kind="web_retrieval")
-    per_miner = [parse_results(r.text) for r in race.runs if r.error is None]
+    per_miner = [check.results(r) for r in race.runs]
     return Found(query=query, results=merge_results(per_miner, n_results), uids=[n.uid for n in neurons],
                  all_failed=all(r.error for r in race.runs))
