@@ -6,7 +6,9 @@ no network; ``JsonlDataset`` reads real corpora (``DATASET_FILE`` /
 ``sn1 localnet --dataset path.jsonl``):
 
 - ``{"prompt": "..."}`` or ``{"messages": [...]}``: an inference prompt;
-- ``{"context": "...", "question": "...", "answer": "..."}``: a QA item.
+- ``{"context": "...", "question": "...", "answer": "..."}``: a QA item, with an optional
+  ``"evidence"`` (the context's sentence that states the answer; without it, containing the
+  answer is the whole reward).
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def _as_prompt(r: dict[str, Any]) -> dict[str, Any] | None:
 def _as_qa(r: dict[str, Any]) -> dict[str, Any] | None:
     if all(isinstance(r.get(k), str) and r[k].strip() for k in ("context", "question", "answer")):
         return {"context": r["context"], "question": r["question"], "answer": r["answer"],
-                "evidence": r.get("evidence") or r["answer"]}
+                "evidence": r["evidence"] if isinstance(r.get("evidence"), str) else ""}
     return None
 
 

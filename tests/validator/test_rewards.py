@@ -10,6 +10,7 @@ import time
 import pytest
 
 from neurons.miner.backends.deterministic import DeterministicBackend, generate_text
+from neurons.validator.datasets import load_jsonl_datasets
 from neurons.validator.reference import DeterministicReference
 from neurons.validator.rewards.exact import number_reward
 from neurons.validator.rewards.penalties import copied_uids, latency_factor
@@ -25,6 +26,7 @@ from neurons.validator.rewards.text import (
 from neurons.validator.rewards.web import web_reward
 from neurons.validator.scores import ScoreBook
 from neurons.validator.scoring import Scorer, ScoringJob, rebuild_answer
+from neurons.validator.synthetic import challenge_body
 from neurons.validator.tasks import default_registry
 from neurons.validator.tasks.base import RewardContext
 from shared.corpus import builtin_corpus
@@ -79,6 +81,55 @@ def test_qa_reward() -> None:
     assert qa_reward("The Kelzor river is 909 km long.", "Grey Sea", evidence) < 0.3
     stuffed = " ".join([evidence] * 30)
     assert qa_reward(stuffed, "Grey Sea", evidence) < 0.3
+
+
+QA_ROW = {  # a JSONL dataset row with no evidence sentence, as most QA datasets ship
+    "context": ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is "
+                "named after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 "
+                "to 1889. Locally nicknamed La dame de fer, it was constructed as the centerpiece of the 1889 "
+                "World's Fair, and to crown the centennial anniversary of the French Revolution. Although "
+                "initially criticised by some of France's leading artists and intellectuals for its design, it "
+                "has since become a global cultural icon of France and one of the most recognisable structures "
+                "in the world."),
+    "question": "Whose company designed and built the Eiffel Tower?",
+    "answer": "Gustave Eiffel",
+}
+
+
+async def test_a_qa_row_without_evidence_pays_an_honest_sentence_in_full(tmp_path) -> None:
+    """Without evidence the short answer stood in for it: the one sentence the prompt asks for earned
+    0.6 + 0.4 x its F1 with two words (0.72 here, where the bare answer got 1.0), and a sentence over
+    26 tokens was quartered as padding (0.16). Containing the answer is now the whole reward."""
+    registry = default_registry()
+    scorer = Scorer(registry, RewardContext(DeterministicReference(), CORPUS),
+                    ScoreBook(registry.probabilities, alpha=0.5, path=tmp_path / "scores.json"))
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps(QA_ROW) + "\n")
+    task = registry.get("QuestionAnsweringTask")
+    challenge = task.build(random.Random(0), load_jsonl_datasets(path))
+    answers = {
+        1: "Gustave Eiffel.",
+        2: "The Eiffel Tower was designed and built by the company of Gustave Eiffel.",
+        3: ("The tower was designed and built between 1887 and 1889 by the company of the engineer Gustave "
+            "Eiffel, after whom it is named, as the centerpiece of the 1889 World's Fair in Paris."),
+        4: "It was designed by the architect Stephen Sauvestre.",
+        5: QA_ROW["context"],  # the context pasted back: it contains the answer, so padding must still cost
+    }
+    t = [0.05, 0.1, 0.2]
+    job = ScoringJob(source="synthetic", task=task.name, bodies={u: challenge_body(challenge, 7) for u in answers},
+                     hotkeys={u: f"hk{u}" for u in answers}, chunks={u: chunks_for(a) for u, a in answers.items()},
+                     timings={u: t for u in answers}, deadline_s=10.0, expected=challenge.expected)
+    rewards = await scorer.score(job)
+    assert rewards[1] == rewards[2] == rewards[3] == 1.0, rewards
+    assert rewards[4] == 0.0
+    assert rewards[5] <= 0.25
+
+
+def test_evidence_that_only_repeats_the_answer_is_no_evidence() -> None:
+    sentence = "The Eiffel Tower was designed and built by the company of Gustave Eiffel."
+    assert qa_reward(sentence, "Gustave Eiffel", "Gustave Eiffel") == qa_reward(sentence, "Gustave Eiffel", "") == 1.0
+    evidence = "It is named after the engineer Gustave Eiffel, whose company designed and built the tower."
+    assert 0.6 < qa_reward(sentence, "Gustave Eiffel", evidence) < 1.0, "rows with evidence are scored as before"
 
 
 @pytest.mark.parametrize("answer,reward", [

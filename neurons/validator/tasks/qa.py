@@ -17,13 +17,14 @@ def qa_prompt(context: str, question: str) -> str:
 
 class QuestionAnsweringTask:
     name = tasks.QUESTION_ANSWERING
-    reward_pipeline = "dataset answer: contains the answer (0.6) + token F1 with the evidence (0.4); latency"
+    reward_pipeline = ("dataset answer: contains the answer (0.6) + token F1 with the evidence (0.4), containment "
+                       "alone without evidence; latency")
     seed_dependent = False
 
     def build(self, rng: random.Random, datasets: dict[str, Any]) -> Challenge:
         r = datasets["qa"].sample(rng)
         return Challenge(self.name, [{"role": "user", "content": qa_prompt(r["context"], r["question"])}],
-                         expected={"answer": r["answer"], "evidence": r.get("evidence") or r["answer"]},
+                         expected={"answer": r["answer"], "evidence": r.get("evidence") or ""},
                          max_tokens=128)
 
     async def reward(self, body: dict[str, Any], answer: str, expected: dict[str, Any] | None,
