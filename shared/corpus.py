@@ -55,6 +55,11 @@ def tokens(text: str) -> list[str]:
     return lowered.split()
 
 
+def is_cjk_char(token: str) -> bool:
+    """A Chinese or Japanese character (each is a token of its own: see ``tokens``)."""
+    return len(token) == 1 and _CJK.match(token) is not None
+
+
 def stem(token: str) -> str:
     """A crude suffix stripper ("flows" ~ "flow", "worked" ~ "work"): enough for matching queries."""
     for suffix in ("ing", "ed", "s"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from neurons.validator.rewards.penalties import DEFAULT_GRACE, copied_uids, late
 from neurons.validator.scores import ScoreBook
 from neurons.validator.tasks.base import RewardContext, TaskRegistry
 from shared.metagraph import MetagraphView, Neuron
+from shared.protocol import content_text
 
 
 @dataclass
@@ -61,6 +62,13 @@ def caller_emptied(body: dict[str, Any], answer: Answer) -> bool:
     cleanly (the README's valid ``""``): no fault of the miner's, and scored it would be a zero that
     any key could hand any miner."""
     return answer.error == EMPTY and answer.finish_reason is not None and any(body.get(f) for f in CUTTING_FIELDS)
+
+
+def prompt_text(bodies: Iterable[dict[str, Any]]) -> str:
+    """The text of every message the miners were sent (each distinct one once): what an answer may quote."""
+    texts = (content_text(m.get("content")) for body in bodies for m in body.get("messages") or ()
+             if isinstance(m, dict))
+    return "\n".join(dict.fromkeys(t for t in texts if t))
 
 
 def rebuild_answer(chunks: list[str], timings: list[float], error: str | None) -> Answer:
@@ -125,10 +133,11 @@ class Scorer:
         answers = {uid: rebuild_answer(job.chunks.get(uid, []), job.timings.get(uid, []), job.errors.get(uid))
                    for uid in job.bodies}
         copied: set[int] = set()
-        if seed_dependent:
+        seeds = {u: b.get("seed") for u, b in job.bodies.items()}
+        if seed_dependent and len(set(seeds.values())) > 1:  # an organic job sends one body (one seed) to all
             copied = copied_uids({u: a.text[:MAX_SCORED_CHARS] for u, a in answers.items()
                                   if a.error is None and not a.tool_calls},
-                                 {u: b.get("seed") for u, b in job.bodies.items()})
+                                 seeds, prompt=prompt_text(job.bodies.values()))
         return answers, copied
 
     async def score(self, job: ScoringJob) -> dict[int, float]:

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from neurons.miner.backends.deterministic import DeterministicBackend, generate_text
-from neurons.validator.datasets import load_jsonl_datasets
+from neurons.validator.datasets import JsonlDataset, load_jsonl_datasets
 from neurons.validator.reference import DeterministicReference
 from neurons.validator.rewards.exact import number_reward
 from neurons.validator.rewards.penalties import copied_uids, latency_factor
@@ -208,11 +208,120 @@ def test_latency_factor() -> None:
     assert latency_factor(None, 10.0) == 0.0
 
 
+# Four honest notes on one prompt, as a model samples them with four seeds at temperature 0.7.
+EIFFEL_PROMPT = "Write a short note about the Eiffel Tower."
+EIFFEL = [
+    "The Eiffel Tower, completed in 1889 for the World's Fair, rises 330 metres above the Champ de Mars. Gustave "
+    "Eiffel's company built it from wrought iron, and many artists first called it an eyesore. Today it welcomes "
+    "about seven million visitors a year and has become the symbol of Paris.",
+    "Standing on the Champ de Mars in Paris, the Eiffel Tower was designed by engineers working for Gustave Eiffel "
+    "and opened in 1889. Once the tallest structure in the world, the iron lattice tower now draws millions of "
+    "tourists who ride its lifts to the top for sweeping views over the city.",
+    "Note: the Eiffel Tower is Paris's best-known landmark. Built between 1887 and 1889 as the entrance arch to the "
+    "Exposition Universelle, the 330-metre wrought-iron tower was meant to stand for only twenty years, but it "
+    "proved useful as a radio antenna and was kept.",
+    "The Eiffel Tower is one of the most famous monuments on Earth. Erected for the 1889 World's Fair to mark a "
+    "century since the French Revolution, it is made of some 18,000 iron parts held together by 2.5 million "
+    "rivets, and it is repainted every seven years.",
+]
+# A copier's disguise: two words changed and two appended.
+DISGUISED = EIFFEL[0].replace("rises", "stands").replace("eyesore", "monstrosity") + " Truly remarkable."
+
+
 def test_copied_answers_only_count_when_seeds_differ() -> None:
-    same = "one two three four five"
-    assert copied_uids({1: same, 2: same, 3: "other answer entirely here"}, {1: 10, 2: 11, 3: 12}) == {1, 2}
+    same = EIFFEL[0]
+    assert copied_uids({1: same, 2: same, 3: EIFFEL[1]}, {1: 10, 2: 11, 3: 12}) == {1, 2}
     assert copied_uids({1: same, 2: same}, {1: 10, 2: 10}) == set()
-    assert copied_uids({1: "ok", 2: "ok"}, {1: 1, 2: 2}) == set()  # too short to call a copy
+    assert copied_uids({1: same, 2: DISGUISED, 3: EIFFEL[1]}, {1: 10, 2: 11, 3: 12}) == {1, 2}
+    assert copied_uids({1: same, 2: DISGUISED}, {1: 10, 2: 10}) == set()
+    assert copied_uids(dict(enumerate(EIFFEL)), dict(enumerate(range(4)))) == set()
+    assert copied_uids({1: "ok", 2: "ok"}, {1: 1, 2: 2}) == set()
+
+
+def test_honest_answers_that_coincide_in_part_are_not_copies() -> None:
+    """Short answers, a memorised opening shared by two samples, and words quoted from the prompt are what
+    honest answers to different seeds have in common: none of them makes a copy."""
+    factual = "The capital of France is Paris, which is also its largest city."
+    assert copied_uids({1: factual, 2: factual}, {1: 1, 2: 2}) == set(), "a short answer often is every seed's"
+    memorised = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named "
+                 "after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889.")
+    a = memorised + " Today it is the most visited paid monument in the world, with millions of guests each year."
+    b = memorised + " Locally nicknamed the iron lady, it was first criticised by artists but became a global icon."
+    assert copied_uids({1: a, 2: b}, {1: 1, 2: 2}) == set(), "70 % in common, then two samples diverge"
+    paragraph = ("Teh Eiffel Tower was built for the 1889 World's Fair in Paris. It was designed by the company of "
+                 "Gustave Eiffel, and for fourty years it was the tallest structure in the world, until the Chrysler "
+                 "Building in New York was finished in 1930. Today millions of visitors climb it every yaer.")
+    prompt = f"Correct the spelling in this paragraph and reply with the paragraph only:\n{paragraph}"
+    fixed = paragraph.replace("Teh", "The").replace("fourty", "forty").replace("yaer", "year")
+    assert copied_uids({1: fixed, 2: fixed}, {1: 1, 2: 2}) == {1, 2}, "without the prompt, it looks copied"
+    assert copied_uids({1: fixed, 2: fixed}, {1: 1, 2: 2}, prompt=prompt) == set(), "the words are the prompt's"
+    copied = EIFFEL[0] + " " + paragraph  # quoting the prompt does not hide a copy of a peer's own words
+    assert copied_uids({1: copied, 2: copied, 3: fixed}, {1: 1, 2: 2, 3: 3}, prompt=prompt) == {1, 2}
+
+
+def test_a_copy_with_a_word_in_ten_changed_is_a_copy_and_one_in_five_is_not() -> None:
+    words = normalize(EIFFEL[1])
+    every = lambda k: " ".join(w if i % k else "zzz" for i, w in enumerate(words, 1))  # noqa: E731
+    assert copied_uids({1: EIFFEL[1], 2: every(10)}, {1: 1, 2: 2}) == {1, 2}
+    assert copied_uids({1: EIFFEL[1], 2: every(5)}, {1: 1, 2: 2}) == set()
+
+
+class SampledReference:
+    """A real LLM's reference as the validator sees it: not reproducible, one sample per seed."""
+
+    reproducible = False
+
+    def __init__(self, by_seed: dict[int, str]) -> None:
+        self.by_seed = by_seed
+
+    async def answer(self, body: dict) -> str:
+        return self.by_seed[body["seed"]]
+
+    async def close(self) -> None:
+        return None
+
+
+async def inference_rewards(tmp_path, prompt: str, answers: dict[int, str], references: dict[int, str]) -> dict:
+    """Each uid asked ``prompt`` with seed 100 + uid, scored against ``references`` (uid -> the sample for
+    its seed), as a synthetic job with a non-reproducible reference model."""
+    registry = default_registry()
+    reference = SampledReference({100 + u: text for u, text in references.items()})
+    scorer = Scorer(registry, RewardContext(reference, CORPUS),
+                    ScoreBook(registry.probabilities, alpha=0.5, path=tmp_path / "scores.json"))
+    task = registry.get("InferenceTask")
+    challenge = task.build(random.Random(0), {"inference": JsonlDataset([{"messages": [
+        {"role": "user", "content": prompt}]}], "prompts")})
+    t = [0.05, 0.1, 0.2]
+    job = ScoringJob(source="synthetic", task=task.name,
+                     bodies={u: challenge_body(challenge, 100 + u) for u in answers},
+                     hotkeys={u: f"hk{u}" for u in answers}, chunks={u: chunks_for(a) for u, a in answers.items()},
+                     timings={u: t for u in answers}, deadline_s=10.0, expected=challenge.expected)
+    return await scorer.score(job)
+
+
+async def test_a_copy_with_a_word_or_two_changed_scores_zero(tmp_path) -> None:
+    """With a model that is not reproducible the reward is similarity, and a copy of a peer's answer earns
+    about what an honest one does; only an identical copy was zeroed, so two words changed escaped."""
+    references = dict(enumerate(EIFFEL, 1))  # uid 4's seed samples the fourth note; it sends uid 1's, disguised
+    rewards = await inference_rewards(tmp_path, EIFFEL_PROMPT, {1: EIFFEL[0], 2: EIFFEL[1], 3: EIFFEL[2],
+                                                                4: DISGUISED}, references)
+    assert rewards[4] == 0.0 and rewards[1] == 0.0, "the copier, and the answer it copied, as for identical copies"
+    assert rewards[2] == rewards[3] == 1.0, "honest samples of one prompt are not copies of each other"
+
+
+async def test_honest_answers_every_seed_gives_alike_keep_their_reward(tmp_path) -> None:
+    """A short factual answer, and a paragraph quoted back from the prompt, are the same text for every
+    seed: the exact-match check zeroed every honest miner that gave them."""
+    factual = "The capital of France is Paris."
+    rewards = await inference_rewards(tmp_path, "What is the capital of France? Answer in one sentence.",
+                                      {1: factual, 2: factual, 3: factual}, {1: factual, 2: factual, 3: factual})
+    assert rewards == {1: 1.0, 2: 1.0, 3: 1.0}
+    paragraph = ("The Eiffel Tower was built for the 1889 World's Fair in Paris. It was designed by the company of "
+                 "Gustave Eiffel, and for forty years it was the tallest structure in the world, until the Chrysler "
+                 "Building in New York was finished in 1930. Today millions of visitors climb it every year.")
+    prompt = f"Repeat this paragraph word for word:\n{paragraph}"
+    rewards = await inference_rewards(tmp_path, prompt, {1: paragraph, 2: paragraph}, {1: paragraph, 2: paragraph})
+    assert rewards == {1: 1.0, 2: 1.0}
 
 
 def chunks_for(text: str) -> list[str]:
@@ -380,7 +489,11 @@ def test_chinese_and_japanese_answers_are_compared_character_by_character() -> N
     similarity 0 (its English equivalent 0.92), and identical ones escaped the copy check (< 3 tokens)."""
     a, b = normalize("东京是日本的首都。"), normalize("东京是日本的首府。")
     assert rouge_l(a, b) > 0.8 and token_f1(a, b) > 0.8
-    assert copied_uids({1: "东京是日本的首都。", 2: "东京是日本的首都。"}, {1: 1, 2: 2}) == {1, 2}
+    long = ("埃菲尔铁塔位于法国巴黎的战神广场，是一座镂空结构的铁塔，高三百三十米。它建成于一八八九年，"
+            "是为了当年的世界博览会而建造的，如今每年吸引数百万游客前来参观。")
+    assert copied_uids({1: long, 2: long}, {1: 1, 2: 2}) == {1, 2}
+    short = "东京是日本的首都，也是日本最大的城市。"  # a short factual answer, a character a token: honest
+    assert copied_uids({1: short, 2: short}, {1: 1, 2: 2}) == set()
     assert normalize("The river, 川は長い!") == ["river", "川", "は", "長", "い"]
 
 
