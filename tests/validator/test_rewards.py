@@ -10,6 +10,7 @@ import time
 import pytest
 
 from neurons.miner.backends.deterministic import DeterministicBackend, generate_text
+from neurons.miner.search import CorpusSearch
 from neurons.validator.datasets import JsonlDataset, load_jsonl_datasets
 from neurons.validator.reference import DeterministicReference
 from neurons.validator.rewards.exact import number_reward
@@ -178,6 +179,21 @@ def test_a_page_cited_in_another_spelling_of_its_url_is_the_page() -> None:
     good = [{"url": spelled, "content": doc.content, "relevant": doc.facts[3].evidence}]
     assert web_reward(json.dumps(good), query, CORPUS, doc.url) == pytest.approx(1.0)
     assert web_reward(json.dumps(good), query, CORPUS, verifiable_only=True) == pytest.approx(1.0)
+
+
+def test_web_relevance_is_a_precision_mean() -> None:
+    """Kept as designed: the honest search's lower-ranked pages share 2 of the query's 3 terms, so its list
+    scores below 1, and a real, valid page off the query lowers the reward as padding (a mean that paid an
+    honest list 1.0 whatever its pages' relevance would let any corpus page pad a list for free)."""
+    doc = CORPUS.documents[0]
+    query = doc.title.split(" (")[0] + " " + doc.facts[3].answer
+    honest = CorpusSearch(CORPUS).search(query, 3)
+    assert len(honest) == 3 and honest[0]["url"] == doc.url
+    reward = web_reward(json.dumps(honest), query, CORPUS, doc.url)
+    assert reward == pytest.approx(0.5 * (1 + 2 / 3 + 2 / 3) / 3 + 0.5)
+    off = CORPUS.documents[1]
+    padded = [*honest, {"url": off.url, "content": off.content, "relevant": off.facts[0].evidence}]
+    assert web_reward(json.dumps(padded), query, CORPUS, doc.url) < reward
 
 
 def test_organic_web_answers_are_judged_on_the_pages_the_validator_holds() -> None:

@@ -9,6 +9,13 @@ padding lowers the mean) and half whether the page the query was made from is
 among the valid results (synthetic tasks only; organic queries have no target,
 so the mean is the reward).
 
+The mean is a precision measure, on purpose: an honest list whose lower-ranked pages share fewer of
+the query's terms scores below 1 (about 0.93 on the built-in corpus; the same for every honest miner,
+and weights are relative), and a real page off the query lowers it like junk. Lifting that list to 1.0
+means discounting its weaker pages' relevance, which discounts padding with real pages too. Neither
+the number of results nor their order is rewarded: a recall term (results asked for, given) would be
+a design change, not a fix of this mean.
+
 An organic query is a caller's, about anything: the pages a miner finds are mostly not in the
 validator's corpus, and a page the validator does not hold is neither proof of a fake nor
 verifiable. So for organic answers (``verifiable_only``) such results are left out of the mean, and
