@@ -28,12 +28,16 @@ def new_id(prefix: str) -> str:
 
 
 def usage_in_responses_words(usage: dict[str, Any]) -> dict[str, Any]:
-    """A chat completion's usage in the Responses API's words (the model server's cached and reasoning
-    token counts carried over when it gave them)."""
+    """A chat completion's usage in the Responses API's words (the model server's cached, cache-written
+    and reasoning token counts carried over when it gave them). Every detail is there, 0 when unknown:
+    the SDK's types require them (``cache_write_tokens`` was missing: the SDK read None, a typed
+    client refused the response)."""
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
     return {"input_tokens": prompt,
-            "input_tokens_details": {"cached_tokens": _detail(usage, "prompt_tokens_details", "cached_tokens")},
+            "input_tokens_details": {"cached_tokens": _detail(usage, "prompt_tokens_details", "cached_tokens"),
+                                     "cache_write_tokens": _detail(usage, "prompt_tokens_details",
+                                                                   "cache_write_tokens")},
             "output_tokens": completion,
             "output_tokens_details": {"reasoning_tokens": _detail(usage, "completion_tokens_details",
                                                                   "reasoning_tokens")},

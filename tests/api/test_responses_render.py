@@ -55,7 +55,8 @@ def test_text_then_a_call_stream_in_openais_order_and_end_complete() -> None:
     assert final["output"][1] | {"id": None} == {"id": None, "type": "function_call", "status": "completed",
                                                   "call_id": "call_1", "name": "get_weather",
                                                   "arguments": '{"city":"Paris"}'}
-    assert final["usage"] == {"input_tokens": 3, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 5,
+    assert final["usage"] == {"input_tokens": 3, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                              "output_tokens": 5,
                               "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 8}
     done = {e["item"]["id"]: e["item"] for e in got if e["type"] == "response.output_item.done"}
     assert [done[item["id"]] for item in final["output"]] == final["output"]
@@ -103,10 +104,11 @@ def test_an_empty_answer_is_one_empty_message_streamed_or_not() -> None:
 
 
 def test_cached_and_reasoning_tokens_are_carried_over() -> None:
-    usage = {**USAGE, "prompt_tokens_details": {"cached_tokens": 2}, "completion_tokens_details": {"reasoning_tokens": 4}}
+    usage = {**USAGE, "prompt_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 1},
+             "completion_tokens_details": {"reasoning_tokens": 4}}
     final = finished({"id": "r"}, [], finish_reason="stop", usage=usage)
-    assert final["usage"]["input_tokens_details"] == {"cached_tokens": 2}
+    assert final["usage"]["input_tokens_details"] == {"cached_tokens": 2, "cache_write_tokens": 1}
     assert final["usage"]["output_tokens_details"] == {"reasoning_tokens": 4}
     odd = {**USAGE, "prompt_tokens_details": {"cached_tokens": "2"}, "completion_tokens_details": [1]}
     assert finished({"id": "r"}, [], finish_reason="stop", usage=odd)["usage"]["input_tokens_details"] == \
-        {"cached_tokens": 0}
+        {"cached_tokens": 0, "cache_write_tokens": 0}

@@ -1,0 +1,53 @@
+"""The Responses API through the real API app, read as the OpenAI SDK's own types read it.
+
+The SDK builds its objects without validating them: a field it requires and the gateway left out
+is ``None`` to the caller, not an error. So each test here also validates the raw body, and every
+streamed event, with the SDK's pydantic models (``Response``, ``ResponseStreamEvent``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from tests.helpers import ApiUnderTest, api_with_miners, post, response_events
+
+EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+
+
+@pytest.fixture
+async def honest(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
+    async with api_with_miners(tmp_path, {}, honest={1, 2}) as api:
+        yield api
+
+
+def sdk(api: ApiUnderTest) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0, timeout=20)
+
+
+async def typed(api: ApiUnderTest, body: dict[str, Any]) -> tuple[Response, list[Any]]:
+    """The response object and the stream's events for ``body``, each validated by the SDK's models."""
+    status, _, text = await post(api, {"model": "default", **body}, path="/v1/responses")
+    assert status == 200, text
+    whole = Response.model_validate(json.loads(text))
+    status, _, text = await post(api, {"model": "default", **body, "stream": True}, path="/v1/responses")
+    assert status == 200, text
+    events = [EVENT.validate_python(e) for e in response_events(text)]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    return whole, events
+
+
+async def test_usage_has_every_detail_the_sdk_requires(honest: ApiUnderTest) -> None:
+    whole, events = await typed(honest, {"input": "Hello there"})
+    assert events[-1].type == "response.completed"
+    for usage in (whole.usage, events[-1].response.usage):
+        assert usage is not None and usage.output_tokens > 0
+        assert (usage.input_tokens_details.cached_tokens, usage.input_tokens_details.cache_write_tokens) == (0, 0)
+    read = await sdk(honest).responses.create(model="default", input="Hello there")
+    assert read.usage is not None and read.usage.input_tokens_details.cache_write_tokens == 0
