@@ -14,6 +14,7 @@ from typing import Any
 
 from api.responses_wire import (
     WEB_SEARCH_TYPES,
+    AllowedTools,
     FunctionCallItem,
     FunctionCallOutputItem,
     MessageItem,
@@ -63,16 +64,17 @@ def chat_body(r: ResponsesRequest) -> dict[str, Any]:
         body["logprobs"] = True
         if r.top_logprobs is not None:
             body["top_logprobs"] = r.top_logprobs
-    if r.function_tools:
+    tools = miner_tools(r)
+    if tools:
         body["tools"] = [{"type": "function", "function": t.model_dump(include=TOOL_FIELDS, exclude_none=True)}
-                         for t in r.function_tools]
+                         for t in tools]
     else:
         # No tool reaches the miners (none sent, or web search only, which the API runs): chat servers refuse
         # tool_choice and parallel_tool_calls without tools (OpenAI, vLLM), and Codex always sends the latter.
         body.pop("parallel_tool_calls", None)
-    choice = _tool_choice(r)
+    choice = _tool_choice(r, tools)
     # "auto" and "none" mean nothing without tools; any other choice goes on, for the chat check's 400
-    if choice is not None and (r.function_tools or choice not in ("auto", "none")):
+    if choice is not None and (tools or choice not in ("auto", "none")):
         body["tool_choice"] = choice
     if r.reasoning is not None and r.reasoning.effort is not None:
         body["reasoning_effort"] = r.reasoning.effort
@@ -169,12 +171,45 @@ def search_tool(r: ResponsesRequest) -> Tool | None:
     choice = r.tool_choice
     if choice == "none" or (isinstance(choice, dict) and choice.get("type") == "function"):
         return None
+    allowed = _allowed(r)
+    if allowed is not None and not any(t.get("type") in WEB_SEARCH_TYPES for t in allowed.tools):
+        return None
     return r.web_search
 
 
-def _tool_choice(r: ResponsesRequest) -> str | dict[str, Any] | None:
-    """The chat request's ``tool_choice``: web search is not a miner's tool, so a choice of it (or
-    ``required`` with web search the only tool) is met by the search and leaves the miners free."""
+def miner_tools(r: ResponsesRequest) -> list[Tool]:
+    """The function tools the miners get: every one, or only those an ``allowed_tools`` choice lists.
+
+    OpenAI's model still sees the others but may not call them; a chat request cannot say so (model
+    servers take no such choice), so the miners are offered only the allowed ones, and a call to any
+    other fails the miner as a call to a tool not offered."""
+    allowed = _allowed(r)
+    if allowed is None:
+        return r.function_tools
+    names = {t.get("name") for t in allowed.tools if t.get("type") == "function"}
+    return [t for t in r.function_tools if t.name in names]
+
+
+def _allowed(r: ResponsesRequest) -> AllowedTools | None:
+    """The ``allowed_tools`` choice, each tool it lists checked to be one of ``tools`` (None: another choice)."""
+    choice = r.tool_choice
+    if not isinstance(choice, dict) or choice.get("type") != "allowed_tools":
+        return None
+    allowed: AllowedTools = parse_model(AllowedTools, choice, at="tool_choice")
+    functions = {t.name for t in r.function_tools}
+    for i, tool in enumerate(allowed.tools):
+        kind = _type_of(tool, f"tool_choice.tools.{i}")
+        if not ((kind == "function" and tool.get("name") in functions)
+                or (kind in WEB_SEARCH_TYPES and r.web_search is not None)):
+            raise invalid_value(f"tool_choice.tools.{i}", "allowed_tools may list only the request's own tools "
+                                                          '({"type": "function", "name": ...} or web search)')
+    return allowed
+
+
+def _tool_choice(r: ResponsesRequest, tools: list[Tool]) -> str | dict[str, Any] | None:
+    """The chat request's ``tool_choice`` (``tools``: the miners' tools): web search is not a miner's tool,
+    so a choice of it (or ``required`` with web search the only tool) is met by the search and leaves the
+    miners free."""
     choice = r.tool_choice
     if choice is None:
         return None
@@ -187,8 +222,13 @@ def _tool_choice(r: ResponsesRequest) -> str | dict[str, Any] | None:
         if r.web_search is None:
             raise invalid_value("tool_choice", "tool_choice names web search, which is not among the tools")
         return None
+    if choice.get("type") == "allowed_tools":
+        allowed = _allowed(r)
+        assert allowed is not None
+        return allowed.mode if tools else None  # only web search allowed: met by the search, as above
     raise invalid_value("tool_choice", "tool_choice must be 'none', 'auto', 'required', "
-                                       '{"type": "function", "name": ...} or {"type": "web_search"}')
+                                       '{"type": "function", "name": ...}, {"type": "web_search"} or '
+                                       '{"type": "allowed_tools", "mode": ..., "tools": [...]}')
 
 
 def _response_format(fmt: TextFormat) -> dict[str, Any]:

@@ -66,6 +66,17 @@ class Tool(BaseModel):
         return self.type in WEB_SEARCH_TYPES
 
 
+class AllowedTools(BaseModel):
+    """``tool_choice: {"type": "allowed_tools", ...}``: the model may call only the listed tools (each
+    ``{"type": "function", "name": ...}`` or web search) of those in ``tools``; ``mode`` says whether
+    it may answer in text instead (``auto``) or must call one (``required``)."""
+
+    model_config = REQUEST_CONFIG
+    type: Literal["allowed_tools"]
+    mode: Literal["auto", "required"]
+    tools: list[dict[str, Any]] = Field(min_length=1)
+
+
 class TextFormat(BaseModel):
     model_config = REQUEST_CONFIG
     type: Literal["text", "json_object", "json_schema"]

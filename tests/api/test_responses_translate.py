@@ -108,6 +108,7 @@ def test_the_subnets_extras_reach_the_chat_request() -> None:
     assert (body["uids"], body["timeout"], body["task"], body["seed"]) == ([1, 2], 5, "InferenceTask", 7)
 
 
+TIME = {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}}
 SEARCH = {"type": "web_search", "search_context_size": "low", "user_location": {"type": "approximate", "country": "GB"}}
 
 
@@ -122,6 +123,15 @@ SEARCH = {"type": "web_search", "search_context_size": "low", "user_location": {
     ([SEARCH, WEATHER], {"type": "function", "name": "get_weather"}, False, ["get_weather"],
      {"type": "function", "function": {"name": "get_weather"}}),
     ([WEATHER], None, False, ["get_weather"], None),
+    # allowed_tools: the miners are offered only the tools it lists; web search runs only if it is listed
+    ([SEARCH, WEATHER, TIME], {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function",
+                                                                                  "name": "get_time"}]},
+     False, ["get_time"], "auto"),
+    ([SEARCH, WEATHER], {"type": "allowed_tools", "mode": "required", "tools": [{"type": "web_search"}]},
+     True, None, None),  # met by the search
+    ([SEARCH, WEATHER], {"type": "allowed_tools", "mode": "required",
+                         "tools": [{"type": "web_search"}, {"type": "function", "name": "get_weather"}]},
+     True, ["get_weather"], "required"),
 ])
 def test_web_search_is_done_here_and_the_miners_get_the_function_tools(
         tools: list[dict], choice: Any, search: bool, chat_tools: list[str] | None, chat_choice: Any) -> None:
@@ -181,6 +191,16 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
      "must be a string"),
     ({"input": "x", "tool_choice": {"type": "web_search"}}, "tool_choice", "not among the tools"),
     ({"input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice", "tool_choice must be"),
+    ({"input": "x", "tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto",
+                                                        "tools": [{"type": "function", "name": "get_time"}]}},
+     "tool_choice.tools.0", "only the request's own tools"),
+    ({"input": "x", "tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto",
+                                                        "tools": [{"type": "web_search"}]}},
+     "tool_choice.tools.0", "only the request's own tools"),
+    ({"input": "x", "tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "tools": [WEATHER]}},
+     "tool_choice.mode", "Field required"),
+    ({"input": "x", "tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []}},
+     "tool_choice.tools", "at least 1"),
     ({"input": "x", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format", "needs a name"),
     ({"input": "x", "max_output_tokens": "5"}, "max_output_tokens", "valid integer"),
 ])

@@ -51,3 +51,27 @@ async def test_usage_has_every_detail_the_sdk_requires(honest: ApiUnderTest) -> 
         assert (usage.input_tokens_details.cached_tokens, usage.input_tokens_details.cache_write_tokens) == (0, 0)
     read = await sdk(honest).responses.create(model="default", input="Hello there")
     assert read.usage is not None and read.usage.input_tokens_details.cache_write_tokens == 0
+
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}, "strict": None}
+TIME = {"type": "function", "name": "get_time", "description": "The local time in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}, "strict": None}
+
+
+async def test_allowed_tools_limits_the_calls_to_the_tools_it_lists(honest: ApiUnderTest) -> None:
+    """``tool_choice: {"type": "allowed_tools"}`` (the SDK's ``ToolChoiceAllowed``) was a 400; the
+    deterministic miner calls the tool that best fits the question (get_time here) unless only
+    get_weather is allowed."""
+    asked = {"input": "What time is it in Paris?", "tools": [WEATHER, TIME]}
+    free = await sdk(honest).responses.create(model="default", **asked)
+    assert [item.name for item in free.output if item.type == "function_call"] == ["get_time"]
+    allowed = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "get_weather"}]}
+    whole, events = await typed(honest, asked | {"tool_choice": allowed})
+    for r in (whole, events[-1].response):
+        assert [(item.type, item.name) for item in r.output] == [("function_call", "get_weather")]
+        assert r.tool_choice.type == "allowed_tools" and [t.name for t in r.tools] == ["get_weather", "get_time"]
+    with pytest.raises(openai.BadRequestError) as e:
+        await sdk(honest).responses.create(model="default", **asked, tool_choice=allowed | {
+            "tools": [{"type": "function", "name": "get_date"}]})
+    assert e.value.param == "tool_choice.tools.0"
