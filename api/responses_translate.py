@@ -37,6 +37,9 @@ SKIPPED_ITEMS = frozenset({"reasoning", "web_search_call"})
 LOGPROBS = "message.output_text.logprobs"  # the include that asks for the answer's token log probabilities
 TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 TOOL_FIELDS = {"name", "description", "parameters", "strict"}  # a chat tool's function, from a flat tool
+TOOL_CHOICES = ("tool_choice must be 'none', 'auto', 'required', "  # the forms this API takes, for its 400
+                '{"type": "function", "name": ...}, {"type": "web_search"} or '
+                '{"type": "allowed_tools", "mode": ..., "tools": [...]}')
 PASSED_ON = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "seed", "task", "uids", "mixture",
              "inference_mode", "timeout", "session_id", "sampling_parameters")
 
@@ -214,7 +217,8 @@ def _tool_choice(r: ResponsesRequest, tools: list[Tool]) -> str | dict[str, Any]
     if choice is None:
         return None
     if isinstance(choice, str):
-        # none, auto, required: the chat request's own check refuses the rest
+        if choice not in ("none", "auto", "required"):  # the chat check's 400 would name chat's forms
+            raise invalid_value("tool_choice", TOOL_CHOICES)
         return None if choice == "required" and r.web_search is not None and not r.function_tools else choice
     if choice.get("type") == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
@@ -226,9 +230,7 @@ def _tool_choice(r: ResponsesRequest, tools: list[Tool]) -> str | dict[str, Any]
         allowed = _allowed(r)
         assert allowed is not None
         return allowed.mode if tools else None  # only web search allowed: met by the search, as above
-    raise invalid_value("tool_choice", "tool_choice must be 'none', 'auto', 'required', "
-                                       '{"type": "function", "name": ...}, {"type": "web_search"} or '
-                                       '{"type": "allowed_tools", "mode": ..., "tools": [...]}')
+    raise invalid_value("tool_choice", TOOL_CHOICES)
 
 
 def _response_format(fmt: TextFormat) -> dict[str, Any]:

@@ -191,6 +191,9 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
      "must be a string"),
     ({"input": "x", "tool_choice": {"type": "web_search"}}, "tool_choice", "not among the tools"),
     ({"input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice", "tool_choice must be"),
+    # a function's bare name (or any other string): the 400 names this API's forms, not chat's
+    ({"input": "x", "tools": [WEATHER], "tool_choice": "get_weather"}, "tool_choice",
+     '{"type": "function", "name": ...}'),
     ({"input": "x", "tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto",
                                                         "tools": [{"type": "function", "name": "get_time"}]}},
      "tool_choice.tools.0", "only the request's own tools"),
