@@ -93,11 +93,12 @@ class TextConfig(BaseModel):
 
 
 class ReasoningConfig(BaseModel):
-    """How hard a reasoning model thinks (chat's ``reasoning_effort``); a summary of it is not served:
-    miners send no reasoning items."""
+    """How hard a reasoning model thinks (chat's ``reasoning_effort``): every level the OpenAI SDK
+    sends, ``xhigh`` and ``max`` too (chat completions pass any on; a model server that knows no such
+    level refuses it, the caller's 400). A summary is not served: no miner writes one."""
 
     model_config = REQUEST_CONFIG
-    effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     summary: str | None = None
 
 

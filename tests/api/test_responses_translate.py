@@ -234,10 +234,12 @@ def test_any_body_is_translated_or_a_400_never_a_crash(items: list[dict[str, Any
         assert e.status == 400 and e.param
 
 
-def test_reasoning_effort_and_verbosity_reach_the_miners_as_chat_fields() -> None:
-    """Codex and the Agents SDK send them for reasoning models: dropped, the model thinks at its default."""
-    body = translate(input="Hi", reasoning={"effort": "low", "summary": "auto"}, text={"verbosity": "high"})
-    assert body["reasoning_effort"] == "low" and body["verbosity"] == "high"
+@pytest.mark.parametrize("effort", ["none", "minimal", "low", "medium", "high", "xhigh", "max"])
+def test_reasoning_effort_and_verbosity_reach_the_miners_as_chat_fields(effort: str) -> None:
+    """Codex and the Agents SDK send them for reasoning models: dropped, the model thinks at its default.
+    Every effort the SDK's ``ReasoningEffort`` names goes on (xhigh and max were a 400)."""
+    body = translate(input="Hi", reasoning={"effort": effort, "summary": "auto"}, text={"verbosity": "high"})
+    assert body["reasoning_effort"] == effort and body["verbosity"] == "high"
     assert "reasoning" not in body and "text" not in body
     plain = translate(input="Hi")
     assert "reasoning_effort" not in plain and "verbosity" not in plain

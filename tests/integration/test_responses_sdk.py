@@ -75,3 +75,9 @@ async def test_allowed_tools_limits_the_calls_to_the_tools_it_lists(honest: ApiU
         await sdk(honest).responses.create(model="default", **asked, tool_choice=allowed | {
             "tools": [{"type": "function", "name": "get_date"}]})
     assert e.value.param == "tool_choice.tools.0"
+
+
+async def test_every_reasoning_effort_the_sdk_names_is_served(honest: ApiUnderTest) -> None:
+    for effort in ("xhigh", "max"):  # a 400 before, though the SDK's ReasoningEffort names them
+        whole, _ = await typed(honest, {"input": "Hello there", "reasoning": {"effort": effort}})
+        assert whole.status == "completed" and whole.reasoning is not None and whole.reasoning.effort == effort
