@@ -82,7 +82,8 @@ class ResponsesFormat:
         return citations(text, self.found) if self.found is not None else []
 
     def complete(self, req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]) -> web.Response:
-        output = complete_output(run.text, run.merged_tool_calls(), logprob_tokens(run.logprobs), "".join(run.refusal))
+        output = complete_output(run.text, run.merged_tool_calls(), logprob_tokens(run.logprobs), "".join(run.refusal),
+                                 "".join(run.reasoning))
         for item in output:
             if item["type"] == "message" and item["content"][0]["type"] == "output_text":
                 item["content"][0]["annotations"] = self._annotate(item["content"][0]["text"])

@@ -2,10 +2,13 @@
 
 The stream follows OpenAI's event sequence, which the SDK's ``responses.stream()``
 checks item by item: ``response.created``, ``response.in_progress``, then per
-output item ``output_item.added`` (and ``content_part.added`` for a message),
-its deltas, its ``.done`` events, and finally ``response.completed`` (or
-``response.incomplete`` / ``response.failed``) carrying the whole response.
-Every event has a ``sequence_number``; there is no ``[DONE]``.
+output item ``output_item.added`` (and ``content_part.added`` for a message or
+a reasoning item), its deltas, its ``.done`` events, and finally
+``response.completed`` (or ``response.incomplete`` / ``response.failed``)
+carrying the whole response. Every event has a ``sequence_number``; there is no
+``[DONE]``. A reasoning model's thinking (chat's ``reasoning_content``) is a
+``reasoning`` item with ``reasoning_text`` content, as OpenAI gives an
+open-weight model's.
 """
 
 from __future__ import annotations
@@ -91,6 +94,23 @@ def output_text(text: str, logprobs: list[Any] | None = None) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": list(logprobs or [])}
 
 
+def reasoning_item(item_id: str, text: str, *, status: str = "completed") -> dict[str, Any]:
+    """A reasoning model's thinking (chat's ``reasoning_content``): OpenAI's ``reasoning`` item with its
+    raw text as ``reasoning_text`` content (no summary: no miner writes one)."""
+    return {"id": item_id, "type": "reasoning", "status": status, "summary": [],
+            "content": [] if status == "in_progress" else [reasoning_text(text)]}
+
+
+def reasoning_text(text: str) -> dict[str, Any]:
+    return {"type": "reasoning_text", "text": text}
+
+
+def thought_of(delta: dict[str, Any]) -> str:
+    """A chunk's thinking, under either name the race reads (``api/race.py``)."""
+    thought = delta.get("reasoning_content") or delta.get("reasoning")
+    return thought if isinstance(thought, str) else ""
+
+
 def refusal_part(text: str) -> dict[str, Any]:
     """The model declined (chat's ``refusal``): OpenAI's ``refusal`` content part, which the SDK's
     ``responses.parse`` reports instead of parsing an answer that is not there."""
@@ -121,13 +141,15 @@ def finished(base: dict[str, Any], output: list[dict[str, Any]], *, finish_reaso
 
 
 def complete_output(text: str, tool_calls: list[dict[str, Any]] | None,
-                    logprobs: list[Any] | None = None, refusal: str = "") -> list[dict[str, Any]]:
-    """The output items of a finished answer: its text as a message (if any), then each call; a refusal
-    with no text is a message of one refusal part."""
+                    logprobs: list[Any] | None = None, refusal: str = "", reasoning: str = "") -> list[dict[str, Any]]:
+    """The output items of a finished answer: its thinking (if any), its text as a message (if any, or
+    empty if there is no call either), then each call; a refusal with no text is a message of one
+    refusal part."""
+    output = [reasoning_item(new_id("rs"), reasoning)] if reasoning else []
     if refusal and not text:
-        output = [message_item(new_id("msg"), "") | {"content": [refusal_part(refusal)]}]
-    else:
-        output = [message_item(new_id("msg"), text, logprobs=logprobs)] if text or not tool_calls else []
+        output.append(message_item(new_id("msg"), "") | {"content": [refusal_part(refusal)]})
+    elif text or not tool_calls:
+        output.append(message_item(new_id("msg"), text, logprobs=logprobs))
     for call in tool_calls or []:
         output.append(call_item(call, arguments=(call.get("function") or {}).get("arguments") or ""))
     return output
@@ -149,6 +171,7 @@ class ResponseStream:
         self.items: list[dict[str, Any]] = []  # in output order; each the item as it will be when done
         self.closed = 0  # items[:closed] were whole before the answer began (a web search)
         self.message: dict[str, Any] | None = None  # the open message, if the open item is one
+        self.thinking: dict[str, Any] | None = None  # the open reasoning item, if the open item is one
         self.current: int | None = None  # the index of the item still open
         self.calls: dict[int, dict[str, Any]] = {}  # chat tool-call index -> its item
 
@@ -180,6 +203,8 @@ class ResponseStream:
         out = []
         for choice in obj.get("choices") or []:
             delta = choice.get("delta") or {}
+            if thought := thought_of(delta):  # a model thinks before it answers
+                out.append(self._thought(thought))
             if delta.get("content"):
                 logprobs = choice.get("logprobs")
                 tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
@@ -196,6 +221,22 @@ class ResponseStream:
         self.message["content"][0]["refusal"] += piece
         return opened + self.event("response.refusal.delta", item_id=self.message["id"],
                                    output_index=self.items.index(self.message), content_index=0, delta=piece)
+
+    def _thought(self, piece: str) -> bytes:
+        opened = b"" if self.thinking is not None else self._open_reasoning()
+        assert self.thinking is not None
+        self.thinking["content"][0]["text"] += piece
+        return opened + self.event("response.reasoning_text.delta", item_id=self.thinking["id"],
+                                   output_index=self.items.index(self.thinking), content_index=0, delta=piece)
+
+    def _open_reasoning(self) -> bytes:
+        closed = self._close_current()
+        self.thinking = reasoning_item(new_id("rs"), "")
+        index = self._open(self.thinking)
+        return closed + (self.event("response.output_item.added", output_index=index,
+                                    item=reasoning_item(self.thinking["id"], "", status="in_progress"))
+                         + self.event("response.content_part.added", item_id=self.thinking["id"],
+                                      output_index=index, content_index=0, part=reasoning_text("")))
 
     def _open_part(self) -> str | None:
         """The type of the open message's part (None: no message is open)."""
@@ -250,20 +291,28 @@ class ResponseStream:
         """The open item's ``.done`` events (b"" when none is open)."""
         if self.current is None:
             return b""
-        index, self.current, self.message = self.current, None, None
+        index, self.current, self.message, self.thinking = self.current, None, None, None
         return self._close(index, self.items[index])
 
     def finish(self, *, finish_reason: str | None, usage: dict[str, Any], error: str | None = None) -> bytes:
         """Close the open item, then the response (``completed``, ``incomplete`` or ``failed``)."""
-        # An answer with neither text nor calls is an empty message, as in the non-streamed object.
-        out = [self._open_message()] if len(self.items) == self.closed and error is None else []
+        # An answer with neither text nor calls (thinking alone, say) ends with an empty message, as in the
+        # non-streamed object.
+        answered = any(item["type"] != "reasoning" for item in self.items[self.closed:])
+        out = [self._open_message()] if not answered and error is None else []
         final = finished(self.base, self.items, finish_reason=finish_reason, usage=usage, error=error)
         out.append(self._close_current())
         out.append(self.event(f"response.{final['status']}", response=final))
         return b"".join(out)
 
     def _close(self, index: int, item: dict[str, Any]) -> bytes:
-        if item["type"] == "message" and item["content"][0]["type"] == "refusal":
+        if item["type"] == "reasoning":
+            part = item["content"][0]
+            out = (self.event("response.reasoning_text.done", item_id=item["id"], output_index=index,
+                              content_index=0, text=part["text"])
+                   + self.event("response.content_part.done", item_id=item["id"], output_index=index,
+                                content_index=0, part=part))
+        elif item["type"] == "message" and item["content"][0]["type"] == "refusal":
             part = item["content"][0]
             out = (self.event("response.refusal.done", item_id=item["id"], output_index=index, content_index=0,
                               refusal=part["refusal"])

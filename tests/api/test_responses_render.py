@@ -13,8 +13,10 @@ USAGE = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
 
 
 def chunk(content: str | None = None, calls: list[dict[str, Any]] | None = None,
-          finish: str | None = None) -> str:
+          finish: str | None = None, thought: str | None = None) -> str:
     delta: dict[str, Any] = {}
+    if thought is not None:
+        delta["reasoning_content"] = thought
     if content is not None:
         delta["content"] = content
     if calls is not None:
@@ -112,3 +114,31 @@ def test_cached_and_reasoning_tokens_are_carried_over() -> None:
     odd = {**USAGE, "prompt_tokens_details": {"cached_tokens": "2"}, "completion_tokens_details": [1]}
     assert finished({"id": "r"}, [], finish_reason="stop", usage=odd)["usage"]["input_tokens_details"] == \
         {"cached_tokens": 0, "cache_write_tokens": 0}
+
+
+def test_thinking_alone_cut_short_is_a_reasoning_item_then_an_empty_message_streamed_or_not() -> None:
+    """max_tokens spent on thinking: the answer is incomplete, its thinking whole, and its message the
+    empty one an answer with neither text nor calls gets (agent loops end on it)."""
+    got = stream_of(chunk(thought="Hmm"), chunk(thought=", let me see"), finish_reason="length")
+    assert [e["type"] for e in got][2:] == [
+        "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta",
+        "response.reasoning_text.delta", "response.reasoning_text.done", "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added", "response.content_part.added", "response.output_text.done",
+        "response.content_part.done", "response.output_item.done", "response.incomplete"]
+    whole = finished(skeleton(ResponsesRequest(input="x"), response_id="r", model="m"),
+                     complete_output("", None, reasoning="Hmm, let me see"), finish_reason="length", usage=USAGE)
+    for final in (got[-1]["response"], whole):
+        assert [(i["type"], i["status"]) for i in final["output"]] == [("reasoning", "completed"),
+                                                                       ("message", "incomplete")]
+        assert final["output"][0]["content"] == [{"type": "reasoning_text", "text": "Hmm, let me see"}]
+
+
+def test_thinking_between_calls_is_its_own_item() -> None:
+    got = stream_of(chunk(thought="First the weather."),
+                    chunk(calls=[{"index": 0, "id": "c1", "type": "function", "function": {"name": "a", "arguments": "{}"}}]),
+                    chunk(thought="Now sum up."), chunk("Sunny."), chunk(finish="stop"))
+    final = got[-1]["response"]
+    assert [i["type"] for i in final["output"]] == ["reasoning", "function_call", "reasoning", "message"]
+    done = [e["output_index"] for e in got if e["type"] == "response.output_item.done"]
+    assert done == [0, 1, 2, 3]

@@ -16,7 +16,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.helpers import ApiUnderTest, api_with_miners, post, response_events
+from tests.helpers import ApiUnderTest, Script, api_with_miners, chunk, post, response_events, sse
 
 EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 
@@ -81,3 +81,31 @@ async def test_every_reasoning_effort_the_sdk_names_is_served(honest: ApiUnderTe
     for effort in ("xhigh", "max"):  # a 400 before, though the SDK's ReasoningEffort names them
         whole, _ = await typed(honest, {"input": "Hello there", "reasoning": {"effort": effort}})
         assert whole.status == "completed" and whole.reasoning is not None and whole.reasoning.effort == effort
+
+
+
+def thinking(thought: str) -> str:
+    """A chunk of a reasoning model's thinking, as vLLM streams it."""
+    return json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "thinker",
+                       "choices": [{"index": 0, "delta": {"reasoning_content": thought}, "finish_reason": None}]})
+
+
+async def test_a_reasoning_models_thinking_is_a_reasoning_item(tmp_path: Path) -> None:
+    """Chat completions gave a reasoning model's thinking (``reasoning_content``); the Responses API
+    dropped it, streamed or not. It is a ``reasoning`` item before the answer, as OpenAI gives one."""
+    steps = sse(thinking("Paris is "), thinking("in France."), chunk("It is Paris."), chunk(finish="stop"))
+    async with api_with_miners(tmp_path, {1: Script([(0, d) for d in steps])}) as api:
+        whole, events = await typed(api, {"input": "Capital of France?"})
+        async with sdk(api).responses.stream(model="default", input="Capital of France?") as stream:
+            deltas = [e.delta async for e in stream if e.type == "response.reasoning_text.delta"]
+            final = await stream.get_final_response()
+    assert deltas == ["Paris is ", "in France."]
+    for r in (whole, events[-1].response, final):
+        thought, message = r.output
+        assert thought.type == "reasoning" and thought.content is not None
+        assert [c.text for c in thought.content] == ["Paris is in France."] and thought.status == "completed"
+        assert message.type == "message" and r.output_text == "It is Paris."
+    assert [e.type for e in events[2:10]] == [
+        "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta",
+        "response.reasoning_text.delta", "response.reasoning_text.done", "response.content_part.done",
+        "response.output_item.done", "response.output_item.added"]
