@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.responses_wire import (
+    STATELESS,
     WEB_SEARCH_TYPES,
     AllowedTools,
     FunctionCallItem,
@@ -90,9 +91,12 @@ def chat_body(r: ResponsesRequest) -> dict[str, Any]:
 
 
 def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> None:
-    kind = _type_of(raw, at, default="message" if "role" in raw else None)
+    # no type: a message if it has a role, else a reference to a stored item (the SDK's ItemReference)
+    kind = _type_of(raw, at, default="message" if "role" in raw else "item_reference" if "id" in raw else None)
     if kind in SKIPPED_ITEMS:
         return
+    if kind == "item_reference":
+        raise invalid_value(at, f"an item_reference names an item of a stored response; {STATELESS}")
     model = ITEMS.get(kind or "")
     if model is None:
         raise invalid_value(f"{at}.type", f"input items served here are {', '.join(ITEMS)} (and reasoning and "

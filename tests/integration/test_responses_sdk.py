@@ -109,3 +109,10 @@ async def test_a_reasoning_models_thinking_is_a_reasoning_item(tmp_path: Path) -
         "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta",
         "response.reasoning_text.delta", "response.reasoning_text.done", "response.content_part.done",
         "response.output_item.done", "response.output_item.added"]
+
+
+async def test_an_item_reference_is_a_400_saying_nothing_is_stored(honest: ApiUnderTest) -> None:
+    for ref in ({"type": "item_reference", "id": "msg_1"}, {"id": "msg_1"}):  # the SDK's type is optional
+        with pytest.raises(openai.BadRequestError) as e:
+            await sdk(honest).responses.create(model="default", input=[{"role": "user", "content": "Hi"}, ref])
+        assert e.value.param == "input.1" and "whole conversation" in e.value.message
