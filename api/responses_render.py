@@ -190,12 +190,15 @@ class ResponseStream:
         index = self._open(item)
         self.closed, self.current = len(self.items), None  # its events below open and close it whole
         ids = {"output_index": index, "item_id": item["id"]}
-        completed = self.event("response.web_search_call.completed", **ids) if item["status"] == "completed" else b""
-        return (self.event("response.output_item.added", output_index=index, item=item | {"status": "in_progress"})
-                + self.event("response.web_search_call.in_progress", **ids)
-                + self.event("response.web_search_call.searching", **ids)
-                + completed
-                + self.event("response.output_item.done", output_index=index, item=item))
+        # Made one after another, in the order sent: each takes the next sequence_number (the completed
+        # event, made first, had number 2 and came after 3, 4 and 5).
+        out = [self.event("response.output_item.added", output_index=index, item=item | {"status": "in_progress"}),
+               self.event("response.web_search_call.in_progress", **ids),
+               self.event("response.web_search_call.searching", **ids)]
+        if item["status"] == "completed":
+            out.append(self.event("response.web_search_call.completed", **ids))
+        out.append(self.event("response.output_item.done", output_index=index, item=item))
+        return b"".join(out)
 
     def feed(self, chunk: Event) -> bytes:
         """The events for one chat chunk (already checked by the race: an object with choices)."""

@@ -35,9 +35,11 @@ async def test_the_answer_gets_the_results_and_cites_them(tmp_path: Path, stream
                   "extra_body": {"timeout": 4}}
         if stream:
             async with client.responses.stream(**fields) as events:
-                kinds = [event.type async for event in events]
+                got = [event async for event in events]
                 r = await events.get_final_response()
-            assert "response.output_text.annotation.added" in kinds
+            assert "response.output_text.annotation.added" in [event.type for event in got]
+            # in the order sent (the search's completed event was numbered before the events ahead of it)
+            assert [event.sequence_number for event in got] == list(range(len(got)))
         else:
             r = await client.responses.create(**fields)
     search, message = r.output
