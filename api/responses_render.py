@@ -143,13 +143,13 @@ def finished(base: dict[str, Any], output: list[dict[str, Any]], *, finish_reaso
 def complete_output(text: str, tool_calls: list[dict[str, Any]] | None,
                     logprobs: list[Any] | None = None, refusal: str = "", reasoning: str = "") -> list[dict[str, Any]]:
     """The output items of a finished answer: its thinking (if any), its text as a message (if any, or
-    empty if there is no call either), then each call; a refusal with no text is a message of one
-    refusal part."""
+    empty if there is neither a call nor a refusal), a refusal as a message of one refusal part (after
+    the text, as the stream gives both: the text's message had dropped it), then each call."""
     output = [reasoning_item(new_id("rs"), reasoning)] if reasoning else []
-    if refusal and not text:
-        output.append(message_item(new_id("msg"), "") | {"content": [refusal_part(refusal)]})
-    elif text or not tool_calls:
+    if text or not (tool_calls or refusal):
         output.append(message_item(new_id("msg"), text, logprobs=logprobs))
+    if refusal:
+        output.append(message_item(new_id("msg"), "") | {"content": [refusal_part(refusal)]})
     for call in tool_calls or []:
         output.append(call_item(call, arguments=(call.get("function") or {}).get("arguments") or ""))
     return output

@@ -116,3 +116,17 @@ async def test_an_item_reference_is_a_400_saying_nothing_is_stored(honest: ApiUn
         with pytest.raises(openai.BadRequestError) as e:
             await sdk(honest).responses.create(model="default", input=[{"role": "user", "content": "Hi"}, ref])
         assert e.value.param == "input.1" and "whole conversation" in e.value.message
+
+
+
+async def test_text_and_a_refusal_are_both_in_the_answer_streamed_or_not(tmp_path: Path) -> None:
+    """A model that says something, then declines: the stream gave both, the response object only the text."""
+    refusal = json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                          "choices": [{"index": 0, "delta": {"refusal": "I can't help with that."},
+                                       "finish_reason": None}]})
+    steps = sse(chunk("Let me see."), refusal, chunk(finish="stop"))
+    async with api_with_miners(tmp_path, {1: Script([(0, d) for d in steps])}) as api:
+        whole, events = await typed(api, {"input": "Help me."})
+    for r in (whole, events[-1].response):
+        assert [[part.model_dump(include={"type", "text", "refusal"}) for part in item.content] for item in r.output] == [
+            [{"type": "output_text", "text": "Let me see."}], [{"type": "refusal", "refusal": "I can't help with that."}]]
