@@ -138,7 +138,7 @@ class FunctionCallOutputItem(BaseModel):
 
 class ResponsesRequest(BaseModel):
     """The request body. Fields of OpenAI's that only its own platform can honour (``background``,
-    ``prompt``, stored state) are refused; the subnet's extras are as for chat completions."""
+    ``prompt``, ``moderation``, stored state) are refused; the subnet's extras are as for chat completions."""
 
     model_config = REQUEST_CONFIG
 
@@ -165,6 +165,7 @@ class ResponsesRequest(BaseModel):
     conversation: str | dict[str, Any] | None = None
     background: bool | None = None
     prompt: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None
 
     # The subnet's extras, as for chat completions.
     task: str | None = None
@@ -205,6 +206,15 @@ class ResponsesRequest(BaseModel):
         if v:
             raise PydanticCustomError("unsupported_parameter", "background responses need stored responses; "
                                       "this gateway answers in the request (use stream: true for long answers)")
+        return v
+
+    @field_validator("moderation")
+    @classmethod
+    def _no_moderation(cls, v: Any) -> Any:
+        """Accepted and ignored, a ``block`` policy would let through what the caller asked to have blocked."""
+        if v is not None:
+            raise PydanticCustomError("unsupported_parameter", "moderation runs on OpenAI's platform; no "
+                                      "moderation model is served here: moderate the input and output yourself")
         return v
 
     @field_validator("prompt")

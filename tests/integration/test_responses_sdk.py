@@ -130,3 +130,14 @@ async def test_text_and_a_refusal_are_both_in_the_answer_streamed_or_not(tmp_pat
     for r in (whole, events[-1].response):
         assert [[part.model_dump(include={"type", "text", "refusal"}) for part in item.content] for item in r.output] == [
             [{"type": "output_text", "text": "Let me see."}], [{"type": "refusal", "refusal": "I can't help with that."}]]
+
+
+
+async def test_moderation_is_a_400_not_ignored(honest: ApiUnderTest) -> None:
+    """Ignored, a policy that blocks flagged input or output let it through without a word."""
+    with pytest.raises(openai.BadRequestError) as e:
+        await sdk(honest).responses.create(model="default", input="Hi", moderation={
+            "model": "omni-moderation-latest", "policy": {"input": {"mode": "block"}, "output": {"mode": "block"}}})
+    assert e.value.param == "moderation" and "moderat" in e.value.message
+    made = await sdk(honest).responses.create(model="default", input="Hi", extra_body={"moderation": None})
+    assert made.status == "completed"
