@@ -141,3 +141,25 @@ async def test_moderation_is_a_400_not_ignored(honest: ApiUnderTest) -> None:
     assert e.value.param == "moderation" and "moderat" in e.value.message
     made = await sdk(honest).responses.create(model="default", input="Hi", extra_body={"moderation": None})
     assert made.status == "completed"
+
+
+async def test_an_answer_cut_by_max_output_tokens_is_incomplete_and_says_why(honest: ApiUnderTest) -> None:
+    whole, events = await typed(honest, {"input": "Hello there", "max_output_tokens": 3})
+    assert events[-1].type == "response.incomplete"
+    for r in (whole, events[-1].response):
+        assert r.status == "incomplete" and r.incomplete_details is not None
+        assert r.incomplete_details.reason == "max_output_tokens" and r.max_output_tokens == 3
+        assert [(item.type, item.status) for item in r.output] == [("message", "incomplete")]
+
+
+async def test_a_winner_failing_mid_stream_ends_it_with_response_failed(tmp_path: Path) -> None:
+    dies = Script([(0, d) for d in sse(chunk("Hel"), done=False)], die=True)
+    async with api_with_miners(tmp_path, {1: dies}) as api:
+        status, _, text = await post(api, {"input": "Hi", "stream": True}, path="/v1/responses")
+    assert status == 200
+    events = [EVENT.validate_python(e) for e in response_events(text)]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    failed = events[-1]
+    assert failed.type == "response.failed" and failed.response.error is not None
+    assert failed.response.error.code == "server_error" and "mid-stream" in failed.response.error.message
+    assert failed.response.output_text == "Hel"  # what the caller already has
