@@ -105,6 +105,8 @@ async def test_a_reasoning_models_thinking_is_a_reasoning_item(tmp_path: Path) -
         assert thought.type == "reasoning" and thought.content is not None
         assert [c.text for c in thought.content] == ["Paris is in France."] and thought.status == "completed"
         assert message.type == "message" and r.output_text == "It is Paris."
+        # the scripted miner sends no usage: the thinking's estimate is its reasoning tokens
+        assert r.usage is not None and r.usage.output_tokens_details.reasoning_tokens == 5
     assert [e.type for e in events[2:10]] == [
         "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta",
         "response.reasoning_text.delta", "response.reasoning_text.done", "response.content_part.done",
