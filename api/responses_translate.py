@@ -205,8 +205,8 @@ def _allowed(r: ResponsesRequest) -> AllowedTools | None:
     allowed: AllowedTools = parse_model(AllowedTools, choice, at="tool_choice")
     functions = {t.name for t in r.function_tools}
     for i, tool in enumerate(allowed.tools):
-        kind = _type_of(tool, f"tool_choice.tools.{i}")
-        if not ((kind == "function" and tool.get("name") in functions)
+        kind, name = _type_of(tool, f"tool_choice.tools.{i}"), tool.get("name")
+        if not ((kind == "function" and isinstance(name, str) and name in functions)
                 or (kind in WEB_SEARCH_TYPES and r.web_search is not None)):
             raise invalid_value(f"tool_choice.tools.{i}", "allowed_tools may list only the request's own tools "
                                                           '({"type": "function", "name": ...} or web search)')

@@ -202,6 +202,9 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
     ({"input": "x", "tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto",
                                                         "tools": [{"type": "web_search"}]}},
      "tool_choice.tools.0", "only the request's own tools"),
+    ({"input": "x", "tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto",
+                                                        "tools": [{"type": "function", "name": ["get_weather"]}]}},
+     "tool_choice.tools.0", "only the request's own tools"),  # not a crash on a name that is not a string
     ({"input": "x", "tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "tools": [WEATHER]}},
      "tool_choice.mode", "Field required"),
     ({"input": "x", "tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []}},
@@ -251,3 +254,20 @@ def test_an_unknown_reasoning_effort_is_a_400() -> None:
     with pytest.raises(ApiError) as e:
         translate(input="Hi", reasoning={"effort": "extreme"})
     assert e.value.status == 400 and "reasoning" in str(e.value.param or e.value)
+
+
+ALLOWED = st.fixed_dictionaries({"type": st.just("allowed_tools")}, optional={
+    "mode": st.sampled_from(["auto", "required"]) | JSON,
+    "tools": st.lists(st.dictionaries(st.sampled_from(["type", "name"]),
+                                      st.sampled_from(["function", "web_search", "get_weather", "get_time"]) | JSON,
+                                      max_size=2), max_size=3) | JSON})
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(choice=ALLOWED, tools=st.sampled_from([[WEATHER], [WEATHER, TIME, SEARCH], [SEARCH], []]))
+def test_any_allowed_tools_choice_is_served_or_a_400(choice: dict[str, Any], tools: list[dict]) -> None:
+    try:
+        translate(input="x", tools=tools, tool_choice=choice)
+        search_tool(parse_model(ResponsesRequest, {"input": "x", "tools": tools, "tool_choice": choice}))
+    except ApiError as e:
+        assert e.status == 400 and e.param
