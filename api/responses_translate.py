@@ -224,13 +224,14 @@ def _tool_choice(r: ResponsesRequest, tools: list[Tool]) -> str | dict[str, Any]
         if choice not in ("none", "auto", "required"):  # the chat check's 400 would name chat's forms
             raise invalid_value("tool_choice", TOOL_CHOICES)
         return None if choice == "required" and r.web_search is not None and not r.function_tools else choice
-    if choice.get("type") == "function" and isinstance(choice.get("name"), str):
+    kind = _type_of(choice, "tool_choice")  # a string (a list was a TypeError in the set lookup: a 500)
+    if kind == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
-    if choice.get("type") in WEB_SEARCH_TYPES:
+    if kind in WEB_SEARCH_TYPES:
         if r.web_search is None:
             raise invalid_value("tool_choice", "tool_choice names web search, which is not among the tools")
         return None
-    if choice.get("type") == "allowed_tools":
+    if kind == "allowed_tools":
         allowed = _allowed(r)
         assert allowed is not None
         return allowed.mode if tools else None  # only web search allowed: met by the search, as above

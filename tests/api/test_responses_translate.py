@@ -193,6 +193,7 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
      "must be a string"),
     ({"input": "x", "tool_choice": {"type": "web_search"}}, "tool_choice", "not among the tools"),
     ({"input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice", "tool_choice must be"),
+    ({"input": "x", "tool_choice": {"type": ["web_search"]}}, "tool_choice.type", "must be a string"),
     # a function's bare name (or any other string): the 400 names this API's forms, not chat's
     ({"input": "x", "tools": [WEATHER], "tool_choice": "get_weather"}, "tool_choice",
      '{"type": "function", "name": ...}'),
@@ -256,7 +257,9 @@ def test_an_unknown_reasoning_effort_is_a_400() -> None:
     assert e.value.status == 400 and "reasoning" in str(e.value.param or e.value)
 
 
-ALLOWED = st.fixed_dictionaries({"type": st.just("allowed_tools")}, optional={
+CHOICE_TYPES = st.sampled_from(["allowed_tools", "function", "web_search", "auto"]) | JSON
+ALLOWED = st.fixed_dictionaries({"type": CHOICE_TYPES}, optional={
+    "name": st.sampled_from(["get_weather", "get_time"]) | JSON,
     "mode": st.sampled_from(["auto", "required"]) | JSON,
     "tools": st.lists(st.dictionaries(st.sampled_from(["type", "name"]),
                                       st.sampled_from(["function", "web_search", "get_weather", "get_time"]) | JSON,
@@ -265,7 +268,8 @@ ALLOWED = st.fixed_dictionaries({"type": st.just("allowed_tools")}, optional={
 
 @settings(max_examples=300, deadline=None, database=None)
 @given(choice=ALLOWED, tools=st.sampled_from([[WEATHER], [WEATHER, TIME, SEARCH], [SEARCH], []]))
-def test_any_allowed_tools_choice_is_served_or_a_400(choice: dict[str, Any], tools: list[dict]) -> None:
+def test_any_tool_choice_object_is_served_or_a_400(choice: dict[str, Any], tools: list[dict]) -> None:
+    """allowed_tools among them; a type that was not a string (a list) was a TypeError, a 500."""
     try:
         translate(input="x", tools=tools, tool_choice=choice)
         search_tool(parse_model(ResponsesRequest, {"input": "x", "tools": tools, "tool_choice": choice}))
