@@ -171,7 +171,7 @@ def _text_of(part: dict[str, Any], at: str, field: str = "text") -> str:
 
 def search_tool(r: ResponsesRequest) -> Tool | None:
     """The web search tool to search the web with before the answer: offered, and not ruled out by
-    ``tool_choice`` (``none``, or one function by name); None: no search.
+    ``tool_choice`` (``none``, one function by name, or ``allowed_tools`` not listing it); None: no search.
 
     OpenAI's model decides for itself whether to search; here the search runs once, before the
     miners answer, on the conversation's last user message, and its results are the answer's context."""
