@@ -23,6 +23,13 @@ from shared.protocol import (
 )
 
 STATELESS = "this gateway stores no responses: send the whole conversation in 'input'"
+PLATFORM_ONLY = {  # fields only OpenAI's platform can honour, and what to do instead
+    "previous_response_id": STATELESS,
+    "conversation": STATELESS,
+    "moderation": "moderation runs on OpenAI's platform; no moderation model is served here: moderate the "
+                  "input and output yourself",
+    "prompt": "prompt templates live on OpenAI's platform; send the prompt's text in 'instructions' and 'input'",
+}
 
 
 # OpenAI's names for its hosted web search tool, old and new: served by the subnet's web retrieval miners.
@@ -193,11 +200,12 @@ class ResponsesRequest(BaseModel):
             raise PydanticCustomError("empty_input", "input needs at least one item")
         return v
 
-    @field_validator("previous_response_id", "conversation")
+    @field_validator(*PLATFORM_ONLY)
     @classmethod
-    def _stateless(cls, v: Any) -> Any:
+    def _platform_only(cls, v: Any, info: ValidationInfo) -> Any:
+        """Accepted and ignored, each would be silently wrong (a ``block`` moderation policy blocking nothing)."""
         if v is not None:
-            raise PydanticCustomError("unsupported_parameter", STATELESS)
+            raise PydanticCustomError("unsupported_parameter", PLATFORM_ONLY[info.field_name])
         return v
 
     @field_validator("background")
@@ -206,23 +214,6 @@ class ResponsesRequest(BaseModel):
         if v:
             raise PydanticCustomError("unsupported_parameter", "background responses need stored responses; "
                                       "this gateway answers in the request (use stream: true for long answers)")
-        return v
-
-    @field_validator("moderation")
-    @classmethod
-    def _no_moderation(cls, v: Any) -> Any:
-        """Accepted and ignored, a ``block`` policy would let through what the caller asked to have blocked."""
-        if v is not None:
-            raise PydanticCustomError("unsupported_parameter", "moderation runs on OpenAI's platform; no "
-                                      "moderation model is served here: moderate the input and output yourself")
-        return v
-
-    @field_validator("prompt")
-    @classmethod
-    def _no_prompt_templates(cls, v: Any) -> Any:
-        if v is not None:
-            raise PydanticCustomError("unsupported_parameter", "prompt templates live on OpenAI's platform; "
-                                      "send the prompt's text in 'instructions' and 'input'")
         return v
 
 
