@@ -15,11 +15,17 @@ CONTEXT_TOKENS = 4096
 
 
 def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
-                         refuses: frozenset[str] = frozenset()) -> web.Application:
-    """``refuses``: fields answered with a 400, as OpenAI's hosted API answers ``top_k``."""
+                         refuses: frozenset[str] = frozenset(), models: list[str] | None = None) -> web.Application:
+    """``refuses``: fields answered with a 400, as OpenAI's hosted API answers ``top_k``.
 
-    async def models(_request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+    ``models``: what ``/models`` lists, read at each call (a test may add to it: a model pulled later);
+    ``[MODEL]`` by default. An empty list is ``"data": null``, as Ollama's Go encoder sends its nil slice
+    when no model is pulled yet."""
+    listed = [MODEL] if models is None else models
+
+    async def list_models(_request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "created": 1, "owned_by": "library"} for m in listed] or None
+        return web.json_response({"object": "list", "data": data})
 
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -76,6 +82,6 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
         return resp
 
     app = web.Application()
-    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/chat/completions", chat)
     return app

@@ -288,3 +288,26 @@ async def test_an_upstream_200_that_is_not_an_answer_is_the_miners_502() -> None
                     pass
         finally:
             await backend.close()
+
+
+async def test_an_ollama_with_no_model_pulled_yet_is_no_crash_and_its_first_model_is_served_once_pulled() -> None:
+    """Ollama lists no model as ``"data": null``: iterating it raised TypeError, which stopped the miner
+    at start (and, had it come later, the refresher for good: the model pulled next was never served)."""
+    listed: list[str] = []
+    async with serve_app(create_fake_upstream([], models=listed)) as url:
+        backend = OpenAICompatibleBackend(url + "/v1", models_refresh=0.05)
+        await backend.start()
+        try:
+            assert backend.models() == [] and backend.tasks() == []
+            verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
+            async with serve_app(create_miner_app(backend, verifier)) as miner, aiohttp.ClientSession() as s:
+                listed.append(MODEL)  # the operator pulls a model
+                for _ in range(100):
+                    if backend.models():
+                        break
+                    await asyncio.sleep(0.02)
+                async with s.get(miner + "/health") as r:
+                    assert (await r.json())["models"] == [MODEL]
+            assert "InferenceTask" in backend.tasks()
+        finally:
+            await backend.close()

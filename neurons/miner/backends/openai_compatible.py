@@ -45,6 +45,22 @@ ANSWER_TYPES = {False: "application/json", True: "text/event-stream"}  # what a 
 NOT_CHAT = re.compile(r"embed|whisper|tts|dall-e|gpt-image|moderation|rerank|transcribe", re.IGNORECASE)
 
 
+def listed_models(listing: Any) -> list[str]:
+    """The model ids of a ``/models`` answer; ValueError for an answer that is no model list.
+
+    Ollama with no model pulled yet answers ``{"object": "list", "data": null}`` (Go's nil slice): that is
+    an empty list, not a failure (iterating it raised TypeError, which stopped the miner at start and,
+    later, the refresher for good, so a model pulled afterwards was never served)."""
+    if not isinstance(listing, dict):
+        raise ValueError(f"/models answered {type(listing).__name__}, not an object")
+    data = listing.get("data")
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise ValueError(f"/models 'data' is {type(data).__name__}, not a list")
+    return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
+
+
 class OpenAICompatibleBackend:
     name = "openai"
 
@@ -81,9 +97,14 @@ class OpenAICompatibleBackend:
         self._refresher = asyncio.create_task(self._refresh_forever())
 
     async def _refresh_forever(self) -> None:
+        """Refresh until closed: an unforeseen failure is logged, never the end of the task (a dead
+        refresher left nothing behind but a miner that never saw a model the upstream gained)."""
         while True:
             await asyncio.sleep(self._models_refresh)
-            await self.refresh_models()
+            try:
+                await self.refresh_models()
+            except Exception:  # noqa: BLE001 - one bad answer must not stop the refresher
+                logger.exception("refreshing the upstream models at {} failed", self.shown_url)
 
     async def refresh_models(self) -> None:
         """Read the upstream's models; a failure keeps the last list (and says so once per failure)."""
@@ -93,12 +114,12 @@ class OpenAICompatibleBackend:
                 if r.status != 200:
                     raise ValueError(f"HTTP {r.status}")
                 data = await r.json(content_type=None)
-            models = self._served([str(m["id"]) for m in data.get("data", []) if isinstance(m, dict) and m.get("id")])
+            models = self._served(listed_models(data))
             if models != self._models and models:
                 logger.info("upstream models: {}", ", ".join(models))
             if models:
                 self._models = models
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as e:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             logger.warning("could not list upstream models at {}: {}", self.shown_url, e)
 
     def _served(self, listed: list[str]) -> list[str]:
