@@ -76,14 +76,18 @@ def port_is_free(port: int) -> bool:
 
 
 def first_model(base_url: str) -> str | None:
-    """The first model an OpenAI-compatible server lists (``GET /models``), or None if it lists none."""
+    """The first chat model an OpenAI-compatible server lists (``GET /models``), or None if it lists none:
+    the model the miners answer ``default`` with (``OpenAICompatibleBackend``), so the reference is the
+    same. Ollama's list of nothing (``"data": null``) was a TypeError; its embedding model, listed
+    first, became the reference that no chat request can be asked of."""
+    from neurons.miner.backends.openai_compatible import NOT_CHAT, listed_models
+
     try:
         with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=5) as r:
-            data = json.loads(r.read())
-        models = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
-    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            models = listed_models(json.loads(r.read()))
+    except (urllib.error.URLError, OSError, ValueError):
         return None
-    return next((m for m in models if isinstance(m, str) and m), None)
+    return next((m for m in models if not NOT_CHAT.search(m)), None)
 
 
 def child_environment(parent: Mapping[str, str]) -> dict[str, str]:

@@ -3,6 +3,7 @@ outlives it, however it is stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from neurons.localnet import LocalNet, LocalNetConfig, free_port, free_ports, port_is_free
-from tests.helpers import hangup_as, until_empty
+from neurons.localnet import LocalNet, LocalNetConfig, first_model, free_port, free_ports, port_is_free
+from tests.fake_upstream import create_fake_upstream
+from tests.helpers import hangup_as, serve_app, until_empty
 
 
 def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
@@ -146,3 +148,13 @@ def test_an_upstream_that_does_not_answer_lists_no_model() -> None:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]  # bound, never listening: connection refused
         assert first_model(f"http://127.0.0.1:{port}/v1") is None
+
+
+async def test_the_reference_model_is_the_first_chat_model_the_upstream_lists() -> None:
+    """Ollama lists nothing as ``"data": null`` (a TypeError out of ``sn1 localnet``), and lists an
+    embedding model beside its chat models: the reference must be the chat model the miners serve."""
+    listed: list[str] = []
+    async with serve_app(create_fake_upstream([], models=listed)) as url:
+        assert await asyncio.to_thread(first_model, url + "/v1") is None
+        listed += ["nomic-embed-text:latest", "llama3.1:8b"]
+        assert await asyncio.to_thread(first_model, url + "/v1") == "llama3.1:8b"
