@@ -12,11 +12,28 @@ from aiohttp import web
 
 MODEL = "fake/llm-1"
 CONTEXT_TOKENS = 4096
+# How real servers refuse a streamed request too long for the model after answering it 200: the stream
+# opens with an error event. llama.cpp until September 2025 (ggml-org/llama.cpp#14566, an ``error:``
+# field, then ``[DONE]``), until October 2025 (#16109: ``data: {"error": ...}``; #16486 made it a 400),
+# TGI (``generate_stream_internal`` yields the validation error in the stream, ``data:`` without a space).
+CONTEXT_ERROR = "the request exceeds the available context size. try increasing the context size or enable context shift"
+STREAM_REFUSALS = {
+    "llama.cpp-error-field": b'error: {"code":400,"message":"%s","type":"invalid_request_error"}\n\ndata: [DONE]\n\n'
+                             % CONTEXT_ERROR.encode(),
+    "llama.cpp-data-error": b'data: {"error":{"code":400,"message":"%s","type":"exceed_context_size_error"}}\n\n'
+                            b'data: [DONE]\n\n' % CONTEXT_ERROR.encode(),
+    "tgi": b'data:{"error":"Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 9 '
+           b'`inputs` tokens and 10000 `max_new_tokens`","error_type":"validation"}\n\ndata:[DONE]\n\n',
+}
 
 
 def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
-                         refuses: frozenset[str] = frozenset(), models: list[str] | None = None) -> web.Application:
+                         refuses: frozenset[str] = frozenset(), models: list[str] | None = None,
+                         stream_refusal: str | None = None) -> web.Application:
     """``refuses``: fields answered with a 400, as OpenAI's hosted API answers ``top_k``.
+
+    ``stream_refusal``: a key of ``STREAM_REFUSALS``, how a streamed request with too many tokens is
+    refused (after a 200); None: with a 400, as vLLM and OpenAI refuse it.
 
     ``models``: what ``/models`` lists, read at each call (a test may add to it: a model pulled later);
     ``[MODEL]`` by default. An empty list is ``"data": null``, as Ollama's Go encoder sends its nil slice
@@ -37,6 +54,8 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
             return web.json_response({"error": {"message": f"Unrecognized request argument supplied: {name}",
                                                 "type": "invalid_request_error", "param": None, "code": None}},
                                      status=400)
+        if (body.get("max_tokens") or 0) > CONTEXT_TOKENS and body.get("stream") and stream_refusal:
+            return web.Response(body=STREAM_REFUSALS[stream_refusal], content_type="text/event-stream")
         if (body.get("max_tokens") or 0) > CONTEXT_TOKENS:  # as vLLM and OpenAI refuse it
             return web.json_response({"error": {
                 "message": f"This model's maximum context length is {CONTEXT_TOKENS} tokens; you asked for "

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -13,21 +14,24 @@ from aiohttp import web
 
 from api.app import create_api_app
 from neurons.miner.app import create_miner_app
+from neurons.miner.backends.base import BackendError
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
+from shared.errors import MODEL_SERVER_REJECTED
 from shared.metagraph import Neuron
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Authorizer, RequestVerifier, Signer
-from tests.fake_upstream import MODEL, create_fake_upstream
+from tests.fake_upstream import CONTEXT_ERROR, MODEL, STREAM_REFUSALS, create_fake_upstream
 from tests.helpers import build_api_context, keypair, serve_app, snapshot
 
 VALIDATOR, MINER = keypair("//Validator"), keypair("//Miner1")
 
 
 @contextlib.asynccontextmanager
-async def stack(tmp_path: Path, received: list, *, refuses: frozenset[str] = frozenset()):
+async def stack(tmp_path: Path, received: list, **upstream: Any):
+    """API -> miner (openai backend) -> fake upstream (``create_fake_upstream``'s options), over HTTP."""
     async with contextlib.AsyncExitStack() as st:
-        upstream = await st.enter_async_context(serve_app(create_fake_upstream(received, refuses=refuses)))
-        backend = OpenAICompatibleBackend(upstream + "/v1")
+        upstream_url = await st.enter_async_context(serve_app(create_fake_upstream(received, **upstream)))
+        backend = OpenAICompatibleBackend(upstream_url + "/v1")
         await backend.start()
         verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
         miner = await st.enter_async_context(serve_app(create_miner_app(backend, verifier)))
@@ -101,6 +105,53 @@ async def test_a_request_the_model_server_refuses_is_the_callers_400_not_a_miner
         async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
             out = await r.json()
             assert r.status == 502 and out["error"]["code"] == "no_valid_answer", out
+
+
+@pytest.mark.parametrize("dialect", sorted(STREAM_REFUSALS))
+async def test_a_stream_the_model_server_opens_with_a_refusal_is_the_callers_400(tmp_path: Path, dialect: str) -> None:
+    """llama.cpp (until October 2025) and TGI refuse a streamed prompt too long for the model after a 200,
+    with an error event first. Relayed, it was the miner's failure (no finish_reason), and any key's
+    too-long prompt was a 0 for such miners; the miner now answers the status the event carries, as it
+    answers a refusal that comes before the stream."""
+    received: list = []
+    async with stack(tmp_path, received, stream_refusal=dialect) as (api, key), aiohttp.ClientSession() as s:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000,
+                "stream": True}
+        async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
+            out = await r.json()
+            assert r.status == 400, out
+        assert out["error"]["code"] == "model_server_rejected"
+        status, words = (422, "Input validation error") if dialect == "tgi" else (400, CONTEXT_ERROR)  # TGI's 422
+        assert f"uid 1: HTTP {status}: upstream stream opened with an error ({status}): {words}" in \
+            out["error"]["message"], "the upstream's words, not its event"
+        body["max_tokens"] = 12  # the same server's answers stream as before
+        async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
+            text = await r.text()
+            assert r.status == 200, text
+        answer = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                         for line in text.splitlines() if line.startswith("data: {"))
+        assert answer.strip() == "echo: hi"
+
+
+def test_a_stream_that_opens_with_a_server_error_is_the_miners_502_and_an_answer_is_no_error() -> None:
+    """Only a refusal of the request (400/413/422) is the caller's: the upstream's own failure in its
+    first event stays the miner's 502; an answer's first chunk, a keep-alive comment first, is no error."""
+    from neurons.miner.backends.openai_compatible import first_event, opening_error
+
+    def error_of(head: bytes) -> BackendError | None:
+        event = first_event(head, ended=True)
+        return opening_error(event) if event else None
+
+    loading = error_of(b'error: {"code":503,"message":"Loading model","type":"unavailable_error"}\n\n')
+    assert loading is not None and loading.status == 502 and loading.code != MODEL_SERVER_REJECTED
+    overloaded = error_of(b'data:{"error":"Model is overloaded","error_type":"overloaded"}\n\n')
+    assert overloaded is not None and overloaded.status == 502
+    vllm = error_of(b'data: {"object":"error","message":"too long","type":"BadRequestError","code":400}\n\n')
+    assert vllm is not None and (vllm.status, vllm.code) == (400, MODEL_SERVER_REJECTED)
+    chunk = b'data: {"id":"x","choices":[{"index":0,"delta":{"role":"assistant"},"finish_reason":null}]}\n\n'
+    assert error_of(b": ping\r\n\r\n" + chunk) is None
+    assert first_event(b": ping\n\n" + chunk[:-1]) is None, "an event not closed yet is not judged"
+    assert error_of(b"data: [DONE]\n\n") is None
 
 
 async def test_an_upstream_that_refuses_top_k_is_asked_again_without_it_and_never_sent_it_again(
@@ -269,7 +320,6 @@ async def test_credentials_in_upstream_url_never_reach_the_log() -> None:
 async def test_an_upstream_200_that_is_not_an_answer_is_the_miners_502() -> None:
     """A proxy's HTML page with status 200 was relayed as an answer (streamed: the page, then our [DONE])
     and counted a success."""
-    from neurons.miner.backends.base import BackendError
 
     up = web.Application()
     up.router.add_get("/v1/models", lambda _r: web.json_response({"data": [{"id": "m"}]}))

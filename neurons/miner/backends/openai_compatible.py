@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -42,6 +43,11 @@ OPTIONAL_FIELDS = ("top_k", "min_p", "repetition_penalty", "top_a")
 MAX_ANSWER_BYTES = 32 << 20
 MAX_ERROR_BYTES = 64 << 10
 ANSWER_TYPES = {False: "application/json", True: "text/event-stream"}  # what a 200 must be, by stream
+# How much of a stream is held back to see whether its first event is an error (``opening_error``): an
+# error event is small, and a first event larger than this is an answer, relayed as it comes.
+MAX_HEAD_BYTES = 64 << 10
+# TGI's in-stream error kinds (``error_type``) that it answers with a 422 when not streaming.
+TGI_REFUSALS = frozenset({"validation"})
 NOT_CHAT = re.compile(r"embed|whisper|tts|dall-e|gpt-image|moderation|rerank|transcribe", re.IGNORECASE)
 
 
@@ -220,10 +226,25 @@ class OpenAICompatibleBackend:
             raise BackendError(f"upstream failed: {type(e).__name__}: {e}") from None
 
     async def stream_raw(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        """The upstream's SSE bytes as each read returns them (its own ``[DONE]`` included)."""
+        """The upstream's SSE bytes as each read returns them (its own ``[DONE]`` included).
+
+        Its first event is read before anything is yielded: a stream that opens with an error (llama.cpp
+        until October 2025 and TGI refuse a prompt too long for the model that way, after a 200) is the
+        BackendError its status says, as if the upstream had answered with it (``opening_error``)."""
         try:
             async with self._chat(body, stream=True) as r:
-                async for chunk in r.content.iter_any():
+                reads = r.content.iter_any()
+                head = b""
+                async for chunk in reads:
+                    head += chunk
+                    if len(head) > MAX_HEAD_BYTES or (b"\n" in chunk or b"\r" in chunk) and first_event(head):
+                        break
+                event = first_event(head, ended=True)
+                if event is not None and (error := opening_error(event)) is not None:
+                    raise error
+                if head:
+                    yield head
+                async for chunk in reads:
                     yield chunk
         except (aiohttp.ClientError, TimeoutError) as e:
             raise BackendError(f"upstream stream failed: {type(e).__name__}: {e}") from None
@@ -241,8 +262,8 @@ class OpenAICompatibleBackend:
         """
         parser = SSEParser()
         try:
-            async with self._chat(body, stream=True) as r:
-                async for chunk in r.content.iter_any():
+            async with contextlib.aclosing(self.stream_raw(body)) as reads:  # its checks, and one HTTP path
+                async for chunk in reads:
                     events = parser.feed(chunk)
                     if DONE in events:
                         if events.index(DONE):
@@ -253,7 +274,7 @@ class OpenAICompatibleBackend:
                 tail = [data for data in parser.close() if data != DONE]
                 if tail:
                     yield tail
-        except (aiohttp.ClientError, TimeoutError, SSEError) as e:
+        except SSEError as e:
             raise BackendError(f"upstream stream failed: {type(e).__name__}: {e}") from None
 
     async def close(self) -> None:
@@ -263,3 +284,59 @@ class OpenAICompatibleBackend:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def first_event(head: bytes, *, ended: bool = False) -> list[bytes] | None:
+    """The field lines of the first event in a stream's ``head`` (comment lines, keep-alives, skipped),
+    or None while no such event is complete (``ended``: the stream stopped, its last event counts)."""
+    blocks = head.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n")
+    if not ended:
+        blocks.pop()  # not closed by a blank line yet
+    for block in blocks:
+        lines = [line for line in block.split(b"\n") if line and not line.startswith(b":")]
+        if lines:
+            return lines
+    return None
+
+
+def opening_error(lines: list[bytes]) -> BackendError | None:
+    """The error a stream's first event reports, with the status the upstream would have answered it with
+    had it not streamed (400/413/422: the request refused, ``MODEL_SERVER_REJECTED``; else the miner's 502);
+    None for an answer's first chunk.
+
+    Relayed, such a stream was the miner's failure (no ``finish_reason``, or a chunk without choices) for
+    a prompt too long for any miner's model, and scored 0 by any key that sent one. The shapes:
+    llama.cpp until September 2025, an ``error:`` field; then, until its 400s came before the stream,
+    ``data: {"error": {...}}`` as vLLM and SGLang send; TGI, ``data:{"error": "...", "error_type": ...}``.
+    """
+    field = lines[0].partition(b":")[0]
+    if field not in (b"data", b"error"):
+        return None
+    payload = b"\n".join(line.partition(b":")[2].removeprefix(b" ") for line in lines
+                         if line.partition(b":")[0] == field)
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        obj = payload.decode("utf-8", "replace")
+    if field == b"data":
+        if not isinstance(obj, dict) or "choices" in obj:
+            return None
+        err = obj.get("error", obj if obj.get("object") == "error" else None)
+        if err is None:
+            return None
+    else:
+        err = obj
+    status, message = _error_status(err, obj)
+    refused = status in REFUSED_REQUEST
+    return BackendError(f"upstream stream opened with an error ({status or 'no status'}): {message[:300]}",
+                        status=status if refused else 502, code=MODEL_SERVER_REJECTED if refused else None)
+
+
+def _error_status(err: Any, event: Any) -> tuple[int, str]:
+    """An in-stream error's HTTP status (0: none given) and message."""
+    if isinstance(err, dict):
+        code, message = err.get("code"), err.get("message")
+        status = code if type(code) is int else int(code) if isinstance(code, str) and code.isdigit() else 0
+        return status, message if isinstance(message, str) else json.dumps(err)
+    kind = event.get("error_type") if isinstance(event, dict) else None  # TGI: the error is its message
+    return (422 if kind in TGI_REFUSALS else 0), str(err)
