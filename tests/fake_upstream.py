@@ -27,13 +27,22 @@ STREAM_REFUSALS = {
 }
 
 
+# How real servers frame a stream, beside OpenAI's ``data: {...}\n\n`` ... ``data: [DONE]\n\n``:
+# sse-starlette (llama-cpp-python) ends lines with CRLF and sends ``: ping`` comments; TGI's axum writes
+# ``data:`` without a space; llama.cpp opens with a role-only delta whose content is null, puts the
+# finish_reason on the last content chunk and ends with a ``choices: []`` chunk carrying usage and
+# ``timings``; some servers end without ``[DONE]``.
+STREAM_STYLES = ("openai", "sse-starlette", "tgi", "llama.cpp", "no-done")
+
+
 def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
                          refuses: frozenset[str] = frozenset(), models: list[str] | None = None,
-                         stream_refusal: str | None = None) -> web.Application:
+                         stream_refusal: str | None = None, stream_style: str = "openai") -> web.Application:
     """``refuses``: fields answered with a 400, as OpenAI's hosted API answers ``top_k``.
 
     ``stream_refusal``: a key of ``STREAM_REFUSALS``, how a streamed request with too many tokens is
-    refused (after a 200); None: with a 400, as vLLM and OpenAI refuse it.
+    refused (after a 200); None: with a 400, as vLLM and OpenAI refuse it. ``stream_style``: one of
+    ``STREAM_STYLES``, how a stream is framed.
 
     ``models``: what ``/models`` lists, read at each call (a test may add to it: a model pulled later);
     ``[MODEL]`` by default. An empty list is ``"data": null``, as Ollama's Go encoder sends its nil slice
@@ -85,19 +94,33 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
 
-        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+        field, end = {"tgi": ("data:", "\n\n"), "sse-starlette": ("data: ", "\r\n\r\n")}.get(stream_style,
+                                                                                             ("data: ", "\n\n"))
+
+        async def send(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> None:
+            if stream_style == "sse-starlette":
+                await resp.write(b": ping - 2025-01-01 00:00:00.000000+00:00\r\n\r\n")
             chunk = {"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": body.get("model"),
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                     "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
+                     **extra}
+            await resp.write(f"{field}{json.dumps(chunk)}{end}".encode())
 
         if tool_calls:
             await send({"role": "assistant", "tool_calls": tool_calls})
             await send({}, "tool_calls")
+        elif stream_style == "llama.cpp":
+            await send({"role": "assistant", "content": None})
+            words = text.split(" ")
+            for i, word in enumerate(words):
+                await send({"content": word + " "}, "stop" if i == len(words) - 1 else None)
+            await send(None, usage={"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+                       timings={"prompt_n": 3, "predicted_n": 4, "predicted_per_second": 50.0})
         else:
             for word in text.split(" "):
                 await send({"content": word + " "})
             await send({}, "stop")
-        await resp.write(b"data: [DONE]\n\n")
+        if stream_style != "no-done":
+            await resp.write(f"{field}[DONE]{end}".encode())
         return resp
 
     app = web.Application()

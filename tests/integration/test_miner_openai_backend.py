@@ -16,19 +16,22 @@ from api.app import create_api_app
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.base import BackendError
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
+from neurons.validator.scoring import rebuild_answer
 from shared.errors import MODEL_SERVER_REJECTED
 from shared.metagraph import Neuron
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Authorizer, RequestVerifier, Signer
-from tests.fake_upstream import CONTEXT_ERROR, MODEL, STREAM_REFUSALS, create_fake_upstream
+from shared.sse import DONE, SSEParser
+from tests.fake_upstream import CONTEXT_ERROR, MODEL, STREAM_REFUSALS, STREAM_STYLES, create_fake_upstream
 from tests.helpers import build_api_context, keypair, serve_app, snapshot
 
 VALIDATOR, MINER = keypair("//Validator"), keypair("//Miner1")
 
 
 @contextlib.asynccontextmanager
-async def stack(tmp_path: Path, received: list, **upstream: Any):
-    """API -> miner (openai backend) -> fake upstream (``create_fake_upstream``'s options), over HTTP."""
+async def stack(tmp_path: Path, received: list, *, payloads: list | None = None, **upstream: Any):
+    """API -> miner (openai backend) -> fake upstream (``create_fake_upstream``'s options), over HTTP;
+    ``payloads`` collects the scoring payloads the API hands the validator."""
     async with contextlib.AsyncExitStack() as st:
         upstream_url = await st.enter_async_context(serve_app(create_fake_upstream(received, **upstream)))
         backend = OpenAICompatibleBackend(upstream_url + "/v1")
@@ -38,6 +41,8 @@ async def stack(tmp_path: Path, received: list, **upstream: Any):
         ctx = await build_api_context(tmp_path, snapshot(VALIDATOR.ss58_address,
                                                          {1: (MINER.ss58_address, miner[7:])}), VALIDATOR)
         st.push_async_callback(ctx.client.session.close)
+        if payloads is not None:
+            ctx.payload_sinks.append(payloads.append)
         key, _ = await ctx.store.create_key(100)
         api = await st.enter_async_context(serve_app(create_api_app(ctx, run_background=False)))
         yield api, key
@@ -131,6 +136,36 @@ async def test_a_stream_the_model_server_opens_with_a_refusal_is_the_callers_400
         answer = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
                          for line in text.splitlines() if line.startswith("data: {"))
         assert answer.strip() == "echo: hi"
+
+
+@pytest.mark.parametrize("style", STREAM_STYLES)
+async def test_real_servers_stream_framings_are_a_whole_answer_to_the_race_and_the_validator(
+        tmp_path: Path, style: str) -> None:
+    """CRLF and ``: ping`` comments (sse-starlette), ``data:`` without a space (TGI), a role-only first
+    delta with null content, the finish_reason on the last content chunk and a ``choices: []`` usage chunk
+    with ``timings`` (llama.cpp), no ``[DONE]``: each is an honest answer that wins, reaches the caller
+    whole, and is rebuilt by the validator without an error."""
+    received: list = []
+    payloads: list = []
+    async with stack(tmp_path, received, payloads=payloads, stream_style=style) as (api, key), \
+            aiohttp.ClientSession() as s:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi there"}], "stream": True}
+        async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
+            raw = await r.read()
+            assert r.status == 200, raw
+        for _ in range(100):
+            if payloads:
+                break
+            await asyncio.sleep(0.02)
+    parser = SSEParser()
+    chunks = [json.loads(e) for e in parser.feed(raw) + parser.close() if e != DONE]
+    choices = [c["choices"][0] for c in chunks if c["choices"]]
+    assert "".join(c["delta"].get("content") or "" for c in choices).strip() == "echo: hi there"
+    assert [c["finish_reason"] for c in choices if c["finish_reason"]] == ["stop"]
+    payload = payloads[0]
+    assert payload["winner"] == 1 and payload["errors"] == {}
+    rebuilt = rebuild_answer(payload["chunks"]["1"], payload["timings"]["1"], None)
+    assert rebuilt.error is None and rebuilt.text.strip() == "echo: hi there"
 
 
 def test_a_stream_that_opens_with_a_server_error_is_the_miners_502_and_an_answer_is_no_error() -> None:
