@@ -37,12 +37,14 @@ STREAM_STYLES = ("openai", "sse-starlette", "tgi", "llama.cpp", "no-done")
 
 def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
                          refuses: frozenset[str] = frozenset(), models: list[str] | None = None,
-                         stream_refusal: str | None = None, stream_style: str = "openai") -> web.Application:
+                         stream_refusal: str | None = None, stream_style: str = "openai",
+                         object_arguments: bool = False) -> web.Application:
     """``refuses``: fields answered with a 400, as OpenAI's hosted API answers ``top_k``.
 
     ``stream_refusal``: a key of ``STREAM_REFUSALS``, how a streamed request with too many tokens is
     refused (after a 200); None: with a 400, as vLLM and OpenAI refuse it. ``stream_style``: one of
-    ``STREAM_STYLES``, how a stream is framed.
+    ``STREAM_STYLES``, how a stream is framed. ``object_arguments``: a tool call's arguments, not
+    streamed, are the JSON object itself, as TGI answers them (text-generation-inference#2136).
 
     ``models``: what ``/models`` lists, read at each call (a test may add to it: a model pulled later);
     ``[MODEL]`` by default. An empty list is ``"data": null``, as Ollama's Go encoder sends its nil slice
@@ -85,6 +87,10 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
             message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
             if tool_calls:
                 message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in tool_calls]
+                if object_arguments:
+                    message["tool_calls"] = [{**c, "function": {"description": None, "name": c["function"]["name"],
+                                                                "arguments": json.loads(c["function"]["arguments"])}}
+                                             for c in message["tool_calls"]]
             return web.json_response({
                 "id": "up-1", "object": "chat.completion", "created": 1, "model": body.get("model"),
                 "choices": [{"index": 0, "message": message,

@@ -91,6 +91,29 @@ async def test_tool_calls_pass_through(tmp_path: Path) -> None:
     assert received[-1]["tools"] == tools
 
 
+async def test_tool_call_arguments_a_server_answers_as_an_object_reach_the_caller_as_json_text(
+        tmp_path: Path) -> None:
+    """TGI answers a tool call's arguments as the object itself: the API could not fold it into a call, so
+    an honest call was the miner's invalid chunk (no answer, a 0), and callers' json.loads failed."""
+    received: list = []
+    payloads: list = []
+    tools = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
+    async with stack(tmp_path, received, payloads=payloads, object_arguments=True) as (api, key), \
+            aiohttp.ClientSession() as s:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "find x"}], "tools": tools}
+        async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
+            out = await r.json()
+            assert r.status == 200, out
+        for _ in range(100):
+            if payloads:
+                break
+            await asyncio.sleep(0.02)
+    call = out["choices"][0]["message"]["tool_calls"][0]
+    assert call["function"]["name"] == "search" and json.loads(call["function"]["arguments"]) == {"q": "x"}
+    assert out["choices"][0]["finish_reason"] == "tool_calls"
+    assert payloads[0]["errors"] == {} and payloads[0]["winner"] == 1
+
+
 async def test_a_request_the_model_server_refuses_is_the_callers_400_not_a_miner_failure(tmp_path: Path) -> None:
     """The upstream's 400 (too many tokens) reaches the caller as a 400 with the upstream's words, which
     clients do not retry; the upstream's own failure (503) stays the miner's 502."""

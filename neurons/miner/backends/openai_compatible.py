@@ -213,7 +213,7 @@ class OpenAICompatibleBackend:
             raise BackendError(f"upstream failed: {type(e).__name__}: {e}") from None
 
     async def complete_raw(self, body: dict[str, Any]) -> bytes:
-        """The upstream's JSON completion, byte for byte."""
+        """The upstream's JSON completion, byte for byte (but tool calls' arguments, ``string_arguments``)."""
         try:
             async with self._chat(body, stream=False) as r:
                 raw = bytearray()
@@ -221,6 +221,8 @@ class OpenAICompatibleBackend:
                     raw += piece
                     if len(raw) > MAX_ANSWER_BYTES:
                         raise BackendError(f"upstream answer larger than {MAX_ANSWER_BYTES} bytes")
+                if body.get("tools") and b'"tool_calls"' in raw:  # the only answers that may need it
+                    return string_arguments(bytes(raw))
                 return bytes(raw)
         except (aiohttp.ClientError, TimeoutError) as e:
             raise BackendError(f"upstream failed: {type(e).__name__}: {e}") from None
@@ -340,3 +342,32 @@ def _error_status(err: Any, event: Any) -> tuple[int, str]:
         return status, message if isinstance(message, str) else json.dumps(err)
     kind = event.get("error_type") if isinstance(event, dict) else None  # TGI: the error is its message
     return (422 if kind in TGI_REFUSALS else 0), str(err)
+
+
+def string_arguments(raw: bytes) -> bytes:
+    """A JSON completion whose tool calls' ``function.arguments`` are JSON text, as OpenAI's are.
+
+    TGI (huggingface/text-generation-inference#2136) and koboldcpp answer the arguments as the object
+    itself: the API could not fold it into a call (an honest call was the miner's garbage) and a caller's
+    ``json.loads(arguments)`` failed. The bytes are returned as they came when nothing needs it, or when
+    they are not JSON (the API judges that)."""
+    try:
+        completion = json.loads(raw)
+    except ValueError:
+        return raw
+    changed = False
+    for function in _tool_functions(completion):
+        arguments = function.get("arguments")
+        if arguments is not None and not isinstance(arguments, str):
+            function["arguments"] = json.dumps(arguments, ensure_ascii=False)
+            changed = True
+    return dumpb(completion) if changed else raw
+
+
+def _tool_functions(completion: Any) -> list[dict[str, Any]]:
+    """The ``function`` objects of every tool call in a completion's messages (anything malformed skipped)."""
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    messages = [c.get("message") for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+    calls = [call for m in messages if isinstance(m, dict) and isinstance(m.get("tool_calls"), list)
+             for call in m["tool_calls"] if isinstance(call, dict)]
+    return [call["function"] for call in calls if isinstance(call.get("function"), dict)]
