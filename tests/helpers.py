@@ -227,3 +227,11 @@ def until_empty(probe: Callable[[], list[str]], seconds: float) -> list[str]:
     while (found := probe()) and time.monotonic() < deadline:
         time.sleep(0.1)
     return found
+
+
+async def wait_until(check: Callable[[], bool], timeout: float) -> float:
+    """Poll ``check`` (state held by servers in this process) until true or ``timeout``; the seconds taken."""
+    started = time.monotonic()
+    while not check() and time.monotonic() - started < timeout:  # noqa: ASYNC110 - polling another party's state
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started

@@ -6,11 +6,10 @@ has a real SQLite store and a real key. Used by the chaos suite and the soak.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from neurons.miner.app import create_miner_app
 from neurons.miner.backends.deterministic import DeterministicBackend, generate_text
 from neurons.miner.faults import REFUSE, STATS, FaultOptions, FaultStats, create_fault_app, refusing_port
 from shared.signing import Authorizer, RequestVerifier
-from tests.helpers import build_api_context, keypair, serve_app, snapshot
+from tests.helpers import build_api_context, keypair, serve_app, snapshot, wait_until  # noqa: F401 - the chaos tests' import
 
 VALIDATOR = keypair("//Validator")
 HONEST = "honest"
@@ -124,9 +123,3 @@ async def chat(
         return Reply(r.status, dict(r.headers), text, time.monotonic() - started)
 
 
-async def wait_until(check: Callable[[], bool], timeout: float) -> float:
-    """Poll ``check`` (state held by servers in this process) until true or ``timeout``; the seconds taken."""
-    started = time.monotonic()
-    while not check() and time.monotonic() - started < timeout:  # noqa: ASYNC110 - polling another party's state
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started

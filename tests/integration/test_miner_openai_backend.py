@@ -23,7 +23,7 @@ from shared.miner_client import MinerClient, make_session
 from shared.signing import Authorizer, RequestVerifier, Signer
 from shared.sse import DONE, SSEParser
 from tests.fake_upstream import CONTEXT_ERROR, MODEL, STREAM_REFUSALS, STREAM_STYLES, create_fake_upstream
-from tests.helpers import build_api_context, keypair, serve_app, snapshot
+from tests.helpers import build_api_context, keypair, serve_app, snapshot, wait_until
 
 VALIDATOR, MINER = keypair("//Validator"), keypair("//Miner1")
 
@@ -46,6 +46,21 @@ async def stack(tmp_path: Path, received: list, *, payloads: list | None = None,
         key, _ = await ctx.store.create_key(100)
         api = await st.enter_async_context(serve_app(create_api_app(ctx, run_background=False)))
         yield api, key
+
+
+async def post_chat(s: aiohttp.ClientSession, api: str, key: str, body: dict[str, Any]) -> tuple[int, Any]:
+    async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
+        return r.status, await r.json()
+
+
+async def answered(api: str, key: str, body: dict[str, Any], payloads: list) -> bytes:
+    """A chat request's 200 body, once the API has handed its scoring payload over."""
+    async with aiohttp.ClientSession() as s, s.post(api + "/v1/chat/completions", json=body,
+                                                    headers={"api-key": key}) as r:
+        raw = await r.read()
+        assert r.status == 200, raw
+    await wait_until(lambda: bool(payloads), 2.0)
+    return raw
 
 
 async def test_sampling_fields_reach_upstream_and_subnet_fields_do_not(tmp_path: Path) -> None:
@@ -98,16 +113,10 @@ async def test_tool_call_arguments_a_server_answers_as_an_object_reach_the_calle
     received: list = []
     payloads: list = []
     tools = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
-    async with stack(tmp_path, received, payloads=payloads, object_arguments=True) as (api, key), \
-            aiohttp.ClientSession() as s:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "find x"}], "tools": tools}
-        async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
-            out = await r.json()
-            assert r.status == 200, out
-        for _ in range(100):
-            if payloads:
-                break
-            await asyncio.sleep(0.02)
+    async with stack(tmp_path, received, payloads=payloads, object_arguments=True) as (api, key):
+        raw = await answered(api, key, {"model": MODEL, "messages": [{"role": "user", "content": "find x"}],
+                                        "tools": tools}, payloads)
+    out = json.loads(raw)
     call = out["choices"][0]["message"]["tool_calls"][0]
     assert call["function"]["name"] == "search" and json.loads(call["function"]["arguments"]) == {"q": "x"}
     assert out["choices"][0]["finish_reason"] == "tool_calls"
@@ -122,17 +131,15 @@ async def test_a_request_the_model_server_refuses_is_the_callers_400_not_a_miner
         for stream in (False, True):
             body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000,
                     "stream": stream}
-            async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
-                out = await r.json()
-                assert r.status == 400, out
+            status, out = await post_chat(s, api, key, body)
+            assert status == 400, out
             assert out["error"]["code"] == "model_server_rejected"
             assert out["error"]["type"] == "invalid_request_error"
             assert "uid 1: HTTP 400: upstream HTTP 400: This model's maximum context length is 4096 tokens" in \
                 out["error"]["message"], "the upstream's words, not its JSON wrapped in the miner's"
         body = {"model": MODEL, "messages": [{"role": "user", "content": "overloaded"}]}
-        async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
-            out = await r.json()
-            assert r.status == 502 and out["error"]["code"] == "no_valid_answer", out
+        status, out = await post_chat(s, api, key, body)
+        assert status == 502 and out["error"]["code"] == "no_valid_answer", out
 
 
 @pytest.mark.parametrize("dialect", sorted(STREAM_REFUSALS))
@@ -145,9 +152,8 @@ async def test_a_stream_the_model_server_opens_with_a_refusal_is_the_callers_400
     async with stack(tmp_path, received, stream_refusal=dialect) as (api, key), aiohttp.ClientSession() as s:
         body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000,
                 "stream": True}
-        async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
-            out = await r.json()
-            assert r.status == 400, out
+        status, out = await post_chat(s, api, key, body)
+        assert status == 400, out
         assert out["error"]["code"] == "model_server_rejected"
         status, words = (422, "Input validation error") if dialect == "tgi" else (400, CONTEXT_ERROR)  # TGI's 422
         assert f"uid 1: HTTP {status}: upstream stream opened with an error ({status}): {words}" in \
@@ -170,16 +176,9 @@ async def test_real_servers_stream_framings_are_a_whole_answer_to_the_race_and_t
     whole, and is rebuilt by the validator without an error."""
     received: list = []
     payloads: list = []
-    async with stack(tmp_path, received, payloads=payloads, stream_style=style) as (api, key), \
-            aiohttp.ClientSession() as s:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi there"}], "stream": True}
-        async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
-            raw = await r.read()
-            assert r.status == 200, raw
-        for _ in range(100):
-            if payloads:
-                break
-            await asyncio.sleep(0.02)
+    async with stack(tmp_path, received, payloads=payloads, stream_style=style) as (api, key):
+        raw = await answered(api, key, {"model": MODEL, "messages": [{"role": "user", "content": "hi there"}],
+                                        "stream": True}, payloads)
     parser = SSEParser()
     chunks = [json.loads(e) for e in parser.feed(raw) + parser.close() if e != DONE]
     choices = [c["choices"][0] for c in chunks if c["choices"]]
@@ -263,10 +262,7 @@ async def test_models_come_from_the_upstream_even_when_it_comes_up_late() -> Non
     try:
         assert backend.models() == []
         async with serve_app(up, port=port):
-            for _ in range(100):
-                if backend.models():
-                    break
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: bool(backend.models()), 2.0)
             assert backend.models() == ["late-model"]
     finally:
         await backend.close()
@@ -348,10 +344,7 @@ async def test_a_chat_model_serves_arithmetic_and_nothing_is_served_before_the_u
     try:
         assert backend.tasks() == [], "no model, no task: advertised, every job would fail"
         async with serve_app(up, port=port):
-            for _ in range(100):
-                if backend.models():
-                    break
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: bool(backend.models()), 2.0)
             assert set(backend.tasks()) == {"InferenceTask", "QuestionAnsweringTask", "ArithmeticTask"}
     finally:
         await backend.close()
@@ -410,10 +403,7 @@ async def test_an_ollama_with_no_model_pulled_yet_is_no_crash_and_its_first_mode
             verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
             async with serve_app(create_miner_app(backend, verifier)) as miner, aiohttp.ClientSession() as s:
                 listed.append(MODEL)  # the operator pulls a model
-                for _ in range(100):
-                    if backend.models():
-                        break
-                    await asyncio.sleep(0.02)
+                await wait_until(lambda: bool(backend.models()), 2.0)
                 async with s.get(miner + "/health") as r:
                     assert (await r.json())["models"] == [MODEL]
             assert "InferenceTask" in backend.tasks()
