@@ -1,0 +1,160 @@
+"""Chat completions and legacy completions through the real API app, read as the OpenAI SDK's own
+types read them.
+
+The SDK builds its objects without validating them: a field it requires and the gateway left out
+(or a value outside one of its ``Literal`` types) is no error to the caller, just a ``None`` or a
+string no ``match`` expects. So each test here validates the raw body, and every streamed chunk,
+with the SDK's pydantic models (``ChatCompletion``, ``ChatCompletionChunk``, ``Completion``), strictly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from tests.helpers import ApiUnderTest, api_with_miners, post
+
+MSG = [{"role": "user", "content": "What is the weather in Paris?"}]
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                           "required": ["city"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {"name": "get_time", "description": "The local time in a city",
+                                         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+CALLED = [*MSG, {"role": "assistant", "content": None, "tool_calls": [
+    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": '{"celsius": 21}'}]}]
+
+
+@pytest.fixture
+async def honest(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
+    async with api_with_miners(tmp_path, {}, honest={1, 2}) as api:
+        yield api
+
+
+def data_frames(text: str) -> list[str]:
+    """The ``data:`` payloads of an SSE body, in order (``[DONE]`` included)."""
+    return [frame.removeprefix("data: ") for frame in text.split("\n\n") if frame.startswith("data: ")]
+
+
+async def typed_chat(api: ApiUnderTest, body: dict[str, Any]) -> tuple[ChatCompletion, list[ChatCompletionChunk]]:
+    """The completion object and the stream's chunks (with ``include_usage``) for ``body``, each validated
+    strictly by the SDK's models; the stream ends with the usage chunk (no choices), then ``[DONE]``."""
+    status, _, text = await post(api, {"model": "default", **body})
+    assert status == 200, text
+    whole = ChatCompletion.model_validate(json.loads(text), strict=True)
+    status, _, text = await post(api, {"model": "default", **body, "stream": True,
+                                       "stream_options": {"include_usage": True}})
+    assert status == 200, text
+    frames = data_frames(text)
+    assert frames[-1] == "[DONE]", text
+    chunks = [ChatCompletionChunk.model_validate(json.loads(f), strict=True) for f in frames[:-1]]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert all(c.usage is None for c in chunks[:-1]) and len({c.id for c in chunks}) == 1
+    return whole, chunks
+
+
+async def typed_completion(api: ApiUnderTest, body: dict[str, Any]) -> tuple[Completion, list[Completion]]:
+    """As ``typed_chat``, for ``/v1/completions``. A streamed choice's ``finish_reason`` is null until its
+    last chunk, as OpenAI streams it, though the SDK's type (shared with the whole object) has no null."""
+    status, _, text = await post(api, {"model": "default", **body}, path="/v1/completions")
+    assert status == 200, text
+    whole = Completion.model_validate(json.loads(text), strict=True)
+    status, _, text = await post(api, {"model": "default", **body, "stream": True,
+                                       "stream_options": {"include_usage": True}}, path="/v1/completions")
+    assert status == 200, text
+    frames = data_frames(text)
+    assert frames[-1] == "[DONE]", text
+    chunks = []
+    for frame in frames[:-1]:
+        obj = json.loads(frame)
+        obj["choices"] = [c | {"finish_reason": c["finish_reason"] or "stop"} for c in obj["choices"]]
+        chunks.append(Completion.model_validate(obj, strict=True))
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    return whole, chunks
+
+
+@pytest.mark.parametrize("body", [
+    {"messages": MSG},
+    {"messages": MSG, "max_completion_tokens": 5, "stop": "zzz"},
+    {"messages": MSG, "stop": ["zzz", "yyy"], "seed": 3, "temperature": 0.5, "top_p": 0.9, "user": "u-1"},
+    {"messages": MSG, "n": 2},
+    {"messages": MSG, "logprobs": True, "top_logprobs": 2},
+    {"messages": MSG, "n": 2, "logprobs": True, "top_logprobs": 1},
+    {"messages": MSG, "tools": [WEATHER, TIME]},
+    {"messages": MSG, "tools": [WEATHER | {"function": WEATHER["function"] | {"strict": True}}],
+     "tool_choice": "required", "parallel_tool_calls": False},
+    {"messages": MSG, "tools": [WEATHER, TIME], "tool_choice": {"type": "function", "function": {"name": "get_time"}}},
+    {"messages": MSG, "tools": [WEATHER], "n": 2},
+    {"messages": CALLED, "tools": [WEATHER]},
+    {"messages": MSG, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "weather", "strict": True, "schema": WEATHER["function"]["parameters"]}}},
+    {"messages": MSG, "response_format": {"type": "json_object"}},
+    {"messages": [{"role": "developer", "content": "Be brief.", "name": "ops"},
+                  {"role": "user", "content": [{"type": "text", "text": "Hi"},
+                                               {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}],
+                   "name": "bob"}]},
+    {"messages": MSG, "prediction": {"type": "content", "content": "It is sunny"}, "store": False,
+     "metadata": {"team": "a"}, "service_tier": "auto", "prompt_cache_key": "k1", "safety_identifier": "s1",
+     "verbosity": "low", "reasoning_effort": "minimal", "modalities": ["text"], "logit_bias": {"1734": -100}},
+    {"messages": MSG, "web_search_options": {"search_context_size": "low"}},
+    {"messages": MSG, "web_search_options": {}, "n": 2},
+], ids=["plain", "max_completion_tokens", "sampling", "n2", "logprobs", "n2-logprobs", "tools", "required-strict",
+        "named-tool", "n2-tools", "tool-result", "json_schema", "json_object", "developer-parts", "accepted-fields",
+        "web-search", "n2-web-search"])
+async def test_every_chat_feature_validates_under_the_sdk_types(honest: ApiUnderTest, body: dict[str, Any]) -> None:
+    whole, chunks = await typed_chat(honest, body)
+    n = body.get("n", 1)
+    assert [c.index for c in whole.choices] == list(range(n))
+    assert {c.index for chunk in chunks for c in chunk.choices} == set(range(n))
+    assert whole.usage is not None and whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+    ends = [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason]
+    assert sorted(ends) == sorted(c.finish_reason for c in whole.choices)
+    for choice in whole.choices:
+        if choice.finish_reason == "tool_calls":
+            assert choice.message.content is None and choice.message.tool_calls
+        if body.get("logprobs"):
+            assert choice.logprobs is not None and choice.logprobs.content
+        if "web_search_options" in body:  # (where an answer names a source: test_responses_web_search.py)
+            assert choice.message.annotations is not None
+    calls = [tc for chunk in chunks for c in chunk.choices for tc in c.delta.tool_calls or []]
+    for (_, index), deltas in _by_call(chunks).items():
+        assert deltas[0].id and deltas[0].type == "function", "a call's first delta names it"
+        assert all(d.index == index for d in deltas)
+    assert bool(calls) == any(c.finish_reason == "tool_calls" for c in whole.choices)
+
+
+def _by_call(chunks: list[ChatCompletionChunk]) -> dict[tuple[int, int], list[Any]]:
+    """Each tool call's deltas, keyed by (choice, call index)."""
+    out: dict[tuple[int, int], list[Any]] = {}
+    for chunk in chunks:
+        for c in chunk.choices:
+            for tc in c.delta.tool_calls or []:
+                out.setdefault((c.index, tc.index), []).append(tc)
+    return out
+
+
+@pytest.mark.parametrize("body", [
+    {"prompt": "Name a river."},
+    {"prompt": ["Name a river.", "Name a hill."], "n": 2, "max_tokens": 8, "stop": "\n"},
+    {"prompt": "Name a river.", "echo": True, "seed": 2, "user": "u-1", "logit_bias": {"50256": -100}},
+    {"prompt": "Name a river.", "logprobs": 2, "best_of": 1},
+    {"prompt": "Name a river.", "logprobs": 0, "n": 2, "best_of": 2},
+], ids=["plain", "batch-n2", "echo", "logprobs", "n2-logprobs-best_of"])
+async def test_every_completions_feature_validates_under_the_sdk_types(honest: ApiUnderTest,
+                                                                     body: dict[str, Any]) -> None:
+    whole, chunks = await typed_completion(honest, body)
+    prompts = [body["prompt"]] if isinstance(body["prompt"], str) else body["prompt"]
+    answers = len(prompts) * body.get("n", 1)
+    assert [c.index for c in whole.choices] == list(range(answers))
+    assert {c.index for chunk in chunks for c in chunk.choices} == set(range(answers))
+    assert whole.object == "text_completion" and whole.usage is not None
+    for choice in whole.choices:
+        assert choice.text.startswith(prompts[0]) == bool(body.get("echo"))
+        if "logprobs" in body:
+            assert choice.logprobs is not None and choice.logprobs.tokens
+            assert len(choice.logprobs.tokens) == len(choice.logprobs.text_offset or [])
