@@ -17,7 +17,7 @@ import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from tests.helpers import ApiUnderTest, api_with_miners, post
+from tests.helpers import ApiUnderTest, Script, api_with_miners, post, sse
 
 MSG = [{"role": "user", "content": "What is the weather in Paris?"}]
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
@@ -158,3 +158,30 @@ async def test_every_completions_feature_validates_under_the_sdk_types(honest: A
         if "logprobs" in body:
             assert choice.logprobs is not None and choice.logprobs.tokens
             assert len(choice.logprobs.tokens) == len(choice.logprobs.text_offset or [])
+
+
+def scripted(*chunks: dict[str, Any]) -> Script:
+    """A miner that streams these chunks (each a choice's delta, finish reason and the rest), then [DONE]."""
+    frames = [json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "scripted",
+                          "choices": [{"index": 0, "logprobs": None, "finish_reason": None} | c]}) for c in chunks]
+    return Script([(0, d) for d in sse(*frames)])
+
+
+async def test_a_tool_call_the_miner_sent_without_an_id_gets_one(tmp_path: Path) -> None:
+    """A model server that names no call id (the stream's type allows it) left ``"id": null`` in the
+    object the API builds: the SDK's type requires a string, and the caller's next turn names the call
+    by it in ``tool_call_id``, which must be a string."""
+    call = {"delta": {"tool_calls": [{"index": 0, "function": {"name": "get_weather", "arguments": "{}"}},
+                                     {"index": 1, "function": {"name": "get_weather", "arguments": "{}"}}]}}
+    async with api_with_miners(tmp_path, {1: scripted(call, {"delta": {}, "finish_reason": "tool_calls"})}) as api:
+        for n in (1, 2):
+            status, _, text = await post(api, {"messages": MSG, "tools": [WEATHER], "n": n})
+            assert status == 200, text
+            whole = ChatCompletion.model_validate(json.loads(text), strict=True)
+            ids = [tc.id for c in whole.choices for tc in c.message.tool_calls or []]
+            assert len(ids) == 2 * n and len(set(ids)) == 2 * n and all(i.startswith("call_") for i in ids)
+        follow_up = [*MSG, whole.choices[0].message.model_dump(exclude_none=True),
+                     {"role": "tool", "tool_call_id": ids[0], "content": "21C"},
+                     {"role": "tool", "tool_call_id": ids[1], "content": "21C"}]
+        status, _, text = await post(api, {"messages": follow_up, "tools": [WEATHER]})
+    assert status == 200, text
