@@ -23,6 +23,7 @@ from api.access_log import request_id, write
 from api.auth import check_model
 from api.completion import (
     completion_for,
+    finish_reason,
     mid_stream_failure_event,
     no_winner_error,
     response_usage,
@@ -273,6 +274,15 @@ def _relabelled(data: Event, index: int, cid: str, created: int) -> bytes:
     if not choices:
         return b""
     obj["id"], obj["created"] = cid, created
-    obj["choices"] = [{**c, "index": index} for c in choices]
+    obj["choices"] = [_as_choice(c, index) for c in choices]
     obj.pop("usage", None)
     return encode_event(dumps(obj))
+
+
+def _as_choice(choice: dict[str, Any], index: int) -> dict[str, Any]:
+    """A winner's choice as choice ``index``, its finish reason in the SDK's words (``race.absorb`` let
+    only objects with a string there through)."""
+    out = {**choice, "index": index}
+    if out.get("finish_reason"):
+        out["finish_reason"] = finish_reason(out["finish_reason"])
+    return out

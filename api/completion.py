@@ -21,6 +21,12 @@ from shared.protocol import (
 )
 from shared.sse import encode_event
 
+# How a chat choice may end, in the SDK's words (its type is a Literal of these).
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+# A model server's own words for an answer cut at its token limit; its other words of its own (TGI's
+# "eos_token" and "stop_sequence", vLLM's "abort") mean it stopped.
+CUT_SHORT = frozenset({"max_tokens", "model_length"})
+
 
 def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[str, Any]:
     prompt = estimate_tokens("\n".join(content_text(m.content) for m in req.messages))
@@ -59,10 +65,19 @@ def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, A
         refusal="".join(run.refusal) or None,
         reasoning="".join(run.reasoning) or None,
         tool_calls=named_calls(run.merged_tool_calls()),
-        finish_reason=run.finish_reason or ("tool_calls" if run.tool_calls else "stop"),
+        finish_reason=finish_reason(run.finish_reason) if run.finish_reason else
+        ("tool_calls" if run.tool_calls else "stop"),
         usage=usage,
         logprobs=({"content": tokens} if (tokens := logprob_tokens(run.logprobs)) else None),
     )
+
+
+def finish_reason(reason: str) -> str:
+    """A miner's ``finish_reason`` in the SDK's words: a model server's own word was passed on as it
+    came, which the SDK's type refuses and a caller's check for "length" (a cut answer) misses."""
+    if reason in FINISH_REASONS:
+        return reason
+    return "length" if reason in CUT_SHORT else "stop"
 
 
 def named_calls(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:

@@ -185,3 +185,25 @@ async def test_a_tool_call_the_miner_sent_without_an_id_gets_one(tmp_path: Path)
                      {"role": "tool", "tool_call_id": ids[1], "content": "21C"}]
         status, _, text = await post(api, {"messages": follow_up, "tools": [WEATHER]})
     assert status == 200, text
+
+
+@pytest.mark.parametrize(("said", "meant"), [("eos_token", "stop"), ("stop_sequence", "stop"), ("abort", "stop"),
+                                             ("max_tokens", "length"), ("length", "length")])
+async def test_a_model_servers_own_finish_reason_reaches_the_caller_in_the_sdks_words(
+        tmp_path: Path, said: str, meant: str) -> None:
+    """TGI ends with "eos_token", vLLM may with "abort": passed on, the SDK's ``Literal`` refused it and a
+    caller's ``finish_reason == "length"`` check missed a cut answer. (One streamed answer is the
+    winner's chunks byte for byte: it keeps the server's word.)"""
+    script = scripted({"delta": {"content": "Hi"}}, {"delta": {}, "finish_reason": said})
+    async with api_with_miners(tmp_path, {1: script}) as api:
+        reasons = []
+        for n in (1, 2):
+            status, _, text = await post(api, {"messages": MSG, "n": n})
+            assert status == 200, text
+            reasons += [c.finish_reason for c in ChatCompletion.model_validate(json.loads(text), strict=True).choices]
+        status, _, text = await post(api, {"messages": MSG, "n": 2, "stream": True})
+        chunks = [ChatCompletionChunk.model_validate(json.loads(f), strict=True) for f in data_frames(text)[:-1]]
+        reasons += [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason]
+        status, _, text = await post(api, {"prompt": "Hi"}, path="/v1/completions")
+        reasons.append(Completion.model_validate(json.loads(text), strict=True).choices[0].finish_reason)
+    assert reasons == [meant] * 6
