@@ -68,7 +68,7 @@ def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, A
         finish_reason=finish_reason(run.finish_reason) if run.finish_reason else
         ("tool_calls" if run.tool_calls else "stop"),
         usage=usage,
-        logprobs=({"content": tokens} if (tokens := logprob_tokens(run.logprobs)) else None),
+        logprobs=choice_logprobs(run.logprobs),
     )
 
 
@@ -88,13 +88,23 @@ def named_calls(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | No
     return [c if isinstance(c.get("id"), str) and c["id"] else {**c, "id": f"call_{random_hex()[:24]}"} for c in calls]
 
 
-def logprob_tokens(parts: list[Any]) -> list[Any]:
-    """The tokens' log probabilities of a run's chunks (each chunk's ``logprobs.content``), in order."""
-    content: list[Any] = []
+def logprob_tokens(parts: list[Any], kind: str = "content") -> list[Any]:
+    """The tokens' log probabilities of a run's chunks (each chunk's ``logprobs.content``, or its
+    ``logprobs.refusal``: a refusal's tokens), in order."""
+    tokens: list[Any] = []
     for p in parts:
-        if isinstance(p, dict) and isinstance(p.get("content"), list):
-            content.extend(p["content"])
-    return content
+        if isinstance(p, dict) and isinstance(p.get(kind), list):
+            tokens.extend(p[kind])
+    return tokens
+
+
+def choice_logprobs(parts: list[Any]) -> dict[str, Any] | None:
+    """A chat choice's ``logprobs``: its answer's tokens and its refusal's, as OpenAI gives both (a
+    refusal's were dropped); None when the miner sent neither."""
+    content, refusal = logprob_tokens(parts), logprob_tokens(parts, "refusal")
+    if not (content or refusal):
+        return None
+    return {"content": content or None, "refusal": refusal or None}
 
 
 def mid_stream_failure(run: MinerRun) -> str | None:

@@ -183,21 +183,22 @@ def valid_usage(usage: Any) -> bool:
 
 
 def checked_logprobs(logprobs: Any) -> Any:
-    """A choice's ``logprobs`` as OpenAI shapes it (``content``: tokens, each with its ``top_logprobs``),
-    or ValueError: the caller's renderers read it as such."""
+    """A choice's ``logprobs`` as OpenAI shapes it (``content`` and ``refusal``: tokens, each with its
+    ``top_logprobs``), or ValueError: the caller's renderers read it as such."""
     if type(logprobs) is not dict:
         raise ValueError("logprobs is not an object")
-    content = logprobs.get("content")
-    if content is None:
-        return logprobs
-    if type(content) is not list:
-        raise ValueError("logprobs.content is not a list")
-    for token in content:
-        if type(token) is not dict or type(token.get("token")) is not str:
-            raise ValueError("a logprobs token is not an object with a token string")
-        tops = token.get("top_logprobs")
-        if tops is not None and (type(tops) is not list or any(type(t) is not dict for t in tops)):
-            raise ValueError("top_logprobs is not a list of objects")
+    for kind in ("content", "refusal"):
+        tokens = logprobs.get(kind)
+        if tokens is None:
+            continue
+        if type(tokens) is not list:
+            raise ValueError(f"logprobs.{kind} is not a list")
+        for token in tokens:
+            if type(token) is not dict or type(token.get("token")) is not str:
+                raise ValueError("a logprobs token is not an object with a token string")
+            tops = token.get("top_logprobs")
+            if tops is not None and (type(tops) is not list or any(type(t) is not dict for t in tops)):
+                raise ValueError("top_logprobs is not a list of objects")
     return logprobs
 
 

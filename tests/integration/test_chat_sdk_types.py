@@ -207,3 +207,23 @@ async def test_a_model_servers_own_finish_reason_reaches_the_caller_in_the_sdks_
         status, _, text = await post(api, {"prompt": "Hi"}, path="/v1/completions")
         reasons.append(Completion.model_validate(json.loads(text), strict=True).choices[0].finish_reason)
     assert reasons == [meant] * 6
+
+
+REFUSED = [{"token": "No", "logprob": -0.1, "bytes": [78, 111], "top_logprobs": []},
+           {"token": ".", "logprob": -0.2, "bytes": [46], "top_logprobs": []}]
+
+
+async def test_a_refusals_log_probabilities_are_in_the_answer_streamed_or_not(tmp_path: Path) -> None:
+    """OpenAI gives a refusal's token log probabilities as ``logprobs.refusal``; the object the API
+    builds kept only ``content``'s, so a refusal's were dropped (``logprobs: null``) unless streamed."""
+    script = scripted({"delta": {"refusal": "No"}, "logprobs": {"content": None, "refusal": REFUSED[:1]}},
+                      {"delta": {"refusal": "."}, "logprobs": {"content": None, "refusal": REFUSED[1:]}},
+                      {"delta": {}, "finish_reason": "stop"})
+    async with api_with_miners(tmp_path, {1: script}) as api:
+        whole, chunks = await typed_chat(api, {"messages": MSG, "logprobs": True})
+    (choice,) = whole.choices
+    assert choice.message.refusal == "No." and choice.message.content is None
+    assert choice.logprobs is not None and choice.logprobs.content is None
+    assert [t.model_dump() for t in choice.logprobs.refusal or []] == REFUSED
+    streamed = [t for c in chunks for ch in c.choices if ch.logprobs for t in ch.logprobs.refusal or []]
+    assert streamed == choice.logprobs.refusal

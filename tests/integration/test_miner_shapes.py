@@ -137,7 +137,8 @@ async def test_a_miners_usage_that_is_not_token_counts_is_estimated_not_a_500(tm
 
 @pytest.mark.parametrize("logprobs", [
     "garbage", {"content": "garbage"}, {"content": [{"token": "hel", "logprob": -0.1, "top_logprobs": 5}]},
-], ids=["not-an-object", "content-not-a-list", "top-not-a-list"])
+    {"content": None, "refusal": [5]},
+], ids=["not-an-object", "content-not-a-list", "top-not-a-list", "refusal-token-not-an-object"])
 @pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
 async def test_logprobs_of_another_shape_fail_the_miner_not_the_request(tmp_path: Path, logprobs, stream: bool) -> None:
     bad = Script([(0, d) for d in sse(raw_chunk(0, "hello", logprobs=logprobs), raw_chunk(0, finish="stop"))])
