@@ -27,6 +27,7 @@ from api.completion import (
     mid_stream_failure_event,
     no_winner_error,
     response_usage,
+    token_counts,
 )
 from api.context import CTX, ApiContext
 from api.fanout import chat_deadline, settle, start_race
@@ -169,16 +170,32 @@ def choices_usage(asks: list[Ask], winners: list[MinerRun]) -> dict[str, Any]:
 
 def total_usage(each: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     """The request's usage from each (prompt, choice's usage): every prompt once (its choices all
-    answered it), every completion."""
-    prompts: dict[int, int] = {}
+    answered it: the count of the choice that counted most of it, and its details), every completion
+    (and every completion's details: reasoning tokens, say)."""
+    prompts: dict[int, dict[str, Any]] = {}
     for i, u in each:
-        prompts[i] = max(prompts.get(i, 0), int(u.get("prompt_tokens") or 0))
-    prompt = sum(prompts.values())
+        kept = prompts.get(i)
+        if kept is None or int(u.get("prompt_tokens") or 0) > int(kept.get("prompt_tokens") or 0):
+            prompts[i] = u
+    prompt = sum(int(u.get("prompt_tokens") or 0) for u in prompts.values())
     completion = sum(int(u.get("completion_tokens") or 0) for _, u in each)
     out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
                            "total_tokens": prompt + completion}
+    for group, counted in (("prompt_tokens_details", list(prompts.values())),
+                           ("completion_tokens_details", [u for _, u in each])):
+        if summed := summed_counts([u.get(group) for u in counted]):
+            out[group] = summed
     if any(u.get("estimated") for _, u in each):
         out["estimated"] = True
+    return out
+
+
+def summed_counts(groups: list[Any]) -> dict[str, int]:
+    """Usage details groups added up, count by count (what is not a token count left out)."""
+    out: dict[str, int] = {}
+    for group in groups:
+        for name, n in token_counts(group).items():
+            out[name] = out.get(name, 0) + n
     return out
 
 

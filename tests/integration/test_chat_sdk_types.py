@@ -227,3 +227,50 @@ async def test_a_refusals_log_probabilities_are_in_the_answer_streamed_or_not(tm
     assert [t.model_dump() for t in choice.logprobs.refusal or []] == REFUSED
     streamed = [t for c in chunks for ch in c.choices if ch.logprobs for t in ch.logprobs.refusal or []]
     assert streamed == choice.logprobs.refusal
+
+
+def usage_chunk(usage: dict[str, Any]) -> str:
+    return json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "scripted", "choices": [],
+                       "usage": usage})
+
+
+@pytest.mark.parametrize(("sent", "given"), [
+    ({"completion_tokens": 3}, {"prompt_tokens": 0, "completion_tokens": 3, "total_tokens": 3}),
+    ({"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5, "prompt_tokens_details": "n/a",
+      "completion_tokens_details": {"reasoning_tokens": "n/a", "audio_tokens": 0}, "queue_ms": "x"},
+     {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5, "completion_tokens_details": {"audio_tokens": 0}}),
+    ({"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5, "prompt_tokens_details": None,
+      "completion_tokens_details": {"reasoning_tokens": 1}},
+     {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5, "completion_tokens_details": {"reasoning_tokens": 1}}),
+], ids=["only-completion-tokens", "details-not-counts", "null-details"])
+async def test_a_miners_usage_is_given_as_the_sdks_type_has_it(tmp_path: Path, sent: dict, given: dict) -> None:
+    """A model server that counts only completion tokens left out the two counts the SDK's type requires;
+    a details group that was not token counts ("n/a") went on as it came: the caller's type checks and
+    LangChain's sums of usage details failed on it."""
+    frames = [json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "scripted",
+                          "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]}),
+              usage_chunk(sent)]
+    async with api_with_miners(tmp_path, {1: Script([(0, d) for d in sse(*frames)])}) as api:
+        status, _, text = await post(api, {"messages": MSG})
+    assert status == 200, text
+    usage = ChatCompletion.model_validate(json.loads(text), strict=True).usage
+    assert usage is not None and usage.model_dump(exclude_none=True) == given
+
+
+async def test_n_choices_add_up_their_usage_details(tmp_path: Path) -> None:
+    """The prompt's cached tokens once (every choice answered the same prompt), every choice's reasoning
+    tokens: the request's usage dropped both."""
+    frames = [json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "scripted",
+                          "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]}),
+              usage_chunk({"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12,
+                           "prompt_tokens_details": {"cached_tokens": 8},
+                           "completion_tokens_details": {"reasoning_tokens": 2}})]
+    async with api_with_miners(tmp_path, {1: Script([(0, d) for d in sse(*frames)])}) as api:
+        whole, chunks = await typed_chat(api, {"messages": MSG, "n": 3})
+        status, _, text = await post(api, {"prompt": "Hi", "n": 2}, path="/v1/completions")
+    assert status == 200, text
+    text_usage = Completion.model_validate(json.loads(text), strict=True).usage
+    for usage, n in ((whole.usage, 3), (chunks[-1].usage, 3), (text_usage, 2)):
+        assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (9, 3 * n)
+        assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 8
+        assert usage.completion_tokens_details is not None and usage.completion_tokens_details.reasoning_tokens == 2 * n
