@@ -42,7 +42,11 @@ def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
         return reported_usage(run.usage)
     # what the model wrote: its thinking, its text, a refusal, and the names and arguments of the tools it called
     calls = "".join(c["function"]["name"] + c["function"]["arguments"] for c in run.tool_calls.values())
-    return estimated_usage(req, "".join(run.reasoning) + run.text + "".join(run.refusal) + calls)
+    thinking = "".join(run.reasoning)
+    usage = estimated_usage(req, thinking + run.text + "".join(run.refusal) + calls)
+    if thinking:  # counted as reasoning tokens too, as a model server counts them
+        usage["completion_tokens_details"] = {"reasoning_tokens": estimate_tokens(thinking)}
+    return usage
 
 
 def reported_usage(usage: dict[str, Any]) -> dict[str, Any]:

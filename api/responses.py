@@ -27,7 +27,7 @@ from api.web_retrieval import Found
 from api.web_search import SOURCES, citations, search_call_item, search_into
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
-from shared.protocol import ChatCompletionRequest, estimate_tokens
+from shared.protocol import ChatCompletionRequest
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -89,7 +89,7 @@ class ResponsesFormat:
                 item["content"][0]["annotations"] = self._annotate(item["content"][0]["text"])
         searched = self._search_item()
         obj = finished(self._base(req, run), ([searched] if searched else []) + output,
-                       finish_reason=run.finish_reason, usage=_usage(req, run))
+                       finish_reason=run.finish_reason, usage=response_usage(req, run))
         return json_response(obj, headers=headers)
 
     def _start(self, events: ResponseStream) -> bytes:
@@ -111,15 +111,6 @@ class ResponsesFormat:
         return response
 
 
-def _usage(req: ChatCompletionRequest, run: MinerRun) -> dict:
-    """The answer's usage; estimated (the model server gave none), its thinking is counted as reasoning
-    tokens too, as the response shows that thinking as a reasoning item."""
-    usage = response_usage(req, run)
-    if usage.get("estimated") and run.reasoning:
-        usage = usage | {"completion_tokens_details": {"reasoning_tokens": estimate_tokens("".join(run.reasoning))}}
-    return usage
-
-
 def _end(events: ResponseStream, req: ChatCompletionRequest, run: MinerRun) -> bytes:
-    return events.finish(finish_reason=run.finish_reason, usage=_usage(req, run),
+    return events.finish(finish_reason=run.finish_reason, usage=response_usage(req, run),
                          error=mid_stream_failure(run))

@@ -274,3 +274,22 @@ async def test_n_choices_add_up_their_usage_details(tmp_path: Path) -> None:
         assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (9, 3 * n)
         assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 8
         assert usage.completion_tokens_details is not None and usage.completion_tokens_details.reasoning_tokens == 2 * n
+
+
+async def test_estimated_usage_counts_the_thinking_as_reasoning_tokens(tmp_path: Path) -> None:
+    """With no usage from the miner, the Responses API's estimate counted a reasoning model's thinking as
+    reasoning tokens; chat completions' did not (``completion_tokens_details`` missing), so LangChain's
+    ``output_token_details.reasoning`` was absent for the same answer."""
+    script = scripted({"delta": {"reasoning_content": "Paris is in France."}}, {"delta": {"content": "Paris."}},
+                      {"delta": {}, "finish_reason": "stop"})
+    async with api_with_miners(tmp_path, {1: script}) as api:
+        whole, chunks = await typed_chat(api, {"messages": MSG})
+        status, _, text = await post(api, {"messages": MSG, "n": 2})
+    assert status == 200, text
+    both = ChatCompletion.model_validate(json.loads(text), strict=True)
+    assert whole.choices[0].message.model_extra == {"reasoning_content": "Paris is in France."}
+    for usage, n in ((whole.usage, 1), (chunks[-1].usage, 1), (both.usage, 2)):
+        assert usage is not None and usage.model_extra == {"estimated": True}
+        assert usage.completion_tokens_details is not None
+        assert usage.completion_tokens_details.reasoning_tokens == 5 * n  # 19 characters: ~4 a token
+        assert usage.completion_tokens == (5 + 2) * n
