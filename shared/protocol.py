@@ -169,6 +169,8 @@ class ChatCompletionRequest(BaseModel):
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     web_search_options: WebSearchOptions | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
 
     # The subnet's extras.
     task: str | None = None
@@ -221,6 +223,23 @@ class ChatCompletionRequest(BaseModel):
                                                and schema["name"]):
             raise PydanticCustomError("invalid_response_format",
                                       "response_format json_schema needs a json_schema object with a name")
+        return v
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_output_only(cls, v: list[str] | None) -> list[str] | None:
+        """Audio output, accepted, came back as text alone (``message.audio`` null for a caller who asked)."""
+        if v is not None and any(m != "text" for m in v):
+            raise PydanticCustomError("unsupported_modality", "only text output is served here (the miners' "
+                                      "models write text): send modalities ['text'] or none")
+        return v
+
+    @field_validator("audio")
+    @classmethod
+    def _no_audio_output(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            raise PydanticCustomError("unsupported_audio", "audio output is not served here (the miners' models "
+                                      "write text): leave audio out")
         return v
 
     @field_validator("uids")

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -34,6 +35,10 @@ CALLED = [*MSG, {"role": "assistant", "content": None, "tool_calls": [
 async def honest(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
     async with api_with_miners(tmp_path, {}, honest={1, 2}) as api:
         yield api
+
+
+def sdk(api: ApiUnderTest) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0, timeout=20)
 
 
 def data_frames(text: str) -> list[str]:
@@ -293,3 +298,21 @@ async def test_estimated_usage_counts_the_thinking_as_reasoning_tokens(tmp_path:
         assert usage.completion_tokens_details is not None
         assert usage.completion_tokens_details.reasoning_tokens == 5 * n  # 19 characters: ~4 a token
         assert usage.completion_tokens == (5 + 2) * n
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "modalities"),
+    ({"modalities": ["audio"]}, "modalities"),
+    ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
+])
+async def test_audio_output_is_a_400_naming_the_field_not_ignored(tmp_path: Path, extra: dict, param: str) -> None:
+    """Accepted, the answer came back as text alone: ``message.audio`` was null for a caller who asked for
+    it (``completion.choices[0].message.audio.data`` an AttributeError), and no miner was at fault."""
+    script = scripted({"delta": {"content": "Hi"}}, {"delta": {}, "finish_reason": "stop"})
+    async with api_with_miners(tmp_path, {1: script}) as api:
+        with pytest.raises(openai.BadRequestError) as e:
+            await sdk(api).chat.completions.create(model="default", messages=MSG, **extra)
+        text_only = await sdk(api).chat.completions.create(model="default", messages=MSG, modalities=["text"],
+                                                           extra_body={"audio": None})
+    assert e.value.param == param and "text" in e.value.message
+    assert text_only.choices[0].message.content == "Hi" and script.calls == 1
