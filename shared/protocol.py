@@ -196,18 +196,18 @@ class ChatCompletionRequest(BaseModel):
     def _tool_choice_names_a_tool(cls, v: Any, info: ValidationInfo) -> Any:
         if v is None or v in ("none", "auto"):
             return v
-        fn = v.get("function") if isinstance(v, dict) and v.get("type") == "function" else None
-        name = fn.get("name") if isinstance(fn, dict) else None
-        if v != "required" and not isinstance(name, str):
-            raise PydanticCustomError("invalid_tool_choice", "tool_choice must be 'none', 'auto', 'required' or "
-                                      '{"type": "function", "function": {"name": ...}}')
+        names = chosen_functions(v)
+        if names is None:
+            raise PydanticCustomError("invalid_tool_choice", TOOL_CHOICES)
         tools = info.data.get("tools") or []
         if not tools:
             raise PydanticCustomError("tools_required", "tool_choice {choice} needs tools",
                                       {"choice": "'required'" if v == "required" else "naming a function"})
-        if name is not None and name not in {t.function.name for t in tools}:
-            raise PydanticCustomError("unknown_tool", "tool_choice names '{name}', which is not among tools",
-                                      {"name": name})
+        offered = {t.function.name for t in tools}
+        for name in names:
+            if name not in offered:
+                raise PydanticCustomError("unknown_tool", "tool_choice names '{name}', which is not among tools",
+                                          {"name": name})
         return v
 
     @field_validator("response_format")
@@ -256,6 +256,13 @@ class ChatCompletionRequest(BaseModel):
             raise PydanticCustomError("too_many_stops", "stop accepts at most 4 sequences")
         return v
 
+    def allowed_tools(self) -> tuple[frozenset[str], str] | None:
+        """The functions an ``allowed_tools`` choice lists and its ``mode``; None: another choice."""
+        choice = self.tool_choice
+        if not isinstance(choice, dict) or choice.get("type") != "allowed_tools":
+            return None
+        return frozenset(chosen_functions(choice) or ()), choice["allowed_tools"]["mode"]
+
     def wants_any_model(self) -> bool:
         return self.model in ANY_MODEL
 
@@ -303,8 +310,45 @@ class ChatCompletionRequest(BaseModel):
             if value is not None:
                 body[name] = value
         body.pop("max_completion_tokens", None)
+        if (allowed := self.allowed_tools()) is not None:
+            # Model servers take no allowed_tools choice: the miners are offered only the functions it
+            # lists, its mode their tool_choice, and a call to any other fails a miner (race.offered).
+            names, body["tool_choice"] = allowed
+            body["tools"] = [t for t in body["tools"] if t["function"]["name"] in names]
         body.setdefault("task", DEFAULT_TASK)
         return body
+
+
+TOOL_CHOICES = ("tool_choice must be 'none', 'auto', 'required', "
+                '{"type": "function", "function": {"name": ...}} or {"type": "allowed_tools", "allowed_tools": '
+                '{"mode": "auto" or "required", "tools": [{"type": "function", "function": {"name": ...}}, ...]}}')
+
+
+def chosen_functions(choice: Any) -> list[str] | None:
+    """The functions a ``tool_choice`` other than "none" and "auto" names: none for "required", one for a
+    named function, those an ``allowed_tools`` choice lists; None for a choice of no form served here."""
+    if choice == "required":
+        return []
+    if not isinstance(choice, dict):
+        return None
+    if choice.get("type") == "function":
+        name = function_name(choice)
+        return [name] if name is not None else None
+    spec = choice.get("allowed_tools") if choice.get("type") == "allowed_tools" else None
+    if not isinstance(spec, dict) or spec.get("mode") not in ("auto", "required"):
+        return None
+    listed = spec.get("tools")
+    if not isinstance(listed, list) or not listed:
+        return None
+    names = [function_name(t) if isinstance(t, dict) and t.get("type") == "function" else None for t in listed]
+    return [n for n in names if n is not None] if None not in names else None
+
+
+def function_name(named: dict[str, Any]) -> str | None:
+    """The name in ``{"function": {"name": ...}}`` (None: there is none)."""
+    fn = named.get("function")
+    name = fn.get("name") if isinstance(fn, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def token_count(value: Any) -> int | None:

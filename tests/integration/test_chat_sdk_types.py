@@ -316,3 +316,48 @@ async def test_audio_output_is_a_400_naming_the_field_not_ignored(tmp_path: Path
                                                            extra_body={"audio": None})
     assert e.value.param == param and "text" in e.value.message
     assert text_only.choices[0].message.content == "Hi" and script.calls == 1
+
+
+def allowed(mode: str, *names: str) -> dict[str, Any]:
+    return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": [
+        {"type": "function", "function": {"name": name}} for name in names]}}
+
+
+@pytest.mark.parametrize("mode", ["auto", "required"])
+async def test_allowed_tools_limits_the_calls_to_the_functions_it_lists(honest: ApiUnderTest, mode: str) -> None:
+    """The SDK's ``ChatCompletionAllowedToolChoiceParam`` was a 400 (the Responses API serves its own
+    form). Model servers take no such choice, so the miners are offered only the listed functions."""
+    asked = {"messages": MSG, "tools": [WEATHER, TIME]}
+    free, _ = await typed_chat(honest, asked)
+    assert [c.function.name for c in free.choices[0].message.tool_calls or []] == ["get_weather"]
+    whole, chunks = await typed_chat(honest, asked | {"tool_choice": allowed(mode, "get_time")})
+    assert [c.function.name for c in whole.choices[0].message.tool_calls or []] == ["get_time"]
+    streamed = [tc.function.name for c in chunks for ch in c.choices for tc in ch.delta.tool_calls or []
+                if tc.function and tc.function.name]
+    assert streamed == ["get_time"]
+
+
+async def test_what_the_miners_get_for_an_allowed_tools_choice(tmp_path: Path) -> None:
+    script = scripted({"delta": {"content": "Hi"}}, {"delta": {}, "finish_reason": "stop"})
+    async with api_with_miners(tmp_path, {1: script}) as api:
+        out = await sdk(api).chat.completions.create(model="default", messages=MSG, tools=[WEATHER, TIME],
+                                                     tool_choice=allowed("auto", "get_time"))
+    assert out.choices[0].message.content == "Hi"
+    (body,) = script.bodies
+    assert body["tools"] == [TIME] and body["tool_choice"] == "auto"
+
+
+@pytest.mark.parametrize(("choice", "says"), [
+    (allowed("auto", "get_date"), "'get_date', which is not among tools"),
+    (allowed("any", "get_time"), '"allowed_tools"'),
+    ({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}, '"allowed_tools"'),
+    ({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "custom", "custom": {
+        "name": "get_time"}}]}}, '"allowed_tools"'),
+    ({"type": "allowed_tools"}, '"allowed_tools"'),
+])
+async def test_an_allowed_tools_choice_that_lists_no_offered_function_is_a_400(honest: ApiUnderTest, choice: dict,
+                                                                              says: str) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        await sdk(honest).chat.completions.create(model="default", messages=MSG, tools=[WEATHER, TIME],
+                                                  tool_choice=choice)  # type: ignore[arg-type]
+    assert e.value.param == "tool_choice" and says in e.value.message
