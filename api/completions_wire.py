@@ -21,6 +21,7 @@ from shared.protocol import (
     REQUEST_CONFIG,
     SamplingParameters,
     StreamOptions,
+    logit_bias_is_openais,
     null_means_default,
 )
 
@@ -49,6 +50,7 @@ class CompletionRequest(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
+    _logit_bias = logit_bias_is_openais()
     user: str | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI: any int64
 

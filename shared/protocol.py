@@ -134,6 +134,27 @@ def null_means_default(*fields: str) -> Any:
     return field_validator(*fields, mode="before")(take)
 
 
+MAX_LOGIT_BIAS = 100
+
+
+def logit_bias_is_openais() -> Any:
+    """A validator of ``logit_bias`` as OpenAI takes it: token ids (JSON object keys, so strings of
+    digits) to biases from -100 to 100. A model server refuses another key (the caller got its
+    400, or a 200 from a miner that ignores the field), and clamps a bias OpenAI refuses."""
+
+    def check(cls: type[BaseModel], v: dict[str, float] | None) -> dict[str, float] | None:
+        for key, bias in (v or {}).items():
+            if not (key.isascii() and key.isdigit() and len(key) <= 10):
+                raise PydanticCustomError("invalid_logit_bias", "logit_bias keys are token ids (strings of digits, "
+                                          "such as '50256'); '{key}' is not one", {"key": key[:40]})
+            if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+                raise PydanticCustomError("invalid_logit_bias", "logit_bias values are from -100 to 100; token "
+                                          "{key} has {bias}", {"key": key, "bias": bias})
+        return v
+
+    return field_validator("logit_bias")(check)
+
+
 class WebSearchOptions(BaseModel):
     """OpenAI's ``web_search_options``: search the web before answering (``user_location`` is accepted;
     the miners search without it)."""
@@ -160,6 +181,7 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
+    _logit_bias = logit_bias_is_openais()
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     user: str | None = None

@@ -361,3 +361,24 @@ async def test_an_allowed_tools_choice_that_lists_no_offered_function_is_a_400(h
         await sdk(honest).chat.completions.create(model="default", messages=MSG, tools=[WEATHER, TIME],
                                                   tool_choice=choice)  # type: ignore[arg-type]
     assert e.value.param == "tool_choice" and says in e.value.message
+
+
+@pytest.mark.parametrize(("bias", "says"), [
+    ({"hello": -100}, "'hello' is not one"), ({"-1": 5}, "'-1' is not one"), ({"50256": 101}, "from -100 to 100"),
+    ({"50256": -100.5}, "from -100 to 100"),
+])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+async def test_a_logit_bias_openai_refuses_is_a_400_naming_it(tmp_path: Path, path: str, bias: dict,
+                                                              says: str) -> None:
+    """A key that is no token id was refused by a model server (its 400) or ignored by a miner that takes
+    no logit_bias (a 200 for the same request); a bias past 100 was clamped by one and refused by OpenAI."""
+    script = scripted({"delta": {"content": "Hi"}}, {"delta": {}, "finish_reason": "stop"})
+    async with api_with_miners(tmp_path, {1: script}) as api:
+        with pytest.raises(openai.BadRequestError) as e:
+            if path == "/v1/completions":
+                await sdk(api).completions.create(model="default", prompt="Hi", logit_bias=bias)
+            else:
+                await sdk(api).chat.completions.create(model="default", messages=MSG, logit_bias=bias)
+        for ok in ({"50256": -100, "0": 100}, {}):
+            await sdk(api).chat.completions.create(model="default", messages=MSG, logit_bias=ok)
+    assert e.value.param == "logit_bias" and says in e.value.message and script.calls == 2
