@@ -104,6 +104,7 @@ class FunctionDefinition(BaseModel):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
+    strict: bool | None = None
 
 
 class Tool(BaseModel):
@@ -245,6 +246,11 @@ class ChatCompletionRequest(BaseModel):
                                                and schema["name"]):
             raise PydanticCustomError("invalid_response_format",
                                       "response_format json_schema needs a json_schema object with a name")
+        if v["type"] == "json_schema" and schema.get("schema") is not None and not isinstance(schema["schema"], dict):
+            raise PydanticCustomError("invalid_response_format",
+                                      "response_format json_schema.schema must be a JSON Schema object")
+        if v["type"] == "json_schema" and schema.get("strict") is not None and type(schema["strict"]) is not bool:
+            raise PydanticCustomError("invalid_response_format", "response_format json_schema.strict must be a boolean")
         return v
 
     @field_validator("modalities")

@@ -382,3 +382,23 @@ async def test_a_logit_bias_openai_refuses_is_a_400_naming_it(tmp_path: Path, pa
         for ok in ({"50256": -100, "0": 100}, {}):
             await sdk(api).chat.completions.create(model="default", messages=MSG, logit_bias=ok)
     assert e.value.param == "logit_bias" and says in e.value.message and script.calls == 2
+
+
+@pytest.mark.parametrize(("extra", "param", "says"), [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": "object"}}},
+     "response_format", "JSON Schema object"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": {}, "strict": "yes"}}},
+     "response_format", "strict must be a boolean"),
+    ({"tools": [WEATHER | {"function": WEATHER["function"] | {"strict": "yes"}}]}, "tools.0.function.strict",
+     "boolean"),
+])
+async def test_a_schema_or_strict_flag_of_another_type_is_a_400_naming_it(tmp_path: Path, extra: dict, param: str,
+                                                                         says: str) -> None:
+    """Passed on, a model server refused them (a schema it cannot compile), or a miner that ignored them
+    answered a JSON-schema request with no schema to fit."""
+    script = scripted({"delta": {"content": "{}"}}, {"delta": {}, "finish_reason": "stop"})
+    async with api_with_miners(tmp_path, {1: script}) as api:
+        status, _, text = await post(api, {"messages": MSG, **extra})
+    error = json.loads(text)["error"]
+    assert status == 400 and error["param"] == param and says in error["message"], error
+    assert script.calls == 0
