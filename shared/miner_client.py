@@ -25,7 +25,7 @@ from shared.sse import DONE, SSEError, SSEParser
 Event = str | dict[str, Any]
 """One chunk from a miner: the raw JSON text of an SSE event (relayed byte for byte when streaming),
 or, for a miner that answered with one JSON completion, that completion already parsed into
-chunk shape (parsed once here, never serialised again on the response path)."""
+a stream's chunks (parsed once here, never serialised again on the response path)."""
 
 
 def event_text(event: Event) -> str:
@@ -154,7 +154,7 @@ class MinerClient:
                         raise MinerError(f"HTTP {resp.status}: {text[:300]}", kind="status")
                     ctype = resp.content_type
                     if ctype == "application/json":
-                        yield [await self._json_as_chunk(resp)]
+                        yield await self._json_as_chunks(resp)
                         return
                     if ctype != "text/event-stream":
                         raise MinerError(f"unexpected content type {ctype!r}", kind="bad_response")
@@ -215,7 +215,10 @@ class MinerClient:
                 raise MinerError(f"response larger than {self.max_response_bytes} bytes", kind="too_large")
         return bytes(raw)
 
-    async def _json_as_chunk(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    async def _json_as_chunks(self, resp: aiohttp.ClientResponse) -> list[Event]:
+        """A JSON completion as a stream's chunks: its choice, then its usage in a chunk of no choices, as
+        a stream with ``include_usage`` ends (on the choice's chunk, a streaming caller's last chunk had
+        none, and a caller that reads the usage from the last chunk missed it)."""
         raw = await self._read_capped(resp)
         try:
             obj = loads(raw)
@@ -225,19 +228,19 @@ class MinerClient:
             if isinstance(delta.get("tool_calls"), list):  # a stream's tool-call deltas carry their index
                 delta["tool_calls"] = [{"index": i, **c} if isinstance(c, dict) else c
                                        for i, c in enumerate(delta["tool_calls"])]
-            chunk = {
+            head = {
                 "id": obj.get("id", ""),
                 "object": "chat.completion.chunk",
                 "created": obj.get("created", int(time.time())),
                 "model": obj.get("model", ""),
-                "choices": [{"index": 0, "delta": delta, "logprobs": choice.get("logprobs"),
-                             "finish_reason": choice.get("finish_reason")}],
             }
+            chunks: list[Event] = [head | {"choices": [{"index": 0, "delta": delta, "logprobs": choice.get("logprobs"),
+                                                        "finish_reason": choice.get("finish_reason")}]}]
             if obj.get("usage"):
-                chunk["usage"] = obj["usage"]
+                chunks.append(head | {"choices": [], "usage": obj["usage"]})
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
             raise MinerError(f"malformed JSON completion: {e}", kind="bad_response") from None
-        return chunk
+        return chunks
 
     async def post_json(
         self, base_url: str, path: str, payload: Any, receiver: str, *, timeout: float

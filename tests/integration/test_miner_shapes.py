@@ -106,6 +106,19 @@ async def test_a_json_answer_to_a_stream_relays_tool_calls_the_sdk_can_merge(tmp
     assert (call.id, call.function.name, call.function.arguments) == ("call_1", "get_weather", "{}")
 
 
+async def test_a_json_answer_to_a_stream_ends_with_the_usage_chunk_the_sdk_reads(tmp_path: Path) -> None:
+    """The usage of a miner's JSON answer rode on its choice's chunk: a stream with ``include_usage``
+    did not end with a usage chunk of no choices, the one the SDK's contract says to read it from."""
+    async with _api_with_json_miner(tmp_path) as (url, key):
+        stream = await sdk(url, key).chat.completions.create(model="default", messages=MESSAGES, tools=TOOLS,
+                                                             stream=True, stream_options={"include_usage": True})
+        chunks = [c async for c in stream]
+        whole = await sdk(url, key).chat.completions.create(model="default", messages=MESSAGES, tools=TOOLS)
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 7
+    assert [c.usage for c in chunks[:-1]] == [None] and chunks[0].choices[0].finish_reason == "tool_calls"
+    assert whole.usage is not None and whole.usage.total_tokens == 7
+
+
 BAD_USAGE = {"prompt_tokens": "n/a", "completion_tokens": 5, "total_tokens": 5}
 
 
