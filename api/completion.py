@@ -17,16 +17,12 @@ from shared.protocol import (
     completion_object,
     content_text,
     estimate_tokens,
+    finish_reason,
     new_completion_id,
     token_count,
 )
 from shared.sse import encode_event
 
-# How a chat choice may end, in the SDK's words (its type is a Literal of these).
-FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
-# A model server's own words for an answer cut at its token limit; its other words of its own (TGI's
-# "eos_token" and "stop_sequence", vLLM's "abort") mean it stopped.
-CUT_SHORT = frozenset({"max_tokens", "model_length"})
 USAGE_DETAILS = ("prompt_tokens_details", "completion_tokens_details")
 
 
@@ -97,14 +93,6 @@ def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, A
         usage=usage,
         logprobs=choice_logprobs(run.logprobs),
     )
-
-
-def finish_reason(reason: str) -> str:
-    """A miner's ``finish_reason`` in the SDK's words: a model server's own word was passed on as it
-    came, which the SDK's type refuses and a caller's check for "length" (a cut answer) misses."""
-    if reason in FINISH_REASONS:
-        return reason
-    return "length" if reason in CUT_SHORT else "stop"
 
 
 def named_calls(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:

@@ -379,6 +379,21 @@ def function_name(named: dict[str, Any]) -> str | None:
     return name if isinstance(name, str) else None
 
 
+# How a chat choice may end, in the SDK's words (its type is a Literal of these).
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+# A model server's own words for an answer cut at its token limit; its other words of its own (TGI's
+# "eos_token" and "stop_sequence", vLLM's "abort") mean it stopped.
+CUT_SHORT = frozenset({"max_tokens", "model_length"})
+
+
+def finish_reason(reason: str) -> str:
+    """A miner's ``finish_reason`` in the SDK's words: a model server's own word was passed on as it
+    came, which the SDK's type refuses and a caller's check for "length" (a cut answer) misses."""
+    if reason in FINISH_REASONS:
+        return reason
+    return "length" if reason in CUT_SHORT else "stop"
+
+
 def token_count(value: Any) -> int | None:
     """A token count as a model server reports it, if it is one: a non-negative integer (not a bool, a
     float or "n/a", which miners have sent); None otherwise."""

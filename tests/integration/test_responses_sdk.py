@@ -154,6 +154,17 @@ async def test_an_answer_cut_by_max_output_tokens_is_incomplete_and_says_why(hon
         assert [(item.type, item.status) for item in r.output] == [("message", "incomplete")]
 
 
+async def test_a_model_servers_own_word_for_a_cut_is_incomplete_too(tmp_path: Path) -> None:
+    """vLLM's and TGI's servers may end a cut answer with their own word (``max_tokens``): read as chat's
+    ``length`` (as chat completions do), not as a completed answer."""
+    steps = sse(chunk("Hello, th"), chunk(finish="max_tokens"))
+    async with api_with_miners(tmp_path, {1: Script([(0, d) for d in steps])}) as api:
+        whole, events = await typed(api, {"input": "Hello there", "max_output_tokens": 3})
+    for r in (whole, events[-1].response):
+        assert r.status == "incomplete" and r.incomplete_details is not None
+        assert r.incomplete_details.reason == "max_output_tokens"
+
+
 async def test_a_winner_failing_mid_stream_ends_it_with_response_failed(tmp_path: Path) -> None:
     dies = Script([(0, d) for d in sse(chunk("Hel"), done=False)], die=True)
     async with api_with_miners(tmp_path, {1: dies}) as api:
