@@ -235,3 +235,10 @@ async def wait_until(check: Callable[[], bool], timeout: float) -> float:
     while not check() and time.monotonic() - started < timeout:  # noqa: ASYNC110 - polling another party's state
         await asyncio.sleep(0.01)
     return time.monotonic() - started
+
+
+def openai_client(api: ApiUnderTest, key: str | None = None) -> Any:
+    """The OpenAI SDK's async client on ``api`` (no retries: a test sees the first answer)."""
+    import openai
+
+    return openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=key or api.key, max_retries=0, timeout=20)

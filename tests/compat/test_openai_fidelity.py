@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.compat.support import MODEL, fresh_cache, serves
-from tests.helpers import ApiUnderTest, Script, api_with_miners, sse
+from tests.helpers import ApiUnderTest, Script, api_with_miners, openai_client, sse
 
 MSG = [{"role": "user", "content": "Paris"}]
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -26,10 +26,6 @@ def logprob_chunk(text: str, finish: str | None = None) -> str:
                                     "logprobs": LOGPROBS if text else None, "finish_reason": finish}]})
 
 
-def sdk(api: ApiUnderTest, key: str | None = None) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=key or api.key, max_retries=0, timeout=20)
-
-
 @pytest.fixture
 async def honest(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
     async with api_with_miners(tmp_path, {}, honest={1, 2}) as api:
@@ -40,7 +36,7 @@ async def honest(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
 
 async def test_typed_exceptions_for_401_403_404_429_and_400(honest: ApiUnderTest) -> None:
     async def chat(key: str | None = None, **kw):
-        return await sdk(honest, key).chat.completions.create(**{"model": "default", "messages": MSG, **kw})
+        return await openai_client(honest, key).chat.completions.create(**{"model": "default", "messages": MSG, **kw})
 
     with pytest.raises(openai.AuthenticationError):
         await chat("sn1-not-a-key")
@@ -62,7 +58,7 @@ async def test_typed_exceptions_for_401_403_404_429_and_400(honest: ApiUnderTest
 
 
 async def test_raw_response_headers_and_request_id_round_trip(honest: ApiUnderTest) -> None:
-    raw = await sdk(honest).chat.completions.with_raw_response.create(
+    raw = await openai_client(honest).chat.completions.with_raw_response.create(
         model="default", messages=MSG, extra_headers={"x-request-id": "compat-rid-1"})
     assert raw.headers["x-request-id"] == "compat-rid-1"
     assert raw.headers["x-ratelimit-limit-requests"] == "1000"
@@ -71,7 +67,7 @@ async def test_raw_response_headers_and_request_id_round_trip(honest: ApiUnderTe
 
 
 async def test_stream_include_usage_ends_with_a_usage_chunk(honest: ApiUnderTest) -> None:
-    stream = await sdk(honest).chat.completions.create(model="default", messages=MSG, stream=True,
+    stream = await openai_client(honest).chat.completions.create(model="default", messages=MSG, stream=True,
                                                        stream_options={"include_usage": True})
     chunks = [c async for c in stream]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
@@ -80,7 +76,7 @@ async def test_stream_include_usage_ends_with_a_usage_chunk(honest: ApiUnderTest
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_tool_calls_pass_through_both_ways(honest: ApiUnderTest, stream: bool) -> None:
-    client = sdk(honest)
+    client = openai_client(honest)
     if stream:
         s = await client.chat.completions.create(model="default", messages=MSG, tools=WEATHER, stream=True)
         chunks = [c async for c in s]
@@ -104,7 +100,7 @@ async def test_tool_calls_pass_through_both_ways(honest: ApiUnderTest, stream: b
 async def test_logprobs_pass_through_and_response_format_reaches_the_miner(tmp_path: Path) -> None:
     script = Script([(0, d) for d in sse(logprob_chunk("Hi"), logprob_chunk("", finish="stop"))])
     async with api_with_miners(tmp_path, {1: script}) as api:
-        client = sdk(api)
+        client = openai_client(api)
         text_format = {"type": "text"}  # (JSON formats are checked: a whole answer must be JSON, "Hi" is not)
         out = await client.chat.completions.create(model="default", messages=MSG, logprobs=True, top_logprobs=1,
                                                    response_format=text_format)

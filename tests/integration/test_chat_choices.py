@@ -7,21 +7,16 @@ from pathlib import Path
 
 import openai
 import pytest
-from openai import AsyncOpenAI
 
-from tests.helpers import Script, api_with_miners, chunk, post, sse
+from tests.helpers import Script, api_with_miners, chunk, openai_client, post, sse
 
 HONEST = {1, 2, 3}
 MESSAGES = [{"role": "user", "content": "Name a river."}]
 
 
-def sdk(api) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0)
-
-
 async def test_n_choices_each_answered_and_choice_0_is_the_n_1_answer(tmp_path: Path) -> None:
     async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
-        client = sdk(api)
+        client = openai_client(api)
         many = await client.chat.completions.create(model="default", messages=MESSAGES, n=3, seed=7)
         one = await client.chat.completions.create(model="default", messages=MESSAGES, seed=7)
     assert [c.index for c in many.choices] == [0, 1, 2]
@@ -35,7 +30,7 @@ async def test_n_choices_each_answered_and_choice_0_is_the_n_1_answer(tmp_path: 
 
 async def test_streamed_choices_interleave_under_one_id_with_one_usage_chunk(tmp_path: Path) -> None:
     async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
-        client = sdk(api)
+        client = openai_client(api)
         chunks = [c async for c in await client.chat.completions.create(
             model="default", messages=MESSAGES, n=2, seed=7, stream=True, stream_options={"include_usage": True})]
         whole = await client.chat.completions.create(model="default", messages=MESSAGES, n=2, seed=7)
@@ -58,7 +53,7 @@ async def test_streamed_choices_interleave_under_one_id_with_one_usage_chunk(tmp
 async def test_what_n_cannot_do_is_a_400_naming_n(tmp_path: Path, extra: dict, says: str) -> None:
     async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
         with pytest.raises(openai.BadRequestError) as err:
-            await sdk(api).chat.completions.create(model="default", messages=MESSAGES, extra_body=extra)
+            await openai_client(api).chat.completions.create(model="default", messages=MESSAGES, extra_body=extra)
     assert err.value.body["param"] == "n" and says in err.value.body["message"]
 
 
@@ -66,13 +61,13 @@ async def test_a_choice_no_miner_answers_fails_the_request(tmp_path: Path) -> No
     """All or nothing, as at OpenAI: one miner that always fails, so every race fails."""
     async with api_with_miners(tmp_path, {1: Script([], status=500)}) as api:
         with pytest.raises(openai.APIStatusError) as err:
-            await sdk(api).chat.completions.create(model="default", messages=MESSAGES, n=2)
+            await openai_client(api).chat.completions.create(model="default", messages=MESSAGES, n=2)
     assert err.value.status_code == 502 and err.value.body["code"] == "no_valid_answer"
 
 
 async def test_a_seed_at_the_top_of_its_range_wraps_for_the_next_choices(tmp_path: Path) -> None:
     async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
-        client = sdk(api)
+        client = openai_client(api)
         top = await client.chat.completions.create(model="default", messages=MESSAGES, n=2, seed=2**63 - 1)
         bottom = await client.chat.completions.create(model="default", messages=MESSAGES, seed=-(2**63))
     assert top.choices[1].message.content == bottom.choices[0].message.content

@@ -9,7 +9,6 @@ with the SDK's pydantic models (``ChatCompletion``, ``ChatCompletionChunk``, ``C
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from tests.helpers import ApiUnderTest, Script, api_with_miners, post, sse
+from tests.helpers import ApiUnderTest, Script, api_with_miners, openai_client, post, sse
 
 MSG = [{"role": "user", "content": "What is the weather in Paris?"}]
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
@@ -29,16 +28,6 @@ TIME = {"type": "function", "function": {"name": "get_time", "description": "The
 CALLED = [*MSG, {"role": "assistant", "content": None, "tool_calls": [
     {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
     {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": '{"celsius": 21}'}]}]
-
-
-@pytest.fixture
-async def honest(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
-    async with api_with_miners(tmp_path, {}, honest={1, 2}) as api:
-        yield api
-
-
-def sdk(api: ApiUnderTest) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0, timeout=20)
 
 
 def data_frames(text: str) -> list[str]:
@@ -311,8 +300,8 @@ async def test_audio_output_is_a_400_naming_the_field_not_ignored(tmp_path: Path
     script = scripted({"delta": {"content": "Hi"}}, {"delta": {}, "finish_reason": "stop"})
     async with api_with_miners(tmp_path, {1: script}) as api:
         with pytest.raises(openai.BadRequestError) as e:
-            await sdk(api).chat.completions.create(model="default", messages=MSG, **extra)
-        text_only = await sdk(api).chat.completions.create(model="default", messages=MSG, modalities=["text"],
+            await openai_client(api).chat.completions.create(model="default", messages=MSG, **extra)
+        text_only = await openai_client(api).chat.completions.create(model="default", messages=MSG, modalities=["text"],
                                                            extra_body={"audio": None})
     assert e.value.param == param and "text" in e.value.message
     assert text_only.choices[0].message.content == "Hi" and script.calls == 1
@@ -340,7 +329,7 @@ async def test_allowed_tools_limits_the_calls_to_the_functions_it_lists(honest: 
 async def test_what_the_miners_get_for_an_allowed_tools_choice(tmp_path: Path) -> None:
     script = scripted({"delta": {"content": "Hi"}}, {"delta": {}, "finish_reason": "stop"})
     async with api_with_miners(tmp_path, {1: script}) as api:
-        out = await sdk(api).chat.completions.create(model="default", messages=MSG, tools=[WEATHER, TIME],
+        out = await openai_client(api).chat.completions.create(model="default", messages=MSG, tools=[WEATHER, TIME],
                                                      tool_choice=allowed("auto", "get_time"))
     assert out.choices[0].message.content == "Hi"
     (body,) = script.bodies
@@ -358,7 +347,7 @@ async def test_what_the_miners_get_for_an_allowed_tools_choice(tmp_path: Path) -
 async def test_an_allowed_tools_choice_that_lists_no_offered_function_is_a_400(honest: ApiUnderTest, choice: dict,
                                                                               says: str) -> None:
     with pytest.raises(openai.BadRequestError) as e:
-        await sdk(honest).chat.completions.create(model="default", messages=MSG, tools=[WEATHER, TIME],
+        await openai_client(honest).chat.completions.create(model="default", messages=MSG, tools=[WEATHER, TIME],
                                                   tool_choice=choice)  # type: ignore[arg-type]
     assert e.value.param == "tool_choice" and says in e.value.message
 
@@ -376,11 +365,11 @@ async def test_a_logit_bias_openai_refuses_is_a_400_naming_it(tmp_path: Path, pa
     async with api_with_miners(tmp_path, {1: script}) as api:
         with pytest.raises(openai.BadRequestError) as e:
             if path == "/v1/completions":
-                await sdk(api).completions.create(model="default", prompt="Hi", logit_bias=bias)
+                await openai_client(api).completions.create(model="default", prompt="Hi", logit_bias=bias)
             else:
-                await sdk(api).chat.completions.create(model="default", messages=MSG, logit_bias=bias)
+                await openai_client(api).chat.completions.create(model="default", messages=MSG, logit_bias=bias)
         for ok in ({"50256": -100, "0": 100}, {}):
-            await sdk(api).chat.completions.create(model="default", messages=MSG, logit_bias=ok)
+            await openai_client(api).chat.completions.create(model="default", messages=MSG, logit_bias=ok)
     assert e.value.param == "logit_bias" and says in e.value.message and script.calls == 2
 
 

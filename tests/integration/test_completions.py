@@ -9,20 +9,15 @@ from pathlib import Path
 
 import openai
 import pytest
-from openai import AsyncOpenAI
 
-from tests.helpers import Script, api_with_miners, chunk, post, sse
+from tests.helpers import Script, api_with_miners, chunk, openai_client, post, sse
 
 HONEST = {1, 2, 3}
 
 
-def sdk(api) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0)
-
-
 async def test_a_prompt_is_answered_as_one_user_message(tmp_path: Path) -> None:
     async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
-        client = sdk(api)
+        client = openai_client(api)
         done = await client.completions.create(model="default", prompt="Name a river.", seed=5, max_tokens=40)
         chat = await client.chat.completions.create(model="default", seed=5, max_tokens=40,
                                                     messages=[{"role": "user", "content": "Name a river."}])
@@ -40,7 +35,7 @@ async def test_a_prompt_is_answered_as_one_user_message(tmp_path: Path) -> None:
 async def test_a_batch_of_prompts_times_n_in_order_each_as_if_asked_alone(tmp_path: Path) -> None:
     prompts = ["Name a river.", "Name a mountain."]
     async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
-        client = sdk(api)
+        client = openai_client(api)
         batch = await client.completions.create(model="default", prompt=prompts, n=2, seed=9, max_tokens=20)
         alone = [await client.completions.create(model="default", prompt=p, seed=9 + j, max_tokens=20)
                  for p in prompts for j in range(2)]
@@ -54,7 +49,7 @@ async def test_a_batch_of_prompts_times_n_in_order_each_as_if_asked_alone(tmp_pa
 
 async def test_streamed_choices_add_up_to_the_whole_answer(tmp_path: Path) -> None:
     async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
-        client = sdk(api)
+        client = openai_client(api)
         fields = {"model": "default", "prompt": ["Name a river.", "Hi"], "seed": 4, "max_tokens": 30}
         whole = await client.completions.create(**fields)
         chunks = [c async for c in await client.completions.create(
@@ -78,7 +73,7 @@ async def test_streamed_choices_add_up_to_the_whole_answer(tmp_path: Path) -> No
 @pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
 async def test_echo_puts_the_prompt_before_the_answer(tmp_path: Path, stream: bool) -> None:
     async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
-        client = sdk(api)
+        client = openai_client(api)
         plain = await client.completions.create(model="default", prompt="Say hi.", seed=2)
         if stream:
             text = "".join([ch.text async for c in await client.completions.create(
@@ -91,7 +86,7 @@ async def test_echo_puts_the_prompt_before_the_answer(tmp_path: Path, stream: bo
 @pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
 async def test_logprobs_in_the_completions_shape(tmp_path: Path, stream: bool) -> None:
     async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
-        client = sdk(api)
+        client = openai_client(api)
         fields = {"model": "default", "prompt": "Name a river.", "seed": 3, "logprobs": 2, "max_tokens": 12}
         if stream:
             parts = [ch async for c in await client.completions.create(**fields, stream=True) for ch in c.choices]
@@ -144,14 +139,14 @@ async def test_what_a_chat_miner_cannot_do_is_a_400(tmp_path: Path, extra: dict,
 async def test_no_valid_answer_is_the_sdks_typed_error(tmp_path: Path) -> None:
     async with api_with_miners(tmp_path, {1: Script([], status=500)}) as api:
         with pytest.raises(openai.APIStatusError) as err:
-            await sdk(api).completions.create(model="default", prompt="hi")
+            await openai_client(api).completions.create(model="default", prompt="hi")
     assert err.value.status_code == 502 and err.value.body["code"] == "no_valid_answer"
 
 
 async def test_the_miners_get_a_chat_request_with_the_sampling_asked_for(tmp_path: Path) -> None:
     scripts = {1: Script([(0, d) for d in sse(chunk("ok"), chunk(finish="stop"))])}
     async with api_with_miners(tmp_path, scripts) as api:
-        r = await sdk(api).completions.create(model="default", prompt="Once upon", temperature=0.3, stop=["\n"],
+        r = await openai_client(api).completions.create(model="default", prompt="Once upon", temperature=0.3, stop=["\n"],
                                               max_tokens=7, seed=11, user="u1",
                                               extra_body={"uids": [1], "sampling_parameters": {"top_k": 5}})
     assert r.choices[0].text == "ok"

@@ -7,7 +7,6 @@ streamed event, with the SDK's pydantic models (``Response``, ``ResponseStreamEv
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,18 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from tests.helpers import ApiUnderTest, Script, api_with_miners, chunk, post, response_events, sse
+from tests.helpers import (
+    ApiUnderTest,
+    Script,
+    api_with_miners,
+    chunk,
+    openai_client,
+    post,
+    response_events,
+    sse,
+)
 
 EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
-
-
-@pytest.fixture
-async def honest(tmp_path: Path) -> AsyncIterator[ApiUnderTest]:
-    async with api_with_miners(tmp_path, {}, honest={1, 2}) as api:
-        yield api
-
-
-def sdk(api: ApiUnderTest) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0, timeout=20)
 
 
 async def typed(api: ApiUnderTest, body: dict[str, Any]) -> tuple[Response, list[Any]]:
@@ -49,7 +47,7 @@ async def test_usage_has_every_detail_the_sdk_requires(honest: ApiUnderTest) -> 
     for usage in (whole.usage, events[-1].response.usage):
         assert usage is not None and usage.output_tokens > 0
         assert (usage.input_tokens_details.cached_tokens, usage.input_tokens_details.cache_write_tokens) == (0, 0)
-    read = await sdk(honest).responses.create(model="default", input="Hello there")
+    read = await openai_client(honest).responses.create(model="default", input="Hello there")
     assert read.usage is not None and read.usage.input_tokens_details.cache_write_tokens == 0
 
 
@@ -64,7 +62,7 @@ async def test_allowed_tools_limits_the_calls_to_the_tools_it_lists(honest: ApiU
     deterministic miner calls the tool that best fits the question (get_time here) unless only
     get_weather is allowed."""
     asked = {"input": "What time is it in Paris?", "tools": [WEATHER, TIME]}
-    free = await sdk(honest).responses.create(model="default", **asked)
+    free = await openai_client(honest).responses.create(model="default", **asked)
     assert [item.name for item in free.output if item.type == "function_call"] == ["get_time"]
     allowed = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "get_weather"}]}
     whole, events = await typed(honest, asked | {"tool_choice": allowed})
@@ -72,7 +70,7 @@ async def test_allowed_tools_limits_the_calls_to_the_tools_it_lists(honest: ApiU
         assert [(item.type, item.name) for item in r.output] == [("function_call", "get_weather")]
         assert r.tool_choice.type == "allowed_tools" and [t.name for t in r.tools] == ["get_weather", "get_time"]
     with pytest.raises(openai.BadRequestError) as e:
-        await sdk(honest).responses.create(model="default", **asked, tool_choice=allowed | {
+        await openai_client(honest).responses.create(model="default", **asked, tool_choice=allowed | {
             "tools": [{"type": "function", "name": "get_date"}]})
     assert e.value.param == "tool_choice.tools.0"
 
@@ -96,7 +94,7 @@ async def test_a_reasoning_models_thinking_is_a_reasoning_item(tmp_path: Path) -
     steps = sse(thinking("Paris is "), thinking("in France."), chunk("It is Paris."), chunk(finish="stop"))
     async with api_with_miners(tmp_path, {1: Script([(0, d) for d in steps])}) as api:
         whole, events = await typed(api, {"input": "Capital of France?"})
-        async with sdk(api).responses.stream(model="default", input="Capital of France?") as stream:
+        async with openai_client(api).responses.stream(model="default", input="Capital of France?") as stream:
             deltas = [e.delta async for e in stream if e.type == "response.reasoning_text.delta"]
             final = await stream.get_final_response()
     assert deltas == ["Paris is ", "in France."]
@@ -116,7 +114,7 @@ async def test_a_reasoning_models_thinking_is_a_reasoning_item(tmp_path: Path) -
 async def test_an_item_reference_is_a_400_saying_nothing_is_stored(honest: ApiUnderTest) -> None:
     for ref in ({"type": "item_reference", "id": "msg_1"}, {"id": "msg_1"}):  # the SDK's type is optional
         with pytest.raises(openai.BadRequestError) as e:
-            await sdk(honest).responses.create(model="default", input=[{"role": "user", "content": "Hi"}, ref])
+            await openai_client(honest).responses.create(model="default", input=[{"role": "user", "content": "Hi"}, ref])
         assert e.value.param == "input.1" and "whole conversation" in e.value.message
 
 
@@ -138,10 +136,10 @@ async def test_text_and_a_refusal_are_both_in_the_answer_streamed_or_not(tmp_pat
 async def test_moderation_is_a_400_not_ignored(honest: ApiUnderTest) -> None:
     """Ignored, a policy that blocks flagged input or output let it through without a word."""
     with pytest.raises(openai.BadRequestError) as e:
-        await sdk(honest).responses.create(model="default", input="Hi", moderation={
+        await openai_client(honest).responses.create(model="default", input="Hi", moderation={
             "model": "omni-moderation-latest", "policy": {"input": {"mode": "block"}, "output": {"mode": "block"}}})
     assert e.value.param == "moderation" and "moderat" in e.value.message
-    made = await sdk(honest).responses.create(model="default", input="Hi", extra_body={"moderation": None})
+    made = await openai_client(honest).responses.create(model="default", input="Hi", extra_body={"moderation": None})
     assert made.status == "completed"
 
 
