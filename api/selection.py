@@ -8,6 +8,7 @@ Efraimidis-Spirakis, with a floor so a zero-incentive miner still gets picked).
 
 from __future__ import annotations
 
+import math
 import random
 
 from api.availability import AvailabilityCache
@@ -26,9 +27,18 @@ def weighted_sample(neurons: list[Neuron], k: int, rng: random.Random) -> list[N
         return picked
     top = max((n.incentive for n in neurons), default=0.0)
     floor = max(top, 1e-9) * EXPLORATION_FLOOR
-    keyed = [(rng.random() ** (1.0 / (n.incentive + floor)), n) for n in neurons]
+    keyed = [(sampling_key(rng, n.incentive + floor), n) for n in neurons]
     keyed.sort(key=lambda kn: kn[0], reverse=True)
     return [n for _, n in keyed[:k]]
+
+
+def sampling_key(rng: random.Random, weight: float) -> float:
+    """Efraimidis-Spirakis' key ``u ** (1 / weight)`` in log space: ``log(u) / weight``, same order.
+
+    The power underflows to 0.0 for small weights (every incentive 0 on a new subnet, or a top incentive
+    of 1e-4), and ties among zeros fell to metagraph order: every request and every session went to
+    the lowest uids. ``1 - random()`` is in (0, 1], so the log is finite."""
+    return math.log(1.0 - rng.random()) / weight
 
 
 def select_miners(

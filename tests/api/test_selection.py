@@ -99,3 +99,17 @@ def test_explicit_uids_bypass_sampling_but_are_validated() -> None:
 def test_self_is_never_selected() -> None:
     s = snap(n=2)
     assert 0 not in pick(s, None, k=5, self_hotkey=V)
+
+
+@pytest.mark.parametrize(("incentives", "top"), [({}, None), ({6: 1e-4}, 6)])
+def test_zero_or_tiny_incentives_still_spread_the_picks(incentives: dict[int, float], top: int | None) -> None:
+    """``u ** (1 / w)`` underflowed to 0.0 for small weights and the ties fell to metagraph order: with
+    every incentive 0 (a new subnet) every pick was uid 1; with a top incentive of 1e-4 uid 1 still won
+    92% of picks and the top miner 7%."""
+    rng = random.Random(3)
+    counts = Counter(uid for _ in range(3000) for uid in pick(snap(incentives), None, k=1, rng=rng))
+    assert all(counts[uid] > 0 for uid in range(1, 7)), counts
+    if top is None:
+        assert max(counts.values()) < 2 * min(counts.values()), f"equal miners are picked alike: {counts}"
+    else:  # weight 1.05e-4 against 5e-6 for each of the five others: about 81% of picks
+        assert counts[top] > 0.7 * 3000 and counts.most_common(1)[0][0] == top, counts

@@ -306,3 +306,15 @@ async def test_a_key_limited_to_some_models_cannot_pin_any_model(tmp_path: Path)
         secret, _ = await api.ctx.store.create_key(100, allowed_models=["sn1/deterministic"])
         status, _, body = await call(api, "POST", "/v1/sessions", key=secret, json={"model": "default"})
         assert status == 403 and body["error"]["code"] == "model_not_allowed", body
+
+
+async def test_sessions_on_a_subnet_without_incentives_spread_over_the_miners(tmp_path: Path) -> None:
+    """Every incentive 0 (a new subnet, a local one): selection's weights underflowed and every session of
+    every key pinned the lowest uid."""
+    async with api_with_miners(tmp_path, miners(4)) as api:
+        pinned = set()
+        for _ in range(40):
+            status, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default"})
+            assert status == 200, s
+            pinned.add(s["uid"])
+    assert len(pinned) >= 3, f"40 sessions over 4 equal miners pinned only {pinned}"
