@@ -2,7 +2,8 @@
 
 Validator unreachable: the last good answer is kept until it is stale; after
 that selection falls back to every serving miner (one WARNING a minute, not
-one per request).
+one per request). An entry not in the shape miners answer is taken as that
+miner unavailable, as the validator takes a miner's own malformed answer.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import time
 from typing import Any
 
 from loguru import logger
+from pydantic import ValidationError
 
 from shared.miner_client import MinerClient, MinerError
+from shared.protocol import AvailabilityResponse
 
 WARN_EVERY = 60.0
 
@@ -62,24 +65,51 @@ class AvailabilityCache:
         if status != 200 or not isinstance(data, dict):
             self._warn(f"validator answered HTTP {status} for availabilities")
             return False
-        entries: dict[int, dict[str, Any] | None] = {}
-        for uid, entry in data.items():
-            try:
-                entries[int(uid)] = entry if isinstance(entry, dict) else None
-            except ValueError:
-                continue
+        entries, malformed = parse_entries(data)
+        if malformed:
+            self._warn(f"validator sent {malformed} malformed availability entries", state="taken as unavailable")
         self.entries = entries
         self.updated_at = time.time()
         return True
 
-    def _warn(self, message: str) -> None:
+    def _warn(self, message: str, *, state: str | None = None) -> None:
         now = time.time()
         if now - self._last_warning >= WARN_EVERY:
             self._last_warning = now
-            state = "keeping the cached availability" if self.fresh() else "falling back to all serving miners"
+            if state is None:
+                state = "keeping the cached availability" if self.fresh() else "falling back to all serving miners"
             logger.warning("{}; {}", message, state)
 
     async def run(self) -> None:
         while True:
             await self.refresh()
             await asyncio.sleep(self.refresh_seconds)
+
+
+def parse_entries(data: dict[str, Any]) -> tuple[dict[int, dict[str, Any] | None], int]:
+    """The validator's answer as uid -> entry (None: unavailable), and how many entries were malformed
+    (neither null nor in a miner's shape). Keys that are not uids are skipped."""
+    entries: dict[int, dict[str, Any] | None] = {}
+    malformed = 0
+    for key, entry in data.items():
+        try:
+            uid = int(key)
+        except ValueError:
+            continue
+        entries[uid] = well_formed(entry)
+        malformed += entry is not None and entries[uid] is None
+    return entries, malformed
+
+
+def well_formed(entry: Any) -> dict[str, Any] | None:
+    """An entry in the shape a miner answers ``/availability``, or None (unavailable).
+
+    Taken as it came, one entry whose ``task_availabilities`` was null or a list made every chat,
+    ``/v1/models``, session open and availability query a 500 (``.get`` on it) until the next refresh."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        return AvailabilityResponse.model_validate(entry).model_dump()
+    except ValidationError:
+        return None
+

@@ -43,3 +43,33 @@ async def test_validator_outage_keeps_last_good_cache_and_warns_once() -> None:
             assert cache.serves(1, None, "m1") is None
     finally:
         logger.remove(sink)
+
+
+async def test_a_malformed_entry_from_the_validator_is_an_unavailable_miner_not_a_500(tmp_path) -> None:
+    """One entry whose task_availabilities was null (or whose models came as a list) made every chat,
+    /v1/models, session open and availability query a 500 until the validator sent better."""
+    import aiohttp
+
+    from tests.helpers import Script, api_with_miners, chunk, sse
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"1": {"task_availabilities": None, "llm_model_availabilities": ["m1"]},
+                                  "2": ENTRY, "3": "up", "x": ENTRY})
+
+    app = web.Application()
+    app.router.add_post("/miner_availabilities/miner_availabilities", handler)
+    scripts = {uid: Script([(0, d) for d in sse(chunk(f"from {uid}"), chunk(finish="stop"))]) for uid in (1, 2, 3)}
+    async with serve_app(app) as validator_url, api_with_miners(tmp_path, scripts) as api:
+        cache = AvailabilityCache(api.ctx.client, validator_url, VALIDATOR.ss58_address)
+        assert await cache.refresh()
+        api.ctx.availability = cache
+        async with aiohttp.ClientSession(headers={"api-key": api.key}) as s:
+            async with s.post(api.url + "/v1/chat/completions",
+                              json={"model": "m1", "messages": [{"role": "user", "content": "hi"}]}) as r:
+                assert r.status == 200 and r.headers["x-sn1-miner-uid"] == "2"
+            async with s.get(api.url + "/v1/models") as r:
+                assert r.status == 200 and [m["miners"] for m in (await r.json())["data"]] == [1]
+            async with s.post(api.url + "/v1/sessions", json={"model": "m1"}) as r:
+                assert r.status == 200 and (await r.json())["uid"] == 2
+            async with s.post(api.url + "/miner_availabilities/miner_availabilities", json=None) as r:
+                assert r.status == 200 and await r.json() == {"1": None, "2": ENTRY, "3": None}
