@@ -234,7 +234,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Availability of the given uids (body: a JSON array of uids, or empty for all)", "discovery",
         response=AvailabilityMapOut),
     ("GET", "/miner_availabilities/get_available_miners"): Operation(
-        "Up to k uids serving a task and model", "discovery", query=AvailableMinersQuery, response=UidListOut),
+        "Up to k uids a chat request for the task and model would race (header x-sn1-availability: fresh, or "
+        "unknown when every serving miner is listed for want of fresh data)", "discovery", query=AvailableMinersQuery, response=UidListOut),
     ("POST", "/api_management/create-api-key/"): Operation(
         "Create an API key (shown once)", "admin", "admin", body=KeyParams, body_required=False, query=KeyParams,
         response=CreatedKeyOut),

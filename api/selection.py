@@ -56,7 +56,7 @@ def select_miners(
         return explicit_miners(snapshot, uids, cache=cache, task=task, model=model)
     candidates = snapshot.serving(exclude_hotkey=self_hotkey)
     if cache is not None and cache.fresh():
-        serving = [n for n in candidates if cache.serves(n.uid, task, model)]
+        serving = candidate_miners(snapshot, cache, task=task, model=model, self_hotkey=self_hotkey)
         if not serving:
             if task and task not in known_tasks(cache):
                 raise ApiError(400, f"Unknown task '{task}'. Known tasks: {', '.join(sorted(known_tasks(cache)))}.",
@@ -70,6 +70,19 @@ def select_miners(
     if not candidates:
         raise ApiError(503, "No serving miners in the metagraph.", code=NO_MINERS)
     return weighted_sample(candidates, k, rng)
+
+
+def candidate_miners(snapshot: MetagraphSnapshot, cache: AvailabilityCache | None, *, task: str | None,
+                     model: str | None, self_hotkey: str | None = None) -> list[Neuron]:
+    """The miners selection samples from: serving in the metagraph now (not ourselves) and, while the
+    availability is fresh, serving ``task`` and ``model``; without fresh data, every serving miner.
+
+    One definition for selection and ``get_available_miners``, so the uids the route lists are the
+    ones a chat request for the same task and model would race."""
+    serving = snapshot.serving(exclude_hotkey=self_hotkey)
+    if cache is None or not cache.fresh():
+        return serving
+    return [n for n in serving if cache.matches(n.uid, task, model)]
 
 
 def known_tasks(cache: AvailabilityCache | None) -> set[str]:

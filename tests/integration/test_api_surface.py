@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -192,6 +193,40 @@ async def test_availability_routes_serve_the_cache(tmp_path: Path) -> None:
         status, data = await get_json(api, "/miner_availabilities/miner_availabilities", method="POST",
                                       json={"not": "a list"})
         assert status == 400
+
+
+def serves_models(*models: str) -> dict:
+    return {"task_availabilities": {"InferenceTask": True}, "llm_model_availabilities": {m: True for m in models}}
+
+
+async def test_available_miners_are_the_ones_a_chat_request_would_race(tmp_path: Path) -> None:
+    """The route listed every uid in the cache: uid 9 (not in the metagraph) and uid 2 (no axon any more),
+    which a chat naming them refuses with a 400; and with the validator down it went on listing hours-old
+    data while selection had fallen back to every serving miner."""
+    from api.availability import AvailabilityCache
+    from shared.metagraph import MetagraphSnapshot
+
+    async with api_with_miners(tmp_path, {uid: answer(f"from {uid}") for uid in (1, 2, 3)}) as api:
+        snap = api.ctx.metagraph.snapshot
+        api.ctx.metagraph.snapshot = MetagraphSnapshot(snap.netuid, snap.block + 1, tuple(
+            replace(n, axon=None) if n.uid == 2 else n for n in snap.neurons))  # uid 2 stopped serving
+        cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "hk", stale_seconds=60)
+        cache.entries = {1: serves_models("m1"), 2: serves_models("m1"), 3: serves_models("m2"),
+                         9: serves_models("m1")}
+        cache.updated_at = time.time()
+        api.ctx.availability = cache
+        async with aiohttp.ClientSession(headers={"api-key": api.key}) as s:
+            async def agree(want: list[int], state: str) -> None:
+                """The route lists ``want`` for m1; a chat for m1 naming a uid is answered iff it is listed."""
+                async with s.get(api.url + "/miner_availabilities/get_available_miners?model=m1") as r:
+                    assert (r.status, await r.json(), r.headers["x-sn1-availability"]) == (200, want, state)
+                for uid in (1, 2, 3, 9):
+                    status, _, _ = await post(api, {"messages": MESSAGES, "model": "m1", "uids": [uid]})
+                    assert (status == 200) == (uid in want), (uid, status)
+
+            await agree([1], "fresh")
+            cache.updated_at -= 3600  # the validator has been down an hour: selection races every serving miner
+            await agree([1, 3], "unknown")
 
 
 async def test_attribution_under_randomised_completion_orders(tmp_path: Path) -> None:
