@@ -6,7 +6,7 @@ from aiohttp import web
 
 from api.auth import authenticate
 from api.chat import CTX
-from api.selection import candidate_miners
+from api.selection import candidate_miners, known_tasks
 from shared.availability_query import parse_k, parse_task, read_uid_list
 from shared.http import json_response
 
@@ -30,8 +30,8 @@ async def get_available_miners(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     await authenticate(request, ctx.store, scope="availability")
     k = parse_k(request.query.get("k"))
-    task, model = parse_task(request.query.get("task")), request.query.get("model") or None
     cache = ctx.availability
+    task, model = parse_task(request.query.get("task"), known_tasks(cache)), request.query.get("model") or None
     pool = candidate_miners(ctx.metagraph.snapshot, cache, task=task, model=model,
                             self_hotkey=ctx.client.signer.hotkey)
     state = "fresh" if cache is not None and cache.fresh() else "unknown"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
@@ -44,12 +45,14 @@ def parse_k(value: str | None, default: int = 10) -> int:
     return k
 
 
-def parse_task(value: str | None) -> str | None:
-    """``task`` from a query string: one of the subnet's tasks, or None (any). A misspelt task is a
-    400 naming them, not an empty list that reads as "no miner serves it"."""
+def parse_task(value: str | None, advertised: Iterable[str] = ()) -> str | None:
+    """``task`` from a query string: one of the subnet's tasks or of those a miner ``advertised``
+    (selection takes those too), or None (any). A misspelt task is a 400 naming them, not an empty
+    list that reads as "no miner serves it"."""
     if not value:
         return None
-    if value not in ALL_TASKS:
-        raise ApiError(400, f"Unknown task {value[:64]!r}: the tasks are {', '.join(ALL_TASKS)}.", param="task",
+    if value not in ALL_TASKS and value not in set(advertised):
+        names = [*ALL_TASKS, *sorted(set(advertised) - set(ALL_TASKS))]
+        raise ApiError(400, f"Unknown task {value[:64]!r}: the tasks are {', '.join(names)}.", param="task",
                        code="invalid_value")
     return value

@@ -125,7 +125,8 @@ async def miner_availabilities(request: web.Request) -> web.Response:
 async def get_available_miners(request: web.Request) -> web.Response:
     q = request.query
     k = parse_k(q.get("k"))
-    uids = request.app[CTX].book.available(parse_task(q.get("task")), q.get("model") or None)
+    book = request.app[CTX].book
+    uids = book.available(parse_task(q.get("task"), book.tasks()), q.get("model") or None)
     return json_response(uids[:k])
 
 

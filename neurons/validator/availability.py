@@ -35,6 +35,10 @@ class AvailabilityBook:
         entry = self.entries.get(uid)
         return bool(entry and entry["task_availabilities"].get(task))
 
+    def tasks(self) -> set[str]:
+        """The tasks some miner advertises now: a query for one of them is answered, as the API's is."""
+        return {t for entry in self.entries.values() if entry for t, ok in entry["task_availabilities"].items() if ok}
+
     def available(self, task: str | None, model: str | None) -> list[int]:
         out = []
         for uid, entry in self.entries.items():

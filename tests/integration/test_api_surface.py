@@ -229,6 +229,25 @@ async def test_available_miners_are_the_ones_a_chat_request_would_race(tmp_path:
             await agree([1, 3], "unknown")
 
 
+async def test_a_task_a_miner_advertises_is_listed_as_it_is_raced(tmp_path: Path) -> None:
+    """A chat for a task a miner advertises is raced to it, but get_available_miners refused the task
+    with a 400 ("the tasks are InferenceTask, ...")."""
+    from api.availability import AvailabilityCache
+
+    async with api_with_miners(tmp_path, {uid: answer(f"from {uid}") for uid in (1, 2)}) as api:
+        cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "hk")
+        cache.entries = {1: {"task_availabilities": {"ProgrammingTask": True}, "llm_model_availabilities": {}},
+                         2: serves_models("m1")}
+        cache.updated_at = time.time()
+        api.ctx.availability = cache
+        status, listed = await get_json(api, "/miner_availabilities/get_available_miners?task=ProgrammingTask")
+        assert (status, listed) == (200, [1])
+        status, headers, _ = await post(api, {"messages": MESSAGES, "task": "ProgrammingTask"})
+        assert status == 200 and headers["x-sn1-miner-uid"] == "1"
+        status, err = await get_json(api, "/miner_availabilities/get_available_miners?task=Programming")
+        assert status == 400 and "ProgrammingTask" in err["error"]["message"], err
+
+
 async def test_attribution_under_randomised_completion_orders(tmp_path: Path) -> None:
     rng = random.Random(7)
     scripts = {}

@@ -255,6 +255,21 @@ async def test_availability_endpoints_shapes_with_real_miners() -> None:
     assert [m["uid"] for m in scores["miners"]] == [1, 2, 3] and scores["miners"][0]["score"] == 0.0
 
 
+async def test_a_task_a_miner_advertises_is_a_query_not_a_400() -> None:
+    """The API's selection races a task a miner advertises (the seed's docs name "Programming"), but
+    get_available_miners refused any task outside the subnet's four with a 400 (validator and API)."""
+    ctx = make_ctx()
+    ctx.book.entries = {1: {"task_availabilities": {"ProgrammingTask": True, "InferenceTask": True},
+                            "llm_model_availabilities": {"m1": True}},
+                        2: {"task_availabilities": {"InferenceTask": True}, "llm_model_availabilities": {}}}
+    async with serve_app(create_validator_app(ctx)) as url, aiohttp.ClientSession() as s:
+        async with s.get(url + "/miner_availabilities/get_available_miners", params={"task": "ProgrammingTask"}) as r:
+            assert r.status == 200 and await r.json() == [1]
+        async with s.get(url + "/miner_availabilities/get_available_miners", params={"task": "Programming"}) as r:
+            body = await r.json()
+            assert r.status == 400 and "ProgrammingTask" in body["error"]["message"], body
+
+
 async def test_organic_payload_is_scored_against_the_reference() -> None:
     """The API's payload shape, end to end: honest text earns 1, a different seed's text does not."""
     backend = DeterministicBackend()
