@@ -36,7 +36,10 @@ PING_TIMEOUT = 10.0
 
 
 class OpenSessionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    """Strict, as chat requests are: coerced, ``"session_duration": true`` opened a 1-second session
+    and ``"failover": "no"`` or ``0`` passed as a choice the caller may not have meant."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
     model: str = Field(min_length=1, max_length=256)
     session_duration: int = Field(default=3600, ge=MIN_DURATION, le=MAX_DURATION, alias="sessionDuration")
     failover: bool = False

@@ -318,3 +318,18 @@ async def test_sessions_on_a_subnet_without_incentives_spread_over_the_miners(tm
             assert status == 200, s
             pinned.add(s["uid"])
     assert len(pinned) >= 3, f"40 sessions over 4 equal miners pinned only {pinned}"
+
+
+async def test_a_session_body_of_the_wrong_types_is_a_400_not_a_coerced_session(tmp_path: Path) -> None:
+    """The body was validated in pydantic's lax mode: ``"session_duration": true`` opened a session that
+    ended a second later, and strings or numbers passed for ``failover``."""
+    async with api_with_miners(tmp_path, miners(2)) as api:
+        for field, value in (("session_duration", True), ("session_duration", "600"), ("sessionDuration", "60"),
+                             ("failover", "yes"), ("failover", 1), ("directPayment", "false")):
+            status, _, err = await call(api, "POST", "/v1/sessions", json={"model": "default", field: value})
+            assert status == 400 and err["error"]["code"] == "invalid_value", (field, value, err)
+            assert err["error"]["param"] == field, err
+        assert (await call(api, "GET", "/v1/sessions"))[0] == 404, "no session was opened"
+        status, _, ok = await call(api, "POST", "/v1/sessions",
+                                   json={"model": "default", "sessionDuration": 60, "failover": False})
+        assert status == 200 and ok["expires_at"] - ok["created_at"] == 60 and ok["failover"] is False
