@@ -29,7 +29,7 @@ from shared.http import json_response, parse_model, read_json
 from shared.metagraph import Neuron
 from shared.protocol import DEFAULT_TASK
 from shared.store.base import KeyRecord, StoreUnavailable
-from shared.store.sessions import Session, SessionStore
+from shared.store.sessions import Session, SessionStore, pin_of
 
 MIN_DURATION, MAX_DURATION = 1, 7 * 24 * 3600
 PING_TIMEOUT = 10.0
@@ -99,18 +99,28 @@ def pinned_model(session: Session) -> str | None:
 
 async def move_or_close(ctx: ApiContext, session: Session, reason: str) -> tuple[Session | None, str]:
     """Failover: re-pin to another miner; otherwise (or if none) close. Returns (session or None, action).
+
+    Both only while the session still pins the miner that failed: concurrent requests (on any worker or
+    host sharing the store) and the sweeps see the same failure, and each moved the session again, so
+    one conversation's turns were answered by as many miners (or a sweep closed a session a request had
+    just moved). Whoever comes second takes the session where the first put it.
     The store down is StoreUnavailable (the sweep skips a round); request paths use ``moved_or_closed``."""
     store = _store(ctx)
+    pin = pin_of(session)
     if session.failover:
         replacement = pick_miner(ctx, _model(session.model), exclude={session.uid})
         if replacement is not None:
-            moved = await store.repin(session.id, replacement.uid, replacement.hotkey)
-            if moved is not None:
-                logger.info("session {} moved uid {} -> {}: {}", session.id, session.uid, replacement.uid, reason)
-                return moved, "moved"
-    await store.close(session.id)
-    logger.info("session {} closed (uid {}): {}", session.id, session.uid, reason)
-    return None, "closed"
+            current = await store.repin(session.id, replacement.uid, replacement.hotkey, if_pinned=pin)
+            if current is None:
+                return None, "closed"
+            if pin_of(current) == (replacement.uid, replacement.hotkey):
+                logger.info("session {} moved uid {} -> {}: {}", session.id, session.uid, current.uid, reason)
+            return current, "moved"
+    if await store.close(session.id, if_pinned=pin):
+        logger.info("session {} closed (uid {}): {}", session.id, session.uid, reason)
+        return None, "closed"
+    current = await store.get(session.id)  # moved meanwhile by another worker, or gone
+    return (current, "moved") if current is not None else (None, "closed")
 
 
 async def moved_or_closed(ctx: ApiContext, session: Session, reason: str) -> tuple[Session | None, str]:

@@ -2,7 +2,9 @@
 
 A key has at most one active session: opening a new one replaces the old one
 atomically. Sessions expire at ``expires_at``; ``repin`` moves a session to
-another miner (failover) without changing its id or expiry.
+another miner (failover) without changing its id or expiry. ``repin`` and
+``close`` take ``if_pinned``: they act only while the session still pins that
+miner, so two workers (or hosts) that saw the same miner fail move it once.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ class Session:
                 "created_at": self.created_at, "failover": self.failover}
 
 
+Pin = tuple[int, str]
+"""A session's miner: (uid, hotkey)."""
+
+
+def pin_of(session: Session) -> Pin:
+    return session.uid, session.hotkey
+
+
 def new_session_id() -> str:
     return "sess-" + secrets.token_urlsafe(16)
 
@@ -47,9 +57,16 @@ class SessionStore(Protocol):
 
     async def for_key(self, key_id: str) -> Session | None: ...
 
-    async def repin(self, session_id: str, uid: int, hotkey: str) -> Session | None: ...
+    async def repin(self, session_id: str, uid: int, hotkey: str, *,
+                    if_pinned: Pin | None = None) -> Session | None:
+        """Pin (uid, hotkey), keeping id and expiry; with ``if_pinned``, only while the session still pins
+        that miner. The session as stored afterwards (moved by another caller, it is returned as that
+        caller left it); None if it is gone."""
+        ...
 
-    async def close(self, session_id: str) -> bool: ...
+    async def close(self, session_id: str, *, if_pinned: Pin | None = None) -> bool:
+        """End the session (with ``if_pinned``, only while it still pins that miner); whether it ended."""
+        ...
 
     async def active(self) -> list[Session]: ...
 
@@ -94,20 +111,34 @@ class SQLiteSessionStore(SQLiteTables):
         rows = self._query("SELECT data FROM model_sessions WHERE key_id = ? AND expires_at > ?", (key_id, time.time()))
         return Session(**json.loads(rows[0][0])) if rows else None
 
-    async def repin(self, session_id: str, uid: int, hotkey: str) -> Session | None:
+    async def repin(self, session_id: str, uid: int, hotkey: str, *,
+                    if_pinned: Pin | None = None) -> Session | None:
         def run(db: sqlite3.Connection) -> Session | None:
-            row = db.execute("SELECT data FROM model_sessions WHERE id = ? AND expires_at > ?",
-                             (session_id, time.time())).fetchone()
-            if row is None:
-                return None
-            moved = replace(Session(**json.loads(row[0])), uid=uid, hotkey=hotkey)
+            current = self._read(db, session_id)
+            if current is None or (if_pinned is not None and pin_of(current) != if_pinned):
+                return current
+            moved = replace(current, uid=uid, hotkey=hotkey)
             db.execute("UPDATE model_sessions SET data = ? WHERE id = ?", (json.dumps(asdict(moved)), session_id))
             return moved
 
         return self._tx(run)
 
-    async def close(self, session_id: str) -> bool:
-        return self._tx(lambda db: db.execute("DELETE FROM model_sessions WHERE id = ?", (session_id,)).rowcount > 0)
+    async def close(self, session_id: str, *, if_pinned: Pin | None = None) -> bool:
+        def run(db: sqlite3.Connection) -> bool:
+            if if_pinned is not None:
+                current = self._read(db, session_id)
+                if current is None or pin_of(current) != if_pinned:
+                    return False
+            return db.execute("DELETE FROM model_sessions WHERE id = ?", (session_id,)).rowcount > 0
+
+        return self._tx(run)
+
+    @staticmethod
+    def _read(db: sqlite3.Connection, session_id: str) -> Session | None:
+        """The live session ``session_id`` inside a transaction (expired: None)."""
+        row = db.execute("SELECT data FROM model_sessions WHERE id = ? AND expires_at > ?",
+                         (session_id, time.time())).fetchone()
+        return Session(**json.loads(row[0])) if row else None
 
     async def active(self) -> list[Session]:
         now = time.time()
@@ -138,11 +169,16 @@ redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 return ARGV[2]
 """
 
+# ARGV[3], ARGV[4]: the uid and hotkey the session must still pin ('' for any).
 _CLOSE = """
 local raw = redis.call('GET', KEYS[1])
-redis.call('SREM', KEYS[3], ARGV[1])
-if not raw then return 0 end
+if not raw then
+  redis.call('SREM', KEYS[3], ARGV[1])
+  return 0
+end
 local s = cjson.decode(raw)
+if ARGV[3] ~= '' and (tonumber(ARGV[3]) ~= s['uid'] or ARGV[4] ~= s['hotkey']) then return 0 end
+redis.call('SREM', KEYS[3], ARGV[1])
 local ptr = ARGV[2] .. s['key_id']
 if redis.call('GET', ptr) == ARGV[1] then redis.call('DEL', ptr) end
 redis.call('DEL', KEYS[1])
@@ -213,20 +249,22 @@ class RedisSessionStore:
             return None
         return await self.get(sid.decode() if isinstance(sid, bytes) else sid)
 
-    async def repin(self, session_id: str, uid: int, hotkey: str) -> Session | None:
+    async def repin(self, session_id: str, uid: int, hotkey: str, *,
+                    if_pinned: Pin | None = None) -> Session | None:
         for _ in range(5):  # another worker re-pinned it between our read and write: read again
             raw = await self._call(self.r.get(self._skey(session_id)))
             session = self._decode(raw)
-            if session is None:
-                return None
+            if session is None or (if_pinned is not None and pin_of(session) != if_pinned):
+                return session
             moved = replace(session, uid=uid, hotkey=hotkey)
             if await self._call(self._repin(keys=[self._skey(session_id)], args=[raw, json.dumps(asdict(moved))])):
                 return moved
         return None
 
-    async def close(self, session_id: str) -> bool:
+    async def close(self, session_id: str, *, if_pinned: Pin | None = None) -> bool:
+        uid, hotkey = ("", "") if if_pinned is None else (str(if_pinned[0]), if_pinned[1])
         out = await self._call(self._close(keys=[self._skey(session_id), "", self._index],
-                                           args=[session_id, f"{self.ns}:session_by_key:"]))
+                                           args=[session_id, f"{self.ns}:session_by_key:", uid, hotkey]))
         return bool(out)
 
     async def active(self) -> list[Session]:

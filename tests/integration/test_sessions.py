@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +15,7 @@ import pytest
 from api.app import create_api_app
 from shared.store.base import StoreUnavailable
 from shared.store.sessions import RedisSessionStore, SQLiteSessionStore
-from tests.helpers import Script, api_with_miners, build_api_context, chunk, serve_app, sse
+from tests.helpers import ApiUnderTest, Script, api_with_miners, build_api_context, chunk, serve_app, sse
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -333,3 +335,62 @@ async def test_a_session_body_of_the_wrong_types_is_a_400_not_a_coerced_session(
         status, _, ok = await call(api, "POST", "/v1/sessions",
                                    json={"model": "default", "sessionDuration": 60, "failover": False})
         assert status == 200 and ok["expires_at"] - ok["created_at"] == 60 and ok["failover"] is False
+
+
+@contextlib.asynccontextmanager
+async def two_apis_sharing_sessions(tmp_path: Path, backend: str, scripts: dict[int, Script],
+                                    **kw) -> AsyncIterator[tuple[ApiUnderTest, str]]:
+    """The API twice (one key store, one session store: SQLite file or Redis), as two workers or hosts."""
+    redis_url = os.environ.get("REDIS_URL")
+    if backend == "redis" and not redis_url:
+        pytest.skip("needs REDIS_URL (CI sets it; .ci/run)")
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+
+    def session_store():
+        if backend == "redis":
+            return RedisSessionStore.from_url(redis_url, namespace=namespace)
+        return SQLiteSessionStore(tmp_path / "api.db")
+
+    async with api_with_miners(tmp_path, scripts, **kw) as api, contextlib.AsyncExitStack() as stack:
+        await api.ctx.sessions.aclose()
+        api.ctx.sessions = session_store()
+        stack.push_async_callback(api.ctx.sessions.aclose)
+        if backend == "redis":
+            stack.push_async_callback(_drop_namespace, api.ctx.sessions.r, namespace)
+        ctx2 = await build_api_context(tmp_path, api.ctx.metagraph.snapshot, api.ctx.client.signer._keypair)
+        stack.push_async_callback(ctx2.client.session.close)
+        ctx2.sessions = session_store()
+        stack.push_async_callback(ctx2.sessions.aclose)
+        yield api, await stack.enter_async_context(serve_app(create_api_app(ctx2, run_background=False)))
+
+
+async def _drop_namespace(r, namespace: str) -> None:
+    keys = [k async for k in r.scan_iter(match=f"{namespace}:*")]
+    if keys:
+        await r.delete(*keys)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_concurrent_requests_whose_pinned_miner_fails_move_the_session_once(tmp_path: Path,
+                                                                                 backend: str) -> None:
+    """Six turns of one conversation in flight on two workers when the pinned miner fails: each worker's
+    failover re-pinned the session again, so the turns were answered by up to five miners and the
+    session ended on yet another. Now the first move wins and every turn goes where it put the session."""
+    scripts = miners(6)
+    async with two_apis_sharing_sessions(tmp_path, backend, scripts, incentives=dict.fromkeys(scripts, 1.0)) as (
+            api, url2):
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default", "failover": True})
+        scripts[s["uid"]].steps, scripts[s["uid"]].die = [(0.3, b"")], True  # fails, no byte, once all are in
+
+        async def turn(url: str) -> tuple[int, str]:
+            async with aiohttp.ClientSession() as http, http.post(
+                    url + "/v1/chat/completions", json={"messages": MESSAGES}, headers={"api-key": api.key}) as r:
+                await r.read()
+                assert r.headers.get("x-sn1-session-moved-from") == str(s["uid"]), dict(r.headers)
+                return r.status, r.headers["x-sn1-miner-uid"]
+
+        answers = await asyncio.gather(*(turn(url) for url in (api.url, url2) * 3))
+        _, _, now = await call(api, "GET", "/v1/sessions")
+    assert {status for status, _ in answers} == {200}
+    assert {uid for _, uid in answers} == {str(now["uid"])}, f"session ends on {now['uid']}; turns: {answers}"
+    assert scripts[s["uid"]].calls == 6

@@ -130,3 +130,23 @@ async def test_a_usage_batch_of_zeros_adds_no_day(store: Store) -> None:
     await store.add_usage([UsageDelta(key_id=rec.id, day="2025-01-01", counts=UsageCounts(), last_used_at=5.0)])
     report = await store.usage(rec.id)
     assert report.days == {} and report.last_used_at == 5.0
+
+
+async def test_a_session_is_moved_or_closed_only_while_it_pins_the_miner_that_failed(tmp_path: Path) -> None:
+    """Two workers that saw the same pinned miner fail each moved the session (it bounced from miner to
+    miner), and a sweep that read it before a request moved it closed it: on both backends."""
+    async with session_stores(tmp_path) as stores:
+        for sessions in stores:
+            name = type(sessions).__name__
+            opened = await sessions.open("key-1", "m", 1, "hk1", duration=60, failover=True)
+            first = await sessions.repin(opened.id, 2, "hk2", if_pinned=(1, "hk1"))
+            second = await sessions.repin(opened.id, 3, "hk3", if_pinned=(1, "hk1"))  # saw uid 1 fail too
+            assert first is not None and second is not None and (second.uid, second.hotkey) == (2, "hk2"), name
+            assert not await sessions.close(opened.id, if_pinned=(1, "hk1")), name
+            assert not await sessions.close(opened.id, if_pinned=(2, "hk-other")), name
+            kept = await sessions.for_key("key-1")
+            assert kept is not None and kept.uid == 2 and kept.expires_at == opened.expires_at, name
+            assert await sessions.close(opened.id, if_pinned=(2, "hk2")), name
+            assert await sessions.get(opened.id) is None and await sessions.for_key("key-1") is None, name
+            assert [s for s in await sessions.active() if s.id == opened.id] == [], name
+            assert await sessions.repin(opened.id, 4, "hk4", if_pinned=(2, "hk2")) is None, name
