@@ -95,6 +95,7 @@ class Plan:
     mixture: bool
     session: Session | None
     neurons: list[Neuron]
+    moved_from: int | None = None  # the session's miner before this request moved it (the miner was gone)
 
 
 async def plan(request: web.Request, key: KeyRecord, req: ChatCompletionRequest) -> Plan:
@@ -107,15 +108,16 @@ async def plan(request: web.Request, key: KeyRecord, req: ChatCompletionRequest)
     if use_mixture:
         mixture.check_request(req)
     session = None if (req.uids or use_mixture) else await sessions.resolve(ctx, request, req.session_id, key, model)
+    moved_from = None
     if session is not None:
-        neurons = await sessions.session_miners(ctx, session)
+        session, neurons, moved_from = await sessions.session_miners(ctx, session)
     else:
         neurons = select_miners(
             ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=req.task or DEFAULT_TASK, model=model,
             k=ctx.settings.mixture_k if use_mixture else ctx.settings.default_k,
             rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
         )
-    return Plan(mixture=use_mixture, session=session, neurons=neurons)
+    return Plan(mixture=use_mixture, session=session, neurons=neurons, moved_from=moved_from)
 
 
 async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
@@ -134,6 +136,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
     if session is not None:
         headers["x-sn1-session-id"] = session.id
+    if planned.moved_from is not None:
+        headers["x-sn1-session-moved-from"] = str(planned.moved_from)
     if use_mixture:
         loop = asyncio.get_running_loop()
         stage_started = loop.time()

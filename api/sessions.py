@@ -158,16 +158,25 @@ def _other_model(session: Session, model: str | None) -> bool:
     return model is not None and pinned is not None and model != pinned
 
 
-async def session_miners(ctx: ApiContext, session: Session) -> list[Neuron]:
-    """The pinned miner; if it is gone, fail over now (or answer 502 naming the session)."""
+async def session_miners(ctx: ApiContext, session: Session) -> tuple[Session, list[Neuron], int | None]:
+    """The miner this request goes to: the pinned one while ``still_valid``; otherwise fail over now (or
+    answer 502 naming the session). Returns the session as it now stands, its miner, and the uid it
+    moved from (None when it did not move).
+
+    Only a deregistered miner was checked here: one that availability said no longer served the
+    session's model kept getting its requests until the next sweep. And the caller went on with the
+    session it had read, so when the replacement failed too, the failover excluded the first miner
+    instead of the replacement, asked the replacement again and named the first in its 502."""
     neuron = pinned_neuron(ctx, session)
-    if neuron is None:
-        moved, _ = await moved_or_closed(ctx, session, "miner deregistered")
-        neuron = pinned_neuron(ctx, moved) if moved else None
-        if neuron is None:
-            raise ApiError(502, f"Session {session.id}: its miner uid {session.uid} is gone; the session was closed.",
-                           code="session_miner_failed")
-    return [neuron]
+    if neuron is not None and still_valid(ctx, session):
+        return session, [neuron], None
+    moved, _ = await moved_or_closed(ctx, session, "miner deregistered or no longer serving the session's model")
+    neuron = pinned_neuron(ctx, moved) if moved else None
+    if moved is None or neuron is None:
+        what = "the session was closed" if moved is None else f"the session now pins uid {moved.uid}, not registered here"
+        raise ApiError(502, f"Session {session.id}: its miner uid {session.uid} is gone or no longer serves the "
+                       f"model; {what}.", code="session_miner_failed")
+    return moved, [neuron], session.uid
 
 
 async def failover_race(

@@ -394,3 +394,61 @@ async def test_concurrent_requests_whose_pinned_miner_fails_move_the_session_onc
     assert {status for status, _ in answers} == {200}
     assert {uid for _, uid in answers} == {str(now["uid"])}, f"session ends on {now['uid']}; turns: {answers}"
     assert scripts[s["uid"]].calls == 6
+
+
+def _fresh_cache(api, serves: dict[int, tuple[str, ...]]):
+    """A fresh availability cache: uid -> the models it serves (for InferenceTask)."""
+    import time
+
+    from api.availability import AvailabilityCache
+
+    cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "hk")
+    cache.entries = {uid: {"task_availabilities": {"InferenceTask": True},
+                           "llm_model_availabilities": dict.fromkeys(models, True)} for uid, models in serves.items()}
+    cache.updated_at = time.time()
+    api.ctx.availability = cache
+    return cache
+
+
+@pytest.mark.parametrize("failover", [False, True])
+async def test_a_pinned_miner_that_stops_serving_the_model_gets_no_more_of_its_requests(tmp_path: Path,
+                                                                                       failover: bool) -> None:
+    """Availability said the pinned miner no longer served the session's model, yet every request went on
+    to it until the next sweep (up to a refresh interval; never, on a worker without the sweep)."""
+    scripts = miners(3)
+    async with api_with_miners(tmp_path, scripts) as api:
+        _fresh_cache(api, {1: ("m1",), 2: ("m1",), 3: ("m2",)})
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "m1", "failover": failover})
+        await api.ctx.sessions.repin(s["session_id"], 1, api.ctx.metagraph.snapshot.by_uid(1).hotkey)
+        _fresh_cache(api, {1: ("m2",), 2: ("m1",), 3: ("m2",)})  # uid 1 now serves another model
+        status, headers, body = await chat(api)
+        assert scripts[1].calls == 0, "the miner that no longer serves m1 was asked"
+        if failover:
+            assert status == 200 and headers["x-sn1-miner-uid"] == "2", body
+            assert headers["x-sn1-session-moved-from"] == "1"
+            assert (await call(api, "GET", "/v1/sessions"))[2]["uid"] == 2
+        else:
+            assert status == 502 and body["error"]["code"] == "session_miner_failed", body
+            assert s["session_id"] in body["error"]["message"] and "closed" in body["error"]["message"]
+            assert (await call(api, "GET", "/v1/sessions"))[0] == 404
+
+
+async def test_a_replacement_that_fails_too_is_not_asked_again_nor_blamed_on_the_first_miner(tmp_path: Path) -> None:
+    """The pinned miner left the metagraph, so the request moved the session to uid 2; uid 2 failed, and the
+    failover worked from the session as first read (pinned to uid 1): it excluded uid 1, re-pinned uid 2,
+    asked it a second time and answered 502 'the pinned miner uid 1 failed'."""
+    from shared.metagraph import MetagraphSnapshot
+
+    scripts = {1: answer("from 1"), 2: Script([], status=500), 3: answer("from 3")}
+    async with api_with_miners(tmp_path, scripts) as api:
+        _fresh_cache(api, {1: ("m1",), 2: ("m1",), 3: ("m2",)})
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "m1", "failover": True})
+        await api.ctx.sessions.repin(s["session_id"], 1, api.ctx.metagraph.snapshot.by_uid(1).hotkey)
+        snap = api.ctx.metagraph.snapshot
+        api.ctx.metagraph.snapshot = MetagraphSnapshot(snap.netuid, snap.block + 1, tuple(
+            n for n in snap.neurons if n.uid != 1))  # uid 1 left the metagraph
+        status, headers, body = await chat(api)
+        assert status == 502 and body["error"]["code"] == "session_miner_failed", body
+        assert "uid 2 failed" in body["error"]["message"] and "closed" in body["error"]["message"], body
+        assert scripts[2].calls == 1 and scripts[1].calls == 0
+        assert (await call(api, "GET", "/v1/sessions"))[0] == 404
