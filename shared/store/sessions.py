@@ -169,6 +169,15 @@ redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 return ARGV[2]
 """
 
+# The pointer and the session it names, read in one step: read apart, an open() between them (the key's
+# new session replacing the old) left the pointer naming a deleted session, and a chat request sent then
+# ran without the key's session (SQLite reads both in one query).
+_FOR_KEY = """
+local sid = redis.call('GET', KEYS[1])
+if not sid then return false end
+return redis.call('GET', ARGV[1] .. sid)
+"""
+
 # ARGV[3], ARGV[4]: the uid and hotkey the session must still pin ('' for any).
 _CLOSE = """
 local raw = redis.call('GET', KEYS[1])
@@ -195,6 +204,7 @@ class RedisSessionStore:
         self._open = client.register_script(_OPEN)
         self._repin = client.register_script(_REPIN)
         self._close = client.register_script(_CLOSE)
+        self._for_key = client.register_script(_FOR_KEY)
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisSessionStore:
@@ -244,10 +254,7 @@ class RedisSessionStore:
         return self._decode(await self._call(self.r.get(self._skey(session_id))))
 
     async def for_key(self, key_id: str) -> Session | None:
-        sid = await self._call(self.r.get(self._kkey(key_id)))
-        if not sid:
-            return None
-        return await self.get(sid.decode() if isinstance(sid, bytes) else sid)
+        return self._decode(await self._call(self._for_key(keys=[self._kkey(key_id)], args=[f"{self.ns}:session:"])))
 
     async def repin(self, session_id: str, uid: int, hotkey: str, *,
                     if_pinned: Pin | None = None) -> Session | None:

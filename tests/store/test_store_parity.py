@@ -150,3 +150,28 @@ async def test_a_session_is_moved_or_closed_only_while_it_pins_the_miner_that_fa
             assert await sessions.get(opened.id) is None and await sessions.for_key("key-1") is None, name
             assert [s for s in await sessions.active() if s.id == opened.id] == [], name
             assert await sessions.repin(opened.id, 4, "hk4", if_pinned=(2, "hk2")) is None, name
+
+
+@pytest.mark.redis
+async def test_the_keys_session_is_found_while_it_is_being_replaced() -> None:
+    """Redis read the key's pointer, then the session it named: a new session opened in between (the old
+    one deleted) made for_key None, and the chat request sent then ran without the key's session."""
+    if not REDIS_URL:
+        pytest.skip("REDIS_URL is not set: the Redis backend needs a server (CI sets it; .ci/run)")
+    sessions = RedisSessionStore.from_url(REDIS_URL, namespace=f"test-{secrets.token_hex(6)}")
+    try:
+        await sessions.open("key-1", "m", 1, "hk1", duration=60, failover=False)
+        real_get, replaced = sessions.get, []
+
+        async def get_after_a_reopen(session_id: str):  # type: ignore[no-untyped-def]
+            if not replaced:  # lands between the pointer read and the session read
+                replaced.append(await sessions.open("key-1", "m", 2, "hk2", duration=60, failover=False))
+            return await real_get(session_id)
+
+        sessions.get = get_after_a_reopen  # type: ignore[method-assign]
+        found = await sessions.for_key("key-1")
+        assert found is not None and found.key_id == "key-1"
+    finally:
+        async for name in sessions.r.scan_iter(match=f"{sessions.ns}:*"):
+            await sessions.r.delete(name)
+        await sessions.aclose()
