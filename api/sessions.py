@@ -274,10 +274,14 @@ async def ping_session(request: web.Request) -> web.Response:
 
 
 async def ping_miner(ctx: ApiContext, session: Session, request_id: str) -> str | None:
-    """None if the pinned miner answered a one-token completion, else the reason it did not."""
+    """None if the pinned miner answered a one-token completion, else the reason it did not. A miner that
+    availability says no longer serves the session's model fails without being asked, as a chat request
+    would move off it (it answered the ping and the ping said "ok")."""
     neuron = pinned_neuron(ctx, session)
     if neuron is None:
         return f"uid {session.uid} is no longer registered with the pinned hotkey"
+    if not still_valid(ctx, session):
+        return f"uid {session.uid} no longer serves the model '{session.model}' (availability)"
     body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1, "stream": True, "seed": 0,
             "task": DEFAULT_TASK}
     if _model(session.model):

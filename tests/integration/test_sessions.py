@@ -452,3 +452,20 @@ async def test_a_replacement_that_fails_too_is_not_asked_again_nor_blamed_on_the
         assert "uid 2 failed" in body["error"]["message"] and "closed" in body["error"]["message"], body
         assert scripts[2].calls == 1 and scripts[1].calls == 0
         assert (await call(api, "GET", "/v1/sessions"))[0] == 404
+
+
+@pytest.mark.parametrize("failover", [False, True])
+async def test_a_ping_does_not_say_ok_for_a_miner_that_stopped_serving_the_model(tmp_path: Path,
+                                                                                 failover: bool) -> None:
+    """The ping asked the pinned miner, which answered, and said "ok"; the next chat request then moved
+    (or closed) the session, as availability said the miner no longer served its model."""
+    scripts = miners(3)
+    async with api_with_miners(tmp_path, scripts) as api:
+        _fresh_cache(api, {1: ("m1",), 2: ("m1",), 3: ("m2",)})
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "m1", "failover": failover})
+        await api.ctx.sessions.repin(s["session_id"], 1, api.ctx.metagraph.snapshot.by_uid(1).hotkey)
+        _fresh_cache(api, {1: ("m2",), 2: ("m1",), 3: ("m2",)})
+        status, _, pong = await call(api, "POST", f"/v1/sessions/{s['session_id']}/ping")
+        assert status == 200 and pong["previous_uid"] == 1 and "no longer serves" in pong["error"], pong
+        assert pong["status"] == ("moved" if failover else "closed") and pong.get("uid") == (2 if failover else None)
+        assert scripts[1].calls == 0
