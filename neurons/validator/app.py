@@ -119,14 +119,16 @@ async def scores(request: web.Request) -> web.Response:
 
 
 async def miner_availabilities(request: web.Request) -> web.Response:
-    return json_response(request.app[CTX].book.get(await read_uid_list(request)))
+    ctx = request.app[CTX]
+    return json_response(ctx.book.get(await read_uid_list(request), ctx.metagraph.snapshot))
 
 
 async def get_available_miners(request: web.Request) -> web.Response:
     q = request.query
     k = parse_k(q.get("k"))
-    book = request.app[CTX].book
-    uids = book.available(parse_task(q.get("task"), book.tasks()), q.get("model") or None)
+    ctx = request.app[CTX]
+    task = parse_task(q.get("task"), ctx.book.tasks())
+    uids = ctx.book.available(task, q.get("model") or None, ctx.metagraph.snapshot)
     return json_response(uids[:k])
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from loguru import logger
 from pydantic import ValidationError
 
-from shared.metagraph import MetagraphView, Neuron
+from shared.metagraph import MetagraphSnapshot, MetagraphView, Neuron
 from shared.miner_client import MinerClient, MinerError
 from shared.protocol import AvailabilityResponse
 
@@ -27,9 +27,19 @@ class AvailabilityBook:
     hotkeys: dict[int, str] = field(default_factory=dict)
     updated_at: float = 0.0
 
-    def get(self, uids: list[int] | None) -> dict[str, dict[str, Any] | None]:
+    def get(self, uids: list[int] | None, snapshot: MetagraphSnapshot | None = None) -> dict[str, dict[str, Any] | None]:
         keys = sorted(self.entries) if uids is None else uids
-        return {str(uid): self.entries.get(uid) for uid in keys}
+        return {str(uid): self.current(uid, snapshot) for uid in keys}
+
+    def current(self, uid: int, snapshot: MetagraphSnapshot | None) -> dict[str, Any] | None:
+        """``uid``'s entry while the hotkey it was learnt from still holds the uid in ``snapshot``; None
+        (unavailable until the next poll) once the uid changed hands or left. Served as it was, the old
+        miner's models were the new one's for up to a poll interval, and the API raced it for them."""
+        entry = self.entries.get(uid)
+        if entry is None or snapshot is None or uid not in self.hotkeys:
+            return entry
+        neuron = snapshot.by_uid(uid)
+        return entry if neuron is not None and neuron.hotkey == self.hotkeys[uid] else None
 
     def serves(self, uid: int, task: str) -> bool:
         entry = self.entries.get(uid)
@@ -39,9 +49,10 @@ class AvailabilityBook:
         """The tasks some miner advertises now: a query for one of them is answered, as the API's is."""
         return {t for entry in self.entries.values() if entry for t, ok in entry["task_availabilities"].items() if ok}
 
-    def available(self, task: str | None, model: str | None) -> list[int]:
+    def available(self, task: str | None, model: str | None, snapshot: MetagraphSnapshot | None = None) -> list[int]:
         out = []
-        for uid, entry in self.entries.items():
+        for uid in self.entries:
+            entry = self.current(uid, snapshot)
             if entry is None:
                 continue
             if task and not entry["task_availabilities"].get(task):

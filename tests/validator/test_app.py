@@ -270,6 +270,32 @@ async def test_a_task_a_miner_advertises_is_a_query_not_a_400() -> None:
             assert r.status == 400 and "ProgrammingTask" in body["error"]["message"], body
 
 
+async def test_availability_learnt_from_a_uids_old_hotkey_is_not_the_new_miners(tmp_path) -> None:
+    """uid 2 changed hands after the last poll: the validator went on reporting the old miner's models as
+    the new one's until its next poll, and the API raced the new miner for them."""
+    from api.availability import AvailabilityCache
+    from tests.helpers import Script, api_with_miners, chunk, sse
+    from tests.helpers import post as api_post
+
+    serves_m1 = {"task_availabilities": {"InferenceTask": True}, "llm_model_availabilities": {"m1": True}}
+    scripts = {uid: Script([(0, d) for d in sse(chunk(f"from {uid}"), chunk(finish="stop"))]) for uid in (1, 2)}
+    async with api_with_miners(tmp_path, scripts) as api:
+        ctx = make_ctx()
+        ctx.metagraph = _view(api.ctx.metagraph.snapshot)  # uid 2 is held by //Miner2 now
+        ctx.book.entries = {1: serves_m1, 2: serves_m1}
+        ctx.book.hotkeys = {1: keypair("//Miner1").ss58_address, 2: keypair("//Miner2-before").ss58_address}
+        async with serve_app(create_validator_app(ctx)) as url, aiohttp.ClientSession() as s:
+            async with s.post(url + "/miner_availabilities/miner_availabilities", json=None) as r:
+                assert await r.json() == {"1": serves_m1, "2": None}
+            async with s.get(url + "/miner_availabilities/get_available_miners", params={"model": "m1"}) as r:
+                assert await r.json() == [1]
+            api.ctx.availability = AvailabilityCache(api.ctx.client, url, VALIDATOR.ss58_address)
+            assert await api.ctx.availability.refresh()
+            status, headers, _ = await api_post(api, {"messages": [{"role": "user", "content": "hi"}], "model": "m1"})
+    assert status == 200 and headers["x-sn1-miner-uid"] == "1"
+    assert scripts[2].calls == 0, "the new miner at uid 2 was raced for the old one's model"
+
+
 async def test_organic_payload_is_scored_against_the_reference() -> None:
     """The API's payload shape, end to end: honest text earns 1, a different seed's text does not."""
     backend = DeterministicBackend()
