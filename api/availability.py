@@ -1,6 +1,7 @@
 """The API's view of who serves what, refreshed from the validator.
 
-Validator unreachable: the last good answer is kept until it is stale; after
+Validator unreachable, or answering with no entries (it has just started and
+polled no miner yet): the last good answer is kept until it is stale; after
 that selection falls back to every serving miner (one WARNING a minute, not
 one per request). An entry not in the shape miners answer is taken as that
 miner unavailable, as the validator takes a miner's own malformed answer.
@@ -66,6 +67,9 @@ class AvailabilityCache:
             self._warn(f"validator answered HTTP {status} for availabilities")
             return False
         entries, malformed = parse_entries(data)
+        if not entries:  # a validator that just started has polled no miner yet: no news, not "all gone"
+            self._warn(f"validator at {self.validator_url} has no availability data yet")
+            return False
         if malformed:
             self._warn(f"validator sent {malformed} malformed availability entries", state="taken as unavailable")
         self.entries = entries

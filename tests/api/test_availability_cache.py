@@ -73,3 +73,21 @@ async def test_a_malformed_entry_from_the_validator_is_an_unavailable_miner_not_
                 assert r.status == 200 and (await r.json())["uid"] == 2
             async with s.post(api.url + "/miner_availabilities/miner_availabilities", json=None) as r:
                 assert r.status == 200 and await r.json() == {"1": None, "2": ENTRY, "3": None}
+
+
+async def test_a_restarted_validators_empty_answer_keeps_the_last_good_data() -> None:
+    """A validator that has just started answers {} until its first poll ends: the cache took that as its
+    data, and for a refresh interval /v1/models listed nothing and selection raced every registered
+    miner, down ones included, as if the validator were gone."""
+    answers = [{"1": ENTRY, "2": None}, {}]
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response(answers.pop(0))
+
+    app = web.Application()
+    app.router.add_post("/miner_availabilities/miner_availabilities", handler)
+    async with make_session() as session, serve_app(app) as url:
+        cache = AvailabilityCache(MinerClient(session, Signer(VALIDATOR)), url, VALIDATOR.ss58_address)
+        assert await cache.refresh()
+        assert not await cache.refresh()  # the restarted validator's empty book
+        assert cache.fresh() and cache.serves(1, "InferenceTask", "m1") is True and cache.serves(2, None, None) is False
