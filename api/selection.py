@@ -54,21 +54,20 @@ def select_miners(
 ) -> list[Neuron]:
     if uids:
         return explicit_miners(snapshot, uids, cache=cache, task=task, model=model)
-    candidates = snapshot.serving(exclude_hotkey=self_hotkey)
-    if cache is not None and cache.fresh():
-        serving = candidate_miners(snapshot, cache, task=task, model=model, self_hotkey=self_hotkey)
-        if not serving:
-            if task and task not in known_tasks(cache):
-                raise ApiError(400, f"Unknown task '{task}'. Known tasks: {', '.join(sorted(known_tasks(cache)))}.",
-                               param="task", code="unknown_task")
-            if model and not any(cache.serves(n.uid, None, model) for n in candidates):
-                raise ApiError(404, f"The model '{model}' is not served by any available miner.",
-                               code="model_not_found", param="model")
-            raise ApiError(503, f"No miner is available for task '{task}' and model '{model or 'any'}'.",
-                           code=NO_MINERS)
-        candidates = serving
-    if not candidates:
-        raise ApiError(503, "No serving miners in the metagraph.", code=NO_MINERS)
+    registered = snapshot.serving(exclude_hotkey=self_hotkey)
+    candidates = fitting(registered, cache, task=task, model=model)
+    if candidates is registered:
+        if not candidates:
+            raise ApiError(503, "No serving miners in the metagraph.", code=NO_MINERS)
+    elif not candidates:
+        if task and task not in known_tasks(cache):
+            raise ApiError(400, f"Unknown task '{task}'. Known tasks: {', '.join(sorted(known_tasks(cache)))}.",
+                           param="task", code="unknown_task")
+        if model and cache is not None and not any(cache.matches(n.uid, None, model) for n in registered):
+            raise ApiError(404, f"The model '{model}' is not served by any available miner.",
+                           code="model_not_found", param="model")
+        raise ApiError(503, f"No miner is available for task '{task}' and model '{model or 'any'}'.",
+                       code=NO_MINERS)
     return weighted_sample(candidates, k, rng)
 
 
@@ -79,7 +78,13 @@ def candidate_miners(snapshot: MetagraphSnapshot, cache: AvailabilityCache | Non
 
     One definition for selection and ``get_available_miners``, so the uids the route lists are the
     ones a chat request for the same task and model would race."""
-    serving = snapshot.serving(exclude_hotkey=self_hotkey)
+    return fitting(snapshot.serving(exclude_hotkey=self_hotkey), cache, task=task, model=model)
+
+
+def fitting(serving: list[Neuron], cache: AvailabilityCache | None, *, task: str | None,
+            model: str | None) -> list[Neuron]:
+    """Those of ``serving`` that fresh availability says serve ``task`` and ``model``; without fresh
+    data, ``serving`` itself (the same list: nothing is known to rule a miner out)."""
     if cache is None or not cache.fresh():
         return serving
     return [n for n in serving if cache.matches(n.uid, task, model)]
