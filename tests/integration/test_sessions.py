@@ -171,39 +171,14 @@ async def test_deregistered_miner_ends_its_sessions_at_refresh(tmp_path: Path) -
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 async def test_sessions_are_visible_across_api_processes_sharing_a_store(tmp_path: Path, backend: str) -> None:
-    redis_url = os.environ.get("REDIS_URL")
-    if backend == "redis" and not redis_url:
-        pytest.skip("needs REDIS_URL (CI sets it; .ci/run)")
-    namespace = f"test-{uuid.uuid4().hex[:8]}"
-
-    def session_store():
-        if backend == "redis":
-            return RedisSessionStore.from_url(redis_url, namespace=namespace)
-        return SQLiteSessionStore(tmp_path / "api.db")
-
-    scripts = miners(3)
-    async with api_with_miners(tmp_path, scripts) as api:
-        api.ctx.sessions = session_store()
-        ctx2 = await build_api_context(tmp_path, api.ctx.metagraph.snapshot, api.ctx.client.signer._keypair)
-        ctx2.sessions = session_store()
-        try:
-            async with serve_app(create_api_app(ctx2, run_background=False)) as url2:
-                _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default"})
-                async with aiohttp.ClientSession() as sess:
-                    async with sess.get(url2 + "/v1/sessions", headers={"api-key": api.key}) as r:
-                        assert r.status == 200 and (await r.json())["session_id"] == s["session_id"]
-                    async with sess.post(url2 + "/v1/chat/completions", json={"messages": MESSAGES},
-                                         headers={"api-key": api.key}) as r:
-                        assert r.status == 200 and r.headers["x-sn1-miner-uid"] == str(s["uid"])
-        finally:
-            if backend == "redis":
-                r = api.ctx.sessions.r
-                keys = [k async for k in r.scan_iter(match=f"{namespace}:*")]
-                if keys:
-                    await r.delete(*keys)
-            await api.ctx.sessions.aclose()
-            await ctx2.sessions.aclose()
-            await ctx2.client.session.close()
+    async with two_apis_sharing_sessions(tmp_path, backend, miners(3)) as (api, url2):
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default"})
+        async with aiohttp.ClientSession() as sess:
+            async with sess.get(url2 + "/v1/sessions", headers={"api-key": api.key}) as r:
+                assert r.status == 200 and (await r.json())["session_id"] == s["session_id"]
+            async with sess.post(url2 + "/v1/chat/completions", json={"messages": MESSAGES},
+                                 headers={"api-key": api.key}) as r:
+                assert r.status == 200 and r.headers["x-sn1-miner-uid"] == str(s["uid"])
 
 
 async def test_a_refused_request_does_not_move_the_session(tmp_path: Path) -> None:
