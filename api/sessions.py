@@ -27,7 +27,7 @@ from api.selection import select_miners
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.metagraph import Neuron
-from shared.protocol import DEFAULT_TASK
+from shared.protocol import DEFAULT_TASK, MAX_SESSION_ID
 from shared.store.base import KeyRecord, StoreUnavailable
 from shared.store.sessions import Session, SessionStore, pin_of
 
@@ -139,6 +139,10 @@ async def resolve(ctx: ApiContext, request: web.Request, explicit_id: str | None
     if ctx.sessions is None:
         return None
     session_id = explicit_id or request.headers.get("x-session-id")
+    # as chat's session_id field is checked (a 5,000-character header was echoed back whole in the 404)
+    if session_id is not None and len(session_id) > MAX_SESSION_ID:
+        raise ApiError(400, f"x-session-id is at most {MAX_SESSION_ID} characters.", code="invalid_value",
+                       param="x-session-id")
     with _store_calls():
         if session_id:
             session = await ctx.sessions.get(session_id)

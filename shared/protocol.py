@@ -28,6 +28,7 @@ REQUEST_CONFIG = ConfigDict(extra="allow", strict=True)
 ANY_MODEL = {"", "default", None}
 # For the API only, never sent to miners (web_search_options: the API searches, see api/web_search.py).
 # n: each miner is asked for one answer (the API races once per choice; a miner's second would mix in).
+MAX_SESSION_ID = 128
 ROUTING_FIELDS = ("uids", "timeout", "session_id", "web_search_options", "n")
 
 
@@ -203,7 +204,7 @@ class ChatCompletionRequest(BaseModel):
     inference_mode: str | None = None
     target_results: int | None = Field(default=None, ge=1, le=256)
     timeout: float | None = Field(default=None, ge=MIN_TIMEOUT, le=600, description="Deadline in seconds")
-    session_id: str | None = Field(default=None, max_length=128)
+    session_id: str | None = Field(default=None, max_length=MAX_SESSION_ID)
 
     # What follows refuses requests that OpenAI and model servers refuse: passed on, each would
     # come back as a miner's failure (a 502 for the caller and a zero score for the miner).

@@ -188,6 +188,10 @@ async def test_availability_routes_serve_the_cache(tmp_path: Path) -> None:
         assert status == 200 and data == [1]
         status, data = await get_json(api, "/miner_availabilities/get_available_miners?k=0")
         assert status == 400
+        status, data = await get_json(api, "/miner_availabilities/get_available_miners?task=InferenceTask&k=1000")
+        assert status == 200 and data == [1], "a k beyond every uid asks for all of them (it was a 400 past 256)"
+        status, data = await get_json(api, "/miner_availabilities/get_available_miners?k=" + "9" * 5000)
+        assert status == 400 and data["error"]["param"] == "k"
         status, data = await get_json(api, "/miner_availabilities/get_available_miners?task=Inference")
         assert status == 400 and data["error"]["param"] == "task" and "InferenceTask" in data["error"]["message"]
         status, data = await get_json(api, "/miner_availabilities/miner_availabilities", method="POST",

@@ -135,6 +135,11 @@ async def test_other_keys_session_is_refused_and_bad_bodies_are_400(tmp_path: Pa
             async with sess.post(api.url + "/v1/chat/completions", json={"messages": MESSAGES},
                                  headers={"api-key": other, "x-session-id": s["session_id"]}) as r:
                 assert r.status == 404
+            async with sess.post(api.url + "/v1/chat/completions", json={"messages": MESSAGES},
+                                 headers={"api-key": api.key, "x-session-id": "s" * 5000}) as r:
+                err = await r.json()
+                assert r.status == 400 and err["error"]["param"] == "x-session-id", "as session_id is"
+                assert len(err["error"]["message"]) < 200, "a caller's 5,000 characters are not echoed back"
         for bad in ({}, {"model": ""}, {"model": 5}, {"model": "default", "session_duration": "long"},
                     {"model": "default", "session_duration": 0}, {"model": "default", "failover": "maybe"},
                     {"model": "default", "surprise": 1}, []):
