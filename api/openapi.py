@@ -172,7 +172,7 @@ class DaysQuery(BaseModel):
 
 
 class AvailableMinersQuery(BaseModel):
-    k: int = Field(default=10, ge=1, le=256)
+    k: int = Field(default=10, ge=1, description="How many uids at most; one beyond every uid returns them all")
     task: str | None = None
     model: str | None = None
 
