@@ -19,7 +19,7 @@ from neurons.validator.scoring import ScoringJob
 from neurons.validator.synthetic import SyntheticConfig, run_cycle
 from neurons.validator.tasks.base import TaskRegistry
 from neurons.validator.weights import WeightSink, WeightsNotSet, log_top, weights_from_scores
-from shared.metagraph import MetagraphView
+from shared.metagraph import MetagraphSnapshot, MetagraphView
 from shared.miner_client import MinerClient
 
 
@@ -75,11 +75,17 @@ async def synthetic_cycle(
                 queue.qsize(), queue.maxsize)
 
 
-async def weights_cycle(scores: ScoreBook, sink: WeightSink, *, power: float) -> list[float] | None:
-    """Compute weights from the combined scores and hand them to the sink; returns the weights set."""
+async def weights_cycle(scores: ScoreBook, sink: WeightSink, snapshot: MetagraphSnapshot, *,
+                        power: float) -> dict[int, float] | None:
+    """Compute weights over the metagraph's uids now and hand them to the sink; returns the weights set
+    (uid -> share), or None when nothing was set.
+
+    ``snapshot`` sizes the vector: only uids that exist now, each scored only for the hotkey holding it,
+    and unscored uids available to fill the subnet's minimum count of weights or to take what its max
+    share caps (with only the scored uids, a young validator's set was refused by the chain)."""
     rules = await sink.rules()
-    uids, weights = weights_from_scores(scores.combined_all(), rules, power)
-    if not any(weights):
+    uids, weights = weights_from_scores(scores.combined_for(snapshot), rules, power)
+    if not any(w > 0 for w in weights):
         logger.info("weights: nothing to set yet (no positive score)")
         return None
     nonzero = [(u, w) for u, w in zip(uids, weights, strict=True) if w > 0]
@@ -94,4 +100,4 @@ async def weights_cycle(scores: ScoreBook, sink: WeightSink, *, power: float) ->
     await scores.save_off_loop()
     logger.info("weights: {} uids via {} -> {}; top {}", len(nonzero), sink.name, outcome,
                 log_top([u for u, _ in nonzero], [w for _, w in nonzero]))
-    return weights
+    return dict(nonzero)

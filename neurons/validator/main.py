@@ -103,7 +103,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
             client, metagraph, book, timeout=settings.availability_timeout,
             concurrency=settings.availability_concurrency)),
         lambda: timed("weights", settings.weights_interval,
-                      lambda: weights_cycle(scores, sink, power=settings.weights_power),
+                      lambda: weights_cycle(scores, sink, metagraph.snapshot, power=settings.weights_power),
                       first_delay=settings.weights_interval),
     ]
     loops += [

@@ -83,6 +83,19 @@ class ScoreBook:
     def combined_all(self) -> dict[int, float]:
         return {uid: self.combined(uid) for uid in self.miners}
 
+    def combined_for(self, snapshot: MetagraphSnapshot) -> dict[int, float]:
+        """Every uid of ``snapshot`` (the metagraph's n now) with its combined score: 0 for a uid never
+        scored, and for one whose hotkey is not the one its score was earned under.
+
+        Weights are a vector over the uids that exist now: the chain refuses a uid beyond n, a uid that
+        changed hands since the last sync must not be paid its previous owner's score, and meeting the
+        subnet's minimum count of weights or its max share can take uids no score names yet."""
+        out: dict[int, float] = {}
+        for neuron in snapshot.neurons:
+            entry = self.miners.get(neuron.uid)
+            out[neuron.uid] = self.combined(neuron.uid) if entry is not None and entry.hotkey == neuron.hotkey else 0.0
+        return out
+
     def report(self, snapshot: MetagraphSnapshot | None = None) -> dict[str, Any]:
         """The ``GET /scores`` body."""
         uids = set(self.miners) | set(self.weights)

@@ -64,10 +64,15 @@ def clip_max_weight(w: np.ndarray, limit: float) -> np.ndarray:
 def compute_weights(
     uids: np.ndarray, scores: np.ndarray, rules: WeightRules = WeightRules(), *, power: float = 1.0
 ) -> np.ndarray:
-    """Normalised weights aligned with ``uids`` (all zeros when no uid has a positive score)."""
-    s = np.clip(np.nan_to_num(np.asarray(scores, dtype=np.float64)), 0.0, None) ** power
-    if s.size == 0 or s.sum() <= 0:
+    """Normalised weights aligned with ``uids`` (all zeros when no uid has a positive score).
+
+    A score that is not a finite number (NaN, inf: a hand-edited or damaged scores file) counts 0, and
+    scores are scaled to their maximum before the power: a huge one overflowed to inf, and the whole
+    vector to NaN."""
+    s = np.clip(np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0.0, None)
+    if s.size == 0 or s.max() <= 0:
         return np.zeros(s.shape)
+    s = (s / s.max()) ** power
     w = s / s.sum()
     # Every positive score keeps at least the smallest u16 step: rounded to 0 (2.5% of the top after the
     # power of 3), the chain would drop it, and the minimum below would be counted on weights it never sees.

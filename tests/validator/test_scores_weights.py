@@ -30,10 +30,15 @@ from neurons.validator.weights import (
     from_u16,
     to_u16,
 )
-from shared.metagraph import FileMetagraphSource, write_metagraph_file
+from shared.metagraph import FileMetagraphSource, MetagraphSnapshot, write_metagraph_file
 from tests.helpers import snapshot
 
 PROBS = {"A": 0.75, "B": 0.25}
+
+
+def _graph(miners: int, *, hotkeys: dict[int, str] | None = None) -> MetagraphSnapshot:
+    """uid 0 (the validator) and miners 1..n holding ``hk<uid>`` (or ``hotkeys[uid]``), all serving."""
+    return snapshot("val", {u: ((hotkeys or {}).get(u, f"hk{u}"), f"127.0.0.1:{u}") for u in range(1, miners + 1)})
 
 
 def test_ema_and_combined_score() -> None:
@@ -146,7 +151,7 @@ async def test_ledger_sink_moves_incentive_to_quality(tmp_path: Path) -> None:
     book.update(1, "hk1", "B", 1.0)
     book.update(2, "hk2", "A", 0.2)
     sink = LedgerWeightSink(tmp_path / "weights.json", mg, validator_hotkey="val")
-    await weights_cycle(book, sink, power=1.0)
+    await weights_cycle(book, sink, await FileMetagraphSource(mg).fetch(), power=1.0)
     ledger = json.loads((tmp_path / "weights.json").read_text())
     assert ledger["uids"] == [1, 2] and ledger["weights_u16"][0] == U16_MAX
     snap = await FileMetagraphSource(mg).fetch()
@@ -162,8 +167,8 @@ async def test_ledger_sink_moves_incentive_to_quality(tmp_path: Path) -> None:
 async def test_disabled_sink_computes_but_sets_nothing(tmp_path: Path) -> None:
     book = ScoreBook(PROBS, alpha=1.0)
     book.update(1, "hk1", "A", 1.0)
-    weights = await weights_cycle(book, DisabledSink(), power=1.0)
-    assert weights == [1.0] and book.last_weights_set_at is None and book.weights == {1: 1.0}
+    weights = await weights_cycle(book, DisabledSink(), _graph(3), power=1.0)
+    assert weights == {1: 1.0} and book.last_weights_set_at is None and book.weights == {1: 1.0}
 
 
 class FakeSubstrate:
@@ -229,7 +234,7 @@ async def test_chain_sink_sets_weights_through_the_sdk_intent() -> None:
     for uid, s in ((1, 1.0), (2, 0.5), (3, 0.25)):
         book.update(uid, f"hk{uid}", "A", s)
         book.update(uid, f"hk{uid}", "B", s)
-    await weights_cycle(book, sink, power=1.0)
+    await weights_cycle(book, sink, _graph(3), power=1.0)
     call = fake.submitted[0][0]
     assert call.params["dests"] == [1, 2, 3] and call.params["version_key"] == 3
     shares = from_u16(call.params["weights"])
@@ -254,7 +259,7 @@ async def test_chain_sink_past_its_longest_wait_sets_nothing_and_records_nothing
     with pytest.raises(WeightsNotSet, match="rate limited"):
         await sink.set_weights([1, 2], [0.6, 0.4])
     book = _book(1.0, 0.5)
-    assert await weights_cycle(book, sink, power=1.0) is None
+    assert await weights_cycle(book, sink, _graph(2), power=1.0) is None
     assert fake.submitted == [] and book.last_weights_set_at is None and book.weights == {}, \
         "/health must not report weights the chain never took"
     await sink.close()
@@ -273,7 +278,7 @@ async def test_chain_sink_waits_out_the_rate_limit_then_sets() -> None:
     passing = asyncio.create_task(blocks_pass())
     book = _book(1.0, 0.5)
     started = time.monotonic()
-    assert await weights_cycle(book, sink, power=1.0) is not None
+    assert await weights_cycle(book, sink, _graph(2), power=1.0) is not None
     assert 0.3 <= time.monotonic() - started < 5 and len(fake.submitted) == 1 and book.last_weights_set_at
     await passing
     await sink.close()
@@ -286,7 +291,7 @@ async def test_min_allowed_weights_counts_what_survives_the_u16_rounding() -> No
     wallet = DevWallet(cold, cold, Keypair.create_from_uri("//Dave//validator"))
     fake = FakeSubstrate(storage=chain_storage(wallet.hotkey.ss58_address, last_update=850, max_limit=U16_MAX))
     sink = ChainWeightSink(lambda: bt.Client("local", substrate=fake), wallet, 1)
-    await weights_cycle(_book(0.9, 0.01), sink, power=3.0)
+    await weights_cycle(_book(0.9, 0.01), sink, _graph(2), power=3.0)
     call = fake.submitted[0][0]
     assert call.params["dests"] == [1, 2] and call.params["weights"] == [65535, 1]
     await sink.close()
@@ -332,3 +337,63 @@ async def test_saves_asked_for_during_a_save_coalesce_and_the_file_ends_with_the
     assert len(writes) < 10, f"{len(writes)} writes for 20 saves: they did not coalesce"
     saved = json.loads((tmp_path / "scores.json").read_text())
     assert saved["miners"]["1"]["tasks"] == {"A": 19 / 20}, "the last change is on disk"
+
+
+def _chain_sink(uri: str, **storage) -> tuple[ChainWeightSink, FakeSubstrate]:
+    cold = Keypair.create_from_uri(uri)
+    wallet = DevWallet(cold, cold, Keypair.create_from_uri(uri + "//validator"))
+    fake = FakeSubstrate(storage=chain_storage(wallet.hotkey.ss58_address, **storage))
+    return ChainWeightSink(lambda: bt.Client("local", substrate=fake), wallet, 1), fake
+
+
+async def test_a_young_validator_meets_the_subnets_minimum_count_of_weights() -> None:
+    """Two miners scored so far, a subnet that wants 4 weights: the set was refused by the SDK ("requires
+    at least 4 weights") every cycle until 4 miners held a score. The metagraph's other uids fill in."""
+    sink, fake = _chain_sink("//Erin", last_update=850, min_allowed=4, max_limit=U16_MAX)
+    set_ = await weights_cycle(_book(1.0, 0.5), sink, _graph(5), power=3.0)
+    call = fake.submitted[0][0]
+    assert len(call.params["dests"]) == 4 and {1, 2} <= set(call.params["dests"])
+    assert call.params["weights"][call.params["dests"].index(1)] == U16_MAX
+    assert set_ is not None and set_[1] > set_[2] > max(w for u, w in set_.items() if u not in (1, 2))
+    await sink.close()
+
+
+async def test_a_max_weight_limit_two_miners_cannot_meet_is_met_with_the_metagraphs_other_uids() -> None:
+    """A 20 % cap with two scored miners: both were set at 50 % (over the cap: the chain refuses it, and
+    the better miner was paid no more than the worse). The excess goes to the metagraph's other uids."""
+    sink, fake = _chain_sink("//Ferdie", last_update=850, min_allowed=1, max_limit=int(0.2 * U16_MAX))
+    await weights_cycle(_book(1.0, 0.5), sink, _graph(8), power=1.0)
+    shares = dict(zip(fake.submitted[0][0].params["dests"], from_u16(fake.submitted[0][0].params["weights"]),
+                      strict=True))
+    assert max(shares.values()) <= 0.2 + 1e-3 and len(shares) >= 5
+    await sink.close()
+
+
+async def test_weights_go_only_to_uids_that_exist_now_held_by_the_hotkey_that_earned_them() -> None:
+    """Between two metagraph syncs the book can still hold a uid the subnet dropped (n shrank: the chain
+    refuses the whole vector) or one that changed hands (the new owner was paid the old one's score)."""
+    sink, fake = _chain_sink("//Charlie", last_update=850, min_allowed=1, max_limit=U16_MAX)
+    book = _book(1.0, 0.9, 0.8)  # uids 1, 2, 3
+    now = _graph(2, hotkeys={2: "someone-else"})  # uid 3 is gone, uid 2 has a new owner
+    set_ = await weights_cycle(book, sink, now, power=1.0)
+    assert fake.submitted[0][0].params["dests"] == [1] and set_ == {1: 1.0}
+    await sink.close()
+
+
+async def test_a_damaged_scores_file_never_puts_nan_on_chain(tmp_path: Path) -> None:
+    """A scores file edited by hand (or damaged) with Infinity or a huge value made every weight NaN:
+    nothing was ever set again. Such a value counts 0; the other miners are paid."""
+    path = tmp_path / "scores.json"
+    book = ScoreBook(PROBS, alpha=1.0, path=path)
+    for uid, s in ((1, 0.9), (2, 0.5), (3, 0.2)):
+        book.update(uid, f"hk{uid}", "A", s)
+    book.save()
+    path.write_text(path.read_text().replace('"A": 0.9', '"A": Infinity').replace('"A": 0.5', '"A": 1e300'))
+    restored = ScoreBook(PROBS, alpha=1.0, path=path)
+    assert restored.load()
+    sink, fake = _chain_sink("//Eve", last_update=850, min_allowed=1, max_limit=U16_MAX)
+    set_ = await weights_cycle(restored, sink, _graph(3), power=3.0)
+    call = fake.submitted[0][0]
+    assert set_ is not None and all(np.isfinite(list(set_.values())))
+    assert all(0 < v <= U16_MAX for v in call.params["weights"])
+    await sink.close()
