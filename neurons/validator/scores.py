@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,12 +169,32 @@ class ScoreBook:
                                      updated_at=float(m.get("updated_at", 0.0)))
                 for uid, m in data.get("miners", {}).items()
             }
-            weights = {int(u): float(w) for u, w in data.get("weights", {}).items()}
+            weights = {int(u): float(w) for u, w in data.get("weights", {}).items() if math.isfinite(float(w))}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             logger.warning("scores file {} unreadable ({}); starting fresh", self.path, e)
             return False
+        repaired = sum(_repair(m.tasks) for m in miners.values())
+        if repaired:
+            logger.warning("scores file {}: {} task scores were not numbers in [0, 1] (a damaged or hand-edited "
+                           "file); a non-finite one is dropped, the others clamped", self.path, repaired)
         self.miners, self.weights = miners, weights
         self.updated_at = float(data.get("updated_at") or 0.0)
         self.last_weights_set_at = data.get("last_weights_set_at")
         logger.info("restored scores for {} uids from {}", len(miners), self.path)
         return True
+
+
+def _repair(tasks: dict[str, float]) -> int:
+    """Make every task average a number in [0, 1], as ``update`` keeps them; returns how many were not.
+
+    An average of inf (json reads ``Infinity``) stayed inf through every later update, and NaN stayed
+    NaN: the miner was never paid again. One above 1 (``1e300``) held the weights for thousands of jobs."""
+    bad = 0
+    for task, value in list(tasks.items()):
+        if not math.isfinite(value):
+            del tasks[task]
+            bad += 1
+        elif not 0.0 <= value <= 1.0:
+            tasks[task] = min(1.0, max(0.0, value))
+            bad += 1
+    return bad

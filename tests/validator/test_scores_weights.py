@@ -16,6 +16,7 @@ import bittensor as bt
 import numpy as np
 import pytest
 from bittensor.sp_core import Keypair
+from loguru import logger
 
 from neurons.validator.loops import weights_cycle
 from neurons.validator.scores import ScoreBook
@@ -397,3 +398,27 @@ async def test_a_damaged_scores_file_never_puts_nan_on_chain(tmp_path: Path) -> 
     assert set_ is not None and all(np.isfinite(list(set_.values())))
     assert all(0 < v <= U16_MAX for v in call.params["weights"])
     await sink.close()
+
+
+def test_a_damaged_scores_file_is_repaired_on_load_and_the_miner_scores_again(tmp_path: Path) -> None:
+    """An average of inf stayed inf through every later update (NaN likewise), so the miner was never paid
+    again; one of 1e300 held the weights for thousands of jobs. Loaded, each is made a number in [0, 1]."""
+    path = tmp_path / "scores.json"
+    book = ScoreBook(PROBS, alpha=0.5, path=path)
+    for uid in (1, 2, 3, 4):
+        book.update(uid, f"hk{uid}", "A", 0.5)
+    book.save()
+    data = json.loads(path.read_text())
+    for uid, value in (("1", float("inf")), ("2", float("nan")), ("3", 1e300), ("4", -3.0)):
+        data["miners"][uid]["tasks"]["A"] = value
+    path.write_text(json.dumps(data))  # Infinity, NaN: what Python's json writes and reads
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", format="{message}")
+    try:
+        restored = ScoreBook(PROBS, alpha=0.5, path=path)
+        assert restored.load()
+    finally:
+        logger.remove(sink)
+    assert [restored.combined(u) for u in (1, 2, 3, 4)] == [0.0, 0.0, 0.75, 0.0]
+    assert restored.update(1, "hk1", "A", 1.0) == 0.5 and restored.update(2, "hk2", "A", 1.0) == 0.5
+    assert any("4 task scores were not numbers in [0, 1]" in line for line in lines), lines
