@@ -83,7 +83,21 @@ def create_validator_app(
     app.router.add_post("/scoring", scoring)
     if background:
         app.cleanup_ctx.append(_run_background(background))
+    app.on_cleanup.append(_save_scores)  # after the loops stop (cleanup contexts run first)
     return app
+
+
+async def _save_scores(app: web.Application) -> None:
+    """Shutdown: the scores as the stopped loops left them reach the disk (``ScoreBook.flush``)."""
+    scores = app[CTX].scores
+    if scores.path is None:
+        return
+    try:
+        await scores.flush()
+    except OSError as e:  # logged, not raised: the cleanups after this one (chain client, sessions) must run
+        logger.error("scores not saved at shutdown to {}: {}", scores.path, e)
+        return
+    logger.info("scores saved for {} uids to {}", len(scores.miners), scores.path)
 
 
 def _run_background(factories: list[Callable[[], Awaitable[Any]]]):

@@ -44,6 +44,7 @@ class ScoreBook:
         self.last_weights_set_at: float | None = None
         self._unsaved = False  # changed since the last save began
         self._saving: asyncio.Lock | None = None  # made on first use (it belongs to the running loop)
+        self._writing: asyncio.Future[None] | None = None  # the write running in its thread, if any
 
     # --- updates -----------------------------------------------------------------------
     def update(self, uid: int, hotkey: str, task: str, reward: float) -> float:
@@ -154,7 +155,22 @@ class ScoreBook:
         async with self._saving:
             while self._unsaved:
                 self._unsaved = False
-                await asyncio.to_thread(atomic_write_json, self.path, self.to_json())
+                self._writing = asyncio.ensure_future(asyncio.to_thread(atomic_write_json, self.path, self.to_json()))
+                # shielded: a cancelled caller (shutdown) must not mark the write done while its thread runs
+                await asyncio.shield(self._writing)
+
+    async def flush(self) -> None:
+        """The last save, at shutdown once the loops have stopped: the scores as they are now.
+
+        A job scored while a save ran left its change to that save's next round, and cancelling the
+        loops (SIGTERM) ended the round: the change was lost. The write still running in its thread is
+        waited for first: landing after this one, its older copy would win."""
+        if self.path is None:
+            return
+        if self._writing is not None:
+            await asyncio.wait({self._writing})
+        self._unsaved = False
+        await asyncio.to_thread(atomic_write_json, self.path, self.to_json())
 
     def load(self) -> bool:
         """Restore from ``path``; a missing file is a fresh start, a corrupt one is logged and ignored."""

@@ -308,3 +308,38 @@ async def test_organic_payload_is_scored_against_the_reference() -> None:
     scorer = Scorer(default_registry(), RewardContext(DeterministicReference(), builtin_corpus()), ctx.scores)
     rewards = await scorer.score(ctx.scoring_queue.get_nowait())
     assert rewards[1] == 1.0 and rewards[2] < 0.5
+
+
+async def test_shutdown_saves_the_scores_the_stopped_loops_left(tmp_path, monkeypatch) -> None:
+    """SIGTERM while a save ran in its thread: a job scored meanwhile left its change to that save's next
+    round, the loops were cancelled, and the change never reached the disk (nor did the cancelled save
+    wait for its thread, whose older copy could land last)."""
+    import neurons.validator.scores as scores_module
+
+    real = scores_module.atomic_write_json
+    writing = asyncio.Event()
+
+    def slow_write(path, data) -> None:  # a slow disk
+        writing.set()
+        time.sleep(0.3)
+        real(path, data)
+
+    monkeypatch.setattr(scores_module, "atomic_write_json", slow_write)
+    ctx = make_ctx()
+    ctx.scores = ScoreBook({"InferenceTask": 1.0}, alpha=1.0, path=tmp_path / "scores.json")
+    scored_twice = asyncio.Event()
+
+    async def scoring_loop() -> None:  # two jobs, the second scored while the first one's save runs
+        ctx.scores.update(1, MINERS[1].ss58_address, "InferenceTask", 0.25)
+        first = asyncio.create_task(ctx.scores.save_off_loop())
+        await writing.wait()
+        ctx.scores.update(1, MINERS[1].ss58_address, "InferenceTask", 0.75)
+        await ctx.scores.save_off_loop()  # a save is running: this change is left to its next round
+        scored_twice.set()
+        await first
+
+    async with serve_app(create_validator_app(ctx, background=[scoring_loop])):
+        await asyncio.wait_for(scored_twice.wait(), 5)
+    await asyncio.sleep(0.5)  # any write still in a thread has landed
+    saved = json.loads((tmp_path / "scores.json").read_text())
+    assert saved["miners"]["1"]["tasks"] == {"InferenceTask": 0.75}, "the last scored job is on disk"
