@@ -171,9 +171,9 @@ class ValidatorMetrics:
         self.loop_seconds = Histogram("sn1_validator_loop_seconds", "Duration of one loop cycle", ["loop"],
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.loop_failures = Counter("sn1_validator_loop_failures", "Loop cycles that raised", ["loop"], registry=r)
-        self.scoring_queue_depth = Gauge("sn1_validator_scoring_queue_depth", "Jobs waiting to be scored",
+        self.scoring_queue_depth = Gauge("sn1_validator_scoring_queue_depth", "Organic jobs waiting to be scored",
                                          registry=r)
-        self.scoring_queue_max = Gauge("sn1_validator_scoring_queue_max", "Bound of the scoring queue", registry=r)
+        self.scoring_queue_max = Gauge("sn1_validator_scoring_queue_max", "Bound of the organic scoring lane", registry=r)
         self.miners_available = Gauge("sn1_validator_miners_available", "Miners that answered the last poll",
                                       registry=r)
         self.availability_age = Gauge("sn1_validator_availability_age_seconds", "Age of the last availability poll",

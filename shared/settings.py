@@ -217,7 +217,7 @@ class ValidatorSettings(CommonSettings):
     synthetic_timeout: float = Field(default=15.0, ge=0.5, le=600, description="Deadline of a synthetic task (s)")
     synthetic_concurrency: int = Field(default=2, ge=1, le=64, description="Synthetic cycles in flight at once")
     scoring_workers: int = Field(default=2, ge=1, le=64, description="Workers draining the scoring queue")
-    scoring_queue_size: int = Field(default=10_000, ge=1, description="Bound of the scoring queue (503 when full)")
+    scoring_queue_size: int = Field(default=10_000, ge=1, description="Bound of the scoring queue's organic lane (503 when full)")
     organic_timeout: float = Field(default=30.0, gt=0, description="Deadline assumed for organic latency penalties (s)")
     latency_grace: float = Field(default=0.25, ge=0, lt=1,
                                  description="First chunk within this fraction of the deadline: no latency penalty")

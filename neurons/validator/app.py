@@ -21,6 +21,7 @@ from loguru import logger
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.payload import OrganicPayload
 from neurons.validator.scores import ScoreBook
+from neurons.validator.scoring import ScoringQueue
 from shared.availability_query import parse_k, parse_task, read_uid_list
 from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json, read_raw
@@ -51,7 +52,7 @@ class RecentPayloads:
 @dataclass
 class ValidatorContext:
     book: AvailabilityBook
-    scoring_queue: asyncio.Queue
+    scoring_queue: ScoringQueue
     verifier: RequestVerifier
     scores: ScoreBook
     metagraph: MetagraphView
@@ -123,6 +124,8 @@ async def health(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "availability_updated_at": ctx.book.updated_at,
                           "scoring_queue": ctx.scoring_queue.qsize(),
                           "scoring_queue_max": ctx.scoring_queue.maxsize,
+                          "synthetic_queue": ctx.scoring_queue.synthetic_qsize(),
+                          "synthetic_queue_max": ctx.scoring_queue.synthetic_maxsize,
                           "scores_updated_at": ctx.scores.updated_at or None,
                           "last_weights_set_at": ctx.scores.last_weights_set_at})
 

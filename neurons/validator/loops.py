@@ -15,7 +15,7 @@ from loguru import logger
 
 from neurons.validator.availability import AvailabilityBook, poll_all
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import ScoringJob
+from neurons.validator.scoring import ScoringQueue
 from neurons.validator.synthetic import SyntheticConfig, run_cycle
 from neurons.validator.tasks.base import TaskRegistry
 from neurons.validator.weights import WeightSink, WeightsNotSet, log_top, weights_from_scores
@@ -61,7 +61,7 @@ async def availability_cycle(client: MinerClient, metagraph: MetagraphView, book
 
 async def synthetic_cycle(
     client: MinerClient, metagraph: MetagraphView, book: AvailabilityBook, registry: TaskRegistry,
-    datasets: dict[str, Any], config: SyntheticConfig, rng: random.Random, queue: asyncio.Queue[ScoringJob],
+    datasets: dict[str, Any], config: SyntheticConfig, rng: random.Random, queue: ScoringQueue,
     scores: ScoreBook | None = None,
 ) -> None:
     job = await run_cycle(client, metagraph, book, registry, datasets, config, rng,
@@ -70,9 +70,9 @@ async def synthetic_cycle(
         logger.info("synthetic: no serving miner")
         return
     answered = len(job.bodies) - len(job.errors)
-    await queue.put(job)  # bounded: a backlog slows synthetic traffic instead of growing memory
+    await queue.put(job)  # its own bounded lane: a backlog slows synthetic traffic instead of growing memory
     logger.info("synthetic: {} to {} miners, {} answered, queue {}/{}", job.task, len(job.bodies), answered,
-                queue.qsize(), queue.maxsize)
+                queue.synthetic_qsize(), queue.synthetic_maxsize)
 
 
 async def weights_cycle(scores: ScoreBook, sink: WeightSink, snapshot: MetagraphSnapshot, *,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import random
 from pathlib import Path
@@ -22,7 +21,7 @@ from neurons.validator.reference import (
     ReferenceModel,
 )
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import Scorer, scoring_worker
+from neurons.validator.scoring import Scorer, ScoringQueue, scoring_worker
 from neurons.validator.synthetic import SyntheticConfig
 from neurons.validator.tasks import default_registry
 from neurons.validator.tasks.base import RewardContext
@@ -88,7 +87,8 @@ async def run_validator(settings: ValidatorSettings) -> None:
     reference = build_reference(settings, session)
     sink = build_sink(settings, hotkey.ss58_address)
     book = AvailabilityBook()
-    queue: asyncio.Queue = asyncio.Queue(maxsize=settings.scoring_queue_size)
+    # a synthetic job per synthetic loop may wait; more would be answers growing stale
+    queue = ScoringQueue(settings.scoring_queue_size, synthetic_maxsize=settings.synthetic_concurrency)
     scorer = Scorer(registry, RewardContext(reference=reference, corpus=corpus), scores,
                     grace=settings.latency_grace, owner=metagraph.hotkey_of)
     synthetic = SyntheticConfig(sample_size=settings.synthetic_sample_size, timeout=settings.synthetic_timeout)

@@ -159,7 +159,69 @@ class Scorer:
         return rewards
 
 
-async def scoring_worker(queue: asyncio.Queue[ScoringJob], scorer: Scorer, metagraph: MetagraphView) -> None:
+class ScoringQueue:
+    """The jobs waiting to be scored, in two bounded lanes that the workers take in turn.
+
+    The organic lane is what ``/scoring`` fills (``maxsize``: a payload batch that does not fit is a
+    503); the synthetic lane holds ``synthetic_maxsize`` jobs, and a synthetic loop waits for room. One
+    FIFO for both let an organic flood (thousands of payloads, each judged against the reference model)
+    put every synthetic job behind it for an hour and stall the synthetic loops on a full queue, and a
+    synthetic backlog 503 every payload. Taken in turn, each source gets at least half of the workers'
+    time while the other has a backlog, and all of it otherwise. ``qsize`` is the organic lane's depth
+    (it and ``maxsize`` are what ``/health`` has always reported as ``scoring_queue``)."""
+
+    def __init__(self, maxsize: int, synthetic_maxsize: int = 2) -> None:
+        if maxsize < 1 or synthetic_maxsize < 1:
+            raise ValueError("each lane holds at least one job")
+        self.maxsize = maxsize
+        self.synthetic_maxsize = synthetic_maxsize
+        self._organic: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+        self._synthetic: asyncio.Queue[Any] = asyncio.Queue(synthetic_maxsize)
+        self._synthetic_next = True  # whose turn it is when both lanes hold jobs
+        self._ready = asyncio.Event()  # set by every put; a worker that finds both lanes empty waits on it
+
+    def _lane(self, job: Any) -> asyncio.Queue[Any]:
+        return self._synthetic if getattr(job, "source", None) == "synthetic" else self._organic
+
+    def qsize(self) -> int:
+        return self._organic.qsize()
+
+    def synthetic_qsize(self) -> int:
+        return self._synthetic.qsize()
+
+    def empty(self) -> bool:
+        """No job waits in either lane."""
+        return self._organic.empty() and self._synthetic.empty()
+
+    def put_nowait(self, job: Any) -> None:
+        """Queue ``job`` in its lane; ``asyncio.QueueFull`` when that lane is full."""
+        self._lane(job).put_nowait(job)
+        self._ready.set()
+
+    async def put(self, job: Any) -> None:
+        """Queue ``job``, waiting for room in its lane (backpressure on the synthetic loops)."""
+        await self._lane(job).put(job)
+        self._ready.set()
+
+    def get_nowait(self) -> Any:
+        """The next job, the lanes taking turns; ``asyncio.QueueEmpty`` when both are empty."""
+        order = (self._synthetic, self._organic) if self._synthetic_next else (self._organic, self._synthetic)
+        for lane in order:
+            if not lane.empty():
+                self._synthetic_next = lane is self._organic
+                return lane.get_nowait()
+        raise asyncio.QueueEmpty
+
+    async def get(self) -> Any:
+        while True:
+            try:
+                return self.get_nowait()
+            except asyncio.QueueEmpty:
+                self._ready.clear()
+                await self._ready.wait()
+
+
+async def scoring_worker(queue: ScoringQueue, scorer: Scorer, metagraph: MetagraphView) -> None:
     """Drain the queue forever; a job whose uid changed hotkey since it was queued is not credited."""
     while True:
         job = await queue.get()
@@ -170,5 +232,3 @@ async def scoring_worker(queue: asyncio.Queue[ScoringJob], scorer: Scorer, metag
             await scorer.score(job)
         except Exception as e:  # noqa: BLE001 - one bad job must not stop the worker
             logger.exception("scoring job failed: {}", e)
-        finally:
-            queue.task_done()

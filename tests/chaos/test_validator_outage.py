@@ -17,6 +17,7 @@ from neurons.localnet import free_port
 from neurons.validator.app import ValidatorContext, create_validator_app
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.scores import ScoreBook
+from neurons.validator.scoring import ScoringQueue
 from neurons.validator.tasks import default_registry
 from shared.http import app_runner
 from shared.metagraph import MetagraphView
@@ -29,7 +30,7 @@ SERVES = {"task_availabilities": {"InferenceTask": True}, "llm_model_availabilit
 
 
 @contextlib.asynccontextmanager
-async def validator_on(port: int, queue: asyncio.Queue, view: MetagraphView) -> AsyncIterator[None]:
+async def validator_on(port: int, queue: ScoringQueue, view: MetagraphView) -> AsyncIterator[None]:
     """The real validator app on a fixed port (so it can come back where the API expects it)."""
     book = AvailabilityBook(entries={1: SERVES, 2: SERVES})
     ctx = ValidatorContext(book=book, scoring_queue=queue, scores=ScoreBook(default_registry().probabilities),
@@ -58,7 +59,7 @@ async def depth_reaches(outbox: SQLiteOutbox, wanted: int, seconds: float = 5.0)
 async def test_api_serves_through_a_validator_outage_and_the_outbox_drains_after(tmp_path: Path) -> None:
     port = free_port()
     validator_url = f"http://127.0.0.1:{port}"
-    queue: asyncio.Queue = asyncio.Queue(maxsize=100)
+    queue = ScoringQueue(100)
     async with fleet(tmp_path, {1: HONEST, 2: HONEST}) as f, aiohttp.ClientSession() as s:
         view = MetagraphView(StaticSource(f.ctx.metagraph.snapshot))
         await view.refresh()

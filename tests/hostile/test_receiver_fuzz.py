@@ -3,7 +3,6 @@ passes btauth/1 still never gets a 500, and every error is OpenAI-shaped."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +18,7 @@ from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.validator.app import ValidatorContext, create_validator_app
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.scores import ScoreBook
+from neurons.validator.scoring import ScoringQueue
 from neurons.validator.tasks import default_registry
 from shared.metagraph import MetagraphView
 from shared.signing import Authorizer, RequestVerifier
@@ -52,7 +52,7 @@ async def receivers() -> AsyncIterator[list[Target]]:
     view.snapshot = SNAP
     miner = create_miner_app(DeterministicBackend(), RequestVerifier(MINER.ss58_address,
                                                                      Authorizer(view.permitted_hotkeys)))
-    ctx = ValidatorContext(book=AvailabilityBook(), scoring_queue=asyncio.Queue(maxsize=1000),
+    ctx = ValidatorContext(book=AvailabilityBook(), scoring_queue=ScoringQueue(1000),
                            verifier=RequestVerifier(VALIDATOR.ss58_address,
                                                     Authorizer(lambda: (), [VALIDATOR.ss58_address])),
                            scores=ScoreBook(default_registry().probabilities), metagraph=view)

@@ -9,7 +9,6 @@ signatures, real aiohttp servers; a rejected request must leave no trace
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -27,6 +26,7 @@ from neurons.miner.faults import create_fault_app
 from neurons.validator.app import ValidatorContext, create_validator_app
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.scores import ScoreBook
+from neurons.validator.scoring import ScoringQueue
 from neurons.validator.tasks import default_registry
 from shared.metagraph import MetagraphView
 from shared.signing import Authorizer, RequestVerifier
@@ -59,10 +59,10 @@ def miner_verifier() -> RequestVerifier:
 
 
 @contextlib.asynccontextmanager
-async def served(name: str) -> AsyncIterator[tuple[str, Receiver, asyncio.Queue | None]]:
-    queue: asyncio.Queue | None = None
+async def served(name: str) -> AsyncIterator[tuple[str, Receiver, ScoringQueue | None]]:
+    queue: ScoringQueue | None = None
     if name == "validator-scoring":
-        queue = asyncio.Queue(maxsize=10)
+        queue = ScoringQueue(10)
         ctx = ValidatorContext(book=AvailabilityBook(), scoring_queue=queue,
                                verifier=RequestVerifier(VALIDATOR.ss58_address,
                                                         Authorizer(lambda: (), [VALIDATOR.ss58_address])),

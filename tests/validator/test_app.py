@@ -19,7 +19,7 @@ from neurons.validator.app import ValidatorContext, create_validator_app
 from neurons.validator.availability import AvailabilityBook, poll_all
 from neurons.validator.reference import DeterministicReference
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import Scorer, ScoringJob
+from neurons.validator.scoring import Scorer, ScoringJob, ScoringQueue, scoring_worker
 from neurons.validator.tasks import default_registry
 from neurons.validator.tasks.base import RewardContext
 from shared.corpus import builtin_corpus
@@ -43,7 +43,7 @@ def make_ctx(queue_size: int = 10) -> ValidatorContext:
     snap = snapshot(VALIDATOR.ss58_address, {u: (k.ss58_address, None) for u, k in MINERS.items()})
     registry = default_registry()
     return ValidatorContext(
-        book=AvailabilityBook(), scoring_queue=asyncio.Queue(maxsize=queue_size),
+        book=AvailabilityBook(), scoring_queue=ScoringQueue(queue_size),
         verifier=RequestVerifier(VALIDATOR.ss58_address, Authorizer(lambda: (), [VALIDATOR.ss58_address,
                                                                                  API2.ss58_address])),
         scores=ScoreBook(registry.probabilities), metagraph=_view(snap))
@@ -343,3 +343,51 @@ async def test_shutdown_saves_the_scores_the_stopped_loops_left(tmp_path, monkey
     await asyncio.sleep(0.5)  # any write still in a thread has landed
     saved = json.loads((tmp_path / "scores.json").read_text())
     assert saved["miners"]["1"]["tasks"] == {"InferenceTask": 0.75}, "the last scored job is on disk"
+
+
+async def test_an_organic_flood_neither_stalls_nor_starves_synthetic_scoring() -> None:
+    """One FIFO for both: a full queue of organic payloads (each judged against the reference model) held
+    the synthetic loops on ``put`` and put every synthetic job behind the whole backlog. The lanes are
+    bounded apart and taken in turn: the synthetic job is queued at once and scored first or second."""
+    ctx = make_ctx(queue_size=40)
+    batch = [payload(request_id=f"rid-{i}", kind="chat") for i in range(40)]
+    async with serve_app(create_validator_app(ctx)) as url:
+        status, body = await post(url, "/scoring", json.dumps(batch).encode())
+        assert status == 202 and body["queued"] == 40
+        assert (await post(url, "/scoring", json.dumps(payload(request_id="rid-41")).encode()))[0] == 503
+        synthetic = ScoringJob(source="synthetic", task="ArithmeticTask", bodies={1: BODY},
+                               hotkeys={1: MINERS[1].ss58_address})
+        await asyncio.wait_for(ctx.scoring_queue.put(synthetic), 1)  # the synthetic loop goes on
+        async with aiohttp.ClientSession() as s, s.get(url + "/health") as r:
+            health = await r.json()
+        assert (health["scoring_queue"], health["synthetic_queue"]) == (40, 1)
+
+    scored: list[str] = []
+
+    class Recorder:
+        async def score(self, job: ScoringJob) -> dict[int, float]:
+            scored.append(job.source)
+            await asyncio.sleep(0)
+            return {}
+
+    worker = asyncio.create_task(scoring_worker(ctx.scoring_queue, Recorder(), ctx.metagraph))  # type: ignore[arg-type]
+    try:
+        for _ in range(200):
+            if len(scored) == 41:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        worker.cancel()
+    assert len(scored) == 41 and scored.index("synthetic") <= 1, scored[:5]
+
+
+async def test_a_synthetic_backlog_never_refuses_organic_payloads() -> None:
+    ctx = make_ctx(queue_size=2)
+    job = ScoringJob(source="synthetic", task="ArithmeticTask", bodies={1: BODY}, hotkeys={1: MINERS[1].ss58_address})
+    for _ in range(ctx.scoring_queue.synthetic_maxsize):
+        ctx.scoring_queue.put_nowait(job)
+    with pytest.raises(asyncio.QueueFull):
+        ctx.scoring_queue.put_nowait(job)
+    async with serve_app(create_validator_app(ctx)) as url:
+        status, body = await post(url, "/scoring", json.dumps([payload(request_id="a"), payload(request_id="b")]).encode())
+    assert status == 202 and body["queued"] == 2
