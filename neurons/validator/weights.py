@@ -187,12 +187,13 @@ class ChainWeightSink:
     name = "chain"
 
     def __init__(self, client_factory: Callable[[], Any], wallet: Any, netuid: int, *,
-                 block_seconds: float = 12.0, max_wait: float = 300.0) -> None:
+                 block_seconds: float = 12.0, max_wait: float = 300.0, retries: int = 2) -> None:
         self.client_factory = client_factory
         self.wallet = wallet
         self.netuid = netuid
         self.block_seconds = block_seconds  # to turn the blocks left of the rate limit into a wait
         self.max_wait = max_wait  # the longest wait for the rate limit before giving up this cycle
+        self.retries = retries  # resubmissions of a set the pool refused for a transient reason
         self._client: Any = None
 
     async def _connected(self) -> Any:
@@ -220,9 +221,15 @@ class ChainWeightSink:
         version = int(await client.query(bt.storage.SubtensorModule.WeightsVersionKey, [self.netuid]) or 0)
         intent = bt.SetWeights(netuid=self.netuid, weights=dict(zip(uids, weights, strict=True)),
                                version_key=version)
-        result = await client.execute(intent, self.wallet, wait_for_finalization=False)
+        try:
+            # retries: the SDK resubmits a block later when the pool refuses for a transient reason
+            # ("priority is too low", an outdated nonce): the set was otherwise lost for a whole interval
+            result = await client.execute(intent, self.wallet, wait_for_finalization=False, retries=self.retries)
+        except bt.ChainError as e:  # the SDK's preflight: rate limit, not registered, too few weights
+            raise _refusal(e) from e
         if not result:
-            raise RuntimeError(f"SetWeights failed: {getattr(result, 'message', result)}")
+            error = getattr(result, "error", None)
+            raise _refusal(error) if error is not None else RuntimeError(f"SetWeights failed: {result.message}")
         return f"chain netuid {self.netuid}: {len(uids)} uids set ({getattr(result, 'message', 'ok')})"
 
     async def _wait_for_rate_limit(self, client: Any, uid: int) -> None:
@@ -244,6 +251,22 @@ class ChainWeightSink:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def _refusal(error: Any) -> Exception:
+    """The exception for a set the chain (or the SDK's preflight) refused, from its ``ChainError``.
+
+    "Too soon" (the weights rate limit: another process with this hotkey set weights, or the chain's
+    count differs from ours) is not a failure: WeightsNotSet, nothing recorded as set, tried again next
+    cycle. Anything else names the chain's error and what to do about it (a bare message such as
+    "Extrinsic failed" told the operator nothing)."""
+    import bittensor as bt
+
+    if getattr(error, "code", None) == bt.ErrorCode.RATE_LIMITED:
+        return WeightsNotSet(f"rate limited by the chain: {error}")
+    name = getattr(error, "name", None) or getattr(getattr(error, "code", None), "value", None) or "error"
+    remediation = getattr(error, "remediation", None)
+    return RuntimeError(f"SetWeights refused ({name}): {error}" + (f"; {remediation}" if remediation else ""))
 
 
 def log_top(uids: list[int], weights: list[float], n: int = 5) -> str:

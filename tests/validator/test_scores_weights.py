@@ -422,3 +422,64 @@ def test_a_damaged_scores_file_is_repaired_on_load_and_the_miner_scores_again(tm
     assert [restored.combined(u) for u in (1, 2, 3, 4)] == [0.0, 0.0, 0.75, 0.0]
     assert restored.update(1, "hk1", "A", 1.0) == 0.5 and restored.update(2, "hk2", "A", 1.0) == 0.5
     assert any("4 task scores were not numbers in [0, 1]" in line for line in lines), lines
+
+
+class ScriptedSubstrate(FakeSubstrate):
+    """The offline substrate whose submissions answer, in turn, the results given (then success)."""
+
+    def __init__(self, results: list[bt.ExtrinsicResult], **kw) -> None:
+        super().__init__(**kw)
+        self.results = list(results)
+        self.attempts = 0
+
+    async def block_time(self): return 0.01
+
+    async def submit(self, call, keypair, **kw):
+        self.attempts += 1
+        if self.results:
+            return self.results.pop(0)
+        return await super().submit(call, keypair, **kw)
+
+
+def _scripted_sink(uri: str, results: list[bt.ExtrinsicResult]) -> tuple[ChainWeightSink, ScriptedSubstrate]:
+    cold = Keypair.create_from_uri(uri)
+    wallet = DevWallet(cold, cold, Keypair.create_from_uri(uri + "//validator"))
+    fake = ScriptedSubstrate(results, storage=chain_storage(wallet.hotkey.ss58_address, last_update=850,
+                                                            min_allowed=1, max_limit=U16_MAX))
+    return ChainWeightSink(lambda: bt.Client("local", substrate=fake), wallet, 1), fake
+
+
+async def test_a_set_the_pool_refuses_for_a_transient_reason_is_resubmitted_in_the_same_cycle() -> None:
+    """"Priority is too low" (an earlier set of ours still in the pool, a nonce race) lost the set for a
+    whole WEIGHTS_INTERVAL; the SDK resubmits it a block later when asked to."""
+    low = bt.ExtrinsicResult(success=False, message="Priority is too low",
+                             error=bt.ChainError("Priority is too low"))
+    sink, fake = _scripted_sink("//Alice", [low])
+    book = _book(1.0, 0.5)
+    assert await weights_cycle(book, sink, _graph(2), power=1.0) is not None
+    assert fake.attempts == 2 and len(fake.submitted) == 1 and book.last_weights_set_at is not None
+    await sink.close()
+
+
+async def test_the_chains_too_soon_is_not_a_failure_and_other_refusals_name_the_chain_error() -> None:
+    too_soon = bt.ExtrinsicResult(success=False, message="SettingWeightsTooFast",
+                                  error=bt.ChainError("SettingWeightsTooFast", name="SettingWeightsTooFast"))
+    sink, fake = _scripted_sink("//Bob", [too_soon])
+    book = _book(1.0, 0.5)
+    lines: list[str] = []
+    handler = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    try:
+        assert await weights_cycle(book, sink, _graph(2), power=1.0) is None  # no exception: the loop is fine
+    finally:
+        logger.remove(handler)
+    assert book.last_weights_set_at is None and book.weights == {}
+    assert any(line.startswith("INFO weights: not set this cycle: rate limited") for line in lines), lines
+    await sink.close()
+
+    wrong_key = bt.ExtrinsicResult(success=False, message="IncorrectWeightVersionKey",
+                                   error=bt.ChainError("IncorrectWeightVersionKey", name="IncorrectWeightVersionKey"))
+    sink, fake = _scripted_sink("//Charlie", [wrong_key])
+    with pytest.raises(RuntimeError, match=r"SetWeights refused \(IncorrectWeightVersionKey\)"):
+        await weights_cycle(_book(1.0, 0.5), sink, _graph(2), power=1.0)
+    assert fake.attempts == 1, "a dispatch failure is not resubmitted: it would fail the same way"
+    await sink.close()
