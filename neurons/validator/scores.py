@@ -62,7 +62,11 @@ class ScoreBook:
         return entry.tasks[task]
 
     def sync(self, snapshot: MetagraphSnapshot) -> list[int]:
-        """Drop uids that left the metagraph or whose hotkey changed; returns the uids reset."""
+        """Drop uids that left the metagraph or whose hotkey changed; returns the uids reset.
+
+        The last weights set lose those uids too, and any uid beyond the metagraph (one weighted only to
+        meet the subnet's minimum count holds no score): ``/scores`` showed them with a weight and no
+        hotkey after the subnet shrank."""
         reset = []
         for uid in list(self.miners):
             neuron = snapshot.by_uid(uid)
@@ -70,6 +74,8 @@ class ScoreBook:
                 del self.miners[uid]
                 self.weights.pop(uid, None)
                 reset.append(uid)
+        for uid in [u for u in self.weights if snapshot.by_uid(u) is None]:
+            del self.weights[uid]
         if reset:
             logger.info("scores reset for uids {} (hotkey changed or deregistered)", reset)
         return reset

@@ -483,3 +483,23 @@ async def test_the_chains_too_soon_is_not_a_failure_and_other_refusals_name_the_
         await weights_cycle(_book(1.0, 0.5), sink, _graph(2), power=1.0)
     assert fake.attempts == 1, "a dispatch failure is not resubmitted: it would fail the same way"
     await sink.close()
+
+
+def test_after_a_restart_into_a_smaller_subnet_scores_shows_no_uid_beyond_it(tmp_path: Path) -> None:
+    """Saved with 5 miners, restarted after the subnet shrank to 2 and uid 2 changed hands: uid 2 starts
+    from 0 under its new hotkey, and no uid beyond n keeps a score or a weight in ``/scores`` (uid 5
+    held only a weight, given to meet the subnet's minimum count)."""
+    path = tmp_path / "scores.json"
+    book = _book(1.0, 0.8, 0.6, 0.4)  # uids 1-4
+    book.path = path
+    book.weights = {1: 0.5, 2: 0.3, 3: 0.1, 4: 0.05, 5: 0.05}
+    book.save()
+    restored = ScoreBook(PROBS, alpha=1.0, path=path)
+    assert restored.load()
+    now = _graph(2, hotkeys={2: "new-owner"})
+    assert sorted(restored.sync(now)) == [2, 3, 4]
+    report = restored.report(now)
+    assert {m["uid"] for m in report["miners"]} <= {0, 1, 2}
+    by_uid = {m["uid"]: m for m in report["miners"]}
+    assert by_uid[2]["hotkey"] == "new-owner" and by_uid[2]["score"] == 0.0 and by_uid[2]["weight"] == 0.0
+    assert by_uid[1]["score"] == pytest.approx(1.0) and restored.weights == {1: 0.5}
