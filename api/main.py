@@ -30,7 +30,7 @@ from shared.metrics import MULTIPROC_ENV
 from shared.miner_client import MinerClient, make_session
 from shared.process import stop_with_parent
 from shared.request_log import RequestLog
-from shared.settings import ApiSettings, SettingsError
+from shared.settings import ApiSettings, SettingsError, problem_lines
 from shared.signing import Signer
 from shared.store import open_store
 from shared.store.base import StoreUnavailable
@@ -101,7 +101,7 @@ def _worker_entry(settings: ApiSettings, supervisor: int) -> None:
     try:
         run(lambda: serve_worker(settings, reuse_port=True))
     except SettingsError as e:  # one line, as with one worker (a spawned process printed its traceback)
-        sys.exit(f"sn1 api: {e}")
+        sys.exit(problem_lines("api", e))
 
 
 def run_api(settings: ApiSettings) -> None:

@@ -10,7 +10,14 @@ DEFAULT_ENV = {"api": ".env.api", "validator": ".env.validator", "miner": ".env.
 
 
 def _settings(role: str, env_file: str | None):
-    from shared.settings import ApiSettings, MinerSettings, SettingsError, ValidatorSettings, load_settings
+    from shared.settings import (
+        ApiSettings,
+        MinerSettings,
+        SettingsError,
+        ValidatorSettings,
+        load_settings,
+        problem_lines,
+    )
 
     cls = {"api": ApiSettings, "validator": ValidatorSettings, "miner": MinerSettings}[role]
     path = env_file or DEFAULT_ENV[role]
@@ -19,7 +26,7 @@ def _settings(role: str, env_file: str | None):
     try:
         return load_settings(cls, path)
     except SettingsError as e:
-        sys.exit(f"sn1 {role}: {e}")
+        sys.exit(problem_lines(role, e))
 
 
 def _run_role(role: str, settings: object) -> None:
@@ -54,13 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command in DEFAULT_ENV:
-        from shared.settings import SettingsError
+        from shared.settings import SettingsError, problem_lines
 
         settings = _settings(args.command, args.env_file)
         try:
             _run_role(args.command, settings)
         except SettingsError as e:  # wallet or metagraph unreadable at start: one clear line, no traceback
-            sys.exit(f"sn1 {args.command}: {e}")
+            sys.exit(problem_lines(args.command, e))
     elif args.command == "localnet":
         from neurons.localnet import run_localnet
 

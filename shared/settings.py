@@ -15,6 +15,7 @@ from typing import Annotated, Literal, TypeVar
 
 import pydantic_settings
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.client_address import parse_networks
@@ -46,7 +47,16 @@ CsvList = Annotated[list[str], NoDecode, BeforeValidator(csv_or_json_list)]
 
 
 class SettingsError(Exception):
-    """Raised with a human-readable list of every bad setting."""
+    """Raised with every bad setting, one ``NAME: what is wrong`` line each (the CLI prefixes each line
+    with the command, so every line of a journal or pm2 log says on its own which process and setting)."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+
+
+def problem_lines(command: str, error: Exception) -> str:
+    """Each problem on a line of its own that names the command: ``sn1 api: API_PORT: ...``."""
+    return "\n".join(f"sn1 {command}: {line.strip()}" for line in str(error).splitlines() if line.strip())
 
 
 MIN_ADMIN_KEY = 16
@@ -55,7 +65,7 @@ MIN_ADMIN_KEY = 16
 def http_url(v: str) -> str:
     """A base URL the node calls: with its scheme (``localhost:8000`` started, then failed every call)."""
     if not re.match(r"^https?://[^/\s]+", v):
-        raise ValueError(f"{v!r} is not an http(s) URL (http://host:port/...)")
+        raise ValueError(f"{mask_credentials(v)!r} is not an http(s) URL (http://host:port/...)")
     return v
 
 
@@ -195,7 +205,7 @@ class ApiSettings(CommonSettings):
     @classmethod
     def _store_scheme(cls, v: str) -> str:
         if not (v.startswith("sqlite:///") or v.startswith("redis://") or v.startswith("rediss://")):
-            raise ValueError("must start with sqlite:/// or redis://")
+            raise ValueError("must be sqlite:///path (one host), redis://host:port/db or rediss://... (a fleet)")
         return v
 
 
@@ -322,6 +332,36 @@ class MinerSettings(CommonSettings):
 
 
 S = TypeVar("S", bound=CommonSettings)
+SHOWN_CHARS = 80
+
+
+def problem_line(cls: type[CommonSettings], err: ErrorDetails) -> str:
+    """``API_PORT: Input should be less than or equal to 65535 (got '70000')``: the variable as the operator
+    wrote it, pydantic's reason without its ``Value error,`` prefix, and the value it was given, so a typo
+    in it can be seen (never a secret's, and a URL's credentials are masked)."""
+    loc = err["loc"]
+    name = str(loc[0]).upper() if loc else "settings"
+    if len(loc) > 1:
+        name += f" (item {loc[1]})" if isinstance(loc[1], int) else f" ({loc[1]})"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "dict_type":
+        message = 'must be a JSON object ({"name": value, ...})'
+    field = cls.model_fields.get(str(loc[0])) if loc else None
+    secret = field is not None and "SecretStr" in repr(field.annotation)
+    value = err.get("input")
+    if isinstance(value, str | int | float) and not secret:
+        shown = mask_credentials(str(value))
+        shown = shown if len(shown) <= SHOWN_CHARS else shown[:SHOWN_CHARS] + "..."
+        if repr(shown) not in message:  # a validator that quotes the value already
+            message += f" (got {shown!r})"
+    return f"{name}: {message}"
+
+
+def mask_credentials(text: str) -> str:
+    """``redis://:pw@host/0`` -> ``redis://***@host/0``: what a URL setting carries before its host is a
+    password (Redis, an upstream's token), and error lines end up in logs."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)?[^/@\s]+@", lambda m: (m.group(1) or "") + "***@", text,
+                  flags=re.IGNORECASE)
 
 
 def load_settings(cls: type[S], env_file: str | Path | None = None, **overrides: object) -> S:
@@ -331,14 +371,12 @@ def load_settings(cls: type[S], env_file: str | Path | None = None, **overrides:
         raise SettingsError(f"env file {env_file} not found")
     try:
         settings = cls(_env_file=env, **overrides)  # type: ignore[call-arg]
-    except pydantic_settings.SettingsError as e:  # a value its source could not decode (JSON for a dict)
-        raise SettingsError(f"invalid settings:\n  {e}: {e.__cause__}") from None
+    except pydantic_settings.SettingsError as e:  # a value its source could not decode (JSON for a list)
+        field = re.search(r'field "(\w+)"', str(e))
+        name = field.group(1).upper() if field else "settings"
+        raise SettingsError(f"{name}: not valid JSON ({e.__cause__})") from None
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            name = "_".join(str(p) for p in err["loc"]).upper() or "settings"
-            lines.append(f"{name}: {err['msg']}")
-        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+        raise SettingsError(*(problem_line(cls, err) for err in e.errors())) from None
     check = getattr(settings, "check", None)
     if callable(check):
         check()

@@ -26,6 +26,38 @@ def test_bad_values_are_listed(tmp_path: Path, role: str) -> None:
     assert "NETUID" in out.stderr and "LOG_LEVEL" in out.stderr
 
 
+@pytest.mark.parametrize(("role", "content", "expected"), [
+    ("api", "REQUEST_TIMEOUT=-1\n", "sn1 api: REQUEST_TIMEOUT: Input should be greater than 0 (got '-1')"),
+    ("api", "API_PORT=70000\n", "sn1 api: API_PORT: Input should be less than or equal to 65535 (got '70000')"),
+    ("api", "DEFAULT_K=five\n", "sn1 api: DEFAULT_K: Input should be a valid integer, unable to parse string as an "
+                             "integer (got 'five')"),
+    ("api", "STORE_URL=postgres://db/sn1\n", "sn1 api: STORE_URL: must be sqlite:///path (one host), "
+                                            "redis://host:port/db or rediss://... (a fleet) (got 'postgres://db/sn1')"),
+    ("api", "VALIDATOR_API=ops:hunter2@10.0.0.2:8094\n",
+     "sn1 api: VALIDATOR_API: '***@10.0.0.2:8094' is not an http(s) URL (http://host:port/...)"),
+    ("validator", "LOG_LEVEL=verbose\n", "sn1 validator: LOG_LEVEL: Input should be 'TRACE', 'DEBUG', 'INFO', "
+                                         "'SUCCESS', 'WARNING' or 'ERROR' (got 'VERBOSE')"),
+    ("validator", "TASK_PROBABILITIES={InferenceTask: 1}\n",
+     "sn1 validator: TASK_PROBABILITIES: must be a JSON object ({\"name\": value, ...}) (got '{InferenceTask: 1}')"),
+    ("miner", "UPSTREAM_TIMEOUT=0\n", "sn1 miner: UPSTREAM_TIMEOUT: Input should be greater than 0 (got '0')"),
+    ("miner", "MINER_PORT=8o91\n", "sn1 miner: MINER_PORT: Input should be a valid integer, unable to parse string as "
+                                   "an integer (got '8o91')"),
+], ids=["negative-timeout", "port-range", "not-a-number", "store-scheme", "url-scheme", "log-level", "json",
+        "zero-timeout", "port-typo"])
+def test_a_bad_value_is_one_line_naming_the_command_the_setting_and_the_value(
+        tmp_path: Path, role: str, content: str, expected: str) -> None:
+    """What an operator reads in ``journalctl`` or ``pm2 logs``: the whole problem on one line that says which
+    process and which variable, and the value it was given (a URL's credentials masked). It was a
+    ``sn1 api: invalid settings:`` line, then the variable indented on the next, with pydantic's
+    ``Value error,`` and never the value."""
+    env = tmp_path / "bad.env"
+    env.write_text(content)
+    out = start(role, env)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines() == [expected]
+    assert "hunter2" not in out.stderr
+
+
 @pytest.mark.parametrize("role", ["api", "validator", "miner"])
 def test_missing_wallet_is_one_clear_line(tmp_path: Path, role: str) -> None:
     env = tmp_path / "nowallet.env"
@@ -157,11 +189,11 @@ def test_localnet_children_take_their_settings_from_their_env_files_only() -> No
 
 
 @pytest.mark.parametrize(("cls_name", "content", "expected"), [
-    ("ApiSettings", "ADMIN_KEY=adminadmin\n", "ADMIN_KEY: Value error, must be at least 16 characters"),
-    ("ApiSettings", "VALIDATOR_API=127.0.0.1:8094\n", "VALIDATOR_API: Value error, '127.0.0.1:8094' is not an http(s) URL"),
+    ("ApiSettings", "ADMIN_KEY=adminadmin\n", "ADMIN_KEY: must be at least 16 characters"),
+    ("ApiSettings", "VALIDATOR_API=127.0.0.1:8094\n", "VALIDATOR_API: '127.0.0.1:8094' is not an http(s) URL"),
     ("ApiSettings", "REQUEST_TIMEOUT=200\n", "REQUEST_TIMEOUT: 200 s is above MAX_REQUEST_TIMEOUT (120 s)"),
-    ("MinerSettings", "MINER_BACKEND=openai\nUPSTREAM_URL=localhost:8000\n", "UPSTREAM_URL: Value error"),
-    ("ValidatorSettings", "REFERENCE_LLM_URL=localhost:8000/v1\n", "REFERENCE_LLM_URL: Value error"),
+    ("MinerSettings", "MINER_BACKEND=openai\nUPSTREAM_URL=localhost:8000\n", "UPSTREAM_URL: 'localhost:8000' is not an http(s) URL"),
+    ("ValidatorSettings", "REFERENCE_LLM_URL=localhost:8000/v1\n", "REFERENCE_LLM_URL: 'localhost:8000/v1' is not an http(s) URL"),
 ], ids=["weak-admin-key", "validator-url", "timeouts", "upstream-url", "reference-url"])
 def test_settings_that_would_fail_later_are_refused_at_start(tmp_path: Path, cls_name: str, content: str,
                                                              expected: str) -> None:

@@ -58,7 +58,7 @@ class WithTable(CommonSettings):
 
 def test_a_value_its_source_cannot_decode_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TABLE", "{not json")
-    with pytest.raises(SettingsError, match="table"):
+    with pytest.raises(SettingsError, match="^TABLE: not valid JSON"):
         load_settings(WithTable)
 
 
