@@ -26,11 +26,9 @@ from pathlib import Path
 from typing import Any, get_args
 
 from shared.process import die_with_parent, stop_signals
-from shared.settings import ApiSettings, CommonSettings, MinerSettings, ValidatorSettings
+from shared.settings import SETTING_NAMES, CommonSettings
 
-# Every name a setting is read from: the children's environment must not carry one (see ``_spawn``).
-SETTING_NAMES = frozenset(name.upper() for cls in (ApiSettings, ValidatorSettings, MinerSettings)
-                          for name in cls.model_fields)
+# SETTING_NAMES: every name a setting is read from; the children's environment must not carry one (``_spawn``).
 LOG_LEVELS = get_args(CommonSettings.model_fields["log_level"].annotation)
 
 VALIDATOR_WALLET = "validator"

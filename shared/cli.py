@@ -24,7 +24,7 @@ def _settings(role: str, env_file: str | None):
     if env_file and not Path(env_file).exists():
         sys.exit(f"sn1 {role}: env file {env_file} not found")
     try:
-        return load_settings(cls, path)
+        return load_settings(cls, path, warn=lambda line: print(f"sn1 {role}: warning: {line}", file=sys.stderr))
     except SettingsError as e:
         sys.exit(problem_lines(role, e))
 

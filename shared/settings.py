@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -19,6 +21,7 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.client_address import parse_networks
+from shared.env_names import env_file_problems, environment_problems
 from shared.tasks import ALL_TASKS
 
 
@@ -332,6 +335,9 @@ class MinerSettings(CommonSettings):
 
 
 S = TypeVar("S", bound=CommonSettings)
+# Every name any process reads: a name of another process in an env file or the environment is no typo.
+SETTING_NAMES = frozenset(name.upper() for cls in (ApiSettings, ValidatorSettings, MinerSettings)
+                          for name in cls.model_fields)
 SHOWN_CHARS = 80
 
 
@@ -364,19 +370,42 @@ def mask_credentials(text: str) -> str:
                   flags=re.IGNORECASE)
 
 
-def load_settings(cls: type[S], env_file: str | Path | None = None, **overrides: object) -> S:
-    """Build settings from ``env_file`` (if it exists), the environment and ``overrides``."""
+@contextlib.contextmanager
+def quiet_dotenv() -> Iterator[None]:
+    """python-dotenv's own "could not parse statement" warning, said better by ``env_file_problems``."""
+    dotenv_log = logging.getLogger("dotenv.main")
+    was = dotenv_log.disabled
+    dotenv_log.disabled = True
+    try:
+        yield
+    finally:
+        dotenv_log.disabled = was
+
+
+def load_settings(cls: type[S], env_file: str | Path | None = None, *,
+                  warn: Callable[[str], None] | None = None, **overrides: object) -> S:
+    """Build settings from ``env_file`` (if it exists), the environment and ``overrides``.
+
+    Every problem is reported at once: mistyped names (``env_names``) with the bad values. ``warn`` hears
+    env-file names that are no setting at all (ignored, not refused).
+    """
     env = str(env_file) if env_file and Path(env_file).exists() else None
     if env_file and env is None and overrides.pop("_require_env_file", False):
         raise SettingsError(f"env file {env_file} not found")
+    problems = environment_problems(os.environ, SETTING_NAMES)
+    if env is not None:
+        problems += env_file_problems(Path(env), SETTING_NAMES, warn or (lambda _line: None))
     try:
-        settings = cls(_env_file=env, **overrides)  # type: ignore[call-arg]
+        with quiet_dotenv():
+            settings = cls(_env_file=env, **overrides)  # type: ignore[call-arg]
     except pydantic_settings.SettingsError as e:  # a value its source could not decode (JSON for a list)
         field = re.search(r'field "(\w+)"', str(e))
         name = field.group(1).upper() if field else "settings"
-        raise SettingsError(f"{name}: not valid JSON ({e.__cause__})") from None
+        raise SettingsError(*problems, f"{name}: not valid JSON ({e.__cause__})") from None
     except ValidationError as e:
-        raise SettingsError(*(problem_line(cls, err) for err in e.errors())) from None
+        raise SettingsError(*problems, *(problem_line(cls, err) for err in e.errors())) from None
+    if problems:
+        raise SettingsError(*problems)
     check = getattr(settings, "check", None)
     if callable(check):
         check()
