@@ -23,6 +23,7 @@ from api.availability import AvailabilityCache
 from api.context import ApiContext
 from api.scoring_outbox import OutboxForwarder
 from api.supervisor import Supervisor
+from shared.aio import within
 from shared.http import bound_socket, run, serve_until_signal
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
@@ -30,7 +31,7 @@ from shared.metrics import MULTIPROC_ENV
 from shared.miner_client import MinerClient, make_session
 from shared.process import stop_with_parent
 from shared.request_log import RequestLog
-from shared.settings import ApiSettings, SettingsError, problem_lines
+from shared.settings import ApiSettings, SettingsError, mask_credentials, problem_lines
 from shared.signing import Signer
 from shared.store import open_store
 from shared.store.base import StoreUnavailable
@@ -39,9 +40,12 @@ from shared.store.sessions import open_sessions
 from shared.store.sqlite import sqlite_path
 from shared.wallet import load_hotkey
 
+STORE_START_SECONDS = 5.0  # a Redis this slow to answer one PING at start would fail the requests too
+
 
 async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiContext:
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
+    await reach_store(settings.store_url, settings.store_namespace)
     signer = Signer(hotkey)
     metagraph = MetagraphView.from_settings(settings)
     await metagraph.first_refresh()
@@ -59,7 +63,7 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
                              max_items=settings.outbox_max_items)
     except (OSError, sqlite3.Error, StoreUnavailable) as e:  # a directory, a file that is not a database
         await client.session.close()
-        raise SettingsError(f"STORE_URL: cannot open {settings.store_url}: {e}") from None
+        raise SettingsError(f"STORE_URL: cannot open {mask_credentials(settings.store_url)}: {e}") from None
     if new_file:  # a first start, or a mistyped path: every existing key would answer 401, said once here
         logger.warning("STORE_URL: {} did not exist; a new, empty key store was created there",
                        sqlite_path(settings.store_url))
@@ -69,6 +73,23 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
                                          settings.validator_hotkey or hotkey.ss58_address,
                                          lease_seconds=settings.outbox_lease_seconds))
     return ctx
+
+
+async def reach_store(url: str, namespace: str) -> None:
+    """A Redis ``STORE_URL`` must answer at start. Opening it does no I/O, so a Redis that is down, a
+    mistyped host or a wrong password started an API that answered every request 503 while its log
+    spoke only of the scoring outbox; now the start stops with one line, and the process manager
+    retries. (A SQLite file is opened, hence checked, where it is built.)"""
+    if not url.startswith(("redis://", "rediss://")):
+        return
+    store = open_store(url, namespace=namespace)
+    try:
+        await within(store.ping(), STORE_START_SECONDS)
+    except (StoreUnavailable, TimeoutError, OSError) as e:
+        reason = str(e) or f"no answer within {STORE_START_SECONDS:g} s"
+        raise SettingsError(f"STORE_URL: cannot reach {mask_credentials(url)}: {reason}") from None
+    finally:
+        await store.close()
 
 
 async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
@@ -110,6 +131,7 @@ def run_api(settings: ApiSettings) -> None:
         return
     setup_logging(settings.log_level, role="api")
     load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)  # fail fast, before forking
+    run(lambda: reach_store(settings.store_url, settings.store_namespace))  # one line, not one per worker
     # The workers share the port with SO_REUSEPORT, and so would another API's workers (a copy still
     # running, pm2 and systemd both starting it): a plain bind first tells a port in use, once.
     bound_socket(settings.api_host, settings.api_port).close()

@@ -205,3 +205,27 @@ def test_settings_that_would_fail_later_are_refused_at_start(tmp_path: Path, cls
     with pytest.raises(settings.SettingsError) as err:
         settings.load_settings(getattr(settings, cls_name), tmp_path / "s.env")
     assert expected in str(err.value)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_redis_store_that_does_not_answer_stops_the_api_with_one_line(tmp_path: Path, workers: int) -> None:
+    """Redis down (or a mistyped host, a wrong password) at start: the API served, answering every request
+    503, while its log spoke only of the scoring outbox. Now one line, with no password and no admin key in
+    anything it printed, even at TRACE; with WORKERS > 1 said once, before any worker starts."""
+    from shared.metagraph import write_metagraph_file
+    from tests.helpers import snapshot
+
+    hotkey = ensure_wallet("validator", "default", tmp_path / "wallets")
+    write_metagraph_file(tmp_path / "mg.json", snapshot(hotkey.ss58_address, {}))
+    api, down = free_ports(2)
+    admin_key = "admin-key-that-must-never-be-printed"
+    env = tmp_path / "a.env"
+    env.write_text(f"WALLET_PATH={tmp_path / 'wallets'}\nMETAGRAPH_FILE={tmp_path / 'mg.json'}\nAPI_HOST=127.0.0.1\n"
+                   f"API_PORT={api}\nVALIDATOR_API=http://127.0.0.1:{down}\nWORKERS={workers}\nLOG_LEVEL=TRACE\n"
+                   f"ADMIN_KEY={admin_key}\nSTORE_URL=redis://:hunter2@127.0.0.1:{down}/0\n")
+    out = start("api", env)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    said = [line for line in out.stderr.splitlines() if line.startswith("sn1 api:")]
+    assert said == [f"sn1 api: STORE_URL: cannot reach redis://***@127.0.0.1:{down}/0: redis: ConnectionError: "
+                    f"Error 111 connecting to 127.0.0.1:{down}. Connection refused."]
+    assert "hunter2" not in out.stderr and admin_key not in out.stderr
