@@ -1,4 +1,4 @@
-"""The ``sn1`` command: ``api``, ``validator``, ``miner``, ``localnet`` (and later more)."""
+"""The ``sn1`` command: ``api``, ``validator``, ``miner``, ``localnet`` and ``keys``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 DEFAULT_ENV = {"api": ".env.api", "validator": ".env.validator", "miner": ".env.miner"}
+ROLES = {"api": "the API gateway (OpenAI-compatible; WORKERS processes)",
+         "validator": "the validator (scores miners, sets weights, serves SCORING_API_PORT)",
+         "miner": "the reference miner (MINER_BACKEND: deterministic or an OpenAI-compatible UPSTREAM_URL)"}
 
 
 def _settings(role: str, env_file: str | None):
@@ -21,10 +24,18 @@ def _settings(role: str, env_file: str | None):
 
     cls = {"api": ApiSettings, "validator": ValidatorSettings, "miner": MinerSettings}[role]
     path = env_file or DEFAULT_ENV[role]
-    if env_file and not Path(env_file).exists():
-        sys.exit(f"sn1 {role}: env file {env_file} not found")
+    if env_file and not Path(env_file).is_file():  # a directory was skipped as if the file were empty
+        sys.exit(f"sn1 {role}: env file {env_file} " + ("is a directory" if Path(env_file).is_dir() else "not found"))
+
+    def warn(line: str) -> None:
+        print(f"sn1 {role}: warning: {line}", file=sys.stderr)
+
+    if not env_file and not Path(path).is_file():
+        # Started from another directory (a unit's WorkingDirectory, a shell elsewhere), every setting but
+        # the exported ones fell to its default (netuid 1 on finney, say) without a word.
+        warn(f"{path} not found in {Path.cwd()}: settings from the environment and defaults only")
     try:
-        return load_settings(cls, path, warn=lambda line: print(f"sn1 {role}: warning: {line}", file=sys.stderr))
+        return load_settings(cls, path, warn=warn)
     except SettingsError as e:
         sys.exit(problem_lines(role, e))
 
@@ -49,9 +60,13 @@ def _run_role(role: str, settings: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sn1", description="Subnet node: API gateway, validator, miner.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for role in ("api", "validator", "miner"):
-        p = sub.add_parser(role, help=f"run the {role}")
-        p.add_argument("--env-file", default=None, help=f"settings file (default {DEFAULT_ENV[role]})")
+    for role, what in ROLES.items():
+        p = sub.add_parser(role, help=f"run {what}", description=(
+            f"Run {what}. Settings are environment variables and the NAME=value lines of an env file; the "
+            "environment wins. Every setting, its default and meaning: README.md, 'Configuration reference'."))
+        p.add_argument("--env-file", default=None, help=(
+            f"settings file (default: {DEFAULT_ENV[role]} in the current directory, if there is one; "
+            "else environment variables and defaults only)"))
     from neurons.localnet import add_localnet_arguments
 
     add_localnet_arguments(sub.add_parser("localnet", help="start a whole local subnet on 127.0.0.1"))

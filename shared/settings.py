@@ -389,12 +389,15 @@ def load_settings(cls: type[S], env_file: str | Path | None = None, *,
     Every problem is reported at once: mistyped names (``env_names``) with the bad values. ``warn`` hears
     env-file names that are no setting at all (ignored, not refused).
     """
-    env = str(env_file) if env_file and Path(env_file).exists() else None
+    env = str(env_file) if env_file and Path(env_file).is_file() else None
     if env_file and env is None and overrides.pop("_require_env_file", False):
         raise SettingsError(f"env file {env_file} not found")
     problems = environment_problems(os.environ, SETTING_NAMES)
     if env is not None:
-        problems += env_file_problems(Path(env), SETTING_NAMES, warn or (lambda _line: None))
+        try:
+            problems += env_file_problems(Path(env), SETTING_NAMES, warn or (lambda _line: None))
+        except (OSError, UnicodeDecodeError) as e:  # unreadable, or not UTF-8 text: was a traceback
+            raise SettingsError(f"env file {env}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     try:
         with quiet_dotenv():
             settings = cls(_env_file=env, **overrides)  # type: ignore[call-arg]

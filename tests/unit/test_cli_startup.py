@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,46 @@ def test_a_redis_store_that_does_not_answer_stops_the_api_with_one_line(tmp_path
     assert said == [f"sn1 api: STORE_URL: cannot reach redis://***@127.0.0.1:{down}/0: redis: ConnectionError: "
                     f"Error 111 connecting to 127.0.0.1:{down}. Connection refused."]
     assert "hunter2" not in out.stderr and admin_key not in out.stderr
+
+
+def run_cli(*args: str, cwd: Path, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    from shared.settings import SETTING_NAMES
+
+    root = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if k.upper() not in SETTING_NAMES} | {"PYTHONPATH": root}
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd, env=env | (environ or {}))
+
+
+@pytest.mark.parametrize("role", ["api", "validator", "miner"])
+def test_help_says_where_settings_come_from(tmp_path: Path, role: str) -> None:
+    """``sn1 <role> --help`` said only "settings file (default .env.<role>)": not that the environment
+    overrides it, that the default is looked for in the current directory, nor where settings are listed."""
+    out = run_cli(role, "--help", cwd=tmp_path)
+    text = " ".join(out.stdout.split())
+    assert out.returncode == 0
+    assert "the environment wins" in text and "'Configuration reference'" in text
+    assert f"default: .env.{role} in the current directory" in text
+
+
+@pytest.mark.parametrize("role", ["api", "validator", "miner"])
+def test_a_missing_default_env_file_is_said(tmp_path: Path, role: str) -> None:
+    """Started from another directory, every setting not exported fell to its default (finney, netuid 1)
+    without a word."""
+    out = run_cli(role, cwd=tmp_path, environ={"NETUID": "-1"})
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines() == [
+        f"sn1 {role}: warning: .env.{role} not found in {tmp_path}: settings from the environment and defaults only",
+        f"sn1 {role}: NETUID: Input should be greater than or equal to 0 (got '-1')"]
+
+
+def test_an_env_file_that_is_a_directory_or_not_text_is_one_line(tmp_path: Path) -> None:
+    """A directory was skipped as if it were an empty file; bytes that are not UTF-8 were a traceback."""
+    out = run_cli("api", "--env-file", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 1 and out.stderr.splitlines() == [f"sn1 api: env file {tmp_path} is a directory"]
+    binary = tmp_path / "bin.env"
+    binary.write_bytes(b"API_PORT=\xff\xfe\n")
+    out = run_cli("api", "--env-file", str(binary), cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines() == [f"sn1 api: env file {binary}: cannot read it ('utf-8' codec can't decode "
+                                       "byte 0xff in position 9: invalid start byte)"]
