@@ -116,11 +116,12 @@ def log_level(text: str) -> str:
 
 def add_localnet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--miners", type=int, default=3, help="number of miners (default 3)")
-    p.add_argument("--api-port", type=port, default=42170)
-    p.add_argument("--validator-port", type=port, default=8094)
+    p.add_argument("--api-port", type=port, default=42170, help="API port (default 42170)")
+    p.add_argument("--validator-port", type=port, default=8094, help="validator API port (default 8094)")
     p.add_argument("--dir", default="./localnet", help="state folder (wallets, metagraph, logs)")
     p.add_argument("--admin-key", default=None, help="admin key (default: generated once, kept in --dir)")
-    p.add_argument("--backend", choices=["deterministic", "openai"], default="deterministic")
+    p.add_argument("--backend", choices=["deterministic", "openai"], default="deterministic",
+                   help="miner backend: the built-in test model (default) or --upstream's server")
     p.add_argument("--upstream", default=None, help="OpenAI-compatible base URL for --backend openai")
     p.add_argument("--model", default="sn1/deterministic", help="model name of the deterministic backend")
     p.add_argument("--miner-profiles", default=None,

@@ -273,3 +273,10 @@ def test_an_env_file_that_is_a_directory_or_not_text_is_one_line(tmp_path: Path)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.splitlines() == [f"sn1 api: env file {binary}: cannot read it ('utf-8' codec can't decode "
                                        "byte 0xff in position 9: invalid start byte)"]
+
+
+def test_localnet_help_gives_every_option_its_default(tmp_path: Path) -> None:
+    """--api-port, --validator-port and --backend were listed with no word on what they do or default to."""
+    text = " ".join(run_cli("localnet", "--help", cwd=tmp_path).stdout.split())
+    assert "API port (default 42170)" in text and "validator API port (default 8094)" in text
+    assert "miner backend: the built-in test model (default)" in text
