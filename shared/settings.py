@@ -63,6 +63,9 @@ def problem_lines(command: str, error: Exception) -> str:
 
 
 MIN_ADMIN_KEY = 16
+MAKE_KEY = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes one"
+# Admin keys the README has shown in its examples: copied as they are, they open every API key to anyone.
+PUBLISHED_ADMIN_KEYS = frozenset({"my-long-random-admin-key"})
 
 
 def http_url(v: str) -> str:
@@ -184,9 +187,19 @@ class ApiSettings(CommonSettings):
     @field_validator("admin_key")
     @classmethod
     def _strong_admin_key(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value()) < MIN_ADMIN_KEY:
-            raise ValueError(f"must be at least {MIN_ADMIN_KEY} characters (it manages every API key): "
-                             "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes one")
+        """A key that guards every API key: long enough, one an ``admin-key`` header can carry (HTTP trims
+        a value's ends, so a key ending in a space refused every admin call), and not one the README
+        printed as an example, which anyone can read."""
+        if v is None:
+            return v
+        key = v.get_secret_value()
+        if len(key) < MIN_ADMIN_KEY:
+            raise ValueError(f"must be at least {MIN_ADMIN_KEY} characters (it manages every API key): {MAKE_KEY}")
+        if key != key.strip() or not key.isprintable():
+            raise ValueError("starts or ends with whitespace or holds a control character, which no admin-key "
+                             "header can carry: every admin call would be refused")
+        if key in PUBLISHED_ADMIN_KEYS:
+            raise ValueError(f"is the README's example value, which anyone can read: {MAKE_KEY}")
         return v
 
     @field_validator("validator_api")

@@ -280,3 +280,33 @@ def test_localnet_help_gives_every_option_its_default(tmp_path: Path) -> None:
     text = " ".join(run_cli("localnet", "--help", cwd=tmp_path).stdout.split())
     assert "API port (default 42170)" in text and "validator API port (default 8094)" in text
     assert "miner backend: the built-in test model (default)" in text
+
+
+@pytest.mark.parametrize(("line", "environ", "expected"), [
+    ("ADMIN_KEY=short-key\n", None, "must be at least 16 characters"),
+    ('ADMIN_KEY="0123456789abcdef-ends-in-a-space "\n', None, "starts or ends with whitespace"),
+    ("", {"ADMIN_KEY": "\t0123456789abcdef-tab-first"}, "starts or ends with whitespace"),
+    ("ADMIN_KEY=my-long-random-admin-key\n", None, "is the README's example value, which anyone can read"),
+], ids=["short", "trailing-space", "tab", "readme-example"])
+def test_an_admin_key_that_guards_nothing_is_refused_without_showing_it(
+        tmp_path: Path, line: str, environ: dict[str, str] | None, expected: str) -> None:
+    """A key ending in a space passed, and every admin call was then refused (HTTP trims header values);
+    the README's own example key passed, so a copied example left every API key open to its readers."""
+    env = tmp_path / "a.env"
+    env.write_text(line)
+    out = run_cli("api", "--env-file", str(env), cwd=tmp_path, environ=environ)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert len(out.stderr.splitlines()) == 1 and out.stderr.startswith(f"sn1 api: ADMIN_KEY: {expected}")
+    secret = (environ or {}).get("ADMIN_KEY") or line.partition("=")[2].strip().strip('"')
+    assert secret.strip() not in out.stderr
+
+
+def test_the_readme_shows_no_usable_admin_key() -> None:
+    """Every admin key the README writes out is one the API refuses (the rest are variables)."""
+    import re
+
+    from shared.settings import PUBLISHED_ADMIN_KEYS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    literals = {v for v in re.findall(r"\bADMIN(?:_KEY)?=([^\s;`$\"'][^\s;`]*)", readme)}
+    assert literals <= PUBLISHED_ADMIN_KEYS, literals - PUBLISHED_ADMIN_KEYS
