@@ -88,6 +88,16 @@ def ss58_addresses(values: list[str]) -> list[str]:
     return values
 
 
+def one_credential(url_name: str, url: str | None, key_name: str, key: SecretStr | None) -> None:
+    """A URL with credentials (``http://user:token@host/v1``) and a bearer key both make the
+    Authorization header, and aiohttp refuses every request given both ("Cannot combine AUTHORIZATION
+    header with ... credentials encoded in URL"): the miner served no model and said why only in a
+    WARNING about listing them."""
+    if url and key and key.get_secret_value() and re.match(r"^https?://[^/@\s]*@", url):
+        raise SettingsError(f"{url_name}/{key_name}: {url_name} carries credentials (user:token@) and {key_name} "
+                            "is set; the server gets one Authorization header: keep only one of them")
+
+
 @contextlib.contextmanager
 def setting_file(name: str) -> Iterator[None]:
     """A file a setting names that cannot be read or used: that setting's one-line start-up error
@@ -293,6 +303,9 @@ class ValidatorSettings(CommonSettings):
             raise ValueError("probabilities must be non-negative, and at least one positive")
         return v
 
+    def check(self) -> None:
+        one_credential("REFERENCE_LLM_URL", self.reference_llm_url, "REFERENCE_LLM_API_KEY", self.reference_llm_api_key)
+
     def check_state_dir(self) -> None:
         """At start: the state directory must be writable (scores are saved after every job; one that
         cannot hold them failed every job, each with a traceback, while the validator looked up)."""
@@ -345,6 +358,7 @@ class MinerSettings(CommonSettings):
     def check(self) -> None:
         if self.miner_backend == "openai" and not self.upstream_url:
             raise SettingsError("UPSTREAM_URL: required when MINER_BACKEND=openai")
+        one_credential("UPSTREAM_URL", self.upstream_url, "UPSTREAM_API_KEY", self.upstream_api_key)
 
 
 S = TypeVar("S", bound=CommonSettings)

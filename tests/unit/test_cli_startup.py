@@ -310,3 +310,22 @@ def test_the_readme_shows_no_usable_admin_key() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     literals = {v for v in re.findall(r"\bADMIN(?:_KEY)?=([^\s;`$\"'][^\s;`]*)", readme)}
     assert literals <= PUBLISHED_ADMIN_KEYS, literals - PUBLISHED_ADMIN_KEYS
+
+
+@pytest.mark.parametrize(("role", "content", "names"), [
+    ("miner", "MINER_BACKEND=openai\nUPSTREAM_URL=http://ops:tok3n@127.0.0.1:9/v1\nUPSTREAM_API_KEY=sk-k3y\n",
+     "UPSTREAM_URL/UPSTREAM_API_KEY: UPSTREAM_URL carries credentials (user:token@) and UPSTREAM_API_KEY is set"),
+    ("validator", "REFERENCE_LLM_URL=http://ops:tok3n@127.0.0.1:9/v1\nREFERENCE_LLM_API_KEY=sk-k3y\n",
+     "REFERENCE_LLM_URL/REFERENCE_LLM_API_KEY: REFERENCE_LLM_URL carries credentials (user:token@) and "
+     "REFERENCE_LLM_API_KEY is set"),
+], ids=["miner", "validator"])
+def test_credentials_in_the_url_and_a_key_are_one_line(tmp_path: Path, role: str, content: str, names: str) -> None:
+    """Both make the Authorization header, and aiohttp refused every upstream request given both: the miner
+    started, served no model, and said so only in a WARNING about listing them."""
+    env = tmp_path / "c.env"
+    env.write_text(content)
+    out = run_cli(role, "--env-file", str(env), cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines() == [f"sn1 {role}: {names}; the server gets one Authorization header: keep only "
+                                       "one of them"]
+    assert "tok3n" not in out.stderr and "sk-k3y" not in out.stderr
