@@ -63,3 +63,17 @@ def test_systemd_unit_restarts_and_runs_a_real_command(role: str) -> None:
         out = subprocess.run(["systemd-analyze", "verify", str(ROOT / "deploy" / "systemd" / f"sn1-{role}.service")],
                              capture_output=True, text=True, timeout=60)
         assert "not executable" not in out.stderr and "Invalid" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(("env_file", "where"), [(None, ROOT / ".env.api"), ("conf/api.env", ROOT / "conf/api.env"),
+                                                 ("/nonexistent/api.env", Path("/nonexistent/api.env"))])
+def test_run_api_names_the_env_file_it_looked_for(tmp_path: Path, env_file: str | None, where: Path) -> None:
+    """run_api.sh changes to the repository root first, so a relative ENV_FILE is read from there: it said
+    only "conf/api.env not found" to an operator who ran it from another directory."""
+    if env_file is None and (ROOT / ".env.api").exists():
+        pytest.skip("this checkout has a .env.api")
+    env = {"PATH": "/usr/bin:/bin"} | ({"ENV_FILE": env_file} if env_file else {})
+    out = subprocess.run(["bash", str(ROOT / "run_api.sh")], capture_output=True, text=True, timeout=30,
+                         cwd=tmp_path, env=env)
+    assert out.returncode == 1
+    assert out.stderr == f"run_api.sh: {where} not found; copy .env.api.example to it and fill it in\n"
