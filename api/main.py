@@ -40,6 +40,7 @@ from shared.store.sessions import open_sessions
 from shared.store.sqlite import sqlite_path
 from shared.wallet import load_hotkey
 
+LISTEN = "API_HOST/API_PORT"  # the settings a "cannot listen" start error names
 STORE_START_SECONDS = 5.0  # a Redis this slow to answer one PING at start would fail the requests too
 
 
@@ -95,7 +96,7 @@ async def reach_store(url: str, namespace: str) -> None:
 async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
     role = f"api[{os.getpid()}]"
     setup_logging(settings.log_level, role=role)
-    sock = bound_socket(settings.api_host, settings.api_port, reuse_port=reuse_port)  # a port in use: stop now
+    sock = bound_socket(settings.api_host, settings.api_port, reuse_port=reuse_port, settings=LISTEN)  # a port in use: stop now
     ctx = await build_context(settings, role=role)
     app = create_api_app(ctx)
 
@@ -134,7 +135,7 @@ def run_api(settings: ApiSettings) -> None:
     run(lambda: reach_store(settings.store_url, settings.store_namespace))  # one line, not one per worker
     # The workers share the port with SO_REUSEPORT, and so would another API's workers (a copy still
     # running, pm2 and systemd both starting it): a plain bind first tells a port in use, once.
-    bound_socket(settings.api_host, settings.api_port).close()
+    bound_socket(settings.api_host, settings.api_port, settings=LISTEN).close()
     metrics_dir = shared_metrics_dir()
     mp = multiprocessing.get_context("spawn")
     workers = [mp.Process(target=_worker_entry, args=(settings, os.getpid()), daemon=False)

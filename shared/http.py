@@ -243,8 +243,9 @@ def parse_model(model: type[BaseModel], data: Any, *, at: str = "") -> Any:
         raise invalid_value(param, why) from None
 
 
-def bound_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A listening socket; with ``reuse_port`` several worker processes share one port."""
+def bound_socket(host: str, port: int, *, reuse_port: bool = False, settings: str = "") -> socket.socket:
+    """A listening socket; with ``reuse_port`` several worker processes share one port. ``settings`` names
+    the host and port settings, so the start error says which to change (``API_HOST/API_PORT: ...``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -256,7 +257,8 @@ def bound_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.so
         sock.close()
         from shared.settings import SettingsError
 
-        raise SettingsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        prefix = f"{settings}: " if settings else ""
+        raise SettingsError(f"{prefix}cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.listen(2048)
     sock.setblocking(False)
     return sock

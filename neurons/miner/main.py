@@ -19,6 +19,8 @@ from shared.settings import MinerSettings, setting_file
 from shared.signing import Authorizer, RequestVerifier
 from shared.wallet import load_hotkey
 
+LISTEN = "MINER_HOST/MINER_PORT"  # the settings a "cannot listen" start error names
+
 
 async def build_backend(settings: MinerSettings) -> Backend:
     if settings.miner_backend == "openai":
@@ -50,7 +52,8 @@ async def run_miner(settings: MinerSettings) -> None:
         await serve_fault_miner(settings.miner_profile, await build_backend(settings), verifier,
                                 settings.miner_host, settings.miner_port, max_body_bytes=settings.max_body_bytes)
         return
-    sock = bound_socket(settings.miner_host, settings.miner_port)  # a port in use: stop before the backend starts
+    # a port in use: stop before the backend starts
+    sock = bound_socket(settings.miner_host, settings.miner_port, settings=LISTEN)
     backend = apply_quality_profile(settings.miner_profile, await build_backend(settings), settings)
     app = create_miner_app(backend, verifier, metagraph=metagraph, max_body_bytes=settings.max_body_bytes)
     logger.info(

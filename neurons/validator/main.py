@@ -66,7 +66,8 @@ def build_sink(settings: ValidatorSettings, hotkey_ss58: str) -> WeightSink:
 async def run_validator(settings: ValidatorSettings) -> None:
     setup_logging(settings.log_level, role="validator")
     settings.check_state_dir()
-    sock = bound_socket(settings.scoring_api_host, settings.scoring_api_port)  # a port in use: stop now
+    sock = bound_socket(settings.scoring_api_host, settings.scoring_api_port,
+                        settings="SCORING_API_HOST/SCORING_API_PORT")  # a port in use: stop now
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
     metagraph = MetagraphView.from_settings(settings)
     registry = default_registry(settings.task_probabilities)

@@ -154,7 +154,8 @@ def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
         env = _validator_env(tmp_path, f"SCORING_API_HOST=127.0.0.1\nSCORING_API_PORT={port}\n")
         out = start("validator", env)
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
-    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
+    assert f"sn1 validator: SCORING_API_HOST/SCORING_API_PORT: cannot listen on 127.0.0.1:{port}: Address already in use" \
+        in out.stderr.splitlines()
     assert "Unclosed" not in out.stderr, "it stops before it builds anything"
 
 
@@ -342,3 +343,26 @@ def test_credentials_in_the_url_and_a_key_are_one_line(tmp_path: Path, role: str
     assert out.stderr.splitlines() == [f"sn1 {role}: {names}; the server gets one Authorization header: keep only "
                                        "one of them"]
     assert "tok3n" not in out.stderr and "sk-k3y" not in out.stderr
+
+
+@pytest.mark.parametrize(("role", "host", "names"), [
+    ("api", "API_HOST=0.0.0.O", "API_HOST/API_PORT"), ("validator", "SCORING_API_HOST=localhost:8094",
+                                                         "SCORING_API_HOST/SCORING_API_PORT"),
+    ("miner", "MINER_HOST=no-such-host.invalid", "MINER_HOST/MINER_PORT"),
+])
+def test_an_address_it_cannot_listen_on_names_its_settings(tmp_path: Path, role: str, host: str, names: str) -> None:
+    """"cannot listen on localhost:8094:8094" did not say which setting held the bad address."""
+    from shared.metagraph import write_metagraph_file
+    from tests.helpers import snapshot
+
+    hotkey = ensure_wallet(role if role == "miner" else "validator", "default", tmp_path / "wallets")
+    write_metagraph_file(tmp_path / "mg.json", snapshot(hotkey.ss58_address, {}))
+    port = free_port()
+    env = tmp_path / "h.env"
+    env.write_text(f"WALLET_PATH={tmp_path / 'wallets'}\nMETAGRAPH_FILE={tmp_path / 'mg.json'}\n"
+                   f"STATE_DIR={tmp_path / 'state'}\n{host}\n{names.split('/')[1]}={port}\n"
+                   + ("WALLET_NAME=miner\n" if role == "miner" else ""))
+    out = run_cli(role, "--env-file", str(env), cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    line = out.stderr.splitlines()[-1]
+    assert line.startswith(f"sn1 {role}: {names}: cannot listen on {host.split('=')[1]}:{port}: "), line
