@@ -366,3 +366,30 @@ def test_an_address_it_cannot_listen_on_names_its_settings(tmp_path: Path, role:
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
     line = out.stderr.splitlines()[-1]
     assert line.startswith(f"sn1 {role}: {names}: cannot listen on {host.split('=')[1]}:{port}: "), line
+
+
+def test_no_secret_in_what_a_started_api_prints_even_at_trace(tmp_path: Path) -> None:
+    """The whole life of a real ``sn1 api`` (WORKERS=2: settings handed to spawned workers, the supervisor),
+    at TRACE, with admin calls right and wrong: neither ADMIN_KEY nor a wrong guess at it is ever printed,
+    and the start line says only whether admin is enabled (there is no settings dump)."""
+    import signal
+    import urllib.error
+    import urllib.request
+
+    from tests.keys.procs import ADMIN, prepare, start_api, wait_ready
+
+    env = prepare(tmp_path) | {"LOG_LEVEL": "TRACE"}
+    api = start_api(tmp_path, env, store_url=f"sqlite:///{tmp_path / 'api.db'}", workers=2)
+    try:
+        wait_ready([api], workers=2)
+        for key in (ADMIN, ADMIN + "-wrong-guess"):
+            req = urllib.request.Request(api.url + "/api_management/api-keys", headers={"admin-key": key})
+            try:
+                urllib.request.urlopen(req, timeout=10).close()
+            except urllib.error.HTTPError as e:
+                assert e.code == 401 and key != ADMIN
+    finally:
+        api.kill(signal.SIGTERM)
+    log = api.log.read_text()
+    assert log.count("admin=enabled") == 2 and "admin auth failed remote=127.0.0.1" in log, log[-3000:]
+    assert ADMIN not in log and "wrong-guess" not in log
