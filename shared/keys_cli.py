@@ -50,7 +50,8 @@ def _connection(p: argparse.ArgumentParser, *, defaults: bool) -> None:
 
     p.add_argument("--api", default=default(os.environ.get("SN1_API_URL", DEFAULT_API)),
                    help=f"API base URL (env SN1_API_URL, default {DEFAULT_API})")
-    p.add_argument("--admin-key", default=default(None), help="admin key (env ADMIN_KEY)")
+    p.add_argument("--admin-key", default=default(None),
+                   help="admin key (env ADMIN_KEY, better: a command line is visible to every user in ps)")
     p.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of a table")
 
 

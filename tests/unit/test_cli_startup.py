@@ -393,3 +393,8 @@ def test_no_secret_in_what_a_started_api_prints_even_at_trace(tmp_path: Path) ->
     log = api.log.read_text()
     assert log.count("admin=enabled") == 2 and "admin auth failed remote=127.0.0.1" in log, log[-3000:]
     assert ADMIN not in log and "wrong-guess" not in log
+
+
+def test_keys_help_steers_the_admin_key_off_the_command_line(tmp_path: Path) -> None:
+    text = " ".join(run_cli("keys", "--help", cwd=tmp_path).stdout.split())
+    assert "admin key (env ADMIN_KEY, better: a command line is visible to every user in ps)" in text
