@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from loguru import logger
+from redis.exceptions import AuthenticationError, ResponseError
 from prometheus_client import multiprocess as prom_multiprocess
 
 from api.app import create_api_app
@@ -41,7 +42,7 @@ from shared.store.sqlite import sqlite_path
 from shared.wallet import load_hotkey
 
 LISTEN = "API_HOST/API_PORT"  # the settings a "cannot listen" start error names
-STORE_START_SECONDS = 5.0  # a Redis this slow to answer one PING at start would fail the requests too
+STORE_START_SECONDS = 5.0  # a Redis this slow to answer one PING at start is as good as down
 
 
 async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiContext:
@@ -77,10 +78,12 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
 
 
 async def reach_store(url: str, namespace: str) -> None:
-    """A Redis ``STORE_URL`` must answer at start. Opening it does no I/O, so a Redis that is down, a
-    mistyped host or a wrong password started an API that answered every request 503 while its log
-    spoke only of the scoring outbox; now the start stops with one line, and the process manager
-    retries. (A SQLite file is opened, hence checked, where it is built.)"""
+    """A Redis ``STORE_URL`` is asked for a PING at start (opening it does no I/O). One that refuses us
+    (a wrong password, a database index out of range) is a setting to fix: the start stops with one line.
+    One that does not answer (down, or not up yet after a reboot) is a WARNING, and the API starts: it
+    answers 503 until Redis does, and ``/ready`` says why, then recovers by itself (stopping instead made
+    pm2 give up after ``max_restarts`` and left the API down once Redis was back). A SQLite file is
+    opened, hence checked, where it is built."""
     if not url.startswith(("redis://", "rediss://")):
         return
     store = open_store(url, namespace=namespace)
@@ -88,7 +91,10 @@ async def reach_store(url: str, namespace: str) -> None:
         await within(store.ping(), STORE_START_SECONDS)
     except (StoreUnavailable, TimeoutError, OSError) as e:
         reason = str(e) or f"no answer within {STORE_START_SECONDS:g} s"
-        raise SettingsError(f"STORE_URL: cannot reach {mask_credentials(url)}: {reason}") from None
+        if isinstance(e.__cause__, AuthenticationError | ResponseError):
+            raise SettingsError(f"STORE_URL: {mask_credentials(url)} refused us: {reason}") from None
+        logger.warning("STORE_URL: cannot reach {}: {}; starting anyway, requests answer 503 until it answers",
+                       mask_credentials(url), reason)
     finally:
         await store.close()
 
@@ -132,7 +138,7 @@ def run_api(settings: ApiSettings) -> None:
         return
     setup_logging(settings.log_level, role="api")
     load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)  # fail fast, before forking
-    run(lambda: reach_store(settings.store_url, settings.store_namespace))  # one line, not one per worker
+    run(lambda: reach_store(settings.store_url, settings.store_namespace))  # a refusal: one line, before the workers
     # The workers share the port with SO_REUSEPORT, and so would another API's workers (a copy still
     # running, pm2 and systemd both starting it): a plain bind first tells a port in use, once.
     bound_socket(settings.api_host, settings.api_port, settings=LISTEN).close()

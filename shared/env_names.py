@@ -5,7 +5,8 @@ admin routes off, ``STORE_URL: redis://...`` in an env file kept the SQLite stor
 The env file is ours alone: a line that is not ``NAME=value``, a name close to a real setting, or a
 setting written with the ``SN1_`` prefix of the README's client variables is refused; any other unknown
 name is ignored with a warning (a setting of another process is fine: ``sn1 localnet`` writes some).
-The environment holds everyone's variables: only a name one edit away from a real setting is refused.
+The environment holds everyone's variables: a name one edit away from a real setting is warned about,
+never refused (another program's ``LOGLEVEL`` is one edit from ``LOG_LEVEL``).
 """
 
 from __future__ import annotations
@@ -85,5 +86,5 @@ def environment_problems(environ: Mapping[str, str], known: frozenset[str]) -> l
         if name in known or len(name) < MIN_ENVIRONMENT_NAME:
             continue
         if guess := closest(name, known, strict=True):
-            problems.append(f"{key} (environment): not a setting; did you mean {guess}?")
+            problems.append(f"{key} (environment) is not a setting; did you mean {guess}? ignored")
     return problems

@@ -414,15 +414,19 @@ def load_settings(cls: type[S], env_file: str | Path | None = None, *,
     """Build settings from ``env_file`` (if it exists), the environment and ``overrides``.
 
     Every problem is reported at once: mistyped names (``env_names``) with the bad values. ``warn`` hears
-    env-file names that are no setting at all (ignored, not refused).
+    env-file names that are no setting at all, and environment variables one edit from a setting (ignored,
+    not refused: another program's ``LOGLEVEL`` is one edit from ``LOG_LEVEL``, and stopped the start).
     """
     env = str(env_file) if env_file and Path(env_file).is_file() else None
     if env_file and env is None and overrides.pop("_require_env_file", False):
         raise SettingsError(f"env file {env_file} not found")
-    problems = environment_problems(os.environ, SETTING_NAMES)
+    warn = warn or (lambda _line: None)
+    for line in environment_problems(os.environ, SETTING_NAMES):  # the environment is everyone's: told, not refused
+        warn(line)
+    problems: list[str] = []
     if env is not None:
         try:
-            problems += env_file_problems(Path(env), SETTING_NAMES, warn or (lambda _line: None))
+            problems += env_file_problems(Path(env), SETTING_NAMES, warn)
         except (OSError, UnicodeDecodeError) as e:  # unreadable, or not UTF-8 text: was a traceback
             raise SettingsError(f"env file {env}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     try:

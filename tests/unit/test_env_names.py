@@ -53,13 +53,19 @@ def test_a_mistyped_name_in_the_env_file_is_one_line(tmp_path: Path, role: str, 
 
 @pytest.mark.parametrize(("role", "name", "expected"), [
     ("api", "ADMIN_KY", "ADMIN_KEY"), ("validator", "WALLET_HOTKY", "WALLET_HOTKEY"), ("miner", "MINER_PROT", "MINER_PORT"),
+    ("api", "LOGLEVEL", "LOG_LEVEL"),
 ])
-def test_a_mistyped_environment_variable_is_one_line(tmp_path: Path, role: str, name: str, expected: str) -> None:
-    env = tmp_path / "empty.env"
-    env.write_text("")
+def test_a_mistyped_environment_variable_is_a_warning_line(tmp_path: Path, role: str, name: str, expected: str) -> None:
+    """Told, not refused: the environment is every program's (``LOGLEVEL`` is another tool's, one edit from
+    ``LOG_LEVEL``), so a start it stopped would be ours broken by theirs. The start goes on (here to the
+    bad port it is given, so that it ends)."""
+    env = tmp_path / "bad-port.env"
+    env.write_text({"api": "API_PORT", "validator": "SCORING_API_PORT", "miner": "MINER_PORT"}[role] + "=70000\n")
     out = start(role, env, {name: "x" * 20})
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
-    assert out.stderr.splitlines() == [f"sn1 {role}: {name} (environment): not a setting; did you mean {expected}?"]
+    lines = out.stderr.splitlines()
+    assert lines[0] == f"sn1 {role}: warning: {name} (environment) is not a setting; did you mean {expected}? ignored"
+    assert "70000" in lines[1], "the start went on past the warning"
 
 
 def test_every_problem_is_told_at_once(tmp_path: Path) -> None:
