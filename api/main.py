@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from loguru import logger
-from redis.exceptions import AuthenticationError, ResponseError
 from prometheus_client import multiprocess as prom_multiprocess
+from redis.exceptions import AuthenticationError, ResponseError
 
 from api.app import create_api_app
 from api.availability import AvailabilityCache
