@@ -1,16 +1,22 @@
-"""One access-log line for every chat and web-retrieval request, refused ones included.
+"""One access-log line for every API request, on every route, refused ones included.
 
 A request that reaches its miners is logged by its handler with what the
-race learned (uids, winner, outcome). A request refused before that (a bad
-key, a bad body, over its rate limit: 401, 400, 429, ...) used to leave no
-line at all; ``access_logged`` writes a short one for it, with the status and
-error code, and gives its error response the request id the line names. So
-each request leaves exactly one line, and a caller's ``x-request-id`` finds it.
+race learned (uids, winner, outcome). Every other request (a refusal before
+that: 401, 400, 429, ...; an unknown path or method; a route that asks no
+miner: models, sessions, usage, admin; a client that left) is logged by
+``access_log_middleware`` with its status and error code, and its response
+names the request id the line carries. So each request leaves exactly one
+line, and a caller's ``x-request-id`` finds it.
+
+The middleware replaced a per-handler wrapper (which covered chat and web
+retrieval only, and wrote nothing for a client that left): it costs one
+layer per request, as the wrapper did, and an f-string only when the
+handler wrote no line of its own.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -19,12 +25,13 @@ from aiohttp import web
 from api.auth import KEY_RECORD
 from api.context import CTX
 from api.fanout import request_id_from
-from shared.errors import ApiError
-from shared.http import http_error_code
+from shared.http import ERROR_CODE, route_path
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("sn1_request_id", str)
 _LOGGED = web.RequestKey("sn1_access_logged", bool)
+_KIND = "access_log_kind"  # a handler's attribute: the word its lines start with (``chat``)
+CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the answer
 
 
 def request_id(request: web.Request) -> str:
@@ -36,37 +43,53 @@ def request_id(request: web.Request) -> str:
 
 
 def write(request: web.Request, line: str) -> None:
-    """The handler's own line for this request (the wrapper then writes none)."""
+    """The handler's own line for this request (the middleware then writes none)."""
     request.app[CTX].request_log.write(line)
     request[_LOGGED] = True
 
 
 def access_logged(kind: str) -> Callable[[Handler], Handler]:
-    """Wrap a handler so that a request it refuses before writing its own line still gets one."""
+    """Name the lines of a handler's requests ``kind`` (else ``http``); costs nothing per request."""
 
-    def wrap(handler: Handler) -> Handler:
-        @functools.wraps(handler)
-        async def logged(request: web.Request) -> web.StreamResponse:
-            started = time.perf_counter()
-            try:
-                return await handler(request)
-            except ApiError as e:
-                e.headers.setdefault("x-request-id", request_id(request))
-                _refused(request, kind, started, e.status, e.code)
-                raise
-            except web.HTTPException as e:  # aiohttp's own refusals, e.g. 413 for an oversized body
-                if e.status >= 400:
-                    _refused(request, kind, started, e.status, http_error_code(e))
-                raise
+    def mark(handler: Handler) -> Handler:
+        setattr(handler, _KIND, kind)
+        return handler
 
-        return logged
-
-    return wrap
+    return mark
 
 
-def _refused(request: web.Request, kind: str, started: float, status: int, code: str | None) -> None:
-    if request.get(_LOGGED):
-        return
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outside ``error_middleware``: sees the status the caller got, and a client's leaving (499)."""
+    started = time.perf_counter()
+    status = CLIENT_GONE
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:  # a stream's handler names its id itself, before its headers go
+            response.headers.setdefault("x-request-id", request_id(request))
+        return response
+    except web.HTTPException as e:  # a redirect, or an error error_middleware did not turn into a response
+        status = e.status
+        e.headers.setdefault("x-request-id", request_id(request))
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - logged as a 500 here; the traceback is error_middleware's
+        status = 500
+        raise
+    finally:
+        if not request.get(_LOGGED):
+            _line(request, started, status)
+
+
+def _line(request: web.Request, started: float, status: int) -> None:
+    """The line of a request whose handler wrote none; the route's pattern, never its path (admin
+    paths carry an API key, and an unknown path is whatever a client sent)."""
     key = request.get(KEY_RECORD)
-    write(request, f"{kind} rid={request_id(request)} key={key.id if key else None} status={status} "
-                   f"code={code} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
+    kind = getattr(request.match_info.handler, _KIND, None)
+    where = "" if kind else f" method={request.method} route={route_path(request)}"
+    code = request.get(ERROR_CODE) if status != CLIENT_GONE else "client_closed_request"
+    write(request, f"{kind or 'http'} rid={request_id(request)} key={key.id if key else None}{where} "
+                   f"status={status} code={code} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
+

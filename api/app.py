@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from api import completions, keys, miner_availabilities, ops, responses, sessions, usage, web_retrieval
+from api.access_log import access_log_middleware
 from api.auth import INVALID_KEY_LIMIT, add_rate_limit_headers
 from api.chat import CTX, chat_completions
 from api.context import ApiContext
@@ -18,7 +19,7 @@ from shared.store.usage import UsageRecorder
 
 
 def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=ctx.settings.max_body_bytes)
+    app = web.Application(middlewares=[access_log_middleware, error_middleware], client_max_size=ctx.settings.max_body_bytes)
     app[CTX] = ctx
     app[INVALID_KEY_LIMIT] = ctx.settings.invalid_keys_per_minute
     app[NOT_SERVED_HERE] = frozenset({"/v1/responses/input_tokens", "/v1/responses/compact"})  # OpenAI's, not ours

@@ -34,6 +34,8 @@ _KEY_IN_PATH = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]+")
 # ``POST /v1/responses/input_tokens`` matches ``/v1/responses/{response_id}``): a 404 naming the path,
 # not a 405 that reads as "this endpoint exists, use GET".
 NOT_SERVED_HERE = web.AppKey("sn1_not_served_here", frozenset)
+# The error code of the response ``error_middleware`` made of a failure, for the access log's line.
+ERROR_CODE = web.RequestKey("sn1_error_code", str)
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -58,12 +60,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as e:
+        request[ERROR_CODE] = e.code or error_type_for(e.status)
         return error_response(e)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         if e.status == 405 and request.path in request.app.get(NOT_SERVED_HERE, frozenset()):
             e = web.HTTPNotFound()
+        request[ERROR_CODE] = http_error_code(e)
         message = _http_error_message(request, e)
         if e.status == 404 and request.path.endswith("/") and len(request.path) > 1:
             message += await _without_slash_hint(request)
@@ -71,6 +75,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
         return json_response(body, status=e.status, headers=headers)
     except web.RequestPayloadError as e:
+        request[ERROR_CODE] = "invalid_body"
         return _unreadable_body(request, e)
     except asyncio.CancelledError:
         raise
@@ -81,6 +86,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise asyncio.CancelledError from None
     except Exception:
         logger.exception("unhandled error on {} {}", request.method, route_path(request))
+        request[ERROR_CODE] = "server_error"
         if request.writer.output_size > 0:  # a stream's headers went out: no 500 can follow them
             await _end_broken_stream(request)
         return json_response(error_body("Internal server error.", type_="server_error"), status=500)

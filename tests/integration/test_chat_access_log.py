@@ -107,3 +107,52 @@ async def test_refused_requests_get_one_line_each_and_their_request_id(tmp_path:
     assert f" key={key_id} status=413 code=request_entity_too_large " in big
     (web,) = [x for x in lines if " | web_retrieval rid=web-no-key " in x]
     assert " key=None status=401 code=missing_api_key " in web
+
+
+async def test_every_route_and_every_refusal_leaves_one_line_with_the_id_it_answers(
+        tmp_path: Path, lines: list[str]) -> None:
+    """Routes that ask no miner, unknown paths and methods, and admin calls (whose path holds a key)
+    each leave one line naming the route's pattern, and their responses carry its request id."""
+    async with api_with_miners(tmp_path, {}) as api:
+        key_id = (await api.ctx.store.list_keys())[0].id
+        bearer = {"Authorization": f"Bearer {api.key}"}
+        admin = {"admin-key": "admin-secret-for-tests"}
+        cases = [("GET", "/v1/models", bearer, 200, "http", key_id, "/v1/models", "None"),
+                 ("GET", "/v1/usage", bearer, 200, "http", key_id, "/v1/usage", "None"),
+                 ("GET", "/nowhere", bearer, 404, "http", None, "?", "not_found"),
+                 ("GET", "/v1/chat/completions", bearer, 405, "http", None, "?",
+                  "method_not_allowed"),
+                 ("PUT", f"/api_management/modify-api-key/{api.key}", admin, 400, "http", None,
+                  "/api_management/modify-api-key/{api_key}", None),
+                 ("GET", "/api_management/api-keys", {"admin-key": "wrong"}, 401, "http", None,
+                  "/api_management/api-keys", "invalid_admin_key")]
+        async with aiohttp.ClientSession() as s:
+            for i, (method, path, headers, status, _, _, _, _) in enumerate(cases):
+                async with s.request(method, api.url + path, headers={**headers, "x-request-id": f"r{i}"},
+                                     data=b"{bad" if method == "PUT" else None) as r:
+                    await r.read()
+                    assert r.status == status, (path, await r.text())
+                    assert r.headers.get("x-request-id") == f"r{i}", path
+        api.ctx.request_log.flush()
+    for i, (method, _, _, status, kind, kid, route, code) in enumerate(cases):
+        (line,) = [x for x in lines if f" | {kind} rid=r{i} " in x]
+        assert f" key={kid} method={method} route={route} status={status} " in line, line
+        if code:
+            assert f" code={code} " in line, line
+    assert not any(api.key in x or "admin-secret-for-tests" in x for x in lines)
+
+
+async def test_a_client_that_leaves_before_its_answer_leaves_one_line(tmp_path: Path, lines: list[str]) -> None:
+    """A web retrieval whose caller hangs up while the miners are asked: a 499 line, not none."""
+    scripts = {2: Script([(5.0, b"")])}
+    async with api_with_miners(tmp_path, scripts) as api:
+        async with aiohttp.ClientSession() as s:
+            with pytest.raises(asyncio.TimeoutError):
+                async with s.get(api.url + "/web_retrieval?search_query=x&uids=2",
+                                 headers={"Authorization": f"Bearer {api.key}", "x-request-id": "gone"},
+                                 timeout=aiohttp.ClientTimeout(total=0.5)) as r:
+                    await r.read()
+        await asyncio.sleep(0.3)
+        api.ctx.request_log.flush()
+    (line,) = [x for x in lines if " | web_retrieval rid=gone " in x]
+    assert " status=499 code=client_closed_request " in line, line
