@@ -177,6 +177,9 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
     except ApiError as e:
         e.headers.update(headers)
         raise
+    except asyncio.CancelledError:
+        outcome = "client_closed"  # the caller left (mid-stream, or while the miners were asked)
+        raise
     finally:
         if outcome == "ok" or (winner is None and all(r.done for r in race.runs)):
             settle(ctx, race, body, kind="mixture" if use_mixture else "chat")
@@ -190,8 +193,14 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             request,
             f"{fmt.kind} rid={rid} key={key.id} uids={[n.uid for n in neurons]} "
             f"winner={winner.uid if winner else None} stream={req.stream} mixture={use_mixture} "
-            f"status={outcome} latency_ms={(time.perf_counter() - started) * 1000:.1f}"
+            f"status={logged_outcome(outcome, winner)} latency_ms={(time.perf_counter() - started) * 1000:.1f}"
         )
+
+
+def logged_outcome(outcome: str, winner: MinerRun | None) -> str:
+    """The access log's word for how a request ended: a winner that failed after its stream began
+    is not ``ok`` (the caller got an error event), though its answer was sent and counted."""
+    return "failed_mid_stream" if outcome == "ok" and winner is not None and winner.error else outcome
 
 
 def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str],

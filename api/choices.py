@@ -148,6 +148,9 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
     except ApiError as e:
         e.headers.update(headers)
         raise
+    except asyncio.CancelledError:
+        outcome = "client_closed"
+        raise
     finally:
         for race, body in races:
             if outcome == "ok" or all(r.done for r in race.runs):
@@ -159,7 +162,8 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
                              error=any(w.error is not None for w in winners))
         write(request, f"{fmt.kind} rid={rid} key={key.id} n={len(asks)} "
                        f"uids={[[r.uid for r in race.runs] for race, _ in races]} "
-                       f"winners={[w.uid for w in winners]} stream={req.stream} status={outcome} "
+                       f"winners={[w.uid for w in winners]} stream={req.stream} "
+                       f"status={'failed_mid_stream' if outcome == 'ok' and any(w.error for w in winners) else outcome} "
                        f"latency_ms={(time.perf_counter() - started) * 1000:.1f}")
 
 

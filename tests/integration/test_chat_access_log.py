@@ -156,3 +156,27 @@ async def test_a_client_that_leaves_before_its_answer_leaves_one_line(tmp_path: 
         api.ctx.request_log.flush()
     (line,) = [x for x in lines if " | web_retrieval rid=gone " in x]
     assert " status=499 code=client_closed_request " in line, line
+
+
+async def test_a_stream_is_logged_when_it_ends_with_its_real_outcome(tmp_path: Path, lines: list[str]) -> None:
+    """The line of a stream comes at its end: a winner that dies mid-stream is not ``ok``, and a
+    caller that hangs up mid-stream is ``client_closed``."""
+    dies = Script([(0, d) for d in sse(chunk("Hel"), done=False)] + [(0.3, b"")], die=True)
+    slow = Script([(0, d) for d in sse(chunk("Hel"), done=False)] + [(5.0, b"")])
+    async with api_with_miners(tmp_path, {2: dies, 3: slow}) as api:
+        status, _, text = await post(api, {"messages": MESSAGES, "uids": [2], "stream": True},
+                                     headers={"x-request-id": "dies"})
+        assert status == 200 and "error" in text
+        async with aiohttp.ClientSession() as s:
+            async with s.post(api.url + "/v1/chat/completions",
+                              json={"messages": MESSAGES, "uids": [3], "stream": True},
+                              headers={"Authorization": f"Bearer {api.key}", "x-request-id": "leaves"}) as r:
+                await r.content.readany()  # the first chunk: the stream has begun
+                api.ctx.request_log.flush()
+                assert not [x for x in lines if " | chat rid=leaves " in x], "no line at the stream's start"
+        await asyncio.sleep(0.3)
+        api.ctx.request_log.flush()
+    (died,) = [x for x in lines if " | chat rid=dies " in x]
+    assert " winner=2 " in died and " status=failed_mid_stream " in died, died
+    (left,) = [x for x in lines if " | chat rid=leaves " in x]
+    assert " winner=3 " in left and " status=client_closed " in left, left
