@@ -180,3 +180,14 @@ async def test_a_stream_is_logged_when_it_ends_with_its_real_outcome(tmp_path: P
     assert " winner=2 " in died and " status=failed_mid_stream " in died, died
     (left,) = [x for x in lines if " | chat rid=leaves " in x]
     assert " winner=3 " in left and " status=client_closed " in left, left
+
+
+async def test_a_web_retrieval_every_miner_failed_is_logged_with_its_502(tmp_path: Path, lines: list[str]) -> None:
+    async with api_with_miners(tmp_path, {2: Script([], status=500)}) as api:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(api.url + "/web_retrieval?search_query=x&uids=2",
+                             headers={"Authorization": f"Bearer {api.key}", "x-request-id": "web-fail"}) as r:
+                assert r.status == 502 and r.headers["x-request-id"] == "web-fail"
+        api.ctx.request_log.flush()
+    (line,) = [x for x in lines if " | web_retrieval rid=web-fail " in x]
+    assert " uids=[2] results=0 status=502 latency_ms=" in line, line
