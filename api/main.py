@@ -17,7 +17,6 @@ from pathlib import Path
 
 from loguru import logger
 from prometheus_client import multiprocess as prom_multiprocess
-from redis.exceptions import AuthenticationError, ResponseError
 
 from api.app import create_api_app
 from api.availability import AvailabilityCache
@@ -86,6 +85,11 @@ async def reach_store(url: str, namespace: str) -> None:
     opened, hence checked, where it is built."""
     if not url.startswith(("redis://", "rediss://")):
         return
+    from redis.exceptions import (  # here: a SQLite API never loads redis (9 MB)
+        AuthenticationError,
+        ResponseError,
+    )
+
     store = open_store(url, namespace=namespace)
     try:
         await within(store.ping(), STORE_START_SECONDS)
