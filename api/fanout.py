@@ -8,7 +8,6 @@ goes to the payload sinks, i.e. the durable scoring outbox.
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 from loguru import logger
@@ -16,13 +15,11 @@ from loguru import logger
 from api.answer_checks import Check, json_check, json_opening, offered_tools
 from api.context import ApiContext
 from api.race import Race
-from shared.ids import random_hex
+from shared.ids import random_hex, request_id_from  # noqa: F401 - request_id_from: the API's import of it
 from shared.jsonutil import dumpb
 from shared.metagraph import Neuron
 from shared.protocol import ChatCompletionRequest
 from shared.settings import ApiSettings
-
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/@+-]+")
 
 
 def deadline_seconds(settings: ApiSettings, *, timeout: float | None, max_tokens: int | None) -> float:
@@ -44,16 +41,6 @@ def chat_deadline(settings: ApiSettings, req: ChatCompletionRequest) -> tuple[fl
     seconds = deadline_seconds(settings, timeout=req.timeout, max_tokens=max_tokens)
     return seconds, req.timeout is not None and seconds < deadline_seconds(settings, timeout=None,
                                                                           max_tokens=max_tokens)
-
-
-def request_id_from(headers: Any) -> str:
-    """The caller's ``x-request-id`` if it is an id (letters, digits, ``-_.:/@+``, up to 128), else a
-    new one. Spaces and ``=`` are not: the id goes into the ``key=value`` log line, where
-    ``abc key=... winner=9`` charged the request to another key and miner for a log parser."""
-    rid = headers.get("x-request-id") or ""
-    if not rid or len(rid) > 128 or not _REQUEST_ID.fullmatch(rid):
-        return random_hex()
-    return rid
 
 
 def start_race(

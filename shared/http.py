@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import socket
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from shared.aio import describe_tasks
 from shared.errors import ApiError, error_body, error_type_for, first_problem, invalid_value
 from shared.gc_tuning import tune_for_serving
+from shared.ids import request_id_from
 from shared.jsonutil import dumpb, loads_body
 from shared.process import stop_signals
 from shared.server_log import ServerLog
@@ -116,6 +118,35 @@ async def _without_slash_hint(request: web.Request) -> str:
     if match.http_exception is not None and match.http_exception.status == 404:
         return ""
     return f" Did you mean {_KEY_IN_PATH.sub(lambda m: display_prefix(m.group()) + '...', stripped[:200])}?"
+
+
+def request_lines(role: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """A middleware (outermost but metrics) writing one INFO line per request of a low-traffic server (the
+    validator's: the API's outbox, availability queries, scrapes): route pattern, status, error code,
+    latency and the caller's ``x-request-id``. The API has its own, batched (``api/access_log.py``)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 499  # the client left (the handler cancelled) unless a status is known below
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as e:
+            status = e.status
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a bug: error_middleware logs its traceback
+            status = 500
+            raise
+        finally:
+            logger.info("{} rid={} method={} route={} status={} code={} latency_ms={:.1f}", role,
+                        request_id_from(request.headers), request.method, route_path(request), status,
+                        request.get(ERROR_CODE), (time.perf_counter() - started) * 1000)
+
+    return middleware
 
 
 def route_path(request: web.Request) -> str:

@@ -9,8 +9,22 @@ API keys, nonces and session ids use ``secrets`` instead.
 from __future__ import annotations
 
 import random
+import re
+from typing import Any
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/@+-]+")
 
 
 def random_hex() -> str:
     """32 hex digits (128 bits), like ``uuid4().hex``."""
     return f"{random.getrandbits(128):032x}"
+
+
+def request_id_from(headers: Any) -> str:
+    """The caller's ``x-request-id`` if it is an id (letters, digits, ``-_.:/@+``, up to 128), else a
+    new one. Spaces and ``=`` are not: the id goes into the ``key=value`` log line, where
+    ``abc key=... winner=9`` charged the request to another key and miner for a log parser."""
+    rid = headers.get("x-request-id") or ""
+    if not rid or len(rid) > 128 or not _REQUEST_ID.fullmatch(rid):
+        return random_hex()
+    return rid

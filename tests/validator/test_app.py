@@ -80,6 +80,30 @@ async def test_scoring_accepts_a_signed_valid_payload() -> None:
     assert job.hotkeys == {u: k.ss58_address for u, k in MINERS.items()} and job.errors == {2: "deadline exceeded"}
 
 
+async def test_every_validator_request_leaves_one_line_with_its_status() -> None:
+    """The validator's routes wrote no line at all: an API whose payloads were refused, a scraper, a
+    caller of an unknown path left nothing an operator could find by the request id."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m).strip()), level="INFO", format="{message}",
+                      filter=lambda r: r["message"].startswith("validator rid="))
+    try:
+        async with serve_app(create_validator_app(make_ctx())) as url:
+            status, _ = await post(url, "/scoring", json.dumps(payload()).encode(),
+                                   headers={"x-request-id": "outbox-7"})
+            assert status == 202
+            status, _ = await post(url, "/scoring", b"{", signer=None, headers={"x-request-id": "a b=c"})
+            assert status in (400, 401)
+            async with aiohttp.ClientSession() as s, s.get(url + "/nowhere") as r:
+                assert r.status == 404
+    finally:
+        logger.remove(sink)
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("validator rid=outbox-7 method=POST route=/scoring status=202 ")
+    assert " status=401 " in lines[1] or " status=400 " in lines[1]
+    assert "a b=c" not in lines[1], "a caller's id with spaces or '=' would forge fields of the line"
+    assert " route=? status=404 " in lines[2] and "/nowhere" not in lines[2]
+
+
 async def test_organic_latency_is_judged_on_the_deadline_the_miners_had() -> None:
     """The API strips ``timeout`` from the body it forwards, so the deadline travels as ``deadline_s``: a
     caller's 120 s (or a long max_tokens) must not be judged on the validator's 30 s default."""
