@@ -16,7 +16,6 @@ handler wrote no line of its own.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -25,13 +24,12 @@ from aiohttp import web
 from api.auth import KEY_RECORD
 from api.context import CTX
 from api.fanout import request_id_from
-from shared.http import ERROR_CODE, route_path
+from shared.http import CLIENT_GONE, ERROR_CODE, answered_status, route_path
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("sn1_request_id", str)
 _LOGGED = web.RequestKey("sn1_access_logged", bool)
 _KIND = "access_log_kind"  # a handler's attribute: the word its lines start with (``chat``)
-CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the answer
 
 
 def request_id(request: web.Request) -> str:
@@ -69,14 +67,10 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         if not response.prepared:  # a stream's handler names its id itself, before its headers go
             response.headers.setdefault("x-request-id", request_id(request))
         return response
-    except web.HTTPException as e:  # a redirect, or an error error_middleware did not turn into a response
-        status = e.status
-        e.headers.setdefault("x-request-id", request_id(request))
-        raise
-    except asyncio.CancelledError:
-        raise
-    except Exception:  # noqa: BLE001 - logged as a 500 here; the traceback is error_middleware's
-        status = 500
+    except BaseException as e:
+        status = answered_status(e)
+        if isinstance(e, web.HTTPException):  # a redirect, or an error error_middleware did not turn into a response
+            e.headers.setdefault("x-request-id", request_id(request))
         raise
     finally:
         if not request.get(_LOGGED):

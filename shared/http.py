@@ -38,6 +38,7 @@ _KEY_IN_PATH = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]+")
 NOT_SERVED_HERE = web.AppKey("sn1_not_served_here", frozenset)
 # The error code of the response ``error_middleware`` made of a failure, for the access log's line.
 ERROR_CODE = web.RequestKey("sn1_error_code", str)
+CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the answer
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -120,33 +121,50 @@ async def _without_slash_hint(request: web.Request) -> str:
     return f" Did you mean {_KEY_IN_PATH.sub(lambda m: display_prefix(m.group()) + '...', stripped[:200])}?"
 
 
+def answered_status(exc: BaseException) -> int:
+    """The status a request whose handler raised ``exc`` is counted and logged with (by the middlewares
+    outside ``error_middleware``): the client left (cancelled, or its connection reset), an HTTP error's
+    own status, else a bug's 500."""
+    if isinstance(exc, ConnectionResetError | asyncio.CancelledError):
+        return CLIENT_GONE
+    if isinstance(exc, ApiError | web.HTTPException):
+        return exc.status
+    return 500
+
+
+def observed(on_end: Callable[[web.Request, int, float], None]) -> Callable[[web.Request, Handler],
+                                                                           Awaitable[web.StreamResponse]]:
+    """A middleware (outside ``error_middleware``) that calls ``on_end(request, status, seconds)`` once a
+    request ends, with the status the caller got (``answered_status`` when the handler raised)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except BaseException as e:
+            status = answered_status(e)
+            raise
+        finally:
+            on_end(request, status, time.perf_counter() - started)
+
+    return middleware
+
+
 def request_lines(role: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """A middleware (outermost but metrics) writing one INFO line per request of a low-traffic server (the
     validator's: the API's outbox, availability queries, scrapes): route pattern, status, error code,
     latency and the caller's ``x-request-id``. The API has its own, batched (``api/access_log.py``)."""
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        status = 499  # the client left (the handler cancelled) unless a status is known below
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as e:
-            status = e.status
-            raise
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - a bug: error_middleware logs its traceback
-            status = 500
-            raise
-        finally:
-            logger.info("{} rid={} method={} route={} status={} code={} latency_ms={:.1f}", role,
-                        request_id_from(request.headers), request.method, route_path(request), status,
-                        request.get(ERROR_CODE), (time.perf_counter() - started) * 1000)
+    def line(request: web.Request, status: int, seconds: float) -> None:
+        logger.info("{} rid={} method={} route={} status={} code={} latency_ms={:.1f}", role,
+                    request_id_from(request.headers), request.method, route_path(request), status,
+                    request.get(ERROR_CODE), seconds * 1000)
 
-    return middleware
+    return observed(line)
 
 
 def route_path(request: web.Request) -> str:

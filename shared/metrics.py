@@ -14,9 +14,7 @@ use ``livesum`` gauges, shared values (outbox depth) ``max``.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,7 +29,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
-from shared.errors import ApiError
+from shared.http import observed
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -86,30 +84,10 @@ def route_label(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED
 
 
-def _status_of(exc: BaseException) -> int:
-    if isinstance(exc, ApiError | web.HTTPException):
-        return exc.status
-    return 500
-
-
 def metrics_middleware(http: HttpMetrics) -> Any:
     """Outermost middleware: counts every request once with the status the client saw."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except BaseException as e:
-            status = 499 if isinstance(e, ConnectionResetError | asyncio.CancelledError) else _status_of(e)
-            raise
-        finally:
-            http.observe(route_label(request), request.method, status, time.perf_counter() - started)
-
-    return middleware
+    return observed(lambda request, status, seconds: http.observe(route_label(request), request.method, status,
+                                                                  seconds))
 
 
 class ApiMetrics:
