@@ -23,8 +23,8 @@ from aiohttp import web
 
 from api.auth import KEY_RECORD
 from api.context import CTX
-from api.fanout import request_id_from
 from shared.http import CLIENT_GONE, ERROR_CODE, answered_status, route_path
+from shared.ids import request_id_from
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("sn1_request_id", str)

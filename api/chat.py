@@ -21,6 +21,7 @@ from api.access_log import access_logged, request_id, write
 from api.auth import authenticate, check_model
 from api.completion import (
     completion_for,
+    logged_outcome,
     mid_stream_failure_event,
     no_winner_error,
     response_usage,
@@ -193,14 +194,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             request,
             f"{fmt.kind} rid={rid} key={key.id} uids={[n.uid for n in neurons]} "
             f"winner={winner.uid if winner else None} stream={req.stream} mixture={use_mixture} "
-            f"status={logged_outcome(outcome, winner)} latency_ms={(time.perf_counter() - started) * 1000:.1f}"
+            f"status={logged_outcome(outcome, [winner] if winner else [])} latency_ms={(time.perf_counter() - started) * 1000:.1f}"
         )
-
-
-def logged_outcome(outcome: str, winner: MinerRun | None) -> str:
-    """The access log's word for how a request ended: a winner that failed after its stream began
-    is not ``ok`` (the caller got an error event), though its answer was sent and counted."""
-    return "failed_mid_stream" if outcome == "ok" and winner is not None and winner.error else outcome
 
 
 def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str],

@@ -24,6 +24,7 @@ from api.auth import check_model
 from api.completion import (
     completion_for,
     finish_reason,
+    logged_outcome,
     mid_stream_failure_event,
     no_winner_error,
     response_usage,
@@ -163,7 +164,7 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
         write(request, f"{fmt.kind} rid={rid} key={key.id} n={len(asks)} "
                        f"uids={[[r.uid for r in race.runs] for race, _ in races]} "
                        f"winners={[w.uid for w in winners]} stream={req.stream} "
-                       f"status={'failed_mid_stream' if outcome == 'ok' and any(w.error for w in winners) else outcome} "
+                       f"status={logged_outcome(outcome, winners)} "
                        f"latency_ms={(time.perf_counter() - started) * 1000:.1f}")
 
 

@@ -127,6 +127,12 @@ def mid_stream_failure(run: MinerRun) -> str | None:
     return f"miner uid {run.uid} failed mid-stream: {run.error}" if run.error else None
 
 
+def logged_outcome(outcome: str, winners: list[MinerRun]) -> str:
+    """The access log's word for how a request ended: winners (one per choice) of which one failed after
+    its stream began are not ``ok`` (the caller got an error event), though the answer was sent and counted."""
+    return "failed_mid_stream" if outcome == "ok" and any(w.error for w in winners) else outcome
+
+
 def mid_stream_failure_event(runs: list[MinerRun]) -> bytes:
     """The SSE error event that ends a chat stream whose winners (one per choice) failed after they
     started, naming each that did."""

@@ -15,7 +15,6 @@ from loguru import logger
 from api.answer_checks import Check, json_check, json_opening, offered_tools
 from api.context import ApiContext
 from api.race import Race
-from shared.ids import random_hex, request_id_from  # noqa: F401 - request_id_from: the API's import of it
 from shared.jsonutil import dumpb
 from shared.metagraph import Neuron
 from shared.protocol import ChatCompletionRequest

@@ -21,11 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import authenticate, check_model
 from api.context import CTX, ApiContext
-from api.fanout import request_id_from, settle, start_race
+from api.fanout import settle, start_race
 from api.race import MinerRun, Race
 from api.selection import select_miners
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
+from shared.ids import request_id_from
 from shared.metagraph import Neuron
 from shared.protocol import DEFAULT_TASK, MAX_SESSION_ID
 from shared.store.base import KeyRecord, StoreUnavailable
