@@ -56,14 +56,13 @@ def select_miners(
         return explicit_miners(snapshot, uids, cache=cache, task=task, model=model)
     registered = snapshot.serving(exclude_hotkey=self_hotkey)
     candidates = fitting(registered, cache, task=task, model=model)
-    if candidates is registered:
-        if not candidates:
+    if not candidates:
+        if cache is None or not cache.fresh():  # no availability data rules anyone out: none is registered
             raise ApiError(503, "No serving miners in the metagraph.", code=NO_MINERS)
-    elif not candidates:
         if task and task not in known_tasks(cache):
             raise ApiError(400, f"Unknown task '{task}'. Known tasks: {', '.join(sorted(known_tasks(cache)))}.",
                            param="task", code="unknown_task")
-        if model and cache is not None and not any(cache.matches(n.uid, None, model) for n in registered):
+        if model and not any(cache.matches(n.uid, None, model) for n in registered):
             raise ApiError(404, f"The model '{model}' is not served by any available miner.",
                            code="model_not_found", param="model")
         raise ApiError(503, f"No miner is available for task '{task}' and model '{model or 'any'}'.",

@@ -88,9 +88,6 @@ class ScoreBook:
             return 0.0
         return sum(p * entry.tasks.get(task, 0.0) for task, p in self.probabilities.items())
 
-    def combined_all(self) -> dict[int, float]:
-        return {uid: self.combined(uid) for uid in self.miners}
-
     def combined_for(self, snapshot: MetagraphSnapshot) -> dict[int, float]:
         """Every uid of ``snapshot`` (the metagraph's n now) with its combined score: 0 for a uid never
         scored, and for one whose hotkey is not the one its score was earned under.

@@ -254,7 +254,7 @@ class RedisSessionStore:
         return self._decode(await self._call(self.r.get(self._skey(session_id))))
 
     async def for_key(self, key_id: str) -> Session | None:
-        return self._decode(await self._call(self._for_key(keys=[self._kkey(key_id)], args=[f"{self.ns}:session:"])))
+        return self._decode(await self._call(self._for_key(keys=[self._kkey(key_id)], args=[self._skey("")])))
 
     async def repin(self, session_id: str, uid: int, hotkey: str, *,
                     if_pinned: Pin | None = None) -> Session | None:
@@ -271,7 +271,7 @@ class RedisSessionStore:
     async def close(self, session_id: str, *, if_pinned: Pin | None = None) -> bool:
         uid, hotkey = ("", "") if if_pinned is None else (str(if_pinned[0]), if_pinned[1])
         out = await self._call(self._close(keys=[self._skey(session_id), "", self._index],
-                                           args=[session_id, f"{self.ns}:session_by_key:", uid, hotkey]))
+                                           args=[session_id, self._kkey(""), uid, hotkey]))
         return bool(out)
 
     async def active(self) -> list[Session]:
