@@ -46,7 +46,6 @@ STORE_START_SECONDS = 5.0  # a Redis this slow to answer one PING at start is as
 
 async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiContext:
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
-    await reach_store(settings.store_url, settings.store_namespace)
     signer = Signer(hotkey)
     metagraph = MetagraphView.from_settings(settings)
     await metagraph.first_refresh()
@@ -107,6 +106,8 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
     role = f"api[{os.getpid()}]"
     setup_logging(settings.log_level, role=role)
     sock = bound_socket(settings.api_host, settings.api_port, reuse_port=reuse_port, settings=LISTEN)  # a port in use: stop now
+    if not reuse_port:  # one worker checks its store here; a fleet's supervisor checked it once for all
+        await reach_store(settings.store_url, settings.store_namespace)
     ctx = await build_context(settings, role=role)
     app = create_api_app(ctx)
 

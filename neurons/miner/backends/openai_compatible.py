@@ -19,12 +19,12 @@ from typing import Any
 
 import aiohttp
 from loguru import logger
-from yarl import URL
 
 from neurons.miner.backends.base import BackendError
 from shared.errors import MODEL_SERVER_REJECTED, parse_error
 from shared.jsonutil import dumpb
 from shared.protocol import ANY_MODEL
+from shared.settings import mask_credentials
 from shared.sse import DONE, SSEError, SSEParser
 from shared.tasks import ARITHMETIC, INFERENCE, QUESTION_ANSWERING
 
@@ -81,7 +81,7 @@ class OpenAICompatibleBackend:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         # For logs: credentials in the URL (http://user:token@host/v1) are never written out.
-        self.shown_url = str(URL(self.base_url).with_user(None)) if URL(self.base_url).user else self.base_url
+        self.shown_url = mask_credentials(self.base_url)
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -236,12 +236,13 @@ class OpenAICompatibleBackend:
         try:
             async with self._chat(body, stream=True) as r:
                 reads = r.content.iter_any()
-                head = b""
+                head, event = b"", None
                 async for chunk in reads:
                     head += chunk
-                    if len(head) > MAX_HEAD_BYTES or (b"\n" in chunk or b"\r" in chunk) and first_event(head):
+                    ends_a_line = b"\n" in chunk or b"\r" in chunk
+                    if ends_a_line and (event := first_event(head)) or len(head) > MAX_HEAD_BYTES:
                         break
-                event = first_event(head, ended=True)
+                event = event or first_event(head, ended=True)  # the stream ended, or its head is large
                 if event is not None and (error := opening_error(event)) is not None:
                     raise error
                 if head:
