@@ -68,7 +68,8 @@ def chat_body(r: ResponsesRequest) -> dict[str, Any]:
         body["logprobs"] = True
         if r.top_logprobs is not None:
             body["top_logprobs"] = r.top_logprobs
-    tools = miner_tools(r)
+    allowed = _allowed(r)  # parsed and checked once for the tools and the choice
+    tools = miner_tools(r, allowed)
     if tools:
         body["tools"] = [{"type": "function", "function": t.model_dump(include=TOOL_FIELDS, exclude_none=True)}
                          for t in tools]
@@ -76,7 +77,7 @@ def chat_body(r: ResponsesRequest) -> dict[str, Any]:
         # No tool reaches the miners (none sent, or web search only, which the API runs): chat servers refuse
         # tool_choice and parallel_tool_calls without tools (OpenAI, vLLM), and Codex always sends the latter.
         body.pop("parallel_tool_calls", None)
-    choice = _tool_choice(r, tools)
+    choice = _tool_choice(r, tools, allowed)
     # "auto" and "none" mean nothing without tools; any other choice goes on, for the chat check's 400
     if choice is not None and (tools or choice not in ("auto", "none")):
         body["tool_choice"] = choice
@@ -184,13 +185,12 @@ def search_tool(r: ResponsesRequest) -> Tool | None:
     return r.web_search
 
 
-def miner_tools(r: ResponsesRequest) -> list[Tool]:
+def miner_tools(r: ResponsesRequest, allowed: AllowedTools | None) -> list[Tool]:
     """The function tools the miners get: every one, or only those an ``allowed_tools`` choice lists.
 
     OpenAI's model still sees the others but may not call them; a chat request cannot say so (model
     servers take no such choice), so the miners are offered only the allowed ones, and a call to any
     other fails the miner as a call to a tool not offered."""
-    allowed = _allowed(r)
     if allowed is None:
         return r.function_tools
     names = {t.get("name") for t in allowed.tools if t.get("type") == "function"}
@@ -213,7 +213,7 @@ def _allowed(r: ResponsesRequest) -> AllowedTools | None:
     return allowed
 
 
-def _tool_choice(r: ResponsesRequest, tools: list[Tool]) -> str | dict[str, Any] | None:
+def _tool_choice(r: ResponsesRequest, tools: list[Tool], allowed: AllowedTools | None) -> str | dict[str, Any] | None:
     """The chat request's ``tool_choice`` (``tools``: the miners' tools): web search is not a miner's tool,
     so a choice of it (or ``required`` with web search the only tool) is met by the search and leaves the
     miners free."""
@@ -232,8 +232,7 @@ def _tool_choice(r: ResponsesRequest, tools: list[Tool]) -> str | dict[str, Any]
             raise invalid_value("tool_choice", "tool_choice names web search, which is not among the tools")
         return None
     if kind == "allowed_tools":
-        allowed = _allowed(r)
-        assert allowed is not None
+        assert allowed is not None  # _allowed parsed this very choice
         return allowed.mode if tools else None  # only web search allowed: met by the search, as above
     raise invalid_value("tool_choice", TOOL_CHOICES)
 
