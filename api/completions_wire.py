@@ -23,6 +23,7 @@ from shared.protocol import (
     StreamOptions,
     logit_bias_is_openais,
     null_means_default,
+    stream_options_need_stream,
 )
 
 MAX_RACES = 8  # prompts x n: each is a race of DEFAULT_K miners, as n's cap on chat completions
@@ -43,6 +44,7 @@ class CompletionRequest(BaseModel):
     best_of: int | None = Field(default=None, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    _stream_options = stream_options_need_stream()
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
     _nulls = null_means_default("max_tokens", "n", "stream", "echo")

@@ -29,7 +29,7 @@ from api.answer_checks import NOT_JSON, UNFIT, Check, Unfit
 from shared.jsonutil import loads
 from shared.metagraph import Neuron
 from shared.miner_client import Event, MinerClient, MinerError, event_text
-from shared.protocol import token_count
+from shared.protocol import FINISH_REASONS, finish_reason, token_count
 
 
 @dataclass(slots=True)
@@ -78,8 +78,12 @@ class MinerRun:
         """Every chunk as JSON text (for the scoring payload and the stream relay)."""
         return [event_text(e) for e in self.events]
 
-    def absorb(self, data: Event) -> None:
-        """Record one chunk and fold it into the running answer; raise ValueError if it is garbage."""
+    def absorb(self, data: Event) -> Event:
+        """Fold one chunk into the running answer and return it as it is to be kept and relayed; raise
+        ValueError if it is garbage.
+
+        The chunk is returned as it came, except that a model server's own ``finish_reason`` (TGI's
+        "eos_token") is put in the SDK's words: relayed as it came, a strict client's type refused it."""
         obj = loads(data) if type(data) is str else data
         if type(obj) is not dict:
             raise ValueError("chunk is not a JSON object")
@@ -140,12 +144,16 @@ class MinerRun:
             if reason:
                 if type(reason) is not str:
                     raise ValueError("finish_reason is not a string")
+                if reason not in FINISH_REASONS:  # the last chunk only: the others are relayed untouched
+                    choice["finish_reason"] = reason = finish_reason(reason)
+                    data = obj
                 self.finish_reason = reason
                 if self.offered is not None and self.tool_calls:
                     for slot in self.tool_calls.values():
                         if slot["function"]["name"] not in self.offered:
                             raise ValueError(f"tool call to {slot['function']['name']!r}, which the request "
                                              "did not offer")
+        return data
 
     def _merge_tool_calls(self, calls: Any) -> None:
         if not isinstance(calls, list):
@@ -249,8 +257,7 @@ class Race:
             async for batch in batches:
                 arrived = loop.time() - self.started  # one read: the same arrival time for its events
                 for data in batch:
-                    run.absorb(data)
-                    run.events.append(data)
+                    run.events.append(run.absorb(data))
                     run.timings.append(arrived)
                     if self.stream and (run.has_answer or run.reasoning):
                         self._claim(run)

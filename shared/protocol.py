@@ -136,6 +136,19 @@ def null_means_default(*fields: str) -> Any:
     return field_validator(*fields, mode="before")(take)
 
 
+def stream_options_need_stream() -> Any:
+    """A validator of ``stream_options`` as OpenAI and vLLM take it: only with ``stream: true``. Ignored
+    without it, a caller's ``include_usage`` seemed to work here and was a 400 at OpenAI."""
+
+    def check(cls: type[BaseModel], v: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if v is not None and info.data.get("stream") is not True:
+            raise PydanticCustomError("stream_required",
+                                      "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+        return v
+
+    return field_validator("stream_options")(check)
+
+
 MAX_LOGIT_BIAS = 100
 
 
@@ -174,6 +187,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     _nulls = null_means_default("stream")
     stream_options: StreamOptions | None = None
+    _stream_options = stream_options_need_stream()
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = Field(default=None, ge=1, le=8, description="Choices: each the winner of its own race")
@@ -328,9 +342,7 @@ class ChatCompletionRequest(BaseModel):
         body["seed"] = seed
         # Miners answer in the caller's mode: a non-streaming caller gets one JSON completion from
         # each miner (one parse, one write per hop) instead of a stream it would only reassemble.
-        body["stream"] = bool(self.stream)
-        if not self.stream:
-            body.pop("stream_options", None)
+        body["stream"] = bool(self.stream)  # stream_options come only with stream: true
         for name, value in (
             ("max_tokens", self.effective_max_tokens()),
             ("temperature", self.effective_temperature()),

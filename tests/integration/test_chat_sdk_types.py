@@ -186,8 +186,8 @@ async def test_a_tool_call_the_miner_sent_without_an_id_gets_one(tmp_path: Path)
 async def test_a_model_servers_own_finish_reason_reaches_the_caller_in_the_sdks_words(
         tmp_path: Path, said: str, meant: str) -> None:
     """TGI ends with "eos_token", vLLM may with "abort": passed on, the SDK's ``Literal`` refused it and a
-    caller's ``finish_reason == "length"`` check missed a cut answer. (One streamed answer is the
-    winner's chunks byte for byte: it keeps the server's word.)"""
+    caller's ``finish_reason == "length"`` check missed a cut answer (a strict client's stream, such as
+    async-openai's enum, broke on its last chunk)."""
     script = scripted({"delta": {"content": "Hi"}}, {"delta": {}, "finish_reason": said})
     async with api_with_miners(tmp_path, {1: script}) as api:
         reasons = []
@@ -195,12 +195,13 @@ async def test_a_model_servers_own_finish_reason_reaches_the_caller_in_the_sdks_
             status, _, text = await post(api, {"messages": MSG, "n": n})
             assert status == 200, text
             reasons += [c.finish_reason for c in ChatCompletion.model_validate(json.loads(text), strict=True).choices]
-        status, _, text = await post(api, {"messages": MSG, "n": 2, "stream": True})
-        chunks = [ChatCompletionChunk.model_validate(json.loads(f), strict=True) for f in data_frames(text)[:-1]]
-        reasons += [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason]
+        for n in (1, 2):
+            status, _, text = await post(api, {"messages": MSG, "n": n, "stream": True})
+            chunks = [ChatCompletionChunk.model_validate(json.loads(f), strict=True) for f in data_frames(text)[:-1]]
+            reasons += [c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason]
         status, _, text = await post(api, {"prompt": "Hi"}, path="/v1/completions")
         reasons.append(Completion.model_validate(json.loads(text), strict=True).choices[0].finish_reason)
-    assert reasons == [meant] * 6
+    assert reasons == [meant] * 7
 
 
 REFUSED = [{"token": "No", "logprob": -0.1, "bytes": [78, 111], "top_logprobs": []},
@@ -305,6 +306,27 @@ async def test_audio_output_is_a_400_naming_the_field_not_ignored(tmp_path: Path
                                                            extra_body={"audio": None})
     assert e.value.param == param and "text" in e.value.message
     assert text_only.choices[0].message.content == "Hi" and script.calls == 1
+
+
+@pytest.mark.parametrize("stream", [False, None])
+async def test_stream_options_without_stream_is_a_400_as_at_openai(tmp_path: Path, stream: bool | None) -> None:
+    """Ignored, a caller's ``include_usage`` on a request that does not stream seemed to work here and was
+    OpenAI's (and vLLM's) 400: the code moved to OpenAI broke. With ``stream: true`` it is served."""
+    script = scripted({"delta": {"content": "Hi"}}, {"delta": {}, "finish_reason": "stop"})
+    async with api_with_miners(tmp_path, {1: script}) as api:
+        client = openai_client(api)
+        with pytest.raises(openai.BadRequestError) as chat:
+            await client.chat.completions.create(model="default", messages=MSG, stream=stream,
+                                                 stream_options={"include_usage": True})
+        with pytest.raises(openai.BadRequestError) as legacy:
+            await client.completions.create(model="default", prompt="Hi", stream=stream,
+                                            stream_options={"include_usage": True})
+        streamed = await client.chat.completions.create(model="default", messages=MSG, stream=True,
+                                                        stream_options={"include_usage": True})
+        chunks = [c async for c in streamed]
+    for refused in (chat.value, legacy.value):
+        assert refused.param == "stream_options" and "only allowed when 'stream' is enabled" in refused.message
+    assert script.calls == 1 and chunks[-1].usage is not None
 
 
 def allowed(mode: str, *names: str) -> dict[str, Any]:
