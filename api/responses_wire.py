@@ -32,6 +32,22 @@ PLATFORM_ONLY = {  # fields only OpenAI's platform can honour, and what to do in
 }
 
 
+# Every value of ``include`` OpenAI defines (the SDK's ``ResponseIncludable``); any other is a 400, as at
+# OpenAI. Only the logprobs and the web search's sources change an answer here: the others ask for output
+# of tools not served (file search, computer use, code interpreter), for encrypted reasoning to store, or for
+# what the call item and the input do not repeat here (the search's results, the input's image URLs): accepted,
+# changing nothing, as the README says.
+Includable = Literal[
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "message.input_image.image_url",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+    "reasoning.encrypted_content",
+    "message.output_text.logprobs",
+]
+
 # OpenAI's names for its hosted web search tool, old and new: served by the subnet's web retrieval miners.
 WEB_SEARCH_TYPES = frozenset({"web_search", "web_search_preview", "web_search_2025_08_26",
                               "web_search_preview_2025_03_11"})
@@ -160,7 +176,7 @@ class ResponsesRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
-    include: list[str] | None = None
+    include: list[Includable] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     text: TextConfig | None = None
     reasoning: ReasoningConfig | None = None

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import openai
 import pytest
-from openai.types.responses import Response, ResponseStreamEvent
+from openai.types.responses import Response, ResponseIncludable, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from api.responses_wire import Includable
 from tests.helpers import (
     ApiUnderTest,
     Script,
@@ -174,3 +175,18 @@ async def test_a_winner_failing_mid_stream_ends_it_with_response_failed(tmp_path
     assert failed.type == "response.failed" and failed.response.error is not None
     assert failed.response.error.code == "server_error" and "mid-stream" in failed.response.error.message
     assert failed.response.output_text == "Hel"  # what the caller already has
+
+
+async def test_include_takes_only_the_values_openai_defines(honest: ApiUnderTest) -> None:
+    """An unknown ``include`` value (a typo of ``message.output_text.logprobs``, say) was accepted in
+    silence and asked for nothing; OpenAI answers it with a 400. Every value the SDK names is taken,
+    those for tools not served here changing nothing."""
+    with pytest.raises(openai.BadRequestError) as e:
+        await openai_client(honest).responses.create(model="default", input="Hello there", include=[
+            "message.output_text.logprobs", "message.output_text.logprob"])
+    assert e.value.param == "include.1" and e.value.code == "invalid_value"
+    assert "'message.output_text.logprobs'" in e.value.message, "the 400 lists the values taken"
+    assert set(get_args(Includable)) == set(get_args(ResponseIncludable)), "no more and no fewer than the SDK's"
+    whole, events = await typed(honest, {"input": "Hello there", "include": list(get_args(ResponseIncludable))})
+    for r in (whole, events[-1].response):
+        assert r.status == "completed" and r.output[0].content[0].logprobs, "the logprobs still came"
