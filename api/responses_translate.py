@@ -78,6 +78,9 @@ def chat_body(r: ResponsesRequest) -> dict[str, Any]:
         # tool_choice and parallel_tool_calls without tools (OpenAI, vLLM), and Codex always sends the latter.
         body.pop("parallel_tool_calls", None)
     choice = _tool_choice(r, tools, allowed)
+    if r.max_tool_calls == 0 and _search_required(r, allowed):
+        raise invalid_value("max_tool_calls", "tool_choice requires a web search call, and max_tool_calls: 0 "
+                                              "allows no call to a built-in tool")
     # "auto" and "none" mean nothing without tools; any other choice goes on, for the chat check's 400
     if choice is not None and (tools or choice not in ("auto", "none")):
         body["tool_choice"] = choice
@@ -175,14 +178,29 @@ def search_tool(r: ResponsesRequest) -> Tool | None:
     ``tool_choice`` (``none``, one function by name, or ``allowed_tools`` not listing it); None: no search.
 
     OpenAI's model decides for itself whether to search; here the search runs once, before the
-    miners answer, on the conversation's last user message, and its results are the answer's context."""
+    miners answer, on the conversation's last user message, and its results are the answer's context.
+    ``max_tool_calls: 0`` allows no call to a built-in tool: no search (any other bound allows this one)."""
     choice = r.tool_choice
-    if choice == "none" or (isinstance(choice, dict) and choice.get("type") == "function"):
+    if r.max_tool_calls == 0 or choice == "none" or (isinstance(choice, dict) and choice.get("type") == "function"):
         return None
     allowed = _allowed(r)
     if allowed is not None and not any(t.get("type") in WEB_SEARCH_TYPES for t in allowed.tools):
         return None
     return r.web_search
+
+
+def _search_required(r: ResponsesRequest, allowed: AllowedTools | None) -> bool:
+    """Whether ``tool_choice`` demands the web search: it names it, or requires a call and web search is
+    the only tool it leaves. With ``max_tool_calls: 0`` such a request cannot be met: a 400, not a
+    search made against the bound or a required call skipped in silence."""
+    choice = r.tool_choice
+    if r.web_search is None:
+        return False
+    if isinstance(choice, dict) and choice.get("type") in WEB_SEARCH_TYPES:
+        return True
+    if allowed is not None:
+        return allowed.mode == "required" and not miner_tools(r, allowed)
+    return choice == "required" and not r.function_tools
 
 
 def miner_tools(r: ResponsesRequest, allowed: AllowedTools | None) -> list[Tool]:

@@ -177,6 +177,8 @@ class ResponsesRequest(BaseModel):
     top_p: float | None = Field(default=None, ge=0, le=1)
     max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
     include: list[Includable] | None = None
+    # Calls to built-in tools (web search, the only one served, runs at most once): 0 means no search.
+    max_tool_calls: int | None = Field(default=None, ge=0)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     text: TextConfig | None = None
     reasoning: ReasoningConfig | None = None

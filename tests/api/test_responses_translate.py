@@ -142,6 +142,20 @@ def test_web_search_is_done_here_and_the_miners_get_the_function_tools(
     assert body.get("tool_choice") == chat_choice
 
 
+@pytest.mark.parametrize("choice", [None, "auto", "required", {"type": "allowed_tools", "mode": "required", "tools": [
+    {"type": "web_search"}, {"type": "function", "name": "get_weather"}]}])
+def test_max_tool_calls_0_makes_no_search_and_leaves_the_functions(choice: Any) -> None:
+    """Web search is the one built-in tool served: no call to one allowed is no search. Function calls are
+    the caller's own tools, not built-in: the miners still get them (and a required call)."""
+    fields = {"input": "Weather in Paris?", "tools": [SEARCH, WEATHER], "max_tool_calls": 0}
+    fields |= {"tool_choice": choice} if choice is not None else {}
+    assert search_tool(parse_model(ResponsesRequest, fields)) is None
+    body = translate(**fields)
+    assert [t["function"]["name"] for t in body["tools"]] == ["get_weather"]
+    assert body.get("tool_choice") == (choice if isinstance(choice, str) else "required" if choice else None)
+    assert search_tool(parse_model(ResponsesRequest, fields | {"max_tool_calls": 1})) is not None, "one is a search"
+
+
 @pytest.mark.parametrize("fields", [
     {"parallel_tool_calls": False},  # Codex sends it with every request
     {"tool_choice": "auto", "parallel_tool_calls": True},
@@ -212,6 +226,18 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
      "tool_choice.tools", "at least 1"),
     ({"input": "x", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format", "needs a name"),
     ({"input": "x", "max_output_tokens": "5"}, "max_output_tokens", "valid integer"),
+    ({"input": "x", "max_tool_calls": -1}, "max_tool_calls", "greater than or equal to 0"),
+    ({"input": "x", "max_tool_calls": 1.0}, "max_tool_calls", "valid integer"),
+    ({"input": "x", "max_tool_calls": True}, "max_tool_calls", "valid integer"),
+    ({"input": "x", "max_tool_calls": "2"}, "max_tool_calls", "valid integer"),
+    # a choice that demands the search, with no built-in call allowed: it cannot be met
+    ({"input": "x", "tools": [SEARCH], "tool_choice": {"type": "web_search"}, "max_tool_calls": 0},
+     "max_tool_calls", "allows no call to a built-in tool"),
+    ({"input": "x", "tools": [SEARCH], "tool_choice": "required", "max_tool_calls": 0},
+     "max_tool_calls", "requires a web search call"),
+    ({"input": "x", "tools": [SEARCH, WEATHER], "max_tool_calls": 0,
+      "tool_choice": {"type": "allowed_tools", "mode": "required", "tools": [{"type": "web_search"}]}},
+     "max_tool_calls", "requires a web search call"),
 ])
 def test_what_cannot_be_served_is_a_400_naming_its_place(fields: dict[str, Any], param: str, says: str) -> None:
     e = refused(**fields)
@@ -231,7 +257,8 @@ ITEM = st.dictionaries(ITEM_KEYS, ITEM_VALUES | PARTS, max_size=6)
 
 @settings(max_examples=400, deadline=None, database=None)
 @given(items=st.lists(ITEM, min_size=1, max_size=4),
-       extra=st.dictionaries(st.sampled_from(["tools", "tool_choice", "text", "instructions", "stream"]), JSON,
+       extra=st.dictionaries(st.sampled_from(["tools", "tool_choice", "text", "instructions", "stream",
+                                                      "max_tool_calls"]), JSON,
                              max_size=2))
 def test_any_body_is_translated_or_a_400_never_a_crash(items: list[dict[str, Any]], extra: dict[str, Any]) -> None:
     try:

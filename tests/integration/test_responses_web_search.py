@@ -189,3 +189,31 @@ async def test_a_request_refused_anyway_spends_no_search(tmp_path: Path, path: s
         status, _, text = await post(api, body, path=path)
     assert status in (400, 404) and json.loads(text)["error"]["code"] == code
     assert scripts[1].bodies == [], "no miner was asked anything"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
+async def test_max_tool_calls_0_makes_no_search_and_1_makes_it(tmp_path: Path, stream: bool) -> None:
+    """``max_tool_calls`` was ignored: with 0 (no call to a built-in tool allowed) the request still cost a
+    retrieval race and came back with a ``web_search_call``. The response echoes the bound, as OpenAI's."""
+    text = json.dumps([{"url": PAGE, "content": "Pelseldan is a city on the Zorgal river."}])
+    scripts = {1: miner_answering(text)}
+    async with api_with_miners(tmp_path, scripts) as api:
+        client = AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0)
+        got = {}
+        for bound in (0, 1):
+            fields = {"model": "default", "input": "Tell me about Pelseldan", "tools": [{"type": "web_search"}],
+                      "max_tool_calls": bound}
+            if stream:
+                async with client.responses.stream(**fields) as events:
+                    got[bound] = await events.get_final_response()
+            else:
+                got[bound] = await client.responses.create(**fields)
+            assert got[bound].max_tool_calls == bound
+            if bound == 0:
+                assert [b.get("task") for b in scripts[1].bodies] == ["InferenceTask"], "no retrieval race was run"
+        with pytest.raises(openai.BadRequestError) as e:
+            await client.responses.create(model="default", input="Hi", max_tool_calls=-1)
+    assert e.value.param == "max_tool_calls"
+    assert [o.type for o in got[0].output] == ["message"]
+    assert [o.type for o in got[1].output] == ["web_search_call", "message"]
+    assert "WebRetrievalTask" in [b.get("task") for b in scripts[1].bodies]
