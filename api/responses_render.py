@@ -55,34 +55,43 @@ def _detail(usage: dict[str, Any], group: str, name: str) -> int:
 
 def skeleton(r: ResponsesRequest, *, response_id: str, model: str) -> dict[str, Any]:
     """The response object before its output: what the request asked for, echoed as OpenAI does."""
+    return {"id": response_id, "object": "response", "created_at": int(time.time()), "status": "in_progress",
+            "error": None, "incomplete_details": None, "model": model, "output": [], "usage": None} | echoed(r)
+
+
+def echoed(r: ResponsesRequest) -> dict[str, Any]:
+    """The request's settings as the response repeats them, OpenAI's default where it shows one and the
+    field was left out, so a caller reads what its answer was made with.
+
+    Some say what happened rather than what was asked, as OpenAI's do: ``store`` is false (nothing is
+    stored), ``service_tier`` is ``default`` (there is no other tier here). ``temperature`` and ``top_p``
+    left out stay null, not OpenAI's 1: each miner's model server then samples with its model's own
+    default, which this gateway does not know."""
     fmt = r.text.format if r.text and r.text.format else None
     return {
-        "id": response_id,
-        "object": "response",
-        "created_at": int(time.time()),
-        "status": "in_progress",
-        "error": None,
-        "incomplete_details": None,
+        "background": False,  # true is refused
         "instructions": r.instructions,
         "max_output_tokens": r.max_output_tokens,
         "max_tool_calls": r.max_tool_calls,
-        "model": model,
-        "output": [],
+        "metadata": r.metadata or {},
         "parallel_tool_calls": r.parallel_tool_calls if r.parallel_tool_calls is not None else True,
-        "previous_response_id": None,
-        "reasoning": {"effort": r.reasoning.effort if r.reasoning else None, "summary": None},
+        "previous_response_id": None,  # refused when set
+        "prompt_cache_key": r.prompt_cache_key,
+        "prompt_cache_retention": r.prompt_cache_retention,
+        "reasoning": {"effort": r.reasoning.effort if r.reasoning else None,
+                      "summary": r.reasoning.summary if r.reasoning else None},
+        "safety_identifier": r.safety_identifier,
+        "service_tier": "default",
         "store": False,
         "temperature": r.temperature,
         "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"},
                  "verbosity": r.text.verbosity if r.text and r.text.verbosity else "medium"},
         "tool_choice": r.tool_choice if r.tool_choice is not None else "auto",
         "tools": [t.model_dump(exclude_none=True) for t in r.tools or []],
+        "top_logprobs": r.top_logprobs if r.top_logprobs is not None else 0,
         "top_p": r.top_p,
-        "top_logprobs": r.top_logprobs,
-        "truncation": "disabled",
-        "usage": None,
+        "truncation": r.truncation or "disabled",
         "user": r.user,
-        "metadata": r.metadata or {},
     }
 
 

@@ -122,7 +122,7 @@ class ReasoningConfig(BaseModel):
 
     model_config = REQUEST_CONFIG
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
-    summary: str | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None  # OpenAI's levels: echoed, as the SDK types it
 
 
 class MessageItem(BaseModel):
@@ -185,6 +185,13 @@ class ResponsesRequest(BaseModel):
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     store: bool | None = None
     user: str | None = None
+    # OpenAI's, accepted changing nothing and echoed on the response (typed as the SDK types them, so that
+    # the echo is a response the SDK reads, and a value OpenAI refuses is a 400 here too).
+    truncation: Literal["auto", "disabled"] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"] | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    safety_identifier: str | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI: any int64
     previous_response_id: str | None = None
     conversation: str | dict[str, Any] | None = None

@@ -226,6 +226,12 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
      "tool_choice.tools", "at least 1"),
     ({"input": "x", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format", "needs a name"),
     ({"input": "x", "max_output_tokens": "5"}, "max_output_tokens", "valid integer"),
+    # echoed on the response as the SDK types them: a value OpenAI refuses is a 400, not an echo the SDK refuses
+    ({"input": "x", "truncation": "sometimes"}, "truncation", "'auto' or 'disabled'"),
+    ({"input": "x", "service_tier": "turbo"}, "service_tier", "Input should be"),
+    ({"input": "x", "reasoning": {"summary": "verbose"}}, "reasoning.summary", "'concise'"),
+    ({"input": "x", "prompt_cache_retention": "1h"}, "prompt_cache_retention", "'24h'"),
+    ({"input": "x", "safety_identifier": 7}, "safety_identifier", "valid string"),
     ({"input": "x", "max_tool_calls": -1}, "max_tool_calls", "greater than or equal to 0"),
     ({"input": "x", "max_tool_calls": 1.0}, "max_tool_calls", "valid integer"),
     ({"input": "x", "max_tool_calls": True}, "max_tool_calls", "valid integer"),

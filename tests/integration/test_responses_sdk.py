@@ -205,3 +205,39 @@ async def test_include_takes_only_the_values_openai_defines(honest: ApiUnderTest
     whole, events = await typed(honest, {"input": "Hello there", "include": list(get_args(ResponseIncludable))})
     for r in (whole, events[-1].response):
         assert r.status == "completed" and r.output[0].content[0].logprobs, "the logprobs still came"
+
+
+# Each setting OpenAI's response repeats, sent with a value that is not its default.
+ASKED = {"instructions": "Be brief.", "max_output_tokens": 50, "max_tool_calls": 3, "metadata": {"team": "docs"},
+         "parallel_tool_calls": False, "temperature": 0.3, "top_p": 0.9, "top_logprobs": 2, "tool_choice": "none",
+         "truncation": "auto", "user": "u-1", "prompt_cache_key": "k-1", "prompt_cache_retention": "24h",
+         "safety_identifier": "s-1", "background": False, "previous_response_id": None}
+ECHOED = set(ASKED) | {"service_tier"}
+
+
+async def test_the_response_repeats_the_settings_it_was_asked_for(honest: ApiUnderTest) -> None:
+    """``max_tool_calls``, ``truncation``, ``service_tier``, ``prompt_cache_key``, ``safety_identifier``
+    and ``background`` were missing from the response, ``reasoning.summary`` was null and ``truncation``
+    "disabled" whatever was sent: a caller reading its settings back (as OpenAI repeats them) read other
+    ones. Some say what happened: nothing is stored, and there is one service tier."""
+    sent = ASKED | {"tools": [WEATHER], "text": {"format": {"type": "text"}, "verbosity": "low"}, "store": True,
+                    "reasoning": {"effort": "low", "summary": "concise"}, "service_tier": "flex"}
+    whole, events = await typed(honest, {"input": "Hello there"} | sent)
+    for r in (whole, events[0].response, events[-1].response):
+        assert r.model_dump(include=ECHOED) == ASKED | {"service_tier": "default"}
+        assert (r.text.verbosity, r.reasoning.effort, r.reasoning.summary) == ("low", "low", "concise")
+        assert [t.name for t in r.tools] == ["get_weather"] and r.store is False  # type: ignore[attr-defined]
+
+
+async def test_settings_left_out_are_echoed_as_openais_defaults(honest: ApiUnderTest) -> None:
+    """Left out, each setting shows OpenAI's default where it shows one; temperature and top_p stay null:
+    each miner's model server samples with its own model's default, which the gateway does not know."""
+    whole, events = await typed(honest, {"input": "Hello there"})
+    for r in (whole, events[0].response, events[-1].response):
+        assert r.model_dump(include=ECHOED | {"tools", "text", "reasoning"}) == {
+            "instructions": None, "max_output_tokens": None, "max_tool_calls": None, "metadata": {},
+            "parallel_tool_calls": True, "temperature": None, "top_p": None, "top_logprobs": 0, "tool_choice": "auto",
+            "truncation": "disabled", "user": None, "prompt_cache_key": None, "prompt_cache_retention": None,
+            "safety_identifier": None, "background": False, "previous_response_id": None, "service_tier": "default",
+            "tools": [], "text": {"format": {"type": "text"}, "verbosity": "medium"},
+            "reasoning": {"effort": None, "summary": None, "generate_summary": None, "context": None, "mode": None}}
