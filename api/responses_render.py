@@ -56,7 +56,7 @@ def _detail(usage: dict[str, Any], group: str, name: str) -> int:
 def skeleton(r: ResponsesRequest, *, response_id: str, model: str) -> dict[str, Any]:
     """The response object before its output: what the request asked for, echoed as OpenAI does."""
     return {"id": response_id, "object": "response", "created_at": int(time.time()), "status": "in_progress",
-            "error": None, "incomplete_details": None, "model": model, "output": [], "usage": None} | echoed(r)
+            "completed_at": None, "error": None, "incomplete_details": None, "model": model, "output": [], "usage": None} | echoed(r)
 
 
 def echoed(r: ResponsesRequest) -> dict[str, Any]:
@@ -144,7 +144,8 @@ def finished(base: dict[str, Any], output: list[dict[str, Any]], *, finish_reaso
     answer = [item for item in output if item["type"] != "web_search_call"]  # a search ended before the answer
     for i, item in enumerate(answer):  # only the last item was cut short: those before it are whole
         item["status"] = "completed" if status == "completed" or i < len(answer) - 1 else "incomplete"
-    obj = base | {"status": status, "output": output, "usage": usage_in_responses_words(usage)}
+    obj = base | {"status": status, "output": output, "usage": usage_in_responses_words(usage),
+                  "completed_at": int(time.time()) if status == "completed" else None}  # as OpenAI's: only then
     if error is not None:
         obj["error"] = {"code": "server_error", "message": error}
     elif reason:

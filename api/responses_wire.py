@@ -249,12 +249,36 @@ class ResponseOut(BaseModel):
     id: str
     object: Literal["response"] = "response"
     created_at: int
+    completed_at: int | None = Field(default=None, description="Set when the status is completed")
     status: Literal["completed", "incomplete", "failed"]
     model: str
-    output: list[dict[str, Any]] = Field(description="web_search_call, message and function_call items, in order")
+    output: list[dict[str, Any]] = Field(description="reasoning, web_search_call, message and function_call "
+                                                     "items, in order")
     usage: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     incomplete_details: dict[str, Any] | None = None
+    # The request's settings, echoed (OpenAI's default where it shows one and the field was left out).
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    max_tool_calls: int | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    parallel_tool_calls: bool = True
+    temperature: float | None = None
+    top_p: float | None = None
+    top_logprobs: int = 0
+    tool_choice: str | dict[str, Any] = "auto"
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    truncation: Literal["auto", "disabled"] = "disabled"
+    store: bool = Field(default=False, description="Always false: nothing is stored")
+    service_tier: str = "default"
+    background: bool = False
+    previous_response_id: None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    safety_identifier: str | None = None
+    user: str | None = None
 
 
 class ResponseEventOut(BaseModel):

@@ -165,6 +165,7 @@ async def test_an_answer_cut_by_max_output_tokens_is_incomplete_and_says_why(hon
     for r in (whole, events[-1].response):
         assert r.status == "incomplete" and r.incomplete_details is not None
         assert r.incomplete_details.reason == "max_output_tokens" and r.max_output_tokens == 3
+        assert r.completed_at is None  # OpenAI's is set for a completed response only
         assert [(item.type, item.status) for item in r.output] == [("message", "incomplete")]
 
 
@@ -241,3 +242,7 @@ async def test_settings_left_out_are_echoed_as_openais_defaults(honest: ApiUnder
             "safety_identifier": None, "background": False, "previous_response_id": None, "service_tier": "default",
             "tools": [], "text": {"format": {"type": "text"}, "verbosity": "medium"},
             "reasoning": {"effort": None, "summary": None, "generate_summary": None, "context": None, "mode": None}}
+    # completed_at, as OpenAI's: the time the answer was whole, none while it is in progress
+    assert events[0].response.completed_at is None and events[0].response.status == "in_progress"
+    for r in (whole, events[-1].response):
+        assert r.completed_at is not None and 0 <= r.completed_at - r.created_at <= 5
