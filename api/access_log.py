@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from api.auth import KEY_RECORD
+from api.auth import caller_name
 from api.context import CTX
 from shared.http import CLIENT_GONE, ERROR_CODE, answered_status, route_path
 from shared.ids import request_id_from
@@ -80,10 +80,9 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
 def _line(request: web.Request, started: float, status: int) -> None:
     """The line of a request whose handler wrote none; the route's pattern, never its path (admin
     paths carry an API key, and an unknown path is whatever a client sent)."""
-    key = request.get(KEY_RECORD)
     kind = getattr(request.match_info.handler, _KIND, None)
     where = "" if kind else f" method={request.method} route={route_path(request)}"
     code = request.get(ERROR_CODE) if status != CLIENT_GONE else "client_closed_request"
-    write(request, f"{kind or 'http'} rid={request_id(request)} key={key.id if key else None}{where} "
+    write(request, f"{kind or 'http'} rid={request_id(request)} key={caller_name(request)}{where} "
                    f"status={status} code={code} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
 

@@ -46,6 +46,8 @@ class TokenBudget:
 KEY_RECORD = web.RequestKey("sn1_key_record", KeyRecord)
 RATE_DECISION = web.RequestKey("sn1_rate_decision", RateDecision)
 TOKEN_BUDGET = web.RequestKey("sn1_token_budget", TokenBudget)
+ADMIN_CALLER = web.RequestKey("sn1_admin_caller", bool)  # the request carried the admin key (check_admin)
+ADMIN_LOG_NAME = "admin"  # who an admin-key request was, in its log line: never the key (ids are 16 hex digits)
 TOKEN_SCOPE = "chat"  # the scope whose requests spend tokens (chat, responses, completions)
 MAX_KEY_LENGTH = 256
 ADMIN_FAILURES_PER_MINUTE = 10
@@ -211,6 +213,7 @@ async def check_admin(request: web.Request, admin_key: str | None, store: Store)
         if not gate.allowed:
             raise _admin_locked(gate)
         if admin_key_matches(request.headers.get("admin-key", ""), admin_key):
+            request[ADMIN_CALLER] = True
             return
         await store.charge(bucket, ADMIN_FAILURES_PER_MINUTE)
     except StoreUnavailable:
@@ -218,6 +221,15 @@ async def check_admin(request: web.Request, admin_key: str | None, store: Store)
     logger.warning("admin auth failed remote={} method={} path={}", address, request.method,
                    route_path(request))
     raise ApiError(401, "Invalid or missing admin-key header.", code="invalid_admin_key")
+
+
+def caller_name(request: web.Request) -> str | None:
+    """Who the request was, for its log line: the API key's id, ``admin`` for the admin key (never a
+    secret), None before either was checked (an unauthenticated or refused request)."""
+    key = request.get(KEY_RECORD)
+    if key is not None:
+        return key.id
+    return ADMIN_LOG_NAME if request.get(ADMIN_CALLER) else None
 
 
 def _admin_locked(gate: RateDecision) -> ApiError:

@@ -112,7 +112,9 @@ async def test_refused_requests_get_one_line_each_and_their_request_id(tmp_path:
 async def test_every_route_and_every_refusal_leaves_one_line_with_the_id_it_answers(
         tmp_path: Path, lines: list[str]) -> None:
     """Routes that ask no miner, unknown paths and methods, and admin calls (whose path holds a key)
-    each leave one line naming the route's pattern, and their responses carry its request id."""
+    each leave one line naming the route's pattern, and their responses carry its request id. An
+    admin-key call says ``key=admin`` (it said ``key=None``, as an unauthenticated one does); a wrong
+    admin key, or an API key on an admin route, stays ``key=None``."""
     async with api_with_miners(tmp_path, {}) as api:
         key_id = (await api.ctx.store.list_keys())[0].id
         bearer = {"Authorization": f"Bearer {api.key}"}
@@ -122,10 +124,14 @@ async def test_every_route_and_every_refusal_leaves_one_line_with_the_id_it_answ
                  ("GET", "/nowhere", bearer, 404, "http", None, "?", "not_found"),
                  ("GET", "/v1/chat/completions", bearer, 405, "http", None, "?",
                   "method_not_allowed"),
-                 ("PUT", f"/api_management/modify-api-key/{api.key}", admin, 400, "http", None,
+                 ("PUT", f"/api_management/modify-api-key/{api.key}", admin, 400, "http", "admin",
                   "/api_management/modify-api-key/{api_key}", None),
+                 ("GET", "/api_management/api-keys", admin, 200, "http", "admin", "/api_management/api-keys",
+                  "None"),
                  ("GET", "/api_management/api-keys", {"admin-key": "wrong"}, 401, "http", None,
-                  "/api_management/api-keys", "invalid_admin_key")]
+                  "/api_management/api-keys", "invalid_admin_key"),
+                 ("GET", "/api_management/api-keys", bearer, 401, "http", None, "/api_management/api-keys",
+                  "invalid_admin_key")]
         async with aiohttp.ClientSession() as s:
             for i, (method, path, headers, status, _, _, _, _) in enumerate(cases):
                 async with s.request(method, api.url + path, headers={**headers, "x-request-id": f"r{i}"},
