@@ -8,6 +8,7 @@ validator-permit holder in their metagraph view, or an explicit allow-list).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -21,6 +22,7 @@ from shared.errors import ApiError
 from shared.http import read_raw
 
 CALLER_KEY = web.RequestKey("btauth_caller", http_auth.Caller)
+_SS58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]{46,48}")  # base58, the length of a substrate address
 
 
 class Signer:
@@ -96,6 +98,16 @@ class Authorizer:
         return hotkey in self._allow or hotkey in self._permitted()
 
 
+def claimed_hotkey(headers: Any) -> str:
+    """The hotkey a request says it is from, fit for a log line: ``-`` when it names none, ``invalid``
+    when the header is no SS58 address (whatever a stranger sent, never echoed). Only the header: a
+    refused signature proves nothing about who sent it. Never the signature."""
+    hotkey = headers.get(http_auth.HEADER_HOTKEY)
+    if not hotkey:
+        return "-"
+    return hotkey if _SS58.fullmatch(hotkey) else "invalid"
+
+
 def nonce_retention(max_age: float = http_auth.DEFAULT_MAX_AGE) -> float:
     """How long a receiver remembers each nonce against replays: past a signature's age and skew."""
     return max(60.0, max_age + 5)
@@ -141,10 +153,16 @@ class RequestVerifier:
         return caller
 
 
+Refused = Callable[[web.Request, ApiError], None]
+"""Told of each request the signature check refused (the miner logs it: ``neurons/miner/traffic.py``)."""
+
+
 def btauth_middleware(
-    verifier: RequestVerifier, *, public_paths: Iterable[str] = ("/health",)
+    verifier: RequestVerifier, *, public_paths: Iterable[str] = ("/health",), on_refused: Refused | None = None
 ) -> Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]], Awaitable[web.StreamResponse]]:
-    """aiohttp middleware: every route except ``public_paths`` must be signed for us."""
+    """aiohttp middleware: every route except ``public_paths`` must be signed for us. ``on_refused``
+    hears each refusal (a receiver without a line per request would otherwise show none of them);
+    a signed request pays nothing for it."""
     public = frozenset(public_paths)
 
     @web.middleware
@@ -152,9 +170,14 @@ def btauth_middleware(
         if request.path in public:
             return await handler(request)
         body = await read_raw(request)
-        request[CALLER_KEY] = verifier.verify(
-            request.headers, body, method=request.method, path=request.raw_path
-        )
+        try:
+            request[CALLER_KEY] = verifier.verify(
+                request.headers, body, method=request.method, path=request.raw_path
+            )
+        except ApiError as e:
+            if on_refused is not None:
+                on_refused(request, e)
+            raise
         return await handler(request)
 
     return middleware

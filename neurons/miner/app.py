@@ -17,7 +17,7 @@ from aiohttp import web
 from loguru import logger
 
 from neurons.miner.backends.base import Backend, BackendError
-from neurons.miner.traffic import CLIENT_GONE, TRAFFIC, TrafficLog, summary_loop
+from neurons.miner.traffic import CLIENT_GONE, REFUSALS, TRAFFIC, RefusalLog, TrafficLog, summary_loop
 from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json
 from shared.jsonutil import dumps
@@ -38,11 +38,14 @@ def create_miner_app(
     metagraph: MetagraphView | None = None,
     max_body_bytes: int = 8 << 20,
 ) -> web.Application:
+    refusals = RefusalLog()
     app = web.Application(
-        middlewares=[error_middleware, btauth_middleware(verifier)], client_max_size=max_body_bytes
+        middlewares=[error_middleware, btauth_middleware(verifier, on_refused=refusals.record)],
+        client_max_size=max_body_bytes,
     )
     app[BACKEND] = backend
     app[TRAFFIC] = TrafficLog()
+    app[REFUSALS] = refusals
     app.cleanup_ctx.append(summary_loop)
     if metagraph is not None:
         app[METAGRAPH] = metagraph
@@ -65,11 +68,13 @@ async def _close_backend(app: web.Application) -> None:
 
 
 async def health(request: web.Request) -> web.Response:
+    request.app[TRAFFIC].seen(request, "health")
     backend = request.app[BACKEND]
     return json_response({"status": "ok", "backend": backend.name, "models": backend.models()})
 
 
 async def availability(request: web.Request) -> web.Response:
+    request.app[TRAFFIC].seen(request, "availability")
     backend = request.app[BACKEND]
     return json_response(
         {

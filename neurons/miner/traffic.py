@@ -3,21 +3,36 @@
 A miner answers every validator's traffic; a loguru line per request cost it
 about a tenth of its CPU under load (more than the sr25519 check). Operators
 still see their traffic at INFO, as one line a minute, and each request at
-``LOG_LEVEL=DEBUG``.
+``LOG_LEVEL=DEBUG``. ``/availability`` and ``/health`` are logged the same way
+(a DEBUG line each, counted in the summary): validators and APIs poll them.
+
+A request the signature check refuses is a WARNING line of its own (``RefusalLog``):
+an operator must see a validator whose clock is off or a hotkey without a permit
+without turning on DEBUG. Strangers can send refusals as fast as they like, so only
+the first ``REFUSAL_LINES`` of a minute get a line; the rest are counted and told in
+one WARNING at the minute's end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import statistics
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from loguru import logger
 
+from shared.errors import ApiError
+from shared.http import route_path
+from shared.ids import request_id_from
+from shared.signing import CALLER_KEY, claimed_hotkey
+
 SUMMARY_SECONDS = 60.0
 CLIENT_GONE = 499  # the status logged for a caller that left first (nginx's word for it)
 MAX_SAMPLES = 10_000  # latencies kept per interval for the median: bounded memory under any load
+REFUSAL_LINES = 20  # refusals logged one by one per interval; the rest are counted (a flood is one line)
+MAX_HOTKEYS = 1000  # distinct hotkeys counted per interval: bounded memory under a flood of made-up ones
 
 
 class TrafficLog:
@@ -30,6 +45,7 @@ class TrafficLog:
         self.left = 0  # the caller went away first (a race another miner won, a deadline): no failure
         self.callers: set[str] = set()
         self.latencies_ms: list[float] = []
+        self.other: Counter[str] = Counter()  # availability and health requests, by route
 
     def record(self, *, rid: str, caller: str, stream: bool, status: int, latency_ms: float) -> None:
         logger.debug("chat rid={} caller={} stream={} status={} latency_ms={:.1f}",
@@ -42,23 +58,77 @@ class TrafficLog:
         if len(self.latencies_ms) < MAX_SAMPLES:
             self.latencies_ms.append(latency_ms)
 
+    def seen(self, request: web.Request, kind: str) -> None:
+        """A request to ``/availability`` or ``/health`` (always answered 200): a DEBUG line, and a count."""
+        caller = request.get(CALLER_KEY)
+        logger.debug("{} rid={} caller={} status=200", kind, request_id_from(request.headers),
+                     caller.hotkey_ss58[:10] if caller else "-")
+        self.other[kind] += 1
+
     def summary(self, seconds: float) -> str | None:
         """The interval's line (None when there was no traffic); starts the next interval."""
-        if not self.requests:
+        if not self.requests and not self.other:
             return None
-        p50 = statistics.median(self.latencies_ms) if self.latencies_ms else 0.0
-        line = (f"served {self.requests} chat requests in the last {seconds:.0f}s "
-                f"({self.failed} failed, {self.left} left by the caller first) from {len(self.callers)} caller(s), "
-                f"p50 latency {p50:.1f} ms")
+        line = f"served no chat requests in the last {seconds:.0f}s"
+        if self.requests:
+            p50 = statistics.median(self.latencies_ms) if self.latencies_ms else 0.0
+            line = (f"served {self.requests} chat requests in the last {seconds:.0f}s "
+                    f"({self.failed} failed, {self.left} left by the caller first) from {len(self.callers)} "
+                    f"caller(s), p50 latency {p50:.1f} ms")
+        if self.other:
+            line += "; " + ", ".join(f"{n} {kind}" for kind, n in sorted(self.other.items()))
+        self._reset()
+        return line
+
+
+class RefusalLog:
+    """Requests the signature check refused: a WARNING line each, the first ``REFUSAL_LINES`` of an
+    interval; after that counted by reason and hotkey and told in ``summary``'s one line."""
+
+    def __init__(self, max_lines: int = REFUSAL_LINES) -> None:
+        self.max_lines = max_lines
+        self._reset()
+
+    def _reset(self) -> None:
+        self.logged = 0
+        self.reasons: Counter[str] = Counter()  # of the refusals not logged one by one
+        self.hotkeys: Counter[str] = Counter()
+
+    def record(self, request: web.Request, error: ApiError) -> None:
+        """``btauth_middleware``'s ``on_refused``: the request id, the hotkey it claims (never its
+        signature), the route's pattern, the status and why."""
+        hotkey, reason = claimed_hotkey(request.headers), error.code or str(error.status)
+        if self.logged < self.max_lines:
+            self.logged += 1
+            logger.warning("refused rid={} hotkey={} method={} route={} status={} reason={}",
+                           request_id_from(request.headers), hotkey, request.method, route_path(request),
+                           error.status, reason)
+            return
+        self.reasons[reason] += 1
+        if hotkey in self.hotkeys or len(self.hotkeys) < MAX_HOTKEYS:
+            self.hotkeys[hotkey] += 1
+
+    def summary(self, seconds: float) -> str | None:
+        """The refusals of the interval that got no line of their own (None when there were none);
+        starts the next interval."""
+        if not self.reasons:
+            self._reset()
+            return None
+        reasons = " ".join(f"{r}={n}" for r, n in self.reasons.most_common())
+        top = ", ".join(f"{h} ({n})" for h, n in self.hotkeys.most_common(3))
+        line = (f"refused {sum(self.reasons.values())} more requests in the last {seconds:.0f}s than were "
+                f"logged one by one ({self.max_lines}): {reasons}; from {len(self.hotkeys)} hotkey(s), "
+                f"most: {top}")
         self._reset()
         return line
 
 
 TRAFFIC = web.AppKey("traffic", TrafficLog)
+REFUSALS = web.AppKey("refusals", RefusalLog)
 
 
 async def summary_loop(app: web.Application) -> AsyncIterator[None]:
-    """``cleanup_ctx``: log the summary every ``SUMMARY_SECONDS`` while the app runs."""
+    """``cleanup_ctx``: log the summaries every ``SUMMARY_SECONDS`` while the app runs."""
 
     async def loop() -> None:
         while True:
@@ -66,6 +136,9 @@ async def summary_loop(app: web.Application) -> AsyncIterator[None]:
             line = app[TRAFFIC].summary(SUMMARY_SECONDS)
             if line:
                 logger.info(line)
+            refused = app[REFUSALS].summary(SUMMARY_SECONDS)
+            if refused:
+                logger.warning(refused)
 
     task = asyncio.create_task(loop())
     yield

@@ -1,0 +1,128 @@
+"""What a miner's operator sees of requests that are not chat: the signature check's refusals (a
+WARNING line each, a flood summarised), ``/availability`` and ``/health`` (DEBUG, counted in the
+minute's summary). A real miner on 127.0.0.1, its log read through a loguru sink."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+from bittensor import http_auth
+from loguru import logger
+
+from neurons.miner import traffic
+from neurons.miner.app import create_miner_app
+from neurons.miner.backends.deterministic import DeterministicBackend
+from shared.signing import Authorizer, RequestVerifier, Signer
+from tests.helpers import keypair, serve_app
+
+VALIDATOR, MINER, STRANGER = keypair("//Validator"), keypair("//Miner1"), keypair("//Stranger")
+BODY = json.dumps({"messages": [{"role": "user", "content": "hi"}], "model": "sn1/deterministic"}).encode()
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def log() -> Iterator[list[tuple[str, str]]]:
+    """(level, message) of every line from DEBUG up."""
+    out: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: out.append((m.record["level"].name, m.record["message"])), level="DEBUG")
+    try:
+        yield out
+    finally:
+        logger.remove(sink)
+
+
+def miner_app():
+    verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
+    return create_miner_app(DeterministicBackend(), verifier)
+
+
+def signed(path: str, body: bytes = BODY, *, signer=VALIDATOR, nonce_ns: int | None = None) -> dict[str, str]:
+    if nonce_ns is None:
+        return Signer(signer).headers("POST", path, body, MINER.ss58_address)
+    return http_auth.sign(signer, method="POST", path=path, body=body, receiver_ss58=MINER.ss58_address,
+                          nonce_ns=nonce_ns)
+
+
+async def post(url: str, path: str, headers: dict[str, str], body: bytes = BODY) -> int:
+    async with aiohttp.ClientSession() as s, s.post(url + path, data=body, headers=headers) as r:
+        await r.read()
+        return r.status
+
+
+def refusals(log: list[tuple[str, str]]) -> list[str]:
+    return [m for level, m in log if level == "WARNING" and m.startswith("refused rid=")]
+
+
+async def test_each_refused_request_is_a_warning_with_id_hotkey_route_status_and_reason(
+        log: list[tuple[str, str]]) -> None:
+    """A validator whose requests the miner refused (no signature, a bad one, no permit, a stale
+    clock) left no trace at any level but DEBUG's absent chat line: its operator could not tell."""
+    tampered = signed(CHAT)
+    cases = [("no-signature", {}, 400, "MalformedAuth", "-"),
+             ("bad-signature", {**tampered, "X-Bittensor-Signature": "0x" + "ab" * 64}, 401, "BadSignature",
+              VALIDATOR.ss58_address),
+             ("unknown-hotkey", signed(CHAT, signer=STRANGER), 403, "NotAValidator", STRANGER.ss58_address),
+             ("stale-nonce", signed(CHAT, nonce_ns=time.time_ns() - 600 * 10**9), 401, "StaleRequest",
+              VALIDATOR.ss58_address),
+             ("made-up-hotkey", {**tampered, "X-Bittensor-Hotkey": "5Fake rid=x status=200"}, 400,
+              "MalformedAuth", "invalid")]
+    async with serve_app(miner_app()) as url:
+        for rid, headers, status, _, _ in cases:
+            assert await post(url, CHAT, {**headers, "x-request-id": rid}) == status, rid
+        assert await post(url, "/availability", {**signed("/availability", b"{}"), "x-request-id": "ok"},
+                          b"{}") == 200
+    lines = refusals(log)
+    assert len(lines) == len(cases), "one line per refusal, none for the signed request"
+    for (rid, _, status, reason, hotkey), line in zip(cases, lines, strict=True):
+        assert line == (f"refused rid={rid} hotkey={hotkey} method=POST route={CHAT} status={status} "
+                        f"reason={reason}")
+    signatures = [h["X-Bittensor-Signature"] for _, h, *_ in cases if "X-Bittensor-Signature" in h]
+    assert not any(sig[2:] in m for sig in signatures for _, m in log), "a signature is never logged"
+
+
+async def test_a_flood_of_refusals_is_a_few_lines_and_one_summary(log: list[tuple[str, str]],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stranger can send refusals as fast as it likes: the first REFUSAL_LINES of a minute get a line
+    each, the rest one WARNING at the minute's end with their count, reasons and hotkeys."""
+    monkeypatch.setattr(traffic, "SUMMARY_SECONDS", 0.5)  # the summary loop's minute, shortened
+    extra = 15
+    async with serve_app(miner_app()) as url:
+        async with aiohttp.ClientSession() as s:
+            for i in range(traffic.REFUSAL_LINES + extra):
+                headers = signed(CHAT, signer=STRANGER) if i % 3 else {}
+                async with s.post(url + CHAT, data=BODY, headers=headers) as r:
+                    assert r.status in (400, 403)
+        assert len(refusals(log)) == traffic.REFUSAL_LINES
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            summaries = [m for level, m in log if level == "WARNING" and m.startswith("refused ") and " more " in m]
+            if summaries:
+                break
+    (summary,) = summaries
+    assert summary.startswith(f"refused {extra} more requests in the last 0s than were logged one by one "
+                              f"({traffic.REFUSAL_LINES}): "), summary
+    assert "NotAValidator=" in summary and "MalformedAuth=" in summary, summary
+    assert f"from 2 hotkey(s), most: {STRANGER.ss58_address} (" in summary, summary
+
+
+async def test_availability_and_health_are_debug_lines_counted_in_the_minutes_summary(
+        log: list[tuple[str, str]]) -> None:
+    """They had no line at all: an operator could not see validators polling the miner."""
+    app = miner_app()
+    async with serve_app(app) as url:
+        for i in range(2):
+            assert await post(url, "/availability", {**signed("/availability", b"{}"), "x-request-id": f"av{i}"},
+                              b"{}") == 200
+        async with aiohttp.ClientSession() as s, s.get(url + "/health", headers={"x-request-id": "hc"}) as r:
+            assert r.status == 200
+        summary = app[traffic.TRAFFIC].summary(60)
+    debug = [m for level, m in log if level == "DEBUG"]
+    assert f"availability rid=av0 caller={VALIDATOR.ss58_address[:10]} status=200" in debug
+    assert "health rid=hc caller=- status=200" in debug
+    assert not [m for level, m in log if level not in ("DEBUG", "TRACE")], "nothing above DEBUG per request"
+    assert summary == "served no chat requests in the last 60s; 2 availability, 1 health"
