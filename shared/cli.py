@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
 
 DEFAULT_ENV = {"api": ".env.api", "validator": ".env.validator", "miner": ".env.miner"}
 ROLES = {"api": "the API gateway (OpenAI-compatible; WORKERS processes)",
          "validator": "the validator (scores miners, sets weights, serves SCORING_API_PORT)",
          "miner": "the reference miner (MINER_BACKEND: deterministic or an OpenAI-compatible UPSTREAM_URL)"}
+
+
+def configured_by_environment(cls: type[BaseSettings], environ: Mapping[str, str]) -> bool:
+    """Whether ``environ`` sets any of ``cls``'s settings: a deployment configured by its environment alone
+    (docker, systemd ``Environment=``) asked for no env file, and was warned at every start that it had
+    none. Settings names are case-insensitive, as pydantic-settings reads them."""
+    names = {name.upper() for name in cls.model_fields}
+    return any(key.upper() in names for key in environ)
 
 
 def _settings(role: str, env_file: str | None):
@@ -30,10 +44,10 @@ def _settings(role: str, env_file: str | None):
     def warn(line: str) -> None:
         print(f"sn1 {role}: warning: {line}", file=sys.stderr)
 
-    if not env_file and not Path(path).is_file():
-        # Started from another directory (a unit's WorkingDirectory, a shell elsewhere), every setting but
-        # the exported ones fell to its default (netuid 1 on finney, say) without a word.
-        warn(f"{path} not found in {Path.cwd()}: settings from the environment and defaults only")
+    if not env_file and not Path(path).is_file() and not configured_by_environment(cls, os.environ):
+        # Started from another directory (a unit's WorkingDirectory, a shell elsewhere), every setting
+        # fell to its default (netuid 1 on finney, say) without a word.
+        warn(f"{path} not found in {Path.cwd()} and no setting in the environment: running on defaults only")
     try:
         return load_settings(cls, path, warn=warn)
     except SettingsError as e:

@@ -93,9 +93,12 @@ def test_unreadable_metagraph_is_one_clear_line(tmp_path: Path) -> None:
     assert "cannot read the metagraph from file" in out.stderr and "missing.json" in out.stderr
 
 
-def test_missing_env_file_is_named(tmp_path: Path) -> None:
-    out = start("miner", tmp_path / "nope.env")
-    assert out.returncode != 0 and "nope.env not found" in out.stderr
+@pytest.mark.parametrize("role", ["api", "validator", "miner"])
+def test_missing_env_file_is_named(tmp_path: Path, role: str) -> None:
+    """An env file asked for and missing stops the start, settings in the environment or not."""
+    out = run_cli(role, "--env-file", str(tmp_path / "nope.env"), cwd=tmp_path, environ={"NETUID": "5"})
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines() == [f"sn1 {role}: env file {tmp_path / 'nope.env'} not found"]
 
 
 @pytest.mark.parametrize(("setting", "content", "expected"), [
@@ -310,14 +313,32 @@ def test_help_says_where_settings_come_from(tmp_path: Path, role: str) -> None:
 
 
 @pytest.mark.parametrize("role", ["api", "validator", "miner"])
-def test_a_missing_default_env_file_is_said(tmp_path: Path, role: str) -> None:
-    """Started from another directory, every setting not exported fell to its default (finney, netuid 1)
-    without a word."""
+def test_a_missing_default_env_file_is_said_when_nothing_else_configures_the_process(
+        tmp_path: Path, role: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Started from another directory with no setting exported, every setting fell to its default
+    (finney, netuid 1) without a word. (In-process: with every setting at its default the process
+    would start, not stop.)"""
+    from shared.cli import _settings
+    from shared.settings import SETTING_NAMES
+
+    for name in [k for k in os.environ if k.upper() in SETTING_NAMES]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    settings = _settings(role, None)
+    assert settings.netuid == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"sn1 {role}: warning: .env.{role} not found in {tmp_path} and no setting in the environment: "
+        "running on defaults only"]
+
+
+@pytest.mark.parametrize("role", ["api", "validator", "miner"])
+def test_a_process_configured_by_its_environment_alone_is_not_warned_about_an_env_file(
+        tmp_path: Path, role: str) -> None:
+    """Docker and systemd ``Environment=`` deployments asked for no env file, and got a warning that
+    there was none at every start."""
     out = run_cli(role, cwd=tmp_path, environ={"NETUID": "-1"})
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert out.stderr.splitlines() == [
-        f"sn1 {role}: warning: .env.{role} not found in {tmp_path}: settings from the environment and defaults only",
-        f"sn1 {role}: NETUID: Input should be greater than or equal to 0 (got '-1')"]
+    assert out.stderr.splitlines() == [f"sn1 {role}: NETUID: Input should be greater than or equal to 0 (got '-1')"]
 
 
 def test_an_env_file_that_is_a_directory_or_not_text_is_one_line(tmp_path: Path) -> None:
