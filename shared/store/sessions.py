@@ -149,16 +149,27 @@ class SQLiteSessionStore(SQLiteTables):
         self._close_db()
 
 
+# The session's times come from Redis's clock (TIME), never the API host's: hosts whose clocks disagree
+# agree on when a session ends, as Redis expires it. ARGV[1] is the session's JSON without its times
+# (ending in '}'), ARGV[4] its duration in microseconds; the times are written as decimal text
+# (seconds.micros, exact: Lua's own number formatting keeps 14 digits) and returned.
 _OPEN = """
+local t = redis.call('TIME')
+local created_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local expires_us = created_us + tonumber(ARGV[4])
+local function text(us) return string.format('%d.%06d', math.floor(us / 1000000), us % 1000000) end
+local created, expires = text(created_us), text(expires_us)
+local body = string.sub(ARGV[1], 1, -2) .. ', "created_at": ' .. created .. ', "expires_at": ' .. expires .. '}'
+local at = string.format('%.0f', math.ceil(expires_us / 1000))
 local old = redis.call('GET', KEYS[1])
 if old then
   redis.call('DEL', ARGV[3] .. old)
   redis.call('SREM', KEYS[3], old)
 end
-redis.call('SET', KEYS[2], ARGV[1], 'PXAT', ARGV[4])
-redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[4])
+redis.call('SET', KEYS[2], body, 'PXAT', at)
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT', at)
 redis.call('SADD', KEYS[3], ARGV[2])
-return 1
+return {created, expires}
 """
 
 # Re-pin as compare-and-set: the new JSON is made in Python from the stored one. Lua's cjson re-encoded
@@ -196,7 +207,13 @@ return 1
 
 
 class RedisSessionStore:
-    """Sessions as JSON strings with PXAT expiry, a per-key pointer and an index set for sweeps."""
+    """Sessions as JSON strings with PXAT expiry, a per-key pointer and an index set for sweeps.
+
+    Expiry is Redis's alone: ``open`` takes the times from Redis's clock, and a session is live while
+    Redis holds it (its key expires at ``expires_at``). Each API host's own clock decided before (the
+    opening host's ``now``, every reading host's ``expires_at > now``): with clocks a minute apart, a
+    host saw a session end a minute early, or live a minute after it ended elsewhere.
+    """
 
     def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
         self.r = client
@@ -232,23 +249,24 @@ class RedisSessionStore:
 
     @staticmethod
     def _decode(raw: Any) -> Session | None:
+        """The stored session; no clock is read: Redis returns only a session its clock has not expired."""
         if not raw:
             return None
         data = json.loads(raw)
         data["uid"] = int(data["uid"])
         data["failover"] = bool(data["failover"])
-        s = Session(**data)
-        return s if s.expires_at > time.time() else None
+        return Session(**data)
 
     async def open(self, key_id: str, model: str, uid: int, hotkey: str, *, duration: float,
                    failover: bool) -> Session:
-        now = time.time()
-        session = Session(new_session_id(), key_id, model, uid, hotkey, now, now + duration, failover)
-        await self._call(self._open(
-            keys=[self._kkey(key_id), self._skey(session.id), self._index],
-            args=[json.dumps(asdict(session)), session.id, f"{self.ns}:session:", int(session.expires_at * 1000)],
+        session_id = new_session_id()
+        timeless = {"id": session_id, "key_id": key_id, "model": model, "uid": uid, "hotkey": hotkey,
+                    "failover": failover}
+        created, expires = await self._call(self._open(
+            keys=[self._kkey(key_id), self._skey(session_id), self._index],
+            args=[json.dumps(timeless), session_id, f"{self.ns}:session:", round(duration * 1_000_000)],
         ))
-        return session
+        return Session(session_id, key_id, model, uid, hotkey, float(created), float(expires), failover)
 
     async def get(self, session_id: str) -> Session | None:
         return self._decode(await self._call(self.r.get(self._skey(session_id))))
