@@ -28,7 +28,6 @@ from api.completion import (
     mid_stream_failure_event,
     no_winner_error,
     response_usage,
-    token_counts,
 )
 from api.context import CTX, ApiContext
 from api.fanout import chat_deadline, settle, start_race
@@ -42,7 +41,7 @@ from shared.http import json_response
 from shared.jsonutil import dumps, loads
 from shared.metagraph import Neuron
 from shared.miner_client import Event
-from shared.protocol import DEFAULT_TASK, ChatCompletionRequest, new_completion_id, usage_chunk
+from shared.protocol import DEFAULT_TASK, ChatCompletionRequest, new_completion_id, token_counts, usage_chunk
 from shared.sse import DONE_FRAME, encode_event
 from shared.store.base import KeyRecord
 

@@ -19,11 +19,9 @@ from shared.protocol import (
     estimate_tokens,
     finish_reason,
     new_completion_id,
-    token_count,
+    reported_usage,
 )
 from shared.sse import encode_event
-
-USAGE_DETAILS = ("prompt_tokens_details", "completion_tokens_details")
 
 
 def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[str, Any]:
@@ -34,7 +32,7 @@ def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[st
 
 
 def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
-    if run.usage is not None:  # kept by the race only when its token counts are sane (race.valid_usage)
+    if run.usage is not None:  # kept by the race only when its token counts are sane (valid_usage)
         return reported_usage(run.usage)
     # what the model wrote: its thinking, its text, a refusal, and the names and arguments of the tools it called
     calls = "".join(c["function"]["name"] + c["function"]["arguments"] for c in run.tool_calls.values())
@@ -43,27 +41,6 @@ def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
     if thinking:  # counted as reasoning tokens too, as a model server counts them
         usage["completion_tokens_details"] = {"reasoning_tokens": estimate_tokens(thinking)}
     return usage
-
-
-def reported_usage(usage: dict[str, Any]) -> dict[str, Any]:
-    """A miner's usage (its counts checked by ``race.valid_usage``) as the SDK's ``CompletionUsage``
-    types it: every count the type requires (a server that sent only ``completion_tokens`` left the
-    others out), and of each details group only its token counts (a group that was not an object, or
-    a count in it that was "n/a", went on as it came)."""
-    prompt, completion = usage.get("prompt_tokens", 0), usage["completion_tokens"]
-    out = {"prompt_tokens": prompt, "completion_tokens": completion,
-           "total_tokens": usage.get("total_tokens", prompt + completion)}
-    for group in USAGE_DETAILS:
-        if counts := token_counts(usage.get(group)):
-            out[group] = counts
-    return out
-
-
-def token_counts(details: Any) -> dict[str, int]:
-    """The entries of a usage details group (``cached_tokens``, ``reasoning_tokens``, ...) that are token counts."""
-    if not isinstance(details, dict):
-        return {}
-    return {name: n for name, n in details.items() if token_count(n) is not None}
 
 
 def no_winner_error(race: Race) -> ApiError:

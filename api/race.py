@@ -29,7 +29,7 @@ from api.answer_checks import NOT_JSON, UNFIT, Check, Unfit
 from shared.jsonutil import loads
 from shared.metagraph import Neuron
 from shared.miner_client import Event, MinerClient, MinerError, event_text
-from shared.protocol import FINISH_REASONS, finish_reason, token_count
+from shared.protocol import FINISH_REASONS, finish_reason, reported_usage, valid_usage
 
 
 @dataclass(slots=True)
@@ -94,8 +94,14 @@ class MinerRun:
                 raise ValueError(f"miner reported an error: {err.get('message') if isinstance(err, dict) else err}")
             raise ValueError("chunk has no choices list")
         usage = obj.get("usage")
-        if usage and valid_usage(usage):  # else the caller's usage is estimated, as when none came
-            self.usage = usage
+        if usage is not None:
+            if valid_usage(usage):
+                self.usage = usage
+                if (shaped := reported_usage(usage)) != usage:  # relayed in the SDK's shape, as it is given whole
+                    obj["usage"], data = shaped, obj
+            else:  # not token counts ("n/a"): left out, and the caller's usage estimated as when none came
+                del obj["usage"]
+                data = obj
         if self.model is None:
             model = obj.get("model")
             if model:
@@ -180,14 +186,6 @@ class MinerRun:
                     raise ValueError(f"tool call to {name[:64]!r}, which the request did not offer")
             if fn.get("arguments"):
                 slot["function"]["arguments"] += fn["arguments"]
-
-
-def valid_usage(usage: Any) -> bool:
-    """Token counts a caller can be billed by: non-negative integers (a miner's "n/a" was a 500)."""
-    if type(usage) is not dict:
-        return False
-    return all(token_count(usage.get(name, 0)) is not None
-               for name in ("prompt_tokens", "completion_tokens", "total_tokens")) and "completion_tokens" in usage
 
 
 def checked_logprobs(logprobs: Any) -> Any:

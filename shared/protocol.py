@@ -413,6 +413,38 @@ def token_count(value: Any) -> int | None:
     return value if type(value) is int and value >= 0 else None
 
 
+USAGE_DETAILS = ("prompt_tokens_details", "completion_tokens_details")
+
+
+def valid_usage(usage: Any) -> bool:
+    """Token counts a caller can be billed by: non-negative integers (a miner's "n/a" was a 500)."""
+    if type(usage) is not dict:
+        return False
+    return all(token_count(usage.get(name, 0)) is not None
+               for name in ("prompt_tokens", "completion_tokens", "total_tokens")) and "completion_tokens" in usage
+
+
+def reported_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """A miner's usage (its counts checked by ``valid_usage``) as the SDK's ``CompletionUsage``
+    types it: every count the type requires (a server that sent only ``completion_tokens`` left the
+    others out), and of each details group only its token counts (a group that was not an object, or
+    a count in it that was "n/a", went on as it came)."""
+    prompt, completion = usage.get("prompt_tokens", 0), usage["completion_tokens"]
+    out = {"prompt_tokens": prompt, "completion_tokens": completion,
+           "total_tokens": usage.get("total_tokens", prompt + completion)}
+    for group in USAGE_DETAILS:
+        if counts := token_counts(usage.get(group)):
+            out[group] = counts
+    return out
+
+
+def token_counts(details: Any) -> dict[str, int]:
+    """The entries of a usage details group (``cached_tokens``, ``reasoning_tokens``, ...) that are token counts."""
+    if not isinstance(details, dict):
+        return {}
+    return {name: n for name, n in details.items() if token_count(n) is not None}
+
+
 class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0

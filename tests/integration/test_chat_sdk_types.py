@@ -247,9 +247,29 @@ async def test_a_miners_usage_is_given_as_the_sdks_type_has_it(tmp_path: Path, s
               usage_chunk(sent)]
     async with api_with_miners(tmp_path, {1: Script([(0, d) for d in sse(*frames)])}) as api:
         status, _, text = await post(api, {"messages": MSG})
+        assert status == 200, text
+        usage = ChatCompletion.model_validate(json.loads(text), strict=True).usage
+        assert usage is not None and usage.model_dump(exclude_none=True) == given
+        # streamed, one choice: the winner's chunks go on as they came, but for its usage, given the same way
+        status, _, text = await post(api, {"messages": MSG, "stream": True, "stream_options": {"include_usage": True}})
     assert status == 200, text
-    usage = ChatCompletion.model_validate(json.loads(text), strict=True).usage
-    assert usage is not None and usage.model_dump(exclude_none=True) == given
+    chunks = [ChatCompletionChunk.model_validate(json.loads(f), strict=True) for f in data_frames(text)[:-1]]
+    assert [c.usage.model_dump(exclude_none=True) for c in chunks if c.usage] == [given]
+
+
+async def test_a_streamed_usage_that_is_not_token_counts_is_replaced_by_an_estimate(tmp_path: Path) -> None:
+    """Relayed as it came, a usage of "n/a" counts broke a strict client's stream, and the API's own
+    estimate followed it: two usage chunks, one unreadable."""
+    frames = [json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "scripted",
+                          "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]}),
+              usage_chunk({"prompt_tokens": "n/a", "completion_tokens": 3, "total_tokens": 5})]
+    async with api_with_miners(tmp_path, {1: Script([(0, d) for d in sse(*frames)])}) as api:
+        status, _, text = await post(api, {"messages": MSG, "stream": True, "stream_options": {"include_usage": True}})
+    assert status == 200, text
+    chunks = [ChatCompletionChunk.model_validate(json.loads(f), strict=True) for f in data_frames(text)[:-1]]
+    usages = [c.usage for c in chunks if c.usage]
+    assert len(usages) == 1 and usages[0].model_extra == {"estimated": True}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi"
 
 
 async def test_n_choices_add_up_their_usage_details(tmp_path: Path) -> None:
