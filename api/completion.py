@@ -10,7 +10,6 @@ from typing import Any
 
 from api.race import MinerRun, Race
 from shared.errors import MODEL_SERVER_REJECTED, ApiError
-from shared.ids import random_hex
 from shared.jsonutil import dumps
 from shared.protocol import (
     ChatCompletionRequest,
@@ -64,20 +63,12 @@ def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, A
         content=run.text or (None if run.tool_calls or run.refusal else ""),
         refusal="".join(run.refusal) or None,
         reasoning="".join(run.reasoning) or None,
-        tool_calls=named_calls(run.merged_tool_calls()),
+        tool_calls=run.merged_tool_calls(),  # each with an id: MinerRun gives one where none came
         finish_reason=finish_reason(run.finish_reason) if run.finish_reason else
         ("tool_calls" if run.tool_calls else "stop"),
         usage=usage,
         logprobs=choice_logprobs(run.logprobs),
     )
-
-
-def named_calls(calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-    """Each tool call with an id (``call_...`` where the miner sent none, as some model servers do): the
-    SDK's type requires one, and the caller's next turn names the call by it (``tool_call_id``)."""
-    if not calls:
-        return calls
-    return [c if isinstance(c.get("id"), str) and c["id"] else {**c, "id": f"call_{random_hex()[:24]}"} for c in calls]
 
 
 def logprob_tokens(parts: list[Any], kind: str = "content") -> list[Any]:

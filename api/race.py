@@ -29,7 +29,7 @@ from api.answer_checks import NOT_JSON, UNFIT, Check, Unfit
 from shared.jsonutil import loads
 from shared.metagraph import Neuron
 from shared.miner_client import Event, MinerClient, MinerError, event_text
-from shared.protocol import FINISH_REASONS, finish_reason, reported_usage, valid_usage
+from shared.protocol import FINISH_REASONS, finish_reason, new_call_id, reported_usage, valid_usage
 
 
 @dataclass(slots=True)
@@ -131,7 +131,8 @@ class MinerRun:
                         self.opened = self.has_answer = True
                 calls = delta.get("tool_calls")
                 if calls:
-                    self._merge_tool_calls(calls)
+                    if self._merge_tool_calls(calls):
+                        data = obj  # a call got the id its model server left out: relayed with it
                     self.has_answer = True
                 thought = delta.get("reasoning_content") or delta.get("reasoning")
                 if thought:
@@ -161,7 +162,11 @@ class MinerRun:
                                              "did not offer")
         return data
 
-    def _merge_tool_calls(self, calls: Any) -> None:
+    def _merge_tool_calls(self, calls: Any) -> bool:
+        """Fold a delta's tool calls into the answer's; True when a call's first delta had no id and was
+        given one (``call_...``): some model servers send none, the SDK's type requires one and the caller's
+        next turn names the call by it (``tool_call_id``), streamed or not."""
+        named = False
         if not isinstance(calls, list):
             raise ValueError("tool_calls is not a list")
         if self.offered is not None and not self.offered:
@@ -170,10 +175,13 @@ class MinerRun:
             if not isinstance(call, dict):
                 raise ValueError("tool call is not an object")
             index = int(call.get("index", len(self.tool_calls)))
-            slot = self.tool_calls.setdefault(
-                index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
-            )
-            if call.get("id"):
+            slot = self.tool_calls.get(index)
+            if slot is None:
+                slot = self.tool_calls[index] = {"id": None, "type": "function",
+                                                 "function": {"name": "", "arguments": ""}}
+                if not (isinstance(call.get("id"), str) and call["id"]):
+                    call["id"], named = new_call_id(), True
+            if isinstance(call.get("id"), str) and call["id"]:
                 slot["id"] = call["id"]
             if call.get("type"):
                 slot["type"] = call["type"]
@@ -186,6 +194,7 @@ class MinerRun:
                     raise ValueError(f"tool call to {name[:64]!r}, which the request did not offer")
             if fn.get("arguments"):
                 slot["function"]["arguments"] += fn["arguments"]
+        return named
 
 
 def checked_logprobs(logprobs: Any) -> Any:

@@ -467,6 +467,11 @@ def new_completion_id() -> str:
     return f"chatcmpl-{random_hex()}"
 
 
+def new_call_id() -> str:
+    """An id for a tool call its model server sent without one, in OpenAI's form."""
+    return f"call_{random_hex()[:24]}"
+
+
 def completion_object(
     *,
     completion_id: str,

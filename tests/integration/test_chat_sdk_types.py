@@ -164,7 +164,8 @@ def scripted(*chunks: dict[str, Any]) -> Script:
 async def test_a_tool_call_the_miner_sent_without_an_id_gets_one(tmp_path: Path) -> None:
     """A model server that names no call id (the stream's type allows it) left ``"id": null`` in the
     object the API builds: the SDK's type requires a string, and the caller's next turn names the call
-    by it in ``tool_call_id``, which must be a string."""
+    by it in ``tool_call_id``, which must be a string. Streamed, the calls had no id at all (LangChain's
+    streaming agent then had none to answer with)."""
     call = {"delta": {"tool_calls": [{"index": 0, "function": {"name": "get_weather", "arguments": "{}"}},
                                      {"index": 1, "function": {"name": "get_weather", "arguments": "{}"}}]}}
     async with api_with_miners(tmp_path, {1: scripted(call, {"delta": {}, "finish_reason": "tool_calls"})}) as api:
@@ -178,7 +179,15 @@ async def test_a_tool_call_the_miner_sent_without_an_id_gets_one(tmp_path: Path)
                      {"role": "tool", "tool_call_id": ids[0], "content": "21C"},
                      {"role": "tool", "tool_call_id": ids[1], "content": "21C"}]
         status, _, text = await post(api, {"messages": follow_up, "tools": [WEATHER]})
-    assert status == 200, text
+        assert status == 200, text
+        for n in (1, 2):  # streamed: each call's first delta carries its id, as OpenAI's does
+            status, _, text = await post(api, {"messages": MSG, "tools": [WEATHER], "n": n, "stream": True})
+            assert status == 200, text
+            chunks = [ChatCompletionChunk.model_validate(json.loads(f), strict=True) for f in data_frames(text)[:-1]]
+            streamed = {(c.index, tc.index): tc.id for chunk in chunks for c in chunk.choices
+                        for tc in c.delta.tool_calls or [] if tc.id}
+            assert len(streamed) == 2 * n and len(set(streamed.values())) == 2 * n
+            assert all(i.startswith("call_") for i in streamed.values())
 
 
 @pytest.mark.parametrize(("said", "meant"), [("eos_token", "stop"), ("stop_sequence", "stop"), ("abort", "stop"),
