@@ -69,6 +69,18 @@ def test_json_object_wraps_the_usual_answer_and_no_format_is_plain_text() -> Non
     assert answer(response_format={"type": "text"}) == plain
 
 
+def test_json_object_follows_a_schema_the_system_message_gives() -> None:
+    """Instructor's JSON mode and Pydantic AI's PromptedOutput write the schema into a system message and
+    ask for ``json_object``; a real model follows it, so the test model does, or their runs would fail."""
+    said = f"Answer in JSON that fits this schema:\n{json.dumps(Address.model_json_schema())}\nNo prose."
+    messages = [{"role": "system", "content": "{not json} {\"also\": \"not a schema\"}"},
+                {"role": "developer", "content": said}, {"role": "user", "content": PROMPT}]
+    address = Address.model_validate_json(answer(response_format={"type": "json_object"}, messages=messages))
+    assert address.city == PROMPT and len(address.zip_code) == 5
+    in_user_turn = [{"role": "user", "content": said}]
+    assert set(json.loads(answer(response_format={"type": "json_object"}, messages=in_user_turn))) == {"answer"}
+
+
 def test_instance_follows_the_documented_rule_and_survives_odd_schemas() -> None:
     assert instance({"type": "integer", "minimum": 10}, "two words") == 10
     assert instance({"type": "number", "exclusiveMaximum": 1}, "three words here") == 0

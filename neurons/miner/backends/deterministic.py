@@ -17,7 +17,9 @@ Like a model server, it ends the answer before the first of the request's
 ``stop``), and with ``logprobs: true`` it sends made-up but stable log
 probabilities in the usual shape (``logprobs.py``). A ``response_format`` of
 ``json_schema`` gets JSON that fits the schema (``schema_instance.py``),
-``json_object`` gets ``{"answer": ...}``.
+``json_object`` JSON that fits the JSON schema its system message gives, as a model follows
+the instructions Instructor's ``JSON`` mode and Pydantic AI's ``PromptedOutput`` write there,
+else ``{"answer": ...}``.
 
 With ``tools`` in the request it calls a tool instead (the rule is in
 ``tool_calls.py``); after a ``tool`` result it answers in text.
@@ -131,16 +133,42 @@ def cut_at_stop(text: str, body: dict[str, Any]) -> str:
     return text[: min(found)] if found else text
 
 
-def structured(text: str, prompt: str, response_format: Any) -> str:
+def structured(text: str, prompt: str, response_format: Any, messages: Any = ()) -> str:
     """The answer in the form ``response_format`` asks for: JSON that fits a ``json_schema``
-    (``schema_instance.py``, from the prompt's words), ``{"answer": text}`` for ``json_object``."""
+    (``schema_instance.py``, from the prompt's words); for ``json_object``, JSON that fits the schema
+    the system messages give (libraries put it there, a real model follows it), else ``{"answer": text}``."""
     kind = response_format.get("type") if isinstance(response_format, dict) else None
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         return dumps(instance(spec.get("schema") if isinstance(spec, dict) else None, prompt))
     if kind == "json_object":
-        return dumps({"answer": text})
+        schema = schema_in(instructions_text(messages))
+        return dumps(instance(schema, prompt) if schema is not None else {"answer": text})
     return text
+
+
+def instructions_text(messages: Any) -> str:
+    """The system and developer messages: where libraries write the schema a JSON answer must fit."""
+    return "\n".join(content_text(m.get("content")) for m in messages or ()
+                     if isinstance(m, dict) and m.get("role") in ("system", "developer"))
+
+
+def schema_in(text: str, *, tries: int = 32) -> dict[str, Any] | None:
+    """The first JSON object in ``text`` that is an object's JSON schema (it has ``properties``), else
+    None; at most ``tries`` candidate ``{`` are decoded, so a long prompt costs little."""
+    decoder = json.JSONDecoder()
+    at = text.find("{")
+    while at >= 0 and tries > 0:
+        tries -= 1
+        try:
+            found, end = decoder.raw_decode(text, at)
+        except ValueError:
+            at = text.find("{", at + 1)
+            continue
+        if isinstance(found, dict) and isinstance(found.get("properties"), dict):
+            return found
+        at = text.find("{", end)
+    return None
 
 
 def wanted_results(body: dict[str, Any]) -> int:
@@ -179,7 +207,8 @@ class DeterministicBackend:
         elif task == tasks.WEB_RETRIEVAL:
             answer = dumps(self.search.search(prompt.strip(), wanted_results(body)))
         text = answer if answer is not None else generate_text(body)
-        return cut_at_stop(structured(text, prompt, body.get("response_format")), body)
+        shaped = structured(text, prompt, body.get("response_format"), body.get("messages"))
+        return cut_at_stop(shaped, body)
 
     def _usage(self, body: dict[str, Any], text: str) -> dict[str, int]:
         prompt = estimate_tokens(prompt_text(body))
