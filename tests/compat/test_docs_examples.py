@@ -21,6 +21,7 @@ BLOCK = re.compile(r"^```(python|bash)\n(.*?)^```", re.S | re.M)
 
 # A distinctive line of each example -> what its output must contain.
 EXPECTED = {  # most specific first: the agents example also mentions AsyncOpenAI
+    "pydantic_ai": ["tools called: 1 | ", "destination='Rome' days=1"],
     "with_raw_response": ["not found: model_not_found", "tokens]"],
     "triage_agent": ["Spanish agent :", "English agent :"],
     "get_weather": ["get_weather {'city': 'Paris'}"],
@@ -34,7 +35,6 @@ EXPECTED = {  # most specific first: the agents example also mentions AsyncOpenA
     "create-api-key": ['"api_key":"sn1-', '"rate_limit":120', '"deleted":true'],
     "/openapi.json": ["sn1_api_http_requests_total{", "paths", "200"],
 }
-
 
 def examples() -> list[tuple[str, str, str]]:
     found = []
