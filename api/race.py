@@ -82,8 +82,9 @@ class MinerRun:
         """Fold one chunk into the running answer and return it as it is to be kept and relayed; raise
         ValueError if it is garbage.
 
-        The chunk is returned as it came, except that a model server's own ``finish_reason`` (TGI's
-        "eos_token") is put in the SDK's words: relayed as it came, a strict client's type refused it."""
+        The chunk is returned as it came (a stream is relayed byte for byte), but for what a strict
+        client's type refused in it, put in the SDK's words: a model server's own ``finish_reason``
+        (TGI's "eos_token"), a usage not in the SDK's shape, a tool call's first delta without an id."""
         obj = loads(data) if type(data) is str else data
         if type(obj) is not dict:
             raise ValueError("chunk is not a JSON object")
