@@ -19,7 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from shared.errors import ApiError
-from shared.http import read_raw
+from shared.http import http_error_code, read_raw
 
 CALLER_KEY = web.RequestKey("btauth_caller", http_auth.Caller)
 _SS58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]{46,48}")  # base58, the length of a substrate address
@@ -169,14 +169,15 @@ def btauth_middleware(
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path in public:
             return await handler(request)
-        body = await read_raw(request)
         try:
+            body = await read_raw(request)  # a body too large or too slow is refused here, unsigned
             request[CALLER_KEY] = verifier.verify(
                 request.headers, body, method=request.method, path=request.raw_path
             )
-        except ApiError as e:
+        except (ApiError, web.HTTPException) as e:
             if on_refused is not None:
-                on_refused(request, e)
+                on_refused(request, e if isinstance(e, ApiError) else ApiError(e.status, e.reason,
+                                                                               code=http_error_code(e)))
             raise
         return await handler(request)
 

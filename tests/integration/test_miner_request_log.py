@@ -36,9 +36,9 @@ def log() -> Iterator[list[tuple[str, str]]]:
         logger.remove(sink)
 
 
-def miner_app():
+def miner_app(max_body_bytes: int = 8 << 20):
     verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
-    return create_miner_app(DeterministicBackend(), verifier)
+    return create_miner_app(DeterministicBackend(), verifier, max_body_bytes=max_body_bytes)
 
 
 def signed(path: str, body: bytes = BODY, *, signer=VALIDATOR, nonce_ns: int | None = None) -> dict[str, str]:
@@ -83,6 +83,15 @@ async def test_each_refused_request_is_a_warning_with_id_hotkey_route_status_and
                         f"reason={reason}")
     signatures = [h["X-Bittensor-Signature"] for _, h, *_ in cases if "X-Bittensor-Signature" in h]
     assert not any(sig[2:] in m for sig in signatures for _, m in log), "a signature is never logged"
+
+
+async def test_a_body_too_large_to_be_checked_is_a_refusal_line_too(log: list[tuple[str, str]]) -> None:
+    """It is refused before its signature is read: it had no line at all."""
+    big = b'{"messages": [' + b" " * 2048 + b"]}"
+    async with serve_app(miner_app(max_body_bytes=1024)) as url:
+        assert await post(url, CHAT, {**signed(CHAT, big), "x-request-id": "big"}, big) == 413
+    assert refusals(log) == [f"refused rid=big hotkey={VALIDATOR.ss58_address} method=POST route={CHAT} "
+                             "status=413 reason=request_entity_too_large"]
 
 
 async def test_a_flood_of_refusals_is_a_few_lines_and_one_summary(log: list[tuple[str, str]],
