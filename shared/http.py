@@ -154,15 +154,17 @@ def observed(on_end: Callable[[web.Request, int, float], None]) -> Callable[[web
     return middleware
 
 
-def request_lines(role: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def request_lines(role: str, caller: Callable[[web.Request], str] = lambda _: "-",
+                  ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """A middleware (outermost but metrics) writing one INFO line per request of a low-traffic server (the
     validator's: the API's outbox, availability queries, scrapes): route pattern, status, error code,
-    latency and the caller's ``x-request-id``. The API has its own, batched (``api/access_log.py``)."""
+    latency, the caller's ``x-request-id`` and who the caller proved to be (``caller``: with several API
+    hosts, which one sent it). The API has its own, batched (``api/access_log.py``)."""
 
     def line(request: web.Request, status: int, seconds: float) -> None:
-        logger.info("{} rid={} method={} route={} status={} code={} latency_ms={:.1f}", role,
-                    request_id_from(request.headers), request.method, route_path(request), status,
-                    request.get(ERROR_CODE), seconds * 1000)
+        logger.info("{} rid={} caller={} method={} route={} status={} code={} latency_ms={:.1f}", role,
+                    request_id_from(request.headers), caller(request), request.method, route_path(request),
+                    status, request.get(ERROR_CODE), seconds * 1000)
 
     return observed(line)
 

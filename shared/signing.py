@@ -108,6 +108,13 @@ def claimed_hotkey(headers: Any) -> str:
     return hotkey if _SS58.fullmatch(hotkey) else "invalid"
 
 
+def verified_hotkey(request: web.Request) -> str:
+    """The hotkey whose signature the request carried, for its log line; ``-`` when none was checked or it
+    was refused (its claim proves nothing)."""
+    caller = request.get(CALLER_KEY)
+    return caller.hotkey_ss58 if caller is not None else "-"
+
+
 def nonce_retention(max_age: float = http_auth.DEFAULT_MAX_AGE) -> float:
     """How long a receiver remembers each nonce against replays: past a signature's age and skew."""
     return max(60.0, max_age + 5)

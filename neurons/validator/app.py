@@ -27,7 +27,7 @@ from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json, read_raw, request_lines
 from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics, metrics_handler, metrics_middleware
-from shared.signing import CALLER_KEY, RequestVerifier
+from shared.signing import CALLER_KEY, RequestVerifier, verified_hotkey
 
 
 class RecentPayloads:
@@ -75,7 +75,7 @@ def create_validator_app(
     app = web.Application(middlewares=[error_middleware], client_max_size=max_body_bytes)
     app[CTX] = ctx
     metrics = metrics or ValidatorMetrics()
-    app.middlewares.insert(0, request_lines("validator"))  # a line per request, with the status the caller got
+    app.middlewares.insert(0, request_lines("validator", verified_hotkey))  # a line per request, with the status the caller got
     app.middlewares.insert(0, metrics_middleware(metrics.http))  # outermost: sees the final status
     app.router.add_get("/metrics", metrics_handler(metrics.registry, lambda: _sample(ctx, metrics)))
     app.router.add_get("/health", health)

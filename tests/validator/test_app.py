@@ -91,17 +91,23 @@ async def test_every_validator_request_leaves_one_line_with_its_status() -> None
             status, _ = await post(url, "/scoring", json.dumps(payload()).encode(),
                                    headers={"x-request-id": "outbox-7"})
             assert status == 202
+            status, _ = await post(url, "/scoring", json.dumps(payload()).encode(), signer=API2,
+                                   headers={"x-request-id": "outbox-8"})
+            assert status == 202
             status, _ = await post(url, "/scoring", b"{", signer=None, headers={"x-request-id": "a b=c"})
             assert status in (400, 401)
             async with aiohttp.ClientSession() as s, s.get(url + "/nowhere") as r:
                 assert r.status == 404
     finally:
         logger.remove(sink)
-    assert len(lines) == 3, lines
-    assert lines[0].startswith("validator rid=outbox-7 method=POST route=/scoring status=202 ")
-    assert " status=401 " in lines[1] or " status=400 " in lines[1]
-    assert "a b=c" not in lines[1], "a caller's id with spaces or '=' would forge fields of the line"
-    assert " route=? status=404 " in lines[2] and "/nowhere" not in lines[2]
+    assert len(lines) == 4, lines
+    # which API host sent it: the hotkey its signature proved
+    assert lines[0].startswith(f"validator rid=outbox-7 caller={VALIDATOR.ss58_address} method=POST route=/scoring "
+                               "status=202 ")
+    assert lines[1].startswith(f"validator rid=outbox-8 caller={API2.ss58_address} method=POST ")
+    assert " caller=- " in lines[2] and (" status=401 " in lines[2] or " status=400 " in lines[2])
+    assert "a b=c" not in lines[2], "a caller's id with spaces or '=' would forge fields of the line"
+    assert " caller=- " in lines[3] and " route=? status=404 " in lines[3] and "/nowhere" not in lines[3]
 
 
 async def test_organic_latency_is_judged_on_the_deadline_the_miners_had() -> None:
