@@ -1,5 +1,6 @@
 """The README's configuration reference and the settings models stay in step: every setting each process
-reads is in its table with the default the code really has, and every row names a setting that exists."""
+reads is in its table with the default the code really has, and every row names a setting that exists.
+Its contents line names every section."""
 
 from __future__ import annotations
 
@@ -125,3 +126,16 @@ def test_the_documented_task_probabilities_are_the_default_ones() -> None:
 
 def test_readme_names_the_two_commands() -> None:
     assert "make run" in README and "make test" in README
+
+
+def test_the_contents_line_lists_every_section_in_order() -> None:
+    """A 2,000-line README is read by jumping: the contents line at the top must name each section, in
+    order, with the anchor GitHub gives its heading (a renamed or added section left it stale)."""
+    heads = re.findall(r"^## (.+)$", README, re.M)
+    contents = next(line for line in README.splitlines() if line.startswith("**Contents:** "))
+    links = re.findall(r"\[([^\]]+)\]\(#([^)]+)\)", contents)
+
+    def anchor(head: str) -> str:
+        return re.sub(r"[^\w\- ]", "", head.strip().lower()).replace(" ", "-")
+
+    assert links == [(h, anchor(h)) for h in heads]
