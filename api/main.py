@@ -36,6 +36,7 @@ from shared.signing import Signer
 from shared.store import open_store
 from shared.store.base import StoreUnavailable
 from shared.store.outbox import open_outbox
+from shared.store.responses import open_responses
 from shared.store.sessions import open_sessions
 from shared.store.sqlite import sqlite_path
 from shared.wallet import load_hotkey
@@ -61,6 +62,8 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
         sessions = open_sessions(settings.store_url, namespace=settings.store_namespace)
         outbox = open_outbox(settings.store_url, namespace=settings.store_namespace,
                              max_items=settings.outbox_max_items)
+        responses = (open_responses(settings.store_url, namespace=settings.store_namespace)
+                     if settings.responses_retention_seconds > 0 else None)
     except (OSError, sqlite3.Error, StoreUnavailable) as e:  # a directory, a file that is not a database
         await client.session.close()
         raise SettingsError(f"STORE_URL: cannot open {mask_credentials(settings.store_url)}: {e}") from None
@@ -68,7 +71,8 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
         logger.warning("STORE_URL: {} did not exist; a new, empty key store was created there",
                        sqlite_path(settings.store_url))
     ctx = ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability,
-                     sessions=sessions, request_log=RequestLog(role, level=settings.log_level))
+                     sessions=sessions, responses=responses,
+                     request_log=RequestLog(role, level=settings.log_level))
     ctx.attach_forwarder(OutboxForwarder(outbox, client, settings.validator_api,
                                          settings.validator_hotkey or hotkey.ss58_address,
                                          lease_seconds=settings.outbox_lease_seconds))
@@ -118,6 +122,8 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
             await ctx.forwarder.outbox.close()
         if ctx.sessions is not None:
             await ctx.sessions.aclose()
+        if ctx.responses is not None:
+            await ctx.responses.aclose()
 
     app.on_cleanup.append(close)
     logger.info(

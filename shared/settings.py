@@ -167,6 +167,10 @@ class ApiSettings(CommonSettings):
     web_retrieval_n_miners: int = Field(default=3, ge=1, le=64, description="Default n_miners for web retrieval")
     outbox_max_items: int = Field(default=10_000, ge=1, description="Scoring outbox bound (oldest dropped)")
     outbox_lease_seconds: float = Field(default=10.0, gt=0, description="Forwarder lease; a dead holder's expires")
+    # A day, not OpenAI's 30: what is kept is the users' prompts and answers, held by whoever runs this API.
+    responses_retention_seconds: float = Field(
+        default=86400, ge=0, description="How long a stored Responses API response is kept (previous_response_id); "
+                                         "0 stores none")
     trusted_proxies: CsvList = Field(
         default_factory=list,
         description="Reverse proxies (IPs or CIDRs) whose X-Forwarded-For names the client address; empty: none")

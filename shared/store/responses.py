@@ -1,0 +1,175 @@
+"""Stored Responses API responses, so that ``previous_response_id`` works on every worker and host.
+
+A stored response is visible to the API key that made it and to no other: each
+lookup names the key, and another key's id reads as an unknown one. What is kept
+is the final response object and the conversation it answered (as Responses
+input items), one JSON text per response, until ``RESPONSES_RETENTION_SECONDS``
+have passed: SQLite (one host) drops expired rows on read and a bounded batch
+from time to time; Redis (a fleet) sets the key's TTL and expires it itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from shared.store.base import StoreUnavailable
+from shared.store.sqlite_tables import SQLiteTables
+
+# A response whose stored form (its object and the whole conversation before it) is larger than this is
+# not stored: a conversation grows by its answers each turn, and one read must stay a small read. The
+# answer itself still goes out, echoing ``store: false``.
+MAX_STORED_BYTES = 1 << 20
+# SQLite purges at most this many expired rows at once, at most once a PURGE_EVERY_S per process, on a write:
+# never a scan of the whole table on a request's path.
+PURGE_BATCH = 200
+PURGE_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    id: str
+    key_id: str
+    response: dict[str, Any]  # the final response object, as it was sent
+    items: list[dict[str, Any]]  # the conversation it answered, as input items (each with an id)
+
+
+def encode(response: dict[str, Any], items: list[dict[str, Any]]) -> str:
+    """The stored form of a response: measured by the caller against ``MAX_STORED_BYTES`` before it is put."""
+    return json.dumps({"response": response, "items": items}, separators=(",", ":"), ensure_ascii=False)
+
+
+def fits(data: str) -> bool:
+    """Whether a stored form is within ``MAX_STORED_BYTES`` (its UTF-8 size, as SQLite and Redis keep it)."""
+    return len(data) <= MAX_STORED_BYTES and len(data.encode()) <= MAX_STORED_BYTES
+
+
+def decode(response_id: str, key_id: str, raw: str | bytes) -> StoredResponse:
+    data = json.loads(raw)
+    return StoredResponse(response_id, key_id, data["response"], data["items"])
+
+
+class ResponseStore(Protocol):
+    async def put(self, key_id: str, response_id: str, data: str, *, retention: float) -> None:
+        """Keep ``data`` (``encode``'s) as ``response_id`` of ``key_id`` for ``retention`` seconds."""
+        ...
+
+    async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
+        """The response if ``key_id`` made it and it has not expired; else None (as for an unknown id)."""
+        ...
+
+    async def delete(self, key_id: str, response_id: str) -> bool:
+        """Delete ``key_id``'s response; whether there was one."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS stored_responses (
+    id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stored_responses_expiry ON stored_responses (expires_at);
+"""
+
+
+class SQLiteResponseStore(SQLiteTables):
+    label = "sqlite responses"
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path, SCHEMA)
+        self._next_purge = 0.0  # per instance (per worker): when this one next deletes expired rows
+
+    async def put(self, key_id: str, response_id: str, data: str, *, retention: float) -> None:
+        now = time.time()
+        purge = now >= self._next_purge
+
+        def run(db: sqlite3.Connection) -> int:
+            db.execute("INSERT OR REPLACE INTO stored_responses (id, key_id, data, expires_at) VALUES (?,?,?,?)",
+                       (response_id, key_id, data, now + retention))
+            return self._purge(db, now) if purge else 0
+
+        purged = self._tx(run)
+        if purge:  # a full batch: more may be waiting, so the next write purges again
+            self._next_purge = now if purged >= PURGE_BATCH else now + PURGE_EVERY_S
+
+    @staticmethod
+    def _purge(db: sqlite3.Connection, now: float) -> int:
+        """Delete up to ``PURGE_BATCH`` expired rows (by the expiry index); how many went."""
+        return db.execute("DELETE FROM stored_responses WHERE id IN (SELECT id FROM stored_responses "
+                          "WHERE expires_at <= ? LIMIT ?)", (now, PURGE_BATCH)).rowcount
+
+    async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
+        rows = self._query("SELECT data, expires_at FROM stored_responses WHERE id = ? AND key_id = ?",
+                           (response_id, key_id))
+        if not rows:
+            return None
+        data, expires_at = rows[0]
+        if expires_at <= time.time():  # expired: gone now, as Redis would have it
+            self._tx(lambda db: db.execute("DELETE FROM stored_responses WHERE id = ? AND expires_at <= ?",
+                                           (response_id, expires_at)))
+            return None
+        return decode(response_id, key_id, data)
+
+    async def delete(self, key_id: str, response_id: str) -> bool:
+        now = time.time()
+        return self._tx(lambda db: db.execute(
+            "DELETE FROM stored_responses WHERE id = ? AND key_id = ? AND expires_at > ?",
+            (response_id, key_id, now)).rowcount > 0)
+
+    async def aclose(self) -> None:
+        self._close_db()
+
+
+class RedisResponseStore:
+    """One string per response, named by its key and id (``{ns}:response:{key_id}:{id}``), with Redis's TTL:
+    another key's id is simply not there, and Redis expires what is old by its own clock."""
+
+    def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
+        self.r = client
+        self.ns = namespace
+
+    @classmethod
+    def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisResponseStore:
+        import redis.asyncio as aioredis
+
+        return cls(aioredis.Redis.from_url(url), namespace=namespace)
+
+    def _key(self, key_id: str, response_id: str) -> str:
+        return f"{self.ns}:response:{key_id}:{response_id}"
+
+    async def _call(self, coro: Any) -> Any:
+        import redis
+
+        try:
+            return await coro
+        except (redis.RedisError, OSError) as e:
+            raise StoreUnavailable(f"redis responses: {e.__class__.__name__}: {e}") from e
+
+    async def put(self, key_id: str, response_id: str, data: str, *, retention: float) -> None:
+        await self._call(self.r.set(self._key(key_id, response_id), data, px=max(1, round(retention * 1000))))
+
+    async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
+        raw = await self._call(self.r.get(self._key(key_id, response_id)))
+        return decode(response_id, key_id, raw) if raw else None
+
+    async def delete(self, key_id: str, response_id: str) -> bool:
+        return bool(await self._call(self.r.delete(self._key(key_id, response_id))))
+
+    async def aclose(self) -> None:
+        await self.r.aclose()
+
+
+def open_responses(url: str, *, namespace: str = "sn1") -> ResponseStore:
+    if url.startswith("sqlite:///"):
+        return SQLiteResponseStore(Path(url[len("sqlite:///"):]))
+    if url.startswith(("redis://", "rediss://")):
+        return RedisResponseStore.from_url(url, namespace=namespace)
+    raise ValueError(f"unsupported STORE_URL scheme: {url}")

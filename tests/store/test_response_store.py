@@ -1,0 +1,91 @@
+"""The response store (``previous_response_id``'s memory), on SQLite and on Redis alike: a response is
+its key's alone, expires after its retention, and SQLite purges expired rows in bounded batches."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from shared.store import responses as responses_module
+from shared.store.responses import (
+    MAX_STORED_BYTES,
+    RedisResponseStore,
+    ResponseStore,
+    SQLiteResponseStore,
+    encode,
+    fits,
+)
+from tests.store.conftest import REDIS_URL
+
+RESPONSE = {"id": "resp_1", "object": "response", "output": [{"type": "message", "id": "msg_1"}]}
+ITEMS = [{"id": "msg_0", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def responses(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ResponseStore]:
+    if request.param == "sqlite":
+        s = SQLiteResponseStore(tmp_path / "r.db")
+        yield s
+        await s.aclose()
+        return
+    if not REDIS_URL:
+        pytest.skip("REDIS_URL is not set: the Redis backend needs a server (CI sets it; .ci/run)")
+    namespace = f"test-{secrets.token_hex(6)}"
+    r = RedisResponseStore.from_url(REDIS_URL, namespace=namespace)
+    try:
+        yield r
+    finally:
+        async for name in r.r.scan_iter(match=f"{namespace}:*"):
+            await r.r.delete(name)
+        await r.aclose()
+
+
+async def test_a_response_is_read_back_by_its_key_only(responses: ResponseStore) -> None:
+    await responses.put("key-a", "resp_1", encode(RESPONSE, ITEMS), retention=60)
+    found = await responses.get("key-a", "resp_1")
+    assert found is not None and (found.response, found.items) == (RESPONSE, ITEMS)
+    assert await responses.get("key-b", "resp_1") is None  # another key: as if unknown
+    assert await responses.get("key-a", "resp_2") is None
+    assert not await responses.delete("key-b", "resp_1")  # nor can another key delete it
+    assert await responses.delete("key-a", "resp_1")
+    assert await responses.get("key-a", "resp_1") is None
+    assert not await responses.delete("key-a", "resp_1")
+
+
+async def test_a_response_expires_after_its_retention(responses: ResponseStore) -> None:
+    await responses.put("key-a", "resp_1", encode(RESPONSE, ITEMS), retention=0.05)
+    await responses.put("key-a", "resp_2", encode(RESPONSE, ITEMS), retention=60)
+    await asyncio.sleep(0.1)
+    assert await responses.get("key-a", "resp_1") is None
+    assert not await responses.delete("key-a", "resp_1")
+    assert await responses.get("key-a", "resp_2") is not None
+
+
+def test_the_size_bound_counts_utf8_bytes() -> None:
+    assert fits("x" * MAX_STORED_BYTES) and not fits("x" * (MAX_STORED_BYTES + 1))
+    assert not fits("é" * (MAX_STORED_BYTES // 2 + 1))  # two bytes each
+
+
+async def test_sqlite_purges_expired_rows_in_bounded_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(responses_module, "PURGE_BATCH", 3)
+    store = SQLiteResponseStore(tmp_path / "r.db")
+    try:
+        for i in range(7):
+            await store.put("key-a", f"old_{i}", "{}", retention=-1)  # already expired
+        count = lambda: store._query("SELECT COUNT(*) FROM stored_responses")[0][0]  # noqa: E731
+        # the first write purged (itself, already expired): the later ones waited PURGE_EVERY_S
+        assert count() == 6
+        store._next_purge = 0.0
+        await store.put("key-a", "new", encode(RESPONSE, ITEMS), retention=60)
+        assert count() == 4  # one batch of 3, no more
+        await store.put("key-a", "new2", encode(RESPONSE, ITEMS), retention=60)  # a full batch: purge again
+        assert count() == 2
+        await store.put("key-a", "new3", encode(RESPONSE, ITEMS), retention=60)  # nothing left: then a pause
+        assert count() == 3 and store._next_purge > time.time()
+    finally:
+        await store.aclose()
