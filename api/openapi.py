@@ -22,7 +22,14 @@ from pydantic.json_schema import models_json_schema
 
 from api.completions_wire import CompletionOut, CompletionRequest
 from api.discovery_wire import ModelListOut, ModelOut, ReadyOut, TaskListOut
-from api.responses_wire import ResponseEventOut, ResponseOut, ResponsesRequest
+from api.responses_wire import (
+    InputItemListOut,
+    InputItemsQuery,
+    ResponseDeletedOut,
+    ResponseEventOut,
+    ResponseOut,
+    ResponsesRequest,
+)
 from api.sessions import OpenSessionRequest
 from api.web_retrieval import WebResult, WebRetrievalRequest
 from shared.errors import ApiError
@@ -212,15 +219,21 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         stream_doc="`data: <text_completion>` chunks (`choices[].text` is the next piece of choice `index`), then "
                    "`data: [DONE]`; a failure after the first byte is an `error` event"),
     ("POST", "/v1/responses"): Operation(
-        "Create a response (OpenAI's Responses API, stateless: send the whole conversation in `input`; "
-        "`stream: true` answers server-sent events)", "inference",
+        "Create a response (OpenAI's Responses API; stored for RESPONSES_RETENTION_SECONDS unless `store: false`, "
+        "and continued by `previous_response_id`; `stream: true` answers server-sent events)", "inference",
         body=ResponsesRequest, response=ResponseOut, stream=True, event=ResponseEventOut,
         stream_doc="`event: <type>` / `data: <event>` pairs in OpenAI's order, from `response.created` to "
                    "`response.completed` (or `response.incomplete`, `response.failed`)"),
     ("GET", "/v1/responses/{response_id}"): Operation(
-        "A stored response: always 404 `response_not_found`, as this gateway stores none", "inference"),
+        "One of the calling key's stored responses (404 `response_not_found` for any other id)", "inference",
+        response=ResponseOut),
     ("DELETE", "/v1/responses/{response_id}"): Operation(
-        "Delete a stored response: always 404 `response_not_found`, as this gateway stores none", "inference"),
+        "Delete one of the calling key's stored responses (404 `response_not_found` for any other id)", "inference",
+        response=ResponseDeletedOut),
+    ("GET", "/v1/responses/{response_id}/input_items"): Operation(
+        "The input items of one of the calling key's stored responses: the conversation it answered, a page at a "
+        "time (404 `response_not_found` for any other id)", "inference", query=InputItemsQuery,
+        response=InputItemListOut),
     ("GET", "/v1/models"): Operation("Models served by available miners", "discovery", response=ModelListOut),
     ("GET", "/v1/models/{model}"): Operation("One model: its tasks and miner count", "discovery",
                                              response=ModelOut),

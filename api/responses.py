@@ -4,7 +4,8 @@ The OpenAI SDK's ``client.responses``, the Agents SDK's default model and
 other tools that speak only this API reach the miners through the same
 pipeline as ``/v1/chat/completions``: one key check, miner selection, the race,
 the scoring outbox and usage. Only the request (``responses_translate``) and
-the answer's shape (``responses_render``) differ.
+the answer's shape (``responses_render``) differ; a response is stored for
+``previous_response_id`` and the routes that read it (``responses_state``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 
 from aiohttp import web
 
+from api import responses_state
 from api.access_log import access_logged, request_id
 from api.auth import authenticate
 from api.chat import answer, plan
@@ -20,12 +22,13 @@ from api.completion import logprob_tokens, mid_stream_failure, response_usage
 from api.context import CTX
 from api.race import MinerRun, Race
 from api.responses_render import ResponseStream, complete_output, finished, new_id, skeleton
+from api.responses_state import Keeping
 from api.responses_translate import chat_body, search_tool
-from api.responses_wire import ResponsesRequest
+from api.responses_wire import InputItemsQuery, ResponsesRequest
 from api.route_hints import require
 from api.web_retrieval import Found
 from api.web_search import SOURCES, citations, search_call_item, search_into
-from shared.errors import ApiError
+from shared.errors import invalid_value
 from shared.http import json_response, parse_model, read_json
 from shared.protocol import ChatCompletionRequest
 
@@ -40,7 +43,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     sent = await read_json(request)
     require(sent, "input")
     wanted: ResponsesRequest = parse_model(ResponsesRequest, sent)
-    body = chat_body(wanted)
+    history = await responses_state.history_of(ctx, key, wanted)
+    body = chat_body(wanted, history)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)
     found = None
     planned = await plan(request, key, req)  # a request refused anyway spends no web search
@@ -49,16 +53,54 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         body, found = await search_into(ctx, body, tool.search_context_size,
                                         request_id=request_id(request))
         req = parse_model(ChatCompletionRequest, body)
-    return await answer(request, key, req, body, ResponsesFormat(wanted, found), started=started, planned=planned)
+    keeping = responses_state.keeping(ctx, key, wanted, history)
+    response = await answer(request, key, req, body, ResponsesFormat(wanted, found, keeping), started=started,
+                            planned=planned)
+    await responses_state.keep(ctx, keeping)  # the answer is out: this is no caller's wait
+    return response
 
 
 @access_logged("responses")
-async def stored_response(request: web.Request) -> web.StreamResponse:
-    """``GET`` / ``DELETE /v1/responses/{id}``: nothing is stored, so no id is known; the 404 says why."""
-    await authenticate(request, request.app[CTX].store, scope="chat")
-    raise ApiError(404, f"No response '{request.match_info['response_id'][:64]}' here: this gateway stores no "
-                        "responses. Each is returned once, to the request that made it.", code="response_not_found",
-                   param="response_id")
+async def get_response(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/responses/{id}``: the calling key's stored response object."""
+    ctx = request.app[CTX]
+    key = await authenticate(request, ctx.store, scope="chat")
+    if request.query.get("stream", "false").lower() not in ("false", "0"):
+        raise invalid_value("stream", "a stored response is returned whole; streaming it again is not served")
+    found = await responses_state.stored(ctx, key, request.match_info["response_id"])
+    return json_response(found.response)
+
+
+@access_logged("responses")
+async def delete_response(request: web.Request) -> web.StreamResponse:
+    """``DELETE /v1/responses/{id}``: the calling key's stored response is gone (its next use a 404/400)."""
+    ctx = request.app[CTX]
+    key = await authenticate(request, ctx.store, scope="chat")
+    response_id = request.match_info["response_id"]
+    await responses_state.forget(ctx, key, response_id)
+    return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+@access_logged("responses")
+async def list_input_items(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/responses/{id}/input_items``: a page of the conversation the response answered."""
+    ctx = request.app[CTX]
+    key = await authenticate(request, ctx.store, scope="chat")
+    query: InputItemsQuery = parse_model(InputItemsQuery, _items_query(request))
+    found = await responses_state.stored(ctx, key, request.match_info["response_id"])
+    return json_response(responses_state.page(found.items, query))
+
+
+def _items_query(request: web.Request) -> dict[str, object]:
+    """The query string as ``InputItemsQuery`` reads it: ``include`` may repeat (``include[]``, as the SDK
+    sends a list) or be a comma list; the others are single values, the last one sent."""
+    data: dict[str, object] = {name: request.query.getall(name)[-1] for name in ("limit", "order", "after")
+                               if name in request.query}
+    include = [v for value in request.query.getall("include", []) + request.query.getall("include[]", [])
+               for v in value.split(",")]
+    if include:
+        data["include"] = include
+    return data
 
 
 class ResponsesFormat:
@@ -66,12 +108,17 @@ class ResponsesFormat:
 
     kind = "responses"
 
-    def __init__(self, wanted: ResponsesRequest, found: Found | None = None) -> None:
+    def __init__(self, wanted: ResponsesRequest, found: Found | None = None, keeping: Keeping | None = None) -> None:
         self.wanted = wanted
         self.found = found  # the web search made for this answer, if any
+        self.keeping = keeping  # how the answer will be stored (None: it will not be)
 
     def _base(self, req: ChatCompletionRequest, run: MinerRun) -> dict:
-        return skeleton(self.wanted, response_id=new_id("resp"), model=run.model or req.model or "unknown")
+        return skeleton(self.wanted, response_id=new_id("resp"), model=run.model or req.model or "unknown",
+                        store=self.keeping is not None)
+
+    def _seal(self, final: dict) -> dict:
+        return self.keeping.seal(final) if self.keeping is not None else final
 
     def _search_item(self) -> dict | None:
         if self.found is None:
@@ -90,7 +137,7 @@ class ResponsesFormat:
         searched = self._search_item()
         obj = finished(self._base(req, run), ([searched] if searched else []) + output,
                        finish_reason=run.finish_reason, usage=response_usage(req, run))
-        return json_response(obj, headers=headers)
+        return json_response(self._seal(obj), headers=headers)
 
     def _start(self, events: ResponseStream) -> bytes:
         searched = self._search_item()
@@ -98,7 +145,7 @@ class ResponsesFormat:
 
     async def stream(self, request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun,
                      headers: dict[str, str]) -> web.StreamResponse:
-        events = ResponseStream(self._base(req, run), annotate=self._annotate)
+        events = ResponseStream(self._base(req, run), annotate=self._annotate, seal=self._seal)
         if run.done:  # the whole answer is in: one body, one write
             body = self._start(events) + b"".join(events.feed(e) for e in run.events) + _end(events, req, run)
             return web.Response(body=body, headers={**headers, **SSE_HEADERS})

@@ -53,18 +53,20 @@ def _detail(usage: dict[str, Any], group: str, name: str) -> int:
     return token_count(details.get(name) if isinstance(details, dict) else None) or 0
 
 
-def skeleton(r: ResponsesRequest, *, response_id: str, model: str) -> dict[str, Any]:
+def skeleton(r: ResponsesRequest, *, response_id: str, model: str, store: bool = False) -> dict[str, Any]:
     """The response object before its output: what the request asked for, echoed as OpenAI does."""
     return {"id": response_id, "object": "response", "created_at": int(time.time()), "status": "in_progress",
-            "completed_at": None, "error": None, "incomplete_details": None, "model": model, "output": [], "usage": None} | echoed(r)
+            "completed_at": None, "error": None, "incomplete_details": None, "model": model, "output": [],
+            "usage": None} | echoed(r, store=store)
 
 
-def echoed(r: ResponsesRequest) -> dict[str, Any]:
+def echoed(r: ResponsesRequest, *, store: bool = False) -> dict[str, Any]:
     """The request's settings as the response repeats them, OpenAI's default where it shows one and the
     field was left out, so a caller reads what its answer was made with.
 
-    Some say what happened rather than what was asked, as OpenAI's do: ``store`` is false (nothing is
-    stored), ``service_tier`` is ``default`` (there is no other tier here). ``temperature`` and ``top_p``
+    Some say what happened rather than what was asked, as OpenAI's do: ``store`` is whether this response
+    is being stored (``store: false`` asked, storage off on the gateway, or a response over the size bound:
+    false), ``service_tier`` is ``default`` (there is no other tier here). ``temperature`` and ``top_p``
     left out stay null, not OpenAI's 1: each miner's model server then samples with its model's own
     default, which this gateway does not know."""
     fmt = r.text.format if r.text and r.text.format else None
@@ -75,14 +77,14 @@ def echoed(r: ResponsesRequest) -> dict[str, Any]:
         "max_tool_calls": r.max_tool_calls,
         "metadata": r.metadata or {},
         "parallel_tool_calls": r.parallel_tool_calls if r.parallel_tool_calls is not None else True,
-        "previous_response_id": None,  # refused when set
+        "previous_response_id": r.previous_response_id,
         "prompt_cache_key": r.prompt_cache_key,
         "prompt_cache_retention": r.prompt_cache_retention,
         "reasoning": {"effort": r.reasoning.effort if r.reasoning else None,
                       "summary": r.reasoning.summary if r.reasoning else None},
         "safety_identifier": r.safety_identifier,
         "service_tier": "default",
-        "store": False,
+        "store": store,
         "temperature": r.temperature,
         "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"},
                  "verbosity": r.text.verbosity if r.text and r.text.verbosity else "medium"},
@@ -177,9 +179,11 @@ class ResponseStream:
     (LangChain put an empty message after the calls when the message stayed open across them).
     """
 
-    def __init__(self, base: dict[str, Any], *, annotate: Callable[[str], list[dict[str, Any]]] | None = None) -> None:
+    def __init__(self, base: dict[str, Any], *, annotate: Callable[[str], list[dict[str, Any]]] | None = None,
+                 seal: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.base = base
         self.annotate = annotate  # the message's annotations, from its whole text (url citations)
+        self.seal = seal  # sees (and may amend) the final response before its event is written: it is stored
         self.seq = 0
         self.items: list[dict[str, Any]] = []  # in output order; each the item as it will be when done
         self.closed = 0  # items[:closed] were whole before the answer began (a web search)
@@ -318,6 +322,8 @@ class ResponseStream:
         out = [self._open_message()] if not answered and error is None else []
         final = finished(self.base, self.items, finish_reason=finish_reason, usage=usage, error=error)
         out.append(self._close_current())
+        if self.seal is not None:  # after the close, which writes the last message's annotations into it
+            final = self.seal(final)
         out.append(self.event(f"response.{final['status']}", response=final))
         return b"".join(out)
 

@@ -10,10 +10,11 @@ anything else is refused with a 400 naming its place in the body.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from api.responses_wire import (
-    STATELESS,
+    NO_ITEM_REFERENCES,
     WEB_SEARCH_TYPES,
     AllowedTools,
     FunctionCallItem,
@@ -45,11 +46,15 @@ PASSED_ON = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "se
              "inference_mode", "timeout", "session_id", "sampling_parameters")
 
 
-def chat_body(r: ResponsesRequest) -> dict[str, Any]:
-    """The chat completion request (JSON) that ``r`` asks for."""
+def chat_body(r: ResponsesRequest, history: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The chat completion request (JSON) that ``r`` asks for; ``history``: the stored conversation it
+    continues (``previous_response_id``: input and output items of the responses before), between ``r``'s
+    instructions (the earlier ones are not carried over, as at OpenAI) and its input."""
     messages: list[dict[str, Any]] = []
     if r.instructions:
         messages.append({"role": "system", "content": r.instructions})
+    for i, raw in enumerate(history):
+        _add_item(messages, raw, f"previous_response_id.{i}")
     if isinstance(r.input, str):
         messages.append({"role": "user", "content": r.input})
     else:
@@ -100,7 +105,7 @@ def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> N
     if kind in SKIPPED_ITEMS:
         return
     if kind == "item_reference":
-        raise invalid_value(at, f"an item_reference names an item of a stored response; {STATELESS}")
+        raise invalid_value(at, NO_ITEM_REFERENCES)
     model = ITEMS.get(kind or "")
     if model is None:
         raise invalid_value(f"{at}.type", f"input items served here are {', '.join(ITEMS)} (and reasoning and "

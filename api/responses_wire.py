@@ -2,9 +2,9 @@
 
 A response is a chat completion underneath (``api/responses_translate.py``): what
 cannot be expressed as one is refused with a 400 naming the field, never dropped
-in silence. Nothing is stored, so ``previous_response_id`` and ``conversation``
-are refused and the caller sends the whole conversation in ``input``, as with
-chat completions.
+in silence. Responses are stored for ``RESPONSES_RETENTION_SECONDS``
+(``api/responses_state.py``), so ``previous_response_id`` continues one;
+OpenAI's conversation objects (``conversation``) are not served.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from shared.protocol import (
 )
 
 STATELESS = "this gateway stores no responses: send the whole conversation in 'input'"
+NO_ITEM_REFERENCES = ("an item_reference names an item of a stored response, which is not served here: continue a "
+                      "response with previous_response_id, or send the whole conversation in 'input'")
 PLATFORM_ONLY = {  # fields only OpenAI's platform can honour, and what to do instead
-    "previous_response_id": STATELESS,
-    "conversation": STATELESS,
+    "conversation": "conversation objects are not served here: continue a response with previous_response_id, "
+                    "or send the whole conversation in 'input'",
     "moderation": "moderation runs on OpenAI's platform; no moderation model is served here: moderate the "
                   "input and output yourself",
     "prompt": "prompt templates live on OpenAI's platform; send the prompt's text in 'instructions' and 'input'",
@@ -193,7 +195,8 @@ class ResponsesRequest(BaseModel):
     prompt_cache_retention: Literal["in_memory", "24h"] | None = None
     safety_identifier: str | None = None
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI: any int64
-    previous_response_id: str | None = None
+    # The stored response this one continues (looked up for the calling key; api/responses_state.py).
+    previous_response_id: str | None = Field(default=None, min_length=1, max_length=256)
     conversation: str | dict[str, Any] | None = None
     background: bool | None = None
     prompt: dict[str, Any] | None = None
@@ -271,10 +274,11 @@ class ResponseOut(BaseModel):
     text: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
-    store: bool = Field(default=False, description="Always false: nothing is stored")
+    store: bool = Field(default=False, description="Whether the response was stored (retrievable, and continued "
+                                                   "by previous_response_id)")
     service_tier: str = "default"
     background: bool = False
-    previous_response_id: None = None
+    previous_response_id: str | None = None
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
     safety_identifier: str | None = None
@@ -287,3 +291,30 @@ class ResponseEventOut(BaseModel):
     model_config = {"extra": "allow"}
     type: str
     sequence_number: int
+
+
+class ResponseDeletedOut(BaseModel):
+    """``DELETE /v1/responses/{id}``: the stored response is gone."""
+
+    id: str
+    object: Literal["response.deleted"] = "response.deleted"
+    deleted: Literal[True] = True
+
+
+class InputItemsQuery(BaseModel):
+    """``GET /v1/responses/{id}/input_items``: a page of the conversation the response answered."""
+
+    limit: int = Field(default=20, ge=1, le=100, description="Items per page")
+    order: Literal["asc", "desc"] = Field(default="desc", description="desc: the newest item first")
+    after: str | None = Field(default=None, max_length=256, description="The id of the item the page starts after")
+    include: list[Includable] | None = Field(default=None, description="Accepted, changing nothing")
+
+
+class InputItemListOut(BaseModel):
+    """OpenAI's list of a response's input items (the SDK's ``ResponseItemList``)."""
+
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]] = Field(description="Input items, each with its id")
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool

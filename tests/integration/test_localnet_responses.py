@@ -68,15 +68,18 @@ def test_structured_output_parses_into_the_model(localnet: dict) -> None:
     assert isinstance(parsed.output_parsed, City)
 
 
-def test_what_needs_stored_responses_is_a_400_the_sdk_raises(localnet: dict) -> None:
+def test_stored_responses_continue_and_are_deleted_as_the_sdk_expects(localnet: dict) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client(localnet).responses.create(model=MODEL, input="again", previous_response_id="resp_123")
-    assert e.value.param == "previous_response_id" and "whole conversation" in e.value.message
+    assert e.value.param == "previous_response_id" and "'resp_123' not found" in e.value.message
     made = client(localnet).responses.create(model=MODEL, input="hi")
+    more = client(localnet).responses.create(model=MODEL, input="again", previous_response_id=made.id)
+    assert more.previous_response_id == made.id and client(localnet).responses.retrieve(made.id).id == made.id
+    client(localnet).responses.delete(made.id)
     for call in (client(localnet).responses.retrieve, client(localnet).responses.delete):
         with pytest.raises(openai.NotFoundError) as e:
             call(made.id)
-        assert e.value.code == "response_not_found" and "stores no responses" in e.value.message
+        assert e.value.code == "response_not_found"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=localnet["api_url"] + "/v1", api_key="sn1-wrong", max_retries=0).responses.retrieve(
             made.id)

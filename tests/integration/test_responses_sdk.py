@@ -220,14 +220,14 @@ async def test_the_response_repeats_the_settings_it_was_asked_for(honest: ApiUnd
     """``max_tool_calls``, ``truncation``, ``service_tier``, ``prompt_cache_key``, ``safety_identifier``
     and ``background`` were missing from the response, ``reasoning.summary`` was null and ``truncation``
     "disabled" whatever was sent: a caller reading its settings back (as OpenAI repeats them) read other
-    ones. Some say what happened: nothing is stored, and there is one service tier."""
+    ones. Some say what happened: the response was stored (``store: true``), and there is one service tier."""
     sent = ASKED | {"tools": [WEATHER], "text": {"format": {"type": "text"}, "verbosity": "low"}, "store": True,
                     "reasoning": {"effort": "low", "summary": "concise"}, "service_tier": "flex"}
     whole, events = await typed(honest, {"input": "Hello there"} | sent)
     for r in (whole, events[0].response, events[-1].response):
         assert r.model_dump(include=ECHOED) == ASKED | {"service_tier": "default"}
         assert (r.text.verbosity, r.reasoning.effort, r.reasoning.summary) == ("low", "low", "concise")
-        assert [t.name for t in r.tools] == ["get_weather"] and r.store is False  # type: ignore[attr-defined]
+        assert [t.name for t in r.tools] == ["get_weather"] and r.store is True  # type: ignore[attr-defined]
 
 
 async def test_settings_left_out_are_echoed_as_openais_defaults(honest: ApiUnderTest) -> None:

@@ -1,0 +1,186 @@
+"""Stored responses through the real API app and the OpenAI SDK: ``previous_response_id`` (OpenAI's own
+multi-turn quickstart), ``store``, and ``GET``/``DELETE /v1/responses/{id}`` and its ``input_items``.
+
+A scripted miner records what it was sent: a continued response reaches the miners as the whole
+conversation, the new request's instructions first (the earlier ones are not carried over)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from openai.types.responses import Response, ResponseItem
+from pydantic import TypeAdapter
+
+from shared.store import responses as responses_module
+from tests.helpers import ApiUnderTest, Script, api_with_miners, chunk, openai_client, sse
+
+ITEM: TypeAdapter[Any] = TypeAdapter(ResponseItem)
+TIME = {"type": "function", "name": "get_time", "description": "The local time in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+def answering(text: str) -> Script:
+    return Script([(0, d) for d in sse(chunk(text), chunk(finish="stop"))])
+
+
+def sent_messages(script: Script) -> list[tuple[str, Any]]:
+    """(role, content) of each message the miner was last sent."""
+    return [(m["role"], m.get("content")) for m in script.bodies[-1]["messages"]]
+
+
+async def call(api: ApiUnderTest, method: str, path: str, key: str | None = None) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as s, s.request(method, api.url + path,
+                                                       headers={"Authorization": f"Bearer {key or api.key}"}) as r:
+        return r.status, await r.json()
+
+
+async def test_a_conversation_continues_by_previous_response_id_streamed_or_not(tmp_path: Path) -> None:
+    miner = answering("Noted.")
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        first = await client.responses.create(model="default", instructions="Be brief.", input="My name is Ada.")
+        assert first.store is True and first.previous_response_id is None  # type: ignore[attr-defined]
+        second = await client.responses.create(model="default", instructions="Be kind.", input="My name?",
+                                               previous_response_id=first.id)
+        assert second.previous_response_id == first.id
+        assert sent_messages(miner) == [("system", "Be kind."), ("user", [{"type": "text", "text": "My name is Ada."}]),
+                                        ("assistant", "Noted."), ("user", "My name?")]
+        async with client.responses.stream(model="default", input="And again?", previous_response_id=second.id) as s:
+            third = await s.get_final_response()
+        assert third.previous_response_id == second.id and third.output_text == "Noted."
+        assert [role for role, _ in sent_messages(miner)] == ["user", "assistant", "user", "assistant", "user"]
+        # the streamed one is stored too, and continues in turn
+        fourth = await client.responses.create(model="default", input="Last.", previous_response_id=third.id)
+        assert len(sent_messages(miner)) == 7 and fourth.status == "completed"
+        got = await client.responses.retrieve(third.id)
+        Response.model_validate(got.model_dump())
+        assert got.id == third.id and got.output_text == "Noted."
+
+
+async def test_a_tool_round_trip_by_previous_response_id(honest: ApiUnderTest) -> None:
+    """The Agents SDK's flow: the model calls a function; the caller sends only its output, naming the
+    response that made the call."""
+    client = openai_client(honest)
+    first = await client.responses.create(model="default", input="What time is it in Paris?", tools=[TIME])
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert [c.name for c in calls] == ["get_time"]
+    second = await client.responses.create(model="default", previous_response_id=first.id, tools=[TIME], input=[
+        {"type": "function_call_output", "call_id": calls[0].call_id, "output": "10:00"}])
+    assert second.status == "completed"
+    items = [item async for item in client.responses.input_items.list(second.id, order="asc")]
+    assert [item.type for item in items] == ["message", "function_call", "function_call_output"]
+    assert items[1].call_id == items[2].call_id == calls[0].call_id
+
+
+async def test_what_is_not_stored_or_not_yours_cannot_be_continued(honest: ApiUnderTest) -> None:
+    client = openai_client(honest)
+    unstored = await client.responses.create(model="default", input="Hi", store=False)
+    assert unstored.store is False  # type: ignore[attr-defined]
+    mine = await client.responses.create(model="default", input="Hi")
+    other_key, _ = await honest.ctx.store.create_key(1000)
+    other = openai_client(honest, key=other_key)
+    for response_id, asker in ((unstored.id, client), (mine.id, other), ("resp_unknown", client)):
+        with pytest.raises(openai.BadRequestError) as e:
+            await asker.responses.create(model="default", input="Again", previous_response_id=response_id)
+        assert e.value.param == "previous_response_id" and e.value.type == "invalid_request_error"
+        assert e.value.body["message"] == f"Previous response with id '{response_id}' not found."  # type: ignore[index]
+    for attempt in (other.responses.retrieve(mine.id), other.responses.delete(mine.id),
+                    other.responses.input_items.list(mine.id)):
+        with pytest.raises(openai.NotFoundError) as e:
+            await attempt
+        assert e.value.code == "response_not_found"
+    assert (await client.responses.retrieve(mine.id)).id == mine.id  # still there for its own key
+
+
+async def test_delete_then_it_is_gone_everywhere(honest: ApiUnderTest) -> None:
+    client = openai_client(honest)
+    made = await client.responses.create(model="default", input="Hi")
+    status, body = await call(honest, "DELETE", f"/v1/responses/{made.id}")
+    assert (status, body) == (200, {"id": made.id, "object": "response.deleted", "deleted": True})
+    for again in (client.responses.delete(made.id), client.responses.retrieve(made.id)):
+        with pytest.raises(openai.NotFoundError):
+            await again
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.responses.create(model="default", input="Again", previous_response_id=made.id)
+    assert e.value.param == "previous_response_id"
+
+
+async def test_input_items_page_through_the_conversation(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {1: answering("Ok.")}) as api:
+        client = openai_client(api)
+        r = await client.responses.create(model="default", input="one")
+        r = await client.responses.create(model="default", input="two", previous_response_id=r.id)
+        r = await client.responses.create(model="default", input=[{"role": "user", "content": "three"}],
+                                          previous_response_id=r.id)
+        status, page = await call(api, "GET", f"/v1/responses/{r.id}/input_items?limit=2")
+        assert status == 200 and page["object"] == "list" and page["has_more"] is True
+        assert [i["content"][0]["text"] for i in page["data"]] == ["three", "Ok."]  # desc: the newest first
+        assert (page["first_id"], page["last_id"]) == (page["data"][0]["id"], page["data"][1]["id"])
+        everything = [item async for item in client.responses.input_items.list(r.id, limit=2)]  # the SDK pages
+        assert [i.content[0].text for i in everything] == ["three", "Ok.", "two", "Ok.", "one"]
+        for item in everything:
+            ITEM.validate_python(item.model_dump())
+        status, page = await call(api, "GET", f"/v1/responses/{r.id}/input_items?order=asc&after={everything[-1].id}")
+        assert [i["content"][0]["text"] for i in page["data"]] == ["Ok.", "two", "Ok.", "three"]
+        assert page["has_more"] is False
+        for query, param in (("limit=0", "limit"), ("limit=101", "limit"), ("limit=x", "limit"),
+                             ("order=up", "order"), ("after=msg_nope", "after"), ("include=nope", "include.0")):
+            status, body = await call(api, "GET", f"/v1/responses/{r.id}/input_items?{query}")
+            assert status == 400 and body["error"]["param"] == param, (query, body)
+            assert body["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_response_expires_after_the_retention(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {}, honest={1}, responses_retention_seconds=0.3) as api:
+        client = openai_client(api)
+        made = await client.responses.create(model="default", input="Hi")
+        assert (await client.responses.retrieve(made.id)).id == made.id
+        await asyncio.sleep(0.4)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(made.id)
+        with pytest.raises(openai.BadRequestError):
+            await client.responses.create(model="default", input="Again", previous_response_id=made.id)
+
+
+async def test_retention_zero_stores_nothing_as_before(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {}, honest={1}, responses_retention_seconds=0) as api:
+        client = openai_client(api)
+        made = await client.responses.create(model="default", input="Hi")
+        assert made.store is False and api.ctx.responses is None  # type: ignore[attr-defined]
+        with pytest.raises(openai.BadRequestError) as e:
+            await client.responses.create(model="default", input="Again", previous_response_id=made.id)
+        assert e.value.param == "previous_response_id" and "RESPONSES_RETENTION_SECONDS is 0" in e.value.message
+        for attempt in (client.responses.retrieve(made.id), client.responses.delete(made.id),
+                        client.responses.input_items.list(made.id)):
+            with pytest.raises(openai.NotFoundError) as e:
+                await attempt
+            assert e.value.code == "response_not_found" and "stores no responses" in e.value.message
+
+
+async def test_a_response_over_the_size_bound_is_answered_not_stored(
+        honest: ApiUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(responses_module, "MAX_STORED_BYTES", 3000)
+    client = openai_client(honest)
+    small = await client.responses.create(model="default", input="Hi")
+    big = await client.responses.create(model="default", input="Hi " * 1000)
+    async with client.responses.stream(model="default", input="Hi " * 1000) as s:
+        streamed = await s.get_final_response()
+    assert small.store is True and big.store is False and streamed.store is False  # type: ignore[attr-defined]
+    assert big.status == streamed.status == "completed"
+    for response_id in (big.id, streamed.id):
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(response_id)
+    assert (await client.responses.retrieve(small.id)).id == small.id
+
+
+async def test_retrieve_refuses_to_stream(honest: ApiUnderTest) -> None:
+    made = await openai_client(honest).responses.create(model="default", input="Hi")
+    status, body = await call(honest, "GET", f"/v1/responses/{made.id}?stream=true")
+    assert status == 400 and body["error"]["param"] == "stream"
+    status, body = await call(honest, "GET", f"/v1/responses/{made.id}")
+    assert status == 200 and body["id"] == made.id and body["store"] is True
