@@ -19,7 +19,7 @@ from api.access_log import access_logged, request_id
 from api.auth import authenticate
 from api.chat import answer, plan
 from api.completion import logprob_tokens, mid_stream_failure, response_usage
-from api.context import CTX
+from api.context import CTX, ApiContext
 from api.race import MinerRun, Race
 from api.responses_render import ResponseStream, complete_output, finished, new_id, skeleton
 from api.responses_state import Keeping
@@ -31,6 +31,7 @@ from api.web_search import SOURCES, citations, search_call_item, search_into
 from shared.errors import invalid_value
 from shared.http import json_response, parse_model, read_json
 from shared.protocol import ChatCompletionRequest
+from shared.store.base import KeyRecord
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -63,8 +64,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 @access_logged("responses")
 async def get_response(request: web.Request) -> web.StreamResponse:
     """``GET /v1/responses/{id}``: the calling key's stored response object."""
-    ctx = request.app[CTX]
-    key = await authenticate(request, ctx.store, scope="chat")
+    ctx, key = await _caller(request)
     if request.query.get("stream", "false").lower() not in ("false", "0"):
         raise invalid_value("stream", "a stored response is returned whole; streaming it again is not served")
     found = await responses_state.stored(ctx, key, request.match_info["response_id"])
@@ -74,8 +74,7 @@ async def get_response(request: web.Request) -> web.StreamResponse:
 @access_logged("responses")
 async def delete_response(request: web.Request) -> web.StreamResponse:
     """``DELETE /v1/responses/{id}``: the calling key's stored response is gone (its next use a 404/400)."""
-    ctx = request.app[CTX]
-    key = await authenticate(request, ctx.store, scope="chat")
+    ctx, key = await _caller(request)
     response_id = request.match_info["response_id"]
     await responses_state.forget(ctx, key, response_id)
     return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
@@ -84,11 +83,17 @@ async def delete_response(request: web.Request) -> web.StreamResponse:
 @access_logged("responses")
 async def list_input_items(request: web.Request) -> web.StreamResponse:
     """``GET /v1/responses/{id}/input_items``: a page of the conversation the response answered."""
-    ctx = request.app[CTX]
-    key = await authenticate(request, ctx.store, scope="chat")
+    ctx, key = await _caller(request)
     query: InputItemsQuery = parse_model(InputItemsQuery, _items_query(request))
     found = await responses_state.stored(ctx, key, request.match_info["response_id"])
     return json_response(responses_state.page(found.items, query))
+
+
+async def _caller(request: web.Request) -> tuple[ApiContext, KeyRecord]:
+    """The context and the calling key of a stored-response route: reading one spends no tokens, so no usage
+    is passed (as for the 404 these routes answered before)."""
+    ctx = request.app[CTX]
+    return ctx, await authenticate(request, ctx.store, scope="chat")
 
 
 def _items_query(request: web.Request) -> dict[str, object]:

@@ -17,11 +17,12 @@ import asyncio
 import hashlib
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+T = TypeVar("T")
 KEY_PREFIX = "sn1-"
 ALL_SCOPES = ("chat", "web_retrieval", "availability")
 WINDOW_SECONDS = 60
@@ -30,6 +31,18 @@ USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors", "rat
 
 class StoreUnavailable(Exception):
     """The store could not be reached; callers answer 503, never let a request through."""
+
+
+async def redis_call(coro: Awaitable[T], label: str) -> T:
+    """Await a Redis command; any Redis failure (an OOM or READONLY reply in a failover too, or the link
+    gone) is ``StoreUnavailable`` naming ``label``'s store. redis is imported here, not at the top: a
+    SQLite API never loads it."""
+    import redis
+
+    try:
+        return await coro
+    except (redis.RedisError, OSError) as e:
+        raise StoreUnavailable(f"{label}: {e.__class__.__name__}: {e}") from e
 
 
 def new_api_key() -> str:

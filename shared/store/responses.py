@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.store.base import StoreUnavailable
-from shared.store.sqlite_tables import SQLiteTables
+from shared.store.base import redis_call
+from shared.store.sqlite_tables import SQLiteTables, expiring_table
 
 # A response whose stored form (its object and the whole conversation before it) is larger than this is
 # not stored: a conversation grows by its answers each turn, and one read must stay a small read. The
@@ -28,6 +28,7 @@ MAX_STORED_BYTES = 1 << 20
 # never a scan of the whole table on a request's path.
 PURGE_BATCH = 200
 PURGE_EVERY_S = 60.0
+LABEL = "redis responses"  # StoreUnavailable's word for this store
 
 
 @dataclass(frozen=True)
@@ -69,15 +70,8 @@ class ResponseStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS stored_responses (
-    id TEXT PRIMARY KEY,
-    key_id TEXT NOT NULL,
-    data TEXT NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS stored_responses_expiry ON stored_responses (expires_at);
-"""
+# By id (each lookup also names the key, checked on the row); the index serves the bounded purge.
+SCHEMA = expiring_table("stored_responses", index="stored_responses_expiry", on="expires_at")
 
 
 class SQLiteResponseStore(SQLiteTables):
@@ -145,23 +139,15 @@ class RedisResponseStore:
     def _key(self, key_id: str, response_id: str) -> str:
         return f"{self.ns}:response:{key_id}:{response_id}"
 
-    async def _call(self, coro: Any) -> Any:
-        import redis
-
-        try:
-            return await coro
-        except (redis.RedisError, OSError) as e:
-            raise StoreUnavailable(f"redis responses: {e.__class__.__name__}: {e}") from e
-
     async def put(self, key_id: str, response_id: str, data: str, *, retention: float) -> None:
-        await self._call(self.r.set(self._key(key_id, response_id), data, px=max(1, round(retention * 1000))))
+        await redis_call(self.r.set(self._key(key_id, response_id), data, px=max(1, round(retention * 1000))), LABEL)
 
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
-        raw = await self._call(self.r.get(self._key(key_id, response_id)))
+        raw = await redis_call(self.r.get(self._key(key_id, response_id)), LABEL)
         return decode(response_id, key_id, raw) if raw else None
 
     async def delete(self, key_id: str, response_id: str) -> bool:
-        return bool(await self._call(self.r.delete(self._key(key_id, response_id))))
+        return bool(await redis_call(self.r.delete(self._key(key_id, response_id)), LABEL))
 
     async def aclose(self) -> None:
         await self.r.aclose()

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.store.base import StoreUnavailable
-from shared.store.sqlite_tables import SQLiteTables
+from shared.store.base import redis_call
+from shared.store.sqlite_tables import SQLiteTables, expiring_table
 
 
 @dataclass(frozen=True)
@@ -73,15 +73,7 @@ class SessionStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS model_sessions (
-    id TEXT PRIMARY KEY,
-    key_id TEXT NOT NULL,
-    data TEXT NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS model_sessions_key ON model_sessions (key_id);
-"""
+SCHEMA = expiring_table("model_sessions", index="model_sessions_key", on="key_id")
 
 
 class SQLiteSessionStore(SQLiteTables):
@@ -240,12 +232,7 @@ class RedisSessionStore:
         return f"{self.ns}:sessions"
 
     async def _call(self, coro: Any) -> Any:
-        import redis
-
-        try:
-            return await coro
-        except (redis.RedisError, OSError) as e:  # as the key store: an OOM or READONLY reply (a failover) too
-            raise StoreUnavailable(f"redis sessions: {e.__class__.__name__}: {e}") from e
+        return await redis_call(coro, "redis sessions")
 
     @staticmethod
     def _decode(raw: Any) -> Session | None:

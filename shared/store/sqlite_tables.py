@@ -51,6 +51,20 @@ def open_db(path: Path, *, synchronous: str, schema: str = "") -> sqlite3.Connec
             time.sleep(0.05)
 
 
+def expiring_table(name: str, *, index: str, on: str) -> str:
+    """The schema of a table of JSON records by id, each an API key's and each expiring (sessions, stored
+    responses), with one index (named ``index``, on column ``on``) for the lookups it serves."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {name} (
+    id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {index} ON {name} ({on});
+"""
+
+
 class SQLiteTables:
     label = "sqlite"
 

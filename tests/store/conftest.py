@@ -8,6 +8,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,15 +17,29 @@ from shared.store.redis import RedisStore
 from shared.store.sqlite import SQLiteStore
 
 REDIS_URL = os.environ.get("REDIS_URL")
+BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.redis)]  # a fixture's params: each store test runs on both
+NO_REDIS = "REDIS_URL is not set: the Redis backend needs a server (CI sets it; .ci/run)"
+
+
+def redis_url() -> str:
+    """REDIS_URL, or the test is skipped with the usual reason."""
+    if not REDIS_URL:
+        pytest.skip(NO_REDIS)
+    return REDIS_URL
+
+
+async def drop_keys(client: Any, namespace: str) -> None:
+    """Delete every key of a test namespace from a Redis client (tests never touch anything else)."""
+    async for name in client.scan_iter(match=f"{namespace}:*", count=500):
+        await client.delete(name)
 
 
 async def drop_namespace(store: RedisStore) -> None:
     """Delete every Redis key of a test namespace (tests never touch anything else)."""
-    async for name in store.redis.scan_iter(match=f"{store.namespace}:*", count=500):
-        await store.redis.delete(name)
+    await drop_keys(store.redis, store.namespace)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "sqlite":
         s = SQLiteStore(tmp_path / "store.db")
@@ -38,9 +53,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 @contextlib.asynccontextmanager
 async def redis_test_store() -> AsyncIterator[RedisStore]:
     """A RedisStore in a fresh namespace, dropped afterwards; the test is skipped without REDIS_URL."""
-    if not REDIS_URL:
-        pytest.skip("REDIS_URL is not set: the Redis backend needs a server (CI sets it; .ci/run)")
-    r = RedisStore.from_url(REDIS_URL, namespace=f"test-{secrets.token_hex(6)}")
+    r = RedisStore.from_url(redis_url(), namespace=f"test-{secrets.token_hex(6)}")
     try:
         yield r
     finally:

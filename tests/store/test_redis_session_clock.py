@@ -16,7 +16,7 @@ import pytest
 
 from shared.store import sessions as sessions_module
 from shared.store.sessions import RedisSessionStore
-from tests.store.conftest import REDIS_URL
+from tests.store.conftest import drop_keys, redis_url
 
 HOUR = 3600.0
 
@@ -40,15 +40,12 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[HostClock]:
 
 @pytest.fixture
 async def redis_sessions() -> AsyncIterator[RedisSessionStore]:
-    if not REDIS_URL:
-        pytest.skip("REDIS_URL is not set: the Redis backend needs a server (CI sets it; .ci/run)")
     namespace = f"test-{secrets.token_hex(6)}"
-    s = RedisSessionStore.from_url(REDIS_URL, namespace=namespace)
+    s = RedisSessionStore.from_url(redis_url(), namespace=namespace)
     try:
         yield s
     finally:
-        async for name in s.r.scan_iter(match=f"{namespace}:*"):
-            await s.r.delete(name)
+        await drop_keys(s.r, namespace)
         await s.aclose()
 
 

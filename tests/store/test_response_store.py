@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,29 +21,24 @@ from shared.store.responses import (
     encode,
     fits,
 )
-from tests.store.conftest import REDIS_URL
+from tests.store.conftest import BACKENDS, drop_keys, redis_url
 
 RESPONSE = {"id": "resp_1", "object": "response", "output": [{"type": "message", "id": "msg_1"}]}
 ITEMS = [{"id": "msg_0", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=BACKENDS)
 async def responses(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ResponseStore]:
-    if request.param == "sqlite":
-        s = SQLiteResponseStore(tmp_path / "r.db")
-        yield s
-        await s.aclose()
-        return
-    if not REDIS_URL:
-        pytest.skip("REDIS_URL is not set: the Redis backend needs a server (CI sets it; .ci/run)")
+    """The SQLite store, or the Redis one in a fresh namespace dropped afterwards."""
     namespace = f"test-{secrets.token_hex(6)}"
-    r = RedisResponseStore.from_url(REDIS_URL, namespace=namespace)
+    s: Any = (SQLiteResponseStore(tmp_path / "r.db") if request.param == "sqlite"
+              else RedisResponseStore.from_url(redis_url(), namespace=namespace))
     try:
-        yield r
+        yield s
     finally:
-        async for name in r.r.scan_iter(match=f"{namespace}:*"):
-            await r.r.delete(name)
-        await r.aclose()
+        if isinstance(s, RedisResponseStore):
+            await drop_keys(s.r, namespace)
+        await s.aclose()
 
 
 async def test_a_response_is_read_back_by_its_key_only(responses: ResponseStore) -> None:
