@@ -11,6 +11,8 @@ the answer's shape (``responses_render``) differ; a response is stored for
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -30,6 +32,7 @@ from api.web_retrieval import Found
 from api.web_search import SOURCES, citations, search_call_item, search_into
 from shared.errors import invalid_value
 from shared.http import json_response, parse_model, read_json
+from shared.jsonutil import dumpb
 from shared.protocol import ChatCompletionRequest
 from shared.store.base import KeyRecord
 
@@ -55,10 +58,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                         request_id=request_id(request))
         req = parse_model(ChatCompletionRequest, body)
     keeping = responses_state.keeping(ctx, key, wanted, history)
-    response = await answer(request, key, req, body, ResponsesFormat(wanted, found, keeping), started=started,
-                            planned=planned)
-    await responses_state.keep(ctx, keeping)  # the answer is out: this is no caller's wait
-    return response
+    return await answer(request, key, req, body, ResponsesFormat(wanted, found, keeping, ctx), started=started,
+                        planned=planned)
 
 
 @access_logged("responses")
@@ -113,10 +114,19 @@ class ResponsesFormat:
 
     kind = "responses"
 
-    def __init__(self, wanted: ResponsesRequest, found: Found | None = None, keeping: Keeping | None = None) -> None:
+    def __init__(self, wanted: ResponsesRequest, found: Found | None = None, keeping: Keeping | None = None,
+                 ctx: ApiContext | None = None) -> None:
         self.wanted = wanted
         self.found = found  # the web search made for this answer, if any
         self.keeping = keeping  # how the answer will be stored (None: it will not be)
+        self.ctx = ctx  # where it is stored
+
+    async def _keep(self) -> None:
+        """Store the sealed response before the caller has its end: an agent sends its next turn with
+        ``previous_response_id`` the moment it has the answer, maybe to another worker or host, and a
+        record written after it (one store round trip later) was then "not found"."""
+        if self.ctx is not None:
+            await responses_state.keep(self.ctx, self.keeping)
 
     def _base(self, req: ChatCompletionRequest, run: MinerRun) -> dict:
         return skeleton(self.wanted, response_id=new_id("resp"), model=run.model or req.model or "unknown",
@@ -142,7 +152,7 @@ class ResponsesFormat:
         searched = self._search_item()
         obj = finished(self._base(req, run), ([searched] if searched else []) + output,
                        finish_reason=run.finish_reason, usage=response_usage(req, run))
-        return json_response(self._seal(obj), headers=headers)
+        return KeptFirst(self._keep, body=dumpb(self._seal(obj)), content_type="application/json", headers=headers)
 
     def _start(self, events: ResponseStream) -> bytes:
         searched = self._search_item()
@@ -153,14 +163,30 @@ class ResponsesFormat:
         events = ResponseStream(self._base(req, run), annotate=self._annotate, seal=self._seal)
         if run.done:  # the whole answer is in: one body, one write
             body = self._start(events) + b"".join(events.feed(e) for e in run.events) + _end(events, req, run)
+            await self._keep()
             return web.Response(body=body, headers={**headers, **SSE_HEADERS})
         response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
         await response.prepare(request)
         await response.write(self._start(events))
         async for batch in race.follow_batches(run):
             await response.write(b"".join(events.feed(e) for e in batch))
-        await response.write_eof(_end(events, req, run))
+        tail = _end(events, req, run)  # seals the final response
+        await self._keep()
+        await response.write_eof(tail)
         return response
+
+
+class KeptFirst(web.Response):
+    """A response object that goes out once it is stored (``keep``): ``answer`` sends what a format made,
+    and a format's ``complete`` cannot wait."""
+
+    def __init__(self, keep: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._keep = keep
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        await self._keep()
+        return await super().prepare(request)
 
 
 def _end(events: ResponseStream, req: ChatCompletionRequest, run: MinerRun) -> bytes:

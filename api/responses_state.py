@@ -7,8 +7,8 @@ request's input. A request naming it as ``previous_response_id`` is answered
 with that conversation and the previous output before its own input, as OpenAI
 answers one; the previous ``instructions`` are not carried over (at OpenAI
 neither). Every lookup is by the calling key: another key's response reads as
-an unknown one. The record is written after the answer went out
-(``keep``), so storing never delays a caller.
+an unknown one. The record is written just before the caller gets the final
+response object (``keep``): its next turn may come at once, to any worker.
 """
 
 from __future__ import annotations
@@ -133,8 +133,8 @@ def keeping(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest,
 
 
 async def keep(ctx: ApiContext, keeping: Keeping | None) -> None:
-    """Write a sealed response (after the answer went out). A store that fails here costs the caller its
-    next ``previous_response_id`` (a 400 then), not this answer, which it already has: a WARNING."""
+    """Write a sealed response (just before its end goes out). A store that fails here costs the caller its
+    next ``previous_response_id`` (a 400 then), not this answer: a WARNING."""
     if keeping is None or keeping.data is None or keeping.response_id is None or ctx.responses is None:
         return
     try:

@@ -184,3 +184,27 @@ async def test_retrieve_refuses_to_stream(honest: ApiUnderTest) -> None:
     assert status == 400 and body["error"]["param"] == "stream"
     status, body = await call(honest, "GET", f"/v1/responses/{made.id}")
     assert status == 200 and body["id"] == made.id and body["store"] is True
+
+
+async def test_the_next_turn_sent_at_once_finds_the_response_on_a_slow_store(
+        honest: ApiUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent sends its next turn the moment it has the answer, maybe to another worker or host: a
+    record written after the answer went out (a store round trip later) was "not found" then."""
+    real_put = honest.ctx.responses.put
+
+    async def slow_put(*args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.2)  # a store far slower than any: the answer must wait for it
+        await real_put(*args, **kwargs)
+
+    monkeypatch.setattr(honest.ctx.responses, "put", slow_put)
+    # each turn a client of its own: a new connection, as a request to another worker or host is (on one
+    # kept-alive connection the server reads the next request only once the last one's handler is done)
+    first = await openai_client(honest).responses.create(model="default", input="Hi")
+    second = await openai_client(honest).responses.create(model="default", input="Again",
+                                                          previous_response_id=first.id)
+    async with openai_client(honest).responses.stream(model="default", input="And on",
+                                                      previous_response_id=second.id) as s:
+        third = await s.get_final_response()
+    fourth = await openai_client(honest).responses.create(model="default", input="Last",
+                                                          previous_response_id=third.id)
+    assert fourth.status == "completed" and fourth.previous_response_id == third.id
