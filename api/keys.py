@@ -17,7 +17,7 @@ from loguru import logger
 from pydantic import BaseModel
 
 from api.auth import check_admin, store_unavailable
-from api.context import CTX
+from api.context import CTX, ApiContext
 from api.usage import usage_out
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
@@ -142,7 +142,22 @@ async def delete_api_key(request: web.Request) -> web.Response:
     if not deleted:
         raise ApiError(404, "No such API key.", code="api_key_not_found", param="api_key")
     logger.info("api key deleted id={}", record.id)
+    await _forget_responses(request.app[CTX], record.id)
     return _dump(DeletedKeyOut(id=record.id))
+
+
+async def _forget_responses(ctx: ApiContext, key_id: str) -> None:
+    """The deleted key's stored responses go with it (no key can read them again). The key is gone
+    whatever happens here: a store that fails now leaves them to their expiry, said in a WARNING."""
+    if ctx.responses is None:
+        return
+    try:
+        gone = await ctx.responses.forget_key(key_id)
+    except StoreUnavailable as e:
+        logger.warning("stored responses of deleted key id={} left to expire: {}", key_id, e)
+        return
+    if gone:
+        logger.info("stored responses of deleted key id={} deleted: {}", key_id, gone)
 
 
 async def list_api_keys(request: web.Request) -> web.Response:

@@ -29,6 +29,7 @@ MAX_STORED_BYTES = 1 << 20
 PURGE_BATCH = 200
 PURGE_EVERY_S = 60.0
 LABEL = "redis responses"  # StoreUnavailable's word for this store
+SCAN_BATCH = 500  # names a deleted key's purge reads and deletes at once (Redis)
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,18 @@ class ResponseStore(Protocol):
         """Delete ``key_id``'s response; whether there was one."""
         ...
 
+    async def forget_key(self, key_id: str) -> int:
+        """Delete every response ``key_id`` made (its key was deleted: its conversations go with it, not at
+        their expiry); how many there were."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
-# By id (each lookup also names the key, checked on the row); the index serves the bounded purge.
-SCHEMA = expiring_table("stored_responses", index="stored_responses_expiry", on="expires_at")
+# By id (each lookup also names the key, checked on the row); the indexes serve the bounded purge and
+# a deleted key's ``forget_key``.
+SCHEMA = expiring_table("stored_responses", index="stored_responses_expiry", on="expires_at") + \
+    "CREATE INDEX IF NOT EXISTS stored_responses_key ON stored_responses (key_id);\n"
 
 
 class SQLiteResponseStore(SQLiteTables):
@@ -118,6 +126,9 @@ class SQLiteResponseStore(SQLiteTables):
             "DELETE FROM stored_responses WHERE id = ? AND key_id = ? AND expires_at > ?",
             (response_id, key_id, now)).rowcount > 0)
 
+    async def forget_key(self, key_id: str) -> int:
+        return self._tx(lambda db: db.execute("DELETE FROM stored_responses WHERE key_id = ?", (key_id,)).rowcount)
+
     async def aclose(self) -> None:
         self._close_db()
 
@@ -149,8 +160,25 @@ class RedisResponseStore:
     async def delete(self, key_id: str, response_id: str) -> bool:
         return bool(await redis_call(self.r.delete(self._key(key_id, response_id)), LABEL))
 
+    async def forget_key(self, key_id: str) -> int:
+        """A SCAN of the key's names (an admin's rare call, in batches: never a KEYS that blocks Redis)."""
+        return await redis_call(self._forget(glob_escaped(self._key(key_id, "")) + "*"), LABEL)
+
+    async def _forget(self, pattern: str) -> int:
+        gone, batch = 0, []
+        async for name in self.r.scan_iter(match=pattern, count=SCAN_BATCH):
+            batch.append(name)
+            if len(batch) >= SCAN_BATCH:
+                gone, batch = gone + await self.r.delete(*batch), []
+        return gone + (await self.r.delete(*batch) if batch else 0)
+
     async def aclose(self) -> None:
         await self.r.aclose()
+
+
+def glob_escaped(text: str) -> str:
+    """``text`` matched literally by a Redis ``MATCH`` pattern (a namespace may hold ``*``, ``?`` or ``[``)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def open_responses(url: str, *, namespace: str = "sn1") -> ResponseStore:

@@ -208,3 +208,17 @@ async def test_the_next_turn_sent_at_once_finds_the_response_on_a_slow_store(
     fourth = await openai_client(honest).responses.create(model="default", input="Last",
                                                           previous_response_id=third.id)
     assert fourth.status == "completed" and fourth.previous_response_id == third.id
+
+
+async def test_deleting_a_key_deletes_its_stored_responses(honest: ApiUnderTest) -> None:
+    """No key could read them again, yet they stayed until they expired: an operator deleting a customer's
+    key expects its conversations gone."""
+    doomed_key, record = await honest.ctx.store.create_key(1000)
+    doomed, kept = openai_client(honest, key=doomed_key), openai_client(honest)
+    made = [await doomed.responses.create(model="default", input=f"Hi {i}") for i in range(3)]
+    mine = await kept.responses.create(model="default", input="Hi")
+    async with aiohttp.ClientSession() as s, s.delete(f"{honest.url}/api_management/delete-api-key/{doomed_key}",
+                                                      headers={"admin-key": "admin-secret-for-tests"}) as r:
+        assert r.status == 200, await r.text()
+    assert [await honest.ctx.responses.get(record.id, m.id) for m in made] == [None] * 3
+    assert (await kept.responses.retrieve(mine.id)).id == mine.id

@@ -53,6 +53,20 @@ async def test_a_response_is_read_back_by_its_key_only(responses: ResponseStore)
     assert not await responses.delete("key-a", "resp_1")
 
 
+async def test_a_deleted_keys_responses_all_go_and_no_others(responses: ResponseStore,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deleted key's conversations stayed until they expired (a day by default), unreachable but kept."""
+    monkeypatch.setattr(responses_module, "SCAN_BATCH", 2)  # Redis: several batches, and a partial last one
+    for i in range(5):
+        await responses.put("key-a", f"resp_{i}", encode(RESPONSE, ITEMS), retention=60)
+    await responses.put("key-b", "resp_9", encode(RESPONSE, ITEMS), retention=60)
+    await responses.put("key-a*", "resp_8", encode(RESPONSE, ITEMS), retention=60)  # a pattern is no wildcard
+    assert await responses.forget_key("key-a") == 5
+    assert [await responses.get("key-a", f"resp_{i}") for i in range(5)] == [None] * 5
+    assert await responses.get("key-b", "resp_9") is not None and await responses.get("key-a*", "resp_8") is not None
+    assert await responses.forget_key("key-a") == 0
+
+
 async def test_a_response_expires_after_its_retention(responses: ResponseStore) -> None:
     await responses.put("key-a", "resp_1", encode(RESPONSE, ITEMS), retention=0.05)
     await responses.put("key-a", "resp_2", encode(RESPONSE, ITEMS), retention=60)
