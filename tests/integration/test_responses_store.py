@@ -222,3 +222,34 @@ async def test_deleting_a_key_deletes_its_stored_responses(honest: ApiUnderTest)
         assert r.status == 200, await r.text()
     assert [await honest.ctx.responses.get(record.id, m.id) for m in made] == [None] * 3
     assert (await kept.responses.retrieve(mine.id)).id == mine.id
+
+
+async def test_a_failing_response_store_is_a_503_to_read_and_a_warning_to_write(
+        honest: ApiUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading a conversation the store cannot give is the store's 503 (retry), never a 500 or a "not
+    found"; failing to keep one costs no answer: it is sent, and the loss is a WARNING."""
+    from loguru import logger
+
+    from shared.store.base import StoreUnavailable
+
+    client = openai_client(honest)
+    made = await client.responses.create(model="default", input="Hi")
+
+    async def down(*_: Any, **__: Any) -> Any:
+        raise StoreUnavailable("redis responses: ConnectionError: gone")
+
+    for name in ("get", "put"):
+        monkeypatch.setattr(honest.ctx.responses, name, down)
+    for attempt in (client.responses.create(model="default", input="Again", previous_response_id=made.id),
+                    client.responses.retrieve(made.id)):
+        with pytest.raises(openai.InternalServerError) as e:
+            await attempt
+        assert e.value.status_code == 503 and e.value.code == "store_unavailable"
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        answered = await client.responses.create(model="default", input="Hi again")
+    finally:
+        logger.remove(sink)
+    assert answered.status == "completed" and answered.output_text
+    assert any(answered.id in w and "not stored" in w for w in warnings), warnings
