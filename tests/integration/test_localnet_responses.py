@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
+from pathlib import Path
 
 import openai
 import pytest
 from pydantic import BaseModel
 
 from tests.integration.test_localnet_openai_sdk import client
+from tests.keys.procs import start_api, wait_ready
 
 MODEL = "sn1/deterministic"
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
@@ -191,3 +193,27 @@ def test_langchain_on_the_responses_api(localnet: dict) -> None:
     (call,) = llm.bind_tools([GetWeather]).invoke("Weather in Paris").tool_calls
     assert call["name"] == "GetWeather" and call["args"]["city"]
     assert isinstance(llm.with_structured_output(City).invoke("Paris"), City)
+
+
+def test_a_conversation_continues_on_another_api_process_and_worker(localnet: dict, tmp_path: Path) -> None:
+    """The turns of one conversation reach whichever API process and worker a balancer picks: a response
+    stored by one is continued, read and deleted by another (one SQLite file; a second API with
+    WORKERS=2, each turn on a new connection, so the kernel hands it to either worker)."""
+    env = dict(line.split("=", 1) for line in (Path(localnet["dir"]) / "api.env").read_text().splitlines()
+               if "=" in line)
+    other = start_api(tmp_path, env, store_url=env["STORE_URL"], workers=2, name="second-api")
+    try:
+        wait_ready([other], workers=2)
+        here, there = localnet, {**localnet, "api_url": other.url}
+        for i in range(6):
+            first = client(here).responses.create(model=MODEL, input=f"Remember {i}.")
+            second = client(there).responses.create(model=MODEL, input="And?", previous_response_id=first.id)
+            third = client(here).responses.create(model=MODEL, input="Last.", previous_response_id=second.id)
+            assert third.status == "completed" and client(there).responses.retrieve(third.id).id == third.id
+            listed = client(there).responses.input_items.list(third.id, order="asc")
+            assert [item.type for item in listed.data] == ["message"] * 5  # three questions, two answers
+        client(there).responses.delete(first.id)
+        with pytest.raises(openai.NotFoundError):
+            client(here).responses.retrieve(first.id)
+    finally:
+        other.kill()
