@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
 import urllib.request
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from pydantic import BaseModel
 
 from tests.integration.test_localnet_openai_sdk import client
 from tests.keys.procs import start_api, wait_ready
+from tests.store.conftest import NO_REDIS
 
 MODEL = "sn1/deterministic"
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
@@ -195,25 +198,60 @@ def test_langchain_on_the_responses_api(localnet: dict) -> None:
     assert isinstance(llm.with_structured_output(City).invoke("Paris"), City)
 
 
+def local_env(localnet: dict) -> dict[str, str]:
+    """The local subnet API's settings (its env file), for another API process on the same network."""
+    text = (Path(localnet["dir"]) / "api.env").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def continue_across(here: dict, there: dict) -> None:
+    """Conversations whose turns alternate between two APIs (each turn a new connection): stored on one,
+    continued, listed, read and deleted on the other."""
+    for i in range(6):
+        first = client(here).responses.create(model=MODEL, input=f"Remember {i}.")
+        second = client(there).responses.create(model=MODEL, input="And?", previous_response_id=first.id)
+        third = client(here).responses.create(model=MODEL, input="Last.", previous_response_id=second.id)
+        assert third.status == "completed" and client(there).responses.retrieve(third.id).id == third.id
+        listed = client(there).responses.input_items.list(third.id, order="asc")
+        assert [item.type for item in listed.data] == ["message"] * 5  # three questions, two answers
+    client(there).responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client(here).responses.retrieve(first.id)
+
+
 def test_a_conversation_continues_on_another_api_process_and_worker(localnet: dict, tmp_path: Path) -> None:
-    """The turns of one conversation reach whichever API process and worker a balancer picks: a response
-    stored by one is continued, read and deleted by another (one SQLite file; a second API with
-    WORKERS=2, each turn on a new connection, so the kernel hands it to either worker)."""
-    env = dict(line.split("=", 1) for line in (Path(localnet["dir"]) / "api.env").read_text().splitlines()
-               if "=" in line)
+    """The turns of one conversation reach whichever API process and worker a balancer picks (one SQLite
+    file; a second API with WORKERS=2, whose kernel hands each new connection to either worker)."""
+    env = local_env(localnet)
     other = start_api(tmp_path, env, store_url=env["STORE_URL"], workers=2, name="second-api")
     try:
         wait_ready([other], workers=2)
-        here, there = localnet, {**localnet, "api_url": other.url}
-        for i in range(6):
-            first = client(here).responses.create(model=MODEL, input=f"Remember {i}.")
-            second = client(there).responses.create(model=MODEL, input="And?", previous_response_id=first.id)
-            third = client(here).responses.create(model=MODEL, input="Last.", previous_response_id=second.id)
-            assert third.status == "completed" and client(there).responses.retrieve(third.id).id == third.id
-            listed = client(there).responses.input_items.list(third.id, order="asc")
-            assert [item.type for item in listed.data] == ["message"] * 5  # three questions, two answers
-        client(there).responses.delete(first.id)
-        with pytest.raises(openai.NotFoundError):
-            client(here).responses.retrieve(first.id)
+        continue_across(localnet, {**localnet, "api_url": other.url})
     finally:
         other.kill()
+
+
+@pytest.mark.redis
+def test_a_conversation_continues_across_api_hosts_on_redis(localnet: dict, tmp_path: Path) -> None:
+    """A fleet: two APIs on one Redis (``STORE_URL=redis://``), as on two hosts."""
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.skip(NO_REDIS)
+    env, namespace = local_env(localnet), f"test-conv-{secrets.token_hex(6)}"
+    apis = [start_api(tmp_path, env, store_url=url, namespace=namespace, name=f"redis-api{i}") for i in range(2)]
+    try:
+        wait_ready(apis)
+        made = urllib.request.Request(f"{apis[0].url}/api_management/create-api-key/?rate_limit=1000", method="POST",
+                                      headers={"admin-key": env["ADMIN_KEY"]})
+        with urllib.request.urlopen(made, timeout=10) as r:
+            key = json.loads(r.read())["api_key"]
+        continue_across(*({**localnet, "api_url": a.url, "api_key": key} for a in apis))
+    finally:
+        for a in apis:
+            a.kill()
+        import redis
+
+        client_ = redis.Redis.from_url(url)
+        for name in client_.scan_iter(match=f"{namespace}:*"):
+            client_.delete(name)
+        client_.close()
