@@ -162,18 +162,20 @@ class RedisResponseStore:
 
     async def forget_key(self, key_id: str) -> int:
         """A SCAN of the key's names (an admin's rare call, in batches: never a KEYS that blocks Redis)."""
-        return await redis_call(self._forget(glob_escaped(self._key(key_id, "")) + "*"), LABEL)
-
-    async def _forget(self, pattern: str) -> int:
-        gone, batch = 0, []
-        async for name in self.r.scan_iter(match=pattern, count=SCAN_BATCH):
-            batch.append(name)
-            if len(batch) >= SCAN_BATCH:
-                gone, batch = gone + await self.r.delete(*batch), []
-        return gone + (await self.r.delete(*batch) if batch else 0)
+        return await redis_call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"), LABEL)
 
     async def aclose(self) -> None:
         await self.r.aclose()
+
+
+async def forget_matching(client: Any, pattern: str) -> int:
+    """Delete every name ``pattern`` matches, by a batched SCAN (never a KEYS that blocks Redis); how many."""
+    gone, batch = 0, []
+    async for name in client.scan_iter(match=pattern, count=SCAN_BATCH):
+        batch.append(name)
+        if len(batch) >= SCAN_BATCH:
+            gone, batch = gone + await client.delete(*batch), []
+    return gone + (await client.delete(*batch) if batch else 0)
 
 
 def glob_escaped(text: str) -> str:

@@ -1,0 +1,429 @@
+"""OpenAI's conversation objects (``/v1/conversations``, ``conversation`` on ``POST /v1/responses``).
+
+A conversation is an ordered list of Responses API items under an id, its API
+key's alone (each lookup names the key; another key's id reads as unknown),
+with metadata. It is kept beside the stored responses, as they are: SQLite (one
+host) in two tables, Redis (a fleet) in a hash and a list per conversation, and
+it expires ``RESPONSES_RETENTION_SECONDS`` after its last write (every write
+refreshes it: a conversation in use does not vanish mid-dialogue).
+
+Two workers may append to one conversation at once (two turns sent together, an
+agent adding items while a response is being kept): an append is one SQLite
+``BEGIN IMMEDIATE`` transaction, or one Lua script in Redis, so neither loses
+the other's items, and the size bound is checked against what is really there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from shared.store.base import StoreUnavailable, redis_call
+from shared.store.responses import PURGE_EVERY_S, forget_matching, glob_escaped
+from shared.store.sqlite_tables import SQLiteTables, expiring_table
+
+# The items of one conversation, as stored (their UTF-8 JSON), may not exceed this: every turn sends the
+# whole conversation to the miners, and one read must stay a small read (as for a stored response).
+MAX_CONVERSATION_BYTES = 1 << 20
+# What a conversation id may look like (ours: ``conv_`` and 32 hex digits). Anything else is unknown
+# without a lookup; Redis key names are built from it, so no ``:`` or glob character gets in.
+CONVERSATION_ID = re.compile(r"conv_[A-Za-z0-9_-]{1,128}")
+PURGE_BATCH = 100  # SQLite: expired conversations deleted at once, at most once a PURGE_EVERY_S per process
+LABEL = "redis conversations"  # StoreUnavailable's word for this store
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: str
+    created_at: int
+    metadata: dict[str, str]
+    size: int  # the UTF-8 bytes of its stored items
+
+    def out(self) -> dict[str, Any]:
+        """OpenAI's ``conversation`` object."""
+        return {"id": self.id, "object": "conversation", "created_at": self.created_at, "metadata": self.metadata}
+
+
+@dataclass(frozen=True)
+class Appended:
+    """The outcome of an append: ``size`` is the conversation's size after it (or what it would have been,
+    when ``full``); ``found`` False: no such conversation for this key."""
+
+    found: bool
+    full: bool = False
+    size: int = 0
+
+
+def valid_id(conversation_id: str) -> bool:
+    """Whether ``conversation_id`` could be one of ours (one that is not is unknown, not looked up)."""
+    return CONVERSATION_ID.fullmatch(conversation_id) is not None
+
+
+def encode_item(item: dict[str, Any]) -> str:
+    """An item's stored form, whose UTF-8 size counts against ``MAX_CONVERSATION_BYTES``."""
+    return json.dumps(item, separators=(",", ":"), ensure_ascii=False)
+
+
+def size_of(encoded: list[str]) -> int:
+    return sum(len(e.encode()) for e in encoded)
+
+
+def _header(created_at: int, metadata: dict[str, str]) -> str:
+    return json.dumps({"created_at": created_at, "metadata": metadata}, separators=(",", ":"), ensure_ascii=False)
+
+
+def _conversation(conversation_id: str, header: str | bytes, size: int) -> Conversation:
+    data = json.loads(header)
+    return Conversation(conversation_id, data["created_at"], data["metadata"], size)
+
+
+class ConversationStore(Protocol):
+    async def create(self, key_id: str, conversation: Conversation, items: list[str], *, retention: float) -> None:
+        """Keep a new conversation with its first items (``encode_item``'s; the caller checked the bound)."""
+        ...
+
+    async def get(self, key_id: str, conversation_id: str) -> Conversation | None:
+        """The conversation if ``key_id`` made it and it has not expired; else None."""
+        ...
+
+    async def items(self, key_id: str, conversation_id: str) -> list[dict[str, Any]] | None:
+        """Its items, oldest first; None: no such conversation."""
+        ...
+
+    async def append(self, key_id: str, conversation_id: str, items: list[str], *, retention: float,
+                     max_bytes: int | None) -> Appended:
+        """Add items at its end, atomically: none is added when the result would exceed ``max_bytes``."""
+        ...
+
+    async def set_metadata(self, key_id: str, conversation_id: str, metadata: dict[str, str], *,
+                           retention: float) -> bool:
+        """Replace its metadata; whether there was such a conversation."""
+        ...
+
+    async def delete_item(self, key_id: str, conversation_id: str, item_id: str, *, retention: float) -> bool | None:
+        """Delete one item by id: True, False (no such item) or None (no such conversation)."""
+        ...
+
+    async def delete(self, key_id: str, conversation_id: str) -> bool:
+        """Delete the conversation and its items; whether there was one."""
+        ...
+
+    async def forget_key(self, key_id: str) -> int:
+        """Delete every conversation of a deleted key; how many (SQLite) or names (Redis) went."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+SCHEMA = expiring_table("conversations", index="conversations_expiry", on="expires_at") + """
+CREATE INDEX IF NOT EXISTS conversations_key ON conversations (key_id);
+CREATE TABLE IF NOT EXISTS conversation_items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conversation_items_of ON conversation_items (conversation_id, seq);
+"""
+
+
+class SQLiteConversationStore(SQLiteTables):
+    """A row per conversation (its header as ``data``) and a row per item, in order by ``seq``."""
+
+    label = "sqlite conversations"
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path, SCHEMA)
+        self._next_purge = 0.0  # per instance (per worker): when this one next deletes expired conversations
+
+    async def create(self, key_id: str, conversation: Conversation, items: list[str], *, retention: float) -> None:
+        now = time.time()
+
+        def run(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO conversations (id, key_id, data, expires_at) VALUES (?,?,?,?)",
+                       (conversation.id, key_id, _header(conversation.created_at, conversation.metadata),
+                        now + retention))
+            self._insert(db, conversation.id, items)
+            self._maybe_purge(db, now)
+
+        self._tx(run)
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, conversation_id: str, items: list[str]) -> None:
+        db.executemany("INSERT INTO conversation_items (conversation_id, item_id, data, size) VALUES (?,?,?,?)",
+                       [(conversation_id, json.loads(e).get("id", ""), e, len(e.encode())) for e in items])
+
+    def _maybe_purge(self, db: sqlite3.Connection, now: float) -> None:
+        """Delete a bounded batch of expired conversations and their items, at most once a PURGE_EVERY_S."""
+        if now < self._next_purge:
+            return
+        ids = [row[0] for row in db.execute("SELECT id FROM conversations WHERE expires_at <= ? LIMIT ?",
+                                            (now, PURGE_BATCH))]
+        for conversation_id in ids:
+            self._drop(db, conversation_id)
+        self._next_purge = now if len(ids) >= PURGE_BATCH else now + PURGE_EVERY_S
+
+    @staticmethod
+    def _drop(db: sqlite3.Connection, conversation_id: str) -> None:
+        db.execute("DELETE FROM conversation_items WHERE conversation_id = ?", (conversation_id,))
+        db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+
+    @staticmethod
+    def _live(db: sqlite3.Connection, key_id: str, conversation_id: str, now: float) -> str | None:
+        """The conversation's header if ``key_id``'s and not expired."""
+        row = db.execute("SELECT data FROM conversations WHERE id = ? AND key_id = ? AND expires_at > ?",
+                         (conversation_id, key_id, now)).fetchone()
+        return row[0] if row else None
+
+    @staticmethod
+    def _size(db: sqlite3.Connection, conversation_id: str) -> int:
+        return db.execute("SELECT COALESCE(SUM(size), 0) FROM conversation_items WHERE conversation_id = ?",
+                          (conversation_id,)).fetchone()[0]
+
+    @staticmethod
+    def _touch(db: sqlite3.Connection, conversation_id: str, now: float, retention: float) -> None:
+        db.execute("UPDATE conversations SET expires_at = ? WHERE id = ?", (now + retention, conversation_id))
+
+    async def get(self, key_id: str, conversation_id: str) -> Conversation | None:
+        def run(db: sqlite3.Connection) -> Conversation | None:
+            header = self._live(db, key_id, conversation_id, time.time())
+            return None if header is None else _conversation(conversation_id, header, self._size(db, conversation_id))
+
+        return self._read(run)
+
+    async def items(self, key_id: str, conversation_id: str) -> list[dict[str, Any]] | None:
+        def run(db: sqlite3.Connection) -> list[dict[str, Any]] | None:
+            if self._live(db, key_id, conversation_id, time.time()) is None:
+                return None
+            rows = db.execute("SELECT data FROM conversation_items WHERE conversation_id = ? ORDER BY seq",
+                              (conversation_id,))
+            return [json.loads(row[0]) for row in rows]
+
+        return self._read(run)
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read in one (deferred) transaction: the header and the items of one moment."""
+        try:
+            self._db.execute("BEGIN")
+            try:
+                return fn(self._db)
+            finally:
+                self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"{self.label}: {e}") from e
+
+    async def append(self, key_id: str, conversation_id: str, items: list[str], *, retention: float,
+                     max_bytes: int | None) -> Appended:
+        now = time.time()
+
+        def run(db: sqlite3.Connection) -> Appended:
+            if self._live(db, key_id, conversation_id, now) is None:
+                return Appended(found=False)
+            size = self._size(db, conversation_id) + size_of(items)
+            if max_bytes is not None and size > max_bytes:
+                return Appended(found=True, full=True, size=size)
+            self._insert(db, conversation_id, items)
+            self._touch(db, conversation_id, now, retention)
+            return Appended(found=True, size=size)
+
+        return self._tx(run)
+
+    async def set_metadata(self, key_id: str, conversation_id: str, metadata: dict[str, str], *,
+                           retention: float) -> bool:
+        now = time.time()
+
+        def run(db: sqlite3.Connection) -> bool:
+            header = self._live(db, key_id, conversation_id, now)
+            if header is None:
+                return False
+            db.execute("UPDATE conversations SET data = ?, expires_at = ? WHERE id = ?",
+                       (_header(json.loads(header)["created_at"], metadata), now + retention, conversation_id))
+            return True
+
+        return self._tx(run)
+
+    async def delete_item(self, key_id: str, conversation_id: str, item_id: str, *, retention: float) -> bool | None:
+        now = time.time()
+
+        def run(db: sqlite3.Connection) -> bool | None:
+            if self._live(db, key_id, conversation_id, now) is None:
+                return None
+            gone = db.execute("DELETE FROM conversation_items WHERE seq = (SELECT seq FROM conversation_items WHERE "
+                              "conversation_id = ? AND item_id = ? ORDER BY seq LIMIT 1)",
+                              (conversation_id, item_id)).rowcount > 0
+            self._touch(db, conversation_id, now, retention)
+            return gone
+
+        return self._tx(run)
+
+    async def delete(self, key_id: str, conversation_id: str) -> bool:
+        now = time.time()
+
+        def run(db: sqlite3.Connection) -> bool:
+            if self._live(db, key_id, conversation_id, now) is None:
+                return False
+            self._drop(db, conversation_id)
+            return True
+
+        return self._tx(run)
+
+    async def forget_key(self, key_id: str) -> int:
+        def run(db: sqlite3.Connection) -> int:
+            db.execute("DELETE FROM conversation_items WHERE conversation_id IN "
+                       "(SELECT id FROM conversations WHERE key_id = ?)", (key_id,))
+            return db.execute("DELETE FROM conversations WHERE key_id = ?", (key_id,)).rowcount
+
+        return self._tx(run)
+
+    async def aclose(self) -> None:
+        self._close_db()
+
+
+# KEYS: the conversation's hash, its item list. ARGV: TTL in ms, the size bound (-1: none), the items.
+# Returns {0, size} when added, {1, 0} when there is no such conversation, {2, size} when it would be too big.
+APPEND = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {1, 0} end
+local size = tonumber(redis.call('HGET', KEYS[1], 'bytes'))
+for i = 3, #ARGV do size = size + #ARGV[i] end
+local limit = tonumber(ARGV[2])
+if limit >= 0 and size > limit then return {2, size} end
+for i = 3, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+redis.call('HSET', KEYS[1], 'bytes', size)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return {0, size}
+"""
+# KEYS as APPEND. ARGV: TTL in ms, the item's exact stored form. Returns -1 (no conversation), 0 or 1 (removed).
+DELETE_ITEM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local n = redis.call('LREM', KEYS[2], 1, ARGV[2])
+if n > 0 then redis.call('HINCRBY', KEYS[1], 'bytes', -#ARGV[2]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return n
+"""
+# KEYS as APPEND. ARGV: TTL in ms, the new header. Returns 0 (no conversation) or 1.
+SET_HEADER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'header', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+def _ttl_ms(retention: float) -> int:
+    return max(1, round(retention * 1000))
+
+
+class RedisConversationStore:
+    """A hash per conversation (``{ns}:conversation:{key_id}:{id}``: its header and byte size) and a list of
+    its items (the same name and ``:items``), both with the conversation's TTL; every write that must see
+    what is there (append, an item's delete, an update) is one Lua script, atomic in Redis."""
+
+    def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
+        self.r = client
+        self.ns = namespace
+        self._append = client.register_script(APPEND)
+        self._delete_item = client.register_script(DELETE_ITEM)
+        self._set_header = client.register_script(SET_HEADER)
+
+    @classmethod
+    def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisConversationStore:
+        import redis.asyncio as aioredis
+
+        return cls(aioredis.Redis.from_url(url), namespace=namespace)
+
+    def _keys(self, key_id: str, conversation_id: str) -> list[str]:
+        head = f"{self.ns}:conversation:{key_id}:{conversation_id}"
+        return [head, head + ":items"]
+
+    async def create(self, key_id: str, conversation: Conversation, items: list[str], *, retention: float) -> None:
+        head, listed = self._keys(key_id, conversation.id)
+        ttl = _ttl_ms(retention)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(head, mapping={"header": _header(conversation.created_at, conversation.metadata),
+                                 "bytes": size_of(items)})
+        pipe.pexpire(head, ttl)
+        if items:
+            pipe.rpush(listed, *items)
+            pipe.pexpire(listed, ttl)
+        await redis_call(pipe.execute(), LABEL)
+
+    async def get(self, key_id: str, conversation_id: str) -> Conversation | None:
+        head, _ = self._keys(key_id, conversation_id)
+        found = await redis_call(self.r.hgetall(head), LABEL)
+        if not found:
+            return None
+        return _conversation(conversation_id, found[b"header"], int(found[b"bytes"]))
+
+    async def items(self, key_id: str, conversation_id: str) -> list[dict[str, Any]] | None:
+        raw = await self._raw_items(key_id, conversation_id)
+        return None if raw is None else [json.loads(e) for e in raw]
+
+    async def _raw_items(self, key_id: str, conversation_id: str) -> list[bytes] | None:
+        """The stored forms of its items, read with its hash in one transaction."""
+        head, listed = self._keys(key_id, conversation_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.exists(head)
+        pipe.lrange(listed, 0, -1)
+        exists, raw = await redis_call(pipe.execute(), LABEL)
+        return raw if exists else None
+
+    async def append(self, key_id: str, conversation_id: str, items: list[str], *, retention: float,
+                     max_bytes: int | None) -> Appended:
+        limit = -1 if max_bytes is None else max_bytes
+        status, size = await redis_call(self._append(keys=self._keys(key_id, conversation_id),
+                                                     args=[_ttl_ms(retention), limit, *items]), LABEL)
+        return Appended(found=status != 1, full=status == 2, size=int(size))
+
+    async def set_metadata(self, key_id: str, conversation_id: str, metadata: dict[str, str], *,
+                           retention: float) -> bool:
+        found = await self.get(key_id, conversation_id)
+        if found is None:
+            return False
+        header = _header(found.created_at, metadata)
+        return bool(await redis_call(self._set_header(keys=self._keys(key_id, conversation_id),
+                                                      args=[_ttl_ms(retention), header]), LABEL))
+
+    async def delete_item(self, key_id: str, conversation_id: str, item_id: str, *, retention: float) -> bool | None:
+        raw = await self._raw_items(key_id, conversation_id)
+        if raw is None:
+            return None
+        stored = next((e for e in raw if json.loads(e).get("id") == item_id), None)
+        if stored is None:
+            return False
+        removed = await redis_call(self._delete_item(keys=self._keys(key_id, conversation_id),
+                                                     args=[_ttl_ms(retention), stored]), LABEL)
+        return None if removed < 0 else removed > 0
+
+    async def delete(self, key_id: str, conversation_id: str) -> bool:
+        head, listed = self._keys(key_id, conversation_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(head)
+        pipe.delete(listed)
+        gone, _ = await redis_call(pipe.execute(), LABEL)
+        return bool(gone)
+
+    async def forget_key(self, key_id: str) -> int:
+        pattern = glob_escaped(f"{self.ns}:conversation:{key_id}:") + "*"
+        return await redis_call(forget_matching(self.r, pattern), LABEL)
+
+    async def aclose(self) -> None:
+        await self.r.aclose()
+
+
+def open_conversations(url: str, *, namespace: str = "sn1") -> ConversationStore:
+    if url.startswith("sqlite:///"):
+        return SQLiteConversationStore(Path(url[len("sqlite:///"):]))
+    if url.startswith(("redis://", "rediss://")):
+        return RedisConversationStore.from_url(url, namespace=namespace)
+    raise ValueError(f"unsupported STORE_URL scheme: {url}")

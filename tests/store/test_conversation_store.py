@@ -1,0 +1,147 @@
+"""The conversation store, on SQLite and on Redis alike: a conversation is its key's alone, keeps its items in
+order, is bounded in size, expires after its last write, and two writers appending at once lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.store.conversations import (
+    Conversation,
+    ConversationStore,
+    RedisConversationStore,
+    SQLiteConversationStore,
+    encode_item,
+    valid_id,
+)
+from tests.store.conftest import BACKENDS, drop_keys, redis_url
+
+
+def item(n: int, text: str = "Hi") -> str:
+    return encode_item({"id": f"msg_{n}", "type": "message", "role": "user", "status": "completed",
+                        "content": [{"type": "input_text", "text": text}]})
+
+
+def conversation(conversation_id: str = "conv_1", metadata: dict[str, str] | None = None) -> Conversation:
+    return Conversation(conversation_id, 1700000000, metadata or {}, 0)
+
+
+@pytest.fixture(params=BACKENDS)
+async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Callable[[], Any]]:
+    """Opens stores on one SQLite file or one Redis namespace (each a worker's), all closed afterwards."""
+    namespace, opened = f"test-{secrets.token_hex(6)}", []
+
+    def open_one() -> Any:
+        s: Any = (SQLiteConversationStore(tmp_path / "c.db") if request.param == "sqlite"
+                  else RedisConversationStore.from_url(redis_url(), namespace=namespace))
+        opened.append(s)
+        return s
+
+    try:
+        yield open_one
+    finally:
+        for s in opened:
+            if isinstance(s, RedisConversationStore) and s is opened[0]:
+                await drop_keys(s.r, namespace)
+            await s.aclose()
+
+
+@pytest.fixture
+def conversations(opener: Callable[[], Any]) -> ConversationStore:
+    return opener()
+
+
+async def test_a_conversation_keeps_its_items_in_order_for_its_key_only(conversations: ConversationStore) -> None:
+    await conversations.create("key-a", conversation(metadata={"topic": "x"}), [item(1), item(2)], retention=60)
+    found = await conversations.get("key-a", "conv_1")
+    assert found is not None and (found.created_at, found.metadata) == (1700000000, {"topic": "x"})
+    assert found.size == len(item(1).encode()) * 2
+    assert await conversations.get("key-b", "conv_1") is None and await conversations.items("key-b", "conv_1") is None
+    added = await conversations.append("key-a", "conv_1", [item(3)], retention=60, max_bytes=None)
+    assert added.found and not added.full and added.size == found.size + len(item(3).encode())
+    assert [i["id"] for i in await conversations.items("key-a", "conv_1") or []] == ["msg_1", "msg_2", "msg_3"]
+    assert not (await conversations.append("key-b", "conv_1", [item(4)], retention=60, max_bytes=None)).found
+    assert await conversations.set_metadata("key-a", "conv_1", {"topic": "y"}, retention=60)
+    assert not await conversations.set_metadata("key-b", "conv_1", {"topic": "z"}, retention=60)
+    assert (await conversations.get("key-a", "conv_1")).metadata == {"topic": "y"}  # type: ignore[union-attr]
+
+
+async def test_items_are_deleted_one_by_one_and_the_conversation_whole(conversations: ConversationStore) -> None:
+    await conversations.create("key-a", conversation(), [item(1), item(2), item(3)], retention=60)
+    assert await conversations.delete_item("key-a", "conv_1", "msg_2", retention=60) is True
+    assert await conversations.delete_item("key-a", "conv_1", "msg_2", retention=60) is False
+    assert await conversations.delete_item("key-b", "conv_1", "msg_1", retention=60) is None
+    assert [i["id"] for i in await conversations.items("key-a", "conv_1") or []] == ["msg_1", "msg_3"]
+    assert (await conversations.get("key-a", "conv_1")).size == 2 * len(item(1).encode())  # type: ignore[union-attr]
+    assert not await conversations.delete("key-b", "conv_1")
+    assert await conversations.delete("key-a", "conv_1")
+    assert await conversations.get("key-a", "conv_1") is None and await conversations.items("key-a", "conv_1") is None
+    assert not await conversations.delete("key-a", "conv_1")
+
+
+async def test_an_append_over_the_bound_adds_nothing(conversations: ConversationStore) -> None:
+    await conversations.create("key-a", conversation(), [item(1)], retention=60)
+    one = len(item(1).encode())
+    full = await conversations.append("key-a", "conv_1", [item(2), item(3)], retention=60, max_bytes=2 * one)
+    assert full.found and full.full and full.size == 3 * one
+    assert len(await conversations.items("key-a", "conv_1") or []) == 1
+    assert not (await conversations.append("key-a", "conv_1", [item(2)], retention=60, max_bytes=2 * one)).full
+
+
+async def test_a_conversation_expires_after_its_last_write(conversations: ConversationStore) -> None:
+    await conversations.create("key-a", conversation(), [item(1)], retention=0.3)
+    await conversations.create("key-a", conversation("conv_2"), [item(1)], retention=0.3)
+    await asyncio.sleep(0.2)
+    await conversations.append("key-a", "conv_2", [item(2)], retention=0.3, max_bytes=None)  # refreshed
+    await asyncio.sleep(0.2)
+    assert await conversations.get("key-a", "conv_1") is None and await conversations.items("key-a", "conv_1") is None
+    assert not (await conversations.append("key-a", "conv_1", [item(3)], retention=60, max_bytes=None)).found
+    assert len(await conversations.items("key-a", "conv_2") or []) == 2
+
+
+async def test_a_deleted_keys_conversations_all_go_and_no_others(conversations: ConversationStore) -> None:
+    for n in range(3):
+        await conversations.create("key-a", conversation(f"conv_{n}"), [item(n)], retention=60)
+    await conversations.create("key-b", conversation("conv_9"), [item(9)], retention=60)
+    await conversations.create("key-a*", conversation("conv_8"), [], retention=60)  # a pattern is no wildcard
+    assert await conversations.forget_key("key-a") >= 3
+    assert [await conversations.get("key-a", f"conv_{n}") for n in range(3)] == [None] * 3
+    assert await conversations.get("key-b", "conv_9") is not None
+    assert await conversations.get("key-a*", "conv_8") is not None
+
+
+async def test_two_workers_appending_at_once_lose_no_item(opener: Callable[[], Any]) -> None:
+    """Each worker its own connection (its own client), appending concurrently: every item lands, once."""
+    first, second = opener(), opener()
+    await first.create("key-a", conversation(), [], retention=60)
+
+    async def appends(store: ConversationStore, base: int) -> None:
+        for n in range(base, base + 20):
+            await store.append("key-a", "conv_1", [item(n), item(n + 1000)], retention=60, max_bytes=None)
+
+    if isinstance(first, SQLiteConversationStore):  # each call blocks its thread: two threads, as two processes
+        threads = [threading.Thread(target=asyncio.run, args=(appends(s, b),)) for s, b in ((first, 0), (second, 100))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        await asyncio.gather(appends(first, 0), appends(second, 100))
+    ids = [i["id"] for i in await first.items("key-a", "conv_1") or []]
+    assert sorted(ids) == sorted(f"msg_{n}" for b in (0, 100) for m in range(b, b + 20) for n in (m, m + 1000))
+    for n in range(20):  # each append's two items stay together
+        assert ids.index(f"msg_{n + 1000}") == ids.index(f"msg_{n}") + 1
+    stored = await first.items("key-a", "conv_1") or []
+    assert (await first.get("key-a", "conv_1")).size == sum(len(encode_item(i).encode()) for i in stored)
+
+
+def test_only_our_shape_of_id_is_looked_up() -> None:
+    assert valid_id("conv_0123abcd") and valid_id("conv_" + "a" * 128)
+    for bad in ("conv_", "conv_a:items", "resp_1", "conv_*", "conv_" + "a" * 129, "conv_a b"):
+        assert not valid_id(bad), bad
