@@ -185,7 +185,8 @@ class KeptFirst(web.Response):
         self._keep = keep
 
     async def prepare(self, request: web.BaseRequest) -> Any:
-        await self._keep()
+        if not self.prepared:  # aiohttp prepares a response again on its way out (a no-op): keep it once
+            await self._keep()
         return await super().prepare(request)
 
 

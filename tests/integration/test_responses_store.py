@@ -253,3 +253,18 @@ async def test_a_failing_response_store_is_a_503_to_read_and_a_warning_to_write(
         logger.remove(sink)
     assert answered.status == "completed" and answered.output_text
     assert any(answered.id in w and "not stored" in w for w in warnings), warnings
+
+
+async def test_a_response_is_stored_once(honest: ApiUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp prepares a response a second time on its way out: each wrote the record again."""
+    real_put, puts = honest.ctx.responses.put, []
+
+    async def counted(*args: Any, **kwargs: Any) -> None:
+        puts.append(args[1])
+        await real_put(*args, **kwargs)
+
+    monkeypatch.setattr(honest.ctx.responses, "put", counted)
+    made = await openai_client(honest).responses.create(model="default", input="Hi")
+    async with openai_client(honest).responses.stream(model="default", input="Hi") as s:
+        streamed = await s.get_final_response()
+    assert puts == [made.id, streamed.id]
