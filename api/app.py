@@ -7,7 +7,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from api import completions, keys, miner_availabilities, ops, responses, sessions, usage, web_retrieval
+from api import (
+    completions,
+    conversations,
+    keys,
+    miner_availabilities,
+    ops,
+    responses,
+    sessions,
+    usage,
+    web_retrieval,
+)
 from api.access_log import access_log_middleware
 from api.auth import INVALID_KEY_LIMIT, add_rate_limit_headers
 from api.chat import CTX, chat_completions
@@ -31,6 +41,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app.router.add_get("/v1/responses/{response_id}", responses.get_response)
     app.router.add_delete("/v1/responses/{response_id}", responses.delete_response)
     app.router.add_get("/v1/responses/{response_id}/input_items", responses.list_input_items)
+    conversations.install(app)
     app.router.add_get("/web_retrieval", web_retrieval.web_retrieval)
     app.router.add_post("/web_retrieval", web_retrieval.web_retrieval)
     app.router.add_post("/miner_availabilities/miner_availabilities", miner_availabilities.miner_availabilities)

@@ -17,6 +17,7 @@ from shared.miner_client import MinerClient
 from shared.request_log import RequestLog
 from shared.settings import ApiSettings
 from shared.store.base import Store
+from shared.store.conversations import ConversationStore
 from shared.store.responses import ResponseStore
 from shared.store.sessions import SessionStore
 from shared.store.usage import UsageRecorder
@@ -39,6 +40,7 @@ class ApiContext:
     usage: UsageRecorder | None = None  # filled in by create_api_app when not given
     sessions: SessionStore | None = None
     responses: ResponseStore | None = None  # None: RESPONSES_RETENTION_SECONDS is 0, nothing is stored
+    conversations: ConversationStore | None = None  # None as ``responses``
     request_log: RequestLog = field(default_factory=lambda: RequestLog("api"))  # one INFO line per request
 
     def attach_forwarder(self, forwarder: OutboxForwarder) -> None:

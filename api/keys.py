@@ -147,17 +147,18 @@ async def delete_api_key(request: web.Request) -> web.Response:
 
 
 async def _forget_responses(ctx: ApiContext, key_id: str) -> None:
-    """The deleted key's stored responses go with it (no key can read them again). The key is gone
-    whatever happens here: a store that fails now leaves them to their expiry, said in a WARNING."""
-    if ctx.responses is None:
-        return
-    try:
-        gone = await ctx.responses.forget_key(key_id)
-    except StoreUnavailable as e:
-        logger.warning("stored responses of deleted key id={} left to expire: {}", key_id, e)
-        return
-    if gone:
-        logger.info("stored responses of deleted key id={} deleted: {}", key_id, gone)
+    """The deleted key's stored responses and conversations go with it (no key can read them again). The key
+    is gone whatever happens here: a store that fails now leaves them to their expiry, said in a WARNING."""
+    for what, kept in (("stored responses", ctx.responses), ("conversations", ctx.conversations)):
+        if kept is None:
+            continue
+        try:
+            gone = await kept.forget_key(key_id)
+        except StoreUnavailable as e:
+            logger.warning("{} of deleted key id={} left to expire: {}", what, key_id, e)
+            continue
+        if gone:
+            logger.info("{} of deleted key id={} deleted: {}", what, key_id, gone)
 
 
 async def list_api_keys(request: web.Request) -> web.Response:

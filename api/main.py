@@ -35,6 +35,7 @@ from shared.settings import ApiSettings, SettingsError, mask_credentials, proble
 from shared.signing import Signer
 from shared.store import open_store
 from shared.store.base import StoreUnavailable
+from shared.store.conversations import open_conversations
 from shared.store.outbox import open_outbox
 from shared.store.responses import open_responses
 from shared.store.sessions import open_sessions
@@ -62,8 +63,10 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
         sessions = open_sessions(settings.store_url, namespace=settings.store_namespace)
         outbox = open_outbox(settings.store_url, namespace=settings.store_namespace,
                              max_items=settings.outbox_max_items)
-        responses = (open_responses(settings.store_url, namespace=settings.store_namespace)
-                     if settings.responses_retention_seconds > 0 else None)
+        keeping = settings.responses_retention_seconds > 0
+        responses = open_responses(settings.store_url, namespace=settings.store_namespace) if keeping else None
+        conversations = (open_conversations(settings.store_url, namespace=settings.store_namespace)
+                         if keeping else None)
     except (OSError, sqlite3.Error, StoreUnavailable) as e:  # a directory, a file that is not a database
         await client.session.close()
         raise SettingsError(f"STORE_URL: cannot open {mask_credentials(settings.store_url)}: {e}") from None
@@ -71,7 +74,7 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
         logger.warning("STORE_URL: {} did not exist; a new, empty key store was created there",
                        sqlite_path(settings.store_url))
     ctx = ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability,
-                     sessions=sessions, responses=responses,
+                     sessions=sessions, responses=responses, conversations=conversations,
                      request_log=RequestLog(role, level=settings.log_level))
     ctx.attach_forwarder(OutboxForwarder(outbox, client, settings.validator_api,
                                          settings.validator_hotkey or hotkey.ss58_address,
@@ -124,6 +127,8 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
             await ctx.sessions.aclose()
         if ctx.responses is not None:
             await ctx.responses.aclose()
+        if ctx.conversations is not None:
+            await ctx.conversations.aclose()
 
     app.on_cleanup.append(close)
     logger.info(

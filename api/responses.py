@@ -65,7 +65,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 @access_logged("responses")
 async def get_response(request: web.Request) -> web.StreamResponse:
     """``GET /v1/responses/{id}``: the calling key's stored response object."""
-    ctx, key = await _caller(request)
+    ctx, key = await caller(request)
     if request.query.get("stream", "false").lower() not in ("false", "0"):
         raise invalid_value("stream", "a stored response is returned whole; streaming it again is not served")
     found = await responses_state.stored(ctx, key, request.match_info["response_id"])
@@ -75,7 +75,7 @@ async def get_response(request: web.Request) -> web.StreamResponse:
 @access_logged("responses")
 async def delete_response(request: web.Request) -> web.StreamResponse:
     """``DELETE /v1/responses/{id}``: the calling key's stored response is gone (its next use a 404/400)."""
-    ctx, key = await _caller(request)
+    ctx, key = await caller(request)
     response_id = request.match_info["response_id"]
     await responses_state.forget(ctx, key, response_id)
     return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
@@ -84,20 +84,20 @@ async def delete_response(request: web.Request) -> web.StreamResponse:
 @access_logged("responses")
 async def list_input_items(request: web.Request) -> web.StreamResponse:
     """``GET /v1/responses/{id}/input_items``: a page of the conversation the response answered."""
-    ctx, key = await _caller(request)
-    query: InputItemsQuery = parse_model(InputItemsQuery, _items_query(request))
+    ctx, key = await caller(request)
+    query: InputItemsQuery = parse_model(InputItemsQuery, items_query(request))
     found = await responses_state.stored(ctx, key, request.match_info["response_id"])
     return json_response(responses_state.page(found.items, query))
 
 
-async def _caller(request: web.Request) -> tuple[ApiContext, KeyRecord]:
+async def caller(request: web.Request) -> tuple[ApiContext, KeyRecord]:
     """The context and the calling key of a stored-response route: reading one spends no tokens, so no usage
     is passed (as for the 404 these routes answered before)."""
     ctx = request.app[CTX]
     return ctx, await authenticate(request, ctx.store, scope="chat")
 
 
-def _items_query(request: web.Request) -> dict[str, object]:
+def items_query(request: web.Request) -> dict[str, object]:
     """The query string as ``InputItemsQuery`` reads it: ``include`` may repeat (``include[]``, as the SDK
     sends a list) or be a comma list; the others are single values, the last one sent."""
     data: dict[str, object] = {name: request.query.getall(name)[-1] for name in ("limit", "order", "after")
@@ -130,7 +130,7 @@ class ResponsesFormat:
 
     def _base(self, req: ChatCompletionRequest, run: MinerRun) -> dict:
         return skeleton(self.wanted, response_id=new_id("resp"), model=run.model or req.model or "unknown",
-                        store=self.keeping is not None)
+                        store=self.keeping is not None and self.keeping.store)
 
     def _seal(self, final: dict) -> dict:
         return self.keeping.seal(final) if self.keeping is not None else final

@@ -78,6 +78,7 @@ def echoed(r: ResponsesRequest, *, store: bool = False) -> dict[str, Any]:
         "metadata": r.metadata or {},
         "parallel_tool_calls": r.parallel_tool_calls if r.parallel_tool_calls is not None else True,
         "previous_response_id": r.previous_response_id,
+        "conversation": {"id": r.conversation_id} if r.conversation_id else None,
         "prompt_cache_key": r.prompt_cache_key,
         "prompt_cache_retention": r.prompt_cache_retention,
         "reasoning": {"effort": r.reasoning.effort if r.reasoning else None,

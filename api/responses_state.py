@@ -13,11 +13,12 @@ response object (``keep``): its next turn may come at once, to any worker.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
+from api import conversations_state
 from api.auth import store_unavailable
 from api.context import ApiContext
 from api.responses_render import new_id
@@ -33,9 +34,15 @@ STORAGE_OFF = f"{STATELESS} (RESPONSES_RETENTION_SECONDS is 0)"
 
 
 async def history_of(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) -> list[dict[str, Any]]:
-    """The conversation ``wanted`` continues: the previous response's items, then its output ([] without
-    ``previous_response_id``). An id this key cannot see is OpenAI's 400, in OpenAI's words."""
+    """The conversation ``wanted`` continues: the previous response's items, then its output, or the items of
+    its ``conversation`` ([] with neither). An id this key cannot see is OpenAI's 400, in OpenAI's words."""
     response_id = wanted.previous_response_id
+    if wanted.conversation_id is not None:
+        if response_id is not None:
+            raise ApiError(400, "Mutually exclusive parameters: Ensure you are only providing one of: "
+                                "'previous_response_id' or 'conversation'.", param="conversation",
+                           code="mutually_exclusive_parameters")
+        return await conversations_state.history(ctx, key, wanted.conversation_id, input_items(wanted))
     if response_id is None:
         return []
     if ctx.responses is None:
@@ -106,17 +113,25 @@ def input_items(wanted: ResponsesRequest) -> list[dict[str, Any]]:
 
 @dataclass
 class Keeping:
-    """A response to be stored: the conversation it answers, then (``seal``) its final object."""
+    """A response to be stored (``store``) and/or added to a conversation: the conversation it answers, this
+    request's input items (``added``: the same ids in both), then (``seal``) its final object."""
 
     key_id: str
     retention: float
     items: list[dict[str, Any]]
+    added: list[dict[str, Any]] = field(default_factory=list)
+    store: bool = True  # False: only the conversation gets it (``store: false`` with ``conversation``)
+    conversation_id: str | None = None
     response_id: str | None = None
     data: str | None = None  # the stored form, once sealed and within the size bound
+    final: dict[str, Any] | None = None
 
     def seal(self, final: dict[str, Any]) -> dict[str, Any]:
         """Called with the final response before it is sent: one over ``MAX_STORED_BYTES`` is not stored,
         and says ``store: false``."""
+        self.final = final
+        if not self.store:
+            return final
         data = encode(final, self.items)
         if not fits(data):
             return final | {"store": False}
@@ -126,15 +141,22 @@ class Keeping:
 
 def keeping(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest,
             history: list[dict[str, Any]]) -> Keeping | None:
-    """How this response will be stored; None: it will not be (``store: false``, or storage off)."""
-    if wanted.store is False or ctx.responses is None:
+    """How this response will be stored; None: neither stored (``store: false``, or storage off) nor added to
+    a conversation (none named)."""
+    store = wanted.store is not False and ctx.responses is not None
+    if not store and wanted.conversation_id is None:
         return None
-    return Keeping(key.id, ctx.settings.responses_retention_seconds, history + input_items(wanted))
+    added = input_items(wanted)
+    return Keeping(key.id, ctx.settings.responses_retention_seconds, history + added, added, store,
+                   wanted.conversation_id)
 
 
 async def keep(ctx: ApiContext, keeping: Keeping | None) -> None:
     """Write a sealed response (just before its end goes out). A store that fails here costs the caller its
-    next ``previous_response_id`` (a 400 then), not this answer: a WARNING."""
+    next ``previous_response_id`` (a 400 then), not this answer: a WARNING. Its conversation, if any, gets
+    this turn's input and output items (``conversations_state.extend``)."""
+    if keeping is not None and keeping.conversation_id is not None and keeping.final is not None:
+        await conversations_state.extend(ctx, keeping.key_id, keeping.conversation_id, keeping.added, keeping.final)
     if keeping is None or keeping.data is None or keeping.response_id is None or ctx.responses is None:
         return
     try:
@@ -143,14 +165,15 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> None:
         logger.warning("response {} not stored: {}", keeping.response_id, e)
 
 
-def page(items: list[dict[str, Any]], query: InputItemsQuery) -> dict[str, Any]:
-    """One page of a response's input items, as OpenAI's list object (``after``: an item id of the order asked)."""
+def page(items: list[dict[str, Any]], query: InputItemsQuery, where: str = "this response") -> dict[str, Any]:
+    """One page of a response's input items (or a conversation's items), as OpenAI's list object (``after``:
+    an item id of the order asked)."""
     ordered = items if query.order == "asc" else items[::-1]
     start = 0
     if query.after is not None:
         ids = [item.get("id") for item in ordered]
         if query.after not in ids:
-            raise invalid_value("after", f"no input item '{query.after[:64]}' in this response")
+            raise invalid_value("after", f"no item '{query.after[:64]}' in {where}")
         start = ids.index(query.after) + 1
     data = ordered[start:start + query.limit]
     return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,

@@ -99,6 +99,14 @@ def chat_body(r: ResponsesRequest, history: Sequence[dict[str, Any]] = ()) -> di
     return body
 
 
+def check_items(items: Sequence[dict[str, Any]], at: str) -> None:
+    """Refuse, with ``input``'s 400 naming the place (``{at}.{i}``), any item ``input`` would refuse: items
+    kept for later turns (a conversation's) are checked when they come, not when a turn meets them."""
+    scratch: list[dict[str, Any]] = []
+    for i, raw in enumerate(items):
+        _add_item(scratch, raw, f"{at}.{i}")
+
+
 def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> None:
     # no type: a message if it has a role, else a reference to a stored item (the SDK's ItemReference)
     kind = _type_of(raw, at, default="message" if "role" in raw else "item_reference" if "id" in raw else None)

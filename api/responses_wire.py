@@ -3,8 +3,9 @@
 A response is a chat completion underneath (``api/responses_translate.py``): what
 cannot be expressed as one is refused with a 400 naming the field, never dropped
 in silence. Responses are stored for ``RESPONSES_RETENTION_SECONDS``
-(``api/responses_state.py``), so ``previous_response_id`` continues one;
-OpenAI's conversation objects (``conversation``) are not served.
+(``api/responses_state.py``), so ``previous_response_id`` continues one, and
+``conversation`` names one of OpenAI's conversation objects
+(``api/conversations_state.py``) to answer and extend.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ STATELESS = "this gateway stores no responses: send the whole conversation in 'i
 NO_ITEM_REFERENCES = ("an item_reference names an item of a stored response, which is not served here: continue a "
                       "response with previous_response_id, or send the whole conversation in 'input'")
 PLATFORM_ONLY = {  # fields only OpenAI's platform can honour, and what to do instead
-    "conversation": "conversation objects are not served here: continue a response with previous_response_id, "
-                    "or send the whole conversation in 'input'",
     "moderation": "moderation runs on OpenAI's platform; no moderation model is served here: moderate the "
                   "input and output yourself",
     "prompt": "prompt templates live on OpenAI's platform; send the prompt's text in 'instructions' and 'input'",
@@ -197,6 +196,7 @@ class ResponsesRequest(BaseModel):
     seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI: any int64
     # The stored response this one continues (looked up for the calling key; api/responses_state.py).
     previous_response_id: str | None = Field(default=None, min_length=1, max_length=256)
+    # The calling key's conversation this response answers and extends ("conv_..." or {"id": "conv_..."}).
     conversation: str | dict[str, Any] | None = None
     background: bool | None = None
     prompt: dict[str, Any] | None = None
@@ -235,6 +235,20 @@ class ResponsesRequest(BaseModel):
         if v is not None:
             raise PydanticCustomError("unsupported_parameter", PLATFORM_ONLY[info.field_name])
         return v
+
+    @field_validator("conversation")
+    @classmethod
+    def _conversation_named(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        named = v.get("id") if isinstance(v, dict) else v
+        if v is not None and not (isinstance(named, str) and 0 < len(named) <= 256):
+            raise PydanticCustomError("invalid_conversation", "conversation is a conversation id, or an object "
+                                      "with one as its 'id'")
+        return v
+
+    @property
+    def conversation_id(self) -> str | None:
+        """The id ``conversation`` names, in either form."""
+        return self.conversation.get("id") if isinstance(self.conversation, dict) else self.conversation
 
     @field_validator("background")
     @classmethod
@@ -279,6 +293,8 @@ class ResponseOut(BaseModel):
     service_tier: str = "default"
     background: bool = False
     previous_response_id: str | None = None
+    conversation: dict[str, str] | None = Field(default=None, description="The conversation this response "
+                                                "answered and was added to ({\"id\": ...})")
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
     safety_identifier: str | None = None

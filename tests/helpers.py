@@ -167,12 +167,15 @@ async def build_api_context(tmp: Path, snap: MetagraphSnapshot, signer_keypair: 
     client = MinerClient(make_session(), Signer(signer_keypair),
                          max_response_bytes=api_settings.miner_max_response_bytes)
     store = SQLiteStore(tmp / "api.db")
+    from shared.store.conversations import SQLiteConversationStore
     from shared.store.responses import SQLiteResponseStore
     from shared.store.sessions import SQLiteSessionStore
 
-    responses = SQLiteResponseStore(tmp / "api.db") if api_settings.responses_retention_seconds > 0 else None
+    keeping = api_settings.responses_retention_seconds > 0
+    responses = SQLiteResponseStore(tmp / "api.db") if keeping else None
+    conversations = SQLiteConversationStore(tmp / "api.db") if keeping else None
     return ApiContext(settings=api_settings, store=store, metagraph=view, client=client, availability=None,
-                      sessions=SQLiteSessionStore(tmp / "api.db"), responses=responses)
+                      sessions=SQLiteSessionStore(tmp / "api.db"), responses=responses, conversations=conversations)
 
 
 @dataclass

@@ -1,0 +1,181 @@
+"""OpenAI's conversation objects: what the ``/v1/conversations`` routes and ``conversation`` on
+``POST /v1/responses`` read and write.
+
+A conversation is the calling key's alone (another key's id reads as an unknown
+one: a 404 on its routes, a 400 naming ``conversation`` on a response). A
+response naming one is answered with its items before the new input; the input
+and the output are then added to it, before the caller gets the response's end
+(as a stored response is written: its next turn may come at once, to any worker).
+Conversations live in the response store's place (``STORE_URL``), expire
+``RESPONSES_RETENTION_SECONDS`` after their last write, and are off with it at 0.
+
+Items come here in their stored form (``responses_state.stored_item``: an id, a
+type, a status), checked by the caller as ``input`` is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from loguru import logger
+
+from api.auth import store_unavailable
+from api.context import ApiContext
+from api.responses_render import new_id
+from shared.errors import ApiError, invalid_value
+from shared.store import conversations as conversation_store
+from shared.store.base import KeyRecord, StoreUnavailable
+from shared.store.conversations import (
+    Conversation,
+    ConversationStore,
+    encode_item,
+    size_of,
+    valid_id,
+)
+
+STORAGE_OFF = "this gateway stores no conversations (RESPONSES_RETENTION_SECONDS is 0)"
+T = TypeVar("T")
+
+
+def _full(size: int) -> str:
+    return (f"the conversation would hold {size} bytes of items, over its bound of {conversation_store.MAX_CONVERSATION_BYTES}: "
+            "delete items from it, or start a new conversation")
+
+
+async def _call(pending: Awaitable[T]) -> T:
+    """A store call; a store that fails is the 503 to retry, never a 500 or a "not found"."""
+    try:
+        return await pending
+    except StoreUnavailable:
+        raise store_unavailable() from None
+
+
+def _not_found(ctx: ApiContext, conversation_id: str) -> ApiError:
+    why = STORAGE_OFF if ctx.conversations is None else "it does not exist, has expired or was deleted"
+    return ApiError(404, f"Conversation with id '{conversation_id[:64]}' not found: {why}.",
+                    code="conversation_not_found", param="conversation_id")
+
+
+def _store(ctx: ApiContext, conversation_id: str) -> ConversationStore:
+    """The store to look ``conversation_id`` up in; the 404 when storage is off or it cannot be ours."""
+    if ctx.conversations is None or not valid_id(conversation_id):
+        raise _not_found(ctx, conversation_id)
+    return ctx.conversations
+
+
+async def create(ctx: ApiContext, key: KeyRecord, metadata: dict[str, str], items: list[dict[str, Any]]) -> Conversation:
+    """A new conversation of the calling key, with its first items (a 400 over the size bound)."""
+    if ctx.conversations is None:
+        raise ApiError(404, f"Conversations are not served here: {STORAGE_OFF}.", code="conversation_not_found")
+    encoded = [encode_item(item) for item in items]
+    if size_of(encoded) > conversation_store.MAX_CONVERSATION_BYTES:
+        raise invalid_value("items", _full(size_of(encoded)))
+    made = Conversation(new_id("conv"), int(time.time()), metadata, size_of(encoded))
+    await _call(ctx.conversations.create(key.id, made, encoded, retention=ctx.settings.responses_retention_seconds))
+    return made
+
+
+async def found(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> Conversation:
+    """The calling key's conversation, or the 404 an unknown id gets (another key's included)."""
+    got = await _call(_store(ctx, conversation_id).get(key.id, conversation_id))
+    if got is None:
+        raise _not_found(ctx, conversation_id)
+    return got
+
+
+async def items_of(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> list[dict[str, Any]]:
+    """Its items, oldest first (404 as ``found``)."""
+    got = await _call(_store(ctx, conversation_id).items(key.id, conversation_id))
+    if got is None:
+        raise _not_found(ctx, conversation_id)
+    return got
+
+
+def item_of(items: list[dict[str, Any]], item_id: str) -> dict[str, Any]:
+    """The item with this id, or its 404."""
+    for item in items:
+        if item.get("id") == item_id:
+            return item
+    raise _no_item(item_id)
+
+
+def _no_item(item_id: str) -> ApiError:
+    return ApiError(404, f"Item with id '{item_id[:64]}' not found in this conversation.", code="item_not_found",
+                    param="item_id")
+
+
+async def add(ctx: ApiContext, key: KeyRecord, conversation_id: str, items: list[dict[str, Any]]) -> None:
+    """Add items at its end, all or none: a 400 saying so when they would take it over its size bound."""
+    done = await _call(_store(ctx, conversation_id).append(
+        key.id, conversation_id, [encode_item(item) for item in items],
+        retention=ctx.settings.responses_retention_seconds, max_bytes=conversation_store.MAX_CONVERSATION_BYTES))
+    if not done.found:
+        raise _not_found(ctx, conversation_id)
+    if done.full:
+        raise invalid_value("items", _full(done.size))
+
+
+async def update(ctx: ApiContext, key: KeyRecord, conversation_id: str, metadata: dict[str, str]) -> Conversation:
+    """Replace its metadata; the conversation as it is now."""
+    if not await _call(_store(ctx, conversation_id).set_metadata(
+            key.id, conversation_id, metadata, retention=ctx.settings.responses_retention_seconds)):
+        raise _not_found(ctx, conversation_id)
+    return await found(ctx, key, conversation_id)
+
+
+async def forget_item(ctx: ApiContext, key: KeyRecord, conversation_id: str, item_id: str) -> Conversation:
+    """Delete one of its items (404 for an unknown conversation or item); the conversation, as OpenAI answers."""
+    gone = await _call(_store(ctx, conversation_id).delete_item(
+        key.id, conversation_id, item_id, retention=ctx.settings.responses_retention_seconds))
+    if gone is None:
+        raise _not_found(ctx, conversation_id)
+    if not gone:
+        raise _no_item(item_id)
+    return await found(ctx, key, conversation_id)
+
+
+async def delete(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> None:
+    """Delete it and its items (404 as ``found``)."""
+    if not await _call(_store(ctx, conversation_id).delete(key.id, conversation_id)):
+        raise _not_found(ctx, conversation_id)
+
+
+async def history(ctx: ApiContext, key: KeyRecord, conversation_id: str,
+                  added: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The items a response naming this conversation is answered with; a 400 naming ``conversation`` when
+    there is none (storage off, unknown, another key's), or when this turn's input would take it over its
+    bound (refused before any miner is asked: its answer could not be added)."""
+    if ctx.conversations is None:
+        raise invalid_value("conversation", STORAGE_OFF)
+    got = None
+    if valid_id(conversation_id):
+        got = await _call(ctx.conversations.items(key.id, conversation_id))
+    if got is None:
+        raise ApiError(400, f"Conversation with id '{conversation_id[:64]}' not found.", param="conversation",
+                       code="conversation_not_found")
+    size = size_of([encode_item(item) for item in got + added])
+    if size > conversation_store.MAX_CONVERSATION_BYTES:
+        raise invalid_value("conversation", _full(size))
+    return got
+
+
+async def extend(ctx: ApiContext, key_id: str, conversation_id: str, added: list[dict[str, Any]],
+                 final: dict[str, Any]) -> None:
+    """Add a response's input and output items to its conversation, just before its end goes out. A failed
+    response adds nothing (the turn can be sent again). Its answer may take the conversation past its bound
+    (the input was checked before it was asked for; its next turn is then the 400); a store that fails costs
+    the conversation this turn, not the caller its answer: a WARNING."""
+    if ctx.conversations is None or final.get("status") == "failed":
+        return
+    items = added + list(final.get("output") or [])
+    try:
+        done = await ctx.conversations.append(key_id, conversation_id, [encode_item(item) for item in items],
+                                              retention=ctx.settings.responses_retention_seconds, max_bytes=None)
+    except StoreUnavailable as e:
+        logger.warning("response {} not added to conversation {}: {}", final.get("id"), conversation_id, e)
+        return
+    if not done.found:
+        logger.warning("response {} not added to conversation {}: it was deleted meanwhile", final.get("id"),
+                       conversation_id)

@@ -1,0 +1,270 @@
+"""OpenAI's Conversations API through the real API app and the OpenAI SDK's own client and types: the
+conversation and item routes, ``conversation`` on ``POST /v1/responses`` (OpenAI's "conversation state"
+guide), and the Agents SDK's ``OpenAIConversationsSession``.
+
+A scripted miner records what it was sent: a response naming a conversation reaches the miners as the
+conversation's items, then its own input; the input and the answer are then the conversation's."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from openai.types.conversations import Conversation, ConversationDeletedResource, ConversationItem
+from openai.types.conversations.conversation_item_list import ConversationItemList
+from pydantic import TypeAdapter
+
+from shared.store import conversations as conversation_store
+from tests.helpers import ApiUnderTest, Script, api_with_miners, chunk, openai_client, sse
+
+ITEM: TypeAdapter[Any] = TypeAdapter(ConversationItem)
+TIME = {"type": "function", "name": "get_time", "description": "The local time in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+def answering(text: str) -> Script:
+    return Script([(0, d) for d in sse(chunk(text), chunk(finish="stop"))])
+
+
+def said(role: str, text: str) -> dict[str, str]:
+    return {"type": "message", "role": role, "content": text}
+
+
+def sent_messages(script: Script) -> list[tuple[str, Any]]:
+    """(role, content) of each message the miner was last sent."""
+    return [(m["role"], m.get("content")) for m in script.bodies[-1]["messages"]]
+
+
+def texts(items: list[Any]) -> list[str]:
+    return [item.content[0].text for item in items]
+
+
+async def call(api: ApiUnderTest, method: str, path: str, body: Any = None,
+               key: str | None = None) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as s, s.request(method, api.url + path, json=body,
+                                                       headers={"Authorization": f"Bearer {key or api.key}"}) as r:
+        return r.status, await r.json()
+
+
+async def test_a_conversation_and_its_items_as_the_sdk_calls_them(honest: ApiUnderTest) -> None:
+    client = openai_client(honest)
+    made = await client.conversations.create(items=[said("user", "one"), said("assistant", "two")],
+                                             metadata={"topic": "numbers"})
+    Conversation.model_validate(made.model_dump())
+    assert made.id.startswith("conv_") and made.metadata == {"topic": "numbers"}
+    assert (await client.conversations.retrieve(made.id)).model_dump() == made.model_dump()
+    added = await client.conversations.items.create(made.id, items=[said("user", "three"), {
+        "role": "user", "content": [{"type": "input_text", "text": "four"}]}])
+    ConversationItemList.model_validate(added.model_dump())
+    assert texts(added.data) == ["three", "four"] and added.first_id == added.data[0].id
+    newest_first = [item async for item in client.conversations.items.list(made.id, limit=3)]  # the SDK pages
+    assert texts(newest_first) == ["four", "three", "two", "one"]
+    for item in newest_first:
+        ITEM.validate_python(item.model_dump())
+    status, page = await call(honest, "GET", f"/v1/conversations/{made.id}/items?order=asc&limit=2"
+                                             f"&after={newest_first[-1].id}")
+    assert status == 200 and [i["content"][0]["text"] for i in page["data"]] == ["two", "three"] and page["has_more"]
+    one = await client.conversations.items.retrieve(newest_first[1].id, conversation_id=made.id)
+    assert one.id == newest_first[1].id and one.content[0].text == "three"  # type: ignore[union-attr]
+    after_delete = await client.conversations.items.delete(one.id, conversation_id=made.id)
+    assert after_delete.id == made.id and after_delete.object == "conversation"
+    assert texts([i async for i in client.conversations.items.list(made.id, order="asc")]) == ["one", "two", "four"]
+    updated = await client.conversations.update(made.id, metadata={"topic": "fewer"})
+    assert updated.metadata == {"topic": "fewer"} and updated.created_at == made.created_at
+    deleted = await client.conversations.delete(made.id)
+    ConversationDeletedResource.model_validate(deleted.model_dump())
+    assert (deleted.id, deleted.deleted, deleted.object) == (made.id, True, "conversation.deleted")
+    for gone in (client.conversations.retrieve(made.id), client.conversations.delete(made.id),
+                 client.conversations.items.list(made.id)):
+        with pytest.raises(openai.NotFoundError) as e:
+            await gone
+        assert e.value.code == "conversation_not_found"
+
+
+async def test_two_turns_by_conversation_streamed_and_not(tmp_path: Path) -> None:
+    miner = answering("Noted.")
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        conversation = await client.conversations.create(items=[said("user", "I live in Paris.")])
+        first = await client.responses.create(model="default", instructions="Be brief.", input="My name is Ada.",
+                                              conversation=conversation.id)
+        assert first.conversation is not None and first.conversation.id == conversation.id
+        assert sent_messages(miner) == [("system", "Be brief."),
+                                        ("user", [{"type": "text", "text": "I live in Paris."}]),
+                                        ("user", "My name is Ada.")]
+        async with client.responses.stream(model="default", input="Who am I?",
+                                           conversation={"id": conversation.id}) as s:
+            second = await s.get_final_response()
+        assert second.output_text == "Noted." and second.conversation.id == conversation.id  # type: ignore[union-attr]
+        assert [role for role, _ in sent_messages(miner)] == ["user", "user", "assistant", "user"]
+        assert sent_messages(miner)[2:] == [("assistant", "Noted."), ("user", "Who am I?")]
+        items = [i async for i in client.conversations.items.list(conversation.id, order="asc")]
+        assert texts(items) == ["I live in Paris.", "My name is Ada.", "Noted.", "Who am I?", "Noted."]
+        assert items[2].id == first.output[0].id  # the answer as it was sent, by its id
+        # the responses themselves are stored as usual: their input items are the whole conversation
+        assert len([i async for i in client.responses.input_items.list(second.id)]) == 4
+
+
+async def test_a_tool_round_trip_by_conversation(honest: ApiUnderTest) -> None:
+    client = openai_client(honest)
+    conversation = await client.conversations.create()
+    first = await client.responses.create(model="default", input="What time is it in Paris?", tools=[TIME],
+                                          conversation=conversation.id, store=False)
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert [c.name for c in calls] == ["get_time"] and first.store is False  # type: ignore[attr-defined]
+    second = await client.responses.create(model="default", conversation=conversation.id, tools=[TIME], input=[
+        {"type": "function_call_output", "call_id": calls[0].call_id, "output": "10:00"}])
+    assert second.status == "completed"
+    items = [i async for i in client.conversations.items.list(conversation.id, order="asc")]
+    assert [i.type for i in items][:3] == ["message", "function_call", "function_call_output"]
+    assert items[1].call_id == items[2].call_id == calls[0].call_id  # type: ignore[union-attr]
+    for item in items:
+        ITEM.validate_python(item.model_dump())
+
+
+async def test_what_is_unknown_or_not_yours_or_badly_shaped_is_a_4xx(honest: ApiUnderTest) -> None:
+    client = openai_client(honest)
+    mine = await client.conversations.create(items=[said("user", "Hi")])
+    earlier = await client.responses.create(model="default", input="Hi")
+    other_key, _ = await honest.ctx.store.create_key(1000)
+    other = openai_client(honest, key=other_key)
+    for attempt in (other.conversations.retrieve(mine.id), other.conversations.delete(mine.id),
+                    other.conversations.update(mine.id, metadata={}),
+                    other.conversations.items.create(mine.id, items=[said("user", "x")]),
+                    client.conversations.retrieve("conv_unknown"), client.conversations.retrieve("conv_a:items")):
+        with pytest.raises(openai.NotFoundError) as e:
+            await attempt
+        assert e.value.code == "conversation_not_found"
+    for conversation in (mine.id, "conv_unknown", {"id": "nope:*"}):
+        with pytest.raises(openai.BadRequestError) as e:
+            await other.responses.create(model="default", input="Hi", conversation=conversation)  # type: ignore[arg-type]
+        assert e.value.param == "conversation" and e.value.code == "conversation_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.responses.create(model="default", input="Hi", conversation=mine.id,
+                                      previous_response_id=earlier.id)
+    assert e.value.param == "conversation" and "Mutually exclusive" in e.value.message
+    item = (await client.conversations.items.list(mine.id)).data[0]
+    with pytest.raises(openai.NotFoundError) as e:
+        await client.conversations.items.retrieve("msg_unknown", conversation_id=mine.id)
+    assert e.value.code == "item_not_found"
+    path = f"/v1/conversations/{mine.id}"
+    for method, where, body, param in (
+            ("POST", "/v1/conversations", {"items": [said("user", "x")] * 21}, "items"),
+            ("POST", "/v1/conversations", {"items": [{"type": "computer_call"}]}, "items.0.type"),
+            ("POST", "/v1/conversations", {"items": [{"type": "item_reference", "id": item.id}]}, "items.0"),
+            ("POST", "/v1/conversations", {"metadata": {str(n): "v" for n in range(17)}}, "metadata"),
+            ("POST", "/v1/conversations", {"metadata": {"k": 1}}, "metadata.k"),
+            ("POST", "/v1/conversations", [1], None),
+            ("POST", f"{path}/items", {"items": []}, "items"),
+            ("POST", f"{path}/items", {"items": [{"role": "user"}]}, "items.0.content"),
+            ("POST", f"{path}/items", {"items": ["hi"]}, "items.0"),
+            ("POST", f"{path}/items?include=nope", {"items": [said("user", "x")]}, "include.0"),
+            ("POST", path, {}, "metadata"),
+            ("GET", f"{path}/items?limit=0", None, "limit"),
+            ("GET", f"{path}/items?order=up", None, "order"),
+            ("GET", f"{path}/items?after=msg_nope", None, "after"),
+            ("GET", f"{path}/items/{item.id}?include=nope", None, "include.0")):
+        status, got = await call(honest, method, where, body)
+        assert status == 400 and got["error"]["param"] == param, (where, body, got)
+        assert got["error"]["type"] == "invalid_request_error"
+    assert len((await client.conversations.items.list(mine.id)).data) == 1  # nothing refused was added
+
+
+async def test_retention_zero_serves_no_conversation(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {}, honest={1}, responses_retention_seconds=0) as api:
+        client = openai_client(api)
+        for attempt in (client.conversations.create(), client.conversations.retrieve("conv_1"),
+                        client.conversations.items.create("conv_1", items=[said("user", "x")])):
+            with pytest.raises(openai.NotFoundError) as e:
+                await attempt
+            assert "RESPONSES_RETENTION_SECONDS is 0" in e.value.message
+        with pytest.raises(openai.BadRequestError) as e:
+            await client.responses.create(model="default", input="Hi", conversation="conv_1")
+        assert e.value.param == "conversation" and "stores no conversations" in e.value.message
+
+
+async def test_a_conversation_expires_after_its_last_write(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {}, honest={1}, responses_retention_seconds=0.4) as api:
+        client = openai_client(api)
+        made = await client.conversations.create(items=[said("user", "Hi")])
+        await asyncio.sleep(0.25)
+        await client.conversations.items.create(made.id, items=[said("user", "still here")])  # refreshed
+        await asyncio.sleep(0.25)
+        assert len((await client.conversations.items.list(made.id)).data) == 2
+        await asyncio.sleep(0.5)
+        with pytest.raises(openai.NotFoundError):
+            await client.conversations.retrieve(made.id)
+        with pytest.raises(openai.BadRequestError):
+            await client.responses.create(model="default", input="Again", conversation=made.id)
+
+
+async def test_a_conversation_is_bounded_in_size(honest: ApiUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(conversation_store, "MAX_CONVERSATION_BYTES", 1500)
+    client = openai_client(honest)
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.conversations.create(items=[said("user", "x" * 2000)])
+    assert e.value.param == "items" and "over its bound of 1500" in e.value.message
+    made = await client.conversations.create(items=[said("user", "x" * 600)])
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.conversations.items.create(made.id, items=[said("user", "y" * 500), said("user", "z" * 500)])
+    assert e.value.param == "items" and "start a new conversation" in e.value.message
+    assert len((await client.conversations.items.list(made.id)).data) == 1  # all or none
+    answered = await client.responses.create(model="default", input="y" * 500, conversation=made.id)
+    assert answered.status == "completed"  # its answer may take it past the bound: the next turn is refused
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.responses.create(model="default", input="z" * 500, conversation=made.id)
+    assert e.value.param == "conversation" and "over its bound" in e.value.message
+
+
+async def test_concurrent_appends_lose_nothing(honest: ApiUnderTest) -> None:
+    client = openai_client(honest)
+    made = await client.conversations.create()
+    await asyncio.gather(*(openai_client(honest).conversations.items.create(
+        made.id, items=[said("user", f"{n}a"), said("user", f"{n}b")]) for n in range(10)))
+    await asyncio.gather(*(openai_client(honest).responses.create(model="default", input=f"turn {n}",
+                                                                  conversation=made.id) for n in range(3)))
+    items = [i async for i in client.conversations.items.list(made.id, order="asc", limit=100)]
+    said_texts = texts(items)
+    assert sorted(t for t in said_texts if t[0].isdigit()) == sorted(f"{n}{s}" for n in range(10) for s in "ab")
+    for n in range(10):
+        assert said_texts.index(f"{n}b") == said_texts.index(f"{n}a") + 1
+    assert sorted(t for t in said_texts if t.startswith("turn")) == ["turn 0", "turn 1", "turn 2"]
+    assert len(items) == 20 + 3 * 2  # each turn's input and answer
+
+
+async def test_deleting_a_key_deletes_its_conversations(honest: ApiUnderTest) -> None:
+    doomed_key, record = await honest.ctx.store.create_key(1000)
+    made = await openai_client(honest, key=doomed_key).conversations.create(items=[said("user", "Hi")])
+    async with aiohttp.ClientSession() as s, s.delete(f"{honest.url}/api_management/delete-api-key/{doomed_key}",
+                                                      headers={"admin-key": "admin-secret-for-tests"}) as r:
+        assert r.status == 200, await r.text()
+    assert await honest.ctx.conversations.get(record.id, made.id) is None
+
+
+async def test_the_agents_sdks_conversations_session_runs_two_turns(tmp_path: Path, loopback_only: None) -> None:
+    """``OpenAIConversationsSession``: the Runner reads the session's items, sends them with the new input,
+    then adds the input and the answer to the conversation."""
+    from agents import Agent, OpenAIConversationsSession, OpenAIResponsesModel, Runner, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    miner = answering("Noted.")
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        agent = Agent(name="Assistant", instructions="Be brief.",
+                      model=OpenAIResponsesModel(model="default", openai_client=client))
+        session = OpenAIConversationsSession(openai_client=client)
+        first = await Runner.run(agent, "My name is Ada.", session=session)
+        second = await Runner.run(agent, "What is my name?", session=session)
+        assert first.final_output == second.final_output == "Noted."
+        assert [role for role, _ in sent_messages(miner)] == ["system", "user", "assistant", "user"]
+        assert session.session_id.startswith("conv_")
+        items = await session.get_items()
+        assert [item.get("role") for item in items] == ["user", "assistant", "user", "assistant"]
+        conversation_id = session.session_id
+        await session.clear_session()  # deletes the conversation
+        with pytest.raises(openai.NotFoundError):
+            await client.conversations.retrieve(conversation_id)
