@@ -26,7 +26,8 @@ from api.conversations_wire import (
 from api.responses import caller, items_query
 from api.responses_state import page, stored_item
 from api.responses_translate import check_items
-from shared.http import json_response, parse_model, read_json
+from shared.http import json_response, parse_model, read_body, read_json
+from shared.jsonutil import loads_body
 
 
 def _stored(items: list[dict[str, Any]], at: str) -> list[dict[str, Any]]:
@@ -49,7 +50,8 @@ def _conversation_id(request: web.Request) -> str:
 async def create_conversation(request: web.Request) -> web.StreamResponse:
     """``POST /v1/conversations``: a new conversation, with its first items."""
     ctx, key = await caller(request)
-    wanted: ConversationCreate = parse_model(ConversationCreate, await read_json(request))
+    raw = await read_body(request)  # no body at all is an empty conversation (the SDK's create() sends one)
+    wanted: ConversationCreate = parse_model(ConversationCreate, loads_body(raw) if raw.strip() else {})
     made = await conversations_state.create(ctx, key, wanted.metadata or {}, _stored(wanted.items or [], "items"))
     return json_response(made.out())
 

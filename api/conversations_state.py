@@ -15,6 +15,7 @@ type, a status), checked by the caller as ``input`` is.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -23,7 +24,6 @@ from loguru import logger
 
 from api.auth import store_unavailable
 from api.context import ApiContext
-from api.responses_render import new_id
 from shared.errors import ApiError, invalid_value
 from shared.store import conversations as conversation_store
 from shared.store.base import KeyRecord, StoreUnavailable
@@ -72,9 +72,16 @@ async def create(ctx: ApiContext, key: KeyRecord, metadata: dict[str, str], item
     encoded = [encode_item(item) for item in items]
     if size_of(encoded) > conversation_store.MAX_CONVERSATION_BYTES:
         raise invalid_value("items", _full(size_of(encoded)))
-    made = Conversation(new_id("conv"), int(time.time()), metadata, size_of(encoded))
+    made = Conversation(_new_id(), int(time.time()), metadata, size_of(encoded))
     await _call(ctx.conversations.create(key.id, made, encoded, retention=ctx.settings.responses_retention_seconds))
     return made
+
+
+def _new_id() -> str:
+    """A conversation's id, from the OS's randomness: ``new_id``'s ``random`` is seeded again and again by
+    property-based tests (and would be shared by processes forked without a reseed), and two conversations
+    with one id cannot both be kept."""
+    return f"conv_{secrets.token_hex(24)}"
 
 
 async def found(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> Conversation:

@@ -21,6 +21,17 @@ from pydantic import BaseModel, Field, RootModel
 from pydantic.json_schema import models_json_schema
 
 from api.completions_wire import CompletionOut, CompletionRequest
+from api.conversations_wire import (
+    ConversationCreate,
+    ConversationDeletedOut,
+    ConversationItemListOut,
+    ConversationItemOut,
+    ConversationOut,
+    ConversationUpdate,
+    IncludeQuery,
+    ItemsCreate,
+    ItemsQuery,
+)
 from api.discovery_wire import ModelListOut, ModelOut, ReadyOut, TaskListOut
 from api.responses_wire import (
     InputItemListOut,
@@ -234,6 +245,27 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "The input items of one of the calling key's stored responses: the conversation it answered, a page at a "
         "time (404 `response_not_found` for any other id)", "inference", query=InputItemsQuery,
         response=InputItemListOut),
+    ("POST", "/v1/conversations"): Operation(
+        "Create a conversation (OpenAI's Conversations API) with up to 20 first items; name it as `conversation` on "
+        "`POST /v1/responses`. Kept RESPONSES_RETENTION_SECONDS after its last write (404 when that is 0)",
+        "inference", body=ConversationCreate, body_required=False, response=ConversationOut),
+    ("GET", "/v1/conversations/{conversation_id}"): Operation(
+        "One of the calling key's conversations (404 `conversation_not_found` for any other id)", "inference",
+        response=ConversationOut),
+    ("POST", "/v1/conversations/{conversation_id}"): Operation(
+        "Replace a conversation's metadata", "inference", body=ConversationUpdate, response=ConversationOut),
+    ("DELETE", "/v1/conversations/{conversation_id}"): Operation(
+        "Delete a conversation and its items", "inference", response=ConversationDeletedOut),
+    ("POST", "/v1/conversations/{conversation_id}/items"): Operation(
+        "Add up to 20 items at a conversation's end (all or none: a 400 past its size bound); the items added",
+        "inference", body=ItemsCreate, query=IncludeQuery, response=ConversationItemListOut),
+    ("GET", "/v1/conversations/{conversation_id}/items"): Operation(
+        "A page of a conversation's items", "inference", query=ItemsQuery, response=ConversationItemListOut),
+    ("GET", "/v1/conversations/{conversation_id}/items/{item_id}"): Operation(
+        "One item of a conversation (404 `item_not_found` for an unknown id)", "inference", query=IncludeQuery,
+        response=ConversationItemOut),
+    ("DELETE", "/v1/conversations/{conversation_id}/items/{item_id}"): Operation(
+        "Delete one item of a conversation; the conversation", "inference", response=ConversationOut),
     ("GET", "/v1/models"): Operation("Models served by available miners", "discovery", response=ModelListOut),
     ("GET", "/v1/models/{model}"): Operation("One model: its tasks and miner count", "discovery",
                                              response=ModelOut),

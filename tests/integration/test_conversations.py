@@ -172,6 +172,9 @@ async def test_what_is_unknown_or_not_yours_or_badly_shaped_is_a_4xx(honest: Api
         assert status == 400 and got["error"]["param"] == param, (where, body, got)
         assert got["error"]["type"] == "invalid_request_error"
     assert len((await client.conversations.items.list(mine.id)).data) == 1  # nothing refused was added
+    async with aiohttp.ClientSession() as s, s.post(honest.url + "/v1/conversations",
+                                                    headers={"Authorization": f"Bearer {honest.key}"}) as r:
+        assert r.status == 200 and (await r.json())["object"] == "conversation"  # no body: an empty one
 
 
 async def test_retention_zero_serves_no_conversation(tmp_path: Path) -> None:
