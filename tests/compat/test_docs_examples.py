@@ -25,7 +25,7 @@ EXPECTED = {  # most specific first: the agents example also mentions AsyncOpenA
     "with_raw_response": ["not found: model_not_found", "tokens]"],
     "triage_agent": ["Spanish agent :", "English agent :"],
     "get_weather": ["get_weather {'city': 'Paris'}"],
-    "client.responses": ["completed ", "continued True | history: 3 items", "usage:", " tokens",
+    "client.responses": ["completed ", "continued True | history: 3 items", "conversation: 4 items", "usage:", " tokens",
                          "https://corpus.sn1.local/wiki/pelseldan-city"],
     "web_search_options": ["| citations: 0"],
     "client.completions": ["0 length ", "3 length ", "usage: ", "langchain: "],
