@@ -17,10 +17,11 @@ import asyncio
 import hashlib
 import secrets
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from pathlib import Path
+from typing import Any, Protocol, Self, TypeVar
 
 T = TypeVar("T")
 KEY_PREFIX = "sn1-"
@@ -43,6 +44,31 @@ async def redis_call(coro: Awaitable[T], label: str) -> T:
         return await coro
     except (redis.RedisError, OSError) as e:
         raise StoreUnavailable(f"{label}: {e.__class__.__name__}: {e}") from e
+
+
+class RedisBacked:
+    """A store on one Redis client (``r``), its names under a namespace (``ns``); ``from_url`` opens the
+    client (no I/O until the first command). Subclasses register their Lua scripts in ``__init__``."""
+
+    def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
+        self.r = client
+        self.ns = namespace
+
+    @classmethod
+    def from_url(cls, url: str, *, namespace: str = "sn1") -> Self:
+        import redis.asyncio as aioredis
+
+        return cls(aioredis.Redis.from_url(url), namespace=namespace)
+
+
+def open_by_url(url: str, sqlite: Callable[[Path], T], redis: Callable[..., T], *, namespace: str) -> T:
+    """The store of ``STORE_URL``'s kind: ``sqlite(path)`` for ``sqlite:///path``, ``redis(url, namespace=...)``
+    (a ``from_url``) for ``redis://`` and ``rediss://``; any other scheme is a ValueError."""
+    if url.startswith("sqlite:///"):
+        return sqlite(Path(url[len("sqlite:///"):]))
+    if url.startswith(("redis://", "rediss://")):
+        return redis(url, namespace=namespace)
+    raise ValueError(f"unsupported STORE_URL scheme: {url}")
 
 
 def new_api_key() -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from shared.store.base import StoreUnavailable, redis_call
+from shared.store.base import RedisBacked, StoreUnavailable, open_by_url, redis_call
 from shared.store.responses import PURGE_EVERY_S, forget_matching, glob_escaped
 from shared.store.sqlite_tables import SQLiteTables, expiring_table
 
@@ -232,6 +232,7 @@ class SQLiteConversationStore(SQLiteTables):
                 return Appended(found=True, full=True, size=size)
             self._insert(db, conversation_id, items)
             self._touch(db, conversation_id, now, retention)
+            self._maybe_purge(db, now)  # a host that only continues conversations still drops expired ones
             return Appended(found=True, size=size)
 
         return self._tx(run)
@@ -324,23 +325,16 @@ def _ttl_ms(retention: float) -> int:
     return max(1, round(retention * 1000))
 
 
-class RedisConversationStore:
+class RedisConversationStore(RedisBacked):
     """A hash per conversation (``{ns}:conversation:{key_id}:{id}``: its header and byte size) and a list of
     its items (the same name and ``:items``), both with the conversation's TTL; every write that must see
     what is there (append, an item's delete, an update) is one Lua script, atomic in Redis."""
 
     def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
-        self.r = client
-        self.ns = namespace
+        super().__init__(client, namespace=namespace)
         self._append = client.register_script(APPEND)
         self._delete_item = client.register_script(DELETE_ITEM)
         self._set_header = client.register_script(SET_HEADER)
-
-    @classmethod
-    def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisConversationStore:
-        import redis.asyncio as aioredis
-
-        return cls(aioredis.Redis.from_url(url), namespace=namespace)
 
     def _keys(self, key_id: str, conversation_id: str) -> list[str]:
         head = f"{self.ns}:conversation:{key_id}:{conversation_id}"
@@ -422,8 +416,4 @@ class RedisConversationStore:
 
 
 def open_conversations(url: str, *, namespace: str = "sn1") -> ConversationStore:
-    if url.startswith("sqlite:///"):
-        return SQLiteConversationStore(Path(url[len("sqlite:///"):]))
-    if url.startswith(("redis://", "rediss://")):
-        return RedisConversationStore.from_url(url, namespace=namespace)
-    raise ValueError(f"unsupported STORE_URL scheme: {url}")
+    return open_by_url(url, SQLiteConversationStore, RedisConversationStore.from_url, namespace=namespace)

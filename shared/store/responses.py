@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.store.base import redis_call
+from shared.store.base import RedisBacked, open_by_url, redis_call
 from shared.store.sqlite_tables import SQLiteTables, expiring_table
 
 # A response whose stored form (its object and the whole conversation before it) is larger than this is
@@ -133,19 +133,9 @@ class SQLiteResponseStore(SQLiteTables):
         self._close_db()
 
 
-class RedisResponseStore:
+class RedisResponseStore(RedisBacked):
     """One string per response, named by its key and id (``{ns}:response:{key_id}:{id}``), with Redis's TTL:
     another key's id is simply not there, and Redis expires what is old by its own clock."""
-
-    def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
-        self.r = client
-        self.ns = namespace
-
-    @classmethod
-    def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisResponseStore:
-        import redis.asyncio as aioredis
-
-        return cls(aioredis.Redis.from_url(url), namespace=namespace)
 
     def _key(self, key_id: str, response_id: str) -> str:
         return f"{self.ns}:response:{key_id}:{response_id}"
@@ -184,8 +174,4 @@ def glob_escaped(text: str) -> str:
 
 
 def open_responses(url: str, *, namespace: str = "sn1") -> ResponseStore:
-    if url.startswith("sqlite:///"):
-        return SQLiteResponseStore(Path(url[len("sqlite:///"):]))
-    if url.startswith(("redis://", "rediss://")):
-        return RedisResponseStore.from_url(url, namespace=namespace)
-    raise ValueError(f"unsupported STORE_URL scheme: {url}")
+    return open_by_url(url, SQLiteResponseStore, RedisResponseStore.from_url, namespace=namespace)

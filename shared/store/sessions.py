@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.store.base import redis_call
+from shared.store.base import RedisBacked, open_by_url, redis_call
 from shared.store.sqlite_tables import SQLiteTables, expiring_table
 
 
@@ -198,7 +198,7 @@ return 1
 """
 
 
-class RedisSessionStore:
+class RedisSessionStore(RedisBacked):
     """Sessions as JSON strings with PXAT expiry, a per-key pointer and an index set for sweeps.
 
     Expiry is Redis's alone: ``open`` takes the times from Redis's clock, and a session is live while
@@ -208,18 +208,11 @@ class RedisSessionStore:
     """
 
     def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
-        self.r = client
-        self.ns = namespace
+        super().__init__(client, namespace=namespace)
         self._open = client.register_script(_OPEN)
         self._repin = client.register_script(_REPIN)
         self._close = client.register_script(_CLOSE)
         self._for_key = client.register_script(_FOR_KEY)
-
-    @classmethod
-    def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisSessionStore:
-        import redis.asyncio as aioredis
-
-        return cls(aioredis.Redis.from_url(url), namespace=namespace)
 
     def _skey(self, session_id: str) -> str:
         return f"{self.ns}:session:{session_id}"
@@ -295,8 +288,4 @@ class RedisSessionStore:
 
 
 def open_sessions(url: str, *, namespace: str = "sn1") -> SessionStore:
-    if url.startswith("sqlite:///"):
-        return SQLiteSessionStore(Path(url[len("sqlite:///"):]))
-    if url.startswith(("redis://", "rediss://")):
-        return RedisSessionStore.from_url(url, namespace=namespace)
-    raise ValueError(f"unsupported STORE_URL scheme: {url}")
+    return open_by_url(url, SQLiteSessionStore, RedisSessionStore.from_url, namespace=namespace)

@@ -271,3 +271,34 @@ async def test_the_agents_sdks_conversations_session_runs_two_turns(tmp_path: Pa
         await session.clear_session()  # deletes the conversation
         with pytest.raises(openai.NotFoundError):
             await client.conversations.retrieve(conversation_id)
+
+
+async def test_a_failing_conversation_store_is_a_503_to_read_and_a_warning_to_write(
+        honest: ApiUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    from loguru import logger
+
+    from shared.store.base import StoreUnavailable
+
+    client = openai_client(honest)
+    made = await client.conversations.create(items=[said("user", "Hi")])
+    real_items = honest.ctx.conversations.items
+
+    async def down(*_: Any, **__: Any) -> Any:
+        raise StoreUnavailable("redis conversations: ConnectionError: gone")
+
+    monkeypatch.setattr(honest.ctx.conversations, "items", down)
+    for attempt in (client.responses.create(model="default", input="Again", conversation=made.id),
+                    client.conversations.items.list(made.id)):
+        with pytest.raises(openai.InternalServerError) as e:
+            await attempt
+        assert e.value.status_code == 503 and e.value.code == "store_unavailable"
+    monkeypatch.setattr(honest.ctx.conversations, "items", real_items)
+    monkeypatch.setattr(honest.ctx.conversations, "append", down)
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        answered = await client.responses.create(model="default", input="Hi again", conversation=made.id)
+    finally:
+        logger.remove(sink)
+    assert answered.status == "completed" and answered.output_text
+    assert any(answered.id in w and "not added to conversation" in w for w in warnings), warnings

@@ -145,3 +145,21 @@ def test_only_our_shape_of_id_is_looked_up() -> None:
     assert valid_id("conv_0123abcd") and valid_id("conv_" + "a" * 128)
     for bad in ("conv_", "conv_a:items", "resp_1", "conv_*", "conv_" + "a" * 129, "conv_a b"):
         assert not valid_id(bad), bad
+
+
+async def test_sqlite_drops_expired_conversations_and_their_items_in_bounded_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.store import conversations as conversations_module
+
+    monkeypatch.setattr(conversations_module, "PURGE_BATCH", 2)
+    store = SQLiteConversationStore(tmp_path / "c.db")
+    try:
+        for n in range(3):
+            await store.create("key-a", conversation(f"conv_old{n}"), [item(n)], retention=-1)  # already expired
+        count = lambda table: store._query(f"SELECT COUNT(*) FROM {table}")[0][0]  # noqa: E731
+        assert (count("conversations"), count("conversation_items")) == (2, 2)  # the first create purged itself
+        store._next_purge = 0.0
+        await store.create("key-a", conversation("conv_new"), [item(9)], retention=60)
+        assert (count("conversations"), count("conversation_items")) == (1, 1)  # its own batch of 2, not more
+    finally:
+        await store.aclose()
