@@ -40,8 +40,9 @@ T = TypeVar("T")
 
 
 def _full(size: int) -> str:
-    return (f"the conversation would hold {size} bytes of items, over its bound of {conversation_store.MAX_CONVERSATION_BYTES}: "
-            "delete items from it, or start a new conversation")
+    bound = conversation_store.MAX_CONVERSATION_BYTES
+    return (f"the conversation would hold {size} bytes of items, over its bound of {bound}: delete items from "
+            "it, or start a new conversation")
 
 
 async def _call(pending: Awaitable[T]) -> T:
