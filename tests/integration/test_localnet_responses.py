@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 from tests.integration.test_localnet_openai_sdk import client
-from tests.keys.procs import start_api, wait_ready
+from tests.keys.procs import start_api, stop_on_redis, wait_ready
 from tests.store.conftest import NO_REDIS
 
 MODEL = "sn1/deterministic"
@@ -247,11 +247,4 @@ def test_a_conversation_continues_across_api_hosts_on_redis(localnet: dict, tmp_
             key = json.loads(r.read())["api_key"]
         continue_across(*({**localnet, "api_url": a.url, "api_key": key} for a in apis))
     finally:
-        for a in apis:
-            a.kill()
-        import redis
-
-        client_ = redis.Redis.from_url(url)
-        for name in client_.scan_iter(match=f"{namespace}:*"):
-            client_.delete(name)
-        client_.close()
+        stop_on_redis(apis, url, namespace)

@@ -81,3 +81,16 @@ def wait_ready(apis: list[ApiProcess], *, workers: int = 1, timeout: float = 60.
             if time.monotonic() > deadline:
                 raise RuntimeError(f"api not ready:\n{api.log.read_text()[-3000:]}")
             time.sleep(0.1)
+
+
+def stop_on_redis(apis: list[ApiProcess], url: str, namespace: str) -> None:
+    """Stop API processes that shared a Redis store, then drop their test namespace (tests never touch
+    anything else in Redis)."""
+    for api in apis:
+        api.kill()
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for name in client.scan_iter(match=f"{namespace}:*"):
+        client.delete(name)
+    client.close()

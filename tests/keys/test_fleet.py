@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.keys.procs import ADMIN, ApiProcess, prepare, start_api, wait_ready
+from tests.keys.procs import ADMIN, ApiProcess, prepare, start_api, stop_on_redis, wait_ready
 
 REDIS_URL = os.environ.get("REDIS_URL")
 AK = {"admin-key": ADMIN}
@@ -149,11 +149,4 @@ async def test_redis_two_apis_share_keys_and_one_limit(base_env: tuple[Path, dic
                 assert r.status == 200
             assert await burst(http, urls, key, 10) == Counter({401: 10})
     finally:
-        for a in apis:
-            a.kill()
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL)
-        for name in client.scan_iter(match=f"{namespace}:*"):
-            client.delete(name)
-        client.close()
+        stop_on_redis(apis, REDIS_URL, namespace)
