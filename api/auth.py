@@ -17,7 +17,9 @@ import hashlib
 import hmac
 import math
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiohttp import web
 from loguru import logger
@@ -28,6 +30,8 @@ from shared.errors import ApiError
 from shared.http import route_path
 from shared.store.base import KeyRecord, RateDecision, Store, StoreUnavailable, hash_key
 from shared.store.usage import UsageRecorder
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,14 @@ def extract_api_key(headers: CIMultiDictProxy[str]) -> str | None:
 def store_unavailable() -> ApiError:
     return ApiError(503, "The key store is unreachable; try again shortly.", code="store_unavailable",
                     headers={"Retry-After": "1"})
+
+
+async def store_call(pending: Awaitable[T]) -> T:
+    """A store call on a request's path: a store that fails is the 503 to retry, never a 500 or a "not found"."""
+    try:
+        return await pending
+    except StoreUnavailable:
+        raise store_unavailable() from None
 
 
 async def authenticate(request: web.Request, store: Store, *, scope: str | None,

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from loguru import logger
 
-from api.auth import store_unavailable
+from api.auth import store_call
 from api.context import ApiContext
 from shared.errors import ApiError, invalid_value
 from shared.store import conversations as conversation_store
@@ -36,21 +35,12 @@ from shared.store.conversations import (
 )
 
 STORAGE_OFF = "this gateway stores no conversations (RESPONSES_RETENTION_SECONDS is 0)"
-T = TypeVar("T")
 
 
 def _full(size: int) -> str:
     bound = conversation_store.MAX_CONVERSATION_BYTES
     return (f"the conversation would hold {size} bytes of items, over its bound of {bound}: delete items from "
             "it, or start a new conversation")
-
-
-async def _call(pending: Awaitable[T]) -> T:
-    """A store call; a store that fails is the 503 to retry, never a 500 or a "not found"."""
-    try:
-        return await pending
-    except StoreUnavailable:
-        raise store_unavailable() from None
 
 
 def _not_found(ctx: ApiContext, conversation_id: str) -> ApiError:
@@ -74,7 +64,7 @@ async def create(ctx: ApiContext, key: KeyRecord, metadata: dict[str, str], item
     if size_of(encoded) > conversation_store.MAX_CONVERSATION_BYTES:
         raise invalid_value("items", _full(size_of(encoded)))
     made = Conversation(_new_id(), int(time.time()), metadata, size_of(encoded))
-    await _call(ctx.conversations.create(key.id, made, encoded, retention=ctx.settings.responses_retention_seconds))
+    await store_call(ctx.conversations.create(key.id, made, encoded, retention=ctx.settings.responses_retention_seconds))
     return made
 
 
@@ -87,7 +77,7 @@ def _new_id() -> str:
 
 async def found(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> Conversation:
     """The calling key's conversation, or the 404 an unknown id gets (another key's included)."""
-    got = await _call(_store(ctx, conversation_id).get(key.id, conversation_id))
+    got = await store_call(_store(ctx, conversation_id).get(key.id, conversation_id))
     if got is None:
         raise _not_found(ctx, conversation_id)
     return got
@@ -95,7 +85,7 @@ async def found(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> Conver
 
 async def items_of(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> list[dict[str, Any]]:
     """Its items, oldest first (404 as ``found``)."""
-    got = await _call(_store(ctx, conversation_id).items(key.id, conversation_id))
+    got = await store_call(_store(ctx, conversation_id).items(key.id, conversation_id))
     if got is None:
         raise _not_found(ctx, conversation_id)
     return got
@@ -116,7 +106,7 @@ def _no_item(item_id: str) -> ApiError:
 
 async def add(ctx: ApiContext, key: KeyRecord, conversation_id: str, items: list[dict[str, Any]]) -> None:
     """Add items at its end, all or none: a 400 saying so when they would take it over its size bound."""
-    done = await _call(_store(ctx, conversation_id).append(
+    done = await store_call(_store(ctx, conversation_id).append(
         key.id, conversation_id, [encode_item(item) for item in items],
         retention=ctx.settings.responses_retention_seconds, max_bytes=conversation_store.MAX_CONVERSATION_BYTES))
     if not done.found:
@@ -127,7 +117,7 @@ async def add(ctx: ApiContext, key: KeyRecord, conversation_id: str, items: list
 
 async def update(ctx: ApiContext, key: KeyRecord, conversation_id: str, metadata: dict[str, str]) -> Conversation:
     """Replace its metadata; the conversation as it is now."""
-    if not await _call(_store(ctx, conversation_id).set_metadata(
+    if not await store_call(_store(ctx, conversation_id).set_metadata(
             key.id, conversation_id, metadata, retention=ctx.settings.responses_retention_seconds)):
         raise _not_found(ctx, conversation_id)
     return await found(ctx, key, conversation_id)
@@ -135,7 +125,7 @@ async def update(ctx: ApiContext, key: KeyRecord, conversation_id: str, metadata
 
 async def forget_item(ctx: ApiContext, key: KeyRecord, conversation_id: str, item_id: str) -> Conversation:
     """Delete one of its items (404 for an unknown conversation or item); the conversation, as OpenAI answers."""
-    gone = await _call(_store(ctx, conversation_id).delete_item(
+    gone = await store_call(_store(ctx, conversation_id).delete_item(
         key.id, conversation_id, item_id, retention=ctx.settings.responses_retention_seconds))
     if gone is None:
         raise _not_found(ctx, conversation_id)
@@ -146,7 +136,7 @@ async def forget_item(ctx: ApiContext, key: KeyRecord, conversation_id: str, ite
 
 async def delete(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> None:
     """Delete it and its items (404 as ``found``)."""
-    if not await _call(_store(ctx, conversation_id).delete(key.id, conversation_id)):
+    if not await store_call(_store(ctx, conversation_id).delete(key.id, conversation_id)):
         raise _not_found(ctx, conversation_id)
 
 
@@ -159,7 +149,7 @@ async def history(ctx: ApiContext, key: KeyRecord, conversation_id: str,
         raise invalid_value("conversation", STORAGE_OFF)
     got = None
     if valid_id(conversation_id):
-        got = await _call(ctx.conversations.items(key.id, conversation_id))
+        got = await store_call(ctx.conversations.items(key.id, conversation_id))
     if got is None:
         raise ApiError(400, f"Conversation with id '{conversation_id[:64]}' not found.", param="conversation",
                        code="conversation_not_found")

@@ -16,7 +16,7 @@ from aiohttp import web
 from loguru import logger
 from pydantic import BaseModel
 
-from api.auth import check_admin, store_unavailable
+from api.auth import check_admin, store_call, store_unavailable
 from api.context import CTX, ApiContext
 from api.usage import usage_out
 from shared.errors import ApiError
@@ -106,10 +106,7 @@ async def modify_api_key(request: web.Request) -> web.Response:
         raise ApiError(400, "Nothing to change: give rate_limit, name, expires_at, expires_in_days, scopes, "
                             "allowed_models or daily_token_limit.", code="missing_parameter")
     changes = params.changes(time.time())
-    try:
-        new = await store.update_key(record.id, changes)
-    except StoreUnavailable:
-        raise store_unavailable() from None
+    new = await store_call(store.update_key(record.id, changes))
     if new is None:
         raise ApiError(404, "No such API key.", code="api_key_not_found", param="api_key")
     logger.info("api key modified id={} fields={}", new.id, ",".join(sorted(params.model_fields_set)))
@@ -121,10 +118,7 @@ async def rotate_api_key(request: web.Request) -> web.Response:
     usage history and rate-limit window stay: a leaked key is replaced without losing them."""
     store = await _admin(request)
     record = await _resolve(store, request.match_info["api_key"])
-    try:
-        rotated = await store.rotate_key(record.id)
-    except StoreUnavailable:
-        raise store_unavailable() from None
+    rotated = await store_call(store.rotate_key(record.id))
     if rotated is None:
         raise ApiError(404, "No such API key.", code="api_key_not_found", param="api_key")
     secret, new = rotated
@@ -135,10 +129,7 @@ async def rotate_api_key(request: web.Request) -> web.Response:
 async def delete_api_key(request: web.Request) -> web.Response:
     store = await _admin(request)
     record = await _resolve(store, request.match_info["api_key"])
-    try:
-        deleted = await store.delete_key(record.id)
-    except StoreUnavailable:
-        raise store_unavailable() from None
+    deleted = await store_call(store.delete_key(record.id))
     if not deleted:
         raise ApiError(404, "No such API key.", code="api_key_not_found", param="api_key")
     logger.info("api key deleted id={}", record.id)

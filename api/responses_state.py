@@ -19,7 +19,7 @@ from typing import Any
 from loguru import logger
 
 from api import conversations_state
-from api.auth import store_unavailable
+from api.auth import store_call
 from api.context import ApiContext
 from api.responses_render import new_id
 from api.responses_wire import STATELESS, InputItemsQuery, ResponsesRequest
@@ -64,12 +64,8 @@ async def stored(ctx: ApiContext, key: KeyRecord, response_id: str) -> StoredRes
 
 async def forget(ctx: ApiContext, key: KeyRecord, response_id: str) -> None:
     """Delete the calling key's stored response (404 as ``stored`` when there is none)."""
-    if ctx.responses is not None:
-        try:
-            if await ctx.responses.delete(key.id, response_id):
-                return
-        except StoreUnavailable:
-            raise store_unavailable() from None
+    if ctx.responses is not None and await store_call(ctx.responses.delete(key.id, response_id)):
+        return
     raise _not_found(ctx, response_id)
 
 
@@ -81,10 +77,7 @@ def _not_found(ctx: ApiContext, response_id: str) -> ApiError:
 
 async def _read(ctx: ApiContext, key: KeyRecord, response_id: str) -> StoredResponse | None:
     assert ctx.responses is not None
-    try:
-        return await ctx.responses.get(key.id, response_id)
-    except StoreUnavailable:
-        raise store_unavailable() from None
+    return await store_call(ctx.responses.get(key.id, response_id))
 
 
 def stored_item(raw: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +115,6 @@ class Keeping:
     added: list[dict[str, Any]] = field(default_factory=list)
     store: bool = True  # False: only the conversation gets it (``store: false`` with ``conversation``)
     conversation_id: str | None = None
-    response_id: str | None = None
     data: str | None = None  # the stored form, once sealed and within the size bound
     final: dict[str, Any] | None = None
 
@@ -135,7 +127,7 @@ class Keeping:
         data = encode(final, self.items)
         if not fits(data):
             return final | {"store": False}
-        self.response_id, self.data = final["id"], data
+        self.data = data
         return final
 
 
@@ -157,12 +149,13 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> None:
     this turn's input and output items (``conversations_state.extend``)."""
     if keeping is not None and keeping.conversation_id is not None and keeping.final is not None:
         await conversations_state.extend(ctx, keeping.key_id, keeping.conversation_id, keeping.added, keeping.final)
-    if keeping is None or keeping.data is None or keeping.response_id is None or ctx.responses is None:
+    if keeping is None or keeping.data is None or keeping.final is None or ctx.responses is None:
         return
+    response_id = keeping.final["id"]
     try:
-        await ctx.responses.put(keeping.key_id, keeping.response_id, keeping.data, retention=keeping.retention)
+        await ctx.responses.put(keeping.key_id, response_id, keeping.data, retention=keeping.retention)
     except StoreUnavailable as e:
-        logger.warning("response {} not stored: {}", keeping.response_id, e)
+        logger.warning("response {} not stored: {}", response_id, e)
 
 
 def page(items: list[dict[str, Any]], query: InputItemsQuery, where: str = "this response") -> dict[str, Any]:
