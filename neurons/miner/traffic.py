@@ -26,7 +26,7 @@ from loguru import logger
 from shared.errors import ApiError
 from shared.http import route_path
 from shared.ids import request_id_from
-from shared.signing import CALLER_KEY, claimed_hotkey
+from shared.signing import claimed_hotkey, verified_hotkey
 
 SUMMARY_SECONDS = 60.0
 CLIENT_GONE = 499  # the status logged for a caller that left first (nginx's word for it)
@@ -60,9 +60,8 @@ class TrafficLog:
 
     def seen(self, request: web.Request, kind: str) -> None:
         """A request to ``/availability`` or ``/health`` (always answered 200): a DEBUG line, and a count."""
-        caller = request.get(CALLER_KEY)
         logger.debug("{} rid={} caller={} status=200", kind, request_id_from(request.headers),
-                     caller.hotkey_ss58[:10] if caller else "-")
+                     verified_hotkey(request)[:10])
         self.other[kind] += 1
 
     def summary(self, seconds: float) -> str | None:
