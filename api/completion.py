@@ -18,7 +18,6 @@ from shared.protocol import (
     estimate_tokens,
     finish_reason,
     new_completion_id,
-    reported_usage,
 )
 from shared.sse import encode_event
 
@@ -31,8 +30,8 @@ def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[st
 
 
 def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
-    if run.usage is not None:  # kept by the race only when its token counts are sane (valid_usage)
-        return reported_usage(run.usage)
+    if run.usage is not None:  # kept by the race only when its token counts are sane, in the SDK's shape
+        return run.usage
     # what the model wrote: its thinking, its text, a refusal, and the names and arguments of the tools it called
     calls = "".join(c["function"]["name"] + c["function"]["arguments"] for c in run.tool_calls.values())
     thinking = "".join(run.reasoning)

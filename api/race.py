@@ -47,7 +47,7 @@ class MinerRun:
     reasoning: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
+    usage: dict[str, Any] | None = None  # the miner's, in the SDK's shape (``reported_usage``); None: none valid
     model: str | None = None
     logprobs: list[Any] = field(default_factory=list)
     error: str | None = None
@@ -97,9 +97,9 @@ class MinerRun:
         usage = obj.get("usage")
         if usage is not None:
             if valid_usage(usage):
-                self.usage = usage
-                if (shaped := reported_usage(usage)) != usage:  # relayed in the SDK's shape, as it is given whole
-                    obj["usage"], data = shaped, obj
+                self.usage = reported_usage(usage)  # in the SDK's shape, relayed so and given so whole
+                if self.usage != usage:
+                    obj["usage"], data = self.usage, obj
             else:  # not token counts ("n/a"): left out, and the caller's usage estimated as when none came
                 del obj["usage"]
                 data = obj
