@@ -23,7 +23,6 @@ from api.access_log import request_id, write
 from api.auth import check_model
 from api.completion import (
     completion_for,
-    finish_reason,
     logged_outcome,
     mid_stream_failure_event,
     no_winner_error,
@@ -301,9 +300,5 @@ def _relabelled(data: Event, index: int, cid: str, created: int) -> bytes:
 
 
 def _as_choice(choice: dict[str, Any], index: int) -> dict[str, Any]:
-    """A winner's choice as choice ``index``, its finish reason in the SDK's words (``race.absorb`` let
-    only objects with a string there through)."""
-    out = {**choice, "index": index}
-    if out.get("finish_reason"):
-        out["finish_reason"] = finish_reason(out["finish_reason"])
-    return out
+    """A winner's choice as choice ``index`` (its finish reason already in the SDK's words: ``race.absorb``)."""
+    return {**choice, "index": index}

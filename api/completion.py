@@ -16,7 +16,6 @@ from shared.protocol import (
     completion_object,
     content_text,
     estimate_tokens,
-    finish_reason,
     new_completion_id,
 )
 from shared.sse import encode_event
@@ -63,7 +62,7 @@ def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, A
         refusal="".join(run.refusal) or None,
         reasoning="".join(run.reasoning) or None,
         tool_calls=run.merged_tool_calls(),  # each with an id: MinerRun gives one where none came
-        finish_reason=finish_reason(run.finish_reason) if run.finish_reason else
+        finish_reason=run.finish_reason if run.finish_reason else  # in the SDK's words: race.absorb
         ("tool_calls" if run.tool_calls else "stop"),
         usage=usage,
         logprobs=choice_logprobs(run.logprobs),

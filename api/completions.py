@@ -21,7 +21,7 @@ from api.access_log import access_logged
 from api.auth import authenticate
 from api.choices import MAX_CHOICES, Ask, choice_seed, run_choices
 from api.choices import plan as plan_choices
-from api.completion import finish_reason, logprob_tokens
+from api.completion import logprob_tokens
 from api.completions_wire import CompletionRequest
 from api.context import CTX
 from api.mixture import is_mixture
@@ -107,7 +107,7 @@ class TextChoices:
     def complete(self, winners: list[MinerRun], usage: dict[str, Any], headers: dict[str, str]) -> web.Response:
         choices = [{"text": self._echo(i) + run.text, "index": i,
                     "logprobs": self._logprobs(logprob_tokens(run.logprobs), 0),
-                    "finish_reason": FINISH.get(finish_reason(run.finish_reason or "stop"), "stop")}
+                    "finish_reason": FINISH.get(run.finish_reason or "stop", "stop")}
                    for i, run in enumerate(winners)]
         return json_response(self._object(self.new_id(), int(time.time()), self._model(winners[0]), choices, usage),
                              headers=headers)
@@ -127,7 +127,7 @@ class TextChoices:
             out.append({"text": text, "index": index,
                         "logprobs": self._logprobs(tokens if isinstance(tokens, list) else [],
                                                    self.offsets.get(index, 0)),
-                        "finish_reason": FINISH.get(finish_reason(finish), "stop") if finish else None})
+                        "finish_reason": FINISH.get(finish, "stop") if finish else None})
             self.offsets[index] = self.offsets.get(index, 0) + len(text)
         if not out:
             return b""

@@ -21,7 +21,6 @@ from api.responses_wire import ResponsesRequest
 from shared.ids import random_hex
 from shared.jsonutil import dumpb, loads
 from shared.miner_client import Event
-from shared.protocol import finish_reason as openai_finish_reason
 from shared.protocol import token_count
 
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -141,8 +140,8 @@ def call_item(call: dict[str, Any], *, arguments: str) -> dict[str, Any]:
 def finished(base: dict[str, Any], output: list[dict[str, Any]], *, finish_reason: str | None,
              usage: dict[str, Any], error: str | None = None) -> dict[str, Any]:
     """The response object once the answer is in: its status, and each item's, say whether it is whole."""
-    # a model server's own word for a cut (vLLM's, TGI's) is chat's "length" here too: an incomplete answer
-    reason = INCOMPLETE.get(openai_finish_reason(finish_reason) if finish_reason else "")
+    # a model server's own word for a cut (TGI's max_tokens) came as chat's "length" (race.absorb): incomplete
+    reason = INCOMPLETE.get(finish_reason or "")
     status = "failed" if error is not None else "incomplete" if reason else "completed"
     answer = [item for item in output if item["type"] != "web_search_call"]  # a search ended before the answer
     for i, item in enumerate(answer):  # only the last item was cut short: those before it are whole
