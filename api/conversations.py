@@ -16,6 +16,7 @@ from aiohttp import web
 
 from api import conversations_state
 from api.access_log import access_logged
+from api.context import ApiContext
 from api.conversations_wire import (
     ConversationCreate,
     ConversationUpdate,
@@ -24,14 +25,22 @@ from api.conversations_wire import (
     ItemsQuery,
 )
 from api.responses import caller, items_query
-from api.responses_state import page, stored_item
+from api.responses_state import page, resolved, stored_item
 from api.responses_translate import check_items
+from api.responses_wire import is_item_reference
 from shared.http import json_response, parse_model, read_body, read_json
 from shared.jsonutil import loads_body
+from shared.store.base import KeyRecord
 
 
-def _stored(items: list[dict[str, Any]], at: str) -> list[dict[str, Any]]:
-    """Items as ``input`` takes them (a 400 naming the place otherwise), in their stored form."""
+async def _stored(ctx: ApiContext, key: KeyRecord, items: list[dict[str, Any]], at: str,
+                  conversation_id: str | None = None) -> list[dict[str, Any]]:
+    """Items as ``input`` takes them (a 400 naming the place otherwise), in their stored form: an
+    ``item_reference`` is stored as the item it names (one of the conversation's own, or one the key's
+    stored responses added)."""
+    if any(is_item_reference(item) for item in items):
+        known = [] if conversation_id is None else await conversations_state.items_of(ctx, key, conversation_id)
+        items = await resolved(ctx, key, items, at, known)
     check_items(items, at)
     return [stored_item(item) for item in items]
 
@@ -52,7 +61,7 @@ async def create_conversation(request: web.Request) -> web.StreamResponse:
     ctx, key = await caller(request)
     raw = await read_body(request)  # no body at all is an empty conversation (the SDK's create() sends one)
     wanted: ConversationCreate = parse_model(ConversationCreate, loads_body(raw) if raw.strip() else {})
-    made = await conversations_state.create(ctx, key, wanted.metadata or {}, _stored(wanted.items or [], "items"))
+    made = await conversations_state.create(ctx, key, wanted.metadata or {}, await _stored(ctx, key, wanted.items or [], "items"))
     return json_response(made.out())
 
 
@@ -87,8 +96,9 @@ async def add_items(request: web.Request) -> web.StreamResponse:
     ctx, key = await caller(request)
     parse_model(IncludeQuery, items_query(request))
     wanted: ItemsCreate = parse_model(ItemsCreate, await read_json(request))
-    items = _stored(wanted.items, "items")
-    await conversations_state.add(ctx, key, _conversation_id(request), items)
+    conversation_id = _conversation_id(request)
+    items = await _stored(ctx, key, wanted.items, "items", conversation_id)
+    await conversations_state.add(ctx, key, conversation_id, items)
     return json_response(_item_list(items))
 
 

@@ -140,11 +140,9 @@ async def delete(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> None:
         raise _not_found(ctx, conversation_id)
 
 
-async def history(ctx: ApiContext, key: KeyRecord, conversation_id: str,
-                  added: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def history(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> list[dict[str, Any]]:
     """The items a response naming this conversation is answered with; a 400 naming ``conversation`` when
-    there is none (storage off, unknown, another key's), or when this turn's input would take it over its
-    bound (refused before any miner is asked: its answer could not be added)."""
+    there is none (storage off, unknown, another key's)."""
     if ctx.conversations is None:
         raise invalid_value("conversation", STORAGE_OFF)
     got = None
@@ -153,10 +151,14 @@ async def history(ctx: ApiContext, key: KeyRecord, conversation_id: str,
     if got is None:
         raise ApiError(400, f"Conversation with id '{conversation_id[:64]}' not found.", param="conversation",
                        code="conversation_not_found")
-    size = size_of([encode_item(item) for item in got + added])
+    return got
+
+
+def check_room(items: list[dict[str, Any]], added: list[dict[str, Any]]) -> None:
+    """A 400 naming ``conversation`` when a turn's input would take its items over their bound."""
+    size = size_of([encode_item(item) for item in items + added])
     if size > conversation_store.MAX_CONVERSATION_BYTES:
         raise invalid_value("conversation", _full(size))
-    return got
 
 
 async def extend(ctx: ApiContext, key_id: str, conversation_id: str, added: list[dict[str, Any]],

@@ -47,7 +47,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     sent = await read_json(request)
     require(sent, "input")
     wanted: ResponsesRequest = parse_model(ResponsesRequest, sent)
-    history = await responses_state.history_of(ctx, key, wanted)
+    wanted, history = await responses_state.continued(ctx, key, wanted)
     body = chat_body(wanted, history)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)
     found = None

@@ -13,6 +13,7 @@ response object (``keep``): its next turn may come at once, to any worker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from api import conversations_state
 from api.auth import store_call
 from api.context import ApiContext
 from api.responses_render import new_id
-from api.responses_wire import STATELESS, InputItemsQuery, ResponsesRequest
+from api.responses_wire import STATELESS, InputItemsQuery, ResponsesRequest, is_item_reference
 from shared.errors import ApiError, invalid_value
 from shared.store.base import KeyRecord, StoreUnavailable
 from shared.store.responses import StoredResponse, encode, fits
@@ -31,6 +32,20 @@ from shared.store.responses import StoredResponse, encode, fits
 ITEM_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
                  "web_search_call": "ws"}
 STORAGE_OFF = f"{STATELESS} (RESPONSES_RETENTION_SECONDS is 0)"
+MAX_ITEM_ID = 256  # an item id an item_reference can name (a longer one is kept, not indexed)
+MAX_REFERENCED_RESPONSES = 16  # stored responses one request's item references may read
+
+
+async def continued(ctx: ApiContext, key: KeyRecord,
+                    wanted: ResponsesRequest) -> tuple[ResponsesRequest, list[dict[str, Any]]]:
+    """``wanted`` with its item references resolved (``with_references``), and the conversation it continues
+    (``history_of``); a conversation this turn's input would take over its bound is a 400 here, before any
+    miner is asked (the answer could not be added to it)."""
+    history = await history_of(ctx, key, wanted)
+    wanted = await with_references(ctx, key, wanted, history)
+    if wanted.conversation_id is not None:
+        conversations_state.check_room(history, input_items(wanted))
+    return wanted, history
 
 
 async def history_of(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) -> list[dict[str, Any]]:
@@ -42,7 +57,7 @@ async def history_of(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) 
             raise ApiError(400, "Mutually exclusive parameters: Ensure you are only providing one of: "
                                 "'previous_response_id' or 'conversation'.", param="conversation",
                            code="mutually_exclusive_parameters")
-        return await conversations_state.history(ctx, key, wanted.conversation_id, input_items(wanted))
+        return await conversations_state.history(ctx, key, wanted.conversation_id)
     if response_id is None:
         return []
     if ctx.responses is None:
@@ -69,6 +84,48 @@ async def forget(ctx: ApiContext, key: KeyRecord, response_id: str) -> None:
     raise _not_found(ctx, response_id)
 
 
+async def with_references(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest,
+                          known: list[dict[str, Any]]) -> ResponsesRequest:
+    """``wanted`` with each ``item_reference`` in its input replaced by the item it names (``resolved``)."""
+    if isinstance(wanted.input, str) or not any(is_item_reference(raw) for raw in wanted.input):
+        return wanted
+    return wanted.model_copy(update={"input": await resolved(ctx, key, wanted.input, "input", known)})
+
+
+async def resolved(ctx: ApiContext, key: KeyRecord, items: list[dict[str, Any]], at: str,
+                   known: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """``items`` with each ``item_reference`` replaced by the item it names: one of ``known`` (the conversation
+    being continued), else one the calling key's stored responses added (their input or output). An id not
+    found is OpenAI's 404 naming ``input``, in OpenAI's words; at most ``MAX_REFERENCED_RESPONSES`` stored
+    responses are read for one request (each up to a megabyte)."""
+    by_id = {item["id"]: item for item in known if isinstance(item.get("id"), str)}
+    read = 0
+    out = []
+    for i, raw in enumerate(items):
+        if not is_item_reference(raw):
+            out.append(raw)
+            continue
+        item_id = raw.get("id")
+        if not isinstance(item_id, str) or not 0 < len(item_id) <= MAX_ITEM_ID:
+            raise invalid_value(f"{at}.{i}.id", f"an item_reference needs the id (a string of 1 to {MAX_ITEM_ID} "
+                                                "characters) of a stored item")
+        if item_id not in by_id:
+            if read == MAX_REFERENCED_RESPONSES:
+                raise invalid_value(at, f"item references may name items of at most {MAX_REFERENCED_RESPONSES} "
+                                        "stored responses in one request")
+            read += 1
+            holder = None if ctx.responses is None else await store_call(ctx.responses.holder(key.id, item_id))
+            if holder is not None:  # every item it holds: the next reference to one costs no read
+                by_id.update((item["id"], item) for item in holder.items + list(holder.response.get("output") or [])
+                             if isinstance(item.get("id"), str))
+        if item_id not in by_id:
+            raise ApiError(404, f"Item with id '{item_id}' not found. Items are not persisted when `store` is set "
+                                "to false, and a stored response's items expire and are deleted with it.",
+                           param=at, type_="invalid_request_error")  # OpenAI's type for it, as Codex reads it
+        out.append(by_id[item_id])
+    return out
+
+
 def _not_found(ctx: ApiContext, response_id: str) -> ApiError:
     why = STORAGE_OFF if ctx.responses is None else "it does not exist, has expired or was deleted"
     return ApiError(404, f"No response with id '{response_id[:64]}' found: {why}.", code="response_not_found",
@@ -84,7 +141,7 @@ def stored_item(raw: dict[str, Any]) -> dict[str, Any]:
     """An input item as it is stored and listed: with an id, a type and a status, a message's text as a
     content part (the SDK's ``ResponseItem`` types require them). The translator read the same item."""
     item = dict(raw)
-    kind = item.setdefault("type", "message")  # no type and no role was an item_reference: refused before
+    kind = item.setdefault("type", "message")  # no type and no role was an item_reference: resolved before
     if kind == "message" and isinstance(item.get("content"), str):
         assistant = item.get("role") == "assistant"
         part = {"type": "output_text", "text": item["content"], "annotations": []} if assistant else {
@@ -152,8 +209,10 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> None:
     if keeping is None or keeping.data is None or keeping.final is None or ctx.responses is None:
         return
     response_id = keeping.final["id"]
+    added = [item.get("id") for item in keeping.added + list(keeping.final.get("output") or [])]
     try:
-        await ctx.responses.put(keeping.key_id, response_id, keeping.data, retention=keeping.retention)
+        await ctx.responses.put(keeping.key_id, response_id, keeping.data, retention=keeping.retention,
+                                item_ids=[i for i in added if isinstance(i, str) and 0 < len(i) <= MAX_ITEM_ID])
     except StoreUnavailable as e:
         logger.warning("response {} not stored: {}", response_id, e)
 

@@ -23,6 +23,7 @@ from api.responses_wire import (
     ResponsesRequest,
     TextFormat,
     Tool,
+    is_item_reference,
 )
 from shared.errors import invalid_value
 from shared.http import parse_model
@@ -108,12 +109,11 @@ def check_items(items: Sequence[dict[str, Any]], at: str) -> None:
 
 
 def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> None:
-    # no type: a message if it has a role, else a reference to a stored item (the SDK's ItemReference)
-    kind = _type_of(raw, at, default="message" if "role" in raw else "item_reference" if "id" in raw else None)
+    if is_item_reference(raw):  # resolved to the item it names before (responses_state.resolved)
+        raise invalid_value(at, NO_ITEM_REFERENCES)
+    kind = _type_of(raw, at, default="message" if "role" in raw else None)  # no type: a message, if it has a role
     if kind in SKIPPED_ITEMS:
         return
-    if kind == "item_reference":
-        raise invalid_value(at, NO_ITEM_REFERENCES)
     model = ITEMS.get(kind or "")
     if model is None:
         raise invalid_value(f"{at}.type", f"input items served here are {', '.join(ITEMS)} (and reasoning and "

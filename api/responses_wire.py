@@ -24,8 +24,8 @@ from shared.protocol import (
 )
 
 STATELESS = "this gateway stores no responses: send the whole conversation in 'input'"
-NO_ITEM_REFERENCES = ("an item_reference names an item of a stored response, which is not served here: continue a "
-                      "response with previous_response_id, or send the whole conversation in 'input'")
+NO_ITEM_REFERENCES = ("an item_reference names a stored item, and is sent as that item: one here was not resolved "
+                      "(items of a conversation's history are stored resolved)")
 PLATFORM_ONLY = {  # fields only OpenAI's platform can honour, and what to do instead
     "moderation": "moderation runs on OpenAI's platform; no moderation model is served here: moderate the "
                   "input and output yourself",
@@ -52,6 +52,13 @@ Includable = Literal[
 # OpenAI's names for its hosted web search tool, old and new: served by the subnet's web retrieval miners.
 WEB_SEARCH_TYPES = frozenset({"web_search", "web_search_preview", "web_search_2025_08_26",
                               "web_search_preview_2025_03_11"})
+
+
+def is_item_reference(raw: dict[str, Any]) -> bool:
+    """Whether an input item is OpenAI's ``item_reference`` (the SDK's ``ItemReference``: its ``type`` may be
+    left out, leaving an item with an id and no role)."""
+    kind = raw.get("type")
+    return kind == "item_reference" or (kind is None and "role" not in raw and "id" in raw)
 
 
 class Tool(BaseModel):

@@ -6,6 +6,11 @@ is the final response object and the conversation it answered (as Responses
 input items), one JSON text per response, until ``RESPONSES_RETENTION_SECONDS``
 have passed: SQLite (one host) drops expired rows on read and a bounded batch
 from time to time; Redis (a fleet) sets the key's TTL and expires it itself.
+
+Each response also names the items it added (its new input items and its
+output), so that an ``item_reference`` finds the response that holds an item
+(``holder``): an index from item id to response id, per key, that lives and dies
+with its response.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,8 +62,14 @@ def decode(response_id: str, key_id: str, raw: str | bytes) -> StoredResponse:
 
 
 class ResponseStore(Protocol):
-    async def put(self, key_id: str, response_id: str, data: str, *, retention: float) -> None:
-        """Keep ``data`` (``encode``'s) as ``response_id`` of ``key_id`` for ``retention`` seconds."""
+    async def put(self, key_id: str, response_id: str, data: str, *, retention: float,
+                  item_ids: Sequence[str] = ()) -> None:
+        """Keep ``data`` (``encode``'s) as ``response_id`` of ``key_id`` for ``retention`` seconds; ``item_ids``:
+        the items it added, found by ``holder`` from now on (a later response adding the same id takes it)."""
+        ...
+
+    async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
+        """The stored response of ``key_id`` that added the item ``item_id`` (None as ``get``'s)."""
         ...
 
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
@@ -77,9 +89,17 @@ class ResponseStore(Protocol):
 
 
 # By id (each lookup also names the key, checked on the row); the indexes serve the bounded purge and
-# a deleted key's ``forget_key``.
-SCHEMA = expiring_table("stored_responses", index="stored_responses_expiry", on="expires_at") + \
-    "CREATE INDEX IF NOT EXISTS stored_responses_key ON stored_responses (key_id);\n"
+# a deleted key's ``forget_key``. An item's row names the response that holds it, and goes with it.
+SCHEMA = expiring_table("stored_responses", index="stored_responses_expiry", on="expires_at") + """
+CREATE INDEX IF NOT EXISTS stored_responses_key ON stored_responses (key_id);
+CREATE TABLE IF NOT EXISTS stored_response_items (
+    key_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    response_id TEXT NOT NULL,
+    PRIMARY KEY (key_id, item_id)
+);
+CREATE INDEX IF NOT EXISTS stored_response_items_response ON stored_response_items (response_id);
+"""
 
 
 class SQLiteResponseStore(SQLiteTables):
@@ -89,13 +109,16 @@ class SQLiteResponseStore(SQLiteTables):
         super().__init__(path, SCHEMA)
         self._next_purge = 0.0  # per instance (per worker): when this one next deletes expired rows
 
-    async def put(self, key_id: str, response_id: str, data: str, *, retention: float) -> None:
+    async def put(self, key_id: str, response_id: str, data: str, *, retention: float,
+                  item_ids: Sequence[str] = ()) -> None:
         now = time.time()
         purge = now >= self._next_purge
 
         def run(db: sqlite3.Connection) -> int:
             db.execute("INSERT OR REPLACE INTO stored_responses (id, key_id, data, expires_at) VALUES (?,?,?,?)",
                        (response_id, key_id, data, now + retention))
+            db.executemany("INSERT OR REPLACE INTO stored_response_items (key_id, item_id, response_id) "
+                           "VALUES (?,?,?)", [(key_id, item_id, response_id) for item_id in item_ids])
             return self._purge(db, now) if purge else 0
 
         purged = self._tx(run)
@@ -104,30 +127,49 @@ class SQLiteResponseStore(SQLiteTables):
 
     @staticmethod
     def _purge(db: sqlite3.Connection, now: float) -> int:
-        """Delete up to ``PURGE_BATCH`` expired rows (by the expiry index); how many went."""
-        return db.execute("DELETE FROM stored_responses WHERE id IN (SELECT id FROM stored_responses "
-                          "WHERE expires_at <= ? LIMIT ?)", (now, PURGE_BATCH)).rowcount
+        """Delete up to ``PURGE_BATCH`` expired responses (by the expiry index) and their items; how many went."""
+        ids = [(row[0],) for row in db.execute("SELECT id FROM stored_responses WHERE expires_at <= ? LIMIT ?",
+                                               (now, PURGE_BATCH))]
+        db.executemany("DELETE FROM stored_response_items WHERE response_id = ?", ids)
+        return db.executemany("DELETE FROM stored_responses WHERE id = ?", ids).rowcount
 
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
         rows = self._query("SELECT data, expires_at FROM stored_responses WHERE id = ? AND key_id = ?",
                            (response_id, key_id))
-        if not rows:
-            return None
-        data, expires_at = rows[0]
-        if expires_at <= time.time():  # expired: gone now, as Redis would have it
-            self._tx(lambda db: db.execute("DELETE FROM stored_responses WHERE id = ? AND expires_at <= ?",
-                                           (response_id, expires_at)))
-            return None
-        return decode(response_id, key_id, data)
+        return self._alive(response_id, key_id, rows[0]) if rows else None
+
+    async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
+        rows = self._query("SELECT r.id, r.data, r.expires_at FROM stored_response_items i JOIN stored_responses r "
+                           "ON r.id = i.response_id AND r.key_id = i.key_id WHERE i.key_id = ? AND i.item_id = ?",
+                           (key_id, item_id))
+        return self._alive(rows[0][0], key_id, rows[0][1:]) if rows else None
+
+    def _alive(self, response_id: str, key_id: str, row: tuple[str, float]) -> StoredResponse | None:
+        """A row read back: the response, or None if it has expired (deleted now, as Redis would have it)."""
+        data, expires_at = row
+        if expires_at > time.time():
+            return decode(response_id, key_id, data)
+        self._tx(lambda db: self._drop(db, "id = ? AND expires_at <= ?", (response_id, expires_at)))
+        return None
+
+    @staticmethod
+    def _drop(db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
+        """Delete the responses ``where`` selects, and their items' rows; how many responses went."""
+        db.execute(f"DELETE FROM stored_response_items WHERE response_id IN (SELECT id FROM stored_responses "
+                   f"WHERE {where})", args)
+        return db.execute(f"DELETE FROM stored_responses WHERE {where}", args).rowcount
 
     async def delete(self, key_id: str, response_id: str) -> bool:
         now = time.time()
-        return self._tx(lambda db: db.execute(
-            "DELETE FROM stored_responses WHERE id = ? AND key_id = ? AND expires_at > ?",
-            (response_id, key_id, now)).rowcount > 0)
+        return self._tx(lambda db: self._drop(db, "id = ? AND key_id = ? AND expires_at > ?",
+                                              (response_id, key_id, now))) > 0
 
     async def forget_key(self, key_id: str) -> int:
-        return self._tx(lambda db: db.execute("DELETE FROM stored_responses WHERE key_id = ?", (key_id,)).rowcount)
+        def run(db: sqlite3.Connection) -> int:
+            db.execute("DELETE FROM stored_response_items WHERE key_id = ?", (key_id,))
+            return db.execute("DELETE FROM stored_responses WHERE key_id = ?", (key_id,)).rowcount
+
+        return self._tx(run)
 
     async def aclose(self) -> None:
         self._close_db()
@@ -135,23 +177,41 @@ class SQLiteResponseStore(SQLiteTables):
 
 class RedisResponseStore(RedisBacked):
     """One string per response, named by its key and id (``{ns}:response:{key_id}:{id}``), with Redis's TTL:
-    another key's id is simply not there, and Redis expires what is old by its own clock."""
+    another key's id is simply not there, and Redis expires what is old by its own clock. Each item it added
+    is a string naming it (``{ns}:response_item:{key_id}:{item_id}``) with the same TTL; one whose response
+    was deleted before it expired finds nothing."""
 
     def _key(self, key_id: str, response_id: str) -> str:
         return f"{self.ns}:response:{key_id}:{response_id}"
 
-    async def put(self, key_id: str, response_id: str, data: str, *, retention: float) -> None:
-        await redis_call(self.r.set(self._key(key_id, response_id), data, px=max(1, round(retention * 1000))), LABEL)
+    def _item_key(self, key_id: str, item_id: str) -> str:
+        return f"{self.ns}:response_item:{key_id}:{item_id}"
+
+    async def put(self, key_id: str, response_id: str, data: str, *, retention: float,
+                  item_ids: Sequence[str] = ()) -> None:
+        ttl = max(1, round(retention * 1000))
+        pipe = self.r.pipeline(transaction=True)  # the response and its items' names together, or none
+        pipe.set(self._key(key_id, response_id), data, px=ttl)
+        for item_id in item_ids:
+            pipe.set(self._item_key(key_id, item_id), response_id, px=ttl)
+        await redis_call(pipe.execute(), LABEL)
 
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
         raw = await redis_call(self.r.get(self._key(key_id, response_id)), LABEL)
         return decode(response_id, key_id, raw) if raw else None
+
+    async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
+        response_id = await redis_call(self.r.get(self._item_key(key_id, item_id)), LABEL)
+        if not response_id:
+            return None
+        return await self.get(key_id, response_id.decode() if isinstance(response_id, bytes) else response_id)
 
     async def delete(self, key_id: str, response_id: str) -> bool:
         return bool(await redis_call(self.r.delete(self._key(key_id, response_id)), LABEL))
 
     async def forget_key(self, key_id: str) -> int:
         """A SCAN of the key's names (an admin's rare call, in batches: never a KEYS that blocks Redis)."""
+        await redis_call(forget_matching(self.r, glob_escaped(self._item_key(key_id, "")) + "*"), LABEL)
         return await redis_call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"), LABEL)
 
     async def aclose(self) -> None:

@@ -193,8 +193,9 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
     ({"input": "x", "tools": [{"type": "web_search", "search_context_size": "huge"}]},
      "tools.0.search_context_size", "Input should be"),
     ({"input": "x", "tools": [{"type": "function"}]}, "tools.0.name", "needs a name"),
-    # an item reference (its type is optional in the SDK) needs stored items: the 400 says so
-    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0", "send the whole conversation"),
+    # an item reference (its type is optional in the SDK) is resolved before (responses_state.resolved): one
+    # that was not is a 400, never sent on as a message
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0", "was not resolved"),
     ({"input": [{"role": "user", "content": "a"}, {"id": "msg_1"}]}, "input.1", "an item_reference names"),
     ({"input": [{"role": "user", "content": "a"}, {"type": "function_call", "name": "f", "arguments": "{}"}]},
      "input.1.call_id", "Field required"),

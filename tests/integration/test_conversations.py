@@ -155,7 +155,7 @@ async def test_what_is_unknown_or_not_yours_or_badly_shaped_is_a_4xx(honest: Api
     for method, where, body, param in (
             ("POST", "/v1/conversations", {"items": [said("user", "x")] * 21}, "items"),
             ("POST", "/v1/conversations", {"items": [{"type": "computer_call"}]}, "items.0.type"),
-            ("POST", "/v1/conversations", {"items": [{"type": "item_reference", "id": item.id}]}, "items.0"),
+            ("POST", "/v1/conversations", {"items": [{"type": "item_reference", "id": 7}]}, "items.0.id"),
             ("POST", "/v1/conversations", {"metadata": {str(n): "v" for n in range(17)}}, "metadata"),
             ("POST", "/v1/conversations", {"metadata": {"k": 1}}, "metadata.k"),
             ("POST", "/v1/conversations", [1], None),

@@ -127,11 +127,12 @@ async def test_a_reasoning_models_thinking_is_a_reasoning_item(tmp_path: Path) -
         "response.output_item.done", "response.output_item.added"]
 
 
-async def test_an_item_reference_is_a_400_saying_nothing_is_stored(honest: ApiUnderTest) -> None:
+async def test_an_unknown_item_reference_is_openais_404(honest: ApiUnderTest) -> None:
+    """(Known ones: tests/integration/test_item_references.py.)"""
     for ref in ({"type": "item_reference", "id": "msg_1"}, {"id": "msg_1"}):  # the SDK's type is optional
-        with pytest.raises(openai.BadRequestError) as e:
+        with pytest.raises(openai.NotFoundError) as e:
             await openai_client(honest).responses.create(model="default", input=[{"role": "user", "content": "Hi"}, ref])
-        assert e.value.param == "input.1" and "whole conversation" in e.value.message
+        assert e.value.param == "input" and "Item with id 'msg_1' not found." in e.value.message
 
 
 

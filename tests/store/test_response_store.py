@@ -99,3 +99,56 @@ async def test_sqlite_purges_expired_rows_in_bounded_batches(tmp_path: Path, mon
         assert count() == 3 and store._next_purge > time.time()
     finally:
         await store.aclose()
+
+
+async def test_an_item_is_found_in_the_response_that_added_it_by_its_key_only(responses: ResponseStore) -> None:
+    """``item_reference``'s lookup: the items a response added name it, for its own key, until it is gone."""
+    await responses.put("key-a", "resp_1", encode(RESPONSE, ITEMS), retention=60, item_ids=["msg_0", "msg_1"])
+    for item_id in ("msg_0", "msg_1"):
+        found = await responses.holder("key-a", item_id)
+        assert found is not None and found.id == "resp_1" and found.response == RESPONSE
+    assert await responses.holder("key-b", "msg_1") is None  # another key's item: as if unknown
+    assert await responses.holder("key-a", "msg_9") is None
+    # a later response adding the same item takes it (its copy is the newer one)
+    await responses.put("key-a", "resp_2", encode(RESPONSE | {"id": "resp_2"}, ITEMS), retention=60, item_ids=["msg_1"])
+    assert (await responses.holder("key-a", "msg_1")).id == "resp_2"  # type: ignore[union-attr]
+    assert await responses.delete("key-a", "resp_2")
+    assert await responses.holder("key-a", "msg_1") is None  # deleted with the response that held it
+    assert (await responses.holder("key-a", "msg_0")).id == "resp_1"  # type: ignore[union-attr]
+    assert await responses.forget_key("key-a") == 1
+    assert await responses.holder("key-a", "msg_0") is None
+
+
+async def test_an_items_name_expires_with_its_response(responses: ResponseStore) -> None:
+    await responses.put("key-a", "resp_1", encode(RESPONSE, ITEMS), retention=0.05, item_ids=["msg_0"])
+    await asyncio.sleep(0.1)
+    assert await responses.holder("key-a", "msg_0") is None
+
+
+async def test_no_items_name_outlives_its_response_or_its_key(responses: ResponseStore) -> None:
+    """What is left behind once responses are deleted, forgotten or purged: nothing of theirs."""
+    await responses.put("key-a", "resp_1", encode(RESPONSE, ITEMS), retention=60, item_ids=["msg_0", "msg_1"])
+    await responses.put("key-b", "resp_2", encode(RESPONSE, ITEMS), retention=60, item_ids=["msg_0"])
+    await responses.forget_key("key-a")
+    if isinstance(responses, RedisResponseStore):
+        names = [n async for n in responses.r.scan_iter(match=f"{responses.ns}:*")]
+        assert sorted(n.decode() for n in names) == [f"{responses.ns}:response:key-b:resp_2",
+                                                     f"{responses.ns}:response_item:key-b:msg_0"]
+        return
+    assert isinstance(responses, SQLiteResponseStore)
+    assert responses._query("SELECT key_id, item_id, response_id FROM stored_response_items") == [
+        ("key-b", "msg_0", "resp_2")]
+    await responses.delete("key-b", "resp_2")
+    assert responses._query("SELECT COUNT(*) FROM stored_response_items") == [(0,)]
+
+
+async def test_sqlite_purges_the_items_of_expired_responses(tmp_path: Path) -> None:
+    store = SQLiteResponseStore(tmp_path / "r.db")
+    try:
+        await store.put("key-a", "old", encode(RESPONSE, ITEMS), retention=-1, item_ids=["msg_0"])  # purged at once
+        await store.put("key-a", "older", encode(RESPONSE, ITEMS), retention=-1, item_ids=["msg_1"])
+        store._next_purge = 0.0
+        await store.put("key-a", "new", encode(RESPONSE, ITEMS), retention=60, item_ids=["msg_2"])
+        assert store._query("SELECT item_id FROM stored_response_items") == [("msg_2",)]
+    finally:
+        await store.aclose()
