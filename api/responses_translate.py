@@ -43,8 +43,11 @@ TOOL_FIELDS = {"name", "description", "parameters", "strict"}  # a chat tool's f
 TOOL_CHOICES = ("tool_choice must be 'none', 'auto', 'required', "  # the forms this API takes, for its 400
                 '{"type": "function", "name": ...}, {"type": "web_search"} or '
                 '{"type": "allowed_tools", "mode": ..., "tools": [...]}')
-PASSED_ON = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "seed", "task", "uids", "mixture",
-             "inference_mode", "timeout", "session_id", "sampling_parameters")
+# The request's fields a chat completion has too (OpenAI's, then the subnet's): a chat caller's reach the
+# miners as sent, so a response's do.
+PASSED_ON = ("model", "temperature", "top_p", "parallel_tool_calls", "user", "seed", "prompt_cache_key",
+             "safety_identifier", "task", "uids", "mixture", "inference_mode", "timeout", "session_id",
+             "sampling_parameters")
 
 
 def chat_body(r: ResponsesRequest, history: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:

@@ -193,8 +193,9 @@ class ResponsesRequest(BaseModel):
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     store: bool | None = None
     user: str | None = None
-    # OpenAI's, accepted changing nothing and echoed on the response (typed as the SDK types them, so that
-    # the echo is a response the SDK reads, and a value OpenAI refuses is a 400 here too).
+    # OpenAI's, echoed on the response (typed as the SDK types them, so that the echo is a response the SDK
+    # reads, and a value OpenAI refuses is a 400 here too); prompt_cache_key and safety_identifier also reach
+    # the miners (chat fields too), the others change nothing.
     truncation: Literal["auto", "disabled"] | None = None
     service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"] | None = None
     prompt_cache_key: str | None = None

@@ -108,6 +108,14 @@ def test_the_subnets_extras_reach_the_chat_request() -> None:
     assert (body["uids"], body["timeout"], body["task"], body["seed"]) == ([1, 2], 5, "InferenceTask", 7)
 
 
+def test_fields_chat_completions_share_reach_the_miners_as_they_would_from_chat() -> None:
+    """A chat completion's caller's ``prompt_cache_key``, ``safety_identifier`` and ``user`` reach the miners
+    (each an OpenAI chat field too, for a model server that routes or caches by it): a response's do too."""
+    body = translate(input="x", prompt_cache_key="thread-7", safety_identifier="u-1", user="me")
+    assert (body["prompt_cache_key"], body["safety_identifier"], body["user"]) == ("thread-7", "u-1", "me")
+    assert "prompt_cache_key" not in translate(input="x")
+
+
 TIME = {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}}
 SEARCH = {"type": "web_search", "search_context_size": "low", "user_location": {"type": "approximate", "country": "GB"}}
 
