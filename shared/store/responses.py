@@ -11,6 +11,10 @@ Each response also names the items it added (its new input items and its
 output), so that an ``item_reference`` finds the response that holds an item
 (``holder``): an index from item id to response id, per key, that lives and dies
 with its response.
+
+A background response is put ``pending`` (queued) and then ``settle``d once:
+by the task that answered it, or by a cancel, whichever comes first; the other
+finds it settled and changes nothing.
 """
 
 from __future__ import annotations
@@ -42,13 +46,17 @@ SCAN_BATCH = 500  # names a deleted key's purge reads and deletes at once (Redis
 class StoredResponse:
     id: str
     key_id: str
-    response: dict[str, Any]  # the final response object, as it was sent
+    response: dict[str, Any]  # the final response object, as it was sent (a background one: as it is now)
     items: list[dict[str, Any]]  # the conversation it answered, as input items (each with an id)
+    until: float | None = None  # a pending one: when it should have been settled (its answer's deadline)
 
 
-def encode(response: dict[str, Any], items: list[dict[str, Any]]) -> str:
+def encode(response: dict[str, Any], items: list[dict[str, Any]], *, until: float | None = None) -> str:
     """The stored form of a response: measured by the caller against ``MAX_STORED_BYTES`` before it is put."""
-    return json.dumps({"response": response, "items": items}, separators=(",", ":"), ensure_ascii=False)
+    data: dict[str, Any] = {"response": response, "items": items}
+    if until is not None:
+        data["until"] = until
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 def fits(data: str) -> bool:
@@ -58,14 +66,21 @@ def fits(data: str) -> bool:
 
 def decode(response_id: str, key_id: str, raw: str | bytes) -> StoredResponse:
     data = json.loads(raw)
-    return StoredResponse(response_id, key_id, data["response"], data["items"])
+    return StoredResponse(response_id, key_id, data["response"], data["items"], data.get("until"))
 
 
 class ResponseStore(Protocol):
     async def put(self, key_id: str, response_id: str, data: str, *, retention: float,
-                  item_ids: Sequence[str] = ()) -> None:
+                  item_ids: Sequence[str] = (), pending: bool = False) -> None:
         """Keep ``data`` (``encode``'s) as ``response_id`` of ``key_id`` for ``retention`` seconds; ``item_ids``:
-        the items it added, found by ``holder`` from now on (a later response adding the same id takes it)."""
+        the items it added, found by ``holder`` from now on (a later response adding the same id takes it);
+        ``pending``: a background response, to be ``settle``d."""
+        ...
+
+    async def settle(self, key_id: str, response_id: str, data: str, *, retention: float,
+                     item_ids: Sequence[str] = ()) -> bool:
+        """Replace a pending response with ``data`` (as ``put``), once: False (nothing changed) when it was
+        settled already, or is gone."""
         ...
 
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
@@ -99,6 +114,10 @@ CREATE TABLE IF NOT EXISTS stored_response_items (
     PRIMARY KEY (key_id, item_id)
 );
 CREATE INDEX IF NOT EXISTS stored_response_items_response ON stored_response_items (response_id);
+CREATE TABLE IF NOT EXISTS pending_responses (
+    id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL
+);
 """
 
 
@@ -110,15 +129,14 @@ class SQLiteResponseStore(SQLiteTables):
         self._next_purge = 0.0  # per instance (per worker): when this one next deletes expired rows
 
     async def put(self, key_id: str, response_id: str, data: str, *, retention: float,
-                  item_ids: Sequence[str] = ()) -> None:
+                  item_ids: Sequence[str] = (), pending: bool = False) -> None:
         now = time.time()
         purge = now >= self._next_purge
 
         def run(db: sqlite3.Connection) -> int:
-            db.execute("INSERT OR REPLACE INTO stored_responses (id, key_id, data, expires_at) VALUES (?,?,?,?)",
-                       (response_id, key_id, data, now + retention))
-            db.executemany("INSERT OR REPLACE INTO stored_response_items (key_id, item_id, response_id) "
-                           "VALUES (?,?,?)", [(key_id, item_id, response_id) for item_id in item_ids])
+            self._write(db, key_id, response_id, data, now + retention, item_ids)
+            if pending:
+                db.execute("INSERT OR REPLACE INTO pending_responses (id, key_id) VALUES (?,?)", (response_id, key_id))
             return self._purge(db, now) if purge else 0
 
         purged = self._tx(run)
@@ -126,11 +144,32 @@ class SQLiteResponseStore(SQLiteTables):
             self._next_purge = now if purged >= PURGE_BATCH else now + PURGE_EVERY_S
 
     @staticmethod
+    def _write(db: sqlite3.Connection, key_id: str, response_id: str, data: str, expires_at: float,
+               item_ids: Sequence[str]) -> None:
+        db.execute("INSERT OR REPLACE INTO stored_responses (id, key_id, data, expires_at) VALUES (?,?,?,?)",
+                   (response_id, key_id, data, expires_at))
+        db.executemany("INSERT OR REPLACE INTO stored_response_items (key_id, item_id, response_id) "
+                       "VALUES (?,?,?)", [(key_id, item_id, response_id) for item_id in item_ids])
+
+    async def settle(self, key_id: str, response_id: str, data: str, *, retention: float,
+                     item_ids: Sequence[str] = ()) -> bool:
+        now = time.time()
+
+        def run(db: sqlite3.Connection) -> bool:
+            if db.execute("DELETE FROM pending_responses WHERE id = ? AND key_id = ?", (response_id, key_id)).rowcount:
+                self._write(db, key_id, response_id, data, now + retention, item_ids)
+                return True
+            return False
+
+        return self._tx(run)
+
+    @staticmethod
     def _purge(db: sqlite3.Connection, now: float) -> int:
         """Delete up to ``PURGE_BATCH`` expired responses (by the expiry index) and their items; how many went."""
         ids = [(row[0],) for row in db.execute("SELECT id FROM stored_responses WHERE expires_at <= ? LIMIT ?",
                                                (now, PURGE_BATCH))]
         db.executemany("DELETE FROM stored_response_items WHERE response_id = ?", ids)
+        db.executemany("DELETE FROM pending_responses WHERE id = ?", ids)
         return db.executemany("DELETE FROM stored_responses WHERE id = ?", ids).rowcount
 
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
@@ -154,9 +193,10 @@ class SQLiteResponseStore(SQLiteTables):
 
     @staticmethod
     def _drop(db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
-        """Delete the responses ``where`` selects, and their items' rows; how many responses went."""
-        db.execute(f"DELETE FROM stored_response_items WHERE response_id IN (SELECT id FROM stored_responses "
-                   f"WHERE {where})", args)
+        """Delete the responses ``where`` selects, their items' rows and pending marks; how many responses went."""
+        selected = f"SELECT id FROM stored_responses WHERE {where}"
+        db.execute(f"DELETE FROM stored_response_items WHERE response_id IN ({selected})", args)
+        db.execute(f"DELETE FROM pending_responses WHERE id IN ({selected})", args)
         return db.execute(f"DELETE FROM stored_responses WHERE {where}", args).rowcount
 
     async def delete(self, key_id: str, response_id: str) -> bool:
@@ -167,6 +207,7 @@ class SQLiteResponseStore(SQLiteTables):
     async def forget_key(self, key_id: str) -> int:
         def run(db: sqlite3.Connection) -> int:
             db.execute("DELETE FROM stored_response_items WHERE key_id = ?", (key_id,))
+            db.execute("DELETE FROM pending_responses WHERE key_id = ?", (key_id,))
             return db.execute("DELETE FROM stored_responses WHERE key_id = ?", (key_id,)).rowcount
 
         return self._tx(run)
@@ -175,11 +216,26 @@ class SQLiteResponseStore(SQLiteTables):
         self._close_db()
 
 
+# Settle a pending response, once: KEYS[1] its pending mark, KEYS[2] the response, KEYS[3..] its items' names;
+# ARGV[1] the data, ARGV[2] the TTL (ms), ARGV[3] the response id.
+SETTLE = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[3], 'PX', ARGV[2]) end
+return 1
+"""
+
+
 class RedisResponseStore(RedisBacked):
     """One string per response, named by its key and id (``{ns}:response:{key_id}:{id}``), with Redis's TTL:
     another key's id is simply not there, and Redis expires what is old by its own clock. Each item it added
     is a string naming it (``{ns}:response_item:{key_id}:{item_id}``) with the same TTL; one whose response
-    was deleted before it expired finds nothing."""
+    was deleted before it expired finds nothing. A pending (background) response has a mark beside it
+    (``{ns}:response_pending:{key_id}:{id}``), which ``settle`` takes in one script with its write."""
+
+    def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
+        super().__init__(client, namespace=namespace)
+        self._settle = client.register_script(SETTLE)
 
     def _key(self, key_id: str, response_id: str) -> str:
         return f"{self.ns}:response:{key_id}:{response_id}"
@@ -187,14 +243,26 @@ class RedisResponseStore(RedisBacked):
     def _item_key(self, key_id: str, item_id: str) -> str:
         return f"{self.ns}:response_item:{key_id}:{item_id}"
 
+    def _pending_key(self, key_id: str, response_id: str) -> str:
+        return f"{self.ns}:response_pending:{key_id}:{response_id}"
+
     async def put(self, key_id: str, response_id: str, data: str, *, retention: float,
-                  item_ids: Sequence[str] = ()) -> None:
+                  item_ids: Sequence[str] = (), pending: bool = False) -> None:
         ttl = max(1, round(retention * 1000))
         pipe = self.r.pipeline(transaction=True)  # the response and its items' names together, or none
         pipe.set(self._key(key_id, response_id), data, px=ttl)
         for item_id in item_ids:
             pipe.set(self._item_key(key_id, item_id), response_id, px=ttl)
+        if pending:
+            pipe.set(self._pending_key(key_id, response_id), 1, px=ttl)
         await redis_call(pipe.execute(), LABEL)
+
+    async def settle(self, key_id: str, response_id: str, data: str, *, retention: float,
+                     item_ids: Sequence[str] = ()) -> bool:
+        names = [self._pending_key(key_id, response_id), self._key(key_id, response_id),
+                 *(self._item_key(key_id, item_id) for item_id in item_ids)]
+        return bool(await redis_call(self._settle(keys=names, args=[data, max(1, round(retention * 1000)),
+                                                                    response_id]), LABEL))
 
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
         raw = await redis_call(self.r.get(self._key(key_id, response_id)), LABEL)
@@ -207,11 +275,16 @@ class RedisResponseStore(RedisBacked):
         return await self.get(key_id, response_id.decode() if isinstance(response_id, bytes) else response_id)
 
     async def delete(self, key_id: str, response_id: str) -> bool:
-        return bool(await redis_call(self.r.delete(self._key(key_id, response_id)), LABEL))
+        """The response and its pending mark (a background task settling it later must find it gone)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self._key(key_id, response_id))
+        pipe.delete(self._pending_key(key_id, response_id))
+        return bool((await redis_call(pipe.execute(), LABEL))[0])
 
     async def forget_key(self, key_id: str) -> int:
         """A SCAN of the key's names (an admin's rare call, in batches: never a KEYS that blocks Redis)."""
-        await redis_call(forget_matching(self.r, glob_escaped(self._item_key(key_id, "")) + "*"), LABEL)
+        for names in (self._item_key, self._pending_key):
+            await redis_call(forget_matching(self.r, glob_escaped(names(key_id, "")) + "*"), LABEL)
         return await redis_call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"), LABEL)
 
     async def aclose(self) -> None:

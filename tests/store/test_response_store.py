@@ -152,3 +152,33 @@ async def test_sqlite_purges_the_items_of_expired_responses(tmp_path: Path) -> N
         assert store._query("SELECT item_id FROM stored_response_items") == [("msg_2",)]
     finally:
         await store.aclose()
+
+
+QUEUED = {"id": "resp_1", "object": "response", "status": "queued", "background": True, "output": []}
+
+
+async def test_a_pending_response_is_settled_once(responses: ResponseStore) -> None:
+    """A background response: its task and a cancel may both settle it; the first one wins, the other
+    changes nothing (a cancel must not be overwritten by the answer, nor the answer by a late cancel)."""
+    await responses.put("key-a", "resp_1", encode(QUEUED, ITEMS, until=123.0), retention=60, pending=True)
+    found = await responses.get("key-a", "resp_1")
+    assert found is not None and found.response["status"] == "queued" and found.until == 123.0
+    assert not await responses.settle("key-b", "resp_1", encode(RESPONSE, ITEMS), retention=60)  # not its key's
+    done = RESPONSE | {"status": "completed"}
+    assert await responses.settle("key-a", "resp_1", encode(done, ITEMS), retention=60, item_ids=["msg_1"])
+    assert not await responses.settle("key-a", "resp_1", encode(QUEUED | {"status": "cancelled"}, ITEMS), retention=60)
+    found = await responses.get("key-a", "resp_1")
+    assert found is not None and found.response == done and found.until is None
+    assert (await responses.holder("key-a", "msg_1")).id == "resp_1"  # type: ignore[union-attr]
+    assert not await responses.settle("key-a", "resp_9", encode(done, ITEMS), retention=60)  # never put
+
+
+async def test_a_deleted_pending_response_is_not_brought_back_by_its_task(responses: ResponseStore) -> None:
+    await responses.put("key-a", "resp_1", encode(QUEUED, ITEMS), retention=60, pending=True)
+    await responses.put("key-a", "resp_2", encode(QUEUED, ITEMS), retention=60, pending=True)
+    assert await responses.delete("key-a", "resp_1")
+    assert not await responses.settle("key-a", "resp_1", encode(RESPONSE, ITEMS), retention=60)
+    assert await responses.get("key-a", "resp_1") is None
+    assert await responses.forget_key("key-a") == 1
+    assert not await responses.settle("key-a", "resp_2", encode(RESPONSE, ITEMS), retention=60)
+    assert await responses.get("key-a", "resp_2") is None
