@@ -40,6 +40,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app.router.add_post("/v1/responses", responses.create_response)
     app.router.add_get("/v1/responses/{response_id}", responses.get_response)
     app.router.add_delete("/v1/responses/{response_id}", responses.delete_response)
+    app.router.add_post("/v1/responses/{response_id}/cancel", responses.cancel_response)
     app.router.add_get("/v1/responses/{response_id}/input_items", responses.list_input_items)
     conversations.install(app)
     app.router.add_get("/web_retrieval", web_retrieval.web_retrieval)

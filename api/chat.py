@@ -122,9 +122,11 @@ async def plan(request: web.Request, key: KeyRecord, req: ChatCompletionRequest)
 
 
 async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
-                 fmt: AnswerFormat, *, started: float, planned: Plan | None = None) -> web.StreamResponse:
+                 fmt: AnswerFormat, *, started: float, planned: Plan | None = None,
+                 send: bool = True) -> web.StreamResponse:
     """Race and answer an authenticated, validated chat request (``sent`` is its JSON), with the
-    miners ``planned`` for it (chosen now when not given)."""
+    miners ``planned`` for it (chosen now when not given). ``send=False``: the answer is made but not
+    sent (a background response's, which its format keeps; the request was answered already)."""
     ctx = request.app[CTX]
     rid = request_id(request)
     planned = planned or await plan(request, key, req)
@@ -171,7 +173,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         else:
             response = fmt.complete(req, winner, headers)
         outcome = "ok"
-        if not response.prepared:  # send now: the bookkeeping below is not the caller's wait
+        if send and not response.prepared:  # send now: the bookkeeping below is not the caller's wait
             await response.prepare(request)
             await response.write_eof()
         return response

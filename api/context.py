@@ -35,6 +35,7 @@ class ApiContext:
     availability: AvailabilityCache | None
     rng: random.Random = field(default_factory=random.Random)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    running_responses: dict[str, asyncio.Task[Any]] = field(default_factory=dict)  # background responses, by id
     payload_sinks: list[PayloadSink] = field(default_factory=list)
     forwarder: OutboxForwarder | None = None
     usage: UsageRecorder | None = None  # filled in by create_api_app when not given
@@ -48,11 +49,13 @@ class ApiContext:
         self.forwarder = forwarder
         self.payload_sinks.append(forwarder.enqueue)
 
-    def spawn(self, coro: Awaitable[Any]) -> None:
-        """Run work that outlives the response (losers' answers, scoring payload), tracked for shutdown."""
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        """Run work that outlives the response (losers' answers, scoring payload, background responses),
+        tracked for shutdown."""
         task = asyncio.ensure_future(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+        return task
 
 
 CTX = web.AppKey("api_context", ApiContext)

@@ -241,6 +241,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("DELETE", "/v1/responses/{response_id}"): Operation(
         "Delete one of the calling key's stored responses (404 `response_not_found` for any other id)", "inference",
         response=ResponseDeletedOut),
+    ("POST", "/v1/responses/{response_id}/cancel"): Operation(
+        "Cancel a background response still queued (`status: cancelled`); one already done is returned as it is, "
+        "one not made with `background: true` is a 400 (404 `response_not_found` for any other id)", "inference",
+        body_required=False, response=ResponseOut),
     ("GET", "/v1/responses/{response_id}/input_items"): Operation(
         "The input items of one of the calling key's stored responses: the conversation it answered, a page at a "
         "time (404 `response_not_found` for any other id)", "inference", query=InputItemsQuery,

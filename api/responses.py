@@ -16,12 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
-from api import responses_state
+from api import responses_background, responses_state
 from api.access_log import access_logged, request_id
 from api.auth import authenticate
 from api.chat import answer, plan
 from api.completion import logprob_tokens, mid_stream_failure, response_usage
 from api.context import CTX, ApiContext
+from api.fanout import chat_deadline
 from api.race import MinerRun, Race
 from api.responses_render import ResponseStream, complete_output, finished, new_id, skeleton
 from api.responses_state import Keeping
@@ -47,19 +48,32 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     sent = await read_json(request)
     require(sent, "input")
     wanted: ResponsesRequest = parse_model(ResponsesRequest, sent)
+    if wanted.background:
+        responses_background.check_request(stream=wanted.stream, store=wanted.store,
+                                           storage_on=ctx.responses is not None)
     wanted, history = await responses_state.continued(ctx, key, wanted)
     body = chat_body(wanted, history)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)
-    found = None
     planned = await plan(request, key, req)  # a request refused anyway spends no web search
-    tool = search_tool(wanted)
-    if tool is not None:
-        body, found = await search_into(ctx, body, tool.search_context_size,
-                                        request_id=request_id(request))
-        req = parse_model(ChatCompletionRequest, body)
-    keeping = responses_state.keeping(ctx, key, wanted, history)
-    return await answer(request, key, req, body, ResponsesFormat(wanted, found, keeping, ctx), started=started,
-                        planned=planned)
+    fmt = ResponsesFormat(wanted, None, responses_state.keeping(ctx, key, wanted, history), ctx)
+
+    async def work() -> web.StreamResponse:
+        """The web search, if any, then the race and the answer (sent, or kept: ``background``)."""
+        found_req, found_body = req, body
+        tool = search_tool(wanted)
+        if tool is not None:
+            found_body, fmt.found = await search_into(ctx, body, tool.search_context_size,
+                                                      request_id=request_id(request))
+            found_req = parse_model(ChatCompletionRequest, found_body)
+        return await answer(request, key, found_req, found_body, fmt, started=started, planned=planned,
+                            send=not wanted.background)
+
+    if wanted.background:
+        assert fmt.keeping is not None  # stored: check_request refused the others
+        fmt.kind = "responses.background"  # its race's line, after the request's own
+        seconds, _ = chat_deadline(ctx.settings, req)
+        return await responses_background.start(ctx, key, fmt.queued(req), fmt.keeping, seconds, work)
+    return await work()
 
 
 @access_logged("responses")
@@ -79,6 +93,15 @@ async def delete_response(request: web.Request) -> web.StreamResponse:
     response_id = request.match_info["response_id"]
     await responses_state.forget(ctx, key, response_id)
     return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+@access_logged("responses")
+async def cancel_response(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/responses/{id}/cancel``: a background response still queued is ``cancelled``."""
+    ctx, key = await caller(request)
+    found = await responses_state.stored(ctx, key, request.match_info["response_id"])
+    return json_response(await responses_background.cancel(ctx, key, found,
+                                                            ctx.settings.responses_retention_seconds))
 
 
 @access_logged("responses")
@@ -120,6 +143,16 @@ class ResponsesFormat:
         self.found = found  # the web search made for this answer, if any
         self.keeping = keeping  # how the answer will be stored (None: it will not be)
         self.ctx = ctx  # where it is stored
+        self.response_id = new_id("resp")  # one id from the queued object (background) to the final one
+        self.created_at = int(time.time())
+
+    def queued(self, req: ChatCompletionRequest) -> dict:
+        """The response before any miner is asked: a background response's first answer."""
+        return self._skeleton(req.model or "unknown") | {"status": "queued"}
+
+    def _skeleton(self, model: str) -> dict:
+        return skeleton(self.wanted, response_id=self.response_id, model=model, created_at=self.created_at,
+                        store=self.keeping is not None and self.keeping.store)
 
     async def _keep(self) -> None:
         """Store the sealed response before the caller has its end: an agent sends its next turn with
@@ -129,8 +162,7 @@ class ResponsesFormat:
             await responses_state.keep(self.ctx, self.keeping)
 
     def _base(self, req: ChatCompletionRequest, run: MinerRun) -> dict:
-        return skeleton(self.wanted, response_id=new_id("resp"), model=run.model or req.model or "unknown",
-                        store=self.keeping is not None and self.keeping.store)
+        return self._skeleton(run.model or req.model or "unknown")
 
     def _seal(self, final: dict) -> dict:
         return self.keeping.seal(final) if self.keeping is not None else final

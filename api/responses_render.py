@@ -52,9 +52,11 @@ def _detail(usage: dict[str, Any], group: str, name: str) -> int:
     return token_count(details.get(name) if isinstance(details, dict) else None) or 0
 
 
-def skeleton(r: ResponsesRequest, *, response_id: str, model: str, store: bool = False) -> dict[str, Any]:
+def skeleton(r: ResponsesRequest, *, response_id: str, model: str, store: bool = False,
+             created_at: int | None = None) -> dict[str, Any]:
     """The response object before its output: what the request asked for, echoed as OpenAI does."""
-    return {"id": response_id, "object": "response", "created_at": int(time.time()), "status": "in_progress",
+    return {"id": response_id, "object": "response", "status": "in_progress",
+            "created_at": int(time.time()) if created_at is None else created_at,
             "completed_at": None, "error": None, "incomplete_details": None, "model": model, "output": [],
             "usage": None} | echoed(r, store=store)
 
@@ -70,7 +72,7 @@ def echoed(r: ResponsesRequest, *, store: bool = False) -> dict[str, Any]:
     default, which this gateway does not know."""
     fmt = r.text.format if r.text and r.text.format else None
     return {
-        "background": False,  # true is refused
+        "background": r.background is True,
         "instructions": r.instructions,
         "max_output_tokens": r.max_output_tokens,
         "max_tool_calls": r.max_tool_calls,

@@ -13,6 +13,8 @@ response object (``keep``): its next turn may come at once, to any worker.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +36,8 @@ ITEM_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output"
 STORAGE_OFF = f"{STATELESS} (RESPONSES_RETENTION_SECONDS is 0)"
 MAX_ITEM_ID = 256  # an item id an item_reference can name (a longer one is kept, not indexed)
 MAX_REFERENCED_RESPONSES = 16  # stored responses one request's item references may read
+PENDING = frozenset({"queued", "in_progress"})  # a background response's statuses before it is settled
+STOPPED = "the gateway process answering it stopped before it finished: send the request again"
 
 
 async def continued(ctx: ApiContext, key: KeyRecord,
@@ -66,6 +70,9 @@ async def history_of(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) 
     if found is None:
         raise ApiError(400, f"Previous response with id '{response_id}' not found.", param="previous_response_id",
                        code="previous_response_not_found")
+    if found.response.get("status") in PENDING:
+        raise ApiError(400, f"Previous response with id '{response_id}' is still in progress: poll it until it "
+                            "is done.", param="previous_response_id", code="previous_response_in_progress")
     return found.items + list(found.response.get("output") or [])
 
 
@@ -75,6 +82,26 @@ async def stored(ctx: ApiContext, key: KeyRecord, response_id: str) -> StoredRes
     if found is None:
         raise _not_found(ctx, response_id)
     return found
+
+
+def failed(response: dict[str, Any], message: str) -> dict[str, Any]:
+    """The response, failed with ``message`` (OpenAI's ``server_error``: no miner's answer was had)."""
+    return response | {"status": "failed", "error": {"code": "server_error", "message": message}}
+
+
+async def _as_it_is(ctx: ApiContext, found: StoredResponse) -> StoredResponse:
+    """A stored response as a reader sees it: a background one still pending past its deadline has failed
+    (the process running it died), and is settled so (a store that fails then: it reads so anyway)."""
+    if found.until is None or found.response.get("status") not in PENDING or time.time() <= found.until:
+        return found
+    gone = failed(found.response, STOPPED)
+    assert ctx.responses is not None
+    try:
+        await ctx.responses.settle(found.key_id, found.id, encode(gone, found.items),
+                                   retention=ctx.settings.responses_retention_seconds)
+    except StoreUnavailable as e:
+        logger.warning("background response {} not settled as failed: {}", found.id, e)
+    return dataclasses.replace(found, response=gone, until=None)
 
 
 async def forget(ctx: ApiContext, key: KeyRecord, response_id: str) -> None:
@@ -134,7 +161,8 @@ def _not_found(ctx: ApiContext, response_id: str) -> ApiError:
 
 async def _read(ctx: ApiContext, key: KeyRecord, response_id: str) -> StoredResponse | None:
     assert ctx.responses is not None
-    return await store_call(ctx.responses.get(key.id, response_id))
+    found = await store_call(ctx.responses.get(key.id, response_id))
+    return None if found is None else await _as_it_is(ctx, found)
 
 
 def stored_item(raw: dict[str, Any]) -> dict[str, Any]:
@@ -203,18 +231,30 @@ def keeping(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest,
 async def keep(ctx: ApiContext, keeping: Keeping | None) -> None:
     """Write a sealed response (just before its end goes out). A store that fails here costs the caller its
     next ``previous_response_id`` (a 400 then), not this answer: a WARNING. Its conversation, if any, gets
-    this turn's input and output items (``conversations_state.extend``)."""
-    if keeping is not None and keeping.conversation_id is not None and keeping.final is not None:
-        await conversations_state.extend(ctx, keeping.key_id, keeping.conversation_id, keeping.added, keeping.final)
-    if keeping is None or keeping.data is None or keeping.final is None or ctx.responses is None:
+    this turn's input and output items (``extend_conversation``)."""
+    if keeping is None or keeping.final is None:
+        return
+    await extend_conversation(ctx, keeping, keeping.final)
+    if keeping.data is None or ctx.responses is None:
         return
     response_id = keeping.final["id"]
-    added = [item.get("id") for item in keeping.added + list(keeping.final.get("output") or [])]
     try:
         await ctx.responses.put(keeping.key_id, response_id, keeping.data, retention=keeping.retention,
-                                item_ids=[i for i in added if isinstance(i, str) and 0 < len(i) <= MAX_ITEM_ID])
+                                item_ids=item_ids(keeping.added, keeping.final))
     except StoreUnavailable as e:
         logger.warning("response {} not stored: {}", response_id, e)
+
+
+async def extend_conversation(ctx: ApiContext, keeping: Keeping, final: dict[str, Any]) -> None:
+    """The response's conversation, if it names one, gets this turn's input and output items."""
+    if keeping.conversation_id is not None:
+        await conversations_state.extend(ctx, keeping.key_id, keeping.conversation_id, keeping.added, final)
+
+
+def item_ids(added: list[dict[str, Any]], final: dict[str, Any]) -> list[str]:
+    """The ids an ``item_reference`` may name of a response: its new input items' and its output's."""
+    ids = (item.get("id") for item in added + list(final.get("output") or []))
+    return [i for i in ids if isinstance(i, str) and 0 < len(i) <= MAX_ITEM_ID]
 
 
 def page(items: list[dict[str, Any]], query: InputItemsQuery, where: str = "this response") -> dict[str, Any]:

@@ -168,8 +168,8 @@ class FunctionCallOutputItem(BaseModel):
 
 
 class ResponsesRequest(BaseModel):
-    """The request body. Fields of OpenAI's that only its own platform can honour (``background``,
-    ``prompt``, ``moderation``, stored state) are refused; the subnet's extras are as for chat completions."""
+    """The request body. Fields of OpenAI's that only its own platform can honour (``prompt``,
+    ``moderation``) are refused; the subnet's extras are as for chat completions."""
 
     model_config = REQUEST_CONFIG
 
@@ -258,14 +258,6 @@ class ResponsesRequest(BaseModel):
         """The id ``conversation`` names, in either form."""
         return self.conversation.get("id") if isinstance(self.conversation, dict) else self.conversation
 
-    @field_validator("background")
-    @classmethod
-    def _no_background(cls, v: bool | None) -> bool | None:
-        if v:
-            raise PydanticCustomError("unsupported_parameter", "background responses need stored responses; "
-                                      "this gateway answers in the request (use stream: true for long answers)")
-        return v
-
 
 class ResponseOut(BaseModel):
     """A ``response`` object (``stream: false``); with ``stream: true`` the answer is SSE events."""
@@ -275,7 +267,8 @@ class ResponseOut(BaseModel):
     object: Literal["response"] = "response"
     created_at: int
     completed_at: int | None = Field(default=None, description="Set when the status is completed")
-    status: Literal["completed", "incomplete", "failed"]
+    status: Literal["completed", "incomplete", "failed", "queued", "cancelled"] = Field(
+        description="queued: a background response not answered yet (poll it); cancelled: one cancelled before")
     model: str
     output: list[dict[str, Any]] = Field(description="reasoning, web_search_call, message and function_call "
                                                      "items, in order")
@@ -299,7 +292,7 @@ class ResponseOut(BaseModel):
     store: bool = Field(default=False, description="Whether the response was stored (retrievable, and continued "
                                                    "by previous_response_id)")
     service_tier: str = "default"
-    background: bool = False
+    background: bool = Field(default=False, description="Made with background: true (polled, and cancellable)")
     previous_response_id: str | None = None
     conversation: dict[str, str] | None = Field(default=None, description="The conversation this response "
                                                 "answered and was added to ({\"id\": ...})")

@@ -218,6 +218,14 @@ async def api_with_miners(tmp_path: Path, scripts: dict[int, Script], *, honest:
         yield ApiUnderTest(url=url, key=secret, ctx=ctx, scripts=scripts)
 
 
+async def call(api: ApiUnderTest, method: str, path: str, body: Any = None,
+               key: str | None = None) -> tuple[int, dict[str, Any]]:
+    """A request to the API under test with its key (or ``key``), JSON ``body`` if any: status and JSON."""
+    async with aiohttp.ClientSession() as s, s.request(method, api.url + path, json=body,
+                                                       headers={"Authorization": f"Bearer {key or api.key}"}) as r:
+        return r.status, await r.json()
+
+
 async def post(api: ApiUnderTest, body: dict, *, timeout: float = 20, headers: dict[str, str] | None = None,
                path: str = "/v1/chat/completions") -> tuple[int, dict, str]:
     async with aiohttp.ClientSession() as s:

@@ -194,7 +194,6 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
 @pytest.mark.parametrize(("fields", "param", "says"), [
     ({"input": "x", "previous_response_id": ""}, "previous_response_id", "at least 1 character"),
     ({"input": "x", "conversation": {"name": "c"}}, "conversation", "a conversation id, or an object"),
-    ({"input": "x", "background": True}, "background", "background responses"),
     ({"input": []}, "input", "at least one item"),
     ({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input", "no message to answer"),
     ({"input": "x", "tools": [{"type": "file_search"}]}, "tools.0.type", "only function and web_search tools"),

@@ -19,7 +19,7 @@ from openai.types.conversations.conversation_item_list import ConversationItemLi
 from pydantic import TypeAdapter
 
 from shared.store import conversations as conversation_store
-from tests.helpers import ApiUnderTest, Script, api_with_miners, chunk, openai_client, sse
+from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, sse
 
 ITEM: TypeAdapter[Any] = TypeAdapter(ConversationItem)
 TIME = {"type": "function", "name": "get_time", "description": "The local time in a city",
@@ -42,12 +42,6 @@ def sent_messages(script: Script) -> list[tuple[str, Any]]:
 def texts(items: list[Any]) -> list[str]:
     return [item.content[0].text for item in items]
 
-
-async def call(api: ApiUnderTest, method: str, path: str, body: Any = None,
-               key: str | None = None) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.request(method, api.url + path, json=body,
-                                                       headers={"Authorization": f"Bearer {key or api.key}"}) as r:
-        return r.status, await r.json()
 
 
 async def test_a_conversation_and_its_items_as_the_sdk_calls_them(honest: ApiUnderTest) -> None:

@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 
 from api import responses_state
-from tests.helpers import ApiUnderTest, Script, api_with_miners, chunk, openai_client, sse
+from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, sse
 
 
 def answering(text: str) -> Script:
@@ -122,6 +121,4 @@ async def test_conversation_items_by_reference(honest: ApiUnderTest) -> None:
 
 
 async def post(api: ApiUnderTest, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.post(api.url + "/v1/responses", json={"model": "default", **body},
-                                                    headers={"Authorization": f"Bearer {api.key}"}) as r:
-        return r.status, await r.json()
+    return await call(api, "POST", "/v1/responses", {"model": "default", **body})

@@ -17,7 +17,7 @@ from openai.types.responses import Response, ResponseItem
 from pydantic import TypeAdapter
 
 from shared.store import responses as responses_module
-from tests.helpers import ApiUnderTest, Script, api_with_miners, chunk, openai_client, sse
+from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, sse
 
 ITEM: TypeAdapter[Any] = TypeAdapter(ResponseItem)
 TIME = {"type": "function", "name": "get_time", "description": "The local time in a city",
@@ -32,11 +32,6 @@ def sent_messages(script: Script) -> list[tuple[str, Any]]:
     """(role, content) of each message the miner was last sent."""
     return [(m["role"], m.get("content")) for m in script.bodies[-1]["messages"]]
 
-
-async def call(api: ApiUnderTest, method: str, path: str, key: str | None = None) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.request(method, api.url + path,
-                                                       headers={"Authorization": f"Bearer {key or api.key}"}) as r:
-        return r.status, await r.json()
 
 
 async def test_a_conversation_continues_by_previous_response_id_streamed_or_not(tmp_path: Path) -> None:

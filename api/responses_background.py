@@ -1,0 +1,122 @@
+"""Background responses (``background: true``): answered after the request that asked for them.
+
+The request is answered at once with the response ``queued``, stored as pending;
+a task of this worker then races it as any response (its web search too) and
+settles the stored record (``completed``, ``incomplete`` or ``failed``), unless
+``POST /v1/responses/{id}/cancel`` (on any worker) settled it ``cancelled``
+first: the store settles a pending response once. Callers poll
+``GET /v1/responses/{id}``, as OpenAI's guide has it. A record still pending
+past its deadline (the process running it died) reads as ``failed``; a worker
+that shuts down fails the ones it was running. Streaming one is not served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+
+from api.auth import store_call
+from api.context import ApiContext
+from api.responses_state import PENDING, Keeping, extend_conversation, failed, item_ids
+from shared.errors import ApiError, invalid_value
+from shared.http import json_response
+from shared.store.base import KeyRecord, StoreUnavailable
+from shared.store.responses import StoredResponse, encode, fits
+
+# How long past its answer's deadline a pending response is given before it reads as failed (its worker
+# died): the web search before it, the store's writes, a slow event loop.
+GRACE_S = 30.0
+SHUT_DOWN = "the gateway shut down before it finished: send the request again"
+
+
+def check_request(*, stream: bool, store: bool | None, storage_on: bool) -> None:
+    """A background response is stored to be polled, and is not streamed here: each refusal a 400 naming
+    its field, before anything is spent."""
+    if stream:
+        raise invalid_value("stream", "a background response is polled here (GET /v1/responses/{id}); streaming "
+                                      "one is not served: send stream: false, or stream without background")
+    if store is False:
+        raise invalid_value("store", "a background response is stored, to be polled: send store: true (or leave "
+                                     "it out)")
+    if not storage_on:
+        raise invalid_value("background", "background responses are stored, and this gateway stores none "
+                                          "(RESPONSES_RETENTION_SECONDS is 0)")
+
+
+async def start(ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping: Keeping, seconds: float,
+                work: Callable[[], Awaitable[Any]]) -> web.Response:
+    """Store ``queued`` as pending, start ``work`` (the race; it seals ``keeping``) in a task tracked for
+    cancel and shutdown, and answer with ``queued``."""
+    assert ctx.responses is not None
+    data = encode(queued, keeping.items, until=time.time() + seconds + GRACE_S)
+    if not fits(data):
+        raise invalid_value("input", "the conversation is too large to store, and a background response is "
+                                     "stored to be polled: send it without background")
+    await store_call(ctx.responses.put(key.id, queued["id"], data, retention=keeping.retention, pending=True))
+    task = ctx.spawn(_run(ctx, key, queued, keeping, work))
+    ctx.running_responses[queued["id"]] = task
+    task.add_done_callback(lambda _: ctx.running_responses.pop(queued["id"], None))
+    return json_response(queued)
+
+
+async def _run(ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping: Keeping,
+               work: Callable[[], Awaitable[Any]]) -> None:
+    """Answer, then settle the stored response with the answer, or as failed (no miner answered, a bug, a
+    shutdown); a cancel that came first keeps its ``cancelled``."""
+    try:
+        await work()
+        final = keeping.final if keeping.final is not None else failed(queued, "no answer was made")
+    except ApiError as e:
+        final = failed(queued, e.message)
+    except asyncio.CancelledError:  # a cancel (which settled it already) or a shutdown
+        await settle(ctx, key, keeping, failed(queued, SHUT_DOWN))
+        raise
+    except Exception as e:
+        logger.opt(exception=e).error("background response {} failed", queued["id"])
+        final = failed(queued, "internal error")
+    await settle(ctx, key, keeping, final)
+
+
+async def settle(ctx: ApiContext, key: KeyRecord, keeping: Keeping, final: dict[str, Any]) -> bool:
+    """Settle the pending response with ``final`` (once: False when a cancel or a reader came first). Its
+    conversation, if any, gets the turn then. A store that fails leaves it pending until its deadline,
+    when it reads as failed: a WARNING."""
+    assert ctx.responses is not None
+    data = keeping.data if keeping.final is final and keeping.data is not None else None
+    if data is None:  # failed, or an answer over the size bound: kept without its conversation
+        data = encode(final, keeping.items)
+        if not fits(data):
+            data = encode(final, [])
+    try:
+        settled = await ctx.responses.settle(key.id, final["id"], data, retention=keeping.retention,
+                                             item_ids=item_ids(keeping.added, final))
+    except StoreUnavailable as e:
+        logger.warning("background response {} not settled: {}", final["id"], e)
+        return False
+    if settled:
+        await extend_conversation(ctx, keeping, final)
+    return settled
+
+
+async def cancel(ctx: ApiContext, key: KeyRecord, found: StoredResponse, retention: float) -> dict[str, Any]:
+    """``POST /v1/responses/{id}/cancel``: a pending background response is ``cancelled`` (its task here is
+    stopped; one on another worker runs out its deadline, and its answer is dropped). One already settled
+    is answered as it is; a response made in the request that asked for it is OpenAI's 400."""
+    if found.response.get("background") is not True:
+        raise ApiError(400, "Cannot cancel a synchronous response.", param="response_id")
+    if found.response.get("status") not in PENDING:
+        return found.response
+    cancelled = found.response | {"status": "cancelled"}
+    assert ctx.responses is not None
+    if await store_call(ctx.responses.settle(key.id, found.id, encode(cancelled, found.items), retention=retention)):
+        task = ctx.running_responses.get(found.id)
+        if task is not None:
+            task.cancel()
+        return cancelled
+    again = await store_call(ctx.responses.get(key.id, found.id))  # settled meanwhile: as it is now
+    return again.response if again is not None else cancelled

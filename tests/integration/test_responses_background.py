@@ -1,0 +1,165 @@
+"""Background responses (``background: true``) through the real API app and the OpenAI SDK: answered
+``queued`` at once, polled with ``GET /v1/responses/{id}`` until done (OpenAI's guide), cancelled with
+``POST /v1/responses/{id}/cancel``; a failure, a shutdown and a worker that died each end one ``failed``,
+never pending for ever."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai.types.responses import Response
+
+from api import responses_state
+from shared.store.responses import SQLiteResponseStore, encode
+from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, sse
+
+POLLS = 200  # at 20 ms: 4 s, far past any answer here
+
+
+def slow(text: str, delay: float) -> Script:
+    return Script([(delay, d) for d in sse(chunk(text), chunk(finish="stop"))])
+
+
+async def polled(client: openai.AsyncOpenAI, response: Any) -> Response:
+    """The response once it is no longer queued (bounded: a test that hangs is a failure)."""
+    for _ in range(POLLS):
+        if response.status not in ("queued", "in_progress"):
+            return response
+        await asyncio.sleep(0.02)
+        response = await client.responses.retrieve(response.id)
+    raise AssertionError(f"{response.id} still {response.status}")
+
+
+
+async def test_a_background_response_is_queued_at_once_then_polled_to_its_answer(tmp_path: Path) -> None:
+    miner = slow("Noted.", 0.2)
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        started = time.perf_counter()
+        queued = await client.responses.create(model="default", input="My name is Ada.", background=True,
+                                               metadata={"job": "1"})
+        assert time.perf_counter() - started < 0.4  # the miner takes 0.4 s: the answer did not wait for it
+        Response.model_validate(queued.model_dump())
+        assert (queued.status, queued.background, queued.output, queued.metadata) == ("queued", True, [], {"job": "1"})
+        with pytest.raises(openai.BadRequestError) as e:  # not a turn to continue yet
+            await client.responses.create(model="default", input="And?", previous_response_id=queued.id)
+        assert e.value.code == "previous_response_in_progress"
+        done = await polled(client, queued)
+        assert (done.id, done.status, done.output_text, done.background) == (queued.id, "completed", "Noted.", True)
+        assert done.created_at == queued.created_at and done.usage is not None and done.usage.total_tokens > 0
+        assert [item.type async for item in client.responses.input_items.list(done.id)] == ["message"]
+        # a stored response like any other: continued, and its items referenced
+        second = await client.responses.create(model="default", input="My name?", previous_response_id=done.id)
+        assert [m["role"] for m in miner.bodies[-1]["messages"]] == ["user", "assistant", "user"]
+        assert second.status == "completed"
+
+
+async def only_key_id(api: ApiUnderTest) -> str:
+    keys = await api.ctx.store.list_keys()
+    return keys[0].id
+
+
+async def test_cancel_stops_a_queued_response_and_nothing_overwrites_it(tmp_path: Path) -> None:
+    miner = slow("Too late.", 0.5)
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        queued = await client.responses.create(model="default", input="Hi", background=True)
+        for _ in range(POLLS):  # the miner has been asked
+            if miner.active:
+                break
+            await asyncio.sleep(0.01)
+        cancelled = await client.responses.cancel(queued.id)
+        assert (cancelled.id, cancelled.status) == (queued.id, "cancelled")
+        for _ in range(POLLS):  # the miner's request was dropped, not left to run
+            if not miner.active:
+                break
+            await asyncio.sleep(0.01)
+        assert miner.active == 0
+        await asyncio.sleep(0.1)
+        assert (await client.responses.retrieve(queued.id)).status == "cancelled"
+        assert (await client.responses.cancel(queued.id)).status == "cancelled"  # again: as it is
+
+
+async def test_cancel_answers_what_is_done_as_it_is_and_refuses_what_is_not_background(honest: ApiUnderTest) -> None:
+    client = openai_client(honest)
+    done = await polled(client, await client.responses.create(model="default", input="Hi", background=True))
+    assert done.status == "completed"
+    assert (await client.responses.cancel(done.id)).model_dump() == (await client.responses.retrieve(done.id)).model_dump()
+    foreground = await client.responses.create(model="default", input="Hi")
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.responses.cancel(foreground.id)
+    assert e.value.message.endswith("Cannot cancel a synchronous response.") and e.value.param == "response_id"
+    other_key, _ = await honest.ctx.store.create_key(1000)
+    for response_id, key in (("resp_unknown", None), (done.id, other_key)):
+        status, body = await call(honest, "POST", f"/v1/responses/{response_id}/cancel", key=key)
+        assert (status, body["error"]["code"]) == (404, "response_not_found")
+
+
+async def test_no_miner_answering_ends_it_failed_with_the_reason(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {1: Script([], status=500)}) as api:
+        client = openai_client(api)
+        done = await polled(client, await client.responses.create(model="default", input="Hi", background=True))
+        assert done.status == "failed" and done.error is not None and done.error.code == "server_error"
+        assert done.error.message  # the race's reason, as a foreground request's 5xx says it
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"stream": True}, "stream"),
+    ({"store": False}, "store"),
+])
+async def test_what_a_background_response_cannot_be_is_a_400(honest: ApiUnderTest, fields: dict[str, Any],
+                                                              param: str) -> None:
+    status, body = await call(honest, "POST", "/v1/responses", {"input": "Hi", "background": True, **fields})
+    assert status == 400 and body["error"]["param"] == param, body
+    assert honest.ctx.running_responses == {}
+
+
+async def test_with_storage_off_background_is_a_400(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {}, honest={1}, responses_retention_seconds=0) as api:
+        status, body = await call(api, "POST", "/v1/responses", {"input": "Hi", "background": True})
+        assert status == 400 and body["error"]["param"] == "background" and "stores none" in body["error"]["message"]
+
+
+async def test_one_left_pending_by_a_worker_that_died_reads_failed(honest: ApiUnderTest) -> None:
+    """Its worker is gone (killed, or its host): past the answer's deadline the record reads failed, and is
+    settled so, rather than queued for ever."""
+    client = openai_client(honest)
+    key_id = await only_key_id(honest)
+    queued = {"id": "resp_orphan", "object": "response", "created_at": 1, "status": "queued", "background": True,
+              "model": "m", "output": [], "error": None}
+    assert honest.ctx.responses is not None
+    await honest.ctx.responses.put(key_id, "resp_orphan", encode(queued, [], until=time.time() - 1), retention=60,
+                                   pending=True)
+    got = await client.responses.retrieve("resp_orphan")
+    assert got.status == "failed" and got.error is not None and got.error.message == responses_state.STOPPED
+    stored = await honest.ctx.responses.get(key_id, "resp_orphan")
+    assert stored is not None and stored.response["status"] == "failed"  # settled: a cancel now changes nothing
+    assert (await client.responses.cancel("resp_orphan")).status == "failed"
+
+
+async def test_a_shutdown_fails_the_background_responses_it_was_running(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {1: slow("Never.", 5)}) as api:
+        queued = await openai_client(api).responses.create(model="default", input="Hi", background=True)
+        key_id = await only_key_id(api)
+    store = SQLiteResponseStore(tmp_path / "api.db")
+    try:
+        found = await store.get(key_id, queued.id)
+        assert found is not None and found.response["status"] == "failed"
+        assert "shut down" in found.response["error"]["message"]
+    finally:
+        await store.aclose()
+
+
+async def test_a_background_turn_of_a_conversation_is_added_once_done(honest: ApiUnderTest) -> None:
+    client = openai_client(honest)
+    conversation = await client.conversations.create()
+    done = await polled(client, await client.responses.create(model="default", input="Hi", background=True,
+                                                              conversation=conversation.id))
+    assert done.status == "completed"
+    items = (await client.conversations.items.list(conversation.id, order="asc")).data
+    assert [item.role for item in items] == ["user", "assistant"]  # type: ignore[union-attr]
