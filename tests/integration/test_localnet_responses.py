@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import secrets
+import time
 import urllib.request
 from pathlib import Path
 
@@ -206,7 +207,7 @@ def local_env(localnet: dict) -> dict[str, str]:
 
 def continue_across(here: dict, there: dict) -> None:
     """Conversations whose turns alternate between two APIs (each turn a new connection): stored on one,
-    continued, listed, read and deleted on the other."""
+    continued, listed, read and deleted on the other; a background response too, and an item reference."""
     for i in range(6):
         first = client(here).responses.create(model=MODEL, input=f"Remember {i}.")
         second = client(there).responses.create(model=MODEL, input="And?", previous_response_id=first.id)
@@ -217,6 +218,17 @@ def continue_across(here: dict, there: dict) -> None:
     client(there).responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         client(here).responses.retrieve(first.id)
+    # a background response made on one is polled, cancelled (done: as it is) and referenced on the other
+    job = client(here).responses.create(model=MODEL, input="In the background.", background=True)
+    for _ in range(200):
+        job = client(there).responses.retrieve(job.id)
+        if job.status not in ("queued", "in_progress"):
+            break
+        time.sleep(0.05)
+    assert job.status == "completed" and job.output_text and client(there).responses.cancel(job.id).status == "completed"
+    referenced = client(there).responses.create(model=MODEL, input=[{"type": "item_reference", "id": job.output[0].id},
+                                                                      {"role": "user", "content": "Go on."}])
+    assert referenced.status == "completed"
 
 
 def test_a_conversation_continues_on_another_api_process_and_worker(localnet: dict, tmp_path: Path) -> None:
