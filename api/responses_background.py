@@ -4,7 +4,9 @@ The request is answered at once with the response ``queued``, stored as pending;
 a task of this worker then races it as any response (its web search too) and
 settles the stored record (``completed``, ``incomplete`` or ``failed``), unless
 ``POST /v1/responses/{id}/cancel`` (on any worker) settled it ``cancelled``
-first: the store settles a pending response once. Callers poll
+first: the store settles a pending response once, and the task, which asks
+the store every ``WATCH_EVERY_S`` whether it is still pending, then stops its
+miners (at once when the cancel came to its own worker). Callers poll
 ``GET /v1/responses/{id}``, as OpenAI's guide has it. A record still pending
 past its deadline (the process running it died) reads as ``failed``; a worker
 that shuts down fails the ones it was running. Streaming one is not served.
@@ -31,6 +33,7 @@ from shared.store.responses import StoredResponse, encode, fits
 # How long past its answer's deadline a pending response is given before it reads as failed (its worker
 # died): the web search before it, the store's writes, a slow event loop.
 GRACE_S = 30.0
+WATCH_EVERY_S = 1.0  # how often a running background response asks whether it was cancelled on another worker
 SHUT_DOWN = "the gateway shut down before it finished: send the request again"
 
 
@@ -69,8 +72,10 @@ async def _run(ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping:
     """Answer, then settle the stored response with the answer, or as failed (no miner answered, a bug, a
     shutdown); a cancel that came first keeps its ``cancelled``."""
     try:
-        await work()
+        await _watched(ctx, key.id, queued["id"], work)
         final = keeping.final if keeping.final is not None else failed(queued, "no answer was made")
+    except SettledElsewhere:
+        return
     except ApiError as e:
         final = failed(queued, e.message)
     except asyncio.CancelledError:  # a cancel (which settled it already) or a shutdown
@@ -80,6 +85,31 @@ async def _run(ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping:
         logger.opt(exception=e).error("background response {} failed", queued["id"])
         final = failed(queued, "internal error")
     await settle(ctx, key, keeping, final)
+
+
+class SettledElsewhere(Exception):
+    """The response was settled while its answer was being made (a cancel on another worker)."""
+
+
+async def _watched(ctx: ApiContext, key_id: str, response_id: str, work: Callable[[], Awaitable[Any]]) -> None:
+    """``work``, stopped (its miners' requests dropped) once the stored response is no longer pending; a store
+    that fails to say so leaves it running (bounded by its deadline)."""
+    assert ctx.responses is not None
+    task = asyncio.ensure_future(work())
+    try:
+        while not (await asyncio.wait({task}, timeout=WATCH_EVERY_S))[0]:
+            try:
+                pending = await ctx.responses.is_pending(key_id, response_id)
+            except StoreUnavailable as e:
+                logger.debug("background response {}: cancel not checked: {}", response_id, e)
+                continue
+            if not pending:
+                raise SettledElsewhere()
+        task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def settle(ctx: ApiContext, key: KeyRecord, keeping: Keeping, final: dict[str, Any]) -> bool:
@@ -105,7 +135,7 @@ async def settle(ctx: ApiContext, key: KeyRecord, keeping: Keeping, final: dict[
 
 async def cancel(ctx: ApiContext, key: KeyRecord, found: StoredResponse, retention: float) -> dict[str, Any]:
     """``POST /v1/responses/{id}/cancel``: a pending background response is ``cancelled`` (its task here is
-    stopped; one on another worker runs out its deadline, and its answer is dropped). One already settled
+    stopped, or within WATCH_EVERY_S when another worker runs it). One already settled
     is answered as it is; a response made in the request that asked for it is OpenAI's 400."""
     if found.response.get("background") is not True:
         raise ApiError(400, "Cannot cancel a synchronous response.", param="response_id")

@@ -87,6 +87,10 @@ class ResponseStore(Protocol):
         """The stored response of ``key_id`` that added the item ``item_id`` (None as ``get``'s)."""
         ...
 
+    async def is_pending(self, key_id: str, response_id: str) -> bool:
+        """Whether the response is still to be settled (a cheap read: its task asks it every second)."""
+        ...
+
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
         """The response if ``key_id`` made it and it has not expired; else None (as for an unknown id)."""
         ...
@@ -176,6 +180,9 @@ class SQLiteResponseStore(SQLiteTables):
         rows = self._query("SELECT data, expires_at FROM stored_responses WHERE id = ? AND key_id = ?",
                            (response_id, key_id))
         return self._alive(response_id, key_id, rows[0]) if rows else None
+
+    async def is_pending(self, key_id: str, response_id: str) -> bool:
+        return bool(self._query("SELECT 1 FROM pending_responses WHERE id = ? AND key_id = ?", (response_id, key_id)))
 
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
         rows = self._query("SELECT r.id, r.data, r.expires_at FROM stored_response_items i JOIN stored_responses r "
@@ -267,6 +274,9 @@ class RedisResponseStore(RedisBacked):
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
         raw = await redis_call(self.r.get(self._key(key_id, response_id)), LABEL)
         return decode(response_id, key_id, raw) if raw else None
+
+    async def is_pending(self, key_id: str, response_id: str) -> bool:
+        return bool(await redis_call(self.r.exists(self._pending_key(key_id, response_id)), LABEL))
 
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
         response_id = await redis_call(self.r.get(self._item_key(key_id, item_id)), LABEL)

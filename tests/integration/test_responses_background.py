@@ -14,7 +14,7 @@ import openai
 import pytest
 from openai.types.responses import Response
 
-from api import responses_state
+from api import responses_background, responses_state
 from shared.store.responses import SQLiteResponseStore, encode
 from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, sse
 
@@ -163,3 +163,23 @@ async def test_a_background_turn_of_a_conversation_is_added_once_done(honest: Ap
     assert done.status == "completed"
     items = (await client.conversations.items.list(conversation.id, order="asc")).data
     assert [item.role for item in items] == ["user", "assistant"]  # type: ignore[union-attr]
+
+
+async def test_a_cancel_on_another_worker_stops_its_miners_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another worker's cancel settles the stored response only; this worker's task sees it is no longer
+    pending (it asks every WATCH_EVERY_S) and drops its miners' requests."""
+    monkeypatch.setattr(responses_background, "WATCH_EVERY_S", 0.05)
+    miner = slow("Too late.", 2)
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        queued = await client.responses.create(model="default", input="Hi", background=True)
+        key_id = await only_key_id(api)
+        assert api.ctx.responses is not None
+        cancelled = queued.model_dump() | {"status": "cancelled"}
+        assert await api.ctx.responses.settle(key_id, queued.id, encode(cancelled, []), retention=60)  # as there
+        for _ in range(POLLS):
+            if not api.ctx.running_responses and not miner.active:
+                break
+            await asyncio.sleep(0.01)
+        assert api.ctx.running_responses == {} and miner.active == 0  # long before the miner's 4 s
+        assert (await client.responses.retrieve(queued.id)).status == "cancelled"

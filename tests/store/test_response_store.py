@@ -163,10 +163,12 @@ async def test_a_pending_response_is_settled_once(responses: ResponseStore) -> N
     await responses.put("key-a", "resp_1", encode(QUEUED, ITEMS, until=123.0), retention=60, pending=True)
     found = await responses.get("key-a", "resp_1")
     assert found is not None and found.response["status"] == "queued" and found.until == 123.0
+    assert await responses.is_pending("key-a", "resp_1") and not await responses.is_pending("key-b", "resp_1")
     assert not await responses.settle("key-b", "resp_1", encode(RESPONSE, ITEMS), retention=60)  # not its key's
     done = RESPONSE | {"status": "completed"}
     assert await responses.settle("key-a", "resp_1", encode(done, ITEMS), retention=60, item_ids=["msg_1"])
     assert not await responses.settle("key-a", "resp_1", encode(QUEUED | {"status": "cancelled"}, ITEMS), retention=60)
+    assert not await responses.is_pending("key-a", "resp_1")
     found = await responses.get("key-a", "resp_1")
     assert found is not None and found.response == done and found.until is None
     assert (await responses.holder("key-a", "msg_1")).id == "resp_1"  # type: ignore[union-attr]
