@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.race import MinerRun, Race
-from shared.errors import MODEL_SERVER_REJECTED, ApiError
+from shared.errors import CONTEXT_LENGTH_EXCEEDED, MODEL_SERVER_REJECTED, ApiError, says_context_overflow
 from shared.jsonutil import dumps
 from shared.protocol import (
     ChatCompletionRequest,
@@ -46,6 +46,13 @@ def no_winner_error(race: Race) -> ApiError:
         # Every miner's model server refused the request itself (a bad parameter, more tokens than the
         # model takes): the caller's to fix, so a 400 (which clients do not retry), not a 502 (which
         # the OpenAI SDK retries twice, refused twice more).
+        if all(says_context_overflow(err) for err in race.errors().values()):
+            # OpenAI's code and words for it: agent frameworks trim or summarize their history on it
+            # (the code in the words too: LangChain looks for it in the SDK's error text, which has only these)
+            return ApiError(400, "The input is longer than the miners' models' maximum context length, with the "
+                                 "tokens asked for (context_length_exceeded): reduce the length of the messages, "
+                                 f"or ask for fewer tokens. {errors}",
+                            code=CONTEXT_LENGTH_EXCEEDED, param="messages")
         return ApiError(400, f"The miners' model servers refused this request. {errors}",
                         code=MODEL_SERVER_REJECTED)
     if race.timed_out():

@@ -26,17 +26,19 @@ from api.fanout import chat_deadline
 from api.race import MinerRun, Race
 from api.responses_render import ResponseStream, complete_output, finished, new_id, skeleton
 from api.responses_state import Keeping
-from api.responses_translate import chat_body, search_tool
+from api.responses_translate import chat_body, search_tool, truncated
 from api.responses_wire import InputItemsQuery, ResponsesRequest
 from api.route_hints import require
 from api.web_retrieval import Found
 from api.web_search import SOURCES, citations, search_call_item, search_into
-from shared.errors import invalid_value
+from shared.errors import CONTEXT_LENGTH_EXCEEDED, ApiError, invalid_value
 from shared.http import json_response, parse_model, read_json
 from shared.jsonutil import dumpb
 from shared.protocol import ChatCompletionRequest
 from shared.store.base import KeyRecord
 
+# truncation: "auto": how many times a conversation too long for the miners' models is halved and asked again
+MAX_TRUNCATIONS = 3
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -65,6 +67,15 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             found_body, fmt.found = await search_into(ctx, body, tool.search_context_size,
                                                       request_id=request_id(request))
             found_req = parse_model(ChatCompletionRequest, found_body)
+        for _ in range(MAX_TRUNCATIONS):
+            try:
+                return await answer(request, key, found_req, found_body, fmt, started=started, planned=planned,
+                                    send=not wanted.background)
+            except ApiError as e:
+                shorter = truncated(found_body) if wanted.truncation == "auto" else None
+                if e.code != CONTEXT_LENGTH_EXCEEDED or shorter is None:
+                    raise
+                found_body, found_req = shorter, parse_model(ChatCompletionRequest, shorter)
         return await answer(request, key, found_req, found_body, fmt, started=started, planned=planned,
                             send=not wanted.background)
 

@@ -103,6 +103,24 @@ def chat_body(r: ResponsesRequest, history: Sequence[dict[str, Any]] = ()) -> di
     return body
 
 
+def truncated(body: dict[str, Any]) -> dict[str, Any] | None:
+    """``body`` with the older half of its conversation dropped, for ``truncation: "auto"`` once the miners'
+    models refused it as longer than their context window (OpenAI drops items from the beginning of the
+    conversation); None when nothing is left to drop. The system messages it opens with (``instructions``)
+    and its last message stay; a tool result whose call was dropped goes too (chat servers refuse it)."""
+    messages = body["messages"]
+    head = 0
+    while head < len(messages) and messages[head]["role"] in ("system", "developer"):
+        head += 1
+    rest = messages[head:]
+    if len(rest) <= 1:
+        return None
+    kept = rest[max(1, len(rest) // 2):]
+    while len(kept) > 1 and kept[0]["role"] == "tool":
+        kept = kept[1:]
+    return body | {"messages": messages[:head] + kept}
+
+
 def check_items(items: Sequence[dict[str, Any]], at: str) -> None:
     """Refuse, with ``input``'s 400 naming the place (``{at}.{i}``), any item ``input`` would refuse: items
     kept for later turns (a conversation's) are checked when they come, not when a turn meets them."""

@@ -193,10 +193,11 @@ class ResponsesRequest(BaseModel):
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     store: bool | None = None
     user: str | None = None
+    # auto: a conversation the miners' models refuse as too long is cut from its beginning (api/responses.py)
+    truncation: Literal["auto", "disabled"] | None = None
     # OpenAI's, echoed on the response (typed as the SDK types them, so that the echo is a response the SDK
     # reads, and a value OpenAI refuses is a 400 here too); prompt_cache_key and safety_identifier also reach
     # the miners (chat fields too), the others change nothing.
-    truncation: Literal["auto", "disabled"] | None = None
     service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"] | None = None
     prompt_cache_key: str | None = None
     prompt_cache_retention: Literal["in_memory", "24h"] | None = None

@@ -8,6 +8,7 @@ status. Nothing else in the code base builds error bodies by hand.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -15,6 +16,21 @@ from pydantic import ValidationError
 # A miner's error code for a request its model server refused itself (a 4xx: a bad parameter, more
 # tokens than the model takes). The API tells it from the miner's own failure by this code.
 MODEL_SERVER_REJECTED = "model_server_rejected"
+# OpenAI's code for an input longer than the model's context window: LangChain (its ContextOverflowError),
+# Pydantic AI (ModelContextWindowExceededError) and agents that trim or summarize their history act on it.
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+# How model servers word that refusal: OpenAI and vLLM ("This model's maximum context length is ..."; vLLM's
+# newer "... longer than the maximum model length of ..."), SGLang ("... longer than the model's context
+# length ..."), llama.cpp ("the request exceeds the available context size"), TGI ("`inputs` tokens +
+# `max_new_tokens` must be <= ..."), and the code itself where a miner passed it on.
+_CONTEXT_OVERFLOW = re.compile(r"context_length_exceeded|maximum context length|maximum model length|"
+                               r"model's context length|available context size|context window|"
+                               r"`inputs` tokens \+ `max_new_tokens` must be", re.I)
+
+
+def says_context_overflow(message: str) -> bool:
+    """Whether a model server's refusal says the input (with the tokens asked for) exceeds its context."""
+    return _CONTEXT_OVERFLOW.search(message) is not None
 
 _TYPES = {
     400: "invalid_request_error",

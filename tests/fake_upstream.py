@@ -35,16 +35,29 @@ STREAM_REFUSALS = {
 STREAM_STYLES = ("openai", "sse-starlette", "tgi", "llama.cpp", "no-done")
 
 
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The fake's token count of a request's messages: one a word of their text."""
+    def words(content: Any) -> int:
+        if isinstance(content, str):
+            return len(content.split())
+        return sum(words(part.get("text")) for part in content or [] if isinstance(part, dict))
+
+    return sum(words(m.get("content")) for m in body["messages"])
+
+
 def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
                          refuses: frozenset[str] = frozenset(), models: list[str] | None = None,
                          stream_refusal: str | None = None, stream_style: str = "openai",
-                         object_arguments: bool = False) -> web.Application:
+                         object_arguments: bool = False, context_tokens: int | None = None) -> web.Application:
     """``refuses``: fields answered with a 400, as OpenAI's hosted API answers ``top_k``.
 
     ``stream_refusal``: a key of ``STREAM_REFUSALS``, how a streamed request with too many tokens is
     refused (after a 200); None: with a 400, as vLLM and OpenAI refuse it. ``stream_style``: one of
     ``STREAM_STYLES``, how a stream is framed. ``object_arguments``: a tool call's arguments, not
     streamed, are the JSON object itself, as TGI answers them (text-generation-inference#2136).
+
+    ``context_tokens``: a context window that counts the messages too (``prompt_tokens``), refused in vLLM's
+    words and shape when passed (by default only ``max_tokens`` over ``CONTEXT_TOKENS`` is).
 
     ``models``: what ``/models`` lists, read at each call (a test may add to it: a model pulled later);
     ``[MODEL]`` by default. An empty list is ``"data": null``, as Ollama's Go encoder sends its nil slice
@@ -72,6 +85,13 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
                 "message": f"This model's maximum context length is {CONTEXT_TOKENS} tokens; you asked for "
                            f"{body['max_tokens']}.", "type": "invalid_request_error", "param": "max_tokens",
                 "code": "context_length_exceeded"}}, status=400)
+        asked = prompt_tokens(body) + (body.get("max_tokens") or 0)
+        if context_tokens is not None and asked > context_tokens:  # vLLM's words, and its code (the status)
+            return web.json_response({"error": {
+                "message": f"This model's maximum context length is {context_tokens} tokens. However, you requested "
+                           f"{asked} tokens ({prompt_tokens(body)} in the messages, {body.get('max_tokens') or 0} in "
+                           "the completion). Please reduce the length of the messages or completion.",
+                "type": "BadRequestError", "param": None, "code": 400}}, status=400)
         if body["messages"][-1].get("content") == "overloaded":
             return web.json_response({"error": {"message": "Server overloaded", "type": "server_error"}},
                                      status=503)

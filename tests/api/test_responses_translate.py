@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.responses_translate import chat_body, search_tool
+from api.responses_translate import chat_body, search_tool, truncated
 from api.responses_wire import ResponsesRequest
 from shared.errors import ApiError
 from shared.http import parse_model
@@ -316,3 +316,18 @@ def test_any_tool_choice_object_is_served_or_a_400(choice: dict[str, Any], tools
         search_tool(parse_model(ResponsesRequest, {"input": "x", "tools": tools, "tool_choice": choice}))
     except ApiError as e:
         assert e.status == 400 and e.param
+
+
+def test_truncation_halves_the_conversation_keeps_the_instructions_and_drops_orphaned_results() -> None:
+    said = lambda role, text: {"role": role, "content": text}  # noqa: E731
+    call = {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                                  "function": {"name": "f", "arguments": "{}"}}]}
+    result = {"role": "tool", "tool_call_id": "c1", "content": "42"}
+    body = {"messages": [said("system", "Be brief."), said("user", "a"), call, result, said("user", "b")],
+            "stream": False}
+    cut = truncated(body)
+    assert cut is not None and cut["messages"] == [said("system", "Be brief."), said("user", "b")]  # no orphan
+    assert cut["stream"] is False and len(body["messages"]) == 5  # the original untouched
+    assert truncated(cut) is None  # the last message is never dropped
+    six = {"messages": [said("user", str(i)) for i in range(6)]}
+    assert [m["content"] for m in truncated(six)["messages"]] == ["3", "4", "5"]  # type: ignore[index]

@@ -125,7 +125,8 @@ async def test_tool_call_arguments_a_server_answers_as_an_object_reach_the_calle
 
 async def test_a_request_the_model_server_refuses_is_the_callers_400_not_a_miner_failure(tmp_path: Path) -> None:
     """The upstream's 400 (too many tokens) reaches the caller as a 400 with the upstream's words, which
-    clients do not retry; the upstream's own failure (503) stays the miner's 502."""
+    clients do not retry; the upstream's own failure (503) stays the miner's 502. (Another refusal keeps
+    ``model_server_rejected``: test_an_upstream_that_refuses_top_k...)"""
     received: list = []
     async with stack(tmp_path, received) as (api, key), aiohttp.ClientSession() as s:
         for stream in (False, True):
@@ -133,7 +134,7 @@ async def test_a_request_the_model_server_refuses_is_the_callers_400_not_a_miner
                     "stream": stream}
             status, out = await post_chat(s, api, key, body)
             assert status == 400, out
-            assert out["error"]["code"] == "model_server_rejected"
+            assert out["error"]["code"] == "context_length_exceeded"  # OpenAI's code for it (agents trim on it)
             assert out["error"]["type"] == "invalid_request_error"
             assert "uid 1: HTTP 400: upstream HTTP 400: This model's maximum context length is 4096 tokens" in \
                 out["error"]["message"], "the upstream's words, not its JSON wrapped in the miner's"
@@ -154,7 +155,7 @@ async def test_a_stream_the_model_server_opens_with_a_refusal_is_the_callers_400
                 "stream": True}
         status, out = await post_chat(s, api, key, body)
         assert status == 400, out
-        assert out["error"]["code"] == "model_server_rejected"
+        assert out["error"]["code"] == "context_length_exceeded"
         status, words = (422, "Input validation error") if dialect == "tgi" else (400, CONTEXT_ERROR)  # TGI's 422
         assert f"uid 1: HTTP {status}: upstream stream opened with an error ({status}): {words}" in \
             out["error"]["message"], "the upstream's words, not its event"
@@ -409,3 +410,65 @@ async def test_an_ollama_with_no_model_pulled_yet_is_no_crash_and_its_first_mode
             assert "InferenceTask" in backend.tasks()
         finally:
             await backend.close()
+
+
+LONG_TALK = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 8} for i in range(8)]
+
+
+async def test_an_input_over_the_context_window_is_openais_context_length_exceeded(tmp_path: Path) -> None:
+    """The code agent frameworks act on: LangChain raises its ContextOverflowError (its agents then trim or
+    summarize), Pydantic AI its ModelContextWindowExceededError; the SDK's BadRequestError carries it."""
+    import openai
+    from langchain_core.messages import HumanMessage
+    from langchain_openai import ChatOpenAI
+    from langchain_openai.chat_models.base import OpenAIContextOverflowError
+    from pydantic_ai import Agent
+    from pydantic_ai.exceptions import ModelContextWindowExceededError
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    received: list = []
+    async with stack(tmp_path, received, context_tokens=40) as (api, key):
+        client = openai.AsyncOpenAI(base_url=api + "/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.BadRequestError) as e:
+            await client.chat.completions.create(model=MODEL, messages=LONG_TALK)  # type: ignore[arg-type]
+        assert (e.value.code, e.value.param) == ("context_length_exceeded", "messages")
+        assert "maximum context length is 40 tokens" in e.value.message
+        llm = ChatOpenAI(model=MODEL, base_url=api + "/v1", api_key=key, max_retries=0)
+        with pytest.raises(OpenAIContextOverflowError):
+            await llm.ainvoke([HumanMessage(m["content"]) for m in LONG_TALK])
+        agent = Agent(OpenAIChatModel(MODEL, provider=OpenAIProvider(base_url=api + "/v1", api_key=key)))
+        with pytest.raises(ModelContextWindowExceededError):
+            await agent.run(" ".join(m["content"] for m in LONG_TALK))
+        short = await client.chat.completions.create(model=MODEL, messages=LONG_TALK[-1:])  # type: ignore[arg-type]
+        assert short.choices[0].message.content == "echo: " + LONG_TALK[-1]["content"]
+
+
+async def test_truncation_auto_drops_the_oldest_turns_until_the_miners_model_takes_it(tmp_path: Path) -> None:
+    """OpenAI's ``truncation: "auto"``: the conversation is cut from its beginning (the instructions stay)
+    until it fits; "disabled" (the default) is the 400. What is stored is the whole conversation."""
+    import openai
+
+    received: list = []
+    async with stack(tmp_path, received, context_tokens=40) as (api, key):
+        client = openai.AsyncOpenAI(base_url=api + "/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.BadRequestError) as e:
+            await client.responses.create(model=MODEL, input=LONG_TALK, instructions="Be brief.")  # type: ignore[arg-type]
+        assert e.value.code == "context_length_exceeded"
+        for stream in (False, True):
+            received.clear()
+            if stream:
+                async with client.responses.stream(model=MODEL, input=LONG_TALK, instructions="Be brief.",  # type: ignore[arg-type]
+                                                   truncation="auto") as events:
+                    done = await events.get_final_response()
+            else:
+                done = await client.responses.create(model=MODEL, input=LONG_TALK, instructions="Be brief.",  # type: ignore[arg-type]
+                                                     truncation="auto")
+            assert done.status == "completed" and done.truncation == "auto"
+            assert done.output_text.strip() == ("echo: " + LONG_TALK[-1]["content"]).strip()
+            last = received[-1]["messages"]  # what the model took: the instructions, then the latest turns
+            assert last[0] == {"role": "system", "content": "Be brief."} and last[-1]["content"] == LONG_TALK[-1]["content"]
+            assert [m["content"] for m in last[1:]] == [m["content"] for m in LONG_TALK[-(len(last) - 1):]]
+            assert len(last) - 1 < len(LONG_TALK) and len(received) > 1  # refused whole, then asked shorter
+            listed = [item async for item in client.responses.input_items.list(done.id)]
+            assert len(listed) == len(LONG_TALK)  # stored whole: the next turn is cut again as it needs
