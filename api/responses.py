@@ -19,7 +19,7 @@ from aiohttp import web
 from api import responses_background, responses_state
 from api.access_log import access_logged, request_id
 from api.auth import authenticate
-from api.chat import answer, plan
+from api.chat import Plan, answer, plan
 from api.completion import logprob_tokens, mid_stream_failure, response_usage
 from api.context import CTX, ApiContext
 from api.fanout import chat_deadline
@@ -60,24 +60,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     fmt = ResponsesFormat(wanted, None, responses_state.keeping(ctx, key, wanted, history), ctx)
 
     async def work() -> web.StreamResponse:
-        """The web search, if any, then the race and the answer (sent, or kept: ``background``)."""
-        found_req, found_body = req, body
-        tool = search_tool(wanted)
-        if tool is not None:
-            found_body, fmt.found = await search_into(ctx, body, tool.search_context_size,
-                                                      request_id=request_id(request))
-            found_req = parse_model(ChatCompletionRequest, found_body)
-        for _ in range(MAX_TRUNCATIONS):
-            try:
-                return await answer(request, key, found_req, found_body, fmt, started=started, planned=planned,
-                                    send=not wanted.background)
-            except ApiError as e:
-                shorter = truncated(found_body) if wanted.truncation == "auto" else None
-                if e.code != CONTEXT_LENGTH_EXCEEDED or shorter is None:
-                    raise
-                found_body, found_req = shorter, parse_model(ChatCompletionRequest, shorter)
-        return await answer(request, key, found_req, found_body, fmt, started=started, planned=planned,
-                            send=not wanted.background)
+        return await _searched_answer(request, key, req, body, fmt, planned, started=started)
 
     if wanted.background:
         assert fmt.keeping is not None  # stored: check_request refused the others
@@ -85,6 +68,31 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         seconds, _ = chat_deadline(ctx.settings, req)
         return await responses_background.start(ctx, key, fmt.queued(req), fmt.keeping, seconds, work)
     return await work()
+
+
+async def _searched_answer(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, body: dict[str, Any],
+                           fmt: ResponsesFormat, planned: Plan, *, started: float) -> web.StreamResponse:
+    """The web search, if the request offers it, then the race and the answer (sent; or kept, for a
+    background response). With ``truncation: "auto"``, a conversation the miners' models refuse as longer
+    than their context window is cut from its beginning (``truncated``) and asked again."""
+    wanted = fmt.wanted
+    tool = search_tool(wanted)
+    if tool is not None:
+        body, fmt.found = await search_into(request.app[CTX], body, tool.search_context_size,
+                                            request_id=request_id(request))
+        req = parse_model(ChatCompletionRequest, body)
+    cuts = 0
+    while True:
+        try:
+            return await answer(request, key, req, body, fmt, started=started, planned=planned,
+                                send=not wanted.background)
+        except ApiError as e:
+            shorter = truncated(body) if wanted.truncation == "auto" and cuts < MAX_TRUNCATIONS else None
+            if e.code != CONTEXT_LENGTH_EXCEEDED or shorter is None:
+                raise
+        cuts += 1
+        body = shorter
+        req = parse_model(ChatCompletionRequest, body)
 
 
 @access_logged("responses")
