@@ -51,8 +51,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     require(sent, "input")
     wanted: ResponsesRequest = parse_model(ResponsesRequest, sent)
     if wanted.background:
-        responses_background.check_request(stream=wanted.stream, store=wanted.store,
-                                           storage_on=ctx.responses is not None)
+        responses_background.check_request(ctx, stream=wanted.stream, store=wanted.store)
     wanted, history = await responses_state.continued(ctx, key, wanted)
     body = chat_body(wanted, history)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)

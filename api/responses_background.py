@@ -37,18 +37,23 @@ WATCH_EVERY_S = 1.0  # how often a running background response asks whether it w
 SHUT_DOWN = "the gateway shut down before it finished: send the request again"
 
 
-def check_request(*, stream: bool, store: bool | None, storage_on: bool) -> None:
+def check_request(ctx: ApiContext, *, stream: bool, store: bool | None) -> None:
     """A background response is stored to be polled, and is not streamed here: each refusal a 400 naming
-    its field, before anything is spent."""
+    its field, before anything is spent; a worker runs at most ``MAX_BACKGROUND_RESPONSES`` at once (a task
+    each, and its miners' connections, held with no caller's connection to bound them): past it a 429."""
     if stream:
         raise invalid_value("stream", "a background response is polled here (GET /v1/responses/{id}); streaming "
                                       "one is not served: send stream: false, or stream without background")
     if store is False:
         raise invalid_value("store", "a background response is stored, to be polled: send store: true (or leave "
                                      "it out)")
-    if not storage_on:
+    if ctx.responses is None:
         raise invalid_value("background", "background responses are stored, and this gateway stores none "
                                           "(RESPONSES_RETENTION_SECONDS is 0)")
+    if len(ctx.running_responses) >= ctx.settings.max_background_responses:
+        raise ApiError(429, f"This API worker is running {len(ctx.running_responses)} background responses, its "
+                            "bound (MAX_BACKGROUND_RESPONSES): wait for some to finish, or send this one without "
+                            "background.", code="too_many_background_responses", headers={"Retry-After": "1"})
 
 
 async def start(ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping: Keeping, seconds: float,

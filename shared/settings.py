@@ -171,6 +171,9 @@ class ApiSettings(CommonSettings):
     responses_retention_seconds: float = Field(
         default=86400, ge=0, description="How long a stored Responses API response is kept (previous_response_id); "
                                          "0 stores none")
+    max_background_responses: int = Field(
+        default=256, ge=0, description="Background responses (background: true) one worker runs at once; past it a "
+                                       "429; 0 serves none")
     trusted_proxies: CsvList = Field(
         default_factory=list,
         description="Reverse proxies (IPs or CIDRs) whose X-Forwarded-For names the client address; empty: none")

@@ -183,3 +183,16 @@ async def test_a_cancel_on_another_worker_stops_its_miners_too(tmp_path: Path, m
             await asyncio.sleep(0.01)
         assert api.ctx.running_responses == {} and miner.active == 0  # long before the miner's 4 s
         assert (await client.responses.retrieve(queued.id)).status == "cancelled"
+
+
+async def test_a_worker_runs_a_bounded_number_at_once(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {1: slow("Later.", 0.3)}, max_background_responses=2) as api:
+        client = openai_client(api)
+        running = [await client.responses.create(model="default", input="Hi", background=True) for _ in range(2)]
+        status, body = await call(api, "POST", "/v1/responses", {"input": "Hi", "background": True})
+        assert (status, body["error"]["code"], body["error"]["type"]) == (429, "too_many_background_responses",
+                                                                          "rate_limit_error")
+        assert (await client.responses.create(model="default", input="Hi")).status == "completed"  # foreground: yes
+        assert [(await polled(client, r)).status for r in running] == ["completed", "completed"]
+        again = await client.responses.create(model="default", input="Hi", background=True)  # room again
+        assert (await polled(client, again)).status == "completed"
