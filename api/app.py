@@ -14,6 +14,7 @@ from api import (
     miner_availabilities,
     ops,
     responses,
+    responses_background,
     sessions,
     usage,
     web_retrieval,
@@ -102,6 +103,8 @@ async def _settle_in_flight(app: web.Application) -> AsyncIterator[None]:
     forwarder's last commit."""
     yield
     ctx = app[CTX]
+    if ctx.running_responses:  # background responses get what a request in flight gets to finish
+        await asyncio.wait(list(ctx.running_responses.values()), timeout=responses_background.SHUTDOWN_GRACE_S)
     for t in list(ctx.background):
         t.cancel()
     await asyncio.gather(*ctx.background, return_exceptions=True)

@@ -92,6 +92,7 @@ async def sample(ctx: ApiContext, metrics: ApiMetrics) -> None:
     """Copy the values that live elsewhere into the gauges, right before a scrape."""
     metrics.metagraph_age.set(ctx.metagraph.age_seconds)
     metrics.serving_miners.set(len(ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey)))
+    metrics.background_responses.set(len(ctx.running_responses))
     if ctx.availability is not None:
         metrics.availability_age.set(_age(ctx.availability))
     forwarder = ctx.forwarder

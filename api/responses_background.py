@@ -9,7 +9,8 @@ the store every ``WATCH_EVERY_S`` whether it is still pending, then stops its
 miners (at once when the cancel came to its own worker). Callers poll
 ``GET /v1/responses/{id}``, as OpenAI's guide has it. A record still pending
 past its deadline (the process running it died) reads as ``failed``; a worker
-that shuts down fails the ones it was running. Streaming one is not served.
+that shuts down gives the ones it runs ``SHUTDOWN_GRACE_S`` to finish, then
+fails them. Streaming one is not served.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from shared.store.responses import StoredResponse, encode, fits
 # died): the web search before it, the store's writes, a slow event loop.
 GRACE_S = 30.0
 WATCH_EVERY_S = 1.0  # how often a running background response asks whether it was cancelled on another worker
+SHUTDOWN_GRACE_S = 5.0  # a graceful shutdown waits this long for them, as for a request in flight; then fails them
 SHUT_DOWN = "the gateway shut down before it finished: send the request again"
 
 

@@ -121,6 +121,9 @@ class ApiMetrics:
                                       registry=r, multiprocess_mode="livemax")
         self.serving_miners = Gauge("sn1_api_serving_miners", "Miners in the metagraph with an axon",
                                     registry=r, multiprocess_mode="livemax")
+        self.background_responses = Gauge("sn1_api_background_responses",
+                                          "Background responses (background: true) being answered",
+                                          registry=r, multiprocess_mode="livesum")
         self._fanouts, self._errors = Children(self.fanouts), Children(self.miner_errors)
         self._first, self._answer, self._wins = (Children(self.miner_first_chunk), Children(self.miner_answer),
                                                  Children(self.miner_wins))

@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from openai.types.responses import Response
 
 from api import responses_background, responses_state
 from shared.store.responses import SQLiteResponseStore, encode
+from tests.compat.support import sample
 from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, sse
 
 POLLS = 200  # at 20 ms: 4 s, far past any answer here
@@ -142,13 +144,21 @@ async def test_one_left_pending_by_a_worker_that_died_reads_failed(honest: ApiUn
     assert (await client.responses.cancel("resp_orphan")).status == "failed"
 
 
-async def test_a_shutdown_fails_the_background_responses_it_was_running(tmp_path: Path) -> None:
-    async with api_with_miners(tmp_path, {1: slow("Never.", 5)}) as api:
-        queued = await openai_client(api).responses.create(model="default", input="Hi", background=True)
+async def test_a_shutdown_lets_them_finish_within_its_grace_then_fails_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart (SIGTERM) gives background responses what it gives requests in flight, then fails the rest,
+    each saying why: none is left queued for ever."""
+    monkeypatch.setattr(responses_background, "SHUTDOWN_GRACE_S", 1.0)
+    async with api_with_miners(tmp_path, {1: slow("Soon.", 0.2), 2: slow("Never.", 5)}) as api:
+        client = openai_client(api)
+        soon = await client.responses.create(model="default", input="Hi", background=True, extra_body={"uids": [1]})
+        never = await client.responses.create(model="default", input="Hi", background=True, extra_body={"uids": [2]})
         key_id = await only_key_id(api)
     store = SQLiteResponseStore(tmp_path / "api.db")
     try:
-        found = await store.get(key_id, queued.id)
+        finished = await store.get(key_id, soon.id)
+        assert finished is not None and finished.response["status"] == "completed"
+        found = await store.get(key_id, never.id)
         assert found is not None and found.response["status"] == "failed"
         assert "shut down" in found.response["error"]["message"]
     finally:
@@ -192,6 +202,8 @@ async def test_a_worker_runs_a_bounded_number_at_once(tmp_path: Path) -> None:
         status, body = await call(api, "POST", "/v1/responses", {"input": "Hi", "background": True})
         assert (status, body["error"]["code"], body["error"]["type"]) == (429, "too_many_background_responses",
                                                                           "rate_limit_error")
+        async with aiohttp.ClientSession() as session, session.get(api.url + "/metrics") as r:
+            assert sample(await r.text(), "sn1_api_background_responses") == 2  # what an operator watches
         assert (await client.responses.create(model="default", input="Hi")).status == "completed"  # foreground: yes
         assert [(await polled(client, r)).status for r in running] == ["completed", "completed"]
         again = await client.responses.create(model="default", input="Hi", background=True)  # room again
