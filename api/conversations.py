@@ -25,7 +25,7 @@ from api.conversations_wire import (
     ItemsQuery,
 )
 from api.responses import caller, items_query
-from api.responses_state import page, resolved, stored_item
+from api.responses_state import page, resolved, stored_item, unique_ids
 from api.responses_translate import check_items
 from api.responses_wire import is_item_reference
 from shared.http import json_response, parse_model, read_body, read_json
@@ -37,12 +37,15 @@ async def _stored(ctx: ApiContext, key: KeyRecord, items: list[dict[str, Any]], 
                   conversation_id: str | None = None) -> list[dict[str, Any]]:
     """Items as ``input`` takes them (a 400 naming the place otherwise), in their stored form: an
     ``item_reference`` is stored as the item it names (one of the conversation's own, or one the key's
-    stored responses added)."""
+    stored responses added), and an id the conversation has already is given a new one (``unique_ids``;
+    the list of items added says so)."""
+    known: list[dict[str, Any]] = []
+    if conversation_id is not None and any("id" in item for item in items):
+        known = await conversations_state.items_of(ctx, key, conversation_id)
     if any(is_item_reference(item) for item in items):
-        known = [] if conversation_id is None else await conversations_state.items_of(ctx, key, conversation_id)
         items = await resolved(ctx, key, items, at, known)
     check_items(items, at)
-    return [stored_item(item) for item in items]
+    return unique_ids([stored_item(item) for item in items], known)
 
 
 def _item_list(items: list[dict[str, Any]]) -> dict[str, Any]:

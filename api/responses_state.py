@@ -182,11 +182,25 @@ def stored_item(raw: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-def input_items(wanted: ResponsesRequest) -> list[dict[str, Any]]:
-    """This request's ``input`` as stored input items."""
+def input_items(wanted: ResponsesRequest, before: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """This request's ``input`` as stored input items, after the conversation ``before`` (``unique_ids``)."""
     if isinstance(wanted.input, str):
         return [stored_item({"type": "message", "role": "user", "content": wanted.input})]
-    return [stored_item(raw) for raw in wanted.input]
+    return unique_ids([stored_item(raw) for raw in wanted.input], before)
+
+
+def unique_ids(items: list[dict[str, Any]], before: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Stored items, each with an id of its own in its conversation: one whose id an item ``before`` them (or
+    an earlier one of them) has, an item sent again or a reference to one already there, is given a new id,
+    so that reading, paging (``after``) and deleting by id name one item."""
+    taken = {item.get("id") for item in before}
+    out = []
+    for item in items:
+        if item["id"] in taken:
+            item = item | {"id": new_id(ITEM_PREFIXES.get(item["type"], "item"))}
+        taken.add(item["id"])
+        out.append(item)
+    return out
 
 
 @dataclass
@@ -223,7 +237,7 @@ def keeping(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest,
     store = wanted.store is not False and ctx.responses is not None
     if not store and wanted.conversation_id is None:
         return None
-    added = input_items(wanted)
+    added = input_items(wanted, history)
     return Keeping(key.id, ctx.settings.responses_retention_seconds, history + added, added, store,
                    wanted.conversation_id)
 

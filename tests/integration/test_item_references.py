@@ -110,15 +110,36 @@ async def test_conversation_items_by_reference(honest: ApiUnderTest) -> None:
     made = await client.conversations.create(items=[ref(first.output[0].id)])
     items = (await client.conversations.items.list(made.id, order="asc")).data
     assert [(item.type, item.id, item.role) for item in items] == [("message", first.output[0].id, "assistant")]
-    added = await client.conversations.items.create(made.id, items=[ref(items[0].id)])
-    assert [item.id for item in added.data] == [items[0].id]
+    added = await client.conversations.items.create(made.id, items=[ref(items[0].id)])  # its own item, again
+    assert [(item.role, item.content) for item in added.data] == [(items[0].role, items[0].content)]
+    assert added.data[0].id != items[0].id  # an id of its own: reading or deleting by id names one item
     with pytest.raises(openai.NotFoundError) as e:
         await client.conversations.items.create(made.id, items=[ref("msg_unknown")])
     assert e.value.param == "items"
     assert len((await client.conversations.items.list(made.id)).data) == 2  # nothing refused was added
+    await client.conversations.items.delete(added.data[0].id, conversation_id=made.id)
+    assert [item.id for item in (await client.conversations.items.list(made.id)).data] == [items[0].id]
     answered = await client.responses.create(model="default", conversation=made.id, input=[ref(items[0].id)])
     assert answered.status == "completed"
 
 
 async def post(api: ApiUnderTest, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     return await call(api, "POST", "/v1/responses", {"model": "default", **body})
+
+
+async def test_each_item_of_a_conversation_keeps_an_id_of_its_own(honest: ApiUnderTest) -> None:
+    """An item sent again (by reference, or whole with its id) while the conversation already holds it is
+    stored with a new id: listing, paging by ``after`` and deleting by id each name one item."""
+    client = openai_client(honest)
+    first = await client.responses.create(model="default", input="Hi")
+    answer = first.output[0]
+    again = await client.responses.create(model="default", previous_response_id=first.id, input=[
+        ref(answer.id), answer.model_dump(exclude_none=True), {"role": "user", "content": "Again?"}])
+    ids = [item.id async for item in client.responses.input_items.list(again.id, order="asc")]
+    assert len(ids) == len(set(ids)) == 5 and ids[1] == answer.id  # the first, kept; its copies, renamed
+    conversation = await client.conversations.create(items=[{"type": "message", "role": "user", "content": "a",
+                                                             "id": "msg_same"}] * 2)
+    await client.conversations.items.create(conversation.id, items=[
+        {"type": "message", "role": "user", "content": "b", "id": "msg_same"}])
+    listed = (await client.conversations.items.list(conversation.id, order="asc")).data
+    assert listed[0].id == "msg_same" and len({item.id for item in listed}) == 3
