@@ -44,7 +44,7 @@ from shared.protocol import (
     new_completion_id,
     usage_chunk,
 )
-from shared.sse import DONE_FRAME, encode_event
+from shared.sse import DONE_FRAME, SSE_HEADERS, encode_event
 from shared.store.base import KeyRecord
 from shared.store.sessions import Session
 
@@ -246,8 +246,7 @@ async def _stream(
     A winner whose whole answer is already in (a fast miner's stream often arrives in one read)
     goes out as one response body: one write instead of a chunked stream's three.
     """
-    headers = {**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-               "X-Accel-Buffering": "no"}
+    headers = {**headers, **SSE_HEADERS}
     if run.done:
         return web.Response(body=_frames(run.events) + _trailer(req, run, found), headers=headers)
     response = web.StreamResponse(headers=headers)

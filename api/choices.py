@@ -41,7 +41,7 @@ from shared.jsonutil import dumps, loads
 from shared.metagraph import Neuron
 from shared.miner_client import Event
 from shared.protocol import DEFAULT_TASK, ChatCompletionRequest, new_completion_id, token_counts, usage_chunk
-from shared.sse import DONE_FRAME, encode_event
+from shared.sse import DONE_FRAME, SSE_HEADERS, encode_event
 from shared.store.base import KeyRecord
 
 INT64 = 2**64  # seeds are OpenAI's: any signed 64-bit integer
@@ -242,8 +242,7 @@ async def _stream(request: web.Request, req: ChatCompletionRequest, races: list[
                   fmt: ChoicesFormat) -> tuple[web.StreamResponse, dict[str, Any]]:
     """The winners' chunks interleaved as they arrive, each relabelled with its choice and one id; and the
     request's usage, taken once the streams have ended (a winner's own count comes last)."""
-    response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
     await response.prepare(request)
     cid, created = fmt.new_id(), int(time.time())
     async for i, batch in _merged(races, winners):

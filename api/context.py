@@ -36,6 +36,7 @@ class ApiContext:
     rng: random.Random = field(default_factory=random.Random)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     running_responses: dict[str, asyncio.Task[Any]] = field(default_factory=dict)  # background responses, by id
+    response_logs: dict[str, Any] = field(default_factory=dict)  # the events of those streamed (EventLog), by id
     payload_sinks: list[PayloadSink] = field(default_factory=list)
     forwarder: OutboxForwarder | None = None
     usage: UsageRecorder | None = None  # filled in by create_api_app when not given

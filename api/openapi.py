@@ -40,6 +40,7 @@ from api.responses_wire import (
     ResponseEventOut,
     ResponseOut,
     ResponsesRequest,
+    RetrieveQuery,
 )
 from api.sessions import OpenSessionRequest
 from api.web_retrieval import WebResult, WebRetrievalRequest
@@ -236,8 +237,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         stream_doc="`event: <type>` / `data: <event>` pairs in OpenAI's order, from `response.created` to "
                    "`response.completed` (or `response.incomplete`, `response.failed`)"),
     ("GET", "/v1/responses/{response_id}"): Operation(
-        "One of the calling key's stored responses (404 `response_not_found` for any other id)", "inference",
-        response=ResponseOut),
+        "One of the calling key's stored responses (404 `response_not_found` for any other id); with `stream=true`, "
+        "a streamed background response's events again, after `starting_after`, until its end", "inference",
+        query=RetrieveQuery, response=ResponseOut, stream=True, event=ResponseEventOut,
+        stream_doc="the response's events (`response.created` ... `response.completed`), each with its "
+                   "`sequence_number`"),
     ("DELETE", "/v1/responses/{response_id}"): Operation(
         "Delete one of the calling key's stored responses (404 `response_not_found` for any other id)", "inference",
         response=ResponseDeletedOut),

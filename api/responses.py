@@ -18,16 +18,17 @@ from aiohttp import web
 
 from api import responses_background, responses_state
 from api.access_log import access_logged, request_id
-from api.auth import authenticate
+from api.auth import authenticate, store_call
 from api.chat import Plan, answer, plan
 from api.completion import logprob_tokens, mid_stream_failure, response_usage
 from api.context import CTX, ApiContext
 from api.fanout import chat_deadline
 from api.race import MinerRun, Race
+from api.responses_background import EventLog
 from api.responses_render import ResponseStream, complete_output, finished, new_id, skeleton
 from api.responses_state import Keeping
 from api.responses_translate import chat_body, search_tool, truncated
-from api.responses_wire import InputItemsQuery, ResponsesRequest
+from api.responses_wire import InputItemsQuery, ResponsesRequest, RetrieveQuery
 from api.route_hints import require
 from api.web_retrieval import Found
 from api.web_search import SOURCES, citations, search_call_item, search_into
@@ -35,11 +36,11 @@ from shared.errors import CONTEXT_LENGTH_EXCEEDED, ApiError, invalid_value
 from shared.http import json_response, parse_model, read_json
 from shared.jsonutil import dumpb
 from shared.protocol import ChatCompletionRequest
+from shared.sse import SSE_HEADERS
 from shared.store.base import KeyRecord
 
 # truncation: "auto": how many times a conversation too long for the miners' models is halved and asked again
 MAX_TRUNCATIONS = 3
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @access_logged("responses")
@@ -51,7 +52,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     require(sent, "input")
     wanted: ResponsesRequest = parse_model(ResponsesRequest, sent)
     if wanted.background:
-        responses_background.check_request(ctx, stream=wanted.stream, store=wanted.store)
+        responses_background.check_request(ctx, store=wanted.store)
     wanted, history = await responses_state.continued(ctx, key, wanted)
     body = chat_body(wanted, history)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)
@@ -65,7 +66,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         assert fmt.keeping is not None  # stored: check_request refused the others
         fmt.kind = "responses.background"  # its race's line, after the request's own
         seconds, _ = chat_deadline(ctx.settings, req)
-        return await responses_background.start(ctx, key, fmt.queued(req), fmt.keeping, seconds, work)
+        log = fmt.event_log(req) if wanted.stream else None
+        return await responses_background.start(request, ctx, key, fmt.queued(req), fmt.keeping, seconds, work, log)
     return await work()
 
 
@@ -96,12 +98,20 @@ async def _searched_answer(request: web.Request, key: KeyRecord, req: ChatComple
 
 @access_logged("responses")
 async def get_response(request: web.Request) -> web.StreamResponse:
-    """``GET /v1/responses/{id}``: the calling key's stored response object."""
+    """``GET /v1/responses/{id}``: the calling key's stored response object; with ``stream=true``, a streamed
+    background response's events again (after ``starting_after``), until its end."""
     ctx, key = await caller(request)
-    if request.query.get("stream", "false").lower() not in ("false", "0"):
-        raise invalid_value("stream", "a stored response is returned whole; streaming it again is not served")
+    query: RetrieveQuery = parse_model(RetrieveQuery, items_query(request, ("stream", "starting_after",
+                                                                            "include_obfuscation")))
     found = await responses_state.stored(ctx, key, request.match_info["response_id"])
-    return json_response(found.response)
+    if not query.stream:
+        return json_response(found.response)
+    after = -1 if query.starting_after is None else query.starting_after
+    if found.response.get("background") is not True or not (
+            ctx.response_logs.get(found.id) or await store_call(ctx.responses.events(key.id, found.id, after=-1))):
+        raise invalid_value("stream", "only a background response made with stream: true can be streamed again; "
+                                      "this one is returned whole (leave stream out)")
+    return await responses_background.stream_log(request, responses_background.resumed(ctx, found, after))
 
 
 @access_logged("responses")
@@ -138,11 +148,11 @@ async def caller(request: web.Request) -> tuple[ApiContext, KeyRecord]:
     return ctx, await authenticate(request, ctx.store, scope="chat")
 
 
-def items_query(request: web.Request) -> dict[str, object]:
-    """The query string as ``InputItemsQuery`` reads it: ``include`` may repeat (``include[]``, as the SDK
-    sends a list) or be a comma list; the others are single values, the last one sent."""
-    data: dict[str, object] = {name: request.query.getall(name)[-1] for name in ("limit", "order", "after")
-                               if name in request.query}
+def items_query(request: web.Request, names: tuple[str, ...] = ("limit", "order", "after")) -> dict[str, object]:
+    """The query string as ``InputItemsQuery`` (or another of ``names``) reads it: ``include`` may repeat
+    (``include[]``, as the SDK sends a list) or be a comma list; the others are single values, the last
+    one sent."""
+    data: dict[str, object] = {name: request.query.getall(name)[-1] for name in names if name in request.query}
     include = [v for value in request.query.getall("include", []) + request.query.getall("include[]", [])
                for v in value.split(",")]
     if include:
@@ -162,6 +172,7 @@ class ResponsesFormat:
         self.keeping = keeping  # how the answer will be stored (None: it will not be)
         self.ctx = ctx  # where it is stored
         self.response_id = new_id("resp")  # one id from the queued object (background) to the final one
+        self.log: EventLog | None = None  # a streamed background response's events
         self.created_at = int(time.time())
 
     def queued(self, req: ChatCompletionRequest) -> dict:
@@ -208,8 +219,18 @@ class ResponsesFormat:
         searched = self._search_item()
         return events.start() + (events.searched(searched) if searched else b"")
 
+    def event_log(self, req: ChatCompletionRequest) -> EventLog:
+        """A streamed background response's log, opened when it is queued (``stream`` fills it)."""
+        assert self.ctx is not None and self.keeping is not None
+        self.log = EventLog(self.ctx, self.keeping.key_id, self.response_id, self.keeping.retention,
+                            ResponseStream(self._skeleton(req.model or "unknown"), annotate=self._annotate,
+                                           seal=self._seal))
+        return self.log
+
     async def stream(self, request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun,
                      headers: dict[str, str]) -> web.StreamResponse:
+        if self.log is not None:
+            return await self._stream_to_log(self.log, req, race, run)
         events = ResponseStream(self._base(req, run), annotate=self._annotate, seal=self._seal)
         if run.done:  # the whole answer is in: one body, one write
             body = self._start(events) + b"".join(events.feed(e) for e in run.events) + _end(events, req, run)
@@ -224,6 +245,20 @@ class ResponsesFormat:
         await self._keep()
         await response.write_eof(tail)
         return response
+
+
+    async def _stream_to_log(self, log: EventLog, req: ChatCompletionRequest, race: Race,
+                             run: MinerRun) -> web.StreamResponse:
+        """A background stream's events go to its log (opened with ``response.created`` when it was queued);
+        its last ones wait in the log until the response is settled (``responses_background``)."""
+        log.events.base["model"] = run.model or req.model or "unknown"
+        searched = self._search_item()
+        if searched:
+            await log.add(log.events.searched(searched))
+        async for batch in race.follow_batches(run):
+            await log.add(b"".join(log.events.feed(e) for e in batch))
+        log.tail = _end(log.events, req, run)  # seals the final response
+        return web.Response()  # not sent: the request that asked for it was answered with the log
 
 
 class KeptFirst(web.Response):

@@ -10,14 +10,20 @@ miners (at once when the cancel came to its own worker). Callers poll
 ``GET /v1/responses/{id}``, as OpenAI's guide has it. A record still pending
 past its deadline (the process running it died) reads as ``failed``; a worker
 that shuts down gives the ones it runs ``SHUTDOWN_GRACE_S`` to finish, then
-fails them. Streaming one is not served.
+fails them.
+
+A streamed one (``stream: true`` too) is answered with its events as they are
+made, and they are kept (``EventLog``: here for the callers following it on
+this worker, in the store for the others): a caller whose connection dropped
+streams it again from where it was (``GET /v1/responses/{id}?stream=true&
+starting_after=N``, on any worker), and the answer goes on without it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -25,9 +31,11 @@ from loguru import logger
 
 from api.auth import store_call
 from api.context import ApiContext
+from api.responses_render import ResponseStream
 from api.responses_state import PENDING, Keeping, extend_conversation, failed, item_ids
 from shared.errors import ApiError, invalid_value
 from shared.http import json_response
+from shared.sse import SSE_HEADERS
 from shared.store.base import KeyRecord, StoreUnavailable
 from shared.store.responses import StoredResponse, encode, fits
 
@@ -37,15 +45,72 @@ GRACE_S = 30.0
 WATCH_EVERY_S = 1.0  # how often a running background response asks whether it was cancelled on another worker
 SHUTDOWN_GRACE_S = 5.0  # a graceful shutdown waits this long for them, as for a request in flight; then fails them
 SHUT_DOWN = "the gateway shut down before it finished: send the request again"
+# The statuses a stream's last event names (OpenAI's stream has no event for a cancelled one: it just ends).
+ENDINGS = ("completed", "incomplete", "failed")
+FOLLOW_EVERY_S = 0.1  # how often a stream resumed on another worker reads the store for the next events
+TAIL_WAIT_S = 1.0  # how long it waits, once the response is settled, for the last events its worker writes then
 
 
-def check_request(ctx: ApiContext, *, stream: bool, store: bool | None) -> None:
-    """A background response is stored to be polled, and is not streamed here: each refusal a 400 naming
-    its field, before anything is spent; a worker runs at most ``MAX_BACKGROUND_RESPONSES`` at once (a task
+class EventLog:
+    """A streamed background response's events (SSE frames, one per sequence number) as they are made:
+    kept here, for the callers following it on this worker, and in the store, for any other. Its last
+    event (``response.completed`` ...) is added once the response is settled, so a caller that has it
+    finds the response stored."""
+
+    def __init__(self, ctx: ApiContext, key_id: str, response_id: str, retention: float,
+                 events: ResponseStream) -> None:
+        self.ctx, self.key_id, self.response_id, self.retention = ctx, key_id, response_id, retention
+        self.events = events  # the renderer, whose sequence numbers the frames carry
+        self.tail: bytes | None = None  # the answer's last events, held until the response is settled
+        self.frames: list[bytes] = []
+        self.done = False
+        self._new = asyncio.Event()
+
+    async def add(self, chunk: bytes) -> None:
+        """Append events (a renderer's output: whole frames); a store that fails costs a resume on another
+        worker these events (a WARNING), not the callers following here."""
+        frames = [frame + b"\n\n" for frame in chunk.split(b"\n\n") if frame]
+        if not frames:
+            return
+        self.frames.extend(frames)
+        self._new.set()
+        assert self.ctx.responses is not None
+        try:
+            await self.ctx.responses.add_events(self.key_id, self.response_id, [f.decode() for f in frames],
+                                                retention=self.retention)
+        except StoreUnavailable as e:
+            logger.warning("background response {}: events not stored: {}", self.response_id, e)
+
+    async def end(self, final: dict[str, Any] | None) -> None:
+        """Its last events (the answer's own, or ``final``'s status as one event), then no more."""
+        if self.tail is not None and final is not None:
+            await self.add(self.tail)
+        elif final is not None and final.get("status") in ENDINGS:
+            await self.add(self.events.event(f"response.{final['status']}", response=final))
+        self.done = True
+        self._new.set()
+
+    async def follow(self, after: int) -> AsyncIterator[bytes]:
+        """The events after sequence number ``after``, as they come, until the last."""
+        index = after + 1
+        while True:
+            if index < len(self.frames):
+                batch = self.frames[index:]
+                index += len(batch)
+                yield b"".join(batch)
+                continue
+            if self.done:
+                return
+            self._new.clear()
+            if index < len(self.frames) or self.done:
+                continue
+            await self._new.wait()
+
+
+def check_request(ctx: ApiContext, *, store: bool | None) -> None:
+    """A background response is stored to be polled (or streamed again): each refusal a 400 naming its
+    field, before anything is spent; a worker runs at most ``MAX_BACKGROUND_RESPONSES`` at once (a task
     each, and its miners' connections, held with no caller's connection to bound them): past it a 429."""
-    if stream:
-        raise invalid_value("stream", "a background response is polled here (GET /v1/responses/{id}); streaming "
-                                      "one is not served: send stream: false, or stream without background")
     if store is False:
         raise invalid_value("store", "a background response is stored, to be polled: send store: true (or leave "
                                      "it out)")
@@ -58,40 +123,119 @@ def check_request(ctx: ApiContext, *, stream: bool, store: bool | None) -> None:
                             "background.", code="too_many_background_responses", headers={"Retry-After": "1"})
 
 
-async def start(ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping: Keeping, seconds: float,
-                work: Callable[[], Awaitable[Any]]) -> web.Response:
-    """Store ``queued`` as pending, start ``work`` (the race; it seals ``keeping``) in a task tracked for
-    cancel and shutdown, and answer with ``queued``."""
+async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping: Keeping,
+                seconds: float, work: Callable[[], Awaitable[Any]], log: EventLog | None = None) -> web.StreamResponse:
+    """Store ``queued`` as pending, start ``work`` (the race; it seals ``keeping``, and fills ``log`` when
+    streamed) in a task tracked for cancel and shutdown, and answer with ``queued``, or follow ``log``."""
     assert ctx.responses is not None
     data = encode(queued, keeping.items, until=time.time() + seconds + GRACE_S)
     if not fits(data):
         raise invalid_value("input", "the conversation is too large to store, and a background response is "
                                      "stored to be polled: send it without background")
-    await store_call(ctx.responses.put(key.id, queued["id"], data, retention=keeping.retention, pending=True))
-    task = ctx.spawn(_run(ctx, key, queued, keeping, work))
-    ctx.running_responses[queued["id"]] = task
-    task.add_done_callback(lambda _: ctx.running_responses.pop(queued["id"], None))
-    return json_response(queued)
+    response_id = queued["id"]
+    await store_call(ctx.responses.put(key.id, response_id, data, retention=keeping.retention, pending=True))
+    if log is not None:
+        ctx.response_logs[response_id] = log
+        await log.add(log.events.start())  # the caller knows its id before any miner has answered
+    task = ctx.spawn(_run(ctx, key, queued, keeping, work, log))
+    ctx.running_responses[response_id] = task
+
+    def forget(_: Any) -> None:
+        ctx.running_responses.pop(response_id, None)
+        ctx.response_logs.pop(response_id, None)
+
+    task.add_done_callback(forget)
+    if log is None:
+        return json_response(queued)
+    return await stream_log(request, log.follow(-1))
+
+
+async def stream_log(request: web.Request, events: AsyncIterator[bytes]) -> web.StreamResponse:
+    """Relay a background response's events; a caller that leaves stops only its own stream."""
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    await response.prepare(request)
+    async for chunk in events:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def resumed(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIterator[bytes]:
+    """A streamed background response's events after sequence number ``after``: followed here when this
+    worker is answering it, else read from the store until it is settled (the last event made up from the
+    stored response when the store lacks it: a worker that died, or a cancel)."""
+    log = ctx.response_logs.get(found.id)
+    if log is not None:
+        async for chunk in log.follow(after):
+            yield chunk
+        return
+    assert ctx.responses is not None
+    seen, last = after, ""
+    bound = found.until if found.until is not None else time.time()
+    settled_at: float | None = None
+    while not _ends(last):
+        pending = await store_call(ctx.responses.is_pending(found.key_id, found.id))
+        frames = await store_call(ctx.responses.events(found.key_id, found.id, after=seen))
+        if frames:
+            seen, last = seen + len(frames), frames[-1]
+            yield "".join(frames).encode()
+        if not pending:  # its last events are written just after it is settled: wait a little for them
+            settled_at = settled_at or time.monotonic()
+            if time.monotonic() - settled_at > TAIL_WAIT_S:
+                break
+        elif time.time() > bound:
+            break
+        await asyncio.sleep(FOLLOW_EVERY_S)
+    if _ends(last):
+        return
+    now = await store_call(ctx.responses.get(found.key_id, found.id))
+    if now is not None and now.response.get("status") in ENDINGS:
+        closing = ResponseStream(now.response)
+        closing.seq = seen + 1
+        yield closing.event(f"response.{now.response['status']}", response=now.response)
+
+
+def _ends(frame: str) -> bool:
+    """Whether an event is a response's last (``response.completed``, ``.failed``, ``.incomplete``)."""
+    return frame.startswith(tuple(f"event: response.{status}\n" for status in ENDINGS))
 
 
 async def _run(ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping: Keeping,
-               work: Callable[[], Awaitable[Any]]) -> None:
+               work: Callable[[], Awaitable[Any]], log: EventLog | None) -> None:
     """Answer, then settle the stored response with the answer, or as failed (no miner answered, a bug, a
-    shutdown); a cancel that came first keeps its ``cancelled``."""
+    shutdown); a cancel that came first keeps its ``cancelled``. Its log, if streamed, ends with the
+    response as settled."""
     try:
         await _watched(ctx, key.id, queued["id"], work)
         final = keeping.final if keeping.final is not None else failed(queued, "no answer was made")
     except SettledElsewhere:
+        await _end_log(ctx, key, queued["id"], log)
         return
     except ApiError as e:
         final = failed(queued, e.message)
     except asyncio.CancelledError:  # a cancel (which settled it already) or a shutdown
         await settle(ctx, key, keeping, failed(queued, SHUT_DOWN))
+        await _end_log(ctx, key, queued["id"], log)
         raise
     except Exception as e:
         logger.opt(exception=e).error("background response {} failed", queued["id"])
         final = failed(queued, "internal error")
-    await settle(ctx, key, keeping, final)
+    if await settle(ctx, key, keeping, final) and log is not None:
+        await log.end(final)
+    else:
+        await _end_log(ctx, key, queued["id"], log)
+
+
+async def _end_log(ctx: ApiContext, key: KeyRecord, response_id: str, log: EventLog | None) -> None:
+    """End a streamed response's log with the response as it was settled (by a cancel, say)."""
+    if log is None:
+        return
+    try:
+        now = await ctx.responses.get(key.id, response_id) if ctx.responses is not None else None
+    except StoreUnavailable:
+        now = None
+    log.tail = None
+    await log.end(now.response if now is not None and now.response.get("status") not in PENDING else None)
 
 
 class SettledElsewhere(Exception):

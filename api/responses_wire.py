@@ -328,6 +328,18 @@ class InputItemsQuery(BaseModel):
     include: list[Includable] | None = Field(default=None, description="Accepted, changing nothing")
 
 
+class RetrieveQuery(BaseModel):
+    """``GET /v1/responses/{id}``: the response object, or (``stream``) a streamed background response's
+    events again, after ``starting_after``."""
+
+    stream: bool = Field(default=False, description="A streamed background response's events, from the start "
+                                                    "or after starting_after, until its end")
+    starting_after: int | None = Field(default=None, ge=0, description="The sequence number of the last event "
+                                                                         "had (stream)")
+    include: list[Includable] | None = Field(default=None, description="Accepted, changing nothing")
+    include_obfuscation: bool | None = Field(default=None, description="Accepted, changing nothing")
+
+
 class InputItemListOut(BaseModel):
     """OpenAI's list of a response's input items (the SDK's ``ResponseItemList``)."""
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 DONE = "[DONE]"
 DONE_FRAME = b"data: [DONE]\n\n"
+# A stream's response headers: no proxy (nginx) may buffer it, no cache keep it.
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class SSEError(ValueError):

@@ -14,7 +14,9 @@ with its response.
 
 A background response is put ``pending`` (queued) and then ``settle``d once:
 by the task that answered it, or by a cancel, whichever comes first; the other
-finds it settled and changes nothing.
+finds it settled and changes nothing. A streamed one also keeps its events
+(``add_events``, ``events``), so that any worker can stream it again from where
+a caller's connection dropped.
 """
 
 from __future__ import annotations
@@ -91,6 +93,14 @@ class ResponseStore(Protocol):
         """Whether the response is still to be settled (a cheap read: its task asks it every second)."""
         ...
 
+    async def add_events(self, key_id: str, response_id: str, events: Sequence[str], *, retention: float) -> None:
+        """Append a streamed background response's next events (SSE frames, one per sequence number)."""
+        ...
+
+    async def events(self, key_id: str, response_id: str, *, after: int) -> list[str]:
+        """Its events from sequence number ``after + 1`` on, as far as they are kept now."""
+        ...
+
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
         """The response if ``key_id`` made it and it has not expired; else None (as for an unknown id)."""
         ...
@@ -122,6 +132,14 @@ CREATE TABLE IF NOT EXISTS pending_responses (
     id TEXT PRIMARY KEY,
     key_id TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS response_events (
+    response_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (response_id, seq)
+);
+CREATE INDEX IF NOT EXISTS response_events_key ON response_events (key_id);
 """
 
 
@@ -173,6 +191,7 @@ class SQLiteResponseStore(SQLiteTables):
         ids = [(row[0],) for row in db.execute("SELECT id FROM stored_responses WHERE expires_at <= ? LIMIT ?",
                                                (now, PURGE_BATCH))]
         db.executemany("DELETE FROM stored_response_items WHERE response_id = ?", ids)
+        db.executemany("DELETE FROM response_events WHERE response_id = ?", ids)
         db.executemany("DELETE FROM pending_responses WHERE id = ?", ids)
         return db.executemany("DELETE FROM stored_responses WHERE id = ?", ids).rowcount
 
@@ -183,6 +202,20 @@ class SQLiteResponseStore(SQLiteTables):
 
     async def is_pending(self, key_id: str, response_id: str) -> bool:
         return bool(self._query("SELECT 1 FROM pending_responses WHERE id = ? AND key_id = ?", (response_id, key_id)))
+
+    async def add_events(self, key_id: str, response_id: str, events: Sequence[str], *, retention: float) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            start = db.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM response_events WHERE response_id = ?",
+                               (response_id,)).fetchone()[0]
+            db.executemany("INSERT INTO response_events (response_id, key_id, seq, data) VALUES (?,?,?,?)",
+                           [(response_id, key_id, start + i, e) for i, e in enumerate(events)])
+
+        self._tx(run)
+
+    async def events(self, key_id: str, response_id: str, *, after: int) -> list[str]:
+        rows = self._query("SELECT data FROM response_events WHERE response_id = ? AND key_id = ? AND seq > ? "
+                           "ORDER BY seq", (response_id, key_id, after))
+        return [row[0] for row in rows]
 
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
         rows = self._query("SELECT r.id, r.data, r.expires_at FROM stored_response_items i JOIN stored_responses r "
@@ -204,6 +237,7 @@ class SQLiteResponseStore(SQLiteTables):
         selected = f"SELECT id FROM stored_responses WHERE {where}"
         db.execute(f"DELETE FROM stored_response_items WHERE response_id IN ({selected})", args)
         db.execute(f"DELETE FROM pending_responses WHERE id IN ({selected})", args)
+        db.execute(f"DELETE FROM response_events WHERE response_id IN ({selected})", args)
         return db.execute(f"DELETE FROM stored_responses WHERE {where}", args).rowcount
 
     async def delete(self, key_id: str, response_id: str) -> bool:
@@ -215,6 +249,7 @@ class SQLiteResponseStore(SQLiteTables):
         def run(db: sqlite3.Connection) -> int:
             db.execute("DELETE FROM stored_response_items WHERE key_id = ?", (key_id,))
             db.execute("DELETE FROM pending_responses WHERE key_id = ?", (key_id,))
+            db.execute("DELETE FROM response_events WHERE key_id = ?", (key_id,))
             return db.execute("DELETE FROM stored_responses WHERE key_id = ?", (key_id,)).rowcount
 
         return self._tx(run)
@@ -253,6 +288,9 @@ class RedisResponseStore(RedisBacked):
     def _pending_key(self, key_id: str, response_id: str) -> str:
         return f"{self.ns}:response_pending:{key_id}:{response_id}"
 
+    def _events_key(self, key_id: str, response_id: str) -> str:
+        return f"{self.ns}:response_events:{key_id}:{response_id}"
+
     async def put(self, key_id: str, response_id: str, data: str, *, retention: float,
                   item_ids: Sequence[str] = (), pending: bool = False) -> None:
         ttl = max(1, round(retention * 1000))
@@ -278,6 +316,17 @@ class RedisResponseStore(RedisBacked):
     async def is_pending(self, key_id: str, response_id: str) -> bool:
         return bool(await redis_call(self.r.exists(self._pending_key(key_id, response_id)), LABEL))
 
+    async def add_events(self, key_id: str, response_id: str, events: Sequence[str], *, retention: float) -> None:
+        name = self._events_key(key_id, response_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.rpush(name, *events)
+        pipe.pexpire(name, max(1, round(retention * 1000)))
+        await redis_call(pipe.execute(), LABEL)
+
+    async def events(self, key_id: str, response_id: str, *, after: int) -> list[str]:
+        got = await redis_call(self.r.lrange(self._events_key(key_id, response_id), after + 1, -1), LABEL)
+        return [e.decode() if isinstance(e, bytes) else e for e in got]
+
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
         response_id = await redis_call(self.r.get(self._item_key(key_id, item_id)), LABEL)
         if not response_id:
@@ -288,12 +337,12 @@ class RedisResponseStore(RedisBacked):
         """The response and its pending mark (a background task settling it later must find it gone)."""
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(self._key(key_id, response_id))
-        pipe.delete(self._pending_key(key_id, response_id))
+        pipe.delete(self._pending_key(key_id, response_id), self._events_key(key_id, response_id))
         return bool((await redis_call(pipe.execute(), LABEL))[0])
 
     async def forget_key(self, key_id: str) -> int:
         """A SCAN of the key's names (an admin's rare call, in batches: never a KEYS that blocks Redis)."""
-        for names in (self._item_key, self._pending_key):
+        for names in (self._item_key, self._pending_key, self._events_key):
             await redis_call(forget_matching(self.r, glob_escaped(names(key_id, "")) + "*"), LABEL)
         return await redis_call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"), LABEL)
 

@@ -110,14 +110,11 @@ async def test_no_miner_answering_ends_it_failed_with_the_reason(tmp_path: Path)
         assert done.error.message  # the race's reason, as a foreground request's 5xx says it
 
 
-@pytest.mark.parametrize(("fields", "param"), [
-    ({"stream": True}, "stream"),
-    ({"store": False}, "store"),
-])
-async def test_what_a_background_response_cannot_be_is_a_400(honest: ApiUnderTest, fields: dict[str, Any],
-                                                              param: str) -> None:
-    status, body = await call(honest, "POST", "/v1/responses", {"input": "Hi", "background": True, **fields})
-    assert status == 400 and body["error"]["param"] == param, body
+async def test_a_background_response_that_is_not_stored_is_a_400(honest: ApiUnderTest) -> None:
+    for stream in (False, True):
+        status, body = await call(honest, "POST", "/v1/responses", {"input": "Hi", "background": True,
+                                                                    "store": False, "stream": stream})
+        assert status == 400 and body["error"]["param"] == "store", body
     assert honest.ctx.running_responses == {}
 
 
@@ -208,3 +205,76 @@ async def test_a_worker_runs_a_bounded_number_at_once(tmp_path: Path) -> None:
         assert [(await polled(client, r)).status for r in running] == ["completed", "completed"]
         again = await client.responses.create(model="default", input="Hi", background=True)  # room again
         assert (await polled(client, again)).status == "completed"
+
+
+def words(n: int, delay: float) -> Script:
+    return Script([(delay, d) for d in sse(*[chunk(f"w{i} ") for i in range(n)], chunk(finish="stop"))])
+
+
+async def first_events(stream: Any, n: int) -> list[Any]:
+    """The first ``n`` events of a stream, then the connection dropped (as a caller's that went away)."""
+    got = []
+    async for event in stream:
+        got.append(event)
+        if len(got) == n:
+            break
+    await stream.close()
+    return got
+
+
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["same worker", "another worker"])
+async def test_a_streamed_background_response_goes_on_without_its_caller_and_is_streamed_again(
+        tmp_path: Path, elsewhere: bool) -> None:
+    """OpenAI's resumable stream: the caller's connection drops after four events; the answer goes on, and
+    ``retrieve(stream=True, starting_after=3)`` gives the rest, numbered on, from the worker answering it
+    (its events in memory) or from any other (read from the store as they are written)."""
+    miner = words(6, 0.05)
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        head = await first_events(await client.responses.create(model="default", input="Hi", background=True,
+                                                                stream=True), 4)
+        assert [e.type for e in head] == ["response.created", "response.in_progress", "response.output_item.added",
+                                          "response.content_part.added"]
+        response_id = head[0].response.id
+        assert head[0].response.background is True
+        if elsewhere:  # a worker that does not answer it has no events in memory: the store's, as they come
+            api.ctx.response_logs.pop(response_id)
+        rest = [e async for e in await client.responses.retrieve(response_id, stream=True, starting_after=3)]
+        assert [e.sequence_number for e in rest] == list(range(4, 4 + len(rest)))
+        assert rest[-1].type == "response.completed" and rest[-1].response.output_text == "w0 w1 w2 w3 w4 w5 "
+        assert "".join(e.delta for e in rest if e.type == "response.output_text.delta") == "w0 w1 w2 w3 w4 w5 "
+        assert miner.cancelled == 0  # the answer was not stopped with the first connection
+        assert (await client.responses.retrieve(response_id)).status == "completed"
+        whole = [e async for e in await client.responses.retrieve(response_id, stream=True)]  # from the start
+        assert [e.type for e in whole] == [e.type for e in head + rest]
+
+
+async def test_a_streamed_background_response_that_fails_ends_with_response_failed(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {1: Script([], status=500)}) as api:
+        client = openai_client(api)
+        events = [e async for e in await client.responses.create(model="default", input="Hi", background=True,
+                                                                 stream=True)]
+        assert [e.type for e in events] == ["response.created", "response.in_progress", "response.failed"]
+        assert events[-1].response.error is not None and events[-1].sequence_number == 2
+        assert (await client.responses.retrieve(events[0].response.id)).status == "failed"
+
+
+async def test_a_cancel_ends_the_stream_and_only_streamed_background_responses_stream_again(tmp_path: Path) -> None:
+    miner = words(3, 1.0)
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        stream = await client.responses.create(model="default", input="Hi", background=True, stream=True)
+        events, ended = [], False
+        async for event in stream:
+            events.append(event)
+            if event.type == "response.in_progress":
+                assert (await client.responses.cancel(event.response.id)).status == "cancelled"
+        ended = True
+        assert ended and [e.type for e in events] == ["response.created", "response.in_progress"]  # then it ends
+        polled_one = await client.responses.create(model="default", input="Hi", background=True)
+        foreground = await client.responses.create(model="default", input="Hi")
+        for response_id in (polled_one.id, foreground.id):
+            status, body = await call(api, "GET", f"/v1/responses/{response_id}?stream=true")
+            assert status == 400 and body["error"]["param"] == "stream", body
+        status, body = await call(api, "GET", f"/v1/responses/{polled_one.id}?stream=true&starting_after=-2")
+        assert status == 400 and body["error"]["param"] == "starting_after"

@@ -184,3 +184,19 @@ async def test_a_deleted_pending_response_is_not_brought_back_by_its_task(respon
     assert await responses.forget_key("key-a") == 1
     assert not await responses.settle("key-a", "resp_2", encode(RESPONSE, ITEMS), retention=60)
     assert await responses.get("key-a", "resp_2") is None
+
+
+async def test_a_streamed_responses_events_are_read_on_from_any_point_and_go_with_it(responses: ResponseStore) -> None:
+    await responses.put("key-a", "resp_1", encode(QUEUED, ITEMS), retention=60, pending=True)
+    await responses.add_events("key-a", "resp_1", ["e0", "e1"], retention=60)
+    await responses.add_events("key-a", "resp_1", ["e2"], retention=60)
+    assert await responses.events("key-a", "resp_1", after=-1) == ["e0", "e1", "e2"]
+    assert await responses.events("key-a", "resp_1", after=1) == ["e2"]
+    assert await responses.events("key-a", "resp_1", after=2) == []
+    assert await responses.events("key-b", "resp_1", after=-1) == []  # another key's: as if none
+    await responses.put("key-a", "resp_2", encode(QUEUED, ITEMS), retention=60, pending=True)
+    await responses.add_events("key-a", "resp_2", ["x0"], retention=60)
+    assert await responses.delete("key-a", "resp_1")
+    assert await responses.events("key-a", "resp_1", after=-1) == []
+    await responses.forget_key("key-a")
+    assert await responses.events("key-a", "resp_2", after=-1) == []
