@@ -26,6 +26,7 @@ from typing import Any
 from loguru import logger
 
 from api.answer_checks import NOT_JSON, UNFIT, Check, Unfit
+from shared.aio import follow_growing
 from shared.jsonutil import loads
 from shared.metagraph import Neuron
 from shared.miner_client import Event, MinerClient, MinerError, event_text
@@ -322,21 +323,9 @@ class Race:
             for data in batch:
                 yield event_text(data)
 
-    async def follow_batches(self, run: MinerRun) -> AsyncIterator[list[Event]]:
+    def follow_batches(self, run: MinerRun) -> AsyncIterator[list[Event]]:
         """``follow`` in groups: every event that arrived since the last group (one client write each)."""
-        index = 0
-        while True:
-            if index < len(run.events):
-                batch = run.events[index:]
-                index += len(batch)
-                yield batch
-                continue
-            if run.done:
-                return
-            run.new_data.clear()
-            if index < len(run.events) or run.done:
-                continue
-            await run.new_data.wait()
+        return follow_growing(run.events, run.new_data, lambda: run.done)
 
     def refused(self) -> bool:
         """Every miner's model server refused the request itself: the caller's mistake, not theirs."""

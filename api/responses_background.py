@@ -33,6 +33,7 @@ from api.auth import store_call
 from api.context import ApiContext
 from api.responses_render import ResponseStream
 from api.responses_state import PENDING, Keeping, extend_conversation, failed, item_ids
+from shared.aio import follow_growing
 from shared.errors import ApiError, invalid_value
 from shared.http import json_response
 from shared.sse import SSE_HEADERS
@@ -92,19 +93,8 @@ class EventLog:
 
     async def follow(self, after: int) -> AsyncIterator[bytes]:
         """The events after sequence number ``after``, as they come, until the last."""
-        index = after + 1
-        while True:
-            if index < len(self.frames):
-                batch = self.frames[index:]
-                index += len(batch)
-                yield b"".join(batch)
-                continue
-            if self.done:
-                return
-            self._new.clear()
-            if index < len(self.frames) or self.done:
-                continue
-            await self._new.wait()
+        async for batch in follow_growing(self.frames, self._new, lambda: self.done, start=after + 1):
+            yield b"".join(batch)
 
 
 def check_request(ctx: ApiContext, *, store: bool | None) -> None:

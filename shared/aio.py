@@ -11,7 +11,7 @@ process hangs on exit. ``asyncio.timeout`` already counts cancellations correctl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -25,6 +25,26 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def follow_growing(items: list[T], grown: asyncio.Event, finished: Callable[[], bool],
+                         start: int = 0) -> AsyncIterator[list[T]]:
+    """What is appended to ``items`` (from index ``start``), in groups as it comes, until ``finished()``:
+    its writer appends, then sets ``grown``; it sets ``grown`` once more when it finishes. Each group is
+    every item that arrived since the last one (one write for a reader relaying them)."""
+    index = start
+    while True:
+        if index < len(items):
+            batch = items[index:]
+            index += len(batch)
+            yield batch
+            continue
+        if finished():
+            return
+        grown.clear()
+        if index < len(items) or finished():  # appended (or finished) between the check and the clear
+            continue
+        await grown.wait()
 
 
 async def within(awaitable: Awaitable[T], timeout: float) -> T:
