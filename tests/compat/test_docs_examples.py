@@ -33,7 +33,8 @@ EXPECTED = {  # most specific first: the agents example also mentions AsyncOpenA
     "response_format=City": ["name='Tell me about Paris' population=4 landmarks=['Tell me about Paris']"],
     "langchain_openai": ["uid=7 hotkey='uid and hotkey of the top miner?'"],
     "AsyncOpenAI": ["sn1/deterministic"],
-    "/v1/chat/completions": ['"object":"chat.completion"', "data: [DONE]", '"object":"list"', '"results"'],
+    "/v1/chat/completions": ['"object":"chat.completion"', "data: [DONE]", '"object":"list"', '"results"',
+                             '"background":true', '"status":"completed"'],
     "create-api-key": ['"api_key":"sn1-', '"rate_limit":120', '"deleted":true'],
     "/openapi.json": ["sn1_api_http_requests_total{", "paths", "200"],
 }
