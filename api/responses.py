@@ -89,6 +89,8 @@ async def _searched_answer(request: web.Request, key: KeyRecord, req: ChatComple
                                 send=not wanted.background)
         except ApiError as e:
             shorter = truncated(body) if wanted.truncation == "auto" and cuts < MAX_TRUNCATIONS else None
+            if e.code == CONTEXT_LENGTH_EXCEEDED and shorter is None:
+                e.param = "input"  # this API's name for what is too long
             if e.code != CONTEXT_LENGTH_EXCEEDED or shorter is None:
                 raise
         cuts += 1

@@ -454,7 +454,7 @@ async def test_truncation_auto_drops_the_oldest_turns_until_the_miners_model_tak
         client = openai.AsyncOpenAI(base_url=api + "/v1", api_key=key, max_retries=0)
         with pytest.raises(openai.BadRequestError) as e:
             await client.responses.create(model=MODEL, input=LONG_TALK, instructions="Be brief.")  # type: ignore[arg-type]
-        assert e.value.code == "context_length_exceeded"
+        assert (e.value.code, e.value.param) == ("context_length_exceeded", "input")
         for stream in (False, True):
             received.clear()
             if stream:
