@@ -118,7 +118,9 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     """Store ``queued`` as pending, start ``work`` (the race; it seals ``keeping``, and fills ``log`` when
     streamed) in a task tracked for cancel and shutdown, and answer with ``queued``, or follow ``log``."""
     assert ctx.responses is not None
-    data = encode(queued, keeping.items, until=time.time() + seconds + GRACE_S)
+    # Stored in_progress: its task starts at once (none waits for room: past the bound is a 429), so a poll
+    # finds it being answered; the caller gets OpenAI's first word for it, queued.
+    data = encode(queued | {"status": "in_progress"}, keeping.items, until=time.time() + seconds + GRACE_S)
     if not fits(data):
         raise invalid_value("input", "the conversation is too large to store, and a background response is "
                                      "stored to be polled: send it without background")

@@ -48,6 +48,7 @@ async def test_a_background_response_is_queued_at_once_then_polled_to_its_answer
         assert time.perf_counter() - started < 0.4  # the miner takes 0.4 s: the answer did not wait for it
         Response.model_validate(queued.model_dump())
         assert (queued.status, queued.background, queued.output, queued.metadata) == ("queued", True, [], {"job": "1"})
+        assert (await client.responses.retrieve(queued.id)).status == "in_progress"  # its task started at once
         with pytest.raises(openai.BadRequestError) as e:  # not a turn to continue yet
             await client.responses.create(model="default", input="And?", previous_response_id=queued.id)
         assert e.value.code == "previous_response_in_progress"
