@@ -268,8 +268,9 @@ class ResponseOut(BaseModel):
     object: Literal["response"] = "response"
     created_at: int
     completed_at: int | None = Field(default=None, description="Set when the status is completed")
-    status: Literal["completed", "incomplete", "failed", "queued", "cancelled"] = Field(
-        description="queued: a background response not answered yet (poll it); cancelled: one cancelled before")
+    status: Literal["completed", "incomplete", "failed", "queued", "in_progress", "cancelled"] = Field(
+        description="queued or in_progress: a background response not answered yet (poll it); cancelled: one "
+                    "cancelled before")
     model: str
     output: list[dict[str, Any]] = Field(description="reasoning, web_search_call, message and function_call "
                                                      "items, in order")

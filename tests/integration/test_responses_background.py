@@ -16,6 +16,7 @@ import pytest
 from openai.types.responses import Response
 
 from api import responses_background, responses_state
+from api.responses_wire import ResponseOut
 from shared.store.responses import SQLiteResponseStore, encode
 from tests.compat.support import sample
 from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, sse
@@ -48,7 +49,9 @@ async def test_a_background_response_is_queued_at_once_then_polled_to_its_answer
         assert time.perf_counter() - started < 0.4  # the miner takes 0.4 s: the answer did not wait for it
         Response.model_validate(queued.model_dump())
         assert (queued.status, queued.background, queued.output, queued.metadata) == ("queued", True, [], {"job": "1"})
-        assert (await client.responses.retrieve(queued.id)).status == "in_progress"  # its task started at once
+        status, polled_now = await call(api, "GET", f"/v1/responses/{queued.id}")
+        assert status == 200 and polled_now["status"] == "in_progress"  # its task started at once
+        ResponseOut.model_validate(polled_now)  # as /openapi.json documents it
         with pytest.raises(openai.BadRequestError) as e:  # not a turn to continue yet
             await client.responses.create(model="default", input="And?", previous_response_id=queued.id)
         assert e.value.code == "previous_response_in_progress"
