@@ -440,6 +440,9 @@ async def test_an_input_over_the_context_window_is_openais_context_length_exceed
         agent = Agent(OpenAIChatModel(MODEL, provider=OpenAIProvider(base_url=api + "/v1", api_key=key)))
         with pytest.raises(ModelContextWindowExceededError):
             await agent.run(" ".join(m["content"] for m in LONG_TALK))
+        with pytest.raises(openai.BadRequestError) as e:  # the legacy API names its own field
+            await client.completions.create(model=MODEL, prompt=" ".join(m["content"] for m in LONG_TALK))
+        assert (e.value.code, e.value.param) == ("context_length_exceeded", "prompt")
         short = await client.chat.completions.create(model=MODEL, messages=LONG_TALK[-1:])  # type: ignore[arg-type]
         assert short.choices[0].message.content == "echo: " + LONG_TALK[-1]["content"]
 
