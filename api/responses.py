@@ -27,7 +27,7 @@ from api.race import MinerRun, Race
 from api.responses_background import EventLog
 from api.responses_render import ResponseStream, complete_output, finished, new_id, skeleton
 from api.responses_state import Keeping
-from api.responses_translate import chat_body, search_tool, truncated
+from api.responses_translate import chat_body, kept_share, search_tool, truncated
 from api.responses_wire import InputItemsQuery, ResponsesRequest, RetrieveQuery
 from api.route_hints import require
 from api.web_retrieval import Found
@@ -88,7 +88,8 @@ async def _searched_answer(request: web.Request, key: KeyRecord, req: ChatComple
             return await answer(request, key, req, body, fmt, started=started, planned=planned,
                                 send=not wanted.background)
         except ApiError as e:
-            shorter = truncated(body) if wanted.truncation == "auto" and cuts < MAX_TRUNCATIONS else None
+            shorter = (truncated(body, kept_share(e.message)) if wanted.truncation == "auto" and cuts < MAX_TRUNCATIONS
+                       else None)
             if e.code == CONTEXT_LENGTH_EXCEEDED and shorter is None:
                 e.param = "input"  # this API's name for what is too long
             if e.code != CONTEXT_LENGTH_EXCEEDED or shorter is None:

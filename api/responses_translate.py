@@ -10,6 +10,7 @@ anything else is refused with a 400 naming its place in the body.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from api.responses_wire import (
 )
 from shared.errors import invalid_value
 from shared.http import parse_model
+from shared.jsonutil import dumps
 from shared.protocol import passed_on
 
 ITEMS: dict[str, type[MessageItem | FunctionCallItem | FunctionCallOutputItem]] = {
@@ -103,11 +105,12 @@ def chat_body(r: ResponsesRequest, history: Sequence[dict[str, Any]] = ()) -> di
     return body
 
 
-def truncated(body: dict[str, Any]) -> dict[str, Any] | None:
-    """``body`` with the older half of its conversation dropped, for ``truncation: "auto"`` once the miners'
+def truncated(body: dict[str, Any], keep: float = 0.5) -> dict[str, Any] | None:
+    """``body`` with the oldest turns of its conversation dropped, for ``truncation: "auto"`` once the miners'
     models refused it as longer than their context window (OpenAI drops items from the beginning of the
-    conversation); None when nothing is left to drop. The system messages it opens with (``instructions``)
-    and its last message stay; a tool result whose call was dropped goes too (chat servers refuse it)."""
+    conversation): as many as leave about ``keep`` of its text (``kept_share``), one at least; None when
+    nothing is left to drop. The system messages it opens with (``instructions``) and its last message
+    stay; a tool result whose call was dropped goes too (chat servers refuse it)."""
     messages = body["messages"]
     head = 0
     while head < len(messages) and messages[head]["role"] in ("system", "developer"):
@@ -115,10 +118,36 @@ def truncated(body: dict[str, Any]) -> dict[str, Any] | None:
     rest = messages[head:]
     if len(rest) <= 1:
         return None
-    kept = rest[max(1, len(rest) // 2):]
+    sizes = [len(dumps(m)) for m in rest]
+    budget, first = keep * sum(sizes), 1
+    while first < len(rest) - 1 and sum(sizes[first:]) > budget:
+        first += 1
+    kept = rest[first:]
     while len(kept) > 1 and kept[0]["role"] == "tool":
         kept = kept[1:]
     return body | {"messages": messages[:head] + kept}
+
+
+# A model server's numbers in its refusal: the context it has (OpenAI and vLLM "maximum context length is N",
+# SGLang "the model's context length (N tokens)"), and what was asked (OpenAI "your messages resulted in N",
+# vLLM "you requested N tokens (P in the messages, C in the completion)", SGLang "The input (N tokens)").
+_LIMIT = re.compile(r"(?:maximum context length is|context length \()\s*(\d+)", re.I)
+_ASKED = re.compile(r"(?:resulted in|requested|input \()\s*(\d+)", re.I)
+_PARTS = re.compile(r"(\d+) in the messages, (\d+) in the completion", re.I)
+
+
+def kept_share(refusal: str) -> float:
+    """How much of the conversation's text fits, from the numbers in the miners' refusal (with a tenth to
+    spare: their tokens are not our characters); half when it gives none."""
+    limit, asked, parts = _LIMIT.search(refusal), _ASKED.search(refusal), _PARTS.search(refusal)
+    if limit is None or asked is None:
+        return 0.5
+    room, used = int(limit.group(1)), int(asked.group(1))
+    if parts is not None:  # the answer's tokens are asked for too: the messages get what they leave
+        room, used = room - int(parts.group(2)), int(parts.group(1))
+    if room <= 0 or used <= 0:
+        return 0.5
+    return max(0.05, min(0.9, 0.9 * room / used))
 
 
 def check_items(items: Sequence[dict[str, Any]], at: str) -> None:

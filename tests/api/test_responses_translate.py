@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.responses_translate import chat_body, search_tool, truncated
+from api.responses_translate import chat_body, kept_share, search_tool, truncated
 from api.responses_wire import ResponsesRequest
 from shared.errors import ApiError
 from shared.http import parse_model
@@ -331,3 +331,22 @@ def test_truncation_halves_the_conversation_keeps_the_instructions_and_drops_orp
     assert truncated(cut) is None  # the last message is never dropped
     six = {"messages": [said("user", str(i)) for i in range(6)]}
     assert [m["content"] for m in truncated(six)["messages"]] == ["3", "4", "5"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("refusal", "share"), [
+    # vLLM: the answer's tokens are asked for too, so the messages get what they leave
+    ("uid 1: HTTP 400: This model's maximum context length is 4096 tokens. However, you requested 5000 tokens "
+     "(1000 in the messages, 4000 in the completion).", 0.9 * 96 / 1000),
+    ("This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 tokens.",
+     0.9 * 128000 / 130000),  # OpenAI's words
+    ("The input (5000 tokens) is longer than the model's context length (4096 tokens).", 0.9 * 4096 / 5000),  # SGLang
+    ("the request exceeds the available context size, try increasing it", 0.5),  # llama.cpp gives no numbers
+])
+def test_the_share_kept_comes_from_the_numbers_in_the_refusal(refusal: str, share: float) -> None:
+    assert kept_share(refusal) == pytest.approx(share)
+
+
+def test_truncation_drops_only_as_much_as_the_share_asks() -> None:
+    ten = {"messages": [{"role": "user", "content": str(i)} for i in range(10)]}
+    assert [m["content"] for m in truncated(ten, 0.85)["messages"]] == [str(i) for i in range(2, 10)]  # type: ignore[index]
+    assert [m["content"] for m in truncated(ten, 0.01)["messages"]] == ["9"]  # type: ignore[index]
