@@ -37,6 +37,7 @@ class ApiContext:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     running_responses: dict[str, asyncio.Task[Any]] = field(default_factory=dict)  # background responses, by id
     response_logs: dict[str, Any] = field(default_factory=dict)  # the events of those streamed (EventLog), by id
+    background_owners: dict[str, str] = field(default_factory=dict)  # the API key of each, by id
     payload_sinks: list[PayloadSink] = field(default_factory=list)
     forwarder: OutboxForwarder | None = None
     usage: UsageRecorder | None = None  # filled in by create_api_app when not given

@@ -52,7 +52,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     require(sent, "input")
     wanted: ResponsesRequest = parse_model(ResponsesRequest, sent)
     if wanted.background:
-        responses_background.check_request(ctx, store=wanted.store)
+        responses_background.check_request(ctx, key, store=wanted.store)
     wanted, history = await responses_state.continued(ctx, key, wanted)
     body = chat_body(wanted, history)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)

@@ -97,10 +97,11 @@ class EventLog:
             yield b"".join(batch)
 
 
-def check_request(ctx: ApiContext, *, store: bool | None) -> None:
+def check_request(ctx: ApiContext, key: KeyRecord, *, store: bool | None) -> None:
     """A background response is stored to be polled (or streamed again): each refusal a 400 naming its
     field, before anything is spent; a worker runs at most ``MAX_BACKGROUND_RESPONSES`` at once (a task
-    each, and its miners' connections, held with no caller's connection to bound them): past it a 429."""
+    each, and its miners' connections, held with no caller's connection to bound them), of which one key
+    at most ``MAX_BACKGROUND_RESPONSES_PER_KEY``: past either a 429."""
     if store is False:
         raise invalid_value("store", "a background response is stored, to be polled: send store: true (or leave "
                                      "it out)")
@@ -110,6 +111,11 @@ def check_request(ctx: ApiContext, *, store: bool | None) -> None:
     if len(ctx.running_responses) >= ctx.settings.max_background_responses:
         raise ApiError(429, f"This API worker is running {len(ctx.running_responses)} background responses, its "
                             "bound (MAX_BACKGROUND_RESPONSES): wait for some to finish, or send this one without "
+                            "background.", code="too_many_background_responses", headers={"Retry-After": "1"})
+    mine = sum(1 for owner in ctx.background_owners.values() if owner == key.id)
+    if mine >= ctx.settings.max_background_responses_per_key:
+        raise ApiError(429, f"This API key has {mine} background responses running on this API worker, its bound "
+                            "(MAX_BACKGROUND_RESPONSES_PER_KEY): wait for some to finish, or send this one without "
                             "background.", code="too_many_background_responses", headers={"Retry-After": "1"})
 
 
@@ -131,9 +137,11 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
         await log.add(log.events.start())  # the caller knows its id before any miner has answered
     task = ctx.spawn(_run(ctx, key, queued, keeping, work, log))
     ctx.running_responses[response_id] = task
+    ctx.background_owners[response_id] = key.id
 
     def forget(_: Any) -> None:
         ctx.running_responses.pop(response_id, None)
+        ctx.background_owners.pop(response_id, None)
         ctx.response_logs.pop(response_id, None)
 
     task.add_done_callback(forget)

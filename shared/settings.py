@@ -174,6 +174,9 @@ class ApiSettings(CommonSettings):
     max_background_responses: int = Field(
         default=256, ge=0, description="Background responses (background: true) one worker runs at once; past it a "
                                        "429; 0 serves none")
+    max_background_responses_per_key: int = Field(
+        default=32, ge=0, description="Of those, what one API key may have running on one worker at once (no key "
+                                      "fills a worker's room); past it a 429")
     trusted_proxies: CsvList = Field(
         default_factory=list,
         description="Reverse proxies (IPs or CIDRs) whose X-Forwarded-For names the client address; empty: none")

@@ -207,6 +207,10 @@ async def test_a_worker_runs_a_bounded_number_at_once(tmp_path: Path) -> None:
             assert sample(await r.text(), "sn1_api_background_responses") == 2  # what an operator watches
         assert (await client.responses.create(model="default", input="Hi")).status == "completed"  # foreground: yes
         assert [(await polled(client, r)).status for r in running] == ["completed", "completed"]
+        for _ in range(POLLS):  # their tasks end just after their responses are stored
+            if not api.ctx.running_responses:
+                break
+            await asyncio.sleep(0.01)
         again = await client.responses.create(model="default", input="Hi", background=True)  # room again
         assert (await polled(client, again)).status == "completed"
 
@@ -282,3 +286,24 @@ async def test_a_cancel_ends_the_stream_and_only_streamed_background_responses_s
             assert status == 400 and body["error"]["param"] == "stream", body
         status, body = await call(api, "GET", f"/v1/responses/{polled_one.id}?stream=true&starting_after=-2")
         assert status == 400 and body["error"]["param"] == "starting_after"
+
+
+async def test_one_key_cannot_fill_a_workers_room(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {1: slow("Later.", 0.3)}, max_background_responses=3,
+                               max_background_responses_per_key=1) as api:
+        client = openai_client(api)
+        mine = await client.responses.create(model="default", input="Hi", background=True)
+        status, body = await call(api, "POST", "/v1/responses", {"input": "Hi", "background": True})
+        assert (status, body["error"]["code"]) == (429, "too_many_background_responses")
+        assert "This API key has 1 background responses running" in body["error"]["message"]
+        other_key, _ = await api.ctx.store.create_key(1000)
+        theirs = await openai_client(api, key=other_key).responses.create(model="default", input="Hi", background=True)
+        assert [(await polled(client, mine)).status,
+                (await polled(openai_client(api, key=other_key), theirs)).status] == ["completed", "completed"]
+        for _ in range(POLLS):  # its task ends just after the response is stored
+            if not api.ctx.background_owners:
+                break
+            await asyncio.sleep(0.01)
+        assert api.ctx.background_owners == {}  # forgotten once done: the key has its room again
+        again = await client.responses.create(model="default", input="Hi", background=True)
+        assert (await polled(client, again)).status == "completed"
