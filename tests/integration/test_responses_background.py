@@ -307,3 +307,20 @@ async def test_one_key_cannot_fill_a_workers_room(tmp_path: Path) -> None:
         assert api.ctx.background_owners == {}  # forgotten once done: the key has its room again
         again = await client.responses.create(model="default", input="Hi", background=True)
         assert (await polled(client, again)).status == "completed"
+
+
+async def test_the_sdks_stream_helper_makes_and_resumes_one(tmp_path: Path) -> None:
+    """``client.responses.stream(background=True)``, dropped after five events, then
+    ``client.responses.stream(response_id=..., starting_after=4)``: the SDK's own resume, to the final response."""
+    async with api_with_miners(tmp_path, {1: words(6, 0.05)}) as api:
+        client = openai_client(api)
+        head: list[Any] = []
+        async with client.responses.stream(model="default", input="Hi", background=True) as first:
+            async for event in first:
+                head.append(event)
+                if len(head) == 5:
+                    break
+        response_id = head[0].response.id
+        async with client.responses.stream(response_id=response_id, starting_after=4) as rest:
+            final = await rest.get_final_response()
+        assert (final.id, final.status, final.output_text) == (response_id, "completed", "w0 w1 w2 w3 w4 w5 ")
