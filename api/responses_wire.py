@@ -335,8 +335,8 @@ class RetrieveQuery(BaseModel):
 
     stream: bool = Field(default=False, description="A streamed background response's events, from the start "
                                                     "or after starting_after, until its end")
-    starting_after: int | None = Field(default=None, ge=0, description="The sequence number of the last event "
-                                                                         "had (stream)")
+    starting_after: int | None = Field(default=None, ge=0, le=2**31, description="The sequence number of the "
+                                                                                  "last event had (stream)")
     include: list[Includable] | None = Field(default=None, description="Accepted, changing nothing")
     include_obfuscation: bool | None = Field(default=None, description="Accepted, changing nothing")
 
