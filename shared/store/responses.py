@@ -97,8 +97,8 @@ class ResponseStore(Protocol):
         """Append a streamed background response's next events (SSE frames, one per sequence number)."""
         ...
 
-    async def events(self, key_id: str, response_id: str, *, after: int) -> list[str]:
-        """Its events from sequence number ``after + 1`` on, as far as they are kept now."""
+    async def events(self, key_id: str, response_id: str, *, after: int, limit: int | None = None) -> list[str]:
+        """Its events from sequence number ``after + 1`` on, as far as they are kept now (``limit``: at most)."""
         ...
 
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
@@ -212,9 +212,9 @@ class SQLiteResponseStore(SQLiteTables):
 
         self._tx(run)
 
-    async def events(self, key_id: str, response_id: str, *, after: int) -> list[str]:
+    async def events(self, key_id: str, response_id: str, *, after: int, limit: int | None = None) -> list[str]:
         rows = self._query("SELECT data FROM response_events WHERE response_id = ? AND key_id = ? AND seq > ? "
-                           "ORDER BY seq", (response_id, key_id, after))
+                           "ORDER BY seq LIMIT ?", (response_id, key_id, after, -1 if limit is None else limit))
         return [row[0] for row in rows]
 
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
@@ -323,8 +323,9 @@ class RedisResponseStore(RedisBacked):
         pipe.pexpire(name, max(1, round(retention * 1000)))
         await redis_call(pipe.execute(), LABEL)
 
-    async def events(self, key_id: str, response_id: str, *, after: int) -> list[str]:
-        got = await redis_call(self.r.lrange(self._events_key(key_id, response_id), after + 1, -1), LABEL)
+    async def events(self, key_id: str, response_id: str, *, after: int, limit: int | None = None) -> list[str]:
+        last = -1 if limit is None else after + limit
+        got = await redis_call(self.r.lrange(self._events_key(key_id, response_id), after + 1, last), LABEL)
         return [e.decode() if isinstance(e, bytes) else e for e in got]
 
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:

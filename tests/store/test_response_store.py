@@ -192,6 +192,8 @@ async def test_a_streamed_responses_events_are_read_on_from_any_point_and_go_wit
     await responses.add_events("key-a", "resp_1", ["e2"], retention=60)
     assert await responses.events("key-a", "resp_1", after=-1) == ["e0", "e1", "e2"]
     assert await responses.events("key-a", "resp_1", after=1) == ["e2"]
+    assert await responses.events("key-a", "resp_1", after=-1, limit=1) == ["e0"]  # is it streamed: one read
+    assert await responses.events("key-a", "resp_1", after=0, limit=5) == ["e1", "e2"]
     assert await responses.events("key-a", "resp_1", after=2) == []
     assert await responses.events("key-b", "resp_1", after=-1) == []  # another key's: as if none
     await responses.put("key-a", "resp_2", encode(QUEUED, ITEMS), retention=60, pending=True)
