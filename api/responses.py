@@ -5,7 +5,9 @@ other tools that speak only this API reach the miners through the same
 pipeline as ``/v1/chat/completions``: one key check, miner selection, the race,
 the scoring outbox and usage. Only the request (``responses_translate``) and
 the answer's shape (``responses_render``) differ; a response is stored for
-``previous_response_id`` and the routes that read it (``responses_state``).
+``previous_response_id`` and the routes that read it (``responses_state``); one
+made with ``background: true`` is answered by a task after the request
+(``responses_background``), polled, cancelled, or streamed again.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ answers one; the previous ``instructions`` are not carried over (at OpenAI
 neither). Every lookup is by the calling key: another key's response reads as
 an unknown one. The record is written just before the caller gets the final
 response object (``keep``): its next turn may come at once, to any worker.
+
+An ``item_reference`` in the input is sent, stored and listed as the item it
+names (``resolved``), and each item keeps an id of its own in its conversation
+(``unique_ids``). A background response still pending past its deadline reads
+as failed (``_as_it_is``: the process answering it died).
 """
 
 from __future__ import annotations
