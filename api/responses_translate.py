@@ -166,8 +166,8 @@ def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> N
         return
     model = ITEMS.get(kind or "")
     if model is None:
-        raise invalid_value(f"{at}.type", f"input items served here are {', '.join(ITEMS)} (and reasoning and "
-                                          f"web_search_call, skipped); not {kind!r}")
+        raise invalid_value(f"{at}.type", f"input items served here are {', '.join(ITEMS)}, item_reference "
+                                          f"(and reasoning and web_search_call, skipped); not {kind!r}")
     item = parse_model(model, raw, at=at)
     last = messages[-1] if messages else None
     turn = last if last is not None and last["role"] == "assistant" else None  # the assistant turn going on
