@@ -229,6 +229,12 @@ def continue_across(here: dict, there: dict) -> None:
     referenced = client(there).responses.create(model=MODEL, input=[{"type": "item_reference", "id": job.output[0].id},
                                                                       {"role": "user", "content": "Go on."}])
     assert referenced.status == "completed"
+    # a background stream left after its first event on one is resumed on the other, to its final response
+    with client(here).responses.stream(model=MODEL, input="Stream it.", background=True) as first_part:
+        created = next(iter(first_part))
+    with client(there).responses.stream(response_id=created.response.id, starting_after=0) as rest:
+        final = rest.get_final_response()
+    assert final.status == "completed" and final.output_text and final.id == created.response.id
 
 
 def test_a_conversation_continues_on_another_api_process_and_worker(localnet: dict, tmp_path: Path) -> None:
