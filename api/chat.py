@@ -53,6 +53,7 @@ class AnswerFormat(Protocol):
     """How a winner reaches the caller: a chat completion here, a Responses API response elsewhere."""
 
     kind: str  # the access log's word for the request
+    input_param: str  # the request's field for what the model reads (a context overflow's 400 names it)
 
     def complete(self, req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]) -> web.Response: ...
 
@@ -166,7 +167,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             race, winner = await sessions.failover_race(ctx, session, race, body, stream=req.stream,
                                                         request_id=rid, headers=headers)
         if winner is None:
-            raise no_winner_error(race)
+            raise no_winner_error(race, fmt.input_param)
         headers["x-sn1-miner-uid"] = str(winner.uid)
         if req.stream:
             response = await fmt.stream(request, req, race, winner, headers)
@@ -261,6 +262,7 @@ class ChatCompletionFormat:
     """OpenAI's chat completion: one ``chat.completion`` object, or the winner's chunks relayed."""
 
     kind = "chat"
+    input_param = "messages"
     complete = staticmethod(_complete)
     stream = staticmethod(_stream)
 

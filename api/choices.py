@@ -88,6 +88,7 @@ class ChoicesFormat(Protocol):
     ``api/completions.py``."""
 
     kind: str  # the access log's word for the request
+    input_param: str  # the request's field for what the model reads (a context overflow's 400 names it)
 
     def new_id(self) -> str: ...
 
@@ -134,7 +135,7 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
         for race, _ in races:
             winner = await race.winner()
             if winner is None:
-                raise no_winner_error(race)
+                raise no_winner_error(race, fmt.input_param)
             winners.append(winner)
         headers["x-sn1-miner-uid"] = ",".join(str(w.uid) for w in winners)
         if req.stream:
@@ -206,6 +207,7 @@ class ChatChoices:
     """n chat completion choices: one ``chat.completion`` object, or the winners' chunks relabelled."""
 
     kind = "chat"
+    input_param = "messages"
 
     def __init__(self, req: ChatCompletionRequest, found: Found | None = None) -> None:
         self.req = req

@@ -40,7 +40,9 @@ def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
     return usage
 
 
-def no_winner_error(race: Race) -> ApiError:
+def no_winner_error(race: Race, input_param: str = "messages") -> ApiError:
+    """The error of a race no miner won; ``input_param``: the request's field a context overflow names (its
+    API's name for the conversation: chat's ``messages``, the Responses API's ``input``, ...)."""
     errors = "; ".join(f"uid {uid}: {err}" for uid, err in race.errors().items())
     if race.refused():
         # Every miner's model server refused the request itself (a bad parameter, more tokens than the
@@ -52,7 +54,7 @@ def no_winner_error(race: Race) -> ApiError:
             return ApiError(400, "The input is longer than the miners' models' maximum context length, with the "
                                  "tokens asked for (context_length_exceeded): reduce the length of the messages, "
                                  f"or ask for fewer tokens. {errors}",
-                            code=CONTEXT_LENGTH_EXCEEDED, param="messages")
+                            code=CONTEXT_LENGTH_EXCEEDED, param=input_param)
         return ApiError(400, f"The miners' model servers refused this request. {errors}",
                         code=MODEL_SERVER_REJECTED)
     if race.timed_out():

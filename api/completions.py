@@ -27,7 +27,7 @@ from api.context import CTX
 from api.mixture import is_mixture
 from api.race import MinerRun
 from api.route_hints import require
-from shared.errors import CONTEXT_LENGTH_EXCEEDED, ApiError
+from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.ids import random_hex
 from shared.jsonutil import dumps, loads
@@ -59,12 +59,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     seed = wanted.seed if wanted.seed is not None else random.randrange(2**31 - MAX_CHOICES)
     asks = [Ask(req, req.miner_body(seed=choice_seed(seed, j), sent=body), picks[i * wanted.n + j], prompt=i)
             for i, (req, body) in enumerate(zip(reqs, bodies, strict=True)) for j in range(wanted.n)]
-    try:
-        return await run_choices(request, key, asks, TextChoices(wanted), seed=seed, started=started)
-    except ApiError as e:
-        if e.code == CONTEXT_LENGTH_EXCEEDED:
-            e.param = "prompt"  # this API's name for what is too long
-        raise
+    return await run_choices(request, key, asks, TextChoices(wanted), seed=seed, started=started)
 
 
 def refuse_chat_only(sent: dict[str, Any], req: ChatCompletionRequest, *, header_session: str | None = None) -> None:
@@ -98,6 +93,7 @@ class TextChoices:
     """The winners as ``text_completion`` choices: one object, or chunks of the same shape."""
 
     kind = "completions"
+    input_param = "prompt"
 
     def __init__(self, wanted: CompletionRequest) -> None:
         self.wanted = wanted

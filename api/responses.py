@@ -41,7 +41,7 @@ from shared.protocol import ChatCompletionRequest
 from shared.sse import SSE_HEADERS
 from shared.store.base import KeyRecord
 
-# truncation: "auto": how many times a conversation too long for the miners' models is halved and asked again
+# truncation: "auto": how many times a conversation too long for the miners' models is cut and asked again
 MAX_TRUNCATIONS = 3
 
 
@@ -90,11 +90,10 @@ async def _searched_answer(request: web.Request, key: KeyRecord, req: ChatComple
             return await answer(request, key, req, body, fmt, started=started, planned=planned,
                                 send=not wanted.background)
         except ApiError as e:
-            shorter = (truncated(body, kept_share(e.message)) if wanted.truncation == "auto" and cuts < MAX_TRUNCATIONS
-                       else None)
-            if e.code == CONTEXT_LENGTH_EXCEEDED and shorter is None:
-                e.param = "input"  # this API's name for what is too long
-            if e.code != CONTEXT_LENGTH_EXCEEDED or shorter is None:
+            if e.code != CONTEXT_LENGTH_EXCEEDED or wanted.truncation != "auto" or cuts == MAX_TRUNCATIONS:
+                raise
+            shorter = truncated(body, kept_share(e.message))
+            if shorter is None:
                 raise
         cuts += 1
         body = shorter
@@ -169,6 +168,7 @@ class ResponsesFormat:
     """The winner as a ``response`` object, or as the Responses API's stream of events."""
 
     kind = "responses"
+    input_param = "input"
 
     def __init__(self, wanted: ResponsesRequest, found: Found | None = None, keeping: Keeping | None = None,
                  ctx: ApiContext | None = None) -> None:
@@ -250,7 +250,6 @@ class ResponsesFormat:
         await self._keep()
         await response.write_eof(tail)
         return response
-
 
     async def _stream_to_log(self, log: EventLog, req: ChatCompletionRequest, race: Race,
                              run: MinerRun) -> web.StreamResponse:

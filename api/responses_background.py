@@ -162,8 +162,9 @@ async def stream_log(request: web.Request, events: AsyncIterator[bytes]) -> web.
 
 async def resumed(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIterator[bytes]:
     """A streamed background response's events after sequence number ``after``: followed here when this
-    worker is answering it, else read from the store until it is settled (the last event made up from the
-    stored response when the store lacks it: a worker that died, or a cancel)."""
+    worker is answering it, else read from the store until it is settled (its last event made up from the
+    stored response when the store lacks it: a worker that died before writing it; a cancelled one has
+    none)."""
     log = ctx.response_logs.get(found.id)
     if log is not None:
         async for chunk in log.follow(after):
