@@ -49,6 +49,12 @@ SHUT_DOWN = "the gateway shut down before it finished: send the request again"
 # The statuses a stream's last event names (OpenAI's stream has no event for a cancelled one: it just ends).
 ENDINGS = ("completed", "incomplete", "failed")
 FOLLOW_EVERY_S = 0.1  # how often a stream resumed on another worker reads the store for the next events
+READ_BATCH = 1000  # events a resumed stream reads from the store at once
+# A streamed response's events are stored (for a resume on another worker, or after it ended) up to this many
+# bytes, some 16,000 tokens' deltas; past it only the events that are not deltas: each item's .done events and
+# the last one carry it whole, so a resume past the bound has every item, not each piece of it (the deltas'
+# sequence numbers are skipped). A delta event is some 50 times the text it carries.
+MAX_STORED_EVENT_BYTES = 4 << 20
 TAIL_WAIT_S = 1.0  # how long it waits, once the response is settled, for the last events its worker writes then
 
 
@@ -63,7 +69,9 @@ class EventLog:
         self.ctx, self.key_id, self.response_id, self.retention = ctx, key_id, response_id, retention
         self.events = events  # the renderer, whose sequence numbers the frames carry
         self.tail: bytes | None = None  # the answer's last events, held until the response is settled
-        self.frames: list[bytes] = []
+        self.frames: list[bytes] = []  # every event, frames[n] numbered n: its callers here miss none
+        self.stored_bytes = 0
+        self.cut = False  # whether deltas are left out of the store (past MAX_STORED_EVENT_BYTES)
         self.done = False
         self._new = asyncio.Event()
 
@@ -73,14 +81,29 @@ class EventLog:
         frames = [frame + b"\n\n" for frame in chunk.split(b"\n\n") if frame]
         if not frames:
             return
+        first = len(self.frames)
         self.frames.extend(frames)
         self._new.set()
+        kept = [(seq, frame.decode()) for seq, frame in enumerate(frames, first) if self._stored(frame)]
+        if not kept:
+            return
         assert self.ctx.responses is not None
         try:
-            await self.ctx.responses.add_events(self.key_id, self.response_id, [f.decode() for f in frames],
-                                                retention=self.retention)
+            await self.ctx.responses.add_events(self.key_id, self.response_id, kept, retention=self.retention)
         except StoreUnavailable as e:
             logger.warning("background response {}: events not stored: {}", self.response_id, e)
+
+    def _stored(self, frame: bytes) -> bool:
+        """Whether an event goes to the store: every one up to MAX_STORED_EVENT_BYTES, then all but deltas."""
+        if self.cut or self.stored_bytes + len(frame) > MAX_STORED_EVENT_BYTES:
+            if frame.split(b"\n", 1)[0].endswith(b".delta"):
+                if not self.cut:
+                    logger.info("background response {}: past {} bytes of events, its deltas are no longer "
+                                "stored", self.response_id, MAX_STORED_EVENT_BYTES)
+                self.cut = True
+                return False
+        self.stored_bytes += len(frame)
+        return True
 
     async def end(self, final: dict[str, Any] | None) -> None:
         """Its last events (the answer's own, or ``final``'s status as one event), then no more."""
@@ -134,7 +157,7 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     await store_call(ctx.responses.put(key.id, response_id, data, retention=keeping.retention, pending=True))
     if log is not None:
         ctx.response_logs[response_id] = log
-        await log.add(log.events.start())  # the caller knows its id before any miner has answered
+        await log.add(log.events.start(queued=True))  # the caller knows its id before any miner has answered
     task = ctx.spawn(_run(ctx, key, queued, keeping, work, log))
     ctx.running_responses[response_id] = task
     ctx.background_owners[response_id] = key.id
@@ -176,10 +199,12 @@ async def resumed(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIt
     settled_at: float | None = None
     while not _ends(last):
         pending = await store_call(ctx.responses.is_pending(found.key_id, found.id))
-        frames = await store_call(ctx.responses.events(found.key_id, found.id, after=seen))
+        frames = await store_call(ctx.responses.events(found.key_id, found.id, after=seen, limit=READ_BATCH))
         if frames:
-            seen, last = seen + len(frames), frames[-1]
-            yield "".join(frames).encode()
+            seen, last = frames[-1]
+            yield "".join(frame for _, frame in frames).encode()
+            if len(frames) == READ_BATCH:
+                continue  # more are kept: no wait
         if not pending:  # its last events are written just after it is settled: wait a little for them
             settled_at = settled_at or time.monotonic()
             if time.monotonic() - settled_at > TAIL_WAIT_S:

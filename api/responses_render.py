@@ -199,9 +199,15 @@ class ResponseStream:
         self.seq += 1
         return b"event: " + type_.encode() + b"\ndata: " + data + b"\n\n"
 
-    def start(self) -> bytes:
-        return self.event("response.created", response=self.base) + self.event("response.in_progress",
-                                                                                 response=self.base)
+    def start(self, *, queued: bool = False) -> bytes:
+        """The stream's first events; a background response's, as OpenAI sends them, say it was ``queued`` (as
+        the create call's answer did) before it is ``in_progress``."""
+        if not queued:
+            return self.event("response.created", response=self.base) + self.event("response.in_progress",
+                                                                                     response=self.base)
+        waiting = self.base | {"status": "queued"}
+        return (self.event("response.created", response=waiting) + self.event("response.queued", response=waiting)
+                + self.event("response.in_progress", response=self.base))
 
     def searched(self, item: dict[str, Any]) -> bytes:
         """The events of a ``web_search_call`` item that finished before the answer began (call right after

@@ -93,12 +93,15 @@ class ResponseStore(Protocol):
         """Whether the response is still to be settled (a cheap read: its task asks it every second)."""
         ...
 
-    async def add_events(self, key_id: str, response_id: str, events: Sequence[str], *, retention: float) -> None:
-        """Append a streamed background response's next events (SSE frames, one per sequence number)."""
+    async def add_events(self, key_id: str, response_id: str, events: Sequence[tuple[int, str]], *,
+                         retention: float) -> None:
+        """Keep a streamed background response's next events: (sequence number, SSE frame) pairs, in order; the
+        numbers may skip (the caller leaves some out)."""
         ...
 
-    async def events(self, key_id: str, response_id: str, *, after: int, limit: int | None = None) -> list[str]:
-        """Its events from sequence number ``after + 1`` on, as far as they are kept now (``limit``: at most)."""
+    async def events(self, key_id: str, response_id: str, *, after: int,
+                     limit: int | None = None) -> list[tuple[int, str]]:
+        """Its kept events numbered past ``after``, in order, as far as they are kept now (``limit``: at most)."""
         ...
 
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
@@ -203,19 +206,17 @@ class SQLiteResponseStore(SQLiteTables):
     async def is_pending(self, key_id: str, response_id: str) -> bool:
         return bool(self._query("SELECT 1 FROM pending_responses WHERE id = ? AND key_id = ?", (response_id, key_id)))
 
-    async def add_events(self, key_id: str, response_id: str, events: Sequence[str], *, retention: float) -> None:
-        def run(db: sqlite3.Connection) -> None:
-            start = db.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM response_events WHERE response_id = ?",
-                               (response_id,)).fetchone()[0]
-            db.executemany("INSERT INTO response_events (response_id, key_id, seq, data) VALUES (?,?,?,?)",
-                           [(response_id, key_id, start + i, e) for i, e in enumerate(events)])
+    async def add_events(self, key_id: str, response_id: str, events: Sequence[tuple[int, str]], *,
+                         retention: float) -> None:
+        self._tx(lambda db: db.executemany(
+            "INSERT OR REPLACE INTO response_events (response_id, key_id, seq, data) VALUES (?,?,?,?)",
+            [(response_id, key_id, seq, e) for seq, e in events]))
 
-        self._tx(run)
-
-    async def events(self, key_id: str, response_id: str, *, after: int, limit: int | None = None) -> list[str]:
-        rows = self._query("SELECT data FROM response_events WHERE response_id = ? AND key_id = ? AND seq > ? "
+    async def events(self, key_id: str, response_id: str, *, after: int,
+                     limit: int | None = None) -> list[tuple[int, str]]:
+        rows = self._query("SELECT seq, data FROM response_events WHERE response_id = ? AND key_id = ? AND seq > ? "
                            "ORDER BY seq LIMIT ?", (response_id, key_id, after, -1 if limit is None else limit))
-        return [row[0] for row in rows]
+        return [(row[0], row[1]) for row in rows]
 
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
         rows = self._query("SELECT r.id, r.data, r.expires_at FROM stored_response_items i JOIN stored_responses r "
@@ -273,7 +274,8 @@ class RedisResponseStore(RedisBacked):
     another key's id is simply not there, and Redis expires what is old by its own clock. Each item it added
     is a string naming it (``{ns}:response_item:{key_id}:{item_id}``) with the same TTL; one whose response
     was deleted before it expired finds nothing. A pending (background) response has a mark beside it
-    (``{ns}:response_pending:{key_id}:{id}``), which ``settle`` takes in one script with its write."""
+    (``{ns}:response_pending:{key_id}:{id}``), which ``settle`` takes in one script with its write; a streamed
+    one's events are a sorted set (``{ns}:response_events:{key_id}:{id}``) scored by sequence number."""
 
     def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
         super().__init__(client, namespace=namespace)
@@ -316,17 +318,21 @@ class RedisResponseStore(RedisBacked):
     async def is_pending(self, key_id: str, response_id: str) -> bool:
         return bool(await redis_call(self.r.exists(self._pending_key(key_id, response_id)), LABEL))
 
-    async def add_events(self, key_id: str, response_id: str, events: Sequence[str], *, retention: float) -> None:
+    async def add_events(self, key_id: str, response_id: str, events: Sequence[tuple[int, str]], *,
+                         retention: float) -> None:
+        """A sorted set scored by sequence number; each member is ``{seq}:{frame}`` (unique, whatever the frame)."""
         name = self._events_key(key_id, response_id)
         pipe = self.r.pipeline(transaction=True)
-        pipe.rpush(name, *events)
+        pipe.zadd(name, {f"{seq}:{e}": seq for seq, e in events})
         pipe.pexpire(name, max(1, round(retention * 1000)))
         await redis_call(pipe.execute(), LABEL)
 
-    async def events(self, key_id: str, response_id: str, *, after: int, limit: int | None = None) -> list[str]:
-        last = -1 if limit is None else after + limit
-        got = await redis_call(self.r.lrange(self._events_key(key_id, response_id), after + 1, last), LABEL)
-        return [e.decode() if isinstance(e, bytes) else e for e in got]
+    async def events(self, key_id: str, response_id: str, *, after: int,
+                     limit: int | None = None) -> list[tuple[int, str]]:
+        got = await redis_call(self.r.zrangebyscore(self._events_key(key_id, response_id), f"({after}", "+inf",
+                                                    start=0, num=-1 if limit is None else limit), LABEL)
+        pairs = [(e.decode() if isinstance(e, bytes) else e).partition(":") for e in got]
+        return [(int(seq), frame) for seq, _, frame in pairs]
 
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
         response_id = await redis_call(self.r.get(self._item_key(key_id, item_id)), LABEL)

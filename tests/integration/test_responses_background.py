@@ -240,15 +240,16 @@ async def test_a_streamed_background_response_goes_on_without_its_caller_and_is_
     async with api_with_miners(tmp_path, {1: miner}) as api:
         client = openai_client(api)
         head = await first_events(await client.responses.create(model="default", input="Hi", background=True,
-                                                                stream=True), 4)
-        assert [e.type for e in head] == ["response.created", "response.in_progress", "response.output_item.added",
-                                          "response.content_part.added"]
+                                                                stream=True), 5)
+        assert [e.type for e in head] == ["response.created", "response.queued", "response.in_progress",
+                                          "response.output_item.added", "response.content_part.added"]
+        assert [e.response.status for e in head[:3]] == ["queued", "queued", "in_progress"]  # as OpenAI's
         response_id = head[0].response.id
         assert head[0].response.background is True
         if elsewhere:  # a worker that does not answer it has no events in memory: the store's, as they come
             api.ctx.response_logs.pop(response_id)
-        rest = [e async for e in await client.responses.retrieve(response_id, stream=True, starting_after=3)]
-        assert [e.sequence_number for e in rest] == list(range(4, 4 + len(rest)))
+        rest = [e async for e in await client.responses.retrieve(response_id, stream=True, starting_after=4)]
+        assert [e.sequence_number for e in rest] == list(range(5, 5 + len(rest)))
         assert rest[-1].type == "response.completed" and rest[-1].response.output_text == "w0 w1 w2 w3 w4 w5 "
         assert "".join(e.delta for e in rest if e.type == "response.output_text.delta") == "w0 w1 w2 w3 w4 w5 "
         assert miner.cancelled == 0  # the answer was not stopped with the first connection
@@ -262,8 +263,9 @@ async def test_a_streamed_background_response_that_fails_ends_with_response_fail
         client = openai_client(api)
         events = [e async for e in await client.responses.create(model="default", input="Hi", background=True,
                                                                  stream=True)]
-        assert [e.type for e in events] == ["response.created", "response.in_progress", "response.failed"]
-        assert events[-1].response.error is not None and events[-1].sequence_number == 2
+        assert [e.type for e in events] == ["response.created", "response.queued", "response.in_progress",
+                                            "response.failed"]
+        assert events[-1].response.error is not None and events[-1].sequence_number == 3
         assert (await client.responses.retrieve(events[0].response.id)).status == "failed"
 
 
@@ -278,7 +280,8 @@ async def test_a_cancel_ends_the_stream_and_only_streamed_background_responses_s
             if event.type == "response.in_progress":
                 assert (await client.responses.cancel(event.response.id)).status == "cancelled"
         ended = True
-        assert ended and [e.type for e in events] == ["response.created", "response.in_progress"]  # then it ends
+        assert ended and [e.type for e in events] == ["response.created", "response.queued",
+                                                      "response.in_progress"]  # then it ends
         polled_one = await client.responses.create(model="default", input="Hi", background=True)
         foreground = await client.responses.create(model="default", input="Hi")
         for response_id in (polled_one.id, foreground.id):
@@ -311,17 +314,49 @@ async def test_one_key_cannot_fill_a_workers_room(tmp_path: Path) -> None:
 
 
 async def test_the_sdks_stream_helper_makes_and_resumes_one(tmp_path: Path) -> None:
-    """``client.responses.stream(background=True)``, dropped after five events, then
-    ``client.responses.stream(response_id=..., starting_after=4)``: the SDK's own resume, to the final response."""
+    """``client.responses.stream(background=True)``, dropped after six events, then
+    ``client.responses.stream(response_id=..., starting_after=5)``: the SDK's own resume, to the final response."""
     async with api_with_miners(tmp_path, {1: words(6, 0.05)}) as api:
         client = openai_client(api)
         head: list[Any] = []
         async with client.responses.stream(model="default", input="Hi", background=True) as first:
             async for event in first:
                 head.append(event)
-                if len(head) == 5:
+                if len(head) == 6:
                     break
         response_id = head[0].response.id
-        async with client.responses.stream(response_id=response_id, starting_after=4) as rest:
+        async with client.responses.stream(response_id=response_id, starting_after=5) as rest:
             final = await rest.get_final_response()
         assert (final.id, final.status, final.output_text) == (response_id, "completed", "w0 w1 w2 w3 w4 w5 ")
+
+
+async def test_a_long_streamed_answer_keeps_its_items_whole_in_the_store_past_the_events_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``MAX_STORED_EVENT_BYTES`` a streamed background response's deltas are no longer stored (each is
+    some 50 times its text): a caller that resumes from another worker (the store's events) misses those
+    deltas, their numbers skipped, and has every other event: each item's ``.done`` events and the final
+    response carry the whole answer, for the SDK as for a caller that reads the events. The caller that
+    stayed, on the worker answering it, has every one."""
+    monkeypatch.setattr(responses_background, "MAX_STORED_EVENT_BYTES", 3000)
+    answer = "".join(f"w{i} " for i in range(40))
+    async with api_with_miners(tmp_path, {1: words(40, 0.005)}) as api:
+        client = openai_client(api)
+        whole = [e async for e in await client.responses.create(model="default", input="Hi", background=True,
+                                                                stream=True)]
+        assert [e.sequence_number for e in whole] == list(range(len(whole)))  # here: every event
+        assert "".join(e.delta for e in whole if e.type == "response.output_text.delta") == answer
+        response_id = whole[0].response.id
+        assert response_id not in api.ctx.response_logs  # done: another caller reads the store's
+        kept = [e async for e in await client.responses.retrieve(response_id, stream=True)]
+        numbers = [e.sequence_number for e in kept]
+        assert numbers == sorted(numbers) and numbers[0] == 0 and numbers[-1] == whole[-1].sequence_number
+        missed = {e.sequence_number for e in whole} - set(numbers)
+        assert missed and all(whole[n].type == "response.output_text.delta" for n in missed)
+        assert [e.type for e in kept if not e.type.endswith(".delta")] == \
+            [e.type for e in whole if not e.type.endswith(".delta")]
+        text_done = next(e for e in kept if e.type == "response.output_text.done")
+        assert text_done.text == answer and kept[-1].response.output_text == answer
+        stored = await api.ctx.responses.events(await only_key_id(api), response_id, after=-1)
+        assert sum(len(frame) for seq, frame in stored if whole[seq].type.endswith(".delta")) <= 3000
+        async with client.responses.stream(response_id=response_id, starting_after=2) as resumed:
+            assert (await resumed.get_final_response()).output_text == answer  # the SDK's helper

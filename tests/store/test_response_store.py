@@ -188,16 +188,20 @@ async def test_a_deleted_pending_response_is_not_brought_back_by_its_task(respon
 
 async def test_a_streamed_responses_events_are_read_on_from_any_point_and_go_with_it(responses: ResponseStore) -> None:
     await responses.put("key-a", "resp_1", encode(QUEUED, ITEMS), retention=60, pending=True)
-    await responses.add_events("key-a", "resp_1", ["e0", "e1"], retention=60)
-    await responses.add_events("key-a", "resp_1", ["e2"], retention=60)
-    assert await responses.events("key-a", "resp_1", after=-1) == ["e0", "e1", "e2"]
-    assert await responses.events("key-a", "resp_1", after=1) == ["e2"]
-    assert await responses.events("key-a", "resp_1", after=-1, limit=1) == ["e0"]  # is it streamed: one read
-    assert await responses.events("key-a", "resp_1", after=0, limit=5) == ["e1", "e2"]
+    await responses.add_events("key-a", "resp_1", [(0, "e0"), (1, "e:1")], retention=60)
+    await responses.add_events("key-a", "resp_1", [(2, "e0")], retention=60)  # the same text, another number
+    assert await responses.events("key-a", "resp_1", after=-1) == [(0, "e0"), (1, "e:1"), (2, "e0")]
+    assert await responses.events("key-a", "resp_1", after=1) == [(2, "e0")]
+    assert await responses.events("key-a", "resp_1", after=-1, limit=1) == [(0, "e0")]  # is it streamed: one read
+    assert await responses.events("key-a", "resp_1", after=0, limit=5) == [(1, "e:1"), (2, "e0")]
     assert await responses.events("key-a", "resp_1", after=2) == []
+    await responses.add_events("key-a", "resp_1", [(5, "e5"), (9, "e9")], retention=60)  # numbers left out
+    assert await responses.events("key-a", "resp_1", after=3) == [(5, "e5"), (9, "e9")]
+    assert await responses.events("key-a", "resp_1", after=5) == [(9, "e9")]
+    assert await responses.events("key-a", "resp_1", after=2, limit=1) == [(5, "e5")]
     assert await responses.events("key-b", "resp_1", after=-1) == []  # another key's: as if none
     await responses.put("key-a", "resp_2", encode(QUEUED, ITEMS), retention=60, pending=True)
-    await responses.add_events("key-a", "resp_2", ["x0"], retention=60)
+    await responses.add_events("key-a", "resp_2", [(0, "x0")], retention=60)
     assert await responses.delete("key-a", "resp_1")
     assert await responses.events("key-a", "resp_1", after=-1) == []
     await responses.forget_key("key-a")
