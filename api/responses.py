@@ -142,6 +142,8 @@ async def list_input_items(request: web.Request) -> web.StreamResponse:
     ctx, key = await caller(request)
     query: InputItemsQuery = parse_model(InputItemsQuery, items_query(request))
     found = await responses_state.stored(ctx, key, request.match_info["response_id"])
+    if responses_state.not_kept(found):
+        raise invalid_value("response_id", f"this response's input items are not kept: {responses_state.NOT_KEPT}")
     return json_response(responses_state.page(found.items, query))
 
 

@@ -214,10 +214,13 @@ async def resumed(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIt
         await asyncio.sleep(FOLLOW_EVERY_S)
     if _ends(last):
         return
+    kept = await store_call(ctx.responses.last_event(found.key_id, found.id))
+    if kept is not None and _ends(kept[1]):
+        return  # its last event was before ``after``: nothing is left to send
     now = await store_call(ctx.responses.get(found.key_id, found.id))
-    if now is not None and now.response.get("status") in ENDINGS:
-        closing = ResponseStream(now.response)
-        closing.seq = seen + 1
+    closing = ResponseStream(now.response if now is not None else {})
+    closing.seq = (kept[0] if kept is not None else -1) + 1  # the number its last event would have had
+    if now is not None and now.response.get("status") in ENDINGS and closing.seq > after:
         yield closing.event(f"response.{now.response['status']}", response=now.response)
 
 
@@ -297,8 +300,8 @@ async def settle(ctx: ApiContext, key: KeyRecord, keeping: Keeping, final: dict[
     data = keeping.data if keeping.final is final and keeping.data is not None else None
     if data is None:  # failed, or an answer over the size bound: kept without its conversation
         data = encode(final, keeping.items)
-        if not fits(data):
-            data = encode(final, [])
+        if not fits(data):  # stored to be polled, but not to be continued: it says so, as a foreground one
+            data = encode(final | {"store": False}, [])
     try:
         settled = await ctx.responses.settle(key.id, final["id"], data, retention=keeping.retention,
                                              item_ids=item_ids(keeping.added, final))

@@ -42,6 +42,8 @@ STORAGE_OFF = f"{STATELESS} (RESPONSES_RETENTION_SECONDS is 0)"
 MAX_ITEM_ID = 256  # an item id an item_reference can name (a longer one is kept, not indexed)
 MAX_REFERENCED_RESPONSES = 16  # stored responses one request's item references may read
 PENDING = frozenset({"queued", "in_progress"})  # a background response's statuses before it is settled
+NOT_KEPT = ("its conversation was over 1 MiB with the answer, and was not stored (the response says store: "
+            "false): send the conversation in input instead")
 STOPPED = "the gateway process answering it stopped before it finished: send the request again"
 
 
@@ -78,7 +80,17 @@ async def history_of(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) 
     if found.response.get("status") in PENDING:
         raise ApiError(400, f"Previous response with id '{response_id}' is still in progress: poll it until it "
                             "is done.", param="previous_response_id", code="previous_response_in_progress")
+    if not_kept(found):
+        raise ApiError(400, f"Previous response with id '{response_id}' not found: {NOT_KEPT}.",
+                       param="previous_response_id", code="previous_response_not_found")
     return found.items + list(found.response.get("output") or [])
+
+
+def not_kept(found: StoredResponse) -> bool:
+    """Whether a stored response was kept without its conversation: a background one (stored to be polled)
+    whose conversation and answer were over the size bound. It says ``store: false``, as a foreground one does
+    (which is not stored at all)."""
+    return found.response.get("store") is False
 
 
 async def stored(ctx: ApiContext, key: KeyRecord, response_id: str) -> StoredResponse:

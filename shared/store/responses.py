@@ -104,6 +104,10 @@ class ResponseStore(Protocol):
         """Its kept events numbered past ``after``, in order, as far as they are kept now (``limit``: at most)."""
         ...
 
+    async def last_event(self, key_id: str, response_id: str) -> tuple[int, str] | None:
+        """Its kept event numbered highest (None: none kept)."""
+        ...
+
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
         """The response if ``key_id`` made it and it has not expired; else None (as for an unknown id)."""
         ...
@@ -218,6 +222,11 @@ class SQLiteResponseStore(SQLiteTables):
                            "ORDER BY seq LIMIT ?", (response_id, key_id, after, -1 if limit is None else limit))
         return [(row[0], row[1]) for row in rows]
 
+    async def last_event(self, key_id: str, response_id: str) -> tuple[int, str] | None:
+        rows = self._query("SELECT seq, data FROM response_events WHERE response_id = ? AND key_id = ? "
+                           "ORDER BY seq DESC LIMIT 1", (response_id, key_id))
+        return (rows[0][0], rows[0][1]) if rows else None
+
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
         rows = self._query("SELECT r.id, r.data, r.expires_at FROM stored_response_items i JOIN stored_responses r "
                            "ON r.id = i.response_id AND r.key_id = i.key_id WHERE i.key_id = ? AND i.item_id = ?",
@@ -331,8 +340,11 @@ class RedisResponseStore(RedisBacked):
                      limit: int | None = None) -> list[tuple[int, str]]:
         got = await redis_call(self.r.zrangebyscore(self._events_key(key_id, response_id), f"({after}", "+inf",
                                                     start=0, num=-1 if limit is None else limit), LABEL)
-        pairs = [(e.decode() if isinstance(e, bytes) else e).partition(":") for e in got]
-        return [(int(seq), frame) for seq, _, frame in pairs]
+        return [_event(e) for e in got]
+
+    async def last_event(self, key_id: str, response_id: str) -> tuple[int, str] | None:
+        got = await redis_call(self.r.zrange(self._events_key(key_id, response_id), -1, -1), LABEL)
+        return _event(got[0]) if got else None
 
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
         response_id = await redis_call(self.r.get(self._item_key(key_id, item_id)), LABEL)
@@ -355,6 +367,12 @@ class RedisResponseStore(RedisBacked):
 
     async def aclose(self) -> None:
         await self.r.aclose()
+
+
+def _event(member: bytes | str) -> tuple[int, str]:
+    """A stored event, from its sorted set's member (``{seq}:{frame}``)."""
+    seq, _, frame = (member.decode() if isinstance(member, bytes) else member).partition(":")
+    return int(seq), frame
 
 
 async def forget_matching(client: Any, pattern: str) -> int:

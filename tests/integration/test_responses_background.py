@@ -360,3 +360,61 @@ async def test_a_long_streamed_answer_keeps_its_items_whole_in_the_store_past_th
         assert sum(len(frame) for seq, frame in stored if whole[seq].type.endswith(".delta")) <= 3000
         async with client.responses.stream(response_id=response_id, starting_after=2) as resumed:
             assert (await resumed.get_final_response()).output_text == answer  # the SDK's helper
+
+
+async def test_a_stream_resumed_at_or_past_its_end_sends_nothing_more(tmp_path: Path) -> None:
+    """``starting_after`` at the last event's number, or past it, is the end: no event is sent again, or made
+    up with a number the stream never had."""
+    async with api_with_miners(tmp_path, {1: words(3, 0.01)}) as api:
+        client = openai_client(api)
+        whole = [e async for e in await client.responses.create(model="default", input="Hi", background=True,
+                                                                stream=True)]
+        last, response_id = whole[-1].sequence_number, whole[0].response.id
+        assert whole[-1].type == "response.completed" and response_id not in api.ctx.response_logs
+        for after, expected in ((last - 1, [("response.completed", last)]), (last, []), (last + 100, [])):
+            got = [e async for e in await client.responses.retrieve(response_id, stream=True, starting_after=after)]
+            assert [(e.type, e.sequence_number) for e in got] == expected, after
+
+
+async def test_a_streams_last_event_a_dead_worker_did_not_store_is_made_up_once(honest: ApiUnderTest) -> None:
+    """Its worker settled the response and died before it stored the last event: a resume ends with it, made up
+    from the stored response and numbered as it would have been; past that number, nothing."""
+    client = openai_client(honest)
+    key_id = await only_key_id(honest)
+    done = {"id": "resp_cut", "object": "response", "created_at": 1, "status": "completed", "background": True,
+            "model": "m", "output": [], "error": None}
+    events = responses_background.ResponseStream(done)
+    frames = [events.event("response.created", response=done), events.event("response.in_progress", response=done)]
+    assert honest.ctx.responses is not None
+    await honest.ctx.responses.put(key_id, "resp_cut", encode(done, []), retention=60)
+    await honest.ctx.responses.add_events(key_id, "resp_cut", [(0, frames[0].decode()), (1, frames[1].decode())],
+                                          retention=60)
+    got = [e async for e in await client.responses.retrieve("resp_cut", stream=True)]
+    assert [(e.type, e.sequence_number) for e in got] == [("response.created", 0), ("response.in_progress", 1),
+                                                          ("response.completed", 2)]
+    assert got[-1].response.id == "resp_cut"
+    assert [e.type async for e in await client.responses.retrieve("resp_cut", stream=True, starting_after=1)] == \
+        ["response.completed"]
+    assert [e async for e in await client.responses.retrieve("resp_cut", stream=True, starting_after=2)] == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["polled", "streamed"])
+async def test_one_whose_conversation_outgrew_the_store_says_store_false_and_cannot_be_continued(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
+    """Its input fit the store when it was queued, and with the answer it no longer does: it is still stored, to
+    be polled, but without its conversation, and says ``store: false`` (as a foreground one over the bound):
+    continuing it or listing its input items is a 400 saying why, never a turn that silently lost its history."""
+    from shared.store import responses as response_store
+    monkeypatch.setattr(response_store, "MAX_STORED_BYTES", 6000)
+    answer = "x" * 2500
+    async with api_with_miners(tmp_path, {1: Script([(0, d) for d in sse(chunk(answer), chunk(finish="stop"))])}) as api:
+        client = openai_client(api)
+        made = await client.responses.create(model="default", input="a" * 2500, background=True, stream=stream)
+        response_id = ([e async for e in made][0].response.id if stream else made.id)
+        done = await polled(client, await client.responses.retrieve(response_id))
+        assert (done.status, done.output_text, done.to_dict()["store"]) == ("completed", answer, False)
+        with pytest.raises(openai.BadRequestError) as e:
+            await client.responses.create(model="default", input="And?", previous_response_id=response_id)
+        assert e.value.code == "previous_response_not_found" and "not stored" in str(e.value)
+        status, body = await call(api, "GET", f"/v1/responses/{response_id}/input_items")
+        assert status == 400 and body["error"]["param"] == "response_id" and "not kept" in body["error"]["message"]
