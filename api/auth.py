@@ -60,12 +60,24 @@ INVALID_KEY_LIMIT = web.AppKey("sn1_invalid_key_limit", int)
 
 
 def extract_api_key(headers: CIMultiDictProxy[str]) -> str | None:
-    key = headers.get("api-key") or headers.get("x-api-key")
+    """The key from ``api-key``, else ``x-api-key``, else ``Authorization: Bearer`` (an SDK sends a Bearer token of
+    its own beside a header its caller added: the header is meant)."""
+    key = one_header(headers, "api-key") or one_header(headers, "x-api-key")
     if not key:
-        scheme, _, token = headers.get("Authorization", "").partition(" ")
+        scheme, _, token = one_header(headers, "Authorization").partition(" ")
         if scheme.lower() == "bearer":
             key = token.strip()
     return key or None
+
+
+def one_header(headers: CIMultiDictProxy[str], name: str) -> str:
+    """A credential header's value ("" when absent); one sent again with another value is a 400: which of them
+    is meant cannot be told (the first used to win, and a wrong one beside it went unseen)."""
+    values = headers.getall(name, ())
+    if len(values) > 1 and any(value != values[0] for value in values):
+        raise ApiError(400, f"The {name} header was sent {len(values)} times with different values: send it once.",
+                       code="duplicate_header")
+    return values[0] if values else ""
 
 
 def store_unavailable() -> ApiError:
@@ -224,7 +236,7 @@ async def check_admin(request: web.Request, admin_key: str | None, store: Store)
         gate = await store.charge(bucket, ADMIN_FAILURES_PER_MINUTE, cost=0)
         if not gate.allowed:
             raise _admin_locked(gate)
-        if admin_key_matches(request.headers.get("admin-key", ""), admin_key):
+        if admin_key_matches(one_header(request.headers, "admin-key"), admin_key):
             request[ADMIN_CALLER] = True
             return
         await store.charge(bucket, ADMIN_FAILURES_PER_MINUTE)

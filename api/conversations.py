@@ -28,8 +28,7 @@ from api.responses import caller, items_query
 from api.responses_state import page, resolved, stored_item, unique_ids
 from api.responses_translate import check_items
 from api.responses_wire import is_item_reference
-from shared.http import json_response, parse_model, read_body, read_json
-from shared.jsonutil import loads_body
+from shared.http import json_response, parse_model, read_json
 from shared.store.base import KeyRecord
 
 
@@ -62,8 +61,8 @@ def _conversation_id(request: web.Request) -> str:
 async def create_conversation(request: web.Request) -> web.StreamResponse:
     """``POST /v1/conversations``: a new conversation, with its first items."""
     ctx, key = await caller(request)
-    raw = await read_body(request)  # no body at all is an empty conversation (the SDK's create() sends one)
-    wanted: ConversationCreate = parse_model(ConversationCreate, loads_body(raw) if raw.strip() else {})
+    # no body at all is an empty conversation (the SDK's create() sends one)
+    wanted: ConversationCreate = parse_model(ConversationCreate, await read_json(request, empty={}))
     made = await conversations_state.create(ctx, key, wanted.metadata or {}, await _stored(ctx, key, wanted.items or [], "items"))
     return json_response(made.out())
 

@@ -144,7 +144,7 @@ def merge_results(per_miner: list[list[WebResult]], n_results: int) -> list[WebR
 
 async def _request_model(request: web.Request) -> WebRetrievalRequest:
     if request.method == "POST":
-        return parse_model(WebRetrievalRequest, await read_json(request))
+        return parse_model(WebRetrievalRequest, await read_json(request), strict=True)  # JSON has its types
     query: dict[str, Any] = dict(request.query)
     if len(uids := request.query.getall("uids", [])) > 1:  # uids=4&uids=5 (as FastAPI took it): every one
         query["uids"] = ",".join(uids)

@@ -212,13 +212,15 @@ def _http_error_message(request: web.Request, e: web.HTTPException) -> str:
     return e.reason
 
 
-async def read_json(request: web.Request) -> Any:
-    """The body as JSON, with 400s for bad JSON and 415 for a non-JSON content type."""
+async def read_json(request: web.Request, *, empty: Any = None) -> Any:
+    """The body as JSON, with 400s for bad JSON and 415 for a non-JSON content type; ``empty``, when given, is
+    what a body with nothing in it reads as (else such a body is a 400)."""
     # curl -d sends form-urlencoded by default; we read the body as JSON whatever the
     # declared type, except multipart uploads which are certainly not JSON.
     if request.content_type.startswith("multipart/"):
         raise ApiError(415, "Content-Type must be application/json.", code="unsupported_media_type")
-    return loads_body(await read_body(request))
+    raw = await read_body(request)
+    return empty if empty is not None and not raw.strip() else loads_body(raw)
 
 
 BODY_TIMEOUT_S = 30.0
@@ -287,13 +289,14 @@ def decode_body(raw: bytes, encoding: str, limit: int) -> bytes:
     raise ApiError(400, f"Request body could not be read: it is not {encoding} data.", code="invalid_body")
 
 
-def parse_model(model: type[BaseModel], data: Any, *, at: str = "") -> Any:
+def parse_model(model: type[BaseModel], data: Any, *, at: str = "", strict: bool | None = None) -> Any:
     """Validate ``data`` into ``model``; the first problem becomes a 400 naming the field (below
-    ``at``, the dotted place of ``data`` in the body, when it is a part of it)."""
+    ``at``, the dotted place of ``data`` in the body, when it is a part of it). ``strict``: no type is
+    converted (``"3"`` is not a number), for a model that also reads query strings, where all is text."""
     if not isinstance(data, dict):
         raise ApiError(400, "Request body must be a JSON object.", code="invalid_request")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as e:
         where, why = first_problem(e)
         param = ".".join(p for p in (at, where) if p) or None

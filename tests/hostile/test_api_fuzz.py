@@ -371,3 +371,13 @@ def test_no_secret_in_any_log_line(api_server: Running) -> None:
     for line in api_server.logs:
         for secret in secrets:
             assert secret not in line, f"secret in log line: {line[:300]}"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/conversations",
+                                  "/v1/conversations/conv_x/items", "/v1/sessions", "/web_retrieval"])
+def test_a_multipart_body_is_a_415_on_every_json_route(api_server: Running, path: str) -> None:
+    """A form upload is certainly not the JSON these routes read: a 415, before anything else is done (the
+    conversations route, which takes an empty body too, made a conversation of one)."""
+    headers = auth_headers(api_server) + [("Content-Type", "multipart/form-data; boundary=x")]
+    status, body, _ = send(api_server, "POST", path, b'{"metadata": {"a": "b"}}', headers)
+    assert status == 415 and json.loads(body)["error"]["code"] == "unsupported_media_type", (path, status, body)

@@ -128,6 +128,10 @@ async def test_web_retrieval_merges_and_dedups_hostile_miners(tmp_path: Path) ->
                     "/web_retrieval?search_query=x&n_miners=abc", "/web_retrieval?search_query=x&uids=1,zz"):
             status, data = await get_json(api, bad)
             assert status == 400 and "error" in data, bad
+        for field, wrong in (("n_miners", True), ("n_results", "3"), ("max_response_time", "2"), ("uids", ["1"])):
+            # a JSON body has its types: one converted (true as 1 miner) is a 400 naming it, as on every route
+            status, data = await get_json(api, "/web_retrieval", method="POST", json={"search_query": "x", field: wrong})
+            assert status == 400 and data["error"]["param"].split(".")[0] == field, (field, data)
 
 
 async def test_a_miners_bad_url_is_dropped_not_a_500_and_every_repeated_uid_is_asked(tmp_path: Path) -> None:

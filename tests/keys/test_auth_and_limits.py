@@ -37,6 +37,27 @@ async def test_key_headers_and_401s(api: ApiUnderTest, http: aiohttp.ClientSessi
     assert_error(status, out, 401, "missing_api_key")
 
 
+async def test_a_key_header_sent_twice_with_two_values_is_a_400_and_a_header_beats_an_sdks_bearer(
+        api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    """Which of two keys is meant cannot be told (the first won, and a wrong one beside it went unseen). The
+    same value twice (a proxy that repeats it) is fine; ``api-key`` beside the SDK's own Bearer token is the
+    key meant (``OpenAI(api_key="unused", default_headers={"api-key": key})``)."""
+    url = f"{api.url}/v1/usage"
+    for name, value in (("Authorization", f"Bearer {api.key}"), ("api-key", api.key), ("x-api-key", api.key)):
+        for second in (value, "Bearer sn1-nope" if name == "Authorization" else "sn1-nope"):
+            status, _, out = await call(http, "GET", url, headers=[(name, value), (name, second)])
+            if second == value:
+                assert status == 200, out
+            else:
+                assert_error(status, out, 400, "duplicate_header")
+                assert name in out["error"]["message"] and api.key not in out["error"]["message"]
+    status, _, out = await call(http, "GET", url, headers={"Authorization": "Bearer unused", "api-key": api.key})
+    assert status == 200, out
+    status, _, out = await call(http, "GET", f"{api.url}/api_management/api-keys",
+                                headers=[("admin-key", ADMIN), ("admin-key", "wrong-admin-key-attempt-456")])
+    assert_error(status, out, 400, "duplicate_header")
+
+
 async def test_scopes_and_models_are_403(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
     chat_only = (await create_key(http, api.url, "rate_limit=50&scopes=chat&allowed_models=other/model"))["api_key"]
     status, _, out = await call(http, "GET", f"{api.url}/miner_availabilities/get_available_miners",
