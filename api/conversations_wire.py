@@ -7,18 +7,15 @@ Items are Responses API input items, checked as ``input`` is
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field
 
-from api.responses_wire import Includable, InputItemListOut, InputItemsQuery
+from api.responses_wire import Includable, InputItemListOut, InputItemsQuery, Metadata
 from shared.protocol import REQUEST_CONFIG
 
 # OpenAI's bound on the items of one create or add (the Agents SDK's session sends at most this many).
 MAX_ITEMS_PER_REQUEST = 20
-# OpenAI's metadata: up to 16 pairs, keys up to 64 characters, values up to 512.
-Metadata = Annotated[dict[Annotated[str, StringConstraints(max_length=64)],
-                          Annotated[str, StringConstraints(max_length=512)]], Field(max_length=16)]
 
 
 class ConversationCreate(BaseModel):

@@ -26,7 +26,7 @@ from api.responses_wire import (
     Tool,
     is_item_reference,
 )
-from shared.errors import invalid_value
+from shared.errors import ApiError, invalid_value
 from shared.http import parse_model
 from shared.jsonutil import dumps
 from shared.protocol import passed_on
@@ -64,11 +64,13 @@ def chat_body(r: ResponsesRequest, history: Sequence[dict[str, Any]] = ()) -> di
     if isinstance(r.input, str):
         messages.append({"role": "user", "content": r.input})
     else:
+        start = len(messages)
         for i, raw in enumerate(r.input):
             _add_item(messages, raw, f"input.{i}")
         if not messages:
             raise invalid_value("input", "input has no message to answer (reasoning and web_search_call items are "
                                          "skipped)")
+        _check_outputs_answer_calls(messages, start)
     body: dict[str, Any] = {"messages": messages, "stream": r.stream}
     if r.stream:
         body["stream_options"] = {"include_usage": True}  # for the usage of response.completed
@@ -188,6 +190,19 @@ def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> N
     else:
         output = item.output if isinstance(item.output, str) else _joined_text(item.output, f"{at}.output")
         messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+
+
+def _check_outputs_answer_calls(messages: list[dict[str, Any]], start: int) -> None:
+    """Each ``function_call_output`` of this request's input answers a call made before it (in the input, or in
+    the conversation it continues): an orphan, a call id mistyped or a call left out, is OpenAI's 400, in its
+    words, rather than a tool result the model has no call for (chat servers refuse it, or answer nonsense)."""
+    called: set[str] = set()
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            called.update(call["id"] for call in message.get("tool_calls") or ())
+        elif message["role"] == "tool" and i >= start and message["tool_call_id"] not in called:
+            raise ApiError(400, f"No tool call found for function call output with call_id "
+                                f"{message['tool_call_id'][:256]}.", param="input")
 
 
 def _message(item: MessageItem, at: str) -> dict[str, Any]:

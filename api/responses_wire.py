@@ -10,9 +10,9 @@ in silence. Responses are stored for ``RESPONSES_RETENTION_SECONDS``
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, StringConstraints, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from shared.protocol import (
@@ -20,9 +20,13 @@ from shared.protocol import (
     MIN_TIMEOUT,
     REQUEST_CONFIG,
     SamplingParameters,
+    StreamOptions,
     null_means_default,
 )
 
+# OpenAI's metadata (a response's, a conversation's): up to 16 pairs, keys up to 64 characters, values up to 512.
+Metadata = Annotated[dict[Annotated[str, StringConstraints(max_length=64)],
+                          Annotated[str, StringConstraints(max_length=512)]], Field(max_length=16)]
 STATELESS = "this gateway stores no responses: send the whole conversation in 'input'"
 NO_ITEM_REFERENCES = ("an item_reference names a stored item, and is sent as that item: one here was not resolved "
                       "(items of a conversation's history are stored resolved)")
@@ -186,11 +190,12 @@ class ResponsesRequest(BaseModel):
     max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
     include: list[Includable] | None = None
     # Calls to built-in tools (web search, the only one served, runs at most once): 0 means no search.
-    max_tool_calls: int | None = Field(default=None, ge=0)
+    max_tool_calls: int | None = Field(default=None, ge=0, le=2**31 - 1)  # echoed: a number every client reads
+    stream_options: StreamOptions | None = None  # OpenAI's include_obfuscation: accepted, changing nothing
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     text: TextConfig | None = None
     reasoning: ReasoningConfig | None = None
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    metadata: Metadata | None = None
     store: bool | None = None
     user: str | None = None
     # auto: a conversation the miners' models refuse as too long is cut from its beginning (api/responses.py)

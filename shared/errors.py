@@ -105,6 +105,8 @@ def first_problem(e: ValidationError) -> tuple[str, str]:
     """
     errors = e.errors()
     loc = tuple(errors[0]["loc"])
+    if loc[-1:] == ("[key]",):  # a dict's key refused: the dict is the place (the key may be long, or anything)
+        return _dotted(loc[:-2]), f"each key: {errors[0]['msg']}"
     for i, part in enumerate(loc):
         branches = [err for err in errors
                     if len(err["loc"]) > i and tuple(err["loc"][:i]) == loc[:i] and _is_member(err["loc"][i])]

@@ -122,6 +122,7 @@ RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 class StreamOptions(BaseModel):
     model_config = REQUEST_CONFIG
     include_usage: bool | None = None
+    include_obfuscation: bool | None = None  # OpenAI's padding of each event against length side channels: none here
 
 
 def null_means_default(*fields: str) -> Any:

@@ -244,6 +244,16 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
     ({"input": "x", "max_tool_calls": 1.0}, "max_tool_calls", "valid integer"),
     ({"input": "x", "max_tool_calls": True}, "max_tool_calls", "valid integer"),
     ({"input": "x", "max_tool_calls": "2"}, "max_tool_calls", "valid integer"),
+    ({"input": "x", "max_tool_calls": 2**70}, "max_tool_calls", "less than or equal to"),  # echoed: no client reads it
+    ({"input": "x", "stream_options": 5}, "stream_options", "valid dictionary"),
+    ({"input": "x", "stream_options": {"include_obfuscation": "no"}}, "stream_options.include_obfuscation",
+     "valid boolean"),
+    # a tool result for no call: OpenAI's 400, in its words (a mistyped id, or the call left out of the input)
+    ({"input": [{"type": "function_call_output", "call_id": "call_nope", "output": "sunny"}], "tools": [WEATHER]},
+     "input", "No tool call found for function call output with call_id call_nope."),
+    ({"input": [{"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "call_2", "output": "sunny"}], "tools": [WEATHER]},
+     "input", "with call_id call_2."),
     # a choice that demands the search, with no built-in call allowed: it cannot be met
     ({"input": "x", "tools": [SEARCH], "tool_choice": {"type": "web_search"}, "max_tool_calls": 0},
      "max_tool_calls", "allows no call to a built-in tool"),
@@ -350,3 +360,16 @@ def test_truncation_drops_only_as_much_as_the_share_asks() -> None:
     ten = {"messages": [{"role": "user", "content": str(i)} for i in range(10)]}
     assert [m["content"] for m in truncated(ten, 0.85)["messages"]] == [str(i) for i in range(2, 10)]  # type: ignore[index]
     assert [m["content"] for m in truncated(ten, 0.01)["messages"]] == ["9"]  # type: ignore[index]
+
+
+def test_a_tool_result_answers_a_call_in_its_input_or_in_the_conversation_it_continues() -> None:
+    """What agents send: the call and its result in the input, or only the result (``previous_response_id``,
+    ``conversation``: the call is in the history); none of them is refused as an orphan."""
+    call = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"}
+    result = {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}
+    for history, given in (([], [call, result]), ([call], [result])):
+        body = chat_body(parse_model(ResponsesRequest, {"input": given, "tools": [WEATHER]}), history)
+        assert body["messages"][-1] == {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+    orphan_before = [{"type": "function_call_output", "call_id": "call_0", "output": "old"}]  # the history's own
+    body = chat_body(parse_model(ResponsesRequest, {"input": "next", "tools": [WEATHER]}), orphan_before)
+    assert body["messages"][-1] == {"role": "user", "content": "next"}  # a conversation it continues is not bricked

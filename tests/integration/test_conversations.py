@@ -152,6 +152,10 @@ async def test_what_is_unknown_or_not_yours_or_badly_shaped_is_a_4xx(honest: Api
             ("POST", "/v1/conversations", {"items": [{"type": "item_reference", "id": 7}]}, "items.0.id"),
             ("POST", "/v1/conversations", {"metadata": {str(n): "v" for n in range(17)}}, "metadata"),
             ("POST", "/v1/conversations", {"metadata": {"k": 1}}, "metadata.k"),
+            ("POST", "/v1/conversations", {"metadata": {"k" * 65: "v"}}, "metadata"),  # not metadata.kkk....[key]
+            ("POST", "/v1/conversations", {"metadata": {"k": "v" * 513}}, "metadata.k"),
+            ("POST", "/v1/responses", {"input": "Hi", "metadata": {"k" * 65: "v"}}, "metadata"),  # as OpenAI's
+            ("POST", "/v1/responses", {"input": "Hi", "metadata": {"k": "v" * 513}}, "metadata.k"),
             ("POST", "/v1/conversations", [1], None),
             ("POST", f"{path}/items", {"items": []}, "items"),
             ("POST", f"{path}/items", {"items": [{"role": "user"}]}, "items.0.content"),
