@@ -367,8 +367,8 @@ def test_a_tool_result_answers_a_call_in_its_input_or_in_the_conversation_it_con
     ``conversation``: the call is in the history); none of them is refused as an orphan."""
     call = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"}
     result = {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}
-    for history, given in (([], [call, result]), ([call], [result])):
-        body = chat_body(parse_model(ResponsesRequest, {"input": given, "tools": [WEATHER]}), history)
+    for history, sent in (([], [call, result]), ([call], [result])):
+        body = chat_body(parse_model(ResponsesRequest, {"input": sent, "tools": [WEATHER]}), history)
         assert body["messages"][-1] == {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
     orphan_before = [{"type": "function_call_output", "call_id": "call_0", "output": "old"}]  # the history's own
     body = chat_body(parse_model(ResponsesRequest, {"input": "next", "tools": [WEATHER]}), orphan_before)
