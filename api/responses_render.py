@@ -172,6 +172,15 @@ def complete_output(text: str, tool_calls: list[dict[str, Any]] | None,
     return output
 
 
+def event_logprobs(tokens: list[Any]) -> list[Any]:
+    """Tokens' log probabilities as OpenAI's text events give them: ``token``, ``logprob`` and ``top_logprobs``
+    (each a token and its logprob), without chat's ``bytes``, which only the output_text part has."""
+    return [{"token": t.get("token"), "logprob": t.get("logprob"),
+             "top_logprobs": [{"token": top.get("token"), "logprob": top.get("logprob")}
+                              for top in t.get("top_logprobs") or () if isinstance(top, dict)]}
+            for t in tokens if isinstance(t, dict)] if tokens else []
+
+
 class ResponseStream:
     """Chat completion chunks in, Responses API events out (SSE bytes), in OpenAI's order.
 
@@ -278,7 +287,7 @@ class ResponseStream:
         part["logprobs"].extend(logprobs)
         return opened + self.event("response.output_text.delta", item_id=self.message["id"],
                                    output_index=self.items.index(self.message), content_index=0, delta=piece,
-                                   logprobs=logprobs)
+                                   logprobs=event_logprobs(logprobs))
 
     def _open_message(self, part: dict[str, Any] | None = None) -> bytes:
         closed = self._close_current()
@@ -352,7 +361,7 @@ class ResponseStream:
             part = item["content"][0]
             out = (self._annotations(index, item)
                    + self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                                text=part["text"], logprobs=part["logprobs"])
+                                text=part["text"], logprobs=event_logprobs(part["logprobs"]))
                    + self.event("response.content_part.done", item_id=item["id"], output_index=index,
                                 content_index=0, part=part))
         else:

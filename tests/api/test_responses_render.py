@@ -142,3 +142,21 @@ def test_thinking_between_calls_is_its_own_item() -> None:
     assert [i["type"] for i in final["output"]] == ["reasoning", "function_call", "reasoning", "message"]
     done = [e["output_index"] for e in got if e["type"] == "response.output_item.done"]
     assert done == [0, 1, 2, 3]
+
+
+def test_text_events_give_logprobs_as_openais_event_types_and_the_part_keeps_chats_bytes() -> None:
+    """The SDK's text delta and done events type a logprob as token, logprob and top_logprobs (token, logprob);
+    the output_text part (in the response) also has ``bytes``, as chat gives them."""
+    token = {"token": "Hi", "logprob": -0.25, "bytes": [72, 105],
+             "top_logprobs": [{"token": "Hi", "logprob": -0.25, "bytes": [72, 105]}]}
+    with_logprobs = json.loads(chunk("Hi"))
+    with_logprobs["choices"][0]["logprobs"] = {"content": [token]}
+    events = stream_of(json.dumps(with_logprobs))
+    plain = {"token": "Hi", "logprob": -0.25, "top_logprobs": [{"token": "Hi", "logprob": -0.25}]}
+    delta = next(e for e in events if e["type"] == "response.output_text.delta")
+    done = next(e for e in events if e["type"] == "response.output_text.done")
+    assert delta["logprobs"] == [plain] and done["logprobs"] == [plain]
+    assert events[-1]["response"]["output"][0]["content"][0]["logprobs"] == [token]
+    from openai.types.responses import ResponseTextDeltaEvent, ResponseTextDoneEvent
+    for event, model in ((delta, ResponseTextDeltaEvent), (done, ResponseTextDoneEvent)):
+        assert model.model_validate(event).model_dump(exclude_unset=True)["logprobs"] == [plain]
