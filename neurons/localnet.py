@@ -303,6 +303,7 @@ class LocalNet:
                                    f"stop it, or pick another with --{name.lower()}-port")
         self.prepare()
         admin_key = self._admin_key()
+        validator_env = self._validator_extra_env(progress=progress)
         for spec in self.miner_specs:
             env = self._common_env(spec["wallet"]) | {
                 "MINER_HOST": "127.0.0.1",
@@ -311,6 +312,8 @@ class LocalNet:
                 "MINER_MODEL": self.cfg.model,
                 "MINER_PROFILE": spec["profile"],
             }
+            if "SYNTHETIC_TIMEOUT" in validator_env:  # the slow profile answers at 80 % of the tasks' deadline
+                env["SLOW_PROFILE_DEADLINE"] = validator_env["SYNTHETIC_TIMEOUT"]
             if self.cfg.upstream:
                 env["UPSTREAM_URL"] = self.cfg.upstream
             # A ``refuse`` miner never listens, so there is no /health to wait for.
@@ -323,7 +326,7 @@ class LocalNet:
             "STATE_DIR": str(self.dir / "state" / "validator"),
             "WEIGHTS_LEDGER_FILE": str(self.dir / "weights.json"),
             "AVAILABILITY_INTERVAL": "5",
-        } | self._validator_extra_env(progress=progress), f"{validator_url}/health")
+        } | validator_env, f"{validator_url}/health")
         self.wait_healthy([c for c in self.children], timeout=timeout, progress=progress)
         # The API trusts the validator's availability: do not start it before the validator has
         # seen the miners up, or the first requests fail with 503 "no miner available".

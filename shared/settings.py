@@ -346,6 +346,9 @@ class MinerSettings(CommonSettings):
     allowed_hotkeys: CsvList = Field(default_factory=list, description="Callers accepted even without a permit")
     max_body_bytes: int = Field(default=8 << 20, ge=1024)  # twice the API's default: what it forwards fits
     miner_profile: str = Field(default="honest", description="Behaviour profile (local network and tests)")
+    # A request carries no deadline (synthetic ones look organic): the slow profile takes its requests to have
+    # this one, the validator's SYNTHETIC_TIMEOUT (the local network passes it), and answers at 80 % of it.
+    slow_profile_deadline: float = Field(default=15.0, gt=0, le=600)
     corpus_file: str | None = Field(
         default=None, description="JSONL {url,title,content} web corpus for web retrieval (default: built-in)"
     )

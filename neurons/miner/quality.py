@@ -6,7 +6,9 @@ Registered in ``neurons.miner.profiles.QUALITY_PROFILES`` (``MINER_PROFILE``,
 - ``lazy``: plausible random text (the model's vocabulary, no model), random
   numbers, made-up search results: cheap answers that look like answers;
 - ``slow``: the honest answer, first chunk held back until
-  ``SLOW_FRACTION`` of the request's deadline (its ``timeout``, default 10 s);
+  ``SLOW_FRACTION`` of the request's deadline (its ``timeout``; else, as a
+  synthetic task's deadline is not in its body, ``SLOW_PROFILE_DEADLINE``, the
+  validator's ``SYNTHETIC_TIMEOUT``, which the local network passes);
 - ``copy``: replays the answer any peer would give to the same prompt,
   ignoring the seed it was asked with (a relay or a shared answer cache);
 - ``down``: serves ``/health`` but nothing else: no tasks, no models, 503.
@@ -26,7 +28,6 @@ from shared import tasks
 from shared.jsonutil import dumps
 
 SLOW_FRACTION = 0.8
-DEFAULT_DEADLINE = 10.0
 
 
 class LazyBackend(DeterministicBackend):
@@ -85,18 +86,22 @@ class _Wrapper:
         await self.inner.close()
 
 
-def deadline_of(body: dict[str, Any]) -> float:
-    timeout = body.get("timeout")
-    return float(timeout) if isinstance(timeout, int | float) and timeout > 0 else DEFAULT_DEADLINE
-
-
 class SlowBackend(_Wrapper):
+    def __init__(self, inner: Backend, deadline: float) -> None:
+        super().__init__(inner)
+        self.deadline = deadline  # a request's deadline when its body names none (SLOW_PROFILE_DEADLINE)
+
+    def delay(self, body: dict[str, Any]) -> float:
+        timeout = body.get("timeout")
+        deadline = float(timeout) if isinstance(timeout, int | float) and timeout > 0 else self.deadline
+        return SLOW_FRACTION * deadline
+
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        await asyncio.sleep(SLOW_FRACTION * deadline_of(body))
+        await asyncio.sleep(self.delay(body))
         return await self.inner.complete(body)
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:  # type: ignore[override]
-        await asyncio.sleep(SLOW_FRACTION * deadline_of(body))
+        await asyncio.sleep(self.delay(body))
         async for chunk in self.inner.stream(body):
             yield chunk
 
@@ -130,7 +135,7 @@ class DownBackend(_Wrapper):
 
 QUALITY_PROFILES.update({
     "lazy": lambda backend, _settings: LazyBackend(backend),
-    "slow": lambda backend, _settings: SlowBackend(backend),
+    "slow": lambda backend, settings: SlowBackend(backend, settings.slow_profile_deadline),
     "copy": lambda backend, _settings: CopyBackend(backend),
     "down": lambda backend, _settings: DownBackend(backend),
 })

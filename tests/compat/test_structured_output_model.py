@@ -94,6 +94,29 @@ def test_instance_follows_the_documented_rule_and_survives_odd_schemas() -> None
     assert len(instance({"type": "array", "minItems": 10**9, "items": {"type": "integer"}}, "x")) == 16
 
 
+def test_a_schema_that_chooses_itself_or_multiplies_ends_quickly() -> None:
+    """A caller's schema sets the work: ``anyOf`` naming its own schema recursed until Python's stack ran out (a
+    500 from every test miner), and ``minItems: 16`` at each level built 16**12 objects (seconds of the event
+    loop per level). Each ends now, small and in well under a second."""
+    import time
+
+    from neurons.miner.backends import schema_instance
+
+    chooses_itself = {"$defs": {"A": {"anyOf": [{"$ref": "#/$defs/A"}]}}, "$ref": "#/$defs/A"}
+    assert instance(chooses_itself, "x") is None
+    assert instance({"$defs": {"A": {"allOf": [{"oneOf": [{"$ref": "#/$defs/A"}]}]}}, "$ref": "#/$defs/A"}, "x") is None
+    for width in (16, 3):
+        node = {"type": "object", "required": ["c", "d"], "properties": {
+            "c": {"type": "array", "minItems": width, "items": {"$ref": "#/$defs/N"}},
+            "d": {"type": "array", "minItems": width, "items": {"$ref": "#/$defs/N"}}}}
+        started = time.perf_counter()
+        made = json.dumps(instance({"$defs": {"N": node}, "$ref": "#/$defs/N"}, "x"))
+        assert time.perf_counter() - started < 1 and made.count("{") <= schema_instance.MAX_NODES + 100, width
+    body = {"messages": [{"role": "user", "content": PROMPT}], "seed": 1,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": chooses_itself}}}
+    assert json.loads(DeterministicBackend().answer_text(body)) is None  # an answer, not a 500
+
+
 def test_tool_arguments_fit_nested_parameters() -> None:
     tool = {"type": "function", "function": {"name": "book", "parameters": Person.model_json_schema()}}
     call = planned_tool_call({"messages": [{"role": "user", "content": PROMPT}], "tools": [tool], "seed": 1})

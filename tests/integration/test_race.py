@@ -434,3 +434,15 @@ async def test_a_streamed_array_for_an_array_schema_is_an_answer(tmp_path: Path)
         status, headers, text = await post(api, {"messages": [USER], "uids": [1], "stream": True, "response_format": {
             "type": "json_schema", "json_schema": {"name": "cities", "strict": True, "schema": schema}}})
     assert status == 200 and "Paris" in text and "error" not in text, text
+
+
+async def test_a_strict_schema_that_chooses_itself_is_left_to_the_model_server_not_a_500(tmp_path: Path) -> None:
+    """jsonschema recursed without end checking an answer against ``anyOf`` naming its own schema: the check
+    raised RecursionError on the API's path. A schema the validator cannot walk is not checked, as one it
+    cannot read."""
+    chooses_itself = {"$defs": {"A": {"anyOf": [{"$ref": "#/$defs/A"}]}}, "$ref": "#/$defs/A"}
+    async with api_with_miners(tmp_path, {1: answering('{"city": "Paris"}', 0)}) as api:
+        for stream in (False, True):
+            status, _, text = await post(api, {"messages": [USER], "uids": [1], "stream": stream, "response_format": {
+                "type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": chooses_itself}}})
+            assert status == 200 and "Paris" in text, (stream, status, text)

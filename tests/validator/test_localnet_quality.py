@@ -60,6 +60,8 @@ def test_weights_follow_quality_with_fast_intervals(tmp_path: Path) -> None:
         lazy = next(u for u, p in listed.items() if p == "lazy")
         assert by_uid[down]["weight"] == 0.0
         assert by_uid[lazy]["score"] < min(by_uid[u]["score"] for u in honest) / 3
+        slow = next(u for u, p in listed.items() if p == "slow")  # answers at 80 % of the tasks' deadline: late
+        assert 0 < by_uid[slow]["score"] < min(by_uid[u]["score"] for u in honest) / 2, by_uid[slow]
         # the ledger moved incentives in the metagraph file, so API traffic follows quality
         metagraph = json.loads((tmp_path / "metagraph.json").read_text())
         incentive = {n["uid"]: n["incentive"] for n in metagraph["neurons"]}

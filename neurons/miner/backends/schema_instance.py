@@ -20,7 +20,9 @@ From ``SHALLOW`` levels down, the smallest value that fits instead: only the
 required properties, ``minItems`` items (none by default), ``null`` where
 ``anyOf`` allows it. So a model that refers to itself (``friends:
 list[Person]``) ends; past ``MAX_DEPTH`` (a schema that requires itself, which
-nothing finite fits) an object is ``{}`` and an array ``[]``.
+nothing finite fits) an object is ``{}`` and an array ``[]``, as past
+``MAX_NODES`` values in one answer; a choice that is itself (``anyOf`` naming its
+own schema) is ``null``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ MAX_DEPTH = 12
 MAX_STRING = 500
 MAX_PADDED = 4096
 MAX_ITEMS = 16
+MAX_NODES = 5000  # values built for one answer, at most (past it an object is {} and an array [])
 FORMATS = {
     "date-time": "2026-01-01T00:00:00Z",
     "date": "2026-01-01",
@@ -45,30 +48,62 @@ FORMATS = {
 
 def instance(schema: Any, text: str, *, root: Any = None, depth: int = 0) -> Any:
     """A value of ``schema`` (``root`` is the document its ``$ref``s point into: the schema itself by default)."""
-    root = schema if root is None else root
-    schema = _resolve(schema, root)
-    if not isinstance(schema, dict):
-        return None
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][0]
-    if "const" in schema:
-        return schema["const"]
-    for key in ("anyOf", "oneOf", "allOf"):
-        choices = schema.get(key)
-        if isinstance(choices, list) and choices:
-            nulls = [c for c in choices if _resolve(c, root) == {"type": "null"}]
-            if nulls and depth >= SHALLOW:
-                return None
-            choice = next((c for c in choices if c not in nulls), choices[0])
-            return instance(choice, text, root=root, depth=depth)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), None)
-    if not isinstance(kind, str):  # the caller's schema reaches us unchecked: any JSON at all
-        kind = None
-    if kind is None and isinstance(schema.get("properties"), dict):
-        kind = "object"
-    return _VALUES.get(kind, _null)(schema, text, root, depth)
+    return _Builder(schema if root is None else root, text).value(schema, depth)
+
+
+class _Builder:
+    """One answer's building: the schema reaches the miner unchecked, so its work is bounded, not only its
+    depth: at most ``MAX_NODES`` values in all (``minItems`` at each of 12 levels multiplies: 16**6 objects
+    took seconds of the event loop and gigabytes), and at most ``MAX_DEPTH`` choices (``anyOf`` ...) in a row
+    at one level (a choice that names itself recursed until Python's stack ran out: a 500)."""
+
+    def __init__(self, root: Any, text: str) -> None:
+        self.root, self.text = root, text
+        self.left = MAX_NODES
+
+    def value(self, schema: Any, depth: int, hops: int = 0) -> Any:
+        self.left -= 1
+        schema = _resolve(schema, self.root)
+        if not isinstance(schema, dict):
+            return None
+        if isinstance(schema.get("enum"), list) and schema["enum"]:
+            return schema["enum"][0]
+        if "const" in schema:
+            return schema["const"]
+        for key in ("anyOf", "oneOf", "allOf"):
+            choices = schema.get(key)
+            if isinstance(choices, list) and choices:
+                nulls = [c for c in choices if _resolve(c, self.root) == {"type": "null"}]
+                if (nulls and depth >= SHALLOW) or hops >= MAX_DEPTH:
+                    return None
+                choice = next((c for c in choices if c not in nulls), choices[0])
+                return self.value(choice, depth, hops + 1)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), None)
+        if not isinstance(kind, str):  # the caller's schema reaches us unchecked: any JSON at all
+            kind = None
+        if kind is None and isinstance(schema.get("properties"), dict):
+            kind = "object"
+        if kind == "object":
+            return self._object(schema, depth)
+        if kind == "array":
+            return self._array(schema, depth)
+        return _SCALARS.get(kind, _null)(schema, self.text)
+
+    def _object(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
+        properties = schema.get("properties")
+        if depth >= MAX_DEPTH or self.left <= 0 or not isinstance(properties, dict):
+            return {}
+        required = schema.get("required") if isinstance(schema.get("required"), list) else []
+        return {name: self.value(sub, depth + 1) for name, sub in properties.items()
+                if depth < SHALLOW or name in required}
+
+    def _array(self, schema: dict[str, Any], depth: int) -> list[Any]:
+        if depth >= MAX_DEPTH or self.left <= 0:
+            return []
+        count = min(_bound(schema.get("minItems"), 1 if depth < SHALLOW else 0), MAX_ITEMS)
+        return [self.value(schema.get("items", {}), depth + 1) for _ in range(count)]
 
 
 def _resolve(schema: Any, root: Any) -> Any:
@@ -90,7 +125,7 @@ def _lookup(root: Any, ref: str) -> dict[str, Any]:
     return node if isinstance(node, dict) else {}
 
 
-def _string(schema: dict[str, Any], text: str, _root: Any, _depth: int) -> str:
+def _string(schema: dict[str, Any], text: str) -> str:
     fmt = schema.get("format")
     if isinstance(fmt, str) and fmt in FORMATS:
         return FORMATS[fmt]
@@ -99,7 +134,7 @@ def _string(schema: dict[str, Any], text: str, _root: Any, _depth: int) -> str:
     return value + "x" * (shortest - len(value)) if len(value) < shortest else value
 
 
-def _number(schema: dict[str, Any], text: str, _root: Any, _depth: int) -> int | float:
+def _number(schema: dict[str, Any], text: str) -> int | float:
     value: float = len(text.split())
     low, high = _limit(schema, "minimum", "exclusiveMinimum"), _limit(schema, "maximum", "exclusiveMaximum")
     if low is not None and value < low[0] + low[1]:
@@ -120,22 +155,6 @@ def _limit(schema: dict[str, Any], inclusive: str, exclusive: str) -> tuple[floa
     return None
 
 
-def _object(schema: dict[str, Any], text: str, root: Any, depth: int) -> dict[str, Any]:
-    properties = schema.get("properties")
-    if depth >= MAX_DEPTH or not isinstance(properties, dict):
-        return {}
-    required = schema.get("required") if isinstance(schema.get("required"), list) else []
-    return {name: instance(sub, text, root=root, depth=depth + 1) for name, sub in properties.items()
-            if depth < SHALLOW or name in required}
-
-
-def _array(schema: dict[str, Any], text: str, root: Any, depth: int) -> list[Any]:
-    if depth >= MAX_DEPTH:
-        return []
-    count = min(_bound(schema.get("minItems"), 1 if depth < SHALLOW else 0), MAX_ITEMS)
-    return [instance(schema.get("items", {}), text, root=root, depth=depth + 1) for _ in range(count)]
-
-
 def _bound(value: Any, default: int) -> int:
     return value if type(value) is int and value >= 0 else default
 
@@ -144,11 +163,9 @@ def _null(*_args: Any) -> None:
     return None
 
 
-_VALUES = {
+_SCALARS = {
     "string": _string,
     "integer": _number,
     "number": _number,
     "boolean": lambda *_args: True,
-    "object": _object,
-    "array": _array,
 }
