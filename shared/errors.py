@@ -78,7 +78,8 @@ class ApiError(Exception):
 
 def invalid_value(param: str | None, message: str) -> ApiError:
     """The 400 for a value the caller sent that cannot be used, naming where it sits (``None``: the body)."""
-    return ApiError(400, f"Invalid value for '{param or 'body'}': {message}", param=param, code="invalid_value")
+    where = f"value for '{param}'" if param else "request body"  # a body may have a field named "body"
+    return ApiError(400, f"Invalid {where}: {message}", param=param, code="invalid_value")
 
 
 def error_body(

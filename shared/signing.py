@@ -130,9 +130,11 @@ class RequestVerifier:
         *,
         nonce_store: Any | None = None,
         max_age: float = http_auth.DEFAULT_MAX_AGE,
+        not_allowed: str = "holds no validator permit here and is not allow-listed",
     ) -> None:
         self.self_hotkey = self_hotkey
         self.authorizer = authorizer
+        self.not_allowed = not_allowed  # why a caller the authorizer refuses is refused, in the 403
         self.nonce_store = nonce_store or http_auth.InMemoryNonceStore(retention=nonce_retention(max_age))
         self.max_age = max_age
 
@@ -154,7 +156,7 @@ class RequestVerifier:
         if not self.authorizer.allowed(caller.hotkey_ss58):
             raise ApiError(
                 403,
-                f"hotkey {caller.hotkey_ss58} holds no validator permit here and is not allow-listed",
+                f"hotkey {caller.hotkey_ss58} {self.not_allowed}",
                 code="NotAValidator",
             )
         return caller

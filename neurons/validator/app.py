@@ -27,7 +27,13 @@ from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json, read_raw, request_lines
 from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics, metrics_handler, metrics_middleware
-from shared.signing import CALLER_KEY, RequestVerifier, verified_hotkey
+from shared.signing import CALLER_KEY, Authorizer, RequestVerifier, verified_hotkey
+
+
+def scoring_verifier(self_hotkey: str, api_hotkeys: list[str]) -> RequestVerifier:
+    """Who may sign for this validator: its API processes' hotkeys (``API_HOTKEYS``); permits play no part."""
+    return RequestVerifier(self_hotkey, Authorizer(lambda: (), api_hotkeys),
+                           not_allowed="is not one of API_HOTKEYS, the API hotkeys this validator takes requests from")
 
 
 class RecentPayloads:

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from loguru import logger
 
-from neurons.validator.app import ValidatorContext, create_validator_app
+from neurons.validator.app import ValidatorContext, create_validator_app, scoring_verifier
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.datasets import build_datasets
 from neurons.validator.loops import availability_cycle, every, metagraph_cycle, synthetic_cycle, weights_cycle
@@ -33,7 +33,7 @@ from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics
 from shared.miner_client import MinerClient, make_session
 from shared.settings import ValidatorSettings, setting_file
-from shared.signing import Authorizer, RequestVerifier, Signer
+from shared.signing import Signer
 from shared.wallet import load_hotkey
 
 
@@ -82,7 +82,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
         datasets = build_datasets(corpus, settings.dataset_file)
     signer = Signer(hotkey)
     api_hotkeys = settings.api_hotkeys or [hotkey.ss58_address]
-    verifier = RequestVerifier(hotkey.ss58_address, Authorizer(lambda: (), api_hotkeys))
+    verifier = scoring_verifier(hotkey.ss58_address, api_hotkeys)
     session = make_session()
     client = MinerClient(session, signer)
     reference = build_reference(settings, session)

@@ -95,3 +95,15 @@ def test_permit_lost_after_metagraph_refresh_is_403() -> None:
     with pytest.raises(ApiError) as e:
         verify(v, signed())
     assert e.value.status == 403
+
+
+def test_the_validators_refusal_names_api_hotkeys_not_a_permit() -> None:
+    """``/scoring`` takes only its API processes' hotkeys: its 403 says so (it spoke of validator permits,
+    which play no part there)."""
+    from neurons.validator.app import scoring_verifier
+
+    api = scoring_verifier(MINER.ss58_address, [VALIDATOR.ss58_address])
+    assert verify(api, signed()).hotkey_ss58 == VALIDATOR.ss58_address
+    with pytest.raises(ApiError) as e:
+        verify(api, signed(signer=STRANGER))
+    assert e.value.status == 403 and "is not one of API_HOTKEYS" in e.value.message and "permit" not in e.value.message
