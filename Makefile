@@ -31,4 +31,4 @@ soak: install
 	$(BIN)/python scripts/soak.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) localnet state .pytest_cache
+	rm -rf $(VENV) localnet .pytest_cache  # never ./state: the default key store and validator scores

@@ -21,6 +21,7 @@ from prometheus_client import multiprocess as prom_multiprocess
 from api.app import create_api_app
 from api.availability import AvailabilityCache
 from api.context import ApiContext
+from api.ops import permit_check
 from api.scoring_outbox import OutboxForwarder
 from api.supervisor import Supervisor
 from shared.aio import within
@@ -71,11 +72,15 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
         await client.session.close()
         raise SettingsError(f"STORE_URL: cannot open {mask_credentials(settings.store_url)}: {e}") from None
     if new_file:  # a first start, or a mistyped path: every existing key would answer 401, said once here
-        logger.warning("STORE_URL: {} did not exist; a new, empty key store was created there",
-                       sqlite_path(settings.store_url))
+        where = sqlite_path(settings.store_url)
+        logger.warning("STORE_URL: {} did not exist; a new, empty key store was created there{}", where.resolve(),
+                       "" if where.is_absolute() else " (sqlite:/// takes a path from the working directory; an "
+                                                      "absolute one takes four slashes: sqlite:////var/lib/...)")
     ctx = ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability,
                      sessions=sessions, responses=responses, conversations=conversations,
                      request_log=RequestLog(role, level=settings.log_level))
+    if not (permit := permit_check(ctx)).ok:  # the operator's first sign would be its users' 502s
+        logger.warning("{} (GET /ready warns of it too)", permit.detail)
     ctx.attach_forwarder(OutboxForwarder(outbox, client, settings.validator_api,
                                          settings.validator_hotkey or hotkey.ss58_address,
                                          lease_seconds=settings.outbox_lease_seconds))

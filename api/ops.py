@@ -49,16 +49,32 @@ async def store_check(ctx: ApiContext) -> CheckOut:
 
 
 def validator_check(ctx: ApiContext) -> CheckOut:
+    """Never required (its ``required`` says so whether it passes or not): the worker still serves (every
+    serving miner is a candidate while availability is unknown), and one validator restart must not take
+    every API host of a fleet out of rotation."""
     cache = ctx.availability
     if cache is None:
-        return CheckOut(ok=True, detail="not used (no availability cache configured)")
+        return CheckOut(ok=True, required=False, detail="not used (no availability cache configured)")
     if not cache.fresh():
-        # A warning: the worker still serves (every serving miner is a candidate while availability is
-        # unknown), and one validator restart must not take every API host of a fleet out of rotation.
         return CheckOut(ok=False, required=False,
                         detail=f"no fresh availability from the validator at {cache.validator_url} (stale after "
                                f"{cache.stale_seconds:.0f}s); serving every registered miner meanwhile")
-    return CheckOut(ok=True, detail=f"availability {_age(cache):.0f}s old")
+    return CheckOut(ok=True, required=False, detail=f"availability {_age(cache):.0f}s old")
+
+
+def permit_check(ctx: ApiContext) -> CheckOut:
+    """Whether this API's hotkey holds a validator permit: miners answer only permit holders (and the hotkeys
+    they allow-list), so without one every request may end a 502 with each miner's 403. A warning, not
+    required: miners may allow-list it, and a metagraph not loaded yet is the metagraph check's to say."""
+    hotkey = ctx.client.signer.hotkey
+    snapshot = ctx.metagraph.snapshot
+    if not snapshot.neurons or hotkey in snapshot.permitted_hotkeys:
+        return CheckOut(ok=True, required=False, detail=f"{hotkey} holds a validator permit"
+                        if snapshot.neurons else "the metagraph has not been loaded")
+    return CheckOut(ok=False, required=False,
+                    detail=f"this API's hotkey {hotkey} holds no validator permit on netuid {snapshot.netuid}: "
+                           "miners refuse its requests (403 NotAValidator) unless they allow-list it "
+                           "(ALLOWED_HOTKEYS); check WALLET_NAME and WALLET_HOTKEY")
 
 
 def _age(cache: AvailabilityCache) -> float:
@@ -77,7 +93,7 @@ def miners_check(ctx: ApiContext) -> CheckOut:
 
 async def readiness(ctx: ApiContext) -> ReadyOut:
     checks = {"metagraph": metagraph_check(ctx), "store": await store_check(ctx),
-              "validator": validator_check(ctx), "miners": miners_check(ctx)}
+              "validator": validator_check(ctx), "miners": miners_check(ctx), "permit": permit_check(ctx)}
     reasons = [f"{name}: {c.detail}" for name, c in checks.items() if not c.ok and c.required]
     warnings = [f"{name}: {c.detail}" for name, c in checks.items() if not c.ok and not c.required]
     return ReadyOut(ready=not reasons, reasons=reasons, warnings=warnings, checks=checks)

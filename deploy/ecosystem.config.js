@@ -1,5 +1,5 @@
 // pm2 ecosystem for an sn1 node: `pm2 start deploy/ecosystem.config.js` from the repository root.
-// Each process reads its own env file (copy .env.*.example first). Start only what this host runs:
+// Each process reads its own env file, .env.<role> (copy .env.*.example first), or pm2 env alone. Start only what this host runs:
 //   pm2 start deploy/ecosystem.config.js --only sn1-api
 // The API forks WORKERS processes itself (SO_REUSEPORT): keep pm2 at one instance, fork mode.
 // pm2 restarts a process that exits; SIGTERM lets it finish in-flight requests (kill_timeout).
@@ -29,7 +29,7 @@ function app(name, script, args) {
 module.exports = {
   apps: [
     app("sn1-api", "./run_api.sh", ""),
-    app("sn1-validator", ".venv/bin/sn1", "validator --env-file .env.validator"),
-    app("sn1-miner", ".venv/bin/sn1", "miner --env-file .env.miner"),
+    app("sn1-validator", ".venv/bin/sn1", "validator"),
+    app("sn1-miner", ".venv/bin/sn1", "miner"),
   ],
 };

@@ -8,6 +8,8 @@ surfaced as ``StoreUnavailable`` (a 503 at the edge, never an open door).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -34,6 +36,7 @@ T = TypeVar("T")
 
 def open_db(path: Path, *, synchronous: str, schema: str = "") -> sqlite3.Connection:
     """A WAL connection to ``path`` with ``schema`` created, then ``BUSY_TIMEOUT_S`` for serving."""
+    create_private(path)
     deadline = time.monotonic() + OPEN_TIMEOUT_S
     while True:
         db = sqlite3.connect(path, timeout=OPEN_TIMEOUT_S, isolation_level=None, check_same_thread=False)
@@ -49,6 +52,14 @@ def open_db(path: Path, *, synchronous: str, schema: str = "") -> sqlite3.Connec
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def create_private(path: Path) -> None:
+    """Create the database file readable by its owner alone, if it is not there (an empty file is an empty
+    database): it holds users' prompts and answers (stored responses, conversations, the scoring outbox), and
+    SQLite gives its -wal and -shm files the database's mode. One already there keeps the mode it has."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def expiring_table(name: str, *, index: str, on: str) -> str:

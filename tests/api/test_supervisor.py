@@ -128,5 +128,9 @@ def test_a_new_sqlite_store_is_said_once_at_start(tmp_path: Path) -> None:
             logs.append(api.log.read_text())
         finally:
             api.kill()
-    assert "a new, empty key store was created there" in logs[0]
+    assert f"{tmp_path / 'typo' / 'api.db'} did not exist; a new, empty key store was created there" in logs[0]
+    assert "four slashes" not in logs[0]  # an absolute path: no hint about relative ones
     assert "a new, empty key store" not in logs[1], "the second start opened the store it made: no warning"
+    for name in ("api.db", "api.db-wal", "api.db-shm"):  # users' prompts and answers: its owner's alone
+        found = tmp_path / "typo" / name
+        assert not found.exists() or found.stat().st_mode & 0o777 == 0o600, (name, oct(found.stat().st_mode))

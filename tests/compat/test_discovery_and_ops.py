@@ -186,3 +186,17 @@ async def test_a_workers_gauges_stay_fresh_between_scrapes(api: ApiUnderTest) ->
     await asyncio.sleep(0.2)  # no scrape in between
     task.cancel()
     assert metrics.metagraph_age._value.get() >= 3599
+
+
+async def test_an_api_hotkey_without_a_validator_permit_is_a_readiness_warning(
+        api: ApiUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wrong wallet in .env.api, or a validator that has not earned its permit: every miner answers 403 and
+    the callers see 502s. /ready says why (a warning: miners may allow-list the hotkey), and so does the start."""
+    status, body = await get_json(api, "/ready", key=None)
+    assert body["checks"]["permit"]["ok"] is True and body["warnings"] == []
+    monkeypatch.setattr(api.ctx.client.signer, "hotkey", "5NoPermitHotkeyxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx")
+    status, body = await get_json(api, "/ready", key=None)
+    assert status == 200 and body["ready"] is True and body["reasons"] == []
+    (warning,) = body["warnings"]
+    assert warning.startswith("permit: this API's hotkey 5NoPermit") and "ALLOWED_HOTKEYS" in warning
+    assert body["checks"]["permit"]["required"] is False
