@@ -49,9 +49,11 @@ def start_race(
     """``check``: what makes a whole answer valid, when the request's own fields do not say (a web
     search's list of results); else the request's ``response_format`` decides."""
     deadline = asyncio.get_running_loop().time() + seconds
+    options = body.get("stream_options")
     race = Race(ctx.client, neurons, dumpb(body), deadline, stream=stream, request_id=request_id,
                 excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=check or json_check(body),
-                opens_with=json_opening(body))
+                opens_with=json_opening(body),
+                relay_usage=not stream or (isinstance(options, dict) and options.get("include_usage") is True))
     race.start()
     return race
 

@@ -61,6 +61,10 @@ class MinerRun:
     offered: frozenset[str] | None = None
     opens_with: str | None = None  # what the answer's text must start with (``answer_checks.json_opening``)
     opened: bool = False  # its first text was checked
+    # Whether a usage-only chunk (``choices: []``) is kept to be relayed: only when the caller asked for it
+    # (``stream_options.include_usage``), as OpenAI sends it; a model server that sends it anyway (llama.cpp)
+    # broke ``chunk.choices[0]`` in every caller's loop. Its usage is taken either way.
+    relay_usage: bool = True
 
     @property
     def uid(self) -> int:
@@ -79,9 +83,9 @@ class MinerRun:
         """Every chunk as JSON text (for the scoring payload and the stream relay)."""
         return [event_text(e) for e in self.events]
 
-    def absorb(self, data: Event) -> Event:
-        """Fold one chunk into the running answer and return it as it is to be kept and relayed; raise
-        ValueError if it is garbage.
+    def absorb(self, data: Event) -> Event | None:
+        """Fold one chunk into the running answer and return it as it is to be kept and relayed (None: not
+        kept, a usage-only chunk the caller did not ask for); raise ValueError if it is garbage.
 
         The chunk is returned as it came (a stream is relayed byte for byte), but for what a strict
         client's type refused in it, put in the SDK's words: a model server's own ``finish_reason``
@@ -104,6 +108,8 @@ class MinerRun:
             else:  # not token counts ("n/a"): left out, and the caller's usage estimated as when none came
                 del obj["usage"]
                 data = obj
+            if not choices and not self.relay_usage:
+                return None
         if self.model is None:
             model = obj.get("model")
             if model:
@@ -235,13 +241,14 @@ class Race:
         offered: frozenset[str] | None = None,
         check: Check | None = None,
         opens_with: str | None = None,
+        relay_usage: bool = True,
     ) -> None:
         self.client = client
         self.check = check  # what a whole answer must also be (the JSON asked for): answer_checks
         # The deadline is shorter than the node would give (a caller's ``timeout``, what a failover
         # had left): a miner that ran out of it is not at fault, so it is left out of the payload.
         self.excuse_timeouts = excuse_timeouts
-        self.runs = [MinerRun(n, offered=offered, opens_with=opens_with) for n in neurons]
+        self.runs = [MinerRun(n, offered=offered, opens_with=opens_with, relay_usage=relay_usage) for n in neurons]
         self.body = body
         self.deadline = deadline
         self.stream = stream
@@ -266,7 +273,10 @@ class Race:
             async for batch in batches:
                 arrived = loop.time() - self.started  # one read: the same arrival time for its events
                 for data in batch:
-                    run.events.append(run.absorb(data))
+                    kept = run.absorb(data)
+                    if kept is None:
+                        continue
+                    run.events.append(kept)
                     run.timings.append(arrived)
                     if self.stream and (run.has_answer or run.reasoning):
                         self._claim(run)

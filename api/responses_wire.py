@@ -10,23 +10,21 @@ in silence. Responses are stored for ``RESPONSES_RETENTION_SECONDS``
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from shared.protocol import (
     MAX_OUTPUT_TOKENS,
     MIN_TIMEOUT,
     REQUEST_CONFIG,
+    Metadata,
     SamplingParameters,
     StreamOptions,
     null_means_default,
 )
 
-# OpenAI's metadata (a response's, a conversation's): up to 16 pairs, keys up to 64 characters, values up to 512.
-Metadata = Annotated[dict[Annotated[str, StringConstraints(max_length=64)],
-                          Annotated[str, StringConstraints(max_length=512)]], Field(max_length=16)]
 STATELESS = "this gateway stores no responses: send the whole conversation in 'input'"
 NO_ITEM_REFERENCES = ("an item_reference names a stored item, and is sent as that item: one here was not resolved "
                       "(items of a conversation's history are stored resolved)")

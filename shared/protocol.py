@@ -8,9 +8,9 @@ miner instead of being silently dropped, as the original implementation did.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from shared.ids import random_hex
@@ -32,10 +32,27 @@ MAX_SESSION_ID = 128
 ROUTING_FIELDS = ("uids", "timeout", "session_id", "web_search_options", "n")
 
 
+# OpenAI's metadata (a chat completion's, a response's, a conversation's): up to 16 pairs, keys up to 64
+# characters, values up to 512.
+Metadata = Annotated[dict[Annotated[str, StringConstraints(max_length=64)],
+                          Annotated[str, StringConstraints(max_length=512)]], Field(max_length=16)]
+
+
 class TextPart(BaseModel):
+    """A message's content part: of a type OpenAI's chat takes (what a model server makes of image, audio and
+    file parts is its own), and a text part with its text: anything else is the caller's 400 here, not each
+    miner's model server refusing it."""
+
     model_config = REQUEST_CONFIG
-    type: str = "text"
-    text: str | None = None
+    type: Literal["text", "image_url", "input_audio", "file", "refusal"] = "text"
+    text: str | None = Field(default=None, validate_default=True)
+
+    @field_validator("text")
+    @classmethod
+    def _text_of_a_text_part(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None and info.data.get("type") == "text":
+            raise PydanticCustomError("missing_text", "a text part needs its text")
+        return v
 
 
 NEEDS_CONTENT = frozenset({"system", "user", "developer", "tool"})
@@ -187,6 +204,7 @@ class ChatCompletionRequest(BaseModel):
     model: str | None = None
     stream: bool = False
     _nulls = null_means_default("stream")
+    metadata: Metadata | None = None
     stream_options: StreamOptions | None = None
     _stream_options = stream_options_need_stream()
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -223,6 +241,21 @@ class ChatCompletionRequest(BaseModel):
 
     # What follows refuses requests that OpenAI and model servers refuse: passed on, each would
     # come back as a miner's failure (a 502 for the caller and a zero score for the miner).
+    @field_validator("messages")
+    @classmethod
+    def _tool_results_answer_calls(cls, v: list[ChatMessage]) -> list[ChatMessage]:
+        """A tool message answers a call an assistant message before it made (OpenAI's 400, in its words)."""
+        called: set[Any] = set()
+        for i, message in enumerate(v):
+            if message.tool_calls:
+                called.update(call.get("id") for call in message.tool_calls if isinstance(call, dict))
+            elif message.role == "tool" and message.tool_call_id not in called:
+                raise PydanticCustomError(
+                    "orphan_tool_message", "messages with role 'tool' must be a response to a preceding message with "
+                    "'tool_calls' (message {index} answers tool_call_id '{id}', which no earlier message called)",
+                    {"index": i, "id": str(message.tool_call_id)[:64]})
+        return v
+
     @field_validator("top_logprobs")
     @classmethod
     def _top_logprobs_needs_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
@@ -352,7 +385,13 @@ class ChatCompletionRequest(BaseModel):
             if value is not None:
                 body[name] = value
         body.pop("max_completion_tokens", None)
-        if (allowed := self.allowed_tools()) is not None:
+        if not self.tools:
+            # Without tools, "auto" and "none" mean nothing (any other choice was a 400 above), and chat
+            # servers refuse tool_choice, parallel_tool_calls and an empty tools list (OpenAI, vLLM): each miner
+            # would fail, and the caller get the server's 400 (SDKs send parallel_tool_calls by default).
+            for name in ("tools", "tool_choice", "parallel_tool_calls"):
+                body.pop(name, None)
+        elif (allowed := self.allowed_tools()) is not None:
             # Model servers take no allowed_tools choice: the miners are offered only the functions it
             # lists, its mode their tool_choice, and a call to any other fails a miner (race.offered).
             names, body["tool_choice"] = allowed
@@ -428,11 +467,11 @@ def valid_usage(usage: Any) -> bool:
 def reported_usage(usage: dict[str, Any]) -> dict[str, Any]:
     """A miner's usage (its counts checked by ``valid_usage``) as the SDK's ``CompletionUsage``
     types it: every count the type requires (a server that sent only ``completion_tokens`` left the
-    others out), and of each details group only its token counts (a group that was not an object, or
+    others out; the total is their sum), and of each details group only its token counts (a group that was not an object, or
     a count in it that was "n/a", went on as it came)."""
     prompt, completion = usage.get("prompt_tokens", 0), usage["completion_tokens"]
-    out = {"prompt_tokens": prompt, "completion_tokens": completion,
-           "total_tokens": usage.get("total_tokens", prompt + completion)}
+    # total_tokens is their sum, whatever the miner wrote (a miner is not trusted: a caller may bill from it)
+    out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     for group in USAGE_DETAILS:
         if counts := token_counts(usage.get(group)):
             out[group] = counts

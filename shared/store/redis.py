@@ -79,6 +79,19 @@ local function timing(live, count, limit, now, refused)
 end
 local function charge(key, limit, now, cost)
   local current, count, live = load(key, now)
+  if cost < 0 then  -- give back what the newest charges took, never below none
+    table.sort(live, function(a, b) return a[1] > b[1] end)
+    for _, e in ipairs(live) do
+      if cost >= 0 then break end
+      local back = math.min(-cost, e[2])
+      if back > 0 then
+        redis.call('HINCRBY', key, e[1], -back)
+        e[2], count, cost = e[2] - back, count - back, cost + back
+      end
+    end
+    local reset = timing(live, count, limit, now, false)
+    return {1, limit, math.max(limit - count, 0), reset, '0'}
+  end
   local allowed = (count + math.max(cost, 1)) <= limit
   if allowed and cost > 0 then
     add(key, live, current, cost)

@@ -329,7 +329,7 @@ class SQLiteStore:
     def _charge(self, bucket: str, limit: int, cost: int, now: float) -> RateDecision:
         """One statement: the UPSERT runs ``window_charge`` under SQLite's write lock, so it is atomic
         across every process on the file without an explicit transaction (one execute, no BEGIN/COMMIT)."""
-        if cost <= 0:
+        if cost == 0:
             row = self.db.execute(_PEEK, (limit, now, bucket)).fetchone()
             return _decision(row[0] if row else window_charge_sql(None, limit, now, 0))
         return _decision(self.db.execute(_UPSERT, (bucket, limit, now, cost)).fetchone()[0])

@@ -52,11 +52,18 @@ def _shift(newest: int, counts: array, current: int) -> tuple[int, array]:
 def charge_window(state: bytes | None, limit: int, now: float, cost: int = 1) -> tuple[bytes, RateDecision]:
     """Charge ``cost`` requests at ``now``; returns the new state and the decision.
 
-    ``cost=0`` peeks: the decision says whether one more request would pass, nothing is recorded.
+    ``cost=0`` peeks: the decision says whether one more request would pass, nothing is recorded. A negative
+    ``cost`` gives back what the newest charges took (a reservation not spent), never below none.
     """
     newest, counts = _shift(*_load(state), math.floor(now))
+    slot = len(counts) - 1
+    while cost < 0 and slot >= 0:
+        back = min(-cost, counts[slot])
+        counts[slot] -= back
+        cost += back
+        slot -= 1
     count = sum(counts)
-    allowed = count + max(cost, 1) <= limit
+    allowed = cost < 0 or count + max(cost, 1) <= limit
     if allowed and cost > 0:
         counts[-1] += cost
         count += cost

@@ -442,3 +442,53 @@ async def test_a_schema_or_strict_flag_of_another_type_is_a_400_naming_it(tmp_pa
     error = json.loads(text)["error"]
     assert status == 400 and error["param"] == param and says in error["message"], error
     assert script.calls == 0
+
+
+def usage_chunk_unasked(total: int) -> str:
+    """llama.cpp's last chunk: usage with no choices, sent whether or not the caller asked for it."""
+    return json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "scripted", "choices": [],
+                       "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": total}})
+
+
+@pytest.mark.parametrize("asked", [False, True], ids=["not asked", "include_usage"])
+async def test_a_usage_chunk_the_caller_did_not_ask_for_is_not_relayed_and_totals_add_up(
+        tmp_path: Path, asked: bool) -> None:
+    """``for chunk in stream: chunk.choices[0]`` is every tutorial's loop: a usage-only chunk the caller did not
+    ask for (a model server that always sends one) raised IndexError in it. OpenAI sends it only with
+    ``include_usage``; and its ``total_tokens`` is the sum of the two counts, whatever a miner wrote."""
+    from tests.helpers import chunk
+
+    steps = [(0, d) for d in sse(chunk("Hi"), chunk(finish="stop"), usage_chunk_unasked(total=99))]
+    async with api_with_miners(tmp_path, {1: Script(steps)}) as api:
+        client = openai_client(api)
+        options = {"stream_options": {"include_usage": True}} if asked else {}
+        chunks = [c async for c in await client.chat.completions.create(model="default", messages=MSG, stream=True,
+                                                                        **options)]
+        assert all(c.choices for c in chunks[:-1])
+        if asked:
+            assert chunks[-1].choices == [] and chunks[-1].usage is not None
+            assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.total_tokens) == (10, 15)
+        else:
+            assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks), chunks[-1]
+        whole = await client.chat.completions.create(model="default", messages=MSG)
+        assert whole.usage is not None and (whole.usage.prompt_tokens, whole.usage.total_tokens) == (10, 15)
+        usage = await client.get("/usage", cast_to=object)
+        assert usage["totals"]["prompt_tokens"] == 20  # taken either way, as the caller's accounting
+
+
+async def test_tool_settings_without_tools_do_not_reach_the_miners(tmp_path: Path) -> None:
+    """OpenAI and vLLM refuse tool_choice and parallel_tool_calls without tools, and an empty tools list: passed
+    on, every miner's model server refused the request and the caller got its 400. Without tools they mean
+    nothing ("auto", "none"), so they are left out; one that needs a tool is still the caller's 400."""
+    from tests.helpers import chunk
+
+    miner = Script([(0, d) for d in sse(chunk("Hi"), chunk(finish="stop"))])
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        for extra in ({"parallel_tool_calls": False}, {"tool_choice": "auto"}, {"tool_choice": "none", "tools": []}):
+            status, _, text = await post(api, {"messages": MSG, **extra})
+            assert status == 200, (extra, text)
+            assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(miner.bodies[-1]), miner.bodies[-1]
+        status, _, text = await post(api, {"messages": MSG, "tools": [WEATHER], "parallel_tool_calls": False})
+        assert status == 200 and miner.bodies[-1]["parallel_tool_calls"] is False  # with tools: passed on
+        status, _, text = await post(api, {"messages": MSG, "tool_choice": "required"})
+        assert status == 400 and json.loads(text)["error"]["param"] == "tool_choice"

@@ -194,6 +194,24 @@ async def test_admin_gate(api: ApiUnderTest, http: aiohttp.ClientSession, logs: 
     assert not any(wrong in line or ADMIN in line for line in logs)
 
 
+async def test_admin_guesses_sent_at_once_are_compared_ten_at_most(api: ApiUnderTest,
+                                                                     http: aiohttp.ClientSession) -> None:
+    """Failures were counted after the compare, so guesses sent together all found the gate open (68 of 300
+    were compared). Each attempt now takes its slot first; a right key gives it back, so an admin's own calls,
+    however many, never lock anyone out."""
+    import asyncio
+
+    url = f"{api.url}/api_management/api-keys"
+    for _ in range(25):  # right keys, one after another: each gives its slot back
+        assert (await call(http, "GET", url, headers=AK))[0] == 200
+    results = await asyncio.gather(*(call(http, "GET", url, headers={"admin-key": f"wrong-guess-{i:04d}-xxxxxxxx"})
+                                     for i in range(40)))
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses.count(401) == 10 and statuses.count(429) == 30, statuses
+    status, _, out = await call(http, "GET", url, headers=AK)
+    assert_error(status, out, 429, "admin_rate_limited")  # locked: the right key too, for now
+
+
 async def test_admin_disabled_without_admin_key(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
     api.ctx.settings.admin_key = None
     for method, path in (("POST", "create-api-key/?rate_limit=5"), ("GET", "api-keys"),

@@ -103,6 +103,21 @@ async def test_charge_named_bucket_and_peek(store: Store) -> None:
     assert (await store.charge("admin-fail:5.6.7.8", 2, now=T0)).allowed  # buckets are independent
 
 
+async def test_a_negative_charge_gives_back_the_newest_reservations_and_never_goes_below_none(store: Store) -> None:
+    """The admin gate takes a slot per attempt before it compares the key, and a right key gives it back: the
+    one given back is the newest (a second may have turned between the two calls), and nothing more."""
+    bucket = "admin-fail:9.9.9.9"
+    assert (await store.charge(bucket, 3, now=T0)).allowed
+    assert (await store.charge(bucket, 3, now=T0 + 1)).allowed  # reserved in the next second
+    back = await store.charge(bucket, 3, cost=-1, now=T0 + 2)  # given back a second later still
+    assert back.remaining == 2
+    assert (await store.charge(bucket, 3, cost=0, now=T0 + 2)).remaining == 2
+    for _ in range(3):  # more than was taken: none below zero
+        await store.charge(bucket, 3, cost=-1, now=T0 + 2)
+    assert (await store.charge(bucket, 3, cost=0, now=T0 + 2)).remaining == 3
+    assert [(await store.charge(bucket, 3, now=T0 + 2)).allowed for _ in range(4)] == [True, True, True, False]
+
+
 async def test_update_applies_to_the_next_request_and_never_resurrects(store: Store) -> None:
     secret, rec = await store.create_key(1)
     h = hash_key(secret)
