@@ -344,3 +344,39 @@ async def test_values_openai_accepts_are_accepted(tmp_path: Path) -> None:
             status, headers, text = await post(api, body, path=path)
             assert status == 200, (path, text)
             assert headers["x-sn1-seed"] == str(body.get("seed", headers["x-sn1-seed"]))
+
+
+@pytest.mark.parametrize(("messages", "extra", "param", "says"), [
+    ([{"role": "user", "content": [{"type": "bogus", "text": "hi"}]}], {}, "messages.0.content.0.type",
+     "Input should be 'text', 'image_url'"),
+    ([{"role": "user", "content": [{"type": "text"}]}], {}, "messages.0.content.0.text", "a text part needs its text"),
+    ([{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "call_nope", "content": "sunny"}], {},
+     "messages", "must be a response to a preceding message with 'tool_calls'"),
+    (MESSAGES, {"metadata": {str(n): "v" for n in range(17)}}, "metadata", "at most 16"),
+    (MESSAGES, {"metadata": {"k": 1}}, "metadata.k", "valid string"),
+], ids=["unknown part", "text part without text", "tool result for no call", "17 metadata pairs", "metadata number"])
+async def test_messages_openai_refuses_are_400s_naming_the_place_not_a_model_servers_refusal(
+        tmp_path: Path, messages: list, extra: dict, param: str, says: str) -> None:
+    """Each of these reached the miners, whose model servers refused it: every miner failed and the caller got
+    the server's words with no param (or, from a lenient server, an answer to a malformed request)."""
+    async with api_with_miners(tmp_path, {}, honest={1}) as api:
+        status, _, text = await post(api, {"messages": messages, **extra})
+    err = json.loads(text)["error"]
+    assert status == 400 and err["param"] == param and says in err["message"], err
+
+
+async def test_the_content_parts_openai_takes_are_accepted(tmp_path: Path) -> None:
+    """Images, audio and files go to the miners, whose model servers read what they can; a call's result after
+    the call, an assistant turn's refusal part and metadata within bounds are fine."""
+    called = [{"role": "user", "content": "weather?"},
+              {"role": "assistant", "content": None, "tool_calls": [
+                  {"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+              {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+              {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+              {"role": "user", "content": [{"type": "text", "text": "and?"},
+                                           {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                                           {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+                                           {"type": "file", "file": {"file_data": "data:application/pdf;base64,AA"}}]}]
+    async with api_with_miners(tmp_path, {}, honest={1}) as api:
+        status, _, text = await post(api, {"messages": called, "metadata": {"team": "docs"}})
+    assert status == 200, text
