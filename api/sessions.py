@@ -59,8 +59,8 @@ def _store_calls() -> Iterator[None]:
     try:
         yield
     except StoreUnavailable:
-        raise ApiError(503, "The session store is unreachable; try again shortly.",
-                       code="store_unavailable") from None
+        raise ApiError(503, "The session store is unreachable; try again shortly.", code="store_unavailable",
+                       headers={"Retry-After": "1"}) from None  # as every store_unavailable says when
 
 
 def pick_miner(ctx: ApiContext, model: str | None, *, exclude: set[int] = frozenset()) -> Neuron | None:

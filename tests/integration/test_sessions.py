@@ -251,8 +251,9 @@ async def test_a_session_store_outage_is_a_503_on_every_session_path(tmp_path: P
         store.close = store.repin = _store_down  # writes fail from now on
         for method, path in (("DELETE", f"/v1/sessions/{s['session_id']}"),
                              ("POST", f"/v1/sessions/{s['session_id']}/ping"), ("POST", "/v1/chat/completions")):
-            status, _, body = await call(api, method, path, json={"messages": MESSAGES})
+            status, headers, body = await call(api, method, path, json={"messages": MESSAGES})
             assert status == 503 and body["error"]["code"] == "store_unavailable", (method, path, body)
+            assert headers.get("Retry-After") == "1", (method, path, headers)  # as the key store's 503 says
 
 
 async def test_a_failover_with_no_time_left_is_a_504_that_says_where_the_session_went(tmp_path: Path) -> None:
