@@ -56,6 +56,7 @@ READ_BATCH = 1000  # events a resumed stream reads from the store at once
 # sequence numbers are skipped). A delta event is some 50 times the text it carries.
 MAX_STORED_EVENT_BYTES = 4 << 20
 TAIL_WAIT_S = 1.0  # how long it waits, once the response is settled, for the last events its worker writes then
+SETTLE_RETRY_S = 1.0  # how often an answer the store could not take is offered again (until the record's deadline)
 
 
 class EventLog:
@@ -158,7 +159,7 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     if log is not None:
         ctx.response_logs[response_id] = log
         await log.add(log.events.start(queued=True))  # the caller knows its id before any miner has answered
-    task = ctx.spawn(_run(ctx, key, queued, keeping, work, log))
+    task = ctx.spawn(_run(ctx, key, queued, keeping, work, log, until=time.time() + seconds + GRACE_S))
     ctx.running_responses[response_id] = task
     ctx.background_owners[response_id] = key.id
 
@@ -230,10 +231,10 @@ def _ends(frame: str) -> bool:
 
 
 async def _run(ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping: Keeping,
-               work: Callable[[], Awaitable[Any]], log: EventLog | None) -> None:
+               work: Callable[[], Awaitable[Any]], log: EventLog | None, *, until: float) -> None:
     """Answer, then settle the stored response with the answer, or as failed (no miner answered, a bug, a
     shutdown); a cancel that came first keeps its ``cancelled``. Its log, if streamed, ends with the
-    response as settled."""
+    response as settled. ``until``: when the stored record reads failed if it is still pending."""
     try:
         await _watched(ctx, key.id, queued["id"], work)
         final = keeping.final if keeping.final is not None else failed(queued, "no answer was made")
@@ -249,7 +250,7 @@ async def _run(ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping:
     except Exception as e:
         logger.opt(exception=e).error("background response {} failed", queued["id"])
         final = failed(queued, "internal error")
-    if await settle(ctx, key, keeping, final) and log is not None:
+    if await settle(ctx, key, keeping, final, until=until) and log is not None:
         await log.end(final)
     else:
         await _end_log(ctx, key, queued["id"], log)
@@ -292,22 +293,33 @@ async def _watched(ctx: ApiContext, key_id: str, response_id: str, work: Callabl
             await asyncio.gather(task, return_exceptions=True)
 
 
-async def settle(ctx: ApiContext, key: KeyRecord, keeping: Keeping, final: dict[str, Any]) -> bool:
+async def settle(ctx: ApiContext, key: KeyRecord, keeping: Keeping, final: dict[str, Any], *,
+                 until: float | None = None) -> bool:
     """Settle the pending response with ``final`` (once: False when a cancel or a reader came first). Its
-    conversation, if any, gets the turn then. A store that fails leaves it pending until its deadline,
-    when it reads as failed: a WARNING."""
+    conversation, if any, gets the turn then. A store that fails is asked again every ``SETTLE_RETRY_S``
+    while this worker holds the answer, up to ``until`` (the record reads as failed after it; a store back
+    in the meantime gets the answer, which was lost before); then, or with no ``until``, a WARNING."""
     assert ctx.responses is not None
     data = keeping.data if keeping.final is final and keeping.data is not None else None
     if data is None:  # failed, or an answer over the size bound: kept without its conversation
         data = encode(final, keeping.items)
         if not fits(data):  # stored to be polled, but not to be continued: it says so, as a foreground one
             data = encode(final | {"store": False}, [])
-    try:
-        settled = await ctx.responses.settle(key.id, final["id"], data, retention=keeping.retention,
-                                             item_ids=item_ids(keeping.added, final))
-    except StoreUnavailable as e:
-        logger.warning("background response {} not settled: {}", final["id"], e)
-        return False
+    warned = False
+    while True:
+        try:
+            settled = await ctx.responses.settle(key.id, final["id"], data, retention=keeping.retention,
+                                                 item_ids=item_ids(keeping.added, final))
+            break
+        except StoreUnavailable as e:
+            if until is None or time.time() + SETTLE_RETRY_S >= until:
+                logger.warning("background response {} not settled: {}", final["id"], e)
+                return False
+            if not warned:
+                logger.warning("background response {} not settled yet ({}): asked again every {:.0f} s, for {:.0f} "
+                               "s at most", final["id"], e, SETTLE_RETRY_S, until - time.time())
+                warned = True
+            await asyncio.sleep(SETTLE_RETRY_S)
     if settled:
         await extend_conversation(ctx, keeping, final)
     return settled

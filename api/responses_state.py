@@ -44,7 +44,8 @@ MAX_REFERENCED_RESPONSES = 16  # stored responses one request's item references 
 PENDING = frozenset({"queued", "in_progress"})  # a background response's statuses before it is settled
 NOT_KEPT = ("its conversation was over 1 MiB with the answer, and was not stored (the response says store: "
             "false): send the conversation in input instead")
-STOPPED = "the gateway process answering it stopped before it finished: send the request again"
+STOPPED = ("its answer was not stored by its deadline (the gateway process answering it stopped, or the store was "
+           "unreachable until then): send the request again")
 
 
 async def continued(ctx: ApiContext, key: KeyRecord,

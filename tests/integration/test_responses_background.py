@@ -418,3 +418,28 @@ async def test_one_whose_conversation_outgrew_the_store_says_store_false_and_can
         assert e.value.code == "previous_response_not_found" and "not stored" in str(e.value)
         status, body = await call(api, "GET", f"/v1/responses/{response_id}/input_items")
         assert status == 400 and body["error"]["param"] == "response_id" and "not kept" in body["error"]["message"]
+
+
+async def test_an_answer_the_store_could_not_take_is_offered_again_until_it_is_settled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store away for a moment as the answer came (a Redis restart): the answer was dropped with a WARNING,
+    the response read in_progress, then failed "the gateway process stopped" though it never did. The worker
+    holds the answer and asks again while the record's deadline allows."""
+    from shared.store.base import StoreUnavailable
+
+    monkeypatch.setattr(responses_background, "SETTLE_RETRY_S", 0.05)
+    async with api_with_miners(tmp_path, {1: slow("Later.", 0.05)}) as api:
+        client = openai_client(api)
+        store = api.ctx.responses
+        real, refused = store.settle, []
+
+        async def away_twice(*args: Any, **kwargs: Any) -> bool:
+            if len(refused) < 2:
+                refused.append(args[1])
+                raise StoreUnavailable("redis responses: ConnectionError")
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(store, "settle", away_twice)
+        queued = await client.responses.create(model="default", input="Hi", background=True)
+        done = await polled(client, queued)
+        assert (done.status, done.output_text, refused) == ("completed", "Later.", [queued.id, queued.id])
