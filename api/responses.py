@@ -190,12 +190,12 @@ class ResponsesFormat:
         return skeleton(self.wanted, response_id=self.response_id, model=model, created_at=self.created_at,
                         store=self.keeping is not None and self.keeping.store)
 
-    async def _keep(self) -> None:
+    async def _keep(self) -> bool:
         """Store the sealed response before the caller has its end: an agent sends its next turn with
         ``previous_response_id`` the moment it has the answer, maybe to another worker or host, and a
-        record written after it (one store round trip later) was then "not found"."""
-        if self.ctx is not None:
-            await responses_state.keep(self.ctx, self.keeping)
+        record written after it (one store round trip later) was then "not found". False: the store did
+        not take it (the answer must say ``store: false``)."""
+        return self.ctx is None or await responses_state.keep(self.ctx, self.keeping)
 
     def _base(self, req: ChatCompletionRequest, run: MinerRun) -> dict:
         return self._skeleton(run.model or req.model or "unknown")
@@ -220,7 +220,7 @@ class ResponsesFormat:
         searched = self._search_item()
         obj = finished(self._base(req, run), ([searched] if searched else []) + output,
                        finish_reason=run.finish_reason, usage=response_usage(req, run))
-        return KeptFirst(self._keep, body=dumpb(self._seal(obj)), content_type="application/json", headers=headers)
+        return KeptFirst(self._keep, self._seal(obj), content_type="application/json", headers=headers)
 
     def _start(self, events: ResponseStream) -> bytes:
         searched = self._search_item()
@@ -240,17 +240,16 @@ class ResponsesFormat:
             return await self._stream_to_log(self.log, req, race, run)
         events = ResponseStream(self._base(req, run), annotate=self._annotate, seal=self._seal)
         if run.done:  # the whole answer is in: one body, one write
-            body = self._start(events) + b"".join(events.feed(e) for e in run.events) + _end(events, req, run)
-            await self._keep()
+            body = self._start(events) + b"".join(events.feed(e) for e in run.events) + _closing(events, req, run)
+            body += events.last(responses_state.as_kept(events.final, await self._keep()))
             return web.Response(body=body, headers={**headers, **SSE_HEADERS})
         response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
         await response.prepare(request)
         await response.write(self._start(events))
         async for batch in race.follow_batches(run):
             await response.write(b"".join(events.feed(e) for e in batch))
-        tail = _end(events, req, run)  # seals the final response
-        await self._keep()
-        await response.write_eof(tail)
+        tail = _closing(events, req, run)  # seals the final response
+        await response.write_eof(tail + events.last(responses_state.as_kept(events.final, await self._keep())))
         return response
 
     async def _stream_to_log(self, log: EventLog, req: ChatCompletionRequest, race: Race,
@@ -268,19 +267,24 @@ class ResponsesFormat:
 
 
 class KeptFirst(web.Response):
-    """A response object that goes out once it is stored (``keep``): ``answer`` sends what a format made,
-    and a format's ``complete`` cannot wait."""
+    """A response object that goes out once it is stored (``keep``), saying ``store: false`` if the store did
+    not take it: ``answer`` sends what a format made, and a format's ``complete`` cannot wait."""
 
-    def __init__(self, keep: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._keep = keep
+    def __init__(self, keep: Callable[[], Awaitable[bool]], final: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(body=dumpb(final), **kwargs)
+        self._keep, self._final = keep, final
 
     async def prepare(self, request: web.BaseRequest) -> Any:
-        if not self.prepared:  # aiohttp prepares a response again on its way out (a no-op): keep it once
-            await self._keep()
+        if not self.prepared and not await self._keep():  # prepared again on its way out (a no-op): kept once
+            self.body = dumpb(responses_state.as_kept(self._final, False))
         return await super().prepare(request)
 
 
+def _closing(events: ResponseStream, req: ChatCompletionRequest, run: MinerRun) -> bytes:
+    """The stream's closing events, the final response sealed (``events.final``) but not yet sent."""
+    return events.closing(finish_reason=run.finish_reason, usage=response_usage(req, run),
+                          error=mid_stream_failure(run))
+
+
 def _end(events: ResponseStream, req: ChatCompletionRequest, run: MinerRun) -> bytes:
-    return events.finish(finish_reason=run.finish_reason, usage=response_usage(req, run),
-                         error=mid_stream_failure(run))
+    return _closing(events, req, run) + events.last(events.final)

@@ -202,6 +202,7 @@ class ResponseStream:
         self.thinking: dict[str, Any] | None = None  # the open reasoning item, if the open item is one
         self.current: int | None = None  # the index of the item still open
         self.calls: dict[int, dict[str, Any]] = {}  # chat tool-call index -> its item
+        self.final: dict[str, Any] = {}  # the sealed final response, once ``closing`` made it
 
     def event(self, type_: str, **fields: Any) -> bytes:
         data = dumpb({"type": type_, "sequence_number": self.seq, **fields})
@@ -333,6 +334,12 @@ class ResponseStream:
 
     def finish(self, *, finish_reason: str | None, usage: dict[str, Any], error: str | None = None) -> bytes:
         """Close the open item, then the response (``completed``, ``incomplete`` or ``failed``)."""
+        closing = self.closing(finish_reason=finish_reason, usage=usage, error=error)
+        return closing + self.last(self.final)
+
+    def closing(self, *, finish_reason: str | None, usage: dict[str, Any], error: str | None = None) -> bytes:
+        """Close the open item, and seal the final response (``self.final``), whose event ``last`` makes: a
+        caller that stores it first may say it was not stored."""
         # An answer with neither text nor calls (thinking alone, say) ends with an empty message, as in the
         # non-streamed object.
         answered = any(item["type"] != "reasoning" for item in self.items[self.closed:])
@@ -341,8 +348,12 @@ class ResponseStream:
         out.append(self._close_current())
         if self.seal is not None:  # after the close, which writes the last message's annotations into it
             final = self.seal(final)
-        out.append(self.event(f"response.{final['status']}", response=final))
+        self.final = final
         return b"".join(out)
+
+    def last(self, final: dict[str, Any]) -> bytes:
+        """The stream's last event: the final response, as its status names it."""
+        return self.event(f"response.{final['status']}", response=final)
 
     def _close(self, index: int, item: dict[str, Any]) -> bytes:
         if item["type"] == "reasoning":

@@ -31,6 +31,7 @@ from api.auth import store_call
 from api.context import ApiContext
 from api.responses_render import new_id
 from api.responses_wire import STATELESS, InputItemsQuery, ResponsesRequest, is_item_reference
+from shared.aio import retried
 from shared.errors import ApiError, invalid_value
 from shared.store.base import KeyRecord, StoreUnavailable
 from shared.store.responses import StoredResponse, encode, fits
@@ -41,6 +42,7 @@ ITEM_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output"
 STORAGE_OFF = f"{STATELESS} (RESPONSES_RETENTION_SECONDS is 0)"
 MAX_ITEM_ID = 256  # an item id an item_reference can name (a longer one is kept, not indexed)
 MAX_REFERENCED_RESPONSES = 16  # stored responses one request's item references may read
+KEEP_ATTEMPTS, KEEP_PAUSE_S = 3, 0.2  # a response the store fails to take at its end: asked again, 0.2 s apart
 PENDING = frozenset({"queued", "in_progress"})  # a background response's statuses before it is settled
 NOT_KEPT = ("its conversation was over 1 MiB with the answer, and was not stored (the response says store: "
             "false): send the conversation in input instead")
@@ -260,21 +262,30 @@ def keeping(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest,
                    wanted.conversation_id)
 
 
-async def keep(ctx: ApiContext, keeping: Keeping | None) -> None:
-    """Write a sealed response (just before its end goes out). A store that fails here costs the caller its
-    next ``previous_response_id`` (a 400 then), not this answer: a WARNING. Its conversation, if any, gets
-    this turn's input and output items (``extend_conversation``)."""
+async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
+    """Write a sealed response (just before its end goes out), asked again twice ``KEEP_PAUSE_S`` apart when the
+    store fails (a write of the same record: safe to repeat). False: it was to be stored and is not, so the
+    answer must say ``store: false`` (its next ``previous_response_id`` is a 400): a WARNING. Its conversation,
+    if any, gets this turn's input and output items (``extend_conversation``)."""
     if keeping is None or keeping.final is None:
-        return
+        return True
     await extend_conversation(ctx, keeping, keeping.final)
     if keeping.data is None or ctx.responses is None:
-        return
-    response_id = keeping.final["id"]
+        return True
+    response_id, responses, data = keeping.final["id"], ctx.responses, keeping.data
     try:
-        await ctx.responses.put(keeping.key_id, response_id, keeping.data, retention=keeping.retention,
-                                item_ids=item_ids(keeping.added, keeping.final))
+        await retried(lambda: responses.put(keeping.key_id, response_id, data, retention=keeping.retention,
+                                            item_ids=item_ids(keeping.added, keeping.final or {})),
+                      attempts=KEEP_ATTEMPTS, pause=KEEP_PAUSE_S, on=StoreUnavailable)
     except StoreUnavailable as e:
-        logger.warning("response {} not stored: {}", response_id, e)
+        logger.warning("response {} not stored (its answer says store: false): {}", response_id, e)
+        return False
+    return True
+
+
+def as_kept(final: dict[str, Any], kept: bool) -> dict[str, Any]:
+    """The final response as the caller gets it: ``store: false`` when the store did not take it."""
+    return final if kept else final | {"store": False}
 
 
 async def extend_conversation(ctx: ApiContext, keeping: Keeping, final: dict[str, Any]) -> None:

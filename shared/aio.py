@@ -47,6 +47,20 @@ async def follow_growing(items: list[T], grown: asyncio.Event, finished: Callabl
         await grown.wait()
 
 
+async def retried(call: Callable[[], Awaitable[T]], *, attempts: int, pause: float,
+                  on: type[BaseException] | tuple[type[BaseException], ...]) -> T:
+    """``call()``, made again after ``pause`` seconds while it raises ``on``, ``attempts`` times in all (the last
+    one's exception goes up). Only for what is safe to repeat: a write that may have landed is done twice."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except on:
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(pause)
+    raise AssertionError("attempts must be at least 1")
+
+
 async def within(awaitable: Awaitable[T], timeout: float) -> T:
     """``await awaitable``, raising ``TimeoutError`` after ``timeout`` seconds (``wait_for`` that obeys
     a cancel)."""

@@ -205,6 +205,38 @@ async def test_the_next_turn_sent_at_once_finds_the_response_on_a_slow_store(
     assert fourth.status == "completed" and fourth.previous_response_id == third.id
 
 
+@pytest.mark.parametrize("away", [1, 3], ids=["away a moment", "away"])
+async def test_a_response_the_store_cannot_take_says_store_false_and_a_blip_is_waited_out(
+        honest: ApiUnderTest, monkeypatch: pytest.MonkeyPatch, away: int) -> None:
+    """The store away as the answer ended (a Redis restart): the caller got ``store: true`` for a response that
+    was not stored, and its next turn a "not found". A moment's absence is waited out (the write is asked
+    again, 0.2 s apart); a longer one makes the answer say ``store: false``, streamed or not."""
+    from shared.store.base import StoreUnavailable
+
+    real_put, refused = honest.ctx.responses.put, []
+
+    async def put(*args: Any, **kwargs: Any) -> None:
+        if len(refused) < away:
+            refused.append(args[1])
+            raise StoreUnavailable("redis responses: ConnectionError")
+        await real_put(*args, **kwargs)
+
+    monkeypatch.setattr(honest.ctx.responses, "put", put)
+    client = openai_client(honest)
+    plain = await client.responses.create(model="default", input="Hi")
+    refused.clear()
+    async with client.responses.stream(model="default", input="Hi") as s:
+        streamed = await s.get_final_response()
+    stored = away < 3
+    for made in (plain, streamed):
+        assert made.status == "completed" and made.to_dict()["store"] is stored, made.to_dict()["store"]
+        if stored:
+            assert (await client.responses.retrieve(made.id)).id == made.id
+        else:
+            with pytest.raises(openai.NotFoundError):
+                await client.responses.retrieve(made.id)
+
+
 async def test_deleting_a_key_deletes_its_stored_responses(honest: ApiUnderTest) -> None:
     """No key could read them again, yet they stayed until they expired: an operator deleting a customer's
     key expects its conversations gone."""
