@@ -300,6 +300,9 @@ def parse_model(model: type[BaseModel], data: Any, *, at: str = "", strict: bool
     except ValidationError as e:
         where, why = first_problem(e)
         param = ".".join(p for p in (at, where) if p) or None
+        if why == "Field required" and param:  # OpenAI's words and code for it, as its SDKs surface them
+            raise ApiError(400, f"Missing required parameter: '{param}'.", param=param,
+                           code="missing_required_parameter") from None
         raise invalid_value(param, why) from None
 
 

@@ -205,7 +205,7 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0", "was not resolved"),
     ({"input": [{"role": "user", "content": "a"}, {"id": "msg_1"}]}, "input.1", "an item_reference names"),
     ({"input": [{"role": "user", "content": "a"}, {"type": "function_call", "name": "f", "arguments": "{}"}]},
-     "input.1.call_id", "Field required"),
+     "input.1.call_id", "Missing required parameter: 'input.1.call_id'."),
     ({"input": [{"role": "robot", "content": "a"}]}, "input.0.role", "Input should be"),
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input.0.content.0.type",
      "not 'input_file'"),
@@ -229,7 +229,7 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
                                                         "tools": [{"type": "function", "name": ["get_weather"]}]}},
      "tool_choice.tools.0", "only the request's own tools"),  # not a crash on a name that is not a string
     ({"input": "x", "tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "tools": [WEATHER]}},
-     "tool_choice.mode", "Field required"),
+     "tool_choice.mode", "Missing required parameter"),
     ({"input": "x", "tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []}},
      "tool_choice.tools", "at least 1"),
     ({"input": "x", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format", "needs a name"),

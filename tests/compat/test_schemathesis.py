@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
+import schemathesis.specs.openapi.schemas  # noqa: F401  # at collection: see below
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
@@ -31,6 +32,10 @@ from tests.chaos.fleet import HONEST, fleet
 from tests.compat.support import MODEL, fresh_cache, serves
 from tests.hostile.conftest import ADMIN_KEY, threaded
 
+# schemathesis imports its OpenAPI modules lazily, on first use; pytest rewrites their asserts as it imports
+# them, and CPython 3.11's compiler then failed ("AST constructor recursion depth mismatch") when an earlier
+# test in the same process had hit a RecursionError (a hostile body's deep nesting): imported at collection,
+# before any test runs, they are compiled once and early.
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "12"))  # per operation and mode
 # Every built-in check but ``positive_data_acceptance``: a schema-valid request may still be refused
 # for a reason the schema cannot express (a uid not in the metagraph, a model no miner serves).

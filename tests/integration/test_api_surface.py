@@ -380,3 +380,16 @@ async def test_the_content_parts_openai_takes_are_accepted(tmp_path: Path) -> No
     async with api_with_miners(tmp_path, {}, honest={1}) as api:
         status, _, text = await post(api, {"messages": called, "metadata": {"team": "docs"}})
     assert status == 200, text
+
+
+async def test_a_missing_required_field_is_openais_missing_required_parameter(tmp_path: Path) -> None:
+    """OpenAI's words and code, which its SDKs surface (``BadRequestError.code``); it read "Invalid value for
+    'messages': Field required" with code invalid_value."""
+    async with api_with_miners(tmp_path, {}, honest={1}) as api:
+        for path, body, param in (("/v1/chat/completions", {"model": "default"}, "messages"),
+                                  ("/v1/completions", {"model": "default"}, "prompt"),
+                                  ("/v1/chat/completions", {"messages": [{"content": "x"}]}, "messages.0.role")):
+            status, _, text = await post(api, body, path=path)
+            err = json.loads(text)["error"]
+            assert status == 400 and (err["code"], err["param"]) == ("missing_required_parameter", param), err
+            assert err["message"] == f"Missing required parameter: '{param}'.", err

@@ -163,7 +163,7 @@ async def test_the_miners_get_a_chat_request_with_the_sampling_asked_for(tmp_pat
     ("/v1/chat/completions", {"prompt": "hi"}, "messages", "/v1/completions"),
     ("/v1/chat/completions", {"input": "hi"}, "messages", "/v1/responses"),
     ("/v1/responses", {"messages": [{"role": "user", "content": "hi"}]}, "input", "/v1/chat/completions"),
-    ("/v1/responses", {"prompt": {"id": "pmpt_1"}}, "input", "Field required"),  # the Responses API's own prompt
+    ("/v1/responses", {"prompt": {"id": "pmpt_1"}}, "input", "Missing required parameter: 'input'."),  # the Responses API's own prompt
 ])
 async def test_a_body_for_another_route_is_told_where_it_goes(tmp_path: Path, path: str, body: dict, param: str,
                                                               says: str) -> None:
