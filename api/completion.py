@@ -63,8 +63,9 @@ def no_winner_error(race: Race, input_param: str = "messages") -> ApiError:
 
 
 def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, Any]) -> dict[str, Any]:
-    """The ``chat.completion`` object of one winning run."""
-    return completion_object(
+    """The ``chat.completion`` object of one winning run (with the model server's ``system_fingerprint``, as
+    its streamed chunks carry it)."""
+    obj = completion_object(
         completion_id=new_completion_id(),
         model=run.model or req.model or "unknown",
         content=run.text or (None if run.tool_calls or run.refusal else ""),
@@ -76,6 +77,9 @@ def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, A
         usage=usage,
         logprobs=choice_logprobs(run.logprobs),
     )
+    if run.fingerprint is not None:
+        obj["system_fingerprint"] = run.fingerprint
+    return obj
 
 
 def logprob_tokens(parts: list[Any], kind: str = "content") -> list[Any]:

@@ -50,6 +50,7 @@ class MinerRun:
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None  # the miner's, in the SDK's shape (``reported_usage``); None: none valid
     model: str | None = None
+    fingerprint: str | None = None  # the model server's system_fingerprint, if it gave one (a stream relays it)
     logprobs: list[Any] = field(default_factory=list)
     error: str | None = None
     error_kind: str | None = None
@@ -114,6 +115,9 @@ class MinerRun:
             model = obj.get("model")
             if model:
                 self.model = str(model)
+                fingerprint = obj.get("system_fingerprint")
+                if isinstance(fingerprint, str) and fingerprint:
+                    self.fingerprint = fingerprint
         for choice in choices:
             if type(choice) is not dict:
                 raise ValueError("choice is not an object")

@@ -234,6 +234,8 @@ class MinerClient:
                 "created": obj.get("created", int(time.time())),
                 "model": obj.get("model", ""),
             }
+            if fingerprint := obj.get("system_fingerprint"):  # what the server says of its build: the caller's too
+                head["system_fingerprint"] = fingerprint
             chunks: list[Event] = [head | {"choices": [{"index": 0, "delta": delta, "logprobs": choice.get("logprobs"),
                                                         "finish_reason": choice.get("finish_reason")}]}]
             if obj.get("usage"):

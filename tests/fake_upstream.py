@@ -113,6 +113,7 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
                                              for c in message["tool_calls"]]
             return web.json_response({
                 "id": "up-1", "object": "chat.completion", "created": 1, "model": body.get("model"),
+                "system_fingerprint": "fp_fake",  # as OpenAI's answers carry one
                 "choices": [{"index": 0, "message": message,
                              "finish_reason": "tool_calls" if tool_calls else "stop"}],
                 "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},

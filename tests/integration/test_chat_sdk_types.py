@@ -492,3 +492,18 @@ async def test_tool_settings_without_tools_do_not_reach_the_miners(tmp_path: Pat
         assert status == 200 and miner.bodies[-1]["parallel_tool_calls"] is False  # with tools: passed on
         status, _, text = await post(api, {"messages": MSG, "tool_choice": "required"})
         assert status == 400 and json.loads(text)["error"]["param"] == "tool_choice"
+
+
+async def test_the_model_servers_system_fingerprint_is_in_the_object_as_in_the_stream(tmp_path: Path) -> None:
+    """A stream relays each chunk's ``system_fingerprint``; the object made of the same answer dropped it."""
+    from tests.helpers import chunk
+
+    def printed(text: str | None, finish: str | None = None) -> str:
+        return json.dumps(json.loads(chunk(text, finish=finish)) | {"system_fingerprint": "fp_up"})
+
+    miner = Script([(0, d) for d in sse(printed("Hi"), printed(None, finish="stop"))])
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        whole = await client.chat.completions.create(model="default", messages=MSG)
+        streamed = [c async for c in await client.chat.completions.create(model="default", messages=MSG, stream=True)]
+    assert whole.system_fingerprint == "fp_up" and {c.system_fingerprint for c in streamed} == {"fp_up"}

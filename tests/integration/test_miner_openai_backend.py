@@ -84,6 +84,13 @@ async def test_sampling_fields_reach_upstream_and_subnet_fields_do_not(tmp_path:
     assert "task" not in sent and "sampling_parameters" not in sent
 
 
+async def test_the_upstreams_system_fingerprint_reaches_the_caller(tmp_path: Path) -> None:
+    """The miner relays the model server's JSON as it came, and the API's object of it kept no fingerprint."""
+    async with stack(tmp_path, []) as (api, key), aiohttp.ClientSession() as s:
+        status, out = await post_chat(s, api, key, {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200 and out["system_fingerprint"] == "fp_fake", out
+
+
 async def test_tool_calls_pass_through(tmp_path: Path) -> None:
     received: list = []
     tools = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
