@@ -110,7 +110,7 @@ async def modify_api_key(request: web.Request) -> web.Response:
     if new is None:
         raise ApiError(404, "No such API key.", code="api_key_not_found", param="api_key")
     logger.info("api key modified id={} fields={}", new.id, ",".join(sorted(params.model_fields_set)))
-    return _dump(KeyOut.of(new))
+    return json_response({"message": "API key updated", **KeyOut.of(new).model_dump(mode="json")})
 
 
 async def rotate_api_key(request: web.Request) -> web.Response:

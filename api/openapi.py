@@ -50,8 +50,8 @@ from shared.keys_wire import (
     CreatedKeyOut,
     DeletedKeyOut,
     KeyListOut,
-    KeyOut,
     KeyParams,
+    ModifiedKeyOut,
     RotatedKeyOut,
     UsageOut,
 )
@@ -297,7 +297,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         response=CreatedKeyOut),
     ("PUT", "/api_management/modify-api-key/{api_key}"): Operation(
         "Modify an API key (by secret or id)", "admin", "admin", body=KeyParams, body_required=False,
-        query=KeyParams, response=KeyOut),
+        query=KeyParams, response=ModifiedKeyOut),
     ("POST", "/api_management/rotate-api-key/{api_key}"): Operation(
         "Rotate an API key (by secret or id): a new secret, shown once; the old one stops working at once; "
         "the id, settings, usage and rate-limit window stay", "admin", "admin", response=RotatedKeyOut),

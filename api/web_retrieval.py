@@ -143,8 +143,12 @@ def merge_results(per_miner: list[list[WebResult]], n_results: int) -> list[WebR
 
 
 async def _request_model(request: web.Request) -> WebRetrievalRequest:
+    """The parameters: a POST's JSON body, or the query string (a GET's, or a POST with no body, as the
+    subnet's original API took it: ``POST /web_retrieval?search_query=...``)."""
     if request.method == "POST":
-        return parse_model(WebRetrievalRequest, await read_json(request), strict=True)  # JSON has its types
+        sent = await read_json(request, empty={})
+        if sent or not request.query:
+            return parse_model(WebRetrievalRequest, sent, strict=True)  # JSON has its types
     query: dict[str, Any] = dict(request.query)
     if len(uids := request.query.getall("uids", [])) > 1:  # uids=4&uids=5 (as FastAPI took it): every one
         query["uids"] = ",".join(uids)

@@ -167,6 +167,10 @@ class CreatedKeyOut(KeyOut):
     api_key: str
 
 
+class ModifiedKeyOut(KeyOut):
+    message: str = "API key updated"  # the subnet's original API's word for it, first as there
+
+
 class RotatedKeyOut(KeyOut):
     message: str = "API key rotated"
     api_key: str

@@ -122,6 +122,11 @@ async def test_web_retrieval_merges_and_dedups_hostile_miners(tmp_path: Path) ->
         status, data = await get_json(api, "/web_retrieval", method="POST",
                                       json={"search_query": "subnets", "n_miners": 4, "n_results": 1})
         assert status == 200 and len(data["results"]) == 1
+        # the subnet's original API took a POST with its parameters in the query string, and no body
+        status, data = await get_json(api, "/web_retrieval?search_query=subnets&n_miners=4&n_results=2", method="POST")
+        assert status == 200 and len(data["results"]) == 2, data
+        status, data = await get_json(api, "/web_retrieval", method="POST")
+        assert status == 400 and data["error"]["param"] == "search_query", data  # neither: the field it needs
         sent = scripts[1].bodies[-1]
         assert sent["task"] == "WebRetrievalTask" and sent["messages"][0]["content"] == "subnets"
         for bad in ("/web_retrieval", "/web_retrieval?search_query=", "/web_retrieval?search_query=x&n_results=0",

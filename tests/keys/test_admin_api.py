@@ -23,6 +23,7 @@ async def test_subnet_doc_flow_create_modify_delete(api: ApiUnderTest, http: aio
 
     status, _, body = await call(http, "PUT", f"{api.url}/api_management/modify-api-key/{key}?rate_limit=5", headers=AK)
     assert status == 200 and body["rate_limit"] == 5 and "api_key" not in body
+    assert next(iter(body.items())) == ("message", "API key updated")  # the original API's word, first
     status, headers, _ = await call(http, "GET", usage_url, headers={"x-api-key": key})
     assert status == 200 and headers["x-ratelimit-limit-requests"] == "5"
     assert headers["x-ratelimit-remaining-requests"] == "3"  # the window carried over the change
