@@ -52,6 +52,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app.router.add_post("/api_management/create-api-key", keys.create_api_key)
     app.router.add_put("/api_management/modify-api-key/{api_key}", keys.modify_api_key)
     app.router.add_post("/api_management/rotate-api-key/{api_key}", keys.rotate_api_key)
+    app.router.add_post("/api_management/import-api-keys", keys.import_api_keys)
     app.router.add_delete("/api_management/delete-api-key/{api_key}", keys.delete_api_key)
     app.router.add_get("/api_management/api-keys", keys.list_api_keys)
     app.router.add_get("/api_management/api-keys/{api_key}/usage", keys.api_key_usage)

@@ -19,9 +19,18 @@ from pydantic import BaseModel
 from api.auth import check_admin, store_call, store_unavailable
 from api.context import CTX, ApiContext
 from api.usage import usage_out
-from shared.errors import ApiError
+from shared.errors import ApiError, invalid_value
 from shared.http import json_response, parse_model, read_json
-from shared.keys_wire import DeletedKeyOut, KeyListOut, KeyOut, KeyParams
+from shared.keys_wire import (
+    LEGACY_SECRET,
+    MAX_IMPORTED_KEYS,
+    DeletedKeyOut,
+    ImportedKeysOut,
+    KeyListOut,
+    KeyOut,
+    KeyParams,
+    LegacyKey,
+)
 from shared.store.base import ALL_SCOPES, KEY_PREFIX, KeyRecord, Store, StoreUnavailable, hash_key
 
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
@@ -111,6 +120,39 @@ async def modify_api_key(request: web.Request) -> web.Response:
         raise ApiError(404, "No such API key.", code="api_key_not_found", param="api_key")
     logger.info("api key modified id={} fields={}", new.id, ",".join(sorted(params.model_fields_set)))
     return json_response({"message": "API key updated", **KeyOut.of(new).model_dump(mode="json")})
+
+
+async def import_api_keys(request: web.Request) -> web.Response:
+    """The subnet's original API's key file (``API_KEYS_FILE``, its JSON as it is): each key keeps working here
+    with its rate limit, so an operator who moves its validator API here moves its callers with it. A key
+    already here is left as it is; the secrets are stored hashed and never answered."""
+    store = await _admin(request)
+    wanted = _legacy_keys(await read_json(request))
+    made: list[KeyOut] = []
+    for secret, legacy in wanted:
+        if await store_call(store.get_key(hash_key(secret))) is not None:
+            continue
+        _, record = await store_call(store.create_key(legacy.rate_limit, name="imported", secret=secret))
+        made.append(KeyOut.of(record))
+    logger.info("api keys imported: {} new, {} already here", len(made), len(wanted) - len(made))
+    return _dump(ImportedKeysOut(imported=len(made), already_here=len(wanted) - len(made), data=made))
+
+
+def _legacy_keys(sent: Any) -> list[tuple[str, LegacyKey]]:
+    """The key file's entries, each checked (``KeyImport``); a refusal names an entry by its place in the
+    file (``3.rate_limit``), never by its key, which is a secret."""
+    if not isinstance(sent, dict):
+        raise ApiError(400, "Request body must be the original API's key file: a JSON object of keys.",
+                       code="invalid_request")
+    if len(sent) > MAX_IMPORTED_KEYS:
+        raise invalid_value(None, f"at most {MAX_IMPORTED_KEYS} keys at once: import the file in parts")
+    out = []
+    for i, (secret, entry) in enumerate(sent.items()):
+        if not LEGACY_SECRET.fullmatch(secret):
+            raise invalid_value(str(i), "each key must be 32 to 256 letters, digits, '-' or '_' (the original "
+                                        "API's were 32 hex digits): a shorter one is too easy to guess")
+        out.append((secret, parse_model(LegacyKey, entry, at=str(i))))
+    return out
 
 
 async def rotate_api_key(request: web.Request) -> web.Response:

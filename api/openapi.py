@@ -49,6 +49,8 @@ from shared.http import json_response
 from shared.keys_wire import (
     CreatedKeyOut,
     DeletedKeyOut,
+    ImportedKeysOut,
+    KeyImport,
     KeyListOut,
     KeyParams,
     ModifiedKeyOut,
@@ -301,6 +303,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api_management/rotate-api-key/{api_key}"): Operation(
         "Rotate an API key (by secret or id): a new secret, shown once; the old one stops working at once; "
         "the id, settings, usage and rate-limit window stay", "admin", "admin", response=RotatedKeyOut),
+    ("POST", "/api_management/import-api-keys"): Operation(
+        "Import the subnet's original API's key file (API_KEYS_FILE, as it is): each key keeps working here with "
+        "its rate limit; one already here is left as it is", "admin", "admin", body=KeyImport,
+        response=ImportedKeysOut),
     ("DELETE", "/api_management/delete-api-key/{api_key}"): Operation(
         "Delete an API key (by secret or id)", "admin", "admin", response=DeletedKeyOut),
     ("GET", "/api_management/api-keys"): Operation("List API keys with usage totals", "admin", "admin",

@@ -23,6 +23,7 @@ from shared.errors import first_problem
 from shared.keys_wire import (
     CreatedKeyOut,
     DeletedKeyOut,
+    ImportedKeysOut,
     KeyListOut,
     KeyOut,
     KeyParams,
@@ -100,6 +101,10 @@ class AdminClient:
     async def rotate_key(self, key: str) -> RotatedKeyOut:
         """A new secret for the key (``.api_key``, shown once); the old one stops working at once."""
         return await self._request("POST", f"/api_management/rotate-api-key/{key}", RotatedKeyOut)
+
+    async def import_keys(self, legacy_file: dict[str, Any]) -> ImportedKeysOut:
+        """Import the subnet's original API's key file (its JSON, as it is): its keys keep working."""
+        return await self._request("POST", "/api_management/import-api-keys", ImportedKeysOut, json=legacy_file)
 
     async def delete_key(self, key: str) -> DeletedKeyOut:
         return await self._request("DELETE", f"/api_management/delete-api-key/{key}", DeletedKeyOut)

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from shared.admin_client import AdminClient, AdminError
@@ -72,6 +73,8 @@ def add_keys_arguments(p: argparse.ArgumentParser) -> None:
     action("rotate", "give a key a new secret (printed once; the old one stops working), keeping its id, settings "
                      "and usage").add_argument("key", help="the key's id or secret")
     action("delete", "delete a key").add_argument("key", help="the key's id or secret")
+    action("import", "import the subnet's original API's key file (API_KEYS_FILE): its keys keep working, with "
+                     "their rate limits").add_argument("file", help="the original API's JSON key file")
     usage = action("usage", "a key's usage, totals and per day")
     usage.add_argument("key", help="the key's id or secret")
     usage.add_argument("--days", type=int, default=30)
@@ -115,6 +118,16 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
             return rotated.model_dump_json(indent=2)
         return (f"API key rotated (the new secret, shown once; the old one no longer works):\n  {rotated.api_key}\n\n"
                 + table([_key_row(rotated)], KEY_HEADERS))
+    if args.action == "import":
+        try:  # a key file is small: read at once, before any request
+            legacy = json.loads(Path(args.file).read_text(encoding="utf-8"))  # noqa: ASYNC240
+        except (OSError, ValueError) as e:
+            raise AdminError(0, f"cannot read {args.file}: {e}") from None
+        done = await admin.import_keys(legacy)
+        if args.json:
+            return done.model_dump_json(indent=2)
+        return (f"imported {done.imported} keys ({done.already_here} already here)"
+                + ("\n\n" + table([_key_row(k) for k in done.data], KEY_HEADERS) if done.data else ""))
     if args.action == "delete":
         deleted = await admin.delete_key(args.key)
         return deleted.model_dump_json(indent=2) if args.json else f"deleted key {deleted.id}"

@@ -7,10 +7,19 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from shared.store.base import KeyChanges, KeyRecord, UsageCounts, UsageReport
 
@@ -165,6 +174,35 @@ class KeyOut(BaseModel):
 class CreatedKeyOut(KeyOut):
     message: str = "API key created"
     api_key: str
+
+
+class LegacyKey(BaseModel):
+    """A key's entry in the subnet's original API's key file (``API_KEYS_FILE``): its rate limit (its usage
+    count is not carried over)."""
+
+    model_config = ConfigDict(extra="ignore")
+    rate_limit: int = Field(ge=1, le=1_000_000)
+
+
+# The original's key file, as it is: ``{"<key>": {"rate_limit": N, "usage": M}, ...}``. Its keys were
+# ``secrets.token_hex(16)``: 32 characters; a shorter one is refused as too easy to guess.
+LEGACY_SECRET = re.compile(r"[A-Za-z0-9_-]{32,256}")
+MAX_IMPORTED_KEYS = 10_000
+LegacySecret = Annotated[str, StringConstraints(min_length=32, max_length=256, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class KeyImport(RootModel[dict[LegacySecret, LegacyKey]]):
+    """The body's schema, for the API description (the route checks each entry itself: a refusal must not
+    name a key, which is a secret)."""
+
+    root: dict[LegacySecret, LegacyKey] = Field(max_length=MAX_IMPORTED_KEYS)
+
+
+class ImportedKeysOut(BaseModel):
+    message: str = "API keys imported"
+    imported: int
+    already_here: int = Field(description="keys of the file this store holds already: left as they are")
+    data: list[KeyOut] = Field(description="the keys imported (never their secrets)")
 
 
 class ModifiedKeyOut(KeyOut):

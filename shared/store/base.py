@@ -86,7 +86,9 @@ def hash_key(api_key: str) -> str:
 
 
 def display_prefix(api_key: str) -> str:
-    return api_key[: len(KEY_PREFIX) + 6]
+    """What a listing shows of a key: ``sn1-`` and 6 characters; of another (one imported from the subnet's
+    original API) its first 6."""
+    return api_key[: len(KEY_PREFIX) + 6] if api_key.startswith(KEY_PREFIX) else api_key[:6]
 
 
 def usage_day(ts: float) -> str:
@@ -113,22 +115,24 @@ class KeyRecord:
         return self.expires_at is not None and now >= self.expires_at
 
 
-def new_secret(record: KeyRecord) -> tuple[str, KeyRecord]:
-    """A fresh secret for ``record``, and the record with its hash and display prefix."""
-    secret = new_api_key()
+def new_secret(record: KeyRecord, secret: str | None = None) -> tuple[str, KeyRecord]:
+    """A fresh secret for ``record`` (or ``secret``, one imported), and the record with its hash and display
+    prefix."""
+    secret = secret or new_api_key()
     return secret, replace(record, key_hash=hash_key(secret), prefix=display_prefix(secret))
 
 
 def mint_key(
     rate_limit: int, *, name: str | None, scopes: tuple[str, ...], allowed_models: tuple[str, ...] | None,
-    expires_at: float | None, daily_token_limit: int | None = None,
+    expires_at: float | None, daily_token_limit: int | None = None, secret: str | None = None,
 ) -> tuple[str, KeyRecord]:
-    """A new secret and the record every backend stores for it (hash, display prefix, public id)."""
+    """A new secret (or ``secret``) and the record every backend stores for it (hash, display prefix, public
+    id)."""
     return new_secret(KeyRecord(
         id=new_key_id(), key_hash="", prefix="", rate_limit=rate_limit,
         name=name, scopes=tuple(scopes), allowed_models=tuple(allowed_models) if allowed_models else None,
         expires_at=expires_at, created_at=time.time(), daily_token_limit=daily_token_limit,
-    ))
+    ), secret)
 
 
 @dataclass(frozen=True)
@@ -277,8 +281,10 @@ class Store(Protocol):
         allowed_models: tuple[str, ...] | None = None,
         expires_at: float | None = None,
         daily_token_limit: int | None = None,
+        secret: str | None = None,
     ) -> tuple[str, KeyRecord]:
-        """Create a key; returns (the secret, shown once; its record). Durable once it returns."""
+        """Create a key; returns (the secret, shown once; its record). Durable once it returns. ``secret``: the
+        key's own (one imported from the subnet's original API; the caller checked it is not stored yet)."""
         ...
 
     async def get_key(self, key_hash: str) -> KeyRecord | None: ...

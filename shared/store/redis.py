@@ -287,9 +287,10 @@ class RedisStore:
         allowed_models: tuple[str, ...] | None = None,
         expires_at: float | None = None,
         daily_token_limit: int | None = None,
+        secret: str | None = None,
     ) -> tuple[str, KeyRecord]:
         secret, record = mint_key(rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
-                                  expires_at=expires_at, daily_token_limit=daily_token_limit)
+                                  expires_at=expires_at, daily_token_limit=daily_token_limit, secret=secret)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.key("key", record.key_hash), mapping=_fields(record))
         pipe.hset(self.key("keys"), record.id, record.key_hash)

@@ -188,9 +188,10 @@ class SQLiteStore:
         allowed_models: tuple[str, ...] | None = None,
         expires_at: float | None = None,
         daily_token_limit: int | None = None,
+        secret: str | None = None,
     ) -> tuple[str, KeyRecord]:
         secret, record = mint_key(rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
-                                  expires_at=expires_at, daily_token_limit=daily_token_limit)
+                                  expires_at=expires_at, daily_token_limit=daily_token_limit, secret=secret)
         with _errors():
             self.admin.execute(
                 f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",

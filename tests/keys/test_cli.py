@@ -108,3 +108,38 @@ def test_connection_options_work_before_or_after_the_action() -> None:
     before = vars(parser.parse_args(["--json", "--admin-key", "a" * 20, "--api", "http://h:1", "usage", "k"]))
     assert after == before and after["json"] is True and after["api"] == "http://h:1"
     assert vars(parser.parse_args(["--json", "list"]))["json"] is True, "an option before stands when none follows"
+
+
+async def test_the_original_apis_key_file_is_imported_and_its_keys_keep_working(
+        api: ApiUnderTest, tmp_path: pytest.TempPathFactory) -> None:
+    """An operator moving from the subnet's original validator API brings its callers' keys: its API_KEYS_FILE
+    (``{"<token_hex(16)>": {"rate_limit": N, "usage": M}}``), imported, keeps each key working with its rate
+    limit, stored hashed and never shown; importing it again changes nothing; a key too short to be one of
+    the original's (a guessable one) is refused, naming none."""
+    import aiohttp
+
+    legacy = {"0123456789abcdef0123456789abcdef": {"rate_limit": 2, "usage": 57},
+              "fedcba9876543210fedcba9876543210": {"rate_limit": 100, "usage": 0}}
+    path = tmp_path / "api_keys.json"  # type: ignore[operator]
+    path.write_text(json.dumps(legacy))
+    code, out, err = await sn1_keys(api, "import", str(path))
+    assert code == 0 and out.startswith("imported 2 keys (0 already here)"), (out, err)
+    assert "0123456789abcdef0123456789abcdef" not in out and "012345..." in out  # six characters shown, no more
+    async with aiohttp.ClientSession() as s:
+        statuses = []
+        for _ in range(3):  # its rate limit came with it: 2 a minute
+            async with s.get(f"{api.url}/v1/usage", headers={"api-key": "0123456789abcdef0123456789abcdef"}) as r:
+                statuses.append(r.status)
+        assert statuses == [200, 200, 429]
+    async with AdminClient(api.url, ADMIN) as admin:
+        again = await admin.import_keys(legacy)
+        assert (again.imported, again.already_here, again.data) == (0, 2, [])
+        imported = [k for k in await admin.list_keys() if k.name == "imported"]
+        assert sorted(k.rate_limit for k in imported) == [2, 100]
+        with pytest.raises(AdminError) as e:
+            await admin.import_keys({"short-guessable-key": {"rate_limit": 5}})
+        assert e.value.status == 400 and "short-guessable-key" not in str(e.value)
+        with pytest.raises(AdminError) as e:
+            await admin.import_keys({"1" * 32: {"rate_limit": 5}, "0" * 32: {"rate_limit": 0}})
+        assert e.value.status == 400 and "'1.rate_limit'" in str(e.value) and "0" * 32 not in str(e.value)
+        assert len([k for k in await admin.list_keys() if k.name == "imported"]) == 2  # a refused file: none of it
