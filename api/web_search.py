@@ -14,6 +14,7 @@ names a source's URL.
 from __future__ import annotations
 
 import re
+import string
 import time
 from typing import Any
 
@@ -121,6 +122,11 @@ def citations_event(text: str, found: Found, *, completion_id: str, model: str, 
     return encode_event(dumps(chunk))
 
 
+# What may follow a URL's last character and still be that URL (a sentence's full stop, comma or closing
+# parenthesis may not: "see https://a.com/x." cites https://a.com/x).
+URL_GOES_ON = frozenset(string.ascii_letters + string.digits + "-_~/%?#=&+@")
+
+
 def citations(text: str, found: Found) -> list[dict[str, Any]]:
     """A ``url_citation`` for each place the answer names a result, in the order they appear (the
     Responses API's shape): by its URL, or by its number in the results it was given (``[2]``, as
@@ -129,8 +135,10 @@ def citations(text: str, found: Found) -> list[dict[str, Any]]:
     for result in found.results:
         start = text.find(result.url)
         while start != -1:
-            named.append((start, start + len(result.url), result.url))
-            start = text.find(result.url, start + len(result.url))
+            end = start + len(result.url)
+            if end == len(text) or text[end] not in URL_GOES_ON:  # a.com/x in a.com/xyz names another page
+                named.append((start, end, result.url))
+            start = text.find(result.url, end)
     out: list[dict[str, Any]] = []
     urls: list[tuple[int, int]] = []
     for start, end, url in sorted(named, key=lambda m: (m[0], m[0] - m[1])):  # longest first where they overlap

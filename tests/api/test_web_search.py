@@ -64,6 +64,18 @@ def test_a_source_whose_url_begins_another_sources_is_not_cited_inside_it() -> N
     assert got == [(long, 4), (short, text.index(" and ") + 5)]
 
 
+def test_a_url_that_only_begins_with_a_sources_is_not_a_citation_of_it() -> None:
+    """Source ``.../wiki/Paris``, an answer naming ``.../wiki/Paris_Agreement``: it was cited, over part of
+    another page's URL. The sentence's own punctuation after a URL still ends it."""
+    source = "https://en.example/wiki/Paris"
+    found = Found(query="q", uids=[1], all_failed=False, results=[WebResult(url=source, content="s")])
+    for other in ("_Agreement", "/history", "-2024", "?lang=fr", "%C3%A9", "s"):
+        assert citations(f"See {source}{other} for more", found) == [], other
+    for end in (".", ",", ")", "!", "", " and more", ";"):
+        text = f"(see {source}{end}"
+        assert [(a["start_index"], a["end_index"]) for a in citations(text, found)] == [(5, 5 + len(source))], end
+
+
 def test_a_source_named_by_its_number_is_a_citation_of_its_url() -> None:
     """Sources are numbered in the miners' context, and models cite them so: [1] is the first result."""
     text = f"Pelseldan is on a river [1][2]. See [3], [0] and [2](https://x.example/) or {A}[1]."
