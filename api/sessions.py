@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from api.auth import authenticate, check_model
 from api.context import CTX, ApiContext
@@ -41,7 +41,8 @@ class OpenSessionRequest(BaseModel):
     and ``"failover": "no"`` or ``0`` passed as a choice the caller may not have meant."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
-    model: str = Field(min_length=1, max_length=256)
+    # model_id: the reference sessions API's name for it (in its query string, or here)
+    model: str = Field(min_length=1, max_length=256, validation_alias=AliasChoices("model", "model_id"))
     session_duration: int = Field(default=3600, ge=MIN_DURATION, le=MAX_DURATION, alias="sessionDuration")
     failover: bool = False
     direct_payment: bool | None = Field(default=None, alias="directPayment", description="Accepted, ignored")
@@ -219,7 +220,7 @@ async def failover_race(
 async def open_session(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope="chat")
-    body = parse_model(OpenSessionRequest, await read_json(request))
+    body = parse_model(OpenSessionRequest, _with_query_model(await read_json(request, empty={}), request))
     model = _model(body.model)
     check_model(key, model)  # as chat checks it: a key limited to some models cannot pin "default" either
     miner = pick_miner(ctx, model)
@@ -231,6 +232,15 @@ async def open_session(request: web.Request) -> web.Response:
                                          duration=body.session_duration, failover=body.failover)
     logger.info("session {} opened key={} model={} uid={}", session.id, key.id, session.model, session.uid)
     return json_response(session.public())
+
+
+def _with_query_model(sent: Any, request: web.Request) -> Any:
+    """The body, with the model a reference-API client names in the query string (``?model_id=...``) when the
+    body names none."""
+    wanted = request.query.get("model_id") or request.query.get("model")
+    if wanted is None or not isinstance(sent, dict) or "model" in sent or "model_id" in sent:
+        return sent
+    return sent | {"model": wanted}
 
 
 async def _own_session(request: web.Request, ctx: ApiContext, key: KeyRecord) -> Session:

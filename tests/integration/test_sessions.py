@@ -450,3 +450,16 @@ async def test_a_ping_does_not_say_ok_for_a_miner_that_stopped_serving_the_model
         assert status == 200 and pong["previous_uid"] == 1 and "no longer serves" in pong["error"], pong
         assert pong["status"] == ("moved" if failover else "closed") and pong.get("uid") == (2 if failover else None)
         assert scripts[1].calls == 0
+
+
+async def test_a_reference_api_client_opens_a_session_with_its_own_call(tmp_path: Path) -> None:
+    """The reference sessions API's call: ``POST ...?model_id=<model>`` with a camelCase body. Its required
+    ``model_id`` was refused (a 400 asking for 'model'), in the query and in the body."""
+    async with api_with_miners(tmp_path, miners(2)) as api:
+        status, _, s = await call(api, "POST", "/v1/sessions?model_id=default",
+                                  json={"sessionDuration": 120, "directPayment": False, "failover": False})
+        assert status == 200 and s["model"] == "default" and s["expires_at"] - s["created_at"] == 120, s
+        status, _, s = await call(api, "POST", "/v1/sessions", json={"model_id": "default", "failover": True})
+        assert status == 200 and s["failover"] is True, s
+        status, _, err = await call(api, "POST", "/v1/sessions", json={"sessionDuration": 60})
+        assert status == 400 and err["error"]["param"] == "model", err  # neither: the field it needs
