@@ -82,6 +82,7 @@ async def _searched_answer(request: web.Request, key: KeyRecord, req: ChatComple
     tool = search_tool(wanted)
     if tool is not None:
         body, fmt.found = await search_into(request.app[CTX], body, tool.search_context_size,
+                                            domains=tool.allowed_domains(),
                                             request_id=request_id(request))
         req = parse_model(ChatCompletionRequest, body)
     cuts = 0

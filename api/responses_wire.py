@@ -25,6 +25,7 @@ from shared.protocol import (
     null_means_default,
 )
 
+MAX_ALLOWED_DOMAINS = 20  # OpenAI's bound on a web search's filters.allowed_domains
 STATELESS = "this gateway stores no responses: send the whole conversation in 'input'"
 NO_ITEM_REFERENCES = ("an item_reference names a stored item, and is sent as that item: one here was not resolved "
                       "(items of a conversation's history are stored resolved)")
@@ -67,7 +68,8 @@ class Tool(BaseModel):
     """A tool: a function (flat, Responses style: ``name`` and ``parameters`` beside ``type``) or web search.
 
     Web search takes OpenAI's options; ``search_context_size`` sets how many results the answer gets,
-    ``user_location`` and ``filters`` are accepted and echoed (the miners search without them)."""
+    ``filters.allowed_domains`` which of them it may get (``allowed_domains``), ``user_location`` is accepted
+    and echoed (the miners search without it)."""
 
     model_config = REQUEST_CONFIG
     type: str
@@ -94,9 +96,24 @@ class Tool(BaseModel):
             raise PydanticCustomError("missing_name", "a function tool needs a name")
         return v
 
+    @field_validator("filters")
+    @classmethod
+    def _domains(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        domains = (v or {}).get("allowed_domains")
+        if domains is not None and not (isinstance(domains, list) and len(domains) <= MAX_ALLOWED_DOMAINS
+                                        and all(isinstance(d, str) and 0 < len(d) <= 253 for d in domains)):
+            raise PydanticCustomError("invalid_domains", "filters.allowed_domains must be a list of up to {n} domain "
+                                      "names", {"n": MAX_ALLOWED_DOMAINS})
+        return v
+
     @property
     def is_web_search(self) -> bool:
         return self.type in WEB_SEARCH_TYPES
+
+    def allowed_domains(self) -> list[str] | None:
+        """The domains a web search's results must be on (their subdomains too); None: any."""
+        domains = (self.filters or {}).get("allowed_domains")
+        return [d.strip().lower().removeprefix("www.") for d in domains] if domains else None
 
 
 class AllowedTools(BaseModel):

@@ -13,9 +13,11 @@ names a source's URL.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import string
 import time
+import urllib.parse
 from typing import Any
 
 from api.context import ApiContext
@@ -36,11 +38,12 @@ REFERENCE = re.compile(r"\[(\d{1,2})\](?!\()")
 SOURCES = "web_search_call.action.sources"  # the ``include`` that asks for the sources in the call item
 
 
-async def search_into(ctx: ApiContext, body: dict[str, Any], size: str | None, *,
-                      request_id: str) -> tuple[dict[str, Any], Found]:
+async def search_into(ctx: ApiContext, body: dict[str, Any], size: str | None, *, request_id: str,
+                      domains: list[str] | None = None) -> tuple[dict[str, Any], Found]:
     """Search the web for the chat request ``body``'s last user message; the request with the results
-    in it, and what was found. A ``timeout`` in ``body`` covers the whole request: the search gets at
-    most half of it, and the answer what the search leaves."""
+    in it, and what was found (only results on ``domains`` and their subdomains, when given). A ``timeout``
+    in ``body`` covers the whole request: the search gets at most half of it, and the answer what the
+    search leaves."""
     size = size or "medium"
     query = query_of(body["messages"])
     if not query:  # no user text to search for (only system messages, or only images): nothing is asked
@@ -57,6 +60,8 @@ async def search_into(ctx: ApiContext, body: dict[str, Any], size: str | None, *
             raise
         # No retrieval miner serves now: a search that found nothing, not the request's failure.
         found = Found(query=query, results=[], uids=[], all_failed=True)
+    if domains:
+        found = dataclasses.replace(found, results=[r for r in found.results if on_domains(r.url, domains)])
     body = with_results(body, found, size)
     if timeout is not None:
         body["timeout"] = max(MIN_TIMEOUT, timeout - (time.perf_counter() - started))
@@ -120,6 +125,12 @@ def citations_event(text: str, found: Found, *, completion_id: str, model: str, 
                          created=created)
     chunk["choices"][0]["index"] = index
     return encode_event(dumps(chunk))
+
+
+def on_domains(url: str, domains: list[str]) -> bool:
+    """Whether ``url``'s host is one of ``domains`` or under one (``en.wikipedia.org`` for ``wikipedia.org``)."""
+    host = (urllib.parse.urlsplit(url).hostname or "").lower().removeprefix("www.")
+    return any(host == d or host.endswith("." + d) for d in domains)
 
 
 # What may follow a URL's last character and still be that URL (a sentence's full stop, comma or closing

@@ -217,3 +217,22 @@ async def test_max_tool_calls_0_makes_no_search_and_1_makes_it(tmp_path: Path, s
     assert [o.type for o in got[0].output] == ["message"]
     assert [o.type for o in got[1].output] == ["web_search_call", "message"]
     assert "WebRetrievalTask" in [b.get("task") for b in scripts[1].bodies]
+
+
+async def test_filters_allowed_domains_keeps_the_results_on_those_domains(tmp_path: Path) -> None:
+    """``filters.allowed_domains`` was accepted and echoed, and every result went to the answer whatever its
+    domain: only those on the domains (or their subdomains) do now, as at OpenAI."""
+    other = "https://elsewhere.example/page"
+    text = json.dumps([{"url": PAGE, "content": "Pelseldan is a city."}, {"url": other, "content": "Unrelated."}])
+    async with api_with_miners(tmp_path, {1: miner_answering(text), 2: miner_answering(text)}) as api:
+        client = AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0)
+        fields = {"model": "default", "input": "Tell me about Pelseldan", "include": ["web_search_call.action.sources"]}
+        for domains, kept in ((["sn1.local"], [PAGE]), (["corpus.sn1.local", "ELSEWHERE.example"], [PAGE, other]),
+                              (["nowhere.example"], []), (None, [PAGE, other])):
+            tool = {"type": "web_search"} | ({"filters": {"allowed_domains": domains}} if domains else {})
+            r = await client.responses.create(**fields, tools=[tool])
+            assert sorted(s.url for s in r.output[0].action.sources) == sorted(kept), domains
+        for bad in ("sn1.local", [7], ["x"] * 21):
+            with pytest.raises(openai.BadRequestError) as e:
+                await client.responses.create(**fields, tools=[{"type": "web_search", "filters": {"allowed_domains": bad}}])
+            assert e.value.param == "tools.0.filters", e.value
