@@ -206,10 +206,19 @@ async def failover_race(
             retry = start_race(ctx, [neuron], body, remaining, stream=stream, request_id=request_id,
                                excuse_timeouts=True)
             try:
-                return retry, await retry.winner()
+                winner = await retry.winner()
             except BaseException:  # the caller left (or a bug): the handler's cleanup only knows the first race
                 retry.cancel()
                 raise
+            if winner is not None or retry.refused():  # a refusal is the request's: its 400, as any race's
+                return retry, winner
+            settle(ctx, retry, body, kind="session")
+            again = retry.runs[0]
+            status, code = (504, "deadline_exceeded") if again.error_kind == "timeout" else (502, "session_miner_failed")
+            raise ApiError(status, f"Session {session.id}: the pinned miner uid {session.uid} failed ({failed.error}); "
+                           f"the session moved to uid {neuron.uid}, which failed too: {again.error}. The session "
+                           f"now pins uid {neuron.uid}: send the request again, or ping the session to move it.",
+                           code=code, headers=dict(headers))
     if failed.error_kind == "timeout":  # as a plain request past its deadline: a 504, not a bad answer
         raise ApiError(504, f"Session {session.id}: the pinned miner uid {session.uid} did not answer before the "
                        f"deadline.{what}", code="deadline_exceeded", headers=dict(headers))

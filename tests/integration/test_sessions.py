@@ -123,6 +123,23 @@ async def test_failover_mid_request(tmp_path: Path, failover: bool) -> None:
             assert s["session_id"] in body["error"]["message"]
 
 
+async def test_a_failover_whose_new_miner_fails_too_names_the_session_and_both_miners(tmp_path: Path) -> None:
+    """It was the plain race's 502 (``no_valid_answer``, one miner's error) with nothing of the session in it
+    but a header: the caller could not tell its session had moved, nor where."""
+    scripts = {1: Script([], status=500), 2: Script([], status=500)}
+    async with api_with_miners(tmp_path, scripts) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default", "failover": True})
+        status, headers, body = await chat(api)
+        moved_to = 3 - s["uid"]
+        assert status == 502 and body["error"]["code"] == "session_miner_failed", body
+        message = body["error"]["message"]
+        assert s["session_id"] in message and f"uid {s['uid']} failed" in message, message
+        assert f"moved to uid {moved_to}, which failed too" in message, message
+        assert headers["x-sn1-session-moved-from"] == str(s["uid"])
+        _, _, current = await call(api, "GET", "/v1/sessions")
+        assert current["uid"] == moved_to
+
+
 async def test_other_keys_session_is_refused_and_bad_bodies_are_400(tmp_path: Path) -> None:
     async with api_with_miners(tmp_path, miners(2)) as api:
         _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default"})
