@@ -222,6 +222,9 @@ async def failover_race(
     if failed.error_kind == "timeout":  # as a plain request past its deadline: a 504, not a bad answer
         raise ApiError(504, f"Session {session.id}: the pinned miner uid {session.uid} did not answer before the "
                        f"deadline.{what}", code="deadline_exceeded", headers=dict(headers))
+    if not what:  # no failover: the session still pins the miner that failed, until a ping finds it so
+        what = (f" The session still pins it: ping it (POST /v1/sessions/{session.id}/ping) to close it, or open "
+                "another with failover.")
     raise ApiError(502, f"Session {session.id}: the pinned miner uid {session.uid} failed: {failed.error}.{what}",
                    code="session_miner_failed", headers=dict(headers))
 

@@ -121,6 +121,7 @@ async def test_failover_mid_request(tmp_path: Path, failover: bool) -> None:
         else:
             assert status == 502 and body["error"]["code"] == "session_miner_failed"
             assert s["session_id"] in body["error"]["message"]
+            assert f"/v1/sessions/{s['session_id']}/ping" in body["error"]["message"]  # what to do about it
 
 
 async def test_a_failover_whose_new_miner_fails_too_names_the_session_and_both_miners(tmp_path: Path) -> None:
