@@ -29,7 +29,7 @@ from api.responses_wire import (
 from shared.errors import ApiError, invalid_value
 from shared.http import parse_model
 from shared.jsonutil import dumps
-from shared.protocol import passed_on
+from shared.protocol import passed_on, unanswered_tool_result
 
 ITEMS: dict[str, type[MessageItem | FunctionCallItem | FunctionCallOutputItem]] = {
     "message": MessageItem,
@@ -195,14 +195,13 @@ def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> N
 def _check_outputs_answer_calls(messages: list[dict[str, Any]], start: int) -> None:
     """Each ``function_call_output`` of this request's input answers a call made before it (in the input, or in
     the conversation it continues): an orphan, a call id mistyped or a call left out, is OpenAI's 400, in its
-    words, rather than a tool result the model has no call for (chat servers refuse it, or answer nonsense)."""
-    called: set[str] = set()
-    for i, message in enumerate(messages):
-        if message["role"] == "assistant":
-            called.update(call["id"] for call in message.get("tool_calls") or ())
-        elif message["role"] == "tool" and i >= start and message["tool_call_id"] not in called:
-            raise ApiError(400, f"No tool call found for function call output with call_id "
-                                f"{message['tool_call_id'][:256]}.", param="input")
+    words, rather than a tool result the model has no call for (chat servers refuse it, or answer nonsense).
+    Chat's own check (``ChatCompletionRequest``) then sees the whole conversation, as for any chat request."""
+    orphan = unanswered_tool_result(((m["role"], m.get("tool_calls"), m.get("tool_call_id")) for m in messages),
+                                    start=start)
+    if orphan is not None:
+        raise ApiError(400, f"No tool call found for function call output with call_id {orphan[1][:256]}.",
+                       param="input")
 
 
 def _message(item: MessageItem, at: str) -> dict[str, Any]:

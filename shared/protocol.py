@@ -8,6 +8,7 @@ miner instead of being silently dropped, as the original implementation did.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
@@ -36,6 +37,19 @@ ROUTING_FIELDS = ("uids", "timeout", "session_id", "web_search_options", "n")
 # characters, values up to 512.
 Metadata = Annotated[dict[Annotated[str, StringConstraints(max_length=64)],
                           Annotated[str, StringConstraints(max_length=512)]], Field(max_length=16)]
+
+
+def unanswered_tool_result(messages: Iterable[tuple[str, Any, Any]], *, start: int = 0) -> tuple[int, Any] | None:
+    """The first tool result, from message ``start`` on, that answers no call a message before it made: its
+    index and the call id it names (None: each answers one). ``messages``: (role, tool_calls, tool_call_id) of
+    each chat message, in order (chat's check, and the Responses API's of its input's function outputs)."""
+    called: set[Any] = set()
+    for i, (role, calls, call_id) in enumerate(messages):
+        if calls:
+            called.update(call.get("id") for call in calls if isinstance(call, dict))
+        elif role == "tool" and i >= start and call_id not in called:
+            return i, call_id
+    return None
 
 
 class TextPart(BaseModel):
@@ -245,15 +259,12 @@ class ChatCompletionRequest(BaseModel):
     @classmethod
     def _tool_results_answer_calls(cls, v: list[ChatMessage]) -> list[ChatMessage]:
         """A tool message answers a call an assistant message before it made (OpenAI's 400, in its words)."""
-        called: set[Any] = set()
-        for i, message in enumerate(v):
-            if message.tool_calls:
-                called.update(call.get("id") for call in message.tool_calls if isinstance(call, dict))
-            elif message.role == "tool" and message.tool_call_id not in called:
-                raise PydanticCustomError(
-                    "orphan_tool_message", "messages with role 'tool' must be a response to a preceding message with "
-                    "'tool_calls' (message {index} answers tool_call_id '{id}', which no earlier message called)",
-                    {"index": i, "id": str(message.tool_call_id)[:64]})
+        orphan = unanswered_tool_result((m.role, m.tool_calls, m.tool_call_id) for m in v)
+        if orphan is not None:
+            raise PydanticCustomError(
+                "orphan_tool_message", "messages with role 'tool' must be a response to a preceding message with "
+                "'tool_calls' (message {index} answers tool_call_id '{id}', which no earlier message called)",
+                {"index": orphan[0], "id": str(orphan[1])[:64]})
         return v
 
     @field_validator("top_logprobs")

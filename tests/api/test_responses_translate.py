@@ -372,4 +372,7 @@ def test_a_tool_result_answers_a_call_in_its_input_or_in_the_conversation_it_con
         assert body["messages"][-1] == {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
     orphan_before = [{"type": "function_call_output", "call_id": "call_0", "output": "old"}]  # the history's own
     body = chat_body(parse_model(ResponsesRequest, {"input": "next", "tools": [WEATHER]}), orphan_before)
-    assert body["messages"][-1] == {"role": "user", "content": "next"}  # a conversation it continues is not bricked
+    assert body["messages"][-1] == {"role": "user", "content": "next"}  # this check is of the input's outputs only
+    with pytest.raises(ApiError) as e:  # the history's orphan is chat's check to refuse, as any chat request's
+        parse_model(ChatCompletionRequest, body)
+    assert e.value.param == "messages" and "must be a response to a preceding message" in e.value.message
