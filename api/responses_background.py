@@ -111,7 +111,7 @@ class EventLog:
         if self.tail is not None and final is not None:
             await self.add(self.tail)
         elif final is not None and final.get("status") in ENDINGS:
-            await self.add(self.events.event(f"response.{final['status']}", response=final))
+            await self.add(self.events.last(final))
         self.done = True
         self._new.set()
 
@@ -150,7 +150,8 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     assert ctx.responses is not None
     # Stored in_progress: its task starts at once (none waits for room: past the bound is a 429), so a poll
     # finds it being answered; the caller gets OpenAI's first word for it, queued.
-    data = encode(queued | {"status": "in_progress"}, keeping.items, until=time.time() + seconds + GRACE_S)
+    until = time.time() + seconds + GRACE_S  # when the record reads failed if it is still pending
+    data = encode(queued | {"status": "in_progress"}, keeping.items, until=until)
     if not fits(data):
         raise invalid_value("input", "the conversation is too large to store, and a background response is "
                                      "stored to be polled: send it without background")
@@ -159,7 +160,7 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     if log is not None:
         ctx.response_logs[response_id] = log
         await log.add(log.events.start(queued=True))  # the caller knows its id before any miner has answered
-    task = ctx.spawn(_run(ctx, key, queued, keeping, work, log, until=time.time() + seconds + GRACE_S))
+    task = ctx.spawn(_run(ctx, key, queued, keeping, work, log, until=until))
     ctx.running_responses[response_id] = task
     ctx.background_owners[response_id] = key.id
 
@@ -219,10 +220,11 @@ async def resumed(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIt
     if kept is not None and _ends(kept[1]):
         return  # its last event was before ``after``: nothing is left to send
     now = await store_call(ctx.responses.get(found.key_id, found.id))
-    closing = ResponseStream(now.response if now is not None else {})
-    closing.seq = (kept[0] if kept is not None else -1) + 1  # the number its last event would have had
-    if now is not None and now.response.get("status") in ENDINGS and closing.seq > after:
-        yield closing.event(f"response.{now.response['status']}", response=now.response)
+    number = (kept[0] if kept is not None else -1) + 1  # the number its last event would have had
+    if now is not None and now.response.get("status") in ENDINGS and number > after:
+        closing = ResponseStream(now.response)
+        closing.seq = number
+        yield closing.last(now.response)
 
 
 def _ends(frame: str) -> bool:
