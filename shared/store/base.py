@@ -310,7 +310,7 @@ class Store(Protocol):
 
     async def charge(self, bucket: str, limit: int, *, cost: int = 1, now: float | None = None) -> RateDecision:
         """Charge ``cost`` against any named sliding window (``cost=0`` only peeks; a negative cost gives back
-        what a charge took this second: a reservation not spent)."""
+        what the newest charges took, never below none: a reservation not spent)."""
         ...
 
     async def add_usage(self, deltas: list[UsageDelta]) -> None:

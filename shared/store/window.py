@@ -56,12 +56,8 @@ def charge_window(state: bytes | None, limit: int, now: float, cost: int = 1) ->
     ``cost`` gives back what the newest charges took (a reservation not spent), never below none.
     """
     newest, counts = _shift(*_load(state), math.floor(now))
-    slot = len(counts) - 1
-    while cost < 0 and slot >= 0:
-        back = min(-cost, counts[slot])
-        counts[slot] -= back
-        cost += back
-        slot -= 1
+    if cost < 0:
+        cost = -_give_back(counts, -cost)
     count = sum(counts)
     allowed = cost < 0 or count + max(cost, 1) <= limit
     if allowed and cost > 0:
@@ -75,6 +71,18 @@ def charge_window(state: bytes | None, limit: int, now: float, cost: int = 1) ->
         retry_after=0.0 if allowed else _retry_after(newest, counts, count - limit + 1, now),
     )
     return _HEAD.pack(newest) + counts.tobytes(), decision
+
+
+def _give_back(counts: array, n: int) -> int:
+    """Take ``n`` back from the newest buckets (a second may have turned since they were charged); what could
+    not be given back (there was less)."""
+    for slot in range(len(counts) - 1, -1, -1):
+        if not n:
+            break
+        back = min(n, counts[slot])
+        counts[slot] -= back
+        n -= back
+    return n
 
 
 def charge_each(state: bytes | None, limit: int, now: float, n: int) -> tuple[bytes, list[RateDecision]]:
