@@ -186,9 +186,10 @@ class LegacyKey(BaseModel):
 
 # The original's key file, as it is: ``{"<key>": {"rate_limit": N, "usage": M}, ...}``. Its keys were
 # ``secrets.token_hex(16)``: 32 characters; a shorter one is refused as too easy to guess.
-LEGACY_SECRET = re.compile(r"[A-Za-z0-9_-]{32,256}")
+LEGACY_PATTERN = r"[A-Za-z0-9_-]{32,256}"  # the route's check and the API description's schema, alike
+LEGACY_SECRET = re.compile(LEGACY_PATTERN)
 MAX_IMPORTED_KEYS = 10_000
-LegacySecret = Annotated[str, StringConstraints(min_length=32, max_length=256, pattern=r"^[A-Za-z0-9_-]+$")]
+LegacySecret = Annotated[str, StringConstraints(pattern=f"^{LEGACY_PATTERN}$")]
 
 
 class KeyImport(RootModel[dict[LegacySecret, LegacyKey]]):
