@@ -46,6 +46,11 @@ def write(request: web.Request, line: str) -> None:
     request[_LOGGED] = True
 
 
+def logged(request: web.Request) -> bool:
+    """Whether the handler wrote this request's line already."""
+    return bool(request.get(_LOGGED))
+
+
 def access_logged(kind: str) -> Callable[[Handler], Handler]:
     """Name the lines of a handler's requests ``kind`` (else ``http``); costs nothing per request."""
 
@@ -73,7 +78,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
             e.headers.setdefault("x-request-id", request_id(request))
         raise
     finally:
-        if not request.get(_LOGGED):
+        if not logged(request):
             _line(request, started, status)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from api import responses_background, responses_state
-from api.access_log import access_logged, request_id
+from api.access_log import access_logged, logged, request_id, write
 from api.auth import authenticate, store_call
 from api.chat import Plan, answer, plan
 from api.completion import logprob_tokens, mid_stream_failure, response_usage
@@ -33,7 +33,7 @@ from api.responses_translate import chat_body, kept_share, search_tool, truncate
 from api.responses_wire import InputItemsQuery, ResponsesRequest, RetrieveQuery
 from api.route_hints import require
 from api.web_retrieval import Found
-from api.web_search import SOURCES, citations, search_call_item, search_into
+from api.web_search import SOURCES, citations, query_of, search_call_item, search_into, searching_item
 from shared.errors import CONTEXT_LENGTH_EXCEEDED, ApiError, invalid_value
 from shared.http import json_response, parse_model, read_json
 from shared.jsonutil import dumpb
@@ -41,6 +41,7 @@ from shared.protocol import ChatCompletionRequest
 from shared.sse import SSE_HEADERS
 from shared.store.base import KeyRecord
 
+NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}  # a failed stream's
 # truncation: "auto": how many times a conversation too long for the miners' models is cut and asked again
 MAX_TRUNCATIONS = 3
 
@@ -76,22 +77,36 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 async def _searched_answer(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, body: dict[str, Any],
                            fmt: ResponsesFormat, planned: Plan, *, started: float) -> web.StreamResponse:
     """The web search, if the request offers it, then the race and the answer (sent; or kept, for a
-    background response). With ``truncation: "auto"``, a conversation the miners' models refuse as longer
-    than their context window is cut from its beginning (``truncated``) and asked again."""
+    background response). A streamed answer's events begin with the search's (``fmt.search_begins``):
+    past that, a failure is the stream's ``response.failed`` event, no longer an HTTP error."""
     wanted = fmt.wanted
     tool = search_tool(wanted)
-    if tool is not None:
-        body, fmt.found = await search_into(request.app[CTX], body, tool.search_context_size,
-                                            domains=tool.allowed_domains(),
-                                            request_id=request_id(request))
-        req = parse_model(ChatCompletionRequest, body)
+    try:
+        if tool is not None:
+            await fmt.search_begins(request, req, query_of(body["messages"]))
+            body, fmt.found = await search_into(request.app[CTX], body, tool.search_context_size,
+                                                domains=tool.allowed_domains(),
+                                                request_id=request_id(request))
+            await fmt.search_ends()
+            req = parse_model(ChatCompletionRequest, body)
+        return await _truncated_answer(request, key, req, body, fmt, planned, started=started)
+    except ApiError as e:
+        if fmt.opened is None:
+            raise
+        return await fmt.fail(request, key, e, started=started)
+
+
+async def _truncated_answer(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, body: dict[str, Any],
+                            fmt: ResponsesFormat, planned: Plan, *, started: float) -> web.StreamResponse:
+    """The race and the answer; with ``truncation: "auto"``, a conversation the miners' models refuse as
+    longer than their context window is cut from its beginning (``truncated``) and asked again."""
     cuts = 0
     while True:
         try:
             return await answer(request, key, req, body, fmt, started=started, planned=planned,
-                                send=not wanted.background)
+                                send=not fmt.wanted.background)
         except ApiError as e:
-            if e.code != CONTEXT_LENGTH_EXCEEDED or wanted.truncation != "auto" or cuts == MAX_TRUNCATIONS:
+            if e.code != CONTEXT_LENGTH_EXCEEDED or fmt.wanted.truncation != "auto" or cuts == MAX_TRUNCATIONS:
                 raise
             shorter = truncated(body, kept_share(e.message))
             if shorter is None:
@@ -182,6 +197,10 @@ class ResponsesFormat:
         self.response_id = new_id("resp")  # one id from the queued object (background) to the final one
         self.log: EventLog | None = None  # a streamed background response's events
         self.created_at = int(time.time())
+        self.search_id = new_id("ws")  # the web search's item, from its first event to the stored response
+        # A streamed answer sent before its race (a web search came first): the response and its renderer.
+        self.opened: web.StreamResponse | None = None
+        self.events: ResponseStream | None = None
 
     def queued(self, req: ChatCompletionRequest) -> dict:
         """The response before any miner is asked: a background response's first answer."""
@@ -207,7 +226,49 @@ class ResponsesFormat:
     def _search_item(self) -> dict | None:
         if self.found is None:
             return None
-        return search_call_item(self.found, include_sources=SOURCES in (self.wanted.include or []))
+        return search_call_item(self.found, include_sources=SOURCES in (self.wanted.include or []),
+                                item_id=self.search_id)
+
+    async def search_begins(self, request: web.Request, req: ChatCompletionRequest, query: str) -> None:
+        """A streamed answer (foreground or background) says its web search began, before the search's seconds:
+        a foreground stream is opened for it (its headers then cannot name the winning miner)."""
+        if not self.wanted.stream:
+            return
+        item = searching_item(self.search_id, query)
+        if self.log is not None:
+            await self.log.add(self.log.events.searching(item))
+            return
+        self.events = ResponseStream(self._skeleton(req.model or "unknown"), annotate=self._annotate,
+                                     seal=self._seal)
+        self.opened = web.StreamResponse(headers={"x-request-id": request_id(request), **SSE_HEADERS})
+        await self.opened.prepare(request)
+        await self.opened.write(self.events.start() + self.events.searching(item))
+
+    async def search_ends(self) -> None:
+        searched = self._search_item()
+        if searched is None or not self.wanted.stream:
+            return
+        if self.log is not None:
+            await self.log.add(self.log.events.search_done(searched))
+        elif self.opened is not None and self.events is not None:
+            await self.opened.write(self.events.search_done(searched))
+
+    async def fail(self, request: web.Request, key: KeyRecord, error: ApiError, *,
+                   started: float) -> web.StreamResponse:
+        """End an opened stream with ``response.failed`` (what the HTTP error would have said); it is not
+        stored, as a request refused with an HTTP error is not."""
+        assert self.opened is not None and self.events is not None
+        code = "server_error" if error.status >= 500 else "rate_limit_exceeded" if error.status == 429 \
+            else "invalid_prompt"
+        self.events.seal = None  # not kept: a failed answer continues no conversation
+        tail = self.events.closing(finish_reason=None, usage=NO_USAGE, error=error.message)
+        final = responses_state.as_kept(self.events.final, False)
+        final["error"] = {"code": code, "message": error.message}
+        await self.opened.write_eof(tail + self.events.last(final))
+        if not logged(request):  # failed before its race (the search): ``answer`` logs a raced request
+            write(request, f"{self.kind} rid={request_id(request)} key={key.id} uids=[] winner=None stream=True "
+                           f"mixture=False status={error.code} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
+        return self.opened
 
     def _annotate(self, text: str) -> list[dict]:
         return citations(text, self.found) if self.found is not None else []
@@ -223,10 +284,6 @@ class ResponsesFormat:
                        finish_reason=run.finish_reason, usage=response_usage(req, run))
         return KeptFirst(self._keep, self._seal(obj), content_type="application/json", headers=headers)
 
-    def _start(self, events: ResponseStream) -> bytes:
-        searched = self._search_item()
-        return events.start() + (events.searched(searched) if searched else b"")
-
     def event_log(self, req: ChatCompletionRequest) -> EventLog:
         """A streamed background response's log, opened when it is queued (``stream`` fills it)."""
         assert self.ctx is not None and self.keeping is not None
@@ -239,14 +296,18 @@ class ResponsesFormat:
                      headers: dict[str, str]) -> web.StreamResponse:
         if self.log is not None:
             return await self._stream_to_log(self.log, req, race, run)
-        events = ResponseStream(self._base(req, run), annotate=self._annotate, seal=self._seal)
-        if run.done:  # the whole answer is in: one body, one write
-            body = self._start(events) + b"".join(events.feed(e) for e in run.events) + _closing(events, req, run)
-            body += events.last(responses_state.as_kept(events.final, await self._keep()))
-            return web.Response(body=body, headers={**headers, **SSE_HEADERS})
-        response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
-        await response.prepare(request)
-        await response.write(self._start(events))
+        if self.opened is not None and self.events is not None:  # opened by a web search
+            response, events = self.opened, self.events
+            events.base["model"] = run.model or req.model or "unknown"
+        else:
+            events = ResponseStream(self._base(req, run), annotate=self._annotate, seal=self._seal)
+            if run.done:  # the whole answer is in: one body, one write
+                body = events.start() + b"".join(events.feed(e) for e in run.events) + _closing(events, req, run)
+                body += events.last(responses_state.as_kept(events.final, await self._keep()))
+                return web.Response(body=body, headers={**headers, **SSE_HEADERS})
+            response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
+            await response.prepare(request)
+            await response.write(events.start())
         async for batch in race.follow_batches(run):
             await response.write(b"".join(events.feed(e) for e in batch))
         tail = _closing(events, req, run)  # seals the final response
@@ -258,9 +319,6 @@ class ResponsesFormat:
         """A background stream's events go to its log (opened with ``response.created`` when it was queued);
         its last ones wait in the log until the response is settled (``responses_background``)."""
         log.events.base["model"] = run.model or req.model or "unknown"
-        searched = self._search_item()
-        if searched:
-            await log.add(log.events.searched(searched))
         async for batch in race.follow_batches(run):
             await log.add(b"".join(log.events.feed(e) for e in batch))
         log.tail = _end(log.events, req, run)  # seals the final response

@@ -221,19 +221,28 @@ class ResponseStream:
 
     def searched(self, item: dict[str, Any]) -> bytes:
         """The events of a ``web_search_call`` item that finished before the answer began (call right after
-        ``start``)."""
+        ``start``): ``searching``'s, then ``search_done``'s."""
+        return self.searching(item | {"status": "in_progress"}) + self.search_done(item)
+
+    def searching(self, item: dict[str, Any]) -> bytes:
+        """A ``web_search_call`` item's opening events (``item`` in progress), sent as its search begins: a
+        streamed caller sees the search start instead of seconds of silence."""
         index = self._open(item)
-        self.closed, self.current = len(self.items), None  # its events below open and close it whole
+        self.closed, self.current = len(self.items), None  # opened and closed whole, before the answer
         ids = {"output_index": index, "item_id": item["id"]}
         # Made one after another, in the order sent: each takes the next sequence_number (the completed
         # event, made first, had number 2 and came after 3, 4 and 5).
-        out = [self.event("response.output_item.added", output_index=index, item=item | {"status": "in_progress"}),
-               self.event("response.web_search_call.in_progress", **ids),
-               self.event("response.web_search_call.searching", **ids)]
-        if item["status"] == "completed":
-            out.append(self.event("response.web_search_call.completed", **ids))
-        out.append(self.event("response.output_item.done", output_index=index, item=item))
-        return b"".join(out)
+        return (self.event("response.output_item.added", output_index=index, item=item)
+                + self.event("response.web_search_call.in_progress", **ids)
+                + self.event("response.web_search_call.searching", **ids))
+
+    def search_done(self, item: dict[str, Any]) -> bytes:
+        """The closing events of the search ``searching`` opened (``item`` as it ended, under the same id)."""
+        index = next(i for i, it in enumerate(self.items) if it["id"] == item["id"])
+        self.items[index] = item
+        ids = {"output_index": index, "item_id": item["id"]}
+        done = self.event("response.web_search_call.completed", **ids) if item["status"] == "completed" else b""
+        return done + self.event("response.output_item.done", output_index=index, item=item)
 
     def feed(self, chunk: Event) -> bytes:
         """The events for one chat chunk (already checked by the race: an object with choices)."""

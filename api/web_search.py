@@ -98,14 +98,20 @@ def context_text(found: Found, excerpt: int) -> str:
             "cite each source you use by its number, as [1], or by its URL.")
 
 
-def search_call_item(found: Found, *, include_sources: bool) -> dict[str, Any]:
+def search_call_item(found: Found, *, include_sources: bool, item_id: str | None = None) -> dict[str, Any]:
     """The ``web_search_call`` output item (its sources only when ``include`` asks, as at OpenAI);
     ``failed`` when no retrieval miner answered (the answer then says the search found nothing)."""
     action: dict[str, Any] = {"type": "search", "query": found.query}
     if include_sources:
         action["sources"] = [{"type": "url", "url": r.url} for r in found.results]
-    return {"id": new_id("ws"), "type": "web_search_call", "status": "failed" if found.all_failed else "completed",
-            "action": action}
+    return {"id": item_id or new_id("ws"), "type": "web_search_call",
+            "status": "failed" if found.all_failed else "completed", "action": action}
+
+
+def searching_item(item_id: str, query: str) -> dict[str, Any]:
+    """The ``web_search_call`` item as its search begins (``search_call_item`` is the same item once it ended)."""
+    return {"id": item_id, "type": "web_search_call", "status": "in_progress",
+            "action": {"type": "search", "query": query}}
 
 
 def chat_citations(text: str, found: Found) -> list[dict[str, Any]]:

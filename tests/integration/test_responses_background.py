@@ -258,6 +258,28 @@ async def test_a_streamed_background_response_goes_on_without_its_caller_and_is_
         assert [e.type for e in whole] == [e.type for e in head + rest]
 
 
+async def test_a_streamed_background_search_is_in_its_events_as_it_happens(tmp_path: Path) -> None:
+    """A background stream's web search: its first events are in the log before the search ends (a caller
+    following it saw nothing for the search's seconds), and the stored response has the same search item."""
+    miner = words(2, 0.5)  # the search and the answer each take a second
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        head = await first_events(await client.responses.create(model="default", input="Pelseldan?", background=True,
+                                                                stream=True, tools=[{"type": "web_search"}]), 6)
+        assert [e.type for e in head] == ["response.created", "response.queued", "response.in_progress",
+                                          "response.output_item.added", "response.web_search_call.in_progress",
+                                          "response.web_search_call.searching"]
+        assert "InferenceTask" not in [b.get("task") for b in miner.bodies], "sent while the search runs"
+        assert head[3].item.status == "in_progress" and head[3].item.action.query == "Pelseldan?"
+        whole = [e async for e in await client.responses.retrieve(head[0].response.id, stream=True)]
+    # the miner's words are no search results: the search failed (no completed event), the answer went on
+    assert [e.type for e in whole[:7]] == [e.type for e in head] + ["response.output_item.done"]
+    assert [e.sequence_number for e in whole] == list(range(len(whole)))
+    search = whole[-1].response.output[0]
+    assert whole[-1].type == "response.completed" and search.type == "web_search_call"
+    assert search.id == head[3].item.id == whole[6].item.id and search.status == whole[6].item.status == "failed"
+
+
 async def test_a_streamed_background_response_that_fails_ends_with_response_failed(tmp_path: Path) -> None:
     async with api_with_miners(tmp_path, {1: Script([], status=500)}) as api:
         client = openai_client(api)

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import aiohttp
 import openai
 import pytest
 from openai import AsyncOpenAI
@@ -236,3 +237,67 @@ async def test_filters_allowed_domains_keeps_the_results_on_those_domains(tmp_pa
             with pytest.raises(openai.BadRequestError) as e:
                 await client.responses.create(**fields, tools=[{"type": "web_search", "filters": {"allowed_domains": bad}}])
             assert e.value.param == "tools.0.filters", e.value
+
+
+async def _events_as_they_come(api, body: dict, *, until: str | None = None) -> list[dict]:
+    """A streamed /v1/responses request's events, read as they arrive (up to the event ``until``, if named)."""
+    got: list[dict] = []
+    async with aiohttp.ClientSession() as s, s.post(api.url + "/v1/responses", json=body | {"stream": True},
+                                                    headers={"Authorization": f"Bearer {api.key}"}) as r:
+        assert r.status == 200 and r.content_type == "text/event-stream"
+        async for line in r.content:
+            if line.startswith(b"data: "):
+                got.append(json.loads(line[6:]))
+                if got[-1]["type"] == until:
+                    break
+    return got
+
+
+async def test_a_streamed_answer_says_its_search_began_before_the_search_ends(tmp_path: Path) -> None:
+    """A web search takes seconds: the stream opens with the search's first events, not after them (it
+    sent nothing at all until the search ended: a caller saw a dead connection for ~8 s)."""
+    text = json.dumps([{"url": PAGE, "content": "Pelseldan is a city on the Zorgal river."}])
+    slow = Script([(1.0, d) for d in sse(chunk(text), chunk(finish="stop"))])  # every answer takes a second
+    async with api_with_miners(tmp_path, {1: slow}) as api:
+        body = {"model": "default", "input": "Tell me about Pelseldan", "tools": [{"type": "web_search"}]}
+        first = await _events_as_they_come(api, body, until="response.web_search_call.searching")
+        asked_then = [b.get("task") for b in slow.bodies]
+        got = await _events_as_they_come(api, body)
+    assert [e["type"] for e in first] == ["response.created", "response.in_progress", "response.output_item.added",
+                                          "response.web_search_call.in_progress",
+                                          "response.web_search_call.searching"]
+    assert "InferenceTask" not in asked_then, "the search had not ended: no chat miner was asked yet"
+    assert first[2]["item"] == {"id": first[3]["item_id"], "type": "web_search_call", "status": "in_progress",
+                                "action": {"type": "search", "query": "Tell me about Pelseldan"}}
+    types = [e["type"] for e in got]
+    assert types[:7] == [e["type"] for e in first] + ["response.web_search_call.completed",
+                                                       "response.output_item.done"]
+    assert [e["sequence_number"] for e in got] == list(range(len(got)))
+    final = got[-1]
+    assert final["type"] == "response.completed"
+    search, message = final["response"]["output"]
+    assert search["id"] == got[6]["item"]["id"] == got[2]["item"]["id"], "one search item, one id"
+    assert search["status"] == "completed" and PAGE in message["content"][0]["text"]
+
+
+async def test_a_stream_opened_by_its_search_ends_failed_when_no_miner_answers(tmp_path: Path) -> None:
+    """Once the search's events are sent the status is 200: no miner answering is the stream's own
+    ``response.failed`` (what the 502 said), which the SDK reads as the end, not a cut connection."""
+    down = Script([], status=500)
+    async with api_with_miners(tmp_path, {1: down}) as api:
+        got = await _events_as_they_come(api, {"model": "default", "input": "Pelseldan?",
+                                               "tools": [{"type": "web_search"}]})
+        client = AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0)
+        async with client.responses.stream(model="default", input="Pelseldan?",
+                                           tools=[{"type": "web_search"}]) as events:
+            sdk = [event.type async for event in events]
+    types = [e["type"] for e in got]
+    assert types[-3:] == ["response.web_search_call.searching", "response.output_item.done", "response.failed"]
+    failed = got[-1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+    assert "uid 1" in failed["error"]["message"], failed["error"]
+    assert failed["store"] is False, "a failed answer is not kept, as a refused request is not"
+    assert [o["type"] for o in failed["output"]] == ["web_search_call"]
+    assert failed["output"][0]["status"] == "failed", "no retrieval miner answered the search either"
+    assert sdk[-1] == "response.failed"
+    assert [e["sequence_number"] for e in got] == list(range(len(got)))
