@@ -8,6 +8,7 @@ de-duplicated by normalised URL before the first ``n_results`` are returned.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -34,6 +35,7 @@ MAX_URL = 2048
 MAX_CONTENT = 20_000
 MAX_QUERY = 2000
 DEFAULT_RESPONSE_TIME = 10.0  # seconds the miners get when the caller names none (max_response_time)
+MIN_GRACE_S = 0.5  # the least a hedged search waits for more answers after its first (``grace``)
 
 
 class WebRetrievalRequest(BaseModel):
@@ -97,6 +99,12 @@ def well_formed(data: list[Any]) -> list[WebResult]:
             continue
         out.append(WebResult(url=url.strip(), content=content[:MAX_CONTENT], relevant=relevant[:MAX_CONTENT]))
     return out
+
+
+def grace(first_s: float) -> float:
+    """How long a hedged search waits for more answers after its first (``first_s`` after it began): as long
+    again, at least ``MIN_GRACE_S``, so a miner a little slower than the first still adds its results."""
+    return max(MIN_GRACE_S, first_s)
 
 
 class ResultsCheck:
@@ -184,8 +192,12 @@ class Found:
 
 
 async def search(ctx: ApiContext, query: str, *, n_results: int, timeout: float, request_id: str,
-                 n_miners: int | None = None, uids: list[int] | None = None) -> Found:
-    """Fan ``query`` out to web retrieval miners; their answers are scored like any organic answer."""
+                 n_miners: int | None = None, uids: list[int] | None = None, hedged: bool = False) -> Found:
+    """Fan ``query`` out to web retrieval miners; their answers are scored like any organic answer.
+
+    ``hedged``: once the first valid answer is in, the others have as long again (``grace``) to join its
+    results; one slower than that is left out of the results (a web search before a chat answer waited
+    for its slowest miner, up to the whole 10 s), and still answers for scoring."""
     neurons = select_miners(
         ctx.metagraph.snapshot, ctx.availability, uids=uids, task=TASK, model=None,
         k=n_miners or ctx.settings.web_retrieval_n_miners, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
@@ -196,8 +208,15 @@ async def search(ctx: ApiContext, query: str, *, n_results: int, timeout: float,
     check = ResultsCheck()
     race = start_race(ctx, neurons, body, timeout, stream=False, request_id=request_id, check=check,
                       excuse_timeouts=timeout < DEFAULT_RESPONSE_TIME)  # a caller's shorter time cuts miners off
-    await race.finish()
-    settle(ctx, race, body, kind="web_retrieval")
-    per_miner = [check.results(r) for r in race.runs]
+    try:
+        if hedged and (first := await race.winner()) is not None:
+            await asyncio.wait(race.tasks, timeout=grace(first.timings[-1] if first.timings else 0.0))
+        else:
+            await race.finish()
+    except asyncio.CancelledError:  # the caller left: its miners' requests go too
+        race.cancel()
+        raise
+    settle(ctx, race, body, kind="web_retrieval")  # those still answering: once they end
+    per_miner = [check.results(r) for r in race.runs if r.done]
     return Found(query=query, results=merge_results(per_miner, n_results), uids=[n.uid for n in neurons],
                  all_failed=all(r.error for r in race.runs))

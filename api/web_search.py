@@ -54,7 +54,8 @@ async def search_into(ctx: ApiContext, body: dict[str, Any], size: str | None, *
     # which every retrieval miner refused with a 400: the search always failed).
     seconds = max(MIN_TIMEOUT, min(SEARCH_TIMEOUT_S, float(timeout or SEARCH_TIMEOUT_S * 2) / 2))
     try:
-        found = await search(ctx, query, n_results=RESULTS_FOR[size], request_id=request_id, timeout=seconds)
+        found = await search(ctx, query, n_results=RESULTS_FOR[size], request_id=request_id, timeout=seconds,
+                             hedged=True)
     except ApiError as e:
         if e.code != NO_MINERS:
             raise

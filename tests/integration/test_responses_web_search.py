@@ -4,6 +4,7 @@ the answer's mentions of a source are citations the SDK reads."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -301,3 +302,29 @@ async def test_a_stream_opened_by_its_search_ends_failed_when_no_miner_answers(t
     assert failed["output"][0]["status"] == "failed", "no retrieval miner answered the search either"
     assert sdk[-1] == "response.failed"
     assert [e["sequence_number"] for e in got] == list(range(len(got)))
+
+
+async def test_a_search_does_not_wait_for_its_slowest_miner_and_still_scores_it(tmp_path: Path) -> None:
+    """A retrieval miner that takes seconds no longer holds the chat answer back (it waited for the slowest,
+    up to 10 s): once the first answer is in, the others get as long again. The slow one still answers,
+    and its answer goes to scoring with the others'."""
+    text = json.dumps([{"url": PAGE, "content": "Pelseldan is a city on the Zorgal river."}])
+    fast = miner_answering(text)
+    slow = Script([(3.0, d) for d in sse(chunk(text), chunk(finish="stop"))])
+    payloads: list[dict] = []
+    async with api_with_miners(tmp_path, {1: fast, 2: slow}) as api:
+        api.ctx.payload_sinks.append(payloads.append)
+        client = AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0)
+        started = time.monotonic()
+        r = await client.responses.create(model="default", input="Tell me about Pelseldan",
+                                          tools=[{"type": "web_search"}], include=["web_search_call.action.sources"])
+        took = time.monotonic() - started
+        assert [s.url for s in r.output[0].action.sources] == [PAGE], "the fast miner's results"
+        for _ in range(100):  # the slow miner's answer, once it comes, is scored
+            if any(p["kind"] == "web_retrieval" for p in payloads):
+                break
+            await asyncio.sleep(0.1)
+    assert took < 2.5, f"the answer waited {took:.1f} s for the slow retrieval miner"
+    (scored,) = [p for p in payloads if p["kind"] == "web_retrieval"]
+    assert sorted(scored["uids"]) == [1, 2] and not scored["errors"], "both answers are scored"
+    assert len(scored["chunks"]["2"]) == 2, "the slow miner's whole answer"
