@@ -23,6 +23,7 @@ from loguru import logger
 
 from api.auth import store_call
 from api.context import ApiContext
+from shared.aio import retried
 from shared.errors import ApiError, invalid_value
 from shared.store import conversations as conversation_store
 from shared.store.base import KeyRecord, StoreUnavailable
@@ -34,6 +35,9 @@ from shared.store.conversations import (
     valid_id,
 )
 
+# A response (responses_state.keep) or a turn of a conversation the store fails to take at its end: asked again,
+# 0.2 s apart.
+KEEP_ATTEMPTS, KEEP_PAUSE_S = 3, 0.2
 STORAGE_OFF = "this gateway stores no conversations (RESPONSES_RETENTION_SECONDS is 0)"
 
 
@@ -165,14 +169,15 @@ async def extend(ctx: ApiContext, key_id: str, conversation_id: str, added: list
                  final: dict[str, Any]) -> None:
     """Add a response's input and output items to its conversation, just before its end goes out. A failed
     response adds nothing (the turn can be sent again). Its answer may take the conversation past its bound
-    (the input was checked before it was asked for; its next turn is then the 400); a store that fails costs
-    the conversation this turn, not the caller its answer: a WARNING."""
+    (the input was checked before it was asked for; its next turn is then the 400); a store that fails is asked
+    twice more, then costs the conversation this turn, not the caller its answer: a WARNING."""
     if ctx.conversations is None or final.get("status") == "failed":
         return
-    items = added + list(final.get("output") or [])
-    try:
-        done = await ctx.conversations.append(key_id, conversation_id, [encode_item(item) for item in items],
-                                              retention=ctx.settings.responses_retention_seconds, max_bytes=None)
+    encoded, store = [encode_item(item) for item in added + list(final.get("output") or [])], ctx.conversations
+    try:  # asked again as a response is stored (responses_state.keep): ``once``, a write that landed is not doubled
+        done = await retried(lambda: store.append(key_id, conversation_id, encoded, max_bytes=None, once=True,
+                                                  retention=ctx.settings.responses_retention_seconds),
+                             attempts=KEEP_ATTEMPTS, pause=KEEP_PAUSE_S, on=StoreUnavailable)
     except StoreUnavailable as e:
         logger.warning("response {} not added to conversation {}: {}", final.get("id"), conversation_id, e)
         return

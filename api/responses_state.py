@@ -29,6 +29,7 @@ from loguru import logger
 from api import conversations_state
 from api.auth import store_call
 from api.context import ApiContext
+from api.conversations_state import KEEP_ATTEMPTS, KEEP_PAUSE_S
 from api.responses_render import new_id
 from api.responses_wire import STATELESS, InputItemsQuery, ResponsesRequest, is_item_reference
 from shared.aio import retried
@@ -42,7 +43,6 @@ ITEM_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output"
 STORAGE_OFF = f"{STATELESS} (RESPONSES_RETENTION_SECONDS is 0)"
 MAX_ITEM_ID = 256  # an item id an item_reference can name (a longer one is kept, not indexed)
 MAX_REFERENCED_RESPONSES = 16  # stored responses one request's item references may read
-KEEP_ATTEMPTS, KEEP_PAUSE_S = 3, 0.2  # a response the store fails to take at its end: asked again, 0.2 s apart
 PENDING = frozenset({"queued", "in_progress"})  # a background response's statuses before it is settled
 NOT_KEPT = ("its conversation was over 1 MiB with the answer, and was not stored (the response says store: "
             "false): send the conversation in input instead")

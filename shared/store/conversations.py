@@ -98,8 +98,10 @@ class ConversationStore(Protocol):
         ...
 
     async def append(self, key_id: str, conversation_id: str, items: list[str], *, retention: float,
-                     max_bytes: int | None) -> Appended:
-        """Add items at its end, atomically: none is added when the result would exceed ``max_bytes``."""
+                     max_bytes: int | None, once: bool = False) -> Appended:
+        """Add items at its end, atomically: none is added when the result would exceed ``max_bytes``.
+        ``once``: none either when it already ends with exactly these items (a write asked again after a
+        failure that may have landed after all, as a Redis call that timed out)."""
         ...
 
     async def set_metadata(self, key_id: str, conversation_id: str, metadata: dict[str, str], *,
@@ -184,6 +186,12 @@ class SQLiteConversationStore(SQLiteTables):
         return row[0] if row else None
 
     @staticmethod
+    def _ends_with(db: sqlite3.Connection, conversation_id: str, items: list[str]) -> bool:
+        tail = db.execute("SELECT data FROM conversation_items WHERE conversation_id = ? ORDER BY seq DESC LIMIT ?",
+                          (conversation_id, len(items))).fetchall()
+        return [row[0] for row in reversed(tail)] == items
+
+    @staticmethod
     def _size(db: sqlite3.Connection, conversation_id: str) -> int:
         return db.execute("SELECT COALESCE(SUM(size), 0) FROM conversation_items WHERE conversation_id = ?",
                           (conversation_id,)).fetchone()[0]
@@ -221,12 +229,14 @@ class SQLiteConversationStore(SQLiteTables):
             raise StoreUnavailable(f"{self.label}: {e}") from e
 
     async def append(self, key_id: str, conversation_id: str, items: list[str], *, retention: float,
-                     max_bytes: int | None) -> Appended:
+                     max_bytes: int | None, once: bool = False) -> Appended:
         now = time.time()
 
         def run(db: sqlite3.Connection) -> Appended:
             if self._live(db, key_id, conversation_id, now) is None:
                 return Appended(found=False)
+            if once and items and self._ends_with(db, conversation_id, items):
+                return Appended(found=True, size=self._size(db, conversation_id))
             size = self._size(db, conversation_id) + size_of(items)
             if max_bytes is not None and size > max_bytes:
                 return Appended(found=True, full=True, size=size)
@@ -288,15 +298,26 @@ class SQLiteConversationStore(SQLiteTables):
         self._close_db()
 
 
-# KEYS: the conversation's hash, its item list. ARGV: TTL in ms, the size bound (-1: none), the items.
-# Returns {0, size} when added, {1, 0} when there is no such conversation, {2, size} when it would be too big.
+# KEYS: the conversation's hash, its item list. ARGV: TTL in ms, the size bound (-1: none), 1 to add nothing when
+# the list already ends with the items (``once``) else 0, the items. Returns {0, size} when added (or there
+# already, with ``once``), {1, 0} when there is no such conversation, {2, size} when it would be too big.
 APPEND = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {1, 0} end
 local size = tonumber(redis.call('HGET', KEYS[1], 'bytes'))
-for i = 3, #ARGV do size = size + #ARGV[i] end
+local n = #ARGV - 3
+if ARGV[3] == '1' and n > 0 then
+  local tail = redis.call('LRANGE', KEYS[2], -n, -1)
+  local same = #tail == n
+  for i = 1, n do
+    if not same then break end
+    same = tail[i] == ARGV[i + 3]
+  end
+  if same then return {0, size} end
+end
+for i = 4, #ARGV do size = size + #ARGV[i] end
 local limit = tonumber(ARGV[2])
 if limit >= 0 and size > limit then return {2, size} end
-for i = 3, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 redis.call('HSET', KEYS[1], 'bytes', size)
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
@@ -373,10 +394,10 @@ class RedisConversationStore(RedisBacked):
         return raw if exists else None
 
     async def append(self, key_id: str, conversation_id: str, items: list[str], *, retention: float,
-                     max_bytes: int | None) -> Appended:
+                     max_bytes: int | None, once: bool = False) -> Appended:
         limit = -1 if max_bytes is None else max_bytes
         status, size = await redis_call(self._append(keys=self._keys(key_id, conversation_id),
-                                                     args=[_ttl_ms(retention), limit, *items]), LABEL)
+                                                     args=[_ttl_ms(retention), limit, int(once), *items]), LABEL)
         return Appended(found=status != 1, full=status == 2, size=int(size))
 
     async def set_metadata(self, key_id: str, conversation_id: str, metadata: dict[str, str], *,

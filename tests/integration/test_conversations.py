@@ -300,3 +300,32 @@ async def test_a_failing_conversation_store_is_a_503_to_read_and_a_warning_to_wr
         logger.remove(sink)
     assert answered.status == "completed" and answered.output_text
     assert any(answered.id in w and "not added to conversation" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["refused", "landed but reported failed"])
+async def test_a_turn_the_store_fails_a_moment_is_added_once(honest: ApiUnderTest, monkeypatch: pytest.MonkeyPatch,
+                                                             landed: bool) -> None:
+    """The store away a moment as a turn ends (a Redis restart): the turn was lost from the conversation (a
+    WARNING), and the next turn's model never saw it. The write is asked again, as a stored response's is;
+    one that landed though it was reported failed (a timed-out Redis call) is not added twice."""
+    from shared.store.base import StoreUnavailable
+
+    client = openai_client(honest)
+    made = await client.conversations.create(items=[said("user", "Hi")])
+    real_append, failures = honest.ctx.conversations.append, []
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            failures.append(kwargs.get("once"))
+            if landed:
+                await real_append(*args, **kwargs)
+            raise StoreUnavailable("redis conversations: TimeoutError")
+        return await real_append(*args, **kwargs)
+
+    monkeypatch.setattr(honest.ctx.conversations, "append", flaky)
+    answered = await client.responses.create(model="default", input="Hi again", conversation=made.id)
+    items = [i async for i in client.conversations.items.list(made.id, order="asc")]
+    assert failures == [True]
+    assert [i.type for i in items] == ["message", "message", "message"], [i.type for i in items]
+    assert [i.role for i in items] == ["user", "user", "assistant"]
+    assert items[-1].id == answered.output[0].id

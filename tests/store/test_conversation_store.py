@@ -163,3 +163,21 @@ async def test_sqlite_drops_expired_conversations_and_their_items_in_bounded_bat
         assert (count("conversations"), count("conversation_items")) == (1, 1)  # its own batch of 2, not more
     finally:
         await store.aclose()
+
+
+async def test_an_append_asked_again_once_adds_its_items_once(conversations: ConversationStore) -> None:
+    """``once``: a write asked again after a failure that landed after all adds nothing more; another
+    append, or the same items without ``once`` (a caller's own items, sent twice), is added."""
+    await conversations.create("key-a", conversation(), [item(1)], retention=60)
+    first = await conversations.append("key-a", "conv_1", [item(2), item(3)], retention=60, max_bytes=None, once=True)
+    again = await conversations.append("key-a", "conv_1", [item(2), item(3)], retention=60, max_bytes=None, once=True)
+    assert again.found and not again.full and again.size == first.size
+    assert [i["id"] for i in await conversations.items("key-a", "conv_1") or []] == ["msg_1", "msg_2", "msg_3"]
+    await conversations.append("key-a", "conv_1", [item(3)], retention=60, max_bytes=None, once=True)  # the tail
+    assert len(await conversations.items("key-a", "conv_1") or []) == 3
+    await conversations.append("key-a", "conv_1", [item(2)], retention=60, max_bytes=None, once=True)
+    await conversations.append("key-a", "conv_1", [item(2)], retention=60, max_bytes=None)
+    assert [i["id"] for i in await conversations.items("key-a", "conv_1") or []] == ["msg_1", "msg_2", "msg_3",
+                                                                                      "msg_2", "msg_2"]
+    assert not (await conversations.append("key-b", "conv_1", [item(2)], retention=60, max_bytes=None,
+                                           once=True)).found
