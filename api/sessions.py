@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +35,7 @@ from shared.store.sessions import Session, SessionStore, pin_of
 
 MIN_DURATION, MAX_DURATION = 1, 7 * 24 * 3600
 PING_TIMEOUT = 10.0
+MAX_PING_MOVES = 2  # replacements a ping tries (each pinged in turn) before it closes a session
 
 
 class OpenSessionRequest(BaseModel):
@@ -99,8 +101,10 @@ def pinned_model(session: Session) -> str | None:
     return _model(session.model)
 
 
-async def move_or_close(ctx: ApiContext, session: Session, reason: str) -> tuple[Session | None, str]:
-    """Failover: re-pin to another miner; otherwise (or if none) close. Returns (session or None, action).
+async def move_or_close(ctx: ApiContext, session: Session, reason: str,
+                        avoid: frozenset[int] = frozenset()) -> tuple[Session | None, str]:
+    """Failover: re-pin to another miner (not one of ``avoid``, found failing already); otherwise (or if none)
+    close. Returns (session or None, action).
 
     Both only while the session still pins the miner that failed: concurrent requests (on any worker or
     host sharing the store) and the sweeps see the same failure, and each moved the session again, so
@@ -110,7 +114,7 @@ async def move_or_close(ctx: ApiContext, session: Session, reason: str) -> tuple
     store = _store(ctx)
     pin = pin_of(session)
     if session.failover:
-        replacement = pick_miner(ctx, _model(session.model), exclude={session.uid})
+        replacement = pick_miner(ctx, _model(session.model), exclude={session.uid, *avoid})
         if replacement is not None:
             current = await store.repin(session.id, replacement.uid, replacement.hotkey, if_pinned=pin)
             if current is None:
@@ -125,10 +129,11 @@ async def move_or_close(ctx: ApiContext, session: Session, reason: str) -> tuple
     return (current, "moved") if current is not None else (None, "closed")
 
 
-async def moved_or_closed(ctx: ApiContext, session: Session, reason: str) -> tuple[Session | None, str]:
+async def moved_or_closed(ctx: ApiContext, session: Session, reason: str,
+                          avoid: frozenset[int] = frozenset()) -> tuple[Session | None, str]:
     """``move_or_close`` for a request: the session store down is its 503, not a 500."""
     with _store_calls():
-        return await move_or_close(ctx, session, reason)
+        return await move_or_close(ctx, session, reason, avoid)
 
 
 async def resolve(ctx: ApiContext, request: web.Request, explicit_id: str | None, key: KeyRecord,
@@ -284,17 +289,32 @@ async def delete_session(request: web.Request) -> web.Response:
 
 
 async def ping_session(request: web.Request) -> web.Response:
-    """A minimal completion against the pinned miner; on failure the session is moved or closed."""
+    """A minimal completion against the pinned miner; on failure the session is moved (to a miner that answers
+    the same ping: a move to a miner as dead said "moved" and the next chat failed again) or closed."""
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope="chat")
     session = await _own_session(request, ctx, key)
+    rid = request_id_from(request.headers)
     started = time.perf_counter()
-    error = await ping_miner(ctx, session, request_id_from(request.headers))
-    latency_ms = round((time.perf_counter() - started) * 1000, 1)
+    error = await ping_miner(ctx, session, rid)
     if error is None:
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
         return json_response({"session_id": session.id, "uid": session.uid, "status": "ok", "latency_ms": latency_ms})
-    moved, action = await moved_or_closed(ctx, session, f"ping failed: {error}")
-    out: dict[str, Any] = {"session_id": session.id, "status": action, "error": error, "previous_uid": session.uid}
+    out: dict[str, Any] = {"session_id": session.id, "status": "closed", "error": error, "previous_uid": session.uid}
+    current, reason, tried = session, f"ping failed: {error}", []
+    while True:
+        if len(tried) >= MAX_PING_MOVES:  # the replacements failed too: the session is closed, as without failover
+            current = dataclasses.replace(current, failover=False)
+        moved, out["status"] = await moved_or_closed(ctx, current, reason, frozenset([session.uid, *tried]))
+        if moved is None or moved.uid == current.uid or moved.uid in tried:
+            break  # closed; or moved meanwhile by another worker, to a miner this ping did not pick
+        replacement_error = await ping_miner(ctx, moved, rid)
+        if replacement_error is None:
+            break
+        tried.append(moved.uid)
+        current, reason = moved, f"ping failed: {replacement_error}"
+    if tried:
+        out["failed_replacements"] = tried  # moved to, pinged, and found failing too
     if moved is not None:
         out["uid"] = moved.uid
     return json_response(out)

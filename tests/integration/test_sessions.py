@@ -481,3 +481,25 @@ async def test_a_reference_api_client_opens_a_session_with_its_own_call(tmp_path
         assert status == 200 and s["failover"] is True, s
         status, _, err = await call(api, "POST", "/v1/sessions", json={"sessionDuration": 60})
         assert status == 400 and err["error"]["param"] == "model", err  # neither: the field it needs
+
+
+@pytest.mark.parametrize("alive", [1, 0], ids=["one replacement answers", "none does"])
+async def test_a_ping_moves_a_session_only_to_a_miner_that_answers_it(tmp_path: Path, alive: int) -> None:
+    """A ping that moved a session said "moved" for a replacement as dead as the first (the next chat failed
+    over again): each replacement is pinged in turn, and after two that fail the session is closed."""
+    scripts = miners(3)
+    async with api_with_miners(tmp_path, scripts) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default", "failover": True})
+        others = [uid for uid in scripts if uid != s["uid"]]
+        for uid in [s["uid"], *others[alive:]]:  # the pinned miner dies, and all but ``alive`` of the others
+            scripts[uid].status = 500
+        status, _, pong = await call(api, "POST", f"/v1/sessions/{s['session_id']}/ping")
+        assert status == 200 and pong["previous_uid"] == s["uid"]
+        status, _, current = await call(api, "GET", "/v1/sessions")
+    if alive:
+        assert pong["status"] == "moved" and pong["uid"] == others[0] and status == 200
+        assert current["uid"] == others[0]
+        assert set(pong.get("failed_replacements", [])) <= set(others[1:])
+    else:
+        assert pong["status"] == "closed" and "uid" not in pong and status == 404
+        assert len(pong["failed_replacements"]) == 2 and set(pong["failed_replacements"]) <= set(others)
