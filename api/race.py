@@ -28,6 +28,7 @@ from loguru import logger
 from api.answer_checks import NOT_JSON, UNFIT, Check, Unfit
 from shared.aio import follow_growing
 from shared.jsonutil import loads
+from shared.logging import printable
 from shared.metagraph import Neuron
 from shared.miner_client import Event, MinerClient, MinerError, event_text
 from shared.protocol import FINISH_REASONS, finish_reason, new_call_id, reported_usage, valid_usage
@@ -294,7 +295,7 @@ class Race:
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as e:
             # json.loads of deep nesting raises RecursionError, int(1e999) OverflowError: both are the
             # miner's garbage and must mark it failed, or a broken winner looks like a complete answer.
-            run.error, run.error_kind = f"invalid chunk: {e}", "bad_response"
+            run.error, run.error_kind = printable(f"invalid chunk: {e}"), "bad_response"  # it quotes the miner
         except asyncio.CancelledError:
             run.error, run.error_kind = "cancelled", "cancelled"
             raise

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/@+-]+")
+SECRET_PREFIX = "sn1-"  # what every API key starts with (shared.store.base.KEY_PREFIX, which imports more)
 
 
 def random_hex() -> str:
@@ -23,8 +24,9 @@ def random_hex() -> str:
 def request_id_from(headers: Any) -> str:
     """The caller's ``x-request-id`` if it is an id (letters, digits, ``-_.:/@+``, up to 128), else a
     new one. Spaces and ``=`` are not: the id goes into the ``key=value`` log line, where
-    ``abc key=... winner=9`` charged the request to another key and miner for a log parser."""
+    ``abc key=... winner=9`` charged the request to another key and miner for a log parser. Nor is an API
+    key (``sn1-...``) sent there by mistake: the id is logged, echoed and passed on to the miners."""
     rid = headers.get("x-request-id") or ""
-    if not rid or len(rid) > 128 or not _REQUEST_ID.fullmatch(rid):
+    if not rid or len(rid) > 128 or not _REQUEST_ID.fullmatch(rid) or rid.startswith(SECRET_PREFIX):
         return random_hex()
     return rid

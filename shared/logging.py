@@ -10,6 +10,15 @@ import sys
 
 from loguru import logger
 
+# Control characters and the line breaks Unicode adds: text a peer sent (a miner's error body, say) keeps them
+# out of our log lines, where "oops\n2026-... | INFO | api | chat rid=... status=ok" was a forged line.
+_UNPRINTABLE = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {0x85: "\\x85", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def printable(text: str) -> str:
+    """``text`` on one line: each control character (a line break among them) written as its escape."""
+    return text.translate(_UNPRINTABLE)
+
 
 def line_prefix(level: str, role: str) -> str:
     """What follows the time on every line: ``INFO    | api[123] | `` (the level padded to 7)."""

@@ -18,6 +18,7 @@ from yarl import URL
 
 from shared.errors import MODEL_SERVER_REJECTED, parse_error
 from shared.jsonutil import dumpb, dumps, loads
+from shared.logging import printable
 from shared.metagraph import Neuron
 from shared.signing import Signer
 from shared.sse import DONE, SSEError, SSEParser
@@ -39,7 +40,7 @@ class MinerError(Exception):
     """A miner call failed: refused, timed out, bad status, broken stream, too large."""
 
     def __init__(self, message: str, *, kind: str = "error") -> None:
-        super().__init__(message)
+        super().__init__(printable(message))  # it quotes what a peer sent, and is logged
         self.kind = kind
 
 

@@ -20,6 +20,7 @@ from neurons.miner.backends.base import Backend, BackendError
 from neurons.miner.traffic import CLIENT_GONE, REFUSALS, TRAFFIC, RefusalLog, TrafficLog, summary_loop
 from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json
+from shared.ids import request_id_from
 from shared.jsonutil import dumps
 from shared.metagraph import MetagraphView
 from shared.protocol import ChatCompletionRequest
@@ -105,7 +106,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         status = CLIENT_GONE  # the caller left (a lost race, its deadline): not a failure of this miner
         raise
     finally:
-        request.app[TRAFFIC].record(rid=request.headers.get("x-request-id", "-"),
+        request.app[TRAFFIC].record(rid=request_id_from(request.headers),
                                     caller=request[CALLER_KEY].hotkey_ss58, stream=stream, status=status,
                                     latency_ms=(time.perf_counter() - started) * 1000)
 

@@ -342,6 +342,17 @@ def test_a_request_id_cannot_forge_fields_of_the_log_line(api_server: Running) -
         assert headers["x-request-id"] == fine
 
 
+def test_an_api_key_sent_as_the_request_id_is_never_logged_or_passed_on(api_server: Running) -> None:
+    """A key pasted into ``x-request-id`` (a client's mix-up) went into the access log, every miner's log and
+    the echoed header: an id that is a key is replaced by a new one."""
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    seen = len(api_server.logs)
+    status, _, headers = send(api_server, "POST", "/v1/chat/completions", body,
+                              [*auth_headers(api_server), ("x-request-id", api_server.key)])
+    assert status == 200 and headers["x-request-id"] != api_server.key and len(headers["x-request-id"]) == 32
+    assert not [line for line in api_server.logs[seen:] if api_server.key in line]
+
+
 def test_no_secret_in_any_log_line(api_server: Running) -> None:
     """Runs last in this module: a key made through the admin route is used, misused and deleted,
     then everything the servers logged (the fuzz included) is searched for any secret."""

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.errors import ApiError
-from shared.jsonutil import NON_FINITE, loads_body, unfit_at
+from shared.jsonutil import MAX_DEPTH, NON_FINITE, dumpb, loads_body, unfit_at
 
 ACCEPTED_BY_STDLIB_ONLY = [
     b'{"seed": 123456789012345678901234567890}',  # beyond 64 bits: orjson refuses, stdlib reads it
@@ -57,7 +57,7 @@ def test_finite_floats_the_standard_parser_reads_pass() -> None:
 
 def test_the_check_walks_documents_deeper_than_a_recursive_walk_could() -> None:
     long_digits = b'{"seed": 1234567890123456789012, "a":'  # sends the body to the standard parser
-    finite = long_digits + b'{"a":' * 900 + b"1.5" + b"}" * 901
+    finite = long_digits + b'{"a":' * (MAX_DEPTH - 2) + b"1.5" + b"}" * (MAX_DEPTH - 1)
     assert loads_body(finite)["seed"] == 1234567890123456789012
     doc: object = float("nan")
     for _ in range(5 * sys.getrecursionlimit()):
@@ -108,3 +108,17 @@ def test_lone_surrogate_escapes_are_400s_naming_where(raw: bytes, param: str | N
     assert err.value.param == param
     assert why in err.value.message
     json.dumps(err.value.body(), ensure_ascii=False).encode()  # the error itself is writable as UTF-8
+
+
+@pytest.mark.parametrize("depth", [128, 300, 980])
+def test_a_body_nested_past_the_bound_is_a_400_not_a_500_on_its_way_on(depth: int) -> None:
+    """980 levels parsed, then sending the body on to the miners (orjson writes 255, the standard library
+    about 990) raised RecursionError: a 500 and a traceback. Bodies are bounded at MAX_DEPTH."""
+    raw = b'{"x": ' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(ApiError) as e:
+        loads_body(raw)
+    assert e.value.status == 400 and e.value.code == "invalid_json" and str(MAX_DEPTH) in e.value.message
+    fine = b'{"x": ' + b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1) + b"}"
+    assert dumpb(loads_body(fine)) == fine.replace(b" ", b"")
+    many = b'{"x": [' + b"[], " * 500 + b"[]]}"  # many brackets, shallow: parsed as ever
+    assert len(loads_body(many)["x"]) == 501

@@ -137,3 +137,16 @@ async def test_whitespace_alone_does_not_start_an_answer() -> None:
     spaced = next(r for r in race.runs if r.uid == 1)
     timings = [0.1, 0.1, 0.2, 9.5]
     assert rebuild_answer(spaced.event_texts(), timings, None).first_content_s == 9.5
+
+
+def test_what_a_miner_says_reaches_the_logs_on_one_line() -> None:
+    """A miner's error body ``oops\\n2026-... | INFO | api | chat rid=FORGED ... status=ok`` was written into the
+    API's and the validator's logs as a line of its own: what a peer sent is logged with its line breaks
+    escaped, in the MinerError it becomes and in a chunk's error."""
+    from shared.logging import printable
+    from shared.miner_client import MinerError
+
+    forged = "oops\n2026-12-06 02:00:00.000 | INFO    | api | chat rid=FORGED status=ok\r\u2028"
+    assert "\n" not in str(MinerError(f"HTTP 500: {forged}")) and "\\x0a2026" in str(MinerError(forged))
+    assert printable(forged) == forged.replace("\n", "\\x0a").replace("\r", "\\x0d").replace("\u2028", "\\u2028")
+    assert printable("plain text, tabs aside") == "plain text, tabs aside"
