@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.store.base import RedisBacked, open_by_url, redis_call
+from shared.store.base import RedisBacked, StoreUnavailable, open_by_url, redis_call
 from shared.store.sqlite_tables import SQLiteTables, expiring_table
 
 # A response whose stored form (its object and the whole conversation before it) is larger than this is
@@ -338,13 +338,32 @@ class RedisResponseStore(RedisBacked):
 
     async def events(self, key_id: str, response_id: str, *, after: int,
                      limit: int | None = None) -> list[tuple[int, str]]:
-        got = await redis_call(self.r.zrangebyscore(self._events_key(key_id, response_id), f"({after}", "+inf",
-                                                    start=0, num=-1 if limit is None else limit), LABEL)
+        name = self._events_key(key_id, response_id)
+        try:
+            got = await redis_call(self.r.zrangebyscore(name, f"({after}", "+inf", start=0,
+                                                        num=-1 if limit is None else limit), LABEL)
+        except StoreUnavailable as e:
+            if not _wrong_type(e):
+                raise
+            return await self._listed_events(name, after, -1 if limit is None else after + limit)
         return [_event(e) for e in got]
 
     async def last_event(self, key_id: str, response_id: str) -> tuple[int, str] | None:
-        got = await redis_call(self.r.zrange(self._events_key(key_id, response_id), -1, -1), LABEL)
+        name = self._events_key(key_id, response_id)
+        try:
+            got = await redis_call(self.r.zrange(name, -1, -1), LABEL)
+        except StoreUnavailable as e:
+            if not _wrong_type(e):
+                raise
+            listed = await redis_call(self.r.llen(name), LABEL)
+            return (await self._listed_events(name, listed - 2, listed - 1) or [None])[-1]
         return _event(got[0]) if got else None
+
+    async def _listed_events(self, name: str, after: int, last: int) -> list[tuple[int, str]]:
+        """The events of a response streamed before 2026-12-06, kept then as a list (index = sequence number):
+        read so until they expire (a day), instead of every resume answering 503 after an upgrade."""
+        got = await redis_call(self.r.lrange(name, after + 1, last), LABEL)
+        return [(seq, e.decode() if isinstance(e, bytes) else e) for seq, e in enumerate(got, after + 1)]
 
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
         response_id = await redis_call(self.r.get(self._item_key(key_id, item_id)), LABEL)
@@ -367,6 +386,11 @@ class RedisResponseStore(RedisBacked):
 
     async def aclose(self) -> None:
         await self.r.aclose()
+
+
+def _wrong_type(e: StoreUnavailable) -> bool:
+    """Whether Redis refused a command for the type of value under its name (WRONGTYPE)."""
+    return "WRONGTYPE" in str(e)
 
 
 def _event(member: bytes | str) -> tuple[int, str]:

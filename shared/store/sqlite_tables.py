@@ -8,13 +8,14 @@ surfaced as ``StoreUnavailable`` (a 503 at the edge, never an open door).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from loguru import logger
 
 from shared.store.base import StoreUnavailable
 
@@ -57,9 +58,26 @@ def open_db(path: Path, *, synchronous: str, schema: str = "") -> sqlite3.Connec
 def create_private(path: Path) -> None:
     """Create the database file readable by its owner alone, if it is not there (an empty file is an empty
     database): it holds users' prompts and answers (stored responses, conversations, the scoring outbox), and
-    SQLite gives its -wal and -shm files the database's mode. One already there keeps the mode it has."""
-    with contextlib.suppress(FileExistsError):
+    SQLite gives its -wal and -shm files the database's mode. One already there that others may read (made
+    by a release before 2026-12-06, as 0644) is made private, with a WARNING."""
+    try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        _make_private(path)
+
+
+def _make_private(path: Path) -> None:
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = file.stat().st_mode & 0o777
+            if mode & 0o077:
+                file.chmod(mode & 0o700)
+                logger.warning("{} was readable by others ({:o}): made readable by its owner alone ({:o})", file,
+                               mode, mode & 0o700)
+        except FileNotFoundError:
+            continue
+        except PermissionError as e:  # another user's file: say so, and serve on
+            logger.warning("{} is readable by others and could not be made private: {}", file, e)
 
 
 def expiring_table(name: str, *, index: str, on: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from shared.store import responses as responses_module
+from shared.store.base import StoreUnavailable
 from shared.store.responses import (
     MAX_STORED_BYTES,
     RedisResponseStore,
@@ -206,3 +207,22 @@ async def test_a_streamed_responses_events_are_read_on_from_any_point_and_go_wit
     assert await responses.events("key-a", "resp_1", after=-1) == []
     await responses.forget_key("key-a")
     assert await responses.events("key-a", "resp_2", after=-1) == []
+
+
+async def test_events_a_release_before_2026_12_06_kept_as_a_list_are_still_read(tmp_path: Path) -> None:
+    """Redis kept a streamed response's events as a list before they became a sorted set: after an upgrade,
+    resuming one answered 503 "store unreachable" (WRONGTYPE) for the day it was kept. It is read as a list."""
+    namespace = f"test-{secrets.token_hex(6)}"
+    store = RedisResponseStore.from_url(redis_url(), namespace=namespace)
+    try:
+        await store.r.rpush(store._events_key("key-a", "resp_old"), "e0", "e:1", "e2")
+        assert await store.events("key-a", "resp_old", after=-1) == [(0, "e0"), (1, "e:1"), (2, "e2")]
+        assert await store.events("key-a", "resp_old", after=0, limit=1) == [(1, "e:1")]
+        assert await store.events("key-a", "resp_old", after=2) == []
+        assert await store.last_event("key-a", "resp_old") == (2, "e2")
+        await store.r.set(store._events_key("key-a", "resp_odd"), "not events")  # any other wrong type: a 503
+        with pytest.raises(StoreUnavailable):
+            await store.events("key-a", "resp_odd", after=-1)
+    finally:
+        await drop_keys(store.r, namespace)
+        await store.aclose()

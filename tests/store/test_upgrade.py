@@ -50,3 +50,24 @@ async def test_a_redis_key_from_before_the_daily_token_limit_still_works() -> No
         auth = await store.authorize(hash_key(secret), scope="chat")
         assert auth.status == "ok" and auth.record.daily_token_limit is None
         assert (await store.get_key_by_id(rec.id)).daily_token_limit is None
+
+
+async def test_a_store_file_others_could_read_is_made_private_with_a_warning(tmp_path: Path) -> None:
+    """Releases before 2026-12-06 created the file 0644 (every local user could read the key hashes, stored
+    prompts and answers); new files are 0600, and one already there kept its mode, with no word of it."""
+    from loguru import logger
+
+    path = tmp_path / "api.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(OLD_KEYS_TABLE)
+    path.chmod(0o644)
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        store = SQLiteStore(path)
+        await store.list_keys()
+        await store.close()
+    finally:
+        logger.remove(sink)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert any(str(path) in w and "readable by its owner alone" in w for w in warnings), warnings
