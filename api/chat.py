@@ -148,7 +148,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         try:
             # stage one has part of the node's deadline: a miner that runs out of it is not at fault
             answers = await mixture.gather_answers(ctx, neurons, body, mixture.stage_one_seconds(seconds), rid,
-                                                   excuse_timeouts=True)
+                                                   excuse_timeouts=True, scored=not req.uids)
         except ApiError as e:
             e.headers.update(headers)
             raise
@@ -157,7 +157,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         neurons = [top_miner([r.neuron for r in answers])]  # one that failed stage one is not asked again
         headers["x-sn1-mixture-uids"] = ",".join(str(r.uid) for r in answers)
         excuse = True  # the final miner has what stage one left of the deadline: running out is not its fault
-    race = start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse)
+    race = start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse,
+                      scored=not req.uids)
     outcome = "error"
     winner: MinerRun | None = None
     try:

@@ -127,8 +127,8 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
     rid = request_id(request)
     req = asks[0].req  # what the asks share: stream, stream_options, timeout, max_tokens
     seconds, excuse = chat_deadline(ctx.settings, req)
-    races = [(start_race(ctx, a.neurons, a.body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse),
-              a.body) for a in asks]
+    races = [(start_race(ctx, a.neurons, a.body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse,
+                         scored=not a.req.uids), a.body) for a in asks]
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
     outcome, winners, usage = "error", [], {}
     try:

@@ -15,6 +15,7 @@ from loguru import logger
 from api.answer_checks import Check, json_check, json_opening, offered_tools
 from api.context import ApiContext
 from api.race import Race
+from api.scoring_outbox import UNSCORED
 from shared.jsonutil import dumpb
 from shared.metagraph import Neuron
 from shared.protocol import ChatCompletionRequest
@@ -44,7 +45,7 @@ def chat_deadline(settings: ApiSettings, req: ChatCompletionRequest) -> tuple[fl
 
 def start_race(
     ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, *, stream: bool, request_id: str,
-    excuse_timeouts: bool = False, check: Check | None = None,
+    excuse_timeouts: bool = False, check: Check | None = None, scored: bool = True,
 ) -> Race:
     """``check``: what makes a whole answer valid, when the request's own fields do not say (a web
     search's list of results); else the request's ``response_format`` decides."""
@@ -53,7 +54,8 @@ def start_race(
     race = Race(ctx.client, neurons, dumpb(body), deadline, stream=stream, request_id=request_id,
                 excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=check or json_check(body),
                 opens_with=json_opening(body),
-                relay_usage=not stream or (isinstance(options, dict) and options.get("include_usage") is True))
+                relay_usage=not stream or (isinstance(options, dict) and options.get("include_usage") is True),
+                scored=scored)
     race.start()
     return race
 
@@ -100,6 +102,8 @@ def deliver(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str) -> 
     payload["body"] = body
     payload["kind"] = kind
     payload["request_id"] = race.request_id
+    if not race.scored:  # the caller named its miners: observed (metrics), never sent to be scored
+        payload[UNSCORED] = True
     for sink in ctx.payload_sinks:
         try:
             sink(payload)

@@ -247,8 +247,12 @@ class Race:
         check: Check | None = None,
         opens_with: str | None = None,
         relay_usage: bool = True,
+        scored: bool = True,
     ) -> None:
         self.client = client
+        # False: the caller named the miners (``uids``); its payload goes to no scoring sink, as a key holder
+        # could otherwise score a miner it owns (or sink a rival) with as many answers as it likes.
+        self.scored = scored
         self.check = check  # what a whole answer must also be (the JSON asked for): answer_checks
         # The deadline is shorter than the node would give (a caller's ``timeout``, what a failover
         # had left): a miner that ran out of it is not at fault, so it is left out of the payload.
@@ -377,6 +381,8 @@ class Race:
             # a caller's impossible schema would otherwise be a zero for every miner.
             "errors": {str(r.uid): r.error for r in runs if r.error and r.error_kind != UNFIT},
             "winner": self.winning_run.uid if self.winning_run else None,
-            "deadline_s": max(0.1, round(self.deadline - self.started, 3)),  # the latency reward's scale
+            # The latency reward's scale: the node's deadline, not a caller's shorter one (``excuse_timeouts``:
+            # the validator's ORGANIC_TIMEOUT then), by which any key could cut an honest miner's reward.
+            "deadline_s": None if self.excuse_timeouts else max(0.1, round(self.deadline - self.started, 3)),
             "created_at": time.time(),
         }

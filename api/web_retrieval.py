@@ -191,6 +191,13 @@ class Found:
     all_failed: bool
 
 
+def retrieval_body(query: str, *, n_results: int, timeout: float, seed: int) -> dict[str, Any]:
+    """What a retrieval miner is sent for ``query``: by the API for a caller, and by the validator for its
+    synthetic tasks alike (a field only one of them sent told a miner which traffic it could cut corners on)."""
+    return {"task": TASK, "messages": [{"role": "user", "content": query}], "target_results": n_results,
+            "timeout": timeout, "stream": True, "seed": seed}
+
+
 async def search(ctx: ApiContext, query: str, *, n_results: int, timeout: float, request_id: str,
                  n_miners: int | None = None, uids: list[int] | None = None, hedged: bool = False) -> Found:
     """Fan ``query`` out to web retrieval miners; their answers are scored like any organic answer.
@@ -202,12 +209,11 @@ async def search(ctx: ApiContext, query: str, *, n_results: int, timeout: float,
         ctx.metagraph.snapshot, ctx.availability, uids=uids, task=TASK, model=None,
         k=n_miners or ctx.settings.web_retrieval_n_miners, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
     )
-    body = {"task": TASK, "messages": [{"role": "user", "content": query}],
-            "target_results": n_results, "timeout": timeout, "stream": True,
-            "seed": random.randrange(2**31)}
+    body = retrieval_body(query, n_results=n_results, timeout=timeout, seed=random.randrange(2**31))
     check = ResultsCheck()
     race = start_race(ctx, neurons, body, timeout, stream=False, request_id=request_id, check=check,
-                      excuse_timeouts=timeout < DEFAULT_RESPONSE_TIME)  # a caller's shorter time cuts miners off
+                      excuse_timeouts=timeout < DEFAULT_RESPONSE_TIME,  # a caller's shorter time cuts miners off
+                      scored=not uids)
     try:
         if hedged and (first := await race.winner()) is not None:
             await asyncio.wait(race.tasks, timeout=grace(first.timings[-1] if first.timings else 0.0))

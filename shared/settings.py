@@ -268,6 +268,9 @@ class ValidatorSettings(CommonSettings):
     latency_grace: float = Field(default=0.25, ge=0, lt=1,
                                  description="First chunk within this fraction of the deadline: no latency penalty")
     score_alpha: float = Field(default=0.1, gt=0, le=1, description="EMA weight of a new reward")
+    organic_share: float = Field(
+        default=0.25, ge=0, le=1, description="Share of a task's score that organic answers' average holds (the rest: "
+                                              "synthetic jobs'); 1 when SYNTHETIC_ENABLED is false")
     task_probabilities: dict[str, float] | None = Field(
         default=None, description='JSON {task: probability}; default {"InferenceTask": 0.5, "QuestionAnsweringTask": '
                                   '0.2, "ArithmeticTask": 0.15, "WebRetrievalTask": 0.15}')

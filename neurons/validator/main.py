@@ -71,8 +71,10 @@ async def run_validator(settings: ValidatorSettings) -> None:
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
     metagraph = MetagraphView.from_settings(settings)
     registry = default_registry(settings.task_probabilities)
+    # Without synthetic jobs, organic answers are all there is to score.
     scores = ScoreBook(registry.probabilities, alpha=settings.score_alpha,
-                       path=Path(settings.state_dir) / "scores.json")
+                       path=Path(settings.state_dir) / "scores.json",
+                       organic_share=settings.organic_share if settings.synthetic_enabled else 1.0)
     scores.load()
     await metagraph.first_refresh()
     scores.sync(metagraph.snapshot)

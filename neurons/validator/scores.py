@@ -26,16 +26,28 @@ FORMAT_VERSION = 1
 @dataclass
 class MinerScore:
     hotkey: str
-    tasks: dict[str, float] = field(default_factory=dict)
+    tasks: dict[str, float] = field(default_factory=dict)  # synthetic jobs' rewards, per task
     counts: dict[str, int] = field(default_factory=dict)
     updated_at: float = 0.0
+    organic: dict[str, float] = field(default_factory=dict)  # organic (callers') answers' rewards, per task
+    organic_counts: dict[str, int] = field(default_factory=dict)
 
 
 class ScoreBook:
-    def __init__(self, probabilities: dict[str, float], *, alpha: float = 0.1, path: str | Path | None = None) -> None:
+    """Two averages per uid and task: synthetic jobs' and organic answers'. A task's score is the synthetic
+    one with the organic one given ``organic_share`` of it: organic traffic is what any key holder sends
+    (a miner's owner too), so however much of it there is, it moves a score by that share at most: one
+    key sending its own miner 20,000 honest answers a minute, which it sandbagged for everyone else, took
+    the top weight while the average was one."""
+
+    def __init__(self, probabilities: dict[str, float], *, alpha: float = 0.1, path: str | Path | None = None,
+                 organic_share: float = 0.25) -> None:
         if not 0 < alpha <= 1:
             raise ValueError("alpha must be in (0, 1]")
+        if not 0 <= organic_share <= 1:
+            raise ValueError("organic_share must be in [0, 1]")
         self.alpha = alpha
+        self.organic_share = organic_share
         self.probabilities = dict(probabilities)
         self.path = Path(path) if path else None
         self.miners: dict[int, MinerScore] = {}
@@ -47,19 +59,27 @@ class ScoreBook:
         self._writing: asyncio.Future[None] | None = None  # the write running in its thread, if any
 
     # --- updates -----------------------------------------------------------------------
-    def update(self, uid: int, hotkey: str, task: str, reward: float) -> float:
-        """Fold one reward into the uid's average for ``task``; returns the new average."""
+    def update(self, uid: int, hotkey: str, task: str, reward: float, *, organic: bool = False) -> float:
+        """Fold one reward into the uid's synthetic (or ``organic``) average for ``task``; returns it."""
         reward = min(1.0, max(0.0, float(reward)))
         entry = self.miners.get(uid)
         if entry is None or entry.hotkey != hotkey:
             if entry is not None:
                 logger.info("uid {} changed hotkey: score reset", uid)
             entry = self.miners[uid] = MinerScore(hotkey=hotkey)
-        old = entry.tasks.get(task, 0.0)
-        entry.tasks[task] = (1 - self.alpha) * old + self.alpha * reward
-        entry.counts[task] = entry.counts.get(task, 0) + 1
+        averages, counts = (entry.organic, entry.organic_counts) if organic else (entry.tasks, entry.counts)
+        averages[task] = (1 - self.alpha) * averages.get(task, 0.0) + self.alpha * reward
+        counts[task] = counts.get(task, 0) + 1
         entry.updated_at = self.updated_at = time.time()
-        return entry.tasks[task]
+        return averages[task]
+
+    def task_score(self, entry: MinerScore, task: str) -> float:
+        """The synthetic average, with the organic one (if any) given ``organic_share`` of the score: a task
+        with organic answers and no synthetic job yet scores at most that share."""
+        synthetic = entry.tasks.get(task, 0.0)
+        if task not in entry.organic:
+            return synthetic
+        return (1 - self.organic_share) * synthetic + self.organic_share * entry.organic[task]
 
     def sync(self, snapshot: MetagraphSnapshot) -> list[int]:
         """Drop uids that left the metagraph or whose hotkey changed; returns the uids reset.
@@ -86,7 +106,7 @@ class ScoreBook:
         entry = self.miners.get(uid)
         if entry is None:
             return 0.0
-        return sum(p * entry.tasks.get(task, 0.0) for task, p in self.probabilities.items())
+        return sum(p * self.task_score(entry, task) for task, p in self.probabilities.items())
 
     def combined_for(self, snapshot: MetagraphSnapshot) -> dict[int, float]:
         """Every uid of ``snapshot`` (the metagraph's n now) with its combined score: 0 for a uid never
@@ -117,6 +137,7 @@ class ScoreBook:
                 "score": round(self.combined(uid), 6),
                 "weight": round(self.weights.get(uid, 0.0), 6),
                 "tasks": {t: round(v, 6) for t, v in sorted((entry.tasks if entry else {}).items())},
+                "organic": {t: round(v, 6) for t, v in sorted((entry.organic if entry else {}).items())},
             })
         return {"updated_at": self.updated_at or None, "last_weights_set_at": self.last_weights_set_at,
                 "miners": miners}
@@ -128,10 +149,12 @@ class ScoreBook:
             "updated_at": self.updated_at,
             "last_weights_set_at": self.last_weights_set_at,
             "alpha": self.alpha,
+            "organic_share": self.organic_share,
             "weights": {str(u): w for u, w in self.weights.items()},
             "miners": {
                 str(uid): {"hotkey": m.hotkey, "tasks": dict(m.tasks), "counts": dict(m.counts),
-                           "updated_at": m.updated_at}
+                           "updated_at": m.updated_at, "organic": dict(m.organic),
+                           "organic_counts": dict(m.organic_counts)}
                 for uid, m in self.miners.items()
             },
         }
@@ -185,14 +208,17 @@ class ScoreBook:
                 int(uid): MinerScore(hotkey=str(m["hotkey"]),
                                      tasks={str(t): float(v) for t, v in m.get("tasks", {}).items()},
                                      counts={str(t): int(v) for t, v in m.get("counts", {}).items()},
-                                     updated_at=float(m.get("updated_at", 0.0)))
+                                     updated_at=float(m.get("updated_at", 0.0)),
+                                     # a file from before the organic average: its organic rewards are in tasks
+                                     organic={str(t): float(v) for t, v in m.get("organic", {}).items()},
+                                     organic_counts={str(t): int(v) for t, v in m.get("organic_counts", {}).items()})
                 for uid, m in data.get("miners", {}).items()
             }
             weights = {int(u): float(w) for u, w in data.get("weights", {}).items() if math.isfinite(float(w))}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             logger.warning("scores file {} unreadable ({}); starting fresh", self.path, e)
             return False
-        repaired = sum(_repair(m.tasks) for m in miners.values())
+        repaired = sum(_repair(m.tasks) + _repair(m.organic) for m in miners.values())
         if repaired:
             logger.warning("scores file {}: {} task scores were not numbers in [0, 1] (a damaged or hand-edited "
                            "file); a non-finite one is dropped, the others clamped", self.path, repaired)

@@ -58,9 +58,9 @@ CUTTING_FIELDS = ("stop", "max_tokens", "max_completion_tokens")  # a caller's w
 
 
 def caller_emptied(body: dict[str, Any], answer: Answer) -> bool:
-    """An organic answer the caller's own ``stop`` or token limit cut to nothing, the model ending
-    cleanly (the README's valid ``""``): no fault of the miner's, and scored it would be a zero that
-    any key could hand any miner."""
+    """An organic answer the caller's own ``stop`` or token limit may have cut to nothing, the model ending
+    cleanly (the README's valid ``""``): no fault of the miner's when the reference is empty too
+    (``Scorer._empty_is_right``), and scored it would be a zero that any key could hand any miner."""
     return answer.error == EMPTY and answer.finish_reason is not None and any(body.get(f) for f in CUTTING_FIELDS)
 
 
@@ -72,16 +72,22 @@ def prompt_text(bodies: Iterable[dict[str, Any]]) -> str:
 
 
 def rebuild_answer(chunks: list[str], timings: list[float], error: str | None) -> Answer:
-    """The answer text and the arrival time of its first content chunk; garbage is an error."""
+    """The answer text and the arrival time of its first content chunk; garbage is an error.
+
+    The first content is the first text that is not whitespace (or a tool call): what is scored. A refusal
+    claims a streamed race, but timed from it, a miner that sent ``{"refusal": " "}`` at once and its answer
+    at the deadline had full latency credit."""
     if error:
         return Answer(error=error)
     run = MinerRun(Neuron(uid=-1, hotkey=""))
     first: float | None = None
+    seen = 0  # pieces of content looked at for the first that is not whitespace
     try:
         for i, data in enumerate(chunks):
             run.absorb(data)
-            if first is None and run.has_answer:
+            if first is None and (run.tool_calls or any(not p.isspace() for p in run.content[seen:])):
                 first = timings[i] if i < len(timings) else None
+            seen = len(run.content)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as e:
         return Answer(error=f"malformed chunk: {type(e).__name__}")
     if run.tool_calls:
@@ -116,6 +122,8 @@ class Scorer:
             if answer.tool_calls and job.bodies[uid].get("tools"):
                 continue  # a call of a tool it was offered: no reward compares tool calls, and it is no fault
             if job.source == "organic" and caller_emptied(job.bodies[uid], answer):
+                if not await self._empty_is_right(job.bodies[uid]):
+                    out[uid] = 0.0  # the reference says something: the caller's limits did not empty it
                 continue
             if answer.error is not None or uid in copied or answer.tool_calls or not answer.text.strip():
                 out[uid] = 0.0  # an error, a copy, or tools called that were never offered
@@ -125,6 +133,12 @@ class Scorer:
                 continue
             out[uid] = reward * latency_factor(answer.first_content_s, job.deadline_s, self.grace)
         return out
+
+    async def _empty_is_right(self, body: dict[str, Any]) -> bool:
+        """Whether the reference model, asked the same, says nothing either (the caller's ``stop`` matched at
+        once): only then is an empty organic answer the caller's. Taken on the miner's word, any ``max_tokens``
+        let a miner answer every caller ``""`` and be left out of organic scoring for good."""
+        return not (await self.ctx.reference.answer(body)).strip()
 
     @staticmethod
     def _answers(job: ScoringJob, seed_dependent: bool) -> tuple[dict[int, Answer], set[int]]:
@@ -150,7 +164,7 @@ class Scorer:
         for uid, reward in rewards.items():
             hotkey = job.hotkeys.get(uid)
             if hotkey and (self.owner is None or self.owner(uid) == hotkey):
-                self.scores.update(uid, hotkey, job.task, reward)
+                self.scores.update(uid, hotkey, job.task, reward, organic=job.source == "organic")
         if rewards:
             await self.scores.save_off_loop()
         self.jobs_scored += 1

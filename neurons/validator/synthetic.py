@@ -21,13 +21,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.race import Race
+from api.web_retrieval import DEFAULT_RESPONSE_TIME, retrieval_body
+from api.web_search import RESULTS_FOR
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.scoring import ScoringJob
 from neurons.validator.tasks.base import Challenge, TaskRegistry
+from shared import tasks
 from shared.ids import random_hex
 from shared.jsonutil import dumpb
 from shared.metagraph import MetagraphView, Neuron
 from shared.miner_client import MinerClient
+from shared.protocol import ChatCompletionRequest, content_text
+
+RESULTS = tuple(sorted(set(RESULTS_FOR.values())))  # how many results a synthetic query asks for: as callers' do
 
 
 @dataclass
@@ -36,20 +42,21 @@ class SyntheticConfig:
     timeout: float = 10.0
 
 
-def challenge_body(challenge: Challenge, seed: int) -> dict[str, Any]:
-    """The request a miner receives: the fields the API sends for an organic request, and nothing the
-    API would not (a ``timeout`` field, which the API keeps to itself, told synthetic traffic apart, so a
-    miner could answer it honestly and cut corners on callers). The deadline bounds the race only."""
-    body: dict[str, Any] = {
-        "messages": challenge.messages,
-        "task": challenge.task,
-        "seed": seed,
-        "stream": True,
-        "sampling_parameters": {"temperature": 0.7, "top_p": 0.95, "do_sample": True},
-    }
+def challenge_body(challenge: Challenge, seed: int, *, results: int = RESULTS[1],
+                   timeout: float = DEFAULT_RESPONSE_TIME) -> dict[str, Any]:
+    """The request a miner receives, made as the API makes a caller's, field for field: a retrieval query as
+    ``retrieval_body`` (``results`` wanted, ``timeout``), a chat request through ``miner_body`` (its sampling
+    at the top level, where the API puts a caller's). Anything only one side sent told synthetic traffic
+    apart (a ``timeout`` on a chat request; sampling only in ``sampling_parameters``, which no caller's request
+    reached a miner with), so a miner could answer it honestly and cut corners on callers."""
+    if challenge.task == tasks.WEB_RETRIEVAL:
+        return retrieval_body(content_text(challenge.messages[-1].get("content")), n_results=results,
+                              timeout=timeout, seed=seed)
+    sent: dict[str, Any] = {"messages": challenge.messages, "stream": True, "temperature": 0.7, "top_p": 0.95}
     if challenge.max_tokens:
-        body["max_tokens"] = challenge.max_tokens
-    return body
+        sent["max_tokens"] = challenge.max_tokens
+    sent["task"] = challenge.task
+    return ChatCompletionRequest.model_validate(sent).miner_body(seed=seed, sent=sent)
 
 
 def sample_miners(neurons: list[Neuron], k: int, rng: random.Random) -> list[Neuron]:
@@ -90,7 +97,9 @@ async def run_cycle(
             if n.uid in scored and not n.axon and n.hotkey != client.signer.hotkey]
     shared_seed = rng.randrange(2**31)
     asked = [*neurons, *dark]
-    bodies = {n.uid: challenge_body(challenge, rng.randrange(2**31) if task.seed_dependent else shared_seed)
+    results, timeout = rng.choice(RESULTS), min(config.timeout, DEFAULT_RESPONSE_TIME)  # as a caller's search
+    bodies = {n.uid: challenge_body(challenge, rng.randrange(2**31) if task.seed_dependent else shared_seed,
+                                    results=results, timeout=timeout)
               for n in asked}
     job = ScoringJob(source="synthetic", task=task.name, bodies=bodies, hotkeys={n.uid: n.hotkey for n in asked},
                      deadline_s=config.timeout, expected=challenge.expected)

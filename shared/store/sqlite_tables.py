@@ -32,6 +32,8 @@ BUSY_TIMEOUT_S = 0.5
 # does, rather than risk a deadlock between two connections upgrading their locks).
 OPEN_TIMEOUT_S = 30.0
 
+WAL_SIZE_LIMIT = 16 << 20  # bytes of -wal file kept after a checkpoint
+
 T = TypeVar("T")
 
 
@@ -44,6 +46,9 @@ def open_db(path: Path, *, synchronous: str, schema: str = "") -> sqlite3.Connec
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={synchronous}")  # WAL + NORMAL survives a process crash
+            # A WAL that grew once (a burst, a long read holding checkpoints back) is cut back to this after
+            # each checkpoint instead of keeping its high-water mark on disk for good.
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             if schema:
                 db.executescript(schema)
             db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")

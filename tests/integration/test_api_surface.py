@@ -12,6 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from api.scoring_outbox import OutboxForwarder
+from shared.store.outbox import SQLiteOutbox
 from tests.helpers import Script, api_with_miners, chunk, post, sse
 
 MESSAGES = [{"role": "user", "content": "What is a subnet?"}]
@@ -398,3 +400,48 @@ async def test_a_missing_required_field_is_openais_missing_required_parameter(tm
             err = json.loads(text)["error"]
             assert status == 400 and (err["code"], err["param"]) == ("missing_required_parameter", param), err
             assert err["message"] == f"Missing required parameter: '{param}'.", err
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/web_retrieval"])
+async def test_answers_from_miners_the_caller_named_are_not_scored(tmp_path: Path, path: str) -> None:
+    """Any key holder could name its own miner (``uids``) and score it with as many answers as it liked,
+    honest only for its own marked requests, or a rival's, to sink it: the validator weighted them as
+    callers' traffic (a miner that sandbagged everyone else took the top weight in a minute). Races whose
+    miners the caller chose are observed (metrics) but never sent to be scored; those the API chose are."""
+    results = json.dumps([{"url": "https://corpus.sn1.local/wiki/a", "content": "A page."}])
+    scripts = {1: answer(results), 2: answer(results)}
+    payloads: list[dict] = []
+    async with api_with_miners(tmp_path, scripts) as api:
+        api.ctx.payload_sinks.append(payloads.append)
+        chat = path.startswith("/v1")
+        for fields in ({"uids": [1]}, {} if chat else {"n_miners": 1}):
+            body = {"messages": MESSAGES, **fields} if chat else {"search_query": "a", **fields}
+            status, _, text = await post(api, body, path=path)
+            assert status == 200, text
+        for _ in range(50):
+            if len(payloads) == 2:
+                break
+            await asyncio.sleep(0.02)
+        named, chosen = payloads
+        assert named["unscored"] is True and "unscored" not in chosen, "observed (metrics), never sent to be scored"
+        outbox = SQLiteOutbox(tmp_path / "outbox.db")
+        forwarder = OutboxForwarder(outbox, api.ctx.client, "http://127.0.0.1:9", "hk")
+        assert forwarder.enqueue(named).done() and not forwarder._pending, "the outbox sink leaves it out"
+        await outbox.close()
+
+
+async def test_a_callers_short_timeout_is_not_the_latency_rewards_scale(tmp_path: Path) -> None:
+    """A 0.5 s ``timeout`` made 0.5 s the scale of the latency reward: an honest miner whose first token came
+    at 0.3 s scored about half (any key could cut a rival's reward so). With a caller's shorter deadline the
+    payload names none, and the validator uses its own (ORGANIC_TIMEOUT)."""
+    payloads: list[dict] = []
+    async with api_with_miners(tmp_path, {1: answer("hello")}) as api:
+        api.ctx.payload_sinks.append(payloads.append)
+        for fields in ({"timeout": 0.5}, {}):
+            status, _, text = await post(api, {"messages": MESSAGES, **fields})
+            assert status == 200, text
+        for _ in range(50):
+            if len(payloads) == 2:
+                break
+            await asyncio.sleep(0.02)
+    assert payloads[0]["deadline_s"] is None and payloads[1]["deadline_s"] > 1

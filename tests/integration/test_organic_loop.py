@@ -19,18 +19,19 @@ def scores(validator_url: str) -> dict[int, float]:
 
 
 def test_organic_traffic_changes_the_validators_scores(tmp_path: Path) -> None:
-    # synthetic tasks off: only organic answers can move the scores
+    # synthetic tasks off: only organic answers can move the scores; both miners asked each time (DEFAULT_K: the
+    # API chooses them; miners a caller names are not scored)
     api_port, validator_port = free_ports(2)
     config = LocalNetConfig(directory=tmp_path, miners=2, api_port=api_port, validator_port=validator_port,
                             admin_key="organic-admin-key-0123456789", miner_profiles=["honest", "lazy"],
-                            extra_env={"SYNTHETIC_ENABLED": "false"})
+                            extra_env={"SYNTHETIC_ENABLED": "false", "DEFAULT_K": "2"})
     with LocalNet(config) as net:
         info = net.start(timeout=120)
         before = scores(info["validator_url"])
         assert before.get(1, 0.0) == 0.0 and before.get(2, 0.0) == 0.0
         client = openai.OpenAI(base_url=info["api_url"] + "/v1", api_key=info["api_key"], max_retries=0, timeout=30)
         for i in range(6):
-            client.chat.completions.create(model="default", seed=i, extra_body={"uids": [1, 2]},
+            client.chat.completions.create(model="default", seed=i,
                                            messages=[{"role": "user", "content": f"organic question {i}"}])
         deadline = time.monotonic() + 30
         after = before

@@ -277,7 +277,7 @@ async def test_a_request_every_model_server_refused_is_the_callers_400(
     async with api_with_miners(tmp_path, {uid: make[kind]() for uid, kind in scripts.items()}) as api:
         api.ctx.payload_sinks.append(payloads.append)
         for stream in (False, True):
-            got, _, text = await post(api, {"messages": [USER], "uids": [1, 2], "stream": stream})
+            got, _, text = await post(api, {"messages": [USER], "stream": stream})
             assert got == status, (stream, text)
             if code:
                 assert json.loads(text)["error"]["code"] == code
@@ -295,7 +295,7 @@ async def test_a_miner_cut_off_by_a_callers_shorter_timeout_is_not_scored(
     scripts = {1: slow_good(0), 2: slow_good(1.5)}
     async with api_with_miners(tmp_path, scripts, request_timeout=1.0) as api:
         api.ctx.payload_sinks.append(payloads.append)
-        body = {"messages": [USER], "uids": [1, 2]} | ({"timeout": timeout} if timeout else {})
+        body = {"messages": [USER]} | ({"timeout": timeout} if timeout else {})
         status, _, _ = await post(api, body)
         assert status == 200
         for _ in range(150):  # the slow miner ends at the deadline, then the race settles
@@ -311,7 +311,7 @@ async def test_a_race_the_callers_timeout_cut_off_entirely_is_not_scored(tmp_pat
     payloads: list[dict] = []
     async with api_with_miners(tmp_path, {1: slow_good(1.5)}, request_timeout=1.0) as api:
         api.ctx.payload_sinks.append(payloads.append)
-        status, _, text = await post(api, {"messages": [USER], "uids": [1], "timeout": 0.6})
+        status, _, text = await post(api, {"messages": [USER], "timeout": 0.6})
         assert status == 504, text
         await asyncio.sleep(0.2)
     assert payloads == []
@@ -321,7 +321,7 @@ async def test_a_retrieval_miner_cut_off_by_a_callers_shorter_time_is_not_scored
     payloads: list[dict] = []
     async with api_with_miners(tmp_path, {1: slow_good(0), 2: slow_good(1.5)}) as api:
         api.ctx.payload_sinks.append(payloads.append)
-        status, _, _ = await post(api, {"search_query": "rivers", "uids": [1, 2], "max_response_time": 0.6},
+        status, _, _ = await post(api, {"search_query": "rivers", "n_miners": 2, "max_response_time": 0.6},
                                   path="/web_retrieval")
         assert status in (200, 502)  # a scripted chat answer is no result list: either way, not the point here
         await asyncio.sleep(0.1)
@@ -356,7 +356,7 @@ async def test_a_call_of_a_tool_the_request_did_not_offer_never_wins(
     function it never defined); only calls of the tools the request offers count as answers."""
     scripts = {1: tool_calling(called), 2: slow_good(0.3)}
     async with api_with_miners(tmp_path, scripts) as api:
-        status, headers, text = await post(api, {"messages": [USER], "uids": [1, 2], "stream": stream, **fields})
+        status, headers, text = await post(api, {"messages": [USER], "stream": stream, **fields})
     assert status == 200, text
     assert headers["x-sn1-miner-uid"] == str(wins)
 
@@ -390,7 +390,7 @@ async def test_a_whole_answer_must_be_the_json_the_request_asked_for(
 
 async def test_no_answer_in_the_json_asked_for_is_a_502_naming_why(tmp_path: Path) -> None:
     async with api_with_miners(tmp_path, {1: answering("Paris, of course.", 0)}) as api:
-        status, _, text = await post(api, {"messages": [USER], "uids": [1], "response_format": {"type": "json_object"}})
+        status, _, text = await post(api, {"messages": [USER], "response_format": {"type": "json_object"}})
     assert status == 502 and "not the JSON the request asked for" in json.loads(text)["error"]["message"]
 
 
@@ -403,7 +403,7 @@ async def test_an_answer_that_misses_the_format_is_scored_on_its_text_not_zeroed
     payloads: list[dict] = []
     async with api_with_miners(tmp_path, {1: answering('{"a": "abc"}', 0)}) as api:
         api.ctx.payload_sinks.append(payloads.append)
-        status, _, _ = await post(api, {"messages": [USER], "uids": [1], "response_format": {
+        status, _, _ = await post(api, {"messages": [USER], "response_format": {
             "type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": impossible}}})
         await asyncio.sleep(0.1)
     assert status == 502
@@ -420,7 +420,7 @@ async def test_prose_where_json_was_asked_never_wins_even_streamed(tmp_path: Pat
     payloads: list[dict] = []
     async with api_with_miners(tmp_path, scripts) as api:
         api.ctx.payload_sinks.append(payloads.append)
-        status, headers, text = await post(api, {"messages": [USER], "uids": [1, 2], "stream": stream,
+        status, headers, text = await post(api, {"messages": [USER], "stream": stream,
                                                  "response_format": {"type": "json_object"}})
         await asyncio.sleep(0.1)
     assert status == 200 and headers["x-sn1-miner-uid"] == "2", text
@@ -431,7 +431,7 @@ async def test_prose_where_json_was_asked_never_wins_even_streamed(tmp_path: Pat
 async def test_a_streamed_array_for_an_array_schema_is_an_answer(tmp_path: Path) -> None:
     schema = {"type": "array", "items": {"type": "string"}}
     async with api_with_miners(tmp_path, {1: answering('["Paris", "Rome"]', 0)}) as api:
-        status, headers, text = await post(api, {"messages": [USER], "uids": [1], "stream": True, "response_format": {
+        status, headers, text = await post(api, {"messages": [USER], "stream": True, "response_format": {
             "type": "json_schema", "json_schema": {"name": "cities", "strict": True, "schema": schema}}})
     assert status == 200 and "Paris" in text and "error" not in text, text
 
@@ -443,6 +443,6 @@ async def test_a_strict_schema_that_chooses_itself_is_left_to_the_model_server_n
     chooses_itself = {"$defs": {"A": {"anyOf": [{"$ref": "#/$defs/A"}]}}, "$ref": "#/$defs/A"}
     async with api_with_miners(tmp_path, {1: answering('{"city": "Paris"}', 0)}) as api:
         for stream in (False, True):
-            status, _, text = await post(api, {"messages": [USER], "uids": [1], "stream": stream, "response_format": {
+            status, _, text = await post(api, {"messages": [USER], "stream": stream, "response_format": {
                 "type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": chooses_itself}}})
             assert status == 200 and "Paris" in text, (stream, status, text)

@@ -71,3 +71,4 @@ async def test_a_store_file_others_could_read_is_made_private_with_a_warning(tmp
         logger.remove(sink)
     assert path.stat().st_mode & 0o777 == 0o600
     assert any(str(path) in w and "readable by its owner alone" in w for w in warnings), warnings
+

@@ -429,7 +429,8 @@ async def test_a_job_finishing_after_its_uid_changed_hands_credits_nobody(tmp_pa
     scores.update(1, "hk-new", "ArithmeticTask", 0.5)
     await scorer.score(job)
     assert scores.miners[1].hotkey == "hk-new" and scores.miners[1].tasks == {"ArithmeticTask": 0.25}
-    assert scores.miners[2].tasks["InferenceTask"] > 0, "uids still owned are credited as always"
+    assert not scores.miners[1].organic
+    assert scores.miners[2].organic["InferenceTask"] > 0, "uids still owned are credited as always"
 
 
 async def test_an_organic_answer_the_callers_stop_left_empty_is_not_scored(tmp_path) -> None:
@@ -441,14 +442,20 @@ async def test_an_organic_answer_the_callers_stop_left_empty_is_not_scored(tmp_p
     body = {"messages": [{"role": "user", "content": "Tell me a story"}], "task": "InferenceTask", "seed": 3}
     ended = [dumps(chunk_object(completion_id="c", model="m", delta={"role": "assistant"})),
              dumps(chunk_object(completion_id="c", model="m", delta={}, finish_reason="stop"))]
+    first_word = DeterministicBackend().answer_text(body).split()[0]  # the reference's answer starts with it
     job = ScoringJob(source="organic", task="InferenceTask",
-                     bodies={1: {**body, "stop": ["Once"]}, 2: body, 3: {**body, "stop": ["Once"]}},
-                     hotkeys={1: "hk1", 2: "hk2", 3: "hk3"}, chunks={1: ended, 2: ended, 3: ended[:1]},
-                     timings={1: [0.1, 0.2], 2: [0.1, 0.2], 3: [0.1]}, deadline_s=10.0)
+                     bodies={1: {**body, "stop": [first_word]}, 2: body, 3: {**body, "stop": [first_word]},
+                             4: {**body, "max_tokens": 4096}, 5: {**body, "stop": ["zzz-never"]}},
+                     hotkeys={u: f"hk{u}" for u in range(1, 6)}, chunks={1: ended, 2: ended, 3: ended[:1], 4: ended,
+                                                                         5: ended},
+                     timings={u: [0.1, 0.2] for u in range(1, 6)}, deadline_s=10.0)
     rewards = await scorer.score(job)
-    assert 1 not in rewards, "the caller's stop emptied it"
+    assert 1 not in rewards, "the caller's stop emptied it: the reference says nothing either"
     assert rewards[2] == 0.0, "no stop asked for: an empty answer is still a zero"
     assert rewards[3] == 0.0, "no finish_reason: cut, not ended"
+    # A limit that leaves the reference its answer: a miner answering every caller "" (a sandbagger, honest
+    # only to the validator) was left out of organic scoring whenever the body had any max_tokens or stop.
+    assert rewards[4] == 0.0 and rewards[5] == 0.0
 
 
 async def test_megabytes_of_answers_do_not_stall_the_event_loop(tmp_path) -> None:
@@ -541,3 +548,15 @@ async def test_an_organic_prompt_that_is_not_plain_integer_arithmetic_is_not_sco
         assert await task.reward(body(prompt), right, None, ctx) is None, prompt
     assert await task.reward(body("What is 12 * 7 + 3?"), "87", None, ctx) == 1.0
     assert await task.reward(body("What is 12 * 7 + 3?"), "88", None, ctx) == 0.0
+
+
+def test_an_answer_is_timed_from_its_first_text_not_a_refusal_sent_ahead_of_it() -> None:
+    """``{"refusal": " "}`` at once, the answer at the deadline: timed from the refusal (it claims a stream),
+    the answer had full latency credit while a miner as slow without the trick had almost none."""
+    refusal = dumps(chunk_object(completion_id="c", model="m", delta={"refusal": " "}))
+    text = dumps(chunk_object(completion_id="c", model="m", delta={"content": "The answer."}))
+    space = dumps(chunk_object(completion_id="c", model="m", delta={"content": " "}))
+    end = dumps(chunk_object(completion_id="c", model="m", delta={}, finish_reason="stop"))
+    tricked = rebuild_answer([refusal, space, text, end], [0.01, 0.02, 9.5, 9.6], None)
+    plain = rebuild_answer([space, text, end], [0.02, 9.5, 9.6], None)
+    assert tricked.first_content_s == plain.first_content_s == 9.5

@@ -52,6 +52,32 @@ def test_ema_and_combined_score() -> None:
     assert book.combined(99) == 0.0
 
 
+def test_organic_answers_move_a_score_by_their_share_at_most(tmp_path: Path) -> None:
+    """A miner answering its owner's requests well (any key may send them) and the validator's badly took the
+    top weight: organic and synthetic rewards shared one average, and 20,000 organic answers a minute
+    outweighed a synthetic job every few minutes. They are two averages now; organic holds ``organic_share``."""
+    book = ScoreBook(PROBS, alpha=0.1, path=tmp_path / "scores.json", organic_share=0.25)
+    for _ in range(2000):
+        book.update(1, "selfdeal", "A", 1.0, organic=True)  # its own flood, answered honestly
+        book.update(2, "honest", "A", 0.0, organic=True)  # a rival's key sinking an honest miner
+    for _ in range(50):
+        book.update(1, "selfdeal", "A", 0.0)  # the validator's jobs, sandbagged
+        book.update(2, "honest", "A", 1.0)
+    assert book.task_score(book.miners[1], "A") == pytest.approx(0.25, abs=1e-3)
+    assert book.task_score(book.miners[2], "A") == pytest.approx(0.75, abs=1e-2)
+    assert book.combined(2) > 2.5 * book.combined(1)
+    fresh = ScoreBook(PROBS, alpha=0.1, organic_share=0.25)
+    fresh.update(3, "new", "A", 1.0, organic=True)
+    assert fresh.task_score(fresh.miners[3], "A") == pytest.approx(0.025), "no synthetic job yet: the share alone"
+    organic_only = ScoreBook(PROBS, alpha=0.5, organic_share=1.0)  # SYNTHETIC_ENABLED=false
+    organic_only.update(4, "hk4", "A", 1.0, organic=True)
+    assert organic_only.task_score(organic_only.miners[4], "A") == 0.5
+    book.save()
+    again = ScoreBook(PROBS, alpha=0.1, path=tmp_path / "scores.json", organic_share=0.25)
+    assert again.load() and again.combined(1) == pytest.approx(book.combined(1))
+    assert again.miners[1].organic_counts == {"A": 2000} and again.report()["miners"][0]["organic"]["A"] > 0.99
+
+
 def test_hotkey_change_resets_the_score() -> None:
     book = ScoreBook(PROBS, alpha=0.5)
     book.update(1, "old", "A", 1.0)
@@ -162,7 +188,7 @@ async def test_ledger_sink_moves_incentive_to_quality(tmp_path: Path) -> None:
     assert book.last_weights_set_at is not None and book.weights[1] > book.weights[2]
     report = book.report(snap)
     assert [m["uid"] for m in report["miners"]] == [1, 2]
-    assert set(report["miners"][0]) == {"uid", "hotkey", "score", "weight", "tasks"}
+    assert set(report["miners"][0]) == {"uid", "hotkey", "score", "weight", "tasks", "organic"}
 
 
 async def test_disabled_sink_computes_but_sets_nothing(tmp_path: Path) -> None:

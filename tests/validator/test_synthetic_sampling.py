@@ -80,3 +80,26 @@ async def test_a_synthetic_request_looks_like_an_organic_one() -> None:
     assert job is not None
     for body in job.bodies.values():
         assert "timeout" not in body and "uids" not in body and "session_id" not in body
+
+
+def test_a_synthetic_body_has_the_fields_of_a_callers_in_their_place() -> None:
+    """Synthetic chat bodies carried their sampling only in ``sampling_parameters``, which the API's bodies never
+    do alone (it puts a caller's at the top level): one rule told all 48 synthetic requests of a run from the
+    organic ones. Retrieval queries lacked the ``target_results`` and ``timeout`` the API's carry. Each is
+    now made as the API makes a caller's."""
+
+    from api.web_retrieval import retrieval_body
+    from neurons.validator.synthetic import challenge_body
+    from neurons.validator.tasks.base import Challenge
+    from shared.protocol import ChatCompletionRequest
+
+    messages = [{"role": "user", "content": "What is 2 + 2?"}]
+    synthetic = challenge_body(Challenge("ArithmeticTask", messages, max_tokens=64), 11)
+    sent = {"messages": messages, "stream": True, "temperature": 0.7, "top_p": 0.95, "max_tokens": 64,
+            "task": "ArithmeticTask"}  # what an SDK caller sends
+    organic = ChatCompletionRequest.model_validate(sent).miner_body(seed=11, sent=sent)
+    assert list(synthetic) == list(organic) and synthetic == organic
+    assert "sampling_parameters" not in synthetic and synthetic["temperature"] == 0.7
+    web = challenge_body(Challenge("WebRetrievalTask", [{"role": "user", "content": "pelseldan"}]), 5,
+                         results=3, timeout=10.0)
+    assert web == retrieval_body("pelseldan", n_results=3, timeout=10.0, seed=5)
