@@ -131,6 +131,8 @@ def add_localnet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, help="JSONL of prompts / QA items for the validator's synthetic tasks")
     p.add_argument("--corpus", default=None,
                    help="JSONL {url,title,content} web corpus shared by miners and validator (default: built-in)")
+    p.add_argument("--store", default=None, metavar="URL",
+                   help="the API's STORE_URL, e.g. redis://127.0.0.1:6379/0 (default: a SQLite file in --dir/state)")
     p.add_argument("--log-level", type=log_level, default="INFO", help="TRACE, DEBUG, INFO (default), WARNING, ...")
 
 
@@ -150,6 +152,7 @@ class LocalNetConfig:
     fast: bool = False
     dataset: str | None = None
     corpus: str | None = None
+    store_url: str | None = None  # the API's STORE_URL (None: a SQLite file in the folder)
 
 
 @dataclass
@@ -239,6 +242,18 @@ class LocalNet:
             "METAGRAPH_REFRESH_SECONDS": "5",
             "LOG_LEVEL": self.cfg.log_level,
         } | ({"CORPUS_FILE": str(Path(self.cfg.corpus).resolve())} if self.cfg.corpus else {})
+
+    def api_env(self, validator_url: str, admin_key: str) -> dict[str, str]:
+        """The API's settings: its store is ``--store`` (Redis, say, to try a fleet's store), else a SQLite
+        file in the network's folder."""
+        return self._common_env(VALIDATOR_WALLET) | {
+            "API_HOST": "127.0.0.1",
+            "API_PORT": str(self.cfg.api_port),
+            "VALIDATOR_API": validator_url,
+            "ADMIN_KEY": admin_key,
+            "STORE_URL": self.cfg.store_url or f"sqlite:///{self.dir / 'state' / 'api.db'}",
+            "AVAILABILITY_REFRESH_SECONDS": "5",
+        }
 
     def _validator_extra_env(self, *, progress: bool = False) -> dict[str, str]:
         from neurons.validator.presets import FAST_ENV
@@ -333,14 +348,7 @@ class LocalNet:
         listening = sum(1 for s in self.miner_specs if s["profile"] != "refuse")
         wait_available(validator_url, listening, timeout=timeout, children=self.children, logs=self.dir / "logs")
         api_url = f"http://127.0.0.1:{self.cfg.api_port}"
-        self._spawn("api", "api", self._common_env(VALIDATOR_WALLET) | {
-            "API_HOST": "127.0.0.1",
-            "API_PORT": str(self.cfg.api_port),
-            "VALIDATOR_API": validator_url,
-            "ADMIN_KEY": admin_key,
-            "STORE_URL": f"sqlite:///{self.dir / 'state' / 'api.db'}",
-            "AVAILABILITY_REFRESH_SECONDS": "5",
-        }, f"{api_url}/health")
+        self._spawn("api", "api", self.api_env(validator_url, admin_key), f"{api_url}/health")
         self.wait_healthy(self.children[-1:], timeout=timeout, progress=progress)
         api_key = self._api_key(api_url, admin_key)
         self.info = {
@@ -492,7 +500,7 @@ def run_localnet(args: argparse.Namespace) -> int:
     config = LocalNetConfig(
         directory=Path(args.dir), miners=args.miners, api_port=args.api_port, validator_port=args.validator_port,
         admin_key=args.admin_key, backend=args.backend, upstream=args.upstream, model=args.model,
-        log_level=args.log_level, fast=args.fast, dataset=args.dataset, corpus=args.corpus,
+        log_level=args.log_level, fast=args.fast, dataset=args.dataset, corpus=args.corpus, store_url=args.store,
         miner_profiles=[p.strip() for p in args.miner_profiles.split(",") if p.strip()] if args.miner_profiles else [],
     )
     try:

@@ -158,3 +158,32 @@ async def test_the_reference_model_is_the_first_chat_model_the_upstream_lists() 
         assert await asyncio.to_thread(first_model, url + "/v1") is None
         listed += ["nomic-embed-text:latest", "llama3.1:8b"]
         assert await asyncio.to_thread(first_model, url + "/v1") == "llama3.1:8b"
+
+
+def test_store_puts_the_apis_keys_and_traffic_in_redis(tmp_path: Path) -> None:
+    """``--store redis://...``: a local network on a fleet's store (it could only use its SQLite file, so a
+    Redis setup could not be tried without editing env files by hand)."""
+    import secrets
+
+    import openai
+    import redis
+
+    from tests.store.conftest import redis_url
+
+    url, namespace = redis_url(), f"test-localnet-{secrets.token_hex(4)}"
+    api_port, validator_port = free_ports(2)
+    config = LocalNetConfig(directory=tmp_path, miners=1, api_port=api_port, validator_port=validator_port,
+                            store_url=url, extra_env={"STORE_NAMESPACE": namespace})
+    r = redis.Redis.from_url(url)
+    try:
+        with LocalNet(config) as net:
+            info = net.start(timeout=60)
+            assert f"STORE_URL={url}\n" in (tmp_path / "api.env").read_text()
+            client = openai.OpenAI(base_url=info["api_url"] + "/v1", api_key=info["api_key"], max_retries=0)
+            assert client.chat.completions.create(model="default", messages=[{"role": "user", "content": "hi"}])
+            assert list(r.scan_iter(match=f"{namespace}:key:*")), "the API key lives in Redis"
+        assert not (tmp_path / "state" / "api.db").exists(), "no SQLite store beside it"
+    finally:
+        for name in r.scan_iter(match=f"{namespace}:*"):
+            r.delete(name)
+        r.close()
