@@ -96,6 +96,16 @@ def usage_day(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
+# Days of per-day usage kept per key (its totals are kept for good): a day's counts for every key that was
+# used, kept forever, grew a busy Redis by some 100 KB per key a year.
+USAGE_DAYS_KEPT = 400
+
+
+def oldest_usage_day(ts: float) -> str:
+    """The first day whose per-day usage is kept at ``ts`` (``USAGE_DAYS_KEPT``)."""
+    return usage_day(ts - USAGE_DAYS_KEPT * 86400)
+
+
 @dataclass(frozen=True)
 class KeyRecord:
     id: str

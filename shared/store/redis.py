@@ -40,6 +40,7 @@ from shared.store.base import (
     Waiter,
     mint_key,
     new_secret,
+    oldest_usage_day,
 )
 
 MAX_CONNECTIONS = 64  # per process
@@ -183,6 +184,13 @@ return 1
 # KEYS[1] = ns:usage:<id>, KEYS[2] = ns:keys; ARGV = id, day, last_used_at, counts in USAGE_FIELDS order
 ADD_USAGE = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'pruned_on') ~= ARGV[2] then
+  for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+    local day = string.match(name, '^(%d%d%d%d%-%d%d%-%d%d):')
+    if day and day < ARGV[9] then redis.call('HDEL', KEYS[1], name) end
+  end
+  redis.call('HSET', KEYS[1], 'pruned_on', ARGV[2])
+end
 local fields = {'requests', 'prompt_tokens', 'completion_tokens', 'errors', 'rate_limited'}
 for i, name in ipairs(fields) do
   local n = tonumber(ARGV[3 + i])
@@ -447,7 +455,8 @@ class RedisStore:
         for d in deltas:
             await self._add_usage(
                 keys=[self.key("usage", d.key_id), self.key("keys")],
-                args=[d.key_id, d.day, repr(d.last_used_at), *(getattr(d.counts, f) for f in USAGE_FIELDS)],
+                args=[d.key_id, d.day, repr(d.last_used_at), *(getattr(d.counts, f) for f in USAGE_FIELDS),
+                      oldest_usage_day(d.last_used_at)],  # a key's first use of a day drops the days before it
                 client=pipe,
             )
         await self._call(pipe.execute())

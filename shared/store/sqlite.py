@@ -43,6 +43,7 @@ from shared.store.base import (
     mint_key,
     new_secret,
     now_or_clock,
+    oldest_usage_day,
 )
 from shared.store.sqlite_tables import open_db
 from shared.store.window import charge_each, charge_window
@@ -76,7 +77,10 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     rate_limited INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, day)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS usage_daily_day ON usage_daily (day);
 """
+USAGE_PRUNE_EVERY_S = 3600.0  # how often a flush also drops per-day usage past USAGE_DAYS_KEPT
+FOLDED_DAY = "0000-00-00"  # a key's row of the days pruned, summed (no day of its own: never listed)
 
 _KEY_COLUMNS = ("id, key_hash, prefix, name, rate_limit, scopes, allowed_models, expires_at, created_at, last_used_at, "
                 "daily_token_limit")
@@ -173,6 +177,7 @@ class SQLiteStore:
             _add_columns(self.admin)
             self.db = _connect(self.path, "NORMAL")
         self._waiting: list[Waiter] = []
+        self._next_usage_prune = 0.0  # the first flush prunes
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -362,6 +367,7 @@ class SQLiteStore:
                 # In the same transaction: after the commit, a prune that met a busy lock failed a flush whose
                 # usage was stored, and the recorder wrote that usage again (counted twice).
                 self._prune_windows(time.time())
+                self._prune_usage(max(d.last_used_at for d in deltas))
                 self.db.execute("COMMIT")
             except BaseException:
                 if self.db.in_transaction:
@@ -372,14 +378,29 @@ class SQLiteStore:
         """Drop windows idle for over a minute (they hold nothing); piggybacks on the usage flush."""
         self.db.execute("DELETE FROM rate_windows WHERE updated_at < ?", (now - 62,))
 
+    def _prune_usage(self, now: float) -> None:
+        """Drop per-day usage past ``USAGE_DAYS_KEPT`` (at ``now``, the flush's latest use), at most once an
+        ``USAGE_PRUNE_EVERY_S``; piggybacks on the usage flush, as Redis's on a key's first use of a day."""
+        if now < self._next_usage_prune:
+            return
+        cols, oldest = ", ".join(USAGE_FIELDS), oldest_usage_day(now)
+        adds = ", ".join(f"{f} = {f} + excluded.{f}" for f in USAGE_FIELDS)
+        # the pruned days' counts are summed into one row, so the totals (sums over the rows) stay whole
+        self.db.execute(f"INSERT INTO usage_daily (key_id, day, {cols}) SELECT key_id, ?, "
+                        f"{', '.join(f'SUM({f})' for f in USAGE_FIELDS)} FROM usage_daily WHERE day < ? AND day != ? "
+                        f"GROUP BY key_id ON CONFLICT(key_id, day) DO UPDATE SET {adds}",
+                        (FOLDED_DAY, oldest, FOLDED_DAY))
+        self.db.execute("DELETE FROM usage_daily WHERE day < ? AND day != ?", (oldest, FOLDED_DAY))
+        self._next_usage_prune = now + USAGE_PRUNE_EVERY_S
+
     async def usage(self, key_id: str, *, since_day: str | None = None) -> UsageReport:
         cols = ", ".join(USAGE_FIELDS)
         with _errors():
             self.db.execute("BEGIN")  # one snapshot: another worker's flush between the reads tore them apart
             try:
                 rows = self.db.execute(
-                    f"SELECT day, {cols} FROM usage_daily WHERE key_id = ? AND day >= ? ORDER BY day",
-                    (key_id, since_day or ""),
+                    f"SELECT day, {cols} FROM usage_daily WHERE key_id = ? AND day >= ? AND day != ? ORDER BY day",
+                    (key_id, since_day or "", FOLDED_DAY),
                 ).fetchall()
                 total_row = self.db.execute(
                     f"SELECT {', '.join(f'COALESCE(SUM({f}), 0)' for f in USAGE_FIELDS)} FROM usage_daily "

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from shared.store.base import (
+    USAGE_DAYS_KEPT,
     KeyChanges,
     Store,
     StoreUnavailable,
@@ -165,6 +166,22 @@ async def test_usage_batches_add_up_by_day_and_in_total(store: Store) -> None:
     assert (await store.get_key_by_id(rec.id)).last_used_at == pytest.approx(T0)
     assert list((await store.usage(rec.id, since_day=day2)).days) == [day2]
     assert (await store.usage("ffffffffffffffff")).totals.requests == 0
+
+
+async def test_per_day_usage_is_kept_for_usage_days_kept_and_totals_for_good(store: Store) -> None:
+    """A day's counts for every key that was used, kept forever, grew a busy Redis by some 100 KB per key a
+    year: days older than USAGE_DAYS_KEPT go at a later flush; the totals stay whole."""
+    _, rec = await store.create_key(5)
+    _, idle = await store.create_key(5)
+    old = T0 - (USAGE_DAYS_KEPT + 3) * 86400
+    await store.add_usage([UsageDelta(rec.id, usage_day(old), UsageCounts(requests=2), old),
+                           UsageDelta(idle.id, usage_day(old), UsageCounts(requests=1), old)])
+    await store.add_usage([UsageDelta(rec.id, usage_day(T0 - 86400), UsageCounts(requests=1), T0 - 86400)])
+    report = await store.usage(rec.id)
+    assert report.totals.requests == 3 and list(report.days) == [usage_day(T0 - 86400)]
+    await store.add_usage([UsageDelta(rec.id, usage_day(T0), UsageCounts(requests=1), T0)])
+    assert list((await store.usage(rec.id)).days) == [usage_day(T0 - 86400), usage_day(T0)]
+    assert (await store.usage(rec.id)).totals.requests == 4
 
 
 async def test_a_daily_token_limit_is_kept_changed_and_removed(store: Store) -> None:
