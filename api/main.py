@@ -25,6 +25,8 @@ from api.ops import permit_check
 from api.scoring_outbox import OutboxForwarder
 from api.supervisor import Supervisor
 from shared.aio import within
+from shared.client_address import parse_networks
+from shared.connections import connection_limits
 from shared.http import bound_socket, run, serve_until_signal
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
@@ -142,7 +144,8 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
         settings.store_url.split("://")[0], "enabled" if settings.admin_key else "disabled",
         ",".join(settings.cors_origins) or "off",
     )
-    await serve_until_signal(app, settings.api_host, settings.api_port, sock=sock)
+    limits = connection_limits(settings, parse_networks(settings.trusted_proxies))
+    await serve_until_signal(app, settings.api_host, settings.api_port, sock=sock, limits=limits)
 
 
 def _worker_entry(settings: ApiSettings, supervisor: int) -> None:

@@ -34,7 +34,10 @@ def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
     return tuple(out)
 
 
-def _trusted(address: str, proxies: tuple[Network, ...]) -> bool:
+def is_trusted(address: str, proxies: tuple[Network, ...]) -> bool:
+    """Whether ``address`` is one of ``proxies`` (an IPv4-mapped IPv6 address as its IPv4 one)."""
+    if not proxies:
+        return False
     try:
         ip = ipaddress.ip_address(address.strip())
     except ValueError:
@@ -52,11 +55,11 @@ def forwarded_client(peer: str | None, forwarded_for: Iterable[str], proxies: tu
     proxies are skipped: the first one that is not was written by the last trusted proxy, which
     saw it as its peer.
     """
-    if peer is None or not proxies or not _trusted(peer, proxies):
+    if peer is None or not proxies or not is_trusted(peer, proxies):
         return peer or "unknown"
     hops = [hop.strip() for header in forwarded_for for hop in header.split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not _trusted(hop, proxies):
+        if not is_trusted(hop, proxies):
             return hop[:64]  # a header value, not an address we checked: bounded before it names a bucket
     return hops[0][:64] if hops else peer
 

@@ -22,6 +22,7 @@ from loguru import logger
 from pydantic import BaseModel, ValidationError
 
 from shared.aio import describe_tasks
+from shared.connections import ConnectionGuard, ConnectionLimits, GuardedAppRunner, fd_limited
 from shared.errors import ApiError, error_body, error_type_for, first_problem, invalid_value
 from shared.gc_tuning import tune_for_serving
 from shared.ids import request_id_from
@@ -327,11 +328,13 @@ def bound_socket(host: str, port: int, *, reuse_port: bool = False, settings: st
     return sock
 
 
-def app_runner(app: web.Application) -> web.AppRunner:
+def app_runner(app: web.Application, limits: ConnectionLimits | None = None) -> GuardedAppRunner:
     """How every server here runs an app: handlers cancelled when their client goes, no aiohttp access
-    log (ours is ``request_log``), aiohttp's own reports through loguru without a client's bytes, and
-    compressed bodies decoded by ``read_body``, not by aiohttp."""
-    return web.AppRunner(app, handler_cancellation=True, access_log=None, logger=ServerLog(), auto_decompress=False)
+    log (ours is ``request_log``), aiohttp's own reports through loguru without a client's bytes,
+    compressed bodies decoded by ``read_body``, not by aiohttp, and connections held to ``limits``
+    (``shared.connections``: a header timeout, caps per address and in all; the defaults when not given)."""
+    return GuardedAppRunner(app, guard=ConnectionGuard(limits or ConnectionLimits()), handler_cancellation=True,
+                            access_log=None, logger=ServerLog(), auto_decompress=False)
 
 
 SHUTDOWN_LIMIT_S = 30.0  # in-flight requests get 5 s (the site's shutdown_timeout); the rest is cleanup
@@ -340,15 +343,17 @@ SHUTDOWN_LIMIT_S = 30.0  # in-flight requests get 5 s (the site's shutdown_timeo
 async def serve_until_signal(
     app: web.Application, host: str, port: int, *, reuse_port: bool = False, on_started: Callable[[], None] | None = None,
     shutdown_limit: float = SHUTDOWN_LIMIT_S, sock: socket.socket | None = None,
+    limits: ConnectionLimits | None = None,
 ) -> None:
     """Serve ``app`` until SIGINT, SIGTERM or SIGHUP, then shut down gracefully (cleanup_ctx runs).
 
     ``sock``: a socket the process bound first (``bound_socket``), so that a port in use stops it
-    before it builds anything. A shutdown that takes longer than ``shutdown_limit`` is a bug (a task
+    before it builds anything. ``limits``: the connection limits from the settings (``connection_limits``),
+    ``max_connections`` lowered to what the file descriptor limit holds. A shutdown that takes longer than ``shutdown_limit`` is a bug (a task
     that ignores its cancel): the process logs what is still running and exits with status 1 instead
     of hanging."""
     sock = sock or bound_socket(host, port, reuse_port=reuse_port)
-    runner = app_runner(app)
+    runner = app_runner(app, fd_limited(limits or ConnectionLimits()))
     await runner.setup()
     site = web.SockSite(runner, sock, shutdown_timeout=5.0)
     await site.start()

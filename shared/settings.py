@@ -120,6 +120,15 @@ class CommonSettings(BaseSettings):
         default=None, description="Read the metagraph from this JSON file instead of the chain (local network)"
     )
     metagraph_refresh_seconds: float = Field(default=60.0, gt=0)
+    # 10 s: a client's request line and headers are one write (a few hundred bytes; a slow mobile link sends
+    # them within a couple of round trips); nginx waits 60 s, which lets a flood hold six times the sockets.
+    header_timeout: float = Field(default=10.0, gt=0, le=600, description="Seconds a connection has to send a "
+                                  "whole request line and headers, from its opening or its next request's start")
+    max_connections: int = Field(default=10_000, ge=1, description="Connections open at once per process; past it "
+                                 "a new one is closed at once (lowered to fit the file descriptor limit)")
+    # 1024: a miner's callers pool up to 256 connections per host and API worker (shared/miner_client.py).
+    max_connections_per_ip: int = Field(default=1024, ge=1, description="Connections open at once from one client "
+                                        "address (an IPv6 /64) per process; TRUSTED_PROXIES exempt")
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("log_level", mode="before")

@@ -32,6 +32,7 @@ from loguru import logger
 
 from neurons.miner.backends.base import Backend
 from neurons.miner.profiles import FAULT_PROFILES
+from shared.connections import ConnectionLimits
 from shared.errors import error_body
 from shared.http import error_middleware, json_response, read_json
 from shared.jsonutil import dumpb
@@ -354,7 +355,7 @@ async def _until_signal() -> None:
 
 async def serve_fault_miner(
     profile: str, backend: Backend, verifier: RequestVerifier, host: str, port: int,
-    *, max_body_bytes: int = 8 << 20, options: FaultOptions | None = None,
+    *, max_body_bytes: int = 8 << 20, options: FaultOptions | None = None, limits: ConnectionLimits | None = None,
 ) -> None:
     """``sn1 miner`` with a fault profile: serve the misbehaving app until SIGINT/SIGTERM."""
     from shared.http import serve_until_signal
@@ -365,4 +366,4 @@ async def serve_fault_miner(
             await _until_signal()
         return
     app = create_fault_app(profile, backend, verifier, options=options, max_body_bytes=max_body_bytes)
-    await serve_until_signal(app, host, port)
+    await serve_until_signal(app, host, port, limits=limits)

@@ -11,6 +11,7 @@ from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from neurons.miner.faults import FAULT_PROFILES, serve_fault_miner
 from neurons.miner.profiles import apply_quality_profile, check_profile
 from neurons.miner.search import CorpusSearch
+from shared.connections import connection_limits
 from shared.corpus import load_corpus
 from shared.http import bound_socket, serve_until_signal
 from shared.logging import setup_logging
@@ -50,7 +51,8 @@ async def run_miner(settings: MinerSettings) -> None:
     )
     if settings.miner_profile in FAULT_PROFILES:
         await serve_fault_miner(settings.miner_profile, await build_backend(settings), verifier,
-                                settings.miner_host, settings.miner_port, max_body_bytes=settings.max_body_bytes)
+                                settings.miner_host, settings.miner_port, max_body_bytes=settings.max_body_bytes,
+                                limits=connection_limits(settings))
         return
     # a port in use: stop before the backend starts
     sock = bound_socket(settings.miner_host, settings.miner_port, settings=LISTEN)
@@ -61,4 +63,5 @@ async def run_miner(settings: MinerSettings) -> None:
         hotkey.ss58_address, settings.miner_port, settings.network_label(), backend.name,
         settings.miner_profile, backend.models(),
     )
-    await serve_until_signal(app, settings.miner_host, settings.miner_port, sock=sock)
+    await serve_until_signal(app, settings.miner_host, settings.miner_port, sock=sock,
+                             limits=connection_limits(settings))

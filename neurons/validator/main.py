@@ -26,6 +26,7 @@ from neurons.validator.synthetic import SyntheticConfig
 from neurons.validator.tasks import default_registry
 from neurons.validator.tasks.base import RewardContext
 from neurons.validator.weights import ChainWeightSink, DisabledSink, LedgerWeightSink, WeightRules, WeightSink
+from shared.connections import connection_limits
 from shared.corpus import load_corpus
 from shared.http import bound_socket, serve_until_signal
 from shared.logging import setup_logging
@@ -133,4 +134,5 @@ async def run_validator(settings: ValidatorSettings) -> None:
         hotkey.ss58_address, settings.scoring_api_port, settings.network_label(), sink.name,
         "llm" if settings.reference_llm_url else "deterministic", registry.probabilities,
     )
-    await serve_until_signal(app, settings.scoring_api_host, settings.scoring_api_port, sock=sock)
+    await serve_until_signal(app, settings.scoring_api_host, settings.scoring_api_port, sock=sock,
+                             limits=connection_limits(settings))

@@ -1,0 +1,265 @@
+"""Connection limits for the three servers: a header-read timeout and caps on open connections.
+
+aiohttp closes a connection idle *between* requests (``keepalive_timeout``) but never one that is in
+the middle of sending a request line and headers: a socket that sent nothing, half its headers, or
+one byte a second stayed open for good, and 20,000 of them took the API's and a miner's file
+descriptors (``/health`` failed, the metagraph refresh hit ``Too many open files``). Here:
+
+- **header timeout**: a connection must deliver a whole request line and headers within
+  ``header_timeout`` seconds of opening, or, on a kept-alive connection, of the first byte of its next
+  request; else it is closed. Bodies have their own bound (``shared.http.read_raw``'s 408).
+- **caps**: at most ``max_per_ip`` connections open at once from one client address (an IPv6 /64
+  counts as one address: one host owns the whole /64), and ``max_connections`` in all; past either a
+  new connection is closed at once. Connections from ``trusted`` proxies are exempt from the per-address
+  cap (behind a proxy every connection has its address), not from the total.
+
+The hook is aiohttp's own: ``GuardedServer`` (a ``web.Server``) makes ``GuardedRequestHandler``s (its
+``RequestHandler``), and ``GuardedAppRunner`` swaps it in for the ``Server`` an ``AppRunner`` makes.
+Refusals and timeouts are logged at most once a minute per address (per kind), never per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from loguru import logger
+
+from shared.client_address import Network, is_trusted
+
+if TYPE_CHECKING:
+    from shared.settings import CommonSettings
+
+LOG_EVERY_S = 60.0
+_MAX_TOLD = 4096  # addresses whose last log line is remembered; older ones are forgotten past this
+FD_HEADROOM = 0.25  # of the fd limit kept for the process's own files and outgoing connections
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What ``ConnectionGuard`` enforces (``HEADER_TIMEOUT``, ``MAX_CONNECTIONS``, ``MAX_CONNECTIONS_PER_IP``)."""
+
+    header_timeout: float = 10.0
+    max_connections: int = 10_000
+    max_per_ip: int = 1024
+    trusted: tuple[Network, ...] = ()
+
+
+def connection_limits(settings: CommonSettings, trusted: tuple[Network, ...] = ()) -> ConnectionLimits:
+    """The limits a process's settings say; ``trusted``: the proxies exempt from the per-address cap."""
+    return ConnectionLimits(header_timeout=settings.header_timeout, max_connections=settings.max_connections,
+                            max_per_ip=settings.max_connections_per_ip, trusted=trusted)
+
+
+def fd_limited(limits: ConnectionLimits, *, raise_soft: bool = True) -> ConnectionLimits:
+    """``limits`` with ``max_connections`` lowered to what the process's file descriptor limit can hold.
+
+    The soft ``RLIMIT_NOFILE`` is first raised to the hard one (often 1024 against 524288: the soft
+    default is for programs that ``select()``, which no server here does). A quarter of it stays free
+    for the process's own files and connections (miners, Redis, the chain): a total cap above the limit
+    would let clients take the descriptors the metagraph refresh and ``/health`` need."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if raise_soft and soft != hard and (hard == resource.RLIM_INFINITY or hard > soft):
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as e:
+            logger.debug("could not raise the file descriptor limit from {}: {}", soft, e)
+    usable = max(64, int(soft * (1 - FD_HEADROOM)))
+    if limits.max_connections <= usable:
+        return limits
+    logger.warning("MAX_CONNECTIONS: {} is more than this process's file descriptor limit ({}) can hold with room "
+                   "for its own; capped at {} (raise `ulimit -n` / LimitNOFILE to allow more)",
+                   limits.max_connections, soft, usable)
+    return ConnectionLimits(limits.header_timeout, usable, limits.max_per_ip, limits.trusted)
+
+
+def address_key(address: str | None) -> str | None:
+    """The per-address cap's bucket: the IPv4 address, an IPv6 address's /64 (``::ffff:`` mapped
+    addresses as IPv4); ``None`` when there is no IP (a Unix socket): no per-address cap then."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if ip.version == 6:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class ConnectionGuard:
+    """The open-connection counts of one server (one process), and their throttled log lines."""
+
+    def __init__(self, limits: ConnectionLimits, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self.open = 0
+        self.refused = 0  # connections closed at once by a cap, since start
+        self.timed_out = 0  # connections closed by the header timeout, since start
+        self._per_address: dict[str, int] = {}
+        self._told: dict[str, tuple[float, int]] = {}  # what -> (when last logged, how many since)
+        self._clock = clock
+
+    def open_from(self, address: str) -> int:
+        """Connections open now from ``address``'s bucket (tests, diagnostics)."""
+        key = address_key(address)
+        return self._per_address.get(key, 0) if key else 0
+
+    def admit(self, address: str | None) -> tuple[bool, str | None]:
+        """Count a new connection from ``address``; ``(False, _)`` when a cap refuses it. The key returned
+        is what ``release`` is given when it closes (``None``: not counted per address)."""
+        if self.open >= self.limits.max_connections:
+            self._refuse("*", "MAX_CONNECTIONS", f"{self.open} connections are open")
+            return False, None
+        key = None if address and is_trusted(address, self.limits.trusted) else address_key(address)
+        if key is not None:
+            held = self._per_address.get(key, 0)
+            if held >= self.limits.max_per_ip:
+                self._refuse(key, "MAX_CONNECTIONS_PER_IP", f"{key} has {held} open")
+                return False, None
+            self._per_address[key] = held + 1
+        self.open += 1
+        return True, key
+
+    def release(self, key: str | None) -> None:
+        self.open -= 1
+        if key is None:
+            return
+        held = self._per_address.get(key, 0) - 1
+        if held > 0:
+            self._per_address[key] = held
+        else:
+            self._per_address.pop(key, None)
+
+    def header_timeout(self) -> None:
+        """A connection closed for not sending a whole request in time: one line a minute says how many."""
+        self.timed_out += 1
+        self._tell("header-timeout", lambda n: logger.info(
+            "closed {} connection(s) that sent no whole request line and headers within {:g} s (HEADER_TIMEOUT)",
+            n, self.limits.header_timeout))
+
+    def _refuse(self, key: str, setting: str, why: str) -> None:
+        self.refused += 1
+        self._tell(key, lambda n: logger.warning(
+            "refused {} new connection(s): {} ({} = {})", n, why, setting,
+            self.limits.max_connections if key == "*" else self.limits.max_per_ip))
+
+    def _tell(self, what: str, line: Callable[[int], None]) -> None:
+        """Call ``line(count)`` at most once per ``LOG_EVERY_S`` for ``what``, with the count of events
+        since the last line: a flood costs one line a minute per address, not one per connection."""
+        now = self._clock()
+        last, pending = self._told.get(what, (float("-inf"), 0))
+        pending += 1
+        if now - last < LOG_EVERY_S:
+            self._told[what] = (last, pending)
+            return
+        line(pending)
+        self._told[what] = (now, 0)
+        if len(self._told) > _MAX_TOLD:  # many addresses: forget those not heard of for a minute
+            self._told = {k: v for k, v in self._told.items() if now - v[0] < LOG_EVERY_S}
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's connection handler, with the guard's caps at ``connection_made`` and a header clock.
+
+    The clock runs from the connection's opening, and again from the first byte of each next request
+    (a byte that arrives when the last request's body, if any, has all arrived); a whole request line
+    and headers stop it. When it fires the connection is closed, unless a request on it is still
+    being answered (it looks again one timeout later). Idle time with no byte sent after a request is
+    ``keepalive_timeout``'s to bound, as before."""
+
+    __slots__ = ("_guard", "_guard_key", "_admitted", "_header_clock", "_open_payload")
+
+    def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._guard_key: str | None = None
+        self._admitted = False
+        self._header_clock: asyncio.TimerHandle | None = None
+        self._open_payload: Any = None  # the body of the last request, while it has not all arrived
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) and peer else None
+        self._admitted, self._guard_key = self._guard.admit(address)
+        if not self._admitted:
+            self._force_close = True  # nothing it sends is parsed
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._start_header_clock()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_header_clock()
+        self._open_payload = None
+        if self._admitted:
+            self._admitted = False
+            self._guard.release(self._guard_key)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        requests = self._request_count
+        super().data_received(data)
+        if self._request_count != requests:  # a whole request line and headers (or a refused one)
+            self._stop_header_clock()
+            payload = self._messages[-1][1] if self._messages else None
+            self._open_payload = payload if payload is not None and not payload.is_eof() else None
+            return
+        if self._open_payload is not None and self._open_payload.is_eof():
+            self._open_payload = None
+        if data and self._open_payload is None:  # not the last request's body: the next request's start
+            self._start_header_clock()
+
+    def _start_header_clock(self) -> None:
+        if self._header_clock is None:
+            self._header_clock = self._loop.call_later(self._guard.limits.header_timeout, self._header_clock_fired)
+
+    def _stop_header_clock(self) -> None:
+        if self._header_clock is not None:
+            self._header_clock.cancel()
+            self._header_clock = None
+
+    def _header_clock_fired(self) -> None:
+        self._header_clock = None
+        if self.transport is None or self._force_close:
+            return
+        if self._request_in_progress:  # pipelined bytes behind a request still being answered
+            self._start_header_clock()
+            return
+        self._guard.header_timeout()
+        self.force_close()
+
+
+class GuardedServer(web.Server):
+    """aiohttp's ``Server`` (the protocol factory a site listens with), making guarded handlers."""
+
+    def __init__(self, *args: Any, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+
+    def __call__(self) -> RequestHandler:
+        return GuardedRequestHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
+
+
+class GuardedAppRunner(web.AppRunner):
+    """An ``AppRunner`` whose server guards its connections with ``guard``."""
+
+    def __init__(self, app: web.Application, *, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.guard = guard
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()  # the app's start-up runs here, as it does in AppRunner
+        return GuardedServer(plain.request_handler, request_factory=plain.request_factory,
+                             handler_cancellation=plain.handler_cancellation, loop=asyncio.get_running_loop(),
+                             guard=self.guard, **plain._kwargs)
