@@ -191,8 +191,20 @@ def _unread_body_error(request: web.Request, status: int, message: str, code: st
 
     The body is marked ended first: aiohttp would otherwise go on reading it after the answer (to
     reuse the connection), meet the same fault again and log it as an unhandled exception."""
-    request.content.feed_eof()
+    end_unread_body(request)
     return ApiError(status, message, code=code, close=True)
+
+
+def end_unread_body(request: web.Request) -> None:
+    """Give up on the rest of a body not read to its end: it is marked ended, so the answer goes out at
+    once and the connection then closes, and what still arrives of it is dropped unparsed (aiohttp would
+    otherwise read on for up to 10 s to reuse the connection, or feed bytes after the end: an assertion).
+    For a request refused before its body is read, or one whose body stalled."""
+    if request.content.is_eof():
+        return
+    if request.protocol is not None:
+        request.protocol.close()
+    request.content.feed_eof()
 
 
 def _http_error_message(request: web.Request, e: web.HTTPException) -> str:

@@ -108,6 +108,12 @@ def setting_file(name: str) -> Iterator[None]:
         raise SettingsError(f"{name}: {e}") from None
 
 
+# MAX_UNVERIFIED_BODY_BYTES (shared.signing's BodyBudget): 8 miner bodies at their cap, or 4 validator ones.
+UNVERIFIED_BODY_BYTES = 64 << 20
+UNVERIFIED_HELP = ("Bytes of signed-request bodies read at once before their signature is checked (per process); "
+                   "past it a 503")
+
+
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, env_file_encoding="utf-8")
 
@@ -260,6 +266,7 @@ class ValidatorSettings(CommonSettings):
     api_hotkeys: CsvList = Field(
         default_factory=list, description="Hotkeys allowed to POST /scoring (default: our own)"
     )
+    max_unverified_body_bytes: int = Field(default=UNVERIFIED_BODY_BYTES, ge=1024, description=UNVERIFIED_HELP)
     state_dir: str = Field(default="./state/validator")
     weights_ledger_file: str | None = Field(default=None, description="Local network: write weights here")
     availability_interval: float = Field(default=30.0, gt=0, description="Seconds between availability polls")
@@ -357,6 +364,7 @@ class MinerSettings(CommonSettings):
                     "its /models lists")
     allowed_hotkeys: CsvList = Field(default_factory=list, description="Callers accepted even without a permit")
     max_body_bytes: int = Field(default=8 << 20, ge=1024)  # twice the API's default: what it forwards fits
+    max_unverified_body_bytes: int = Field(default=UNVERIFIED_BODY_BYTES, ge=1024, description=UNVERIFIED_HELP)
     miner_profile: str = Field(default="honest", description="Behaviour profile (local network and tests)")
     # A request carries no deadline (synthetic ones look organic): the slow profile takes its requests to have
     # this one, the validator's SYNTHETIC_TIMEOUT (the local network passes it), and answers at 80 % of it.

@@ -1,9 +1,12 @@
 """btauth/1 request signing and verification (``bittensor.http_auth``).
 
 Every API->miner, validator->miner and API->validator request is signed by the
-validator hotkey *for the receiver's hotkey*. Receivers verify signature,
-freshness, receiver binding and replay, then authorise the caller (a
-validator-permit holder in their metagraph view, or an explicit allow-list).
+validator hotkey *for the receiver's hotkey*. Receivers first check what the
+headers alone decide (shape, receiver binding, freshness, and that the claimed
+caller is one they take: a validator-permit holder in their metagraph view, or an
+explicit allow-list), then read the body, within a per-process budget of bytes
+not yet verified, and verify the signature over it and the nonce against replays.
+A stranger's request thus costs no body read, no sr25519 verify and no stored nonce.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from typing import Any
 
 from aiohttp import web
 from bittensor import http_auth
+from bittensor.wallets import parse_crypto_type
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from shared.errors import ApiError
-from shared.http import http_error_code, read_raw
+from shared.http import end_unread_body, http_error_code, read_raw
+from shared.settings import UNVERIFIED_BODY_BYTES
 
 CALLER_KEY = web.RequestKey("btauth_caller", http_auth.Caller)
 _SS58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]{46,48}")  # base58, the length of a substrate address
@@ -120,8 +125,82 @@ def nonce_retention(max_age: float = http_auth.DEFAULT_MAX_AGE) -> float:
     return max(60.0, max_age + 5)
 
 
+class BodyBudget:
+    """Bytes of request bodies being read before their signature is checked, in one process.
+
+    Headers anyone can copy (a validator's hotkey and ours are public, and a fresh nonce is the clock)
+    pass the header checks; without a bound, 60 such requests holding 8 MB bodies each took a miner
+    from 91 MB to 804 MB. A request takes its declared length (the body cap when it declares none)
+    before its body is read and gives it back once the signature is checked; one that does not fit
+    is refused at once (``RequestVerifier.read_verified``'s 503). One body always fits when nothing
+    else is in flight, so a budget below the body cap still lets every size through."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_flight = 0
+        self.peak = 0  # the most ever in flight (tests, diagnostics)
+
+    def take(self, size: int) -> bool:
+        if self.in_flight and self.in_flight + size > self.capacity:
+            return False
+        self.in_flight += size
+        self.peak = max(self.peak, self.in_flight)
+        return True
+
+    def give(self, size: int) -> None:
+        self.in_flight -= size
+
+
+def _refusal(e: http_auth.AuthError) -> ApiError:
+    return ApiError(_STATUS.get(type(e), 401), f"{type(e).__name__}: {e}", code=type(e).__name__)
+
+
+def _claimed_sender(headers: dict[str, str], self_hotkey: str, max_age: float) -> str:
+    """The hotkey a request claims, once every check ``http_auth.verify`` makes on headers alone has
+    passed, in its order and with its words: shape (``MalformedAuth``), receiver (``WrongReceiver``),
+    freshness (``StaleRequest``). Never stricter than ``verify``, which checks them all again with the
+    signature: this only refuses early what it would refuse."""
+    lowered = {key.lower(): value for key, value in headers.items()}
+    if lowered.get(http_auth.HEADER_VERSION.lower()) != http_auth.VERSION:
+        raise http_auth.MalformedAuth(f"missing or unsupported {http_auth.HEADER_VERSION} "
+                                      f"(expected {http_auth.VERSION!r})")
+    sender = lowered.get(http_auth.HEADER_HOTKEY.lower())
+    if not sender:
+        raise http_auth.MalformedAuth(f"missing {http_auth.HEADER_HOTKEY}")
+    raw_nonce = lowered.get(http_auth.HEADER_NONCE.lower())
+    if raw_nonce is None:
+        raise http_auth.MalformedAuth(f"missing {http_auth.HEADER_NONCE}")
+    try:
+        nonce = int(raw_nonce)
+    except ValueError:
+        raise http_auth.MalformedAuth(f"{http_auth.HEADER_NONCE} is not a decimal integer") from None
+    try:
+        parse_crypto_type(lowered.get(http_auth.HEADER_CRYPTO.lower(), "sr25519"))
+    except ValueError:
+        raise http_auth.MalformedAuth(f"unsupported {http_auth.HEADER_CRYPTO}") from None
+    signature = lowered.get(http_auth.HEADER_SIGNATURE.lower())
+    if signature is None:
+        raise http_auth.MalformedAuth(f"missing {http_auth.HEADER_SIGNATURE}")
+    try:
+        bytes.fromhex(signature.removeprefix("0x"))
+    except ValueError:
+        raise http_auth.MalformedAuth(f"{http_auth.HEADER_SIGNATURE} is not hex") from None
+    receiver = lowered.get(http_auth.HEADER_RECEIVER.lower())
+    if receiver is None:
+        raise http_auth.WrongReceiver(f"missing {http_auth.HEADER_RECEIVER}: this server requires receiver-bound "
+                                      "requests")
+    if receiver != self_hotkey:
+        raise http_auth.WrongReceiver("request was signed for a different receiving hotkey")
+    now = time.time_ns()
+    if now - nonce > max_age * 1e9:
+        raise http_auth.StaleRequest(f"nonce is older than the {max_age:g}s freshness window")
+    if nonce - now > http_auth.DEFAULT_ALLOWED_SKEW * 1e9:
+        raise http_auth.StaleRequest(f"nonce is more than {http_auth.DEFAULT_ALLOWED_SKEW:g}s in the future")
+    return sender
+
+
 class RequestVerifier:
-    """Verifies a signed aiohttp request for one receiver hotkey."""
+    """Verifies a signed aiohttp request for one receiver hotkey: headers, then body, then signature."""
 
     def __init__(
         self,
@@ -131,17 +210,32 @@ class RequestVerifier:
         nonce_store: Any | None = None,
         max_age: float = http_auth.DEFAULT_MAX_AGE,
         not_allowed: str = "holds no validator permit here and is not allow-listed",
+        unverified_body_bytes: int = UNVERIFIED_BODY_BYTES,
     ) -> None:
         self.self_hotkey = self_hotkey
         self.authorizer = authorizer
         self.not_allowed = not_allowed  # why a caller the authorizer refuses is refused, in the 403
         self.nonce_store = nonce_store or http_auth.InMemoryNonceStore(retention=nonce_retention(max_age))
         self.max_age = max_age
+        self.budget = BodyBudget(unverified_body_bytes)
+
+    def check_headers(self, headers: Any) -> str:
+        """The claimed hotkey, once everything the headers decide passed: 400 malformed or duplicated, 403
+        wrong receiver, 401 stale, 403 a caller we do not take. Before the body is read, and before the
+        sr25519 verify and the nonce store: a stranger's valid signature leaves no nonce behind."""
+        try:
+            sender = _claimed_sender(_auth_headers(headers), self.self_hotkey, self.max_age)
+        except http_auth.AuthError as e:
+            raise _refusal(e) from None
+        if not self.authorizer.allowed(sender):
+            raise ApiError(403, f"hotkey {sender} {self.not_allowed}", code="NotAValidator")
+        return sender
 
     def verify(self, headers: Any, body: bytes, *, method: str, path: str) -> http_auth.Caller:
         """Return the caller or raise ``ApiError`` (400 malformed, 401 bad/stale/replay, 403 not allowed)."""
+        self.check_headers(headers)
         try:
-            caller = http_auth.verify(
+            return http_auth.verify(
                 _auth_headers(headers),
                 body,
                 method=method,
@@ -151,15 +245,43 @@ class RequestVerifier:
                 nonce_store=self.nonce_store,
             )
         except http_auth.AuthError as e:
-            status = _STATUS.get(type(e), 401)
-            raise ApiError(status, f"{type(e).__name__}: {e}", code=type(e).__name__) from None
-        if not self.authorizer.allowed(caller.hotkey_ss58):
-            raise ApiError(
-                403,
-                f"hotkey {caller.hotkey_ss58} {self.not_allowed}",
-                code="NotAValidator",
-            )
-        return caller
+            raise _refusal(e) from None
+
+    async def read_verified(self, request: web.Request) -> http_auth.Caller:
+        """The request's caller, its body read (and kept by aiohttp for the handler) only once its headers
+        passed ``check_headers``, and only within ``budget`` (else a 503 ``server_busy``). A request refused
+        before its body is read is answered at once and its connection closed, the body unread."""
+        try:
+            self.check_headers(request.headers)
+        except ApiError as e:
+            raise _unread(request, e) from None
+        size = _expected_size(request)
+        if not self.budget.take(size):
+            raise _unread(request, ApiError(
+                503, "Too many request bodies are being read before their signature is checked; retry shortly.",
+                code="server_busy", headers={"Retry-After": "1"}))
+        try:
+            body = await read_raw(request)  # a body too large or too slow is refused here, unsigned
+            return self.verify(request.headers, body, method=request.method, path=request.raw_path)
+        finally:
+            self.budget.give(size)
+
+
+def _expected_size(request: web.Request) -> int:
+    """What a body will take in memory: its declared length, the body cap when it declares none (chunked)."""
+    cap = request.client_max_size
+    if request.content.is_eof() and not request.content.total_bytes:
+        return 0
+    length = request.content_length
+    return cap if length is None or not cap else min(length, cap)
+
+
+def _unread(request: web.Request, e: ApiError) -> ApiError:
+    """``e``, ending the connection when the body was not read to its end."""
+    if not request.content.is_eof():
+        end_unread_body(request)
+        e.close = True
+    return e
 
 
 Refused = Callable[[web.Request, ApiError], None]
@@ -179,10 +301,7 @@ def btauth_middleware(
         if request.path in public:
             return await handler(request)
         try:
-            body = await read_raw(request)  # a body too large or too slow is refused here, unsigned
-            request[CALLER_KEY] = verifier.verify(
-                request.headers, body, method=request.method, path=request.raw_path
-            )
+            request[CALLER_KEY] = await verifier.read_verified(request)
         except (ApiError, web.HTTPException) as e:
             if on_refused is not None:
                 on_refused(request, e if isinstance(e, ApiError) else ApiError(e.status, e.reason,

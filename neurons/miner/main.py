@@ -47,7 +47,8 @@ async def run_miner(settings: MinerSettings) -> None:
     metagraph = MetagraphView.from_settings(settings)
     await metagraph.first_refresh()
     verifier = RequestVerifier(
-        hotkey.ss58_address, Authorizer(metagraph.permitted_hotkeys, settings.allowed_hotkeys)
+        hotkey.ss58_address, Authorizer(metagraph.permitted_hotkeys, settings.allowed_hotkeys),
+        unverified_body_bytes=settings.max_unverified_body_bytes,
     )
     if settings.miner_profile in FAULT_PROFILES:
         await serve_fault_miner(settings.miner_profile, await build_backend(settings), verifier,

@@ -24,15 +24,16 @@ from neurons.validator.scores import ScoreBook
 from neurons.validator.scoring import ScoringQueue
 from shared.availability_query import parse_k, parse_task, read_uid_list
 from shared.errors import ApiError
-from shared.http import error_middleware, json_response, parse_model, read_json, read_raw, request_lines
+from shared.http import error_middleware, json_response, parse_model, read_json, request_lines
 from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics, metrics_handler, metrics_middleware
-from shared.signing import CALLER_KEY, Authorizer, RequestVerifier, verified_hotkey
+from shared.signing import CALLER_KEY, UNVERIFIED_BODY_BYTES, Authorizer, RequestVerifier, verified_hotkey
 
 
-def scoring_verifier(self_hotkey: str, api_hotkeys: list[str]) -> RequestVerifier:
+def scoring_verifier(self_hotkey: str, api_hotkeys: list[str], *,
+                     unverified_body_bytes: int = UNVERIFIED_BODY_BYTES) -> RequestVerifier:
     """Who may sign for this validator: its API processes' hotkeys (``API_HOTKEYS``); permits play no part."""
-    return RequestVerifier(self_hotkey, Authorizer(lambda: (), api_hotkeys),
+    return RequestVerifier(self_hotkey, Authorizer(lambda: (), api_hotkeys), unverified_body_bytes=unverified_body_bytes,
                            not_allowed="is not one of API_HOTKEYS, the API hotkeys this validator takes requests from")
 
 
@@ -157,10 +158,10 @@ async def get_available_miners(request: web.Request) -> web.Response:
 
 
 async def scoring(request: web.Request) -> web.Response:
-    """Organic results: signature first (401/403), then the payload (400), then the queue (503)."""
+    """Organic results: signature first (its headers before the body is read: 400/401/403, 503 when too many
+    bodies are being read unverified), then the payload (400), then the queue (503)."""
     ctx = request.app[CTX]
-    body = await read_raw(request)
-    request[CALLER_KEY] = ctx.verifier.verify(request.headers, body, method=request.method, path=request.raw_path)
+    request[CALLER_KEY] = await ctx.verifier.read_verified(request)
     data = await read_json(request)
     if isinstance(data, list):
         return _score_batch(ctx, data)

@@ -85,7 +85,8 @@ async def run_validator(settings: ValidatorSettings) -> None:
         datasets = build_datasets(corpus, settings.dataset_file)
     signer = Signer(hotkey)
     api_hotkeys = settings.api_hotkeys or [hotkey.ss58_address]
-    verifier = scoring_verifier(hotkey.ss58_address, api_hotkeys)
+    verifier = scoring_verifier(hotkey.ss58_address, api_hotkeys,
+                                unverified_body_bytes=settings.max_unverified_body_bytes)
     session = make_session()
     client = MinerClient(session, signer)
     reference = build_reference(settings, session)
