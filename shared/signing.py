@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 from bittensor import http_auth
+from bittensor.sp_core import Keypair
 from bittensor.wallets import parse_crypto_type
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -151,6 +152,15 @@ class BodyBudget:
         self.in_flight -= size
 
 
+def _decodes(hotkey: str) -> bool:
+    """Whether ``hotkey`` is an SS58 address (its checksum too); asked only of callers refused anyway."""
+    try:
+        Keypair(ss58_address=hotkey)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 def _refusal(e: http_auth.AuthError) -> ApiError:
     return ApiError(_STATUS.get(type(e), 401), f"{type(e).__name__}: {e}", code=type(e).__name__)
 
@@ -228,6 +238,8 @@ class RequestVerifier:
         except http_auth.AuthError as e:
             raise _refusal(e) from None
         if not self.authorizer.allowed(sender):
+            if not _decodes(sender):  # what ``verify`` says of it: no address is no caller to refuse
+                raise _refusal(http_auth.MalformedAuth("invalid hotkey address or signature encoding"))
             raise ApiError(403, f"hotkey {sender} {self.not_allowed}", code="NotAValidator")
         return sender
 
