@@ -21,6 +21,7 @@ Refusals and timeouts are logged at most once a minute per address (per kind), n
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import resource
 import time
@@ -50,12 +51,14 @@ class ConnectionLimits:
     max_connections: int = 10_000
     max_per_ip: int = 1024
     trusted: tuple[Network, ...] = ()
+    keepalive_timeout: float = 75.0  # an idle kept-alive connection's lifetime (aiohttp's own: 3630 s)
 
 
 def connection_limits(settings: CommonSettings, trusted: tuple[Network, ...] = ()) -> ConnectionLimits:
     """The limits a process's settings say; ``trusted``: the proxies exempt from the per-address cap."""
     return ConnectionLimits(header_timeout=settings.header_timeout, max_connections=settings.max_connections,
-                            max_per_ip=settings.max_connections_per_ip, trusted=trusted)
+                            max_per_ip=settings.max_connections_per_ip, trusted=trusted,
+                            keepalive_timeout=settings.keepalive_timeout)
 
 
 def fd_limited(limits: ConnectionLimits, *, raise_soft: bool = True) -> ConnectionLimits:
@@ -79,7 +82,7 @@ def fd_limited(limits: ConnectionLimits, *, raise_soft: bool = True) -> Connecti
     logger.warning("MAX_CONNECTIONS: {} is more than this process's file descriptor limit ({}) can hold with room "
                    "for its own; capped at {} (raise `ulimit -n` / LimitNOFILE to allow more)",
                    limits.max_connections, soft, usable)
-    return ConnectionLimits(limits.header_timeout, usable, limits.max_per_ip, limits.trusted)
+    return dataclasses.replace(limits, max_connections=usable)
 
 
 def address_key(address: str | None) -> str | None:

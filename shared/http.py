@@ -345,8 +345,9 @@ def app_runner(app: web.Application, limits: ConnectionLimits | None = None) -> 
     log (ours is ``request_log``), aiohttp's own reports through loguru without a client's bytes,
     compressed bodies decoded by ``read_body``, not by aiohttp, and connections held to ``limits``
     (``shared.connections``: a header timeout, caps per address and in all; the defaults when not given)."""
-    return GuardedAppRunner(app, guard=ConnectionGuard(limits or ConnectionLimits()), handler_cancellation=True,
-                            access_log=None, logger=ServerLog(), auto_decompress=False)
+    limits = limits or ConnectionLimits()
+    return GuardedAppRunner(app, guard=ConnectionGuard(limits), handler_cancellation=True, access_log=None,
+                            logger=ServerLog(), auto_decompress=False, keepalive_timeout=limits.keepalive_timeout)
 
 
 SHUTDOWN_LIMIT_S = 30.0  # in-flight requests get 5 s (the site's shutdown_timeout); the rest is cleanup

@@ -135,6 +135,11 @@ class CommonSettings(BaseSettings):
     # 1024: a miner's callers pool up to 256 connections per host and API worker (shared/miner_client.py).
     max_connections_per_ip: int = Field(default=1024, ge=1, description="Connections open at once from one client "
                                         "address (an IPv6 /64) per process; TRUSTED_PROXIES exempt")
+    # 75 s: above the idle timeouts of the proxies and load balancers in front of an API (nginx's upstream
+    # keepalive 60 s, AWS ALB 60 s), so they close first; aiohttp's own default, 3630 s, let a client that
+    # sent one request hold its socket for an hour.
+    keepalive_timeout: float = Field(default=75.0, gt=0, le=86400, description="Seconds an idle kept-alive "
+                                     "connection stays open between requests")
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("log_level", mode="before")

@@ -171,3 +171,16 @@ def test_address_buckets() -> None:
     assert address_key("::ffff:203.0.113.7") == "203.0.113.7"
     assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert address_key(None) is None and address_key("not-an-ip") is None
+
+
+async def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout() -> None:
+    """aiohttp's own default let a client that sent one whole request hold its socket idle for an hour
+    (3630 s): enough sockets so held fill MAX_CONNECTIONS for everyone. KEEPALIVE_TIMEOUT (75 s) bounds it."""
+    async with guarded(ConnectionLimits(header_timeout=5.0, keepalive_timeout=0.5)) as (port, guard):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.readline(), 2)).startswith(b"HTTP/1.1 200")
+        took = await closed_after(reader)
+        writer.close()
+        assert 0.3 < took < 2.5 and guard.open == 0
