@@ -15,7 +15,6 @@ from loguru import logger
 from api.answer_checks import Check, json_check, json_opening, offered_tools
 from api.context import ApiContext
 from api.race import Race
-from api.scoring_outbox import UNSCORED
 from shared.jsonutil import dumpb
 from shared.metagraph import Neuron
 from shared.protocol import ChatCompletionRequest
@@ -102,8 +101,8 @@ def deliver(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str) -> 
     payload["body"] = body
     payload["kind"] = kind
     payload["request_id"] = race.request_id
-    if not race.scored:  # the caller named its miners: observed (metrics), never sent to be scored
-        payload[UNSCORED] = True
+    if not race.scored:  # the caller named its miners: the validator takes it, and does not score it
+        payload["caller_chose_miners"] = True
     for sink in ctx.payload_sinks:
         try:
             sink(payload)

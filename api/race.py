@@ -250,8 +250,8 @@ class Race:
         scored: bool = True,
     ) -> None:
         self.client = client
-        # False: the caller named the miners (``uids``); its payload goes to no scoring sink, as a key holder
-        # could otherwise score a miner it owns (or sink a rival) with as many answers as it likes.
+        # False: the caller named the miners (``uids``); its payload says so, and the validator does not score
+        # it: a key holder could otherwise score a miner it owns (or sink a rival) with as many answers as it likes.
         self.scored = scored
         self.check = check  # what a whole answer must also be (the JSON asked for): answer_checks
         # The deadline is shorter than the node would give (a caller's ``timeout``, what a failover

@@ -24,8 +24,6 @@ from shared.miner_client import MinerClient, MinerError
 from shared.store.base import StoreUnavailable
 from shared.store.outbox import Outbox, OutboxItem
 
-UNSCORED = "unscored"  # a payload's mark (``Race.scored`` False): observed, never sent to be scored
-
 POISON_STATUSES = {400, 413, 422}
 REFUSED_STATUSES = {401, 403}  # the validator does not accept our signature: a setting to fix, said out loud
 REFUSAL_WARNING_EVERY = 60.0
@@ -95,9 +93,6 @@ class OutboxForwarder:
         API's largest cost after HTTP itself).
         """
         done = asyncio.get_running_loop().create_future()
-        if payload.get(UNSCORED):  # the caller named its miners (``Race.scored``): not the validator's to score
-            done.set_result(None)
-            return done
         self._pending.append((payload, done))
         if self._committer is None:
             self._committer = asyncio.ensure_future(self._commit_soon())

@@ -12,8 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from api.scoring_outbox import OutboxForwarder
-from shared.store.outbox import SQLiteOutbox
+from neurons.validator.payload import OrganicPayload
 from tests.helpers import Script, api_with_miners, chunk, post, sse
 
 MESSAGES = [{"role": "user", "content": "What is a subnet?"}]
@@ -407,7 +406,7 @@ async def test_answers_from_miners_the_caller_named_are_not_scored(tmp_path: Pat
     """Any key holder could name its own miner (``uids``) and score it with as many answers as it liked,
     honest only for its own marked requests, or a rival's, to sink it: the validator weighted them as
     callers' traffic (a miner that sandbagged everyone else took the top weight in a minute). Races whose
-    miners the caller chose are observed (metrics) but never sent to be scored; those the API chose are."""
+    miners the caller chose say so in their payload, and the validator does not score them."""
     results = json.dumps([{"url": "https://corpus.sn1.local/wiki/a", "content": "A page."}])
     scripts = {1: answer(results), 2: answer(results)}
     payloads: list[dict] = []
@@ -423,11 +422,10 @@ async def test_answers_from_miners_the_caller_named_are_not_scored(tmp_path: Pat
                 break
             await asyncio.sleep(0.02)
         named, chosen = payloads
-        assert named["unscored"] is True and "unscored" not in chosen, "observed (metrics), never sent to be scored"
-        outbox = SQLiteOutbox(tmp_path / "outbox.db")
-        forwarder = OutboxForwarder(outbox, api.ctx.client, "http://127.0.0.1:9", "hk")
-        assert forwarder.enqueue(named).done() and not forwarder._pending, "the outbox sink leaves it out"
-        await outbox.close()
+    assert named["caller_chose_miners"] is True and "caller_chose_miners" not in chosen
+    # the validator takes both, and scores only the one whose miners the API chose
+    assert not OrganicPayload.model_validate(chosen).caller_chose_miners
+    assert OrganicPayload.model_validate(named).caller_chose_miners
 
 
 async def test_a_callers_short_timeout_is_not_the_latency_rewards_scale(tmp_path: Path) -> None:

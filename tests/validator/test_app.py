@@ -80,6 +80,20 @@ async def test_scoring_accepts_a_signed_valid_payload() -> None:
     assert job.hotkeys == {u: k.ss58_address for u, k in MINERS.items()} and job.errors == {2: "deadline exceeded"}
 
 
+async def test_a_payload_whose_caller_named_its_miners_is_taken_and_not_scored() -> None:
+    """A key holder naming its own miner (``uids``) could score it with as many answers as it liked: such a
+    payload says so (``caller_chose_miners``), is acknowledged (the outbox lets it go) and queues no job."""
+    ctx = make_ctx()
+    async with serve_app(create_validator_app(ctx)) as url:
+        aimed = [{**payload(), "caller_chose_miners": True, "request_id": "aimed"}]
+        status, body = await post(url, "/scoring", json.dumps(aimed).encode())
+        assert status == 202 and body["accepted"] == 1 and body["queued"] == 0
+        status, body = await post(url, "/scoring", json.dumps([{**payload(), "request_id": "chosen"}]).encode())
+        assert status == 202 and body["queued"] == 1
+    assert ctx.scoring_queue.get_nowait().source == "organic"
+    assert ctx.scoring_queue.empty()
+
+
 async def test_every_validator_request_leaves_one_line_with_its_status() -> None:
     """The validator's routes wrote no line at all: an API whose payloads were refused, a scraper, a
     caller of an unknown path left nothing an operator could find by the request id."""
