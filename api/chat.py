@@ -27,7 +27,7 @@ from api.completion import (
     response_usage,
 )
 from api.context import CTX
-from api.fanout import chat_deadline, settle, start_race
+from api.fanout import aimed, chat_deadline, node_deadline, settle, start_race
 from api.race import MinerRun, Race
 from api.route_hints import require
 from api.selection import select_miners, top_miner
@@ -98,6 +98,8 @@ class Plan:
     session: Session | None
     neurons: list[Neuron]
     moved_from: int | None = None  # the session's miner before this request moved it (the miner was gone)
+    # Whether the answers are scored: not when the caller in effect chose its miner (``aimed``).
+    scored: bool = True
 
 
 async def plan(request: web.Request, key: KeyRecord, req: ChatCompletionRequest) -> Plan:
@@ -119,7 +121,9 @@ async def plan(request: web.Request, key: KeyRecord, req: ChatCompletionRequest)
             k=ctx.settings.mixture_k if use_mixture else ctx.settings.default_k,
             rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
         )
-    return Plan(mixture=use_mixture, session=session, neurons=neurons, moved_from=moved_from)
+    return Plan(mixture=use_mixture, session=session, neurons=neurons, moved_from=moved_from,
+                scored=not aimed(req, session, neurons, model))
+
 
 
 async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
@@ -137,6 +141,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
     if session is not None and req.wants_any_model() and sessions.pinned_model(session):
         body["model"] = session.model  # the session's model, not any the pinned miner serves (and for scoring)
     seconds, excuse = chat_deadline(ctx.settings, req)
+    scale, scored = node_deadline(ctx.settings, req), planned.scored
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
     if session is not None:
         headers["x-sn1-session-id"] = session.id
@@ -148,7 +153,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         try:
             # stage one has part of the node's deadline: a miner that runs out of it is not at fault
             answers = await mixture.gather_answers(ctx, neurons, body, mixture.stage_one_seconds(seconds), rid,
-                                                   excuse_timeouts=True, scored=not req.uids)
+                                                   excuse_timeouts=True, scored=scored, latency_scale=scale)
         except ApiError as e:
             e.headers.update(headers)
             raise
@@ -158,7 +163,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         headers["x-sn1-mixture-uids"] = ",".join(str(r.uid) for r in answers)
         excuse = True  # the final miner has what stage one left of the deadline: running out is not its fault
     race = start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse,
-                      scored=not req.uids)
+                      scored=scored, latency_scale=scale)
     outcome = "error"
     winner: MinerRun | None = None
     try:

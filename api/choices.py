@@ -29,7 +29,7 @@ from api.completion import (
     response_usage,
 )
 from api.context import CTX, ApiContext
-from api.fanout import chat_deadline, settle, start_race
+from api.fanout import aimed, chat_deadline, node_deadline, settle, start_race
 from api.mixture import is_mixture
 from api.race import MinerRun, Race
 from api.selection import select_miners
@@ -127,8 +127,10 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
     rid = request_id(request)
     req = asks[0].req  # what the asks share: stream, stream_options, timeout, max_tokens
     seconds, excuse = chat_deadline(ctx.settings, req)
+    scale = node_deadline(ctx.settings, req)
     races = [(start_race(ctx, a.neurons, a.body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse,
-                         scored=not a.req.uids), a.body) for a in asks]
+                         scored=not aimed(a.req, None, a.neurons, None if a.req.wants_any_model() else a.req.model),
+                         latency_scale=scale), a.body) for a in asks]
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
     outcome, winners, usage = "error", [], {}
     try:

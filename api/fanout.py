@@ -32,6 +32,11 @@ def deadline_seconds(settings: ApiSettings, *, timeout: float | None, max_tokens
     return min(wanted, settings.max_request_timeout)
 
 
+def node_deadline(settings: ApiSettings, req: ChatCompletionRequest) -> float:
+    """The deadline the node gives ``req`` whatever its ``timeout``: the latency reward's scale."""
+    return deadline_seconds(settings, timeout=None, max_tokens=req.effective_max_tokens())
+
+
 def chat_deadline(settings: ApiSettings, req: ChatCompletionRequest) -> tuple[float, bool]:
     """A chat request's deadline in seconds, and whether it is shorter than the node's own (the caller's
     ``timeout``): a miner it cuts off is then not scored for that (any key could otherwise zero honest
@@ -42,9 +47,17 @@ def chat_deadline(settings: ApiSettings, req: ChatCompletionRequest) -> tuple[fl
                                                                           max_tokens=max_tokens)
 
 
+def aimed(req: ChatCompletionRequest, session: object | None, neurons: list[Neuron], model: str | None) -> bool:
+    """Whether the caller in effect chose the miners: named them (``uids``), pinned one (a session, which a
+    caller can open again until it pins the miner it wants), or named a model only one miner serves. Such
+    answers are not scored (``Race.scored``): any key holder could otherwise score its own miner (honest
+    only for its own requests) or sink a rival with as many of them as it liked."""
+    return bool(req.uids) or session is not None or (model is not None and len(neurons) < 2)
+
+
 def start_race(
     ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, *, stream: bool, request_id: str,
-    excuse_timeouts: bool = False, check: Check | None = None, scored: bool = True,
+    excuse_timeouts: bool = False, check: Check | None = None, scored: bool = True, latency_scale: float | None = None,
 ) -> Race:
     """``check``: what makes a whole answer valid, when the request's own fields do not say (a web
     search's list of results); else the request's ``response_format`` decides."""
@@ -54,7 +67,7 @@ def start_race(
                 excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=check or json_check(body),
                 opens_with=json_opening(body),
                 relay_usage=not stream or (isinstance(options, dict) and options.get("include_usage") is True),
-                scored=scored)
+                scored=scored, latency_scale=latency_scale)
     race.start()
     return race
 

@@ -56,13 +56,13 @@ def final_body(body: dict[str, Any], answers: list[str]) -> dict[str, Any]:
 
 async def gather_answers(
     ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, request_id: str, *,
-    excuse_timeouts: bool = False, scored: bool = True,
+    excuse_timeouts: bool = False, scored: bool = True, latency_scale: float | None = None,
 ) -> list[MinerRun]:
     """Stage 1: every valid answer from ``neurons`` within ``seconds``; none valid is the error a plain
     request would get (400 if every model server refused it, 504 past the deadline, else 502)."""
     stage_body = {**body, "stream": True}
     race = start_race(ctx, neurons, stage_body, seconds, stream=False, request_id=request_id,
-                      excuse_timeouts=excuse_timeouts, scored=scored)
+                      excuse_timeouts=excuse_timeouts, scored=scored, latency_scale=latency_scale)
     await race.finish()
     settle(ctx, race, stage_body, kind="mixture_stage1")
     valid = [r for r in race.runs if r.error is None and r.has_answer and r.text]

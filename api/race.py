@@ -248,11 +248,16 @@ class Race:
         opens_with: str | None = None,
         relay_usage: bool = True,
         scored: bool = True,
+        latency_scale: float | None = None,
     ) -> None:
         self.client = client
         # False: the caller named the miners (``uids``); its payload says so, and the validator does not score
         # it: a key holder could otherwise score a miner it owns (or sink a rival) with as many answers as it likes.
         self.scored = scored
+        # The deadline the node gives such a request, the latency reward's scale when this race had less
+        # (``excuse_timeouts``): a caller's short ``timeout`` must not shrink it (any key could cut a rival's
+        # reward), nor a long answer's longer deadline fall back to the validator's ORGANIC_TIMEOUT.
+        self.latency_scale = latency_scale
         self.check = check  # what a whole answer must also be (the JSON asked for): answer_checks
         # The deadline is shorter than the node would give (a caller's ``timeout``, what a failover
         # had left): a miner that ran out of it is not at fault, so it is left out of the payload.
@@ -365,6 +370,11 @@ class Race:
             if not t.done():
                 t.cancel()
 
+    def _latency_scale(self) -> float | None:
+        if not self.excuse_timeouts:
+            return max(0.1, round(self.deadline - self.started, 3))
+        return round(self.latency_scale, 3) if self.latency_scale else None
+
     def payload(self) -> dict[str, Any]:
         """The organic-scoring record: each uid's own chunks and timings, and its error (without the
         runs a shortened deadline cut off, see ``excuse_timeouts``, and those the API stopped)."""
@@ -381,8 +391,8 @@ class Race:
             # a caller's impossible schema would otherwise be a zero for every miner.
             "errors": {str(r.uid): r.error for r in runs if r.error and r.error_kind != UNFIT},
             "winner": self.winning_run.uid if self.winning_run else None,
-            # The latency reward's scale: the node's deadline, not a caller's shorter one (``excuse_timeouts``:
-            # the validator's ORGANIC_TIMEOUT then), by which any key could cut an honest miner's reward.
-            "deadline_s": None if self.excuse_timeouts else max(0.1, round(self.deadline - self.started, 3)),
+            # The latency reward's scale: the deadline the miners had, or the node's own when that was a
+            # caller's shorter one (``latency_scale``; none known: the validator's ORGANIC_TIMEOUT).
+            "deadline_s": self._latency_scale(),
             "created_at": time.time(),
         }

@@ -209,7 +209,8 @@ async def failover_race(
             settle(ctx, race, body, kind="session")  # the failed attempt is scored too
             # the replacement has only what the failed miner left of the deadline: not its fault if short
             retry = start_race(ctx, [neuron], body, remaining, stream=stream, request_id=request_id,
-                               excuse_timeouts=True)
+                               excuse_timeouts=True, scored=race.scored,
+                               latency_scale=race.latency_scale or race.deadline - race.started)
             try:
                 winner = await retry.winner()
             except BaseException:  # the caller left (or a bug): the handler's cleanup only knows the first race

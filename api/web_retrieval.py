@@ -213,7 +213,7 @@ async def search(ctx: ApiContext, query: str, *, n_results: int, timeout: float,
     check = ResultsCheck()
     race = start_race(ctx, neurons, body, timeout, stream=False, request_id=request_id, check=check,
                       excuse_timeouts=timeout < DEFAULT_RESPONSE_TIME,  # a caller's shorter time cuts miners off
-                      scored=not uids)
+                      scored=not uids, latency_scale=DEFAULT_RESPONSE_TIME)
     try:
         if hedged and (first := await race.winner()) is not None:
             await asyncio.wait(race.tasks, timeout=grace(first.timings[-1] if first.timings else 0.0))

@@ -31,6 +31,10 @@ class ReferenceError(Exception):
     """The reference model could not answer; the job is skipped, not scored as 0."""
 
 
+class EmptyReference(ReferenceError):
+    """The reference model answered nothing (a job scored against it would be a 0 for every miner)."""
+
+
 class ReferenceModel(Protocol):
     reproducible: bool
 
@@ -101,7 +105,7 @@ class OpenAIReference:
             raise ReferenceError(f"reference LLM failed: {type(e).__name__}: {e}") from None
         if not isinstance(content, str) or not content.strip():
             # "" (a reasoning model that spent max_tokens thinking, say) would score every miner 0
-            raise ReferenceError("reference LLM returned no text")
+            raise EmptyReference("reference LLM returned no text")
         return content
 
     async def close(self) -> None:

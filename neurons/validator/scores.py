@@ -74,12 +74,19 @@ class ScoreBook:
         return averages[task]
 
     def task_score(self, entry: MinerScore, task: str) -> float:
-        """The synthetic average, with the organic one (if any) given ``organic_share`` of the score: a task
-        with organic answers and no synthetic job yet scores at most that share."""
+        """The synthetic average, with the organic one given up to ``organic_share`` of the score as its
+        answers add up: ``share x (1 - (1 - alpha)^n)`` after n of them, against the organic average
+        corrected for its start at 0 (divided by the same factor). Uncorrected, a miner's first perfect
+        organic answer read as 0.1 and cut its score by a fifth: four requests any key could send a rival
+        through a session were a cheap sink. A task with organic answers and no synthetic job yet scores at
+        most the share."""
         synthetic = entry.tasks.get(task, 0.0)
-        if task not in entry.organic:
+        n = entry.organic_counts.get(task, 0)
+        if task not in entry.organic or n <= 0:
             return synthetic
-        return (1 - self.organic_share) * synthetic + self.organic_share * entry.organic[task]
+        seen = 1 - (1 - self.alpha) ** min(n, 10_000)  # how much of the average its n answers make up
+        # (1 - share x seen) x synthetic + share x seen x (organic / seen):
+        return (1 - self.organic_share * seen) * synthetic + self.organic_share * entry.organic[task]
 
     def sync(self, snapshot: MetagraphSnapshot) -> list[int]:
         """Drop uids that left the metagraph or whose hotkey changed; returns the uids reset.

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from loguru import logger
 
 from api.race import MinerRun
-from neurons.validator.reference import ReferenceError
+from neurons.validator.reference import EmptyReference, ReferenceError
 from neurons.validator.rewards.penalties import DEFAULT_GRACE, copied_uids, latency_factor
 from neurons.validator.scores import ScoreBook
 from neurons.validator.tasks.base import RewardContext, TaskRegistry
@@ -74,22 +74,31 @@ def prompt_text(bodies: Iterable[dict[str, Any]]) -> str:
 def rebuild_answer(chunks: list[str], timings: list[float], error: str | None) -> Answer:
     """The answer text and the arrival time of its first content chunk; garbage is an error.
 
-    The first content is the first text that is not whitespace (or a tool call): what is scored. A refusal
+    The first content is the first letter or digit of the text (or a tool call): what is scored. A refusal
     claims a streamed race, but timed from it, a miner that sent ``{"refusal": " "}`` at once and its answer
-    at the deadline had full latency credit."""
+    at the deadline had full latency credit; so had one that sent ``"."`` or a zero-width space first. Text
+    with no letter or digit at all is timed from its first character that is not whitespace."""
     if error:
         return Answer(error=error)
     run = MinerRun(Neuron(uid=-1, hotkey=""))
     first: float | None = None
-    seen = 0  # pieces of content looked at for the first that is not whitespace
+    printed: float | None = None  # the first text that is not whitespace, for an answer without a word
+    seen = 0  # pieces of content looked at
     try:
         for i, data in enumerate(chunks):
             run.absorb(data)
-            if first is None and (run.tool_calls or any(not p.isspace() for p in run.content[seen:])):
-                first = timings[i] if i < len(timings) else None
+            at = timings[i] if i < len(timings) else None
+            fresh = run.content[seen:]
             seen = len(run.content)
+            if first is not None:
+                continue
+            if run.tool_calls or any(c.isalnum() for piece in fresh for c in piece):
+                first = at
+            elif printed is None and any(not piece.isspace() for piece in fresh):
+                printed = at
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as e:
         return Answer(error=f"malformed chunk: {type(e).__name__}")
+    first = printed if first is None else first
     if run.tool_calls:
         return Answer(text=run.text, first_content_s=first, tool_calls=True)
     if not run.text.strip():
@@ -137,8 +146,15 @@ class Scorer:
     async def _empty_is_right(self, body: dict[str, Any]) -> bool:
         """Whether the reference model, asked the same, says nothing either (the caller's ``stop`` matched at
         once): only then is an empty organic answer the caller's. Taken on the miner's word, any ``max_tokens``
-        let a miner answer every caller ``""`` and be left out of organic scoring for good."""
-        return not (await self.ctx.reference.answer(body)).strip()
+        let a miner answer every caller ``""`` and be left out of organic scoring for good. A reference that
+        does not reproduce a miner's sampling cannot tell under a ``stop`` (its own sample may not stop at
+        once where an honest miner's did): the miner's word is taken there."""
+        if not self.ctx.reference.reproducible and body.get("stop"):
+            return True
+        try:
+            return not (await self.ctx.reference.answer(body)).strip()
+        except EmptyReference:
+            return True
 
     @staticmethod
     def _answers(job: ScoringJob, seed_dependent: bool) -> tuple[dict[int, Answer], set[int]]:

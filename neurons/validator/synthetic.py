@@ -15,6 +15,7 @@ is down, is recorded with an error and scores 0: it is never dropped silently.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -42,17 +43,41 @@ class SyntheticConfig:
     timeout: float = 10.0
 
 
+@dataclass(frozen=True)
+class Wording:
+    """How a synthetic chat request is worded, varied as callers' are: a fixed one (no ``model``, always
+    streamed, temperature 0.7 and top_p 0.95) told every synthetic request apart by one rule. The sampling
+    stays above 0: seed-dependent tasks rely on each miner's seed giving another answer."""
+
+    model: str | None = None  # "default", a model the miner serves, or none (the subnet's own clients)
+    stream: bool = True
+    temperature: float = 0.7
+    top_p: float | None = 0.95
+
+
+def wording(rng: random.Random, served: list[str]) -> Wording:
+    """A random ``Wording`` for a miner that serves ``served`` (the models its availability lists)."""
+    model = rng.choice(["default", "default", *served]) if rng.random() < 0.85 else None
+    return Wording(model=model, stream=rng.random() < 0.6, temperature=rng.choice((0.6, 0.7, 0.7, 0.8, 1.0)),
+                   top_p=rng.choice((0.95, 0.9, 1.0, None)))
+
+
 def challenge_body(challenge: Challenge, seed: int, *, results: int = RESULTS[1],
-                   timeout: float = DEFAULT_RESPONSE_TIME) -> dict[str, Any]:
+                   timeout: float = DEFAULT_RESPONSE_TIME, words: Wording = Wording()) -> dict[str, Any]:
     """The request a miner receives, made as the API makes a caller's, field for field: a retrieval query as
     ``retrieval_body`` (``results`` wanted, ``timeout``), a chat request through ``miner_body`` (its sampling
-    at the top level, where the API puts a caller's). Anything only one side sent told synthetic traffic
-    apart (a ``timeout`` on a chat request; sampling only in ``sampling_parameters``, which no caller's request
-    reached a miner with), so a miner could answer it honestly and cut corners on callers."""
+    at the top level, where the API puts a caller's), worded as ``words`` says. Anything only one side sent
+    told synthetic traffic apart (a ``timeout`` on a chat request; sampling only in ``sampling_parameters``;
+    never a ``model``), so a miner could answer it honestly and cut corners on callers."""
     if challenge.task == tasks.WEB_RETRIEVAL:
         return retrieval_body(content_text(challenge.messages[-1].get("content")), n_results=results,
                               timeout=timeout, seed=seed)
-    sent: dict[str, Any] = {"messages": challenge.messages, "stream": True, "temperature": 0.7, "top_p": 0.95}
+    sent: dict[str, Any] = {"messages": challenge.messages}
+    if words.model is not None:
+        sent["model"] = words.model
+    sent |= {"stream": words.stream, "temperature": words.temperature}
+    if words.top_p is not None:
+        sent["top_p"] = words.top_p
     if challenge.max_tokens:
         sent["max_tokens"] = challenge.max_tokens
     sent["task"] = challenge.task
@@ -61,6 +86,15 @@ def challenge_body(challenge: Challenge, seed: int, *, results: int = RESULTS[1]
 
 def sample_miners(neurons: list[Neuron], k: int, rng: random.Random) -> list[Neuron]:
     return neurons if len(neurons) <= k else rng.sample(neurons, k)
+
+
+def _model_for(rng: random.Random, book: AvailabilityBook, uid: int, model: str | None) -> str | None:
+    """The job's ``model`` field for ``uid``: none, "default", or a model its availability says it serves."""
+    if model is None:
+        return None
+    entry = book.entries.get(uid) or {}
+    served = [m for m, ok in (entry.get("llm_model_availabilities") or {}).items() if ok]
+    return rng.choice(["default", *served]) if served else "default"
 
 
 async def query_one(client: MinerClient, neuron: Neuron, body: dict[str, Any], deadline: float) -> Race:
@@ -98,8 +132,11 @@ async def run_cycle(
     shared_seed = rng.randrange(2**31)
     asked = [*neurons, *dark]
     results, timeout = rng.choice(RESULTS), min(config.timeout, DEFAULT_RESPONSE_TIME)  # as a caller's search
+    shared_words = wording(rng, [])  # one stream mode and sampling for the job: its answers are compared
     bodies = {n.uid: challenge_body(challenge, rng.randrange(2**31) if task.seed_dependent else shared_seed,
-                                    results=results, timeout=timeout)
+                                    results=results, timeout=timeout,
+                                    words=dataclasses.replace(shared_words, model=_model_for(rng, book, n.uid,
+                                                                                             shared_words.model)))
               for n in asked}
     job = ScoringJob(source="synthetic", task=task.name, bodies=bodies, hotkeys={n.uid: n.hotkey for n in asked},
                      deadline_s=config.timeout, expected=challenge.expected)

@@ -431,15 +431,42 @@ async def test_answers_from_miners_the_caller_named_are_not_scored(tmp_path: Pat
 async def test_a_callers_short_timeout_is_not_the_latency_rewards_scale(tmp_path: Path) -> None:
     """A 0.5 s ``timeout`` made 0.5 s the scale of the latency reward: an honest miner whose first token came
     at 0.3 s scored about half (any key could cut a rival's reward so). With a caller's shorter deadline the
-    payload names none, and the validator uses its own (ORGANIC_TIMEOUT)."""
+    payload names the node's own for the request: a long answer's (max_tokens 8192: 120 s), not the
+    validator's 30 s, which a ``timeout`` of 119 s made a slow-starting honest miner's scale."""
     payloads: list[dict] = []
-    async with api_with_miners(tmp_path, {1: answer("hello")}) as api:
+    async with api_with_miners(tmp_path, {1: answer("hello")}, max_request_timeout=120.0) as api:
         api.ctx.payload_sinks.append(payloads.append)
-        for fields in ({"timeout": 0.5}, {}):
+        node = api.ctx.settings.request_timeout
+        for fields in ({"timeout": 0.5}, {}, {"timeout": 119, "max_tokens": 8192}):
             status, _, text = await post(api, {"messages": MESSAGES, **fields})
             assert status == 200, text
         for _ in range(50):
-            if len(payloads) == 2:
+            if len(payloads) == 3:
                 break
             await asyncio.sleep(0.02)
-    assert payloads[0]["deadline_s"] is None and payloads[1]["deadline_s"] > 1
+    assert [p["deadline_s"] for p in payloads] == [node, node, 120.0]
+
+
+async def test_answers_of_a_miner_the_caller_chose_in_effect_are_not_scored(tmp_path: Path) -> None:
+    """Without ``uids`` a caller could still aim: name a model only its own miner serves (29,337 scored answers
+    in 20 s in the audit), or open a session again and again until it pins its miner. Both are marked as
+    chosen by the caller; a model two miners serve, and no session, is scored."""
+    from tests.compat.support import fresh_cache, serves
+
+    payloads: list[dict] = []
+    async with api_with_miners(tmp_path, {1: answer("mine"), 2: answer("theirs")}) as api:
+        api.ctx.availability = fresh_cache(api, {1: serves(["owner/private", "shared"], ["InferenceTask"]),
+                                                 2: serves(["shared"], ["InferenceTask"])})
+        api.ctx.payload_sinks.append(payloads.append)
+        for model in ("owner/private", "shared"):
+            status, _, text = await post(api, {"model": model, "messages": MESSAGES})
+            assert status == 200, text
+        status, _, text = await post(api, {"model": "shared", "session_duration": 60}, path="/v1/sessions")
+        assert status == 200, text
+        status, _, text = await post(api, {"model": "shared", "messages": MESSAGES})
+        assert status == 200, text
+        for _ in range(50):
+            if len(payloads) == 3:
+                break
+            await asyncio.sleep(0.02)
+    assert [p.get("caller_chose_miners", False) for p in payloads] == [True, False, True]

@@ -560,3 +560,43 @@ def test_an_answer_is_timed_from_its_first_text_not_a_refusal_sent_ahead_of_it()
     tricked = rebuild_answer([refusal, space, text, end], [0.01, 0.02, 9.5, 9.6], None)
     plain = rebuild_answer([space, text, end], [0.02, 9.5, 9.6], None)
     assert tricked.first_content_s == plain.first_content_s == 9.5
+    # a visible character or a zero-width one first was the same trick (the re-audit: "." scored 1.0 where the
+    # honest answer at the same time scored 0.067)
+    for lead in (".", "\u200b", "\u2060", "- "):
+        led = dumps(chunk_object(completion_id="c", model="m", delta={"content": lead}))
+        assert rebuild_answer([led, text, end], [0.01, 9.5, 9.6], None).first_content_s == 9.5, repr(lead)
+    marks = dumps(chunk_object(completion_id="c", model="m", delta={"content": "..."}))
+    assert rebuild_answer([space, marks, end], [0.01, 2.0, 2.1], None).first_content_s == 2.0, "no word: first mark"
+    word = dumps(chunk_object(completion_id="c", model="m", delta={"content": "**Paris**"}))
+    assert rebuild_answer([word, end], [1.5, 1.6], None).first_content_s == 1.5
+
+
+async def test_an_empty_organic_answer_against_a_reference_that_does_not_reproduce(tmp_path) -> None:
+    """A real LLM reference: one that answers nothing raised, and the whole job was skipped (every other
+    miner's reward lost); under a ``stop`` it cannot tell an honest miner's "" (its own sample need not stop
+    at once), so the miner's word is taken there; with only ``max_tokens``, a reference that says something
+    makes the "" a 0."""
+    from neurons.validator.reference import EmptyReference
+
+    class Llm:
+        reproducible = False
+
+        def __init__(self, says: str) -> None:
+            self.says = says
+
+        async def answer(self, body):  # type: ignore[no-untyped-def]
+            if not self.says:
+                raise EmptyReference("reference LLM returned no text")
+            return self.says
+
+    registry = default_registry()
+    body = {"messages": [{"role": "user", "content": "Tell me a story"}], "task": "InferenceTask", "seed": 3}
+    ended = [dumps(chunk_object(completion_id="c", model="m", delta={"role": "assistant"})),
+             dumps(chunk_object(completion_id="c", model="m", delta={}, finish_reason="stop"))]
+    bodies = {1: {**body, "max_tokens": 64}, 2: {**body, "stop": ["Once"]}}
+    for says, expected in (("", {}), ("Once upon a time", {1: 0.0})):
+        scorer = Scorer(registry, RewardContext(Llm(says), CORPUS),
+                        ScoreBook(registry.probabilities, alpha=0.5, path=tmp_path / f"s{len(says)}.json"))
+        job = ScoringJob(source="organic", task="InferenceTask", bodies=bodies, hotkeys={1: "hk1", 2: "hk2"},
+                         chunks={1: ended, 2: ended}, timings={1: [0.1, 0.2], 2: [0.1, 0.2]}, deadline_s=10.0)
+        assert await scorer.rewards(job) == expected, says

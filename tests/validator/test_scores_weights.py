@@ -68,7 +68,10 @@ def test_organic_answers_move_a_score_by_their_share_at_most(tmp_path: Path) -> 
     assert book.combined(2) > 2.5 * book.combined(1)
     fresh = ScoreBook(PROBS, alpha=0.1, organic_share=0.25)
     fresh.update(3, "new", "A", 1.0, organic=True)
-    assert fresh.task_score(fresh.miners[3], "A") == pytest.approx(0.025), "no synthetic job yet: the share alone"
+    assert fresh.task_score(fresh.miners[3], "A") == pytest.approx(0.025), "no synthetic job yet: the share, grown"
+    for _ in range(200):
+        fresh.update(3, "new", "A", 1.0, organic=True)
+    assert fresh.task_score(fresh.miners[3], "A") == pytest.approx(0.25, abs=1e-6), "...to the whole share at most"
     organic_only = ScoreBook(PROBS, alpha=0.5, organic_share=1.0)  # SYNTHETIC_ENABLED=false
     organic_only.update(4, "hk4", "A", 1.0, organic=True)
     assert organic_only.task_score(organic_only.miners[4], "A") == 0.5
@@ -76,6 +79,23 @@ def test_organic_answers_move_a_score_by_their_share_at_most(tmp_path: Path) -> 
     again = ScoreBook(PROBS, alpha=0.1, path=tmp_path / "scores.json", organic_share=0.25)
     assert again.load() and again.combined(1) == pytest.approx(book.combined(1))
     assert again.miners[1].organic_counts == {"A": 2000} and again.report()["miners"][0]["organic"]["A"] > 0.99
+
+
+def test_a_miners_first_perfect_organic_answers_do_not_lower_its_score() -> None:
+    """The organic average starts at 0: one perfect answer read 0.1 and cut a miner's score from 1.0 to 0.775,
+    so four requests through a session pinned to a rival (any key can) were a sink. Its weight grows with its
+    answers instead; poor answers still lower the score, by as much as they have earned weight."""
+    book = ScoreBook({"A": 1.0}, alpha=0.1, organic_share=0.25)
+    for uid in (1, 2):
+        for _ in range(300):
+            book.update(uid, f"hk{uid}", "A", 1.0)
+    assert book.combined(1) == pytest.approx(1.0, abs=1e-9)
+    for n in range(1, 31):
+        book.update(1, "hk1", "A", 1.0, organic=True)
+        assert book.combined(1) == pytest.approx(1.0, abs=1e-9), n
+    for _ in range(4):
+        book.update(2, "hk2", "A", 0.0, organic=True)
+    assert book.combined(2) == pytest.approx(1 - 0.25 * (1 - 0.9 ** 4))  # four bad answers: their earned share
 
 
 def test_hotkey_change_resets_the_score() -> None:

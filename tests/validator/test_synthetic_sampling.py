@@ -103,3 +103,18 @@ def test_a_synthetic_body_has_the_fields_of_a_callers_in_their_place() -> None:
     web = challenge_body(Challenge("WebRetrievalTask", [{"role": "user", "content": "pelseldan"}]), 5,
                          results=3, timeout=10.0)
     assert web == retrieval_body("pelseldan", n_results=3, timeout=10.0, seed=5)
+
+
+async def test_synthetic_requests_are_worded_as_variously_as_callers_are() -> None:
+    """Every synthetic request came without a ``model``, streamed, at temperature 0.7 and top_p 0.95, while
+    every organic one through the OpenAI SDK names a model: ``"model" not in body`` told them apart. A job
+    names "default", a model the miner serves, or none; streams or not; and varies its sampling (above 0)."""
+    served = {"task_availabilities": {}, "llm_model_availabilities": {"org/served": True, "org/off": False}}
+    book = AvailabilityBook(entries={1: served}, hotkeys={1: keypair("//Miner1").ss58_address})
+    chat = [b for seed in range(60) if (job := await _cycle(book, seed=seed, uids=(1,))) is not None
+            for b in job.bodies.values() if b["task"] != "WebRetrievalTask"]
+    assert {b.get("model") for b in chat} == {None, "default", "org/served"}
+    assert {b["stream"] for b in chat} == {True, False}
+    assert len({b["temperature"] for b in chat}) > 2 and min(b["temperature"] for b in chat) > 0
+    assert {"top_p" in b for b in chat} == {True, False}
+    assert all(list(b)[:2] in (["messages", "model"], ["messages", "stream"]) for b in chat)
