@@ -114,7 +114,7 @@ def deliver(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str) -> 
     payload["body"] = body
     payload["kind"] = kind
     payload["request_id"] = race.request_id
-    if not race.scored:  # the caller named its miners: the validator takes it, and does not score it
+    if not race.scored:  # the caller chose its miners (``aimed``): the validator takes it, and does not score it
         payload["caller_chose_miners"] = True
     for sink in ctx.payload_sinks:
         try:

@@ -251,8 +251,8 @@ class Race:
         latency_scale: float | None = None,
     ) -> None:
         self.client = client
-        # False: the caller named the miners (``uids``); its payload says so, and the validator does not score
-        # it: a key holder could otherwise score a miner it owns (or sink a rival) with as many answers as it likes.
+        # False: the caller in effect chose the miners (``fanout.aimed``); its payload says so, and the validator
+        # does not score it: a key holder could otherwise score a miner it owns (or sink a rival) at will.
         self.scored = scored
         # The deadline the node gives such a request, the latency reward's scale when this race had less
         # (``excuse_timeouts``): a caller's short ``timeout`` must not shrink it (any key could cut a rival's
