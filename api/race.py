@@ -254,9 +254,9 @@ class Race:
         # False: the caller in effect chose the miners (``fanout.aimed``); its payload says so, and the validator
         # does not score it: a key holder could otherwise score a miner it owns (or sink a rival) at will.
         self.scored = scored
-        # The deadline the node gives such a request, the latency reward's scale when this race had less
-        # (``excuse_timeouts``): a caller's short ``timeout`` must not shrink it (any key could cut a rival's
-        # reward), nor a long answer's longer deadline fall back to the validator's ORGANIC_TIMEOUT.
+        # The deadline the node gives such a request, the latency reward's scale whatever the caller's ``timeout``:
+        # a short one must not shrink it (any key could cut a rival's reward), a long one widen it, nor a long
+        # answer's longer deadline fall back to the validator's ORGANIC_TIMEOUT.
         self.latency_scale = latency_scale
         self.check = check  # what a whole answer must also be (the JSON asked for): answer_checks
         # The deadline is shorter than the node would give (a caller's ``timeout``, what a failover
@@ -371,9 +371,9 @@ class Race:
                 t.cancel()
 
     def _latency_scale(self) -> float | None:
-        if not self.excuse_timeouts:
-            return max(0.1, round(self.deadline - self.started, 3))
-        return round(self.latency_scale, 3) if self.latency_scale else None
+        if self.latency_scale:  # the node's own deadline for the request, whatever the caller's timeout
+            return round(self.latency_scale, 3)
+        return None if self.excuse_timeouts else max(0.1, round(self.deadline - self.started, 3))
 
     def payload(self) -> dict[str, Any]:
         """The organic-scoring record: each uid's own chunks and timings, and its error (without the
