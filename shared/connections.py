@@ -21,6 +21,7 @@ Refusals and timeouts are logged at most once a minute per address (per kind), n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import resource
@@ -39,6 +40,12 @@ if TYPE_CHECKING:
     from shared.settings import CommonSettings
 
 LOG_EVERY_S = 60.0
+# What a connection past a cap is told before it is closed (it sent nothing yet: a whole answer in one write).
+_REFUSED_BODY = (b'{"error":{"message":"Too many connections are open from this address or in all '
+                 b'(MAX_CONNECTIONS_PER_IP, MAX_CONNECTIONS); retry shortly.","type":"service_unavailable",'
+                 b'"code":"too_many_connections","param":null}}')
+REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+           b"Connection: close\r\nContent-Length: " + str(len(_REFUSED_BODY)).encode() + b"\r\n\r\n" + _REFUSED_BODY)
 _MAX_TOLD = 4096  # addresses whose last log line is remembered; older ones are forgotten past this
 FD_HEADROOM = 0.25  # of the fd limit kept for the process's own files and outgoing connections
 
@@ -159,17 +166,27 @@ class ConnectionGuard:
 
     def _tell(self, what: str, line: Callable[[int], None]) -> None:
         """Call ``line(count)`` at most once per ``LOG_EVERY_S`` for ``what``, with the count of events
-        since the last line: a flood costs one line a minute per address, not one per connection."""
+        since the last line: a flood costs one line a minute per address, not one per connection. Events
+        held back are told when their minute ends (a burst's rest was told only at the next event, if any)."""
         now = self._clock()
         last, pending = self._told.get(what, (float("-inf"), 0))
         pending += 1
         if now - last < LOG_EVERY_S:
             self._told[what] = (last, pending)
+            if pending == 1:  # the first held back: told when the minute ends
+                with contextlib.suppress(RuntimeError):  # no loop (a test's direct call): told at the next event
+                    asyncio.get_running_loop().call_later(LOG_EVERY_S - (now - last), self._tell_held, what, line)
             return
         line(pending)
         self._told[what] = (now, 0)
         if len(self._told) > _MAX_TOLD:  # many addresses: forget those not heard of for a minute
             self._told = {k: v for k, v in self._told.items() if now - v[0] < LOG_EVERY_S}
+
+    def _tell_held(self, what: str, line: Callable[[int], None]) -> None:
+        last, pending = self._told.get(what, (0.0, 0))
+        if pending:
+            line(pending)
+            self._told[what] = (self._clock(), 0)
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -197,6 +214,8 @@ class GuardedRequestHandler(RequestHandler):
         self._admitted, self._guard_key = self._guard.admit(address)
         if not self._admitted:
             self._force_close = True  # nothing it sends is parsed
+            if isinstance(transport, asyncio.WriteTransport):  # a clear answer, not a bare reset
+                transport.write(REFUSED)
             transport.close()
             return
         super().connection_made(transport)
@@ -212,6 +231,7 @@ class GuardedRequestHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         requests = self._request_count
+        in_body = self._open_payload is not None  # these bytes go on the last request's body
         super().data_received(data)
         if self._request_count != requests:  # a whole request line and headers (or a refused one)
             self._stop_header_clock()
@@ -220,7 +240,10 @@ class GuardedRequestHandler(RequestHandler):
             return
         if self._open_payload is not None and self._open_payload.is_eof():
             self._open_payload = None
-        if data and self._open_payload is None:  # not the last request's body: the next request's start
+        # Bytes that went on (or ended) a body are no next request: counted as one, the body's last bytes (a
+        # body sent after its headers: curl's 100-continue, any body over one read) closed the kept-alive
+        # connection 10 s later, as a slow client's.
+        if data and not in_body:
             self._start_header_clock()
 
     def _start_header_clock(self) -> None:

@@ -11,6 +11,7 @@ A stranger's request thus costs no body read, no sr25519 verify and no stored no
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -126,6 +127,9 @@ def nonce_retention(max_age: float = http_auth.DEFAULT_MAX_AGE) -> float:
     return max(60.0, max_age + 5)
 
 
+BUDGET_WAIT_S = 5.0  # how long a request whose headers passed waits for room in the unverified-body budget
+
+
 class BodyBudget:
     """Bytes of request bodies being read before their signature is checked, in one process.
 
@@ -133,23 +137,41 @@ class BodyBudget:
     pass the header checks; without a bound, 60 such requests holding 8 MB bodies each took a miner
     from 91 MB to 804 MB. A request takes its declared length (the body cap when it declares none)
     before its body is read and gives it back once the signature is checked; one that does not fit
-    is refused at once (``RequestVerifier.read_verified``'s 503). One body always fits when nothing
+    waits up to ``wait`` seconds for room, then is refused (``RequestVerifier.read_verified``'s 503):
+    refused at once, a burst of the API's own large requests (3 MiB images, one to each miner raced)
+    failed some of them while the budget freed within milliseconds. One body always fits when nothing
     else is in flight, so a budget below the body cap still lets every size through."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, wait: float = BUDGET_WAIT_S) -> None:
         self.capacity = capacity
+        self.wait = wait
         self.in_flight = 0
         self.peak = 0  # the most ever in flight (tests, diagnostics)
+        self._freed: asyncio.Event | None = None  # set when bytes are given back (made by the first waiter)
 
-    def take(self, size: int) -> bool:
-        if self.in_flight and self.in_flight + size > self.capacity:
-            return False
+    def _fits(self, size: int) -> bool:
+        return not self.in_flight or self.in_flight + size <= self.capacity
+
+    async def take(self, size: int) -> bool:
+        """Take ``size`` bytes of room, waiting up to ``wait`` seconds for it; False: none came."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.wait
+        while not self._fits(size):
+            if self._freed is None:
+                self._freed = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._freed.wait(), max(0.0, until - loop.time()))
+            except TimeoutError:
+                return False
         self.in_flight += size
         self.peak = max(self.peak, self.in_flight)
         return True
 
     def give(self, size: int) -> None:
         self.in_flight -= size
+        if self._freed is not None:  # every waiter looks again; those that still do not fit wait anew
+            self._freed.set()
+            self._freed = None
 
 
 def _decodes(hotkey: str) -> bool:
@@ -268,7 +290,7 @@ class RequestVerifier:
         except ApiError as e:
             raise _unread(request, e) from None
         size = _expected_size(request)
-        if not self.budget.take(size):
+        if not await self.budget.take(size):
             raise _unread(request, ApiError(
                 503, "Too many request bodies are being read before their signature is checked; retry shortly.",
                 code="server_busy", headers={"Retry-After": "1"}))

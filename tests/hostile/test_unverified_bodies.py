@@ -42,6 +42,8 @@ def _view() -> MetagraphView:
     view.snapshot = SNAP
     return view
 
+WAIT = 0.3
+
 
 @contextlib.asynccontextmanager
 async def receiver(name: str) -> AsyncIterator[tuple[int, RequestVerifier, str]]:
@@ -55,6 +57,7 @@ async def receiver(name: str) -> AsyncIterator[tuple[int, RequestVerifier, str]]
         ctx = ValidatorContext(book=AvailabilityBook(), scoring_queue=ScoringQueue(10), verifier=verifier,
                                scores=ScoreBook(default_registry().probabilities), metagraph=_view())
         app, hotkey = create_validator_app(ctx, max_body_bytes=BODY_CAP), VALIDATOR.ss58_address
+    verifier.budget.wait = WAIT  # how long a request past the budget waits for room (5 s in a server)
     async with serve_app(app) as url:
         yield int(url.rsplit(":", 1)[1]), verifier, hotkey
 
@@ -114,18 +117,24 @@ async def test_what_the_headers_decide_is_answered_before_the_body_is_read(name:
     assert not errors, errors  # the dropped rest of the body is no "feed_data after feed_eof" traceback
 
 
+async def fill_the_budget(port: int, name: str, hotkey: str) -> tuple[dict[str, str], list]:
+    """Headers that pass the checks (a forged signature) and three 1 MiB bodies held unsent: the whole budget."""
+    forged = {**signed(PATHS[name], b"{}", hotkey), "X-Bittensor-Signature": "0x" + "ab" * 64}
+    held = []
+    for _ in range(3):  # 3 x 1 MiB: the budget
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head(PATHS[name], forged, BODY_CAP) + b"x" * 4096)
+        held.append((reader, writer))
+    await asyncio.sleep(0.2)
+    return forged, held
+
+
 @pytest.mark.parametrize("name", PATHS)
 async def test_unverified_bytes_in_flight_stay_within_the_budget(name: str) -> None:
     """Headers anyone can forge (a validator's hotkey, ours, a fresh nonce, a garbage signature) pass the header
-    checks: held bodies take the budget, and past it the next is a 503 at once, its body unread."""
+    checks: held bodies take the budget, and past it the next waits for room, then is a 503, its body unread."""
     async with receiver(name) as (port, verifier, hotkey):
-        forged = {**signed(PATHS[name], b"{}", hotkey), "X-Bittensor-Signature": "0x" + "ab" * 64}
-        held = []
-        for _ in range(3):  # 3 x 1 MiB: the budget
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(head(PATHS[name], forged, BODY_CAP) + b"x" * 4096)
-            held.append((reader, writer))
-        await asyncio.sleep(0.2)
+        forged, held = await fill_the_budget(port, name, hotkey)
         assert verifier.budget.in_flight == BUDGET
         got, body = await answer_with_body_unsent(port, PATHS[name], forged)
         assert (got, json.loads(body)["error"]["code"]) == (503, "server_busy")
@@ -156,3 +165,21 @@ async def test_an_unauthorised_hotkeys_valid_signature_stores_no_nonce(name: str
             assert status.split()[1] == b"403", status
         nonce = int(headers["X-Bittensor-Nonce"])
         assert verifier.nonce_store.check_and_store(STRANGER.ss58_address, nonce), "its nonce was stored"
+
+
+@pytest.mark.parametrize("name", PATHS)
+async def test_a_request_past_the_budget_waits_for_room_before_it_is_refused(name: str) -> None:
+    """A burst of the API's own large requests (3 MiB images, one to each miner) was refused at once past the
+    budget (503s the caller saw as 502s) while the room came back within milliseconds: it waits for it."""
+    async with receiver(name) as (port, verifier, hotkey):
+        verifier.budget.wait = 2.0
+        forged, held = await fill_the_budget(port, name, hotkey)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head(PATHS[name], forged, 2) + b"{}")
+        await asyncio.sleep(0.3)
+        held[0][1].close()  # room comes back while it waits
+        status = await asyncio.wait_for(reader.readline(), 3)
+        writer.close()
+        for _, w in held[1:]:
+            w.close()
+        assert status.split()[1] == b"401", status  # read and verified (a forged signature), not a 503

@@ -52,3 +52,24 @@ def test_the_aiohttp_internals_the_guard_reads_are_there() -> None:
     for name in ("_request_count", "_messages", "_request_in_progress", "_force_close", "_loop"):
         assert name in RequestHandler.__slots__ or any(name in getattr(c, "__slots__", ())
                                                        for c in RequestHandler.__mro__), name
+
+
+async def test_refusals_held_back_are_told_when_their_minute_ends(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """1,100 streams from one address: 76 refused, and the log said 1 (the other 75 waited for a next refusal
+    that might never come). The ones held back are told when the quiet minute ends."""
+    import asyncio
+
+    from shared import connections
+
+    monkeypatch.setattr(connections, "LOG_EVERY_S", 0.2)
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
+    try:
+        guard = ConnectionGuard(ConnectionLimits(max_per_ip=1))
+        assert guard.admit("203.0.113.7")[0]
+        assert [guard.admit("203.0.113.7")[0] for _ in range(76)] == [False] * 76
+        assert len(lines) == 1 and "refused 1 new connection(s)" in lines[0]
+        await asyncio.sleep(0.4)
+        assert len(lines) == 2 and "refused 75 new connection(s)" in lines[1]
+    finally:
+        logger.remove(sink)
