@@ -55,11 +55,11 @@ class Wording:
     top_p: float | None = 0.95
 
 
-def wording(rng: random.Random, served: list[str]) -> Wording:
-    """A random ``Wording`` for a miner that serves ``served`` (the models its availability lists)."""
-    model = rng.choice(["default", "default", *served]) if rng.random() < 0.85 else None
-    return Wording(model=model, stream=rng.random() < 0.6, temperature=rng.choice((0.6, 0.7, 0.7, 0.8, 1.0)),
-                   top_p=rng.choice((0.95, 0.9, 1.0, None)))
+def wording(rng: random.Random) -> Wording:
+    """A random ``Wording`` for a job: whether it names a model ("default" here; each miner's is chosen by
+    ``_model_for``), whether it streams, and its sampling (one for the job: its answers are compared)."""
+    return Wording(model="default" if rng.random() < 0.85 else None, stream=rng.random() < 0.6,
+                   temperature=rng.choice((0.6, 0.7, 0.7, 0.8, 1.0)), top_p=rng.choice((0.95, 0.9, 1.0, None)))
 
 
 def challenge_body(challenge: Challenge, seed: int, *, results: int = RESULTS[1],
@@ -132,11 +132,10 @@ async def run_cycle(
     shared_seed = rng.randrange(2**31)
     asked = [*neurons, *dark]
     results, timeout = rng.choice(RESULTS), min(config.timeout, DEFAULT_RESPONSE_TIME)  # as a caller's search
-    shared_words = wording(rng, [])  # one stream mode and sampling for the job: its answers are compared
+    words = wording(rng)
     bodies = {n.uid: challenge_body(challenge, rng.randrange(2**31) if task.seed_dependent else shared_seed,
                                     results=results, timeout=timeout,
-                                    words=dataclasses.replace(shared_words, model=_model_for(rng, book, n.uid,
-                                                                                             shared_words.model)))
+                                    words=dataclasses.replace(words, model=_model_for(rng, book, n.uid, words.model)))
               for n in asked}
     job = ScoringJob(source="synthetic", task=task.name, bodies=bodies, hotkeys={n.uid: n.hotkey for n in asked},
                      deadline_s=config.timeout, expected=challenge.expected)
