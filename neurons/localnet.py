@@ -34,6 +34,20 @@ LOG_LEVELS = get_args(CommonSettings.model_fields["log_level"].annotation)
 VALIDATOR_WALLET = "validator"
 
 
+LOG_KEEP_BYTES = 64 << 20  # a process's log past this at start is moved to ``<name>.log.1`` (one kept)
+
+
+def rotated(log_path: Path) -> None:
+    """Start a log afresh when it has grown past ``LOG_KEEP_BYTES``, keeping the last one as ``.1``: the logs
+    are appended across runs (the end of the last run's is what a failed start shows), and a network run
+    for days under load grew them by hundreds of MB per million requests, for good."""
+    try:
+        if log_path.stat().st_size > LOG_KEEP_BYTES:
+            log_path.replace(log_path.with_name(log_path.name + ".1"))
+    except FileNotFoundError:
+        pass
+
+
 def free_port() -> int:
     return free_ports(1)[0]
 
@@ -282,6 +296,7 @@ class LocalNet:
     def _spawn(self, name: str, role: str, env: dict[str, str], health_url: str) -> None:
         env_file = self._write_env(name, env | self.cfg.extra_env)
         log_path = self.dir / "logs" / f"{name}.log"
+        rotated(log_path)
         log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         log_start = log.tell()
         child_env = child_environment(os.environ)

@@ -59,3 +59,19 @@ async def test_the_timeout_names_the_miners_the_validator_does_not_see(tmp_path:
             await asyncio.to_thread(wait_available, url, 2, timeout=0.5, logs=tmp_path / "logs")
     assert str(caught.value) == (f"timed out waiting for the validator to see 2 miners up; not up: uid 2 "
                                  f"(logs in {tmp_path / 'logs'})")
+
+
+def test_a_log_past_its_bound_is_started_afresh_keeping_the_last_one(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The local network's logs are appended across runs: under load for days they grew by some 200 MB per
+    million requests, for good. Past LOG_KEEP_BYTES at a start the log moves to ``.1`` (one kept)."""
+    from neurons import localnet
+
+    monkeypatch.setattr(localnet, "LOG_KEEP_BYTES", 100)
+    big, small = tmp_path / "api.log", tmp_path / "miner1.log"
+    big.write_bytes(b"x" * 101)
+    small.write_bytes(b"y" * 100)
+    (tmp_path / "api.log.1").write_bytes(b"older")
+    for path in (big, small, tmp_path / "never.log"):
+        localnet.rotated(path)
+    assert not big.exists() and (tmp_path / "api.log.1").read_bytes() == b"x" * 101
+    assert small.read_bytes() == b"y" * 100
