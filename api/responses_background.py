@@ -245,6 +245,8 @@ async def _run(ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping:
         return
     except ApiError as e:
         final = failed(queued, e.message)
+        if log is not None and log.events.closed:  # its stream showed a web search: the response has it too
+            final["output"] = log.events.items[:log.events.closed]
     except asyncio.CancelledError:  # a cancel (which settled it already) or a shutdown
         await settle(ctx, key, keeping, failed(queued, SHUT_DOWN))
         await _end_log(ctx, key, queued["id"], log)

@@ -291,6 +291,19 @@ async def test_a_streamed_background_response_that_fails_ends_with_response_fail
         assert (await client.responses.retrieve(events[0].response.id)).status == "failed"
 
 
+async def test_a_streamed_background_search_that_then_fails_keeps_its_search_item(tmp_path: Path) -> None:
+    """Its stream showed the search's item, then ``response.failed`` with no output at all: the failed
+    response (streamed and stored) keeps the item its stream showed."""
+    async with api_with_miners(tmp_path, {1: Script([], status=500)}) as api:
+        client = openai_client(api)
+        events = [e async for e in await client.responses.create(model="default", input="Pelseldan?", background=True,
+                                                                 stream=True, tools=[{"type": "web_search"}])]
+        stored = await client.responses.retrieve(events[0].response.id)
+    shown = [e.item for e in events if e.type == "response.output_item.done"]
+    assert events[-1].type == "response.failed" and [o.id for o in events[-1].response.output] == [shown[0].id]
+    assert stored.status == "failed" and [(o.type, o.status) for o in stored.output] == [("web_search_call", "failed")]
+
+
 async def test_a_cancel_ends_the_stream_and_only_streamed_background_responses_stream_again(tmp_path: Path) -> None:
     miner = words(3, 1.0)
     async with api_with_miners(tmp_path, {1: miner}) as api:
