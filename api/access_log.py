@@ -46,6 +46,14 @@ def write(request: web.Request, line: str) -> None:
     request[_LOGGED] = True
 
 
+def answer_line(kind: str, rid: str, key_id: str, uids: list[int], winner: int | None, *, stream: bool | None,
+                mixture: bool, status: str, started: float) -> str:
+    """The line of a request that reached (or was to reach) its miners: ``chat rid=... key=... uids=[...]
+    winner=... stream=... mixture=... status=... latency_ms=...`` (``started``: its ``perf_counter`` start)."""
+    return (f"{kind} rid={rid} key={key_id} uids={uids} winner={winner} stream={stream} mixture={mixture} "
+            f"status={status} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
+
+
 def logged(request: web.Request) -> bool:
     """Whether the handler wrote this request's line already."""
     return bool(request.get(_LOGGED))

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from api import choices, mixture, sessions
-from api.access_log import access_logged, request_id, write
+from api.access_log import access_logged, answer_line, request_id, write
 from api.auth import authenticate, check_model
 from api.completion import (
     completion_for,
@@ -122,7 +122,7 @@ async def plan(request: web.Request, key: KeyRecord, req: ChatCompletionRequest)
             rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
         )
     return Plan(mixture=use_mixture, session=session, neurons=neurons, moved_from=moved_from,
-                scored=not aimed(req, session, neurons, model))
+                scored=not aimed(req, session, neurons))
 
 
 
@@ -199,12 +199,9 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             used = response_usage(req, winner)
             ctx.usage.record(key.id, prompt_tokens=used.get("prompt_tokens") or 0,
                              completion_tokens=used.get("completion_tokens") or 0, error=winner.error is not None)
-        write(
-            request,
-            f"{fmt.kind} rid={rid} key={key.id} uids={[n.uid for n in neurons]} "
-            f"winner={winner.uid if winner else None} stream={req.stream} mixture={use_mixture} "
-            f"status={logged_outcome(outcome, [winner] if winner else [])} latency_ms={(time.perf_counter() - started) * 1000:.1f}"
-        )
+        write(request, answer_line(fmt.kind, rid, key.id, [n.uid for n in neurons], winner.uid if winner else None,
+                                   stream=req.stream, mixture=use_mixture,
+                                   status=logged_outcome(outcome, [winner] if winner else []), started=started))
 
 
 def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str],

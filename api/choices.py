@@ -129,8 +129,7 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
     seconds, excuse = chat_deadline(ctx.settings, req)
     scale = node_deadline(ctx.settings, req)
     races = [(start_race(ctx, a.neurons, a.body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse,
-                         scored=not aimed(a.req, None, a.neurons, None if a.req.wants_any_model() else a.req.model),
-                         latency_scale=scale), a.body) for a in asks]
+                         scored=not aimed(a.req, None, a.neurons), latency_scale=scale), a.body) for a in asks]
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
     outcome, winners, usage = "error", [], {}
     try:

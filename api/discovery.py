@@ -18,6 +18,7 @@ from api.auth import authenticate
 from api.chat import CTX
 from api.context import ApiContext
 from api.discovery_wire import ModelListOut, ModelOut, TaskListOut, TaskOut
+from shared.availability_query import offered
 from shared.errors import ApiError
 from shared.http import json_response
 
@@ -33,8 +34,7 @@ class Catalogue:
     task_models: dict[str, set[str]] = field(default_factory=dict)
 
     def add(self, uid: int, entry: dict[str, Any]) -> None:
-        models = [m for m, ok in (entry.get("llm_model_availabilities") or {}).items() if ok]
-        tasks = [t for t, ok in (entry.get("task_availabilities") or {}).items() if ok]
+        models, tasks = offered(entry, "llm_model_availabilities"), offered(entry, "task_availabilities")
         for model in models:
             self.model_miners.setdefault(model, set()).add(uid)
             per_task = self.model_tasks.setdefault(model, {})

@@ -47,12 +47,12 @@ def chat_deadline(settings: ApiSettings, req: ChatCompletionRequest) -> tuple[fl
                                                                           max_tokens=max_tokens)
 
 
-def aimed(req: ChatCompletionRequest, session: object | None, neurons: list[Neuron], model: str | None) -> bool:
+def aimed(req: ChatCompletionRequest, session: object | None, neurons: list[Neuron]) -> bool:
     """Whether the caller in effect chose the miners: named them (``uids``), pinned one (a session, which a
     caller can open again until it pins the miner it wants), or named a model only one miner serves. Such
     answers are not scored (``Race.scored``): any key holder could otherwise score its own miner (honest
     only for its own requests) or sink a rival with as many of them as it liked."""
-    return bool(req.uids) or session is not None or (model is not None and len(neurons) < 2)
+    return bool(req.uids) or session is not None or (not req.wants_any_model() and len(neurons) < 2)
 
 
 def start_race(

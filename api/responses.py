@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from api import responses_background, responses_state
-from api.access_log import access_logged, logged, request_id, write
+from api.access_log import access_logged, answer_line, logged, request_id, write
 from api.auth import authenticate, store_call
 from api.chat import Plan, answer, plan
 from api.completion import logprob_tokens, mid_stream_failure, response_usage
@@ -220,6 +220,11 @@ class ResponsesFormat:
     def _base(self, req: ChatCompletionRequest, run: MinerRun) -> dict:
         return self._skeleton(run.model or req.model or "unknown")
 
+    def _renderer(self, base: dict) -> ResponseStream:
+        """The answer's stream of events, from ``base`` (the response before its output): its message's
+        citations and its final response sealed (stored) as this format does it."""
+        return ResponseStream(base, annotate=self._annotate, seal=self._seal)
+
     def _seal(self, final: dict) -> dict:
         return self.keeping.seal(final) if self.keeping is not None else final
 
@@ -238,8 +243,7 @@ class ResponsesFormat:
         if self.log is not None:
             await self.log.add(self.log.events.searching(item))
             return
-        self.events = ResponseStream(self._skeleton(req.model or "unknown"), annotate=self._annotate,
-                                     seal=self._seal)
+        self.events = self._renderer(self._skeleton(req.model or "unknown"))
         self.opened = web.StreamResponse(headers={"x-request-id": request_id(request), **SSE_HEADERS})
         await self.opened.prepare(request)
         await self.opened.write(self.events.start() + self.events.searching(item))
@@ -266,8 +270,8 @@ class ResponsesFormat:
         final["error"] = {"code": code, "message": error.message}
         await self.opened.write_eof(tail + self.events.last(final))
         if not logged(request):  # failed before its race (the search): ``answer`` logs a raced request
-            write(request, f"{self.kind} rid={request_id(request)} key={key.id} uids=[] winner=None stream=True "
-                           f"mixture=False status={error.code} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
+            write(request, answer_line(self.kind, request_id(request), key.id, [], None, stream=True, mixture=False,
+                                       status=str(error.code), started=started))
         return self.opened
 
     def _annotate(self, text: str) -> list[dict]:
@@ -288,8 +292,7 @@ class ResponsesFormat:
         """A streamed background response's log, opened when it is queued (``stream`` fills it)."""
         assert self.ctx is not None and self.keeping is not None
         self.log = EventLog(self.ctx, self.keeping.key_id, self.response_id, self.keeping.retention,
-                            ResponseStream(self._skeleton(req.model or "unknown"), annotate=self._annotate,
-                                           seal=self._seal))
+                            self._renderer(self._skeleton(req.model or "unknown")))
         return self.log
 
     async def stream(self, request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun,
@@ -300,7 +303,7 @@ class ResponsesFormat:
             response, events = self.opened, self.events
             events.base["model"] = run.model or req.model or "unknown"
         else:
-            events = ResponseStream(self._base(req, run), annotate=self._annotate, seal=self._seal)
+            events = self._renderer(self._base(req, run))
             if run.done:  # the whole answer is in: one body, one write
                 body = events.start() + b"".join(events.feed(e) for e in run.events) + _closing(events, req, run)
                 body += events.last(responses_state.as_kept(events.final, await self._keep()))

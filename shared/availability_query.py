@@ -14,6 +14,12 @@ from shared.tasks import ALL_TASKS
 MAX_UIDS = 65536
 
 
+def offered(entry: dict[str, Any], field: str) -> list[str]:
+    """The names an availability entry marks available under ``field`` (``llm_model_availabilities``: the
+    models a miner serves; ``task_availabilities``: its tasks)."""
+    return [name for name, ok in (entry.get(field) or {}).items() if ok]
+
+
 def parse_uid_list(data: Any) -> list[int] | None:
     """A JSON array of non-negative integer uids, or null for every uid."""
     if data is None:

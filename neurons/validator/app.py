@@ -190,7 +190,7 @@ def _queue_new(ctx: ValidatorContext, payloads: list[OrganicPayload]) -> tuple[i
     """Queue the jobs of the payloads not scored before (all or nothing: ``_enqueue``), then remember
     them; returns (queued, repeated). A payload seen before, or twice in one batch (the forwarder retried
     a batch whose 202 it lost), is acknowledged and not scored again; one none of whose uids is
-    registered now spends no queue slot, nor does one whose caller named its miners (never scored)."""
+    registered now spends no queue slot, nor does one whose caller chose its miners (never scored)."""
     jobs, identities, repeated = [], set(), 0
     for payload in payloads:
         identity = payload.identity()
@@ -199,7 +199,7 @@ def _queue_new(ctx: ValidatorContext, payloads: list[OrganicPayload]) -> tuple[i
             continue
         identities.add(identity)
         if payload.caller_chose_miners:
-            logger.debug("scoring: request_id={} not scored: its caller named the miners", payload.request_id)
+            logger.debug("scoring: request_id={} not scored: its caller chose the miners", payload.request_id)
             continue
         job = payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout)
         if job.hotkeys:

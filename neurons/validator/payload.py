@@ -40,8 +40,9 @@ class OrganicPayload(BaseModel):
     deadline_s: float | None = Field(default=None, gt=0, le=3600)
     request_id: str | None = Field(default=None, max_length=128)
     kind: str | None = Field(default=None, max_length=64)
-    # The caller named these miners (``uids``): taken, never scored. A key holder could otherwise score a miner
-    # it owns with as many answers as it likes (honest only for its own requests), or sink a rival's.
+    # The caller in effect chose these miners (``uids``, a session, a model only one serves: ``api.fanout.aimed``):
+    # taken, never scored. A key holder could otherwise score a miner it owns with as many answers as it likes
+    # (honest only for its own requests), or sink a rival's.
     caller_chose_miners: bool = False
 
     def identity(self) -> tuple[Any, ...] | None:

@@ -28,6 +28,7 @@ from neurons.validator.availability import AvailabilityBook
 from neurons.validator.scoring import ScoringJob
 from neurons.validator.tasks.base import Challenge, TaskRegistry
 from shared import tasks
+from shared.availability_query import offered
 from shared.ids import random_hex
 from shared.jsonutil import dumpb
 from shared.metagraph import MetagraphView, Neuron
@@ -92,8 +93,7 @@ def _model_for(rng: random.Random, book: AvailabilityBook, uid: int, model: str 
     """The job's ``model`` field for ``uid``: none, "default", or a model its availability says it serves."""
     if model is None:
         return None
-    entry = book.entries.get(uid) or {}
-    served = [m for m, ok in (entry.get("llm_model_availabilities") or {}).items() if ok]
+    served = offered(book.entries.get(uid) or {}, "llm_model_availabilities")
     return rng.choice(["default", *served]) if served else "default"
 
 
