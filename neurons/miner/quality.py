@@ -4,7 +4,8 @@ Registered in ``neurons.miner.profiles.QUALITY_PROFILES`` (``MINER_PROFILE``,
 ``sn1 localnet --miner-profiles``). Each wraps the miner's real backend:
 
 - ``lazy``: plausible random text (the model's vocabulary, no model), random
-  numbers, made-up search results: cheap answers that look like answers;
+  numbers, made-up search results, a random offered tool called with random
+  words: cheap answers that look like answers;
 - ``slow``: the honest answer, first chunk held back until
   ``SLOW_FRACTION`` of the request's deadline (its ``timeout``; else, as a
   synthetic task's deadline is not in its body, ``SLOW_PROFILE_DEADLINE``, the
@@ -58,6 +59,22 @@ class LazyBackend(DeterministicBackend):
 
     def _words(self, n: int) -> str:
         return (" ".join(self.rng.choice(VOCABULARY) for _ in range(n)) + ".").capitalize()
+
+    def _guessing(self, body: dict[str, Any]) -> dict[str, Any]:
+        """With tools, a call of a random offered tool with random words for its arguments: what a miner
+        that runs no model can make of an agent's request (after a tool result, random text as always)."""
+        tools, messages = body.get("tools"), body.get("messages") or []
+        if not tools or body.get("tool_choice") == "none" or (messages and messages[-1].get("role") == "tool"):
+            return body
+        guess = {k: v for k, v in body.items() if k != "tool_choice"}
+        return guess | {"tools": [self.rng.choice(tools)], "messages": [{"role": "user", "content": self._words(6)}]}
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await super().complete(self._guessing(body))
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
+        async for data in super().stream(self._guessing(body)):
+            yield data
 
     async def close(self) -> None:
         await self.inner.close()

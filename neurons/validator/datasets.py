@@ -5,7 +5,8 @@ so a cycle can be replayed in a test. The built-in generators need no files and
 no network; ``JsonlDataset`` reads real corpora (``DATASET_FILE`` /
 ``sn1 localnet --dataset path.jsonl``):
 
-- ``{"prompt": "..."}`` or ``{"messages": [...]}``: an inference prompt;
+- ``{"prompt": "..."}`` or ``{"messages": [...]}``: an inference prompt, with optional ``"tools"``
+  (OpenAI function tools: an agent's request, scored by the call the model makes);
 - ``{"context": "...", "question": "...", "answer": "..."}``: a QA item, with an optional
   ``"evidence"`` (the context's sentence that states the answer; without it, containing the
   answer is the whole reward).
@@ -22,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from shared.arithmetic import evaluate
 from shared.corpus import Corpus, builtin_corpus, iter_jsonl_numbered
 from shared.errors import first_problem
-from shared.protocol import ChatMessage
+from shared.protocol import ChatMessage, Tool
 
 _PROMPTS = (
     "Write a short note about {title}.",
@@ -34,6 +35,34 @@ _PROMPTS = (
 )
 
 
+def _function(name: str, description: str, **properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "function", "function": {
+        "name": name, "description": description,
+        "parameters": {"type": "object", "properties": properties, "required": list(properties)}}}
+
+
+# An agent's toolbox: the built-in prompts that offer tools offer three of these, the one the prompt asks
+# for among them. A string argument is what the prompt says, so any model (the test model too) can fill it.
+_TOOLS = {
+    "search_web": _function("search_web", "Search the web for pages about a query",
+                            query={"type": "string", "description": "what to search for"}),
+    "lookup_page": _function("lookup_page", "Look up the encyclopedia page about a subject",
+                             subject={"type": "string", "description": "the page's subject"}),
+    "create_reminder": _function("create_reminder", "Create a reminder with a note, some minutes from now",
+                                 note={"type": "string"}, minutes={"type": "integer"}),
+    "translate_text": _function("translate_text", "Translate a text into another language",
+                                text={"type": "string"}, language={"type": "string", "enum": ["French", "German",
+                                                                                             "Spanish"]}),
+}
+_TOOL_PROMPTS = (
+    ("search_web", "Search the web for recent pages about {title}."),
+    ("lookup_page", "Look up the encyclopedia page about {title} and tell me what it says."),
+    ("create_reminder", "Create a reminder to read about {title} in 30 minutes."),
+    ("translate_text", "Translate the name {title} into French."),
+)
+TOOL_SHARE = 0.2  # of built-in inference prompts: an agent's request with tools, as a share of callers' are
+
+
 class Dataset(Protocol):
     name: str
 
@@ -41,16 +70,25 @@ class Dataset(Protocol):
 
 
 class PromptGenerator:
-    """Inference prompts built from corpus titles and fixed templates."""
+    """Inference prompts built from corpus titles and fixed templates; ``tool_share`` of them an agent's,
+    offering tools (without, a request with ``tools`` was always a caller's: a miner could tell, and the
+    calls it made were never checked by a synthetic task)."""
 
     name = "builtin-prompts"
 
-    def __init__(self, corpus: Corpus) -> None:
+    def __init__(self, corpus: Corpus, tool_share: float = TOOL_SHARE) -> None:
         self.titles = [d.title.split(" (")[0] for d in corpus.documents]
+        self.tool_share = tool_share
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
-        prompt = rng.choice(_PROMPTS).format(title=rng.choice(self.titles))
-        return {"messages": [{"role": "user", "content": prompt}]}
+        title = rng.choice(self.titles)
+        if rng.random() >= self.tool_share:
+            return {"messages": [{"role": "user", "content": rng.choice(_PROMPTS).format(title=title)}]}
+        wanted, prompt = rng.choice(_TOOL_PROMPTS)
+        names = [wanted, *rng.sample([n for n in _TOOLS if n != wanted], 2)]
+        rng.shuffle(names)
+        return {"messages": [{"role": "user", "content": prompt.format(title=title)}],
+                "tools": [_TOOLS[n] for n in names]}
 
 
 class CorpusQA:
@@ -115,21 +153,34 @@ class JsonlDataset:
 
 
 _MESSAGES = TypeAdapter(list[ChatMessage])
+_TOOL_LIST = TypeAdapter(list[Tool])
 
 
 def _as_prompt(r: dict[str, Any]) -> dict[str, Any] | None:
     """A prompt record as the miners' request messages; ``ValueError`` for messages a miner would refuse
     (every miner would fail the task and score 0 for the dataset's mistake)."""
     if isinstance(r.get("messages"), list) and r["messages"]:
-        try:
-            _MESSAGES.validate_python(r["messages"])
-        except ValidationError as e:
-            where, why = first_problem(e)
-            raise ValueError(f"messages.{where}: {why}") from None
-        return {"messages": r["messages"]}
-    if isinstance(r.get("prompt"), str) and r["prompt"].strip():
-        return {"messages": [{"role": "user", "content": r["prompt"]}]}
-    return None
+        _checked(_MESSAGES, r["messages"], "messages")
+        prompt = {"messages": r["messages"]}
+    elif isinstance(r.get("prompt"), str) and r["prompt"].strip():
+        prompt = {"messages": [{"role": "user", "content": r["prompt"]}]}
+    else:
+        return None
+    if r.get("tools") is not None:
+        if not isinstance(r["tools"], list) or not r["tools"]:
+            raise ValueError("tools: a non-empty list of function tools")
+        prompt["tools"] = _checked(_TOOL_LIST, r["tools"], "tools")
+    return prompt
+
+
+def _checked(adapter: TypeAdapter[Any], value: Any, field: str) -> Any:
+    """``value`` as the API would take it from a caller, or ``ValueError`` naming the field."""
+    try:
+        adapter.validate_python(value)
+    except ValidationError as e:
+        where, why = first_problem(e)
+        raise ValueError(f"{field}.{where}: {why}") from None
+    return value
 
 
 def _as_qa(r: dict[str, Any]) -> dict[str, Any] | None:

@@ -10,8 +10,10 @@ Two implementations behind one interface:
   Real LLM servers are rarely bit-reproducible, so its answers are compared by
   similarity unless ``REFERENCE_LLM_REPRODUCIBLE`` says otherwise.
 
-References are cached per request (everything but how it is delivered): an organic
-payload sends one body to k miners and the reference is computed once.
+Each answers ``reply`` (its text and the tools it called: an agent's request is judged by its calls,
+``rewards/tools.py``) and ``answer`` (its text alone, for the tasks that compare text). References are
+cached per request (everything but how it is delivered): an organic payload sends one body to k miners
+and the reference is computed once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import aiohttp
 
 from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.openai_compatible import SUBNET_FIELDS
+from neurons.miner.backends.tool_calls import planned_tool_call
+from neurons.validator.rewards.tools import Reply, calls_of
 
 
 class ReferenceError(Exception):
@@ -37,6 +41,9 @@ class EmptyReference(ReferenceError):
 
 class ReferenceModel(Protocol):
     reproducible: bool
+    empty_ok: bool  # "" is an answer (a model that reproduces the miners'), not a failure to answer
+
+    async def reply(self, body: dict[str, Any]) -> Reply: ...
 
     async def answer(self, body: dict[str, Any]) -> str: ...
 
@@ -45,12 +52,19 @@ class ReferenceModel(Protocol):
 
 class DeterministicReference:
     reproducible = True
+    empty_ok = True  # a stop sequence that matches at once: the miners' answer is "" too
 
     def __init__(self, backend: DeterministicBackend | None = None) -> None:
         self.backend = backend or DeterministicBackend()
 
+    async def reply(self, body: dict[str, Any]) -> Reply:
+        call = planned_tool_call(body)  # the very rule the local miners follow
+        if call is not None:
+            return Reply(calls=calls_of([call]))
+        return Reply(text=self.backend.answer_text(body))
+
     async def answer(self, body: dict[str, Any]) -> str:
-        return self.backend.answer_text(body)
+        return text_of(await self.reply(body), empty_ok=True)
 
     async def close(self) -> None:
         return None
@@ -58,6 +72,8 @@ class DeterministicReference:
 
 class OpenAIReference:
     """Non-streaming chat completion against an OpenAI-compatible server."""
+
+    empty_ok = False
 
     def __init__(
         self,
@@ -91,7 +107,7 @@ class OpenAIReference:
         out["stream"] = False
         return out
 
-    async def answer(self, body: dict[str, Any]) -> str:
+    async def reply(self, body: dict[str, Any]) -> Reply:
         try:
             async with self.session.post(
                 f"{self.base_url}/chat/completions", json=self.request_body(body), headers=self._headers,
@@ -100,16 +116,29 @@ class OpenAIReference:
                 if r.status != 200:
                     raise ReferenceError(f"reference LLM answered HTTP {r.status}")
                 data = await r.json(content_type=None)
-            content = data["choices"][0]["message"].get("content")
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError) as e:
+            message = data["choices"][0]["message"]
+            content, calls = message.get("content"), calls_of(message.get("tool_calls"))
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError,
+                AttributeError) as e:
             raise ReferenceError(f"reference LLM failed: {type(e).__name__}: {e}") from None
-        if not isinstance(content, str) or not content.strip():
-            # "" (a reasoning model that spent max_tokens thinking, say) would score every miner 0
-            raise EmptyReference("reference LLM returned no text")
-        return content
+        return Reply(text=content if isinstance(content, str) else "", calls=calls)
+
+    async def answer(self, body: dict[str, Any]) -> str:
+        return text_of(await self.reply(body), empty_ok=self.empty_ok)
 
     async def close(self) -> None:
         return None  # the session belongs to the caller
+
+
+def text_of(reply: Reply, *, empty_ok: bool) -> str:
+    """A reply's text, for a task that compares text. A call instead of text, or "" from a model that does
+    not reproduce the miners' (a reasoning model that spent max_tokens thinking), would score every miner
+    0: an ``EmptyReference``, which skips the job."""
+    if reply.calls:
+        raise EmptyReference("the reference model called a tool instead of answering in text")
+    if not empty_ok and not reply.text.strip():
+        raise EmptyReference("reference LLM returned no text")
+    return reply.text
 
 
 def cache_key(body: dict[str, Any]) -> bytes:
@@ -125,19 +154,23 @@ class CachedReference:
     def __init__(self, inner: ReferenceModel, *, size: int = 4096) -> None:
         self.inner = inner
         self.reproducible = inner.reproducible
+        self.empty_ok = inner.empty_ok
         self.size = size
-        self._cache: OrderedDict[bytes, str] = OrderedDict()
+        self._cache: OrderedDict[bytes, Reply] = OrderedDict()
 
-    async def answer(self, body: dict[str, Any]) -> str:
+    async def reply(self, body: dict[str, Any]) -> Reply:
         key = cache_key(body)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        text = await self.inner.answer(body)
-        self._cache[key] = text
+        reply = await self.inner.reply(body)
+        self._cache[key] = reply
         if len(self._cache) > self.size:
             self._cache.popitem(last=False)
-        return text
+        return reply
+
+    async def answer(self, body: dict[str, Any]) -> str:
+        return text_of(await self.reply(body), empty_ok=self.empty_ok)
 
     async def close(self) -> None:
         await self.inner.close()

@@ -21,6 +21,7 @@ from loguru import logger
 from api.race import MinerRun
 from neurons.validator.reference import EmptyReference, ReferenceError
 from neurons.validator.rewards.penalties import DEFAULT_GRACE, copied_uids, latency_factor
+from neurons.validator.rewards.tools import Call, calls_of, demands_call, offers_tools, tool_reward
 from neurons.validator.scores import ScoreBook
 from neurons.validator.tasks.base import RewardContext, TaskRegistry
 from shared.metagraph import MetagraphView, Neuron
@@ -46,8 +47,13 @@ class Answer:
     text: str = ""
     first_content_s: float | None = None
     error: str | None = None
-    tool_calls: bool = False  # the answer calls tools (with or without text)
+    calls: tuple[Call, ...] = ()  # the tools the answer calls (with or without text)
     finish_reason: str | None = None  # how the model ended (an empty answer that ended cleanly may be the caller's)
+
+
+    @property
+    def tool_calls(self) -> bool:
+        return bool(self.calls)
 
 
 EMPTY = "empty answer"
@@ -100,7 +106,7 @@ def rebuild_answer(chunks: list[str], timings: list[float], error: str | None) -
         return Answer(error=f"malformed chunk: {type(e).__name__}")
     first = printed if first is None else first
     if run.tool_calls:
-        return Answer(text=run.text, first_content_s=first, tool_calls=True)
+        return Answer(text=run.text, first_content_s=first, calls=calls_of(run.merged_tool_calls()))
     if not run.text.strip():
         return Answer(error=EMPTY, finish_reason=run.finish_reason)
     return Answer(text=run.text, first_content_s=first)
@@ -128,20 +134,35 @@ class Scorer:
         answers, copied = await asyncio.to_thread(self._answers, job, task.seed_dependent)
         out: dict[int, float] = {}
         for uid, answer in answers.items():
-            if answer.tool_calls and job.bodies[uid].get("tools"):
-                continue  # a call of a tool it was offered: no reward compares tool calls, and it is no fault
+            if offers_tools(job.bodies[uid]) and answer.error in (None, EMPTY):
+                judged, reward = await self._by_calls(job.bodies[uid], answer)
+                if judged:
+                    if reward is not None:
+                        out[uid] = reward * latency_factor(answer.first_content_s, job.deadline_s, self.grace)
+                    continue
             if job.source == "organic" and caller_emptied(job.bodies[uid], answer):
                 if not await self._empty_is_right(job.bodies[uid]):
                     out[uid] = 0.0  # the reference says something: the caller's limits did not empty it
                 continue
             if answer.error is not None or uid in copied or answer.tool_calls or not answer.text.strip():
-                out[uid] = 0.0  # an error, a copy, or tools called that were never offered
+                out[uid] = 0.0  # an error, a copy, or tools called that were never offered (or `tool_choice: none`)
                 continue
             reward = await task.reward(job.bodies[uid], answer.text[:MAX_SCORED_CHARS], job.expected, self.ctx)
             if reward is None:
                 continue
             out[uid] = reward * latency_factor(answer.first_content_s, job.deadline_s, self.grace)
         return out
+
+    async def _by_calls(self, body: dict[str, Any], answer: Answer) -> tuple[bool, float | None]:
+        """An answer to a request that offered tools, judged by its calls when it or the reference model
+        called one (``rewards/tools.py``): (True, its reward or None for not scored); (False, None) when
+        both answered in text, for the task's own reward."""
+        if not answer.calls and demands_call(body):
+            return True, 0.0  # a call was demanded: text (or nothing) is wrong whatever the reference says
+        reply = await self.ctx.reference.reply(body)
+        if not answer.calls and not reply.calls:
+            return False, None
+        return True, tool_reward(answer.calls, reply, body, reproducible=self.ctx.reference.reproducible)
 
     async def _empty_is_right(self, body: dict[str, Any]) -> bool:
         """Whether the reference model, asked the same, says nothing either (the caller's ``stop`` matched at

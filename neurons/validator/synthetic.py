@@ -81,6 +81,8 @@ def challenge_body(challenge: Challenge, seed: int, *, results: int = RESULTS[1]
         sent["top_p"] = words.top_p
     if challenge.max_tokens:
         sent["max_tokens"] = challenge.max_tokens
+    if challenge.tools:
+        sent["tools"] = challenge.tools
     sent["task"] = challenge.task
     return ChatCompletionRequest.model_validate(sent).miner_body(seed=seed, sent=sent)
 

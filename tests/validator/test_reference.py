@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from neurons.validator.reference import CachedReference, OpenAIReference, ReferenceError
+from neurons.validator.rewards.tools import Reply
 from tests.helpers import serve_app
 
 BODY = {"messages": [{"role": "user", "content": "Hi"}], "seed": 7, "task": "InferenceTask", "model": "a"}
@@ -38,13 +39,14 @@ async def test_a_reference_with_text_is_the_answer() -> None:
 
 class Counting:
     reproducible = False
+    empty_ok = False
 
     def __init__(self) -> None:
         self.asked: list[dict[str, Any]] = []
 
-    async def answer(self, body: dict[str, Any]) -> str:
+    async def reply(self, body: dict[str, Any]) -> Reply:
         self.asked.append(body)
-        return f"answer {len(self.asked)}"
+        return Reply(text=f"answer {len(self.asked)}")
 
     async def close(self) -> None:
         return None

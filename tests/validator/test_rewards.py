@@ -384,34 +384,6 @@ async def test_scorer_applies_penalties_around_the_task_reward(tmp_path) -> None
     assert (tmp_path / "scores.json").exists()
 
 
-def tool_call_chunks() -> list[str]:
-    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
-    return [dumps(chunk_object(completion_id="c", model="m", delta={"role": "assistant", "tool_calls": [call]})),
-            dumps(chunk_object(completion_id="c", model="m", delta={}, finish_reason="tool_calls"))]
-
-
-async def test_a_call_of_an_offered_tool_is_not_scored_and_an_unoffered_one_is_a_zero(tmp_path) -> None:
-    """Agents send tools; a miner that calls one did its job, and no reward compares tool calls: it was
-    scored 0 as an empty answer. Tools called that the request never offered are still a zero."""
-    registry = default_registry()
-    scorer = Scorer(registry, RewardContext(DeterministicReference(), CORPUS),
-                    ScoreBook(registry.probabilities, alpha=0.5, path=tmp_path / "scores.json"))
-    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-    offered = {"messages": [{"role": "user", "content": "Weather in Paris?"}], "task": "InferenceTask", "seed": 1,
-               "tools": tools}
-    plain = {k: v for k, v in offered.items() if k != "tools"}
-    good = DeterministicBackend().answer_text(offered)
-    t = [0.05, 0.1, 0.2]
-    job = ScoringJob(source="organic", task="InferenceTask", bodies={1: offered, 2: offered, 3: plain},
-                     hotkeys={1: "hk1", 2: "hk2", 3: "hk3"},
-                     chunks={1: tool_call_chunks(), 2: chunks_for(good), 3: tool_call_chunks()},
-                     timings={1: t[:2], 2: t, 3: t[:2]}, deadline_s=10.0)
-    rewards = await scorer.score(job)
-    assert 1 not in rewards, "the tool call is left out, not a zero"
-    assert rewards[2] > 0.5, "a text answer to the same request is scored as always"
-    assert rewards[3] == 0.0
-
-
 async def test_a_job_finishing_after_its_uid_changed_hands_credits_nobody(tmp_path) -> None:
     """A uid re-registered while its job waited on the reference model: the old owner's reward must not
     replace the new owner's fresh entry (it was reset, then the old owner came back)."""

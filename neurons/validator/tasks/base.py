@@ -23,6 +23,7 @@ class Challenge:
     messages: list[dict[str, Any]]
     expected: dict[str, Any] = field(default_factory=dict)
     max_tokens: int | None = None
+    tools: list[dict[str, Any]] | None = None  # an agent's request: the functions the model may call
 
 
 @dataclass

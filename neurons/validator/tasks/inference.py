@@ -12,7 +12,8 @@ from shared import tasks
 
 class InferenceTask:
     name = tasks.INFERENCE
-    reward_pipeline = "reference model, same seed: exact match (reproducible) or ROUGE-L/token-F1; latency; copy"
+    reward_pipeline = ("reference model, same seed: exact match (reproducible) or ROUGE-L/token-F1, or the same tool "
+                       "calls when tools are offered; latency; copy")
     seed_dependent = True
 
     def __init__(self, max_tokens: int = 64) -> None:
@@ -20,7 +21,7 @@ class InferenceTask:
 
     def build(self, rng: random.Random, datasets: dict[str, Any]) -> Challenge:
         record = datasets["inference"].sample(rng)
-        return Challenge(self.name, list(record["messages"]), max_tokens=self.max_tokens)
+        return Challenge(self.name, list(record["messages"]), max_tokens=self.max_tokens, tools=record.get("tools"))
 
     async def reward(self, body: dict[str, Any], answer: str, expected: dict[str, Any] | None,
                      ctx: RewardContext) -> float | None:
