@@ -8,6 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import openai
+import pytest
 
 from neurons.localnet import LocalNet, LocalNetConfig, free_ports
 
@@ -18,7 +19,16 @@ def scores(validator_url: str) -> dict[int, float]:
     return {m["uid"]: m["score"] for m in data["miners"]}
 
 
-def test_organic_traffic_changes_the_validators_scores(tmp_path: Path) -> None:
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+         {"type": "function", "function": {"name": "send_email", "description": "Send an email",
+                                           "parameters": {"type": "object", "properties": {"to": {"type": "string"}}}}}]
+
+
+@pytest.mark.parametrize("agent", [False, True], ids=["chat", "agent-with-tools"])
+def test_organic_traffic_changes_the_validators_scores(tmp_path: Path, agent: bool) -> None:
+    """An agent's requests (tools offered, calls answered) move the scores too: a call was once never scored,
+    so any call of any offered tool was a free pass."""
     # synthetic tasks off: only organic answers can move the scores; both miners asked each time (DEFAULT_K: the
     # API chooses them; miners a caller names are not scored)
     api_port, validator_port = free_ports(2)
@@ -31,8 +41,10 @@ def test_organic_traffic_changes_the_validators_scores(tmp_path: Path) -> None:
         assert before.get(1, 0.0) == 0.0 and before.get(2, 0.0) == 0.0
         client = openai.OpenAI(base_url=info["api_url"] + "/v1", api_key=info["api_key"], max_retries=0, timeout=30)
         for i in range(6):
-            client.chat.completions.create(model="default", seed=i,
-                                           messages=[{"role": "user", "content": f"organic question {i}"}])
+            extra = {"tools": TOOLS} if agent else {}
+            answer = client.chat.completions.create(
+                model="default", seed=i, messages=[{"role": "user", "content": f"organic question {i}"}], **extra)
+            assert bool(answer.choices[0].message.tool_calls) is agent
         deadline = time.monotonic() + 30
         after = before
         while time.monotonic() < deadline:
