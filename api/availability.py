@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from shared.miner_client import MinerClient, MinerError
 from shared.protocol import AvailabilityResponse
+from shared.signing import refused_signature
 
 WARN_EVERY = 60.0
 
@@ -64,7 +65,7 @@ class AvailabilityCache:
             self._warn(f"validator unreachable at {self.validator_url}: {e}")
             return False
         if status != 200 or not isinstance(data, dict):
-            self._warn(f"validator answered HTTP {status} for availabilities")
+            self._warn(f"validator answered {refused_signature(status, data) or f'HTTP {status}'} for availabilities")
             return False
         entries, malformed = parse_entries(data)
         if not entries:  # a validator that just started has polled no miner yet: no news, not "all gone"

@@ -189,9 +189,14 @@ class OutboxForwarder:
         if now - self._refusal_warned_at < REFUSAL_WARNING_EVERY:
             return
         self._refusal_warned_at = now
+        message = str(_error_message(body))[:300]
+        if message.startswith("StaleRequest"):  # a clock to fix, not a setting (the message says by how much)
+            logger.warning("the validator at {} refuses this API's scoring payloads as stale (HTTP {}: {}); "
+                           "payloads are kept and retried", self.validator_url, status, message)
+            return
         logger.warning("the validator at {} refuses this API's scoring payloads (HTTP {}: {}): check that its "
                        "API_HOTKEYS lists this API's hotkey {} and that VALIDATOR_HOTKEY ({}) is the validator's; "
-                       "payloads are kept and retried", self.validator_url, status, str(_error_message(body))[:200],
+                       "payloads are kept and retried", self.validator_url, status, message[:200],
                        self.client.signer.hotkey, self.validator_hotkey)
 
     async def deliver_batch(self, items: list[OutboxItem]) -> bool | None:

@@ -45,8 +45,9 @@ class Signer:
     Anything else (a ``Wallet``, a custom signer) goes through ``http_auth.sign``.
     """
 
-    def __init__(self, keypair: Any) -> None:
+    def __init__(self, keypair: Any, *, clock: Callable[[], int] = time.time_ns) -> None:
         self._keypair = keypair
+        self._clock = clock  # the nonce (ns since the epoch); tests give a host whose clock is off
         self.hotkey: str = keypair.ss58_address
         crypto_type = getattr(keypair, "crypto_type", None)
         direct = callable(getattr(keypair, "sign", None)) and not hasattr(keypair, "hotkey")
@@ -55,8 +56,9 @@ class Signer:
     def headers(self, method: str, url: str | URL, body: bytes, receiver: str) -> dict[str, str]:
         target = URL(url).raw_path_qs if not isinstance(url, URL) else url.raw_path_qs
         if self._scheme is None:
-            return http_auth.sign(self._keypair, method=method, path=target, body=body, receiver_ss58=receiver)
-        nonce = time.time_ns()
+            return http_auth.sign(self._keypair, method=method, path=target, body=body, receiver_ss58=receiver,
+                                  nonce_ns=self._clock())
+        nonce = self._clock()
         payload = http_auth.build_payload(scheme=self._scheme, method=method, path=target, body=body,
                                           nonce_ns=nonce, sender_ss58=self.hotkey, receiver_ss58=receiver)
         headers = {
@@ -189,8 +191,8 @@ def _refusal(e: http_auth.AuthError) -> ApiError:
 
 def _claimed_sender(headers: dict[str, str], self_hotkey: str, max_age: float) -> str:
     """The hotkey a request claims, once every check ``http_auth.verify`` makes on headers alone has
-    passed, in its order and with its words: shape (``MalformedAuth``), receiver (``WrongReceiver``),
-    freshness (``StaleRequest``). Never stricter than ``verify``, which checks them all again with the
+    passed, in its order and with its error classes: shape (``MalformedAuth``), receiver (``WrongReceiver``),
+    freshness (``StaleRequest``, ``check_fresh``: by how much). Never stricter than ``verify``, which checks them all again with the
     signature: this only refuses early what it would refuse."""
     lowered = {key.lower(): value for key, value in headers.items()}
     if lowered.get(http_auth.HEADER_VERSION.lower()) != http_auth.VERSION:
@@ -223,12 +225,44 @@ def _claimed_sender(headers: dict[str, str], self_hotkey: str, max_age: float) -
                                       "requests")
     if receiver != self_hotkey:
         raise http_auth.WrongReceiver("request was signed for a different receiving hotkey")
-    now = time.time_ns()
-    if now - nonce > max_age * 1e9:
-        raise http_auth.StaleRequest(f"nonce is older than the {max_age:g}s freshness window")
-    if nonce - now > http_auth.DEFAULT_ALLOWED_SKEW * 1e9:
-        raise http_auth.StaleRequest(f"nonce is more than {http_auth.DEFAULT_ALLOWED_SKEW:g}s in the future")
+    check_fresh(nonce, max_age, time.time_ns())
     return sender
+
+
+CLOCK_HINT = "check that NTP keeps both hosts' clocks right"
+
+
+def check_fresh(nonce: int, max_age: float, now: int) -> None:
+    """``StaleRequest`` for a nonce (the sender's clock at signing) out of ``verify``'s window, saying by how
+    much and whose clock it points at: "older than the window" alone left a miner's operator unable to
+    tell a validator 30 s behind from one 5 min behind, or from a request delayed on the way."""
+    age = now - nonce  # ns, an int: a made-up nonce of 400 digits is past any float
+    if age > max_age * 1e9:
+        raise http_auth.StaleRequest(f"nonce is {_seconds(age)} old, past the {max_age:g}s freshness window: the "
+                                     f"sender's clock is behind the receiver's or the request was delayed; "
+                                     f"{CLOCK_HINT}")
+    if -age > http_auth.DEFAULT_ALLOWED_SKEW * 1e9:
+        raise http_auth.StaleRequest(f"nonce is {_seconds(-age)} in the future, past the "
+                                     f"{http_auth.DEFAULT_ALLOWED_SKEW:g}s allowed skew: the sender's clock is "
+                                     f"ahead of the receiver's; {CLOCK_HINT}")
+
+
+def _seconds(ns: int) -> str:
+    return f"{ns / 1e9:.1f}s" if ns < 10**18 else "over 30 years"
+
+
+def refused_signature(status: int, body: Any) -> str | None:
+    """Why a receiver refused our signed request, for the sender's log (None: it did not refuse our
+    signature). A 401/403 from ``RequestVerifier`` names its reason in an OpenAI-shaped error; a stale
+    one carries the clock offset and ``CLOCK_HINT``."""
+    if status not in (401, 403):
+        return None
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return f"HTTP {status}"
+    code = err.get("code") if isinstance(err.get("code"), str) else ""
+    message = err.get("message") if isinstance(err.get("message"), str) else ""
+    return f"HTTP {status} {code}: {message.removeprefix(f'{code}: ')}"[:300]
 
 
 class RequestVerifier:

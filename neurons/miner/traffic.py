@@ -33,6 +33,7 @@ CLIENT_GONE = 499  # the status logged for a caller that left first (nginx's wor
 MAX_SAMPLES = 10_000  # latencies kept per interval for the median: bounded memory under any load
 REFUSAL_LINES = 20  # refusals logged one by one per interval; the rest are counted (a flood is one line)
 MAX_HOTKEYS = 1000  # distinct hotkeys counted per interval: bounded memory under a flood of made-up ones
+STALE = "StaleRequest"  # its line adds why (``signing.check_fresh``: how far off the caller's clock is; our words)
 
 
 class TrafficLog:
@@ -99,9 +100,9 @@ class RefusalLog:
         hotkey, reason = claimed_hotkey(request.headers), error.code or str(error.status)
         if self.logged < self.max_lines:
             self.logged += 1
-            logger.warning("refused rid={} hotkey={} method={} route={} status={} reason={}",
+            logger.warning("refused rid={} hotkey={} method={} route={} status={} reason={}{}",
                            request_id_from(request.headers), hotkey, request.method, route_path(request),
-                           error.status, reason)
+                           error.status, reason, f" ({error.message.removeprefix(f'{STALE}: ')})" if reason == STALE else "")
             return
         self.reasons[reason] += 1
         if hotkey in self.hotkeys or len(self.hotkeys) < MAX_HOTKEYS:

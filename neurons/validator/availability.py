@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from shared.metagraph import MetagraphSnapshot, MetagraphView, Neuron
 from shared.miner_client import MinerClient, MinerError
 from shared.protocol import AvailabilityResponse
+from shared.signing import CLOCK_HINT, refused_signature
 
 
 @dataclass
@@ -63,7 +64,10 @@ class AvailabilityBook:
         return out
 
 
-async def poll_one(client: MinerClient, neuron: Neuron, timeout: float) -> dict[str, Any] | None:
+async def poll_one(client: MinerClient, neuron: Neuron, timeout: float,
+                   refusals: dict[int, str] | None = None) -> dict[str, Any] | None:
+    """The miner's availability, or None (down). A miner that refuses our signature is put in ``refusals``
+    (uid -> why) for ``poll_all``'s WARNING."""
     assert neuron.url
     try:
         status, data = await client.post_json(neuron.url, "/availability", {}, neuron.hotkey, timeout=timeout)
@@ -72,6 +76,9 @@ async def poll_one(client: MinerClient, neuron: Neuron, timeout: float) -> dict[
         return None
     if status != 200:
         logger.debug("availability uid={} HTTP {}", neuron.uid, status)
+        refused = refused_signature(status, data)
+        if refused is not None and refusals is not None:
+            refusals[neuron.uid] = refused
         return None
     try:
         return AvailabilityResponse.model_validate(data).model_dump()
@@ -86,9 +93,11 @@ async def poll_all(
     neurons = metagraph.snapshot.serving(exclude_hotkey=client.signer.hotkey)
     sem = asyncio.Semaphore(concurrency)
 
+    refusals: dict[int, str] = {}
+
     async def bounded(n: Neuron) -> tuple[Neuron, dict[str, Any] | None]:
         async with sem:
-            return n, await poll_one(client, n, timeout)
+            return n, await poll_one(client, n, timeout, refusals)
 
     results = await asyncio.gather(*(bounded(n) for n in neurons))
     book.entries = {n.uid: entry for n, entry in results}
@@ -96,4 +105,19 @@ async def poll_all(
     book.updated_at = time.time()
     up = sum(1 for _, e in results if e is not None)
     logger.info("availability: {}/{} miners up", up, len(results))
+    if refusals:
+        warn_refusals(refusals)
     return book
+
+
+def warn_refusals(refusals: dict[int, str]) -> None:
+    """One WARNING for the miners that refused our signed requests (they read as down, and get no synthetic
+    work): it was a DEBUG line each, so a validator whose clock had drifted saw only "0/N miners up".
+    The first refusal is quoted: a ``StaleRequest`` says by how much the clocks differ."""
+    uids = sorted(refusals)
+    stale = [uid for uid in uids if " StaleRequest:" in refusals[uid]]
+    clock = (f"; {len(stale)} of them as stale (StaleRequest): this host's clock or theirs is off, "
+             f"{CLOCK_HINT}" if stale else "")
+    logger.warning("availability: {} miner(s) refused this validator's signed requests (uids {}){}; uid {}: {}",
+                   len(uids), ",".join(map(str, uids[:20])) + (",..." if len(uids) > 20 else ""), clock,
+                   (stale or uids)[0], refusals[(stale or uids)[0]])

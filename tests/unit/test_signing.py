@@ -64,6 +64,27 @@ def test_stale_request_is_401() -> None:
     assert e.value.status == 401 and e.value.code == "StaleRequest"
 
 
+@pytest.mark.parametrize(("offset_s", "says"), [
+    (-30, "nonce is 30.0s old, past the 10s freshness window: the sender's clock is behind the receiver's"),
+    (-300, "nonce is 300.0s old"),
+    (30, "nonce is 30.0s in the future, past the 2s allowed skew: the sender's clock is ahead of the receiver's"),
+    (300, "nonce is 300.0s in the future"),
+])
+def test_a_sender_whose_clock_is_off_is_told_by_how_much(offset_s: int, says: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A validator 30 s or 5 min off was refused with "older than the 10s freshness window" whatever the
+    offset, and "in the future" named no number: neither operator could tell how far off, or whose clock."""
+    behind = Signer(VALIDATOR, clock=lambda: time.time_ns() - 9 * 10**9).headers("POST", URL, BODY, MINER.ss58_address)
+    assert verify(verifier(), behind).hotkey_ss58 == VALIDATOR.ss58_address, "9 s behind is still fresh"
+    fixed = 1_800_000_000 * 10**9
+    skewed = Signer(VALIDATOR, clock=lambda: fixed + offset_s * 10**9).headers("POST", URL, BODY, MINER.ss58_address)
+    monkeypatch.setattr(time, "time_ns", lambda: fixed + 40_000)  # the receiver's clock, right
+    with pytest.raises(ApiError) as e:
+        verify(verifier(), skewed)
+    assert e.value.status == 401 and e.value.code == "StaleRequest"
+    assert says in e.value.message and "NTP" in e.value.message
+
+
 def test_wrong_receiver_is_403() -> None:
     with pytest.raises(ApiError) as e:
         verify(verifier(), signed(receiver=STRANGER.ss58_address))

@@ -435,3 +435,59 @@ async def test_a_synthetic_backlog_never_refuses_organic_payloads() -> None:
     async with serve_app(create_validator_app(ctx)) as url:
         status, body = await post(url, "/scoring", json.dumps([payload(request_id="a"), payload(request_id="b")]).encode())
     assert status == 202 and body["queued"] == 2
+
+
+async def test_miners_refusing_a_validator_whose_clock_is_off_are_one_warning_naming_the_offset() -> None:
+    """A validator 30 s behind is refused by every miner (StaleRequest): it logged one DEBUG line a miner and
+    "availability: 0/2 miners up", so its operator saw miners down, not its own clock."""
+    apps = {uid: create_miner_app(DeterministicBackend(), RequestVerifier(
+        MINERS[uid].ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))) for uid in MINERS}
+    lines: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="INFO")
+    try:
+        async with serve_app(apps[1]) as u1, serve_app(apps[2]) as u2:
+            snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, u1.removeprefix("http://")),
+                                                     2: (MINERS[2].ss58_address, u2.removeprefix("http://"))})
+            behind = Signer(VALIDATOR, clock=lambda: time.time_ns() - 30 * 10**9)
+            async with make_session() as session:
+                book = await poll_all(MinerClient(session, behind), _view(snap), AvailabilityBook(), timeout=2,
+                                      concurrency=4)
+    finally:
+        logger.remove(sink)
+    assert book.entries == {1: None, 2: None}
+    warnings = [m for level, m in lines if level == "WARNING" and m.startswith("availability:")]
+    assert len(warnings) == 1, lines
+    assert "2 miner(s) refused this validator's signed requests (uids 1,2)" in warnings[0]
+    assert "2 of them as stale (StaleRequest): this host's clock or theirs is off" in warnings[0]
+    assert "HTTP 401 StaleRequest: nonce is 30." in warnings[0] and "s old, past the 10s freshness window" in warnings[0]
+
+
+async def test_an_api_whose_clock_is_ahead_is_told_its_clock_not_its_settings(tmp_path) -> None:
+    """The validator refuses an API 5 min ahead (StaleRequest); the API's WARNING said to check API_HOTKEYS
+    and VALIDATOR_HOTKEY, which were right, and not that a clock was off, nor by how much."""
+    from api.scoring_outbox import OutboxForwarder
+    from shared.store.outbox import SQLiteOutbox
+
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
+    box = SQLiteOutbox(tmp_path / "api.db")
+    try:
+        async with serve_app(create_validator_app(make_ctx())) as url, make_session() as session:
+            ahead = Signer(VALIDATOR, clock=lambda: time.time_ns() + 300 * 10**9)
+            fwd = OutboxForwarder(box, MinerClient(session, ahead), url, VALIDATOR.ss58_address, lease_seconds=1.0,
+                                  base_delay=0.05, max_delay=0.2)
+            await fwd.sink(payload())
+            task = asyncio.create_task(fwd.run())
+            for _ in range(100):
+                if any("refuses this API's scoring payloads" in line for line in lines):
+                    break
+                await asyncio.sleep(0.05)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        logger.remove(sink)
+        await box.close()
+    refused = [line for line in lines if "refuses this API's scoring payloads" in line]
+    assert refused, lines
+    assert "as stale (HTTP 401: StaleRequest: nonce is 300." in refused[0] and "s in the future" in refused[0]
+    assert "API_HOTKEYS" not in refused[0] and "NTP" in refused[0]
