@@ -53,6 +53,8 @@ async def _params(request: web.Request) -> KeyParams:
             data[name] = [v.strip() for value in values for v in value.split(",") if v.strip()]
         else:
             data[name] = values[-1]
+    if "expires_at" in data:
+        data["expires_at"] = plus_restored(data["expires_at"])
     if request.body_exists:
         if (await request.read()).strip():  # aiohttp caches the body: read_json reads it again for free
             body = await read_json(request)
@@ -60,6 +62,18 @@ async def _params(request: web.Request) -> KeyParams:
                 raise ApiError(400, "Request body must be a JSON object.", code="invalid_request")
             data.update(body)
     return parse_model(KeyParams, data)
+
+
+# An ISO 8601 time whose offset's "+" a query string turned into a space ("...T10:00:00 02:00").
+_SPACED_OFFSET = re.compile(r"(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)")
+
+
+def plus_restored(value: str) -> str:
+    """``expires_at`` as a query string sent it: an unescaped ``+02:00`` arrives as `` 02:00`` (a query's
+    ``+`` is a space), and was refused as "unexpected extra characters", so ``curl "...?expires_at=
+    2030-01-01T10:00:00+02:00"`` failed where the same in a JSON body worked. Anything else is left as is."""
+    spaced = _SPACED_OFFSET.fullmatch(value)
+    return f"{spaced[1]}+{spaced[2]}" if spaced else value
 
 
 async def _resolve(store: Store, ref: str) -> KeyRecord:

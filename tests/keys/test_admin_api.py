@@ -93,6 +93,25 @@ async def test_query_lists_and_iso_expiry(api: ApiUnderTest, http: aiohttp.Clien
     assert created["expires_at"] == "2999-01-02T03:04:05Z" and created["name"] == "q"
 
 
+@pytest.mark.parametrize(("sent", "stored"), [
+    ("2999-01-02T03:04:05+02:00", "2999-01-02T01:04:05Z"),  # the "+" unescaped: a query makes it a space
+    ("2999-01-02T03:04:05%2B02:00", "2999-01-02T01:04:05Z"),
+    ("2999-01-02T03:04:05.5+0530", "2999-01-01T21:34:05Z"),
+    ("2999-01-02 03:04+01:00", "2999-01-02T02:04:00Z"),
+    ("2999-01-02T03:04:05-02:00", "2999-01-02T05:04:05Z"),
+    ("2999-01-02T03:04:05", "2999-01-02T03:04:05Z"),  # no offset: UTC
+])
+async def test_an_expiry_with_an_offset_in_a_query_string_is_taken_as_written(
+        api: ApiUnderTest, http: aiohttp.ClientSession, sent: str, stored: str) -> None:
+    """``curl "...?expires_at=2999-01-02T03:04:05+02:00"`` was a 400 "unexpected extra characters": a query
+    string's "+" is a space, and only the JSON body took an offset east of UTC."""
+    created = await create_key(http, api.url, f"rate_limit=7&expires_at={sent}")
+    assert created["expires_at"] == stored
+    url = f"{api.url}/api_management/modify-api-key/{created['id']}?expires_at=3000-06-01T00:00:00+14:00"
+    status, _, body = await call(http, "PUT", url, headers=AK)
+    assert status == 200 and body["expires_at"] == "3000-05-31T10:00:00Z"
+
+
 @pytest.mark.parametrize("query,body,param", [
     ("", None, "rate_limit"),
     ("rate_limit=0", None, "rate_limit"),
