@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -50,6 +49,7 @@ class TokenBudget:
 KEY_RECORD = web.RequestKey("sn1_key_record", KeyRecord)
 RATE_DECISION = web.RequestKey("sn1_rate_decision", RateDecision)
 TOKEN_BUDGET = web.RequestKey("sn1_token_budget", TokenBudget)
+USAGE_DAY = web.RequestKey("sn1_usage_day", str)  # the UTC day the request was authorized: its usage's day
 ADMIN_CALLER = web.RequestKey("sn1_admin_caller", bool)  # the request carried the admin key (check_admin)
 ADMIN_LOG_NAME = "admin"  # who an admin-key request was, in its log line: never the key (ids are 16 hex digits)
 TOKEN_SCOPE = "chat"  # the scope whose requests spend tokens (chat, responses, completions)
@@ -96,7 +96,8 @@ async def store_call(pending: Awaitable[T]) -> T:
 async def authenticate(request: web.Request, store: Store, *, scope: str | None,
                        usage: UsageRecorder | None = None) -> KeyRecord:
     """The caller's key, charged once; 401 unknown/expired, 403 scope, 429 over the limit (or, for a
-    request that spends tokens, over the key's daily token limit: ``usage`` counts them), 503 store down."""
+    request that spends tokens, over the key's daily token limit: ``usage`` counts them), 503 store down.
+    With ``usage``, the request's counts are filed under today (``USAGE_DAY``), however late they end."""
     key = extract_api_key(request.headers)
     if key is None:
         raise ApiError(
@@ -116,6 +117,8 @@ async def authenticate(request: web.Request, store: Store, *, scope: str | None,
     if auth.status == "expired":
         raise ApiError(401, "This API key has expired.", code="expired_api_key")
     request[KEY_RECORD] = auth.record
+    if usage is not None:
+        request[USAGE_DAY] = usage.today()
     if auth.status == "scope":
         raise ApiError(403, f"This API key lacks the '{scope}' scope.", code="insufficient_scope")
     assert auth.decision is not None
@@ -143,8 +146,7 @@ async def check_token_budget(request: web.Request, key: KeyRecord, usage: UsageR
     except StoreUnavailable as e:
         logger.warning("store unavailable, answering 503: {}", e)
         raise store_unavailable() from None
-    now = time.time()
-    budget = TokenBudget(limit=key.daily_token_limit, used=used, reset_after=86400 - now % 86400)
+    budget = TokenBudget(limit=key.daily_token_limit, used=used, reset_after=86400 - usage.clock() % 86400)
     request[TOKEN_BUDGET] = budget
     if budget.remaining <= 0:
         raise ApiError(

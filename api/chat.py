@@ -18,7 +18,7 @@ from aiohttp import web
 
 from api import choices, mixture, sessions
 from api.access_log import access_logged, answer_line, request_id, write
-from api.auth import authenticate, check_model
+from api.auth import USAGE_DAY, authenticate, check_model
 from api.completion import (
     completion_for,
     logged_outcome,
@@ -198,7 +198,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         if outcome == "ok" and winner is not None:
             used = response_usage(req, winner)
             ctx.usage.record(key.id, prompt_tokens=used.get("prompt_tokens") or 0,
-                             completion_tokens=used.get("completion_tokens") or 0, error=winner.error is not None)
+                             completion_tokens=used.get("completion_tokens") or 0, error=winner.error is not None,
+                             day=request.get(USAGE_DAY))
         write(request, answer_line(fmt.kind, rid, key.id, [n.uid for n in neurons], winner.uid if winner else None,
                                    stream=req.stream, mixture=use_mixture,
                                    status=logged_outcome(outcome, [winner] if winner else []), started=started))

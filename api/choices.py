@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from api.access_log import request_id, write
-from api.auth import check_model
+from api.auth import USAGE_DAY, check_model
 from api.completion import (
     completion_for,
     logged_outcome,
@@ -160,7 +160,7 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
                 race.cancel()  # a choice failed, the client left, or a bug: stop every miner request now
         if outcome == "ok":
             ctx.usage.record(key.id, prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
-                             error=any(w.error is not None for w in winners))
+                             error=any(w.error is not None for w in winners), day=request.get(USAGE_DAY))
         write(request, f"{fmt.kind} rid={rid} key={key.id} n={len(asks)} "
                        f"uids={[[r.uid for r in race.runs] for race, _ in races]} "
                        f"winners={[w.uid for w in winners]} stream={req.stream} "

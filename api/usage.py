@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from api.auth import KEY_RECORD, authenticate, store_unavailable
+from api.auth import KEY_RECORD, USAGE_DAY, authenticate, store_unavailable
 from api.context import CTX
 from shared.errors import ApiError
 from shared.http import json_response
@@ -35,7 +34,7 @@ async def usage_out(request: web.Request, record: KeyRecord) -> UsageOut:
     # ASCII digits only, and few: "²" passes isdigit() and int() refuses it; 5,000 digits exceed int()'s limit
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 366:
         raise ApiError(400, "days must be an integer between 1 and 366.", param="days", code="invalid_value")
-    now = time.time()
+    now = request.app[CTX].usage.clock()  # the clock its counts are filed by: "today" is the same day for both
     since = usage_day(now - (int(raw) - 1) * 86400)
     try:
         report = await request.app[CTX].usage.report(record.id, since_day=since)
@@ -48,7 +47,7 @@ async def count_response(request: web.Request, response: web.StreamResponse) -> 
     """``on_response_prepare``: one request for the key that made it, an error or a 429 by its status."""
     key = request.get(KEY_RECORD)
     if key is not None:
-        request.app[CTX].usage.count_response(key.id, response.status)
+        request.app[CTX].usage.count_response(key.id, response.status, day=request.get(USAGE_DAY))
 
 
 async def usage_flusher(app: web.Application) -> AsyncIterator[None]:

@@ -8,11 +8,14 @@ buffered and go out with the next flush.
 
 Two entry points, so nothing is counted twice:
 
-* ``count_response(key_id, status)``: called once per authenticated response (by the
+* ``count_response(key_id, status, day=)``: called once per authenticated response (by the
   API's response hook): one request; an error if status >= 400; rate-limited if 429.
-* ``record(key_id, prompt_tokens=, completion_tokens=, error=)``: called by a handler
+* ``record(key_id, prompt_tokens=, completion_tokens=, error=, day=)``: called by a handler
   when the work ends: tokens, and ``error=True`` only for a failure the status could
   not show (a stream that broke after its 200).
+
+Both file under ``day``, the UTC day the request was authorized (``today()`` then): a
+request that starts before midnight and ends after is counted whole on its first day.
 """
 
 from __future__ import annotations
@@ -49,25 +52,33 @@ class UsageRecorder:
             self._day = (day, start, start + 86400)
         return day
 
-    def _slot(self, key_id: str) -> UsageCounts:
+    def today(self) -> str:
+        """The UTC day now: what a request authorized now files its counts under (``day=``)."""
+        return self._today(self.clock())
+
+    def _slot(self, key_id: str, day: str | None) -> UsageCounts:
         now = self.clock()
-        slot = (key_id, self._today(now))
+        slot = (key_id, day or self._today(now))
         self._last_used[slot] = now
         counts = self._pending.get(slot)
         if counts is None:
             counts = self._pending[slot] = UsageCounts()
         return counts
 
-    def count_response(self, key_id: str, status: int) -> None:
-        counts = self._slot(key_id)
+    def count_response(self, key_id: str, status: int, *, day: str | None = None) -> None:
+        """One request, under ``day`` (the day it was authorized; default today)."""
+        counts = self._slot(key_id, day)
         counts.requests += 1
         if status == 429:
             counts.rate_limited += 1
         elif status >= 400:
             counts.errors += 1
 
-    def record(self, key_id: str, *, prompt_tokens: object = 0, completion_tokens: object = 0, error: bool = False) -> None:
-        counts = self._slot(key_id)
+    def record(self, key_id: str, *, prompt_tokens: object = 0, completion_tokens: object = 0, error: bool = False,
+               day: str | None = None) -> None:
+        """A request's tokens when its work ends, under ``day``: the day it was authorized (default today),
+        so a request that runs past midnight UTC is counted whole on the day whose budget let it in."""
+        counts = self._slot(key_id, day)
         counts.prompt_tokens += _tokens(prompt_tokens)
         counts.completion_tokens += _tokens(completion_tokens)
         counts.errors += int(bool(error))
