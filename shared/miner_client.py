@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 from bittensor import http_auth
+from loguru import logger
 from yarl import URL
 
 from shared.errors import MODEL_SERVER_REJECTED, parse_error
@@ -33,6 +34,7 @@ def event_text(event: Event) -> str:
     """An event as JSON text (a parsed completion is serialised only where text is needed)."""
     return event if isinstance(event, str) else dumps(event)
 
+REFUSED_SIGNATURE = (401, 403)  # a receiver's answers to a signature it does not take (shared.signing)
 _BOUNDED_BY_CALLER = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
 
@@ -79,11 +81,16 @@ def make_session(*, limit: int = 1024, limit_per_host: int = 256) -> aiohttp.Cli
                                  cookie_jar=aiohttp.DummyCookieJar())
 
 
+REFUSAL_WARNING_EVERY = 60.0  # seconds between WARNINGs about miners refusing our signature
+
+
 class MinerClient:
     def __init__(self, session: aiohttp.ClientSession, signer: Signer, *, max_response_bytes: int = 8 << 20) -> None:
         self.session = session
         self.signer = signer
         self.max_response_bytes = max_response_bytes
+        self._refusals = 0  # miners' refusals of our signature since the last WARNING about them
+        self._refusal_told = float("-inf")  # when that WARNING was (monotonic)
         self._chat_urls: dict[str, URL] = {}
         # How the pool signs a request again after a long wait for a connection (ResigningConnector).
         self._pending: dict[str, tuple[Signer, bytes]] | None = getattr(session.connector, "pending", None)
@@ -150,6 +157,8 @@ class MinerClient:
                     if resp.status != 200:
                         text = (await resp.content.read(2048)).decode(errors="replace")
                         code, message = parse_error(text)
+                        if resp.status in REFUSED_SIGNATURE and code != MODEL_SERVER_REJECTED:
+                            self._refused(neuron, resp.status, code, message)
                         if resp.status < 500 and code == MODEL_SERVER_REJECTED:
                             raise MinerError(f"HTTP {resp.status}: {message[:300]}", kind="refused")
                         raise MinerError(f"HTTP {resp.status}: {text[:300]}", kind="status")
@@ -169,6 +178,19 @@ class MinerClient:
             raise MinerError(f"broken SSE stream: {e}", kind="bad_response") from None
         finally:
             self._done(nonce)
+
+    def _refused(self, neuron: Neuron, status: int, code: str | None, message: str) -> None:
+        """A miner refused our signed request (401/403): one WARNING a minute, quoting the latest refusal.
+        It was a DEBUG line per request, so an API whose clock had drifted (every miner answering 401
+        ``StaleRequest``) failed every chat with only ``status=error`` lines to show for it."""
+        self._refusals += 1
+        now = time.monotonic()
+        if now - self._refusal_told < REFUSAL_WARNING_EVERY:
+            return
+        logger.warning("miners refuse this host's signed requests (hotkey {}): uid {} answered HTTP {} {}: {} ({} "
+                       "refusal(s) since the last such line, at most one a minute)", self.signer.hotkey, neuron.uid,
+                       status, code or "-", printable(message.removeprefix(f"{code}: "))[:300], self._refusals)
+        self._refusals, self._refusal_told = 0, now
 
     def _resignable(self, headers: dict[str, str], body: bytes) -> str | None:
         """Leave the pool how to sign this request again; returns the key to take it back with."""
