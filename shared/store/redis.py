@@ -181,15 +181,19 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 return 1
 """
 
-# KEYS[1] = ns:usage:<id>, KEYS[2] = ns:keys; ARGV = id, day, last_used_at, counts in USAGE_FIELDS order
+# KEYS[1] = ns:usage:<id>, KEYS[2] = ns:keys; ARGV = id, day, last_used_at, counts in USAGE_FIELDS order, the
+# oldest day kept. The days before it are dropped once per key each time it moves (once a day): keyed on the day
+# written instead, a batch of many days scanned the whole hash once per day in it (1,500 days: seconds, past the
+# socket timeout, and a retried flush could count twice). ``pruned_on``: the mark before 2026-12-06 (a day written).
 ADD_USAGE = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
-if redis.call('HGET', KEYS[1], 'pruned_on') ~= ARGV[2] then
+if (redis.call('HGET', KEYS[1], 'pruned_to') or '') < ARGV[9] then
   for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
     local day = string.match(name, '^(%d%d%d%d%-%d%d%-%d%d):')
     if day and day < ARGV[9] then redis.call('HDEL', KEYS[1], name) end
   end
-  redis.call('HSET', KEYS[1], 'pruned_on', ARGV[2])
+  redis.call('HDEL', KEYS[1], 'pruned_on')
+  redis.call('HSET', KEYS[1], 'pruned_to', ARGV[9])
 end
 local fields = {'requests', 'prompt_tokens', 'completion_tokens', 'errors', 'rate_limited'}
 for i, name in ipairs(fields) do
@@ -456,7 +460,7 @@ class RedisStore:
             await self._add_usage(
                 keys=[self.key("usage", d.key_id), self.key("keys")],
                 args=[d.key_id, d.day, repr(d.last_used_at), *(getattr(d.counts, f) for f in USAGE_FIELDS),
-                      oldest_usage_day(d.last_used_at)],  # a key's first use of a day drops the days before it
+                      oldest_usage_day(d.last_used_at)],  # when this moves, the days before it are dropped
                 client=pipe,
             )
         await self._call(pipe.execute())
