@@ -218,6 +218,10 @@ class OutboxForwarder:
             if rejected and isinstance(rejected, list):
                 logger.warning("validator rejected {} of {} scoring payloads as malformed: dropped ({})",
                                len(rejected), len(items), describe_rejected(rejected, items))
+            stale = body.get("stale") if isinstance(body, dict) else None
+            if isinstance(stale, int) and stale > 0:  # an outage's backlog: said here too, where it was kept
+                logger.warning("validator dropped {} of {} scoring payloads as older than it scores "
+                               "(its ORGANIC_MAX_AGE_SECONDS): not scored", stale, len(items))
             self.batch_limit = min(self.batch, self.batch_limit * 2)
             return True
         if status in POISON_STATUSES:

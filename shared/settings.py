@@ -286,6 +286,9 @@ class ValidatorSettings(CommonSettings):
     scoring_workers: int = Field(default=2, ge=1, le=64, description="Workers draining the scoring queue")
     scoring_queue_size: int = Field(default=10_000, ge=1, description="Bound of the scoring queue's organic lane (503 when full)")
     organic_timeout: float = Field(default=30.0, gt=0, description="Deadline assumed for organic latency penalties (s)")
+    organic_max_age_seconds: float = Field(
+        default=3600.0, gt=0, description="An organic payload older than this (since its request) is dropped "
+                                          "unscored and counted: an outbox backlog after an outage (s)")
     latency_grace: float = Field(default=0.25, ge=0, lt=1,
                                  description="First chunk within this fraction of the deadline: no latency penalty")
     score_alpha: float = Field(default=0.1, gt=0, le=1, description="EMA weight of a new reward")

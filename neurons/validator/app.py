@@ -134,6 +134,7 @@ async def health(request: web.Request) -> web.Response:
                           "scoring_queue_max": ctx.scoring_queue.maxsize,
                           "synthetic_queue": ctx.scoring_queue.synthetic_qsize(),
                           "synthetic_queue_max": ctx.scoring_queue.synthetic_maxsize,
+                          "organic_stale_dropped": ctx.scoring_queue.stale_dropped,
                           "scores_updated_at": ctx.scores.updated_at or None,
                           "last_weights_set_at": ctx.scores.last_weights_set_at})
 
@@ -166,9 +167,11 @@ async def scoring(request: web.Request) -> web.Response:
     if isinstance(data, list):
         return _score_batch(ctx, data)
     payload: OrganicPayload = parse_model(OrganicPayload, data)
-    queued, _ = _queue_new(ctx, [payload])
+    queued, _, stale = _queue_new(ctx, [payload])
+    if stale:
+        _log_stale(ctx, stale, 1)
     logger.debug("organic payload request_id={} task={} uids={}: {}", payload.request_id, payload.body.get("task"),
-                 payload.uids, "queued" if queued else "not queued (seen before, or no uid registered now)")
+                 payload.uids, "queued" if queued else "not queued (seen before, too old, or no uid registered now)")
     snapshot = ctx.metagraph.snapshot
     return json_response({"status": "accepted", "uids": sorted(u for u in payload.uids if snapshot.by_uid(u))},
                          status=202)
@@ -186,12 +189,14 @@ def _enqueue(ctx: ValidatorContext, jobs: list[Any]) -> None:
         queue.put_nowait(job)
 
 
-def _queue_new(ctx: ValidatorContext, payloads: list[OrganicPayload]) -> tuple[int, int]:
+def _queue_new(ctx: ValidatorContext, payloads: list[OrganicPayload]) -> tuple[int, int, int]:
     """Queue the jobs of the payloads not scored before (all or nothing: ``_enqueue``), then remember
-    them; returns (queued, repeated). A payload seen before, or twice in one batch (the forwarder retried
-    a batch whose 202 it lost), is acknowledged and not scored again; one none of whose uids is
-    registered now spends no queue slot, nor does one whose caller chose its miners (never scored)."""
-    jobs, identities, repeated = [], set(), 0
+    them; returns (queued, repeated, stale). A payload seen before, or twice in one batch (the forwarder
+    retried a batch whose 202 it lost), is acknowledged and not scored again; one none of whose uids is
+    registered now spends no queue slot, nor does one whose caller chose its miners (never scored), nor
+    one older than the queue's ``max_age`` (an outbox backlog after an outage: counted, not scored)."""
+    jobs, identities, repeated, stale = [], set(), 0, 0
+    queue = ctx.scoring_queue
     for payload in payloads:
         identity = payload.identity()
         if identity in ctx.seen or (identity is not None and identity in identities):
@@ -201,13 +206,23 @@ def _queue_new(ctx: ValidatorContext, payloads: list[OrganicPayload]) -> tuple[i
         if payload.caller_chose_miners:
             logger.debug("scoring: request_id={} not scored: its caller chose the miners", payload.request_id)
             continue
+        if queue.is_stale(payload.created_at):
+            stale += 1
+            continue
         job = payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout)
         if job.hotkeys:
             jobs.append(job)
     _enqueue(ctx, jobs)
     for identity in identities:
         ctx.seen.add(identity)
-    return len(jobs), repeated
+    queue.stale_dropped += stale
+    return len(jobs), repeated, stale
+
+
+def _log_stale(ctx: ValidatorContext, stale: int, total: int) -> None:
+    queue = ctx.scoring_queue
+    logger.info("scoring: {} of {} payloads are older than ORGANIC_MAX_AGE_SECONDS ({:g} s): acknowledged, not "
+                "scored ({} since start)", stale, total, queue.max_age, queue.stale_dropped)
 
 
 def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
@@ -220,16 +235,18 @@ def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
             payloads.append(parse_model(OrganicPayload, item))
         except ApiError as e:
             rejected.append({"index": index, "error": e.message})
-    queued, repeated = _queue_new(ctx, payloads)
+    queued, repeated, stale = _queue_new(ctx, payloads)
     if repeated:
         logger.info("scoring: {} of {} payloads were sent before and are not scored again", repeated, len(items))
+    if stale:
+        _log_stale(ctx, stale, len(items))
     if rejected:
         first = rejected[0]
         logger.warning("scoring: rejected {} of {} payloads as malformed (first: index {} request_id={}: {})",
                        len(rejected), len(items), first["index"], _request_id(items[first["index"]]), first["error"])
-    # accepted: every well-formed payload, queued or not (one sent before, or with no uid registered now)
+    # accepted: every well-formed payload, queued or not (one sent before, too old, or with no uid registered now)
     return json_response({"status": "accepted", "accepted": len(items) - len(rejected), "queued": queued,
-                          "rejected": rejected}, status=202)
+                          "stale": stale, "rejected": rejected}, status=202)
 
 
 def _request_id(item: Any) -> Any:

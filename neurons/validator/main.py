@@ -93,7 +93,8 @@ async def run_validator(settings: ValidatorSettings) -> None:
     sink = build_sink(settings, hotkey.ss58_address)
     book = AvailabilityBook()
     # a synthetic job per synthetic loop may wait; more would be answers growing stale
-    queue = ScoringQueue(settings.scoring_queue_size, synthetic_maxsize=settings.synthetic_concurrency)
+    queue = ScoringQueue(settings.scoring_queue_size, synthetic_maxsize=settings.synthetic_concurrency,
+                         max_age=settings.organic_max_age_seconds)
     scorer = Scorer(registry, RewardContext(reference=reference, corpus=corpus), scores,
                     grace=settings.latency_grace, owner=metagraph.hotkey_of)
     synthetic = SyntheticConfig(sample_size=settings.synthetic_sample_size, timeout=settings.synthetic_timeout)

@@ -8,6 +8,7 @@ the winner and a timestamp.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -85,5 +86,5 @@ class OrganicPayload(BaseModel):
             timings={u: t for u, t in self.timings.items() if u in hotkeys},
             errors={u: e for u, e in self.errors.items() if u in hotkeys and e},
             deadline_s=self.deadline_s or deadline_s,
-            created_at=self.created_at or 0.0,
+            created_at=self.created_at or time.time(),  # an API too old to say: its age counts from now
         )

@@ -219,13 +219,21 @@ class ScoringQueue:
     put every synthetic job behind it for an hour and stall the synthetic loops on a full queue, and a
     synthetic backlog 503 every payload. Taken in turn, each source gets at least half of the workers'
     time while the other has a backlog, and all of it otherwise. ``qsize`` is the organic lane's depth
-    (it and ``maxsize`` are what ``/health`` has always reported as ``scoring_queue``)."""
+    (it and ``maxsize`` are what ``/health`` has always reported as ``scoring_queue``).
 
-    def __init__(self, maxsize: int, synthetic_maxsize: int = 2) -> None:
+    ``max_age``: an organic job older than this (seconds since its fan-out) is not scored but dropped and
+    counted in ``stale_dropped``, here and at ``/scoring``. After an outage the API's outbox delivered
+    answers of hours before, scored as if they were the miners' quality now (a miner that fixed its
+    server paid for its old answers), and an answer from an API too old to name its hotkeys credited
+    whoever held the uid at delivery."""
+
+    def __init__(self, maxsize: int, synthetic_maxsize: int = 2, *, max_age: float | None = None) -> None:
         if maxsize < 1 or synthetic_maxsize < 1:
             raise ValueError("each lane holds at least one job")
         self.maxsize = maxsize
         self.synthetic_maxsize = synthetic_maxsize
+        self.max_age = max_age
+        self.stale_dropped = 0  # organic payloads too old to score (at /scoring or while queued), since start
         self._organic: asyncio.Queue[Any] = asyncio.Queue(maxsize)
         self._synthetic: asyncio.Queue[Any] = asyncio.Queue(synthetic_maxsize)
         self._synthetic_next = True  # whose turn it is when both lanes hold jobs
@@ -263,13 +271,33 @@ class ScoringQueue:
                 return lane.get_nowait()
         raise asyncio.QueueEmpty
 
+    def is_stale(self, created_at: float | None, now: float | None = None) -> bool:
+        """Whether an organic payload made at ``created_at`` (None: not said) is past ``max_age``."""
+        if self.max_age is None or not created_at:
+            return False
+        return (time.time() if now is None else now) - created_at > self.max_age
+
     async def get(self) -> Any:
-        while True:
-            try:
-                return self.get_nowait()
-            except asyncio.QueueEmpty:
-                self._ready.clear()
-                await self._ready.wait()
+        """The next job to score; organic ones that grew stale while queued are dropped and counted
+        (one line per call, not one per job: a drained backlog is thousands of them)."""
+        stale = 0
+        try:
+            while True:
+                try:
+                    job = self.get_nowait()
+                except asyncio.QueueEmpty:
+                    self._ready.clear()
+                    await self._ready.wait()
+                    continue
+                if getattr(job, "source", None) == "organic" and self.is_stale(job.created_at):
+                    stale += 1
+                    continue
+                return job
+        finally:
+            if stale:
+                self.stale_dropped += stale
+                logger.info("scoring: dropped {} queued organic payload(s) older than {:g} s, not scored "
+                            "({} since start)", stale, self.max_age, self.stale_dropped)
 
 
 async def scoring_worker(queue: ScoringQueue, scorer: Scorer, metagraph: MetagraphView) -> None:

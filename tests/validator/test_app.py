@@ -491,3 +491,47 @@ async def test_an_api_whose_clock_is_ahead_is_told_its_clock_not_its_settings(tm
     assert refused, lines
     assert "as stale (HTTP 401: StaleRequest: nonce is 300." in refused[0] and "s in the future" in refused[0]
     assert "API_HOTKEYS" not in refused[0] and "NTP" in refused[0]
+
+
+async def test_a_payload_older_than_the_validator_scores_is_dropped_and_counted() -> None:
+    """After an outage the outbox delivered answers of hours before, and they were scored as the miners'
+    quality now: past ``max_age`` a payload is acknowledged, not queued, and counted, at ``/scoring`` and
+    when it grew old in the queue."""
+    ctx = make_ctx()
+    ctx.scoring_queue.max_age = 600.0
+    old = payload(request_id="old", kind="chat", created_at=time.time() - 3600)
+    fresh = payload(request_id="fresh", kind="chat")
+    async with serve_app(create_validator_app(ctx)) as url:
+        status, body = await post(url, "/scoring", json.dumps([old, fresh]).encode())
+        assert status == 202 and (body["accepted"], body["queued"], body["stale"]) == (2, 1, 1), body
+        status, _ = await post(url, "/scoring", json.dumps(payload(request_id="old2", created_at=1.0)).encode())
+        assert status == 202
+        assert ctx.scoring_queue.qsize() == 1 and ctx.scoring_queue.stale_dropped == 2
+        async with aiohttp.ClientSession() as s, s.get(url + "/health") as r:
+            assert (await r.json())["organic_stale_dropped"] == 2
+
+    # one that waited in the queue past the age is dropped when a worker takes it; a synthetic job never is
+    queue = ctx.scoring_queue
+    waited = queue.get_nowait()
+    waited.created_at = time.time() - 601  # as if it had waited in the queue for ten minutes
+    queue.put_nowait(waited)
+    for age in (601, 1):
+        queue.put_nowait(ScoringJob(source="organic", task="InferenceTask", bodies={1: BODY},
+                                    hotkeys={1: MINERS[1].ss58_address}, created_at=time.time() - age))
+    assert time.time() - (await asyncio.wait_for(queue.get(), 1)).created_at < 60
+    assert queue.stale_dropped == 4 and queue.empty()
+    synthetic = ScoringJob(source="synthetic", task="ArithmeticTask", bodies={1: BODY},
+                           hotkeys={1: MINERS[1].ss58_address}, created_at=1.0)
+    queue.put_nowait(synthetic)
+    assert await asyncio.wait_for(queue.get(), 1) is synthetic
+
+
+async def test_a_payload_from_an_api_too_old_to_date_it_is_never_stale() -> None:
+    ctx = make_ctx()
+    ctx.scoring_queue.max_age = 600.0
+    undated = payload()
+    del undated["created_at"]
+    async with serve_app(create_validator_app(ctx)) as url:
+        assert (await post(url, "/scoring", json.dumps(undated).encode()))[0] == 202
+    job = await asyncio.wait_for(ctx.scoring_queue.get(), 1)
+    assert job.source == "organic" and ctx.scoring_queue.stale_dropped == 0
