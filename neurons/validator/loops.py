@@ -65,7 +65,7 @@ async def synthetic_cycle(
     scores: ScoreBook | None = None,
 ) -> None:
     job = await run_cycle(client, metagraph, book, registry, datasets, config, rng,
-                          scored=set(scores.miners) if scores is not None else ())
+                          scored=scores.holding() if scores is not None else ())
     if job is None:
         logger.info("synthetic: no serving miner")
         return

@@ -115,6 +115,11 @@ class ScoreBook:
             return 0.0
         return sum(p * self.task_score(entry, task) for task, p in self.probabilities.items())
 
+    def holding(self) -> set[int]:
+        """The uids with a positive combined score: what a miner that went down or dark still has to lose
+        (one at 0 has nothing: failing it again changes nothing but the size of every job)."""
+        return {uid for uid in self.miners if self.combined(uid) > 0}
+
     def combined_for(self, snapshot: MetagraphSnapshot) -> dict[int, float]:
         """Every uid of ``snapshot`` (the metagraph's n now) with its combined score: 0 for a uid never
         scored, and for one whose hotkey is not the one its score was earned under.

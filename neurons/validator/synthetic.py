@@ -121,9 +121,13 @@ async def run_cycle(
 
     Only miners whose availability is known for their current hotkey are sampled: before the first
     poll ends (every start) or after a uid changed hands, "not in the book" is unknown, not a 0.
-    ``scored``: uids that hold a score; those of them registered with no axon join the job as failed."""
+    ``scored``: uids that hold a score; those of them registered with no axon join the job as failed.
+    A miner down at the last poll is sampled only while it holds a score (so the score decays): a 0 for
+    one that holds none changes nothing, and on a subnet of 256 uids, most of them down, the samples
+    were mostly such miners and the live ones got a sixteenth of the jobs."""
     serving = metagraph.snapshot.serving(exclude_hotkey=client.signer.hotkey)
-    known = [n for n in serving if book.hotkeys.get(n.uid) == n.hotkey]
+    known = [n for n in serving if book.hotkeys.get(n.uid) == n.hotkey
+             and (book.entries.get(n.uid) is not None or n.uid in scored)]
     neurons = sample_miners(known, config.sample_size, rng)
     if not neurons:
         return None

@@ -52,6 +52,16 @@ def test_ema_and_combined_score() -> None:
     assert book.combined(99) == 0.0
 
 
+def test_only_a_positive_score_is_held() -> None:
+    """What a down or dark miner still has to lose: one scored 0 (every dead uid of a large subnet, once
+    sampled) is not sampled or carried as failed in every job again."""
+    book = ScoreBook(PROBS, alpha=0.5)
+    book.update(1, "hk1", "A", 1.0)
+    book.update(2, "hk2", "A", 0.0)
+    book.update(3, "hk3", "C", 1.0)  # a task with no probability counts nothing
+    assert book.holding() == {1}
+
+
 def test_organic_answers_move_a_score_by_their_share_at_most(tmp_path: Path) -> None:
     """A miner answering its owner's requests well (any key may send them) and the validator's badly took the
     top weight: organic and synthetic rewards shared one average, and 20,000 organic answers a minute

@@ -118,3 +118,19 @@ async def test_synthetic_requests_are_worded_as_variously_as_callers_are() -> No
     assert len({b["temperature"] for b in chat}) > 2 and min(b["temperature"] for b in chat) > 0
     assert {"top_p" in b for b in chat} == {True, False}
     assert all(list(b)[:2] in (["messages", "model"], ["messages", "stream"]) for b in chat)
+
+
+async def test_miners_down_at_the_poll_with_no_score_do_not_crowd_the_live_ones_out() -> None:
+    """256 uids, most of them down: a sample of 8 drawn from every polled uid was mostly down miners
+    (a 0 that changes nothing), and a live miner got a job in 1 of 16 cycles instead of every one. A down
+    miner that holds a score is still sampled: its score must decay."""
+    uids = tuple(range(1, 41))
+    book = _known(*uids)
+    for uid in uids[3:]:
+        book.entries[uid] = None  # polled for its hotkey, unreachable
+    for seed in range(5):
+        job = await _cycle(book, uids=uids, seed=seed)
+        assert job is not None and set(job.bodies) == {1, 2, 3}, sorted(job.bodies)
+    job = await _cycle(book, uids=uids, scored=(7,))
+    assert job is not None and set(job.bodies) == {1, 2, 3, 7}
+    assert job.errors[7] == "unavailable for this task"
