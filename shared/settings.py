@@ -285,6 +285,8 @@ class ValidatorSettings(CommonSettings):
     synthetic_concurrency: int = Field(default=2, ge=1, le=64, description="Synthetic cycles in flight at once")
     scoring_workers: int = Field(default=2, ge=1, le=64, description="Workers draining the scoring queue")
     scoring_queue_size: int = Field(default=10_000, ge=1, description="Bound of the scoring queue's organic lane (503 when full)")
+    scoring_queue_bytes: int = Field(default=256 << 20, ge=1 << 20, description="The organic lane's bound in bytes of "
+                                     "payloads held (503 past it; an empty lane takes any one batch)")
     organic_timeout: float = Field(default=30.0, gt=0, description="Deadline assumed for organic latency penalties (s)")
     organic_max_age_seconds: float = Field(
         default=3600.0, gt=0, description="An organic payload older than this (since its request) is dropped "

@@ -132,6 +132,8 @@ async def health(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "availability_updated_at": ctx.book.updated_at,
                           "scoring_queue": ctx.scoring_queue.qsize(),
                           "scoring_queue_max": ctx.scoring_queue.maxsize,
+                          "scoring_queue_bytes": ctx.scoring_queue.organic_bytes,
+                          "scoring_queue_max_bytes": ctx.scoring_queue.max_bytes,
                           "synthetic_queue": ctx.scoring_queue.synthetic_qsize(),
                           "synthetic_queue_max": ctx.scoring_queue.synthetic_maxsize,
                           "organic_stale_dropped": ctx.scoring_queue.stale_dropped,
@@ -181,9 +183,9 @@ MAX_SCORING_BATCH = 256
 
 
 def _enqueue(ctx: ValidatorContext, jobs: list[Any]) -> None:
-    """All or nothing: a batch that does not fit is a 503 and is retried whole."""
+    """All or nothing: a batch that does not fit (by count or by bytes) is a 503 and is retried whole."""
     queue = ctx.scoring_queue
-    if queue.maxsize and queue.maxsize - queue.qsize() < len(jobs):
+    if not queue.room_for(jobs):
         raise ApiError(503, "Scoring queue is full; retry later.", code="queue_full", headers={"Retry-After": "5"})
     for job in jobs:
         queue.put_nowait(job)

@@ -94,7 +94,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
     book = AvailabilityBook()
     # a synthetic job per synthetic loop may wait; more would be answers growing stale
     queue = ScoringQueue(settings.scoring_queue_size, synthetic_maxsize=settings.synthetic_concurrency,
-                         max_age=settings.organic_max_age_seconds)
+                         max_age=settings.organic_max_age_seconds, max_bytes=settings.scoring_queue_bytes)
     scorer = Scorer(registry, RewardContext(reference=reference, corpus=corpus), scores,
                     grace=settings.latency_grace, owner=metagraph.hotkey_of)
     synthetic = SyntheticConfig(sample_size=settings.synthetic_sample_size, timeout=settings.synthetic_timeout)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from neurons.validator.scoring import ScoringJob
+from neurons.validator.scoring import ScoringJob, job_bytes
 from shared.errors import first_problem
 from shared.metagraph import MetagraphSnapshot
 from shared.protocol import DEFAULT_TASK, ChatCompletionRequest
@@ -77,14 +77,16 @@ class OrganicPayload(BaseModel):
         """A scoring job for the uids the metagraph still knows, held by the hotkeys that answered."""
         hotkeys = {u: n.hotkey for u in self.uids if (n := snapshot.by_uid(u)) is not None
                    and self.hotkeys.get(u, n.hotkey) == n.hotkey}
+        chunks = {u: c for u, c in self.chunks.items() if u in hotkeys}
         return ScoringJob(
             source="organic",
             task=str(self.body.get("task") or DEFAULT_TASK),
             bodies={u: self.body for u in hotkeys},
             hotkeys=hotkeys,
-            chunks={u: c for u, c in self.chunks.items() if u in hotkeys},
+            chunks=chunks,
             timings={u: t for u, t in self.timings.items() if u in hotkeys},
             errors={u: e for u, e in self.errors.items() if u in hotkeys and e},
             deadline_s=self.deadline_s or deadline_s,
             created_at=self.created_at or time.time(),  # an API too old to say: its age counts from now
+            size=job_bytes(chunks, self.body),
         )

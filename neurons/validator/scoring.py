@@ -40,6 +40,7 @@ class ScoringJob:
     deadline_s: float = 30.0
     expected: dict[str, Any] | None = None
     created_at: float = field(default_factory=time.time)
+    size: int = 0  # an estimate of the bytes it holds (``job_bytes``): what the organic lane bounds
 
 
 @dataclass
@@ -210,6 +211,16 @@ class Scorer:
         return rewards
 
 
+CHUNK_OVERHEAD = 64  # bytes a Python str and its list slot cost beyond its characters (and a timing's float)
+
+
+def job_bytes(chunks: dict[int, list[str]], body: dict[str, Any]) -> int:
+    """About what an organic job holds in memory: its chunks (each with its object's overhead and its
+    timing) and its one body (measured by its messages' text)."""
+    streamed = sum(len(c) + 2 * CHUNK_OVERHEAD for cs in chunks.values() for c in cs)
+    return streamed + len(prompt_text([body])) + 1024
+
+
 class ScoringQueue:
     """The jobs waiting to be scored, in two bounded lanes that the workers take in turn.
 
@@ -227,10 +238,13 @@ class ScoringQueue:
     server paid for its old answers), and an answer from an API too old to name its hotkeys credited
     whoever held the uid at delivery."""
 
-    def __init__(self, maxsize: int, synthetic_maxsize: int = 2, *, max_age: float | None = None) -> None:
+    def __init__(self, maxsize: int, synthetic_maxsize: int = 2, *, max_age: float | None = None,
+                 max_bytes: int | None = None) -> None:
         if maxsize < 1 or synthetic_maxsize < 1:
             raise ValueError("each lane holds at least one job")
         self.maxsize = maxsize
+        self.max_bytes = max_bytes  # the organic lane's bound in bytes (``ScoringJob.size``), besides its count
+        self.organic_bytes = 0
         self.synthetic_maxsize = synthetic_maxsize
         self.max_age = max_age
         self.stale_dropped = 0  # organic payloads too old to score (at /scoring or while queued), since start
@@ -252,9 +266,25 @@ class ScoringQueue:
         """No job waits in either lane."""
         return self._organic.empty() and self._synthetic.empty()
 
+    def room_for(self, jobs: list[Any]) -> bool:
+        """Whether the organic lane takes all of ``jobs`` now, by count and by bytes. An empty lane takes
+        any one batch: a payload larger than the bound alone would otherwise be refused for good (the
+        API's forwarder retries it, and everything behind it, forever).
+
+        Bounded by count alone, 10,000 payloads of long streamed answers (a few MB of SSE chunks each)
+        were tens of GB held while an outage's backlog drained."""
+        if self.maxsize - self.qsize() < len(jobs):
+            return False
+        if self.max_bytes is None or self._organic.empty():
+            return True
+        return self.organic_bytes + sum(getattr(j, "size", 0) for j in jobs) <= self.max_bytes
+
     def put_nowait(self, job: Any) -> None:
         """Queue ``job`` in its lane; ``asyncio.QueueFull`` when that lane is full."""
-        self._lane(job).put_nowait(job)
+        lane = self._lane(job)
+        lane.put_nowait(job)
+        if lane is self._organic:
+            self.organic_bytes += getattr(job, "size", 0)
         self._ready.set()
 
     async def put(self, job: Any) -> None:
@@ -268,7 +298,10 @@ class ScoringQueue:
         for lane in order:
             if not lane.empty():
                 self._synthetic_next = lane is self._organic
-                return lane.get_nowait()
+                job = lane.get_nowait()
+                if lane is self._organic:
+                    self.organic_bytes -= getattr(job, "size", 0)
+                return job
         raise asyncio.QueueEmpty
 
     def is_stale(self, created_at: float | None, now: float | None = None) -> bool:

@@ -535,3 +535,30 @@ async def test_a_payload_from_an_api_too_old_to_date_it_is_never_stale() -> None
         assert (await post(url, "/scoring", json.dumps(undated).encode()))[0] == 202
     job = await asyncio.wait_for(ctx.scoring_queue.get(), 1)
     assert job.source == "organic" and ctx.scoring_queue.stale_dropped == 0
+
+
+async def test_the_organic_lane_is_bounded_in_bytes_too() -> None:
+    """Bounded by count alone, 10,000 payloads of long streamed answers (MBs of SSE chunks each) were tens
+    of GB held while an outage's backlog drained. Past ``max_bytes`` a batch is a 503 (the forwarder keeps
+    it and sends fewer); an empty lane takes any one batch, or a payload over the bound would block the
+    outbox for good."""
+    ctx = make_ctx(queue_size=100)
+    ctx.scoring_queue.max_bytes = 1 << 20
+    chunk = 'data: {"choices":[{"delta":{"content":"' + "x" * 1000 + '"}}]}'
+    big = [payload(request_id=f"big-{i}", chunks={"1": [chunk] * 600, "2": []}, timings={"1": [0.1] * 600, "2": []})
+           for i in range(3)]
+    async with serve_app(create_validator_app(ctx)) as url:
+        status, body = await post(url, "/scoring", json.dumps(big[:2]).encode())
+        assert status == 202 and body["queued"] == 2, "an empty lane takes any one batch"
+        assert ctx.scoring_queue.organic_bytes > 1 << 20
+        status, body = await post(url, "/scoring", json.dumps(big[2]).encode())
+        assert status == 503 and body["error"]["code"] == "queue_full", body
+        status, _ = await post(url, "/scoring", json.dumps(payload(request_id="small")).encode())
+        assert status == 503, "nothing fits while the lane is past its bound in bytes"
+        ctx.scoring_queue.get_nowait()
+        ctx.scoring_queue.get_nowait()
+        assert ctx.scoring_queue.organic_bytes == 0
+        assert (await post(url, "/scoring", json.dumps(big[2]).encode()))[0] == 202
+        async with aiohttp.ClientSession() as s, s.get(url + "/health") as r:
+            health = await r.json()
+        assert health["scoring_queue_bytes"] > 600_000 and health["scoring_queue_max_bytes"] == 1 << 20
