@@ -84,7 +84,32 @@ def compute_weights(
         order = np.lexsort((uids, -s))
         fill = [i for i in order if w[i] == 0][:missing]
         w[fill] = step
-    return clip_max_weight(w / w.sum(), rules.max_weight)
+    return fit_max_weight(uids, w / w.sum(), rules.max_weight)
+
+
+def u16_top_share(uids: np.ndarray, weights: np.ndarray) -> float:
+    """The largest share after ``to_u16``, as the chain measures it against ``MaxWeightsLimit``."""
+    _, values = to_u16(uids, weights)
+    return max(values) / sum(values) if values else 0.0
+
+
+def fit_max_weight(uids: np.ndarray, w: np.ndarray, limit: float, *, tries: int = 20) -> np.ndarray:
+    """``clip_max_weight``, its cap lowered until the u16 values (what the chain checks, normalised) keep
+    the top share within ``limit`` too. Rounding every small entry to u16 moved mass to the capped top
+    uid: 0.50016 of the vector under a 0.5 limit, which the chain refuses whole (``MaxWeightExceeded``)."""
+    clipped = clip_max_weight(w.copy(), limit)
+    if limit >= 1.0:
+        return clipped
+    cap = limit
+    for _ in range(tries):
+        over = u16_top_share(uids, clipped) - limit
+        if over <= 0:
+            return clipped
+        cap -= over + 1.0 / U16_MAX
+        if cap * w.size < 1.0:
+            break  # no vector of this size fits under the cap: keep the closest one
+        clipped = clip_max_weight(w.copy(), cap)
+    return clipped
 
 
 def to_u16(uids: np.ndarray, weights: np.ndarray) -> tuple[list[int], list[int]]:

@@ -30,6 +30,7 @@ from neurons.validator.weights import (
     compute_weights,
     from_u16,
     to_u16,
+    u16_top_share,
 )
 from shared.metagraph import FileMetagraphSource, MetagraphSnapshot, write_metagraph_file
 from tests.helpers import snapshot
@@ -559,3 +560,23 @@ def test_after_a_restart_into_a_smaller_subnet_scores_shows_no_uid_beyond_it(tmp
     by_uid = {m["uid"]: m for m in report["miners"]}
     assert by_uid[2]["hotkey"] == "new-owner" and by_uid[2]["score"] == 0.0 and by_uid[2]["weight"] == 0.0
     assert by_uid[1]["score"] == pytest.approx(1.0) and restored.weights == {1: 0.5}
+
+
+def test_max_weight_limit_holds_for_the_u16_values_the_chain_checks() -> None:
+    """The chain normalises the u16 values and refuses the whole set when one is above ``MaxWeightsLimit``
+    (``MaxWeightExceeded``). Clipped as floats to exactly the limit, a capped uid rose above it once every
+    small entry was rounded: 0.50016 under a 0.5 limit on 256 uids."""
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(400):
+        n = int(rng.integers(20, 257))
+        uids = np.arange(n)
+        s = np.zeros(n)
+        scored = rng.choice(n, int(rng.integers(2, n)), replace=False)
+        s[scored] = rng.random(scored.size) ** 8
+        limit = float(rng.choice([0.5, 0.2, 0.1]))
+        w = compute_weights(uids, s, WeightRules(max_weight=limit, min_allowed=int(rng.choice([1, 8, 64]))), power=3)
+        assert w.sum() == pytest.approx(1.0) and w.max() <= limit + 1e-9
+        assert u16_top_share(uids, w) <= limit, (n, limit)
+        checked += 1
+    assert checked == 400
