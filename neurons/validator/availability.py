@@ -27,6 +27,9 @@ class AvailabilityBook:
     entries: dict[int, dict[str, Any] | None] = field(default_factory=dict)
     hotkeys: dict[int, str] = field(default_factory=dict)
     updated_at: float = 0.0
+    # At the last poll no miner answered and some refused this validator's signature (HTTP 401/403): its
+    # own fault (no validator permit, deregistered, a clock off), not theirs (``poll_all``).
+    refused_by_all: bool = False
 
     def get(self, uids: list[int] | None, snapshot: MetagraphSnapshot | None = None) -> dict[str, dict[str, Any] | None]:
         keys = sorted(self.entries) if uids is None else uids
@@ -100,24 +103,35 @@ async def poll_all(
             return n, await poll_one(client, n, timeout, refusals)
 
     results = await asyncio.gather(*(bounded(n) for n in neurons))
-    book.entries = {n.uid: entry for n, entry in results}
+    refused = len(refusals)
+    up = sum(1 for _, e in results if e is not None)
+    book.refused_by_all = bool(refused) and not up
+    if book.refused_by_all:
+        # Every miner down at once for our fault: kept as last known (the API may sign with another hotkey),
+        # and the synthetic loops pause; marked down, every miner with a score was sampled and scored 0.
+        warn_refusals(refusals, client.signer.hotkey, everyone=True)
+        return book
+    book.entries = {n.uid: e for n, e in results}
     book.hotkeys = {n.uid: n.hotkey for n, _ in results}
     book.updated_at = time.time()
-    up = sum(1 for _, e in results if e is not None)
-    logger.info("availability: {}/{} miners up", up, len(results))
+    logger.info("availability: {}/{} miners up{}", up, len(results), f", {refused} refused us" if refused else "")
     if refusals:
-        warn_refusals(refusals)
+        warn_refusals(refusals, client.signer.hotkey, everyone=False)
     return book
 
 
-def warn_refusals(refusals: dict[int, str]) -> None:
-    """One WARNING for the miners that refused our signed requests (they read as down, and get no synthetic
-    work): it was a DEBUG line each, so a validator whose clock had drifted saw only "0/N miners up".
-    The first refusal is quoted: a ``StaleRequest`` says by how much the clocks differ."""
+def warn_refusals(refusals: dict[int, str], hotkey: str, *, everyone: bool) -> None:
+    """One WARNING for the miners that refused our signed requests: it was a DEBUG line each, so a validator
+    whose clock had drifted, or that had lost its permit, saw only "0/N miners up" and its miners' scores
+    fall. The first refusal is quoted: a ``StaleRequest`` says by how much the clocks differ. ``everyone``:
+    no miner answered otherwise, so the availability is kept as last known and synthetic jobs pause."""
     uids = sorted(refusals)
     stale = [uid for uid in uids if " StaleRequest:" in refusals[uid]]
-    clock = (f"; {len(stale)} of them as stale (StaleRequest): this host's clock or theirs is off, "
-             f"{CLOCK_HINT}" if stale else "")
-    logger.warning("availability: {} miner(s) refused this validator's signed requests (uids {}){}; uid {}: {}",
-                   len(uids), ",".join(map(str, uids[:20])) + (",..." if len(uids) > 20 else ""), clock,
+    if stale:
+        why = f"; {len(stale)} of them as stale (StaleRequest): this host's clock or theirs is off, {CLOCK_HINT}"
+    else:
+        why = f"; does hotkey {hotkey} hold a validator permit (or an allow-listing) on their metagraph?"
+    then = "; none answered: availability kept as last known, synthetic jobs paused" if everyone else ""
+    logger.warning("availability: {} miner(s) refused this validator's signed requests (uids {}){}{}; uid {}: {}",
+                   len(uids), ",".join(map(str, uids[:20])) + (",..." if len(uids) > 20 else ""), why, then,
                    (stale or uids)[0], refusals[(stale or uids)[0]])

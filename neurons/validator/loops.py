@@ -64,6 +64,9 @@ async def synthetic_cycle(
     datasets: dict[str, Any], config: SyntheticConfig, rng: random.Random, queue: ScoringQueue,
     scores: ScoreBook | None = None,
 ) -> None:
+    if book.refused_by_all:  # miners refuse us: a job would score every one of them 0 for our fault
+        logger.info("synthetic: paused: every miner refused this validator at the last availability poll")
+        return
     job = await run_cycle(client, metagraph, book, registry, datasets, config, rng,
                           scored=scores.holding() if scores is not None else ())
     if job is None:

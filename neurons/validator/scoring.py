@@ -58,6 +58,8 @@ class Answer:
 
 
 EMPTY = "empty answer"
+UNAVAILABLE, DARK = "unavailable for this task", "serves no axon"  # a synthetic job's uids it never called
+REFUSAL_PREFIXES = ("HTTP 401", "HTTP 403")  # the miner did not take the caller's signature
 # What of an answer is compared with the reference: far more than any task asks for (a 64-token prompt,
 # an organic max_tokens of 20k), and a bound on the similarity's cost for a miner that sends megabytes.
 MAX_SCORED_CHARS = 100_000
@@ -111,6 +113,14 @@ def rebuild_answer(chunks: list[str], timings: list[float], error: str | None) -
     if not run.text.strip():
         return Answer(error=EMPTY, finish_reason=run.finish_reason)
     return Answer(text=run.text, first_content_s=first)
+
+
+def refused_by_all(job: ScoringJob) -> bool:
+    """Every miner the job called refused its signature: the caller's fault (a validator that lost its
+    permit or its registration), not theirs. Scored, every miner fell to 0 within a minute and the weights
+    held nothing of what the validator had learnt."""
+    called = [job.errors.get(u) for u in job.bodies if job.errors.get(u) not in (UNAVAILABLE, DARK)]
+    return bool(called) and all(e is not None and e.startswith(REFUSAL_PREFIXES) for e in called)
 
 
 class Scorer:
@@ -193,7 +203,12 @@ class Scorer:
         return answers, copied
 
     async def score(self, job: ScoringJob) -> dict[int, float]:
-        """Reward the job, update and persist the scores; a failing reference model skips the job."""
+        """Reward the job, update and persist the scores; a failing reference model skips the job, and so
+        does one that every miner it called refused (``refused_by_all``)."""
+        if refused_by_all(job):
+            logger.warning("{} {} job not scored: every miner called refused the signature (HTTP 401/403); "
+                           "does this validator's hotkey hold a validator permit?", job.source, job.task)
+            return {}
         try:
             rewards = await self.rewards(job)
         except ReferenceError as e:

@@ -25,7 +25,7 @@ from api.race import Race
 from api.web_retrieval import DEFAULT_RESPONSE_TIME, retrieval_body
 from api.web_search import RESULTS_FOR
 from neurons.validator.availability import AvailabilityBook
-from neurons.validator.scoring import ScoringJob
+from neurons.validator.scoring import DARK, UNAVAILABLE, ScoringJob
 from neurons.validator.tasks.base import Challenge, TaskRegistry
 from shared import tasks
 from shared.availability_query import offered
@@ -146,7 +146,7 @@ async def run_cycle(
     job = ScoringJob(source="synthetic", task=task.name, bodies=bodies, hotkeys={n.uid: n.hotkey for n in asked},
                      deadline_s=config.timeout, expected=challenge.expected)
     for n in dark:
-        job.errors[n.uid] = "serves no axon"
+        job.errors[n.uid] = DARK
     loop = asyncio.get_running_loop()
     deadline = loop.time() + config.timeout
     calls: dict[int, asyncio.Task[Race]] = {}
@@ -154,7 +154,7 @@ async def run_cycle(
         if book.serves(n.uid, task.name):
             calls[n.uid] = asyncio.create_task(query_one(client, n, bodies[n.uid], deadline))
         else:
-            job.errors[n.uid] = "unavailable for this task"
+            job.errors[n.uid] = UNAVAILABLE
     for uid, call in calls.items():
         run = (await call).runs[0]
         job.chunks[uid], job.timings[uid] = run.event_texts(), list(run.timings)

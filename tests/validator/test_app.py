@@ -454,10 +454,11 @@ async def test_miners_refusing_a_validator_whose_clock_is_off_are_one_warning_na
                                       concurrency=4)
     finally:
         logger.remove(sink)
-    assert book.entries == {1: None, 2: None}
+    assert book.entries == {} and book.refused_by_all, "our fault: kept as last known (nothing yet), not marked down"
     warnings = [m for level, m in lines if level == "WARNING" and m.startswith("availability:")]
     assert len(warnings) == 1, lines
     assert "2 miner(s) refused this validator's signed requests (uids 1,2)" in warnings[0]
+    assert "synthetic jobs paused" in warnings[0] and "permit" not in warnings[0], "the clock, not the permit"
     assert "2 of them as stale (StaleRequest): this host's clock or theirs is off" in warnings[0]
     assert "HTTP 401 StaleRequest: nonce is 30." in warnings[0] and "s old, past the 10s freshness window" in warnings[0]
 
@@ -562,3 +563,42 @@ async def test_the_organic_lane_is_bounded_in_bytes_too() -> None:
         async with aiohttp.ClientSession() as s, s.get(url + "/health") as r:
             health = await r.json()
         assert health["scoring_queue_bytes"] > 600_000 and health["scoring_queue_max_bytes"] == 1 << 20
+
+
+async def test_miners_that_all_refuse_this_validator_are_not_scored_for_its_fault() -> None:
+    """A validator that lost its permit: every miner refuses its signature (403). Its availability poll
+    marked them all down and its jobs scored them all 0 (on the local network, 0.98 to 0.13 in 25 s), with
+    no line saying why. The poll keeps what it knew and says so, the synthetic loops pause, and a job
+    every called miner refused is not scored."""
+    from neurons.validator.loops import synthetic_cycle
+
+    nobody = RequestVerifier(MINERS[1].ss58_address, Authorizer(lambda: set()))  # no permit for us here
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        async with serve_app(create_miner_app(DeterministicBackend(), nobody)) as u1:
+            snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, u1.removeprefix("http://"))})
+            ctx = make_ctx()
+            ctx.metagraph = _view(snap)
+            known = {"task_availabilities": {"InferenceTask": True}, "llm_model_availabilities": {}}
+            ctx.book.entries, ctx.book.hotkeys = {1: known}, {1: MINERS[1].ss58_address}
+            async with make_session() as session:
+                client = MinerClient(session, Signer(VALIDATOR))
+                await poll_all(client, ctx.metagraph, ctx.book, timeout=2, concurrency=4)
+                assert ctx.book.refused_by_all and ctx.book.entries == {1: known}, "kept, not marked down"
+                await synthetic_cycle(client, ctx.metagraph, ctx.book, default_registry(), {}, None, None,  # type: ignore[arg-type]
+                                      ctx.scoring_queue, ctx.scores)
+                assert ctx.scoring_queue.empty()
+    finally:
+        logger.remove(sink)
+    assert any("refused this validator's signature" in line and VALIDATOR.ss58_address in line for line in lines)
+    assert any(line.startswith("synthetic: paused") for line in lines)
+
+    scorer = Scorer(default_registry(), RewardContext(reference=DeterministicReference(), corpus=builtin_corpus()),
+                    ctx.scores)
+    refused = ScoringJob(source="synthetic", task="InferenceTask", bodies={1: BODY, 2: BODY},
+                         hotkeys={u: k.ss58_address for u, k in MINERS.items()},
+                         errors={1: 'HTTP 403: {"error": "not allowed"}', 2: "unavailable for this task"})
+    assert await scorer.score(refused) == {} and ctx.scores.miners == {}
+    refused.errors[2] = "deadline exceeded"  # one called miner failed on its own: the job is scored
+    assert await scorer.score(refused) == {1: 0.0, 2: 0.0}
