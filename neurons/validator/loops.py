@@ -45,13 +45,32 @@ async def every(name: str, interval: float, cycle: Callable[[], Awaitable[Any]],
         await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
 
 
-async def metagraph_cycle(metagraph: MetagraphView, scores: ScoreBook) -> None:
+async def metagraph_cycle(metagraph: MetagraphView, scores: ScoreBook, hotkey: str | None = None) -> None:
+    before = metagraph.snapshot
     snapshot = await metagraph.refresh()
     reset = scores.sync(snapshot)
     if reset:
         await scores.save_off_loop()
+    if hotkey is not None:
+        log_own_standing(before, snapshot, hotkey)
     logger.info("metagraph: block {} neurons {} serving {} reset {}", snapshot.block, len(snapshot.neurons),
                 len(snapshot.serving()), reset or "-")
+
+
+def log_own_standing(before: MetagraphSnapshot, after: MetagraphSnapshot, hotkey: str) -> None:
+    """Say when this validator's own uid or permit changed, and every cycle while it has none: nothing
+    said so, and the first sign was every miner refusing it (or the chain refusing its weights)."""
+    was, now = before.by_hotkey(hotkey), after.by_hotkey(hotkey)
+    if now is None:
+        logger.warning("metagraph: this validator's hotkey {} is not registered (it was uid {}): its weights will "
+                       "be refused and miners refuse its requests", hotkey, was.uid if was else "-")
+    elif not now.validator_permit:
+        logger.warning("metagraph: this validator (uid {}) holds no validator permit: miners refuse its requests "
+                       "unless they allow-list hotkey {}, and the chain refuses its weights", now.uid, hotkey)
+    if was is not None and now is not None and was.uid != now.uid:
+        logger.warning("metagraph: this validator's uid changed from {} to {}", was.uid, now.uid)
+    elif was is not None and now is not None and now.validator_permit and not was.validator_permit:
+        logger.info("metagraph: this validator (uid {}) holds a validator permit again", now.uid)
 
 
 async def availability_cycle(client: MinerClient, metagraph: MetagraphView, book: AvailabilityBook, *,

@@ -103,7 +103,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
     metrics = ValidatorMetrics()
     timed = functools.partial(every, observe=metrics.observe_loop)
     loops: list[Any] = [
-        lambda: timed("metagraph", settings.metagraph_refresh_seconds, lambda: metagraph_cycle(metagraph, scores),
+        lambda: timed("metagraph", settings.metagraph_refresh_seconds, lambda: metagraph_cycle(metagraph, scores, hotkey.ss58_address),
                       first_delay=settings.metagraph_refresh_seconds),
         lambda: timed("availability", settings.availability_interval, lambda: availability_cycle(
             client, metagraph, book, timeout=settings.availability_timeout,

@@ -580,3 +580,37 @@ def test_max_weight_limit_holds_for_the_u16_values_the_chain_checks() -> None:
         assert u16_top_share(uids, w) <= limit, (n, limit)
         checked += 1
     assert checked == 400
+
+
+async def test_the_validator_says_when_its_own_uid_or_permit_changes() -> None:
+    """Deregistered, moved to another uid or stripped of its permit, the validator said nothing: the first
+    sign was every miner refusing it, or the chain refusing its weights."""
+    from neurons.validator.loops import metagraph_cycle
+    from shared.metagraph import MetagraphView, Neuron
+    from tests.helpers import StaticSource
+
+    def graph(*neurons: Neuron) -> MetagraphSnapshot:
+        return MetagraphSnapshot(netuid=1, block=1, neurons=neurons)
+
+    miner = Neuron(uid=1, hotkey="hk1", axon="127.0.0.1:1")
+    steps = [graph(Neuron(uid=0, hotkey="val", validator_permit=True), miner),
+             graph(Neuron(uid=0, hotkey="val", validator_permit=False), miner),
+             graph(Neuron(uid=0, hotkey="val", validator_permit=True), miner),
+             graph(Neuron(uid=0, hotkey="other"), miner, Neuron(uid=2, hotkey="val", validator_permit=True)),
+             graph(Neuron(uid=0, hotkey="other"), miner)]
+    source = StaticSource(steps[0])
+    view = MetagraphView(source)
+    await view.refresh()
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO", filter=lambda r: "this validator" in r["message"])
+    try:
+        for step in steps[1:]:
+            source.snapshot = step
+            await metagraph_cycle(view, ScoreBook(PROBS), "val")
+    finally:
+        logger.remove(sink)
+    assert len(lines) == 4, lines
+    assert "uid 0) holds no validator permit" in lines[0]
+    assert "holds a validator permit again" in lines[1]
+    assert "uid changed from 0 to 2" in lines[2]
+    assert "is not registered (it was uid 2)" in lines[3]
