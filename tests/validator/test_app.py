@@ -591,7 +591,7 @@ async def test_miners_that_all_refuse_this_validator_are_not_scored_for_its_faul
                 assert ctx.scoring_queue.empty()
     finally:
         logger.remove(sink)
-    assert any("refused this validator's signature" in line and VALIDATOR.ss58_address in line for line in lines)
+    assert any("refused this validator's signed requests" in line and VALIDATOR.ss58_address in line for line in lines)
     assert any(line.startswith("synthetic: paused") for line in lines)
 
     scorer = Scorer(default_registry(), RewardContext(reference=DeterministicReference(), corpus=builtin_corpus()),
