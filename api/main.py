@@ -43,6 +43,7 @@ from shared.store.outbox import open_outbox
 from shared.store.responses import open_responses
 from shared.store.sessions import open_sessions
 from shared.store.sqlite import sqlite_path
+from shared.store.sqlite_tables import unreclaimed
 from shared.wallet import load_hotkey
 
 LISTEN = "API_HOST/API_PORT"  # the settings a "cannot listen" start error names
@@ -95,7 +96,9 @@ async def reach_store(url: str, namespace: str) -> None:
     One that does not answer (down, or not up yet after a reboot) is a WARNING, and the API starts: it
     answers 503 until Redis does, and ``/ready`` says why, then recovers by itself (stopping instead made
     pm2 give up after ``max_restarts`` and left the API down once Redis was back). A SQLite file is
-    opened, hence checked, where it is built."""
+    opened, hence checked, where it is built; here it is only read for whether it gives freed space back."""
+    if url.startswith("sqlite:///"):
+        _warn_unreclaimed(sqlite_path(url))
     if not url.startswith(("redis://", "rediss://")):
         return
     from redis.exceptions import (  # here: a SQLite API never loads redis (9 MB)
@@ -114,6 +117,21 @@ async def reach_store(url: str, namespace: str) -> None:
                        mask_credentials(url), reason)
     finally:
         await store.close()
+
+
+def _warn_unreclaimed(path: Path) -> None:
+    """A SQLite file made before 2026-12-06 keeps its largest size for good (no auto_vacuum): a WARNING at start
+    saying so and how to convert it once (``sn1 vacuum``, with the API stopped: the API never rewrites a whole
+    file itself, as that holds the write lock of every worker for as long as it takes)."""
+    try:
+        free = unreclaimed(path) if path.is_file() else None
+    except sqlite3.Error:  # not a database: build_context says so, in STORE_URL's words
+        return
+    if free is not None:
+        logger.warning("STORE_URL: {} was made before 2026-12-06: it never gives back the space of expired or "
+                       "deleted rows ({:.1f} MiB free inside it now, reused but kept on disk). Stop the API and "
+                       "run `sn1 vacuum {}` once to shrink it and have it give freed space back from then on",
+                       path, free / (1 << 20), path)
 
 
 async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:

@@ -1,4 +1,4 @@
-"""The ``sn1`` command: ``api``, ``validator``, ``miner``, ``localnet`` and ``keys``."""
+"""The ``sn1`` command: ``api``, ``validator``, ``miner``, ``localnet``, ``keys`` and ``vacuum``."""
 
 from __future__ import annotations
 
@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> None:
     from shared.keys_cli import add_keys_arguments
 
     add_keys_arguments(sub.add_parser("keys", help="manage API keys on a running API (admin key)"))
+    vacuum = sub.add_parser("vacuum", help="shrink a SQLite store file, with the API stopped", description=(
+        "Rewrite a SQLite store file (STORE_URL's) to its smallest, and convert one made before 2026-12-06 so "
+        "that it gives back the space of expired and deleted rows by itself from then on. Stop the API first: "
+        "the rewrite holds the file's write lock until it is done (seconds per GB) and needs as much free disk "
+        "again."))
+    vacuum.add_argument("path", type=Path, help="the store file, e.g. ./state/api.db")
     args = parser.parse_args(argv)
 
     if args.command in DEFAULT_ENV:
@@ -105,6 +111,24 @@ def main(argv: list[str] | None = None) -> None:
         from shared.keys_cli import run_keys
 
         sys.exit(run_keys(args))
+    elif args.command == "vacuum":
+        sys.exit(_vacuum(args.path))
+
+
+def _vacuum(path: Path) -> str | None:
+    """``sn1 vacuum``: its sizes before and after on one line; an error's line (exit status 1) otherwise."""
+    import sqlite3
+
+    from shared.store.sqlite_tables import compact
+
+    if not path.is_file():
+        return f"sn1 vacuum: {path}: no such file"
+    try:
+        before, after = compact(path)
+    except sqlite3.Error as e:  # "database is locked": the API still runs on it
+        return f"sn1 vacuum: {path}: {e} (stop the API first)"
+    print(f"{path}: {before / (1 << 20):.1f} MiB -> {after / (1 << 20):.1f} MiB; it gives back freed space from now on")
+    return None
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 
 from shared.store.base import RedisBacked, StoreUnavailable, open_by_url, redis_call
 from shared.store.responses import PURGE_EVERY_S, forget_matching, glob_escaped
-from shared.store.sqlite_tables import SQLiteTables, expiring_table
+from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables, expiring_table
 
 # The items of one conversation, as stored (their UTF-8 JSON), may not exceed this: every turn sends the
 # whole conversation to the miners, and one read must stay a small read (as for a stored response).
@@ -149,29 +149,36 @@ class SQLiteConversationStore(SQLiteTables):
     async def create(self, key_id: str, conversation: Conversation, items: list[str], *, retention: float) -> None:
         now = time.time()
 
-        def run(db: sqlite3.Connection) -> None:
+        def run(db: sqlite3.Connection) -> bool:
             db.execute("INSERT INTO conversations (id, key_id, data, expires_at) VALUES (?,?,?,?)",
                        (conversation.id, key_id, _header(conversation.created_at, conversation.metadata),
                         now + retention))
             self._insert(db, conversation.id, items)
-            self._maybe_purge(db, now)
+            return self._maybe_purge(db, now)
 
-        self._tx(run)
+        self._after_purge(self._tx(run), now)
 
     @staticmethod
     def _insert(db: sqlite3.Connection, conversation_id: str, items: list[str]) -> None:
         db.executemany("INSERT INTO conversation_items (conversation_id, item_id, data, size) VALUES (?,?,?,?)",
                        [(conversation_id, json.loads(e).get("id", ""), e, len(e.encode())) for e in items])
 
-    def _maybe_purge(self, db: sqlite3.Connection, now: float) -> None:
-        """Delete a bounded batch of expired conversations and their items, at most once a PURGE_EVERY_S."""
+    def _maybe_purge(self, db: sqlite3.Connection, now: float) -> bool:
+        """Delete a bounded batch of expired conversations and their items, at most once a PURGE_EVERY_S;
+        whether it did (the caller then ``_reclaim``s, once the transaction is committed)."""
         if now < self._next_purge:
-            return
+            return False
         ids = [row[0] for row in db.execute("SELECT id FROM conversations WHERE expires_at <= ? LIMIT ?",
                                             (now, PURGE_BATCH))]
         for conversation_id in ids:
             self._drop(db, conversation_id)
         self._next_purge = now if len(ids) >= PURGE_BATCH else now + PURGE_EVERY_S
+        return True
+
+    def _after_purge(self, purged: bool, now: float) -> None:
+        """A bounded part of the file's free pages given back after a purge; more waiting: again soon."""
+        if purged and self._reclaim() and self._next_purge > now:
+            self._next_purge = now + RECLAIM_AGAIN_S
 
     @staticmethod
     def _drop(db: sqlite3.Connection, conversation_id: str) -> None:
@@ -233,6 +240,7 @@ class SQLiteConversationStore(SQLiteTables):
         now = time.time()
 
         def run(db: sqlite3.Connection) -> Appended:
+            nonlocal purged
             if self._live(db, key_id, conversation_id, now) is None:
                 return Appended(found=False)
             if once and items and self._ends_with(db, conversation_id, items):
@@ -242,10 +250,13 @@ class SQLiteConversationStore(SQLiteTables):
                 return Appended(found=True, full=True, size=size)
             self._insert(db, conversation_id, items)
             self._touch(db, conversation_id, now, retention)
-            self._maybe_purge(db, now)  # a host that only continues conversations still drops expired ones
+            purged = self._maybe_purge(db, now)  # a host that only continues conversations still drops expired ones
             return Appended(found=True, size=size)
 
-        return self._tx(run)
+        purged = False
+        appended = self._tx(run)
+        self._after_purge(purged, now)
+        return appended
 
     async def set_metadata(self, key_id: str, conversation_id: str, metadata: dict[str, str], *,
                            retention: float) -> bool:

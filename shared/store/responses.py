@@ -5,7 +5,8 @@ lookup names the key, and another key's id reads as an unknown one. What is kept
 is the final response object and the conversation it answered (as Responses
 input items), one JSON text per response, until ``RESPONSES_RETENTION_SECONDS``
 have passed: SQLite (one host) drops expired rows on read and a bounded batch
-from time to time; Redis (a fleet) sets the key's TTL and expires it itself.
+from time to time, then gives a bounded part of the file's free pages back
+(``reclaim``); Redis (a fleet) sets the key's TTL and expires it itself.
 
 Each response also names the items it added (its new input items and its
 output), so that an ``item_reference`` finds the response that holds an item
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.store.base import RedisBacked, StoreUnavailable, open_by_url, redis_call
-from shared.store.sqlite_tables import SQLiteTables, expiring_table
+from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables, expiring_table
 
 # A response whose stored form (its object and the whole conversation before it) is larger than this is
 # not stored: a conversation grows by its answers each turn, and one read must stay a small read. The
@@ -169,8 +170,10 @@ class SQLiteResponseStore(SQLiteTables):
             return self._purge(db, now) if purge else 0
 
         purged = self._tx(run)
-        if purge:  # a full batch: more may be waiting, so the next write purges again
-            self._next_purge = now if purged >= PURGE_BATCH else now + PURGE_EVERY_S
+        if purge:  # a full batch: more may be waiting, so the next write purges again (and reclaims soon)
+            more_free = self._reclaim()  # after the commit: what the purge freed is given back too
+            self._next_purge = now if purged >= PURGE_BATCH else now + (RECLAIM_AGAIN_S if more_free else
+                                                                         PURGE_EVERY_S)
 
     @staticmethod
     def _write(db: sqlite3.Connection, key_id: str, response_id: str, data: str, expires_at: float,

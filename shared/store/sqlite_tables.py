@@ -32,7 +32,13 @@ BUSY_TIMEOUT_S = 0.5
 # does, rather than risk a deadlock between two connections upgrading their locks).
 OPEN_TIMEOUT_S = 30.0
 
+INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 WAL_SIZE_LIMIT = 16 << 20  # bytes of -wal file kept after a checkpoint
+# Free pages given back to the file system by one ``reclaim`` (1 MiB at SQLite's 4 KiB pages): its own short
+# write transaction, on the event loop, so it must stay short (~10 ms); a file with this many free pages or
+# fewer keeps them for its next inserts (reused, not given back and grown again each purge).
+RECLAIM_PAGES = 256
+RECLAIM_AGAIN_S = 1.0  # how soon a store's next write reclaims again while more free pages are waiting
 
 T = TypeVar("T")
 
@@ -44,6 +50,9 @@ def open_db(path: Path, *, synchronous: str, schema: str = "") -> sqlite3.Connec
     while True:
         db = sqlite3.connect(path, timeout=OPEN_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         try:
+            # Before anything makes the file's first page: a new file gives back the pages its deleted rows
+            # free (``reclaim``). On a file made before 2026-12-06 it changes nothing (``compact`` converts one).
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={synchronous}")  # WAL + NORMAL survives a process crash
             # A WAL that grew once (a burst, a long read holding checkpoints back) is cut back to this after
@@ -58,6 +67,57 @@ def open_db(path: Path, *, synchronous: str, schema: str = "") -> sqlite3.Connec
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def reclaim(db: sqlite3.Connection) -> int:
+    """Give back at most ``RECLAIM_PAGES`` of the file's free pages to the file system, above a slack of
+    ``RECLAIM_PAGES`` kept for reuse; how many free pages are still above that slack (0: done). Expired rows
+    were deleted but the file kept its largest size for good: a burst of stored responses held its disk
+    until someone stopped the API for a ``VACUUM``. One bounded pass, in its own write transaction (out
+    of any other: call it after the purge commits), so it holds the write lock about 10 ms (measured: moving
+    256 pages) however large the burst was; the file shrinks at the next checkpoint. A file made without auto_vacuum (before
+    2026-12-06) has nothing done here: 0."""
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
+        return 0
+    extra = db.execute("PRAGMA freelist_count").fetchone()[0] - RECLAIM_PAGES
+    if extra <= 0:  # incremental_vacuum(0) would free them all, in one long transaction
+        return 0
+    # executescript steps the pragma to its end (execute frees one page per step: one, in Python)
+    db.executescript(f"PRAGMA incremental_vacuum({min(extra, RECLAIM_PAGES)});")
+    return max(0, extra - RECLAIM_PAGES)
+
+
+def unreclaimed(path: Path) -> int | None:
+    """None if the file gives back what its purges free (made with auto_vacuum=INCREMENTAL, or ``compact``ed);
+    else the bytes it holds free now, for good (a file made before 2026-12-06)."""
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)  # reads two pragmas: writes nothing
+    try:
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL:
+            return None
+        return db.execute("PRAGMA freelist_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        db.close()
+
+
+def compact(path: Path) -> tuple[int, int]:
+    """Rewrite a store file smallest, and so that it gives back freed pages from now on (``reclaim``); its size
+    before and after (bytes, the -wal file included). For a file made before 2026-12-06, with the API stopped:
+    ``VACUUM`` holds the write lock until it has copied the whole file (seconds per GB, and as much free disk
+    again), so every worker's store call fails meanwhile; which is why the API never does it at start."""
+    before = _size_on_disk(path)
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    return before, _size_on_disk(path)
+
+
+def _size_on_disk(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
 def create_private(path: Path) -> None:
@@ -125,6 +185,15 @@ class SQLiteTables:
             return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as e:
             raise StoreUnavailable(f"{self.label}: {e}") from e
+
+    def _reclaim(self) -> int:
+        """``reclaim`` on this store's connection; a refusal (another worker's write lock held past the busy
+        timeout) is left to the next pass (0): the write that called it succeeded, and must not fail."""
+        try:
+            return reclaim(self._db)
+        except sqlite3.Error as e:
+            logger.debug("{}: free pages not given back this time: {}", self.label, e)
+            return 0
 
     def _close_db(self) -> None:
         self._db.close()
