@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from shared.jsonutil import dumps, loads
 from shared.store.base import StoreUnavailable
-from shared.store.sqlite_tables import SQLiteTables
+from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ class SQLiteOutbox(SQLiteTables):
     def __init__(self, path: str | Path, *, max_items: int = 10_000) -> None:
         super().__init__(path, SQLITE_SCHEMA)
         self.max_items = max_items
+        self._next_reclaim = 0.0  # per instance (per worker): when an ack next gives free pages back
 
     async def put(self, payload: dict[str, Any]) -> int:
         return await self.put_many([payload])
@@ -121,9 +122,21 @@ class SQLiteOutbox(SQLiteTables):
 
     async def ack(self, item_id: str) -> None:
         self._tx(lambda db: db.execute("DELETE FROM outbox WHERE id = ?", (int(item_id),)))
+        self._after_ack()
 
     async def ack_many(self, item_ids: list[str]) -> None:
         self._tx(lambda db: db.executemany("DELETE FROM outbox WHERE id = ?", [(int(i),) for i in item_ids]))
+        self._after_ack()
+
+    def _after_ack(self) -> None:
+        """A backlog delivered (a validator back after an outage: up to ``max_items`` payloads, each a whole
+        prompt and answer) left its pages free in the file for good: a bounded part is given back, at most once
+        a ``RECLAIM_AGAIN_S`` (two pragma reads when there is nothing to give; an API storing no responses has
+        no purge to do it)."""
+        now = time.monotonic()
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + RECLAIM_AGAIN_S
+            self._reclaim()
 
     async def depth(self) -> int:
         return self._query("SELECT COUNT(*) FROM outbox")[0][0]

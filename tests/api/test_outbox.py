@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -95,3 +96,33 @@ async def test_expired_lease_is_taken_over(make_outbox) -> None:
     assert await a.acquire_lease("dead-worker", 0.2)
     await asyncio.sleep(0.35)
     assert await b.acquire_lease("new-worker", 5)
+
+
+async def test_a_delivered_backlog_gives_its_space_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A validator away for a while left up to OUTBOX_MAX_ITEMS payloads queued; once delivered, the file kept
+    their size for good (an API storing no responses has no purge to give it back): its acks do, bounded."""
+    from shared.store import outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "RECLAIM_AGAIN_S", 0.0, raising=False)  # each ack reclaims
+    path = tmp_path / "api.db"
+    box = SQLiteOutbox(path, max_items=1000)
+
+    def on_disk() -> int:
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+        return path.stat().st_size
+
+    try:
+        await box.put_many([{"prompt": "x" * 10_000, "n": i} for i in range(800)])
+        backlog = on_disk()
+        assert backlog > 7 << 20
+        while items := await box.peek(50):
+            await box.ack_many([item.id for item in items])
+        assert await box.depth() == 0
+        for _ in range(20):  # the next deliveries, as traffic goes on
+            await box.put({"prompt": "y", "n": 0})
+            await box.ack_many([item.id for item in await box.peek(1)])
+        assert on_disk() < 2 << 20
+    finally:
+        await box.close()
