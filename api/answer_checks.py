@@ -57,6 +57,68 @@ def offered_tools(body: dict[str, Any]) -> frozenset[str]:
                      and isinstance(t["function"].get("name"), str))
 
 
+def _strict_validators(body: dict[str, Any]) -> dict[str, Draft202012Validator]:
+    """A validator for each ``strict`` function's parameters (a schema no validator reads is left out)."""
+    out: dict[str, Draft202012Validator] = {}
+    for tool in body.get("tools") or ():
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or fn.get("strict") is not True or not isinstance(fn.get("parameters"), dict):
+            continue
+        try:
+            Draft202012Validator.check_schema(fn["parameters"])
+        except SchemaError:
+            continue
+        if isinstance(fn.get("name"), str):
+            out[fn["name"]] = Draft202012Validator(fn["parameters"])
+    return out
+
+
+def _misfit(validator: Draft202012Validator, value: Any) -> str | None:
+    """Why ``value`` does not fit the validator's schema (None: it fits, or the schema cannot be checked)."""
+    try:
+        error = best_match(validator.iter_errors(value))
+    except RecursionError:  # a schema whose choice names itself (anyOf: [its own $ref]): left to the model server
+        return None
+    return None if error is None else error.message[:200]
+
+
+def tool_check(body: dict[str, Any]) -> Check | None:
+    """For a request offering tools: each call's ``arguments`` must be a JSON object (the SDKs and agent
+    frameworks ``json.loads`` them, and raise on anything else; ``""`` is taken as ``{}``), fitting the
+    function's parameters when it is ``strict``; and ``parallel_tool_calls: false`` allows one. None:
+    nothing to check (no tools, or ``"none"``, where any call already fails the miner, ``MinerRun.offered``)."""
+    if not offered_tools(body):
+        return None
+    strict = _strict_validators(body)
+    single = body.get("parallel_tool_calls") is False
+
+    def check(run: MinerRun) -> str | None:
+        calls = run.merged_tool_calls() or []
+        if single and len(calls) > 1:
+            return f"{len(calls)} tool calls, and the request set parallel_tool_calls to false"
+        for call in calls:
+            name, raw = call["function"]["name"], call["function"]["arguments"]
+            try:
+                arguments = loads(raw) if raw.strip() else {}
+            except ValueError:
+                return f"the arguments of the call to {name[:64]!r} are not JSON"
+            if not isinstance(arguments, dict):
+                return f"the arguments of the call to {name[:64]!r} are not a JSON object"
+            if name in strict and (why := _misfit(strict[name], arguments)):
+                return f"the arguments of the call to {name[:64]!r} do not fit its strict parameters: {why}"
+        return None
+
+    return check
+
+
+def answer_check(body: dict[str, Any]) -> Check | None:
+    """Every check ``body`` asks of a whole answer (``tool_check``, ``json_check``); None: none."""
+    checks = [c for c in (tool_check(body), json_check(body)) if c is not None]
+    if len(checks) < 2:
+        return checks[0] if checks else None
+    return lambda run: next((why for check in checks if (why := check(run))), None)
+
+
 def json_check(body: dict[str, Any]) -> Check | None:
     """For ``response_format`` ``json_object`` or ``json_schema``: the answer must be JSON, and with a
     ``strict`` schema it must fit it (a non-strict schema is a model's guide, not a contract). None:
@@ -81,14 +143,8 @@ def json_check(body: dict[str, Any]) -> Check | None:
             value = loads(run.text)
         except ValueError:
             return NOT_JSON
-        if validator is None:
+        if validator is None or (why := _misfit(validator, value)) is None:
             return None
-        try:
-            error = best_match(validator.iter_errors(value))
-        except RecursionError:  # a schema whose choice names itself (anyOf: [its own $ref]): left to the model server
-            return None
-        if error is not None:
-            return f"the answer does not fit the request's strict JSON schema: {error.message[:200]}"
-        return None
+        return f"the answer does not fit the request's strict JSON schema: {why}"
 
     return check

@@ -12,7 +12,7 @@ from typing import Any
 
 from loguru import logger
 
-from api.answer_checks import Check, json_check, json_opening, offered_tools
+from api.answer_checks import Check, answer_check, json_opening, offered_tools
 from api.context import ApiContext
 from api.race import Race
 from shared.jsonutil import dumpb
@@ -60,11 +60,11 @@ def start_race(
     excuse_timeouts: bool = False, check: Check | None = None, scored: bool = True, latency_scale: float | None = None,
 ) -> Race:
     """``check``: what makes a whole answer valid, when the request's own fields do not say (a web
-    search's list of results); else the request's ``response_format`` decides."""
+    search's list of results); else the request's ``response_format`` and tools decide (``answer_check``)."""
     deadline = asyncio.get_running_loop().time() + seconds
     options = body.get("stream_options")
     race = Race(ctx.client, neurons, dumpb(body), deadline, stream=stream, request_id=request_id,
-                excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=check or json_check(body),
+                excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=check or answer_check(body),
                 opens_with=json_opening(body),
                 relay_usage=not stream or (isinstance(options, dict) and options.get("include_usage") is True),
                 scored=scored, latency_scale=latency_scale)

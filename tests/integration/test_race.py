@@ -361,6 +361,56 @@ async def test_a_call_of_a_tool_the_request_did_not_offer_never_wins(
     assert headers["x-sn1-miner-uid"] == str(wins)
 
 
+def calling(name: str, arguments: str | list[tuple[str, str]], delay: float = 0.0) -> Script:
+    """A miner that answers with tool calls: one of ``name`` with ``arguments``, or one per (name, arguments)."""
+    pairs = [(name, arguments)] if isinstance(arguments, str) else arguments
+    calls = [{"index": i, "id": f"call_{i}", "type": "function", "function": {"name": n, "arguments": a}}
+             for i, (n, a) in enumerate(pairs)]
+    first = json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "scripted",
+                        "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": calls},
+                                     "finish_reason": None}]})
+    return Script([(delay, d) for d in sse(first, chunk(finish="tool_calls"))])
+
+
+STRICT_WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "strict": True, "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+        "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize(("fields", "fast", "wins"), [
+    ({}, calling("get_weather", '{"city": "Par'), 2),  # cut JSON: the SDK's json.loads raises on it
+    ({}, calling("get_time", "[1, 2]"), 2),  # JSON, but no object of arguments
+    ({}, calling("get_weather", '{"town": "Paris"}'), 2),  # misses a strict function's parameters
+    ({}, calling("get_time", '{"anything": 1}'), 1),  # a function that is not strict: its schema is a guide
+    ({}, calling("get_time", ""), 1),  # no arguments at all: taken as {} (as the SDKs take them)
+    ({"parallel_tool_calls": False}, calling("", [("get_time", "{}"), ("get_time", "{}")]), 2),
+    ({}, calling("", [("get_time", "{}"), ("get_time", "{}")]), 1),  # parallel calls are allowed by default
+], ids=["cut-json", "not-an-object", "strict-misfit", "loose-misfit", "empty", "parallel-false", "parallel"])
+async def test_a_tool_call_whose_arguments_the_caller_cannot_use_never_wins(
+        tmp_path: Path, fields: dict, fast: Script, wins: int) -> None:
+    """The caller's agent loop parses a call's arguments (the OpenAI SDK's ``parse``, the Agents SDK, LangChain):
+    a fast miner whose arguments are not a JSON object, or miss a strict function's parameters, won the race,
+    and the agent raised, while another miner had a call it could run."""
+    scripts = {1: fast, 2: calling("get_weather", '{"city": "Paris"}', delay=0.3)}
+    payloads: list[dict] = []
+    async with api_with_miners(tmp_path, scripts) as api:
+        api.ctx.payload_sinks.append(payloads.append)
+        status, headers, text = await post(api, {"messages": [USER], "tools": STRICT_WEATHER, **fields})
+        await asyncio.sleep(0.1)
+    assert status == 200, text
+    assert headers["x-sn1-miner-uid"] == str(wins)
+    assert payloads and payloads[0]["errors"] == {}, "the validator judges the answer as before (not a zero)"
+
+
+async def test_no_tool_call_the_caller_can_use_is_a_502_naming_why(tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {1: calling("get_weather", "{'city': 'Paris'}")}) as api:
+        status, _, text = await post(api, {"messages": [USER], "tools": STRICT_WEATHER})
+    assert status == 502, text
+    assert "the arguments of the call to 'get_weather' are not JSON" in json.loads(text)["error"]["message"]
+
+
 def answering(text: str, delay: float) -> Script:
     return Script([(delay, d) for d in sse(chunk(text), chunk(finish="stop"))])
 
