@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 Check = Callable[["MinerRun"], str | None]  # why a finished run is no answer (None: it is one)
 UNFIT = "unfit"  # the error kind of a run a check refused: lost the race, but its text is still scored
 NOT_JSON = "the answer is not the JSON the request asked for (response_format)"
+NO_CALL = "the request's tool_choice requires a tool call, and the answer made none"
 
 
 class Unfit(ValueError):
@@ -57,6 +58,15 @@ def offered_tools(body: dict[str, Any]) -> frozenset[str]:
                      and isinstance(t["function"].get("name"), str))
 
 
+def must_call(body: dict[str, Any]) -> bool:
+    """Whether ``body``'s ``tool_choice`` obliges the model to call a tool (``"required"``, or one named
+    function): a model server then constrains its output to calls, so text is no answer to it."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if not isinstance(tools, list) or not tools:
+        return False
+    return choice == "required" or (isinstance(choice, dict) and choice.get("type") == "function")
+
+
 def _strict_validators(body: dict[str, Any]) -> dict[str, Draft202012Validator]:
     """A validator for each ``strict`` function's parameters (a schema no validator reads is left out)."""
     out: dict[str, Draft202012Validator] = {}
@@ -85,15 +95,19 @@ def _misfit(validator: Draft202012Validator, value: Any) -> str | None:
 def tool_check(body: dict[str, Any]) -> Check | None:
     """For a request offering tools: each call's ``arguments`` must be a JSON object (the SDKs and agent
     frameworks ``json.loads`` them, and raise on anything else; ``""`` is taken as ``{}``), fitting the
-    function's parameters when it is ``strict``; and ``parallel_tool_calls: false`` allows one. None:
+    function's parameters when it is ``strict``; a ``tool_choice`` that requires a call needs one (a refusal
+    aside); and ``parallel_tool_calls: false`` allows one. None:
     nothing to check (no tools, or ``"none"``, where any call already fails the miner, ``MinerRun.offered``)."""
     if not offered_tools(body):
         return None
     strict = _strict_validators(body)
     single = body.get("parallel_tool_calls") is False
+    required = must_call(body)
 
     def check(run: MinerRun) -> str | None:
         calls = run.merged_tool_calls() or []
+        if not calls:
+            return NO_CALL if required and not run.refusal else None
         if single and len(calls) > 1:
             return f"{len(calls)} tool calls, and the request set parallel_tool_calls to false"
         for call in calls:

@@ -12,7 +12,7 @@ from typing import Any
 
 from loguru import logger
 
-from api.answer_checks import Check, answer_check, json_opening, offered_tools
+from api.answer_checks import Check, answer_check, json_opening, must_call, offered_tools
 from api.context import ApiContext
 from api.race import Race
 from shared.jsonutil import dumpb
@@ -65,7 +65,7 @@ def start_race(
     options = body.get("stream_options")
     race = Race(ctx.client, neurons, dumpb(body), deadline, stream=stream, request_id=request_id,
                 excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=check or answer_check(body),
-                opens_with=json_opening(body),
+                opens_with=json_opening(body), calls_only=must_call(body),
                 relay_usage=not stream or (isinstance(options, dict) and options.get("include_usage") is True),
                 scored=scored, latency_scale=latency_scale)
     race.start()

@@ -25,7 +25,7 @@ from typing import Any
 
 from loguru import logger
 
-from api.answer_checks import NOT_JSON, UNFIT, Check, Unfit
+from api.answer_checks import NO_CALL, NOT_JSON, UNFIT, Check, Unfit
 from shared.aio import follow_growing
 from shared.jsonutil import loads
 from shared.logging import printable
@@ -62,6 +62,9 @@ class MinerRun:
     # rebuilds answers with its own rules).
     offered: frozenset[str] | None = None
     opens_with: str | None = None  # what the answer's text must start with (``answer_checks.json_opening``)
+    # The request's tool_choice requires a call (``answer_checks.must_call``): text fails the run at its first
+    # word, so a stream of prose cannot win a race the caller's agent loop expects a call from.
+    calls_only: bool = False
     opened: bool = False  # its first text was checked
     # Whether a usage-only chunk (``choices: []``) is kept to be relayed: only when the caller asked for it
     # (``stream_options.include_usage``), as OpenAI sends it; a model server that sends it anyway (llama.cpp)
@@ -132,6 +135,8 @@ class MinerRun:
                 if piece:
                     if type(piece) is not str:
                         raise ValueError("delta.content is not a string")
+                    if self.calls_only and not piece.isspace():
+                        raise Unfit(NO_CALL)
                     self.content.append(piece)
                     if self.opens_with is None or self.opened:
                         # Whitespace alone starts nothing: a miner that sent " " at once claimed the stream,
@@ -246,6 +251,7 @@ class Race:
         offered: frozenset[str] | None = None,
         check: Check | None = None,
         opens_with: str | None = None,
+        calls_only: bool = False,
         relay_usage: bool = True,
         scored: bool = True,
         latency_scale: float | None = None,
@@ -262,7 +268,8 @@ class Race:
         # The deadline is shorter than the node would give (a caller's ``timeout``, what a failover
         # had left): a miner that ran out of it is not at fault, so it is left out of the payload.
         self.excuse_timeouts = excuse_timeouts
-        self.runs = [MinerRun(n, offered=offered, opens_with=opens_with, relay_usage=relay_usage) for n in neurons]
+        self.runs = [MinerRun(n, offered=offered, opens_with=opens_with, calls_only=calls_only,
+                              relay_usage=relay_usage) for n in neurons]
         self.body = body
         self.deadline = deadline
         self.stream = stream

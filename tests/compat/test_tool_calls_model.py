@@ -68,3 +68,18 @@ async def test_streamed_call_reassembles_to_the_same_call_and_reports_usage() ->
     assert args == whole["function"]["arguments"]
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+async def test_a_required_tool_choice_calls_a_tool_after_a_tool_result_too() -> None:
+    """``tool_choice: "required"`` obliges a call, as at OpenAI: the model answered text after a tool result,
+    which the API (rightly) refuses as no answer to such a request, so every honest miner failed it."""
+    msgs = [{"role": "user", "content": "Weather in Paris"}]
+    first = await complete(messages=msgs, tools=[WEATHER])
+    call = first["choices"][0]["message"]["tool_calls"][0]
+    turn = msgs + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                   {"role": "tool", "tool_call_id": call["id"], "content": "{}"}]
+    again = await complete(messages=turn, tools=[WEATHER], tool_choice="required")
+    assert again["choices"][0]["finish_reason"] == "tool_calls"
+    assert again["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    auto = await complete(messages=turn, tools=[WEATHER], tool_choice="auto")
+    assert auto["choices"][0]["finish_reason"] == "stop"

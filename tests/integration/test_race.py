@@ -255,7 +255,8 @@ async def test_requests_an_upstream_would_refuse_are_the_callers_400(tmp_path: P
         assert script.calls == 0
         for fields in ACCEPTED:
             status, _, text = await post(api, {"messages": [USER], "uids": [1], **fields})
-            assert status == 200, (fields, text)
+            # accepted and sent on; the scripted text is no answer to a named tool_choice (a 502 saying so)
+            assert status == 200 or (status == 502 and "requires a tool call" in text), (fields, text)
     assert script.calls == len(ACCEPTED)
 
 
@@ -409,6 +410,27 @@ async def test_no_tool_call_the_caller_can_use_is_a_502_naming_why(tmp_path: Pat
         status, _, text = await post(api, {"messages": [USER], "tools": STRICT_WEATHER})
     assert status == 502, text
     assert "the arguments of the call to 'get_weather' are not JSON" in json.loads(text)["error"]["message"]
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}],
+                         ids=["required", "named"])
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
+async def test_text_never_wins_a_race_whose_tool_choice_requires_a_call(
+        tmp_path: Path, choice: str | dict, stream: bool) -> None:
+    """``tool_choice`` "required" or a named function obliges a call (a model server constrains its output to
+    one): a fast miner's prose won the race, and the caller's agent loop, expecting a call, got text. Streamed,
+    the prose fails at its first word, as prose does in JSON mode."""
+    fast = Script([(0, d) for d in sse(chunk(" "), chunk("I would rather"), chunk(" chat."), chunk(finish="stop"))])
+    scripts = {1: fast, 2: calling("get_weather", '{"city": "Paris"}', delay=0.3)}
+    payloads: list[dict] = []
+    async with api_with_miners(tmp_path, scripts) as api:
+        api.ctx.payload_sinks.append(payloads.append)
+        status, headers, text = await post(api, {"messages": [USER], "tools": STRICT_WEATHER, "stream": stream,
+                                                 "tool_choice": choice})
+        await asyncio.sleep(0.1)
+    assert status == 200, text
+    assert headers["x-sn1-miner-uid"] == "2" and "rather" not in text and "get_weather" in text
+    assert payloads and payloads[0]["errors"] == {}, "the text is judged as before, not zeroed"
 
 
 def answering(text: str, delay: float) -> Script:

@@ -6,7 +6,8 @@ calls, so the test model must make them for an agent test to be real. The rule:
 - no ``tools``, or ``tool_choice: "none"`` -> no tool call (plain text answer);
 - ``tool_choice: {"type": "function", "function": {"name": X}}`` -> call ``X``;
 - otherwise, if the last message is a ``tool`` result -> no tool call: the
-  model answers in text (so an agent loop ends);
+  model answers in text (so an agent loop ends), unless ``tool_choice`` is
+  ``"required"``, which obliges a call (as OpenAI's and vLLM's models make one);
 - otherwise -> call the tool that shares the most distinct words with the last
   user message (its name split on ``_``/``-`` plus its description; the first
   tool listed on a tie).
@@ -79,7 +80,8 @@ def planned_tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
         return None
     messages = body.get("messages") if isinstance(body.get("messages"), list) else []
     named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-    if named is None and messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+    answered = messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+    if named is None and choice != "required" and answered:
         return None
     text = _last_user_text(messages)
     fn = next((f for f in functions if f["name"] == named), None) if named else _choose(functions, text)
