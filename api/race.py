@@ -1,8 +1,9 @@
 """Fan out one request to k miners and race them: the first valid answer wins.
 
-Streaming: the first miner to send content that is not only whitespace, a tool
-call, a refusal or a reasoning model's thinking wins, and its events are relayed
-as they arrive. Non-streaming: the first miner to finish with a non-empty answer
+Streaming: the first miner to send content that is not only whitespace, a
+refusal or a reasoning model's thinking wins, and its events are relayed as they
+arrive; an answer of tool calls alone wins once its calls are whole and pass the
+request's check (``Race._relayable``). Non-streaming: the first miner to finish with a non-empty answer
 wins. An answer that ends without a ``finish_reason`` was cut short (an upstream
 that dropped its connection): it fails, streamed or not. When every miner has
 ended and none said anything, the first to end cleanly with a ``finish_reason``
@@ -299,7 +300,7 @@ class Race:
                         continue
                     run.events.append(kept)
                     run.timings.append(arrived)
-                    if self.stream and (run.has_answer or run.reasoning):
+                    if self.stream and (run.has_answer or run.reasoning) and self._relayable(run):
                         self._claim(run)
                 run.new_data.set()
             if run.finish_reason is None:  # every OpenAI-shaped answer ends with one: without it, it was cut
@@ -328,6 +329,20 @@ class Race:
             elif not self.stream and run.has_answer:
                 self._claim(run)
             self._maybe_no_winner()
+
+    def _relayable(self, run: MinerRun) -> bool:
+        """Whether a streamed run that has started its answer may claim the race now. Text, a refusal or
+        thinking may (relayed as it comes); an answer of tool calls alone only once they are whole and pass
+        the request's check (``answer_checks.tool_check``): a call's arguments are a few hundred bytes at
+        most, and relayed as they came, a fast miner's cut JSON or unknown name won and the caller's agent
+        raised on it. Unfit: they are whole and fail the check."""
+        if not run.tool_calls or run.refusal or run.reasoning or any(not p.isspace() for p in run.content):
+            return True
+        if run.finish_reason is None:
+            return False
+        if self.check is not None and (why := self.check(run)):
+            raise Unfit(why)
+        return True
 
     def _claim(self, run: MinerRun) -> None:
         if self._winner is not None and not self._winner.done():

@@ -348,8 +348,9 @@ WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters"
     ({"tools": WEATHER}, "delete_everything", 2),  # a tool that was not offered
     ({"tools": WEATHER}, "get_weather_and_more", 2),  # an offered name's extension is another name
     ({"tools": WEATHER, "tool_choice": "none"}, "get_weather", 2),  # tools offered but not to be called
+    ({"tools": WEATHER}, "", 2),  # a call without a name: streamed, it claimed the race, then failed mid-stream
     ({"tools": WEATHER}, "get_weather", 1),  # a call of an offered tool is a valid answer: the fast one wins
-], ids=["no-tools", "unoffered", "longer-name", "tool-choice-none", "offered"])
+], ids=["no-tools", "unoffered", "longer-name", "tool-choice-none", "no-name", "offered"])
 @pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
 async def test_a_call_of_a_tool_the_request_did_not_offer_never_wins(
         tmp_path: Path, fields: dict, called: str, wins: int, stream: bool) -> None:
@@ -389,19 +390,23 @@ STRICT_WEATHER = [{"type": "function", "function": {
     ({"parallel_tool_calls": False}, calling("", [("get_time", "{}"), ("get_time", "{}")]), 2),
     ({}, calling("", [("get_time", "{}"), ("get_time", "{}")]), 1),  # parallel calls are allowed by default
 ], ids=["cut-json", "not-an-object", "strict-misfit", "loose-misfit", "empty", "parallel-false", "parallel"])
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
 async def test_a_tool_call_whose_arguments_the_caller_cannot_use_never_wins(
-        tmp_path: Path, fields: dict, fast: Script, wins: int) -> None:
+        tmp_path: Path, fields: dict, fast: Script, wins: int, stream: bool) -> None:
     """The caller's agent loop parses a call's arguments (the OpenAI SDK's ``parse``, the Agents SDK, LangChain):
     a fast miner whose arguments are not a JSON object, or miss a strict function's parameters, won the race,
-    and the agent raised, while another miner had a call it could run."""
+    and the agent raised, while another miner had a call it could run. Streamed too: an answer of calls alone
+    is relayed once they are whole and usable."""
     scripts = {1: fast, 2: calling("get_weather", '{"city": "Paris"}', delay=0.3)}
     payloads: list[dict] = []
     async with api_with_miners(tmp_path, scripts) as api:
         api.ctx.payload_sinks.append(payloads.append)
-        status, headers, text = await post(api, {"messages": [USER], "tools": STRICT_WEATHER, **fields})
+        status, headers, text = await post(api, {"messages": [USER], "tools": STRICT_WEATHER, "stream": stream,
+                                                 **fields})
         await asyncio.sleep(0.1)
     assert status == 200, text
     assert headers["x-sn1-miner-uid"] == str(wins)
+    assert '"error"' not in text
     assert payloads and payloads[0]["errors"] == {}, "the validator judges the answer as before (not a zero)"
 
 
