@@ -292,17 +292,30 @@ class Race:
         try:
             loop = asyncio.get_running_loop()
             batches = self.client.stream_chat_batches(run.neuron, self.body, self.deadline, request_id=self.request_id)
+            unfit: str | None = None  # why the answer cannot be what was asked: it is kept whole, never relayed
             async for batch in batches:
                 arrived = loop.time() - self.started  # one read: the same arrival time for its events
                 for data in batch:
-                    kept = run.absorb(data)
+                    if unfit is not None:
+                        kept: Event | None = data
+                    else:
+                        try:
+                            kept = run.absorb(data)
+                        except Unfit as e:
+                            if self.winning_run is run:  # relayed already: it ends here, with the error event
+                                raise
+                            # The rest is kept for the scoring payload: cut at the first word that misses the
+                            # format, the validator read the answer as empty, a zero the README rules out.
+                            unfit, kept = str(e), data
                     if kept is None:
                         continue
                     run.events.append(kept)
                     run.timings.append(arrived)
-                    if self.stream and (run.has_answer or run.reasoning) and self._relayable(run):
+                    if self.stream and unfit is None and (run.has_answer or run.reasoning) and self._relayable(run):
                         self._claim(run)
                 run.new_data.set()
+            if unfit is not None:
+                raise Unfit(unfit)
             if run.finish_reason is None:  # every OpenAI-shaped answer ends with one: without it, it was cut
                 raise MinerError("the answer ended without a finish_reason (cut short)", kind="bad_response")
         except MinerError as e:

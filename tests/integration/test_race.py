@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from neurons.miner.backends.deterministic import generate_text
+from neurons.validator.scoring import rebuild_answer
 from tests.helpers import Script, api_with_miners, chunk, post, sse
 
 MESSAGES = [{"role": "user", "content": "Race me"}]
@@ -436,6 +437,8 @@ async def test_text_never_wins_a_race_whose_tool_choice_requires_a_call(
     assert status == 200, text
     assert headers["x-sn1-miner-uid"] == "2" and "rather" not in text and "get_weather" in text
     assert payloads and payloads[0]["errors"] == {}, "the text is judged as before, not zeroed"
+    answer = rebuild_answer(payloads[0]["chunks"]["1"], payloads[0]["timings"]["1"], None)
+    assert answer.text == " I would rather chat.", "the whole text, not cut at its first word"
 
 
 def answering(text: str, delay: float) -> Script:
@@ -503,6 +506,8 @@ async def test_prose_where_json_was_asked_never_wins_even_streamed(tmp_path: Pat
     assert status == 200 and headers["x-sn1-miner-uid"] == "2", text
     assert '{\\"city\\": \\"Paris\\"}' in text and "Sure!" not in text
     assert payloads and "1" not in payloads[0]["errors"], "the prose is scored on its text, not as an error"
+    # and on its whole text: cut at its first word, the validator read it as an empty answer (a zero)
+    assert rebuild_answer(payloads[0]["chunks"]["1"], payloads[0]["timings"]["1"], None).text == "  Sure! Paris."
 
 
 async def test_a_streamed_array_for_an_array_schema_is_an_answer(tmp_path: Path) -> None:
