@@ -61,6 +61,18 @@ async def test_a_responses_api_request_can_ask_for_a_mixture(tmp_path: Path, str
     assert ("event: response.completed" in text) if stream else json.loads(text)["status"] == "completed"
 
 
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", {"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]}),
+    ("/v1/responses", {"input": "x", "tools": [{"type": "function", "name": "f"}]}),
+], ids=["chat", "responses"])
+async def test_a_mixture_takes_no_tools_as_the_readme_says(tmp_path: Path, path: str, body: dict) -> None:
+    scripts = {1: answer("a")}
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, _, text = await post(api, {**body, "mixture": True}, path=path)
+    assert status == 400 and json.loads(text)["error"]["param"] == "tools", text
+    assert scripts[1].calls == 0
+
+
 async def test_mixture_with_no_valid_first_stage_is_502(tmp_path: Path) -> None:
     scripts = {1: Script([], status=500), 2: Script([(0, b"data: {}\n\n")])}
     async with api_with_miners(tmp_path, scripts) as api:
