@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
+from jsonschema.exceptions import best_match
 
 from shared.jsonutil import loads
 
@@ -67,27 +67,27 @@ def must_call(body: dict[str, Any]) -> bool:
     return choice == "required" or (isinstance(choice, dict) and choice.get("type") == "function")
 
 
-def _strict_validators(body: dict[str, Any]) -> dict[str, Draft202012Validator]:
-    """A validator for each ``strict`` function's parameters (a schema no validator reads is left out)."""
-    out: dict[str, Draft202012Validator] = {}
+def _strict_schemas(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each ``strict`` function's parameters, by name: read only when a call of it comes (``_misfit``)."""
+    out: dict[str, dict[str, Any]] = {}
     for tool in body.get("tools") or ():
         fn = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(fn, dict) or fn.get("strict") is not True or not isinstance(fn.get("parameters"), dict):
-            continue
-        try:
-            Draft202012Validator.check_schema(fn["parameters"])
-        except SchemaError:
-            continue
-        if isinstance(fn.get("name"), str):
-            out[fn["name"]] = Draft202012Validator(fn["parameters"])
+        if isinstance(fn, dict) and fn.get("strict") is True and isinstance(fn.get("parameters"), dict) \
+                and isinstance(fn.get("name"), str):
+            out[fn["name"]] = fn["parameters"]
     return out
 
 
-def _misfit(validator: Draft202012Validator, value: Any) -> str | None:
-    """Why ``value`` does not fit the validator's schema (None: it fits, or the schema cannot be checked)."""
+def _misfit(schema: dict[str, Any], value: Any) -> str | None:
+    """Why ``value`` does not fit ``schema`` (None: it fits, or the schema cannot be checked).
+
+    The schema is not checked against the metaschema first: that took ~20 ms of the event loop (an agent
+    with ten strict tools paid it ten times on every turn), and a schema the validator cannot read or walk
+    (``"type": 5``, a ``$ref`` to nowhere, ``anyOf`` naming itself) raises here, and is left to the model
+    server, as it was when the metaschema refused it."""
     try:
-        error = best_match(validator.iter_errors(value))
-    except RecursionError:  # a schema whose choice names itself (anyOf: [its own $ref]): left to the model server
+        error = best_match(Draft202012Validator(schema).iter_errors(value))
+    except Exception:  # noqa: BLE001 - jsonschema raises many kinds (TypeError, UnknownType, Unresolvable, ...)
         return None
     return None if error is None else error.message[:200]
 
@@ -100,7 +100,7 @@ def tool_check(body: dict[str, Any]) -> Check | None:
     nothing to check (no tools, or ``"none"``, where any call already fails the miner, ``MinerRun.offered``)."""
     if not offered_tools(body):
         return None
-    strict = _strict_validators(body)
+    strict = _strict_schemas(body)
     single = body.get("parallel_tool_calls") is False
     required = must_call(body)
 
@@ -142,13 +142,9 @@ def json_check(body: dict[str, Any]) -> Check | None:
     if kind not in ("json_object", "json_schema"):
         return None
     spec = fmt.get("json_schema") if kind == "json_schema" else None
-    validator = None
-    if isinstance(spec, dict) and spec.get("strict") is True and isinstance(spec.get("schema"), dict):
-        try:
-            Draft202012Validator.check_schema(spec["schema"])
-            validator = Draft202012Validator(spec["schema"])
-        except SchemaError:
-            validator = None  # a schema no validator can read is left to the model server
+    schema = spec.get("schema") if isinstance(spec, dict) and spec.get("strict") is True else None
+    if not isinstance(schema, dict):
+        schema = None  # a non-strict schema guides the model and is not enforced
 
     def check(run: MinerRun) -> str | None:
         if run.tool_calls or run.refusal:  # a call, or the model declining, is no text to check
@@ -157,7 +153,7 @@ def json_check(body: dict[str, Any]) -> Check | None:
             value = loads(run.text)
         except ValueError:
             return NOT_JSON
-        if validator is None or (why := _misfit(validator, value)) is None:
+        if schema is None or (why := _misfit(schema, value)) is None:
             return None
         return f"the answer does not fit the request's strict JSON schema: {why}"
 
