@@ -168,14 +168,19 @@ class SQLiteTables:
         self._db = open_db(self.path, synchronous=synchronous, schema=schema)
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` in one write transaction. A file that cannot grow (a full disk, ``max_page_count``) makes
+        SQLite roll the transaction back itself: a ROLLBACK then raised "cannot rollback - no transaction is
+        active", which hid "database or disk is full" from the 503's log line. A COMMIT that fails leaves
+        no transaction open either: the connection's next call would refuse to begin one, for good."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 out = fn(self._db)
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
             return out
         except sqlite3.Error as e:
             raise StoreUnavailable(f"{self.label}: {e}") from e
