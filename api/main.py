@@ -95,14 +95,17 @@ async def reach_store(url: str, namespace: str) -> None:
     (a wrong password, a database index out of range) is a setting to fix: the start stops with one line.
     One that does not answer (down, or not up yet after a reboot) is a WARNING, and the API starts: it
     answers 503 until Redis does, and ``/ready`` says why, then recovers by itself (stopping instead made
-    pm2 give up after ``max_restarts`` and left the API down once Redis was back). A SQLite file is
-    opened, hence checked, where it is built; here it is only read for whether it gives freed space back."""
+    pm2 give up after ``max_restarts`` and left the API down once Redis was back). One that answers but refuses
+    writes (out of memory, a read-only replica) is the WARNING too. A SQLite file is opened, hence checked, where it
+    is built; here it is only read for whether it gives freed space back."""
     if url.startswith("sqlite:///"):
         _warn_unreclaimed(sqlite_path(url))
     if not url.startswith(("redis://", "rediss://")):
         return
     from redis.exceptions import (  # here: a SQLite API never loads redis (9 MB)
         AuthenticationError,
+        OutOfMemoryError,
+        ReadOnlyError,
         ResponseError,
     )
 
@@ -111,7 +114,9 @@ async def reach_store(url: str, namespace: str) -> None:
         await within(store.ping(), STORE_START_SECONDS)
     except (StoreUnavailable, TimeoutError, OSError) as e:
         reason = str(e) or f"no answer within {STORE_START_SECONDS:g} s"
-        if isinstance(e.__cause__, AuthenticationError | ResponseError):
+        # Out of memory or a read-only replica (the ping writes) pass with time, as an outage does: not a setting.
+        refused = isinstance(e.__cause__, AuthenticationError | ResponseError)
+        if refused and not isinstance(e.__cause__, OutOfMemoryError | ReadOnlyError):
             raise SettingsError(f"STORE_URL: {mask_credentials(url)} refused us: {reason}") from None
         logger.warning("STORE_URL: cannot reach {}: {}; starting anyway, requests answer 503 until it answers",
                        mask_credentials(url), reason)

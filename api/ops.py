@@ -44,8 +44,15 @@ async def store_check(ctx: ApiContext) -> CheckOut:
     try:
         await within(ctx.store.ping(), STORE_PING_SECONDS)
     except (StoreUnavailable, TimeoutError, OSError) as e:
-        return CheckOut(ok=False, detail=f"the key store is unreachable: {type(e).__name__}")
+        return CheckOut(ok=False, detail=f"the key store is unavailable: {store_failure(e)}")
     return CheckOut(ok=True, detail="reachable")
+
+
+def store_failure(e: BaseException) -> str:
+    """What a failed store check met, in a few words: the backend's own error class (``OutOfMemoryError``,
+    ``ReadOnlyError``, ``TimeoutError``, ``OperationalError``), never its message (a URL, a key name)."""
+    cause = e.__cause__ if isinstance(e, StoreUnavailable) and e.__cause__ is not None else e
+    return type(cause).__name__
 
 
 def validator_check(ctx: ApiContext) -> CheckOut:

@@ -44,6 +44,7 @@ from shared.store.base import (
 )
 
 MAX_CONNECTIONS = 64  # per process
+PING_TTL_MS = 10_000  # the key a ping writes (``ping``) is gone this long after the last ping
 
 # The sliding window of window.py, in Lua. Returns allowed, limit, remaining, reset_after, retry_after.
 _WINDOW_LUA = """
@@ -487,7 +488,10 @@ class RedisStore:
         return int(prompt or 0) + int(completion or 0)
 
     async def ping(self) -> None:
-        await self._call(self.redis.ping())
+        """A small write (a key that expires in 10 s), not a ``PING``: every authenticated request writes (its
+        rate-limit charge), and a Redis that answers but refuses writes (out of memory under ``noeviction``,
+        a read-only replica after a failover) made every request a 503 while ``/ready`` said ready."""
+        await self._call(self.redis.set(self.key("ping"), "1", px=PING_TTL_MS))
 
     async def close(self) -> None:
         await self.redis.aclose()
