@@ -20,7 +20,7 @@ from api import (
     web_retrieval,
 )
 from api.access_log import access_log_middleware
-from api.auth import INVALID_KEY_LIMIT, add_rate_limit_headers
+from api.auth import INVALID_KEY_LIMIT, STORE_OUTAGE, add_rate_limit_headers, store_outage_log
 from api.chat import CTX, chat_completions
 from api.context import ApiContext
 from api.cors import install_cors
@@ -33,6 +33,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app = web.Application(middlewares=[access_log_middleware, error_middleware], client_max_size=ctx.settings.max_body_bytes)
     app[CTX] = ctx
     app[INVALID_KEY_LIMIT] = ctx.settings.invalid_keys_per_minute
+    app[STORE_OUTAGE] = store_outage_log()
     app[NOT_SERVED_HERE] = frozenset({"/v1/responses/input_tokens", "/v1/responses/compact"})  # OpenAI's, not ours
     app[TRUSTED_PROXIES] = parse_networks(ctx.settings.trusted_proxies)
     app.router.add_get("/health", health)

@@ -28,6 +28,7 @@ from shared.client_address import client_address
 from shared.errors import ApiError
 from shared.http import route_path
 from shared.store.base import KeyRecord, RateDecision, Store, StoreUnavailable, hash_key
+from shared.store.outage import OutageLog
 from shared.store.usage import UsageRecorder
 
 T = TypeVar("T")
@@ -80,6 +81,14 @@ def one_header(headers: CIMultiDictProxy[str], name: str) -> str:
     return values[0] if values else ""
 
 
+STORE_OUTAGE = web.AppKey("store_outage", OutageLog)
+"""The app's log of requests answered 503 because the store failed: a run of them is a few lines, not one each."""
+
+
+def store_outage_log() -> OutageLog:
+    return OutageLog("store unavailable, answering 503")
+
+
 def store_unavailable() -> ApiError:
     return ApiError(503, "The key store is unreachable; try again shortly.", code="store_unavailable",
                     headers={"Retry-After": "1"})
@@ -107,11 +116,15 @@ async def authenticate(request: web.Request, store: Store, *, scope: str | None,
         )
     if len(key) > MAX_KEY_LENGTH:
         raise await invalid_key(request, store)
+    outage = request.app.get(STORE_OUTAGE)
     try:
         auth = await store.authorize(hash_key(key), scope=scope)
     except StoreUnavailable as e:
-        logger.warning("store unavailable, answering 503: {}", e)
+        if outage is not None:
+            outage.failed(e)
         raise store_unavailable() from None
+    if outage is not None:
+        outage.ok()
     if auth.status == "unknown" or auth.record is None:
         raise await invalid_key(request, store)
     if auth.status == "expired":
@@ -144,7 +157,8 @@ async def check_token_budget(request: web.Request, key: KeyRecord, usage: UsageR
     try:
         used = await usage.tokens_today(key.id)
     except StoreUnavailable as e:
-        logger.warning("store unavailable, answering 503: {}", e)
+        if (outage := request.app.get(STORE_OUTAGE)) is not None:
+            outage.failed(e)
         raise store_unavailable() from None
     budget = TokenBudget(limit=key.daily_token_limit, used=used, reset_after=86400 - usage.clock() % 86400)
     request[TOKEN_BUDGET] = budget

@@ -18,6 +18,7 @@ from shared.request_log import RequestLog
 from shared.settings import ApiSettings
 from shared.store.base import Store
 from shared.store.conversations import ConversationStore
+from shared.store.outage import OutageLog
 from shared.store.responses import ResponseStore
 from shared.store.sessions import SessionStore
 from shared.store.usage import UsageRecorder
@@ -45,6 +46,8 @@ class ApiContext:
     responses: ResponseStore | None = None  # None: RESPONSES_RETENTION_SECONDS is 0, nothing is stored
     conversations: ConversationStore | None = None  # None as ``responses``
     request_log: RequestLog = field(default_factory=lambda: RequestLog("api"))  # one INFO line per request
+    # answers the store did not take (a full disk refuses them while smaller writes pass): a few lines, not one each
+    responses_outage: OutageLog = field(default_factory=lambda: OutageLog("stored responses"))
 
     def attach_forwarder(self, forwarder: OutboxForwarder) -> None:
         """Every settled fan-out's payload goes to the durable outbox; the forwarder delivers it."""

@@ -278,8 +278,9 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
                                             item_ids=item_ids(keeping.added, keeping.final or {})),
                       attempts=KEEP_ATTEMPTS, pause=KEEP_PAUSE_S, on=StoreUnavailable)
     except StoreUnavailable as e:
-        logger.warning("response {} not stored (its answer says store: false): {}", response_id, e)
+        ctx.responses_outage.failed(f"response {response_id} not stored (its answer says store: false): {e}")
         return False
+    ctx.responses_outage.ok()
     return True
 
 

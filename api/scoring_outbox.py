@@ -22,6 +22,7 @@ from loguru import logger
 from shared.aio import wait_event
 from shared.miner_client import MinerClient, MinerError
 from shared.store.base import StoreUnavailable
+from shared.store.outage import OutageLog
 from shared.store.outbox import Outbox, OutboxItem
 
 POISON_STATUSES = {400, 413, 422}
@@ -73,6 +74,9 @@ class OutboxForwarder:
         self.batch_limit = batch  # halved while the validator's queue refuses a whole batch (503), grown back after
         self.unstored_dropped = 0  # payloads lost because the store refused them for too long
         self._commit_failures = 0
+        # A store that refuses writes fails each commit retry and each delivery pass: a few lines, not one each.
+        self.commit_outage = OutageLog("scoring outbox: payloads not stored yet")
+        self.pass_outage = OutageLog("scoring outbox unreachable")
         self.failures = 0
         self.delivered = 0
         self.delivery_failures = 0
@@ -115,6 +119,7 @@ class OutboxForwarder:
             self._keep_unstored(group, e, final=final)
             return
         self._commit_failures = 0
+        self.commit_outage.ok()
         if dropped:
             logger.warning("scoring outbox full: dropped {} oldest payload(s)", dropped)
         for _, done in group:
@@ -144,8 +149,8 @@ class OutboxForwarder:
             logger.error("scoring outbox: the store refused commits too long; dropped {} oldest payload(s)", len(lost))
         self._commit_failures += 1
         delay = min(5.0, GROUP_COMMIT_SECONDS * 2 ** min(self._commit_failures, 10))
-        logger.warning("scoring outbox: {} payload(s) not stored yet ({}); retrying in {:.2f} s",
-                       len(self._pending), error, delay)
+        self.commit_outage.failed(f"{len(self._pending)} payload(s) waiting in memory, retried every {delay:.2f} s "
+                                  f"at most ({error})")
         if self._committer is None:
             self._committer = asyncio.ensure_future(self._commit_soon(delay))
 
@@ -293,13 +298,15 @@ class OutboxForwarder:
                 try:
                     delivered = await self.step()
                 except StoreUnavailable as e:
-                    logger.warning("scoring outbox unreachable: {}", e)
+                    self.pass_outage.failed(e)
                     delivered = 0
                     self.failures += 1
                 except Exception as e:  # noqa: BLE001 - the forwarder must outlive any one failure
                     logger.opt(exception=e).error("scoring outbox: delivery pass failed; retrying with backoff")
                     delivered = 0
                     self.failures += 1
+                else:
+                    self.pass_outage.ok()
                 if delivered and self._backlog:
                     continue  # a backlog: drain it at full batches
                 wait = self.backoff() if self.failures else self.lease_seconds / 3

@@ -24,10 +24,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from loguru import logger
-
 from shared.protocol import token_count
 from shared.store.base import Store, StoreUnavailable, UsageCounts, UsageDelta, UsageReport, usage_day
+from shared.store.outage import OutageLog
 
 
 class UsageRecorder:
@@ -41,6 +40,7 @@ class UsageRecorder:
         # tokens today dip by that batch while the write is in flight, and a spent budget reopens).
         self._flushing: dict[tuple[str, str], UsageCounts] = {}
         self._lock = asyncio.Lock()
+        self.outage = OutageLog("usage flush failed")  # a flush a second: a store down for an hour was 3,600 lines
         self._day = ("", 0.0, -1.0)  # (day, its first second, its last second): formatting a date per
         # request showed in the profile, and the day changes once every 86,400 seconds
 
@@ -118,10 +118,11 @@ class UsageRecorder:
                 await self.store.add_usage(deltas)
             except StoreUnavailable as e:
                 self._merge_back(batch, last)
-                logger.warning("usage flush failed, {} rows kept for the next try: {}", len(deltas), e)
+                self.outage.failed(f"{len(deltas)} rows kept for the next try: {e}")
                 return 0
             finally:
                 self._flushing = {}
+            self.outage.ok()
             return len(deltas)
 
     def _merge_back(self, batch: dict[tuple[str, str], UsageCounts], last: dict[tuple[str, str], float]) -> None:

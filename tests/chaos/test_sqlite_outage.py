@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+from loguru import logger
 
 from shared.store.sqlite_tables import BUSY_TIMEOUT_S
 from tests.chaos.fleet import HONEST, MESSAGES, Fleet, fleet
@@ -49,3 +50,35 @@ async def test_locked_sqlite_is_a_quick_503_and_recovers_by_itself(tmp_path: Pat
             holder.close()
         status, code, elapsed = await timed_chat(s, f, f.key)
         assert (status, code) == (200, "ok") and elapsed < 2
+
+
+async def test_a_locked_store_is_told_once_in_the_log_not_once_per_request(tmp_path: Path) -> None:
+    """Each 503 was a WARNING of its own (and each usage flush, a second apart): a store that fails for an hour
+    under traffic was millions of lines. A run of failures is its first line, then one a minute, then one
+    INFO line when the store answers again."""
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    try:
+        async with fleet(tmp_path, {1: HONEST}) as f, aiohttp.ClientSession() as s:
+            assert (await timed_chat(s, f, f.key))[0] == 200
+            holder = sqlite3.connect(tmp_path / "api.db", isolation_level=None)
+            holder.execute("BEGIN EXCLUSIVE")
+            try:
+                for _ in range(4):  # four rounds of three requests (each round waits the lock once)
+                    results = await asyncio.gather(*(timed_chat(s, f, f.key) for _ in range(3)))
+                    assert {(status, code) for status, code, _ in results} == {(503, "store_unavailable")}
+                assert f.ctx.usage is not None
+                for _ in range(3):  # the flusher's rounds, as they come each second
+                    await f.ctx.usage.flush()
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            assert (await timed_chat(s, f, f.key))[0] == 200
+            await f.ctx.usage.flush()
+    finally:
+        logger.remove(sink)
+    refused = [line for line in said if "store unavailable, answering 503" in line]
+    assert len(refused) == 2 and refused[0].startswith("WARNING") and "database is locked" in refused[0], refused
+    assert refused[1].startswith("INFO") and "the store answers again" in refused[1] and "(12 failure(s))" in refused[1]
+    flushes = [line for line in said if "usage flush failed" in line]
+    assert len(flushes) == 2 and flushes[1].startswith("INFO"), flushes

@@ -1,0 +1,59 @@
+"""A run of store failures told in a few log lines, not one per failure.
+
+A store that refuses every write (Redis out of memory under ``noeviction``, a read-only replica, a full
+disk, a SQLite file locked elsewhere) fails every request, every usage flush and every outbox commit for
+as long as it lasts: each said so in a WARNING of its own, thousands of lines a minute under traffic that
+buried everything else in the log (and filled its disk). Each such use of the store now keeps an
+``OutageLog``: the first failure of a run is a WARNING with its reason, the run goes on in one line a
+minute with how many failed since, and the first success after it is one INFO line saying how long it
+lasted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from loguru import logger
+
+OUTAGE_LOG_EVERY_S = 60.0  # while a run of failures lasts, one line at most this often
+
+
+class OutageLog:
+    """The failures of one use of the store (``what``, the start of each line), told as a run."""
+
+    def __init__(self, what: str, *, every: float = OUTAGE_LOG_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.what = what
+        self.every = every
+        self._clock = clock
+        self._began: float | None = None  # when the run of failures began (None: no run)
+        self._told_at = 0.0  # when a line last spoke of it
+        self._failures = 0  # in the run
+        self._untold = 0  # since the last line
+
+    @property
+    def failing(self) -> bool:
+        return self._began is not None
+
+    def failed(self, error: object) -> None:
+        """One more failure: a WARNING if it begins a run or the last line is ``every`` seconds old."""
+        now = self._clock()
+        self._failures += 1
+        if self._began is None:
+            self._began, self._told_at, self._untold = now, now, 0
+            logger.warning("{}: {}", self.what, error)
+            return
+        self._untold += 1
+        if now - self._told_at >= self.every:
+            logger.warning("{}: still failing, {} more time(s) in the last {:.0f} s: {}", self.what, self._untold,
+                           now - self._told_at, error)
+            self._told_at, self._untold = now, 0
+
+    def ok(self) -> None:
+        """The store answered: a run of failures, if any, ends with an INFO line (costs nothing otherwise)."""
+        if self._began is None:
+            return
+        logger.info("{}: the store answers again after {:.1f} s ({} failure(s))", self.what,
+                    self._clock() - self._began, self._failures)
+        self._began, self._failures, self._untold = None, 0, 0
