@@ -123,7 +123,7 @@ async def authenticate(request: web.Request, store: Store, *, scope: str | None,
         if outage is not None:
             outage.failed(e)
         raise store_unavailable() from None
-    if outage is not None:
+    if outage is not None and auth.decision is not None:  # a charge, a write: an unknown key's lookup only reads
         outage.ok()
     if auth.status == "unknown" or auth.record is None:
         raise await invalid_key(request, store)
@@ -179,7 +179,9 @@ async def invalid_key(request: web.Request, store: Store) -> ApiError:
     limit = request.app.get(INVALID_KEY_LIMIT, INVALID_KEYS_PER_MINUTE)
     try:
         gate = await store.charge(f"key-fail:{client_address(request)}", limit)
-    except StoreUnavailable:
+    except StoreUnavailable as e:
+        if (outage := request.app.get(STORE_OUTAGE)) is not None:
+            outage.failed(e)
         return store_unavailable()
     if not gate.allowed:
         return ApiError(

@@ -149,6 +149,7 @@ _STORE_STATE = (
 
 
 _DECISION = struct.Struct("<?IIdd")
+PING_BUCKET = "ping"  # the rate window ``ping`` writes (charged buckets are named key:..., key-fail:..., admin-fail:...)
 
 
 def window_charge_sql(state: bytes | None, limit: int, now: float, cost: int) -> bytes:
@@ -420,12 +421,12 @@ class SQLiteStore:
         return int(row[0]) if row else 0
 
     async def ping(self) -> None:
-        """The write lock, taken and let go: every authenticated request writes (its rate-limit charge),
-        and ``SELECT 1`` touched neither the file nor its lock, so /ready said ready while a lock held
-        elsewhere made every request a 503."""
+        """A small write, committed: every authenticated request writes (its rate-limit charge). ``SELECT 1``
+        touched neither the file nor its lock, so /ready said ready while a lock held elsewhere made every
+        request a 503; the write lock taken and let go (nothing written) then missed a full disk, which
+        fails a commit, not a lock. The row is a rate window no request charges, pruned as any idle one."""
         with _errors():
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("ROLLBACK")
+            self.db.execute(_STORE_STATE, (PING_BUCKET, b"", time.time()))
 
     async def close(self) -> None:
         self.db.close()

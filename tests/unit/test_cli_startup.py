@@ -462,3 +462,58 @@ def test_no_secret_in_what_a_started_api_prints_even_at_trace(tmp_path: Path) ->
 def test_keys_help_steers_the_admin_key_off_the_command_line(tmp_path: Path) -> None:
     text = " ".join(run_cli("keys", "--help", cwd=tmp_path).stdout.split())
     assert "admin key (env ADMIN_KEY, better: a command line is visible to every user in ps)" in text
+
+
+def test_a_sqlite_file_that_cannot_grow_is_not_ready_and_recovers_by_itself(tmp_path: Path) -> None:
+    """A full disk fails a commit, not a lock: /ready's ping took the write lock and let it go (nothing
+    written), and said ready while every request's rate-limit charge failed "database or disk is full". The
+    disk is made full for the API alone: its RLIMIT_FSIZE lowered to the size its -wal file has now."""
+    import json
+    import resource
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    env, port, admin_key = api_env(tmp_path, f"sqlite:///{tmp_path / 'api.db'}")
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "api", "--env-file", str(env)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def call(path: str, headers: dict[str, str], method: str = "GET") -> tuple[int, dict]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, created = call("/api_management/create-api-key?rate_limit=100", {"admin-key": admin_key},
+                                       "POST")
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the API did not start"
+                time.sleep(0.1)
+        key = {"Authorization": f"Bearer {created['api_key']}"}
+        assert call("/ready", {})[1]["checks"]["store"]["ok"] and call("/v1/usage", key)[0] == 200
+        wal = (tmp_path / "api.db-wal").stat().st_size
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (wal, resource.RLIM_INFINITY))
+        try:
+            store = call("/ready", {})[1]["checks"]["store"]
+            assert not store["ok"] and store["detail"].startswith("the key store is unavailable: "), store
+            for who in ({"Authorization": "Bearer sn1-forged"}, key):  # a forged key's lookup reads, its charge fails
+                status, body = call("/v1/usage", who)
+                assert (status, body["error"]["code"]) == (503, "store_unavailable"), body
+        finally:
+            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        assert call("/ready", {})[1]["checks"]["store"]["ok"] and call("/v1/usage", key)[0] == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0]
+    assert "Traceback" not in output, output[-3000:]
+    # one run of two failures: the forged key's lookup (a read) is no sign that the store takes writes again
+    told = [line for line in output.splitlines() if "store unavailable, answering 503" in line]
+    assert len(told) == 2 and "the store answers again" in told[1] and "(2 failure(s))" in told[1], told
