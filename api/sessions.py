@@ -31,6 +31,7 @@ from shared.ids import request_id_from
 from shared.metagraph import Neuron
 from shared.protocol import DEFAULT_TASK, MAX_SESSION_ID
 from shared.store.base import KeyRecord, StoreUnavailable
+from shared.store.outage import OutageLog
 from shared.store.sessions import Session, SessionStore, pin_of
 
 MIN_DURATION, MAX_DURATION = 1, 7 * 24 * 3600
@@ -359,11 +360,16 @@ async def sweep(ctx: ApiContext) -> int:
 
 
 async def sweep_loop(ctx: ApiContext, interval: float) -> None:
+    """Sweep every ``interval`` seconds. A store down skips rounds, told as a run (``OutageLog``): a WARNING a
+    round was four lines a minute for as long as it lasted."""
+    outage = OutageLog("session sweep skipped")
     while True:
         await asyncio.sleep(interval)
         try:
             await sweep(ctx)
         except StoreUnavailable as e:
-            logger.warning("session sweep skipped: {}", e)
+            outage.failed(e)
         except Exception:  # a bug in one round must not end the sweeps for good
             logger.exception("session sweep failed; trying again in {} s", interval)
+        else:
+            outage.ok()

@@ -3,6 +3,7 @@ its end (``shared.store.outage``)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -40,3 +41,30 @@ def test_a_run_of_failures_is_a_line_a_minute_and_its_end_one_more(lines: list[s
     assert not log.failing
     log.failed("sqlite: database is locked")  # a new run is told again at once
     assert lines[3:] == ["WARNING store unavailable, answering 503: sqlite: database is locked"]
+
+
+async def test_session_sweeps_skipped_by_a_store_down_are_one_line_and_their_end_another(
+        lines: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each skipped round was a WARNING (one each 15 s by default, each 5 s on a local network)."""
+    from api import sessions
+    from shared.store.base import StoreUnavailable
+
+    rounds: list[bool] = []
+    enough = asyncio.Event()
+
+    async def sweep(_ctx: object) -> int:
+        rounds.append(True)
+        if len(rounds) <= 20:
+            raise StoreUnavailable("sqlite sessions: database is locked")
+        if len(rounds) >= 25:
+            enough.set()
+        return 0
+
+    monkeypatch.setattr(sessions, "sweep", sweep)
+    loop = asyncio.create_task(sessions.sweep_loop(None, 0.001))  # type: ignore[arg-type]
+    await asyncio.wait_for(enough.wait(), 10)
+    loop.cancel()
+    await asyncio.gather(loop, return_exceptions=True)
+    assert lines == ["WARNING session sweep skipped: sqlite sessions: database is locked",
+                     lines[1]] and lines[1].startswith("INFO session sweep skipped: the store answers again"), lines
+    assert "(20 failure(s))" in lines[1]
