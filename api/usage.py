@@ -58,4 +58,4 @@ async def usage_flusher(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    await usage.flush()
+    await usage.last_flush()

@@ -60,3 +60,27 @@ async def test_tokens_in_a_flush_still_count_while_it_is_written(tmp_path: Path)
     assert await flush == 1
     assert await usage.tokens_today(rec.id) == 100  # now from the store, and not twice
     await store.close()
+
+
+async def test_counts_the_store_refuses_at_shutdown_are_said_to_be_lost(tmp_path: Path) -> None:
+    """The store down for a while: its run of failed flushes is a line a minute, so the last flush at
+    shutdown, which fails too, said nothing, and the lines before it said the counts were kept."""
+    from loguru import logger
+
+    store = SQLiteStore(tmp_path / "u.db")
+    _, rec = await store.create_key(10)
+    usage = UsageRecorder(store)
+    usage.store = dead = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", namespace="gone")
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(f"{m.record['level'].name} {m.record['message']}"), level="WARNING")
+    try:
+        usage.count_response(rec.id, 200)
+        assert await usage.flush() == 0  # the run's first failure: told
+        usage.count_response(rec.id, 200)
+        await usage.last_flush()
+    finally:
+        logger.remove(sink)
+    assert len(said) == 2 and said[1] == ("ERROR usage: 1 row(s) of counts not stored at shutdown, lost: the store "
+                                          "did not take them"), said
+    await dead.close()
+    await store.close()
