@@ -65,6 +65,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as e:
         request[ERROR_CODE] = e.code or error_type_for(e.status)
+        if request.writer.output_size > 0:  # a stream's headers went out (a resumed one whose store failed)
+            logger.warning("{} {}: a stream ended by {} {}: {}", request.method, route_path(request), e.status,
+                           request[ERROR_CODE], e.message)
+            await _end_broken_stream(request, e.body())
         return error_response(e)
     except web.HTTPException as e:
         if e.status < 400:
@@ -92,15 +96,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         logger.exception("unhandled error on {} {}", request.method, route_path(request))
         request[ERROR_CODE] = "server_error"
         if request.writer.output_size > 0:  # a stream's headers went out: no 500 can follow them
-            await _end_broken_stream(request)
+            await _end_broken_stream(request, error_body("Internal server error; the stream was cut short.",
+                                                         type_="server_error"))
         return json_response(error_body("Internal server error.", type_="server_error"), status=500)
 
 
-async def _end_broken_stream(request: web.Request) -> None:
-    """End a stream a bug broke with an error event, ``[DONE]`` and the body's end, then the
-    connection (which can carry nothing else now): the client's SDK raises at once instead of
-    waiting for more that would never come. Only streams (SSE) are written in parts here."""
-    event = dumpb(error_body("Internal server error; the stream was cut short.", type_="server_error"))
+async def _end_broken_stream(request: web.Request, error: dict[str, Any]) -> None:
+    """End a stream a bug or an error after its headers broke with an error event (``error``, the body an
+    HTTP error would have had), ``[DONE]`` and the body's end, then the connection (which can carry nothing
+    else now): the client's SDK raises at once instead of waiting for more that would never come (an
+    ``ApiError`` there, a 503 of a store that failed under a resumed stream, was answered as a new response on
+    the same connection: the caller waited for its own timeout). Only streams (SSE) are written in parts."""
+    event = dumpb(error)
     try:
         await request.writer.write(b"data: " + event + b"\n\ndata: [DONE]\n\n")
         await request.writer.write_eof()

@@ -478,3 +478,33 @@ async def test_an_answer_the_store_could_not_take_is_offered_again_until_it_is_s
         queued = await client.responses.create(model="default", input="Hi", background=True)
         done = await polled(client, queued)
         assert (done.status, done.output_text, refused) == ("completed", "Later.", [queued.id, queued.id])
+
+
+async def test_a_stream_resumed_from_a_store_that_then_fails_ends_at_once_with_the_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read from the store on another worker, a resumed stream whose store then failed (a 503 after its headers)
+    was answered as a new response on the same connection: the caller waited for its own timeout (the SDK's is
+    10 minutes) with no event. It ends with an error event and ``[DONE]``: the SDK raises the 503's error."""
+    from shared.store.base import StoreUnavailable
+
+    async with api_with_miners(tmp_path, {1: words(30, 0.05)}) as api:
+        client = openai_client(api).with_options(timeout=20)
+        head = await first_events(await client.responses.create(model="default", input="Hi", background=True,
+                                                                stream=True), 5)
+        response_id = head[0].response.id
+        api.ctx.response_logs.pop(response_id)  # another worker: it reads the store's events
+        reads, events = [0], api.ctx.responses.events
+
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            reads[0] += 1
+            if reads[0] > 2:
+                raise StoreUnavailable("sqlite responses: database is locked")
+            return await events(*args, **kwargs)
+
+        monkeypatch.setattr(api.ctx.responses, "events", failing)
+        started, got = time.monotonic(), []
+        with pytest.raises(openai.APIError) as e:
+            async for event in await client.responses.retrieve(response_id, stream=True, starting_after=4):
+                got.append(event)
+        assert "store is unreachable" in e.value.message and time.monotonic() - started < 5
+        assert got and got[0].sequence_number == 5  # what the store gave before it failed
