@@ -46,6 +46,20 @@ async def redis_call(coro: Awaitable[T], label: str) -> T:
         raise StoreUnavailable(f"{label}: {e.__class__.__name__}: {e}") from e
 
 
+# How long a Redis command (and a connect) may take before it is StoreUnavailable. Without it a Redis that
+# stalls (a host gone from the network, CLIENT PAUSE, a long blocking command) held a request as long as it
+# lasted: the key store had it, the stored responses, conversations, sessions and the outbox did not.
+REDIS_TIMEOUT_S = 2.0
+
+
+def redis_client(url: str, **options: Any) -> Any:
+    """An asyncio Redis client for ``url`` whose commands fail after ``REDIS_TIMEOUT_S`` (no I/O here)."""
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
+                                   health_check_interval=30, **options)
+
+
 class RedisBacked:
     """A store on one Redis client (``r``), its names under a namespace (``ns``); ``from_url`` opens the
     client (no I/O until the first command). Subclasses register their Lua scripts in ``__init__``."""
@@ -56,9 +70,7 @@ class RedisBacked:
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sn1") -> Self:
-        import redis.asyncio as aioredis
-
-        return cls(aioredis.Redis.from_url(url), namespace=namespace)
+        return cls(redis_client(url), namespace=namespace)
 
 
 def open_by_url(url: str, sqlite: Callable[[Path], T], redis: Callable[..., T], *, namespace: str) -> T:

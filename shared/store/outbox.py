@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.jsonutil import dumps, loads
-from shared.store.base import StoreUnavailable
+from shared.store.base import StoreUnavailable, redis_client
 from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables
 
 
@@ -210,9 +210,7 @@ class RedisOutbox:
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> RedisOutbox:
-        import redis.asyncio as aioredis
-
-        return cls(aioredis.Redis.from_url(url), **kw)
+        return cls(redis_client(url), **kw)
 
     async def _call(self, coro: Any) -> Any:
         import redis

@@ -27,6 +27,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from shared.store.base import (
     ALL_SCOPES,
+    REDIS_TIMEOUT_S,
     USAGE_FIELDS,
     Authorization,
     KeyChanges,
@@ -272,8 +273,8 @@ class RedisStore:
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisStore:
         pool = aioredis.ConnectionPool.from_url(
-            url, max_connections=MAX_CONNECTIONS, decode_responses=True, socket_timeout=2.0,
-            socket_connect_timeout=2.0, health_check_interval=30,
+            url, max_connections=MAX_CONNECTIONS, decode_responses=True, socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S, health_check_interval=30,
         )
         return cls(aioredis.Redis.from_pool(pool), namespace=namespace)
 

@@ -7,6 +7,7 @@ The real Redis is shared, so the outage is made by a TCP proxy between the API a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -81,3 +82,39 @@ async def test_store_outage_is_503_never_open_and_recovers_by_itself(tmp_path: P
             await wait_until(lambda: False, 0.2)
         assert statuses[-1] == 200, f"no recovery after the store came back: {statuses}"
         assert set(statuses) <= {200, 503}
+
+
+async def test_every_redis_backed_store_fails_fast_on_a_stalled_redis() -> None:
+    """Only the key store's client had socket timeouts: a Redis that stalls (a host gone from the network, CLIENT
+    PAUSE) held a stored response's write, a conversation's, a session's or the outbox's for as long as it
+    lasted (a response answered by its miner waited the whole stall before its caller got it). Each is now a
+    quick StoreUnavailable, and each works again once Redis answers."""
+    from shared.store.base import StoreUnavailable
+    from shared.store.conversations import open_conversations
+    from shared.store.outbox import open_outbox
+    from shared.store.responses import open_responses
+    from shared.store.sessions import open_sessions
+
+    assert REDIS_URL
+    url = urllib.parse.urlparse(REDIS_URL)
+    async with tcp_proxy(url.hostname or "127.0.0.1", url.port or 6379) as proxy:
+        proxied, namespace = f"redis://127.0.0.1:{proxy.port}{url.path or '/0'}", f"chaos-{uuid.uuid4().hex[:12]}"
+        responses, conversations = open_responses(proxied, namespace=namespace), open_conversations(proxied, namespace=namespace)
+        sessions, outbox = open_sessions(proxied, namespace=namespace), open_outbox(proxied, namespace=namespace)
+        reads = {"responses": lambda: responses.get("key", "resp_x"),
+                 "conversations": lambda: conversations.get("key", "conv_x"),
+                 "sessions": lambda: sessions.get("sess-x"), "outbox": outbox.depth}
+        for read in reads.values():
+            await read()  # connected while Redis answers
+        await proxy.stall()
+        for name, read in reads.items():
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(read(), 11)  # TimeoutError: it hung (REDIS_TIMEOUT_S is 2 s)
+            assert time.monotonic() - started < 4, name  # 2 s; it was as long as the stall
+        await proxy.restore()
+        for read in reads.values():
+            await read()
+        for store in (responses, conversations, sessions):
+            await store.r.aclose()
+        await outbox.r.aclose()
