@@ -48,16 +48,19 @@ async def redis_call(coro: Awaitable[T], label: str) -> T:
 
 # How long a Redis command (and a connect) may take before it is StoreUnavailable. Without it a Redis that
 # stalls (a host gone from the network, CLIENT PAUSE, a long blocking command) held a request as long as it
-# lasted: the key store had it, the stored responses, conversations, sessions and the outbox did not.
+# lasted: the key store had it, the stored responses, conversations, sessions and the outbox did not. Those
+# carry up to a MiB a command (a stored conversation, a batch of payloads): they get longer, so a loaded
+# Redis is not an outage to them (2 s made a conversation read a 503 under a loaded test machine).
 REDIS_TIMEOUT_S = 2.0
+REDIS_DATA_TIMEOUT_S = 5.0
 
 
 def redis_client(url: str, **options: Any) -> Any:
-    """An asyncio Redis client for ``url`` whose commands fail after ``REDIS_TIMEOUT_S`` (no I/O here)."""
+    """An asyncio Redis client for ``url`` whose commands fail after ``REDIS_DATA_TIMEOUT_S`` (no I/O here)."""
     import redis.asyncio as aioredis
 
-    return aioredis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
-                                   health_check_interval=30, **options)
+    return aioredis.Redis.from_url(url, socket_timeout=REDIS_DATA_TIMEOUT_S,
+                                   socket_connect_timeout=REDIS_DATA_TIMEOUT_S, health_check_interval=30, **options)
 
 
 class RedisBacked:

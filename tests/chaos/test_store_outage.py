@@ -110,8 +110,8 @@ async def test_every_redis_backed_store_fails_fast_on_a_stalled_redis() -> None:
         for name, read in reads.items():
             started = time.monotonic()
             with pytest.raises(StoreUnavailable):
-                await asyncio.wait_for(read(), 11)  # TimeoutError: it hung (REDIS_TIMEOUT_S is 2 s)
-            assert time.monotonic() - started < 4, name  # 2 s; it was as long as the stall
+                await asyncio.wait_for(read(), 11)  # TimeoutError: it hung (REDIS_DATA_TIMEOUT_S is 5 s)
+            assert time.monotonic() - started < 8, name  # 5 s; it was as long as the stall
         await proxy.restore()
         for read in reads.values():
             await read()
