@@ -19,7 +19,7 @@ from typing import Any, Literal
 from loguru import logger
 
 from api.race import MinerRun
-from neurons.validator.reference import EmptyReference, ReferenceError
+from neurons.validator.reference import ReferenceError
 from neurons.validator.rewards.penalties import DEFAULT_GRACE, copied_uids, latency_factor
 from neurons.validator.rewards.tools import Call, calls_of, demands_call, offers_tools, tool_reward
 from neurons.validator.scores import ScoreBook
@@ -170,6 +170,11 @@ class Scorer:
         both answered in text, for the task's own reward."""
         if not answer.calls and demands_call(body):
             return True, 0.0  # a call was demanded: text (or nothing) is wrong whatever the reference says
+        if not answer.calls and answer.error == EMPTY:
+            # Nothing is no choice of text over a call: judged as an empty answer (a 0, unless the caller's
+            # limits cut it and the reference says nothing either). Judged by calls, a sampled reference's
+            # call left it unscored, and a miner could answer every agent with nothing and never be scored.
+            return False, None
         reply = await self.ctx.reference.reply(body)
         if not answer.calls and not reply.calls:
             return False, None
@@ -183,10 +188,8 @@ class Scorer:
         once where an honest miner's did): the miner's word is taken there."""
         if not self.ctx.reference.reproducible and body.get("stop"):
             return True
-        try:
-            return not (await self.ctx.reference.answer(body)).strip()
-        except EmptyReference:
-            return True
+        reply = await self.ctx.reference.reply(body)
+        return not reply.calls and not reply.text.strip()  # a call says something: no limit empties one
 
     @staticmethod
     def _answers(job: ScoringJob, seed_dependent: bool) -> tuple[dict[int, Answer], set[int]]:

@@ -549,6 +549,7 @@ async def test_an_empty_organic_answer_against_a_reference_that_does_not_reprodu
     at once), so the miner's word is taken there; with only ``max_tokens``, a reference that says something
     makes the "" a 0."""
     from neurons.validator.reference import EmptyReference
+    from neurons.validator.rewards.tools import Reply
 
     class Llm:
         reproducible = False
@@ -560,6 +561,9 @@ async def test_an_empty_organic_answer_against_a_reference_that_does_not_reprodu
             if not self.says:
                 raise EmptyReference("reference LLM returned no text")
             return self.says
+
+        async def reply(self, body):  # type: ignore[no-untyped-def]
+            return Reply(text=self.says)  # as OpenAIReference.reply: "" is no error there
 
     registry = default_registry()
     body = {"messages": [{"role": "user", "content": "Tell me a story"}], "task": "InferenceTask", "seed": 3}

@@ -204,3 +204,24 @@ def test_a_dataset_prompt_may_offer_tools_checked_as_a_callers(tmp_path) -> None
         assert str(e).startswith(f"{bad}:2: tools.") , e
     else:
         raise AssertionError("a tool every miner's server would refuse must stop the validator at start")
+
+
+async def test_an_empty_answer_to_an_agents_request_is_a_zero_whatever_the_reference(tmp_path) -> None:
+    """No call and no text is not a choice to answer in text: it was left unscored when a sampled reference
+    called a tool, so a miner could answer every agent's request with nothing and never be scored on them (an
+    empty answer is a 0 everywhere else). A caller's ``max_tokens`` does not excuse it either: the reference
+    model, asked the same, says something (its call)."""
+    said = {"content": None, "tool_calls": [{"id": "call_9", "type": "function", "function": {
+        "name": "get_weather", "arguments": json.dumps({"city": "Paris"})}}]}
+    capped = {**ASK, "max_tokens": 64}
+    for reference_kind in ("sampled", "deterministic"):
+        async with serve_app(sampled_llm(said)) as url, aiohttp.ClientSession() as session:
+            reference = CachedReference(OpenAIReference(url + "/v1", session=session)) \
+                if reference_kind == "sampled" else DeterministicReference()
+            scorer = scorer_with(reference, tmp_path)
+            organic = await score(scorer, {1: ASK, 2: capped}, {1: text_chunks(""), 2: text_chunks("")})
+            job = ScoringJob(source="synthetic", task="InferenceTask", bodies={1: ASK}, hotkeys={1: "hk1"},
+                             chunks={1: text_chunks("")}, timings={1: TIMES}, deadline_s=10.0)
+            synthetic = await scorer.score(job)
+        assert organic == {1: 0.0, 2: 0.0}, (reference_kind, organic)
+        assert synthetic == {1: 0.0}, (reference_kind, synthetic)
