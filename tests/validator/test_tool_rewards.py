@@ -225,3 +225,40 @@ async def test_an_empty_answer_to_an_agents_request_is_a_zero_whatever_the_refer
             synthetic = await scorer.score(job)
         assert organic == {1: 0.0, 2: 0.0}, (reference_kind, organic)
         assert synthetic == {1: 0.0}, (reference_kind, synthetic)
+
+
+async def test_megabytes_of_arguments_cost_the_validator_little(tmp_path) -> None:
+    """A miner's 8 MB of tiny keys (what the miner client lets through) were decoded on the event loop three
+    times per call: about 5 s per answer (12 s for this job), while every race's timings and /health waited.
+    Only a call paired with the reference's is decoded, and only up to ``MAX_ARGUMENT_CHARS`` (0 past it)."""
+    import asyncio
+    import time
+
+    from neurons.validator.rewards.tools import MAX_ARGUMENT_CHARS
+
+    huge = json.dumps({f"k{i}": [i, {"a": "b"}] for i in range(280_000)})
+    assert len(huge) > 8_000_000
+    many = [{"index": i, "id": f"c{i}", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            for i in range(20_000)]
+    flood = [dumps(chunk_object(completion_id="c", model="m", delta={"role": "assistant", "tool_calls": many}))]
+    for reproducible in (True, False):
+        scorer = scorer_with(DeterministicReference(), tmp_path)
+        scorer.ctx.reference.reproducible = reproducible  # False: the similarity path, as a sampled reference's
+        gaps: list[float] = []
+
+        async def ticking(gaps: list[float] = gaps) -> None:
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(0.01)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(ticking())
+        rewards = await score(scorer, {1: ASK, 2: ASK, 3: ASK}, {1: call_chunks("get_weather", huge),
+                                                                 2: call_chunks("get_weather", huge), 3: flood})
+        ticker.cancel()
+        assert rewards == {1: 0.0, 2: 0.0, 3: 0.0}
+        assert max(gaps) < 2.0, f"the event loop held for {max(gaps):.1f}s"
+    fits = json.dumps({"city": "Paris", "note": "x" * (MAX_ARGUMENT_CHARS - 40)})
+    assert call_similarity((Call("get_weather", fits),), (Call("get_weather", '{"city": "Paris"}'),)) == 0.5

@@ -31,6 +31,10 @@ from neurons.validator.rewards.text import NEAR_MISS_CREDIT, same_text, similari
 # huge nested objects must not cost the validator more than an answer's text does.
 MAX_DEPTH = 16
 MAX_ITEMS = 1_000
+# A miner's arguments are parsed only up to this many characters (or twice the reference call's, if more):
+# decoding 8 MB of tiny keys held the event loop for seconds, three times per call. Longer ones score 0,
+# as no model's call of a 64-token task, or an agent's tool, is that far from the reference's.
+MAX_ARGUMENT_CHARS = 100_000
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,10 @@ def offers_tools(body: dict[str, Any]) -> bool:
     return bool(body.get("tools")) and body.get("tool_choice") != "none"
 
 
-def _arguments(call: Call) -> dict[str, Any] | None:
+def _arguments(call: Call, limit: int | None = None) -> dict[str, Any] | None:
+    """A call's arguments as a JSON object; None for anything else, or for text past ``limit``."""
+    if limit is not None and len(call.arguments) > limit:
+        return None
     try:
         value = json.loads(call.arguments) if call.arguments.strip() else {}
     except (ValueError, RecursionError):
@@ -115,22 +122,35 @@ def call_similarity(answer: tuple[Call, ...], reference: tuple[Call, ...]) -> fl
     left = list(reference)
     total = 0.0
     for call in answer:
-        mine = _arguments(call)
+        if not left:
+            break  # every further call is unpaired: it scores 0, and is not even parsed
         match = next((i for i, r in enumerate(left) if r.name == call.name), None)
         if match is None:
             continue
-        theirs = _arguments(left.pop(match))
+        paired = left.pop(match)
+        mine, theirs = _arguments(call, _limit(paired)), _arguments(paired)
         if mine is not None and theirs is not None:
             total += value_similarity(mine, theirs)
     return total / max(len(answer), len(reference))
 
 
+def _limit(reference: Call) -> int:
+    """How long a miner's arguments may be, to be compared with ``reference``'s."""
+    return max(MAX_ARGUMENT_CHARS, 2 * len(reference.arguments))
+
+
 def same_calls(answer: tuple[Call, ...], reference: tuple[Call, ...]) -> bool:
     """The same functions called with the same arguments (as JSON values, in any key order)."""
-    def key(calls: tuple[Call, ...]) -> list[str]:
-        return sorted(f"{c.name}\0{json.dumps(_arguments(c), sort_keys=True)}" for c in calls)
-    return len(answer) == len(reference) and all(_arguments(c) is not None for c in answer) \
-        and key(answer) == key(reference)
+    if len(answer) != len(reference):
+        return False
+    limit = max((_limit(r) for r in reference), default=MAX_ARGUMENT_CHARS)
+    mine = [_arguments(c, limit) for c in answer]
+    if any(m is None for m in mine):
+        return False
+
+    def key(calls: tuple[Call, ...], values: list[dict[str, Any] | None]) -> list[str]:
+        return sorted(f"{c.name}\0{json.dumps(v, sort_keys=True)}" for c, v in zip(calls, values, strict=True))
+    return key(answer, mine) == key(reference, [_arguments(r) for r in reference])
 
 
 def tool_reward(answer: tuple[Call, ...], reference: Reply, body: dict[str, Any], *,
