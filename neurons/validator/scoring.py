@@ -80,10 +80,16 @@ def prompt_text(bodies: Iterable[dict[str, Any]]) -> str:
     return "\n".join(dict.fromkeys(t for t in texts if t))
 
 
+def named_call(run: MinerRun) -> bool:
+    """The answer has begun a call of some function: a tool-call delta with only an index or an id names
+    nothing, and timed from it a call sent at the deadline had full latency credit."""
+    return any(slot["function"]["name"] for slot in run.tool_calls.values())
+
+
 def rebuild_answer(chunks: list[str], timings: list[float], error: str | None) -> Answer:
     """The answer text and the arrival time of its first content chunk; garbage is an error.
 
-    The first content is the first letter or digit of the text (or a tool call): what is scored. A refusal
+    The first content is the first letter or digit of the text (or a tool call's name): what is scored. A refusal
     claims a streamed race, but timed from it, a miner that sent ``{"refusal": " "}`` at once and its answer
     at the deadline had full latency credit; so had one that sent ``"."`` or a zero-width space first. Text
     with no letter or digit at all is timed from its first character that is not whitespace."""
@@ -101,7 +107,7 @@ def rebuild_answer(chunks: list[str], timings: list[float], error: str | None) -
             seen = len(run.content)
             if first is not None:
                 continue
-            if run.tool_calls or any(c.isalnum() for piece in fresh for c in piece):
+            if named_call(run) or any(c.isalnum() for piece in fresh for c in piece):
                 first = at
             elif printed is None and any(not piece.isspace() for piece in fresh):
                 printed = at

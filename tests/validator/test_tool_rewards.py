@@ -262,3 +262,21 @@ async def test_megabytes_of_arguments_cost_the_validator_little(tmp_path) -> Non
         assert max(gaps) < 2.0, f"the event loop held for {max(gaps):.1f}s"
     fits = json.dumps({"city": "Paris", "note": "x" * (MAX_ARGUMENT_CHARS - 40)})
     assert call_similarity((Call("get_weather", fits),), (Call("get_weather", '{"city": "Paris"}'),)) == 0.5
+
+
+async def test_a_call_is_timed_from_its_name_not_from_an_empty_call_sent_at_once(tmp_path) -> None:
+    """The latency penalty times a call from its first chunk that names a function: an empty tool-call delta
+    (an index, an id) sent at once, and the call at the deadline, had full latency credit, as a space or a
+    "." before text once had."""
+    call = (await DeterministicReference().reply(ASK)).calls[0]
+    empty = dumps(chunk_object(completion_id="c", model="m", delta={
+        "role": "assistant", "tool_calls": [{"index": 0, "id": "call_1", "type": "function"}]}))
+    named = dumps(chunk_object(completion_id="c", model="m", delta={"tool_calls": [
+        {"index": 0, "function": {"name": call.name, "arguments": call.arguments}}]}))
+    end = dumps(chunk_object(completion_id="c", model="m", delta={}, finish_reason="tool_calls"))
+    job = ScoringJob(source="organic", task="InferenceTask", bodies={1: ASK, 2: ASK}, hotkeys={1: "hk1", 2: "hk2"},
+                     chunks={1: [empty, named, end], 2: [named, end]},
+                     timings={1: [0.05, 9.5, 9.6], 2: [0.05, 0.1]}, deadline_s=10.0)
+    rewards = await scorer_with(DeterministicReference(), tmp_path).score(job)
+    assert rewards[2] == 1.0
+    assert rewards[1] < 0.1, "the call came at 95 % of the deadline"
