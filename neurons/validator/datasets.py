@@ -88,7 +88,7 @@ class PromptGenerator:
         names = [wanted, *rng.sample([n for n in _TOOLS if n != wanted], 2)]
         rng.shuffle(names)
         return {"messages": [{"role": "user", "content": prompt.format(title=title)}],
-                "tools": [_TOOLS[n] for n in names]}
+                "tools": [_TOOLS[n] for n in names], "call": wanted}
 
 
 class CorpusQA:

@@ -152,7 +152,7 @@ class Scorer:
         out: dict[int, float] = {}
         for uid, answer in answers.items():
             if offers_tools(job.bodies[uid]) and answer.error in (None, EMPTY):
-                judged, reward = await self._by_calls(job.bodies[uid], answer)
+                judged, reward = await self._by_calls(job.bodies[uid], answer, job.expected)
                 if judged:
                     if reward is not None:
                         out[uid] = reward * latency_factor(answer.first_content_s, job.deadline_s, self.grace)
@@ -170,12 +170,16 @@ class Scorer:
             out[uid] = reward * latency_factor(answer.first_content_s, job.deadline_s, self.grace)
         return out
 
-    async def _by_calls(self, body: dict[str, Any], answer: Answer) -> tuple[bool, float | None]:
+    async def _by_calls(self, body: dict[str, Any], answer: Answer,
+                        expected: dict[str, Any] | None = None) -> tuple[bool, float | None]:
         """An answer to a request that offered tools, judged by its calls when it or the reference model
         called one (``rewards/tools.py``): (True, its reward or None for not scored); (False, None) when
         both answered in text, for the task's own reward."""
-        if not answer.calls and demands_call(body):
-            return True, 0.0  # a call was demanded: text (or nothing) is wrong whatever the reference says
+        if not answer.calls and (demands_call(body) or bool(expected and expected.get("call"))):
+            # A call was demanded, or a synthetic agent's prompt asked for one by name ("Search the web for
+            # ..."): text (or nothing) is wrong whatever the reference says. Left to a sampled reference, text
+            # where it called was not scored, so a miner could sit out every agent's prompt it could not do.
+            return True, 0.0
         if not answer.calls and answer.error == EMPTY:
             # Nothing is no choice of text over a call: judged as an empty answer (a 0, unless the caller's
             # limits cut it and the reference says nothing either). Judged by calls, a sampled reference's

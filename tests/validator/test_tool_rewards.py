@@ -280,3 +280,31 @@ async def test_a_call_is_timed_from_its_name_not_from_an_empty_call_sent_at_once
     rewards = await scorer_with(DeterministicReference(), tmp_path).score(job)
     assert rewards[2] == 1.0
     assert rewards[1] < 0.1, "the call came at 95 % of the deadline"
+
+
+async def test_text_to_a_synthetic_agents_prompt_is_a_zero_even_against_a_sampled_reference(tmp_path) -> None:
+    """A built-in agent's prompt asks for its tool by name ("Search the web for recent pages about ..."): text
+    is no answer to it. With a sampled reference that called, text was left unscored, so a miner that cannot
+    make the call (a model-free one) answered in text and sat out every agent's prompt; now it is a 0, and a
+    call is still judged against the reference's."""
+    import random
+
+    from neurons.validator.datasets import PromptGenerator
+    from neurons.validator.synthetic import challenge_body
+    from neurons.validator.tasks.inference import InferenceTask
+
+    challenge = InferenceTask().build(random.Random(7), {"inference": PromptGenerator(CORPUS, tool_share=1.0)})
+    assert challenge.expected.get("call") in {t["function"]["name"] for t in challenge.tools}
+    wanted = challenge.expected["call"]
+    bodies = {1: challenge_body(challenge, 11), 2: challenge_body(challenge, 12)}
+    arguments = (await DeterministicReference().reply(bodies[2])).calls[0].arguments
+    said = {"content": None, "tool_calls": [{"id": "call_9", "type": "function",
+                                             "function": {"name": wanted, "arguments": arguments}}]}
+    async with serve_app(sampled_llm(said)) as url, aiohttp.ClientSession() as session:
+        scorer = scorer_with(CachedReference(OpenAIReference(url + "/v1", session=session)), tmp_path)
+        job = ScoringJob(source="synthetic", task="InferenceTask", bodies=bodies, hotkeys={1: "hk1", 2: "hk2"},
+                         chunks={1: text_chunks("Here are some recent pages about it."),
+                                 2: call_chunks(wanted, arguments)},
+                         timings={1: TIMES, 2: TIMES}, deadline_s=10.0, expected=challenge.expected)
+        rewards = await scorer.score(job)
+    assert rewards == {1: 0.0, 2: 1.0}

@@ -21,7 +21,10 @@ class InferenceTask:
 
     def build(self, rng: random.Random, datasets: dict[str, Any]) -> Challenge:
         record = datasets["inference"].sample(rng)
-        return Challenge(self.name, list(record["messages"]), max_tokens=self.max_tokens, tools=record.get("tools"))
+        # a built-in agent's prompt names the tool it wants called: text is no answer to it (``Scorer._by_calls``)
+        expected = {"call": record["call"]} if record.get("call") else {}
+        return Challenge(self.name, list(record["messages"]), expected=expected, max_tokens=self.max_tokens,
+                         tools=record.get("tools"))
 
     async def reward(self, body: dict[str, Any], answer: str, expected: dict[str, Any] | None,
                      ctx: RewardContext) -> float | None:
