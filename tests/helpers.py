@@ -255,3 +255,26 @@ def openai_client(api: ApiUnderTest, key: str | None = None) -> Any:
     import openai
 
     return openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=key or api.key, max_retries=0, timeout=20)
+
+
+@contextlib.asynccontextmanager
+async def loop_gaps(tick: float = 0.005) -> AsyncIterator[list[float]]:
+    """The event loop's stalls while the block runs: the gaps between ticks of a task that sleeps ``tick``
+    (one far above it is CPU work that held the loop: other requests, chunk timings, ``/health`` waited)."""
+    gaps: list[float] = []
+
+    async def ticking() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(tick)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(ticking())
+    await asyncio.sleep(2 * tick)
+    try:
+        yield gaps
+        await asyncio.sleep(10 * tick)  # the next tick records a stall that ended just now
+    finally:
+        ticker.cancel()

@@ -86,6 +86,22 @@ async def fleet(
         yield Fleet(url=url, key=secret, ctx=ctx, app=app, profiles=dict(profiles), stats=stats)
 
 
+@contextlib.asynccontextmanager
+async def fleet_on(tmp_path: Path, store: Any, name: str) -> AsyncIterator[tuple[Fleet, str]]:
+    """One honest miner and the API in front of it, the API on ``store`` (its keys, usage and rate windows)
+    instead of its own SQLite file; a key of ``name`` created there. ``store`` is closed at the end."""
+    async with fleet(tmp_path, {1: HONEST}) as f:
+        sqlite, f.ctx.store = f.ctx.store, store
+        if f.ctx.usage is not None:
+            f.ctx.usage.store = store
+        await sqlite.close()
+        secret, _ = await store.create_key(1000, name=name)
+        try:
+            yield f, secret
+        finally:
+            await store.close()
+
+
 @dataclass
 class Reply:
     status: int

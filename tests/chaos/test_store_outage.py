@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from shared.store.redis import RedisStore
-from tests.chaos.fleet import HONEST, MESSAGES, Fleet, fleet, wait_until
+from tests.chaos.fleet import MESSAGES, Fleet, fleet_on, wait_until
 from tests.chaos.tcp_proxy import TcpProxy, tcp_proxy
 
 REDIS_URL = os.environ.get("REDIS_URL")
@@ -35,20 +35,14 @@ async def api_on_proxied_redis(tmp_path: Path) -> AsyncIterator[tuple[Fleet, Tcp
     namespace = f"chaos-{uuid.uuid4().hex[:12]}"
     async with tcp_proxy(url.hostname or "127.0.0.1", url.port or 6379) as proxy:
         store = RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}{url.path or '/0'}", namespace=namespace)
-        async with fleet(tmp_path, {1: HONEST}) as f:
-            sqlite, f.ctx.store = f.ctx.store, store
-            if f.ctx.usage is not None:
-                f.ctx.usage.store = store
-            await sqlite.close()
-            secret, _ = await store.create_key(1000, name="outage")
-            try:
+        try:
+            async with fleet_on(tmp_path, store, "outage") as (f, secret):
                 yield f, proxy, secret
-            finally:
-                await store.close()
-                direct = RedisStore.from_url(REDIS_URL, namespace=namespace)
-                async for key in direct.redis.scan_iter(match=f"{namespace}*"):
-                    await direct.redis.delete(key)
-                await direct.close()
+        finally:
+            direct = RedisStore.from_url(REDIS_URL, namespace=namespace)
+            async for key in direct.redis.scan_iter(match=f"{namespace}*"):
+                await direct.redis.delete(key)
+            await direct.close()
 
 
 async def chat(s: aiohttp.ClientSession, f: Fleet, key: str) -> tuple[int, dict, float]:

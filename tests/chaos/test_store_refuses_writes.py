@@ -17,7 +17,7 @@ from loguru import logger
 
 from api.main import reach_store
 from shared.store.redis import RedisStore
-from tests.chaos.fleet import HONEST, MESSAGES, Fleet, fleet
+from tests.chaos.fleet import MESSAGES, Fleet, fleet_on
 from tests.chaos.own_redis import own_redis
 
 REFUSALS = {"oom": (("CONFIG", "SET", "maxmemory", "1"), ("CONFIG", "SET", "maxmemory", "0"), "OutOfMemoryError"),
@@ -29,17 +29,8 @@ REFUSALS = {"oom": (("CONFIG", "SET", "maxmemory", "1"), ("CONFIG", "SET", "maxm
 async def api_on_own_redis(tmp_path: Path) -> AsyncIterator[tuple[Fleet, Any, str]]:
     async with own_redis(tmp_path) as (url, admin):
         await admin.config_set("maxmemory-policy", "noeviction")
-        store = RedisStore.from_url(url, namespace="refusals")
-        async with fleet(tmp_path, {1: HONEST}) as f:
-            sqlite, f.ctx.store = f.ctx.store, store
-            if f.ctx.usage is not None:
-                f.ctx.usage.store = store
-            await sqlite.close()
-            secret, _ = await store.create_key(1000, name="refusals")
-            try:
-                yield f, admin, secret
-            finally:
-                await store.close()
+        async with fleet_on(tmp_path, RedisStore.from_url(url, namespace="refusals"), "refusals") as (f, secret):
+            yield f, admin, secret
 
 
 async def ready(s: aiohttp.ClientSession, f: Fleet) -> tuple[int, dict]:

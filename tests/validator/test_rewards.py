@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
@@ -33,6 +32,7 @@ from neurons.validator.tasks.base import RewardContext
 from shared.corpus import builtin_corpus
 from shared.jsonutil import dumps
 from shared.protocol import chunk_object
+from tests.helpers import loop_gaps
 
 CORPUS = builtin_corpus()
 
@@ -446,21 +446,8 @@ async def test_megabytes_of_answers_do_not_stall_the_event_loop(tmp_path) -> Non
     job = ScoringJob(source="synthetic", task="InferenceTask", bodies={u: {**body, "seed": u} for u in range(4)},
                      hotkeys={u: f"hk{u}" for u in range(4)}, chunks=chunks,
                      timings={u: [0.1] * len(c) for u, c in chunks.items()}, deadline_s=10.0)
-    gaps: list[float] = []
-
-    async def ticker() -> None:
-        last = time.perf_counter()
-        while True:
-            await asyncio.sleep(0.005)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
-
-    ticking = asyncio.create_task(ticker())
-    await asyncio.sleep(0.02)
-    rewards = await scorer.rewards(job)
-    await asyncio.sleep(0.05)  # the ticker's next tick records a stall that ended just now
-    ticking.cancel()
+    async with loop_gaps() as gaps:
+        rewards = await scorer.rewards(job)
     assert set(rewards) == {0, 1, 2, 3} and all(r < 0.5 for r in rewards.values())
     assert max(gaps) < 0.25, f"the event loop stood still for {max(gaps):.2f} s"
 

@@ -21,7 +21,7 @@ from neurons.validator.tasks.base import RewardContext
 from shared.corpus import builtin_corpus
 from shared.jsonutil import dumps
 from shared.protocol import chunk_object
-from tests.helpers import serve_app
+from tests.helpers import loop_gaps, serve_app
 
 CORPUS = builtin_corpus()
 WEATHER = {"type": "function", "function": {
@@ -231,9 +231,6 @@ async def test_megabytes_of_arguments_cost_the_validator_little(tmp_path) -> Non
     """A miner's 8 MB of tiny keys (what the miner client lets through) were decoded on the event loop three
     times per call: about 5 s per answer (12 s for this job), while every race's timings and /health waited.
     Only a call paired with the reference's is decoded, and only up to ``MAX_ARGUMENT_CHARS`` (0 past it)."""
-    import asyncio
-    import time
-
     from neurons.validator.rewards.tools import MAX_ARGUMENT_CHARS
 
     huge = json.dumps({f"k{i}": [i, {"a": "b"}] for i in range(280_000)})
@@ -244,20 +241,9 @@ async def test_megabytes_of_arguments_cost_the_validator_little(tmp_path) -> Non
     for reproducible in (True, False):
         scorer = scorer_with(DeterministicReference(), tmp_path)
         scorer.ctx.reference.reproducible = reproducible  # False: the similarity path, as a sampled reference's
-        gaps: list[float] = []
-
-        async def ticking(gaps: list[float] = gaps) -> None:
-            last = time.perf_counter()
-            while True:
-                await asyncio.sleep(0.01)
-                now = time.perf_counter()
-                gaps.append(now - last)
-                last = now
-
-        ticker = asyncio.create_task(ticking())
-        rewards = await score(scorer, {1: ASK, 2: ASK, 3: ASK}, {1: call_chunks("get_weather", huge),
-                                                                 2: call_chunks("get_weather", huge), 3: flood})
-        ticker.cancel()
+        async with loop_gaps(0.01) as gaps:
+            rewards = await score(scorer, {1: ASK, 2: ASK, 3: ASK}, {1: call_chunks("get_weather", huge),
+                                                                     2: call_chunks("get_weather", huge), 3: flood})
         assert rewards == {1: 0.0, 2: 0.0, 3: 0.0}
         assert max(gaps) < 2.0, f"the event loop held for {max(gaps):.1f}s"
     fits = json.dumps({"city": "Paris", "note": "x" * (MAX_ARGUMENT_CHARS - 40)})
