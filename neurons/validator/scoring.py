@@ -18,10 +18,11 @@ from typing import Any, Literal
 
 from loguru import logger
 
+from api.answer_checks import must_call
 from api.race import MinerRun
 from neurons.validator.reference import ReferenceError
 from neurons.validator.rewards.penalties import DEFAULT_GRACE, copied_uids, latency_factor
-from neurons.validator.rewards.tools import Call, calls_of, demands_call, offers_tools, tool_reward
+from neurons.validator.rewards.tools import Call, calls_of, offers_tools, tool_reward
 from neurons.validator.scores import ScoreBook
 from neurons.validator.tasks.base import RewardContext, TaskRegistry
 from shared.metagraph import MetagraphView, Neuron
@@ -175,7 +176,7 @@ class Scorer:
         """An answer to a request that offered tools, judged by its calls when it or the reference model
         called one (``rewards/tools.py``): (True, its reward or None for not scored); (False, None) when
         both answered in text, for the task's own reward."""
-        if not answer.calls and (demands_call(body) or bool(expected and expected.get("call"))):
+        if not answer.calls and (must_call(body) or bool(expected and expected.get("call"))):
             # A call was demanded, or a synthetic agent's prompt asked for one by name ("Search the web for
             # ..."): text (or nothing) is wrong whatever the reference says. Left to a sampled reference, text
             # where it called was not scored, so a miner could sit out every agent's prompt it could not do.

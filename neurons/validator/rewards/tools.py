@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.answer_checks import must_call
 from neurons.validator.rewards.text import NEAR_MISS_CREDIT, same_text, similarity
 
 # A call's arguments are compared up to this depth and size: they come from a miner, and comparing two
@@ -63,12 +64,6 @@ def calls_of(tool_calls: Any) -> tuple[Call, ...]:
             name, arguments = fn.get("name"), fn.get("arguments")
             out.append(Call(name if isinstance(name, str) else "", arguments if isinstance(arguments, str) else ""))
     return tuple(out)
-
-
-def demands_call(body: dict[str, Any]) -> bool:
-    """The request's ``tool_choice`` leaves the model no text answer (``"required"``, or a function named)."""
-    choice = body.get("tool_choice")
-    return choice == "required" or (isinstance(choice, dict) and choice.get("type") == "function")
 
 
 def offers_tools(body: dict[str, Any]) -> bool:
@@ -157,7 +152,7 @@ def tool_reward(answer: tuple[Call, ...], reference: Reply, body: dict[str, Any]
                 reproducible: bool) -> float | None:
     """The reward of an answer to a request that offered tools, when either side called one (the rule is in
     the module docstring); None: not scored. Both answering in text is the task's to judge (a ValueError)."""
-    if not answer and demands_call(body):
+    if not answer and must_call(body):
         return 0.0
     if not answer and not reference.calls:
         raise ValueError("both answered in text: the task's own reward judges that")
