@@ -90,7 +90,7 @@ def store_outage_log() -> OutageLog:
 
 
 def store_unavailable() -> ApiError:
-    return ApiError(503, "The key store is unreachable; try again shortly.", code="store_unavailable",
+    return ApiError(503, "The key store is unavailable; try again shortly.", code="store_unavailable",
                     headers={"Retry-After": "1"})
 
 

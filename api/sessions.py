@@ -63,7 +63,7 @@ def _store_calls() -> Iterator[None]:
     try:
         yield
     except StoreUnavailable:
-        raise ApiError(503, "The session store is unreachable; try again shortly.", code="store_unavailable",
+        raise ApiError(503, "The session store is unavailable; try again shortly.", code="store_unavailable",
                        headers={"Retry-After": "1"}) from None  # as every store_unavailable says when
 
 

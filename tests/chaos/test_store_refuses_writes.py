@@ -52,6 +52,8 @@ async def test_a_store_refusing_writes_is_not_ready_and_recovers_by_itself(tmp_p
         await admin.execute_command(*start)
         status, body = await chat(s, f, key)
         assert (status, body["error"]["code"]) == (503, "store_unavailable"), body
+        # it answers, so the caller is not told it is unreachable (it was, whatever the store did)
+        assert body["error"]["message"] == "The key store is unavailable; try again shortly.", body
         status, body = await ready(s, f)
         assert status == 503 and f"the key store is unavailable: {error}" in str(body["reasons"]), body
         await admin.execute_command(*stop)
