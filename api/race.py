@@ -182,9 +182,10 @@ class MinerRun:
         return data
 
     def _merge_tool_calls(self, calls: Any) -> bool:
-        """Fold a delta's tool calls into the answer's; True when a call's first delta had no id and was
-        given one (``call_...``): some model servers send none, the SDK's type requires one and the caller's
-        next turn names the call by it (``tool_call_id``), streamed or not."""
+        """Fold a delta's tool calls into the answer's; True when a call's first delta had no id, or the id of
+        an earlier call of the answer, and was given one (``call_...``): some model servers send none, the SDK's
+        type requires one and the caller's next turn names the call by it (``tool_call_id``), streamed or not.
+        A call's id is its first delta's (an id on a later delta changes nothing)."""
         named = False
         if not isinstance(calls, list):
             raise ValueError("tool_calls is not a list")
@@ -196,12 +197,12 @@ class MinerRun:
             index = int(call.get("index", len(self.tool_calls)))
             slot = self.tool_calls.get(index)
             if slot is None:
-                slot = self.tool_calls[index] = {"id": None, "type": "function",
+                given = call.get("id")
+                if not (isinstance(given, str) and given) or any(s["id"] == given for s in self.tool_calls.values()):
+                    call["id"], named = new_call_id(), True  # none, or another call's: the caller's reply would be
+                    # ambiguous (two tool results under one tool_call_id; OpenAI refuses the next turn)
+                slot = self.tool_calls[index] = {"id": call["id"], "type": "function",
                                                  "function": {"name": "", "arguments": ""}}
-                if not (isinstance(call.get("id"), str) and call["id"]):
-                    call["id"], named = new_call_id(), True
-            if isinstance(call.get("id"), str) and call["id"]:
-                slot["id"] = call["id"]
             if call.get("type"):
                 slot["type"] = call["type"]
             fn = call.get("function") or {}

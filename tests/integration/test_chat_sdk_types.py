@@ -161,20 +161,26 @@ def scripted(*chunks: dict[str, Any]) -> Script:
     return Script([(0, d) for d in sse(*frames)])
 
 
-async def test_a_tool_call_the_miner_sent_without_an_id_gets_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sent_id", [None, "call_same"], ids=["no-id", "one-id-for-both"])
+async def test_each_tool_call_gets_an_id_of_its_own(tmp_path: Path, sent_id: str | None) -> None:
     """A model server that names no call id (the stream's type allows it) left ``"id": null`` in the
     object the API builds: the SDK's type requires a string, and the caller's next turn names the call
     by it in ``tool_call_id``, which must be a string. Streamed, the calls had no id at all (LangChain's
-    streaming agent then had none to answer with)."""
-    call = {"delta": {"tool_calls": [{"index": 0, "function": {"name": "get_weather", "arguments": "{}"}},
-                                     {"index": 1, "function": {"name": "get_weather", "arguments": "{}"}}]}}
+    streaming agent then had none to answer with). One that gave both calls the same id passed it on: the
+    caller's two tool results then named one call, and which answered which could not be told."""
+    given = {} if sent_id is None else {"id": sent_id}
+    call = {"delta": {"tool_calls": [{"index": 0, **given, "function": {"name": "get_weather", "arguments": "{}"}},
+                                     {"index": 1, **given, "function": {"name": "get_weather", "arguments": "{}"}}]}}
     async with api_with_miners(tmp_path, {1: scripted(call, {"delta": {}, "finish_reason": "tool_calls"})}) as api:
         for n in (1, 2):
             status, _, text = await post(api, {"messages": MSG, "tools": [WEATHER], "n": n})
             assert status == 200, text
             whole = ChatCompletion.model_validate(json.loads(text), strict=True)
             ids = [tc.id for c in whole.choices for tc in c.message.tool_calls or []]
-            assert len(ids) == 2 * n and len(set(ids)) == 2 * n and all(i.startswith("call_") for i in ids)
+            assert len(ids) == 2 * n and all(i.startswith("call_") for i in ids)
+            for choice in whole.choices:  # the choices are alternatives: a caller answers one choice's calls
+                own = [tc.id for tc in choice.message.tool_calls or []]
+                assert len(set(own)) == 2 and (sent_id is None or own[0] == sent_id), own
         follow_up = [*MSG, whole.choices[0].message.model_dump(exclude_none=True),
                      {"role": "tool", "tool_call_id": ids[0], "content": "21C"},
                      {"role": "tool", "tool_call_id": ids[1], "content": "21C"}]
@@ -186,7 +192,8 @@ async def test_a_tool_call_the_miner_sent_without_an_id_gets_one(tmp_path: Path)
             chunks = [ChatCompletionChunk.model_validate(json.loads(f), strict=True) for f in data_frames(text)[:-1]]
             streamed = {(c.index, tc.index): tc.id for chunk in chunks for c in chunk.choices
                         for tc in c.delta.tool_calls or [] if tc.id}
-            assert len(streamed) == 2 * n and len(set(streamed.values())) == 2 * n
+            assert len(streamed) == 2 * n
+            assert all(streamed[(c, 0)] != streamed[(c, 1)] for c in range(n)), streamed
             assert all(i.startswith("call_") for i in streamed.values())
 
 
