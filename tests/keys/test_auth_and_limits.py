@@ -131,7 +131,7 @@ async def test_store_unreachable_is_503_never_open(api: ApiUnderTest, http: aioh
         ):
             status, hdrs, out = await call(http, method, api.url + path, headers=headers, json=CHAT)
             assert_error(status, out, 503, "store_unavailable")
-            assert "unreachable" in out["error"]["message"] and hdrs["Retry-After"] == "1"
+            assert "unavailable" in out["error"]["message"] and hdrs["Retry-After"] == "1"
     finally:
         api.ctx.store = real
         await dead.close()
