@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from shared.jsonutil import dumps, loads
 from shared.store.base import StoreUnavailable, redis_client
-from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables
+from shared.store.sqlite_tables import SQLiteTables
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,6 @@ class SQLiteOutbox(SQLiteTables):
     def __init__(self, path: str | Path, *, max_items: int = 10_000) -> None:
         super().__init__(path, SQLITE_SCHEMA)
         self.max_items = max_items
-        self._next_reclaim = 0.0  # per instance (per worker): when an ack next gives free pages back
 
     async def put(self, payload: dict[str, Any]) -> int:
         return await self.put_many([payload])
@@ -130,13 +129,9 @@ class SQLiteOutbox(SQLiteTables):
 
     def _after_ack(self) -> None:
         """A backlog delivered (a validator back after an outage: up to ``max_items`` payloads, each a whole
-        prompt and answer) left its pages free in the file for good: a bounded part is given back, at most once
-        a ``RECLAIM_AGAIN_S`` (two pragma reads when there is nothing to give; an API storing no responses has
-        no purge to do it)."""
-        now = time.monotonic()
-        if now >= self._next_reclaim:
-            self._next_reclaim = now + RECLAIM_AGAIN_S
-            self._reclaim()
+        prompt and answer) is given back to the file system bit by bit (an API storing no responses has no
+        purge to do it)."""
+        self._reclaim_now_and_then()
 
     async def depth(self) -> int:
         return self._query("SELECT COUNT(*) FROM outbox")[0][0]

@@ -166,20 +166,23 @@ class SQLiteTables:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = open_db(self.path, synchronous=synchronous, schema=schema)
+        self._next_reclaim = 0.0  # per instance (per worker): when a delete next gives free pages back
 
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``fn`` in one write transaction. A file that cannot grow (a full disk, ``max_page_count``) makes
+    def _tx(self, fn: Callable[[sqlite3.Connection], T], db: sqlite3.Connection | None = None) -> T:
+        """``fn`` in one write transaction (on ``db``: another connection to this file, with its own
+        ``synchronous``). A file that cannot grow (a full disk, ``max_page_count``) makes
         SQLite roll the transaction back itself: a ROLLBACK then raised "cannot rollback - no transaction is
         active", which hid "database or disk is full" from the 503's log line. A COMMIT that fails leaves
         no transaction open either: the connection's next call would refuse to begin one, for good."""
+        db = self._db if db is None else db
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
             try:
-                out = fn(self._db)
-                self._db.execute("COMMIT")
+                out = fn(db)
+                db.execute("COMMIT")
             except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
             return out
         except sqlite3.Error as e:
@@ -199,6 +202,15 @@ class SQLiteTables:
         except sqlite3.Error as e:
             logger.debug("{}: free pages not given back this time: {}", self.label, e)
             return 0
+
+    def _reclaim_now_and_then(self) -> None:
+        """After deletes: a backlog worked off (up to thousands of payloads, each a whole prompt and answer)
+        left its pages free in the file for good. A bounded part is given back, at most once a
+        ``RECLAIM_AGAIN_S`` (two pragma reads when there is nothing to give)."""
+        now = time.monotonic()
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + RECLAIM_AGAIN_S
+            self._reclaim()
 
     def _close_db(self) -> None:
         self._db.close()

@@ -101,9 +101,9 @@ async def test_expired_lease_is_taken_over(make_outbox) -> None:
 async def test_a_delivered_backlog_gives_its_space_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A validator away for a while left up to OUTBOX_MAX_ITEMS payloads queued; once delivered, the file kept
     their size for good (an API storing no responses has no purge to give it back): its acks do, bounded."""
-    from shared.store import outbox as outbox_module
+    from shared.store import sqlite_tables
 
-    monkeypatch.setattr(outbox_module, "RECLAIM_AGAIN_S", 0.0, raising=False)  # each ack reclaims
+    monkeypatch.setattr(sqlite_tables, "RECLAIM_AGAIN_S", 0.0)  # each ack reclaims
     path = tmp_path / "api.db"
     box = SQLiteOutbox(path, max_items=1000)
 
