@@ -273,6 +273,9 @@ class ValidatorSettings(CommonSettings):
     )
     max_unverified_body_bytes: int = Field(default=UNVERIFIED_BODY_BYTES, ge=1024, description=UNVERIFIED_HELP)
     state_dir: str = Field(default="./state/validator")
+    scoring_inbox_file: str | None = Field(
+        default=None, description="SQLite file of the organic payloads accepted and not scored yet, and of the "
+                                  "payloads seen (default: <STATE_DIR>/scoring_inbox.db)")
     weights_ledger_file: str | None = Field(default=None, description="Local network: write weights here")
     availability_interval: float = Field(default=30.0, gt=0, description="Seconds between availability polls")
     availability_timeout: float = Field(default=3.0, gt=0, description="Per-miner timeout of POST /availability")
@@ -320,7 +323,8 @@ class ValidatorSettings(CommonSettings):
     def _api_hotkeys(cls, v: list[str]) -> list[str]:
         return ss58_addresses(v)
 
-    @field_validator("reference_llm_url", "dataset_file", "corpus_file", "reference_llm_model", mode="before")
+    @field_validator("reference_llm_url", "dataset_file", "corpus_file", "reference_llm_model", "scoring_inbox_file",
+                     mode="before")
     @classmethod
     def _empty_optional(cls, v: object) -> object:
         return None if v == "" else v
@@ -344,6 +348,10 @@ class ValidatorSettings(CommonSettings):
 
     def check(self) -> None:
         one_credential("REFERENCE_LLM_URL", self.reference_llm_url, "REFERENCE_LLM_API_KEY", self.reference_llm_api_key)
+
+    def scoring_inbox_path(self) -> Path:
+        """Where accepted organic payloads wait to be scored: beside the scores unless said otherwise."""
+        return Path(self.scoring_inbox_file) if self.scoring_inbox_file else Path(self.state_dir) / "scoring_inbox.db"
 
     def check_state_dir(self) -> None:
         """At start: the state directory must be writable (scores are saved after every job; one that

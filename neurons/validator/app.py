@@ -9,6 +9,7 @@ logic lives in the objects of ``ValidatorContext``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ from aiohttp import web
 from loguru import logger
 
 from neurons.validator.availability import AvailabilityBook
+from neurons.validator.inbox import ScoringInbox
 from neurons.validator.payload import OrganicPayload
 from neurons.validator.scores import ScoreBook
 from neurons.validator.scoring import ScoringQueue
@@ -28,6 +30,7 @@ from shared.http import error_middleware, json_response, parse_model, read_json,
 from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics, metrics_handler, metrics_middleware
 from shared.signing import CALLER_KEY, UNVERIFIED_BODY_BYTES, Authorizer, RequestVerifier, verified_hotkey
+from shared.store.base import StoreUnavailable
 
 
 def scoring_verifier(self_hotkey: str, api_hotkeys: list[str], *,
@@ -37,13 +40,19 @@ def scoring_verifier(self_hotkey: str, api_hotkeys: list[str], *,
                            not_allowed="is not one of API_HOTKEYS, the API hotkeys this validator takes requests from")
 
 
+SEEN_SIZE = 100_000
+
+
 class RecentPayloads:
     """The identities of the last ``size`` payloads accepted: a payload sent again (its 202 was lost on
-    the way back, so the API's forwarder retried) is acknowledged and not scored a second time."""
+    the way back, so the API's forwarder retried) is acknowledged and not scored a second time. The
+    validator's inbox keeps a copy on disk (``ScoringInbox.seen``), so a restart forgets none of them."""
 
-    def __init__(self, size: int = 100_000) -> None:
+    def __init__(self, size: int = SEEN_SIZE, restored: list[tuple[Any, ...]] | None = None) -> None:
         self.size = size
         self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        for identity in restored or ():
+            self.add(identity)
 
     def __contains__(self, identity: tuple[Any, ...] | None) -> bool:
         return identity is not None and identity in self._seen
@@ -55,6 +64,10 @@ class RecentPayloads:
         if len(self._seen) > self.size:
             self._seen.popitem(last=False)
 
+    def pushed_out(self, count: int) -> list[tuple[Any, ...]]:
+        """The oldest identities that adding ``count`` new ones will push out (the inbox forgets them too)."""
+        return list(itertools.islice(self._seen, max(0, len(self._seen) + count - self.size)))
+
 
 @dataclass
 class ValidatorContext:
@@ -65,8 +78,9 @@ class ValidatorContext:
     metagraph: MetagraphView
     organic_timeout: float = 30.0
     seen: RecentPayloads = field(default_factory=RecentPayloads)
-
-
+    # Where accepted payloads are kept until scored (the validator always has one; None: memory only, as a
+    # test's context)
+    inbox: ScoringInbox | None = None
 
 
 CTX = web.AppKey("validator_context", ValidatorContext)
@@ -93,7 +107,15 @@ def create_validator_app(
     if background:
         app.cleanup_ctx.append(_run_background(background))
     app.on_cleanup.append(_save_scores)  # after the loops stop (cleanup contexts run first)
+    app.on_cleanup.append(_close_inbox)
     return app
+
+
+async def _close_inbox(app: web.Application) -> None:
+    """Shutdown, once the loops stopped: what the queue still held stays in the file for the next start."""
+    inbox = app[CTX].inbox
+    if inbox is not None:
+        await inbox.close()
 
 
 async def _save_scores(app: web.Application) -> None:
@@ -182,13 +204,24 @@ async def scoring(request: web.Request) -> web.Response:
 MAX_SCORING_BATCH = 256
 
 
-def _enqueue(ctx: ValidatorContext, jobs: list[Any]) -> None:
-    """All or nothing: a batch that does not fit (by count or by bytes) is a 503 and is retried whole."""
+def _enqueue(ctx: ValidatorContext, jobs: list[Any], identities: set[Any]) -> None:
+    """All or nothing: a batch that does not fit (by count or by bytes, or behind jobs from before a restart
+    still waiting on disk) is a 503 and is retried whole; so is one the inbox cannot store. The jobs and the
+    identities new to the seen-list are on disk before they are queued, and before the 202."""
     queue = ctx.scoring_queue
-    if not queue.room_for(jobs):
+    if (ctx.inbox is not None and ctx.inbox.waiting) or not queue.room_for(jobs):
         raise ApiError(503, "Scoring queue is full; retry later.", code="queue_full", headers={"Retry-After": "5"})
+    new = [i for i in identities if i is not None]
+    if ctx.inbox is not None:
+        try:
+            ctx.inbox.accept(jobs, new, ctx.seen.pushed_out(len(new)))
+        except StoreUnavailable:
+            raise ApiError(503, "The validator could not store these scoring payloads (its disk may be full); "
+                                "retry later.", code="store_unavailable", headers={"Retry-After": "5"}) from None
     for job in jobs:
         queue.put_nowait(job)
+    for identity in new:
+        ctx.seen.add(identity)
 
 
 def _queue_new(ctx: ValidatorContext, payloads: list[OrganicPayload]) -> tuple[int, int, int]:
@@ -214,9 +247,7 @@ def _queue_new(ctx: ValidatorContext, payloads: list[OrganicPayload]) -> tuple[i
         job = payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout)
         if job.hotkeys:
             jobs.append(job)
-    _enqueue(ctx, jobs)
-    for identity in identities:
-        ctx.seen.add(identity)
+    _enqueue(ctx, jobs, identities)
     queue.stale_dropped += stale
     return len(jobs), repeated, stale
 

@@ -10,9 +10,16 @@ from typing import Any
 import aiohttp
 from loguru import logger
 
-from neurons.validator.app import ValidatorContext, create_validator_app, scoring_verifier
+from neurons.validator.app import (
+    SEEN_SIZE,
+    RecentPayloads,
+    ValidatorContext,
+    create_validator_app,
+    scoring_verifier,
+)
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.datasets import build_datasets
+from neurons.validator.inbox import open_inbox
 from neurons.validator.loops import availability_cycle, every, metagraph_cycle, synthetic_cycle, weights_cycle
 from neurons.validator.reference import (
     CachedReference,
@@ -92,11 +99,15 @@ async def run_validator(settings: ValidatorSettings) -> None:
     reference = build_reference(settings, session)
     sink = build_sink(settings, hotkey.ss58_address)
     book = AvailabilityBook()
+    inbox = open_inbox(settings.scoring_inbox_path())
     # a synthetic job per synthetic loop may wait; more would be answers growing stale
     queue = ScoringQueue(settings.scoring_queue_size, synthetic_maxsize=settings.synthetic_concurrency,
-                         max_age=settings.organic_max_age_seconds, max_bytes=settings.scoring_queue_bytes)
+                         max_age=settings.organic_max_age_seconds, max_bytes=settings.scoring_queue_bytes,
+                         settle=inbox.settle)
+    inbox.restore(queue)  # what was accepted before a restart (or a crash) and not scored yet
+    seen = RecentPayloads(SEEN_SIZE, restored=inbox.seen(SEEN_SIZE))
     scorer = Scorer(registry, RewardContext(reference=reference, corpus=corpus), scores,
-                    grace=settings.latency_grace, owner=metagraph.hotkey_of)
+                    grace=settings.latency_grace, owner=metagraph.hotkey_of, settle=inbox.settle)
     synthetic = SyntheticConfig(sample_size=settings.synthetic_sample_size, timeout=settings.synthetic_timeout)
     rng = random.Random()
 
@@ -121,7 +132,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
     loops += [lambda: scoring_worker(queue, scorer, metagraph) for _ in range(settings.scoring_workers)]
 
     ctx = ValidatorContext(book=book, scoring_queue=queue, verifier=verifier, scores=scores, metagraph=metagraph,
-                           organic_timeout=settings.organic_timeout)
+                           organic_timeout=settings.organic_timeout, seen=seen, inbox=inbox)
     app = create_validator_app(ctx, background=loops, metrics=metrics)
 
     async def close(_app: Any) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,6 +42,7 @@ class ScoringJob:
     expected: dict[str, Any] | None = None
     created_at: float = field(default_factory=time.time)
     size: int = 0  # an estimate of the bytes it holds (``job_bytes``): what the organic lane bounds
+    inbox_id: int | None = None  # an organic job's row in the validator's inbox, removed once it is done with
 
 
 @dataclass
@@ -130,10 +131,19 @@ def refused_by_all(job: ScoringJob) -> bool:
     return bool(called) and all(e is not None and e.startswith(REFUSAL_PREFIXES) for e in called)
 
 
+Settle = Callable[[Sequence["ScoringJob"]], None]  # jobs done with: their rows leave the inbox (``inbox.py``)
+
+
+def settle_none(jobs: Sequence[ScoringJob]) -> None:
+    """No inbox (a test's queue): nothing to remove."""
+
+
 class Scorer:
     def __init__(self, registry: TaskRegistry, ctx: RewardContext, scores: ScoreBook, *,
-                 grace: float = DEFAULT_GRACE, owner: Callable[[int], str | None] | None = None) -> None:
+                 grace: float = DEFAULT_GRACE, owner: Callable[[int], str | None] | None = None,
+                 settle: Settle = settle_none) -> None:
         self.registry = registry
+        self.settle = settle
         self.ctx = ctx
         self.scores = scores
         self.grace = grace
@@ -222,16 +232,21 @@ class Scorer:
         if refused_by_all(job):
             logger.warning("{} {} job not scored: every miner called refused the signature (HTTP 401/403); "
                            "does this validator's hotkey hold a validator permit?", job.source, job.task)
+            self.settle([job])
             return {}
         try:
             rewards = await self.rewards(job)
         except ReferenceError as e:
             logger.warning("{} {} job skipped: {}", job.source, job.task, e)
+            self.settle([job])
             return {}
         for uid, reward in rewards.items():
             hotkey = job.hotkeys.get(uid)
             if hotkey and (self.owner is None or self.owner(uid) == hotkey):
                 self.scores.update(uid, hotkey, job.task, reward, organic=job.source == "organic")
+        # With the updates, before any await: a shutdown cancelling the save below flushes them, and the job
+        # is neither lost nor scored again after the restart.
+        self.settle([job])
         if rewards:
             await self.scores.save_off_loop()
         self.jobs_scored += 1
@@ -268,10 +283,11 @@ class ScoringQueue:
     whoever held the uid at delivery."""
 
     def __init__(self, maxsize: int, synthetic_maxsize: int = 2, *, max_age: float | None = None,
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, settle: Settle = settle_none) -> None:
         if maxsize < 1 or synthetic_maxsize < 1:
             raise ValueError("each lane holds at least one job")
         self.maxsize = maxsize
+        self.settle = settle  # organic jobs dropped as too old leave the inbox
         self.max_bytes = max_bytes  # the organic lane's bound in bytes (``ScoringJob.size``), besides its count
         self.organic_bytes = 0
         self.synthetic_maxsize = synthetic_maxsize
@@ -342,7 +358,7 @@ class ScoringQueue:
     async def get(self) -> Any:
         """The next job to score; organic ones that grew stale while queued are dropped and counted
         (one line per call, not one per job: a drained backlog is thousands of them)."""
-        stale = 0
+        stale: list[Any] = []
         try:
             while True:
                 try:
@@ -352,14 +368,15 @@ class ScoringQueue:
                     await self._ready.wait()
                     continue
                 if getattr(job, "source", None) == "organic" and self.is_stale(job.created_at):
-                    stale += 1
+                    stale.append(job)
                     continue
                 return job
         finally:
             if stale:
-                self.stale_dropped += stale
+                self.stale_dropped += len(stale)
                 logger.info("scoring: dropped {} queued organic payload(s) older than {:g} s, not scored "
-                            "({} since start)", stale, self.max_age, self.stale_dropped)
+                            "({} since start)", len(stale), self.max_age, self.stale_dropped)
+                self.settle(stale)
 
 
 async def scoring_worker(queue: ScoringQueue, scorer: Scorer, metagraph: MetagraphView) -> None:
@@ -372,4 +389,5 @@ async def scoring_worker(queue: ScoringQueue, scorer: Scorer, metagraph: Metagra
                            if (n := snapshot.by_uid(u)) is not None and n.hotkey == hk}
             await scorer.score(job)
         except Exception as e:  # noqa: BLE001 - one bad job must not stop the worker
-            logger.exception("scoring job failed: {}", e)
+            logger.exception("scoring job failed, dropped: {}", e)
+            queue.settle([job])  # scored again after a restart, it would fail again
