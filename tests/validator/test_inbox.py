@@ -1,0 +1,294 @@
+"""The validator's durable inbox: what ``/scoring`` acknowledged outlives a restart, a crash and a full disk.
+
+Real SQLite files in ``tmp_path``, the real validator app on 127.0.0.1, and for the crash a real
+``sn1 validator`` process killed with SIGKILL. The API deletes a payload once the validator answers 202:
+from then on the validator's copy is the only one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from loguru import logger
+
+from api.scoring_outbox import OutboxForwarder
+from neurons.localnet import free_port
+from neurons.miner.backends.deterministic import DeterministicBackend
+from neurons.validator.app import SEEN_SIZE, RecentPayloads, ValidatorContext, create_validator_app
+from neurons.validator.inbox import ScoringInbox
+from neurons.validator.reference import DeterministicReference
+from neurons.validator.scoring import Scorer, ScoringQueue, scoring_worker
+from neurons.validator.tasks import default_registry
+from neurons.validator.tasks.base import RewardContext
+from shared.corpus import builtin_corpus
+from shared.metagraph import MetagraphSnapshot, Neuron, write_metagraph_file
+from shared.miner_client import MinerClient, make_session
+from shared.signing import Signer
+from shared.store.outbox import SQLiteOutbox
+from shared.wallet import ensure_wallet
+from tests.helpers import serve_app, wait_until
+from tests.validator.test_app import BODY, MINERS, VALIDATOR, is_openai_error, make_ctx, payload, post
+
+ROOT = Path(__file__).resolve().parents[2]
+ALPHA = 0.1  # ScoreBook's default: after n perfect organic answers a uid's organic average is 1 - 0.9^n
+HONEST = [json.dumps({"choices": [{"index": 0, "delta": {"content": DeterministicBackend().answer_text(BODY)}}]})]
+
+
+def answered(rid: str, **over) -> dict:
+    """A payload whose two miners both gave the honest answer (a reward of 1 each, once scored)."""
+    return payload(**{"request_id": rid, "kind": "chat", "chunks": {"1": HONEST, "2": HONEST},
+                      "timings": {"1": [0.1], "2": [0.1]}, "errors": {}, **over})
+
+
+def after(n: int) -> float:
+    """The organic average of a uid after ``n`` perfect answers: it tells n exactly (one more or less shows)."""
+    return round(1 - (1 - ALPHA) ** n, 6)
+
+
+def rows(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT COUNT(*) FROM inbox").fetchone()[0]
+    finally:
+        db.close()
+
+
+@contextlib.asynccontextmanager
+async def validator(path: Path, *, scoring: bool = True, queue_size: int = 100,
+                    max_age: float = 3600.0) -> AsyncIterator[tuple[str, ValidatorContext]]:
+    """A validator as ``sn1 validator`` builds one around its inbox at ``path`` (restored from it), served on
+    127.0.0.1, with a scoring worker (or none: what it accepts stays queued until it stops)."""
+    ctx = make_ctx(queue_size)
+    inbox = ScoringInbox(path)
+    ctx.inbox = inbox
+    ctx.scoring_queue = ScoringQueue(queue_size, max_age=max_age, settle=inbox.settle)
+    inbox.restore(ctx.scoring_queue)
+    ctx.seen = RecentPayloads(SEEN_SIZE, restored=inbox.seen(SEEN_SIZE))
+    scorer = Scorer(default_registry(), RewardContext(DeterministicReference(), builtin_corpus()), ctx.scores,
+                    settle=inbox.settle)
+    workers = [lambda: scoring_worker(ctx.scoring_queue, scorer, ctx.metagraph)] if scoring else []
+    async with serve_app(create_validator_app(ctx, background=workers)) as url:
+        yield url, ctx
+
+
+def organic(ctx: ValidatorContext, uid: int) -> float:
+    entry = ctx.scores.miners.get(uid)
+    return round(entry.organic.get("InferenceTask", 0.0), 6) if entry else 0.0
+
+
+async def test_payloads_accepted_before_a_restart_are_scored_after_it_and_once(tmp_path: Path) -> None:
+    """Acknowledged and still queued when the validator stopped: they were lost, and the API had already
+    forgotten them. A payload sent again after the restart (its 202 lost just before) was scored twice."""
+    path = tmp_path / "scoring_inbox.db"
+    batch, new = [answered(f"rid-{i}") for i in range(5)], answered("rid-new")
+    async with validator(path, scoring=False) as (url, ctx):
+        status, body = await post(url, "/scoring", json.dumps(batch).encode())
+        assert status == 202 and body["queued"] == 5, body
+        assert ctx.scoring_queue.qsize() == 5
+    assert rows(path) == 5, "on disk before the 202"
+
+    async with validator(path) as (url, ctx):
+        await wait_until(lambda: organic(ctx, 1) == after(5), 10)
+        status, body = await post(url, "/scoring", json.dumps([*batch[2:], new]).encode())
+        assert status == 202 and (body["accepted"], body["queued"]) == (4, 1), "only the new one is queued"
+        await wait_until(lambda: organic(ctx, 1) == after(6), 10)
+        await asyncio.sleep(0.2)
+        assert organic(ctx, 1) == organic(ctx, 2) == after(6), "each payload scored once, across the restart"
+    assert rows(path) == 0, "a scored job leaves the file"
+
+    async with validator(path, scoring=False) as (url, ctx):
+        assert ctx.scoring_queue.qsize() == 0, "nothing scored comes back"
+        status, body = await post(url, "/scoring", json.dumps([batch[0], new]).encode())
+        assert status == 202 and body["queued"] == 0, "the seen-list outlived two restarts"
+
+
+async def test_a_payload_too_old_at_reload_is_dropped_with_one_line(tmp_path: Path) -> None:
+    """Reloaded after a long stop, a payload past ORGANIC_MAX_AGE_SECONDS would be scored as the miners'
+    quality now: it is dropped and counted, in one line for all of them, and leaves the file."""
+    path = tmp_path / "scoring_inbox.db"
+    old = [answered(f"old-{i}", created_at=time.time() - 500) for i in range(4)]
+    async with validator(path, scoring=False) as (url, _):
+        status, body = await post(url, "/scoring", json.dumps([*old, answered("fresh")]).encode())
+        assert status == 202 and body["queued"] == 5, body
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO",
+                      filter=lambda r: "ORGANIC_MAX_AGE_SECONDS" in r["message"])
+    try:
+        async with validator(path, scoring=False, max_age=300.0) as (url, ctx):
+            assert ctx.scoring_queue.qsize() == 1 and ctx.scoring_queue.stale_dropped == 4
+            async with aiohttp.ClientSession() as s, s.get(url + "/health") as r:
+                assert (await r.json())["organic_stale_dropped"] == 4
+            job = ctx.scoring_queue.get_nowait()
+            assert job.created_at > time.time() - 60 and job.hotkeys == {u: k.ss58_address for u, k in MINERS.items()}
+    finally:
+        logger.remove(sink)
+    assert len(lines) == 1 and "dropped 4 stored organic payload(s)" in lines[0], lines
+    assert rows(path) == 1, "the stale ones left the file; the fresh one waits for a worker"
+
+
+async def test_a_queue_smaller_than_what_was_stored_takes_the_rest_as_room_frees(tmp_path: Path) -> None:
+    """Restarted with a smaller SCORING_QUEUE_SIZE (or a lane that held one batch past its bytes): the jobs
+    that do not fit wait on disk, loaded as scoring frees room; new payloads wait behind them (503)."""
+    path = tmp_path / "scoring_inbox.db"
+    async with validator(path, scoring=False) as (url, _):
+        status, body = await post(url, "/scoring", json.dumps([answered(f"rid-{i}") for i in range(5)]).encode())
+        assert status == 202 and body["queued"] == 5
+    async with validator(path, scoring=False, queue_size=2) as (url, ctx):
+        assert ctx.scoring_queue.qsize() == 2 and ctx.inbox is not None and ctx.inbox.waiting == 3
+        status, body = await post(url, "/scoring", json.dumps(answered("later")).encode())
+        assert status == 503 and body["error"]["code"] == "queue_full", body
+    async with validator(path, queue_size=2) as (url, ctx):
+        await wait_until(lambda: organic(ctx, 1) == after(5), 10)
+        assert ctx.inbox is not None and ctx.inbox.waiting == 0
+        assert (await post(url, "/scoring", json.dumps(answered("later")).encode()))[0] == 202
+        await wait_until(lambda: organic(ctx, 1) == after(6), 10)
+    assert rows(path) == 0
+
+
+async def test_a_write_the_disk_refuses_is_a_503_and_the_forwarders_retry_lands(tmp_path: Path) -> None:
+    """A payload acknowledged but not stored is lost on the next restart, and a 500 told the API nothing:
+    a file that cannot grow (a full disk) is a 503 in OpenAI's shape, the API's outbox keeps the payload, and
+    its retry lands once there is room. The seen-list did not take the refused payload for one already seen."""
+    path = tmp_path / "scoring_inbox.db"
+    box = SQLiteOutbox(tmp_path / "api.db")
+    big = answered("big", chunks={"1": HONEST * 200, "2": HONEST}, timings={"1": [0.1] * 200, "2": [0.1]})
+    try:
+        async with validator(path, scoring=False) as (url, ctx), make_session() as session:
+            assert ctx.inbox is not None
+            db = ctx.inbox._db  # the inbox's writing connection: the file may not grow past its size now
+            db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+            status, body = await post(url, "/scoring", json.dumps([big]).encode())
+            assert status == 503 and is_openai_error(body) and body["error"]["code"] == "store_unavailable", body
+            assert ctx.scoring_queue.qsize() == 0, "never queued (nor acknowledged) unless stored"
+
+            fwd = OutboxForwarder(box, MinerClient(session, Signer(VALIDATOR)), url, VALIDATOR.ss58_address,
+                                  lease_seconds=2.0, base_delay=0.05, max_delay=0.2, linger=0)
+            await fwd.sink(big)
+            task = asyncio.create_task(fwd.run())
+            try:
+                await wait_until(lambda: fwd.delivery_failures >= 2, 5)
+                assert await box.depth() == 1, "the API keeps what the validator could not store"
+                db.execute("PRAGMA max_page_count = 1073741823")  # room again
+                for _ in range(100):
+                    if await box.depth() == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert await box.depth() == 0
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            assert ctx.scoring_queue.qsize() == 1
+    finally:
+        await box.close()
+    assert rows(path) == 1
+
+
+# --- a real process, killed --------------------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def hanging_reference() -> AsyncIterator[str]:
+    """A reference model that never answers: the scoring worker is busy, the rest of the queue waits."""
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(3600)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", hang)
+    async with serve_app(app) as url:
+        yield url + "/v1"
+
+
+def validator_env(tmp_path: Path, port: int, **extra: str) -> tuple[Path, str]:
+    """A validator of a two-miner metagraph file (no axons: no synthetic work), taking //Validator's
+    payloads; returns its env file and its hotkey."""
+    wallets = tmp_path / "wallets"
+    hotkey = ensure_wallet("validator", "default", wallets).ss58_address
+    neurons = [Neuron(uid=0, hotkey=hotkey, axon=None, stake=1000.0, validator_permit=True)]
+    neurons += [Neuron(uid=u, hotkey=k.ss58_address, axon=None) for u, k in MINERS.items()]
+    write_metagraph_file(tmp_path / "metagraph.json", MetagraphSnapshot(netuid=1, block=1, neurons=tuple(neurons)))
+    env = {"WALLET_NAME": "validator", "WALLET_HOTKEY": "default", "WALLET_PATH": str(wallets),
+           "METAGRAPH_FILE": str(tmp_path / "metagraph.json"), "STATE_DIR": str(tmp_path / "state"),
+           "SCORING_API_HOST": "127.0.0.1", "SCORING_API_PORT": str(port), "API_HOTKEYS": VALIDATOR.ss58_address,
+           "SYNTHETIC_ENABLED": "false", "NEURON_DISABLE_SET_WEIGHTS": "true", "SCORING_WORKERS": "1",
+           "LOG_LEVEL": "INFO", **extra}
+    path = tmp_path / "validator.env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    return path, hotkey
+
+
+def spawn_validator(env_file: Path, log: Path) -> subprocess.Popen:
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "shared.cli", "validator", "--env-file", str(env_file)],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def tail(log: Path, size: int = 3000) -> str:
+    """The end of the validator's log (``size=0``: all of it), for an assertion's message."""
+    return log.read_text()[-size:]
+
+
+@contextlib.asynccontextmanager
+async def validator_process(env_file: Path, url: str, log: Path) -> AsyncIterator[subprocess.Popen]:
+    """``sn1 validator`` from ``env_file`` until it answers ``/health``; always stopped (and waited for)."""
+    proc = spawn_validator(env_file, log)
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(600):
+                assert proc.poll() is None, tail(log)
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with s.get(url + "/health") as r:
+                        if r.status == 200:
+                            break
+                await asyncio.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        await asyncio.to_thread(proc.wait, 20)
+
+
+async def scores_of(url: str) -> dict[int, float]:
+    async with aiohttp.ClientSession() as s, s.get(url + "/scores") as r:
+        miners = (await r.json())["miners"]
+    return {m["uid"]: m["organic"].get("InferenceTask", 0.0) for m in miners}
+
+
+async def test_a_validator_killed_between_accept_and_score_loses_nothing(tmp_path: Path) -> None:
+    """``sn1 validator`` takes 6 payloads (202) while its only worker waits on a reference model, and is
+    SIGKILLed; started again, it scores each of the 6 once, and the same 6 sent again are not scored again."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    batch = [answered(f"rid-{i}") for i in range(6)]
+    log = tmp_path / "validator.log"
+    async with hanging_reference() as reference:
+        env_file, hotkey = validator_env(tmp_path, port, REFERENCE_LLM_URL=reference)
+        async with validator_process(env_file, url, log) as proc:
+            status, body = await post(url, "/scoring", json.dumps(batch).encode(), receiver=hotkey)
+            assert status == 202 and body["queued"] == 6, body
+            os.kill(proc.pid, signal.SIGKILL)
+    assert rows(tmp_path / "state" / "scoring_inbox.db") == 6
+
+    env_file, hotkey = validator_env(tmp_path, port)  # the built-in reference now: scoring goes on
+    async with validator_process(env_file, url, log):
+        for _ in range(200):
+            if (await scores_of(url)).get(1) == after(6):
+                break
+            await asyncio.sleep(0.05)
+        status, body = await post(url, "/scoring", json.dumps(batch).encode(), receiver=hotkey)
+        assert status == 202 and (body["accepted"], body["queued"]) == (6, 0), body
+        await asyncio.sleep(0.5)
+        assert await scores_of(url) == {1: after(6), 2: after(6)}, tail(log)
+    assert rows(tmp_path / "state" / "scoring_inbox.db") == 0
+    assert "6 unscored organic payload(s) put back in the scoring queue" in tail(log, 0)
