@@ -21,6 +21,7 @@ from loguru import logger
 
 from neurons.validator.scoring import ScoringJob, ScoringQueue
 from shared.jsonutil import dumps, loads
+from shared.settings import SettingsError
 from shared.store.base import StoreUnavailable
 from shared.store.outage import OutageLog
 from shared.store.sqlite_tables import SQLiteTables, open_db
@@ -224,8 +225,6 @@ class ScoringInbox(SQLiteTables):
 
 def open_inbox(path: Path) -> ScoringInbox:
     """The inbox at ``path``; a file that cannot be opened or is not a database stops the start in one line."""
-    from shared.settings import SettingsError
-
     try:
         return ScoringInbox(path)
     except (OSError, sqlite3.Error) as e:

@@ -84,6 +84,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
                        path=Path(settings.state_dir) / "scores.json",
                        organic_share=settings.organic_share if settings.synthetic_enabled else 1.0)
     scores.load()
+    inbox = open_inbox(settings.scoring_inbox_path())  # before any session: a file it cannot use stops the start
     await metagraph.first_refresh()
     scores.sync(metagraph.snapshot)
     with setting_file("CORPUS_FILE"):
@@ -99,7 +100,6 @@ async def run_validator(settings: ValidatorSettings) -> None:
     reference = build_reference(settings, session)
     sink = build_sink(settings, hotkey.ss58_address)
     book = AvailabilityBook()
-    inbox = open_inbox(settings.scoring_inbox_path())
     # a synthetic job per synthetic loop may wait; more would be answers growing stale
     queue = ScoringQueue(settings.scoring_queue_size, synthetic_maxsize=settings.synthetic_concurrency,
                          max_age=settings.organic_max_age_seconds, max_bytes=settings.scoring_queue_bytes,

@@ -30,6 +30,7 @@ TABLES: dict[str, type[CommonSettings]] = {
 COMPUTED = {
     (ApiSettings, "validator_hotkey"): "the API wallet's hotkey",
     (ValidatorSettings, "api_hotkeys"): "the validator's own hotkey",
+    (ValidatorSettings, "scoring_inbox_file"): "`<STATE_DIR>/scoring_inbox.db`",
 }
 
 

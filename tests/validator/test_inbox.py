@@ -292,3 +292,16 @@ async def test_a_validator_killed_between_accept_and_score_loses_nothing(tmp_pat
         assert await scores_of(url) == {1: after(6), 2: after(6)}, tail(log)
     assert rows(tmp_path / "state" / "scoring_inbox.db") == 0
     assert "6 unscored organic payload(s) put back in the scoring queue" in tail(log, 0)
+
+
+def test_an_inbox_file_that_is_not_a_database_stops_the_start_in_one_line(tmp_path: Path) -> None:
+    """Started on it, the validator would answer 503 to every payload (or lose them): one line naming the
+    setting, before it serves anything."""
+    bad = tmp_path / "inbox.db"
+    bad.write_text("not a database " * 100)
+    env_file, _ = validator_env(tmp_path, free_port(), SCORING_INBOX_FILE=str(bad))
+    out = subprocess.run([sys.executable, "-m", "shared.cli", "validator", "--env-file", str(env_file)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.splitlines()[-1] == (f"sn1 validator: SCORING_INBOX_FILE: {bad} cannot be used as the scoring "
+                                           "inbox (file is not a database)")
