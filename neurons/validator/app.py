@@ -189,9 +189,9 @@ async def scoring(request: web.Request) -> web.Response:
     request[CALLER_KEY] = await ctx.verifier.read_verified(request)
     data = await read_json(request)
     if isinstance(data, list):
-        return _score_batch(ctx, data)
+        return await _score_batch(ctx, data)
     payload: OrganicPayload = parse_model(OrganicPayload, data)
-    queued, _, stale = _queue_new(ctx, [payload])
+    queued, _, stale = await _queue_new(ctx, [payload])
     if stale:
         _log_stale(ctx, stale, 1)
     logger.debug("organic payload request_id={} task={} uids={}: {}", payload.request_id, payload.body.get("task"),
@@ -204,7 +204,7 @@ async def scoring(request: web.Request) -> web.Response:
 MAX_SCORING_BATCH = 256
 
 
-def _enqueue(ctx: ValidatorContext, jobs: list[Any], identities: set[Any]) -> None:
+async def _enqueue(ctx: ValidatorContext, jobs: list[Any], identities: set[Any]) -> None:
     """All or nothing: a batch that does not fit (by count or by bytes, or behind jobs from before a restart
     still waiting on disk) is a 503 and is retried whole; so is one the inbox cannot store. The jobs and the
     identities new to the seen-list are on disk before they are queued, and before the 202."""
@@ -214,7 +214,7 @@ def _enqueue(ctx: ValidatorContext, jobs: list[Any], identities: set[Any]) -> No
     new = [i for i in identities if i is not None]
     if ctx.inbox is not None:
         try:
-            ctx.inbox.accept(jobs, new, ctx.seen.pushed_out(len(new)))
+            await ctx.inbox.accept(jobs, new, ctx.seen.pushed_out(len(new)))
         except StoreUnavailable:
             raise ApiError(503, "The validator could not store these scoring payloads (its disk may be full); "
                                 "retry later.", code="store_unavailable", headers={"Retry-After": "5"}) from None
@@ -224,7 +224,22 @@ def _enqueue(ctx: ValidatorContext, jobs: list[Any], identities: set[Any]) -> No
         ctx.seen.add(identity)
 
 
-def _queue_new(ctx: ValidatorContext, payloads: list[OrganicPayload]) -> tuple[int, int, int]:
+async def _queue_new(ctx: ValidatorContext, payloads: list[OrganicPayload]) -> tuple[int, int, int]:
+    """``_queue_new_now``, one POST at a time while the inbox writes (its write is awaited in a thread), and
+    shielded: an API that hangs up mid-write (its handler cancelled) must not leave jobs stored but neither
+    queued nor remembered as seen (scored after the next restart, and again when it sends them again)."""
+    if ctx.inbox is None:
+        return await _queue_new_now(ctx, payloads)
+    return await asyncio.shield(_queue_new_locked(ctx, ctx.inbox, payloads))
+
+
+async def _queue_new_locked(ctx: ValidatorContext, inbox: ScoringInbox,
+                            payloads: list[OrganicPayload]) -> tuple[int, int, int]:
+    async with inbox.accepting:
+        return await _queue_new_now(ctx, payloads)
+
+
+async def _queue_new_now(ctx: ValidatorContext, payloads: list[OrganicPayload]) -> tuple[int, int, int]:
     """Queue the jobs of the payloads not scored before (all or nothing: ``_enqueue``), then remember
     them; returns (queued, repeated, stale). A payload seen before, or twice in one batch (the forwarder
     retried a batch whose 202 it lost), is acknowledged and not scored again; one none of whose uids is
@@ -247,7 +262,7 @@ def _queue_new(ctx: ValidatorContext, payloads: list[OrganicPayload]) -> tuple[i
         job = payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout)
         if job.hotkeys:
             jobs.append(job)
-    _enqueue(ctx, jobs, identities)
+    await _enqueue(ctx, jobs, identities)
     queue.stale_dropped += stale
     return len(jobs), repeated, stale
 
@@ -258,7 +273,7 @@ def _log_stale(ctx: ValidatorContext, stale: int, total: int) -> None:
                 "scored ({} since start)", stale, total, queue.max_age, queue.stale_dropped)
 
 
-def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
+async def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
     """A JSON array of payloads (the API's forwarder batches): malformed items are reported, not fatal."""
     if not items or len(items) > MAX_SCORING_BATCH:
         raise ApiError(400, f"A scoring batch holds 1 to {MAX_SCORING_BATCH} payloads.", code="invalid_payload")
@@ -268,7 +283,7 @@ def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
             payloads.append(parse_model(OrganicPayload, item))
         except ApiError as e:
             rejected.append({"index": index, "error": e.message})
-    queued, repeated, stale = _queue_new(ctx, payloads)
+    queued, repeated, stale = await _queue_new(ctx, payloads)
     if repeated:
         logger.info("scoring: {} of {} payloads were sent before and are not scored again", repeated, len(items))
     if stale:

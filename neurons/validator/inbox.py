@@ -5,13 +5,15 @@ only copy. Held in memory alone, a restart or a crash lost what the scoring queu
 ``SCORING_QUEUE_SIZE`` payloads while an outage's backlog drained), and the seen-list with it: a payload
 sent again after a restart (its 202 lost just before) was scored twice. Here each accepted payload's job
 is committed to a SQLite file (WAL, ``synchronous=FULL``: on the disk before the 202 goes out) in one
-transaction per POST, with the identities the POST adds to the seen-list; a job's row goes once it is
+transaction per POST, in a thread (its fsync must not stall the event loop, which times miners' chunks),
+with the identities the POST adds to the seen-list; a job's row goes once it is
 scored, or dropped for a reason that is logged. At start the unscored jobs go back into the queue (within
 its bounds: what does not fit waits on disk, loaded as room frees) and the seen-list is read back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -74,15 +76,20 @@ def decode_identity(raw: str) -> Identity:
 class ScoringInbox(SQLiteTables):
     """Accepted organic jobs until they are scored, and the seen-list, in one SQLite file.
 
-    Two connections: accepting commits with ``synchronous=FULL`` (the API forgets a payload on the 202, so
-    it must survive a power cut too, an fsync per POST), settling with ``NORMAL`` (a delete lost to a power
-    cut only scores one job again; an fsync per scored job would pace scoring at the disk's)."""
+    Two connections. ``_durable`` commits what ``/scoring`` accepts, with ``synchronous=FULL`` (the API
+    forgets a payload on the 202, so it must survive a power cut too: an fsync per POST, 8 to 20 ms on a
+    cloud disk), and only in ``accept``'s thread, one POST at a time. ``_db`` (``NORMAL``) does the rest on
+    the event loop: settling (a delete lost to a power cut only scores one job again, and an fsync per
+    scored job would pace scoring at the disk's), loading, reclaiming."""
 
     label = "scoring inbox"
 
     def __init__(self, path: str | Path) -> None:
-        super().__init__(path, SCHEMA, synchronous="FULL")
-        self._settling = open_db(self.path, synchronous="NORMAL")
+        super().__init__(path, SCHEMA, synchronous="NORMAL")
+        self._durable = open_db(self.path, synchronous="FULL")
+        # Held by a POST from its checks (seen before? room?) to its jobs queued: the write between them runs
+        # in a thread, and another POST deciding meanwhile could take the same room, or count the same payload.
+        self.accepting = asyncio.Lock()
         self.refused = OutageLog("scoring inbox: payloads not stored, /scoring answers 503")
         self.unsettled = OutageLog("scoring inbox: scored jobs not removed (each is scored again after a restart)")
         self._queue: ScoringQueue | None = None  # where ``restore`` put the jobs, and later ones waiting go
@@ -90,7 +97,8 @@ class ScoringInbox(SQLiteTables):
         self._last_id = -1  # ... to this one (none when it is below ``_next_id``)
 
     # --- /scoring --------------------------------------------------------------------------------
-    def accept(self, jobs: Sequence[ScoringJob], seen: Iterable[Identity], forgotten: Iterable[Identity]) -> None:
+    async def accept(self, jobs: Sequence[ScoringJob], seen: Iterable[Identity],
+                     forgotten: Iterable[Identity]) -> None:
         """Store a POST's jobs (each gets its ``inbox_id``) and its identities new to the seen-list, less those
         it pushes out, in one transaction; ``StoreUnavailable`` when the file refuses it (nothing stored)."""
         rows = [(encode_job(job), job.created_at) for job in jobs]
@@ -106,7 +114,7 @@ class ScoringInbox(SQLiteTables):
             return ids
 
         try:
-            ids = self._tx(run)
+            ids = await asyncio.to_thread(self._tx, run, self._durable)
         except StoreUnavailable as e:
             self.refused.failed(e)
             raise
@@ -128,7 +136,7 @@ class ScoringInbox(SQLiteTables):
         if not ids:
             return
         try:
-            self._tx(lambda db: db.executemany("DELETE FROM inbox WHERE id = ?", ids), self._settling)
+            self._tx(lambda db: db.executemany("DELETE FROM inbox WHERE id = ?", ids))
         except StoreUnavailable as e:
             self.unsettled.failed(e)
         else:
@@ -206,8 +214,7 @@ class ScoringInbox(SQLiteTables):
         if not stale and not damaged:
             return
         try:
-            self._tx(lambda db: db.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i in stale + damaged]),
-                     self._settling)
+            self._tx(lambda db: db.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i in stale + damaged]))
         except StoreUnavailable as e:
             logger.warning("scoring inbox: dropped jobs not removed from the file ({}): met again at the next start", e)
         if stale:
@@ -219,8 +226,10 @@ class ScoringInbox(SQLiteTables):
                            "(a damaged or hand-edited file), not scored", len(damaged))
 
     async def close(self) -> None:
-        self._settling.close()
-        self._close_db()
+        """Once a write still running in its thread is done (a POST's, cut short at shutdown)."""
+        async with self.accepting:
+            self._durable.close()
+            self._close_db()
 
 
 def open_inbox(path: Path) -> ScoringInbox:
