@@ -206,10 +206,11 @@ MAX_SCORING_BATCH = 256
 
 async def _enqueue(ctx: ValidatorContext, jobs: list[Any], identities: set[Any]) -> None:
     """All or nothing: a batch that does not fit (by count or by bytes, or behind jobs from before a restart
-    still waiting on disk) is a 503 and is retried whole; so is one the inbox cannot store. The jobs and the
+    still waiting on disk: a batch of repeats alone is still taken) is a 503 and is retried whole; so is one
+    the inbox cannot store. The jobs and the
     identities new to the seen-list are on disk before they are queued, and before the 202."""
     queue = ctx.scoring_queue
-    if (ctx.inbox is not None and ctx.inbox.waiting) or not queue.room_for(jobs):
+    if (jobs and ctx.inbox is not None and ctx.inbox.waiting) or not queue.room_for(jobs):
         raise ApiError(503, "Scoring queue is full; retry later.", code="queue_full", headers={"Retry-After": "5"})
     new = [i for i in identities if i is not None]
     if ctx.inbox is not None:

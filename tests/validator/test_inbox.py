@@ -151,6 +151,8 @@ async def test_a_queue_smaller_than_what_was_stored_takes_the_rest_as_room_frees
         assert ctx.scoring_queue.qsize() == 2 and ctx.inbox is not None and ctx.inbox.waiting == 3
         status, body = await post(url, "/scoring", json.dumps(answered("later")).encode())
         assert status == 503 and body["error"]["code"] == "queue_full", body
+        status, body = await post(url, "/scoring", json.dumps([answered("rid-0", created_at=1.0)]).encode())
+        assert status == 202 and body["stale"] == 1, "what queues nothing is still taken"
     async with validator(path, queue_size=2) as (url, ctx):
         await wait_until(lambda: organic(ctx, 1) == after(5), 10)
         assert ctx.inbox is not None and ctx.inbox.waiting == 0
