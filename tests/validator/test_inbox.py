@@ -29,7 +29,7 @@ from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.validator.app import SEEN_SIZE, RecentPayloads, ValidatorContext, create_validator_app
 from neurons.validator.inbox import ScoringInbox
 from neurons.validator.reference import DeterministicReference
-from neurons.validator.scoring import Scorer, ScoringQueue, scoring_worker
+from neurons.validator.scoring import Scorer, ScoringJob, ScoringQueue, scoring_worker
 from neurons.validator.tasks import default_registry
 from neurons.validator.tasks.base import RewardContext
 from shared.corpus import builtin_corpus
@@ -134,10 +134,17 @@ async def test_a_payload_too_old_at_reload_is_dropped_with_one_line(tmp_path: Pa
                 assert (await r.json())["organic_stale_dropped"] == 4
             job = ctx.scoring_queue.get_nowait()
             assert job.created_at > time.time() - 60 and job.hotkeys == {u: k.ss58_address for u, k in MINERS.items()}
+            assert rows(path) == 1, "the stale ones left the file; the fresh one waits for a worker"
+            job.created_at = time.time() - 400  # as if it had waited in the queue past the age: dropped there
+            ctx.scoring_queue.put_nowait(job)
+            fresh = ScoringJob(source="organic", task="InferenceTask", bodies={1: BODY}, hotkeys={1: MINERS[1].ss58_address})
+            ctx.scoring_queue.put_nowait(fresh)
+            assert await asyncio.wait_for(ctx.scoring_queue.get(), 1) is fresh
+            assert ctx.scoring_queue.stale_dropped == 5
     finally:
         logger.remove(sink)
     assert len(lines) == 1 and "dropped 4 stored organic payload(s)" in lines[0], lines
-    assert rows(path) == 1, "the stale ones left the file; the fresh one waits for a worker"
+    assert rows(path) == 0, "one dropped in the queue leaves the file too"
 
 
 async def test_a_queue_smaller_than_what_was_stored_takes_the_rest_as_room_frees(tmp_path: Path) -> None:
