@@ -159,6 +159,7 @@ async def health(request: web.Request) -> web.Response:
                           "synthetic_queue": ctx.scoring_queue.synthetic_qsize(),
                           "synthetic_queue_max": ctx.scoring_queue.synthetic_maxsize,
                           "organic_stale_dropped": ctx.scoring_queue.stale_dropped,
+                          "scoring_inbox_waiting": ctx.inbox.waiting if ctx.inbox is not None else 0,
                           "scores_updated_at": ctx.scores.updated_at or None,
                           "last_weights_set_at": ctx.scores.last_weights_set_at})
 

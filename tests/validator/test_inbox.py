@@ -156,6 +156,8 @@ async def test_a_queue_smaller_than_what_was_stored_takes_the_rest_as_room_frees
         assert status == 202 and body["queued"] == 5
     async with validator(path, scoring=False, queue_size=2) as (url, ctx):
         assert ctx.scoring_queue.qsize() == 2 and ctx.inbox is not None and ctx.inbox.waiting == 3
+        async with aiohttp.ClientSession() as s, s.get(url + "/health") as r:
+            assert (await r.json())["scoring_inbox_waiting"] == 3
         status, body = await post(url, "/scoring", json.dumps(answered("later")).encode())
         assert status == 503 and body["error"]["code"] == "queue_full", body
         status, body = await post(url, "/scoring", json.dumps([answered("rid-0", created_at=1.0)]).encode())
