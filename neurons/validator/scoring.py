@@ -131,7 +131,7 @@ def refused_by_all(job: ScoringJob) -> bool:
     return bool(called) and all(e is not None and e.startswith(REFUSAL_PREFIXES) for e in called)
 
 
-Settle = Callable[[Sequence["ScoringJob"]], None]  # jobs done with: their rows leave the inbox (``inbox.py``)
+Settle = Callable[[Sequence[ScoringJob]], None]  # jobs done with: their rows leave the inbox (``inbox.py``)
 
 
 def settle_none(jobs: Sequence[ScoringJob]) -> None:
