@@ -83,3 +83,37 @@ async def test_a_required_tool_choice_calls_a_tool_after_a_tool_result_too() -> 
     assert again["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
     auto = await complete(messages=turn, tools=[WEATHER], tool_choice="auto")
     assert auto["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_arguments_are_the_values_the_message_states_by_name() -> None:
+    """A value stated by its parameter's name ("city "New York"", "days: 3", "the alerts is no", a list, a nested
+    object's field) is the argument, as a model takes it; an optional parameter the message does not state is
+    left out, and a required one gets the older rule's value. Before, every string was the whole message."""
+    trip = {"type": "function", "function": {"name": "bookTrip", "description": "Book a trip", "parameters": {
+        "type": "object", "properties": {
+            "destinationCity": {"type": "string"}, "nights": {"type": "integer"}, "budget": {"type": "number"},
+            "alerts": {"type": "boolean"}, "tags": {"type": "array", "items": {"type": "string"}},
+            "cabin": {"type": "string", "enum": ["economy", "business"]}, "note": {"type": "string"},
+            "home": {"type": "object", "properties": {"country_code": {"type": "string"}}}},
+        "required": ["destinationCity", "note"]}}}
+    said = ('Book a trip: destination city "New York", nights: 3, budget=420.5, the alerts is no, '
+            'tags "work", "jazz" and "food", cabin business; country code "PT".')
+    out = await complete(messages=[{"role": "user", "content": said}], tools=[trip])
+    arguments = json.loads(out["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
+    assert arguments == {"destinationCity": "New York", "nights": 3, "budget": 420.5, "alerts": False,
+                         "tags": ["work", "jazz", "food"], "cabin": "business", "home": {"country_code": "PT"},
+                         "note": said}
+    partial = await complete(messages=[{"role": "user", "content": 'Trip to destinationCity="Oslo".'}], tools=[trip])
+    assert json.loads(partial["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) == {
+        "destinationCity": "Oslo", "note": 'Trip to destinationCity="Oslo".'}
+
+
+async def test_camel_case_names_count_and_function_words_do_not() -> None:
+    """``getStockQuote`` shares "stock" with the message (its name was one word); "the", "to", "for" and the like
+    are shared by nearly every description, and a long one outvoted the tool the message named."""
+    stock = {"type": "function", "function": {"name": "getStockQuote", "parameters": {}}}
+    wordy = {"type": "function", "function": {"name": "add_event", "description": "Add it to the calendar for me",
+                                              "parameters": {}}}
+    out = await complete(messages=[{"role": "user", "content": "What is the stock price for me to see?"}],
+                         tools=[wordy, stock])
+    assert out["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "getStockQuote"

@@ -9,11 +9,14 @@ calls, so the test model must make them for an agent test to be real. The rule:
   model answers in text (so an agent loop ends), unless ``tool_choice`` is
   ``"required"``, which obliges a call (as OpenAI's and vLLM's models make one);
 - otherwise -> call the tool that shares the most distinct words with the last
-  user message (its name split on ``_``/``-`` plus its description; the first
-  tool listed on a tie).
+  user message (its name split on ``_``/``-`` and camelCase, plus its description;
+  common function words such as "the", "a", "for" do not count; the first tool
+  listed on a tie).
 
-Arguments are a value of the tool's JSON-schema ``parameters`` built from the
-last user message (``schema_instance.py``): a string gets the message (an
+Arguments are the values the last user message states by name (``city "Oslo"``,
+``days: 3``: the rule is in ``stated_arguments.py``). A message that states none
+gets the older rule, a value of the tool's JSON-schema ``parameters`` built from
+the last user message (``schema_instance.py``): a string gets the message (an
 ``enum`` its first value), an integer or number the message's word count, a
 boolean ``true``, a nested object every property, an array one item.
 The call id is derived from the request, so the same request gives the same call.
@@ -28,14 +31,31 @@ from collections.abc import Iterator
 from typing import Any
 
 from neurons.miner.backends.schema_instance import instance
+from neurons.miner.backends.stated_arguments import name_words, stated_arguments
 from shared.jsonutil import dumps
 from shared.protocol import chunk_object, completion_object, content_text, new_completion_id, usage_chunk
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+# Words every request and description share: counted, they let a long description outvote the tool a
+# message names ("Send the email to the team" matched a calendar tool's "Add an event to the calendar").
+FUNCTION_WORDS = frozenset(
+    "a an the to of for in on at by with from into and or is are be me my i you your it its this that "
+    "please can could would will what which".split())
 
 
 def _words(text: str) -> set[str]:
-    return {w.lower() for w in _WORD.findall(text)}
+    return {w.lower() for w in _WORD.findall(text)} - FUNCTION_WORDS
+
+
+def tool_words(fn: dict[str, Any]) -> set[str]:
+    """The words a message may share with a function: its name's and its description's."""
+    description = fn.get("description") if isinstance(fn.get("description"), str) else ""
+    return (set(name_words(fn["name"])) | _words(description)) - FUNCTION_WORDS
+
+
+def relevance(fn: dict[str, Any], text: str) -> int:
+    """How many distinct words of ``text`` the function shares (the rule picks the highest)."""
+    return len(_words(text) & tool_words(fn))
 
 
 def _functions(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -56,18 +76,16 @@ def _last_user_text(messages: list[Any]) -> str:
 
 
 def _choose(functions: list[dict[str, Any]], text: str) -> dict[str, Any]:
-    wanted = _words(text)
-
-    def overlap(fn: dict[str, Any]) -> int:
-        description = fn.get("description") if isinstance(fn.get("description"), str) else ""
-        return len(wanted & (_words(fn["name"]) | _words(description)))
-
-    best = max(range(len(functions)), key=lambda i: (overlap(functions[i]), -i))
+    best = max(range(len(functions)), key=lambda i: (relevance(functions[i], text), -i))
     return functions[best]
 
 
 def arguments_for(parameters: Any, text: str) -> dict[str, Any]:
-    """The call's arguments: a value of its ``parameters`` schema built from ``text``."""
+    """The call's arguments: the values ``text`` states, else a value of its ``parameters`` schema built
+    from ``text``."""
+    stated = stated_arguments(parameters, text)
+    if stated is not None:
+        return stated
     value = instance(parameters, text)
     return value if isinstance(value, dict) else {}
 
