@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from pydantic import TypeAdapter, ValidationError
 
+from neurons.validator.agents import agent_prompt
 from shared.arithmetic import evaluate
 from shared.corpus import Corpus, builtin_corpus, iter_jsonl_numbered
 from shared.errors import first_problem
@@ -35,31 +36,6 @@ _PROMPTS = (
 )
 
 
-def _function(name: str, description: str, **properties: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "function", "function": {
-        "name": name, "description": description,
-        "parameters": {"type": "object", "properties": properties, "required": list(properties)}}}
-
-
-# An agent's toolbox: the built-in prompts that offer tools offer three of these, the one the prompt asks
-# for among them. A string argument is what the prompt says, so any model (the test model too) can fill it.
-_TOOLS = {
-    "search_web": _function("search_web", "Search the web for pages about a query",
-                            query={"type": "string", "description": "what to search for"}),
-    "lookup_page": _function("lookup_page", "Look up the encyclopedia page about a subject",
-                             subject={"type": "string", "description": "the page's subject"}),
-    "create_reminder": _function("create_reminder", "Create a reminder with a note, some minutes from now",
-                                 note={"type": "string"}, minutes={"type": "integer"}),
-    "translate_text": _function("translate_text", "Translate a text into another language",
-                                text={"type": "string"}, language={"type": "string", "enum": ["French", "German",
-                                                                                             "Spanish"]}),
-}
-_TOOL_PROMPTS = (
-    ("search_web", "Search the web for recent pages about {title}."),
-    ("lookup_page", "Look up the encyclopedia page about {title} and tell me what it says."),
-    ("create_reminder", "Create a reminder to read about {title} in 30 minutes."),
-    ("translate_text", "Translate the name {title} into French."),
-)
 TOOL_SHARE = 0.2  # of built-in inference prompts: an agent's request with tools, as a share of callers' are
 
 
@@ -72,7 +48,9 @@ class Dataset(Protocol):
 class PromptGenerator:
     """Inference prompts built from corpus titles and fixed templates; ``tool_share`` of them an agent's,
     offering tools (without, a request with ``tools`` was always a caller's: a miner could tell, and the
-    calls it made were never checked by a synthetic task)."""
+    calls it made were never checked by a synthetic task). The agents' tools and requests are generated
+    (``agents/``): four fixed tools and four templates let a miner tell every synthetic agent's request by
+    its tool set and answer it from a table."""
 
     name = "builtin-prompts"
 
@@ -84,11 +62,7 @@ class PromptGenerator:
         title = rng.choice(self.titles)
         if rng.random() >= self.tool_share:
             return {"messages": [{"role": "user", "content": rng.choice(_PROMPTS).format(title=title)}]}
-        wanted, prompt = rng.choice(_TOOL_PROMPTS)
-        names = [wanted, *rng.sample([n for n in _TOOLS if n != wanted], 2)]
-        rng.shuffle(names)
-        return {"messages": [{"role": "user", "content": prompt.format(title=title)}],
-                "tools": [_TOOLS[n] for n in names], "call": wanted}
+        return agent_prompt(rng, self.titles)
 
 
 class CorpusQA:

@@ -83,6 +83,8 @@ def challenge_body(challenge: Challenge, seed: int, *, results: int = RESULTS[1]
         sent["max_tokens"] = challenge.max_tokens
     if challenge.tools:
         sent["tools"] = challenge.tools
+        if challenge.tool_choice is not None:
+            sent["tool_choice"] = challenge.tool_choice
     sent["task"] = challenge.task
     return ChatCompletionRequest.model_validate(sent).miner_body(seed=seed, sent=sent)
 

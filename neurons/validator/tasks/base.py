@@ -24,6 +24,7 @@ class Challenge:
     expected: dict[str, Any] = field(default_factory=dict)
     max_tokens: int | None = None
     tools: list[dict[str, Any]] | None = None  # an agent's request: the functions the model may call
+    tool_choice: str | dict[str, Any] | None = None  # and, sometimes, whether or which it must call
 
 
 @dataclass

@@ -21,10 +21,11 @@ class InferenceTask:
 
     def build(self, rng: random.Random, datasets: dict[str, Any]) -> Challenge:
         record = datasets["inference"].sample(rng)
-        # a built-in agent's prompt names the tool it wants called: text is no answer to it (``Scorer._by_calls``)
+        # a built-in agent's prompt asks for one call (its name and arguments): text is no answer to it
+        # (``Scorer._by_calls``)
         expected = {"call": record["call"]} if record.get("call") else {}
         return Challenge(self.name, list(record["messages"]), expected=expected, max_tokens=self.max_tokens,
-                         tools=record.get("tools"))
+                         tools=record.get("tools"), tool_choice=record.get("tool_choice"))
 
     async def reward(self, body: dict[str, Any], answer: str, expected: dict[str, Any] | None,
                      ctx: RewardContext) -> float | None:
