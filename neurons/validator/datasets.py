@@ -26,14 +26,24 @@ from shared.corpus import Corpus, builtin_corpus, iter_jsonl_numbered
 from shared.errors import first_problem
 from shared.protocol import ChatMessage, Tool
 
-_PROMPTS = (
-    "Write a short note about {title}.",
-    "Summarise what is known about {title} in a few sentences.",
-    "Explain to a child why {title} matters.",
-    "List three questions a visitor might ask about {title}.",
-    "Describe {title} as a travel guide would.",
-    "Compose a four-line poem about {title}.",
-)
+# A plain prompt is a task, maybe an audience, and a form (12 x 8 x 8, with 3 openings: 2,304 wordings). Six
+# fixed sentences told a synthetic prompt apart from a caller's at a glance.
+_TASKS = ("write a short note about {title}", "summarise what is known about {title}", "explain why {title} matters",
+          "list three questions a visitor might ask about {title}", "describe {title}",
+          "compose a four-line poem about {title}", "give three facts about {title}", "tell me about {title}",
+          "draft an encyclopedia introduction to {title}", "write a social media post about {title}",
+          "compare {title} with something familiar", "outline a short lesson on {title}")
+_AUDIENCES = ("", " for a child", " as a travel guide would", " for a newspaper", " for a student",
+              " for an expert", " for a podcast intro", " for a museum sign")
+_FORMS = (".", " in a few sentences.", " in one paragraph.", " in under 60 words.", ", as bullet points.",
+          " in a friendly tone.", " in plain words.", ", briefly.")
+_OPENINGS = ("", "Please ", "Hey, ")
+
+
+def plain_prompt(rng: random.Random, title: str) -> str:
+    """A plain inference prompt about ``title``, in one of 2,304 wordings."""
+    text = rng.choice(_OPENINGS) + rng.choice(_TASKS).format(title=title) + rng.choice(_AUDIENCES) + rng.choice(_FORMS)
+    return text[0].upper() + text[1:]
 
 
 TOOL_SHARE = 0.2  # of built-in inference prompts: an agent's request with tools, as a share of callers' are
@@ -46,7 +56,7 @@ class Dataset(Protocol):
 
 
 class PromptGenerator:
-    """Inference prompts built from corpus titles and fixed templates; ``tool_share`` of them an agent's,
+    """Inference prompts built from corpus titles in composed wordings; ``tool_share`` of them an agent's,
     offering tools (without, a request with ``tools`` was always a caller's: a miner could tell, and the
     calls it made were never checked by a synthetic task). The agents' tools and requests are generated
     (``agents/``): four fixed tools and four templates let a miner tell every synthetic agent's request by
@@ -61,7 +71,7 @@ class PromptGenerator:
     def sample(self, rng: random.Random) -> dict[str, Any]:
         title = rng.choice(self.titles)
         if rng.random() >= self.tool_share:
-            return {"messages": [{"role": "user", "content": rng.choice(_PROMPTS).format(title=title)}]}
+            return {"messages": [{"role": "user", "content": plain_prompt(rng, title)}]}
         return agent_prompt(rng, self.titles)
 
 

@@ -79,3 +79,17 @@ def test_arithmetic_is_exact_and_safe(text: str, value: int) -> None:
 def test_arithmetic_refuses_anything_else(expr: str) -> None:
     with pytest.raises(ValueError):
         evaluate(expr)
+
+
+def test_plain_inference_prompts_come_in_thousands_of_wordings() -> None:
+    """Six fixed sentences around a corpus title told a synthetic prompt apart at a glance; over 10,000 seeds
+    the built-in plain prompts now take well over a thousand wordings (the title masked)."""
+    from neurons.validator.datasets import PromptGenerator
+
+    generator = PromptGenerator(builtin_corpus(), tool_share=0.0)
+    titles = sorted(generator.titles, key=len, reverse=True)
+    wordings = set()
+    for seed in range(10_000):
+        text = generator.sample(random.Random(seed))["messages"][0]["content"]
+        wordings.add(next(text.replace(t, "T") for t in titles if t in text))
+    assert len(wordings) >= 1_500, len(wordings)
