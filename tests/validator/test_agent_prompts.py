@@ -45,6 +45,18 @@ def wording(record: dict[str, Any]) -> str:
     return re.sub(r"-?\d+(?:\.\d+)?", "N", re.sub(r'"[^"]*"', "Q", record["messages"][-1]["content"]))
 
 
+class _Fixed:
+    """A dataset that hands out one record."""
+
+    name = "fixed"
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        return self.record
+
+
 def test_agents_prompts_vary_past_recognition_and_a_lookup_table() -> None:
     """Over 10,000 seeds: nearly every tool set is new, thousands of function names and wordings; a table keyed on
     the tool set (names) learned on half answers almost none of the other half. Before: 4 tools, 4 templates."""
@@ -56,6 +68,8 @@ def test_agents_prompts_vary_past_recognition_and_a_lookup_table() -> None:
     types = {json.dumps(s.get("type")) for r in records for t in r["tools"]
              for s in t["function"]["parameters"]["properties"].values()}
     assert types >= {'"string"', '"integer"', '"number"', '"boolean"', '"object"', '"array"'}
+    assert any("enum" in s for r in records for t in r["tools"] for s in t["function"]["parameters"]["properties"]
+               .values())
 
     def key(r: dict[str, Any]) -> tuple[str, ...]:
         return tuple(sorted(t["function"]["name"] for t in r["tools"]))
@@ -82,18 +96,6 @@ def test_every_kind_of_agents_request_passes_the_apis_request_validation() -> No
         seen |= {m["role"] for m in record["messages"]}
     assert seen >= {"strict", "auto", "required", "named", "no tool_choice", "system", "developer", "assistant",
                     "tool", "user"}, seen
-
-
-class _Fixed:
-    """A dataset that hands out one record."""
-
-    name = "fixed"
-
-    def __init__(self, record: dict[str, Any]) -> None:
-        self.record = record
-
-    def sample(self, rng: random.Random) -> dict[str, Any]:
-        return self.record
 
 
 def test_strict_tools_follow_openais_strict_mode_rules() -> None:

@@ -36,8 +36,8 @@ from shared.jsonutil import dumps
 from shared.protocol import chunk_object, completion_object, content_text, new_completion_id, usage_chunk
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
-# Words every request and description share: counted, they let a long description outvote the tool a
-# message names ("Send the email to the team" matched a calendar tool's "Add an event to the calendar").
+# Words nearly every request and description share: counted, a long description full of them could
+# outvote the tool a message names by its own words (the test ``..._function_words_do_not`` shows one).
 FUNCTION_WORDS = frozenset(
     "a an the to of for in on at by with from into and or is are be me my i you your it its this that "
     "please can could would will what which".split())
@@ -47,7 +47,7 @@ def _words(text: str) -> set[str]:
     return {w.lower() for w in _WORD.findall(text)} - FUNCTION_WORDS
 
 
-def tool_words(fn: dict[str, Any]) -> set[str]:
+def _tool_words(fn: dict[str, Any]) -> set[str]:
     """The words a message may share with a function: its name's and its description's."""
     description = fn.get("description") if isinstance(fn.get("description"), str) else ""
     return (set(name_words(fn["name"])) | _words(description)) - FUNCTION_WORDS
@@ -55,7 +55,7 @@ def tool_words(fn: dict[str, Any]) -> set[str]:
 
 def relevance(fn: dict[str, Any], text: str) -> int:
     """How many distinct words of ``text`` the function shares (the rule picks the highest)."""
-    return len(_words(text) & tool_words(fn))
+    return len(_words(text) & _tool_words(fn))
 
 
 def _functions(body: dict[str, Any]) -> list[dict[str, Any]]:
