@@ -11,6 +11,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from api.answer_checks import tool_check
+from api.race import MinerRun
 from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.tool_calls import planned_tool_call
 from neurons.miner.quality import LazyBackend
@@ -20,6 +22,7 @@ from neurons.validator.scoring import ScoringJob
 from neurons.validator.synthetic import challenge_body
 from neurons.validator.tasks.inference import InferenceTask
 from shared.corpus import builtin_corpus
+from shared.metagraph import Neuron
 from shared.protocol import ChatCompletionRequest
 from tests.validator.test_tool_rewards import TIMES, call_chunks, honest_chunks, scorer_with
 
@@ -80,7 +83,8 @@ def test_agents_prompts_vary_past_recognition_and_a_lookup_table() -> None:
 
 def test_every_kind_of_agents_request_passes_the_apis_request_validation() -> None:
     """Each request is validated as the API validates a caller's (``challenge_body`` runs
-    ``ChatCompletionRequest``), each schema against JSON Schema's metaschema; and every variant is made:
+    ``ChatCompletionRequest``, which the miner's app validates with too), each schema against JSON Schema's
+    metaschema; and every variant is made:
     strict tools, each ``tool_choice``, system and developer messages, an earlier turn with a tool result."""
     seen: set[str] = set()
     for seed, record in enumerate(agents(1_500)):
@@ -119,7 +123,9 @@ def test_strict_tools_follow_openais_strict_mode_rules() -> None:
 
 async def test_the_honest_model_makes_exactly_the_call_asked_for_and_scores_1(tmp_path) -> None:
     """The deterministic model (the local network's honest miner and reference) answers each request with
-    ``expected["call"]``: the function and the very arguments the message states; scored 1 by the real rule."""
+    ``expected["call"]``: the function and the very arguments the message states; the API's answer check takes
+    it as a caller's answer (arguments that fit a strict function's schema, a call where one is required), and
+    the real rule scores it 1."""
     scorer = scorer_with(DeterministicReference(), tmp_path)
     rng = random.Random(11)
     for _ in range(150):
@@ -128,6 +134,10 @@ async def test_the_honest_model_makes_exactly_the_call_asked_for_and_scores_1(tm
         body = challenge_body(challenge, rng.randrange(2**31))
         chunks = await honest_chunks(body)
         assert _call(chunks) == (wanted["name"], wanted["arguments"]), challenge.messages[-1]["content"]
+        run = MinerRun(Neuron(uid=1, hotkey="hk1"))
+        for data in chunks:
+            run.absorb(data)
+        assert tool_check(body)(run) is None
         job = ScoringJob(source="synthetic", task="InferenceTask", bodies={1: body}, hotkeys={1: "hk1"},
                          chunks={1: chunks}, timings={1: TIMES}, deadline_s=10.0, expected=challenge.expected)
         assert (await scorer.score(job)) == {1: 1.0}, challenge.messages[-1]["content"]
