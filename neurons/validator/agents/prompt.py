@@ -51,14 +51,14 @@ def agent_prompt(rng: random.Random, topics: Sequence[str]) -> dict[str, Any]:
     """A record for ``InferenceTask``: ``messages``, ``tools``, maybe ``tool_choice``, and ``call`` (the
     function's name and the arguments the message states). ``topics``: strings for a search's query."""
     strict = rng.random() < STRICT_SHARE
-    domains = rng.sample(DOMAINS, min(len(DOMAINS), rng.randint(1, MAX_TOOLS) + 1))
+    domains = rng.sample(DOMAINS, rng.randint(1, MAX_TOOLS))
     wanted = build_tool(domains[0], rng, strict=strict)
     arguments, text = request(wanted, rng, topics)
     others = [t for t in (build_tool(d, rng, strict=strict) for d in domains[1:]) if t.name != wanted.name]
     # Another tool may share as many words with the message: the request would ask for two (ambiguous to a
     # model as to the test model's word count), so it is left out.
     others = [t for t in others if relevance(t.tool["function"], text) < relevance(wanted.tool["function"], text)]
-    offered = [wanted, *others[: rng.randint(0, MAX_TOOLS - 1)]]
+    offered = [wanted, *others]
     rng.shuffle(offered)
     messages = [*_before(rng, offered, wanted, topics), {"role": "user", "content": text}]
     record: dict[str, Any] = {"messages": messages, "tools": [t.tool for t in offered],
