@@ -5,6 +5,7 @@ It records every request body it receives, so tests can check what a miner forwa
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -34,6 +35,32 @@ STREAM_REFUSALS = {
 # ``timings``; some servers end without ``[DONE]``.
 STREAM_STYLES = ("openai", "sse-starlette", "tgi", "llama.cpp", "no-done")
 
+# Other documented ways real servers differ, each a ``quirks`` name (several may be combined):
+QUIRKS = {
+    # vLLM with ``continuous_usage_stats``, and several hosted APIs: ``usage`` on every chunk
+    "usage-every-chunk": "usage on every streamed chunk",
+    # OpenAI, vLLM, SGLang, Ollama: a final ``choices: []`` chunk with usage, only when include_usage asks
+    "include-usage": "a usage chunk when stream_options.include_usage is true",
+    # sse-starlette-based servers name every event (``event: message``, as the SSE spec allows)
+    "event-lines": "an event: line before each data: line",
+    # vLLM (``reasoning_content``, ``reasoning`` since v0.10), Ollama and OpenRouter (``reasoning``),
+    # llama.cpp (``reasoning_content``): the model's thinking first, in its own delta field
+    "reasoning_content": "thinking deltas in reasoning_content before the content",
+    "reasoning": "thinking deltas in reasoning before the content",
+    # a model server (or a proxy in front of it: LiteLLM, one-api) that answers a refusal as a 200
+    # whose body is the error object
+    "error-200": "a too-long request refused with HTTP 200 and an error body",
+    # llama.cpp and vLLM: the tool call's id and name on its first delta, the arguments in many pieces
+    "tool-args-split": "a tool call's arguments over many chunks, the id only on the first",
+    # Ollama and LM Studio: the whole call in one chunk, with its finish_reason
+    "tool-call-whole": "the whole tool call and finish_reason in one chunk",
+    # a server still warming up: the stream's headers at once, its first token a while later
+    "slow-first-token": "0.3 s of keep-alive comments before the first token",
+    # servers with no model listing (Cloudflare Workers AI's OpenAI endpoint, some proxies): 404
+    "no-models": "GET /v1/models is a 404",
+}
+THOUGHT = "The user wants an echo."
+
 
 def prompt_tokens(body: dict[str, Any]) -> int:
     """The fake's token count of a request's messages: one a word of their text."""
@@ -48,7 +75,8 @@ def prompt_tokens(body: dict[str, Any]) -> int:
 def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
                          refuses: frozenset[str] = frozenset(), models: list[str] | None = None,
                          stream_refusal: str | None = None, stream_style: str = "openai",
-                         object_arguments: bool = False, context_tokens: int | None = None) -> web.Application:
+                         object_arguments: bool = False, context_tokens: int | None = None,
+                         quirks: frozenset[str] = frozenset()) -> web.Application:
     """``refuses``: fields answered with a 400, as OpenAI's hosted API answers ``top_k``.
 
     ``stream_refusal``: a key of ``STREAM_REFUSALS``, how a streamed request with too many tokens is
@@ -61,10 +89,17 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
 
     ``models``: what ``/models`` lists, read at each call (a test may add to it: a model pulled later);
     ``[MODEL]`` by default. An empty list is ``"data": null``, as Ollama's Go encoder sends its nil slice
-    when no model is pulled yet."""
+    when no model is pulled yet.
+
+    ``quirks``: keys of ``QUIRKS``, the other ways a real server differs."""
+    unknown = quirks - QUIRKS.keys()
+    if unknown:
+        raise ValueError(f"unknown quirks {sorted(unknown)}")
     listed = [MODEL] if models is None else models
 
     async def list_models(_request: web.Request) -> web.Response:
+        if "no-models" in quirks:
+            raise web.HTTPNotFound()
         data = [{"id": m, "object": "model", "created": 1, "owned_by": "library"} for m in listed] or None
         return web.json_response({"object": "list", "data": data})
 
@@ -84,7 +119,7 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
             return web.json_response({"error": {
                 "message": f"This model's maximum context length is {CONTEXT_TOKENS} tokens; you asked for "
                            f"{body['max_tokens']}.", "type": "invalid_request_error", "param": "max_tokens",
-                "code": "context_length_exceeded"}}, status=400)
+                "code": "context_length_exceeded"}}, status=200 if "error-200" in quirks else 400)
         asked = prompt_tokens(body) + (body.get("max_tokens") or 0)
         if context_tokens is not None and asked > context_tokens:  # vLLM's words, and its code (the status)
             return web.json_response({"error": {
@@ -105,6 +140,8 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
                            "function": {"name": fn, "arguments": '{"q": "x"}'}}]
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
+            for thinking in {"reasoning_content", "reasoning"} & quirks:
+                message[thinking] = THOUGHT
             if tool_calls:
                 message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in tool_calls]
                 if object_arguments:
@@ -124,15 +161,38 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
         field, end = {"tgi": ("data:", "\n\n"), "sse-starlette": ("data: ", "\r\n\r\n")}.get(stream_style,
                                                                                              ("data: ", "\n\n"))
 
+        usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+        event = "event: message\n" if "event-lines" in quirks else ""
+
         async def send(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> None:
             if stream_style == "sse-starlette":
                 await resp.write(b": ping - 2025-01-01 00:00:00.000000+00:00\r\n\r\n")
+            if "usage-every-chunk" in quirks:
+                extra.setdefault("usage", usage)
             chunk = {"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": body.get("model"),
                      "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
                      **extra}
-            await resp.write(f"{field}{json.dumps(chunk)}{end}".encode())
+            await resp.write(f"{event}{field}{json.dumps(chunk)}{end}".encode())
 
-        if tool_calls:
+        if "slow-first-token" in quirks:
+            for _ in range(3):
+                await resp.write(b": keep-alive\n\n")
+                await asyncio.sleep(0.1)
+        for thinking in sorted({"reasoning_content", "reasoning"} & quirks):
+            await send({"role": "assistant", "content": None, thinking: ""})
+            for word in THOUGHT.split(" "):
+                await send({thinking: word + " "})
+        if tool_calls and "tool-args-split" in quirks:
+            call = tool_calls[0]
+            await send({"role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, "id": call["id"], "type": "function",
+                 "function": {"name": call["function"]["name"], "arguments": ""}}]})
+            for piece in call["function"]["arguments"]:  # a character a chunk
+                await send({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            await send({}, "tool_calls")
+        elif tool_calls and "tool-call-whole" in quirks:
+            await send({"role": "assistant", "content": "", "tool_calls": tool_calls}, "tool_calls")
+        elif tool_calls:
             await send({"role": "assistant", "tool_calls": tool_calls})
             await send({}, "tool_calls")
         elif stream_style == "llama.cpp":
@@ -146,6 +206,8 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
             for word in text.split(" "):
                 await send({"content": word + " "})
             await send({}, "stop")
+        if "include-usage" in quirks and (body.get("stream_options") or {}).get("include_usage"):
+            await send(None, usage=usage)
         if stream_style != "no-done":
             await resp.write(f"{field}[DONE]{end}".encode())
         return resp

@@ -1,0 +1,96 @@
+"""A miner in front of each kind of model server, as operators run it: every documented quirk of a real
+server (``tests.fake_upstream.QUIRKS``) answered through the API, and the answer scored by the validator's
+own code against a reference model that has no quirk. An honest miner must score what the same model
+behind a plain server scores: the quirk is its server's, not its fault."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from neurons.validator.payload import OrganicPayload
+from neurons.validator.reference import OpenAIReference
+from neurons.validator.scores import ScoreBook
+from neurons.validator.scoring import Scorer, rebuild_answer
+from neurons.validator.tasks import default_registry
+from neurons.validator.tasks.base import RewardContext
+from shared.corpus import builtin_corpus
+from shared.sse import DONE, SSEParser
+from tests.fake_upstream import MODEL, QUIRKS, create_fake_upstream
+from tests.helpers import serve_app, snapshot
+from tests.integration.test_miner_openai_backend import MINER, VALIDATOR, answered, stack
+
+ASK = {"model": MODEL, "messages": [{"role": "user", "content": "hi there"}]}
+TOOLS = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
+STREAMED_ONLY = {"usage-every-chunk", "include-usage", "event-lines", "tool-args-split", "tool-call-whole",
+                 "slow-first-token"}
+ANSWER_QUIRKS = sorted(set(QUIRKS) - {"error-200", "no-models"})
+
+
+@contextlib.asynccontextmanager
+async def scorer(tmp_path: Path) -> AsyncIterator[Scorer]:
+    """The validator's Scorer, its reference model the same fake server without any quirk."""
+    registry = default_registry()
+    async with serve_app(create_fake_upstream([])) as url, aiohttp.ClientSession() as session:
+        reference = OpenAIReference(url + "/v1", session=session, model=MODEL)
+        yield Scorer(registry, RewardContext(reference, builtin_corpus()),
+                     ScoreBook(registry.probabilities, alpha=0.5, path=tmp_path / "scores.json"))
+
+
+async def reward_of(payload: dict[str, Any], tmp_path: Path) -> dict[int, float]:
+    """The validator's rewards for an organic payload, as ``/scoring`` would queue and score it."""
+    job = OrganicPayload.model_validate(payload).to_job(snapshot(VALIDATOR.ss58_address,
+                                                                 {1: (MINER.ss58_address, None)}), 30.0)
+    async with scorer(tmp_path) as sc:
+        return await sc.rewards(job)
+
+
+def streamed_chunks(raw: bytes) -> list[dict[str, Any]]:
+    parser = SSEParser()
+    return [json.loads(e) for e in parser.feed(raw) + parser.close() if e != DONE]
+
+
+def content_of(raw: bytes, stream: bool) -> str:
+    if not stream:
+        return json.loads(raw)["choices"][0]["message"]["content"]
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in streamed_chunks(raw) if c["choices"])
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+@pytest.mark.parametrize("quirk", [q for q in ANSWER_QUIRKS if not q.startswith("tool")])
+async def test_each_servers_quirk_is_an_honest_answer_scored_in_full(tmp_path: Path, quirk: str,
+                                                                     stream: bool) -> None:
+    if quirk in STREAMED_ONLY and not stream:
+        pytest.skip("a streaming quirk")
+    payloads: list = []
+    body = {**ASK, "stream": stream, "stream_options": {"include_usage": True}} if stream else {**ASK}
+    async with stack(tmp_path, [], payloads=payloads, quirks=frozenset({quirk})) as (api, key):
+        raw = await answered(api, key, body, payloads)
+    assert content_of(raw, stream).strip() == "echo: hi there"
+    assert payloads[0]["winner"] == 1 and payloads[0]["errors"] == {}, payloads[0]["errors"]
+    if stream:
+        assert rebuild_answer(payloads[0]["chunks"]["1"], payloads[0]["timings"]["1"], None).error is None
+    assert await reward_of(payloads[0], tmp_path) == {1: 1.0}
+
+
+@pytest.mark.parametrize("quirk", ["plain", "tool-args-split", "tool-call-whole"])
+async def test_each_servers_way_of_streaming_a_tool_call_is_the_call_scored_in_full(tmp_path: Path,
+                                                                                   quirk: str) -> None:
+    payloads: list = []
+    quirks = frozenset() if quirk == "plain" else frozenset({quirk})
+    async with stack(tmp_path, [], payloads=payloads, quirks=quirks) as (api, key):
+        raw = await answered(api, key, {**ASK, "tools": TOOLS, "stream": True}, payloads)
+    chunks = streamed_chunks(raw)
+    calls = [c for ch in chunks for choice in ch["choices"] for c in choice["delta"].get("tool_calls") or []]
+    assert calls[0]["id"] and calls[0]["function"]["name"] == "search"
+    assert json.loads("".join(c["function"].get("arguments") or "" for c in calls)) == {"q": "x"}
+    assert [ch["choices"][0]["finish_reason"] for ch in chunks if ch["choices"]][-1] == "tool_calls"
+    assert payloads[0]["winner"] == 1 and payloads[0]["errors"] == {}
+    assert await reward_of(payloads[0], tmp_path) == {1: 1.0}
+
