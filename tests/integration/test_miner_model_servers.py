@@ -94,3 +94,36 @@ async def test_each_servers_way_of_streaming_a_tool_call_is_the_call_scored_in_f
     assert payloads[0]["winner"] == 1 and payloads[0]["errors"] == {}
     assert await reward_of(payloads[0], tmp_path) == {1: 1.0}
 
+
+
+async def post_chat(api: str, key: str, body: dict[str, Any]) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as s, s.post(api + "/v1/chat/completions", json=body,
+                                                    headers={"api-key": key}) as r:
+        return r.status, await r.read()
+
+
+STREAM_USAGE = {"stream": True, "stream_options": {"include_usage": True}}  # the OpenAI SDK's usage in a stream
+
+
+@pytest.mark.parametrize(("fields", "extra"), [
+    (("seed",), {}),  # the API and the validator send a seed with every request
+    (("stream_options",), STREAM_USAGE),
+    (("parallel_tool_calls",), {"tools": TOOLS, "parallel_tool_calls": True}),  # SDKs send it by default
+    (("seed", "stream_options"), STREAM_USAGE),  # refused one at a time: the first request still answered
+], ids=lambda v: "+".join(v) if isinstance(v, tuple) else "")
+async def test_a_server_that_refuses_a_field_the_answer_does_without_is_asked_again_without_it(
+        tmp_path: Path, fields: tuple[str, ...], extra: dict[str, Any]) -> None:
+    """Every request carries ``seed``: a miner in front of a server that refuses it (with a 400 naming it)
+    failed every request, every synthetic job a 0, though its model answered them all."""
+    received: list = []
+    payloads: list = []
+    async with stack(tmp_path, received, payloads=payloads, refuses=frozenset(fields)) as (api, key):
+        for _ in range(2):
+            status, raw = await post_chat(api, key, {**ASK, **extra})
+            assert status == 200, raw
+            if "tools" not in extra:
+                assert content_of(raw, bool(extra.get("stream"))).strip() == "echo: hi there"
+    sent = [any(f in b for f in fields) for b in received]
+    assert sent == [True] * len(fields) + [False, False], "asked with them until each was refused, then never"
+    assert all(p["errors"] == {} for p in payloads) and len(payloads) == 2
+    assert await reward_of(payloads[0], tmp_path) == {1: 1.0}

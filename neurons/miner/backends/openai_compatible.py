@@ -33,9 +33,16 @@ from shared.tasks import ARITHMETIC, INFERENCE, QUESTION_ANSWERING
 # from the miner's failure. Any other upstream status (auth, rate limit, 5xx) is the miner's 502.
 REFUSED_REQUEST = frozenset({400, 413, 422})
 SUBNET_FIELDS = ("task", "sampling_parameters", "uids", "mixture", "inference_mode", "target_results", "timeout")
-# Sampling fields that vLLM, llama.cpp and Ollama honour and hosted APIs (OpenAI's own) refuse with a 400:
-# an upstream that names one in its refusal gets the request again without it, and never again after.
-OPTIONAL_FIELDS = ("top_k", "min_p", "repetition_penalty", "top_a")
+# Fields an answer does without, which some servers refuse with a 4xx naming them: an upstream that names
+# one in its refusal gets the request again without it, and never again after. The sampling extras that
+# vLLM, llama.cpp and Ollama honour and hosted APIs (OpenAI's own) refuse; ``seed``, which the API and the
+# validator put on every request and strict APIs refuse (Mistral's is ``random_seed``: 422 extra_forbidden),
+# so such a miner failed every request; ``stream_options`` (Azure OpenAI before 2024-09-01-preview, and
+# servers older than it: the API estimates usage that does not come) and ``parallel_tool_calls`` (a hint
+# that SDKs send by default and older servers refuse). Never a field the answer's shape depends on
+# (``tools``, ``response_format``, ``logprobs``): without it the answer would not be what was asked.
+OPTIONAL_FIELDS = ("top_k", "min_p", "repetition_penalty", "top_a", "seed", "stream_options",
+                   "parallel_tool_calls")
 # Models a /models list holds that answer no chat completion (OpenAI's lists embeddings, speech, images and
 # moderation beside its chat models; Ollama's, the embedding models pulled): not advertised.
 # An upstream's whole JSON answer is held in memory: bounded (a 200 MB answer was read whole), far above
@@ -176,9 +183,11 @@ class OpenAICompatibleBackend:
     async def _chat(self, body: dict[str, Any], *, stream: bool) -> AsyncIterator[aiohttp.ClientResponse]:
         """POST the upstream chat completion; a non-200 answer is a BackendError naming its status.
 
-        A refusal that names an optional sampling field the request carried is asked again without it."""
+        A refusal that names optional fields the request carried is asked again without them (again for
+        each refusal that names another: a server that refuses ``seed`` and ``stream_options`` names one a
+        time, and asked only twice the first request failed)."""
         out = self.upstream_body(body, stream=stream)
-        for attempt in (1, 2):
+        while True:
             async with self._http().post(
                 f"{self.base_url}/chat/completions", data=dumpb(out), headers=self._headers, timeout=self._timeout
             ) as r:
@@ -190,7 +199,7 @@ class OpenAICompatibleBackend:
                     return
                 _, message = parse_error((await r.content.read(MAX_ERROR_BYTES)).decode("utf-8", "replace"))
                 refused = r.status in REFUSED_REQUEST
-                if refused and attempt == 1 and (dropped := self._refused_fields(out, message)):
+                if refused and (dropped := self._refused_fields(out, message)):  # ends: ``out`` only shrinks
                     out = {k: v for k, v in out.items() if k not in dropped}
                     continue
                 raise BackendError(f"upstream HTTP {r.status}: {message[:300]}",
