@@ -47,9 +47,9 @@ QUIRKS = {
     # llama.cpp (``reasoning_content``): the model's thinking first, in its own delta field
     "reasoning_content": "thinking deltas in reasoning_content before the content",
     "reasoning": "thinking deltas in reasoning before the content",
-    # a model server (or a proxy in front of it: LiteLLM, one-api) that answers a refusal as a 200
-    # whose body is the error object
-    "error-200": "a too-long request refused with HTTP 200 and an error body",
+    # OpenRouter: an error met once the request was under way is answered HTTP 200, the body the error
+    # object, its ``code`` the status it stands for
+    "error-200": "a too-long request refused with HTTP 200 and an error body (code 400)",
     # llama.cpp and vLLM: the tool call's id and name on its first delta, the arguments in many pieces
     "tool-args-split": "a tool call's arguments over many chunks, the id only on the first",
     # Ollama and LM Studio: the whole call in one chunk, with its finish_reason
@@ -115,11 +115,14 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
                                      status=400)
         if (body.get("max_tokens") or 0) > CONTEXT_TOKENS and body.get("stream") and stream_refusal:
             return web.Response(body=STREAM_REFUSALS[stream_refusal], content_type="text/event-stream")
+        too_long = (f"This model's maximum context length is {CONTEXT_TOKENS} tokens; you asked for "
+                    f"{body.get('max_tokens')}.")
+        if (body.get("max_tokens") or 0) > CONTEXT_TOKENS and "error-200" in quirks:  # OpenRouter's shape
+            return web.json_response({"error": {"code": 400, "message": too_long, "metadata": {}}})
         if (body.get("max_tokens") or 0) > CONTEXT_TOKENS:  # as vLLM and OpenAI refuse it
             return web.json_response({"error": {
-                "message": f"This model's maximum context length is {CONTEXT_TOKENS} tokens; you asked for "
-                           f"{body['max_tokens']}.", "type": "invalid_request_error", "param": "max_tokens",
-                "code": "context_length_exceeded"}}, status=200 if "error-200" in quirks else 400)
+                "message": too_long, "type": "invalid_request_error", "param": "max_tokens",
+                "code": "context_length_exceeded"}}, status=400)
         asked = prompt_tokens(body) + (body.get("max_tokens") or 0)
         if context_tokens is not None and asked > context_tokens:  # vLLM's words, and its code (the status)
             return web.json_response({"error": {

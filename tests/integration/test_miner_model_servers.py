@@ -14,6 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from neurons.miner.backends.base import BackendError
+from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from neurons.validator.payload import OrganicPayload
 from neurons.validator.reference import OpenAIReference
 from neurons.validator.scores import ScoreBook
@@ -21,6 +23,7 @@ from neurons.validator.scoring import Scorer, rebuild_answer
 from neurons.validator.tasks import default_registry
 from neurons.validator.tasks.base import RewardContext
 from shared.corpus import builtin_corpus
+from shared.errors import MODEL_SERVER_REJECTED
 from shared.sse import DONE, SSEParser
 from tests.fake_upstream import MODEL, QUIRKS, create_fake_upstream
 from tests.helpers import serve_app, snapshot
@@ -127,3 +130,33 @@ async def test_a_server_that_refuses_a_field_the_answer_does_without_is_asked_ag
     assert sent == [True] * len(fields) + [False, False], "asked with them until each was refused, then never"
     assert all(p["errors"] == {} for p in payloads) and len(payloads) == 2
     assert await reward_of(payloads[0], tmp_path) == {1: 1.0}
+async def test_a_refusal_a_server_answers_with_http_200_is_the_callers_400_and_not_scored(tmp_path: Path) -> None:
+    """OpenRouter answers an error met once a request was under way with a 200 whose body is the error
+    (its status in ``code``). Relayed as an answer, a prompt too long for the model was the miner's
+    malformed answer (a 502 to the caller, a 0 for the miner); it is the refusal it reports."""
+    payloads: list = []
+    async with stack(tmp_path, [], payloads=payloads, quirks=frozenset({"error-200"})) as (api, key):
+        status, raw = await post_chat(api, key, {**ASK, "max_tokens": 10_000})
+        assert status == 400, raw
+        error = json.loads(raw)["error"]
+        assert error["code"] == "context_length_exceeded", error
+        assert "upstream answered HTTP 200 with an error (400): This model's maximum context length" in \
+            error["message"], error
+        status, raw = await post_chat(api, key, ASK)
+        assert status == 200 and content_of(raw, False) == "echo: hi there", raw
+    assert len(payloads) == 1, "the refused request is not scored: the caller's, not the miner's"
+
+
+async def test_the_parsed_completion_reports_a_200_error_body_too() -> None:
+    """``complete`` (what a quality-profile wrapper calls) tells the same error apart as ``complete_raw``."""
+    async with serve_app(create_fake_upstream([], quirks=frozenset({"error-200"}))) as url:
+        backend = OpenAICompatibleBackend(url + "/v1")
+        await backend.start()
+        try:
+            for call in (backend.complete, backend.complete_raw):
+                with pytest.raises(BackendError, match="HTTP 200 with an error") as refused:
+                    await call({**ASK, "max_tokens": 10_000})
+                assert (refused.value.status, refused.value.code) == (400, MODEL_SERVER_REJECTED)
+            assert (await backend.complete(ASK))["choices"][0]["message"]["content"] == "echo: hi there"
+        finally:
+            await backend.close()

@@ -217,7 +217,10 @@ class OpenAICompatibleBackend:
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             async with self._chat(body, stream=False) as r:
-                return await r.json(content_type=None)
+                answer = await r.json(content_type=None)
+            if (err := reported_error(answer)) is not None:
+                raise upstream_error(err, answer, "answered HTTP 200 with an error")
+            return answer
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise BackendError(f"upstream failed: {type(e).__name__}: {e}") from None
 
@@ -230,6 +233,8 @@ class OpenAICompatibleBackend:
                     raw += piece
                     if len(raw) > MAX_ANSWER_BYTES:
                         raise BackendError(f"upstream answer larger than {MAX_ANSWER_BYTES} bytes")
+                if (error := error_answer(bytes(raw))) is not None:
+                    raise error
                 if body.get("tools") and b'"tool_calls"' in raw:  # the only answers that may need it
                     return string_arguments(bytes(raw))
                 return bytes(raw)
@@ -330,18 +335,40 @@ def opening_error(lines: list[bytes]) -> BackendError | None:
         obj = json.loads(payload)
     except ValueError:
         obj = payload.decode("utf-8", "replace")
-    if field == b"data":
-        if not isinstance(obj, dict) or "choices" in obj:
-            return None
-        err = obj.get("error", obj if obj.get("object") == "error" else None)
-        if err is None:
-            return None
-    else:
-        err = obj
-    status, message = _error_status(err, obj)
+    err = reported_error(obj) if field == b"data" else obj
+    return None if err is None else upstream_error(err, obj, "stream opened with an error")
+
+
+def reported_error(answer: Any) -> Any:
+    """The error an upstream's answer object reports instead of answering (``{"error": ...}``, or vLLM's
+    ``{"object": "error", ...}``); None for an answer (it has ``choices``) or anything else."""
+    if not isinstance(answer, dict) or "choices" in answer:
+        return None
+    return answer.get("error", answer if answer.get("object") == "error" else None)
+
+
+def upstream_error(err: Any, answer: Any, where: str) -> BackendError:
+    """The BackendError for an error the upstream reported inside an answer: the status it carries when it
+    is a refusal of the request (400/413/422: ``MODEL_SERVER_REJECTED``, the caller's), else the miner's 502."""
+    status, message = _error_status(err, answer)
     refused = status in REFUSED_REQUEST
-    return BackendError(f"upstream stream opened with an error ({status or 'no status'}): {message[:300]}",
+    return BackendError(f"upstream {where} ({status or 'no status'}): {message[:300]}",
                         status=status if refused else 502, code=MODEL_SERVER_REJECTED if refused else None)
+
+
+def error_answer(raw: bytes) -> BackendError | None:
+    """The error a JSON answer's bytes report though its status was 200 (OpenRouter answers an error met
+    once a request was under way so, the status in ``code``), None for an answer. Relayed, such a body was
+    the miner's malformed answer, a 0, even when it was the caller's request that was refused. Only a body
+    without ``"choices"`` is parsed: every answer has them."""
+    if b'"choices"' in raw:
+        return None
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        return None  # not JSON: the API judges it
+    err = reported_error(answer)
+    return None if err is None else upstream_error(err, answer, "answered HTTP 200 with an error")
 
 
 def _error_status(err: Any, event: Any) -> tuple[int, str]:
