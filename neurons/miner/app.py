@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from loguru import logger
 
 from neurons.miner.backends.base import Backend, BackendError
 from neurons.miner.traffic import CLIENT_GONE, REFUSALS, TRAFFIC, RefusalLog, TrafficLog, summary_loop
@@ -28,7 +27,7 @@ from shared.signing import CALLER_KEY, RequestVerifier, btauth_middleware
 from shared.sse import DONE_FRAME, encode_event
 
 BACKEND = web.AppKey("backend", Backend)
-MID_STREAM_FAILURE = "sn1_mid_stream_failure"  # request key: the backend failed after the stream began
+BACKEND_FAILURE = "sn1_backend_failure"  # request key: why the backend did not answer (its BackendError)
 METAGRAPH = web.AppKey("metagraph", MetagraphView)
 
 
@@ -96,8 +95,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if not req.wants_any_model() and req.model not in backend.models():
             raise ApiError(404, f"The model '{req.model}' is not served here.", code="model_not_found",
                            param="model")
-        response = await (_stream(request, backend, data) if stream else _complete(backend, data))
-        status = 502 if request.get(MID_STREAM_FAILURE) else response.status
+        response = await (_stream(request, backend, data) if stream else _complete(request, backend, data))
+        status = 502 if request.get(BACKEND_FAILURE) else response.status  # it failed mid-stream
         return response
     except ApiError as e:
         status = e.status
@@ -108,17 +107,24 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     finally:
         request.app[TRAFFIC].record(rid=request_id_from(request.headers),
                                     caller=request[CALLER_KEY].hotkey_ss58, stream=stream, status=status,
-                                    latency_ms=(time.perf_counter() - started) * 1000)
+                                    latency_ms=(time.perf_counter() - started) * 1000,
+                                    failure=request.get(BACKEND_FAILURE))
 
 
-async def _complete(backend: Backend, body: dict[str, Any]) -> web.Response:
+def _backend_failed(request: web.Request, error: BackendError) -> ApiError:
+    """The caller's error for a backend failure, noted for the request's log line (a WARNING)."""
+    request[BACKEND_FAILURE] = str(error)
+    return ApiError(error.status, str(error), code=error.code)
+
+
+async def _complete(request: web.Request, backend: Backend, body: dict[str, Any]) -> web.Response:
     try:
         complete_raw = getattr(backend, "complete_raw", None)
         if complete_raw is not None:
             return web.Response(body=await complete_raw(body), content_type="application/json")
         return json_response(await backend.complete(body))
     except BackendError as e:
-        raise ApiError(e.status, str(e), code=e.code) from None
+        raise _backend_failed(request, e) from None
 
 
 async def _stream(request: web.Request, backend: Backend, body: dict[str, Any]) -> web.StreamResponse:
@@ -132,7 +138,7 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any]) 
     try:
         first = await anext(pieces, None)
     except BackendError as e:
-        raise ApiError(e.status, str(e), code=e.code) from None
+        raise _backend_failed(request, e) from None
     headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     if first is not None and _ends_done(first):  # the whole answer came in one read: one write
         with contextlib.suppress(BackendError):  # a break after [DONE] loses nothing
@@ -150,8 +156,7 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any]) 
             await response.write(piece)
             tail = (tail + piece)[-32:]
     except BackendError as e:
-        logger.warning("backend failed mid-stream: {}", e)
-        request[MID_STREAM_FAILURE] = True
+        request[BACKEND_FAILURE] = f"mid-stream: {e}"
         await response.write(_event_boundary(tail) + encode_event(dumps({"error": {"message": str(e),
                                                                                    "type": "upstream_error"}})))
         tail = b""

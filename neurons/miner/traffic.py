@@ -11,6 +11,12 @@ an operator must see a validator whose clock is off or a hotkey without a permit
 without turning on DEBUG. Strangers can send refusals as fast as they like, so only
 the first ``REFUSAL_LINES`` of a minute get a line; the rest are counted and told in
 one WARNING at the minute's end.
+
+So is a chat request the model server failed or refused (``TrafficLog.record``'s
+``failure``): a wrong ``UPSTREAM_API_KEY``, a server down or out of memory, a field it
+refuses, were only a count of failures in the minute's INFO line, and why was seen
+nowhere but at DEBUG on the API's side. A dead model server fails every request, so
+these lines are budgeted the same way (``LineBudget``).
 """
 
 from __future__ import annotations
@@ -36,11 +42,37 @@ MAX_HOTKEYS = 1000  # distinct hotkeys counted per interval: bounded memory unde
 STALE = "StaleRequest"  # its line adds why (``signing.check_fresh``: how far off the caller's clock is; our words)
 
 
+MAX_REASONS = 100  # distinct failure reasons counted per interval beyond the logged ones
+REASON_CHARS = 160  # of a failure's message, what is counted as its reason
+
+
+class LineBudget:
+    """How many WARNING lines of one kind an interval may still write: the first ``max_lines`` of it get a
+    line each, the rest are only counted (by whoever holds the budget) and told once at its end."""
+
+    def __init__(self, max_lines: int = REFUSAL_LINES) -> None:
+        self.max_lines = max_lines
+        self.used = 0
+
+    def take(self) -> bool:
+        """Whether one more line may be written now (and count it)."""
+        if self.used >= self.max_lines:
+            return False
+        self.used += 1
+        return True
+
+    def reset(self) -> None:
+        self.used = 0
+
+
 class TrafficLog:
-    def __init__(self) -> None:
+    def __init__(self, max_failure_lines: int = REFUSAL_LINES) -> None:
+        self.failure_lines = LineBudget(max_failure_lines)
         self._reset()
 
     def _reset(self) -> None:
+        self.failure_lines.reset()
+        self.unlogged: Counter[str] = Counter()  # failures past the budget, by reason
         self.requests = 0
         self.failed = 0
         self.left = 0  # the caller went away first (a race another miner won, a deadline): no failure
@@ -48,9 +80,13 @@ class TrafficLog:
         self.latencies_ms: list[float] = []
         self.other: Counter[str] = Counter()  # availability and health requests, by route
 
-    def record(self, *, rid: str, caller: str, stream: bool, status: int, latency_ms: float) -> None:
+    def record(self, *, rid: str, caller: str, stream: bool, status: int, latency_ms: float,
+               failure: str | None = None) -> None:
+        """One chat request; ``failure``: why the model server did not answer it (a WARNING line)."""
         logger.debug("chat rid={} caller={} stream={} status={} latency_ms={:.1f}",
                      rid, caller[:10], stream, status, latency_ms)
+        if failure is not None:
+            self._failed(rid, caller, status, failure)
         self.requests += 1
         self.left += status == CLIENT_GONE
         self.failed += status >= 400 and status != CLIENT_GONE
@@ -58,6 +94,15 @@ class TrafficLog:
             self.callers.add(caller)
         if len(self.latencies_ms) < MAX_SAMPLES:
             self.latencies_ms.append(latency_ms)
+
+    def _failed(self, rid: str, caller: str, status: int, failure: str) -> None:
+        if self.failure_lines.take():
+            logger.warning("chat rid={} caller={} status={}: the model server {}: {}", rid, caller, status,
+                           "refused the request" if status < 500 else "failed", failure)
+            return
+        reason = failure[:REASON_CHARS]
+        if reason in self.unlogged or len(self.unlogged) < MAX_REASONS:
+            self.unlogged[reason] += 1
 
     def seen(self, request: web.Request, kind: str) -> None:
         """A request to ``/availability`` or ``/health`` (always answered 200): a DEBUG line, and a count."""
@@ -77,6 +122,10 @@ class TrafficLog:
                     f"caller(s), p50 latency {p50:.1f} ms")
         if self.other:
             line += "; " + ", ".join(f"{n} {kind}" for kind, n in sorted(self.other.items()))
+        if self.unlogged:
+            reason, n = self.unlogged.most_common(1)[0]
+            line += (f"; {sum(self.unlogged.values())} model server failures past the "
+                     f"{self.failure_lines.max_lines} logged one by one, most ({n}): {reason}")
         self._reset()
         return line
 
@@ -86,11 +135,11 @@ class RefusalLog:
     interval; after that counted by reason and hotkey and told in ``summary``'s one line."""
 
     def __init__(self, max_lines: int = REFUSAL_LINES) -> None:
-        self.max_lines = max_lines
+        self.lines = LineBudget(max_lines)
         self._reset()
 
     def _reset(self) -> None:
-        self.logged = 0
+        self.lines.reset()
         self.reasons: Counter[str] = Counter()  # of the refusals not logged one by one
         self.hotkeys: Counter[str] = Counter()
 
@@ -98,8 +147,7 @@ class RefusalLog:
         """``btauth_middleware``'s ``on_refused``: the request id, the hotkey it claims (never its
         signature), the route's pattern, the status and why."""
         hotkey, reason = claimed_hotkey(request.headers), error.code or str(error.status)
-        if self.logged < self.max_lines:
-            self.logged += 1
+        if self.lines.take():
             logger.warning("refused rid={} hotkey={} method={} route={} status={} reason={}{}",
                            request_id_from(request.headers), hotkey, request.method, route_path(request),
                            error.status, reason, f" ({error.message.removeprefix(f'{STALE}: ')})" if reason == STALE else "")
@@ -117,7 +165,7 @@ class RefusalLog:
         reasons = " ".join(f"{r}={n}" for r, n in self.reasons.most_common())
         top = ", ".join(f"{h} ({n})" for h, n in self.hotkeys.most_common(3))
         line = (f"refused {sum(self.reasons.values())} more requests in the last {seconds:.0f}s than were "
-                f"logged one by one ({self.max_lines}): {reasons}; from {len(self.hotkeys)} hotkey(s), "
+                f"logged one by one ({self.lines.max_lines}): {reasons}; from {len(self.hotkeys)} hotkey(s), "
                 f"most: {top}")
         self._reset()
         return line

@@ -14,10 +14,13 @@ import pytest
 from bittensor import http_auth
 from loguru import logger
 
+from neurons.localnet import free_port
 from neurons.miner import traffic
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.deterministic import DeterministicBackend
+from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from shared.signing import Authorizer, RequestVerifier, Signer
+from tests.fake_upstream import create_fake_upstream
 from tests.helpers import keypair, serve_app
 
 VALIDATOR, MINER, STRANGER = keypair("//Validator"), keypair("//Miner1"), keypair("//Stranger")
@@ -139,3 +142,42 @@ async def test_availability_and_health_are_debug_lines_counted_in_the_minutes_su
     assert "health rid=hc caller=- status=200" in debug
     assert not [m for level, m in log if level not in ("DEBUG", "TRACE")], "nothing above DEBUG per request"
     assert summary == "served no chat requests in the last 60s; 2 availability, 1 health"
+
+
+def failures(log: list[tuple[str, str]]) -> list[str]:
+    return [m for level, m in log if level == "WARNING" and m.startswith("chat rid=")]
+
+
+async def openai_miner_post(upstream_url: str, bodies: list[tuple[str, dict]]) -> list[int]:
+    """Each (request id, body) sent, signed, to a miner in front of ``upstream_url``; their statuses."""
+    backend = OpenAICompatibleBackend(upstream_url)
+    await backend.start()
+    verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
+    try:
+        async with serve_app(create_miner_app(backend, verifier)) as url:
+            statuses = []
+            for rid, body in bodies:
+                raw = json.dumps(body).encode()
+                statuses.append(await post(url, CHAT, {**signed(CHAT, raw), "x-request-id": rid}, raw))
+            return statuses
+    finally:
+        await backend.close()
+
+
+async def test_a_request_the_model_server_fails_or_refuses_is_a_warning_with_id_caller_and_why(
+        log: list[tuple[str, str]]) -> None:
+    """A model server down, or refusing a field, failed every request with nothing above DEBUG but a count
+    in the minute's summary: the operator could not tell the miner was earning nothing, nor why."""
+    ask = {"messages": [{"role": "user", "content": "hi"}]}
+    assert await openai_miner_post(f"http://127.0.0.1:{free_port()}/v1", [("down", ask), ("down-s", {
+        **ask, "stream": True})]) == [502, 502]
+    async with serve_app(create_fake_upstream([], refuses=frozenset({"response_format"}))) as up:
+        assert await openai_miner_post(up + "/v1", [("ok", ask), ("json", {
+            **ask, "response_format": {"type": "json_object"}})]) == [200, 400]
+    lines = failures(log)
+    assert len(lines) == 3, lines
+    for line, rid in zip(lines[:2], ("down", "down-s"), strict=True):
+        assert line.startswith(f"chat rid={rid} caller={VALIDATOR.ss58_address} status=502: the model server "
+                               "failed: upstream ") and "ClientConnectorError" in line, line
+    assert lines[2] == (f"chat rid=json caller={VALIDATOR.ss58_address} status=400: the model server refused "
+                        "the request: upstream HTTP 400: Unrecognized request argument supplied: response_format")
