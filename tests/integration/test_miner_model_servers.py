@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from loguru import logger
 
 from neurons.miner.backends.base import BackendError
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
@@ -160,3 +162,64 @@ async def test_the_parsed_completion_reports_a_200_error_body_too() -> None:
             assert (await backend.complete(ASK))["choices"][0]["message"]["content"] == "echo: hi there"
         finally:
             await backend.close()
+
+
+@pytest.fixture
+def warnings() -> Iterator[list[str]]:
+    """The WARNING lines logged while a test runs."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING", format="{message}")
+    try:
+        yield lines
+    finally:
+        logger.remove(sink)
+
+
+@contextlib.asynccontextmanager
+async def backend_for(url: str, **kwargs: Any) -> AsyncIterator[OpenAICompatibleBackend]:
+    backend = OpenAICompatibleBackend(url, **kwargs)
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+async def test_a_server_with_no_model_list_serves_the_models_upstream_models_names(warnings: list[str]) -> None:
+    """Servers without ``/models`` (Cloudflare Workers AI's OpenAI endpoint, some proxies) answer chat: the
+    miner advertised nothing, for good, whatever UPSTREAM_MODELS said. Without it, the warning says to set it."""
+    async with serve_app(create_fake_upstream([], quirks=frozenset({"no-models"}))) as url:
+        async with backend_for(url + "/v1") as backend:
+            assert backend.models() == [] and backend.tasks() == []
+        assert warnings[-1].endswith("/v1: HTTP 404 (a server with no model list: name its models in UPSTREAM_MODELS)")
+        async with backend_for(url + "/v1", serve_models=[MODEL]) as backend:
+            assert backend.models() == [MODEL] and "InferenceTask" in backend.tasks()
+            assert (await backend.complete({"model": "default", **ASK}))["model"] == MODEL
+            await backend.refresh_models()
+        assert warnings[-1].endswith(f"has no model list (/models: HTTP 404): serving UPSTREAM_MODELS as named: {MODEL}")
+        assert sum("serving UPSTREAM_MODELS" in w for w in warnings) == 1, "said once, not every refresh"
+
+
+async def test_what_to_check_when_the_model_list_cannot_be_read(warnings: list[str]) -> None:
+    """Ollama's own port without /v1, a wrong key, a list of another shape: each said only "HTTP 404",
+    "HTTP 401", or nothing at all (no ``data``: the miner served nothing with no word why)."""
+    ollama = web.Application()  # Ollama's own API beside its OpenAI one under /v1
+    tags = {"models": [{"name": "llama3.2:latest", "model": "llama3.2:latest"}]}  # /api/tags's shape
+    ollama.router.add_get("/api/tags", lambda _r: web.json_response(tags))
+    ollama.router.add_get("/proxy/models", lambda _r: web.json_response(tags))  # a proxy passing it on
+    ollama.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": None}))
+    keyed = web.Application()
+    keyed.router.add_get("/v1/models", lambda _r: web.json_response({"error": "Unauthorized"}, status=401))
+    async with serve_app(ollama) as url, serve_app(keyed) as keyed_url:
+        async with backend_for(url):
+            assert warnings[-1] == (f"could not list upstream models at {url}: HTTP 404 (UPSTREAM_URL is the "
+                                    "OpenAI-compatible base URL, usually ending in /v1)")
+        async with backend_for(url + "/proxy"):
+            assert warnings[-1] == (f"could not list upstream models at {url}/proxy: /models answered no 'data' "
+                                    "list (keys: models)")
+        async with backend_for(url + "/v1"):  # Ollama with no model pulled yet
+            assert warnings[-1] == (f"the upstream at {url}/v1 lists no model yet: nothing is served until it does "
+                                    "(Ollama: pull one with ollama pull)")
+        async with backend_for(keyed_url + "/v1", api_key="sk-wrong"):
+            assert warnings[-1].endswith("/v1: HTTP 401 (check UPSTREAM_API_KEY)")
+    assert not any("sk-wrong" in w for w in warnings)

@@ -66,12 +66,26 @@ def listed_models(listing: Any) -> list[str]:
     later, the refresher for good, so a model pulled afterwards was never served)."""
     if not isinstance(listing, dict):
         raise ValueError(f"/models answered {type(listing).__name__}, not an object")
+    if "data" not in listing:  # Ollama's own /api/tags is {"models": [...]}: no OpenAI-compatible server
+        raise ValueError(f"/models answered no 'data' list (keys: {', '.join(sorted(map(str, listing))[:8])})")
     data = listing.get("data")
     if data is None:
         return []
     if not isinstance(data, list):
         raise ValueError(f"/models 'data' is {type(data).__name__}, not a list")
     return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
+
+
+def listing_hint(status: int, base_url: str) -> str:
+    """What to check when ``/models`` answers ``status``: the URL (``http://host:11434`` is Ollama's own
+    API, whose OpenAI-compatible one is under ``/v1``), or the key."""
+    if status == 404:
+        if not base_url.endswith("/v1"):
+            return " (UPSTREAM_URL is the OpenAI-compatible base URL, usually ending in /v1)"
+        return " (a server with no model list: name its models in UPSTREAM_MODELS)"
+    if status in (401, 403):
+        return " (check UPSTREAM_API_KEY)"
+    return ""
 
 
 class OpenAICompatibleBackend:
@@ -120,20 +134,36 @@ class OpenAICompatibleBackend:
                 logger.exception("refreshing the upstream models at {} failed", self.shown_url)
 
     async def refresh_models(self) -> None:
-        """Read the upstream's models; a failure keeps the last list (and says so once per failure)."""
+        """Read the upstream's models; a failure keeps the last list (and says so once per failure, with
+        what to check). A server with no list at all (a 404) serves UPSTREAM_MODELS as they are named."""
         try:
             async with self._http().get(f"{self.base_url}/models", headers=self._headers,
                                         timeout=aiohttp.ClientTimeout(total=10)) as r:
+                if r.status == 404 and self._serve_models:
+                    self._unlisted()
+                    return
                 if r.status != 200:
-                    raise ValueError(f"HTTP {r.status}")
+                    raise ValueError(f"HTTP {r.status}{listing_hint(r.status, self.base_url)}")
                 data = await r.json(content_type=None)
-            models = self._served(listed_models(data))
+            listed = listed_models(data)
+            models = self._served(listed)
             if models != self._models and models:
                 logger.info("upstream models: {}", ", ".join(models))
             if models:
                 self._models = models
+            elif not listed and not self._models:  # it was silent: a miner serving nothing, for no reason given
+                logger.warning("the upstream at {} lists no model yet: nothing is served until it does (Ollama: "
+                               "pull one with ollama pull)", self.shown_url)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             logger.warning("could not list upstream models at {}: {}", self.shown_url, e)
+
+    def _unlisted(self) -> None:
+        """The upstream has no /models (Cloudflare Workers AI's OpenAI endpoint, some proxies): the models
+        UPSTREAM_MODELS names are taken on the operator's word (a miner advertised nothing, for good)."""
+        if self._models != self._serve_models:
+            logger.warning("the upstream at {} has no model list (/models: HTTP 404): serving UPSTREAM_MODELS "
+                           "as named: {}", self.shown_url, ", ".join(self._serve_models))
+            self._models = list(self._serve_models)
 
     def _served(self, listed: list[str]) -> list[str]:
         """The models to advertise: those of UPSTREAM_MODELS the upstream lists, in that order, else
