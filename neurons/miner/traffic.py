@@ -32,6 +32,7 @@ from loguru import logger
 from shared.errors import ApiError
 from shared.http import route_path
 from shared.ids import request_id_from
+from shared.logging import printable
 from shared.signing import claimed_hotkey, verified_hotkey
 
 SUMMARY_SECONDS = 60.0
@@ -98,9 +99,9 @@ class TrafficLog:
     def _failed(self, rid: str, caller: str, status: int, failure: str) -> None:
         if self.failure_lines.take():
             logger.warning("chat rid={} caller={} status={}: the model server {}: {}", rid, caller, status,
-                           "refused the request" if status < 500 else "failed", failure)
+                           "refused the request" if status < 500 else "failed", printable(failure))
             return
-        reason = failure[:REASON_CHARS]
+        reason = printable(failure[:REASON_CHARS])
         if reason in self.unlogged or len(self.unlogged) < MAX_REASONS:
             self.unlogged[reason] += 1
 

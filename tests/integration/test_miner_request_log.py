@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
+from aiohttp import web
 from bittensor import http_auth
 from loguru import logger
 
@@ -181,3 +182,42 @@ async def test_a_request_the_model_server_fails_or_refuses_is_a_warning_with_id_
                                "failed: upstream ") and "ClientConnectorError" in line, line
     assert lines[2] == (f"chat rid=json caller={VALIDATOR.ss58_address} status=400: the model server refused "
                         "the request: upstream HTTP 400: Unrecognized request argument supplied: response_format")
+
+
+async def test_a_key_the_model_server_quotes_back_is_neither_logged_nor_passed_on(log: list[tuple[str, str]]) -> None:
+    """A server that quotes the key it refused ("Incorrect API key provided: ...") had the miner write
+    UPSTREAM_API_KEY into its log and into its 502 to the API, which quotes miners' errors to callers."""
+    key = "sk-live-0123456789abcdef"
+
+    async def refuse(request: web.Request) -> web.Response:
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        return web.json_response({"error": {"message": f"Incorrect API key provided: {sent}.",
+                                            "type": "invalid_request_error", "code": "invalid_api_key"}}, status=401)
+
+    up = web.Application()
+    up.router.add_get("/v1/models", lambda _r: web.json_response({"data": [{"id": "m"}]}))
+    up.router.add_post("/v1/chat/completions", refuse)
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    async with serve_app(up) as upstream:
+        backend = OpenAICompatibleBackend(upstream + "/v1", api_key=key)
+        await backend.start()
+        verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
+        try:
+            async with serve_app(create_miner_app(backend, verifier)) as url, aiohttp.ClientSession() as s:
+                async with s.post(url + CHAT, data=body, headers={**signed(CHAT, body), "x-request-id": "k"}) as r:
+                    answer = await r.text()
+                    assert r.status == 502
+        finally:
+            await backend.close()
+    assert "Incorrect API key provided: ***." in answer and key not in answer, answer
+    (line,) = failures(log)
+    assert line.endswith("the model server failed: upstream HTTP 401: Incorrect API key provided: ***."), line
+    assert not any(key in m for _, m in log)
+
+
+def test_a_failure_that_quotes_a_line_break_is_one_log_line(log: list[tuple[str, str]]) -> None:
+    """The server's words may quote the caller's (an unknown field's name): they must not forge a line."""
+    traffic.TrafficLog().record(rid="r", caller="5V", stream=False, status=400, latency_ms=1.0,
+                                failure="Unrecognized request argument supplied: x\n2026-01-01 | INFO | miner | ok")
+    (line,) = failures(log)
+    assert "\n" not in line and line.endswith("supplied: x\\x0a2026-01-01 | INFO | miner | ok")

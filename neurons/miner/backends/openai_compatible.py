@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from loguru import logger
@@ -23,6 +24,7 @@ from loguru import logger
 from neurons.miner.backends.base import BackendError
 from shared.errors import MODEL_SERVER_REJECTED, parse_error
 from shared.jsonutil import dumpb
+from shared.logging import printable
 from shared.protocol import ANY_MODEL
 from shared.settings import mask_credentials
 from shared.sse import DONE, SSEError, SSEParser
@@ -106,6 +108,8 @@ class OpenAICompatibleBackend:
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        # What an upstream's error text must never carry on: it goes to the log and to the API's caller.
+        self._secrets = [secret for secret in (api_key, urlsplit(self.base_url).password) if secret]
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         # What the upstream serves, from its /models: nothing until it answers (a model server still
@@ -227,7 +231,8 @@ class OpenAICompatibleBackend:
                                            f"{ANSWER_TYPES[stream]!r}")
                     yield r
                     return
-                _, message = parse_error((await r.content.read(MAX_ERROR_BYTES)).decode("utf-8", "replace"))
+                message = self._masked(parse_error((await r.content.read(MAX_ERROR_BYTES)).decode(
+                    "utf-8", "replace"))[1])
                 refused = r.status in REFUSED_REQUEST
                 if refused and (dropped := self._refused_fields(out, message)):  # ends: ``out`` only shrinks
                     out = {k: v for k, v in out.items() if k not in dropped}
@@ -235,13 +240,20 @@ class OpenAICompatibleBackend:
                 raise BackendError(f"upstream HTTP {r.status}: {message[:300]}",
                                    status=r.status if refused else 502, code=MODEL_SERVER_REJECTED if refused else None)
 
+    def _masked(self, text: str) -> str:
+        """``text`` without the upstream's credentials: a server that quotes the key it was sent in its 401
+        ("Incorrect API key provided: ...") had it logged and passed on to the API's caller."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def _refused_fields(self, sent: dict[str, Any], message: str) -> set[str]:
         """The optional fields of ``sent`` that the upstream's refusal names; learnt for good."""
         named = {f for f in OPTIONAL_FIELDS if f in sent and re.search(rf"\b{f}\b", message)}
         if named:
             self._unsupported |= named
             logger.warning("the upstream refuses {} ({}): not sent to it from now on", ", ".join(sorted(named)),
-                           message[:200])
+                           printable(message[:200]))
         return named
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
