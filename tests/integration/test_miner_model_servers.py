@@ -164,6 +164,9 @@ async def test_the_parsed_completion_reports_a_200_error_body_too() -> None:
             await backend.close()
 
 
+NOTHING = "; no model is served until it answers (asked every 60s)"  # said while no model is served
+
+
 @pytest.fixture
 def warnings() -> Iterator[list[str]]:
     """The WARNING lines logged while a test runs."""
@@ -191,7 +194,8 @@ async def test_a_server_with_no_model_list_serves_the_models_upstream_models_nam
     async with serve_app(create_fake_upstream([], quirks=frozenset({"no-models"}))) as url:
         async with backend_for(url + "/v1") as backend:
             assert backend.models() == [] and backend.tasks() == []
-        assert warnings[-1].endswith("/v1: HTTP 404 (a server with no model list: name its models in UPSTREAM_MODELS)")
+        assert warnings[-1].endswith("/v1: HTTP 404 (a server with no model list: name its models in "
+                                     "UPSTREAM_MODELS)" + NOTHING)
         async with backend_for(url + "/v1", serve_models=[MODEL]) as backend:
             assert backend.models() == [MODEL] and "InferenceTask" in backend.tasks()
             assert (await backend.complete({"model": "default", **ASK}))["model"] == MODEL
@@ -213,13 +217,15 @@ async def test_what_to_check_when_the_model_list_cannot_be_read(warnings: list[s
     async with serve_app(ollama) as url, serve_app(keyed) as keyed_url:
         async with backend_for(url):
             assert warnings[-1] == (f"could not list upstream models at {url}: HTTP 404 (UPSTREAM_URL is the "
-                                    "OpenAI-compatible base URL, usually ending in /v1)")
+                                    "OpenAI-compatible base URL, usually ending in /v1)" + NOTHING)
         async with backend_for(url + "/proxy"):
             assert warnings[-1] == (f"could not list upstream models at {url}/proxy: /models answered no 'data' "
-                                    "list (keys: models)")
+                                    "list (keys: models)" + NOTHING)
         async with backend_for(url + "/v1"):  # Ollama with no model pulled yet
             assert warnings[-1] == (f"the upstream at {url}/v1 lists no model yet: nothing is served until it does "
                                     "(Ollama: pull one with ollama pull)")
         async with backend_for(keyed_url + "/v1", api_key="sk-wrong"):
-            assert warnings[-1].endswith("/v1: HTTP 401 (check UPSTREAM_API_KEY)")
+            assert warnings[-1].endswith("/v1: HTTP 401 (check UPSTREAM_API_KEY)" + NOTHING)
+    async with backend_for(url + "/v1"):  # the server down (not started yet, or gone)
+        assert "/v1: Cannot connect to host" in warnings[-1] and warnings[-1].endswith(NOTHING)
     assert not any("sk-wrong" in w for w in warnings)

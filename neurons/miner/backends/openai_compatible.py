@@ -159,7 +159,8 @@ class OpenAICompatibleBackend:
                 logger.warning("the upstream at {} lists no model yet: nothing is served until it does (Ollama: "
                                "pull one with ollama pull)", self.shown_url)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            logger.warning("could not list upstream models at {}: {}", self.shown_url, e)
+            logger.warning("could not list upstream models at {}: {}{}", self.shown_url, e, "" if self._models else
+                           f"; no model is served until it answers (asked every {self._models_refresh:g}s)")
 
     def _unlisted(self) -> None:
         """The upstream has no /models (Cloudflare Workers AI's OpenAI endpoint, some proxies): the models
