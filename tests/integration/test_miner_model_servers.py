@@ -229,3 +229,35 @@ async def test_what_to_check_when_the_model_list_cannot_be_read(warnings: list[s
     async with backend_for(url + "/v1"):  # the server down (not started yet, or gone)
         assert "/v1: Cannot connect to host" in warnings[-1] and warnings[-1].endswith(NOTHING)
     assert not any("sk-wrong" in w for w in warnings)
+
+
+async def test_n_never_reaches_a_server_that_refuses_it(tmp_path: Path) -> None:
+    """llama.cpp refuses ``n`` other than 1 ("Only one completion choice is allowed"), as Groq does: the API
+    asks each miner for one answer (each choice is a race of its own), so such a server answers every one."""
+    received: list = []
+    async with stack(tmp_path, received, refuses=frozenset({"n"})) as (api, key):
+        status, raw = await post_chat(api, key, {**ASK, "n": 2})
+    assert status == 200, raw
+    assert [c["message"]["content"] for c in json.loads(raw)["choices"]] == ["echo: hi there"] * 2
+    assert received and not any("n" in b for b in received)
+
+
+@pytest.mark.parametrize(("field", "extra"), [
+    ("logprobs", {"logprobs": True, "top_logprobs": 2}),
+    ("response_format", {"response_format": {"type": "json_object"}}),
+    ("tools", {"tools": TOOLS}),  # llama-server without --jinja, an Ollama model without tool support
+])
+async def test_a_field_the_answer_needs_refused_is_the_callers_400_and_not_scored(
+        tmp_path: Path, field: str, extra: dict[str, Any]) -> None:
+    """Without it the answer would not be what was asked: the refusal reaches the caller, and the miner,
+    whose server cannot do it, is not scored for it (neither a failure nor an answer)."""
+    received: list = []
+    payloads: list = []
+    async with stack(tmp_path, received, payloads=payloads, refuses=frozenset({field})) as (api, key):
+        status, raw = await post_chat(api, key, {**ASK, **extra})
+        assert status == 400, raw
+        assert json.loads(raw)["error"]["code"] == "model_server_rejected"
+        status, raw = await post_chat(api, key, ASK)  # the same miner answers what its server can do
+        assert status == 200, raw
+    assert len(received) == 2 and field in received[0], "asked once: nothing to drop"
+    assert len(payloads) == 1 and payloads[0]["errors"] == {}, "only the answered request is scored"
