@@ -27,7 +27,7 @@ from shared.signing import CALLER_KEY, RequestVerifier, btauth_middleware
 from shared.sse import DONE_FRAME, encode_event
 
 BACKEND = web.AppKey("backend", Backend)
-BACKEND_FAILURE = "sn1_backend_failure"  # request key: why the backend did not answer (its BackendError)
+BACKEND_FAILURE = web.RequestKey("sn1_backend_failure", str)  # why the backend did not answer (its BackendError)
 METAGRAPH = web.AppKey("metagraph", MetagraphView)
 
 
