@@ -221,3 +221,30 @@ def test_a_failure_that_quotes_a_line_break_is_one_log_line(log: list[tuple[str,
                                 failure="Unrecognized request argument supplied: x\n2026-01-01 | INFO | miner | ok")
     (line,) = failures(log)
     assert "\n" not in line and line.endswith("supplied: x\\x0a2026-01-01 | INFO | miner | ok")
+
+
+async def test_a_model_server_that_drops_a_stream_midway_is_a_warning_with_the_requests_id(
+        log: list[tuple[str, str]]) -> None:
+    """It was a WARNING without the request id or the caller: not to be found among a minute's requests."""
+    async def cut(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {"id": "u", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]}
+        await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.close()  # the model server dies mid-answer
+        return response
+
+    up = web.Application()
+    up.router.add_get("/v1/models", lambda _r: web.json_response({"data": [{"id": "m"}]}))
+    up.router.add_post("/v1/chat/completions", cut)
+    async with serve_app(up) as upstream:
+        statuses = await openai_miner_post(upstream + "/v1", [("cut", {"messages": [{"role": "user", "content": "hi"}],
+                                                                       "stream": True})])
+    assert statuses == [200], "the stream had begun"
+    (line,) = failures(log)
+    assert line.startswith(f"chat rid=cut caller={VALIDATOR.ss58_address} status=502: the model server failed: "
+                           "mid-stream: upstream stream failed: "), line
