@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 MODEL = "fake/llm-1"
+REASONER = "fake/o-1"  # the "openai-reasoning-model" quirk's model
 CONTEXT_TOKENS = 4096
 # How real servers refuse a streamed request too long for the model after answering it 200: the stream
 # opens with an error event. llama.cpp until September 2025 (ggml-org/llama.cpp#14566, an ``error:``
@@ -58,6 +59,9 @@ QUIRKS = {
     "slow-first-token": "0.3 s of keep-alive comments before the first token",
     # servers with no model listing (Cloudflare Workers AI's OpenAI endpoint, some proxies): 404
     "no-models": "GET /v1/models is a 404",
+    # OpenAI's reasoning models (o1, o3, gpt-5) beside its others: max_tokens refused for
+    # max_completion_tokens, a temperature or top_p other than 1 refused, each in OpenAI's words
+    "openai-reasoning-model": f"{REASONER} listed too, refusing what OpenAI's reasoning models refuse",
 }
 THOUGHT = "The user wants an echo."
 
@@ -70,6 +74,20 @@ def prompt_tokens(body: dict[str, Any]) -> int:
         return sum(words(part.get("text")) for part in content or [] if isinstance(part, dict))
 
     return sum(words(m.get("content")) for m in body["messages"])
+
+
+def reasoner_refusal(body: dict[str, Any]) -> dict[str, Any] | None:
+    """What OpenAI's reasoning models refuse of ``body``, in its words (the first thing refused), or None."""
+    if "max_tokens" in body:
+        return {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                           "'max_completion_tokens' instead.", "type": "invalid_request_error",
+                "param": "max_tokens", "code": "unsupported_parameter"}
+    for name in ("temperature", "top_p"):
+        if body.get(name) not in (None, 1):
+            return {"message": f"Unsupported value: '{name}' does not support {body[name]} with this model. Only "
+                               "the default (1) value is supported.", "type": "invalid_request_error",
+                    "param": name, "code": "unsupported_value"}
+    return None
 
 
 def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
@@ -95,7 +113,7 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
     unknown = quirks - QUIRKS.keys()
     if unknown:
         raise ValueError(f"unknown quirks {sorted(unknown)}")
-    listed = [MODEL] if models is None else models
+    listed = ([MODEL, REASONER] if "openai-reasoning-model" in quirks else [MODEL]) if models is None else models
 
     async def list_models(_request: web.Request) -> web.Response:
         if "no-models" in quirks:
@@ -109,6 +127,8 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
         if strict and set(body) & {"task", "sampling_parameters", "uids", "mixture", "timeout"}:
             return web.json_response({"error": {"message": "unknown parameter", "type": "invalid_request_error"}},
                                      status=400)
+        if "openai-reasoning-model" in quirks and body.get("model") == REASONER and (refusal := reasoner_refusal(body)):
+            return web.json_response({"error": refusal}, status=400)
         for name in sorted(refuses & set(body)):  # OpenAI's own words
             return web.json_response({"error": {"message": f"Unrecognized request argument supplied: {name}",
                                                 "type": "invalid_request_error", "param": None, "code": None}},

@@ -17,6 +17,7 @@ from aiohttp import web
 from loguru import logger
 
 from neurons.miner.backends.base import BackendError
+from neurons.miner.backends.field_refusals import FieldRefusals
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from neurons.validator.payload import OrganicPayload
 from neurons.validator.reference import OpenAIReference
@@ -27,7 +28,7 @@ from neurons.validator.tasks.base import RewardContext
 from shared.corpus import builtin_corpus
 from shared.errors import MODEL_SERVER_REJECTED
 from shared.sse import DONE, SSEParser
-from tests.fake_upstream import MODEL, QUIRKS, create_fake_upstream
+from tests.fake_upstream import MODEL, QUIRKS, REASONER, create_fake_upstream
 from tests.helpers import serve_app, snapshot
 from tests.integration.test_miner_openai_backend import MINER, VALIDATOR, answered, stack
 
@@ -35,7 +36,7 @@ ASK = {"model": MODEL, "messages": [{"role": "user", "content": "hi there"}]}
 TOOLS = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
 STREAMED_ONLY = {"usage-every-chunk", "include-usage", "event-lines", "tool-args-split", "tool-call-whole",
                  "slow-first-token"}
-ANSWER_QUIRKS = sorted(set(QUIRKS) - {"error-200", "no-models"})
+ANSWER_QUIRKS = sorted(set(QUIRKS) - {"error-200", "no-models", "openai-reasoning-model"})
 
 
 @contextlib.asynccontextmanager
@@ -261,3 +262,46 @@ async def test_a_field_the_answer_needs_refused_is_the_callers_400_and_not_score
         assert status == 200, raw
     assert len(received) == 2 and field in received[0], "asked once: nothing to drop"
     assert len(payloads) == 1 and payloads[0]["errors"] == {}, "only the answered request is scored"
+
+
+async def test_openais_reasoning_models_are_sent_what_they_take_and_its_other_models_all_of_it(
+        tmp_path: Path) -> None:
+    """OpenAI's reasoning models refuse ``max_tokens`` (for ``max_completion_tokens``) and a temperature or
+    top_p other than 1: a miner serving one failed nearly every request (the validator's all carry a
+    temperature, most a max_tokens). What one model refuses is still sent to the server's others."""
+    received: list = []
+    payloads: list = []
+    ask = {"messages": ASK["messages"], "max_tokens": 12, "temperature": 0.7, "top_p": 0.9}
+    async with stack(tmp_path, received, payloads=payloads, quirks=frozenset({"openai-reasoning-model"})) as (
+            api, key):
+        for model, stream in ((REASONER, False), (MODEL, False), (REASONER, True)):
+            status, raw = await post_chat(api, key, {**ask, "model": model, "stream": stream})
+            assert status == 200, raw
+            assert content_of(raw, stream).strip() == "echo: hi there"
+    sent = [(b["model"], sorted(set(b) & {"max_tokens", "max_completion_tokens", "temperature", "top_p"}))
+            for b in received]
+    assert sent == [(REASONER, ["max_tokens", "temperature", "top_p"]),  # refused for max_tokens
+                    (REASONER, ["max_completion_tokens", "temperature", "top_p"]),  # for temperature
+                    (REASONER, ["max_completion_tokens", "top_p"]),  # for top_p
+                    (REASONER, ["max_completion_tokens"]),  # answered
+                    (MODEL, ["max_tokens", "temperature", "top_p"]),  # its other model: all of it, at once
+                    (REASONER, ["max_completion_tokens"])], sent  # learnt: at once
+    assert received[3]["max_completion_tokens"] == 12
+    assert [p["errors"] for p in payloads] == [{}, {}, {}]
+    assert await reward_of(payloads[0], tmp_path) == {1: 1.0}
+
+
+async def test_a_refusal_of_a_callers_value_strips_no_later_request() -> None:
+    """Only the reasoning models' "Only the default (1) value" drops a temperature or top_p: a server's
+    refusal of one value (vLLM's "top_p must be in (0, 1]") stays the caller's, and the next request keeps
+    its sampling. Nor does a context-length refusal that names both token fields rename one (vLLM's)."""
+    refusals = FieldRefusals()
+    body = {"model": "m", "top_p": 0.0, "max_tokens": 10_000, "temperature": 0.5}
+    assert not refusals.learn(body, "top_p must be in (0, 1], got 0.0.")
+    assert not refusals.learn(body, "'max_tokens' or 'max_completion_tokens' is too large: 10000. This model's "
+                                    "maximum context length is 4096 tokens")
+    assert refusals.apply(body) == body
+    assert refusals.learn(body, "Unsupported value: 'top_p' does not support 0.0 with this model. Only the default "
+                                "(1) value is supported.")
+    assert refusals.apply(body) == {"model": "m", "max_tokens": 10_000, "temperature": 0.5}
+    assert refusals.apply({**body, "model": "other"}) == {**body, "model": "other"}, "learnt for that model only"

@@ -22,9 +22,9 @@ import aiohttp
 from loguru import logger
 
 from neurons.miner.backends.base import BackendError
+from neurons.miner.backends.field_refusals import FieldRefusals
 from shared.errors import MODEL_SERVER_REJECTED, parse_error
 from shared.jsonutil import dumpb
-from shared.logging import printable
 from shared.protocol import ANY_MODEL
 from shared.settings import mask_credentials
 from shared.sse import DONE, SSEError, SSEParser
@@ -35,16 +35,6 @@ from shared.tasks import ARITHMETIC, INFERENCE, QUESTION_ANSWERING
 # from the miner's failure. Any other upstream status (auth, rate limit, 5xx) is the miner's 502.
 REFUSED_REQUEST = frozenset({400, 413, 422})
 SUBNET_FIELDS = ("task", "sampling_parameters", "uids", "mixture", "inference_mode", "target_results", "timeout")
-# Fields an answer does without, which some servers refuse with a 4xx naming them: an upstream that names
-# one in its refusal gets the request again without it, and never again after. The sampling extras that
-# vLLM, llama.cpp and Ollama honour and hosted APIs (OpenAI's own) refuse; ``seed``, which the API and the
-# validator put on every request and strict APIs refuse (Mistral's is ``random_seed``: 422 extra_forbidden),
-# so such a miner failed every request; ``stream_options`` (Azure OpenAI before 2024-09-01-preview, and
-# servers older than it: the API estimates usage that does not come) and ``parallel_tool_calls`` (a hint
-# that SDKs send by default and older servers refuse). Never a field the answer's shape depends on
-# (``tools``, ``response_format``, ``logprobs``): without it the answer would not be what was asked.
-OPTIONAL_FIELDS = ("top_k", "min_p", "repetition_penalty", "top_a", "seed", "stream_options",
-                   "parallel_tool_calls")
 # Models a /models list holds that answer no chat completion (OpenAI's lists embeddings, speech, images and
 # moderation beside its chat models; Ollama's, the embedding models pulled): not advertised.
 # An upstream's whole JSON answer is held in memory: bounded (a 200 MB answer was read whole), far above
@@ -119,7 +109,7 @@ class OpenAICompatibleBackend:
         self._serve_models = list(serve_models or [])  # UPSTREAM_MODELS: the operator's choice, in order
         self._missing: list[str] = []
         self._refresher: asyncio.Task[None] | None = None
-        self._unsupported: set[str] = set()  # OPTIONAL_FIELDS this upstream refused
+        self._refusals = FieldRefusals()  # what its models refused, learnt from their 4xx
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512),
@@ -199,28 +189,28 @@ class OpenAICompatibleBackend:
         return [INFERENCE, QUESTION_ANSWERING, ARITHMETIC]
 
     def upstream_body(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
-        out = {k: v for k, v in body.items() if k not in SUBNET_FIELDS and k not in self._unsupported}
+        out = {k: v for k, v in body.items() if k not in SUBNET_FIELDS}
         # The subnet's sampling block, in the upstream's own fields (as the validator's reference model
         # gets them: the same sampling on both sides of a comparison).
         sp = body.get("sampling_parameters") or {}
         for name, field in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
                             ("max_new_tokens", "max_tokens")):
-            if sp.get(name) is not None and field not in out and field not in self._unsupported:
+            if sp.get(name) is not None and field not in out:
                 out[field] = sp[name]
         if out.get("model") in ANY_MODEL and self._models:
             out["model"] = self._models[0]
         out["stream"] = stream
         if not stream:
             out.pop("stream_options", None)
-        return out
+        return self._refusals.apply(out)
 
     @contextlib.asynccontextmanager
     async def _chat(self, body: dict[str, Any], *, stream: bool) -> AsyncIterator[aiohttp.ClientResponse]:
         """POST the upstream chat completion; a non-200 answer is a BackendError naming its status.
 
-        A refusal that names optional fields the request carried is asked again without them (again for
-        each refusal that names another: a server that refuses ``seed`` and ``stream_options`` names one a
-        time, and asked only twice the first request failed)."""
+        A refusal that names fields the answer does without is asked again without them, or with them
+        renamed (``FieldRefusals``); again for each refusal that names another (a server that refuses
+        ``seed`` and ``stream_options`` names one at a time, and asked only twice the first request failed)."""
         out = self.upstream_body(body, stream=stream)
         while True:
             async with self._http().post(
@@ -235,8 +225,8 @@ class OpenAICompatibleBackend:
                 message = self._masked(parse_error((await r.content.read(MAX_ERROR_BYTES)).decode(
                     "utf-8", "replace"))[1])
                 refused = r.status in REFUSED_REQUEST
-                if refused and (dropped := self._refused_fields(out, message)):  # ends: ``out`` only shrinks
-                    out = {k: v for k, v in out.items() if k not in dropped}
+                if refused and self._refusals.learn(out, message):  # ends: each time a field named goes
+                    out = self._refusals.apply(out)
                     continue
                 raise BackendError(f"upstream HTTP {r.status}: {message[:300]}",
                                    status=r.status if refused else 502, code=MODEL_SERVER_REJECTED if refused else None)
@@ -247,15 +237,6 @@ class OpenAICompatibleBackend:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
-
-    def _refused_fields(self, sent: dict[str, Any], message: str) -> set[str]:
-        """The optional fields of ``sent`` that the upstream's refusal names; learnt for good."""
-        named = {f for f in OPTIONAL_FIELDS if f in sent and re.search(rf"\b{f}\b", message)}
-        if named:
-            self._unsupported |= named
-            logger.warning("the upstream refuses {} ({}): not sent to it from now on", ", ".join(sorted(named)),
-                           printable(message[:200]))
-        return named
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
