@@ -59,6 +59,9 @@ QUIRKS = {
     "slow-first-token": "0.3 s of keep-alive comments before the first token",
     # servers with no model listing (Cloudflare Workers AI's OpenAI endpoint, some proxies): 404
     "no-models": "GET /v1/models is a 404",
+    # Mistral's API takes ``random_seed``, not ``seed``, and refuses unknown fields with pydantic's 422
+    # (the field named only in the error's ``loc``, its message an object, not text)
+    "mistral-422": "seed refused with a 422 extra_forbidden detail",
     # OpenAI's reasoning models (o1, o3, gpt-5) beside its others: max_tokens refused for
     # max_completion_tokens, a temperature or top_p other than 1 refused, each in OpenAI's words
     "openai-reasoning-model": f"{REASONER} listed too, refusing what OpenAI's reasoning models refuse",
@@ -129,6 +132,11 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
                                      status=400)
         if "openai-reasoning-model" in quirks and body.get("model") == REASONER and (refusal := reasoner_refusal(body)):
             return web.json_response({"error": refusal}, status=400)
+        if "mistral-422" in quirks and "seed" in body:
+            return web.json_response({"object": "error", "message": {"detail": [{
+                "type": "extra_forbidden", "loc": ["body", "seed"], "msg": "Extra inputs are not permitted",
+                "input": body["seed"]}]}, "type": "invalid_request_message_error", "param": None, "code": None},
+                status=422)
         for name in sorted(refuses & set(body)):  # OpenAI's own words
             return web.json_response({"error": {"message": f"Unrecognized request argument supplied: {name}",
                                                 "type": "invalid_request_error", "param": None, "code": None}},

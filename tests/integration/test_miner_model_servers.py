@@ -36,7 +36,7 @@ ASK = {"model": MODEL, "messages": [{"role": "user", "content": "hi there"}]}
 TOOLS = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
 STREAMED_ONLY = {"usage-every-chunk", "include-usage", "event-lines", "tool-args-split", "tool-call-whole",
                  "slow-first-token"}
-ANSWER_QUIRKS = sorted(set(QUIRKS) - {"error-200", "no-models", "openai-reasoning-model"})
+ANSWER_QUIRKS = sorted(set(QUIRKS) - {"error-200", "no-models", "openai-reasoning-model", "mistral-422"})
 
 
 @contextlib.asynccontextmanager
@@ -305,3 +305,14 @@ async def test_a_refusal_of_a_callers_value_strips_no_later_request() -> None:
                                 "(1) value is supported.")
     assert refusals.apply(body) == {"model": "m", "max_tokens": 10_000, "temperature": 0.5}
     assert refusals.apply({**body, "model": "other"}) == {**body, "model": "other"}, "learnt for that model only"
+
+
+async def test_mistrals_422_for_seed_is_learnt_from_its_detail(tmp_path: Path) -> None:
+    """Its refusal names the field only in pydantic's ``loc``, its ``message`` an object: read as text."""
+    received: list = []
+    async with stack(tmp_path, received, quirks=frozenset({"mistral-422"})) as (api, key):
+        for stream in (False, True):
+            status, raw = await post_chat(api, key, {**ASK, "stream": stream})
+            assert status == 200, raw
+            assert content_of(raw, stream).strip() == "echo: hi there"
+    assert ["seed" in b for b in received] == [True, False, False]
