@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,20 +17,27 @@ import pytest
 from aiohttp import web
 from loguru import logger
 
+from neurons.miner.app import create_miner_app
 from neurons.miner.backends.base import BackendError
 from neurons.miner.backends.field_refusals import FieldRefusals
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
+from neurons.validator.availability import AvailabilityBook
+from neurons.validator.datasets import build_datasets
 from neurons.validator.payload import OrganicPayload
 from neurons.validator.reference import OpenAIReference
 from neurons.validator.scores import ScoreBook
 from neurons.validator.scoring import Scorer, rebuild_answer
+from neurons.validator.synthetic import SyntheticConfig, run_cycle
 from neurons.validator.tasks import default_registry
 from neurons.validator.tasks.base import RewardContext
 from shared.corpus import builtin_corpus
 from shared.errors import MODEL_SERVER_REJECTED
+from shared.metagraph import MetagraphView
+from shared.miner_client import MinerClient, make_session
+from shared.signing import Authorizer, RequestVerifier, Signer
 from shared.sse import DONE, SSEParser
 from tests.fake_upstream import MODEL, QUIRKS, REASONER, create_fake_upstream
-from tests.helpers import serve_app, snapshot
+from tests.helpers import StaticSource, serve_app, snapshot
 from tests.integration.test_miner_openai_backend import MINER, VALIDATOR, answered, stack
 
 ASK = {"model": MODEL, "messages": [{"role": "user", "content": "hi there"}]}
@@ -316,3 +324,38 @@ async def test_mistrals_422_for_seed_is_learnt_from_its_detail(tmp_path: Path) -
             assert status == 200, raw
             assert content_of(raw, stream).strip() == "echo: hi there"
     assert ["seed" in b for b in received] == [True, False, False]
+
+
+SYNTHETIC_QUIRKS = frozenset({"mistral-422", "usage-every-chunk", "event-lines", "reasoning_content"})
+
+
+@pytest.mark.parametrize("quirks", [frozenset(), SYNTHETIC_QUIRKS], ids=["plain", "quirks"])
+async def test_the_validators_own_jobs_score_a_miner_behind_a_quirky_server_in_full(
+        tmp_path: Path, quirks: frozenset[str]) -> None:
+    """The synthetic path end to end: the validator's ``run_cycle`` (its wording: streamed or not, a model
+    or "default" or none, a seed, its sampling) signs each job to a miner in front of the server, and its
+    Scorer judges the answer against the same model with no quirk. Every job must score in full, as the
+    same model's do behind a plain server (with ``seed`` refused, every job was a 0)."""
+    registry = default_registry({"InferenceTask": 1.0})
+    book = AvailabilityBook(entries={1: {"task_availabilities": {"InferenceTask": True},
+                                         "llm_model_availabilities": {MODEL: True}}},
+                            hotkeys={1: MINER.ss58_address})
+    async with contextlib.AsyncExitStack() as st:
+        upstream = await st.enter_async_context(serve_app(create_fake_upstream([], quirks=quirks)))
+        backend = await st.enter_async_context(backend_for(upstream + "/v1"))
+        verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
+        miner = await st.enter_async_context(serve_app(create_miner_app(backend, verifier)))
+        view = MetagraphView(StaticSource(snapshot(VALIDATOR.ss58_address, {1: (MINER.ss58_address, miner[7:])})))
+        await view.refresh()
+        client = MinerClient(make_session(), Signer(VALIDATOR))
+        st.push_async_callback(client.session.close)
+        sc = await st.enter_async_context(scorer(tmp_path))
+        rewards, streamed = [], set()
+        for seed in range(6):
+            job = await run_cycle(client, view, book, registry, build_datasets(builtin_corpus()),
+                                  SyntheticConfig(sample_size=8, timeout=10.0), random.Random(seed))
+            assert job is not None and job.errors == {}, job and job.errors
+            streamed.add(job.bodies[1]["stream"])
+            rewards.append(await sc.rewards(job))
+    assert streamed == {True, False}, "both of the validator's ways of asking"
+    assert rewards == [{1: 1.0}] * 6
