@@ -29,6 +29,9 @@ from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.openai_compatible import SUBNET_FIELDS
 from neurons.miner.backends.tool_calls import planned_tool_call
 from neurons.validator.rewards.tools import Reply, calls_of
+from shared.errors import parse_error
+from shared.field_refusals import FieldRefusals
+from shared.logging import printable
 
 
 class ReferenceError(Exception):
@@ -93,6 +96,10 @@ class OpenAIReference:
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        self._secret = api_key
+        # What its models refuse, learnt as a miner's backend learns it: a hosted reference (Mistral's refuses
+        # ``seed``, OpenAI's reasoning models ``max_tokens`` and a temperature) failed every job it was asked.
+        self._refusals = FieldRefusals()
 
     def request_body(self, body: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in body.items() if k not in SUBNET_FIELDS and k != "stream_options"}
@@ -109,19 +116,31 @@ class OpenAIReference:
 
     async def reply(self, body: dict[str, Any]) -> Reply:
         try:
-            async with self.session.post(
-                f"{self.base_url}/chat/completions", json=self.request_body(body), headers=self._headers,
-                timeout=self.timeout,
-            ) as r:
-                if r.status != 200:
-                    raise ReferenceError(f"reference LLM answered HTTP {r.status}")
-                data = await r.json(content_type=None)
+            data = await self._completion(self._refusals.apply(self.request_body(body)))
             message = data["choices"][0]["message"]
             content, calls = message.get("content"), calls_of(message.get("tool_calls"))
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError,
                 AttributeError) as e:
             raise ReferenceError(f"reference LLM failed: {type(e).__name__}: {e}") from None
         return Reply(text=content if isinstance(content, str) else "", calls=calls)
+
+    async def _completion(self, sent: dict[str, Any]) -> Any:
+        """The server's JSON completion of ``sent``; a 400/422 naming a field the answer does without is asked
+        again without it (or renamed), once per field (``FieldRefusals``), and any other refusal is a
+        ``ReferenceError`` quoting the server's reason (it said only the status: an operator could not tell a
+        refused field from a wrong key)."""
+        while True:
+            async with self.session.post(f"{self.base_url}/chat/completions", json=sent, headers=self._headers,
+                                         timeout=self.timeout) as r:
+                if r.status == 200:
+                    return await r.json(content_type=None)
+                reason = parse_error((await r.content.read(4096)).decode("utf-8", "replace"))[1]
+                if self._secret:  # a server that quotes the key it refused must not have it logged
+                    reason = reason.replace(self._secret, "***")
+            if r.status in (400, 422) and self._refusals.learn(sent, reason):  # ends: a field named goes each time
+                sent = self._refusals.apply(sent)
+                continue
+            raise ReferenceError(f"reference LLM answered HTTP {r.status}: {printable(reason)[:300]}")
 
     async def answer(self, body: dict[str, Any]) -> str:
         return text_of(await self.reply(body), empty_ok=self.empty_ok)
@@ -168,6 +187,24 @@ class CachedReference:
         if len(self._cache) > self.size:
             self._cache.popitem(last=False)
         return reply
+
+    async def _completion(self, sent: dict[str, Any]) -> Any:
+        """The server's JSON completion of ``sent``; a 400/422 naming a field the answer does without is asked
+        again without it (or renamed), once per field (``FieldRefusals``), and any other refusal is a
+        ``ReferenceError`` quoting the server's reason (it said only the status: an operator could not tell a
+        refused field from a wrong key)."""
+        while True:
+            async with self.session.post(f"{self.base_url}/chat/completions", json=sent, headers=self._headers,
+                                         timeout=self.timeout) as r:
+                if r.status == 200:
+                    return await r.json(content_type=None)
+                reason = parse_error((await r.content.read(4096)).decode("utf-8", "replace"))[1]
+                if self._secret:  # a server that quotes the key it refused must not have it logged
+                    reason = reason.replace(self._secret, "***")
+            if r.status in (400, 422) and self._refusals.learn(sent, reason):  # ends: a field named goes each time
+                sent = self._refusals.apply(sent)
+                continue
+            raise ReferenceError(f"reference LLM answered HTTP {r.status}: {printable(reason)[:300]}")
 
     async def answer(self, body: dict[str, Any]) -> str:
         return text_of(await self.reply(body), empty_ok=self.empty_ok)

@@ -19,7 +19,6 @@ from loguru import logger
 
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.base import BackendError
-from neurons.miner.backends.field_refusals import FieldRefusals
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.datasets import build_datasets
@@ -32,6 +31,7 @@ from neurons.validator.tasks import default_registry
 from neurons.validator.tasks.base import RewardContext
 from shared.corpus import builtin_corpus
 from shared.errors import MODEL_SERVER_REJECTED
+from shared.field_refusals import FieldRefusals
 from shared.metagraph import MetagraphView
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Authorizer, RequestVerifier, Signer

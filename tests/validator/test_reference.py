@@ -11,6 +11,7 @@ from aiohttp import web
 
 from neurons.validator.reference import CachedReference, OpenAIReference, ReferenceError
 from neurons.validator.rewards.tools import Reply
+from tests.fake_upstream import MODEL, REASONER, create_fake_upstream
 from tests.helpers import serve_app
 
 BODY = {"messages": [{"role": "user", "content": "Hi"}], "seed": 7, "task": "InferenceTask", "model": "a"}
@@ -62,3 +63,46 @@ async def test_the_cache_keys_on_what_the_answer_depends_on() -> None:
               {**BODY, "response_format": {"type": "json_object"}}]
     answers = [await cache.answer(b) for b in others]
     assert len(set(answers)) == len(others) and first not in answers and len(inner.asked) == 1 + len(others)
+
+
+SAMPLED = {"messages": [{"role": "user", "content": "Hi"}], "seed": 7, "task": "InferenceTask",
+           "sampling_parameters": {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 64}}
+
+
+@pytest.mark.parametrize(("quirk", "model", "after"), [
+    ("mistral-422", MODEL, {"seed": None}),
+    ("openai-reasoning-model", REASONER, {"max_tokens": None, "max_completion_tokens": 64, "temperature": None,
+                                          "top_p": None}),
+])
+async def test_a_reference_learns_what_its_server_refuses_and_answers(quirk: str, model: str,
+                                                                      after: dict[str, Any]) -> None:
+    """A hosted reference that refuses a field every validator request carries (Mistral's ``seed``, OpenAI's
+    reasoning models' ``max_tokens`` and sampling) skipped every job: "reference LLM answered HTTP 400". Now
+    the field is dropped (or renamed) as a miner's backend drops it, for that model, and the next request
+    goes without it at once."""
+    received: list[dict[str, Any]] = []
+    async with serve_app(create_fake_upstream(received, quirks=frozenset({quirk}))) as url, \
+            aiohttp.ClientSession() as session:
+        reference = OpenAIReference(url + "/v1", session=session, model=model)
+        assert await reference.answer(SAMPLED) == "echo: Hi"
+        first = len(received)
+        assert first > 1, "the first request was refused and asked again"
+        assert await reference.answer({**SAMPLED, "seed": 8}) == "echo: Hi"
+        assert len(received) == first + 1, "what was learnt is not asked again"
+    for field, value in after.items():
+        assert received[-1].get(field) == value, (field, received[-1])
+
+
+async def test_a_refusal_names_the_servers_reason_without_its_key() -> None:
+    """A wrong key or a refused request said only "HTTP 401": an operator could not tell which. The reason is
+    quoted, the key masked out of it."""
+    async def refuse(request: web.Request) -> web.Response:
+        key = request.headers["Authorization"].removeprefix("Bearer ")
+        return web.json_response({"error": {"message": f"Incorrect API key provided: {key}.",
+                                            "type": "invalid_request_error", "code": "invalid_api_key"}}, status=401)
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", refuse)
+    async with serve_app(app) as url, aiohttp.ClientSession() as session:
+        with pytest.raises(ReferenceError) as e:
+            await OpenAIReference(url + "/v1", session=session, api_key="sk-secret-42").answer(BODY)
+    assert "HTTP 401: Incorrect API key provided: ***." in str(e.value) and "sk-secret-42" not in str(e.value)

@@ -22,8 +22,8 @@ import aiohttp
 from loguru import logger
 
 from neurons.miner.backends.base import BackendError
-from neurons.miner.backends.field_refusals import FieldRefusals
 from shared.errors import MODEL_SERVER_REJECTED, parse_error
+from shared.field_refusals import FieldRefusals
 from shared.jsonutil import dumpb
 from shared.protocol import ANY_MODEL
 from shared.settings import mask_credentials
