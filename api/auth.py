@@ -25,7 +25,7 @@ from loguru import logger
 from multidict import CIMultiDictProxy
 
 from shared.client_address import client_address
-from shared.errors import ApiError
+from shared.errors import ApiError, retry_after
 from shared.http import route_path
 from shared.store.base import KeyRecord, RateDecision, Store, StoreUnavailable, hash_key
 from shared.store.outage import OutageLog
@@ -142,7 +142,7 @@ async def authenticate(request: web.Request, store: Store, *, scope: str | None,
             f"Rate limit reached: this key allows {auth.decision.limit} requests per minute. "
             f"Retry in {go_duration(auth.decision.retry_after)}.",
             code="rate_limit_exceeded",
-            headers={"Retry-After": str(max(1, math.ceil(auth.decision.retry_after)))},
+            headers=retry_after(auth.decision.retry_after),
         )
     if scope == TOKEN_SCOPE and auth.record.daily_token_limit is not None and usage is not None:
         await check_token_budget(request, auth.record, usage)
@@ -168,7 +168,7 @@ async def check_token_budget(request: web.Request, key: KeyRecord, usage: UsageR
             f"Daily token limit reached: this key allows {budget.limit} tokens per day (UTC) and has used "
             f"{budget.used}. Retry in {go_duration(budget.reset_after)}, when the day ends.",
             code="token_limit_exceeded",
-            headers={"Retry-After": str(max(1, math.ceil(budget.reset_after)))},
+            headers=retry_after(budget.reset_after),
         )
 
 
@@ -186,7 +186,7 @@ async def invalid_key(request: web.Request, store: Store) -> ApiError:
     if not gate.allowed:
         return ApiError(
             429, f"Too many invalid API keys from this address; retry in {go_duration(gate.retry_after)}.",
-            code="invalid_key_rate_limited", headers={"Retry-After": str(max(1, math.ceil(gate.retry_after)))},
+            code="invalid_key_rate_limited", headers=retry_after(gate.retry_after),
         )
     return ApiError(401, "Invalid API key.", code="invalid_api_key")
 
@@ -281,7 +281,7 @@ def caller_name(request: web.Request) -> str | None:
 def _admin_locked(gate: RateDecision) -> ApiError:
     return ApiError(
         429, f"Too many failed admin attempts from this address; retry in {go_duration(gate.retry_after)}.",
-        code="admin_rate_limited", headers={"Retry-After": str(max(1, math.ceil(gate.retry_after)))},
+        code="admin_rate_limited", headers=retry_after(gate.retry_after),
     )
 
 

@@ -8,6 +8,7 @@ status. Nothing else in the code base builds error bodies by hand.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -47,6 +48,21 @@ _TYPES = {
     503: "service_unavailable",
     504: "timeout_error",
 }
+
+
+# The longest wait a Retry-After asks of a client that retries by itself: a per-minute window frees a slot
+# 60-61 s after its request (shared/store/window.py). Longer waits (a daily token budget's, until the day ends)
+# are not worth sleeping through inside one call.
+LONGEST_RETRY_WAIT = 61
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    """The headers of a refusal that ends in ``seconds``: ``Retry-After`` in whole seconds (at least 1), and,
+    for a wait longer than ``LONGEST_RETRY_WAIT``, ``x-should-retry: false``. The OpenAI SDKs retry a 429 by
+    themselves, and the Node SDK sleeps for whatever Retry-After says (a daily token budget's 429 left the call
+    hanging for hours): both SDKs obey ``x-should-retry`` and raise at once, so the caller decides."""
+    wait = max(1, math.ceil(seconds))
+    return {"Retry-After": str(wait)} | ({"x-should-retry": "false"} if wait > LONGEST_RETRY_WAIT else {})
 
 
 class ApiError(Exception):

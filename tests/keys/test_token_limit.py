@@ -42,6 +42,9 @@ async def test_the_day_ends_a_keys_requests_once_its_tokens_reach_the_limit(
     assert "30 tokens per day" in body["error"]["message"]
     assert refused["x-ratelimit-remaining-tokens"] == "0"
     assert abs(int(refused["Retry-After"]) - seconds_to_midnight()) < 5, "until the UTC day ends"
+    # the OpenAI SDKs retry a 429 by themselves (the Node SDK sleeping as long as Retry-After says): told not to,
+    # they raise at once instead of hanging until midnight
+    assert refused["x-should-retry"] == "false"
     # retrieval spends no tokens: the same key still searches
     status, _, _ = await call(http, "POST", f"{api.url}/web_retrieval", json={"search_query": "x", "n_results": 1},
                               headers=headers)
