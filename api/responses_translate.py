@@ -223,7 +223,22 @@ def _part(part: dict[str, Any], at: str) -> dict[str, Any]:
                                                    "file ids need OpenAI's file store")
         image = {"url": url} | ({"detail": part["detail"]} if isinstance(part.get("detail"), str) else {})
         return {"type": "image_url", "image_url": image}
-    raise invalid_value(f"{at}.type", f"content parts served here are input_text and input_image, not {kind!r}")
+    if kind == "input_file":
+        return _file(part, at)
+    raise invalid_value(f"{at}.type", f"content parts served here are input_text, input_image and input_file, "
+                                      f"not {kind!r}")
+
+
+def _file(part: dict[str, Any], at: str) -> dict[str, Any]:
+    """An ``input_file`` with its bytes is chat's ``file`` part, which chat completions pass on to the miners'
+    model servers as they are: the same PDF is served whichever API it comes through (the Vercel AI SDK sends
+    one as ``file_data`` to the Responses API, its default). A file id or URL names what no miner can read."""
+    data = part.get("file_data")
+    if not isinstance(data, str):
+        raise invalid_value(f"{at}.file_data", "an input_file needs its file_data (base64, or a data: URL); "
+                                               "file ids need OpenAI's file store, and file URLs are not fetched")
+    name = part.get("filename")
+    return {"type": "file", "file": {"file_data": data} | ({"filename": name} if isinstance(name, str) else {})}
 
 
 def _joined_text(parts: list[dict[str, Any]], at: str) -> str:

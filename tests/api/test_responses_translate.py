@@ -96,6 +96,17 @@ def test_structured_output_and_images_translate() -> None:
     assert "response_format" not in translate(input="x", text={"format": {"type": "text"}})
 
 
+def test_a_file_with_its_bytes_is_chats_file_part() -> None:
+    """The Vercel AI SDK's Responses model sends a PDF as an input_file with file_data: chat takes it as a file
+    part, so it reaches the miners as it would through chat completions (it was a 400 here)."""
+    pdf = "data:application/pdf;base64,JVBERi0xLjQ="
+    body = translate(input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "Summarise"},
+        {"type": "input_file", "filename": "a.pdf", "file_data": pdf}, {"type": "input_file", "file_data": pdf}]}])
+    assert body["messages"][0]["content"][1:] == [{"type": "file", "file": {"file_data": pdf, "filename": "a.pdf"}},
+                                                  {"type": "file", "file": {"file_data": pdf}}]
+
+
 def test_log_probabilities_are_asked_for_with_include_as_at_openai() -> None:
     body = translate(input="x", include=["message.output_text.logprobs"], top_logprobs=2)
     assert (body["logprobs"], body["top_logprobs"]) == (True, 2)
@@ -207,8 +218,12 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
     ({"input": [{"role": "user", "content": "a"}, {"type": "function_call", "name": "f", "arguments": "{}"}]},
      "input.1.call_id", "Missing required parameter: 'input.1.call_id'."),
     ({"input": [{"role": "robot", "content": "a"}]}, "input.0.role", "Input should be"),
-    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input.0.content.0.type",
-     "not 'input_file'"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
+     "input.0.content.0.file_data", "file ids need OpenAI's file store"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_url": "https://x.test/a.pdf"}]}]},
+     "input.0.content.0.file_data", "file URLs are not fetched"),
+    ({"input": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+     "input.0.content.0.type", "not 'input_audio'"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
      "input.0.content.0.image_url", "needs an image_url"),
     ({"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]}, "input.0.content.0.text",
