@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench soak clean
+.PHONY: install js run test lint bench soak clean
 
 install: $(STAMP)
 
@@ -14,6 +14,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
+# The JavaScript clients' packages (tests/js, pinned by its package-lock.json), for the tests that run them
+# against a local subnet; without node those tests skip, saying so.
+JS_DIR   := tests/js
+JS_STAMP := $(JS_DIR)/node_modules/.installed
+
+js:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) -s --no-print-directory $(JS_STAMP); \
+	else echo "node/npm not found: the JavaScript client tests will be skipped"; fi
+
+$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 run: install
 	$(BIN)/sn1 localnet $(ARGS)
 
@@ -21,7 +34,7 @@ run: install
 # 2 cores. TEST_WORKERS=0 runs it in one process (for a debugger, or to time one test alone).
 TEST_WORKERS ?= 3
 
-test: install
+test: install js
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: install
@@ -35,4 +48,4 @@ soak: install
 	$(BIN)/python scripts/soak.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) localnet .pytest_cache  # never ./state: the default key store and validator scores
+	rm -rf $(VENV) localnet .pytest_cache $(JS_DIR)/node_modules  # never ./state: the default key store and validator scores
