@@ -95,7 +95,9 @@ class MinerRun:
 
         The chunk is returned as it came (a stream is relayed byte for byte), but for what a strict
         client's type refused in it, put in the SDK's words: a model server's own ``finish_reason``
-        (TGI's "eos_token"), a usage not in the SDK's shape, a tool call's first delta without an id."""
+        (TGI's "eos_token"), a usage not in the SDK's shape, a tool call's first delta without an id, a
+        ``logprobs`` without both of its lists (vLLM sends ``content`` alone; the Node SDK's type requires
+        ``refusal`` too, null when empty)."""
         obj = loads(data) if type(data) is str else data
         if type(obj) is not dict:
             raise ValueError("chunk is not a JSON object")
@@ -166,6 +168,9 @@ class MinerRun:
                     self.has_answer = True
             if choice.get("logprobs"):
                 self.logprobs.append(checked_logprobs(choice["logprobs"]))
+                if any(kind not in choice["logprobs"] for kind in LOGPROBS_LISTS):
+                    choice["logprobs"] = dict.fromkeys(LOGPROBS_LISTS) | choice["logprobs"]
+                    data = obj
             reason = choice.get("finish_reason")
             if reason:
                 if type(reason) is not str:
@@ -217,12 +222,15 @@ class MinerRun:
         return named
 
 
+LOGPROBS_LISTS = ("content", "refusal")  # a choice's logprobs lists, as OpenAI always names them
+
+
 def checked_logprobs(logprobs: Any) -> Any:
     """A choice's ``logprobs`` as OpenAI shapes it (``content`` and ``refusal``: tokens, each with its
     ``top_logprobs``), or ValueError: the caller's renderers read it as such."""
     if type(logprobs) is not dict:
         raise ValueError("logprobs is not an object")
-    for kind in ("content", "refusal"):
+    for kind in LOGPROBS_LISTS:
         tokens = logprobs.get(kind)
         if tokens is None:
             continue

@@ -122,6 +122,20 @@ async def test_every_chat_feature_validates_under_the_sdk_types(honest: ApiUnder
     assert bool(calls) == any(c.finish_reason == "tool_calls" for c in whole.choices)
 
 
+@pytest.mark.parametrize("n", [1, 2])
+async def test_logprobs_name_both_lists_streamed_or_not(honest: ApiUnderTest, n: int) -> None:
+    """OpenAI's ``logprobs`` has both lists, ``content`` and ``refusal`` (null when empty), and the Node SDK's
+    types require both. A miner's streamed chunks (vLLM's, the deterministic model's) carry ``content`` alone,
+    and were relayed so; the Python SDK's types default the missing one, so ``typed_chat`` cannot tell."""
+    body = {"model": "default", "messages": MSG, "logprobs": True, "top_logprobs": 1, "n": n}
+    status, _, text = await post(honest, body)
+    assert status == 200 and all(set(c["logprobs"]) == {"content", "refusal"} for c in json.loads(text)["choices"])
+    status, _, text = await post(honest, body | {"stream": True})
+    streamed = [c["logprobs"] for frame in data_frames(text)[:-1] for c in json.loads(frame)["choices"]
+                if c.get("logprobs")]
+    assert streamed and all(set(lp) == {"content", "refusal"} and lp["refusal"] is None for lp in streamed), streamed
+
+
 def _by_call(chunks: list[ChatCompletionChunk]) -> dict[tuple[int, int], list[Any]]:
     """Each tool call's deltas, keyed by (choice, call index)."""
     out: dict[tuple[int, int], list[Any]] = {}

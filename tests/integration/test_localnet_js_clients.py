@@ -25,9 +25,10 @@ pytestmark = pytest.mark.skipif(
                          "(Node.js >= 20; CI's machine has it)")
 
 SCRIPTS = {
-    # typed completions and headers, streams (for await; the .stream() helper's finalChatCompletion), tool
-    # calls and runTools, zodResponseFormat with .parse, models, the api-key header, typed errors, abort, timeout
-    "openai_chat.mjs": 10,
+    # typed completions and headers, streams (for await; the .stream() helper's finalChatCompletion), logprobs'
+    # two lists, tool calls and runTools, zodResponseFormat with .parse, models, the api-key header, typed
+    # errors, abort, timeout
+    "openai_chat.mjs": 11,
     # responses.create / previous_response_id / inputItems, event order and numbering, responses.stream's
     # finalResponse (incomplete too), zodTextFormat with .parse, a function call round trip, input_file,
     # conversations

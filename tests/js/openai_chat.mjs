@@ -35,6 +35,17 @@ await run({
     assert.deepEqual(chunks.at(-1).choices, []);
     assert.ok(chunks.at(-1).usage.completion_tokens > 0);
   },
+  async "logprobs: content and refusal (null when empty), as the SDK's types require, streamed or not"() {
+    const body = { model: CHAT_MODEL, messages: user("Hello"), seed: 3, logprobs: true, top_logprobs: 2 };
+    const whole = (await client().chat.completions.create(body)).choices[0].logprobs;
+    assert.equal(whole.refusal, null);
+    const streamed = [];
+    for await (const chunk of await client().chat.completions.create({ ...body, stream: true })) {
+      if (chunk.choices[0]?.logprobs) streamed.push(chunk.choices[0].logprobs);
+    }
+    assert.ok(streamed.length > 0 && streamed.every((l) => l.refusal === null));
+    assert.deepEqual(streamed.flatMap((l) => l.content).map((t) => t.token), whole.content.map((t) => t.token));
+  },
   async "stream helper: content events and finalChatCompletion agree"() {
     const stream = client().chat.completions.stream({ model: CHAT_MODEL, messages: user("Helper"), seed: 2 });
     let text = "";
