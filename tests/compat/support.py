@@ -1,14 +1,31 @@
-"""Shared by the compat tests: availability as the validator would report it."""
+"""Shared by the compat tests: availability as the validator would report it; the README's client
+examples and the environment they run in."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
+from pathlib import Path
 
 from api.availability import AvailabilityCache
 from tests.helpers import ApiUnderTest
 
 MODEL = "sn1/deterministic"
+README = Path(__file__).resolve().parents[2] / "README.md"
+CLIENTS_START, CLIENTS_END = "<!-- clients:start", "<!-- clients:end -->"
+
+
+def clients_section() -> str:
+    """The README's "Clients" section, whose examples the tests run as written."""
+    text = README.read_text()
+    return text[text.index(CLIENTS_START):text.index(CLIENTS_END)]
+
+
+def example_env(localnet: dict) -> dict[str, str]:
+    """The environment the README's client examples expect: the local subnet's address and keys."""
+    return {**os.environ, "SN1_API": localnet["api_url"], "SN1_BASE_URL": localnet["api_url"] + "/v1",
+            "SN1_API_KEY": localnet["api_key"], "SN1_ADMIN_KEY": localnet["admin_key"]}
 
 
 def serves(models: list[str], tasks: list[str]) -> dict:

@@ -7,16 +7,14 @@ would after copy-pasting it. Its output must show what the section promises.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-DOC = Path(__file__).resolve().parents[2] / "README.md"
-START, END = "<!-- clients:start", "<!-- clients:end -->"
+from tests.compat.support import README, clients_section, example_env
+
 BLOCK = re.compile(r"^```(python|bash)\n(.*?)^```", re.S | re.M)
 
 # A distinctive line of each example -> what its output must contain.
@@ -41,21 +39,18 @@ EXPECTED = {  # most specific first: the agents example also mentions AsyncOpenA
 
 def examples() -> list[tuple[str, str, str]]:
     found = []
-    text = DOC.read_text()
-    section = text[text.index(START):text.index(END)]
-    for lang, code in BLOCK.findall(section):
+    for lang, code in BLOCK.findall(clients_section()):
         if "export SN1_API=" in code:
             continue  # the set-up block itself
         key = next((k for k in EXPECTED if k in code), None)
-        assert key is not None, f"an example in {DOC.name} has no expectation here:\n{code[:200]}"
+        assert key is not None, f"an example in {README.name} has no expectation here:\n{code[:200]}"
         found.append((key, lang, code))
     return found
 
 
 @pytest.mark.parametrize(("key", "lang", "code"), examples(), ids=[e[0] for e in examples()])
 def test_example_runs(localnet: dict, key: str, lang: str, code: str) -> None:
-    env = {**os.environ, "SN1_API": localnet["api_url"], "SN1_BASE_URL": localnet["api_url"] + "/v1",
-           "SN1_API_KEY": localnet["api_key"], "SN1_ADMIN_KEY": localnet["admin_key"]}
+    env = example_env(localnet)
     cmd = [sys.executable, "-c", code] if lang == "python" else ["bash", "-c", code]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, f"{key} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"

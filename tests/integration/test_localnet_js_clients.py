@@ -3,12 +3,11 @@
 Many application developers call OpenAI-compatible APIs from TypeScript; these run the scripts in
 ``tests/js`` (their packages pinned by its ``package-lock.json``; ``make test`` runs ``npm ci`` there when
 ``node`` is installed) against the session's local subnet, as the Python SDK tests do. Each script prints a
-line per check and exits 1 naming the checks that failed; the README's Node example runs as written.
+line per check and exits 1 naming the checks that failed; the README's JavaScript examples run as written.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -16,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-JS = ROOT / "tests" / "js"
+from tests.compat.support import clients_section, example_env
+
+JS = Path(__file__).resolve().parents[1] / "js"
 NODE = shutil.which("node")
 
-pytestmark = pytest.mark.skipif(
+needs_node = pytest.mark.skipif(
     NODE is None, reason="node is not installed: these tests run the OpenAI Node SDK and the Vercel AI SDK "
                          "(Node.js >= 20; CI's machine has it)")
 
@@ -46,12 +46,12 @@ def node(localnet: dict, *args: str) -> subprocess.CompletedProcess[str]:
     README's examples expect them."""
     if not (JS / "node_modules" / "openai").is_dir():
         pytest.fail("tests/js/node_modules is missing: `make test` installs it (or run `npm ci` in tests/js)")
-    env = {**os.environ, "SN1_API": localnet["api_url"], "SN1_BASE_URL": localnet["api_url"] + "/v1",
-           "SN1_API_KEY": localnet["api_key"], "SN1_ADMIN_KEY": localnet["admin_key"]}
     assert NODE is not None
-    return subprocess.run([NODE, *args], cwd=JS, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([NODE, *args], cwd=JS, env=example_env(localnet), capture_output=True, text=True,
+                          timeout=60)
 
 
+@needs_node
 @pytest.mark.parametrize("script", list(SCRIPTS))
 def test_script_passes_every_check(localnet: dict, script: str) -> None:
     out = node(localnet, script)
@@ -70,12 +70,11 @@ README_EXPECTED = {
 
 def readme_js_examples() -> list[tuple[str, str]]:
     """The ``js`` blocks of the README's "Clients" section, each with its key in ``README_EXPECTED``."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("<!-- clients:start"):text.index("<!-- clients:end -->")]
-    blocks = re.findall(r"^```js\n(.*?)^```", section, re.S | re.M)
+    blocks = re.findall(r"^```js\n(.*?)^```", clients_section(), re.S | re.M)
     return [(next(k for k in README_EXPECTED if k in code), code) for code in blocks]
 
 
+@needs_node
 @pytest.mark.parametrize(("key", "code"), readme_js_examples(), ids=[k for k, _ in readme_js_examples()])
 def test_readme_example_runs_as_written(localnet: dict, key: str, code: str) -> None:
     out = node(localnet, "--input-type=module", "--eval", code)
