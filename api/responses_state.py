@@ -187,7 +187,8 @@ async def _read(ctx: ApiContext, key: KeyRecord, response_id: str) -> StoredResp
 
 def stored_item(raw: dict[str, Any]) -> dict[str, Any]:
     """An input item as it is stored and listed: with an id, a type and a status, a message's text as a
-    content part (the SDK's ``ResponseItem`` types require them). The translator read the same item."""
+    content part, an image part with its ``detail`` (the SDK's ``ResponseItem`` types require them). The
+    translator read the same item."""
     item = dict(raw)
     kind = item.setdefault("type", "message")  # no type and no role was an item_reference: resolved before
     if kind == "message" and isinstance(item.get("content"), str):
@@ -195,11 +196,20 @@ def stored_item(raw: dict[str, Any]) -> dict[str, Any]:
         part = {"type": "output_text", "text": item["content"], "annotations": []} if assistant else {
             "type": "input_text", "text": item["content"]}
         item["content"] = [part]
+    elif kind == "message" and isinstance(item.get("content"), list):
+        item["content"] = [_stored_part(part) for part in item["content"]]
     if not item.get("id"):
         item["id"] = new_id(ITEM_PREFIXES.get(kind, "item"))
     if kind != "reasoning" and not item.get("status"):
         item["status"] = "completed"
     return item
+
+
+def _stored_part(part: Any) -> Any:
+    """A content part as listed: an image without a ``detail`` has OpenAI's default, ``auto``."""
+    if isinstance(part, dict) and part.get("type") == "input_image" and not part.get("detail"):
+        return part | {"detail": "auto"}
+    return part
 
 
 def input_items(wanted: ResponsesRequest, before: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:

@@ -130,6 +130,20 @@ async def test_input_items_page_through_the_conversation(tmp_path: Path) -> None
             assert body["error"]["type"] == "invalid_request_error"
 
 
+async def test_an_input_image_is_listed_with_its_detail(honest: ApiUnderTest) -> None:
+    """The SDKs' ``ResponseInputImage`` requires ``detail``; one the caller left out is OpenAI's default, ``auto``
+    (it was listed without one: the Node SDK's type was broken, the Python SDK's a validation error)."""
+    image = "data:image/png;base64,iVBORw0KGgo="
+    made = await openai_client(honest).responses.create(model="default", input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "What is this?"}, {"type": "input_image", "image_url": image},
+        {"type": "input_image", "image_url": image, "detail": "low"}]}])
+    status, page = await call(honest, "GET", f"/v1/responses/{made.id}/input_items")
+    assert status == 200
+    (item,) = page["data"]
+    assert [p.get("detail") for p in item["content"]] == [None, "auto", "low"]
+    ITEM.validate_python(item, strict=True)
+
+
 async def test_a_response_expires_after_the_retention(tmp_path: Path) -> None:
     async with api_with_miners(tmp_path, {}, honest={1}, responses_retention_seconds=0.3) as api:
         client = openai_client(api)
