@@ -33,6 +33,9 @@ SCRIPTS = {
     # finalResponse (incomplete too), zodTextFormat with .parse, a function call round trip, input_file,
     # conversations
     "openai_responses.mjs": 7,
+    # every kind of payload (chat objects and chunks, legacy completions, models, responses and every stream
+    # event, input items, conversations and their items) against the SDK's TypeScript types, by tsc --strict
+    "openai_types.mjs": 1,
     # RateLimitError and its Retry-After; a spent daily token budget raises at once though the SDK retries 429s
     "openai_limits.mjs": 2,
     # generateText, streamText, tools over two steps, generateObject, a PDF part and a 404, through
