@@ -188,24 +188,6 @@ class CachedReference:
             self._cache.popitem(last=False)
         return reply
 
-    async def _completion(self, sent: dict[str, Any]) -> Any:
-        """The server's JSON completion of ``sent``; a 400/422 naming a field the answer does without is asked
-        again without it (or renamed), once per field (``FieldRefusals``), and any other refusal is a
-        ``ReferenceError`` quoting the server's reason (it said only the status: an operator could not tell a
-        refused field from a wrong key)."""
-        while True:
-            async with self.session.post(f"{self.base_url}/chat/completions", json=sent, headers=self._headers,
-                                         timeout=self.timeout) as r:
-                if r.status == 200:
-                    return await r.json(content_type=None)
-                reason = parse_error((await r.content.read(4096)).decode("utf-8", "replace"))[1]
-                if self._secret:  # a server that quotes the key it refused must not have it logged
-                    reason = reason.replace(self._secret, "***")
-            if r.status in (400, 422) and self._refusals.learn(sent, reason):  # ends: a field named goes each time
-                sent = self._refusals.apply(sent)
-                continue
-            raise ReferenceError(f"reference LLM answered HTTP {r.status}: {printable(reason)[:300]}")
-
     async def answer(self, body: dict[str, Any]) -> str:
         return text_of(await self.reply(body), empty_ok=self.empty_ok)
 
