@@ -60,9 +60,13 @@ def retry_after(seconds: float) -> dict[str, str]:
     """The headers of a refusal that ends in ``seconds``: ``Retry-After`` in whole seconds (at least 1), and,
     for a wait longer than ``LONGEST_RETRY_WAIT``, ``x-should-retry: false``. The OpenAI SDKs retry a 429 by
     themselves, and the Node SDK sleeps for whatever Retry-After says (a daily token budget's 429 left the call
-    hanging for hours): both SDKs obey ``x-should-retry`` and raise at once, so the caller decides."""
+    hanging for hours): both SDKs obey ``x-should-retry`` and raise at once, so the caller decides. A shorter
+    wait also goes as ``retry-after-ms``, which the SDKs read first: a window that frees a request in 0.2 s
+    had them wait the whole second ``Retry-After`` rounds it up to."""
     wait = max(1, math.ceil(seconds))
-    return {"Retry-After": str(wait)} | ({"x-should-retry": "false"} if wait > LONGEST_RETRY_WAIT else {})
+    if wait > LONGEST_RETRY_WAIT:
+        return {"Retry-After": str(wait), "x-should-retry": "false"}
+    return {"Retry-After": str(wait), "retry-after-ms": str(max(1, math.ceil(seconds * 1000)))}
 
 
 class ApiError(Exception):

@@ -94,6 +94,8 @@ async def test_rate_limit_headers_429_and_usage(api: ApiUnderTest, http: aiohttp
     assert_error(status, out, 429, "rate_limit_exceeded")
     assert int(h4["Retry-After"]) >= 59 and h4["x-ratelimit-remaining-requests"] == "0"
     assert "x-should-retry" not in h4, "a minute's wait is the SDKs' to wait out (the Node SDK honours it)"
+    # to the millisecond, which the SDKs read before Retry-After (its whole seconds round a short wait up)
+    assert 58_000 < int(h4["retry-after-ms"]) <= int(h4["Retry-After"]) * 1000
     assert "3 requests per minute" in out["error"]["message"]
     status, _, out = await call(http, "GET", f"{api.url}/v1/usage", headers=bearer(key))
     assert_error(status, out, 429)
