@@ -28,13 +28,17 @@ from shared.client_address import TRUSTED_PROXIES, parse_networks
 from shared.http import NOT_SERVED_HERE, error_middleware, json_response
 from shared.store.usage import UsageRecorder
 
+# OpenAI's endpoints on paths this API serves otherwise: its token counting and compaction of responses, and its
+# stored chat completions (a chat completion is not kept here: a stored response, ``/v1/responses``, is)
+OPENAI_ONLY = frozenset({"POST /v1/responses/input_tokens", "POST /v1/responses/compact", "GET /v1/chat/completions"})
+
 
 def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Application:
     app = web.Application(middlewares=[access_log_middleware, error_middleware], client_max_size=ctx.settings.max_body_bytes)
     app[CTX] = ctx
     app[INVALID_KEY_LIMIT] = ctx.settings.invalid_keys_per_minute
     app[STORE_OUTAGE] = store_outage_log()
-    app[NOT_SERVED_HERE] = frozenset({"/v1/responses/input_tokens", "/v1/responses/compact"})  # OpenAI's, not ours
+    app[NOT_SERVED_HERE] = OPENAI_ONLY
     app[TRUSTED_PROXIES] = parse_networks(ctx.settings.trusted_proxies)
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat_completions)

@@ -33,9 +33,10 @@ from shared.store.base import KEY_PREFIX, display_prefix
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _KEY_IN_PATH = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]+")
-# Paths of endpoints this server does not serve that a route pattern of its own matches (OpenAI's
-# ``POST /v1/responses/input_tokens`` matches ``/v1/responses/{response_id}``): a 404 naming the path,
-# not a 405 that reads as "this endpoint exists, use GET".
+# Endpoints (``"METHOD /path"``) this server does not serve on a path it serves otherwise (OpenAI's
+# ``POST /v1/responses/input_tokens`` matches ``/v1/responses/{response_id}``; its stored chat completions'
+# ``GET /v1/chat/completions``): a 404 naming the request, as OpenAI's for a path it lacks, not a 405 that
+# reads as "this endpoint exists, use GET" (the SDKs raised an untyped error, not NotFoundError).
 NOT_SERVED_HERE = web.AppKey("sn1_not_served_here", frozenset)
 # The error code of the response ``error_middleware`` made of a failure, for the access log's line.
 ERROR_CODE = web.RequestKey("sn1_error_code", str)
@@ -73,7 +74,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        if e.status == 405 and request.path in request.app.get(NOT_SERVED_HERE, frozenset()):
+        if e.status == 405 and f"{request.method} {request.path}" in request.app.get(NOT_SERVED_HERE, frozenset()):
             e = web.HTTPNotFound()
         request[ERROR_CODE] = http_error_code(e)
         message = _http_error_message(request, e)

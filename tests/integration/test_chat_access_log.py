@@ -122,8 +122,9 @@ async def test_every_route_and_every_refusal_leaves_one_line_with_the_id_it_answ
         cases = [("GET", "/v1/models", bearer, 200, "http", key_id, "/v1/models", "None"),
                  ("GET", "/v1/usage", bearer, 200, "http", key_id, "/v1/usage", "None"),
                  ("GET", "/nowhere", bearer, 404, "http", None, "?", "not_found"),
-                 ("GET", "/v1/chat/completions", bearer, 405, "http", None, "?",
+                 ("PUT", "/v1/chat/completions", bearer, 405, "http", None, "?",
                   "method_not_allowed"),
+                 ("GET", "/v1/chat/completions", bearer, 404, "http", None, "?", "not_found"),  # OpenAI's, not ours
                  ("PUT", f"/api_management/modify-api-key/{api.key}", admin, 400, "http", "admin",
                   "/api_management/modify-api-key/{api_key}", None),
                  ("GET", "/api_management/api-keys", admin, 200, "http", "admin", "/api_management/api-keys",
