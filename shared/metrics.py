@@ -155,6 +155,16 @@ class ValidatorMetrics:
         self.scoring_queue_depth = Gauge("sn1_validator_scoring_queue_depth", "Organic jobs waiting to be scored",
                                          registry=r)
         self.scoring_queue_max = Gauge("sn1_validator_scoring_queue_max", "Bound of the organic scoring lane", registry=r)
+        self.synthetic_queue_depth = Gauge("sn1_validator_synthetic_queue_depth",
+                                           "Synthetic jobs waiting to be scored", registry=r)
+        self.scoring_inbox_waiting = Gauge("sn1_validator_scoring_inbox_waiting", "Organic payloads from before a "
+                                           "restart waiting on disk for room in the scoring lane", registry=r)
+        self.organic_stale_dropped = Gauge("sn1_validator_organic_stale_dropped", "Organic payloads dropped "
+                                           "unscored as older than ORGANIC_MAX_AGE_SECONDS, since start", registry=r)
+        self.reference_failures = Gauge("sn1_validator_reference_failures", "Reference model calls that failed "
+                                        "since start (each skipped a job)", registry=r)
+        self.last_weights_set = Gauge("sn1_validator_last_weights_set_timestamp_seconds", "Unix time weights were "
+                                      "last set (0: never, by this state dir)", registry=r)
         self.miners_available = Gauge("sn1_validator_miners_available", "Miners that answered the last poll",
                                       registry=r)
         self.availability_age = Gauge("sn1_validator_availability_age_seconds", "Age of the last availability poll",

@@ -22,6 +22,7 @@ from loguru import logger
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.inbox import ScoringInbox
 from neurons.validator.payload import OrganicPayload
+from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
 from neurons.validator.scoring import ScoringQueue
 from shared.availability_query import parse_k, parse_task, read_uid_list
@@ -81,6 +82,8 @@ class ValidatorContext:
     # Where accepted payloads are kept until scored (the validator always has one; None: memory only, as a
     # test's context)
     inbox: ScoringInbox | None = None
+    # the reference model's calls and last failure since start (``/health``, ``/metrics``)
+    reference: ReferenceStatus = field(default_factory=ReferenceStatus)
 
 
 CTX = web.AppKey("validator_context", ValidatorContext)
@@ -145,6 +148,11 @@ def _run_background(factories: list[Callable[[], Awaitable[Any]]]):
 async def _sample(ctx: ValidatorContext, metrics: ValidatorMetrics) -> None:
     metrics.scoring_queue_depth.set(ctx.scoring_queue.qsize())
     metrics.scoring_queue_max.set(ctx.scoring_queue.maxsize)
+    metrics.synthetic_queue_depth.set(ctx.scoring_queue.synthetic_qsize())
+    metrics.scoring_inbox_waiting.set(ctx.inbox.waiting if ctx.inbox is not None else 0)
+    metrics.organic_stale_dropped.set(ctx.scoring_queue.stale_dropped)
+    metrics.reference_failures.set(ctx.reference.failures)
+    metrics.last_weights_set.set(ctx.scores.last_weights_set_at or 0.0)
     metrics.miners_available.set(sum(1 for e in ctx.book.entries.values() if e))
     metrics.availability_age.set(time.time() - ctx.book.updated_at if ctx.book.updated_at else 0.0)
 
@@ -161,7 +169,8 @@ async def health(request: web.Request) -> web.Response:
                           "organic_stale_dropped": ctx.scoring_queue.stale_dropped,
                           "scoring_inbox_waiting": ctx.inbox.waiting if ctx.inbox is not None else 0,
                           "scores_updated_at": ctx.scores.updated_at or None,
-                          "last_weights_set_at": ctx.scores.last_weights_set_at})
+                          "last_weights_set_at": ctx.scores.last_weights_set_at,
+                          "reference": ctx.reference.report()})
 
 
 async def scores(request: web.Request) -> web.Response:

@@ -25,8 +25,8 @@ from neurons.validator.reference import (
     CachedReference,
     DeterministicReference,
     OpenAIReference,
-    ReferenceModel,
 )
+from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
 from neurons.validator.scoring import Scorer, ScoringQueue, scoring_worker
 from neurons.validator.synthetic import SyntheticConfig
@@ -45,12 +45,13 @@ from shared.signing import Signer
 from shared.wallet import load_hotkey
 
 
-def build_reference(settings: ValidatorSettings, session: aiohttp.ClientSession) -> ReferenceModel:
+def build_reference(settings: ValidatorSettings, session: aiohttp.ClientSession) -> CachedReference:
     if settings.reference_llm_url:
         key = settings.reference_llm_api_key.get_secret_value() if settings.reference_llm_api_key else None
         return CachedReference(OpenAIReference(
             settings.reference_llm_url, session=session, api_key=key, model=settings.reference_llm_model,
-            timeout=settings.synthetic_timeout * 4, reproducible=settings.reference_llm_reproducible))
+            timeout=settings.synthetic_timeout * 4, reproducible=settings.reference_llm_reproducible),
+            status=ReferenceStatus(kind="llm"))
     return CachedReference(DeterministicReference())
 
 
@@ -132,7 +133,8 @@ async def run_validator(settings: ValidatorSettings) -> None:
     loops += [lambda: scoring_worker(queue, scorer, metagraph) for _ in range(settings.scoring_workers)]
 
     ctx = ValidatorContext(book=book, scoring_queue=queue, verifier=verifier, scores=scores, metagraph=metagraph,
-                           organic_timeout=settings.organic_timeout, seen=seen, inbox=inbox)
+                           organic_timeout=settings.organic_timeout, seen=seen, inbox=inbox,
+                           reference=reference.status)
     app = create_validator_app(ctx, background=loops, metrics=metrics)
 
     async def close(_app: Any) -> None:

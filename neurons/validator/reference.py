@@ -28,6 +28,7 @@ import aiohttp
 from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.openai_compatible import SUBNET_FIELDS
 from neurons.miner.backends.tool_calls import planned_tool_call
+from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.rewards.tools import Reply, calls_of
 from shared.errors import parse_error
 from shared.field_refusals import FieldRefusals
@@ -170,8 +171,9 @@ def cache_key(body: dict[str, Any]) -> bytes:
 class CachedReference:
     """A bounded LRU cache in front of a reference model, keyed by the request fingerprint."""
 
-    def __init__(self, inner: ReferenceModel, *, size: int = 4096) -> None:
+    def __init__(self, inner: ReferenceModel, *, size: int = 4096, status: ReferenceStatus | None = None) -> None:
         self.inner = inner
+        self.status = status or ReferenceStatus()  # every call to ``inner`` is counted here (a hit is no call)
         self.reproducible = inner.reproducible
         self.empty_ok = inner.empty_ok
         self.size = size
@@ -182,7 +184,12 @@ class CachedReference:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        reply = await self.inner.reply(body)
+        try:
+            reply = await self.inner.reply(body)
+        except ReferenceError as e:
+            self.status.failed(e)
+            raise
+        self.status.ok()
         self._cache[key] = reply
         if len(self._cache) > self.size:
             self._cache.popitem(last=False)

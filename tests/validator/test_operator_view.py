@@ -1,0 +1,82 @@
+"""What an operator polls (``/health``, ``/metrics``) says what the validator's parts are doing: the scoring
+inbox's backlog and the reference model's failures, over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from neurons.validator.app import create_validator_app
+from neurons.validator.reference import CachedReference, OpenAIReference, ReferenceError
+from neurons.validator.reference_status import ReferenceStatus
+from shared.metrics import ValidatorMetrics
+from tests.compat.support import sample
+from tests.helpers import serve_app
+from tests.validator.test_app import BODY, make_ctx, post
+from tests.validator.test_inbox import answered, validator
+
+SECRET = "sk-operator-view-0123456789abcdef"
+
+
+async def get(url: str, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as s, s.get(url + path) as r:
+        return r.status, await r.text()
+
+
+async def test_metrics_show_the_scoring_inbox_backlog_and_the_synthetic_lane(tmp_path: Path) -> None:
+    """``scoring_inbox_waiting`` was in ``/health`` only: a Prometheus alert could not see a restart's backlog."""
+    path = tmp_path / "scoring_inbox.db"
+    async with validator(path, scoring=False) as (url, _):
+        status, body = await post(url, "/scoring", json.dumps([answered(f"rid-{i}") for i in range(5)]).encode())
+        assert status == 202 and body["queued"] == 5
+    async with validator(path, scoring=False, queue_size=2) as (url, ctx):
+        assert ctx.inbox is not None and ctx.inbox.waiting == 3
+        status, text = await get(url, "/metrics")
+    assert status == 200
+    assert sample(text, "sn1_validator_scoring_inbox_waiting") == 3
+    assert sample(text, "sn1_validator_scoring_queue_depth") == 2
+    assert sample(text, "sn1_validator_synthetic_queue_depth") == 0
+    assert sample(text, "sn1_validator_organic_stale_dropped") == 0
+    assert sample(text, "sn1_validator_last_weights_set_timestamp_seconds") == 0
+
+
+@pytest.fixture
+async def refusing_reference() -> str:
+    """A reference server that refuses the key, quoting it back (as some do)."""
+    async def refuse(request: web.Request) -> web.Response:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        return web.json_response({"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request_error",
+                                            "code": "invalid_api_key", "param": None}}, status=401)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", refuse)
+    async with serve_app(app) as url:
+        yield url + "/v1"
+
+
+async def test_health_and_metrics_count_reference_failures_without_the_key(refusing_reference: str) -> None:
+    """A reference model refusing every call skipped every job with a WARNING in the log, and nothing polled
+    said so: scores stood still while ``/health`` answered ``ok``."""
+    metrics = ValidatorMetrics()
+    ctx = make_ctx()
+    async with aiohttp.ClientSession() as session:
+        reference = CachedReference(OpenAIReference(refusing_reference, session=session, api_key=SECRET),
+                                    status=ReferenceStatus(kind="llm"))
+        ctx.reference = reference.status
+        async with serve_app(create_validator_app(ctx, metrics=metrics)) as url:
+            _, before = await get(url, "/health")
+            with pytest.raises(ReferenceError):
+                await reference.reply(BODY)
+            status, text = await get(url, "/health")
+            _, prom = await get(url, "/metrics")
+    assert json.loads(before)["reference"]["failures"] == 0
+    health = json.loads(text)["reference"]
+    assert status == 200 and health["kind"] == "llm" and health["calls"] == 1 and health["failures"] == 1
+    assert "HTTP 401" in health["last_error"] and "Incorrect API key" in health["last_error"]
+    assert health["last_error_at"] is not None and health["last_ok_at"] is None
+    assert SECRET not in text and SECRET not in prom
+    assert sample(prom, "sn1_validator_reference_failures") == 1
