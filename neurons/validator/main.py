@@ -84,7 +84,8 @@ async def run_validator(settings: ValidatorSettings) -> None:
     scores = ScoreBook(registry.probabilities, alpha=settings.score_alpha,
                        path=Path(settings.state_dir) / "scores.json",
                        organic_share=settings.organic_share if settings.synthetic_enabled else 1.0)
-    scores.load()
+    with setting_file("STATE_DIR"):  # a scores file it can neither read nor set aside stops the start
+        scores.load()
     inbox = open_inbox(settings.scoring_inbox_path())  # before any session: a file it cannot use stops the start
     await metagraph.first_refresh()
     scores.sync(metagraph.snapshot)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,7 +229,7 @@ class ScoreBook:
             }
             weights = {int(u): float(w) for u, w in data.get("weights", {}).items() if math.isfinite(float(w))}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            logger.warning("scores file {} unreadable ({}); starting fresh", self.path, e)
+            self._set_aside(e)
             return False
         repaired = sum(_repair(m.tasks) + _repair(m.organic) for m in miners.values())
         if repaired:
@@ -239,6 +240,18 @@ class ScoreBook:
         self.last_weights_set_at = data.get("last_weights_set_at")
         logger.info("restored scores for {} uids from {}", len(miners), self.path)
         return True
+
+    def _set_aside(self, error: Exception) -> None:
+        """A scores file that cannot be read is renamed, not overwritten: the first save after a fresh start
+        replaced it, and weeks of scores a hand could still repair were gone with one WARNING."""
+        assert self.path is not None
+        aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
+        try:
+            os.replace(self.path, aside)
+        except OSError as e:
+            raise OSError(f"scores file {self.path} is unreadable ({error}) and cannot be set aside ({e}): "
+                          f"move it away or repair it, then start again") from None
+        logger.warning("scores file {} unreadable ({}); kept as {}, starting from no scores", self.path, error, aside)
 
 
 def _repair(tasks: dict[str, float]) -> int:

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from neurons.localnet import free_port
 from neurons.validator.app import create_validator_app
 from neurons.validator.reference import CachedReference, OpenAIReference, ReferenceError
 from neurons.validator.reference_status import ReferenceStatus
@@ -17,7 +18,7 @@ from shared.metrics import ValidatorMetrics
 from tests.compat.support import sample
 from tests.helpers import serve_app
 from tests.validator.test_app import BODY, make_ctx, post
-from tests.validator.test_inbox import answered, validator
+from tests.validator.test_inbox import answered, tail, validator, validator_env, validator_process
 
 SECRET = "sk-operator-view-0123456789abcdef"
 
@@ -80,3 +81,23 @@ async def test_health_and_metrics_count_reference_failures_without_the_key(refus
     assert health["last_error_at"] is not None and health["last_ok_at"] is None
     assert SECRET not in text and SECRET not in prom
     assert sample(prom, "sn1_validator_reference_failures") == 1
+
+
+async def test_a_scores_file_the_validator_cannot_read_is_kept_aside_not_overwritten(tmp_path: Path) -> None:
+    """``sn1 validator`` started on a damaged scores file (half written by hand, or by a disk that filled)
+    said "starting fresh" and its first save replaced the file: weeks of scores a hand could repair, gone.
+    It is renamed aside, named in the WARNING, and a SIGTERM leaves a readable new file beside it."""
+    port = free_port()
+    env_file, _ = validator_env(tmp_path, port)
+    state = tmp_path / "state"
+    state.mkdir()
+    damaged = '{"miners": {"1": {"hotkey": "hk1", "tasks": {"InferenceTask": 0.9'
+    (state / "scores.json").write_text(damaged)
+    log = tmp_path / "validator.log"
+    async with validator_process(env_file, f"http://127.0.0.1:{port}", log):
+        pass
+    aside = list(state.glob("scores.json.unreadable-*"))
+    assert len(aside) == 1 and aside[0].read_text() == damaged, tail(log)
+    assert json.loads((state / "scores.json").read_text())["miners"] == {}
+    assert f"kept as {aside[0]}" in tail(log, 0)
+
