@@ -40,7 +40,7 @@ from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics
 from shared.miner_client import MinerClient, make_session
-from shared.settings import ValidatorSettings, setting_file
+from shared.settings import ValidatorSettings, mask_credentials, setting_file
 from shared.signing import Signer
 from shared.wallet import load_hotkey
 
@@ -100,6 +100,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
     session = make_session()
     client = MinerClient(session, signer)
     reference = build_reference(settings, session)
+    await reference.check()  # a URL, key or model that cannot work: said now, not at the first job
     sink = build_sink(settings, hotkey.ss58_address)
     book = AvailabilityBook()
     # a synthetic job per synthetic loop may wait; more would be answers growing stale
@@ -148,7 +149,8 @@ async def run_validator(settings: ValidatorSettings) -> None:
     logger.info(
         "validator starting hotkey={} port={} network={} sink={} reference={} tasks={}",
         hotkey.ss58_address, settings.scoring_api_port, settings.network_label(), sink.name,
-        "llm" if settings.reference_llm_url else "deterministic", registry.probabilities,
+        mask_credentials(settings.reference_llm_url) if settings.reference_llm_url else "deterministic",
+        registry.probabilities,
     )
     await serve_until_signal(app, settings.scoring_api_host, settings.scoring_api_port, sock=sock,
                              limits=connection_limits(settings))

@@ -24,15 +24,17 @@ from collections import OrderedDict
 from typing import Any, Protocol
 
 import aiohttp
+from loguru import logger
 
 from neurons.miner.backends.deterministic import DeterministicBackend
-from neurons.miner.backends.openai_compatible import SUBNET_FIELDS
+from neurons.miner.backends.openai_compatible import SUBNET_FIELDS, listed_models, listing_hint
 from neurons.miner.backends.tool_calls import planned_tool_call
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.rewards.tools import Reply, calls_of
 from shared.errors import parse_error
 from shared.field_refusals import FieldRefusals
 from shared.logging import printable
+from shared.settings import mask_credentials
 
 
 class ReferenceError(Exception):
@@ -141,10 +143,60 @@ class OpenAIReference:
             if r.status in (400, 422) and self._refusals.learn(sent, reason):  # ends: a field named goes each time
                 sent = self._refusals.apply(sent)
                 continue
-            raise ReferenceError(f"reference LLM answered HTTP {r.status}: {printable(reason)[:300]}")
+            raise ReferenceError(f"reference LLM answered HTTP {r.status}{self._hint(r.status)}: "
+                                 f"{printable(reason)[:300]}")
+
+    def _hint(self, status: int) -> str:
+        """What setting to check for a refusal an operator's configuration causes (a bare 404 or 401 did not
+        say whether the URL, the key or the model was wrong)."""
+        if status == 404:
+            if not self.base_url.endswith("/v1"):
+                return " (REFERENCE_LLM_URL is the OpenAI-compatible base URL, usually ending in /v1)"
+            return f" (does the server serve REFERENCE_LLM_MODEL {self.model!r}?)"
+        if status in (401, 403):
+            return " (check REFERENCE_LLM_API_KEY)"
+        return ""
 
     async def answer(self, body: dict[str, Any]) -> str:
         return text_of(await self.reply(body), empty_ok=self.empty_ok)
+
+    async def check(self) -> bool:
+        """At start: ask ``/models`` and say in one line what is wrong (True: nothing found). A reference model
+        that cannot be reached, refuses the key, sits at a URL without ``/v1`` or does not serve the model
+        named skips every job it is asked, and the first sign was a ``job skipped`` WARNING per job, minutes
+        later. Not fatal: a model server still loading comes up after the validator."""
+        shown = mask_credentials(self.base_url)
+        try:
+            async with self.session.get(f"{self.base_url}/models", headers=self._headers,
+                                        timeout=aiohttp.ClientTimeout(total=10)) as r:
+                if r.status != 200:
+                    hint = listing_hint(r.status, self.base_url, url_setting="REFERENCE_LLM_URL",
+                                        key_setting="REFERENCE_LLM_API_KEY", models_setting="REFERENCE_LLM_MODEL")
+                    if r.status == 404 and hint.startswith(" (a server with no model list"):
+                        return True  # no list to check the model against: the first job tells
+                    raise ValueError(f"/models answered HTTP {r.status}{hint}")
+                listed = listed_models(await r.json(content_type=None))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            logger.warning("reference model at {}: {}: {}; every job is skipped until it answers", shown,
+                           type(e).__name__, self._masked(str(e)))
+            return False
+        return self._check_model(shown, listed)
+
+    def _check_model(self, shown: str, listed: list[str]) -> bool:
+        if self.model is None:
+            logger.warning("REFERENCE_LLM_MODEL is unset: the reference model at {} is asked for the model each "
+                           "request names (a miner's), which it may not serve; it lists {}", shown,
+                           ", ".join(listed[:20]) or "none")
+            return False
+        if listed and self.model not in listed:
+            logger.warning("REFERENCE_LLM_MODEL {} is not served by the reference model at {} (it lists {}): "
+                           "every job would be skipped", self.model, shown, ", ".join(listed[:20]))
+            return False
+        logger.info("reference model: {} at {}", self.model, shown)
+        return True
+
+    def _masked(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
 
     async def close(self) -> None:
         return None  # the session belongs to the caller
@@ -197,6 +249,11 @@ class CachedReference:
 
     async def answer(self, body: dict[str, Any]) -> str:
         return text_of(await self.reply(body), empty_ok=self.empty_ok)
+
+    async def check(self) -> bool:
+        """The inner model's start-up check, where it has one (the built-in model needs none)."""
+        check = getattr(self.inner, "check", None)
+        return bool(await check()) if check is not None else True
 
     async def close(self) -> None:
         await self.inner.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from loguru import logger
 
 from neurons.localnet import free_port
 from neurons.validator.app import create_validator_app
@@ -101,3 +102,70 @@ async def test_a_scores_file_the_validator_cannot_read_is_kept_aside_not_overwri
     assert json.loads((state / "scores.json").read_text())["miners"] == {}
     assert f"kept as {aside[0]}" in tail(log, 0)
 
+
+
+@pytest.fixture
+async def model_server() -> str:
+    """An OpenAI-compatible server under /v1 that serves ``real-model`` to the key ``sk-right`` alone, and
+    quotes a wrong key back in its refusal (as OpenAI's own does)."""
+    def refused(request: web.Request) -> web.Response | None:
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if key == "sk-right":
+            return None
+        return web.json_response({"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request_error",
+                                            "code": "invalid_api_key", "param": None}}, status=401)
+
+    async def models(request: web.Request) -> web.Response:
+        return refused(request) or web.json_response({"object": "list", "data": [{"id": "real-model"}]})
+
+    async def chat(request: web.Request) -> web.Response:
+        return refused(request) or web.json_response({"choices": [{"message": {"content": "hi"}}]})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    async with serve_app(app) as url:
+        yield url
+
+
+async def checked(url: str, *, key: str | None = "sk-right", model: str | None = "real-model") -> tuple[bool, str]:
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    try:
+        async with aiohttp.ClientSession() as session:
+            ok = await CachedReference(OpenAIReference(url, session=session, api_key=key, model=model)).check()
+    finally:
+        logger.remove(sink)
+    return ok, "\n".join(lines)
+
+
+async def test_a_reference_model_that_cannot_work_is_named_at_start_with_the_setting_to_fix(model_server: str) -> None:
+    """REFERENCE_LLM_URL without /v1, a wrong key, a model the server does not serve, a server that is down:
+    each skipped every job, and the validator said nothing until the first job's WARNING, minutes later."""
+    ok, log = await checked(model_server + "/v1")
+    assert ok and log == "INFO reference model: real-model at " + model_server + "/v1"
+
+    ok, log = await checked(model_server)
+    assert not ok and "HTTP 404 (REFERENCE_LLM_URL is the OpenAI-compatible base URL, usually ending in /v1)" in log
+
+    ok, log = await checked(model_server + "/v1", key=SECRET)
+    assert not ok and "HTTP 401 (check REFERENCE_LLM_API_KEY)" in log and SECRET not in log
+
+    ok, log = await checked(model_server + "/v1", model="gpt-nonexistent")
+    assert not ok and "REFERENCE_LLM_MODEL gpt-nonexistent is not served" in log and "it lists real-model" in log
+
+    ok, log = await checked(model_server + "/v1", model=None)
+    assert not ok and "REFERENCE_LLM_MODEL is unset" in log
+
+    ok, log = await checked(f"http://127.0.0.1:{free_port()}/v1")
+    assert not ok and "every job is skipped until it answers" in log
+
+
+async def test_a_refused_reference_call_names_the_setting_to_fix(model_server: str) -> None:
+    """A job's ``reference LLM answered HTTP 404`` did not say the URL lacked /v1 (or 401, the key)."""
+    async with aiohttp.ClientSession() as session:
+        for url, key, hint in ((model_server, "sk-right", "usually ending in /v1"),
+                               (model_server + "/v1", SECRET, "check REFERENCE_LLM_API_KEY")):
+            with pytest.raises(ReferenceError) as e:
+                await OpenAIReference(url, session=session, api_key=key, model="real-model").reply(BODY)
+            assert hint in str(e.value) and SECRET not in str(e.value)
