@@ -105,4 +105,4 @@ async def test_a_refusal_names_the_servers_reason_without_its_key() -> None:
     async with serve_app(app) as url, aiohttp.ClientSession() as session:
         with pytest.raises(ReferenceError) as e:
             await OpenAIReference(url + "/v1", session=session, api_key="sk-secret-42").answer(BODY)
-    assert "HTTP 401: Incorrect API key provided: ***." in str(e.value) and "sk-secret-42" not in str(e.value)
+    assert "HTTP 401 (check REFERENCE_LLM_API_KEY): Incorrect API key provided: ***." in str(e.value) and "sk-secret-42" not in str(e.value)
