@@ -98,13 +98,15 @@ async def synthetic_cycle(
 
 
 async def weights_cycle(scores: ScoreBook, sink: WeightSink, snapshot: MetagraphSnapshot, *,
-                        power: float) -> dict[int, float] | None:
+                        power: float, hotkey: str | None = None) -> dict[int, float] | None:
     """Compute weights over the metagraph's uids now and hand them to the sink; returns the weights set
     (uid -> share), or None when nothing was set.
 
     ``snapshot`` sizes the vector: only uids that exist now, each scored only for the hotkey holding it,
     and unscored uids available to fill the subnet's minimum count of weights or to take what its max
     share caps (with only the scored uids, a young validator's set was refused by the chain)."""
+    if hotkey is not None and sink.name == "chain" and not may_set_weights(snapshot, hotkey):
+        return None
     rules = await sink.rules()
     uids, weights = weights_from_scores(scores.combined_for(snapshot), rules, power)
     if not any(w > 0 for w in weights):
@@ -123,3 +125,20 @@ async def weights_cycle(scores: ScoreBook, sink: WeightSink, snapshot: Metagraph
     logger.info("weights: {} uids via {} -> {}; top {}", len(nonzero), sink.name, outcome,
                 log_top([u for u, _ in nonzero], [w for _, w in nonzero]))
     return dict(nonzero)
+
+
+def may_set_weights(snapshot: MetagraphSnapshot, hotkey: str) -> bool:
+    """Whether the chain can take this validator's weights, as the metagraph says: registered and holding
+    a validator permit. Submitted anyway, ``SetWeights`` was refused on chain every interval
+    (``NeuronNoValidatorPermit``, which the SDK does not check on a Yuma subnet) and each refusal's fee
+    was charged to the coldkey."""
+    own = snapshot.by_hotkey(hotkey)
+    if own is None:
+        logger.warning("weights: not set: hotkey {} is not registered on netuid {} (btcli subnets register)",
+                       hotkey, snapshot.netuid)
+        return False
+    if not own.validator_permit:
+        logger.warning("weights: not set: this validator (uid {}) holds no validator permit; the chain gives "
+                       "one to the subnet's top validators by stake (btcli stake add)", own.uid)
+        return False
+    return True

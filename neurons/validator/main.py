@@ -20,7 +20,14 @@ from neurons.validator.app import (
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.datasets import build_datasets
 from neurons.validator.inbox import open_inbox
-from neurons.validator.loops import availability_cycle, every, metagraph_cycle, synthetic_cycle, weights_cycle
+from neurons.validator.loops import (
+    availability_cycle,
+    every,
+    log_own_standing,
+    metagraph_cycle,
+    synthetic_cycle,
+    weights_cycle,
+)
 from neurons.validator.reference import (
     CachedReference,
     DeterministicReference,
@@ -88,6 +95,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
         scores.load()
     inbox = open_inbox(settings.scoring_inbox_path())  # before any session: a file it cannot use stops the start
     await metagraph.first_refresh()
+    log_own_standing(metagraph.snapshot, metagraph.snapshot, hotkey.ss58_address)  # not a refresh later
     scores.sync(metagraph.snapshot)
     with setting_file("CORPUS_FILE"):
         corpus = load_corpus(settings.corpus_file)
@@ -123,7 +131,8 @@ async def run_validator(settings: ValidatorSettings) -> None:
             client, metagraph, book, timeout=settings.availability_timeout,
             concurrency=settings.availability_concurrency)),
         lambda: timed("weights", settings.weights_interval,
-                      lambda: weights_cycle(scores, sink, metagraph.snapshot, power=settings.weights_power),
+                      lambda: weights_cycle(scores, sink, metagraph.snapshot, power=settings.weights_power,
+                                            hotkey=hotkey.ss58_address),
                       first_delay=settings.weights_interval),
     ]
     loops += [

@@ -169,3 +169,20 @@ async def test_a_refused_reference_call_names_the_setting_to_fix(model_server: s
             with pytest.raises(ReferenceError) as e:
                 await OpenAIReference(url, session=session, api_key=key, model="real-model").reply(BODY)
             assert hint in str(e.value) and SECRET not in str(e.value)
+
+
+async def test_a_validator_without_a_permit_says_so_at_start(tmp_path: Path) -> None:
+    """The first WARNING about a missing permit came with the first metagraph refresh, a minute after start
+    (``METAGRAPH_REFRESH_SECONDS``): an operator who started it and looked at once saw nothing wrong."""
+    port = free_port()
+    env_file, hotkey = validator_env(tmp_path, port)
+    graph = json.loads((tmp_path / "metagraph.json").read_text())
+    for neuron in graph["neurons"]:
+        neuron["validator_permit"] = False
+    (tmp_path / "metagraph.json").write_text(json.dumps(graph))
+    log = tmp_path / "validator.log"
+    async with validator_process(env_file, f"http://127.0.0.1:{port}", log):
+        pass
+    text = tail(log, 0)
+    warning = text.find("this validator (uid 0) holds no validator permit")
+    assert 0 <= warning < text.find("serving on"), text

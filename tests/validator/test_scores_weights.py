@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import bittensor as bt
@@ -614,3 +614,30 @@ async def test_the_validator_says_when_its_own_uid_or_permit_changes() -> None:
     assert "holds a validator permit again" in lines[1]
     assert "uid changed from 0 to 2" in lines[2]
     assert "is not registered (it was uid 2)" in lines[3]
+
+
+async def test_a_validator_without_a_permit_or_registration_submits_no_weights_and_says_why() -> None:
+    """The SDK checks no permit on a Yuma subnet: a validator whose stake fell out of the permitted set
+    submitted SetWeights every interval, the chain refused each (``NeuronNoValidatorPermit``) and charged
+    the coldkey its fee. The metagraph says so first: nothing is submitted, and a WARNING says why."""
+    sink, fake = _chain_sink("//Dave", last_update=850, min_allowed=1, max_limit=U16_MAX)
+    own = sink.wallet.hotkey.ss58_address
+    book = _book(1.0, 0.5)
+    lines: list[str] = []
+    handler = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    try:
+        no_permit = snapshot(own, {1: ("hk1", "127.0.0.1:1"), 2: ("hk2", "127.0.0.1:2")})
+        no_permit = MetagraphSnapshot(netuid=1, block=1, neurons=(replace(no_permit.neurons[0], validator_permit=False),
+                                                                   *no_permit.neurons[1:]))
+        assert await weights_cycle(book, sink, no_permit, power=1.0, hotkey=own) is None
+        unregistered = _graph(2)  # uid 0 is another validator's
+        assert await weights_cycle(book, sink, unregistered, power=1.0, hotkey=own) is None
+        assert fake.submitted == [] and book.last_weights_set_at is None
+        permitted = snapshot(own, {1: ("hk1", "127.0.0.1:1"), 2: ("hk2", "127.0.0.1:2")})
+        assert await weights_cycle(book, sink, permitted, power=1.0, hotkey=own) is not None
+        assert fake.submitted[0][0].params["dests"] == [1, 2]
+    finally:
+        logger.remove(handler)
+        await sink.close()
+    assert "WARNING weights: not set: this validator (uid 0) holds no validator permit" in lines[0], lines
+    assert f"WARNING weights: not set: hotkey {own} is not registered on netuid 1" in lines[1], lines
