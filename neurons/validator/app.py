@@ -169,6 +169,7 @@ async def health(request: web.Request) -> web.Response:
                           "organic_stale_dropped": ctx.scoring_queue.stale_dropped,
                           "scoring_inbox_waiting": ctx.inbox.waiting if ctx.inbox is not None else 0,
                           "scores_updated_at": ctx.scores.updated_at or None,
+                          "scores_save_error": ctx.scores.save_error,
                           "last_weights_set_at": ctx.scores.last_weights_set_at,
                           "reference": ctx.reference.report()})
 

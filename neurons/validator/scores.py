@@ -58,6 +58,7 @@ class ScoreBook:
         self._unsaved = False  # changed since the last save began
         self._saving: asyncio.Lock | None = None  # made on first use (it belongs to the running loop)
         self._writing: asyncio.Future[None] | None = None  # the write running in its thread, if any
+        self.save_error: str | None = None  # why the last save failed, while saves fail (``/health``)
 
     # --- updates -----------------------------------------------------------------------
     def update(self, uid: int, hotkey: str, task: str, reward: float, *, organic: bool = False) -> float:
@@ -196,7 +197,26 @@ class ScoreBook:
                 self._unsaved = False
                 self._writing = asyncio.ensure_future(asyncio.to_thread(atomic_write_json, self.path, self.to_json()))
                 # shielded: a cancelled caller (shutdown) must not mark the write done while its thread runs
-                await asyncio.shield(self._writing)
+                try:
+                    await asyncio.shield(self._writing)
+                except OSError as e:
+                    self._save_failed(e)
+                    return
+                self._save_worked()
+
+    def _save_failed(self, error: OSError) -> None:
+        """A save the disk refused (full, read-only, the file replaced by a directory): the scores stay in memory
+        and the next scored job saves again. It raised into the scoring worker, which logged a traceback per job
+        and called each one "failed, dropped" although it had been scored."""
+        if self.save_error is None:
+            logger.warning("scores not saved to {}: {}; kept in memory, saved again with the next scored job "
+                           "(is STATE_DIR full or read-only?)", self.path, error)
+        self.save_error = f"{type(error).__name__}: {error}"
+
+    def _save_worked(self) -> None:
+        if self.save_error is not None:
+            logger.info("scores saved to {} again", self.path)
+            self.save_error = None
 
     async def flush(self) -> None:
         """The last save, at shutdown once the loops have stopped: the scores as they are now.

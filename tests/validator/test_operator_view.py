@@ -15,6 +15,7 @@ from neurons.localnet import free_port
 from neurons.validator.app import create_validator_app
 from neurons.validator.reference import CachedReference, OpenAIReference, ReferenceError
 from neurons.validator.reference_status import ReferenceStatus
+from neurons.validator.scores import ScoreBook
 from shared.metrics import ValidatorMetrics
 from tests.compat.support import sample
 from tests.helpers import serve_app
@@ -186,3 +187,34 @@ async def test_a_validator_without_a_permit_says_so_at_start(tmp_path: Path) -> 
     text = tail(log, 0)
     warning = text.find("this validator (uid 0) holds no validator permit")
     assert 0 <= warning < text.find("serving on"), text
+
+
+async def test_scores_the_disk_refuses_stay_in_memory_and_health_says_why(tmp_path: Path) -> None:
+    """A save the disk refused raised into the scoring worker: a traceback per job, each job called
+    "failed, dropped" although it was scored, and ``/health`` said nothing. Now one WARNING, the reason in
+    ``/health``, and the next save after the disk recovers writes every score."""
+    path = tmp_path / "scores.json"
+    ctx = make_ctx()
+    ctx.scores = ScoreBook({"InferenceTask": 1.0}, path=path)
+    lines: list[str] = []
+    handler = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    try:
+        async with serve_app(create_validator_app(ctx)) as url:
+            path.mkdir()
+            (path / "in-the-way").write_text("")  # a real OSError: a file cannot replace a directory
+            for uid in (1, 2):
+                ctx.scores.update(uid, f"hk{uid}", "InferenceTask", 1.0)
+                await ctx.scores.save_off_loop()
+            health = json.loads((await get(url, "/health"))[1])
+            assert "IsADirectoryError" in health["scores_save_error"]
+            (path / "in-the-way").unlink()
+            path.rmdir()
+            ctx.scores.update(3, "hk3", "InferenceTask", 1.0)
+            await ctx.scores.save_off_loop()
+            assert json.loads((await get(url, "/health"))[1])["scores_save_error"] is None
+    finally:
+        logger.remove(handler)
+    assert set(json.loads(path.read_text())["miners"]) == {"1", "2", "3"}
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    assert len(warnings) == 1 and f"scores not saved to {path}" in warnings[0], lines
+    assert f"INFO scores saved to {path} again" in lines
