@@ -68,24 +68,30 @@ class AvailabilityBook:
 
 
 async def poll_one(client: MinerClient, neuron: Neuron, timeout: float,
-                   refusals: dict[int, str] | None = None) -> dict[str, Any] | None:
+                   refusals: dict[int, str] | None = None, failures: dict[int, str] | None = None,
+                   ) -> dict[str, Any] | None:
     """The miner's availability, or None (down). A miner that refuses our signature is put in ``refusals``
-    (uid -> why) for ``poll_all``'s WARNING."""
+    (uid -> why) for ``poll_all``'s WARNING, any other failure in ``failures``."""
     assert neuron.url
+    failures = failures if failures is not None else {}
     try:
         status, data = await client.post_json(neuron.url, "/availability", {}, neuron.hotkey, timeout=timeout)
     except MinerError as e:
-        logger.debug("availability uid={} unreachable: {}", neuron.uid, e)
+        failures[neuron.uid] = f"unreachable at {neuron.axon}: {e}"
+        logger.debug("availability uid={} {}", neuron.uid, failures[neuron.uid])
         return None
     if status != 200:
         logger.debug("availability uid={} HTTP {}", neuron.uid, status)
         refused = refused_signature(status, data)
         if refused is not None and refusals is not None:
             refusals[neuron.uid] = refused
+        else:
+            failures[neuron.uid] = f"HTTP {status} from {neuron.axon}"
         return None
     try:
         return AvailabilityResponse.model_validate(data).model_dump()
     except ValidationError:
+        failures[neuron.uid] = f"a malformed availability answer from {neuron.axon}"
         logger.debug("availability uid={} malformed answer", neuron.uid)
         return None
 
@@ -97,10 +103,11 @@ async def poll_all(
     sem = asyncio.Semaphore(concurrency)
 
     refusals: dict[int, str] = {}
+    failures: dict[int, str] = {}
 
     async def bounded(n: Neuron) -> tuple[Neuron, dict[str, Any] | None]:
         async with sem:
-            return n, await poll_one(client, n, timeout, refusals)
+            return n, await poll_one(client, n, timeout, refusals, failures)
 
     results = await asyncio.gather(*(bounded(n) for n in neurons))
     refused = len(refusals)
@@ -117,7 +124,18 @@ async def poll_all(
     logger.info("availability: {}/{} miners up{}", up, len(results), f", {refused} refused us" if refused else "")
     if refusals:
         warn_refusals(refusals, client.signer.hotkey, everyone=False)
+    if results and not up and not refusals:
+        warn_none_reachable(failures)
     return book
+
+
+def warn_none_reachable(failures: dict[int, str]) -> None:
+    """No serving miner answered, and none for our signature's sake: said only as ``0/N miners up`` at INFO,
+    with the reasons at DEBUG, so a validator whose host cannot reach the miners (its firewall, no route, a
+    wrong network) looked like one on a subnet of dead miners. One uid's reason tells which it is."""
+    uid = min(failures) if failures else None
+    logger.warning("availability: none of {} serving miner(s) answered the poll (can this host reach them?){}",
+                   len(failures), f"; uid {uid}: {failures[uid]}" if uid is not None else "")
 
 
 def warn_refusals(refusals: dict[int, str], hotkey: str, *, everyone: bool) -> None:

@@ -13,13 +13,16 @@ from loguru import logger
 
 from neurons.localnet import free_port
 from neurons.validator.app import create_validator_app
+from neurons.validator.availability import AvailabilityBook, poll_all
 from neurons.validator.reference import CachedReference, OpenAIReference, ReferenceError
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
 from shared.metrics import ValidatorMetrics
+from shared.miner_client import MinerClient, make_session
+from shared.signing import Signer
 from tests.compat.support import sample
-from tests.helpers import serve_app
-from tests.validator.test_app import BODY, make_ctx, post
+from tests.helpers import serve_app, snapshot
+from tests.validator.test_app import BODY, MINERS, VALIDATOR, _view, make_ctx, post
 from tests.validator.test_inbox import answered, tail, validator, validator_env, validator_process
 
 SECRET = "sk-operator-view-0123456789abcdef"
@@ -218,3 +221,24 @@ async def test_scores_the_disk_refuses_stay_in_memory_and_health_says_why(tmp_pa
     warnings = [line for line in lines if line.startswith("WARNING")]
     assert len(warnings) == 1 and f"scores not saved to {path}" in warnings[0], lines
     assert f"INFO scores saved to {path} again" in lines
+
+
+async def test_no_reachable_miner_is_a_warning_with_a_reason() -> None:
+    """``availability: 0/2 miners up`` at INFO, the reasons at DEBUG: a validator whose host could not reach
+    any miner (a firewall, a wrong network) looked like one on a subnet of dead miners."""
+    ports = [free_port(), free_port()]
+    snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, f"127.0.0.1:{ports[0]}"),
+                                             2: (MINERS[2].ss58_address, f"127.0.0.1:{ports[1]}")})
+    lines: list[str] = []
+    handler = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    try:
+        async with make_session() as session:
+            book = await poll_all(MinerClient(session, Signer(VALIDATOR)), _view(snap), AvailabilityBook(),
+                                  timeout=2, concurrency=4)
+    finally:
+        logger.remove(handler)
+    assert book.entries == {1: None, 2: None}
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    assert len(warnings) == 1, lines
+    assert warnings[0].startswith("WARNING availability: none of 2 serving miner(s) answered the poll")
+    assert f"uid 1: unreachable at 127.0.0.1:{ports[0]}" in warnings[0]
