@@ -22,6 +22,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 from loguru import logger
@@ -99,7 +100,9 @@ class OpenAIReference:
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._secret = api_key
+        # What a server's error text must never carry into the log or /health: the key, or a token given as
+        # the password of REFERENCE_LLM_URL (http://user:token@host/v1), which was logged as the server quoted it.
+        self._secrets = [secret for secret in (api_key, urlsplit(self.base_url).password) if secret]
         # What its models refuse, learnt as a miner's backend learns it: a hosted reference (Mistral's refuses
         # ``seed``, OpenAI's reasoning models ``max_tokens`` and a temperature) failed every job it was asked.
         self._refusals = FieldRefusals()
@@ -138,8 +141,7 @@ class OpenAIReference:
                 if r.status == 200:
                     return await r.json(content_type=None)
                 reason = parse_error((await r.content.read(4096)).decode("utf-8", "replace"))[1]
-                if self._secret:  # a server that quotes the key it refused must not have it logged
-                    reason = reason.replace(self._secret, "***")
+                reason = self._masked(reason)  # a server that quotes the key it refused must not have it logged
             if r.status in (400, 422) and self._refusals.learn(sent, reason):  # ends: a field named goes each time
                 sent = self._refusals.apply(sent)
                 continue
@@ -196,7 +198,9 @@ class OpenAIReference:
         return True
 
     def _masked(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     async def close(self) -> None:
         return None  # the session belongs to the caller

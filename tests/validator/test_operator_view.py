@@ -242,3 +242,20 @@ async def test_no_reachable_miner_is_a_warning_with_a_reason() -> None:
     assert len(warnings) == 1, lines
     assert warnings[0].startswith("WARNING availability: none of 2 serving miner(s) answered the poll")
     assert f"uid 1: unreachable at 127.0.0.1:{ports[0]}" in warnings[0]
+
+
+async def test_a_token_in_the_reference_url_is_never_quoted_back_into_the_log() -> None:
+    """``REFERENCE_LLM_URL=http://user:token@host/v1`` is allowed (instead of REFERENCE_LLM_API_KEY); only the
+    key was masked in a refusal's text, so a server quoting the credentials it refused had the token logged."""
+    async def refuse(request: web.Request) -> web.Response:
+        auth = aiohttp.BasicAuth.decode(request.headers["Authorization"])
+        return web.json_response({"error": {"message": f"bad credentials {auth.login}:{auth.password}",
+                                            "type": "invalid_request_error", "code": None, "param": None}}, status=401)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", refuse)
+    async with serve_app(app) as url, aiohttp.ClientSession() as session:
+        with_token = url.replace("http://", f"http://user:{SECRET}@") + "/v1"
+        with pytest.raises(ReferenceError) as e:
+            await OpenAIReference(with_token, session=session, model="real-model").reply(BODY)
+    assert "bad credentials user:***" in str(e.value) and SECRET not in str(e.value)
