@@ -165,6 +165,8 @@ class ValidatorMetrics:
                                         "since start (each skipped a job)", registry=r)
         self.last_weights_set = Gauge("sn1_validator_last_weights_set_timestamp_seconds", "Unix time weights were "
                                       "last set (0: never, by this state dir)", registry=r)
+        self.metagraph_age = Gauge("sn1_validator_metagraph_age_seconds", "Age of the metagraph last read "
+                                   "(grows while the chain or METAGRAPH_FILE cannot be read)", registry=r)
         self.miners_available = Gauge("sn1_validator_miners_available", "Miners that answered the last poll",
                                       registry=r)
         self.availability_age = Gauge("sn1_validator_availability_age_seconds", "Age of the last availability poll",

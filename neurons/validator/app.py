@@ -153,6 +153,7 @@ async def _sample(ctx: ValidatorContext, metrics: ValidatorMetrics) -> None:
     metrics.organic_stale_dropped.set(ctx.scoring_queue.stale_dropped)
     metrics.reference_failures.set(ctx.reference.failures)
     metrics.last_weights_set.set(ctx.scores.last_weights_set_at or 0.0)
+    metrics.metagraph_age.set(ctx.metagraph.age_seconds)
     metrics.miners_available.set(sum(1 for e in ctx.book.entries.values() if e))
     metrics.availability_age.set(time.time() - ctx.book.updated_at if ctx.book.updated_at else 0.0)
 
@@ -171,6 +172,9 @@ async def health(request: web.Request) -> web.Response:
                           "scores_updated_at": ctx.scores.updated_at or None,
                           "scores_save_error": ctx.scores.save_error,
                           "last_weights_set_at": ctx.scores.last_weights_set_at,
+                          "weights_not_set": ctx.scores.weights_not_set,
+                          "metagraph_block": ctx.metagraph.snapshot.block,
+                          "metagraph_age_seconds": round(ctx.metagraph.age_seconds, 1),
                           "reference": ctx.reference.report()})
 
 

@@ -100,25 +100,41 @@ async def synthetic_cycle(
 async def weights_cycle(scores: ScoreBook, sink: WeightSink, snapshot: MetagraphSnapshot, *,
                         power: float, hotkey: str | None = None) -> dict[int, float] | None:
     """Compute weights over the metagraph's uids now and hand them to the sink; returns the weights set
-    (uid -> share), or None when nothing was set.
+    (uid -> share), or None when nothing was set, with why in ``scores.weights_not_set`` (``/health``:
+    a failing set was a WARNING in the log alone, and ``last_weights_set_at`` only grew old).
 
     ``snapshot`` sizes the vector: only uids that exist now, each scored only for the hotkey holding it,
     and unscored uids available to fill the subnet's minimum count of weights or to take what its max
     share caps (with only the scored uids, a young validator's set was refused by the chain)."""
-    if hotkey is not None and sink.name == "chain" and not may_set_weights(snapshot, hotkey):
+    try:
+        return await _set_weights(scores, sink, snapshot, power=power, hotkey=hotkey)
+    except Exception as e:
+        scores.weights_not_set = f"{type(e).__name__}: {e}"
+        raise
+
+
+async def _set_weights(scores: ScoreBook, sink: WeightSink, snapshot: MetagraphSnapshot, *,
+                       power: float, hotkey: str | None) -> dict[int, float] | None:
+    refusal = own_weights_refusal(snapshot, hotkey) if hotkey is not None and sink.name == "chain" else None
+    if refusal is not None:
+        logger.warning("weights: not set: {}", refusal)
+        scores.weights_not_set = refusal
         return None
     rules = await sink.rules()
     uids, weights = weights_from_scores(scores.combined_for(snapshot), rules, power)
     if not any(w > 0 for w in weights):
         logger.info("weights: nothing to set yet (no positive score)")
+        scores.weights_not_set = "no positive score yet"
         return None
     nonzero = [(u, w) for u, w in zip(uids, weights, strict=True) if w > 0]
     try:
         outcome = await sink.set_weights([u for u, _ in nonzero], [w for _, w in nonzero])
     except WeightsNotSet as e:  # not a failure, and not a set: /health keeps the last real one
         logger.info("weights: not set this cycle: {}", e)
+        scores.weights_not_set = str(e)
         return None
     scores.weights = dict(nonzero)
+    scores.weights_not_set = None
     if sink.name != "disabled":
         scores.last_weights_set_at = time.time()
     await scores.save_off_loop()
@@ -127,18 +143,15 @@ async def weights_cycle(scores: ScoreBook, sink: WeightSink, snapshot: Metagraph
     return dict(nonzero)
 
 
-def may_set_weights(snapshot: MetagraphSnapshot, hotkey: str) -> bool:
-    """Whether the chain can take this validator's weights, as the metagraph says: registered and holding
-    a validator permit. Submitted anyway, ``SetWeights`` was refused on chain every interval
+def own_weights_refusal(snapshot: MetagraphSnapshot, hotkey: str) -> str | None:
+    """Why the chain cannot take this validator's weights, as the metagraph says (None: it can): unregistered,
+    or holding no validator permit. Submitted anyway, ``SetWeights`` was refused on chain every interval
     (``NeuronNoValidatorPermit``, which the SDK does not check on a Yuma subnet) and each refusal's fee
     was charged to the coldkey."""
     own = snapshot.by_hotkey(hotkey)
     if own is None:
-        logger.warning("weights: not set: hotkey {} is not registered on netuid {} (btcli subnets register)",
-                       hotkey, snapshot.netuid)
-        return False
+        return f"hotkey {hotkey} is not registered on netuid {snapshot.netuid} (btcli subnets register)"
     if not own.validator_permit:
-        logger.warning("weights: not set: this validator (uid {}) holds no validator permit; the chain gives "
-                       "one to the subnet's top validators by stake (btcli stake add)", own.uid)
-        return False
-    return True
+        return (f"this validator (uid {own.uid}) holds no validator permit; the chain gives one to the subnet's top "
+                "validators by stake (btcli stake add)")
+    return None

@@ -55,6 +55,7 @@ class ScoreBook:
         self.weights: dict[int, float] = {}
         self.updated_at = 0.0
         self.last_weights_set_at: float | None = None
+        self.weights_not_set: str | None = None  # why the last weights cycle set nothing (not saved: this run's)
         self._unsaved = False  # changed since the last save began
         self._saving: asyncio.Lock | None = None  # made on first use (it belongs to the running loop)
         self._writing: asyncio.Future[None] | None = None  # the write running in its thread, if any

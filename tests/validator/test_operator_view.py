@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import aiohttp
+import bittensor as bt
 import pytest
 from aiohttp import web
 from loguru import logger
@@ -14,6 +15,7 @@ from loguru import logger
 from neurons.localnet import free_port
 from neurons.validator.app import create_validator_app
 from neurons.validator.availability import AvailabilityBook, poll_all
+from neurons.validator.loops import weights_cycle
 from neurons.validator.reference import CachedReference, OpenAIReference, ReferenceError
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
@@ -24,6 +26,7 @@ from tests.compat.support import sample
 from tests.helpers import serve_app, snapshot
 from tests.validator.test_app import BODY, MINERS, VALIDATOR, _view, make_ctx, post
 from tests.validator.test_inbox import answered, tail, validator, validator_env, validator_process
+from tests.validator.test_scores_weights import _book, _graph, _scripted_sink
 
 SECRET = "sk-operator-view-0123456789abcdef"
 
@@ -259,3 +262,26 @@ async def test_a_token_in_the_reference_url_is_never_quoted_back_into_the_log() 
         with pytest.raises(ReferenceError) as e:
             await OpenAIReference(with_token, session=session, model="real-model").reply(BODY)
     assert "bad credentials user:***" in str(e.value) and SECRET not in str(e.value)
+
+
+async def test_health_says_why_weights_were_not_set_and_how_old_the_metagraph_is() -> None:
+    """A set the chain refused was a WARNING in the log alone: ``/health`` showed an old
+    ``last_weights_set_at`` and nothing of why, nor whether the metagraph could still be read."""
+    wrong_key = bt.ExtrinsicResult(success=False, message="IncorrectWeightVersionKey",
+                                   error=bt.ChainError("IncorrectWeightVersionKey", name="IncorrectWeightVersionKey"))
+    sink, _ = _scripted_sink("//Charlie", [wrong_key])
+    ctx = make_ctx()
+    ctx.scores = _book(1.0, 0.5)
+    metrics = ValidatorMetrics()
+    try:
+        async with serve_app(create_validator_app(ctx, metrics=metrics)) as url:
+            with pytest.raises(RuntimeError):
+                await weights_cycle(ctx.scores, sink, _graph(2), power=1.0)
+            health = json.loads((await get(url, "/health"))[1])
+            _, prom = await get(url, "/metrics")
+    finally:
+        await sink.close()
+    assert health["weights_not_set"].startswith("RuntimeError: SetWeights refused (IncorrectWeightVersionKey)")
+    assert health["last_weights_set_at"] is None
+    assert health["metagraph_block"] == 1 and 0 <= health["metagraph_age_seconds"] < 60
+    assert 0 < sample(prom, "sn1_validator_metagraph_age_seconds") < 60

@@ -630,12 +630,13 @@ async def test_a_validator_without_a_permit_or_registration_submits_no_weights_a
         no_permit = MetagraphSnapshot(netuid=1, block=1, neurons=(replace(no_permit.neurons[0], validator_permit=False),
                                                                    *no_permit.neurons[1:]))
         assert await weights_cycle(book, sink, no_permit, power=1.0, hotkey=own) is None
+        assert book.weights_not_set is not None and "holds no validator permit" in book.weights_not_set
         unregistered = _graph(2)  # uid 0 is another validator's
         assert await weights_cycle(book, sink, unregistered, power=1.0, hotkey=own) is None
         assert fake.submitted == [] and book.last_weights_set_at is None
         permitted = snapshot(own, {1: ("hk1", "127.0.0.1:1"), 2: ("hk2", "127.0.0.1:2")})
         assert await weights_cycle(book, sink, permitted, power=1.0, hotkey=own) is not None
-        assert fake.submitted[0][0].params["dests"] == [1, 2]
+        assert fake.submitted[0][0].params["dests"] == [1, 2] and book.weights_not_set is None
     finally:
         logger.remove(handler)
         await sink.close()
