@@ -20,6 +20,7 @@ from typing import Any
 from loguru import logger
 
 from shared.metagraph import MetagraphSnapshot, atomic_write_json
+from shared.store.outage import OutageLog
 
 FORMAT_VERSION = 1
 
@@ -60,6 +61,8 @@ class ScoreBook:
         self._saving: asyncio.Lock | None = None  # made on first use (it belongs to the running loop)
         self._writing: asyncio.Future[None] | None = None  # the write running in its thread, if any
         self.save_error: str | None = None  # why the last save failed, while saves fail (``/health``)
+        self._save_outage = OutageLog(f"scores not saved to {self.path} (kept in memory, saved again with the next "
+                                      "scored job; is STATE_DIR full or read-only?)", back="saved again")
 
     # --- updates -----------------------------------------------------------------------
     def update(self, uid: int, hotkey: str, task: str, reward: float, *, organic: bool = False) -> float:
@@ -209,15 +212,12 @@ class ScoreBook:
         """A save the disk refused (full, read-only, the file replaced by a directory): the scores stay in memory
         and the next scored job saves again. It raised into the scoring worker, which logged a traceback per job
         and called each one "failed, dropped" although it had been scored."""
-        if self.save_error is None:
-            logger.warning("scores not saved to {}: {}; kept in memory, saved again with the next scored job "
-                           "(is STATE_DIR full or read-only?)", self.path, error)
         self.save_error = f"{type(error).__name__}: {error}"
+        self._save_outage.failed(self.save_error)
 
     def _save_worked(self) -> None:
-        if self.save_error is not None:
-            logger.info("scores saved to {} again", self.path)
-            self.save_error = None
+        self.save_error = None
+        self._save_outage.ok()
 
     async def flush(self) -> None:
         """The last save, at shutdown once the loops have stopped: the scores as they are now.

@@ -27,6 +27,7 @@ from neurons.validator.scores import ScoreBook
 from neurons.validator.tasks.base import RewardContext, TaskRegistry
 from shared.metagraph import MetagraphView, Neuron
 from shared.protocol import content_text
+from shared.store.outage import OutageLog
 
 
 @dataclass
@@ -151,6 +152,9 @@ class Scorer:
         # are credited only to the hotkeys that still own their uids, never to a previous owner.
         self.owner = owner
         self.jobs_scored = 0
+        # a reference model that is down fails every job: one WARNING, a line a minute, an INFO when it is back
+        # (a WARNING per job was thousands of lines a minute under organic traffic)
+        self.reference_outage = OutageLog("reference model failing, jobs skipped", back="it answers again")
 
     async def rewards(self, job: ScoringJob) -> dict[int, float]:
         """Reward per uid for one job (uids that cannot be scored are left out)."""
@@ -237,9 +241,10 @@ class Scorer:
         try:
             rewards = await self.rewards(job)
         except ReferenceError as e:
-            logger.warning("{} {} job skipped: {}", job.source, job.task, e)
+            self.reference_outage.failed(f"{job.source} {job.task} job skipped: {e}")
             self.settle([job])
             return {}
+        self.reference_outage.ok()
         for uid, reward in rewards.items():
             hotkey = job.hotkeys.get(uid)
             if hotkey and (self.owner is None or self.owner(uid) == hotkey):

@@ -23,8 +23,9 @@ class OutageLog:
     """The failures of one use of the store (``what``, the start of each line), told as a run."""
 
     def __init__(self, what: str, *, every: float = OUTAGE_LOG_EVERY_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, back: str = "the store answers again") -> None:
         self.what = what
+        self.back = back  # what the INFO line ending a run says came back (the store, the reference model, ...)
         self.every = every
         self._clock = clock
         self._began: float | None = None  # when the run of failures began (None: no run)
@@ -54,6 +55,6 @@ class OutageLog:
         """The store answered: a run of failures, if any, ends with an INFO line (costs nothing otherwise)."""
         if self._began is None:
             return
-        logger.info("{}: the store answers again after {:.1f} s ({} failure(s))", self.what,
+        logger.info("{}: {} after {:.1f} s ({} failure(s))", self.what, self.back,
                     self._clock() - self._began, self._failures)
         self._began, self._failures, self._untold = None, 0, 0

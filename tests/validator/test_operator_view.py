@@ -27,6 +27,7 @@ from tests.helpers import serve_app, snapshot
 from tests.validator.test_app import BODY, MINERS, VALIDATOR, _view, make_ctx, post
 from tests.validator.test_inbox import answered, tail, validator, validator_env, validator_process
 from tests.validator.test_scores_weights import _book, _graph, _scripted_sink
+from tests.validator.test_tool_rewards import score, scorer_with
 
 SECRET = "sk-operator-view-0123456789abcdef"
 
@@ -222,8 +223,9 @@ async def test_scores_the_disk_refuses_stay_in_memory_and_health_says_why(tmp_pa
         logger.remove(handler)
     assert set(json.loads(path.read_text())["miners"]) == {"1", "2", "3"}
     warnings = [line for line in lines if line.startswith("WARNING")]
-    assert len(warnings) == 1 and f"scores not saved to {path}" in warnings[0], lines
-    assert f"INFO scores saved to {path} again" in lines
+    assert len(warnings) == 1 and f"WARNING scores not saved to {path}" in warnings[0], lines
+    assert any(line.startswith(f"INFO scores not saved to {path}") and ": saved again after" in line
+               for line in lines), lines
 
 
 async def test_no_reachable_miner_is_a_warning_with_a_reason() -> None:
@@ -285,3 +287,36 @@ async def test_health_says_why_weights_were_not_set_and_how_old_the_metagraph_is
     assert health["last_weights_set_at"] is None
     assert health["metagraph_block"] == 1 and 0 <= health["metagraph_age_seconds"] < 60
     assert 0 < sample(prom, "sn1_validator_metagraph_age_seconds") < 60
+
+
+async def test_a_reference_model_down_for_many_jobs_is_one_warning_and_one_line_when_back(tmp_path: Path) -> None:
+    """Each job the reference model failed was a WARNING of its own: under organic traffic, thousands of lines
+    a minute. A run of failures is one WARNING (then a line a minute), and its end one INFO line."""
+    state = {"down": True}
+
+    async def chat(request: web.Request) -> web.Response:
+        if state["down"]:
+            return web.json_response({"error": {"message": "overloaded", "type": "server_error", "code": None,
+                                                "param": None}}, status=503)
+        return web.json_response({"choices": [{"message": {"content": "the answer"}}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    lines: list[str] = []
+    handler = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO",
+                         filter=lambda r: "reference model" in r["message"])
+    try:
+        async with serve_app(app) as url, aiohttp.ClientSession() as session:
+            scorer = scorer_with(CachedReference(OpenAIReference(url + "/v1", session=session, model="m")), tmp_path)
+            for i in range(5):
+                body = {**BODY, "seed": i}
+                assert await score(scorer, {1: body}, {1: ['{"choices":[{"delta":{"content":"x"}}]}']}) == {}
+            state["down"] = False
+            assert await score(scorer, {1: BODY}, {1: ['{"choices":[{"delta":{"content":"x"}}]}']})
+    finally:
+        logger.remove(handler)
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("WARNING reference model failing, jobs skipped: organic InferenceTask job skipped: "
+                               "reference LLM answered HTTP 503")
+    assert lines[1].startswith("INFO reference model failing, jobs skipped: it answers again after")
+    assert "(5 failure(s))" in lines[1]
