@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import pydantic_settings
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
@@ -72,6 +73,22 @@ def http_url(v: str) -> str:
     """A base URL the node calls: with its scheme (``localhost:8000`` started, then failed every call)."""
     if not re.match(r"^https?://[^/\s]+", v):
         raise ValueError(f"{mask_credentials(v)!r} is not an http(s) URL (http://host:port/...)")
+    return v
+
+
+def redis_url(v: str) -> str:
+    """A Redis ``STORE_URL`` whose port and database redis-py can read: it takes ``/sn1`` or ``/1l`` for
+    database 0 without a word (another network's keys, or its own written into theirs), and a port that is no
+    number was a traceback at the first connection."""
+    parts = urlsplit(v)
+    try:
+        parts.port  # noqa: B018 -- parsing it is the check
+    except ValueError:
+        raise ValueError(f"{mask_credentials(v)!r}: the port is not a number (redis://host:6379/0)") from None
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{mask_credentials(v)!r}: the database {db!r} is not a number "
+                         "(redis://host:6379/0: Redis databases are numbered)")
     return v
 
 
@@ -262,7 +279,7 @@ class ApiSettings(CommonSettings):
     def _store_scheme(cls, v: str) -> str:
         if not (v.startswith("sqlite:///") or v.startswith("redis://") or v.startswith("rediss://")):
             raise ValueError("must be sqlite:///path (one host), redis://host:port/db or rediss://... (a fleet)")
-        return v
+        return v if v.startswith("sqlite:///") else redis_url(v)
 
 
 class ValidatorSettings(CommonSettings):
