@@ -166,8 +166,27 @@ def run_keys(args: argparse.Namespace) -> int:
             return await _run(args, admin)
 
     try:
-        print(asyncio.run(go()))
+        answer = asyncio.run(go())
     except AdminError as e:
         print(f"sn1 keys {args.action}: {e}", file=sys.stderr)
         return 2 if e.status == 0 else 1
+    return _show(answer, args.action)
+
+
+SHOWS_A_SECRET = ("create", "rotate")
+
+
+def _show(answer: str, action: str) -> int:
+    """Print the answer. A reader that stops early (``sn1 keys list --json | head``) was a BrokenPipeError
+    traceback; now it is a quiet 0, unless the answer held a secret shown once (create, rotate): then the
+    action is done but its secret may be lost, which is said, with status 1."""
+    try:
+        print(answer, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise again
+        if action not in SHOWS_A_SECRET:
+            return 0
+        print(f"sn1 keys {action}: done, but its output was cut off (the reader closed the pipe), so the new "
+              "secret may not have been seen whole: `sn1 keys rotate <id>` makes another", file=sys.stderr)
+        return 1
     return 0

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import io
 import json
+import os
+import sys
 
 import pytest
 
@@ -143,3 +145,31 @@ async def test_the_original_apis_key_file_is_imported_and_its_keys_keep_working(
             await admin.import_keys({"1" * 32: {"rate_limit": 5}, "0" * 32: {"rate_limit": 0}})
         assert e.value.status == 400 and "'1.rate_limit'" in str(e.value) and "0" * 32 not in str(e.value)
         assert len([k for k in await admin.list_keys() if k.name == "imported"]) == 2  # a refused file: none of it
+
+
+async def sn1_keys_into_a_closed_pipe(api: ApiUnderTest, *args: str) -> tuple[int, str]:
+    """Run the console script in a process whose stdout is a pipe nobody reads any more, as
+    ``sn1 keys list --json | head -c 100`` leaves it once ``head`` has had its fill; returns (status, stderr)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "ADMIN_KEY": ADMIN}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shared.cli", "keys", "--api", api.url, *args,
+            stdout=write_end, stderr=asyncio.subprocess.PIPE, env=env)
+    finally:
+        os.close(write_end)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, err.decode()
+
+
+async def test_a_reader_that_stops_early_is_no_traceback(api: ApiUnderTest) -> None:
+    """``sn1 keys list --json | head`` printed a BrokenPipeError traceback. A listing cut short is a quiet 0;
+    a create or rotate whose secret (shown once) may not have been read whole says so, with status 1."""
+    status, err = await sn1_keys_into_a_closed_pipe(api, "list", "--json")
+    assert (status, err) == (0, "")
+    status, err = await sn1_keys_into_a_closed_pipe(api, "create", "--rate-limit", "5", "--name", "piped")
+    assert status == 1 and "Traceback" not in err
+    assert err.startswith("sn1 keys create: done, but its output was cut off") and "sn1-" not in err
+    async with AdminClient(api.url, ADMIN) as admin:
+        assert "piped" in {k.name for k in await admin.list_keys()}
