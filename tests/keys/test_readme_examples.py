@@ -1,0 +1,51 @@
+"""The README's key-management curl examples ("Admin endpoints" and the caller's own usage after it) run as
+written, in order, against a real API: an operator pastes them one after another."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ApiUnderTest
+from tests.keys.conftest import ADMIN
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+README_API = "http://127.0.0.1:42170"
+
+
+def admin_examples() -> str:
+    """The bash blocks of "### Admin endpoints", as one script: the section's blocks share their variables."""
+    section = README[README.index("### Admin endpoints"):]
+    section = section[:section.index("\n### ", 1)]
+    return "\n".join(re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL))
+
+
+async def run_examples(api: ApiUnderTest) -> list[dict]:
+    """Each curl's answer, one JSON object per call (a newline after each, as a terminal shows them)."""
+    script = "curl() { command curl -w '\\n' \"$@\"; }\n" + admin_examples().replace(README_API, api.url)
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "SN1_ADMIN_KEY": ADMIN})
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0 and not err, err.decode()
+    return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_the_admin_examples_run_as_written_in_order(api: ApiUnderTest) -> None:
+    """Every call answers what its comment says, never an error. The caller's ``/v1/usage`` example used the
+    secret the rotate example had just replaced (and came after the delete): it answered 401 invalid_api_key."""
+    answers = await run_examples(api)
+    errors = [a for a in answers if "error" in a]
+    assert not errors
+    messages = [a.get("message") or a.get("object") for a in answers]
+    assert messages == ["API key created", "API key updated", "API key updated", "list", "usage",
+                        "API keys imported", "usage", "API key deleted"]
+    own_usage = answers[-2]
+    assert own_usage["key_id"] == answers[-1]["id"] and own_usage["rate_limit"] == 100
