@@ -179,11 +179,26 @@ def _worker_entry(settings: ApiSettings, supervisor: int) -> None:
         sys.exit(problem_lines("api", e))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a container's or ``taskset``'s share), not the host's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def warn_workers_above_cores(workers: int) -> None:
+    """More workers than cores serve nothing faster: they take turns on the cores, each with its own memory,
+    connection pools and store connections. Said once at start (not refused: a host may be shared on purpose)."""
+    if workers > (cores := usable_cores()):
+        logger.warning("WORKERS={} is above the {} CPU core(s) this API may run on: the workers take turns on "
+                       "them and serve nothing faster (each costs memory and connections); set WORKERS={} at most",
+                       workers, cores, cores)
+
+
 def run_api(settings: ApiSettings) -> None:
     if settings.workers == 1:
         run(lambda: serve_worker(settings, reuse_port=False))
         return
     setup_logging(settings.log_level, role="api")
+    warn_workers_above_cores(settings.workers)
     load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)  # fail fast, before forking
     run(lambda: reach_store(settings.store_url, settings.store_namespace))  # a refusal: one line, before the workers
     # The workers share the port with SO_REUSEPORT, and so would another API's workers (a copy still

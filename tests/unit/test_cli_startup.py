@@ -522,3 +522,28 @@ def test_a_sqlite_file_that_cannot_grow_is_not_ready_and_recovers_by_itself(tmp_
     # one run of two failures: the forged key's lookup (a read) is no sign that the store takes writes again
     told = [line for line in output.splitlines() if "store unavailable, answering 503" in line]
     assert len(told) == 2 and "the store answers again" in told[1] and "(2 failure(s))" in told[1], told
+
+
+def test_more_workers_than_cores_is_a_warning_at_start(tmp_path: Path) -> None:
+    """WORKERS above the cores the API may run on (here its affinity, one core) is said once at start, as a
+    WARNING naming both numbers, and the API serves on; it was started in silence."""
+    import signal
+
+    from tests.keys.procs import prepare, start_api, wait_ready
+
+    env = prepare(tmp_path)
+    was = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(was)})  # the API's processes inherit it
+    try:
+        api = start_api(tmp_path, env, store_url=f"sqlite:///{tmp_path / 'api.db'}", workers=2)
+    finally:
+        os.sched_setaffinity(0, was)
+    try:
+        wait_ready([api], workers=2)
+    finally:
+        api.kill(signal.SIGTERM)
+    lines = [line for line in api.log.read_text().splitlines() if "WORKERS=" in line]
+    assert len(lines) == 1 and "WARNING" in lines[0], lines
+    assert lines[0].endswith("WORKERS=2 is above the 1 CPU core(s) this API may run on: the workers take turns on "
+                             "them and serve nothing faster (each costs memory and connections); set WORKERS=1 at "
+                             "most")
