@@ -247,7 +247,8 @@ def admin_key_matches(given: str, admin_key: str) -> bool:
 async def check_admin(request: web.Request, admin_key: str | None, store: Store) -> None:
     """403 when admin is disabled, 429 after repeated failures from this address, 401 on a wrong key."""
     if not admin_key:
-        raise ApiError(403, "Admin endpoints are disabled: set ADMIN_KEY to enable them.", code="admin_disabled")
+        raise ApiError(403, "Admin endpoints are disabled: set ADMIN_KEY in the API's settings (.env.api, not the "
+                            "validator's, where the original subnet API read it) to enable them.", code="admin_disabled")
     address = client_address(request)
     bucket = f"admin-fail:{address}"
     sent = one_header(request.headers, "admin-key")

@@ -233,12 +233,14 @@ async def test_admin_guesses_sent_at_once_are_compared_ten_at_most(api: ApiUnder
 
 
 async def test_admin_disabled_without_admin_key(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    """An operator moving from the original API set its admin key in .env.validator, as its doc said: the 403
+    says the setting is the API's (it said only "set ADMIN_KEY", which they had)."""
     api.ctx.settings.admin_key = None
     for method, path in (("POST", "create-api-key/?rate_limit=5"), ("GET", "api-keys"),
                          ("DELETE", f"delete-api-key/{api.key}")):
         status, _, out = await call(http, method, f"{api.url}/api_management/{path}", headers=AK)
         assert_error(status, out, 403, "admin_disabled")
-        assert "ADMIN_KEY" in out["error"]["message"]
+        assert "set ADMIN_KEY in the API's settings (.env.api, not the validator's" in out["error"]["message"]
 
 
 def test_admin_compare_is_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
