@@ -17,6 +17,7 @@ from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import pydantic_settings
+from dotenv import dotenv_values
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -477,6 +478,19 @@ def quiet_dotenv() -> Iterator[None]:
         dotenv_log.disabled = was
 
 
+def misplaced_admin_key(cls: type[CommonSettings], env_file: Path, warn: Callable[[str], None]) -> None:
+    """``ADMIN_KEY`` in a validator's (or miner's) env file: the subnet's original API doc put it in
+    ``.env.validator``, so an operator moving here sets it there, and the API's admin routes stay off (403)
+    with nothing said where it was set. The value is never shown."""
+    if "admin_key" in cls.model_fields:
+        return
+    with quiet_dotenv():
+        values = dotenv_values(env_file)
+    if any(k.upper() == "ADMIN_KEY" and v for k, v in values.items()):
+        warn(f"ADMIN_KEY ({env_file}) is the API's setting (.env.api), not this process's: ignored here "
+             "(the original subnet API read it from .env.validator)")
+
+
 def load_settings(cls: type[S], env_file: str | Path | None = None, *,
                   warn: Callable[[str], None] | None = None, **overrides: object) -> S:
     """Build settings from ``env_file`` (if it exists), the environment and ``overrides``.
@@ -495,6 +509,7 @@ def load_settings(cls: type[S], env_file: str | Path | None = None, *,
     if env is not None:
         try:
             problems += env_file_problems(Path(env), SETTING_NAMES, warn)
+            misplaced_admin_key(cls, Path(env), warn)
         except (OSError, UnicodeDecodeError) as e:  # unreadable, or not UTF-8 text: was a traceback
             raise SettingsError(f"env file {env}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     try:

@@ -547,3 +547,17 @@ def test_more_workers_than_cores_is_a_warning_at_start(tmp_path: Path) -> None:
     assert lines[0].endswith("WORKERS=2 is above the 1 CPU core(s) this API may run on: the workers take turns on "
                              "them and serve nothing faster (each costs memory and connections); set WORKERS=1 at "
                              "most")
+
+
+@pytest.mark.parametrize("role", ["validator", "miner"])
+def test_an_admin_key_in_another_process_env_file_is_said_to_be_the_apis(tmp_path: Path, role: str) -> None:
+    """The original subnet API's doc put ``admin-key`` in ``.env.validator``: set there, it was ignored in
+    silence and the API's admin routes stayed off. The warning names the file and the API's, never the value."""
+    env = tmp_path / f".env.{role}"
+    env.write_text("ADMIN_KEY=moved-from-the-original-api-0123\nNETUID=-1\n")
+    out = start(role, env)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[0] == (
+        f"sn1 {role}: warning: ADMIN_KEY ({env}) is the API's setting (.env.api), not this process's: ignored here "
+        "(the original subnet API read it from .env.validator)")
+    assert "moved-from" not in out.stderr
