@@ -478,17 +478,32 @@ def quiet_dotenv() -> Iterator[None]:
         dotenv_log.disabled = was
 
 
-def misplaced_admin_key(cls: type[CommonSettings], env_file: Path, warn: Callable[[str], None]) -> None:
+def env_file_values(env_file: Path) -> dict[str, str]:
+    """The env file's ``NAME=value`` entries, names upper-cased as the settings read them."""
+    with quiet_dotenv():
+        return {k.upper(): v or "" for k, v in dotenv_values(env_file).items()}
+
+
+def misplaced_admin_key(cls: type[CommonSettings], values: dict[str, str], env_file: Path,
+                        warn: Callable[[str], None]) -> None:
     """``ADMIN_KEY`` in a validator's (or miner's) env file: the subnet's original API doc put it in
     ``.env.validator``, so an operator moving here sets it there, and the API's admin routes stay off (403)
     with nothing said where it was set. The value is never shown."""
-    if "admin_key" in cls.model_fields:
-        return
-    with quiet_dotenv():
-        values = dotenv_values(env_file)
-    if any(k.upper() == "ADMIN_KEY" and v for k, v in values.items()):
+    if "admin_key" not in cls.model_fields and values.get("ADMIN_KEY"):
         warn(f"ADMIN_KEY ({env_file}) is the API's setting (.env.api), not this process's: ignored here "
              "(the original subnet API read it from .env.validator)")
+
+
+def emptied_by_environment(cls: type[CommonSettings], values: dict[str, str], env_file: Path,
+                           warn: Callable[[str], None]) -> None:
+    """A setting the env file gives a value and the environment an empty one: the environment wins, so
+    ``export ADMIN_KEY="$SN1_ADMIN_KEY"`` with that variable unset (the README's ``sn1 keys`` step) turned
+    off the admin routes of an API started from the same shell, its ``.env.api`` key unread, in silence."""
+    environ = {k.upper(): v for k, v in os.environ.items()}
+    for name in sorted(n.upper() for n in cls.model_fields):
+        if values.get(name) and environ.get(name) == "":
+            warn(f"{name} is empty in the environment, which overrides its value in {env_file} (the environment "
+                 f"wins): `unset {name}` to use the file's")
 
 
 def load_settings(cls: type[S], env_file: str | Path | None = None, *,
@@ -509,7 +524,9 @@ def load_settings(cls: type[S], env_file: str | Path | None = None, *,
     if env is not None:
         try:
             problems += env_file_problems(Path(env), SETTING_NAMES, warn)
-            misplaced_admin_key(cls, Path(env), warn)
+            file_values = env_file_values(Path(env))
+            misplaced_admin_key(cls, file_values, Path(env), warn)
+            emptied_by_environment(cls, file_values, Path(env), warn)
         except (OSError, UnicodeDecodeError) as e:  # unreadable, or not UTF-8 text: was a traceback
             raise SettingsError(f"env file {env}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     try:

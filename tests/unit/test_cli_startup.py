@@ -561,3 +561,18 @@ def test_an_admin_key_in_another_process_env_file_is_said_to_be_the_apis(tmp_pat
         f"sn1 {role}: warning: ADMIN_KEY ({env}) is the API's setting (.env.api), not this process's: ignored here "
         "(the original subnet API read it from .env.validator)")
     assert "moved-from" not in out.stderr
+
+
+def test_an_empty_environment_variable_over_an_env_file_value_is_a_warning(tmp_path: Path) -> None:
+    """``export ADMIN_KEY="$SN1_ADMIN_KEY"`` with that variable unset left ``ADMIN_KEY`` empty in the shell, and
+    an API started from it ran with its admin routes off although ``.env.api`` sets the key, in silence. The
+    warning names the setting and the file, never the file's value."""
+    env = tmp_path / ".env.api"
+    env.write_text("ADMIN_KEY=file-admin-key-0123456789\nAPI_PORT=abc\n")
+    out = subprocess.run([sys.executable, "-m", "shared.cli", "api", "--env-file", str(env)],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "ADMIN_KEY": ""})
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[0] == (
+        f"sn1 api: warning: ADMIN_KEY is empty in the environment, which overrides its value in {env} (the "
+        "environment wins): `unset ADMIN_KEY` to use the file's")
+    assert "file-admin-key" not in out.stderr
