@@ -173,7 +173,8 @@ class OpenAIReference:
                                         timeout=aiohttp.ClientTimeout(total=10)) as r:
                 if r.status != 200:
                     hint = listing_hint(r.status, self.base_url, url_setting="REFERENCE_LLM_URL",
-                                        key_setting="REFERENCE_LLM_API_KEY", models_setting="REFERENCE_LLM_MODEL")
+                                        key_setting="REFERENCE_LLM_API_KEY", models_setting="REFERENCE_LLM_MODEL",
+                                        what="its model")
                     if r.status == 404 and hint.startswith(" (a server with no model list"):
                         return True  # no list to check the model against: the first job tells
                     raise ValueError(f"/models answered HTTP {r.status}{hint}")

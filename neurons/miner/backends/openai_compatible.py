@@ -69,14 +69,15 @@ def listed_models(listing: Any) -> list[str]:
 
 
 def listing_hint(status: int, base_url: str, *, url_setting: str = "UPSTREAM_URL",
-                 key_setting: str = "UPSTREAM_API_KEY", models_setting: str = "UPSTREAM_MODELS") -> str:
+                 key_setting: str = "UPSTREAM_API_KEY", models_setting: str = "UPSTREAM_MODELS",
+                 what: str = "its models") -> str:
     """What to check when ``/models`` answers ``status``: the URL (``http://host:11434`` is Ollama's own
     API, whose OpenAI-compatible one is under ``/v1``), or the key; named by the settings of the process
     asking (the miner's upstream, the validator's reference model)."""
     if status == 404:
         if not base_url.rstrip("/").endswith("/v1"):
             return f" ({url_setting} is the OpenAI-compatible base URL, usually ending in /v1)"
-        return f" (a server with no model list: name its model in {models_setting})"
+        return f" (a server with no model list: name {what} in {models_setting})"
     if status in (401, 403):
         return f" (check {key_setting})"
     return ""
