@@ -125,8 +125,10 @@ def _vacuum(path: Path) -> str | None:
         return f"sn1 vacuum: {path}: no such file"
     try:
         before, after = compact(path)
-    except sqlite3.Error as e:  # "database is locked": the API still runs on it
-        return f"sn1 vacuum: {path}: {e} (stop the API first)"
+    except sqlite3.Error as e:
+        # "database is locked" is an API still writing to it; anything else is the file's own (not a database)
+        hint = " (stop the API first)" if "locked" in str(e) or "busy" in str(e) else ""
+        return f"sn1 vacuum: {path}: {e}{hint}"
     print(f"{path}: {before / (1 << 20):.1f} MiB -> {after / (1 << 20):.1f} MiB; it gives back freed space from now on")
     return None
 

@@ -127,6 +127,10 @@ def test_a_file_made_before_keeps_its_size_until_sn1_vacuum(tmp_path: Path, caps
     with pytest.raises(SystemExit) as done:
         main(["vacuum", str(tmp_path / "missing.db")])
     assert "no such file" in str(done.value.code)
+    (tmp_path / "notes.txt").write_text("not a database at all, " * 100)
+    with pytest.raises(SystemExit) as done:
+        main(["vacuum", str(tmp_path / "notes.txt")])  # the file's fault: stopping the API would not help
+    assert "file is not a database" in str(done.value.code) and "stop the API" not in str(done.value.code)
 
 
 def _write_and_purge(path: Path, worker: int, start, results) -> None:  # noqa: ANN001 - multiprocessing primitives
