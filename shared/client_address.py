@@ -28,9 +28,16 @@ def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
     out = []
     for entry in entries:
         try:
-            out.append(ipaddress.ip_network(entry.strip(), strict=False))
+            network = ipaddress.ip_network(entry.strip(), strict=False)
         except ValueError:
             raise ValueError(f"{entry!r} is not an IP address or network (10.0.0.5, 10.0.0.0/8, ::1)") from None
+        address = entry.strip().split("/")[0]
+        if network.network_address != ipaddress.ip_address(address):
+            # 10.0.0.1/8 was taken as 10.0.0.0/8 without a word: every address of the /8 could then name the
+            # client in X-Forwarded-For, where one proxy was meant (or the whole network was, and says so)
+            raise ValueError(f"{entry!r} has host bits set: write the network ({network}) or the proxy's own "
+                             f"address ({address})")
+        out.append(network)
     return tuple(out)
 
 

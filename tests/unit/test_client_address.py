@@ -33,3 +33,13 @@ def test_a_bad_trusted_proxies_entry_stops_the_start(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.0/8, nginx.internal")
     with pytest.raises(SettingsError, match="nginx.internal"):
         load_settings(ApiSettings, None)
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.1/8", "2001:db8::1/32"])
+def test_a_network_with_host_bits_stops_the_start(monkeypatch: pytest.MonkeyPatch, entry: str) -> None:
+    """``10.0.0.1/8`` was read as ``10.0.0.0/8`` without a word: every address of the /8 trusted to name the
+    client (a lockout dodged by any of them), where one proxy may have been meant."""
+    monkeypatch.setenv("TRUSTED_PROXIES", entry)
+    with pytest.raises(SettingsError, match="has host bits set: write the network"):
+        load_settings(ApiSettings, None)
+    assert parse_networks(["10.0.0.0/8", "10.0.0.5", "10.0.0.5/32", "::1", "fe80::/10"])  # the well-formed pass
