@@ -1,7 +1,7 @@
 """``sn1 keys create|list|modify|delete|usage``: manage API keys on a running API.
 
 Built on ``shared.admin_client``. The API URL and admin key come from
-``--api`` / ``--admin-key`` or the environment (``SN1_API_URL``, ``ADMIN_KEY``);
+``--api`` / ``--admin-key`` or the environment (``SN1_API_URL`` or ``SN1_API``, ``ADMIN_KEY``);
 tables by default, ``--json`` for scripts. Exit codes: 0 ok, 1 the API said no,
 2 bad usage or the API is unreachable.
 """
@@ -49,8 +49,10 @@ def _connection(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     def default(value: object) -> object:
         return value if defaults else argparse.SUPPRESS
 
-    p.add_argument("--api", default=default(os.environ.get("SN1_API_URL", DEFAULT_API)),
-                   help=f"API base URL (env SN1_API_URL, default {DEFAULT_API})")
+    # SN1_API too: the README's client examples export it, and with it alone sn1 keys went to the default port
+    api = os.environ.get("SN1_API_URL") or os.environ.get("SN1_API") or DEFAULT_API
+    p.add_argument("--api", default=default(api),
+                   help=f"API base URL (env SN1_API_URL, else SN1_API; default {DEFAULT_API})")
     p.add_argument("--admin-key", default=default(None),
                    help="admin key (env ADMIN_KEY, better: a command line is visible to every user in ps)")
     p.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of a table")

@@ -173,3 +173,21 @@ async def test_a_reader_that_stops_early_is_no_traceback(api: ApiUnderTest) -> N
     assert err.startswith("sn1 keys create: done, but its output was cut off") and "sn1-" not in err
     async with AdminClient(api.url, ADMIN) as admin:
         assert "piped" in {k.name for k in await admin.list_keys()}
+
+
+@pytest.mark.parametrize(("environ", "api"), [({"SN1_API": "http://h:2"}, "http://h:2"),
+                                              ({"SN1_API": "http://h:2", "SN1_API_URL": "http://h:3"}, "http://h:3")])
+def test_the_api_url_comes_from_sn1_api_url_or_the_clients_sn1_api(monkeypatch: pytest.MonkeyPatch,
+                                                                    environ: dict[str, str], api: str) -> None:
+    """The README's client examples export ``SN1_API``; ``sn1 keys`` read only ``SN1_API_URL`` and, with the
+    first alone, went to the default address: "the API is unreachable" for an API that was up."""
+    import argparse
+
+    from shared.keys_cli import add_keys_arguments
+
+    monkeypatch.delenv("SN1_API_URL", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    parser = argparse.ArgumentParser()
+    add_keys_arguments(parser)
+    assert vars(parser.parse_args(["list"]))["api"] == api
