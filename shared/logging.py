@@ -7,6 +7,7 @@ Nothing logs a key: the API logs key *ids* and prefixes only. The access log
 from __future__ import annotations
 
 import sys
+from urllib.parse import urlsplit
 
 from loguru import logger
 
@@ -18,6 +19,20 @@ _UNPRINTABLE = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {0x85: "\\x85", 0
 def printable(text: str) -> str:
     """``text`` on one line: each control character (a line break among them) written as its escape."""
     return text.translate(_UNPRINTABLE)
+
+
+class CredentialMask:
+    """A model server's credentials (its API key, a token given as the password of its URL) masked out of text
+    it sent: a server that quotes the key it refused ("Incorrect API key provided: ...") had it logged, and
+    passed on to whoever reads the error."""
+
+    def __init__(self, api_key: str | None, url: str) -> None:
+        self._secrets = [secret for secret in (api_key, urlsplit(url).password) if secret]
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
 
 def line_prefix(level: str, role: str) -> str:

@@ -22,7 +22,6 @@ import hashlib
 import json
 from collections import OrderedDict
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import aiohttp
 from loguru import logger
@@ -34,8 +33,12 @@ from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.rewards.tools import Reply, calls_of
 from shared.errors import parse_error
 from shared.field_refusals import FieldRefusals
-from shared.logging import printable
+from shared.logging import CredentialMask, printable
 from shared.settings import mask_credentials
+
+# The settings an operator fixes for what the reference model's server refuses (``listing_hint``'s words)
+REFERENCE_SETTINGS = {"url_setting": "REFERENCE_LLM_URL", "key_setting": "REFERENCE_LLM_API_KEY",
+                      "models_setting": "REFERENCE_LLM_MODEL", "what": "its model"}
 
 
 class ReferenceError(Exception):
@@ -102,7 +105,7 @@ class OpenAIReference:
             self._headers["Authorization"] = f"Bearer {api_key}"
         # What a server's error text must never carry into the log or /health: the key, or a token given as
         # the password of REFERENCE_LLM_URL (http://user:token@host/v1), which was logged as the server quoted it.
-        self._secrets = [secret for secret in (api_key, urlsplit(self.base_url).password) if secret]
+        self._masked = CredentialMask(api_key, self.base_url)
         # What its models refuse, learnt as a miner's backend learns it: a hosted reference (Mistral's refuses
         # ``seed``, OpenAI's reasoning models ``max_tokens`` and a temperature) failed every job it was asked.
         self._refusals = FieldRefusals()
@@ -150,14 +153,14 @@ class OpenAIReference:
 
     def _hint(self, status: int) -> str:
         """What setting to check for a refusal an operator's configuration causes (a bare 404 or 401 did not
-        say whether the URL, the key or the model was wrong)."""
-        if status == 404:
-            if not self.base_url.endswith("/v1"):
-                return " (REFERENCE_LLM_URL is the OpenAI-compatible base URL, usually ending in /v1)"
+        say whether the URL, the key or the model was wrong): a chat completion's 404 at a ``/v1`` URL is a
+        model it does not serve; the rest as for a model list (``listing_hint``)."""
+        if status == 404 and self._at_v1():
             return f" (does the server serve REFERENCE_LLM_MODEL {self.model!r}?)"
-        if status in (401, 403):
-            return " (check REFERENCE_LLM_API_KEY)"
-        return ""
+        return listing_hint(status, self.base_url, **REFERENCE_SETTINGS)
+
+    def _at_v1(self) -> bool:
+        return self.base_url.rstrip("/").endswith("/v1")
 
     async def answer(self, body: dict[str, Any]) -> str:
         return text_of(await self.reply(body), empty_ok=self.empty_ok)
@@ -172,11 +175,9 @@ class OpenAIReference:
             async with self.session.get(f"{self.base_url}/models", headers=self._headers,
                                         timeout=aiohttp.ClientTimeout(total=10)) as r:
                 if r.status != 200:
-                    hint = listing_hint(r.status, self.base_url, url_setting="REFERENCE_LLM_URL",
-                                        key_setting="REFERENCE_LLM_API_KEY", models_setting="REFERENCE_LLM_MODEL",
-                                        what="its model")
-                    if r.status == 404 and hint.startswith(" (a server with no model list"):
-                        return True  # no list to check the model against: the first job tells
+                    if r.status == 404 and self._at_v1():
+                        return True  # a server with no model list: nothing to check the model against
+                    hint = listing_hint(r.status, self.base_url, **REFERENCE_SETTINGS)
                     raise ValueError(f"/models answered HTTP {r.status}{hint}")
                 listed = listed_models(await r.json(content_type=None))
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
@@ -197,11 +198,6 @@ class OpenAIReference:
             return False
         logger.info("reference model: {} at {}", self.model, shown)
         return True
-
-    def _masked(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
     async def close(self) -> None:
         return None  # the session belongs to the caller

@@ -16,7 +16,6 @@ import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from loguru import logger
@@ -25,6 +24,7 @@ from neurons.miner.backends.base import BackendError
 from shared.errors import MODEL_SERVER_REJECTED, parse_error
 from shared.field_refusals import FieldRefusals
 from shared.jsonutil import dumpb
+from shared.logging import CredentialMask
 from shared.protocol import ANY_MODEL
 from shared.settings import mask_credentials
 from shared.sse import DONE, SSEError, SSEParser
@@ -102,7 +102,7 @@ class OpenAICompatibleBackend:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         # What an upstream's error text must never carry on: it goes to the log and to the API's caller.
-        self._secrets = [secret for secret in (api_key, urlsplit(self.base_url).password) if secret]
+        self._masked = CredentialMask(api_key, self.base_url)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         # What the upstream serves, from its /models: nothing until it answers (a model server still
@@ -233,13 +233,6 @@ class OpenAICompatibleBackend:
                     continue
                 raise BackendError(f"upstream HTTP {r.status}: {message[:300]}",
                                    status=r.status if refused else 502, code=MODEL_SERVER_REJECTED if refused else None)
-
-    def _masked(self, text: str) -> str:
-        """``text`` without the upstream's credentials: a server that quotes the key it was sent in its 401
-        ("Incorrect API key provided: ...") had it logged and passed on to the API's caller."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
