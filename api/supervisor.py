@@ -21,8 +21,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the workers and wait for every one to end; the exit status (1: one ended on its own)."""
-        for w in self.workers:
-            w.start()
+        self._start_ignoring_sigint()
         for sig in stop_signals():  # as a worker stops: a supervisor dying alone would orphan its workers
             signal.signal(sig, self._on_signal)
         ended = self._first_to_end()
@@ -34,6 +33,19 @@ class Supervisor:
         for w in self.workers:
             w.join()
         return 1 if crashed else 0
+
+    def _start_ignoring_sigint(self) -> None:
+        """Ctrl-C in a terminal reaches every process of the group. A worker that got it while its interpreter
+        was still starting printed "Fatal Python error: init_import_site ... KeyboardInterrupt" (or a traceback
+        from its imports): spawned with SIGINT ignored (an ignored signal stays ignored across exec), a starting
+        worker stops on the supervisor's SIGTERM instead, and takes SIGINT again once it serves
+        (``serve_until_signal``)."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for w in self.workers:
+                w.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _on_signal(self, _signum: int, _frame: object) -> None:
         self.stopping = True

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,3 +135,42 @@ def test_a_new_sqlite_store_is_said_once_at_start(tmp_path: Path) -> None:
     for name in ("api.db", "api.db-wal", "api.db-shm"):  # users' prompts and answers: its owner's alone
         found = tmp_path / "typo" / name
         assert not found.exists() or found.stat().st_mode & 0o777 == 0o600, (name, oct(found.stat().st_mode))
+
+
+def spawned_workers(api: ApiProcess, count: int, seconds: float = 30.0) -> list[str]:
+    """The pids of the supervisor's spawned workers, as soon as ``count`` exist (polled every millisecond)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if api.proc.poll() is not None:
+            raise RuntimeError(f"api exited {api.proc.returncode}:\n{api.log.read_text()[-3000:]}")
+        workers = [pid for pid in group_members(api.proc.pid) if "spawn_main" in _cmdline(pid)]
+        if len(workers) >= count:
+            return workers
+        time.sleep(0.001)
+    raise RuntimeError(f"no {count} workers:\n{api.log.read_text()[-3000:]}")
+
+
+def _ignores_sigint(pid: str) -> bool:
+    """Whether the process ignores SIGINT (its ``SigIgn`` mask in ``/proc``)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
+    return bool(mask & (1 << (signal.SIGINT - 1)))
+
+
+def test_ctrl_c_while_the_workers_start_stops_the_api_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal reaches the whole process group. A worker that got it while its interpreter was
+    still starting printed "Fatal Python error: init_sys_streams ... KeyboardInterrupt", or a
+    KeyboardInterrupt traceback from its imports; the workers now start with SIGINT ignored, and stop on
+    the SIGTERM the supervisor sends them."""
+    api = start_api(tmp_path, prepare(tmp_path), store_url=f"sqlite:///{tmp_path / 'api.db'}", workers=2)
+    try:
+        for pid in spawned_workers(api, 2):
+            assert _ignores_sigint(pid), "a starting worker ignores SIGINT (the supervisor's SIGTERM stops it)"
+        os.killpg(api.proc.pid, signal.SIGINT)
+        assert api.proc.wait(timeout=30) == 0
+        assert gone_within(api.proc.pid, 5.0) == []
+    finally:
+        api.kill(signal.SIGKILL)
+    log = api.log.read_text()
+    for sign in ("Fatal Python error", "KeyboardInterrupt", "Traceback"):
+        assert sign not in log, log[-3000:]
