@@ -49,6 +49,9 @@ class MinerRun:
     # one waited for is not (thinking alone, cut by max_tokens, never beats an answer with content).
     reasoning: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # the ids of ``tool_calls``: each new call's is checked against them (a scan of the calls cost O(n²): 20,000
+    # calls in one chunk held the event loop for minutes)
+    tool_call_ids: set[str] = field(default_factory=set)
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None  # the miner's, in the SDK's shape (``reported_usage``); None: none valid
     model: str | None = None
@@ -203,11 +206,12 @@ class MinerRun:
             slot = self.tool_calls.get(index)
             if slot is None:
                 given = call.get("id")
-                if not (isinstance(given, str) and given) or any(s["id"] == given for s in self.tool_calls.values()):
+                if not (isinstance(given, str) and given) or given in self.tool_call_ids:
                     call["id"], named = new_call_id(), True  # none, or another call's: the caller's reply would be
                     # ambiguous (two tool results under one tool_call_id; OpenAI refuses the next turn)
                 slot = self.tool_calls[index] = {"id": call["id"], "type": "function",
                                                  "function": {"name": "", "arguments": ""}}
+                self.tool_call_ids.add(call["id"])
             if call.get("type"):
                 slot["type"] = call["type"]
             fn = call.get("function") or {}
