@@ -6,6 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+# ``/ready``'s models live in ``shared.readiness`` (the validator answers ``/ready`` with them too)
+from shared.readiness import CheckOut, ReadyOut
+
+__all__ = ["CheckOut", "ModelListOut", "ModelOut", "ReadyOut", "TaskListOut", "TaskOut"]
+
 
 class ModelOut(BaseModel):
     """OpenAI's model object, plus which tasks the model serves and on how many miners."""
@@ -33,20 +38,3 @@ class TaskOut(BaseModel):
 class TaskListOut(BaseModel):
     object: Literal["list"] = "list"
     data: list[TaskOut]
-
-
-class CheckOut(BaseModel):
-    ok: bool
-    detail: str
-    required: bool = Field(default=True, description="false: a failure is a warning, not a reason to take the "
-                                                     "worker out of rotation")
-
-
-class ReadyOut(BaseModel):
-    """``GET /ready``: 200 when every required check passes, 503 with the failing checks' reasons otherwise;
-    a failing check that does not stop the worker serving is a warning."""
-
-    ready: bool
-    reasons: list[str]
-    warnings: list[str] = Field(default_factory=list)
-    checks: dict[str, CheckOut]

@@ -19,25 +19,18 @@ from api import discovery, openapi
 from api.availability import AvailabilityCache
 from api.chat import CTX
 from api.context import ApiContext
-from api.discovery_wire import CheckOut, ReadyOut
 from shared.aio import within
-from shared.http import json_response
 from shared.metrics import ApiMetrics, metrics_handler, metrics_middleware
+from shared.readiness import CheckOut, ReadyOut, ready_out, ready_response
+from shared.readiness import metagraph_check as shared_metagraph_check
 from shared.store.base import StoreUnavailable
 
 METRICS = web.AppKey("api_metrics", ApiMetrics)
 STORE_PING_SECONDS = 2.0
-MIN_METAGRAPH_LIMIT = 60.0
 
 
 def metagraph_check(ctx: ApiContext) -> CheckOut:
-    limit = max(MIN_METAGRAPH_LIMIT, 3 * ctx.settings.metagraph_refresh_seconds)
-    age = ctx.metagraph.age_seconds
-    if not ctx.metagraph.snapshot.neurons:
-        return CheckOut(ok=False, detail="the metagraph has not been loaded")
-    if age > limit:
-        return CheckOut(ok=False, detail=f"the metagraph is {age:.0f}s old (limit {limit:.0f}s)")
-    return CheckOut(ok=True, detail=f"block {ctx.metagraph.snapshot.block}, {age:.0f}s old")
+    return shared_metagraph_check(ctx.metagraph, ctx.settings.metagraph_refresh_seconds)
 
 
 async def store_check(ctx: ApiContext) -> CheckOut:
@@ -101,14 +94,11 @@ def miners_check(ctx: ApiContext) -> CheckOut:
 async def readiness(ctx: ApiContext) -> ReadyOut:
     checks = {"metagraph": metagraph_check(ctx), "store": await store_check(ctx),
               "validator": validator_check(ctx), "miners": miners_check(ctx), "permit": permit_check(ctx)}
-    reasons = [f"{name}: {c.detail}" for name, c in checks.items() if not c.ok and c.required]
-    warnings = [f"{name}: {c.detail}" for name, c in checks.items() if not c.ok and not c.required]
-    return ReadyOut(ready=not reasons, reasons=reasons, warnings=warnings, checks=checks)
+    return ready_out(checks)
 
 
 async def ready(request: web.Request) -> web.Response:
-    out = await readiness(request.app[CTX])
-    return json_response(out.model_dump(mode="json"), status=200 if out.ready else 503)
+    return ready_response(await readiness(request.app[CTX]))
 
 
 async def sample(ctx: ApiContext, metrics: ApiMetrics) -> None:

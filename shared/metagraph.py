@@ -40,6 +40,9 @@ class MetagraphSnapshot:
     block: int
     neurons: tuple[Neuron, ...]
     fetched_at: float = field(default_factory=time.time)
+    # the subnet owner's hotkey, where the source says (the chain's metagraph): exempt from the chain's
+    # minimum stake to set weights
+    owner_hotkey: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_uid", {n.uid: n for n in self.neurons})
@@ -122,6 +125,13 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
         raise
 
 
+def stake_amount(balance: Any) -> float:
+    """A neuron's stake as a number in its own unit: a subnet's ``total_stake`` is a ``bt.Balance`` in the
+    subnet's alpha, whose ``.tao`` raises ``UnitMismatchError`` (a ``TypeError``, which ``hasattr`` does not
+    swallow): read that way, every metagraph of a subnet other than root failed to load."""
+    return float(getattr(balance, "amount", balance))
+
+
 class ChainMetagraphSource:
     """Reads the subnet's metagraph through the bittensor SDK's async client."""
 
@@ -145,13 +155,14 @@ class ChainMetagraphSource:
                 hotkey=n.hotkey,
                 coldkey=n.coldkey,
                 axon=n.axon,
-                stake=float(n.total_stake.tao if hasattr(n.total_stake, "tao") else n.total_stake),
+                stake=stake_amount(n.total_stake),
                 incentive=float(n.incentive),
                 validator_permit=bool(n.validator_permit),
             )
             for n in mg.neurons
         )
-        return MetagraphSnapshot(netuid=self.netuid, block=int(mg.block), neurons=neurons)
+        return MetagraphSnapshot(netuid=self.netuid, block=int(mg.block), neurons=neurons,
+                                 owner_hotkey=getattr(mg, "owner_hotkey", None) or None)
 
     async def close(self) -> None:
         if self._client is not None:

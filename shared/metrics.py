@@ -171,6 +171,11 @@ class ValidatorMetrics:
                                       registry=r)
         self.availability_age = Gauge("sn1_validator_availability_age_seconds", "Age of the last availability poll",
                                       registry=r)
+        self.ready = Gauge("sn1_validator_ready", "1 when GET /ready would answer 200 (every required check "
+                           "passes), else 0", registry=r)
+        self.checks = Gauge("sn1_validator_check_ok", "1 while the /ready check passes, else 0 (a required "
+                            "check or a warning: /ready's checks.<name>.required)", ["check"], registry=r)
+        self.check_ok = Children(self.checks)
 
     def observe_loop(self, name: str, seconds: float, ok: bool) -> None:
         self.loop_seconds.labels(name).observe(seconds)

@@ -1,6 +1,6 @@
 """The validator's HTTP API: availability for the API processes, organic results in, scores out.
 
-``/health``, ``/scores`` and ``/miner_availabilities/*`` answer anyone (the
+``/health``, ``/ready``, ``/scores`` and ``/miner_availabilities/*`` answer anyone (the
 same public information as the metagraph and the weights); ``/scoring`` needs a
 btauth/1 signature from an allow-listed API hotkey. Handlers are thin: the
 logic lives in the objects of ``ValidatorContext``.
@@ -22,6 +22,7 @@ from loguru import logger
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.inbox import ScoringInbox
 from neurons.validator.payload import OrganicPayload
+from neurons.validator.readiness import ReadinessConfig, readiness
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
 from neurons.validator.scoring import ScoringQueue
@@ -30,6 +31,7 @@ from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json, request_lines
 from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics, metrics_handler, metrics_middleware
+from shared.readiness import failing, ready_response
 from shared.signing import CALLER_KEY, UNVERIFIED_BODY_BYTES, Authorizer, RequestVerifier, verified_hotkey
 from shared.store.base import StoreUnavailable
 
@@ -84,6 +86,8 @@ class ValidatorContext:
     inbox: ScoringInbox | None = None
     # the reference model's calls and last failure since start (``/health``, ``/metrics``)
     reference: ReferenceStatus = field(default_factory=ReferenceStatus)
+    # what ``/ready`` measures against (intervals, the weight sink, the start time, the chain's limits)
+    readiness: ReadinessConfig = field(default_factory=ReadinessConfig)
 
 
 CTX = web.AppKey("validator_context", ValidatorContext)
@@ -103,6 +107,7 @@ def create_validator_app(
     app.middlewares.insert(0, metrics_middleware(metrics.http))  # outermost: sees the final status
     app.router.add_get("/metrics", metrics_handler(metrics.registry, lambda: _sample(ctx, metrics)))
     app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
     app.router.add_get("/scores", scores)
     app.router.add_post("/miner_availabilities/miner_availabilities", miner_availabilities)
     app.router.add_get("/miner_availabilities/get_available_miners", get_available_miners)
@@ -156,11 +161,24 @@ async def _sample(ctx: ValidatorContext, metrics: ValidatorMetrics) -> None:
     metrics.metagraph_age.set(ctx.metagraph.age_seconds)
     metrics.miners_available.set(sum(1 for e in ctx.book.entries.values() if e))
     metrics.availability_age.set(time.time() - ctx.book.updated_at if ctx.book.updated_at else 0.0)
+    out = readiness(ctx)
+    metrics.ready.set(1 if out.ready else 0)
+    for name, check in out.checks.items():
+        metrics.check_ok(name).set(1 if check.ok else 0)
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: 200 when every required check passes, 503 with a reason per failing one (``readiness.py``)."""
+    return ready_response(readiness(request.app[CTX]))
 
 
 async def health(request: web.Request) -> web.Response:
+    """Liveness, always a 200: ``status`` is "ok" when ``/ready`` would be a 200, else "degraded", with the
+    failing required checks named in ``failing_checks`` (``/ready`` says why)."""
     ctx = request.app[CTX]
-    return json_response({"status": "ok", "availability_updated_at": ctx.book.updated_at,
+    not_ready = failing(readiness(ctx))
+    return json_response({"status": "degraded" if not_ready else "ok", "failing_checks": not_ready,
+                          "availability_updated_at": ctx.book.updated_at,
                           "scoring_queue": ctx.scoring_queue.qsize(),
                           "scoring_queue_max": ctx.scoring_queue.maxsize,
                           "scoring_queue_bytes": ctx.scoring_queue.organic_bytes,

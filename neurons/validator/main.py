@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from neurons.validator.loops import (
     synthetic_cycle,
     weights_cycle,
 )
+from neurons.validator.readiness import ReadinessConfig, start_checks
 from neurons.validator.reference import (
     CachedReference,
     DeterministicReference,
@@ -80,6 +82,7 @@ def build_sink(settings: ValidatorSettings, hotkey_ss58: str) -> WeightSink:
 
 
 async def run_validator(settings: ValidatorSettings) -> None:
+    started_at = time.time()
     setup_logging(settings.log_level, role="validator")
     settings.check_state_dir()
     sock = bound_socket(settings.scoring_api_host, settings.scoring_api_port,
@@ -145,7 +148,15 @@ async def run_validator(settings: ValidatorSettings) -> None:
 
     ctx = ValidatorContext(book=book, scoring_queue=queue, verifier=verifier, scores=scores, metagraph=metagraph,
                            organic_timeout=settings.organic_timeout, seen=seen, inbox=inbox,
-                           reference=reference.status)
+                           reference=reference.status,
+                           readiness=ReadinessConfig(
+                               hotkey=hotkey.ss58_address, sink=sink.name,
+                               availability_interval=settings.availability_interval,
+                               availability_timeout=settings.availability_timeout,
+                               weights_interval=settings.weights_interval, started_at=started_at,
+                               chain=sink.limits if isinstance(sink, ChainWeightSink) else None))
+    # the chain's weights rate limit and minimum stake, read now (bounded) and said if they stop weights
+    await start_checks(ctx, sink.read_limits if isinstance(sink, ChainWeightSink) else None)
     app = create_validator_app(ctx, background=loops, metrics=metrics)
 
     async def close(_app: Any) -> None:

@@ -197,6 +197,31 @@ class LedgerWeightSink:
         return None
 
 
+RAO_PER_UNIT = 1e9  # a stake (TAO or a subnet's alpha) in the chain's integer unit
+
+
+@dataclass
+class ChainLimits:
+    """What the chain says about this validator setting weights, as the chain sink last read it: at start
+    (``read_limits``) and at every weights cycle (``rules``). ``/ready`` and the start checks read this
+    copy: the event loop never waits on the chain for them."""
+
+    netuid: int
+    rate_limit_blocks: int | None = None  # ``WeightsSetRateLimit``: blocks between two sets of one hotkey
+    block_seconds: float | None = None  # the chain's block time (12 s on finney, 0.25 s on a fast local chain)
+    # ``StakeThreshold``: the stake weight a hotkey needs to set weights (the subnet owner's is exempt), in
+    # TAO/alpha units (the chain keeps it in rao); the SDK's preflight does not check it, the chain does
+    stake_threshold: float | None = None
+    read_at: float | None = None  # when the values were last read
+    error: str | None = None  # why the last read failed (the values are the last read's, or None)
+
+    @property
+    def rate_limit_seconds(self) -> float | None:
+        if self.rate_limit_blocks is None or self.block_seconds is None:
+            return None
+        return self.rate_limit_blocks * self.block_seconds
+
+
 class WeightsNotSet(RuntimeError):
     """The chain would not take weights now (its rate limit): the cycle records nothing as set."""
 
@@ -219,6 +244,7 @@ class ChainWeightSink:
         self.block_seconds = block_seconds  # to turn the blocks left of the rate limit into a wait
         self.max_wait = max_wait  # the longest wait for the rate limit before giving up this cycle
         self.retries = retries  # resubmissions of a set the pool refused for a transient reason
+        self.limits = ChainLimits(netuid)
         self._client: Any = None
 
     async def _connected(self) -> Any:
@@ -232,7 +258,37 @@ class ChainWeightSink:
         client = await self._connected()
         max_limit = await client.hyperparameters.max_weight_limit(self.netuid)
         min_allowed = await client.hyperparameters.min_allowed_weights(self.netuid)
+        await self._read_limits(client)  # each cycle: a subnet owner may change them
         return WeightRules(max_weight=float(max_limit) / U16_MAX, min_allowed=int(min_allowed or 1))
+
+    async def read_limits(self) -> ChainLimits:
+        """Read the chain's weights rate limit, block time and minimum stake to set weights into ``limits``
+        (a failure is kept in ``limits.error``, never raised)."""
+        try:
+            client = await self._connected()
+        except Exception as e:  # noqa: BLE001 - said in limits.error, and by the start check
+            self.limits.error = f"{type(e).__name__}: {e}"
+            return self.limits
+        await self._read_limits(client)
+        return self.limits
+
+    async def _read_limits(self, client: Any) -> None:
+        import bittensor as bt
+
+        try:
+            rate_limit = await client.hyperparameters.weights_rate_limit(self.netuid)
+            threshold = await client.query(bt.storage.SubtensorModule.StakeThreshold)
+            try:
+                block_seconds = float(await client.block_time())
+            except Exception:  # noqa: BLE001 - a chain that does not say: the sink's own assumption
+                block_seconds = self.block_seconds
+        except Exception as e:  # noqa: BLE001 - never fails a weights cycle: kept for /ready
+            self.limits.error = f"{type(e).__name__}: {e}"
+            return
+        self.limits.rate_limit_blocks = int(rate_limit) if rate_limit is not None else None
+        self.limits.stake_threshold = int(threshold) / RAO_PER_UNIT if threshold is not None else None
+        self.limits.block_seconds = block_seconds
+        self.limits.read_at, self.limits.error = time.time(), None
 
     async def set_weights(self, uids: list[int], weights: list[float]) -> str:
         import bittensor as bt

@@ -32,6 +32,8 @@ class OutageLog:
         self._told_at = 0.0  # when a line last spoke of it
         self._failures = 0  # in the run
         self._untold = 0  # since the last line
+        self.last_error: str | None = None  # the run's latest failure, for a readiness check to quote
+        self.failing_since: float | None = None  # when the run began, in Unix seconds
 
     @property
     def failing(self) -> bool:
@@ -41,7 +43,9 @@ class OutageLog:
         """One more failure: a WARNING if it begins a run or the last line is ``every`` seconds old."""
         now = self._clock()
         self._failures += 1
+        self.last_error = str(error)
         if self._began is None:
+            self.failing_since = time.time()
             self._began, self._told_at, self._untold = now, now, 0
             logger.warning("{}: {}", self.what, error)
             return
@@ -58,3 +62,4 @@ class OutageLog:
         logger.info("{}: {} after {:.1f} s ({} failure(s))", self.what, self.back,
                     self._clock() - self._began, self._failures)
         self._began, self._failures, self._untold = None, 0, 0
+        self.last_error = self.failing_since = None

@@ -1,0 +1,347 @@
+"""The validator says when it is not doing its job: ``GET /ready`` (200, or 503 with a reason per failing
+check), ``/health``'s ``status`` ("ok" only when ``/ready`` is a 200) and ``/metrics``' gauges, each check
+failing and recovering on the real app served on 127.0.0.1; and the chain's limits said at start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import bittensor as bt
+from aiohttp import web
+from bittensor.sp_core import Keypair
+from loguru import logger
+
+from neurons.localnet import free_port
+from neurons.validator.app import ValidatorContext, create_validator_app
+from neurons.validator.availability import poll_all
+from neurons.validator.loops import weights_cycle
+from neurons.validator.readiness import CHECKS, readiness, start_checks
+from neurons.validator.reference import CachedReference, OpenAIReference, ReferenceError
+from neurons.validator.reference_status import ReferenceStatus
+from neurons.validator.scores import ScoreBook
+from neurons.validator.weights import ChainWeightSink, LedgerWeightSink
+from shared.metagraph import ChainMetagraphSource, MetagraphSnapshot
+from shared.metrics import ValidatorMetrics
+from shared.miner_client import MinerClient, make_session
+from shared.signing import Signer
+from tests.compat.support import sample
+from tests.helpers import serve_app
+from tests.validator.test_app import BODY, MINERS, VALIDATOR, make_ctx, post
+from tests.validator.test_inbox import answered, validator, validator_env, validator_process
+from tests.validator.test_scores_weights import DevWallet, FakeSubstrate, chain_storage
+
+SM = "SubtensorModule"
+
+
+async def get(url: str, path: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as s, s.get(url + path) as r:
+        return r.status, (await r.json() if path != "/metrics" else await r.text())
+
+
+async def view(url: str) -> tuple[int, dict, dict, str]:
+    """``/ready``'s status and body, ``/health``'s body and the ``/metrics`` text, in one go."""
+    status, ready = await get(url, "/ready")
+    health_status, health = await get(url, "/health")
+    assert health_status == 200, "liveness stays a 200 whatever fails"
+    _, prom = await get(url, "/metrics")
+    return status, ready, health, prom
+
+
+async def assert_failing(url: str, name: str, words: str) -> dict:
+    """``name`` fails as a required check: a 503 naming it, /health degraded, its gauge 0; returns /ready."""
+    status, ready, health, prom = await view(url)
+    assert status == 503 and not ready["ready"], ready
+    reason = next((r for r in ready["reasons"] if r.startswith(f"{name}: ")), None)
+    assert reason is not None and words in reason, ready["reasons"]
+    assert ready["checks"][name] == {"ok": False, "required": True, "detail": reason.removeprefix(f"{name}: ")}
+    assert health["status"] == "degraded" and name in health["failing_checks"], health
+    assert sample(prom, "sn1_validator_ready") == 0 and sample(prom, "sn1_validator_check_ok", check=name) == 0
+    return ready
+
+
+async def assert_ready(url: str, *warnings: str) -> dict:
+    """A 200, /health "ok", every required gauge 1, and exactly the ``warnings`` named; returns /ready."""
+    status, ready, health, prom = await view(url)
+    assert status == 200 and ready["ready"] and ready["reasons"] == [], ready
+    assert sorted(w.split(":")[0] for w in ready["warnings"]) == sorted(warnings), ready["warnings"]
+    assert health["status"] == "ok" and health["failing_checks"] == [], health
+    assert sample(prom, "sn1_validator_ready") == 1
+    for name in CHECKS:
+        assert sample(prom, "sn1_validator_check_ok", check=name) == (0 if name in warnings else 1), name
+    return ready
+
+
+def served(ctx: ValidatorContext):
+    return serve_app(create_validator_app(ctx, metrics=ValidatorMetrics()))
+
+
+async def test_a_working_validator_is_ready_with_every_check_and_health_keeps_its_fields() -> None:
+    ctx = make_ctx()
+    async with served(ctx) as url:
+        ready = await assert_ready(url)
+        _, health = await get(url, "/health")
+    assert set(ready["checks"]) == set(CHECKS)
+    assert {name for name, c in ready["checks"].items() if c["required"]} == {
+        "metagraph", "availability", "scores", "scoring_inbox", "reference"}, "with no sink on chain"
+    assert set(health) >= {"status", "availability_updated_at", "scoring_queue", "scoring_queue_max",
+                           "scoring_queue_bytes", "scoring_queue_max_bytes", "synthetic_queue", "synthetic_queue_max",
+                           "organic_stale_dropped", "scoring_inbox_waiting", "scores_updated_at", "scores_save_error",
+                           "last_weights_set_at", "weights_not_set", "metagraph_block", "metagraph_age_seconds",
+                           "reference", "failing_checks"}
+
+
+async def test_a_stale_metagraph_fails_and_a_refresh_recovers() -> None:
+    ctx = make_ctx()
+    fresh = ctx.metagraph.snapshot
+    async with served(ctx) as url:
+        ctx.metagraph.snapshot = replace(fresh, fetched_at=time.time() - 1000)
+        await assert_failing(url, "metagraph", "the metagraph is 1000s old (limit 180s)")
+        await ctx.metagraph.refresh()  # its source answers again
+        await assert_ready(url)
+
+
+async def test_availability_never_polled_or_gone_stale_fails_and_a_poll_recovers() -> None:
+    ctx = make_ctx()
+    ctx.readiness.availability_interval, ctx.readiness.availability_timeout = 30, 10
+    ctx.readiness.started_at = time.time() - 500
+    async with served(ctx) as url, make_session() as session:
+        await assert_failing(url, "availability", "no availability poll has ended in the 500s since start (limit 100s)")
+        client = MinerClient(session, Signer(VALIDATOR))
+        await poll_all(client, ctx.metagraph, ctx.book, timeout=1, concurrency=2)  # no miner serves an axon
+        await assert_ready(url, "miners")
+        ctx.book.updated_at = time.time() - 300
+        ctx.book.refused_by_all = True
+        ready = await assert_failing(url, "availability", "the last availability poll ended 300s ago")
+        assert "every miner refused this validator's signature" in ready["checks"]["availability"]["detail"]
+        ctx.book.refused_by_all = False
+        await poll_all(client, ctx.metagraph, ctx.book, timeout=1, concurrency=2)
+        ready = await assert_ready(url, "miners")
+    assert ready["checks"]["miners"]["detail"].startswith("the metagraph lists no serving miner")
+
+
+async def test_scores_the_disk_refuses_fail_and_the_next_save_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "scores.json"
+    ctx = make_ctx()
+    ctx.scores = ScoreBook({"InferenceTask": 1.0}, path=path)
+    async with served(ctx) as url:
+        path.mkdir()
+        (path / "in-the-way").write_text("")  # a file cannot replace a directory: a real OSError
+        ctx.scores.update(1, "hk1", "InferenceTask", 1.0)
+        await ctx.scores.save_off_loop()
+        await assert_failing(url, "scores", f"scores cannot be saved to {path} (IsADirectoryError")
+        (path / "in-the-way").unlink()
+        path.rmdir()
+        await ctx.scores.save_off_loop()
+        await assert_ready(url)
+
+
+async def test_a_scoring_inbox_that_refuses_writes_fails_and_the_next_write_recovers(tmp_path: Path) -> None:
+    async with validator(tmp_path / "scoring_inbox.db", scoring=False) as (url, ctx):
+        assert ctx.inbox is not None
+        db = ctx.inbox._durable  # the file may not grow past its size now: a full disk
+        db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+        big = answered("big", chunks={"1": ['{"choices":[{"delta":{"content":"x"}}]}'] * 2000, "2": []})
+        assert (await post(url, "/scoring", json.dumps(big).encode()))[0] == 503
+        await assert_failing(url, "scoring_inbox", "/scoring answers 503 store_unavailable")
+        db.execute("PRAGMA max_page_count = 1073741823")
+        assert (await post(url, "/scoring", json.dumps(big).encode()))[0] == 202
+        await assert_ready(url)
+
+
+async def test_a_full_scoring_queue_is_a_warning_not_a_503(tmp_path: Path) -> None:
+    async with validator(tmp_path / "scoring_inbox.db", scoring=False, queue_size=1) as (url, ctx):
+        assert (await post(url, "/scoring", json.dumps(answered("one")).encode()))[0] == 202
+        ready = await assert_ready(url, "scoring_queue")
+        assert ready["warnings"][0].startswith("scoring_queue: the organic scoring lane is full (1/1 payloads")
+        ctx.scoring_queue.get_nowait()  # a worker takes it
+        await assert_ready(url)
+
+
+async def test_a_failing_reference_model_fails_until_a_call_answers() -> None:
+    state = {"down": True}
+
+    async def chat(request: web.Request) -> web.Response:
+        if state["down"]:
+            return web.json_response({"error": {"message": "overloaded", "type": "server_error", "code": None,
+                                                "param": None}}, status=503)
+        return web.json_response({"choices": [{"message": {"content": "the answer"}}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    ctx = make_ctx()
+    async with serve_app(app) as llm, aiohttp.ClientSession() as session, served(ctx) as url:
+        reference = CachedReference(OpenAIReference(llm + "/v1", session=session, model="m"),
+                                    status=ReferenceStatus(kind="llm"))
+        ctx.reference = reference.status
+        for seed in (1, 2):
+            try:
+                await reference.reply({**BODY, "seed": seed})
+            except ReferenceError:
+                pass
+        await assert_failing(url, "reference", "the reference model (llm) failed its last 2 call(s)")
+        state["down"] = False
+        await reference.reply({**BODY, "seed": 3})
+        ready = await assert_ready(url)
+    assert ready["checks"]["reference"]["detail"] == "llm: 3 call(s), the last one answered"
+
+
+async def test_weights_not_set_for_three_intervals_fail_and_a_set_recovers(tmp_path: Path) -> None:
+    ctx = scored(make_ctx())
+    ctx.readiness.sink, ctx.readiness.weights_interval = "ledger", 10
+    ctx.readiness.started_at = time.time() - 100
+    sink = LedgerWeightSink(tmp_path / "weights.json", None, validator_hotkey=VALIDATOR.ss58_address)
+    async with served(ctx) as url:
+        await assert_failing(url, "weights", "no weights set since start, 100s (limit 30s")
+        await weights_cycle(ctx.scores, sink, ctx.metagraph.snapshot, power=1.0)
+        await assert_ready(url)
+        ctx.scores.weights_not_set = "no positive score yet"  # a cycle that set nothing: said, not a 503
+        ready = await assert_ready(url, "last_weights_cycle")
+        assert ready["warnings"] == ["last_weights_cycle: the last weights cycle set nothing: no positive score yet"]
+        ctx.scores.last_weights_set_at = time.time() - 45
+        await assert_failing(url, "weights", "no weights set for 45s (limit 30s, 3 WEIGHTS_INTERVALs or chain "
+                                             "rate limits); the last cycle: no positive score yet")
+
+
+def scored(ctx: ValidatorContext) -> ValidatorContext:
+    """``ctx`` with a positive score for each of its miners, and an availability poll just ended."""
+    for uid, key in MINERS.items():
+        ctx.scores.update(uid, key.ss58_address, "InferenceTask", 1.0 / uid)
+    ctx.book.entries = {1: {"task_availabilities": {"InferenceTask": True}, "llm_model_availabilities": {}}}
+    ctx.book.updated_at = time.time()
+    return ctx
+
+
+def chain_sink(storage: dict) -> tuple[ChainWeightSink, FakeSubstrate]:
+    cold = Keypair.create_from_uri("//Readiness")
+    wallet = DevWallet(cold, cold, VALIDATOR)
+    fake = FakeSubstrate(storage=storage)
+    return ChainWeightSink(lambda: bt.Client("local", substrate=fake), wallet, 1), fake
+
+
+def on_chain(ctx: ValidatorContext, sink: ChainWeightSink, weights_interval: float = 600) -> None:
+    ctx.readiness.sink, ctx.readiness.chain = "chain", sink.limits
+    ctx.readiness.hotkey, ctx.readiness.weights_interval = VALIDATOR.ss58_address, weights_interval
+
+
+def logged(level: str = "WARNING") -> tuple[list[str], int]:
+    lines: list[str] = []
+    return lines, logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level=level)
+
+
+async def test_a_stake_below_the_chains_minimum_and_a_short_weights_interval_are_said_at_start_and_in_ready() -> None:
+    """Both were found only by reading the chain's refusals: every set refused (``NotEnoughStakeToSetWeights``,
+    its fee charged) or most cycles ``rate limited``. Read at start, said in a WARNING each and by /ready."""
+    storage = {**chain_storage(VALIDATOR.ss58_address, last_update=850), (SM, "StakeThreshold", ()): 2000 * 10**9}
+    sink, fake = chain_sink(storage)  # a 100-block rate limit (1,200 s); the validator's stake is 1,000
+    ctx = make_ctx()
+    on_chain(ctx, sink)
+    lines, handler = logged()
+    try:
+        await start_checks(ctx, sink.read_limits)
+    finally:
+        logger.remove(handler)
+    assert lines == [
+        "WARNING weights_rate_limit: WEIGHTS_INTERVAL (600 s) is shorter than the chain's weights rate limit on "
+        "netuid 1 (100 blocks x 12 s = 1200 s): the cycles in between set nothing (rate limited) or wait for it; "
+        "set WEIGHTS_INTERVAL to at least 1200",
+        "WARNING stake: this validator's stake weight 1,000.00 is below the chain's minimum to set weights (2,000.00, "
+        f"StakeThreshold): every set is refused (NotEnoughStakeToSetWeights); stake to hotkey {VALIDATOR.ss58_address} "
+        "(btcli stake add)"]
+    try:
+        async with served(ctx) as url:
+            ready = await assert_failing(url, "stake", "is below the chain's minimum to set weights (2,000.00")
+            assert [w.split(":")[0] for w in ready["warnings"]] == ["weights_rate_limit"]
+            assert ready["checks"]["weights"]["ok"], "not expected while the chain would refuse them"
+            fake.storage[(SM, "StakeThreshold", ())] = 500 * 10**9  # the subnet lowers it (or stake is added)
+            await sink.rules()  # what each weights cycle reads
+            await assert_ready(url, "weights_rate_limit")
+            ctx.readiness.weights_interval = 1200
+            ready = await assert_ready(url)
+            assert ready["checks"]["stake"]["detail"] == "stake weight 1,000.00, the chain's minimum 500.00"
+            ctx.metagraph.snapshot = replace(ctx.metagraph.snapshot, owner_hotkey=VALIDATOR.ss58_address)
+            fake.storage[(SM, "StakeThreshold", ())] = 5000 * 10**9
+            await sink.rules()
+            ready = await assert_ready(url)  # the subnet owner's hotkey is exempt
+            assert "exempt" in ready["checks"]["stake"]["detail"]
+    finally:
+        await sink.close()
+
+
+async def test_no_permit_fails_when_weights_go_on_chain_and_the_weights_check_waits_for_it() -> None:
+    sink, _ = chain_sink(chain_storage(VALIDATOR.ss58_address, last_update=850))
+    ctx = scored(make_ctx())
+    on_chain(ctx, sink, weights_interval=10)
+    ctx.readiness.started_at = time.time() - 100
+    permitted = ctx.metagraph.snapshot
+    neurons = tuple(replace(n, validator_permit=False) for n in permitted.neurons)
+    try:
+        async with served(ctx) as url:
+            ctx.metagraph.snapshot = replace(permitted, neurons=neurons)
+            ready = await assert_failing(url, "permit", "this validator (uid 0) holds no validator permit")
+            assert ready["checks"]["weights"]["ok"], "the permit check says it; the weights one does not too"
+            ctx.metagraph.snapshot = permitted
+            await assert_failing(url, "weights", "no weights set since start")
+            assert await weights_cycle(ctx.scores, sink, permitted, power=1.0, hotkey=VALIDATOR.ss58_address)
+            ready = await assert_ready(url, "weights_rate_limit")  # the cycle read the chain's: 1,200 s
+            assert ready["checks"]["weights"]["detail"].endswith("(limit 3600s)")
+    finally:
+        await sink.close()
+
+
+async def test_a_chain_that_does_not_answer_delays_the_start_by_the_timeout_alone() -> None:
+    sink, _ = chain_sink({})
+    ctx = make_ctx()
+    on_chain(ctx, sink)
+
+    async def hangs() -> None:
+        await asyncio.sleep(3600)
+
+    lines, handler = logged()
+    started = time.monotonic()
+    try:
+        await start_checks(ctx, hangs, timeout=0.2)
+    finally:
+        logger.remove(handler)
+    assert time.monotonic() - started < 2
+    assert lines == ["WARNING chain: the weights rate limit and the minimum stake to set weights could not be read "
+                     "(no answer within 0.2 s): read again at each weights cycle, /ready says them then"]
+    checks = readiness(ctx).checks
+    assert checks["stake"].ok and "not read yet (no answer within 0.2 s)" in checks["stake"].detail
+    assert checks["weights_rate_limit"].ok
+
+
+async def test_the_chains_metagraph_reads_each_stake_in_its_own_unit_and_the_owner() -> None:
+    """A subnet's stakes are alpha ``Balance``s whose ``.tao`` raises: every chain metagraph failed to load."""
+    graph = {"block": 1000, "tempo": 360, "last_step": 900, "blocks_since_last_step": 100,
+             "owner_hotkey": "5Owner", "owner_coldkey": "5Owner", "network_registered_at": 1,
+             "hotkeys": ["5A", "5B"], "coldkeys": ["5C", "5D"], "validator_permit": [True, False],
+             "incentives": [0, 65535], "total_stake": [5 * 10**12, 0],
+             "axons": [{"ip": 0, "port": 0}, {"ip": 3405803785, "port": 8091, "ip_type": 4}]}
+    fake = FakeSubstrate(runtime={("SubnetInfoRuntimeApi", "get_metagraph", (1,)): graph})
+    source = ChainMetagraphSource("local", 1)
+    source._client = bt.Client("local", substrate=fake)
+    await source._client.connect()
+    try:
+        snap: MetagraphSnapshot = await source.fetch()
+    finally:
+        await source.close()
+    assert [n.stake for n in snap.neurons] == [5000.0, 0.0] and snap.owner_hotkey == "5Owner"
+
+
+async def test_sn1_validator_answers_ready_and_health_ok(tmp_path: Path) -> None:
+    port = free_port()
+    env_file, hotkey = validator_env(tmp_path, port)
+    url = f"http://127.0.0.1:{port}"
+    async with validator_process(env_file, url, tmp_path / "validator.log"):
+        status, ready = await get(url, "/ready")
+        _, health = await get(url, "/health")
+    assert status == 200 and ready["reasons"] == [], ready
+    assert health["status"] == "ok" and health["failing_checks"] == []
+    assert ready["checks"]["permit"]["detail"] == "uid 0 holds a validator permit"
+    assert ready["checks"]["stake"]["detail"] == "not checked: weights are not set on chain"
