@@ -165,6 +165,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
     race = start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse,
                       scored=scored, latency_scale=scale)
     outcome = "error"
+    unsent: str | None = None  # the code of an error that took the answer's place (its conversation's store failed)
     winner: MinerRun | None = None
     try:
         winner = await race.winner()
@@ -181,7 +182,11 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             response = fmt.complete(req, winner, headers)
         outcome = "ok"
         if send and not response.prepared:  # send now: the bookkeeping below is not the caller's wait
-            await response.prepare(request)
+            try:
+                await response.prepare(request)
+            except ApiError as e:  # made, scored, but not sent: the caller gets the error, and no tokens are counted
+                unsent = e.code or "error"
+                raise
             await response.write_eof()
         return response
     except ApiError as e:
@@ -196,13 +201,14 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         else:
             race.cancel()  # client gone or a bug: stop every miner request now
         if outcome == "ok" and winner is not None:
-            used = response_usage(req, winner)
+            used = {} if unsent else response_usage(req, winner)
             ctx.usage.record(key.id, prompt_tokens=used.get("prompt_tokens") or 0,
-                             completion_tokens=used.get("completion_tokens") or 0, error=winner.error is not None,
-                             day=request.get(USAGE_DAY))
+                             completion_tokens=used.get("completion_tokens") or 0,
+                             error=winner.error is not None or unsent is not None, day=request.get(USAGE_DAY))
         write(request, answer_line(fmt.kind, rid, key.id, [n.uid for n in neurons], winner.uid if winner else None,
                                    stream=req.stream, mixture=use_mixture,
-                                   status=logged_outcome(outcome, [winner] if winner else []), started=started))
+                                   status=unsent or logged_outcome(outcome, [winner] if winner else []),
+                                   started=started))
 
 
 def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str],

@@ -15,6 +15,7 @@ type, a status), checked by the caller as ``input`` is.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import Any
@@ -38,6 +39,8 @@ from shared.store.conversations import (
 # A response (responses_state.keep) or a turn of a conversation the store fails to take at its end: asked again,
 # 0.2 s apart.
 KEEP_ATTEMPTS, KEEP_PAUSE_S = 3, 0.2
+# A failed turn whose withdrawal the store refused: asked again this often, for this long (``withdraw``).
+WITHDRAW_EVERY_S, WITHDRAW_FOR_S = 1.0, 300.0
 STORAGE_OFF = "this gateway stores no conversations (RESPONSES_RETENTION_SECONDS is 0)"
 
 
@@ -169,18 +172,78 @@ async def extend(ctx: ApiContext, key_id: str, conversation_id: str, added: list
                  final: dict[str, Any]) -> None:
     """Add a response's input and output items to its conversation, just before its end goes out. A failed
     response adds nothing (the turn can be sent again). Its answer may take the conversation past its bound
-    (the input was checked before it was asked for; its next turn is then the 400); a store that fails is asked
-    twice more, then costs the conversation this turn, not the caller its answer: a WARNING."""
+    (the input was checked before it was asked for; its next turn is then the 400). A store that fails is asked
+    twice more; then the turn is taken out again (``withdraw``: the write may have landed though it was reported
+    failed) and the response fails: ``not_added``'s 503, which the caller's retry of the same turn makes good."""
     if ctx.conversations is None or final.get("status") == "failed":
         return
-    encoded, store = [encode_item(item) for item in added + list(final.get("output") or [])], ctx.conversations
     try:  # asked again as a response is stored (responses_state.keep): ``once``, a write that landed is not doubled
-        done = await retried(lambda: store.append(key_id, conversation_id, encoded, max_bytes=None, once=True,
-                                                  retention=ctx.settings.responses_retention_seconds),
-                             attempts=KEEP_ATTEMPTS, pause=KEEP_PAUSE_S, on=StoreUnavailable)
+        await retried(lambda: add_turn(ctx, key_id, conversation_id, added, final),
+                      attempts=KEEP_ATTEMPTS, pause=KEEP_PAUSE_S, on=StoreUnavailable)
     except StoreUnavailable as e:
-        logger.warning("response {} not added to conversation {}: {}", final.get("id"), conversation_id, e)
-        return
+        logger.warning("response {} not added to conversation {} (it fails, store_unavailable): {}", final.get("id"),
+                       conversation_id, e)
+        await withdraw(ctx, key_id, conversation_id, added, final)
+        raise not_added(conversation_id) from None
+
+
+async def add_turn(ctx: ApiContext, key_id: str, conversation_id: str, added: list[dict[str, Any]],
+                   final: dict[str, Any]) -> None:
+    """One attempt at adding a response's turn to its conversation (``StoreUnavailable`` when the store fails: the
+    caller asks again, or ``withdraw``s it). A conversation deleted meanwhile takes nothing: a WARNING."""
+    assert ctx.conversations is not None
+    done = await ctx.conversations.append(key_id, conversation_id, _turn(added, final), max_bytes=None, once=True,
+                                          fence=final["id"], retention=ctx.settings.responses_retention_seconds)
     if not done.found:
         logger.warning("response {} not added to conversation {}: it was deleted meanwhile", final.get("id"),
                        conversation_id)
+
+
+def _turn(added: list[dict[str, Any]], final: dict[str, Any]) -> list[str]:
+    """A response's turn as its conversation keeps it: its input items, then its output."""
+    return [encode_item(item) for item in added + list(final.get("output") or [])]
+
+
+async def withdraw(ctx: ApiContext, key_id: str, conversation_id: str, added: list[dict[str, Any]],
+                   final: dict[str, Any]) -> None:
+    """Make sure a turn that failed is not in its conversation, so that sending it again is safe: its write was
+    reported failed but may have landed, or may yet land (a Redis call that timed out, run when Redis resumes);
+    a background response cancelled as its turn was added. Tried now; while the store fails, again every
+    ``WITHDRAW_EVERY_S`` in a task, for ``WITHDRAW_FOR_S`` at most (then a WARNING: the turn may be there)."""
+    assert ctx.conversations is not None
+    store, turn, fence = ctx.conversations, _turn(added, final), final["id"]
+
+    async def attempt() -> bool:
+        try:
+            removed = await store.withdraw(key_id, conversation_id, turn, fence=fence,
+                                           retention=ctx.settings.responses_retention_seconds)
+        except StoreUnavailable as e:
+            logger.debug("response {}: its turn not yet withdrawn from conversation {}: {}", fence, conversation_id, e)
+            return False
+        if removed:
+            logger.info("response {}: its turn had reached conversation {} though the store said it failed; taken "
+                        "out ({} items)", fence, conversation_id, removed)
+        return True
+
+    if await attempt():
+        return
+
+    async def later() -> None:
+        deadline = time.monotonic() + WITHDRAW_FOR_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(WITHDRAW_EVERY_S)
+            if await attempt():
+                return
+        logger.warning("response {}: its turn could not be withdrawn from conversation {} for {:.0f} s (the store "
+                       "failed): a write of it that landed late stays", fence, conversation_id, WITHDRAW_FOR_S)
+
+    ctx.spawn(later())
+
+
+def not_added(conversation_id: str) -> ApiError:
+    """The 503 of a response whose turn its conversation could not take (the store failed): nothing of it is
+    kept, neither in the conversation nor as a stored response, so the same turn can be sent again."""
+    return ApiError(503, f"The answer was not added to conversation '{conversation_id[:64]}': the store is "
+                         "unavailable. Nothing of this turn was kept (neither in the conversation nor as a stored "
+                         "response): sending the same turn again is safe; try again shortly.",
+                    code="store_unavailable", headers={"Retry-After": "1"})

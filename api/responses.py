@@ -306,7 +306,7 @@ class ResponsesFormat:
             events = self._renderer(self._base(req, run))
             if run.done:  # the whole answer is in: one body, one write
                 body = events.start() + b"".join(events.feed(e) for e in run.events) + _closing(events, req, run)
-                body += events.last(responses_state.as_kept(events.final, await self._keep()))
+                body += await self._last(events)
                 return web.Response(body=body, headers={**headers, **SSE_HEADERS})
             response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
             await response.prepare(request)
@@ -314,8 +314,18 @@ class ResponsesFormat:
         async for batch in race.follow_batches(run):
             await response.write(b"".join(events.feed(e) for e in batch))
         tail = _closing(events, req, run)  # seals the final response
-        await response.write_eof(tail + events.last(responses_state.as_kept(events.final, await self._keep())))
+        await response.write_eof(tail + await self._last(events))
         return response
+
+    async def _last(self, events: ResponseStream) -> bytes:
+        """A stream's last event, once its sealed response is kept: ``response.completed`` (``.incomplete``),
+        saying ``store: false`` when the store did not take it; ``response.failed`` (``store_unavailable``)
+        when its conversation could not take the turn: nothing of it is stored, and it can be sent again."""
+        try:
+            kept = await self._keep()
+        except ApiError as e:
+            return events.last(responses_state.turn_failed(events.final, e))
+        return events.last(responses_state.as_kept(events.final, kept))
 
     async def _stream_to_log(self, log: EventLog, req: ChatCompletionRequest, race: Race,
                              run: MinerRun) -> web.StreamResponse:
@@ -324,13 +334,14 @@ class ResponsesFormat:
         log.events.base["model"] = run.model or req.model or "unknown"
         async for batch in race.follow_batches(run):
             await log.add(b"".join(log.events.feed(e) for e in batch))
-        log.tail = _end(log.events, req, run)  # seals the final response
+        log.tail = _closing(log.events, req, run)  # seals the final response; its event follows once it is settled
         return web.Response()  # not sent: the request that asked for it was answered with the log
 
 
 class KeptFirst(web.Response):
     """A response object that goes out once it is stored (``keep``), saying ``store: false`` if the store did
-    not take it: ``answer`` sends what a format made, and a format's ``complete`` cannot wait."""
+    not take it: ``answer`` sends what a format made, and a format's ``complete`` cannot wait. A conversation
+    that could not take the turn makes its ``prepare`` raise the 503 (``answer`` sends that instead)."""
 
     def __init__(self, keep: Callable[[], Awaitable[bool]], final: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(body=dumpb(final), **kwargs)
@@ -346,7 +357,3 @@ def _closing(events: ResponseStream, req: ChatCompletionRequest, run: MinerRun) 
     """The stream's closing events, the final response sealed (``events.final``) but not yet sent."""
     return events.closing(finish_reason=run.finish_reason, usage=response_usage(req, run),
                           error=mid_stream_failure(run))
-
-
-def _end(events: ResponseStream, req: ChatCompletionRequest, run: MinerRun) -> bytes:
-    return _closing(events, req, run) + events.last(events.final)

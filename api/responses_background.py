@@ -29,10 +29,11 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
+from api import conversations_state
 from api.auth import store_call
 from api.context import ApiContext
 from api.responses_render import ResponseStream
-from api.responses_state import PENDING, Keeping, extend_conversation, failed, item_ids
+from api.responses_state import PENDING, Keeping, failed, item_ids, turn_failed
 from shared.aio import follow_growing
 from shared.errors import ApiError, invalid_value
 from shared.http import json_response
@@ -69,7 +70,7 @@ class EventLog:
                  events: ResponseStream) -> None:
         self.ctx, self.key_id, self.response_id, self.retention = ctx, key_id, response_id, retention
         self.events = events  # the renderer, whose sequence numbers the frames carry
-        self.tail: bytes | None = None  # the answer's last events, held until the response is settled
+        self.tail: bytes | None = None  # the answer's closing events (its items done), held until it is settled
         self.frames: list[bytes] = []  # every event, frames[n] numbered n: its callers here miss none
         self.stored_bytes = 0
         self.cut = False  # whether deltas are left out of the store (past MAX_STORED_EVENT_BYTES)
@@ -107,11 +108,10 @@ class EventLog:
         return True
 
     async def end(self, final: dict[str, Any] | None) -> None:
-        """Its last events (the answer's own, or ``final``'s status as one event), then no more."""
-        if self.tail is not None and final is not None:
-            await self.add(self.tail)
-        elif final is not None and final.get("status") in ENDINGS:
-            await self.add(self.events.last(final))
+        """Its last events (the answer's closing ones, if any, then ``final`` as settled: ``response.completed``,
+        or ``response.failed`` when its conversation could not take it), then no more."""
+        if final is not None and final.get("status") in ENDINGS:
+            await self.add((self.tail or b"") + self.events.last(final))
         self.done = True
         self._new.set()
 
@@ -254,8 +254,9 @@ async def _run(ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping:
     except Exception as e:
         logger.opt(exception=e).error("background response {} failed", queued["id"])
         final = failed(queued, "internal error")
-    if await settle(ctx, key, keeping, final, until=until) and log is not None:
-        await log.end(final)
+    settled = await settle(ctx, key, keeping, final, until=until)
+    if settled is not None and log is not None:
+        await log.end(settled)
     else:
         await _end_log(ctx, key, queued["id"], log)
 
@@ -298,35 +299,65 @@ async def _watched(ctx: ApiContext, key_id: str, response_id: str, work: Callabl
 
 
 async def settle(ctx: ApiContext, key: KeyRecord, keeping: Keeping, final: dict[str, Any], *,
-                 until: float | None = None) -> bool:
-    """Settle the pending response with ``final`` (once: False when a cancel or a reader came first). Its
-    conversation, if any, gets the turn then. A store that fails is asked again every ``SETTLE_RETRY_S``
-    while this worker holds the answer, up to ``until`` (the record reads as failed after it; a store back
-    in the meantime gets the answer, which was lost before); then, or with no ``until``, a WARNING."""
+                 until: float | None = None) -> dict[str, Any] | None:
+    """Settle the pending response with ``final`` (once: None when a cancel or a reader came first); the response
+    as settled. Its conversation, if any, gets the turn first (as a foreground response's: a poller that sees it
+    done may send the next turn at once); a cancel that came first takes it out again. A store that fails (the
+    conversation's write or the record's) is asked again every ``SETTLE_RETRY_S`` while this worker holds the
+    answer, up to ``until`` (the record reads as failed after it; a store back in the meantime gets the answer,
+    which was lost before); then, or with no ``until``, a WARNING. A turn its conversation still lacks then fails
+    the response (``store_unavailable``, as a foreground one's 503: sending it again is safe), if the store takes
+    that."""
     assert ctx.responses is not None
-    data = keeping.data if keeping.final is final and keeping.data is not None else None
-    if data is None:  # failed, or an answer over the size bound: kept without its conversation
-        data = encode(final, keeping.items)
-        if not fits(data):  # stored to be polled, but not to be continued: it says so, as a foreground one
-            data = encode(final | {"store": False}, [])
+    conversation_id = keeping.conversation_id if ctx.conversations is not None else None
+    owed = conversation_id is not None and final.get("status") != "failed"  # the conversation lacks the turn yet
+    added = False
+    final, data = _stored_form(keeping, final)
     warned = False
     while True:
         try:
+            if owed:
+                assert conversation_id is not None
+                await conversations_state.add_turn(ctx, keeping.key_id, conversation_id, keeping.added, final)
+                owed, added = False, True
             settled = await ctx.responses.settle(key.id, final["id"], data, retention=keeping.retention,
                                                  item_ids=item_ids(keeping.added, final))
             break
         except StoreUnavailable as e:
-            if until is None or time.time() + SETTLE_RETRY_S >= until:
+            if until is not None and time.time() + SETTLE_RETRY_S < until:
+                if not warned:
+                    logger.warning("background response {} not settled yet ({}): asked again every {:.0f} s, for "
+                                   "{:.0f} s at most", final["id"], e, SETTLE_RETRY_S, until - time.time())
+                    warned = True
+                await asyncio.sleep(SETTLE_RETRY_S)
+                continue
+            if not owed:
                 logger.warning("background response {} not settled: {}", final["id"], e)
-                return False
-            if not warned:
-                logger.warning("background response {} not settled yet ({}): asked again every {:.0f} s, for {:.0f} "
-                               "s at most", final["id"], e, SETTLE_RETRY_S, until - time.time())
-                warned = True
-            await asyncio.sleep(SETTLE_RETRY_S)
-    if settled:
-        await extend_conversation(ctx, keeping, final)
-    return settled
+                return None
+            assert conversation_id is not None
+            logger.warning("background response {} not added to conversation {} by its deadline (it fails, "
+                           "store_unavailable): {}", final["id"], conversation_id, e)
+            await conversations_state.withdraw(ctx, keeping.key_id, conversation_id, keeping.added, final)
+            final, data = _stored_form(keeping, turn_failed(final, conversations_state.not_added(conversation_id)))
+            owed, until = False, None  # the failed record is offered once more, no longer
+    if not settled:
+        if added:  # a cancel (or a reader past the deadline) settled it first: the turn is not the conversation's
+            assert conversation_id is not None
+            await conversations_state.withdraw(ctx, keeping.key_id, conversation_id, keeping.added, final)
+        return None
+    return final
+
+
+def _stored_form(keeping: Keeping, final: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """``final`` as it is stored, and its stored form: with its conversation, or without it and saying ``store:
+    false`` when that is over the size bound (stored to be polled, not to be continued, as a foreground one)."""
+    if keeping.final is final and keeping.data is not None:
+        return final, keeping.data
+    data = encode(final, keeping.items)
+    if fits(data):
+        return final, data
+    final = final | {"store": False}
+    return final, encode(final, [])
 
 
 async def cancel(ctx: ApiContext, key: KeyRecord, found: StoredResponse, retention: float) -> dict[str, Any]:

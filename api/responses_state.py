@@ -276,7 +276,9 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
     """Write a sealed response (just before its end goes out), asked again twice ``KEEP_PAUSE_S`` apart when the
     store fails (a write of the same record: safe to repeat). False: it was to be stored and is not, so the
     answer must say ``store: false`` (its next ``previous_response_id`` is a 400): a WARNING. Its conversation,
-    if any, gets this turn's input and output items (``extend_conversation``)."""
+    if any, gets this turn's input and output items first (``extend_conversation``): a store that cannot take
+    them is the 503 ``conversations_state.not_added`` raises, and the response is not stored either (the turn
+    is sent again whole)."""
     if keeping is None or keeping.final is None:
         return True
     await extend_conversation(ctx, keeping, keeping.final)
@@ -299,8 +301,16 @@ def as_kept(final: dict[str, Any], kept: bool) -> dict[str, Any]:
     return final if kept else final | {"store": False}
 
 
+def turn_failed(final: dict[str, Any], error: ApiError) -> dict[str, Any]:
+    """The final response of a turn its conversation could not take (``conversations_state.not_added``): failed
+    with that error's code and words, and not stored as completed (a stream's ``response.failed``)."""
+    return as_kept(final, False) | {"status": "failed", "completed_at": None,
+                                    "error": {"code": error.code, "message": error.message}}
+
+
 async def extend_conversation(ctx: ApiContext, keeping: Keeping, final: dict[str, Any]) -> None:
-    """The response's conversation, if it names one, gets this turn's input and output items."""
+    """The response's conversation, if it names one, gets this turn's input and output items (or the 503 saying
+    it could not)."""
     if keeping.conversation_id is not None:
         await conversations_state.extend(ctx, keeping.key_id, keeping.conversation_id, keeping.added, final)
 

@@ -11,6 +11,13 @@ Two workers may append to one conversation at once (two turns sent together, an
 agent adding items while a response is being kept): an append is one SQLite
 ``BEGIN IMMEDIATE`` transaction, or one Lua script in Redis, so neither loses
 the other's items, and the size bound is checked against what is really there.
+
+A response's turn that the store reported it could not take may have landed all
+the same (a Redis call that timed out was read and run by Redis; it may even run
+later, when a stalled Redis resumes). The caller is told to send the turn again,
+so ``withdraw`` takes such a turn out, and fences it (Redis): its write, should it
+come later, then adds nothing. A SQLite write that fails is rolled back: it never
+lands later, and needs no fence.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ class Appended:
     found: bool
     full: bool = False
     size: int = 0
+    withdrawn: bool = False  # nothing added: the turn (``fence``) was withdrawn before this write came
 
 
 def valid_id(conversation_id: str) -> bool:
@@ -98,10 +106,19 @@ class ConversationStore(Protocol):
         ...
 
     async def append(self, key_id: str, conversation_id: str, items: list[str], *, retention: float,
-                     max_bytes: int | None, once: bool = False) -> Appended:
+                     max_bytes: int | None, once: bool = False, fence: str | None = None) -> Appended:
         """Add items at its end, atomically: none is added when the result would exceed ``max_bytes``.
         ``once``: none either when it already ends with exactly these items (a write asked again after a
-        failure that may have landed after all, as a Redis call that timed out)."""
+        failure that may have landed after all, as a Redis call that timed out). ``fence``: the turn's name
+        (its response's id); none is added once ``withdraw`` named it."""
+        ...
+
+    async def withdraw(self, key_id: str, conversation_id: str, items: list[str], *, fence: str,
+                       retention: float) -> int | None:
+        """Take out a turn whose write was reported failed: each of ``items`` (their exact stored forms, each
+        with an id of its own) wherever it is, and an ``append`` fenced with ``fence`` adds nothing from now
+        on (for ``retention`` seconds). How many were there (0: the write had not landed); None: no such
+        conversation."""
         ...
 
     async def set_metadata(self, key_id: str, conversation_id: str, metadata: dict[str, str], *,
@@ -236,7 +253,8 @@ class SQLiteConversationStore(SQLiteTables):
             raise StoreUnavailable(f"{self.label}: {e}") from e
 
     async def append(self, key_id: str, conversation_id: str, items: list[str], *, retention: float,
-                     max_bytes: int | None, once: bool = False) -> Appended:
+                     max_bytes: int | None, once: bool = False, fence: str | None = None) -> Appended:
+        # ``fence`` is not kept: a SQLite write that failed was rolled back, and never lands after a withdraw
         now = time.time()
 
         def run(db: sqlite3.Connection) -> Appended:
@@ -257,6 +275,19 @@ class SQLiteConversationStore(SQLiteTables):
         appended = self._tx(run)
         self._after_purge(purged, now)
         return appended
+
+    async def withdraw(self, key_id: str, conversation_id: str, items: list[str], *, fence: str,
+                       retention: float) -> int | None:
+        now = time.time()
+
+        def run(db: sqlite3.Connection) -> int | None:
+            if self._live(db, key_id, conversation_id, now) is None:
+                return None
+            return sum(db.execute("DELETE FROM conversation_items WHERE seq = (SELECT seq FROM conversation_items "
+                                  "WHERE conversation_id = ? AND data = ? ORDER BY seq DESC LIMIT 1)",
+                                  (conversation_id, item)).rowcount for item in items)
+
+        return self._tx(run)
 
     async def set_metadata(self, key_id: str, conversation_id: str, metadata: dict[str, str], *,
                            retention: float) -> bool:
@@ -309,12 +340,14 @@ class SQLiteConversationStore(SQLiteTables):
         self._close_db()
 
 
-# KEYS: the conversation's hash, its item list. ARGV: TTL in ms, the size bound (-1: none), 1 to add nothing when
-# the list already ends with the items (``once``) else 0, the items. Returns {0, size} when added (or there
-# already, with ``once``), {1, 0} when there is no such conversation, {2, size} when it would be too big.
+# KEYS: the conversation's hash, its item list (and the turn's fence, if any). ARGV: TTL in ms, the size bound (-1:
+# none), 1 to add nothing when the list already ends with the items (``once``) else 0, the items. Returns {0, size}
+# when added (or there already, with ``once``), {1, 0} when there is no such conversation, {2, size} when it would
+# be too big, {3, size} when the turn was withdrawn (its fence is there).
 APPEND = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {1, 0} end
 local size = tonumber(redis.call('HGET', KEYS[1], 'bytes'))
+if #KEYS > 2 and redis.call('EXISTS', KEYS[3]) == 1 then return {3, size} end
 local n = #ARGV - 3
 if ARGV[3] == '1' and n > 0 then
   local tail = redis.call('LRANGE', KEYS[2], -n, -1)
@@ -333,6 +366,21 @@ redis.call('HSET', KEYS[1], 'bytes', size)
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return {0, size}
+"""
+# KEYS: as APPEND, with the turn's fence. ARGV: the fence's TTL in ms, the turn's items (exact stored forms). The
+# fence is set first (whether or not the conversation is there: an append of the turn may yet come). Returns -1
+# (no conversation), else how many of the items were there (each removed, the last of its value).
+WITHDRAW = """
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local removed = 0
+for i = 2, #ARGV do
+  if redis.call('LREM', KEYS[2], -1, ARGV[i]) > 0 then
+    removed = removed + 1
+    redis.call('HINCRBY', KEYS[1], 'bytes', -#ARGV[i])
+  end
+end
+return removed
 """
 # KEYS as APPEND. ARGV: TTL in ms, the item's exact stored form. Returns -1 (no conversation), 0 or 1 (removed).
 DELETE_ITEM = """
@@ -365,12 +413,14 @@ class RedisConversationStore(RedisBacked):
     def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
         super().__init__(client, namespace=namespace)
         self._append = client.register_script(APPEND)
+        self._withdraw = client.register_script(WITHDRAW)
         self._delete_item = client.register_script(DELETE_ITEM)
         self._set_header = client.register_script(SET_HEADER)
 
-    def _keys(self, key_id: str, conversation_id: str) -> list[str]:
+    def _keys(self, key_id: str, conversation_id: str, fence: str | None = None) -> list[str]:
+        """Its hash and list, and the fence of a turn (``fence``: a response id, ours: no glob character)."""
         head = f"{self.ns}:conversation:{key_id}:{conversation_id}"
-        return [head, head + ":items"]
+        return [head, head + ":items"] + ([] if fence is None else [f"{head}:fence:{fence}"])
 
     async def create(self, key_id: str, conversation: Conversation, items: list[str], *, retention: float) -> None:
         head, listed = self._keys(key_id, conversation.id)
@@ -405,11 +455,17 @@ class RedisConversationStore(RedisBacked):
         return raw if exists else None
 
     async def append(self, key_id: str, conversation_id: str, items: list[str], *, retention: float,
-                     max_bytes: int | None, once: bool = False) -> Appended:
+                     max_bytes: int | None, once: bool = False, fence: str | None = None) -> Appended:
         limit = -1 if max_bytes is None else max_bytes
-        status, size = await redis_call(self._append(keys=self._keys(key_id, conversation_id),
+        status, size = await redis_call(self._append(keys=self._keys(key_id, conversation_id, fence),
                                                      args=[_ttl_ms(retention), limit, int(once), *items]), LABEL)
-        return Appended(found=status != 1, full=status == 2, size=int(size))
+        return Appended(found=status != 1, full=status == 2, size=int(size), withdrawn=status == 3)
+
+    async def withdraw(self, key_id: str, conversation_id: str, items: list[str], *, fence: str,
+                       retention: float) -> int | None:
+        removed = await redis_call(self._withdraw(keys=self._keys(key_id, conversation_id, fence),
+                                                  args=[_ttl_ms(retention), *items]), LABEL)
+        return None if removed < 0 else int(removed)
 
     async def set_metadata(self, key_id: str, conversation_id: str, metadata: dict[str, str], *,
                            retention: float) -> bool:

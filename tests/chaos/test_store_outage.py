@@ -121,3 +121,45 @@ async def test_every_redis_backed_store_fails_fast_on_a_stalled_redis() -> None:
         for store in (responses, conversations, sessions):
             await store.r.aclose()
         await outbox.r.aclose()
+
+
+async def test_a_turn_whose_redis_is_cut_as_it_ends_fails_and_is_added_once_when_sent_again(tmp_path: Path) -> None:
+    """The conversations' Redis cut while the miner answers a turn of one: the caller got a 200 and the
+    conversation silently lacked the turn. The OpenAI SDK now raises the 503 ``store_unavailable`` (no answer,
+    nothing kept); once Redis is back the same turn, sent again, is in the conversation once."""
+    import openai
+
+    from shared.store.conversations import RedisConversationStore
+    from tests.helpers import Script, api_with_miners, chunk, sse
+
+    assert REDIS_URL
+    url = urllib.parse.urlparse(REDIS_URL)
+    namespace = f"chaos-{uuid.uuid4().hex[:12]}"
+    miner = Script([(0.5, d) for d in sse(chunk("Noted."), chunk(finish="stop"))])
+    async with tcp_proxy(url.hostname or "127.0.0.1", url.port or 6379) as proxy, \
+            api_with_miners(tmp_path, {1: miner}) as api:
+        conversations = RedisConversationStore.from_url(f"redis://127.0.0.1:{proxy.port}{url.path or '/0'}",
+                                                        namespace=namespace)
+        await api.ctx.conversations.aclose()
+        api.ctx.conversations = conversations  # the keys stay on SQLite: only the conversations' store fails
+        client = openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=0, timeout=30)
+        try:
+            made = await client.conversations.create(items=[{"role": "user", "content": "Hi"}])
+            turn = asyncio.ensure_future(client.responses.create(model="default", input="Hi again",
+                                                                 conversation=made.id))
+            assert await wait_until(lambda: miner.active > 0, 10) < 10  # its history was read: the miner is asked
+            await proxy.cut()
+            with pytest.raises(openai.InternalServerError) as e:
+                await turn
+            assert (e.value.status_code, e.value.code) == (503, "store_unavailable")
+            assert f"not added to conversation '{made.id}'" in e.value.message
+            await proxy.restore()
+            again = await client.responses.create(model="default", input="Hi again", conversation=made.id)
+            items = [i async for i in client.conversations.items.list(made.id, order="asc")]
+            assert [(i.role, i.content[0].text) for i in items] == [  # type: ignore[union-attr]
+                ("user", "Hi"), ("user", "Hi again"), ("assistant", "Noted.")]
+            assert items[-1].id == again.output[0].id
+        finally:
+            await client.close()
+            async for key in conversations.r.scan_iter(match=f"{namespace}*"):
+                await conversations.r.delete(key)

@@ -271,35 +271,106 @@ async def test_the_agents_sdks_conversations_session_runs_two_turns(tmp_path: Pa
             await client.conversations.retrieve(conversation_id)
 
 
-async def test_a_failing_conversation_store_is_a_503_to_read_and_a_warning_to_write(
-        honest: ApiUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
-    from loguru import logger
-
+async def test_a_conversation_store_that_fails_to_read_is_a_503_before_any_miner_is_asked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The conversation's items are read before the miners are asked: a store already down then is the 503, and
+    no miner's call is spent on an answer that could not be added."""
     from shared.store.base import StoreUnavailable
 
-    client = openai_client(honest)
-    made = await client.conversations.create(items=[said("user", "Hi")])
-    real_items = honest.ctx.conversations.items
+    miner = answering("Noted.")
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        made = await client.conversations.create(items=[said("user", "Hi")])
 
-    async def down(*_: Any, **__: Any) -> Any:
-        raise StoreUnavailable("redis conversations: ConnectionError: gone")
+        async def down(*_: Any, **__: Any) -> Any:
+            raise StoreUnavailable("redis conversations: ConnectionError: gone")
 
-    monkeypatch.setattr(honest.ctx.conversations, "items", down)
-    for attempt in (client.responses.create(model="default", input="Again", conversation=made.id),
-                    client.conversations.items.list(made.id)):
-        with pytest.raises(openai.InternalServerError) as e:
-            await attempt
-        assert e.value.status_code == 503 and e.value.code == "store_unavailable"
-    monkeypatch.setattr(honest.ctx.conversations, "items", real_items)
-    monkeypatch.setattr(honest.ctx.conversations, "append", down)
-    warnings: list[str] = []
-    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
-    try:
-        answered = await client.responses.create(model="default", input="Hi again", conversation=made.id)
-    finally:
-        logger.remove(sink)
-    assert answered.status == "completed" and answered.output_text
-    assert any(answered.id in w and "not added to conversation" in w for w in warnings), warnings
+        monkeypatch.setattr(api.ctx.conversations, "items", down)
+        for attempt in (client.responses.create(model="default", input="Again", conversation=made.id),
+                        client.responses.create(model="default", input="Again", conversation=made.id, stream=True),
+                        client.conversations.items.list(made.id)):
+            with pytest.raises(openai.InternalServerError) as e:
+                await attempt
+            assert e.value.status_code == 503 and e.value.code == "store_unavailable"
+        assert miner.bodies == []
+
+
+def failing_appends(api: ApiUnderTest, monkeypatch: pytest.MonkeyPatch, times: int, *,
+                    landed: bool) -> list[Any]:
+    """The conversation store fails its next ``times`` appends (each having ``landed`` first: a timed-out Redis
+    call that ran all the same); the fence of each failed one, in a list."""
+    from shared.store.base import StoreUnavailable
+
+    real_append, failed = api.ctx.conversations.append, []
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if len(failed) < times:
+            failed.append(kwargs.get("fence"))
+            if landed:
+                await real_append(*args, **kwargs)
+            raise StoreUnavailable("redis conversations: TimeoutError")
+        return await real_append(*args, **kwargs)
+
+    monkeypatch.setattr(api.ctx.conversations, "append", flaky)
+    return failed
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "streamed"])
+@pytest.mark.parametrize("landed", [False, True], ids=["refused", "landed but reported failed"])
+async def test_a_turn_the_store_cannot_take_fails_and_the_conversation_stays_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, landed: bool, stream: bool) -> None:
+    """The store fails the turn's write three times: the turn was missing from the conversation while the caller
+    got a 200 (a WARNING only), and its next turn ran on a conversation that silently lacked it (an agent forgot
+    it). The response now fails: a 503 ``store_unavailable`` saying the answer was not added and that sending the
+    turn again is safe, or, streamed, ``response.failed`` with that error in place of ``response.completed``.
+    Nothing of the turn stays (a write that landed though it was reported failed is taken out), the response is
+    not stored, and the same turn sent again once the store is back leaves the conversation with it once."""
+    miner = answering("Noted.")
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        made = await client.conversations.create(items=[said("user", "Hi")])
+        failed = failing_appends(api, monkeypatch, 3, landed=landed)
+        if stream:
+            events = [e async for e in await client.responses.create(model="default", input="Hi again",
+                                                                     conversation=made.id, stream=True)]
+            types = [e.type for e in events]
+            assert types[-1] == "response.failed" and "response.completed" not in types, types
+            response = events[-1].response  # type: ignore[union-attr]
+            assert (response.status, response.error.code) == ("failed", "store_unavailable")  # type: ignore[union-attr]
+            message = response.error.message  # type: ignore[union-attr]
+            assert response.output_text == "Noted." and response.to_dict()["store"] is False  # what was streamed
+            with pytest.raises(openai.NotFoundError):  # not stored, completed or otherwise
+                await client.responses.retrieve(response.id)
+        else:
+            with pytest.raises(openai.InternalServerError) as e:
+                await client.responses.create(model="default", input="Hi again", conversation=made.id)
+            assert (e.value.status_code, e.value.code) == (503, "store_unavailable")
+            assert e.value.response.headers["retry-after"] == "1"
+            message = e.value.message
+        assert f"not added to conversation '{made.id}'" in message and "sending the same turn again is safe" in message
+        assert len(failed) == 3 and len(set(failed)) == 1 and failed[0].startswith("resp_")  # one turn, asked thrice
+        assert texts([i async for i in client.conversations.items.list(made.id, order="asc")]) == ["Hi"]
+        again = await client.responses.create(model="default", input="Hi again", conversation=made.id)
+        items = [i async for i in client.conversations.items.list(made.id, order="asc")]
+        assert texts(items) == ["Hi", "Hi again", "Noted."] and items[-1].id == again.output[0].id
+        assert len(miner.bodies) == 2
+
+
+async def test_the_sdk_sends_a_turn_the_store_failed_again_and_the_conversation_has_it_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a client meets it: the OpenAI SDK retries a 503 (after its ``retry-after``), and the store back by then
+    takes the turn; the write of the failed attempt, which landed, was taken out: the conversation holds the
+    turn once."""
+    miner = answering("Noted.")
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        retrying = openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=2, timeout=20)
+        made = await retrying.conversations.create(items=[said("user", "Hi")])
+        failed = failing_appends(api, monkeypatch, 3, landed=True)
+        answered = await retrying.responses.create(model="default", input="Hi again", conversation=made.id)
+        assert answered.status == "completed" and answered.output_text == "Noted." and len(failed) == 3
+        assert len(miner.bodies) == 2  # the turn was answered twice: the first answer was not kept
+        items = [i async for i in retrying.conversations.items.list(made.id, order="asc")]
+        assert texts(items) == ["Hi", "Hi again", "Noted."] and items[-1].id == answered.output[0].id
 
 
 @pytest.mark.parametrize("landed", [False, True], ids=["refused", "landed but reported failed"])

@@ -508,3 +508,97 @@ async def test_a_stream_resumed_from_a_store_that_then_fails_ends_at_once_with_t
                 got.append(event)
         assert "store is unavailable" in e.value.message and time.monotonic() - started < 5
         assert got and got[0].sequence_number == 5  # what the store gave before it failed
+
+
+def conversation_store_failing(api: ApiUnderTest, monkeypatch: pytest.MonkeyPatch, times: int) -> list[Any]:
+    """The conversation store fails its next ``times`` appends (each landed first: a timed-out Redis call that ran
+    all the same); each failed one's fence, in a list."""
+    from shared.store.base import StoreUnavailable
+
+    real, failed = api.ctx.conversations.append, []
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if len(failed) < times:
+            failed.append(kwargs.get("fence"))
+            await real(*args, **kwargs)
+            raise StoreUnavailable("redis conversations: TimeoutError")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(api.ctx.conversations, "append", flaky)
+    return failed
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["polled", "streamed"])
+async def test_a_background_turn_its_conversation_cannot_take_by_its_deadline_ends_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
+    """The conversation's store fails the turn until the record's deadline: the record was settled completed and
+    the turn silently missing from the conversation. It ends failed with the foreground's ``store_unavailable``
+    error (streamed: ``response.failed`` in place of ``response.completed``), and nothing of the turn stays in
+    the conversation (its writes landed, though each was reported failed): sending it again is safe."""
+    from api import responses
+
+    monkeypatch.setattr(responses_background, "SETTLE_RETRY_S", 0.05)
+    monkeypatch.setattr(responses_background, "GRACE_S", 0.5)
+    monkeypatch.setattr(responses, "chat_deadline", lambda *_: (1.0, False))  # the record's: 1.5 s from its start
+    async with api_with_miners(tmp_path, {1: slow("Later.", 0.05)}) as api:
+        client = openai_client(api)
+        conversation = await client.conversations.create()
+        failed = conversation_store_failing(api, monkeypatch, 10_000)
+        made = await client.responses.create(model="default", input="Hi", background=True, stream=stream,
+                                             conversation=conversation.id)
+        if stream:
+            events = [e async for e in made]  # type: ignore[union-attr]
+            types = [e.type for e in events]
+            assert types[-1] == "response.failed" and "response.completed" not in types, types
+            assert "response.output_text.done" in types  # the answer's items were closed, as streamed
+            response_id = events[0].response.id
+        else:
+            response_id = made.id  # type: ignore[union-attr]
+        done = await polled(client, await client.responses.retrieve(response_id))
+        assert (done.status, done.error.code) == ("failed", "store_unavailable"), done  # type: ignore[union-attr]
+        assert f"not added to conversation '{conversation.id}'" in done.error.message  # type: ignore[union-attr]
+        if stream:
+            assert events[-1].response.error.code == "store_unavailable"  # type: ignore[union-attr]
+        assert len(failed) > 3 and set(failed) == {response_id}  # offered again until the deadline, as the record
+        assert (await client.conversations.items.list(conversation.id)).data == []
+
+
+async def test_a_background_turn_its_conversation_takes_late_is_added_once_and_completed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store away a moment as the answer came: the turn is offered again with the record (every
+    SETTLE_RETRY_S), and once taken the response is completed; writes that landed though reported failed are
+    not doubled."""
+    monkeypatch.setattr(responses_background, "SETTLE_RETRY_S", 0.05)
+    async with api_with_miners(tmp_path, {1: slow("Later.", 0.05)}) as api:
+        client = openai_client(api)
+        conversation = await client.conversations.create()
+        failed = conversation_store_failing(api, monkeypatch, 2)
+        done = await polled(client, await client.responses.create(model="default", input="Hi", background=True,
+                                                                  conversation=conversation.id))
+        assert (done.status, done.output_text, failed) == ("completed", "Later.", [done.id, done.id])
+        items = (await client.conversations.items.list(conversation.id, order="asc")).data
+        assert [item.role for item in items] == ["user", "assistant"]  # type: ignore[union-attr]
+
+
+async def test_a_background_turn_cancelled_as_it_was_added_is_taken_out_of_its_conversation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The turn is added before the record is settled (a poller that sees it done finds it there); a cancel that
+    settled the record first (on another worker, between the two writes) leaves the conversation without it."""
+    async with api_with_miners(tmp_path, {1: slow("Later.", 0.05)}) as api:
+        client = openai_client(api)
+        conversation = await client.conversations.create()
+        real = api.ctx.responses.settle
+
+        async def cancelled_first(key_id: str, response_id: str, data: str, **kwargs: Any) -> bool:
+            found = await api.ctx.responses.get(key_id, response_id)
+            assert found is not None
+            assert (await client.conversations.items.list(conversation.id)).data  # the turn is there by now
+            await real(key_id, response_id, encode(found.response | {"status": "cancelled"}, found.items),
+                       retention=60)
+            return await real(key_id, response_id, data, **kwargs)
+
+        monkeypatch.setattr(api.ctx.responses, "settle", cancelled_first)
+        done = await polled(client, await client.responses.create(model="default", input="Hi", background=True,
+                                                                  conversation=conversation.id))
+        assert done.status == "cancelled"
+        assert (await client.conversations.items.list(conversation.id)).data == []

@@ -181,3 +181,32 @@ async def test_an_append_asked_again_once_adds_its_items_once(conversations: Con
                                                                                       "msg_2", "msg_2"]
     assert not (await conversations.append("key-b", "conv_1", [item(2)], retention=60, max_bytes=None,
                                            once=True)).found
+
+
+async def test_a_withdrawn_turn_is_taken_out_wherever_it_is_and_its_late_write_adds_nothing(
+        conversations: ConversationStore) -> None:
+    """A response's turn whose write was reported failed (the caller is told to send it again) may have landed:
+    ``withdraw`` takes its items out, wherever they are (another writer may have added after them), and the
+    conversation's size with them. On Redis the turn is fenced too: its write, should it come later (a timed-out
+    call Redis runs when it resumes), adds nothing. Another key's conversation, or none, is not touched."""
+    turn = [item(2, "turn"), item(3, "answer")]
+    await conversations.create("key-a", conversation(), [item(1)], retention=60)
+    before = await conversations.get("key-a", "conv_1")
+    assert await conversations.withdraw("key-a", "conv_1", turn, fence="resp_0", retention=60) == 0  # never landed
+    await conversations.append("key-a", "conv_1", turn, retention=60, max_bytes=None, once=True, fence="resp_1")
+    await conversations.append("key-a", "conv_1", [item(4, "after")], retention=60, max_bytes=None)
+    assert await conversations.withdraw("key-b", "conv_1", turn, fence="resp_1", retention=60) is None
+    assert await conversations.withdraw("key-a", "conv_1", turn, fence="resp_1", retention=60) == 2
+    assert [i["id"] for i in await conversations.items("key-a", "conv_1") or []] == ["msg_1", "msg_4"]
+    after = await conversations.get("key-a", "conv_1")
+    assert before is not None and after is not None and after.size == before.size + len(item(4, "after").encode())
+    late = await conversations.append("key-a", "conv_1", turn, retention=60, max_bytes=None, once=True,
+                                      fence="resp_1")
+    if isinstance(conversations, RedisConversationStore):
+        assert late.found and late.withdrawn
+        assert [i["id"] for i in await conversations.items("key-a", "conv_1") or []] == ["msg_1", "msg_4"]
+    # another turn (another fence) is added as ever
+    added = await conversations.append("key-a", "conv_1", [item(5)], retention=60, max_bytes=None, once=True,
+                                       fence="resp_2")
+    assert added.found and not added.withdrawn
+    assert [i["id"] for i in await conversations.items("key-a", "conv_1") or []][-1] == "msg_5"
