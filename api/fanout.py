@@ -17,7 +17,8 @@ from api.context import ApiContext
 from api.race import Race
 from shared.jsonutil import dumpb
 from shared.metagraph import Neuron
-from shared.protocol import ChatCompletionRequest
+from shared.miner_client import NOT_SERVED
+from shared.protocol import ANY_MODEL, ChatCompletionRequest
 from shared.settings import ApiSettings
 
 
@@ -98,6 +99,19 @@ async def _deliver_when_finished(ctx: ApiContext, race: Race, body: dict[str, An
     deliver(ctx, race, body, kind=kind)
 
 
+def not_served_unasked(ctx: ApiContext, race: Race, body: dict[str, Any]) -> set[int]:
+    """The miners that answered ``404 model_not_found`` for a model fresh availability never said they serve:
+    raced for it only because the API knew no better (no fresh availability data: every serving miner is
+    raced), they did nothing wrong, and scored, each was a zero for a model it never listed. A miner that
+    lists the model and then says it does not serve it is scored as any failure (a 0): otherwise a miner
+    could turn away the organic requests it answers badly and keep them out of its score."""
+    model = body.get("model")
+    model = None if model in ANY_MODEL else model
+    cache = ctx.availability
+    return {r.uid for r in race.runs if r.error_kind == NOT_SERVED
+            and not (cache is not None and cache.serves(r.uid, body.get("task"), model))}
+
+
 def deliver(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str) -> None:
     """The settled race's payload to every sink; none for a request every miner's model server
     refused (the caller's 400: scored, it would be a zero for every miner that did nothing wrong,
@@ -107,7 +121,7 @@ def deliver(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str) -> 
     if race.refused():
         logger.debug("rid={} not scored: every model server refused the request", race.request_id)
         return
-    payload = race.payload()
+    payload = race.payload(leave_out=not_served_unasked(ctx, race, body))
     if not payload["uids"]:
         logger.debug("rid={} not scored: the caller's deadline cut off every miner", race.request_id)
         return

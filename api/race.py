@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -423,12 +423,13 @@ class Race:
             return round(self.latency_scale, 3)
         return None if self.excuse_timeouts else max(0.1, round(self.deadline - self.started, 3))
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, *, leave_out: Collection[int] = ()) -> dict[str, Any]:
         """The organic-scoring record: each uid's own chunks and timings, and its error (without the
-        runs a shortened deadline cut off, see ``excuse_timeouts``, and those the API stopped)."""
+        runs a shortened deadline cut off, see ``excuse_timeouts``, those the API stopped, and the uids
+        in ``leave_out``: ``api.fanout.not_served_unasked``)."""
         # A run the API stopped (shutting down) did nothing wrong either.
         runs = [r for r in self.runs if not (self.excuse_timeouts and r.error_kind == "timeout")
-                and r.error_kind != "cancelled"]
+                and r.error_kind != "cancelled" and r.uid not in leave_out]
         return {
             "uids": [r.uid for r in runs],
             # who answered: a payload delivered after a uid changed hands must not credit its new owner

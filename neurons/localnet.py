@@ -128,6 +128,21 @@ def log_level(text: str) -> str:
     return level
 
 
+def external_miner(text: str) -> str:
+    """``HOTKEY@HOST:PORT``: a miner the local network registers but does not run (a third party's own)."""
+    hotkey, at, address = text.strip().partition("@")
+    host, colon, port_text = address.rpartition(":")
+    if not at or not colon or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOTKEY@HOST:PORT (e.g. 5F...@127.0.0.1:8095)")
+    from bittensor.sp_core import Keypair
+
+    try:
+        Keypair(ss58_address=hotkey)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"{hotkey[:64]!r} is not an SS58 address") from None
+    return f"{hotkey}@{host}:{port(port_text)}"
+
+
 def add_localnet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--miners", type=int, default=3, help="number of miners (default 3)")
     p.add_argument("--api-port", type=port, default=42170, help="API port (default 42170)")
@@ -148,6 +163,9 @@ def add_localnet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=None, metavar="URL",
                    help="the API's STORE_URL, e.g. redis://127.0.0.1:6379/0 (default: a SQLite file in --dir/state)")
     p.add_argument("--log-level", type=log_level, default="INFO", help="TRACE, DEBUG, INFO (default), WARNING, ...")
+    p.add_argument("--external-miner", type=external_miner, action="append", default=[], metavar="HOTKEY@HOST:PORT",
+                   help="register a miner you run yourself (your own code: docs/miner-protocol.md) under this SS58 "
+                        "hotkey at this address; not started or stopped here (repeatable)")
 
 
 @dataclass
@@ -167,6 +185,9 @@ class LocalNetConfig:
     dataset: str | None = None
     corpus: str | None = None
     store_url: str | None = None  # the API's STORE_URL (None: a SQLite file in the folder)
+    # Miners registered in the metagraph but run by someone else ("HOTKEY@HOST:PORT", ``external_miner``): a
+    # third party's own miner on the local network, after the built-in ones' uids. Never started nor waited for.
+    external_miners: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -233,15 +254,29 @@ class LocalNet:
                           coldkey=coldkey_address(VALIDATOR_WALLET, self.wallet_path),
                           axon=None, stake=10_000.0, incentive=0.0, validator_permit=True)]
         self.miner_specs = []
-        ports = free_ports(self.cfg.miners, avoid=(self.cfg.api_port, self.cfg.validator_port))
+        external = [spec.split("@", 1) for spec in self.cfg.external_miners]
+        share = 1.0 / (self.cfg.miners + len(external))
+        taken = {int(address.rpartition(":")[2]) for _, address in external}
+        ports = free_ports(self.cfg.miners, avoid=(self.cfg.api_port, self.cfg.validator_port, *taken))
         for i, port in enumerate(ports, start=1):
             name = f"miner{i}"
             hk = ensure_wallet(name, "default", self.wallet_path)
             neurons.append(Neuron(uid=i, hotkey=hk.ss58_address, coldkey=coldkey_address(name, self.wallet_path),
-                                  axon=f"127.0.0.1:{port}", stake=0.0, incentive=1.0 / self.cfg.miners))
+                                  axon=f"127.0.0.1:{port}", stake=0.0, incentive=share))
             profile = self.cfg.miner_profiles[i - 1] if i <= len(self.cfg.miner_profiles) else "honest"
             self.miner_specs.append({"uid": i, "hotkey": hk.ss58_address, "port": port, "wallet": name,
                                      "profile": profile})
+        self.external_specs = []
+        for uid, (hotkey, address) in enumerate(external, start=self.cfg.miners + 1):
+            neurons.append(Neuron(uid=uid, hotkey=hotkey, axon=address, stake=0.0, incentive=share))
+            self.external_specs.append({"uid": uid, "hotkey": hotkey, "url": f"http://{address}",
+                                        "backend": "external", "profile": "-"})
+        self.corpus_path = Path(self.cfg.corpus).resolve() if self.cfg.corpus else self.dir / "corpus.jsonl"
+        if not self.cfg.corpus:  # the network's web as a file: a miner of one's own can search what is checked
+            from shared.corpus import builtin_corpus
+
+            self.corpus_path.write_text("".join(json.dumps({"url": d.url, "title": d.title, "content": d.content}) + "\n"
+                                                for d in builtin_corpus().documents))
         self.validator_hotkey = validator.ss58_address
         self.metagraph_path = self.dir / "metagraph.json"
         write_metagraph_file(self.metagraph_path, MetagraphSnapshot(netuid=1, block=1, neurons=tuple(neurons)))
@@ -374,11 +409,12 @@ class LocalNet:
             "validator_hotkey": self.validator_hotkey,
             "wallet_path": str(self.wallet_path),
             "metagraph_file": str(self.metagraph_path),
+            "corpus_file": str(self.corpus_path),
             "miners": [
                 {"uid": s["uid"], "hotkey": s["hotkey"], "url": f"http://127.0.0.1:{s['port']}",
                  "backend": self.cfg.backend, "profile": s["profile"]}
                 for s in self.miner_specs
-            ],
+            ] + self.external_specs,
         }
         path = self.dir / "localnet.json"
         path.write_text(json.dumps(self.info, indent=2))
@@ -516,6 +552,7 @@ def run_localnet(args: argparse.Namespace) -> int:
         directory=Path(args.dir), miners=args.miners, api_port=args.api_port, validator_port=args.validator_port,
         admin_key=args.admin_key, backend=args.backend, upstream=args.upstream, model=args.model,
         log_level=args.log_level, fast=args.fast, dataset=args.dataset, corpus=args.corpus, store_url=args.store,
+        external_miners=args.external_miner,
         miner_profiles=[p.strip() for p in args.miner_profiles.split(",") if p.strip()] if args.miner_profiles else [],
     )
     try:

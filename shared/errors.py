@@ -17,6 +17,8 @@ from pydantic import ValidationError
 # A miner's error code for a request its model server refused itself (a 4xx: a bad parameter, more
 # tokens than the model takes). The API tells it from the miner's own failure by this code.
 MODEL_SERVER_REJECTED = "model_server_rejected"
+# OpenAI's code for a model it does not serve; a miner answers it (a 404) for a ``model`` it does not list.
+MODEL_NOT_FOUND = "model_not_found"
 # OpenAI's code for an input longer than the model's context window: LangChain (its ContextOverflowError),
 # Pydantic AI (ModelContextWindowExceededError) and agents that trim or summarize their history act on it.
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"

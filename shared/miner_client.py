@@ -17,7 +17,7 @@ from bittensor import http_auth
 from loguru import logger
 from yarl import URL
 
-from shared.errors import MODEL_SERVER_REJECTED, parse_error
+from shared.errors import MODEL_NOT_FOUND, MODEL_SERVER_REJECTED, parse_error
 from shared.jsonutil import dumpb, dumps, loads
 from shared.logging import printable
 from shared.metagraph import Neuron
@@ -34,6 +34,10 @@ def event_text(event: Event) -> str:
     """An event as JSON text (a parsed completion is serialised only where text is needed)."""
     return event if isinstance(event, str) else dumps(event)
 
+# A miner's 404 ``model_not_found``: it does not serve the request's model (api.fanout leaves it out of scoring
+# when nothing told the API it does: raced for a model it never listed, as without fresh availability).
+NOT_SERVED = "not_served"
+ERROR_BODY_BYTES = 64 << 10  # of a miner's error answer, what is read to learn its code and message
 REFUSED_SIGNATURE = (401, 403)  # a receiver's answers to a signature it does not take (shared.signing)
 _BOUNDED_BY_CALLER = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
@@ -155,12 +159,14 @@ class MinerClient:
                 async with self.session.post(url, data=body, headers=headers, timeout=self._timeout(deadline)) as resp:
                     self._done(nonce)  # sent: nothing to sign again (the finally is for a request that never was)
                     if resp.status != 200:
-                        text = (await resp.content.read(2048)).decode(errors="replace")
+                        text = (await self._error_body(resp)).decode(errors="replace")
                         code, message = parse_error(text)
                         if resp.status in REFUSED_SIGNATURE and code != MODEL_SERVER_REJECTED:
                             self._refused(neuron, resp.status, code, message)
                         if resp.status < 500 and code == MODEL_SERVER_REJECTED:
                             raise MinerError(f"HTTP {resp.status}: {message[:300]}", kind="refused")
+                        if resp.status == 404 and code == MODEL_NOT_FOUND:
+                            raise MinerError(f"HTTP 404 {MODEL_NOT_FOUND}: {message[:300]}", kind=NOT_SERVED)
                         raise MinerError(f"HTTP {resp.status}: {text[:300]}", kind="status")
                     ctype = resp.content_type
                     if ctype == "application/json":
@@ -224,6 +230,18 @@ class MinerClient:
             events = events[: events.index(DONE)]
         if events:
             yield events
+
+    async def _error_body(self, resp: aiohttp.ClientResponse) -> bytes:
+        """A failing answer's body, whole up to ``ERROR_BODY_BYTES`` (past it, its start): its OpenAI-shaped
+        error names why. ``read(2048)`` was whatever had arrived of its first 2 KiB, and a miner's refusal that
+        quoted its model server at length (``model_server_rejected``) was cut mid-JSON, read as no error
+        body, and so as the miner's failure (a zero, and a 502 for the caller instead of the refusal)."""
+        raw = bytearray()
+        async for chunk in resp.content.iter_any():
+            raw += chunk
+            if len(raw) >= ERROR_BODY_BYTES:
+                break
+        return bytes(raw[:ERROR_BODY_BYTES])
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         """The whole body, cut with ``too_large`` past the cap.

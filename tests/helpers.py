@@ -100,6 +100,7 @@ class Script:
     die: bool = False
     status: int = 200
     error_code: str | None = None  # with a failing status: answer an OpenAI-shaped error with this code
+    error_message: str = "scripted refusal"  # ... and this message
     calls: int = 0
     cancelled: int = 0
     active: int = 0
@@ -123,7 +124,7 @@ def scripted_miner_app(script: Script) -> web.Application:
         script.active += 1
         try:
             if script.status != 200 and script.error_code:
-                return web.json_response({"error": {"message": "scripted refusal", "type": "invalid_request_error",
+                return web.json_response({"error": {"message": script.error_message, "type": "invalid_request_error",
                                                     "code": script.error_code, "param": None}},
                                          status=script.status)
             if script.status != 200:

@@ -267,6 +267,9 @@ def refusing(status: int = 400, code: str = "model_server_rejected") -> Script:
 
 @pytest.mark.parametrize(("scripts", "status", "code"), [
     ({1: "refuse", 2: "refuse"}, 400, "model_server_rejected"),  # every model server refused it: the caller's
+    # a refusal quoting its model server at length (vLLM's validation errors quote the input) is one too: the
+    # first 2 KiB of it, cut mid-JSON, was read as no error body, and the refusal as the miner's failure
+    ({1: "refuse-long", 2: "refuse"}, 400, "model_server_rejected"),
     ({1: "refuse", 2: "fail"}, 502, "no_valid_answer"),  # one miner failed on its own: not the caller's
     ({1: "refuse", 2: "good"}, 200, None),  # another miner answered it
     ({1: "miner400", 2: "miner400"}, 502, "no_valid_answer"),  # a miner's own 400 (e.g. its auth check) is not
@@ -274,6 +277,8 @@ def refusing(status: int = 400, code: str = "model_server_rejected") -> Script:
 async def test_a_request_every_model_server_refused_is_the_callers_400(
         tmp_path: Path, scripts: dict[int, str], status: int, code: str | None) -> None:
     make = {"refuse": refusing, "fail": lambda: Script([], status=500), "good": lambda: slow_good(0),
+            "refuse-long": lambda: Script([], status=400, error_code="model_server_rejected",
+                                          error_message="upstream HTTP 400: " + "x" * 20_000),
             "miner400": lambda: refusing(400, "MalformedAuth")}
     payloads: list[dict] = []
     async with api_with_miners(tmp_path, {uid: make[kind]() for uid, kind in scripts.items()}) as api:
@@ -286,6 +291,31 @@ async def test_a_request_every_model_server_refused_is_the_callers_400(
     # A request every model server refused is the caller's mistake: it is not scored (scored, it would be a
     # zero for each miner, and any key could sink honest miners' scores so). Any other outcome is scored.
     assert len(payloads) == (0 if code == "model_server_rejected" else 2)
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["never-listed", "listed"])
+async def test_a_miner_raced_for_a_model_it_never_listed_is_not_scored_for_its_404(tmp_path: Path, listed: bool) -> None:
+    """Without fresh availability the API races every serving miner, whatever the model; a miner that answers
+    ``404 model_not_found`` for a model it never listed did nothing wrong, and was scored a 0 for it (each
+    such request, for every miner but those serving the model). One that listed the model is scored so."""
+    from api.availability import AvailabilityCache
+
+    payloads: list[dict] = []
+    async with api_with_miners(tmp_path, {}, honest={1, 2}) as api:  # the deterministic miners' reference miner
+        api.ctx.payload_sinks.append(payloads.append)
+        if listed:  # fresh availability: uid 1 says it serves the model (and then does not)
+            cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "-")
+            cache.entries = {uid: {"task_availabilities": {"InferenceTask": True},
+                                   "llm_model_availabilities": {"other/model": uid == 1}} for uid in (1, 2)}
+            cache.updated_at = time.time()
+            api.ctx.availability = cache
+        status, _, text = await post(api, {"model": "other/model", "messages": [USER]})
+        assert status == 502, text
+        await asyncio.sleep(0.2)
+    if listed:
+        assert [p["uids"] for p in payloads] == [[1]] and "model_not_found" in payloads[0]["errors"]["1"]
+    else:
+        assert payloads == []
 
 
 @pytest.mark.parametrize(("timeout", "scored"), [(None, [1, 2]), (0.6, [1])], ids=["node-deadline", "callers-shorter"])

@@ -173,7 +173,7 @@ def schema_in(text: str, *, tries: int = 32) -> dict[str, Any] | None:
 
 def wanted_results(body: dict[str, Any]) -> int:
     """How many search results to return at most: the request's ``target_results`` (the API's
-    ``n_results``, up to ``MAX_RESULTS``), else ``DEFAULT_RESULTS`` (what the validator's tasks get)."""
+    ``n_results``, or the validator's 3, 5 or 8, up to ``MAX_RESULTS``), else ``DEFAULT_RESULTS``."""
     wanted = body.get("target_results")
     if type(wanted) is int and wanted >= 1:
         return min(wanted, MAX_RESULTS)
