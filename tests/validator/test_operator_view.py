@@ -31,6 +31,20 @@ from tests.validator.test_tool_rewards import score, scorer_with
 
 SECRET = "sk-operator-view-0123456789abcdef"
 
+def flaky_reference_model(state: dict[str, bool]) -> web.Application:
+    """A reference model server that answers 503 "overloaded" while ``state["down"]``, then "the answer"."""
+
+    async def chat(request: web.Request) -> web.Response:
+        if state["down"]:
+            return web.json_response({"error": {"message": "overloaded", "type": "server_error", "code": None,
+                                                "param": None}}, status=503)
+        return web.json_response({"choices": [{"message": {"content": "the answer"}}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
 
 async def get(url: str, path: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as s, s.get(url + path) as r:
@@ -293,15 +307,7 @@ async def test_a_reference_model_down_for_many_jobs_is_one_warning_and_one_line_
     """Each job the reference model failed was a WARNING of its own: under organic traffic, thousands of lines
     a minute. A run of failures is one WARNING (then a line a minute), and its end one INFO line."""
     state = {"down": True}
-
-    async def chat(request: web.Request) -> web.Response:
-        if state["down"]:
-            return web.json_response({"error": {"message": "overloaded", "type": "server_error", "code": None,
-                                                "param": None}}, status=503)
-        return web.json_response({"choices": [{"message": {"content": "the answer"}}]})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
+    app = flaky_reference_model(state)
     lines: list[str] = []
     handler = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO",
                          filter=lambda r: "reference model" in r["message"])

@@ -13,7 +13,6 @@ from typing import Any
 
 import aiohttp
 import bittensor as bt
-from aiohttp import web
 from bittensor.sp_core import Keypair
 from loguru import logger
 
@@ -34,6 +33,7 @@ from tests.compat.support import sample
 from tests.helpers import serve_app
 from tests.validator.test_app import BODY, MINERS, VALIDATOR, make_ctx, post
 from tests.validator.test_inbox import answered, validator, validator_env, validator_process
+from tests.validator.test_operator_view import flaky_reference_model
 from tests.validator.test_scores_weights import DevWallet, FakeSubstrate, chain_storage
 
 SM = "SubtensorModule"
@@ -165,15 +165,7 @@ async def test_a_full_scoring_queue_is_a_warning_not_a_503(tmp_path: Path) -> No
 
 async def test_a_failing_reference_model_fails_until_a_call_answers() -> None:
     state = {"down": True}
-
-    async def chat(request: web.Request) -> web.Response:
-        if state["down"]:
-            return web.json_response({"error": {"message": "overloaded", "type": "server_error", "code": None,
-                                                "param": None}}, status=503)
-        return web.json_response({"choices": [{"message": {"content": "the answer"}}]})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
+    app = flaky_reference_model(state)
     ctx = make_ctx()
     async with serve_app(app) as llm, aiohttp.ClientSession() as session, served(ctx) as url:
         reference = CachedReference(OpenAIReference(llm + "/v1", session=session, model="m"),
