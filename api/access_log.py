@@ -17,7 +17,8 @@ handler wrote no line of its own.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiohttp import web
 
@@ -47,11 +48,26 @@ def write(request: web.Request, line: str) -> None:
 
 
 def answer_line(kind: str, rid: str, key_id: str, uids: list[int], winner: int | None, *, stream: bool | None,
-                mixture: bool, status: str, started: float) -> str:
+                mixture: bool, status: str, started: float, runs: Iterable[Any] = ()) -> str:
     """The line of a request that reached (or was to reach) its miners: ``chat rid=... key=... uids=[...]
-    winner=... stream=... mixture=... status=... latency_ms=...`` (``started``: its ``perf_counter`` start)."""
+    winner=... stream=... mixture=... status=... latency_ms=...`` (``started``: its ``perf_counter`` start),
+    then ``failed=...`` when any of ``runs`` (the race's ``MinerRun``s) had failed by then (``failures``)."""
     return (f"{kind} rid={rid} key={key_id} uids={uids} winner={winner} stream={stream} mixture={mixture} "
-            f"status={status} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
+            f"status={status} latency_ms={(time.perf_counter() - started) * 1000:.1f}{failures(runs)}")
+
+
+def failures(runs: Iterable[Any]) -> str:
+    """`` failed=2:http_5xx,3:bad_response``: each miner whose answer had failed when the line was written, with
+    its error kind (``shared.miner_client.MinerError``; a winner that failed mid-stream among them); "" when
+    none had. The line said which miners were asked and which won, never why the others lost: that was a
+    DEBUG line of each, so a 502 at INFO read ``status=error`` alone. A loser still answering when the line
+    is written (the winner was faster) is not named: it has not failed yet."""
+    failed = ""  # no list built: most requests have no failure, and this is on every request's path
+    for r in runs:
+        kind = r.error_kind
+        if kind is not None and kind != "cancelled":
+            failed += f",{r.uid}:{kind}"
+    return f" failed={failed[1:]}" if failed else ""
 
 
 def logged(request: web.Request) -> bool:

@@ -183,6 +183,8 @@ async def invalid_key(request: web.Request, store: Store) -> ApiError:
         if (outage := request.app.get(STORE_OUTAGE)) is not None:
             outage.failed(e)
         return store_unavailable()
+    if (outage := request.app.get(STORE_OUTAGE)) is not None:
+        outage.ok()  # a write the store took: after a restart that lost the keys, every key is unknown here
     if not gate.allowed:
         return ApiError(
             429, f"Too many invalid API keys from this address; retry in {go_duration(gate.retry_after)}.",

@@ -34,6 +34,8 @@ class AvailabilityCache:
         self.entries: dict[int, dict[str, Any] | None] = {}
         self.updated_at = 0.0
         self._last_warning = 0.0
+        self._failing_since: float | None = None  # when refreshes began to fail (None: the last one worked)
+        self._failed = 0
 
     def fresh(self) -> bool:
         return bool(self.entries) and time.time() - self.updated_at <= self.stale_seconds
@@ -75,10 +77,18 @@ class AvailabilityCache:
             self._warn(f"validator sent {malformed} malformed availability entries", state="taken as unavailable")
         self.entries = entries
         self.updated_at = time.time()
+        if self._failing_since is not None:  # the WARNINGs said it failed: one line says it is over
+            logger.info("validator at {} answers availabilities again after {:.0f} s ({} failed refresh(es))",
+                        self.validator_url, self.updated_at - self._failing_since, self._failed)
+            self._failing_since, self._failed = None, 0
         return True
 
     def _warn(self, message: str, *, state: str | None = None) -> None:
         now = time.time()
+        if state is None:  # a failed refresh (``state``: one that worked, with entries taken as unavailable)
+            self._failed += 1
+            if self._failing_since is None:
+                self._failing_since = now
         if now - self._last_warning >= WARN_EVERY:
             self._last_warning = now
             if state is None:

@@ -25,12 +25,13 @@ from api.completion import (
     mid_stream_failure_event,
     no_winner_error,
     response_usage,
+    tell_no_answer,
 )
 from api.context import CTX
 from api.fanout import aimed, chat_deadline, node_deadline, settle, start_race
 from api.race import MinerRun, Race
 from api.route_hints import require
-from api.selection import select_miners, top_miner
+from api.selection import NO_MINERS, select_miners, top_miner
 from api.web_retrieval import Found
 from api.web_search import chat_citations, citations_event, search_into
 from shared.errors import ApiError
@@ -116,11 +117,17 @@ async def plan(request: web.Request, key: KeyRecord, req: ChatCompletionRequest)
     if session is not None:
         session, neurons, moved_from = await sessions.session_miners(ctx, session)
     else:
-        neurons = select_miners(
-            ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=req.task or DEFAULT_TASK, model=model,
-            k=ctx.settings.mixture_k if use_mixture else ctx.settings.default_k,
-            rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
-        )
+        try:
+            neurons = select_miners(
+                ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=req.task or DEFAULT_TASK, model=model,
+                k=ctx.settings.mixture_k if use_mixture else ctx.settings.default_k,
+                rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
+            )
+        except ApiError as e:
+            if e.code == NO_MINERS:  # an outage as much as a race no miner won: told the same way
+                ctx.no_answer.failed(f"rid={request_id(request)} answered HTTP {e.status} {e.code}: {e.message} (are "
+                                     "the miners up? the validator's availability lines say why they are down)")
+            raise
     return Plan(mixture=use_mixture, session=session, neurons=neurons, moved_from=moved_from,
                 scored=not aimed(req, session, neurons))
 
@@ -174,7 +181,10 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             race, winner = await sessions.failover_race(ctx, session, race, body, stream=req.stream,
                                                         request_id=rid, headers=headers)
         if winner is None:
-            raise no_winner_error(race, fmt.input_param)
+            error = no_winner_error(race, fmt.input_param)
+            tell_no_answer(ctx.no_answer, race, rid, error)
+            raise error
+        ctx.no_answer.ok()  # nothing unless requests were failing: then, once they no longer are, one INFO line
         headers["x-sn1-miner-uid"] = str(winner.uid)
         if req.stream:
             response = await fmt.stream(request, req, race, winner, headers)
@@ -205,10 +215,11 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             ctx.usage.record(key.id, prompt_tokens=used.get("prompt_tokens") or 0,
                              completion_tokens=used.get("completion_tokens") or 0,
                              error=winner.error is not None or unsent is not None, day=request.get(USAGE_DAY))
+        # The line is built only when it is written (LOG_LEVEL below WARNING): an f-string per request otherwise.
         write(request, answer_line(fmt.kind, rid, key.id, [n.uid for n in neurons], winner.uid if winner else None,
                                    stream=req.stream, mixture=use_mixture,
                                    status=unsent or logged_outcome(outcome, [winner] if winner else []),
-                                   started=started))
+                                   started=started, runs=race.runs) if ctx.request_log.enabled else "")
 
 
 def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str],

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from api.access_log import request_id, write
+from api.access_log import failures, request_id, write
 from api.auth import USAGE_DAY, check_model
 from api.completion import (
     completion_for,
@@ -27,6 +27,7 @@ from api.completion import (
     mid_stream_failure_event,
     no_winner_error,
     response_usage,
+    tell_no_answer,
 )
 from api.context import CTX, ApiContext
 from api.fanout import aimed, chat_deadline, node_deadline, settle, start_race
@@ -136,8 +137,11 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
         for race, _ in races:
             winner = await race.winner()
             if winner is None:
-                raise no_winner_error(race, fmt.input_param)
+                error = no_winner_error(race, fmt.input_param)
+                tell_no_answer(ctx.no_answer, race, rid, error)
+                raise error
             winners.append(winner)
+        ctx.no_answer.ok()
         headers["x-sn1-miner-uid"] = ",".join(str(w.uid) for w in winners)
         if req.stream:
             response, usage = await _stream(request, req, races, winners, asks, headers, fmt)
@@ -165,7 +169,8 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
                        f"uids={[[r.uid for r in race.runs] for race, _ in races]} "
                        f"winners={[w.uid for w in winners]} stream={req.stream} "
                        f"status={logged_outcome(outcome, winners)} "
-                       f"latency_ms={(time.perf_counter() - started) * 1000:.1f}")
+                       f"latency_ms={(time.perf_counter() - started) * 1000:.1f}"
+                       f"{failures(r for race, _ in races for r in race.runs)}" if ctx.request_log.enabled else "")
 
 
 def choices_usage(asks: list[Ask], winners: list[MinerRun]) -> dict[str, Any]:

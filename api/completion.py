@@ -11,6 +11,7 @@ from typing import Any
 from api.race import MinerRun, Race
 from shared.errors import CONTEXT_LENGTH_EXCEEDED, MODEL_SERVER_REJECTED, ApiError, says_context_overflow
 from shared.jsonutil import dumps
+from shared.logging import printable
 from shared.protocol import (
     ChatCompletionRequest,
     completion_object,
@@ -19,6 +20,7 @@ from shared.protocol import (
     new_completion_id,
 )
 from shared.sse import encode_event
+from shared.store.outage import OutageLog
 
 
 def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[str, Any]:
@@ -60,6 +62,19 @@ def no_winner_error(race: Race, input_param: str = "messages") -> ApiError:
     if race.timed_out():
         return ApiError(504, f"No miner answered validly before the deadline. {errors}".strip(), code="deadline_exceeded")
     return ApiError(502, f"No miner returned a valid answer. {errors}".strip(), code="no_valid_answer")
+
+
+def tell_no_answer(log: OutageLog, race: Race, rid: str, error: ApiError) -> None:
+    """Count a race no miner won into ``log`` (``ApiContext.no_answer``): its first such request is a WARNING
+    with each miner's reason, then a line a minute while they go on. Each was an INFO access line alone
+    (``status=error``): every miner down failed every request without a WARNING. Left out, as no outage of the
+    network: a request its miners' model servers refused (the caller's 400), one whose caller chose its
+    miners, and one whose caller's own deadline was shorter than the node's."""
+    if race.refused() or not race.scored or race.excuse_timeouts:
+        return
+    log.failed(f"rid={rid} answered HTTP {error.status} {error.code}: {printable(error.message)[:800]} (are the "
+               "miners up and reachable from this host? the validator's availability lines and "
+               "sn1_api_miner_errors_total say which fail)")
 
 
 def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from shared.store.responses import ResponseStore
 from shared.store.sessions import SessionStore
 from shared.store.usage import UsageRecorder
 
+NO_ANSWER_SETTLE_S = 10.0  # answers for this long after the last request no miner answered: that run is over
+
 PayloadSink = Callable[[dict[str, Any]], None]
 """Takes a settled fan-out's payload; must not block (the outbox sink only queues it for its group commit)."""
 
@@ -48,6 +50,10 @@ class ApiContext:
     request_log: RequestLog = field(default_factory=lambda: RequestLog("api"))  # one INFO line per request
     # answers the store did not take (a full disk refuses them while smaller writes pass): a few lines, not one each
     responses_outage: OutageLog = field(default_factory=lambda: OutageLog("stored responses"))
+    # requests that no miner answered validly (every miner down, unreachable or failing): a WARNING with the
+    # first one's reasons, a line a minute while they go on, an INFO line once answers come back
+    no_answer: OutageLog = field(default_factory=lambda: OutageLog(
+        "requests failing, no miner gave a valid answer", back="miners answer again", settle=NO_ANSWER_SETTLE_S))
 
     def attach_forwarder(self, forwarder: OutboxForwarder) -> None:
         """Every settled fan-out's payload goes to the durable outbox; the forwarder delivers it."""

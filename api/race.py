@@ -439,6 +439,9 @@ class Race:
             # An answer that misses the caller's format is the validator's to judge against its reference:
             # a caller's impossible schema would otherwise be a zero for every miner.
             "errors": {str(r.uid): r.error for r in runs if r.error and r.error_kind != UNFIT},
+            # each error's kind (``MinerError.kind``): the API's sn1_api_miner_errors_total{uid,kind} (the validator
+            # reads the errors alone)
+            "error_kinds": {str(r.uid): r.error_kind for r in runs if r.error and r.error_kind != UNFIT},
             "winner": self.winning_run.uid if self.winning_run else None,
             # The latency reward's scale: the deadline the miners had, or the node's own when that was a
             # caller's shorter one (``latency_scale``; none known: the validator's ORGANIC_TIMEOUT).

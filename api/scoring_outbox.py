@@ -77,6 +77,9 @@ class OutboxForwarder:
         # A store that refuses writes fails each commit retry and each delivery pass: a few lines, not one each.
         self.commit_outage = OutageLog("scoring outbox: payloads not stored yet")
         self.pass_outage = OutageLog("scoring outbox unreachable")
+        # A validator down, or answering 5xx: each post was a DEBUG line, so the outbox grew with nothing said.
+        self.delivery_outage = OutageLog(f"scoring payloads not delivered to the validator at {validator_url}",
+                                         back="it takes them again")
         self.failures = 0
         self.delivered = 0
         self.delivery_failures = 0
@@ -173,17 +176,28 @@ class OutboxForwarder:
                 self.validator_url, "/scoring", item.payload, self.validator_hotkey, timeout=self.post_timeout
             )
         except MinerError as e:
-            logger.debug("scoring delivery failed: {}", e)
+            self._undelivered(str(e))
             return False
         if 200 <= status < 300:
+            self.delivery_outage.ok()
             return True
         if status in POISON_STATUSES:
+            self.delivery_outage.ok()
             logger.warning("validator rejected scoring payload {} as malformed (HTTP {}): dropped ({})", item.id,
                            status, describe_rejected([{"index": 0, "error": _error_message(body)}], [item]))
             return True
         self._warn_if_refused(status, body)
+        if status not in REFUSED_STATUSES:
+            self._undelivered(f"HTTP {status}")
         logger.debug("validator answered HTTP {} for payload {}", status, item.id)
         return False
+
+    def _undelivered(self, why: str) -> None:
+        """A post the validator did not take (down, unreachable, 5xx; a refused signature has its own WARNING)."""
+        if why == "HTTP 503":
+            why += " (its scoring queue is full: the validator is behind)"
+        self.delivery_outage.failed(f"{why}; the payloads are kept in the outbox and retried (is the validator up? "
+                                    "see sn1_api_outbox_depth)")
 
     def _warn_if_refused(self, status: int, body: Any) -> None:
         """A validator that refuses our signature stops all organic scoring while the outbox grows; it was
@@ -216,9 +230,10 @@ class OutboxForwarder:
                 self.validator_url, "/scoring", array, self.validator_hotkey, timeout=self.post_timeout
             )
         except MinerError as e:
-            logger.debug("scoring batch delivery failed: {}", e)
+            self._undelivered(str(e))
             return False
         if 200 <= status < 300:
+            self.delivery_outage.ok()
             rejected = body.get("rejected") if isinstance(body, dict) else None
             if rejected and isinstance(rejected, list):
                 logger.warning("validator rejected {} of {} scoring payloads as malformed: dropped ({})",
@@ -234,6 +249,8 @@ class OutboxForwarder:
         if status == 503 and len(items) > 1:  # the validator's queue cannot take this many at once: fewer next
             self.batch_limit = max(1, len(items) // 2)
         self._warn_if_refused(status, body)
+        if status not in REFUSED_STATUSES:
+            self._undelivered(f"HTTP {status}")
         logger.debug("validator answered HTTP {} for a batch of {}", status, len(items))
         return False
 

@@ -59,6 +59,12 @@ def select_miners(
     if not candidates:
         if cache is None or not cache.fresh():  # no availability data rules anyone out: none is registered
             raise ApiError(503, "No serving miners in the metagraph.", code=NO_MINERS)
+        if not any(cache.entries.get(n.uid) for n in registered):
+            # Every miner down at the validator's last poll: an outage, not the caller's model or task. It was a
+            # 404 model_not_found (400 unknown_task for a task only they had advertised): the caller fixed its
+            # request, and the operator's log showed 404s.
+            raise ApiError(503, f"No miner is available: none of the {len(registered)} serving miner(s) answered "
+                                "the validator's last availability poll.", code=NO_MINERS)
         if task and task not in known_tasks(cache):
             raise ApiError(400, f"Unknown task '{task}'. Known tasks: {', '.join(sorted(known_tasks(cache)))}.",
                            param="task", code="unknown_task")

@@ -22,11 +22,20 @@ def random_hex() -> str:
 
 
 def request_id_from(headers: Any) -> str:
-    """The caller's ``x-request-id`` if it is an id (letters, digits, ``-_.:/@+``, up to 128), else a
+    """The caller's ``x-request-id`` (else its ``X-Client-Request-Id``, the header OpenAI's API takes a
+    caller's own id from) if it is an id (letters, digits, ``-_.:/@+``, up to 128), else a
     new one. Spaces and ``=`` are not: the id goes into the ``key=value`` log line, where
     ``abc key=... winner=9`` charged the request to another key and miner for a log parser. Nor is an API
     key (``sn1-...``) sent there by mistake: the id is logged, echoed and passed on to the miners."""
-    rid = headers.get("x-request-id") or ""
+    rid = headers.get("x-request-id") or headers.get("x-client-request-id") or ""
     if not rid or len(rid) > 128 or not _REQUEST_ID.fullmatch(rid) or rid.startswith(SECRET_PREFIX):
         return random_hex()
     return rid
+
+
+def loggable_id(text: str | None) -> str:
+    """An id a peer sent (a scoring payload's ``request_id``) as a log line may show it: itself when it is an id
+    as ``request_id_from`` takes one, else ``-`` (a space or a line break in it would forge the line's fields)."""
+    if not text or len(text) > 128 or not _REQUEST_ID.fullmatch(text) or text.startswith(SECRET_PREFIX):
+        return "-"
+    return text

@@ -102,7 +102,9 @@ class ApiMetrics:
         self.miner_first_chunk = Histogram("sn1_api_miner_first_chunk_seconds", "Time to a miner's first chunk",
                                            ["uid"], buckets=LATENCY_BUCKETS, registry=r)
         self.miner_wins = Counter("sn1_api_miner_wins", "Races won, by uid", ["uid"], registry=r)
-        self.miner_errors = Counter("sn1_api_miner_errors", "Miner requests that failed, by uid", ["uid"], registry=r)
+        self.miner_errors = Counter("sn1_api_miner_errors", "Miner requests that failed, by uid and the failure's "
+                                    "kind (timeout, unreachable, http_5xx, signature, bad_response, ...)",
+                                    ["uid", "kind"], registry=r)
         self.fanouts = Counter("sn1_api_fanouts", "Settled fan-outs by kind", ["kind"], registry=r)
         self.outbox_depth = Gauge("sn1_api_outbox_depth", "Scoring payloads waiting for delivery",
                                   registry=r, multiprocess_mode="max")
@@ -132,9 +134,10 @@ class ApiMetrics:
         """A payload sink: every settled fan-out's per-uid timings, errors and winner become metrics."""
         self._fanouts(str(payload.get("kind", "chat"))).inc()
         errors = payload.get("errors") or {}
+        kinds = payload.get("error_kinds") or {}
         for uid, timings in (payload.get("timings") or {}).items():
             if uid in errors:
-                self._errors(uid).inc()
+                self._errors(uid, kinds.get(uid) or "error").inc()
             elif timings:
                 self._first(uid).observe(timings[0])
                 self._answer(uid).observe(timings[-1])

@@ -42,8 +42,19 @@ REFUSED_SIGNATURE = (401, 403)  # a receiver's answers to a signature it does no
 _BOUNDED_BY_CALLER = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
 
+def status_kind(status: int) -> str:
+    """A failed answer's kind for its HTTP status: ``http_5xx``, ``http_4xx``, ... (a few values: log fields)."""
+    return f"http_{status // 100}xx"
+
+
 class MinerError(Exception):
-    """A miner call failed: refused, timed out, bad status, broken stream, too large."""
+    """A miner call failed: refused, timed out, bad status, broken stream, too large.
+
+    ``kind`` names the failure in a word the API's access log shows for each miner that lost (``failed=2:http_5xx``):
+    ``timeout``, ``unreachable`` (no connection, or it broke), ``http_5xx``/``http_4xx``/... (an error status),
+    ``signature`` (it refused this host's signature: 401/403), ``refused`` (its model server refused the request),
+    ``bad_response`` (garbage: broken JSON or SSE, the wrong content type, an answer cut short), ``too_large``.
+    """
 
     def __init__(self, message: str, *, kind: str = "error") -> None:
         super().__init__(printable(message))  # it quotes what a peer sent, and is logged
@@ -163,11 +174,12 @@ class MinerClient:
                         code, message = parse_error(text)
                         if resp.status in REFUSED_SIGNATURE and code != MODEL_SERVER_REJECTED:
                             self._refused(neuron, resp.status, code, message)
+                            raise MinerError(f"HTTP {resp.status}: {text[:300]}", kind="signature")
                         if resp.status < 500 and code == MODEL_SERVER_REJECTED:
                             raise MinerError(f"HTTP {resp.status}: {message[:300]}", kind="refused")
                         if resp.status == 404 and code == MODEL_NOT_FOUND:
                             raise MinerError(f"HTTP 404 {MODEL_NOT_FOUND}: {message[:300]}", kind=NOT_SERVED)
-                        raise MinerError(f"HTTP {resp.status}: {text[:300]}", kind="status")
+                        raise MinerError(f"HTTP {resp.status}: {text[:300]}", kind=status_kind(resp.status))
                     ctype = resp.content_type
                     if ctype == "application/json":
                         yield await self._json_as_chunks(resp)

@@ -18,6 +18,7 @@ from shared.metagraph import MetagraphSnapshot, MetagraphView, Neuron
 from shared.miner_client import MinerClient, MinerError
 from shared.protocol import AvailabilityResponse
 from shared.signing import CLOCK_HINT, refused_signature
+from shared.store.outage import OutageLog
 
 
 @dataclass
@@ -30,6 +31,10 @@ class AvailabilityBook:
     # At the last poll no miner answered and some refused this validator's signature (HTTP 401/403): its
     # own fault (no validator permit, deregistered, a clock off), not theirs (``poll_all``).
     refused_by_all: bool = False
+    # Polls that no miner answered: a WARNING at the first, a line a minute while it lasts (it was a WARNING every
+    # poll, each AVAILABILITY_INTERVAL), an INFO line once one answers again.
+    unreachable: OutageLog = field(default_factory=lambda: OutageLog("availability", back="miners answer the poll "
+                                                                     "again"), repr=False, compare=False)
 
     def get(self, uids: list[int] | None, snapshot: MetagraphSnapshot | None = None) -> dict[str, dict[str, Any] | None]:
         keys = sorted(self.entries) if uids is None else uids
@@ -125,17 +130,20 @@ async def poll_all(
     if refusals:
         warn_refusals(refusals, client.signer.hotkey, everyone=False)
     if results and not up and not refusals:
-        warn_none_reachable(failures)
+        warn_none_reachable(book.unreachable, failures)
+    elif up:
+        book.unreachable.ok()
     return book
 
 
-def warn_none_reachable(failures: dict[int, str]) -> None:
+def warn_none_reachable(told: OutageLog, failures: dict[int, str]) -> None:
     """No serving miner answered, and none for our signature's sake: said only as ``0/N miners up`` at INFO,
     with the reasons at DEBUG, so a validator whose host cannot reach the miners (its firewall, no route, a
-    wrong network) looked like one on a subnet of dead miners. One uid's reason tells which it is."""
+    wrong network) looked like one on a subnet of dead miners. One uid's reason tells which it is. Told as a
+    run (``told``): its first poll, then a line a minute."""
     uid = min(failures) if failures else None
-    logger.warning("availability: none of {} serving miner(s) answered the poll (can this host reach them?){}",
-                   len(failures), f"; uid {uid}: {failures[uid]}" if uid is not None else "")
+    told.failed(f"none of {len(failures)} serving miner(s) answered the poll (can this host reach them?)"
+                + (f"; uid {uid}: {failures[uid]}" if uid is not None else ""))
 
 
 def warn_refusals(refusals: dict[int, str], hotkey: str, *, everyone: bool) -> None:

@@ -48,7 +48,7 @@ def encode_job(job: ScoringJob) -> str:
     body = next(iter(job.bodies.values()))
     return dumps({"task": job.task, "body": body, "hotkeys": job.hotkeys, "chunks": job.chunks,
                   "timings": job.timings, "errors": job.errors, "deadline_s": job.deadline_s,
-                  "created_at": job.created_at, "size": job.size})
+                  "created_at": job.created_at, "size": job.size, "request_id": job.request_id})
 
 
 def decode_job(row_id: int, raw: str) -> ScoringJob:
@@ -60,7 +60,8 @@ def decode_job(row_id: int, raw: str) -> ScoringJob:
                       timings={int(u): list(t) for u, t in data["timings"].items()},
                       errors={int(u): str(e) for u, e in data["errors"].items()},
                       deadline_s=float(data["deadline_s"]), created_at=float(data["created_at"]),
-                      size=int(data["size"]), inbox_id=row_id)
+                      size=int(data["size"]), inbox_id=row_id,
+                      request_id=rid if isinstance(rid := data.get("request_id"), str) else None)  # absent: older row
 
 
 def encode_identity(identity: Identity) -> str:

@@ -89,4 +89,5 @@ class OrganicPayload(BaseModel):
             deadline_s=self.deadline_s or deadline_s,
             created_at=self.created_at or time.time(),  # an API too old to say: its age counts from now
             size=job_bytes(chunks, self.body),
+            request_id=self.request_id,
         )

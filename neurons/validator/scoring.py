@@ -25,6 +25,7 @@ from neurons.validator.rewards.penalties import DEFAULT_GRACE, copied_uids, late
 from neurons.validator.rewards.tools import Call, calls_of, offers_tools, tool_reward
 from neurons.validator.scores import ScoreBook
 from neurons.validator.tasks.base import RewardContext, TaskRegistry
+from shared.ids import loggable_id
 from shared.metagraph import MetagraphView, Neuron
 from shared.protocol import content_text
 from shared.store.outage import OutageLog
@@ -44,6 +45,9 @@ class ScoringJob:
     created_at: float = field(default_factory=time.time)
     size: int = 0  # an estimate of the bytes it holds (``job_bytes``): what the organic lane bounds
     inbox_id: int | None = None  # an organic job's row in the validator's inbox, removed once it is done with
+    # An organic job's request id (the API's ``x-request-id``): its "scored" line names it, so a caller's request
+    # can be followed from the API's access log to its scores.
+    request_id: str | None = None
 
 
 @dataclass
@@ -255,7 +259,8 @@ class Scorer:
         if rewards:
             await self.scores.save_off_loop()
         self.jobs_scored += 1
-        logger.info("scored {} {}: {}", job.source, job.task,
+        logger.info("scored {} {}{}: {}", job.source, job.task,
+                    f" rid={loggable_id(job.request_id)}" if job.source == "organic" else "",
                     " ".join(f"{u}={r:.2f}" for u, r in sorted(rewards.items())) or "nothing")
         return rewards
 

@@ -23,10 +23,15 @@ class OutageLog:
     """The failures of one use of the store (``what``, the start of each line), told as a run."""
 
     def __init__(self, what: str, *, every: float = OUTAGE_LOG_EVERY_S,
-                 clock: Callable[[], float] = time.monotonic, back: str = "the store answers again") -> None:
+                 clock: Callable[[], float] = time.monotonic, back: str = "the store answers again",
+                 settle: float = 0.0) -> None:
         self.what = what
         self.back = back  # what the INFO line ending a run says came back (the store, the reference model, ...)
         self.every = every
+        # A success ends the run only this long after its last failure: failures mixed with successes (most
+        # requests answered, some not) are one run told once a minute, not a WARNING and an INFO line each.
+        self.settle = settle
+        self._last_failure = 0.0
         self._clock = clock
         self._began: float | None = None  # when the run of failures began (None: no run)
         self._told_at = 0.0  # when a line last spoke of it
@@ -44,6 +49,7 @@ class OutageLog:
         now = self._clock()
         self._failures += 1
         self.last_error = str(error)
+        self._last_failure = now
         if self._began is None:
             self.failing_since = time.time()
             self._began, self._told_at, self._untold = now, now, 0
@@ -59,6 +65,8 @@ class OutageLog:
         """The store answered: a run of failures, if any, ends with an INFO line (costs nothing otherwise)."""
         if self._began is None:
             return
+        if self.settle and self._clock() - self._last_failure < self.settle:
+            return  # failing on and off: the run goes on
         logger.info("{}: {} after {:.1f} s ({} failure(s))", self.what, self.back,
                     self._clock() - self._began, self._failures)
         self._began, self._failures, self._untold = None, 0, 0

@@ -45,6 +45,30 @@ async def test_validator_outage_keeps_last_good_cache_and_warns_once() -> None:
         logger.remove(sink)
 
 
+async def test_the_validator_answering_again_is_one_line() -> None:
+    """The outage was a WARNING a minute, and its end nothing: an operator could not tell from the log whether
+    the validator was still down."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with make_session() as session:
+            cache = AvailabilityCache(MinerClient(session, Signer(VALIDATOR)), url, VALIDATOR.ss58_address)
+            async with serve_app(validator_app(), port=port):
+                assert await cache.refresh()
+            for _ in range(3):
+                assert not await cache.refresh()
+            async with serve_app(validator_app(), port=port):
+                assert await cache.refresh()
+                assert await cache.refresh()
+    finally:
+        logger.remove(sink)
+    assert [x.split(":")[0] for x in lines] == ["WARNING validator unreachable at http", "INFO validator at http"]
+    assert lines[1].startswith(f"INFO validator at {url} answers availabilities again after ") and \
+        lines[1].endswith("(3 failed refresh(es))"), lines
+
+
 async def test_a_malformed_entry_from_the_validator_is_an_unavailable_miner_not_a_500(tmp_path) -> None:
     """One entry whose task_availabilities was null (or whose models came as a list) made every chat,
     /v1/models, session open and availability query a 500 until the validator sent better."""

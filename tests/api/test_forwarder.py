@@ -366,3 +366,57 @@ async def test_a_validator_that_refuses_our_signature_is_a_warning_that_names_th
     refused = [x for x in lines if "refuses this API's scoring payloads" in x]
     assert len(refused) == 1, "one warning a minute, not one per retry"
     assert "API_HOTKEYS" in refused[0] and API.ss58_address in refused[0] and "HTTP 403: nope" in refused[0]
+
+
+async def test_a_validator_down_is_one_warning_and_its_return_one_line(tmp_path: Path) -> None:
+    """Each failed post was a DEBUG line: a validator down for an hour grew the outbox with nothing said at
+    INFO. Now its first failure is a WARNING naming the cause, and the first delivery after is an INFO line."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    received: list[dict] = []
+    box = SQLiteOutbox(tmp_path / "api.db")
+    try:
+        async with make_session() as session:
+            fwd = forwarder(box, MinerClient(session, Signer(API)), url)
+            task = asyncio.create_task(fwd.run())
+            for i in range(5):
+                await fwd.sink({"n": i})
+            await wait_for(lambda: fwd.delivery_failures >= 3)
+            async with serve_app(scoring_app(received), port=port):
+                await wait_for(lambda: len(received) == 5)
+                await drained(box)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        logger.remove(sink)
+        await box.close()
+    told = [x for x in lines if "scoring payloads not delivered" in x]
+    assert len(told) == 2, lines
+    assert told[0].startswith(f"WARNING scoring payloads not delivered to the validator at {url}: ")
+    assert "Cannot connect" in told[0] and "kept in the outbox and retried" in told[0]
+    assert told[1].startswith(f"INFO scoring payloads not delivered to the validator at {url}: it takes them again "
+                              "after "), told
+
+
+async def test_a_validator_that_is_behind_is_said_so(tmp_path: Path) -> None:
+    """A 503 (its scoring queue is full) names what it means."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    received: list[dict] = []
+    try:
+        async with serve_app(scoring_app(received, [503])) as url, make_session() as session:
+            box = SQLiteOutbox(tmp_path / "api.db")
+            fwd = forwarder(box, MinerClient(session, Signer(API)), url)
+            await fwd.sink({"n": 0})
+            task = asyncio.create_task(fwd.run())
+            await wait_for(lambda: len(received) == 1)
+            await drained(box)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await box.close()
+    finally:
+        logger.remove(sink)
+    (warning,) = [x for x in lines if x.startswith("WARNING scoring payloads not delivered")]
+    assert "HTTP 503 (its scoring queue is full: the validator is behind)" in warning

@@ -67,6 +67,17 @@ def test_unknown_model_is_404_and_unserved_task_is_503() -> None:
     assert e.value.status == 503 and "WebRetrievalTask" in e.value.message
 
 
+def test_every_miner_down_is_503_not_an_unknown_model_or_task() -> None:
+    """With every miner down at the validator's last poll, a request for the model they serve was a 404
+    model_not_found: the caller was told to fix its request, and the operator's log read as bad requests."""
+    c = cache({1: None, 2: None})
+    for fields in ({"model": "m1"}, {"task": "ProgrammingTask"}, {}):
+        with pytest.raises(ApiError) as e:
+            pick(snap(n=2), c, **fields)
+        assert e.value.status == 503 and e.value.code == "no_miners_available", fields
+        assert "none of the 2 serving miner(s) answered the validator's last availability poll" in e.value.message
+
+
 def test_unknown_task_is_400_but_an_advertised_new_task_is_not() -> None:
     c = cache({1: entry(tasks=("InferenceTask", "ProgrammingTask")), 2: entry()})
     with pytest.raises(ApiError) as e:

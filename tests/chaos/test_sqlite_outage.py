@@ -82,3 +82,25 @@ async def test_a_locked_store_is_told_once_in_the_log_not_once_per_request(tmp_p
     assert refused[1].startswith("INFO") and "the store answers again" in refused[1] and "(12 failure(s))" in refused[1]
     flushes = [line for line in said if "usage flush failed" in line]
     assert len(flushes) == 2 and flushes[1].startswith("INFO"), flushes
+
+
+async def test_the_store_answering_an_unknown_key_ends_the_outage_line(tmp_path: Path) -> None:
+    """Only a known key's charge ended the run: after a Redis restart that lost the keys (no persistence), every
+    key is unknown, and the log went on saying the store was down while it answered each request (401). The
+    line's duration, counted to the first valid key, was wrong too."""
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    try:
+        async with fleet(tmp_path, {1: HONEST}) as f, aiohttp.ClientSession() as s:
+            holder = sqlite3.connect(tmp_path / "api.db", isolation_level=None)
+            holder.execute("BEGIN EXCLUSIVE")
+            try:
+                assert (await timed_chat(s, f, f.key))[:2] == (503, "store_unavailable")
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            assert (await timed_chat(s, f, "sn1-unknown-after-the-restart"))[:2] == (401, "invalid_api_key")
+            told = [line for line in said if "store unavailable, answering 503" in line]
+            assert len(told) == 2 and told[1].startswith("INFO") and "the store answers again" in told[1], told
+    finally:
+        logger.remove(sink)

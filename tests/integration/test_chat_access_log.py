@@ -13,6 +13,7 @@ import pytest
 from loguru import logger
 from multidict import CIMultiDict
 
+from tests.compat.support import sample
 from tests.helpers import Script, api_with_miners, chunk, post, sse
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -67,6 +68,71 @@ async def test_a_failed_request_is_logged_with_its_outcome(tmp_path: Path, lines
         api.ctx.request_log.flush()
     (line,) = chat_lines(lines)
     assert "chat rid=broken " in line and " winner=None " in line and " status=error " in line
+
+
+def failed_uids(line: str) -> dict[str, str]:
+    """The line's ``failed=2:http_5xx,3:bad_response`` as uid -> kind."""
+    field = next((f for f in line.split() if f.startswith("failed=")), "failed=")
+    return dict(token.split(":") for token in field.removeprefix("failed=").split(",") if token)
+
+
+async def test_the_line_says_why_each_miner_that_lost_failed(tmp_path: Path, lines: list[str]) -> None:
+    """Which miners were asked and which won was said, never why the others lost (a DEBUG line each): a
+    502 read ``status=error`` alone at INFO. Each miner that failed is named with its error's kind."""
+    slow = Script([(0.3, d) for d in sse(chunk("hi"), chunk(finish="stop"))])  # wins after the others failed
+    garbage = Script([(0, b"data: {not json\n\n")])
+    scripts = {1: slow, 2: Script([], status=500), 3: garbage, 4: Script([], status=401)}
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, _, text = await post(api, {"messages": MESSAGES, "uids": [1, 2, 3, 4]},
+                                     headers={"x-request-id": "won"})
+        assert status == 200, text
+        status, _, _ = await post(api, {"messages": MESSAGES, "uids": [2, 3, 4], "stream": True},
+                                  headers={"x-request-id": "lost"})
+        assert status == 502
+        status, _, _ = await post(api, {"messages": MESSAGES, "uids": [1]}, headers={"x-request-id": "clean"})
+        assert status == 200
+        api.ctx.request_log.flush()
+        async with aiohttp.ClientSession() as s, s.get(api.url + "/metrics") as r:
+            text = await r.text()
+    kinds = {"2": "http_5xx", "3": "bad_response", "4": "signature"}
+    for uid, kind in kinds.items():  # the metric says it too: miner_errors_total{uid} said which, never why
+        assert sample(text, "sn1_api_miner_errors_total", uid=uid, kind=kind) == 2, (uid, kind)
+    (won,) = [x for x in chat_lines(lines) if "chat rid=won " in x]
+    assert " winner=1 " in won and " status=ok " in won and failed_uids(won) == kinds, won
+    (lost,) = [x for x in chat_lines(lines) if "chat rid=lost " in x]
+    assert " winner=None " in lost and " status=error " in lost and failed_uids(lost) == kinds, lost
+    (clean,) = [x for x in chat_lines(lines) if "chat rid=clean " in x]
+    assert "failed=" not in clean, "nothing failed: nothing more on the line"
+
+
+async def test_requests_no_miner_answers_are_one_warning_and_their_end_one_line(tmp_path: Path) -> None:
+    """Every miner failing failed every request with an INFO line each (``status=error``) and no WARNING. The
+    first is now a WARNING with each miner's reason, the rest are counted, and answers coming back are an INFO
+    line. A request whose caller chose its miners (``uids``) is not counted: its miner is its choice."""
+    said: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: said.append((m.record["level"].name, m.record["message"])), level="INFO")
+    scripts = {2: Script([], status=500), 3: Script([], status=502)}
+    try:
+        async with api_with_miners(tmp_path, scripts) as api:
+            api.ctx.no_answer.settle = 0.0  # its end is said at the first answer (the settle is a unit test's)
+            status, _, _ = await post(api, {"messages": MESSAGES, "uids": [2]}, headers={"x-request-id": "aimed"})
+            assert status == 502
+            assert not [m for _, m in said if "no miner gave a valid answer" in m], "a caller's choice, no outage"
+            for i in range(5):
+                status, _, _ = await post(api, {"messages": MESSAGES}, headers={"x-request-id": f"down-{i}"})
+                assert status == 502
+            scripts[2].status, scripts[2].steps = 200, [(0, d) for d in sse(chunk("hi"), chunk(finish="stop"))]
+            status, _, _ = await post(api, {"messages": MESSAGES}, headers={"x-request-id": "back"})
+            assert status == 200
+    finally:
+        logger.remove(sink)
+    told = [(level, m) for level, m in said if m.startswith("requests failing, no miner gave a valid answer")]
+    assert len(told) == 2, told
+    (level, first), (end_level, end) = told
+    assert level == "WARNING" and first.startswith("requests failing, no miner gave a valid answer: rid=down-0 "
+                                                   "answered HTTP 502 no_valid_answer: "), first
+    assert "uid 2: HTTP 500" in first and "uid 3: HTTP 502" in first and "are the miners up" in first
+    assert end_level == "INFO" and "miners answer again after" in end and "(5 failure(s))" in end, end
 
 
 async def _send(url: str, *, key: str, body: bytes, rid: str) -> tuple[int, CIMultiDict[str]]:
@@ -198,3 +264,61 @@ async def test_a_web_retrieval_every_miner_failed_is_logged_with_its_502(tmp_pat
         api.ctx.request_log.flush()
     (line,) = [x for x in lines if " | web_retrieval rid=web-fail " in x]
     assert " uids=[2] results=0 status=502 latency_ms=" in line, line
+
+
+async def test_a_client_request_id_is_taken_as_the_request_id(tmp_path: Path, lines: list[str]) -> None:
+    """OpenAI takes a caller's own id in ``X-Client-Request-Id``; it was ignored, so a caller that sent it found
+    nothing of it in the log. Without an ``x-request-id`` it is the request's id (checked as that one is), sent
+    back in ``x-request-id``, logged and passed to the miners."""
+    async with api_with_miners(tmp_path, {}, honest={1}) as api:
+        for sent, expect in (({"X-Client-Request-Id": "client-7"}, "client-7"),
+                             ({"X-Client-Request-Id": "client-8", "x-request-id": "mine"}, "mine")):
+            status, headers, text = await post(api, {"messages": MESSAGES, "uids": [1]}, headers=sent)
+            assert status == 200 and CIMultiDict(headers)["x-request-id"] == expect, text
+        status, headers, _ = await post(api, {"messages": MESSAGES, "uids": [1]},
+                                        headers={"X-Client-Request-Id": "a b=c"})
+        assert status == 200 and CIMultiDict(headers)["x-request-id"] != "a b=c", "not an id: a new one"
+        api.ctx.request_log.flush()
+    assert [x for x in chat_lines(lines) if " | chat rid=client-7 " in x]
+    assert [x for x in chat_lines(lines) if " | chat rid=mine " in x]
+
+
+async def test_every_miner_down_at_the_last_poll_is_a_503_and_a_warning(tmp_path: Path) -> None:
+    """The validator's last poll found every miner down: each request was a 404 model_not_found, logged at INFO
+    alone, as if callers asked for a model nobody serves."""
+    import time
+
+    from api.availability import AvailabilityCache
+
+    said: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: said.append((m.record["level"].name, m.record["message"])), level="INFO")
+    try:
+        async with api_with_miners(tmp_path, {}, honest={1, 2}) as api:
+            cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "5unused")
+            cache.entries, cache.updated_at = {1: None, 2: None}, time.time()
+            api.ctx.availability = cache
+            for i in range(3):
+                status, _, text = await post(api, {"model": "sn1/deterministic", "messages": MESSAGES},
+                                             headers={"x-request-id": f"down-{i}"})
+                assert status == 503 and '"no_miners_available"' in text, text
+    finally:
+        logger.remove(sink)
+    told = [(level, m) for level, m in said if m.startswith("requests failing")]
+    assert len(told) == 1 and told[0][0] == "WARNING", told
+    assert "rid=down-0 answered HTTP 503 no_miners_available: No miner is available: none of the 2" in told[0][1]
+
+
+async def test_no_line_is_built_when_the_access_log_is_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LOG_LEVEL=WARNING`` wrote no line, yet each request still built one (an f-string and its fields) on the
+    hot path, to be dropped."""
+    import api.chat
+
+    def built(*_: object, **__: object) -> str:
+        raise AssertionError("the line was built with the access log off")
+
+    monkeypatch.setattr(api.chat, "answer_line", built)
+    async with api_with_miners(tmp_path, {}, honest={1}) as api:
+        api.ctx.request_log.enabled = False
+        for stream in (False, True):
+            status, _, text = await post(api, {"messages": MESSAGES, "uids": [1], "stream": stream})
+            assert status == 200, text

@@ -43,6 +43,26 @@ def test_a_run_of_failures_is_a_line_a_minute_and_its_end_one_more(lines: list[s
     assert lines[3:] == ["WARNING store unavailable, answering 503: sqlite: database is locked"]
 
 
+def test_failures_mixed_with_successes_are_one_run_until_they_settle(lines: list[str]) -> None:
+    """``settle``: requests failing on and off (some answered, some not) were a WARNING and an INFO line each
+    time; they are one run, told once a minute, that ends only once nothing failed for ``settle`` seconds."""
+    now = [0.0]
+    log = OutageLog("requests failing", clock=lambda: now[0], back="answers again", settle=10.0)
+    for _ in range(100):  # a second each: half fail
+        log.failed("uid 2: HTTP 500")
+        now[0] += 0.5
+        log.ok()
+        now[0] += 0.5
+    assert lines[0] == "WARNING requests failing: uid 2: HTTP 500"
+    assert len(lines) == 2 and lines[1].startswith("WARNING requests failing: still failing, 60 more time(s)")
+    now[0] += 8.0
+    log.ok()
+    assert len(lines) == 2 and log.failing, "the last failure was 9 s ago: the run goes on"
+    now[0] += 1.5
+    log.ok()
+    assert lines[2:] == ["INFO requests failing: answers again after 109.5 s (100 failure(s))"] and not log.failing
+
+
 async def test_session_sweeps_skipped_by_a_store_down_are_one_line_and_their_end_another(
         lines: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Each skipped round was a WARNING (one each 15 s by default, each 5 s on a local network)."""

@@ -318,3 +318,26 @@ def test_an_inbox_file_that_is_not_a_database_stops_the_start_in_one_line(tmp_pa
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.splitlines()[-1] == (f"sn1 validator: SCORING_INBOX_FILE: {bad} cannot be used as the scoring "
                                            "inbox (file is not a database)")
+
+
+async def test_the_scored_line_names_the_request_id_across_a_restart(tmp_path: Path) -> None:
+    """``scored organic InferenceTask: 1=1.00 2=0.00`` named no request: a caller's request id, found in the
+    API's access log, could not be followed to its scores. A job kept in the inbox over a restart keeps it."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    path = tmp_path / "scoring_inbox.db"
+    try:
+        async with validator(path, scoring=False) as (url, _):
+            status, _ = await post(url, "/scoring", json.dumps([answered("rid-kept")]).encode())
+            assert status == 202
+        async with validator(path) as (url, ctx):
+            status, _ = await post(url, "/scoring", json.dumps([answered("rid-live"),
+                                                                answered("bad id\nforged")]).encode())
+            assert status == 202
+            await wait_until(lambda: organic(ctx, 1) == after(3), 10)
+    finally:
+        logger.remove(sink)
+    scored = sorted(x for x in lines if x.startswith("scored organic"))
+    assert scored == ["scored organic InferenceTask rid=-: 1=1.00 2=1.00",
+                      "scored organic InferenceTask rid=rid-kept: 1=1.00 2=1.00",
+                      "scored organic InferenceTask rid=rid-live: 1=1.00 2=1.00"], scored

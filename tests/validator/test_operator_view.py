@@ -263,6 +263,37 @@ async def test_no_reachable_miner_is_a_warning_with_a_reason() -> None:
     assert f"uid 1: unreachable at 127.0.0.1:{ports[0]}" in warnings[0]
 
 
+async def test_polls_no_miner_answers_are_one_warning_and_their_end_one_line() -> None:
+    """The WARNING came at every poll (each AVAILABILITY_INTERVAL, a second on a fast local network) for as long
+    as the miners were out of reach, and nothing said when they came back but ``1/2 miners up``."""
+    from neurons.miner.app import create_miner_app
+    from neurons.miner.backends.deterministic import DeterministicBackend
+    from shared.signing import Authorizer, RequestVerifier
+
+    ports = [free_port(), free_port()]
+    snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, f"127.0.0.1:{ports[0]}"),
+                                             2: (MINERS[2].ss58_address, f"127.0.0.1:{ports[1]}")})
+    lines: list[str] = []
+    handler = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    book = AvailabilityBook()
+    try:
+        async with make_session() as session:
+            client = MinerClient(session, Signer(VALIDATOR))
+            for _ in range(3):
+                await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
+            verifier = RequestVerifier(MINERS[1].ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
+            async with serve_app(create_miner_app(DeterministicBackend(), verifier), port=ports[0]):
+                await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
+                await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
+    finally:
+        logger.remove(handler)
+    told = [line for line in lines if not line.startswith("INFO availability: ") or "miners up" not in line]
+    assert len(told) == 2, lines
+    assert told[0].startswith("WARNING availability: none of 2 serving miner(s) answered the poll"), told
+    assert told[1].startswith("INFO availability: miners answer the poll again after ") and \
+        told[1].endswith("(3 failure(s))"), told
+
+
 async def test_a_token_in_the_reference_url_is_never_quoted_back_into_the_log() -> None:
     """``REFERENCE_LLM_URL=http://user:token@host/v1`` is allowed (instead of REFERENCE_LLM_API_KEY); only the
     key was masked in a refusal's text, so a server quoting the credentials it refused had the token logged."""
