@@ -52,7 +52,9 @@ def answer_line(kind: str, rid: str, key_id: str, uids: list[int], winner: int |
     """The line of a request that reached (or was to reach) its miners: ``chat rid=... key=... uids=[...]
     winner=... stream=... mixture=... status=... latency_ms=...`` (``started``: its ``perf_counter`` start),
     then ``failed=...`` when any of ``runs`` (the race's ``MinerRun``s) had failed by then (``failures``)."""
-    return (f"{kind} rid={rid} key={key_id} uids={uids} winner={winner} stream={stream} mixture={mixture} "
+    # uids without spaces (``[2,1,4]``): "uids=[2, 1, 4]" read as ``uids=[2,`` to a key=value parser or a grep
+    return (f"{kind} rid={rid} key={key_id} uids={str(uids).replace(' ', '')} winner={winner} stream={stream} "
+            f"mixture={mixture} "
             f"status={status} latency_ms={(time.perf_counter() - started) * 1000:.1f}{failures(runs)}")
 
 

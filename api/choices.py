@@ -166,8 +166,8 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
             ctx.usage.record(key.id, prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
                              error=any(w.error is not None for w in winners), day=request.get(USAGE_DAY))
         write(request, f"{fmt.kind} rid={rid} key={key.id} n={len(asks)} "
-                       f"uids={[[r.uid for r in race.runs] for race, _ in races]} "
-                       f"winners={[w.uid for w in winners]} stream={req.stream} "
+                       f"uids={str([[r.uid for r in race.runs] for race, _ in races]).replace(' ', '')} "
+                       f"winners={str([w.uid for w in winners]).replace(' ', '')} stream={req.stream} "
                        f"status={logged_outcome(outcome, winners)} "
                        f"latency_ms={(time.perf_counter() - started) * 1000:.1f}"
                        f"{failures(r for race, _ in races for r in race.runs)}" if ctx.request_log.enabled else "")

@@ -173,7 +173,8 @@ async def web_retrieval(request: web.Request) -> web.StreamResponse:
     found = await search(ctx, req.search_query, n_results=req.n_results, n_miners=req.n_miners, uids=req.uids,
                          timeout=min(req.max_response_time, ctx.settings.max_request_timeout), request_id=rid)
     failed = not found.results and found.all_failed
-    write(request, f"web_retrieval rid={rid} key={key.id} uids={found.uids} results={len(found.results)} "
+    write(request, f"web_retrieval rid={rid} key={key.id} uids={str(found.uids).replace(' ', '')} "
+                   f"results={len(found.results)} "
                    f"status={502 if failed else 200} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
     if failed:
         raise ApiError(502, "No miner returned web results.", code="no_valid_answer",

@@ -98,7 +98,7 @@ async def test_the_line_says_why_each_miner_that_lost_failed(tmp_path: Path, lin
     for uid, kind in kinds.items():  # the metric says it too: miner_errors_total{uid} said which, never why
         assert sample(text, "sn1_api_miner_errors_total", uid=uid, kind=kind) == 2, (uid, kind)
     (won,) = [x for x in chat_lines(lines) if "chat rid=won " in x]
-    assert " winner=1 " in won and " status=ok " in won and failed_uids(won) == kinds, won
+    assert " uids=[1,2,3,4] winner=1 " in won and " status=ok " in won and failed_uids(won) == kinds, won
     (lost,) = [x for x in chat_lines(lines) if "chat rid=lost " in x]
     assert " winner=None " in lost and " status=error " in lost and failed_uids(lost) == kinds, lost
     (clean,) = [x for x in chat_lines(lines) if "chat rid=clean " in x]
