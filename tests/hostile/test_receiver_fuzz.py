@@ -27,7 +27,6 @@ from tests.hostile.conftest import threaded
 from tests.hostile.test_api_fuzz import FUZZ, json_values, raw_bodies, send
 
 VALIDATOR, MINER = keypair("//Validator"), keypair("//FuzzMiner")
-SNAP = snapshot(VALIDATOR.ss58_address, {1: (MINER.ss58_address, None)})
 
 
 class Target:
@@ -48,8 +47,11 @@ class Target:
 
 @contextlib.asynccontextmanager
 async def receivers() -> AsyncIterator[list[Target]]:
-    view = MetagraphView(StaticSource(SNAP))
-    view.snapshot = SNAP
+    # made here, not at import: collected minutes before it runs under xdist, the validator's /ready called its
+    # metagraph stale (a 503)
+    snap = snapshot(VALIDATOR.ss58_address, {1: (MINER.ss58_address, None)})
+    view = MetagraphView(StaticSource(snap))
+    view.snapshot = snap
     miner = create_miner_app(DeterministicBackend(), RequestVerifier(MINER.ss58_address,
                                                                      Authorizer(view.permitted_hotkeys)))
     ctx = ValidatorContext(book=AvailabilityBook(), scoring_queue=ScoringQueue(1000),

@@ -263,7 +263,7 @@ def test_a_redis_store_that_does_not_answer_yet_is_a_warning_and_the_api_serves_
     proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "api", "--env-file", str(env)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline, ready = time.monotonic() + 30, None
+        deadline, ready = time.monotonic() + 60, None  # a start of 2 workers on a loaded host
         while ready is None and time.monotonic() < deadline and proc.poll() is None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as r:
