@@ -21,6 +21,7 @@ from shared.errors import MODEL_NOT_FOUND, MODEL_SERVER_REJECTED, parse_error
 from shared.jsonutil import dumpb, dumps, loads
 from shared.logging import printable
 from shared.metagraph import Neuron
+from shared.protocol import DEADLINE_HEADER
 from shared.signing import Signer
 from shared.sse import DONE, SSEError, SSEParser
 
@@ -74,7 +75,7 @@ class ResigningConnector(aiohttp.TCPConnector):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.pending: dict[str, tuple[Signer, bytes]] = {}
+        self.pending: dict[str, Resign] = {}
 
     async def connect(self, req: aiohttp.ClientRequest, traces: Any, timeout: aiohttp.ClientTimeout) -> Any:
         started = time.monotonic()
@@ -82,9 +83,20 @@ class ResigningConnector(aiohttp.TCPConnector):
         if time.monotonic() - started >= self.resign_after:
             again = self.pending.get(req.headers.get(http_auth.HEADER_NONCE, ""))
             if again is not None:
-                signer, body = again
+                signer, body, deadline = again
                 req.headers.update(signer.headers(req.method, req.url, body, req.headers[http_auth.HEADER_RECEIVER]))
+                if deadline is not None:  # the time it waited is no longer the miner's
+                    req.headers[DEADLINE_HEADER] = seconds_left(deadline)
         return conn
+
+
+Resign = tuple[Signer, bytes, float | None]
+"""How to sign a request again: its signer, its body, and its deadline (loop time) when it tells one."""
+
+
+def seconds_left(deadline: float) -> str:
+    """``x-sn1-deadline``'s value: the seconds from now to ``deadline`` (loop time), to the millisecond."""
+    return f"{max(0.0, deadline - asyncio.get_running_loop().time()):.3f}"
 
 
 def make_session(*, limit: int = 1024, limit_per_host: int = 256) -> aiohttp.ClientSession:
@@ -108,7 +120,7 @@ class MinerClient:
         self._refusal_told = float("-inf")  # when that WARNING was (monotonic)
         self._chat_urls: dict[str, URL] = {}
         # How the pool signs a request again after a long wait for a connection (ResigningConnector).
-        self._pending: dict[str, tuple[Signer, bytes]] | None = getattr(session.connector, "pending", None)
+        self._pending: dict[str, Resign] | None = getattr(session.connector, "pending", None)
 
     def _chat_url(self, base: str) -> URL:
         """The parsed chat URL of an axon, built once (parsing a URL per request showed in the profile)."""
@@ -118,13 +130,6 @@ class MinerClient:
                 self._chat_urls.clear()
             url = self._chat_urls[base] = URL(base + "/v1/chat/completions")
         return url
-
-    def _timeout(self, deadline: float) -> aiohttp.ClientTimeout:
-        """No aiohttp timer: the caller's ``asyncio.timeout_at(deadline)`` already bounds the whole call
-        (a second timer per request showed in the profile and could only fire at the same moment)."""
-        if deadline <= asyncio.get_running_loop().time():
-            raise MinerError("deadline passed before the request was sent", kind="timeout")
-        return _BOUNDED_BY_CALLER
 
     async def stream_chat(
         self,
@@ -158,16 +163,21 @@ class MinerClient:
         """
         if not neuron.url:
             raise MinerError(f"uid {neuron.uid} serves no axon", kind="unreachable")
+        if deadline <= asyncio.get_running_loop().time():
+            raise MinerError("deadline passed before the request was sent", kind="timeout")
         url = self._chat_url(neuron.url)
         headers = self.signer.headers("POST", url, body, neuron.hotkey)
         headers["Content-Type"] = "application/json"
         headers["Accept"] = "text/event-stream"
+        headers[DEADLINE_HEADER] = seconds_left(deadline)  # the miner's to stop by (advisory: not signed)
         if request_id:
             headers["x-request-id"] = request_id
-        nonce = self._resignable(headers, body)
+        nonce = self._resignable(headers, body, deadline)
         try:
             async with asyncio.timeout_at(deadline):
-                async with self.session.post(url, data=body, headers=headers, timeout=self._timeout(deadline)) as resp:
+                # No aiohttp timer: ``timeout_at`` already bounds the whole call (a second timer per request
+                # showed in the profile and could only fire at the same moment).
+                async with self.session.post(url, data=body, headers=headers, timeout=_BOUNDED_BY_CALLER) as resp:
                     self._done(nonce)  # sent: nothing to sign again (the finally is for a request that never was)
                     if resp.status != 200:
                         text = (await self._error_body(resp)).decode(errors="replace")
@@ -210,12 +220,13 @@ class MinerClient:
                        status, code or "-", printable(message.removeprefix(f"{code}: "))[:300], self._refusals)
         self._refusals, self._refusal_told = 0, now
 
-    def _resignable(self, headers: dict[str, str], body: bytes) -> str | None:
-        """Leave the pool how to sign this request again; returns the key to take it back with."""
+    def _resignable(self, headers: dict[str, str], body: bytes, deadline: float | None = None) -> str | None:
+        """Leave the pool how to sign this request again (and, with a ``deadline``, tell it again); returns
+        the key to take it back with."""
         if self._pending is None:
             return None
         nonce = headers[http_auth.HEADER_NONCE]
-        self._pending[nonce] = (self.signer, body)
+        self._pending[nonce] = (self.signer, body, deadline)
         return nonce
 
     def _done(self, nonce: str | None) -> None:

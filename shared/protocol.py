@@ -7,6 +7,7 @@ miner instead of being silently dropped, as the original implementation did.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
@@ -31,6 +32,26 @@ ANY_MODEL = {"", "default", None}
 # n: each miner is asked for one answer (the API races once per choice; a miner's second would mix in).
 MAX_SESSION_ID = 128
 ROUTING_FIELDS = ("uids", "timeout", "session_id", "web_search_options", "n")
+# The header that tells a miner how long it has for a chat request: the seconds left when the request was
+# sent, a decimal (``29.997``). Relative, not an epoch time: the caller's and the miner's clocks need not
+# agree. Not covered by the btauth/1 signature (it signs the method, path, body and hotkeys only): advisory.
+DEADLINE_HEADER = "x-sn1-deadline"
+MAX_TOLD_DEADLINE = 600.0  # seconds: a larger value read from the header is taken as this (no caller waits longer)
+
+
+def told_deadline(value: str | None) -> float | None:
+    """The seconds a request's ``x-sn1-deadline`` gives (0.0: passed already), at most ``MAX_TOLD_DEADLINE``;
+    None when absent or not a finite number (the header is unsigned: a value that makes no sense is no deadline,
+    not a refusal)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_TOLD_DEADLINE)
 
 
 # OpenAI's metadata (a chat completion's, a response's, a conversation's): up to 16 pairs, keys up to 64

@@ -105,6 +105,7 @@ class Script:
     cancelled: int = 0
     active: int = 0
     bodies: list = field(default_factory=list)
+    headers: list = field(default_factory=list)  # each request's headers, as received
 
 
 def sse(*datas: str, done: bool = True) -> list[bytes]:
@@ -120,6 +121,7 @@ def scripted_miner_app(script: Script) -> web.Application:
     async def handler(request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         script.bodies.append(json.loads(raw) if raw else None)
+        script.headers.append(dict(request.headers))
         script.calls += 1
         script.active += 1
         try:

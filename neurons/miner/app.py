@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -22,7 +22,7 @@ from shared.http import error_middleware, json_response, parse_model, read_json
 from shared.ids import request_id_from
 from shared.jsonutil import dumps
 from shared.metagraph import MetagraphView
-from shared.protocol import ChatCompletionRequest
+from shared.protocol import DEADLINE_HEADER, ChatCompletionRequest, told_deadline
 from shared.signing import CALLER_KEY, RequestVerifier, btauth_middleware
 from shared.sse import DONE_FRAME, encode_event
 
@@ -86,6 +86,7 @@ async def availability(request: web.Request) -> web.Response:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
+    deadline = caller_deadline(request)
     status, stream = 500, False
     try:
         data = await read_json(request)
@@ -95,7 +96,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         if not req.wants_any_model() and req.model not in backend.models():
             raise ApiError(404, f"The model '{req.model}' is not served here.", code="model_not_found",
                            param="model")
-        response = await (_stream(request, backend, data) if stream else _complete(request, backend, data))
+        if deadline is not None and deadline <= asyncio.get_running_loop().time():
+            raise _past_deadline(request, "before the model server was asked")
+        response = await (_stream(request, backend, data, deadline) if stream
+                          else _complete(request, backend, data, deadline))
         status = 502 if request.get(BACKEND_FAILURE) else response.status  # it failed mid-stream
         return response
     except ApiError as e:
@@ -111,59 +115,89 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                                     failure=request.get(BACKEND_FAILURE))
 
 
+def caller_deadline(request: web.Request) -> float | None:
+    """When the caller stops waiting (loop time), from its ``x-sn1-deadline`` (seconds left as it sent the
+    request); None without one. The model server is not asked past it: the caller is gone, and the answer
+    would cost this miner's model server for nobody (it kept generating until its own ``UPSTREAM_TIMEOUT``)."""
+    left = told_deadline(request.headers.get(DEADLINE_HEADER))
+    return None if left is None else asyncio.get_running_loop().time() + left
+
+
+def _past_deadline(request: web.Request, when: str) -> ApiError:
+    """The caller's deadline passed (``when``): a 504, noted for the request's log line (a WARNING: the model
+    server is slower than callers wait, or the caller's host is far)."""
+    request[BACKEND_FAILURE] = f"the caller's deadline ({DEADLINE_HEADER}) passed {when}"
+    return ApiError(504, f"The caller's deadline ({DEADLINE_HEADER}) passed {when}.", code="deadline_exceeded")
+
+
 def _backend_failed(request: web.Request, error: BackendError) -> ApiError:
     """The caller's error for a backend failure, noted for the request's log line (a WARNING)."""
     request[BACKEND_FAILURE] = str(error)
     return ApiError(error.status, str(error), code=error.code)
 
 
-async def _complete(request: web.Request, backend: Backend, body: dict[str, Any]) -> web.Response:
+async def _complete(request: web.Request, backend: Backend, body: dict[str, Any],
+                    deadline: float | None) -> web.Response:
+    """The backend's whole answer, asked for until the caller's ``deadline`` (loop time; None: the backend's
+    own timeout), which an upstream's request is given too and is dropped at (its connection closed)."""
     try:
-        complete_raw = getattr(backend, "complete_raw", None)
-        if complete_raw is not None:
-            return web.Response(body=await complete_raw(body), content_type="application/json")
-        return json_response(await backend.complete(body))
+        async with asyncio.timeout_at(deadline):
+            complete_raw = getattr(backend, "complete_raw", None)
+            if complete_raw is not None:
+                return web.Response(body=await complete_raw(body, deadline=deadline), content_type="application/json")
+            return json_response(await backend.complete(body))
     except BackendError as e:
         raise _backend_failed(request, e) from None
+    except TimeoutError:
+        raise _past_deadline(request, "before the model server answered") from None
 
 
-async def _stream(request: web.Request, backend: Backend, body: dict[str, Any]) -> web.StreamResponse:
-    """Stream the backend's chunks; a failure after headers becomes an SSE error event.
+async def _stream(request: web.Request, backend: Backend, body: dict[str, Any],
+                  deadline: float | None) -> web.StreamResponse:
+    """Stream the backend's chunks until the caller's ``deadline`` (as ``_complete``); a failure after
+    headers (the deadline's too) becomes an SSE error event.
 
     Chunks that arrived together are written together (one syscall, not one per chunk).
     The upstream's status decides ours: nothing is sent before its first chunk.
     """
     stream_raw = getattr(backend, "stream_raw", None)
-    pieces = stream_raw(body) if stream_raw is not None else _encoded(backend, body)
-    try:
-        first = await anext(pieces, None)
-    except BackendError as e:
-        raise _backend_failed(request, e) from None
-    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    if first is not None and _ends_done(first):  # the whole answer came in one read: one write
-        with contextlib.suppress(BackendError):  # a break after [DONE] loses nothing
-            async for _rest in pieces:  # to the upstream's end, so its connection is reused
-                pass
-        return web.Response(body=first, headers=headers)
-    response = web.StreamResponse(headers=headers)
-    await response.prepare(request)
-    tail = b""
-    try:
-        if first is not None:
-            await response.write(first)
-            tail = first[-32:]
-        async for piece in pieces:
-            await response.write(piece)
-            tail = (tail + piece)[-32:]
-    except BackendError as e:
-        request[BACKEND_FAILURE] = f"mid-stream: {e}"
-        await response.write(_event_boundary(tail) + encode_event(dumps({"error": {"message": str(e),
-                                                                                   "type": "upstream_error"}})))
+    # closed on every way out: a stream stopped at the deadline drops the upstream's connection at once
+    async with contextlib.aclosing(stream_raw(body, deadline=deadline) if stream_raw is not None
+                                   else _encoded(backend, body)) as pieces:
+        try:
+            async with asyncio.timeout_at(deadline):
+                first = await anext(pieces, None)
+        except BackendError as e:
+            raise _backend_failed(request, e) from None
+        except TimeoutError:
+            raise _past_deadline(request, "before the model server's first chunk") from None
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        if first is not None and _ends_done(first):  # the whole answer came in one read: one write
+            with contextlib.suppress(BackendError):  # a break after [DONE] loses nothing
+                async for _rest in pieces:  # to the upstream's end, so its connection is reused
+                    pass
+            return web.Response(body=first, headers=headers)
+        response = web.StreamResponse(headers=headers)
+        await response.prepare(request)
         tail = b""
-    # A relayed stream carries the upstream's own [DONE]; every other ending gets ours, after a blank line
-    # if the upstream stopped mid-event (else ours would run on into its last line).
-    await response.write_eof(b"" if _ends_done(tail) else _event_boundary(tail) + DONE_FRAME)
-    return response
+        try:
+            async with asyncio.timeout_at(deadline):
+                if first is not None:
+                    await response.write(first)
+                    tail = first[-32:]
+                async for piece in pieces:
+                    await response.write(piece)
+                    tail = (tail + piece)[-32:]
+        except (BackendError, TimeoutError) as e:
+            failure = str(e) if isinstance(e, BackendError) else f"the caller's deadline ({DEADLINE_HEADER}) passed"
+            request[BACKEND_FAILURE] = f"mid-stream: {failure}"
+            await response.write(_event_boundary(tail) + encode_event(dumps({"error": {"message": failure,
+                                                                                       "type": "upstream_error"}})))
+            tail = b""
+        # A relayed stream carries the upstream's own [DONE]; every other ending gets ours, after a blank line
+        # if the upstream stopped mid-event (else ours would run on into its last line).
+        await response.write_eof(b"" if _ends_done(tail) else _event_boundary(tail) + DONE_FRAME)
+        return response
 
 
 def _ends_done(data: bytes) -> bool:
@@ -177,7 +211,7 @@ def _event_boundary(tail: bytes) -> bytes:
     return b"\n\n"
 
 
-async def _encoded(backend: Backend, body: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _encoded(backend: Backend, body: dict[str, Any]) -> AsyncGenerator[bytes]:
     """The backend's chunks as SSE bytes, one piece per group of chunks that arrived together
     (the backend's own ``stream_batches`` when it has one, else one chunk at a time)."""
     stream_batches = getattr(backend, "stream_batches", None)

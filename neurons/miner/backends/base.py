@@ -34,9 +34,11 @@ class Backend(Protocol):
         non-empty lists as they arrived, which the app then writes one list at a
         time. A wrapper that changes ``stream`` must not expose the inner one's.
 
-        A backend in front of another server may offer ``complete_raw(body)``
-        (the JSON completion's bytes) and ``stream_raw(body)`` (the SSE bytes as
-        read, ``[DONE]`` included): the app then relays them without parsing.
+        A backend in front of another server may offer ``complete_raw(body, *, deadline)``
+        (the JSON completion's bytes) and ``stream_raw(body, *, deadline)`` (the SSE bytes
+        as read, ``[DONE]`` included): the app then relays them without parsing, and
+        hands them the caller's deadline (loop time, or None) to bound the upstream's
+        request by. The app bounds every backend by it anyway.
         """
         ...
 

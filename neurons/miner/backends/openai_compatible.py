@@ -40,6 +40,7 @@ SUBNET_FIELDS = ("task", "sampling_parameters", "uids", "mixture", "inference_mo
 # An upstream's whole JSON answer is held in memory: bounded (a 200 MB answer was read whole), far above
 # what the API takes from a miner (MINER_MAX_RESPONSE_BYTES, 2 MiB by default). Error bodies: their start.
 MAX_ANSWER_BYTES = 32 << 20
+DEADLINE_SLACK = 0.01  # seconds: a timeout that fired this close to the caller's deadline was the deadline's
 MAX_ERROR_BYTES = 64 << 10
 ANSWER_TYPES = {False: "application/json", True: "text/event-stream"}  # what a 200 must be, by stream
 # How much of a stream is held back to see whether its first event is an error (``opening_error``): an
@@ -207,9 +208,23 @@ class OpenAICompatibleBackend:
             out.pop("stream_options", None)
         return self._refusals.apply(out)
 
+    def _timeout_until(self, deadline: float | None) -> aiohttp.ClientTimeout:
+        """The upstream request's timeout: ``UPSTREAM_TIMEOUT``, or less when the caller's ``deadline`` (loop
+        time, from its ``x-sn1-deadline``) comes first; a deadline passed already is a BackendError (504)."""
+        if deadline is None:
+            return self._timeout
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise BackendError("the caller's deadline passed before the upstream was asked", 504,
+                               code="deadline_exceeded")
+        return self._timeout if self._timeout.total is not None and self._timeout.total <= left \
+            else aiohttp.ClientTimeout(total=left)
+
     @contextlib.asynccontextmanager
-    async def _chat(self, body: dict[str, Any], *, stream: bool) -> AsyncIterator[aiohttp.ClientResponse]:
-        """POST the upstream chat completion; a non-200 answer is a BackendError naming its status.
+    async def _chat(self, body: dict[str, Any], *, stream: bool,
+                    deadline: float | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST the upstream chat completion, within the caller's ``deadline`` if given (``_timeout_until``);
+        a non-200 answer is a BackendError naming its status.
 
         A refusal that names fields the answer does without is asked again without them, or with them
         renamed (``FieldRefusals``); again for each refusal that names another (a server that refuses
@@ -217,7 +232,8 @@ class OpenAICompatibleBackend:
         out = self.upstream_body(body, stream=stream)
         while True:
             async with self._http().post(
-                f"{self.base_url}/chat/completions", data=dumpb(out), headers=self._headers, timeout=self._timeout
+                f"{self.base_url}/chat/completions", data=dumpb(out), headers=self._headers,
+                timeout=self._timeout_until(deadline),
             ) as r:
                 if r.status == 200:
                     if r.content_type != ANSWER_TYPES[stream]:  # a proxy's HTML page is no answer, though a 200
@@ -244,10 +260,11 @@ class OpenAICompatibleBackend:
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise BackendError(f"upstream failed: {type(e).__name__}: {e}") from None
 
-    async def complete_raw(self, body: dict[str, Any]) -> bytes:
-        """The upstream's JSON completion, byte for byte (but tool calls' arguments, ``string_arguments``)."""
+    async def complete_raw(self, body: dict[str, Any], *, deadline: float | None = None) -> bytes:
+        """The upstream's JSON completion, byte for byte (but tool calls' arguments, ``string_arguments``);
+        asked for until the caller's ``deadline`` (loop time) at most."""
         try:
-            async with self._chat(body, stream=False) as r:
+            async with self._chat(body, stream=False, deadline=deadline) as r:
                 raw = bytearray()
                 async for piece in r.content.iter_any():
                     raw += piece
@@ -259,16 +276,17 @@ class OpenAICompatibleBackend:
                     return string_arguments(bytes(raw))
                 return bytes(raw)
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise BackendError(f"upstream failed: {type(e).__name__}: {e}") from None
+            raise upstream_failure(e, deadline, "upstream failed") from None
 
-    async def stream_raw(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
-        """The upstream's SSE bytes as each read returns them (its own ``[DONE]`` included).
+    async def stream_raw(self, body: dict[str, Any], *, deadline: float | None = None) -> AsyncIterator[bytes]:
+        """The upstream's SSE bytes as each read returns them (its own ``[DONE]`` included), until the caller's
+        ``deadline`` (loop time) at most.
 
         Its first event is read before anything is yielded: a stream that opens with an error (llama.cpp
         until October 2025 and TGI refuse a prompt too long for the model that way, after a 200) is the
         BackendError its status says, as if the upstream had answered with it (``opening_error``)."""
         try:
-            async with self._chat(body, stream=True) as r:
+            async with self._chat(body, stream=True, deadline=deadline) as r:
                 reads = r.content.iter_any()
                 head, event = b"", None
                 async for chunk in reads:
@@ -284,7 +302,7 @@ class OpenAICompatibleBackend:
                 async for chunk in reads:
                     yield chunk
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise BackendError(f"upstream stream failed: {type(e).__name__}: {e}") from None
+            raise upstream_failure(e, deadline, "upstream stream failed") from None
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
         async for batch in self.stream_batches(body):
@@ -321,6 +339,16 @@ class OpenAICompatibleBackend:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def upstream_failure(error: Exception, deadline: float | None, what: str) -> BackendError:
+    """The BackendError for a request to the upstream that failed (``what``): the caller's deadline (504
+    ``deadline_exceeded``) when it timed out at it (its timeout was cut to it: ``_timeout_until``), else the
+    miner's 502 naming the error."""
+    if isinstance(error, TimeoutError) and deadline is not None \
+            and asyncio.get_running_loop().time() >= deadline - DEADLINE_SLACK:
+        return BackendError("the caller's deadline passed before the upstream answered", 504, code="deadline_exceeded")
+    return BackendError(f"{what}: {type(error).__name__}: {error}")
 
 
 def first_event(head: bytes, *, ended: bool = False) -> list[bytes] | None:

@@ -1,0 +1,180 @@
+"""A miner is told its deadline (``x-sn1-deadline``, the seconds it has left) on every chat request, by the API
+and by the validator alike, and the reference miner keeps to it: its model server is not asked past it, and a
+request to it still running then is dropped (its connection closed), not left generating for a caller who is
+gone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from neurons.miner.app import create_miner_app
+from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
+from neurons.validator.availability import AvailabilityBook
+from neurons.validator.datasets import build_datasets
+from neurons.validator.synthetic import SyntheticConfig, run_cycle
+from neurons.validator.tasks import default_registry
+from shared.corpus import builtin_corpus
+from shared.metagraph import MetagraphView
+from shared.miner_client import MinerClient, make_session
+from shared.protocol import DEADLINE_HEADER, MAX_TOLD_DEADLINE, told_deadline
+from shared.signing import Authorizer, RequestVerifier, Signer
+from shared.tasks import ALL_TASKS
+from tests.fake_upstream import MODEL
+from tests.helpers import (
+    VALIDATOR_KP,
+    Script,
+    StaticSource,
+    api_with_miners,
+    chunk,
+    keypair,
+    post,
+    scripted_miner_app,
+    serve_app,
+    snapshot,
+    sse,
+    wait_until,
+)
+
+MINER = keypair("//Miner1")
+USER = {"role": "user", "content": "hi"}
+
+
+def answering(delay: float = 0) -> Script:
+    return Script([(delay, b"".join(sse(chunk("4", finish="stop"))))])
+
+
+def told(script: Script) -> list[float]:
+    return [float(h[DEADLINE_HEADER]) for h in script.headers]
+
+
+async def test_the_api_tells_each_miner_its_deadline(tmp_path: Path) -> None:
+    """REQUEST_TIMEOUT, less the moment it took to send; a caller's own ``timeout`` is the miners' too."""
+    scripts = {1: answering(), 2: answering()}
+    async with api_with_miners(tmp_path, scripts, request_timeout=12.0) as api:
+        for stream in (False, True):
+            status, _, text = await post(api, {"messages": [USER], "stream": stream})
+            assert status == 200, text
+        status, _, text = await post(api, {"messages": [USER], "timeout": 3.5})
+        assert status == 200, text
+    for script in scripts.values():
+        first, second, short = told(script)
+        assert 11.0 < first <= 12.0 and 11.0 < second <= 12.0 and 2.5 < short <= 3.5, told(script)
+
+
+async def test_the_validator_tells_each_miner_its_deadline_as_the_api_does() -> None:
+    """A synthetic job's request carries the header as a caller's does (SYNTHETIC_TIMEOUT's seconds left): a
+    miner cannot tell the two apart by it."""
+    script = answering()
+    async with serve_app(scripted_miner_app(script)) as url:
+        view = MetagraphView(StaticSource(snapshot(VALIDATOR_KP.ss58_address, {1: (MINER.ss58_address, url[7:])})))
+        await view.refresh()
+        book = AvailabilityBook(entries={1: {"task_availabilities": dict.fromkeys(ALL_TASKS, True),
+                                             "llm_model_availabilities": {}}}, hotkeys={1: MINER.ss58_address})
+        client = MinerClient(make_session(), Signer(VALIDATOR_KP))
+        try:
+            for seed in range(3):
+                await run_cycle(client, view, book, default_registry(), build_datasets(builtin_corpus()),
+                                SyntheticConfig(sample_size=8, timeout=7.0), random.Random(seed))
+        finally:
+            await client.session.close()
+    assert len(told(script)) == 3 and all(6.0 < s <= 7.0 for s in told(script)), told(script)
+
+
+async def test_a_request_that_waited_for_a_pooled_connection_is_told_what_is_left() -> None:
+    """The header is the time left as the request leaves: one that waited for a connection to a busy miner
+    (signed again as it leaves) is not told the seconds it spent waiting."""
+    script = answering(0.7)
+    async with serve_app(scripted_miner_app(script)) as url, make_session(limit_per_host=1) as session:
+        session.connector.resign_after = 0.2  # type: ignore[union-attr]
+        client = MinerClient(session, Signer(VALIDATOR_KP))
+        miner = snapshot(VALIDATOR_KP.ss58_address, {1: (MINER.ss58_address, url[7:])}).by_uid(1)
+        assert miner is not None
+
+        async def ask() -> None:
+            deadline = asyncio.get_running_loop().time() + 5.0
+            async for _ in client.stream_chat_batches(miner, b'{"messages": []}', deadline):
+                pass
+
+        await asyncio.gather(ask(), ask())  # the second waits ~0.7 s for the only connection
+    first, second = sorted(told(script), reverse=True)
+    assert first > 4.8 and second < 4.5, told(script)
+
+
+def slow_upstream(asked: list[float], closed: list[float]) -> web.Application:
+    """An OpenAI-compatible server that takes a minute to answer: it notes when it is asked, and when the
+    asker closes the connection (its handler is cancelled)."""
+
+    async def models(_request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+    async def chat(request: web.Request) -> web.Response:
+        await request.read()
+        asked.append(time.monotonic())
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            closed.append(time.monotonic())
+            raise
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+@asynccontextmanager
+async def miner_before(upstream: web.Application) -> AsyncIterator[str]:
+    async with serve_app(upstream) as up:
+        backend = OpenAICompatibleBackend(up + "/v1")  # UPSTREAM_TIMEOUT: its default, 120 s
+        await backend.start()
+        verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR_KP.ss58_address}))
+        async with serve_app(create_miner_app(backend, verifier)) as url:
+            yield url
+
+
+async def signed_chat(url: str, body: dict, deadline: str) -> tuple[int, str]:
+    """A caller that tells the miner ``deadline`` and waits far longer (as a caller behind a proxy that keeps
+    the connection open does): what the miner answers, and when."""
+    raw = json.dumps(body).encode()
+    headers = Signer(VALIDATOR_KP).headers("POST", URL(url + "/v1/chat/completions"), raw, MINER.ss58_address)
+    headers |= {"Content-Type": "application/json", DEADLINE_HEADER: deadline}
+    async with aiohttp.ClientSession() as s, s.post(url + "/v1/chat/completions", data=raw, headers=headers,
+                                                    timeout=aiohttp.ClientTimeout(total=8)) as r:
+        return r.status, await r.text()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_the_reference_miner_stops_asking_its_model_server_at_the_deadline(stream: bool) -> None:
+    asked: list[float] = []
+    closed: list[float] = []
+    async with miner_before(slow_upstream(asked, closed)) as url:
+        started = time.monotonic()
+        status, text = await signed_chat(url, {"messages": [USER], "stream": stream}, "0.6")
+        took = time.monotonic() - started
+        await wait_until(lambda: bool(closed), 2.0)
+        assert status == 504 and json.loads(text)["error"]["code"] == "deadline_exceeded", text
+        assert 0.5 < took < 2.0, took
+        assert len(asked) == 1 and len(closed) == 1 and closed[0] - started < 2.0, "the upstream's request dropped"
+        # a deadline passed already (the request spent it on the way): the model server is not asked at all
+        status, text = await signed_chat(url, {"messages": [USER], "stream": stream}, "0")
+        assert status == 504 and json.loads(text)["error"]["code"] == "deadline_exceeded", text
+        assert len(asked) == 1
+
+
+def test_a_deadline_that_makes_no_sense_is_no_deadline() -> None:
+    """The header is not signed: a value that is no finite number is read as no deadline (the miner answers as
+    it would without one, not a 400), one past is 0 (the model server is not asked), a huge one is capped."""
+    assert [told_deadline(v) for v in (None, "soon", "nan", "-inf", "inf", "")] == [None] * 6
+    assert [told_deadline(v) for v in ("-3", "0", "29.997", "1e9")] == [0.0, 0.0, 29.997, MAX_TOLD_DEADLINE]
