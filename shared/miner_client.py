@@ -39,6 +39,7 @@ def event_text(event: Event) -> str:
 # when nothing told the API it does: raced for a model it never listed, as without fresh availability).
 NOT_SERVED = "not_served"
 ERROR_BODY_BYTES = 64 << 10  # of a miner's error answer, what is read to learn its code and message
+RETELL_AFTER = 0.05  # seconds a request waited for a pooled connection after which its deadline header is redone
 REFUSED_SIGNATURE = (401, 403)  # a receiver's answers to a signature it does not take (shared.signing)
 _BOUNDED_BY_CALLER = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
@@ -72,6 +73,7 @@ class ResigningConnector(aiohttp.TCPConnector):
     """
 
     resign_after = 2.0  # seconds of waiting after which a request is signed again as it leaves
+    # (and after RETELL_AFTER, its x-sn1-deadline is told again: what is left of it as it leaves)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -80,11 +82,14 @@ class ResigningConnector(aiohttp.TCPConnector):
     async def connect(self, req: aiohttp.ClientRequest, traces: Any, timeout: aiohttp.ClientTimeout) -> Any:
         started = time.monotonic()
         conn = await super().connect(req, traces, timeout)
-        if time.monotonic() - started >= self.resign_after:
+        waited = time.monotonic() - started
+        if waited >= RETELL_AFTER:
             again = self.pending.get(req.headers.get(http_auth.HEADER_NONCE, ""))
             if again is not None:
                 signer, body, deadline = again
-                req.headers.update(signer.headers(req.method, req.url, body, req.headers[http_auth.HEADER_RECEIVER]))
+                if waited >= self.resign_after:
+                    req.headers.update(signer.headers(req.method, req.url, body,
+                                                      req.headers[http_auth.HEADER_RECEIVER]))
                 if deadline is not None:  # the time it waited is no longer the miner's
                     req.headers[DEADLINE_HEADER] = seconds_left(deadline)
         return conn
@@ -163,13 +168,14 @@ class MinerClient:
         """
         if not neuron.url:
             raise MinerError(f"uid {neuron.uid} serves no axon", kind="unreachable")
-        if deadline <= asyncio.get_running_loop().time():
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
             raise MinerError("deadline passed before the request was sent", kind="timeout")
         url = self._chat_url(neuron.url)
         headers = self.signer.headers("POST", url, body, neuron.hotkey)
         headers["Content-Type"] = "application/json"
         headers["Accept"] = "text/event-stream"
-        headers[DEADLINE_HEADER] = seconds_left(deadline)  # the miner's to stop by (advisory: not signed)
+        headers[DEADLINE_HEADER] = f"{left:.3f}"  # the seconds the miner has (advisory: not signed)
         if request_id:
             headers["x-request-id"] = request_id
         nonce = self._resignable(headers, body, deadline)
