@@ -181,7 +181,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             race, winner = await sessions.failover_race(ctx, session, race, body, stream=req.stream,
                                                         request_id=rid, headers=headers)
         if winner is None:
-            error = no_winner_error(race, fmt.input_param)
+            error = no_winner_error(race, fmt.input_param, model=body.get("model"))
             tell_no_answer(ctx.no_answer, race, rid, error)
             raise error
         ctx.no_answer.ok()  # nothing unless requests were failing: then, once they no longer are, one INFO line

@@ -134,10 +134,10 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
     outcome, winners, usage = "error", [], {}
     try:
-        for race, _ in races:
+        for race, body in races:
             winner = await race.winner()
             if winner is None:
-                error = no_winner_error(race, fmt.input_param)
+                error = no_winner_error(race, fmt.input_param, model=body.get("model"))
                 tell_no_answer(ctx.no_answer, race, rid, error)
                 raise error
             winners.append(winner)

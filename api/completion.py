@@ -9,7 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from api.race import MinerRun, Race
-from shared.errors import CONTEXT_LENGTH_EXCEEDED, MODEL_SERVER_REJECTED, ApiError, says_context_overflow
+from shared.errors import (
+    CONTEXT_LENGTH_EXCEEDED,
+    MODEL_SERVER_REJECTED,
+    ApiError,
+    model_not_found,
+    says_context_overflow,
+)
 from shared.jsonutil import dumps
 from shared.logging import printable
 from shared.protocol import (
@@ -42,9 +48,14 @@ def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
     return usage
 
 
-def no_winner_error(race: Race, input_param: str = "messages") -> ApiError:
+def no_winner_error(race: Race, input_param: str = "messages", *, model: str | None = None) -> ApiError:
     """The error of a race no miner won; ``input_param``: the request's field a context overflow names (its
-    API's name for the conversation: chat's ``messages``, the Responses API's ``input``, ...)."""
+    API's name for the conversation: chat's ``messages``, the Responses API's ``input``, ...); ``model``: the
+    one the miners were asked for."""
+    if race.not_served():
+        # No miner raced serves the model: OpenAI's 404 for an unknown model (a 502 was retried twice by
+        # the SDKs, and read as the subnet failing, not as the caller's model name).
+        return model_not_found(model)
     errors = "; ".join(f"uid {uid}: {err}" for uid, err in race.errors().items())
     if race.refused():
         # Every miner's model server refused the request itself (a bad parameter, more tokens than the
@@ -69,8 +80,9 @@ def tell_no_answer(log: OutageLog, race: Race, rid: str, error: ApiError) -> Non
     with each miner's reason, then a line a minute while they go on. Each was an INFO access line alone
     (``status=error``): every miner down failed every request without a WARNING. Left out, as no outage of the
     network: a request its miners' model servers refused (the caller's 400), one whose caller chose its
-    miners, and one whose caller's own deadline was shorter than the node's."""
-    if race.refused() or not race.scored or race.excuse_timeouts:
+    miners, one whose caller's own deadline was shorter than the node's, and one for a model no miner raced
+    serves (the caller's 404)."""
+    if race.refused() or race.not_served() or not race.scored or race.excuse_timeouts:
         return
     log.failed(f"rid={rid} answered HTTP {error.status} {error.code}: {printable(error.message)[:800]} (are the "
                "miners up and reachable from this host? the validator's availability lines and "

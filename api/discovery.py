@@ -19,7 +19,7 @@ from api.chat import CTX
 from api.context import ApiContext
 from api.discovery_wire import ModelListOut, ModelOut, TaskListOut, TaskOut
 from shared.availability_query import offered
-from shared.errors import ApiError
+from shared.errors import model_not_found
 from shared.http import json_response
 
 
@@ -85,8 +85,7 @@ async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     found = build_catalogue(ctx).model(name) if key.allowed_models is None or name in key.allowed_models else None
     if found is None:
-        raise ApiError(404, f"The model '{name}' is not served by any available miner.", code="model_not_found",
-                       param="model")
+        raise model_not_found(name)
     return json_response(found.model_dump(mode="json"))
 
 

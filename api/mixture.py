@@ -67,8 +67,9 @@ async def gather_answers(
     settle(ctx, race, stage_body, kind="mixture_stage1")
     valid = [r for r in race.runs if r.error is None and r.has_answer and r.text]
     if not valid:
-        plain = no_winner_error(race)
-        raise ApiError(plain.status, f"Mixture, first stage: {plain.message}", code=plain.code)
+        plain = no_winner_error(race, model=body.get("model"))
+        raise ApiError(plain.status, f"Mixture, first stage: {plain.message}", code=plain.code, param=plain.param,
+                       type_=plain.type)
     return valid
 
 

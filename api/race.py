@@ -31,7 +31,7 @@ from shared.aio import follow_growing
 from shared.jsonutil import loads
 from shared.logging import printable
 from shared.metagraph import Neuron
-from shared.miner_client import Event, MinerClient, MinerError, event_text
+from shared.miner_client import NOT_SERVED, Event, MinerClient, MinerError, event_text
 from shared.protocol import FINISH_REASONS, finish_reason, new_call_id, reported_usage, valid_usage
 
 
@@ -398,6 +398,11 @@ class Race:
     def follow_batches(self, run: MinerRun) -> AsyncIterator[list[Event]]:
         """``follow`` in groups: every event that arrived since the last group (one client write each)."""
         return follow_growing(run.events, run.new_data, lambda: run.done)
+
+    def not_served(self) -> bool:
+        """Every miner raced answered ``404 model_not_found``: none serves the request's model (the API raced
+        them without fresh availability, or for a model they listed and serve no more)."""
+        return bool(self.runs) and all(r.error_kind == NOT_SERVED for r in self.runs)
 
     def refused(self) -> bool:
         """Every miner's model server refused the request itself: the caller's mistake, not theirs."""

@@ -12,7 +12,7 @@ import math
 import random
 
 from api.availability import AvailabilityCache
-from shared.errors import ApiError
+from shared.errors import ApiError, model_not_found
 from shared.metagraph import MetagraphSnapshot, Neuron
 from shared.tasks import ALL_TASKS
 
@@ -69,8 +69,7 @@ def select_miners(
             raise ApiError(400, f"Unknown task '{task}'. Known tasks: {', '.join(sorted(known_tasks(cache)))}.",
                            param="task", code="unknown_task")
         if model and not any(cache.matches(n.uid, None, model) for n in registered):
-            raise ApiError(404, f"The model '{model}' is not served by any available miner.",
-                           code="model_not_found", param="model")
+            raise model_not_found(model)
         raise ApiError(503, f"No miner is available for task '{task}' and model '{model or 'any'}'.",
                        code=NO_MINERS)
     return weighted_sample(candidates, k, rng)

@@ -25,7 +25,7 @@ from api.context import CTX, ApiContext
 from api.fanout import settle, start_race
 from api.race import MinerRun, Race
 from api.selection import select_miners
-from shared.errors import ApiError
+from shared.errors import ApiError, model_not_found
 from shared.http import json_response, parse_model, read_json
 from shared.ids import request_id_from
 from shared.metagraph import Neuron
@@ -244,8 +244,7 @@ async def open_session(request: web.Request) -> web.Response:
     check_model(key, model)  # as chat checks it: a key limited to some models cannot pin "default" either
     miner = pick_miner(ctx, model)
     if miner is None:
-        raise ApiError(404, f"The model '{body.model}' is not served by any available miner.",
-                       code="model_not_found", param="model")
+        raise model_not_found(body.model)
     with _store_calls():
         session = await _store(ctx).open(key.id, body.model, miner.uid, miner.hotkey,
                                          duration=body.session_duration, failover=body.failover)

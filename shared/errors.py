@@ -98,6 +98,14 @@ class ApiError(Exception):
         return error_body(self.message, type_=self.type, code=self.code, param=self.param)
 
 
+def model_not_found(model: str | None) -> ApiError:
+    """OpenAI's answer to a model it does not serve, word for word (the SDKs raise ``NotFoundError`` on the 404; a
+    client that reads the code, the param or the message finds what it finds at OpenAI): whether the API knew it
+    from availability or every miner raced said so."""
+    return ApiError(404, f"The model `{model or 'default'}` does not exist or you do not have access to it.",
+                    code=MODEL_NOT_FOUND, param="model", type_="invalid_request_error")
+
+
 def invalid_value(param: str | None, message: str) -> ApiError:
     """The 400 for a value the caller sent that cannot be used, naming where it sits (``None``: the body)."""
     where = f"value for '{param}'" if param else "request body"  # a body may have a field named "body"

@@ -13,7 +13,7 @@ import pytest
 
 from neurons.miner.backends.deterministic import generate_text
 from neurons.validator.scoring import rebuild_answer
-from tests.helpers import Script, api_with_miners, chunk, loop_gaps, post, sse
+from tests.helpers import Script, api_with_miners, chunk, loop_gaps, openai_client, post, sse
 
 MESSAGES = [{"role": "user", "content": "Race me"}]
 
@@ -310,12 +310,55 @@ async def test_a_miner_raced_for_a_model_it_never_listed_is_not_scored_for_its_4
             cache.updated_at = time.time()
             api.ctx.availability = cache
         status, _, text = await post(api, {"model": "other/model", "messages": [USER]})
-        assert status == 502, text
+        assert status == 404 and json.loads(text)["error"]["code"] == "model_not_found", text
         await asyncio.sleep(0.2)
     if listed:
         assert [p["uids"] for p in payloads] == [[1]] and "model_not_found" in payloads[0]["errors"]["1"]
     else:
         assert payloads == []
+
+
+UNKNOWN_MODEL = {"message": "The model `gone/model` does not exist or you do not have access to it.",
+                 "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+ASKING_FOR_GONE_MODEL = [
+    ("/v1/chat/completions", {"model": "gone/model", "messages": [USER]}),
+    ("/v1/chat/completions", {"model": "gone/model", "messages": [USER], "stream": True}),
+    ("/v1/chat/completions", {"model": "gone/model", "messages": [USER], "n": 2}),
+    ("/v1/completions", {"model": "gone/model", "prompt": "Say hi"}),
+    ("/v1/responses", {"model": "gone/model", "input": "Say hi"}),
+    ("/v1/responses", {"model": "gone/model", "input": "Say hi", "stream": True}),
+]
+
+
+async def test_a_model_no_raced_miner_serves_is_openais_404(tmp_path: Path) -> None:
+    """Without fresh availability (or for a model miners listed and serve no more) the API races miners that
+    each answer ``404 model_not_found``: the caller got a ``502 no_valid_answer``, which the SDKs retry twice
+    and which read as the subnet failing. It is OpenAI's 404 now, on every route that races miners; but not
+    when another miner failed on its own (it might have served the model) or answered."""
+    make = {"404": lambda: refusing(404, "model_not_found"), "fail": lambda: Script([], status=500),
+            "good": lambda: slow_good(0)}
+    for scripts, status in [({1: "404", 2: "404"}, 404), ({1: "404", 2: "fail"}, 502), ({1: "404", 2: "good"}, 200)]:
+        async with api_with_miners(tmp_path, {uid: make[kind]() for uid, kind in scripts.items()}) as api:
+            for path, body in ASKING_FOR_GONE_MODEL:
+                got, _, text = await post(api, body, path=path)
+                assert got == status, (scripts, path, body, text)
+                if status == 404:
+                    assert json.loads(text)["error"] == UNKNOWN_MODEL, (path, text)
+
+
+async def test_the_openai_sdk_raises_not_found_for_a_model_no_miner_serves(tmp_path: Path) -> None:
+    import openai
+
+    async with api_with_miners(tmp_path, {1: refusing(404, "model_not_found")}) as api:
+        client = openai_client(api)
+        with pytest.raises(openai.NotFoundError) as chat:
+            await client.chat.completions.create(model="gone/model", messages=[USER])
+        with pytest.raises(openai.NotFoundError) as responses:
+            await client.responses.create(model="gone/model", input="Say hi")
+        await client.close()
+    for e in (chat.value, responses.value):
+        assert (e.code, e.param, e.type) == ("model_not_found", "model", "invalid_request_error")
+        assert e.message.endswith("The model `gone/model` does not exist or you do not have access to it.")
 
 
 @pytest.mark.parametrize(("timeout", "scored"), [(None, [1, 2]), (0.6, [1])], ids=["node-deadline", "callers-shorter"])
