@@ -344,6 +344,12 @@ async def test_a_model_no_raced_miner_serves_is_openais_404(tmp_path: Path) -> N
                 assert got == status, (scripts, path, body, text)
                 if status == 404:
                     assert json.loads(text)["error"] == UNKNOWN_MODEL, (path, text)
+            got, _, text = await post(api, {"model": "gone/model", "messages": [USER], "mixture": True})
+            assert got == status, text
+            if status == 404:  # said of the mixture's first stage
+                error = json.loads(text)["error"]
+                assert (error["code"], error["param"], error["type"]) == ("model_not_found", "model",
+                                                                          "invalid_request_error"), error
 
 
 async def test_the_openai_sdk_raises_not_found_for_a_model_no_miner_serves(tmp_path: Path) -> None:
