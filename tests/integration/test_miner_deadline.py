@@ -19,6 +19,7 @@ from aiohttp import web
 from yarl import URL
 
 from neurons.miner.app import create_miner_app
+from neurons.miner.backends.base import BackendError
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.datasets import build_datasets
@@ -177,3 +178,27 @@ def test_a_deadline_that_makes_no_sense_is_no_deadline() -> None:
     it would without one, not a 400), one past is 0 (the model server is not asked), a huge one is capped."""
     assert [told_deadline(v) for v in (None, "soon", "nan", "-inf", "inf", "")] == [None] * 6
     assert [told_deadline(v) for v in ("-3", "0", "29.997", "1e9")] == [0.0, 0.0, 29.997, MAX_TOLD_DEADLINE]
+
+
+async def test_the_openai_backend_gives_its_upstream_request_no_longer_than_the_deadline() -> None:
+    """The backend's own timeout (``UPSTREAM_TIMEOUT``, 120 s) is cut to the caller's deadline: its request to
+    the model server ends there, whoever uses the backend, with the deadline's 504 (not the miner's 502)."""
+    asked: list[float] = []
+    closed: list[float] = []
+    async with serve_app(slow_upstream(asked, closed)) as up:
+        backend = OpenAICompatibleBackend(up + "/v1")
+        await backend.start()
+        body = {"messages": [USER]}
+        try:
+            for stream in (False, True):
+                started = asyncio.get_running_loop().time()
+                with pytest.raises(BackendError) as e:
+                    if stream:
+                        await anext(backend.stream_raw(body, deadline=started + 0.4))
+                    else:
+                        await backend.complete_raw(body, deadline=started + 0.4)
+                took = asyncio.get_running_loop().time() - started
+                assert (e.value.status, e.value.code) == (504, "deadline_exceeded") and 0.35 < took < 1.5, (e.value, took)
+        finally:
+            await backend.close()
+    assert len(asked) == 2
