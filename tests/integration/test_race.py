@@ -350,6 +350,8 @@ async def test_a_model_no_raced_miner_serves_is_openais_404(tmp_path: Path) -> N
                 error = json.loads(text)["error"]
                 assert (error["code"], error["param"], error["type"]) == ("model_not_found", "model",
                                                                           "invalid_request_error"), error
+            # a caller's unknown model is no outage of the miners: no "requests no miner answers" WARNING run
+            assert api.ctx.no_answer.failing == (status == 502), scripts
 
 
 async def test_the_openai_sdk_raises_not_found_for_a_model_no_miner_serves(tmp_path: Path) -> None:
