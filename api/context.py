@@ -18,6 +18,7 @@ from shared.request_log import RequestLog
 from shared.settings import ApiSettings
 from shared.store.base import Store
 from shared.store.conversations import ConversationStore
+from shared.store.marker import MarkerWatch
 from shared.store.outage import OutageLog
 from shared.store.responses import ResponseStore
 from shared.store.sessions import SessionStore
@@ -48,6 +49,7 @@ class ApiContext:
     responses: ResponseStore | None = None  # None: RESPONSES_RETENTION_SECONDS is 0, nothing is stored
     conversations: ConversationStore | None = None  # None as ``responses``
     request_log: RequestLog = field(default_factory=lambda: RequestLog("api"))  # one INFO line per request
+    store_marker: MarkerWatch = field(default_factory=MarkerWatch)  # a Redis that came back empty: /ready, an ERROR
     # answers the store did not take (a full disk refuses them while smaller writes pass): a few lines, not one each
     responses_outage: OutageLog = field(default_factory=lambda: OutageLog("stored responses"))
     # requests that no miner answered validly (every miner down, unreachable or failing): a WARNING with the

@@ -7,6 +7,7 @@ them share keys and limits through the store.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -82,12 +83,20 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
     ctx = ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability,
                      sessions=sessions, responses=responses, conversations=conversations,
                      request_log=RequestLog(role, level=settings.log_level))
+    await first_marker(ctx)
     if not (permit := permit_check(ctx)).ok:  # the operator's first sign would be its users' 502s
         logger.warning("{} (GET /ready warns of it too)", permit.detail)
     ctx.attach_forwarder(OutboxForwarder(outbox, client, settings.validator_api,
                                          settings.validator_hotkey or hotkey.ss58_address,
                                          lease_seconds=settings.outbox_lease_seconds))
     return ctx
+
+
+async def first_marker(ctx: ApiContext) -> None:
+    """Read (or write, on a new store) the store's marker at start: a Redis that came back empty says so before
+    the first request. One that does not answer is read later, by the periodic work (``reach_store`` warned)."""
+    with contextlib.suppress(StoreUnavailable, TimeoutError, OSError):
+        await within(ctx.store_marker.check(ctx.store), STORE_START_SECONDS)
 
 
 async def reach_store(url: str, namespace: str) -> None:

@@ -34,11 +34,14 @@ def metagraph_check(ctx: ApiContext) -> CheckOut:
 
 
 async def store_check(ctx: ApiContext) -> CheckOut:
+    """Reachable and taking writes, and (Redis) still holding its data: a Redis that restarted empty answers
+    every key 401, and said "reachable" here while the operator learned it from its customers."""
     try:
         await within(ctx.store.ping(), STORE_PING_SECONDS)
+        lost = await within(ctx.store_marker.check(ctx.store), STORE_PING_SECONDS)
     except (StoreUnavailable, TimeoutError, OSError) as e:
         return CheckOut(ok=False, detail=f"the key store is unavailable: {store_failure(e)}")
-    return CheckOut(ok=True, detail="reachable")
+    return CheckOut(ok=False, detail=lost) if lost else CheckOut(ok=True, detail="reachable")
 
 
 def store_failure(e: BaseException) -> str:
@@ -125,13 +128,18 @@ SAMPLE_SECONDS = 5.0
 async def sample_forever(ctx: ApiContext, metrics: ApiMetrics, every: float = SAMPLE_SECONDS) -> None:
     """Keep this worker's gauges fresh between scrapes. With ``WORKERS`` > 1 a scrape is answered by one
     worker and merges every worker's files: the others' gauges were as old as their last scrape (an hour-old
-    metagraph read as 2 s old, a drained outbox as 5,000 deep)."""
+    metagraph read as 2 s old, a drained outbox as 5,000 deep). The store's marker is read here too, so a Redis
+    that came back empty is an ERROR within seconds even where nobody asks ``/ready``."""
     while True:
         await asyncio.sleep(every)
         try:
             await sample(ctx, metrics)
         except Exception as e:  # noqa: BLE001 - a failed sample must not end the loop
             logger.debug("metrics sample failed: {}", e)
+        try:
+            await within(ctx.store_marker.check(ctx.store), STORE_PING_SECONDS)
+        except (StoreUnavailable, TimeoutError, OSError):
+            pass  # an outage is the requests' and /ready's to tell
 
 
 def install(app: web.Application, ctx: ApiContext) -> ApiMetrics:

@@ -296,6 +296,23 @@ class UsageReport:
     last_used_at: float | None = None
 
 
+@dataclass(frozen=True)
+class StoreMarker:
+    """What a store's marker says (``Store.marker``): a Redis without persistence that restarts comes back empty,
+    and an empty store answers every key 401 as if each had been deleted; the marker, written when the store is
+    first opened and never expiring, is what tells "lost its data" from "never had any".
+
+    ``status``: ``present`` (as it was), ``new`` (an empty store, marked now), ``adopted`` (keys, made by a
+    release before the marker: marked now) or ``lost`` (gone while the store was in use). ``since``: when the
+    store was marked, or when the loss was first seen (by any process)."""
+
+    status: str
+    since: float
+    where: str  # the server, never its password (``redis://***@host:port/db``)
+    namespace: str
+    keys: int = 0  # ``adopted``: how many keys it holds
+
+
 class Store(Protocol):
     async def create_key(
         self,
@@ -351,6 +368,13 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise StoreUnavailable if the backend cannot be reached."""
+        ...
+
+    async def marker(self, *, opening: bool) -> StoreMarker | None:
+        """The store's marker (``StoreMarker``); None where a store cannot lose its data behind the API's back
+        (a SQLite file). ``opening``: a missing marker on a store never marked from this process marks it (a new
+        store, or one made before markers), unless another process already saw it lost; otherwise a missing
+        marker is a loss, recorded for every process. Not for the hot path: a few times a minute."""
         ...
 
     async def close(self) -> None: ...

@@ -7,6 +7,9 @@ deployments or test runs can share one server. Layout (``ns`` = namespace):
 * ``ns:keys``          hash  key id -> sha256 (listing, lookups by id)
 * ``ns:rl:<bucket>``   hash  second -> admitted count (the sliding window, see ``window.py``)
 * ``ns:usage:<id>``    hash  ``total:<field>`` / ``<day>:<field>`` counters and ``last_used_at``
+* ``ns:store_marker``  string  when the store was first opened (Unix seconds); never expires (``marker``)
+* ``ns:store_lost``    string  when a process first saw the marker gone: the others, and those started
+  later, tell the same loss until a key is created or imported
 
 The hot path is one EVALSHA (``AUTHORIZE``) per key per event-loop turn: lookup,
 expiry and scope checks and the rate-limit charges of that turn's requests run
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -37,6 +41,7 @@ from shared.store.base import (
     TurnGroups,
     UsageCounts,
     UsageDelta,
+    StoreMarker,
     UsageReport,
     Waiter,
     mint_key,
@@ -211,6 +216,28 @@ return 1
 """
 
 
+# KEYS = ns:store_marker, ns:store_lost, ns:keys; ARGV = now. At start: an unmarked store is marked (empty: a new
+# one; with keys: made before markers), unless a process already saw it lose its data (that stands).
+OPEN_MARKER = """
+local m = redis.call('GET', KEYS[1])
+if m then return {'present', m} end
+local lost = redis.call('GET', KEYS[2])
+if lost then return {'lost', lost} end
+local n = redis.call('HLEN', KEYS[3])
+redis.call('SET', KEYS[1], ARGV[1])
+if n > 0 then return {'adopted', ARGV[1], n} end
+return {'new', ARGV[1]}
+"""
+
+# KEYS = ns:store_marker, ns:store_lost; ARGV = now. While running: a missing marker is a loss, recorded once.
+CHECK_MARKER = """
+local m = redis.call('GET', KEYS[1])
+if m then return {'present', m} end
+redis.call('SET', KEYS[2], ARGV[1], 'NX')
+return {'lost', redis.call('GET', KEYS[2])}
+"""
+
+
 def _opt_float(v: str | None) -> float | None:
     return float(v) if v not in (None, "") else None
 
@@ -267,6 +294,8 @@ class RedisStore:
         self._rotate = client.register_script(ROTATE)
         self._delete = client.register_script(DELETE)
         self._add_usage = client.register_script(ADD_USAGE)
+        self._open_marker = client.register_script(OPEN_MARKER)
+        self._check_marker = client.register_script(CHECK_MARKER)
         self._gathering: list[Waiter] | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -308,6 +337,9 @@ class RedisStore:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.key("key", record.key_hash), mapping=_fields(record))
         pipe.hset(self.key("keys"), record.id, record.key_hash)
+        # a key written is the operator acting on a store that lost its data: marked again, the loss cleared
+        pipe.set(self.key("store_marker"), repr(record.created_at), nx=True)
+        pipe.delete(self.key("store_lost"))
         await self._call(pipe.execute())
         return secret, record
 
@@ -493,6 +525,24 @@ class RedisStore:
         rate-limit charge), and a Redis that answers but refuses writes (out of memory under ``noeviction``,
         a read-only replica after a failover) made every request a 503 while ``/ready`` said ready."""
         await self._call(self.redis.set(self.key("ping"), "1", px=PING_TTL_MS))
+
+    async def marker(self, *, opening: bool) -> StoreMarker:
+        """The marker (``StoreMarker``): one script, a few times a minute per process, never per request."""
+        script, keys = ((self._open_marker, ["store_marker", "store_lost", "keys"]) if opening
+                        else (self._check_marker, ["store_marker", "store_lost"]))
+        raw = await self._call(script(keys=[self.key(k) for k in keys], args=[repr(time.time())]))
+        return StoreMarker(status=raw[0], since=float(raw[1]), where=self.where, namespace=self.namespace,
+                           keys=int(raw[2]) if len(raw) > 2 else 0)
+
+    @property
+    def where(self) -> str:
+        """The server as a log line may name it: its password, if any, is never part of it."""
+        kw = self.redis.connection_pool.connection_kwargs
+        auth = "***@" if kw.get("password") else ""
+        if kw.get("path"):
+            return f"unix://{auth}{kw['path']}?db={kw.get('db', 0)}"
+        scheme = "rediss" if "SSL" in self.redis.connection_pool.connection_class.__name__ else "redis"
+        return f"{scheme}://{auth}{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
     async def close(self) -> None:
         await self.redis.aclose()

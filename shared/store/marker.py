@@ -1,0 +1,68 @@
+"""An API whose Redis came back empty says so, once, and ``/ready`` fails until an operator acts.
+
+A Redis run without persistence (no ``appendonly``, no ``save``) that restarts comes back EMPTY: every API key,
+usage counter and queued payload is gone, and every request is a 401 ``invalid_api_key`` with only INFO access
+lines, while ``/ready`` said "reachable". The store's marker (``StoreMarker``) tells it; ``MarkerWatch`` is one
+process's view of it, read at start and by the periodic work (the ``/ready`` store check, the metrics sampler),
+never per request: an ERROR when this process first sees the loss, an INFO line when the store is marked again
+(a key created or imported: the operator acted).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from loguru import logger
+
+from shared.store.base import Store, StoreMarker
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def lost_detail(m: StoreMarker) -> str:
+    """``/ready``'s reason, for anyone who can reach it: no server, no namespace (the ERROR line names them)."""
+    return (f"the key store lost its data (noticed {_utc(m.since)}): Redis restarted without persistence or was "
+            "flushed, and every API key is gone; restore it from a backup or re-create the keys (creating or "
+            "importing a key clears this)")
+
+
+class MarkerWatch:
+    """This process's view of the store's marker: says each change once (never per check)."""
+
+    def __init__(self) -> None:
+        self.opened = False  # the store was read once from here (a missing marker then marks a new store)
+        self.lost: StoreMarker | None = None  # the loss this process has told, until the store is marked again
+
+    async def check(self, store: Store) -> str | None:
+        """``/ready``'s reason while the store has lost its data, else None. Raises ``StoreUnavailable``."""
+        m = await store.marker(opening=not self.opened)
+        self.opened = True
+        if m is None:
+            return None
+        if m.status == "lost":
+            self._tell_lost(m)
+            return lost_detail(m)
+        if self.lost is not None:
+            logger.info("STORE_URL: {} (namespace {}) is marked again (a key was created or imported): GET /ready's "
+                        "store check passes again", m.where, m.namespace)
+            self.lost = None
+        elif m.status == "new":
+            logger.warning("STORE_URL: {} holds nothing in namespace {}: a new, empty key store was started there. "
+                           "If this deployment had API keys, Redis lost them before this start (restarted without "
+                           "persistence, appendonly/save, or FLUSHALL): restore from backup or re-create keys",
+                           m.where, m.namespace)
+        elif m.status == "adopted":
+            logger.info("STORE_URL: {} holds {} API key(s) in namespace {} and no store marker (made by an earlier "
+                        "release): marked now, so a loss of its data is told from here on", m.where, m.keys,
+                        m.namespace)
+        return None
+
+    def _tell_lost(self, m: StoreMarker) -> None:
+        if self.lost is not None:
+            return
+        self.lost = m
+        logger.error("Redis at {} lost its data: restarted without persistence (appendonly/save), or FLUSHALL; "
+                     "every API key is gone: restore from backup or re-create keys (namespace {}: its store marker "
+                     "is gone, first seen {}). GET /ready answers 503 until a key is created or imported (the "
+                     "admin endpoints work)", m.where, m.namespace, _utc(m.since))
