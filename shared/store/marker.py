@@ -11,6 +11,7 @@ never per request: an ERROR when this process first sees the loss, an INFO line 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+
 from loguru import logger
 
 from shared.store.base import Store, StoreMarker
