@@ -36,10 +36,18 @@ def captured() -> Iterator[list[tuple[str, str]]]:
         logger.remove(sink)
 
 
+PASSWORD = "redis-password-for-tests"
+
+
 @contextlib.asynccontextmanager
-async def api_on_own_redis(tmp_path: Path) -> AsyncIterator[tuple[Fleet, RedisServer, str]]:
+async def api_on_own_redis(tmp_path: Path, *, password: str | None = None,
+                           ) -> AsyncIterator[tuple[Fleet, RedisServer, str]]:
     async with own_redis_server(tmp_path) as server:
-        async with fleet_on(tmp_path, RedisStore.from_url(server.url, namespace="lost"), "lost") as (f, secret):
+        url = server.url
+        if password:  # the admin client's connection, opened before, stays signed in
+            await server.client.config_set("requirepass", password)
+            url = url.replace("redis://", f"redis://:{password}@")
+        async with fleet_on(tmp_path, RedisStore.from_url(url, namespace="lost"), "lost") as (f, secret):
             yield f, server, secret
 
 
@@ -94,13 +102,14 @@ async def test_a_redis_that_restarts_empty_is_one_error_and_not_ready_until_a_ke
 
 async def test_an_api_started_after_the_loss_tells_it_too_and_marks_no_new_store(tmp_path: Path) -> None:
     """Several API processes share one Redis: one that starts (or restarts) after another saw the loss does
-    not take the empty store for a new one, which would clear the alarm for every process."""
+    not take the empty store for a new one, which would clear the alarm for every process. Their Redis has a
+    password: the ERROR names the server without it."""
     with captured() as lines:
-        async with api_on_own_redis(tmp_path) as (f, server, _), aiohttp.ClientSession() as s:
+        async with api_on_own_redis(tmp_path, password=PASSWORD) as (f, server, _), aiohttp.ClientSession() as s:
             assert (await ready(s, f))[0] == 200  # as at its start: it has seen the store
             await server.client.flushall()
             assert (await ready(s, f))[0] == 503
-            later = RedisStore.from_url(server.url, namespace="lost")
+            later = RedisStore.from_url(f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0", namespace="lost")
             try:
                 watch = MarkerWatch()
                 assert "lost its data" in (await watch.check(later) or "")
@@ -108,6 +117,8 @@ async def test_an_api_started_after_the_loss_tells_it_too_and_marks_no_new_store
                 await later.close()
             assert (await ready(s, f))[0] == 503
     assert len(errors(lines)) == 2, errors(lines)  # each process says it once
+    assert all(f"Redis at redis://***@127.0.0.1:{server.port}/0 {LOST}" in e for e in errors(lines)), errors(lines)
+    assert not any(PASSWORD in t for _, t in lines)
     assert not any("a new, empty key store" in t for _, t in lines), lines
 
 
