@@ -374,7 +374,7 @@ class Store(Protocol):
         """The store's marker (``StoreMarker``); None where a store cannot lose its data behind the API's back
         (a SQLite file). ``opening``: a missing marker on a store never marked from this process marks it (a new
         store, or one made before markers), unless another process already saw it lost; otherwise a missing
-        marker is a loss, recorded for every process. Not for the hot path: a few times a minute."""
+        marker is a loss, recorded for every process. Not for the hot path: every few seconds."""
         ...
 
     async def close(self) -> None: ...

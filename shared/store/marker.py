@@ -45,7 +45,7 @@ class MarkerWatch:
             self._tell_lost(m)
             return lost_detail(m)
         if self.lost is not None:
-            logger.info("STORE_URL: {} (namespace {}) is marked again (a key was created or imported): GET /ready's "
+            logger.info("STORE_URL: {} (namespace {}) is marked again (a key created or imported, a backup restored): GET /ready's "
                         "store check passes again", m.where, m.namespace)
             self.lost = None
         elif m.status == "new":

@@ -527,7 +527,8 @@ class RedisStore:
         await self._call(self.redis.set(self.key("ping"), "1", px=PING_TTL_MS))
 
     async def marker(self, *, opening: bool) -> StoreMarker:
-        """The marker (``StoreMarker``): one script, a few times a minute per process, never per request."""
+        """The marker (``StoreMarker``): one script, every few seconds per process (the
+        metrics sampler, ``/ready``), never per request."""
         script, keys = ((self._open_marker, ["store_marker", "store_lost", "keys"]) if opening
                         else (self._check_marker, ["store_marker", "store_lost"]))
         raw = await self._call(script(keys=[self.key(k) for k in keys], args=[repr(time.time())]))
