@@ -34,8 +34,11 @@ run: install
 # 2 cores. TEST_WORKERS=0 runs it in one process (for a debugger, or to time one test alone).
 TEST_WORKERS ?= 3
 
+# PYTHONDONTWRITEBYTECODE (set in some shells and CI images) made every pytest process re-rewrite the asserts
+# of ~300 test and plugin modules (~2 s of CPU each) and every `sn1` child compile the node's sources again
+# (~0.35 s each, and the suite starts hundreds): the test run caches both in __pycache__ (git-ignored).
 test: install js
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check api neurons shared tests scripts
