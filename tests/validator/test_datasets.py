@@ -11,7 +11,10 @@ import pytest
 from neurons.miner.search import CorpusSearch
 from neurons.validator.datasets import build_datasets, load_jsonl_datasets
 from shared.arithmetic import evaluate, find_expression
-from shared.corpus import builtin_corpus, load_corpus
+from neurons.miner.backends.deterministic import DeterministicBackend
+from neurons.validator.reference import DeterministicReference
+from shared import corpus as corpus_module
+from shared.corpus import Corpus, builtin_corpus, generate_documents, load_corpus
 
 
 def write_jsonl(path: Path, records: list) -> Path:
@@ -20,12 +23,26 @@ def write_jsonl(path: Path, records: list) -> Path:
 
 
 def test_builtin_corpus_is_identical_in_every_process() -> None:
-    a, b = builtin_corpus(), builtin_corpus()
+    a, b = builtin_corpus(), Corpus(generate_documents())  # the shared one, and one built afresh as elsewhere
     assert [d.url for d in a.documents] == [d.url for d in b.documents]
     assert len({d.url for d in a.documents}) == len(a) == 150
     doc = a.documents[4]
     results = CorpusSearch(a).search(doc.title.split(" (")[0] + " " + doc.facts[0].answer)
     assert results[0]["url"] == doc.url and results[0]["relevant"] in results[0]["content"]
+
+
+def test_the_builtin_corpus_is_built_once_however_many_backends_a_process_makes(monkeypatch) -> None:
+    """A validator's reference, its QA dataset and a miner each asked for the built-in corpus, and every
+    ``DeterministicBackend()`` generated and indexed its 150 documents again (~14 ms of CPU each)."""
+    built: list[int] = []
+
+    def counted(*args: object, **kwargs: object) -> list:
+        built.append(1)
+        return generate_documents(*args, **kwargs)
+    monkeypatch.setattr(corpus_module, "generate_documents", counted)
+    backends = [DeterministicBackend() for _ in range(20)] + [DeterministicReference().backend for _ in range(20)]
+    assert len(built) <= 1 and len({id(b.search.corpus) for b in backends}) == 1
+    assert load_corpus(None) is builtin_corpus() and len(built) <= 1
 
 
 def test_jsonl_file_feeds_inference_and_qa(tmp_path: Path) -> None:
