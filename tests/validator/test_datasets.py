@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.search import CorpusSearch
 from neurons.validator.datasets import build_datasets, load_jsonl_datasets
-from shared.arithmetic import evaluate, find_expression
-from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.validator.reference import DeterministicReference
 from shared import corpus as corpus_module
+from shared.arithmetic import evaluate, find_expression
 from shared.corpus import Corpus, builtin_corpus, generate_documents, load_corpus
 
 
