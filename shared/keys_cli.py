@@ -15,9 +15,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared.admin_client import AdminClient, AdminError
+if TYPE_CHECKING:  # loaded when a command runs: every `sn1 ...` builds this parser, and aiohttp costs ~0.3 s
+    from shared.admin_client import AdminClient
 
 DEFAULT_API = "http://127.0.0.1:42170"
 
@@ -91,6 +92,8 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 
 async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
+    from shared.admin_client import AdminError
+
     fields = {k: getattr(args, k, None) for k in ("rate_limit", "name", "scopes", "allowed_models", "expires_at",
                                                    "expires_in_days", "daily_token_limit")}
     if args.action == "create":
@@ -158,6 +161,8 @@ def _key_row(k: Any) -> list[Any]:
 
 
 def run_keys(args: argparse.Namespace) -> int:
+    from shared.admin_client import AdminClient, AdminError
+
     admin_key = args.admin_key or os.environ.get("ADMIN_KEY")
     if not admin_key:
         print("sn1 keys: no admin key: pass --admin-key or set ADMIN_KEY", file=sys.stderr)

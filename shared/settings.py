@@ -22,7 +22,6 @@ from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_v
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.client_address import parse_networks
 from shared.env_names import env_file_problems, environment_problems
 from shared.tasks import ALL_TASKS
 
@@ -95,8 +94,13 @@ def redis_url(v: str) -> str:
 
 def ss58_addresses(values: list[str]) -> list[str]:
     """Hotkeys as SS58 addresses, each checked (its checksum too): one mistyped character in
-    ``API_HOTKEYS`` made the validator refuse every organic payload, and nothing said so."""
-    from bittensor.sp_core import Keypair  # the SDK's own decoding; imported when settings are checked
+    ``API_HOTKEYS`` made the validator refuse every organic payload, and nothing said so.
+
+    The SDK (~0.8 s of CPU to import) is loaded only for a value to check: with the usual empty list, a start
+    that stops on another setting says so without loading it."""
+    if not values:
+        return values
+    from bittensor.sp_core import Keypair  # the SDK's own decoding
 
     for v in values:
         try:
@@ -234,6 +238,12 @@ class ApiSettings(CommonSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, v: list[str]) -> list[str]:
+        # imported for a value to check: its module loads aiohttp's server (~0.3 s of CPU), which neither
+        # `sn1 keys`, the localnet's parent nor a start that stops on another setting needs
+        if not v:
+            return v
+        from shared.client_address import parse_networks
+
         parse_networks(v)
         return v
 

@@ -17,3 +17,25 @@ def test_an_api_on_sqlite_does_not_load_the_redis_client() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
                          check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_start_that_stops_on_its_settings_loads_neither_the_sdk_nor_aiohttp(tmp_path: Path) -> None:
+    """``sn1 api|validator|miner`` with a bad setting, and ``sn1 keys --help``, say their line without loading
+    bittensor (~0.8 s of CPU: its ``__init__`` imports the EVM and Ethereum packages) or aiohttp (~0.3 s): the
+    empty hotkey lists' check imported the SDK, and building the parser loaded the admin client's aiohttp."""
+    env = tmp_path / "bad.env"
+    env.write_text("NETUID=-3\n")
+    code = ("import sys, shared.cli\n"
+            "for argv in (['api', '--env-file', sys.argv[1]], ['validator', '--env-file', sys.argv[1]],\n"
+            "             ['miner', '--env-file', sys.argv[1]], ['keys', '--help']):\n"
+            "    try:\n"
+            "        shared.cli.main(argv)\n"
+            "    except SystemExit as e:\n"
+            "        print('exit', e.code, file=sys.stderr)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'bittensor', 'aiohttp'}))")
+    out = subprocess.run([sys.executable, "-c", code, str(env)], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]
+    assert [line.split(":")[0] for line in out.stderr.splitlines() if line.startswith("exit ")] == [
+        "exit sn1 api", "exit sn1 validator", "exit sn1 miner", "exit 0"], out.stderr[-2000:]
+    assert out.stderr.count("NETUID: Input should be greater than or equal to 0") == 3, out.stderr[-2000:]
