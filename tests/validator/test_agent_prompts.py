@@ -87,13 +87,16 @@ def test_every_kind_of_agents_request_passes_the_apis_request_validation() -> No
     metaschema; and every variant is made:
     strict tools, each ``tool_choice``, system and developer messages, an earlier turn with a tool result."""
     seen: set[str] = set()
+    checked: set[str] = set()  # the metaschema check (~3 ms each) once per distinct schema: 1 in 7 repeats
     for seed, record in enumerate(agents(1_500)):
         challenge = InferenceTask().build(random.Random(seed), {"inference": _Fixed(record)})
         body = challenge_body(challenge, seed)
         assert body["tools"] == record["tools"] and body.get("tool_choice") == record.get("tool_choice")
         ChatCompletionRequest.model_validate(body)
         for tool in record["tools"]:
-            Draft202012Validator.check_schema(tool["function"]["parameters"])
+            if (schema := json.dumps(tool["function"]["parameters"], sort_keys=True)) not in checked:
+                Draft202012Validator.check_schema(tool["function"]["parameters"])
+                checked.add(schema)
             seen |= {"strict"} if tool["function"].get("strict") else set()
         choice = record.get("tool_choice")
         seen.add(choice if isinstance(choice, str) else "named" if choice else "no tool_choice")
