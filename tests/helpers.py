@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from bittensor.sp_core import Keypair
+from loguru import logger
 
 from shared.http import app_runner
 from shared.metagraph import MetagraphSnapshot, Neuron
@@ -259,6 +260,13 @@ def openai_client(api: ApiUnderTest, key: str | None = None) -> Any:
 
     return openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=key or api.key, max_retries=0, timeout=20)
 
+
+
+def log_lines(level: str = "WARNING") -> tuple[list[str], int]:
+    """Capture the log from ``level`` up as ``"LEVEL message"`` lines: the list, and the sink's id for
+    ``logger.remove`` when the test is done with it."""
+    lines: list[str] = []
+    return lines, logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level=level)
 
 @contextlib.asynccontextmanager
 async def loop_gaps(tick: float = 0.005) -> AsyncIterator[list[float]]:

@@ -9,7 +9,7 @@ from api.availability import AvailabilityCache
 from neurons.localnet import free_port
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Signer
-from tests.helpers import keypair, serve_app
+from tests.helpers import keypair, log_lines, serve_app
 
 VALIDATOR = keypair("//Validator")
 ENTRY = {"task_availabilities": {"InferenceTask": True}, "llm_model_availabilities": {"m1": True}}
@@ -48,8 +48,7 @@ async def test_validator_outage_keeps_last_good_cache_and_warns_once() -> None:
 async def test_the_validator_answering_again_is_one_line() -> None:
     """The outage was a WARNING a minute, and its end nothing: an operator could not tell from the log whether
     the validator was still down."""
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    lines, sink = log_lines("INFO")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     try:

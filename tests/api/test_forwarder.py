@@ -14,7 +14,7 @@ from neurons.localnet import free_port
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Authorizer, RequestVerifier, Signer
 from shared.store.outbox import SQLiteOutbox
-from tests.helpers import keypair, serve_app
+from tests.helpers import keypair, log_lines, serve_app
 
 API = keypair("//Validator")  # the API signs with the validator hotkey
 
@@ -371,8 +371,7 @@ async def test_a_validator_that_refuses_our_signature_is_a_warning_that_names_th
 async def test_a_validator_down_is_one_warning_and_its_return_one_line(tmp_path: Path) -> None:
     """Each failed post was a DEBUG line: a validator down for an hour grew the outbox with nothing said at
     INFO. Now its first failure is a WARNING naming the cause, and the first delivery after is an INFO line."""
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    lines, sink = log_lines("INFO")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     received: list[dict] = []
@@ -402,8 +401,7 @@ async def test_a_validator_down_is_one_warning_and_its_return_one_line(tmp_path:
 
 async def test_a_validator_that_is_behind_is_said_so(tmp_path: Path) -> None:
     """A 503 (its scoring queue is full) names what it means."""
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    lines, sink = log_lines("INFO")
     received: list[dict] = []
     try:
         async with serve_app(scoring_app(received, [503])) as url, make_session() as session:

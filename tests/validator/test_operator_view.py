@@ -23,7 +23,7 @@ from shared.metrics import ValidatorMetrics
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Signer
 from tests.compat.support import sample
-from tests.helpers import serve_app, snapshot
+from tests.helpers import log_lines, serve_app, snapshot
 from tests.validator.test_app import BODY, MINERS, VALIDATOR, _view, make_ctx, post
 from tests.validator.test_inbox import answered, tail, validator, validator_env, validator_process
 from tests.validator.test_scores_weights import _book, _graph, _scripted_sink
@@ -151,8 +151,7 @@ async def model_server() -> str:
 
 
 async def checked(url: str, *, key: str | None = "sk-right", model: str | None = "real-model") -> tuple[bool, str]:
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    lines, sink = log_lines("INFO")
     try:
         async with aiohttp.ClientSession() as session:
             ok = await CachedReference(OpenAIReference(url, session=session, api_key=key, model=model)).check()
@@ -217,8 +216,7 @@ async def test_scores_the_disk_refuses_stay_in_memory_and_health_says_why(tmp_pa
     path = tmp_path / "scores.json"
     ctx = make_ctx()
     ctx.scores = ScoreBook({"InferenceTask": 1.0}, path=path)
-    lines: list[str] = []
-    handler = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    lines, handler = log_lines("INFO")
     try:
         async with serve_app(create_validator_app(ctx)) as url:
             path.mkdir()
@@ -248,8 +246,7 @@ async def test_no_reachable_miner_is_a_warning_with_a_reason() -> None:
     ports = [free_port(), free_port()]
     snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, f"127.0.0.1:{ports[0]}"),
                                              2: (MINERS[2].ss58_address, f"127.0.0.1:{ports[1]}")})
-    lines: list[str] = []
-    handler = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    lines, handler = log_lines("INFO")
     try:
         async with make_session() as session:
             book = await poll_all(MinerClient(session, Signer(VALIDATOR)), _view(snap), AvailabilityBook(),
@@ -273,8 +270,7 @@ async def test_polls_no_miner_answers_are_one_warning_and_their_end_one_line() -
     ports = [free_port(), free_port()]
     snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, f"127.0.0.1:{ports[0]}"),
                                              2: (MINERS[2].ss58_address, f"127.0.0.1:{ports[1]}")})
-    lines: list[str] = []
-    handler = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    lines, handler = log_lines("INFO")
     book = AvailabilityBook()
     try:
         async with make_session() as session:

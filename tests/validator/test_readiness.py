@@ -30,7 +30,7 @@ from shared.metrics import ValidatorMetrics
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Signer
 from tests.compat.support import sample
-from tests.helpers import serve_app
+from tests.helpers import log_lines, serve_app
 from tests.validator.test_app import BODY, MINERS, VALIDATOR, make_ctx, post
 from tests.validator.test_inbox import answered, validator, validator_env, validator_process
 from tests.validator.test_operator_view import flaky_reference_model
@@ -221,11 +221,6 @@ def on_chain(ctx: ValidatorContext, sink: ChainWeightSink, weights_interval: flo
     ctx.readiness.hotkey, ctx.readiness.weights_interval = VALIDATOR.ss58_address, weights_interval
 
 
-def logged(level: str = "WARNING") -> tuple[list[str], int]:
-    lines: list[str] = []
-    return lines, logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level=level)
-
-
 async def test_a_stake_below_the_chains_minimum_and_a_short_weights_interval_are_said_at_start_and_in_ready() -> None:
     """Both were found only by reading the chain's refusals: every set refused (``NotEnoughStakeToSetWeights``,
     its fee charged) or most cycles ``rate limited``. Read at start, said in a WARNING each and by /ready."""
@@ -233,7 +228,7 @@ async def test_a_stake_below_the_chains_minimum_and_a_short_weights_interval_are
     sink, fake = chain_sink(storage)  # a 100-block rate limit (1,200 s); the validator's stake is 1,000
     ctx = make_ctx()
     on_chain(ctx, sink)
-    lines, handler = logged()
+    lines, handler = log_lines()
     try:
         await start_checks(ctx, sink.read_limits)
     finally:
@@ -294,7 +289,7 @@ async def test_a_chain_that_does_not_answer_delays_the_start_by_the_timeout_alon
     async def hangs() -> None:
         await asyncio.sleep(3600)
 
-    lines, handler = logged()
+    lines, handler = log_lines()
     started = time.monotonic()
     try:
         await start_checks(ctx, hangs, timeout=0.2)

@@ -33,7 +33,7 @@ from neurons.validator.weights import (
     u16_top_share,
 )
 from shared.metagraph import FileMetagraphSource, MetagraphSnapshot, write_metagraph_file
-from tests.helpers import snapshot
+from tests.helpers import log_lines, snapshot
 
 PROBS = {"A": 0.75, "B": 0.25}
 
@@ -523,8 +523,7 @@ async def test_the_chains_too_soon_is_not_a_failure_and_other_refusals_name_the_
                                   error=bt.ChainError("SettingWeightsTooFast", name="SettingWeightsTooFast"))
     sink, fake = _scripted_sink("//Bob", [too_soon])
     book = _book(1.0, 0.5)
-    lines: list[str] = []
-    handler = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    lines, handler = log_lines("INFO")
     try:
         assert await weights_cycle(book, sink, _graph(2), power=1.0) is None  # no exception: the loop is fine
     finally:
@@ -623,8 +622,7 @@ async def test_a_validator_without_a_permit_or_registration_submits_no_weights_a
     sink, fake = _chain_sink("//Dave", last_update=850, min_allowed=1, max_limit=U16_MAX)
     own = sink.wallet.hotkey.ss58_address
     book = _book(1.0, 0.5)
-    lines: list[str] = []
-    handler = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    lines, handler = log_lines("INFO")
     try:
         no_permit = snapshot(own, {1: ("hk1", "127.0.0.1:1"), 2: ("hk2", "127.0.0.1:2")})
         no_permit = MetagraphSnapshot(netuid=1, block=1, neurons=(replace(no_permit.neurons[0], validator_permit=False),
