@@ -197,9 +197,6 @@ class LedgerWeightSink:
         return None
 
 
-RAO_PER_UNIT = 1e9  # a stake (TAO or a subnet's alpha) in the chain's integer unit
-
-
 @dataclass
 class ChainLimits:
     """What the chain says about this validator setting weights, as the chain sink last read it: at start
@@ -286,7 +283,8 @@ class ChainWeightSink:
             self.limits.error = f"{type(e).__name__}: {e}"
             return
         self.limits.rate_limit_blocks = int(rate_limit) if rate_limit is not None else None
-        self.limits.stake_threshold = int(threshold) / RAO_PER_UNIT if threshold is not None else None
+        # kept in rao: the SDK's Balance gives it in TAO/alpha units, as the metagraph's stake (``stake_amount``)
+        self.limits.stake_threshold = bt.Balance.from_rao(int(threshold)).amount if threshold is not None else None
         self.limits.block_seconds = block_seconds
         self.limits.read_at, self.limits.error = time.time(), None
 
