@@ -140,11 +140,11 @@ async def _complete(request: web.Request, backend: Backend, body: dict[str, Any]
                     deadline: float | None) -> web.Response:
     """The backend's whole answer, asked for until the caller's ``deadline`` (loop time; None: the backend's
     own timeout), which an upstream's request is given too and is dropped at (its connection closed)."""
+    complete_raw = getattr(backend, "complete_raw", None)
     try:
+        if complete_raw is not None:  # its upstream request is bounded by the deadline itself: no second timer
+            return web.Response(body=await complete_raw(body, deadline=deadline), content_type="application/json")
         async with asyncio.timeout_at(deadline):
-            complete_raw = getattr(backend, "complete_raw", None)
-            if complete_raw is not None:
-                return web.Response(body=await complete_raw(body, deadline=deadline), content_type="application/json")
             return json_response(await backend.complete(body))
     except BackendError as e:
         raise _backend_failed(request, e) from None
@@ -161,11 +161,13 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any],
     The upstream's status decides ours: nothing is sent before its first chunk.
     """
     stream_raw = getattr(backend, "stream_raw", None)
+    # A raw stream's upstream request is bounded by the deadline itself (one timer a request, not three).
+    timer_at = deadline if stream_raw is None else None
     # closed on every way out: a stream stopped at the deadline drops the upstream's connection at once
     async with contextlib.aclosing(stream_raw(body, deadline=deadline) if stream_raw is not None
                                    else _encoded(backend, body)) as pieces:
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(timer_at):
                 first = await anext(pieces, None)
         except BackendError as e:
             raise _backend_failed(request, e) from None
@@ -181,7 +183,7 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any],
         await response.prepare(request)
         tail = b""
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(timer_at):
                 if first is not None:
                     await response.write(first)
                     tail = first[-32:]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +26,7 @@ from shared.errors import MODEL_SERVER_REJECTED, parse_error
 from shared.field_refusals import FieldRefusals
 from shared.jsonutil import dumpb
 from shared.logging import CredentialMask
-from shared.protocol import ANY_MODEL
+from shared.protocol import ANY_MODEL, DEADLINE_HEADER
 from shared.settings import mask_credentials
 from shared.sse import DONE, SSEError, SSEParser
 from shared.tasks import ARITHMETIC, INFERENCE, QUESTION_ANSWERING
@@ -215,10 +216,13 @@ class OpenAICompatibleBackend:
             return self._timeout
         left = deadline - asyncio.get_running_loop().time()
         if left <= 0:
-            raise BackendError("the caller's deadline passed before the upstream was asked", 504,
+            raise BackendError(f"the caller's deadline ({DEADLINE_HEADER}) passed before the model server was asked", 504,
                                code="deadline_exceeded")
-        return self._timeout if self._timeout.total is not None and self._timeout.total <= left \
-            else aiohttp.ClientTimeout(total=left)
+        if self._timeout.total is not None and self._timeout.total <= left:
+            return self._timeout
+        # the one timer that keeps the deadline (the app sets none of its own for this backend): not rounded up
+        # to a whole second, as aiohttp rounds timeouts longer than its ceil_threshold (5 s)
+        return aiohttp.ClientTimeout(total=left, ceil_threshold=math.inf)
 
     @contextlib.asynccontextmanager
     async def _chat(self, body: dict[str, Any], *, stream: bool,
@@ -347,17 +351,21 @@ def upstream_failure(error: Exception, deadline: float | None, what: str) -> Bac
     miner's 502 naming the error."""
     if isinstance(error, TimeoutError) and deadline is not None \
             and asyncio.get_running_loop().time() >= deadline - DEADLINE_SLACK:
-        return BackendError("the caller's deadline passed before the upstream answered", 504, code="deadline_exceeded")
+        return BackendError(f"the caller's deadline ({DEADLINE_HEADER}) passed before the model server finished", 504,
+                            code="deadline_exceeded")
     return BackendError(f"{what}: {type(error).__name__}: {error}")
 
 
 def first_event(head: bytes, *, ended: bool = False) -> list[bytes] | None:
     """The field lines of the first event in a stream's ``head`` (comment lines, keep-alives, skipped),
     or None while no such event is complete (``ended``: the stream stopped, its last event counts)."""
-    blocks = head.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n")
-    if not ended:
-        blocks.pop()  # not closed by a blank line yet
-    for block in blocks:
+    if b"\r" in head:
+        head = head.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    rest = head
+    while rest:  # block by block, not the whole head split (it often holds the whole answer)
+        block, blank, rest = rest.partition(b"\n\n")
+        if not blank and not ended:
+            return None  # not closed by a blank line yet
         lines = [line for line in block.split(b"\n") if line and not line.startswith(b":")]
         if lines:
             return lines
@@ -379,6 +387,8 @@ def opening_error(lines: list[bytes]) -> BackendError | None:
         return None
     payload = b"\n".join(line.partition(b":")[2].removeprefix(b" ") for line in lines
                          if line.partition(b":")[0] == field)
+    if field == b"data" and b"error" not in payload:  # every error shape names it: an answer's chunk, unparsed
+        return None
     try:
         obj = json.loads(payload)
     except ValueError:
