@@ -238,7 +238,7 @@ class ChainWeightSink:
         self.client_factory = client_factory
         self.wallet = wallet
         self.netuid = netuid
-        self.block_seconds = block_seconds  # to turn the blocks left of the rate limit into a wait
+        self.block_seconds = block_seconds  # the block time assumed when the chain does not say its own
         self.max_wait = max_wait  # the longest wait for the rate limit before giving up this cycle
         self.retries = retries  # resubmissions of a set the pool refused for a transient reason
         self.limits = ChainLimits(netuid)
@@ -275,10 +275,7 @@ class ChainWeightSink:
         try:
             rate_limit = await client.hyperparameters.weights_rate_limit(self.netuid)
             threshold = await client.query(bt.storage.SubtensorModule.StakeThreshold)
-            try:
-                block_seconds = float(await client.block_time())
-            except Exception:  # noqa: BLE001 - a chain that does not say: the sink's own assumption
-                block_seconds = self.block_seconds
+            block_seconds = await self._block_seconds(client)
         except Exception as e:  # noqa: BLE001 - never fails a weights cycle: kept for /ready
             self.limits.error = f"{type(e).__name__}: {e}"
             return
@@ -287,6 +284,16 @@ class ChainWeightSink:
         self.limits.stake_threshold = bt.Balance.from_rao(int(threshold)).amount if threshold is not None else None
         self.limits.block_seconds = block_seconds
         self.limits.read_at, self.limits.error = time.time(), None
+
+    async def _block_seconds(self, client: Any) -> float:
+        """The chain's block time (the SDK reads it once and caches it), or ``block_seconds`` when the chain
+        does not say. The rate limit's wait and ``/ready``'s ``weights_rate_limit`` both use this one: a wait
+        counted at 12 s a block on a 0.25 s local chain was 48 times too long, and past ``max_wait`` set
+        nothing at all."""
+        try:
+            return float(await client.block_time())
+        except Exception:  # noqa: BLE001 - a chain that does not say: the sink's own assumption
+            return self.block_seconds
 
     async def set_weights(self, uids: list[int], weights: list[float]) -> str:
         import bittensor as bt
@@ -319,7 +326,7 @@ class ChainWeightSink:
             since = await client.epochs.blocks_since_last_update(self.netuid, uid)
             if since is None or rate_limit is None or since >= rate_limit:
                 return
-            wait = (rate_limit - since) * self.block_seconds
+            wait = (rate_limit - since) * await self._block_seconds(client)
             if waited or wait > self.max_wait:
                 raise WeightsNotSet(f"rate limited ({since} of {rate_limit} blocks since the last update)")
             logger.info("weights: rate limited, waiting {:.0f} s ({} blocks)", wait, rate_limit - since)

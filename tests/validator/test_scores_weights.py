@@ -232,8 +232,9 @@ async def test_disabled_sink_computes_but_sets_nothing(tmp_path: Path) -> None:
 class FakeSubstrate:
     """The SDK doc's offline substrate (section 3): enough for hyperparameters and SetWeights."""
 
-    def __init__(self, storage=None, runtime=None, block=1000):
+    def __init__(self, storage=None, runtime=None, block=1000, block_seconds=12.0):
         self.storage, self.runtime, self.block = storage or {}, runtime or {}, block
+        self.block_seconds = block_seconds  # 12 s on finney, 0.25 s on a fast-blocks local chain
         self.token_symbols, self.submitted = {}, []
 
     def balance(self, rao, netuid=0):
@@ -247,7 +248,7 @@ class FakeSubstrate:
 
     async def block_hash(self, block=None): return f"0x{block or self.block:064x}"
 
-    async def block_time(self): return 12.0
+    async def block_time(self): return self.block_seconds
 
     async def query(self, module, name, params=None, block_hash=None):
         return self.storage.get((module, name, tuple(params or ())))
@@ -324,10 +325,13 @@ async def test_chain_sink_past_its_longest_wait_sets_nothing_and_records_nothing
 
 
 async def test_chain_sink_waits_out_the_rate_limit_then_sets() -> None:
+    """The wait is counted in the chain's own block time (``block_time()``, as ``/ready``'s rate-limit check
+    counts it): at an assumed 12 s a block, 90 blocks of a fast local chain were 18 minutes, past the
+    longest wait, and nothing was set."""
     cold = Keypair.create_from_uri("//Bob")
     wallet = DevWallet(cold, cold, Keypair.create_from_uri("//Bob//validator"))
-    fake = FakeSubstrate(storage=chain_storage(wallet.hotkey.ss58_address, last_update=990))
-    sink = ChainWeightSink(lambda: bt.Client("local", substrate=fake), wallet, 1, block_seconds=0.01)
+    fake = FakeSubstrate(storage=chain_storage(wallet.hotkey.ss58_address, last_update=990), block_seconds=0.01)
+    sink = ChainWeightSink(lambda: bt.Client("local", substrate=fake), wallet, 1)  # assumes 12 s a block
 
     async def blocks_pass() -> None:
         await asyncio.sleep(0.3)
@@ -338,6 +342,7 @@ async def test_chain_sink_waits_out_the_rate_limit_then_sets() -> None:
     started = time.monotonic()
     assert await weights_cycle(book, sink, _graph(2), power=1.0) is not None
     assert 0.3 <= time.monotonic() - started < 5 and len(fake.submitted) == 1 and book.last_weights_set_at
+    assert sink.limits.rate_limit_seconds == pytest.approx(100 * 0.01), "the same block time as /ready's check"
     await passing
     await sink.close()
 
@@ -489,8 +494,6 @@ class ScriptedSubstrate(FakeSubstrate):
         self.results = list(results)
         self.attempts = 0
 
-    async def block_time(self): return 0.01
-
     async def submit(self, call, keypair, **kw):
         self.attempts += 1
         if self.results:
@@ -502,7 +505,7 @@ def _scripted_sink(uri: str, results: list[bt.ExtrinsicResult]) -> tuple[ChainWe
     cold = Keypair.create_from_uri(uri)
     wallet = DevWallet(cold, cold, Keypair.create_from_uri(uri + "//validator"))
     fake = ScriptedSubstrate(results, storage=chain_storage(wallet.hotkey.ss58_address, last_update=850,
-                                                            min_allowed=1, max_limit=U16_MAX))
+                                                            min_allowed=1, max_limit=U16_MAX), block_seconds=0.01)
     return ChainWeightSink(lambda: bt.Client("local", substrate=fake), wallet, 1), fake
 
 
