@@ -315,19 +315,25 @@ class MinerClient:
         return chunks
 
     async def post_json(
-        self, base_url: str, path: str, payload: Any, receiver: str, *, timeout: float
+        self, base_url: str, path: str, payload: Any, receiver: str, *, timeout: float, tell_deadline: bool = False
     ) -> tuple[int, Any]:
-        """Signed JSON POST; returns (status, parsed body or None). Raises MinerError on transport failure."""
-        return await self.post_json_bytes(base_url, path, dumpb(payload), receiver, timeout=timeout)
+        """Signed JSON POST; returns (status, parsed body or None). Raises MinerError on transport failure.
+        ``tell_deadline``: the receiver (a miner) is told ``timeout`` in ``x-sn1-deadline``, as a chat's is."""
+        return await self.post_json_bytes(base_url, path, dumpb(payload), receiver, timeout=timeout,
+                                          tell_deadline=tell_deadline)
 
     async def post_json_bytes(
-        self, base_url: str, path: str, body: bytes, receiver: str, *, timeout: float
+        self, base_url: str, path: str, body: bytes, receiver: str, *, timeout: float, tell_deadline: bool = False
     ) -> tuple[int, Any]:
         """``post_json`` for a body that is already JSON bytes."""
         url = URL(base_url.rstrip("/") + path)
         headers = self.signer.headers("POST", url, body, receiver)
         headers["Content-Type"] = "application/json"
-        nonce = self._resignable(headers, body)
+        deadline = None
+        if tell_deadline:  # the seconds it has (advisory: not signed), told again after a wait for a connection
+            deadline = asyncio.get_running_loop().time() + timeout
+            headers[DEADLINE_HEADER] = f"{timeout:.3f}"
+        nonce = self._resignable(headers, body, deadline)
         try:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)

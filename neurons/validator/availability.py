@@ -80,7 +80,9 @@ async def poll_one(client: MinerClient, neuron: Neuron, timeout: float,
     assert neuron.url
     failures = failures if failures is not None else {}
     try:
-        status, data = await client.post_json(neuron.url, "/availability", {}, neuron.hotkey, timeout=timeout)
+        # told its deadline (``x-sn1-deadline``) as every request to a miner is: it can bound its work by it
+        status, data = await client.post_json(neuron.url, "/availability", {}, neuron.hotkey, timeout=timeout,
+                                              tell_deadline=True)
     except MinerError as e:
         failures[neuron.uid] = f"unreachable at {neuron.axon}: {e}"
         logger.debug("availability uid={} {}", neuron.uid, failures[neuron.uid])

@@ -8,6 +8,7 @@ import time
 
 import aiohttp
 import pytest
+from aiohttp import web
 from bittensor import http_auth
 from loguru import logger
 from yarl import URL
@@ -25,6 +26,7 @@ from neurons.validator.tasks.base import RewardContext
 from shared.corpus import builtin_corpus
 from shared.metagraph import MetagraphView
 from shared.miner_client import MinerClient, make_session
+from shared.protocol import DEADLINE_HEADER, told_deadline
 from shared.signing import Authorizer, RequestVerifier, Signer
 from tests.helpers import StaticSource, keypair, serve_app, snapshot
 
@@ -435,6 +437,29 @@ async def test_a_synthetic_backlog_never_refuses_organic_payloads() -> None:
     async with serve_app(create_validator_app(ctx)) as url:
         status, body = await post(url, "/scoring", json.dumps([payload(request_id="a"), payload(request_id="b")]).encode())
     assert status == 202 and body["queued"] == 2
+
+
+async def test_the_availability_poll_tells_each_miner_its_deadline() -> None:
+    """Every other request to a miner says in ``x-sn1-deadline`` how long it has; the poll sent none, so a miner
+    could not bound the work of answering it (a slow availability check of its model server) by the poll's
+    ``AVAILABILITY_TIMEOUT``."""
+    told: list[str | None] = []
+
+    @web.middleware
+    async def note(request: web.Request, handler):
+        told.append(request.headers.get(DEADLINE_HEADER))
+        return await handler(request)
+
+    app = create_miner_app(DeterministicBackend(), RequestVerifier(MINERS[1].ss58_address,
+                                                                   Authorizer(lambda: {VALIDATOR.ss58_address})))
+    app.middlewares.insert(0, note)
+    async with serve_app(app) as url, make_session() as session:
+        snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, url.removeprefix("http://"))})
+        book = await poll_all(MinerClient(session, Signer(VALIDATOR)), _view(snap), AvailabilityBook(), timeout=3.5,
+                              concurrency=4)
+    assert book.entries[1] is not None, "the miner took the poll, header and all"
+    assert len(told) == 1 and told[0] is not None, told
+    assert 2.5 < (told_deadline(told[0]) or 0) <= 3.5, told
 
 
 async def test_miners_refusing_a_validator_whose_clock_is_off_are_one_warning_naming_the_offset() -> None:
