@@ -121,7 +121,8 @@ async def run_validator(settings: ValidatorSettings) -> None:
     inbox.restore(queue)  # what was accepted before a restart (or a crash) and not scored yet
     seen = RecentPayloads(SEEN_SIZE, restored=inbox.seen(SEEN_SIZE))
     scorer = Scorer(registry, RewardContext(reference=reference, corpus=corpus), scores,
-                    grace=settings.latency_grace, owner=metagraph.hotkey_of, settle=inbox.settle)
+                    grace=settings.latency_grace, owner=metagraph.hotkey_of, settle=inbox.settle,
+                    reference=reference.status)
     synthetic = SyntheticConfig(sample_size=settings.synthetic_sample_size, timeout=settings.synthetic_timeout)
     rng = random.Random()
 

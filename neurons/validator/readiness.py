@@ -151,10 +151,10 @@ def reference(ctx: ValidatorContext) -> CheckOut:
     """Required: while the reference model fails, every job it is asked for is skipped (not scored 0), so
     scores stand still and the weights set go on paying for the past. Failing from its last call's outcome:
     one call that answers clears it."""
-    status = ctx.reference
-    if status.failing:
-        since = time.time() - (status.failing_since or time.time())
-        return CheckOut(ok=False, detail=f"the reference model ({status.kind}) failed its last {status.run} call(s), "
+    status, run = ctx.reference, ctx.reference.outage
+    if run.failing:
+        since = time.time() - (run.failing_since or time.time())
+        return CheckOut(ok=False, detail=f"the reference model ({status.kind}) failed its last {run.failures} call(s), "
                                          f"for {since:.0f}s: {status.last_error}; every job it is asked for is "
                                          "skipped and the scores stand still")
     if not status.calls:

@@ -21,6 +21,7 @@ from loguru import logger
 from api.answer_checks import must_call
 from api.race import MinerRun
 from neurons.validator.reference import ReferenceError
+from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.rewards.penalties import DEFAULT_GRACE, copied_uids, latency_factor
 from neurons.validator.rewards.tools import Call, calls_of, offers_tools, tool_reward
 from neurons.validator.scores import ScoreBook
@@ -28,7 +29,6 @@ from neurons.validator.tasks.base import RewardContext, TaskRegistry
 from shared.ids import loggable_id
 from shared.metagraph import MetagraphView, Neuron
 from shared.protocol import content_text
-from shared.store.outage import OutageLog
 
 
 @dataclass
@@ -146,7 +146,7 @@ def settle_none(jobs: Sequence[ScoringJob]) -> None:
 class Scorer:
     def __init__(self, registry: TaskRegistry, ctx: RewardContext, scores: ScoreBook, *,
                  grace: float = DEFAULT_GRACE, owner: Callable[[int], str | None] | None = None,
-                 settle: Settle = settle_none) -> None:
+                 settle: Settle = settle_none, reference: ReferenceStatus | None = None) -> None:
         self.registry = registry
         self.settle = settle
         self.ctx = ctx
@@ -156,9 +156,9 @@ class Scorer:
         # are credited only to the hotkeys that still own their uids, never to a previous owner.
         self.owner = owner
         self.jobs_scored = 0
-        # a reference model that is down fails every job: one WARNING, a line a minute, an INFO when it is back
-        # (a WARNING per job was thousands of lines a minute under organic traffic)
-        self.reference_outage = OutageLog("reference model failing, jobs skipped", back="it answers again")
+        # the reference model's record (its ``CachedReference``'s): a run of jobs skipped for it is told there,
+        # a line a minute (a WARNING per job was thousands of lines a minute under organic traffic)
+        self.reference = reference or ReferenceStatus()
 
     async def rewards(self, job: ScoringJob) -> dict[int, float]:
         """Reward per uid for one job (uids that cannot be scored are left out)."""
@@ -245,10 +245,9 @@ class Scorer:
         try:
             rewards = await self.rewards(job)
         except ReferenceError as e:
-            self.reference_outage.failed(f"{job.source} {job.task} job skipped: {e}")
+            self.reference.outage.failed(f"{job.source} {job.task} job skipped: {e}")
             self.settle([job])
             return {}
-        self.reference_outage.ok()
         for uid, reward in rewards.items():
             hotkey = job.hotkeys.get(uid)
             if hotkey and (self.owner is None or self.owner(uid) == hotkey):

@@ -35,7 +35,7 @@ class OutageLog:
         self._clock = clock
         self._began: float | None = None  # when the run of failures began (None: no run)
         self._told_at = 0.0  # when a line last spoke of it
-        self._failures = 0  # in the run
+        self.failures = 0  # in the run (0: no run)
         self._untold = 0  # since the last line
         self.last_error: str | None = None  # the run's latest failure, for a readiness check to quote
         self.failing_since: float | None = None  # when the run began, in Unix seconds
@@ -47,7 +47,7 @@ class OutageLog:
     def failed(self, error: object) -> None:
         """One more failure: a WARNING if it begins a run or the last line is ``every`` seconds old."""
         now = self._clock()
-        self._failures += 1
+        self.failures += 1
         self.last_error = str(error)
         self._last_failure = now
         if self._began is None:
@@ -68,6 +68,6 @@ class OutageLog:
         if self.settle and self._clock() - self._last_failure < self.settle:
             return  # failing on and off: the run goes on
         logger.info("{}: {} after {:.1f} s ({} failure(s))", self.what, self.back,
-                    self._clock() - self._began, self._failures)
-        self._began, self._failures, self._untold = None, 0, 0
+                    self._clock() - self._began, self.failures)
+        self._began, self.failures, self._untold = None, 0, 0
         self.last_error = self.failing_since = None

@@ -340,7 +340,8 @@ async def test_a_reference_model_down_for_many_jobs_is_one_warning_and_one_line_
                          filter=lambda r: "reference model" in r["message"])
     try:
         async with serve_app(app) as url, aiohttp.ClientSession() as session:
-            scorer = scorer_with(CachedReference(OpenAIReference(url + "/v1", session=session, model="m")), tmp_path)
+            reference = CachedReference(OpenAIReference(url + "/v1", session=session, model="m"))
+            scorer = scorer_with(reference, tmp_path, reference.status)
             for i in range(5):
                 body = {**BODY, "seed": i}
                 assert await score(scorer, {1: body}, {1: ['{"choices":[{"delta":{"content":"x"}}]}']}) == {}

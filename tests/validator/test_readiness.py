@@ -21,17 +21,23 @@ from neurons.validator.app import ValidatorContext, create_validator_app
 from neurons.validator.availability import poll_all
 from neurons.validator.loops import weights_cycle
 from neurons.validator.readiness import CHECKS, readiness, start_checks
-from neurons.validator.reference import CachedReference, OpenAIReference, ReferenceError
+from neurons.validator.reference import CachedReference, OpenAIReference
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
+from neurons.validator.scoring import Scorer, ScoringJob
+from neurons.validator.tasks import default_registry
+from neurons.validator.tasks.base import RewardContext
 from neurons.validator.weights import ChainWeightSink, LedgerWeightSink
+from shared.corpus import builtin_corpus
+from shared.jsonutil import dumps
 from shared.metagraph import ChainMetagraphSource, MetagraphSnapshot
 from shared.metrics import ValidatorMetrics
 from shared.miner_client import MinerClient, make_session
+from shared.protocol import chunk_object
 from shared.signing import Signer
 from tests.compat.support import sample
 from tests.helpers import log_lines, serve_app
-from tests.validator.test_app import BODY, MINERS, VALIDATOR, make_ctx, post
+from tests.validator.test_app import MINERS, VALIDATOR, make_ctx, post
 from tests.validator.test_inbox import answered, validator, validator_env, validator_process
 from tests.validator.test_operator_view import flaky_reference_model
 from tests.validator.test_scores_weights import DevWallet, FakeSubstrate, chain_storage
@@ -163,24 +169,45 @@ async def test_a_full_scoring_queue_is_a_warning_not_a_503(tmp_path: Path) -> No
         await assert_ready(url)
 
 
-async def test_a_failing_reference_model_fails_until_a_call_answers() -> None:
+def organic(task: str, prompt: str, answer: str) -> ScoringJob:
+    """A caller's ``prompt`` and one miner's ``answer`` to it, as the API forwards them."""
+    return ScoringJob(source="organic", task=task, bodies={1: {"messages": [{"role": "user", "content": prompt}]}},
+                      hotkeys={1: MINERS[1].ss58_address}, chunks={1: [dumps(chunk_object(completion_id="rid", model="m", delta={"content": answer}))]},
+                      timings={1: [0.1]}, deadline_s=10.0)
+
+
+async def test_a_failing_reference_model_fails_until_a_call_answers(tmp_path: Path) -> None:
+    """The log's run of skipped jobs and ``/ready``'s are one record: a job scored without the reference model
+    (arithmetic) while it fails neither clears ``/ready`` nor logs "it answers again" (the scorer kept a run of
+    its own, which such a job ended in the log while ``/ready`` still failed); a call that answers ends both."""
     state = {"down": True}
     app = flaky_reference_model(state)
     ctx = make_ctx()
-    async with serve_app(app) as llm, aiohttp.ClientSession() as session, served(ctx) as url:
-        reference = CachedReference(OpenAIReference(llm + "/v1", session=session, model="m"),
-                                    status=ReferenceStatus(kind="llm"))
-        ctx.reference = reference.status
-        for seed in (1, 2):
-            try:
-                await reference.reply({**BODY, "seed": seed})
-            except ReferenceError:
-                pass
-        await assert_failing(url, "reference", "the reference model (llm) failed its last 2 call(s)")
-        state["down"] = False
-        await reference.reply({**BODY, "seed": 3})
-        ready = await assert_ready(url)
+    lines, handler = log_lines("INFO")
+    try:
+        async with serve_app(app) as llm, aiohttp.ClientSession() as session, served(ctx) as url:
+            reference = CachedReference(OpenAIReference(llm + "/v1", session=session, model="m"),
+                                        status=ReferenceStatus(kind="llm"))
+            ctx.reference = reference.status
+            scorer = Scorer(default_registry(), RewardContext(reference, builtin_corpus()),
+                            ScoreBook(default_registry().probabilities, path=tmp_path / "scores.json"),
+                            reference=reference.status)
+            for prompt in ("Say hello.", "Say goodbye."):
+                assert await scorer.score(organic("InferenceTask", prompt, "hi")) == {}, "skipped"
+            assert await scorer.score(organic("ArithmeticTask", "What is 2 + 3?", "5")) == {1: 1.0}
+            await assert_failing(url, "reference", "the reference model (llm) failed its last 2 call(s)")
+            assert not [line for line in lines if "it answers again" in line], "it does not: /ready is right"
+            state["down"] = False
+            assert await scorer.score(organic("InferenceTask", "Say hi.", "the answer"))
+            ready = await assert_ready(url)
+    finally:
+        logger.remove(handler)
     assert ready["checks"]["reference"]["detail"] == "llm: 3 call(s), the last one answered"
+    told = [line for line in lines if "reference model failing" in line]
+    assert len(told) == 2 and told[0].startswith("WARNING reference model failing, jobs skipped: organic "
+                                                 "InferenceTask job skipped: reference LLM answered HTTP 503"), told
+    assert told[1].startswith("INFO reference model failing, jobs skipped: it answers again after") and \
+        told[1].endswith("(2 failure(s))"), told
 
 
 async def test_weights_not_set_for_three_intervals_fail_and_a_set_recovers(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.validator.reference import CachedReference, DeterministicReference, OpenAIReference
+from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.rewards.tools import Call, Reply, call_similarity, tool_reward, value_similarity
 from neurons.validator.scores import ScoreBook
 from neurons.validator.scoring import Scorer, ScoringJob
@@ -51,10 +52,11 @@ def text_chunks(text: str) -> list[str]:
             dumps(chunk_object(completion_id="c", model="m", delta={}, finish_reason="stop"))]
 
 
-def scorer_with(reference: Any, tmp_path) -> Scorer:
+def scorer_with(reference: Any, tmp_path, status: ReferenceStatus | None = None) -> Scorer:
+    """A scorer over ``reference``; ``status``: the reference's record, as the validator hands it in."""
     registry = default_registry()
     return Scorer(registry, RewardContext(reference, CORPUS),
-                  ScoreBook(registry.probabilities, alpha=0.5, path=tmp_path / "scores.json"))
+                  ScoreBook(registry.probabilities, alpha=0.5, path=tmp_path / "scores.json"), reference=status)
 
 
 async def score(scorer: Scorer, bodies: dict[int, dict], chunks: dict[int, list[str]]) -> dict[int, float]:
