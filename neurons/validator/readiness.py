@@ -200,7 +200,9 @@ def _stake_shortfall(ctx: ValidatorContext) -> tuple[float, float] | None:
 def stake(ctx: ValidatorContext) -> CheckOut:
     """Required when weights go on chain: below the chain's ``StakeThreshold`` every set is refused
     (``NotEnoughStakeToSetWeights``; the SDK's preflight does not check it) and its fee still charged.
-    Read from the chain at start and at every weights cycle; the stake is the metagraph's."""
+    Read from the chain at start and at every weights cycle. The stake is the metagraph's ``total_stake``: the
+    stake weight (alpha stake + TAO stake x ``TaoWeight``) that the chain's ``check_weights_min_stake``
+    compares with the threshold, not ``alpha_stake`` alone (which would fail a validator staked in TAO)."""
     cfg = ctx.readiness
     if not _on_chain(ctx):
         return CheckOut(ok=True, required=False, detail="not checked: weights are not set on chain")

@@ -331,11 +331,14 @@ async def test_a_chain_that_does_not_answer_delays_the_start_by_the_timeout_alon
 
 
 async def test_the_chains_metagraph_reads_each_stake_in_its_own_unit_and_the_owner() -> None:
-    """A subnet's stakes are alpha ``Balance``s whose ``.tao`` raises: every chain metagraph failed to load."""
+    """A subnet's stakes are alpha ``Balance``s whose ``.tao`` raises: every chain metagraph failed to load. The
+    stake is ``total_stake``, the stake weight the chain's ``check_weights_min_stake`` compares with
+    ``StakeThreshold`` (1,000 alpha + 20,000 TAO x a ``TaoWeight`` of 0.2 here), not ``alpha_stake``."""
     graph = {"block": 1000, "tempo": 360, "last_step": 900, "blocks_since_last_step": 100,
              "owner_hotkey": "5Owner", "owner_coldkey": "5Owner", "network_registered_at": 1,
              "hotkeys": ["5A", "5B"], "coldkeys": ["5C", "5D"], "validator_permit": [True, False],
-             "incentives": [0, 65535], "total_stake": [5 * 10**12, 0],
+             "incentives": [0, 65535], "total_stake": [5 * 10**12, 0], "alpha_stake": [10**12, 0],
+             "tao_stake": [2 * 10**13, 0],
              "axons": [{"ip": 0, "port": 0}, {"ip": 3405803785, "port": 8091, "ip_type": 4}]}
     fake = FakeSubstrate(runtime={("SubnetInfoRuntimeApi", "get_metagraph", (1,)): graph})
     source = ChainMetagraphSource("local", 1)
