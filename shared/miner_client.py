@@ -332,7 +332,7 @@ class MinerClient:
         deadline = None
         if tell_deadline:  # the seconds it has (advisory: not signed), told again after a wait for a connection
             deadline = asyncio.get_running_loop().time() + timeout
-            headers[DEADLINE_HEADER] = f"{timeout:.3f}"
+            headers[DEADLINE_HEADER] = seconds_left(deadline)
         nonce = self._resignable(headers, body, deadline)
         try:
             async with self.session.post(

@@ -149,8 +149,8 @@ def scoring_queue(ctx: ValidatorContext) -> CheckOut:
 
 def reference(ctx: ValidatorContext) -> CheckOut:
     """Required: while the reference model fails, every job it is asked for is skipped (not scored 0), so
-    scores stand still and the weights set go on paying for the past. Failing from its last call's outcome:
-    one call that answers clears it."""
+    scores stand still and the weights set go on paying for the past. Failing from the first job skipped for
+    it (the run the log tells, ``ReferenceStatus.outage``): one call that answers clears it."""
     status, run = ctx.reference, ctx.reference.outage
     if run.failing:
         since = time.time() - (run.failing_since or time.time())
