@@ -49,11 +49,20 @@ def status_kind(status: int) -> str:
     return f"http_{status // 100}xx"
 
 
+def transport_kind(error: aiohttp.ClientError) -> str:
+    """A transport failure's kind: ``unreachable`` when no connection was made (refused, no route, DNS, TLS),
+    ``dropped`` when one was and broke before the answer was whole (a miner that crashed or was restarted
+    mid-answer, a proxy's idle cut). Both were ``unreachable``, so an on-call engineer chasing a miner that
+    dies mid-stream checked its firewall and its port instead of its process."""
+    return "unreachable" if isinstance(error, aiohttp.ClientConnectorError) else "dropped"
+
+
 class MinerError(Exception):
     """A miner call failed: refused, timed out, bad status, broken stream, too large.
 
     ``kind`` names the failure in a word the API's access log shows for each miner that lost (``failed=2:http_5xx``):
-    ``timeout``, ``unreachable`` (no connection, or it broke), ``http_5xx``/``http_4xx``/... (an error status),
+    ``timeout``, ``unreachable`` (no connection could be made), ``dropped`` (connected, then the connection broke
+    before the answer was whole), ``http_5xx``/``http_4xx``/... (an error status),
     ``signature`` (it refused this host's signature: 401/403), ``refused`` (its model server refused the request),
     ``bad_response`` (garbage: broken JSON or SSE, the wrong content type, an answer cut short), ``too_large``.
     """
@@ -207,7 +216,7 @@ class MinerClient:
         except TimeoutError:
             raise MinerError("deadline exceeded", kind="timeout") from None
         except aiohttp.ClientError as e:
-            raise MinerError(f"{type(e).__name__}: {e}", kind="unreachable") from None
+            raise MinerError(f"{type(e).__name__}: {e}", kind=transport_kind(e)) from None
         except SSEError as e:
             raise MinerError(f"broken SSE stream: {e}", kind="bad_response") from None
         finally:
@@ -348,6 +357,6 @@ class MinerClient:
         except TimeoutError:
             raise MinerError("timed out", kind="timeout") from None
         except aiohttp.ClientError as e:
-            raise MinerError(f"{type(e).__name__}: {e}", kind="unreachable") from None
+            raise MinerError(f"{type(e).__name__}: {e}", kind=transport_kind(e)) from None
         finally:
             self._done(nonce)

@@ -196,16 +196,20 @@ from api.app import create_api_app  # noqa: E402
 from neurons.miner.app import create_miner_app  # noqa: E402
 from neurons.miner.backends.deterministic import DeterministicBackend  # noqa: E402
 from shared.signing import Authorizer, RequestVerifier  # noqa: E402
+from neurons.localnet import free_port  # noqa: E402
 
 VALIDATOR_KP = keypair("//Validator")
 
 
 @contextlib.asynccontextmanager
 async def api_with_miners(tmp_path: Path, scripts: dict[int, Script], *, honest: set[int] = frozenset(),
-                          incentives: dict[int, float] | None = None, **settings) -> AsyncIterator[ApiUnderTest]:
-    """Start scripted miners (and real deterministic miners for uids in ``honest``) plus the API."""
+                          incentives: dict[int, float] | None = None, unlistened: set[int] = frozenset(),
+                          **settings) -> AsyncIterator[ApiUnderTest]:
+    """Start scripted miners (and real deterministic miners for uids in ``honest``) plus the API; the uids in
+    ``unlistened`` serve an axon on a free port nobody listens on (a miner that is down)."""
     async with contextlib.AsyncExitStack() as stack:
-        miners: dict[int, tuple[str, str | None]] = {}
+        miners: dict[int, tuple[str, str | None]] = {
+            uid: (keypair(f"//Miner{uid}").ss58_address, f"127.0.0.1:{free_port()}") for uid in unlistened}
         for uid, script in scripts.items():
             url = await stack.enter_async_context(serve_app(scripted_miner_app(script)))
             miners[uid] = (keypair(f"//Miner{uid}").ss58_address, url.removeprefix("http://"))

@@ -105,6 +105,42 @@ async def test_the_line_says_why_each_miner_that_lost_failed(tmp_path: Path, lin
     assert "failed=" not in clean, "nothing failed: nothing more on the line"
 
 
+async def test_a_miner_that_drops_mid_answer_is_told_from_one_that_cannot_be_reached(tmp_path: Path,
+                                                                                        lines: list[str]) -> None:
+    """A miner whose connection broke mid-answer (a crash, a restart) and one with nothing listening were both
+    ``unreachable``: the on-call engineer checked a firewall for a miner whose process was dying. The first is
+    now ``dropped``, in the line and in ``miner_errors_total{kind}``; a miner too slow stays ``timeout``."""
+    won = Script([(0.3, d) for d in sse(chunk("hi"), chunk(finish="stop"))])  # answers after the others failed
+    dies = Script([(0, b"data: " + chunk("half an ans").encode() + b"\n\n")], die=True)  # connected, then gone
+    slow = Script([(5, d) for d in sse(chunk("late"), chunk(finish="stop"))])
+    async with api_with_miners(tmp_path, {1: won, 2: dies, 4: slow}, unlistened={3}) as api:
+        for stream in (False, True):
+            status, _, text = await post(api, {"messages": MESSAGES, "uids": [1, 2, 3], "stream": stream},
+                                         headers={"x-request-id": f"drop-{stream}"})
+            assert status == 200, text
+        status, _, _ = await post(api, {"messages": MESSAGES, "uids": [4], "timeout": 0.5},
+                                  headers={"x-request-id": "slow"})
+        assert status == 504
+        api.ctx.request_log.flush()
+        for _ in range(100):  # a race is counted once it is settled, after its last miner ended
+            async with aiohttp.ClientSession() as s, s.get(api.url + "/metrics") as r:
+                text = await r.text()
+            if sample(text, "sn1_api_miner_errors_total", uid="3", kind="unreachable") == 2:
+                break
+            await asyncio.sleep(0.05)
+    assert dies.calls == 2
+    # streamed, the dying miner's first words won the race: the caller's answer broke, and the line says how
+    for stream, outcome in ((False, " winner=1 stream=False mixture=False status=ok "),
+                            (True, " winner=2 stream=True mixture=False status=failed_mid_stream ")):
+        (line,) = [x for x in chat_lines(lines) if f"chat rid=drop-{stream} " in x]
+        assert outcome in line and failed_uids(line) == {"2": "dropped", "3": "unreachable"}, line
+    assert sample(text, "sn1_api_miner_errors_total", uid="2", kind="dropped") == 2
+    assert sample(text, "sn1_api_miner_errors_total", uid="3", kind="unreachable") == 2
+    assert sample(text, "sn1_api_miner_errors_total", uid="2", kind="unreachable") == 0
+    (line,) = [x for x in chat_lines(lines) if "chat rid=slow " in x]
+    assert failed_uids(line) == {"4": "timeout"}, line
+
+
 async def test_requests_no_miner_answers_are_one_warning_and_their_end_one_line(tmp_path: Path) -> None:
     """Every miner failing failed every request with an INFO line each (``status=error``) and no WARNING. The
     first is now a WARNING with each miner's reason, the rest are counted, and answers coming back are an INFO
