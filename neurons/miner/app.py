@@ -23,6 +23,7 @@ from shared.ids import request_id_from
 from shared.jsonutil import dumps
 from shared.metagraph import MetagraphView
 from shared.protocol import DEADLINE_HEADER, ChatCompletionRequest, told_deadline
+from shared.request_log import RequestLog
 from shared.signing import CALLER_KEY, RequestVerifier, btauth_middleware
 from shared.sse import DONE_FRAME, encode_event
 
@@ -37,14 +38,16 @@ def create_miner_app(
     *,
     metagraph: MetagraphView | None = None,
     max_body_bytes: int = 8 << 20,
+    log_level: str = "INFO",
 ) -> web.Application:
+    """``log_level``: the process's ``LOG_LEVEL`` (below INFO's, the per-request lines are not even formatted)."""
     refusals = RefusalLog()
     app = web.Application(
         middlewares=[error_middleware, btauth_middleware(verifier, on_refused=refusals.record)],
         client_max_size=max_body_bytes,
     )
     app[BACKEND] = backend
-    app[TRAFFIC] = TrafficLog()
+    app[TRAFFIC] = TrafficLog(lines=RequestLog("miner", level=log_level))
     app[REFUSALS] = refusals
     app.cleanup_ctx.append(summary_loop)
     if metagraph is not None:
@@ -54,6 +57,7 @@ def create_miner_app(
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/availability", availability)
     app.on_cleanup.append(_close_backend)
+    app.on_cleanup.append(_flush_request_log)
     return app
 
 
@@ -65,6 +69,11 @@ async def _metagraph_refresh(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_backend(app: web.Application) -> None:
     await app[BACKEND].close()
+
+
+async def _flush_request_log(app: web.Application) -> None:
+    """The request lines still batched are written at shutdown (a stopped miner's last requests are kept)."""
+    app[TRAFFIC].lines.flush()
 
 
 async def health(request: web.Request) -> web.Response:
@@ -87,7 +96,7 @@ async def availability(request: web.Request) -> web.Response:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     deadline = caller_deadline(request)
-    status, stream = 500, False
+    status, stream, code = 500, False, None
     try:
         data = await read_json(request)
         req: ChatCompletionRequest = parse_model(ChatCompletionRequest, data)
@@ -103,7 +112,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         status = 502 if request.get(BACKEND_FAILURE) else response.status  # it failed mid-stream
         return response
     except ApiError as e:
-        status = e.status
+        status, code = e.status, e.code
         raise
     except asyncio.CancelledError:
         status = CLIENT_GONE  # the caller left (a lost race, its deadline): not a failure of this miner
@@ -112,7 +121,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         request.app[TRAFFIC].record(rid=request_id_from(request.headers),
                                     caller=request[CALLER_KEY].hotkey_ss58, stream=stream, status=status,
                                     latency_ms=(time.perf_counter() - started) * 1000,
-                                    failure=request.get(BACKEND_FAILURE))
+                                    failure=request.get(BACKEND_FAILURE), code=code)
 
 
 def caller_deadline(request: web.Request) -> float | None:

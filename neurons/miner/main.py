@@ -58,7 +58,8 @@ async def run_miner(settings: MinerSettings) -> None:
     # a port in use: stop before the backend starts
     sock = bound_socket(settings.miner_host, settings.miner_port, settings=LISTEN)
     backend = apply_quality_profile(settings.miner_profile, await build_backend(settings), settings)
-    app = create_miner_app(backend, verifier, metagraph=metagraph, max_body_bytes=settings.max_body_bytes)
+    app = create_miner_app(backend, verifier, metagraph=metagraph, max_body_bytes=settings.max_body_bytes,
+                           log_level=settings.log_level)
     logger.info(
         "miner starting hotkey={} port={} network={} backend={} profile={} models={}",
         hotkey.ss58_address, settings.miner_port, settings.network_label(), backend.name,

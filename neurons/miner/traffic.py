@@ -1,10 +1,13 @@
-"""The miner's request log: a line per request at DEBUG, a summary a minute at INFO.
+"""The miner's request log: one INFO line per chat request, and a summary a minute.
 
-A miner answers every validator's traffic; a loguru line per request cost it
-about a tenth of its CPU under load (more than the sr25519 check). Operators
-still see their traffic at INFO, as one line a minute, and each request at
-``LOG_LEVEL=DEBUG``. ``/availability`` and ``/health`` are logged the same way
-(a DEBUG line each, counted in the summary): validators and APIs poll them.
+Each chat request's line names the caller's request id (the API's ``x-request-id``, the
+``rid=`` of its access line), so an on-call engineer follows a request from the API's
+line into the miner's without turning on DEBUG (it was a DEBUG line: a miner's log at
+INFO showed no request at all). A loguru call per request cost the miner about a tenth
+of its CPU under load, so the lines go through ``RequestLog``, as the API's access log
+does: an f-string and an append per request, handed to loguru in batches.
+``/availability`` and ``/health`` are a DEBUG line each, counted in the summary:
+validators and APIs poll them.
 
 A request the signature check refuses is a WARNING line of its own (``RefusalLog``):
 an operator must see a validator whose clock is off or a hotkey without a permit
@@ -16,7 +19,8 @@ So is a chat request the model server failed or refused (``TrafficLog.record``'s
 ``failure``): a wrong ``UPSTREAM_API_KEY``, a server down or out of memory, a field it
 refuses, were only a count of failures in the minute's INFO line, and why was seen
 nowhere but at DEBUG on the API's side. A dead model server fails every request, so
-these lines are budgeted the same way (``LineBudget``).
+these lines are budgeted the same way (``LineBudget``). That WARNING is the request's
+one line; past the budget its INFO line carries the failure instead.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from shared.errors import ApiError
 from shared.http import route_path
 from shared.ids import request_id_from
 from shared.logging import printable
+from shared.request_log import RequestLog
 from shared.signing import claimed_hotkey, verified_hotkey
 
 SUMMARY_SECONDS = 60.0
@@ -67,8 +72,10 @@ class LineBudget:
 
 
 class TrafficLog:
-    def __init__(self, max_failure_lines: int = REFUSAL_LINES) -> None:
+    def __init__(self, max_failure_lines: int = REFUSAL_LINES, *, lines: RequestLog | None = None) -> None:
+        """``lines``: where each request's INFO line goes (``RequestLog("miner")`` at INFO when not given)."""
         self.failure_lines = LineBudget(max_failure_lines)
+        self.lines = lines if lines is not None else RequestLog("miner")
         self._reset()
 
     def _reset(self) -> None:
@@ -82,12 +89,13 @@ class TrafficLog:
         self.other: Counter[str] = Counter()  # availability and health requests, by route
 
     def record(self, *, rid: str, caller: str, stream: bool, status: int, latency_ms: float,
-               failure: str | None = None) -> None:
-        """One chat request; ``failure``: why the model server did not answer it (a WARNING line)."""
-        logger.debug("chat rid={} caller={} stream={} status={} latency_ms={:.1f}",
-                     rid, caller[:10], stream, status, latency_ms)
+               failure: str | None = None, code: str | None = None) -> None:
+        """One chat request, one line: ``failure``, why the model server did not answer it (a WARNING line,
+        within the budget); ``code``, the error code the caller was answered with."""
         if failure is not None:
-            self._failed(rid, caller, status, failure)
+            self._failed(rid, caller, stream, status, latency_ms, code, failure)
+        elif self.lines.enabled:  # nothing is formatted at LOG_LEVEL=WARNING
+            self.lines.write(_line(rid, caller[:10], stream, status, latency_ms, code))
         self.requests += 1
         self.left += status == CLIENT_GONE
         self.failed += status >= 400 and status != CLIENT_GONE
@@ -96,12 +104,17 @@ class TrafficLog:
         if len(self.latencies_ms) < MAX_SAMPLES:
             self.latencies_ms.append(latency_ms)
 
-    def _failed(self, rid: str, caller: str, status: int, failure: str) -> None:
+    def _failed(self, rid: str, caller: str, stream: bool, status: int, latency_ms: float, code: str | None,
+                failure: str) -> None:
+        """A request the model server failed: its line is a WARNING saying why, naming the whole hotkey (the
+        first of the interval's budget), else its INFO line ends with why and the reason is counted for the
+        summary."""
         if self.failure_lines.take():
-            logger.warning("chat rid={} caller={} status={}: the model server {}: {}", rid, caller, status,
+            logger.warning("{}: the model server {}: {}", _line(rid, caller, stream, status, latency_ms, code),
                            "refused the request" if status < 500 else "failed", printable(failure))
             return
         reason = printable(failure[:REASON_CHARS])
+        self.lines.write(f"{_line(rid, caller[:10], stream, status, latency_ms, code)} failure={reason}")
         if reason in self.unlogged or len(self.unlogged) < MAX_REASONS:
             self.unlogged[reason] += 1
 
@@ -129,6 +142,12 @@ class TrafficLog:
                      f"{self.failure_lines.max_lines} logged one by one, most ({n}): {reason}")
         self._reset()
         return line
+
+
+def _line(rid: str, caller: str, stream: bool, status: int, latency_ms: float, code: str | None) -> str:
+    """``chat rid=... caller=... stream=... status=... latency_ms=...`` (`` code=...`` for an error answer)."""
+    return (f"chat rid={rid} caller={caller} stream={stream} status={status} latency_ms={latency_ms:.1f}"
+            f"{'' if code is None else f' code={code}'}")
 
 
 class RefusalLog:

@@ -178,10 +178,12 @@ async def test_a_request_the_model_server_fails_or_refuses_is_a_warning_with_id_
     lines = failures(log)
     assert len(lines) == 3, lines
     for line, rid in zip(lines[:2], ("down", "down-s"), strict=True):
-        assert line.startswith(f"chat rid={rid} caller={VALIDATOR.ss58_address} status=502: the model server "
-                               "failed: upstream ") and "ClientConnectorError" in line, line
-    assert lines[2] == (f"chat rid=json caller={VALIDATOR.ss58_address} status=400: the model server refused "
-                        "the request: upstream HTTP 400: Unrecognized request argument supplied: response_format")
+        assert line.startswith(f"chat rid={rid} caller={VALIDATOR.ss58_address} stream={rid == 'down-s'} "
+                               "status=502 latency_ms=") and "code=backend_error: the model server failed: upstream " \
+            in line and "ClientConnectorError" in line, line
+    assert lines[2].startswith(f"chat rid=json caller={VALIDATOR.ss58_address} stream=False status=400 latency_ms=")
+    assert lines[2].endswith(" code=model_server_rejected: the model server refused the request: upstream HTTP 400: "
+                             "Unrecognized request argument supplied: response_format"), lines[2]
 
 
 async def test_a_key_the_model_server_quotes_back_is_neither_logged_nor_passed_on(log: list[tuple[str, str]]) -> None:
@@ -246,5 +248,5 @@ async def test_a_model_server_that_drops_a_stream_midway_is_a_warning_with_the_r
                                                                        "stream": True})])
     assert statuses == [200], "the stream had begun"
     (line,) = failures(log)
-    assert line.startswith(f"chat rid=cut caller={VALIDATOR.ss58_address} status=502: the model server failed: "
-                           "mid-stream: upstream stream failed: "), line
+    assert line.startswith(f"chat rid=cut caller={VALIDATOR.ss58_address} stream=True status=502 latency_ms="), line
+    assert ": the model server failed: mid-stream: upstream stream failed: " in line, line
