@@ -19,6 +19,7 @@ from typing import Any
 
 from loguru import logger
 
+from api.delivery_outage import DeliveryOutage
 from shared.aio import wait_event
 from shared.miner_client import MinerClient, MinerError
 from shared.store.base import StoreUnavailable
@@ -78,8 +79,10 @@ class OutboxForwarder:
         self.commit_outage = OutageLog("scoring outbox: payloads not stored yet")
         self.pass_outage = OutageLog("scoring outbox unreachable")
         # A validator down, or answering 5xx: each post was a DEBUG line, so the outbox grew with nothing said.
-        self.delivery_outage = OutageLog(f"scoring payloads not delivered to the validator at {validator_url}",
-                                         back="it takes them again")
+        # Told once per outage across every worker: the lease may move in it (``DeliveryOutage``).
+        self.delivery_outage = DeliveryOutage(outbox, f"scoring payloads not delivered to the validator at "
+                                              f"{validator_url}", back="it takes them again")
+        self._holding = False  # whether this worker held the lease at its last try
         self.failures = 0
         self.delivered = 0
         self.delivery_failures = 0
@@ -176,28 +179,28 @@ class OutboxForwarder:
                 self.validator_url, "/scoring", item.payload, self.validator_hotkey, timeout=self.post_timeout
             )
         except MinerError as e:
-            self._undelivered(str(e))
+            await self._undelivered(str(e))
             return False
         if 200 <= status < 300:
-            self.delivery_outage.ok()
+            await self.delivery_outage.ok()
             return True
         if status in POISON_STATUSES:
-            self.delivery_outage.ok()
+            await self.delivery_outage.ok()
             logger.warning("validator rejected scoring payload {} as malformed (HTTP {}): dropped ({})", item.id,
                            status, describe_rejected([{"index": 0, "error": _error_message(body)}], [item]))
             return True
         self._warn_if_refused(status, body)
         if status not in REFUSED_STATUSES:
-            self._undelivered(f"HTTP {status}")
+            await self._undelivered(f"HTTP {status}")
         logger.debug("validator answered HTTP {} for payload {}", status, item.id)
         return False
 
-    def _undelivered(self, why: str) -> None:
+    async def _undelivered(self, why: str) -> None:
         """A post the validator did not take (down, unreachable, 5xx; a refused signature has its own WARNING)."""
         if why == "HTTP 503":
             why += " (its scoring queue is full: the validator is behind)"
-        self.delivery_outage.failed(f"{why}; the payloads are kept in the outbox and retried (is the validator up? "
-                                    "see sn1_api_outbox_depth)")
+        await self.delivery_outage.failed(f"{why}; the payloads are kept in the outbox and retried (is the validator "
+                                          "up? see sn1_api_outbox_depth)")
 
     def _warn_if_refused(self, status: int, body: Any) -> None:
         """A validator that refuses our signature stops all organic scoring while the outbox grows; it was
@@ -230,10 +233,10 @@ class OutboxForwarder:
                 self.validator_url, "/scoring", array, self.validator_hotkey, timeout=self.post_timeout
             )
         except MinerError as e:
-            self._undelivered(str(e))
+            await self._undelivered(str(e))
             return False
         if 200 <= status < 300:
-            self.delivery_outage.ok()
+            await self.delivery_outage.ok()
             rejected = body.get("rejected") if isinstance(body, dict) else None
             if rejected and isinstance(rejected, list):
                 logger.warning("validator rejected {} of {} scoring payloads as malformed: dropped ({})",
@@ -250,13 +253,13 @@ class OutboxForwarder:
             self.batch_limit = max(1, len(items) // 2)
         self._warn_if_refused(status, body)
         if status not in REFUSED_STATUSES:
-            self._undelivered(f"HTTP {status}")
+            await self._undelivered(f"HTTP {status}")
         logger.debug("validator answered HTTP {} for a batch of {}", status, len(items))
         return False
 
     async def step(self) -> int:
         """One pass: deliver what we can in order; returns how many were delivered."""
-        if not await self.outbox.acquire_lease(self.holder, self.lease_seconds):
+        if not await self._lease():
             return 0
         peeked = await self.outbox.peek(self.batch_limit)
         items = self._within_bytes(peeked)
@@ -268,7 +271,7 @@ class OutboxForwarder:
         delivered: list[str] = []
         try:
             for item in items:
-                if not await self.outbox.acquire_lease(self.holder, self.lease_seconds):
+                if not await self._lease():
                     break  # renewed before each post; lost (a stall past it): another worker delivers now
                 if not await self.deliver(item):
                     self.failures += 1
@@ -281,6 +284,14 @@ class OutboxForwarder:
             if delivered:  # one transaction per pass; a crash before it only means a re-delivery
                 await self.outbox.ack_many(delivered)
         return len(delivered)
+
+    async def _lease(self) -> bool:
+        """Take or renew the lease; taking it over, this worker may be the one to end an outage another began."""
+        holding = await self.outbox.acquire_lease(self.holder, self.lease_seconds)
+        if holding and not self._holding:
+            self.delivery_outage.took_over()
+        self._holding = holding
+        return holding
 
     def _within_bytes(self, items: list[OutboxItem]) -> list[OutboxItem]:
         """The oldest items whose JSON fits ``batch_bytes`` (always at least one)."""
@@ -339,6 +350,7 @@ class OutboxForwarder:
                     committer.cancel()
                     await asyncio.gather(committer, return_exceptions=True)
                 await self._commit(final=True)  # payloads still waiting for their group commit
+                self._holding = False
                 await self.outbox.release_lease(self.holder)
             except StoreUnavailable:
                 pass

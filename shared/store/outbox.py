@@ -65,6 +65,15 @@ class Outbox(Protocol):
 
     async def release_lease(self, holder: str) -> None: ...
 
+    async def outage_failed(self, since: float) -> bool:
+        """Count one failed delivery in the outage every forwarder shares, beginning it at ``since`` (Unix
+        seconds) if none is on; True when this call began it (its teller says so: once, whichever worker)."""
+        ...
+
+    async def outage_ended(self) -> tuple[float, int] | None:
+        """End the shared outage: its start and failures, to the one caller that ended it (None: none was on)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -77,6 +86,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, holder TEXT, until REAL, value INTEGER);
 INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('lease', NULL, 0, 0);
 INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('dropped', NULL, 0, 0);
+INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('outage', NULL, 0, 0);
 """
 
 
@@ -155,6 +165,27 @@ class SQLiteOutbox(SQLiteTables):
         self._tx(lambda db: db.execute(
             "UPDATE outbox_meta SET holder = NULL, until = 0 WHERE name = 'lease' AND holder = ?", (holder,)))
 
+    async def outage_failed(self, since: float) -> bool:
+        """The ``outage`` row: ``until`` its start, ``value`` its failures (0: none on)."""
+
+        def run(db: sqlite3.Connection) -> bool:
+            (failures,) = db.execute("SELECT value FROM outbox_meta WHERE name = 'outage'").fetchone()
+            db.execute("UPDATE outbox_meta SET until = CASE WHEN value = 0 THEN ? ELSE until END, value = value + 1 "
+                       "WHERE name = 'outage'", (since,))
+            return failures == 0
+
+        return self._tx(run)
+
+    async def outage_ended(self) -> tuple[float, int] | None:
+        def run(db: sqlite3.Connection) -> tuple[float, int] | None:
+            since, failures = db.execute("SELECT until, value FROM outbox_meta WHERE name = 'outage'").fetchone()
+            if not failures:
+                return None
+            db.execute("UPDATE outbox_meta SET until = 0, value = 0 WHERE name = 'outage'")
+            return float(since), int(failures)
+
+        return self._tx(run)
+
     async def close(self) -> None:
         self._close_db()
 
@@ -186,6 +217,19 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS[1] = the outage hash (since, failures); ARGV[1] = now: the failures so far, this one counted
+_REDIS_OUTAGE_FAILED = """
+redis.call('HSETNX', KEYS[1], 'since', ARGV[1])
+return redis.call('HINCRBY', KEYS[1], 'failures', 1)
+"""
+
+_REDIS_OUTAGE_ENDED = """
+local v = redis.call('HMGET', KEYS[1], 'since', 'failures')
+if not v[1] then return false end
+redis.call('DEL', KEYS[1])
+return v
+"""
+
 
 PUT_GROUP = 256  # payloads per script call: Redis busy ~2 ms for 256 of 5 KB (measured); ~50 a group at c=64
 
@@ -199,9 +243,12 @@ class RedisOutbox:
         self.key = f"{namespace}:outbox"
         self.dropped_key = f"{namespace}:outbox:dropped"
         self.lease_key = f"{namespace}:outbox:lease"
+        self.outage_key = f"{namespace}:outbox:outage"
         self._put = client.register_script(_REDIS_PUT)
         self._lease = client.register_script(_REDIS_LEASE)
         self._release = client.register_script(_REDIS_RELEASE)
+        self._outage_failed = client.register_script(_REDIS_OUTAGE_FAILED)
+        self._outage_ended = client.register_script(_REDIS_OUTAGE_ENDED)
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> RedisOutbox:
@@ -255,6 +302,13 @@ class RedisOutbox:
 
     async def release_lease(self, holder: str) -> None:
         await self._call(self._release(keys=[self.lease_key], args=[holder]))
+
+    async def outage_failed(self, since: float) -> bool:
+        return int(await self._call(self._outage_failed(keys=[self.outage_key], args=[repr(since)]))) == 1
+
+    async def outage_ended(self) -> tuple[float, int] | None:
+        ended = await self._call(self._outage_ended(keys=[self.outage_key]))
+        return None if not ended else (float(ended[0]), int(ended[1]))
 
     async def close(self) -> None:
         await self.r.aclose()

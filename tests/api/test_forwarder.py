@@ -14,6 +14,7 @@ from neurons.localnet import free_port
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Authorizer, RequestVerifier, Signer
 from shared.store.outbox import SQLiteOutbox
+from tests.api.test_outbox import make_outbox  # noqa: F401 - the two-backend fixture
 from tests.helpers import keypair, log_lines, serve_app
 
 API = keypair("//Validator")  # the API signs with the validator hotkey
@@ -418,3 +419,48 @@ async def test_a_validator_that_is_behind_is_said_so(tmp_path: Path) -> None:
         logger.remove(sink)
     (warning,) = [x for x in lines if x.startswith("WARNING scoring payloads not delivered")]
     assert "HTTP 503 (its scoring queue is full: the validator is behind)" in warning
+
+
+async def test_an_outage_is_told_once_whichever_worker_holds_the_lease_at_its_start_and_end(make_outbox) -> None:  # noqa: F811
+    """With WORKERS > 1 the worker that logged "not delivered" could lose the lease: the new holder logged a
+    second WARNING when it failed too, and nothing when it delivered, so the run never read as over (and the
+    first worker, given the lease back much later, said "takes them again" then). The run lives in the store
+    beside the lease now: one WARNING, one INFO line, whichever worker says each. Both backends."""
+    lines, sink = log_lines("INFO")
+    received: list[dict] = []
+    statuses = [503] * 10_000  # the validator behind until cleared
+    first, second = make_outbox(max_items=100), make_outbox(max_items=100)  # two workers, one store
+    try:
+        async with serve_app(scoring_app(received, statuses)) as url, make_session() as session:
+            a = forwarder(first, MinerClient(session, Signer(API)), url)
+            b = forwarder(second, MinerClient(session, Signer(API)), url)
+            task = asyncio.create_task(a.run())
+            for i in range(5):
+                await a.sink({"n": i})
+            await wait_for(lambda: a.delivery_failures >= 2)
+            task.cancel()  # the lease moves: it was released here (a stall past it, or a restart, alike)
+            await asyncio.gather(task, return_exceptions=True)
+            task = asyncio.create_task(b.run())
+            await wait_for(lambda: b.delivery_failures >= 2)
+            statuses.clear()  # the validator is back
+            await wait_for(lambda: len(received) == 5)
+            await drained(first)
+            told_when_back = [x for x in lines if "scoring payloads not delivered" in x]
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            task = asyncio.create_task(a.run())  # the first worker gets the lease back, and delivers
+            await a.sink({"n": 5})
+            await wait_for(lambda: len(received) == 6)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    finally:
+        logger.remove(sink)
+    told = [x for x in lines if "scoring payloads not delivered" in x]
+    assert told == told_when_back, "the first worker, back with the lease, told a run already over"
+    assert [x.split(":")[0] for x in told] == ["WARNING scoring payloads not delivered to the validator at http",
+                                               "INFO scoring payloads not delivered to the validator at http"], told
+    assert "HTTP 503" in told[0]
+    assert ": it takes them again after " in told[1], told
+    assert f"({a.delivery_failures + b.delivery_failures} failure(s))" in told[1], told
+    assert await first.outage_ended() is None, "the run is over in the store too"
+    assert [p["n"] for p in received] == list(range(6))

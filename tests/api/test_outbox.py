@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import uuid
@@ -126,3 +127,16 @@ async def test_a_delivered_backlog_gives_its_space_back(tmp_path: Path, monkeypa
         assert on_disk() < 2 << 20
     finally:
         await box.close()
+
+
+async def test_the_delivery_outage_every_worker_shares_begins_once_and_ends_once(make_outbox) -> None:
+    """Two workers on one store: the first failure begins the run (its WARNING), later ones only count; of two
+    workers ending it at once, one gets its start and failures (its INFO line), the other nothing."""
+    first, second = make_outbox(), make_outbox()
+    assert await first.outage_ended() is None, "no run on: nothing to end"
+    assert await first.outage_failed(1000.5) is True
+    assert await second.outage_failed(2000.0) is False
+    assert await first.outage_failed(3000.0) is False
+    ended = await asyncio.gather(first.outage_ended(), second.outage_ended())
+    assert sorted(ended, key=lambda e: e is not None) == [None, (1000.5, 3)]
+    assert await second.outage_failed(4000.0) is True, "the next outage is a run of its own"
