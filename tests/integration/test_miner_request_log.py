@@ -250,3 +250,21 @@ async def test_a_model_server_that_drops_a_stream_midway_is_a_warning_with_the_r
     (line,) = failures(log)
     assert line.startswith(f"chat rid=cut caller={VALIDATOR.ss58_address} stream=True status=502 latency_ms="), line
     assert ": the model server failed: mid-stream: upstream stream failed: " in line, line
+
+
+async def test_each_chat_request_is_one_info_line_written_by_the_shutdown_at_the_latest(
+        log: list[tuple[str, str]]) -> None:
+    """The request's line names the caller's request id and says how it went; batched, a line still queued
+    when the miner stops is written then, not lost."""
+    app = miner_app()
+    app[traffic.TRAFFIC].lines.flush_seconds = 3600  # nothing but the shutdown can write it
+    async with serve_app(app) as url:
+        assert await post(url, CHAT, {**signed(CHAT), "x-request-id": "late-line"}) == 200
+        unknown = json.dumps({"messages": [{"role": "user", "content": "hi"}], "model": "not-here"}).encode()
+        assert await post(url, CHAT, {**signed(CHAT, unknown), "x-request-id": "no-model"}, unknown) == 404
+        assert not [m for _, m in log if "rid=late-line" in m] and app[traffic.TRAFFIC].lines.pending == 2
+    lines = [x.split(" | ", 3)[-1] for level, m in log if level == "INFO" for x in m.splitlines() if " chat rid=" in x]
+    caller = VALIDATOR.ss58_address[:10]
+    assert lines[0].startswith(f"chat rid=late-line caller={caller} stream=False status=200 latency_ms="), lines
+    assert lines[1].startswith(f"chat rid=no-model caller={caller} stream=False status=404 latency_ms="), lines
+    assert lines[1].endswith(" code=model_not_found") and len(lines) == 2, lines
