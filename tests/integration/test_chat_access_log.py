@@ -30,7 +30,8 @@ def lines() -> Iterator[list[str]]:
 
 
 def chat_lines(lines: list[str]) -> list[str]:
-    return [line for line in lines if " | chat rid=" in line]
+    """The API's chat lines (an in-process miner's own lines carry the same ``chat rid=...``)."""
+    return [line for line in lines if " | api | chat rid=" in line]
 
 
 async def test_each_request_is_logged_once_with_ids_winner_and_latency(tmp_path: Path, lines: list[str]) -> None:
@@ -200,7 +201,7 @@ async def test_refused_requests_get_one_line_each_and_their_request_id(tmp_path:
         assert got == 413
         api.ctx.request_log.flush()
     for rid, _, _, status, code, kid in cases:
-        (line,) = [x for x in lines if f" | chat rid={rid} " in x]
+        (line,) = [x for x in chat_lines(lines) if f" | chat rid={rid} " in x]
         if status == 200:
             assert " status=ok " in line
         else:
