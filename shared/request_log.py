@@ -33,6 +33,7 @@ class RequestLog:
                  max_lines: int = MAX_LINES) -> None:
         """``flush_seconds=0`` hands each line to loguru at once (tests that read sinks right away)."""
         self.role = role
+        self._prefix = line_prefix("INFO", role)  # the same for every line: built once, not per request
         self.enabled = level_allows(level, "INFO")
         self.flush_seconds = flush_seconds
         self.max_lines = max_lines
@@ -45,7 +46,7 @@ class RequestLog:
         """Queue one line (``message`` must be one line: callers log ids and numbers, not raw input)."""
         if not self.enabled:
             return
-        self._lines.append(f"{self._timestamp()} | {line_prefix('INFO', self.role)}{message}\n")
+        self._lines.append(f"{self._timestamp()} | {self._prefix}{message}\n")
         if self.flush_seconds <= 0 or len(self._lines) >= self.max_lines:
             self.flush()
         elif self._timer is None:
