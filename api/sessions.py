@@ -25,7 +25,7 @@ from api.context import CTX, ApiContext
 from api.fanout import settle, start_race
 from api.race import MinerRun, Race
 from api.selection import select_miners
-from shared.errors import ApiError, model_not_found
+from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.ids import request_id_from
 from shared.metagraph import Neuron
@@ -67,11 +67,17 @@ def _store_calls() -> Iterator[None]:
                        headers={"Retry-After": "1"}) from None  # as every store_unavailable says when
 
 
+def serving_miners(ctx: ApiContext, model: str | None, k: int) -> list[Neuron]:
+    """Up to ``k`` miners serving ``model`` (incentive-weighted), chosen as chat chooses them, and refused as chat
+    is: OpenAI's 404 ``model_not_found`` when fresh availability says none serves it, a 503 when none is up."""
+    return select_miners(ctx.metagraph.snapshot, ctx.availability, uids=None, task=DEFAULT_TASK, model=model, k=k,
+                         rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey)
+
+
 def pick_miner(ctx: ApiContext, model: str | None, *, exclude: set[int] = frozenset()) -> Neuron | None:
     """One miner serving ``model`` (incentive-weighted), or None."""
     try:
-        picked = select_miners(ctx.metagraph.snapshot, ctx.availability, uids=None, task=DEFAULT_TASK,
-                               model=model, k=len(exclude) + 1, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey)
+        picked = serving_miners(ctx, model, len(exclude) + 1)
     except ApiError:
         return None
     return next((n for n in picked if n.uid not in exclude), None)
@@ -196,7 +202,13 @@ async def failover_race(
     headers: dict[str, str],
 ) -> tuple[Race, MinerRun | None]:
     """The pinned miner gave no valid answer: with failover, and if it failed before its first byte,
-    re-pin and ask the replacement within what is left of the deadline; otherwise a 502 naming the session."""
+    re-pin and ask the replacement within what is left of the deadline; otherwise a 502 naming the session.
+
+    A miner that does not serve the session's model (its 404 ``model_not_found``) is failed over as any
+    other failure; when no miner asked serves it, the race is returned unanswered, for the caller's
+    ``no_winner_error`` to make OpenAI's 404 of it (as for a race outside a session), and the session is
+    closed. It was a 502 on every turn (the session still pinned that miner, or the failover moved it
+    between two that said so) until the session was pinged or expired."""
     failed = race.runs[0]
     what = ""
     if session.failover and not failed.events:
@@ -221,11 +233,18 @@ async def failover_race(
                 return retry, winner
             settle(ctx, retry, body, kind="session")
             again = retry.runs[0]
+            if retry.not_served():  # neither serves the model: the caller's 404, and no session pinned to either
+                await close_not_serving(ctx, moved, again)
+                return retry, None
             status, code = (504, "deadline_exceeded") if again.error_kind == "timeout" else (502, "session_miner_failed")
             raise ApiError(status, f"Session {session.id}: the pinned miner uid {session.uid} failed ({failed.error}); "
                            f"the session moved to uid {neuron.uid}, which failed too: {again.error}. The session "
                            f"now pins uid {neuron.uid}: send the request again, or ping the session to move it.",
                            code=code, headers=dict(headers))
+    if race.not_served():  # with failover it was moved (and the replacement not asked: no time left) or closed
+        if not session.failover:
+            await close_not_serving(ctx, session, failed)
+        return race, None
     if failed.error_kind == "timeout":  # as a plain request past its deadline: a 504, not a bad answer
         raise ApiError(504, f"Session {session.id}: the pinned miner uid {session.uid} did not answer before the "
                        f"deadline.{what}", code="deadline_exceeded", headers=dict(headers))
@@ -236,15 +255,21 @@ async def failover_race(
                    code="session_miner_failed", headers=dict(headers))
 
 
+async def close_not_serving(ctx: ApiContext, session: Session, run: MinerRun) -> None:
+    """Close a session whose miner said it does not serve the session's model (``run``: its answer), unless it
+    was moved meanwhile: the key's next request is not pinned to it (each was that miner's 404 again)."""
+    await moved_or_closed(ctx, dataclasses.replace(session, failover=False), f"request failed: {run.error}")
+
+
 async def open_session(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope="chat")
     body = parse_model(OpenSessionRequest, _with_query_model(await read_json(request, empty={}), request))
     model = _model(body.model)
     check_model(key, model)  # as chat checks it: a key limited to some models cannot pin "default" either
-    miner = pick_miner(ctx, model)
-    if miner is None:
-        raise model_not_found(body.model)
+    # Selection's own refusal: every miner down at the validator's last poll was a 404 model_not_found for
+    # any model (the caller fixed its request), where chat says 503 no_miners_available.
+    miner = serving_miners(ctx, model, 1)[0]
     with _store_calls():
         session = await _store(ctx).open(key.id, body.model, miner.uid, miner.hotkey,
                                          duration=body.session_duration, failover=body.failover)

@@ -503,3 +503,70 @@ async def test_a_ping_moves_a_session_only_to_a_miner_that_answers_it(tmp_path: 
     else:
         assert pong["status"] == "closed" and "uid" not in pong and status == 404
         assert len(pong["failed_replacements"]) == 2 and set(pong["failed_replacements"]) <= set(others)
+
+
+def not_serving(script: Script) -> None:
+    """The miner answers as one whose model server does not serve the model asked for: its 404 model_not_found."""
+    script.status, script.error_code = 404, "model_not_found"
+
+
+@pytest.mark.parametrize("failover", [False, True])
+async def test_a_session_for_a_model_no_miner_serves_is_openais_404_and_is_closed(tmp_path: Path,
+                                                                                  failover: bool) -> None:
+    """Opened while availability was unknown, a session for a model no miner serves pinned one that answered 404
+    model_not_found: every chat of the key was a 502 session_miner_failed (with failover, moved back and forth
+    between two such miners) until the session was pinged or expired."""
+    scripts = miners(3)
+    for script in scripts.values():
+        not_serving(script)
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, _, s = await call(api, "POST", "/v1/sessions", json={"model": "no/such-model", "failover": failover})
+        assert status == 200, s  # nothing says otherwise yet: no fresh availability
+        status, headers, body = await chat(api)
+        assert status == 404, body
+        assert body["error"] == {"message": "The model `no/such-model` does not exist or you do not have access to it.",
+                                 "type": "invalid_request_error", "code": "model_not_found", "param": "model"}
+        assert headers["x-sn1-session-id"] == s["session_id"]
+        assert sum(sc.calls for sc in scripts.values()) == (2 if failover else 1)  # with failover, one replacement
+        assert headers.get("x-sn1-session-moved-from") == (str(s["uid"]) if failover else None)
+        assert (await call(api, "GET", "/v1/sessions"))[0] == 404, "the session was closed"
+        status, headers, body = await chat(api, model="no/such-model")
+        assert status == 404 and body["error"]["code"] == "model_not_found", body
+        assert "x-sn1-session-id" not in headers, "the key's next request is not pinned"
+
+
+@pytest.mark.parametrize("failover", [False, True])
+async def test_a_pinned_miner_that_says_it_does_not_serve_the_model(tmp_path: Path, failover: bool) -> None:
+    """The pinned miner answers 404 model_not_found (it stopped serving the model before availability said so).
+    With failover the request goes to a miner that serves it and the session moves there, as for any miner that
+    fails before its first byte; without, the caller gets OpenAI's 404 (it was a 502) and the session is closed,
+    so the key's next request is raced as any, and answered."""
+    scripts = miners(3)
+    async with api_with_miners(tmp_path, scripts) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "m1", "failover": failover})
+        not_serving(scripts[s["uid"]])
+        status, headers, body = await chat(api)
+        if failover:
+            assert status == 200 and headers["x-sn1-session-moved-from"] == str(s["uid"]), body
+            assert body["choices"][0]["message"]["content"] == f"from {headers['x-sn1-miner-uid']}"
+            assert (await call(api, "GET", "/v1/sessions"))[2]["uid"] == int(headers["x-sn1-miner-uid"])
+            return
+        assert (status, body["error"]["code"], body["error"]["param"]) == (404, "model_not_found", "model"), body
+        assert (await call(api, "GET", "/v1/sessions"))[0] == 404
+        status, headers, body = await chat(api, model="m1")
+        assert status == 200 and "x-sn1-session-id" not in headers and headers["x-sn1-miner-uid"] != str(s["uid"])
+
+
+async def test_opening_a_session_while_no_miner_is_up_is_chats_503_not_a_404(tmp_path: Path) -> None:
+    """Every refusal of selection was a 404 model_not_found here: with every miner down at the validator's last
+    poll (or none registered), a caller was told its model does not exist, where chat says no miner is up."""
+    async with api_with_miners(tmp_path, miners(2)) as api:
+        cache = _fresh_cache(api, {1: ("m1",), 2: ("m1",)})
+        cache.entries = dict.fromkeys(cache.entries)  # both down at the last poll
+        for model in ("m1", "default"):
+            status, _, body = await call(api, "POST", "/v1/sessions", json={"model": model})
+            assert (status, body["error"]["code"]) == (503, "no_miners_available"), body
+            assert (await chat(api, model=model))[2]["error"]["code"] == "no_miners_available"  # as chat says
+    async with api_with_miners(tmp_path / "none", {}) as api:
+        status, _, body = await call(api, "POST", "/v1/sessions", json={"model": "m1"})
+        assert (status, body["error"]["code"]) == (503, "no_miners_available"), body
