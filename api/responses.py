@@ -267,7 +267,7 @@ class ResponsesFormat:
         self.events.seal = None  # not kept: a failed answer continues no conversation
         tail = self.events.closing(finish_reason=None, usage=NO_USAGE, error=error.message)
         final = responses_state.as_kept(self.events.final, False)
-        final["error"] = {"code": code, "message": error.message}
+        final["error"] = {"code": responses_state.failure_code(error, code), "message": error.message}
         await self.opened.write_eof(tail + self.events.last(final))
         if not logged(request):  # failed before its race (the search): ``answer`` logs a raced request
             write(request, answer_line(self.kind, request_id(request), key.id, [], None, stream=True, mixture=False,

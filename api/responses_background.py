@@ -33,7 +33,7 @@ from api import conversations_state
 from api.auth import store_call
 from api.context import ApiContext
 from api.responses_render import ResponseStream
-from api.responses_state import PENDING, Keeping, failed, item_ids, turn_failed
+from api.responses_state import PENDING, Keeping, failed, failure_code, item_ids, turn_failed
 from shared.aio import follow_growing
 from shared.errors import ApiError, invalid_value
 from shared.http import json_response
@@ -244,7 +244,7 @@ async def _run(ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping:
         await _end_log(ctx, key, queued["id"], log)
         return
     except ApiError as e:
-        final = failed(queued, e.message)
+        final = failed(queued, e.message, failure_code(e))
         if log is not None and log.events.closed:  # its stream showed a web search: the response has it too
             final["output"] = log.events.items[:log.events.closed]
     except asyncio.CancelledError:  # a cancel (which settled it already) or a shutdown

@@ -33,7 +33,7 @@ from api.conversations_state import KEEP_ATTEMPTS, KEEP_PAUSE_S
 from api.responses_render import new_id
 from api.responses_wire import STATELESS, InputItemsQuery, ResponsesRequest, is_item_reference
 from shared.aio import retried
-from shared.errors import ApiError, invalid_value
+from shared.errors import MODEL_NOT_FOUND, ApiError, invalid_value
 from shared.store.base import KeyRecord, StoreUnavailable
 from shared.store.responses import StoredResponse, encode, fits
 
@@ -104,9 +104,18 @@ async def stored(ctx: ApiContext, key: KeyRecord, response_id: str) -> StoredRes
     return found
 
 
-def failed(response: dict[str, Any], message: str) -> dict[str, Any]:
+def failed(response: dict[str, Any], message: str, code: str = "server_error") -> dict[str, Any]:
     """The response, failed with ``message`` (OpenAI's ``server_error``: no miner's answer was had)."""
-    return response | {"status": "failed", "error": {"code": "server_error", "message": message}}
+    return response | {"status": "failed", "error": {"code": code, "message": message}}
+
+
+def failure_code(error: ApiError, otherwise: str = "server_error") -> str:
+    """The ``error.code`` of a response that failed with ``error`` (an answer's HTTP error, past its request):
+    ``otherwise``, but ``model_not_found`` for a model no miner serves, as the same request's 404 says it. A
+    background response ended ``server_error`` for it, which read as the gateway failing (try again later), not
+    as the model's name. Not in the Python SDK's ``ResponseError.code`` list, which has no code for it: its
+    clients keep any code (``client.responses`` does not validate), only a strict validation refuses it."""
+    return MODEL_NOT_FOUND if error.code == MODEL_NOT_FOUND else otherwise
 
 
 async def _as_it_is(ctx: ApiContext, found: StoredResponse) -> StoredResponse:
@@ -303,9 +312,11 @@ def as_kept(final: dict[str, Any], kept: bool) -> dict[str, Any]:
 
 def turn_failed(final: dict[str, Any], error: ApiError) -> dict[str, Any]:
     """The final response of a turn its conversation could not take (``conversations_state.not_added``): failed
-    with that error's code and words, and not stored as completed (a stream's ``response.failed``)."""
-    return as_kept(final, False) | {"status": "failed", "completed_at": None,
-                                    "error": {"code": error.code, "message": error.message}}
+    with that error's words, and not stored as completed (a stream's ``response.failed``). Its code is
+    ``server_error``, the SDK's for it: the HTTP error's ``store_unavailable`` is not among the SDK's
+    ``ResponseError`` codes, so the SDK's own ``Response`` type refused the response (the 503 keeps it: the SDK's
+    HTTP errors take any code)."""
+    return failed(as_kept(final, False), error.message) | {"completed_at": None}
 
 
 async def extend_conversation(ctx: ApiContext, keeping: Keeping, final: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ import openai
 import pytest
 from openai.types.conversations import Conversation, ConversationDeletedResource, ConversationItem
 from openai.types.conversations.conversation_item_list import ConversationItemList
+from openai.types.responses import Response
 from pydantic import TypeAdapter
 
 from shared.store import conversations as conversation_store
@@ -336,7 +337,9 @@ async def test_a_turn_the_store_cannot_take_fails_and_the_conversation_stays_as_
             types = [e.type for e in events]
             assert types[-1] == "response.failed" and "response.completed" not in types, types
             response = events[-1].response  # type: ignore[union-attr]
-            assert (response.status, response.error.code) == ("failed", "store_unavailable")  # type: ignore[union-attr]
+            # the SDK's code for it: store_unavailable (the 503's) is not among the SDK's codes of a response's error
+            assert (response.status, response.error.code) == ("failed", "server_error")  # type: ignore[union-attr]
+            Response.model_validate(response.model_dump(), strict=True)  # type: ignore[union-attr]
             message = response.error.message  # type: ignore[union-attr]
             assert response.output_text == "Noted." and response.to_dict()["store"] is False  # what was streamed
             with pytest.raises(openai.NotFoundError):  # not stored, completed or otherwise

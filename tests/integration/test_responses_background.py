@@ -114,6 +114,28 @@ async def test_no_miner_answering_ends_it_failed_with_the_reason(tmp_path: Path)
         assert done.error.message  # the race's reason, as a foreground request's 5xx says it
 
 
+async def test_a_model_no_miner_serves_ends_it_failed_with_model_not_found(tmp_path: Path) -> None:
+    """Every miner answers 404 model_not_found (no fresh availability said so before the race): the request in
+    the foreground is OpenAI's 404, and a background one ended failed with ``server_error``, which reads as the
+    gateway failing (try again later), not as the caller's model name. It ends with the foreground's code and
+    words, polled and streamed."""
+    async with api_with_miners(tmp_path, {1: Script([], status=404, error_code="model_not_found")}) as api:
+        client = openai_client(api)
+        with pytest.raises(openai.NotFoundError) as e:
+            await client.responses.create(model="no/such-model", input="Hi")
+        assert e.value.code == "model_not_found"
+        queued = await client.responses.create(model="no/such-model", input="Hi", background=True)
+        done = await polled(client, queued)
+        assert (done.status, done.error.code) == ("failed", "model_not_found"), done  # type: ignore[union-attr]
+        assert done.error.message == e.value.body["message"]  # type: ignore[union-attr,index]
+        events = [event async for event in await client.responses.create(
+            model="no/such-model", input="Hi", background=True, stream=True)]
+        assert events[-1].type == "response.failed", [event.type for event in events]
+        assert events[-1].response.error.code == "model_not_found"  # type: ignore[union-attr]
+        done = await polled(client, await client.responses.retrieve(events[-1].response.id))  # type: ignore[union-attr]
+        assert (done.status, done.error.code) == ("failed", "model_not_found"), done  # type: ignore[union-attr]
+
+
 async def test_a_background_response_that_is_not_stored_is_a_400(honest: ApiUnderTest) -> None:
     for stream in (False, True):
         status, body = await call(honest, "POST", "/v1/responses", {"input": "Hi", "background": True,
@@ -532,8 +554,9 @@ def conversation_store_failing(api: ApiUnderTest, monkeypatch: pytest.MonkeyPatc
 async def test_a_background_turn_its_conversation_cannot_take_by_its_deadline_ends_failed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
     """The conversation's store fails the turn until the record's deadline: the record was settled completed and
-    the turn silently missing from the conversation. It ends failed with the foreground's ``store_unavailable``
-    error (streamed: ``response.failed`` in place of ``response.completed``), and nothing of the turn stays in
+    the turn silently missing from the conversation. It ends failed with the foreground's 503 words, as the SDK's
+    ``server_error`` (its ``store_unavailable`` is not one of the SDK's codes for a response's error: the SDK's
+    ``Response`` type refused it), streamed: ``response.failed`` in place of ``response.completed``, and nothing of the turn stays in
     the conversation (its writes landed, though each was reported failed): sending it again is safe."""
     from api import responses
 
@@ -555,10 +578,13 @@ async def test_a_background_turn_its_conversation_cannot_take_by_its_deadline_en
         else:
             response_id = made.id  # type: ignore[union-attr]
         done = await polled(client, await client.responses.retrieve(response_id))
-        assert (done.status, done.error.code) == ("failed", "store_unavailable"), done  # type: ignore[union-attr]
+        Response.model_validate(done.model_dump(), strict=True)  # the SDK's own type: its code is one of the SDK's
+        assert (done.status, done.error.code) == ("failed", "server_error"), done  # type: ignore[union-attr]
         assert f"not added to conversation '{conversation.id}'" in done.error.message  # type: ignore[union-attr]
+        assert "the store is unavailable" in done.error.message  # type: ignore[union-attr]
         if stream:
-            assert events[-1].response.error.code == "store_unavailable"  # type: ignore[union-attr]
+            assert events[-1].response.error.code == "server_error"  # type: ignore[union-attr]
+            Response.model_validate(events[-1].response.model_dump(), strict=True)  # type: ignore[union-attr]
         assert len(failed) > 3 and set(failed) == {response_id}  # offered again until the deadline, as the record
         assert (await client.conversations.items.list(conversation.id)).data == []
 

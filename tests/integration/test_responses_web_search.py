@@ -304,6 +304,19 @@ async def test_a_stream_opened_by_its_search_ends_failed_when_no_miner_answers(t
     assert [e["sequence_number"] for e in got] == list(range(len(got)))
 
 
+async def test_a_stream_opened_by_its_search_for_a_model_no_miner_serves_ends_failed_model_not_found(
+        tmp_path: Path) -> None:
+    """Every miner answers 404 model_not_found after the search's events went out: the stream's
+    ``response.failed`` said ``invalid_prompt``, where the same request without the search is OpenAI's 404
+    ``model_not_found`` (and a background one ends with that code)."""
+    async with api_with_miners(tmp_path, {1: Script([], status=404, error_code="model_not_found")}) as api:
+        got = await _events_as_they_come(api, {"model": "no/such-model", "input": "Pelseldan?",
+                                               "tools": [{"type": "web_search"}]})
+    failed = got[-1]["response"]
+    assert got[-1]["type"] == "response.failed" and failed["error"]["code"] == "model_not_found", failed
+    assert "`no/such-model` does not exist" in failed["error"]["message"]
+
+
 async def test_a_search_does_not_wait_for_its_slowest_miner_and_still_scores_it(tmp_path: Path) -> None:
     """A retrieval miner that takes seconds no longer holds the chat answer back (it waited for the slowest,
     up to 10 s): once the first answer is in, the others get as long again. The slow one still answers,
