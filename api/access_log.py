@@ -30,6 +30,7 @@ from shared.ids import request_id_from
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("sn1_request_id", str)
 _LOGGED = web.RequestKey("sn1_access_logged", bool)
+_ENDED_WITH = web.RequestKey("sn1_stream_ended_with", str)
 _KIND = "access_log_kind"  # a handler's attribute: the word its lines start with (``chat``)
 
 
@@ -70,6 +71,17 @@ def failures(runs: Iterable[Any]) -> str:
         if kind is not None and kind != "cancelled":
             failed += f",{r.uid}:{kind}"
     return f" failed={failed[1:]}" if failed else ""
+
+
+def ended_with(request: web.Request, code: str) -> None:
+    """The answer's stream, sent with a 200, ended with the error ``code`` in place of its answer's end (a Responses
+    turn its conversation could not take: ``response.failed``): its line says ``status=<code>``, not ``ok``."""
+    request[_ENDED_WITH] = code
+
+
+def stream_ending(request: web.Request) -> str | None:
+    """The error code a sent stream ended with (``ended_with``), if any."""
+    return request.get(_ENDED_WITH)
 
 
 def logged(request: web.Request) -> bool:

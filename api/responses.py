@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from api import responses_background, responses_state
-from api.access_log import access_logged, answer_line, logged, request_id, write
+from api.access_log import access_logged, answer_line, ended_with, logged, request_id, write
 from api.auth import authenticate, store_call
 from api.chat import Plan, answer, plan
 from api.completion import logprob_tokens, mid_stream_failure, response_usage
@@ -306,7 +306,7 @@ class ResponsesFormat:
             events = self._renderer(self._base(req, run))
             if run.done:  # the whole answer is in: one body, one write
                 body = events.start() + b"".join(events.feed(e) for e in run.events) + _closing(events, req, run)
-                body += await self._last(events)
+                body += await self._last(request, events)
                 return web.Response(body=body, headers={**headers, **SSE_HEADERS})
             response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
             await response.prepare(request)
@@ -314,16 +314,18 @@ class ResponsesFormat:
         async for batch in race.follow_batches(run):
             await response.write(b"".join(events.feed(e) for e in batch))
         tail = _closing(events, req, run)  # seals the final response
-        await response.write_eof(tail + await self._last(events))
+        await response.write_eof(tail + await self._last(request, events))
         return response
 
-    async def _last(self, events: ResponseStream) -> bytes:
+    async def _last(self, request: web.Request, events: ResponseStream) -> bytes:
         """A stream's last event, once its sealed response is kept: ``response.completed`` (``.incomplete``),
-        saying ``store: false`` when the store did not take it; ``response.failed`` (``store_unavailable``)
-        when its conversation could not take the turn: nothing of it is stored, and it can be sent again."""
+        saying ``store: false`` when the store did not take it; ``response.failed`` (with the words of the 503
+        ``store_unavailable``) when its conversation could not take the turn: nothing of it is stored, it can be
+        sent again, and its access line says so (it said ``status=ok``)."""
         try:
             kept = await self._keep()
         except ApiError as e:
+            ended_with(request, e.code or "error")
             return events.last(responses_state.turn_failed(events.final, e))
         return events.last(responses_state.as_kept(events.final, kept))
 

@@ -14,13 +14,24 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from loguru import logger
 from openai.types.conversations import Conversation, ConversationDeletedResource, ConversationItem
 from openai.types.conversations.conversation_item_list import ConversationItemList
 from openai.types.responses import Response
 from pydantic import TypeAdapter
 
 from shared.store import conversations as conversation_store
-from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, sse
+from tests.helpers import (
+    ApiUnderTest,
+    Script,
+    api_with_miners,
+    call,
+    chunk,
+    log_lines,
+    openai_client,
+    sse,
+    wait_until,
+)
 
 ITEM: TypeAdapter[Any] = TypeAdapter(ConversationItem)
 TIME = {"type": "function", "name": "get_time", "description": "The local time in a city",
@@ -331,9 +342,12 @@ async def test_a_turn_the_store_cannot_take_fails_and_the_conversation_stays_as_
         client = openai_client(api)
         made = await client.conversations.create(items=[said("user", "Hi")])
         failed = failing_appends(api, monkeypatch, 3, landed=landed)
+        lines, sink = log_lines("INFO")
+        turn = {"x-request-id": f"failed-turn-{stream}-{landed}"}
         if stream:
             events = [e async for e in await client.responses.create(model="default", input="Hi again",
-                                                                     conversation=made.id, stream=True)]
+                                                                     conversation=made.id, stream=True,
+                                                                     extra_headers=turn)]
             types = [e.type for e in events]
             assert types[-1] == "response.failed" and "response.completed" not in types, types
             response = events[-1].response  # type: ignore[union-attr]
@@ -346,10 +360,16 @@ async def test_a_turn_the_store_cannot_take_fails_and_the_conversation_stays_as_
                 await client.responses.retrieve(response.id)
         else:
             with pytest.raises(openai.InternalServerError) as e:
-                await client.responses.create(model="default", input="Hi again", conversation=made.id)
+                await client.responses.create(model="default", input="Hi again", conversation=made.id,
+                                              extra_headers=turn)
             assert (e.value.status_code, e.value.code) == (503, "store_unavailable")
             assert e.value.response.headers["retry-after"] == "1"
             message = e.value.message
+        # its access line says it failed (streamed, it said status=ok: the 200 went out before the turn failed)
+        await wait_until(lambda: any(f"rid={turn['x-request-id']} " in line for line in lines), 5)
+        logger.remove(sink)
+        logged = [line for batch in lines for line in batch.splitlines() if f"rid={turn['x-request-id']} " in line]
+        assert len(logged) == 1 and " status=store_unavailable " in logged[0], logged
         assert f"not added to conversation '{made.id}'" in message and "sending the same turn again is safe" in message
         assert len(failed) == 3 and len(set(failed)) == 1 and failed[0].startswith("resp_")  # one turn, asked thrice
         assert texts([i async for i in client.conversations.items.list(made.id, order="asc")]) == ["Hi"]
