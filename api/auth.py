@@ -89,17 +89,18 @@ def store_outage_log() -> OutageLog:
     return OutageLog("store unavailable, answering 503")
 
 
-def store_unavailable() -> ApiError:
-    return ApiError(503, "The key store is unavailable; try again shortly.", code="store_unavailable",
+def store_unavailable(store: str = "key store") -> ApiError:
+    return ApiError(503, f"The {store} is unavailable; try again shortly.", code="store_unavailable",
                     headers={"Retry-After": "1"})
 
 
-async def store_call(pending: Awaitable[T]) -> T:
-    """A store call on a request's path: a store that fails is the 503 to retry, never a 500 or a "not found"."""
+async def store_call(pending: Awaitable[T], store: str = "key store") -> T:
+    """A store call on a request's path: a store that fails is the 503 to retry, never a 500 or a "not found".
+    ``store``: the one the 503 names (a conversation store that failed was told as the key store)."""
     try:
         return await pending
     except StoreUnavailable:
-        raise store_unavailable() from None
+        raise store_unavailable(store) from None
 
 
 async def authenticate(request: web.Request, store: Store, *, scope: str | None,

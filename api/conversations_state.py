@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from loguru import logger
 
@@ -41,7 +42,14 @@ from shared.store.conversations import (
 KEEP_ATTEMPTS, KEEP_PAUSE_S = 3, 0.2
 # A failed turn whose withdrawal the store refused: asked again this often, for this long (``withdraw``).
 WITHDRAW_EVERY_S, WITHDRAW_FOR_S = 1.0, 300.0
+T = TypeVar("T")
 STORAGE_OFF = "this gateway stores no conversations (RESPONSES_RETENTION_SECONDS is 0)"
+
+
+async def _call(pending: Awaitable[T]) -> T:
+    """A conversation store call on a request's path: the store down is the 503 naming it (it named the key
+    store, which answered)."""
+    return await store_call(pending, "conversation store")
 
 
 def _full(size: int) -> str:
@@ -71,7 +79,7 @@ async def create(ctx: ApiContext, key: KeyRecord, metadata: dict[str, str], item
     if size_of(encoded) > conversation_store.MAX_CONVERSATION_BYTES:
         raise invalid_value("items", _full(size_of(encoded)))
     made = Conversation(_new_id(), int(time.time()), metadata, size_of(encoded))
-    await store_call(ctx.conversations.create(key.id, made, encoded, retention=ctx.settings.responses_retention_seconds))
+    await _call(ctx.conversations.create(key.id, made, encoded, retention=ctx.settings.responses_retention_seconds))
     return made
 
 
@@ -84,7 +92,7 @@ def _new_id() -> str:
 
 async def found(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> Conversation:
     """The calling key's conversation, or the 404 an unknown id gets (another key's included)."""
-    got = await store_call(_store(ctx, conversation_id).get(key.id, conversation_id))
+    got = await _call(_store(ctx, conversation_id).get(key.id, conversation_id))
     if got is None:
         raise _not_found(ctx, conversation_id)
     return got
@@ -92,7 +100,7 @@ async def found(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> Conver
 
 async def items_of(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> list[dict[str, Any]]:
     """Its items, oldest first (404 as ``found``)."""
-    got = await store_call(_store(ctx, conversation_id).items(key.id, conversation_id))
+    got = await _call(_store(ctx, conversation_id).items(key.id, conversation_id))
     if got is None:
         raise _not_found(ctx, conversation_id)
     return got
@@ -113,7 +121,7 @@ def _no_item(item_id: str) -> ApiError:
 
 async def add(ctx: ApiContext, key: KeyRecord, conversation_id: str, items: list[dict[str, Any]]) -> None:
     """Add items at its end, all or none: a 400 saying so when they would take it over its size bound."""
-    done = await store_call(_store(ctx, conversation_id).append(
+    done = await _call(_store(ctx, conversation_id).append(
         key.id, conversation_id, [encode_item(item) for item in items],
         retention=ctx.settings.responses_retention_seconds, max_bytes=conversation_store.MAX_CONVERSATION_BYTES))
     if not done.found:
@@ -124,7 +132,7 @@ async def add(ctx: ApiContext, key: KeyRecord, conversation_id: str, items: list
 
 async def update(ctx: ApiContext, key: KeyRecord, conversation_id: str, metadata: dict[str, str]) -> Conversation:
     """Replace its metadata; the conversation as it is now."""
-    if not await store_call(_store(ctx, conversation_id).set_metadata(
+    if not await _call(_store(ctx, conversation_id).set_metadata(
             key.id, conversation_id, metadata, retention=ctx.settings.responses_retention_seconds)):
         raise _not_found(ctx, conversation_id)
     return await found(ctx, key, conversation_id)
@@ -132,7 +140,7 @@ async def update(ctx: ApiContext, key: KeyRecord, conversation_id: str, metadata
 
 async def forget_item(ctx: ApiContext, key: KeyRecord, conversation_id: str, item_id: str) -> Conversation:
     """Delete one of its items (404 for an unknown conversation or item); the conversation, as OpenAI answers."""
-    gone = await store_call(_store(ctx, conversation_id).delete_item(
+    gone = await _call(_store(ctx, conversation_id).delete_item(
         key.id, conversation_id, item_id, retention=ctx.settings.responses_retention_seconds))
     if gone is None:
         raise _not_found(ctx, conversation_id)
@@ -143,7 +151,7 @@ async def forget_item(ctx: ApiContext, key: KeyRecord, conversation_id: str, ite
 
 async def delete(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> None:
     """Delete it and its items (404 as ``found``)."""
-    if not await store_call(_store(ctx, conversation_id).delete(key.id, conversation_id)):
+    if not await _call(_store(ctx, conversation_id).delete(key.id, conversation_id)):
         raise _not_found(ctx, conversation_id)
 
 
@@ -154,7 +162,7 @@ async def history(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> list
         raise invalid_value("conversation", STORAGE_OFF)
     got = None
     if valid_id(conversation_id):
-        got = await store_call(ctx.conversations.items(key.id, conversation_id))
+        got = await _call(ctx.conversations.items(key.id, conversation_id))
     if got is None:
         raise ApiError(400, f"Conversation with id '{conversation_id[:64]}' not found.", param="conversation",
                        code="conversation_not_found")

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from api import responses_background, responses_state
 from api.access_log import access_logged, answer_line, ended_with, logged, request_id, write
-from api.auth import authenticate, store_call
+from api.auth import authenticate
 from api.chat import Plan, answer, plan
 from api.completion import logprob_tokens, mid_stream_failure, response_usage
 from api.context import CTX, ApiContext
@@ -128,7 +128,7 @@ async def get_response(request: web.Request) -> web.StreamResponse:
         return json_response(found.response)
     after = -1 if query.starting_after is None else query.starting_after
     if found.response.get("background") is not True or not (
-            ctx.response_logs.get(found.id) or await store_call(ctx.responses.events(key.id, found.id, after=-1, limit=1))):
+            ctx.response_logs.get(found.id) or await responses_state.response_store_call(ctx.responses.events(key.id, found.id, after=-1, limit=1))):
         raise invalid_value("stream", "only a background response made with stream: true can be streamed again; "
                                       "this one is returned whole (leave stream out)")
     return await responses_background.stream_log(request, responses_background.resumed(ctx, found, after))

@@ -30,10 +30,17 @@ from aiohttp import web
 from loguru import logger
 
 from api import conversations_state
-from api.auth import store_call
 from api.context import ApiContext
 from api.responses_render import ResponseStream
-from api.responses_state import PENDING, Keeping, failed, failure_code, item_ids, turn_failed
+from api.responses_state import (
+    PENDING,
+    Keeping,
+    failed,
+    failure_code,
+    item_ids,
+    response_store_call,
+    turn_failed,
+)
 from shared.aio import follow_growing
 from shared.errors import ApiError, invalid_value
 from shared.http import json_response
@@ -156,7 +163,7 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
         raise invalid_value("input", "the conversation is too large to store, and a background response is "
                                      "stored to be polled: send it without background")
     response_id = queued["id"]
-    await store_call(ctx.responses.put(key.id, response_id, data, retention=keeping.retention, pending=True))
+    await response_store_call(ctx.responses.put(key.id, response_id, data, retention=keeping.retention, pending=True))
     if log is not None:
         ctx.response_logs[response_id] = log
         await log.add(log.events.start(queued=True))  # the caller knows its id before any miner has answered
@@ -200,8 +207,8 @@ async def resumed(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIt
     bound = found.until if found.until is not None else time.time()
     settled_at: float | None = None
     while not _ends(last):
-        pending = await store_call(ctx.responses.is_pending(found.key_id, found.id))
-        frames = await store_call(ctx.responses.events(found.key_id, found.id, after=seen, limit=READ_BATCH))
+        pending = await response_store_call(ctx.responses.is_pending(found.key_id, found.id))
+        frames = await response_store_call(ctx.responses.events(found.key_id, found.id, after=seen, limit=READ_BATCH))
         if frames:
             seen, last = frames[-1]
             yield "".join(frame for _, frame in frames).encode()
@@ -216,10 +223,10 @@ async def resumed(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIt
         await asyncio.sleep(FOLLOW_EVERY_S)
     if _ends(last):
         return
-    kept = await store_call(ctx.responses.last_event(found.key_id, found.id))
+    kept = await response_store_call(ctx.responses.last_event(found.key_id, found.id))
     if kept is not None and _ends(kept[1]):
         return  # its last event was before ``after``: nothing is left to send
-    now = await store_call(ctx.responses.get(found.key_id, found.id))
+    now = await response_store_call(ctx.responses.get(found.key_id, found.id))
     number = (kept[0] if kept is not None else -1) + 1  # the number its last event would have had
     if now is not None and now.response.get("status") in ENDINGS and number > after:
         closing = ResponseStream(now.response)
@@ -370,10 +377,10 @@ async def cancel(ctx: ApiContext, key: KeyRecord, found: StoredResponse, retenti
         return found.response
     cancelled = found.response | {"status": "cancelled"}
     assert ctx.responses is not None
-    if await store_call(ctx.responses.settle(key.id, found.id, encode(cancelled, found.items), retention=retention)):
+    if await response_store_call(ctx.responses.settle(key.id, found.id, encode(cancelled, found.items), retention=retention)):
         task = ctx.running_responses.get(found.id)
         if task is not None:
             task.cancel()
         return cancelled
-    again = await store_call(ctx.responses.get(key.id, found.id))  # settled meanwhile: as it is now
+    again = await response_store_call(ctx.responses.get(key.id, found.id))  # settled meanwhile: as it is now
     return again.response if again is not None else cancelled

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from loguru import logger
 
@@ -37,6 +37,7 @@ from shared.errors import MODEL_NOT_FOUND, ApiError, invalid_value
 from shared.store.base import KeyRecord, StoreUnavailable
 from shared.store.responses import StoredResponse, encode, fits
 
+T = TypeVar("T")
 # The id prefix of a stored input item the caller sent without one, by its type (OpenAI's where it has one).
 ITEM_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
                  "web_search_call": "ws"}
@@ -48,6 +49,12 @@ NOT_KEPT = ("its conversation was over 1 MiB with the answer, and was not stored
             "false): send the conversation in input instead")
 STOPPED = ("its answer was not stored by its deadline (the gateway process answering it stopped, or the store was "
            "unreachable until then): send the request again")
+
+
+async def response_store_call(pending: Awaitable[T]) -> T:
+    """A stored-response store call on a request's path: the store down is the 503 naming it (it named the key
+    store, which answered)."""
+    return await store_call(pending, "response store")
 
 
 async def continued(ctx: ApiContext, key: KeyRecord,
@@ -135,7 +142,7 @@ async def _as_it_is(ctx: ApiContext, found: StoredResponse) -> StoredResponse:
 
 async def forget(ctx: ApiContext, key: KeyRecord, response_id: str) -> None:
     """Delete the calling key's stored response (404 as ``stored`` when there is none)."""
-    if ctx.responses is not None and await store_call(ctx.responses.delete(key.id, response_id)):
+    if ctx.responses is not None and await response_store_call(ctx.responses.delete(key.id, response_id)):
         return
     raise _not_found(ctx, response_id)
 
@@ -170,7 +177,7 @@ async def resolved(ctx: ApiContext, key: KeyRecord, items: list[dict[str, Any]],
                 raise invalid_value(at, f"item references may name items of at most {MAX_REFERENCED_RESPONSES} "
                                         "stored responses in one request")
             read += 1
-            holder = None if ctx.responses is None else await store_call(ctx.responses.holder(key.id, item_id))
+            holder = None if ctx.responses is None else await response_store_call(ctx.responses.holder(key.id, item_id))
             if holder is not None:  # every item it holds: the next reference to one costs no read
                 by_id.update((item["id"], item) for item in holder.items + list(holder.response.get("output") or [])
                              if isinstance(item.get("id"), str))
@@ -190,7 +197,7 @@ def _not_found(ctx: ApiContext, response_id: str) -> ApiError:
 
 async def _read(ctx: ApiContext, key: KeyRecord, response_id: str) -> StoredResponse | None:
     assert ctx.responses is not None
-    found = await store_call(ctx.responses.get(key.id, response_id))
+    found = await response_store_call(ctx.responses.get(key.id, response_id))
     return None if found is None else await _as_it_is(ctx, found)
 
 

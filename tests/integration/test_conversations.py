@@ -304,6 +304,7 @@ async def test_a_conversation_store_that_fails_to_read_is_a_503_before_any_miner
             with pytest.raises(openai.InternalServerError) as e:
                 await attempt
             assert e.value.status_code == 503 and e.value.code == "store_unavailable"
+            assert "The conversation store is unavailable" in e.value.message, "it named the key store, which answered"
         assert miner.bodies == []
 
 

@@ -286,6 +286,7 @@ async def test_a_failing_response_store_is_a_503_to_read_and_a_warning_to_write(
         with pytest.raises(openai.InternalServerError) as e:
             await attempt
         assert e.value.status_code == 503 and e.value.code == "store_unavailable"
+        assert "The response store is unavailable" in e.value.message, "it named the key store, which answered"
     warnings: list[str] = []
     sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
     try:
