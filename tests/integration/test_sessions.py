@@ -510,9 +510,10 @@ def not_serving(script: Script) -> None:
     script.status, script.error_code = 404, "model_not_found"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "streamed"])
 @pytest.mark.parametrize("failover", [False, True])
-async def test_a_session_for_a_model_no_miner_serves_is_openais_404_and_is_closed(tmp_path: Path,
-                                                                                  failover: bool) -> None:
+async def test_a_session_for_a_model_no_miner_serves_is_openais_404_and_is_closed(tmp_path: Path, failover: bool,
+                                                                                  stream: bool) -> None:
     """Opened while availability was unknown, a session for a model no miner serves pinned one that answered 404
     model_not_found: every chat of the key was a 502 session_miner_failed (with failover, moved back and forth
     between two such miners) until the session was pinged or expired."""
@@ -522,7 +523,7 @@ async def test_a_session_for_a_model_no_miner_serves_is_openais_404_and_is_close
     async with api_with_miners(tmp_path, scripts) as api:
         status, _, s = await call(api, "POST", "/v1/sessions", json={"model": "no/such-model", "failover": failover})
         assert status == 200, s  # nothing says otherwise yet: no fresh availability
-        status, headers, body = await chat(api)
+        status, headers, body = await chat(api, stream=stream)
         assert status == 404, body
         assert body["error"] == {"message": "The model `no/such-model` does not exist or you do not have access to it.",
                                  "type": "invalid_request_error", "code": "model_not_found", "param": "model"}
