@@ -218,7 +218,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         # The line is built only when it is written (LOG_LEVEL below WARNING): an f-string per request otherwise.
         write(request, answer_line(fmt.kind, rid, key.id, [n.uid for n in neurons], winner.uid if winner else None,
                                    stream=req.stream, mixture=use_mixture,
-                                   status=unsent or stream_ending(request) or logged_outcome(outcome, [winner] if winner else []),
+                                   status=unsent or stream_ending(request)
+                                   or logged_outcome(outcome, [winner] if winner else []),
                                    started=started, runs=race.runs) if ctx.request_log.enabled else "")
 
 

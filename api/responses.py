@@ -128,7 +128,8 @@ async def get_response(request: web.Request) -> web.StreamResponse:
         return json_response(found.response)
     after = -1 if query.starting_after is None else query.starting_after
     if found.response.get("background") is not True or not (
-            ctx.response_logs.get(found.id) or await responses_state.response_store_call(ctx.responses.events(key.id, found.id, after=-1, limit=1))):
+            ctx.response_logs.get(found.id)
+            or await responses_state.response_store_call(ctx.responses.events(key.id, found.id, after=-1, limit=1))):
         raise invalid_value("stream", "only a background response made with stream: true can be streamed again; "
                                       "this one is returned whole (leave stream out)")
     return await responses_background.stream_log(request, responses_background.resumed(ctx, found, after))

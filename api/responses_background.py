@@ -377,7 +377,8 @@ async def cancel(ctx: ApiContext, key: KeyRecord, found: StoredResponse, retenti
         return found.response
     cancelled = found.response | {"status": "cancelled"}
     assert ctx.responses is not None
-    if await response_store_call(ctx.responses.settle(key.id, found.id, encode(cancelled, found.items), retention=retention)):
+    if await response_store_call(ctx.responses.settle(key.id, found.id, encode(cancelled, found.items),
+                                                      retention=retention)):
         task = ctx.running_responses.get(found.id)
         if task is not None:
             task.cancel()

@@ -112,7 +112,8 @@ async def stored(ctx: ApiContext, key: KeyRecord, response_id: str) -> StoredRes
 
 
 def failed(response: dict[str, Any], message: str, code: str = "server_error") -> dict[str, Any]:
-    """The response, failed with ``message`` (OpenAI's ``server_error``: no miner's answer was had)."""
+    """The response, failed with ``message`` and ``code`` (OpenAI's ``server_error`` unless told: no miner's
+    answer was had)."""
     return response | {"status": "failed", "error": {"code": code, "message": message}}
 
 
