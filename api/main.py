@@ -93,8 +93,9 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
 
 
 async def first_marker(ctx: ApiContext) -> None:
-    """Read (or write, on a new store) the store's marker at start: a Redis that came back empty says so before
-    the first request. One that does not answer is read later, by the periodic work (``reach_store`` warned)."""
+    """Read the store's marker at start (one holding an earlier release's keys is marked here): a Redis that came
+    back empty says so before the first request. One that does not answer is read later, by the periodic work
+    (``reach_store`` warned)."""
     with contextlib.suppress(StoreUnavailable, TimeoutError, OSError):
         await within(ctx.store_marker.check(ctx.store), STORE_START_SECONDS)
 

@@ -299,12 +299,12 @@ class UsageReport:
 @dataclass(frozen=True)
 class StoreMarker:
     """What a store's marker says (``Store.marker``): a Redis without persistence that restarts comes back empty,
-    and an empty store answers every key 401 as if each had been deleted; the marker, written when the store is
-    first opened and never expiring, is what tells "lost its data" from "never had any".
+    and an empty store answers every key 401 as if each had been deleted; the marker, written with the store's
+    first key and never expiring, is what tells "lost its data" from "never had any".
 
-    ``status``: ``present`` (as it was), ``new`` (an empty store, marked now), ``adopted`` (keys, made by a
-    release before the marker: marked now) or ``lost`` (gone while the store was in use). ``since``: when the
-    store was marked, or when the loss was first seen (by any process)."""
+    ``status``: ``present`` (as it was), ``new`` (an empty store, not marked until its first key), ``adopted``
+    (keys, made by a release before the marker: marked now) or ``lost`` (gone while the store was in use).
+    ``since``: when the store was marked, or when the loss was first seen (by any process)."""
 
     status: str
     since: float
@@ -370,11 +370,11 @@ class Store(Protocol):
         """Raise StoreUnavailable if the backend cannot be reached."""
         ...
 
-    async def marker(self, *, opening: bool) -> StoreMarker | None:
+    async def marker(self, *, seen: bool) -> StoreMarker | None:
         """The store's marker (``StoreMarker``); None where a store cannot lose its data behind the API's back
-        (a SQLite file). ``opening``: a missing marker on a store never marked from this process marks it (a new
-        store, or one made before markers), unless another process already saw it lost; otherwise a missing
-        marker is a loss, recorded for every process. Not for the hot path: every few seconds."""
+        (a SQLite file). ``seen``: this process has seen the marker, so its absence is a loss, recorded for every
+        process; to a process that has not, an empty store is new (the first key marks it) unless another
+        process already saw it lost. Not for the hot path: every few seconds."""
         ...
 
     async def close(self) -> None: ...

@@ -5,7 +5,9 @@ usage counter and queued payload is gone, and every request is a 401 ``invalid_a
 lines, while ``/ready`` said "reachable". The store's marker (``StoreMarker``) tells it; ``MarkerWatch`` is one
 process's view of it, read at start and by the periodic work (the ``/ready`` store check, the metrics sampler),
 never per request: an ERROR when this process first sees the loss, an INFO line when the store is marked again
-(a key created or imported: the operator acted).
+(a key created or imported: the operator acted). The marker comes with the store's first key, not with the first
+process to open it: a process started after a loss, before a running one had noticed it, took the emptied store
+for a new one and marked it, and the loss was told by nobody.
 """
 
 from __future__ import annotations
@@ -32,23 +34,25 @@ class MarkerWatch:
     """This process's view of the store's marker: says each change once (never per check)."""
 
     def __init__(self) -> None:
-        self.opened = False  # the store was read once from here (a missing marker then marks a new store)
+        self.seen = False  # the marker was present at a check from here (its absence is then a loss)
+        self.told_new = False  # the "new, empty key store" WARNING was said (once, not at every check)
         self.lost: StoreMarker | None = None  # the loss this process has told, until the store is marked again
 
     async def check(self, store: Store) -> str | None:
         """``/ready``'s reason while the store has lost its data, else None. Raises ``StoreUnavailable``."""
-        m = await store.marker(opening=not self.opened)
-        self.opened = True
+        m = await store.marker(seen=self.seen)
         if m is None:
             return None
         if m.status == "lost":
             self._tell_lost(m)
             return lost_detail(m)
+        self.seen = m.status in ("present", "adopted")
         if self.lost is not None:
             logger.info("STORE_URL: {} (namespace {}) is marked again (a key created or imported, a backup restored): GET /ready's "
                         "store check passes again", m.where, m.namespace)
             self.lost = None
-        elif m.status == "new":
+        elif m.status == "new" and not self.told_new:
+            self.told_new = True
             logger.warning("STORE_URL: {} holds nothing in namespace {}: a new, empty key store was started there. "
                            "If this deployment had API keys, Redis lost them before this start (restarted without "
                            "persistence, appendonly/save, or FLUSHALL): restore from backup or re-create keys",
@@ -58,6 +62,11 @@ class MarkerWatch:
                         "release): marked now, so a loss of its data is told from here on", m.where, m.keys,
                         m.namespace)
         return None
+
+    @property
+    def store_lost(self) -> bool:
+        """The store is judged lost by this process (``sn1_api_store_lost``)."""
+        return self.lost is not None
 
     def _tell_lost(self, m: StoreMarker) -> None:
         if self.lost is not None:

@@ -7,7 +7,7 @@ deployments or test runs can share one server. Layout (``ns`` = namespace):
 * ``ns:keys``          hash  key id -> sha256 (listing, lookups by id)
 * ``ns:rl:<bucket>``   hash  second -> admitted count (the sliding window, see ``window.py``)
 * ``ns:usage:<id>``    hash  ``total:<field>`` / ``<day>:<field>`` counters and ``last_used_at``
-* ``ns:store_marker``  string  when the store was first opened (Unix seconds); never expires (``marker``)
+* ``ns:store_marker``  string  when the store's first key was created (Unix seconds); never expires (``marker``)
 * ``ns:store_lost``    string  when a process first saw the marker gone: the others, and those started
   later, tell the same loss until a key is created or imported
 
@@ -216,25 +216,26 @@ return 1
 """
 
 
-# KEYS = ns:store_marker, ns:store_lost, ns:keys; ARGV = now. At start: an unmarked store is marked (empty: a new
-# one; with keys: made before markers), unless a process already saw it lose its data (that stands).
-OPEN_MARKER = """
+# KEYS = ns:store_marker, ns:store_lost, ns:keys; ARGV = now, '1' when this process has seen the marker. The marker
+# is written with the first key (``create_key``), never here for an empty store: a process started right after a
+# loss, before a running one noticed it, took the emptied store for a new one and marked it, which hid the loss
+# from every process. A missing marker is a loss only to a process that saw it (recorded once, for all); to the
+# others an empty store is still new. Keys and no marker: made by a release before markers, marked now.
+MARKER = """
 local m = redis.call('GET', KEYS[1])
 if m then return {'present', m} end
 local lost = redis.call('GET', KEYS[2])
 if lost then return {'lost', lost} end
+if ARGV[2] == '1' then
+  redis.call('SET', KEYS[2], ARGV[1])
+  return {'lost', ARGV[1]}
+end
 local n = redis.call('HLEN', KEYS[3])
-redis.call('SET', KEYS[1], ARGV[1])
-if n > 0 then return {'adopted', ARGV[1], n} end
+if n > 0 then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return {'adopted', ARGV[1], n}
+end
 return {'new', ARGV[1]}
-"""
-
-# KEYS = ns:store_marker, ns:store_lost; ARGV = now. While running: a missing marker is a loss, recorded once.
-CHECK_MARKER = """
-local m = redis.call('GET', KEYS[1])
-if m then return {'present', m} end
-redis.call('SET', KEYS[2], ARGV[1], 'NX')
-return {'lost', redis.call('GET', KEYS[2])}
 """
 
 
@@ -294,8 +295,7 @@ class RedisStore:
         self._rotate = client.register_script(ROTATE)
         self._delete = client.register_script(DELETE)
         self._add_usage = client.register_script(ADD_USAGE)
-        self._open_marker = client.register_script(OPEN_MARKER)
-        self._check_marker = client.register_script(CHECK_MARKER)
+        self._marker = client.register_script(MARKER)
         self._gathering: list[Waiter] | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -526,12 +526,11 @@ class RedisStore:
         a read-only replica after a failover) made every request a 503 while ``/ready`` said ready."""
         await self._call(self.redis.set(self.key("ping"), "1", px=PING_TTL_MS))
 
-    async def marker(self, *, opening: bool) -> StoreMarker:
+    async def marker(self, *, seen: bool) -> StoreMarker:
         """The marker (``StoreMarker``): one script, every few seconds per process (the
         metrics sampler, ``/ready``), never per request."""
-        script, keys = ((self._open_marker, ["store_marker", "store_lost", "keys"]) if opening
-                        else (self._check_marker, ["store_marker", "store_lost"]))
-        raw = await self._call(script(keys=[self.key(k) for k in keys], args=[repr(time.time())]))
+        keys = [self.key(k) for k in ("store_marker", "store_lost", "keys")]
+        raw = await self._call(self._marker(keys=keys, args=[repr(time.time()), "1" if seen else "0"]))
         return StoreMarker(status=raw[0], since=float(raw[1]), where=self.where, namespace=self.namespace,
                            keys=int(raw[2]) if len(raw) > 2 else 0)
 

@@ -143,3 +143,26 @@ async def test_a_store_of_an_earlier_release_is_marked_at_start_not_taken_as_los
             assert (await ready(s, f))[0] == 200 and await chat(s, f, key) == 200
     assert not errors(lines), errors(lines)
     assert [t for level, t in lines if level == "INFO" and "holds 1 API key(s)" in t], lines
+
+
+async def test_an_api_started_after_the_loss_before_anyone_noticed_it_does_not_hide_it(tmp_path: Path) -> None:
+    """The window: a process that started after the loss but before a running one's next look (every 5 s)
+    took the emptied store for a new one and wrote the marker, so the running processes found it present and
+    the loss was told by nobody while every key answered 401. The marker now comes with the first key: the
+    newcomer says "new, empty", the running process tells the loss, and the newcomer then tells it too."""
+    with captured() as lines:
+        async with api_on_own_redis(tmp_path) as (f, server, key), aiohttp.ClientSession() as s:
+            assert (await ready(s, f))[0] == 200  # the running API has seen the store marked
+            await server.client.flushall()  # lost; nobody has looked yet
+            later = RedisStore.from_url(server.url, namespace="lost")
+            try:
+                newcomer = MarkerWatch()
+                assert await newcomer.check(later) is None  # to it, a new empty store (a WARNING)
+                status, body = await ready(s, f)
+                assert status == 503 and "the key store lost its data" in str(body["reasons"]), body
+                assert "lost its data" in (await newcomer.check(later) or "")
+            finally:
+                await later.close()
+            assert await chat(s, f, key) == 401
+    assert len(errors(lines)) == 2, errors(lines)  # each process says it once
+    assert [t for level, t in lines if level == "WARNING" and "a new, empty key store was started" in t], lines
