@@ -105,7 +105,13 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def sample(ctx: ApiContext, metrics: ApiMetrics) -> None:
-    """Copy the values that live elsewhere into the gauges, right before a scrape."""
+    """Copy the values that live elsewhere into the gauges, right before a scrape. The store's marker is read
+    here too (a script every few seconds, never per request), so ``sn1_api_store_lost`` is as fresh as the scrape."""
+    try:
+        await within(ctx.store_marker.check(ctx.store), STORE_PING_SECONDS)
+    except (StoreUnavailable, TimeoutError, OSError):
+        pass  # an outage is the requests' and /ready's to tell; the gauge keeps its last value
+    metrics.store_lost.set(1 if ctx.store_marker.store_lost else 0)
     metrics.metagraph_age.set(ctx.metagraph.age_seconds)
     metrics.serving_miners.set(len(ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey)))
     metrics.background_responses.set(len(ctx.running_responses))
@@ -136,10 +142,6 @@ async def sample_forever(ctx: ApiContext, metrics: ApiMetrics, every: float = SA
             await sample(ctx, metrics)
         except Exception as e:  # noqa: BLE001 - a failed sample must not end the loop
             logger.debug("metrics sample failed: {}", e)
-        try:
-            await within(ctx.store_marker.check(ctx.store), STORE_PING_SECONDS)
-        except (StoreUnavailable, TimeoutError, OSError):
-            pass  # an outage is the requests' and /ready's to tell
 
 
 def install(app: web.Application, ctx: ApiContext) -> ApiMetrics:

@@ -126,6 +126,10 @@ class ApiMetrics:
         self.background_responses = Gauge("sn1_api_background_responses",
                                           "Background responses (background: true) being answered",
                                           registry=r, multiprocess_mode="livesum")
+        # Any worker's 1 is the fleet's (livemax): every worker reads the same store.
+        self.store_lost = Gauge("sn1_api_store_lost", "1 while the key store is judged lost (a Redis that came "
+                                "back empty: /ready's store check fails until a key is created or imported), "
+                                "else 0", registry=r, multiprocess_mode="livemax")
         self._fanouts, self._errors = Children(self.fanouts), Children(self.miner_errors)
         self._first, self._answer, self._wins = (Children(self.miner_first_chunk), Children(self.miner_answer),
                                                  Children(self.miner_wins))
