@@ -38,7 +38,8 @@ from shared.request_log import RequestLog
 from shared.settings import ApiSettings, SettingsError, mask_credentials, problem_lines
 from shared.signing import Signer
 from shared.store import open_store
-from shared.store.base import StoreUnavailable
+from shared.store.base import Store, StoreUnavailable
+from shared.store.eviction import UNKNOWN, eviction_detail, eviction_risk
 from shared.store.conversations import open_conversations
 from shared.store.outbox import open_outbox
 from shared.store.responses import open_responses
@@ -130,8 +131,21 @@ async def reach_store(url: str, namespace: str) -> None:
             raise SettingsError(f"STORE_URL: {mask_credentials(url)} refused us: {reason}") from None
         logger.warning("STORE_URL: cannot reach {}: {}; starting anyway, requests answer 503 until it answers",
                        mask_credentials(url), reason)
+    else:
+        await _warn_eviction(store)
     finally:
         await store.close()
+
+
+async def _warn_eviction(store: Store) -> None:
+    """A Redis whose ``maxmemory-policy`` can evict keys this node needs: one WARNING at start (``/ready`` warns
+    of it too); a Redis that refuses CONFIG GET, one INFO line saying the policy could not be checked."""
+    with contextlib.suppress(StoreUnavailable, TimeoutError, OSError):  # it answered the ping: a blip, no more
+        policy = await within(store.eviction_policy(), STORE_START_SECONDS)
+        if policy is not None and eviction_risk(policy) is not None:
+            logger.warning("STORE_URL: {} (GET /ready warns of it too)", eviction_detail(policy))
+        elif policy == UNKNOWN:
+            logger.info("STORE_URL: {}", eviction_detail(policy))
 
 
 def _warn_unreclaimed(path: Path) -> None:

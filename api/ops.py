@@ -24,6 +24,7 @@ from shared.metrics import ApiMetrics, metrics_handler, metrics_middleware
 from shared.readiness import CheckOut, ReadyOut, ready_out, ready_response
 from shared.readiness import metagraph_check as shared_metagraph_check
 from shared.store.base import StoreUnavailable
+from shared.store.eviction import eviction_detail, eviction_risk
 
 METRICS = web.AppKey("api_metrics", ApiMetrics)
 STORE_PING_SECONDS = 2.0
@@ -49,6 +50,19 @@ def store_failure(e: BaseException) -> str:
     ``ReadOnlyError``, ``TimeoutError``, ``OperationalError``), never its message (a URL, a key name)."""
     cause = e.__cause__ if isinstance(e, StoreUnavailable) and e.__cause__ is not None else e
     return type(cause).__name__
+
+
+async def eviction_check(ctx: ApiContext) -> CheckOut:
+    """A warning, never required: a Redis whose ``maxmemory-policy`` can evict drops API keys, the store marker,
+    rate-limit windows or queued payloads when full, and nobody is told (``eviction.py``). One unreachable is the
+    store check's to say."""
+    try:
+        policy = await within(ctx.store.eviction_policy(), STORE_PING_SECONDS)
+    except (StoreUnavailable, TimeoutError, OSError):
+        return CheckOut(ok=True, required=False, detail="not read (the key store is unavailable)")
+    if policy is None:
+        return CheckOut(ok=True, required=False, detail="not used (the store is a SQLite file)")
+    return CheckOut(ok=eviction_risk(policy) is None, required=False, detail=eviction_detail(policy))
 
 
 def validator_check(ctx: ApiContext) -> CheckOut:
@@ -96,7 +110,8 @@ def miners_check(ctx: ApiContext) -> CheckOut:
 
 async def readiness(ctx: ApiContext) -> ReadyOut:
     checks = {"metagraph": metagraph_check(ctx), "store": await store_check(ctx),
-              "validator": validator_check(ctx), "miners": miners_check(ctx), "permit": permit_check(ctx)}
+              "eviction": await eviction_check(ctx), "validator": validator_check(ctx),
+              "miners": miners_check(ctx), "permit": permit_check(ctx)}
     return ready_out(checks)
 
 

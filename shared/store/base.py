@@ -370,6 +370,11 @@ class Store(Protocol):
         """Raise StoreUnavailable if the backend cannot be reached."""
         ...
 
+    async def eviction_policy(self) -> str | None:
+        """Redis's ``maxmemory-policy`` (``unknown`` where CONFIG is refused); None for a store that evicts
+        nothing (a SQLite file). At start and by ``/ready``, never per request."""
+        ...
+
     async def marker(self, *, seen: bool) -> StoreMarker | None:
         """The store's marker (``StoreMarker``); None where a store cannot lose its data behind the API's back
         (a SQLite file). ``seen``: this process has seen the marker, so its absence is a loss, recorded for every

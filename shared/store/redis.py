@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from shared.store.base import (
     ALL_SCOPES,
@@ -48,6 +48,7 @@ from shared.store.base import (
     new_secret,
     oldest_usage_day,
 )
+from shared.store.eviction import UNKNOWN
 
 MAX_CONNECTIONS = 64  # per process
 PING_TTL_MS = 10_000  # the key a ping writes (``ping``) is gone this long after the last ping
@@ -525,6 +526,17 @@ class RedisStore:
         rate-limit charge), and a Redis that answers but refuses writes (out of memory under ``noeviction``,
         a read-only replica after a failover) made every request a 503 while ``/ready`` said ready."""
         await self._call(self.redis.set(self.key("ping"), "1", px=PING_TTL_MS))
+
+    async def eviction_policy(self) -> str:
+        """Redis's ``maxmemory-policy`` (``eviction.py``), or ``unknown`` where CONFIG is refused (an ACL without
+        it, a managed Redis that renames it). Read at start and by ``/ready``, never per request."""
+        try:
+            got = await self._call(self.redis.config_get("maxmemory-policy"))
+        except StoreUnavailable as e:
+            if isinstance(e.__cause__, ResponseError):
+                return UNKNOWN
+            raise
+        return str(got.get("maxmemory-policy") or UNKNOWN)
 
     async def marker(self, *, seen: bool) -> StoreMarker:
         """The marker (``StoreMarker``): one script, every few seconds per process (the

@@ -428,6 +428,10 @@ class SQLiteStore:
         with _errors():
             self.db.execute(_STORE_STATE, (PING_BUCKET, b"", time.time()))
 
+    async def eviction_policy(self) -> None:
+        """Nothing to read: a file evicts nothing."""
+        return None
+
     async def marker(self, *, seen: bool) -> None:
         """Nothing to watch: a file does not come back empty behind the API's back (a missing one is made, with
         a WARNING, at start)."""
