@@ -27,7 +27,7 @@ from multidict import CIMultiDictProxy
 from shared.client_address import client_address
 from shared.errors import ApiError, retry_after
 from shared.http import route_path
-from shared.store.base import KeyRecord, RateDecision, Store, StoreUnavailable, hash_key
+from shared.store.base import KeyRecord, RateDecision, Store, StoreUnavailable, hash_key, refused_write
 from shared.store.outage import OutageLog
 from shared.store.usage import UsageRecorder
 
@@ -86,7 +86,7 @@ STORE_OUTAGE = web.AppKey("store_outage", OutageLog)
 
 
 def store_outage_log() -> OutageLog:
-    return OutageLog("store unavailable, answering 503")
+    return OutageLog("store unavailable, answering 503", needs_operator=refused_write)
 
 
 def store_unavailable(store: str = "key store") -> ApiError:

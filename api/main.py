@@ -39,8 +39,8 @@ from shared.settings import ApiSettings, SettingsError, mask_credentials, proble
 from shared.signing import Signer
 from shared.store import open_store
 from shared.store.base import Store, StoreUnavailable
-from shared.store.eviction import UNKNOWN, eviction_detail, eviction_risk
 from shared.store.conversations import open_conversations
+from shared.store.eviction import UNKNOWN, eviction_detail, eviction_risk
 from shared.store.outbox import open_outbox
 from shared.store.responses import open_responses
 from shared.store.sessions import open_sessions

@@ -49,7 +49,24 @@ def store_failure(e: BaseException) -> str:
     """What a failed store check met, in a few words: the backend's own error class (``OutOfMemoryError``,
     ``ReadOnlyError``, ``TimeoutError``, ``OperationalError``), never its message (a URL, a key name)."""
     cause = e.__cause__ if isinstance(e, StoreUnavailable) and e.__cause__ is not None else e
-    return type(cause).__name__
+    code = getattr(cause, "sqlite_errorname", None)  # SQLITE_READONLY, SQLITE_FULL, SQLITE_BUSY: which one
+    return f"{type(cause).__name__} ({code})" if code else type(cause).__name__
+
+
+def outbox_check(ctx: ApiContext) -> CheckOut:
+    """Required: an outbox that refuses commits keeps the organic payloads in memory (up to ``MAX_UNSTORED``,
+    then drops the oldest, and all of them at a restart), so the validator scores none of this traffic. Known
+    from the last commit the forwarder tried (no write of its own here): a full disk can take the key store's
+    small writes and refuse the outbox's large ones."""
+    forwarder = ctx.forwarder
+    if forwarder is None:
+        return CheckOut(ok=True, detail="not used (no scoring outbox configured)")
+    outage = forwarder.commit_outage
+    if outage.failing:
+        since = time.time() - (outage.failing_since or time.time())
+        return CheckOut(ok=False, detail=f"the scoring outbox refused the last commit ({since:.0f}s into a run of "
+                                         f"failures: {outage.last_error}); is the store's disk full or read-only?")
+    return CheckOut(ok=True, detail="takes writes")
 
 
 async def eviction_check(ctx: ApiContext) -> CheckOut:
@@ -110,7 +127,7 @@ def miners_check(ctx: ApiContext) -> CheckOut:
 
 async def readiness(ctx: ApiContext) -> ReadyOut:
     checks = {"metagraph": metagraph_check(ctx), "store": await store_check(ctx),
-              "eviction": await eviction_check(ctx), "validator": validator_check(ctx),
+              "eviction": await eviction_check(ctx), "outbox": outbox_check(ctx), "validator": validator_check(ctx),
               "miners": miners_check(ctx), "permit": permit_check(ctx)}
     return ready_out(checks)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,24 @@ USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors", "rat
 
 class StoreUnavailable(Exception):
     """The store could not be reached; callers answer 503, never let a request through."""
+
+
+# SQLite's primary result codes for a file that refuses every write until someone acts (made read-only, a full
+# disk, a failing one, its directory gone or unwritable): unlike a lock held elsewhere, it does not pass by itself.
+_REFUSING_WRITES = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR,
+                              sqlite3.SQLITE_CANTOPEN})
+
+
+def refused_write(error: object) -> str | None:
+    """What an operator must fix when ``error`` (a ``StoreUnavailable``, or its cause) is a SQLite file that
+    refuses writes; None for anything else (a lock, a Redis blip: they pass by themselves)."""
+    cause = error.__cause__ if isinstance(error, StoreUnavailable) else error
+    code = getattr(cause, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in _REFUSING_WRITES:
+        return None
+    return (f"the SQLite file refuses writes ({cause.sqlite_errorname}): is its disk full, or its directory or "
+            "file read-only? Requests that write answer 503 and GET /ready names the failing check until it "
+            "takes writes again")
 
 
 async def redis_call(coro: Awaitable[T], label: str) -> T:

@@ -6,7 +6,8 @@ as long as it lasts: each said so in a WARNING of its own, thousands of lines a 
 buried everything else in the log (and filled its disk). Each such use of the store now keeps an
 ``OutageLog``: the first failure of a run is a WARNING with its reason, the run goes on in one line a
 minute with how many failed since, and the first success after it is one INFO line saying how long it
-lasted.
+lasted. A failure that needs an operator (``needs_operator``: a SQLite file that refuses writes) begins its run
+with an ERROR instead.
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ class OutageLog:
 
     def __init__(self, what: str, *, every: float = OUTAGE_LOG_EVERY_S,
                  clock: Callable[[], float] = time.monotonic, back: str = "the store answers again",
-                 settle: float = 0.0) -> None:
+                 settle: float = 0.0, needs_operator: Callable[[object], str | None] | None = None) -> None:
         self.what = what
+        # A failure that will not pass by itself (a file made read-only, a full disk) begins its run with an
+        # ERROR and what to fix (the hint it returns), rather than a WARNING: one line per outage to alert on.
+        self.needs_operator = needs_operator
         self.back = back  # what the INFO line ending a run says came back (the store, the reference model, ...)
         self.every = every
         # A success ends the run only this long after its last failure: failures mixed with successes (most
@@ -53,7 +57,11 @@ class OutageLog:
         if self._began is None:
             self.failing_since = time.time()
             self._began, self._told_at, self._untold = now, now, 0
-            logger.warning("{}: {}", self.what, error)
+            hint = self.needs_operator(error) if self.needs_operator is not None else None
+            if hint:
+                logger.error("{}: {}; {}", self.what, error, hint)
+            else:
+                logger.warning("{}: {}", self.what, error)
             return
         self._untold += 1
         if now - self._told_at >= self.every:

@@ -302,7 +302,9 @@ class SQLiteStore:
                     self.db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
-            groups.fail(StoreUnavailable(f"sqlite: {e}"))
+            failure = StoreUnavailable(f"sqlite: {e}")
+            failure.__cause__ = e  # as ``raise ... from e``: the log and /ready name SQLite's reason
+            groups.fail(failure)
             return
         groups.answer(results)
 
