@@ -57,7 +57,8 @@ def outbox_check(ctx: ApiContext) -> CheckOut:
     """Required: an outbox that refuses commits keeps the organic payloads in memory (up to ``MAX_UNSTORED``,
     then drops the oldest, and all of them at a restart), so the validator scores none of this traffic. Known
     from the last commit the forwarder tried (no write of its own here): a full disk can take the key store's
-    small writes and refuse the outbox's large ones."""
+    small writes and refuse the outbox's large ones. The error itself is the log's to quote: ``/ready`` is public,
+    and a Redis connection error names the server."""
     forwarder = ctx.forwarder
     if forwarder is None:
         return CheckOut(ok=True, detail="not used (no scoring outbox configured)")
@@ -65,7 +66,9 @@ def outbox_check(ctx: ApiContext) -> CheckOut:
     if outage.failing:
         since = time.time() - (outage.failing_since or time.time())
         return CheckOut(ok=False, detail=f"the scoring outbox refused the last commit ({since:.0f}s into a run of "
-                                         f"failures: {outage.last_error}); is the store's disk full or read-only?")
+                                         "failures, the log's 'scoring outbox: payloads not stored yet' line names "
+                                         "its reason): the payloads wait in memory, unscored; is the store's disk "
+                                         "full or read-only?")
     return CheckOut(ok=True, detail="takes writes")
 
 
