@@ -192,7 +192,7 @@ class MinerClient:
             async with asyncio.timeout_at(deadline):
                 # No aiohttp timer: ``timeout_at`` already bounds the whole call (a second timer per request
                 # showed in the profile and could only fire at the same moment).
-                async with self.session.post(url, data=body, headers=headers, timeout=_BOUNDED_BY_CALLER) as resp:
+                async with await self._sent(url, body, headers, neuron.hotkey, _BOUNDED_BY_CALLER, deadline) as resp:
                     self._done(nonce)  # sent: nothing to sign again (the finally is for a request that never was)
                     if resp.status != 200:
                         text = (await self._error_body(resp)).decode(errors="replace")
@@ -221,6 +221,26 @@ class MinerClient:
             raise MinerError(f"broken SSE stream: {e}", kind="bad_response") from None
         finally:
             self._done(nonce)
+
+    async def _sent(self, url: URL, body: bytes, headers: dict[str, str], receiver: str,
+                    timeout: aiohttp.ClientTimeout, deadline: float | None) -> aiohttp.ClientResponse:
+        """POST ``body``; sent once more, on a new connection, when the connection closed before any answer.
+
+        A miner's server ends an idle kept-alive connection on its own clock (uvicorn and Node after 5 s; this
+        pool keeps one 15 s), and a request that went out on it as it closed met a closed connection: the miner
+        lost the race, or a caller who asked it alone had a 502, for nothing it did. RFC 9112 (9.3.1) allows the
+        retry, which aiohttp makes for idempotent methods only. Signed anew: a miner that read the first before
+        closing must not take the second for a replay. A connection that could not be made is not retried."""
+        try:
+            return await self.session.post(url, data=body, headers=headers, timeout=timeout)
+        except aiohttp.ClientConnectorError:
+            raise
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            logger.debug("{} closed the connection before answering ({}): sent again on a new one", url, e)
+        headers.update(self.signer.headers("POST", url, body, receiver))
+        if deadline is not None:
+            headers[DEADLINE_HEADER] = seconds_left(deadline)
+        return await self.session.post(url, data=body, headers=headers, timeout=timeout)
 
     def _refused(self, neuron: Neuron, status: int, code: str | None, message: str) -> None:
         """A miner refused our signed request (401/403): one WARNING a minute, quoting the latest refusal.
@@ -344,9 +364,8 @@ class MinerClient:
             headers[DEADLINE_HEADER] = seconds_left(deadline)
         nonce = self._resignable(headers, body, deadline)
         try:
-            async with self.session.post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as resp:
+            async with await self._sent(url, body, headers, receiver, aiohttp.ClientTimeout(total=timeout),
+                                        deadline) as resp:
                 self._done(nonce)
                 raw = await self._read_capped(resp)
                 try:
