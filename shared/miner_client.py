@@ -22,6 +22,7 @@ from shared.jsonutil import dumpb, dumps, loads
 from shared.logging import printable
 from shared.metagraph import Neuron
 from shared.protocol import DEADLINE_HEADER
+from shared.resend import post_once_more
 from shared.signing import Signer
 from shared.sse import DONE, SSEError, SSEParser
 
@@ -224,23 +225,17 @@ class MinerClient:
 
     async def _sent(self, url: URL, body: bytes, headers: dict[str, str], receiver: str,
                     timeout: aiohttp.ClientTimeout, deadline: float | None) -> aiohttp.ClientResponse:
-        """POST ``body``; sent once more, on a new connection, when the connection closed before any answer.
+        """POST ``body``, once more on a new connection when a kept-alive one closed before any answer
+        (``post_once_more``). Signed anew: a miner that read the first before closing must not take the second
+        for a replay; told what is left of its ``deadline``."""
 
-        A miner's server ends an idle kept-alive connection on its own clock (uvicorn and Node after 5 s; this
-        pool keeps one 15 s), and a request that went out on it as it closed met a closed connection: the miner
-        lost the race, or a caller who asked it alone had a 502, for nothing it did. RFC 9112 (9.3.1) allows the
-        retry, which aiohttp makes for idempotent methods only. Signed anew: a miner that read the first before
-        closing must not take the second for a replay. A connection that could not be made is not retried."""
-        try:
-            return await self.session.post(url, data=body, headers=headers, timeout=timeout)
-        except aiohttp.ClientConnectorError:
-            raise
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-            logger.debug("{} closed the connection before answering ({}): sent again on a new one", url, e)
-        headers.update(self.signer.headers("POST", url, body, receiver))
-        if deadline is not None:
-            headers[DEADLINE_HEADER] = seconds_left(deadline)
-        return await self.session.post(url, data=body, headers=headers, timeout=timeout)
+        def resigned() -> dict[str, Any]:
+            headers.update(self.signer.headers("POST", url, body, receiver))
+            if deadline is not None:
+                headers[DEADLINE_HEADER] = seconds_left(deadline)
+            return {"headers": headers}
+
+        return await post_once_more(self.session, url, again=resigned, data=body, headers=headers, timeout=timeout)
 
     def _refused(self, neuron: Neuron, status: int, code: str | None, message: str) -> None:
         """A miner refused our signed request (401/403): one WARNING a minute, quoting the latest refusal.

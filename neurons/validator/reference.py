@@ -34,6 +34,7 @@ from neurons.validator.rewards.tools import Reply, calls_of
 from shared.errors import parse_error
 from shared.field_refusals import FieldRefusals
 from shared.logging import CredentialMask, printable
+from shared.resend import post_once_more
 from shared.settings import mask_credentials
 
 # The settings an operator fixes for what the reference model's server refuses (``listing_hint``'s words)
@@ -139,8 +140,9 @@ class OpenAIReference:
         ``ReferenceError`` quoting the server's reason (it said only the status: an operator could not tell a
         refused field from a wrong key)."""
         while True:
-            async with self.session.post(f"{self.base_url}/chat/completions", json=sent, headers=self._headers,
-                                         timeout=self.timeout) as r:
+            # once more on a new connection if a kept-alive one closed before any answer (``post_once_more``)
+            async with await post_once_more(self.session, f"{self.base_url}/chat/completions", json=sent,
+                                            headers=self._headers, timeout=self.timeout) as r:
                 if r.status == 200:
                     return await r.json(content_type=None)
                 reason = parse_error((await r.content.read(4096)).decode("utf-8", "replace"))[1]

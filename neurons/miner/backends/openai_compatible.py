@@ -27,6 +27,7 @@ from shared.field_refusals import FieldRefusals
 from shared.jsonutil import dumpb
 from shared.logging import CredentialMask
 from shared.protocol import ANY_MODEL, DEADLINE_HEADER
+from shared.resend import post_once_more
 from shared.settings import mask_credentials
 from shared.sse import DONE, SSEError, SSEParser
 from shared.tasks import ARITHMETIC, INFERENCE, QUESTION_ANSWERING
@@ -235,9 +236,11 @@ class OpenAICompatibleBackend:
         ``seed`` and ``stream_options`` names one at a time, and asked only twice the first request failed)."""
         out = self.upstream_body(body, stream=stream)
         while True:
-            async with self._http().post(
-                f"{self.base_url}/chat/completions", data=dumpb(out), headers=self._headers,
-                timeout=self._timeout_until(deadline),
+            # once more on a new connection if a kept-alive one closed before any answer (``post_once_more``:
+            # vLLM's, SGLang's and llama.cpp's servers end an idle one after 5 s, this pool keeps one 15 s)
+            async with await post_once_more(
+                self._http(), f"{self.base_url}/chat/completions", data=dumpb(out), headers=self._headers,
+                timeout=self._timeout_until(deadline), again=lambda: {"timeout": self._timeout_until(deadline)},
             ) as r:
                 if r.status == 200:
                     if r.content_type != ANSWER_TYPES[stream]:  # a proxy's HTML page is no answer, though a 200
