@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
@@ -25,20 +26,36 @@ WARN_EVERY = 60.0
 
 class AvailabilityCache:
     def __init__(self, client: MinerClient, validator_url: str, validator_hotkey: str, *,
-                 refresh_seconds: float = 15.0, stale_seconds: float = 120.0) -> None:
+                 refresh_seconds: float = 15.0, stale_seconds: float = 120.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.validator_url = validator_url
         self.validator_hotkey = validator_hotkey
         self.refresh_seconds = refresh_seconds
         self.stale_seconds = stale_seconds
         self.entries: dict[int, dict[str, Any] | None] = {}
-        self.updated_at = 0.0
-        self._last_warning = 0.0
+        self.updated_at = 0.0  # Unix seconds of the last good answer: shown (``/v1/models``' ``created``)
+        # Ages are told on ``clock`` (monotonic): on the wall clock, an NTP step of a few minutes forward took
+        # every worker's availability stale at once (selection raced every miner), and one backward kept a
+        # gone validator's answer for minutes more and held the WARNINGs back.
+        self._clock = clock
+        self.refreshed_at: float | None = None  # ``clock`` at the last good answer
+        self._last_warning: float | None = None
         self._failing_since: float | None = None  # when refreshes began to fail (None: the last one worked)
         self._failed = 0
 
+    def age(self) -> float | None:
+        """Seconds since the last good answer (None: none yet)."""
+        return None if self.refreshed_at is None else self._clock() - self.refreshed_at
+
     def fresh(self) -> bool:
-        return bool(self.entries) and time.time() - self.updated_at <= self.stale_seconds
+        age = self.age()
+        return bool(self.entries) and age is not None and age <= self.stale_seconds
+
+    def accept(self, entries: dict[int, dict[str, Any] | None]) -> None:
+        """Take ``entries`` as the validator's answer now."""
+        self.entries = entries
+        self.updated_at, self.refreshed_at = time.time(), self._clock()
 
     def serves(self, uid: int, task: str | None, model: str | None) -> bool | None:
         """True/False from fresh data; None when we do not know (no or stale data)."""
@@ -75,21 +92,20 @@ class AvailabilityCache:
             return False
         if malformed:
             self._warn(f"validator sent {malformed} malformed availability entries", state="taken as unavailable")
-        self.entries = entries
-        self.updated_at = time.time()
+        self.accept(entries)
         if self._failing_since is not None:  # the WARNINGs said it failed: one line says it is over
             logger.info("validator at {} answers availabilities again after {:.0f} s ({} failed refresh(es))",
-                        self.validator_url, self.updated_at - self._failing_since, self._failed)
+                        self.validator_url, self._clock() - self._failing_since, self._failed)
             self._failing_since, self._failed = None, 0
         return True
 
     def _warn(self, message: str, *, state: str | None = None) -> None:
-        now = time.time()
+        now = self._clock()
         if state is None:  # a failed refresh (``state``: one that worked, with entries taken as unavailable)
             self._failed += 1
             if self._failing_since is None:
                 self._failing_since = now
-        if now - self._last_warning >= WARN_EVERY:
+        if self._last_warning is None or now - self._last_warning >= WARN_EVERY:
             self._last_warning = now
             if state is None:
                 state = "keeping the cached availability" if self.fresh() else "falling back to all serving miners"

@@ -10,7 +10,6 @@ and the metrics middleware into an API app (one call in ``create_api_app``).
 from __future__ import annotations
 
 import asyncio
-import time
 
 from aiohttp import web
 from loguru import logger
@@ -64,7 +63,7 @@ def outbox_check(ctx: ApiContext) -> CheckOut:
         return CheckOut(ok=True, detail="not used (no scoring outbox configured)")
     outage = forwarder.commit_outage
     if outage.failing:
-        since = time.time() - (outage.failing_since or time.time())
+        since = outage.failing_for
         return CheckOut(ok=False, detail=f"the scoring outbox refused the last commit ({since:.0f}s into a run of "
                                          "failures, the log's 'scoring outbox: payloads not stored yet' line names "
                                          "its reason): the payloads wait in memory, unscored; is the store's disk "
@@ -115,7 +114,7 @@ def permit_check(ctx: ApiContext) -> CheckOut:
 
 
 def _age(cache: AvailabilityCache) -> float:
-    return time.time() - cache.updated_at
+    return cache.age() or 0.0
 
 
 def miners_check(ctx: ApiContext) -> CheckOut:

@@ -39,7 +39,9 @@ class MetagraphSnapshot:
     netuid: int
     block: int
     neurons: tuple[Neuron, ...]
-    fetched_at: float = field(default_factory=time.time)
+    # ``time.monotonic()`` when read, for its age (``/ready``'s metagraph check): on the wall clock, an NTP step
+    # forward past the limit failed every process's check at once, and one back told a negative age
+    fetched_at: float = field(default_factory=time.monotonic)
     # the subnet owner's hotkey, where the source says (the chain's metagraph): exempt from the chain's
     # minimum stake to set weights
     owner_hotkey: str | None = None
@@ -225,7 +227,7 @@ class MetagraphView:
 
     @property
     def age_seconds(self) -> float:
-        return time.time() - self.snapshot.fetched_at
+        return time.monotonic() - self.snapshot.fetched_at
 
 
 def make_source(metagraph_file: str | None, network: str, netuid: int) -> MetagraphSource:

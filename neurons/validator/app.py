@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -160,7 +159,7 @@ async def _sample(ctx: ValidatorContext, metrics: ValidatorMetrics) -> None:
     metrics.last_weights_set.set(ctx.scores.last_weights_set_at or 0.0)
     metrics.metagraph_age.set(ctx.metagraph.age_seconds)
     metrics.miners_available.set(sum(1 for e in ctx.book.entries.values() if e))
-    metrics.availability_age.set(time.time() - ctx.book.updated_at if ctx.book.updated_at else 0.0)
+    metrics.availability_age.set(ctx.book.age() or 0.0)
     out = readiness(ctx)
     metrics.ready.set(1 if out.ready else 0)
     for name, check in out.checks.items():

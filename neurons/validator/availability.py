@@ -27,7 +27,10 @@ class AvailabilityBook:
 
     entries: dict[int, dict[str, Any] | None] = field(default_factory=dict)
     hotkeys: dict[int, str] = field(default_factory=dict)
-    updated_at: float = 0.0
+    updated_at: float = 0.0  # Unix seconds at the last poll that ended (``/health``'s availability_updated_at)
+    # ``time.monotonic()`` then, for its age (the readiness check): on the wall clock an NTP step forward failed
+    # the check at once, and one back held it passing a minute past its limit
+    polled_at: float | None = None
     # At the last poll no miner answered and some refused this validator's signature (HTTP 401/403): its
     # own fault (no validator permit, deregistered, a clock off), not theirs (``poll_all``).
     refused_by_all: bool = False
@@ -35,6 +38,10 @@ class AvailabilityBook:
     # poll, each AVAILABILITY_INTERVAL), an INFO line once one answers again.
     unreachable: OutageLog = field(default_factory=lambda: OutageLog("availability", back="miners answer the poll "
                                                                      "again"), repr=False, compare=False)
+
+    def age(self) -> float | None:
+        """Seconds since the last poll ended (None: none has)."""
+        return None if self.polled_at is None else time.monotonic() - self.polled_at
 
     def get(self, uids: list[int] | None, snapshot: MetagraphSnapshot | None = None) -> dict[str, dict[str, Any] | None]:
         keys = sorted(self.entries) if uids is None else uids
@@ -127,7 +134,7 @@ async def poll_all(
         return book
     book.entries = {n.uid: e for n, e in results}
     book.hotkeys = {n.uid: n.hotkey for n, _ in results}
-    book.updated_at = time.time()
+    book.updated_at, book.polled_at = time.time(), time.monotonic()
     logger.info("availability: {}/{} miners up{}", up, len(results), f", {refused} refused us" if refused else "")
     if refusals:
         warn_refusals(refusals, client.signer.hotkey, everyone=False)

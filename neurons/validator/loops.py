@@ -136,7 +136,7 @@ async def _set_weights(scores: ScoreBook, sink: WeightSink, snapshot: MetagraphS
     scores.weights = dict(nonzero)
     scores.weights_not_set = None
     if sink.name != "disabled":
-        scores.last_weights_set_at = time.time()
+        scores.last_weights_set_at, scores.weights_set_clock = time.time(), time.monotonic()
     await scores.save_off_loop()
     logger.info("weights: {} uids via {} -> {}; top {}", len(nonzero), sink.name, outcome,
                 log_top([u for u, _ in nonzero], [w for _, w in nonzero]))

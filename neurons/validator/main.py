@@ -82,7 +82,7 @@ def build_sink(settings: ValidatorSettings, hotkey_ss58: str) -> WeightSink:
 
 
 async def run_validator(settings: ValidatorSettings) -> None:
-    started_at = time.time()
+    started_at = time.monotonic()
     setup_logging(settings.log_level, role="validator")
     settings.check_state_dir()
     sock = bound_socket(settings.scoring_api_host, settings.scoring_api_port,

@@ -45,7 +45,7 @@ class ReadinessConfig:
     availability_interval: float = 30.0
     availability_timeout: float = 10.0
     weights_interval: float = 600.0
-    started_at: float = field(default_factory=time.time)
+    started_at: float = field(default_factory=time.monotonic)  # ``time.monotonic()``: the ages are told on it
     chain: ChainLimits | None = None  # the chain sink's last read of the chain's limits (None: another sink)
 
 
@@ -61,21 +61,20 @@ def availability(ctx: ValidatorContext) -> CheckOut:
     first poll ends, counted from the start."""
     cfg, book = ctx.readiness, ctx.book
     limit = max(MIN_AVAILABILITY_LIMIT, POLLS_MISSED * cfg.availability_interval + cfg.availability_timeout)
-    now = time.time()
     if book.refused_by_all:
         why = ("at the last poll every miner refused this validator's signature (HTTP 401/403): check its "
                "validator permit (the permit check) and this host's clock")
     else:
         why = ("the availability cycles fail or outlast the limit ('availability cycle failed' in the log; "
                "AVAILABILITY_TIMEOUT, AVAILABILITY_CONCURRENCY)")
-    if book.updated_at:
-        age = now - book.updated_at
+    age = book.age()
+    if age is not None:
         if age <= limit:
             up = sum(1 for e in book.entries.values() if e)
             return CheckOut(ok=True, detail=f"{up} of {len(book.entries)} polled miner(s) up, {age:.0f}s old")
         return CheckOut(ok=False, detail=f"the last availability poll ended {age:.0f}s ago (limit {limit:.0f}s): the "
                                          f"API processes are served stale availability; {why}")
-    since = now - cfg.started_at
+    since = time.monotonic() - cfg.started_at
     if since <= limit:
         return CheckOut(ok=True, detail=f"the first poll has not ended yet ({since:.0f}s since start)")
     return CheckOut(ok=False, detail=f"no availability poll has ended in the {since:.0f}s since start (limit "
@@ -86,7 +85,7 @@ def miners(ctx: ValidatorContext) -> CheckOut:
     """A warning: no miner answering leaves nothing to score, but the miners' fault is not the validator's
     (and when it is, a host that cannot reach them, the availability WARNING names one's reason)."""
     book = ctx.book
-    if not book.updated_at:
+    if book.polled_at is None:
         return CheckOut(ok=True, required=False, detail="no availability poll has ended yet")
     if not book.entries:
         return CheckOut(ok=False, required=False, detail="the metagraph lists no serving miner (none has an axon): "
@@ -119,7 +118,7 @@ def scoring_inbox(ctx: ValidatorContext) -> CheckOut:
     if inbox is None:
         return CheckOut(ok=True, detail="not used (payloads are kept in memory)")
     if inbox.refused.failing:
-        since = time.time() - (inbox.refused.failing_since or time.time())
+        since = inbox.refused.failing_for
         return CheckOut(ok=False, detail=f"the scoring inbox {inbox.path} refused the last write ({since:.0f}s into "
                                          f"a run of failures: {inbox.refused.last_error}): /scoring answers 503 "
                                          "store_unavailable and the APIs keep the payloads in their outboxes; is "
@@ -153,7 +152,7 @@ def reference(ctx: ValidatorContext) -> CheckOut:
     it (the run the log tells, ``ReferenceStatus.outage``): one call that answers clears it."""
     status, run = ctx.reference, ctx.reference.outage
     if run.failing:
-        since = time.time() - (run.failing_since or time.time())
+        since = run.failing_for
         return CheckOut(ok=False, detail=f"the reference model ({status.kind}) failed its last {run.failures} call(s), "
                                          f"for {since:.0f}s: {status.last_error}; every job it is asked for is "
                                          "skipped and the scores stand still")
@@ -250,9 +249,8 @@ def weights(ctx: ValidatorContext) -> CheckOut:
     if _cannot_set(ctx):
         return CheckOut(ok=True, detail="not expected while the chain would refuse them (the permit and stake checks)")
     limit = _weights_limit(cfg)
-    now = time.time()
-    never = not book.last_weights_set_at or book.last_weights_set_at < cfg.started_at
-    age = now - max(book.last_weights_set_at or 0.0, cfg.started_at)
+    never = book.weights_set_clock is None
+    age = time.monotonic() - (cfg.started_at if book.weights_set_clock is None else book.weights_set_clock)
     if age > limit:
         last = book.weights_not_set or "none has ended"
         return CheckOut(ok=False, detail=f"no weights set {'since start, ' if never else 'for '}{age:.0f}s (limit "
@@ -271,7 +269,7 @@ def last_weights_cycle(ctx: ValidatorContext) -> CheckOut:
     if ctx.scores.weights_not_set:
         return CheckOut(ok=False, required=False, detail=f"the last weights cycle set nothing: "
                                                          f"{ctx.scores.weights_not_set}")
-    if ctx.scores.last_weights_set_at and ctx.scores.last_weights_set_at >= ctx.readiness.started_at:
+    if ctx.scores.weights_set_clock is not None:
         return CheckOut(ok=True, required=False, detail="the last cycle set weights")
     return CheckOut(ok=True, required=False, detail="no cycle has ended since start")
 

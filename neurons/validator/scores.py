@@ -55,7 +55,10 @@ class ScoreBook:
         self.miners: dict[int, MinerScore] = {}
         self.weights: dict[int, float] = {}
         self.updated_at = 0.0
-        self.last_weights_set_at: float | None = None
+        self.last_weights_set_at: float | None = None  # Unix seconds (saved, shown)
+        # ``time.monotonic()`` at the last set of this run (not saved): the readiness check's age, which an NTP
+        # step of the wall clock moved
+        self.weights_set_clock: float | None = None
         self.weights_not_set: str | None = None  # why the last weights cycle set nothing (not saved: this run's)
         self._unsaved = False  # changed since the last save began
         self._saving: asyncio.Lock | None = None  # made on first use (it belongs to the running loop)

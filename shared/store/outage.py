@@ -42,11 +42,16 @@ class OutageLog:
         self.failures = 0  # in the run (0: no run)
         self._untold = 0  # since the last line
         self.last_error: str | None = None  # the run's latest failure, for a readiness check to quote
-        self.failing_since: float | None = None  # when the run began, in Unix seconds
 
     @property
     def failing(self) -> bool:
         return self._began is not None
+
+    @property
+    def failing_for(self) -> float:
+        """Seconds since the run began (0.0: no run), on ``clock``: a readiness check's "Ns into a run". Told
+        from a wall-clock start, an NTP step made it negative or a minute too long."""
+        return 0.0 if self._began is None else self._clock() - self._began
 
     def failed(self, error: object) -> None:
         """One more failure: a WARNING if it begins a run or the last line is ``every`` seconds old."""
@@ -55,7 +60,6 @@ class OutageLog:
         self.last_error = str(error)
         self._last_failure = now
         if self._began is None:
-            self.failing_since = time.time()
             self._began, self._told_at, self._untold = now, now, 0
             hint = self.needs_operator(error) if self.needs_operator is not None else None
             if hint:
@@ -78,4 +82,4 @@ class OutageLog:
         logger.info("{}: {} after {:.1f} s ({} failure(s))", self.what, self.back,
                     self._clock() - self._began, self.failures)
         self._began, self.failures, self._untold = None, 0, 0
-        self.last_error = self.failing_since = None
+        self.last_error = None

@@ -39,7 +39,7 @@ async def test_validator_outage_keeps_last_good_cache_and_warns_once() -> None:
                 assert not await cache.refresh()
             assert cache.fresh() and cache.serves(1, None, "m1") is True, "last good data is kept"
             assert len([w for w in warnings if "unreachable" in w]) == 1, "one warning a minute, not per refresh"
-            cache.updated_at -= 120  # the data is now stale: selection must fall back
+            cache.refreshed_at -= 120  # the data is now stale: selection must fall back
             assert cache.serves(1, None, "m1") is None
     finally:
         logger.remove(sink)
@@ -114,3 +114,40 @@ async def test_a_restarted_validators_empty_answer_keeps_the_last_good_data() ->
         assert await cache.refresh()
         assert not await cache.refresh()  # the restarted validator's empty book
         assert cache.fresh() and cache.serves(1, "InferenceTask", "m1") is True and cache.serves(2, None, None) is False
+
+
+
+async def test_an_ntp_step_of_the_wall_clock_neither_ages_nor_freshens_the_cache(wall_step) -> None:
+    """Its age was a wall-clock difference: NTP stepping the host's clock 5 minutes forward made every worker's
+    availability stale at once (selection raced every registered miner, down ones included, and ``/v1/models``
+    listed nothing) until the next refresh."""
+    async with make_session() as session, serve_app(validator_app()) as url:
+        cache = AvailabilityCache(MinerClient(session, Signer(VALIDATOR)), url, VALIDATOR.ss58_address)
+        assert await cache.refresh()
+        wall_step(+300)
+        assert cache.fresh() and cache.serves(1, "InferenceTask", "m1") is True, "5 min forward: still fresh"
+        wall_step(-900)
+        assert cache.fresh() and cache.serves(2, None, None) is False, "10 min back: the same answer"
+
+
+async def test_a_gone_validators_answer_goes_stale_on_time_though_the_wall_clock_steps_back(wall_step) -> None:
+    """Stepped back, the wall clock kept a gone validator's answer minutes longer than ``stale_seconds``, and
+    held the next WARNING back as long: ages run on the monotonic clock (injected here)."""
+    warnings, sink = log_lines("WARNING")
+    port = free_port()
+    now = [1000.0]
+    try:
+        async with make_session() as session:
+            cache = AvailabilityCache(MinerClient(session, Signer(VALIDATOR)), f"http://127.0.0.1:{port}",
+                                      VALIDATOR.ss58_address, clock=lambda: now[0])
+            async with serve_app(validator_app(), port=port):
+                assert await cache.refresh()
+            assert not await cache.refresh()  # the validator is gone: a WARNING
+            wall_step(-600)
+            now[0] += 61
+            assert not await cache.refresh()  # a minute later: the next one
+            assert len([w for w in warnings if "unreachable" in w]) == 2, warnings
+            now[0] += 60
+            assert cache.serves(1, None, "m1") is None, "stale 120 s after its answer: selection falls back"
+    finally:
+        logger.remove(sink)

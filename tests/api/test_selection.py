@@ -25,7 +25,7 @@ def cache(entries: dict, *, age: float = 0.0, stale: float = 120.0) -> Availabil
     c = AvailabilityCache(client=None, validator_url="http://127.0.0.1:9", validator_hotkey=V,  # type: ignore[arg-type]
                           stale_seconds=stale)
     c.entries = entries
-    c.updated_at = time.time() - age
+    c.refreshed_at = time.monotonic() - age
     return c
 
 

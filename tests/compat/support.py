@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
 from api.availability import AvailabilityCache
@@ -36,7 +35,7 @@ def serves(models: list[str], tasks: list[str]) -> dict:
 def fresh_cache(api: ApiUnderTest, entries: dict[int, dict | None]) -> AvailabilityCache:
     """A fresh availability cache (no validator needed: the tests run without background refresh)."""
     cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "validator-hotkey")
-    cache.entries, cache.updated_at = entries, time.time()
+    cache.accept(entries)
     return cache
 
 

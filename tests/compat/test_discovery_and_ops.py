@@ -83,7 +83,7 @@ async def test_stale_availability_lists_nothing_and_is_a_readiness_warning(api: 
     /ready stays 200 with a warning; a 503 would take every API host of a fleet out of rotation."""
     status, body = await get_json(api, "/ready", key=None)
     assert status == 200 and body["ready"] is True and body["reasons"] == [] and body["warnings"] == []
-    api.ctx.availability.updated_at = time.time() - 3600
+    api.ctx.availability.refreshed_at = time.monotonic() - 3600
     status, body = await get_json(api, "/v1/models")
     assert status == 200 and body["data"] == []
     status, body = await get_json(api, "/ready", key=None)
@@ -181,7 +181,7 @@ async def test_a_workers_gauges_stay_fresh_between_scrapes(api: ApiUnderTest) ->
     metrics = ApiMetrics()
     api.ctx.metagraph.snapshot = api.ctx.metagraph.snapshot.__class__(
         netuid=api.ctx.metagraph.snapshot.netuid, block=api.ctx.metagraph.snapshot.block,
-        neurons=api.ctx.metagraph.snapshot.neurons, fetched_at=time.time() - 3600)
+        neurons=api.ctx.metagraph.snapshot.neurons, fetched_at=time.monotonic() - 3600)
     task = asyncio.create_task(sample_forever(api.ctx, metrics, every=0.02))
     await asyncio.sleep(0.2)  # no scrape in between
     task.cancel()

@@ -201,7 +201,7 @@ async def test_availability_routes_serve_the_cache(tmp_path: Path) -> None:
         cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "hk")
         cache.entries = {1: {"task_availabilities": {"InferenceTask": True},
                              "llm_model_availabilities": {"m1": True}}, 2: None}
-        cache.updated_at = time.time()
+        cache.refreshed_at = time.monotonic()
         api.ctx.availability = cache
         status, data = await get_json(api, "/miner_availabilities/miner_availabilities", method="POST", json=[1, 2, 3])
         assert status == 200 and data["1"]["llm_model_availabilities"] == {"m1": True}
@@ -239,7 +239,7 @@ async def test_available_miners_are_the_ones_a_chat_request_would_race(tmp_path:
         cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "hk", stale_seconds=60)
         cache.entries = {1: serves_models("m1"), 2: serves_models("m1"), 3: serves_models("m2"),
                          9: serves_models("m1")}
-        cache.updated_at = time.time()
+        cache.refreshed_at = time.monotonic()
         api.ctx.availability = cache
         async with aiohttp.ClientSession(headers={"api-key": api.key}) as s:
             async def agree(want: list[int], state: str) -> None:
@@ -251,7 +251,7 @@ async def test_available_miners_are_the_ones_a_chat_request_would_race(tmp_path:
                     assert (status == 200) == (uid in want), (uid, status)
 
             await agree([1], "fresh")
-            cache.updated_at -= 3600  # the validator has been down an hour: selection races every serving miner
+            cache.refreshed_at -= 3600  # the validator has been down an hour: selection races every serving miner
             await agree([1, 3], "unknown")
 
 
@@ -264,7 +264,7 @@ async def test_a_task_a_miner_advertises_is_listed_as_it_is_raced(tmp_path: Path
         cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "hk")
         cache.entries = {1: {"task_availabilities": {"ProgrammingTask": True}, "llm_model_availabilities": {}},
                          2: serves_models("m1")}
-        cache.updated_at = time.time()
+        cache.refreshed_at = time.monotonic()
         api.ctx.availability = cache
         status, listed = await get_json(api, "/miner_availabilities/get_available_miners?task=ProgrammingTask")
         assert (status, listed) == (200, [1])

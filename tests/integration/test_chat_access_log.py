@@ -332,7 +332,7 @@ async def test_every_miner_down_at_the_last_poll_is_a_503_and_a_warning(tmp_path
     try:
         async with api_with_miners(tmp_path, {}, honest={1, 2}) as api:
             cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "5unused")
-            cache.entries, cache.updated_at = {1: None, 2: None}, time.time()
+            cache.entries, cache.refreshed_at = {1: None, 2: None}, time.monotonic()
             api.ctx.availability = cache
             for i in range(3):
                 status, _, text = await post(api, {"model": "sn1/deterministic", "messages": MESSAGES},

@@ -307,7 +307,7 @@ async def test_a_miner_raced_for_a_model_it_never_listed_is_not_scored_for_its_4
             cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "-")
             cache.entries = {uid: {"task_availabilities": {"InferenceTask": True},
                                    "llm_model_availabilities": {"other/model": uid == 1}} for uid in (1, 2)}
-            cache.updated_at = time.time()
+            cache.refreshed_at = time.monotonic()
             api.ctx.availability = cache
         status, _, text = await post(api, {"model": "other/model", "messages": [USER]})
         assert status == 404 and json.loads(text)["error"]["code"] == "model_not_found", text

@@ -170,7 +170,7 @@ async def test_other_keys_session_is_refused_and_bad_bodies_are_400(tmp_path: Pa
         cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "hk")
         cache.entries = {uid: {"task_availabilities": {"InferenceTask": True},
                                "llm_model_availabilities": {"m1": True}} for uid in (1, 2)}
-        cache.updated_at = time.time()
+        cache.refreshed_at = time.monotonic()
         api.ctx.availability = cache
         status, _, err = await call(api, "POST", "/v1/sessions", json={"model": "no/such-model"})
         assert status == 404 and err["error"]["code"] == "model_not_found"
@@ -404,7 +404,7 @@ def _fresh_cache(api, serves: dict[int, tuple[str, ...]]):
     cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", "hk")
     cache.entries = {uid: {"task_availabilities": {"InferenceTask": True},
                            "llm_model_availabilities": dict.fromkeys(models, True)} for uid, models in serves.items()}
-    cache.updated_at = time.time()
+    cache.refreshed_at = time.monotonic()
     api.ctx.availability = cache
     return cache
 

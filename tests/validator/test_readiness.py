@@ -106,7 +106,7 @@ async def test_a_stale_metagraph_fails_and_a_refresh_recovers() -> None:
     ctx = make_ctx()
     fresh = ctx.metagraph.snapshot
     async with served(ctx) as url:
-        ctx.metagraph.snapshot = replace(fresh, fetched_at=time.time() - 1000)
+        ctx.metagraph.snapshot = replace(fresh, fetched_at=time.monotonic() - 1000)
         await assert_failing(url, "metagraph", "the metagraph is 1000s old (limit 180s)")
         await ctx.metagraph.refresh()  # its source answers again
         await assert_ready(url)
@@ -115,13 +115,13 @@ async def test_a_stale_metagraph_fails_and_a_refresh_recovers() -> None:
 async def test_availability_never_polled_or_gone_stale_fails_and_a_poll_recovers() -> None:
     ctx = make_ctx()
     ctx.readiness.availability_interval, ctx.readiness.availability_timeout = 30, 10
-    ctx.readiness.started_at = time.time() - 500
+    ctx.readiness.started_at = time.monotonic() - 500
     async with served(ctx) as url, make_session() as session:
         await assert_failing(url, "availability", "no availability poll has ended in the 500s since start (limit 100s)")
         client = MinerClient(session, Signer(VALIDATOR))
         await poll_all(client, ctx.metagraph, ctx.book, timeout=1, concurrency=2)  # no miner serves an axon
         await assert_ready(url, "miners")
-        ctx.book.updated_at = time.time() - 300
+        ctx.book.polled_at = time.monotonic() - 300
         ctx.book.refused_by_all = True
         ready = await assert_failing(url, "availability", "the last availability poll ended 300s ago")
         assert "every miner refused this validator's signature" in ready["checks"]["availability"]["detail"]
@@ -213,7 +213,7 @@ async def test_a_failing_reference_model_fails_until_a_call_answers(tmp_path: Pa
 async def test_weights_not_set_for_three_intervals_fail_and_a_set_recovers(tmp_path: Path) -> None:
     ctx = scored(make_ctx())
     ctx.readiness.sink, ctx.readiness.weights_interval = "ledger", 10
-    ctx.readiness.started_at = time.time() - 100
+    ctx.readiness.started_at = time.monotonic() - 100
     sink = LedgerWeightSink(tmp_path / "weights.json", None, validator_hotkey=VALIDATOR.ss58_address)
     async with served(ctx) as url:
         await assert_failing(url, "weights", "no weights set since start, 100s (limit 30s")
@@ -222,9 +222,33 @@ async def test_weights_not_set_for_three_intervals_fail_and_a_set_recovers(tmp_p
         ctx.scores.weights_not_set = "no positive score yet"  # a cycle that set nothing: said, not a 503
         ready = await assert_ready(url, "last_weights_cycle")
         assert ready["warnings"] == ["last_weights_cycle: the last weights cycle set nothing: no positive score yet"]
-        ctx.scores.last_weights_set_at = time.time() - 45
+        ctx.scores.weights_set_clock = time.monotonic() - 45
         await assert_failing(url, "weights", "no weights set for 45s (limit 30s, 3 WEIGHTS_INTERVALs or chain "
                                              "rate limits); the last cycle: no positive score yet")
+
+
+async def test_an_ntp_step_of_the_wall_clock_moves_no_age_that_ready_tells(tmp_path: Path, wall_step) -> None:
+    """The metagraph's, the availability poll's and the weights' ages, and how long the reference model has
+    failed, were wall-clock differences: NTP stepping the host's clock 5 minutes forward failed the metagraph
+    and availability checks at once (a 503 taking a working validator out of rotation until its next
+    refresh), one stepped back told negative ages, and a failing run read an hour long after a step of one."""
+    ctx = scored(make_ctx())
+    ctx.readiness.sink, ctx.readiness.weights_interval = "ledger", 60
+    sink = LedgerWeightSink(tmp_path / "weights.json", None, validator_hotkey=VALIDATOR.ss58_address)
+    async with served(ctx) as url, make_session() as session:
+        await poll_all(MinerClient(session, Signer(VALIDATOR)), ctx.metagraph, ctx.book, timeout=1, concurrency=2)
+        await weights_cycle(ctx.scores, sink, ctx.metagraph.snapshot, power=1.0)
+        await assert_ready(url, "miners")
+        wall_step(+300)
+        ready = await assert_ready(url, "miners")
+        wall_step(-900)
+        ready = await assert_ready(url, "miners")
+        details = {name: ready["checks"][name]["detail"] for name in ("metagraph", "availability", "weights")}
+        assert details["metagraph"].endswith(", 0s old") and details["availability"].endswith(", 0s old"), details
+        assert details["weights"].startswith("last set 0s ago"), details
+        ctx.reference.outage.failed("reference LLM answered HTTP 503")
+        wall_step(+3600)
+        await assert_failing(url, "reference", "failed its last 1 call(s), for 0s:")
 
 
 def scored(ctx: ValidatorContext) -> ValidatorContext:
@@ -232,7 +256,7 @@ def scored(ctx: ValidatorContext) -> ValidatorContext:
     for uid, key in MINERS.items():
         ctx.scores.update(uid, key.ss58_address, "InferenceTask", 1.0 / uid)
     ctx.book.entries = {1: {"task_availabilities": {"InferenceTask": True}, "llm_model_availabilities": {}}}
-    ctx.book.updated_at = time.time()
+    ctx.book.polled_at = time.monotonic()
     return ctx
 
 
@@ -291,7 +315,7 @@ async def test_no_permit_fails_when_weights_go_on_chain_and_the_weights_check_wa
     sink, _ = chain_sink(chain_storage(VALIDATOR.ss58_address, last_update=850))
     ctx = scored(make_ctx())
     on_chain(ctx, sink, weights_interval=10)
-    ctx.readiness.started_at = time.time() - 100
+    ctx.readiness.started_at = time.monotonic() - 100
     permitted = ctx.metagraph.snapshot
     neurons = tuple(replace(n, validator_permit=False) for n in permitted.neurons)
     try:
