@@ -59,12 +59,20 @@ local function load(key, now)
   local current = math.floor(now)
   local oldest = current - 60
   local raw = redis.call('HGETALL', key)
+  local newest = current
+  for i = 1, #raw, 2 do newest = math.max(newest, tonumber(raw[i])) end
+  -- a clock stepped back past the window: the buckets are re-dated to end now (window.py's _shift)
+  local shift = newest - current >= 61 and current - newest or 0
   local count, stale, live = 0, {}, {}
   for i = 1, #raw, 2 do
-    local b, n = tonumber(raw[i]), tonumber(raw[i + 1])
+    local b, n = tonumber(raw[i]) + shift, tonumber(raw[i + 1])
     if b < oldest then stale[#stale + 1] = raw[i] else count = count + n; live[#live + 1] = {b, n} end
   end
-  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  if shift ~= 0 then
+    redis.call('DEL', key)
+    for _, e in ipairs(live) do redis.call('HSET', key, e[1], e[2]) end
+    if #live > 0 then redis.call('EXPIRE', key, 62) end
+  elseif #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
   return current, count, live
 end
 local function add(key, live, current, n)

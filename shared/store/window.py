@@ -38,8 +38,15 @@ def _load(state: bytes | None) -> tuple[int, array]:
 
 
 def _shift(newest: int, counts: array, current: int) -> tuple[int, array]:
-    """Move the ring so its last slot is ``current`` (a clock behind ours charges our newest slot)."""
+    """Move the ring so its last slot is ``current`` (a clock behind ours charges our newest slot).
+
+    A clock more than the window behind the newest slot was stepped back (NTP): the ring is re-dated to end
+    now. Kept dated, every charge went to a slot in the clock's future, so a key that had used its limit was
+    refused until the clock caught up (an hour for an hour's step). Re-dated, each charge reads at least as
+    recent as it was, so no window holds more than the limit."""
     gap = current - newest
+    if gap <= -SLOTS:
+        return current, counts
     if gap <= 0:
         return newest, counts
     if gap >= SLOTS:

@@ -244,6 +244,22 @@ async def test_a_clock_slightly_behind_still_counts(store: Store) -> None:
     assert not (await store.authorize(h, scope=None, now=T0 + 4.5)).decision.allowed
 
 
+async def test_a_clock_stepped_back_past_the_window_holds_a_full_key_a_minute_not_the_step(store: Store) -> None:
+    """NTP stepped the clock (this host's, or Redis's) back an hour: every charge went to a bucket an hour
+    ahead, and a key that had used its limit was refused until the clock caught up, its ``Retry-After`` an
+    hour long. The window is re-dated to end now: refused for up to the window, never for more than the limit."""
+    secret, _ = await store.create_key(2)
+    h = hash_key(secret)
+    assert (await store.authorize(h, scope=None, now=T0)).decision.allowed
+    assert (await store.authorize(h, scope=None, now=T0 + 0.5)).decision.allowed
+    back = T0 - 3600  # the step
+    refused = (await store.authorize(h, scope=None, now=back)).decision
+    assert not refused.allowed and refused.retry_after == pytest.approx(61), "the limit still holds, for a minute"
+    assert not (await store.authorize(h, scope=None, now=back + 60.9)).decision.allowed
+    again = (await store.authorize(h, scope=None, now=back + 61)).decision
+    assert again.allowed and again.remaining == 1
+
+
 async def test_rotating_a_key_replaces_its_secret_and_keeps_everything_else(store: Store) -> None:
     now = time.time()  # not T0: the store drops rate windows a minute stale by the real clock
     old, rec = await store.create_key(2, name="team", scopes=("chat",), daily_token_limit=99)
