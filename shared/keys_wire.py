@@ -7,6 +7,7 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -72,6 +73,22 @@ class KeyParams(BaseModel):
             elif value is None and name in cls.model_fields and name not in CLEARABLE.values():
                 raise ValueError(f"{name} cannot be null (leave it out to keep it as it is)")
         return data
+
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def _unix_seconds(cls, v: Any) -> Any:
+        """A number (or a numeric string) is unix seconds, whatever its size: pydantic takes one past 2e10 as
+        milliseconds, so ``expires_at=32503680000`` (3000-01-01) set an expiry in 1971 and a modify revoked
+        the key at once."""
+        if isinstance(v, bool) or not isinstance(v, int | float | str):
+            return v
+        try:
+            seconds = float(v)
+        except ValueError:
+            return v  # ISO 8601
+        if not math.isfinite(seconds) or not 0 <= seconds <= LAST_SECOND:
+            raise ValueError("must fall between 1970 and the end of 9999 (UTC)")
+        return datetime.fromtimestamp(seconds, UTC)
 
     @field_validator("expires_at")
     @classmethod

@@ -112,6 +112,24 @@ async def test_an_expiry_with_an_offset_in_a_query_string_is_taken_as_written(
     assert status == 200 and body["expires_at"] == "3000-05-31T10:00:00Z"
 
 
+async def test_an_expiry_in_unix_seconds_is_read_as_seconds_whatever_its_size(
+        api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    """Past 2e10 a number was read as milliseconds: ``expires_at=32503680000`` (3000-01-01) made a create a 400
+    "in the past" and a modify an expiry in 1971, the key refused at once; past the end of 9999 is a 400."""
+    created = await create_key(http, api.url, "rate_limit=7&expires_at=32503680000")
+    assert created["expires_at"] == "3000-01-01T00:00:00Z"
+    url = f"{api.url}/api_management/modify-api-key/{created['id']}"
+    for sent, stored in (("253402300799", "9999-12-31T23:59:59Z"), ("2000000000.5", "2033-05-18T03:33:20Z")):
+        status, _, body = await call(http, "PUT", f"{url}?expires_at={sent}", headers=AK)
+        assert status == 200 and body["expires_at"] == stored, body
+    status, _, body = await call(http, "PUT", url, headers=AK, json={"expires_at": 32503680000.0})
+    assert status == 200 and body["expires_at"] == "3000-01-01T00:00:00Z", body
+    for sent in ("253402300800", "-1", "-62135596800", "nan", "1e309"):
+        status, _, out = await call(http, "PUT", f"{url}?expires_at={sent}", headers=AK)
+        assert_error(status, out, 400)
+        assert out["error"]["param"] == "expires_at" and "9999" in out["error"]["message"], (sent, out)
+
+
 @pytest.mark.parametrize("query,body,param", [
     ("", None, "rate_limit"),
     ("rate_limit=0", None, "rate_limit"),
