@@ -150,12 +150,17 @@ class SQLiteOutbox(SQLiteTables):
         return self._query("SELECT value FROM outbox_meta WHERE name = 'dropped'")[0][0]
 
     async def acquire_lease(self, holder: str, seconds: float) -> bool:
+        """The lease's ``until`` is this host's wall clock, shared by its workers. One ending further ahead than
+        twice a lease was dated by a clock since stepped back (NTP): taken over, as expired. Kept, a holder
+        that died (killed, out of memory) just after the clock went back an hour held every payload that
+        long; the margin spares a worker whose read of the clock came a moment before the holder's renewal."""
         now = time.time()
 
         def run(db: sqlite3.Connection) -> bool:
             cur = db.execute(
-                "UPDATE outbox_meta SET holder = ?, until = ? WHERE name = 'lease' AND (holder = ? OR until < ?)",
-                (holder, now + seconds, holder, now),
+                "UPDATE outbox_meta SET holder = ?, until = ? WHERE name = 'lease' AND (holder = ? OR until < ?"
+                " OR until > ?)",
+                (holder, now + seconds, holder, now, now + 2 * seconds),
             )
             return cur.rowcount == 1
 

@@ -90,6 +90,23 @@ async def test_lease_is_exclusive_and_renewable(make_outbox) -> None:
     assert await b.acquire_lease("worker-b", 5)
 
 
+async def test_a_lease_dated_before_the_clock_stepped_back_is_taken_over(tmp_path: Path, wall_step) -> None:
+    """SQLite's lease ends at a wall-clock time its workers share: its holder killed just after NTP stepped the
+    host's clock back an hour, no worker delivered a payload for that hour. (Redis's lease is a TTL on Redis's
+    clock, which a step of the API host's leaves alone.)"""
+    a, b = SQLiteOutbox(tmp_path / "api.db"), SQLiteOutbox(tmp_path / "api.db")
+    try:
+        assert await a.acquire_lease("killed-worker", 10)
+        wall_step(-5)  # a step within twice the lease: still the holder's
+        assert not await b.acquire_lease("new-worker", 10)
+        wall_step(-3600)
+        assert await b.acquire_lease("new-worker", 10), "an hour's step back: taken over at once"
+        assert not await a.acquire_lease("killed-worker", 10), "and held by its new holder"
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_expired_lease_is_taken_over(make_outbox) -> None:
     import asyncio
 
