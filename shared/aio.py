@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -74,12 +74,16 @@ def describe_tasks(most: int = 20) -> str:
     ``Task.get_stack`` shows only one frame of a suspended coroutine, so the chain is followed
     through ``cr_await``."""
     me = asyncio.current_task()
-    tasks = [task for task in asyncio.all_tasks() if task is not me]
+    return describe([task for task in asyncio.all_tasks() if task is not me], most) or "no other task"
+
+
+def describe(tasks: list[asyncio.Task[Any]], most: int = 20) -> str:
+    """``most`` of ``tasks``, each with the chain of coroutines it waits in (``describe_tasks``)."""
     lines = [f"{task.get_name()}: {' -> '.join(_await_chain(task.get_coro())) or repr(task)}"
              for task in tasks[:most]]
     if len(tasks) > most:
         lines.append(f"and {len(tasks) - most} more")
-    return "; ".join(lines) or "no other task"
+    return "; ".join(lines)
 
 
 def _await_chain(awaitable: object) -> list[str]:

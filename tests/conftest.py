@@ -1,13 +1,20 @@
 """Shared fixtures. ``localnet``: a real local subnet (child processes on free ports); ``wall_step``: this
-process's wall clock stepped as NTP steps it."""
+process's wall clock stepped as NTP steps it. And a watchdog: a test still running after ``TEST_HANG_SECONDS``
+(240) is told with what each of its tasks waits in, and stopped."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from shared.aio import describe
 
 from neurons.localnet import LocalNet, LocalNetConfig, free_ports
 
@@ -41,3 +48,30 @@ def wall_step(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
         offset[0] += seconds
 
     return step
+
+
+# A hung test held its xdist worker until CI's own limit, and said nothing of where it hung (a stack dump of an
+# event loop idle in epoll names no coroutine): the watchdog names each task's chain of awaits, then cancels
+# them, so the test fails with that in its captured stderr and the suite goes on.
+TEST_HANG_SECONDS = float(os.environ.get("TEST_HANG_SECONDS", "240"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    watchdog = threading.Timer(TEST_HANG_SECONDS, _stop_hung_test, args=(item.nodeid,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()
+
+
+def _stop_hung_test(nodeid: str) -> None:
+    """From the watchdog's thread: tell what the test's tasks wait in, and cancel them on their loops."""
+    tasks = [t for t in list(asyncio.tasks._all_tasks) if not t.done()]  # every loop's: no running loop here
+    sys.stderr.write(f"\n{nodeid}: still running after {TEST_HANG_SECONDS:.0f} s (TEST_HANG_SECONDS); its tasks: "
+                     f"{describe(tasks, most=50) or 'none (a synchronous wait)'}\n")
+    sys.stderr.flush()
+    for task in tasks:
+        task.get_loop().call_soon_threadsafe(task.cancel)
