@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.aio import describe
-
 from neurons.localnet import LocalNet, LocalNetConfig, free_ports
+from shared.aio import describe
 
 
 @pytest.fixture(scope="session")
