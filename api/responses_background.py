@@ -35,6 +35,7 @@ from api.responses_render import ResponseStream
 from api.responses_state import (
     PENDING,
     Keeping,
+    as_it_is,
     failed,
     failure_code,
     item_ids,
@@ -195,8 +196,8 @@ async def stream_log(request: web.Request, events: AsyncIterator[bytes]) -> web.
 async def resumed(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIterator[bytes]:
     """A streamed background response's events after sequence number ``after``: followed here when this
     worker is answering it, else read from the store until it is settled (its last event made up from the
-    stored response when the store lacks it: a worker that died before writing it; a cancelled one has
-    none)."""
+    stored response when the store lacks it: a worker that died before writing it, or before settling it,
+    which fails it once its deadline has passed, as a poll reads it; a cancelled one has none)."""
     log = ctx.response_logs.get(found.id)
     if log is not None:
         async for chunk in log.follow(after):
@@ -227,6 +228,8 @@ async def resumed(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIt
     if kept is not None and _ends(kept[1]):
         return  # its last event was before ``after``: nothing is left to send
     now = await response_store_call(ctx.responses.get(found.key_id, found.id))
+    if now is not None:  # still pending past its deadline: its worker died, and it is failed as a poll reads it
+        now = await as_it_is(ctx, now)
     number = (kept[0] if kept is not None else -1) + 1  # the number its last event would have had
     if now is not None and now.response.get("status") in ENDINGS and number > after:
         closing = ResponseStream(now.response)

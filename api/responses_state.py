@@ -13,7 +13,7 @@ response object (``keep``): its next turn may come at once, to any worker.
 An ``item_reference`` in the input is sent, stored and listed as the item it
 names (``resolved``), and each item keeps an id of its own in its conversation
 (``unique_ids``). A background response still pending past its deadline reads
-as failed (``_as_it_is``: the process answering it died).
+as failed (``as_it_is``: the process answering it died).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def failure_code(error: ApiError, otherwise: str = "server_error") -> str:
     return MODEL_NOT_FOUND if error.code == MODEL_NOT_FOUND else otherwise
 
 
-async def _as_it_is(ctx: ApiContext, found: StoredResponse) -> StoredResponse:
+async def as_it_is(ctx: ApiContext, found: StoredResponse) -> StoredResponse:
     """A stored response as a reader sees it: a background one still pending past its deadline has failed
     (the process running it died), and is settled so (a store that fails then: it reads so anyway)."""
     if found.until is None or found.response.get("status") not in PENDING or time.time() <= found.until:
@@ -199,7 +199,7 @@ def _not_found(ctx: ApiContext, response_id: str) -> ApiError:
 async def _read(ctx: ApiContext, key: KeyRecord, response_id: str) -> StoredResponse | None:
     assert ctx.responses is not None
     found = await response_store_call(ctx.responses.get(key.id, response_id))
-    return None if found is None else await _as_it_is(ctx, found)
+    return None if found is None else await as_it_is(ctx, found)
 
 
 def stored_item(raw: dict[str, Any]) -> dict[str, Any]:

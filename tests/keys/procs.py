@@ -37,13 +37,15 @@ class ApiProcess:
             self.proc.wait()
 
 
-def prepare(directory: Path) -> dict[str, str]:
-    """A validator wallet and a metagraph with no miners: enough for keys, limits and usage."""
+def prepare(directory: Path, miners: dict[int, tuple[str, str]] | None = None) -> dict[str, str]:
+    """A validator wallet and a metagraph with no miners (enough for keys, limits and usage), or with
+    ``miners`` (uid -> (hotkey, "ip:port")) for APIs that race them."""
     wallets = directory / "wallets"
     hk = ensure_wallet("validator", "default", wallets)
     meta = directory / "metagraph.json"
+    served = tuple(Neuron(uid=uid, hotkey=hotkey, axon=axon) for uid, (hotkey, axon) in sorted((miners or {}).items()))
     write_metagraph_file(meta, MetagraphSnapshot(netuid=1, block=1, neurons=(
-        Neuron(uid=0, hotkey=hk.ss58_address, axon=None, stake=1.0, validator_permit=True),)))
+        Neuron(uid=0, hotkey=hk.ss58_address, axon=None, stake=1.0, validator_permit=True), *served)))
     return {"WALLET_NAME": "validator", "WALLET_HOTKEY": "default", "WALLET_PATH": str(wallets),
             "METAGRAPH_FILE": str(meta), "NETUID": "1", "ADMIN_KEY": ADMIN, "API_HOST": "127.0.0.1",
             "VALIDATOR_API": f"http://127.0.0.1:{free_port()}", "LOG_LEVEL": "INFO"}
