@@ -20,7 +20,7 @@ from neurons.miner.app import create_miner_app
 from neurons.miner.backends.deterministic import DeterministicBackend
 from shared.signing import Authorizer, RequestVerifier
 from shared.wallet import ensure_wallet
-from tests.helpers import Script, chunk, keypair, response_events, scripted_miner_app, serve_app
+from tests.helpers import Script, chunk, keypair, response_events, scripted_miner_app, serve_app, wait_until
 from tests.keys.procs import ADMIN, ApiProcess, prepare, start_api, stop_on_redis, wait_ready
 from tests.store.conftest import redis_url
 
@@ -40,6 +40,8 @@ class Fleet:
     env: dict[str, str]
     store_url: str
     namespace: str
+    miner: Script | None = None  # the hanging miner, when there is one
+
 
     def another(self, name: str) -> ApiProcess:
         """A third host on the same store and network, in a working directory of its own."""
@@ -57,6 +59,7 @@ async def two_hosts(tmp_path: Path, *, hanging: bool = False) -> AsyncIterator[F
     validator = ensure_wallet("validator", "default", tmp_path / "wallets").ss58_address
     async with contextlib.AsyncExitStack() as stack:
         miners: dict[int, tuple[str, str]] = {}
+        script = None
         if hanging:
             script = Script([(60.0, chunk("late").encode())])
             served = await stack.enter_async_context(serve_app(scripted_miner_app(script)))
@@ -80,7 +83,7 @@ async def two_hosts(tmp_path: Path, *, hanging: bool = False) -> AsyncIterator[F
                 f"{apis[0].url}/api_management/create-api-key/?rate_limit=1000", headers=AK) as r:
             assert r.status == 200, await r.text()
             key = (await r.json())["api_key"]
-        yield Fleet(apis[0], apis[1], key, tmp_path, env, url, namespace)
+        yield Fleet(apis[0], apis[1], key, tmp_path, env, url, namespace, script)
 
 
 def chunked_events(frames: list[bytes]) -> list[dict]:
@@ -120,3 +123,95 @@ async def test_a_stream_followed_on_one_host_ends_failed_when_the_host_answering
         assert [e["sequence_number"] for e in events] == list(range(1, len(events) + 1))
         async with http.get(f"{fleet.a.url}/v1/responses/{response_id}", headers=head) as r:
             assert (await r.json())["status"] == "failed"
+
+
+async def test_a_cancel_on_one_host_stops_the_miners_of_the_host_answering(tmp_path: Path) -> None:
+    """A background response runs on host A (either of its workers); its caller cancels it through host B,
+    which settles the shared record only: A's task, asking the store each second, drops its miner's request
+    long before the miner's minute is up, and A reads it ``cancelled``."""
+    async with two_hosts(tmp_path, hanging=True) as fleet, aiohttp.ClientSession() as http:
+        assert (miner := fleet.miner) is not None
+        head = {"Authorization": f"Bearer {fleet.key}"}
+        async with http.post(f"{fleet.a.url}/v1/responses", headers=head,
+                             json={"model": MODEL, "input": "Take your time.", "background": True}) as r:
+            assert r.status == 200 and (queued := await r.json())["status"] == "queued"
+        assert await wait_until(lambda: miner.active == 1, 10) < 10, "the miner was never asked"
+        async with http.post(f"{fleet.b.url}/v1/responses/{queued['id']}/cancel", headers=head) as r:
+            assert r.status == 200 and (await r.json())["status"] == "cancelled"
+        assert await wait_until(lambda: miner.active == 0, 10) < 10, "host A kept its miner answering"
+        assert miner.cancelled == 1
+        async with http.get(f"{fleet.a.url}/v1/responses/{queued['id']}", headers=head) as r:
+            assert (await r.json())["status"] == "cancelled"
+
+
+async def test_a_session_opened_on_one_host_is_honoured_and_closed_on_the_other(tmp_path: Path) -> None:
+    """A session opened on A pins one miner for every turn, whichever host a balancer sends it to; closed on
+    B, it is gone on A at once (its id a 404 there, and A races the key's next request again)."""
+    async with two_hosts(tmp_path) as fleet, aiohttp.ClientSession() as http:
+        head = {"Authorization": f"Bearer {fleet.key}"}
+        chat = {"messages": [{"role": "user", "content": "Hi"}]}
+        async with http.post(f"{fleet.a.url}/v1/sessions", headers=head,
+                             json={"model": MODEL, "session_duration": 600}) as r:
+            assert r.status == 200, await r.text()
+            session = await r.json()
+        for host in (fleet.b, fleet.a, fleet.b):
+            async with http.post(f"{host.url}/v1/chat/completions", headers=head, json=chat) as r:
+                assert r.status == 200
+                assert r.headers["x-sn1-session-id"] == session["session_id"]
+                assert int(r.headers["x-sn1-miner-uid"]) == session["uid"]
+        async with http.delete(f"{fleet.b.url}/v1/sessions/{session['session_id']}", headers=head) as r:
+            assert r.status == 200
+        async with http.get(f"{fleet.a.url}/v1/sessions", headers=head) as r:
+            assert r.status == 404
+        async with http.post(f"{fleet.a.url}/v1/chat/completions", json=chat,
+                             headers=head | {"x-session-id": session["session_id"]}) as r:
+            assert r.status == 404 and (await r.json())["error"]["code"] == "session_not_found"
+        async with http.post(f"{fleet.a.url}/v1/chat/completions", headers=head, json=chat) as r:
+            assert r.status == 200 and "x-sn1-session-id" not in r.headers
+
+
+async def test_key_changes_limits_and_lockouts_made_on_one_host_hold_on_the_other(tmp_path: Path) -> None:
+    """An admin on A rotates a key and B refuses its old secret at once, and takes the new one; a scope taken
+    away on B is refused on A; a daily token limit spent on A is refused on B (once A's counts are flushed,
+    each second) and the usage report on B counts both hosts' requests; wrong keys and failed admin logins
+    alternating between the hosts are throttled as one count, and the lockout holds the right admin key out
+    on both."""
+    async with two_hosts(tmp_path) as fleet, aiohttp.ClientSession() as http:
+        a, b = fleet.a.url, fleet.b.url
+        async with http.post(f"{a}/api_management/create-api-key/?rate_limit=1000&daily_token_limit=20",
+                             headers=AK) as r:
+            made = await r.json()
+        async with http.post(f"{a}/api_management/rotate-api-key/{made['id']}", headers=AK) as r:
+            key = (await r.json())["api_key"]
+        assert await status(http, b, made["api_key"]) == 401
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 30}
+        async with http.post(f"{a}/v1/chat/completions", json=chat, headers={"api-key": key}) as r:
+            assert r.status == 200 and (await r.json())["usage"]["total_tokens"] > 20
+        await asyncio.sleep(1.5)  # A's usage flush (every second)
+        async with http.post(f"{b}/v1/chat/completions", json=chat, headers={"api-key": key}) as r:
+            assert r.status == 429 and (await r.json())["error"]["code"] == "token_limit_exceeded"
+        await asyncio.sleep(1.5)
+        async with http.get(f"{b}/api_management/api-keys/{made['id']}/usage", headers=AK) as r:
+            totals = (await r.json())["totals"]
+        assert totals["requests"] == 2 and totals["rate_limited"] == 1
+        async with http.put(f"{b}/api_management/modify-api-key/{made['id']}?scopes=availability",
+                            headers=AK) as r:
+            assert r.status == 200
+        async with http.post(f"{a}/v1/chat/completions", json=chat, headers={"api-key": key}) as r:
+            assert r.status == 403 and (await r.json())["error"]["code"] == "insufficient_scope"
+        wrong = [await status(http, (a, b)[i % 2], f"sn1-wrong-{i}") for i in range(61)]
+        assert wrong == [401] * 59 + [429] * 2  # INVALID_KEYS_PER_MINUTE (60) for both hosts, the old secret one
+        admin = [await admin_status(http, (a, b)[i % 2], f"wrong-admin-key-{i}") for i in range(11)]
+        assert admin == [401] * 10 + [429]
+        assert [await admin_status(http, host, ADMIN) for host in (a, b)] == [429, 429]
+
+
+async def status(http: aiohttp.ClientSession, host: str, key: str) -> int:
+    """The status of a charged request that needs no miner (``GET /v1/usage``) with ``key``."""
+    async with http.get(f"{host}/v1/usage", headers={"api-key": key}) as r:
+        return r.status
+
+
+async def admin_status(http: aiohttp.ClientSession, host: str, admin_key: str) -> int:
+    async with http.get(f"{host}/api_management/api-keys", headers={"admin-key": admin_key}) as r:
+        return r.status
