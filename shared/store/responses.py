@@ -97,7 +97,8 @@ class ResponseStore(Protocol):
     async def add_events(self, key_id: str, response_id: str, events: Sequence[tuple[int, str]], *,
                          retention: float) -> None:
         """Keep a streamed background response's next events: (sequence number, SSE frame) pairs, in order; the
-        numbers may skip (the caller leaves some out)."""
+        numbers may skip (the caller leaves some out). Only while the response is stored: one deleted as its
+        answer is made (on another worker or host) keeps none of it."""
         ...
 
     async def events(self, key_id: str, response_id: str, *, after: int,
@@ -215,9 +216,11 @@ class SQLiteResponseStore(SQLiteTables):
 
     async def add_events(self, key_id: str, response_id: str, events: Sequence[tuple[int, str]], *,
                          retention: float) -> None:
+        # Events of a response no longer stored were kept for good: the purges find events by their response.
         self._tx(lambda db: db.executemany(
-            "INSERT OR REPLACE INTO response_events (response_id, key_id, seq, data) VALUES (?,?,?,?)",
-            [(response_id, key_id, seq, e) for seq, e in events]))
+            "INSERT OR REPLACE INTO response_events (response_id, key_id, seq, data) SELECT ?, ?, ?, ? "
+            "WHERE EXISTS (SELECT 1 FROM stored_responses WHERE id = ? AND key_id = ?)",
+            [(response_id, key_id, seq, e, response_id, key_id) for seq, e in events]))
 
     async def events(self, key_id: str, response_id: str, *, after: int,
                      limit: int | None = None) -> list[tuple[int, str]]:
@@ -281,6 +284,16 @@ return 1
 """
 
 
+# Keep a streamed response's events while the response is stored (one deleted meanwhile keeps none): KEYS[1] the
+# response, KEYS[2] its events; ARGV[1] the TTL (ms), then sequence number and member pairs.
+ADD_EVENTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #ARGV, 2 do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
+
 class RedisResponseStore(RedisBacked):
     """One string per response, named by its key and id (``{ns}:response:{key_id}:{id}``), with Redis's TTL:
     another key's id is simply not there, and Redis expires what is old by its own clock. Each item it added
@@ -292,6 +305,7 @@ class RedisResponseStore(RedisBacked):
     def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
         super().__init__(client, namespace=namespace)
         self._settle = client.register_script(SETTLE)
+        self._add_events = client.register_script(ADD_EVENTS)
 
     def _key(self, key_id: str, response_id: str) -> str:
         return f"{self.ns}:response:{key_id}:{response_id}"
@@ -333,11 +347,9 @@ class RedisResponseStore(RedisBacked):
     async def add_events(self, key_id: str, response_id: str, events: Sequence[tuple[int, str]], *,
                          retention: float) -> None:
         """A sorted set scored by sequence number; each member is ``{seq}:{frame}`` (unique, whatever the frame)."""
-        name = self._events_key(key_id, response_id)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.zadd(name, {f"{seq}:{e}": seq for seq, e in events})
-        pipe.pexpire(name, max(1, round(retention * 1000)))
-        await redis_call(pipe.execute(), LABEL)
+        pairs = [part for seq, e in events for part in (seq, f"{seq}:{e}")]
+        await redis_call(self._add_events(keys=[self._key(key_id, response_id), self._events_key(key_id, response_id)],
+                                          args=[max(1, round(retention * 1000)), *pairs]), LABEL)
 
     async def events(self, key_id: str, response_id: str, *, after: int,
                      limit: int | None = None) -> list[tuple[int, str]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.deterministic import DeterministicBackend
@@ -40,7 +41,7 @@ class Fleet:
     env: dict[str, str]
     store_url: str
     namespace: str
-    miner: Script | None = None  # the hanging miner, when there is one
+    miner: Script | None = None  # the slow miner, when there is one
 
 
     def another(self, name: str) -> ApiProcess:
@@ -50,18 +51,24 @@ class Fleet:
         return start_api(home, self.env, store_url=self.store_url, namespace=self.namespace, name=name)
 
 
+HANGING = Script([(60.0, chunk("late").encode())])  # its first byte after a minute: an answer still being made
+
+
+def trickling() -> Script:
+    """A miner streaming a long answer, a word each 50 ms for 6 s."""
+    return Script([(0.05, f"data: {chunk(f'word{i} ')}\n\n".encode()) for i in range(120)] + [(0, b"data: [DONE]\n\n")])
+
+
 @contextlib.asynccontextmanager
-async def two_hosts(tmp_path: Path, *, hanging: bool = False) -> AsyncIterator[Fleet]:
-    """Honest deterministic miners (uids 1, 2) checking the API's real signatures, or, ``hanging``, one
-    miner that sends its first byte only after a minute (an answer still being made), and two API hosts
-    (A with ``WORKERS=2``) on one Redis namespace of their own."""
+async def two_hosts(tmp_path: Path, *, slow: Script | None = None) -> AsyncIterator[Fleet]:
+    """Honest deterministic miners (uids 1, 2) checking the API's real signatures, or one ``slow`` scripted
+    miner, and two API hosts (A with ``WORKERS=2``) on one Redis namespace of their own."""
     url, namespace = redis_url(), f"test-hosts-{secrets.token_hex(6)}"
     validator = ensure_wallet("validator", "default", tmp_path / "wallets").ss58_address
     async with contextlib.AsyncExitStack() as stack:
         miners: dict[int, tuple[str, str]] = {}
-        script = None
-        if hanging:
-            script = Script([(60.0, chunk("late").encode())])
+        script = None if slow is None else Script(list(slow.steps))
+        if script is not None:
             served = await stack.enter_async_context(serve_app(scripted_miner_app(script)))
             miners[1] = (keypair("//Miner1").ss58_address, served.removeprefix("http://"))
         else:
@@ -97,7 +104,7 @@ async def test_a_stream_followed_on_one_host_ends_failed_when_the_host_answering
     with no last event at all (``response.in_progress`` was the last word, and the SDK's stream helper raised
     that it never got ``response.completed``), while a poll on B read ``failed``. It ends ``response.failed``,
     saying why, as the poll does."""
-    async with two_hosts(tmp_path, hanging=True) as fleet, aiohttp.ClientSession() as http:
+    async with two_hosts(tmp_path, slow=HANGING) as fleet, aiohttp.ClientSession() as http:
         c = fleet.another("host-c")
         try:
             await asyncio.to_thread(wait_ready, [c])
@@ -129,7 +136,7 @@ async def test_a_cancel_on_one_host_stops_the_miners_of_the_host_answering(tmp_p
     """A background response runs on host A (either of its workers); its caller cancels it through host B,
     which settles the shared record only: A's task, asking the store each second, drops its miner's request
     long before the miner's minute is up, and A reads it ``cancelled``."""
-    async with two_hosts(tmp_path, hanging=True) as fleet, aiohttp.ClientSession() as http:
+    async with two_hosts(tmp_path, slow=HANGING) as fleet, aiohttp.ClientSession() as http:
         assert (miner := fleet.miner) is not None
         head = {"Authorization": f"Bearer {fleet.key}"}
         async with http.post(f"{fleet.a.url}/v1/responses", headers=head,
@@ -142,6 +149,34 @@ async def test_a_cancel_on_one_host_stops_the_miners_of_the_host_answering(tmp_p
         assert miner.cancelled == 1
         async with http.get(f"{fleet.a.url}/v1/responses/{queued['id']}", headers=head) as r:
             assert (await r.json())["status"] == "cancelled"
+
+
+async def test_a_response_deleted_on_one_host_while_another_streams_it_leaves_none_of_it_stored(
+        tmp_path: Path) -> None:
+    """A caller deletes a streamed background response through host B while host A is still making it. A's
+    task stops within a second (it asks the store), but went on storing the answer's events until then: they
+    stayed in the store, the deleted answer's text among them, for a day (Redis) or for good (SQLite, whose
+    purge finds events by their response, which was gone). Nothing of it is left."""
+    async with two_hosts(tmp_path, slow=trickling()) as fleet, aiohttp.ClientSession() as http:
+        head = {"Authorization": f"Bearer {fleet.key}"}
+        body = {"model": MODEL, "input": "Go on and on.", "background": True, "stream": True}
+        async with http.post(f"{fleet.a.url}/v1/responses", json=body, headers=head) as r:
+            seen = b""
+            while seen.count(b"response.output_text.delta") < 3:  # the answer is being made and stored
+                seen += await r.content.readany()
+        response_id = json.loads(seen.split(b"data: ", 1)[1].split(b"\n", 1)[0])["response"]["id"]
+        async with http.delete(f"{fleet.b.url}/v1/responses/{response_id}", headers=head) as r:
+            assert r.status == 200
+        assert fleet.miner is not None
+        await wait_until(lambda: fleet.miner is not None and fleet.miner.active == 0, 10)
+        async with http.get(f"{fleet.a.url}/v1/responses/{response_id}?stream=true", headers=head) as r:
+            assert r.status == 404
+        client = aioredis.Redis.from_url(fleet.store_url)
+        try:
+            left = [name async for name in client.scan_iter(match=f"{fleet.namespace}:response*{response_id}*")]
+        finally:
+            await client.aclose()
+        assert left == [], "the deleted response's events are still stored"
 
 
 async def test_a_session_opened_on_one_host_is_honoured_and_closed_on_the_other(tmp_path: Path) -> None:

@@ -209,6 +209,20 @@ async def test_a_streamed_responses_events_are_read_on_from_any_point_and_go_wit
     assert await responses.events("key-a", "resp_2", after=-1) == []
 
 
+async def test_events_made_after_their_response_was_deleted_are_not_kept(responses: ResponseStore) -> None:
+    """Its answer goes on being made for up to a second after a delete (on another worker or host, which asks
+    the store each second): those events were kept (on SQLite for good, its purges finding events by their
+    response) and read back as if the response were there."""
+    await responses.put("key-a", "resp_1", encode(QUEUED, ITEMS), retention=60, pending=True)
+    await responses.add_events("key-a", "resp_1", [(0, "e0")], retention=60)
+    assert await responses.delete("key-a", "resp_1")
+    await responses.add_events("key-a", "resp_1", [(1, "e1"), (2, "e2")], retention=60)
+    assert await responses.events("key-a", "resp_1", after=-1) == []
+    assert await responses.last_event("key-a", "resp_1") is None
+    await responses.add_events("key-b", "resp_2", [(0, "x0")], retention=60)  # never stored, or another key's
+    assert await responses.events("key-b", "resp_2", after=-1) == []
+
+
 async def test_events_a_release_before_2026_12_06_kept_as_a_list_are_still_read(tmp_path: Path) -> None:
     """Redis kept a streamed response's events as a list before they became a sorted set: after an upgrade,
     resuming one answered 503 "store unreachable" (WRONGTYPE) for the day it was kept. It is read as a list."""
