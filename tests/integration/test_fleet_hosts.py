@@ -51,7 +51,9 @@ class Fleet:
         return start_api(home, self.env, store_url=self.store_url, namespace=self.namespace, name=name)
 
 
-HANGING = Script([(60.0, chunk("late").encode())])  # its first byte after a minute: an answer still being made
+def hanging() -> Script:
+    """A miner whose first byte comes after a minute: an answer still being made."""
+    return Script([(60.0, chunk("late").encode())])
 
 
 def trickling() -> Script:
@@ -67,9 +69,8 @@ async def two_hosts(tmp_path: Path, *, slow: Script | None = None) -> AsyncItera
     validator = ensure_wallet("validator", "default", tmp_path / "wallets").ss58_address
     async with contextlib.AsyncExitStack() as stack:
         miners: dict[int, tuple[str, str]] = {}
-        script = None if slow is None else Script(list(slow.steps))
-        if script is not None:
-            served = await stack.enter_async_context(serve_app(scripted_miner_app(script)))
+        if slow is not None:
+            served = await stack.enter_async_context(serve_app(scripted_miner_app(slow)))
             miners[1] = (keypair("//Miner1").ss58_address, served.removeprefix("http://"))
         else:
             for uid in (1, 2):
@@ -90,7 +91,7 @@ async def two_hosts(tmp_path: Path, *, slow: Script | None = None) -> AsyncItera
                 f"{apis[0].url}/api_management/create-api-key/?rate_limit=1000", headers=AK) as r:
             assert r.status == 200, await r.text()
             key = (await r.json())["api_key"]
-        yield Fleet(apis[0], apis[1], key, tmp_path, env, url, namespace, script)
+        yield Fleet(apis[0], apis[1], key, tmp_path, env, url, namespace, slow)
 
 
 def chunked_events(frames: list[bytes]) -> list[dict]:
@@ -104,7 +105,7 @@ async def test_a_stream_followed_on_one_host_ends_failed_when_the_host_answering
     with no last event at all (``response.in_progress`` was the last word, and the SDK's stream helper raised
     that it never got ``response.completed``), while a poll on B read ``failed``. It ends ``response.failed``,
     saying why, as the poll does."""
-    async with two_hosts(tmp_path, slow=HANGING) as fleet, aiohttp.ClientSession() as http:
+    async with two_hosts(tmp_path, slow=hanging()) as fleet, aiohttp.ClientSession() as http:
         c = fleet.another("host-c")
         try:
             await asyncio.to_thread(wait_ready, [c])
@@ -136,7 +137,7 @@ async def test_a_cancel_on_one_host_stops_the_miners_of_the_host_answering(tmp_p
     """A background response runs on host A (either of its workers); its caller cancels it through host B,
     which settles the shared record only: A's task, asking the store each second, drops its miner's request
     long before the miner's minute is up, and A reads it ``cancelled``."""
-    async with two_hosts(tmp_path, slow=HANGING) as fleet, aiohttp.ClientSession() as http:
+    async with two_hosts(tmp_path, slow=hanging()) as fleet, aiohttp.ClientSession() as http:
         assert (miner := fleet.miner) is not None
         head = {"Authorization": f"Bearer {fleet.key}"}
         async with http.post(f"{fleet.a.url}/v1/responses", headers=head,
