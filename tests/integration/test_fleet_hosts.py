@@ -206,6 +206,29 @@ async def test_a_session_opened_on_one_host_is_honoured_and_closed_on_the_other(
             assert r.status == 200 and "x-sn1-session-id" not in r.headers
 
 
+async def test_a_burst_on_one_host_is_answered_not_refused_as_a_store_outage(tmp_path: Path) -> None:
+    """150 chat completions and 150 responses at once on one host (one worker), as a balancer sends a burst:
+    past 100 commands at once the session, response and conversation stores' Redis clients refused the rest
+    (``Too many connections``: redis-py's pool bound), and two thirds of a 300-request burst were 503s
+    saying the session store was unavailable, from a Redis that was up. Each is answered."""
+    async with two_hosts(tmp_path) as fleet, aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60)) as http:
+        head = {"Authorization": f"Bearer {fleet.key}"}
+
+        async def one(path: str, body: dict) -> tuple[int, str]:
+            async with http.post(f"{fleet.b.url}{path}", json=body, headers=head) as r:
+                return r.status, "" if r.status == 200 else await r.text()
+
+        chats = [one("/v1/chat/completions", {"model": MODEL, "max_tokens": 5,
+                                               "messages": [{"role": "user", "content": f"Hi {i}"}]})
+                 for i in range(150)]
+        responses = [one("/v1/responses", {"model": MODEL, "input": f"Hi {i}", "max_output_tokens": 5})
+                     for i in range(150)]
+        answers = await asyncio.gather(*chats, *responses)
+        refused = [text for status, text in answers if status != 200]
+        assert refused == [], f"{len(refused)} refused, e.g. {refused[0]}"
+
+
 async def test_key_changes_limits_and_lockouts_made_on_one_host_hold_on_the_other(tmp_path: Path) -> None:
     """An admin on A rotates a key and B refuses its old secret at once, and takes the new one; a scope taken
     away on B is refused on A; a daily token limit spent on A is refused on B (once A's counts are flushed,
