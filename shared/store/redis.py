@@ -31,6 +31,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from shared.store.base import (
     ALL_SCOPES,
+    REDIS_CONNECTIONS,
     REDIS_TIMEOUT_S,
     USAGE_FIELDS,
     Authorization,
@@ -50,7 +51,6 @@ from shared.store.base import (
 )
 from shared.store.eviction import UNKNOWN
 
-MAX_CONNECTIONS = 64  # per process
 PING_TTL_MS = 10_000  # the key a ping writes (``ping``) is gone this long after the last ping
 
 # The sliding window of window.py, in Lua. Returns allowed, limit, remaining, reset_after, retry_after.
@@ -297,7 +297,7 @@ class RedisStore:
     def __init__(self, client: aioredis.Redis, *, namespace: str = "sn1") -> None:
         self.redis = client
         self.namespace = namespace
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._slots = asyncio.Semaphore(REDIS_CONNECTIONS)
         self._authorize = client.register_script(AUTHORIZE)
         self._charge = client.register_script(CHARGE)
         self._update = client.register_script(UPDATE)
@@ -311,7 +311,7 @@ class RedisStore:
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisStore:
         pool = aioredis.ConnectionPool.from_url(
-            url, max_connections=MAX_CONNECTIONS, decode_responses=True, socket_timeout=REDIS_TIMEOUT_S,
+            url, max_connections=REDIS_CONNECTIONS, decode_responses=True, socket_timeout=REDIS_TIMEOUT_S,
             socket_connect_timeout=REDIS_TIMEOUT_S, health_check_interval=30,
         )
         return cls(aioredis.Redis.from_pool(pool), namespace=namespace)
@@ -321,7 +321,7 @@ class RedisStore:
         return ":".join((self.namespace, *parts))
 
     async def _call(self, coro: Any) -> Any:
-        """Run one command; at most MAX_CONNECTIONS at once, so a burst queues here instead of
+        """Run one command; at most REDIS_CONNECTIONS at once, so a burst queues here instead of
         exhausting the pool (which would fail, i.e. 503). Cheaper than redis-py's blocking pool."""
         try:
             async with self._slots:
