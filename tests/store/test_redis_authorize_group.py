@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from shared.store.base import hash_key
 from shared.store.redis import RedisStore
+from tests.chaos.own_redis import own_redis_server
 from tests.store.conftest import redis_test_store
 
 pytestmark = pytest.mark.redis
@@ -60,7 +62,20 @@ async def test_grouped_decisions_equal_one_call_per_request(redis_store: RedisSt
         assert one.decision == await redis_store.charge(f"key:{s_rec.id}", limit, cost=1, now=now), case
 
 
-async def test_a_turn_costs_one_script_call_per_key_and_no_script_exists(redis_store: RedisStore) -> None:
+@pytest.fixture
+async def own_server_store(tmp_path: Path) -> AsyncIterator[RedisStore]:
+    """A store on a Redis of the test's own: its command counts are the server's (on the shared ``REDIS_URL``
+    every other client, the suite's other workers among them, moved them)."""
+    async with own_redis_server(tmp_path) as server:
+        store = RedisStore.from_url(server.url, namespace="test")
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+async def test_a_turn_costs_one_script_call_per_key_and_no_script_exists(own_server_store: RedisStore) -> None:
+    redis_store = own_server_store
     key, _ = await redis_store.create_key(5)
     other, _ = await redis_store.create_key(100)
     await redis_store.authorize(hash_key(key), scope="chat")  # scripts loaded before counting
