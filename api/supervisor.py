@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing.connection
 import os
 import signal
+from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 
 from loguru import logger
@@ -21,9 +22,9 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the workers and wait for every one to end; the exit status (1: one ended on its own)."""
-        self._start_ignoring_sigint()
         for sig in stop_signals():  # as a worker stops: a supervisor dying alone would orphan its workers
             signal.signal(sig, self._on_signal)
+        self._start_ignoring_sigint()
         ended = self._first_to_end()
         crashed = not self.stopping
         if crashed:  # a crash, or a store it could not open: serving on with fewer workers would hide it
@@ -39,13 +40,24 @@ class Supervisor:
         was still starting printed "Fatal Python error: init_import_site ... KeyboardInterrupt" (or a traceback
         from its imports): spawned with SIGINT ignored (an ignored signal stays ignored across exec), a starting
         worker stops on the supervisor's SIGTERM instead, and takes SIGINT again once it serves
-        (``serve_until_signal``)."""
+        (``serve_until_signal``).
+
+        Blocked as well as ignored meanwhile: ignored alone, a Ctrl-C while the workers spawned (each spawn
+        waits for the worker's interpreter to read its start-up data: seconds on a loaded host) was lost, and
+        the API went on to serve. A blocked signal is kept pending though its action is to ignore it, and is
+        taken by ``_on_signal`` as the spawning ends. The workers inherit the mask too: one that got the Ctrl-C
+        while starting takes it once it serves (``serve_until_signal`` unblocks it)."""
+        # multiprocessing starts its resource tracker with the first spawn, and unblocks SIGINT after it: started
+        # first, it is left alone
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # before SIG_IGN, which discards a pending one
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             for w in self.workers:
                 w.start()
         finally:
             signal.signal(signal.SIGINT, previous)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def _on_signal(self, _signum: int, _frame: object) -> None:
         self.stopping = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import time
 import zlib
@@ -383,6 +384,9 @@ async def serve_until_signal(
     loop = asyncio.get_running_loop()
     for sig in stop_signals():
         loop.add_signal_handler(sig, stop.set)
+    # an API worker starts with SIGINT blocked (``Supervisor._start_ignoring_sigint``): a Ctrl-C it got while
+    # starting is taken now, as a graceful stop
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     logger.info("serving on {}:{}", host, port)  # from here on a stop signal is a graceful shutdown
     if on_started:
         on_started()

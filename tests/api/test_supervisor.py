@@ -174,3 +174,38 @@ def test_ctrl_c_while_the_workers_start_stops_the_api_cleanly(tmp_path: Path) ->
     log = api.log.read_text()
     for sign in ("Fatal Python error", "KeyboardInterrupt", "Traceback"):
         assert sign not in log, log[-3000:]
+
+
+CTRL_C_DURING_SPAWN = '''
+import os, signal, sys, time
+import multiprocessing as mp
+from api.supervisor import Supervisor
+
+def worker():
+    time.sleep(20)  # a worker still starting: it stops on the supervisor's SIGTERM, or ends on its own
+
+class CtrlCDuringStart(mp.get_context("spawn").Process):
+    def start(self):
+        super().start()
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C reaches the supervisor while it spawns
+
+if __name__ == "__main__":
+    started = time.monotonic()
+    code = Supervisor([CtrlCDuringStart(target=worker), CtrlCDuringStart(target=worker)]).run()
+    print(f"exit={code} after={time.monotonic() - started:.1f}")
+'''
+
+
+def test_a_ctrl_c_while_the_supervisor_spawns_its_workers_is_not_lost(tmp_path: Path) -> None:
+    """The supervisor ignored SIGINT while it spawned its workers (so that they start ignoring it): a Ctrl-C
+    then was lost, and the API went on to serve. Spawning a worker waits for its interpreter to start (its
+    start-up data goes through a pipe it reads), so under load that took seconds, and a Ctrl-C pressed early
+    did nothing. The signal is now held (blocked) while the supervisor spawns, and taken as it ends."""
+    script = tmp_path / "ctrl_c_during_spawn.py"
+    script.write_text(CTRL_C_DURING_SPAWN)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(script)], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    code, after = (part.split("=")[1] for part in done.stdout.split())
+    assert code == "0" and float(after) < 15, f"the Ctrl-C was lost: the workers ended on their own ({done.stdout})"
