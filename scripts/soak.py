@@ -12,12 +12,23 @@ file descriptors and tasks back to baseline, RSS growth under ``--max-rss-mb``.
 
     python scripts/soak.py                      # 20,000 requests at concurrency 64
     python scripts/soak.py --requests 1000      # the small version run by `make test`
+    python scripts/soak.py --mix                # every endpoint (``MIX``), not only chat completions
+    python scripts/soak.py --mix --store redis://127.0.0.1:6379/11   # the same on a Redis store
+
+``--mix`` spreads the requests over every endpoint in ``MIX``: chat (with clients that leave mid-stream,
+mixture, sessions that are deleted or left to expire), legacy completions, the Responses API (stored,
+continued with ``previous_response_id``, deleted; background ones polled, cancelled, or streamed, left and
+resumed; ``web_search``), conversations and their items, web retrieval and the key admin routes. It also
+prints the API's in-memory structures that grow per request, key, session or response (``structures``),
+and the rows or Redis keys the store holds: both must be back to their size before the run (rows less
+what the run's sessions, responses and conversations left to expire).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -26,8 +37,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,6 +51,7 @@ from loguru import logger  # noqa: E402
 from neurons.miner.faults import FaultOptions  # noqa: E402
 from shared.gc_tuning import tune_for_serving  # noqa: E402
 from shared.logging import setup_logging  # noqa: E402
+from shared.miner_client import ResigningConnector  # noqa: E402
 from shared.signing import nonce_retention  # noqa: E402
 from tests.chaos.fleet import HONEST, MESSAGES, Fleet, expected_answer, fleet, wait_until  # noqa: E402
 
@@ -68,6 +82,13 @@ class Report:
     after: Resources | None = None
     max_loop_lag: float = 0.0
     ok: bool = False
+    mix: bool = False
+    store: str = "sqlite"
+    scenarios: dict[str, int] = field(default_factory=dict)  # requests sent, by scenario
+    structures_before: dict[str, int] = field(default_factory=dict)
+    structures_after: dict[str, int] = field(default_factory=dict)
+    rows_before: dict[str, int] = field(default_factory=dict)  # what the store holds, by table or key kind
+    rows_after: dict[str, int] = field(default_factory=dict)
 
 
 def resources() -> Resources:
@@ -82,7 +103,7 @@ def resources() -> Resources:
 async def one_request(session: aiohttp.ClientSession, f: Fleet, rng: random.Random, deadline: float) -> str | None:
     """Send one request; return a description if the answer is not the honest one."""
     honest = rng.choice(f.uids(HONEST))
-    faulty = rng.sample([u for u, p in f.profiles.items() if p != HONEST], 3)
+    faulty = rng.sample(f.uids(*FAULTY), 3)
     seed, stream = rng.randrange(1 << 30), rng.random() < 0.5
     body = {"messages": MESSAGES, "seed": seed, "stream": stream, "uids": [*faulty, honest], "timeout": deadline}
     try:
@@ -112,19 +133,30 @@ def _content(text: str, stream: bool) -> str:
     return "".join(out)
 
 
-async def drive(session: aiohttp.ClientSession, f: Fleet, n: int, concurrency: int, deadline: float,
-                seed: int, report: Report | None) -> None:
+Scenario = Callable[[aiohttp.ClientSession, random.Random], Awaitable[tuple[str, str | None]]]
+
+
+def chat_only(f: Fleet, deadline: float) -> Scenario:
+    """Every request a chat completion raced by one honest and three faulty miners."""
+    async def run(http: aiohttp.ClientSession, rng: random.Random) -> tuple[str, str | None]:
+        return "chat", await one_request(http, f, rng, deadline)
+    return run
+
+
+async def drive(session: aiohttp.ClientSession, scenario: Scenario, n: int, concurrency: int, seed: int,
+                report: Report | None) -> None:
     rng = random.Random(seed)
     counter = iter(range(n))
 
     async def worker() -> None:
         for _ in counter:
-            problem = await one_request(session, f, rng, deadline)
+            name, problem = await scenario(session, rng)
             if report is not None:
                 key = "ok" if problem is None else "unexpected"
                 report.statuses[key] = report.statuses.get(key, 0) + 1
+                report.scenarios[name] = report.scenarios.get(name, 0) + 1
                 if problem and len(report.unexpected) < 20:
-                    report.unexpected.append(problem)
+                    report.unexpected.append(f"[{name}] {problem}")
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
@@ -137,8 +169,10 @@ async def quiesce(f: Fleet, timeout: float) -> None:
     gc.collect()
 
 
-def short_keepalive_session(limit: int, limit_per_host: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit_per_host, keepalive_timeout=KEEPALIVE)
+def short_keepalive_session(limit: int, limit_per_host: int, *, resigning: bool = False) -> aiohttp.ClientSession:
+    """``resigning``: the API's own connector (``make_session``'s), whose ``pending`` is read after the run."""
+    kind = ResigningConnector if resigning else aiohttp.TCPConnector
+    connector = kind(limit=limit, limit_per_host=limit_per_host, keepalive_timeout=KEEPALIVE)
     return aiohttp.ClientSession(connector=connector)
 
 
@@ -151,7 +185,7 @@ async def watch_loop_lag(report: Report, period: float = 0.05) -> None:
         report.max_loop_lag = max(report.max_loop_lag, loop.time() - before - period)
 
 
-async def warm_up(session: aiohttp.ClientSession, f: Fleet, requests: int, concurrency: int, deadline: float,
+async def warm_up(session: aiohttp.ClientSession, scenario: Scenario, requests: int, concurrency: int,
                   seed: int) -> None:
     """Load at the run's concurrency until pools, caches and allocator arenas reach their working
     size, so the growth measured after is what the run itself left behind.
@@ -165,54 +199,423 @@ async def warm_up(session: aiohttp.ClientSession, f: Fleet, requests: int, concu
     batch = max(4 * concurrency, 1500, requests // 10)
     started, sent = time.monotonic(), 0
     while True:
-        await drive(session, f, batch, concurrency, deadline, seed + 1 + sent, None)
+        await drive(session, scenario, batch, concurrency, seed + 1 + sent, None)
         sent += batch
         elapsed = time.monotonic() - started
         if elapsed >= min(REPLAY_WINDOW_S, requests * elapsed / sent):
             return
 
 
-async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: float, seed: int) -> Report:
-    report = Report(requests=requests, concurrency=concurrency)
+async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: float, seed: int, *,
+               mix: bool = False, store_url: str | None = None) -> Report:
+    report = Report(requests=requests, concurrency=concurrency, mix=mix, store=store_url or "sqlite")
     profiles = {1: HONEST, 2: HONEST} | {uid: p for uid, p in enumerate(FAULTY, start=3)}
+    if mix:
+        profiles[len(profiles) + 1] = STALLING
     options = FaultOptions(huge_bytes=1 << 20, late_seconds=deadline + 0.5, trickle_interval=0.1)
+    settings = {"miner_max_response_bytes": 256 << 10}
+    if mix:  # what is left to expire does within the run; the single key may run as many as the worker
+        settings |= {"responses_retention_seconds": MIX_RETENTION_S, "max_background_responses_per_key": 256}
     with tempfile.TemporaryDirectory(prefix="sn1-soak-") as tmp:
-        async with fleet(Path(tmp), profiles, options=options, miner_max_response_bytes=256 << 10) as f:
+        async with fleet(Path(tmp), profiles, options=options, **settings) as f:
             tune_for_serving()  # the collector settings a served API runs with (serve_until_signal)
             api_pool = f.ctx.client.session
-            f.ctx.client.session = short_keepalive_session(1024, 256)  # same limits as make_session()
+            f.ctx.client.session = short_keepalive_session(1024, 256, resigning=True)  # as make_session()
             await api_pool.close()
-            async with short_keepalive_session(concurrency, concurrency) as session:
-                await warm_up(session, f, requests, concurrency, deadline, seed)
-                await quiesce(f, deadline + 10)
-                report.before = resources()
-                started = time.monotonic()
-                watcher = asyncio.create_task(watch_loop_lag(report))
-                await drive(session, f, requests, concurrency, deadline, seed, report)
-                report.seconds = time.monotonic() - started
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
-                await quiesce(f, deadline + 10)
-                report.after = resources()
+            async with contextlib.AsyncExitStack() as stack:
+                count_rows = await stack.enter_async_context(store_on(f, Path(tmp), store_url))
+                scenario = chat_only(f, deadline)
+                if mix:
+                    scenario = await stack.enter_async_context(mixed(f, deadline, seed))
+                async with short_keepalive_session(concurrency, concurrency) as session:
+                    await warm_up(session, scenario, requests, concurrency, seed)
+                    await quiesce(f, deadline + 10)
+                    report.before, report.structures_before = resources(), structures(f)
+                    report.rows_before = await count_rows()
+                    started = time.monotonic()
+                    watcher = asyncio.create_task(watch_loop_lag(report))
+                    await drive(session, scenario, requests, concurrency, seed, report)
+                    report.seconds = time.monotonic() - started
+                    watcher.cancel()
+                    await asyncio.gather(watcher, return_exceptions=True)
+                    await quiesce(f, deadline + 10)
+                    report.after, report.structures_after = resources(), structures(f)
+                    report.rows_after = await count_rows()
             await f.ctx.client.session.close()
     b, a = report.before, report.after
-    report.ok = (not report.unexpected and report.statuses.get("ok", 0) == requests
+    grown = {k: v for k, v in report.structures_after.items() if v > report.structures_before.get(k, 0)}
+    report.ok = (not report.unexpected and report.statuses.get("ok", 0) == requests and not grown
                  and a.fds <= b.fds + FD_SLACK and a.tasks <= b.tasks and a.rss_mb - b.rss_mb < max_rss_mb)
     return report
+
+
+def structures(f: Fleet) -> dict[str, int]:
+    """The API's in-memory structures that hold an entry per request, response, key or miner: each must be
+    back to its size before the run once the run's work is over."""
+    ctx = f.ctx
+    pending = getattr(ctx.client.session.connector, "pending", {})
+    usage = ctx.usage
+    return {
+        "ctx.background": len(ctx.background),
+        "ctx.running_responses": len(ctx.running_responses),
+        "ctx.response_logs": len(ctx.response_logs),
+        "ctx.background_owners": len(ctx.background_owners),
+        "client._chat_urls": len(ctx.client._chat_urls),
+        "connector.pending": len(pending),
+        "usage._pending": len(usage._pending) if usage is not None else 0,
+        "usage._last_used": len(usage._last_used) if usage is not None else 0,
+    }
+
+
+# --- the mix (--mix): every endpoint, in the patterns a long-running gateway sees ---------------------------
+
+STALLING = "stall-mid"  # a valid start, then silence: what a client leaving mid-stream, or a cancel, meets
+ADMIN_KEY = "admin-secret-for-tests"  # build_api_context's
+SESSION_KEYS = 32  # keys the sessions (one per key) are opened with
+Call = tuple[int, str]
+
+
+@dataclass
+class Mix:
+    """What the mix's scenarios share: the fleet, the keys sessions are opened with, and the random source."""
+    f: Fleet
+    session_keys: list[str]
+    rng: random.Random
+    deadline: float
+
+    def race(self) -> list[int]:
+        """Three faulty miners and an honest one: the answer is the honest miner's."""
+        return [*self.rng.sample(self.f.uids(*FAULTY), 3), self.rng.choice(self.f.uids(HONEST))]
+
+    def stalling(self) -> list[int]:
+        return self.f.uids(STALLING)
+
+
+async def _call(http: aiohttp.ClientSession, m: Mix, method: str, path: str, *, body: Any = None,
+                params: dict[str, str] | None = None, key: str | None = None, admin: bool = False) -> Call:
+    headers = {"admin-key": ADMIN_KEY} if admin else {"Authorization": f"Bearer {key or m.f.key}"}
+    async with http.request(method, m.f.url + path, json=body, params=params, headers=headers,
+                            timeout=aiohttp.ClientTimeout(total=m.deadline + 15)) as r:
+        return r.status, await r.text()
+
+
+def _unless(what: str, got: Call, ok: tuple[int, ...] = (200,)) -> str | None:
+    status, text = got
+    return None if status in ok else f"{what}: HTTP {status}: {text[:200]}"
+
+
+async def _leave_stream(http: aiohttp.ClientSession, m: Mix, path: str, body: dict[str, Any]) -> Call:
+    """Start a stream, read its first bytes, and drop the connection (a client that goes away)."""
+    async with http.post(m.f.url + path, json=body, headers={"Authorization": f"Bearer {m.f.key}"},
+                         timeout=aiohttp.ClientTimeout(total=m.deadline + 15)) as r:
+        first = (await r.content.readany()).decode(errors="replace")
+        r.close()
+        return r.status, first
+
+
+async def mix_chat(http: aiohttp.ClientSession, m: Mix) -> str | None:
+    return await one_request(http, m.f, m.rng, m.deadline)
+
+
+async def mix_chat_left(http: aiohttp.ClientSession, m: Mix) -> str | None:
+    uids = m.stalling() if m.rng.random() < 0.5 else m.race()
+    got = await _leave_stream(http, m, "/v1/chat/completions",
+                              {"messages": MESSAGES, "stream": True, "uids": uids, "timeout": m.deadline})
+    return _unless("chat left mid-stream", got)
+
+
+async def mix_mixture(http: aiohttp.ClientSession, m: Mix) -> str | None:
+    got = await _call(http, m, "POST", "/v1/chat/completions",
+                      body={"messages": MESSAGES, "mixture": True, "stream": m.rng.random() < 0.5,
+                            "timeout": m.deadline})
+    return _unless("mixture", got, (200, 502, 504))
+
+
+async def mix_completions(http: aiohttp.ClientSession, m: Mix) -> str | None:
+    got = await _call(http, m, "POST", "/v1/completions",
+                      body={"prompt": "Tell me something reliable.", "stream": m.rng.random() < 0.5,
+                            "uids": m.race(), "timeout": m.deadline})
+    return _unless("completions", got)
+
+
+async def mix_responses(http: aiohttp.ClientSession, m: Mix) -> str | None:
+    """A stored response, continued with ``previous_response_id``, read, its input items listed; the first
+    deleted half the time (the rest expire)."""
+    first = await _call(http, m, "POST", "/v1/responses",
+                        body={"input": "Tell me something reliable.", "uids": m.race(), "timeout": m.deadline})
+    if problem := _unless("responses", first):
+        return problem
+    first_id = json.loads(first[1])["id"]
+    second = await _call(http, m, "POST", "/v1/responses",
+                         body={"input": "And another.", "previous_response_id": first_id, "uids": m.race(),
+                               "stream": m.rng.random() < 0.5, "timeout": m.deadline})
+    if problem := _unless("responses previous_response_id", second):
+        return problem
+    for path in (f"/v1/responses/{first_id}", f"/v1/responses/{first_id}/input_items"):
+        if problem := _unless(f"GET {path}", await _call(http, m, "GET", path)):
+            return problem
+    if m.rng.random() < 0.5:
+        return _unless("DELETE response", await _call(http, m, "DELETE", f"/v1/responses/{first_id}"))
+    return None
+
+
+async def mix_web_search(http: aiohttp.ClientSession, m: Mix) -> str | None:
+    got = await _call(http, m, "POST", "/v1/responses",
+                      body={"input": "What is Bittensor?", "tools": [{"type": "web_search"}], "uids": m.race(),
+                            "store": m.rng.random() < 0.5, "timeout": m.deadline})
+    return _unless("responses web_search", got, (200, 502, 504))
+
+
+async def mix_web_retrieval(http: aiohttp.ClientSession, m: Mix) -> str | None:
+    got = await _call(http, m, "GET", "/web_retrieval",
+                      params={"search_query": "decentralised inference", "uids": ",".join(map(str, m.race())),
+                              "max_response_time": str(m.deadline)})
+    return _unless("web_retrieval", got, (200, 502, 504))
+
+
+async def _poll(http: aiohttp.ClientSession, m: Mix, response_id: str) -> Call:
+    """GET a background response until it is settled (bounded by its deadline and the grace)."""
+    got: Call = (0, "")
+    for _ in range(int((m.deadline + 10) / 0.2)):
+        got = await _call(http, m, "GET", f"/v1/responses/{response_id}")
+        if got[0] != 200 or json.loads(got[1])["status"] not in ("queued", "in_progress"):
+            return got
+        await asyncio.sleep(0.2)
+    return 0, f"still pending: {got[1][:100]}"
+
+
+async def mix_background(http: aiohttp.ClientSession, m: Mix) -> str | None:
+    """A background response polled to its end, or cancelled while its (stalling) miner answers."""
+    cancel = m.rng.random() < 0.5
+    body = {"input": "Tell me something reliable.", "background": True, "timeout": m.deadline,
+            "uids": m.stalling() if cancel else m.race()}
+    queued = await _call(http, m, "POST", "/v1/responses", body=body)
+    if problem := _unless("background", queued):
+        return problem
+    response_id = json.loads(queued[1])["id"]
+    if cancel:
+        got = await _call(http, m, "POST", f"/v1/responses/{response_id}/cancel")
+        if problem := _unless("cancel", got):
+            return problem
+        if json.loads(got[1])["status"] != "cancelled":
+            return f"cancel answered {got[1][:200]}"
+        return None
+    return _unless("background poll", await _poll(http, m, response_id))
+
+
+async def mix_background_stream(http: aiohttp.ClientSession, m: Mix) -> str | None:
+    """A streamed background response whose caller leaves after its first event, then resumes it to its end,
+    or deletes it while it is still being answered."""
+    body = {"input": "Tell me something reliable.", "background": True, "stream": True, "timeout": m.deadline,
+            "uids": m.stalling() if m.rng.random() < 0.5 else m.race()}
+    left = await _leave_stream(http, m, "/v1/responses", body)
+    if problem := _unless("background stream", left):
+        return problem
+    created = next((json.loads(line[6:]) for line in left[1].split("\n") if line.startswith("data: ")), None)
+    if created is None:
+        return f"background stream: no first event in {left[1][:200]!r}"
+    response_id = created["response"]["id"]
+    if m.rng.random() < 0.3:
+        return _unless("DELETE running response", await _call(http, m, "DELETE", f"/v1/responses/{response_id}"))
+    resumed = await _call(http, m, "GET", f"/v1/responses/{response_id}",
+                          params={"stream": "true", "starting_after": "0"})
+    return _unless("background stream resumed", resumed)
+
+
+async def mix_conversation(http: aiohttp.ClientSession, m: Mix) -> str | None:
+    """A conversation made, answered into, its items added, listed and one deleted; the conversation deleted
+    half the time (the rest expire)."""
+    item = {"type": "message", "role": "user", "content": "Tell me something reliable."}
+    made = await _call(http, m, "POST", "/v1/conversations", body={"items": [item], "metadata": {"soak": "1"}})
+    if problem := _unless("conversation", made):
+        return problem
+    conv = json.loads(made[1])["id"]
+    steps = [
+        ("POST", "/v1/responses", {"input": "Go on.", "conversation": conv, "uids": m.race(), "timeout": m.deadline}),
+        ("POST", f"/v1/conversations/{conv}/items", {"items": [item, item]}),
+        ("GET", f"/v1/conversations/{conv}/items", None),
+        ("POST", f"/v1/conversations/{conv}", {"metadata": {"soak": "2"}}),
+    ]
+    for method, path, body in steps:
+        if problem := _unless(f"{method} {path}", await _call(http, m, method, path, body=body)):
+            return problem
+    if m.rng.random() < 0.5:
+        return _unless("DELETE conversation", await _call(http, m, "DELETE", f"/v1/conversations/{conv}"))
+    return None
+
+
+async def mix_session(http: aiohttp.ClientSession, m: Mix) -> str | None:
+    """A sticky session on one of ``SESSION_KEYS`` keys (opening one replaces that key's last): chat through
+    it, a ping, then deleted half the time, else left to expire in a few seconds."""
+    key = m.rng.choice(m.session_keys)
+    opened = await _call(http, m, "POST", "/v1/sessions", key=key,
+                         body={"model": "default", "session_duration": m.rng.randint(1, 5), "failover": True})
+    if problem := _unless("session", opened, (200, 503)):
+        return problem
+    if opened[0] != 200:
+        return None
+    sid = json.loads(opened[1])["session_id"]
+    chat = await _call(http, m, "POST", "/v1/chat/completions", key=key,
+                       body={"messages": MESSAGES, "stream": m.rng.random() < 0.5, "timeout": m.deadline})
+    if problem := _unless("chat in session", chat, (200, 502, 504)):
+        return problem
+    if problem := _unless("ping", await _call(http, m, "POST", f"/v1/sessions/{sid}/ping", key=key), (200, 404)):
+        return problem
+    if m.rng.random() < 0.5:
+        return _unless("DELETE session", await _call(http, m, "DELETE", f"/v1/sessions/{sid}", key=key), (200, 404))
+    return None
+
+
+async def mix_keys(http: aiohttp.ClientSession, m: Mix) -> str | None:
+    """A key's life through the admin routes: made, used, changed, rotated, used again, deleted."""
+    made = await _call(http, m, "POST", "/api_management/create-api-key/", params={"rate_limit": "100"}, admin=True)
+    if problem := _unless("create key", made):
+        return problem
+    secret = json.loads(made[1])["api_key"]
+    if problem := _unless("usage", await _call(http, m, "GET", "/v1/usage", key=secret)):
+        return problem
+    changed = await _call(http, m, "PUT", f"/api_management/modify-api-key/{secret}", body={"rate_limit": 50},
+                          admin=True)
+    if problem := _unless("modify key", changed):
+        return problem
+    rotated = await _call(http, m, "POST", f"/api_management/rotate-api-key/{secret}", admin=True)
+    if problem := _unless("rotate key", rotated):
+        return problem
+    secret = json.loads(rotated[1])["api_key"]
+    if problem := _unless("usage after rotate", await _call(http, m, "GET", "/v1/usage", key=secret)):
+        return problem
+    return _unless("delete key", await _call(http, m, "DELETE", f"/api_management/delete-api-key/{secret}",
+                                             admin=True))
+
+
+# name -> (weight, scenario): chat completions stay the largest share, as in production
+MIX: dict[str, tuple[int, Callable[[aiohttp.ClientSession, Mix], Awaitable[str | None]]]] = {
+    "chat": (6, mix_chat),
+    "chat-left": (2, mix_chat_left),
+    "mixture": (1, mix_mixture),
+    "completions": (2, mix_completions),
+    "responses": (2, mix_responses),
+    "web-search": (1, mix_web_search),
+    "web-retrieval": (1, mix_web_retrieval),
+    "background": (2, mix_background),
+    "background-stream": (1, mix_background_stream),
+    "conversation": (1, mix_conversation),
+    "session": (2, mix_session),
+    "keys": (1, mix_keys),
+}
+
+
+MIX_RETENTION_S = 20.0  # RESPONSES_RETENTION_SECONDS in the mix: the responses and conversations it leaves expire
+
+
+@contextlib.asynccontextmanager
+async def store_on(f: Fleet, tmp: Path, url: str | None) -> AsyncIterator[Callable[[], Awaitable[dict[str, int]]]]:
+    """The API's stores on ``url`` (a Redis; None: the fleet's SQLite file), and how to count what they hold:
+    rows by table, or Redis keys by kind. A Redis is left as it was found: the run's keys are under a
+    namespace of its own, deleted at the end."""
+    if url is None:
+        yield lambda: _sqlite_rows(tmp / "api.db")
+        return
+    from shared.store.conversations import open_conversations
+    from shared.store.redis import RedisStore
+    from shared.store.responses import open_responses
+    from shared.store.sessions import open_sessions
+
+    ns = f"sn1-soak-{os.getpid()}"
+    ctx = f.ctx
+    sqlite = (ctx.store, ctx.responses, ctx.conversations, ctx.sessions)
+    ctx.store = RedisStore.from_url(url, namespace=ns)
+    if ctx.usage is not None:
+        ctx.usage.store = ctx.store
+    ctx.responses, ctx.conversations = open_responses(url, namespace=ns), open_conversations(url, namespace=ns)
+    ctx.sessions = open_sessions(url, namespace=ns)
+    f.key, _ = await ctx.store.create_key(1_000_000)
+    for store in sqlite[1:]:
+        await store.aclose()
+    try:
+        yield lambda: _redis_keys(ctx.store.redis, ns)
+    finally:
+        async for name in ctx.store.redis.scan_iter(match=f"{ns}:*", count=1000):
+            await ctx.store.redis.delete(name)
+        for store in (ctx.responses, ctx.conversations, ctx.sessions):
+            await store.aclose()
+        await ctx.store.close()
+        ctx.store = sqlite[0]  # the fleet closes its own
+
+
+ORPHANS = {
+    "orphan response_events": "SELECT COUNT(*) FROM response_events WHERE response_id NOT IN "
+                               "(SELECT id FROM stored_responses)",
+    "orphan response_items": "SELECT COUNT(*) FROM stored_response_items WHERE response_id NOT IN "
+                             "(SELECT id FROM stored_responses)",
+    "orphan conversation_items": "SELECT COUNT(*) FROM conversation_items WHERE conversation_id NOT IN "
+                                 "(SELECT id FROM conversations)",
+}
+
+
+async def _sqlite_rows(path: Path) -> dict[str, int]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        rows = {t: db.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in tables}
+        for name, query in ORPHANS.items():  # rows no purge reaches: what they belonged to is gone
+            rows[name] = db.execute(query).fetchone()[0]
+        return rows
+
+
+async def _redis_keys(redis: Any, ns: str) -> dict[str, int]:
+    out: Counter[str] = Counter()
+    async for name in redis.scan_iter(match=f"{ns}:*", count=1000):
+        out[(name.decode() if isinstance(name, bytes) else name).split(":")[1]] += 1
+    return dict(out)
+
+
+@contextlib.asynccontextmanager
+async def mixed(f: Fleet, deadline: float, seed: int) -> AsyncIterator[Scenario]:
+    """The mix's scenario picker (``MIX``, by weight), its session keys made, and the API's session sweep
+    running as it does in a served API."""
+    from api.sessions import sweep_loop
+
+    keys = [(await f.ctx.store.create_key(1_000_000, name=f"soak-session-{i}"))[0] for i in range(SESSION_KEYS)]
+    m = Mix(f=f, session_keys=keys, rng=random.Random(seed), deadline=deadline)
+    names, weights = list(MIX), [w for w, _ in MIX.values()]
+
+    async def run(http: aiohttp.ClientSession, rng: random.Random) -> tuple[str, str | None]:
+        name = rng.choices(names, weights)[0]
+        try:
+            return name, await MIX[name][1](http, m)
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
+            return name, f"{type(e).__name__}: {e}"
+
+    sweeper = asyncio.create_task(sweep_loop(f.ctx, 1.0))
+    try:
+        yield run
+    finally:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
 
 
 def render(r: Report, max_rss_mb: float) -> str:
     b, a = r.before, r.after
     assert b is not None and a is not None
+    what = (f"a mix of every endpoint on {r.store}: {dict(sorted(r.scenarios.items()))}" if r.mix
+            else "each raced 1 honest + 3 faulty miners")
     lines = [
         f"soak: {r.requests} requests at concurrency {r.concurrency} in {r.seconds:.1f}s "
-        f"({r.requests / max(r.seconds, 1e-9):.0f} req/s); each raced 1 honest + 3 faulty miners",
+        f"({r.requests / max(r.seconds, 1e-9):.0f} req/s); {what}",
         f"  answers: {dict(Counter(r.statuses))}; longest event-loop stall {r.max_loop_lag * 1000:.0f} ms",
-        f"  {'':<16}{'before':>10}{'after':>10}{'delta':>10}   limit",
-        f"  {'open fds':<16}{b.fds:>10}{a.fds:>10}{a.fds - b.fds:>+10}   <= +{FD_SLACK}",
-        f"  {'asyncio tasks':<16}{b.tasks:>10}{a.tasks:>10}{a.tasks - b.tasks:>+10}   <= 0",
-        f"  {'RSS (MB)':<16}{b.rss_mb:>10.1f}{a.rss_mb:>10.1f}{a.rss_mb - b.rss_mb:>+10.1f}   < {max_rss_mb:g}",
+        f"  {'':<24}{'before':>10}{'after':>10}{'delta':>10}   limit",
+        f"  {'open fds':<24}{b.fds:>10}{a.fds:>10}{a.fds - b.fds:>+10}   <= +{FD_SLACK}",
+        f"  {'asyncio tasks':<24}{b.tasks:>10}{a.tasks:>10}{a.tasks - b.tasks:>+10}   <= 0",
+        f"  {'RSS (MB)':<24}{b.rss_mb:>10.1f}{a.rss_mb:>10.1f}{a.rss_mb - b.rss_mb:>+10.1f}   < {max_rss_mb:g}",
     ]
+    for name, after in r.structures_after.items():
+        before = r.structures_before.get(name, 0)
+        lines.append(f"  {name:<24}{before:>10}{after:>10}{after - before:>+10}   <= 0")
+    for name in sorted(set(r.rows_before) | set(r.rows_after)):
+        before, after = r.rows_before.get(name, 0), r.rows_after.get(name, 0)
+        lines.append(f"  {'store ' + name:<24}{before:>10}{after:>10}{after - before:>+10}")
     lines += [f"  unexpected: {u}" for u in r.unexpected]
     lines.append("soak: PASS" if r.ok else "soak: FAIL")
     return "\n".join(lines)
@@ -225,11 +628,15 @@ def main() -> int:
     p.add_argument("--deadline", type=float, default=5.0, help="per-request timeout sent to the API (s)")
     p.add_argument("--max-rss-mb", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--mix", action="store_true", help="every endpoint (MIX), not only chat completions")
+    p.add_argument("--store", default=None, metavar="REDIS_URL",
+                   help="the API's stores on this Redis (its own namespace, deleted after); default SQLite")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line too")
     args = p.parse_args()
     setup_logging("WARNING", role="soak")
     logger.disable("api")  # one INFO line per request would dominate the run
-    report = asyncio.run(soak(args.requests, args.concurrency, args.deadline, args.max_rss_mb, args.seed))
+    report = asyncio.run(soak(args.requests, args.concurrency, args.deadline, args.max_rss_mb, args.seed,
+                              mix=args.mix, store_url=args.store))
     print(render(report, args.max_rss_mb), flush=True)
     if args.json:
         print(json.dumps(asdict(report)), flush=True)
