@@ -209,18 +209,29 @@ async def test_a_streamed_responses_events_are_read_on_from_any_point_and_go_wit
     assert await responses.events("key-a", "resp_2", after=-1) == []
 
 
-async def test_events_made_after_their_response_was_deleted_are_not_kept(responses: ResponseStore) -> None:
-    """Its answer goes on being made for up to a second after a delete (on another worker or host, which asks
-    the store each second): those events were kept (on SQLite for good, its purges finding events by their
-    response) and read back as if the response were there."""
+async def test_events_of_a_response_deleted_while_it_streams_are_not_kept(responses: ResponseStore) -> None:
+    """A streamed background response deleted while it ran went on adding its events (up to 4 MiB of them) for
+    a response no purge or delete would ever name again: on SQLite each such response's rows stayed for good
+    (the soak's mix counted 832 rows in 6,000 requests). Events are kept only for a response that is stored."""
     await responses.put("key-a", "resp_1", encode(QUEUED, ITEMS), retention=60, pending=True)
     await responses.add_events("key-a", "resp_1", [(0, "e0")], retention=60)
     assert await responses.delete("key-a", "resp_1")
-    await responses.add_events("key-a", "resp_1", [(1, "e1"), (2, "e2")], retention=60)
+    for seq in range(1, 101):  # the answer goes on after the delete, as its task notices only within a second
+        await responses.add_events("key-a", "resp_1", [(seq, f"e{seq}")], retention=60)
+    await responses.add_events("key-b", "resp_2", [(0, "x0")], retention=60)  # never stored at all
     assert await responses.events("key-a", "resp_1", after=-1) == []
     assert await responses.last_event("key-a", "resp_1") is None
-    await responses.add_events("key-b", "resp_2", [(0, "x0")], retention=60)  # never stored, or another key's
     assert await responses.events("key-b", "resp_2", after=-1) == []
+    assert await _events_held(responses) == 0
+
+
+async def _events_held(responses: ResponseStore) -> int:
+    """Every event the store holds, whoever's: SQLite's rows, Redis's members of the namespace's event sets."""
+    if isinstance(responses, SQLiteResponseStore):
+        return responses._query("SELECT COUNT(*) FROM response_events", ())[0][0]
+    assert isinstance(responses, RedisResponseStore)
+    names = [name async for name in responses.r.scan_iter(match=f"{responses.ns}:response_events:*")]
+    return sum([await responses.r.zcard(name) for name in names])
 
 
 async def test_events_a_release_before_2026_12_06_kept_as_a_list_are_still_read(tmp_path: Path) -> None:
