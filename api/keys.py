@@ -194,8 +194,9 @@ async def delete_api_key(request: web.Request) -> web.Response:
 
 
 async def _forget_responses(ctx: ApiContext, key_id: str) -> None:
-    """The deleted key's stored responses and conversations go with it (no key can read them again). The key
-    is gone whatever happens here: a store that fails now leaves them to their expiry, said in a WARNING."""
+    """The deleted key's stored responses, conversations and sticky session go with it (no key can use them
+    again). The key is gone whatever happens here: a store that fails now leaves them to their expiry, said in
+    a WARNING."""
     for what, kept in (("stored responses", ctx.responses), ("conversations", ctx.conversations)):
         if kept is None:
             continue
@@ -206,6 +207,20 @@ async def _forget_responses(ctx: ApiContext, key_id: str) -> None:
             continue
         if gone:
             logger.info("{} of deleted key id={} deleted: {}", what, key_id, gone)
+    await _close_session(ctx, key_id)
+
+
+async def _close_session(ctx: ApiContext, key_id: str) -> None:
+    """A deleted key's session was kept to its expiry (up to a week), read by every session sweep meanwhile:
+    a churn of keys that each opened one grew what every sweep reads."""
+    if ctx.sessions is None:
+        return
+    try:
+        session = await ctx.sessions.for_key(key_id)
+        if session is not None and await ctx.sessions.close(session.id):
+            logger.info("session {} of deleted key id={} closed", session.id, key_id)
+    except StoreUnavailable as e:
+        logger.warning("session of deleted key id={} left to expire: {}", key_id, e)
 
 
 async def list_api_keys(request: web.Request) -> web.Response:

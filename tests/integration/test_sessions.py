@@ -76,6 +76,18 @@ async def test_new_session_replaces_old_and_delete_ends_it(tmp_path: Path) -> No
         assert status == 404
 
 
+async def test_deleting_a_key_closes_its_session(tmp_path: Path) -> None:
+    """A deleted key's session was kept (and read by every sweep) until it expired, up to a week: 50 keys
+    made, each opening a session, and deleted left 50 sessions behind."""
+    async with api_with_miners(tmp_path, miners(2)) as api:
+        for _ in range(50):
+            secret, _ = await api.ctx.store.create_key(1000)
+            assert (await call(api, "POST", "/v1/sessions", key=secret, json={"model": "default"}))[0] == 200
+            async with aiohttp.ClientSession() as s, s.delete(f"{api.url}/api_management/delete-api-key/{secret}",
+                                                              headers={"admin-key": "admin-secret-for-tests"}) as r:
+                assert r.status == 200, await r.text()
+        assert await api.ctx.sessions.active() == []
+
 async def test_session_expires(tmp_path: Path) -> None:
     async with api_with_miners(tmp_path, miners(2)) as api:
         _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default", "session_duration": 1})
