@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import itertools
 import json
 import os
 import random
@@ -38,7 +39,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from shared.gc_tuning import tune_for_serving  # noqa: E402
 from shared.logging import setup_logging  # noqa: E402
 from shared.miner_client import ResigningConnector  # noqa: E402
 from shared.signing import nonce_retention  # noqa: E402
-from tests.chaos.fleet import HONEST, MESSAGES, Fleet, expected_answer, fleet, wait_until  # noqa: E402
+from tests.chaos.fleet import HONEST, MESSAGES, VALIDATOR, Fleet, expected_answer, fleet, wait_until  # noqa: E402
 
 FAULTY = ["refuse", "stall-headers", "stall-body", "trickle", "http500", "bad-json", "bad-sse", "empty",
           "done-only", "huge", "wrong-type", "bad-tools", "late", "disconnect"]
@@ -62,6 +63,9 @@ FAULTY = ["refuse", "stall-headers", "stall-body", "trickle", "http500", "bad-js
 KEEPALIVE = 1.0
 FD_SLACK = 2
 REPLAY_WINDOW_S = nonce_retention()  # how long a miner keeps each nonce
+# What must be empty once the run's payloads are delivered and scored (the mix's validator and outbox).
+SEEN_SIZE_LIMIT = 100_000  # the validator's seen-list (neurons.validator.app.SEEN_SIZE): full at that many
+DRAINED = ("validator queue", "validator inbox waiting", "outbox depth", "outbox unstored")
 
 
 @dataclass
@@ -89,6 +93,8 @@ class Report:
     structures_after: dict[str, int] = field(default_factory=dict)
     rows_before: dict[str, int] = field(default_factory=dict)  # what the store holds, by table or key kind
     rows_after: dict[str, int] = field(default_factory=dict)
+    validator_before: dict[str, int] = field(default_factory=dict)  # the validator's structures and the outbox
+    validator_after: dict[str, int] = field(default_factory=dict)
 
 
 def resources() -> Resources:
@@ -161,10 +167,15 @@ async def drive(session: aiohttp.ClientSession, scenario: Scenario, n: int, conc
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def quiesce(f: Fleet, timeout: float) -> None:
-    """Let the settled races, losers and fault handlers finish (all bounded by the deadline), then
-    let idle keep-alive connections expire (the connector closes them within two periods)."""
+async def quiesce(f: Fleet, timeout: float, validator: Callable[[], Awaitable[dict[str, int]]] | None = None) -> None:
+    """Let the settled races, losers and fault handlers finish (all bounded by the deadline), and the
+    outbox deliver what they left to the validator, which scores it; then let idle keep-alive connections
+    expire (the connector closes them within two periods)."""
     await wait_until(lambda: not f.ctx.background and f.in_flight() == 0, timeout)
+    for _ in range(int(timeout / 0.1)):
+        if validator is None or all(n == 0 for k, n in (await validator()).items() if k in DRAINED):
+            break
+        await asyncio.sleep(0.1)
     await asyncio.sleep(2 * KEEPALIVE + 0.5)
     gc.collect()
 
@@ -224,13 +235,15 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
             await api_pool.close()
             async with contextlib.AsyncExitStack() as stack:
                 count_rows = await stack.enter_async_context(store_on(f, Path(tmp), store_url))
-                scenario = chat_only(f, deadline)
+                scenario, validator = chat_only(f, deadline), None
                 if mix:
+                    validator = await stack.enter_async_context(validator_behind(f, Path(tmp), store_url))
                     scenario = await stack.enter_async_context(mixed(f, deadline, seed))
                 async with short_keepalive_session(concurrency, concurrency) as session:
                     await warm_up(session, scenario, requests, concurrency, seed)
-                    await quiesce(f, deadline + 10)
+                    await quiesce(f, deadline + 10, validator)
                     report.before, report.structures_before = resources(), structures(f)
+                    report.validator_before = await validator() if validator else {}
                     report.rows_before = await count_rows()
                     started = time.monotonic()
                     watcher = asyncio.create_task(watch_loop_lag(report))
@@ -238,13 +251,16 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                     report.seconds = time.monotonic() - started
                     watcher.cancel()
                     await asyncio.gather(watcher, return_exceptions=True)
-                    await quiesce(f, deadline + 10)
+                    await quiesce(f, deadline + 10, validator)
                     report.after, report.structures_after = resources(), structures(f)
+                    report.validator_after = await validator() if validator else {}
                     report.rows_after = await count_rows()
             await f.ctx.client.session.close()
     b, a = report.before, report.after
     grown = {k: v for k, v in report.structures_after.items() if v > report.structures_before.get(k, 0)}
-    report.ok = (not report.unexpected and report.statuses.get("ok", 0) == requests and not grown
+    v = report.validator_after
+    drained = all(v.get(k, 0) == 0 for k in DRAINED) and v.get("validator score book", 0) <= len(profiles)
+    report.ok = (not report.unexpected and report.statuses.get("ok", 0) == requests and not grown and drained
                  and a.fds <= b.fds + FD_SLACK and a.tasks <= b.tasks and a.rss_mb - b.rss_mb < max_rss_mb)
     return report
 
@@ -596,6 +612,83 @@ async def mixed(f: Fleet, deadline: float, seed: int) -> AsyncIterator[Scenario]
         await asyncio.gather(sweeper, return_exceptions=True)
 
 
+class FlatScorer:
+    """The validator's scorer with a fixed reward (no reference model to run): each job's uids are credited in
+    the score book, then the job leaves the inbox, as ``Scorer.score`` ends."""
+
+    def __init__(self, scores: Any, inbox: Any) -> None:
+        self.scores, self.inbox = scores, inbox
+
+    async def score(self, job: Any) -> None:
+        for uid, hotkey in job.hotkeys.items():
+            self.scores.update(uid, hotkey, job.task, 0.5, organic=job.source == "organic")
+        self.inbox.settle([job])
+
+
+@contextlib.asynccontextmanager
+async def validator_behind(f: Fleet, tmp: Path, store_url: str | None) -> AsyncIterator[Callable[[], Awaitable[
+        dict[str, int]]]]:
+    """The real validator app behind the API: the API's scoring outbox (on the API's store) delivers every
+    settled race's payload to it, its inbox keeps them on disk, a worker scores them, and the API refreshes
+    its availability from it. The validator's metagraph gives a uid a new hotkey every second (the score book
+    synced as its loop does): its per-uid maps must stay within the metagraph. Yields how to read its
+    structures and the outbox's depth."""
+    from api.availability import AvailabilityCache
+    from api.scoring_outbox import OutboxForwarder
+    from neurons.validator.app import ValidatorContext, create_validator_app, scoring_verifier
+    from neurons.validator.availability import AvailabilityBook
+    from neurons.validator.inbox import open_inbox
+    from neurons.validator.scores import ScoreBook
+    from neurons.validator.scoring import ScoringQueue, scoring_worker
+    from neurons.validator.tasks import default_registry
+    from shared.metagraph import MetagraphSnapshot, MetagraphView
+    from shared.store.outbox import open_outbox
+    from tests.helpers import StaticSource, serve_app
+
+    view = MetagraphView(StaticSource(f.ctx.metagraph.snapshot))
+    await view.refresh()
+    inbox = open_inbox(tmp / "inbox.db")
+    queue = ScoringQueue(1000, settle=inbox.settle)
+    scores = ScoreBook(default_registry().probabilities)
+    serves = {"task_availabilities": {"InferenceTask": True, "WebRetrievalTask": True},
+              "llm_model_availabilities": {"sn1/deterministic": True}}
+    book = AvailabilityBook(entries={uid: serves for uid in f.profiles})
+    vctx = ValidatorContext(book=book, scoring_queue=queue, scores=scores, metagraph=view, inbox=inbox,
+                            verifier=scoring_verifier(VALIDATOR.ss58_address, [VALIDATOR.ss58_address]))
+    outbox = open_outbox(store_url or f"sqlite:///{tmp / 'api.db'}", namespace=f"sn1-soak-{os.getpid()}")
+
+    async def churn() -> None:
+        rng = random.Random(7)
+        for n in itertools.count():
+            await asyncio.sleep(1.0)
+            snap = view.snapshot
+            uid = rng.choice(f.uids(*FAULTY))
+            neurons = [replace(x, hotkey=f"churned-{n}") if x.uid == uid else x for x in snap.neurons]
+            view.snapshot = MetagraphSnapshot(snap.netuid, snap.block + 1, neurons)
+            scores.sync(view.snapshot)
+
+    async with serve_app(create_validator_app(vctx)) as url:
+        forwarder = OutboxForwarder(outbox, f.ctx.client, url, VALIDATOR.ss58_address)
+        f.ctx.attach_forwarder(forwarder)
+        f.ctx.availability = AvailabilityCache(f.ctx.client, url, VALIDATOR.ss58_address, refresh_seconds=1.0)
+        tasks = [asyncio.create_task(c) for c in (forwarder.run(), f.ctx.availability.run(), churn(),
+                                                   scoring_worker(queue, FlatScorer(scores, inbox), view))]
+
+        async def read() -> dict[str, int]:
+            return {"validator queue": queue.qsize(), "validator inbox waiting": inbox.waiting,
+                    "validator score book": len(scores.miners), "validator seen-list": len(vctx.seen._seen),
+                    "outbox depth": await outbox.depth(), "outbox unstored": len(forwarder._pending)}
+        try:
+            yield read
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await outbox.close()
+            await inbox.close()
+            f.ctx.availability = None
+
+
 def render(r: Report, max_rss_mb: float) -> str:
     b, a = r.before, r.after
     assert b is not None and a is not None
@@ -613,6 +706,10 @@ def render(r: Report, max_rss_mb: float) -> str:
     for name, after in r.structures_after.items():
         before = r.structures_before.get(name, 0)
         lines.append(f"  {name:<24}{before:>10}{after:>10}{after - before:>+10}   <= 0")
+    for name, after in r.validator_after.items():
+        before = r.validator_before.get(name, 0)
+        limit = "0" if name in DRAINED else (f"<= {SEEN_SIZE_LIMIT}" if "seen" in name else "<= uids")
+        lines.append(f"  {name:<24}{before:>10}{after:>10}{after - before:>+10}   {limit}")
     for name in sorted(set(r.rows_before) | set(r.rows_after)):
         before, after = r.rows_before.get(name, 0), r.rows_after.get(name, 0)
         lines.append(f"  {'store ' + name:<24}{before:>10}{after:>10}{after - before:>+10}")
