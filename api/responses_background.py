@@ -165,9 +165,10 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
                                      "stored to be polled: send it without background")
     response_id = queued["id"]
     await response_store_call(ctx.responses.put(key.id, response_id, data, retention=keeping.retention, pending=True))
+    # Tracked before anything else is awaited: a caller that left while its first events were being stored
+    # (its handler cancelled there) left the log in ``response_logs`` for good, and the response unanswered.
     if log is not None:
         ctx.response_logs[response_id] = log
-        await log.add(log.events.start(queued=True))  # the caller knows its id before any miner has answered
     task = ctx.spawn(_run(ctx, key, queued, keeping, work, log, until=until))
     ctx.running_responses[response_id] = task
     ctx.background_owners[response_id] = key.id
@@ -180,6 +181,9 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     task.add_done_callback(forget)
     if log is None:
         return json_response(queued)
+    # The caller knows its id before any miner has answered: these events are the log's first (added to it
+    # before this awaits anything, so before the task runs).
+    await log.add(log.events.start(queued=True))
     return await stream_log(request, log.follow(-1))
 
 

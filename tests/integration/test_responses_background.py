@@ -280,6 +280,35 @@ async def test_a_streamed_background_response_goes_on_without_its_caller_and_is_
         assert [e.type for e in whole] == [e.type for e in head + rest]
 
 
+async def test_a_caller_that_leaves_while_its_first_events_are_stored_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The caller's handler is cancelled when it leaves: one that left while the stream's first events were
+    being stored (a store round trip) left its event log in the worker's memory for good, and its response
+    was never answered (``in_progress``, then ``failed`` past its deadline). It is answered, and forgotten."""
+    async with api_with_miners(tmp_path, {1: words(3, 0.01)}) as api:
+        store, slowed = api.ctx.responses, asyncio.Event()
+        add_events = store.add_events
+
+        async def slow_first(*args: Any, **kwargs: Any) -> None:
+            if not slowed.is_set():
+                slowed.set()
+                await asyncio.sleep(0.5)
+            await add_events(*args, **kwargs)
+
+        store.add_events = slow_first
+        body = {"model": "default", "input": "Hi", "background": True, "stream": True}
+        async with aiohttp.ClientSession() as http:
+            post = http.post(api.url + "/v1/responses", json=body, headers={"Authorization": f"Bearer {api.key}"})
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(post, 0.2)  # no headers yet: the first events are being stored
+        for _ in range(POLLS):
+            if not api.ctx.running_responses and not api.ctx.response_logs:
+                break
+            await asyncio.sleep(0.02)
+        assert api.ctx.response_logs == {} and api.ctx.running_responses == {}
+        [(response_id, _)] = store._query("SELECT id, key_id FROM stored_responses", ())
+        status, stored = await call(api, "GET", f"/v1/responses/{response_id}")
+        assert status == 200 and stored["status"] == "completed", stored
+
 async def test_a_streamed_background_search_is_in_its_events_as_it_happens(tmp_path: Path) -> None:
     """A background stream's web search: its first events are in the log before the search ends (a caller
     following it saw nothing for the search's seconds), and the stored response has the same search item."""
