@@ -309,7 +309,9 @@ async def _watched(ctx: ApiContext, key_id: str, response_id: str, work: Callabl
     finally:
         if not task.done():
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        # Its outcome is taken even when it ended on its own while the store was asked (a response deleted as its
+        # miners failed): left, asyncio logged "Task exception was never retrieved" with its traceback.
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def settle(ctx: ApiContext, key: KeyRecord, keeping: Keeping, final: dict[str, Any], *,

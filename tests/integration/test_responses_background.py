@@ -6,6 +6,7 @@ never pending for ever."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -308,6 +309,41 @@ async def test_a_caller_that_leaves_while_its_first_events_are_stored_leaves_not
         [(response_id, _)] = store._query("SELECT id, key_id FROM stored_responses", ())
         status, stored = await call(api, "GET", f"/v1/responses/{response_id}")
         assert status == 200 and stored["status"] == "completed", stored
+
+async def test_an_answer_that_fails_as_its_deleted_response_is_noticed_leaves_no_unretrieved_task(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A response deleted while its miners failed: its answer's task ended while the store was asked whether it
+    was still pending, and its error was never taken (asyncio's ERROR "Task exception was never retrieved",
+    with a traceback, 3 times in the soak's 4,000-request mix)."""
+    monkeypatch.setattr(responses_background, "WATCH_EVERY_S", 0.01)
+    reported: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: reported.append(context["message"]))
+    try:
+        async with api_with_miners(tmp_path, {1: words(1, 0.01)}) as api:
+            store = api.ctx.responses
+            await store.put("key-a", "resp_1", encode({"id": "resp_1", "status": "in_progress"}, []), retention=60,
+                            pending=True)
+            is_pending = store.is_pending
+
+            async def slow_is_pending(key_id: str, response_id: str) -> bool:
+                await asyncio.sleep(0.1)  # the answer fails meanwhile
+                return await is_pending(key_id, response_id)
+
+            store.is_pending = slow_is_pending
+            assert await store.delete("key-a", "resp_1")
+
+            async def failing() -> None:
+                await asyncio.sleep(0.05)
+                raise RuntimeError("no miner answered")
+
+            with pytest.raises(responses_background.SettledElsewhere):
+                await responses_background._watched(api.ctx, "key-a", "resp_1", failing)
+            gc.collect()
+            await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert not [m for m in reported if "never retrieved" in m], reported
 
 async def test_a_streamed_background_search_is_in_its_events_as_it_happens(tmp_path: Path) -> None:
     """A background stream's web search: its first events are in the log before the search ends (a caller
