@@ -447,7 +447,9 @@ class Race:
             # each error's kind (``MinerError.kind``): the API's sn1_api_miner_errors_total{uid,kind} (the validator
             # reads the errors alone)
             "error_kinds": {str(r.uid): r.error_kind for r in runs if r.error and r.error_kind != UNFIT},
-            "winner": self.winning_run.uid if self.winning_run else None,
+            # none when the winner's run is left out (the caller's deadline cut it off mid-stream): the validator
+            # rejects a winner not in ``uids``, and with it the whole payload
+            "winner": next((r.uid for r in runs if r is self.winning_run), None),
             # The latency reward's scale: the deadline the miners had, or the node's own when that was a
             # caller's shorter one (``latency_scale``; none known: the validator's ORGANIC_TIMEOUT).
             "deadline_s": self._latency_scale(),

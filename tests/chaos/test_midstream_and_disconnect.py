@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from neurons.miner.faults import FaultOptions
+from neurons.validator.payload import OrganicPayload
 from tests.chaos.fleet import MESSAGES, chat, expected_answer, fleet, wait_until
 from tests.helpers import response_events
 
@@ -154,3 +155,22 @@ async def test_a_responses_stream_whose_winner_fails_ends_with_response_failed(t
     relayed = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert relayed and expected_answer(9).startswith(relayed) and len(relayed) < len(expected_answer(9))
     assert last["response"]["output"][0]["content"][0]["text"] == relayed
+
+
+
+async def test_a_winner_cut_off_by_the_callers_deadline_still_leaves_a_payload_the_validator_takes(
+        tmp_path: Path) -> None:
+    """A run the caller's shorter deadline cut off is left out of the payload's uids (not the miner's fault):
+    when that run was the winner (it stalled mid-stream), the payload's ``winner`` still named it, and the
+    validator rejected the whole payload as malformed ("winner is not one of uids"), the other miners' answers
+    unscored (the soak's mix: a few in 4,000 requests)."""
+    payloads: list[dict] = []
+    async with fleet(tmp_path, {1: "stall-mid", 2: "http500"}) as f, aiohttp.ClientSession() as s:
+        f.ctx.payload_sinks.append(payloads.append)
+        reply = await chat(s, f, {"messages": MESSAGES, "stream": True, "timeout": DEADLINE, "uids": [1, 2]})
+        assert reply.headers["x-sn1-miner-uid"] == "1"
+        assert_error_then_done(reply.sse_datas())  # the winner stalled until the caller's deadline
+        await wait_until(lambda: bool(payloads), 3.0)
+    [payload] = payloads
+    taken = OrganicPayload.model_validate(payload)  # what the validator's /scoring parses each payload with
+    assert taken.uids == [2] and taken.winner is None and "2" in payload["errors"]
