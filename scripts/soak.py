@@ -8,7 +8,9 @@ every answer must be 200 with the honest text. Before and after the run
 state) it prints open file descriptors, asyncio tasks and RSS.
 
 Pass criteria (exit code 1 otherwise): zero unexpected statuses or answers,
-file descriptors and tasks back to baseline, RSS growth under ``--max-rss-mb``.
+file descriptors and tasks back to baseline, RSS growth under ``--max-rss-mb``; with ``--mix``
+also the API's per-request structures back to their size, the validator's queue, inbox and the
+outbox drained, its score book within the metagraph, and no SQLite row left that no purge reaches.
 
     python scripts/soak.py                      # 20,000 requests at concurrency 64
     python scripts/soak.py --requests 1000      # the small version run by `make test`
@@ -18,10 +20,11 @@ file descriptors and tasks back to baseline, RSS growth under ``--max-rss-mb``.
 ``--mix`` spreads the requests over every endpoint in ``MIX``: chat (with clients that leave mid-stream,
 mixture, sessions that are deleted or left to expire), legacy completions, the Responses API (stored,
 continued with ``previous_response_id``, deleted; background ones polled, cancelled, or streamed, left and
-resumed; ``web_search``), conversations and their items, web retrieval and the key admin routes. It also
-prints the API's in-memory structures that grow per request, key, session or response (``structures``),
-and the rows or Redis keys the store holds: both must be back to their size before the run (rows less
-what the run's sessions, responses and conversations left to expire).
+resumed or deleted; ``web_search``), conversations and their items, web retrieval and the key admin routes,
+with the real validator app behind the API (``validator_behind``). It also prints the API's in-memory
+structures that grow per request, key, session or response (``structures``), the validator's, and the rows
+or Redis keys the store holds (what the run left to expire goes within ``MIX_RETENTION_S``, or SQLite's
+next purge, at most a minute later).
 """
 
 from __future__ import annotations
@@ -260,7 +263,9 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
     grown = {k: v for k, v in report.structures_after.items() if v > report.structures_before.get(k, 0)}
     v = report.validator_after
     drained = all(v.get(k, 0) == 0 for k in DRAINED) and v.get("validator score book", 0) <= len(profiles)
+    orphans = [k for k, n in report.rows_after.items() if k in ORPHANS and n]
     report.ok = (not report.unexpected and report.statuses.get("ok", 0) == requests and not grown and drained
+                 and not orphans
                  and a.fds <= b.fds + FD_SLACK and a.tasks <= b.tasks and a.rss_mb - b.rss_mb < max_rss_mb)
     return report
 
@@ -483,13 +488,18 @@ async def mix_session(http: aiohttp.ClientSession, m: Mix) -> str | None:
 
 
 async def mix_keys(http: aiohttp.ClientSession, m: Mix) -> str | None:
-    """A key's life through the admin routes: made, used, changed, rotated, used again, deleted."""
+    """A key's life through the admin routes: made, used (half the time to open a session), changed, rotated,
+    used again, deleted."""
     made = await _call(http, m, "POST", "/api_management/create-api-key/", params={"rate_limit": "100"}, admin=True)
     if problem := _unless("create key", made):
         return problem
     secret = json.loads(made[1])["api_key"]
     if problem := _unless("usage", await _call(http, m, "GET", "/v1/usage", key=secret)):
         return problem
+    if m.rng.random() < 0.5:  # a session of an hour, which the key's deletion must close
+        opened = await _call(http, m, "POST", "/v1/sessions", key=secret, body={"model": "default"})
+        if problem := _unless("session of a key", opened, (200, 503)):
+            return problem
     changed = await _call(http, m, "PUT", f"/api_management/modify-api-key/{secret}", body={"rate_limit": 50},
                           admin=True)
     if problem := _unless("modify key", changed):
@@ -566,6 +576,7 @@ ORPHANS = {
                              "(SELECT id FROM stored_responses)",
     "orphan conversation_items": "SELECT COUNT(*) FROM conversation_items WHERE conversation_id NOT IN "
                                  "(SELECT id FROM conversations)",
+    "orphan model_sessions": "SELECT COUNT(*) FROM model_sessions WHERE key_id NOT IN (SELECT id FROM api_keys)",
 }
 
 
@@ -712,7 +723,8 @@ def render(r: Report, max_rss_mb: float) -> str:
         lines.append(f"  {name:<24}{before:>10}{after:>10}{after - before:>+10}   {limit}")
     for name in sorted(set(r.rows_before) | set(r.rows_after)):
         before, after = r.rows_before.get(name, 0), r.rows_after.get(name, 0)
-        lines.append(f"  {'store ' + name:<24}{before:>10}{after:>10}{after - before:>+10}")
+        limit = "0" if name in ORPHANS else ""
+        lines.append(f"  {'store ' + name:<24}{before:>10}{after:>10}{after - before:>+10}   {limit}")
     lines += [f"  unexpected: {u}" for u in r.unexpected]
     lines.append("soak: PASS" if r.ok else "soak: FAIL")
     return "\n".join(lines)
