@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import gc
 import itertools
 import json
@@ -76,6 +77,7 @@ class Resources:
     fds: int
     tasks: int
     rss_mb: float
+    trimmed_mb: float | None = None  # RSS after malloc_trim (informative: the limit is on rss_mb)
 
 
 @dataclass
@@ -100,13 +102,31 @@ class Report:
     validator_after: dict[str, int] = field(default_factory=dict)
 
 
-def resources() -> Resources:
-    rss_kb = 0
+async def resources(sampling: float = 1.0) -> Resources:
+    """The process's fds, asyncio tasks and RSS. Tasks are the fewest seen over ``sampling`` seconds: the mix's
+    periodic work (availability refreshes, outbox passes, the validator's handlers) comes and goes, and what
+    persists is what is left behind."""
+    tasks = len(asyncio.all_tasks())
+    for _ in range(int(sampling / 0.02)):
+        await asyncio.sleep(0.02)
+        tasks = min(tasks, len(asyncio.all_tasks()))
+    return Resources(fds=len(os.listdir("/proc/self/fd")), tasks=tasks, rss_mb=_rss_mb(), trimmed_mb=_trimmed_rss_mb())
+
+
+def _rss_mb() -> float:
     with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss_kb = int(line.split()[1])
-    return Resources(fds=len(os.listdir("/proc/self/fd")), tasks=len(asyncio.all_tasks()), rss_mb=rss_kb / 1024)
+        return next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:")), 0.0)
+
+
+def _trimmed_rss_mb() -> float | None:
+    """RSS once glibc has given its free heap back (``malloc_trim``): memory malloc keeps after it was freed is
+    no leak (in the mix, RSS grew ~1 MB per 1,000 requests while Python's own allocations, traced with
+    tracemalloc, grew only by the validator's seen-list). None where there is no glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return None
+    return _rss_mb()
 
 
 async def one_request(session: aiohttp.ClientSession, f: Fleet, rng: random.Random, deadline: float) -> str | None:
@@ -245,7 +265,7 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                 async with short_keepalive_session(concurrency, concurrency) as session:
                     await warm_up(session, scenario, requests, concurrency, seed)
                     await quiesce(f, deadline + 10, validator)
-                    report.before, report.structures_before = resources(), structures(f)
+                    report.before, report.structures_before = await resources(), structures(f)
                     report.validator_before = await validator() if validator else {}
                     report.rows_before = await count_rows()
                     started = time.monotonic()
@@ -255,7 +275,7 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                     watcher.cancel()
                     await asyncio.gather(watcher, return_exceptions=True)
                     await quiesce(f, deadline + 10, validator)
-                    report.after, report.structures_after = resources(), structures(f)
+                    report.after, report.structures_after = await resources(), structures(f)
                     report.validator_after = await validator() if validator else {}
                     report.rows_after = await count_rows()
             await f.ctx.client.session.close()
@@ -714,6 +734,9 @@ def render(r: Report, max_rss_mb: float) -> str:
         f"  {'asyncio tasks':<24}{b.tasks:>10}{a.tasks:>10}{a.tasks - b.tasks:>+10}   <= 0",
         f"  {'RSS (MB)':<24}{b.rss_mb:>10.1f}{a.rss_mb:>10.1f}{a.rss_mb - b.rss_mb:>+10.1f}   < {max_rss_mb:g}",
     ]
+    if b.trimmed_mb is not None and a.trimmed_mb is not None:
+        lines.append(f"  {'RSS, heap trimmed':<24}{b.trimmed_mb:>10.1f}{a.trimmed_mb:>10.1f}"
+                     f"{a.trimmed_mb - b.trimmed_mb:>+10.1f}")
     for name, after in r.structures_after.items():
         before = r.structures_before.get(name, 0)
         lines.append(f"  {name:<24}{before:>10}{after:>10}{after - before:>+10}   <= 0")
