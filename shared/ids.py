@@ -28,14 +28,15 @@ def request_id_from(headers: Any) -> str:
     ``abc key=... winner=9`` charged the request to another key and miner for a log parser. Nor is an API
     key (``sn1-...``) sent there by mistake: the id is logged, echoed and passed on to the miners."""
     rid = headers.get("x-request-id") or headers.get("x-client-request-id") or ""
-    if not rid or len(rid) > 128 or not _REQUEST_ID.fullmatch(rid) or rid.startswith(SECRET_PREFIX):
-        return random_hex()
-    return rid
+    return rid if _is_id(rid) else random_hex()
 
 
 def loggable_id(text: str | None) -> str:
     """An id a peer sent (a scoring payload's ``request_id``) as a log line may show it: itself when it is an id
     as ``request_id_from`` takes one, else ``-`` (a space or a line break in it would forge the line's fields)."""
-    if not text or len(text) > 128 or not _REQUEST_ID.fullmatch(text) or text.startswith(SECRET_PREFIX):
-        return "-"
-    return text
+    return text if text and _is_id(text) else "-"
+
+
+def _is_id(text: str) -> bool:
+    """An id a log line may carry: letters, digits, ``-_.:/@+``, up to 128, and no API key."""
+    return bool(text) and len(text) <= 128 and bool(_REQUEST_ID.fullmatch(text)) and not text.startswith(SECRET_PREFIX)

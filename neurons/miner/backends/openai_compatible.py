@@ -217,8 +217,7 @@ class OpenAICompatibleBackend:
             return self._timeout
         left = deadline - asyncio.get_running_loop().time()
         if left <= 0:
-            raise BackendError(f"the caller's deadline ({DEADLINE_HEADER}) passed before the model server was asked", 504,
-                               code="deadline_exceeded")
+            raise deadline_passed("before the model server was asked")
         if self._timeout.total is not None and self._timeout.total <= left:
             return self._timeout
         # the one timer that keeps the deadline (the app sets none of its own for this backend): not rounded up
@@ -354,9 +353,13 @@ def upstream_failure(error: Exception, deadline: float | None, what: str) -> Bac
     miner's 502 naming the error."""
     if isinstance(error, TimeoutError) and deadline is not None \
             and asyncio.get_running_loop().time() >= deadline - DEADLINE_SLACK:
-        return BackendError(f"the caller's deadline ({DEADLINE_HEADER}) passed before the model server finished", 504,
-                            code="deadline_exceeded")
+        return deadline_passed("before the model server finished")
     return BackendError(f"{what}: {type(error).__name__}: {error}")
+
+
+def deadline_passed(when: str) -> BackendError:
+    """The caller's deadline passed (``when``): the miner's 504 ``deadline_exceeded``."""
+    return BackendError(f"the caller's deadline ({DEADLINE_HEADER}) passed {when}", 504, code="deadline_exceeded")
 
 
 def first_event(head: bytes, *, ended: bool = False) -> list[bytes] | None:
