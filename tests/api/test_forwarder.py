@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from aiohttp import web
@@ -60,6 +62,18 @@ async def wait_for(predicate, timeout: float = 8.0) -> None:
     raise AssertionError("condition not met in time")
 
 
+@asynccontextmanager
+async def running(fwd: OutboxForwarder) -> AsyncIterator[None]:
+    """``fwd.run()`` as a task, cancelled and awaited on the way out, a failing test's way out too (left
+    running, it went on using the store and the session past the test)."""
+    task = asyncio.create_task(fwd.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def drained(box: SQLiteOutbox, timeout: float = 8.0) -> None:
     """Until the outbox is empty: the validator records a payload before its 202 reaches the forwarder,
     which deletes it only then (stopping the forwarder as the last one arrived left it in the box)."""
@@ -77,19 +91,17 @@ async def test_validator_down_then_up_delivers_each_payload_once_in_order(tmp_pa
     box = SQLiteOutbox(tmp_path / "api.db")
     async with make_session() as session:
         fwd = forwarder(box, MinerClient(session, Signer(API)), url)
-        task = asyncio.create_task(fwd.run())
-        for i in range(20):
-            await fwd.sink({"n": i})
-        await asyncio.sleep(0.6)  # validator down: nothing delivered, nothing lost
-        assert received == [] and await box.depth() == 20 and fwd.delivery_failures > 0
-        async with serve_app(scoring_app(received), port=port):
-            await wait_for(lambda: len(received) == 20)
-            for i in range(20, 25):
+        async with running(fwd):
+            for i in range(20):
                 await fwd.sink({"n": i})
-            await wait_for(lambda: len(received) == 25)
-            await drained(box)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+            await asyncio.sleep(0.6)  # validator down: nothing delivered, nothing lost
+            assert received == [] and await box.depth() == 20 and fwd.delivery_failures > 0
+            async with serve_app(scoring_app(received), port=port):
+                await wait_for(lambda: len(received) == 20)
+                for i in range(20, 25):
+                    await fwd.sink({"n": i})
+                await wait_for(lambda: len(received) == 25)
+                await drained(box)
     assert [p["n"] for p in received] == list(range(25))
     assert await box.depth() == 0
     await box.close()
@@ -105,10 +117,8 @@ async def test_payloads_pending_at_api_death_are_delivered_after_restart(tmp_pat
     async with serve_app(scoring_app(received)) as url, make_session() as session:
         box = SQLiteOutbox(tmp_path / "api.db")
         fwd = forwarder(box, MinerClient(session, Signer(API)), url)
-        task = asyncio.create_task(fwd.run())
-        await wait_for(lambda: len(received) == 5)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        async with running(fwd):
+            await wait_for(lambda: len(received) == 5)
         await box.close()
     assert [p["n"] for p in received] == [0, 1, 2, 3, 4]
 
@@ -121,11 +131,9 @@ async def test_transient_errors_retry_and_poison_payload_is_dropped(tmp_path: Pa
         fwd = forwarder(box, MinerClient(session, Signer(API)), url)
         for i in range(3):
             await fwd.sink({"n": i, "poison": i == 0})
-        task = asyncio.create_task(fwd.run())
-        await wait_for(lambda: len(received) == 2)
-        await drained(box)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        async with running(fwd):
+            await wait_for(lambda: len(received) == 2)
+            await drained(box)
         await box.close()
     assert [p["n"] for p in received] == [1, 2]
 
@@ -137,10 +145,8 @@ async def test_a_batch_refused_whole_falls_back_to_one_by_one(tmp_path: Path) ->
         fwd = forwarder(box, MinerClient(session, Signer(API)), url)
         for i in range(4):
             await fwd.sink({"n": i})
-        task = asyncio.create_task(fwd.run())
-        await wait_for(lambda: len(received) == 4)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        async with running(fwd):
+            await wait_for(lambda: len(received) == 4)
         await box.close()
     assert [p["n"] for p in received] == [0, 1, 2, 3]
 
@@ -181,10 +187,8 @@ async def test_a_delivery_stays_under_the_byte_budget_and_drains_a_backlog_in_or
                               batch_bytes=4000, linger=0.0)
         for i in range(30):  # ~1 KB each: 30 KB of backlog, at most ~4 KB per post
             await fwd.sink({"n": i, "pad": "x" * 1000})
-        task = asyncio.create_task(fwd.run())
-        await wait_for(lambda: len(received) == 30)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        async with running(fwd):
+            await wait_for(lambda: len(received) == 30)
     assert [p["n"] for p in received] == list(range(30))
     assert len(posts) >= 8 and max(posts) <= 4000 + 2, posts
 
@@ -226,10 +230,8 @@ async def test_a_rejected_payload_is_logged_with_its_request_id_and_the_reason(t
             fwd = forwarder(box, MinerClient(session, Signer(API)), url)
             await fwd.sink({"n": 0, "request_id": "rid-good"})
             await fwd.sink({"n": 1, "request_id": "rid-bad", "poison": True})
-            task = asyncio.create_task(fwd.run())
-            await wait_for(lambda: len(received) == 1 and any("rejected" in line for line in lines))
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            async with running(fwd):
+                await wait_for(lambda: len(received) == 1 and any("rejected" in line for line in lines))
             await box.close()
     finally:
         logger.remove(sink)
@@ -338,10 +340,8 @@ async def test_a_validator_queue_smaller_than_a_batch_gets_smaller_batches(tmp_p
                           max_delay=0.02, batch=8)
     for i in range(8):
         await fwd.sink({"n": i})
-    task = asyncio.create_task(fwd.run())
-    await wait_for(lambda: [n for post in validator.posts[2:] for n in post] == list(range(8)))
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    async with running(fwd):
+        await wait_for(lambda: [n for post in validator.posts[2:] for n in post] == list(range(8)))
     assert [len(p) for p in validator.posts[:3]] == [8, 4, 2], "halved on each 503"
     await box.close()
 
@@ -357,10 +357,8 @@ async def test_a_validator_that_refuses_our_signature_is_a_warning_that_names_th
             box = SQLiteOutbox(tmp_path / "api.db")
             fwd = forwarder(box, MinerClient(session, Signer(API)), url)
             await fwd.sink({"n": 0})
-            task = asyncio.create_task(fwd.run())
-            await wait_for(lambda: len(received) == 1)  # refused 6 times, then accepted: kept, not lost
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            async with running(fwd):
+                await wait_for(lambda: len(received) == 1)  # refused 6 times, then accepted: kept, not lost
             await box.close()
     finally:
         logger.remove(sink)
@@ -380,15 +378,13 @@ async def test_a_validator_down_is_one_warning_and_its_return_one_line(tmp_path:
     try:
         async with make_session() as session:
             fwd = forwarder(box, MinerClient(session, Signer(API)), url)
-            task = asyncio.create_task(fwd.run())
-            for i in range(5):
-                await fwd.sink({"n": i})
-            await wait_for(lambda: fwd.delivery_failures >= 3)
-            async with serve_app(scoring_app(received), port=port):
-                await wait_for(lambda: len(received) == 5)
-                await drained(box)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            async with running(fwd):
+                for i in range(5):
+                    await fwd.sink({"n": i})
+                await wait_for(lambda: fwd.delivery_failures >= 3)
+                async with serve_app(scoring_app(received), port=port):
+                    await wait_for(lambda: len(received) == 5)
+                    await drained(box)
     finally:
         logger.remove(sink)
         await box.close()
@@ -409,11 +405,9 @@ async def test_a_validator_that_is_behind_is_said_so(tmp_path: Path) -> None:
             box = SQLiteOutbox(tmp_path / "api.db")
             fwd = forwarder(box, MinerClient(session, Signer(API)), url)
             await fwd.sink({"n": 0})
-            task = asyncio.create_task(fwd.run())
-            await wait_for(lambda: len(received) == 1)
-            await drained(box)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            async with running(fwd):
+                await wait_for(lambda: len(received) == 1)
+                await drained(box)
             await box.close()
     finally:
         logger.remove(sink)
@@ -434,25 +428,19 @@ async def test_an_outage_is_told_once_whichever_worker_holds_the_lease_at_its_st
         async with serve_app(scoring_app(received, statuses)) as url, make_session() as session:
             a = forwarder(first, MinerClient(session, Signer(API)), url)
             b = forwarder(second, MinerClient(session, Signer(API)), url)
-            task = asyncio.create_task(a.run())
-            for i in range(5):
-                await a.sink({"n": i})
-            await wait_for(lambda: a.delivery_failures >= 2)
-            task.cancel()  # the lease moves: it was released here (a stall past it, or a restart, alike)
-            await asyncio.gather(task, return_exceptions=True)
-            task = asyncio.create_task(b.run())
-            await wait_for(lambda: b.delivery_failures >= 2)
-            statuses.clear()  # the validator is back
-            await wait_for(lambda: len(received) == 5)
-            await drained(first)
-            told_when_back = [x for x in lines if "scoring payloads not delivered" in x]
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            task = asyncio.create_task(a.run())  # the first worker gets the lease back, and delivers
-            await a.sink({"n": 5})
-            await wait_for(lambda: len(received) == 6)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            async with running(a):  # stopped below: the lease moves (a stall past it, or a restart, alike)
+                for i in range(5):
+                    await a.sink({"n": i})
+                await wait_for(lambda: a.delivery_failures >= 2)
+            async with running(b):
+                await wait_for(lambda: b.delivery_failures >= 2)
+                statuses.clear()  # the validator is back
+                await wait_for(lambda: len(received) == 5)
+                await drained(first)
+                told_when_back = [x for x in lines if "scoring payloads not delivered" in x]
+            async with running(a):  # the first worker gets the lease back, and delivers
+                await a.sink({"n": 5})
+                await wait_for(lambda: len(received) == 6)
     finally:
         logger.remove(sink)
     told = [x for x in lines if "scoring payloads not delivered" in x]
