@@ -10,6 +10,7 @@ and the metrics middleware into an API app (one call in ``create_api_app``).
 from __future__ import annotations
 
 import asyncio
+import math
 
 from aiohttp import web
 from loguru import logger
@@ -95,7 +96,7 @@ def validator_check(ctx: ApiContext) -> CheckOut:
         return CheckOut(ok=False, required=False,
                         detail=f"no fresh availability from the validator at {cache.validator_url} (stale after "
                                f"{cache.stale_seconds:.0f}s); serving every registered miner meanwhile")
-    return CheckOut(ok=True, required=False, detail=f"availability {_age(cache):.0f}s old")
+    return CheckOut(ok=True, required=False, detail=f"availability {availability_age(cache):.0f}s old")
 
 
 def permit_check(ctx: ApiContext) -> CheckOut:
@@ -113,8 +114,11 @@ def permit_check(ctx: ApiContext) -> CheckOut:
                            "(ALLOWED_HOTKEYS); check WALLET_NAME and WALLET_HOTKEY")
 
 
-def _age(cache: AvailabilityCache) -> float:
-    return cache.age() or 0.0
+def availability_age(cache: AvailabilityCache) -> float:
+    """Seconds since the validator's last good answer; infinite before the first (the gauge read 0, as fresh as
+    can be, on an API that never heard from its validator, where its wall-clock age had read decades)."""
+    age = cache.age()
+    return math.inf if age is None else age
 
 
 def miners_check(ctx: ApiContext) -> CheckOut:
@@ -150,7 +154,7 @@ async def sample(ctx: ApiContext, metrics: ApiMetrics) -> None:
     metrics.serving_miners.set(len(ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey)))
     metrics.background_responses.set(len(ctx.running_responses))
     if ctx.availability is not None:
-        metrics.availability_age.set(_age(ctx.availability))
+        metrics.availability_age.set(availability_age(ctx.availability))
     forwarder = ctx.forwarder
     if forwarder is not None:
         metrics.outbox_delivered.set(forwarder.delivered)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from aiohttp import web
 from loguru import logger
 
 from api.availability import AvailabilityCache
+from api.ops import availability_age
 from neurons.localnet import free_port
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Signer
@@ -32,8 +35,10 @@ async def test_validator_outage_keeps_last_good_cache_and_warns_once() -> None:
         async with make_session() as session:
             cache = AvailabilityCache(MinerClient(session, Signer(VALIDATOR)), f"http://127.0.0.1:{port}",
                                       VALIDATOR.ss58_address, stale_seconds=60)
+            assert availability_age(cache) == math.inf, "no answer yet: as old as can be, not 0 s"
             async with serve_app(validator_app(), port=port):
                 assert await cache.refresh()
+            assert 0 <= availability_age(cache) < 5
             assert cache.serves(1, "InferenceTask", "m1") is True and cache.serves(2, None, None) is False
             for _ in range(5):  # validator gone: every refresh fails
                 assert not await cache.refresh()
