@@ -7,6 +7,8 @@ new holder's own failures began a second run with a second WARNING. The run now 
 lease (``Outbox.outage_failed``/``outage_ended``): the failure that begins it is the one WARNING, the success
 that ends it the one INFO line, whichever worker each comes from.
 
+Where the run begins and ends is the store's; its lines are ``OutageTeller``'s, as every ``OutageLog``'s.
+
 Nothing costs a store round trip while deliveries succeed: a worker ends the stored run only after it failed
 itself or took the lease over (a run another worker began may be on).
 """
@@ -16,9 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from loguru import logger
-
-from shared.store.outage import OUTAGE_LOG_EVERY_S
+from shared.store.outage import OUTAGE_LOG_EVERY_S, OutageTeller
 from shared.store.outbox import Outbox
 
 
@@ -29,34 +29,23 @@ class DeliveryOutage:
     def __init__(self, outbox: Outbox, what: str, *, back: str, every: float = OUTAGE_LOG_EVERY_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.outbox = outbox
-        self.what = what
-        self.back = back
-        self.every = every
+        self.teller = OutageTeller(what, back=back, every=every)  # this worker's lines of the run
         self._clock = clock
         self._open = False  # a run may be on in the store that this worker's next success must end
-        self._told_at: float | None = None  # when this worker last spoke of the run (None: not yet)
-        self._untold = 0  # this worker's failures since
 
     def took_over(self) -> None:
         """This worker has just taken the lease: a run the last holder began may still be on."""
-        self._open, self._told_at = True, None
+        self._open = True
+        self.teller.forget()
 
     async def failed(self, why: str) -> None:
         """One more failed delivery: the WARNING if it began the run; else a line a minute (``every``) from the
-        worker that keeps failing."""
+        worker that keeps failing (a run another worker began, and told: its minute's line from here)."""
         began = await self.outbox.outage_failed(time.time())
-        now = self._clock()
         if began:
-            logger.warning("{}: {}", self.what, why)
-            self._told_at, self._untold = now, 0
-        elif self._told_at is None:  # a run another worker began (it lost the lease): no new WARNING, its
-            self._told_at, self._untold = now, 1  # minute's line from here
+            self.teller.began(self._clock(), why)
         else:
-            self._untold += 1
-            if now - self._told_at >= self.every:
-                logger.warning("{}: still failing, {} more time(s) in the last {:.0f} s: {}", self.what,
-                               self._untold, now - self._told_at, why)
-                self._told_at, self._untold = now, 0
+            self.teller.again(self._clock(), why)
         self._open = True
 
     async def ok(self) -> None:
@@ -65,8 +54,9 @@ class DeliveryOutage:
         if not self._open:
             return
         ended = await self.outbox.outage_ended()
-        self._open, self._told_at = False, None
-        if ended is not None:
-            since, failures = ended
-            logger.info("{}: {} after {:.1f} s ({} failure(s))", self.what, self.back, max(0.0, time.time() - since),
-                        failures)
+        self._open = False
+        if ended is None:
+            self.teller.forget()
+            return
+        since, failures = ended
+        self.teller.ended(max(0.0, time.time() - since), failures)

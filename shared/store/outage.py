@@ -20,6 +20,49 @@ from loguru import logger
 OUTAGE_LOG_EVERY_S = 60.0  # while a run of failures lasts, one line at most this often
 
 
+class OutageTeller:
+    """The log lines of a run of failures, wherever the run itself is kept: in the process (``OutageLog``) or
+    in a store shared by hosts (``api.delivery_outage``). One teller, so that the two say a run alike: its
+    WARNING (an ERROR when an operator must act), a "still failing" line at most every ``every`` seconds of
+    this teller's clock, and the INFO line ending it."""
+
+    def __init__(self, what: str, *, back: str, every: float = OUTAGE_LOG_EVERY_S) -> None:
+        self.what = what  # the start of each line
+        self.back = back  # what the INFO line ending a run says came back (the store, the reference model, ...)
+        self.every = every
+        self._told_at: float | None = None  # when a line last spoke of the run (None: not yet, by this teller)
+        self._untold = 0  # failures since
+
+    def began(self, now: float, error: object, hint: str | None = None) -> None:
+        """The failure that began the run: its one WARNING, or an ERROR with what to fix (``hint``)."""
+        self._told_at, self._untold = now, 0
+        if hint:
+            logger.error("{}: {}; {}", self.what, error, hint)
+        else:
+            logger.warning("{}: {}", self.what, error)
+
+    def again(self, now: float, error: object) -> None:
+        """One more failure in the run: the "still failing" line once ``every`` seconds passed since the last
+        line. A run this teller did not begin (another worker's) is told from here, a minute on."""
+        if self._told_at is None:
+            self._told_at, self._untold = now, 1
+            return
+        self._untold += 1
+        if now - self._told_at >= self.every:
+            logger.warning("{}: still failing, {} more time(s) in the last {:.0f} s: {}", self.what, self._untold,
+                           now - self._told_at, error)
+            self._told_at, self._untold = now, 0
+
+    def ended(self, lasted: float, failures: int) -> None:
+        """The run is over: the INFO line, with how long it lasted and how many failures it held."""
+        logger.info("{}: {} after {:.1f} s ({} failure(s))", self.what, self.back, lasted, failures)
+        self.forget()
+
+    def forget(self) -> None:
+        """This teller no longer speaks of a run (ended elsewhere, or handed on)."""
+        self._told_at, self._untold = None, 0
+
+
 class OutageLog:
     """The failures of one use of the store (``what``, the start of each line), told as a run."""
 
@@ -30,17 +73,14 @@ class OutageLog:
         # A failure that will not pass by itself (a file made read-only, a full disk) begins its run with an
         # ERROR and what to fix (the hint it returns), rather than a WARNING: one line per outage to alert on.
         self.needs_operator = needs_operator
-        self.back = back  # what the INFO line ending a run says came back (the store, the reference model, ...)
-        self.every = every
+        self.teller = OutageTeller(what, back=back, every=every)
         # A success ends the run only this long after its last failure: failures mixed with successes (most
         # requests answered, some not) are one run told once a minute, not a WARNING and an INFO line each.
         self.settle = settle
         self._last_failure = 0.0
         self._clock = clock
         self._began: float | None = None  # when the run of failures began (None: no run)
-        self._told_at = 0.0  # when a line last spoke of it
         self.failures = 0  # in the run (0: no run)
-        self._untold = 0  # since the last line
         self.last_error: str | None = None  # the run's latest failure, for a readiness check to quote
 
     @property
@@ -60,18 +100,10 @@ class OutageLog:
         self.last_error = str(error)
         self._last_failure = now
         if self._began is None:
-            self._began, self._told_at, self._untold = now, now, 0
-            hint = self.needs_operator(error) if self.needs_operator is not None else None
-            if hint:
-                logger.error("{}: {}; {}", self.what, error, hint)
-            else:
-                logger.warning("{}: {}", self.what, error)
-            return
-        self._untold += 1
-        if now - self._told_at >= self.every:
-            logger.warning("{}: still failing, {} more time(s) in the last {:.0f} s: {}", self.what, self._untold,
-                           now - self._told_at, error)
-            self._told_at, self._untold = now, 0
+            self._began = now
+            self.teller.began(now, error, self.needs_operator(error) if self.needs_operator is not None else None)
+        else:
+            self.teller.again(now, error)
 
     def ok(self) -> None:
         """The store answered: a run of failures, if any, ends with an INFO line (costs nothing otherwise)."""
@@ -79,7 +111,6 @@ class OutageLog:
             return
         if self.settle and self._clock() - self._last_failure < self.settle:
             return  # failing on and off: the run goes on
-        logger.info("{}: {} after {:.1f} s ({} failure(s))", self.what, self.back,
-                    self._clock() - self._began, self.failures)
-        self._began, self.failures, self._untold = None, 0, 0
+        self.teller.ended(self._clock() - self._began, self.failures)
+        self._began, self.failures = None, 0
         self.last_error = None

@@ -88,3 +88,33 @@ async def test_session_sweeps_skipped_by_a_store_down_are_one_line_and_their_end
     assert lines == ["WARNING session sweep skipped: sqlite sessions: database is locked",
                      lines[1]] and lines[1].startswith("INFO session sweep skipped: the store answers again"), lines
     assert "(20 failure(s))" in lines[1]
+
+
+async def test_a_delivery_outage_shared_by_workers_is_told_in_the_same_lines(lines: list[str], tmp_path) -> None:
+    """The forwarders' run lives in the outbox (``DeliveryOutage``), its lines are an ``OutageLog``'s: one
+    WARNING whichever worker began it, a "still failing" line a minute from the worker that keeps failing
+    (counted from its first failure, in a run another worker began), one INFO line from the one that ends it."""
+    from api.delivery_outage import DeliveryOutage
+    from shared.store.outbox import SQLiteOutbox
+
+    now = [0.0]
+    first, second = SQLiteOutbox(tmp_path / "api.db"), SQLiteOutbox(tmp_path / "api.db")
+    try:
+        a = DeliveryOutage(first, "not delivered", back="it takes them again", clock=lambda: now[0])
+        b = DeliveryOutage(second, "not delivered", back="it takes them again", clock=lambda: now[0])
+        await a.failed("HTTP 503")
+        b.took_over()
+        for _ in range(30):  # the lease moved: the new holder's failures add to the run, told a minute on
+            now[0] += 2.0
+            await b.failed("HTTP 503")
+        assert lines == ["WARNING not delivered: HTTP 503"]
+        now[0] += 2.0
+        await b.failed("HTTP 502")
+        assert lines[1:] == ["WARNING not delivered: still failing, 31 more time(s) in the last 60 s: HTTP 502"]
+        await b.ok()
+        await a.ok()  # a run already ended, by another worker: nothing more to say
+        assert len(lines) == 3 and lines[2].startswith("INFO not delivered: it takes them again after "), lines
+        assert lines[2].endswith("(32 failure(s))")
+    finally:
+        await first.close()
+        await second.close()
