@@ -10,7 +10,6 @@ and the metrics middleware into an API app (one call in ``create_api_app``).
 from __future__ import annotations
 
 import asyncio
-import math
 
 from aiohttp import web
 from loguru import logger
@@ -21,7 +20,7 @@ from api.chat import CTX
 from api.context import ApiContext
 from shared.aio import within
 from shared.metrics import ApiMetrics, metrics_handler, metrics_middleware
-from shared.readiness import CheckOut, ReadyOut, ready_out, ready_response
+from shared.readiness import CheckOut, ReadyOut, gauge_age, ready_out, ready_response
 from shared.readiness import metagraph_check as shared_metagraph_check
 from shared.store.base import StoreUnavailable
 from shared.store.eviction import eviction_detail, eviction_risk
@@ -117,8 +116,7 @@ def permit_check(ctx: ApiContext) -> CheckOut:
 def availability_age(cache: AvailabilityCache) -> float:
     """Seconds since the validator's last good answer; infinite before the first (the gauge read 0, as fresh as
     can be, on an API that never heard from its validator, where its wall-clock age had read decades)."""
-    age = cache.age()
-    return math.inf if age is None else age
+    return gauge_age(cache.age())
 
 
 def miners_check(ctx: ApiContext) -> CheckOut:

@@ -7,6 +7,7 @@ A check is a ``CheckOut``: whether it passes, one line an operator can act on, a
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -49,6 +50,12 @@ def failing(out: ReadyOut) -> list[str]:
 def ready_response(out: ReadyOut) -> Any:
     """``out`` as ``/ready`` answers it: 200 when ready, 503 otherwise (the same body)."""
     return json_response(out.model_dump(mode="json"), status=200 if out.ready else 503)
+
+
+def gauge_age(age: float | None) -> float:
+    """An age as a gauge shows it: +Inf when the thing has never happened (``age`` None). Shown as 0 it read "as
+    fresh as can be" on a process that never had one, the opposite of what ``/ready`` said then."""
+    return math.inf if age is None else age
 
 
 def metagraph_check(metagraph: MetagraphView, refresh_seconds: float) -> CheckOut:

@@ -30,7 +30,7 @@ from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json, request_lines
 from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics, metrics_handler, metrics_middleware
-from shared.readiness import failing, ready_response
+from shared.readiness import failing, gauge_age, ready_response
 from shared.signing import CALLER_KEY, UNVERIFIED_BODY_BYTES, Authorizer, RequestVerifier, verified_hotkey
 from shared.store.base import StoreUnavailable
 
@@ -159,7 +159,7 @@ async def _sample(ctx: ValidatorContext, metrics: ValidatorMetrics) -> None:
     metrics.last_weights_set.set(ctx.scores.last_weights_set_at or 0.0)
     metrics.metagraph_age.set(ctx.metagraph.age_seconds)
     metrics.miners_available.set(sum(1 for e in ctx.book.entries.values() if e))
-    metrics.availability_age.set(ctx.book.age() or 0.0)
+    metrics.availability_age.set(gauge_age(ctx.book.age()))  # +Inf before the first poll
     out = readiness(ctx)
     metrics.ready.set(1 if out.ready else 0)
     for name, check in out.checks.items():
@@ -177,7 +177,7 @@ async def health(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     not_ready = failing(readiness(ctx))
     return json_response({"status": "degraded" if not_ready else "ok", "failing_checks": not_ready,
-                          "availability_updated_at": ctx.book.updated_at,
+                          "availability_updated_at": ctx.book.updated_at or None,
                           "scoring_queue": ctx.scoring_queue.qsize(),
                           "scoring_queue_max": ctx.scoring_queue.maxsize,
                           "scoring_queue_bytes": ctx.scoring_queue.organic_bytes,

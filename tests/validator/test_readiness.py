@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -118,9 +119,15 @@ async def test_availability_never_polled_or_gone_stale_fails_and_a_poll_recovers
     ctx.readiness.started_at = time.monotonic() - 500
     async with served(ctx) as url, make_session() as session:
         await assert_failing(url, "availability", "no availability poll has ended in the 500s since start (limit 100s)")
+        _, _, health, prom = await view(url)  # never polled: the gauge and /health say so too, not "0 s old"
+        assert sample(prom, "sn1_validator_availability_age_seconds") == math.inf
+        assert health["availability_updated_at"] is None
         client = MinerClient(session, Signer(VALIDATOR))
         await poll_all(client, ctx.metagraph, ctx.book, timeout=1, concurrency=2)  # no miner serves an axon
         await assert_ready(url, "miners")
+        _, _, health, prom = await view(url)
+        assert 0 <= sample(prom, "sn1_validator_availability_age_seconds") < 5
+        assert abs(health["availability_updated_at"] - time.time()) < 5
         ctx.book.polled_at = time.monotonic() - 300
         ctx.book.refused_by_all = True
         ready = await assert_failing(url, "availability", "the last availability poll ended 300s ago")
