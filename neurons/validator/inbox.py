@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS seen (
     id INTEGER PRIMARY KEY,
     identity TEXT NOT NULL UNIQUE
 );
+CREATE TABLE IF NOT EXISTS probe (data BLOB NOT NULL);
 """
 PAGE = 64  # jobs read from the file at once when loading: a backlog of 10,000 long answers is GBs
 Identity = tuple[Any, ...]
@@ -93,6 +94,7 @@ class ScoringInbox(SQLiteTables):
         self.accepting = asyncio.Lock()
         self.refused = OutageLog("scoring inbox: payloads not stored, /scoring answers 503")
         self.unsettled = OutageLog("scoring inbox: scored jobs not removed (each is scored again after a restart)")
+        self._refused_bytes = 0  # the size of the last write refused (what ``probe`` tries again)
         self._queue: ScoringQueue | None = None  # where ``restore`` put the jobs, and later ones waiting go
         self._next_id = 0  # the jobs waiting on disk for room in the queue: ids from this one ...
         self._last_id = -1  # ... to this one (none when it is below ``_next_id``)
@@ -117,11 +119,28 @@ class ScoringInbox(SQLiteTables):
         try:
             ids = await asyncio.to_thread(self._tx, run, self._durable)
         except StoreUnavailable as e:
+            self._refused_bytes = sum(len(job) for job, _ in rows) + sum(len(i) for (i,) in added)
             self.refused.failed(e)
             raise
         self.refused.ok()
         for job, row_id in zip(jobs, ids, strict=True):
             job.inbox_id = row_id
+
+    async def probe(self) -> None:
+        """A write of the size last refused, committed as ``/scoring``'s are, then removed: the inbox's run of
+        refusals ends once the disk takes such writes again, though no API sends any (``recheck``). Known from
+        ``/scoring``'s writes alone, it said "refused" for as long as the validator ran once no API retried
+        (stopped, or its outbox lost). One still refused leaves the run on, said at DEBUG (its WARNING stands)."""
+        size = max(1, self._refused_bytes)
+        async with self.accepting:
+            try:
+                await asyncio.to_thread(self._tx, lambda db: db.execute(
+                    "INSERT INTO probe (data) VALUES (zeroblob(?))", (size,)), self._durable)
+                await asyncio.to_thread(self._tx, lambda db: db.execute("DELETE FROM probe"), self._durable)
+            except StoreUnavailable as e:
+                logger.debug("scoring inbox: a test write of {} bytes is still refused: {}", size, e)
+                return
+        self.refused.ok()
 
     @property
     def waiting(self) -> int:

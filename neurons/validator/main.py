@@ -30,6 +30,7 @@ from neurons.validator.loops import (
     weights_cycle,
 )
 from neurons.validator.readiness import ReadinessConfig, start_checks
+from neurons.validator.recheck import RECHECK_SECONDS, recheck_cycle
 from neurons.validator.reference import (
     CachedReference,
     DeterministicReference,
@@ -146,6 +147,9 @@ async def run_validator(settings: ValidatorSettings) -> None:
         for _ in range(settings.synthetic_concurrency if settings.synthetic_enabled else 0)
     ]
     loops += [lambda: scoring_worker(queue, scorer, metagraph) for _ in range(settings.scoring_workers)]
+    # the inbox and the reference model tried again while they fail and no traffic does (``recheck.py``)
+    loops.append(lambda: timed("recheck", RECHECK_SECONDS, lambda: recheck_cycle(inbox, reference),
+                               first_delay=RECHECK_SECONDS))
 
     ctx = ValidatorContext(book=book, scoring_queue=queue, verifier=verifier, scores=scores, metagraph=metagraph,
                            organic_timeout=settings.organic_timeout, seen=seen, inbox=inbox,

@@ -110,6 +110,7 @@ class OpenAIReference:
         # What its models refuse, learnt as a miner's backend learns it: a hosted reference (Mistral's refuses
         # ``seed``, OpenAI's reasoning models ``max_tokens`` and a temperature) failed every job it was asked.
         self._refusals = FieldRefusals()
+        self._last_model: Any = model  # the model last asked for (a request's own, without REFERENCE_LLM_MODEL)
 
     def request_body(self, body: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in body.items() if k not in SUBNET_FIELDS and k != "stream_options"}
@@ -126,13 +127,28 @@ class OpenAIReference:
 
     async def reply(self, body: dict[str, Any]) -> Reply:
         try:
-            data = await self._completion(self._refusals.apply(self.request_body(body)))
+            sent = self.request_body(body)
+            self._last_model = sent.get("model")
+            data = await self._completion(self._refusals.apply(sent))
             message = data["choices"][0]["message"]
             content, calls = message.get("content"), calls_of(message.get("tool_calls"))
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError,
                 AttributeError) as e:
             raise ReferenceError(f"reference LLM failed: {type(e).__name__}: {e}") from None
         return Reply(text=content if isinstance(content, str) else "", calls=calls)
+
+    async def probe(self) -> None:
+        """A short chat completion of the model last asked for, asked only while the reference model fails and no
+        job asks it (``recheck``); ``ReferenceError`` while it still cannot answer. Its text is not read: a
+        model that answers at all is back."""
+        body: dict[str, Any] = {"messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 8,
+                                "stream": False}
+        if self._last_model:
+            body["model"] = self._last_model
+        try:
+            await self._completion(self._refusals.apply(body))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            raise ReferenceError(f"reference LLM failed: {type(e).__name__}: {e}") from None
 
     async def _completion(self, sent: dict[str, Any]) -> Any:
         """The server's JSON completion of ``sent``; a 400/422 naming a field the answer does without is asked
@@ -252,6 +268,19 @@ class CachedReference:
 
     async def answer(self, body: dict[str, Any]) -> str:
         return text_of(await self.reply(body), empty_ok=self.empty_ok)
+
+    async def probe(self) -> None:
+        """The inner model asked a short question (``recheck``; the built-in model always answers): one that
+        answers is a call that ends the run of failures, as a job's would; one that fails leaves it on, said at
+        DEBUG (the run's WARNING stands), and is no job skipped (not counted in ``failures``)."""
+        probe = getattr(self.inner, "probe", None)
+        try:
+            if probe is not None:
+                await probe()
+        except ReferenceError as e:
+            logger.debug("reference model: still failing when asked again: {}", e)
+            return
+        self.status.ok()
 
     async def check(self) -> bool:
         """The inner model's start-up check, where it has one (the built-in model needs none)."""

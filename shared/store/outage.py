@@ -93,6 +93,13 @@ class OutageLog:
         from a wall-clock start, an NTP step made it negative or a minute too long."""
         return 0.0 if self._began is None else self._clock() - self._began
 
+    @property
+    def quiet_for(self) -> float | None:
+        """Seconds since the run's last failure (None: no run): how long nothing has tried and failed. A run kept
+        by what only traffic tries (a write, a call) stays on while there is none: ``neurons.validator.recheck``
+        tries once itself when it has been quiet."""
+        return None if self._began is None else self._clock() - self._last_failure
+
     def failed(self, error: object) -> None:
         """One more failure: a WARNING if it begins a run or the last line is ``every`` seconds old."""
         now = self._clock()

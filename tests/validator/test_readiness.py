@@ -22,7 +22,8 @@ from neurons.validator.app import ValidatorContext, create_validator_app
 from neurons.validator.availability import poll_all
 from neurons.validator.loops import weights_cycle
 from neurons.validator.readiness import CHECKS, readiness, start_checks
-from neurons.validator.reference import CachedReference, OpenAIReference
+from neurons.validator.recheck import recheck_cycle
+from neurons.validator.reference import CachedReference, DeterministicReference, OpenAIReference
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
 from neurons.validator.scoring import Scorer, ScoringJob
@@ -167,6 +168,36 @@ async def test_a_scoring_inbox_that_refuses_writes_fails_and_the_next_write_reco
         await assert_ready(url)
 
 
+async def test_a_scoring_inbox_refusal_ends_with_no_traffic_once_the_disk_takes_writes(tmp_path: Path) -> None:
+    """The check knew the disk from ``/scoring``'s writes alone: once no API sent (stopped, its outbox lost), a
+    disk freed long ago still read "refused the last write (...s into a run of failures)" and ``/ready`` stayed a
+    503 for as long as the validator ran. The recheck writes as much as was refused, itself, when nothing has."""
+    lines, handler = log_lines("INFO")
+    try:
+        async with validator(tmp_path / "scoring_inbox.db", scoring=False) as (url, ctx):
+            assert ctx.inbox is not None
+            reference = CachedReference(DeterministicReference(), status=ctx.reference)
+            db = ctx.inbox._durable  # the file may not grow past its size now: a full disk
+            db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+            big = answered("big", chunks={"1": ['{"choices":[{"delta":{"content":"x"}}]}'] * 2000, "2": []})
+            assert (await post(url, "/scoring", json.dumps(big).encode()))[0] == 503
+            await recheck_cycle(ctx.inbox, reference, quiet=0.0)  # still full: a write that size is refused
+            await assert_failing(url, "scoring_inbox", "/scoring answers 503 store_unavailable")
+            db.execute("PRAGMA max_page_count = 1073741823")  # the operator frees the disk; no API sends
+            await recheck_cycle(ctx.inbox, reference, quiet=60.0)  # tried a moment ago: not yet
+            await assert_failing(url, "scoring_inbox", "/scoring answers 503 store_unavailable")
+            await recheck_cycle(ctx.inbox, reference, quiet=0.0)
+            ready = await assert_ready(url)
+            assert ready["checks"]["scoring_inbox"]["detail"].endswith("takes writes")
+            assert (await post(url, "/scoring", json.dumps(big).encode()))[0] == 202, "and so does /scoring"
+    finally:
+        logger.remove(handler)
+    told = [line for line in lines if line.startswith(("WARNING scoring inbox", "INFO scoring inbox: payloads"))]
+    assert len(told) == 2 and told[1].startswith("INFO scoring inbox: payloads not stored, /scoring answers 503: "
+                                                 "the store answers again after "), told
+    assert told[1].endswith("(1 failure(s))"), "the recheck's refusal is no /scoring refused"
+
+
 async def test_a_full_scoring_queue_is_a_warning_not_a_503(tmp_path: Path) -> None:
     async with validator(tmp_path / "scoring_inbox.db", scoring=False, queue_size=1) as (url, ctx):
         assert (await post(url, "/scoring", json.dumps(answered("one")).encode()))[0] == 202
@@ -183,6 +214,20 @@ def organic(task: str, prompt: str, answer: str) -> ScoringJob:
                       timings={1: [0.1]}, deadline_s=10.0)
 
 
+async def two_jobs_skipped(ctx: ValidatorContext, llm: str, session: aiohttp.ClientSession,
+                           tmp_path: Path) -> tuple[CachedReference, Scorer]:
+    """``ctx``'s reference model served at ``llm`` (down), and a scorer that skipped two jobs for it."""
+    reference = CachedReference(OpenAIReference(llm + "/v1", session=session, model="m"),
+                                status=ReferenceStatus(kind="llm"))
+    ctx.reference = reference.status
+    scorer = Scorer(default_registry(), RewardContext(reference, builtin_corpus()),
+                    ScoreBook(default_registry().probabilities, path=tmp_path / "scores.json"),
+                    reference=reference.status)
+    for prompt in ("Say hello.", "Say goodbye."):
+        assert await scorer.score(organic("InferenceTask", prompt, "hi")) == {}, "skipped"
+    return reference, scorer
+
+
 async def test_a_failing_reference_model_fails_until_a_call_answers(tmp_path: Path) -> None:
     """The log's run of skipped jobs and ``/ready``'s are one record: a job scored without the reference model
     (arithmetic) while it fails neither clears ``/ready`` nor logs "it answers again" (the scorer kept a run of
@@ -193,14 +238,7 @@ async def test_a_failing_reference_model_fails_until_a_call_answers(tmp_path: Pa
     lines, handler = log_lines("INFO")
     try:
         async with serve_app(app) as llm, aiohttp.ClientSession() as session, served(ctx) as url:
-            reference = CachedReference(OpenAIReference(llm + "/v1", session=session, model="m"),
-                                        status=ReferenceStatus(kind="llm"))
-            ctx.reference = reference.status
-            scorer = Scorer(default_registry(), RewardContext(reference, builtin_corpus()),
-                            ScoreBook(default_registry().probabilities, path=tmp_path / "scores.json"),
-                            reference=reference.status)
-            for prompt in ("Say hello.", "Say goodbye."):
-                assert await scorer.score(organic("InferenceTask", prompt, "hi")) == {}, "skipped"
+            reference, scorer = await two_jobs_skipped(ctx, llm, session, tmp_path)
             assert await scorer.score(organic("ArithmeticTask", "What is 2 + 3?", "5")) == {1: 1.0}
             await assert_failing(url, "reference", "the reference model (llm) failed its last 2 call(s)")
             assert not [line for line in lines if "it answers again" in line], "it does not: /ready is right"
@@ -215,6 +253,35 @@ async def test_a_failing_reference_model_fails_until_a_call_answers(tmp_path: Pa
                                                  "InferenceTask job skipped: reference LLM answered HTTP 503"), told
     assert told[1].startswith("INFO reference model failing, jobs skipped: it answers again after") and \
         told[1].endswith("(2 failure(s))"), told
+
+
+async def test_a_reference_model_back_with_no_job_to_ask_it_is_asked_by_the_recheck(tmp_path: Path) -> None:
+    """Only a job's call ended the run: with no job asking (organic traffic stopped, synthetic jobs off, no
+    miner answering), ``/ready`` said "failed its last 2 call(s), for ...s" for hours after the model was back.
+    The recheck asks it a short question when no job has for a while; a question it still fails is no job
+    skipped (``failures`` stays) and leaves the run on."""
+    state = {"down": True}
+    ctx = make_ctx()
+    lines, handler = log_lines("INFO")
+    try:
+        async with serve_app(flaky_reference_model(state)) as llm, aiohttp.ClientSession() as session, \
+                served(ctx) as url:
+            reference, _ = await two_jobs_skipped(ctx, llm, session, tmp_path)
+            await recheck_cycle(None, reference, quiet=0.0)  # still down
+            await assert_failing(url, "reference", "the reference model (llm) failed its last 2 call(s)")
+            state["down"] = False  # back, and no job comes
+            await recheck_cycle(None, reference, quiet=60.0)  # a job failed a moment ago: not yet
+            await assert_failing(url, "reference", "the reference model (llm) failed its last 2 call(s)")
+            await recheck_cycle(None, reference, quiet=0.0)
+            ready = await assert_ready(url)
+            _, health = await get(url, "/health")
+    finally:
+        logger.remove(handler)
+    assert ready["checks"]["reference"]["detail"] == "llm: 3 call(s), the last one answered"
+    assert health["reference"]["failures"] == 2, "the recheck's failed question skipped no job"
+    told = [line for line in lines if "reference model failing" in line]
+    assert len(told) == 2 and told[1].startswith("INFO reference model failing, jobs skipped: it answers again "
+                                                 "after") and told[1].endswith("(2 failure(s))"), told
 
 
 async def test_weights_not_set_for_three_intervals_fail_and_a_set_recovers(tmp_path: Path) -> None:
