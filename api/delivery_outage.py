@@ -9,6 +9,12 @@ that ends it the one INFO line, whichever worker each comes from.
 
 Where the run begins and ends is the store's; its lines are ``OutageTeller``'s, as every ``OutageLog``'s.
 
+The store may lose the run (a Redis flushed, or restarted empty, in the outage; an eviction): its WARNING then
+had no end line, and read as payloads still undelivered long after the validator took them again; failures
+after it began a second WARNING. Only the lease holder delivers, so a worker that failed in the run and has
+held the lease since knows that nobody else ended it: it goes on with the run it saw (no second WARNING) and
+ends it, counting from its own first failure when the store's start is later (a lower bound, as is the count).
+
 Nothing costs a store round trip while deliveries succeed: a worker ends the stored run only after it failed
 itself or took the lease over (a run another worker began may be on).
 """
@@ -32,20 +38,29 @@ class DeliveryOutage:
         self.teller = OutageTeller(what, back=back, every=every)  # this worker's lines of the run
         self._clock = clock
         self._open = False  # a run may be on in the store that this worker's next success must end
+        # This worker's own view of the run since it took the lease: its first failure (Unix seconds; None: it
+        # has failed in none) and how many. Nobody else can have ended a run while this worker held the lease.
+        self._seen_since: float | None = None
+        self._seen_failures = 0
 
     def took_over(self) -> None:
         """This worker has just taken the lease: a run the last holder began may still be on."""
         self._open = True
         self.teller.forget()
+        self._seen_since, self._seen_failures = None, 0
 
     async def failed(self, why: str) -> None:
         """One more failed delivery: the WARNING if it began the run; else a line a minute (``every``) from the
         worker that keeps failing (a run another worker began, and told: its minute's line from here)."""
-        began = await self.outbox.outage_failed(time.time())
-        if began:
+        now = time.time()
+        began = await self.outbox.outage_failed(now)
+        if began and self._seen_since is None:
             self.teller.began(self._clock(), why)
-        else:
+        else:  # a run on, or one this worker failed in that the store lost: told as one run
             self.teller.again(self._clock(), why)
+        if self._seen_since is None:
+            self._seen_since = now
+        self._seen_failures += 1
         self._open = True
 
     async def ok(self) -> None:
@@ -54,9 +69,10 @@ class DeliveryOutage:
         if not self._open:
             return
         ended = await self.outbox.outage_ended()
-        self._open = False
-        if ended is None:
+        seen, count = self._seen_since, self._seen_failures
+        self._open, self._seen_since, self._seen_failures = False, None, 0
+        if ended is None and seen is None:  # ended by the worker that held the lease before this one
             self.teller.forget()
             return
-        since, failures = ended
-        self.teller.ended(max(0.0, time.time() - since), failures)
+        since, failures = ended if ended is not None else (seen, count)  # none: the store lost the run
+        self.teller.ended(max(0.0, time.time() - min(since, seen or since)), max(failures, count))

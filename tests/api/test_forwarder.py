@@ -452,3 +452,43 @@ async def test_an_outage_is_told_once_whichever_worker_holds_the_lease_at_its_st
     assert f"({a.delivery_failures + b.delivery_failures} failure(s))" in told[1], told
     assert await first.outage_ended() is None, "the run is over in the store too"
     assert [p["n"] for p in received] == list(range(6))
+
+
+async def test_a_validator_outage_outlived_by_a_redis_restarted_empty_still_ends_in_one_line(tmp_path: Path) -> None:
+    """The run every worker shares lives in Redis: a Redis restarted empty (or flushed) in a validator outage took
+    it along, so failures after it began a second WARNING and the validator's return was told by no line (the
+    WARNING stood, as if payloads were still not delivered). The worker that failed in the run and has held the
+    lease since knows nobody else ended it: one WARNING, and one INFO line when the validator is back."""
+    from shared.store.outbox import RedisOutbox
+    from tests.chaos.own_redis import own_redis_server
+
+    lines, sink = log_lines("INFO")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    received: list[dict] = []
+    try:
+        async with own_redis_server(tmp_path) as server, make_session() as session:
+            box = RedisOutbox.from_url(server.url)
+            fwd = forwarder(box, MinerClient(session, Signer(API)), url)
+            try:
+                async with running(fwd):
+                    await fwd.sink({"n": 0})
+                    await wait_for(lambda: fwd.delivery_failures >= 2)
+                    await server.restart()  # empty: the payload and the run's record gone
+                    await wait_for(lambda: fwd.pass_outage.failures == 0)
+                    await fwd.sink({"n": 1})
+                    await wait_for(lambda: fwd.delivery_failures >= 4)  # the outage goes on
+                    await server.client.flushdb()  # and the record goes again, the validator back before a failure
+                    async with serve_app(scoring_app(received), port=port):
+                        await fwd.sink({"n": 2})
+                        await wait_for(lambda: len(received) == 1)
+                        await drained(box)  # type: ignore[arg-type]
+            finally:
+                await box.close()
+    finally:
+        logger.remove(sink)
+    told = [x for x in lines if "scoring payloads not delivered" in x]
+    assert [x.split(":")[0] for x in told] == ["WARNING scoring payloads not delivered to the validator at http",
+                                               "INFO scoring payloads not delivered to the validator at http"], told
+    assert ": it takes them again after " in told[1] and f"({fwd.delivery_failures} failure(s))" in told[1], told
+    assert received == [{"n": 2}]
