@@ -79,6 +79,9 @@ CREATE TABLE IF NOT EXISTS usage_daily (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_daily_day ON usage_daily (day);
 """
+# Decoded key rows a store keeps (``SQLiteStore._record``): rows are re-read on every request, so a change shows at
+# once; only the decoding (two JSON lists, a record) is memoised, by the whole row.
+RECORDS_CACHED = 4096
 USAGE_PRUNE_EVERY_S = 3600.0  # how often a flush also drops per-day usage past USAGE_DAYS_KEPT
 FOLDED_DAY = "0000-00-00"  # a key's row of the days pruned, summed (no day of its own: never listed)
 
@@ -114,9 +117,8 @@ def _add_columns(db: sqlite3.Connection) -> None:
                     raise
 
 
-@lru_cache(maxsize=4096)
 def _record(row: tuple) -> KeyRecord:
-    """Rows are re-read on every request (so changes show at once); only the decoding is memoised."""
+    """A key row as its record: memoised per store (``SQLiteStore._record``), as the row is read per request."""
     return KeyRecord(
         id=row[0], key_hash=row[1], prefix=row[2], name=row[3], rate_limit=row[4],
         scopes=tuple(json.loads(row[5])),
@@ -179,6 +181,8 @@ class SQLiteStore:
             self.db = _connect(self.path, "NORMAL")
         self._waiting: list[Waiter] = []
         self._next_usage_prune = 0.0  # the first flush prunes
+        # The store's own, bounded (it was the module's: one cache for every store in the process)
+        self._record = lru_cache(maxsize=RECORDS_CACHED)(_record)
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -211,12 +215,12 @@ class SQLiteStore:
     async def get_key(self, key_hash: str) -> KeyRecord | None:
         with _errors():
             row = self.db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
-        return _record(row) if row else None
+        return self._record(row) if row else None
 
     async def get_key_by_id(self, key_id: str) -> KeyRecord | None:
         with _errors():
             row = self.db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-        return _record(row) if row else None
+        return self._record(row) if row else None
 
     async def update_key(self, key_id: str, changes: KeyChanges) -> KeyRecord | None:
         with _errors():
@@ -226,7 +230,7 @@ class SQLiteStore:
                 if row is None:
                     self.admin.execute("ROLLBACK")
                     return None
-                new = changes.apply(_record(row))
+                new = changes.apply(self._record(row))
                 self.admin.execute(
                     "UPDATE api_keys SET name=?, rate_limit=?, scopes=?, allowed_models=?, expires_at=?, "
                     "daily_token_limit=? WHERE id=?",
@@ -246,7 +250,7 @@ class SQLiteStore:
             row = self.admin.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
             if row is None:
                 return None
-            old = _record(row)
+            old = self._record(row)
             secret, new = new_secret(old)
             # Only if no other worker rotated it since the read: else its secret would be dead on arrival.
             cur = self.admin.execute("UPDATE api_keys SET key_hash = ?, prefix = ? WHERE id = ? AND key_hash = ?",
@@ -270,7 +274,7 @@ class SQLiteStore:
     async def list_keys(self) -> list[KeyRecord]:
         with _errors():
             rows = self.db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at").fetchall()
-        return [_record(r) for r in rows]
+        return [self._record(r) for r in rows]
 
     # --- the hot path -----------------------------------------------------------------------------
     async def authorize(self, key_hash: str, *, scope: str | None, now: float | None = None) -> Authorization:
@@ -311,7 +315,7 @@ class SQLiteStore:
     def _authorize_group(self, key_hash: str, scopes: list[str | None], now: float) -> list[Authorization]:
         """One lookup of the key, then the requests that pass its checks charged in order, in one write."""
         row = self.db.execute(_SELECT_BY_HASH, (key_hash,)).fetchone()
-        record = _record(row) if row else None
+        record = self._record(row) if row else None
         statuses = [check_key(record, scope, now) for scope in scopes]
         passed = statuses.count("ok") if record is not None else 0
         decisions = iter(self._charge_each(f"key:{record.id}", record.rate_limit, passed, now) if passed else ())
