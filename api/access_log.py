@@ -31,6 +31,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("sn1_request_id", str)
 _LOGGED = web.RequestKey("sn1_access_logged", bool)
 _ENDED_WITH = web.RequestKey("sn1_stream_ended_with", str)
+_HELD = web.RequestKey("sn1_access_held", tuple)  # a line not written yet (``hold``): its maker and status
 _KIND = "access_log_kind"  # a handler's attribute: the word its lines start with (``chat``)
 
 
@@ -74,14 +75,31 @@ def failures(runs: Iterable[Any]) -> str:
 
 
 def ended_with(request: web.Request, code: str) -> None:
-    """The answer's stream, sent with a 200, ended with the error ``code`` in place of its answer's end (a Responses
-    turn its conversation could not take: ``response.failed``): its line says ``status=<code>``, not ``ok``."""
+    """The request ended with ``code`` after its race had an answer: a stream, sent with a 200, ended with that
+    error in place of its answer's end (a Responses turn its conversation could not take: ``response.failed``),
+    or a background turn was settled so (``hold``). Its line says ``status=<code>``, not ``ok``."""
     request[_ENDED_WITH] = code
 
 
 def stream_ending(request: web.Request) -> str | None:
-    """The error code a sent stream ended with (``ended_with``), if any."""
+    """The code a request ended with after its race (``ended_with``), if any."""
     return request.get(_ENDED_WITH)
+
+
+def hold(request: web.Request, line: Callable[[str], str], status: str) -> None:
+    """Keep a request's line (``line(status)`` makes it) until its outcome is known: a background Responses turn
+    is settled after its race, and written at the race's end its line said ``status=ok`` for a turn the store
+    then failed. ``release`` writes it."""
+    request[_HELD] = (line, status)
+
+
+def release(request: web.Request) -> None:
+    """Write the held line (if any, once), saying how the request ended (``ended_with``) when that is known, else
+    the status it was held with."""
+    held = request.pop(_HELD, None)
+    if held is not None:
+        line, status = held
+        write(request, line(stream_ending(request) or status) if request.app[CTX].request_log.enabled else "")
 
 
 def logged(request: web.Request) -> bool:

@@ -67,10 +67,11 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 
     if wanted.background:
         assert fmt.keeping is not None  # stored: check_request refused the others
-        fmt.kind = "responses.background"  # its race's line, after the request's own
+        fmt.kind = responses_background.LINE_KIND  # its race's line, after the request's own, once it is settled
         seconds, _ = chat_deadline(ctx.settings, req)
         log = fmt.event_log(req) if wanted.stream else None
-        return await responses_background.start(request, ctx, key, fmt.queued(req), fmt.keeping, seconds, work, log)
+        return await responses_background.start(request, ctx, key, fmt.queued(req), fmt.keeping, seconds, work, log,
+                                                started=started)
     return await work()
 
 

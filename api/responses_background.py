@@ -30,6 +30,7 @@ from aiohttp import web
 from loguru import logger
 
 from api import conversations_state
+from api.access_log import answer_line, ended_with, hold, release, request_id
 from api.context import ApiContext
 from api.responses_render import ResponseStream
 from api.responses_state import (
@@ -66,6 +67,10 @@ READ_BATCH = 1000  # events a resumed stream reads from the store at once
 MAX_STORED_EVENT_BYTES = 4 << 20
 TAIL_WAIT_S = 1.0  # how long it waits, once the response is settled, for the last events its worker writes then
 SETTLE_RETRY_S = 1.0  # how often an answer the store could not take is offered again (until the record's deadline)
+LINE_KIND = "responses.background"  # the first word of a background turn's access line (after the request's own)
+# A background turn's access line when its end is not its race's (``settle``): the store failed it, or a cancel (a
+# delete) or a shutdown came first.
+STORE_FAILED, CANCELLED, SHUT_DOWN_STATUS = "store_unavailable", "cancelled", "shut_down"
 
 
 class EventLog:
@@ -152,9 +157,11 @@ def check_request(ctx: ApiContext, key: KeyRecord, *, store: bool | None) -> Non
 
 
 async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping: Keeping,
-                seconds: float, work: Callable[[], Awaitable[Any]], log: EventLog | None = None) -> web.StreamResponse:
+                seconds: float, work: Callable[[], Awaitable[Any]], log: EventLog | None = None, *,
+                started: float) -> web.StreamResponse:
     """Store ``queued`` as pending, start ``work`` (the race; it seals ``keeping``, and fills ``log`` when
-    streamed) in a task tracked for cancel and shutdown, and answer with ``queued``, or follow ``log``."""
+    streamed) in a task tracked for cancel and shutdown, and answer with ``queued``, or follow ``log``.
+    ``started``: the request's ``perf_counter`` start, for its turn's access line."""
     assert ctx.responses is not None
     # Stored in_progress: its task starts at once (none waits for room: past the bound is a 429), so a poll
     # finds it being answered; the caller gets OpenAI's first word for it, queued.
@@ -169,7 +176,11 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     # (its handler cancelled there) left the log in ``response_logs`` for good, and the response unanswered.
     if log is not None:
         ctx.response_logs[response_id] = log
-    task = ctx.spawn(_run(ctx, key, queued, keeping, work, log, until=until))
+    # The turn's line if its race never writes one (it failed before, in its web search): written once it is settled.
+    rid, stream = request_id(request), log is not None
+    hold(request, lambda status: answer_line(LINE_KIND, rid, key.id, [], None, stream=stream, mixture=False,
+                                             status=status, started=started), "error")
+    task = ctx.spawn(_run(request, ctx, key, queued, keeping, work, log, until=until))
     ctx.running_responses[response_id] = task
     ctx.background_owners[response_id] = key.id
 
@@ -246,33 +257,44 @@ def _ends(frame: str) -> bool:
     return frame.startswith(tuple(f"event: response.{status}\n" for status in ENDINGS))
 
 
-async def _run(ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping: Keeping,
+async def _run(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping: Keeping,
                work: Callable[[], Awaitable[Any]], log: EventLog | None, *, until: float) -> None:
+    """Answer and settle it (``_settled``); then write the turn's access line (held by its race, or by ``start``),
+    saying how it ended, and end its log, if streamed, with the response as settled."""
+    settled = None
+    try:
+        settled = await _settled(request, ctx, key, queued, keeping, work, log, until=until)
+    finally:
+        release(request)  # before its log ends: a caller following it then leaves, and this is its request's line
+        if settled is not None and log is not None:
+            await log.end(settled)
+        else:
+            await _end_log(ctx, key, queued["id"], log)
+
+
+async def _settled(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping: Keeping,
+                   work: Callable[[], Awaitable[Any]], log: EventLog | None, *, until: float) -> dict[str, Any] | None:
     """Answer, then settle the stored response with the answer, or as failed (no miner answered, a bug, a
-    shutdown); a cancel that came first keeps its ``cancelled``. Its log, if streamed, ends with the
-    response as settled. ``until``: when the stored record reads failed if it is still pending."""
+    shutdown); a cancel that came first keeps its ``cancelled`` (None). ``until``: when the stored record reads
+    failed if it is still pending."""
     try:
         await _watched(ctx, key.id, queued["id"], work)
         final = keeping.final if keeping.final is not None else failed(queued, "no answer was made")
     except SettledElsewhere:
-        await _end_log(ctx, key, queued["id"], log)
-        return
+        ended_with(request, CANCELLED)
+        return None
     except ApiError as e:
         final = failed(queued, e.message, failure_code(e))
         if log is not None and log.events.closed:  # its stream showed a web search: the response has it too
             final["output"] = log.events.items[:log.events.closed]
     except asyncio.CancelledError:  # a cancel (which settled it already) or a shutdown
-        await settle(ctx, key, keeping, failed(queued, SHUT_DOWN))
-        await _end_log(ctx, key, queued["id"], log)
+        if await settle(request, ctx, key, keeping, failed(queued, SHUT_DOWN)) is not None:
+            ended_with(request, SHUT_DOWN_STATUS)
         raise
     except Exception as e:
         logger.opt(exception=e).error("background response {} failed", queued["id"])
         final = failed(queued, "internal error")
-    settled = await settle(ctx, key, keeping, final, until=until)
-    if settled is not None and log is not None:
-        await log.end(settled)
-    else:
-        await _end_log(ctx, key, queued["id"], log)
+    return await settle(request, ctx, key, keeping, final, until=until)
 
 
 async def _end_log(ctx: ApiContext, key: KeyRecord, response_id: str, log: EventLog | None) -> None:
@@ -314,7 +336,7 @@ async def _watched(ctx: ApiContext, key_id: str, response_id: str, work: Callabl
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def settle(ctx: ApiContext, key: KeyRecord, keeping: Keeping, final: dict[str, Any], *,
+async def settle(request: web.Request, ctx: ApiContext, key: KeyRecord, keeping: Keeping, final: dict[str, Any], *,
                  until: float | None = None) -> dict[str, Any] | None:
     """Settle the pending response with ``final`` (once: None when a cancel or a reader came first); the response
     as settled. Its conversation, if any, gets the turn first (as a foreground response's: a poller that sees it
@@ -323,7 +345,8 @@ async def settle(ctx: ApiContext, key: KeyRecord, keeping: Keeping, final: dict[
     answer, up to ``until`` (the record reads as failed after it; a store back in the meantime gets the answer,
     which was lost before); then, or with no ``until``, a WARNING. A turn its conversation still lacks then fails
     the response (``store_unavailable``, as a foreground one's 503: sending it again is safe), if the store takes
-    that."""
+    that. Its access line is told (``ended_with``) when it does not end as its race did: ``store_unavailable``,
+    or ``cancelled`` when a cancel (a delete) came first."""
     assert ctx.responses is not None
     conversation_id = keeping.conversation_id if ctx.conversations is not None else None
     owed = conversation_id is not None and final.get("status") != "failed"  # the conversation lacks the turn yet
@@ -349,14 +372,17 @@ async def settle(ctx: ApiContext, key: KeyRecord, keeping: Keeping, final: dict[
                 continue
             if not owed:
                 logger.warning("background response {} not settled: {}", final["id"], e)
+                ended_with(request, STORE_FAILED)
                 return None
             assert conversation_id is not None
             logger.warning("background response {} not added to conversation {} by its deadline (it fails, "
                            "store_unavailable): {}", final["id"], conversation_id, e)
             await conversations_state.withdraw(ctx, keeping.key_id, conversation_id, keeping.added, final)
             final, data = _stored_form(keeping, turn_failed(final, conversations_state.not_added(conversation_id)))
+            ended_with(request, STORE_FAILED)
             owed, until = False, None  # the failed record is offered once more, no longer
     if not settled:
+        ended_with(request, CANCELLED)  # the record reads as the cancel (or the delete) left it
         if added:  # a cancel (or a reader past the deadline) settled it first: the turn is not the conversation's
             assert conversation_id is not None
             await conversations_state.withdraw(ctx, keeping.key_id, conversation_id, keeping.added, final)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,24 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from loguru import logger
 from openai.types.responses import Response
 
 from api import responses_background, responses_state
 from api.responses_wire import ResponseOut
 from shared.store.responses import SQLiteResponseStore, encode
 from tests.compat.support import sample
-from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, sse
+from tests.helpers import (
+    ApiUnderTest,
+    Script,
+    api_with_miners,
+    call,
+    chunk,
+    log_lines,
+    openai_client,
+    sse,
+    wait_until,
+)
 
 POLLS = 200  # at 20 ms: 4 s, far past any answer here
 
@@ -72,10 +84,13 @@ async def only_key_id(api: ApiUnderTest) -> str:
 
 
 async def test_cancel_stops_a_queued_response_and_nothing_overwrites_it(tmp_path: Path) -> None:
+    """... and its turn's access line says ``status=cancelled`` (it said ``client_closed``: no client had left)."""
     miner = slow("Too late.", 0.5)
+    lines, sink = log_lines("INFO")
     async with api_with_miners(tmp_path, {1: miner}) as api:
         client = openai_client(api)
-        queued = await client.responses.create(model="default", input="Hi", background=True)
+        queued = await client.responses.create(model="default", input="Hi", background=True,
+                                               extra_headers={"x-request-id": "to-cancel"})
         for _ in range(POLLS):  # the miner has been asked
             if miner.active:
                 break
@@ -90,6 +105,10 @@ async def test_cancel_stops_a_queued_response_and_nothing_overwrites_it(tmp_path
         await asyncio.sleep(0.1)
         assert (await client.responses.retrieve(queued.id)).status == "cancelled"
         assert (await client.responses.cancel(queued.id)).status == "cancelled"  # again: as it is
+        await wait_until(lambda: any("responses.background rid=to-cancel " in line for line in lines), 5)
+    logger.remove(sink)
+    turn = [line for batch in lines for line in batch.splitlines() if "responses.background rid=to-cancel " in line]
+    assert len(turn) == 1 and " status=cancelled " in turn[0], turn
 
 
 async def test_cancel_answers_what_is_done_as_it_is_and_refuses_what_is_not_background(honest: ApiUnderTest) -> None:
@@ -616,6 +635,15 @@ def conversation_store_failing(api: ApiUnderTest, monkeypatch: pytest.MonkeyPatc
     return failed
 
 
+def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A background record's deadline 1.5 s from its start, its settle offered again every 50 ms until then."""
+    from api import responses
+
+    monkeypatch.setattr(responses_background, "SETTLE_RETRY_S", 0.05)
+    monkeypatch.setattr(responses_background, "GRACE_S", 0.5)
+    monkeypatch.setattr(responses, "chat_deadline", lambda *_: (1.0, False))
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["polled", "streamed"])
 async def test_a_background_turn_its_conversation_cannot_take_by_its_deadline_ends_failed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
@@ -624,11 +652,7 @@ async def test_a_background_turn_its_conversation_cannot_take_by_its_deadline_en
     ``server_error`` (its ``store_unavailable`` is not one of the SDK's codes for a response's error: the SDK's
     ``Response`` type refused it), streamed: ``response.failed`` in place of ``response.completed``, and nothing of the turn stays in
     the conversation (its writes landed, though each was reported failed): sending it again is safe."""
-    from api import responses
-
-    monkeypatch.setattr(responses_background, "SETTLE_RETRY_S", 0.05)
-    monkeypatch.setattr(responses_background, "GRACE_S", 0.5)
-    monkeypatch.setattr(responses, "chat_deadline", lambda *_: (1.0, False))  # the record's: 1.5 s from its start
+    short_deadlines(monkeypatch)
     async with api_with_miners(tmp_path, {1: slow("Later.", 0.05)}) as api:
         client = openai_client(api)
         conversation = await client.conversations.create()
@@ -694,3 +718,54 @@ async def test_a_background_turn_cancelled_as_it_was_added_is_taken_out_of_its_c
                                                                   conversation=conversation.id))
         assert done.status == "cancelled"
         assert (await client.conversations.items.list(conversation.id)).data == []
+
+
+def refuse_turns(api: ApiUnderTest) -> None:
+    """The SQLite file refuses every conversation item from now on (as a full disk, or a file gone read-only,
+    refuses a write), through a connection of its own: the store's own write fails, nothing in it is patched."""
+    db = sqlite3.connect(api.ctx.conversations.path)
+    try:
+        db.execute("CREATE TRIGGER refuse_turns BEFORE INSERT ON conversation_items "
+                   "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+        db.commit()
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["polled", "streamed"])
+@pytest.mark.parametrize("refused", [True, False], ids=["refused", "taken"])
+async def test_a_background_turns_access_line_says_how_it_was_settled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bool, refused: bool) -> None:
+    """The store refuses the turn's conversation items until the record's deadline: the response ends failed
+    (``response.failed``, streamed), but its access line, written as its race ended, before the settle, said
+    ``status=ok``: the engineer on call read a success. The line is written once the turn is settled:
+    ``status=store_unavailable``; a turn the store takes still reads ``status=ok``. One such line either way."""
+    short_deadlines(monkeypatch)
+    async with api_with_miners(tmp_path, {1: slow("Later.", 0.05)}) as api:
+        client = openai_client(api)
+        conversation = await client.conversations.create()
+        if refused:
+            refuse_turns(api)
+        lines, sink = log_lines("INFO")
+        rid = f"bg-turn-{stream}-{refused}"
+        try:
+            made = await client.responses.create(model="default", input="Hi", background=True, stream=stream,
+                                                 conversation=conversation.id, extra_headers={"x-request-id": rid})
+            if stream:
+                events = [e async for e in made]  # type: ignore[union-attr]
+                assert events[-1].type == ("response.failed" if refused else "response.completed")
+                response_id = events[0].response.id
+            else:
+                response_id = made.id  # type: ignore[union-attr]
+            done = await polled(client, await client.responses.retrieve(response_id))
+            assert done.status == ("failed" if refused else "completed"), done
+            await wait_until(lambda: any(f"responses.background rid={rid} " in line for line in lines), 5)
+        finally:
+            logger.remove(sink)
+        turn = [line for batch in lines for line in batch.splitlines()
+                if f"responses.background rid={rid} " in line]
+        assert len(turn) == 1, turn
+        assert f" winner=1 stream={stream} " in turn[0]
+        assert f" status={'store_unavailable' if refused else 'ok'} " in turn[0], turn
+        if refused:  # nothing of it stays: it can be sent again
+            assert (await client.conversations.items.list(conversation.id)).data == []
