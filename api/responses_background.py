@@ -171,7 +171,9 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
         raise invalid_value("input", "the conversation is too large to store, and a background response is "
                                      "stored to be polled: send it without background")
     response_id = queued["id"]
-    await response_store_call(ctx.responses.put(key.id, response_id, data, retention=keeping.retention, pending=True))
+    if not await response_store_call(ctx.responses.put(key.id, response_id, data, retention=keeping.retention,
+                                                       pending=True)):
+        raise ApiError(401, "Invalid API key.", code="invalid_api_key")  # deleted as its request came in
     # Tracked before anything else is awaited: a caller that left while its first events were being stored
     # (its handler cancelled there) left the log in ``response_logs`` for good, and the response unanswered.
     if log is not None:

@@ -292,7 +292,8 @@ def keeping(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest,
 async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
     """Write a sealed response (just before its end goes out), asked again twice ``KEEP_PAUSE_S`` apart when the
     store fails (a write of the same record: safe to repeat). False: it was to be stored and is not, so the
-    answer must say ``store: false`` (its next ``previous_response_id`` is a 400): a WARNING. Its conversation,
+    answer must say ``store: false`` (its next ``previous_response_id`` is a 400): a WARNING, unless the store
+    refused it because its key was deleted as it was answered (no key could ever read it). Its conversation,
     if any, gets this turn's input and output items first (``extend_conversation``): a store that cannot take
     them is the 503 ``conversations_state.not_added`` raises, and the response is not stored either (the turn
     is sent again whole)."""
@@ -303,14 +304,16 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
         return True
     response_id, responses, data = keeping.final["id"], ctx.responses, keeping.data
     try:
-        await retried(lambda: responses.put(keeping.key_id, response_id, data, retention=keeping.retention,
-                                            item_ids=item_ids(keeping.added, keeping.final or {})),
-                      attempts=KEEP_ATTEMPTS, pause=KEEP_PAUSE_S, on=StoreUnavailable)
+        kept = await retried(lambda: responses.put(keeping.key_id, response_id, data, retention=keeping.retention,
+                                                   item_ids=item_ids(keeping.added, keeping.final or {})),
+                             attempts=KEEP_ATTEMPTS, pause=KEEP_PAUSE_S, on=StoreUnavailable)
     except StoreUnavailable as e:
         ctx.responses_outage.failed(f"response {response_id} not stored (its answer says store: false): {e}")
         return False
     ctx.responses_outage.ok()
-    return True
+    if not kept:  # its key was deleted as it was answered: no one could ever read it
+        logger.debug("response {} not stored: its key id={} was deleted", response_id, keeping.key_id)
+    return kept
 
 
 def as_kept(final: dict[str, Any], kept: bool) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -155,31 +156,40 @@ def scripted_miner_app(script: Script) -> web.Application:
     return app
 
 
-async def build_api_context(tmp: Path, snap: MetagraphSnapshot, signer_keypair: Any, **settings: Any):
-    """An ApiContext with a real SQLite store, a static metagraph and a real signed client."""
+async def build_api_context(tmp: Path, snap: MetagraphSnapshot, signer_keypair: Any, *,
+                            redis_namespace: str | None = None, **settings: Any):
+    """An ApiContext with a real store (SQLite in ``tmp``, or ``REDIS_URL`` in ``redis_namespace``), a static
+    metagraph and a real signed client."""
     from api.context import ApiContext
     from shared.metagraph import MetagraphView
     from shared.miner_client import MinerClient, make_session
     from shared.settings import ApiSettings
     from shared.signing import Signer
-    from shared.store.sqlite import SQLiteStore
+    from shared.store import open_store
+    from shared.store.conversations import open_conversations
+    from shared.store.responses import open_responses
+    from shared.store.sessions import open_sessions
 
-    api_settings = ApiSettings(_env_file=None, store_url=f"sqlite:///{tmp / 'api.db'}",
+    url = f"sqlite:///{tmp / 'api.db'}" if redis_namespace is None else os.environ["REDIS_URL"]
+    namespace = redis_namespace or "sn1"
+    api_settings = ApiSettings(_env_file=None, store_url=url, store_namespace=namespace,
                                admin_key="admin-secret-for-tests", **settings)
     view = MetagraphView(StaticSource(snap))
     await view.refresh()
     client = MinerClient(make_session(), Signer(signer_keypair),
                          max_response_bytes=api_settings.miner_max_response_bytes)
-    store = SQLiteStore(tmp / "api.db")
-    from shared.store.conversations import SQLiteConversationStore
-    from shared.store.responses import SQLiteResponseStore
-    from shared.store.sessions import SQLiteSessionStore
-
     keeping = api_settings.responses_retention_seconds > 0
-    responses = SQLiteResponseStore(tmp / "api.db") if keeping else None
-    conversations = SQLiteConversationStore(tmp / "api.db") if keeping else None
-    return ApiContext(settings=api_settings, store=store, metagraph=view, client=client, availability=None,
-                      sessions=SQLiteSessionStore(tmp / "api.db"), responses=responses, conversations=conversations)
+    return ApiContext(settings=api_settings, store=open_store(url, namespace=namespace), metagraph=view, client=client,
+                      availability=None, sessions=open_sessions(url, namespace=namespace),
+                      responses=open_responses(url, namespace=namespace) if keeping else None,
+                      conversations=open_conversations(url, namespace=namespace) if keeping else None)
+
+
+async def close_stores(ctx: Any) -> None:
+    await ctx.store.close()
+    for kept in (ctx.sessions, ctx.responses, ctx.conversations):
+        if kept is not None:
+            await kept.aclose()
 
 
 @dataclass
@@ -204,9 +214,10 @@ VALIDATOR_KP = keypair("//Validator")
 @contextlib.asynccontextmanager
 async def api_with_miners(tmp_path: Path, scripts: dict[int, Script], *, honest: set[int] = frozenset(),
                           incentives: dict[int, float] | None = None, unlistened: set[int] = frozenset(),
-                          **settings) -> AsyncIterator[ApiUnderTest]:
+                          redis_namespace: str | None = None, **settings) -> AsyncIterator[ApiUnderTest]:
     """Start scripted miners (and real deterministic miners for uids in ``honest``) plus the API; the uids in
-    ``unlistened`` serve an axon on a free port nobody listens on (a miner that is down)."""
+    ``unlistened`` serve an axon on a free port nobody listens on (a miner that is down). ``redis_namespace``: its
+    store is ``REDIS_URL``'s, there (two APIs in one namespace are two hosts of a fleet), not a SQLite file."""
     async with contextlib.AsyncExitStack() as stack:
         miners: dict[int, tuple[str, str | None]] = {
             uid: (keypair(f"//Miner{uid}").ss58_address, f"127.0.0.1:{free_port()}") for uid in unlistened}
@@ -219,8 +230,10 @@ async def api_with_miners(tmp_path: Path, scripts: dict[int, Script], *, honest:
             url = await stack.enter_async_context(serve_app(create_miner_app(DeterministicBackend(), verifier)))
             miners[uid] = (kp.ss58_address, url.removeprefix("http://"))
         ctx = await build_api_context(tmp_path, snapshot(VALIDATOR_KP.ss58_address, miners, incentives=incentives),
-                                VALIDATOR_KP, **settings)
+                                      VALIDATOR_KP, redis_namespace=redis_namespace, **settings)
         stack.push_async_callback(ctx.client.session.close)
+        if redis_namespace is not None:  # its Redis clients (a SQLite file is left to the test's tmp_path)
+            stack.push_async_callback(close_stores, ctx)
         secret, _ = await ctx.store.create_key(1000)
         url = await stack.enter_async_context(serve_app(create_api_app(ctx, run_background=False)))
         yield ApiUnderTest(url=url, key=secret, ctx=ctx, scripts=scripts)

@@ -13,6 +13,10 @@ output), so that an ``item_reference`` finds the response that holds an item
 (``holder``): an index from item id to response id, per key, that lives and dies
 with its response.
 
+A deleted key's responses go with it (``forget_key``), and any of its answers
+still being made then (on any worker or host) is refused when it comes, for
+``FORGOTTEN_FOR_S``: stored, it was kept the usual day for no key to read.
+
 A background response is put ``pending`` (queued) and then ``settle``d once:
 by the task that answered it, or by a cancel, whichever comes first; the other
 finds it settled and changes nothing. A streamed one also keeps its events
@@ -43,6 +47,9 @@ PURGE_BATCH = 200
 PURGE_EVERY_S = 60.0
 LABEL = "redis responses"  # StoreUnavailable's word for this store
 SCAN_BATCH = 500  # names a deleted key's purge reads and deletes at once (Redis)
+# How long a deleted key's responses are refused after ``forget_key``: far past any answer still being made for it
+# then (a request's deadline is minutes at most, a background one's too); its mark then goes, as ids never come back.
+FORGOTTEN_FOR_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -74,10 +81,11 @@ def decode(response_id: str, key_id: str, raw: str | bytes) -> StoredResponse:
 
 class ResponseStore(Protocol):
     async def put(self, key_id: str, response_id: str, data: str, *, retention: float,
-                  item_ids: Sequence[str] = (), pending: bool = False) -> None:
+                  item_ids: Sequence[str] = (), pending: bool = False) -> bool:
         """Keep ``data`` (``encode``'s) as ``response_id`` of ``key_id`` for ``retention`` seconds; ``item_ids``:
         the items it added, found by ``holder`` from now on (a later response adding the same id takes it);
-        ``pending``: a background response, to be ``settle``d."""
+        ``pending``: a background response, to be ``settle``d. False: nothing was kept, the key was deleted
+        (``forget_key``)."""
         ...
 
     async def settle(self, key_id: str, response_id: str, data: str, *, retention: float,
@@ -120,7 +128,8 @@ class ResponseStore(Protocol):
 
     async def forget_key(self, key_id: str) -> int:
         """Delete every response ``key_id`` made (its key was deleted: its conversations go with it, not at
-        their expiry); how many there were."""
+        their expiry), and refuse any it would make for ``FORGOTTEN_FOR_S`` (``put`` and ``settle`` keep nothing
+        of an answer that comes after); how many there were."""
         ...
 
     async def aclose(self) -> None: ...
@@ -149,6 +158,10 @@ CREATE TABLE IF NOT EXISTS response_events (
     PRIMARY KEY (response_id, seq)
 );
 CREATE INDEX IF NOT EXISTS response_events_key ON response_events (key_id);
+CREATE TABLE IF NOT EXISTS forgotten_keys (
+    key_id TEXT PRIMARY KEY,
+    until REAL NOT NULL
+);
 """
 
 
@@ -160,21 +173,24 @@ class SQLiteResponseStore(SQLiteTables):
         self._next_purge = 0.0  # per instance (per worker): when this one next deletes expired rows
 
     async def put(self, key_id: str, response_id: str, data: str, *, retention: float,
-                  item_ids: Sequence[str] = (), pending: bool = False) -> None:
+                  item_ids: Sequence[str] = (), pending: bool = False) -> bool:
         now = time.time()
         purge = now >= self._next_purge
 
-        def run(db: sqlite3.Connection) -> int:
-            self._write(db, key_id, response_id, data, now + retention, item_ids)
-            if pending:
+        def run(db: sqlite3.Connection) -> tuple[bool, int]:
+            kept = not db.execute("SELECT 1 FROM forgotten_keys WHERE key_id = ? AND until > ?", (key_id, now)).fetchone()
+            if kept:
+                self._write(db, key_id, response_id, data, now + retention, item_ids)
+            if kept and pending:
                 db.execute("INSERT OR REPLACE INTO pending_responses (id, key_id) VALUES (?,?)", (response_id, key_id))
-            return self._purge(db, now) if purge else 0
+            return kept, self._purge(db, now) if purge else 0
 
-        purged = self._tx(run)
+        kept, purged = self._tx(run)
         if purge:  # a full batch: more may be waiting, so the next write purges again (and reclaims soon)
             more_free = self._reclaim()  # after the commit: what the purge freed is given back too
             self._next_purge = now if purged >= PURGE_BATCH else now + (RECLAIM_AGAIN_S if more_free else
                                                                          PURGE_EVERY_S)
+        return kept
 
     @staticmethod
     def _write(db: sqlite3.Connection, key_id: str, response_id: str, data: str, expires_at: float,
@@ -198,7 +214,9 @@ class SQLiteResponseStore(SQLiteTables):
 
     @staticmethod
     def _purge(db: sqlite3.Connection, now: float) -> int:
-        """Delete up to ``PURGE_BATCH`` expired responses (by the expiry index) and their items; how many went."""
+        """Delete up to ``PURGE_BATCH`` expired responses (by the expiry index) and their items, and the marks of
+        keys forgotten long enough (a row per deleted key: a small table); how many responses went."""
+        db.execute("DELETE FROM forgotten_keys WHERE until <= ?", (now,))
         ids = [(row[0],) for row in db.execute("SELECT id FROM stored_responses WHERE expires_at <= ? LIMIT ?",
                                                (now, PURGE_BATCH))]
         db.executemany("DELETE FROM stored_response_items WHERE response_id = ?", ids)
@@ -263,6 +281,8 @@ class SQLiteResponseStore(SQLiteTables):
 
     async def forget_key(self, key_id: str) -> int:
         def run(db: sqlite3.Connection) -> int:
+            db.execute("INSERT OR REPLACE INTO forgotten_keys (key_id, until) VALUES (?,?)",
+                       (key_id, time.time() + FORGOTTEN_FOR_S))
             db.execute("DELETE FROM stored_response_items WHERE key_id = ?", (key_id,))
             db.execute("DELETE FROM pending_responses WHERE key_id = ?", (key_id,))
             db.execute("DELETE FROM response_events WHERE key_id = ?", (key_id,))
@@ -274,20 +294,35 @@ class SQLiteResponseStore(SQLiteTables):
         self._close_db()
 
 
-# Settle a pending response, once: KEYS[1] its pending mark, KEYS[2] the response, KEYS[3..] its items' names;
-# ARGV[1] the data, ARGV[2] the TTL (ms), ARGV[3] the response id.
-SETTLE = """
-if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+# Keep a response, unless its key was forgotten: KEYS[1] the key's forgotten mark, KEYS[2] the response, KEYS[3] its
+# pending mark, KEYS[4..] its items' names; ARGV[1] the data, ARGV[2] the TTL (ms), ARGV[3] the response id, ARGV[4]
+# "1" for a pending one.
+PUT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[3], 'PX', ARGV[2]) end
+if ARGV[4] == '1' then redis.call('SET', KEYS[3], 1, 'PX', ARGV[2]) end
+for i = 4, #KEYS do redis.call('SET', KEYS[i], ARGV[3], 'PX', ARGV[2]) end
 return 1
 """
 
 
-# Keep a streamed response's events while the response is stored (one deleted meanwhile keeps none): KEYS[1] the
-# response, KEYS[2] its events; ARGV[1] the TTL (ms), then sequence number and member pairs.
+# Settle a pending response, once: KEYS[1] its pending mark, KEYS[2] the response, KEYS[3] its key's forgotten mark
+# (a settle between ``forget_key``'s mark and its SCANs keeps nothing), KEYS[4..] its items' names; ARGV[1] the data,
+# ARGV[2] the TTL (ms), ARGV[3] the response id.
+SETTLE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+for i = 4, #KEYS do redis.call('SET', KEYS[i], ARGV[3], 'PX', ARGV[2]) end
+return 1
+"""
+
+
+# Keep a streamed response's events while the response is stored (one deleted meanwhile keeps none, nor one whose key
+# is being forgotten): KEYS[1] the response, KEYS[2] its events, KEYS[3] its key's forgotten mark; ARGV[1] the TTL
+# (ms), then sequence number and member pairs.
 ADD_EVENTS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 for i = 2, #ARGV, 2 do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
@@ -304,6 +339,7 @@ class RedisResponseStore(RedisBacked):
 
     def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
         super().__init__(client, namespace=namespace)
+        self._put = client.register_script(PUT)
         self._settle = client.register_script(SETTLE)
         self._add_events = client.register_script(ADD_EVENTS)
 
@@ -319,20 +355,20 @@ class RedisResponseStore(RedisBacked):
     def _events_key(self, key_id: str, response_id: str) -> str:
         return f"{self.ns}:response_events:{key_id}:{response_id}"
 
+    def _forgotten_key(self, key_id: str) -> str:
+        return f"{self.ns}:response_forgotten:{key_id}"
+
     async def put(self, key_id: str, response_id: str, data: str, *, retention: float,
-                  item_ids: Sequence[str] = (), pending: bool = False) -> None:
-        ttl = max(1, round(retention * 1000))
-        pipe = self.r.pipeline(transaction=True)  # the response and its items' names together, or none
-        pipe.set(self._key(key_id, response_id), data, px=ttl)
-        for item_id in item_ids:
-            pipe.set(self._item_key(key_id, item_id), response_id, px=ttl)
-        if pending:
-            pipe.set(self._pending_key(key_id, response_id), 1, px=ttl)
-        await redis_call(pipe.execute(), LABEL)
+                  item_ids: Sequence[str] = (), pending: bool = False) -> bool:
+        """One script: the response and its items' names together, or none (its key forgotten)."""
+        names = [self._forgotten_key(key_id), self._key(key_id, response_id), self._pending_key(key_id, response_id),
+                 *(self._item_key(key_id, item_id) for item_id in item_ids)]
+        args = [data, max(1, round(retention * 1000)), response_id, "1" if pending else "0"]
+        return bool(await redis_call(self._put(keys=names, args=args), LABEL))
 
     async def settle(self, key_id: str, response_id: str, data: str, *, retention: float,
                      item_ids: Sequence[str] = ()) -> bool:
-        names = [self._pending_key(key_id, response_id), self._key(key_id, response_id),
+        names = [self._pending_key(key_id, response_id), self._key(key_id, response_id), self._forgotten_key(key_id),
                  *(self._item_key(key_id, item_id) for item_id in item_ids)]
         return bool(await redis_call(self._settle(keys=names, args=[data, max(1, round(retention * 1000)),
                                                                     response_id]), LABEL))
@@ -348,8 +384,8 @@ class RedisResponseStore(RedisBacked):
                          retention: float) -> None:
         """A sorted set scored by sequence number; each member is ``{seq}:{frame}`` (unique, whatever the frame)."""
         pairs = [part for seq, e in events for part in (seq, f"{seq}:{e}")]
-        await redis_call(self._add_events(keys=[self._key(key_id, response_id), self._events_key(key_id, response_id)],
-                                          args=[max(1, round(retention * 1000)), *pairs]), LABEL)
+        names = [self._key(key_id, response_id), self._events_key(key_id, response_id), self._forgotten_key(key_id)]
+        await redis_call(self._add_events(keys=names, args=[max(1, round(retention * 1000)), *pairs]), LABEL)
 
     async def events(self, key_id: str, response_id: str, *, after: int,
                      limit: int | None = None) -> list[tuple[int, str]]:
@@ -394,7 +430,9 @@ class RedisResponseStore(RedisBacked):
         return bool((await redis_call(pipe.execute(), LABEL))[0])
 
     async def forget_key(self, key_id: str) -> int:
-        """A SCAN of the key's names (an admin's rare call, in batches: never a KEYS that blocks Redis)."""
+        """A SCAN of the key's names (an admin's rare call, in batches: never a KEYS that blocks Redis), once its
+        forgotten mark is set: a write of it the SCAN could miss (one made as it runs) is refused."""
+        await redis_call(self.r.set(self._forgotten_key(key_id), 1, px=round(FORGOTTEN_FOR_S * 1000)), LABEL)
         for names in (self._item_key, self._pending_key, self._events_key):
             await redis_call(forget_matching(self.r, glob_escaped(names(key_id, "")) + "*"), LABEL)
         return await redis_call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"), LABEL)

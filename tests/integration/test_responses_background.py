@@ -769,3 +769,13 @@ async def test_a_background_turns_access_line_says_how_it_was_settled(
         assert f" status={'store_unavailable' if refused else 'ok'} " in turn[0], turn
         if refused:  # nothing of it stays: it can be sent again
             assert (await client.conversations.items.list(conversation.id)).data == []
+
+
+async def test_one_asked_for_as_its_key_is_deleted_is_a_401(honest: ApiUnderTest) -> None:
+    """Its key deleted between the request's key check and its record (by an admin on another host): it was queued,
+    and its miners asked, for a response no key could ever poll. The store refuses the record: a 401, nothing run."""
+    secret, record = await honest.ctx.store.create_key(1000)
+    await honest.ctx.responses.forget_key(record.id)  # the delete's forgetting, come before the key's own removal
+    with pytest.raises(openai.AuthenticationError) as e:
+        await openai_client(honest, key=secret).responses.create(model="default", input="Hi", background=True)
+    assert e.value.code == "invalid_api_key" and not honest.ctx.running_responses

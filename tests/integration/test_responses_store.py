@@ -7,17 +7,22 @@ conversation, the new request's instructions first (the earlier ones are not car
 from __future__ import annotations
 
 import asyncio
+import secrets
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
+import redis.asyncio as aioredis
 from openai.types.responses import Response, ResponseItem
 from pydantic import TypeAdapter
 
 from shared.store import responses as responses_module
-from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, sse
+from shared.store.base import hash_key
+from shared.store.responses import SQLiteResponseStore
+from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, sse, wait_until
+from tests.store.conftest import drop_keys, redis_url
 
 ITEM: TypeAdapter[Any] = TypeAdapter(ResponseItem)
 TIME = {"type": "function", "name": "get_time", "description": "The local time in a city",
@@ -201,9 +206,9 @@ async def test_the_next_turn_sent_at_once_finds_the_response_on_a_slow_store(
     record written after the answer went out (a store round trip later) was "not found" then."""
     real_put = honest.ctx.responses.put
 
-    async def slow_put(*args: Any, **kwargs: Any) -> None:
+    async def slow_put(*args: Any, **kwargs: Any) -> bool:
         await asyncio.sleep(0.2)  # a store far slower than any: the answer must wait for it
-        await real_put(*args, **kwargs)
+        return await real_put(*args, **kwargs)
 
     monkeypatch.setattr(honest.ctx.responses, "put", slow_put)
     # each turn a client of its own: a new connection, as a request to another worker or host is (on one
@@ -229,11 +234,11 @@ async def test_a_response_the_store_cannot_take_says_store_false_and_a_blip_is_w
 
     real_put, refused = honest.ctx.responses.put, []
 
-    async def put(*args: Any, **kwargs: Any) -> None:
+    async def put(*args: Any, **kwargs: Any) -> bool:
         if len(refused) < away:
             refused.append(args[1])
             raise StoreUnavailable("redis responses: ConnectionError")
-        await real_put(*args, **kwargs)
+        return await real_put(*args, **kwargs)
 
     monkeypatch.setattr(honest.ctx.responses, "put", put)
     client = openai_client(honest)
@@ -263,6 +268,59 @@ async def test_deleting_a_key_deletes_its_stored_responses(honest: ApiUnderTest)
         assert r.status == 200, await r.text()
     assert [await honest.ctx.responses.get(record.id, m.id) for m in made] == [None] * 3
     assert (await kept.responses.retrieve(mine.id)).id == mine.id
+
+
+@pytest.mark.parametrize(("deleted_on", "mode"), [("this host", "object"), ("another host", "streamed"),
+                                                  ("another host", "background")])
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_an_answer_made_as_its_key_is_deleted_is_not_stored(tmp_path: Path, store: str, deleted_on: str,
+                                                                  mode: str) -> None:
+    """The key is deleted (by an admin, on this host or another sharing the store: two API processes on one SQLite
+    file, or two hosts on one Redis) while its response is being answered: the answer was stored when it came,
+    for the usual day, though reads are scoped to the key and no key could ever read it. Nothing of it is stored;
+    the request in flight still gets its answer, saying ``store: false``."""
+    namespace = f"test-deleted-{secrets.token_hex(6)}" if store == "redis" else None
+    if namespace is not None:
+        redis_url()  # skipped without a Redis
+    miner = Script([(0.3, d) for d in sse(chunk("Late."), chunk(finish="stop"))])
+    try:
+        async with api_with_miners(tmp_path, {1: miner}, redis_namespace=namespace) as here, \
+                api_with_miners(tmp_path, {1: answering("Other.")}, redis_namespace=namespace) as other:
+            key_id = (await here.ctx.store.get_key(hash_key(here.key))).id
+            client = openai_client(here)
+            asked = asyncio.ensure_future(client.responses.create(
+                model="default", input="Hi", stream=mode == "streamed", background=mode == "background"))
+            await wait_until(lambda: miner.active > 0, 5)
+            admin = (here if deleted_on == "this host" else other).url
+            async with aiohttp.ClientSession() as s, s.delete(f"{admin}/api_management/delete-api-key/{here.key}",
+                                                              headers={"admin-key": "admin-secret-for-tests"}) as r:
+                assert r.status == 200, await r.text()
+            made = await asked
+            if mode == "streamed":
+                events = [e async for e in made]
+                assert events[-1].type == "response.completed"
+                made = events[-1].response
+            if mode == "background":
+                await wait_until(lambda: not here.ctx.running_responses, 5)
+            else:
+                assert made.output_text == "Late." and made.to_dict()["store"] is False, made
+            assert miner.calls == 1 and not here.ctx.running_responses
+            for host in (here, other):
+                assert await host.ctx.responses.get(key_id, made.id) is None
+            assert await stored_by(here, key_id) == 0
+    finally:
+        if namespace is not None:
+            client = aioredis.from_url(redis_url())
+            await drop_keys(client, namespace)
+            await client.aclose()
+
+
+async def stored_by(api: ApiUnderTest, key_id: str) -> int:
+    """How many responses the store holds for ``key_id``, whatever their ids: its SQLite rows, or its Redis names."""
+    responses = api.ctx.responses
+    if isinstance(responses, SQLiteResponseStore):
+        return responses._query("SELECT COUNT(*) FROM stored_responses WHERE key_id = ?", (key_id,))[0][0]
+    return len([name async for name in responses.r.scan_iter(match=f"{responses.ns}:response:{key_id}:*")])
 
 
 async def test_a_failing_response_store_is_a_503_to_read_and_a_warning_to_write(
@@ -301,9 +359,9 @@ async def test_a_response_is_stored_once(honest: ApiUnderTest, monkeypatch: pyte
     """aiohttp prepares a response a second time on its way out: each wrote the record again."""
     real_put, puts = honest.ctx.responses.put, []
 
-    async def counted(*args: Any, **kwargs: Any) -> None:
+    async def counted(*args: Any, **kwargs: Any) -> bool:
         puts.append(args[1])
-        await real_put(*args, **kwargs)
+        return await real_put(*args, **kwargs)
 
     monkeypatch.setattr(honest.ctx.responses, "put", counted)
     made = await openai_client(honest).responses.create(model="default", input="Hi")

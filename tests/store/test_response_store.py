@@ -68,6 +68,38 @@ async def test_a_deleted_keys_responses_all_go_and_no_others(responses: Response
     assert await responses.forget_key("key-a") == 0
 
 
+async def test_a_deleted_keys_late_answers_are_not_kept(responses: ResponseStore,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer still being made as its key was deleted (on this worker, or on another host sharing the store) was
+    stored when it came, for the usual day, though reads are scoped to the key and no key could read it again.
+    Once a key is forgotten, its late answers (a response, a background one's settle, its events) keep nothing,
+    for ``FORGOTTEN_FOR_S``; another key's are kept as ever."""
+    await responses.put("key-a", "resp_0", encode(QUEUED, ITEMS), retention=60, pending=True)  # being answered
+    assert await responses.forget_key("key-a") == 1
+    assert not await responses.put("key-a", "resp_1", encode(RESPONSE, ITEMS), retention=60, item_ids=["msg_1"])
+    assert not await responses.put("key-a", "resp_2", encode(QUEUED, ITEMS), retention=60, pending=True)
+    assert not await responses.settle("key-a", "resp_0", encode(RESPONSE, ITEMS), retention=60, item_ids=["msg_0"])
+    await responses.add_events("key-a", "resp_0", [(0, "e0")], retention=60)
+    for response_id in ("resp_0", "resp_1", "resp_2"):
+        assert await responses.get("key-a", response_id) is None
+        assert await responses.events("key-a", response_id, after=-1) == []
+    assert await responses.holder("key-a", "msg_0") is None and await responses.holder("key-a", "msg_1") is None
+    assert not await responses.is_pending("key-a", "resp_2")
+    assert await responses.put("key-b", "resp_1", encode(RESPONSE, ITEMS), retention=60)  # another key: kept
+    assert await responses.get("key-b", "resp_1") is not None
+    # the mark goes after FORGOTTEN_FOR_S (key ids are never made again): none is kept for good
+    monkeypatch.setattr(responses_module, "FORGOTTEN_FOR_S", 0.05)
+    await responses.forget_key("key-c")
+    await asyncio.sleep(0.1)
+    if isinstance(responses, SQLiteResponseStore):
+        responses._next_purge = 0.0  # the next write purges
+    assert await responses.put("key-c", "resp_3", encode(RESPONSE, ITEMS), retention=60)
+    if isinstance(responses, SQLiteResponseStore):
+        assert responses._query("SELECT key_id FROM forgotten_keys", ()) == [("key-a",)]
+    else:
+        assert not await responses.r.exists(f"{responses.ns}:response_forgotten:key-c")
+
+
 async def test_a_response_expires_after_its_retention(responses: ResponseStore) -> None:
     await responses.put("key-a", "resp_1", encode(RESPONSE, ITEMS), retention=0.05)
     await responses.put("key-a", "resp_2", encode(RESPONSE, ITEMS), retention=60)
@@ -127,13 +159,15 @@ async def test_an_items_name_expires_with_its_response(responses: ResponseStore)
 
 
 async def test_no_items_name_outlives_its_response_or_its_key(responses: ResponseStore) -> None:
-    """What is left behind once responses are deleted, forgotten or purged: nothing of theirs."""
+    """What is left behind once responses are deleted, forgotten or purged: nothing of theirs (a forgotten key's
+    mark, which refuses its late answers, expires on its own: ``test_a_deleted_keys_late_answers_are_not_kept``)."""
     await responses.put("key-a", "resp_1", encode(RESPONSE, ITEMS), retention=60, item_ids=["msg_0", "msg_1"])
     await responses.put("key-b", "resp_2", encode(RESPONSE, ITEMS), retention=60, item_ids=["msg_0"])
     await responses.forget_key("key-a")
     if isinstance(responses, RedisResponseStore):
         names = [n async for n in responses.r.scan_iter(match=f"{responses.ns}:*")]
         assert sorted(n.decode() for n in names) == [f"{responses.ns}:response:key-b:resp_2",
+                                                     f"{responses.ns}:response_forgotten:key-a",
                                                      f"{responses.ns}:response_item:key-b:msg_0"]
         return
     assert isinstance(responses, SQLiteResponseStore)
