@@ -30,7 +30,7 @@ from shared.ids import request_id_from
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("sn1_request_id", str)
 _LOGGED = web.RequestKey("sn1_access_logged", bool)
-_ENDED_WITH = web.RequestKey("sn1_stream_ended_with", str)
+_ENDED_WITH = web.RequestKey("sn1_ended_with", str)
 _HELD = web.RequestKey("sn1_access_held", tuple)  # a line not written yet (``hold``): its maker and status
 _KIND = "access_log_kind"  # a handler's attribute: the word its lines start with (``chat``)
 
@@ -81,7 +81,7 @@ def ended_with(request: web.Request, code: str) -> None:
     request[_ENDED_WITH] = code
 
 
-def stream_ending(request: web.Request) -> str | None:
+def ending(request: web.Request) -> str | None:
     """The code a request ended with after its race (``ended_with``), if any."""
     return request.get(_ENDED_WITH)
 
@@ -99,7 +99,7 @@ def release(request: web.Request) -> None:
     held = request.pop(_HELD, None)
     if held is not None:
         line, status = held
-        write(request, line(stream_ending(request) or status) if request.app[CTX].request_log.enabled else "")
+        write(request, line(ending(request) or status) if request.app[CTX].request_log.enabled else "")
 
 
 def logged(request: web.Request) -> bool:

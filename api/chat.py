@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from api import choices, mixture, sessions
-from api.access_log import access_logged, answer_line, hold, request_id, stream_ending, write
+from api.access_log import access_logged, answer_line, ending, hold, request_id, write
 from api.auth import USAGE_DAY, authenticate, check_model
 from api.completion import (
     completion_for,
@@ -215,7 +215,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             ctx.usage.record(key.id, prompt_tokens=used.get("prompt_tokens") or 0,
                              completion_tokens=used.get("completion_tokens") or 0,
                              error=winner.error is not None or unsent is not None, day=request.get(USAGE_DAY))
-        status = unsent or stream_ending(request) or logged_outcome(outcome, [winner] if winner else [])
+        status = unsent or ending(request) or logged_outcome(outcome, [winner] if winner else [])
 
         def line(status: str) -> str:
             return answer_line(fmt.kind, rid, key.id, [n.uid for n in neurons], winner.uid if winner else None,
