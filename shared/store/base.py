@@ -18,7 +18,7 @@ import hashlib
 import secrets
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,18 +53,6 @@ def refused_write(error: object) -> str | None:
             "takes writes again")
 
 
-async def redis_call(coro: Awaitable[T], label: str) -> T:
-    """Await a Redis command; any Redis failure (an OOM or READONLY reply in a failover too, or the link
-    gone) is ``StoreUnavailable`` naming ``label``'s store. redis is imported here, not at the top: a
-    SQLite API never loads it."""
-    import redis
-
-    try:
-        return await coro
-    except (redis.RedisError, OSError) as e:
-        raise StoreUnavailable(f"{label}: {e.__class__.__name__}: {e}") from e
-
-
 # How long a Redis command (and a connect) may take before it is StoreUnavailable. Without it a Redis that
 # stalls (a host gone from the network, CLIENT PAUSE, a long blocking command) held a request as long as it
 # lasted: the key store had it, the stored responses, conversations, sessions and the outbox did not. Those
@@ -72,31 +60,79 @@ async def redis_call(coro: Awaitable[T], label: str) -> T:
 # Redis is not an outage to them (2 s made a conversation read a 503 under a loaded test machine).
 REDIS_TIMEOUT_S = 2.0
 REDIS_DATA_TIMEOUT_S = 5.0
-REDIS_CONNECTIONS = 64  # a Redis client's connections in one process; past it a command waits for one
+REDIS_CONNECTIONS = 64  # a Redis client's commands in flight in one process; past it a command waits for one
 
 
-def redis_client(url: str, **options: Any) -> Any:
-    """An asyncio Redis client for ``url`` whose commands fail after ``REDIS_DATA_TIMEOUT_S`` (no I/O here).
-
-    Its pool waits for a free connection (as long as a command may take) past ``REDIS_CONNECTIONS`` at once:
-    redis-py's default pool refused the 101st command at once (``Too many connections``), so a burst of 300
-    requests on one worker was 200 503s naming the session store, from a Redis that was up. Bounded, a fleet's
-    hosts and workers also stay far below Redis's ``maxclients`` (10,000)."""
+def redis_client(url: str, *, timeout: float = REDIS_DATA_TIMEOUT_S, **options: Any) -> Any:
+    """The asyncio Redis client of every Redis-backed store, for ``url``: its commands and connects fail after
+    ``timeout`` (no I/O here). Its commands go through a ``RedisGate``, which holds them to
+    ``REDIS_CONNECTIONS`` at once; the pool's own bound, twice that, is never what a command meets (a plain
+    pool past it refuses at once, ``Too many connections``: a burst of 300 requests on one worker was 200
+    503s naming the session store, from a Redis that was up). It is there for a connection still being
+    given back in the background after a cancelled command, which must not fail the next one. Bounded, a
+    fleet's hosts and workers stay far below Redis's ``maxclients`` (10,000)."""
     import redis.asyncio as aioredis
 
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=REDIS_CONNECTIONS, timeout=REDIS_DATA_TIMEOUT_S, socket_timeout=REDIS_DATA_TIMEOUT_S,
-        socket_connect_timeout=REDIS_DATA_TIMEOUT_S, health_check_interval=30, **options)
+    pool = aioredis.ConnectionPool.from_url(
+        url, max_connections=2 * REDIS_CONNECTIONS, socket_timeout=timeout, socket_connect_timeout=timeout,
+        health_check_interval=30, **options)
     return aioredis.Redis.from_pool(pool)
 
 
+class RedisGate:
+    """At most ``REDIS_CONNECTIONS`` of one client's commands in flight; one past them waits for a slot, for
+    as long as a command may take (its client's ``socket_timeout``: no slot freed in that long is a Redis
+    that stalls), then is StoreUnavailable. Any Redis failure is StoreUnavailable naming ``label``'s store
+    (an OOM or READONLY reply in a failover too, or the link gone).
+
+    Not redis-py's ``BlockingConnectionPool``, which waits the same way: its Condition and timeout on every
+    command cost ~8 us more than this semaphore (whose timer is set only when a command must wait), on the
+    auth hot path. redis is imported here, not at the top: a SQLite API never loads it."""
+
+    def __init__(self, client: Any, label: str) -> None:
+        import redis
+
+        self.label = label
+        self.wait_s = client.connection_pool.connection_kwargs.get("socket_timeout") or REDIS_DATA_TIMEOUT_S
+        self._slots = asyncio.Semaphore(REDIS_CONNECTIONS)
+        self._errors = (redis.RedisError, OSError)
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await one command (a coroutine not yet started: it takes its connection once it has a slot)."""
+        if self._slots.locked():
+            await self._wait(coro)
+        else:
+            await self._slots.acquire()  # free: returns at once, no timer
+        try:
+            return await coro
+        except self._errors as e:
+            raise StoreUnavailable(f"{self.label}: {e.__class__.__name__}: {e}") from e
+        finally:
+            self._slots.release()
+
+    async def _wait(self, coro: Coroutine[Any, Any, T]) -> None:
+        try:
+            async with asyncio.timeout(self.wait_s):
+                await self._slots.acquire()
+        except BaseException as e:
+            coro.close()  # never started: no "was never awaited" warning
+            if isinstance(e, TimeoutError):
+                raise StoreUnavailable(f"{self.label}: no free connection in {self.wait_s:g} s "
+                                       f"({REDIS_CONNECTIONS} commands in flight: is Redis stalled?)") from e
+            raise
+
+
 class RedisBacked:
-    """A store on one Redis client (``r``), its names under a namespace (``ns``); ``from_url`` opens the
-    client (no I/O until the first command). Subclasses register their Lua scripts in ``__init__``."""
+    """A store on one Redis client (``r``), its names under a namespace (``ns``), its commands through
+    ``_call`` (a ``RedisGate`` naming the store ``LABEL``); ``from_url`` opens the client (no I/O until the
+    first command). Subclasses register their Lua scripts in ``__init__``."""
+
+    LABEL = "redis"
 
     def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
         self.r = client
         self.ns = namespace
+        self._call = RedisGate(client, self.LABEL).call
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sn1") -> Self:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from shared.store.base import RedisBacked, StoreUnavailable, open_by_url, redis_call
+from shared.store.base import RedisBacked, StoreUnavailable, open_by_url
 from shared.store.responses import PURGE_EVERY_S, forget_matching, glob_escaped
 from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables, expiring_table
 
@@ -42,7 +42,6 @@ MAX_CONVERSATION_BYTES = 1 << 20
 # without a lookup; Redis key names are built from it, so no ``:`` or glob character gets in.
 CONVERSATION_ID = re.compile(r"conv_[A-Za-z0-9_-]{1,128}")
 PURGE_BATCH = 100  # SQLite: expired conversations deleted at once, at most once a PURGE_EVERY_S per process
-LABEL = "redis conversations"  # StoreUnavailable's word for this store
 T = TypeVar("T")
 
 
@@ -410,6 +409,8 @@ class RedisConversationStore(RedisBacked):
     its items (the same name and ``:items``), both with the conversation's TTL; every write that must see
     what is there (append, an item's delete, an update) is one Lua script, atomic in Redis."""
 
+    LABEL = "redis conversations"  # StoreUnavailable's word for this store
+
     def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
         super().__init__(client, namespace=namespace)
         self._append = client.register_script(APPEND)
@@ -432,11 +433,11 @@ class RedisConversationStore(RedisBacked):
         if items:
             pipe.rpush(listed, *items)
             pipe.pexpire(listed, ttl)
-        await redis_call(pipe.execute(), LABEL)
+        await self._call(pipe.execute())
 
     async def get(self, key_id: str, conversation_id: str) -> Conversation | None:
         head, _ = self._keys(key_id, conversation_id)
-        found = await redis_call(self.r.hgetall(head), LABEL)
+        found = await self._call(self.r.hgetall(head))
         if not found:
             return None
         return _conversation(conversation_id, found[b"header"], int(found[b"bytes"]))
@@ -451,20 +452,20 @@ class RedisConversationStore(RedisBacked):
         pipe = self.r.pipeline(transaction=True)
         pipe.exists(head)
         pipe.lrange(listed, 0, -1)
-        exists, raw = await redis_call(pipe.execute(), LABEL)
+        exists, raw = await self._call(pipe.execute())
         return raw if exists else None
 
     async def append(self, key_id: str, conversation_id: str, items: list[str], *, retention: float,
                      max_bytes: int | None, once: bool = False, fence: str | None = None) -> Appended:
         limit = -1 if max_bytes is None else max_bytes
-        status, size = await redis_call(self._append(keys=self._keys(key_id, conversation_id, fence),
-                                                     args=[_ttl_ms(retention), limit, int(once), *items]), LABEL)
+        status, size = await self._call(self._append(keys=self._keys(key_id, conversation_id, fence),
+                                                     args=[_ttl_ms(retention), limit, int(once), *items]))
         return Appended(found=status != 1, full=status == 2, size=int(size), withdrawn=status == 3)
 
     async def withdraw(self, key_id: str, conversation_id: str, items: list[str], *, fence: str,
                        retention: float) -> int | None:
-        removed = await redis_call(self._withdraw(keys=self._keys(key_id, conversation_id, fence),
-                                                  args=[_ttl_ms(retention), *items]), LABEL)
+        removed = await self._call(self._withdraw(keys=self._keys(key_id, conversation_id, fence),
+                                                  args=[_ttl_ms(retention), *items]))
         return None if removed < 0 else int(removed)
 
     async def set_metadata(self, key_id: str, conversation_id: str, metadata: dict[str, str], *,
@@ -473,8 +474,8 @@ class RedisConversationStore(RedisBacked):
         if found is None:
             return False
         header = _header(found.created_at, metadata)
-        return bool(await redis_call(self._set_header(keys=self._keys(key_id, conversation_id),
-                                                      args=[_ttl_ms(retention), header]), LABEL))
+        return bool(await self._call(self._set_header(keys=self._keys(key_id, conversation_id),
+                                                      args=[_ttl_ms(retention), header])))
 
     async def delete_item(self, key_id: str, conversation_id: str, item_id: str, *, retention: float) -> bool | None:
         raw = await self._raw_items(key_id, conversation_id)
@@ -483,8 +484,8 @@ class RedisConversationStore(RedisBacked):
         stored = next((e for e in raw if json.loads(e).get("id") == item_id), None)
         if stored is None:
             return False
-        removed = await redis_call(self._delete_item(keys=self._keys(key_id, conversation_id),
-                                                     args=[_ttl_ms(retention), stored]), LABEL)
+        removed = await self._call(self._delete_item(keys=self._keys(key_id, conversation_id),
+                                                     args=[_ttl_ms(retention), stored]))
         return None if removed < 0 else removed > 0
 
     async def delete(self, key_id: str, conversation_id: str) -> bool:
@@ -492,12 +493,12 @@ class RedisConversationStore(RedisBacked):
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(head)
         pipe.delete(listed)
-        gone, _ = await redis_call(pipe.execute(), LABEL)
+        gone, _ = await self._call(pipe.execute())
         return bool(gone)
 
     async def forget_key(self, key_id: str) -> int:
         pattern = glob_escaped(f"{self.ns}:conversation:{key_id}:") + "*"
-        return await redis_call(forget_matching(self.r, pattern), LABEL)
+        return await self._call(forget_matching(self.r, pattern))
 
     async def aclose(self) -> None:
         await self.r.aclose()

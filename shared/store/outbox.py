@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.jsonutil import dumps, loads
-from shared.store.base import StoreUnavailable, redis_client
+from shared.store.base import RedisGate, redis_client
 from shared.store.sqlite_tables import SQLiteTables
 
 
@@ -249,6 +249,7 @@ class RedisOutbox:
         self.dropped_key = f"{namespace}:outbox:dropped"
         self.lease_key = f"{namespace}:outbox:lease"
         self.outage_key = f"{namespace}:outbox:outage"
+        self._call = RedisGate(client, "redis outbox").call
         self._put = client.register_script(_REDIS_PUT)
         self._lease = client.register_script(_REDIS_LEASE)
         self._release = client.register_script(_REDIS_RELEASE)
@@ -258,14 +259,6 @@ class RedisOutbox:
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> RedisOutbox:
         return cls(redis_client(url), **kw)
-
-    async def _call(self, coro: Any) -> Any:
-        import redis
-
-        try:
-            return await coro
-        except (redis.RedisError, OSError) as e:  # as the key store: an OOM or READONLY reply (a failover) too
-            raise StoreUnavailable(f"redis outbox: {e.__class__.__name__}: {e}") from e
 
     async def put(self, payload: dict[str, Any]) -> int:
         return await self.put_many([payload])

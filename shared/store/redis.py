@@ -27,17 +27,17 @@ from dataclasses import replace
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from shared.store.base import (
     ALL_SCOPES,
-    REDIS_CONNECTIONS,
     REDIS_TIMEOUT_S,
     USAGE_FIELDS,
     Authorization,
     KeyChanges,
     KeyRecord,
     RateDecision,
+    RedisGate,
     StoreMarker,
     StoreUnavailable,
     TurnGroups,
@@ -48,6 +48,7 @@ from shared.store.base import (
     mint_key,
     new_secret,
     oldest_usage_day,
+    redis_client,
 )
 from shared.store.eviction import UNKNOWN
 
@@ -297,7 +298,7 @@ class RedisStore:
     def __init__(self, client: aioredis.Redis, *, namespace: str = "sn1") -> None:
         self.redis = client
         self.namespace = namespace
-        self._slots = asyncio.Semaphore(REDIS_CONNECTIONS)
+        self._call = RedisGate(client, "redis").call
         self._authorize = client.register_script(AUTHORIZE)
         self._charge = client.register_script(CHARGE)
         self._update = client.register_script(UPDATE)
@@ -310,24 +311,11 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisStore:
-        pool = aioredis.ConnectionPool.from_url(
-            url, max_connections=REDIS_CONNECTIONS, decode_responses=True, socket_timeout=REDIS_TIMEOUT_S,
-            socket_connect_timeout=REDIS_TIMEOUT_S, health_check_interval=30,
-        )
-        return cls(aioredis.Redis.from_pool(pool), namespace=namespace)
+        return cls(redis_client(url, timeout=REDIS_TIMEOUT_S, decode_responses=True), namespace=namespace)
 
     def key(self, *parts: str) -> str:
         """A namespaced Redis key name (for features that share this connection)."""
         return ":".join((self.namespace, *parts))
-
-    async def _call(self, coro: Any) -> Any:
-        """Run one command; at most REDIS_CONNECTIONS at once, so a burst queues here instead of
-        exhausting the pool (which would fail, i.e. 503). Cheaper than redis-py's blocking pool."""
-        try:
-            async with self._slots:
-                return await coro
-        except (RedisError, OSError) as e:
-            raise StoreUnavailable(f"redis: {e.__class__.__name__}: {e}") from e
 
     # --- keys -------------------------------------------------------------------------------------
     async def create_key(

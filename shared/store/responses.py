@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.store.base import RedisBacked, StoreUnavailable, open_by_url, redis_call
+from shared.store.base import RedisBacked, StoreUnavailable, open_by_url
 from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables, expiring_table
 
 # A response whose stored form (its object and the whole conversation before it) is larger than this is
@@ -45,7 +45,6 @@ MAX_STORED_BYTES = 1 << 20
 # never a scan of the whole table on a request's path.
 PURGE_BATCH = 200
 PURGE_EVERY_S = 60.0
-LABEL = "redis responses"  # StoreUnavailable's word for this store
 SCAN_BATCH = 500  # names a deleted key's purge reads and deletes at once (Redis)
 # How long a deleted key's responses are refused after ``forget_key``: far past any answer still being made for it
 # then (a request's deadline is minutes at most, a background one's too); its mark then goes, as ids never come back.
@@ -337,6 +336,8 @@ class RedisResponseStore(RedisBacked):
     (``{ns}:response_pending:{key_id}:{id}``), which ``settle`` takes in one script with its write; a streamed
     one's events are a sorted set (``{ns}:response_events:{key_id}:{id}``) scored by sequence number."""
 
+    LABEL = "redis responses"  # StoreUnavailable's word for this store
+
     def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
         super().__init__(client, namespace=namespace)
         self._put = client.register_script(PUT)
@@ -364,35 +365,35 @@ class RedisResponseStore(RedisBacked):
         names = [self._forgotten_key(key_id), self._key(key_id, response_id), self._pending_key(key_id, response_id),
                  *(self._item_key(key_id, item_id) for item_id in item_ids)]
         args = [data, max(1, round(retention * 1000)), response_id, "1" if pending else "0"]
-        return bool(await redis_call(self._put(keys=names, args=args), LABEL))
+        return bool(await self._call(self._put(keys=names, args=args)))
 
     async def settle(self, key_id: str, response_id: str, data: str, *, retention: float,
                      item_ids: Sequence[str] = ()) -> bool:
         names = [self._pending_key(key_id, response_id), self._key(key_id, response_id), self._forgotten_key(key_id),
                  *(self._item_key(key_id, item_id) for item_id in item_ids)]
-        return bool(await redis_call(self._settle(keys=names, args=[data, max(1, round(retention * 1000)),
-                                                                    response_id]), LABEL))
+        return bool(await self._call(self._settle(keys=names, args=[data, max(1, round(retention * 1000)),
+                                                                    response_id])))
 
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
-        raw = await redis_call(self.r.get(self._key(key_id, response_id)), LABEL)
+        raw = await self._call(self.r.get(self._key(key_id, response_id)))
         return decode(response_id, key_id, raw) if raw else None
 
     async def is_pending(self, key_id: str, response_id: str) -> bool:
-        return bool(await redis_call(self.r.exists(self._pending_key(key_id, response_id)), LABEL))
+        return bool(await self._call(self.r.exists(self._pending_key(key_id, response_id))))
 
     async def add_events(self, key_id: str, response_id: str, events: Sequence[tuple[int, str]], *,
                          retention: float) -> None:
         """A sorted set scored by sequence number; each member is ``{seq}:{frame}`` (unique, whatever the frame)."""
         pairs = [part for seq, e in events for part in (seq, f"{seq}:{e}")]
         names = [self._key(key_id, response_id), self._events_key(key_id, response_id), self._forgotten_key(key_id)]
-        await redis_call(self._add_events(keys=names, args=[max(1, round(retention * 1000)), *pairs]), LABEL)
+        await self._call(self._add_events(keys=names, args=[max(1, round(retention * 1000)), *pairs]))
 
     async def events(self, key_id: str, response_id: str, *, after: int,
                      limit: int | None = None) -> list[tuple[int, str]]:
         name = self._events_key(key_id, response_id)
         try:
-            got = await redis_call(self.r.zrangebyscore(name, f"({after}", "+inf", start=0,
-                                                        num=-1 if limit is None else limit), LABEL)
+            got = await self._call(self.r.zrangebyscore(name, f"({after}", "+inf", start=0,
+                                                        num=-1 if limit is None else limit))
         except StoreUnavailable as e:
             if not _wrong_type(e):
                 raise
@@ -402,22 +403,22 @@ class RedisResponseStore(RedisBacked):
     async def last_event(self, key_id: str, response_id: str) -> tuple[int, str] | None:
         name = self._events_key(key_id, response_id)
         try:
-            got = await redis_call(self.r.zrange(name, -1, -1), LABEL)
+            got = await self._call(self.r.zrange(name, -1, -1))
         except StoreUnavailable as e:
             if not _wrong_type(e):
                 raise
-            listed = await redis_call(self.r.llen(name), LABEL)
+            listed = await self._call(self.r.llen(name))
             return (await self._listed_events(name, listed - 2, listed - 1) or [None])[-1]
         return _event(got[0]) if got else None
 
     async def _listed_events(self, name: str, after: int, last: int) -> list[tuple[int, str]]:
         """The events of a response streamed before 2026-12-06, kept then as a list (index = sequence number):
         read so until they expire (a day), instead of every resume answering 503 after an upgrade."""
-        got = await redis_call(self.r.lrange(name, after + 1, last), LABEL)
+        got = await self._call(self.r.lrange(name, after + 1, last))
         return [(seq, e.decode() if isinstance(e, bytes) else e) for seq, e in enumerate(got, after + 1)]
 
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
-        response_id = await redis_call(self.r.get(self._item_key(key_id, item_id)), LABEL)
+        response_id = await self._call(self.r.get(self._item_key(key_id, item_id)))
         if not response_id:
             return None
         return await self.get(key_id, response_id.decode() if isinstance(response_id, bytes) else response_id)
@@ -427,15 +428,15 @@ class RedisResponseStore(RedisBacked):
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(self._key(key_id, response_id))
         pipe.delete(self._pending_key(key_id, response_id), self._events_key(key_id, response_id))
-        return bool((await redis_call(pipe.execute(), LABEL))[0])
+        return bool((await self._call(pipe.execute()))[0])
 
     async def forget_key(self, key_id: str) -> int:
         """A SCAN of the key's names (an admin's rare call, in batches: never a KEYS that blocks Redis), once its
         forgotten mark is set: a write of it the SCAN could miss (one made as it runs) is refused."""
-        await redis_call(self.r.set(self._forgotten_key(key_id), 1, px=round(FORGOTTEN_FOR_S * 1000)), LABEL)
+        await self._call(self.r.set(self._forgotten_key(key_id), 1, px=round(FORGOTTEN_FOR_S * 1000)))
         for names in (self._item_key, self._pending_key, self._events_key):
-            await redis_call(forget_matching(self.r, glob_escaped(names(key_id, "")) + "*"), LABEL)
-        return await redis_call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"), LABEL)
+            await self._call(forget_matching(self.r, glob_escaped(names(key_id, "")) + "*"))
+        return await self._call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"))
 
     async def aclose(self) -> None:
         await self.r.aclose()

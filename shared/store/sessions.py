@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.store.base import RedisBacked, open_by_url, redis_call
+from shared.store.base import RedisBacked, open_by_url
 from shared.store.sqlite_tables import SQLiteTables, expiring_table
 
 
@@ -207,6 +207,8 @@ class RedisSessionStore(RedisBacked):
     host saw a session end a minute early, or live a minute after it ended elsewhere.
     """
 
+    LABEL = "redis sessions"  # StoreUnavailable's word for this store
+
     def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
         super().__init__(client, namespace=namespace)
         self._open = client.register_script(_OPEN)
@@ -223,9 +225,6 @@ class RedisSessionStore(RedisBacked):
     @property
     def _index(self) -> str:
         return f"{self.ns}:sessions"
-
-    async def _call(self, coro: Any) -> Any:
-        return await redis_call(coro, "redis sessions")
 
     @staticmethod
     def _decode(raw: Any) -> Session | None:

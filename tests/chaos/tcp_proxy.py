@@ -22,6 +22,7 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._budget: int | None = None  # bytes from clients still forwarded before every link drops
+        self.accepted = 0  # connections clients opened so far (a pooled client's high-water mark)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
@@ -32,6 +33,7 @@ class TcpProxy:
         assert task is not None
         self._tasks.add(task)
         self._writers.add(writer)
+        self.accepted += 1
         try:
             if self.mode != "forward":
                 await self._wake.wait()  # held until restore()/cut() drops it

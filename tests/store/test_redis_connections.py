@@ -1,0 +1,99 @@
+"""Each Redis-backed store (keys, sessions, stored responses, conversations, the scoring outbox) holds its
+commands to ``REDIS_CONNECTIONS`` at once, one way for all five (``RedisGate``): a burst past them waits for a
+connection, never fails, and never opens more; on a Redis that stalls, the burst is told so after one
+command timeout, not after a wait for each wave of 64 in turn.
+
+Through a TCP proxy (``tests/chaos/tcp_proxy``), which counts the connections and can stall them without
+touching the shared Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from shared.store.base import REDIS_CONNECTIONS, REDIS_TIMEOUT_S, StoreUnavailable
+from shared.store.conversations import RedisConversationStore
+from shared.store.outbox import RedisOutbox
+from shared.store.redis import RedisStore
+from shared.store.responses import RedisResponseStore
+from shared.store.sessions import RedisSessionStore
+from tests.chaos.tcp_proxy import TcpProxy, tcp_proxy
+from tests.store.conftest import drop_keys, redis_url
+
+pytestmark = pytest.mark.redis
+BURST = 5 * REDIS_CONNECTIONS
+
+
+@contextlib.asynccontextmanager
+async def proxied() -> AsyncIterator[tuple[TcpProxy, str, str]]:
+    """A proxy to the test Redis, the URL through it, and a fresh namespace (dropped afterwards)."""
+    url = urllib.parse.urlparse(redis_url())
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    async with tcp_proxy(url.hostname or "127.0.0.1", url.port or 6379) as proxy:
+        try:
+            yield proxy, f"redis://127.0.0.1:{proxy.port}{url.path or '/0'}", namespace
+        finally:
+            await proxy.restore()
+            store = RedisStore.from_url(redis_url(), namespace=namespace)
+            await drop_keys(store.redis, namespace)
+            await store.close()
+
+
+def reads(url: str, namespace: str) -> dict[str, tuple[Any, Callable[[], Awaitable[Any]]]]:
+    """Each store, opened on ``url``, and one read of it (as a request makes)."""
+    keys = RedisStore.from_url(url, namespace=namespace)
+    sessions = RedisSessionStore.from_url(url, namespace=namespace)
+    responses = RedisResponseStore.from_url(url, namespace=namespace)
+    conversations = RedisConversationStore.from_url(url, namespace=namespace)
+    outbox = RedisOutbox.from_url(url, namespace=namespace)
+    return {"keys": (keys, lambda: keys.get_key("0" * 64)),
+            "sessions": (sessions, lambda: sessions.get("sess-x")),
+            "responses": (responses, lambda: responses.get("key", "resp_x")),
+            "conversations": (conversations, lambda: conversations.get("key", "conv_x")),
+            "outbox": (outbox, outbox.depth)}
+
+
+async def closed(store: Any) -> None:
+    await (store.close() if isinstance(store, RedisStore | RedisOutbox) else store.aclose())
+
+
+async def test_a_burst_on_each_store_waits_for_a_connection_and_never_opens_more_than_its_bound() -> None:
+    async with proxied() as (proxy, url, namespace):
+        for name, (store, read) in reads(url, namespace).items():
+            before = proxy.accepted
+            answers = await asyncio.gather(*(read() for _ in range(BURST)), return_exceptions=True)
+            failed = [a for a in answers if isinstance(a, BaseException)]
+            assert failed == [], f"{name}: {len(failed)} of {BURST} failed, e.g. {failed[0]!r}"
+            assert 0 < proxy.accepted - before <= REDIS_CONNECTIONS, (name, proxy.accepted - before)
+            await closed(store)
+
+
+async def test_on_a_redis_that_stalls_a_burst_of_key_lookups_is_told_after_one_command_timeout() -> None:
+    """The key store queued a burst on its own semaphore, with no bound on the wait: on a stalled Redis, 320
+    lookups (a burst of requests, each on its own event-loop turn) failed in waves of 64, one per 2 s command
+    timeout, the last after ~10 s, where the other stores' pools gave up waiting after one timeout."""
+    async with proxied() as (proxy, url, namespace):
+        keys = RedisStore.from_url(url, namespace=namespace)
+        await keys.get_key("0" * 64)  # connected while Redis answers
+        await proxy.stall()
+
+        async def lookup() -> tuple[float, BaseException | None]:
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(keys.get_key("0" * 64), 30)
+            except StoreUnavailable as e:
+                return time.monotonic() - started, e
+            return time.monotonic() - started, None
+
+        outcomes = await asyncio.gather(*(lookup() for _ in range(BURST)))
+        assert all(isinstance(error, StoreUnavailable) for _, error in outcomes)
+        slowest = max(took for took, _ in outcomes)
+        assert slowest < 2 * REDIS_TIMEOUT_S + 1, f"the last lookup was told after {slowest:.1f} s"
+        await keys.close()
