@@ -134,12 +134,10 @@ def external_miner(text: str) -> str:
     host, colon, port_text = address.rpartition(":")
     if not at or not colon or not host:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOTKEY@HOST:PORT (e.g. 5F...@127.0.0.1:8095)")
-    from bittensor.sp_core import Keypair
+    from shared.ss58 import is_ss58
 
-    try:
-        Keypair(ss58_address=hotkey)
-    except (ValueError, TypeError):
-        raise argparse.ArgumentTypeError(f"{hotkey[:64]!r} is not an SS58 address") from None
+    if not is_ss58(hotkey):
+        raise argparse.ArgumentTypeError(f"{hotkey[:64]!r} is not an SS58 address")
     return f"{hotkey}@{host}:{port(port_text)}"
 
 

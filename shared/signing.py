@@ -19,7 +19,6 @@ from typing import Any
 
 from aiohttp import web
 from bittensor import http_auth
-from bittensor.sp_core import Keypair
 from bittensor.wallets import parse_crypto_type
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -27,6 +26,7 @@ from yarl import URL
 from shared.errors import ApiError
 from shared.http import end_unread_body, http_error_code, read_raw
 from shared.settings import UNVERIFIED_BODY_BYTES
+from shared.ss58 import is_ss58
 
 CALLER_KEY = web.RequestKey("btauth_caller", http_auth.Caller)
 _SS58 = re.compile(r"[1-9A-HJ-NP-Za-km-z]{46,48}")  # base58, the length of a substrate address
@@ -176,15 +176,6 @@ class BodyBudget:
             self._freed = None
 
 
-def _decodes(hotkey: str) -> bool:
-    """Whether ``hotkey`` is an SS58 address (its checksum too); asked only of callers refused anyway."""
-    try:
-        Keypair(ss58_address=hotkey)
-    except (ValueError, TypeError):
-        return False
-    return True
-
-
 def _refusal(e: http_auth.AuthError) -> ApiError:
     return ApiError(_STATUS.get(type(e), 401), f"{type(e).__name__}: {e}", code=type(e).__name__)
 
@@ -294,7 +285,7 @@ class RequestVerifier:
         except http_auth.AuthError as e:
             raise _refusal(e) from None
         if not self.authorizer.allowed(sender):
-            if not _decodes(sender):  # what ``verify`` says of it: no address is no caller to refuse
+            if not is_ss58(sender):  # what ``verify`` says of it: no address is no caller to refuse
                 raise _refusal(http_auth.MalformedAuth("invalid hotkey address or signature encoding"))
             raise ApiError(403, f"hotkey {sender} {self.not_allowed}", code="NotAValidator")
         return sender

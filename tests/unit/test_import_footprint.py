@@ -39,3 +39,27 @@ def test_a_start_that_stops_on_its_settings_loads_neither_the_sdk_nor_aiohttp(tm
     assert [line.split(":")[0] for line in out.stderr.splitlines() if line.startswith("exit ")] == [
         "exit sn1 api", "exit sn1 validator", "exit sn1 miner", "exit 0"], out.stderr[-2000:]
     assert out.stderr.count("NETUID: Input should be greater than or equal to 0") == 3, out.stderr[-2000:]
+
+
+def test_hotkeys_are_checked_without_loading_the_sdk(tmp_path: Path) -> None:
+    """A validator's ``API_HOTKEYS``, a miner's ``ALLOWED_HOTKEYS`` and ``sn1 localnet --external-miner`` are SS58
+    addresses, checked on their checksum: the check imported ``bittensor.sp_core``, and so the whole SDK (its
+    ``__init__`` loads the EVM and Ethereum packages, ~0.4 s of CPU), for a start that then stopped on a setting.
+    A mistyped hotkey is still named on its line."""
+    good, typo = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY", "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQZ"
+    env = tmp_path / "bad.env"
+    env.write_text(f"NETUID=-3\nAPI_HOTKEYS={good}\nALLOWED_HOTKEYS={good},{typo}\n")
+    code = ("import sys, shared.cli\n"
+            "for argv in (['validator', '--env-file', sys.argv[1]], ['miner', '--env-file', sys.argv[1]],\n"
+            "             ['localnet', '--external-miner', sys.argv[2] + '@127.0.0.1:8095', '--help']):\n"
+            "    try:\n"
+            "        shared.cli.main(argv)\n"
+            "    except SystemExit as e:\n"
+            "        print('exit', e.code, file=sys.stderr)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'bittensor', 'aiohttp'}))")
+    out = subprocess.run([sys.executable, "-c", code, str(env), good], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]
+    assert "NETUID" in out.stderr and "API_HOTKEYS" not in out.stderr, out.stderr[-2000:]
+    assert (f"sn1 miner: ALLOWED_HOTKEYS: {typo!r} is not a hotkey's SS58 address (5...): invalid ss58 address: "
+            "Invalid checksum") in out.stderr, out.stderr[-2000:]
