@@ -56,7 +56,7 @@ from loguru import logger  # noqa: E402
 from neurons.miner.faults import FaultOptions  # noqa: E402
 from shared.gc_tuning import tune_for_serving  # noqa: E402
 from shared.logging import setup_logging  # noqa: E402
-from shared.miner_client import ResigningConnector  # noqa: E402
+from shared.resigning import ResigningConnector  # noqa: E402
 from shared.signing import nonce_retention  # noqa: E402
 from tests.chaos.fleet import HONEST, MESSAGES, VALIDATOR, Fleet, expected_answer, fleet, wait_until  # noqa: E402
 

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from bittensor import http_auth
 from loguru import logger
 from yarl import URL
 
@@ -21,8 +20,8 @@ from shared.errors import MODEL_NOT_FOUND, MODEL_SERVER_REJECTED, parse_error
 from shared.jsonutil import dumpb, dumps, loads
 from shared.logging import printable
 from shared.metagraph import Neuron
-from shared.protocol import DEADLINE_HEADER
 from shared.resend import post_once_more
+from shared.resigning import ResigningConnector, Signing
 from shared.signing import Signer
 from shared.sse import DONE, SSEError, SSEParser
 
@@ -40,7 +39,7 @@ def event_text(event: Event) -> str:
 # when nothing told the API it does: raced for a model it never listed, as without fresh availability).
 NOT_SERVED = "not_served"
 ERROR_BODY_BYTES = 64 << 10  # of a miner's error answer, what is read to learn its code and message
-RETELL_AFTER = 0.05  # seconds a request waited for a pooled connection after which its deadline header is redone
+JSON, EVENT_STREAM = "application/json", "text/event-stream"  # a request's Content-Type; what it accepts back
 REFUSED_SIGNATURE = (401, 403)  # a receiver's answers to a signature it does not take (shared.signing)
 _BOUNDED_BY_CALLER = aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None)
 
@@ -73,47 +72,6 @@ class MinerError(Exception):
         self.kind = kind
 
 
-class ResigningConnector(aiohttp.TCPConnector):
-    """A pool that signs a request again when it waited long for a connection.
-
-    A signature is good for ``http_auth.DEFAULT_MAX_AGE`` (10 s), and a saturated pool (``limit_per_host``
-    requests to one slow miner, ``limit`` in all) can hold a request longer: the miner then refused it
-    (401), and was scored 0 for the node's own congestion. ``MinerClient`` leaves in ``pending`` how to
-    sign each request again, under its nonce, until the request is done.
-    """
-
-    resign_after = 2.0  # seconds of waiting after which a request is signed again as it leaves
-    # (and after RETELL_AFTER, its x-sn1-deadline is told again: what is left of it as it leaves)
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.pending: dict[str, Resign] = {}
-
-    async def connect(self, req: aiohttp.ClientRequest, traces: Any, timeout: aiohttp.ClientTimeout) -> Any:
-        started = time.monotonic()
-        conn = await super().connect(req, traces, timeout)
-        waited = time.monotonic() - started
-        if waited >= RETELL_AFTER:
-            again = self.pending.get(req.headers.get(http_auth.HEADER_NONCE, ""))
-            if again is not None:
-                signer, body, deadline = again
-                if waited >= self.resign_after:
-                    req.headers.update(signer.headers(req.method, req.url, body,
-                                                      req.headers[http_auth.HEADER_RECEIVER]))
-                if deadline is not None:  # the time it waited is no longer the miner's
-                    req.headers[DEADLINE_HEADER] = seconds_left(deadline)
-        return conn
-
-
-Resign = tuple[Signer, bytes, float | None]
-"""How to sign a request again: its signer, its body, and its deadline (loop time) when it tells one."""
-
-
-def seconds_left(deadline: float) -> str:
-    """``x-sn1-deadline``'s value: the seconds from now to ``deadline`` (loop time), to the millisecond."""
-    return f"{max(0.0, deadline - asyncio.get_running_loop().time()):.3f}"
-
-
 def make_session(*, limit: int = 1024, limit_per_host: int = 256) -> aiohttp.ClientSession:
     """The process-wide pooled session (call once, inside the running loop)."""
     connector = ResigningConnector(limit=limit, limit_per_host=limit_per_host, ttl_dns_cache=300)
@@ -134,8 +92,8 @@ class MinerClient:
         self._refusals = 0  # miners' refusals of our signature since the last WARNING about them
         self._refusal_told = float("-inf")  # when that WARNING was (monotonic)
         self._chat_urls: dict[str, URL] = {}
-        # How the pool signs a request again after a long wait for a connection (ResigningConnector).
-        self._pending: dict[str, Resign] | None = getattr(session.connector, "pending", None)
+        # Where the pool finds how to sign a request again after a long wait for a connection (ResigningConnector).
+        self._pending: dict[str, Signing] | None = getattr(session.connector, "pending", None)
 
     def _chat_url(self, base: str) -> URL:
         """The parsed chat URL of an axon, built once (parsing a URL per request showed in the profile)."""
@@ -178,23 +136,20 @@ class MinerClient:
         """
         if not neuron.url:
             raise MinerError(f"uid {neuron.uid} serves no axon", kind="unreachable")
-        left = deadline - asyncio.get_running_loop().time()
-        if left <= 0:
+        if deadline <= asyncio.get_running_loop().time():
             raise MinerError("deadline passed before the request was sent", kind="timeout")
-        url = self._chat_url(neuron.url)
-        headers = self.signer.headers("POST", url, body, neuron.hotkey)
-        headers["Content-Type"] = "application/json"
-        headers["Accept"] = "text/event-stream"
-        headers[DEADLINE_HEADER] = f"{left:.3f}"  # the seconds the miner has (advisory: not signed)
+        headers = {"Content-Type": JSON, "Accept": EVENT_STREAM}
         if request_id:
             headers["x-request-id"] = request_id
-        nonce = self._resignable(headers, body, deadline)
+        # signed for the miner, and told in x-sn1-deadline the seconds it has (advisory: not signed)
+        signing = Signing(self.signer, self._chat_url(neuron.url), body, neuron.hotkey, headers, deadline=deadline,
+                          pending=self._pending)
         try:
             async with asyncio.timeout_at(deadline):
                 # No aiohttp timer: ``timeout_at`` already bounds the whole call (a second timer per request
                 # showed in the profile and could only fire at the same moment).
-                async with await self._sent(url, body, headers, neuron.hotkey, _BOUNDED_BY_CALLER, deadline) as resp:
-                    self._done(nonce)  # sent: nothing to sign again (the finally is for a request that never was)
+                async with await self._sent(signing, _BOUNDED_BY_CALLER) as resp:
+                    signing.done()  # sent: nothing to sign again (the finally is for a request that never was)
                     if resp.status != 200:
                         text = (await self._error_body(resp)).decode(errors="replace")
                         code, message = parse_error(text)
@@ -207,10 +162,10 @@ class MinerClient:
                             raise MinerError(f"HTTP 404 {MODEL_NOT_FOUND}: {message[:300]}", kind=NOT_SERVED)
                         raise MinerError(f"HTTP {resp.status}: {text[:300]}", kind=status_kind(resp.status))
                     ctype = resp.content_type
-                    if ctype == "application/json":
+                    if ctype == JSON:
                         yield await self._json_as_chunks(resp)
                         return
-                    if ctype != "text/event-stream":
+                    if ctype != EVENT_STREAM:
                         raise MinerError(f"unexpected content type {ctype!r}", kind="bad_response")
                     async for batch in self._event_batches(resp):
                         yield batch
@@ -221,21 +176,19 @@ class MinerClient:
         except SSEError as e:
             raise MinerError(f"broken SSE stream: {e}", kind="bad_response") from None
         finally:
-            self._done(nonce)
+            signing.done()
 
-    async def _sent(self, url: URL, body: bytes, headers: dict[str, str], receiver: str,
-                    timeout: aiohttp.ClientTimeout, deadline: float | None) -> aiohttp.ClientResponse:
-        """POST ``body``, once more on a new connection when a kept-alive one closed before any answer
+    async def _sent(self, signing: Signing, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+        """POST the signed request, once more on a new connection when a kept-alive one closed before any answer
         (``post_once_more``). Signed anew: a miner that read the first before closing must not take the second
-        for a replay; told what is left of its ``deadline``."""
+        for a replay; told what is left of its deadline."""
 
         def resigned() -> dict[str, Any]:
-            headers.update(self.signer.headers("POST", url, body, receiver))
-            if deadline is not None:
-                headers[DEADLINE_HEADER] = seconds_left(deadline)
-            return {"headers": headers}
+            signing.sign()
+            return {"headers": signing.headers}
 
-        return await post_once_more(self.session, url, again=resigned, data=body, headers=headers, timeout=timeout)
+        return await post_once_more(self.session, signing.url, again=resigned, data=signing.body,
+                                    headers=signing.headers, timeout=timeout)
 
     def _refused(self, neuron: Neuron, status: int, code: str | None, message: str) -> None:
         """A miner refused our signed request (401/403): one WARNING a minute, quoting the latest refusal.
@@ -249,19 +202,6 @@ class MinerClient:
                        "refusal(s) since the last such line, at most one a minute)", self.signer.hotkey, neuron.uid,
                        status, code or "-", printable(message.removeprefix(f"{code}: "))[:300], self._refusals)
         self._refusals, self._refusal_told = 0, now
-
-    def _resignable(self, headers: dict[str, str], body: bytes, deadline: float | None = None) -> str | None:
-        """Leave the pool how to sign this request again (and, with a ``deadline``, tell it again); returns
-        the key to take it back with."""
-        if self._pending is None:
-            return None
-        nonce = headers[http_auth.HEADER_NONCE]
-        self._pending[nonce] = (self.signer, body, deadline)
-        return nonce
-
-    def _done(self, nonce: str | None) -> None:
-        if nonce is not None and self._pending is not None:
-            self._pending.pop(nonce, None)
 
     async def _event_batches(self, resp: aiohttp.ClientResponse) -> AsyncIterator[list[Event]]:
         parser = SSEParser(max_event_bytes=self.max_response_bytes)
@@ -350,18 +290,13 @@ class MinerClient:
         self, base_url: str, path: str, body: bytes, receiver: str, *, timeout: float, tell_deadline: bool = False
     ) -> tuple[int, Any]:
         """``post_json`` for a body that is already JSON bytes."""
-        url = URL(base_url.rstrip("/") + path)
-        headers = self.signer.headers("POST", url, body, receiver)
-        headers["Content-Type"] = "application/json"
-        deadline = None
-        if tell_deadline:  # the seconds it has (advisory: not signed), told again after a wait for a connection
-            deadline = asyncio.get_running_loop().time() + timeout
-            headers[DEADLINE_HEADER] = seconds_left(deadline)
-        nonce = self._resignable(headers, body, deadline)
+        # the seconds it has (advisory: not signed), told again after a wait for a connection
+        deadline = asyncio.get_running_loop().time() + timeout if tell_deadline else None
+        signing = Signing(self.signer, URL(base_url.rstrip("/") + path), body, receiver,
+                          {"Content-Type": JSON}, deadline=deadline, pending=self._pending)
         try:
-            async with await self._sent(url, body, headers, receiver, aiohttp.ClientTimeout(total=timeout),
-                                        deadline) as resp:
-                self._done(nonce)
+            async with await self._sent(signing, aiohttp.ClientTimeout(total=timeout)) as resp:
+                signing.done()
                 raw = await self._read_capped(resp)
                 try:
                     data = loads(raw) if raw else None
@@ -373,4 +308,4 @@ class MinerClient:
         except aiohttp.ClientError as e:
             raise MinerError(f"{type(e).__name__}: {e}", kind=transport_kind(e)) from None
         finally:
-            self._done(nonce)
+            signing.done()
