@@ -18,7 +18,7 @@ from api.race import Race
 from shared.jsonutil import dumpb
 from shared.metagraph import Neuron
 from shared.miner_client import NOT_SERVED
-from shared.protocol import ANY_MODEL, ChatCompletionRequest
+from shared.protocol import ANY_MODEL, ChatCompletionRequest, asks_stream
 from shared.settings import ApiSettings
 
 
@@ -64,8 +64,8 @@ def start_race(
     search's list of results); else the request's ``response_format`` and tools decide (``answer_check``)."""
     deadline = asyncio.get_running_loop().time() + seconds
     options = body.get("stream_options")
-    race = Race(ctx.client, neurons, dumpb(body), deadline, stream=stream, request_id=request_id,
-                excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=check or answer_check(body),
+    race = Race(ctx.client, neurons, dumpb(body), deadline, stream=stream, asks_stream=asks_stream(body),
+                request_id=request_id, excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=check or answer_check(body),
                 opens_with=json_opening(body), calls_only=must_call(body),
                 relay_usage=not stream or (isinstance(options, dict) and options.get("include_usage") is True),
                 scored=scored, latency_scale=latency_scale)

@@ -260,6 +260,7 @@ class Race:
         deadline: float,
         *,
         stream: bool,
+        asks_stream: bool = False,
         request_id: str | None = None,
         excuse_timeouts: bool = False,
         offered: frozenset[str] | None = None,
@@ -287,6 +288,9 @@ class Race:
         self.body = body
         self.deadline = deadline
         self.stream = stream
+        # What ``body`` asks the miners for (its ``stream``: ``asks_stream``), told them in ``Accept``. Not
+        # ``stream``: a non-streaming caller's mixture, a session's ping, a synthetic job relayed as it comes.
+        self.asks_stream = asks_stream
         self.request_id = request_id
         self.started = 0.0
         self.tasks: list[asyncio.Task[None]] = []
@@ -304,7 +308,8 @@ class Race:
     async def _run(self, run: MinerRun) -> None:
         try:
             loop = asyncio.get_running_loop()
-            batches = self.client.stream_chat_batches(run.neuron, self.body, self.deadline, request_id=self.request_id)
+            batches = self.client.stream_chat_batches(run.neuron, self.body, self.deadline, request_id=self.request_id,
+                                                      stream=self.asks_stream)
             unfit: str | None = None  # why the answer cannot be what was asked: it is kept whole, never relayed
             async for batch in batches:
                 arrived = loop.time() - self.started  # one read: the same arrival time for its events

@@ -111,13 +111,14 @@ class MinerClient:
         deadline: float,
         *,
         request_id: str | None = None,
+        stream: bool = True,
     ) -> AsyncIterator[str]:
         """Yield each SSE event's ``data`` (raw JSON text) as it arrives, ending before ``[DONE]``.
 
         A miner that answers with plain JSON (what a non-streaming request asks
         for) is yielded as one chunk-shaped event.
         """
-        async for batch in self.stream_chat_batches(neuron, body, deadline, request_id=request_id):
+        async for batch in self.stream_chat_batches(neuron, body, deadline, request_id=request_id, stream=stream):
             for data in batch:
                 yield event_text(data)
 
@@ -128,17 +129,19 @@ class MinerClient:
         deadline: float,
         *,
         request_id: str | None = None,
+        stream: bool = True,
     ) -> AsyncIterator[list[Event]]:
         """``stream_chat``'s events grouped as they arrived: one non-empty list per network read.
 
         The hot path handles a group at once (one timestamp, one wake-up, one
-        write to the client) instead of paying per event.
+        write to the client) instead of paying per event. ``stream``: what ``body`` asks for (its ``stream``),
+        the answer the miner is told this host accepts (``Accept``).
         """
         if not neuron.url:
             raise MinerError(f"uid {neuron.uid} serves no axon", kind="unreachable")
         if deadline <= asyncio.get_running_loop().time():
             raise MinerError("deadline passed before the request was sent", kind="timeout")
-        headers = {"Content-Type": JSON, "Accept": EVENT_STREAM}
+        headers = {"Content-Type": JSON, "Accept": EVENT_STREAM if stream else JSON}
         if request_id:
             headers["x-request-id"] = request_id
         # signed for the miner, and told in x-sn1-deadline the seconds it has (advisory: not signed)
@@ -293,7 +296,7 @@ class MinerClient:
         # the seconds it has (advisory: not signed), told again after a wait for a connection
         deadline = asyncio.get_running_loop().time() + timeout if tell_deadline else None
         signing = Signing(self.signer, URL(base_url.rstrip("/") + path), body, receiver,
-                          {"Content-Type": JSON}, deadline=deadline, pending=self._pending)
+                          {"Content-Type": JSON, "Accept": JSON}, deadline=deadline, pending=self._pending)
         try:
             async with await self._sent(signing, aiohttp.ClientTimeout(total=timeout)) as resp:
                 signing.done()

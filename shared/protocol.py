@@ -54,6 +54,13 @@ def told_deadline(value: str | None) -> float | None:
     return min(max(seconds, 0.0), MAX_TOLD_DEADLINE)
 
 
+def asks_stream(body: dict[str, Any]) -> bool:
+    """Whether a miner's body asks for a stream: its ``stream`` is true (absent is false, as a miner reads it).
+    Told the miner in ``Accept``, the same from the API and the validator (a difference would tell synthetic
+    traffic apart)."""
+    return body.get("stream") is True
+
+
 # OpenAI's metadata (a chat completion's, a response's, a conversation's): up to 16 pairs, keys up to 64
 # characters, values up to 512.
 Metadata = Annotated[dict[Annotated[str, StringConstraints(max_length=64)],

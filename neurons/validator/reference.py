@@ -101,7 +101,7 @@ class OpenAIReference:
         self.model = model
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.reproducible = reproducible
-        self._headers = {"Content-Type": "application/json"}
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         # What a server's error text must never carry into the log or /health: the key, or a token given as

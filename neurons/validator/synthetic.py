@@ -33,7 +33,7 @@ from shared.ids import random_hex
 from shared.jsonutil import dumpb
 from shared.metagraph import MetagraphView, Neuron
 from shared.miner_client import MinerClient
-from shared.protocol import ChatCompletionRequest, content_text
+from shared.protocol import ChatCompletionRequest, asks_stream, content_text
 
 RESULTS = tuple(sorted(set(RESULTS_FOR.values())))  # how many results a synthetic query asks for: as callers' do
 
@@ -103,7 +103,8 @@ def _model_for(rng: random.Random, book: AvailabilityBook, uid: int, model: str 
 
 async def query_one(client: MinerClient, neuron: Neuron, body: dict[str, Any], deadline: float) -> Race:
     # A random request id, as the API's: "synthetic-<seed>" named synthetic traffic in every miner's log.
-    race = Race(client, [neuron], dumpb(body), deadline, stream=True, request_id=random_hex())
+    race = Race(client, [neuron], dumpb(body), deadline, stream=True, asks_stream=asks_stream(body),
+                request_id=random_hex())
     race.start()
     await race.finish()
     return race

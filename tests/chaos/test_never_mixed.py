@@ -73,7 +73,7 @@ class FakeClient:
         self.miners = miners
 
     async def stream_chat_batches(self, neuron: Neuron, body: bytes, deadline: float, *,
-                                  request_id: str | None = None) -> AsyncIterator[list[str]]:
+                                  request_id: str | None = None, stream: bool = True) -> AsyncIterator[list[str]]:
         """What the race consumes: here one event per group, the worst case for splicing."""
         async for data in self.stream_chat(neuron, body, deadline, request_id=request_id):
             yield [data]

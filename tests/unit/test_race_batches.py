@@ -32,7 +32,7 @@ class GroupedClient:
         self.groups = groups
 
     async def stream_chat_batches(self, neuron: Neuron, body: bytes, deadline: float, *,
-                                  request_id: str | None = None) -> AsyncIterator[list[str]]:
+                                  request_id: str | None = None, stream: bool = True) -> AsyncIterator[list[str]]:
         for group in self.groups[neuron.uid]:
             await asyncio.sleep(0)
             yield list(group)

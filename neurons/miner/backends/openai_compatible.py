@@ -101,9 +101,11 @@ class OpenAICompatibleBackend:
         self.base_url = base_url.rstrip("/")
         # For logs: credentials in the URL (http://user:token@host/v1) are never written out.
         self.shown_url = mask_credentials(self.base_url)
-        self._headers = {"Content-Type": "application/json"}
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        # A chat's: it accepts what its answer must be (ANSWER_TYPES), an SSE stream when it asks for one.
+        self._chat_headers = {stream: self._headers | {"Accept": kind} for stream, kind in ANSWER_TYPES.items()}
         # What an upstream's error text must never carry on: it goes to the log and to the API's caller.
         self._masked = CredentialMask(api_key, self.base_url)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -238,7 +240,7 @@ class OpenAICompatibleBackend:
             # once more on a new connection if a kept-alive one closed before any answer (``post_once_more``:
             # vLLM's, SGLang's and llama.cpp's servers end an idle one after 5 s, this pool keeps one 15 s)
             async with await post_once_more(
-                self._http(), f"{self.base_url}/chat/completions", data=dumpb(out), headers=self._headers,
+                self._http(), f"{self.base_url}/chat/completions", data=dumpb(out), headers=self._chat_headers[stream],
                 timeout=self._timeout_until(deadline), again=lambda: {"timeout": self._timeout_until(deadline)},
             ) as r:
                 if r.status == 200:
