@@ -26,7 +26,8 @@ RETELL_AFTER = 0.05  # seconds a request waited for a connection after which its
 
 def seconds_left(deadline: float) -> str:
     """``x-sn1-deadline``'s value: the seconds from now to ``deadline`` (loop time), to the millisecond."""
-    return f"{max(0.0, deadline - asyncio.get_running_loop().time()):.3f}"
+    left = deadline - asyncio.get_running_loop().time()
+    return f"{left:.3f}" if left > 0 else "0.000"
 
 
 class Signing:
@@ -43,7 +44,10 @@ class Signing:
                  deadline: float | None, pending: dict[str, Signing] | None) -> None:
         """``headers``: the request's others (its content type, ...), sent with the signature; ``deadline`` (loop
         time): told in ``x-sn1-deadline`` when given; ``pending``: the pool's, None for a pool that signs nothing."""
-        self.signer, self.url, self.body, self.receiver = signer, url, body, receiver
+        self.signer = signer
+        self.url = url
+        self.body = body
+        self.receiver = receiver
         self.deadline = deadline
         self.headers = headers
         self.nonce: str | None = None
@@ -57,10 +61,11 @@ class Signing:
         if self.deadline is not None:
             fresh[DEADLINE_HEADER] = seconds_left(self.deadline)
         self.headers.update(fresh)
-        self.done()
-        if self._pending is not None:
+        if (pending := self._pending) is not None:
+            if self.nonce is not None:
+                pending.pop(self.nonce, None)
             self.nonce = fresh[http_auth.HEADER_NONCE]
-            self._pending[self.nonce] = self
+            pending[self.nonce] = self
         return fresh
 
     def retold(self) -> dict[str, str]:
