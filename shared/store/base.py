@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
+from shared.aio import obeying_cancel
+
 T = TypeVar("T")
 KEY_PREFIX = "sn1-"
 ALL_SCOPES = ("chat", "web_retrieval", "availability")
@@ -104,7 +106,7 @@ class RedisGate:
         else:
             await self._slots.acquire()  # free: returns at once, no timer
         try:
-            return await coro
+            return await obeying_cancel(coro)  # redis-py may swallow a cancel (3.11's wait_for)
         except self._errors as e:
             raise StoreUnavailable(f"{self.label}: {e.__class__.__name__}: {e}") from e
         finally:

@@ -13,6 +13,7 @@ from loguru import logger
 
 from api.scoring_outbox import OutboxForwarder
 from neurons.localnet import free_port
+from shared.aio import describe
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Authorizer, RequestVerifier, Signer
 from shared.store.outbox import SQLiteOutbox
@@ -492,3 +493,28 @@ async def test_a_validator_outage_outlived_by_a_redis_restarted_empty_still_ends
                                                "INFO scoring payloads not delivered to the validator at http"], told
     assert ": it takes them again after " in told[1] and f"({fwd.delivery_failures} failure(s))" in told[1], told
     assert received == [{"n": 2}]
+
+
+async def test_a_forwarder_stopped_at_any_moment_ends(make_outbox) -> None:  # noqa: F811
+    """Stopped while it talks to its store, the forwarder ends. On Redis it went on delivering after its cancel
+    now and then: redis-py writes each command through ``asyncio.wait_for``, which on 3.11 returns the result
+    when the cancel lands in the turn the write finished, so ``running`` waited for it for good (CI hung in
+    the outage test above, stopping its first worker). Both backends; stops at random moments early in a
+    pass, where the store is talked to."""
+    box = make_outbox(max_items=100)
+    rng = random.Random(3)
+    async with serve_app(scoring_app([], [503] * 10_000)) as url, make_session() as session:
+        fwd = forwarder(box, MinerClient(session, Signer(API)), url)
+        await box.put({"n": 0})
+        for attempt in range(150):
+            task = asyncio.create_task(fwd.run())
+            await asyncio.sleep(rng.uniform(0, 0.004))
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=2.0)
+            if not done:
+                where = describe([task])
+                for _ in range(50):  # each cancel that lands is obeyed unless swallowed again
+                    task.cancel()
+                    if (await asyncio.wait({task}, timeout=0.1))[0]:
+                        break
+                raise AssertionError(f"stop {attempt}: the forwarder ran on after its cancel, in {where}")

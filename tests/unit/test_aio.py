@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 
-from shared.aio import describe_tasks, wait_event, within
+from shared.aio import describe_tasks, obeying_cancel, wait_event, within
 
 
 async def test_wait_event_tells_set_from_timed_out() -> None:
@@ -34,6 +35,62 @@ async def test_a_cancel_in_the_same_turn_as_the_wakeup_is_obeyed() -> None:
     bounded.cancel()
     await asyncio.wait({waiter, bounded}, timeout=2.0)
     assert waiter.cancelled() and bounded.cancelled()
+
+
+async def _swallowing(future: asyncio.Future[int]) -> int:
+    """What redis-py does with each command it writes: ``asyncio.wait_for`` around it (3.11's swallows a cancel
+    that lands in the turn the awaited thing finished)."""
+    return await asyncio.wait_for(future, 30.0)
+
+
+async def test_a_cancel_swallowed_inside_is_raised_by_obeying_cancel() -> None:
+    loop = asyncio.get_running_loop()
+    plain_done, kept_done = loop.create_future(), loop.create_future()
+    plain = asyncio.create_task(_swallowing(plain_done))
+    kept = asyncio.create_task(obeying_cancel(_swallowing(kept_done)))
+    await asyncio.sleep(0.01)  # both parked in wait_for
+    plain_done.set_result(1)
+    kept_done.set_result(1)
+    plain.cancel()
+    kept.cancel()
+    await asyncio.wait({plain, kept}, timeout=2.0)
+    if sys.version_info < (3, 12):
+        assert plain.result() == 1, "3.11's wait_for returns the result: the cancel is lost"
+    assert kept.cancelled(), "the cancel the inner wait swallowed must come out"
+
+
+async def test_a_swallowed_cancel_beats_the_error_that_followed_it() -> None:
+    """A store's error after a swallowed cancel would be caught as a failed pass, and the loop go on."""
+    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def swallowed_then_failed() -> int:
+        await _swallowing(future)
+        raise ConnectionError("the link went with the cancel")
+
+    task = asyncio.create_task(obeying_cancel(swallowed_then_failed()))
+    await asyncio.sleep(0.01)
+    future.set_result(1)
+    task.cancel()
+    await asyncio.wait({task}, timeout=2.0)
+    assert task.cancelled()
+
+
+async def test_cleanup_after_a_cancel_is_not_cancelled_again() -> None:
+    """In a ``finally`` after its cancel a task still counts it; the awaits of its cleanup must run."""
+    cleaned: list[int] = []
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned.append(await obeying_cancel(asyncio.sleep(0, result=1)))
+            cleaned.append(await obeying_cancel(asyncio.sleep(0.01, result=2)))
+
+    task = asyncio.create_task(work())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.wait({task}, timeout=2.0)
+    assert task.cancelled() and cleaned == [1, 2]
 
 
 async def test_describe_tasks_follows_each_await_chain_and_bounds_the_list() -> None:
