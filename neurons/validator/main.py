@@ -147,8 +147,8 @@ async def run_validator(settings: ValidatorSettings) -> None:
         for _ in range(settings.synthetic_concurrency if settings.synthetic_enabled else 0)
     ]
     loops += [lambda: scoring_worker(queue, scorer, metagraph) for _ in range(settings.scoring_workers)]
-    # the inbox and the reference model tried again while they fail and no traffic does (``recheck.py``)
-    loops.append(lambda: timed("recheck", RECHECK_SECONDS, lambda: recheck_cycle(inbox, reference),
+    # the inbox, the reference model and the scores' file tried again while they fail and no traffic does (``recheck.py``)
+    loops.append(lambda: timed("recheck", RECHECK_SECONDS, lambda: recheck_cycle(inbox, reference, scores),
                                first_delay=RECHECK_SECONDS))
 
     ctx = ValidatorContext(book=book, scoring_queue=queue, verifier=verifier, scores=scores, metagraph=metagraph,

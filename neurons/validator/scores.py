@@ -64,7 +64,7 @@ class ScoreBook:
         self._saving: asyncio.Lock | None = None  # made on first use (it belongs to the running loop)
         self._writing: asyncio.Future[None] | None = None  # the write running in its thread, if any
         self.save_error: str | None = None  # why the last save failed, while saves fail (``/health``)
-        self._save_outage = OutageLog(f"scores not saved to {self.path} (kept in memory, saved again with the next "
+        self.save_outage = OutageLog(f"scores not saved to {self.path} (kept in memory, saved again with the next "
                                       "scored job; is STATE_DIR full or read-only?)", back="saved again")
 
     # --- updates -----------------------------------------------------------------------
@@ -216,11 +216,11 @@ class ScoreBook:
         and the next scored job saves again. It raised into the scoring worker, which logged a traceback per job
         and called each one "failed, dropped" although it had been scored."""
         self.save_error = f"{type(error).__name__}: {error}"
-        self._save_outage.failed(self.save_error)
+        self.save_outage.failed(self.save_error)
 
     def _save_worked(self) -> None:
         self.save_error = None
-        self._save_outage.ok()
+        self.save_outage.ok()
 
     async def flush(self) -> None:
         """The last save, at shutdown once the loops have stopped: the scores as they are now.

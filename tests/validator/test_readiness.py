@@ -155,6 +155,30 @@ async def test_scores_the_disk_refuses_fail_and_the_next_save_recovers(tmp_path:
         await assert_ready(url)
 
 
+async def test_scores_the_disk_refused_are_saved_by_the_recheck_when_no_job_comes(tmp_path: Path) -> None:
+    """Only a scored job's save ended the run: with no job (no miner answering, synthetic jobs off, no organic
+    payload), ``/ready`` said "scores cannot be saved" for as long as the validator ran after the disk was back,
+    and the scores scored meanwhile stayed in memory only, lost at the next restart. The recheck saves them."""
+    path = tmp_path / "scores.json"
+    ctx = make_ctx()
+    ctx.scores = ScoreBook({"InferenceTask": 1.0}, path=path)
+    reference = CachedReference(DeterministicReference())
+    async with served(ctx) as url:
+        path.mkdir()
+        (path / "in-the-way").write_text("")  # a file cannot replace a directory: a real OSError
+        ctx.scores.update(1, "hk1", "InferenceTask", 1.0)
+        await ctx.scores.save_off_loop()
+        await recheck_cycle(None, reference, ctx.scores, quiet=0.0)  # still refused
+        await assert_failing(url, "scores", f"scores cannot be saved to {path} (IsADirectoryError")
+        (path / "in-the-way").unlink()
+        path.rmdir()  # the disk takes writes again, and no job comes
+        await recheck_cycle(None, reference, ctx.scores, quiet=60.0)  # a save failed a moment ago: not yet
+        await assert_failing(url, "scores", f"scores cannot be saved to {path} (IsADirectoryError")
+        await recheck_cycle(None, reference, ctx.scores, quiet=0.0)
+        await assert_ready(url)
+    assert json.loads(path.read_text())["miners"]["1"]["hotkey"] == "hk1", "the score kept in memory is saved"
+
+
 async def test_a_scoring_inbox_that_refuses_writes_fails_and_the_next_write_recovers(tmp_path: Path) -> None:
     async with validator(tmp_path / "scoring_inbox.db", scoring=False) as (url, ctx):
         assert ctx.inbox is not None
