@@ -66,10 +66,27 @@ FAULTY = ["refuse", "stall-headers", "stall-body", "trickle", "http500", "bad-js
 # with empty pools: what remains open then is a leak, not a cached connection.
 KEEPALIVE = 1.0
 FD_SLACK = 2
+# Python's live memory blocks (sys.getallocatedblocks) may grow by less than this per request over the run: a
+# leak of one object a request fails (a request body kept: ~2 blocks a request of the mix), where RSS, which
+# allocator slack moves by MBs, only fails one of ~1 KB a request.
+MAX_BLOCKS_PER_REQUEST = 1.0
+NONCE_BLOCKS = 5  # a nonce a replay window holds: its (hotkey, nonce) and (expiry, key) tuples, the hotkey read from
+# its headers, the int and the float (measured)
 REPLAY_WINDOW_S = nonce_retention()  # how long a miner keeps each nonce
 # What must be empty once the run's payloads are delivered and scored (the mix's validator and outbox).
-SEEN_SIZE_LIMIT = 100_000  # the validator's seen-list (neurons.validator.app.SEEN_SIZE): full at that many
+# The validator's seen-list (SEEN_SIZE, 100,000 payloads: ~35 MB full) in the soak: a payload a request, the
+# real cap filled over 100,000 requests, so a run of 20,000 read its filling (+7 MB) as growth; this cap the
+# warm-up fills with the run's own payloads, and each payload of the run pushes the oldest out.
+SOAK_SEEN_SIZE = 2_000
 DRAINED = ("validator queue", "validator inbox waiting", "outbox depth", "outbox unstored")
+# The bounded structures the run fills, by their caps: each grows until full, which is no leak.
+BOUNDED = {
+    "validator seen-list": f"{SOAK_SEEN_SIZE:,} payloads",
+    "validator nonce window": f"{REPLAY_WINDOW_S:g} s of payloads",
+    "miners' nonce windows": f"{REPLAY_WINDOW_S:g} s of requests",
+    "miners' latency samples": "a minute's, 10,000",
+    "key row cache": "4,096 rows",
+}
 
 
 @dataclass
@@ -78,6 +95,17 @@ class Resources:
     tasks: int
     rss_mb: float
     trimmed_mb: float | None = None  # RSS after malloc_trim (informative: the limit is on rss_mb)
+
+
+@dataclass
+class Sample:
+    """The process after ``requests`` of the measured run (each read once the run's work is over)."""
+    requests: int
+    rss_mb: float
+    trimmed_mb: float | None
+    py_blocks: int  # memory blocks Python holds (sys.getallocatedblocks): its live objects, no allocator slack
+    sqlite_mb: float  # what SQLite holds (its page caches above all), process-wide
+    bounded: dict[str, int] = field(default_factory=dict)  # the bounded structures' sizes (BOUNDED)
 
 
 @dataclass
@@ -100,6 +128,8 @@ class Report:
     rows_after: dict[str, int] = field(default_factory=dict)
     validator_before: dict[str, int] = field(default_factory=dict)  # the validator's structures and the outbox
     validator_after: dict[str, int] = field(default_factory=dict)
+    samples: list[Sample] = field(default_factory=list)  # after the warm-up, then after each phase
+    types_grown: dict[str, int] = field(default_factory=dict)  # --types: the object types that grew most
 
 
 async def resources(sampling: float = 1.0) -> Resources:
@@ -127,6 +157,59 @@ def _trimmed_rss_mb() -> float | None:
     except (OSError, AttributeError):
         return None
     return _rss_mb()
+
+
+def _sqlite_mb() -> float:
+    """What SQLite's allocator holds in this process (page caches, statements): the status counter of the
+    library Python's sqlite3 module is linked to; 0 where it cannot be read."""
+    try:
+        lib = ctypes.CDLL("libsqlite3.so.0")
+    except OSError:
+        return 0.0
+    current, highest = ctypes.c_int64(), ctypes.c_int64()
+    lib.sqlite3_status64(0, ctypes.byref(current), ctypes.byref(highest), 0)  # SQLITE_STATUS_MEMORY_USED
+    return current.value / (1 << 20)
+
+
+def fill_key_rows(db_path: Path) -> None:
+    """The SQLite key store's decoded-row cache (``_record``, 4,096 rows) filled to its cap with copies of a real
+    row (each value a new object, as each read makes): a key's row is a new entry each time its
+    ``last_used_at`` moves, so the mix filled it over ~12,000 requests (+2 MB read as growth). Full, each new
+    row pushes the least recently used out."""
+    import sqlite3
+
+    from shared.store.sqlite import _KEY_COLUMNS, _record
+
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+        row = db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys LIMIT 1").fetchone()
+    for i in range(_record.cache_info().maxsize or 0):
+        _record((f"{row[0]}-{i}", *(_fresh(v) for v in row[1:])))
+
+
+def _fresh(value: Any) -> Any:
+    """An equal value in an object of its own (a string, a number read from SQLite is one)."""
+    if isinstance(value, str):
+        return (value + "#")[:-1]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return type(value)(repr(value))
+    return value
+
+
+def bounded(f: Fleet, validator: dict[str, int]) -> dict[str, int]:
+    """The sizes of the bounded structures (``BOUNDED``) the run fills."""
+    from neurons.miner.traffic import TRAFFIC
+    from shared.store.sqlite import _record
+
+    windows = sum(len(getattr(v.nonce_store, "_seen", ())) for v in f.verifiers.values())
+    latencies = sum(len(app[TRAFFIC].latencies_ms) for app in f.miner_apps.values() if TRAFFIC in app)
+    return {k: n for k, n in validator.items() if k in BOUNDED} | {
+        "miners' nonce windows": windows, "miners' latency samples": latencies,
+        "key row cache": _record.cache_info().currsize}
+
+
+def sample(f: Fleet, requests: int, validator: dict[str, int], res: Resources) -> Sample:
+    return Sample(requests=requests, rss_mb=res.rss_mb, trimmed_mb=res.trimmed_mb, py_blocks=sys.getallocatedblocks(),
+                  sqlite_mb=_sqlite_mb(), bounded=bounded(f, validator))
 
 
 async def one_request(session: aiohttp.ClientSession, f: Fleet, rng: random.Random, deadline: float) -> str | None:
@@ -240,8 +323,20 @@ async def warm_up(session: aiohttp.ClientSession, scenario: Scenario, requests: 
             return
 
 
+def object_types() -> Counter[str]:
+    """Live objects the collector tracks (containers: what holds a leak's strings and numbers), by type."""
+    return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
+
+
+def phases(requests: int, samples: int) -> list[tuple[int, int]]:
+    """The measured run in ``samples`` phases: (requests before it, its requests)."""
+    size = max(1, requests // samples)
+    starts = list(range(0, requests, size))[:samples]
+    return [(start, (starts[i + 1] if i + 1 < len(starts) else requests) - start) for i, start in enumerate(starts)]
+
+
 async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: float, seed: int, *,
-               mix: bool = False, store_url: str | None = None) -> Report:
+               mix: bool = False, store_url: str | None = None, samples: int = 1, types: bool = False) -> Report:
     report = Report(requests=requests, concurrency=concurrency, mix=mix, store=store_url or "sqlite")
     profiles = {1: HONEST, 2: HONEST} | {uid: p for uid, p in enumerate(FAULTY, start=3)}
     if mix:
@@ -263,19 +358,28 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                     validator = await stack.enter_async_context(validator_behind(f, Path(tmp), store_url))
                     scenario = await stack.enter_async_context(mixed(f, deadline, seed))
                 async with short_keepalive_session(concurrency, concurrency) as session:
+                    fill_key_rows(Path(tmp) / "api.db")
                     await warm_up(session, scenario, requests, concurrency, seed)
                     await quiesce(f, deadline + 10, validator)
                     report.before, report.structures_before = await resources(), structures(f)
                     report.validator_before = await validator() if validator else {}
                     report.rows_before = await count_rows()
-                    started = time.monotonic()
-                    watcher = asyncio.create_task(watch_loop_lag(report))
-                    await drive(session, scenario, requests, concurrency, seed, report)
-                    report.seconds = time.monotonic() - started
-                    watcher.cancel()
-                    await asyncio.gather(watcher, return_exceptions=True)
-                    await quiesce(f, deadline + 10, validator)
-                    report.after, report.structures_after = await resources(), structures(f)
+                    report.samples.append(sample(f, 0, report.validator_before, report.before))
+                    types_before = object_types() if types else Counter()
+                    for done, n in phases(requests, samples):
+                        started, watcher = time.monotonic(), asyncio.create_task(watch_loop_lag(report))
+                        await drive(session, scenario, n, concurrency, seed + done, report)
+                        report.seconds += time.monotonic() - started
+                        watcher.cancel()
+                        await asyncio.gather(watcher, return_exceptions=True)
+                        await quiesce(f, deadline + 10, validator)
+                        report.after = await resources()
+                        report.samples.append(sample(f, done + n, await validator() if validator else {},
+                                                     report.after))
+                    if types:
+                        grown = object_types() - types_before
+                        report.types_grown = dict(grown.most_common(15))
+                    report.structures_after = structures(f)
                     report.validator_after = await validator() if validator else {}
                     report.rows_after = await count_rows()
             await f.ctx.client.session.close()
@@ -286,8 +390,23 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
     orphans = [k for k, n in report.rows_after.items() if k in ORPHANS and n]
     report.ok = (not report.unexpected and report.statuses.get("ok", 0) == requests and not grown and drained
                  and not orphans
-                 and a.fds <= b.fds + FD_SLACK and a.tasks <= b.tasks and a.rss_mb - b.rss_mb < max_rss_mb)
+                 and a.fds <= b.fds + FD_SLACK and a.tasks <= b.tasks and a.rss_mb - b.rss_mb < max_rss_mb
+                 and blocks_grown(report) < MAX_BLOCKS_PER_REQUEST * requests)
     return report
+
+
+def blocks_grown(r: Report) -> int:
+    """Python's blocks grown over the run but the miners' windows': their replay windows hold the last minute's
+    nonces (5 blocks each, 4 nonces a raced request) and the honest miners the minute's latencies (a float
+    each, emptied each minute), so they move with the request rate and the clock by thousands of blocks."""
+    if not r.samples:
+        return 0
+    return _steady_blocks(r.samples[-1]) - _steady_blocks(r.samples[0])
+
+
+def _steady_blocks(x: Sample) -> int:
+    windows = x.bounded.get("miners' nonce windows", 0) + x.bounded.get("validator nonce window", 0)
+    return x.py_blocks - NONCE_BLOCKS * windows - x.bounded.get("miners' latency samples", 0)
 
 
 def structures(f: Fleet) -> dict[str, int]:
@@ -666,7 +785,7 @@ async def validator_behind(f: Fleet, tmp: Path, store_url: str | None) -> AsyncI
     structures and the outbox's depth."""
     from api.availability import AvailabilityCache
     from api.scoring_outbox import OutboxForwarder
-    from neurons.validator.app import ValidatorContext, create_validator_app, scoring_verifier
+    from neurons.validator.app import RecentPayloads, ValidatorContext, create_validator_app, scoring_verifier
     from neurons.validator.availability import AvailabilityBook
     from neurons.validator.inbox import open_inbox
     from neurons.validator.scores import ScoreBook
@@ -685,6 +804,7 @@ async def validator_behind(f: Fleet, tmp: Path, store_url: str | None) -> AsyncI
               "llm_model_availabilities": {"sn1/deterministic": True}}
     book = AvailabilityBook(entries={uid: serves for uid in f.profiles})
     vctx = ValidatorContext(book=book, scoring_queue=queue, scores=scores, metagraph=view, inbox=inbox,
+                            seen=RecentPayloads(SOAK_SEEN_SIZE),
                             verifier=scoring_verifier(VALIDATOR.ss58_address, [VALIDATOR.ss58_address]))
     outbox = open_outbox(store_url or f"sqlite:///{tmp / 'api.db'}", namespace=f"sn1-soak-{os.getpid()}")
 
@@ -708,6 +828,7 @@ async def validator_behind(f: Fleet, tmp: Path, store_url: str | None) -> AsyncI
         async def read() -> dict[str, int]:
             return {"validator queue": queue.qsize(), "validator inbox waiting": inbox.waiting,
                     "validator score book": len(scores.miners), "validator seen-list": len(vctx.seen._seen),
+                    "validator nonce window": len(getattr(vctx.verifier.nonce_store, "_seen", ())),
                     "outbox depth": await outbox.depth(), "outbox unstored": len(forwarder._pending)}
         try:
             yield read
@@ -718,6 +839,20 @@ async def validator_behind(f: Fleet, tmp: Path, store_url: str | None) -> AsyncI
             await outbox.close()
             await inbox.close()
             f.ctx.availability = None
+
+
+def render_samples(samples: list[Sample]) -> list[str]:
+    """RSS, Python's blocks, SQLite's memory and the bounded structures after each phase."""
+    if len(samples) < 2:
+        return []
+    names = list(samples[0].bounded)
+    lines = ["  over the run:" + "".join(f"{h:>11}" for h in ("requests", "RSS MB", "trimmed", "py blocks", "SQLite MB"))
+             + "".join(f"  {n} (<= {BOUNDED[n]})" for n in names)]
+    for x in samples:
+        trimmed = f"{x.trimmed_mb:>11.1f}" if x.trimmed_mb is not None else f"{'-':>11}"
+        lines.append(f"  {'':<12}{x.requests:>11}{x.rss_mb:>11.1f}{trimmed}{x.py_blocks:>11}{x.sqlite_mb:>11.1f}"
+                     + "".join(f"  {x.bounded.get(n, 0):>{len(n) + 6 + len(BOUNDED[n])}}" for n in names))
+    return lines
 
 
 def render(r: Report, max_rss_mb: float) -> str:
@@ -734,6 +869,10 @@ def render(r: Report, max_rss_mb: float) -> str:
         f"  {'asyncio tasks':<24}{b.tasks:>10}{a.tasks:>10}{a.tasks - b.tasks:>+10}   <= 0",
         f"  {'RSS (MB)':<24}{b.rss_mb:>10.1f}{a.rss_mb:>10.1f}{a.rss_mb - b.rss_mb:>+10.1f}   < {max_rss_mb:g}",
     ]
+    if r.samples:
+        first, last = _steady_blocks(r.samples[0]), _steady_blocks(r.samples[-1])
+        lines.append(f"  {'Python blocks*':<24}{first:>10}{last:>10}{last - first:>+10}   "
+                     f"< {MAX_BLOCKS_PER_REQUEST * r.requests:g}")
     if b.trimmed_mb is not None and a.trimmed_mb is not None:
         lines.append(f"  {'RSS, heap trimmed':<24}{b.trimmed_mb:>10.1f}{a.trimmed_mb:>10.1f}"
                      f"{a.trimmed_mb - b.trimmed_mb:>+10.1f}")
@@ -742,12 +881,16 @@ def render(r: Report, max_rss_mb: float) -> str:
         lines.append(f"  {name:<24}{before:>10}{after:>10}{after - before:>+10}   <= 0")
     for name, after in r.validator_after.items():
         before = r.validator_before.get(name, 0)
-        limit = "0" if name in DRAINED else (f"<= {SEEN_SIZE_LIMIT}" if "seen" in name else "<= uids")
+        limit = "0" if name in DRAINED else (f"<= {SOAK_SEEN_SIZE}" if "seen" in name else "<= uids")
         lines.append(f"  {name:<24}{before:>10}{after:>10}{after - before:>+10}   {limit}")
     for name in sorted(set(r.rows_before) | set(r.rows_after)):
         before, after = r.rows_before.get(name, 0), r.rows_after.get(name, 0)
         limit = "0" if name in ORPHANS else ""
         lines.append(f"  {'store ' + name:<24}{before:>10}{after:>10}{after - before:>+10}   {limit}")
+    lines += render_samples(r.samples)
+    if r.samples:
+        lines.append("  * live Python blocks (sys.getallocatedblocks) but the miners' windows' (5 a nonce, 1 a latency)")
+    lines += [f"  grew: {n:+} {name}" for name, n in r.types_grown.items()]
     lines += [f"  unexpected: {u}" for u in r.unexpected]
     lines.append("soak: PASS" if r.ok else "soak: FAIL")
     return "\n".join(lines)
@@ -763,12 +906,14 @@ def main() -> int:
     p.add_argument("--mix", action="store_true", help="every endpoint (MIX), not only chat completions")
     p.add_argument("--store", default=None, metavar="REDIS_URL",
                    help="the API's stores on this Redis (its own namespace, deleted after); default SQLite")
+    p.add_argument("--samples", type=int, default=1, help="phases the run is read after (RSS over the run)")
+    p.add_argument("--types", action="store_true", help="print the object types that grew most over the run")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line too")
     args = p.parse_args()
     setup_logging("WARNING", role="soak")
     logger.disable("api")  # one INFO line per request would dominate the run
     report = asyncio.run(soak(args.requests, args.concurrency, args.deadline, args.max_rss_mb, args.seed,
-                              mix=args.mix, store_url=args.store))
+                              mix=args.mix, store_url=args.store, samples=args.samples, types=args.types))
     print(render(report, args.max_rss_mb), flush=True)
     if args.json:
         print(json.dumps(asdict(report)), flush=True)

@@ -45,6 +45,8 @@ class Fleet:
     app: Any
     profiles: dict[int, str]
     stats: dict[int, FaultStats] = field(default_factory=dict)
+    verifiers: dict[int, RequestVerifier] = field(default_factory=dict)  # each miner's (its nonce window)
+    miner_apps: dict[int, Any] = field(default_factory=dict)  # the honest and fault miners' apps, by uid
 
     def uids(self, *profiles: str) -> list[int]:
         return [uid for uid, p in self.profiles.items() if p in profiles]
@@ -63,9 +65,11 @@ async def fleet(
     async with contextlib.AsyncExitStack() as stack:
         miners: dict[int, tuple[str, str | None]] = {}
         stats: dict[int, FaultStats] = {}
+        verifiers: dict[int, RequestVerifier] = {}
+        apps: dict[int, Any] = {}
         for uid, profile in profiles.items():
             kp = miner_keypair(uid)
-            verifier = RequestVerifier(kp.ss58_address, Authorizer(lambda: allowed))
+            verifier = verifiers[uid] = RequestVerifier(kp.ss58_address, Authorizer(lambda: allowed))
             if profile == REFUSE:
                 port = stack.enter_context(refusing_port())
                 miners[uid] = (kp.ss58_address, f"127.0.0.1:{port}")
@@ -75,6 +79,7 @@ async def fleet(
             else:
                 app = create_fault_app(profile, DeterministicBackend(), verifier, options=options)
                 stats[uid] = app[STATS]
+            apps[uid] = app
             url = await stack.enter_async_context(serve_app(app))
             miners[uid] = (kp.ss58_address, url.removeprefix("http://"))
         ctx = await build_api_context(tmp_path, snapshot(VALIDATOR.ss58_address, miners), VALIDATOR, **settings)
@@ -83,7 +88,8 @@ async def fleet(
         secret, _ = await ctx.store.create_key(1_000_000)
         app = create_api_app(ctx, run_background=False)
         url = await stack.enter_async_context(serve_app(app))
-        yield Fleet(url=url, key=secret, ctx=ctx, app=app, profiles=dict(profiles), stats=stats)
+        yield Fleet(url=url, key=secret, ctx=ctx, app=app, profiles=dict(profiles), stats=stats,
+                    verifiers=verifiers, miner_apps=apps)
 
 
 @contextlib.asynccontextmanager
