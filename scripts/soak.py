@@ -7,14 +7,20 @@ every answer must be 200 with the honest text. Before and after the run
 (after a warm-up at the same concurrency, so connection pools are at steady
 state) it prints open file descriptors, asyncio tasks and RSS.
 
+Bounded structures are at their size before the first reading (``BOUNDED``; the warm-up, ``fill_key_rows``,
+the mix validator's ``SOAK_SEEN_SIZE``), so their filling is not read as growth; ``--samples N`` reads the
+process after each of N phases of the run.
+
 Pass criteria (exit code 1 otherwise): zero unexpected statuses or answers,
-file descriptors and tasks back to baseline, RSS growth under ``--max-rss-mb``; with ``--mix``
+file descriptors and tasks back to baseline, RSS growth under ``--max-rss-mb``, Python's live blocks (but the
+miners' windows') grown by less than ``MAX_BLOCKS_PER_REQUEST`` a request; with ``--mix``
 also the API's per-request structures back to their size, the validator's queue, inbox and the
 outbox drained, its score book within the metagraph, and no SQLite row left that no purge reaches.
 
     python scripts/soak.py                      # 20,000 requests at concurrency 64
     python scripts/soak.py --requests 1000      # the small version run by `make test`
     python scripts/soak.py --mix                # every endpoint (``MIX``), not only chat completions
+    python scripts/soak.py --mix --samples 10 --types   # RSS and blocks after each tenth; types that grew
     python scripts/soak.py --mix --store redis://127.0.0.1:6379/11   # the same on a Redis store
 
 ``--mix`` spreads the requests over every endpoint in ``MIX``: chat (with clients that leave mid-stream,
