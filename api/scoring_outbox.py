@@ -349,6 +349,9 @@ class OutboxForwarder:
                 if committer is not None:  # its sleep cut short: it commits what waits, now
                     committer.cancel()
                     await asyncio.gather(committer, return_exceptions=True)
+                    # cancelled before it ever ran, it never cleared itself: a next run's payloads would
+                    # wait for a commit no one schedules (the final one below stores what waits now)
+                    self._committer = None
                 await self._commit(final=True)  # payloads still waiting for their group commit
                 self._holding = False
                 await self.outbox.release_lease(self.holder)

@@ -13,7 +13,7 @@ from loguru import logger
 
 from api.scoring_outbox import OutboxForwarder
 from neurons.localnet import free_port
-from shared.aio import describe
+from shared.aio import describe, within
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Authorizer, RequestVerifier, Signer
 from shared.store.outbox import SQLiteOutbox
@@ -518,3 +518,24 @@ async def test_a_forwarder_stopped_at_any_moment_ends(make_outbox) -> None:  # n
                     if (await asyncio.wait({task}, timeout=0.1))[0]:
                         break
                 raise AssertionError(f"stop {attempt}: the forwarder ran on after its cancel, in {where}")
+
+
+async def test_a_forwarder_stopped_as_a_payload_arrives_stores_it_and_the_next_ones(tmp_path: Path) -> None:
+    """A payload queued in the turn the forwarder is stopped: its group commit's task, cancelled before it ever
+    ran, never cleared itself, so once the forwarder ran again no commit was ever scheduled and every ``sink``
+    waited for good (the outage test above stops and restarts a worker)."""
+    box = SQLiteOutbox(tmp_path / "api.db")
+    fwd = OutboxForwarder(box, None, "http://127.0.0.1:9", API.ss58_address,  # type: ignore[arg-type]
+                          lease_seconds=30.0, rng=random.Random(1))
+    try:
+        task = asyncio.create_task(fwd.run())
+        await asyncio.sleep(0.05)
+        task.cancel()  # the stop (a shutdown) ...
+        stored = fwd.enqueue({"n": 0})  # ... and a payload settled in the same turn: its commit's task is made
+        await asyncio.gather(task, return_exceptions=True)  # and cancelled by the stop before it ever ran
+        assert stored.done() and await box.depth() == 1, "stored by the last commit at the stop"
+        async with running(fwd):
+            await within(fwd.sink({"n": 1}), 5.0)
+        assert await box.depth() == 2
+    finally:
+        await box.close()
