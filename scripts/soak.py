@@ -177,19 +177,18 @@ def _sqlite_mb() -> float:
     return current.value / (1 << 20)
 
 
-def fill_key_rows(db_path: Path) -> None:
-    """The SQLite key store's decoded-row cache (``_record``, 4,096 rows) filled to its cap with copies of a real
-    row (each value a new object, as each read makes): a key's row is a new entry each time its
-    ``last_used_at`` moves, so the mix filled it over ~12,000 requests (+2 MB read as growth). Full, each new
-    row pushes the least recently used out."""
-    import sqlite3
+def fill_key_rows(store: Any) -> None:
+    """The SQLite key store's decoded-row cache (``SQLiteStore._record``, ``RECORDS_CACHED`` rows) filled to its
+    cap with copies of a real row (each value a new object, as each read makes): a key's row is a new entry each
+    time its ``last_used_at`` moves, so the mix filled it over ~12,000 requests (+2 MB read as growth). Full,
+    each new row pushes the least recently used out. A Redis key store keeps no such cache."""
+    from shared.store.sqlite import _KEY_COLUMNS, SQLiteStore
 
-    from shared.store.sqlite import _KEY_COLUMNS, _record
-
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
-        row = db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys LIMIT 1").fetchone()
-    for i in range(_record.cache_info().maxsize or 0):
-        _record((f"{row[0]}-{i}", *(_fresh(v) for v in row[1:])))
+    if not isinstance(store, SQLiteStore):
+        return
+    row = store.db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys LIMIT 1").fetchone()
+    for i in range(store._record.cache_info().maxsize or 0):
+        store._record((f"{row[0]}-{i}", *(_fresh(v) for v in row[1:])))
 
 
 def _fresh(value: Any) -> Any:
@@ -204,13 +203,18 @@ def _fresh(value: Any) -> Any:
 def bounded(f: Fleet, validator: dict[str, int]) -> dict[str, int]:
     """The sizes of the bounded structures (``BOUNDED``) the run fills."""
     from neurons.miner.traffic import TRAFFIC
-    from shared.store.sqlite import _record
 
     windows = sum(len(getattr(v.nonce_store, "_seen", ())) for v in f.verifiers.values())
     latencies = sum(len(app[TRAFFIC].latencies_ms) for app in f.miner_apps.values() if TRAFFIC in app)
     return {k: n for k, n in validator.items() if k in BOUNDED} | {
         "miners' nonce windows": windows, "miners' latency samples": latencies,
-        "key row cache": _record.cache_info().currsize}
+        "key row cache": _record_cache_size(f.ctx.store)}
+
+
+def _record_cache_size(store: Any) -> int:
+    """How many decoded rows the SQLite key store's cache holds (0 for a Redis store, which keeps none)."""
+    cache = getattr(store, "_record", None)
+    return cache.cache_info().currsize if cache is not None and hasattr(cache, "cache_info") else 0
 
 
 def sample(f: Fleet, requests: int, validator: dict[str, int], res: Resources) -> Sample:
@@ -364,7 +368,7 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                     validator = await stack.enter_async_context(validator_behind(f, Path(tmp), store_url))
                     scenario = await stack.enter_async_context(mixed(f, deadline, seed))
                 async with short_keepalive_session(concurrency, concurrency) as session:
-                    fill_key_rows(Path(tmp) / "api.db")
+                    fill_key_rows(f.ctx.store)
                     await warm_up(session, scenario, requests, concurrency, seed)
                     await quiesce(f, deadline + 10, validator)
                     report.before, report.structures_before = await resources(), structures(f)
