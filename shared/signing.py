@@ -23,6 +23,7 @@ from bittensor.wallets import parse_crypto_type
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from shared.aio import wait_event
 from shared.errors import ApiError
 from shared.http import end_unread_body, http_error_code, read_raw
 from shared.settings import UNVERIFIED_BODY_BYTES
@@ -161,9 +162,9 @@ class BodyBudget:
         while not self._fits(size):
             if self._freed is None:
                 self._freed = asyncio.Event()
-            try:
-                await asyncio.wait_for(self._freed.wait(), max(0.0, until - loop.time()))
-            except TimeoutError:
+            # not asyncio.wait_for: on 3.11 it swallows a cancel that lands in the turn room came (the request,
+            # its caller gone, took the room and went on)
+            if not await wait_event(self._freed, max(0.0, until - loop.time())):
                 return False
         self.in_flight += size
         self.peak = max(self.peak, self.in_flight)

@@ -26,7 +26,7 @@ from neurons.validator.scores import ScoreBook
 from neurons.validator.scoring import ScoringQueue
 from neurons.validator.tasks import default_registry
 from shared.metagraph import MetagraphView
-from shared.signing import Authorizer, RequestVerifier
+from shared.signing import Authorizer, BodyBudget, RequestVerifier
 from tests.helpers import StaticSource, keypair, serve_app, snapshot
 
 VALIDATOR, MINER, OTHER_MINER, STRANGER = (keypair(u) for u in ("//Validator", "//BodyMiner", "//BodyMiner2",
@@ -183,3 +183,24 @@ async def test_a_request_past_the_budget_waits_for_room_before_it_is_refused(nam
         for _, w in held[1:]:
             w.close()
         assert status.split()[1] == b"401", status  # read and verified (a forged signature), not a 503
+
+
+async def test_a_request_cancelled_as_room_frees_is_cancelled_and_takes_no_room() -> None:
+    """A request waiting for room and cancelled (its caller gone) in the loop turn the room came: with
+    ``asyncio.wait_for`` (3.11) the cancel was swallowed, the request took the room and went on as if never
+    cancelled. Whatever the moment of the cancel, it must end cancelled, or done before it came."""
+    for turns in range(8):
+        budget = BodyBudget(100, wait=5.0)
+        assert await budget.take(100)
+        waiting = asyncio.create_task(budget.take(100))
+        await asyncio.sleep(0.01)  # it waits for room
+        budget.give(100)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        if waiting.done():
+            assert waiting.result() is True and budget.in_flight == 100
+            continue
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert budget.in_flight == 0, f"a cancelled request took room ({turns} turns)"
