@@ -11,6 +11,8 @@ process hangs on exit. ``asyncio.timeout`` already counts cancellations correctl
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -116,6 +118,7 @@ def describe(tasks: list[asyncio.Task[Any]], most: int = 20) -> str:
 def _await_chain(awaitable: object) -> list[str]:
     where = []
     for _ in range(64):  # bounded: a chain is a few frames deep
+        awaitable = _generator_of(awaitable)
         frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "ag_frame", None)
         if frame is None:
             if awaitable is not None and not where:
@@ -124,3 +127,12 @@ def _await_chain(awaitable: object) -> list[str]:
         where.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno})")
         awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "ag_await", None)
     return where
+
+
+def _generator_of(awaitable: object) -> object:
+    """The async generator an ``async for`` step (or ``__anext__``, ``asend``, ``athrow``) awaits, else
+    ``awaitable``: the step object names neither its generator nor a frame, so a chain through an ``async for``
+    over a stream (or a fixture's ``yield``) ended there, short of the await it was stuck in."""
+    if type(awaitable).__name__ not in ("async_generator_asend", "async_generator_athrow"):
+        return awaitable
+    return next((ref for ref in gc.get_referents(awaitable) if inspect.isasyncgen(ref)), awaitable)

@@ -1,6 +1,7 @@
 """Shared fixtures. ``localnet``: a real local subnet (child processes on free ports); ``wall_step``: this
-process's wall clock stepped as NTP steps it. And a watchdog: a test still running after ``TEST_HANG_SECONDS``
-(240) is told with what each of its tasks waits in, and stopped."""
+process's wall clock stepped as NTP steps it. And a watchdog: a test (its fixtures' setup, the test itself, or
+their teardown) still running after ``TEST_HANG_SECONDS`` (240) is told with what each of its tasks waits in, and
+stopped."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,8 +58,27 @@ TEST_HANG_SECONDS = float(os.environ.get("TEST_HANG_SECONDS", "240"))
 
 
 @pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _watched(item, "setup"):  # its fixtures' start: a server that never answers, a lock never freed
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    watchdog = threading.Timer(TEST_HANG_SECONDS, _stop_hung_test, args=(item.nodeid,))
+    with _watched(item, "call"):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    with _watched(item, "teardown"):  # its fixtures' end: a task awaited for good, a server that will not stop
+        yield
+
+
+@contextmanager
+def _watched(item: pytest.Item, phase: str) -> Iterator[None]:
+    """One phase of a test (its fixtures' setup, the test, their teardown) stopped past ``TEST_HANG_SECONDS``."""
+    watchdog = threading.Timer(TEST_HANG_SECONDS, _stop_hung_test, args=(item.nodeid, phase))
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -66,11 +87,11 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         watchdog.cancel()
 
 
-def _stop_hung_test(nodeid: str) -> None:
+def _stop_hung_test(nodeid: str, phase: str) -> None:
     """From the watchdog's thread: tell what the test's tasks wait in, and cancel them on their loops."""
     tasks = [t for t in list(asyncio.tasks._all_tasks) if not t.done()]  # every loop's: no running loop here
-    sys.stderr.write(f"\n{nodeid}: still running after {TEST_HANG_SECONDS:.0f} s (TEST_HANG_SECONDS); its tasks: "
-                     f"{describe(tasks, most=50) or 'none (a synchronous wait)'}\n")
+    sys.stderr.write(f"\n{nodeid}: its {phase} still running after {TEST_HANG_SECONDS:.0f} s (TEST_HANG_SECONDS); "
+                     f"its tasks: {describe(tasks, most=50) or 'none (a synchronous wait)'}\n")
     sys.stderr.flush()
     for task in tasks:
         task.get_loop().call_soon_threadsafe(task.cancel)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -111,3 +112,26 @@ async def test_describe_tasks_follows_each_await_chain_and_bounds_the_list() -> 
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_describe_follows_an_await_chain_into_the_async_generator_it_iterates() -> None:
+    """A task in ``async for`` over a stream waits in the generator's step object, which names no frame: its
+    chain ended at the loop, short of where the stream was stuck (a hung test's fixture ``yield`` too)."""
+    async def chunks() -> AsyncIterator[int]:
+        yield 1
+        await asyncio.Event().wait()  # the stream stalls
+        yield 2
+
+    async def reading() -> None:
+        async for _ in chunks():
+            pass
+
+    task = asyncio.create_task(reading(), name="reader")
+    await asyncio.sleep(0.01)
+    try:
+        text = describe_tasks()
+        assert "reader: reading (test_aio.py:" in text and "-> chunks (test_aio.py:" in text, text
+        assert text.endswith("-> wait (locks.py:213)") or "-> wait (locks.py:" in text, text
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
