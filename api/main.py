@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -50,6 +51,8 @@ from shared.wallet import load_hotkey
 
 LISTEN = "API_HOST/API_PORT"  # the settings a "cannot listen" start error names
 STORE_START_SECONDS = 5.0  # a Redis this slow to answer one PING at start is as good as down
+
+METRICS_DIR_PREFIX = "sn1-api-metrics-"  # a supervisor's own metrics directory: sn1-api-metrics-<its pid>-<random>
 
 
 async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiContext:
@@ -233,11 +236,13 @@ def run_api(settings: ApiSettings) -> None:
     workers = [mp.Process(target=_worker_entry, args=(settings, os.getpid()), daemon=False)
                for _ in range(settings.workers)]
     logger.info("api supervisor starting {} workers on port {}", len(workers), settings.api_port)
-    status = Supervisor(workers).run()
-    for w in workers:
-        prom_multiprocess.mark_process_dead(w.pid)
-    if metrics_dir is not None:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+    try:
+        status = Supervisor(workers).run()
+        for w in workers:
+            prom_multiprocess.mark_process_dead(w.pid)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     if status:
         sys.exit(status)
 
@@ -254,9 +259,31 @@ def shared_metrics_dir() -> str | None:
     if own := os.environ.get(MULTIPROC_ENV):
         clear_metrics_dir(Path(own))
         return None
-    path = tempfile.mkdtemp(prefix="sn1-api-metrics-")
+    remove_orphan_metrics_dirs(Path(tempfile.gettempdir()))
+    path = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")  # its supervisor's pid: see below
     os.environ[MULTIPROC_ENV] = path
     return path
+
+
+def remove_orphan_metrics_dirs(tmp: Path) -> None:
+    """Remove the temporary metrics directories of supervisors that are gone: one killed outright (SIGKILL, the
+    OOM killer) never removed its own, and each restart left another in the temporary directory for good. A
+    directory's name carries its supervisor's pid; one whose pid still runs (or is another user's) is left."""
+    for path in tmp.glob(f"{METRICS_DIR_PREFIX}*"):
+        pid = re.match(r"(\d+)-", path.name[len(METRICS_DIR_PREFIX):])
+        if pid is not None and not _running(int(pid.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            logger.info("removed {}, the metrics of an API supervisor that is gone (pid {})", path, pid.group(1))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def clear_metrics_dir(path: Path) -> None:

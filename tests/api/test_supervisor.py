@@ -68,12 +68,23 @@ def test_a_signal_to_the_supervisor_alone_stops_every_worker(tmp_path: Path, sig
 
 
 def test_workers_stop_when_the_supervisor_is_killed_outright(tmp_path: Path) -> None:
-    """SIGKILL gives the supervisor no chance to pass anything on: the kernel sends each worker SIGTERM."""
+    """SIGKILL gives the supervisor no chance to pass anything on: the kernel sends each worker SIGTERM. Its
+    metrics directory stays (it cannot remove it); the next API's supervisor removes it, and its own at its end
+    (each restart after a SIGKILL or the OOM killer left one in the temporary directory for good)."""
+    metrics = lambda: sorted(p.name for p in (tmp_path / "tmp").glob("sn1-api-metrics-*"))  # noqa: E731
     with two_workers(tmp_path) as api:
         os.kill(api.proc.pid, signal.SIGKILL)
         api.proc.wait(timeout=10)
         assert gone_within(api.proc.pid, 20.0) == [], "no worker outlives the supervisor"
         assert api.log.read_text().count("shutting down") == 2
+    left = metrics()
+    assert [name.split("-")[3] for name in left] == [str(api.proc.pid)], left
+    with two_workers(tmp_path) as again:
+        assert left[0] not in metrics() and len(metrics()) == 1, metrics()
+        assert f"the metrics of an API supervisor that is gone (pid {api.proc.pid})" in again.log.read_text()
+        os.kill(again.proc.pid, signal.SIGTERM)
+        assert again.proc.wait(timeout=30) == 0
+    assert metrics() == [], "a supervisor that stops removes its own"
 
 
 def test_a_worker_that_dies_on_its_own_stops_the_api_with_status_1(tmp_path: Path) -> None:

@@ -60,6 +60,10 @@ def start_api(directory: Path, env: dict[str, str], *, store_url: str, workers: 
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     log = directory / f"{name}-{port}.log"
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "ADMIN_KEY", "STORE_", "WORKERS"))}
+    # its temporary files (a WORKERS>1 supervisor's metrics directory) in the test's directory: one killed
+    # outright left its own in /tmp for good
+    (tmp := directory / "tmp").mkdir(exist_ok=True)
+    clean_env["TMPDIR"] = str(tmp)
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "api", "--env-file", str(env_file)],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=clean_env,
