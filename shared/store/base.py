@@ -124,6 +124,11 @@ class RedisGate:
             raise
 
 
+def ttl_ms(retention: float) -> int:
+    """A retention in seconds as a Redis TTL in whole milliseconds: at least 1 (``PX 0`` is an error)."""
+    return max(1, round(retention * 1000))
+
+
 class RedisBacked:
     """A store on one Redis client (``r``), its names under a namespace (``ns``), its commands through
     ``_call`` (a ``RedisGate`` naming the store ``LABEL``); ``from_url`` opens the client (no I/O until the

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from shared.store.base import RedisBacked, StoreUnavailable, open_by_url
+from shared.store.base import RedisBacked, StoreUnavailable, open_by_url, ttl_ms
 from shared.store.responses import PURGE_EVERY_S, forget_matching, glob_escaped
 from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables, expiring_table
 
@@ -400,10 +400,6 @@ return 1
 """
 
 
-def _ttl_ms(retention: float) -> int:
-    return max(1, round(retention * 1000))
-
-
 class RedisConversationStore(RedisBacked):
     """A hash per conversation (``{ns}:conversation:{key_id}:{id}``: its header and byte size) and a list of
     its items (the same name and ``:items``), both with the conversation's TTL; every write that must see
@@ -425,7 +421,7 @@ class RedisConversationStore(RedisBacked):
 
     async def create(self, key_id: str, conversation: Conversation, items: list[str], *, retention: float) -> None:
         head, listed = self._keys(key_id, conversation.id)
-        ttl = _ttl_ms(retention)
+        ttl = ttl_ms(retention)
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(head, mapping={"header": _header(conversation.created_at, conversation.metadata),
                                  "bytes": size_of(items)})
@@ -459,13 +455,13 @@ class RedisConversationStore(RedisBacked):
                      max_bytes: int | None, once: bool = False, fence: str | None = None) -> Appended:
         limit = -1 if max_bytes is None else max_bytes
         status, size = await self._call(self._append(keys=self._keys(key_id, conversation_id, fence),
-                                                     args=[_ttl_ms(retention), limit, int(once), *items]))
+                                                     args=[ttl_ms(retention), limit, int(once), *items]))
         return Appended(found=status != 1, full=status == 2, size=int(size), withdrawn=status == 3)
 
     async def withdraw(self, key_id: str, conversation_id: str, items: list[str], *, fence: str,
                        retention: float) -> int | None:
         removed = await self._call(self._withdraw(keys=self._keys(key_id, conversation_id, fence),
-                                                  args=[_ttl_ms(retention), *items]))
+                                                  args=[ttl_ms(retention), *items]))
         return None if removed < 0 else int(removed)
 
     async def set_metadata(self, key_id: str, conversation_id: str, metadata: dict[str, str], *,
@@ -475,7 +471,7 @@ class RedisConversationStore(RedisBacked):
             return False
         header = _header(found.created_at, metadata)
         return bool(await self._call(self._set_header(keys=self._keys(key_id, conversation_id),
-                                                      args=[_ttl_ms(retention), header])))
+                                                      args=[ttl_ms(retention), header])))
 
     async def delete_item(self, key_id: str, conversation_id: str, item_id: str, *, retention: float) -> bool | None:
         raw = await self._raw_items(key_id, conversation_id)
@@ -485,7 +481,7 @@ class RedisConversationStore(RedisBacked):
         if stored is None:
             return False
         removed = await self._call(self._delete_item(keys=self._keys(key_id, conversation_id),
-                                                     args=[_ttl_ms(retention), stored]))
+                                                     args=[ttl_ms(retention), stored]))
         return None if removed < 0 else removed > 0
 
     async def delete(self, key_id: str, conversation_id: str) -> bool:

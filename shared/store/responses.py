@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.store.base import RedisBacked, StoreUnavailable, open_by_url
+from shared.store.base import RedisBacked, StoreUnavailable, open_by_url, ttl_ms
 from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables, expiring_table
 
 # A response whose stored form (its object and the whole conversation before it) is larger than this is
@@ -364,14 +364,14 @@ class RedisResponseStore(RedisBacked):
         """One script: the response and its items' names together, or none (its key forgotten)."""
         names = [self._forgotten_key(key_id), self._key(key_id, response_id), self._pending_key(key_id, response_id),
                  *(self._item_key(key_id, item_id) for item_id in item_ids)]
-        args = [data, max(1, round(retention * 1000)), response_id, "1" if pending else "0"]
+        args = [data, ttl_ms(retention), response_id, "1" if pending else "0"]
         return bool(await self._call(self._put(keys=names, args=args)))
 
     async def settle(self, key_id: str, response_id: str, data: str, *, retention: float,
                      item_ids: Sequence[str] = ()) -> bool:
         names = [self._pending_key(key_id, response_id), self._key(key_id, response_id), self._forgotten_key(key_id),
                  *(self._item_key(key_id, item_id) for item_id in item_ids)]
-        return bool(await self._call(self._settle(keys=names, args=[data, max(1, round(retention * 1000)),
+        return bool(await self._call(self._settle(keys=names, args=[data, ttl_ms(retention),
                                                                     response_id])))
 
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
@@ -386,7 +386,7 @@ class RedisResponseStore(RedisBacked):
         """A sorted set scored by sequence number; each member is ``{seq}:{frame}`` (unique, whatever the frame)."""
         pairs = [part for seq, e in events for part in (seq, f"{seq}:{e}")]
         names = [self._key(key_id, response_id), self._events_key(key_id, response_id), self._forgotten_key(key_id)]
-        await self._call(self._add_events(keys=names, args=[max(1, round(retention * 1000)), *pairs]))
+        await self._call(self._add_events(keys=names, args=[ttl_ms(retention), *pairs]))
 
     async def events(self, key_id: str, response_id: str, *, after: int,
                      limit: int | None = None) -> list[tuple[int, str]]:
@@ -433,7 +433,7 @@ class RedisResponseStore(RedisBacked):
     async def forget_key(self, key_id: str) -> int:
         """A SCAN of the key's names (an admin's rare call, in batches: never a KEYS that blocks Redis), once its
         forgotten mark is set: a write of it the SCAN could miss (one made as it runs) is refused."""
-        await self._call(self.r.set(self._forgotten_key(key_id), 1, px=round(FORGOTTEN_FOR_S * 1000)))
+        await self._call(self.r.set(self._forgotten_key(key_id), 1, px=ttl_ms(FORGOTTEN_FOR_S)))
         for names in (self._item_key, self._pending_key, self._events_key):
             await self._call(forget_matching(self.r, glob_escaped(names(key_id, "")) + "*"))
         return await self._call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"))
