@@ -191,6 +191,13 @@ async def invalid_key(request: web.Request, store: Store) -> ApiError:
             429, f"Too many invalid API keys from this address; retry in {go_duration(gate.retry_after)}.",
             code="invalid_key_rate_limited", headers=retry_after(gate.retry_after),
         )
+    return invalid_api_key()
+
+
+def invalid_api_key() -> ApiError:
+    """The 401 of an unknown or deleted key; also of a request whose key was deleted while it ran, found when the
+    store refused what it wrote (a background response, a conversation: ``KeyForgotten``), as the same request
+    sent a moment later is answered."""
     return ApiError(401, "Invalid API key.", code="invalid_api_key")
 
 

@@ -9,6 +9,12 @@ and the output are then added to it, before the caller gets the response's end
 Conversations live in the response store's place (``STORE_URL``), expire
 ``RESPONSES_RETENTION_SECONDS`` after their last write, and are off with it at 0.
 
+A conversation write of a key deleted while its request ran (``KeyForgotten``:
+the store keeps nothing of it) is a 401 ``invalid_api_key``, as that request sent
+a moment later is answered: its only product was what it stored. A response's
+turn is not added either, and the response is answered all the same (as its
+own record is not stored: ``store: false``).
+
 Items come here in their stored form (``responses_state.stored_item``: an id, a
 type, a status), checked by the caller as ``input`` is.
 """
@@ -23,7 +29,7 @@ from typing import Any, TypeVar
 
 from loguru import logger
 
-from api.auth import store_call
+from api.auth import invalid_api_key, store_call
 from api.context import ApiContext
 from shared.aio import retried
 from shared.errors import ApiError, invalid_value
@@ -36,6 +42,7 @@ from shared.store.conversations import (
     size_of,
     valid_id,
 )
+from shared.store.forgotten import KeyForgotten
 
 # A response (responses_state.keep) or a turn of a conversation the store fails to take at its end: asked again,
 # 0.2 s apart.
@@ -48,8 +55,11 @@ STORAGE_OFF = "this gateway stores no conversations (RESPONSES_RETENTION_SECONDS
 
 async def _call(pending: Awaitable[T]) -> T:
     """A conversation store call on a request's path: the store down is the 503 naming it (it named the key
-    store, which answered)."""
-    return await store_call(pending, "conversation store")
+    store, which answered); a write its key's deletion refused is the 401 of a deleted key."""
+    try:
+        return await store_call(pending, "conversation store")
+    except KeyForgotten:
+        raise invalid_api_key() from None
 
 
 def _full(size: int) -> str:
@@ -198,10 +208,16 @@ async def extend(ctx: ApiContext, key_id: str, conversation_id: str, added: list
 async def add_turn(ctx: ApiContext, key_id: str, conversation_id: str, added: list[dict[str, Any]],
                    final: dict[str, Any]) -> None:
     """One attempt at adding a response's turn to its conversation (``StoreUnavailable`` when the store fails: the
-    caller asks again, or ``withdraw``s it). A conversation deleted meanwhile takes nothing: a WARNING."""
+    caller asks again, or ``withdraw``s it). A conversation deleted meanwhile takes nothing: a WARNING; one whose
+    key was deleted meanwhile neither (no key can read it: DEBUG)."""
     assert ctx.conversations is not None
-    done = await ctx.conversations.append(key_id, conversation_id, _turn(added, final), max_bytes=None, once=True,
-                                          fence=final["id"], retention=ctx.settings.responses_retention_seconds)
+    try:
+        done = await ctx.conversations.append(key_id, conversation_id, _turn(added, final), max_bytes=None, once=True,
+                                              fence=final["id"], retention=ctx.settings.responses_retention_seconds)
+    except KeyForgotten:
+        logger.debug("response {} not added to conversation {}: its key id={} was deleted", final.get("id"),
+                     conversation_id, key_id)
+        return
     if not done.found:
         logger.warning("response {} not added to conversation {}: it was deleted meanwhile", final.get("id"),
                        conversation_id)

@@ -31,6 +31,7 @@ from loguru import logger
 
 from api import conversations_state
 from api.access_log import answer_line, ended_with, hold, release, request_id
+from api.auth import invalid_api_key
 from api.context import ApiContext
 from api.responses_render import ResponseStream
 from api.responses_state import (
@@ -173,7 +174,7 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     response_id = queued["id"]
     if not await response_store_call(ctx.responses.put(key.id, response_id, data, retention=keeping.retention,
                                                        pending=True)):
-        raise ApiError(401, "Invalid API key.", code="invalid_api_key")  # deleted as its request came in
+        raise invalid_api_key()  # deleted as its request came in
     # Tracked before anything else is awaited: a caller that left while its first events were being stored
     # (its handler cancelled there) left the log in ``response_logs`` for good, and the response unanswered.
     if log is not None:

@@ -18,6 +18,13 @@ later, when a stalled Redis resumes). The caller is told to send the turn again,
 so ``withdraw`` takes such a turn out, and fences it (Redis): its write, should it
 come later, then adds nothing. A SQLite write that fails is rolled back: it never
 lands later, and needs no fence.
+
+A deleted key's conversations go with it (``forget_key``), and a write of that
+key that comes after (a request of it still in flight then, on any worker or
+host: a new conversation, items, a response's turn) is refused with
+``KeyForgotten``, for ``forgotten.FORGOTTEN_FOR_S`` (its key's forgotten mark,
+read in the write's own transaction or script): kept, it stayed its usual day
+for no key to read.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from shared.store import forgotten
 from shared.store.base import RedisBacked, StoreUnavailable, open_by_url, ttl_ms
+from shared.store.forgotten import KeyForgotten
 from shared.store.responses import PURGE_EVERY_S, forget_matching, glob_escaped
 from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables, expiring_table
 
@@ -92,6 +101,9 @@ def _conversation(conversation_id: str, header: str | bytes, size: int) -> Conve
 
 
 class ConversationStore(Protocol):
+    """Each write (``create``, ``append``, ``set_metadata``, ``delete_item``) of a key deleted as it was made raises
+    ``KeyForgotten`` and keeps nothing (``forget_key``)."""
+
     async def create(self, key_id: str, conversation: Conversation, items: list[str], *, retention: float) -> None:
         """Keep a new conversation with its first items (``encode_item``'s; the caller checked the bound)."""
         ...
@@ -117,7 +129,7 @@ class ConversationStore(Protocol):
         """Take out a turn whose write was reported failed: each of ``items`` (their exact stored forms, each
         with an id of its own) wherever it is, and an ``append`` fenced with ``fence`` adds nothing from now
         on (for ``retention`` seconds). How many were there (0: the write had not landed); None: no such
-        conversation."""
+        conversation (its key's deleted included: it needs no fence, as its writes are refused)."""
         ...
 
     async def set_metadata(self, key_id: str, conversation_id: str, metadata: dict[str, str], *,
@@ -134,7 +146,9 @@ class ConversationStore(Protocol):
         ...
 
     async def forget_key(self, key_id: str) -> int:
-        """Delete every conversation of a deleted key; how many (SQLite) or names (Redis) went."""
+        """Delete every conversation of a deleted key, and refuse its writes from now on (``KeyForgotten``, for
+        ``forgotten.FORGOTTEN_FOR_S``: a request of it still in flight may yet write); how many (SQLite) or names
+        (Redis) went."""
         ...
 
     async def aclose(self) -> None: ...
@@ -150,7 +164,7 @@ CREATE TABLE IF NOT EXISTS conversation_items (
     size INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS conversation_items_of ON conversation_items (conversation_id, seq);
-"""
+""" + forgotten.SCHEMA
 
 
 class SQLiteConversationStore(SQLiteTables):
@@ -166,6 +180,7 @@ class SQLiteConversationStore(SQLiteTables):
         now = time.time()
 
         def run(db: sqlite3.Connection) -> bool:
+            self._writable(db, key_id, now)
             db.execute("INSERT INTO conversations (id, key_id, data, expires_at) VALUES (?,?,?,?)",
                        (conversation.id, key_id, _header(conversation.created_at, conversation.metadata),
                         now + retention))
@@ -173,6 +188,13 @@ class SQLiteConversationStore(SQLiteTables):
             return self._maybe_purge(db, now)
 
         self._after_purge(self._tx(run), now)
+
+    @staticmethod
+    def _writable(db: sqlite3.Connection, key_id: str, now: float) -> None:
+        """``KeyForgotten`` when ``key_id`` was deleted (read in the write's transaction, which ``forget_key``'s
+        cannot come between): its write would be kept for no key to read."""
+        if forgotten.is_forgotten(db, key_id, now):
+            raise KeyForgotten(key_id)
 
     @staticmethod
     def _insert(db: sqlite3.Connection, conversation_id: str, items: list[str]) -> None:
@@ -184,6 +206,7 @@ class SQLiteConversationStore(SQLiteTables):
         whether it did (the caller then ``_reclaim``s, once the transaction is committed)."""
         if now < self._next_purge:
             return False
+        forgotten.purge(db, now)
         ids = [row[0] for row in db.execute("SELECT id FROM conversations WHERE expires_at <= ? LIMIT ?",
                                             (now, PURGE_BATCH))]
         for conversation_id in ids:
@@ -258,6 +281,7 @@ class SQLiteConversationStore(SQLiteTables):
 
         def run(db: sqlite3.Connection) -> Appended:
             nonlocal purged
+            self._writable(db, key_id, now)
             if self._live(db, key_id, conversation_id, now) is None:
                 return Appended(found=False)
             if once and items and self._ends_with(db, conversation_id, items):
@@ -293,6 +317,7 @@ class SQLiteConversationStore(SQLiteTables):
         now = time.time()
 
         def run(db: sqlite3.Connection) -> bool:
+            self._writable(db, key_id, now)
             header = self._live(db, key_id, conversation_id, now)
             if header is None:
                 return False
@@ -306,6 +331,7 @@ class SQLiteConversationStore(SQLiteTables):
         now = time.time()
 
         def run(db: sqlite3.Connection) -> bool | None:
+            self._writable(db, key_id, now)
             if self._live(db, key_id, conversation_id, now) is None:
                 return None
             gone = db.execute("DELETE FROM conversation_items WHERE seq = (SELECT seq FROM conversation_items WHERE "
@@ -329,6 +355,7 @@ class SQLiteConversationStore(SQLiteTables):
 
     async def forget_key(self, key_id: str) -> int:
         def run(db: sqlite3.Connection) -> int:
+            forgotten.mark(db, key_id, time.time())
             db.execute("DELETE FROM conversation_items WHERE conversation_id IN "
                        "(SELECT id FROM conversations WHERE key_id = ?)", (key_id,))
             return db.execute("DELETE FROM conversations WHERE key_id = ?", (key_id,)).rowcount
@@ -339,14 +366,28 @@ class SQLiteConversationStore(SQLiteTables):
         self._close_db()
 
 
-# KEYS: the conversation's hash, its item list (and the turn's fence, if any). ARGV: TTL in ms, the size bound (-1:
-# none), 1 to add nothing when the list already ends with the items (``once``) else 0, the items. Returns {0, size}
-# when added (or there already, with ``once``), {1, 0} when there is no such conversation, {2, size} when it would
-# be too big, {3, size} when the turn was withdrawn (its fence is there).
+# Each script reads its key's forgotten mark (KEYS[3]) before it writes: a write of a key ``forget_key`` is deleting
+# keeps nothing, made before its SCAN reached the conversation's names or after it passed them.
+
+# KEYS: the conversation's hash, its item list, its key's forgotten mark. ARGV: TTL in ms, its header, its items'
+# size, its items. Returns 1, or 0 when its key was forgotten (nothing kept).
+CREATE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'header', ARGV[2], 'bytes', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+if #ARGV > 3 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
+return 1
+"""
+# KEYS: as CREATE (and the turn's fence, if any). ARGV: TTL in ms, the size bound (-1: none), 1 to add nothing when
+# the list already ends with the items (``once``) else 0, the items. Returns {0, size} when added (or there already,
+# with ``once``), {1, 0} when there is no such conversation, {2, size} when it would be too big, {3, size} when the
+# turn was withdrawn (its fence is there), {4, 0} when its key was forgotten.
 APPEND = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {4, 0} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {1, 0} end
 local size = tonumber(redis.call('HGET', KEYS[1], 'bytes'))
-if #KEYS > 2 and redis.call('EXISTS', KEYS[3]) == 1 then return {3, size} end
+if #KEYS > 3 and redis.call('EXISTS', KEYS[4]) == 1 then return {3, size} end
 local n = #ARGV - 3
 if ARGV[3] == '1' and n > 0 then
   local tail = redis.call('LRANGE', KEYS[2], -n, -1)
@@ -367,10 +408,12 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return {0, size}
 """
 # KEYS: as APPEND, with the turn's fence. ARGV: the fence's TTL in ms, the turn's items (exact stored forms). The
-# fence is set first (whether or not the conversation is there: an append of the turn may yet come). Returns -1
-# (no conversation), else how many of the items were there (each removed, the last of its value).
+# fence is set first (whether or not the conversation is there: an append of the turn may yet come), unless its key
+# was forgotten (its appends are refused, and a fence set then was left behind). Returns -1 (no conversation, or its
+# key forgotten), else how many of the items were there (each removed, the last of its value).
 WITHDRAW = """
-redis.call('SET', KEYS[3], '1', 'PX', ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local removed = 0
 for i = 2, #ARGV do
@@ -381,8 +424,10 @@ for i = 2, #ARGV do
 end
 return removed
 """
-# KEYS as APPEND. ARGV: TTL in ms, the item's exact stored form. Returns -1 (no conversation), 0 or 1 (removed).
+# KEYS as CREATE. ARGV: TTL in ms, the item's exact stored form. Returns -1 (no conversation), 0 or 1 (removed), or
+# FORGOTTEN (its key forgotten).
 DELETE_ITEM = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return -2 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local n = redis.call('LREM', KEYS[2], 1, ARGV[2])
 if n > 0 then redis.call('HINCRBY', KEYS[1], 'bytes', -#ARGV[2]) end
@@ -390,49 +435,53 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return n
 """
-# KEYS as APPEND. ARGV: TTL in ms, the new header. Returns 0 (no conversation) or 1.
+# KEYS as CREATE. ARGV: TTL in ms, the new header. Returns 0 (no conversation), 1, or FORGOTTEN (its key forgotten).
 SET_HEADER = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return -2 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'header', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
 """
+FORGOTTEN = -2  # DELETE_ITEM's and SET_HEADER's answer for a forgotten key
 
 
 class RedisConversationStore(RedisBacked):
     """A hash per conversation (``{ns}:conversation:{key_id}:{id}``: its header and byte size) and a list of
-    its items (the same name and ``:items``), both with the conversation's TTL; every write that must see
-    what is there (append, an item's delete, an update) is one Lua script, atomic in Redis."""
+    its items (the same name and ``:items``), both with the conversation's TTL; every write is one Lua script,
+    atomic in Redis, which reads its key's forgotten mark and what is there before it writes."""
 
     LABEL = "redis conversations"  # StoreUnavailable's word for this store
 
     def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
         super().__init__(client, namespace=namespace)
+        self._create = client.register_script(CREATE)
         self._append = client.register_script(APPEND)
         self._withdraw = client.register_script(WITHDRAW)
         self._delete_item = client.register_script(DELETE_ITEM)
         self._set_header = client.register_script(SET_HEADER)
 
-    def _keys(self, key_id: str, conversation_id: str, fence: str | None = None) -> list[str]:
-        """Its hash and list, and the fence of a turn (``fence``: a response id, ours: no glob character)."""
+    def _names(self, key_id: str, conversation_id: str) -> tuple[str, str]:
+        """Its hash and its list."""
         head = f"{self.ns}:conversation:{key_id}:{conversation_id}"
-        return [head, head + ":items"] + ([] if fence is None else [f"{head}:fence:{fence}"])
+        return head, head + ":items"
+
+    def _keys(self, key_id: str, conversation_id: str, fence: str | None = None) -> list[str]:
+        """A write script's names: its hash and list, its key's forgotten mark, and the fence of a turn (``fence``:
+        a response id, ours: no glob character)."""
+        head, listed = self._names(key_id, conversation_id)
+        return [head, listed, forgotten.redis_name(self.ns, key_id)] + ([] if fence is None else
+                                                                        [f"{head}:fence:{fence}"])
 
     async def create(self, key_id: str, conversation: Conversation, items: list[str], *, retention: float) -> None:
-        head, listed = self._keys(key_id, conversation.id)
-        ttl = ttl_ms(retention)
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(head, mapping={"header": _header(conversation.created_at, conversation.metadata),
-                                 "bytes": size_of(items)})
-        pipe.pexpire(head, ttl)
-        if items:
-            pipe.rpush(listed, *items)
-            pipe.pexpire(listed, ttl)
-        await self._call(pipe.execute())
+        header = _header(conversation.created_at, conversation.metadata)
+        if not await self._call(self._create(keys=self._keys(key_id, conversation.id),
+                                             args=[ttl_ms(retention), header, size_of(items), *items])):
+            raise KeyForgotten(key_id)
 
     async def get(self, key_id: str, conversation_id: str) -> Conversation | None:
-        head, _ = self._keys(key_id, conversation_id)
+        head, _ = self._names(key_id, conversation_id)
         found = await self._call(self.r.hgetall(head))
         if not found:
             return None
@@ -444,7 +493,7 @@ class RedisConversationStore(RedisBacked):
 
     async def _raw_items(self, key_id: str, conversation_id: str) -> list[bytes] | None:
         """The stored forms of its items, read with its hash in one transaction."""
-        head, listed = self._keys(key_id, conversation_id)
+        head, listed = self._names(key_id, conversation_id)
         pipe = self.r.pipeline(transaction=True)
         pipe.exists(head)
         pipe.lrange(listed, 0, -1)
@@ -456,6 +505,8 @@ class RedisConversationStore(RedisBacked):
         limit = -1 if max_bytes is None else max_bytes
         status, size = await self._call(self._append(keys=self._keys(key_id, conversation_id, fence),
                                                      args=[ttl_ms(retention), limit, int(once), *items]))
+        if status == 4:
+            raise KeyForgotten(key_id)
         return Appended(found=status != 1, full=status == 2, size=int(size), withdrawn=status == 3)
 
     async def withdraw(self, key_id: str, conversation_id: str, items: list[str], *, fence: str,
@@ -468,24 +519,37 @@ class RedisConversationStore(RedisBacked):
                            retention: float) -> bool:
         found = await self.get(key_id, conversation_id)
         if found is None:
+            await self._refuse_forgotten(key_id)
             return False
         header = _header(found.created_at, metadata)
-        return bool(await self._call(self._set_header(keys=self._keys(key_id, conversation_id),
-                                                      args=[ttl_ms(retention), header])))
+        done = await self._call(self._set_header(keys=self._keys(key_id, conversation_id),
+                                                 args=[ttl_ms(retention), header]))
+        if done == FORGOTTEN:
+            raise KeyForgotten(key_id)
+        return bool(done)
 
     async def delete_item(self, key_id: str, conversation_id: str, item_id: str, *, retention: float) -> bool | None:
         raw = await self._raw_items(key_id, conversation_id)
         if raw is None:
+            await self._refuse_forgotten(key_id)
             return None
         stored = next((e for e in raw if json.loads(e).get("id") == item_id), None)
         if stored is None:
             return False
         removed = await self._call(self._delete_item(keys=self._keys(key_id, conversation_id),
                                                      args=[ttl_ms(retention), stored]))
+        if removed == FORGOTTEN:
+            raise KeyForgotten(key_id)
         return None if removed < 0 else removed > 0
 
+    async def _refuse_forgotten(self, key_id: str) -> None:
+        """``KeyForgotten`` when ``key_id`` was deleted: a write that found nothing to change answers as its script
+        would have (and as SQLite's, which reads the mark first), not "no such conversation"."""
+        if await self._call(self.r.exists(forgotten.redis_name(self.ns, key_id))):
+            raise KeyForgotten(key_id)
+
     async def delete(self, key_id: str, conversation_id: str) -> bool:
-        head, listed = self._keys(key_id, conversation_id)
+        head, listed = self._names(key_id, conversation_id)
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(head)
         pipe.delete(listed)
@@ -493,6 +557,9 @@ class RedisConversationStore(RedisBacked):
         return bool(gone)
 
     async def forget_key(self, key_id: str) -> int:
+        """A SCAN of the key's names (in batches: never a KEYS that blocks Redis), once its forgotten mark is set: a
+        write of it the SCAN could miss (a conversation made, or a list written again, as it runs) is refused."""
+        await self._call(forgotten.redis_mark(self.r, self.ns, key_id))
         pattern = glob_escaped(f"{self.ns}:conversation:{key_id}:") + "*"
         return await self._call(forget_matching(self.r, pattern))
 

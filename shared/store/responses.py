@@ -15,7 +15,8 @@ with its response.
 
 A deleted key's responses go with it (``forget_key``), and any of its answers
 still being made then (on any worker or host) is refused when it comes, for
-``FORGOTTEN_FOR_S``: stored, it was kept the usual day for no key to read.
+``forgotten.FORGOTTEN_FOR_S`` (its key's forgotten mark): stored, it was
+kept the usual day for no key to read.
 
 A background response is put ``pending`` (queued) and then ``settle``d once:
 by the task that answered it, or by a cancel, whichever comes first; the other
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared.store import forgotten
 from shared.store.base import RedisBacked, StoreUnavailable, open_by_url, ttl_ms
 from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables, expiring_table
 
@@ -46,9 +48,6 @@ MAX_STORED_BYTES = 1 << 20
 PURGE_BATCH = 200
 PURGE_EVERY_S = 60.0
 SCAN_BATCH = 500  # names a deleted key's purge reads and deletes at once (Redis)
-# How long a deleted key's responses are refused after ``forget_key``: far past any answer still being made for it
-# then (a request's deadline is minutes at most, a background one's too); its mark then goes, as ids never come back.
-FORGOTTEN_FOR_S = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -157,11 +156,7 @@ CREATE TABLE IF NOT EXISTS response_events (
     PRIMARY KEY (response_id, seq)
 );
 CREATE INDEX IF NOT EXISTS response_events_key ON response_events (key_id);
-CREATE TABLE IF NOT EXISTS forgotten_keys (
-    key_id TEXT PRIMARY KEY,
-    until REAL NOT NULL
-);
-"""
+""" + forgotten.SCHEMA
 
 
 class SQLiteResponseStore(SQLiteTables):
@@ -177,7 +172,7 @@ class SQLiteResponseStore(SQLiteTables):
         purge = now >= self._next_purge
 
         def run(db: sqlite3.Connection) -> tuple[bool, int]:
-            kept = not db.execute("SELECT 1 FROM forgotten_keys WHERE key_id = ? AND until > ?", (key_id, now)).fetchone()
+            kept = not forgotten.is_forgotten(db, key_id, now)
             if kept:
                 self._write(db, key_id, response_id, data, now + retention, item_ids)
             if kept and pending:
@@ -215,7 +210,7 @@ class SQLiteResponseStore(SQLiteTables):
     def _purge(db: sqlite3.Connection, now: float) -> int:
         """Delete up to ``PURGE_BATCH`` expired responses (by the expiry index) and their items, and the marks of
         keys forgotten long enough (a row per deleted key: a small table); how many responses went."""
-        db.execute("DELETE FROM forgotten_keys WHERE until <= ?", (now,))
+        forgotten.purge(db, now)
         ids = [(row[0],) for row in db.execute("SELECT id FROM stored_responses WHERE expires_at <= ? LIMIT ?",
                                                (now, PURGE_BATCH))]
         db.executemany("DELETE FROM stored_response_items WHERE response_id = ?", ids)
@@ -280,8 +275,7 @@ class SQLiteResponseStore(SQLiteTables):
 
     async def forget_key(self, key_id: str) -> int:
         def run(db: sqlite3.Connection) -> int:
-            db.execute("INSERT OR REPLACE INTO forgotten_keys (key_id, until) VALUES (?,?)",
-                       (key_id, time.time() + FORGOTTEN_FOR_S))
+            forgotten.mark(db, key_id, time.time())
             db.execute("DELETE FROM stored_response_items WHERE key_id = ?", (key_id,))
             db.execute("DELETE FROM pending_responses WHERE key_id = ?", (key_id,))
             db.execute("DELETE FROM response_events WHERE key_id = ?", (key_id,))
@@ -357,7 +351,7 @@ class RedisResponseStore(RedisBacked):
         return f"{self.ns}:response_events:{key_id}:{response_id}"
 
     def _forgotten_key(self, key_id: str) -> str:
-        return f"{self.ns}:response_forgotten:{key_id}"
+        return forgotten.redis_name(self.ns, key_id)
 
     async def put(self, key_id: str, response_id: str, data: str, *, retention: float,
                   item_ids: Sequence[str] = (), pending: bool = False) -> bool:
@@ -433,7 +427,7 @@ class RedisResponseStore(RedisBacked):
     async def forget_key(self, key_id: str) -> int:
         """A SCAN of the key's names (an admin's rare call, in batches: never a KEYS that blocks Redis), once its
         forgotten mark is set: a write of it the SCAN could miss (one made as it runs) is refused."""
-        await self._call(self.r.set(self._forgotten_key(key_id), 1, px=ttl_ms(FORGOTTEN_FOR_S)))
+        await self._call(forgotten.redis_mark(self.r, self.ns, key_id))
         for names in (self._item_key, self._pending_key, self._events_key):
             await self._call(forget_matching(self.r, glob_escaped(names(key_id, "")) + "*"))
         return await self._call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"))

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from shared.store import forgotten
 from shared.store.conversations import (
     Conversation,
     ConversationStore,
@@ -20,6 +21,7 @@ from shared.store.conversations import (
     encode_item,
     valid_id,
 )
+from shared.store.forgotten import KeyForgotten
 from tests.store.conftest import BACKENDS, drop_keys, redis_url
 
 
@@ -114,6 +116,73 @@ async def test_a_deleted_keys_conversations_all_go_and_no_others(conversations: 
     assert [await conversations.get("key-a", f"conv_{n}") for n in range(3)] == [None] * 3
     assert await conversations.get("key-b", "conv_9") is not None
     assert await conversations.get("key-a*", "conv_8") is not None
+
+
+async def test_a_deleted_keys_late_writes_keep_nothing(opener: Callable[[], Any],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request of a key still in flight as an admin deleted the key (on another worker or host: another store on
+    the file or namespace) wrote after the delete: a new conversation was kept its usual day, though no key could
+    ever read it. Every write of a forgotten key is refused now (``KeyForgotten``) and keeps nothing, and a turn's
+    withdrawal leaves no fence; another key's writes are kept as ever, and the mark goes after its time."""
+    deleting, late = opener(), opener()
+    await late.create("key-a", conversation("conv_0"), [item(1), item(2)], retention=60)
+    await deleting.forget_key("key-a")
+    with pytest.raises(KeyForgotten):
+        await late.create("key-a", conversation("conv_1"), [item(3)], retention=60)
+    with pytest.raises(KeyForgotten):
+        await late.append("key-a", "conv_0", [item(3)], retention=60, max_bytes=None, once=True, fence="resp_1")
+    with pytest.raises(KeyForgotten):
+        await late.set_metadata("key-a", "conv_0", {"topic": "x"}, retention=60)
+    with pytest.raises(KeyForgotten):
+        await late.delete_item("key-a", "conv_0", "msg_1", retention=60)
+    assert await late.withdraw("key-a", "conv_0", [item(3)], fence="resp_1", retention=60) is None
+    assert await late.get("key-a", "conv_0") is None and await late.get("key-a", "conv_1") is None
+    assert await kept_of(late, "key-a") == []
+    await late.create("key-b", conversation("conv_1"), [item(3)], retention=60)  # another key: kept
+    assert len(await late.items("key-b", "conv_1") or []) == 1
+    # the mark goes after FORGOTTEN_FOR_S (key ids are never made again): none is kept for good
+    monkeypatch.setattr(forgotten, "FORGOTTEN_FOR_S", 0.05)
+    await deleting.forget_key("key-c")
+    await asyncio.sleep(0.1)
+    if isinstance(late, SQLiteConversationStore):
+        late._next_purge = 0.0  # the next write purges
+    await late.create("key-c", conversation("conv_2"), [], retention=60)
+    assert await late.get("key-c", "conv_2") is not None
+    if isinstance(late, SQLiteConversationStore):
+        assert late._query("SELECT key_id FROM forgotten_keys") == [("key-a",)]
+
+
+async def kept_of(conversations: Any, key_id: str) -> list[Any]:
+    """Whatever the store holds of ``key_id``'s conversations: its SQLite rows (items with them), or its Redis names
+    (fences included)."""
+    if isinstance(conversations, SQLiteConversationStore):
+        return conversations._query("SELECT c.id, i.seq FROM conversations c LEFT JOIN conversation_items i "
+                                    "ON i.conversation_id = c.id WHERE c.key_id = ?", (key_id,))
+    return [name async for name in conversations.r.scan_iter(match=f"{conversations.ns}:conversation:{key_id}:*")]
+
+
+@pytest.mark.redis
+async def test_a_write_landing_while_redis_forgets_the_key_keeps_nothing() -> None:
+    """Redis's ``forget_key`` marks the key, then SCANs its names and deletes them in batches (a SQLite file
+    deletes in one transaction: nothing lands between). A turn added after the SCAN deleted a conversation's item
+    list but before it reached its hash wrote the list again, behind the SCAN: kept its usual day for no key. The
+    scripts read the mark with their write: nothing is written then, and nothing is left."""
+    store = RedisConversationStore.from_url(redis_url(), namespace=f"test-{secrets.token_hex(6)}")
+    try:
+        await store.create("key-a", conversation(), [item(1)], retention=60)
+        head = f"{store.ns}:conversation:key-a:conv_1"
+        await store.r.set(f"{store.ns}:response_forgotten:key-a", 1, px=60_000)  # forget_key's first step...
+        await store.r.delete(head + ":items")  # ...its SCAN's first batch...
+        with pytest.raises(KeyForgotten):  # ...a turn of the key's in-flight request...
+            await store.append("key-a", "conv_1", [item(2)], retention=60, max_bytes=None, once=True, fence="resp_1")
+        with pytest.raises(KeyForgotten):
+            await store.set_metadata("key-a", "conv_1", {"topic": "x"}, retention=60)
+        assert await store.withdraw("key-a", "conv_1", [item(2)], fence="resp_1", retention=60) is None
+        await store.r.delete(head)  # ...and its last batch
+        assert await kept_of(store, "key-a") == []
+    finally:
+        await drop_keys(store.r, store.ns)
+        await store.aclose()
 
 
 async def test_two_workers_appending_at_once_lose_no_item(opener: Callable[[], Any]) -> None:

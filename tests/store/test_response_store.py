@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from shared.store import forgotten
 from shared.store import responses as responses_module
 from shared.store.base import StoreUnavailable
 from shared.store.responses import (
@@ -88,7 +89,7 @@ async def test_a_deleted_keys_late_answers_are_not_kept(responses: ResponseStore
     assert await responses.put("key-b", "resp_1", encode(RESPONSE, ITEMS), retention=60)  # another key: kept
     assert await responses.get("key-b", "resp_1") is not None
     # the mark goes after FORGOTTEN_FOR_S (key ids are never made again): none is kept for good
-    monkeypatch.setattr(responses_module, "FORGOTTEN_FOR_S", 0.05)
+    monkeypatch.setattr(forgotten, "FORGOTTEN_FOR_S", 0.05)
     await responses.forget_key("key-c")
     await asyncio.sleep(0.1)
     if isinstance(responses, SQLiteResponseStore):

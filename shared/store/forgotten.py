@@ -1,0 +1,61 @@
+"""A deleted key's forgotten mark: what refuses the writes its requests still in flight make after the delete.
+
+Deleting a key deletes its stored responses and its conversations (each store's ``forget_key``), but a request of
+that key still being answered then, on this worker or another worker or host sharing the store, could write
+after it: a response, a new conversation, a turn added to one. Each was kept its usual day, though no key could
+ever read it again. So ``forget_key`` marks the key forgotten first (in the same SQLite transaction as its
+deletes; on Redis before its SCANs, which could miss a name written as they run), and each write of a key's
+stored responses and conversations reads the mark in the same step as it writes (the same transaction, the same
+Lua script): one that comes after the delete keeps nothing.
+
+One mark per key, shared by both stores (they live in one place, ``STORE_URL``): a row of ``forgotten_keys`` on
+SQLite, ``{ns}:response_forgotten:{key id}`` on Redis (named when only stored responses read it: the name stays,
+so a fleet part upgraded still refuses what the other part's deletes forgot). It goes after ``FORGOTTEN_FOR_S``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from shared.store.base import ttl_ms
+
+# How long a deleted key's writes are refused after ``forget_key``: far past any request of it still being answered
+# then (a request's deadline is minutes at most, a background one's too); its mark then goes, as ids never come back.
+FORGOTTEN_FOR_S = 86_400.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS forgotten_keys (
+    key_id TEXT PRIMARY KEY,
+    until REAL NOT NULL
+);
+"""
+
+
+class KeyForgotten(Exception):
+    """A write refused: its key was deleted (``forget_key``) while the request that made it was being answered."""
+
+
+def mark(db: sqlite3.Connection, key_id: str, now: float) -> None:
+    """Mark ``key_id`` forgotten (inside the transaction that deletes what it kept)."""
+    db.execute("INSERT OR REPLACE INTO forgotten_keys (key_id, until) VALUES (?,?)", (key_id, now + FORGOTTEN_FOR_S))
+
+
+def is_forgotten(db: sqlite3.Connection, key_id: str, now: float) -> bool:
+    """Whether ``key_id`` is marked forgotten (inside the write's own transaction: no delete comes in between)."""
+    return db.execute("SELECT 1 FROM forgotten_keys WHERE key_id = ? AND until > ?", (key_id, now)).fetchone() is not None
+
+
+def purge(db: sqlite3.Connection, now: float) -> None:
+    """Drop the marks of keys forgotten long enough (a row per deleted key: a small table)."""
+    db.execute("DELETE FROM forgotten_keys WHERE until <= ?", (now,))
+
+
+def redis_name(namespace: str, key_id: str) -> str:
+    """The Redis name of ``key_id``'s mark, which the stores' Lua scripts check before they write."""
+    return f"{namespace}:response_forgotten:{key_id}"
+
+
+def redis_mark(client: Any, namespace: str, key_id: str) -> Any:
+    """The command that marks ``key_id`` forgotten on Redis, for ``FORGOTTEN_FOR_S`` (to be awaited)."""
+    return client.set(redis_name(namespace, key_id), 1, px=ttl_ms(FORGOTTEN_FOR_S))
