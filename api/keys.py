@@ -195,7 +195,8 @@ async def delete_api_key(request: web.Request) -> web.Response:
 
 async def _forget_responses(ctx: ApiContext, key_id: str) -> None:
     """The deleted key's stored responses, conversations and sticky session go with it (no key can use them
-    again). The key is gone whatever happens here: a store that fails now leaves them to their expiry, said in
+    again), and what its requests still in flight would store after is refused (``shared/store/forgotten.py``).
+    The key is gone whatever happens here: a store that fails now leaves them to their expiry, said in
     a WARNING."""
     for what, kept in (("stored responses", ctx.responses), ("conversations", ctx.conversations)):
         if kept is None:

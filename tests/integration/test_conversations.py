@@ -8,19 +8,23 @@ conversation's items, then its own input; the input and the answer are then the 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
+import redis.asyncio as aioredis
 from loguru import logger
 from openai.types.conversations import Conversation, ConversationDeletedResource, ConversationItem
 from openai.types.conversations.conversation_item_list import ConversationItemList
 from openai.types.responses import Response
 from pydantic import TypeAdapter
 
+from api import responses_background
 from shared.store import conversations as conversation_store
+from shared.store.base import hash_key
 from tests.helpers import (
     ApiUnderTest,
     Script,
@@ -32,6 +36,7 @@ from tests.helpers import (
     sse,
     wait_until,
 )
+from tests.store.conftest import conversations_of, drop_keys, redis_url
 
 ITEM: TypeAdapter[Any] = TypeAdapter(ConversationItem)
 TIME = {"type": "function", "name": "get_time", "description": "The local time in a city",
@@ -256,6 +261,85 @@ async def test_deleting_a_key_deletes_its_conversations(honest: ApiUnderTest) ->
                                                       headers={"admin-key": "admin-secret-for-tests"}) as r:
         assert r.status == 200, await r.text()
     assert await honest.ctx.conversations.get(record.id, made.id) is None
+
+
+async def delete_key(api: ApiUnderTest, secret: str) -> None:
+    """Delete a key as an admin does, on ``api``'s host."""
+    async with aiohttp.ClientSession() as s, s.delete(f"{api.url}/api_management/delete-api-key/{secret}",
+                                                      headers={"admin-key": "admin-secret-for-tests"}) as r:
+        assert r.status == 200, await r.text()
+
+
+@pytest.mark.parametrize(("write", "deleted_on"), [("create", "another host"), ("add items", "this host")])
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_conversation_written_as_its_key_is_deleted_is_a_401_and_kept_nowhere(
+        tmp_path: Path, store: str, write: str, deleted_on: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request of a key whose write reached the store only after an admin deleted the key (on this host, or on
+    another sharing the store: two API processes on one SQLite file, or two hosts on one Redis): a conversation it
+    created was kept its usual day, though no key could ever read it, and said made; items it added were a 404.
+    Nothing is kept, and it is the 401 of a deleted key, as the same request sent a moment later is answered."""
+    namespace = f"test-deleted-{secrets.token_hex(6)}" if store == "redis" else None
+    if namespace is not None:
+        redis_url()  # skipped without a Redis
+    try:
+        async with api_with_miners(tmp_path, {1: answering("Hi.")}, redis_namespace=namespace) as here, \
+                api_with_miners(tmp_path, {1: answering("Hi.")}, redis_namespace=namespace) as other:
+            key_id = (await here.ctx.store.get_key(hash_key(here.key))).id
+            client = openai_client(here)
+            made = await client.conversations.create(items=[said("user", "Hi")])
+            method = "create" if write == "create" else "append"
+            real, reached, go = getattr(here.ctx.conversations, method), asyncio.Event(), asyncio.Event()
+
+            async def late(*args: Any, **kwargs: Any) -> Any:  # a store slow enough for the delete to come first
+                reached.set()
+                await go.wait()
+                return await real(*args, **kwargs)
+
+            monkeypatch.setattr(here.ctx.conversations, method, late)
+            secret = [said("user", "My account number is 1234")]
+            asked = asyncio.ensure_future(client.conversations.create(items=secret) if write == "create" else
+                                          client.conversations.items.create(made.id, items=secret))
+            await asyncio.wait_for(reached.wait(), 5)
+            await delete_key(here if deleted_on == "this host" else other, here.key)
+            go.set()
+            with pytest.raises(openai.AuthenticationError) as e:
+                await asked
+            assert e.value.code == "invalid_api_key"
+            for host in (here, other):
+                assert await conversations_of(host.ctx.conversations, key_id) == []
+    finally:
+        if namespace is not None:
+            redis = aioredis.from_url(redis_url())
+            await drop_keys(redis, namespace)
+            await redis.aclose()
+
+
+@pytest.mark.redis
+async def test_a_background_turn_answered_after_its_key_was_deleted_leaves_no_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A background response naming a conversation, whose key is deleted while its miner answers (on Redis: a
+    SQLite file keeps no fence). Its turn found the conversation gone and its record refused, and was withdrawn:
+    the withdrawal's fence (``{ns}:conversation:{key id}:{conversation id}:fence:{response id}``) was left for the
+    retention, naming the deleted key's conversation and response. Nothing of the key is left."""
+    namespace = f"test-deleted-{secrets.token_hex(6)}"
+    redis_url()  # skipped without a Redis
+    monkeypatch.setattr(responses_background, "WATCH_EVERY_S", 60.0)  # its answer comes first, as a quick one's does
+    miner = Script([(0.3, d) for d in sse(chunk("Late."), chunk(finish="stop"))])
+    try:
+        async with api_with_miners(tmp_path, {1: miner}, redis_namespace=namespace) as here:
+            key_id = (await here.ctx.store.get_key(hash_key(here.key))).id
+            client = openai_client(here)
+            made = await client.conversations.create(items=[said("user", "Hi")])
+            await client.responses.create(model="default", input="Hi", conversation=made.id, background=True)
+            await wait_until(lambda: miner.active > 0, 5)
+            await delete_key(here, here.key)
+            await wait_until(lambda: not here.ctx.running_responses, 10)
+            assert miner.calls == 1
+            assert await conversations_of(here.ctx.conversations, key_id) == []
+    finally:
+        redis = aioredis.from_url(redis_url())
+        await drop_keys(redis, namespace)
+        await redis.aclose()
 
 
 async def test_the_agents_sdks_conversations_session_runs_two_turns(tmp_path: Path, loopback_only: None) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from shared.store.base import Store
+from shared.store.conversations import SQLiteConversationStore
 from shared.store.redis import RedisStore
 from shared.store.sqlite import SQLiteStore
 
@@ -32,6 +33,15 @@ async def drop_keys(client: Any, namespace: str) -> None:
     """Delete every key of a test namespace from a Redis client (tests never touch anything else)."""
     async for name in client.scan_iter(match=f"{namespace}:*", count=500):
         await client.delete(name)
+
+
+async def conversations_of(conversations: Any, key_id: str) -> list[Any]:
+    """Whatever a conversation store holds of ``key_id``'s conversations: its SQLite rows (items with them), or its
+    Redis names (fences included)."""
+    if isinstance(conversations, SQLiteConversationStore):
+        return conversations._query("SELECT c.id, i.seq FROM conversations c LEFT JOIN conversation_items i "
+                                    "ON i.conversation_id = c.id WHERE c.key_id = ?", (key_id,))
+    return [name async for name in conversations.r.scan_iter(match=f"{conversations.ns}:conversation:{key_id}:*")]
 
 
 async def drop_namespace(store: RedisStore) -> None:

@@ -22,7 +22,7 @@ from shared.store.conversations import (
     valid_id,
 )
 from shared.store.forgotten import KeyForgotten
-from tests.store.conftest import BACKENDS, drop_keys, redis_url
+from tests.store.conftest import BACKENDS, conversations_of, drop_keys, redis_url
 
 
 def item(n: int, text: str = "Hi") -> str:
@@ -137,7 +137,7 @@ async def test_a_deleted_keys_late_writes_keep_nothing(opener: Callable[[], Any]
         await late.delete_item("key-a", "conv_0", "msg_1", retention=60)
     assert await late.withdraw("key-a", "conv_0", [item(3)], fence="resp_1", retention=60) is None
     assert await late.get("key-a", "conv_0") is None and await late.get("key-a", "conv_1") is None
-    assert await kept_of(late, "key-a") == []
+    assert await conversations_of(late, "key-a") == []
     await late.create("key-b", conversation("conv_1"), [item(3)], retention=60)  # another key: kept
     assert len(await late.items("key-b", "conv_1") or []) == 1
     # the mark goes after FORGOTTEN_FOR_S (key ids are never made again): none is kept for good
@@ -150,15 +150,6 @@ async def test_a_deleted_keys_late_writes_keep_nothing(opener: Callable[[], Any]
     assert await late.get("key-c", "conv_2") is not None
     if isinstance(late, SQLiteConversationStore):
         assert late._query("SELECT key_id FROM forgotten_keys") == [("key-a",)]
-
-
-async def kept_of(conversations: Any, key_id: str) -> list[Any]:
-    """Whatever the store holds of ``key_id``'s conversations: its SQLite rows (items with them), or its Redis names
-    (fences included)."""
-    if isinstance(conversations, SQLiteConversationStore):
-        return conversations._query("SELECT c.id, i.seq FROM conversations c LEFT JOIN conversation_items i "
-                                    "ON i.conversation_id = c.id WHERE c.key_id = ?", (key_id,))
-    return [name async for name in conversations.r.scan_iter(match=f"{conversations.ns}:conversation:{key_id}:*")]
 
 
 @pytest.mark.redis
@@ -179,7 +170,7 @@ async def test_a_write_landing_while_redis_forgets_the_key_keeps_nothing() -> No
             await store.set_metadata("key-a", "conv_1", {"topic": "x"}, retention=60)
         assert await store.withdraw("key-a", "conv_1", [item(2)], fence="resp_1", retention=60) is None
         await store.r.delete(head)  # ...and its last batch
-        assert await kept_of(store, "key-a") == []
+        assert await conversations_of(store, "key-a") == []
     finally:
         await drop_keys(store.r, store.ns)
         await store.aclose()
