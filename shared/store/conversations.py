@@ -367,7 +367,7 @@ class SQLiteConversationStore(SQLiteTables):
 
 
 # Each script reads its key's forgotten mark (KEYS[3]) before it writes: a write of a key ``forget_key`` is deleting
-# keeps nothing, made before its SCAN reached the conversation's names or after it passed them.
+# keeps nothing wherever its SCAN is (one written behind the SCAN, where it had passed, was kept).
 
 # KEYS: the conversation's hash, its item list, its key's forgotten mark. ARGV: TTL in ms, its header, its items'
 # size, its items. Returns 1, or 0 when its key was forgotten (nothing kept).
