@@ -159,6 +159,9 @@ class ValidatorMetrics:
         self.loop_seconds = Histogram("sn1_validator_loop_seconds", "Duration of one loop cycle", ["loop"],
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.loop_failures = Counter("sn1_validator_loop_failures", "Loop cycles that raised", ["loop"], registry=r)
+        self.rechecks = Counter("sn1_validator_rechecks", "Tries of a failing required check (its /ready name) made by "
+                                "the validator itself while no traffic tried it, by outcome (ok ends its run)",
+                                ["check", "outcome"], registry=r)
         self.scoring_queue_depth = Gauge("sn1_validator_scoring_queue_depth", "Organic jobs waiting to be scored",
                                          registry=r)
         self.scoring_queue_max = Gauge("sn1_validator_scoring_queue_max", "Bound of the organic scoring lane", registry=r)
@@ -188,6 +191,9 @@ class ValidatorMetrics:
         self.loop_seconds.labels(name).observe(seconds)
         if not ok:
             self.loop_failures.labels(name).inc()
+
+    def observe_recheck(self, check: str, ok: bool) -> None:
+        self.rechecks.labels(check, "ok" if ok else "failed").inc()
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

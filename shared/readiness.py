@@ -23,6 +23,10 @@ class CheckOut(BaseModel):
     detail: str
     required: bool = Field(default=True, description="false: a failure is a warning, not a reason to take the "
                                                      "worker out of rotation")
+    # A failing check the process tries again itself while no traffic does (the validator's recheck): when it was
+    # last tried and by what. Left out of the JSON otherwise (``ready_response``).
+    last_tried_at: float | None = Field(default=None, description="Unix seconds of the failing check's latest try")
+    last_tried_by: str | None = Field(default=None, description="what made it: traffic, or the process's recheck")
 
 
 class ReadyOut(BaseModel):
@@ -49,7 +53,7 @@ def failing(out: ReadyOut) -> list[str]:
 
 def ready_response(out: ReadyOut) -> Any:
     """``out`` as ``/ready`` answers it: 200 when ready, 503 otherwise (the same body)."""
-    return json_response(out.model_dump(mode="json"), status=200 if out.ready else 503)
+    return json_response(out.model_dump(mode="json", exclude_none=True), status=200 if out.ready else 503)
 
 
 def gauge_age(age: float | None) -> float:

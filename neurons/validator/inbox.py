@@ -130,7 +130,7 @@ class ScoringInbox(SQLiteTables):
         """A write of the size last refused, committed as ``/scoring``'s are, then removed: the inbox's run of
         refusals ends once the disk takes such writes again, though no API sends any (``recheck``). Known from
         ``/scoring``'s writes alone, it said "refused" for as long as the validator ran once no API retried
-        (stopped, or its outbox lost). One still refused leaves the run on, said at DEBUG (its WARNING stands)."""
+        (stopped, or its outbox lost). One still refused leaves the run on, its latest try (``OutageLog.retry_failed``)."""
         size = max(1, self._refused_bytes)
         async with self.accepting:
             try:
@@ -138,7 +138,7 @@ class ScoringInbox(SQLiteTables):
                     "INSERT INTO probe (data) VALUES (zeroblob(?))", (size,)), self._durable)
                 await asyncio.to_thread(self._tx, lambda db: db.execute("DELETE FROM probe"), self._durable)
             except StoreUnavailable as e:
-                logger.debug("scoring inbox: a test write of {} bytes is still refused: {}", size, e)
+                self.refused.retry_failed(f"a test write of {size} bytes: {e}")
                 return
         self.refused.ok()
 

@@ -148,8 +148,8 @@ async def run_validator(settings: ValidatorSettings) -> None:
     ]
     loops += [lambda: scoring_worker(queue, scorer, metagraph) for _ in range(settings.scoring_workers)]
     # the inbox, the reference model and the scores' file tried again while they fail and no traffic does (``recheck.py``)
-    loops.append(lambda: timed("recheck", RECHECK_SECONDS, lambda: recheck_cycle(inbox, reference, scores),
-                               first_delay=RECHECK_SECONDS))
+    recheck = functools.partial(recheck_cycle, inbox, reference, scores, observe=metrics.observe_recheck)
+    loops.append(lambda: timed("recheck", RECHECK_SECONDS, recheck, first_delay=RECHECK_SECONDS))
 
     ctx = ValidatorContext(book=book, scoring_queue=queue, verifier=verifier, scores=scores, metagraph=metagraph,
                            organic_timeout=settings.organic_timeout, seen=seen, inbox=inbox,

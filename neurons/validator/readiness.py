@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from neurons.validator.loops import own_weights_refusal
+from neurons.validator.recheck import RECHECK_SECONDS
 from neurons.validator.weights import ChainLimits
 from shared.aio import within
 from shared.readiness import CheckOut, ReadyOut, metagraph_check, ready_out
+from shared.store.outage import RECHECK, TRAFFIC, OutageLog
 
 if TYPE_CHECKING:
     from neurons.validator.app import ValidatorContext
@@ -34,6 +36,7 @@ MIN_AVAILABILITY_LIMIT = 60.0  # seconds: the shortest age at which availability
 POLLS_MISSED = 3  # availability older than this many AVAILABILITY_INTERVALs (plus a poll's timeout) is stale
 WEIGHTS_MISSED = 3  # no weights set for this many WEIGHTS_INTERVALs (or chain rate limits) is a failure
 CHAIN_READ_SECONDS = 15.0  # the longest the start waits for the chain's limits
+TRIED_BY = {TRAFFIC: "traffic", RECHECK: f"the recheck, every {RECHECK_SECONDS:g}s while no traffic tries"}
 
 
 @dataclass
@@ -106,8 +109,8 @@ def scores(ctx: ValidatorContext) -> CheckOut:
     if book.path is None:
         return CheckOut(ok=True, detail="kept in memory only (no STATE_DIR)")
     if book.save_error:
-        return CheckOut(ok=False, detail=f"scores cannot be saved to {book.path} ({book.save_error}): kept in memory "
-                                         "and lost at a restart; is STATE_DIR full or read-only?")
+        return _tried(book.save_outage, f"scores cannot be saved to {book.path} ({book.save_error}): kept in memory "
+                                        "and lost at a restart; is STATE_DIR full or read-only?")
     return CheckOut(ok=True, detail=f"saved to {book.path}")
 
 
@@ -119,10 +122,10 @@ def scoring_inbox(ctx: ValidatorContext) -> CheckOut:
         return CheckOut(ok=True, detail="not used (payloads are kept in memory)")
     if inbox.refused.failing:
         since = inbox.refused.failing_for
-        return CheckOut(ok=False, detail=f"the scoring inbox {inbox.path} refused the last write ({since:.0f}s into "
-                                         f"a run of failures: {inbox.refused.last_error}): /scoring answers 503 "
-                                         "store_unavailable and the APIs keep the payloads in their outboxes; is "
-                                         "STATE_DIR's disk full or read-only?")
+        return _tried(inbox.refused, f"the scoring inbox {inbox.path} refused the last write ({since:.0f}s into a "
+                                     f"run of failures: {inbox.refused.last_error}): /scoring answers 503 "
+                                     "store_unavailable and the APIs keep the payloads in their outboxes; is "
+                                     "STATE_DIR's disk full or read-only?")
     return CheckOut(ok=True, detail=f"{inbox.path} takes writes")
 
 
@@ -153,12 +156,23 @@ def reference(ctx: ValidatorContext) -> CheckOut:
     status, run = ctx.reference, ctx.reference.outage
     if run.failing:
         since = run.failing_for
-        return CheckOut(ok=False, detail=f"the reference model ({status.kind}) failed its last {run.failures} call(s), "
-                                         f"for {since:.0f}s: {status.last_error}; every job it is asked for is "
-                                         "skipped and the scores stand still")
+        error = run.last_error if run.tried_by == RECHECK else status.last_error  # the recheck's question is no call
+        return _tried(run, f"the reference model ({status.kind}) failed its last {run.failures} call(s), for "
+                           f"{since:.0f}s: {error}; every job it is asked for is skipped and the scores stand still")
     if not status.calls:
         return CheckOut(ok=True, detail=f"{status.kind}: no call yet")
     return CheckOut(ok=True, detail=f"{status.kind}: {status.calls} call(s), the last one answered")
+
+
+def _tried(run: OutageLog, detail: str) -> CheckOut:
+    """A failing check the recheck tries again while no traffic does (``recheck.py``): ``detail``, then when it
+    was last tried and by what (an operator of a validator stuck "not ready" could not tell whether it was still
+    tried), in words and in ``last_tried_at`` / ``last_tried_by``."""
+    ago = run.tried_ago
+    if ago is None or run.tried_by is None:
+        return CheckOut(ok=False, detail=detail)
+    return CheckOut(ok=False, detail=f"{detail} (last tried {ago:.0f}s ago, by {TRIED_BY[run.tried_by]})",
+                    last_tried_at=run.tried_at, last_tried_by=run.tried_by)
 
 
 def _on_chain(ctx: ValidatorContext) -> bool:

@@ -9,10 +9,16 @@ start, and an alert on ``sn1_validator_ready`` stayed on for an outage long over
 that nothing has tried for ``RECHECK_SECONDS`` is tried once here: the inbox with a write of the size it
 refused, the reference model with a short question, the scores with their save (which also keeps, at last,
 what was scored while the disk refused it). One that works ends the run (its INFO line, and
-``/ready``), one that fails leaves it as it was.
+``/ready``); one that fails leaves it on, as its latest try (``OutageLog.retry_failed``): ``/ready`` says when
+the check was last tried and by what, and the log says so at a slowing pace (it was DEBUG only: an operator of a
+validator stuck "not ready" could not tell whether it was still tried, or why it failed). Each try is counted in
+``sn1_validator_rechecks_total{check,outcome}`` (``observe``).
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
 
 from neurons.validator.inbox import ScoringInbox
 from neurons.validator.reference import CachedReference
@@ -23,15 +29,20 @@ RECHECK_SECONDS = 30.0
 
 
 async def recheck_cycle(inbox: ScoringInbox | None, reference: CachedReference, scores: ScoreBook | None = None, *,
-                        quiet: float = RECHECK_SECONDS) -> None:
+                        quiet: float = RECHECK_SECONDS, observe: Callable[[str, bool], None] | None = None) -> None:
     """Try the inbox, the reference model and the scores' file again where their run of failures has been
-    ``quiet`` that long."""
-    if inbox is not None and _quiet(inbox.refused, quiet):
-        await inbox.probe()
-    if _quiet(reference.status.outage, quiet):
-        await reference.probe()
-    if scores is not None and _quiet(scores.save_outage, quiet):
-        await scores.save_off_loop()  # the scores kept in memory since, saved at last: no probe, the real write
+    ``quiet`` that long; ``observe(check, ok)`` is told each try, by its ``/ready`` check's name."""
+    tries: list[tuple[str, OutageLog, Callable[[], Awaitable[object]]]] = []
+    if inbox is not None:
+        tries.append(("scoring_inbox", inbox.refused, inbox.probe))
+    tries.append(("reference", reference.status.outage, reference.probe))
+    if scores is not None:  # the scores kept in memory since, saved at last: no probe, the real write
+        tries.append(("scores", scores.save_outage, functools.partial(scores.save_off_loop, retry=True)))
+    for check, run, attempt in tries:
+        if _quiet(run, quiet):
+            await attempt()
+            if observe is not None:
+                observe(check, not run.failing)
 
 
 def _quiet(run: OutageLog, seconds: float) -> bool:

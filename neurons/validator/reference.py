@@ -134,7 +134,7 @@ class OpenAIReference:
             content, calls = message.get("content"), calls_of(message.get("tool_calls"))
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError,
                 AttributeError) as e:
-            raise ReferenceError(f"reference LLM failed: {type(e).__name__}: {e}") from None
+            raise ReferenceError(self._masked(f"reference LLM failed: {type(e).__name__}: {e}")) from None
         return Reply(text=content if isinstance(content, str) else "", calls=calls)
 
     async def probe(self) -> None:
@@ -147,8 +147,8 @@ class OpenAIReference:
             body["model"] = self._last_model
         try:
             await self._completion(self._refusals.apply(body))
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            raise ReferenceError(f"reference LLM failed: {type(e).__name__}: {e}") from None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:  # masked: the WARNING and /ready quote it
+            raise ReferenceError(self._masked(f"reference LLM failed: {type(e).__name__}: {e}")) from None
 
     async def _completion(self, sent: dict[str, Any]) -> Any:
         """The server's JSON completion of ``sent``; a 400/422 naming a field the answer does without is asked
@@ -271,14 +271,14 @@ class CachedReference:
 
     async def probe(self) -> None:
         """The inner model asked a short question (``recheck``; the built-in model always answers): one that
-        answers is a call that ends the run of failures, as a job's would; one that fails leaves it on, said at
-        DEBUG (the run's WARNING stands), and is no job skipped (not counted in ``failures``)."""
+        answers is a call that ends the run of failures, as a job's would; one that fails leaves it on, its latest
+        try (``OutageLog.retry_failed``), and is no job skipped (not counted in ``failures``)."""
         probe = getattr(self.inner, "probe", None)
         try:
             if probe is not None:
                 await probe()
         except ReferenceError as e:
-            logger.debug("reference model: still failing when asked again: {}", e)
+            self.status.outage.retry_failed(e)
             return
         self.status.ok()
 

@@ -184,8 +184,10 @@ class ScoreBook:
         if self.path is not None:
             atomic_write_json(self.path, self.to_json())
 
-    async def save_off_loop(self) -> None:
-        """``save`` with the file write in a thread, one save at a time, each of the latest scores.
+    async def save_off_loop(self, *, retry: bool = False) -> None:
+        """``save`` with the file write in a thread, one save at a time, each of the latest scores; ``retry``:
+        the recheck's save (``neurons.validator.recheck``), whose failure is the run's latest try, not one more
+        of its failures (``OutageLog.retry_failed``).
 
         The copy is taken here, on the event loop that changes the scores: a thread reading the live
         dicts while a job updates them can fail ("dictionary changed size during iteration"). Two
@@ -207,16 +209,19 @@ class ScoreBook:
                 try:
                     await asyncio.shield(self._writing)
                 except OSError as e:
-                    self._save_failed(e)
+                    self._save_failed(e, retry=retry)
                     return
                 self._save_worked()
 
-    def _save_failed(self, error: OSError) -> None:
+    def _save_failed(self, error: OSError, *, retry: bool = False) -> None:
         """A save the disk refused (full, read-only, the file replaced by a directory): the scores stay in memory
         and the next scored job saves again. It raised into the scoring worker, which logged a traceback per job
         and called each one "failed, dropped" although it had been scored."""
         self.save_error = f"{type(error).__name__}: {error}"
-        self.save_outage.failed(self.save_error)
+        if retry:
+            self.save_outage.retry_failed(self.save_error)
+        else:
+            self.save_outage.failed(self.save_error)
 
     def _save_worked(self) -> None:
         self.save_error = None

@@ -7,7 +7,10 @@ buried everything else in the log (and filled its disk). Each such use of the st
 ``OutageLog``: the first failure of a run is a WARNING with its reason, the run goes on in one line a
 minute with how many failed since, and the first success after it is one INFO line saying how long it
 lasted. A failure that needs an operator (``needs_operator``: a SQLite file that refuses writes) begins its run
-with an ERROR instead.
+with an ERROR instead. A run that only traffic tries, tried again by its process while there is none
+(``neurons.validator.recheck``), says when it was last tried and by what (``tried_at``, ``tried_by``), and a try
+of its own that fails is a WARNING at a slowing pace: at the first, then after 1, 2, 4 ... minutes, at most every
+``RETRY_LOG_MAX_S`` (it was DEBUG only: an operator could not tell whether it was still tried, or why it failed).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from collections.abc import Callable
 from loguru import logger
 
 OUTAGE_LOG_EVERY_S = 60.0  # while a run of failures lasts, one line at most this often
+RETRY_LOG_FIRST_S = 60.0  # a failed retry's line after the first: this long after it, then twice as long each time
+RETRY_LOG_MAX_S = 1800.0  # ... up to this: a run of retries that never ends is told twice an hour
+TRAFFIC, RECHECK = "traffic", "recheck"  # what last tried a run: its own uses (``failed``), or a retry of its own
 
 
 class OutageTeller:
@@ -32,6 +38,9 @@ class OutageTeller:
         self.every = every
         self._told_at: float | None = None  # when a line last spoke of the run (None: not yet, by this teller)
         self._untold = 0  # failures since
+        self._retry_told_at: float | None = None  # when a line last spoke of the run's failed retries (None: not yet)
+        self._retry_gap = RETRY_LOG_FIRST_S  # how long after it the next one may
+        self._retries_untold = 0  # failed retries since
 
     def began(self, now: float, error: object, hint: str | None = None) -> None:
         """The failure that began the run: its one WARNING, or an ERROR with what to fix (``hint``)."""
@@ -53,6 +62,20 @@ class OutageTeller:
                            now - self._told_at, error)
             self._told_at, self._untold = now, 0
 
+    def retried(self, now: float, lasted: float, error: object) -> None:
+        """A retry of the run's own that failed (``OutageLog.retry_failed``): a WARNING at the first, then once
+        ``RETRY_LOG_FIRST_S`` passed, each gap twice the last (at most ``RETRY_LOG_MAX_S``), with how long the run
+        has lasted and the latest error. Said at DEBUG alone, a run tried every 30 s looked abandoned."""
+        self._retries_untold += 1
+        if self._retry_told_at is not None:
+            if now - self._retry_told_at < self._retry_gap:
+                return
+            self._retry_gap = min(self._retry_gap * 2, RETRY_LOG_MAX_S)
+        logger.warning("{}: tried again, still failing {:.0f} s into the run ({} tr(ies) since the last such line; "
+                       "the next such line in {:.0f} s): {}", self.what, lasted, self._retries_untold, self._retry_gap,
+                       error)
+        self._retry_told_at, self._retries_untold = now, 0
+
     def ended(self, lasted: float, failures: int) -> None:
         """The run is over: the INFO line, with how long it lasted and how many failures it held."""
         logger.info("{}: {} after {:.1f} s ({} failure(s))", self.what, self.back, lasted, failures)
@@ -61,6 +84,7 @@ class OutageTeller:
     def forget(self) -> None:
         """This teller no longer speaks of a run (ended elsewhere, or handed on)."""
         self._told_at, self._untold = None, 0
+        self._retry_told_at, self._retry_gap, self._retries_untold = None, RETRY_LOG_FIRST_S, 0
 
 
 class OutageLog:
@@ -82,6 +106,9 @@ class OutageLog:
         self._began: float | None = None  # when the run of failures began (None: no run)
         self.failures = 0  # in the run (0: no run)
         self.last_error: str | None = None  # the run's latest failure, for a readiness check to quote
+        self.tried_at: float | None = None  # Unix seconds of the run's latest try that failed (None: no run)
+        self.tried_by: str | None = None  # what made it: ``TRAFFIC`` (``failed``) or ``RECHECK`` (``retry_failed``)
+        self._tried = 0.0  # ``clock`` at it
 
     @property
     def failing(self) -> bool:
@@ -100,17 +127,36 @@ class OutageLog:
         tries once itself when it has been quiet."""
         return None if self._began is None else self._clock() - self._last_failure
 
+    @property
+    def tried_ago(self) -> float | None:
+        """Seconds since the run's latest try (None: no run), on ``clock``."""
+        return None if self._began is None else self._clock() - self._tried
+
+    def _tried_now(self, now: float, error: object, by: str) -> None:
+        self.last_error = str(error)
+        self.tried_at, self.tried_by, self._tried = time.time(), by, now
+
     def failed(self, error: object) -> None:
         """One more failure: a WARNING if it begins a run or the last line is ``every`` seconds old."""
         now = self._clock()
         self.failures += 1
-        self.last_error = str(error)
+        self._tried_now(now, error, TRAFFIC)
         self._last_failure = now
         if self._began is None:
             self._began = now
             self.teller.began(now, error, self.needs_operator(error) if self.needs_operator is not None else None)
         else:
             self.teller.again(now, error)
+
+    def retry_failed(self, error: object) -> None:
+        """A retry of the run's own failed (``neurons.validator.recheck``, while nothing else tries): the run's
+        latest try and error, told at a slowing pace (``OutageTeller.retried``), but none of its failures (no
+        request or job failed) and no end to its quiet (it is tried again at the next cycle)."""
+        if self._began is None:
+            return  # the run ended meanwhile (traffic came back): nothing to retry
+        now = self._clock()
+        self._tried_now(now, error, RECHECK)
+        self.teller.retried(now, now - self._began, error)
 
     def ok(self) -> None:
         """The store answered: a run of failures, if any, ends with an INFO line (costs nothing otherwise)."""
@@ -120,4 +166,4 @@ class OutageLog:
             return  # failing on and off: the run goes on
         self.teller.ended(self._clock() - self._began, self.failures)
         self._began, self.failures = None, 0
-        self.last_error = None
+        self.last_error = self.tried_at = self.tried_by = None

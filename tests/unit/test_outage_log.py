@@ -43,6 +43,38 @@ def test_a_run_of_failures_is_a_line_a_minute_and_its_end_one_more(lines: list[s
     assert lines[3:] == ["WARNING store unavailable, answering 503: sqlite: database is locked"]
 
 
+def test_a_run_tried_again_every_30_s_is_told_at_a_slowing_pace_and_counts_no_failure(lines: list[str]) -> None:
+    """The validator's recheck tries a run that no traffic tries every 30 s: its failures were DEBUG only (an
+    operator could not tell it was still tried, nor why it failed), and a WARNING each would be 120 lines an
+    hour. Told at the first, then 1, 2, 4, 8, 16 minutes on, then twice an hour; none is one of the run's
+    failures, and each is its latest try and error."""
+    now = [0.0]
+    log = OutageLog("scoring inbox: payloads not stored", clock=lambda: now[0])
+    log.failed("database or disk is full")
+    assert (log.tried_by, log.tried_ago) == ("traffic", 0.0)
+    told_at = []
+    for _ in range(240):  # two hours of rechecks
+        now[0] += 30.0
+        said = len(lines)
+        log.retry_failed(f"a test write of 10 bytes: disk full at {now[0]:.0f}")
+        if len(lines) > said:
+            told_at.append(now[0])
+        assert (log.tried_by, log.tried_ago, log.last_error) == ("recheck", 0.0, f"a test write of 10 bytes: disk "
+                                                                                 f"full at {now[0]:.0f}")
+    assert told_at == [30.0, 90.0, 210.0, 450.0, 930.0, 1890.0, 3690.0, 5490.0], told_at
+    assert lines[1] == ("WARNING scoring inbox: payloads not stored: tried again, still failing 30 s into the run (1 "
+                        "tr(ies) since the last such line; the next such line in 60 s): a test write of 10 bytes: "
+                        "disk full at 30")
+    assert lines[2].startswith("WARNING scoring inbox: payloads not stored: tried again, still failing 90 s into the "
+                               "run (2 tr(ies) since the last such line; the next such line in 120 s)"), lines
+    log.ok()
+    assert lines[-1] == "INFO scoring inbox: payloads not stored: the store answers again after 7200.0 s (1 failure(s))"
+    assert (log.tried_at, log.tried_by, log.tried_ago) == (None, None, None)
+    log.failed("database or disk is full")  # a new run: its first failed retry is told at once again
+    log.retry_failed("still full")
+    assert lines[-1].startswith("WARNING scoring inbox: payloads not stored: tried again, still failing 0 s into"), lines
+
+
 def test_failures_mixed_with_successes_are_one_run_until_they_settle(lines: list[str]) -> None:
     """``settle``: requests failing on and off (some answered, some not) were a WARNING and an INFO line each
     time; they are one run, told once a minute, that ends only once nothing failed for ``settle`` seconds."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -67,7 +68,8 @@ async def assert_failing(url: str, name: str, words: str) -> dict:
     assert status == 503 and not ready["ready"], ready
     reason = next((r for r in ready["reasons"] if r.startswith(f"{name}: ")), None)
     assert reason is not None and words in reason, ready["reasons"]
-    assert ready["checks"][name] == {"ok": False, "required": True, "detail": reason.removeprefix(f"{name}: ")}
+    check = {k: v for k, v in ready["checks"][name].items() if not k.startswith("last_tried_")}  # test_recheck.py's
+    assert check == {"ok": False, "required": True, "detail": reason.removeprefix(f"{name}: ")}
     assert health["status"] == "degraded" and name in health["failing_checks"], health
     assert sample(prom, "sn1_validator_ready") == 0 and sample(prom, "sn1_validator_check_ok", check=name) == 0
     return ready
@@ -179,16 +181,25 @@ async def test_scores_the_disk_refused_are_saved_by_the_recheck_when_no_job_come
     assert json.loads(path.read_text())["miners"]["1"]["hotkey"] == "hk1", "the score kept in memory is saved"
 
 
+BIG = answered("big", chunks={"1": ['{"choices":[{"delta":{"content":"x"}}]}'] * 2000, "2": []})
+
+
+async def refused_by_a_full_disk(url: str, ctx: ValidatorContext) -> sqlite3.Connection:
+    """``ctx``'s inbox file may not grow past its size now (a full disk), and a ``/scoring`` it refused (a 503);
+    the connection whose ``PRAGMA max_page_count = 1073741823`` frees the disk."""
+    assert ctx.inbox is not None
+    db = ctx.inbox._durable
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    assert (await post(url, "/scoring", json.dumps(BIG).encode()))[0] == 503
+    return db
+
+
 async def test_a_scoring_inbox_that_refuses_writes_fails_and_the_next_write_recovers(tmp_path: Path) -> None:
     async with validator(tmp_path / "scoring_inbox.db", scoring=False) as (url, ctx):
-        assert ctx.inbox is not None
-        db = ctx.inbox._durable  # the file may not grow past its size now: a full disk
-        db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
-        big = answered("big", chunks={"1": ['{"choices":[{"delta":{"content":"x"}}]}'] * 2000, "2": []})
-        assert (await post(url, "/scoring", json.dumps(big).encode()))[0] == 503
+        db = await refused_by_a_full_disk(url, ctx)
         await assert_failing(url, "scoring_inbox", "/scoring answers 503 store_unavailable")
         db.execute("PRAGMA max_page_count = 1073741823")
-        assert (await post(url, "/scoring", json.dumps(big).encode()))[0] == 202
+        assert (await post(url, "/scoring", json.dumps(BIG).encode()))[0] == 202
         await assert_ready(url)
 
 
@@ -199,12 +210,9 @@ async def test_a_scoring_inbox_refusal_ends_with_no_traffic_once_the_disk_takes_
     lines, handler = log_lines("INFO")
     try:
         async with validator(tmp_path / "scoring_inbox.db", scoring=False) as (url, ctx):
-            assert ctx.inbox is not None
             reference = CachedReference(DeterministicReference(), status=ctx.reference)
-            db = ctx.inbox._durable  # the file may not grow past its size now: a full disk
-            db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
-            big = answered("big", chunks={"1": ['{"choices":[{"delta":{"content":"x"}}]}'] * 2000, "2": []})
-            assert (await post(url, "/scoring", json.dumps(big).encode()))[0] == 503
+            db = await refused_by_a_full_disk(url, ctx)
+            assert ctx.inbox is not None
             await recheck_cycle(ctx.inbox, reference, quiet=0.0)  # still full: a write that size is refused
             await assert_failing(url, "scoring_inbox", "/scoring answers 503 store_unavailable")
             db.execute("PRAGMA max_page_count = 1073741823")  # the operator frees the disk; no API sends
@@ -213,13 +221,14 @@ async def test_a_scoring_inbox_refusal_ends_with_no_traffic_once_the_disk_takes_
             await recheck_cycle(ctx.inbox, reference, quiet=0.0)
             ready = await assert_ready(url)
             assert ready["checks"]["scoring_inbox"]["detail"].endswith("takes writes")
-            assert (await post(url, "/scoring", json.dumps(big).encode()))[0] == 202, "and so does /scoring"
+            assert (await post(url, "/scoring", json.dumps(BIG).encode()))[0] == 202, "and so does /scoring"
     finally:
         logger.remove(handler)
     told = [line for line in lines if line.startswith(("WARNING scoring inbox", "INFO scoring inbox: payloads"))]
-    assert len(told) == 2 and told[1].startswith("INFO scoring inbox: payloads not stored, /scoring answers 503: "
-                                                 "the store answers again after "), told
-    assert told[1].endswith("(1 failure(s))"), "the recheck's refusal is no /scoring refused"
+    assert len(told) == 3 and "tried again, still failing" in told[1], told  # the recheck's (test_recheck.py)
+    assert told[2].startswith("INFO scoring inbox: payloads not stored, /scoring answers 503: the store answers "
+                              "again after "), told
+    assert told[2].endswith("(1 failure(s))"), "the recheck's refusal is no /scoring refused"
 
 
 async def test_a_full_scoring_queue_is_a_warning_not_a_503(tmp_path: Path) -> None:
@@ -304,8 +313,9 @@ async def test_a_reference_model_back_with_no_job_to_ask_it_is_asked_by_the_rech
     assert ready["checks"]["reference"]["detail"] == "llm: 3 call(s), the last one answered"
     assert health["reference"]["failures"] == 2, "the recheck's failed question skipped no job"
     told = [line for line in lines if "reference model failing" in line]
-    assert len(told) == 2 and told[1].startswith("INFO reference model failing, jobs skipped: it answers again "
-                                                 "after") and told[1].endswith("(2 failure(s))"), told
+    assert len(told) == 3 and "tried again, still failing" in told[1], told  # the recheck's (test_recheck.py)
+    assert told[2].startswith("INFO reference model failing, jobs skipped: it answers again after") and \
+        told[2].endswith("(2 failure(s))"), told
 
 
 async def test_weights_not_set_for_three_intervals_fail_and_a_set_recovers(tmp_path: Path) -> None:
