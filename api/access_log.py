@@ -6,7 +6,10 @@ that: 401, 400, 429, ...; an unknown path or method; a route that asks no
 miner: models, sessions, usage, admin; a client that left) is logged by
 ``access_log_middleware`` with its status and error code, and its response
 names the request id the line carries. So each request leaves exactly one
-line, and a caller's ``x-request-id`` finds it.
+line, and a caller's ``x-request-id`` finds it; but a Responses request cut
+and asked again (``truncation: "auto"``) leaves one per race, foreground or
+background (``responses_background.attempt_logged``), the refused ones' naming
+the miners that refused.
 
 The middleware replaced a per-handler wrapper (which covered chat and web
 retrieval only, and wrote nothing for a client that left): it costs one

@@ -112,6 +112,8 @@ async def _truncated_answer(request: web.Request, key: KeyRecord, req: ChatCompl
             shorter = truncated(body, kept_share(e.message))
             if shorter is None:
                 raise
+        if fmt.wanted.background:  # its line now, with the same id: a foreground attempt's was written by its race
+            responses_background.attempt_logged(request, key, stream=bool(fmt.wanted.stream), started=started)
         cuts += 1
         body = shorter
         req = parse_model(ChatCompletionRequest, body)

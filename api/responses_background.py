@@ -179,10 +179,7 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     # (its handler cancelled there) left the log in ``response_logs`` for good, and the response unanswered.
     if log is not None:
         ctx.response_logs[response_id] = log
-    # The turn's line if its race never writes one (it failed before, in its web search): written once it is settled.
-    rid, stream = request_id(request), log is not None
-    hold(request, lambda status: answer_line(LINE_KIND, rid, key.id, [], None, stream=stream, mixture=False,
-                                             status=status, started=started), "error")
+    owe_line(request, key, stream=log is not None, started=started)
     task = ctx.spawn(_run(request, ctx, key, queued, keeping, work, log, until=until))
     ctx.running_responses[response_id] = task
     ctx.background_owners[response_id] = key.id
@@ -199,6 +196,22 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     # before this awaits anything, so before the task runs).
     await log.add(log.events.start(queued=True))
     return await stream_log(request, log.follow(-1))
+
+
+def owe_line(request: web.Request, key: KeyRecord, *, stream: bool, started: float) -> None:
+    """The turn's line if its race never writes one (it failed before, in its web search): written once it is
+    settled."""
+    rid = request_id(request)
+    hold(request, lambda status: answer_line(LINE_KIND, rid, key.id, [], None, stream=stream, mixture=False,
+                                             status=status, started=started), "error")
+
+
+def attempt_logged(request: web.Request, key: KeyRecord, *, stream: bool, started: float) -> None:
+    """Write the line of a race that will be asked again (``truncation: "auto"``: its miners refused the
+    conversation as too long), as a foreground request's race writes its own: only the last attempt's was, and
+    the refused ones (``failed=1:refused``) went unseen. The next attempt's line is owed in its place."""
+    release(request)
+    owe_line(request, key, stream=stream, started=started)
 
 
 async def stream_log(request: web.Request, events: AsyncIterator[bytes]) -> web.StreamResponse:

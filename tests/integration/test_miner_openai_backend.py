@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from loguru import logger
 
 from api.app import create_api_app
 from neurons.miner.app import create_miner_app
@@ -23,7 +24,7 @@ from shared.miner_client import MinerClient, make_session
 from shared.signing import Authorizer, RequestVerifier, Signer
 from shared.sse import DONE, SSEParser
 from tests.fake_upstream import CONTEXT_ERROR, MODEL, STREAM_REFUSALS, STREAM_STYLES, create_fake_upstream
-from tests.helpers import build_api_context, keypair, serve_app, snapshot, wait_until
+from tests.helpers import build_api_context, keypair, log_lines, serve_app, snapshot, wait_until
 
 VALIDATOR, MINER = keypair("//Validator"), keypair("//Miner1")
 
@@ -483,3 +484,51 @@ async def test_truncation_auto_drops_the_oldest_turns_until_the_miners_model_tak
             assert len(received) == 2 and 1 < len(last) - 1 < len(LONG_TALK)
             listed = [item async for item in client.responses.input_items.list(done.id)]
             assert len(listed) == len(LONG_TALK)  # stored whole: the next turn is cut again as it needs
+
+
+def access_lines(lines: list[str], rid: str) -> list[str]:
+    """The API's access lines of request ``rid`` (the request log hands loguru several in one record)."""
+    return [line.split(" | api | ", 1)[1] for record in lines for line in record.splitlines()
+            if " | api | " in line and f" rid={rid} " in line]
+
+
+async def races_logged(lines: list[str], rid: str, kind: str) -> list[str]:
+    """The two race lines of request ``rid`` (they start with ``kind``), once both are written."""
+    def races() -> list[str]:
+        return [line for line in access_lines(lines, rid) if line.startswith(kind)]
+
+    await wait_until(lambda: len(races()) >= 2, 5.0)
+    assert len(races()) == 2, races()
+    return races()
+
+
+async def test_each_attempt_of_a_truncated_background_response_has_its_access_line(tmp_path: Path) -> None:
+    """A foreground response cut and asked again (``truncation: "auto"``) logs each race: the refused one's
+    line names the miner that refused (``failed=1:refused``). A background one logged only its last race, so
+    an operator could not see the attempts that failed nor why; each has its line now, with the request's id."""
+    import openai
+
+    lines, handler = log_lines("INFO")
+    try:
+        async with stack(tmp_path, [], context_tokens=40) as (api, key):
+            client = openai.AsyncOpenAI(base_url=api + "/v1", api_key=key, max_retries=0)
+            for background, stream in ((False, False), (True, False), (True, True)):
+                rid = f"truncated-{background}-{stream}"
+                asked = dict(model=MODEL, input=LONG_TALK, instructions="Be brief.", truncation="auto",
+                             extra_headers={"x-request-id": rid})
+                if stream:
+                    async with client.responses.stream(background=background, **asked) as events:  # type: ignore[arg-type]
+                        done = await events.get_final_response()
+                else:
+                    done = await client.responses.create(background=background, **asked)  # type: ignore[arg-type, call-overload]
+                    while done.status in ("queued", "in_progress"):
+                        await asyncio.sleep(0.05)
+                        done = await client.responses.retrieve(done.id)
+                assert done.status == "completed", done
+                kind = "responses.background " if background else "responses "
+                races = await races_logged(lines, rid, kind)
+                assert " uids=[1] winner=None " in races[0] and " status=error " in races[0], races
+                assert races[0].endswith(" failed=1:refused"), races
+                assert " winner=1 " in races[1] and " status=ok " in races[1], races
+    finally:
+        logger.remove(handler)
