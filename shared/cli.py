@@ -55,7 +55,7 @@ def _settings(role: str, env_file: str | None):
 
 
 def _run_role(role: str, settings: object) -> None:
-    from shared.http import run
+    from shared.process import run
 
     if role == "api":
         from api.main import run_api

@@ -28,6 +28,7 @@ from shared.errors import ApiError, error_body, error_type_for, first_problem, i
 from shared.gc_tuning import tune_for_serving
 from shared.ids import request_id_from
 from shared.jsonutil import dumpb, loads_body
+from shared.listen import bound_socket
 from shared.process import stop_signals
 from shared.server_log import ServerLog
 from shared.store.base import KEY_PREFIX, display_prefix
@@ -328,27 +329,6 @@ def parse_model(model: type[BaseModel], data: Any, *, at: str = "", strict: bool
         raise invalid_value(param, why) from None
 
 
-def bound_socket(host: str, port: int, *, reuse_port: bool = False, settings: str = "") -> socket.socket:
-    """A listening socket; with ``reuse_port`` several worker processes share one port. ``settings`` names
-    the host and port settings, so the start error says which to change (``API_HOST/API_PORT: ...``)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:  # a port in use, an address not on this host: one line at start, not a traceback
-        sock.close()
-        from shared.settings import SettingsError
-
-        prefix = f"{settings}: " if settings else ""
-        raise SettingsError(f"{prefix}cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
 def app_runner(app: web.Application, limits: ConnectionLimits | None = None) -> GuardedAppRunner:
     """How every server here runs an app: handlers cancelled when their client goes, no aiohttp access
     log (ours is ``request_log``), aiohttp's own reports through loguru without a client's bytes,
@@ -407,9 +387,3 @@ async def _cleanup_within(runner: web.AppRunner, limit: float) -> None:
         os._exit(1)  # asyncio.run would wait on the same stuck tasks again
     cleanup.result()
 
-
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    """Run a coroutine on uvloop."""
-    import uvloop
-
-    uvloop.run(main())

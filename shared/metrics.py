@@ -14,7 +14,6 @@ use ``livesum`` gauges, shared values (outbox depth) ``max``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,8 +29,8 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prom_multiprocess
 
 from shared.http import observed
+from shared.metrics_dir import multiprocess_dir
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 UNMATCHED = "unmatched"
 
@@ -52,10 +51,6 @@ class Children:
         if child is None:
             child = self._children[values] = self.metric.labels(*values)
         return child
-
-
-def multiprocess_dir() -> str | None:
-    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class HttpMetrics:

@@ -12,7 +12,7 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 PR_SET_PDEATHSIG = 1
 
@@ -50,3 +50,10 @@ def stop_signals() -> tuple[signal.Signals, ...]:
     if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
         return (signal.SIGINT, signal.SIGTERM)
     return (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    """Run a process's main coroutine on uvloop."""
+    import uvloop
+
+    uvloop.run(main())

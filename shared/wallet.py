@@ -1,12 +1,15 @@
-"""Wallet access: load a hotkey once, create throwaway wallets for the local network."""
+"""Wallet access: load a hotkey once, check one before a fleet starts, create throwaway wallets for the local
+network.
+
+The SDK (``bittensor``) is imported where a key is loaded, not here: its ``__init__`` imports the EVM and
+Ethereum packages (~0.3 s of CPU), which the API's supervisor, that only checks the hotkey, never needs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import bittensor as bt
-from bittensor.keyfiles import KeyfileError
+from bittensor_core import KeyfileError, deserialize_keypair_from_keyfile_data, keyfile_data_is_encrypted
 
 from shared.settings import SettingsError
 
@@ -17,18 +20,39 @@ def load_hotkey(name: str, hotkey: str, path: str | Path) -> Any:
     A missing or unreadable key file is a configuration problem: ``SettingsError``
     with the path and how to fix it, not a traceback.
     """
+    import bittensor as bt
+
     wallet = bt.Wallet(name=name, hotkey=hotkey, path=str(Path(path).expanduser()))
     try:
         return wallet.hotkey
-    except (FileNotFoundError, KeyfileError) as e:
-        raise SettingsError(
-            f"WALLET_NAME/WALLET_HOTKEY/WALLET_PATH: cannot load hotkey '{hotkey}' of wallet '{name}' in {path}: {e}. "
-            f"Create it with: btcli wallet create -w {name} -H {hotkey} --wallet-path {path}"
-        ) from None
+    except (OSError, KeyfileError) as e:  # missing, a directory, not ours to read, not a key
+        raise _unloadable(name, hotkey, path, e) from None
+
+
+def check_hotkey(name: str, hotkey: str, path: str | Path) -> None:
+    """``load_hotkey``'s check without the SDK, for the API's supervisor, which forks its workers only once the
+    key is known good: the file the SDK's wallet reads (``<path>/<name>/hotkeys/<hotkey>``), decoded by the SDK's
+    own key binding (``bittensor_core``). An encrypted one is left to the workers' ``load_hotkey`` (its password
+    comes from the SDK's environment variable or prompt)."""
+    file = Path(path).expanduser() / name / "hotkeys" / hotkey
+    try:
+        data = file.read_bytes()
+        if not keyfile_data_is_encrypted(data):
+            deserialize_keypair_from_keyfile_data(data)
+    except (OSError, KeyfileError) as e:
+        raise _unloadable(name, hotkey, path, e) from None
+
+
+def _unloadable(name: str, hotkey: str, path: str | Path, reason: Exception) -> SettingsError:
+    return SettingsError(
+        f"WALLET_NAME/WALLET_HOTKEY/WALLET_PATH: cannot load hotkey '{hotkey}' of wallet '{name}' in {path}: "
+        f"{reason}. Create it with: btcli wallet create -w {name} -H {hotkey} --wallet-path {path}")
 
 
 def ensure_wallet(name: str, hotkey: str, path: str | Path) -> Any:
     """Create a password-less wallet if absent (local network only) and return its hotkey."""
+    import bittensor as bt
+
     root = Path(path).expanduser()
     hotkey_file = root / name / "hotkeys" / hotkey
     if not hotkey_file.exists():
@@ -37,4 +61,6 @@ def ensure_wallet(name: str, hotkey: str, path: str | Path) -> Any:
 
 
 def coldkey_address(name: str, path: str | Path) -> str:
+    import bittensor as bt
+
     return bt.Wallet(name=name, path=str(Path(path).expanduser())).coldkeypub.ss58_address

@@ -13,7 +13,8 @@ from neurons.miner.profiles import apply_quality_profile, check_profile
 from neurons.miner.search import CorpusSearch
 from shared.connections import connection_limits
 from shared.corpus import load_corpus
-from shared.http import bound_socket, serve_until_signal
+from shared.http import serve_until_signal
+from shared.listen import bound_socket
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
 from shared.settings import MinerSettings, setting_file

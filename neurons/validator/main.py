@@ -45,7 +45,8 @@ from neurons.validator.tasks.base import RewardContext
 from neurons.validator.weights import ChainWeightSink, DisabledSink, LedgerWeightSink, WeightRules, WeightSink
 from shared.connections import connection_limits
 from shared.corpus import load_corpus
-from shared.http import bound_socket, serve_until_signal
+from shared.http import serve_until_signal
+from shared.listen import bound_socket
 from shared.logging import setup_logging
 from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics

@@ -220,3 +220,57 @@ def test_a_ctrl_c_while_the_supervisor_spawns_its_workers_is_not_lost(tmp_path: 
     assert done.returncode == 0, done.stderr[-2000:]
     code, after = (part.split("=")[1] for part in done.stdout.split())
     assert code == "0" and float(after) < 15, f"the Ctrl-C was lost: the workers ended on their own ({done.stdout})"
+
+
+LOADED_WHEN_FORKING = '''
+import sys
+import shared.cli
+from api.supervisor import Supervisor
+
+HEAVY = ("bittensor", "aiohttp", "prometheus_client", "api.app", "api.worker", "shared.miner_client",
+         "shared.metagraph", "shared.http", "redis")
+
+def loaded_instead_of_forking(self):
+    print("loaded:", sorted(name for name in HEAVY if name in sys.modules))
+    return 0
+
+Supervisor.run = loaded_instead_of_forking  # the moment the supervisor would start its workers
+shared.cli.main(["api", "--env-file", sys.argv[1]])
+'''
+
+
+def test_the_supervisor_checks_the_settings_and_forks_without_loading_the_app(tmp_path: Path) -> None:
+    """With WORKERS > 1 the supervisor imported the whole app and the SDK (~1.1 s of CPU; bittensor's ``__init__``
+    alone ~0.3 s, for its EVM packages) before starting a worker, and each worker imported it all again: every
+    start and restart waited that long more. Its checks (the hotkey, the store, the port) run without them."""
+    env_file = tmp_path / "api.env"
+    settings = prepare(tmp_path) | {"WORKERS": "2", "API_PORT": str(free_port()),
+                                    "STORE_URL": f"sqlite:///{tmp_path / 'api.db'}"}
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    script = tmp_path / "loaded_when_forking.py"
+    script.write_text(LOADED_WHEN_FORKING)
+    root = Path(__file__).resolve().parents[2]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "WORKERS", "STORE_"))}
+    done = subprocess.run([sys.executable, str(script), str(env_file)], cwd=root, capture_output=True, text=True,
+                          timeout=60, env=clean | {"PYTHONPATH": str(root), "TMPDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "api supervisor starting 2 workers" in done.stderr, done.stderr[-3000:]
+    assert done.stdout.strip() == "loaded: []", done.stdout
+
+
+@pytest.mark.parametrize("hotkey", ["not a key", None], ids=["not-a-key", "missing"])
+def test_a_bad_hotkey_stops_the_supervisor_before_any_worker_with_one_line(tmp_path: Path, hotkey: str | None) -> None:
+    """The supervisor checks the hotkey file without the SDK; it still refuses one the workers could not load,
+    with the same line as one worker, before it starts any."""
+    env = prepare(tmp_path)
+    key = tmp_path / "wallets" / "validator" / "hotkeys" / "default"
+    if hotkey is None:
+        key.unlink()
+    else:
+        key.write_text(hotkey)
+    out = start_once(tmp_path / "api.env", env | {"WORKERS": "2", "API_PORT": str(free_port()),
+                                                  "STORE_URL": f"sqlite:///{tmp_path / 'api.db'}"})
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "sn1 api: WALLET_NAME/WALLET_HOTKEY/WALLET_PATH: cannot load hotkey 'default' of wallet 'validator'" \
+        in out.stderr, out.stderr[-3000:]
+    assert "starting 2 workers" not in out.stderr, out.stderr[-3000:]

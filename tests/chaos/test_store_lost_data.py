@@ -15,7 +15,7 @@ import aiohttp
 from loguru import logger
 
 from api import ops
-from api.main import first_marker
+from api.worker import first_marker
 from shared.store.marker import MarkerWatch
 from shared.store.redis import RedisStore
 from tests.chaos.fleet import MESSAGES, Fleet, fleet_on, wait_until

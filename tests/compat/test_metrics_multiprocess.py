@@ -40,7 +40,7 @@ def test_counts_from_every_worker_are_summed(tmp_path: Path) -> None:
 def test_an_operators_own_directory_starts_each_run_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """prometheus_client's directory must be wiped between runs: left, the last run's workers were
     summed in with the new ones (a restart did not reset a counter) and a file per dead worker piled up."""
-    from api.main import shared_metrics_dir
+    from shared.metrics_dir import shared_metrics_dir
 
     metrics = tmp_path / "metrics"
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}

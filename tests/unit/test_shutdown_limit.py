@@ -17,7 +17,8 @@ from tests.helpers import hangup_as
 SERVER = textwrap.dedent("""
     import asyncio, sys
     from aiohttp import web
-    from shared.http import run, serve_until_signal
+    from shared.http import serve_until_signal
+    from shared.process import run
 
     async def stubborn() -> None:
         while True:  # swallows every cancel, like a loop parked in 3.11's wait_for

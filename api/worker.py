@@ -1,0 +1,131 @@
+"""One API worker: build its context (wallet, metagraph, store, miner client) and serve until a stop signal.
+
+``WORKERS`` = 1 runs this in the one process; above, each worker the supervisor (``api.main``) spawns does, and
+only they import the app (~1 s of CPU with the SDK): the supervisor forks them sooner without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import sys
+
+from loguru import logger
+
+from api.app import create_api_app
+from api.availability import AvailabilityCache
+from api.context import ApiContext
+from api.main import LISTEN, STORE_START_SECONDS, reach_store
+from api.ops import permit_check
+from api.scoring_outbox import OutboxForwarder
+from shared.aio import within
+from shared.client_address import parse_networks
+from shared.connections import connection_limits
+from shared.http import serve_until_signal
+from shared.listen import bound_socket
+from shared.logging import setup_logging
+from shared.metagraph import MetagraphView
+from shared.miner_client import MinerClient, make_session
+from shared.process import run, stop_with_parent
+from shared.request_log import RequestLog
+from shared.settings import ApiSettings, SettingsError, mask_credentials, problem_lines
+from shared.signing import Signer
+from shared.store import open_store
+from shared.store.base import StoreUnavailable
+from shared.store.conversations import open_conversations
+from shared.store.outbox import open_outbox
+from shared.store.responses import open_responses
+from shared.store.sessions import open_sessions
+from shared.store.sqlite import sqlite_path
+from shared.wallet import load_hotkey
+
+
+async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiContext:
+    hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
+    signer = Signer(hotkey)
+    metagraph = MetagraphView.from_settings(settings)
+    await metagraph.first_refresh()
+    client = MinerClient(make_session(), signer, max_response_bytes=settings.miner_max_response_bytes)
+    availability = AvailabilityCache(
+        client, settings.validator_api, hotkey.ss58_address,
+        refresh_seconds=settings.availability_refresh_seconds, stale_seconds=settings.availability_stale_seconds,
+    )
+    await availability.refresh()
+    new_file = settings.store_url.startswith("sqlite:///") and not sqlite_path(settings.store_url).exists()
+    try:  # a SQLite path that cannot be opened: STORE_URL's one line at start, not a traceback
+        store = open_store(settings.store_url, namespace=settings.store_namespace)
+        sessions = open_sessions(settings.store_url, namespace=settings.store_namespace)
+        outbox = open_outbox(settings.store_url, namespace=settings.store_namespace,
+                             max_items=settings.outbox_max_items)
+        keeping = settings.responses_retention_seconds > 0
+        responses = open_responses(settings.store_url, namespace=settings.store_namespace) if keeping else None
+        conversations = (open_conversations(settings.store_url, namespace=settings.store_namespace)
+                         if keeping else None)
+    except (OSError, sqlite3.Error, StoreUnavailable) as e:  # a directory, a file that is not a database
+        await client.session.close()
+        raise SettingsError(f"STORE_URL: cannot open {mask_credentials(settings.store_url)}: {e}") from None
+    if new_file:  # a first start, or a mistyped path: every existing key would answer 401, said once here
+        where = sqlite_path(settings.store_url)
+        logger.warning("STORE_URL: {} did not exist; a new, empty key store was created there{}", where.resolve(),
+                       "" if where.is_absolute() else " (sqlite:/// takes a path from the working directory; an "
+                                                      "absolute one takes four slashes: sqlite:////var/lib/...)")
+    ctx = ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability,
+                     sessions=sessions, responses=responses, conversations=conversations,
+                     request_log=RequestLog(role, level=settings.log_level))
+    await first_marker(ctx)
+    if not (permit := permit_check(ctx)).ok:  # the operator's first sign would be its users' 502s
+        logger.warning("{} (GET /ready warns of it too)", permit.detail)
+    ctx.attach_forwarder(OutboxForwarder(outbox, client, settings.validator_api,
+                                         settings.validator_hotkey or hotkey.ss58_address,
+                                         lease_seconds=settings.outbox_lease_seconds))
+    return ctx
+
+
+async def first_marker(ctx: ApiContext) -> None:
+    """Read the store's marker at start (one holding an earlier release's keys is marked here): a Redis that came
+    back empty says so before the first request. One that does not answer is read later, by the periodic work
+    (``reach_store`` warned)."""
+    with contextlib.suppress(StoreUnavailable, TimeoutError, OSError):
+        await within(ctx.store_marker.check(ctx.store), STORE_START_SECONDS)
+
+
+async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
+    role = f"api[{os.getpid()}]"
+    setup_logging(settings.log_level, role=role)
+    sock = bound_socket(settings.api_host, settings.api_port, reuse_port=reuse_port, settings=LISTEN)  # a port in use: stop now
+    if not reuse_port:  # one worker checks its store here; a fleet's supervisor checked it once for all
+        await reach_store(settings.store_url, settings.store_namespace)
+    ctx = await build_context(settings, role=role)
+    app = create_api_app(ctx)
+
+    async def close(_app) -> None:
+        await ctx.client.session.close()
+        await ctx.store.close()
+        if ctx.forwarder is not None:
+            await ctx.forwarder.outbox.close()
+        if ctx.sessions is not None:
+            await ctx.sessions.aclose()
+        if ctx.responses is not None:
+            await ctx.responses.aclose()
+        if ctx.conversations is not None:
+            await ctx.conversations.aclose()
+
+    app.on_cleanup.append(close)
+    logger.info(
+        "api starting hotkey={} port={} network={} store={} admin={} cors={}",
+        ctx.client.signer.hotkey, settings.api_port, settings.network_label(),
+        settings.store_url.split("://")[0], "enabled" if settings.admin_key else "disabled",
+        ",".join(settings.cors_origins) or "off",
+    )
+    limits = connection_limits(settings, parse_networks(settings.trusted_proxies))
+    await serve_until_signal(app, settings.api_host, settings.api_port, sock=sock, limits=limits)
+
+
+def worker_main(settings: ApiSettings, supervisor: int) -> None:
+    """One of a ``WORKERS`` > 1 fleet, spawned by the supervisor (``api.main``)."""
+    stop_with_parent(supervisor)  # a supervisor killed outright must not leave its workers serving
+    try:
+        run(lambda: serve_worker(settings, reuse_port=True))
+    except SettingsError as e:  # one line, as with one worker (a spawned process printed its traceback)
+        sys.exit(problem_lines("api", e))
