@@ -258,19 +258,21 @@ def test_the_supervisor_checks_the_settings_and_forks_without_loading_the_app(tm
     assert done.stdout.strip() == "loaded: []", done.stdout
 
 
-@pytest.mark.parametrize("hotkey", ["not a key", None], ids=["not-a-key", "missing"])
-def test_a_bad_hotkey_stops_the_supervisor_before_any_worker_with_one_line(tmp_path: Path, hotkey: str | None) -> None:
+@pytest.mark.parametrize(("hotkey", "workers"), [("not a key", 2), ("missing", 2), ("a directory", 2),
+                                                ("a directory", 1)])
+def test_a_bad_hotkey_stops_the_api_before_any_worker_with_one_line(tmp_path: Path, hotkey: str, workers: int) -> None:
     """The supervisor checks the hotkey file without the SDK; it still refuses one the workers could not load,
-    with the same line as one worker, before it starts any."""
+    with the same line as one worker, before it starts any. A directory in the hotkey's place was a traceback."""
     env = prepare(tmp_path)
     key = tmp_path / "wallets" / "validator" / "hotkeys" / "default"
-    if hotkey is None:
-        key.unlink()
-    else:
+    key.unlink()
+    if hotkey == "a directory":
+        key.mkdir()
+    elif hotkey == "not a key":
         key.write_text(hotkey)
-    out = start_once(tmp_path / "api.env", env | {"WORKERS": "2", "API_PORT": str(free_port()),
+    out = start_once(tmp_path / "api.env", env | {"WORKERS": str(workers), "API_PORT": str(free_port()),
                                                   "STORE_URL": f"sqlite:///{tmp_path / 'api.db'}"})
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert "sn1 api: WALLET_NAME/WALLET_HOTKEY/WALLET_PATH: cannot load hotkey 'default' of wallet 'validator'" \
         in out.stderr, out.stderr[-3000:]
-    assert "starting 2 workers" not in out.stderr, out.stderr[-3000:]
+    assert "workers on port" not in out.stderr, out.stderr[-3000:]
