@@ -18,9 +18,11 @@ and the reference is computed once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import aiohttp
@@ -34,6 +36,7 @@ from neurons.validator.rewards.tools import Reply, calls_of
 from shared.errors import parse_error
 from shared.field_refusals import FieldRefusals
 from shared.logging import CredentialMask, printable
+from shared.openai_headers import openai_headers
 from shared.resend import post_once_more
 from shared.settings import mask_credentials
 
@@ -48,6 +51,23 @@ class ReferenceError(Exception):
 
 class EmptyReference(ReferenceError):
     """The reference model answered nothing (a job scored against it would be a 0 for every miner)."""
+
+
+# What a call to the reference model fails with: a server not reached, too slow, or no JSON (ValueError) ...
+UNREACHED: tuple[type[Exception], ...] = (aiohttp.ClientError, TimeoutError, ValueError)
+# ... and an answer that is JSON but not a chat completion's shape (no choices, no message, not objects)
+MISSHAPEN: tuple[type[Exception], ...] = (KeyError, IndexError, TypeError, AttributeError)
+
+
+@contextlib.contextmanager
+def failing_as_reference(masked: Callable[[str], str], *caught: type[Exception]) -> Iterator[None]:
+    """One of ``caught`` raised inside: a ``ReferenceError`` naming it (its traceback dropped: the job skipped
+    is said in one line), which skips the job instead of failing it. Its text goes through ``masked``: the
+    WARNING and ``/ready`` quote it, and a client error can carry the reference's URL with its password."""
+    try:
+        yield
+    except caught as e:
+        raise ReferenceError(masked(f"reference LLM failed: {type(e).__name__}: {e}")) from None
 
 
 class ReferenceModel(Protocol):
@@ -101,9 +121,7 @@ class OpenAIReference:
         self.model = model
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.reproducible = reproducible
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._headers = openai_headers(api_key)
         # What a server's error text must never carry into the log or /health: the key, or a token given as
         # the password of REFERENCE_LLM_URL (http://user:token@host/v1), which was logged as the server quoted it.
         self._masked = CredentialMask(api_key, self.base_url)
@@ -126,15 +144,12 @@ class OpenAIReference:
         return out
 
     async def reply(self, body: dict[str, Any]) -> Reply:
-        try:
+        with failing_as_reference(self._masked, *UNREACHED, *MISSHAPEN):
             sent = self.request_body(body)
             self._last_model = sent.get("model")
             data = await self._completion(self._refusals.apply(sent))
             message = data["choices"][0]["message"]
             content, calls = message.get("content"), calls_of(message.get("tool_calls"))
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError,
-                AttributeError) as e:
-            raise ReferenceError(self._masked(f"reference LLM failed: {type(e).__name__}: {e}")) from None
         return Reply(text=content if isinstance(content, str) else "", calls=calls)
 
     async def probe(self) -> None:
@@ -145,10 +160,8 @@ class OpenAIReference:
                                 "stream": False}
         if self._last_model:
             body["model"] = self._last_model
-        try:
+        with failing_as_reference(self._masked, *UNREACHED):  # its answer is not read: no shape to miss
             await self._completion(self._refusals.apply(body))
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:  # masked: the WARNING and /ready quote it
-            raise ReferenceError(self._masked(f"reference LLM failed: {type(e).__name__}: {e}")) from None
 
     async def _completion(self, sent: dict[str, Any]) -> Any:
         """The server's JSON completion of ``sent``; a 400/422 naming a field the answer does without is asked

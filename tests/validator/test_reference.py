@@ -106,3 +106,43 @@ async def test_a_refusal_names_the_servers_reason_without_its_key() -> None:
         with pytest.raises(ReferenceError) as e:
             await OpenAIReference(url + "/v1", session=session, api_key="sk-secret-42").answer(BODY)
     assert "HTTP 401 (check REFERENCE_LLM_API_KEY): Incorrect API key provided: ***." in str(e.value) and "sk-secret-42" not in str(e.value)
+
+
+def _answering(raw: bytes) -> web.Application:
+    """A server whose chat completion is a 200 carrying ``raw``, whatever it is."""
+    async def completions(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=raw, content_type="application/json")
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    return app
+
+
+@pytest.mark.parametrize(("raw", "failure"), [
+    (b"<html>busy</html>", "JSONDecodeError"),
+    (b'{"choices": []}', "IndexError"),
+    (b'{"choices": [{"text": "Hi"}]}', "KeyError"),
+    (b'["Hi"]', "TypeError"),
+    (b'{"choices": [{"message": "Hi"}]}', "AttributeError"),
+], ids=["not-json", "no-choice", "no-message", "not-an-object", "message-not-an-object"])
+async def test_an_answer_that_is_no_chat_completion_skips_the_job_in_one_line(raw: bytes, failure: str) -> None:
+    async with serve_app(_answering(raw)) as url, aiohttp.ClientSession() as session:
+        with pytest.raises(ReferenceError) as e:
+            await OpenAIReference(url + "/v1", session=session).reply(BODY)
+    assert str(e.value).startswith(f"reference LLM failed: {failure}: "), str(e.value)
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+async def test_the_rechecks_question_fails_as_a_job_does_but_does_not_read_the_answer() -> None:
+    """``probe`` (the recheck's short question) fails as ``reply`` does on a server it cannot reach or that
+    answers no JSON; a JSON answer of any shape is a model that answers again."""
+    async with aiohttp.ClientSession() as session:
+        async with serve_app(_answering(b"<html>busy</html>")) as url:
+            with pytest.raises(ReferenceError, match=r"^reference LLM failed: JSONDecodeError: "):
+                await OpenAIReference(url + "/v1", session=session).probe()
+        gone = url  # the server has stopped: nothing listens there any more
+        for ask in (lambda r: r.probe(), lambda r: r.reply(BODY)):
+            with pytest.raises(ReferenceError, match=r"^reference LLM failed: ClientConnectorError: "):
+                await ask(OpenAIReference(gone + "/v1", session=session))
+        async with serve_app(_answering(b'{"choices": []}')) as url:
+            await OpenAIReference(url + "/v1", session=session).probe()

@@ -26,6 +26,7 @@ from shared.errors import MODEL_SERVER_REJECTED, parse_error
 from shared.field_refusals import FieldRefusals
 from shared.jsonutil import dumpb
 from shared.logging import CredentialMask
+from shared.openai_headers import openai_headers
 from shared.protocol import ANY_MODEL, DEADLINE_HEADER
 from shared.resend import post_once_more
 from shared.settings import mask_credentials
@@ -101,11 +102,9 @@ class OpenAICompatibleBackend:
         self.base_url = base_url.rstrip("/")
         # For logs: credentials in the URL (http://user:token@host/v1) are never written out.
         self.shown_url = mask_credentials(self.base_url)
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._headers = openai_headers(api_key)
         # A chat's: it accepts what its answer must be (ANSWER_TYPES), an SSE stream when it asks for one.
-        self._chat_headers = {stream: self._headers | {"Accept": kind} for stream, kind in ANSWER_TYPES.items()}
+        self._chat_headers = {stream: openai_headers(api_key, accept=kind) for stream, kind in ANSWER_TYPES.items()}
         # What an upstream's error text must never carry on: it goes to the log and to the API's caller.
         self._masked = CredentialMask(api_key, self.base_url)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
