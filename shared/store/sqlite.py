@@ -23,6 +23,7 @@ import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -80,13 +81,19 @@ CREATE TABLE IF NOT EXISTS usage_daily (
 CREATE INDEX IF NOT EXISTS usage_daily_day ON usage_daily (day);
 """
 # Decoded key rows a store keeps (``SQLiteStore._record``): rows are re-read on every request, so a change shows at
-# once; only the decoding (two JSON lists, a record) is memoised, by the whole row.
+# once; only the decoding (two JSON lists, a record) is memoised, by the row's columns but ``last_used_at``. Keyed
+# by the whole row, each usage flush (which moves a used key's ``last_used_at``) added another copy of every busy
+# key: a few busy keys filled the cache with stale copies of themselves and pushed the other keys' rows out.
 RECORDS_CACHED = 4096
 USAGE_PRUNE_EVERY_S = 3600.0  # how often a flush also drops per-day usage past USAGE_DAYS_KEPT
 FOLDED_DAY = "0000-00-00"  # a key's row of the days pruned, summed (no day of its own: never listed)
 
-_KEY_COLUMNS = ("id, key_hash, prefix, name, rate_limit, scopes, allowed_models, expires_at, created_at, last_used_at, "
-                "daily_token_limit")
+# A record's columns (what ``_record`` decodes and caches); ``_KEY_COLUMNS`` adds ``last_used_at`` for the admin's
+# reads (``_read`` sets it on the cached record). ``authorize`` reads a record without it, as Redis's does: nothing
+# on a request reads it (``/v1/usage`` takes it from the store's usage report).
+_RECORD_COLUMNS = ("id, key_hash, prefix, name, rate_limit, scopes, allowed_models, expires_at, created_at, "
+                   "daily_token_limit")
+_KEY_COLUMNS = f"{_RECORD_COLUMNS}, last_used_at"
 # Columns added after a release: a file made before them gets them when it is opened.
 _ADDED_COLUMNS = {"daily_token_limit": "INTEGER"}
 
@@ -118,12 +125,13 @@ def _add_columns(db: sqlite3.Connection) -> None:
 
 
 def _record(row: tuple) -> KeyRecord:
-    """A key row as its record: memoised per store (``SQLiteStore._record``), as the row is read per request."""
+    """A key row (``_RECORD_COLUMNS``) as its record: memoised per store (``SQLiteStore._record``), as the row is
+    read per request."""
     return KeyRecord(
         id=row[0], key_hash=row[1], prefix=row[2], name=row[3], rate_limit=row[4],
         scopes=tuple(json.loads(row[5])),
         allowed_models=tuple(json.loads(row[6])) if row[6] else None,
-        expires_at=row[7], created_at=row[8], last_used_at=row[9], daily_token_limit=row[10],
+        expires_at=row[7], created_at=row[8], daily_token_limit=row[9],
     )
 
 
@@ -136,7 +144,7 @@ def _errors() -> Iterator[None]:
         raise StoreUnavailable(f"sqlite: {e}") from e
 
 
-_SELECT_BY_HASH = f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"
+_SELECT_BY_HASH = f"SELECT {_RECORD_COLUMNS} FROM api_keys WHERE key_hash = ?"
 _UPSERT = (
     "INSERT INTO rate_windows (bucket, state, updated_at) VALUES (?1, window_charge(NULL, ?2, ?3, ?4), ?3)"
     " ON CONFLICT(bucket) DO UPDATE SET state = window_charge(state, ?2, ?3, ?4), updated_at = ?3"
@@ -188,6 +196,11 @@ class SQLiteStore:
     def from_url(cls, url: str) -> SQLiteStore:
         return cls(sqlite_path(url))
 
+    def _read(self, row: tuple) -> KeyRecord:
+        """A full key row (``_KEY_COLUMNS``) as its record: the cached one, with its ``last_used_at``."""
+        record = self._record(row[:-1])
+        return record if row[-1] is None else replace(record, last_used_at=row[-1])
+
     # --- keys -------------------------------------------------------------------------------------
     async def create_key(
         self,
@@ -204,23 +217,23 @@ class SQLiteStore:
                                   expires_at=expires_at, daily_token_limit=daily_token_limit, secret=secret)
         with _errors():
             self.admin.execute(
-                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO api_keys ({_RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (record.id, record.key_hash, record.prefix, record.name, record.rate_limit,
                  json.dumps(list(record.scopes)),
                  json.dumps(list(record.allowed_models)) if record.allowed_models else None,
-                 record.expires_at, record.created_at, None, record.daily_token_limit),
+                 record.expires_at, record.created_at, record.daily_token_limit),
             )
         return secret, record
 
     async def get_key(self, key_hash: str) -> KeyRecord | None:
         with _errors():
             row = self.db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
-        return self._record(row) if row else None
+        return self._read(row) if row else None
 
     async def get_key_by_id(self, key_id: str) -> KeyRecord | None:
         with _errors():
             row = self.db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-        return self._record(row) if row else None
+        return self._read(row) if row else None
 
     async def update_key(self, key_id: str, changes: KeyChanges) -> KeyRecord | None:
         with _errors():
@@ -230,7 +243,7 @@ class SQLiteStore:
                 if row is None:
                     self.admin.execute("ROLLBACK")
                     return None
-                new = changes.apply(self._record(row))
+                new = changes.apply(self._read(row))
                 self.admin.execute(
                     "UPDATE api_keys SET name=?, rate_limit=?, scopes=?, allowed_models=?, expires_at=?, "
                     "daily_token_limit=? WHERE id=?",
@@ -250,7 +263,7 @@ class SQLiteStore:
             row = self.admin.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
             if row is None:
                 return None
-            old = self._record(row)
+            old = self._read(row)
             secret, new = new_secret(old)
             # Only if no other worker rotated it since the read: else its secret would be dead on arrival.
             cur = self.admin.execute("UPDATE api_keys SET key_hash = ?, prefix = ? WHERE id = ? AND key_hash = ?",
@@ -274,7 +287,7 @@ class SQLiteStore:
     async def list_keys(self) -> list[KeyRecord]:
         with _errors():
             rows = self.db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at").fetchall()
-        return [self._record(r) for r in rows]
+        return [self._read(r) for r in rows]
 
     # --- the hot path -----------------------------------------------------------------------------
     async def authorize(self, key_hash: str, *, scope: str | None, now: float | None = None) -> Authorization:
