@@ -29,7 +29,7 @@ from shared.metrics_dir import shared_metrics_dir
 from shared.process import run
 from shared.settings import SettingsError, mask_credentials
 from shared.store import open_store
-from shared.store.base import Store, StoreUnavailable
+from shared.store.base import Store, StoreUnavailable, is_redis
 from shared.store.eviction import UNKNOWN, eviction_detail, eviction_risk
 from shared.store.sqlite import sqlite_path
 from shared.store.sqlite_tables import unreclaimed
@@ -52,7 +52,7 @@ async def reach_store(url: str, namespace: str) -> None:
     is built; here it is only read for whether it gives freed space back."""
     if url.startswith("sqlite:///"):
         _warn_unreclaimed(sqlite_path(url))
-    if not url.startswith(("redis://", "rediss://")):
+    if not is_redis(url):
         return
     from redis.exceptions import (  # here: a SQLite API never loads redis (9 MB)
         AuthenticationError,

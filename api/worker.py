@@ -32,7 +32,7 @@ from shared.request_log import RequestLog
 from shared.settings import ApiSettings, SettingsError, mask_credentials, problem_lines
 from shared.signing import Signer
 from shared.store import open_store
-from shared.store.base import StoreUnavailable
+from shared.store.base import RedisLinks, StoreUnavailable, is_redis
 from shared.store.conversations import open_conversations
 from shared.store.outbox import open_outbox
 from shared.store.responses import open_responses
@@ -41,7 +41,14 @@ from shared.store.sqlite import sqlite_path
 from shared.wallet import load_hotkey
 
 
-async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiContext:
+def redis_links(settings: ApiSettings) -> RedisLinks | None:
+    """The worker's two Redis clients for every store on a Redis ``STORE_URL`` (``RedisLinks``: each store had its
+    own, five pools a worker), named ``sn1-api-<pid>-keys`` and ``-data`` in Redis's ``CLIENT LIST``; None on
+    SQLite."""
+    return RedisLinks.open(settings.store_url, name=f"sn1-api-{os.getpid()}") if is_redis(settings.store_url) else None
+
+
+async def build_context(settings: ApiSettings, *, role: str = "api", links: RedisLinks | None = None) -> ApiContext:
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
     signer = Signer(hotkey)
     metagraph = MetagraphView.from_settings(settings)
@@ -54,14 +61,13 @@ async def build_context(settings: ApiSettings, *, role: str = "api") -> ApiConte
     await availability.refresh()
     new_file = settings.store_url.startswith("sqlite:///") and not sqlite_path(settings.store_url).exists()
     try:  # a SQLite path that cannot be opened: STORE_URL's one line at start, not a traceback
-        store = open_store(settings.store_url, namespace=settings.store_namespace)
-        sessions = open_sessions(settings.store_url, namespace=settings.store_namespace)
-        outbox = open_outbox(settings.store_url, namespace=settings.store_namespace,
-                             max_items=settings.outbox_max_items)
+        url, namespace = settings.store_url, settings.store_namespace
+        store = open_store(url, namespace=namespace, links=links)
+        sessions = open_sessions(url, namespace=namespace, links=links)
+        outbox = open_outbox(url, namespace=namespace, max_items=settings.outbox_max_items, links=links)
         keeping = settings.responses_retention_seconds > 0
-        responses = open_responses(settings.store_url, namespace=settings.store_namespace) if keeping else None
-        conversations = (open_conversations(settings.store_url, namespace=settings.store_namespace)
-                         if keeping else None)
+        responses = open_responses(url, namespace=namespace, links=links) if keeping else None
+        conversations = open_conversations(url, namespace=namespace, links=links) if keeping else None
     except (OSError, sqlite3.Error, StoreUnavailable) as e:  # a directory, a file that is not a database
         await client.session.close()
         raise SettingsError(f"STORE_URL: cannot open {mask_credentials(settings.store_url)}: {e}") from None
@@ -96,7 +102,13 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
     sock = bound_socket(settings.api_host, settings.api_port, reuse_port=reuse_port, settings=LISTEN)  # a port in use: stop now
     if not reuse_port:  # one worker checks its store here; a fleet's supervisor checked it once for all
         await reach_store(settings.store_url, settings.store_namespace)
-    ctx = await build_context(settings, role=role)
+    links = redis_links(settings)
+    try:
+        ctx = await build_context(settings, role=role, links=links)
+    except BaseException:
+        if links is not None:
+            await links.aclose()
+        raise
     app = create_api_app(ctx)
 
     async def close(_app) -> None:
@@ -110,6 +122,8 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
             await ctx.responses.aclose()
         if ctx.conversations is not None:
             await ctx.conversations.aclose()
+        if links is not None:  # the stores' clients: theirs to use, the worker's to close
+            await links.aclose()
 
     app.on_cleanup.append(close)
     logger.info(

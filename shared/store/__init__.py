@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
-from shared.store.base import Store, StoreUnavailable
+from shared.store.base import RedisLinks, Store, StoreUnavailable
 
 __all__ = ["Store", "StoreUnavailable", "open_store"]
 
 
-def open_store(url: str, *, namespace: str = "sn1") -> Store:
-    """Build the store named by ``STORE_URL``; no I/O happens until the first call (Redis) or here (SQLite)."""
+def open_store(url: str, *, namespace: str = "sn1", links: RedisLinks | None = None) -> Store:
+    """Build the store named by ``STORE_URL``; no I/O happens until the first call (Redis) or here (SQLite). On
+    Redis, on the process's key link (``links``), or on a link of its own without."""
     if url.startswith("sqlite:///"):
         from shared.store.sqlite import SQLiteStore
 
@@ -20,5 +21,6 @@ def open_store(url: str, *, namespace: str = "sn1") -> Store:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from shared.store.redis import RedisStore
 
-        return RedisStore.from_url(url, namespace=namespace)
+        return RedisStore.from_url(url, namespace=namespace) if links is None else RedisStore(links.keys,
+                                                                                               namespace=namespace)
     raise ValueError(f"unsupported STORE_URL scheme: {url}")

@@ -65,38 +65,85 @@ REDIS_DATA_TIMEOUT_S = 5.0
 REDIS_CONNECTIONS = 64  # a Redis client's commands in flight in one process; past it a command waits for one
 
 
-def redis_client(url: str, *, timeout: float = REDIS_DATA_TIMEOUT_S, **options: Any) -> Any:
+def redis_client(url: str, *, timeout: float = REDIS_DATA_TIMEOUT_S, name: str | None = None, **options: Any) -> Any:
     """The asyncio Redis client of every Redis-backed store, for ``url``: its commands and connects fail after
-    ``timeout`` (no I/O here). Its commands go through a ``RedisGate``, which holds them to
-    ``REDIS_CONNECTIONS`` at once; the pool's own bound, twice that, is never what a command meets (a plain
-    pool past it refuses at once, ``Too many connections``: a burst of 300 requests on one worker was 200
-    503s naming the session store, from a Redis that was up). It is there for a connection still being
-    given back in the background after a cancelled command, which must not fail the next one. Bounded, a
-    fleet's hosts and workers stay far below Redis's ``maxclients`` (10,000)."""
+    ``timeout`` (no I/O here); ``name`` is each connection's ``CLIENT SETNAME`` (what ``CLIENT LIST`` shows). Its
+    commands go through a ``RedisGate``, which holds them to ``REDIS_CONNECTIONS`` at once; the pool's own
+    bound, twice that, is never what a command meets (a plain pool past it refuses at once, ``Too many
+    connections``: a burst of 300 requests on one worker was 200 503s naming the session store, from a Redis that
+    was up). It is there for a connection still being given back in the background after a cancelled command,
+    which must not fail the next one. Bounded, a fleet's hosts and workers stay far below Redis's ``maxclients``
+    (10,000)."""
     import redis.asyncio as aioredis
 
     pool = aioredis.ConnectionPool.from_url(
         url, max_connections=2 * REDIS_CONNECTIONS, socket_timeout=timeout, socket_connect_timeout=timeout,
-        health_check_interval=30, **options)
+        health_check_interval=30, client_name=name, **options)
     return aioredis.Redis.from_pool(pool)
 
 
+class RedisLink:
+    """One Redis client (one connection pool) and its ``REDIS_CONNECTIONS`` slots: every store handed it shares
+    both, each through its own ``RedisGate`` (its name in errors). One bound for the pool's commands, not one per
+    store: four stores' bounds on one pool added up to four times the connections it may hold.
+
+    ``for_keys``: the key store's (keys, rate limits, usage: every request's authorization), replies decoded,
+    commands told after ``REDIS_TIMEOUT_S``. ``for_data``: the other stores' (sessions, stored responses,
+    conversations, the scoring outbox), replies as bytes, ``REDIS_DATA_TIMEOUT_S`` (up to a MiB a command).
+    redis-py sets both per connection, hence two clients; apart, a burst of large payloads never holds up an
+    authorization's command either."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.slots = asyncio.Semaphore(REDIS_CONNECTIONS)
+
+    @classmethod
+    def for_keys(cls, url: str, *, name: str | None = None) -> Self:
+        return cls(redis_client(url, timeout=REDIS_TIMEOUT_S, name=name, decode_responses=True))
+
+    @classmethod
+    def for_data(cls, url: str, *, name: str | None = None) -> Self:
+        return cls(redis_client(url, timeout=REDIS_DATA_TIMEOUT_S, name=name))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+@dataclass(frozen=True)
+class RedisLinks:
+    """A process's two Redis clients for its ``STORE_URL`` (``RedisLink``), built once in ``main`` and handed to
+    every store: a worker holds at most ``2 * REDIS_CONNECTIONS`` connections to Redis (each store had its own
+    client: five pools, up to five times that). ``name``: ``CLIENT SETNAME``'s, ``<name>-keys`` and
+    ``<name>-data``."""
+
+    keys: RedisLink
+    data: RedisLink
+
+    @classmethod
+    def open(cls, url: str, *, name: str) -> RedisLinks:
+        return cls(RedisLink.for_keys(url, name=f"{name}-keys"), RedisLink.for_data(url, name=f"{name}-data"))
+
+    async def aclose(self) -> None:
+        await self.keys.aclose()
+        await self.data.aclose()
+
+
 class RedisGate:
-    """At most ``REDIS_CONNECTIONS`` of one client's commands in flight; one past them waits for a slot, for
-    as long as a command may take (its client's ``socket_timeout``: no slot freed in that long is a Redis
-    that stalls), then is StoreUnavailable. Any Redis failure is StoreUnavailable naming ``label``'s store
-    (an OOM or READONLY reply in a failover too, or the link gone).
+    """At most ``REDIS_CONNECTIONS`` of one link's commands in flight (its ``slots``, shared by every store on
+    it); one past them waits for a slot, for as long as a command may take (its client's ``socket_timeout``: no
+    slot freed in that long is a Redis that stalls), then is StoreUnavailable. Any Redis failure is
+    StoreUnavailable naming ``label``'s store (an OOM or READONLY reply in a failover too, or the link gone).
 
     Not redis-py's ``BlockingConnectionPool``, which waits the same way: its Condition and timeout on every
     command cost ~8 us more than this semaphore (whose timer is set only when a command must wait), on the
     auth hot path. redis is imported here, not at the top: a SQLite API never loads it."""
 
-    def __init__(self, client: Any, label: str) -> None:
+    def __init__(self, link: RedisLink, label: str) -> None:
         import redis
 
         self.label = label
-        self.wait_s = client.connection_pool.connection_kwargs.get("socket_timeout") or REDIS_DATA_TIMEOUT_S
-        self._slots = asyncio.Semaphore(REDIS_CONNECTIONS)
+        self.wait_s = link.client.connection_pool.connection_kwargs.get("socket_timeout") or REDIS_DATA_TIMEOUT_S
+        self._slots = link.slots
         self._errors = (redis.RedisError, OSError)
 
     async def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -130,29 +177,44 @@ def ttl_ms(retention: float) -> int:
 
 
 class RedisBacked:
-    """A store on one Redis client (``r``), its names under a namespace (``ns``), its commands through
-    ``_call`` (a ``RedisGate`` naming the store ``LABEL``); ``from_url`` opens the client (no I/O until the
-    first command). Subclasses register their Lua scripts in ``__init__``."""
+    """A store on one ``RedisLink`` (its client ``r``), its names under a namespace (``ns``), its commands through
+    ``_call`` (a ``RedisGate`` naming the store ``LABEL``); ``from_url`` opens a link of its own (no I/O until the
+    first command), which ``aclose`` closes: a link handed in is its owner's to close. Subclasses register their
+    Lua scripts in ``__init__``."""
 
     LABEL = "redis"
 
-    def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
-        self.r = client
+    def __init__(self, link: RedisLink, *, namespace: str = "sn1", owns_link: bool = False) -> None:
+        self.link = link
+        self.r = link.client
         self.ns = namespace
-        self._call = RedisGate(client, self.LABEL).call
+        self._call = RedisGate(link, self.LABEL).call
+        self._owns_link = owns_link
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sn1") -> Self:
-        return cls(redis_client(url), namespace=namespace)
+        return cls(RedisLink.for_data(url), namespace=namespace, owns_link=True)
+
+    async def aclose(self) -> None:
+        if self._owns_link:
+            await self.link.aclose()
 
 
-def open_by_url(url: str, sqlite: Callable[[Path], T], redis: Callable[..., T], *, namespace: str) -> T:
-    """The store of ``STORE_URL``'s kind: ``sqlite(path)`` for ``sqlite:///path``, ``redis(url, namespace=...)``
-    (a ``from_url``) for ``redis://`` and ``rediss://``; any other scheme is a ValueError."""
+def is_redis(url: str) -> bool:
+    """A ``STORE_URL`` naming a Redis (``redis://``, ``rediss://``)."""
+    return url.startswith(("redis://", "rediss://"))
+
+
+def open_by_url(url: str, sqlite: Callable[[Path], T], redis: Callable[..., T], *, namespace: str,
+                links: RedisLinks | None = None) -> T:
+    """The store of ``STORE_URL``'s kind: ``sqlite(path)`` for ``sqlite:///path``; for ``redis://`` and
+    ``rediss://``, ``redis(link, namespace=..., owns_link=...)`` (a ``RedisBacked``) on the process's data link
+    (``links``), or on a link of its own without; any other scheme is a ValueError."""
     if url.startswith("sqlite:///"):
         return sqlite(Path(url[len("sqlite:///"):]))
-    if url.startswith(("redis://", "rediss://")):
-        return redis(url, namespace=namespace)
+    if is_redis(url):
+        link = RedisLink.for_data(url) if links is None else links.data
+        return redis(link, namespace=namespace, owns_link=links is None)
     raise ValueError(f"unsupported STORE_URL scheme: {url}")
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from shared.store import forgotten
-from shared.store.base import RedisBacked, StoreUnavailable, open_by_url, ttl_ms
+from shared.store.base import RedisBacked, RedisLink, RedisLinks, StoreUnavailable, open_by_url, ttl_ms
 from shared.store.forgotten import KeyForgotten
 from shared.store.responses import PURGE_EVERY_S, forget_matching, glob_escaped
 from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables, expiring_table
@@ -454,8 +454,9 @@ class RedisConversationStore(RedisBacked):
 
     LABEL = "redis conversations"  # StoreUnavailable's word for this store
 
-    def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
-        super().__init__(client, namespace=namespace)
+    def __init__(self, link: RedisLink, *, namespace: str = "sn1", owns_link: bool = False) -> None:
+        super().__init__(link, namespace=namespace, owns_link=owns_link)
+        client = self.r
         self._create = client.register_script(CREATE)
         self._append = client.register_script(APPEND)
         self._withdraw = client.register_script(WITHDRAW)
@@ -563,9 +564,7 @@ class RedisConversationStore(RedisBacked):
         pattern = glob_escaped(f"{self.ns}:conversation:{key_id}:") + "*"
         return await self._call(forget_matching(self.r, pattern))
 
-    async def aclose(self) -> None:
-        await self.r.aclose()
 
 
-def open_conversations(url: str, *, namespace: str = "sn1") -> ConversationStore:
-    return open_by_url(url, SQLiteConversationStore, RedisConversationStore.from_url, namespace=namespace)
+def open_conversations(url: str, *, namespace: str = "sn1", links: RedisLinks | None = None) -> ConversationStore:
+    return open_by_url(url, SQLiteConversationStore, RedisConversationStore, namespace=namespace, links=links)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.jsonutil import dumps, loads
-from shared.store.base import RedisGate, redis_client
+from shared.store.base import RedisGate, RedisLink, RedisLinks, is_redis
 from shared.store.sqlite_tables import SQLiteTables
 
 
@@ -242,14 +242,17 @@ PUT_GROUP = 256  # payloads per script call: Redis busy ~2 ms for 256 of 5 KB (m
 class RedisOutbox:
     """Outbox as a Redis stream (``<namespace>:outbox``), exact MAXLEN trimming counted atomically."""
 
-    def __init__(self, client: Any, *, namespace: str = "sn1", max_items: int = 10_000) -> None:
-        self.r = client
+    def __init__(self, link: RedisLink, *, namespace: str = "sn1", max_items: int = 10_000,
+                 owns_link: bool = False) -> None:
+        self.link = link
+        self.r = client = link.client
+        self._owns_link = owns_link  # a link handed in is its owner's to close
         self.max_items = max_items
         self.key = f"{namespace}:outbox"
         self.dropped_key = f"{namespace}:outbox:dropped"
         self.lease_key = f"{namespace}:outbox:lease"
         self.outage_key = f"{namespace}:outbox:outage"
-        self._call = RedisGate(client, "redis outbox").call
+        self._call = RedisGate(link, "redis outbox").call
         self._put = client.register_script(_REDIS_PUT)
         self._lease = client.register_script(_REDIS_LEASE)
         self._release = client.register_script(_REDIS_RELEASE)
@@ -258,7 +261,7 @@ class RedisOutbox:
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> RedisOutbox:
-        return cls(redis_client(url), **kw)
+        return cls(RedisLink.for_data(url), owns_link=True, **kw)
 
     async def put(self, payload: dict[str, Any]) -> int:
         return await self.put_many([payload])
@@ -309,13 +312,18 @@ class RedisOutbox:
         return None if not ended else (float(ended[0]), int(ended[1]))
 
     async def close(self) -> None:
-        await self.r.aclose()
+        if self._owns_link:
+            await self.link.aclose()
 
 
-def open_outbox(url: str, *, namespace: str = "sn1", max_items: int = 10_000) -> Outbox:
-    """The outbox that lives beside the key store named by ``STORE_URL``."""
+def open_outbox(url: str, *, namespace: str = "sn1", max_items: int = 10_000,
+                links: RedisLinks | None = None) -> Outbox:
+    """The outbox that lives beside the key store named by ``STORE_URL`` (on Redis, on the process's data link,
+    ``links``, or on a link of its own without)."""
     if url.startswith("sqlite:///"):
         return SQLiteOutbox(Path(url[len("sqlite:///"):]), max_items=max_items)
-    if url.startswith(("redis://", "rediss://")):
+    if is_redis(url):
+        if links is not None:
+            return RedisOutbox(links.data, namespace=namespace, max_items=max_items)
         return RedisOutbox.from_url(url, namespace=namespace, max_items=max_items)
     raise ValueError(f"unsupported STORE_URL scheme: {url}")

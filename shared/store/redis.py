@@ -31,13 +31,13 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from shared.store.base import (
     ALL_SCOPES,
-    REDIS_TIMEOUT_S,
     USAGE_FIELDS,
     Authorization,
     KeyChanges,
     KeyRecord,
     RateDecision,
     RedisGate,
+    RedisLink,
     StoreMarker,
     StoreUnavailable,
     TurnGroups,
@@ -48,7 +48,6 @@ from shared.store.base import (
     mint_key,
     new_secret,
     oldest_usage_day,
-    redis_client,
 )
 from shared.store.eviction import UNKNOWN
 
@@ -295,10 +294,13 @@ def _authorizations(raw: list[Any], n: int) -> list[Authorization]:
 
 
 class RedisStore:
-    def __init__(self, client: aioredis.Redis, *, namespace: str = "sn1") -> None:
-        self.redis = client
+    def __init__(self, link: RedisLink, *, namespace: str = "sn1", owns_link: bool = False) -> None:
+        self.link = link
+        self.redis: aioredis.Redis = link.client
         self.namespace = namespace
-        self._call = RedisGate(client, "redis").call
+        self._owns_link = owns_link  # a link handed in (``RedisLinks.keys``) is its owner's to close
+        self._call = RedisGate(link, "redis").call
+        client = self.redis
         self._authorize = client.register_script(AUTHORIZE)
         self._charge = client.register_script(CHARGE)
         self._update = client.register_script(UPDATE)
@@ -311,7 +313,7 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisStore:
-        return cls(redis_client(url, timeout=REDIS_TIMEOUT_S, decode_responses=True), namespace=namespace)
+        return cls(RedisLink.for_keys(url), namespace=namespace, owns_link=True)
 
     def key(self, *parts: str) -> str:
         """A namespaced Redis key name (for features that share this connection)."""
@@ -553,7 +555,8 @@ class RedisStore:
         return f"{scheme}://{auth}{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        if self._owns_link:
+            await self.link.aclose()
 
 
 def _with_last_used(record: KeyRecord, last: str | None) -> KeyRecord:

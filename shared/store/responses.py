@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.store import forgotten
-from shared.store.base import RedisBacked, StoreUnavailable, open_by_url, ttl_ms
+from shared.store.base import RedisBacked, RedisLink, RedisLinks, StoreUnavailable, open_by_url, ttl_ms
 from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables, expiring_table
 
 # A response whose stored form (its object and the whole conversation before it) is larger than this is
@@ -332,8 +332,9 @@ class RedisResponseStore(RedisBacked):
 
     LABEL = "redis responses"  # StoreUnavailable's word for this store
 
-    def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
-        super().__init__(client, namespace=namespace)
+    def __init__(self, link: RedisLink, *, namespace: str = "sn1", owns_link: bool = False) -> None:
+        super().__init__(link, namespace=namespace, owns_link=owns_link)
+        client = self.r
         self._put = client.register_script(PUT)
         self._settle = client.register_script(SETTLE)
         self._add_events = client.register_script(ADD_EVENTS)
@@ -432,8 +433,6 @@ class RedisResponseStore(RedisBacked):
             await self._call(forget_matching(self.r, glob_escaped(names(key_id, "")) + "*"))
         return await self._call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"))
 
-    async def aclose(self) -> None:
-        await self.r.aclose()
 
 
 def _wrong_type(e: StoreUnavailable) -> bool:
@@ -462,5 +461,5 @@ def glob_escaped(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def open_responses(url: str, *, namespace: str = "sn1") -> ResponseStore:
-    return open_by_url(url, SQLiteResponseStore, RedisResponseStore.from_url, namespace=namespace)
+def open_responses(url: str, *, namespace: str = "sn1", links: RedisLinks | None = None) -> ResponseStore:
+    return open_by_url(url, SQLiteResponseStore, RedisResponseStore, namespace=namespace, links=links)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.store.base import RedisBacked, open_by_url
+from shared.store.base import RedisBacked, RedisLink, RedisLinks, open_by_url
 from shared.store.sqlite_tables import SQLiteTables, expiring_table
 
 
@@ -209,8 +209,9 @@ class RedisSessionStore(RedisBacked):
 
     LABEL = "redis sessions"  # StoreUnavailable's word for this store
 
-    def __init__(self, client: Any, *, namespace: str = "sn1") -> None:
-        super().__init__(client, namespace=namespace)
+    def __init__(self, link: RedisLink, *, namespace: str = "sn1", owns_link: bool = False) -> None:
+        super().__init__(link, namespace=namespace, owns_link=owns_link)
+        client = self.r
         self._open = client.register_script(_OPEN)
         self._repin = client.register_script(_REPIN)
         self._close = client.register_script(_CLOSE)
@@ -282,9 +283,7 @@ class RedisSessionStore(RedisBacked):
                 out.append(session)
         return out
 
-    async def aclose(self) -> None:
-        await self.r.aclose()
 
 
-def open_sessions(url: str, *, namespace: str = "sn1") -> SessionStore:
-    return open_by_url(url, SQLiteSessionStore, RedisSessionStore.from_url, namespace=namespace)
+def open_sessions(url: str, *, namespace: str = "sn1", links: RedisLinks | None = None) -> SessionStore:
+    return open_by_url(url, SQLiteSessionStore, RedisSessionStore, namespace=namespace, links=links)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ import redis.asyncio as aioredis
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.deterministic import DeterministicBackend
 from shared.signing import Authorizer, RequestVerifier
+from shared.store.base import REDIS_CONNECTIONS
 from shared.wallet import ensure_wallet
 from tests.helpers import Script, chunk, keypair, response_events, scripted_miner_app, serve_app, wait_until
 from tests.keys.procs import ADMIN, ApiProcess, prepare, start_api, stop_on_redis, wait_ready
@@ -274,3 +277,74 @@ async def status(http: aiohttp.ClientSession, host: str, key: str) -> int:
 async def admin_status(http: aiohttp.ClientSession, host: str, admin_key: str) -> int:
     async with http.get(f"{host}/api_management/api-keys", headers={"admin-key": admin_key}) as r:
         return r.status
+
+
+async def test_each_worker_holds_its_two_named_redis_clients_and_no_more(tmp_path: Path) -> None:
+    """Host A's two workers serve a mix of requests at once (chat completions, stored responses read back,
+    conversations, sessions, usage, the admin's key listing), then Redis's own ``CLIENT LIST`` is read for the
+    connections of each worker process. Each worker's five stores had a client and a pool each: five pools a
+    worker, unnamed, up to 5 x 64 connections. Each worker's connections now belong to its two clients, named
+    ``sn1-api-<pid>-keys`` and ``sn1-api-<pid>-data``, each within its bound (64)."""
+    async with two_hosts(tmp_path) as fleet, aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60)) as http:
+        head = {"Authorization": f"Bearer {fleet.key}"}
+
+        async def one(method: str, path: str, body: dict | None = None) -> tuple[int, str]:
+            async with http.request(method, f"{fleet.a.url}{path}", json=body,
+                                    headers=AK if path.startswith("/api_management") else head) as r:
+                return r.status, await r.text()
+
+        say = {"model": MODEL, "max_output_tokens": 5}
+        made = await asyncio.gather(*(one("POST", "/v1/responses", say | {"input": f"Hi {i}"}) for i in range(20)))
+        assert {status for status, _ in made} == {200}, made[0]
+        mix = [one("POST", "/v1/chat/completions", {"model": MODEL, "max_tokens": 5,
+                                                    "messages": [{"role": "user", "content": f"Hi {i}"}]})
+               for i in range(40)]
+        mix += [one("GET", f"/v1/responses/{json.loads(text)['id']}") for _, text in made]
+        mix += [one("POST", "/v1/conversations", {"items": [{"role": "user", "content": "Hi"}]}) for _ in range(20)]
+        mix += [one("GET", "/v1/sessions") for _ in range(20)] + [one("GET", "/v1/usage") for _ in range(20)]
+        mix += [one("GET", "/api_management/api-keys") for _ in range(10)]
+        answers = await asyncio.gather(*mix, one("POST", "/v1/sessions", {"model": MODEL, "session_duration": 60}))
+        assert {status for status, _ in answers} <= {200, 404}, [a for a in answers if a[0] not in (200, 404)][:1]
+
+        client = aioredis.Redis.from_url(fleet.store_url, decode_responses=True)
+        try:
+            listed = await client.client_list()
+        finally:
+            await client.aclose()
+        held = {}
+        for pid in children(fleet.a.proc.pid):
+            mine = tcp_links(pid)
+            if names := Counter(c["name"] for c in listed if ends(c) in mine):  # a worker, not a spawn helper
+                held[pid] = names
+        assert len(held) == 2, held
+        for pid, names in held.items():
+            assert set(names) <= {f"sn1-api-{pid}-keys", f"sn1-api-{pid}-data"}, names
+            assert max(names.values()) <= REDIS_CONNECTIONS, names
+
+
+def ends(client: dict) -> tuple[int, int]:
+    """A ``CLIENT LIST`` entry's (client's port, Redis's port)."""
+    return int(client["addr"].rsplit(":", 1)[1]), int(client["laddr"].rsplit(":", 1)[1])
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (a WORKERS>1 API's workers), from /proc."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def tcp_links(pid: int) -> set[tuple[int, int]]:
+    """The (local port, remote port) of ``pid``'s TCP sockets: its descriptors' inodes, found in the kernel's TCP
+    tables (a local port alone is not one socket's: one may be reused towards another address)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # a descriptor closed while listed
+            if (target := os.readlink(fd)).startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    links = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                links.add((int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)))
+    return links

@@ -63,7 +63,7 @@ async def test_a_rotation_that_lost_a_race_says_so(tmp_path: Path, monkeypatch: 
 @pytest.mark.redis
 async def test_redis_rotation_from_a_stale_read_loses_and_a_delete_takes_the_rotated_key() -> None:
     async with redis_test_store() as a:
-        b = RedisStore(a.redis, namespace=a.namespace)  # a second worker on the same Redis
+        b = RedisStore(a.link, namespace=a.namespace)  # a second worker on the same Redis
         _, rec = await a.create_key(5)
         stale = await a.get_key_by_id(rec.id)
         rotated = await b.rotate_key(rec.id)

@@ -1,7 +1,8 @@
 """Each Redis-backed store (keys, sessions, stored responses, conversations, the scoring outbox) holds its
 commands to ``REDIS_CONNECTIONS`` at once, one way for all five (``RedisGate``): a burst past them waits for a
 connection, never fails, and never opens more; on a Redis that stalls, the burst is told so after one
-command timeout, not after a wait for each wave of 64 in turn.
+command timeout, not after a wait for each wave of 64 in turn. An API worker's five share two clients
+(``RedisLinks``), and that bound with them.
 
 Through a TCP proxy (``tests/chaos/tcp_proxy``), which counts the connections and can stall them without
 touching the shared Redis."""
@@ -13,17 +14,19 @@ import contextlib
 import time
 import urllib.parse
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from shared.store.base import REDIS_CONNECTIONS, REDIS_TIMEOUT_S, StoreUnavailable
-from shared.store.conversations import RedisConversationStore
-from shared.store.outbox import RedisOutbox
+from shared.store import open_store
+from shared.store.base import REDIS_CONNECTIONS, REDIS_TIMEOUT_S, RedisLinks, StoreUnavailable
+from shared.store.conversations import open_conversations
+from shared.store.outbox import RedisOutbox, open_outbox
 from shared.store.redis import RedisStore
-from shared.store.responses import RedisResponseStore
-from shared.store.sessions import RedisSessionStore
+from shared.store.responses import open_responses
+from shared.store.sessions import open_sessions
 from tests.chaos.tcp_proxy import TcpProxy, tcp_proxy
 from tests.store.conftest import drop_keys, redis_url
 
@@ -46,13 +49,15 @@ async def proxied() -> AsyncIterator[tuple[TcpProxy, str, str]]:
             await store.close()
 
 
-def reads(url: str, namespace: str) -> dict[str, tuple[Any, Callable[[], Awaitable[Any]]]]:
-    """Each store, opened on ``url``, and one read of it (as a request makes)."""
-    keys = RedisStore.from_url(url, namespace=namespace)
-    sessions = RedisSessionStore.from_url(url, namespace=namespace)
-    responses = RedisResponseStore.from_url(url, namespace=namespace)
-    conversations = RedisConversationStore.from_url(url, namespace=namespace)
-    outbox = RedisOutbox.from_url(url, namespace=namespace)
+def reads(url: str, namespace: str, links: RedisLinks | None = None,
+          ) -> dict[str, tuple[Any, Callable[[], Awaitable[Any]]]]:
+    """Each store, opened on ``url`` (each on a client of its own, or on ``links`` as an API worker opens them),
+    and one read of it (as a request makes)."""
+    keys = open_store(url, namespace=namespace, links=links)
+    sessions = open_sessions(url, namespace=namespace, links=links)
+    responses = open_responses(url, namespace=namespace, links=links)
+    conversations = open_conversations(url, namespace=namespace, links=links)
+    outbox = open_outbox(url, namespace=namespace, links=links)
     return {"keys": (keys, lambda: keys.get_key("0" * 64)),
             "sessions": (sessions, lambda: sessions.get("sess-x")),
             "responses": (responses, lambda: responses.get("key", "resp_x")),
@@ -97,3 +102,41 @@ async def test_on_a_redis_that_stalls_a_burst_of_key_lookups_is_told_after_one_c
         slowest = max(took for took, _ in outcomes)
         assert slowest < 2 * REDIS_TIMEOUT_S + 1, f"the last lookup was told after {slowest:.1f} s"
         await keys.close()
+
+
+async def named(name: str) -> Counter[str]:
+    """Redis's own count of its connections (``CLIENT LIST``) by client name, of those named ``name-...``."""
+    admin = RedisStore.from_url(redis_url(), namespace="unused")
+    try:
+        listed = await admin.redis.client_list()
+    finally:
+        await admin.close()
+    return Counter(c["name"] for c in listed if c["name"].startswith(f"{name}-"))
+
+
+async def test_the_stores_of_a_worker_share_two_clients_and_their_bound() -> None:
+    """An API worker's five stores had a client, a pool and a bound each: a burst on all of them held up to five
+    times ``REDIS_CONNECTIONS`` connections, and an idle worker kept five. On one ``RedisLinks`` a burst on all
+    five at once is answered in full on at most ``REDIS_CONNECTIONS`` connections for the key store and as many
+    for the other four together, which Redis lists under the two names; closing a store leaves the others'
+    clients open, and closing the links closes every connection."""
+    async with proxied() as (proxy, url, namespace):
+        name = f"sn1-test-{namespace}"
+        links = RedisLinks.open(url, name=name)
+        stores = reads(url, namespace, links)
+        answers = await asyncio.gather(*(read() for _, read in stores.values() for _ in range(BURST)),
+                                       return_exceptions=True)
+        failed = [a for a in answers if isinstance(a, BaseException)]
+        assert failed == [], f"{len(failed)} of {len(answers)} failed, e.g. {failed[0]!r}"
+        assert 2 <= proxy.accepted <= 2 * REDIS_CONNECTIONS, proxy.accepted
+        held = await named(name)
+        assert set(held) == {f"{name}-keys", f"{name}-data"}, held
+        assert max(held.values()) <= REDIS_CONNECTIONS and sum(held.values()) == proxy.accepted, held
+
+        for store, _ in stores.values():
+            await closed(store)  # a store handed the links does not close them under the others
+        assert await named(name) == held
+        await links.aclose()
+        async with asyncio.timeout(5):  # Redis sees each close as its socket's end
+            while await named(name):  # noqa: ASYNC110 - polling Redis's own list
+                await asyncio.sleep(0.05)
