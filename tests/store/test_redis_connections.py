@@ -117,14 +117,14 @@ async def named(name: str) -> Counter[str]:
 async def test_the_stores_of_a_worker_share_two_clients_and_their_bound() -> None:
     """An API worker's five stores had a client, a pool and a bound each: a burst on all of them held up to five
     times ``REDIS_CONNECTIONS`` connections, and an idle worker kept five. On one ``RedisLinks`` a burst on all
-    five at once is answered in full on at most ``REDIS_CONNECTIONS`` connections for the key store and as many
+    five at once (twice the bound each) is answered in full on at most ``REDIS_CONNECTIONS`` connections for the key store and as many
     for the other four together, which Redis lists under the two names; closing a store leaves the others'
     clients open, and closing the links closes every connection."""
     async with proxied() as (proxy, url, namespace):
         name = f"sn1-test-{namespace}"
         links = RedisLinks.open(url, name=name)
         stores = reads(url, namespace, links)
-        answers = await asyncio.gather(*(read() for _, read in stores.values() for _ in range(BURST)),
+        answers = await asyncio.gather(*(read() for _, read in stores.values() for _ in range(2 * REDIS_CONNECTIONS)),
                                        return_exceptions=True)
         failed = [a for a in answers if isinstance(a, BaseException)]
         assert failed == [], f"{len(failed)} of {len(answers)} failed, e.g. {failed[0]!r}"
