@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from shared.store.base import RedisLinks, Store, StoreUnavailable
+from shared.store.base import RedisLink, RedisLinks, Store, StoreUnavailable
 
 __all__ = ["Store", "StoreUnavailable", "open_store"]
 
@@ -21,6 +21,5 @@ def open_store(url: str, *, namespace: str = "sn1", links: RedisLinks | None = N
     if url.startswith(("redis://", "rediss://", "unix://")):
         from shared.store.redis import RedisStore
 
-        return RedisStore.from_url(url, namespace=namespace) if links is None else RedisStore(links.keys,
-                                                                                               namespace=namespace)
+        return RedisStore(RedisLink.for_keys(url) if links is None else links.keys, namespace=namespace)
     raise ValueError(f"unsupported STORE_URL scheme: {url}")

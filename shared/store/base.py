@@ -93,20 +93,27 @@ class RedisLink:
     redis-py sets both per connection, hence two clients; apart, a burst of large payloads never holds up an
     authorization's command either."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, shared: bool = False) -> None:
         self.client = client
         self.slots = asyncio.Semaphore(REDIS_CONNECTIONS)
+        self.shared = shared  # one of a process's RedisLinks: its stores leave it open, RedisLinks.aclose closes it
 
     @classmethod
-    def for_keys(cls, url: str, *, name: str | None = None) -> Self:
-        return cls(redis_client(url, timeout=REDIS_TIMEOUT_S, name=name, decode_responses=True))
+    def for_keys(cls, url: str, *, name: str | None = None, shared: bool = False) -> Self:
+        return cls(redis_client(url, timeout=REDIS_TIMEOUT_S, name=name, decode_responses=True), shared=shared)
 
     @classmethod
-    def for_data(cls, url: str, *, name: str | None = None) -> Self:
-        return cls(redis_client(url, timeout=REDIS_DATA_TIMEOUT_S, name=name))
+    def for_data(cls, url: str, *, name: str | None = None, shared: bool = False) -> Self:
+        return cls(redis_client(url, timeout=REDIS_DATA_TIMEOUT_S, name=name), shared=shared)
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    async def release(self) -> None:
+        """A store's close: a link it opened for itself (``from_url``) is closed with it; a shared one is left open
+        for the other stores on it, to its owner to close once."""
+        if not self.shared:
+            await self.aclose()
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,8 @@ class RedisLinks:
 
     @classmethod
     def open(cls, url: str, *, name: str) -> RedisLinks:
-        return cls(RedisLink.for_keys(url, name=f"{name}-keys"), RedisLink.for_data(url, name=f"{name}-data"))
+        return cls(RedisLink.for_keys(url, name=f"{name}-keys", shared=True),
+                   RedisLink.for_data(url, name=f"{name}-data", shared=True))
 
     async def aclose(self) -> None:
         await self.keys.aclose()
@@ -179,25 +187,23 @@ def ttl_ms(retention: float) -> int:
 class RedisBacked:
     """A store on one ``RedisLink`` (its client ``r``), its names under a namespace (``ns``), its commands through
     ``_call`` (a ``RedisGate`` naming the store ``LABEL``); ``from_url`` opens a link of its own (no I/O until the
-    first command), which ``aclose`` closes: a link handed in is its owner's to close. Subclasses register their
-    Lua scripts in ``__init__``."""
+    first command), which ``aclose`` closes (``RedisLink.release``). Subclasses register their Lua scripts in
+    ``__init__``."""
 
     LABEL = "redis"
 
-    def __init__(self, link: RedisLink, *, namespace: str = "sn1", owns_link: bool = False) -> None:
+    def __init__(self, link: RedisLink, *, namespace: str = "sn1") -> None:
         self.link = link
         self.r = link.client
         self.ns = namespace
         self._call = RedisGate(link, self.LABEL).call
-        self._owns_link = owns_link
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sn1") -> Self:
-        return cls(RedisLink.for_data(url), namespace=namespace, owns_link=True)
+        return cls(RedisLink.for_data(url), namespace=namespace)
 
     async def aclose(self) -> None:
-        if self._owns_link:
-            await self.link.aclose()
+        await self.link.release()
 
 
 def is_redis(url: str) -> bool:
@@ -208,13 +214,12 @@ def is_redis(url: str) -> bool:
 def open_by_url(url: str, sqlite: Callable[[Path], T], redis: Callable[..., T], *, namespace: str,
                 links: RedisLinks | None = None) -> T:
     """The store of ``STORE_URL``'s kind: ``sqlite(path)`` for ``sqlite:///path``; for ``redis://`` and
-    ``rediss://``, ``redis(link, namespace=..., owns_link=...)`` (a ``RedisBacked``) on the process's data link
-    (``links``), or on a link of its own without; any other scheme is a ValueError."""
+    ``rediss://``, ``redis(link, namespace=...)`` (a ``RedisBacked``) on the process's data link (``links``), or on
+    a link of its own without; any other scheme is a ValueError."""
     if url.startswith("sqlite:///"):
         return sqlite(Path(url[len("sqlite:///"):]))
     if is_redis(url):
-        link = RedisLink.for_data(url) if links is None else links.data
-        return redis(link, namespace=namespace, owns_link=links is None)
+        return redis(RedisLink.for_data(url) if links is None else links.data, namespace=namespace)
     raise ValueError(f"unsupported STORE_URL scheme: {url}")
 
 

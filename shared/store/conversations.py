@@ -454,8 +454,8 @@ class RedisConversationStore(RedisBacked):
 
     LABEL = "redis conversations"  # StoreUnavailable's word for this store
 
-    def __init__(self, link: RedisLink, *, namespace: str = "sn1", owns_link: bool = False) -> None:
-        super().__init__(link, namespace=namespace, owns_link=owns_link)
+    def __init__(self, link: RedisLink, *, namespace: str = "sn1") -> None:
+        super().__init__(link, namespace=namespace)
         client = self.r
         self._create = client.register_script(CREATE)
         self._append = client.register_script(APPEND)
@@ -563,7 +563,6 @@ class RedisConversationStore(RedisBacked):
         await self._call(forgotten.redis_mark(self.r, self.ns, key_id))
         pattern = glob_escaped(f"{self.ns}:conversation:{key_id}:") + "*"
         return await self._call(forget_matching(self.r, pattern))
-
 
 
 def open_conversations(url: str, *, namespace: str = "sn1", links: RedisLinks | None = None) -> ConversationStore:

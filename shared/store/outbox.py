@@ -242,11 +242,9 @@ PUT_GROUP = 256  # payloads per script call: Redis busy ~2 ms for 256 of 5 KB (m
 class RedisOutbox:
     """Outbox as a Redis stream (``<namespace>:outbox``), exact MAXLEN trimming counted atomically."""
 
-    def __init__(self, link: RedisLink, *, namespace: str = "sn1", max_items: int = 10_000,
-                 owns_link: bool = False) -> None:
+    def __init__(self, link: RedisLink, *, namespace: str = "sn1", max_items: int = 10_000) -> None:
         self.link = link
         self.r = client = link.client
-        self._owns_link = owns_link  # a link handed in is its owner's to close
         self.max_items = max_items
         self.key = f"{namespace}:outbox"
         self.dropped_key = f"{namespace}:outbox:dropped"
@@ -261,7 +259,7 @@ class RedisOutbox:
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> RedisOutbox:
-        return cls(RedisLink.for_data(url), owns_link=True, **kw)
+        return cls(RedisLink.for_data(url), **kw)
 
     async def put(self, payload: dict[str, Any]) -> int:
         return await self.put_many([payload])
@@ -312,8 +310,7 @@ class RedisOutbox:
         return None if not ended else (float(ended[0]), int(ended[1]))
 
     async def close(self) -> None:
-        if self._owns_link:
-            await self.link.aclose()
+        await self.link.release()
 
 
 def open_outbox(url: str, *, namespace: str = "sn1", max_items: int = 10_000,
@@ -323,7 +320,6 @@ def open_outbox(url: str, *, namespace: str = "sn1", max_items: int = 10_000,
     if url.startswith("sqlite:///"):
         return SQLiteOutbox(Path(url[len("sqlite:///"):]), max_items=max_items)
     if is_redis(url):
-        if links is not None:
-            return RedisOutbox(links.data, namespace=namespace, max_items=max_items)
-        return RedisOutbox.from_url(url, namespace=namespace, max_items=max_items)
+        return RedisOutbox(RedisLink.for_data(url) if links is None else links.data, namespace=namespace,
+                           max_items=max_items)
     raise ValueError(f"unsupported STORE_URL scheme: {url}")

@@ -294,11 +294,10 @@ def _authorizations(raw: list[Any], n: int) -> list[Authorization]:
 
 
 class RedisStore:
-    def __init__(self, link: RedisLink, *, namespace: str = "sn1", owns_link: bool = False) -> None:
+    def __init__(self, link: RedisLink, *, namespace: str = "sn1") -> None:
         self.link = link
         self.redis: aioredis.Redis = link.client
         self.namespace = namespace
-        self._owns_link = owns_link  # a link handed in (``RedisLinks.keys``) is its owner's to close
         self._call = RedisGate(link, "redis").call
         client = self.redis
         self._authorize = client.register_script(AUTHORIZE)
@@ -313,7 +312,7 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sn1") -> RedisStore:
-        return cls(RedisLink.for_keys(url), namespace=namespace, owns_link=True)
+        return cls(RedisLink.for_keys(url), namespace=namespace)
 
     def key(self, *parts: str) -> str:
         """A namespaced Redis key name (for features that share this connection)."""
@@ -555,8 +554,7 @@ class RedisStore:
         return f"{scheme}://{auth}{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
     async def close(self) -> None:
-        if self._owns_link:
-            await self.link.aclose()
+        await self.link.release()  # one of the worker's RedisLinks stays open for its other stores
 
 
 def _with_last_used(record: KeyRecord, last: str | None) -> KeyRecord:

@@ -332,8 +332,8 @@ class RedisResponseStore(RedisBacked):
 
     LABEL = "redis responses"  # StoreUnavailable's word for this store
 
-    def __init__(self, link: RedisLink, *, namespace: str = "sn1", owns_link: bool = False) -> None:
-        super().__init__(link, namespace=namespace, owns_link=owns_link)
+    def __init__(self, link: RedisLink, *, namespace: str = "sn1") -> None:
+        super().__init__(link, namespace=namespace)
         client = self.r
         self._put = client.register_script(PUT)
         self._settle = client.register_script(SETTLE)

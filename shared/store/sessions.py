@@ -209,8 +209,8 @@ class RedisSessionStore(RedisBacked):
 
     LABEL = "redis sessions"  # StoreUnavailable's word for this store
 
-    def __init__(self, link: RedisLink, *, namespace: str = "sn1", owns_link: bool = False) -> None:
-        super().__init__(link, namespace=namespace, owns_link=owns_link)
+    def __init__(self, link: RedisLink, *, namespace: str = "sn1") -> None:
+        super().__init__(link, namespace=namespace)
         client = self.r
         self._open = client.register_script(_OPEN)
         self._repin = client.register_script(_REPIN)
@@ -282,7 +282,6 @@ class RedisSessionStore(RedisBacked):
             else:
                 out.append(session)
         return out
-
 
 
 def open_sessions(url: str, *, namespace: str = "sn1", links: RedisLinks | None = None) -> SessionStore:
