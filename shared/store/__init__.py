@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from shared.store.base import RedisLink, RedisLinks, Store, StoreUnavailable
+from shared.store.base import RedisLink, RedisLinks, Store, StoreUnavailable, is_redis
 
 __all__ = ["Store", "StoreUnavailable", "open_store"]
 
@@ -18,7 +18,7 @@ def open_store(url: str, *, namespace: str = "sn1", links: RedisLinks | None = N
         from shared.store.sqlite import SQLiteStore
 
         return SQLiteStore.from_url(url)
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if is_redis(url):  # the schemes STORE_URL takes, as the other stores' openers
         from shared.store.redis import RedisStore
 
         return RedisStore(RedisLink.for_keys(url) if links is None else links.keys, namespace=namespace)
