@@ -47,7 +47,7 @@ bench: install
 	$(BIN)/python scripts/bench.py
 
 # 20,000 requests through honest + faulty miners at concurrency 64; prints fds/tasks/RSS/Python blocks before and after.
-# ARGS=--mix: over every endpoint, with the validator behind; ARGS="--mix --store redis://..." on Redis.
+# ARGS=--mix: over every endpoint, with the validator behind; ARGS="--mix --store redis" on REDIS_URL (or --redis-url).
 soak: install
 	$(BIN)/python scripts/soak.py $(ARGS)
 

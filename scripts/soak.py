@@ -21,7 +21,7 @@ outbox drained, its score book within the metagraph, and no SQLite row left that
     python scripts/soak.py --requests 1000      # the small version run by `make test`
     python scripts/soak.py --mix                # every endpoint (``MIX``), not only chat completions
     python scripts/soak.py --mix --samples 10 --types   # RSS and blocks after each tenth; types that grew
-    python scripts/soak.py --mix --store redis://127.0.0.1:6379/11   # the same on a Redis store
+    python scripts/soak.py --mix --store redis   # the same on a Redis store (--redis-url, default REDIS_URL)
 
 ``--mix`` spreads the requests over every endpoint in ``MIX``: chat (with clients that leave mid-stream,
 mixture, sessions that are deleted or left to expire), legacy completions, the Responses API (stored,
@@ -30,7 +30,9 @@ resumed or deleted; ``web_search``), conversations and their items, web retrieva
 with the real validator app behind the API (``validator_behind``). It also prints the API's in-memory
 structures that grow per request, key, session or response (``structures``), the validator's, and the rows
 or Redis keys the store holds (what the run left to expire goes within ``MIX_RETENTION_S``, or SQLite's
-next purge, at most a minute later).
+next purge, at most a minute later). On Redis (``--store redis``) the run's namespace is read key by key after
+each phase (``soak_redis``): no kind of key without a TTL may grow in number, nor their bytes by 4 a request,
+and no TTL may pass the longest a store sets; the fds limit leaves out the sockets the Redis clients pool.
 """
 
 from __future__ import annotations
@@ -58,12 +60,16 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 from loguru import logger  # noqa: E402
+from soak_redis import RedisHeld, pooled_connections, read_held, render_held  # noqa: E402
+from soak_redis import problems as redis_problems  # noqa: E402
 
 from neurons.miner.faults import FaultOptions  # noqa: E402
 from shared.gc_tuning import tune_for_serving  # noqa: E402
 from shared.logging import setup_logging  # noqa: E402
 from shared.resigning import ResigningConnector  # noqa: E402
+from shared.settings import mask_credentials  # noqa: E402
 from shared.signing import nonce_retention  # noqa: E402
+from shared.store.base import REDIS_CONNECTIONS  # noqa: E402
 from tests.chaos.fleet import HONEST, MESSAGES, VALIDATOR, Fleet, expected_answer, fleet, wait_until  # noqa: E402
 
 FAULTY = ["refuse", "stall-headers", "stall-body", "trickle", "http500", "bad-json", "bad-sse", "empty",
@@ -101,6 +107,7 @@ class Resources:
     tasks: int
     rss_mb: float
     trimmed_mb: float | None = None  # RSS after malloc_trim (informative: the limit is on rss_mb)
+    redis_sockets: int = 0  # of the fds: the Redis clients' pooled connections (bounded, ``pooled_connections``)
 
 
 @dataclass
@@ -112,6 +119,7 @@ class Sample:
     py_blocks: int  # memory blocks Python holds (sys.getallocatedblocks): its live objects, no allocator slack
     sqlite_mb: float  # what SQLite holds (its page caches above all), process-wide
     bounded: dict[str, int] = field(default_factory=dict)  # the bounded structures' sizes (BOUNDED)
+    redis: RedisHeld | None = None  # what the run's Redis namespace holds (a Redis store)
 
 
 @dataclass
@@ -136,17 +144,26 @@ class Report:
     validator_after: dict[str, int] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)  # after the warm-up, then after each phase
     types_grown: dict[str, int] = field(default_factory=dict)  # --types: the object types that grew most
+    redis_problems: list[str] = field(default_factory=list)  # what the run left on Redis for good (soak_redis)
 
 
-async def resources(sampling: float = 1.0) -> Resources:
+async def resources(sampling: float = 1.0, *, redis: Any = None) -> Resources:
     """The process's fds, asyncio tasks and RSS. Tasks are the fewest seen over ``sampling`` seconds: the mix's
     periodic work (availability refreshes, outbox passes, the validator's handlers) comes and goes, and what
-    persists is what is left behind."""
+    persists is what is left behind. ``redis``: the API context whose Redis clients' sockets are counted."""
     tasks = len(asyncio.all_tasks())
     for _ in range(int(sampling / 0.02)):
         await asyncio.sleep(0.02)
         tasks = min(tasks, len(asyncio.all_tasks()))
-    return Resources(fds=len(os.listdir("/proc/self/fd")), tasks=tasks, rss_mb=_rss_mb(), trimmed_mb=_trimmed_rss_mb())
+    return Resources(fds=len(os.listdir("/proc/self/fd")), tasks=tasks, rss_mb=_rss_mb(), trimmed_mb=_trimmed_rss_mb(),
+                     redis_sockets=pooled_connections(redis_clients(redis)) if redis is not None else 0)
+
+
+def redis_clients(ctx: Any) -> list[Any]:
+    """The Redis clients of the API's stores and its outbox (none on SQLite)."""
+    stores = (getattr(ctx.store, "redis", None), *(getattr(s, "r", None) for s in (
+        ctx.responses, ctx.conversations, ctx.sessions, getattr(ctx.forwarder, "outbox", None))))
+    return [c for c in stores if c is not None]
 
 
 def _rss_mb() -> float:
@@ -217,9 +234,11 @@ def _record_cache_size(store: Any) -> int:
     return cache.cache_info().currsize if cache is not None and hasattr(cache, "cache_info") else 0
 
 
-def sample(f: Fleet, requests: int, validator: dict[str, int], res: Resources) -> Sample:
+async def sample(f: Fleet, requests: int, validator: dict[str, int], res: Resources, reader: StoreReader) -> Sample:
+    """``reader``: the store's (``StoreReader``); on Redis its namespace is read too."""
     return Sample(requests=requests, rss_mb=res.rss_mb, trimmed_mb=res.trimmed_mb, py_blocks=sys.getallocatedblocks(),
-                  sqlite_mb=_sqlite_mb(), bounded=bounded(f, validator))
+                  sqlite_mb=_sqlite_mb(), bounded=bounded(f, validator),
+                  redis=await reader.held() if reader.held is not None else None)
 
 
 async def one_request(session: aiohttp.ClientSession, f: Fleet, rng: random.Random, deadline: float) -> str | None:
@@ -347,7 +366,8 @@ def phases(requests: int, samples: int) -> list[tuple[int, int]]:
 
 async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: float, seed: int, *,
                mix: bool = False, store_url: str | None = None, samples: int = 1, types: bool = False) -> Report:
-    report = Report(requests=requests, concurrency=concurrency, mix=mix, store=store_url or "sqlite")
+    report = Report(requests=requests, concurrency=concurrency, mix=mix,
+                    store=mask_credentials(store_url) if store_url else "sqlite")
     profiles = {1: HONEST, 2: HONEST} | {uid: p for uid, p in enumerate(FAULTY, start=3)}
     if mix:
         profiles[len(profiles) + 1] = STALLING
@@ -362,7 +382,7 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
             f.ctx.client.session = short_keepalive_session(1024, 256, resigning=True)  # as make_session()
             await api_pool.close()
             async with contextlib.AsyncExitStack() as stack:
-                count_rows = await stack.enter_async_context(store_on(f, Path(tmp), store_url))
+                reader = await stack.enter_async_context(store_on(f, Path(tmp), store_url))
                 scenario, validator = chat_only(f, deadline), None
                 if mix:
                     validator = await stack.enter_async_context(validator_behind(f, Path(tmp), store_url))
@@ -371,10 +391,10 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                     fill_key_rows(f.ctx.store)
                     await warm_up(session, scenario, requests, concurrency, seed)
                     await quiesce(f, deadline + 10, validator)
-                    report.before, report.structures_before = await resources(), structures(f)
+                    report.before, report.structures_before = await resources(redis=f.ctx), structures(f)
                     report.validator_before = await validator() if validator else {}
-                    report.rows_before = await count_rows()
-                    report.samples.append(sample(f, 0, report.validator_before, report.before))
+                    report.rows_before = await reader.rows()
+                    report.samples.append(await sample(f, 0, report.validator_before, report.before, reader))
                     types_before = object_types() if types else Counter()
                     for done, n in phases(requests, samples):
                         started, watcher = time.monotonic(), asyncio.create_task(watch_loop_lag(report))
@@ -383,24 +403,26 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                         watcher.cancel()
                         await asyncio.gather(watcher, return_exceptions=True)
                         await quiesce(f, deadline + 10, validator)
-                        report.after = await resources()
-                        report.samples.append(sample(f, done + n, await validator() if validator else {},
-                                                     report.after))
+                        report.after = await resources(redis=f.ctx)
+                        report.samples.append(await sample(f, done + n, await validator() if validator else {},
+                                                           report.after, reader))
                     if types:
                         grown = object_types() - types_before
                         report.types_grown = dict(grown.most_common(15))
                     report.structures_after = structures(f)
                     report.validator_after = await validator() if validator else {}
-                    report.rows_after = await count_rows()
+                    report.rows_after = await reader.rows()
             await f.ctx.client.session.close()
     b, a = report.before, report.after
     grown = {k: v for k, v in report.structures_after.items() if v > report.structures_before.get(k, 0)}
     v = report.validator_after
     drained = all(v.get(k, 0) == 0 for k in DRAINED) and v.get("validator score book", 0) <= len(profiles)
     orphans = [k for k, n in report.rows_after.items() if k in ORPHANS and n]
+    first, last = report.samples[0].redis, report.samples[-1].redis
+    report.redis_problems = redis_problems(first, last, requests) if first and last else []
     report.ok = (not report.unexpected and report.statuses.get("ok", 0) == requests and not grown and drained
-                 and not orphans
-                 and a.fds <= b.fds + FD_SLACK and a.tasks <= b.tasks and a.rss_mb - b.rss_mb < max_rss_mb
+                 and not orphans and not report.redis_problems
+                 and a.fds - a.redis_sockets <= b.fds - b.redis_sockets + FD_SLACK and a.tasks <= b.tasks and a.rss_mb - b.rss_mb < max_rss_mb
                  and blocks_grown(report) < MAX_BLOCKS_PER_REQUEST * requests)
     return report
 
@@ -683,13 +705,20 @@ MIX: dict[str, tuple[int, Callable[[aiohttp.ClientSession, Mix], Awaitable[str |
 MIX_RETENTION_S = 20.0  # RESPONSES_RETENTION_SECONDS in the mix: the responses and conversations it leaves expire
 
 
+@dataclass
+class StoreReader:
+    """How to count what the API's stores hold: rows by table (SQLite) or keys by kind (Redis); on Redis also
+    the run's namespace key by key (``soak_redis``)."""
+    rows: Callable[[], Awaitable[dict[str, int]]]
+    held: Callable[[], Awaitable[RedisHeld]] | None = None
+
+
 @contextlib.asynccontextmanager
-async def store_on(f: Fleet, tmp: Path, url: str | None) -> AsyncIterator[Callable[[], Awaitable[dict[str, int]]]]:
-    """The API's stores on ``url`` (a Redis; None: the fleet's SQLite file), and how to count what they hold:
-    rows by table, or Redis keys by kind. A Redis is left as it was found: the run's keys are under a
-    namespace of its own, deleted at the end."""
+async def store_on(f: Fleet, tmp: Path, url: str | None) -> AsyncIterator[StoreReader]:
+    """The API's stores on ``url`` (a Redis; None: the fleet's SQLite file), and how to read what they hold.
+    A Redis is left as it was found: the run's keys are under a namespace of its own, deleted at the end."""
     if url is None:
-        yield lambda: _sqlite_rows(tmp / "api.db")
+        yield StoreReader(lambda: _sqlite_rows(tmp / "api.db"))
         return
     from shared.store.conversations import open_conversations
     from shared.store.redis import RedisStore
@@ -707,8 +736,14 @@ async def store_on(f: Fleet, tmp: Path, url: str | None) -> AsyncIterator[Callab
     f.key, _ = await ctx.store.create_key(1_000_000)
     for store in sqlite[1:]:
         await store.aclose()
+    async def held() -> RedisHeld:
+        return await read_held(ctx.store.redis, ns)
+
+    async def keys() -> dict[str, int]:
+        return (await held()).keys
+
     try:
-        yield lambda: _redis_keys(ctx.store.redis, ns)
+        yield StoreReader(keys, held)
     finally:
         async for name in ctx.store.redis.scan_iter(match=f"{ns}:*", count=1000):
             await ctx.store.redis.delete(name)
@@ -738,13 +773,6 @@ async def _sqlite_rows(path: Path) -> dict[str, int]:
         for name, query in ORPHANS.items():  # rows no purge reaches: what they belonged to is gone
             rows[name] = db.execute(query).fetchone()[0]
         return rows
-
-
-async def _redis_keys(redis: Any, ns: str) -> dict[str, int]:
-    out: Counter[str] = Counter()
-    async for name in redis.scan_iter(match=f"{ns}:*", count=1000):
-        out[(name.decode() if isinstance(name, bytes) else name).split(":")[1]] += 1
-    return dict(out)
 
 
 @contextlib.asynccontextmanager
@@ -856,11 +884,15 @@ def render_samples(samples: list[Sample]) -> list[str]:
     if len(samples) < 2:
         return []
     names = list(samples[0].bounded)
-    lines = ["  over the run:" + "".join(f"{h:>11}" for h in ("requests", "RSS MB", "trimmed", "py blocks", "SQLite MB"))
+    redis = samples[0].redis is not None
+    heads = ("requests", "RSS MB", "trimmed", "py blocks", "SQLite MB") + (("Redis keys", "Redis KB", "used MB*") if redis else ())
+    lines = ["  over the run:" + "".join(f"{h:>11}" for h in heads)
              + "".join(f"  {n} (<= {BOUNDED[n]})" for n in names)]
     for x in samples:
         trimmed = f"{x.trimmed_mb:>11.1f}" if x.trimmed_mb is not None else f"{'-':>11}"
-        lines.append(f"  {'':<12}{x.requests:>11}{x.rss_mb:>11.1f}{trimmed}{x.py_blocks:>11}{x.sqlite_mb:>11.1f}"
+        held = (f"{x.redis.total_keys:>11}{x.redis.bytes / 1024:>11.0f}{x.redis.used_memory / (1 << 20):>11.1f}"
+                if x.redis is not None else "")
+        lines.append(f"  {'':<12}{x.requests:>11}{x.rss_mb:>11.1f}{trimmed}{x.py_blocks:>11}{x.sqlite_mb:>11.1f}{held}"
                      + "".join(f"  {x.bounded.get(n, 0):>{len(n) + 6 + len(BOUNDED[n])}}" for n in names))
     return lines
 
@@ -875,7 +907,9 @@ def render(r: Report, max_rss_mb: float) -> str:
         f"({r.requests / max(r.seconds, 1e-9):.0f} req/s); {what}",
         f"  answers: {dict(Counter(r.statuses))}; longest event-loop stall {r.max_loop_lag * 1000:.0f} ms",
         f"  {'':<24}{'before':>10}{'after':>10}{'delta':>10}   limit",
-        f"  {'open fds':<24}{b.fds:>10}{a.fds:>10}{a.fds - b.fds:>+10}   <= +{FD_SLACK}",
+        f"  {'open fds':<24}{b.fds:>10}{a.fds:>10}{a.fds - b.fds:>+10}   <= +{FD_SLACK}"
+        + (f" + Redis's sockets ({a.redis_sockets - b.redis_sockets:+}: {b.redis_sockets} -> {a.redis_sockets}, "
+           f"pooled, <= {2 * REDIS_CONNECTIONS} a client)" if a.redis_sockets or b.redis_sockets else ""),
         f"  {'asyncio tasks':<24}{b.tasks:>10}{a.tasks:>10}{a.tasks - b.tasks:>+10}   <= 0",
         f"  {'RSS (MB)':<24}{b.rss_mb:>10.1f}{a.rss_mb:>10.1f}{a.rss_mb - b.rss_mb:>+10.1f}   < {max_rss_mb:g}",
     ]
@@ -897,11 +931,15 @@ def render(r: Report, max_rss_mb: float) -> str:
         before, after = r.rows_before.get(name, 0), r.rows_after.get(name, 0)
         limit = "0" if name in ORPHANS else ""
         lines.append(f"  {'store ' + name:<24}{before:>10}{after:>10}{after - before:>+10}   {limit}")
+    first, last = (r.samples[0].redis, r.samples[-1].redis) if r.samples else (None, None)
+    if first is not None and last is not None:
+        lines += render_held(first, last, r.requests)
     lines += render_samples(r.samples)
     if r.samples:
         lines.append("  * live Python blocks (sys.getallocatedblocks) but the miners' windows' (5 a nonce, 1 a latency)")
     lines += [f"  grew: {n:+} {name}" for name, n in r.types_grown.items()]
     lines += [f"  unexpected: {u}" for u in r.unexpected]
+    lines += [f"  left on Redis for good: {p}" for p in r.redis_problems]
     lines.append("soak: PASS" if r.ok else "soak: FAIL")
     return "\n".join(lines)
 
@@ -914,20 +952,40 @@ def main() -> int:
     p.add_argument("--max-rss-mb", type=float, default=20.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--mix", action="store_true", help="every endpoint (MIX), not only chat completions")
-    p.add_argument("--store", default=None, metavar="REDIS_URL",
-                   help="the API's stores on this Redis (its own namespace, deleted after); default SQLite")
+    p.add_argument("--store", default="sqlite", metavar="sqlite|redis",
+                   help="the API's stores: a SQLite file (default), or Redis at --redis-url, in a namespace of "
+                        "its own deleted after (a redis:// URL here is taken as --redis-url)")
+    p.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="the Redis of --store redis "
+                   "(default: REDIS_URL); the run's keys and their memory are read after each phase")
     p.add_argument("--samples", type=int, default=1, help="phases the run is read after (RSS over the run)")
     p.add_argument("--types", action="store_true", help="print the object types that grew most over the run")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line too")
     args = p.parse_args()
+    try:
+        store_url = redis_store_url(args.store, args.redis_url)
+    except ValueError as e:
+        p.error(str(e))
     setup_logging("WARNING", role="soak")
     logger.disable("api")  # one INFO line per request would dominate the run
     report = asyncio.run(soak(args.requests, args.concurrency, args.deadline, args.max_rss_mb, args.seed,
-                              mix=args.mix, store_url=args.store, samples=args.samples, types=args.types))
+                              mix=args.mix, store_url=store_url, samples=args.samples, types=args.types))
     print(render(report, args.max_rss_mb), flush=True)
     if args.json:
         print(json.dumps(asdict(report)), flush=True)
     return 0 if report.ok else 1
+
+
+def redis_store_url(store: str, redis_url: str | None) -> str | None:
+    """The Redis the API's stores go on (None: SQLite), from ``--store`` and ``--redis-url``."""
+    if store.startswith(("redis://", "rediss://")):
+        return store
+    if store == "sqlite":
+        return None
+    if store != "redis":
+        raise ValueError(f"--store: sqlite or redis, not {store!r}")
+    if not redis_url:
+        raise ValueError("--store redis needs --redis-url or REDIS_URL")
+    return redis_url
 
 
 if __name__ == "__main__":

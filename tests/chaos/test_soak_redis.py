@@ -1,0 +1,73 @@
+"""The soak's verdict on Redis (``scripts/soak_redis.py``), on a real Redis: a key the run leaves with no TTL,
+or a persistent key that keeps growing, fails it, as one that expires does not; and ``--store redis`` takes
+its Redis from ``--redis-url`` or ``REDIS_URL``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from shared.store.base import redis_client
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from soak_redis import LONGEST_TTL_S, problems, read_held  # noqa: E402
+
+REDIS_URL = os.environ.get("REDIS_URL")
+needs_redis = pytest.mark.skipif(not REDIS_URL, reason="REDIS_URL is not set: this test needs a Redis (CI sets it)")
+
+
+@needs_redis
+async def test_a_key_left_without_a_ttl_fails_the_verdict_and_one_that_expires_does_not() -> None:
+    assert REDIS_URL
+    r, ns = redis_client(REDIS_URL), f"soak-verdict-{uuid.uuid4().hex[:12]}"
+    try:
+        await r.set(f"{ns}:keys", "kept", px=None)
+        before = await read_held(r, ns)
+        for i in range(100):  # what expires by itself: no leak, however many
+            await r.set(f"{ns}:response:k:{i}", "x" * 200, px=60_000)
+        assert problems(before, await read_held(r, ns), requests=100) == []
+
+        await r.set(f"{ns}:response_forgotten:k", "1")  # one left for good
+        left = await read_held(r, ns)
+        assert left.persistent == {"keys": 1, "response_forgotten": 1}
+        assert problems(before, left, requests=100) == ["+1 response_forgotten keys with no TTL"]
+    finally:
+        await _drop(r, ns)
+
+
+@needs_redis
+async def test_a_persistent_key_growing_by_a_field_every_ten_requests_fails_the_verdict() -> None:
+    assert REDIS_URL
+    r, ns = redis_client(REDIS_URL), f"soak-verdict-{uuid.uuid4().hex[:12]}"
+    try:
+        await r.hset(f"{ns}:usage:k", "total:requests", 1)
+        before = await read_held(r, ns)
+        await r.hset(f"{ns}:usage:k", mapping={f"2026-12-{i:04d}:requests": 1 for i in range(1000)})
+        [problem] = problems(before, await read_held(r, ns), requests=10_000)
+        assert problem.startswith("keys with no TTL grew by")
+
+        await r.set(f"{ns}:session:s", "{}", px=int(2 * LONGEST_TTL_S * 1000))  # longer than any store sets
+        assert "past the longest any store sets" in problems(before, await read_held(r, ns), requests=10**9)[-1]
+    finally:
+        await _drop(r, ns)
+
+
+def test_store_redis_without_a_url_is_refused_in_one_line() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "soak.py"), "--store", "redis"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "--store redis needs --redis-url or REDIS_URL" in proc.stderr
+
+
+async def _drop(r: object, ns: str) -> None:
+    async for name in r.scan_iter(match=f"{ns}:*"):  # type: ignore[attr-defined]
+        await r.delete(name)  # type: ignore[attr-defined]
+    await r.aclose()  # type: ignore[attr-defined]
