@@ -9,18 +9,20 @@ state) it prints open file descriptors, asyncio tasks and RSS.
 
 Bounded structures are at their size before the first reading (``BOUNDED``; the warm-up, ``fill_key_rows``,
 the mix validator's ``SOAK_SEEN_SIZE``), so their filling is not read as growth; ``--samples N`` reads the
-process after each of N phases of the run.
+process after each of N phases of the run (by default one a ``PHASE_REQUESTS``, up to 10).
 
 Pass criteria (exit code 1 otherwise): zero unexpected statuses or answers,
 file descriptors and tasks back to baseline, RSS growth under ``--max-rss-mb``, Python's live blocks (but the
-miners' windows') grown by less than ``MAX_BLOCKS_PER_REQUEST`` a request; with ``--mix``
+miners' windows') grown by less than ``MAX_BLOCKS_PER_REQUEST`` a request, and their trend over the phases
+(``blocks_trend``, with 5 phases or more) under ``MAX_BLOCKS_TREND`` a request, which a leak of one object
+every ten requests fails; with ``--mix``
 also the API's per-request structures back to their size, the validator's queue, inbox and the
 outbox drained, its score book within the metagraph, and no SQLite row left that no purge reaches.
 
     python scripts/soak.py                      # 20,000 requests at concurrency 64
     python scripts/soak.py --requests 1000      # the small version run by `make test`
     python scripts/soak.py --mix                # every endpoint (``MIX``), not only chat completions
-    python scripts/soak.py --mix --samples 10 --types   # RSS and blocks after each tenth; types that grew
+    python scripts/soak.py --mix --samples 10 --types   # after each tenth; the types that grew (in every phase)
     python scripts/soak.py --mix --store redis   # the same on a Redis store (--redis-url, default REDIS_URL)
 
 ``--mix`` spreads the requests over every endpoint in ``MIX``: chat (with clients that leave mid-stream,
@@ -46,6 +48,7 @@ import itertools
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -82,6 +85,12 @@ FD_SLACK = 2
 # leak of one object a request fails (a request body kept: ~2 blocks a request of the mix), where RSS, which
 # allocator slack moves by MBs, only fails one of ~1 KB a request.
 MAX_BLOCKS_PER_REQUEST = 1.0
+# Their trend over the phases (``blocks_trend``) must stay under this a request: a leak of one object every ten
+# requests adds 0.1 (a request body kept every tenth request: 0.17 with what the run itself moves, measured),
+# where the code measured 0.03 to 0.08 on a loaded host (2026-12-06). Read over at least TREND_READINGS readings.
+MAX_BLOCKS_TREND = 0.12
+TREND_READINGS = 6
+PHASE_REQUESTS = 2_000  # --samples by default: a phase a 2,000 requests, up to 10 (make soak: 10)
 NONCE_BLOCKS = 5  # a nonce a replay window holds: its (hotkey, nonce) and (expiry, key) tuples, the hotkey read from
 # its headers, the int and the float (measured)
 REPLAY_WINDOW_S = nonce_retention()  # how long a miner keeps each nonce
@@ -144,6 +153,7 @@ class Report:
     validator_after: dict[str, int] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)  # after the warm-up, then after each phase
     types_grown: dict[str, int] = field(default_factory=dict)  # --types: the object types that grew most
+    types_every_phase: dict[str, int] = field(default_factory=dict)  # --types: those that grew in every phase
     redis_problems: list[str] = field(default_factory=list)  # what the run left on Redis for good (soak_redis)
 
 
@@ -357,6 +367,17 @@ def object_types() -> Counter[str]:
     return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
 
 
+def grown_every_phase(counted: list[Counter[str]], most: int = 15) -> dict[str, int]:
+    """The types whose count rose in every phase (``counted``: after the warm-up, then after each phase), by how
+    much in all: a leak grows with the requests, phase after phase, where a cache filling or the miners'
+    windows following the request rate rise and fall; what leaks is named. Needs two phases."""
+    if len(counted) < 3:
+        return {}
+    steady = {t: counted[-1][t] - counted[0][t] for t in counted[-1]
+              if all(b[t] > a[t] for a, b in itertools.pairwise(counted))}
+    return dict(Counter(steady).most_common(most))
+
+
 def phases(requests: int, samples: int) -> list[tuple[int, int]]:
     """The measured run in ``samples`` phases: (requests before it, its requests)."""
     size = max(1, requests // samples)
@@ -395,7 +416,7 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                     report.validator_before = await validator() if validator else {}
                     report.rows_before = await reader.rows()
                     report.samples.append(await sample(f, 0, report.validator_before, report.before, reader))
-                    types_before = object_types() if types else Counter()
+                    counted = [object_types()] if types else []
                     for done, n in phases(requests, samples):
                         started, watcher = time.monotonic(), asyncio.create_task(watch_loop_lag(report))
                         await drive(session, scenario, n, concurrency, seed + done, report)
@@ -406,9 +427,11 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                         report.after = await resources(redis=f.ctx)
                         report.samples.append(await sample(f, done + n, await validator() if validator else {},
                                                            report.after, reader))
+                        if types:
+                            counted.append(object_types())
                     if types:
-                        grown = object_types() - types_before
-                        report.types_grown = dict(grown.most_common(15))
+                        report.types_grown = dict((counted[-1] - counted[0]).most_common(15))
+                        report.types_every_phase = grown_every_phase(counted)
                     report.structures_after = structures(f)
                     report.validator_after = await validator() if validator else {}
                     report.rows_after = await reader.rows()
@@ -423,7 +446,8 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
     report.ok = (not report.unexpected and report.statuses.get("ok", 0) == requests and not grown and drained
                  and not orphans and not report.redis_problems
                  and a.fds - a.redis_sockets <= b.fds - b.redis_sockets + FD_SLACK and a.tasks <= b.tasks and a.rss_mb - b.rss_mb < max_rss_mb
-                 and blocks_grown(report) < MAX_BLOCKS_PER_REQUEST * requests)
+                 and blocks_grown(report) < MAX_BLOCKS_PER_REQUEST * requests
+                 and (blocks_trend(report.samples) or 0.0) < MAX_BLOCKS_TREND)
     return report
 
 
@@ -434,6 +458,16 @@ def blocks_grown(r: Report) -> int:
     if not r.samples:
         return 0
     return _steady_blocks(r.samples[-1]) - _steady_blocks(r.samples[0])
+
+
+def blocks_trend(samples: list[Sample]) -> float | None:
+    """Python's steady blocks a request over the run: the median of the slopes between every two readings
+    (Theil-Sen). A leak adds its blocks phase after phase; a reading the miners' windows or the collector moved
+    moves the median little, where it moves first-vs-last by all it is off. None under ``TREND_READINGS``."""
+    points = [(x.requests, _steady_blocks(x)) for x in samples]
+    if len(points) < TREND_READINGS:
+        return None
+    return statistics.median((b2 - b1) / (r2 - r1) for (r1, b1), (r2, b2) in itertools.combinations(points, 2))
 
 
 def _steady_blocks(x: Sample) -> int:
@@ -885,14 +919,14 @@ def render_samples(samples: list[Sample]) -> list[str]:
         return []
     names = list(samples[0].bounded)
     redis = samples[0].redis is not None
-    heads = ("requests", "RSS MB", "trimmed", "py blocks", "SQLite MB") + (("Redis keys", "Redis KB", "used MB*") if redis else ())
+    heads = ("requests", "RSS MB", "trimmed", "py blocks", "steady*", "SQLite MB") + (("Redis keys", "Redis KB", "used MB*") if redis else ())
     lines = ["  over the run:" + "".join(f"{h:>11}" for h in heads)
              + "".join(f"  {n} (<= {BOUNDED[n]})" for n in names)]
     for x in samples:
         trimmed = f"{x.trimmed_mb:>11.1f}" if x.trimmed_mb is not None else f"{'-':>11}"
         held = (f"{x.redis.total_keys:>11}{x.redis.bytes / 1024:>11.0f}{x.redis.used_memory / (1 << 20):>11.1f}"
                 if x.redis is not None else "")
-        lines.append(f"  {'':<12}{x.requests:>11}{x.rss_mb:>11.1f}{trimmed}{x.py_blocks:>11}{x.sqlite_mb:>11.1f}{held}"
+        lines.append(f"  {'':<12}{x.requests:>11}{x.rss_mb:>11.1f}{trimmed}{x.py_blocks:>11}{_steady_blocks(x):>11}{x.sqlite_mb:>11.1f}{held}"
                      + "".join(f"  {x.bounded.get(n, 0):>{len(n) + 6 + len(BOUNDED[n])}}" for n in names))
     return lines
 
@@ -917,6 +951,9 @@ def render(r: Report, max_rss_mb: float) -> str:
         first, last = _steady_blocks(r.samples[0]), _steady_blocks(r.samples[-1])
         lines.append(f"  {'Python blocks*':<24}{first:>10}{last:>10}{last - first:>+10}   "
                      f"< {MAX_BLOCKS_PER_REQUEST * r.requests:g}")
+        if (trend := blocks_trend(r.samples)) is not None:
+            lines.append(f"  {'Python blocks* trend':<24}{'':>20}{trend:>+10.3f}   < {MAX_BLOCKS_TREND:g} a request "
+                         f"(Theil-Sen over {len(r.samples)} readings)")
     if b.trimmed_mb is not None and a.trimmed_mb is not None:
         lines.append(f"  {'RSS, heap trimmed':<24}{b.trimmed_mb:>10.1f}{a.trimmed_mb:>10.1f}"
                      f"{a.trimmed_mb - b.trimmed_mb:>+10.1f}")
@@ -938,6 +975,7 @@ def render(r: Report, max_rss_mb: float) -> str:
     if r.samples:
         lines.append("  * live Python blocks (sys.getallocatedblocks) but the miners' windows' (5 a nonce, 1 a latency)")
     lines += [f"  grew: {n:+} {name}" for name, n in r.types_grown.items()]
+    lines += [f"  grew in every phase: {n:+} {name}" for name, n in r.types_every_phase.items()]
     lines += [f"  unexpected: {u}" for u in r.unexpected]
     lines += [f"  left on Redis for good: {p}" for p in r.redis_problems]
     lines.append("soak: PASS" if r.ok else "soak: FAIL")
@@ -957,7 +995,8 @@ def main() -> int:
                         "its own deleted after (a redis:// URL here is taken as --redis-url)")
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="the Redis of --store redis "
                    "(default: REDIS_URL); the run's keys and their memory are read after each phase")
-    p.add_argument("--samples", type=int, default=1, help="phases the run is read after (RSS over the run)")
+    p.add_argument("--samples", type=int, default=None, help="phases the run is read after (RSS, blocks and "
+                   f"their trend over the run; default a {PHASE_REQUESTS:,} requests, up to 10)")
     p.add_argument("--types", action="store_true", help="print the object types that grew most over the run")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line too")
     args = p.parse_args()
@@ -968,7 +1007,8 @@ def main() -> int:
     setup_logging("WARNING", role="soak")
     logger.disable("api")  # one INFO line per request would dominate the run
     report = asyncio.run(soak(args.requests, args.concurrency, args.deadline, args.max_rss_mb, args.seed,
-                              mix=args.mix, store_url=store_url, samples=args.samples, types=args.types))
+                              mix=args.mix, store_url=store_url, samples=args.samples or min(10, max(1, args.requests // PHASE_REQUESTS)),
+                              types=args.types))
     print(render(report, args.max_rss_mb), flush=True)
     if args.json:
         print(json.dumps(asdict(report)), flush=True)
