@@ -367,15 +367,27 @@ def object_types() -> Counter[str]:
     return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
 
 
-def grown_every_phase(counted: list[Counter[str]], most: int = 15) -> dict[str, int]:
-    """The types whose count rose in every phase (``counted``: after the warm-up, then after each phase), by how
-    much in all: a leak grows with the requests, phase after phase, where a cache filling or the miners'
-    windows following the request rate rise and fall; what leaks is named. Needs two phases."""
-    if len(counted) < 3:
-        return {}
-    steady = {t: counted[-1][t] - counted[0][t] for t in counted[-1]
-              if all(b[t] > a[t] for a, b in itertools.pairwise(counted))}
-    return dict(Counter(steady).most_common(most))
+class TypeGrowth:
+    """``--types``: the object types that grew over the run, and those that grew in every phase: a leak grows
+    with the requests, phase after phase, where a cache filling or the miners' windows following the request
+    rate rise and fall, so what leaks is named. Only the first, the last and the types still rising are kept:
+    a count kept for each phase was thousands of Python blocks a phase, read as a leak by the blocks' trend."""
+
+    def __init__(self, first: Counter[str]) -> None:
+        self.first, self.last = first, Counter(first)  # two counts held from the first reading to the last
+        self.rising: set[str] | None = None  # None until the first phase is read
+        self.phases = 0
+
+    def phase(self, counted: Counter[str]) -> None:
+        rose = {t for t, n in counted.items() if n > self.last[t]}
+        self.rising = rose if self.rising is None else self.rising & rose
+        self.last, self.phases = counted, self.phases + 1
+
+    def report(self, most: int = 15) -> tuple[dict[str, int], dict[str, int]]:
+        """What grew most over the run; what grew in every phase (with two phases or more), by how much."""
+        grown = self.last - self.first
+        every = Counter({t: grown[t] for t in self.rising or ()}) if self.phases >= 2 else Counter()
+        return dict(grown.most_common(most)), dict(every.most_common(most))
 
 
 def phases(requests: int, samples: int) -> list[tuple[int, int]]:
@@ -415,8 +427,8 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                     report.before, report.structures_before = await resources(redis=f.ctx), structures(f)
                     report.validator_before = await validator() if validator else {}
                     report.rows_before = await reader.rows()
+                    growth = TypeGrowth(object_types()) if types else None  # before the first reading: it holds
                     report.samples.append(await sample(f, 0, report.validator_before, report.before, reader))
-                    counted = [object_types()] if types else []
                     for done, n in phases(requests, samples):
                         started, watcher = time.monotonic(), asyncio.create_task(watch_loop_lag(report))
                         await drive(session, scenario, n, concurrency, seed + done, report)
@@ -427,11 +439,10 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                         report.after = await resources(redis=f.ctx)
                         report.samples.append(await sample(f, done + n, await validator() if validator else {},
                                                            report.after, reader))
-                        if types:
-                            counted.append(object_types())
-                    if types:
-                        report.types_grown = dict((counted[-1] - counted[0]).most_common(15))
-                        report.types_every_phase = grown_every_phase(counted)
+                        if growth is not None:
+                            growth.phase(object_types())
+                    if growth is not None:
+                        report.types_grown, report.types_every_phase = growth.report()
                     report.structures_after = structures(f)
                     report.validator_after = await validator() if validator else {}
                     report.rows_after = await reader.rows()

@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from soak import MAX_BLOCKS_TREND, Sample, blocks_trend, grown_every_phase  # noqa: E402
+from soak import MAX_BLOCKS_TREND, Sample, TypeGrowth, blocks_trend  # noqa: E402
 
 
 def readings(blocks: list[int], every: int = 2000) -> list[Sample]:
@@ -39,5 +39,8 @@ def test_one_odd_reading_does_not_move_the_trend_as_it_moves_first_versus_last()
 
 
 def test_the_types_that_grew_in_every_phase_are_named_and_those_that_came_and_went_are_not() -> None:
-    counted = [Counter({"Leak": n, "Window": w}) for n, w in ((10, 500), (20, 900), (30, 400), (40, 700))]
-    assert grown_every_phase(counted) == {"Leak": 30}
+    first, *phases = [Counter({"Leak": n, "Window": w}) for n, w in ((10, 500), (20, 900), (30, 400), (40, 700))]
+    growth = TypeGrowth(first)
+    for counted in phases:
+        growth.phase(counted)
+    assert growth.report() == ({"Window": 200, "Leak": 30}, {"Leak": 30})
