@@ -87,8 +87,8 @@ FD_SLACK = 2
 MAX_BLOCKS_PER_REQUEST = 1.0
 # Their trend over the phases (``blocks_trend``) must stay under this a request: a leak of one object every ten
 # requests adds 0.1 (a request body kept every tenth request: 0.15 and 0.17 with what the run itself moves,
-# measured), where the code measured 0.03 to 0.09 on a loaded host (2026-12-06), the most of it the key row
-# cache turning the fill's copies over for real rows (bounded: 4,096 rows). Read over at least TREND_READINGS readings.
+# measured), where the code measured 0.03 to 0.09 on a loaded host (2026-12-06): traced, about half of it the
+# key row cache turning the fill's copies over for real rows (4,096 at most), the rest abc's subclass caches. Read over at least TREND_READINGS readings.
 MAX_BLOCKS_TREND = 0.12
 TREND_READINGS = 6
 PHASE_REQUESTS = 2_000  # --samples by default: a phase a 2,000 requests, up to 10 (make soak: 10)
