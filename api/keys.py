@@ -213,13 +213,13 @@ async def _forget_responses(ctx: ApiContext, key_id: str) -> None:
 
 async def _close_session(ctx: ApiContext, key_id: str) -> None:
     """A deleted key's session was kept to its expiry (up to a week), read by every session sweep meanwhile:
-    a churn of keys that each opened one grew what every sweep reads."""
+    a churn of keys that each opened one grew what every sweep reads. One its requests still in flight would
+    open after is refused too (``forget_key``): it was kept, for no key to use."""
     if ctx.sessions is None:
         return
     try:
-        session = await ctx.sessions.for_key(key_id)
-        if session is not None and await ctx.sessions.close(session.id):
-            logger.info("session {} of deleted key id={} closed", session.id, key_id)
+        if await ctx.sessions.forget_key(key_id):
+            logger.info("session of deleted key id={} closed", key_id)
     except StoreUnavailable as e:
         logger.warning("session of deleted key id={} left to expire: {}", key_id, e)
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from loguru import logger
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from api.auth import authenticate, check_model
+from api.auth import authenticate, check_model, invalid_api_key
 from api.context import CTX, ApiContext
 from api.fanout import settle, start_race
 from api.race import MinerRun, Race
@@ -31,6 +31,7 @@ from shared.ids import request_id_from
 from shared.metagraph import Neuron
 from shared.protocol import DEFAULT_TASK, MAX_SESSION_ID
 from shared.store.base import KeyRecord, StoreUnavailable
+from shared.store.forgotten import KeyForgotten
 from shared.store.outage import OutageLog
 from shared.store.sessions import Session, SessionStore, pin_of
 
@@ -271,8 +272,11 @@ async def open_session(request: web.Request) -> web.Response:
     # any model (the caller fixed its request), where chat says 503 no_miners_available.
     miner = serving_miners(ctx, model, 1)[0]
     with _store_calls():
-        session = await _store(ctx).open(key.id, body.model, miner.uid, miner.hotkey,
-                                         duration=body.session_duration, failover=body.failover)
+        try:
+            session = await _store(ctx).open(key.id, body.model, miner.uid, miner.hotkey,
+                                             duration=body.session_duration, failover=body.failover)
+        except KeyForgotten:  # the key was deleted as this ran: the 401 it would get a moment later, nothing kept
+            raise invalid_api_key() from None
     logger.info("session {} opened key={} model={} uid={}", session.id, key.id, session.model, session.uid)
     return json_response(session.public())
 

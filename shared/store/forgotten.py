@@ -1,14 +1,14 @@
 """A deleted key's forgotten mark: what refuses the writes its requests still in flight make after the delete.
 
-Deleting a key deletes its stored responses and its conversations (each store's ``forget_key``), but a request of
-that key still being answered then, on this worker or another worker or host sharing the store, could write
-after it: a response, a new conversation, a turn added to one. Each was kept its usual day, though no key could
-ever read it again. So ``forget_key`` marks the key forgotten first (in the same SQLite transaction as its
-deletes; on Redis before its SCANs, which could miss a name written as they run), and each write of a key's
-stored responses and conversations reads the mark in the same step as it writes (the same transaction, the same
-Lua script): one that comes after the delete keeps nothing.
+Deleting a key deletes its stored responses, its conversations and its session (each store's ``forget_key``), but a
+request of that key still being answered then, on this worker or another worker or host sharing the store, could
+write after it: a response, a new conversation, a turn added to one, a session opened. Each was kept its usual day
+(a session up to its week), though no key could ever use it again. So ``forget_key`` marks the key forgotten first
+(in the same SQLite transaction as its deletes; on Redis before its SCANs, which could miss a name written as they
+run), and each write of a key's stored responses, conversations and session reads the mark in the same step as it
+writes (the same transaction, the same Lua script): one that comes after the delete keeps nothing.
 
-One mark per key, shared by both stores (they live in one place, ``STORE_URL``): a row of ``forgotten_keys`` on
+One mark per key, shared by the three stores (they live in one place, ``STORE_URL``): a row of ``forgotten_keys`` on
 SQLite, ``{ns}:response_forgotten:{key id}`` on Redis (named when only stored responses read it: the name stays,
 so a fleet part upgraded still refuses what the other part's deletes forgot). It goes after ``FORGOTTEN_FOR_S``.
 """

@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared.store import forgotten
 from shared.store.base import RedisBacked, RedisLink, RedisLinks, open_by_url
+from shared.store.forgotten import KeyForgotten
 from shared.store.sqlite_tables import SQLiteTables, expiring_table
 
 
@@ -70,10 +72,15 @@ class SessionStore(Protocol):
 
     async def active(self) -> list[Session]: ...
 
+    async def forget_key(self, key_id: str) -> bool:
+        """A deleted key's session closed, and a session its requests still in flight would open after refused
+        (``open`` raises ``KeyForgotten``, for ``forgotten.FORGOTTEN_FOR_S``); whether one was closed."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
-SCHEMA = expiring_table("model_sessions", index="model_sessions_key", on="key_id")
+SCHEMA = expiring_table("model_sessions", index="model_sessions_key", on="key_id") + forgotten.SCHEMA
 
 
 class SQLiteSessionStore(SQLiteTables):
@@ -88,6 +95,8 @@ class SQLiteSessionStore(SQLiteTables):
         session = Session(new_session_id(), key_id, model, uid, hotkey, now, now + duration, failover)
 
         def run(db: sqlite3.Connection) -> None:
+            if forgotten.is_forgotten(db, key_id, now):  # read in the open's own transaction: no delete between
+                raise KeyForgotten(key_id)
             db.execute("DELETE FROM model_sessions WHERE key_id = ?", (key_id,))
             db.execute("INSERT INTO model_sessions (id, key_id, data, expires_at) VALUES (?,?,?,?)",
                        (session.id, key_id, json.dumps(asdict(session)), session.expires_at))
@@ -132,9 +141,21 @@ class SQLiteSessionStore(SQLiteTables):
                          (session_id, time.time())).fetchone()
         return Session(**json.loads(row[0])) if row else None
 
+    async def forget_key(self, key_id: str) -> bool:
+        def run(db: sqlite3.Connection) -> bool:
+            forgotten.mark(db, key_id, time.time())
+            return db.execute("DELETE FROM model_sessions WHERE key_id = ?", (key_id,)).rowcount > 0
+
+        return self._tx(run)
+
     async def active(self) -> list[Session]:
         now = time.time()
-        self._tx(lambda db: db.execute("DELETE FROM model_sessions WHERE expires_at <= ?", (now,)))
+
+        def sweep(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM model_sessions WHERE expires_at <= ?", (now,))
+            forgotten.purge(db, now)  # the marks' only sweep when no responses are kept (RESPONSES_RETENTION_SECONDS=0)
+
+        self._tx(sweep)
         return [Session(**json.loads(r[0])) for r in self._query("SELECT data FROM model_sessions", ())]
 
     async def aclose(self) -> None:
@@ -144,8 +165,10 @@ class SQLiteSessionStore(SQLiteTables):
 # The session's times come from Redis's clock (TIME), never the API host's: hosts whose clocks disagree
 # agree on when a session ends, as Redis expires it. ARGV[1] is the session's JSON without its times
 # (ending in '}'), ARGV[4] its duration in microseconds; the times are written as decimal text
-# (seconds.micros, exact: Lua's own number formatting keeps 14 digits) and returned.
+# (seconds.micros, exact: Lua's own number formatting keeps 14 digits) and returned. KEYS[4] is the key's forgotten
+# mark: a session of a key deleted as its request ran is not opened (false).
 _OPEN = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return false end
 local t = redis.call('TIME')
 local created_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local expires_us = created_us + tonumber(ARGV[4])
@@ -242,10 +265,13 @@ class RedisSessionStore(RedisBacked):
         session_id = new_session_id()
         timeless = {"id": session_id, "key_id": key_id, "model": model, "uid": uid, "hotkey": hotkey,
                     "failover": failover}
-        created, expires = await self._call(self._open(
-            keys=[self._kkey(key_id), self._skey(session_id), self._index],
+        opened = await self._call(self._open(
+            keys=[self._kkey(key_id), self._skey(session_id), self._index, forgotten.redis_name(self.ns, key_id)],
             args=[json.dumps(timeless), session_id, f"{self.ns}:session:", round(duration * 1_000_000)],
         ))
+        if opened is None:
+            raise KeyForgotten(key_id)
+        created, expires = opened
         return Session(session_id, key_id, model, uid, hotkey, float(created), float(expires), failover)
 
     async def get(self, session_id: str) -> Session | None:
@@ -271,6 +297,11 @@ class RedisSessionStore(RedisBacked):
         out = await self._call(self._close(keys=[self._skey(session_id), "", self._index],
                                            args=[session_id, self._kkey(""), uid, hotkey]))
         return bool(out)
+
+    async def forget_key(self, key_id: str) -> bool:
+        await self._call(forgotten.redis_mark(self.r, self.ns, key_id))  # first: an open after it is refused
+        session = await self.for_key(key_id)
+        return session is not None and await self.close(session.id)
 
     async def active(self) -> list[Session]:
         out = []

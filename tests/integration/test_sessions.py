@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from api.app import create_api_app
 from shared.store.base import StoreUnavailable
 from shared.store.sessions import RedisSessionStore, SQLiteSessionStore
 from tests.helpers import ApiUnderTest, Script, api_with_miners, build_api_context, chunk, serve_app, sse
+from tests.store.conftest import drop_keys
+from tests.store.conftest import redis_url as store_redis_url
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -583,3 +588,36 @@ async def test_opening_a_session_while_no_miner_is_up_is_chats_503_not_a_404(tmp
     async with api_with_miners(tmp_path / "none", {}) as api:
         status, _, body = await call(api, "POST", "/v1/sessions", json={"model": "m1"})
         assert (status, body["error"]["code"]) == (503, "no_miners_available"), body
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_session_opened_as_its_key_is_deleted_is_a_401_and_kept_nowhere(
+        tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``POST /v1/sessions`` of a key an admin deleted after the request's key check (the delete closed the
+    key's session, then this one opened): the session was kept to its end, up to a week, pinned for no key, and
+    the caller got its id. It is the 401 of a deleted key now, as the same request sent a moment later, and
+    nothing is kept."""
+    namespace = f"test-session-deleted-{secrets.token_hex(6)}" if store == "redis" else None
+    if namespace is not None:
+        store_redis_url()  # skipped without a Redis
+    try:
+        async with api_with_miners(tmp_path, miners(2), redis_namespace=namespace) as api:
+            secret, _ = await api.ctx.store.create_key(1000)
+            real_open = api.ctx.sessions.open
+
+            async def open_after_the_delete(*args: Any, **kwargs: Any) -> Any:  # the key checked, then deleted
+                async with aiohttp.ClientSession() as s, s.delete(
+                        f"{api.url}/api_management/delete-api-key/{secret}",
+                        headers={"admin-key": "admin-secret-for-tests"}) as r:
+                    assert r.status == 200, await r.text()
+                return await real_open(*args, **kwargs)
+
+            monkeypatch.setattr(api.ctx.sessions, "open", open_after_the_delete)
+            status, _, body = await call(api, "POST", "/v1/sessions", key=secret, json={"model": "default"})
+            assert status == 401 and body["error"]["code"] == "invalid_api_key", body
+            assert await api.ctx.sessions.active() == []
+    finally:
+        if namespace is not None:
+            redis = aioredis.from_url(store_redis_url())
+            await drop_keys(redis, namespace)
+            await redis.aclose()

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,27 @@ async def drop_keys(client: Any, namespace: str) -> None:
     """Delete every key of a test namespace from a Redis client (tests never touch anything else)."""
     async for name in client.scan_iter(match=f"{namespace}:*", count=500):
         await client.delete(name)
+
+
+@contextlib.asynccontextmanager
+async def stores_in_one_place(backend: str, path: Path, sqlite: Callable[[Path], Any],
+                              redis: Any) -> AsyncIterator[Callable[[], Any]]:
+    """Opens stores of one kind on one SQLite file (``path``) or one Redis namespace, each a worker's (``sqlite``
+    and ``redis``: the two classes), all closed afterwards and the namespace dropped."""
+    namespace, opened = f"test-{secrets.token_hex(6)}", []
+
+    def open_one() -> Any:
+        s = sqlite(path) if backend == "sqlite" else redis.from_url(redis_url(), namespace=namespace)
+        opened.append(s)
+        return s
+
+    try:
+        yield open_one
+    finally:
+        for s in opened:
+            if isinstance(s, redis) and s is opened[0]:
+                await drop_keys(s.r, namespace)
+            await s.aclose()
 
 
 async def conversations_of(conversations: Any, key_id: str) -> list[Any]:

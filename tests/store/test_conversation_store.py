@@ -22,7 +22,7 @@ from shared.store.conversations import (
     valid_id,
 )
 from shared.store.forgotten import KeyForgotten
-from tests.store.conftest import BACKENDS, conversations_of, drop_keys, redis_url
+from tests.store.conftest import BACKENDS, conversations_of, drop_keys, redis_url, stores_in_one_place
 
 
 def item(n: int, text: str = "Hi") -> str:
@@ -37,21 +37,9 @@ def conversation(conversation_id: str = "conv_1", metadata: dict[str, str] | Non
 @pytest.fixture(params=BACKENDS)
 async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Callable[[], Any]]:
     """Opens stores on one SQLite file or one Redis namespace (each a worker's), all closed afterwards."""
-    namespace, opened = f"test-{secrets.token_hex(6)}", []
-
-    def open_one() -> Any:
-        s: Any = (SQLiteConversationStore(tmp_path / "c.db") if request.param == "sqlite"
-                  else RedisConversationStore.from_url(redis_url(), namespace=namespace))
-        opened.append(s)
-        return s
-
-    try:
+    async with stores_in_one_place(request.param, tmp_path / "c.db", SQLiteConversationStore,
+                                   RedisConversationStore) as open_one:
         yield open_one
-    finally:
-        for s in opened:
-            if isinstance(s, RedisConversationStore) and s is opened[0]:
-                await drop_keys(s.r, namespace)
-            await s.aclose()
 
 
 @pytest.fixture
