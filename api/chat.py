@@ -161,8 +161,10 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             # stage one has part of the node's deadline: a miner that runs out of it is not at fault
             answers = await mixture.gather_answers(ctx, neurons, body, mixture.stage_one_seconds(seconds), rid,
                                                    excuse_timeouts=True, scored=scored, latency_scale=scale)
-        except ApiError as e:
+        except mixture.StageOneFailed as e:
             e.headers.update(headers)
+            _log_answer(request, fmt, key, req, [n.uid for n in neurons], None, use_mixture=True,
+                        status=ending(request) or "error", started=started, runs=e.runs, send=send)
             raise
         body = mixture.final_body(body, [r.text for r in answers])
         seconds = max(0.1, seconds - (loop.time() - stage_started))
@@ -216,16 +218,25 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
                              completion_tokens=used.get("completion_tokens") or 0,
                              error=winner.error is not None or unsent is not None, day=request.get(USAGE_DAY))
         status = unsent or ending(request) or logged_outcome(outcome, [winner] if winner else [])
+        _log_answer(request, fmt, key, req, [n.uid for n in neurons], winner.uid if winner else None,
+                    use_mixture=use_mixture, status=status, started=started, runs=race.runs, send=send)
 
-        def line(status: str) -> str:
-            return answer_line(fmt.kind, rid, key.id, [n.uid for n in neurons], winner.uid if winner else None,
-                               stream=req.stream, mixture=use_mixture, status=status, started=started,
-                               runs=race.runs)
 
-        if not send:  # a background turn's: written once it is settled (``responses_background``)
-            hold(request, line, status)
-        else:  # built only when it is written (LOG_LEVEL below WARNING): an f-string per request otherwise
-            write(request, line(status) if ctx.request_log.enabled else "")
+def _log_answer(request: web.Request, fmt: AnswerFormat, key: KeyRecord, req: ChatCompletionRequest, uids: list[int],
+                winner: int | None, *, use_mixture: bool, status: str, started: float, runs: list[MinerRun],
+                send: bool) -> None:
+    """The request's access line (``answer_line``); a background turn's (``send=False``) is held, and written once
+    the turn is settled (``responses_background``)."""
+    rid = request_id(request)
+
+    def line(status: str) -> str:
+        return answer_line(fmt.kind, rid, key.id, uids, winner, stream=req.stream, mixture=use_mixture, status=status,
+                           started=started, runs=runs)
+
+    if not send:
+        hold(request, line, status)
+    else:  # built only when it is written (LOG_LEVEL below WARNING): an f-string per request otherwise
+        write(request, line(status) if request.app[CTX].request_log.enabled else "")
 
 
 def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str],

@@ -67,10 +67,19 @@ async def gather_answers(
     settle(ctx, race, stage_body, kind="mixture_stage1")
     valid = [r for r in race.runs if r.error is None and r.has_answer and r.text]
     if not valid:
-        plain = no_winner_error(race, model=body.get("model"))
-        raise ApiError(plain.status, f"Mixture, first stage: {plain.message}", code=plain.code, param=plain.param,
-                       type_=plain.type)
+        raise StageOneFailed(no_winner_error(race, model=body.get("model")), race.runs)
     return valid
+
+
+class StageOneFailed(ApiError):
+    """No valid answer in the first stage: the error a plain request would get, and the stage's runs, which the
+    request's access line names (``failed=1:refused,...``): its line said only ``status=502``, and under
+    ``truncation: "auto"`` the refused attempt had none."""
+
+    def __init__(self, plain: ApiError, runs: list[MinerRun]) -> None:
+        super().__init__(plain.status, f"Mixture, first stage: {plain.message}", code=plain.code, param=plain.param,
+                         type_=plain.type)
+        self.runs = runs
 
 
 def stage_one_seconds(total: float) -> float:

@@ -359,3 +359,21 @@ async def test_no_line_is_built_when_the_access_log_is_off(tmp_path: Path, monke
         for stream in (False, True):
             status, _, text = await post(api, {"messages": MESSAGES, "uids": [1], "stream": stream})
             assert status == 200, text
+
+
+async def test_a_mixture_whose_first_stage_fails_names_the_miners_that_failed(tmp_path: Path,
+                                                                             lines: list[str]) -> None:
+    """A mixture request none of whose miners gave a first-stage answer was logged by the middleware alone
+    (``status=502 code=no_valid_answer``): never which miners were asked nor why each failed, as a plain race's
+    line says (``failed=1:http_5xx``); and a Responses request cut and asked again (``truncation: "auto"``) lost
+    that attempt's line altogether. Its line is the race's now, once."""
+    scripts = {1: Script([], status=500), 2: Script([], status=500)}
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, _, text = await post(api, {"messages": MESSAGES, "mixture": True}, headers={"x-request-id": "mix-1"})
+        assert status == 502, text
+        await asyncio.sleep(0.3)  # the access log's flush interval
+    logged = [line for line in chat_lines(lines) if " rid=mix-1 " in line]
+    assert len(logged) == 1, logged
+    assert " winner=None stream=False mixture=True status=error " in logged[0], logged
+    failed = logged[0].rsplit(" failed=", 1)[-1]
+    assert sorted(failed.split(",")) == ["1:http_5xx", "2:http_5xx"], logged
