@@ -32,17 +32,24 @@ async def recheck_cycle(inbox: ScoringInbox | None, reference: CachedReference, 
                         quiet: float = RECHECK_SECONDS, observe: Callable[[str, bool], None] | None = None) -> None:
     """Try the inbox, the reference model and the scores' file again where their run of failures has been
     ``quiet`` that long; ``observe(check, ok)`` is told each try, by its ``/ready`` check's name."""
-    tries: list[tuple[str, OutageLog, Callable[[], Awaitable[object]]]] = []
+    tries: list[tuple[str, OutageLog, Callable[[], Awaitable[object]], Callable[[], bool]]] = []
     if inbox is not None:
-        tries.append(("scoring_inbox", inbox.refused, inbox.probe))
-    tries.append(("reference", reference.status.outage, reference.probe))
-    if scores is not None:  # the scores kept in memory since, saved at last: no probe, the real write
-        tries.append(("scores", scores.save_outage, functools.partial(scores.save_off_loop, retry=True)))
-    for check, run, attempt in tries:
-        if _quiet(run, quiet):
+        tries.append(("scoring_inbox", inbox.refused, inbox.probe, _always_free))
+    tries.append(("reference", reference.status.outage, reference.probe, _always_free))
+    if scores is not None:  # the scores kept in memory since, saved at last: no probe, the real write; not while a
+        # save runs already (a try of its own, which tells its outcome: this one returned at once, counted failed)
+        tries.append(("scores", scores.save_outage, functools.partial(scores.save_off_loop, retry=True),
+                      lambda: not scores.saving))
+    for check, run, attempt, free in tries:
+        if _quiet(run, quiet) and free():
             await attempt()
             if observe is not None:
                 observe(check, not run.failing)
+
+
+def _always_free() -> bool:
+    """A check whose try may run whenever it is due (only the scores' save can be running already)."""
+    return True
 
 
 def _quiet(run: OutageLog, seconds: float) -> bool:

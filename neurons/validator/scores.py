@@ -184,6 +184,11 @@ class ScoreBook:
         if self.path is not None:
             atomic_write_json(self.path, self.to_json())
 
+    @property
+    def saving(self) -> bool:
+        """A save is running (``save_off_loop``): a call now returns at once, the running one saves its changes."""
+        return self._saving is not None and self._saving.locked()
+
     async def save_off_loop(self, *, retry: bool = False) -> None:
         """``save`` with the file write in a thread, one save at a time, each of the latest scores; ``retry``:
         the recheck's save (``neurons.validator.recheck``), whose failure is the run's latest try, not one more
@@ -199,7 +204,7 @@ class ScoreBook:
         self._unsaved = True
         if self._saving is None:
             self._saving = asyncio.Lock()
-        if self._saving.locked():
+        if self.saving:
             return
         async with self._saving:
             while self._unsaved:

@@ -150,6 +150,10 @@ async def test_scores_saved_again_by_the_recheck_say_so_and_count_in_metrics(tmp
         assert ctx.scores.save_outage.failures == 1, "the recheck's saves are no scored job's"
         _, prom = await get(url, "/metrics")
         assert sample(prom, "sn1_validator_rechecks_total", check="scores", outcome="failed") == 3
+        async with ctx.scores._saving:  # a scored job's save running as the recheck comes: not tried, not counted
+            await recheck_cycle(None, reference, ctx.scores, quiet=0.0, observe=metrics.observe_recheck)
+        _, prom = await get(url, "/metrics")
+        assert sample(prom, "sn1_validator_rechecks_total", check="scores", outcome="failed") == 3
         (path / "in-the-way").unlink()
         path.rmdir()
         await recheck_cycle(None, reference, ctx.scores, quiet=0.0, observe=metrics.observe_recheck)
