@@ -35,6 +35,7 @@ REQUEST_ID = web.RequestKey("sn1_request_id", str)
 _LOGGED = web.RequestKey("sn1_access_logged", bool)
 _ENDED_WITH = web.RequestKey("sn1_ended_with", str)
 _HELD = web.RequestKey("sn1_access_held", tuple)  # a line not written yet (``hold``): its maker and status
+_CUTS = web.RequestKey("sn1_access_cuts", int)  # times the conversation was cut (``note_cuts``)
 _KIND = "access_log_kind"  # a handler's attribute: the word its lines start with (``chat``)
 
 
@@ -53,14 +54,16 @@ def write(request: web.Request, line: str) -> None:
 
 
 def answer_line(kind: str, rid: str, key_id: str, uids: list[int], winner: int | None, *, stream: bool | None,
-                mixture: bool, status: str, started: float, runs: Iterable[Any] = ()) -> str:
+                mixture: bool, status: str, started: float, runs: Iterable[Any] = (), truncated: int = 0) -> str:
     """The line of a request that reached (or was to reach) its miners: ``chat rid=... key=... uids=[...]
     winner=... stream=... mixture=... status=... latency_ms=...`` (``started``: its ``perf_counter`` start),
-    then ``failed=...`` when any of ``runs`` (the race's ``MinerRun``s) had failed by then (``failures``)."""
+    ``truncated=N`` before the latency when its conversation was cut N times before this race (``note_cuts``), then
+    ``failed=...`` when any of ``runs`` (the race's ``MinerRun``s) had failed by then (``failures``)."""
     # uids without spaces (``[2,1,4]``): "uids=[2, 1, 4]" read as ``uids=[2,`` to a key=value parser or a grep
     return (f"{kind} rid={rid} key={key_id} uids={str(uids).replace(' ', '')} winner={winner} stream={stream} "
             f"mixture={mixture} "
-            f"status={status} latency_ms={(time.perf_counter() - started) * 1000:.1f}{failures(runs)}")
+            f"status={status}{f' truncated={truncated}' if truncated else ''} "
+            f"latency_ms={(time.perf_counter() - started) * 1000:.1f}{failures(runs)}")
 
 
 def failures(runs: Iterable[Any]) -> str:
@@ -87,6 +90,17 @@ def ended_with(request: web.Request, code: str) -> None:
 def ending(request: web.Request) -> str | None:
     """The code a request ended with after its race (``ended_with``), if any."""
     return request.get(_ENDED_WITH)
+
+
+def note_cuts(request: web.Request, cuts: int) -> None:
+    """The request's conversation was cut ``cuts`` times so far (``truncation: "auto"``): its next race's line says
+    ``truncated=<cuts>``, and an operator tells the shortened attempts from the one asked as sent."""
+    request[_CUTS] = cuts
+
+
+def cuts_of(request: web.Request) -> int:
+    """How many times the request's conversation was cut before its current race (``note_cuts``); 0 for most."""
+    return request.get(_CUTS, 0)
 
 
 def hold(request: web.Request, line: Callable[[str], str], status: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from api import choices, mixture, sessions
-from api.access_log import access_logged, answer_line, ending, hold, request_id, write
+from api.access_log import access_logged, answer_line, cuts_of, ending, hold, request_id, write
 from api.auth import USAGE_DAY, authenticate, check_model
 from api.completion import (
     completion_for,
@@ -231,7 +231,7 @@ def _log_answer(request: web.Request, fmt: AnswerFormat, key: KeyRecord, req: Ch
 
     def line(status: str) -> str:
         return answer_line(fmt.kind, rid, key.id, uids, winner, stream=req.stream, mixture=use_mixture, status=status,
-                           started=started, runs=runs)
+                           started=started, runs=runs, truncated=cuts_of(request))
 
     if not send:
         hold(request, line, status)

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from api import responses_background, responses_state
-from api.access_log import access_logged, answer_line, ended_with, logged, request_id, write
+from api.access_log import access_logged, answer_line, ended_with, logged, note_cuts, request_id, write
 from api.auth import authenticate
 from api.chat import Plan, answer, plan
 from api.completion import logprob_tokens, mid_stream_failure, response_usage
@@ -115,6 +115,7 @@ async def _truncated_answer(request: web.Request, key: KeyRecord, req: ChatCompl
         if fmt.wanted.background:  # its line now, with the same id: a foreground attempt's was written by its race
             responses_background.attempt_logged(request, key, stream=bool(fmt.wanted.stream), started=started)
         cuts += 1
+        note_cuts(request, cuts)  # the next race's line says truncated=<cuts>
         body = shorter
         req = parse_model(ChatCompletionRequest, body)
 

@@ -505,7 +505,8 @@ async def races_logged(lines: list[str], rid: str, kind: str) -> list[str]:
 async def test_each_attempt_of_a_truncated_background_response_has_its_access_line(tmp_path: Path) -> None:
     """A foreground response cut and asked again (``truncation: "auto"``) logs each race: the refused one's
     line names the miner that refused (``failed=1:refused``). A background one logged only its last race, so
-    an operator could not see the attempts that failed nor why; each has its line now, with the request's id."""
+    an operator could not see the attempts that failed nor why; each has its line now, with the request's id. The
+    race asked with the conversation cut says so (``truncated=1``): nothing told it from the first."""
     import openai
 
     lines, handler = log_lines("INFO")
@@ -529,6 +530,7 @@ async def test_each_attempt_of_a_truncated_background_response_has_its_access_li
                 races = await races_logged(lines, rid, kind)
                 assert " uids=[1] winner=None " in races[0] and " status=error " in races[0], races
                 assert races[0].endswith(" failed=1:refused"), races
-                assert " winner=1 " in races[1] and " status=ok " in races[1], races
+                assert " winner=1 " in races[1] and " status=ok truncated=1 " in races[1], races
+                assert " truncated=" not in races[0], "the first race was asked with the conversation as sent"
     finally:
         logger.remove(handler)
