@@ -13,10 +13,11 @@ address through the store, so guessing is slow on every worker at once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -28,6 +29,7 @@ from shared.client_address import client_address
 from shared.errors import ApiError, retry_after
 from shared.http import route_path
 from shared.store.base import KeyRecord, RateDecision, Store, StoreUnavailable, hash_key, refused_write
+from shared.store.forgotten import KeyForgotten
 from shared.store.outage import OutageLog
 from shared.store.usage import UsageRecorder
 
@@ -94,13 +96,23 @@ def store_unavailable(store: str = "key store") -> ApiError:
                     headers={"Retry-After": "1"})
 
 
-async def store_call(pending: Awaitable[T], store: str = "key store") -> T:
-    """A store call on a request's path: a store that fails is the 503 to retry, never a 500 or a "not found".
-    ``store``: the one the 503 names (a conversation store that failed was told as the key store)."""
+@contextlib.contextmanager
+def store_errors(store: str = "key store") -> Iterator[None]:
+    """Store calls on a request's path: a store that fails is the 503 to retry, never a 500 or a "not found"
+    (``store``: the one the 503 names); a write refused as its key was deleted while the request ran
+    (``KeyForgotten``: a conversation, a session) is the 401 of a deleted key."""
     try:
-        return await pending
+        yield
     except StoreUnavailable:
         raise store_unavailable(store) from None
+    except KeyForgotten:
+        raise invalid_api_key() from None
+
+
+async def store_call(pending: Awaitable[T], store: str = "key store") -> T:
+    """``pending`` awaited under ``store_errors`` (a conversation store that failed was told as the key store)."""
+    with store_errors(store):
+        return await pending
 
 
 async def authenticate(request: web.Request, store: Store, *, scope: str | None,

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from loguru import logger
 
-from api.auth import invalid_api_key, store_call
+from api.auth import store_call
 from api.context import ApiContext
 from shared.aio import retried
 from shared.errors import ApiError, invalid_value
@@ -56,10 +56,7 @@ STORAGE_OFF = "this gateway stores no conversations (RESPONSES_RETENTION_SECONDS
 async def _call(pending: Awaitable[T]) -> T:
     """A conversation store call on a request's path: the store down is the 503 naming it (it named the key
     store, which answered); a write its key's deletion refused is the 401 of a deleted key."""
-    try:
-        return await store_call(pending, "conversation store")
-    except KeyForgotten:
-        raise invalid_api_key() from None
+    return await store_call(pending, "conversation store")
 
 
 def _full(size: int) -> str:

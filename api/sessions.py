@@ -10,17 +10,15 @@ another serving the same model and the session is re-pinned.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
 from loguru import logger
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from api.auth import authenticate, check_model, invalid_api_key
+from api.auth import authenticate, check_model, store_errors
 from api.context import CTX, ApiContext
 from api.fanout import settle, start_race
 from api.race import MinerRun, Race
@@ -31,7 +29,6 @@ from shared.ids import request_id_from
 from shared.metagraph import Neuron
 from shared.protocol import DEFAULT_TASK, MAX_SESSION_ID
 from shared.store.base import KeyRecord, StoreUnavailable
-from shared.store.forgotten import KeyForgotten
 from shared.store.outage import OutageLog
 from shared.store.sessions import Session, SessionStore, pin_of
 
@@ -56,16 +53,6 @@ def _store(ctx: ApiContext) -> SessionStore:
     if ctx.sessions is None:
         raise ApiError(503, "Sessions are not enabled on this API.", code="sessions_disabled")
     return ctx.sessions
-
-
-@contextlib.contextmanager
-def _store_calls() -> Iterator[None]:
-    """Session store calls on a request's path: the store down is the caller's 503, not a 500."""
-    try:
-        yield
-    except StoreUnavailable:
-        raise ApiError(503, "The session store is unavailable; try again shortly.", code="store_unavailable",
-                       headers={"Retry-After": "1"}) from None  # as every store_unavailable says when
 
 
 def serving_miners(ctx: ApiContext, model: str | None, k: int) -> list[Neuron]:
@@ -140,7 +127,7 @@ async def move_or_close(ctx: ApiContext, session: Session, reason: str,
 async def moved_or_closed(ctx: ApiContext, session: Session, reason: str,
                           avoid: frozenset[int] = frozenset()) -> tuple[Session | None, str]:
     """``move_or_close`` for a request: the session store down is its 503, not a 500."""
-    with _store_calls():
+    with store_errors("session store"):
         return await move_or_close(ctx, session, reason, avoid)
 
 
@@ -158,7 +145,7 @@ async def resolve(ctx: ApiContext, request: web.Request, explicit_id: str | None
     if session_id is not None and len(session_id) > MAX_SESSION_ID:
         raise ApiError(400, f"x-session-id is at most {MAX_SESSION_ID} characters.", code="invalid_value",
                        param="x-session-id")
-    with _store_calls():
+    with store_errors("session store"):
         if session_id:
             session = await ctx.sessions.get(session_id)
             if session is None or session.key_id != key.id:
@@ -271,12 +258,10 @@ async def open_session(request: web.Request) -> web.Response:
     # Selection's own refusal: every miner down at the validator's last poll was a 404 model_not_found for
     # any model (the caller fixed its request), where chat says 503 no_miners_available.
     miner = serving_miners(ctx, model, 1)[0]
-    with _store_calls():
-        try:
-            session = await _store(ctx).open(key.id, body.model, miner.uid, miner.hotkey,
-                                             duration=body.session_duration, failover=body.failover)
-        except KeyForgotten:  # the key was deleted as this ran: the 401 it would get a moment later, nothing kept
-            raise invalid_api_key() from None
+    with store_errors("session store"):
+        # a key deleted as this ran: the 401 it would get a moment later (KeyForgotten), nothing kept
+        session = await _store(ctx).open(key.id, body.model, miner.uid, miner.hotkey,
+                                         duration=body.session_duration, failover=body.failover)
     logger.info("session {} opened key={} model={} uid={}", session.id, key.id, session.model, session.uid)
     return json_response(session.public())
 
@@ -292,7 +277,7 @@ def _with_query_model(sent: Any, request: web.Request) -> Any:
 
 async def _own_session(request: web.Request, ctx: ApiContext, key: KeyRecord) -> Session:
     session_id = request.match_info["session_id"]
-    with _store_calls():
+    with store_errors("session store"):
         session = await _store(ctx).get(session_id)
     if session is None or session.key_id != key.id:
         raise ApiError(404, f"No active session '{session_id[:128]}' for this key.", code="session_not_found")
@@ -302,7 +287,7 @@ async def _own_session(request: web.Request, ctx: ApiContext, key: KeyRecord) ->
 async def get_session(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope="chat")
-    with _store_calls():
+    with store_errors("session store"):
         session = await _store(ctx).for_key(key.id)
     if session is None:
         raise ApiError(404, "This key has no active session.", code="session_not_found")
@@ -313,7 +298,7 @@ async def delete_session(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope="chat")
     session = await _own_session(request, ctx, key)
-    with _store_calls():
+    with store_errors("session store"):
         await _store(ctx).close(session.id)
     return json_response({"session_id": session.id, "deleted": True})
 
