@@ -180,7 +180,7 @@ class SQLiteConversationStore(SQLiteTables):
         now = time.time()
 
         def run(db: sqlite3.Connection) -> bool:
-            self._writable(db, key_id, now)
+            forgotten.check_writable(db, key_id, now)
             db.execute("INSERT INTO conversations (id, key_id, data, expires_at) VALUES (?,?,?,?)",
                        (conversation.id, key_id, _header(conversation.created_at, conversation.metadata),
                         now + retention))
@@ -188,13 +188,6 @@ class SQLiteConversationStore(SQLiteTables):
             return self._maybe_purge(db, now)
 
         self._after_purge(self._tx(run), now)
-
-    @staticmethod
-    def _writable(db: sqlite3.Connection, key_id: str, now: float) -> None:
-        """``KeyForgotten`` when ``key_id`` was deleted (read in the write's transaction, which ``forget_key``'s
-        cannot come between): its write would be kept for no key to read."""
-        if forgotten.is_forgotten(db, key_id, now):
-            raise KeyForgotten(key_id)
 
     @staticmethod
     def _insert(db: sqlite3.Connection, conversation_id: str, items: list[str]) -> None:
@@ -281,7 +274,7 @@ class SQLiteConversationStore(SQLiteTables):
 
         def run(db: sqlite3.Connection) -> Appended:
             nonlocal purged
-            self._writable(db, key_id, now)
+            forgotten.check_writable(db, key_id, now)
             if self._live(db, key_id, conversation_id, now) is None:
                 return Appended(found=False)
             if once and items and self._ends_with(db, conversation_id, items):
@@ -317,7 +310,7 @@ class SQLiteConversationStore(SQLiteTables):
         now = time.time()
 
         def run(db: sqlite3.Connection) -> bool:
-            self._writable(db, key_id, now)
+            forgotten.check_writable(db, key_id, now)
             header = self._live(db, key_id, conversation_id, now)
             if header is None:
                 return False
@@ -331,7 +324,7 @@ class SQLiteConversationStore(SQLiteTables):
         now = time.time()
 
         def run(db: sqlite3.Connection) -> bool | None:
-            self._writable(db, key_id, now)
+            forgotten.check_writable(db, key_id, now)
             if self._live(db, key_id, conversation_id, now) is None:
                 return None
             gone = db.execute("DELETE FROM conversation_items WHERE seq = (SELECT seq FROM conversation_items WHERE "

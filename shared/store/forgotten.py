@@ -46,6 +46,13 @@ def is_forgotten(db: sqlite3.Connection, key_id: str, now: float) -> bool:
     return db.execute("SELECT 1 FROM forgotten_keys WHERE key_id = ? AND until > ?", (key_id, now)).fetchone() is not None
 
 
+def check_writable(db: sqlite3.Connection, key_id: str, now: float) -> None:
+    """``KeyForgotten`` when ``key_id`` is marked forgotten (read in the write's own transaction, which
+    ``forget_key``'s cannot come between): its write would be kept for no key to read."""
+    if is_forgotten(db, key_id, now):
+        raise KeyForgotten(key_id)
+
+
 def purge(db: sqlite3.Connection, now: float) -> None:
     """Drop the marks of keys forgotten long enough (a row per deleted key: a small table)."""
     db.execute("DELETE FROM forgotten_keys WHERE until <= ?", (now,))

@@ -95,8 +95,7 @@ class SQLiteSessionStore(SQLiteTables):
         session = Session(new_session_id(), key_id, model, uid, hotkey, now, now + duration, failover)
 
         def run(db: sqlite3.Connection) -> None:
-            if forgotten.is_forgotten(db, key_id, now):  # read in the open's own transaction: no delete between
-                raise KeyForgotten(key_id)
+            forgotten.check_writable(db, key_id, now)
             db.execute("DELETE FROM model_sessions WHERE key_id = ?", (key_id,))
             db.execute("INSERT INTO model_sessions (id, key_id, data, expires_at) VALUES (?,?,?,?)",
                        (session.id, key_id, json.dumps(asdict(session)), session.expires_at))
