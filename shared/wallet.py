@@ -34,13 +34,18 @@ def check_hotkey(name: str, hotkey: str, path: str | Path) -> None:
     key is known good: the file the SDK's wallet reads (``<path>/<name>/hotkeys/<hotkey>``), decoded by the SDK's
     own key binding (``bittensor_core``). An encrypted one is left to the workers' ``load_hotkey`` (its password
     comes from the SDK's environment variable or prompt)."""
-    file = Path(path).expanduser() / name / "hotkeys" / hotkey
     try:
-        data = file.read_bytes()
+        data = hotkey_file(name, hotkey, path).read_bytes()
         if not keyfile_data_is_encrypted(data):
             deserialize_keypair_from_keyfile_data(data)
     except (OSError, KeyfileError) as e:
         raise _unloadable(name, hotkey, path, e) from None
+
+
+def hotkey_file(name: str, hotkey: str, path: str | Path) -> Path:
+    """Where the SDK's wallet keeps a hotkey: ``<path>/<name>/hotkeys/<hotkey>`` (the one place this module assumes
+    its layout)."""
+    return Path(path).expanduser() / name / "hotkeys" / hotkey
 
 
 def _unloadable(name: str, hotkey: str, path: str | Path, reason: Exception) -> SettingsError:
@@ -54,8 +59,7 @@ def ensure_wallet(name: str, hotkey: str, path: str | Path) -> Any:
     import bittensor as bt
 
     root = Path(path).expanduser()
-    hotkey_file = root / name / "hotkeys" / hotkey
-    if not hotkey_file.exists():
+    if not hotkey_file(name, hotkey, root).exists():
         bt.wallets.create(name, hotkey, str(root), use_password=False, on_mnemonic=lambda *_: None)
     return load_hotkey(name, hotkey, root)
 
