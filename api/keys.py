@@ -196,32 +196,23 @@ async def delete_api_key(request: web.Request) -> web.Response:
 async def _forget_responses(ctx: ApiContext, key_id: str) -> None:
     """The deleted key's stored responses, conversations and sticky session go with it (no key can use them
     again), and what its requests still in flight would store after is refused (``shared/store/forgotten.py``).
+    The three stores share one forgotten mark (one ``STORE_URL``): the first to answer sets it, before any of them
+    deletes, and the others are told it is set (each had set it again: three writes of one mark per delete).
     The key is gone whatever happens here: a store that fails now leaves them to their expiry, said in
-    a WARNING."""
-    for what, kept in (("stored responses", ctx.responses), ("conversations", ctx.conversations)):
+    a WARNING. A deleted key's session had been kept (and read by every session sweep) up to a week."""
+    marked = False
+    for what, kept in (("stored responses", ctx.responses), ("conversations", ctx.conversations),
+                       ("session", ctx.sessions)):
         if kept is None:
             continue
         try:
-            gone = await kept.forget_key(key_id)
+            gone = await kept.forget_key(key_id, marked=marked)
         except StoreUnavailable as e:
             logger.warning("{} of deleted key id={} left to expire: {}", what, key_id, e)
             continue
+        marked = True
         if gone:
-            logger.info("{} of deleted key id={} deleted: {}", what, key_id, gone)
-    await _close_session(ctx, key_id)
-
-
-async def _close_session(ctx: ApiContext, key_id: str) -> None:
-    """A deleted key's session was kept to its expiry (up to a week), read by every session sweep meanwhile:
-    a churn of keys that each opened one grew what every sweep reads. One its requests still in flight would
-    open after is refused too (``forget_key``): it was kept, for no key to use."""
-    if ctx.sessions is None:
-        return
-    try:
-        if await ctx.sessions.forget_key(key_id):
-            logger.info("session of deleted key id={} closed", key_id)
-    except StoreUnavailable as e:
-        logger.warning("session of deleted key id={} left to expire: {}", key_id, e)
+            logger.info("{} of deleted key id={} deleted: {}", what, key_id, int(gone))
 
 
 async def list_api_keys(request: web.Request) -> web.Response:

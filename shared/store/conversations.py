@@ -145,10 +145,11 @@ class ConversationStore(Protocol):
         """Delete the conversation and its items; whether there was one."""
         ...
 
-    async def forget_key(self, key_id: str) -> int:
+    async def forget_key(self, key_id: str, *, marked: bool = False) -> int:
         """Delete every conversation of a deleted key, and refuse its writes from now on (``KeyForgotten``, for
         ``forgotten.FORGOTTEN_FOR_S``: a request of it still in flight may yet write); how many (SQLite) or names
-        (Redis) went."""
+        (Redis) went. ``marked``: another store's ``forget_key`` set the key's forgotten mark already
+        (``forgotten.py``)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -346,9 +347,10 @@ class SQLiteConversationStore(SQLiteTables):
 
         return self._tx(run)
 
-    async def forget_key(self, key_id: str) -> int:
+    async def forget_key(self, key_id: str, *, marked: bool = False) -> int:
         def run(db: sqlite3.Connection) -> int:
-            forgotten.mark(db, key_id, time.time())
+            if not marked:
+                forgotten.mark(db, key_id, time.time())
             db.execute("DELETE FROM conversation_items WHERE conversation_id IN "
                        "(SELECT id FROM conversations WHERE key_id = ?)", (key_id,))
             return db.execute("DELETE FROM conversations WHERE key_id = ?", (key_id,)).rowcount
@@ -550,10 +552,11 @@ class RedisConversationStore(RedisBacked):
         gone, _ = await self._call(pipe.execute())
         return bool(gone)
 
-    async def forget_key(self, key_id: str) -> int:
+    async def forget_key(self, key_id: str, *, marked: bool = False) -> int:
         """A SCAN of the key's names (in batches: never a KEYS that blocks Redis), once its forgotten mark is set: a
         write of it the SCAN could miss (a conversation made, or a list written again, as it runs) is refused."""
-        await self._call(forgotten.redis_mark(self.r, self.ns, key_id))
+        if not marked:
+            await self._call(forgotten.redis_mark(self.r, self.ns, key_id))
         pattern = glob_escaped(f"{self.ns}:conversation:{key_id}:") + "*"
         return await self._call(forget_matching(self.r, pattern))
 

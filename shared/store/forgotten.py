@@ -5,8 +5,10 @@ request of that key still being answered then, on this worker or another worker 
 write after it: a response, a new conversation, a turn added to one, a session opened. Each was kept its usual day
 (a session up to its week), though no key could ever use it again. So ``forget_key`` marks the key forgotten first
 (in the same SQLite transaction as its deletes; on Redis before its SCANs, which could miss a name written as they
-run), and each write of a key's stored responses, conversations and session reads the mark in the same step as it
-writes (the same transaction, the same Lua script): one that comes after the delete keeps nothing.
+run). A key's delete has the first store that answers set it and tells the others it is set (``marked``): one
+write, before anything of the key is deleted. Each write of a key's stored responses, conversations and session
+reads the mark in the same step as it writes (the same transaction, the same Lua script): one that comes after the
+delete keeps nothing.
 
 One mark per key, shared by the three stores (they live in one place, ``STORE_URL``): a row of ``forgotten_keys`` on
 SQLite, ``{ns}:response_forgotten:{key id}`` on Redis (named when only stored responses read it: the name stays,

@@ -124,10 +124,11 @@ class ResponseStore(Protocol):
         """Delete ``key_id``'s response; whether there was one."""
         ...
 
-    async def forget_key(self, key_id: str) -> int:
+    async def forget_key(self, key_id: str, *, marked: bool = False) -> int:
         """Delete every response ``key_id`` made (its key was deleted: its conversations go with it, not at
         their expiry), and refuse any it would make for ``FORGOTTEN_FOR_S`` (``put`` and ``settle`` keep nothing
-        of an answer that comes after); how many there were."""
+        of an answer that comes after); how many there were. ``marked``: another store's ``forget_key`` set the
+        key's forgotten mark already (``forgotten.py``)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -273,9 +274,10 @@ class SQLiteResponseStore(SQLiteTables):
         return self._tx(lambda db: self._drop(db, "id = ? AND key_id = ? AND expires_at > ?",
                                               (response_id, key_id, now))) > 0
 
-    async def forget_key(self, key_id: str) -> int:
+    async def forget_key(self, key_id: str, *, marked: bool = False) -> int:
         def run(db: sqlite3.Connection) -> int:
-            forgotten.mark(db, key_id, time.time())
+            if not marked:
+                forgotten.mark(db, key_id, time.time())
             db.execute("DELETE FROM stored_response_items WHERE key_id = ?", (key_id,))
             db.execute("DELETE FROM pending_responses WHERE key_id = ?", (key_id,))
             db.execute("DELETE FROM response_events WHERE key_id = ?", (key_id,))
@@ -425,10 +427,11 @@ class RedisResponseStore(RedisBacked):
         pipe.delete(self._pending_key(key_id, response_id), self._events_key(key_id, response_id))
         return bool((await self._call(pipe.execute()))[0])
 
-    async def forget_key(self, key_id: str) -> int:
+    async def forget_key(self, key_id: str, *, marked: bool = False) -> int:
         """A SCAN of the key's names (an admin's rare call, in batches: never a KEYS that blocks Redis), once its
         forgotten mark is set: a write of it the SCAN could miss (one made as it runs) is refused."""
-        await self._call(forgotten.redis_mark(self.r, self.ns, key_id))
+        if not marked:
+            await self._call(forgotten.redis_mark(self.r, self.ns, key_id))
         for names in (self._item_key, self._pending_key, self._events_key):
             await self._call(forget_matching(self.r, glob_escaped(names(key_id, "")) + "*"))
         return await self._call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"))

@@ -72,9 +72,10 @@ class SessionStore(Protocol):
 
     async def active(self) -> list[Session]: ...
 
-    async def forget_key(self, key_id: str) -> bool:
+    async def forget_key(self, key_id: str, *, marked: bool = False) -> bool:
         """A deleted key's session closed, and a session its requests still in flight would open after refused
-        (``open`` raises ``KeyForgotten``, for ``forgotten.FORGOTTEN_FOR_S``); whether one was closed."""
+        (``open`` raises ``KeyForgotten``, for ``forgotten.FORGOTTEN_FOR_S``); whether one was closed. ``marked``:
+        another store's ``forget_key`` set the key's forgotten mark already (``forgotten.py``)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -140,9 +141,10 @@ class SQLiteSessionStore(SQLiteTables):
                          (session_id, time.time())).fetchone()
         return Session(**json.loads(row[0])) if row else None
 
-    async def forget_key(self, key_id: str) -> bool:
+    async def forget_key(self, key_id: str, *, marked: bool = False) -> bool:
         def run(db: sqlite3.Connection) -> bool:
-            forgotten.mark(db, key_id, time.time())
+            if not marked:
+                forgotten.mark(db, key_id, time.time())
             return db.execute("DELETE FROM model_sessions WHERE key_id = ?", (key_id,)).rowcount > 0
 
         return self._tx(run)
@@ -297,8 +299,9 @@ class RedisSessionStore(RedisBacked):
                                            args=[session_id, self._kkey(""), uid, hotkey]))
         return bool(out)
 
-    async def forget_key(self, key_id: str) -> bool:
-        await self._call(forgotten.redis_mark(self.r, self.ns, key_id))  # first: an open after it is refused
+    async def forget_key(self, key_id: str, *, marked: bool = False) -> bool:
+        if not marked:  # first: an open after it is refused
+            await self._call(forgotten.redis_mark(self.r, self.ns, key_id))
         session = await self.for_key(key_id)
         return session is not None and await self.close(session.id)
 
