@@ -32,24 +32,25 @@ async def recheck_cycle(inbox: ScoringInbox | None, reference: CachedReference, 
                         quiet: float = RECHECK_SECONDS, observe: Callable[[str, bool], None] | None = None) -> None:
     """Try the inbox, the reference model and the scores' file again where their run of failures has been
     ``quiet`` that long; ``observe(check, ok)`` is told each try, by its ``/ready`` check's name."""
-    tries: list[tuple[str, OutageLog, Callable[[], Awaitable[object]], Callable[[], bool]]] = []
+    tries: list[tuple[str, OutageLog, Callable[[], Awaitable[object]]]] = []
     if inbox is not None:
-        tries.append(("scoring_inbox", inbox.refused, inbox.probe, _always_free))
-    tries.append(("reference", reference.status.outage, reference.probe, _always_free))
-    if scores is not None:  # the scores kept in memory since, saved at last: no probe, the real write; not while a
-        # save runs already (a try of its own, which tells its outcome: this one returned at once, counted failed)
-        tries.append(("scores", scores.save_outage, functools.partial(scores.save_off_loop, retry=True),
-                      lambda: not scores.saving))
-    for check, run, attempt, free in tries:
-        if _quiet(run, quiet) and free():
-            await attempt()
-            if observe is not None:
-                observe(check, not run.failing)
+        tries.append(("scoring_inbox", inbox.refused, inbox.probe))
+    tries.append(("reference", reference.status.outage, reference.probe))
+    for check, run, attempt in tries:
+        await _try(check, run, attempt, quiet, observe)
+    if scores is not None and not scores.saving:  # the scores kept in memory since, saved at last: no probe, the
+        # real write; not while a save runs already (a try of its own, which tells its outcome: this one returned
+        # at once, counted failed). Read once the other tries are done, as a save may have started meanwhile.
+        await _try("scores", scores.save_outage, functools.partial(scores.save_off_loop, retry=True), quiet, observe)
 
 
-def _always_free() -> bool:
-    """A check whose try may run whenever it is due (only the scores' save can be running already)."""
-    return True
+async def _try(check: str, run: OutageLog, attempt: Callable[[], Awaitable[object]], quiet: float,
+               observe: Callable[[str, bool], None] | None) -> None:
+    """One check's try, if its run of failures has been ``quiet`` that long, told to ``observe``."""
+    if _quiet(run, quiet):
+        await attempt()
+        if observe is not None:
+            observe(check, not run.failing)
 
 
 def _quiet(run: OutageLog, seconds: float) -> bool:
