@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from shared.store.base import StoreUnavailable
 from shared.store.forgotten import KeyForgotten
 from shared.store.sqlite_tables import SQLiteTables
 from tests.helpers import ApiUnderTest, api_with_miners
@@ -83,4 +84,22 @@ async def test_a_key_delete_writes_its_forgotten_mark_once_before_any_delete(
         assert [sent for sent in log if not sent.startswith("BEGIN")][0] == marks[0], "the mark comes first"
         assert await api.ctx.sessions.for_key(record.id) is None
         with pytest.raises(KeyForgotten):  # a session its request still in flight opens after: refused
+            await api.ctx.sessions.open(record.id, "default", 1, "5Hotkey", duration=600, failover=False)
+
+
+async def test_a_store_that_fails_the_delete_leaves_the_mark_to_the_next(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stored responses' store failing as the key is deleted (left to expire, a WARNING): the conversations'
+    sets the mark instead, and what the key's requests in flight would open after is refused all the same."""
+    async with api_on("sqlite", tmp_path, 86_400.0) as api:
+        secret, record = await api.ctx.store.create_key(1000)
+
+        async def failing(key_id: str, *, marked: bool = False) -> int:
+            raise StoreUnavailable("sqlite responses: disk I/O error")
+
+        monkeypatch.setattr(api.ctx.responses, "forget_key", failing)
+        log = recorded(api.ctx)
+        await admin_delete(api, secret)
+        assert len([sent for sent in log if is_mark(sent, record.id)]) == 1, log
+        with pytest.raises(KeyForgotten):
             await api.ctx.sessions.open(record.id, "default", 1, "5Hotkey", duration=600, failover=False)
