@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,23 @@ async def test_the_admin_examples_run_as_written_in_order(api: ApiUnderTest) -> 
                         "API keys imported", "usage", "API key deleted"]
     own_usage = answers[-2]
     assert own_usage["key_id"] == answers[-1]["id"] and own_usage["rate_limit"] == 100
+
+
+def admin_client_example() -> str:
+    """The Python block of "### `sn1 keys` and the admin client"."""
+    section = README[README.index("### `sn1 keys` and the admin client"):]
+    section = section[:section.index("\n### ", 1)]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)[0]
+
+
+async def test_the_admin_client_example_runs_as_written(api: ApiUnderTest) -> None:
+    """Pasted into a file and run, the example does every call it shows. It used ``async with`` at the top
+    level and an ``admin_key`` it never set: a SyntaxError before any call."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", admin_client_example().replace(README_API, api.url),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "ADMIN_KEY": ADMIN})
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    key_id, rate_limit, prefix, count = out.decode().split()
+    assert rate_limit == "120" and prefix.startswith("sn1-") and int(count) >= 1
+    assert not [k for k in await api.ctx.store.list_keys() if k.id == key_id]
