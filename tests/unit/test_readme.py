@@ -129,14 +129,24 @@ def test_readme_names_the_two_commands() -> None:
     assert "make run" in README and "make test" in README
 
 
-def test_the_contents_line_lists_every_section_in_order() -> None:
-    """A 2,000-line README is read by jumping: the contents line at the top must name each section, in
-    order, with the anchor GitHub gives its heading (a renamed or added section left it stale)."""
-    heads = re.findall(r"^## (.+)$", README, re.M)
-    contents = next(line for line in README.splitlines() if line.startswith("**Contents:** "))
-    links = re.findall(r"\[([^\]]+)\]\(#([^)]+)\)", contents)
+def anchor(head: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", head.strip().lower()).replace(" ", "-")
 
-    def anchor(head: str) -> str:
-        return re.sub(r"[^\w\- ]", "", head.strip().lower()).replace(" ", "-")
 
-    assert links == [(h, anchor(h)) for h in heads]
+def test_the_contents_list_names_every_section_and_subsection_in_order() -> None:
+    """A 3,000-line README is read by jumping: the contents at the top must name each section and its
+    subsections, in order, nested, with the anchor GitHub gives each heading (a renamed or added section
+    left it stale; it named the sections alone, so "Error codes" or "Admin endpoints" took a search)."""
+    heads = re.findall(r"^(##|###) (.+)$", README, re.M)
+    block = README[README.index("**Contents**"):]
+    block = block[:block.index("\n\n## ")]
+    links = re.findall(r"^( *)- \[(.+)\]\(#([^)]+)\)$", block, re.M)
+    assert links == [(" " * 2 * (len(level) - 2), h, anchor(h)) for level, h in heads]
+
+
+def test_every_link_to_a_heading_names_one() -> None:
+    """A link such as "[error code](#error-codes)" in the prose leads somewhere: its anchor is a heading's."""
+    anchors = {anchor(h) for h in re.findall(r"^#{1,4} (.+)$", README, re.M)}
+    broken = sorted(set(re.findall(r"\]\(#([^)]+)\)", README)) - anchors)
+    assert not broken, f"links to no heading: {broken}"
