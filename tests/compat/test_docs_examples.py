@@ -1,4 +1,4 @@
-"""Every example in the README's "Clients" section runs, as written, against the local subnet.
+"""Every example in the README's "Try it" and "Clients" sections runs, as written, against the local subnet.
 
 Each fenced ``python``/``bash`` block is one example, run in its own process with
 ``SN1_API``, ``SN1_BASE_URL``, ``SN1_API_KEY`` and ``SN1_ADMIN_KEY`` set, as a reader
@@ -10,10 +10,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.compat.support import README, clients_section, example_env
+from tests.compat.support import CLIENTS_START, README, clients_section, example_env
+
+README_PORT = "42170"
 
 BLOCK = re.compile(r"^```(python|bash)\n(.*?)^```", re.S | re.M)
 
@@ -57,3 +60,29 @@ def test_example_runs(localnet: dict, key: str, lang: str, code: str) -> None:
     for expected in EXPECTED[key]:
         assert expected in out.stdout, f"{key}: {expected!r} not in output:\n{out.stdout[-2000:]}"
     assert out.stdout.strip(), "every example prints its answer"
+
+
+def try_it_blocks() -> list[tuple[str, str]]:
+    """The fenced blocks of "## Try it": what a newcomer runs first, with ``make run`` up."""
+    text = README.read_text()
+    section = text[text.index("\n## Try it\n"):text.index(CLIENTS_START)]
+    return BLOCK.findall(section)
+
+
+def test_try_it_runs_as_written(localnet: dict, tmp_path: Path) -> None:
+    """Run from the repository root (``localnet/localnet.json`` beside it), on the README's port and with the
+    key pasted in where it says, each block answers what its comments promise."""
+    (tmp_path / "localnet").symlink_to(localnet["dir"])
+    port = localnet["api_url"].rsplit(":", 1)[1]
+    outputs = []
+    for lang, code in try_it_blocks():
+        code = code.replace(README_PORT, port).replace('"sn1-..."', repr(localnet["api_key"]))
+        cmd = [sys.executable, "-c", code] if lang == "python" else ["bash", "-c", code]
+        out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and not out.stderr, out.stderr[-3000:]
+        outputs.append(out.stdout)
+    shell, python = outputs
+    for expected in ['"object":"chat.completion"', "data: [DONE]", "event: response.completed"]:
+        assert expected in shell, f"{expected!r} not in:\n{shell[-2000:]}"
+    answer, streamed = python.split("\n", 1)
+    assert answer.strip() and streamed.strip()
