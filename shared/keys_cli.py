@@ -131,7 +131,7 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
         done = await admin.import_keys(legacy)
         if args.json:
             return done.model_dump_json(indent=2)
-        return (f"imported {done.imported} keys ({done.already_here} already here)"
+        return (imported_line(done.imported, done.already_here)
                 + ("\n\n" + table([_key_row(k) for k in done.data], KEY_HEADERS) if done.data else ""))
     if args.action == "delete":
         deleted = await admin.delete_key(args.key)
@@ -151,6 +151,11 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
 
 KEY_HEADERS = ["id", "name", "prefix", "rate/min", "tokens/day", "scopes", "models", "expires", "created",
                "last used", "requests", "tokens"]
+
+
+def imported_line(imported: int, already_here: int) -> str:
+    """``sn1 keys import``'s summary, in words a person reads (one key is "1 key")."""
+    return f"imported {imported} key{'' if imported == 1 else 's'} ({already_here} already here)"
 
 
 def _key_row(k: Any) -> list[Any]:

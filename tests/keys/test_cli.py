@@ -191,3 +191,12 @@ def test_the_api_url_comes_from_sn1_api_url_or_the_clients_sn1_api(monkeypatch: 
     parser = argparse.ArgumentParser()
     add_keys_arguments(parser)
     assert vars(parser.parse_args(["list"]))["api"] == api
+
+
+def test_the_import_summary_counts_in_words() -> None:
+    """``sn1 keys import`` of a file with one key said "imported 1 keys"."""
+    from shared.keys_cli import imported_line
+
+    assert imported_line(1, 0) == "imported 1 key (0 already here)"
+    assert imported_line(0, 2) == "imported 0 keys (2 already here)"
+    assert imported_line(2, 0) == "imported 2 keys (0 already here)"
