@@ -57,7 +57,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     if wanted.background:
         responses_background.check_request(ctx, key, store=wanted.store)
     wanted, history = await responses_state.continued(ctx, key, wanted)
-    body = chat_body(wanted, history)
+    body = chat_body(wanted, history.items)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)
     planned = await plan(request, key, req)  # a request refused anyway spends no web search
     fmt = ResponsesFormat(wanted, None, responses_state.keeping(ctx, key, wanted, history), ctx)

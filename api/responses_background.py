@@ -41,6 +41,7 @@ from api.responses_state import (
     failed,
     failure_code,
     item_ids,
+    previous_not_found,
     response_store_call,
     turn_failed,
 )
@@ -49,7 +50,7 @@ from shared.errors import ApiError, invalid_value
 from shared.http import json_response
 from shared.sse import SSE_HEADERS
 from shared.store.base import KeyRecord, StoreUnavailable
-from shared.store.responses import StoredResponse, encode, fits
+from shared.store.responses import PreviousGone, StoredResponse
 
 # How long past its answer's deadline a pending response is given before it reads as failed (its worker
 # died): the web search before it, the store's writes, a slow event loop.
@@ -167,13 +168,17 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     # Stored in_progress: its task starts at once (none waits for room: past the bound is a 429), so a poll
     # finds it being answered; the caller gets OpenAI's first word for it, queued.
     until = time.time() + seconds + GRACE_S  # when the record reads failed if it is still pending
-    data = encode(queued | {"status": "in_progress"}, keeping.items, until=until)
-    if not fits(data):
+    data = keeping.part(queued | {"status": "in_progress"}, until=until)
+    if data is None:
         raise invalid_value("input", "the conversation is too large to store, and a background response is "
                                      "stored to be polled: send it without background")
     response_id = queued["id"]
-    if not await response_store_call(ctx.responses.put(key.id, response_id, data, retention=keeping.retention,
-                                                       pending=True)):
+    try:
+        kept = await response_store_call(ctx.responses.put(key.id, response_id, data, retention=keeping.retention,
+                                                           pending=True))
+    except PreviousGone as e:  # deleted as its request came in
+        raise previous_not_found(str(e)) from e
+    if not kept:
         raise invalid_api_key()  # deleted as its request came in
     # Tracked before anything else is awaited: a caller that left while its first events were being stored
     # (its handler cancelled there) left the log in ``response_logs`` for good, and the response unanswered.
@@ -411,11 +416,11 @@ def _stored_form(keeping: Keeping, final: dict[str, Any]) -> tuple[dict[str, Any
     false`` when that is over the size bound (stored to be polled, not to be continued, as a foreground one)."""
     if keeping.final is final and keeping.data is not None:
         return final, keeping.data
-    data = encode(final, keeping.items)
-    if fits(data):
+    data = keeping.part(final)
+    if data is not None:
         return final, data
     final = final | {"store": False}
-    return final, encode(final, [])
+    return final, keeping.unkept(final)
 
 
 async def cancel(ctx: ApiContext, key: KeyRecord, found: StoredResponse, retention: float) -> dict[str, Any]:
@@ -428,7 +433,7 @@ async def cancel(ctx: ApiContext, key: KeyRecord, found: StoredResponse, retenti
         return found.response
     cancelled = found.response | {"status": "cancelled"}
     assert ctx.responses is not None
-    if await response_store_call(ctx.responses.settle(key.id, found.id, encode(cancelled, found.items),
+    if await response_store_call(ctx.responses.settle(key.id, found.id, found.again(cancelled),
                                                       retention=retention)):
         task = ctx.running_responses.get(found.id)
         if task is not None:

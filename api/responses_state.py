@@ -35,7 +35,15 @@ from api.responses_wire import STATELESS, InputItemsQuery, ResponsesRequest, is_
 from shared.aio import retried
 from shared.errors import MODEL_NOT_FOUND, ApiError, invalid_value
 from shared.store.base import KeyRecord, StoreUnavailable
-from shared.store.responses import StoredResponse, encode, fits
+from shared.store.responses import (
+    EMPTY,
+    PreviousGone,
+    StoredResponse,
+    encode,
+    joined,
+    list_size,
+    within_bound,
+)
 
 T = TypeVar("T")
 # The id prefix of a stored input item the caller sent without one, by its type (OpenAI's where it has one).
@@ -57,19 +65,29 @@ async def response_store_call(pending: Awaitable[T]) -> T:
     return await store_call(pending, "response store")
 
 
-async def continued(ctx: ApiContext, key: KeyRecord,
-                    wanted: ResponsesRequest) -> tuple[ResponsesRequest, list[dict[str, Any]]]:
+@dataclass(frozen=True)
+class History:
+    """The conversation a request continues (``items``), and where it is stored: ``prev``, the response it
+    continues by ``previous_response_id`` (its next part names it), and ``size``, the ``list_size`` of ``items``
+    (carried by the stored parts, not measured again each turn)."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    prev: str | None = None
+    size: int = EMPTY
+
+
+async def continued(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) -> tuple[ResponsesRequest, History]:
     """``wanted`` with its item references resolved (``with_references``), and the conversation it continues
     (``history_of``); a conversation this turn's input would take over its bound is a 400 here, before any
     miner is asked (the answer could not be added to it)."""
     history = await history_of(ctx, key, wanted)
-    wanted = await with_references(ctx, key, wanted, history)
+    wanted = await with_references(ctx, key, wanted, history.items)
     if wanted.conversation_id is not None:
-        conversations_state.check_room(history, input_items(wanted))
+        conversations_state.check_room(history.items, input_items(wanted))
     return wanted, history
 
 
-async def history_of(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) -> list[dict[str, Any]]:
+async def history_of(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) -> History:
     """The conversation ``wanted`` continues: the previous response's items, then its output, or the items of
     its ``conversation`` ([] with neither). An id this key cannot see is OpenAI's 400, in OpenAI's words."""
     response_id = wanted.previous_response_id
@@ -78,22 +96,29 @@ async def history_of(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) 
             raise ApiError(400, "Mutually exclusive parameters: Ensure you are only providing one of: "
                                 "'previous_response_id' or 'conversation'.", param="conversation",
                            code="mutually_exclusive_parameters")
-        return await conversations_state.history(ctx, key, wanted.conversation_id)
+        items = await conversations_state.history(ctx, key, wanted.conversation_id)
+        return History(items, size=list_size(items))
     if response_id is None:
-        return []
+        return History()
     if ctx.responses is None:
         raise invalid_value("previous_response_id", STORAGE_OFF)
     found = await _read(ctx, key, response_id)
     if found is None:
-        raise ApiError(400, f"Previous response with id '{response_id}' not found.", param="previous_response_id",
-                       code="previous_response_not_found")
+        raise previous_not_found(response_id)
     if found.response.get("status") in PENDING:
         raise ApiError(400, f"Previous response with id '{response_id}' is still in progress: poll it until it "
                             "is done.", param="previous_response_id", code="previous_response_in_progress")
     if not_kept(found):
         raise ApiError(400, f"Previous response with id '{response_id}' not found: {NOT_KEPT}.",
                        param="previous_response_id", code="previous_response_not_found")
-    return found.items + list(found.response.get("output") or [])
+    output = list(found.response.get("output") or [])
+    return History(found.items + output, found.id, joined(found.size, list_size(output)))
+
+
+def previous_not_found(response_id: str) -> ApiError:
+    """OpenAI's 400 for a ``previous_response_id`` this key cannot see, in OpenAI's words."""
+    return ApiError(400, f"Previous response with id '{response_id}' not found.", param="previous_response_id",
+                    code="previous_response_not_found")
 
 
 def not_kept(found: StoredResponse) -> bool:
@@ -134,7 +159,7 @@ async def as_it_is(ctx: ApiContext, found: StoredResponse) -> StoredResponse:
     gone = failed(found.response, STOPPED)
     assert ctx.responses is not None
     try:
-        await ctx.responses.settle(found.key_id, found.id, encode(gone, found.items),
+        await ctx.responses.settle(found.key_id, found.id, found.again(gone),
                                    retention=ctx.settings.responses_retention_seconds)
     except StoreUnavailable as e:
         logger.warning("background response {} not settled as failed: {}", found.id, e)
@@ -252,12 +277,14 @@ def unique_ids(items: list[dict[str, Any]], before: Sequence[dict[str, Any]] = (
 
 @dataclass
 class Keeping:
-    """A response to be stored (``store``) and/or added to a conversation: the conversation it answers, this
-    request's input items (``added``: the same ids in both), then (``seal``) its final object."""
+    """A response to be stored (``store``) and/or added to a conversation: the conversation it answers
+    (``history``), this request's input items (``added``: the same ids in both), then (``seal``) its final
+    object. Stored, it is a part: its object and ``added``, after its ``history.prev``'s part (a first turn, or
+    one of a ``conversation``: with its whole history)."""
 
     key_id: str
     retention: float
-    items: list[dict[str, Any]]
+    history: History
     added: list[dict[str, Any]] = field(default_factory=list)
     store: bool = True  # False: only the conversation gets it (``store: false`` with ``conversation``)
     conversation_id: str | None = None
@@ -270,23 +297,42 @@ class Keeping:
         self.final = final
         if not self.store:
             return final
-        data = encode(final, self.items)
-        if not fits(data):
+        data = self.part(final)
+        if data is None:
             return final | {"store": False}
         self.data = data
         return final
 
+    def part(self, response: dict[str, Any], *, until: float | None = None) -> str | None:
+        """Its stored form with ``response``; None when its object and its whole conversation are over
+        ``MAX_STORED_BYTES`` (it is not stored, as before parts: the bound is the same)."""
+        size = joined(self.history.size, list_size(self.added))
+        if not within_bound(response, size, until):
+            return None
+        if self.history.prev is None:
+            return self.whole(response, until=until)
+        return encode(response, self.added, until=until, prev=self.history.prev, before=self.history.size)
 
-def keeping(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest,
-            history: list[dict[str, Any]]) -> Keeping | None:
+    def whole(self, response: dict[str, Any], *, until: float | None = None) -> str:
+        """Its stored form holding its whole conversation, after no other part (its previous response gone)."""
+        return encode(response, self.history.items + self.added, until=until)
+
+    def unkept(self, response: dict[str, Any]) -> str:
+        """The stored form of a background response over the bound: its object alone, to be polled, not
+        continued (its part keeps its place after its ``prev``, which it was counted as continuing)."""
+        if self.history.prev is None:
+            return encode(response, [])
+        return encode(response, [], prev=self.history.prev, before=self.history.size)
+
+
+def keeping(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest, history: History) -> Keeping | None:
     """How this response will be stored; None: neither stored (``store: false``, or storage off) nor added to
     a conversation (none named)."""
     store = wanted.store is not False and ctx.responses is not None
     if not store and wanted.conversation_id is None:
         return None
-    added = input_items(wanted, history)
-    return Keeping(key.id, ctx.settings.responses_retention_seconds, history + added, added, store,
-                   wanted.conversation_id)
+    added = input_items(wanted, history.items)
+    return Keeping(key.id, ctx.settings.responses_retention_seconds, history, added, store, wanted.conversation_id)
 
 
 async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
@@ -303,10 +349,17 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
     if keeping.data is None or ctx.responses is None:
         return True
     response_id, responses, data = keeping.final["id"], ctx.responses, keeping.data
-    try:
-        kept = await retried(lambda: responses.put(keeping.key_id, response_id, data, retention=keeping.retention,
+
+    async def put(data: str) -> bool:
+        return await retried(lambda: responses.put(keeping.key_id, response_id, data, retention=keeping.retention,
                                                    item_ids=item_ids(keeping.added, keeping.final or {})),
                              attempts=KEEP_ATTEMPTS, pause=KEEP_PAUSE_S, on=StoreUnavailable)
+
+    try:
+        try:
+            kept = await put(data)
+        except PreviousGone:  # deleted (or expired) as this answer was made: this one keeps the conversation whole
+            kept = await put(keeping.whole(keeping.final))
     except StoreUnavailable as e:
         ctx.responses_outage.failed(f"response {response_id} not stored (its answer says store: false): {e}")
         return False

@@ -28,6 +28,7 @@ a caller's connection dropped.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -35,9 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from loguru import logger
+
 from shared.store import forgotten
 from shared.store.base import RedisBacked, RedisLink, RedisLinks, StoreUnavailable, open_by_url, ttl_ms
-from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables, expiring_table
+from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables, add_columns, expiring_table
 
 # A response whose stored form (its object and the whole conversation before it) is larger than this is
 # not stored: a conversation grows by its answers each turn, and one read must stay a small read. The
@@ -48,6 +51,14 @@ MAX_STORED_BYTES = 1 << 20
 PURGE_BATCH = 200
 PURGE_EVERY_S = 60.0
 SCAN_BATCH = 500  # names a deleted key's purge reads and deletes at once (Redis)
+EMPTY = 2  # ``list_size`` of no items: ``[]``
+# The longest chain of parts a read walks (a conversation within MAX_STORED_BYTES has far fewer turns): a guard, never
+# a bound a caller meets.
+MAX_CHAIN = 100_000
+# A previous response's id as a part names it (ours are ``resp_`` and hex): JSON keeps it as it is, so a Redis
+# script finds it at the part's start by a pattern.
+PREV_ID = re.compile(r"[\w.:-]{1,256}")
+PREV_AT_START = re.compile(r'^\{"prev":"([^"\\]*)"')
 
 
 @dataclass(frozen=True)
@@ -57,14 +68,57 @@ class StoredResponse:
     response: dict[str, Any]  # the final response object, as it was sent (a background one: as it is now)
     items: list[dict[str, Any]]  # the conversation it answered, as input items (each with an id)
     until: float | None = None  # a pending one: when it should have been settled (its answer's deadline)
+    prev: str | None = None  # the response it continues, whose conversation and output come before ``own``
+    own: list[dict[str, Any]] | None = None  # the items its part keeps (None: all of ``items``)
+    before: int = EMPTY  # ``list_size`` of its conversation before ``own``
+
+    @property
+    def size(self) -> int:
+        """``list_size`` of its whole conversation (``items``), as its part carries it for the next turn's bound."""
+        return joined(self.before, list_size(self.items if self.own is None else self.own))
+
+    def again(self, response: dict[str, Any]) -> str:
+        """Its part with ``response`` instead (a settle: the same conversation, the same place in its chain)."""
+        return encode(response, self.items if self.own is None else self.own, prev=self.prev, before=self.before)
 
 
-def encode(response: dict[str, Any], items: list[dict[str, Any]], *, until: float | None = None) -> str:
-    """The stored form of a response: measured by the caller against ``MAX_STORED_BYTES`` before it is put."""
-    data: dict[str, Any] = {"response": response, "items": items}
+class PreviousGone(Exception):
+    """A part naming a previous response that is no longer stored (deleted or expired as its answer was made):
+    nothing was written; the caller writes it whole (``encode`` without ``prev``) or refuses it."""
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def list_size(items: Sequence[dict[str, Any]]) -> int:
+    """The UTF-8 size of ``items`` as one JSON list in a stored form: what a conversation adds to its measure."""
+    return len(_dumps(list(items)).encode())
+
+
+def joined(first: int, then: int) -> int:
+    """``list_size`` of two lists one after the other, from theirs (``[a]`` and ``[b]`` make ``[a,b]``)."""
+    return first + then - EMPTY + (1 if first > EMPTY and then > EMPTY else 0)
+
+
+def encode(response: dict[str, Any], items: list[dict[str, Any]], *, until: float | None = None,
+           prev: str | None = None, before: int = EMPTY) -> str:
+    """A response's part: its object and ``items``, the conversation it answered (with ``prev``: only its own
+    input items, the rest being ``prev``'s conversation and output, whose ``list_size`` is ``before``). ``prev``
+    comes first, where a Redis script reads it without parsing the part."""
+    if prev is not None and not PREV_ID.fullmatch(prev):
+        raise ValueError(f"a stored response id of unexpected characters: {prev[:64]!r}")
+    data: dict[str, Any] = {"prev": prev, "before": before} if prev is not None else {}
+    data |= {"response": response, "items": items}
     if until is not None:
         data["until"] = until
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return _dumps(data)
+
+
+def within_bound(response: dict[str, Any], size: int, until: float | None = None) -> bool:
+    """Whether a response whose whole conversation measures ``size`` (``list_size``) is stored: its object and
+    that conversation, in one JSON text as it was stored before parts (2026-12-06), within ``MAX_STORED_BYTES``."""
+    return len(encode(response, [], until=until).encode()) - EMPTY + size <= MAX_STORED_BYTES
 
 
 def fits(data: str) -> bool:
@@ -72,9 +126,29 @@ def fits(data: str) -> bool:
     return len(data) <= MAX_STORED_BYTES and len(data.encode()) <= MAX_STORED_BYTES
 
 
-def decode(response_id: str, key_id: str, raw: str | bytes) -> StoredResponse:
-    data = json.loads(raw)
-    return StoredResponse(response_id, key_id, data["response"], data["items"], data.get("until"))
+def prev_of(data: str | bytes) -> str | None:
+    """The previous response a part names, read as the Redis scripts read it (``PREV_LUA``)."""
+    found = PREV_AT_START.match(data.decode() if isinstance(data, bytes) else data)
+    return found.group(1) if found else None
+
+
+def decode(response_id: str, key_id: str, chain: Sequence[str | bytes]) -> StoredResponse | None:
+    """A response from its part then its ancestors' (nearest first), as far as the store found them: a chain
+    broken (an ancestor missing: evicted, say) is None, as an unknown response (never a conversation cut short).
+    A part without ``prev`` holds its whole conversation (a first turn, or a record stored before parts)."""
+    parts = [json.loads(raw) for raw in chain]
+    if not parts:
+        return None
+    if parts[-1].get("prev") is not None:
+        logger.warning("stored response {} of key id={} not read: its conversation is incomplete (response {} "
+                       "is missing)", response_id, key_id, parts[-1]["prev"])
+        return None
+    items: list[dict[str, Any]] = []
+    for part in reversed(parts[1:]):
+        items += part["items"] + list(part["response"].get("output") or [])
+    head = parts[0]
+    return StoredResponse(response_id, key_id, head["response"], items + head["items"], head.get("until"),
+                          head.get("prev"), head["items"], head.get("before", EMPTY))
 
 
 class ResponseStore(Protocol):
@@ -160,11 +234,43 @@ CREATE INDEX IF NOT EXISTS response_events_key ON response_events (key_id);
 """ + forgotten.SCHEMA
 
 
+# Columns added with parts (2026-12-06), to a table made before them too: the response a part continues (its
+# ``prev``), and whether it was deleted while responses continuing it were stored (kept hidden for them).
+PART_COLUMNS = {"prev": "TEXT", "hidden": "INTEGER NOT NULL DEFAULT 0"}
+PART_INDEX = "CREATE INDEX IF NOT EXISTS stored_responses_prev ON stored_responses (prev)"
+# Where a chain starts: a response by id, or the one holding an item; it is read with its ancestors in one query.
+BY_ID = "SELECT 0, id, data, prev, expires_at FROM stored_responses WHERE id = ? AND key_id = ? AND hidden = 0"
+BY_ITEM = ("SELECT 0, r.id, r.data, r.prev, r.expires_at FROM stored_response_items i JOIN stored_responses r "
+           "ON r.id = i.response_id AND r.key_id = i.key_id WHERE i.key_id = ? AND i.item_id = ? AND r.hidden = 0")
+
+
+def chain_query(start: str) -> str:
+    """A response's part (``start``, which takes two arguments) then its ancestors' (by ``prev``, of the key given
+    third), nearest first: (id, data, expires_at) rows."""
+    return f"""WITH RECURSIVE chain(n, id, data, prev, expires_at) AS ({start}
+        UNION ALL SELECT chain.n + 1, r.id, r.data, r.prev, r.expires_at FROM chain JOIN stored_responses r
+        ON r.id = chain.prev AND r.key_id = ? WHERE chain.n < {MAX_CHAIN})
+    SELECT id, data, expires_at FROM chain ORDER BY n"""
+
+
+# The ancestors of a response (the first argument; of the key given second and fourth) made to live until the third.
+EXTEND_ANCESTORS = f"""WITH RECURSIVE up(id, n) AS (SELECT ?, 0
+        UNION ALL SELECT r.prev, up.n + 1 FROM up JOIN stored_responses r ON r.id = up.id AND r.key_id = ?
+        WHERE r.prev IS NOT NULL AND up.n < {MAX_CHAIN})
+    UPDATE stored_responses SET expires_at = ?3 WHERE key_id = ?4 AND expires_at < ?3 AND id IN (SELECT id FROM up)"""
+
+
 class SQLiteResponseStore(SQLiteTables):
+    """A row per response: its part (``data``), its ``prev`` and its expiry, which its ancestors' rows are extended
+    to when it is written (an ancestor lives as long as its longest-living descendant, and the bounded purge by
+    expiry never leaves a live chain broken)."""
+
     label = "sqlite responses"
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, SCHEMA)
+        add_columns(self._db, "stored_responses", PART_COLUMNS)
+        self._db.execute(PART_INDEX)
         self._next_purge = 0.0  # per instance (per worker): when this one next deletes expired rows
 
     async def put(self, key_id: str, response_id: str, data: str, *, retention: float,
@@ -175,7 +281,7 @@ class SQLiteResponseStore(SQLiteTables):
         def run(db: sqlite3.Connection) -> tuple[bool, int]:
             kept = not forgotten.is_forgotten(db, key_id, now)
             if kept:
-                self._write(db, key_id, response_id, data, now + retention, item_ids)
+                self._write(db, key_id, response_id, data, now, now + retention, item_ids, continued=True)
             if kept and pending:
                 db.execute("INSERT OR REPLACE INTO pending_responses (id, key_id) VALUES (?,?)", (response_id, key_id))
             return kept, self._purge(db, now) if purge else 0
@@ -188,10 +294,18 @@ class SQLiteResponseStore(SQLiteTables):
         return kept
 
     @staticmethod
-    def _write(db: sqlite3.Connection, key_id: str, response_id: str, data: str, expires_at: float,
-               item_ids: Sequence[str]) -> None:
-        db.execute("INSERT OR REPLACE INTO stored_responses (id, key_id, data, expires_at) VALUES (?,?,?,?)",
-                   (response_id, key_id, data, expires_at))
+    def _write(db: sqlite3.Connection, key_id: str, response_id: str, data: str, now: float, expires_at: float,
+               item_ids: Sequence[str], *, continued: bool = False) -> None:
+        """Its row, its items' rows, and its ancestors living as long; ``continued``: a new part, whose previous
+        response must still be there (``PreviousGone``: nothing is written)."""
+        prev = prev_of(data)
+        if prev is not None:
+            if continued and not db.execute("SELECT 1 FROM stored_responses WHERE id = ? AND key_id = ? AND "
+                                            "expires_at > ?", (prev, key_id, now)).fetchone():
+                raise PreviousGone(prev)
+            db.execute(EXTEND_ANCESTORS, (prev, key_id, expires_at, key_id))
+        db.execute("INSERT OR REPLACE INTO stored_responses (id, key_id, data, expires_at, prev, hidden) "
+                   "VALUES (?,?,?,?,?,0)", (response_id, key_id, data, expires_at, prev))
         db.executemany("INSERT OR REPLACE INTO stored_response_items (key_id, item_id, response_id) "
                        "VALUES (?,?,?)", [(key_id, item_id, response_id) for item_id in item_ids])
 
@@ -201,7 +315,7 @@ class SQLiteResponseStore(SQLiteTables):
 
         def run(db: sqlite3.Connection) -> bool:
             if db.execute("DELETE FROM pending_responses WHERE id = ? AND key_id = ?", (response_id, key_id)).rowcount:
-                self._write(db, key_id, response_id, data, now + retention, item_ids)
+                self._write(db, key_id, response_id, data, now, now + retention, item_ids)
                 return True
             return False
 
@@ -220,9 +334,7 @@ class SQLiteResponseStore(SQLiteTables):
         return db.executemany("DELETE FROM stored_responses WHERE id = ?", ids).rowcount
 
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
-        rows = self._query("SELECT data, expires_at FROM stored_responses WHERE id = ? AND key_id = ?",
-                           (response_id, key_id))
-        return self._alive(response_id, key_id, rows[0]) if rows else None
+        return self._alive(response_id, key_id, self._query(chain_query(BY_ID), (response_id, key_id, key_id)))
 
     async def is_pending(self, key_id: str, response_id: str) -> bool:
         return bool(self._query("SELECT 1 FROM pending_responses WHERE id = ? AND key_id = ?", (response_id, key_id)))
@@ -232,7 +344,7 @@ class SQLiteResponseStore(SQLiteTables):
         # Events of a response no longer stored were kept for good: the purges find events by their response.
         self._tx(lambda db: db.executemany(
             "INSERT OR REPLACE INTO response_events (response_id, key_id, seq, data) SELECT ?, ?, ?, ? "
-            "WHERE EXISTS (SELECT 1 FROM stored_responses WHERE id = ? AND key_id = ?)",
+            "WHERE EXISTS (SELECT 1 FROM stored_responses WHERE id = ? AND key_id = ? AND hidden = 0)",
             [(response_id, key_id, seq, e, response_id, key_id) for seq, e in events]))
 
     async def events(self, key_id: str, response_id: str, *, after: int,
@@ -247,32 +359,58 @@ class SQLiteResponseStore(SQLiteTables):
         return (rows[0][0], rows[0][1]) if rows else None
 
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
-        rows = self._query("SELECT r.id, r.data, r.expires_at FROM stored_response_items i JOIN stored_responses r "
-                           "ON r.id = i.response_id AND r.key_id = i.key_id WHERE i.key_id = ? AND i.item_id = ?",
-                           (key_id, item_id))
-        return self._alive(rows[0][0], key_id, rows[0][1:]) if rows else None
+        rows = self._query(chain_query(BY_ITEM), (key_id, item_id, key_id))
+        return self._alive(rows[0][0], key_id, rows) if rows else None
 
-    def _alive(self, response_id: str, key_id: str, row: tuple[str, float]) -> StoredResponse | None:
-        """A row read back: the response, or None if it has expired (deleted now, as Redis would have it)."""
-        data, expires_at = row
+    def _alive(self, response_id: str, key_id: str, chain: list[tuple[str, str, float]]) -> StoredResponse | None:
+        """A chain read back (``chain_query``'s rows): the response, or None if it has expired (deleted now, as
+        Redis would have it) or is not there."""
+        if not chain:
+            return None
+        expires_at = chain[0][2]
         if expires_at > time.time():
-            return decode(response_id, key_id, data)
+            return decode(response_id, key_id, [row[1] for row in chain])
         self._tx(lambda db: self._drop(db, "id = ? AND expires_at <= ?", (response_id, expires_at)))
         return None
 
     @staticmethod
-    def _drop(db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
-        """Delete the responses ``where`` selects, their items' rows and pending marks; how many responses went."""
+    def _drop(db: sqlite3.Connection, where: str, args: tuple[Any, ...], *, hide: bool = False) -> int:
+        """Delete the responses ``where`` selects, their items' rows and pending marks; how many responses went.
+        ``hide``: their parts are kept, hidden (responses continuing them are stored)."""
         selected = f"SELECT id FROM stored_responses WHERE {where}"
         db.execute(f"DELETE FROM stored_response_items WHERE response_id IN ({selected})", args)
         db.execute(f"DELETE FROM pending_responses WHERE id IN ({selected})", args)
         db.execute(f"DELETE FROM response_events WHERE response_id IN ({selected})", args)
+        if hide:
+            return db.execute(f"UPDATE stored_responses SET hidden = 1 WHERE {where}", args).rowcount
         return db.execute(f"DELETE FROM stored_responses WHERE {where}", args).rowcount
 
     async def delete(self, key_id: str, response_id: str) -> bool:
+        """Gone for its key at once; its part stays hidden while responses continuing it are stored (their
+        conversation), and a hidden ancestor kept only for it goes with it."""
         now = time.time()
-        return self._tx(lambda db: self._drop(db, "id = ? AND key_id = ? AND expires_at > ?",
-                                              (response_id, key_id, now))) > 0
+
+        def run(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT prev FROM stored_responses WHERE id = ? AND key_id = ? AND hidden = 0 AND "
+                             "expires_at > ?", (response_id, key_id, now)).fetchone()
+            if row is None:
+                return False
+            hide = self._continued(db, key_id, response_id)
+            self._drop(db, "id = ?", (response_id,), hide=hide)
+            prev = None if hide else row[0]
+            while prev is not None and not self._continued(db, key_id, prev):
+                up = db.execute("DELETE FROM stored_responses WHERE id = ? AND key_id = ? AND hidden = 1 RETURNING prev",
+                                (prev, key_id)).fetchall()
+                prev = up[0][0] if up else None
+            return True
+
+        return self._tx(run)
+
+    @staticmethod
+    def _continued(db: sqlite3.Connection, key_id: str, response_id: str) -> bool:
+        """Whether a stored response (hidden or not) continues ``response_id``."""
+        return db.execute("SELECT 1 FROM stored_responses WHERE prev = ? AND key_id = ? LIMIT 1",
+                          (response_id, key_id)).fetchone() is not None
 
     async def forget_key(self, key_id: str, *, marked: bool = False) -> int:
         def run(db: sqlite3.Connection) -> int:
@@ -289,26 +427,116 @@ class SQLiteResponseStore(SQLiteTables):
         self._close_db()
 
 
-# Keep a response, unless its key was forgotten: KEYS[1] the key's forgotten mark, KEYS[2] the response, KEYS[3] its
-# pending mark, KEYS[4..] its items' names; ARGV[1] the data, ARGV[2] the TTL (ms), ARGV[3] the response id, ARGV[4]
-# "1" for a pending one.
-PUT = """
+# The Lua every part script shares: ARGV[1], ARGV[2], ARGV[3] are the key's names' prefixes for a response's part,
+# its hidden part (deleted, kept for the responses continuing it) and its count of continuing responses; ``prev_of``
+# reads the ``prev`` a part starts with (``PREV_AT_START``).
+PARTS_LUA = f"""
+local VISIBLE, HIDDEN, KIDS = ARGV[1], ARGV[2], ARGV[3]
+local function prev_of(v) return string.match(v, '^{{"prev":"([^"\\\\\\\\]*)"') end
+local function part(id)
+  local name = VISIBLE .. id
+  local v = redis.call('GET', name)
+  if not v then name = HIDDEN .. id; v = redis.call('GET', name) end
+  if not v then return nil, nil end
+  return name, v
+end
+local function outlive(name, ttl)
+  local left = redis.call('PTTL', name)
+  if left == -1 or (left >= 0 and left < ttl) then redis.call('PEXPIRE', name, ttl) end
+end
+local function extend_up(id, ttl)
+  for _ = 1, {MAX_CHAIN} do
+    if not id then return end
+    local name, v = part(id)
+    if not name then return end
+    outlive(name, ttl)
+    outlive(KIDS .. id, ttl)
+    id = prev_of(v)
+  end
+end
+"""
+
+
+# Keep a response, unless its key was forgotten (0) or the response it continues is gone (2): KEYS[1] the key's
+# forgotten mark, KEYS[2] the response, KEYS[3] its pending mark, KEYS[4..] its items' names; ARGV[4] the data, ARGV[5]
+# the TTL (ms), ARGV[6] the response id, ARGV[7] "1" for a pending one, ARGV[8] its prev ("" for none), whose count
+# goes up (once) and whose ancestors live as long.
+PUT = PARTS_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-if ARGV[4] == '1' then redis.call('SET', KEYS[3], 1, 'PX', ARGV[2]) end
-for i = 4, #KEYS do redis.call('SET', KEYS[i], ARGV[3], 'PX', ARGV[2]) end
+local prev, ttl = ARGV[8], tonumber(ARGV[5])
+if prev ~= '' and not part(prev) then return 2 end
+local new = redis.call('EXISTS', KEYS[2]) == 0
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ttl)
+if ARGV[7] == '1' then redis.call('SET', KEYS[3], 1, 'PX', ttl) end
+for i = 4, #KEYS do redis.call('SET', KEYS[i], ARGV[6], 'PX', ttl) end
+if prev ~= '' then
+  if new then redis.call('INCR', KIDS .. prev) end
+  extend_up(prev, ttl)
+end
 return 1
 """
 
 
 # Settle a pending response, once: KEYS[1] its pending mark, KEYS[2] the response, KEYS[3] its key's forgotten mark
-# (a settle between ``forget_key``'s mark and its SCANs keeps nothing), KEYS[4..] its items' names; ARGV[1] the data,
-# ARGV[2] the TTL (ms), ARGV[3] the response id.
-SETTLE = """
+# (a settle between ``forget_key``'s mark and its SCANs keeps nothing), KEYS[4..] its items' names; ARGV[4] the data,
+# ARGV[5] the TTL (ms), ARGV[6] the response id, ARGV[7] its prev ("" for none), whose ancestors live as long.
+SETTLE = PARTS_LUA + """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-for i = 4, #KEYS do redis.call('SET', KEYS[i], ARGV[3], 'PX', ARGV[2]) end
+local ttl = tonumber(ARGV[5])
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ttl)
+for i = 4, #KEYS do redis.call('SET', KEYS[i], ARGV[6], 'PX', ttl) end
+if ARGV[7] ~= '' then extend_up(ARGV[7], ttl) end
+return 1
+"""
+
+
+# A response's part then its ancestors' (nearest first), after its id: KEYS[1] its name, or (ARGV[4] "1") the name of
+# an item it holds, which names it. Empty: not there.
+CHAIN = PARTS_LUA + f"""
+local id, v = '', nil
+if ARGV[4] == '1' then
+  id = redis.call('GET', KEYS[1])
+  if not id then return {{}} end
+  v = redis.call('GET', VISIBLE .. id)
+else
+  v = redis.call('GET', KEYS[1])
+end
+if not v then return {{}} end
+local out = {{id, v}}
+local prev = prev_of(v)
+for _ = 1, {MAX_CHAIN} do
+  if not prev then break end
+  local _, p = part(prev)
+  if not p then break end
+  out[#out + 1] = p
+  prev = prev_of(p)
+end
+return out
+"""
+
+
+# Delete a response (1; 0: not there): KEYS[1] its part, KEYS[2] its pending mark, KEYS[3] its events; ARGV[4] its id.
+# A response others continue is renamed hidden (its TTL kept); one none does goes, and so do its hidden ancestors
+# that only it continued.
+DELETE = PARTS_LUA + f"""
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3])
+if tonumber(redis.call('GET', KIDS .. ARGV[4]) or '0') > 0 then
+  redis.call('RENAME', KEYS[1], HIDDEN .. ARGV[4])
+  return 1
+end
+redis.call('DEL', KEYS[1], KIDS .. ARGV[4])
+local prev = prev_of(v)
+for _ = 1, {MAX_CHAIN} do
+  if not prev or redis.call('EXISTS', KIDS .. prev) == 0 or redis.call('DECR', KIDS .. prev) > 0 then break end
+  redis.call('DEL', KIDS .. prev)
+  local hidden = redis.call('GET', HIDDEN .. prev)
+  if not hidden then break end
+  redis.call('DEL', HIDDEN .. prev)
+  prev = prev_of(hidden)
+end
 return 1
 """
 
@@ -325,10 +553,13 @@ return 1
 
 
 class RedisResponseStore(RedisBacked):
-    """One string per response, named by its key and id (``{ns}:response:{key_id}:{id}``), with Redis's TTL:
-    another key's id is simply not there, and Redis expires what is old by its own clock. Each item it added
-    is a string naming it (``{ns}:response_item:{key_id}:{item_id}``) with the same TTL; one whose response
-    was deleted before it expired finds nothing. A pending (background) response has a mark beside it
+    """One string per response, its part, named by its key and id (``{ns}:response:{key_id}:{id}``), with Redis's
+    TTL: another key's id is simply not there, and Redis expires what is old by its own clock. A response that
+    others continue counts them (``{ns}:response_kids:{key_id}:{id}``) and lives as long as they do: each write
+    walks its ancestors (in its script) and extends their TTLs. Deleted, it is renamed hidden
+    (``{ns}:response_hidden:{key_id}:{id}``) while others continue it. Each item it added is a string naming it
+    (``{ns}:response_item:{key_id}:{item_id}``) with the same TTL; one whose response was deleted before it
+    expired finds nothing. A pending (background) response has a mark beside it
     (``{ns}:response_pending:{key_id}:{id}``), which ``settle`` takes in one script with its write; a streamed
     one's events are a sorted set (``{ns}:response_events:{key_id}:{id}``) scored by sequence number."""
 
@@ -339,10 +570,18 @@ class RedisResponseStore(RedisBacked):
         client = self.r
         self._put = client.register_script(PUT)
         self._settle = client.register_script(SETTLE)
+        self._chain = client.register_script(CHAIN)
+        self._delete = client.register_script(DELETE)
         self._add_events = client.register_script(ADD_EVENTS)
 
     def _key(self, key_id: str, response_id: str) -> str:
         return f"{self.ns}:response:{key_id}:{response_id}"
+
+    def _hidden_key(self, key_id: str, response_id: str) -> str:
+        return f"{self.ns}:response_hidden:{key_id}:{response_id}"
+
+    def _kids_key(self, key_id: str, response_id: str) -> str:
+        return f"{self.ns}:response_kids:{key_id}:{response_id}"
 
     def _item_key(self, key_id: str, item_id: str) -> str:
         return f"{self.ns}:response_item:{key_id}:{item_id}"
@@ -356,24 +595,40 @@ class RedisResponseStore(RedisBacked):
     def _forgotten_key(self, key_id: str) -> str:
         return forgotten.redis_name(self.ns, key_id)
 
+    def _prefixes(self, key_id: str) -> list[str]:
+        """``PARTS_LUA``'s first three arguments."""
+        return [self._key(key_id, ""), self._hidden_key(key_id, ""), self._kids_key(key_id, "")]
+
     async def put(self, key_id: str, response_id: str, data: str, *, retention: float,
                   item_ids: Sequence[str] = (), pending: bool = False) -> bool:
-        """One script: the response and its items' names together, or none (its key forgotten)."""
+        """One script: the response and its items' names together, or none (its key forgotten, or the response it
+        continues gone: ``PreviousGone``)."""
         names = [self._forgotten_key(key_id), self._key(key_id, response_id), self._pending_key(key_id, response_id),
                  *(self._item_key(key_id, item_id) for item_id in item_ids)]
-        args = [data, ttl_ms(retention), response_id, "1" if pending else "0"]
-        return bool(await self._call(self._put(keys=names, args=args)))
+        prev = prev_of(data) or ""
+        args = [*self._prefixes(key_id), data, ttl_ms(retention), response_id, "1" if pending else "0", prev]
+        done = await self._call(self._put(keys=names, args=args))
+        if done == 2:
+            raise PreviousGone(prev)
+        return bool(done)
 
     async def settle(self, key_id: str, response_id: str, data: str, *, retention: float,
                      item_ids: Sequence[str] = ()) -> bool:
         names = [self._pending_key(key_id, response_id), self._key(key_id, response_id), self._forgotten_key(key_id),
                  *(self._item_key(key_id, item_id) for item_id in item_ids)]
-        return bool(await self._call(self._settle(keys=names, args=[data, ttl_ms(retention),
-                                                                    response_id])))
+        args = [*self._prefixes(key_id), data, ttl_ms(retention), response_id, prev_of(data) or ""]
+        return bool(await self._call(self._settle(keys=names, args=args)))
 
     async def get(self, key_id: str, response_id: str) -> StoredResponse | None:
-        raw = await self._call(self.r.get(self._key(key_id, response_id)))
-        return decode(response_id, key_id, raw) if raw else None
+        return await self._read(key_id, self._key(key_id, response_id), response_id)
+
+    async def _read(self, key_id: str, name: str, response_id: str | None = None) -> StoredResponse | None:
+        """A response and its ancestors' parts in one script, from its name or (no ``response_id``) an item's."""
+        got = await self._call(self._chain(keys=[name], args=[*self._prefixes(key_id), "0" if response_id else "1"]))
+        if not got:
+            return None
+        found_id = got[0].decode() if isinstance(got[0], bytes) else got[0]
+        return decode(response_id or found_id, key_id, got[1:])
 
     async def is_pending(self, key_id: str, response_id: str) -> bool:
         return bool(await self._call(self.r.exists(self._pending_key(key_id, response_id))))
@@ -415,27 +670,24 @@ class RedisResponseStore(RedisBacked):
         return [(seq, e.decode() if isinstance(e, bytes) else e) for seq, e in enumerate(got, after + 1)]
 
     async def holder(self, key_id: str, item_id: str) -> StoredResponse | None:
-        response_id = await self._call(self.r.get(self._item_key(key_id, item_id)))
-        if not response_id:
-            return None
-        return await self.get(key_id, response_id.decode() if isinstance(response_id, bytes) else response_id)
+        return await self._read(key_id, self._item_key(key_id, item_id))
 
     async def delete(self, key_id: str, response_id: str) -> bool:
-        """The response and its pending mark (a background task settling it later must find it gone)."""
-        pipe = self.r.pipeline(transaction=True)
-        pipe.delete(self._key(key_id, response_id))
-        pipe.delete(self._pending_key(key_id, response_id), self._events_key(key_id, response_id))
-        return bool((await self._call(pipe.execute()))[0])
+        """The response (kept hidden while others continue it), its pending mark (a background task settling it
+        later must find it gone) and its events, in one script."""
+        names = [self._key(key_id, response_id), self._pending_key(key_id, response_id),
+                 self._events_key(key_id, response_id)]
+        return bool(await self._call(self._delete(keys=names, args=[*self._prefixes(key_id), response_id])))
 
     async def forget_key(self, key_id: str, *, marked: bool = False) -> int:
         """A SCAN of the key's names (an admin's rare call, in batches: never a KEYS that blocks Redis), once its
         forgotten mark is set: a write of it the SCAN could miss (one made as it runs) is refused."""
         if not marked:
             await self._call(forgotten.redis_mark(self.r, self.ns, key_id))
-        for names in (self._item_key, self._pending_key, self._events_key):
+        for names in (self._item_key, self._pending_key, self._events_key, self._kids_key):
             await self._call(forget_matching(self.r, glob_escaped(names(key_id, "")) + "*"))
-        return await self._call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"))
-
+        hidden = await self._call(forget_matching(self.r, glob_escaped(self._hidden_key(key_id, "")) + "*"))
+        return hidden + await self._call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"))
 
 
 def _wrong_type(e: StoreUnavailable) -> bool:

@@ -46,7 +46,7 @@ from shared.store.base import (
     now_or_clock,
     oldest_usage_day,
 )
-from shared.store.sqlite_tables import open_db
+from shared.store.sqlite_tables import add_columns, open_db
 from shared.store.window import charge_each, charge_window
 
 SCHEMA = """
@@ -112,16 +112,8 @@ def _connect(path: Path, synchronous: str, schema: str = "") -> sqlite3.Connecti
 
 
 def _add_columns(db: sqlite3.Connection) -> None:
-    """Bring a keys table made by an earlier release up to date (the workers of one API may race to
-    do it: the loser finds the column there)."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
-    for name, kind in _ADDED_COLUMNS.items():
-        if name not in have:
-            try:
-                db.execute(f"ALTER TABLE api_keys ADD COLUMN {name} {kind}")
-            except sqlite3.OperationalError as e:
-                if "duplicate column" not in str(e):
-                    raise
+    """Bring a keys table made by an earlier release up to date."""
+    add_columns(db, "api_keys", _ADDED_COLUMNS)
 
 
 def _record(row: tuple) -> KeyRecord:

@@ -159,6 +159,19 @@ CREATE INDEX IF NOT EXISTS {index} ON {name} ({on});
 """
 
 
+def add_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Bring a table made by an earlier release up to date: ``columns`` (name: type) it lacks are added (the
+    workers of one API may race to do it: the loser finds the column there)."""
+    have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in have:
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as e:
+                if "duplicate column" not in str(e):
+                    raise
+
+
 class SQLiteTables:
     label = "sqlite"
 
