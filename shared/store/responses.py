@@ -201,8 +201,9 @@ class ResponseStore(Protocol):
     async def forget_key(self, key_id: str, *, marked: bool = False) -> int:
         """Delete every response ``key_id`` made (its key was deleted: its conversations go with it, not at
         their expiry), and refuse any it would make for ``FORGOTTEN_FOR_S`` (``put`` and ``settle`` keep nothing
-        of an answer that comes after); how many there were. ``marked``: another store's ``forget_key`` set the
-        key's forgotten mark already (``forgotten.py``)."""
+        of an answer that comes after); how many there were (not counting deleted ones kept hidden for the
+        responses continuing them, which go too). ``marked``: another store's ``forget_key`` set the key's
+        forgotten mark already (``forgotten.py``)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -235,35 +236,41 @@ CREATE INDEX IF NOT EXISTS response_events_key ON response_events (key_id);
 
 
 # Columns added with parts (2026-12-06), to a table made before them too: the response a part continues (its
-# ``prev``), and whether it was deleted while responses continuing it were stored (kept hidden for them).
-PART_COLUMNS = {"prev": "TEXT", "hidden": "INTEGER NOT NULL DEFAULT 0"}
+# ``prev``), whether it was deleted while responses continuing it were stored (kept hidden for them), and when its own
+# retention ends once a later turn made it live longer (``expires_at``: NULL, the same).
+PART_COLUMNS = {"prev": "TEXT", "hidden": "INTEGER NOT NULL DEFAULT 0", "visible_until": "REAL"}
 PART_INDEX = "CREATE INDEX IF NOT EXISTS stored_responses_prev ON stored_responses (prev)"
 # Where a chain starts: a response by id, or the one holding an item; it is read with its ancestors in one query.
-BY_ID = "SELECT 0, id, data, prev, expires_at FROM stored_responses WHERE id = ? AND key_id = ? AND hidden = 0"
-BY_ITEM = ("SELECT 0, r.id, r.data, r.prev, r.expires_at FROM stored_response_items i JOIN stored_responses r "
-           "ON r.id = i.response_id AND r.key_id = i.key_id WHERE i.key_id = ? AND i.item_id = ? AND r.hidden = 0")
+VISIBLE_UNTIL = "COALESCE(visible_until, expires_at)"
+BY_ID = ("SELECT 0, id, data, prev, expires_at, COALESCE(visible_until, expires_at) FROM stored_responses "
+         "WHERE id = ? AND key_id = ? AND hidden = 0")
+BY_ITEM = ("SELECT 0, r.id, r.data, r.prev, r.expires_at, COALESCE(r.visible_until, r.expires_at) FROM "
+           "stored_response_items i JOIN stored_responses r ON r.id = i.response_id AND r.key_id = i.key_id "
+           "WHERE i.key_id = ? AND i.item_id = ? AND r.hidden = 0")
 
 
 def chain_query(start: str) -> str:
     """A response's part (``start``, which takes two arguments) then its ancestors' (by ``prev``, of the key given
-    third), nearest first: (id, data, expires_at) rows."""
-    return f"""WITH RECURSIVE chain(n, id, data, prev, expires_at) AS ({start}
-        UNION ALL SELECT chain.n + 1, r.id, r.data, r.prev, r.expires_at FROM chain JOIN stored_responses r
+    third), nearest first: (id, data, expires_at, visible until) rows."""
+    return f"""WITH RECURSIVE chain(n, id, data, prev, expires_at, visible) AS ({start}
+        UNION ALL SELECT chain.n + 1, r.id, r.data, r.prev, r.expires_at, 0 FROM chain JOIN stored_responses r
         ON r.id = chain.prev AND r.key_id = ? WHERE chain.n < {MAX_CHAIN})
-    SELECT id, data, expires_at FROM chain ORDER BY n"""
+    SELECT id, data, expires_at, visible FROM chain ORDER BY n"""
 
 
-# The ancestors of a response (the first argument; of the key given second and fourth) made to live until the third.
+# The ancestors of a response (the first argument; of the key given second and fourth) made to live until the third,
+# each still readable itself until its own retention ends (``visible_until``).
 EXTEND_ANCESTORS = f"""WITH RECURSIVE up(id, n) AS (SELECT ?, 0
         UNION ALL SELECT r.prev, up.n + 1 FROM up JOIN stored_responses r ON r.id = up.id AND r.key_id = ?
         WHERE r.prev IS NOT NULL AND up.n < {MAX_CHAIN})
-    UPDATE stored_responses SET expires_at = ?3 WHERE key_id = ?4 AND expires_at < ?3 AND id IN (SELECT id FROM up)"""
+    UPDATE stored_responses SET visible_until = {VISIBLE_UNTIL}, expires_at = ?3
+    WHERE key_id = ?4 AND expires_at < ?3 AND id IN (SELECT id FROM up)"""
 
 
 class SQLiteResponseStore(SQLiteTables):
     """A row per response: its part (``data``), its ``prev`` and its expiry, which its ancestors' rows are extended
     to when it is written (an ancestor lives as long as its longest-living descendant, and the bounded purge by
-    expiry never leaves a live chain broken)."""
+    expiry never leaves a live chain broken; read itself, it is gone after its own retention, as before)."""
 
     label = "sqlite responses"
 
@@ -304,8 +311,8 @@ class SQLiteResponseStore(SQLiteTables):
                                             "expires_at > ?", (prev, key_id, now)).fetchone():
                 raise PreviousGone(prev)
             db.execute(EXTEND_ANCESTORS, (prev, key_id, expires_at, key_id))
-        db.execute("INSERT OR REPLACE INTO stored_responses (id, key_id, data, expires_at, prev, hidden) "
-                   "VALUES (?,?,?,?,?,0)", (response_id, key_id, data, expires_at, prev))
+        db.execute("INSERT OR REPLACE INTO stored_responses (id, key_id, data, expires_at, prev, hidden, visible_until) "
+                   "VALUES (?,?,?,?,?,0,NULL)", (response_id, key_id, data, expires_at, prev))
         db.executemany("INSERT OR REPLACE INTO stored_response_items (key_id, item_id, response_id) "
                        "VALUES (?,?,?)", [(key_id, item_id, response_id) for item_id in item_ids])
 
@@ -362,15 +369,18 @@ class SQLiteResponseStore(SQLiteTables):
         rows = self._query(chain_query(BY_ITEM), (key_id, item_id, key_id))
         return self._alive(rows[0][0], key_id, rows) if rows else None
 
-    def _alive(self, response_id: str, key_id: str, chain: list[tuple[str, str, float]]) -> StoredResponse | None:
-        """A chain read back (``chain_query``'s rows): the response, or None if it has expired (deleted now, as
-        Redis would have it) or is not there."""
+    def _alive(self, response_id: str, key_id: str,
+               chain: list[tuple[str, str, float, float]]) -> StoredResponse | None:
+        """A chain read back (``chain_query``'s rows): the response, or None if its retention has ended (deleted
+        now, as Redis would have it, unless later turns keep it for their conversation) or it is not there."""
         if not chain:
             return None
-        expires_at = chain[0][2]
-        if expires_at > time.time():
+        _, _, expires_at, visible_until = chain[0]
+        now = time.time()
+        if visible_until > now:
             return decode(response_id, key_id, [row[1] for row in chain])
-        self._tx(lambda db: self._drop(db, "id = ? AND expires_at <= ?", (response_id, expires_at)))
+        if expires_at <= now:
+            self._tx(lambda db: self._drop(db, "id = ? AND expires_at <= ?", (response_id, expires_at)))
         return None
 
     @staticmethod
@@ -392,7 +402,7 @@ class SQLiteResponseStore(SQLiteTables):
 
         def run(db: sqlite3.Connection) -> bool:
             row = db.execute("SELECT prev FROM stored_responses WHERE id = ? AND key_id = ? AND hidden = 0 AND "
-                             "expires_at > ?", (response_id, key_id, now)).fetchone()
+                             f"{VISIBLE_UNTIL} > ?", (response_id, key_id, now)).fetchone()
             if row is None:
                 return False
             hide = self._continued(db, key_id, response_id)
@@ -419,6 +429,7 @@ class SQLiteResponseStore(SQLiteTables):
             db.execute("DELETE FROM stored_response_items WHERE key_id = ?", (key_id,))
             db.execute("DELETE FROM pending_responses WHERE key_id = ?", (key_id,))
             db.execute("DELETE FROM response_events WHERE key_id = ?", (key_id,))
+            db.execute("DELETE FROM stored_responses WHERE key_id = ? AND hidden = 1", (key_id,))
             return db.execute("DELETE FROM stored_responses WHERE key_id = ?", (key_id,)).rowcount
 
         return self._tx(run)
@@ -427,16 +438,19 @@ class SQLiteResponseStore(SQLiteTables):
         self._close_db()
 
 
+# What a response's name holds once a later turn made its part live longer than its own retention: its part moved to
+# its hidden name, and this, until its own retention ends (it reads as before until then).
+MOVED = "moved"
 # The Lua every part script shares: ARGV[1], ARGV[2], ARGV[3] are the key's names' prefixes for a response's part,
-# its hidden part (deleted, kept for the responses continuing it) and its count of continuing responses; ``prev_of``
-# reads the ``prev`` a part starts with (``PREV_AT_START``).
+# its hidden part (deleted, or past its own retention: kept for the responses continuing it) and its count of
+# continuing responses; ``prev_of`` reads the ``prev`` a part starts with (``PREV_AT_START``).
 PARTS_LUA = f"""
 local VISIBLE, HIDDEN, KIDS = ARGV[1], ARGV[2], ARGV[3]
 local function prev_of(v) return string.match(v, '^{{"prev":"([^"\\\\\\\\]*)"') end
 local function part(id)
   local name = VISIBLE .. id
   local v = redis.call('GET', name)
-  if not v then name = HIDDEN .. id; v = redis.call('GET', name) end
+  if not v or v == '{MOVED}' then name = HIDDEN .. id; v = redis.call('GET', name) end
   if not v then return nil, nil end
   return name, v
 end
@@ -449,6 +463,12 @@ local function extend_up(id, ttl)
     if not id then return end
     local name, v = part(id)
     if not name then return end
+    local left = redis.call('PTTL', name)
+    if name == VISIBLE .. id and left >= 0 and left < ttl then
+      redis.call('RENAME', name, HIDDEN .. id)
+      redis.call('SET', name, '{MOVED}', 'PX', left)
+      name = HIDDEN .. id
+    end
     outlive(name, ttl)
     outlive(KIDS .. id, ttl)
     id = prev_of(v)
@@ -491,17 +511,16 @@ return 1
 """
 
 
-# A response's part then its ancestors' (nearest first), after its id: KEYS[1] its name, or (ARGV[4] "1") the name of
-# an item it holds, which names it. Empty: not there.
+# A response's part then its ancestors' (nearest first), after its id: KEYS[1] the name of an item it holds, which
+# names it (ARGV[4] empty), or else its id is ARGV[4]. Empty: not there.
 CHAIN = PARTS_LUA + f"""
-local id, v = '', nil
-if ARGV[4] == '1' then
+local id = ARGV[4]
+if id == '' then
   id = redis.call('GET', KEYS[1])
   if not id then return {{}} end
-  v = redis.call('GET', VISIBLE .. id)
-else
-  v = redis.call('GET', KEYS[1])
 end
+if not redis.call('GET', VISIBLE .. id) then return {{}} end
+local _, v = part(id)
 if not v then return {{}} end
 local out = {{id, v}}
 local prev = prev_of(v)
@@ -516,24 +535,26 @@ return out
 """
 
 
-# Delete a response (1; 0: not there): KEYS[1] its part, KEYS[2] its pending mark, KEYS[3] its events; ARGV[4] its id.
-# A response others continue is renamed hidden (its TTL kept); one none does goes, and so do its hidden ancestors
-# that only it continued.
+# Delete a response (1; 0: not there): KEYS[1] its name, KEYS[2] its pending mark, KEYS[3] its events; ARGV[4] its id.
+# A response others continue is hidden (its part renamed, its TTL kept); one none does goes, and so do its hidden
+# ancestors that only it continued.
 DELETE = PARTS_LUA + f"""
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
+local moved = v == '{MOVED}'
+if moved then v = redis.call('GET', HIDDEN .. ARGV[4]) or '' end
 redis.call('DEL', KEYS[2], KEYS[3])
 if tonumber(redis.call('GET', KIDS .. ARGV[4]) or '0') > 0 then
-  redis.call('RENAME', KEYS[1], HIDDEN .. ARGV[4])
+  if moved then redis.call('DEL', KEYS[1]) else redis.call('RENAME', KEYS[1], HIDDEN .. ARGV[4]) end
   return 1
 end
-redis.call('DEL', KEYS[1], KIDS .. ARGV[4])
+redis.call('DEL', KEYS[1], HIDDEN .. ARGV[4], KIDS .. ARGV[4])
 local prev = prev_of(v)
 for _ = 1, {MAX_CHAIN} do
   if not prev or redis.call('EXISTS', KIDS .. prev) == 0 or redis.call('DECR', KIDS .. prev) > 0 then break end
   redis.call('DEL', KIDS .. prev)
   local hidden = redis.call('GET', HIDDEN .. prev)
-  if not hidden then break end
+  if not hidden or redis.call('EXISTS', VISIBLE .. prev) == 1 then break end
   redis.call('DEL', HIDDEN .. prev)
   prev = prev_of(hidden)
 end
@@ -624,7 +645,7 @@ class RedisResponseStore(RedisBacked):
 
     async def _read(self, key_id: str, name: str, response_id: str | None = None) -> StoredResponse | None:
         """A response and its ancestors' parts in one script, from its name or (no ``response_id``) an item's."""
-        got = await self._call(self._chain(keys=[name], args=[*self._prefixes(key_id), "0" if response_id else "1"]))
+        got = await self._call(self._chain(keys=[name], args=[*self._prefixes(key_id), response_id or ""]))
         if not got:
             return None
         found_id = got[0].decode() if isinstance(got[0], bytes) else got[0]
@@ -684,10 +705,9 @@ class RedisResponseStore(RedisBacked):
         forgotten mark is set: a write of it the SCAN could miss (one made as it runs) is refused."""
         if not marked:
             await self._call(forgotten.redis_mark(self.r, self.ns, key_id))
-        for names in (self._item_key, self._pending_key, self._events_key, self._kids_key):
+        for names in (self._item_key, self._pending_key, self._events_key, self._kids_key, self._hidden_key):
             await self._call(forget_matching(self.r, glob_escaped(names(key_id, "")) + "*"))
-        hidden = await self._call(forget_matching(self.r, glob_escaped(self._hidden_key(key_id, "")) + "*"))
-        return hidden + await self._call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"))
+        return await self._call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"))
 
 
 def _wrong_type(e: StoreUnavailable) -> bool:

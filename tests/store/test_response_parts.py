@@ -89,6 +89,20 @@ async def stored_bytes(responses: ResponseStore, key_id: str) -> int:
     return total
 
 
+async def parts_of(responses: ResponseStore, key_id: str) -> list[str]:
+    """The ids of the parts the store holds of ``key_id`` (hidden ones included), sorted."""
+    if isinstance(responses, SQLiteResponseStore):
+        return [row[0] for row in responses._query("SELECT id FROM stored_responses WHERE key_id = ? ORDER BY id",
+                                                   (key_id,))]
+    assert isinstance(responses, RedisResponseStore)
+    ids = set()
+    for kind in ("response", "response_hidden"):
+        async for name in responses.r.scan_iter(match=f"{responses.ns}:{kind}:{key_id}:*"):
+            if await responses.r.get(name) != responses_module.MOVED.encode():
+                ids.add(name.decode().rpartition(":")[2])
+    return sorted(ids)
+
+
 async def left_of(responses: ResponseStore, key_id: str) -> int:
     """How many rows or names of ``key_id``'s responses the store holds (parts, hidden ones, items, counts)."""
     if isinstance(responses, SQLiteResponseStore):
@@ -116,7 +130,7 @@ async def test_a_deleted_response_others_continue_is_kept_hidden_for_them(respon
     once they are deleted too, nothing is left (a response no one continues goes at once, and its hidden
     ancestors kept only for it with it)."""
     first, size, _ = await chain(responses, "key-a", range(3))
-    first_bytes = await stored_bytes(responses, "key-a")
+    first_bytes = await stored_bytes(responses, "key-a")  # Redis: then each moved aside, as it lives longer
     last, _, _ = await chain(responses, "key-a", range(3, 10), prev=first, size=size)
     assert await responses.delete("key-a", "resp_4")
     assert await responses.get("key-a", "resp_4") is None
@@ -133,7 +147,8 @@ async def test_a_deleted_response_others_continue_is_kept_hidden_for_them(respon
         before = await left_of(responses, "key-a")
         assert await responses.delete("key-a", f"resp_{i}")
         assert await left_of(responses, "key-a") < before
-    assert await stored_bytes(responses, "key-a") == first_bytes
+    assert await parts_of(responses, "key-a") == ["resp_0", "resp_1", "resp_2"]
+    assert await stored_bytes(responses, "key-a") <= first_bytes + 3 * len(responses_module.MOVED)
     found = await responses.get("key-a", "resp_2")
     assert found is not None and [item["id"] for item in found.items] == conversation(range(3))
 
@@ -147,7 +162,11 @@ async def test_an_ancestor_lives_as_long_as_its_last_descendant(responses: Respo
     await asyncio.sleep(0.35)  # the first three passed their own retention, the last two not
     found = await responses.get("key-a", last)
     assert found is not None and [item["id"] for item in found.items] == conversation(range(5))
-    assert await responses.get("key-a", "resp_0") is not None  # an ancestor still read: it lives as long
+    for gone in ("resp_0", "resp_2"):  # read themselves, they are gone after their own retention, as before
+        assert await responses.get("key-a", gone) is None and not await responses.delete("key-a", gone)
+    assert await responses.holder("key-a", "msg_out_2") is None
+    found = await responses.holder("key-a", "msg_out_3")
+    assert found is not None and [item["id"] for item in found.items] == conversation(range(4))
     await asyncio.sleep(0.4)
     if isinstance(responses, SQLiteResponseStore):
         responses._next_purge = 0.0  # the next write purges the expired rows
@@ -174,7 +193,7 @@ async def test_a_deleted_key_takes_its_hidden_parts_with_it(responses: ResponseS
     last, _, _ = await chain(responses, "key-a", range(4))
     await chain(responses, "key-b", range(10, 12))  # ids are unique across keys (SQLite's primary key)
     assert await responses.delete("key-a", "resp_1")  # hidden: 2 and 3 continue it
-    assert await responses.forget_key("key-a") == 4
+    assert await responses.forget_key("key-a") == 3  # the deleted one goes too, uncounted
     assert await left_of(responses, "key-a") == 0 and await responses.get("key-a", last) is None
     assert await responses.get("key-b", "resp_11") is not None
 
