@@ -3,10 +3,22 @@
 A stored response is visible to the API key that made it and to no other: each
 lookup names the key, and another key's id reads as an unknown one. What is kept
 is the final response object and the conversation it answered (as Responses
-input items), one JSON text per response, until ``RESPONSES_RETENTION_SECONDS``
-have passed: SQLite (one host) drops expired rows on read and a bounded batch
-from time to time, then gives a bounded part of the file's free pages back
-(``reclaim``); Redis (a fleet) sets the key's TTL and expires it itself.
+input items), until ``RESPONSES_RETENTION_SECONDS`` have passed: SQLite (one
+host) drops expired rows on read and a bounded batch from time to time, then
+gives a bounded part of the file's free pages back (``reclaim``); Redis (a fleet)
+sets the key's TTL and expires it itself.
+
+Each response is one JSON text, its part: its object, the input items it added,
+and ``prev``, the response it continues, whose conversation and output come
+before them (``encode``). A chain of N turns so takes space linear in N: each
+record held its whole conversation before (2026-12-06), N² / 2 in all. Reading
+one reads its part and its ancestors' in one query or script (``decode``); a
+part without ``prev`` holds its whole conversation (a first turn, a turn of a
+``conversation``, or a record stored before parts). Writing one makes its
+ancestors live as long: each is read itself only until its own retention ends,
+as before, and kept for its descendants after. A deleted response that others
+continue is kept hidden for them; one none does goes at once, with the hidden
+ancestors that only it continued.
 
 Each response also names the items it added (its new input items and its
 output), so that an ``item_reference`` finds the response that holds an item
@@ -154,10 +166,11 @@ def decode(response_id: str, key_id: str, chain: Sequence[str | bytes]) -> Store
 class ResponseStore(Protocol):
     async def put(self, key_id: str, response_id: str, data: str, *, retention: float,
                   item_ids: Sequence[str] = (), pending: bool = False) -> bool:
-        """Keep ``data`` (``encode``'s) as ``response_id`` of ``key_id`` for ``retention`` seconds; ``item_ids``:
-        the items it added, found by ``holder`` from now on (a later response adding the same id takes it);
-        ``pending``: a background response, to be ``settle``d. False: nothing was kept, the key was deleted
-        (``forget_key``)."""
+        """Keep ``data`` (``encode``'s) as ``response_id`` of ``key_id`` for ``retention`` seconds, and the
+        responses it continues as long; ``item_ids``: the items it added, found by ``holder`` from now on (a later
+        response adding the same id takes it); ``pending``: a background response, to be ``settle``d. False:
+        nothing was kept, the key was deleted (``forget_key``). ``PreviousGone``: nothing was kept, the response
+        it continues is no longer stored."""
         ...
 
     async def settle(self, key_id: str, response_id: str, data: str, *, retention: float,
@@ -195,7 +208,7 @@ class ResponseStore(Protocol):
         ...
 
     async def delete(self, key_id: str, response_id: str) -> bool:
-        """Delete ``key_id``'s response; whether there was one."""
+        """Delete ``key_id``'s response (kept hidden while stored responses continue it); whether there was one."""
         ...
 
     async def forget_key(self, key_id: str, *, marked: bool = False) -> int:

@@ -228,3 +228,30 @@ async def test_a_response_lives_its_retention_with_its_whole_conversation(tmp_pa
             api.ctx.responses._next_purge = 0.0  # the next write purges what expired
         await turns(api, 1)  # a write: SQLite purges then
         assert await names_left(api, await key_id_of(api)) == 3  # the new turn's part and its two items alone
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_background_turn_in_a_chain_keeps_its_conversation(tmp_path: Path, store: str) -> None:
+    """A background response continuing a chain, its previous response deleted while it is answered: it is
+    settled with its whole conversation, and continued in turn; a cancelled one reads as before."""
+    miner = Script([(0.5, d) for d in sse(chunk("Later."), chunk(finish="stop"))])
+    async with api_on(store, tmp_path, miner) as api:
+        client = openai_client(api)
+        made = await turns(api, 3)
+        queued = await client.responses.create(model="default", input="Slowly?", background=True,
+                                               previous_response_id=made[-1]["id"])
+        assert (await call(api, "DELETE", f"/v1/responses/{made[-1]['id']}"))[0] == 200
+        for _ in range(200):
+            done = await client.responses.retrieve(queued.id)
+            if done.status not in ("queued", "in_progress"):
+                break
+            await asyncio.sleep(0.02)
+        assert (done.status, done.output_text) == ("completed", "Later.")
+        assert len(await listed(api, queued.id)) == 7
+        went_on = await turns(api, 1, prev=queued.id)
+        assert len(await listed(api, went_on[0]["id"])) == 9
+        cancelled = await client.responses.create(model="default", input="Never?", background=True,
+                                                  previous_response_id=went_on[0]["id"])
+        assert (await client.responses.cancel(cancelled.id)).status == "cancelled"
+        assert (await client.responses.retrieve(cancelled.id)).status == "cancelled"
+        assert len(await listed(api, cancelled.id)) == 11

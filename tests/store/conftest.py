@@ -15,6 +15,7 @@ import pytest
 from shared.store.base import Store
 from shared.store.conversations import SQLiteConversationStore
 from shared.store.redis import RedisStore
+from shared.store.responses import RedisResponseStore, ResponseStore, SQLiteResponseStore
 from shared.store.sqlite import SQLiteStore
 
 REDIS_URL = os.environ.get("REDIS_URL")
@@ -68,6 +69,20 @@ async def conversations_of(conversations: Any, key_id: str) -> list[Any]:
 async def drop_namespace(store: RedisStore) -> None:
     """Delete every Redis key of a test namespace (tests never touch anything else)."""
     await drop_keys(store.redis, store.namespace)
+
+
+@pytest.fixture(params=BACKENDS)
+async def responses(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ResponseStore]:
+    """The response store on SQLite, or on Redis or the Redis one in a fresh namespace dropped afterwards."""
+    namespace = f"test-{secrets.token_hex(6)}"
+    s: Any = (SQLiteResponseStore(tmp_path / "r.db") if request.param == "sqlite"
+              else RedisResponseStore.from_url(redis_url(), namespace=namespace))
+    try:
+        yield s
+    finally:
+        if isinstance(s, RedisResponseStore):
+            await drop_keys(s.r, namespace)
+        await s.aclose()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,24 +21,10 @@ from shared.store.responses import (
     encode,
     joined,
     list_size,
+    within_bound,
 )
-from tests.store.conftest import BACKENDS, drop_keys, redis_url
 
 ANSWER = "a" * 2500  # a 2.5 KB answer each turn
-
-
-@pytest.fixture(params=BACKENDS)
-async def responses(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ResponseStore]:
-    """The SQLite store, or the Redis one in a fresh namespace dropped afterwards."""
-    namespace = f"test-{secrets.token_hex(6)}"
-    s: Any = (SQLiteResponseStore(tmp_path / "r.db") if request.param == "sqlite"
-              else RedisResponseStore.from_url(redis_url(), namespace=namespace))
-    try:
-        yield s
-    finally:
-        if isinstance(s, RedisResponseStore):
-            await drop_keys(s.r, namespace)
-        await s.aclose()
 
 
 def turn(i: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -204,3 +187,24 @@ async def test_a_response_continuing_one_gone_is_not_written(responses: Response
     with pytest.raises(responses_module.PreviousGone):
         await responses.put("key-a", "resp_1", encode(response, added, prev="resp_0", before=100), retention=60)
     assert await left_of(responses, "key-a") == 0
+
+
+@pytest.mark.parametrize("text", ["a", "é", "日本\n\""])
+def test_the_bound_measures_what_a_whole_record_measured(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 1 MiB bound is on the record as it was stored whole (the response object and its whole conversation in
+    one JSON text), counted from the sizes the parts carry: to the byte, so a chain is stored up to the same
+    turn as before."""
+    items: list[dict[str, Any]] = []
+    size = EMPTY
+    for i in range(30):
+        added = [{"id": f"msg_{i}", "type": "message", "content": text * (i * 37 % 500)}]
+        response = {"id": f"resp_{i}", "output": [{"id": f"out_{i}", "text": text * 300}], "store": True}
+        items, size = items + added, joined(size, list_size(added))
+        for until in (None, 1234.5):
+            whole = {"response": response, "items": items} | ({"until": until} if until is not None else {})
+            measured = len(json.dumps(whole, separators=(",", ":"), ensure_ascii=False).encode())
+            monkeypatch.setattr(responses_module, "MAX_STORED_BYTES", measured)
+            assert within_bound(response, size, until)
+            monkeypatch.setattr(responses_module, "MAX_STORED_BYTES", measured - 1)
+            assert not within_bound(response, size, until)
+        items, size = items + response["output"], joined(size, list_size(response["output"]))

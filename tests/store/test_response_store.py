@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,24 +21,10 @@ from shared.store.responses import (
     encode,
     fits,
 )
-from tests.store.conftest import BACKENDS, drop_keys, redis_url
+from tests.store.conftest import drop_keys, redis_url
 
 RESPONSE = {"id": "resp_1", "object": "response", "output": [{"type": "message", "id": "msg_1"}]}
 ITEMS = [{"id": "msg_0", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}]
-
-
-@pytest.fixture(params=BACKENDS)
-async def responses(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ResponseStore]:
-    """The SQLite store, or the Redis one in a fresh namespace dropped afterwards."""
-    namespace = f"test-{secrets.token_hex(6)}"
-    s: Any = (SQLiteResponseStore(tmp_path / "r.db") if request.param == "sqlite"
-              else RedisResponseStore.from_url(redis_url(), namespace=namespace))
-    try:
-        yield s
-    finally:
-        if isinstance(s, RedisResponseStore):
-            await drop_keys(s.r, namespace)
-        await s.aclose()
 
 
 async def test_a_response_is_read_back_by_its_key_only(responses: ResponseStore) -> None:
