@@ -255,3 +255,21 @@ async def test_a_background_turn_in_a_chain_keeps_its_conversation(tmp_path: Pat
         assert (await client.responses.cancel(cancelled.id)).status == "cancelled"
         assert (await client.responses.retrieve(cancelled.id)).status == "cancelled"
         assert len(await listed(api, cancelled.id)) == 11
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_turn_whose_previous_response_is_deleted_as_it_is_answered_is_stored_whole(
+        tmp_path: Path, store: str) -> None:
+    """Its part could name no response any more: it is stored with its whole conversation, as before parts."""
+    miner = Script([(0.5, d) for d in sse(chunk("Later."), chunk(finish="stop"))])
+    async with api_on(store, tmp_path, miner) as api:
+        made = await turns(api, 2)
+        client = openai_client(api)
+        asked = asyncio.ensure_future(client.responses.create(model="default", input="Slowly?",
+                                                              previous_response_id=made[-1]["id"]))
+        await asyncio.sleep(0.2)
+        assert (await call(api, "DELETE", f"/v1/responses/{made[-1]['id']}"))[0] == 200
+        answered = await asyncio.wait_for(asked, 10)
+        assert answered.to_dict()["store"] is True
+        assert len(await listed(api, answered.id)) == 5
+        assert (await turns(api, 1, prev=answered.id))[0]["store"] is True

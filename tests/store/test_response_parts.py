@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -208,3 +211,27 @@ def test_the_bound_measures_what_a_whole_record_measured(text: str, monkeypatch:
             monkeypatch.setattr(responses_module, "MAX_STORED_BYTES", measured - 1)
             assert not within_bound(response, size, until)
         items, size = items + response["output"], joined(size, list_size(response["output"]))
+
+
+async def test_a_sqlite_file_of_a_release_before_parts_is_read_and_continued(tmp_path: Path) -> None:
+    """The table gains its columns at start; its rows, each a whole record, read as they did."""
+    db = sqlite3.connect(tmp_path / "r.db")
+    db.executescript(responses_module.SCHEMA)  # the table as such a release made it (no prev, hidden...)
+    response, added = turn(1)
+    old = json.dumps({"response": response, "items": [turn(0)[1][0], turn(0)[0]["output"][0], *added]})
+    db.execute("INSERT INTO stored_responses (id, key_id, data, expires_at) VALUES (?,?,?,?)",
+               ("resp_1", "key-a", old, time.time() + 60))
+    db.commit()
+    db.close()
+    store = SQLiteResponseStore(tmp_path / "r.db")
+    try:
+        found = await store.get("key-a", "resp_1")
+        assert found is not None and [item["id"] for item in found.items] == conversation(range(2))
+        last, _, _ = await chain(store, "key-a", range(2, 4), prev="resp_1", size=found.size)
+        found = await store.get("key-a", last)
+        assert found is not None and [item["id"] for item in found.items] == conversation(range(4))
+        assert await store.delete("key-a", "resp_1")  # hidden: 2 and 3 continue it
+        found = await store.get("key-a", last)
+        assert found is not None and len(found.items) == 7
+    finally:
+        await store.aclose()
