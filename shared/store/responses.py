@@ -410,7 +410,7 @@ class SQLiteResponseStore(SQLiteTables):
 
     async def delete(self, key_id: str, response_id: str) -> bool:
         """Gone for its key at once; its part stays hidden while responses continuing it are stored (their
-        conversation), and a hidden ancestor kept only for it goes with it."""
+        conversation), and an ancestor kept only for it (hidden, or past its own retention) goes with it."""
         now = time.time()
 
         def run(db: sqlite3.Connection) -> bool:
@@ -422,9 +422,12 @@ class SQLiteResponseStore(SQLiteTables):
             self._drop(db, "id = ?", (response_id,), hide=hide)
             prev = None if hide else row[0]
             while prev is not None and not self._continued(db, key_id, prev):
-                up = db.execute("DELETE FROM stored_responses WHERE id = ? AND key_id = ? AND hidden = 1 RETURNING prev",
-                                (prev, key_id)).fetchall()
-                prev = up[0][0] if up else None
+                up = db.execute("SELECT prev FROM stored_responses WHERE id = ? AND key_id = ? AND (hidden = 1 OR "
+                                f"{VISIBLE_UNTIL} <= ?)", (prev, key_id, now)).fetchone()
+                if up is None:
+                    break
+                self._drop(db, "id = ?", (prev,))
+                prev = up[0]
             return True
 
         return self._tx(run)

@@ -235,3 +235,16 @@ async def test_a_sqlite_file_of_a_release_before_parts_is_read_and_continued(tmp
         assert found is not None and len(found.items) == 7
     finally:
         await store.aclose()
+
+
+async def test_deleting_the_last_turn_takes_the_earlier_ones_past_their_retention(responses: ResponseStore) -> None:
+    """Turns kept only for a later one's conversation (past their own retention) go when it is deleted."""
+    first, size, _ = await chain(responses, "key-a", range(2), retention=0.3)
+    await asyncio.sleep(0.1)
+    last, _, _ = await chain(responses, "key-a", range(2, 3), prev=first, size=size, retention=60)
+    await asyncio.sleep(0.3)  # the first two passed their own retention
+    assert await responses.get("key-a", "resp_0") is None and await responses.get("key-a", last) is not None
+    assert await responses.delete("key-a", last)
+    assert await parts_of(responses, "key-a") == []
+    if isinstance(responses, SQLiteResponseStore):  # their items' rows too (Redis expires its item names itself)
+        assert await left_of(responses, "key-a") == 0
