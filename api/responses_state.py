@@ -4,9 +4,9 @@ A response is stored (unless the request says ``store: false``, or the gateway's
 ``RESPONSES_RETENTION_SECONDS`` is 0) with the conversation it answered, as
 Responses input items: the previous response's items, its output, then this
 request's input; of them, its part keeps this request's input and names the
-previous response (``Keeping.part``), whose part holds the rest. A request naming it as ``previous_response_id`` is answered
-with that conversation and the previous output before its own input, as OpenAI
-answers one; the previous ``instructions`` are not carried over (at OpenAI
+previous response (``Keeping.part``), whose part holds the rest. A request
+naming it as ``previous_response_id`` is answered with that conversation and the
+previous output before its own input, as OpenAI answers one; the previous ``instructions`` are not carried over (at OpenAI
 neither). Every lookup is by the calling key: another key's response reads as
 an unknown one. The record is written just before the caller gets the final
 response object (``keep``): its next turn may come at once, to any worker.

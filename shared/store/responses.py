@@ -133,11 +133,6 @@ def within_bound(response: dict[str, Any], size: int, until: float | None = None
     return len(encode(response, [], until=until).encode()) - EMPTY + size <= MAX_STORED_BYTES
 
 
-def fits(data: str) -> bool:
-    """Whether a stored form is within ``MAX_STORED_BYTES`` (its UTF-8 size, as SQLite and Redis keep it)."""
-    return len(data) <= MAX_STORED_BYTES and len(data.encode()) <= MAX_STORED_BYTES
-
-
 def prev_of(data: str | bytes) -> str | None:
     """The previous response a part names, read as the Redis scripts read it (``PREV_LUA``)."""
     found = PREV_AT_START.match(data.decode() if isinstance(data, bytes) else data)

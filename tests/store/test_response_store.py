@@ -14,12 +14,13 @@ from shared.store import forgotten
 from shared.store import responses as responses_module
 from shared.store.base import StoreUnavailable
 from shared.store.responses import (
+    EMPTY,
     MAX_STORED_BYTES,
     RedisResponseStore,
     ResponseStore,
     SQLiteResponseStore,
     encode,
-    fits,
+    within_bound,
 )
 from tests.store.conftest import drop_keys, redis_url
 
@@ -95,8 +96,8 @@ async def test_a_response_expires_after_its_retention(responses: ResponseStore) 
 
 
 def test_the_size_bound_counts_utf8_bytes() -> None:
-    assert fits("x" * MAX_STORED_BYTES) and not fits("x" * (MAX_STORED_BYTES + 1))
-    assert not fits("é" * (MAX_STORED_BYTES // 2 + 1))  # two bytes each
+    assert within_bound({"text": "x" * (MAX_STORED_BYTES // 2)}, EMPTY)
+    assert not within_bound({"text": "é" * (MAX_STORED_BYTES // 2)}, EMPTY)  # two bytes each
 
 
 async def test_sqlite_purges_expired_rows_in_bounded_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
