@@ -6,6 +6,7 @@ Ethereum packages (~0.3 s of CPU), which the API's supervisor, that only checks 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,14 @@ def load_hotkey(name: str, hotkey: str, path: str | Path) -> Any:
     """Return the hotkey keypair (decoded once; reuse it for every signature).
 
     A missing or unreadable key file is a configuration problem: ``SettingsError``
-    with the path and how to fix it, not a traceback.
+    with the path and how to fix it, not a traceback; so is an encrypted one (``refuse_encrypted``), which the
+    SDK would ask a password for.
     """
     import bittensor as bt
 
     wallet = bt.Wallet(name=name, hotkey=hotkey, path=str(Path(path).expanduser()))
     try:
+        refuse_encrypted(name, hotkey, path, hotkey_file(name, hotkey, path).read_bytes())
         return wallet.hotkey
     except (OSError, KeyfileError) as e:  # missing, a directory, not ours to read, not a key
         raise _unloadable(name, hotkey, path, e) from None
@@ -32,14 +35,39 @@ def load_hotkey(name: str, hotkey: str, path: str | Path) -> Any:
 def check_hotkey(name: str, hotkey: str, path: str | Path) -> None:
     """``load_hotkey``'s check without the SDK, for the API's supervisor, which forks its workers only once the
     key is known good: the file the SDK's wallet reads (``<path>/<name>/hotkeys/<hotkey>``), decoded by the SDK's
-    own key binding (``bittensor_core``). An encrypted one is left to the workers' ``load_hotkey`` (its password
-    comes from the SDK's environment variable or prompt)."""
+    own key binding (``bittensor_core``). An encrypted one is refused here, before any worker asks for its password
+    (``refuse_encrypted``); one whose password the SDK's variable holds is left to the workers to decrypt (~3 s
+    of CPU each)."""
     try:
         data = hotkey_file(name, hotkey, path).read_bytes()
-        if not keyfile_data_is_encrypted(data):
+        if not refuse_encrypted(name, hotkey, path, data):
             deserialize_keypair_from_keyfile_data(data)
     except (OSError, KeyfileError) as e:
         raise _unloadable(name, hotkey, path, e) from None
+
+
+def refuse_encrypted(name: str, hotkey: str, path: str | Path, data: bytes) -> bool:
+    """Whether the hotkey file's ``data`` is encrypted (password-protected), for a key whose password the SDK's
+    environment variable (``hotkey_password_variable``) holds; without it, ``SettingsError``. The SDK asks for the
+    password on the terminal: a service has none (pm2 or systemd: it waited on a closed input, or failed with a
+    traceback), and ``WORKERS`` > 1 workers all asked at once, each for its own copy. A serving node signs with
+    an unencrypted hotkey, as the SDK makes them by default."""
+    if not keyfile_data_is_encrypted(data):
+        return False
+    if hotkey_password_variable(name, hotkey, path) in os.environ:
+        return True
+    raise SettingsError(
+        f"WALLET_NAME/WALLET_HOTKEY/WALLET_PATH: hotkey '{hotkey}' of wallet '{name}' in {path} is encrypted "
+        f"(password-protected), and a node has no terminal to ask its password on: use an unencrypted hotkey, as "
+        f"btcli makes them (from its mnemonic: btcli wallet regen-hotkey -w {name} -H {hotkey} --wallet-path {path} "
+        f"--overwrite)")
+
+
+def hotkey_password_variable(name: str, hotkey: str, path: str | Path) -> str:
+    """The environment variable the SDK reads an encrypted hotkey's password from before it prompts
+    (``bittensor.keyfiles.Keyfile.env_var_name``: ``BT_PW_`` and the file's path, upper-cased, its separators
+    and dots as ``_``), named without importing the SDK."""
+    return "BT_PW_" + str(hotkey_file(name, hotkey, path)).replace(os.sep, "_").replace(".", "_").upper()
 
 
 def hotkey_file(name: str, hotkey: str, path: str | Path) -> Path:

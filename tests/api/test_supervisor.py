@@ -276,3 +276,29 @@ def test_a_bad_hotkey_stops_the_api_before_any_worker_with_one_line(tmp_path: Pa
     assert "sn1 api: WALLET_NAME/WALLET_HOTKEY/WALLET_PATH: cannot load hotkey 'default' of wallet 'validator'" \
         in out.stderr, out.stderr[-3000:]
     assert "workers on port" not in out.stderr, out.stderr[-3000:]
+
+
+def encrypt_hotkey(wallets: Path, password: str = "correct horse") -> None:
+    """The wallet's hotkey ``validator/default`` made again, encrypted by the SDK (as btcli does with a password)."""
+    import bittensor as bt
+
+    bt.Wallet("validator", "default", path=str(wallets)).create_new_hotkey(
+        hotkey_password=password, overwrite=True, suppress=True)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_encrypted_hotkey_stops_the_api_before_any_worker_with_one_line(tmp_path: Path, workers: int) -> None:
+    """The SDK asks an encrypted hotkey's password on the terminal: each spawned worker asked at once (none has a
+    terminal: a traceback each, or a wait on a closed input), as one worker did under pm2. Refused at start with a
+    line that says what to do, before any worker starts."""
+    env = prepare(tmp_path)
+    encrypt_hotkey(tmp_path / "wallets")
+    out = start_once(tmp_path / "api.env", env | {"WORKERS": str(workers), "API_PORT": str(free_port()),
+                                                  "STORE_URL": f"sqlite:///{tmp_path / 'api.db'}"})
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert (f"sn1 api: WALLET_NAME/WALLET_HOTKEY/WALLET_PATH: hotkey 'default' of wallet 'validator' in "
+            f"{tmp_path / 'wallets'} is encrypted (password-protected)") in out.stderr, out.stderr[-3000:]
+    assert "btcli wallet regen-hotkey -w validator -H default" in out.stderr, out.stderr[-3000:]
+    assert "Enter password" not in out.stderr, out.stderr[-3000:]  # the SDK's prompt
+    assert len([line for line in out.stderr.splitlines() if "encrypted" in line]) == 1, out.stderr[-3000:]
+    assert "workers on port" not in out.stderr, out.stderr[-3000:]
