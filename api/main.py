@@ -29,7 +29,7 @@ from shared.metrics_dir import shared_metrics_dir
 from shared.process import run
 from shared.settings import SettingsError, mask_credentials
 from shared.store import open_store
-from shared.store.base import Store, StoreUnavailable, is_redis
+from shared.store.base import RedisLink, RedisLinks, Store, StoreUnavailable, is_redis
 from shared.store.eviction import UNKNOWN, eviction_detail, eviction_risk
 from shared.store.sqlite import sqlite_path
 from shared.store.sqlite_tables import unreclaimed
@@ -42,8 +42,10 @@ LISTEN = "API_HOST/API_PORT"  # the settings a "cannot listen" start error names
 STORE_START_SECONDS = 5.0  # a Redis this slow to answer one PING at start is as good as down
 
 
-async def reach_store(url: str, namespace: str) -> None:
-    """A Redis ``STORE_URL`` is asked for a PING at start (opening it does no I/O). One that refuses us
+async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = None) -> None:
+    """A Redis ``STORE_URL`` is asked for a PING at start (opening it does no I/O), on ``links``: one worker's own,
+    which it then serves with; without them (the ``WORKERS`` > 1 supervisor's check), on a client of its own named
+    ``sn1-api-<pid>-check``, closed after (unnamed, it stood out in Redis's ``CLIENT LIST``). One that refuses us
     (a wrong password, a database index out of range) is a setting to fix: the start stops with one line.
     One that does not answer (down, or not up yet after a reboot) is a WARNING, and the API starts: it
     answers 503 until Redis does, and ``/ready`` says why, then recovers by itself (stopping instead made
@@ -61,7 +63,7 @@ async def reach_store(url: str, namespace: str) -> None:
         ResponseError,
     )
 
-    store = open_store(url, namespace=namespace)
+    store = open_store(url, namespace=namespace, links=links) if links is not None else _checking_store(url, namespace)
     try:
         await within(store.ping(), STORE_START_SECONDS)
     except (StoreUnavailable, TimeoutError, OSError) as e:
@@ -76,6 +78,14 @@ async def reach_store(url: str, namespace: str) -> None:
         await _warn_eviction(store)
     finally:
         await store.close()
+
+
+def _checking_store(url: str, namespace: str) -> Store:
+    """The supervisor's key store on Redis for its start-up check: a client of its own (its workers open theirs),
+    named for ``CLIENT LIST`` as the workers' are, which the store's close closes."""
+    from shared.store.redis import RedisStore
+
+    return RedisStore(RedisLink.for_keys(url, name=f"sn1-api-{os.getpid()}-check"), namespace=namespace)
 
 
 async def _warn_eviction(store: Store) -> None:

@@ -100,10 +100,10 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
     role = f"api[{os.getpid()}]"
     setup_logging(settings.log_level, role=role)
     sock = bound_socket(settings.api_host, settings.api_port, reuse_port=reuse_port, settings=LISTEN)  # a port in use: stop now
-    if not reuse_port:  # one worker checks its store here; a fleet's supervisor checked it once for all
-        await reach_store(settings.store_url, settings.store_namespace)
     links = redis_links(settings)
     try:
+        if not reuse_port:  # one worker checks its store here, on its own clients; a fleet's supervisor checked it
+            await reach_store(settings.store_url, settings.store_namespace, links=links)
         ctx = await build_context(settings, role=role, links=links)
     except BaseException:
         if links is not None:

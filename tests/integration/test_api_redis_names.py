@@ -1,0 +1,83 @@
+"""Every connection a real ``sn1 api`` opens to a Redis ``STORE_URL`` carries its name (``CLIENT SETNAME``), from its
+start-up check on: an operator reading Redis's ``CLIENT LIST`` finds each of the API's connections under
+``sn1-api-<pid>-...``, none unnamed beside them."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from tests.keys.procs import ADMIN, prepare, start_api, stop_on_redis, wait_ready
+from tests.store.conftest import redis_url
+
+pytestmark = pytest.mark.redis
+
+
+async def monitor(client: aioredis.Redis, seen: list[dict]) -> None:
+    """Every command Redis runs (``MONITOR``), appended to ``seen`` until cancelled."""
+    async with client.monitor() as m:
+        async for command in m.listen():
+            seen.append(command)
+
+
+def connections_of(namespace: str, seen: list[dict]) -> tuple[set[str], dict[str, str]]:
+    """The client addresses that named a key of ``namespace`` (the API's: other tests share the database), and the
+    name each address gave itself (``CLIENT SETNAME``: redis-py's first command on a named connection)."""
+    used, names = set(), {}
+    for c in seen:
+        if c["client_address"] == "lua":  # a script's commands, run for the connection that called it
+            continue
+        address = f"{c['client_address']}:{c['client_port']}"
+        if f"{namespace}:" in c["command"]:
+            used.add(address)
+        if c["command"].startswith("CLIENT SETNAME "):
+            names[address] = c["command"].split(" ", 2)[2]
+    return used, names
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_every_connection_of_the_api_to_redis_is_named_from_its_start_up_check_on(tmp_path: Path,
+                                                                                        workers: int) -> None:
+    """One worker checked Redis at start on a client of its own, unnamed, beside its two named ones (the
+    supervisor's check too, with ``WORKERS`` > 1); it now checks on the clients it serves with, and the
+    supervisor's is ``sn1-api-<pid>-check``. Every connection that names a key of the API's namespace while it starts
+    and serves is named ``sn1-api-...``, and so is every one of them ``CLIENT LIST`` shows."""
+    url, namespace = redis_url(), f"names-{secrets.token_hex(4)}"
+    watcher = aioredis.Redis.from_url(url, decode_responses=True, client_name="test-watcher")
+    seen: list[dict] = []
+    watching = asyncio.create_task(monitor(watcher, seen))
+    await asyncio.sleep(0.2)  # MONITOR in place before the API starts
+    api = start_api(tmp_path, prepare(tmp_path), store_url=url, workers=workers, namespace=namespace)
+    try:
+        await asyncio.to_thread(wait_ready, [api], workers=workers)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{api.url}/api_management/create-api-key/?rate_limit=60",
+                                 headers={"admin-key": ADMIN}) as r:
+                assert r.status == 200, await r.text()
+                key = (await r.json())["api_key"]
+            async with http.get(f"{api.url}/v1/sessions", headers={"Authorization": f"Bearer {key}"}) as r:
+                assert r.status == 404, await r.text()  # no session: read on the data client
+        lister = aioredis.Redis.from_url(url, decode_responses=True, client_name="test-lister")
+        try:
+            listed = await lister.client_list()
+        finally:
+            await lister.aclose()
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+        await watcher.aclose()
+        await asyncio.to_thread(stop_on_redis, [api], url, namespace)
+    used, names = connections_of(namespace, seen)
+    assert len(used) >= 2, seen[:20]  # the keys and data clients at least
+    unnamed = sorted(used - set(names))
+    assert not unnamed, [c for c in seen if f"{c['client_address']}:{c['client_port']}" in unnamed][:10]
+    assert all(names[a].startswith("sn1-api-") for a in used), sorted(names[a] for a in used)
+    listed = [c for c in listed if c["addr"] in used]  # the API's, still open
+    assert listed and all(c["name"].startswith("sn1-api-") for c in listed), listed
+    if workers > 1:
+        assert any(names[a].endswith("-check") for a in used), sorted(names[a] for a in used)
