@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
+from shared.listen import server_listens
 from shared.process import die_with_parent, stop_signals
 from shared.settings import SETTING_NAMES, CommonSettings
 
@@ -357,13 +358,18 @@ class LocalNet:
         return self.children[-1]
 
     # --- lifecycle ----------------------------------------------------------------
-    def start(self, *, timeout: float = 90.0, progress: bool = False) -> dict[str, Any]:
-        # Another process on a port would answer our health checks as if it were ours (a second
-        # localnet's API took the new admin key as wrong: "HTTP Error 401"): refuse before spawning.
+    def check_ports(self) -> None:
+        """Another server on the API's or the validator's port would answer our health checks as if it were ours
+        (a second localnet's API took the new admin key as wrong: "HTTP Error 401"): refused before spawning. A
+        port no server listens on, held by this host's connections (a test suite's, closing), is not: the child
+        waits for it (``bound_socket``), where this refused it right after a test suite."""
         for name, port in (("API", self.cfg.api_port), ("validator", self.cfg.validator_port)):
-            if not port_is_free(port):
+            if not port_is_free(port) and server_listens("127.0.0.1", port):
                 raise RuntimeError(f"the {name} port {port} is in use on 127.0.0.1 (another sn1 localnet?): "
                                    f"stop it, or pick another with --{name.lower()}-port")
+
+    def start(self, *, timeout: float = 90.0, progress: bool = False) -> dict[str, Any]:
+        self.check_ports()
         self.prepare()
         admin_key = self._admin_key()
         validator_env = self._validator_extra_env(progress=progress)
