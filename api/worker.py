@@ -10,6 +10,7 @@ import contextlib
 import os
 import sqlite3
 import sys
+from dataclasses import dataclass
 
 from loguru import logger
 
@@ -32,11 +33,11 @@ from shared.request_log import RequestLog
 from shared.settings import ApiSettings, SettingsError, mask_credentials, problem_lines
 from shared.signing import Signer
 from shared.store import open_store
-from shared.store.base import RedisLinks, StoreUnavailable, is_redis
-from shared.store.conversations import open_conversations
-from shared.store.outbox import open_outbox
-from shared.store.responses import open_responses
-from shared.store.sessions import open_sessions
+from shared.store.base import RedisLinks, Store, StoreUnavailable, is_redis
+from shared.store.conversations import ConversationStore, open_conversations
+from shared.store.outbox import Outbox, open_outbox
+from shared.store.responses import ResponseStore, open_responses
+from shared.store.sessions import SessionStore, open_sessions
 from shared.store.sqlite import sqlite_path
 from shared.wallet import load_hotkey
 
@@ -46,6 +47,29 @@ def redis_links(settings: ApiSettings) -> RedisLinks | None:
     own, five pools a worker), named ``sn1-api-<pid>-keys`` and ``-data`` in Redis's ``CLIENT LIST``; None on
     SQLite."""
     return RedisLinks.open(settings.store_url, name=f"sn1-api-{os.getpid()}") if is_redis(settings.store_url) else None
+
+
+@dataclass(frozen=True)
+class Stores:
+    """A worker's five uses of ``STORE_URL``."""
+
+    store: Store
+    sessions: SessionStore
+    outbox: Outbox
+    responses: ResponseStore | None  # None when RESPONSES_RETENTION_SECONDS is 0 (nothing is kept)
+    conversations: ConversationStore | None
+
+
+def open_stores(settings: ApiSettings, links: RedisLinks | None) -> Stores:
+    """Every store of a worker, on its Redis ``links`` (``redis_links``; None on SQLite): no I/O on Redis until the
+    first command. One place for it, so that the soak (``scripts/soak.py``) runs the stores a served API runs."""
+    url, namespace = settings.store_url, settings.store_namespace
+    keeping = settings.responses_retention_seconds > 0
+    return Stores(store=open_store(url, namespace=namespace, links=links),
+                  sessions=open_sessions(url, namespace=namespace, links=links),
+                  outbox=open_outbox(url, namespace=namespace, max_items=settings.outbox_max_items, links=links),
+                  responses=open_responses(url, namespace=namespace, links=links) if keeping else None,
+                  conversations=open_conversations(url, namespace=namespace, links=links) if keeping else None)
 
 
 async def build_context(settings: ApiSettings, *, role: str = "api", links: RedisLinks | None = None) -> ApiContext:
@@ -61,13 +85,7 @@ async def build_context(settings: ApiSettings, *, role: str = "api", links: Redi
     await availability.refresh()
     new_file = settings.store_url.startswith("sqlite:///") and not sqlite_path(settings.store_url).exists()
     try:  # a SQLite path that cannot be opened: STORE_URL's one line at start, not a traceback
-        url, namespace = settings.store_url, settings.store_namespace
-        store = open_store(url, namespace=namespace, links=links)
-        sessions = open_sessions(url, namespace=namespace, links=links)
-        outbox = open_outbox(url, namespace=namespace, max_items=settings.outbox_max_items, links=links)
-        keeping = settings.responses_retention_seconds > 0
-        responses = open_responses(url, namespace=namespace, links=links) if keeping else None
-        conversations = open_conversations(url, namespace=namespace, links=links) if keeping else None
+        stores = open_stores(settings, links)
     except (OSError, sqlite3.Error, StoreUnavailable) as e:  # a directory, a file that is not a database
         await client.session.close()
         raise SettingsError(f"STORE_URL: cannot open {mask_credentials(settings.store_url)}: {e}") from None
@@ -76,13 +94,13 @@ async def build_context(settings: ApiSettings, *, role: str = "api", links: Redi
         logger.warning("STORE_URL: {} did not exist; a new, empty key store was created there{}", where.resolve(),
                        "" if where.is_absolute() else " (sqlite:/// takes a path from the working directory; an "
                                                       "absolute one takes four slashes: sqlite:////var/lib/...)")
-    ctx = ApiContext(settings=settings, store=store, metagraph=metagraph, client=client, availability=availability,
-                     sessions=sessions, responses=responses, conversations=conversations,
-                     request_log=RequestLog(role, level=settings.log_level))
+    ctx = ApiContext(settings=settings, store=stores.store, metagraph=metagraph, client=client,
+                     availability=availability, sessions=stores.sessions, responses=stores.responses,
+                     conversations=stores.conversations, request_log=RequestLog(role, level=settings.log_level))
     await first_marker(ctx)
     if not (permit := permit_check(ctx)).ok:  # the operator's first sign would be its users' 502s
         logger.warning("{} (GET /ready warns of it too)", permit.detail)
-    ctx.attach_forwarder(OutboxForwarder(outbox, client, settings.validator_api,
+    ctx.attach_forwarder(OutboxForwarder(stores.outbox, client, settings.validator_api,
                                          settings.validator_hotkey or hotkey.ss58_address,
                                          lease_seconds=settings.outbox_lease_seconds))
     return ctx

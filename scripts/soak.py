@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -160,23 +160,17 @@ class Report:
     redis_problems: list[str] = field(default_factory=list)  # what the run left on Redis for good (soak_redis)
 
 
-async def resources(sampling: float = 1.0, *, redis: Any = None) -> Resources:
+async def resources(sampling: float = 1.0, *, redis: Sequence[Any] = ()) -> Resources:
     """The process's fds, asyncio tasks and RSS. Tasks are the fewest seen over ``sampling`` seconds: the mix's
     periodic work (availability refreshes, outbox passes, the validator's handlers) comes and goes, and what
-    persists is what is left behind. ``redis``: the API context whose Redis clients' sockets are counted."""
+    persists is what is left behind. ``redis``: the API's Redis clients (``StoreReader.clients``), whose pooled
+    sockets are counted: each once, though five stores share them."""
     tasks = len(asyncio.all_tasks())
     for _ in range(int(sampling / 0.02)):
         await asyncio.sleep(0.02)
         tasks = min(tasks, len(asyncio.all_tasks()))
     return Resources(fds=len(os.listdir("/proc/self/fd")), tasks=tasks, rss_mb=_rss_mb(), trimmed_mb=_trimmed_rss_mb(),
-                     redis_sockets=pooled_connections(redis_clients(redis)) if redis is not None else 0)
-
-
-def redis_clients(ctx: Any) -> list[Any]:
-    """The Redis clients of the API's stores and its outbox (none on SQLite)."""
-    stores = (getattr(ctx.store, "redis", None), *(getattr(s, "r", None) for s in (
-        ctx.responses, ctx.conversations, ctx.sessions, getattr(ctx.forwarder, "outbox", None))))
-    return [c for c in stores if c is not None]
+                     redis_sockets=pooled_connections(redis))
 
 
 def _rss_mb() -> float:
@@ -434,13 +428,13 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                 reader = await stack.enter_async_context(store_on(f, Path(tmp), store_url))
                 scenario, validator = chat_only(f, deadline), None
                 if mix:
-                    validator = await stack.enter_async_context(validator_behind(f, Path(tmp), store_url))
+                    validator = await stack.enter_async_context(validator_behind(f, Path(tmp), reader.outbox))
                     scenario = await stack.enter_async_context(mixed(f, deadline, seed))
                 async with short_keepalive_session(concurrency, concurrency) as session:
                     fill_key_rows(f.ctx.store)
                     await warm_up(session, scenario, requests, concurrency, seed, seen_filled(validator))
                     await quiesce(f, deadline + 10, validator)
-                    report.before, report.structures_before = await resources(redis=f.ctx), structures(f)
+                    report.before, report.structures_before = await resources(redis=reader.clients), structures(f)
                     report.validator_before = await validator() if validator else {}
                     report.rows_before = await reader.rows()
                     growth = TypeGrowth(object_types()) if types else None  # before the first reading: it holds
@@ -452,7 +446,7 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                         watcher.cancel()
                         await asyncio.gather(watcher, return_exceptions=True)
                         await quiesce(f, deadline + 10, validator)
-                        report.after = await resources(redis=f.ctx)
+                        report.after = await resources(redis=reader.clients)
                         report.samples.append(await sample(f, done + n, await validator() if validator else {},
                                                            report.after, reader))
                         if growth is not None:
@@ -769,34 +763,40 @@ MIX_RETENTION_S = 20.0  # RESPONSES_RETENTION_SECONDS in the mix: the responses 
 @dataclass
 class StoreReader:
     """How to count what the API's stores hold: rows by table (SQLite) or keys by kind (Redis); on Redis also
-    the run's namespace key by key (``soak_redis``)."""
+    the run's namespace key by key (``soak_redis``), the API's two Redis clients (whose pooled sockets the fds
+    limit leaves out) and its scoring outbox, on them."""
     rows: Callable[[], Awaitable[dict[str, int]]]
     held: Callable[[], Awaitable[RedisHeld]] | None = None
+    clients: list[Any] = field(default_factory=list)
+    outbox: Any = None
 
 
 @contextlib.asynccontextmanager
 async def store_on(f: Fleet, tmp: Path, url: str | None) -> AsyncIterator[StoreReader]:
-    """The API's stores on ``url`` (a Redis; None: the fleet's SQLite file), and how to read what they hold.
-    A Redis is left as it was found: the run's keys are under a namespace of its own, deleted at the end."""
+    """The API's stores on ``url`` (a Redis; None: the fleet's SQLite file), and how to read what they hold. On
+    Redis, built as a served worker builds them (``api.worker``: ``open_stores`` on its ``redis_links``, two named
+    clients for all five stores), so the run measures what serves. A Redis is left as it was found: the run's keys
+    are under a namespace of its own, deleted at the end."""
     if url is None:
         yield StoreReader(lambda: _sqlite_rows(tmp / "api.db"))
         return
-    from shared.store.conversations import open_conversations
-    from shared.store.redis import RedisStore
-    from shared.store.responses import open_responses
-    from shared.store.sessions import open_sessions
+    from api.worker import open_stores, redis_links
 
     ns = f"sn1-soak-{os.getpid()}"
     ctx = f.ctx
     sqlite = (ctx.store, ctx.responses, ctx.conversations, ctx.sessions)
-    ctx.store = RedisStore.from_url(url, namespace=ns)
+    settings = ctx.settings.model_copy(update={"store_url": url, "store_namespace": ns})
+    links = redis_links(settings)
+    assert links is not None  # a Redis URL
+    stores = open_stores(settings, links)
+    ctx.store, ctx.sessions = stores.store, stores.sessions
+    ctx.responses, ctx.conversations = stores.responses, stores.conversations
     if ctx.usage is not None:
         ctx.usage.store = ctx.store
-    ctx.responses, ctx.conversations = open_responses(url, namespace=ns), open_conversations(url, namespace=ns)
-    ctx.sessions = open_sessions(url, namespace=ns)
     f.key, _ = await ctx.store.create_key(1_000_000)
     for store in sqlite[1:]:
         await store.aclose()
+
     async def held() -> RedisHeld:
         return await read_held(ctx.store.redis, ns)
 
@@ -804,13 +804,15 @@ async def store_on(f: Fleet, tmp: Path, url: str | None) -> AsyncIterator[StoreR
         return (await held()).keys
 
     try:
-        yield StoreReader(keys, held)
+        yield StoreReader(keys, held, clients=[links.keys.client, links.data.client], outbox=stores.outbox)
     finally:
         async for name in ctx.store.redis.scan_iter(match=f"{ns}:*", count=1000):
             await ctx.store.redis.delete(name)
         for store in (ctx.responses, ctx.conversations, ctx.sessions):
             await store.aclose()
+        await stores.outbox.close()
         await ctx.store.close()
+        await links.aclose()  # the stores leave their shared clients open, as a worker's do
         ctx.store = sqlite[0]  # the fleet closes its own
 
 
@@ -875,9 +877,10 @@ class FlatScorer:
 
 
 @contextlib.asynccontextmanager
-async def validator_behind(f: Fleet, tmp: Path, store_url: str | None) -> AsyncIterator[Callable[[], Awaitable[
+async def validator_behind(f: Fleet, tmp: Path, outbox: Any = None) -> AsyncIterator[Callable[[], Awaitable[
         dict[str, int]]]]:
-    """The real validator app behind the API: the API's scoring outbox (on the API's store) delivers every
+    """The real validator app behind the API: the API's scoring outbox (``outbox``, on the API's Redis links, which
+    ``store_on`` closes; None: one on the fleet's SQLite file, closed here) delivers every
     settled race's payload to it, its inbox keeps them on disk, a worker scores them, and the API refreshes
     its availability from it. The validator's metagraph gives a uid a new hotkey every second (the score book
     synced as its loop does): its per-uid maps must stay within the metagraph. Yields how to read its
@@ -905,7 +908,9 @@ async def validator_behind(f: Fleet, tmp: Path, store_url: str | None) -> AsyncI
     vctx = ValidatorContext(book=book, scoring_queue=queue, scores=scores, metagraph=view, inbox=inbox,
                             seen=RecentPayloads(SOAK_SEEN_SIZE),
                             verifier=scoring_verifier(VALIDATOR.ss58_address, [VALIDATOR.ss58_address]))
-    outbox = open_outbox(store_url or f"sqlite:///{tmp / 'api.db'}", namespace=f"sn1-soak-{os.getpid()}")
+    own = outbox is None
+    if own:
+        outbox = open_outbox(f"sqlite:///{tmp / 'api.db'}", namespace=f"sn1-soak-{os.getpid()}")
 
     async def churn() -> None:
         rng = random.Random(7)
@@ -935,7 +940,8 @@ async def validator_behind(f: Fleet, tmp: Path, store_url: str | None) -> AsyncI
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await outbox.close()
+            if own:
+                await outbox.close()
             await inbox.close()
             f.ctx.availability = None
 

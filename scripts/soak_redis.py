@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +88,7 @@ async def read_held(redis: Any, namespace: str) -> RedisHeld:
     return held
 
 
-def pooled_connections(clients: list[Any]) -> int:
+def pooled_connections(clients: Sequence[Any]) -> int:
     """The sockets these Redis clients' pools hold open. redis-py keeps every connection it opened until its pool
     is closed, so a pool holds as many as the most commands it had in flight at once (at most twice
     ``REDIS_CONNECTIONS``): a burst on a loaded host opens a few more, which stay, and no request leaked them."""

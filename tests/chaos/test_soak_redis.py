@@ -8,8 +8,10 @@ import os
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from shared.store.base import redis_client
@@ -89,3 +91,40 @@ async def test_a_keys_usage_counters_made_during_the_run_are_no_leak_but_more_th
         assert problems(before, await read_held(r, ns), requests=1000) == ["+2 usage keys with no TTL"]
     finally:
         await _drop(r, ns)
+
+
+@needs_redis
+async def test_the_soak_runs_the_apis_redis_stores_as_a_served_worker_does_and_counts_their_sockets_once(
+        tmp_path: Path) -> None:
+    """``--store redis`` gave each of the API's five stores a client of its own (five pools, unnamed), where a
+    served worker holds two (``api.worker``: ``open_stores`` on its ``redis_links``): the soak measured what does
+    not run. Its stores are now on the two named clients, every connection of the process to Redis is one of
+    theirs, and the sockets the fds limit leaves out are theirs, each counted once."""
+    from soak import resources, store_on
+
+    from tests.chaos.fleet import HONEST, fleet
+    from tests.integration.test_fleet_hosts import ends, tcp_links
+
+    assert REDIS_URL
+    async with fleet(tmp_path, {1: HONEST}) as f, store_on(f, tmp_path, REDIS_URL) as reader:
+        head = {"Authorization": f"Bearer {f.key}"}
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                async with http.post(f"{f.url}/v1/chat/completions", headers=head, json={
+                        "model": "sn1/deterministic", "messages": [{"role": "user", "content": "Hi"}]}) as r:
+                    assert r.status == 200, await r.text()
+            async with http.get(f"{f.url}/v1/responses/resp_unknown", headers=head) as r:
+                assert r.status == 404, await r.text()  # read on the data client
+        lister = redis_client(REDIS_URL, name="test-lister")
+        try:
+            listed = await lister.client_list()
+        finally:
+            await lister.aclose()
+        mine = tcp_links(os.getpid())
+        names = Counter(c["name"] for c in listed if ends(c) in mine and c["name"] != "test-lister")
+        assert set(names) == {f"sn1-api-{os.getpid()}-keys", f"sn1-api-{os.getpid()}-data"}, names
+
+        keys, data = reader.clients
+        assert f.ctx.store.redis is keys
+        assert all(s.r is data for s in (f.ctx.sessions, f.ctx.responses, f.ctx.conversations, reader.outbox))
+        assert (await resources(0.0, redis=reader.clients)).redis_sockets == sum(names.values()), names
