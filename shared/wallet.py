@@ -49,9 +49,9 @@ def check_hotkey(name: str, hotkey: str, path: str | Path) -> None:
 def refuse_encrypted(name: str, hotkey: str, path: str | Path, data: bytes) -> bool:
     """Whether the hotkey file's ``data`` is encrypted (password-protected), for a key whose password the SDK's
     environment variable (``hotkey_password_variable``) holds; without it, ``SettingsError``. The SDK asks for the
-    password on the terminal: a service has none (pm2 or systemd: it waited on a closed input, or failed with a
-    traceback), and ``WORKERS`` > 1 workers all asked at once, each for its own copy. A serving node signs with
-    an unencrypted hotkey, as the SDK makes them by default."""
+    password on the terminal, which a service has none of: its prompt failed with a traceback (EOFError) at start,
+    in every worker with ``WORKERS`` > 1. A serving node signs with an unencrypted hotkey, as the SDK makes them
+    by default."""
     if not keyfile_data_is_encrypted(data):
         return False
     if hotkey_password_variable(name, hotkey, path) in os.environ:
