@@ -22,23 +22,6 @@ from shared.settings import SettingsError
 from tests.keys.procs import ApiProcess, prepare, wait_ready
 
 
-def closing_connection_on() -> int:
-    """A port left in TIME_WAIT by a connection this host opened from it and closed first (as a client does): a
-    server's SO_REUSEADDR bind does not pass it for 60 s."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        client = socket.socket()
-        client.bind(("127.0.0.1", 0))
-        client.connect(server.getsockname())
-        accepted, _ = server.accept()
-        port = client.getsockname()[1]
-        client.close()  # the client closes first: its side, the port, waits in TIME_WAIT
-        time.sleep(0.1)
-        accepted.close()
-    return port
-
-
 @contextlib.contextmanager
 def outgoing_connection() -> Iterator[tuple[int, socket.socket, socket.socket]]:
     """An open connection from a port of this host (its local port), and its two ends: the accepted end closed
@@ -55,6 +38,15 @@ def outgoing_connection() -> Iterator[tuple[int, socket.socket, socket.socket]]:
         finally:
             accepted.close()
             client.close()
+
+
+def closing_connection_on() -> int:
+    """A port left in TIME_WAIT by a connection this host opened from it and closed first (as a client does): a
+    server's SO_REUSEADDR bind does not pass it for 60 s."""
+    with outgoing_connection() as (port, client, _accepted):
+        client.close()  # the client first: its side, the port, waits in TIME_WAIT
+        time.sleep(0.1)
+    return port
 
 
 def test_the_localnet_takes_a_port_in_time_wait_and_refuses_one_a_server_listens_on(tmp_path: Path) -> None:
