@@ -141,12 +141,15 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def sample(ctx: ApiContext, metrics: ApiMetrics) -> None:
-    """Copy the values that live elsewhere into the gauges, right before a scrape. The store's marker is read
-    here too (a script every few seconds, never per request), so ``sn1_api_store_lost`` is as fresh as the scrape."""
-    try:
-        await within(ctx.store_marker.check(ctx.store), STORE_PING_SECONDS)
-    except (StoreUnavailable, TimeoutError, OSError):
-        pass  # an outage is the requests' and /ready's to tell; the gauge keeps its last value
+    """Copy the values that live elsewhere into the gauges, right before a scrape. ``/ready``'s checks are run
+    here too (the store's ping and marker: a few small calls every few seconds, never per request), so
+    ``sn1_api_ready``, ``sn1_api_check_ok`` and ``sn1_api_store_lost`` are as fresh as the scrape: an operator
+    could alert on the validator's readiness and not on the API's, whose store or outbox failing was told only
+    to whoever asked ``/ready``."""
+    out = await readiness(ctx)  # the store check catches its store's failures itself
+    metrics.ready.set(1 if out.ready else 0)
+    for name, check in out.checks.items():
+        metrics.check_ok(name).set(1 if check.ok else 0)
     metrics.store_lost.set(1 if ctx.store_marker.store_lost else 0)
     metrics.metagraph_age.set(ctx.metagraph.age_seconds)
     metrics.serving_miners.set(len(ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey)))

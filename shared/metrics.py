@@ -125,6 +125,13 @@ class ApiMetrics:
         self.store_lost = Gauge("sn1_api_store_lost", "1 while the key store is judged lost (a Redis that came "
                                 "back empty: /ready's store check fails until a key is created or imported), "
                                 "else 0", registry=r, multiprocess_mode="livemax")
+        # The fleet's worst worker (livemin): a load balancer sends a host's traffic to whichever worker answers.
+        self.ready = Gauge("sn1_api_ready", "1 when GET /ready would answer 200 (every required check passes), "
+                           "else 0", registry=r, multiprocess_mode="livemin")
+        self.checks = Gauge("sn1_api_check_ok", "1 while the /ready check passes, else 0 (a required check or a "
+                            "warning: /ready's checks.<name>.required)", ["check"], registry=r,
+                            multiprocess_mode="livemin")
+        self.check_ok = Children(self.checks)
         self._fanouts, self._errors = Children(self.fanouts), Children(self.miner_errors)
         self._first, self._answer, self._wins = (Children(self.miner_first_chunk), Children(self.miner_answer),
                                                  Children(self.miner_wins))

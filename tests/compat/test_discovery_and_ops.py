@@ -94,12 +94,25 @@ async def test_stale_availability_lists_nothing_and_is_a_readiness_warning(api: 
     assert status == 200, text
 
 
+async def ready_metrics(api: ApiUnderTest) -> tuple[float, dict[str, float]]:
+    """``sn1_api_ready`` and each ``sn1_api_check_ok{check}``, as a scrape reads them."""
+    _, _, text = await get(api, "/metrics", key=None)
+    checks = {c: sample(text, "sn1_api_check_ok", check=c) for c in re.findall(r'sn1_api_check_ok\{check="(\w+)"', text)}
+    return sample(text, "sn1_api_ready"), checks
+
+
 async def test_ready_is_503_with_a_reason_when_no_miner_serves(api: ApiUnderTest) -> None:
+    """And /metrics says so (an alert had only the validator's readiness to go on): ready 0, the miners check 0."""
+    ready, checks = await ready_metrics(api)
+    assert ready == 1 and set(checks) == {"metagraph", "store", "eviction", "outbox", "validator", "miners",
+                                          "permit"} and all(v == 1 for v in checks.values()), checks
     api.ctx.availability.entries = {1: None, 2: None, 3: None}
     status, body = await get_json(api, "/ready", key=None)
     assert status == 503 and any(r.startswith("miners:") for r in body["reasons"])
     status, _, _ = await get(api, "/health", key=None)
     assert status == 200, "/health stays a liveness check"
+    ready, checks = await ready_metrics(api)
+    assert ready == 0 and checks["miners"] == 0 and checks["store"] == 1, checks
 
 
 async def test_ready_is_503_when_the_key_store_cannot_take_a_write(api: ApiUnderTest) -> None:
@@ -113,11 +126,14 @@ async def test_ready_is_503_when_the_key_store_cannot_take_a_write(api: ApiUnder
         status, body = await get_json(api, "/ready", key=None)
         assert status == 503 and any(r.startswith("store:") for r in body["reasons"]), body
         assert (await get(api, "/v1/models"))[0] == 503, "what /ready foretold"
+        ready, checks = await ready_metrics(api)
+        assert ready == 0 and checks["store"] == 0 and checks["miners"] == 1, "what an alert reads"
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     status, body = await get_json(api, "/ready", key=None)
     assert status == 200, body
+    assert (await ready_metrics(api))[0] == 1
 
 
 async def test_metrics_move_with_traffic(api: ApiUnderTest) -> None:
