@@ -1,0 +1,207 @@
+"""The monitoring kit (``deploy/prometheus/alerts.yml``, ``deploy/grafana/sn1-node.json``) names only what the node
+exports: a rule on a metric that does not exist never fires, and an operator learns it in an outage.
+
+The test drives a real local subnet (the suite's ``localnet`` fixture: API, validator, three miners) through a
+chat, a wrong key, a rate-limited key and the chat's scoring delivery, scrapes both ``/metrics``, and checks every
+metric name and label name of every rule's ``expr`` and every dashboard query against what the two processes
+export (names read by ``tests/compat/promql.py``, a small regex-based extractor, itself tested below).
+
+Exported names are read with prometheus_client's own parser: a counter ``x`` is exposed as ``x_total``, a
+histogram ``y`` as ``y_bucket`` (with ``le``), ``y_count`` and ``y_sum``. A labelled counter nothing has
+incremented yet (``sn1_validator_loop_failures_total`` on a healthy validator) is exported with its HELP and TYPE
+and no sample, so its label names are read from its declaration in ``shared/metrics.py`` instead. ``up`` and the
+``job`` and ``instance`` labels are Prometheus's own, added at the scrape.
+
+PromQL syntax is checked by ``promtool check rules`` where promtool is installed (Debian's ``prometheus``
+package); the test says so and skips that part where it is not.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared.metrics import ApiMetrics, ValidatorMetrics
+from tests.compat.promql import names
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
+EXAMPLE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "sn1-node.json"
+README = (ROOT / "README.md").read_text()
+PROMETHEUS_SERIES = {"up"}  # made by Prometheus at each scrape
+TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+SEVERITIES = {"critical", "warning"}
+
+
+def rules() -> list[dict]:
+    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def queries() -> list[tuple[str, str]]:
+    """``(where, expr)`` for every rule and every dashboard query."""
+    found = [(f"alert {r['alert']}", r["expr"]) for r in rules()]
+    found += [(f"panel {p['title']!r}", t["expr"]) for p in dashboard()["panels"] for t in p.get("targets", [])]
+    return found
+
+
+def declared_labels() -> dict[str, set[str]]:
+    """Each family's label names as ``shared/metrics.py`` declares them (for a family exported without samples)."""
+    found: dict[str, set[str]] = {}
+    for registry in (ApiMetrics().registry, ValidatorMetrics().registry):
+        for collector in list(registry._collector_to_names):
+            if isinstance(collector, Metric):
+                continue
+            found[collector._name] = set(collector._labelnames)
+    return found
+
+
+def exported(texts: list[str]) -> dict[str, set[str]]:
+    """``{sample name: its label names}`` for every series the scrapes expose, or would once observed."""
+    declared = declared_labels()
+    out: dict[str, set[str]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            for suffix in SUFFIXES.get(family.type, ("",)):
+                labels = declared.get(family.name, set()) | ({"le"} if suffix == "_bucket" else set())
+                out.setdefault(family.name + suffix, set()).update(labels)
+            for s in family.samples:
+                out.setdefault(s.name, set()).update(s.labels)
+    return out
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+def request(url: str, key: str, body: dict | None = None) -> int:
+    """The status of a GET (or, with ``body``, a POST) under API key ``key``."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@pytest.fixture(scope="module")
+def scraped(localnet: dict) -> dict[str, set[str]]:
+    """Both processes' exported names, once a chat, a wrong key, a 429 and the chat's delivery to the validator
+    have made their counters."""
+    api, validator = localnet["api_url"], localnet["validator_url"]
+    chat = {"model": "sn1/deterministic", "messages": [{"role": "user", "content": "Hello"}]}
+    assert request(api + "/v1/chat/completions", localnet["api_key"], chat) == 200
+    assert request(api + "/v1/models", "sn1-not-a-key") == 401
+    created = urllib.request.Request(api + "/api_management/create-api-key?rate_limit=1", method="POST",
+                                     headers={"admin-key": localnet["admin_key"]})
+    with urllib.request.urlopen(created, timeout=10) as r:
+        limited = json.load(r)["api_key"]
+    assert [request(api + "/v1/models", limited) for _ in range(2)] == [200, 429]
+    deadline = time.monotonic() + 30
+    while not re.search(r'^sn1_validator_http_requests_total\{[^}]*route="/scoring"', get(validator + "/metrics"),
+                        re.M):
+        assert time.monotonic() < deadline, "the chat's scoring payload never reached the validator"
+        time.sleep(0.2)
+    return exported([get(api + "/metrics"), get(validator + "/metrics")])
+
+
+@pytest.mark.parametrize(("where", "expr"), queries(), ids=[w for w, _ in queries()])
+def test_every_metric_and_label_the_kit_names_is_exported(scraped: dict[str, set[str]], where: str,
+                                                          expr: str) -> None:
+    used = names(expr)
+    assert used.metrics, f"{where}: no metric found in {expr!r}"
+    missing = sorted(m for m in used.metrics if m not in scraped and m not in PROMETHEUS_SERIES)
+    assert not missing, f"{where}: the node exports no {missing} (is it spelled as /metrics spells it?)"
+    for metric, labels in used.matched.items():
+        have = scraped.get(metric, set()) | TARGET_LABELS
+        assert labels <= have, f"{where}: {metric} has no label {sorted(labels - have)} (it has {sorted(have)})"
+    have = set().union(*(scraped.get(m, set()) for m in used.metrics)) | TARGET_LABELS
+    assert used.grouping <= have, f"{where}: grouping by {sorted(used.grouping - have)}, which no metric has"
+
+
+def test_each_rule_says_what_is_wrong_what_to_do_and_where_the_readme_explains_it() -> None:
+    headings = re.findall(r"^#+ (.+)$", README, re.M)
+    seen: set[str] = set()
+    for rule in rules():
+        name = rule["alert"]
+        assert name not in seen, f"{name} twice"
+        seen.add(name)
+        assert rule["labels"]["severity"] in SEVERITIES and re.fullmatch(r"\d+[smh]", rule["for"]), name
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
+        sections = re.findall(r'README: "([^"]+)"', rule["annotations"]["description"])
+        assert sections, f"{name}: its description names no README section"
+        for section in sections:
+            assert any(h.replace("`", "").startswith(section) for h in headings), f"{name}: no README {section!r}"
+
+
+def test_the_readme_table_lists_every_alert_with_its_severity() -> None:
+    monitoring = README[README.index("### Monitoring"):]
+    monitoring = monitoring[:monitoring.index("\n## ")]
+    table = dict(re.findall(r"^\| `(\w+)` \| (\w+) \|", monitoring, re.M))
+    assert table == {r["alert"]: r["labels"]["severity"] for r in rules()}
+
+
+def test_the_rules_scrape_the_jobs_the_example_configuration_names() -> None:
+    jobs = {j for _, expr in queries() for j in re.findall(r'up\{job="([^"]+)"\}', expr)}
+    config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    assert jobs == {c["job_name"] for c in config["scrape_configs"]} == {"sn1-api", "sn1-validator"}
+    assert config["rule_files"] == ["alerts.yml"]
+
+
+def test_the_dashboard_is_importable_and_modest() -> None:
+    dash = dashboard()
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    assert 10 <= len(panels) <= 16
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    for p in panels:
+        assert p["datasource"]["uid"] == "${datasource}" and p["targets"], p["title"]
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] == "${datasource}", p["title"]
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_promtool_accepts_the_rules_and_the_example_configuration() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus): PromQL syntax not checked")
+    for args in (["check", "rules", str(RULES)], ["check", "config", str(EXAMPLE_CONFIG)]):
+        done = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("expr", "metrics", "matched", "grouping"), [
+    ('up{job="sn1-api"} == 0', {"up"}, {"up": {"job"}}, set()),
+    ('sum by (job, instance) (rate(a_total{status=~"5.."}[5m])) / sum by (job, instance) (rate(a_total[5m])) > 0.05',
+     {"a_total"}, {"a_total": {"status"}}, {"job", "instance"}),
+    ('histogram_quantile(0.99, sum by (le) (rate(h_bucket{route=~"/v1/models/{model}|/x"}[$__rate_interval])))',
+     {"h_bucket"}, {"h_bucket": {"route"}}, {"le"}),
+    ("1 - (sum(increase(wins_total[10m])) or vector(0)) / sum(increase(fanouts_total[10m])) > 0.5",
+     {"wins_total", "fanouts_total"}, {}, set()),
+    ('time() - (max(ts_seconds{job="$validator_job"}) > 0) offset 1h', {"ts_seconds"}, {"ts_seconds": {"job"}}, set()),
+    ("sum(rate(x[5m])) without (uid) * on (instance) group_left (check) y > bool 0 unless z",
+     {"x", "y", "z"}, {}, {"uid", "instance", "check"}),
+])
+def test_the_extractor_reads_metric_and_label_names(expr: str, metrics: set[str], matched: dict[str, set[str]],
+                                                    grouping: set[str]) -> None:
+    got = names(expr)
+    assert (got.metrics, got.matched, got.grouping) == (metrics, matched, grouping)
