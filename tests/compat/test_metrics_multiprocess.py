@@ -37,6 +37,22 @@ def test_counts_from_every_worker_are_summed(tmp_path: Path) -> None:
     assert sample(text, "sn1_api_http_request_duration_seconds_count", **chat) == 4
 
 
+def test_readiness_is_the_worst_workers(tmp_path: Path) -> None:
+    """``sn1_api_ready`` and ``sn1_api_check_ok``: one worker whose store check fails makes the host's scrape 0
+    (a load balancer sends the host's traffic to whichever worker answers), one sample per check, no pid label."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for ok in (1, 0, 1):
+        worker = ("from shared.metrics import ApiMetrics\nm = ApiMetrics()\n"
+                  f"m.ready.set({ok})\nm.check_ok('store').set({ok})\nm.check_ok('miners').set(1)\n")
+        subprocess.run([sys.executable, "-c", worker], env=env, check=True, timeout=60)
+    text = subprocess.run([sys.executable, "-c", SCRAPE], env=env, check=True, timeout=60, capture_output=True,
+                          text=True).stdout
+    assert sample(text, "sn1_api_ready") == 0 and sample(text, "sn1_api_check_ok", check="store") == 0
+    assert sample(text, "sn1_api_check_ok", check="miners") == 1
+    assert sorted(line for line in text.splitlines() if line.startswith("sn1_api_check_ok{")) == [
+        'sn1_api_check_ok{check="miners"} 1.0', 'sn1_api_check_ok{check="store"} 0.0']
+
+
 def test_an_operators_own_directory_starts_each_run_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """prometheus_client's directory must be wiped between runs: left, the last run's workers were
     summed in with the new ones (a restart did not reset a counter) and a file per dead worker piled up."""
