@@ -190,8 +190,11 @@ class MinerClient:
             signing.sign()
             return {"headers": signing.headers}
 
+        # Never a redirect: a miner's 3xx is its answer (a failure), not an address to call. Followed, a miner's
+        # ``307 Location: http://10.0.0.5/...`` had this host POST the signed request there (an operator's private
+        # model server, a metadata address) and relay that server's answer to the caller.
         return await post_once_more(self.session, signing.url, again=resigned, data=signing.body,
-                                    headers=signing.headers, timeout=timeout)
+                                    headers=signing.headers, timeout=timeout, allow_redirects=False)
 
     def _refused(self, neuron: Neuron, status: int, code: str | None, message: str) -> None:
         """A miner refused our signed request (401/403): one WARNING a minute, quoting the latest refusal.
@@ -203,7 +206,8 @@ class MinerClient:
             return
         logger.warning("miners refuse this host's signed requests (hotkey {}): uid {} answered HTTP {} {}: {} ({} "
                        "refusal(s) since the last such line, at most one a minute)", self.signer.hotkey, neuron.uid,
-                       status, code or "-", printable(message.removeprefix(f"{code}: "))[:300], self._refusals)
+                       status, printable(code or "-")[:64], printable(message.removeprefix(f"{code}: "))[:300],
+                       self._refusals)
         self._refusals, self._refusal_told = 0, now
 
     async def _event_batches(self, resp: aiohttp.ClientResponse) -> AsyncIterator[list[Event]]:

@@ -26,6 +26,7 @@ from yarl import URL
 from shared.aio import wait_event
 from shared.errors import ApiError
 from shared.http import end_unread_body, http_error_code, read_raw
+from shared.logging import printable
 from shared.settings import UNVERIFIED_BODY_BYTES
 from shared.ss58 import is_ss58
 
@@ -254,7 +255,8 @@ def refused_signature(status: int, body: Any) -> str | None:
         return f"HTTP {status}"
     code = err.get("code") if isinstance(err.get("code"), str) else ""
     message = err.get("message") if isinstance(err.get("message"), str) else ""
-    return f"HTTP {status} {code}: {message.removeprefix(f'{code}: ')}"[:300]
+    # the receiver's words, quoted in a WARNING: on one line (a line break in them forged the log's next line)
+    return printable(f"HTTP {status} {code[:64]}: {message.removeprefix(f'{code}: ')}"[:300])
 
 
 class RequestVerifier:
