@@ -25,7 +25,7 @@ from aiohttp import web
 from loguru import logger
 from multidict import CIMultiDictProxy
 
-from shared.client_address import client_address
+from shared.client_address import client_address, throttle_key
 from shared.errors import ApiError, retry_after
 from shared.http import route_path
 from shared.store.base import KeyRecord, RateDecision, Store, StoreUnavailable, hash_key, refused_write
@@ -191,7 +191,7 @@ async def invalid_key(request: web.Request, store: Store) -> ApiError:
     Only failures are charged: a valid key never pays for the check."""
     limit = request.app.get(INVALID_KEY_LIMIT, INVALID_KEYS_PER_MINUTE)
     try:
-        gate = await store.charge(f"key-fail:{client_address(request)}", limit)
+        gate = await store.charge(f"key-fail:{throttle_key(request)}", limit)
     except StoreUnavailable as e:
         if (outage := request.app.get(STORE_OUTAGE)) is not None:
             outage.failed(e)
@@ -272,7 +272,7 @@ async def check_admin(request: web.Request, admin_key: str | None, store: Store)
         raise ApiError(403, "Admin endpoints are disabled: set ADMIN_KEY in the API's settings (.env.api, not the "
                             "validator's, where the original subnet API read it) to enable them.", code="admin_disabled")
     address = client_address(request)
-    bucket = f"admin-fail:{address}"
+    bucket = f"admin-fail:{throttle_key(request)}"  # an IPv6 client's /64: one host, one budget
     sent = one_header(request.headers, "admin-key")
     try:
         # Each attempt takes a slot before its key is compared, and a right one gives it back: guesses sent at

@@ -54,6 +54,23 @@ def is_trusted(address: str, proxies: tuple[Network, ...]) -> bool:
     return any(ip in network for network in proxies)
 
 
+def address_key(address: str | None) -> str | None:
+    """The bucket an address is counted in (connection caps, key and admin guessing): the IPv4 address, an IPv6
+    address's /64 (``::ffff:`` mapped addresses as IPv4); ``None`` when it is no IP (a Unix socket). One host
+    owns a whole /64: counted per address, it had 2**64 fresh budgets to guess keys from."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if ip.version == 6:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 def forwarded_client(peer: str | None, forwarded_for: Iterable[str], proxies: tuple[Network, ...]) -> str:
     """The client address: the peer, unless it is a trusted proxy; then the nearest address in
     ``X-Forwarded-For`` (read right to left, as each proxy appends) that is not a trusted proxy.
@@ -75,3 +92,10 @@ def client_address(request: web.Request) -> str:
     """``forwarded_client`` for this request, with the app's ``TRUSTED_PROXIES``."""
     proxies = request.app.get(TRUSTED_PROXIES, ())
     return forwarded_client(request.remote, request.headers.getall("X-Forwarded-For", ()), proxies)
+
+
+def throttle_key(request: web.Request) -> str:
+    """The client this request's failed key or admin guesses are counted against: its address's bucket
+    (``address_key``: an IPv6 client's /64), or the address as given when it is no IP."""
+    address = client_address(request)
+    return address_key(address) or address

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import resource
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from loguru import logger
 
-from shared.client_address import Network, is_trusted
+from shared.client_address import Network, address_key, is_trusted
 
 if TYPE_CHECKING:
     from shared.settings import CommonSettings
@@ -90,22 +89,6 @@ def fd_limited(limits: ConnectionLimits, *, raise_soft: bool = True) -> Connecti
                    "for its own; capped at {} (raise `ulimit -n` / LimitNOFILE to allow more)",
                    limits.max_connections, soft, usable)
     return dataclasses.replace(limits, max_connections=usable)
-
-
-def address_key(address: str | None) -> str | None:
-    """The per-address cap's bucket: the IPv4 address, an IPv6 address's /64 (``::ffff:`` mapped
-    addresses as IPv4); ``None`` when there is no IP (a Unix socket): no per-address cap then."""
-    if not address:
-        return None
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return None
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    if ip.version == 6:
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 class ConnectionGuard:

@@ -109,3 +109,29 @@ async def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Path)
             assert (await post(s, url, {"admin-key": f"guess-{i}", **forged}))[0] == 401
         forged = {"X-Forwarded-For": "198.51.100.99"}
         assert (await post(s, url, {"admin-key": "guess-again", **forged}))[0] == 429
+
+
+async def test_an_ipv6_clients_guesses_count_against_its_whole_64(tmp_path: Path) -> None:
+    """One host owns a whole IPv6 /64: counted per address, it could take a fresh address (and a fresh budget of
+    guesses) for every guess. Its addresses share one budget, as they share one connection cap; another /64 has
+    its own."""
+    async with fleet(tmp_path, {1: HONEST}, trusted_proxies=["127.0.0.1"]) as f, aiohttp.ClientSession() as s:
+        admin = f.url + "/api_management/create-api-key?rate_limit=5"
+        for i in range(ADMIN_FAILURES_PER_MINUTE):
+            hop = {"X-Forwarded-For": f"2001:db8:1:2::{i + 1:x}"}
+            assert (await post(s, admin, {"admin-key": f"guess-{i}", **hop}))[0] == 401
+        status, _, body = await post(s, admin, {"admin-key": "guess-again", "X-Forwarded-For": "2001:db8:1:2:ffff::9"})
+        assert status == 429 and body["error"]["code"] == "admin_rate_limited", body
+        async with s.post(admin, headers={"admin-key": ADMIN_KEY, "X-Forwarded-For": "2001:db8:1:3::1"}) as r:
+            assert r.status == 200, await r.text()
+
+        chat = f.url + "/v1/chat/completions"
+        for i in range(f.ctx.settings.invalid_keys_per_minute):
+            hop = {"X-Forwarded-For": f"2001:db8:5:6:{i:x}::1"}
+            assert (await post(s, chat, {"Authorization": f"Bearer sn1-guess-{i}", **hop}))[0] == 401
+        status, _, body = await post(s, chat, {"Authorization": "Bearer sn1-guess-more",
+                                               "X-Forwarded-For": "2001:db8:5:6:abcd::1"})
+        assert status == 429 and body["error"]["code"] == "invalid_key_rate_limited", body
+        status, _, body = await post(s, chat, {"Authorization": "Bearer sn1-guess-more",
+                                               "X-Forwarded-For": "2001:db8:5:7::1"})
+        assert status == 401, body
