@@ -618,11 +618,42 @@ def usage_chunk(*, completion_id: str, model: str, usage: dict[str, Any], create
     }
 
 
+MAX_ADVERTISED_MODELS = 256  # models of one miner's availability answer taken (the first, in its order)
+MAX_ADVERTISED_TASKS = 16  # tasks of one (there are 4; a miner may name its own)
+MAX_ADVERTISED_NAME = 256  # characters of a model's or task's name
+
+
 class AvailabilityResponse(BaseModel):
-    """What a miner says it serves (``POST /availability``)."""
+    """What a miner says it serves (``POST /availability``), within bounds: the first
+    ``MAX_ADVERTISED_MODELS`` models and ``MAX_ADVERTISED_TASKS`` tasks whose names are 1 to
+    ``MAX_ADVERTISED_NAME`` printable characters. A miner is untrusted: its names were taken as sent,
+    so one answer of 60 KB (3,000 models x 300 tasks) cost every API worker 0.2 s of CPU per
+    ``/v1/models`` call (the catalogue is models x tasks), one of a few MB froze them for hours, and a
+    name with a line break reached log lines and every caller's model list."""
 
     task_availabilities: dict[str, bool]
     llm_model_availabilities: dict[str, bool]
+
+    @field_validator("task_availabilities")
+    @classmethod
+    def _bounded_tasks(cls, v: dict[str, bool]) -> dict[str, bool]:
+        return advertised(v, MAX_ADVERTISED_TASKS)
+
+    @field_validator("llm_model_availabilities")
+    @classmethod
+    def _bounded_models(cls, v: dict[str, bool]) -> dict[str, bool]:
+        return advertised(v, MAX_ADVERTISED_MODELS)
+
+
+def advertised(names: dict[str, bool], most: int) -> dict[str, bool]:
+    """The first ``most`` of ``names`` that a name may be (1 to ``MAX_ADVERTISED_NAME`` printable characters)."""
+    kept: dict[str, bool] = {}
+    for name, ok in names.items():
+        if len(kept) >= most:
+            break
+        if 0 < len(name) <= MAX_ADVERTISED_NAME and name.isprintable():
+            kept[name] = ok
+    return kept
 
 
 def estimate_tokens(text: str) -> int:
