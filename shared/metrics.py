@@ -53,6 +53,13 @@ class Children:
         return child
 
 
+# The method label's values: a request's method is whatever its client wrote where aiohttp parses requests in
+# Python (no C extension on the platform, or AIOHTTP_NO_EXTENSIONS set), so a label per method was a new series
+# per made-up method, kept for good, for any caller without a key (a memory leak and a /metrics that grew).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+
+
 class HttpMetrics:
     """Requests by route pattern, method and status, and their latency."""
 
@@ -67,6 +74,7 @@ class HttpMetrics:
         self._requests, self._latency = Children(self.requests), Children(self.latency)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        method = method if method in HTTP_METHODS else OTHER_METHOD
         self._requests(route, method, str(status)).inc()
         self._latency(route, method).observe(seconds)
         if status == 429:
