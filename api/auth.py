@@ -213,6 +213,18 @@ def invalid_api_key() -> ApiError:
     return ApiError(401, "Invalid API key.", code="invalid_api_key")
 
 
+SEARCH_SCOPE = "web_retrieval"  # the scope of every request that spends the web retrieval miners
+
+
+def check_scope(key: KeyRecord, scope: str, *, param: str) -> None:
+    """403 unless the key holds ``scope``, for a part of a request (``param``) that spends what the scope guards:
+    a chat request's web search (``web_search_options``, a Responses ``web_search`` tool) is a web retrieval,
+    and a key without ``web_retrieval`` ran them through chat though ``/web_retrieval`` refused it."""
+    if scope not in key.scopes:
+        raise ApiError(403, f"This API key lacks the '{scope}' scope, which '{param}' needs: it searches the web "
+                            "through the subnet's web retrieval miners.", code="insufficient_scope", param=param)
+
+
 def check_model(key: KeyRecord, model: str | None) -> None:
     """403 unless the key may use ``model`` (keys without ``allowed_models`` may use any)."""
     if key.allowed_models is None:
