@@ -26,6 +26,7 @@ from api.selection import select_miners
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.ids import request_id_from
+from shared.logging import printable
 from shared.metagraph import Neuron
 from shared.protocol import DEFAULT_TASK, MAX_SESSION_ID
 from shared.store.base import KeyRecord, StoreUnavailable
@@ -262,7 +263,9 @@ async def open_session(request: web.Request) -> web.Response:
         # a key deleted as this ran: the 401 it would get a moment later (KeyForgotten), nothing kept
         session = await _store(ctx).open(key.id, body.model, miner.uid, miner.hotkey,
                                          duration=body.session_duration, failover=body.failover)
-    logger.info("session {} opened key={} model={} uid={}", session.id, key.id, session.model, session.uid)
+    # the caller's model name, taken as written while availability is unknown: on one line (a line break in it
+    # wrote a line of the caller's into the API's log)
+    logger.info("session {} opened key={} model={} uid={}", session.id, key.id, printable(session.model), session.uid)
     return json_response(session.public())
 
 

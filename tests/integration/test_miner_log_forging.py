@@ -1,4 +1,5 @@
-"""A miner's refusal text reaches the API's and the validator's WARNING lines on one line.
+"""A miner's refusal text reaches the API's and the validator's WARNING lines on one line (and a caller's session
+model name the API's INFO line).
 
 A refusal of our signature (HTTP 401/403) is quoted in a WARNING so an operator sees why (a clock off, no
 permit). Its code and message are the miner's own words: a line break in them wrote a line of the miner's
@@ -71,3 +72,20 @@ async def test_a_miners_refusal_is_quoted_on_one_line_by_the_validator() -> None
     assert quoted, lines
     assert not forged(lines), quoted
     assert "FORGED-BY-A-MINER" in quoted[0]
+
+
+async def test_a_callers_session_model_is_logged_on_one_line(tmp_path: Path) -> None:
+    """Without availability data (the validator not answered yet, or stale) a session opens for any model name
+    the caller writes, and its INFO line quoted that name: a line break in it wrote a line of the caller's."""
+    from tests.helpers import call
+
+    lines, handler = log_lines("INFO")
+    try:
+        async with api_with_miners(tmp_path, {}, honest={1}) as api:
+            status, opened = await call(api, "POST", "/v1/sessions", {"model": f"m{FORGED}"})
+    finally:
+        logger.remove(handler)
+    assert status == 200, opened
+    quoted = [line for line in lines if f"session {opened['session_id']} opened" in line]
+    assert quoted and "FORGED-BY-A-MINER" in quoted[0], lines
+    assert not forged(lines), quoted
