@@ -22,6 +22,7 @@ import aiohttp
 from loguru import logger
 
 from neurons.miner.backends.base import BackendError
+from neurons.miner.media_urls import refused_media_url
 from shared.errors import MODEL_SERVER_REJECTED, parse_error
 from shared.field_refusals import FieldRefusals
 from shared.jsonutil import dumpb
@@ -234,6 +235,8 @@ class OpenAICompatibleBackend:
         A refusal that names fields the answer does without is asked again without them, or with them
         renamed (``FieldRefusals``); again for each refusal that names another (a server that refuses
         ``seed`` and ``stream_options`` names one at a time, and asked only twice the first request failed)."""
+        if (why := await refused_media_url(body)) is not None:  # the model server would fetch it from inside
+            raise BackendError(f"refused: {why}", status=400, code=MODEL_SERVER_REJECTED)
         out = self.upstream_body(body, stream=stream)
         while True:
             # once more on a new connection if a kept-alive one closed before any answer (``post_once_more``:
