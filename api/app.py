@@ -24,6 +24,7 @@ from api.auth import INVALID_KEY_LIMIT, STORE_OUTAGE, add_rate_limit_headers, st
 from api.chat import CTX, chat_completions
 from api.context import ApiContext
 from api.cors import install_cors
+from api.storage_budget import StorageBudget
 from shared.client_address import TRUSTED_PROXIES, parse_networks
 from shared.http import NOT_SERVED_HERE, error_middleware, json_response
 from shared.store.usage import UsageRecorder
@@ -69,6 +70,8 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app.router.add_post("/v1/sessions/{session_id}/ping", sessions.ping_session)
     if ctx.usage is None:
         ctx.usage = UsageRecorder(ctx.store)
+    if ctx.storage_budget is None:
+        ctx.storage_budget = StorageBudget(ctx.store, ctx.settings.stored_bytes_per_key_per_day, ctx.usage.clock)
     app.on_response_prepare.append(add_rate_limit_headers)  # x-ratelimit-* on every charged response
     app.on_response_prepare.append(usage.count_response)
     install_cors(app, ctx.settings.cors_origins)  # after every route, and after the hooks that add headers

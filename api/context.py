@@ -12,6 +12,7 @@ from aiohttp import web
 
 from api.availability import AvailabilityCache
 from api.scoring_outbox import OutboxForwarder
+from api.storage_budget import StorageBudget
 from shared.metagraph import MetagraphView
 from shared.miner_client import MinerClient
 from shared.request_log import RequestLog
@@ -45,6 +46,7 @@ class ApiContext:
     payload_sinks: list[PayloadSink] = field(default_factory=list)
     forwarder: OutboxForwarder | None = None
     usage: UsageRecorder | None = None  # filled in by create_api_app when not given
+    storage_budget: StorageBudget | None = None  # filled in by create_api_app (STORED_BYTES_PER_KEY_PER_DAY)
     sessions: SessionStore | None = None
     responses: ResponseStore | None = None  # None: RESPONSES_RETENTION_SECONDS is 0, nothing is stored
     conversations: ConversationStore | None = None  # None as ``responses``

@@ -106,6 +106,8 @@ class EventLog:
             return
         assert self.ctx.responses is not None
         try:
+            if self.ctx.storage_budget is not None:  # let in: counted, not refused (it must be kept to be polled)
+                await self.ctx.storage_budget.count(self.key_id, sum(len(frame.encode()) for _, frame in kept))
             await self.ctx.responses.add_events(self.key_id, self.response_id, kept, retention=self.retention)
         except StoreUnavailable as e:
             logger.warning("background response {}: events not stored: {}", self.response_id, e)
@@ -173,6 +175,8 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
         raise invalid_value("input", "the conversation is too large to store, and a background response is "
                                      "stored to be polled: send it without background")
     response_id = queued["id"]
+    if ctx.storage_budget is not None:  # stored to be polled: past the key's budget, the 429 before any miner
+        await ctx.storage_budget.check(key.id, len(data.encode()), "this background response")
     try:
         kept = await response_store_call(ctx.responses.put(key.id, response_id, data, retention=keeping.retention,
                                                            pending=True))
@@ -380,6 +384,8 @@ async def settle(request: web.Request, ctx: ApiContext, key: KeyRecord, keeping:
                 assert conversation_id is not None
                 await conversations_state.add_turn(ctx, keeping.key_id, conversation_id, keeping.added, final)
                 owed, added = False, True
+            if ctx.storage_budget is not None:  # let in: counted, not refused (it must be kept to be polled)
+                await ctx.storage_budget.count(key.id, len(data.encode()))
             settled = await ctx.responses.settle(key.id, final["id"], data, retention=keeping.retention,
                                                  item_ids=item_ids(keeping.added, final))
             break

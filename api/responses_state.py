@@ -80,11 +80,14 @@ class History:
 async def continued(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) -> tuple[ResponsesRequest, History]:
     """``wanted`` with its item references resolved (``with_references``), and the conversation it continues
     (``history_of``); a conversation this turn's input would take over its bound is a 400 here, before any
-    miner is asked (the answer could not be added to it)."""
+    miner is asked (the answer could not be added to it), and one of a key whose daily storage budget is spent
+    the 429 ``storage_limit_exceeded``."""
     history = await history_of(ctx, key, wanted)
     wanted = await with_references(ctx, key, wanted, history.items)
     if wanted.conversation_id is not None:
         conversations_state.check_room(history.items, input_items(wanted))
+        if ctx.storage_budget is not None:  # its turn is added whatever it weighs: refused here once the day's is spent
+            await ctx.storage_budget.check_room(key.id, "this turn of its conversation")
     return wanted, history
 
 
@@ -340,7 +343,8 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
     """Write a sealed response (just before its end goes out), asked again twice ``KEEP_PAUSE_S`` apart when the
     store fails (a write of the same record: safe to repeat). False: it was to be stored and is not, so the
     answer must say ``store: false`` (its next ``previous_response_id`` is a 400): a WARNING, unless the store
-    refused it because its key was deleted as it was answered (no key could ever read it). Its conversation,
+    refused it because its key was deleted as it was answered (no key could ever read it), or when the key's daily
+    storage budget cannot take it (``within_budget``). Its conversation,
     if any, gets this turn's input and output items first (``extend_conversation``): a store that cannot take
     them is the 503 ``conversations_state.not_added`` raises, and the response is not stored either (the turn
     is sent again whole)."""
@@ -357,6 +361,8 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
                              attempts=KEEP_ATTEMPTS, pause=KEEP_PAUSE_S, on=StoreUnavailable)
 
     try:
+        if not await within_budget(ctx, keeping.key_id, response_id, len(data.encode())):
+            return False
         try:
             kept = await put(data)
         except PreviousGone:  # deleted (or expired) as this answer was made: this one keeps the conversation whole
@@ -368,6 +374,18 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
     if not kept:  # its key was deleted as it was answered: no one could ever read it
         logger.debug("response {} not stored: its key id={} was deleted", response_id, keeping.key_id)
     return kept
+
+
+async def within_budget(ctx: ApiContext, key_id: str, response_id: str, size: int) -> bool:
+    """Whether the key's daily storage budget takes a response of ``size`` bytes (counted when it does); one it
+    does not is answered ``store: false``, as one over ``MAX_STORED_BYTES`` (a WARNING per key per day)."""
+    budget = ctx.storage_budget
+    if budget is None:
+        return True
+    taken = await budget.take(key_id, size)
+    if not taken.allowed:
+        budget.warn_once(key_id, response_id, taken.used)
+    return taken.allowed
 
 
 def as_kept(final: dict[str, Any], kept: bool) -> dict[str, Any]:

@@ -36,11 +36,14 @@ async def usage_out(request: web.Request, record: KeyRecord) -> UsageOut:
         raise ApiError(400, "days must be an integer between 1 and 366.", param="days", code="invalid_value")
     now = request.app[CTX].usage.clock()  # the clock its counts are filed by: "today" is the same day for both
     since = usage_day(now - (int(raw) - 1) * 86400)
+    budget = request.app[CTX].storage_budget
     try:
         report = await request.app[CTX].usage.report(record.id, since_day=since)
+        stored = await request.app[CTX].store.day_stored_bytes(record.id, usage_day(now))
     except StoreUnavailable:
         raise store_unavailable() from None
-    return UsageOut.of(record, report, today=usage_day(now))
+    return UsageOut.of(record, report, today=usage_day(now), stored_bytes_today=stored,
+                       stored_bytes_per_day=budget.limit if budget is not None and budget.limit else None)
 
 
 async def count_response(request: web.Request, response: web.StreamResponse) -> None:

@@ -251,18 +251,24 @@ class UsageOut(BaseModel):
     daily_token_limit: int | None = None
     tokens_remaining_today: int | None = Field(
         default=None, description="Under the daily token limit, as this process counts them (with a limit)")
+    stored_bytes_today: int = Field(
+        default=0, description="Bytes written to storage today (UTC): stored responses, conversations")
+    stored_bytes_per_day: int | None = Field(
+        default=None, description="The key's daily storage budget (STORED_BYTES_PER_KEY_PER_DAY); null: none")
     last_used_at: str | None
     totals: UsageTotalsOut
     days: list[UsageDayOut]
 
     @classmethod
-    def of(cls, record: KeyRecord, report: UsageReport, *, today: str | None = None) -> UsageOut:
+    def of(cls, record: KeyRecord, report: UsageReport, *, today: str | None = None, stored_bytes_today: int = 0,
+           stored_bytes_per_day: int | None = None) -> UsageOut:
         limit = record.daily_token_limit
         used = report.days.get(today) if today is not None else None
         spent = used.tokens if used is not None else 0
         return cls(
             key_id=record.id, name=record.name, rate_limit=record.rate_limit, daily_token_limit=limit,
             tokens_remaining_today=max(0, limit - spent) if limit is not None else None,
+            stored_bytes_today=stored_bytes_today, stored_bytes_per_day=stored_bytes_per_day,
             last_used_at=iso(max(filter(None, (report.last_used_at, record.last_used_at)), default=None)),
             totals=UsageTotalsOut.of(report.totals),
             days=[UsageDayOut(date=d, **c.as_dict()) for d, c in report.days.items()],

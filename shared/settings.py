@@ -213,6 +213,11 @@ class ApiSettings(CommonSettings):
     responses_retention_seconds: float = Field(
         default=86400, ge=0, description="How long a stored Responses API response is kept (previous_response_id); "
                                          "0 stores none")
+    # 256 MiB a day: some 250 full-size (1 MiB) conversations, far above an agent's day of turns, and a day's
+    # retention holds about twice it per key, so a few thousand keys' worst case fits a modest disk or Redis.
+    stored_bytes_per_key_per_day: int = Field(
+        default=256 << 20, ge=0, description="Bytes one API key may write to storage (stored responses, "
+                                             "conversations) per UTC day; past it nothing more is stored; 0: no limit")
     max_background_responses: int = Field(
         default=256, ge=0, description="Background responses (background: true) one worker runs at once; past it a "
                                        "429; 0 serves none")

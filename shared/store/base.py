@@ -434,6 +434,15 @@ class UsageReport:
 
 
 @dataclass(frozen=True)
+class StoredBytes:
+    """A key's bytes written to storage on a UTC day, after ``Store.add_stored_bytes``: ``allowed``, whether the
+    write was counted (False: it would pass the limit, and nothing was added)."""
+
+    allowed: bool
+    used: int
+
+
+@dataclass(frozen=True)
 class StoreMarker:
     """What a store's marker says (``Store.marker``): a Redis without persistence that restarts comes back empty,
     and an empty store answers every key 401 as if each had been deleted; the marker, written with the store's
@@ -501,6 +510,17 @@ class Store(Protocol):
     async def day_tokens(self, key_id: str, day: str) -> int:
         """The key's flushed prompt + completion tokens on ``day`` (one small read: a daily token
         limit checks it before each request of a key that has one)."""
+        ...
+
+    async def add_stored_bytes(self, key_id: str, day: str, size: int, *, limit: int) -> StoredBytes:
+        """Count ``size`` bytes the key writes to storage (stored responses, conversations) on ``day``, in the
+        key's daily usage row, atomically for the fleet: refused (nothing added) when they would take the day past
+        ``limit``; ``limit`` 0 adds them whatever the day holds (a write that must be stored once begun). A deleted
+        key's is allowed and not counted (its write is refused by the store it goes to)."""
+        ...
+
+    async def day_stored_bytes(self, key_id: str, day: str) -> int:
+        """The key's bytes written to storage on ``day`` (``add_stored_bytes``'s)."""
         ...
 
     async def ping(self) -> None:

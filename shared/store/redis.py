@@ -38,6 +38,7 @@ from shared.store.base import (
     RateDecision,
     RedisGate,
     RedisLink,
+    StoredBytes,
     StoreMarker,
     StoreUnavailable,
     TurnGroups,
@@ -225,6 +226,19 @@ return 1
 """
 
 
+# KEYS = ns:usage:<key id>, ns:keys; ARGV = key id, day, size, limit (0: none). A key's bytes written to storage on a
+# day, in its usage hash beside that day's tokens (pruned with them, deleted with the key): added unless a limit
+# would be passed; {allowed, the day's count}. A deleted key's: allowed, not counted (its write is refused).
+ADD_STORED_BYTES = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {1, 0} end
+local field = ARGV[2] .. ':stored_bytes'
+local used = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+local size, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+if limit > 0 and used + size > limit then return {0, used} end
+return {1, redis.call('HINCRBY', KEYS[1], field, size)}
+"""
+
+
 # KEYS = ns:store_marker, ns:store_lost, ns:keys; ARGV = now, '1' when this process has seen the marker. The marker
 # is written with the first key (``create_key``), never here for an empty store: a process started right after a
 # loss, before a running one noticed it, took the emptied store for a new one and marked it, which hid the loss
@@ -306,6 +320,7 @@ class RedisStore:
         self._rotate = client.register_script(ROTATE)
         self._delete = client.register_script(DELETE)
         self._add_usage = client.register_script(ADD_USAGE)
+        self._add_stored_bytes = client.register_script(ADD_STORED_BYTES)
         self._marker = client.register_script(MARKER)
         self._gathering: list[Waiter] | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -517,6 +532,14 @@ class RedisStore:
         prompt, completion = await self._call(self.redis.hmget(self.key("usage", key_id), f"{day}:prompt_tokens",
                                                                f"{day}:completion_tokens"))
         return int(prompt or 0) + int(completion or 0)
+
+    async def add_stored_bytes(self, key_id: str, day: str, size: int, *, limit: int) -> StoredBytes:
+        allowed, used = await self._call(self._add_stored_bytes(keys=[self.key("usage", key_id), self.key("keys")],
+                                                                args=[key_id, day, size, limit]))
+        return StoredBytes(bool(allowed), int(used))
+
+    async def day_stored_bytes(self, key_id: str, day: str) -> int:
+        return int(await self._call(self.redis.hget(self.key("usage", key_id), f"{day}:stored_bytes")) or 0)
 
     async def ping(self) -> None:
         """A small write (a key that expires in 10 s), not a ``PING``: every authenticated request writes (its

@@ -34,6 +34,7 @@ from shared.store.base import (
     KeyChanges,
     KeyRecord,
     RateDecision,
+    StoredBytes,
     StoreUnavailable,
     TurnGroups,
     UsageCounts,
@@ -96,6 +97,17 @@ _RECORD_COLUMNS = ("id, key_hash, prefix, name, rate_limit, scopes, allowed_mode
 _KEY_COLUMNS = f"{_RECORD_COLUMNS}, last_used_at"
 # Columns added after a release: a file made before them gets them when it is opened.
 _ADDED_COLUMNS = {"daily_token_limit": "INTEGER"}
+_ADDED_USAGE_COLUMNS = {"stored_bytes": "INTEGER NOT NULL DEFAULT 0"}  # bytes written to storage that day
+# ``add_stored_bytes``: one statement (atomic across every process on the file), adding to today's row only while
+# the key exists and, with a limit (not 0), the day stays within it; the row's new count when it added.
+_ADD_STORED_BYTES = """
+INSERT INTO usage_daily (key_id, day, stored_bytes)
+SELECT :key, :day, :size WHERE EXISTS (SELECT 1 FROM api_keys WHERE id = :key)
+  AND (:limit = 0 OR COALESCE((SELECT stored_bytes FROM usage_daily WHERE key_id = :key AND day = :day), 0)
+                     + :size <= :limit)
+ON CONFLICT(key_id, day) DO UPDATE SET stored_bytes = stored_bytes + excluded.stored_bytes
+RETURNING stored_bytes
+"""
 
 
 def sqlite_path(url: str) -> Path:
@@ -114,6 +126,7 @@ def _connect(path: Path, synchronous: str, schema: str = "") -> sqlite3.Connecti
 def _add_columns(db: sqlite3.Connection) -> None:
     """Bring a keys table made by an earlier release up to date."""
     add_columns(db, "api_keys", _ADDED_COLUMNS)
+    add_columns(db, "usage_daily", _ADDED_USAGE_COLUMNS)
 
 
 def _record(row: tuple) -> KeyRecord:
@@ -428,6 +441,21 @@ class SQLiteStore:
     async def day_tokens(self, key_id: str, day: str) -> int:
         with _errors():
             row = self.db.execute("SELECT prompt_tokens + completion_tokens FROM usage_daily WHERE key_id = ? AND day = ?",
+                                  (key_id, day)).fetchone()
+        return int(row[0]) if row else 0
+
+    async def add_stored_bytes(self, key_id: str, day: str, size: int, *, limit: int) -> StoredBytes:
+        with _errors():
+            row = self.db.execute(_ADD_STORED_BYTES, {"key": key_id, "day": day, "size": size, "limit": limit}
+                                  ).fetchone()
+            if row is not None:
+                return StoredBytes(True, int(row[0]))
+            gone = self.db.execute("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)).fetchone() is None
+        return StoredBytes(gone, 0 if gone else await self.day_stored_bytes(key_id, day))
+
+    async def day_stored_bytes(self, key_id: str, day: str) -> int:
+        with _errors():
+            row = self.db.execute("SELECT stored_bytes FROM usage_daily WHERE key_id = ? AND day = ?",
                                   (key_id, day)).fetchone()
         return int(row[0]) if row else 0
 

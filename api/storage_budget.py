@@ -1,0 +1,90 @@
+"""A key's daily budget of bytes written to storage (``STORED_BYTES_PER_KEY_PER_DAY``).
+
+Stored responses (their records and a background one's events) and conversations (their items, and the turns
+responses add) are counted as stored (the UTF-8 size of what the store keeps), per key and UTC day, in the key's
+daily usage row beside its tokens (``Store.add_stored_bytes``: one atomic update per write, for the fleet). What
+is stored lives ``RESPONSES_RETENTION_SECONDS`` at most, so a daily write budget bounds what one key holds at
+once to about (retention / day + 1) times it: one key can no longer fill the store for every caller.
+
+A write that would pass the budget: a foreground response is answered but not stored (``store: false``, as one
+over ``MAX_STORED_BYTES``; a WARNING per key per day); a background response, a conversation's create or added
+items, and a response's turn on a conversation whose budget is spent are the 429 ``storage_limit_exceeded``
+before anything is stored or any miner asked. A write that must finish once begun (a background response's
+events and its settled record, a turn's answer added to its conversation) is counted whatever the day holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from api.auth import go_duration, store_call
+from shared.errors import ApiError, retry_after
+from shared.store.base import Store, StoredBytes, usage_day
+
+DAY_S = 86400
+
+
+@dataclass
+class StorageBudget:
+    """The budget as one API process applies it: ``limit`` bytes a key may write to storage a UTC day (0: no
+    limit); the counts are the store's, shared by every process on it."""
+
+    store: Store
+    limit: int
+    clock: Callable[[], float] = time.time
+    warned_day: str = ""  # the day ``warned`` is of: a key's WARNING is once a day
+    warned: set[str] = field(default_factory=set)
+
+    def today(self) -> str:
+        return usage_day(self.clock())
+
+    async def take(self, key_id: str, size: int) -> StoredBytes:
+        """Count a write of ``size`` bytes if it fits today's budget (``allowed``); nothing counted when not.
+        ``StoreUnavailable`` as the store's."""
+        if not self.limit:
+            return StoredBytes(True, 0)
+        return await self.store.add_stored_bytes(key_id, self.today(), size, limit=self.limit)
+
+    async def count(self, key_id: str, size: int) -> None:
+        """Count a write that is made whatever the budget holds (it was let in, and must finish)."""
+        if self.limit and size:
+            await self.store.add_stored_bytes(key_id, self.today(), size, limit=0)
+
+    async def check(self, key_id: str, size: int, what: str) -> None:
+        """Count a write of ``size`` bytes of ``what`` or, past the budget, raise its 429 (nothing counted)."""
+        taken = await store_call(self.take(key_id, size))
+        if not taken.allowed:
+            raise self.refused(taken.used, size, what)
+
+    async def check_room(self, key_id: str, what: str) -> None:
+        """The 429 when the key's budget for today is spent already (a turn whose writes are counted later)."""
+        if not self.limit:
+            return
+        used = await store_call(self.store.day_stored_bytes(key_id, self.today()))
+        if used >= self.limit:
+            raise self.refused(used, 0, what)
+
+    def refused(self, used: int, size: int, what: str) -> ApiError:
+        """OpenAI's 429 shape, with ``Retry-After`` to the end of the UTC day (as ``token_limit_exceeded``)."""
+        wait = DAY_S - self.clock() % DAY_S
+        adds = f" and {what} adds {size} more" if size else ""
+        return ApiError(429, f"Daily storage limit reached: this key may write {self.limit} bytes to storage per day "
+                             f"(UTC, STORED_BYTES_PER_KEY_PER_DAY), has written {used}{adds}. Nothing was stored. "
+                             f"Retry in {go_duration(wait)}, when the day ends.",
+                        code="storage_limit_exceeded", headers=retry_after(wait))
+
+    def warn_once(self, key_id: str, response_id: str, used: int) -> None:
+        """A WARNING the first time today a key's response is not stored for its budget (not one per response)."""
+        day = self.today()
+        if day != self.warned_day:
+            self.warned_day, self.warned = day, set()
+        if key_id in self.warned:
+            return
+        self.warned.add(key_id)
+        logger.warning("key id={} reached its daily storage budget ({} of {} bytes, STORED_BYTES_PER_KEY_PER_DAY): "
+                       "its responses are answered but not stored (store: false) until the UTC day ends (first: {})",
+                       key_id, used, self.limit, response_id)
