@@ -85,9 +85,7 @@ async def continued(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) -
     history = await history_of(ctx, key, wanted)
     wanted = await with_references(ctx, key, wanted, history.items)
     if wanted.conversation_id is not None:
-        conversations_state.check_room(history.items, input_items(wanted))
-        if ctx.storage_budget is not None:  # its turn is added whatever it weighs: refused here once the day's is spent
-            await ctx.storage_budget.check_room(key.id, "this turn of its conversation")
+        await conversations_state.check_room(ctx, key.id, history.items, input_items(wanted))
     return wanted, history
 
 

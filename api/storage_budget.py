@@ -60,13 +60,14 @@ class StorageBudget:
         if not taken.allowed:
             raise self.refused(taken.used, size, what)
 
-    async def check_room(self, key_id: str, what: str) -> None:
-        """The 429 when the key's budget for today is spent already (a turn whose writes are counted later)."""
+    async def check_room(self, key_id: str, size: int, what: str) -> None:
+        """The 429 when ``size`` bytes would pass the key's budget for today, nothing counted: a write counted
+        later, whatever it then weighs (a turn's input is known now, its answer not yet)."""
         if not self.limit:
             return
         used = await store_call(self.store.day_stored_bytes(key_id, self.today()))
-        if used >= self.limit:
-            raise self.refused(used, 0, what)
+        if used + size > self.limit:
+            raise self.refused(used, size, what)
 
     def refused(self, used: int, size: int, what: str) -> ApiError:
         """OpenAI's 429 shape, with ``Retry-After`` to the end of the UTC day (as ``token_limit_exceeded``)."""

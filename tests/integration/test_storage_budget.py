@@ -1,0 +1,145 @@
+"""A key's daily budget of bytes written to storage (``STORED_BYTES_PER_KEY_PER_DAY``), through the real API app
+and a scripted miner, on a SQLite file and on Redis (``REDIS_URL``): past it a stored response is answered with
+``store: false``, a background response and a conversation write are the 429 ``storage_limit_exceeded`` before
+anything is stored or any miner asked, and the count is the store's, shared by every API process on it."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import redis.asyncio as aioredis
+
+from tests.helpers import (
+    ApiUnderTest,
+    Script,
+    api_with_miners,
+    call,
+    chunk,
+    log_lines,
+    openai_client,
+    post,
+    sse,
+)
+from tests.store.conftest import drop_keys, redis_url
+
+BUDGET = 20_000
+BIG = "x" * 7_000  # a turn's input: its stored part is some 7.3 KB, so the third such turn passes BUDGET
+STORES = ["sqlite", "redis"]
+
+
+def answering(text: str) -> Script:
+    return Script([(0, d) for d in sse(chunk(text), chunk(finish="stop"))])
+
+
+@contextlib.asynccontextmanager
+async def apis(tmp_path: Path, store: str, count: int, miner: Script) -> AsyncIterator[list[ApiUnderTest]]:
+    """``count`` API processes on one store (a SQLite file, or a Redis namespace dropped after), each with
+    ``miner`` and a budget of ``BUDGET`` bytes a key a day."""
+    namespace = f"test-budget-{secrets.token_hex(6)}" if store == "redis" else None
+    if namespace is not None:
+        redis_url()  # skipped without a Redis
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            yield [await stack.enter_async_context(api_with_miners(
+                tmp_path, {1: miner}, redis_namespace=namespace, stored_bytes_per_key_per_day=BUDGET))
+                for _ in range(count)]
+    finally:
+        if namespace is not None:
+            client = aioredis.from_url(redis_url())
+            await drop_keys(client, namespace)
+            await client.aclose()
+
+
+def stored(response: Any) -> bool:
+    return response.to_dict()["store"]
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_the_turn_past_the_budget_is_answered_unstored_and_another_key_is_not(tmp_path: Path,
+                                                                                    store: str) -> None:
+    lines, sink = log_lines()
+    try:
+        async with apis(tmp_path, store, 1, answering("Noted.")) as (api,):
+            client = openai_client(api)
+            first = await client.responses.create(model="default", input=BIG)
+            second = await client.responses.create(model="default", input=BIG, previous_response_id=first.id)
+            assert stored(first) and stored(second)
+            third = await client.responses.create(model="default", input=BIG, previous_response_id=second.id)
+            assert third.output_text == "Noted." and not stored(third)  # answered, not stored
+            fourth = await client.responses.create(model="default", input=BIG, previous_response_id=second.id)
+            assert not stored(fourth)
+            with pytest.raises(openai.BadRequestError) as e:
+                await client.responses.create(model="default", input="Next.", previous_response_id=third.id)
+            assert e.value.code == "previous_response_not_found"
+            other, _ = await api.ctx.store.create_key(1000)
+            theirs = await openai_client(api, other).responses.create(model="default", input=BIG)
+            assert stored(theirs)  # another key's budget is its own
+            status, usage = await call(api, "GET", "/v1/usage")
+            assert status == 200, usage
+            assert 14_000 < usage["stored_bytes_today"] <= BUDGET and usage["stored_bytes_per_day"] == BUDGET
+            key_id = usage["key_id"]
+    finally:
+        from loguru import logger
+        logger.remove(sink)
+    warned = [line for line in lines if "daily storage budget" in line]
+    assert len(warned) == 1 and key_id in warned[0], lines  # one line per key per day, naming its id
+    assert api.key not in warned[0]
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_background_response_past_the_budget_is_a_429_before_any_miner(tmp_path: Path, store: str) -> None:
+    miner = answering("Noted.")
+    async with apis(tmp_path, store, 1, miner) as (api,):
+        client = openai_client(api)
+        await client.responses.create(model="default", input=BIG)
+        await client.responses.create(model="default", input=BIG)
+        calls = miner.calls
+        status, headers, text = await post(api, {"model": "default", "input": BIG, "background": True},
+                                           path="/v1/responses")
+        assert status == 429 and '"storage_limit_exceeded"' in text, text
+        assert 0 < int(headers["Retry-After"]) <= 86400
+        assert miner.calls == calls and not api.ctx.running_responses
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_conversation_items_past_the_budget_are_a_429_and_nothing_is_stored(tmp_path: Path,
+                                                                                  store: str) -> None:
+    def item(text: str) -> dict[str, Any]:
+        return {"type": "message", "role": "user", "content": text}
+
+    async with apis(tmp_path, store, 1, answering("Noted.")) as (api,):
+        status, made = await call(api, "POST", "/v1/conversations", {"items": [item(BIG)]})
+        assert status == 200, made
+        path = f"/v1/conversations/{made['id']}/items"
+        status, body = await call(api, "POST", path, {"items": [item(BIG)]})
+        assert status == 200, body
+        status, body = await call(api, "POST", path, {"items": [item(BIG)]})
+        assert status == 429 and body["error"]["code"] == "storage_limit_exceeded", body
+        status, listed = await call(api, "GET", path)
+        assert status == 200 and len(listed["data"]) == 2  # the refused item was not added
+        status, body = await call(api, "POST", "/v1/conversations", {"items": [item(BIG)]})
+        assert status == 429 and body["error"]["code"] == "storage_limit_exceeded", body
+        # a response's turn on it whose input would pass the budget: refused before any miner
+        calls = api.scripts[1].calls
+        status, body = await call(api, "POST", "/v1/responses", {"model": "default", "input": BIG,
+                                                                 "conversation": made["id"]})
+        assert status == 429 and body["error"]["code"] == "storage_limit_exceeded", body
+        assert api.scripts[1].calls == calls
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_the_budget_is_shared_by_the_api_processes_on_one_store(tmp_path: Path, store: str) -> None:
+    async with apis(tmp_path, store, 2, answering("Noted.")) as (here, there):
+        first = await openai_client(here).responses.create(model="default", input=BIG)
+        second = await openai_client(there, here.key).responses.create(model="default", input=BIG)
+        assert stored(first) and stored(second)
+        third = await openai_client(here).responses.create(model="default", input=BIG)
+        assert not stored(third)  # the other process's write counted here
+        fourth = await openai_client(there, here.key).responses.create(model="default", input=BIG)
+        assert not stored(fourth)
