@@ -14,27 +14,23 @@ from typing import Any
 import openai
 import pytest
 import redis.asyncio as aioredis
+from loguru import logger
 
 from tests.helpers import (
     ApiUnderTest,
     Script,
     api_with_miners,
     call,
-    chunk,
     log_lines,
     openai_client,
     post,
-    sse,
 )
+from tests.integration.test_responses_store import answering
 from tests.store.conftest import drop_keys, redis_url
 
 BUDGET = 20_000
 BIG = "x" * 7_000  # a turn's input: its stored part is some 7.3 KB, so the third such turn passes BUDGET
 STORES = ["sqlite", "redis"]
-
-
-def answering(text: str) -> Script:
-    return Script([(0, d) for d in sse(chunk(text), chunk(finish="stop"))])
 
 
 @contextlib.asynccontextmanager
@@ -85,7 +81,6 @@ async def test_the_turn_past_the_budget_is_answered_unstored_and_another_key_is_
             assert 14_000 < usage["stored_bytes_today"] <= BUDGET and usage["stored_bytes_per_day"] == BUDGET
             key_id = usage["key_id"]
     finally:
-        from loguru import logger
         logger.remove(sink)
     warned = [line for line in lines if "daily storage budget" in line]
     assert len(warned) == 1 and key_id in warned[0], lines  # one line per key per day, naming its id
