@@ -1,0 +1,31 @@
+"""A key's daily count of bytes written to storage (``add_stored_bytes``), the same on both stores: refused
+whole past a limit, forced with none, per day, beside the usage counts (which it leaves as they were), and
+never counted for a deleted key (nor its usage row made again)."""
+
+from __future__ import annotations
+
+from shared.store.base import Store, StoredBytes, UsageCounts, UsageDelta
+
+DAY, NEXT = "2026-12-06", "2026-12-07"
+
+
+async def test_bytes_are_counted_until_a_write_would_pass_the_limit(store: Store) -> None:
+    _, rec = await store.create_key(10)
+    assert await store.add_stored_bytes(rec.id, DAY, 600, limit=1000) == StoredBytes(True, 600)
+    assert await store.add_stored_bytes(rec.id, DAY, 401, limit=1000) == StoredBytes(False, 600)  # nothing added
+    assert await store.add_stored_bytes(rec.id, DAY, 400, limit=1000) == StoredBytes(True, 1000)
+    assert await store.add_stored_bytes(rec.id, DAY, 50, limit=0) == StoredBytes(True, 1050)  # no limit: forced
+    assert await store.add_stored_bytes(rec.id, NEXT, 900, limit=1000) == StoredBytes(True, 900)  # a new day
+    assert await store.day_stored_bytes(rec.id, DAY) == 1050
+    await store.add_usage([UsageDelta(rec.id, DAY, UsageCounts(requests=2, prompt_tokens=5), last_used_at=1.0)])
+    report = await store.usage(rec.id)
+    assert report.days[DAY] == UsageCounts(requests=2, prompt_tokens=5) and report.totals.tokens == 5
+    assert await store.day_tokens(rec.id, DAY) == 5
+
+
+async def test_a_deleted_keys_bytes_are_not_counted(store: Store) -> None:
+    _, rec = await store.create_key(10)
+    await store.add_stored_bytes(rec.id, DAY, 10, limit=100)
+    assert await store.delete_key(rec.id)
+    assert await store.add_stored_bytes(rec.id, DAY, 10, limit=100) == StoredBytes(True, 0)
+    assert await store.day_stored_bytes(rec.id, DAY) == 0
