@@ -144,7 +144,9 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
     rows.append(["total", t.requests, t.prompt_tokens, t.completion_tokens, t.errors, t.rate_limited])
     tokens = (f", {report.daily_token_limit} tokens/day ({report.tokens_remaining_today} left today)"
               if report.daily_token_limit is not None else "")
-    return (f"key {report.key_id} ({report.name or 'unnamed'}), {report.rate_limit}/min{tokens}, "
+    stored = (f", {report.stored_bytes_today} of {report.stored_bytes_per_day} stored bytes today"
+              if report.stored_bytes_per_day is not None else "")
+    return (f"key {report.key_id} ({report.name or 'unnamed'}), {report.rate_limit}/min{tokens}{stored}, "
             f"last used {report.last_used_at or 'never'}\n"
             + table(rows, ["day", "requests", "prompt_tok", "completion_tok", "errors", "rate_limited"]))
 

@@ -78,6 +78,7 @@ async def test_cli_create_list_modify_usage_delete(api: ApiUnderTest) -> None:
     assert code == 0 and " 99 " in out and " 5000 " in out, err
     code, out, err = await sn1_keys(api, "usage", created["id"], "--days", "3")
     assert code == 0 and "total" in out and "99/min, 5000 tokens/day (5000 left today)" in out, err
+    assert "0 of 268435456 stored bytes today" in out  # the admin usage endpoint's storage budget, as shown
     code, out, err = await sn1_keys(api, "--json", "modify", created["id"], "--no-daily-tokens")
     assert code == 0 and json.loads(out)["daily_token_limit"] is None, err
     code, out, err = await sn1_keys(api, "rotate", created["id"])
