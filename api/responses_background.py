@@ -106,8 +106,6 @@ class EventLog:
             return
         assert self.ctx.responses is not None
         try:
-            if self.ctx.storage_budget is not None:  # let in: counted, not refused (it must be kept to be polled)
-                await self.ctx.storage_budget.count(self.key_id, sum(len(frame.encode()) for _, frame in kept))
             await self.ctx.responses.add_events(self.key_id, self.response_id, kept, retention=self.retention)
         except StoreUnavailable as e:
             logger.warning("background response {}: events not stored: {}", self.response_id, e)
@@ -131,6 +129,17 @@ class EventLog:
             await self.add((self.tail or b"") + self.events.last(final))
         self.done = True
         self._new.set()
+
+    async def count_stored(self) -> None:
+        """Count the events it stored against its key's daily storage budget, once, when it has ended (one
+        counter update per response, not one per batch of events): let in, they are counted, not refused."""
+        if self.ctx.storage_budget is None:
+            return
+        try:
+            await self.ctx.storage_budget.count(self.key_id, self.stored_bytes)
+        except StoreUnavailable as e:
+            logger.warning("background response {}: its {} bytes of events not counted toward its key's storage "
+                           "budget: {}", self.response_id, self.stored_bytes, e)
 
     async def follow(self, after: int) -> AsyncIterator[bytes]:
         """The events after sequence number ``after``, as they come, until the last."""
@@ -295,6 +304,8 @@ async def _run(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: di
             await log.end(settled)
         else:
             await _end_log(ctx, key, queued["id"], log)
+        if log is not None:
+            await log.count_stored()
 
 
 async def _settled(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping: Keeping,

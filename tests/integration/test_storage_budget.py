@@ -24,6 +24,7 @@ from tests.helpers import (
     log_lines,
     openai_client,
     post,
+    wait_until,
 )
 from tests.integration.test_responses_store import answering
 from tests.store.conftest import drop_keys, redis_url
@@ -138,3 +139,24 @@ async def test_the_budget_is_shared_by_the_api_processes_on_one_store(tmp_path: 
         assert not stored(third)  # the other process's write counted here
         fourth = await openai_client(there, here.key).responses.create(model="default", input=BIG)
         assert not stored(fourth)
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_background_responses_records_and_events_are_counted(tmp_path: Path, store: str) -> None:
+    """Let in, a background response's settled record, and a streamed one's events, count toward the budget."""
+    async with apis(tmp_path, store, 1, answering("Noted.")) as (api,):
+        polled, _ = await api.ctx.store.create_key(1000)
+        streamed, _ = await api.ctx.store.create_key(1000)
+        made = await openai_client(api, polled).responses.create(model="default", input="Hi", background=True)
+        async with openai_client(api, streamed).responses.stream(model="default", input="Hi", background=True) as s:
+            await s.get_final_response()
+        await wait_until(lambda: not api.ctx.running_responses, 5)
+        assert (await openai_client(api, polled).responses.retrieve(made.id)).status == "completed"
+        counts = {}
+        for name, key in (("polled", polled), ("streamed", streamed)):
+            status, usage = await call(api, "GET", "/v1/usage", key=key)
+            assert status == 200, usage
+            counts[name] = usage["stored_bytes_today"]
+        # the pending record, then the settled one: twice a record's size or so
+        assert 1_000 < counts["polled"] < 5_000, counts
+        assert counts["streamed"] > counts["polled"] + 1_000, counts  # and the streamed one's events
