@@ -8,7 +8,7 @@ once to about (retention / day + 1) times it: one key can no longer fill the sto
 
 A write that would pass the budget: a foreground response is answered but not stored (``store: false``, as one
 over ``MAX_STORED_BYTES``; a WARNING per key per day); a background response, a conversation's create or added
-items, and a response's turn on a conversation whose budget is spent are the 429 ``storage_limit_exceeded``
+items, and a response's turn on a conversation whose input would pass it are the 429 ``storage_limit_exceeded``
 before anything is stored or any miner asked. A write that must finish once begun (a background response's
 events and its settled record, a turn's answer added to its conversation) is counted whatever the day holds.
 """

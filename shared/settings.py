@@ -213,8 +213,8 @@ class ApiSettings(CommonSettings):
     responses_retention_seconds: float = Field(
         default=86400, ge=0, description="How long a stored Responses API response is kept (previous_response_id); "
                                          "0 stores none")
-    # 256 MiB a day: some 250 full-size (1 MiB) conversations, far above an agent's day of turns, and a day's
-    # retention holds about twice it per key, so a few thousand keys' worst case fits a modest disk or Redis.
+    # 256 MiB a day: some 250 full-size (1 MiB) stored responses, far above an agent's day of turns, while one key
+    # then holds about 512 MiB at worst with a day's retention (it could write some 86 GB a day unbounded).
     stored_bytes_per_key_per_day: int = Field(
         default=256 << 20, ge=0, description="Bytes one API key may write to storage (stored responses, "
                                              "conversations) per UTC day; past it nothing more is stored; 0: no limit")
