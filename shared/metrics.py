@@ -160,7 +160,8 @@ class ApiMetrics:
 
 
 class ValidatorMetrics:
-    """The validator's metrics: HTTP, loop timings and failures, scoring queue, availability."""
+    """The validator's metrics: HTTP, loop timings and failures, scoring queue, availability, per-uid scores and
+    weights."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -196,6 +197,26 @@ class ValidatorMetrics:
         self.checks = Gauge("sn1_validator_check_ok", "1 while the /ready check passes, else 0 (a required "
                             "check or a warning: /ready's checks.<name>.required)", ["check"], registry=r)
         self.check_ok = Children(self.checks)
+        self.miner_score = Gauge("sn1_validator_miner_score", "Each miner's moving score, the one weights are "
+                                 "computed from (GET /scores' score), by uid; uids in the metagraph only",
+                                 ["uid"], registry=r)
+        self.miner_weight = Gauge("sn1_validator_miner_weight", "Each miner's normalized weight from the last "
+                                  "weights cycle that set weights (on chain, or the local ledger; computed only, "
+                                  "with NEURON_DISABLE_SET_WEIGHTS), by uid; uids in the metagraph only",
+                                  ["uid"], registry=r)
+        self._miner_uids: set[str] = set()  # the uids exported now: one that leaves loses its series
+
+    def set_miners(self, per_uid: dict[int, tuple[float, float]]) -> None:
+        """Each uid's score and weight (``ScoreBook.per_uid``); a uid no longer given loses both series, so a
+        subnet's churn of uids never grows ``/metrics``."""
+        uids = {str(uid) for uid in per_uid}
+        for gone in self._miner_uids - uids:
+            self.miner_score.remove(gone)
+            self.miner_weight.remove(gone)
+        for uid, (score, weight) in per_uid.items():
+            self.miner_score.labels(str(uid)).set(score)
+            self.miner_weight.labels(str(uid)).set(weight)
+        self._miner_uids = uids
 
     def observe_loop(self, name: str, seconds: float, ok: bool) -> None:
         self.loop_seconds.labels(name).observe(seconds)

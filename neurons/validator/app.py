@@ -157,6 +157,7 @@ async def _sample(ctx: ValidatorContext, metrics: ValidatorMetrics) -> None:
     metrics.organic_stale_dropped.set(ctx.scoring_queue.stale_dropped)
     metrics.reference_failures.set(ctx.reference.failures)
     metrics.last_weights_set.set(ctx.scores.last_weights_set_at or 0.0)
+    metrics.set_miners(ctx.scores.per_uid(ctx.metagraph.snapshot))
     metrics.metagraph_age.set(ctx.metagraph.age_seconds)
     metrics.miners_available.set(sum(1 for e in ctx.book.entries.values() if e))
     metrics.availability_age.set(gauge_age(ctx.book.age()))  # +Inf before the first poll

@@ -142,6 +142,14 @@ class ScoreBook:
             out[neuron.uid] = self.combined(neuron.uid) if entry is not None and entry.hotkey == neuron.hotkey else 0.0
         return out
 
+    def per_uid(self, snapshot: MetagraphSnapshot) -> dict[int, tuple[float, float]]:
+        """``uid -> (score, weight)`` for the uids of ``snapshot`` that hold a score or a weight or serve: what
+        ``/metrics`` exports per uid. Only the metagraph's uids, so the series stay as many as the subnet's
+        uids; the score is the one weights are computed from (``combined_for``)."""
+        scores = self.combined_for(snapshot)
+        listed = set(self.miners) | set(self.weights) | {n.uid for n in snapshot.serving()}
+        return {uid: (scores[uid], self.weights.get(uid, 0.0)) for uid in sorted(listed) if uid in scores}
+
     def report(self, snapshot: MetagraphSnapshot | None = None) -> dict[str, Any]:
         """The ``GET /scores`` body."""
         uids = set(self.miners) | set(self.weights)

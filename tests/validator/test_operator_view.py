@@ -19,13 +19,22 @@ from neurons.validator.loops import weights_cycle
 from neurons.validator.reference import CachedReference, OpenAIReference, ReferenceError
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
+from neurons.validator.weights import DisabledSink
 from shared.metrics import ValidatorMetrics
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Signer
 from tests.compat.support import sample
-from tests.helpers import log_lines, serve_app, snapshot
+from tests.helpers import log_lines, serve_app, snapshot, wait_until
 from tests.validator.test_app import BODY, MINERS, VALIDATOR, _view, make_ctx, post
-from tests.validator.test_inbox import answered, tail, validator, validator_env, validator_process
+from tests.validator.test_inbox import (
+    HONEST,
+    answered,
+    organic,
+    tail,
+    validator,
+    validator_env,
+    validator_process,
+)
 from tests.validator.test_scores_weights import _book, _graph, _scripted_sink
 from tests.validator.test_tool_rewards import score, scorer_with
 
@@ -354,3 +363,40 @@ async def test_a_reference_model_down_for_many_jobs_is_one_warning_and_one_line_
                                "reference LLM answered HTTP 503")
     assert lines[1].startswith("INFO reference model failing, jobs skipped: it answers again after")
     assert "(5 failure(s))" in lines[1]
+
+
+def per_uid(prom: str, name: str) -> dict[int, float]:
+    """``uid -> value`` of one per-uid gauge's series in a ``/metrics`` text."""
+    prefix = name + '{uid="'
+    return {int(line[len(prefix):].split('"', 1)[0]): float(line.rsplit(" ", 1)[1])
+            for line in prom.splitlines() if line.startswith(prefix)}
+
+
+async def test_metrics_show_each_miners_score_and_weight_and_drop_a_uid_that_left(tmp_path: Path) -> None:
+    """Per-uid scores and weights were in ``GET /scores`` alone: a dashboard showed scoring work, never who
+    the validator pays. Each uid of the metagraph gets a score and a weight series, equal to ``/scores``', and
+    a uid that leaves the metagraph loses both (the series stay as many as the subnet's uids)."""
+    worse = [HONEST[0].replace("content\": \"", "content\": \"not ")]
+    batch = [answered(f"rid-{i}", chunks={"1": HONEST, "2": worse}) for i in range(3)]
+    async with validator(tmp_path / "scoring_inbox.db") as (url, ctx):
+        status, _ = await post(url, "/scoring", json.dumps(batch).encode())
+        assert status == 202
+        await wait_until(lambda: sum(m.organic_counts.get("InferenceTask", 0) for m in ctx.scores.miners.values())
+                         == 6, 10)
+        assert organic(ctx, 1) > organic(ctx, 2) > 0
+        _, prom = await get(url, "/metrics")
+        report = json.loads((await get(url, "/scores"))[1])
+        scores = {m["uid"]: m["score"] for m in report["miners"]}
+        assert per_uid(prom, "sn1_validator_miner_score") == pytest.approx(scores, abs=1e-6)
+        assert set(scores) == {1, 2} and scores[1] > scores[2] > 0
+        assert per_uid(prom, "sn1_validator_miner_weight") == {1: 0.0, 2: 0.0}, "no weights cycle yet"
+
+        weights = await weights_cycle(ctx.scores, DisabledSink(), ctx.metagraph.snapshot, power=1.0)
+        _, prom = await get(url, "/metrics")
+        shown = per_uid(prom, "sn1_validator_miner_weight")
+        assert shown == pytest.approx(weights) and shown[1] > shown[2] > 0 and sum(shown.values()) == pytest.approx(1)
+
+        ctx.metagraph.snapshot = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, None)})  # uid 2 left
+        _, prom = await get(url, "/metrics")
+    assert set(per_uid(prom, "sn1_validator_miner_score")) == set(per_uid(prom, "sn1_validator_miner_weight")) == {1}
+    assert 'uid="2"' not in prom
