@@ -516,7 +516,8 @@ class Store(Protocol):
         """Count ``size`` bytes the key writes to storage (stored responses, conversations) on ``day``, in the
         key's daily usage row, atomically for the fleet: refused (nothing added) when they would take the day past
         ``limit``; ``limit`` 0 adds them whatever the day holds (a write that must be stored once begun). A deleted
-        key's is allowed and not counted (its write is refused by the store it goes to)."""
+        key's is allowed and not counted (its write is refused by the store it goes to). A negative ``size`` (with
+        ``limit`` 0) gives back a count whose write was refused or failed, never taking the day below 0."""
         ...
 
     async def day_stored_bytes(self, key_id: str, day: str) -> int:

@@ -228,13 +228,15 @@ return 1
 
 # KEYS = ns:usage:<key id>, ns:keys; ARGV = key id, day, size, limit (0: none). A key's bytes written to storage on a
 # day, in its usage hash beside that day's tokens (pruned with them, deleted with the key): added unless a limit
-# would be passed; {allowed, the day's count}. A deleted key's: allowed, not counted (its write is refused).
+# would be passed; {allowed, the day's count}. A deleted key's: allowed, not counted (its write is refused). A negative
+# size (a charge given back) takes the count down to 0 at most.
 ADD_STORED_BYTES = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return {1, 0} end
 local field = ARGV[2] .. ':stored_bytes'
 local used = tonumber(redis.call('HGET', KEYS[1], field) or '0')
 local size, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 if limit > 0 and used + size > limit then return {0, used} end
+if used + size < 0 then size = 0 - used end
 return {1, redis.call('HINCRBY', KEYS[1], field, size)}
 """
 

@@ -99,13 +99,14 @@ _KEY_COLUMNS = f"{_RECORD_COLUMNS}, last_used_at"
 _ADDED_COLUMNS = {"daily_token_limit": "INTEGER"}
 _ADDED_USAGE_COLUMNS = {"stored_bytes": "INTEGER NOT NULL DEFAULT 0"}  # bytes written to storage that day
 # ``add_stored_bytes``: one statement (atomic across every process on the file), adding to today's row only while
-# the key exists and, with a limit (not 0), the day stays within it; the row's new count when it added.
+# the key exists and, with a limit (not 0), the day stays within it; the row's new count when it added. A negative
+# size (a charge given back) takes the count down to 0 at most.
 _ADD_STORED_BYTES = """
 INSERT INTO usage_daily (key_id, day, stored_bytes)
-SELECT :key, :day, :size WHERE EXISTS (SELECT 1 FROM api_keys WHERE id = :key)
+SELECT :key, :day, MAX(:size, 0) WHERE EXISTS (SELECT 1 FROM api_keys WHERE id = :key)
   AND (:limit = 0 OR COALESCE((SELECT stored_bytes FROM usage_daily WHERE key_id = :key AND day = :day), 0)
                      + :size <= :limit)
-ON CONFLICT(key_id, day) DO UPDATE SET stored_bytes = stored_bytes + excluded.stored_bytes
+ON CONFLICT(key_id, day) DO UPDATE SET stored_bytes = MAX(stored_bytes + :size, 0)
 RETURNING stored_bytes
 """
 

@@ -29,3 +29,14 @@ async def test_a_deleted_keys_bytes_are_not_counted(store: Store) -> None:
     assert await store.delete_key(rec.id)
     assert await store.add_stored_bytes(rec.id, DAY, 10, limit=100) == StoredBytes(True, 0)
     assert await store.day_stored_bytes(rec.id, DAY) == 0
+
+
+async def test_bytes_given_back_take_the_day_down_to_zero_at_most(store: Store) -> None:
+    """A write refused or failed after its bytes were counted gives them back (a negative size): the day never
+    reads below 0, nor does a day with no count yet get a negative one."""
+    _, rec = await store.create_key(10)
+    await store.add_stored_bytes(rec.id, DAY, 600, limit=1000)
+    assert await store.add_stored_bytes(rec.id, DAY, -200, limit=0) == StoredBytes(True, 400)
+    assert await store.add_stored_bytes(rec.id, DAY, -1000, limit=0) == StoredBytes(True, 0)
+    assert await store.add_stored_bytes(rec.id, NEXT, -50, limit=0) == StoredBytes(True, 0)
+    assert await store.add_stored_bytes(rec.id, DAY, 1000, limit=1000) == StoredBytes(True, 1000)  # room again
