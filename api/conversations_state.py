@@ -31,6 +31,7 @@ from loguru import logger
 
 from api.auth import store_call
 from api.context import ApiContext
+from api.storage_budget import charged
 from shared.aio import retried
 from shared.errors import ApiError, invalid_value
 from shared.store import conversations as conversation_store
@@ -85,9 +86,9 @@ async def create(ctx: ApiContext, key: KeyRecord, metadata: dict[str, str], item
     encoded = [encode_item(item) for item in items]
     if size_of(encoded) > conversation_store.MAX_CONVERSATION_BYTES:
         raise invalid_value("items", _full(size_of(encoded)))
-    await _charged(ctx, key, encoded, "this conversation")
     made = Conversation(_new_id(), int(time.time()), metadata, size_of(encoded))
-    await _call(ctx.conversations.create(key.id, made, encoded, retention=ctx.settings.responses_retention_seconds))
+    async with charged(ctx.storage_budget, key.id, size_of(encoded), "this conversation"):
+        await _call(ctx.conversations.create(key.id, made, encoded, retention=ctx.settings.responses_retention_seconds))
     return made
 
 
@@ -131,20 +132,14 @@ async def add(ctx: ApiContext, key: KeyRecord, conversation_id: str, items: list
     """Add items at its end, all or none: a 400 saying so when they would take it over its size bound, the 429
     ``storage_limit_exceeded`` when they would pass the key's daily storage budget (nothing added)."""
     store, encoded = _store(ctx, conversation_id), [encode_item(item) for item in items]
-    await _charged(ctx, key, encoded, "these items")
-    done = await _call(store.append(
-        key.id, conversation_id, encoded,
-        retention=ctx.settings.responses_retention_seconds, max_bytes=conversation_store.MAX_CONVERSATION_BYTES))
-    if not done.found:
-        raise _not_found(ctx, conversation_id)
-    if done.full:
-        raise invalid_value("items", _full(done.size))
-
-
-async def _charged(ctx: ApiContext, key: KeyRecord, encoded: list[str], what: str) -> None:
-    """Count items about to be stored against the key's daily storage budget, or its 429 (before any is stored)."""
-    if ctx.storage_budget is not None:
-        await ctx.storage_budget.check(key.id, size_of(encoded), what)
+    async with charged(ctx.storage_budget, key.id, size_of(encoded), "these items"):
+        done = await _call(store.append(
+            key.id, conversation_id, encoded,
+            retention=ctx.settings.responses_retention_seconds, max_bytes=conversation_store.MAX_CONVERSATION_BYTES))
+        if not done.found:
+            raise _not_found(ctx, conversation_id)
+        if done.full:
+            raise invalid_value("items", _full(done.size))
 
 
 async def update(ctx: ApiContext, key: KeyRecord, conversation_id: str, metadata: dict[str, str]) -> Conversation:
@@ -224,8 +219,6 @@ async def add_turn(ctx: ApiContext, key_id: str, conversation_id: str, added: li
     key was deleted meanwhile neither (no key can read it: DEBUG)."""
     assert ctx.conversations is not None
     turn = _turn(added, final)
-    if ctx.storage_budget is not None:  # let in by ``check_room``: counted whatever it weighs, as its size is
-        await ctx.storage_budget.count(key_id, size_of(turn))
     try:
         done = await ctx.conversations.append(key_id, conversation_id, turn, max_bytes=None, once=True,
                                               fence=final["id"], retention=ctx.settings.responses_retention_seconds)
@@ -236,6 +229,9 @@ async def add_turn(ctx: ApiContext, key_id: str, conversation_id: str, added: li
     if not done.found:
         logger.warning("response {} not added to conversation {}: it was deleted meanwhile", final.get("id"),
                        conversation_id)
+    elif ctx.storage_budget is not None and not done.withdrawn:
+        # let in by ``check_room``: counted whatever it weighs, once it is stored (not once per attempt)
+        await ctx.storage_budget.count(key_id, size_of(turn))
 
 
 def _turn(added: list[dict[str, Any]], final: dict[str, Any]) -> list[str]:

@@ -45,6 +45,7 @@ from api.responses_state import (
     response_store_call,
     turn_failed,
 )
+from api.storage_budget import charged
 from shared.aio import follow_growing
 from shared.errors import ApiError, invalid_value
 from shared.http import json_response
@@ -135,11 +136,9 @@ class EventLog:
         counter update per response, not one per batch of events): let in, they are counted, not refused."""
         if self.ctx.storage_budget is None:
             return
-        try:
-            await self.ctx.storage_budget.count(self.key_id, self.stored_bytes)
-        except StoreUnavailable as e:
-            logger.warning("background response {}: its {} bytes of events not counted toward its key's storage "
-                           "budget: {}", self.response_id, self.stored_bytes, e)
+        await self.ctx.storage_budget.count_or_warn(
+            self.key_id, self.stored_bytes, f"background response {self.response_id}'s {self.stored_bytes} bytes of "
+                                            "events not counted")
 
     async def follow(self, after: int) -> AsyncIterator[bytes]:
         """The events after sequence number ``after``, as they come, until the last."""
@@ -184,13 +183,13 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
         raise invalid_value("input", "the conversation is too large to store, and a background response is "
                                      "stored to be polled: send it without background")
     response_id = queued["id"]
-    if ctx.storage_budget is not None:  # stored to be polled: past the key's budget, the 429 before any miner
-        await ctx.storage_budget.check(key.id, len(data.encode()), "this background response")
-    try:
-        kept = await response_store_call(ctx.responses.put(key.id, response_id, data, retention=keeping.retention,
-                                                           pending=True))
-    except PreviousGone as e:  # deleted as its request came in
-        raise previous_not_found(str(e)) from e
+    # stored to be polled: past the key's budget, the 429 before any miner (given back if the store fails it)
+    async with charged(ctx.storage_budget, key.id, len(data.encode()), "this background response"):
+        try:
+            kept = await response_store_call(ctx.responses.put(key.id, response_id, data, retention=keeping.retention,
+                                                               pending=True))
+        except PreviousGone as e:  # deleted as its request came in
+            raise previous_not_found(str(e)) from e
     if not kept:
         raise invalid_api_key()  # deleted as its request came in
     # Tracked before anything else is awaited: a caller that left while its first events were being stored
@@ -395,8 +394,6 @@ async def settle(request: web.Request, ctx: ApiContext, key: KeyRecord, keeping:
                 assert conversation_id is not None
                 await conversations_state.add_turn(ctx, keeping.key_id, conversation_id, keeping.added, final)
                 owed, added = False, True
-            if ctx.storage_budget is not None:  # let in: counted, not refused (it must be kept to be polled)
-                await ctx.storage_budget.count(key.id, len(data.encode()))
             settled = await ctx.responses.settle(key.id, final["id"], data, retention=keeping.retention,
                                                  item_ids=item_ids(keeping.added, final))
             break
@@ -419,6 +416,9 @@ async def settle(request: web.Request, ctx: ApiContext, key: KeyRecord, keeping:
             final, data = _stored_form(keeping, turn_failed(final, conversations_state.not_added(conversation_id)))
             ended_with(request, STORE_FAILED)
             owed, until = False, None  # the failed record is offered once more, no longer
+    if ctx.storage_budget is not None and settled:  # let in: counted once stored, not refused (kept to be polled)
+        await ctx.storage_budget.count_or_warn(key.id, len(data.encode()), f"response {final['id']}'s settled record "
+                                               "not counted")
     if not settled:
         ended_with(request, CANCELLED)  # the record reads as the cancel (or the delete) left it
         if added:  # a cancel (or a reader past the deadline) settled it first: the turn is not the conversation's

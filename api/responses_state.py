@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -359,12 +360,13 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
                              attempts=KEEP_ATTEMPTS, pause=KEEP_PAUSE_S, on=StoreUnavailable)
 
     try:
-        if not await within_budget(ctx, keeping.key_id, response_id, len(data.encode())):
-            return False
-        try:
-            kept = await put(data)
-        except PreviousGone:  # deleted (or expired) as this answer was made: this one keeps the conversation whole
-            kept = await put(keeping.whole(keeping.final))
+        async with within_budget(ctx, keeping.key_id, response_id, len(data.encode())) as allowed:
+            if not allowed:
+                return False
+            try:
+                kept = await put(data)
+            except PreviousGone:  # deleted (or expired) as this answer was made: this one keeps the conversation whole
+                kept = await put(keeping.whole(keeping.final))
     except StoreUnavailable as e:
         ctx.responses_outage.failed(f"response {response_id} not stored (its answer says store: false): {e}")
         return False
@@ -374,16 +376,19 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
     return kept
 
 
-async def within_budget(ctx: ApiContext, key_id: str, response_id: str, size: int) -> bool:
-    """Whether the key's daily storage budget takes a response of ``size`` bytes (counted when it does); one it
-    does not is answered ``store: false``, as one over ``MAX_STORED_BYTES`` (a WARNING per key per day)."""
+@asynccontextmanager
+async def within_budget(ctx: ApiContext, key_id: str, response_id: str, size: int) -> AsyncIterator[bool]:
+    """Whether the key's daily storage budget takes a response of ``size`` bytes (counted when it does, and given
+    back when the block's write fails: ``StorageBudget.taking``); one it does not is answered ``store: false``, as
+    one over ``MAX_STORED_BYTES`` (a WARNING per key per day)."""
     budget = ctx.storage_budget
     if budget is None:
-        return True
-    taken = await budget.take(key_id, size)
-    if not taken.allowed:
-        budget.warn_once(key_id, response_id, taken.used)
-    return taken.allowed
+        yield True
+        return
+    async with budget.taking(key_id, size) as taken:
+        if not taken.allowed:
+            budget.warn_once(key_id, response_id, taken.used)
+        yield taken.allowed
 
 
 def as_kept(final: dict[str, Any], kept: bool) -> dict[str, Any]:

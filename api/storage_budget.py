@@ -11,19 +11,25 @@ over ``MAX_STORED_BYTES``; a WARNING per key per day); a background response, a 
 items, and a response's turn on a conversation whose input would pass it are the 429 ``storage_limit_exceeded``
 before anything is stored or any miner asked. A write that must finish once begun (a background response's
 events and its settled record, a turn's answer added to its conversation) is counted whatever the day holds.
+
+Only what is stored is counted: a write checked against the budget (one atomic check-and-count, the 429 before
+anything is stored) that the store then refuses (a conversation unknown, or over its size bound) or fails has its
+count given back (``charging``), and a write counted whatever the day holds is counted once it is stored, not once
+per attempt. A request cancelled as its write is made keeps its count (the write may have landed).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from loguru import logger
 
 from api.auth import go_duration, store_call
 from shared.errors import ApiError, retry_after
-from shared.store.base import Store, StoredBytes, usage_day
+from shared.store.base import Store, StoredBytes, StoreUnavailable, usage_day
 
 DAY_S = 86400
 
@@ -42,21 +48,59 @@ class StorageBudget:
     def today(self) -> str:
         return usage_day(self.clock())
 
-    async def take(self, key_id: str, size: int) -> StoredBytes:
-        """Count a write of ``size`` bytes if it fits today's budget (``allowed``); nothing counted when not.
-        ``StoreUnavailable`` as the store's."""
+    async def take(self, key_id: str, size: int, day: str | None = None) -> StoredBytes:
+        """Count a write of ``size`` bytes if it fits the budget of ``day`` (today: ``allowed``); nothing counted
+        when not. ``StoreUnavailable`` as the store's."""
         if not self.limit:
             return StoredBytes(True, 0)
-        return await self.store.add_stored_bytes(key_id, self.today(), size, limit=self.limit)
+        return await self.store.add_stored_bytes(key_id, day or self.today(), size, limit=self.limit)
 
-    async def count(self, key_id: str, size: int) -> None:
-        """Count a write that is made whatever the budget holds (it was let in, and must finish)."""
+    @asynccontextmanager
+    async def taking(self, key_id: str, size: int) -> AsyncIterator[StoredBytes]:
+        """``take`` for a write made in the block, its count given back when the block raises (``given_back``)."""
+        day = self.today()
+        taken = await self.take(key_id, size, day)
+        async with self.given_back(key_id, day, size if taken.allowed else 0):
+            yield taken
+
+    @asynccontextmanager
+    async def charging(self, key_id: str, size: int, what: str) -> AsyncIterator[None]:
+        """``check`` for a write made in the block, its count given back when the block raises (``given_back``)."""
+        day = self.today()
+        await self.check(key_id, size, what, day)
+        async with self.given_back(key_id, day, size):
+            yield
+
+    @asynccontextmanager
+    async def given_back(self, key_id: str, day: str, size: int) -> AsyncIterator[None]:
+        """Give back ``size`` bytes counted on ``day`` when the block raises: a write the store refused (a 400, a
+        404) or failed stored nothing, and a key's budget is not spent by its own refused requests. The error
+        raised is the block's; a store that fails the give-back too is a WARNING (the count stays)."""
+        try:
+            yield
+        except Exception:
+            if self.limit and size:
+                await self.count_or_warn(key_id, -size, f"{size} bytes of a write that stored nothing not given back",
+                                         day)
+            raise
+
+    async def count(self, key_id: str, size: int, day: str | None = None) -> None:
+        """Count a write that is made whatever the budget holds (it was let in, and must finish); a negative
+        ``size`` gives a count back (the day's never below 0)."""
         if self.limit and size:
-            await self.store.add_stored_bytes(key_id, self.today(), size, limit=0)
+            await self.store.add_stored_bytes(key_id, day or self.today(), size, limit=0)
 
-    async def check(self, key_id: str, size: int, what: str) -> None:
+    async def count_or_warn(self, key_id: str, size: int, what: str, day: str | None = None) -> None:
+        """``count``, where a store that fails it must not fail what was already stored: a WARNING saying
+        ``what`` was not counted."""
+        try:
+            await self.count(key_id, size, day)
+        except StoreUnavailable as e:
+            logger.warning("key id={}: {} (its daily storage budget): {}", key_id, what, e)
+
+    async def check(self, key_id: str, size: int, what: str, day: str | None = None) -> None:
         """Count a write of ``size`` bytes of ``what`` or, past the budget, raise its 429 (nothing counted)."""
-        taken = await store_call(self.take(key_id, size))
+        taken = await store_call(self.take(key_id, size, day))
         if not taken.allowed:
             raise self.refused(taken.used, size, what)
 
@@ -89,3 +133,8 @@ class StorageBudget:
         logger.warning("key id={} reached its daily storage budget ({} of {} bytes, STORED_BYTES_PER_KEY_PER_DAY): "
                        "its responses are answered but not stored (store: false) until the UTC day ends (first: {})",
                        key_id, used, self.limit, response_id)
+
+
+def charged(budget: StorageBudget | None, key_id: str, size: int, what: str) -> AbstractAsyncContextManager[None]:
+    """``budget.charging`` for a write made in the block, or nothing to count without a budget."""
+    return nullcontext() if budget is None else budget.charging(key_id, size, what)
