@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from loguru import logger
 
+from shared.store.base import StoreUnavailable
 from tests.helpers import (
     ApiUnderTest,
     Script,
@@ -35,16 +36,17 @@ STORES = ["sqlite", "redis"]
 
 
 @contextlib.asynccontextmanager
-async def apis(tmp_path: Path, store: str, count: int, miner: Script) -> AsyncIterator[list[ApiUnderTest]]:
+async def apis(tmp_path: Path, store: str, count: int, miner: Script,
+               budget: int = BUDGET) -> AsyncIterator[list[ApiUnderTest]]:
     """``count`` API processes on one store (a SQLite file, or a Redis namespace dropped after), each with
-    ``miner`` and a budget of ``BUDGET`` bytes a key a day."""
+    ``miner`` and a budget of ``budget`` bytes a key a day."""
     namespace = f"test-budget-{secrets.token_hex(6)}" if store == "redis" else None
     if namespace is not None:
         redis_url()  # skipped without a Redis
     try:
         async with contextlib.AsyncExitStack() as stack:
             yield [await stack.enter_async_context(api_with_miners(
-                tmp_path, {1: miner}, redis_namespace=namespace, stored_bytes_per_key_per_day=BUDGET))
+                tmp_path, {1: miner}, redis_namespace=namespace, stored_bytes_per_key_per_day=budget))
                 for _ in range(count)]
     finally:
         if namespace is not None:
@@ -160,3 +162,93 @@ async def test_a_background_responses_records_and_events_are_counted(tmp_path: P
         # the pending record, then the settled one: twice a record's size or so
         assert 1_000 < counts["polled"] < 5_000, counts
         assert counts["streamed"] > counts["polled"] + 1_000, counts  # and the streamed one's events
+
+
+def item(text: str) -> dict[str, Any]:
+    return {"type": "message", "role": "user", "content": text}
+
+
+async def stored_today(api: ApiUnderTest, key: str | None = None) -> int:
+    status, usage = await call(api, "GET", "/v1/usage", key=key)
+    assert status == 200, usage
+    return usage["stored_bytes_today"]
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_items_the_store_refuses_are_not_counted(tmp_path: Path, store: str) -> None:
+    """Items added to an unknown conversation (404) or past its 1 MiB bound (400) store nothing: they were counted
+    all the same (before the store's own checks), so a key's budget was spent by its own refused requests."""
+    half = "x" * 600_000
+    async with apis(tmp_path, store, 1, answering("Noted."), budget=4 << 20) as (api,):
+        status, made = await call(api, "POST", "/v1/conversations", {"items": [item(half)]})
+        assert status == 200, made
+        before = await stored_today(api)
+        assert before > 600_000
+        status, body = await call(api, "POST", f"/v1/conversations/conv_{'0' * 48}/items", {"items": [item(BIG)]})
+        assert status == 404 and body["error"]["code"] == "conversation_not_found", body
+        status, body = await call(api, "POST", f"/v1/conversations/{made['id']}/items", {"items": [item(half)]})
+        assert status == 400 and body["error"]["param"] == "items", body
+        assert await stored_today(api) == before
+        status, body = await call(api, "POST", f"/v1/conversations/{made['id']}/items", {"items": [item(BIG)]})
+        assert status == 200, body
+        assert before + 7_000 < await stored_today(api) < before + 8_000  # what is stored is counted
+
+
+def store_fails(monkeypatch: pytest.MonkeyPatch, target: Any, name: str, times: int) -> None:
+    """``target.name`` (a store's write) fails its next ``times`` calls, as a store that is down."""
+    real, failed = getattr(target, name), []
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if len(failed) < times:
+            failed.append(name)
+            raise StoreUnavailable(f"redis: ConnectionError: {name} refused")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, flaky)
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_writes_the_store_fails_give_their_count_back(tmp_path: Path, store: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conversation write, a background response and a stored response that the store fails (a 503, or the
+    answer's ``store: false``) store nothing, and count nothing: their count is given back."""
+    async with apis(tmp_path, store, 1, answering("Noted.")) as (api,):
+        assert api.ctx.conversations is not None and api.ctx.responses is not None
+        status, made = await call(api, "POST", "/v1/conversations", {"items": [item("Hi")]})
+        assert status == 200, made
+        before = await stored_today(api)
+        store_fails(monkeypatch, api.ctx.conversations, "append", 1)
+        status, body = await call(api, "POST", f"/v1/conversations/{made['id']}/items", {"items": [item(BIG)]})
+        assert status == 503 and body["error"]["code"] == "store_unavailable", body
+        store_fails(monkeypatch, api.ctx.conversations, "create", 1)
+        status, body = await call(api, "POST", "/v1/conversations", {"items": [item(BIG)]})
+        assert status == 503, body
+        store_fails(monkeypatch, api.ctx.responses, "put", 1)
+        status, _, text = await post(api, {"model": "default", "input": BIG, "background": True},
+                                     path="/v1/responses")
+        assert status == 503 and '"store_unavailable"' in text, text
+        store_fails(monkeypatch, api.ctx.responses, "put", 3)  # a stored response's write, asked three times
+        answer = await openai_client(api).responses.create(model="default", input=BIG)
+        assert answer.output_text == "Noted." and not stored(answer)
+        assert await stored_today(api) == before
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_turn_written_again_after_a_store_failure_is_counted_once(tmp_path: Path, store: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conversation's turn whose write the store failed twice, then took, was counted once per attempt: three
+    times what it stores. It now counts as the same turn with no failure does."""
+    async with apis(tmp_path, store, 1, answering("Noted.")) as (api,):
+        assert api.ctx.conversations is not None
+        other, _ = await api.ctx.store.create_key(1000)
+        counts = []
+        for key, failures in ((api.key, 2), (other, 0)):
+            client = openai_client(api, key)
+            made = await client.conversations.create(items=[item("Hi")])
+            before = await stored_today(api, key)
+            store_fails(monkeypatch, api.ctx.conversations, "append", failures)
+            answer = await client.responses.create(model="default", input=BIG, conversation=made.id, store=False)
+            assert answer.output_text == "Noted."
+            assert len((await client.conversations.items.list(made.id)).data) == 3  # written once
+            counts.append(await stored_today(api, key) - before)
+        assert 7_000 < counts[1] < 8_000 and abs(counts[0] - counts[1]) < 100, counts
