@@ -187,7 +187,7 @@ def install(app: web.Application, ctx: ApiContext) -> ApiMetrics:
     """Add discovery, /ready, /metrics, /openapi.json and /docs, and count every request."""
     metrics = ApiMetrics()
     app[METRICS] = metrics
-    app.middlewares.insert(0, metrics_middleware(metrics.http))  # outermost: sees the final status
+    app.middlewares.insert(0, metrics_middleware(metrics.http, metrics.errors))  # outermost: sees the final status
     ctx.payload_sinks.append(metrics.payload_sink)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_handler(metrics.registry, lambda: sample(ctx, metrics)))

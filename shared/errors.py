@@ -35,6 +35,23 @@ def says_context_overflow(message: str) -> bool:
     """Whether a model server's refusal says the input (with the tokens asked for) exceeds its context."""
     return _CONTEXT_OVERFLOW.search(message) is not None
 
+# Every ``code`` an API error body carries (README "Error codes" lists each, and a test holds the two equal): the
+# values of ``sn1_api_errors_total``'s ``code`` label, so a code nobody listed is counted as ``other``, never as a
+# new series (an upstream's or a bug's wording would otherwise grow ``/metrics``).
+API_ERROR_CODES = frozenset({
+    "invalid_value", "missing_required_parameter", "missing_parameter", "invalid_json", "invalid_body",
+    "invalid_request", "unsupported_parameter", "duplicate_header", "unknown_uid", "uid_not_serving", "invalid_uids",
+    "unknown_task", MODEL_SERVER_REJECTED, CONTEXT_LENGTH_EXCEEDED, "session_model_mismatch",
+    "previous_response_not_found", "previous_response_in_progress", "conversation_not_found",
+    "mutually_exclusive_parameters", "missing_api_key", "invalid_api_key", "expired_api_key", "invalid_admin_key",
+    "insufficient_scope", "model_not_allowed", "admin_disabled", MODEL_NOT_FOUND, "not_found", "response_not_found",
+    "item_not_found", "session_not_found", "api_key_not_found", "method_not_allowed", "request_entity_too_large",
+    "unsupported_media_type", "unsupported_content_encoding", "rate_limit_exceeded", "token_limit_exceeded",
+    "storage_limit_exceeded", "invalid_key_rate_limited", "admin_rate_limited", "too_many_background_responses",
+    "no_valid_answer", "session_miner_failed", "no_miners_available", "store_unavailable", "sessions_disabled",
+    "deadline_exceeded", "miner_failed_mid_stream",
+})
+
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",

@@ -42,6 +42,9 @@ _KEY_IN_PATH = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]+")
 NOT_SERVED_HERE = web.AppKey("sn1_not_served_here", frozenset)
 # The error code of the response ``error_middleware`` made of a failure, for the access log's line.
 ERROR_CODE = web.RequestKey("sn1_error_code", str)
+# The ``code`` of the error body ``error_middleware`` answered with, ``None`` when it is null (``ERROR_CODE`` gives
+# the type there): the API counts its errors by it (``sn1_api_errors_total``) without reading the body.
+BODY_CODE = web.RequestKey("sn1_error_body_code", str)
 CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the answer
 
 
@@ -67,7 +70,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as e:
-        request[ERROR_CODE] = e.code or error_type_for(e.status)
+        request[BODY_CODE], request[ERROR_CODE] = e.code, e.code or error_type_for(e.status)
         if request.writer.output_size > 0:  # a stream's headers went out (a resumed one whose store failed)
             logger.warning("{} {}: a stream ended by {} {}: {}", request.method, route_path(request), e.status,
                            request[ERROR_CODE], e.message)
@@ -78,7 +81,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         if e.status == 405 and f"{request.method} {request.path}" in request.app.get(NOT_SERVED_HERE, frozenset()):
             e = web.HTTPNotFound()
-        request[ERROR_CODE] = http_error_code(e)
+        request[BODY_CODE] = request[ERROR_CODE] = http_error_code(e)
         message = _http_error_message(request, e)
         if e.status == 404 and request.path.endswith("/") and len(request.path) > 1:
             message += await _without_slash_hint(request)
@@ -86,7 +89,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
         return json_response(body, status=e.status, headers=headers)
     except web.RequestPayloadError as e:
-        request[ERROR_CODE] = "invalid_body"
+        request[BODY_CODE] = request[ERROR_CODE] = "invalid_body"
         return _unreadable_body(request, e)
     except asyncio.CancelledError:
         raise
@@ -97,7 +100,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise asyncio.CancelledError from None
     except Exception:
         logger.exception("unhandled error on {} {}", request.method, route_path(request))
-        request[ERROR_CODE] = "server_error"
+        request[BODY_CODE], request[ERROR_CODE] = None, "server_error"
         if request.writer.output_size > 0:  # a stream's headers went out: no 500 can follow them
             await _end_broken_stream(request, error_body("Internal server error; the stream was cut short.",
                                                          type_="server_error"))

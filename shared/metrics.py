@@ -28,7 +28,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 
-from shared.http import observed
+from shared.errors import API_ERROR_CODES
+from shared.http import BODY_CODE, CLIENT_GONE, observed
 from shared.metrics_dir import multiprocess_dir
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -81,16 +82,41 @@ class HttpMetrics:
             self.rate_limited.labels(route).inc()
 
 
+class ErrorCodes:
+    """Answered errors (status >= 400; not a client that left) by route pattern and their body's ``code``: a 503
+    ``no_miners_available`` told from a 503 ``store_unavailable``, a 429 ``rate_limit_exceeded`` from a 429
+    ``token_limit_exceeded``, which the status alone cannot. A null code is ``none``; one outside ``codes`` is
+    ``other`` (bounded label values)."""
+
+    def __init__(self, registry: CollectorRegistry, name: str, codes: frozenset[str]) -> None:
+        self.counter = Counter(name, "Errors answered, by route pattern and the error body's code (none: null; "
+                               "other: a code not in README's Error codes)", ["route", "code"], registry=registry)
+        self.codes = codes
+        self._counter = Children(self.counter)
+
+    def observe(self, route: str, status: int, code: str | None) -> None:
+        if status < 400 or status == CLIENT_GONE:
+            return
+        self._counter(route, "none" if code is None else code if code in self.codes else "other").inc()
+
+
 def route_label(request: web.Request) -> str:
     """The matched route's pattern (``/v1/models/{model}``), never the raw path: bounded label values."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else UNMATCHED
 
 
-def metrics_middleware(http: HttpMetrics) -> Any:
-    """Outermost middleware: counts every request once with the status the client saw."""
-    return observed(lambda request, status, seconds: http.observe(route_label(request), request.method, status,
-                                                                  seconds))
+def metrics_middleware(http: HttpMetrics, errors: ErrorCodes | None = None) -> Any:
+    """Outermost middleware: counts every request once with the status the client saw, and each error with its
+    body's code (``errors``; the code ``error_middleware`` noted, the body never parsed)."""
+
+    def on_end(request: web.Request, status: int, seconds: float) -> None:
+        route = route_label(request)
+        http.observe(route, request.method, status, seconds)
+        if errors is not None:
+            errors.observe(route, status, request.get(BODY_CODE))
+
+    return observed(on_end)
 
 
 class ApiMetrics:
@@ -100,6 +126,7 @@ class ApiMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.http = HttpMetrics(r, "sn1_api")
+        self.errors = ErrorCodes(r, "sn1_api_errors", API_ERROR_CODES)
         self.miner_answer = Histogram("sn1_api_miner_answer_seconds", "Time for a miner's whole answer, by uid",
                                       ["uid"], buckets=LATENCY_BUCKETS, registry=r)
         self.miner_first_chunk = Histogram("sn1_api_miner_first_chunk_seconds", "Time to a miner's first chunk",
