@@ -17,6 +17,7 @@ from shared.metrics import ApiMetrics
 m = ApiMetrics()
 m.http.observe("/v1/chat/completions", "POST", 200, 0.1)
 m.http.observe("/v1/chat/completions", "POST", 429, 0.01)
+m.errors.observe("/v1/chat/completions", 429, "token_limit_exceeded")
 m.outbox_failures.set(2)
 """
 SCRAPE = """
@@ -34,6 +35,7 @@ def test_counts_from_every_worker_are_summed(tmp_path: Path) -> None:
     chat = {"route": "/v1/chat/completions", "method": "POST"}
     assert sample(text, "sn1_api_http_requests_total", status="200", **chat) == 2
     assert sample(text, "sn1_api_rate_limited_total", route="/v1/chat/completions") == 2
+    assert sample(text, "sn1_api_errors_total", route="/v1/chat/completions", code="token_limit_exceeded") == 2
     assert sample(text, "sn1_api_http_request_duration_seconds_count", **chat) == 4
 
 
