@@ -28,7 +28,15 @@ from multidict import CIMultiDictProxy
 from shared.client_address import client_address, throttle_key
 from shared.errors import ApiError, retry_after
 from shared.http import route_path
-from shared.store.base import KeyRecord, RateDecision, Store, StoreUnavailable, hash_key, refused_write
+from shared.store.base import (
+    KeyRecord,
+    RateDecision,
+    Store,
+    StoreUnavailable,
+    hash_key,
+    refused_write,
+    until_day_ends,
+)
 from shared.store.forgotten import KeyForgotten
 from shared.store.outage import OutageLog
 from shared.store.usage import UsageRecorder
@@ -173,7 +181,7 @@ async def check_token_budget(request: web.Request, key: KeyRecord, usage: UsageR
         if (outage := request.app.get(STORE_OUTAGE)) is not None:
             outage.failed(e)
         raise store_unavailable() from None
-    budget = TokenBudget(limit=key.daily_token_limit, used=used, reset_after=86400 - usage.clock() % 86400)
+    budget = TokenBudget(limit=key.daily_token_limit, used=used, reset_after=until_day_ends(usage.clock()))
     request[TOKEN_BUDGET] = budget
     if budget.remaining <= 0:
         raise ApiError(

@@ -185,12 +185,12 @@ async def check_room(ctx: ApiContext, key_id: str, items: list[dict[str, Any]], 
     """A 400 naming ``conversation`` when a turn's input would take its items over their bound, and the 429
     ``storage_limit_exceeded`` when it would pass the key's daily storage budget: both before any miner is asked
     (its answer is added whatever it weighs, and counted then)."""
-    size = size_of([encode_item(item) for item in items + added])
+    added_size = size_of([encode_item(item) for item in added])
+    size = size_of([encode_item(item) for item in items]) + added_size
     if size > conversation_store.MAX_CONVERSATION_BYTES:
         raise invalid_value("conversation", _full(size))
     if ctx.storage_budget is not None:
-        await ctx.storage_budget.check_room(key_id, size_of([encode_item(item) for item in added]),
-                                            "this turn's input")
+        await ctx.storage_budget.check_room(key_id, added_size, "this turn's input")
 
 
 async def extend(ctx: ApiContext, key_id: str, conversation_id: str, added: list[dict[str, Any]],

@@ -322,9 +322,8 @@ class Keeping:
 
     def unkept(self, response: dict[str, Any]) -> str:
         """The stored form of a background response over the bound: its object alone, to be polled, not
-        continued (its part keeps its place after its ``prev``, which it was counted as continuing)."""
-        if self.history.prev is None:
-            return encode(response, [])
+        continued (its part keeps its place after its ``prev``, which it was counted as continuing; a first turn's,
+        or one of a ``conversation``, names none: ``encode`` leaves ``before`` out then)."""
         return encode(response, [], prev=self.history.prev, before=self.history.size)
 
 

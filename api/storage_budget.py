@@ -29,9 +29,7 @@ from loguru import logger
 
 from api.auth import go_duration, store_call
 from shared.errors import ApiError, retry_after
-from shared.store.base import Store, StoredBytes, StoreUnavailable, usage_day
-
-DAY_S = 86400
+from shared.store.base import Store, StoredBytes, StoreUnavailable, until_day_ends, usage_day
 
 
 @dataclass
@@ -115,7 +113,7 @@ class StorageBudget:
 
     def refused(self, used: int, size: int, what: str) -> ApiError:
         """OpenAI's 429 shape, with ``Retry-After`` to the end of the UTC day (as ``token_limit_exceeded``)."""
-        wait = DAY_S - self.clock() % DAY_S
+        wait = until_day_ends(self.clock())
         adds = f" and {what} adds {size} more" if size else ""
         return ApiError(429, f"Daily storage limit reached: this key may write {self.limit} bytes to storage per day "
                              f"(UTC, STORED_BYTES_PER_KEY_PER_DAY), has written {used}{adds}. Nothing was stored. "

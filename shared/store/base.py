@@ -248,6 +248,11 @@ def usage_day(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
+def until_day_ends(ts: float) -> float:
+    """Seconds from ``ts`` to the end of its UTC day (``usage_day``'s): when a daily limit's count starts again."""
+    return 86400 - ts % 86400
+
+
 # Days of per-day usage kept per key (its totals are kept for good): a day's counts for every key that was
 # used, kept forever, grew a busy Redis by some 100 KB per key a year.
 USAGE_DAYS_KEPT = 400
