@@ -199,7 +199,7 @@ async def invalid_key(request: web.Request, store: Store) -> ApiError:
     Only failures are charged: a valid key never pays for the check."""
     limit = request.app.get(INVALID_KEY_LIMIT, INVALID_KEYS_PER_MINUTE)
     try:
-        gate = await store.charge(f"key-fail:{throttle_key(request)}", limit)
+        gate = await store.charge(f"key-fail:{throttle_key(client_address(request))}", limit)
     except StoreUnavailable as e:
         if (outage := request.app.get(STORE_OUTAGE)) is not None:
             outage.failed(e)
@@ -224,13 +224,13 @@ def invalid_api_key() -> ApiError:
 SEARCH_SCOPE = "web_retrieval"  # the scope of every request that spends the web retrieval miners
 
 
-def check_scope(key: KeyRecord, scope: str, *, param: str) -> None:
-    """403 unless the key holds ``scope``, for a part of a request (``param``) that spends what the scope guards:
-    a chat request's web search (``web_search_options``, a Responses ``web_search`` tool) is a web retrieval,
-    and a key without ``web_retrieval`` ran them through chat though ``/web_retrieval`` refused it."""
-    if scope not in key.scopes:
-        raise ApiError(403, f"This API key lacks the '{scope}' scope, which '{param}' needs: it searches the web "
-                            "through the subnet's web retrieval miners.", code="insufficient_scope", param=param)
+def check_search_scope(key: KeyRecord, *, param: str) -> None:
+    """403 unless the key holds ``SEARCH_SCOPE``, for a part of a request (``param``) that searches the web: a chat
+    request's web search (``web_search_options``, a Responses ``web_search`` tool) is a web retrieval, and a key
+    without ``web_retrieval`` ran them through chat though ``/web_retrieval`` refused it."""
+    if SEARCH_SCOPE not in key.scopes:
+        raise ApiError(403, f"This API key lacks the '{SEARCH_SCOPE}' scope, which '{param}' needs: it searches the "
+                            "web through the subnet's web retrieval miners.", code="insufficient_scope", param=param)
 
 
 def check_model(key: KeyRecord, model: str | None) -> None:
@@ -292,7 +292,7 @@ async def check_admin(request: web.Request, admin_key: str | None, store: Store)
         raise ApiError(403, "Admin endpoints are disabled: set ADMIN_KEY in the API's settings (.env.api, not the "
                             "validator's, where the original subnet API read it) to enable them.", code="admin_disabled")
     address = client_address(request)
-    bucket = f"admin-fail:{throttle_key(request)}"  # an IPv6 client's /64: one host, one budget
+    bucket = f"admin-fail:{throttle_key(address)}"  # an IPv6 client's /64: one host, one budget
     sent = one_header(request.headers, "admin-key")
     try:
         # Each attempt takes a slot before its key is compared, and a right one gives it back: guesses sent at

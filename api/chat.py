@@ -18,7 +18,7 @@ from aiohttp import web
 
 from api import choices, mixture, sessions
 from api.access_log import access_logged, answer_line, cuts_of, ending, hold, request_id, write
-from api.auth import SEARCH_SCOPE, USAGE_DAY, authenticate, check_model, check_scope
+from api.auth import USAGE_DAY, authenticate, check_model, check_search_scope
 from api.completion import (
     completion_for,
     logged_outcome,
@@ -71,7 +71,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     require(sent, "messages")
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)
     if req.web_search_options is not None:
-        check_scope(key, SEARCH_SCOPE, param="web_search_options")
+        check_search_scope(key, param="web_search_options")
     many = (req.n or 1) > 1
     if req.web_search_options is None and not many:
         return await answer(request, key, req, sent, CHAT_COMPLETION, started=started)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from api import responses_background, responses_state
 from api.access_log import access_logged, answer_line, ended_with, logged, note_cuts, request_id, write
-from api.auth import SEARCH_SCOPE, authenticate, check_scope
+from api.auth import authenticate, check_search_scope
 from api.chat import Plan, answer, plan
 from api.completion import logprob_tokens, mid_stream_failure, response_usage
 from api.context import CTX, ApiContext
@@ -55,7 +55,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     require(sent, "input")
     wanted: ResponsesRequest = parse_model(ResponsesRequest, sent)
     if search_tool(wanted) is not None:
-        check_scope(key, SEARCH_SCOPE, param="tools")
+        check_search_scope(key, param="tools")
     if wanted.background:
         responses_background.check_request(ctx, key, store=wanted.store)
     wanted, history = await responses_state.continued(ctx, key, wanted)

@@ -19,7 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.access_log import access_logged, request_id, write
-from api.auth import authenticate
+from api.auth import SEARCH_SCOPE, authenticate
 from api.context import CTX, ApiContext
 from api.fanout import settle, start_race
 from api.race import MinerRun
@@ -168,7 +168,7 @@ async def web_retrieval(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     started = time.perf_counter()
     rid = request_id(request)
-    key = await authenticate(request, ctx.store, scope="web_retrieval")
+    key = await authenticate(request, ctx.store, scope=SEARCH_SCOPE)
     req = await _request_model(request)
     found = await search(ctx, req.search_query, n_results=req.n_results, n_miners=req.n_miners, uids=req.uids,
                          timeout=min(req.max_response_time, ctx.settings.max_request_timeout), request_id=rid)

@@ -94,8 +94,7 @@ def client_address(request: web.Request) -> str:
     return forwarded_client(request.remote, request.headers.getall("X-Forwarded-For", ()), proxies)
 
 
-def throttle_key(request: web.Request) -> str:
-    """The client this request's failed key or admin guesses are counted against: its address's bucket
-    (``address_key``: an IPv6 client's /64), or the address as given when it is no IP."""
-    address = client_address(request)
+def throttle_key(address: str) -> str:
+    """The client a request's failed key or admin guesses are counted against, from its ``client_address``: the
+    address's bucket (``address_key``: an IPv6 client's /64), or the address as given when it is no IP."""
     return address_key(address) or address

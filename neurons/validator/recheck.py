@@ -32,12 +32,9 @@ async def recheck_cycle(inbox: ScoringInbox | None, reference: CachedReference, 
                         quiet: float = RECHECK_SECONDS, observe: Callable[[str, bool], None] | None = None) -> None:
     """Try the inbox, the reference model and the scores' file again where their run of failures has been
     ``quiet`` that long; ``observe(check, ok)`` is told each try, by its ``/ready`` check's name."""
-    tries: list[tuple[str, OutageLog, Callable[[], Awaitable[object]]]] = []
     if inbox is not None:
-        tries.append(("scoring_inbox", inbox.refused, inbox.probe))
-    tries.append(("reference", reference.status.outage, reference.probe))
-    for check, run, attempt in tries:
-        await _try(check, run, attempt, quiet, observe)
+        await _try("scoring_inbox", inbox.refused, inbox.probe, quiet, observe)
+    await _try("reference", reference.status.outage, reference.probe, quiet, observe)
     if scores is not None and not scores.saving:  # the scores kept in memory since, saved at last: no probe, the
         # real write; not while a save runs already (a try of its own, which tells its outcome: this one returned
         # at once, counted failed). Read once the other tries are done, as a save may have started meanwhile.

@@ -11,6 +11,7 @@ payloads are dropped and counted.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.jsonutil import dumps, loads
-from shared.store.base import RedisGate, RedisLink, RedisLinks, is_redis
+from shared.store.base import RedisGate, RedisLink, RedisLinks, open_by_url
 from shared.store.sqlite_tables import SQLiteTables
 
 
@@ -317,9 +318,5 @@ def open_outbox(url: str, *, namespace: str = "sn1", max_items: int = 10_000,
                 links: RedisLinks | None = None) -> Outbox:
     """The outbox that lives beside the key store named by ``STORE_URL`` (on Redis, on the process's data link,
     ``links``, or on a link of its own without)."""
-    if url.startswith("sqlite:///"):
-        return SQLiteOutbox(Path(url[len("sqlite:///"):]), max_items=max_items)
-    if is_redis(url):
-        return RedisOutbox(RedisLink.for_data(url) if links is None else links.data, namespace=namespace,
-                           max_items=max_items)
-    raise ValueError(f"unsupported STORE_URL scheme: {url}")
+    return open_by_url(url, functools.partial(SQLiteOutbox, max_items=max_items),
+                       functools.partial(RedisOutbox, max_items=max_items), namespace=namespace, links=links)

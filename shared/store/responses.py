@@ -44,7 +44,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,17 +81,17 @@ class StoredResponse:
     items: list[dict[str, Any]]  # the conversation it answered, as input items (each with an id)
     until: float | None = None  # a pending one: when it should have been settled (its answer's deadline)
     prev: str | None = None  # the response it continues, whose conversation and output come before ``own``
-    own: list[dict[str, Any]] | None = None  # the items its part keeps (None: all of ``items``)
+    own: list[dict[str, Any]] = field(default_factory=list)  # the items its part keeps (the last of ``items``)
     before: int = EMPTY  # ``list_size`` of its conversation before ``own``
 
     @property
     def size(self) -> int:
         """``list_size`` of its whole conversation (``items``), as its part carries it for the next turn's bound."""
-        return joined(self.before, list_size(self.items if self.own is None else self.own))
+        return joined(self.before, list_size(self.own))
 
     def again(self, response: dict[str, Any]) -> str:
         """Its part with ``response`` instead (a settle: the same conversation, the same place in its chain)."""
-        return encode(response, self.items if self.own is None else self.own, prev=self.prev, before=self.before)
+        return encode(response, self.own, prev=self.prev, before=self.before)
 
 
 class PreviousGone(Exception):
@@ -155,7 +155,7 @@ def decode(response_id: str, key_id: str, chain: Sequence[str | bytes]) -> Store
         items += part["items"] + list(part["response"].get("output") or [])
     head = parts[0]
     return StoredResponse(response_id, key_id, head["response"], items + head["items"], head.get("until"),
-                          head.get("prev"), head["items"], head.get("before", EMPTY))
+                          prev=head.get("prev"), own=head["items"], before=head.get("before", EMPTY))
 
 
 class ResponseStore(Protocol):
@@ -250,7 +250,7 @@ PART_COLUMNS = {"prev": "TEXT", "hidden": "INTEGER NOT NULL DEFAULT 0", "visible
 PART_INDEX = "CREATE INDEX IF NOT EXISTS stored_responses_prev ON stored_responses (prev)"
 # Where a chain starts: a response by id, or the one holding an item; it is read with its ancestors in one query.
 VISIBLE_UNTIL = "COALESCE(visible_until, expires_at)"
-BY_ID = ("SELECT 0, id, data, prev, expires_at, COALESCE(visible_until, expires_at) FROM stored_responses "
+BY_ID = (f"SELECT 0, id, data, prev, expires_at, {VISIBLE_UNTIL} FROM stored_responses "
          "WHERE id = ? AND key_id = ? AND hidden = 0")
 BY_ITEM = ("SELECT 0, r.id, r.data, r.prev, r.expires_at, COALESCE(r.visible_until, r.expires_at) FROM "
            "stored_response_items i JOIN stored_responses r ON r.id = i.response_id AND r.key_id = i.key_id "
@@ -440,8 +440,9 @@ class SQLiteResponseStore(SQLiteTables):
             db.execute("DELETE FROM stored_response_items WHERE key_id = ?", (key_id,))
             db.execute("DELETE FROM pending_responses WHERE key_id = ?", (key_id,))
             db.execute("DELETE FROM response_events WHERE key_id = ?", (key_id,))
-            db.execute("DELETE FROM stored_responses WHERE key_id = ? AND hidden = 1", (key_id,))
-            return db.execute("DELETE FROM stored_responses WHERE key_id = ?", (key_id,)).rowcount
+            # its count leaves out the deleted responses kept hidden for the ones continuing them (they go too)
+            gone = db.execute("DELETE FROM stored_responses WHERE key_id = ? RETURNING hidden", (key_id,)).fetchall()
+            return sum(not hidden for (hidden,) in gone)
 
         return self._tx(run)
 
@@ -530,8 +531,8 @@ if id == '' then
   id = redis.call('GET', KEYS[1])
   if not id then return {{}} end
 end
-if not redis.call('GET', VISIBLE .. id) then return {{}} end
-local _, v = part(id)
+local v = redis.call('GET', VISIBLE .. id)  -- readable itself: its part, or the mark of its part moved aside
+if v == '{MOVED}' then v = redis.call('GET', HIDDEN .. id) end
 if not v then return {{}} end
 local out = {{id, v}}
 local prev = prev_of(v)
