@@ -29,7 +29,7 @@ from shared.metrics_dir import shared_metrics_dir
 from shared.process import run
 from shared.settings import SettingsError, mask_credentials
 from shared.store import open_store
-from shared.store.base import RedisLink, RedisLinks, Store, StoreUnavailable, is_redis
+from shared.store.base import RedisLinks, Store, StoreUnavailable, is_redis
 from shared.store.eviction import UNKNOWN, eviction_detail, eviction_risk
 from shared.store.sqlite import sqlite_path
 from shared.store.sqlite_tables import unreclaimed
@@ -63,7 +63,7 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
         ResponseError,
     )
 
-    store = open_store(url, namespace=namespace, links=links) if links is not None else _checking_store(url, namespace)
+    store = open_store(url, namespace=namespace, links=links, name=f"sn1-api-{os.getpid()}-check")
     try:
         await within(store.ping(), STORE_START_SECONDS)
     except (StoreUnavailable, TimeoutError, OSError) as e:
@@ -78,14 +78,6 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
         await _warn_eviction(store)
     finally:
         await store.close()
-
-
-def _checking_store(url: str, namespace: str) -> Store:
-    """The supervisor's key store on Redis for its start-up check: a client of its own (its workers open theirs),
-    named for ``CLIENT LIST`` as the workers' are, which the store's close closes."""
-    from shared.store.redis import RedisStore
-
-    return RedisStore(RedisLink.for_keys(url, name=f"sn1-api-{os.getpid()}-check"), namespace=namespace)
 
 
 async def _warn_eviction(store: Store) -> None:

@@ -72,7 +72,7 @@ from shared.logging import setup_logging  # noqa: E402
 from shared.resigning import ResigningConnector  # noqa: E402
 from shared.settings import mask_credentials  # noqa: E402
 from shared.signing import nonce_retention  # noqa: E402
-from shared.store.base import REDIS_CONNECTIONS  # noqa: E402
+from shared.store.base import REDIS_CONNECTIONS, is_redis  # noqa: E402
 from tests.chaos.fleet import HONEST, MESSAGES, VALIDATOR, Fleet, expected_answer, fleet, wait_until  # noqa: E402
 
 FAULTY = ["refuse", "stall-headers", "stall-body", "trickle", "http500", "bad-json", "bad-sse", "empty",
@@ -1051,7 +1051,7 @@ def main() -> int:
 
 def redis_store_url(store: str, redis_url: str | None) -> str | None:
     """The Redis the API's stores go on (None: SQLite), from ``--store`` and ``--redis-url``."""
-    if store.startswith(("redis://", "rediss://")):
+    if is_redis(store):
         return store
     if store == "sqlite":
         return None

@@ -41,34 +41,32 @@ def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
     return tuple(out)
 
 
+def ip_of(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address ``address`` names (without an IPv6 ``%zone``), an IPv4-mapped IPv6 one (``::ffff:10.0.0.1``
+    from a dual-stack socket) as its IPv4 address; None when it names none."""
+    try:
+        ip = ipaddress.ip_address(address.strip().split("%", 1)[0])
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def is_trusted(address: str, proxies: tuple[Network, ...]) -> bool:
     """Whether ``address`` is one of ``proxies`` (an IPv4-mapped IPv6 address as its IPv4 one)."""
-    if not proxies:
-        return False
-    try:
-        ip = ipaddress.ip_address(address.strip())
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:  # ::ffff:10.0.0.1 from a dual-stack socket
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in proxies)
+    ip = ip_of(address) if proxies else None
+    return ip is not None and any(ip in network for network in proxies)
 
 
 def address_key(address: str | None) -> str | None:
     """The bucket an address is counted in (connection caps, key and admin guessing): the IPv4 address, an IPv6
     address's /64 (``::ffff:`` mapped addresses as IPv4); ``None`` when it is no IP (a Unix socket). One host
     owns a whole /64: counted per address, it had 2**64 fresh budgets to guess keys from."""
-    if not address:
+    ip = ip_of(address) if address else None
+    if ip is None:
         return None
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return None
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    if ip.version == 6:
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False)) if ip.version == 6 else str(ip)
 
 
 def forwarded_client(peer: str | None, forwarded_for: Iterable[str], proxies: tuple[Network, ...]) -> str:

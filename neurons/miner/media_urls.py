@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared.client_address import ip_of
+
 MEDIA_PARTS = ("image_url", "video_url", "audio_url")  # content parts whose ``{"url": ...}`` a server fetches
 FETCHED_SCHEMES = ("http", "https")
 RESOLVE_SECONDS = 2.0
@@ -44,13 +46,8 @@ def media_urls(body: dict[str, Any]) -> Iterator[str]:
 
 def is_public(address: str) -> bool:
     """Whether ``address`` is a public (global) IP address; an IPv4-mapped IPv6 address as its IPv4 one."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    ip = ip_of(address)
+    return ip is not None and ip.is_global and not ip.is_multicast
 
 
 async def refused_media_url(body: dict[str, Any]) -> str | None:

@@ -11,9 +11,10 @@ from shared.store.base import RedisLink, RedisLinks, Store, StoreUnavailable, is
 __all__ = ["Store", "StoreUnavailable", "open_store"]
 
 
-def open_store(url: str, *, namespace: str = "sn1", links: RedisLinks | None = None) -> Store:
+def open_store(url: str, *, namespace: str = "sn1", links: RedisLinks | None = None, name: str | None = None) -> Store:
     """Build the store named by ``STORE_URL``; no I/O happens until the first call (Redis) or here (SQLite). On
-    Redis, on the process's key link (``links``), or on a link of its own without."""
+    Redis, on the process's key link (``links``), or on a link of its own without (named ``name`` in Redis's
+    ``CLIENT LIST``)."""
     if url.startswith("sqlite:///"):
         from shared.store.sqlite import SQLiteStore
 
@@ -21,5 +22,5 @@ def open_store(url: str, *, namespace: str = "sn1", links: RedisLinks | None = N
     if is_redis(url):  # the schemes STORE_URL takes, as the other stores' openers
         from shared.store.redis import RedisStore
 
-        return RedisStore(RedisLink.for_keys(url) if links is None else links.keys, namespace=namespace)
+        return RedisStore(RedisLink.for_keys(url, name=name) if links is None else links.keys, namespace=namespace)
     raise ValueError(f"unsupported STORE_URL scheme: {url}")
