@@ -20,29 +20,35 @@ def load_hotkey(name: str, hotkey: str, path: str | Path) -> Any:
 
     A missing or unreadable key file is a configuration problem: ``SettingsError``
     with the path and how to fix it, not a traceback; so is an encrypted one (``refuse_encrypted``), which the
-    SDK would ask a password for.
+    SDK would ask a password for. The file is read once (``_read_hotkey``, the SDK's own decoding); only an
+    encrypted one whose password the SDK's variable holds is left to the SDK's wallet to decrypt.
     """
+    keypair = _read_hotkey(name, hotkey, path)
+    if keypair is not None:
+        return keypair
     import bittensor as bt
 
-    wallet = bt.Wallet(name=name, hotkey=hotkey, path=str(Path(path).expanduser()))
     try:
-        refuse_encrypted(name, hotkey, path, hotkey_file(name, hotkey, path).read_bytes())
-        return wallet.hotkey
-    except (OSError, KeyfileError) as e:  # missing, a directory, not ours to read, not a key
+        return bt.Wallet(name=name, hotkey=hotkey, path=str(Path(path).expanduser())).hotkey
+    except (OSError, KeyfileError) as e:  # a wrong password in its variable, or the file gone meanwhile
         raise _unloadable(name, hotkey, path, e) from None
 
 
 def check_hotkey(name: str, hotkey: str, path: str | Path) -> None:
     """``load_hotkey``'s check without the SDK, for the API's supervisor, which forks its workers only once the
-    key is known good: the file the SDK's wallet reads (``<path>/<name>/hotkeys/<hotkey>``), decoded by the SDK's
-    own key binding (``bittensor_core``). An encrypted one is refused here, before any worker asks for its password
-    (``refuse_encrypted``); one whose password the SDK's variable holds is left to the workers to decrypt (~3 s
-    of CPU each)."""
+    key is known good (``_read_hotkey``). One whose password the SDK's variable holds is left to the workers to
+    decrypt (~3 s of CPU each)."""
+    _read_hotkey(name, hotkey, path)
+
+
+def _read_hotkey(name: str, hotkey: str, path: str | Path) -> Any | None:
+    """The hotkey's keypair, from the file the SDK's wallet reads (``hotkey_file``) decoded by the SDK's own key
+    binding (``bittensor_core``, as ``Keyfile.get_keypair`` does); None for an encrypted one whose password the SDK's
+    variable holds (any other encrypted one is refused: ``refuse_encrypted``)."""
     try:
         data = hotkey_file(name, hotkey, path).read_bytes()
-        if not refuse_encrypted(name, hotkey, path, data):
-            deserialize_keypair_from_keyfile_data(data)
-    except (OSError, KeyfileError) as e:
+        return None if refuse_encrypted(name, hotkey, path, data) else deserialize_keypair_from_keyfile_data(data)
+    except (OSError, KeyfileError) as e:  # missing, a directory, not ours to read, not a key
         raise _unloadable(name, hotkey, path, e) from None
 
 
