@@ -19,7 +19,7 @@ from api.availability import AvailabilityCache
 from api.chat import CTX
 from api.context import ApiContext
 from shared.aio import within
-from shared.metrics import ApiMetrics, metrics_handler, metrics_middleware
+from shared.metrics import ApiMetrics, metrics_handler, metrics_middleware, show_readiness
 from shared.readiness import CheckOut, ReadyOut, gauge_age, ready_out, ready_response
 from shared.readiness import metagraph_check as shared_metagraph_check
 from shared.store.base import StoreUnavailable
@@ -147,9 +147,7 @@ async def sample(ctx: ApiContext, metrics: ApiMetrics) -> None:
     could alert on the validator's readiness and not on the API's, whose store or outbox failing was told only
     to whoever asked ``/ready``."""
     out = await readiness(ctx)  # the store check catches its store's failures itself
-    metrics.ready.set(1 if out.ready else 0)
-    for name, check in out.checks.items():
-        metrics.check_ok(name).set(1 if check.ok else 0)
+    show_readiness(metrics.ready, metrics.check_ok, out)
     metrics.store_lost.set(1 if ctx.store_marker.store_lost else 0)
     metrics.metagraph_age.set(ctx.metagraph.age_seconds)
     metrics.serving_miners.set(len(ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey)))

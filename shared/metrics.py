@@ -15,7 +15,7 @@ use ``livesum`` gauges, shared values (outbox depth) ``max``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import (
@@ -31,6 +31,9 @@ from prometheus_client import multiprocess as prom_multiprocess
 from shared.errors import API_ERROR_CODES
 from shared.http import BODY_CODE, CLIENT_GONE, observed
 from shared.metrics_dir import multiprocess_dir
+
+if TYPE_CHECKING:
+    from shared.readiness import ReadyOut
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 UNMATCHED = "unmatched"
@@ -59,6 +62,23 @@ class Children:
 # per made-up method, kept for good, for any caller without a key (a memory leak and a /metrics that grew).
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER_METHOD = "other"
+
+
+def readiness_gauges(prefix: str, registry: CollectorRegistry, **mode: str) -> tuple[Gauge, Gauge]:
+    """``<prefix>_ready`` and ``<prefix>_check_ok{check}``, what a process's ``GET /ready`` says (``show_readiness``),
+    for the API and the validator alike; ``mode``: the API's ``multiprocess_mode``."""
+    ready = Gauge(f"{prefix}_ready", "1 when GET /ready would answer 200 (every required check passes), else 0",
+                  registry=registry, **mode)
+    checks = Gauge(f"{prefix}_check_ok", "1 while the /ready check passes, else 0 (a required check or a warning: "
+                   "/ready's checks.<name>.required)", ["check"], registry=registry, **mode)
+    return ready, checks
+
+
+def show_readiness(ready: Gauge, check_ok: Children, out: ReadyOut) -> None:
+    """Set ``readiness_gauges``' values from a ``/ready`` answer."""
+    ready.set(1 if out.ready else 0)
+    for name, check in out.checks.items():
+        check_ok(name).set(1 if check.ok else 0)
 
 
 class HttpMetrics:
@@ -161,11 +181,7 @@ class ApiMetrics:
                                 "back empty: /ready's store check fails until a key is created or imported), "
                                 "else 0", registry=r, multiprocess_mode="livemax")
         # The fleet's worst worker (livemin): a load balancer sends a host's traffic to whichever worker answers.
-        self.ready = Gauge("sn1_api_ready", "1 when GET /ready would answer 200 (every required check passes), "
-                           "else 0", registry=r, multiprocess_mode="livemin")
-        self.checks = Gauge("sn1_api_check_ok", "1 while the /ready check passes, else 0 (a required check or a "
-                            "warning: /ready's checks.<name>.required)", ["check"], registry=r,
-                            multiprocess_mode="livemin")
+        self.ready, self.checks = readiness_gauges("sn1_api", r, multiprocess_mode="livemin")
         self.check_ok = Children(self.checks)
         self._fanouts, self._errors = Children(self.fanouts), Children(self.miner_errors)
         self._first, self._answer, self._wins = (Children(self.miner_first_chunk), Children(self.miner_answer),
@@ -219,10 +235,7 @@ class ValidatorMetrics:
                                       registry=r)
         self.availability_age = Gauge("sn1_validator_availability_age_seconds", "Age of the last availability poll",
                                       registry=r)
-        self.ready = Gauge("sn1_validator_ready", "1 when GET /ready would answer 200 (every required check "
-                           "passes), else 0", registry=r)
-        self.checks = Gauge("sn1_validator_check_ok", "1 while the /ready check passes, else 0 (a required "
-                            "check or a warning: /ready's checks.<name>.required)", ["check"], registry=r)
+        self.ready, self.checks = readiness_gauges("sn1_validator", r)
         self.check_ok = Children(self.checks)
         self.miner_score = Gauge("sn1_validator_miner_score", "Each miner's moving score, the one weights are "
                                  "computed from (GET /scores' score), by uid; uids in the metagraph only",

@@ -29,7 +29,7 @@ from shared.availability_query import parse_k, parse_task, read_uid_list
 from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json, request_lines
 from shared.metagraph import MetagraphView
-from shared.metrics import ValidatorMetrics, metrics_handler, metrics_middleware
+from shared.metrics import ValidatorMetrics, metrics_handler, metrics_middleware, show_readiness
 from shared.readiness import failing, gauge_age, ready_response
 from shared.signing import CALLER_KEY, UNVERIFIED_BODY_BYTES, Authorizer, RequestVerifier, verified_hotkey
 from shared.store.base import StoreUnavailable
@@ -162,9 +162,7 @@ async def _sample(ctx: ValidatorContext, metrics: ValidatorMetrics) -> None:
     metrics.miners_available.set(sum(1 for e in ctx.book.entries.values() if e))
     metrics.availability_age.set(gauge_age(ctx.book.age()))  # +Inf before the first poll
     out = readiness(ctx)
-    metrics.ready.set(1 if out.ready else 0)
-    for name, check in out.checks.items():
-        metrics.check_ok(name).set(1 if check.ok else 0)
+    show_readiness(metrics.ready, metrics.check_ok, out)
 
 
 async def ready(request: web.Request) -> web.Response:
