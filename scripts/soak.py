@@ -436,9 +436,9 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                     await quiesce(f, deadline + 10, validator)
                     report.before, report.structures_before = await resources(redis=reader.clients), structures(f)
                     report.validator_before = await validator() if validator else {}
-                    report.rows_before = await reader.rows()
                     growth = TypeGrowth(object_types()) if types else None  # before the first reading: it holds
                     report.samples.append(await sample(f, 0, report.validator_before, report.before, reader))
+                    report.rows_before = await rows_of(reader, report.samples[0])
                     for done, n in phases(requests, samples):
                         started, watcher = time.monotonic(), asyncio.create_task(watch_loop_lag(report))
                         await drive(session, scenario, n, concurrency, seed + done, report)
@@ -455,7 +455,7 @@ async def soak(requests: int, concurrency: int, deadline: float, max_rss_mb: flo
                         report.types_grown, report.types_every_phase = growth.report()
                     report.structures_after = structures(f)
                     report.validator_after = await validator() if validator else {}
-                    report.rows_after = await reader.rows()
+                    report.rows_after = await rows_of(reader, report.samples[-1])
             await f.ctx.client.session.close()
     b, a = report.before, report.after
     grown = {k: v for k, v in report.structures_after.items() if v > report.structures_before.get(k, 0)}
@@ -765,10 +765,19 @@ class StoreReader:
     """How to count what the API's stores hold: rows by table (SQLite) or keys by kind (Redis); on Redis also
     the run's namespace key by key (``soak_redis``), the API's two Redis clients (whose pooled sockets the fds
     limit leaves out) and its scoring outbox, on them."""
-    rows: Callable[[], Awaitable[dict[str, int]]]
+    rows: Callable[[], Awaitable[dict[str, int]]] | None = None  # SQLite's tables (Redis: ``held``'s keys)
     held: Callable[[], Awaitable[RedisHeld]] | None = None
     clients: list[Any] = field(default_factory=list)
     outbox: Any = None
+
+
+async def rows_of(reader: StoreReader, taken: Sample) -> dict[str, int]:
+    """What the store holds by kind: on Redis, the reading ``taken`` just made of the namespace (a second whole
+    read of it, key by key, would only repeat it); on SQLite, its tables' rows."""
+    if taken.redis is not None:
+        return taken.redis.keys
+    assert reader.rows is not None  # a SQLite store
+    return await reader.rows()
 
 
 @contextlib.asynccontextmanager
@@ -778,7 +787,7 @@ async def store_on(f: Fleet, tmp: Path, url: str | None) -> AsyncIterator[StoreR
     clients for all five stores), so the run measures what serves. A Redis is left as it was found: the run's keys
     are under a namespace of its own, deleted at the end."""
     if url is None:
-        yield StoreReader(lambda: _sqlite_rows(tmp / "api.db"))
+        yield StoreReader(rows=lambda: _sqlite_rows(tmp / "api.db"))
         return
     from api.worker import open_stores, redis_links
 
@@ -800,11 +809,8 @@ async def store_on(f: Fleet, tmp: Path, url: str | None) -> AsyncIterator[StoreR
     async def held() -> RedisHeld:
         return await read_held(ctx.store.redis, ns)
 
-    async def keys() -> dict[str, int]:
-        return (await held()).keys
-
     try:
-        yield StoreReader(keys, held, clients=[links.keys.client, links.data.client], outbox=stores.outbox)
+        yield StoreReader(held=held, clients=[links.keys.client, links.data.client], outbox=stores.outbox)
     finally:
         async for name in ctx.store.redis.scan_iter(match=f"{ns}:*", count=1000):
             await ctx.store.redis.delete(name)
