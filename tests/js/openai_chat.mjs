@@ -118,7 +118,12 @@ await run({
       { signal: controller.signal });
     controller.abort();
     assert.ok((await raised(call)) instanceof OpenAI.APIUserAbortError);
-    const slow = await raised(client({ timeout: 1 }).chat.completions.create({ model: "default", messages: user("x") }));
+    // A network slower than the timeout, for sure: a 1 ms timeout raced the API's answer, and lost the race on a
+    // fast host. The request is held until the SDK's timer aborts it, then sent as undici would, aborted.
+    const late = (url, init) => new Promise((resolve, reject) => init.signal.addEventListener("abort",
+      () => fetch(url, init).then(resolve, reject), { once: true }));
+    const slow = await raised(client({ timeout: 50, fetch: late }).chat.completions.create({ model: "default",
+      messages: user("x") }));
     assert.ok(slow instanceof OpenAI.APIConnectionTimeoutError);
   },
 });
