@@ -178,18 +178,19 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     # Stored in_progress: its task starts at once (none waits for room: past the bound is a 429), so a poll
     # finds it being answered; the caller gets OpenAI's first word for it, queued.
     until = time.time() + seconds + GRACE_S  # when the record reads failed if it is still pending
-    data = keeping.part(queued | {"status": "in_progress"}, until=until)
+    polled = queued | {"status": "in_progress"}
+    data = keeping.part(polled, until=until)
     if data is None:
         raise invalid_value("input", "the conversation is too large to store, and a background response is "
                                      "stored to be polled: send it without background")
     response_id = queued["id"]
-    # stored to be polled: past the key's budget, the 429 before any miner (given back if the store fails it)
-    async with charged(ctx.storage_budget, key.id, len(data.encode()), "this background response"):
-        try:
-            kept = await response_store_call(ctx.responses.put(key.id, response_id, data, retention=keeping.retention,
-                                                               pending=True))
-        except PreviousGone as e:  # deleted as its request came in
+    try:
+        kept = await _put_pending(ctx, key, response_id, data, keeping.retention)
+    except PreviousGone as e:  # deleted as its request came in
+        if keeping.conversation_id is None:
             raise previous_not_found(str(e)) from e
+        keeping.alone()  # a conversation's last stored turn: this one keeps the conversation whole
+        kept = await _put_pending(ctx, key, response_id, keeping.whole(polled, until=until), keeping.retention)
     if not kept:
         raise invalid_api_key()  # deleted as its request came in
     # Tracked before anything else is awaited: a caller that left while its first events were being stored
@@ -288,6 +289,15 @@ async def resumed(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIt
 def _ends(frame: str) -> bool:
     """Whether an event is a response's last (``response.completed``, ``.failed``, ``.incomplete``)."""
     return frame.startswith(tuple(f"event: response.{status}\n" for status in ENDINGS))
+
+
+async def _put_pending(ctx: ApiContext, key: KeyRecord, response_id: str, data: str, retention: float) -> bool:
+    """Store a background response pending, to be polled: past the key's budget, the 429 before any miner (given
+    back if the store fails it, or refuses it: ``PreviousGone``)."""
+    assert ctx.responses is not None
+    async with charged(ctx.storage_budget, key.id, len(data.encode()), "this background response"):
+        return await response_store_call(ctx.responses.put(key.id, response_id, data, retention=retention,
+                                                           pending=True))
 
 
 async def _run(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping: Keeping,

@@ -4,7 +4,9 @@ A response is stored (unless the request says ``store: false``, or the gateway's
 ``RESPONSES_RETENTION_SECONDS`` is 0) with the conversation it answered, as
 Responses input items: the previous response's items, its output, then this
 request's input; of them, its part keeps this request's input and names the
-previous response (``Keeping.part``), whose part holds the rest. A request
+previous response (``Keeping.part``), whose part holds the rest. A turn of a
+``conversation`` names its last stored turn so (``last_turn``), its part keeping
+the items added to the conversation since that turn too. A request
 naming it as ``previous_response_id`` is answered with that conversation and the
 previous output before its own input, as OpenAI answers one; the previous ``instructions`` are not carried over (at OpenAI
 neither). Every lookup is by the calling key: another key's response reads as
@@ -44,6 +46,7 @@ from shared.store.responses import (
     encode,
     joined,
     list_size,
+    same_items,
     within_bound,
 )
 
@@ -54,6 +57,9 @@ ITEM_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output"
 STORAGE_OFF = f"{STATELESS} (RESPONSES_RETENTION_SECONDS is 0)"
 MAX_ITEM_ID = 256  # an item id an item_reference can name (a longer one is kept, not indexed)
 MAX_REFERENCED_RESPONSES = 16  # stored responses one request's item references may read
+# A conversation's last items whose ids are looked up to find its last stored turn (``last_turn``): its output's
+# last item, or items added to the conversation after it (a lookup each).
+LAST_TURN_LOOKUPS = 4
 PENDING = frozenset({"queued", "in_progress"})  # a background response's statuses before it is settled
 NOT_KEPT = ("its conversation was over 1 MiB with the answer, and was not stored (the response says store: "
             "false): send the conversation in input instead")
@@ -69,13 +75,31 @@ async def response_store_call(pending: Awaitable[T]) -> T:
 
 @dataclass(frozen=True)
 class History:
-    """The conversation a request continues (``items``), and where it is stored: ``prev``, the response it
-    continues by ``previous_response_id`` (its next part names it), and ``size``, the ``list_size`` of ``items``
-    (carried by the stored parts, not measured again each turn)."""
+    """The conversation a request continues (``items``), and where it is stored: ``prev``, the stored response
+    whose conversation and output begin it (its next part names it: the one named by ``previous_response_id``, or
+    a ``conversation``'s last stored turn, ``last_turn``), ``size``, the ``list_size`` of ``items`` (carried by the
+    stored parts, not measured again each turn), and ``after``, how many of its last items come after ``prev``'s
+    (items added to a conversation between its turns: the next part keeps them itself)."""
 
     items: list[dict[str, Any]] = field(default_factory=list)
     prev: str | None = None
     size: int = EMPTY
+    after: int = 0
+    before: int | None = None  # ``list_size`` of ``items`` but the last ``after`` (None: ``size``)
+
+    @property
+    def tail(self) -> list[dict[str, Any]]:
+        """Its items after ``prev``'s conversation and output."""
+        return self.items[len(self.items) - self.after:]
+
+    @property
+    def prev_size(self) -> int:
+        """``list_size`` of ``prev``'s conversation and output (its items but ``tail``)."""
+        return self.size if self.before is None else self.before
+
+    def alone(self) -> History:
+        """The same conversation, stored whole (its ``prev`` is gone)."""
+        return History(self.items, size=self.size)
 
 
 async def continued(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) -> tuple[ResponsesRequest, History]:
@@ -100,7 +124,9 @@ async def history_of(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) 
                                 "'previous_response_id' or 'conversation'.", param="conversation",
                            code="mutually_exclusive_parameters")
         items = await conversations_state.history(ctx, key, wanted.conversation_id)
-        return History(items, size=list_size(items))
+        if wanted.store is False or ctx.responses is None:
+            return History(items, size=list_size(items))
+        return await last_turn(ctx, key, items)
     if response_id is None:
         return History()
     if ctx.responses is None:
@@ -116,6 +142,35 @@ async def history_of(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) 
                        param="previous_response_id", code="previous_response_not_found")
     output = list(found.response.get("output") or [])
     return History(found.items + output, found.id, joined(found.size, list_size(output)))
+
+
+async def last_turn(ctx: ApiContext, key: KeyRecord, items: list[dict[str, Any]]) -> History:
+    """A ``conversation``'s ``items`` as the history of a turn to be stored: after the stored response of its last
+    stored turn, when they begin with that response's conversation and output exactly (its next part then keeps
+    only what comes after: a conversation of N turns takes space linear in N, as a chain does), else whole (a
+    first turn, items deleted from the conversation, a turn stored before parts or not stored). That response is
+    found by the id of one of the last ``LAST_TURN_LOOKUPS`` items (the one a stored response added: the items
+    index); a response still pending or kept without its conversation is never continued so."""
+    whole = History(items, size=list_size(items))
+    assert ctx.responses is not None
+    looked = 0
+    for item in reversed(items):
+        item_id = item.get("id")
+        if looked == LAST_TURN_LOOKUPS:
+            break
+        if not isinstance(item_id, str) or not 0 < len(item_id) <= MAX_ITEM_ID:
+            continue
+        looked += 1
+        found = await response_store_call(ctx.responses.holder(key.id, item_id))
+        if found is None:
+            continue
+        output = list(found.response.get("output") or [])
+        start = len(found.items) + len(output)
+        if (found.until is not None or found.response.get("status") in PENDING or not_kept(found)
+                or not same_items(items[:start], found.items + output)):
+            return whole
+        return History(items, found.id, whole.size, len(items) - start, joined(found.size, list_size(output)))
+    return whole
 
 
 def previous_not_found(response_id: str) -> ApiError:
@@ -282,8 +337,8 @@ def unique_ids(items: list[dict[str, Any]], before: Sequence[dict[str, Any]] = (
 class Keeping:
     """A response to be stored (``store``) and/or added to a conversation: the conversation it answers
     (``history``), this request's input items (``added``: the same ids in both), then (``seal``) its final
-    object. Stored, it is a part: its object and ``added``, after its ``history.prev``'s part (a first turn, or
-    one of a ``conversation``: with its whole history)."""
+    object. Stored, it is a part: its object, ``history.tail`` and ``added``, after its ``history.prev``'s part (a
+    first turn, or one of a conversation with no such previous part: with its whole history)."""
 
     key_id: str
     retention: float
@@ -314,7 +369,8 @@ class Keeping:
             return None
         if self.history.prev is None:
             return self.whole(response, until=until)
-        return encode(response, self.added, until=until, prev=self.history.prev, before=self.history.size)
+        return encode(response, self.history.tail + self.added, until=until, prev=self.history.prev,
+                      before=self.history.prev_size)
 
     def whole(self, response: dict[str, Any], *, until: float | None = None) -> str:
         """Its stored form holding its whole conversation, after no other part (its previous response gone)."""
@@ -323,8 +379,13 @@ class Keeping:
     def unkept(self, response: dict[str, Any]) -> str:
         """The stored form of a background response over the bound: its object alone, to be polled, not
         continued (its part keeps its place after its ``prev``, which it was counted as continuing; a first turn's,
-        or one of a ``conversation``, names none: ``encode`` leaves ``before`` out then)."""
-        return encode(response, [], prev=self.history.prev, before=self.history.size)
+        or one of a conversation stored whole, names none: ``encode`` leaves ``before`` out then)."""
+        return encode(response, [], prev=self.history.prev, before=self.history.prev_size)
+
+    def alone(self) -> None:
+        """Store it whole from now on: the response its part was to continue (a conversation's last stored turn)
+        was deleted or expired as this one was made."""
+        self.history = self.history.alone()
 
 
 def keeping(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest, history: History) -> Keeping | None:
@@ -365,7 +426,12 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
             try:
                 kept = await put(data)
             except PreviousGone:  # deleted (or expired) as this answer was made: this one keeps the conversation whole
-                kept = await put(keeping.whole(keeping.final))
+                whole = keeping.whole(keeping.final)
+                kept = await put(whole)
+                if kept and ctx.storage_budget is not None:  # counted as what is stored
+                    more = len(whole.encode()) - len(data.encode())
+                    await ctx.storage_budget.count_or_warn(keeping.key_id, more, f"{more} bytes of response "
+                                                           f"{response_id} stored whole not counted")
     except StoreUnavailable as e:
         ctx.responses_outage.failed(f"response {response_id} not stored (its answer says store: false): {e}")
         return False

@@ -10,11 +10,13 @@ sets the key's TTL and expires it itself.
 
 Each response is one JSON text, its part: its object, the input items it added,
 and ``prev``, the response it continues, whose conversation and output come
-before them (``encode``). A chain of N turns so takes space linear in N: each
-record held its whole conversation before (2026-12-06), N² / 2 in all. Reading
-one reads its part and its ancestors' in one query or script (``decode``); a
-part without ``prev`` holds its whole conversation (a first turn, a turn of a
-``conversation``, or a record stored before parts). Writing one makes its
+before them (``encode``); a turn of a ``conversation`` continues its last stored
+turn so, its part keeping the items added to the conversation since too. A chain
+or a conversation of N turns so takes space linear in N: each record held its
+whole conversation before (2026-12-06), N² / 2 in all. Reading one reads its
+part and its ancestors' in one query or script (``decode``); a part without
+``prev`` holds its whole conversation (a first turn, a turn of a conversation
+whose earlier items changed, or a record stored before parts). Writing one makes its
 ancestors live as long: each is read itself only until its own retention ends,
 as before, and kept for its descendants after. A deleted response that others
 continue is kept hidden for them; one none does goes at once, with the hidden
@@ -106,6 +108,12 @@ def _dumps(data: Any) -> str:
 def list_size(items: Sequence[dict[str, Any]]) -> int:
     """The UTF-8 size of ``items`` as one JSON list in a stored form: what a conversation adds to its measure."""
     return len(_dumps(list(items)).encode())
+
+
+def same_items(first: Sequence[dict[str, Any]], then: Sequence[dict[str, Any]]) -> bool:
+    """Whether two lists of items are stored as the same JSON text (the same items, in the same order, each with its
+    keys in the same order): a part continuing a response must read back exactly what a whole record held."""
+    return len(first) == len(then) and _dumps(list(first)) == _dumps(list(then))
 
 
 def joined(first: int, then: int) -> int:

@@ -93,10 +93,15 @@ async def turns(api: ApiUnderTest, n: int, prev: str | None = None) -> list[dict
 
 async def listed(api: ApiUnderTest, response_id: str) -> list[dict[str, Any]]:
     """Every input item of a stored response, in order (``input_items``, paged)."""
+    return await every_item(api, f"/v1/responses/{response_id}/input_items")
+
+
+async def every_item(api: ApiUnderTest, path: str) -> list[dict[str, Any]]:
+    """Every item of a paged list of items (a response's input items, a conversation's), oldest first."""
     items: list[dict[str, Any]] = []
     after = ""
     while True:
-        status, page = await call(api, "GET", f"/v1/responses/{response_id}/input_items?order=asc&limit=100{after}")
+        status, page = await call(api, "GET", f"{path}?order=asc&limit=100{after}")
         assert status == 200, page
         items += page["data"]
         if not page["has_more"]:

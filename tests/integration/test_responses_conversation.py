@@ -1,0 +1,163 @@
+"""Responses stored in a ``conversation``, through the real API and miners, on SQLite and on Redis: each turn's record
+names the conversation's last stored turn and keeps only what came after it (its input, and items added to the
+conversation between turns), so a conversation takes store space linear in its turns (each record held the whole
+conversation before it, N² / 2 in all). What a caller reads is as it was: each response's input items are the
+conversation it answered, as it was then, whatever is later deleted from the conversation, the conversation itself
+or a response in its middle; ``previous_response_id`` may name one of them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.store.responses import SQLiteResponseStore, prev_of
+from tests.helpers import ApiUnderTest, Script, call, chunk, openai_client, sse
+from tests.integration.test_responses_background import polled
+from tests.integration.test_responses_chain import (
+    ANSWER,
+    STORES,
+    answering,
+    api_on,
+    every_item,
+    key_id_of,
+    listed,
+    stored_bytes,
+)
+from tests.integration.test_storage_budget import stored_today
+
+
+async def conversation_items(api: ApiUnderTest, conversation_id: str) -> list[dict[str, Any]]:
+    """Every item of a conversation, oldest first (paged)."""
+    return await every_item(api, f"/v1/conversations/{conversation_id}/items")
+
+
+async def new_conversation(api: ApiUnderTest, *said: str) -> str:
+    status, made = await call(api, "POST", "/v1/conversations", {
+        "items": [{"type": "message", "role": "user", "content": text} for text in said]})
+    assert status == 200, made
+    return made["id"]
+
+
+async def turn(api: ApiUnderTest, conversation_id: str, text: str, **more: Any) -> dict[str, Any]:
+    """One stored turn of the conversation: its response object, as sent."""
+    status, response = await call(api, "POST", "/v1/responses", {"model": "default", "input": text,
+                                                                 "conversation": conversation_id} | more)
+    assert status == 200 and response["store"] is True, response
+    return response
+
+
+async def part_prev(api: ApiUnderTest, response_id: str) -> str | None:
+    """The response a stored response's part names (None: it holds its whole conversation), read from the store."""
+    responses, key_id = api.ctx.responses, await key_id_of(api)
+    if isinstance(responses, SQLiteResponseStore):
+        rows = responses._query("SELECT data FROM stored_responses WHERE id = ? AND key_id = ?", (response_id, key_id))
+        return prev_of(rows[0][0])
+    return prev_of(await responses.r.get(f"{responses.ns}:response:{key_id}:{response_id}"))
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_long_conversation_takes_store_space_linear_in_its_turns(tmp_path: Path, store: str) -> None:
+    """50 turns of 2.5 KB answers in a conversation: each response's input items are the conversation as it was
+    (its items before the turn, then the turn's input), and the store holds a few times the turns' own size, not
+    the 3.7 MiB of a record per turn holding its whole conversation; the key's daily storage budget is charged
+    what is stored (the conversation's items, and the responses' parts)."""
+    async with api_on(store, tmp_path, answering(ANSWER), stored_bytes_per_key_per_day=10**9) as api:
+        conversation_id = await new_conversation(api, "I live in Paris.")
+        made, seen = [], {}
+        for i in range(50):
+            before = await conversation_items(api, conversation_id) if i in (0, 1, 25, 49) else None
+            made.append(await turn(api, conversation_id, f"Question {i}?"))
+            if before is not None:
+                seen[made[-1]["id"]] = before
+        for response_id, before in seen.items():
+            items = await listed(api, response_id)
+            assert items[:-1] == before and items[-1]["content"][0]["text"].startswith("Question"), response_id
+        last = await listed(api, made[-1]["id"])
+        assert len(last) == 100 and [item["role"] for item in last] == ["user"] + ["user", "assistant"] * 49 + ["user"]
+        own = sum(len(json.dumps(r, separators=(",", ":")).encode()) for r in made) + sum(
+            len(json.dumps(item, separators=(",", ":")).encode()) for item in last if item["role"] == "user")
+        stored = await stored_bytes(api, await key_id_of(api))
+        print(f"{store}: a conversation of 50 turns stored as {stored} bytes")
+        assert stored < 3 * own, f"{stored} bytes stored for turns of about {own} bytes"
+        conversation = await api.ctx.conversations.get(await key_id_of(api), conversation_id)
+        charged = await stored_today(api) - conversation.size
+        assert stored - 5 * 50 <= charged <= stored, (charged, stored)  # Redis: and its moved parts' marks
+        assert await part_prev(api, made[0]["id"]) is None  # the first turn holds its (short) conversation whole
+        assert await part_prev(api, made[-1]["id"]) == made[-2]["id"]
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_conversations_responses_read_as_they_were_whatever_changes_after(tmp_path: Path, store: str) -> None:
+    """Items added to the conversation between turns are in the next response's input items; deleting an item of the
+    conversation, a response in its middle or the conversation itself changes no response's input items; a turn
+    after an item was deleted is answered and stored with the conversation as it is then; ``previous_response_id``
+    naming a response of the conversation continues it with its conversation."""
+    miner = answering("Noted.")
+    async with api_on(store, tmp_path, miner) as api:
+        conversation_id = await new_conversation(api, "I live in Paris.")
+        made = [await turn(api, conversation_id, f"Question {i}?") for i in range(3)]
+        status, added = await call(api, "POST", f"/v1/conversations/{conversation_id}/items", {"items": [
+            {"type": "message", "role": "user", "content": "Also: I like tea."}]})
+        assert status == 200, added
+        made.append(await turn(api, conversation_id, "Question 3?"))
+        assert await part_prev(api, made[3]["id"]) == made[2]["id"]
+        assert [m["content"] for m in miner.bodies[-1]["messages"]][-3:] == [
+            "Noted.", [{"type": "text", "text": "Also: I like tea."}], "Question 3?"]
+        read = {r["id"]: await listed(api, r["id"]) for r in made}
+        assert [i["id"] for i in read[made[3]["id"]]] == [i["id"] for i in await conversation_items(
+            api, conversation_id)][:-1]
+        first_item = read[made[0]["id"]][0]["id"]
+        assert (await call(api, "DELETE", f"/v1/conversations/{conversation_id}/items/{first_item}"))[0] == 200
+        made.append(await turn(api, conversation_id, "Question 4?"))  # the conversation changed: stored whole
+        assert await part_prev(api, made[4]["id"]) is None
+        read[made[4]["id"]] = await listed(api, made[4]["id"])
+        assert first_item not in [i["id"] for i in read[made[4]["id"]]] and len(read[made[4]["id"]]) == 10
+        made.append(await turn(api, conversation_id, "Question 5?"))
+        assert await part_prev(api, made[5]["id"]) == made[4]["id"]
+        read[made[5]["id"]] = await listed(api, made[5]["id"])
+        assert (await call(api, "DELETE", f"/v1/responses/{made[2]['id']}"))[0] == 200
+        assert (await call(api, "DELETE", f"/v1/conversations/{conversation_id}"))[0] == 200
+        for response in made:
+            if response["id"] != made[2]["id"]:
+                assert await listed(api, response["id"]) == read[response["id"]], response["id"]
+                status, got = await call(api, "GET", f"/v1/responses/{response['id']}")
+                assert status == 200 and got["output"] == response["output"], got
+        status, went_on = await call(api, "POST", "/v1/responses", {"model": "default", "input": "And now?",
+                                                                    "previous_response_id": made[3]["id"]})
+        assert status == 200 and went_on["store"] is True, went_on
+        assert (await listed(api, went_on["id"]))[:-1] == read[made[3]["id"]] + made[3]["output"]
+        assert len(miner.bodies[-1]["messages"]) == len(read[made[3]["id"]]) + 2
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_background_turn_in_a_conversation_reads_its_conversation(tmp_path: Path, store: str) -> None:
+    """A streamed turn and a background turn of a conversation are stored as parts after its last stored turn (the
+    background one settled with its answer, and continued in turn); a turn whose last stored turn is deleted as it
+    is answered is stored whole."""
+    miner = Script([(0.3, d) for d in sse(chunk("Later."), chunk(finish="stop"))])
+    async with api_on(store, tmp_path, miner) as api:
+        client = openai_client(api)
+        conversation_id = await new_conversation(api, "I live in Paris.")
+        made = [await turn(api, conversation_id, f"Question {i}?") for i in range(2)]
+        async with client.responses.stream(model="default", input="Streamed?", conversation=conversation_id) as s:
+            streamed = await s.get_final_response()
+        assert await part_prev(api, streamed.id) == made[-1]["id"]
+        queued = await client.responses.create(model="default", input="Slowly?", background=True,
+                                               conversation=conversation_id)
+        assert await part_prev(api, queued.id) == streamed.id
+        done = await polled(client, queued)
+        assert (done.status, done.output_text) == ("completed", "Later.")
+        assert len(await listed(api, queued.id)) == 8
+        asked = asyncio.ensure_future(client.responses.create(model="default", input="Again?",
+                                                              conversation=conversation_id))
+        await asyncio.sleep(0.15)
+        assert (await call(api, "DELETE", f"/v1/responses/{queued.id}"))[0] == 200
+        answered = await asyncio.wait_for(asked, 10)
+        assert answered.to_dict()["store"] is True
+        assert await part_prev(api, answered.id) is None
+        assert [i["id"] for i in await listed(api, answered.id)][:-1] == [
+            i["id"] for i in await conversation_items(api, conversation_id)][:-2]
