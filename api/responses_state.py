@@ -46,6 +46,7 @@ from shared.store.responses import (
     encode,
     joined,
     list_size,
+    response_text,
     same_items,
     within_bound,
 )
@@ -365,14 +366,15 @@ class Keeping:
         """Its stored form with ``response``; None when its object and its whole conversation are over
         ``MAX_STORED_BYTES`` (it is not stored, as before parts: the bound is the same)."""
         size = joined(self.history.size, list_size(self.added))
-        if not within_bound(response, size, until):
+        text = response_text(response)  # encoded once: measured, then written
+        if not within_bound(text, size, until):
             return None
         if self.history.prev is None:
-            return self.whole(response, until=until)
-        return encode(response, self.history.tail + self.added, until=until, prev=self.history.prev,
+            return self.whole(text, until=until)
+        return encode(text, self.history.tail + self.added, until=until, prev=self.history.prev,
                       before=self.history.prev_size)
 
-    def whole(self, response: dict[str, Any], *, until: float | None = None) -> str:
+    def whole(self, response: dict[str, Any] | str, *, until: float | None = None) -> str:
         """Its stored form holding its whole conversation, after no other part (its previous response gone)."""
         return encode(response, self.history.items + self.added, until=until)
 

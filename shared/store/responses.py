@@ -121,23 +121,29 @@ def joined(first: int, then: int) -> int:
     return first + then - EMPTY + (1 if first > EMPTY and then > EMPTY else 0)
 
 
-def encode(response: dict[str, Any], items: list[dict[str, Any]], *, until: float | None = None,
+def response_text(response: dict[str, Any]) -> str:
+    """A response object's JSON text as its part holds it: made once, then measured (``within_bound``) and
+    written (``encode``), both of which take it (an answer's object is most of its part: it was encoded twice)."""
+    return _dumps(response)
+
+
+def encode(response: dict[str, Any] | str, items: list[dict[str, Any]], *, until: float | None = None,
            prev: str | None = None, before: int = EMPTY) -> str:
-    """A response's part: its object and ``items``, the conversation it answered (with ``prev``: only its own
-    input items, the rest being ``prev``'s conversation and output, whose ``list_size`` is ``before``). ``prev``
-    comes first, where a Redis script reads it without parsing the part."""
+    """A response's part: its object (or its ``response_text``) and ``items``, the conversation it answered (with
+    ``prev``: only its own input items, the rest being ``prev``'s conversation and output, whose ``list_size`` is
+    ``before``). ``prev`` comes first, where a Redis script reads it without parsing the part."""
     if prev is not None and not PREV_ID.fullmatch(prev):
         raise ValueError(f"a stored response id of unexpected characters: {prev[:64]!r}")
-    data: dict[str, Any] = {"prev": prev, "before": before} if prev is not None else {}
-    data |= {"response": response, "items": items}
-    if until is not None:
-        data["until"] = until
-    return _dumps(data)
+    head = "{" if prev is None else f'{{"prev":{_dumps(prev)},"before":{_dumps(before)},'
+    text = response if isinstance(response, str) else response_text(response)
+    tail = "" if until is None else f',"until":{_dumps(until)}'
+    return f'{head}"response":{text},"items":{_dumps(items)}{tail}}}'
 
 
-def within_bound(response: dict[str, Any], size: int, until: float | None = None) -> bool:
-    """Whether a response whose whole conversation measures ``size`` (``list_size``) is stored: its object and
-    that conversation, in one JSON text as it was stored before parts (2026-12-06), within ``MAX_STORED_BYTES``."""
+def within_bound(response: dict[str, Any] | str, size: int, until: float | None = None) -> bool:
+    """Whether a response whose whole conversation measures ``size`` (``list_size``) is stored: its object (or its
+    ``response_text``) and that conversation, in one JSON text as it was stored before parts (2026-12-06), within
+    ``MAX_STORED_BYTES``."""
     return len(encode(response, [], until=until).encode()) - EMPTY + size <= MAX_STORED_BYTES
 
 

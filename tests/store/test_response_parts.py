@@ -24,6 +24,7 @@ from shared.store.responses import (
     encode,
     joined,
     list_size,
+    response_text,
     within_bound,
 )
 
@@ -211,6 +212,21 @@ def test_the_bound_measures_what_a_whole_record_measured(text: str, monkeypatch:
             monkeypatch.setattr(responses_module, "MAX_STORED_BYTES", measured - 1)
             assert not within_bound(response, size, until)
         items, size = items + response["output"], joined(size, list_size(response["output"]))
+
+
+@pytest.mark.parametrize(("prev", "until"), [(None, None), (None, 1234.5), ("resp_0", None), ("resp_0", 99.25)])
+def test_a_part_is_the_json_text_it_always_was(prev: str | None, until: float | None) -> None:
+    """A part made from its object's ``response_text`` (encoded once, for the bound and the write) is, to the byte,
+    the one JSON text a part always was: what stored parts hold, and where the Redis scripts read ``prev``."""
+    response, added = turn(3)
+    response["output"][0]["content"][0]["text"] = "日本\n\"é"
+    data: dict[str, Any] = {"prev": prev, "before": 321} if prev is not None else {}
+    data |= {"response": response, "items": added} | ({"until": until} if until is not None else {})
+    expected = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    before = {} if prev is None else {"prev": prev, "before": 321}
+    assert encode(response_text(response), added, until=until, **before) == expected
+    assert encode(response, added, until=until, **before) == expected
+    assert responses_module.prev_of(expected) == prev
 
 
 async def test_a_sqlite_file_of_a_release_before_parts_is_read_and_continued(tmp_path: Path) -> None:
