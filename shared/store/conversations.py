@@ -349,8 +349,7 @@ class SQLiteConversationStore(SQLiteTables):
 
     async def forget_key(self, key_id: str, *, marked: bool = False) -> int:
         def run(db: sqlite3.Connection) -> int:
-            if not marked:
-                forgotten.mark(db, key_id, time.time())
+            forgotten.mark_first(db, key_id, marked=marked)
             db.execute("DELETE FROM conversation_items WHERE conversation_id IN "
                        "(SELECT id FROM conversations WHERE key_id = ?)", (key_id,))
             return db.execute("DELETE FROM conversations WHERE key_id = ?", (key_id,)).rowcount
@@ -555,8 +554,7 @@ class RedisConversationStore(RedisBacked):
     async def forget_key(self, key_id: str, *, marked: bool = False) -> int:
         """A SCAN of the key's names (in batches: never a KEYS that blocks Redis), once its forgotten mark is set: a
         write of it the SCAN could miss (a conversation made, or a list written again, as it runs) is refused."""
-        if not marked:
-            await self._call(forgotten.redis_mark(self.r, self.ns, key_id))
+        await forgotten.redis_mark_first(self, key_id, marked=marked)
         pattern = glob_escaped(f"{self.ns}:conversation:{key_id}:") + "*"
         return await self._call(forget_matching(self.r, pattern))
 

@@ -18,9 +18,9 @@ so a fleet part upgraded still refuses what the other part's deletes forgot). It
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+import time
 
-from shared.store.base import ttl_ms
+from shared.store.base import RedisBacked, ttl_ms
 
 # How long a deleted key's writes are refused after ``forget_key``: far past any request of it still being answered
 # then (a request's deadline is minutes at most, a background one's too); its mark then goes, as ids never come back.
@@ -38,9 +38,12 @@ class KeyForgotten(Exception):
     """A write refused: its key was deleted (``forget_key``) while the request that made it was being answered."""
 
 
-def mark(db: sqlite3.Connection, key_id: str, now: float) -> None:
-    """Mark ``key_id`` forgotten (inside the transaction that deletes what it kept)."""
-    db.execute("INSERT OR REPLACE INTO forgotten_keys (key_id, until) VALUES (?,?)", (key_id, now + FORGOTTEN_FOR_S))
+def mark_first(db: sqlite3.Connection, key_id: str, *, marked: bool) -> None:
+    """A SQLite ``forget_key``'s first step, in the transaction that deletes what the key kept: mark ``key_id``
+    forgotten, unless another store's ``forget_key`` of this delete set it already (``marked``)."""
+    if not marked:
+        db.execute("INSERT OR REPLACE INTO forgotten_keys (key_id, until) VALUES (?,?)",
+                   (key_id, time.time() + FORGOTTEN_FOR_S))
 
 
 def is_forgotten(db: sqlite3.Connection, key_id: str, now: float) -> bool:
@@ -65,6 +68,9 @@ def redis_name(namespace: str, key_id: str) -> str:
     return f"{namespace}:response_forgotten:{key_id}"
 
 
-def redis_mark(client: Any, namespace: str, key_id: str) -> Any:
-    """The command that marks ``key_id`` forgotten on Redis, for ``FORGOTTEN_FOR_S`` (to be awaited)."""
-    return client.set(redis_name(namespace, key_id), 1, px=ttl_ms(FORGOTTEN_FOR_S))
+async def redis_mark_first(store: RedisBacked, key_id: str, *, marked: bool) -> None:
+    """A Redis ``forget_key``'s first step, before its SCANs (which could miss a name written as they run): mark
+    ``key_id`` forgotten for ``FORGOTTEN_FOR_S``, unless another store's ``forget_key`` of this delete set it
+    already (``marked``)."""
+    if not marked:
+        await store._call(store.r.set(redis_name(store.ns, key_id), 1, px=ttl_ms(FORGOTTEN_FOR_S)))

@@ -449,8 +449,7 @@ class SQLiteResponseStore(SQLiteTables):
 
     async def forget_key(self, key_id: str, *, marked: bool = False) -> int:
         def run(db: sqlite3.Connection) -> int:
-            if not marked:
-                forgotten.mark(db, key_id, time.time())
+            forgotten.mark_first(db, key_id, marked=marked)
             db.execute("DELETE FROM stored_response_items WHERE key_id = ?", (key_id,))
             db.execute("DELETE FROM pending_responses WHERE key_id = ?", (key_id,))
             db.execute("DELETE FROM response_events WHERE key_id = ?", (key_id,))
@@ -729,8 +728,7 @@ class RedisResponseStore(RedisBacked):
     async def forget_key(self, key_id: str, *, marked: bool = False) -> int:
         """A SCAN of the key's names (an admin's rare call, in batches: never a KEYS that blocks Redis), once its
         forgotten mark is set: a write of it the SCAN could miss (one made as it runs) is refused."""
-        if not marked:
-            await self._call(forgotten.redis_mark(self.r, self.ns, key_id))
+        await forgotten.redis_mark_first(self, key_id, marked=marked)
         for names in (self._item_key, self._pending_key, self._events_key, self._kids_key, self._hidden_key):
             await self._call(forget_matching(self.r, glob_escaped(names(key_id, "")) + "*"))
         return await self._call(forget_matching(self.r, glob_escaped(self._key(key_id, "")) + "*"))

@@ -143,8 +143,7 @@ class SQLiteSessionStore(SQLiteTables):
 
     async def forget_key(self, key_id: str, *, marked: bool = False) -> bool:
         def run(db: sqlite3.Connection) -> bool:
-            if not marked:
-                forgotten.mark(db, key_id, time.time())
+            forgotten.mark_first(db, key_id, marked=marked)
             return db.execute("DELETE FROM model_sessions WHERE key_id = ?", (key_id,)).rowcount > 0
 
         return self._tx(run)
@@ -300,8 +299,7 @@ class RedisSessionStore(RedisBacked):
         return bool(out)
 
     async def forget_key(self, key_id: str, *, marked: bool = False) -> bool:
-        if not marked:  # first: an open after it is refused
-            await self._call(forgotten.redis_mark(self.r, self.ns, key_id))
+        await forgotten.redis_mark_first(self, key_id, marked=marked)  # first: an open after it is refused
         session = await self.for_key(key_id)
         return session is not None and await self.close(session.id)
 
