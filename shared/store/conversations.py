@@ -200,7 +200,6 @@ class SQLiteConversationStore(SQLiteTables):
         whether it did (the caller then ``_reclaim``s, once the transaction is committed)."""
         if now < self._next_purge:
             return False
-        forgotten.purge(db, now)
         ids = [row[0] for row in db.execute("SELECT id FROM conversations WHERE expires_at <= ? LIMIT ?",
                                             (now, PURGE_BATCH))]
         for conversation_id in ids:

@@ -59,7 +59,11 @@ def check_writable(db: sqlite3.Connection, key_id: str, now: float) -> None:
 
 
 def purge(db: sqlite3.Connection, now: float) -> None:
-    """Drop the marks of keys forgotten long enough (a row per deleted key: a small table)."""
+    """Drop the marks of keys forgotten long enough (a row per deleted key: a small table). The session sweep's
+    (``SQLiteSessionStore.active``) is the one call: every API worker runs it each ``AVAILABILITY_REFRESH_SECONDS``
+    whether responses are kept or not, so the responses' and conversations' purges, which also ran it, no longer
+    do (a mark past its time refuses nothing: ``is_forgotten`` reads ``until``, so a late sweep keeps a row, no
+    more)."""
     db.execute("DELETE FROM forgotten_keys WHERE until <= ?", (now,))
 
 

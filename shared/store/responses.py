@@ -352,9 +352,8 @@ class SQLiteResponseStore(SQLiteTables):
 
     @staticmethod
     def _purge(db: sqlite3.Connection, now: float) -> int:
-        """Delete up to ``PURGE_BATCH`` expired responses (by the expiry index) and their items, and the marks of
-        keys forgotten long enough (a row per deleted key: a small table); how many responses went."""
-        forgotten.purge(db, now)
+        """Delete up to ``PURGE_BATCH`` expired responses (by the expiry index) and their items; how many went.
+        (Forgotten marks past their time go in the session sweep: ``forgotten.purge``.)"""
         ids = [(row[0],) for row in db.execute("SELECT id FROM stored_responses WHERE expires_at <= ? LIMIT ?",
                                                (now, PURGE_BATCH))]
         db.executemany("DELETE FROM stored_response_items WHERE response_id = ?", ids)

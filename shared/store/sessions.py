@@ -153,7 +153,7 @@ class SQLiteSessionStore(SQLiteTables):
 
         def sweep(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM model_sessions WHERE expires_at <= ?", (now,))
-            forgotten.purge(db, now)  # the marks' only sweep when no responses are kept (RESPONSES_RETENTION_SECONDS=0)
+            forgotten.purge(db, now)  # the marks' one sweep: every worker runs it, responses kept or not
 
         self._tx(sweep)
         return [Session(**json.loads(r[0])) for r in self._query("SELECT data FROM model_sessions", ())]

@@ -16,6 +16,7 @@ from shared.store.base import Store
 from shared.store.conversations import SQLiteConversationStore
 from shared.store.redis import RedisStore
 from shared.store.responses import RedisResponseStore, ResponseStore, SQLiteResponseStore
+from shared.store.sessions import SQLiteSessionStore
 from shared.store.sqlite import SQLiteStore
 
 REDIS_URL = os.environ.get("REDIS_URL")
@@ -55,6 +56,17 @@ async def stores_in_one_place(backend: str, path: Path, sqlite: Callable[[Path],
             if isinstance(s, redis) and s is opened[0]:
                 await drop_keys(s.r, namespace)
             await s.aclose()
+
+
+async def swept_marks(path: Path) -> set[str]:
+    """The keys whose forgotten marks are left on the SQLite file ``path`` after the session sweep, the marks'
+    one sweep (``forgotten.purge``), which every API worker runs."""
+    sweeper = SQLiteSessionStore(path)
+    try:
+        await sweeper.active()
+        return {row[0] for row in sweeper._query("SELECT key_id FROM forgotten_keys", ())}
+    finally:
+        await sweeper.aclose()
 
 
 async def conversations_of(conversations: Any, key_id: str) -> list[Any]:
