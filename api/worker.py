@@ -59,6 +59,16 @@ class Stores:
     responses: ResponseStore | None  # None when RESPONSES_RETENTION_SECONDS is 0 (nothing is kept)
     conversations: ConversationStore | None
 
+    async def aclose(self) -> None:
+        """Close every store (a worker's at its stop, the soak's at its end: one sequence for both). A Redis link
+        they share (``RedisLinks``) is left open: its owner closes it once, after them."""
+        await self.store.close()
+        await self.outbox.close()
+        await self.sessions.aclose()
+        for kept in (self.responses, self.conversations):
+            if kept is not None:
+                await kept.aclose()
+
 
 def open_stores(settings: ApiSettings, links: RedisLinks | None) -> Stores:
     """Every store of a worker, on its Redis ``links`` (``redis_links``; None on SQLite): no I/O on Redis until the
@@ -72,7 +82,9 @@ def open_stores(settings: ApiSettings, links: RedisLinks | None) -> Stores:
                   conversations=open_conversations(url, namespace=namespace, links=links) if keeping else None)
 
 
-async def build_context(settings: ApiSettings, *, role: str = "api", links: RedisLinks | None = None) -> ApiContext:
+async def build_context(settings: ApiSettings, *, role: str = "api",
+                        links: RedisLinks | None = None) -> tuple[ApiContext, Stores]:
+    """A worker's context, and the stores it runs on (``Stores.aclose`` at its stop)."""
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
     signer = Signer(hotkey)
     metagraph = MetagraphView.from_settings(settings)
@@ -103,7 +115,7 @@ async def build_context(settings: ApiSettings, *, role: str = "api", links: Redi
     ctx.attach_forwarder(OutboxForwarder(stores.outbox, client, settings.validator_api,
                                          settings.validator_hotkey or hotkey.ss58_address,
                                          lease_seconds=settings.outbox_lease_seconds))
-    return ctx
+    return ctx, stores
 
 
 async def first_marker(ctx: ApiContext) -> None:
@@ -122,7 +134,7 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
     try:
         if not reuse_port:  # one worker checks its store here, on its own clients; a fleet's supervisor checked it
             await reach_store(settings.store_url, settings.store_namespace, links=links)
-        ctx = await build_context(settings, role=role, links=links)
+        ctx, stores = await build_context(settings, role=role, links=links)
     except BaseException:
         if links is not None:
             await links.aclose()
@@ -131,15 +143,7 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
 
     async def close(_app) -> None:
         await ctx.client.session.close()
-        await ctx.store.close()
-        if ctx.forwarder is not None:
-            await ctx.forwarder.outbox.close()
-        if ctx.sessions is not None:
-            await ctx.sessions.aclose()
-        if ctx.responses is not None:
-            await ctx.responses.aclose()
-        if ctx.conversations is not None:
-            await ctx.conversations.aclose()
+        await stores.aclose()
         if links is not None:  # the stores' clients: theirs to use, the worker's to close
             await links.aclose()
 

@@ -814,10 +814,7 @@ async def store_on(f: Fleet, tmp: Path, url: str | None) -> AsyncIterator[StoreR
     finally:
         async for name in ctx.store.redis.scan_iter(match=f"{ns}:*", count=1000):
             await ctx.store.redis.delete(name)
-        for store in (ctx.responses, ctx.conversations, ctx.sessions):
-            await store.aclose()
-        await stores.outbox.close()
-        await ctx.store.close()
+        await stores.aclose()
         await links.aclose()  # the stores leave their shared clients open, as a worker's do
         ctx.store = sqlite[0]  # the fleet closes its own
 
