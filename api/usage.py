@@ -38,11 +38,11 @@ async def usage_out(request: web.Request, record: KeyRecord) -> UsageOut:
     since = usage_day(now - (int(raw) - 1) * 86400)
     budget = request.app[CTX].storage_budget
     try:
-        report = await request.app[CTX].usage.report(record.id, since_day=since)
-        stored = await request.app[CTX].store.day_stored_bytes(record.id, usage_day(now))
+        report = await request.app[CTX].usage.report(record.id, since_day=since)  # today's stored bytes with it
     except StoreUnavailable:
         raise store_unavailable() from None
-    return UsageOut.of(record, report, today=usage_day(now), stored_bytes_today=stored,
+    today = usage_day(now)
+    return UsageOut.of(record, report, today=today, stored_bytes_today=report.stored_bytes.get(today, 0),
                        stored_bytes_per_day=budget.limit if budget is not None and budget.limit else None)
 
 

@@ -436,6 +436,9 @@ class UsageReport:
     totals: UsageCounts
     days: dict[str, UsageCounts]
     last_used_at: float | None = None
+    # bytes written to storage (``add_stored_bytes``), by day from ``since_day``: read with the counts, in the same
+    # query or command (``/v1/usage`` read today's with a second call)
+    stored_bytes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -510,7 +513,9 @@ class Store(Protocol):
         """Add a batch of usage counts (one call per flush, not per request)."""
         ...
 
-    async def usage(self, key_id: str, *, since_day: str | None = None) -> UsageReport: ...
+    async def usage(self, key_id: str, *, since_day: str | None = None) -> UsageReport:
+        """The key's usage by day from ``since_day`` (and its bytes written to storage), and its totals."""
+        ...
 
     async def day_tokens(self, key_id: str, day: str) -> int:
         """The key's flushed prompt + completion tokens on ``day`` (one small read: a daily token

@@ -518,8 +518,11 @@ class RedisStore:
         raw: dict[str, str] = await self._call(self.redis.hgetall(self.key("usage", key_id)))
         totals = UsageCounts()
         days: dict[str, UsageCounts] = {}
+        stored: dict[str, int] = {}
         for name, value in raw.items():
             scope, _, field_name = name.rpartition(":")
+            if field_name == "stored_bytes" and (since_day is None or scope >= since_day) and int(value):
+                stored[scope] = int(value)
             if field_name not in USAGE_FIELDS:
                 continue
             if scope == "total":
@@ -528,7 +531,7 @@ class RedisStore:
                 counts = days.setdefault(scope, UsageCounts())
                 setattr(counts, field_name, int(value))
         return UsageReport(key_id=key_id, totals=totals, days=dict(sorted(days.items())),
-                           last_used_at=_opt_float(raw.get("last_used_at")))
+                           last_used_at=_opt_float(raw.get("last_used_at")), stored_bytes=dict(sorted(stored.items())))
 
     async def day_tokens(self, key_id: str, day: str) -> int:
         prompt, completion = await self._call(self.redis.hmget(self.key("usage", key_id), f"{day}:prompt_tokens",

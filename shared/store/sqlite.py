@@ -425,7 +425,8 @@ class SQLiteStore:
             self.db.execute("BEGIN")  # one snapshot: another worker's flush between the reads tore them apart
             try:
                 rows = self.db.execute(
-                    f"SELECT day, {cols} FROM usage_daily WHERE key_id = ? AND day >= ? AND day != ? ORDER BY day",
+                    f"SELECT day, {cols}, stored_bytes FROM usage_daily WHERE key_id = ? AND day >= ? AND day != ? "
+                    "ORDER BY day",
                     (key_id, since_day or "", FOLDED_DAY),
                 ).fetchall()
                 total_row = self.db.execute(
@@ -435,9 +436,9 @@ class SQLiteStore:
                 last = self.db.execute("SELECT last_used_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
             finally:
                 self.db.execute("COMMIT")
-        days = {r[0]: UsageCounts(*r[1:]) for r in rows}
+        days = {r[0]: UsageCounts(*r[1:-1]) for r in rows}
         return UsageReport(key_id=key_id, totals=UsageCounts(*total_row), days=days,
-                           last_used_at=last[0] if last else None)
+                           last_used_at=last[0] if last else None, stored_bytes={r[0]: r[-1] for r in rows if r[-1]})
 
     async def day_tokens(self, key_id: str, day: str) -> int:
         with _errors():

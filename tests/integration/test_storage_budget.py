@@ -252,3 +252,43 @@ async def test_a_turn_written_again_after_a_store_failure_is_counted_once(tmp_pa
             assert len((await client.conversations.items.list(made.id)).data) == 3  # written once
             counts.append(await stored_today(api, key) - before)
         assert 7_000 < counts[1] < 8_000 and abs(counts[0] - counts[1]) < 100, counts
+
+
+def store_reads(api: ApiUnderTest) -> list[list[str]]:
+    """What the API's key store is sent from now on: SQLite's statements (its trace callback), as the
+    transactions they run in (a statement outside any: its own); Redis's commands, each its own list."""
+    sent: list[list[str]] = []
+    store: Any = api.ctx.store
+    if hasattr(store, "db"):
+        def traced(sql: str) -> None:
+            if sql.startswith("BEGIN") or not sent or sent[-1][-1].startswith("COMMIT"):
+                sent.append([])
+            sent[-1].append(sql)
+        store.db.set_trace_callback(traced)
+        return sent
+    send = store.redis.execute_command
+
+    async def counting(*args: Any, **options: Any) -> Any:
+        sent.append([" ".join(a.decode() if isinstance(a, bytes) else str(a) for a in args)])
+        return await send(*args, **options)
+
+    store.redis.execute_command = counting
+    return sent
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_usage_reads_the_days_counts_and_stored_bytes_in_one_store_call(tmp_path: Path, store: str) -> None:
+    """``GET /v1/usage`` read today's stored bytes with a second call after the usage report (a second SQLite query
+    outside its snapshot, a second Redis round trip): one read now brings both, and the bytes are the same."""
+    async with apis(tmp_path, store, 1, answering("Noted.")) as (api,):
+        await openai_client(api).responses.create(model="default", input="Hi")
+        await api.ctx.usage.last_flush()
+        record = (await api.ctx.store.list_keys())[0]
+        sent = store_reads(api)
+        status, usage = await call(api, "GET", "/v1/usage")
+        assert status == 200, usage
+        assert 500 < usage["stored_bytes_today"] < 5_000
+        usage_name = api.ctx.store.key("usage", record.id) if store == "redis" else "usage_daily"
+        reads = [calls for calls in sent if any(c.startswith(("SELECT", "HGET", "HMGET")) and usage_name in c
+                                                for c in calls)]
+        assert len(reads) == 1, reads  # one transaction (SQLite's snapshot), or one command

@@ -20,6 +20,8 @@ async def test_bytes_are_counted_until_a_write_would_pass_the_limit(store: Store
     await store.add_usage([UsageDelta(rec.id, DAY, UsageCounts(requests=2, prompt_tokens=5), last_used_at=1.0)])
     report = await store.usage(rec.id)
     assert report.days[DAY] == UsageCounts(requests=2, prompt_tokens=5) and report.totals.tokens == 5
+    assert report.stored_bytes == {DAY: 1050, NEXT: 900}  # read with the counts (``/v1/usage``: one store call)
+    assert (await store.usage(rec.id, since_day=NEXT)).stored_bytes == {NEXT: 900}
     assert await store.day_tokens(rec.id, DAY) == 5
 
 
