@@ -24,9 +24,14 @@ from api.auth import INVALID_KEY_LIMIT, STORE_OUTAGE, add_rate_limit_headers, st
 from api.chat import CTX, chat_completions
 from api.context import ApiContext
 from api.cors import install_cors
+from api.fanout import ping
+from api.miner_health import MinerHealth, probe_forever
 from api.storage_budget import StorageBudget
 from shared.client_address import TRUSTED_PROXIES, parse_networks
 from shared.http import NOT_SERVED_HERE, error_middleware, json_response
+from shared.ids import random_hex
+from shared.metagraph import Neuron
+from shared.protocol import DEFAULT_TASK
 from shared.store.usage import UsageRecorder
 
 # OpenAI's endpoints on paths this API serves otherwise: its token counting and compaction of responses, and its
@@ -68,6 +73,10 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app.router.add_get("/v1/sessions", sessions.get_session)
     app.router.add_delete("/v1/sessions/{session_id}", sessions.delete_session)
     app.router.add_post("/v1/sessions/{session_id}/ping", sessions.ping_session)
+    if ctx.miner_health is None:
+        settings = ctx.settings
+        ctx.miner_health = MinerHealth(settings.miner_failures_to_set_aside, settings.miner_cooldown_seconds,
+                                       settings.miner_max_cooldown_seconds)
     if ctx.usage is None:
         ctx.usage = UsageRecorder(ctx.store)
     if ctx.storage_budget is None:
@@ -93,10 +102,25 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     if ctx.sessions is not None:
         tasks.append(asyncio.create_task(sessions.sweep_loop(ctx, ctx.settings.availability_refresh_seconds)))
     tasks.append(asyncio.create_task(ops.sample_forever(ctx, app[ops.METRICS])))
+    tasks.append(asyncio.create_task(probe_set_aside(ctx)))
     yield
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+PROBE_SECONDS = 10.0  # a probe's deadline: one token (a session's ping has as long)
+
+
+async def probe_set_aside(ctx: ApiContext) -> None:
+    """Probe each miner set aside once its cooldown is over: a one-token completion, not scored, whose answer
+    puts it back in rotation (``MinerHealth``). Runs whether or not callers come: a load balancer that took this
+    host out of rotation on ``/ready`` sends none, and the host must find its miners answering by itself."""
+    def probe(neuron: Neuron) -> asyncio.Future[object]:
+        return ctx.spawn(ping(ctx, neuron, PROBE_SECONDS, f"probe-{random_hex()}", task=DEFAULT_TASK))
+
+    assert ctx.miner_health is not None, "create_api_app sets it"
+    await probe_forever(ctx.miner_health, lambda uid: ctx.metagraph.snapshot.by_uid(uid), probe)
 
 
 async def _flush_request_log(app: web.Application) -> AsyncIterator[None]:

@@ -123,7 +123,7 @@ async def plan(request: web.Request, key: KeyRecord, req: ChatCompletionRequest)
             neurons = select_miners(
                 ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=req.task or DEFAULT_TASK, model=model,
                 k=ctx.settings.mixture_k if use_mixture else ctx.settings.default_k,
-                rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
+                rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey, health=ctx.miner_health,
             )
         except ApiError as e:
             if e.code == NO_MINERS:  # an outage as much as a race no miner won: told the same way

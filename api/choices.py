@@ -68,7 +68,8 @@ def plan(ctx: ApiContext, key: KeyRecord, req: ChatCompletionRequest, *, count: 
     model = None if req.wants_any_model() else req.model
     check_model(key, model)
     return [select_miners(ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=req.task or DEFAULT_TASK,
-                          model=model, k=ctx.settings.default_k, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey)
+                          model=model, k=ctx.settings.default_k, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
+                          health=ctx.miner_health)
             for _ in range(count or req.n or 1)]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from api.availability import AvailabilityCache
+from api.miner_health import MinerHealth
 from api.scoring_outbox import OutboxForwarder
 from api.storage_budget import StorageBudget
 from shared.metagraph import MetagraphView
@@ -45,6 +46,8 @@ class ApiContext:
     background_owners: dict[str, str] = field(default_factory=dict)  # the API key of each, by id
     payload_sinks: list[PayloadSink] = field(default_factory=list)
     forwarder: OutboxForwarder | None = None
+    # the miners failing this process's requests, set aside until a probe finds them answering (create_api_app)
+    miner_health: MinerHealth | None = None
     usage: UsageRecorder | None = None  # filled in by create_api_app when not given
     storage_budget: StorageBudget | None = None  # filled in by create_api_app (STORED_BYTES_PER_KEY_PER_DAY)
     sessions: SessionStore | None = None

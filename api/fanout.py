@@ -68,9 +68,32 @@ def start_race(
                 request_id=request_id, excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=check or answer_check(body),
                 opens_with=json_opening(body), calls_only=must_call(body),
                 relay_usage=not stream or (isinstance(options, dict) and options.get("include_usage") is True),
-                scored=scored, latency_scale=latency_scale)
+                scored=scored, latency_scale=latency_scale, health=ctx.miner_health)
     race.start()
     return race
+
+
+PING_BODY = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1, "stream": True, "seed": 0}
+
+
+async def ping(ctx: ApiContext, neuron: Neuron, seconds: float, request_id: str, *, task: str,
+               model: str | None = None) -> str | None:
+    """None if ``neuron`` answered a one-token completion within ``seconds``, else why not. Never scored (its
+    race is not settled); its outcome is recorded as any request's (``MinerHealth``). A session's ping, and
+    the probe of a miner set aside."""
+    body: dict[str, Any] = {**PING_BODY, "task": task}
+    if model:
+        body["model"] = model
+    race = start_race(ctx, [neuron], body, seconds, stream=False, request_id=request_id)
+    try:
+        winner = await race.winner()
+        await race.finish()
+    except BaseException:  # the caller left (or the API stops): its miner request goes too
+        race.cancel()
+        raise
+    if winner is None:
+        return race.runs[0].error or "no answer"
+    return None
 
 
 def settle(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str = "chat") -> None:

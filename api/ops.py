@@ -18,7 +18,9 @@ from api import discovery, openapi
 from api.availability import AvailabilityCache
 from api.chat import CTX
 from api.context import ApiContext
+from api.miner_health import REASONS, set_aside_message
 from shared.aio import within
+from shared.metagraph import Neuron
 from shared.metrics import ApiMetrics, metrics_handler, metrics_middleware, show_readiness
 from shared.readiness import CheckOut, ReadyOut, gauge_age, ready_out, ready_response
 from shared.readiness import metagraph_check as shared_metagraph_check
@@ -119,20 +121,45 @@ def availability_age(cache: AvailabilityCache) -> float:
     return gauge_age(cache.age())
 
 
-def miners_check(ctx: ApiContext) -> CheckOut:
+def available_miners(ctx: ApiContext) -> list[Neuron]:
+    """The serving miners (not ourselves) that fresh availability says are up (without fresh data, all)."""
     serving = ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey)
     cache = ctx.availability
     if cache is not None and cache.fresh():
         serving = [n for n in serving if cache.matches(n.uid, None, None)]
-    if not serving:
+    return serving
+
+
+def miners_check(available: list[Neuron]) -> CheckOut:
+    if not available:
         return CheckOut(ok=False, detail="no serving miner is available")
-    return CheckOut(ok=True, detail=f"{len(serving)} serving miner(s)")
+    return CheckOut(ok=True, detail=f"{len(available)} serving miner(s)")
+
+
+def answering_check(ctx: ApiContext, available: list[Neuron]) -> CheckOut:
+    """Required: some available miner is not set aside for failing this worker's last requests (``MinerHealth``).
+    Every one advertising its models and failing every request (a model server down behind each) was a 200 here
+    while every chat was a 503. A miner nobody has asked yet is not known to fail: a fresh API is ready."""
+    health = ctx.miner_health
+    if health is None or not health.threshold:
+        return CheckOut(ok=True, detail="not used (MINER_FAILURES_TO_SET_ASIDE is 0)")
+    if not available:
+        return CheckOut(ok=True, detail="no available miner to judge (the miners check says why)")
+    answering = health.answering(available)
+    if not answering:
+        return CheckOut(ok=False, detail=f"{set_aside_message(health, available)}; are their model servers up? "
+                                         "sn1_api_miner_errors_total{uid,kind} says how each fails")
+    aside = len(available) - len(answering)
+    return CheckOut(ok=True, detail=f"{len(answering)} of {len(available)} available miner(s) answering or not "
+                                    f"asked yet ({aside} set aside)")
 
 
 async def readiness(ctx: ApiContext) -> ReadyOut:
+    available = available_miners(ctx)
     checks = {"metagraph": metagraph_check(ctx), "store": await store_check(ctx),
               "eviction": await eviction_check(ctx), "outbox": outbox_check(ctx), "validator": validator_check(ctx),
-              "miners": miners_check(ctx), "permit": permit_check(ctx)}
+              "miners": miners_check(available), "miners_answering": answering_check(ctx, available),
+              "permit": permit_check(ctx)}
     return ready_out(checks)
 
 
@@ -152,6 +179,10 @@ async def sample(ctx: ApiContext, metrics: ApiMetrics) -> None:
     metrics.metagraph_age.set(ctx.metagraph.age_seconds)
     metrics.serving_miners.set(len(ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey)))
     metrics.background_responses.set(len(ctx.running_responses))
+    if ctx.miner_health is not None:
+        aside = ctx.miner_health.reasons(ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey))
+        for reason in REASONS:  # every label each time: a reason no miner fails for any more reads 0
+            metrics.miners_set_aside.labels(reason).set(aside[reason])
     if ctx.availability is not None:
         metrics.availability_age.set(availability_age(ctx.availability))
     forwarder = ctx.forwarder

@@ -27,6 +27,7 @@ from typing import Any
 from loguru import logger
 
 from api.answer_checks import NO_CALL, NOT_JSON, UNFIT, Check, Unfit
+from api.miner_health import MinerHealth
 from shared.aio import follow_growing
 from shared.jsonutil import loads
 from shared.logging import printable
@@ -270,8 +271,10 @@ class Race:
         relay_usage: bool = True,
         scored: bool = True,
         latency_scale: float | None = None,
+        health: MinerHealth | None = None,
     ) -> None:
         self.client = client
+        self.health = health  # told each run's outcome: a miner that keeps failing is set aside (miner_health)
         # False: the caller in effect chose the miners (``fanout.aimed``); its payload says so, and the validator
         # does not score it: a key holder could otherwise score a miner it owns (or sink a rival) at will.
         self.scored = scored
@@ -360,6 +363,8 @@ class Race:
             elif not self.stream and run.has_answer:
                 self._claim(run)
             self._maybe_no_winner()
+            if self.health is not None and not (self.excuse_timeouts and run.error_kind == "timeout"):
+                self.health.record(run.neuron, run.error_kind if run.error else None)
 
     def _relayable(self, run: MinerRun) -> bool:
         """Whether a streamed run that has started its answer may claim the race now. Text, a refusal or

@@ -12,6 +12,7 @@ import math
 import random
 
 from api.availability import AvailabilityCache
+from api.miner_health import MinerHealth, set_aside_message
 from shared.errors import ApiError, model_not_found
 from shared.metagraph import MetagraphSnapshot, Neuron
 from shared.tasks import ALL_TASKS
@@ -51,7 +52,11 @@ def select_miners(
     k: int,
     rng: random.Random,
     self_hotkey: str | None = None,
+    health: MinerHealth | None = None,
 ) -> list[Neuron]:
+    """``health``: the miners it says are set aside (failing this API's requests) are skipped; when every
+    candidate is, a 503 at once says so (a race of miners known to fail would only make the caller wait). Named
+    ``uids`` are the caller's choice, raced as asked."""
     if uids:
         return explicit_miners(snapshot, uids, cache=cache, task=task, model=model)
     registered = snapshot.serving(exclude_hotkey=self_hotkey)
@@ -72,6 +77,12 @@ def select_miners(
             raise model_not_found(model)
         raise ApiError(503, f"No miner is available for task '{task}' and model '{model or 'any'}'.",
                        code=NO_MINERS)
+    if health is not None:
+        answering = health.answering(candidates)
+        if not answering:
+            raise ApiError(503, f"No miner is answering: {set_aside_message(health, candidates)}.", code=NO_MINERS,
+                           headers={"Retry-After": str(max(1, math.ceil(health.next_probe_in(candidates))))})
+        candidates = answering
     return weighted_sample(candidates, k, rng)
 
 

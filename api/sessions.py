@@ -20,7 +20,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from api.auth import authenticate, check_model, store_errors
 from api.context import CTX, ApiContext
-from api.fanout import settle, start_race
+from api.fanout import ping, settle, start_race
 from api.race import MinerRun, Race
 from api.selection import select_miners
 from shared.errors import ApiError
@@ -59,7 +59,7 @@ def _store(ctx: ApiContext) -> SessionStore:
 def serving_miners(ctx: ApiContext, model: str | None, k: int) -> list[Neuron]:
     """Up to ``k`` miners serving ``model`` (incentive-weighted), chosen as chat chooses them, and refused as chat
     is: OpenAI's 404 ``model_not_found`` when fresh availability says none serves it, a 503 when none is up."""
-    return select_miners(ctx.metagraph.snapshot, ctx.availability, uids=None, task=DEFAULT_TASK, model=model, k=k,
+    return select_miners(ctx.metagraph.snapshot, ctx.availability, health=ctx.miner_health, uids=None, task=DEFAULT_TASK, model=model, k=k,
                          rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey)
 
 
@@ -347,20 +347,8 @@ async def ping_miner(ctx: ApiContext, session: Session, request_id: str) -> str 
         return f"uid {session.uid} is no longer registered with the pinned hotkey"
     if not still_valid(ctx, session):
         return f"uid {session.uid} no longer serves the model '{session.model}' (availability)"
-    body = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1, "stream": True, "seed": 0,
-            "task": DEFAULT_TASK}
-    if _model(session.model):
-        body["model"] = session.model
-    race = start_race(ctx, [neuron], body, PING_TIMEOUT, stream=False, request_id=request_id)
-    try:
-        winner = await race.winner()
-        await race.finish()
-    except BaseException:  # the caller left: its miner request goes too (it ran on up to PING_TIMEOUT)
-        race.cancel()
-        raise
-    if winner is None:
-        return race.runs[0].error or "no answer"
-    return None
+    return await ping(ctx, neuron, PING_TIMEOUT, request_id, task=DEFAULT_TASK,
+                      model=session.model if _model(session.model) else None)
 
 
 async def sweep(ctx: ApiContext) -> int:

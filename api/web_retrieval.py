@@ -209,6 +209,7 @@ async def search(ctx: ApiContext, query: str, *, n_results: int, timeout: float,
     neurons = select_miners(
         ctx.metagraph.snapshot, ctx.availability, uids=uids, task=TASK, model=None,
         k=n_miners or ctx.settings.web_retrieval_n_miners, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
+        health=ctx.miner_health,
     )
     body = retrieval_body(query, n_results=n_results, timeout=timeout, seed=random.randrange(2**31))
     check = ResultsCheck()

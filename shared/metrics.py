@@ -173,6 +173,10 @@ class ApiMetrics:
                                       registry=r, multiprocess_mode="livemax")
         self.serving_miners = Gauge("sn1_api_serving_miners", "Miners in the metagraph with an axon",
                                     registry=r, multiprocess_mode="livemax")
+        # Each worker judges from its own traffic; the worst worker's count (livemax) is the host's.
+        self.miners_set_aside = Gauge("sn1_api_miners_set_aside", "Serving miners set aside for failing their last "
+                                      "requests (no organic traffic until a probe finds them answering), by the "
+                                      "last failure's kind", ["reason"], registry=r, multiprocess_mode="livemax")
         self.background_responses = Gauge("sn1_api_background_responses",
                                           "Background responses (background: true) being answered",
                                           registry=r, multiprocess_mode="livesum")

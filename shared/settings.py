@@ -202,6 +202,12 @@ class ApiSettings(CommonSettings):
     )
     availability_refresh_seconds: float = Field(default=15.0, gt=0)
     availability_stale_seconds: float = Field(default=120.0, gt=0)
+    # A miner failing its last requests is set aside until a probe finds it answering (api/miner_health.py)
+    miner_failures_to_set_aside: int = Field(default=3, ge=0, description="Failed requests in a row that set a "
+                                             "miner aside (no organic traffic until a probe answers); 0: never")
+    miner_cooldown_seconds: float = Field(default=10.0, gt=0, description="First wait before a probe (doubled "
+                                          "after each failed one)")
+    miner_max_cooldown_seconds: float = Field(default=120.0, gt=0, description="Longest wait between probes")
     seconds_per_token: float = Field(
         default=0.05, ge=0, description="Deadline grows by this per requested token (see README)"
     )
