@@ -11,7 +11,7 @@ aside again for twice as long (up to ``max_cooldown``). Any answer it gives an o
 started before it was set aside) counts the same.
 
 The bookkeeping a request pays is a dict lookup per miner raced (``record``), and selection filters only while
-some miner has failed (``records`` empty: nothing to do).
+some miner is set aside (``aside`` empty: nothing to do), with one lookup per candidate.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class MinerHealth:
         self.cooldown = cooldown
         self.max_cooldown = max(cooldown, max_cooldown)
         self.records: dict[int, Record] = {}  # uid -> its record, for the miners whose last request failed
+        self.aside: dict[int, str] = {}  # uid -> hotkey, for those set aside: what selection reads per candidate
         self._clock = clock
 
     def record(self, neuron: Neuron, kind: str | None) -> None:
@@ -74,6 +75,7 @@ class MinerHealth:
             return
         rec = self.records.get(uid)
         if rec is None or rec.hotkey != neuron.hotkey:
+            self.aside.pop(uid, None)
             rec = self.records[uid] = Record(neuron.hotkey)
         rec.failures += 1
         rec.reason = kind if kind in REASONS else "other"
@@ -82,7 +84,7 @@ class MinerHealth:
 
     def _answered(self, uid: int) -> None:
         rec = self.records.pop(uid, None)
-        if rec is not None and rec.until:
+        if rec is not None and self.aside.pop(uid, None) is not None:
             logger.info("uid {} answers again: back in rotation after {:.0f} s set aside", uid,
                         self._clock() - rec.since)
 
@@ -94,20 +96,21 @@ class MinerHealth:
             rec.cooldown = min(self.max_cooldown, rec.cooldown * 2)
         else:
             rec.cooldown, rec.since = self.cooldown, now
+            self.aside[uid] = rec.hotkey
             logger.warning("uid {} set aside: its last {} request(s) failed (last: {}); probed again in {:.0f} s",
                            uid, rec.failures, rec.reason, rec.cooldown)
         rec.until, rec.probing = now + rec.cooldown, False
 
     def is_aside(self, neuron: Neuron) -> bool:
         """Whether ``neuron`` is set aside: organic requests skip it until a probe finds it answering."""
-        rec = self.records.get(neuron.uid)
-        return rec is not None and rec.until > 0 and rec.hotkey == neuron.hotkey
+        return self.aside.get(neuron.uid) == neuron.hotkey
 
     def answering(self, neurons: list[Neuron]) -> list[Neuron]:
         """Those of ``neurons`` not set aside (the same list while no miner has failed)."""
-        if not self.records:
+        aside = self.aside
+        if not aside:
             return neurons
-        return [n for n in neurons if not self.is_aside(n)]
+        return [n for n in neurons if aside.get(n.uid) != n.hotkey]
 
     def reasons(self, neurons: Iterable[Neuron]) -> Counter[str]:
         """How many of ``neurons`` are set aside, by their last failure's kind."""
@@ -129,6 +132,7 @@ class MinerHealth:
     def forget(self, uid: int) -> None:
         """Drop ``uid``'s record (it left the metagraph, or changed hands)."""
         self.records.pop(uid, None)
+        self.aside.pop(uid, None)
 
     def probe_ended(self, uid: int) -> None:
         """A probe ended without an outcome (stopped): the next round probes again."""

@@ -105,7 +105,7 @@ async def test_ready_is_503_with_a_reason_when_no_miner_serves(api: ApiUnderTest
     """And /metrics says so (an alert had only the validator's readiness to go on): ready 0, the miners check 0."""
     ready, checks = await ready_metrics(api)
     assert ready == 1 and set(checks) == {"metagraph", "store", "eviction", "outbox", "validator", "miners",
-                                          "permit"} and all(v == 1 for v in checks.values()), checks
+                                          "miners_answering", "permit"} and all(v == 1 for v in checks.values()), checks
     api.ctx.availability.entries = {1: None, 2: None, 3: None}
     status, body = await get_json(api, "/ready", key=None)
     assert status == 503 and any(r.startswith("miners:") for r in body["reasons"])

@@ -59,9 +59,11 @@ async def test_with_every_miner_failing_ready_says_why_and_a_chat_is_a_fast_503(
         assert status == 200, text
         calls = failing.calls
         started = time.monotonic()
-        status, body = await chat(api)
+        status, headers, text = await post(api, {"messages": MESSAGES}, timeout=10)
         took = time.monotonic() - started
+        body = json.loads(text)
         assert status == 503 and body["error"]["code"] == "no_miners_available", body
+        assert 1 <= int(headers["Retry-After"]) <= 10, headers  # the next probe, within the first cooldown
         assert "set aside" in body["error"]["message"]
         assert took < 1.0, took  # refused at once, no race of miners known to fail
         assert failing.calls == calls  # and the failing miner was not asked again
