@@ -150,7 +150,8 @@ async def test_requests_no_miner_answers_are_one_warning_and_their_end_one_line(
     sink = logger.add(lambda m: said.append((m.record["level"].name, m.record["message"])), level="INFO")
     scripts = {2: Script([], status=500), 3: Script([], status=502)}
     try:
-        async with api_with_miners(tmp_path, scripts) as api:
+        # no miner set aside for its failures (``MinerHealth``): every request races them, a 502 each
+        async with api_with_miners(tmp_path, scripts, miner_failures_to_set_aside=0) as api:
             api.ctx.no_answer.settle = 0.0  # its end is said at the first answer (the settle is a unit test's)
             status, _, _ = await post(api, {"messages": MESSAGES, "uids": [2]}, headers={"x-request-id": "aimed"})
             assert status == 502
