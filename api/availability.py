@@ -74,6 +74,12 @@ class AvailabilityCache:
             return False
         return True
 
+    def offers_a_task(self, uid: int) -> bool:
+        """Whether the last known entry for ``uid`` advertises any task: a miner up but serving nothing (its
+        model server down: the reference miner's ``down`` profile answers every task false) cannot answer one."""
+        entry = self.entries.get(uid)
+        return entry is not None and any(entry.get("task_availabilities", {}).values())
+
     async def refresh(self) -> bool:
         try:
             status, data = await self.client.post_json(

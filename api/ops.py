@@ -122,18 +122,24 @@ def availability_age(cache: AvailabilityCache) -> float:
 
 
 def available_miners(ctx: ApiContext) -> list[Neuron]:
-    """The serving miners (not ourselves) that fresh availability says are up (without fresh data, all)."""
+    """The serving miners (not ourselves) that fresh availability says are up and offer some task (without fresh
+    data, all). Up alone was not enough: miners that answered the poll advertising nothing (their model servers
+    down) passed this while every chat was a 503."""
     serving = ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey)
     cache = ctx.availability
     if cache is not None and cache.fresh():
-        serving = [n for n in serving if cache.matches(n.uid, None, None)]
+        serving = [n for n in serving if cache.offers_a_task(n.uid)]
     return serving
 
 
-def miners_check(available: list[Neuron]) -> CheckOut:
-    if not available:
-        return CheckOut(ok=False, detail="no serving miner is available")
-    return CheckOut(ok=True, detail=f"{len(available)} serving miner(s)")
+def miners_check(ctx: ApiContext, available: list[Neuron]) -> CheckOut:
+    if available:
+        return CheckOut(ok=True, detail=f"{len(available)} serving miner(s)")
+    cache = ctx.availability
+    if cache is not None and cache.fresh() and any(cache.entries.values()):
+        return CheckOut(ok=False, detail="no serving miner is available: those up at the validator's last poll "
+                                         "advertise no task (are their model servers down?)")
+    return CheckOut(ok=False, detail="no serving miner is available")
 
 
 def answering_check(ctx: ApiContext, available: list[Neuron]) -> CheckOut:
@@ -158,7 +164,7 @@ async def readiness(ctx: ApiContext) -> ReadyOut:
     available = available_miners(ctx)
     checks = {"metagraph": metagraph_check(ctx), "store": await store_check(ctx),
               "eviction": await eviction_check(ctx), "outbox": outbox_check(ctx), "validator": validator_check(ctx),
-              "miners": miners_check(available), "miners_answering": answering_check(ctx, available),
+              "miners": miners_check(ctx, available), "miners_answering": answering_check(ctx, available),
               "permit": permit_check(ctx)}
     return ready_out(checks)
 

@@ -206,6 +206,7 @@ from api.app import create_api_app  # noqa: E402
 from neurons.localnet import free_port  # noqa: E402
 from neurons.miner.app import create_miner_app  # noqa: E402
 from neurons.miner.backends.deterministic import DeterministicBackend  # noqa: E402
+from neurons.miner.quality import DownBackend  # noqa: E402
 from shared.signing import Authorizer, RequestVerifier  # noqa: E402
 
 VALIDATOR_KP = keypair("//Validator")
@@ -214,8 +215,10 @@ VALIDATOR_KP = keypair("//Validator")
 @contextlib.asynccontextmanager
 async def api_with_miners(tmp_path: Path, scripts: dict[int, Script], *, honest: set[int] = frozenset(),
                           incentives: dict[int, float] | None = None, unlistened: set[int] = frozenset(),
-                          redis_namespace: str | None = None, **settings) -> AsyncIterator[ApiUnderTest]:
-    """Start scripted miners (and real deterministic miners for uids in ``honest``) plus the API; the uids in
+                          redis_namespace: str | None = None, down: set[int] = frozenset(),
+                          **settings) -> AsyncIterator[ApiUnderTest]:
+    """Start scripted miners (and real deterministic miners for uids in ``honest``, real ones in the ``down``
+    quality profile for those in ``down``) plus the API; the uids in
     ``unlistened`` serve an axon on a free port nobody listens on (a miner that is down). ``redis_namespace``: its
     store is ``REDIS_URL``'s, there (two APIs in one namespace are two hosts of a fleet), not a SQLite file."""
     async with contextlib.AsyncExitStack() as stack:
@@ -224,10 +227,11 @@ async def api_with_miners(tmp_path: Path, scripts: dict[int, Script], *, honest:
         for uid, script in scripts.items():
             url = await stack.enter_async_context(serve_app(scripted_miner_app(script)))
             miners[uid] = (keypair(f"//Miner{uid}").ss58_address, url.removeprefix("http://"))
-        for uid in honest:
+        for uid in (*honest, *down):
             kp = keypair(f"//Miner{uid}")
             verifier = RequestVerifier(kp.ss58_address, Authorizer(lambda: {VALIDATOR_KP.ss58_address}))
-            url = await stack.enter_async_context(serve_app(create_miner_app(DeterministicBackend(), verifier)))
+            backend = DownBackend(DeterministicBackend()) if uid in down else DeterministicBackend()
+            url = await stack.enter_async_context(serve_app(create_miner_app(backend, verifier)))
             miners[uid] = (kp.ss58_address, url.removeprefix("http://"))
         ctx = await build_api_context(tmp_path, snapshot(VALIDATOR_KP.ss58_address, miners, incentives=incentives),
                                       VALIDATOR_KP, redis_namespace=redis_namespace, **settings)

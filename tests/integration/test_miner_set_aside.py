@@ -16,6 +16,8 @@ from pathlib import Path
 import aiohttp
 
 from api.app import probe_set_aside
+from api.availability import AvailabilityCache
+from neurons.validator.availability import AvailabilityBook, poll_all
 from tests.helpers import ApiUnderTest, Script, api_with_miners, chunk, post, sse, wait_until
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -103,3 +105,53 @@ async def test_organic_traffic_leaves_a_failing_miner_and_returns_once_a_probe_f
             status, body = await chat(api)
             assert status == 200, body
         assert failing.calls == 9  # back in rotation: raced again with every request
+
+
+async def validator_availability(api: ApiUnderTest) -> None:
+    """Give the API the availability the validator's poll learns from the miners (its own ``poll_all``)."""
+    book = await poll_all(api.ctx.client, api.ctx.metagraph, AvailabilityBook(), timeout=5, concurrency=4)
+    cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", api.ctx.client.signer.hotkey)
+    cache.accept(book.entries)
+    api.ctx.availability = cache
+
+
+async def test_reference_miners_in_the_down_profile_make_the_api_not_ready(tmp_path: Path) -> None:
+    """The session's observation: reference miners run ``down`` (up, advertising nothing, every chat a 503).
+    With the validator's availability, /ready said 200 (they answered its poll) while every chat was a 503; without
+    it (the validator down or stale), each chat raced them to a 502. Both are now a 503 /ready naming the cause."""
+    async with api_with_miners(tmp_path, {}, down={1, 2}) as api:
+        status, _ = await get(api, "/ready")
+        assert status == 200  # no availability yet, and no miner asked: nothing known against them
+        for _ in range(3):  # without availability every serving miner is raced: each answers 503
+            status, body = await chat(api)
+            assert status == 502, body
+        status, text = await get(api, "/ready")
+        assert status == 503 and json.loads(text)["checks"]["miners_answering"]["ok"] is False, text
+        assert "http_5xx x2" in json.loads(text)["checks"]["miners_answering"]["detail"], text
+
+        await validator_availability(api)
+        assert api.ctx.availability is not None and api.ctx.availability.entries[1] is not None  # up at the poll
+        assert api.ctx.miner_health is not None
+        api.ctx.miner_health.forget(1)  # what this API learnt of them is forgotten: availability alone says it
+        api.ctx.miner_health.forget(2)
+        status, text = await get(api, "/ready")
+        assert status == 503, text
+        miners = json.loads(text)["checks"]["miners"]
+        assert miners["ok"] is False and "advertise no task" in miners["detail"], miners
+        status, text = await get(api, "/health")
+        assert status == 200, text
+        started = time.monotonic()
+        status, body = await chat(api)
+        assert status == 503 and body["error"]["code"] == "no_miners_available", body
+        assert time.monotonic() - started < 1.0
+
+
+async def test_an_honest_miner_beside_a_down_one_keeps_the_api_ready_with_the_validators_availability(
+        tmp_path: Path) -> None:
+    async with api_with_miners(tmp_path, {}, honest={1}, down={2}) as api:
+        await validator_availability(api)
+        status, text = await get(api, "/ready")
+        assert status == 200, text
+        assert json.loads(text)["checks"]["miners"]["detail"] == "1 serving miner(s)"
+        status, body = await chat(api)
+        assert status == 200, body
