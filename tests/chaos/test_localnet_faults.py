@@ -146,6 +146,11 @@ def test_sigkill_api_under_load_loses_no_acknowledged_key_usage_or_outbox_payloa
         with ThreadPoolExecutor(max_workers=7) as pool:
             futures = [pool.submit(chat_loop, w) for w in range(6)] + [pool.submit(key_loop)]
             time.sleep(3.0)
+            # A race's payload is queued once its slowest miner ends: the fault miners that fail fast are soon set
+            # aside, so every race waits on the stalling one to its deadline, and the first payloads come later.
+            deadline = time.monotonic() + 60
+            while outbox_state(net)[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.25)
             sigkill(net, "api")
             killed_at = time.monotonic()
             stop.set()
