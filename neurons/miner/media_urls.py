@@ -1,47 +1,73 @@
-"""Media URLs in a caller's messages that the model server must not be sent to fetch.
+"""Media URLs in a caller's messages: fetched by the miner itself, never by its model server.
 
 A chat message may carry an image (``image_url``), and vLLM's and SGLang's servers also take ``video_url`` and
-``audio_url`` parts: the model server fetches each URL itself. A caller is anyone with a key on any validator's
-API, so a URL on this host or its network (``http://127.0.0.1:8000/...``, ``http://10.0.0.5/...``, the cloud
-metadata address ``http://169.254.169.254/...``) or a ``file:`` URL had the miner's own model server fetch
-it, from inside the miner's network: a server-side request forgery. Such a request is refused as the model
-server would refuse it (``400 model_server_rejected``: the caller's fault, no miner's), before anything is sent.
+``audio_url`` parts: a model server fetches each URL itself, from inside the miner's network. A caller is anyone
+with a key on any validator's API, so a URL on this host or its network (``http://127.0.0.1:8000/...``,
+``http://10.0.0.5/...``, the cloud metadata address ``http://169.254.169.254/...``) or a ``file:`` URL had the
+miner's own model server fetch it: a server-side request forgery.
 
-A host name is resolved here first, and refused when any of its addresses is not a public one. The model
-server resolves it again when it fetches (a name that changes its answer in between is not caught here: run
-the model server where it reaches no private address, or with its own allow list, e.g. vLLM's
-``--allowed-media-domains``, to be sure).
+Checking the URL's address first and then handing the URL on was not enough: the model server resolved the name
+again (a name that answers a public address to the check and ``127.0.0.1`` to the fetch, DNS rebinding), and
+followed redirects (a public server's ``302`` to the metadata address). So the miner fetches each media URL
+itself, through a resolver that refuses a private answer at the moment of connecting (``PublicResolver``: the
+address checked is the address connected to), each redirect checked the same way, and hands the model server the
+bytes as a ``data:`` URL. A URL refused, or that cannot be fetched, is the caller's ``400 model_server_rejected``
+(no miner's fault), and the model server is never asked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
+import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 
 from shared.client_address import ip_of
 
 MEDIA_PARTS = ("image_url", "video_url", "audio_url")  # content parts whose ``{"url": ...}`` a server fetches
 FETCHED_SCHEMES = ("http", "https")
-RESOLVE_SECONDS = 2.0
+# What the miner fetches for one request: its media together (OpenAI takes images up to 20 MB), within this many
+# seconds (and the caller's deadline), following at most this many redirects.
+MAX_MEDIA_BYTES = 20 << 20
+FETCH_SECONDS = 15.0
+MAX_REDIRECTS = 5
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MEDIA_TYPE = re.compile(r"^[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*$")  # a Content-Type's type/subtype
+UNKNOWN_TYPE = "application/octet-stream"
+
+AddressPolicy = Callable[[str], bool]  # whether the miner may connect to an IP address
 
 
-def media_urls(body: dict[str, Any]) -> Iterator[str]:
-    """Every URL a media part of the body's messages names (``data:`` URLs included: they are checked later)."""
+class MediaRefused(Exception):
+    """A caller's media URL the miner does not fetch, or could not: the caller's 400 (its message says why)."""
+
+
+class PrivateAddress(OSError):
+    """A host name resolved to an address the miner does not connect to (``PublicResolver``)."""
+
+
+def _media_parts(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The media parts of the body's messages that carry a URL string."""
     for message in body.get("messages") or ():
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, list):
             continue
         for part in content:
-            if not isinstance(part, dict) or part.get("type") not in MEDIA_PARTS:
-                continue
-            inner = part.get(part["type"])
-            url = inner.get("url") if isinstance(inner, dict) else inner
-            if isinstance(url, str):
-                yield url
+            if isinstance(part, dict) and part.get("type") in MEDIA_PARTS and isinstance(_part_url(part), str):
+                yield part
+
+
+def _part_url(part: dict[str, Any]) -> Any:
+    inner = part.get(part["type"])
+    return inner.get("url") if isinstance(inner, dict) else inner
 
 
 def is_public(address: str) -> bool:
@@ -50,36 +76,141 @@ def is_public(address: str) -> bool:
     return ip is not None and ip.is_global and not ip.is_multicast
 
 
-async def refused_media_url(body: dict[str, Any]) -> str | None:
-    """Why the body's media URLs must not reach the model server (the first refused one), or None."""
-    for url in media_urls(body):
-        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-        if scheme == "data":
-            continue
-        if scheme not in FETCHED_SCHEMES:
-            return f"a media URL's scheme must be http, https or data, not {scheme[:20]!r}"
-        try:
-            parts = urlsplit(url)
-            host, port = parts.hostname, parts.port
-        except ValueError:
-            return "a media URL is not a URL"
-        if not host:
-            return "a media URL names no host"
-        if not await _public_host(host, port or (443 if scheme == "https" else 80)):
-            return f"a media URL names a private address ({host[:100]}), which this miner's model server does not fetch"
-    return None
+def scheme_of(url: str) -> str:
+    return url.split(":", 1)[0].lower() if ":" in url else ""
 
 
-async def _public_host(host: str, port: int) -> bool:
-    """Whether every address of ``host`` is public; a name that does not resolve here is let through (the model
-    server cannot fetch it either, or resolves it elsewhere: see the module's note)."""
+def refused_url(url: str, allowed: AddressPolicy = is_public) -> str | None:
+    """Why the miner does not fetch ``url`` as it is written (its scheme, no host, an IP address not
+    ``allowed``), or None. A host name is checked when it is resolved, at connection time (``PublicResolver``)."""
+    scheme = scheme_of(url)
+    if scheme not in FETCHED_SCHEMES:
+        return f"a media URL's scheme must be http, https or data, not {scheme[:20]!r}"
     try:
-        return is_public(str(ipaddress.ip_address(host)))
+        host = urlsplit(url).hostname
     except ValueError:
-        pass
+        return "a media URL is not a URL"
+    if not host:
+        return "a media URL names no host"
     try:
-        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM),
-                                       RESOLVE_SECONDS)
-    except (OSError, TimeoutError, UnicodeError):
-        return True
-    return all(is_public(str(info[4][0])) for info in infos)
+        literal = str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+    return None if allowed(literal) else private(host)
+
+
+def private(host: str) -> str:
+    return f"a media URL names a private address ({host[:100]}), which this miner does not fetch"
+
+
+class PublicResolver(AbstractResolver):
+    """Resolves with ``inner`` and refuses (``PrivateAddress``) an answer with any address not ``allowed``: the
+    addresses checked are the ones the connection is then made to, so a name that answers differently each
+    time (DNS rebinding) cannot slip a private address past the check. An IP address in a URL is never
+    resolved (aiohttp connects to it as it is): ``refused_url`` checks it."""
+
+    def __init__(self, inner: AbstractResolver, allowed: AddressPolicy = is_public) -> None:
+        self._inner = inner
+        self._allowed = allowed
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if not results or not all(self._allowed(r["host"]) for r in results):
+            raise PrivateAddress(private(host))
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class MediaFetcher:
+    """Fetches a request's media URLs and puts their bytes in its place as ``data:`` URLs (``inline``).
+
+    ``resolver`` and ``allowed``: how names are resolved and which addresses may be connected to (the system's
+    resolver and public addresses only; tests give their own)."""
+
+    def __init__(self, *, resolver: AbstractResolver | None = None, allowed: AddressPolicy = is_public,
+                 max_bytes: int = MAX_MEDIA_BYTES, seconds: float = FETCH_SECONDS) -> None:
+        self._resolver = resolver
+        self._allowed = allowed
+        self._max_bytes = max_bytes
+        self._seconds = seconds
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        resolver = PublicResolver(self._resolver or ThreadedResolver(), self._allowed)
+        # no proxy from the environment (trust_env is off): the address checked must be the one connected to
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver, limit=64),
+                                              cookie_jar=aiohttp.DummyCookieJar())
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def inline(self, body: dict[str, Any], *, deadline: float | None = None) -> dict[str, Any]:
+        """``body`` with each media URL (but ``data:`` ones) replaced by the fetched bytes as a ``data:`` URL, within
+        ``deadline`` (loop time) at most; ``body`` itself is left as it was. MediaRefused: a URL refused or not
+        fetched (a private address, a scheme not http or https, an error status, more than ``max_bytes``)."""
+        parts = [p for p in _media_parts(body) if scheme_of(_part_url(p)) != "data"]
+        if not parts:
+            return body
+        fetched: dict[int, str] = {}
+        budget = [self._max_bytes]  # what is left of the request's media bytes
+        seconds = self._seconds
+        if deadline is not None:
+            seconds = min(seconds, deadline - asyncio.get_running_loop().time())
+        try:
+            async with asyncio.timeout(max(seconds, 0.0)):
+                for part in parts:
+                    fetched[id(part)] = await self._fetch(_part_url(part), budget)
+        except TimeoutError:
+            raise MediaRefused(f"a media URL was not fetched within {seconds:.1f}s") from None
+        return _with_urls(body, fetched)
+
+    async def _fetch(self, url: str, budget: list[int]) -> str:
+        """One URL's bytes as a ``data:`` URL, each redirect checked as the URL was (at most ``MAX_REDIRECTS``)."""
+        if self._session is None:
+            raise RuntimeError("media fetcher not started")
+        for _ in range(MAX_REDIRECTS + 1):
+            if (why := refused_url(url, self._allowed)) is not None:
+                raise MediaRefused(why)
+            try:
+                async with self._session.get(url, allow_redirects=False) as r:
+                    if r.status in REDIRECTS and "Location" in r.headers:
+                        url = urljoin(url, r.headers["Location"])
+                        continue
+                    if r.status != 200:
+                        raise MediaRefused(f"a media URL answered HTTP {r.status}")
+                    raw = await r.content.read(budget[0] + 1)
+                    if len(raw) > budget[0]:
+                        raise MediaRefused(f"the request's media are larger than {self._max_bytes} bytes")
+                    budget[0] -= len(raw)
+                    kind = r.content_type.lower() if MEDIA_TYPE.match(r.content_type.lower()) else UNKNOWN_TYPE
+                    return f"data:{kind};base64,{base64.b64encode(raw).decode('ascii')}"
+            except aiohttp.ClientConnectorError as e:
+                if isinstance(e.os_error, PrivateAddress):
+                    raise MediaRefused(str(e.os_error)) from None
+                raise MediaRefused(f"a media URL could not be fetched: {type(e).__name__}") from None
+            except aiohttp.ClientError as e:
+                raise MediaRefused(f"a media URL could not be fetched: {type(e).__name__}") from None
+        raise MediaRefused(f"a media URL redirected more than {MAX_REDIRECTS} times")
+
+
+def _with_urls(body: dict[str, Any], fetched: dict[int, str]) -> dict[str, Any]:
+    """A copy of ``body`` whose media parts (by ``id``) carry the ``fetched`` URLs (their other fields kept)."""
+    def part_of(part: Any) -> Any:
+        url = fetched.get(id(part))
+        if url is None:
+            return part
+        inner = part[part["type"]]
+        return {**part, part["type"]: {**inner, "url": url} if isinstance(inner, dict) else url}
+
+    messages = []
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            message = {**message, "content": [part_of(p) for p in content]}
+        messages.append(message)
+    return {**body, "messages": messages}

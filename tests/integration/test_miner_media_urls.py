@@ -1,27 +1,99 @@
-"""A miner in front of a model server does not have it fetch a caller's media URL on a private address.
+"""A miner in front of a model server fetches a caller's media URLs itself, and never a private address.
 
 vLLM's and SGLang's servers fetch an ``image_url`` (``video_url``, ``audio_url``) part's URL themselves, from
 inside the miner's network. A caller (anyone with a key on any validator's API) naming ``http://127.0.0.1:...``,
 a ``10.x`` address, the cloud metadata address or a ``file:`` URL had the miner's model server fetch it: a
-server-side request forgery. The miner refuses such a request as its model server would (``400``, the caller's
-fault: no miner is marked down for it) and the model server is never asked; a public or ``data:`` URL is
-forwarded as before.
+server-side request forgery. Checking the address and handing the URL on was not enough: the model server
+resolved the name again (DNS rebinding: public to the check, private to the fetch) and followed redirects. The
+miner now fetches the URL itself, through a resolver that refuses a private answer when it connects, each
+redirect checked the same way, and the model server gets the bytes as a ``data:`` URL; a URL refused is the
+caller's ``400`` (no miner is marked down for it) and the model server is never asked.
+
+The media servers here are on 127.0.0.1 (no test sends anything off the machine): the tests' fetcher takes
+127.0.0.1 as the one "public" address and every other as private, and resolves names with the tests' own
+resolver (the edge of the machine: DNS).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
+from neurons.miner.media_urls import MediaFetcher
+from tests.helpers import serve_app
 from tests.integration.test_miner_openai_backend import post_chat, stack
 
 PNG = "data:image/png;base64,iVBORw0KGgo="
+IMAGE = b"\x89PNG\r\n\x1a\n-the-picture-"
+SECRET = b"metadata-credentials"
 
 
 def with_image(url: str, part: str = "image_url") -> dict:
     return {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
                                                       {"type": part, part: {"url": url}}]}], "seed": 3}
+
+
+def sent_urls(received: list) -> list[str]:
+    """The media URLs of every request the model server received."""
+    return [part[part["type"]]["url"] for body in received for m in body["messages"]
+            if isinstance(m.get("content"), list) for part in m["content"] if part.get("type") != "text"]
+
+
+class ScriptedDNS(AbstractResolver):
+    """Answers each name from a script, in turn (the last answer repeats): ``{"media.test": ["127.0.0.1",
+    "127.0.0.2"]}`` answers 127.0.0.1 first, then 127.0.0.2, as a rebinding attacker's DNS server does."""
+
+    def __init__(self, script: dict[str, list[str]]) -> None:
+        self.script = {name: list(answers) for name, answers in script.items()}
+        self.asked: list[str] = []
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        self.asked.append(host)
+        answers = self.script.get(host)
+        if not answers:
+            raise OSError(f"{host} does not resolve")
+        address = answers.pop(0) if len(answers) > 1 else answers[0]
+        return [ResolveResult(hostname=host, host=address, port=port, family=socket.AF_INET, proto=0,
+                              flags=socket.AI_NUMERICHOST)]
+
+    async def close(self) -> None:
+        return None
+
+
+def loopback_only(address: str) -> bool:
+    return address == "127.0.0.1"
+
+
+@contextlib.asynccontextmanager
+async def media_servers(hits: list[str]) -> AsyncIterator[tuple[int, int]]:
+    """A media server on 127.0.0.1 (its picture, and redirects) and a "private" one on 127.0.0.2 (the secret):
+    their ports. ``hits`` collects every path asked of either."""
+    async def picture(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(body=IMAGE, content_type="image/png")
+
+    async def redirect(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        raise web.HTTPFound(request.query["to"])
+
+    async def secret(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(body=SECRET, content_type="image/png")
+
+    public, inner = web.Application(), web.Application()
+    public.router.add_get("/cat.png", picture)
+    public.router.add_get("/go", redirect)
+    inner.router.add_get("/secret", secret)
+    async with serve_app(public) as a, serve_app(inner, host="127.0.0.2") as b:
+        yield int(a.rsplit(":", 1)[1]), int(b.rsplit(":", 1)[1])
 
 
 async def test_private_and_file_media_urls_never_reach_the_model_server(tmp_path: Path) -> None:
@@ -41,7 +113,65 @@ async def test_private_and_file_media_urls_never_reach_the_model_server(tmp_path
                 assert status == 400, (url, stream, answer)
                 assert "private address" in answer["error"]["message"] or "scheme" in answer["error"]["message"]
         assert received == [], "the model server was asked to fetch a private URL"
-        for url in (PNG, "https://93.184.215.14/a.png"):  # data:, and a public address: forwarded as before
-            status, answer = await post_chat(s, api, key, with_image(url))
-            assert status == 200, (url, answer)
-        assert len(received) == 2
+        status, answer = await post_chat(s, api, key, with_image(PNG))  # data: goes on as it came
+        assert status == 200, answer
+        assert sent_urls(received) == [PNG]
+
+
+async def test_the_model_server_gets_the_fetched_bytes_never_the_url(tmp_path: Path) -> None:
+    """A public media URL reaches the model server as the bytes the miner fetched (a ``data:`` URL of their type):
+    the model server fetches nothing, so it cannot be sent anywhere a check did not see."""
+    received: list = []
+    hits: list[str] = []
+    dns = ScriptedDNS({"media.test": ["127.0.0.1"]})
+    async with media_servers(hits) as (port, _), \
+            stack(tmp_path, received, media=MediaFetcher(resolver=dns, allowed=loopback_only)) as (api, key), \
+            aiohttp.ClientSession() as s:
+        for stream in (False, True):
+            body = with_image(f"http://media.test:{port}/cat.png") | {"stream": stream}
+            async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
+                assert r.status == 200, await r.text()
+                assert b"[DONE]" in await r.read() if stream else (await r.json())["choices"]
+    assert hits == ["/cat.png", "/cat.png"]
+    assert sent_urls(received) == ["data:image/png;base64," + base64.b64encode(IMAGE).decode()] * 2
+
+
+async def test_a_name_that_turns_private_after_the_check_is_not_fetched(tmp_path: Path) -> None:
+    """DNS rebinding: a name that answers a public address, then a private one. The address refused is the one
+    the connection would be made to: the second request is the caller's 400, and the secret is never read."""
+    received: list = []
+    hits: list[str] = []
+    async with media_servers(hits) as (port, inner_port):
+        dns = ScriptedDNS({"rebind.test": ["127.0.0.1", "127.0.0.2"]})
+        async with stack(tmp_path, received, media=MediaFetcher(resolver=dns, allowed=loopback_only)) as (api, key), \
+                aiohttp.ClientSession() as s:
+            status, answer = await post_chat(s, api, key, with_image(f"http://rebind.test:{port}/cat.png"))
+            assert status == 200, answer
+            # the same name, now answering 127.0.0.2, where the "private" server listens on inner_port
+            status, answer = await post_chat(s, api, key, with_image(f"http://rebind.test:{inner_port}/secret"))
+            assert status == 400, answer
+            assert "private address (rebind.test)" in answer["error"]["message"]
+    assert hits == ["/cat.png"] and dns.asked == ["rebind.test", "rebind.test"]
+    assert all(url.startswith("data:image/png;base64,") for url in sent_urls(received)) and len(received) == 1
+
+
+async def test_a_redirect_to_a_private_address_is_not_followed(tmp_path: Path) -> None:
+    """A public media server's redirect is checked as the URL was: to a private IP address or to a name that
+    resolves to one, it is the caller's 400 and nothing is fetched from there; to a public one, it is followed."""
+    received: list = []
+    hits: list[str] = []
+    async with media_servers(hits) as (port, inner_port):
+        dns = ScriptedDNS({"media.test": ["127.0.0.1"], "inner.test": ["127.0.0.2"]})
+        async with stack(tmp_path, received, media=MediaFetcher(resolver=dns, allowed=loopback_only)) as (api, key), \
+                aiohttp.ClientSession() as s:
+            for target in (f"http://127.0.0.2:{inner_port}/secret", f"http://inner.test:{inner_port}/secret"):
+                for stream in (False, True):
+                    url = f"http://media.test:{port}/go?to={target}"
+                    status, answer = await post_chat(s, api, key, with_image(url) | {"stream": stream})
+                    assert status == 400, (target, answer)
+                    assert "private address" in answer["error"]["message"], answer
+            status, answer = await post_chat(s, api, key, with_image(
+                f"http://media.test:{port}/go?to=http://media.test:{port}/cat.png"))
+            assert status == 200, answer
+    assert "/secret" not in hits
+    assert sent_urls(received) == ["data:image/png;base64," + base64.b64encode(IMAGE).decode()]

@@ -17,6 +17,7 @@ from api.app import create_api_app
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.base import BackendError
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
+from neurons.miner.media_urls import MediaFetcher
 from neurons.validator.scoring import rebuild_answer
 from shared.errors import MODEL_SERVER_REJECTED
 from shared.metagraph import Neuron
@@ -30,13 +31,15 @@ VALIDATOR, MINER = keypair("//Validator"), keypair("//Miner1")
 
 
 @contextlib.asynccontextmanager
-async def stack(tmp_path: Path, received: list, *, payloads: list | None = None, **upstream: Any):
+async def stack(tmp_path: Path, received: list, *, payloads: list | None = None, media: MediaFetcher | None = None,
+                **upstream: Any):
     """API -> miner (openai backend) -> fake upstream (``create_fake_upstream``'s options), over HTTP;
-    ``payloads`` collects the scoring payloads the API hands the validator."""
+    ``payloads`` collects the scoring payloads the API hands the validator; ``media``: the miner's media fetcher."""
     async with contextlib.AsyncExitStack() as st:
         upstream_url = await st.enter_async_context(serve_app(create_fake_upstream(received, **upstream)))
-        backend = OpenAICompatibleBackend(upstream_url + "/v1")
+        backend = OpenAICompatibleBackend(upstream_url + "/v1", media=media)
         await backend.start()
+        st.push_async_callback(backend.close)
         verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
         miner = await st.enter_async_context(serve_app(create_miner_app(backend, verifier)))
         ctx = await build_api_context(tmp_path, snapshot(VALIDATOR.ss58_address,

@@ -22,7 +22,7 @@ import aiohttp
 from loguru import logger
 
 from neurons.miner.backends.base import BackendError
-from neurons.miner.media_urls import refused_media_url
+from neurons.miner.media_urls import MediaFetcher, MediaRefused
 from shared.errors import MODEL_SERVER_REJECTED, parse_error
 from shared.field_refusals import FieldRefusals
 from shared.jsonutil import dumpb
@@ -99,6 +99,7 @@ class OpenAICompatibleBackend:
         timeout: float = 120.0,
         models_refresh: float = 60.0,
         serve_models: list[str] | None = None,
+        media: MediaFetcher | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         # For logs: credentials in the URL (http://user:token@host/v1) are never written out.
@@ -118,10 +119,12 @@ class OpenAICompatibleBackend:
         self._missing: list[str] = []
         self._refresher: asyncio.Task[None] | None = None
         self._refusals = FieldRefusals()  # what its models refused, learnt from their 4xx
+        self._media = media or MediaFetcher()  # fetches callers' media URLs, so the model server never does
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512),
                                               cookie_jar=aiohttp.DummyCookieJar())
+        await self._media.start()
         await self.refresh_models()
         self._refresher = asyncio.create_task(self._refresh_forever())
 
@@ -235,8 +238,10 @@ class OpenAICompatibleBackend:
         A refusal that names fields the answer does without is asked again without them, or with them
         renamed (``FieldRefusals``); again for each refusal that names another (a server that refuses
         ``seed`` and ``stream_options`` names one at a time, and asked only twice the first request failed)."""
-        if (why := await refused_media_url(body)) is not None:  # the model server would fetch it from inside
-            raise BackendError(f"refused: {why}", status=400, code=MODEL_SERVER_REJECTED)
+        try:  # the model server would fetch them from inside the miner's network: fetched here, checked
+            body = await self._media.inline(body, deadline=deadline)
+        except MediaRefused as e:
+            raise BackendError(f"refused: {e}", status=400, code=MODEL_SERVER_REJECTED) from None
         out = self.upstream_body(body, stream=stream)
         while True:
             # once more on a new connection if a kept-alive one closed before any answer (``post_once_more``:
@@ -349,6 +354,7 @@ class OpenAICompatibleBackend:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self._media.close()
 
 
 def upstream_failure(error: Exception, deadline: float | None, what: str) -> BackendError:
