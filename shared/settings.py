@@ -419,6 +419,10 @@ class MinerSettings(CommonSettings):
         default_factory=list,
         description="Upstream models to serve, in order (the first answers 'default'); empty: every chat model "
                     "its /models lists")
+    upstream_extra_fields: CsvList = Field(
+        default_factory=list,
+        description="Request fields beyond OpenAI's sent to the model server (e.g. chat_template_kwargs); empty: "
+                    "none (any caller on the network reaches them)")
     allowed_hotkeys: CsvList = Field(default_factory=list, description="Callers accepted even without a permit")
     max_body_bytes: int = Field(default=8 << 20, ge=1024)  # twice the API's default: what it forwards fits
     max_unverified_body_bytes: int = Field(default=UNVERIFIED_BODY_BYTES, ge=1024, description=UNVERIFIED_HELP)

@@ -32,6 +32,7 @@ async def build_backend(settings: MinerSettings) -> Backend:
             api_key=settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None,
             timeout=settings.upstream_timeout,
             serve_models=settings.upstream_models,
+            extra_fields=settings.upstream_extra_fields,
         )
         await backend.start()
         return backend

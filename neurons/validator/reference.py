@@ -29,8 +29,9 @@ import aiohttp
 from loguru import logger
 
 from neurons.miner.backends.deterministic import DeterministicBackend
-from neurons.miner.backends.openai_compatible import SUBNET_FIELDS, listed_models, listing_hint
+from neurons.miner.backends.openai_compatible import listed_models, listing_hint
 from neurons.miner.backends.tool_calls import planned_tool_call
+from neurons.miner.backends.upstream_fields import upstream_request
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.rewards.tools import Reply, calls_of
 from shared.errors import parse_error
@@ -131,13 +132,10 @@ class OpenAIReference:
         self._last_model: Any = model  # the model last asked for (a request's own, without REFERENCE_LLM_MODEL)
 
     def request_body(self, body: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in body.items() if k not in SUBNET_FIELDS and k != "stream_options"}
-        sp = body.get("sampling_parameters") or {}
-        if "max_tokens" not in out and sp.get("max_new_tokens"):
-            out["max_tokens"] = sp["max_new_tokens"]
-        for name in ("temperature", "top_p", "top_k"):
-            if name not in out and sp.get(name) is not None:
-                out[name] = sp[name]
+        # what a miner's model server is sent of it (``upstream_request``): a caller's own fields (vLLM's
+        # ``chat_template``, ``guided_*``, ...) do not reach the reference model either
+        out = upstream_request(body)
+        out.pop("stream_options", None)
         if self.model:
             out["model"] = self.model
         out["stream"] = False

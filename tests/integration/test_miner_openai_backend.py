@@ -82,10 +82,46 @@ async def test_sampling_fields_reach_upstream_and_subnet_fields_do_not(tmp_path:
     assert out["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
     sent = received[-1]
     for field, value in [("temperature", 0.3), ("top_p", 0.9), ("max_tokens", 12), ("stop", ["\n\n"]),
-                         ("seed", 5), ("response_format", {"type": "json_object"}), ("my_vendor_flag", True),
-                         ("top_k", 7), ("model", MODEL)]:
+                         ("seed", 5), ("response_format", {"type": "json_object"}), ("top_k", 7), ("model", MODEL)]:
         assert sent[field] == value, field
-    assert "task" not in sent and "sampling_parameters" not in sent
+    # the subnet's own fields stay with the miner, and so does a field that is not OpenAI's (upstream_fields)
+    assert "task" not in sent and "sampling_parameters" not in sent and "my_vendor_flag" not in sent
+
+
+# A caller's fields that a model server takes and OpenAI does not have (vLLM's), or that act on the miner more than
+# on the answer: none reaches the model server, through the API or sent to the miner by any validator.
+SERVER_ONLY = {"chat_template": "{{ 7*7 }}", "chat_template_kwargs": {"enable_thinking": False},
+               "guided_regex": "(a|aa)*b", "guided_json": {"type": "object"}, "structured_outputs": {"regex": "a+"},
+               "best_of": 64, "use_beam_search": True, "ignore_eos": True, "min_tokens": 4000,
+               "prompt_logprobs": 20, "echo": True, "priority": -100, "kv_transfer_params": {"do_remote_decode": True},
+               "service_tier": "priority", "store": True, "prediction": {"type": "content", "content": "x"}}
+OPENAI_KEPT = {"reasoning_effort": "low", "verbosity": "low", "user": "u-1", "presence_penalty": 0.5,
+               "frequency_penalty": 0.25, "logit_bias": {"50256": -100}, "prompt_cache_key": "k",
+               "safety_identifier": "s", "min_p": 0.05, "repetition_penalty": 1.1}
+
+
+async def test_only_openais_fields_and_the_shared_sampling_extras_reach_the_model_server(tmp_path: Path) -> None:
+    received: list = []
+    async with stack(tmp_path, received) as (api, key), aiohttp.ClientSession() as s:
+        body = {"messages": [{"role": "user", "content": "hello"}], **SERVER_ONLY, **OPENAI_KEPT}
+        for stream in (False, True):
+            async with s.post(api + "/v1/chat/completions", json=body | {"stream": stream},
+                              headers={"api-key": key}) as r:
+                assert r.status == 200, await r.text()
+    assert len(received) == 2
+    for sent in received:
+        assert not set(SERVER_ONLY) & set(sent), sorted(set(SERVER_ONLY) & set(sent))
+        assert {k: sent[k] for k in OPENAI_KEPT} == OPENAI_KEPT
+
+
+def test_a_validators_own_n_and_fields_named_by_the_operator() -> None:
+    """A validator may send a miner anything: ``n`` (one answer is asked of each miner) does not reach the model
+    server; a field the operator names in UPSTREAM_EXTRA_FIELDS does, and no other."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "model": MODEL, "n": 50, **SERVER_ONLY}
+    plain = OpenAICompatibleBackend("http://127.0.0.1:9/v1").upstream_body(body, stream=False)
+    assert set(plain) == {"messages", "model", "stream"}
+    named = OpenAICompatibleBackend("http://127.0.0.1:9/v1", extra_fields=["chat_template_kwargs", " "])
+    assert set(named.upstream_body(body, stream=False)) == {"messages", "model", "stream", "chat_template_kwargs"}
 
 
 async def test_the_upstreams_system_fingerprint_reaches_the_caller(tmp_path: Path) -> None:

@@ -146,3 +146,18 @@ async def test_the_rechecks_question_fails_as_a_job_does_but_does_not_read_the_a
                 await ask(OpenAIReference(gone + "/v1", session=session))
         async with serve_app(_answering(b'{"choices": []}')) as url:
             await OpenAIReference(url + "/v1", session=session).probe()
+
+
+async def test_a_callers_model_server_fields_do_not_reach_the_reference_model() -> None:
+    """An organic request is asked of the validator's reference model as it came: a caller's vLLM-only fields (a
+    Jinja ``chat_template`` rendered on the validator's server, a ``guided_regex``, ``best_of``) reached it, as
+    they reached miners. It gets what a miner's model server gets (``upstream_request``): OpenAI's fields, the
+    sampling extras, the subnet's sampling block in their place."""
+    received: list[dict[str, Any]] = []
+    async with serve_app(create_fake_upstream(received)) as url, aiohttp.ClientSession() as session:
+        reference = OpenAIReference(url + "/v1", session=session, model=MODEL)
+        asked = {**BODY, "chat_template": "{{ 7*7 }}", "guided_regex": "(a|aa)*b", "best_of": 64, "n": 9,
+                 "reasoning_effort": "low", "min_p": 0.1, "sampling_parameters": {"top_k": 5, "max_new_tokens": 9}}
+        assert await reference.answer(asked) == "echo: Hi"
+    assert set(received[-1]) == {"messages", "model", "seed", "stream", "reasoning_effort", "min_p", "top_k",
+                                 "max_tokens"}, received[-1]

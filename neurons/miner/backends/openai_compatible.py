@@ -3,9 +3,10 @@
 Answers are relayed as the upstream sent them: the JSON completion's bytes, and
 the SSE stream's bytes as they arrive (``complete_raw``, ``stream_raw``), with no
 parsing or re-encoding on the miner (the API checks every chunk anyway);
-``tools``/``tool_calls``, ``response_format``, ``logprobs`` travel untouched. The
-subnet's own fields are removed first because strict upstreams reject unknown
-parameters.
+``tools``/``tool_calls``, ``response_format``, ``logprobs`` travel untouched. Only the
+request fields of ``upstream_fields`` reach the model server: the subnet's own are
+removed (strict upstreams reject unknown parameters), and so is any field a caller
+sent that is not OpenAI's (a model server's own parameters are not for strangers).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import aiohttp
 from loguru import logger
 
 from neurons.miner.backends.base import BackendError
+from neurons.miner.backends.upstream_fields import forwarded_fields, upstream_request
 from neurons.miner.media_urls import MediaFetcher, MediaRefused
 from shared.errors import MODEL_SERVER_REJECTED, parse_error
 from shared.field_refusals import FieldRefusals
@@ -38,7 +40,6 @@ from shared.tasks import ARITHMETIC, INFERENCE, QUESTION_ANSWERING
 # the miner answers with the same status and MODEL_SERVER_REJECTED, so the API can tell the caller's mistake
 # from the miner's failure. Any other upstream status (auth, rate limit, 5xx) is the miner's 502.
 REFUSED_REQUEST = frozenset({400, 413, 422})
-SUBNET_FIELDS = ("task", "sampling_parameters", "uids", "mixture", "inference_mode", "target_results", "timeout")
 # Models a /models list holds that answer no chat completion (OpenAI's lists embeddings, speech, images and
 # moderation beside its chat models; Ollama's, the embedding models pulled): not advertised.
 # An upstream's whole JSON answer is held in memory: bounded (a 200 MB answer was read whole), far above
@@ -100,6 +101,7 @@ class OpenAICompatibleBackend:
         models_refresh: float = 60.0,
         serve_models: list[str] | None = None,
         media: MediaFetcher | None = None,
+        extra_fields: list[str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         # For logs: credentials in the URL (http://user:token@host/v1) are never written out.
@@ -119,6 +121,7 @@ class OpenAICompatibleBackend:
         self._missing: list[str] = []
         self._refresher: asyncio.Task[None] | None = None
         self._refusals = FieldRefusals()  # what its models refused, learnt from their 4xx
+        self._fields = forwarded_fields(extra_fields or ())  # what of a request the model server is sent
         self._media = media or MediaFetcher()  # fetches callers' media URLs, so the model server never does
 
     async def start(self) -> None:
@@ -200,14 +203,7 @@ class OpenAICompatibleBackend:
         return [INFERENCE, QUESTION_ANSWERING, ARITHMETIC]
 
     def upstream_body(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
-        out = {k: v for k, v in body.items() if k not in SUBNET_FIELDS}
-        # The subnet's sampling block, in the upstream's own fields (as the validator's reference model
-        # gets them: the same sampling on both sides of a comparison).
-        sp = body.get("sampling_parameters") or {}
-        for name, field in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
-                            ("max_new_tokens", "max_tokens")):
-            if sp.get(name) is not None and field not in out:
-                out[field] = sp[name]
+        out = upstream_request(body, self._fields)
         if out.get("model") in ANY_MODEL and self._models:
             out["model"] = self._models[0]
         out["stream"] = stream
