@@ -68,7 +68,8 @@ def start_race(
                 request_id=request_id, excuse_timeouts=excuse_timeouts, offered=offered_tools(body), check=check or answer_check(body),
                 opens_with=json_opening(body), calls_only=must_call(body),
                 relay_usage=not stream or (isinstance(options, dict) and options.get("include_usage") is True),
-                scored=scored, latency_scale=latency_scale, health=ctx.miner_health)
+                scored=scored, latency_scale=latency_scale, health=ctx.miner_health,
+                model=None if body.get("model") in ANY_MODEL else body.get("model"))
     race.start()
     return race
 

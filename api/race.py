@@ -33,7 +33,14 @@ from shared.jsonutil import loads
 from shared.logging import printable
 from shared.metagraph import Neuron
 from shared.miner_client import NOT_SERVED, Event, MinerClient, MinerError, event_text
-from shared.protocol import FINISH_REASONS, finish_reason, new_call_id, reported_usage, valid_usage
+from shared.protocol import (
+    FINISH_REASONS,
+    MAX_ADVERTISED_NAME,
+    finish_reason,
+    new_call_id,
+    reported_usage,
+    valid_usage,
+)
 
 
 @dataclass(slots=True)
@@ -55,7 +62,10 @@ class MinerRun:
     tool_call_ids: set[str] = field(default_factory=set)
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None  # the miner's, in the SDK's shape (``reported_usage``); None: none valid
+    # The model the answer is of, for the caller: the one the request named (``Race``'s ``model``: a miner's answer
+    # saying another is told as this), else the one the miner's first chunk names (``answer_model``).
     model: str | None = None
+    claimed: bool = False  # a chunk of it named its model (the first such chunk's fingerprint is the answer's)
     fingerprint: str | None = None  # the model server's system_fingerprint, if it gave one (a stream relays it)
     logprobs: list[Any] = field(default_factory=list)
     error: str | None = None
@@ -122,13 +132,16 @@ class MinerRun:
                 data = obj
             if not choices and not self.relay_usage:
                 return None
-        if self.model is None:
-            model = obj.get("model")
-            if model:
-                self.model = str(model)
-                fingerprint = obj.get("system_fingerprint")
-                if isinstance(fingerprint, str) and fingerprint:
-                    self.fingerprint = fingerprint
+        claim = obj.get("model")
+        if claim and not self.claimed:
+            self.claimed = True
+            if self.model is None:
+                self.model = answer_model(claim)
+            fingerprint = obj.get("system_fingerprint")
+            if isinstance(fingerprint, str) and fingerprint:
+                self.fingerprint = fingerprint
+        if claim is not None and self.model is not None and claim != self.model:
+            obj["model"], data = self.model, obj  # the model the caller asked for, whatever the miner says
         for choice in choices:
             if type(choice) is not dict:
                 raise ValueError("choice is not an object")
@@ -227,6 +240,15 @@ class MinerRun:
         return named
 
 
+def answer_model(claim: Any) -> str:
+    """The model a miner's answer names, when the request named none (any model): a name a miner may advertise
+    (1 to ``MAX_ADVERTISED_NAME`` printable characters), or ValueError: a miner is untrusted, and its claim
+    reached the caller's answer, every chunk of it, as it came (a 1 MB "name", a line break)."""
+    if not (isinstance(claim, str) and 0 < len(claim) <= MAX_ADVERTISED_NAME and claim.isprintable()):
+        raise ValueError("the answer's model is not a model name")
+    return claim
+
+
 LOGPROBS_LISTS = ("content", "refusal")  # a choice's logprobs lists, as OpenAI always names them
 
 
@@ -272,6 +294,7 @@ class Race:
         scored: bool = True,
         latency_scale: float | None = None,
         health: MinerHealth | None = None,
+        model: str | None = None,
     ) -> None:
         self.client = client
         self.health = health  # told each run's outcome: a miner that keeps failing is set aside (miner_health)
@@ -286,8 +309,9 @@ class Race:
         # The deadline is shorter than the node would give (a caller's ``timeout``, what a failover
         # had left): a miner that ran out of it is not at fault, so it is left out of the payload.
         self.excuse_timeouts = excuse_timeouts
+        # ``model``: the one the request names (None: any), which every answer is told as (``MinerRun.model``)
         self.runs = [MinerRun(n, offered=offered, opens_with=opens_with, calls_only=calls_only,
-                              relay_usage=relay_usage) for n in neurons]
+                              relay_usage=relay_usage, model=model) for n in neurons]
         self.body = body
         self.deadline = deadline
         self.stream = stream
