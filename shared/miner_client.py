@@ -49,6 +49,16 @@ def status_kind(status: int) -> str:
     return f"http_{status // 100}xx"
 
 
+def redirect_note(status: int, location: str | None = None) -> str:
+    """What a miner's 3xx means, for the line that tells of it (``""`` for any other status): a redirect is never
+    followed (``_sent``), so a miner behind one (an HTTP-to-HTTPS redirect, a moved path) fails every request
+    until it answers at its axon address itself."""
+    if not 300 <= status < 400:
+        return ""
+    to = f" to {printable(location)[:200]}" if location else ""
+    return f" (a redirect{to}, never followed: a miner must answer at the address its axon publishes)"
+
+
 def transport_kind(error: aiohttp.ClientError) -> str:
     """A transport failure's kind: ``unreachable`` when no connection was made (refused, no route, DNS, TLS),
     ``dropped`` when one was and broke before the answer was whole (a miner that crashed or was restarted
@@ -163,7 +173,8 @@ class MinerClient:
                             raise MinerError(f"HTTP {resp.status}: {message[:300]}", kind="refused")
                         if resp.status == 404 and code == MODEL_NOT_FOUND:
                             raise MinerError(f"HTTP 404 {MODEL_NOT_FOUND}: {message[:300]}", kind=NOT_SERVED)
-                        raise MinerError(f"HTTP {resp.status}: {text[:300]}", kind=status_kind(resp.status))
+                        note = redirect_note(resp.status, resp.headers.get("Location"))
+                        raise MinerError(f"HTTP {resp.status}{note}: {text[:300]}", kind=status_kind(resp.status))
                     ctype = resp.content_type
                     if ctype == JSON:
                         yield await self._json_as_chunks(resp)

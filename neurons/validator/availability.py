@@ -15,7 +15,7 @@ from loguru import logger
 from pydantic import ValidationError
 
 from shared.metagraph import MetagraphSnapshot, MetagraphView, Neuron
-from shared.miner_client import MinerClient, MinerError
+from shared.miner_client import MinerClient, MinerError, redirect_note
 from shared.protocol import AvailabilityResponse
 from shared.signing import CLOCK_HINT, refused_signature
 from shared.store.outage import OutageLog
@@ -95,12 +95,12 @@ async def poll_one(client: MinerClient, neuron: Neuron, timeout: float,
         logger.debug("availability uid={} {}", neuron.uid, failures[neuron.uid])
         return None
     if status != 200:
-        logger.debug("availability uid={} HTTP {}", neuron.uid, status)
+        logger.debug("availability uid={} HTTP {}{}", neuron.uid, status, redirect_note(status))
         refused = refused_signature(status, data)
         if refused is not None and refusals is not None:
             refusals[neuron.uid] = refused
         else:
-            failures[neuron.uid] = f"HTTP {status} from {neuron.axon}"
+            failures[neuron.uid] = f"HTTP {status} from {neuron.axon}{redirect_note(status)}"
         return None
     try:
         return AvailabilityResponse.model_validate(data).model_dump()

@@ -15,17 +15,22 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from loguru import logger
 
 from api.app import create_api_app
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.deterministic import DeterministicBackend
-from shared.signing import Authorizer, RequestVerifier
+from neurons.validator.availability import poll_one
+from shared.metagraph import Neuron
+from shared.miner_client import MinerClient, make_session
+from shared.signing import Authorizer, RequestVerifier, Signer
 from tests.helpers import (
     VALIDATOR_KP,
     Script,
     build_api_context,
     chunk,
     keypair,
+    log_lines,
     scripted_miner_app,
     serve_app,
     snapshot,
@@ -86,9 +91,6 @@ async def test_a_miner_redirect_is_not_followed_to_the_address_it_names(tmp_path
 
 async def test_a_miner_redirect_is_not_followed_by_an_availability_poll(tmp_path: Path) -> None:
     """The validator's availability poll (and any signed JSON call) goes through ``post_json``: same rule."""
-    from shared.miner_client import MinerClient, make_session
-    from shared.signing import Signer
-
     honest_kp = keypair("//Miner2")
     verifier = RequestVerifier(honest_kp.ss58_address, Authorizer(lambda: {VALIDATOR_KP.ss58_address}))
     hits: list[str] = []
@@ -101,3 +103,30 @@ async def test_a_miner_redirect_is_not_followed_by_an_availability_poll(tmp_path
             await client.session.close()
     assert hits == ["/availability"]
     assert status == 307, (status, data)
+
+
+async def test_a_redirecting_miner_is_told_as_one(tmp_path: Path) -> None:
+    """An honest miner behind a redirect (an HTTP-to-HTTPS one, a moved path) fails every request: the line that
+    tells of it says it was a redirect, where to, and that it is never followed, not a bare ``HTTP 307: ``; the
+    access line's kind is ``http_3xx``; the validator's availability poll says so too."""
+    hits: list[str] = []
+    lines, sink = log_lines("DEBUG")
+    try:
+        async with serve_app(redirecting_app("https://miner.example:8443", 301, hits)) as miner_url:
+            async with api_behind(tmp_path, miner_url) as (url, key):
+                code, _ = await chat(url, key, stream=False)
+            client = MinerClient(make_session(), Signer(VALIDATOR_KP))
+            failures: dict[int, str] = {}
+            try:
+                neuron = Neuron(uid=1, hotkey=keypair("//Miner1").ss58_address, axon=miner_url.removeprefix("http://"))
+                assert await poll_one(client, neuron, 5.0, failures=failures) is None
+            finally:
+                await client.session.close()
+    finally:
+        logger.remove(sink)
+    assert code == 502 and hits
+    told = [line for line in lines if "uid=1 failed: HTTP 301" in line]
+    assert told and all("a redirect to https://miner.example:8443/v1/chat/completions, never followed" in line
+                        for line in told), lines
+    assert any("failed=1:http_3xx" in line for line in lines), lines
+    assert "a redirect, never followed: a miner must answer at the address its axon publishes" in failures[1]
