@@ -139,6 +139,9 @@ class MediaFetcher:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        """Open its connection pool (once: ``inline`` opens it at its first use otherwise)."""
+        if self._session is not None:
+            return
         resolver = PublicResolver(self._resolver or ThreadedResolver(), self._allowed)
         # no proxy from the environment (trust_env is off): the address checked must be the one connected to
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver, limit=64),
@@ -156,6 +159,7 @@ class MediaFetcher:
         parts = [p for p in _media_parts(body) if scheme_of(_part_url(p)) != "data"]
         if not parts:
             return body
+        await self.start()
         fetched: dict[int, str] = {}
         budget = [self._max_bytes]  # what is left of the request's media bytes
         seconds = self._seconds
@@ -171,8 +175,7 @@ class MediaFetcher:
 
     async def _fetch(self, url: str, budget: list[int]) -> str:
         """One URL's bytes as a ``data:`` URL, each redirect checked as the URL was (at most ``MAX_REDIRECTS``)."""
-        if self._session is None:
-            raise RuntimeError("media fetcher not started")
+        assert self._session is not None  # ``inline`` started it
         for _ in range(MAX_REDIRECTS + 1):
             if (why := refused_url(url, self._allowed)) is not None:
                 raise MediaRefused(why)

@@ -32,6 +32,7 @@ from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.openai_compatible import listed_models, listing_hint
 from neurons.miner.backends.tool_calls import planned_tool_call
 from neurons.miner.backends.upstream_fields import upstream_request
+from neurons.miner.media_urls import MediaFetcher, MediaRefused
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.rewards.tools import Reply, calls_of
 from shared.errors import parse_error
@@ -48,6 +49,12 @@ REFERENCE_SETTINGS = {"url_setting": "REFERENCE_LLM_URL", "key_setting": "REFERE
 
 class ReferenceError(Exception):
     """The reference model could not answer; the job is skipped, not scored as 0."""
+
+
+class UnscorableRequest(Exception):
+    """The request is not asked of the reference model (a caller's media URL that is private, or could not be
+    fetched): the job is skipped, and the reference model is not failing (any caller could otherwise make it
+    look down)."""
 
 
 class EmptyReference(ReferenceError):
@@ -116,6 +123,7 @@ class OpenAIReference:
         model: str | None = None,
         timeout: float = 60.0,
         reproducible: bool = False,
+        media: MediaFetcher | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.session = session
@@ -130,6 +138,9 @@ class OpenAIReference:
         # ``seed``, OpenAI's reasoning models ``max_tokens`` and a temperature) failed every job it was asked.
         self._refusals = FieldRefusals()
         self._last_model: Any = model  # the model last asked for (a request's own, without REFERENCE_LLM_MODEL)
+        # A caller's media URLs, fetched here as a miner fetches them (``media_urls``): the reference server
+        # fetched them itself, from inside the validator's network (a private address, a redirect to one).
+        self._media = media or MediaFetcher()
 
     def request_body(self, body: dict[str, Any]) -> dict[str, Any]:
         # what a miner's model server is sent of it (``upstream_request``): a caller's own fields (vLLM's
@@ -142,8 +153,12 @@ class OpenAIReference:
         return out
 
     async def reply(self, body: dict[str, Any]) -> Reply:
+        try:
+            inlined = await self._media.inline(body)
+        except MediaRefused as e:
+            raise UnscorableRequest(str(e)) from None
         with failing_as_reference(self._masked, *UNREACHED, *MISSHAPEN):
-            sent = self.request_body(body)
+            sent = self.request_body(inlined)
             self._last_model = sent.get("model")
             data = await self._completion(self._refusals.apply(sent))
             message = data["choices"][0]["message"]
@@ -229,7 +244,7 @@ class OpenAIReference:
         return True
 
     async def close(self) -> None:
-        return None  # the session belongs to the caller
+        await self._media.close()  # its own pool (the session belongs to the caller)
 
 
 def text_of(reply: Reply, *, empty_ok: bool) -> str:

@@ -20,7 +20,7 @@ from loguru import logger
 
 from api.answer_checks import must_call
 from api.race import MinerRun
-from neurons.validator.reference import ReferenceError
+from neurons.validator.reference import ReferenceError, UnscorableRequest
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.rewards.penalties import DEFAULT_GRACE, copied_uids, latency_factor
 from neurons.validator.rewards.tools import Call, calls_of, offers_tools, tool_reward
@@ -246,6 +246,10 @@ class Scorer:
             rewards = await self.rewards(job)
         except ReferenceError as e:
             self.reference.outage.failed(f"{job.source} {job.task} job skipped: {e}")
+            self.settle([job])
+            return {}
+        except UnscorableRequest as e:  # the caller's request, not the reference model: no outage
+            logger.info("{} {} job not scored: {}", job.source, job.task, e)
             self.settle([job])
             return {}
         for uid, reward in rewards.items():

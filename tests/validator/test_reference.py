@@ -3,16 +3,28 @@ apart requests whose answers differ (the model, tools, stop sequences, not only 
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from loguru import logger
 
-from neurons.validator.reference import CachedReference, OpenAIReference, ReferenceError
+from neurons.miner.media_urls import MediaFetcher
+from neurons.validator.reference import CachedReference, OpenAIReference, ReferenceError, UnscorableRequest
 from neurons.validator.rewards.tools import Reply
 from tests.fake_upstream import MODEL, REASONER, create_fake_upstream
-from tests.helpers import serve_app
+from tests.helpers import log_lines, serve_app
+from tests.integration.test_miner_media_urls import (
+    IMAGE,
+    ScriptedDNS,
+    loopback_only,
+    media_servers,
+    sent_urls,
+    with_image,
+)
+from tests.validator.test_tool_rewards import score, scorer_with
 
 BODY = {"messages": [{"role": "user", "content": "Hi"}], "seed": 7, "task": "InferenceTask", "model": "a"}
 
@@ -161,3 +173,56 @@ async def test_a_callers_model_server_fields_do_not_reach_the_reference_model() 
         assert await reference.answer(asked) == "echo: Hi"
     assert set(received[-1]) == {"messages", "model", "seed", "stream", "reasoning_effort", "min_p", "top_k",
                                  "max_tokens"}, received[-1]
+
+
+async def test_a_callers_private_media_url_is_never_fetched_by_the_reference_server() -> None:
+    """An organic request's image URL reached the validator's reference server, which fetched it from inside the
+    validator's network (a private address, the metadata address). The validator fetches media as a miner does
+    (``media_urls``): a private URL skips the job without asking the reference model, and without marking it
+    failing (any caller could otherwise make it look down)."""
+    received: list[dict[str, Any]] = []
+    async with serve_app(create_fake_upstream(received)) as url, aiohttp.ClientSession() as session:
+        reference = CachedReference(OpenAIReference(url + "/v1", session=session, model=MODEL))
+        for private in ("http://169.254.169.254/latest/meta-data/", "http://localhost:8000/v1/models",
+                        "file:///etc/passwd"):
+            with pytest.raises(UnscorableRequest):
+                await reference.answer(with_image(private))
+        await reference.close()
+    assert received == [] and reference.status.last_error is None
+
+
+async def test_the_reference_server_gets_the_fetched_bytes_never_the_url() -> None:
+    received: list[dict[str, Any]] = []
+    hits: list[str] = []
+    dns = ScriptedDNS({"media.test": ["127.0.0.1"]})
+    async with media_servers(hits) as (port, _), serve_app(create_fake_upstream(received)) as url, \
+            aiohttp.ClientSession() as session:
+        reference = OpenAIReference(url + "/v1", session=session, model=MODEL,
+                                    media=MediaFetcher(resolver=dns, allowed=loopback_only))
+        try:
+            assert (await reference.answer(with_image(f"http://media.test:{port}/cat.png"))).startswith("echo:")
+        finally:
+            await reference.close()
+    assert hits == ["/cat.png"]
+    assert sent_urls(received) == ["data:image/png;base64," + base64.b64encode(IMAGE).decode()]
+
+
+async def test_a_job_with_a_private_media_url_is_skipped_with_no_outage(tmp_path) -> None:
+    """Scored, such a job is skipped in an INFO line naming why; the reference model is not told failing (no
+    'reference model failing' WARNING, no failure counted), and a later job is scored."""
+    received: list[dict[str, Any]] = []
+    lines, sink = log_lines("INFO")
+    try:
+        async with serve_app(create_fake_upstream(received)) as url, aiohttp.ClientSession() as session:
+            reference = CachedReference(OpenAIReference(url + "/v1", session=session, model=MODEL))
+            scorer = scorer_with(reference, tmp_path, reference.status)
+            chunks = {1: ['{"choices":[{"delta":{"content":"x"}}]}']}
+            assert await score(scorer, {1: with_image("http://169.254.169.254/latest/")}, chunks) == {}
+            assert await score(scorer, {1: BODY}, chunks)
+            await reference.close()
+    finally:
+        logger.remove(sink)
+    assert not [line for line in lines if "reference model failing" in line], lines
+    assert any(line.startswith("INFO organic InferenceTask job not scored: a media URL names a private address")
+               for line in lines), lines
+    assert reference.status.failures == 0 and len(received) == 1
