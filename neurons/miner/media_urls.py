@@ -161,20 +161,22 @@ class MediaFetcher:
             return body
         await self.start()
         fetched: dict[int, str] = {}
-        budget = [self._max_bytes]  # what is left of the request's media bytes
+        room = self._max_bytes  # what is left of the request's media bytes
         seconds = self._seconds
         if deadline is not None:
             seconds = min(seconds, deadline - asyncio.get_running_loop().time())
         try:
             async with asyncio.timeout(max(seconds, 0.0)):
                 for part in parts:
-                    fetched[id(part)] = await self._fetch(_part_url(part), budget)
+                    fetched[id(part)], size = await self._fetch(_part_url(part), room)
+                    room -= size
         except TimeoutError:
             raise MediaRefused(f"a media URL was not fetched within {seconds:.1f}s") from None
         return _with_urls(body, fetched)
 
-    async def _fetch(self, url: str, budget: list[int]) -> str:
-        """One URL's bytes as a ``data:`` URL, each redirect checked as the URL was (at most ``MAX_REDIRECTS``)."""
+    async def _fetch(self, url: str, room: int) -> tuple[str, int]:
+        """One URL's bytes (at most ``room``) as a ``data:`` URL, and their size; each redirect checked as the URL
+        was (at most ``MAX_REDIRECTS``)."""
         assert self._session is not None  # ``inline`` started it
         for _ in range(MAX_REDIRECTS + 1):
             if (why := refused_url(url, self._allowed)) is not None:
@@ -186,12 +188,11 @@ class MediaFetcher:
                         continue
                     if r.status != 200:
                         raise MediaRefused(f"a media URL answered HTTP {r.status}")
-                    raw = await r.content.read(budget[0] + 1)
-                    if len(raw) > budget[0]:
+                    raw = await read_at_most(r, room)
+                    if raw is None:
                         raise MediaRefused(f"the request's media are larger than {self._max_bytes} bytes")
-                    budget[0] -= len(raw)
                     kind = r.content_type.lower() if MEDIA_TYPE.match(r.content_type.lower()) else UNKNOWN_TYPE
-                    return f"data:{kind};base64,{base64.b64encode(raw).decode('ascii')}"
+                    return f"data:{kind};base64,{base64.b64encode(raw).decode('ascii')}", len(raw)
             except aiohttp.ClientConnectorError as e:
                 if isinstance(e.os_error, PrivateAddress):
                     raise MediaRefused(str(e.os_error)) from None
@@ -199,6 +200,17 @@ class MediaFetcher:
             except aiohttp.ClientError as e:
                 raise MediaRefused(f"a media URL could not be fetched: {type(e).__name__}") from None
         raise MediaRefused(f"a media URL redirected more than {MAX_REDIRECTS} times")
+
+
+async def read_at_most(response: aiohttp.ClientResponse, room: int) -> bytes | None:
+    """The whole body, or None once it passes ``room`` bytes (``read(n)`` returns what has arrived, not ``n``
+    bytes: the body is read to its end)."""
+    raw = bytearray()
+    async for piece in response.content.iter_any():
+        raw += piece
+        if len(raw) > room:
+            return None
+    return bytes(raw)
 
 
 def _with_urls(body: dict[str, Any], fetched: dict[int, str]) -> dict[str, Any]:

@@ -23,10 +23,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from neurons.miner.media_urls import MediaFetcher
+from neurons.miner.media_urls import MediaFetcher, MediaRefused
 from tests.helpers import serve_app
 from tests.integration.test_miner_openai_backend import post_chat, stack
 
@@ -89,7 +90,17 @@ async def media_servers(hits: list[str]) -> AsyncIterator[tuple[int, int]]:
         return web.Response(body=SECRET, content_type="image/png")
 
     public, inner = web.Application(), web.Application()
+    async def large(request: web.Request) -> web.StreamResponse:  # 1 MiB, written in 64 KiB pieces
+        hits.append(request.path)
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        await response.prepare(request)
+        for i in range(16):
+            await response.write(bytes([i]) * (64 << 10))
+        await response.write_eof()
+        return response
+
     public.router.add_get("/cat.png", picture)
+    public.router.add_get("/large.jpg", large)
     public.router.add_get("/go", redirect)
     inner.router.add_get("/secret", secret)
     async with serve_app(public) as a, serve_app(inner, host="127.0.0.2") as b:
@@ -175,3 +186,28 @@ async def test_a_redirect_to_a_private_address_is_not_followed(tmp_path: Path) -
             assert status == 200, answer
     assert "/secret" not in hits
     assert sent_urls(received) == ["data:image/png;base64," + base64.b64encode(IMAGE).decode()]
+
+
+async def test_a_large_picture_is_fetched_whole_and_a_request_past_the_limit_is_refused() -> None:
+    """A picture that arrives in many reads is sent whole (one read returned what had arrived so far); the
+    request's media together past the fetcher's limit are the caller's refusal, read no further."""
+    hits: list[str] = []
+    dns = ScriptedDNS({"media.test": ["127.0.0.1"]})
+    async with media_servers(hits) as (port, _):
+        whole = MediaFetcher(resolver=dns, allowed=loopback_only)
+        small = MediaFetcher(resolver=dns, allowed=loopback_only, max_bytes=(1 << 20) + 100)
+        try:
+            body = with_image(f"http://media.test:{port}/large.jpg")
+            out = await whole.inline(body)
+            assert body == with_image(f"http://media.test:{port}/large.jpg"), "the caller's body is left as it was"
+            url = sent_urls([out])[0]
+            assert url.startswith("data:image/jpeg;base64,")
+            assert base64.b64decode(url.split(",", 1)[1]) == b"".join(bytes([i]) * (64 << 10) for i in range(16))
+            assert await small.inline(body)
+            body["messages"][0]["content"].append({"type": "image_url", "image_url": {"url": f"http://media.test:"
+                                                                                        f"{port}/large.jpg"}})
+            with pytest.raises(MediaRefused, match="larger than 1048676 bytes"):
+                await small.inline(body)
+        finally:
+            await whole.close()
+            await small.close()
