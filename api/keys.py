@@ -112,7 +112,7 @@ async def create_api_key(request: web.Request) -> web.Response:
             params.rate_limit, name=params.name, expires_at=expires_at,
             scopes=tuple(params.scopes) if params.scopes else ALL_SCOPES,
             allowed_models=tuple(params.allowed_models) if params.allowed_models else None,
-            daily_token_limit=params.daily_token_limit,
+            daily_token_limit=params.daily_token_limit, max_concurrent_requests=params.max_concurrent_requests,
         )
     except StoreUnavailable:
         raise store_unavailable() from None
@@ -127,7 +127,8 @@ async def modify_api_key(request: web.Request) -> web.Response:
     params = await _params(request)
     if params.is_empty():
         raise ApiError(400, "Nothing to change: give rate_limit, name, expires_at, expires_in_days, scopes, "
-                            "allowed_models or daily_token_limit.", code="missing_parameter")
+                            "allowed_models, daily_token_limit or max_concurrent_requests.",
+                       code="missing_parameter")
     changes = params.changes(time.time())
     new = await store_call(store.update_key(record.id, changes))
     if new is None:

@@ -23,6 +23,7 @@ from api.access_log import access_logged, answer_line, ended_with, logged, note_
 from api.auth import authenticate, check_search_scope
 from api.chat import Plan, answer, plan
 from api.completion import logprob_tokens, mid_stream_failure, response_usage
+from api.concurrency import holds_slot, take_slot
 from api.context import CTX, ApiContext
 from api.fanout import chat_deadline
 from api.race import MinerRun, Race
@@ -47,10 +48,12 @@ MAX_TRUNCATIONS = 3
 
 
 @access_logged("responses")
+@holds_slot
 async def create_response(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage)
+    await take_slot(request, key)
     sent = await read_json(request)
     require(sent, "input")
     wanted: ResponsesRequest = parse_model(ResponsesRequest, sent)

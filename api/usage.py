@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from api.auth import KEY_RECORD, USAGE_DAY, authenticate, store_unavailable
+from api.concurrency import LIMITER
 from api.context import CTX
 from shared.errors import ApiError
 from shared.http import json_response
@@ -37,13 +38,17 @@ async def usage_out(request: web.Request, record: KeyRecord) -> UsageOut:
     now = request.app[CTX].usage.clock()  # the clock its counts are filed by: "today" is the same day for both
     since = usage_day(now - (int(raw) - 1) * 86400)
     budget = request.app[CTX].storage_budget
+    limiter = request.app[LIMITER]
+    concurrency = limiter.limit_of(record)
     try:
         report = await request.app[CTX].usage.report(record.id, since_day=since)  # today's stored bytes with it
+        in_flight = await limiter.in_flight(record) if concurrency else 0
     except StoreUnavailable:
         raise store_unavailable() from None
     today = usage_day(now)
     return UsageOut.of(record, report, today=today, stored_bytes_today=report.stored_bytes.get(today, 0),
-                       stored_bytes_per_day=budget.limit if budget is not None and budget.limit else None)
+                       stored_bytes_per_day=budget.limit if budget is not None and budget.limit else None,
+                       max_concurrent_requests=concurrency or None, requests_in_flight=in_flight)
 
 
 async def count_response(request: web.Request, response: web.StreamResponse) -> None:

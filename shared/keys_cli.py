@@ -37,6 +37,13 @@ def _key_fields(p: argparse.ArgumentParser, *, create: bool) -> None:
                         help="prompt + completion tokens per UTC day")
     if not create:
         tokens.add_argument("--no-daily-tokens", action="store_true", help="remove the key's daily token limit")
+    concurrency = p.add_mutually_exclusive_group()
+    concurrency.add_argument("--max-concurrent", type=int, dest="max_concurrent_requests",
+                             help="requests in flight at once (0: no limit; default: the API's "
+                                  "MAX_CONCURRENT_REQUESTS_PER_KEY)")
+    if not create:
+        concurrency.add_argument("--default-concurrent", action="store_true",
+                                 help="drop the key's own --max-concurrent: the API's default applies again")
     expiry = p.add_mutually_exclusive_group()
     expiry.add_argument("--expires-at", help="ISO 8601 time or unix seconds")
     expiry.add_argument("--expires-in-days", type=float)
@@ -95,7 +102,8 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
     from shared.admin_client import AdminError
 
     fields = {k: getattr(args, k, None) for k in ("rate_limit", "name", "scopes", "allowed_models", "expires_at",
-                                                   "expires_in_days", "daily_token_limit")}
+                                                   "expires_in_days", "daily_token_limit",
+                                                   "max_concurrent_requests")}
     if args.action == "create":
         created = await admin.create_key(**fields)
         if args.json:
@@ -112,9 +120,11 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
             fields["expires_at"] = "never"
         if args.no_daily_tokens:
             fields["daily_token_limit"] = "none"
+        if args.default_concurrent:
+            fields["max_concurrent_requests"] = "default"
         if all(v is None for v in fields.values()):
-            raise AdminError(0, "nothing to change: give --rate-limit, --name, --scopes, --models, --daily-tokens "
-                                "or an expiry")
+            raise AdminError(0, "nothing to change: give --rate-limit, --name, --scopes, --models, --daily-tokens, "
+                                "--max-concurrent or an expiry")
         key = await admin.modify_key(args.key, **fields)
         return key.model_dump_json(indent=2) if args.json else table([_key_row(key)], KEY_HEADERS)
     if args.action == "rotate":
@@ -146,12 +156,14 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
               if report.daily_token_limit is not None else "")
     stored = (f", {report.stored_bytes_today} of {report.stored_bytes_per_day} stored bytes today"
               if report.stored_bytes_per_day is not None else "")
-    return (f"key {report.key_id} ({report.name or 'unnamed'}), {report.rate_limit}/min{tokens}{stored}, "
+    in_flight = (f", {report.requests_in_flight} of {report.max_concurrent_requests} requests in flight"
+                 if report.max_concurrent_requests is not None else "")
+    return (f"key {report.key_id} ({report.name or 'unnamed'}), {report.rate_limit}/min{tokens}{stored}{in_flight}, "
             f"last used {report.last_used_at or 'never'}\n"
             + table(rows, ["day", "requests", "prompt_tok", "completion_tok", "errors", "rate_limited"]))
 
 
-KEY_HEADERS = ["id", "name", "prefix", "rate/min", "tokens/day", "scopes", "models", "expires", "created",
+KEY_HEADERS = ["id", "name", "prefix", "rate/min", "tokens/day", "concurrent", "scopes", "models", "expires", "created",
                "last used", "requests", "tokens"]
 
 
@@ -162,7 +174,8 @@ def imported_line(imported: int, already_here: int) -> str:
 
 def _key_row(k: Any) -> list[Any]:
     usage = k.usage
-    return [k.id, k.name, k.prefix + "...", k.rate_limit, k.daily_token_limit or "any", ",".join(k.scopes),
+    concurrent = "default" if k.max_concurrent_requests is None else (k.max_concurrent_requests or "any")
+    return [k.id, k.name, k.prefix + "...", k.rate_limit, k.daily_token_limit or "any", concurrent, ",".join(k.scopes),
             ",".join(k.allowed_models) if k.allowed_models else "any", k.expires_at or "never", k.created_at,
             k.last_used_at, usage.requests if usage else None, usage.total_tokens if usage else None]
 

@@ -29,8 +29,13 @@ MAX_RATE_LIMIT = 1_000_000
 MAX_NAME = 100
 MAX_MODELS = 64
 MAX_DAILY_TOKENS = 10**12
+MAX_CONCURRENT = 100_000
 NEVER = ("never", "none", "null")
 CLEARABLE = {"expires_at": "clear_expiry", "daily_token_limit": "clear_token_limit"}
+# Set back to the API's default (MAX_CONCURRENT_REQUESTS_PER_KEY) by "default" or null: 0 is "no limit" there, so
+# "none" (which would read as "no limit") is not one of its words.
+DEFAULTABLE = {"max_concurrent_requests": "clear_concurrency"}
+DEFAULT_WORDS = ("default", "null")
 FIRST_SECOND, LAST_SECOND = -62135596800.0, 253402300799.0  # 0001-01-01 and 9999-12-31T23:59:59, UTC
 
 
@@ -56,21 +61,27 @@ class KeyParams(BaseModel):
     allowed_models: list[str] | None = Field(default=None, max_length=MAX_MODELS)
     daily_token_limit: int | None = Field(default=None, ge=1, le=MAX_DAILY_TOKENS,
                                           description="prompt + completion tokens per UTC day; 'none' removes it")
+    max_concurrent_requests: int | None = Field(
+        default=None, ge=0, le=MAX_CONCURRENT,
+        description="requests in flight at once (0: no limit for this key); 'default' puts back the API's default")
     clear_expiry: bool = Field(default=False, exclude=True)
     clear_token_limit: bool = Field(default=False, exclude=True)
+    clear_concurrency: bool = Field(default=False, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
     def _never(cls, data: Any) -> Any:
         """``expires_at=never`` (or JSON null) removes the expiry, ``daily_token_limit=none`` (or null) the
-        token limit; a null for anything else is an error, not a silent "no change"."""
+        token limit, ``max_concurrent_requests=default`` (or null) the key's own concurrency limit; a null for
+        anything else is an error, not a silent "no change"."""
         if not isinstance(data, dict):
             return data
         for name, value in list(data.items()):
-            flag = CLEARABLE.get(name)
-            if flag is not None and (value is None or (isinstance(value, str) and value.lower() in NEVER)):
+            flag, words = (CLEARABLE[name], NEVER) if name in CLEARABLE else (DEFAULTABLE.get(name), DEFAULT_WORDS)
+            if flag is not None and (value is None or (isinstance(value, str) and value.lower() in words)):
                 data = {**data, name: None, flag: True}
-            elif value is None and name in cls.model_fields and name not in CLEARABLE.values():
+            elif value is None and name in cls.model_fields and name not in (*CLEARABLE.values(),
+                                                                              *DEFAULTABLE.values()):
                 raise ValueError(f"{name} cannot be null (leave it out to keep it as it is)")
         return data
 
@@ -98,11 +109,11 @@ class KeyParams(BaseModel):
             raise ValueError("must fall between 1970 and the end of 9999 (UTC)")
         return v
 
-    @field_validator("rate_limit", "daily_token_limit", mode="before")
+    @field_validator("rate_limit", "daily_token_limit", "max_concurrent_requests", mode="before")
     @classmethod
     def _no_bool_or_fraction(cls, v: Any) -> Any:
         if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
-            raise ValueError("must be a positive integer")
+            raise ValueError("must be an integer")
         return v
 
     @field_validator("expires_in_days", mode="before")
@@ -134,8 +145,9 @@ class KeyParams(BaseModel):
         return None
 
     def is_empty(self) -> bool:
-        flags = {"clear_expiry", "clear_token_limit"}
-        return not self.model_fields_set - flags and not self.clear_expiry and not self.clear_token_limit
+        flags = {"clear_expiry", "clear_token_limit", "clear_concurrency"}
+        return not self.model_fields_set - flags and not (self.clear_expiry or self.clear_token_limit
+                                                          or self.clear_concurrency)
 
     def changes(self, now: float) -> KeyChanges:
         return KeyChanges(
@@ -144,6 +156,7 @@ class KeyParams(BaseModel):
             allowed_models=tuple(self.allowed_models) if self.allowed_models is not None else None,
             expires_at=self.expiry(now), clear_expiry=self.clear_expiry,
             daily_token_limit=self.daily_token_limit, clear_token_limit=self.clear_token_limit,
+            max_concurrent_requests=self.max_concurrent_requests, clear_concurrency=self.clear_concurrency,
         )
 
 
@@ -174,6 +187,8 @@ class KeyOut(BaseModel):
     expires_at: str | None
     created_at: str | None
     daily_token_limit: int | None = None
+    max_concurrent_requests: int | None = Field(
+        default=None, description="The key's own limit of requests in flight (0: none); null: the API's default")
     last_used_at: str | None = None
     usage: UsageTotalsOut | None = None
 
@@ -183,7 +198,7 @@ class KeyOut(BaseModel):
             id=record.id, name=record.name, prefix=record.prefix, rate_limit=record.rate_limit,
             scopes=list(record.scopes), allowed_models=list(record.allowed_models) if record.allowed_models else None,
             expires_at=iso(record.expires_at), created_at=iso(record.created_at),
-            daily_token_limit=record.daily_token_limit,
+            daily_token_limit=record.daily_token_limit, max_concurrent_requests=record.max_concurrent_requests,
             last_used_at=iso(record.last_used_at), usage=UsageTotalsOut.of(usage) if usage is not None else None,
         )
 
@@ -255,13 +270,19 @@ class UsageOut(BaseModel):
         default=0, description="Bytes written to storage today (UTC): stored responses, conversations")
     stored_bytes_per_day: int | None = Field(
         default=None, description="The key's daily storage budget (STORED_BYTES_PER_KEY_PER_DAY); null: none")
+    max_concurrent_requests: int | None = Field(
+        default=None, description="Requests this key may have in flight at once, for the fleet (the key's own limit, "
+                                  "else MAX_CONCURRENT_REQUESTS_PER_KEY); null: no limit")
+    requests_in_flight: int = Field(
+        default=0, description="The key's counted requests in flight now, for the fleet")
     last_used_at: str | None
     totals: UsageTotalsOut
     days: list[UsageDayOut]
 
     @classmethod
     def of(cls, record: KeyRecord, report: UsageReport, *, today: str | None = None, stored_bytes_today: int = 0,
-           stored_bytes_per_day: int | None = None) -> UsageOut:
+           stored_bytes_per_day: int | None = None, max_concurrent_requests: int | None = None,
+           requests_in_flight: int = 0) -> UsageOut:
         limit = record.daily_token_limit
         used = report.days.get(today) if today is not None else None
         spent = used.tokens if used is not None else 0
@@ -269,6 +290,7 @@ class UsageOut(BaseModel):
             key_id=record.id, name=record.name, rate_limit=record.rate_limit, daily_token_limit=limit,
             tokens_remaining_today=max(0, limit - spent) if limit is not None else None,
             stored_bytes_today=stored_bytes_today, stored_bytes_per_day=stored_bytes_per_day,
+            max_concurrent_requests=max_concurrent_requests, requests_in_flight=requests_in_flight,
             last_used_at=iso(max(filter(None, (report.last_used_at, record.last_used_at)), default=None)),
             totals=UsageTotalsOut.of(report.totals),
             days=[UsageDayOut(date=d, **c.as_dict()) for d, c in report.days.items()],

@@ -224,6 +224,17 @@ class ApiSettings(CommonSettings):
     stored_bytes_per_key_per_day: int = Field(
         default=256 << 20, ge=0, description="Bytes one API key may write to storage (stored responses, "
                                              "conversations) per UTC day; past it nothing more is stored; 0: no limit")
+    # 64: what a key holds open is its request rate times how long each lasts (Little's law); an app, an agent
+    # with parallel tool calls or a chat UI holds a handful to a dozen, a batch job at 600 requests a minute of 5 s
+    # answers some 50; a key past 64 is a runaway loop or one client flooding the miners (each stream holds a
+    # miner's slot and API memory), and a batch key is given more (``max_concurrent_requests``).
+    max_concurrent_requests_per_key: int = Field(
+        default=64, ge=0, description="Requests (chat, completions, responses) one API key may have in flight at "
+                                      "once, for every API process on the store; past it a 429; a key's own "
+                                      "max_concurrent_requests overrides it; 0: no limit")
+    concurrency_lease_seconds: float = Field(
+        default=30.0, ge=1, le=3600, description="How long a slot of MAX_CONCURRENT_REQUESTS_PER_KEY outlives an "
+                                                 "API process that died holding it (renewed every third of it)")
     max_background_responses: int = Field(
         default=256, ge=0, description="Background responses (background: true) one worker runs at once; past it a "
                                        "429; 0 serves none")

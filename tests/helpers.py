@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -241,6 +242,29 @@ async def api_with_miners(tmp_path: Path, scripts: dict[int, Script], *, honest:
         secret, _ = await ctx.store.create_key(1000)
         url = await stack.enter_async_context(serve_app(create_api_app(ctx, run_background=False)))
         yield ApiUnderTest(url=url, key=secret, ctx=ctx, scripts=scripts)
+
+
+@contextlib.asynccontextmanager
+async def apis_on_one_store(tmp_path: Path, store: str, count: int, miner: Script,
+                            **settings: Any) -> AsyncIterator[list[ApiUnderTest]]:
+    """``count`` API processes on one store (``store``: "sqlite", one file; "redis", one ``REDIS_URL`` namespace,
+    dropped after; skipped without a Redis), each with ``miner`` as uid 1 and ``settings``."""
+    from tests.store.conftest import drop_keys, redis_url
+
+    namespace = f"test-apis-{secrets.token_hex(6)}" if store == "redis" else None
+    if namespace is not None:
+        redis_url()  # skipped without a Redis
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            yield [await stack.enter_async_context(api_with_miners(
+                tmp_path, {1: miner}, redis_namespace=namespace, **settings)) for _ in range(count)]
+    finally:
+        if namespace is not None:
+            import redis.asyncio as aioredis
+
+            client = aioredis.from_url(redis_url())
+            await drop_keys(client, namespace)
+            await client.aclose()
 
 
 async def call(api: ApiUnderTest, method: str, path: str, body: Any = None,

@@ -277,6 +277,8 @@ class KeyRecord:
     last_used_at: float | None = None
     extra: dict = field(default_factory=dict)
     daily_token_limit: int | None = None  # prompt + completion tokens per UTC day (None: no limit)
+    # requests in flight at once (None: MAX_CONCURRENT_REQUESTS_PER_KEY's default; 0: no limit for this key)
+    max_concurrent_requests: int | None = None
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -292,6 +294,7 @@ def new_secret(record: KeyRecord, secret: str | None = None) -> tuple[str, KeyRe
 def mint_key(
     rate_limit: int, *, name: str | None, scopes: tuple[str, ...], allowed_models: tuple[str, ...] | None,
     expires_at: float | None, daily_token_limit: int | None = None, secret: str | None = None,
+    max_concurrent_requests: int | None = None,
 ) -> tuple[str, KeyRecord]:
     """A new secret (or ``secret``) and the record every backend stores for it (hash, display prefix, public
     id)."""
@@ -299,13 +302,15 @@ def mint_key(
         id=new_key_id(), key_hash="", prefix="", rate_limit=rate_limit,
         name=name, scopes=tuple(scopes), allowed_models=tuple(allowed_models) if allowed_models else None,
         expires_at=expires_at, created_at=time.time(), daily_token_limit=daily_token_limit,
+        max_concurrent_requests=max_concurrent_requests,
     ), secret)
 
 
 @dataclass(frozen=True)
 class KeyChanges:
     """A partial update of a key; ``None`` leaves a field alone, ``clear_expiry`` removes the expiry and
-    ``clear_token_limit`` the daily token limit."""
+    ``clear_token_limit`` the daily token limit, ``clear_concurrency`` the key's own concurrency limit (back to
+    the default)."""
 
     rate_limit: int | None = None
     name: str | None = None
@@ -315,6 +320,8 @@ class KeyChanges:
     clear_expiry: bool = False
     daily_token_limit: int | None = None
     clear_token_limit: bool = False
+    max_concurrent_requests: int | None = None
+    clear_concurrency: bool = False
 
     def apply(self, record: KeyRecord) -> KeyRecord:
         return replace(
@@ -327,6 +334,9 @@ class KeyChanges:
                                                        else record.expires_at),
             daily_token_limit=None if self.clear_token_limit else (
                 self.daily_token_limit if self.daily_token_limit is not None else record.daily_token_limit),
+            max_concurrent_requests=None if self.clear_concurrency else (
+                self.max_concurrent_requests if self.max_concurrent_requests is not None
+                else record.max_concurrent_requests),
         )
 
 
@@ -478,6 +488,7 @@ class Store(Protocol):
         expires_at: float | None = None,
         daily_token_limit: int | None = None,
         secret: str | None = None,
+        max_concurrent_requests: int | None = None,
     ) -> tuple[str, KeyRecord]:
         """Create a key; returns (the secret, shown once; its record). Durable once it returns. ``secret``: the
         key's own (one imported from the subnet's original API; the caller checked it is not stored yet)."""

@@ -142,7 +142,7 @@ end
 # HMGET in a fixed order (RECORD_FIELDS) keeps the reply small and its parsing cheap.
 AUTHORIZE = _WINDOW_LUA + """
 local f = redis.call('HMGET', KEYS[1], 'id', 'key_hash', 'prefix', 'rate_limit', 'name', 'scopes', 'allowed_models',
-                     'expires_at', 'created_at', 'daily_token_limit')
+                     'expires_at', 'created_at', 'daily_token_limit', 'max_concurrent')
 if not f[1] then return {'unknown'} end
 local now = clock(ARGV[1])
 if f[8] ~= '' and now >= tonumber(f[8]) then return {'expired', f} end
@@ -160,7 +160,7 @@ if n > 0 then decisions = charge_each(ARGV[2] .. 'key:' .. f[1], tonumber(f[4]),
 return {'each', f, statuses, decisions}
 """
 RECORD_FIELDS = ("id", "key_hash", "prefix", "rate_limit", "name", "scopes", "allowed_models", "expires_at",
-                 "created_at", "daily_token_limit")  # a key made before daily_token_limit existed has none (nil)
+                 "created_at", "daily_token_limit", "max_concurrent")  # a key made before either field has none (nil)
 
 # KEYS[1] = ns:rl:<bucket>; ARGV = limit, cost, now|''
 CHARGE = _WINDOW_LUA + """
@@ -280,6 +280,7 @@ def _record(f: dict[str, str]) -> KeyRecord:
         allowed_models=tuple(json.loads(f["allowed_models"])) if f.get("allowed_models") else None,
         expires_at=_opt_float(f.get("expires_at")), created_at=float(f.get("created_at") or 0),
         daily_token_limit=int(f["daily_token_limit"]) if f.get("daily_token_limit") else None,
+        max_concurrent_requests=int(f["max_concurrent"]) if f.get("max_concurrent") else None,
     )
 
 
@@ -291,6 +292,7 @@ def _fields(record: KeyRecord) -> dict[str, str]:
         "expires_at": "" if record.expires_at is None else repr(record.expires_at),
         "created_at": repr(record.created_at),
         "daily_token_limit": "" if record.daily_token_limit is None else str(record.daily_token_limit),
+        "max_concurrent": "" if record.max_concurrent_requests is None else str(record.max_concurrent_requests),
     }
 
 
@@ -346,9 +348,11 @@ class RedisStore:
         expires_at: float | None = None,
         daily_token_limit: int | None = None,
         secret: str | None = None,
+        max_concurrent_requests: int | None = None,
     ) -> tuple[str, KeyRecord]:
         secret, record = mint_key(rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
-                                  expires_at=expires_at, daily_token_limit=daily_token_limit, secret=secret)
+                                  expires_at=expires_at, daily_token_limit=daily_token_limit, secret=secret,
+                                  max_concurrent_requests=max_concurrent_requests)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.key("key", record.key_hash), mapping=_fields(record))
         pipe.hset(self.key("keys"), record.id, record.key_hash)

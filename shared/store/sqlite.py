@@ -21,8 +21,6 @@ import json
 import sqlite3
 import struct
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -47,7 +45,8 @@ from shared.store.base import (
     now_or_clock,
     oldest_usage_day,
 )
-from shared.store.sqlite_tables import add_columns, open_db
+from shared.store.inflight import SQLITE_SCHEMA as INFLIGHT_SCHEMA
+from shared.store.sqlite_tables import add_columns, open_db, sqlite_errors
 from shared.store.window import charge_each, charge_window
 
 SCHEMA = """
@@ -62,7 +61,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     expires_at REAL,
     created_at REAL NOT NULL,
     last_used_at REAL,
-    daily_token_limit INTEGER
+    daily_token_limit INTEGER,
+    max_concurrent INTEGER
 );
 CREATE TABLE IF NOT EXISTS rate_windows (
     bucket TEXT PRIMARY KEY,
@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     PRIMARY KEY (key_id, day)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_daily_day ON usage_daily (day);
-"""
+""" + INFLIGHT_SCHEMA
 # Decoded key rows a store keeps (``SQLiteStore._record``): rows are re-read on every request, so a change shows at
 # once; only the decoding (two JSON lists, a record) is memoised, by the row's columns but ``last_used_at``. Keyed
 # by the whole row, each usage flush (which moves a used key's ``last_used_at``) added another copy of every busy
@@ -93,10 +93,10 @@ FOLDED_DAY = "0000-00-00"  # a key's row of the days pruned, summed (no day of i
 # reads (``_read`` sets it on the cached record). ``authorize`` reads a record without it, as Redis's does: nothing
 # on a request reads it (``/v1/usage`` takes it from the store's usage report).
 _RECORD_COLUMNS = ("id, key_hash, prefix, name, rate_limit, scopes, allowed_models, expires_at, created_at, "
-                   "daily_token_limit")
+                   "daily_token_limit, max_concurrent")
 _KEY_COLUMNS = f"{_RECORD_COLUMNS}, last_used_at"
 # Columns added after a release: a file made before them gets them when it is opened.
-_ADDED_COLUMNS = {"daily_token_limit": "INTEGER"}
+_ADDED_COLUMNS = {"daily_token_limit": "INTEGER", "max_concurrent": "INTEGER"}
 _ADDED_USAGE_COLUMNS = {"stored_bytes": "INTEGER NOT NULL DEFAULT 0"}  # bytes written to storage that day
 # ``add_stored_bytes``: one statement (atomic across every process on the file), adding to today's row only while
 # the key exists and, with a limit (not 0), the day stays within it; the row's new count when it added. A negative
@@ -137,17 +137,11 @@ def _record(row: tuple) -> KeyRecord:
         id=row[0], key_hash=row[1], prefix=row[2], name=row[3], rate_limit=row[4],
         scopes=tuple(json.loads(row[5])),
         allowed_models=tuple(json.loads(row[6])) if row[6] else None,
-        expires_at=row[7], created_at=row[8], daily_token_limit=row[9],
+        expires_at=row[7], created_at=row[8], daily_token_limit=row[9], max_concurrent_requests=row[10],
     )
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Every SQLite failure becomes StoreUnavailable: callers answer 503, never let a request through."""
-    try:
-        yield
-    except sqlite3.Error as e:
-        raise StoreUnavailable(f"sqlite: {e}") from e
+_errors = sqlite_errors  # every SQLite failure is StoreUnavailable (a 503), never a request let through
 
 
 _SELECT_BY_HASH = f"SELECT {_RECORD_COLUMNS} FROM api_keys WHERE key_hash = ?"
@@ -218,16 +212,18 @@ class SQLiteStore:
         expires_at: float | None = None,
         daily_token_limit: int | None = None,
         secret: str | None = None,
+        max_concurrent_requests: int | None = None,
     ) -> tuple[str, KeyRecord]:
         secret, record = mint_key(rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
-                                  expires_at=expires_at, daily_token_limit=daily_token_limit, secret=secret)
+                                  expires_at=expires_at, daily_token_limit=daily_token_limit, secret=secret,
+                                  max_concurrent_requests=max_concurrent_requests)
         with _errors():
             self.admin.execute(
-                f"INSERT INTO api_keys ({_RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO api_keys ({_RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (record.id, record.key_hash, record.prefix, record.name, record.rate_limit,
                  json.dumps(list(record.scopes)),
                  json.dumps(list(record.allowed_models)) if record.allowed_models else None,
-                 record.expires_at, record.created_at, record.daily_token_limit),
+                 record.expires_at, record.created_at, record.daily_token_limit, record.max_concurrent_requests),
             )
         return secret, record
 
@@ -252,10 +248,10 @@ class SQLiteStore:
                 new = changes.apply(self._read(row))
                 self.admin.execute(
                     "UPDATE api_keys SET name=?, rate_limit=?, scopes=?, allowed_models=?, expires_at=?, "
-                    "daily_token_limit=? WHERE id=?",
+                    "daily_token_limit=?, max_concurrent=? WHERE id=?",
                     (new.name, new.rate_limit, json.dumps(list(new.scopes)),
                      json.dumps(list(new.allowed_models)) if new.allowed_models else None, new.expires_at,
-                     new.daily_token_limit, key_id),
+                     new.daily_token_limit, new.max_concurrent_requests, key_id),
                 )
                 self.admin.execute("COMMIT")
             except BaseException:

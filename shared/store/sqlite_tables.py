@@ -8,10 +8,11 @@ surfaced as ``StoreUnavailable`` (a 503 at the edge, never an open door).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -170,6 +171,15 @@ def add_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> 
             except sqlite3.OperationalError as e:
                 if "duplicate column" not in str(e):
                     raise
+
+
+@contextlib.contextmanager
+def sqlite_errors(label: str = "sqlite") -> Iterator[None]:
+    """Every SQLite failure becomes StoreUnavailable: callers answer 503, never let a request through."""
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise StoreUnavailable(f"{label}: {e}") from e
 
 
 class SQLiteTables:

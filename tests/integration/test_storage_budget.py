@@ -6,21 +6,18 @@ anything is stored or any miner asked, and the count is the store's, shared by e
 from __future__ import annotations
 
 import contextlib
-import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import redis.asyncio as aioredis
 from loguru import logger
 
 from shared.store.base import StoreUnavailable
 from tests.helpers import (
     ApiUnderTest,
     Script,
-    api_with_miners,
+    apis_on_one_store,
     call,
     log_lines,
     openai_client,
@@ -28,31 +25,17 @@ from tests.helpers import (
     wait_until,
 )
 from tests.integration.test_responses_store import answering
-from tests.store.conftest import drop_keys, redis_url
 
 BUDGET = 20_000
 BIG = "x" * 7_000  # a turn's input: its stored part is some 7.3 KB, so the third such turn passes BUDGET
 STORES = ["sqlite", "redis"]
 
 
-@contextlib.asynccontextmanager
-async def apis(tmp_path: Path, store: str, count: int, miner: Script,
-               budget: int = BUDGET) -> AsyncIterator[list[ApiUnderTest]]:
+def apis(tmp_path: Path, store: str, count: int, miner: Script,
+         budget: int = BUDGET) -> contextlib.AbstractAsyncContextManager[list[ApiUnderTest]]:
     """``count`` API processes on one store (a SQLite file, or a Redis namespace dropped after), each with
     ``miner`` and a budget of ``budget`` bytes a key a day."""
-    namespace = f"test-budget-{secrets.token_hex(6)}" if store == "redis" else None
-    if namespace is not None:
-        redis_url()  # skipped without a Redis
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            yield [await stack.enter_async_context(api_with_miners(
-                tmp_path, {1: miner}, redis_namespace=namespace, stored_bytes_per_key_per_day=budget))
-                for _ in range(count)]
-    finally:
-        if namespace is not None:
-            client = aioredis.from_url(redis_url())
-            await drop_keys(client, namespace)
-            await client.aclose()
+    return apis_on_one_store(tmp_path, store, count, miner, stored_bytes_per_key_per_day=budget)
 
 
 def stored(response: Any) -> bool:

@@ -46,7 +46,7 @@ async def test_the_admin_examples_run_as_written_in_order(api: ApiUnderTest) -> 
     errors = [a for a in answers if "error" in a]
     assert not errors
     messages = [a.get("message") or a.get("object") for a in answers]
-    assert messages == ["API key created", "API key updated", "API key updated", "list", "usage",
+    assert messages == ["API key created", "API key updated", "API key updated", "API key updated", "list", "usage",
                         "API keys imported", "usage", "API key deleted"]
     own_usage = answers[-2]
     assert own_usage["key_id"] == answers[-1]["id"] and own_usage["rate_limit"] == 100

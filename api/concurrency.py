@@ -1,0 +1,188 @@
+"""A key's limit on requests in flight at once (``MAX_CONCURRENT_REQUESTS_PER_KEY``, or the key's own
+``max_concurrent_requests``), for every API process and host on the store.
+
+Its request rate bounds how many requests a key starts, not how many it holds open: a key within its rate could
+hold thousands of streams, each holding API memory and a miner's capacity. Chat completions, legacy completions
+and responses take a slot once the key is authorized (its rate charged, its token budget checked) and give it back
+when their handler ends: a stream's when it has been sent, or when the client left (the handler is cancelled), a
+failure's when it is answered; ``holds_slot`` makes that every exit path. A background response holds one only
+while its request is answered (it is queued at once): what it runs after is bounded by
+``MAX_BACKGROUND_RESPONSES_PER_KEY``.
+
+Refused, a request is a 429 ``concurrency_limit_exceeded`` with ``Retry-After: 1`` (a slot frees when any of the
+key's requests ends) and its rate-limit charge is given back: a refusal does not eat the key's request rate, and
+it never reached a miner, so no token is counted.
+
+The slots are the store's (``shared/store/inflight.py``), each on a lease this process renews every third of
+``CONCURRENCY_LEASE_SECONDS``: a process that dies holding slots holds them no longer than one lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from loguru import logger
+
+from api.auth import RATE_DECISION, store_unavailable
+from api.context import CTX
+from shared.errors import ApiError, retry_after
+from shared.store.base import KeyRecord, RateDecision, Store, StoreUnavailable
+from shared.store.inflight import Acquired, InflightSlots, RedisInflight, SQLiteInflight
+
+RETRY_AFTER_S = 1  # a slot frees when any of the key's requests ends: usually within seconds
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def holder_name() -> str:
+    """This process, as the store names the slots it holds: host, pid and a random part (a pid comes back)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def open_slots(store: Store, holder: str) -> InflightSlots:
+    """The slots beside ``store``'s keys: in its Redis (its key link, its namespace) or its SQLite file."""
+    from shared.store.redis import RedisStore
+    from shared.store.sqlite import SQLiteStore
+
+    if isinstance(store, RedisStore):
+        return RedisInflight(store.redis, store.key, store._call)
+    if isinstance(store, SQLiteStore):
+        return SQLiteInflight(store.db, holder, time.time)
+    raise TypeError(f"no in-flight slots for a {type(store).__name__}")
+
+
+class ConcurrencyLimiter:
+    """This process's slots: taken and given back per request, their leases renewed by ``renew_forever``."""
+
+    def __init__(self, slots: InflightSlots, default_limit: int, *, lease_s: float, holder: str) -> None:
+        self.slots = slots
+        self.default_limit = default_limit
+        self.lease_s = lease_s
+        self.holder = holder
+        self.held: dict[str, set[str]] = {}  # key id -> the slots its requests on this process hold
+        self._ids = itertools.count()
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    def limit_of(self, key: KeyRecord) -> int:
+        """The key's own limit, else the default; 0: none."""
+        return self.default_limit if key.max_concurrent_requests is None else key.max_concurrent_requests
+
+    async def take(self, request: web.Request, key: KeyRecord, store: Store) -> None:
+        """A slot for ``request`` (given back by ``holds_slot``), or the 429 of a key at its limit."""
+        limit = self.limit_of(key)
+        if limit <= 0:
+            return
+        slot = f"{self.holder}:{next(self._ids)}"
+        request[SLOT] = (key.id, slot)
+        self.held.setdefault(key.id, set()).add(slot)  # renewed from now: the store may take it before we hear
+        try:
+            got: Acquired = await self.slots.acquire(key.id, slot, limit, self.lease_s)
+        except BaseException as e:
+            self.give_back(request)  # taken or not, it must not outlive the request (cancelled: the client left)
+            if isinstance(e, StoreUnavailable):
+                raise store_unavailable() from None
+            raise
+        if got.taken:
+            return
+        self._forget(request)
+        await self._refund(request, key, store)
+        raise ApiError(
+            429, f"Concurrency limit reached: this key may have {limit} requests in flight at once and has "
+                 f"{got.in_flight}. Retry when one of them ends.",
+            code="concurrency_limit_exceeded", headers=retry_after(RETRY_AFTER_S))
+
+    async def _refund(self, request: web.Request, key: KeyRecord, store: Store) -> None:
+        """The rate-limit charge ``authorize`` took, given back (and the x-ratelimit-* headers told so)."""
+        with contextlib.suppress(StoreUnavailable):  # the window forgets it within a minute anyway
+            decision: RateDecision = await store.charge(f"key:{key.id}", key.rate_limit, cost=-1)
+            request[RATE_DECISION] = decision
+
+    def _forget(self, request: web.Request) -> tuple[str, str] | None:
+        taken = request.pop(SLOT, None)
+        if taken is not None:
+            key_id, slot = taken
+            mine = self.held.get(key_id)
+            if mine is not None:
+                mine.discard(slot)
+                if not mine:
+                    del self.held[key_id]
+        return taken
+
+    def give_back(self, request: web.Request) -> None:
+        """The request's slot, if it holds one: no longer renewed at once, and removed from the store in a task of
+        its own (a cancelled handler's ``finally`` must not wait on the store; a removal that fails leaves it to its
+        lease)."""
+        taken = self._forget(request)
+        if taken is None:
+            return
+        task = asyncio.ensure_future(self._release(*taken))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release(self, key_id: str, slot: str) -> None:
+        try:
+            await self.slots.release(key_id, slot)
+        except StoreUnavailable as e:
+            logger.warning("a slot of key id={} not given back ({}): it frees when its lease ends, in {:g} s",
+                           key_id, e, self.lease_s)
+
+    async def in_flight(self, key: KeyRecord) -> int:
+        return await self.slots.count(key.id)
+
+    async def renew_forever(self) -> None:
+        """Every third of a lease: this process's slots renewed (a store that fails is tried again next time; two
+        misses in a row still leave a third of a lease)."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self.slots.renew({key_id: sorted(slots) for key_id, slots in self.held.items()}, self.lease_s)
+            except StoreUnavailable as e:
+                logger.warning("in-flight slots not renewed ({}): tried again in {:g} s", e, self.lease_s / 3)
+
+    async def drain(self) -> None:
+        """At shutdown: the last slots' removals finished."""
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
+
+
+SLOT = web.RequestKey("sn1_concurrency_slot", tuple)  # (key id, slot) a request holds
+LIMITER = web.AppKey("sn1_concurrency", ConcurrencyLimiter)
+
+
+async def take_slot(request: web.Request, key: KeyRecord) -> None:
+    """After ``authenticate``, in a ``holds_slot`` handler: the key's slot for this request, or its 429."""
+    await request.app[LIMITER].take(request, key, request.app[CTX].store)
+
+
+def holds_slot(handler: Handler) -> Handler:
+    """The handler of a request that takes a slot (``ConcurrencyLimiter.take``, after ``authenticate``): the slot
+    is given back however the handler ends, a client's leaving (a cancel) included."""
+
+    @functools.wraps(handler)
+    async def held(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        finally:
+            if SLOT in request:
+                request.app[LIMITER].give_back(request)
+
+    return held
+
+
+async def renewing(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: the slots' leases renewed while the app serves; the last removals awaited at shutdown."""
+    limiter = app[LIMITER]
+    task = asyncio.create_task(limiter.renew_forever())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await limiter.drain()

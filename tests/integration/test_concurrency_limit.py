@@ -1,0 +1,158 @@
+"""A key's limit on requests in flight (``MAX_CONCURRENT_REQUESTS_PER_KEY``, a key's ``max_concurrent_requests``),
+through the real API app and a slow scripted miner, on a SQLite file and on Redis (``REDIS_URL``): the request past
+the limit is a 429 ``concurrency_limit_exceeded`` with ``Retry-After`` and is not charged to the key's request rate;
+a slot frees when its stream ends and when its client leaves; two API processes on one store share the count; a
+long stream keeps its slot past a lease; and the slots of a holder that died come back after their lease."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from api.concurrency import open_slots
+from tests.helpers import ApiUnderTest, Script, apis_on_one_store, call, chunk, sse
+
+STORES = ["sqlite", "redis"]
+LIMIT = 2
+HOLD_S = 3.0  # how long the miner holds each stream open
+LEASE_S = 1.0  # short, so a test sees a lease pass (and its renewal)
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+def holding() -> Script:
+    """A miner whose every answer streams its first chunk at once and its end ``HOLD_S`` later."""
+    first, finish, done = sse(chunk("hi"), chunk(finish="stop"))
+    return Script([(0, first), (HOLD_S, finish), (0, done)])
+
+
+@contextlib.asynccontextmanager
+async def limited(tmp_path: Path, store: str, count: int = 1) -> AsyncIterator[list[ApiUnderTest]]:
+    async with apis_on_one_store(tmp_path, store, count, holding(), max_concurrent_requests_per_key=LIMIT,
+                                 concurrency_lease_seconds=LEASE_S) as apis:
+        yield apis
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def open_stream(session: aiohttp.ClientSession, api: ApiUnderTest, key: str) -> aiohttp.ClientResponse:
+    """A chat stream, read up to its first event: in flight until read to its end or closed."""
+    r = await session.post(api.url + "/v1/chat/completions", json=CHAT, headers=auth(key))
+    assert r.status == 200, await r.text()
+    assert (await r.content.readline()).startswith(b"data: ")
+    return r
+
+
+async def refused(api: ApiUnderTest, key: str, path: str = "/v1/chat/completions",
+                  body: dict[str, Any] = CHAT) -> aiohttp.ClientResponse:
+    async with aiohttp.ClientSession() as s, s.post(api.url + path, json=body, headers=auth(key)) as r:
+        await r.read()
+        return r
+
+
+async def in_flight(api: ApiUnderTest, key: str) -> int:
+    status, usage = await call(api, "GET", "/v1/usage", key=key)
+    assert status == 200 and usage["max_concurrent_requests"] == LIMIT
+    return usage["requests_in_flight"]
+
+
+async def until_in_flight(api: ApiUnderTest, key: str, want: int, timeout: float = 5.0) -> int:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (now := await in_flight(api, key)) != want and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - the store's count, polled
+        await asyncio.sleep(0.05)
+    return now
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_the_request_past_the_limit_is_a_429_not_charged_and_slots_free_as_streams_end(tmp_path: Path,
+                                                                                           store: str) -> None:
+    async with limited(tmp_path, store) as (api,), aiohttp.ClientSession() as s:
+        one, two = await open_stream(s, api, api.key), await open_stream(s, api, api.key)
+        assert await in_flight(api, api.key) == LIMIT
+        remaining = int(two.headers["x-ratelimit-remaining-requests"])
+        no = await refused(api, api.key)
+        assert no.status == 429 and no.headers["Retry-After"] == "1"
+        assert (await no.json())["error"]["code"] == "concurrency_limit_exceeded"
+        # not charged to the key's request rate: the window holds the two streams and the /v1/usage call only
+        assert int(no.headers["x-ratelimit-remaining-requests"]) == remaining - 1
+        for path, body in (("/v1/completions", {"prompt": "hi"}), ("/v1/responses", {"input": "hi"})):
+            assert (await refused(api, api.key, path, body)).status == 429  # every kind counts
+        other, _ = await api.ctx.store.create_key(1000)  # another key has its own count
+        three = await open_stream(s, api, other)
+        await asyncio.sleep(LEASE_S * 1.5)  # past a lease: the streams' slots are renewed, still held
+        assert (await refused(api, api.key)).status == 429
+        for r in (one, two, three):
+            assert (await r.read()).endswith(b"data: [DONE]\n\n")  # each stream ends...
+        assert await until_in_flight(api, api.key, 0) == 0  # ... and gives its slot back
+        again = await open_stream(s, api, api.key)
+        again.close()
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_client_that_leaves_gives_its_slot_back(tmp_path: Path, store: str) -> None:
+    async with limited(tmp_path, store) as (api,), aiohttp.ClientSession() as s:
+        one, two = await open_stream(s, api, api.key), await open_stream(s, api, api.key)
+        assert (await refused(api, api.key)).status == 429
+        one.close()  # the client disconnects mid-stream
+        assert await until_in_flight(api, api.key, 1) == 1
+        three = await open_stream(s, api, api.key)
+        assert (await refused(api, api.key)).status == 429
+        two.close()
+        three.close()
+        assert await until_in_flight(api, api.key, 0) == 0
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_two_api_processes_on_one_store_share_the_count(tmp_path: Path, store: str) -> None:
+    async with limited(tmp_path, store, count=2) as (a, b), aiohttp.ClientSession() as s:
+        key = a.key
+        one, two = await open_stream(s, a, key), await open_stream(s, b, key)
+        assert (await refused(a, key)).status == 429
+        assert (await refused(b, key)).status == 429
+        assert await in_flight(b, key) == LIMIT
+        one.close()
+        assert await until_in_flight(b, key, 1) == 1
+        three = await open_stream(s, b, key)
+        two.close()
+        three.close()
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_the_slots_of_a_process_that_died_come_back_after_their_lease(tmp_path: Path, store: str) -> None:
+    async with limited(tmp_path, store) as (api,), aiohttp.ClientSession() as s:
+        record = await api.ctx.store.get_key_by_id((await call(api, "GET", "/v1/usage"))[1]["key_id"])
+        dead = open_slots(api.ctx.store, "gone-host:1:dead")  # took its slots, then died: never renews or frees them
+        for i in range(LIMIT):
+            assert (await dead.acquire(record.id, f"gone-host:1:dead:{i}", LIMIT, LEASE_S)).taken
+        assert (await refused(api, api.key)).status == 429
+        assert await until_in_flight(api, api.key, 0, timeout=LEASE_S * 3) == 0
+        (await open_stream(s, api, api.key)).close()
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_keys_own_limit_overrides_the_default(tmp_path: Path, store: str) -> None:
+    async with limited(tmp_path, store) as (api,), aiohttp.ClientSession() as s:
+        admin = {"admin-key": "admin-secret-for-tests"}
+        async with s.put(f"{api.url}/api_management/modify-api-key/{api.key}?max_concurrent_requests=1",
+                         headers=admin) as r:
+            assert r.status == 200 and (await r.json())["max_concurrent_requests"] == 1
+        one = await open_stream(s, api, api.key)
+        assert (await refused(api, api.key)).status == 429
+        async with s.put(f"{api.url}/api_management/modify-api-key/{api.key}", json={"max_concurrent_requests": 0},
+                         headers=admin) as r:
+            assert r.status == 200
+        more = [await open_stream(s, api, api.key) for _ in range(LIMIT + 1)]  # 0: no limit for this key
+        async with s.put(f"{api.url}/api_management/modify-api-key/{api.key}?max_concurrent_requests=default",
+                         headers=admin) as r:
+            assert r.status == 200 and (await r.json())["max_concurrent_requests"] is None
+        more.append(await open_stream(s, api, api.key))  # the default (LIMIT) again: the second slot...
+        assert (await refused(api, api.key)).status == 429  # ... and no third
+        for r in (one, *more):
+            r.close()
