@@ -25,6 +25,7 @@ from aiohttp import web
 from loguru import logger
 from multidict import CIMultiDictProxy
 
+from api.concurrency import ConcurrencyLimiter, busy
 from shared.client_address import client_address, throttle_key
 from shared.errors import ApiError, retry_after
 from shared.http import route_path
@@ -124,10 +125,12 @@ async def store_call(pending: Awaitable[T], store: str = "key store") -> T:
 
 
 async def authenticate(request: web.Request, store: Store, *, scope: str | None,
-                       usage: UsageRecorder | None = None) -> KeyRecord:
+                       usage: UsageRecorder | None = None, slots: ConcurrencyLimiter | None = None) -> KeyRecord:
     """The caller's key, charged once; 401 unknown/expired, 403 scope, 429 over the limit (or, for a
-    request that spends tokens, over the key's daily token limit: ``usage`` counts them), 503 store down.
-    With ``usage``, the request's counts are filed under today (``USAGE_DAY``), however late they end."""
+    request that spends tokens, over the key's daily token limit: ``usage`` counts them; with ``slots``, at the
+    key's limit of requests in flight, uncharged), 503 store down. With ``usage``, the request's counts are filed
+    under today (``USAGE_DAY``), however late they end. With ``slots``, the request takes a slot in the same store
+    call: its handler must be a ``holds_slot`` one, which gives it back."""
     key = extract_api_key(request.headers)
     if key is None:
         raise ApiError(
@@ -139,7 +142,7 @@ async def authenticate(request: web.Request, store: Store, *, scope: str | None,
         raise await invalid_key(request, store)
     outage = request.app.get(STORE_OUTAGE)
     try:
-        auth = await store.authorize(hash_key(key), scope=scope)
+        auth = await store.authorize(hash_key(key), scope=scope, hold=slots.hold() if slots is not None else None)
     except StoreUnavailable as e:
         if outage is not None:
             outage.failed(e)
@@ -155,6 +158,10 @@ async def authenticate(request: web.Request, store: Store, *, scope: str | None,
         request[USAGE_DAY] = usage.today()
     if auth.status == "scope":
         raise ApiError(403, f"This API key lacks the '{scope}' scope.", code="insufficient_scope")
+    if auth.slot is not None and slots is not None:
+        slots.holding(request, auth.record.id, auth.slot)
+    if auth.status == "busy" and slots is not None:
+        raise busy(slots.limit_of(auth.record), auth.in_flight)
     assert auth.decision is not None
     request[RATE_DECISION] = auth.decision
     if not auth.decision.allowed:

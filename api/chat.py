@@ -27,7 +27,7 @@ from api.completion import (
     response_usage,
     tell_no_answer,
 )
-from api.concurrency import holds_slot, take_slot
+from api.concurrency import LIMITER, holds_slot
 from api.context import CTX
 from api.fanout import aimed, chat_deadline, node_deadline, settle, start_race
 from api.race import MinerRun, Race
@@ -68,8 +68,7 @@ class AnswerFormat(Protocol):
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     ctx = request.app[CTX]
-    key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage)
-    await take_slot(request, key)
+    key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage, slots=request.app[LIMITER])
     sent = await read_json(request)
     require(sent, "messages")
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)

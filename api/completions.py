@@ -23,7 +23,7 @@ from api.choices import MAX_CHOICES, Ask, choice_seed, run_choices
 from api.choices import plan as plan_choices
 from api.completion import logprob_tokens
 from api.completions_wire import CompletionRequest
-from api.concurrency import holds_slot, take_slot
+from api.concurrency import LIMITER, holds_slot
 from api.context import CTX
 from api.mixture import is_mixture
 from api.race import MinerRun
@@ -48,8 +48,7 @@ FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter"
 async def completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     ctx = request.app[CTX]
-    key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage)
-    await take_slot(request, key)
+    key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage, slots=request.app[LIMITER])
     sent = await read_json(request)
     require(sent, "prompt")
     wanted: CompletionRequest = parse_model(CompletionRequest, sent)

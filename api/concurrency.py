@@ -3,24 +3,26 @@
 
 Its request rate bounds how many requests a key starts, not how many it holds open: a key within its rate could
 hold thousands of streams, each holding API memory and a miner's capacity. Chat completions, legacy completions
-and responses take a slot once the key is authorized (its rate charged, its token budget checked) and give it back
+and responses take a slot as the key is authorized (with its rate-limit charge) and give it back
 when their handler ends: a stream's when it has been sent, or when the client left (the handler is cancelled), a
 failure's when it is answered; ``holds_slot`` makes that every exit path. A background response holds one only
 while its request is answered (it is queued at once): what it runs after is bounded by
 ``MAX_BACKGROUND_RESPONSES_PER_KEY``.
 
-Refused, a request is a 429 ``concurrency_limit_exceeded`` with ``Retry-After: 1`` (a slot frees when any of the
-key's requests ends) and its rate-limit charge is given back: a refusal does not eat the key's request rate, and
-it never reached a miner, so no token is counted.
+The slot is taken by ``Store.authorize`` (a ``Hold`` beside the request's scope), in the same store call as the
+key's lookup and rate-limit charge: no round trip of its own. Refused, a request is a 429
+``concurrency_limit_exceeded`` with ``Retry-After: 1`` (a slot frees when any of the key's requests ends), not
+charged to the key's request rate, and it never reached a miner, so no token is counted. Giving a slot back is
+one store call, in a task of its own, after the request.
 
 The slots are the store's (``shared/store/inflight.py``), each on a lease this process renews every third of
-``CONCURRENCY_LEASE_SECONDS``: a process that dies holding slots holds them no longer than one lease.
+``CONCURRENCY_LEASE_SECONDS``: a process that dies holding slots holds them no longer than one lease, and so does a
+slot whose request was cancelled while its authorization was on its way back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import os
@@ -32,11 +34,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from loguru import logger
 
-from api.auth import RATE_DECISION, store_unavailable
-from api.context import CTX
+from shared.aio import stopped
 from shared.errors import ApiError, retry_after
-from shared.store.base import KeyRecord, RateDecision, Store, StoreUnavailable
-from shared.store.inflight import Acquired, InflightSlots, RedisInflight, SQLiteInflight
+from shared.store.base import Hold, KeyRecord, Store, StoreUnavailable, concurrency_limit
+from shared.store.inflight import InflightSlots, RedisInflight, SQLiteInflight
 
 RETRY_AFTER_S = 1  # a slot frees when any of the key's requests ends: usually within seconds
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -73,37 +74,17 @@ class ConcurrencyLimiter:
 
     def limit_of(self, key: KeyRecord) -> int:
         """The key's own limit, else the default; 0: none."""
-        return self.default_limit if key.max_concurrent_requests is None else key.max_concurrent_requests
+        return concurrency_limit(key, self.default_limit)
 
-    async def take(self, request: web.Request, key: KeyRecord, store: Store) -> None:
-        """A slot for ``request`` (given back by ``holds_slot``), or the 429 of a key at its limit."""
-        limit = self.limit_of(key)
-        if limit <= 0:
-            return
-        slot = f"{self.holder}:{next(self._ids)}"
-        request[SLOT] = (key.id, slot)
-        self.held.setdefault(key.id, set()).add(slot)  # renewed from now: the store may take it before we hear
-        try:
-            got: Acquired = await self.slots.acquire(key.id, slot, limit, self.lease_s)
-        except BaseException as e:
-            self.give_back(request)  # taken or not, it must not outlive the request (cancelled: the client left)
-            if isinstance(e, StoreUnavailable):
-                raise store_unavailable() from None
-            raise
-        if got.taken:
-            return
-        self._forget(request)
-        await self._refund(request, key, store)
-        raise ApiError(
-            429, f"Concurrency limit reached: this key may have {limit} requests in flight at once and has "
-                 f"{got.in_flight}. Retry when one of them ends.",
-            code="concurrency_limit_exceeded", headers=retry_after(RETRY_AFTER_S))
+    def hold(self) -> Hold:
+        """A new slot's terms, for ``Store.authorize`` to take with the request's authorization."""
+        return Hold(holder=self.holder, slot=f"{self.holder}:{next(self._ids)}", default_limit=self.default_limit,
+                    lease_s=self.lease_s)
 
-    async def _refund(self, request: web.Request, key: KeyRecord, store: Store) -> None:
-        """The rate-limit charge ``authorize`` took, given back (and the x-ratelimit-* headers told so)."""
-        with contextlib.suppress(StoreUnavailable):  # the window forgets it within a minute anyway
-            decision: RateDecision = await store.charge(f"key:{key.id}", key.rate_limit, cost=-1)
-            request[RATE_DECISION] = decision
+    def holding(self, request: web.Request, key_id: str, slot: str) -> None:
+        """``request`` holds ``slot`` (taken by its authorization): renewed from now, given back by ``holds_slot``."""
+        request[SLOT] = (key_id, slot)
+        self.held.setdefault(key_id, set()).add(slot)
 
     def _forget(self, request: web.Request) -> tuple[str, str] | None:
         taken = request.pop(SLOT, None)
@@ -157,14 +138,16 @@ SLOT = web.RequestKey("sn1_concurrency_slot", tuple)  # (key id, slot) a request
 LIMITER = web.AppKey("sn1_concurrency", ConcurrencyLimiter)
 
 
-async def take_slot(request: web.Request, key: KeyRecord) -> None:
-    """After ``authenticate``, in a ``holds_slot`` handler: the key's slot for this request, or its 429."""
-    await request.app[LIMITER].take(request, key, request.app[CTX].store)
+def busy(limit: int, in_flight: int) -> ApiError:
+    """The 429 of a key at its limit of requests in flight."""
+    return ApiError(429, f"Concurrency limit reached: this key may have {limit} requests in flight at once and has "
+                         f"{in_flight}. Retry when one of them ends.",
+                    code="concurrency_limit_exceeded", headers=retry_after(RETRY_AFTER_S))
 
 
 def holds_slot(handler: Handler) -> Handler:
-    """The handler of a request that takes a slot (``ConcurrencyLimiter.take``, after ``authenticate``): the slot
-    is given back however the handler ends, a client's leaving (a cancel) included."""
+    """The handler of a request that takes a slot (``authenticate(..., slots=...)``): the slot is given back however
+    the handler ends, a client's leaving (a cancel) included."""
 
     @functools.wraps(handler)
     async def held(request: web.Request) -> web.StreamResponse:
@@ -182,7 +165,5 @@ async def renewing(app: web.Application) -> AsyncIterator[None]:
     limiter = app[LIMITER]
     task = asyncio.create_task(limiter.renew_forever())
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await stopped(task)
     await limiter.drain()

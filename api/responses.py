@@ -23,7 +23,7 @@ from api.access_log import access_logged, answer_line, ended_with, logged, note_
 from api.auth import authenticate, check_search_scope
 from api.chat import Plan, answer, plan
 from api.completion import logprob_tokens, mid_stream_failure, response_usage
-from api.concurrency import holds_slot, take_slot
+from api.concurrency import LIMITER, holds_slot
 from api.context import CTX, ApiContext
 from api.fanout import chat_deadline
 from api.race import MinerRun, Race
@@ -52,8 +52,7 @@ MAX_TRUNCATIONS = 3
 async def create_response(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     ctx = request.app[CTX]
-    key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage)
-    await take_slot(request, key)
+    key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage, slots=request.app[LIMITER])
     sent = await read_json(request)
     require(sent, "input")
     wanted: ResponsesRequest = parse_model(ResponsesRequest, sent)

@@ -9,7 +9,6 @@ handlers add tokens with ``ctx.usage.record(...)``. Counts are buffered in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -17,6 +16,7 @@ from aiohttp import web
 from api.auth import KEY_RECORD, USAGE_DAY, authenticate, store_unavailable
 from api.concurrency import LIMITER
 from api.context import CTX
+from shared.aio import stopped
 from shared.errors import ApiError
 from shared.http import json_response
 from shared.keys_wire import UsageOut
@@ -63,7 +63,5 @@ async def usage_flusher(app: web.Application) -> AsyncIterator[None]:
     usage = app[CTX].usage
     task = asyncio.create_task(usage.run())
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await stopped(task)
     await usage.last_flush()

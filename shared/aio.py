@@ -11,6 +11,7 @@ process hangs on exit. ``asyncio.timeout`` already counts cancellations correctl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +28,14 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def stopped(task: asyncio.Task[Any]) -> None:
+    """``task`` (a loop that runs while the app serves) cancelled and awaited to its end: a ``cleanup_ctx``'s
+    shutdown."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def obeying_cancel(awaitable: Awaitable[T]) -> T:

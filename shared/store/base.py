@@ -356,16 +356,38 @@ class RateDecision:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """A request that takes a slot of its key's limit on requests in flight (``api/concurrency.py``), in the same
+    store call as its authorization: ``slot`` names it (its process, the holder, and a counter), ``default_limit``
+    applies to a key without its own (``KeyRecord.max_concurrent_requests``), ``lease_s`` is how long it counts
+    unless renewed."""
+
+    holder: str
+    slot: str
+    default_limit: int
+    lease_s: float
+
+
+def concurrency_limit(record: KeyRecord, default_limit: int) -> int:
+    """The key's limit on requests in flight: its own, else the default; 0: none."""
+    return default_limit if record.max_concurrent_requests is None else record.max_concurrent_requests
+
+
+@dataclass(frozen=True)
 class Authorization:
     """What ``Store.authorize`` found. ``decision`` is None when nothing was charged:
-    the key is unknown, expired or lacks the scope."""
+    the key is unknown, expired or lacks the scope, or (``busy``) holds its limit of requests in flight.
+    ``slot``: the slot this request took (its ``Hold``'s), None when it took none (none asked, no limit, refused);
+    ``in_flight``: the key's slots after it (with a ``Hold`` and a limit)."""
 
     record: KeyRecord | None
     decision: RateDecision | None
-    status: str  # "ok" | "unknown" | "expired" | "scope"
+    status: str  # "ok" | "unknown" | "expired" | "scope" | "busy"
+    slot: str | None = None
+    in_flight: int = 0
 
 
-Waiter = tuple[str, str | None, asyncio.Future[Authorization]]  # key hash, scope, the caller's answer
+Waiter = tuple[str, str | None, Hold | None, asyncio.Future[Authorization]]  # key hash, scope, slot, the answer
 
 
 class TurnGroups:
@@ -374,24 +396,27 @@ class TurnGroups:
     not charged."""
 
     def __init__(self, batch: Iterable[Waiter]) -> None:
-        self.by_key: dict[str, list[tuple[str | None, asyncio.Future[Authorization]]]] = {}
-        for key_hash, scope, waiter in batch:
+        self.by_key: dict[str, list[tuple[str | None, Hold | None, asyncio.Future[Authorization]]]] = {}
+        for key_hash, scope, hold, waiter in batch:
             if not waiter.done():
-                self.by_key.setdefault(key_hash, []).append((scope, waiter))
+                self.by_key.setdefault(key_hash, []).append((scope, hold, waiter))
 
     def scopes(self, key_hash: str) -> list[str | None]:
-        return [scope for scope, _ in self.by_key[key_hash]]
+        return [scope for scope, _, _ in self.by_key[key_hash]]
+
+    def holds(self, key_hash: str) -> list[Hold | None]:
+        return [hold for _, hold, _ in self.by_key[key_hash]]
 
     def answer(self, results: Iterable[list[Authorization]]) -> None:
         """One list of answers per group, in ``by_key`` order."""
         for entries, answers in zip(self.by_key.values(), results, strict=True):
-            for (_, waiter), answer in zip(entries, answers, strict=True):
+            for (_, _, waiter), answer in zip(entries, answers, strict=True):
                 if not waiter.done():
                     waiter.set_result(answer)
 
     def fail(self, error: Exception) -> None:
         for entries in self.by_key.values():
-            for _, waiter in entries:
+            for _, _, waiter in entries:
                 if not waiter.done():
                     waiter.set_exception(error)
 
@@ -511,8 +536,10 @@ class Store(Protocol):
 
     async def list_keys(self) -> list[KeyRecord]: ...
 
-    async def authorize(self, key_hash: str, *, scope: str | None, now: float | None = None) -> Authorization:
-        """Look the key up, check expiry and scope, and charge its limit, atomically for the fleet."""
+    async def authorize(self, key_hash: str, *, scope: str | None, now: float | None = None,
+                        hold: Hold | None = None) -> Authorization:
+        """Look the key up, check expiry and scope, and charge its limit, atomically for the fleet; with ``hold``,
+        take its slot of the key's requests in flight in the same step (``busy``, uncharged, at the limit)."""
         ...
 
     async def charge(self, bucket: str, limit: int, *, cost: int = 1, now: float | None = None) -> RateDecision:

@@ -5,20 +5,26 @@ holds it (its *holder*) and carrying an expiry, its *lease*. A holder renews the
 before they expire (``api/concurrency.py``) and gives each back when its request ends; a process that dies (killed,
 its host gone) renews nothing, so its slots pass their expiry and stop counting a lease later, never held for good.
 
+Slots are taken where the request is authorized, in the same store call (no round trip of their own): the
+request's ``Hold`` goes with its key lookup and rate-limit charge, and a request at its key's limit is ``busy``
+and not charged.
+
 * Redis: ``ns:inflight:<key id>`` is a sorted set, slot -> expiry (ms, the server's clock, so hosts with skewed clocks
-  agree). ``ACQUIRE`` drops the expired members, counts the rest and adds one under the limit, in one script.
-* SQLite: the ``inflight`` table of the API's file. One ``INSERT ... SELECT ... WHERE count < limit`` statement runs
-  under SQLite's write lock, so the count and the add are one step for every process on the file.
+  agree). ``AUTHORIZE`` (``redis.py``) drops the expired members, counts the rest and adds the turn's under the limit.
+* SQLite: the ``inflight`` table of the API's file, counted and added to in the authorize turn's write transaction
+  (``SlotCount``), so the count and the add are one step for every process on the file.
+
+Here: what a process does with the slots it took (give them back, renew them, count them), and ``SlotCount``.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from shared.store.base import ttl_ms
+from shared.store.base import Authorization, Hold, KeyRecord, concurrency_limit, ttl_ms
 from shared.store.sqlite_tables import sqlite_errors
 
 # Created with the key store's tables (``sqlite.SCHEMA``): the slots of every process on the file.
@@ -31,18 +37,6 @@ CREATE TABLE IF NOT EXISTS inflight (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inflight_key ON inflight (key_id, expires_at);
 CREATE INDEX IF NOT EXISTS inflight_holder ON inflight (holder);
-"""
-
-# KEYS[1] = ns:inflight:<key id>; ARGV = limit, slot, lease (ms). {1 taken | 0 refused, the slots now held}.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local held = redis.call('ZCARD', KEYS[1])
-if held >= tonumber(ARGV[1]) then return {0, held} end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {1, held + 1}
 """
 
 # KEYS[1] = ns:inflight:<key id>; ARGV = lease (ms), then the slots this process holds there: each one's expiry moved
@@ -61,27 +55,52 @@ local t = redis.call('TIME')
 return redis.call('ZCOUNT', KEYS[1], '(' .. (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)), '+inf')
 """
 
-_SQL_ACQUIRE = """
-INSERT INTO inflight (slot, key_id, holder, expires_at)
-SELECT :slot, :key, :holder, :now + :lease
-WHERE (SELECT COUNT(*) FROM inflight WHERE key_id = :key AND expires_at > :now) < :limit
-"""
 _SQL_COUNT = "SELECT COUNT(*) FROM inflight WHERE key_id = ? AND expires_at > ?"
 
 
 @dataclass(frozen=True)
-class Acquired:
-    """What ``acquire`` did: ``taken`` (False: the key holds ``limit`` slots already, nothing was added) and the
-    key's slots in flight after it."""
+class SlotCount:
+    """A key's slots as one SQLite authorize turn finds them, inside its write transaction (so no other process
+    takes one in between): ``held`` unexpired of ``limit``."""
 
-    taken: bool
-    in_flight: int
+    key_id: str
+    limit: int
+    held: int
+
+    @classmethod
+    def of(cls, db: sqlite3.Connection, record: KeyRecord, holds: list[Hold | None], now: float) -> SlotCount | None:
+        """None when no request of the turn asks for a slot, or the key has no limit (nothing is read)."""
+        first = next((h for h in holds if h is not None), None)
+        if first is None or (limit := concurrency_limit(record, first.default_limit)) <= 0:
+            return None
+        return cls(record.id, limit, db.execute(_SQL_COUNT, (record.id, now)).fetchone()[0])
+
+    def refuse_busy(self, statuses: list[str], holds: list[Hold | None]) -> list[str]:
+        """Each request that asks for a slot past the limit is ``busy`` (in order, as if each came alone)."""
+        out, wanted = [], self.held
+        for status, hold in zip(statuses, holds, strict=True):
+            if status == "ok" and hold is not None:
+                if wanted >= self.limit:
+                    status = "busy"
+                else:
+                    wanted += 1
+            out.append(status)
+        return out
+
+    def take(self, db: sqlite3.Connection, answers: list[Authorization], holds: list[Hold | None],
+             now: float) -> list[Authorization]:
+        """The slots of the requests the rate let in, added; every answer with a ``Hold`` told the count."""
+        taking = [hold if hold is not None and a.decision is not None and a.decision.allowed else None
+                  for a, hold in zip(answers, holds, strict=True)]
+        db.executemany("INSERT INTO inflight (slot, key_id, holder, expires_at) VALUES (?, ?, ?, ?)",
+                       [(h.slot, self.key_id, h.holder, now + h.lease_s) for h in taking if h is not None])
+        held = self.held + sum(h is not None for h in taking)
+        return [a if hold is None else replace(a, slot=took.slot if took is not None else None, in_flight=held)
+                for a, hold, took in zip(answers, holds, taking, strict=True)]
 
 
 class InflightSlots(Protocol):
-    async def acquire(self, key_id: str, slot: str, limit: int, lease_s: float) -> Acquired:
-        """Take ``slot`` for ``key_id`` unless the key holds ``limit`` unexpired slots (for every process)."""
-        ...
+    """What a process does with the slots it took (``Store.authorize`` takes them, with a ``Hold``)."""
 
     async def release(self, key_id: str, slot: str) -> None: ...
 
@@ -102,14 +121,8 @@ class RedisInflight:
         self._key = key
         self._call = call
         self._r = client
-        self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._count = client.register_script(_COUNT)
-
-    async def acquire(self, key_id: str, slot: str, limit: int, lease_s: float) -> Acquired:
-        taken, held = await self._call(self._acquire(keys=[self._key("inflight", key_id)],
-                                                     args=[limit, slot, ttl_ms(lease_s)]))
-        return Acquired(bool(int(taken)), int(held))
 
     async def release(self, key_id: str, slot: str) -> None:
         await self._call(self._r.zrem(self._key("inflight", key_id), slot))
@@ -136,14 +149,6 @@ class SQLiteInflight:
         self._db = db
         self._holder = holder
         self._clock = clock
-
-    async def acquire(self, key_id: str, slot: str, limit: int, lease_s: float) -> Acquired:
-        now = self._clock()
-        with sqlite_errors():
-            taken = self._db.execute(_SQL_ACQUIRE, {"slot": slot, "key": key_id, "holder": self._holder, "now": now,
-                                                    "lease": lease_s, "limit": limit}).rowcount > 0
-            held = self._db.execute(_SQL_COUNT, (key_id, now)).fetchone()[0]
-        return Acquired(taken, held)
 
     async def release(self, key_id: str, slot: str) -> None:
         with sqlite_errors():

@@ -33,6 +33,7 @@ from shared.store.base import (
     ALL_SCOPES,
     USAGE_FIELDS,
     Authorization,
+    Hold,
     KeyChanges,
     KeyRecord,
     RateDecision,
@@ -49,6 +50,7 @@ from shared.store.base import (
     mint_key,
     new_secret,
     oldest_usage_day,
+    ttl_ms,
 )
 from shared.store.eviction import UNKNOWN
 
@@ -136,28 +138,56 @@ local function clock(arg)
 end
 """
 
-# One key's requests of a turn, in order. KEYS[1] = ns:key:<hash>; ARGV = now|'', rl prefix, then one scope|''
-# per request. Replies {'unknown'}, {'expired', fields} or {'each', fields, a status per request, a decision per
-# 'ok' one}: the key is read once and charged once (``charge_each``), each request still decided as if alone.
-# HMGET in a fixed order (RECORD_FIELDS) keeps the reply small and its parsing cheap.
+# One key's requests of a turn, in order. KEYS[1] = ns:key:<hash>; ARGV = now|'', rl prefix, inflight prefix, the
+# default limit of requests in flight ('' when no request asks for a slot), the slots' lease (ms), then a scope|''
+# and a slot|'' per request. Replies {'unknown'}, {'expired', fields} or {'each', fields, a status per request, a
+# decision per 'ok' one, the key's slots in flight, its limit (0: none)}: the key is read once and charged once
+# (``charge_each``), each request still decided as if alone. A request with a slot past the key's limit is 'busy'
+# (not charged); the others' slots are added once the rate let them in. HMGET in a fixed order (RECORD_FIELDS)
+# keeps the reply small and its parsing cheap.
 AUTHORIZE = _WINDOW_LUA + """
 local f = redis.call('HMGET', KEYS[1], 'id', 'key_hash', 'prefix', 'rate_limit', 'name', 'scopes', 'allowed_models',
                      'expires_at', 'created_at', 'daily_token_limit', 'max_concurrent')
 if not f[1] then return {'unknown'} end
 local now = clock(ARGV[1])
 if f[8] ~= '' and now >= tonumber(f[8]) then return {'expired', f} end
-local statuses, n = {}, 0
-for i = 3, #ARGV do
-  if ARGV[i] ~= '' and not string.find(',' .. f[6] .. ',', ',' .. ARGV[i] .. ',', 1, true) then
+local cap, held, slots, now_ms = 0, 0, nil, 0
+if ARGV[4] ~= '' then
+  cap = tonumber((f[11] and f[11] ~= '') and f[11] or ARGV[4])
+  if cap > 0 then
+    slots = ARGV[3] .. f[1]
+    local t = redis.call('TIME')
+    now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('ZREMRANGEBYSCORE', slots, '-inf', now_ms)
+    held = redis.call('ZCARD', slots)
+  end
+end
+local statuses, n, taking, wanted = {}, 0, {}, held
+for i = 6, #ARGV, 2 do
+  local scope, slot = ARGV[i], ARGV[i + 1]
+  if scope ~= '' and not string.find(',' .. f[6] .. ',', ',' .. scope .. ',', 1, true) then
     statuses[#statuses + 1] = 'scope'
+  elseif slots and slot ~= '' and wanted >= cap then
+    statuses[#statuses + 1] = 'busy'
   else
     statuses[#statuses + 1] = 'ok'
     n = n + 1
+    if slots and slot ~= '' then wanted = wanted + 1; taking[n] = slot end
   end
 end
 local decisions = {}
 if n > 0 then decisions = charge_each(ARGV[2] .. 'key:' .. f[1], tonumber(f[4]), now, n) end
-return {'each', f, statuses, decisions}
+if slots then
+  local lease = tonumber(ARGV[5])
+  for j = 1, n do
+    if taking[j] and decisions[j][1] == 1 then
+      redis.call('ZADD', slots, now_ms + lease, taking[j])
+      held = held + 1
+    end
+  end
+  if held > 0 then redis.call('PEXPIRE', slots, lease) end
+end
+return {'each', f, statuses, decisions, held, cap}
 """
 RECORD_FIELDS = ("id", "key_hash", "prefix", "rate_limit", "name", "scopes", "allowed_models", "expires_at",
                  "created_at", "daily_token_limit", "max_concurrent")  # a key made before either field has none (nil)
@@ -301,14 +331,21 @@ def _decision(raw: list[Any]) -> RateDecision:
                         reset_after=max(0.0, float(raw[3])), retry_after=max(0.0, float(raw[4])))
 
 
-def _authorizations(raw: list[Any], n: int) -> list[Authorization]:
-    """``AUTHORIZE``'s reply as one Authorization per request, in order."""
+def _authorizations(raw: list[Any], holds: list[Hold | None]) -> list[Authorization]:
+    """``AUTHORIZE``'s reply as one Authorization per request, in order: with a ``Hold``, the slot it took (a
+    request the rate let in, of a key with a limit) and the key's slots in flight."""
     record = _record_from_fields(raw[1]) if len(raw) > 1 else None
     if raw[0] != "each":  # unknown or expired: the same for every request
-        return [Authorization(record=record, decision=None, status=raw[0])] * n
-    decisions = iter(raw[3])
-    return [Authorization(record=record, decision=_decision(next(decisions)), status="ok") if status == "ok"
-            else Authorization(record=record, decision=None, status=status) for status in raw[2]]
+        return [Authorization(record=record, decision=None, status=raw[0])] * len(holds)
+    decisions, held, limited = iter(raw[3]), int(raw[4]), int(raw[5]) > 0
+    out = []
+    for status, hold in zip(raw[2], holds, strict=True):
+        decision = _decision(next(decisions)) if status == "ok" else None
+        took = hold is not None and limited and decision is not None and decision.allowed
+        out.append(Authorization(record=record, decision=decision, status=status,
+                                 slot=hold.slot if took and hold is not None else None,
+                                 in_flight=held if hold is not None and limited else 0))
+    return out
 
 
 class RedisStore:
@@ -418,16 +455,17 @@ class RedisStore:
         return sorted(records, key=lambda r: r.created_at)
 
     # --- the hot path -----------------------------------------------------------------------------
-    async def authorize(self, key_hash: str, *, scope: str | None, now: float | None = None) -> Authorization:
+    async def authorize(self, key_hash: str, *, scope: str | None, now: float | None = None,
+                        hold: Hold | None = None) -> Authorization:
         """Find the key and charge its limit (one atomic script). Calls made in the same event-loop
         turn go out together: one script call per distinct key, which reads the key once and charges
         its requests in arrival order, each with its own exact decision; several keys share one
         pipeline (one round trip). The first caller of a turn gathers the others; alone, it makes a
         plain call (no pipeline, no task)."""
         if now is not None:  # an explicit clock (tests): at once, on its own
-            return (await self._authorize_group(key_hash, [scope], now))[0]
+            return (await self._authorize_group(key_hash, [scope], now, [hold]))[0]
         mine: asyncio.Future[Authorization] = asyncio.get_running_loop().create_future()
-        entry = (key_hash, scope, mine)
+        entry = (key_hash, scope, hold, mine)
         if self._gathering is not None:  # another caller leads this turn's batch
             self._gathering.append(entry)
             return await mine
@@ -440,7 +478,7 @@ class RedisStore:
             raise
         self._gathering = None
         if len(batch) == 1:
-            return (await self._authorize_group(key_hash, [scope]))[0]
+            return (await self._authorize_group(key_hash, [scope], holds=[hold]))[0]
         self._send_batch(batch)  # a task: it runs to the end even if this caller is cancelled
         return await mine
 
@@ -451,14 +489,20 @@ class RedisStore:
             send.add_done_callback(self._sending.discard)
 
     async def _authorize_group(self, key_hash: str, scopes: list[str | None], now: float | None = None,
-                               ) -> list[Authorization]:
+                               holds: list[Hold | None] | None = None) -> list[Authorization]:
         """One key's requests, in order, in one script call."""
+        holds = holds or [None] * len(scopes)
         raw = await self._call(self._authorize(keys=[self.key("key", key_hash)],
-                                               args=self._authorize_args(scopes, now)))
-        return _authorizations(raw, len(scopes))
+                                               args=self._authorize_args(scopes, holds, now)))
+        return _authorizations(raw, holds)
 
-    def _authorize_args(self, scopes: list[str | None], now: float | None = None) -> list[str]:
-        return ["" if now is None else repr(now), self.key("rl", ""), *(scope or "" for scope in scopes)]
+    def _authorize_args(self, scopes: list[str | None], holds: list[Hold | None], now: float | None = None,
+                        ) -> list[Any]:
+        first = next((h for h in holds if h is not None), None)
+        terms = ["", ""] if first is None else [first.default_limit, ttl_ms(first.lease_s)]
+        return ["" if now is None else repr(now), self.key("rl", ""), self.key("inflight", ""), *terms,
+                *(x for scope, hold in zip(scopes, holds, strict=True)
+                  for x in (scope or "", hold.slot if hold is not None else ""))]
 
     async def _authorize_batch(self, batch: list[Waiter]) -> None:
         """A turn's callers: one script call per distinct key (several keys: one pipeline, one round trip)."""
@@ -468,7 +512,7 @@ class RedisStore:
         try:
             if len(groups.by_key) == 1:
                 [key_hash] = groups.by_key
-                results = [await self._authorize_group(key_hash, groups.scopes(key_hash))]
+                results = [await self._authorize_group(key_hash, groups.scopes(key_hash), holds=groups.holds(key_hash))]
             else:
                 results = await self._authorize_pipeline(groups)
         except BaseException as e:  # StoreUnavailable, or cancelled at shutdown: every waiter hears it
@@ -486,7 +530,7 @@ class RedisStore:
             pipe = self.redis.pipeline(transaction=False)
             for key_hash in groups.by_key:
                 pipe.evalsha(self._authorize.sha, 1, self.key("key", key_hash),
-                             *self._authorize_args(groups.scopes(key_hash)))
+                             *self._authorize_args(groups.scopes(key_hash), groups.holds(key_hash)))
             try:
                 raws = await self._call(pipe.execute())
             except StoreUnavailable as e:
@@ -494,7 +538,7 @@ class RedisStore:
                     await self._call(self.redis.script_load(AUTHORIZE))
                     continue
                 raise
-            return [_authorizations(raw, len(entries)) for raw, entries in zip(raws, groups.by_key.values(), strict=True)]
+            return [_authorizations(raw, groups.holds(key_hash)) for raw, key_hash in zip(raws, groups.by_key, strict=True)]
         raise AssertionError("unreachable")
 
     async def charge(self, bucket: str, limit: int, *, cost: int = 1, now: float | None = None) -> RateDecision:

@@ -29,6 +29,7 @@ from shared.store.base import (
     ALL_SCOPES,
     USAGE_FIELDS,
     Authorization,
+    Hold,
     KeyChanges,
     KeyRecord,
     RateDecision,
@@ -46,6 +47,7 @@ from shared.store.base import (
     oldest_usage_day,
 )
 from shared.store.inflight import SQLITE_SCHEMA as INFLIGHT_SCHEMA
+from shared.store.inflight import SlotCount
 from shared.store.sqlite_tables import add_columns, open_db, sqlite_errors
 from shared.store.window import charge_each, charge_window
 
@@ -292,15 +294,16 @@ class SQLiteStore:
         return [self._read(r) for r in rows]
 
     # --- the hot path -----------------------------------------------------------------------------
-    async def authorize(self, key_hash: str, *, scope: str | None, now: float | None = None) -> Authorization:
-        """Find the key and charge its limit. Calls made in the same event-loop turn share one
-        write transaction (and one lookup per key): a transaction per request was the largest
+    async def authorize(self, key_hash: str, *, scope: str | None, now: float | None = None,
+                        hold: Hold | None = None) -> Authorization:
+        """Find the key and charge its limit (and, with ``hold``, take its slot). Calls made in the same event-loop
+        turn share one write transaction (and one lookup per key): a transaction per request was the largest
         store cost under load. Each request still gets its own exact decision, in arrival order."""
         if now is not None:  # an explicit clock (tests): at once, on its own
             with _errors():
-                return self._authorize_group(key_hash, [scope], now)[0]
+                return self._authorize_group(key_hash, [scope], now, [hold])[0]
         waiter: asyncio.Future[Authorization] = asyncio.get_running_loop().create_future()
-        self._waiting.append((key_hash, scope, waiter))
+        self._waiting.append((key_hash, scope, hold, waiter))
         if len(self._waiting) == 1:
             asyncio.get_running_loop().call_soon(self._authorize_waiting)
         return await waiter
@@ -314,7 +317,7 @@ class SQLiteStore:
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                results = [self._authorize_group(h, groups.scopes(h), now) for h in groups.by_key]
+                results = [self._authorize_group(h, groups.scopes(h), now, groups.holds(h)) for h in groups.by_key]
                 self.db.execute("COMMIT")
             except BaseException:
                 if self.db.in_transaction:
@@ -327,16 +330,24 @@ class SQLiteStore:
             return
         groups.answer(results)
 
-    def _authorize_group(self, key_hash: str, scopes: list[str | None], now: float) -> list[Authorization]:
-        """One lookup of the key, then the requests that pass its checks charged in order, in one write."""
+    def _authorize_group(self, key_hash: str, scopes: list[str | None], now: float,
+                         holds: list[Hold | None] | None = None) -> list[Authorization]:
+        """One lookup of the key, then the requests that pass its checks charged in order, in one write; those
+        with a ``Hold`` past the key's requests in flight are ``busy`` (not charged), the others take their slot
+        (``inflight`` rows) once the rate let them in."""
+        holds = holds or [None] * len(scopes)
         row = self.db.execute(_SELECT_BY_HASH, (key_hash,)).fetchone()
         record = self._record(row) if row else None
         statuses = [check_key(record, scope, now) for scope in scopes]
+        slots = SlotCount.of(self.db, record, holds, now) if record is not None else None
+        if slots is not None:
+            statuses = slots.refuse_busy(statuses, holds)
         passed = statuses.count("ok") if record is not None else 0
         decisions = iter(self._charge_each(f"key:{record.id}", record.rate_limit, passed, now) if passed else ())
-        return [Authorization(record=record, decision=next(decisions), status="ok")
-                if status == "ok" and record is not None else Authorization(record=record, decision=None, status=status)
-                for status in statuses]
+        out = [Authorization(record=record, decision=next(decisions), status="ok")
+               if status == "ok" and record is not None else Authorization(record=record, decision=None, status=status)
+               for status in statuses]
+        return slots.take(self.db, out, holds, now) if slots is not None else out
 
     def _charge_each(self, bucket: str, limit: int, n: int, now: float) -> list[RateDecision]:
         """``n`` requests one after another (``window.charge_each``): one statement for one request,

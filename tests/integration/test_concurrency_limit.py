@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from api.concurrency import open_slots
+from shared.store.base import Hold, hash_key
 from tests.helpers import ApiUnderTest, Script, apis_on_one_store, call, chunk, sse
 
 STORES = ["sqlite", "redis"]
@@ -57,6 +57,12 @@ async def refused(api: ApiUnderTest, key: str, path: str = "/v1/chat/completions
         return r
 
 
+async def rate_remaining(api: ApiUnderTest, key: str) -> int:
+    """What a ``/v1/usage`` call (charged like any request) says is left of the key's request rate after it."""
+    async with aiohttp.ClientSession() as s, s.get(api.url + "/v1/usage", headers=auth(key)) as r:
+        return int(r.headers["x-ratelimit-remaining-requests"])
+
+
 async def in_flight(api: ApiUnderTest, key: str) -> int:
     status, usage = await call(api, "GET", "/v1/usage", key=key)
     assert status == 200 and usage["max_concurrent_requests"] == LIMIT
@@ -80,8 +86,8 @@ async def test_the_request_past_the_limit_is_a_429_not_charged_and_slots_free_as
         no = await refused(api, api.key)
         assert no.status == 429 and no.headers["Retry-After"] == "1"
         assert (await no.json())["error"]["code"] == "concurrency_limit_exceeded"
-        # not charged to the key's request rate: the window holds the two streams and the /v1/usage call only
-        assert int(no.headers["x-ratelimit-remaining-requests"]) == remaining - 1
+        # not charged to the key's request rate: the window holds the two streams and the two /v1/usage calls only
+        assert await rate_remaining(api, api.key) == remaining - 2
         for path, body in (("/v1/completions", {"prompt": "hi"}), ("/v1/responses", {"input": "hi"})):
             assert (await refused(api, api.key, path, body)).status == 429  # every kind counts
         other, _ = await api.ctx.store.create_key(1000)  # another key has its own count
@@ -127,10 +133,9 @@ async def test_two_api_processes_on_one_store_share_the_count(tmp_path: Path, st
 @pytest.mark.parametrize("store", STORES)
 async def test_the_slots_of_a_process_that_died_come_back_after_their_lease(tmp_path: Path, store: str) -> None:
     async with limited(tmp_path, store) as (api,), aiohttp.ClientSession() as s:
-        record = await api.ctx.store.get_key_by_id((await call(api, "GET", "/v1/usage"))[1]["key_id"])
-        dead = open_slots(api.ctx.store, "gone-host:1:dead")  # took its slots, then died: never renews or frees them
-        for i in range(LIMIT):
-            assert (await dead.acquire(record.id, f"gone-host:1:dead:{i}", LIMIT, LEASE_S)).taken
+        for i in range(LIMIT):  # another API process took slots, then died: it never renews nor frees them
+            dead = Hold(holder="gone-host:1:dead", slot=f"gone-host:1:dead:{i}", default_limit=LIMIT, lease_s=LEASE_S)
+            assert (await api.ctx.store.authorize(hash_key(api.key), scope="chat", hold=dead)).slot == dead.slot
         assert (await refused(api, api.key)).status == 429
         assert await until_in_flight(api, api.key, 0, timeout=LEASE_S * 3) == 0
         (await open_stream(s, api, api.key)).close()

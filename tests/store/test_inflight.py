@@ -1,51 +1,81 @@
-"""Requests in flight per key (``shared/store/inflight.py``), the same on both stores: slots taken up to a limit and
-refused past it, given back, shared by every process on the store (two holders: two API processes), a dead holder's
-slots counted no longer than their lease, and a live holder's kept by renewing them."""
+"""Requests in flight per key, taken by ``authorize`` with a ``Hold`` (``shared/store/inflight.py``), the same on both
+stores: slots taken up to the key's limit in the store call that charges its rate, past it ``busy`` and not charged,
+given back, shared by every process on the store (two holders: two API processes), a key's own limit over the
+default, a dead holder's slots counted no longer than their lease, and a live holder's kept by renewing them."""
 
 from __future__ import annotations
 
 import asyncio
 
 from api.concurrency import open_slots
-from shared.store.base import Store
-from shared.store.inflight import Acquired, InflightSlots
+from shared.store.base import Authorization, Hold, KeyChanges, Store, hash_key
 
 LEASE_S = 1.0
 
 
-async def test_slots_are_taken_up_to_the_limit_and_freed_when_given_back(store: Store) -> None:
-    slots = open_slots(store, "host:1:a")
-    assert [await slots.acquire("k1", f"s{i}", 3, LEASE_S) for i in range(3)] == [
-        Acquired(True, 1), Acquired(True, 2), Acquired(True, 3)]
-    assert await slots.acquire("k1", "s3", 3, LEASE_S) == Acquired(False, 3)  # refused: nothing added
-    assert await slots.acquire("k2", "t0", 3, LEASE_S) == Acquired(True, 1)  # another key's own count
-    assert await slots.count("k1") == 3
-    await slots.release("k1", "s1")
-    assert await slots.count("k1") == 2
-    assert await slots.acquire("k1", "s4", 3, LEASE_S) == Acquired(True, 3)
+def hold(holder: str, n: int, limit: int = 2) -> Hold:
+    return Hold(holder=holder, slot=f"{holder}:{n}", default_limit=limit, lease_s=LEASE_S)
+
+
+async def ask(store: Store, secret: str, holder: str, n: int, limit: int = 2) -> Authorization:
+    return await store.authorize(hash_key(secret), scope="chat", hold=hold(holder, n, limit))
+
+
+async def test_slots_are_taken_up_to_the_limit_uncharged_past_it_and_freed_when_given_back(store: Store) -> None:
+    secret, rec = await store.create_key(10)
+    one, two = await ask(store, secret, "h", 0), await ask(store, secret, "h", 1)
+    assert (one.status, one.slot, one.in_flight) == ("ok", "h:0", 1)
+    assert (two.status, two.slot, two.in_flight) == ("ok", "h:1", 2)
+    assert two.decision is not None and two.decision.remaining == 8
+    third = await ask(store, secret, "h", 2)
+    assert (third.status, third.slot, third.decision, third.in_flight) == ("busy", None, None, 2)
+    plain = await store.authorize(hash_key(secret), scope="chat")  # no hold (/v1/usage): neither counted nor refused
+    assert plain.status == "ok" and plain.slot is None and plain.decision is not None
+    assert plain.decision.remaining == 7  # the busy one was not charged
+    slots = open_slots(store, "h")
+    assert await slots.count(rec.id) == 2
+    await slots.release(rec.id, "h:1")
+    assert await slots.count(rec.id) == 1
+    assert (await ask(store, secret, "h", 3)).slot == "h:3"
+
+
+async def test_requests_of_one_turn_are_decided_in_order(store: Store) -> None:
+    secret, rec = await store.create_key(10)
+    got = await asyncio.gather(*(ask(store, secret, "h", i) for i in range(4)))
+    assert [a.status for a in got] == ["ok", "ok", "busy", "busy"]
+    assert await open_slots(store, "h").count(rec.id) == 2
+
+
+async def test_the_rate_refused_take_no_slot_and_a_keys_own_limit_wins(store: Store) -> None:
+    secret, rec = await store.create_key(1)
+    assert (await ask(store, secret, "h", 0)).slot == "h:0"
+    refused = await ask(store, secret, "h", 1)
+    assert refused.status == "ok" and refused.decision is not None and not refused.decision.allowed
+    assert refused.slot is None and await open_slots(store, "h").count(rec.id) == 1
+    secret3, rec3 = await store.create_key(10)
+    await store.update_key(rec3.id, KeyChanges(max_concurrent_requests=0))  # no limit for this key
+    assert [(await ask(store, secret3, "h", 10 + i)).slot for i in range(3)] == [None] * 3
+    await store.update_key(rec3.id, KeyChanges(max_concurrent_requests=1))
+    assert (await ask(store, secret3, "h", 20)).status == "ok"
+    assert (await ask(store, secret3, "h", 21)).status == "busy"
 
 
 async def test_two_processes_share_one_count(store: Store) -> None:
-    one, two = open_slots(store, "host:1:a"), open_slots(store, "host:2:b")
-    assert (await one.acquire("k", "a:0", 2, LEASE_S)).taken
-    assert (await two.acquire("k", "b:0", 2, LEASE_S)).taken
-    assert await one.acquire("k", "a:1", 2, LEASE_S) == Acquired(False, 2)
-    await two.release("k", "b:0")
-    assert (await one.acquire("k", "a:1", 2, LEASE_S)).taken
+    secret, rec = await store.create_key(10)
+    assert (await ask(store, secret, "a", 0)).slot and (await ask(store, secret, "b", 0)).slot
+    assert (await ask(store, secret, "a", 1)).status == "busy"
+    await open_slots(store, "b").release(rec.id, "b:0")
+    assert (await ask(store, secret, "a", 1)).slot == "a:1"
 
 
 async def test_a_dead_holders_slots_lapse_after_their_lease_and_a_live_ones_are_renewed(store: Store) -> None:
-    dead, live = open_slots(store, "host:1:dead"), open_slots(store, "host:2:live")
-    assert (await dead.acquire("k", "dead:0", 2, LEASE_S)).taken
-    assert (await live.acquire("k", "live:0", 2, LEASE_S)).taken
-    assert not (await live.acquire("k", "live:1", 2, LEASE_S)).taken
+    secret, rec = await store.create_key(100)
+    live = open_slots(store, "live")
+    assert (await ask(store, secret, "dead", 0)).slot and (await ask(store, secret, "live", 0)).slot
+    assert (await ask(store, secret, "live", 1)).status == "busy"
     for _ in range(4):  # the live one renews every third of a lease; the dead one never does
         await asyncio.sleep(LEASE_S / 3)
-        await renew(live, {"k": ["live:0"]})
-    assert await live.count("k") == 1  # the dead holder's slot lapsed, the live one's is still held
-    assert (await live.acquire("k", "live:1", 2, LEASE_S)).taken
-    assert not (await live.acquire("k", "live:2", 2, LEASE_S)).taken
-
-
-async def renew(slots: InflightSlots, held: dict[str, list[str]]) -> None:
-    await slots.renew(held, LEASE_S)
+        await live.renew({rec.id: ["live:0"]}, LEASE_S)
+    assert await live.count(rec.id) == 1  # the dead holder's slot lapsed, the live one's is still held
+    assert (await ask(store, secret, "live", 1)).slot == "live:1"
+    assert (await ask(store, secret, "live", 2)).status == "busy"
