@@ -47,11 +47,12 @@ class Fleet:
     miner: Script | None = None  # the slow miner, when there is one
 
 
-    def another(self, name: str) -> ApiProcess:
-        """A third host on the same store and network, in a working directory of its own."""
+    def another(self, name: str, **settings: str) -> ApiProcess:
+        """A third host on the same store and network, in a working directory of its own (with ``settings`` of its
+        own beside the fleet's)."""
         home = self.directory / name
         home.mkdir()
-        return start_api(home, self.env, store_url=self.store_url, namespace=self.namespace, name=name)
+        return start_api(home, self.env | settings, store_url=self.store_url, namespace=self.namespace, name=name)
 
 
 def hanging() -> Script:
@@ -277,6 +278,56 @@ async def status(http: aiohttp.ClientSession, host: str, key: str) -> int:
 async def admin_status(http: aiohttp.ClientSession, host: str, admin_key: str) -> int:
     async with http.get(f"{host}/api_management/api-keys", headers={"admin-key": admin_key}) as r:
         return r.status
+
+
+async def test_requests_in_flight_are_one_count_for_the_hosts_and_a_killed_hosts_come_back(tmp_path: Path) -> None:
+    """A key limited to 2 requests in flight holds 2 streams on host C (a third host, whose slots last a 1 s
+    lease): host A (either worker) and host B refuse its third with the 429, and B counts C's 2. C is killed
+    outright (SIGKILL: it never gives its slots back); within a few leases the key's count is 0 and A takes its
+    request."""
+    async with two_hosts(tmp_path, slow=hanging()) as fleet, aiohttp.ClientSession() as http:
+        head = {"Authorization": f"Bearer {fleet.key}"}
+        async with http.put(f"{fleet.a.url}/api_management/modify-api-key/{fleet.key}?max_concurrent_requests=2",
+                            headers=AK) as r:
+            assert r.status == 200 and (await r.json())["max_concurrent_requests"] == 2
+        c = fleet.another("host-c", CONCURRENCY_LEASE_SECONDS="1")
+        held: list[asyncio.Task[None]] = []
+        try:
+            await asyncio.to_thread(wait_ready, [c])
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "Take your time."}], "stream": True}
+
+            async def hold() -> None:  # a stream its miner answers only after a minute
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.post(f"{c.url}/v1/chat/completions", json=body, headers=head) as r:
+                        await r.read()
+
+            held = [asyncio.create_task(hold()) for _ in range(2)]
+
+            async def in_flight() -> int:
+                async with http.get(f"{fleet.b.url}/v1/usage", headers=head) as r:
+                    return (await r.json())["requests_in_flight"]
+
+            async def until(want: int, timeout: float) -> int:
+                deadline = asyncio.get_running_loop().time() + timeout
+                while (now := await in_flight()) != want and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - the store's count, polled
+                    await asyncio.sleep(0.1)
+                return now
+
+            assert await until(2, 10) == 2  # C's two, counted on B
+            for url in (fleet.a.url, fleet.a.url, fleet.b.url):
+                async with http.post(f"{url}/v1/chat/completions", json={**body, "timeout": 1}, headers=head) as r:
+                    assert r.status == 429 and r.headers["Retry-After"] == "1"
+                    assert (await r.json())["error"]["code"] == "concurrency_limit_exceeded"
+            c.kill(signal.SIGKILL)
+            assert await until(0, 6) == 0  # C's slots lapsed with their lease
+            async with http.post(f"{fleet.a.url}/v1/chat/completions", json={**body, "timeout": 1},
+                                 headers=head) as r:
+                assert r.status != 429, await r.text()  # let in (its miner is too slow for its 1 s deadline)
+        finally:
+            c.kill()
+            for task in held:
+                task.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
 
 
 async def test_each_worker_holds_its_two_named_redis_clients_and_no_more(tmp_path: Path) -> None:
