@@ -79,3 +79,11 @@ async def test_a_dead_holders_slots_lapse_after_their_lease_and_a_live_ones_are_
     assert await live.count(rec.id) == 1  # the dead holder's slot lapsed, the live one's is still held
     assert (await ask(store, secret, "live", 1)).slot == "live:1"
     assert (await ask(store, secret, "live", 2)).status == "busy"
+
+
+async def test_expired_slots_stop_counting_even_before_anyone_cleans_them_up(store: Store) -> None:
+    secret, _ = await store.create_key(100)
+    assert (await ask(store, secret, "dead", 0)).slot and (await ask(store, secret, "dead", 1)).slot
+    assert (await ask(store, secret, "h", 0)).status == "busy"
+    await asyncio.sleep(LEASE_S * 1.2)  # no renewal, no sweep: only their expiry tells
+    assert [(await ask(store, secret, "h", i)).status for i in range(1, 4)] == ["ok", "ok", "busy"]
