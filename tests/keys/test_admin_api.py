@@ -188,6 +188,15 @@ async def test_dates_out_of_range_and_nulls_on_modify(api: ApiUnderTest, http: a
     status, _, out = await call(http, "PUT", url, headers=AK, json={"scopes": None})
     assert_error(status, out, 400)
     assert "scopes cannot be null" in out["error"]["message"]
+    # a key's own limit of requests in flight: 0 is "no limit", null or "default" puts back the API's default
+    status, _, out = await call(http, "PUT", url + "?max_concurrent_requests=0", headers=AK)
+    assert status == 200 and out["max_concurrent_requests"] == 0, out
+    status, _, out = await call(http, "PUT", url, headers=AK, json={"max_concurrent_requests": None})
+    assert status == 200 and out["max_concurrent_requests"] is None, out
+    for bad in ("-1", "none", "1.5", "true", "100001"):
+        status, _, out = await call(http, "PUT", url + f"?max_concurrent_requests={bad}", headers=AK)
+        assert_error(status, out, 400)
+        assert out["error"]["param"] == "max_concurrent_requests", out
     for days in ("%C2%B2", "9" * 5000, "0366", "-1", "1.0"):  # a superscript two passes str.isdigit()
         status, _, out = await call(http, "GET", f"{api.url}/v1/usage?days={days}", headers={"api-key": api.key})
         assert_error(status, out, 400)

@@ -41,6 +41,11 @@ async def test_admin_client_round_trip(api: ApiUnderTest) -> None:
         assert changed.rate_limit == 24 and changed.expires_at is None and changed.name == "sdk"
         assert changed.daily_token_limit == 500
         assert (await admin.modify_key(created.id, daily_token_limit="none")).daily_token_limit is None
+        assert (await admin.modify_key(created.id, max_concurrent_requests=8)).max_concurrent_requests == 8
+        assert (await admin.modify_key(created.id, max_concurrent_requests="default")).max_concurrent_requests is None
+        made = await admin.create_key(5, max_concurrent_requests=0)  # 0: no limit for this key
+        assert made.max_concurrent_requests == 0
+        await admin.delete_key(made.id)
         assert created.id in {k.id for k in await admin.list_keys()}
         assert (await admin.usage(created.api_key)).totals.requests == 0
         rotated = await admin.rotate_key(created.api_key)
@@ -81,6 +86,12 @@ async def test_cli_create_list_modify_usage_delete(api: ApiUnderTest) -> None:
     assert "0 of 268435456 stored bytes today" in out  # the admin usage endpoint's storage budget, as shown
     code, out, err = await sn1_keys(api, "--json", "modify", created["id"], "--no-daily-tokens")
     assert code == 0 and json.loads(out)["daily_token_limit"] is None, err
+    code, out, err = await sn1_keys(api, "--json", "modify", created["id"], "--max-concurrent", "7")
+    assert code == 0 and json.loads(out)["max_concurrent_requests"] == 7, err
+    code, out, err = await sn1_keys(api, "usage", created["id"])
+    assert code == 0 and "0 of 7 requests in flight" in out, err
+    code, out, err = await sn1_keys(api, "--json", "modify", created["id"], "--default-concurrent")
+    assert code == 0 and json.loads(out)["max_concurrent_requests"] is None, err
     code, out, err = await sn1_keys(api, "rotate", created["id"])
     assert code == 0 and "API key rotated" in out and created["api_key"] not in out, err
     (secret,) = [w for w in out.split() if w.startswith("sn1-") and len(w) > 40]
