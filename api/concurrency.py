@@ -48,7 +48,7 @@ def holder_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-def open_slots(store: Store, holder: str) -> InflightSlots:
+def open_slots(store: Store) -> InflightSlots:
     """The slots beside ``store``'s keys: in its Redis (its key link, its namespace) or its SQLite file."""
     from shared.store.redis import RedisStore
     from shared.store.sqlite import SQLiteStore
@@ -56,7 +56,7 @@ def open_slots(store: Store, holder: str) -> InflightSlots:
     if isinstance(store, RedisStore):
         return RedisInflight(store.redis, store.key, store._call)
     if isinstance(store, SQLiteStore):
-        return SQLiteInflight(store.db, holder, time.time)
+        return SQLiteInflight(store.db, time.time)
     raise TypeError(f"no in-flight slots for a {type(store).__name__}")
 
 

@@ -25,10 +25,12 @@ import urllib.request
 from pathlib import Path
 
 from neurons.localnet import LocalNet, LocalNetConfig, free_port, free_ports
+from shared.keys_wire import MAX_CONCURRENT
 from shared.process import die_with_parent
 
 SCRIPTS = Path(__file__).resolve().parent
 BENCH_RATE_LIMIT = 1_000_000  # requests per minute: never throttles the bench
+# nor its requests in flight (1,000 open streams), while each still takes its slot: the cost a limited key pays
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -116,7 +118,8 @@ class Cluster:
 
     def create_key(self, api_url: str) -> str:
         req = urllib.request.Request(
-            f"{api_url}/api_management/create-api-key/?rate_limit={BENCH_RATE_LIMIT}&name=bench",
+            f"{api_url}/api_management/create-api-key/?rate_limit={BENCH_RATE_LIMIT}&name=bench"
+            f"&max_concurrent_requests={MAX_CONCURRENT}",
             method="POST", headers={"admin-key": self.admin_key})
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())["api_key"]

@@ -66,8 +66,10 @@ from loguru import logger  # noqa: E402
 from soak_redis import RedisHeld, pooled_connections, read_held, render_held  # noqa: E402
 from soak_redis import problems as redis_problems  # noqa: E402
 
+from api.concurrency import LIMITER, open_slots  # noqa: E402
 from neurons.miner.faults import FaultOptions  # noqa: E402
 from shared.gc_tuning import tune_for_serving  # noqa: E402
+from shared.keys_wire import MAX_CONCURRENT  # noqa: E402
 from shared.logging import setup_logging  # noqa: E402
 from shared.resigning import ResigningConnector  # noqa: E402
 from shared.settings import mask_credentials  # noqa: E402
@@ -802,7 +804,8 @@ async def store_on(f: Fleet, tmp: Path, url: str | None) -> AsyncIterator[StoreR
     ctx.responses, ctx.conversations = stores.responses, stores.conversations
     if ctx.usage is not None:
         ctx.usage.store = ctx.store
-    f.key, _ = await ctx.store.create_key(1_000_000)
+    f.app[LIMITER].slots = open_slots(ctx.store)  # the slots beside the keys, as the app opens them
+    f.key, _ = await ctx.store.create_key(1_000_000, max_concurrent_requests=MAX_CONCURRENT)
     for store in sqlite[1:]:
         await store.aclose()
 
@@ -847,7 +850,8 @@ async def mixed(f: Fleet, deadline: float, seed: int) -> AsyncIterator[Scenario]
     running as it does in a served API."""
     from api.sessions import sweep_loop
 
-    keys = [(await f.ctx.store.create_key(1_000_000, name=f"soak-session-{i}"))[0] for i in range(SESSION_KEYS)]
+    keys = [(await f.ctx.store.create_key(1_000_000, name=f"soak-session-{i}", max_concurrent_requests=MAX_CONCURRENT))[0]
+            for i in range(SESSION_KEYS)]
     m = Mix(f=f, session_keys=keys, rng=random.Random(seed), deadline=deadline)
     names, weights = list(MIX), [w for w, _ in MIX.values()]
 

@@ -32,11 +32,10 @@ SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS inflight (
     slot TEXT PRIMARY KEY,
     key_id TEXT NOT NULL,
-    holder TEXT NOT NULL,
+    holder TEXT NOT NULL,  -- the API process that took it (host:pid:random), for a reader of the file
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inflight_key ON inflight (key_id, expires_at);
-CREATE INDEX IF NOT EXISTS inflight_holder ON inflight (holder);
 """
 
 # KEYS[1] = ns:inflight:<key id>; ARGV = lease (ms), then the slots this process holds there: each one's expiry moved
@@ -145,9 +144,8 @@ class SQLiteInflight:
     """The slots in the API's SQLite file (the key store's hot-path connection, ``SQLiteStore.db``). The clock is
     the host's: every process on the file is on one host."""
 
-    def __init__(self, db: sqlite3.Connection, holder: str, clock: Callable[[], float]) -> None:
+    def __init__(self, db: sqlite3.Connection, clock: Callable[[], float]) -> None:
         self._db = db
-        self._holder = holder
         self._clock = clock
 
     async def release(self, key_id: str, slot: str) -> None:
@@ -155,11 +153,20 @@ class SQLiteInflight:
             self._db.execute("DELETE FROM inflight WHERE slot = ?", (slot,))
 
     async def renew(self, held: dict[str, list[str]], lease_s: float) -> None:
-        """Two statements whatever this process holds: its slots all carry its holder name."""
+        """The slots this process knows it holds, by name (not all those of its holder name: a slot whose request
+        was cancelled while its authorization came back is not known here, and must lapse), in one transaction."""
         now = self._clock()
         with sqlite_errors():
-            self._db.execute("UPDATE inflight SET expires_at = ? WHERE holder = ?", (now + lease_s, self._holder))
-            self._db.execute("DELETE FROM inflight WHERE expires_at <= ?", (now,))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("UPDATE inflight SET expires_at = ? WHERE slot = ?",
+                                     [(now + lease_s, slot) for slots in held.values() for slot in slots])
+                self._db.execute("DELETE FROM inflight WHERE expires_at <= ?", (now,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     async def count(self, key_id: str) -> int:
         with sqlite_errors():

@@ -143,8 +143,9 @@ end
 # and a slot|'' per request. Replies {'unknown'}, {'expired', fields} or {'each', fields, a status per request, a
 # decision per 'ok' one, the key's slots in flight, its limit (0: none)}: the key is read once and charged once
 # (``charge_each``), each request still decided as if alone. A request with a slot past the key's limit is 'busy'
-# (not charged); the others' slots are added once the rate let them in. HMGET in a fixed order (RECORD_FIELDS)
-# keeps the reply small and its parsing cheap.
+# (not charged); the others' slots are added once the rate let them in. The charge is the script's first write: a
+# Redis out of memory refuses it (OOM), where a write before it (a delete) would have let the whole script run.
+# HMGET in a fixed order (RECORD_FIELDS) keeps the reply small and its parsing cheap.
 AUTHORIZE = _WINDOW_LUA + """
 local f = redis.call('HMGET', KEYS[1], 'id', 'key_hash', 'prefix', 'rate_limit', 'name', 'scopes', 'allowed_models',
                      'expires_at', 'created_at', 'daily_token_limit', 'max_concurrent')
@@ -158,8 +159,7 @@ if ARGV[4] ~= '' then
     slots = ARGV[3] .. f[1]
     local t = redis.call('TIME')
     now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    redis.call('ZREMRANGEBYSCORE', slots, '-inf', now_ms)
-    held = redis.call('ZCARD', slots)
+    held = redis.call('ZCOUNT', slots, '(' .. now_ms, '+inf')  -- a read: the rate charge stays the first write
   end
 end
 local statuses, n, taking, wanted = {}, 0, {}, held
@@ -177,8 +177,9 @@ for i = 6, #ARGV, 2 do
 end
 local decisions = {}
 if n > 0 then decisions = charge_each(ARGV[2] .. 'key:' .. f[1], tonumber(f[4]), now, n) end
-if slots then
+if slots and next(taking) then
   local lease = tonumber(ARGV[5])
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now_ms)  -- a dead holder's, expired
   for j = 1, n do
     if taking[j] and decisions[j][1] == 1 then
       redis.call('ZADD', slots, now_ms + lease, taking[j])

@@ -17,9 +17,11 @@ from typing import Any
 import aiohttp
 
 from api.app import create_api_app
+from api.concurrency import LIMITER, open_slots
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.deterministic import DeterministicBackend, generate_text
 from neurons.miner.faults import REFUSE, STATS, FaultOptions, FaultStats, create_fault_app, refusing_port
+from shared.keys_wire import MAX_CONCURRENT
 from shared.signing import Authorizer, RequestVerifier
 from tests.helpers import build_api_context, keypair, serve_app, snapshot, wait_until  # noqa: F401 - the chaos tests' import
 
@@ -85,7 +87,8 @@ async def fleet(
         ctx = await build_api_context(tmp_path, snapshot(VALIDATOR.ss58_address, miners), VALIDATOR, **settings)
         stack.push_async_callback(ctx.store.close)
         stack.push_async_callback(ctx.client.session.close)
-        secret, _ = await ctx.store.create_key(1_000_000)
+        # the load tools' key: neither its rate nor its requests in flight throttle them (each still takes a slot)
+        secret, _ = await ctx.store.create_key(1_000_000, max_concurrent_requests=MAX_CONCURRENT)
         app = create_api_app(ctx, run_background=False)
         url = await stack.enter_async_context(serve_app(app))
         yield Fleet(url=url, key=secret, ctx=ctx, app=app, profiles=dict(profiles), stats=stats,
@@ -98,6 +101,7 @@ async def fleet_on(tmp_path: Path, store: Any, name: str) -> AsyncIterator[tuple
     instead of its own SQLite file; a key of ``name`` created there. ``store`` is closed at the end."""
     async with fleet(tmp_path, {1: HONEST}) as f:
         sqlite, f.ctx.store = f.ctx.store, store
+        f.app[LIMITER].slots = open_slots(store)  # the slots beside the keys, as the app opens them
         if f.ctx.usage is not None:
             f.ctx.usage.store = store
         await sqlite.close()

@@ -32,7 +32,7 @@ async def test_slots_are_taken_up_to_the_limit_uncharged_past_it_and_freed_when_
     plain = await store.authorize(hash_key(secret), scope="chat")  # no hold (/v1/usage): neither counted nor refused
     assert plain.status == "ok" and plain.slot is None and plain.decision is not None
     assert plain.decision.remaining == 7  # the busy one was not charged
-    slots = open_slots(store, "h")
+    slots = open_slots(store)
     assert await slots.count(rec.id) == 2
     await slots.release(rec.id, "h:1")
     assert await slots.count(rec.id) == 1
@@ -43,7 +43,7 @@ async def test_requests_of_one_turn_are_decided_in_order(store: Store) -> None:
     secret, rec = await store.create_key(10)
     got = await asyncio.gather(*(ask(store, secret, "h", i) for i in range(4)))
     assert [a.status for a in got] == ["ok", "ok", "busy", "busy"]
-    assert await open_slots(store, "h").count(rec.id) == 2
+    assert await open_slots(store).count(rec.id) == 2
 
 
 async def test_the_rate_refused_take_no_slot_and_a_keys_own_limit_wins(store: Store) -> None:
@@ -51,7 +51,7 @@ async def test_the_rate_refused_take_no_slot_and_a_keys_own_limit_wins(store: St
     assert (await ask(store, secret, "h", 0)).slot == "h:0"
     refused = await ask(store, secret, "h", 1)
     assert refused.status == "ok" and refused.decision is not None and not refused.decision.allowed
-    assert refused.slot is None and await open_slots(store, "h").count(rec.id) == 1
+    assert refused.slot is None and await open_slots(store).count(rec.id) == 1
     secret3, rec3 = await store.create_key(10)
     await store.update_key(rec3.id, KeyChanges(max_concurrent_requests=0))  # no limit for this key
     assert [(await ask(store, secret3, "h", 10 + i)).slot for i in range(3)] == [None] * 3
@@ -64,13 +64,13 @@ async def test_two_processes_share_one_count(store: Store) -> None:
     secret, rec = await store.create_key(10)
     assert (await ask(store, secret, "a", 0)).slot and (await ask(store, secret, "b", 0)).slot
     assert (await ask(store, secret, "a", 1)).status == "busy"
-    await open_slots(store, "b").release(rec.id, "b:0")
+    await open_slots(store).release(rec.id, "b:0")
     assert (await ask(store, secret, "a", 1)).slot == "a:1"
 
 
 async def test_a_dead_holders_slots_lapse_after_their_lease_and_a_live_ones_are_renewed(store: Store) -> None:
     secret, rec = await store.create_key(100)
-    live = open_slots(store, "live")
+    live = open_slots(store)
     assert (await ask(store, secret, "dead", 0)).slot and (await ask(store, secret, "live", 0)).slot
     assert (await ask(store, secret, "live", 1)).status == "busy"
     for _ in range(4):  # the live one renews every third of a lease; the dead one never does
