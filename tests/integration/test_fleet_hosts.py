@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.deterministic import DeterministicBackend
+from shared.keys_wire import MAX_CONCURRENT
 from shared.signing import Authorizer, RequestVerifier
 from shared.store.base import REDIS_CONNECTIONS
 from shared.wallet import ensure_wallet
@@ -92,7 +93,8 @@ async def two_hosts(tmp_path: Path, *, slow: Script | None = None) -> AsyncItera
         await asyncio.to_thread(wait_ready, apis[:1], workers=2)
         await asyncio.to_thread(wait_ready, apis[1:])
         async with aiohttp.ClientSession() as http, http.post(
-                f"{apis[0].url}/api_management/create-api-key/?rate_limit=1000", headers=AK) as r:
+                f"{apis[0].url}/api_management/create-api-key/?rate_limit=1000&max_concurrent_requests={MAX_CONCURRENT}",
+                headers=AK) as r:  # a burst of 300 at once is no runaway client here
             assert r.status == 200, await r.text()
             key = (await r.json())["api_key"]
         yield Fleet(apis[0], apis[1], key, tmp_path, env, url, namespace, slow)
