@@ -6,7 +6,8 @@ kept as a SHA-256 hash plus a short display prefix, and looked up by hash.
 
 The hot path is ``authorize``: one call (one Redis round trip, one SQLite
 transaction) finds the key, checks expiry and scope and charges its rate
-limit, so a request costs a single store operation. Later features (scoring
+limit, so a request costs a single store operation (a request that holds a slot of its key's
+limit on requests in flight takes it there too, and gives it back with one more, after its answer). Later features (scoring
 outbox, sticky sessions) reach the backend through ``SQLiteStore.db`` /
 ``RedisStore.redis`` and ``RedisStore.key(...)`` for namespaced names.
 """

@@ -7,6 +7,7 @@ deployments or test runs can share one server. Layout (``ns`` = namespace):
 * ``ns:keys``          hash  key id -> sha256 (listing, lookups by id)
 * ``ns:rl:<bucket>``   hash  second -> admitted count (the sliding window, see ``window.py``)
 * ``ns:usage:<id>``    hash  ``total:<field>`` / ``<day>:<field>`` counters and ``last_used_at``
+* ``ns:inflight:<id>`` zset  slot -> lease expiry (ms): the key's requests in flight (``inflight.py``)
 * ``ns:store_marker``  string  when the store's first key was created (Unix seconds); never expires (``marker``)
 * ``ns:store_lost``    string  when a process first saw the marker gone: the others, and those started
   later, tell the same loss until a key is created or imported
