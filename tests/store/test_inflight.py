@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from api.concurrency import open_slots
-from shared.store.base import Authorization, Hold, KeyChanges, Store, hash_key
+from shared.store.base import Authorization, Hold, KeyChanges, KeyRecord, Store, hash_key
 
 LEASE_S = 1.0
 
@@ -60,19 +60,23 @@ async def test_the_rate_refused_take_no_slot_and_a_keys_own_limit_wins(store: St
     assert (await ask(store, secret3, "h", 21)).status == "busy"
 
 
+async def at_the_limit(store: Store, first: str, second: str, asking: str) -> tuple[str, KeyRecord]:
+    """A key whose 2 slots ``first`` and ``second`` hold (their slot 0 each): ``asking``'s slot 1 is ``busy``."""
+    secret, rec = await store.create_key(100)
+    assert (await ask(store, secret, first, 0)).slot and (await ask(store, secret, second, 0)).slot
+    assert (await ask(store, secret, asking, 1)).status == "busy"
+    return secret, rec
+
+
 async def test_two_processes_share_one_count(store: Store) -> None:
-    secret, rec = await store.create_key(10)
-    assert (await ask(store, secret, "a", 0)).slot and (await ask(store, secret, "b", 0)).slot
-    assert (await ask(store, secret, "a", 1)).status == "busy"
+    secret, rec = await at_the_limit(store, "a", "b", "a")
     await open_slots(store).release(rec.id, "b:0")
     assert (await ask(store, secret, "a", 1)).slot == "a:1"
 
 
 async def test_a_dead_holders_slots_lapse_after_their_lease_and_a_live_ones_are_renewed(store: Store) -> None:
-    secret, rec = await store.create_key(100)
+    secret, rec = await at_the_limit(store, "dead", "live", "live")
     live = open_slots(store)
-    assert (await ask(store, secret, "dead", 0)).slot and (await ask(store, secret, "live", 0)).slot
-    assert (await ask(store, secret, "live", 1)).status == "busy"
     for _ in range(4):  # the live one renews every third of a lease; the dead one never does
         await asyncio.sleep(LEASE_S / 3)
         await live.renew({rec.id: ["live:0"]}, LEASE_S)
@@ -82,8 +86,6 @@ async def test_a_dead_holders_slots_lapse_after_their_lease_and_a_live_ones_are_
 
 
 async def test_expired_slots_stop_counting_even_before_anyone_cleans_them_up(store: Store) -> None:
-    secret, _ = await store.create_key(100)
-    assert (await ask(store, secret, "dead", 0)).slot and (await ask(store, secret, "dead", 1)).slot
-    assert (await ask(store, secret, "h", 0)).status == "busy"
+    secret, _ = await at_the_limit(store, "dead", "gone", "h")
     await asyncio.sleep(LEASE_S * 1.2)  # no renewal, no sweep: only their expiry tells
-    assert [(await ask(store, secret, "h", i)).status for i in range(1, 4)] == ["ok", "ok", "busy"]
+    assert [(await ask(store, secret, "h", i)).status for i in range(2, 5)] == ["ok", "ok", "busy"]
