@@ -13,7 +13,8 @@ The slot is taken by ``Store.authorize`` (a ``Hold`` beside the request's scope)
 key's lookup and rate-limit charge: no round trip of its own. Refused, a request is a 429
 ``concurrency_limit_exceeded`` with ``Retry-After: 1`` (a slot frees when any of the key's requests ends), not
 charged to the key's request rate, and it never reached a miner, so no token is counted. Giving a slot back is
-one store call, in a task of its own, after the request.
+off the request's path: the slots given back within ``RELEASE_BATCH_S`` are removed together, in one store call
+(one SQLite transaction, one Redis round trip), so under load a request costs no store write of its own for it.
 
 The slots are the store's (``shared/store/inflight.py``), each on a lease this process renews every third of
 ``CONCURRENCY_LEASE_SECONDS``: a process that dies holding slots holds them no longer than one lease, and so does a
@@ -40,6 +41,7 @@ from shared.store.base import Hold, KeyRecord, Store, StoreUnavailable, concurre
 from shared.store.inflight import InflightSlots, RedisInflight, SQLiteInflight
 
 RETRY_AFTER_S = 1  # a slot frees when any of the key's requests ends: usually within seconds
+RELEASE_BATCH_S = 0.005  # slots given back within this are removed in one store call; a slot counts this much longer
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -70,7 +72,9 @@ class ConcurrencyLimiter:
         self.holder = holder
         self.held: dict[str, set[str]] = {}  # key id -> the slots its requests on this process hold
         self._ids = itertools.count()
+        self._given_back: list[tuple[str, str]] = []  # (key id, slot) given back, for the next batch to remove
         self._releasing: set[asyncio.Task[None]] = set()
+        self._batching = False  # a batch is waiting to take ``_given_back``
 
     def limit_of(self, key: KeyRecord) -> int:
         """The key's own limit, else the default; 0: none."""
@@ -98,22 +102,29 @@ class ConcurrencyLimiter:
         return taken
 
     def give_back(self, request: web.Request) -> None:
-        """The request's slot, if it holds one: no longer renewed at once, and removed from the store in a task of
-        its own (a cancelled handler's ``finally`` must not wait on the store; a removal that fails leaves it to its
-        lease)."""
+        """The request's slot, if it holds one: no longer renewed at once, and removed from the store with the others
+        given back within ``RELEASE_BATCH_S``, in a task of their own (a cancelled handler's ``finally`` must not wait
+        on the store; a removal that fails leaves them to their lease)."""
         taken = self._forget(request)
         if taken is None:
             return
-        task = asyncio.ensure_future(self._release(*taken))
-        self._releasing.add(task)
-        task.add_done_callback(self._releasing.discard)
+        self._given_back.append(taken)
+        if not self._batching:
+            self._batching = True
+            task = asyncio.ensure_future(self._release_batch())
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
 
-    async def _release(self, key_id: str, slot: str) -> None:
+    async def _release_batch(self) -> None:
         try:
-            await self.slots.release(key_id, slot)
+            await asyncio.sleep(RELEASE_BATCH_S)
+        finally:  # at shutdown too: the batch is removed, not left to its lease
+            batch, self._given_back, self._batching = self._given_back, [], False
+        try:
+            await self.slots.release(batch)
         except StoreUnavailable as e:
-            logger.warning("a slot of key id={} not given back ({}): it frees when its lease ends, in {:g} s",
-                           key_id, e, self.lease_s)
+            logger.warning("{} slot(s) not given back ({}): they free when their lease ends, in {:g} s",
+                           len(batch), e, self.lease_s)
 
     async def in_flight(self, key: KeyRecord) -> int:
         return await self.slots.count(key.id)
@@ -130,7 +141,7 @@ class ConcurrencyLimiter:
 
     async def drain(self) -> None:
         """At shutdown: the last slots' removals finished."""
-        if self._releasing:
+        while self._releasing:
             await asyncio.gather(*self._releasing, return_exceptions=True)
 
 

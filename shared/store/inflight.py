@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from shared.store.base import Authorization, Hold, KeyRecord, concurrency_limit, ttl_ms
-from shared.store.sqlite_tables import sqlite_errors
+from shared.store.sqlite_tables import sqlite_errors, write_tx
 
 # Created with the key store's tables (``sqlite.SCHEMA``): the slots of every process on the file.
 SQLITE_SCHEMA = """
@@ -101,7 +101,9 @@ class SlotCount:
 class InflightSlots(Protocol):
     """What a process does with the slots it took (``Store.authorize`` takes them, with a ``Hold``)."""
 
-    async def release(self, key_id: str, slot: str) -> None: ...
+    async def release(self, slots: list[tuple[str, str]]) -> None:
+        """Remove these slots (key id, slot), in one store call."""
+        ...
 
     async def renew(self, held: dict[str, list[str]], lease_s: float) -> None:
         """Move the leases of this holder's slots (key id -> slots) to ``lease_s`` from now, and drop
@@ -123,8 +125,15 @@ class RedisInflight:
         self._renew = client.register_script(_RENEW)
         self._count = client.register_script(_COUNT)
 
-    async def release(self, key_id: str, slot: str) -> None:
-        await self._call(self._r.zrem(self._key("inflight", key_id), slot))
+    async def release(self, slots: list[tuple[str, str]]) -> None:
+        """One round trip: a ZREM per key."""
+        by_key: dict[str, list[str]] = {}
+        for key_id, slot in slots:
+            by_key.setdefault(key_id, []).append(slot)
+        pipe = self._r.pipeline(transaction=False)
+        for key_id, names in by_key.items():
+            pipe.zrem(self._key("inflight", key_id), *names)
+        await self._call(pipe.execute())
 
     async def renew(self, held: dict[str, list[str]], lease_s: float) -> None:
         """One round trip for every key this process holds slots of (expired members are dropped by the next
@@ -148,25 +157,22 @@ class SQLiteInflight:
         self._db = db
         self._clock = clock
 
-    async def release(self, key_id: str, slot: str) -> None:
-        with sqlite_errors():
-            self._db.execute("DELETE FROM inflight WHERE slot = ?", (slot,))
+    async def release(self, slots: list[tuple[str, str]]) -> None:
+        """One transaction."""
+        write_tx(self._db, lambda db: db.executemany("DELETE FROM inflight WHERE slot = ?",
+                                                     [(slot,) for _, slot in slots]))
 
     async def renew(self, held: dict[str, list[str]], lease_s: float) -> None:
         """The slots this process knows it holds, by name (not all those of its holder name: a slot whose request
         was cancelled while its authorization came back is not known here, and must lapse), in one transaction."""
         now = self._clock()
-        with sqlite_errors():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("UPDATE inflight SET expires_at = ? WHERE slot = ?",
-                                     [(now + lease_s, slot) for slots in held.values() for slot in slots])
-                self._db.execute("DELETE FROM inflight WHERE expires_at <= ?", (now,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+
+        def renew(db: sqlite3.Connection) -> None:
+            db.executemany("UPDATE inflight SET expires_at = ? WHERE slot = ?",
+                           [(now + lease_s, slot) for slots in held.values() for slot in slots])
+            db.execute("DELETE FROM inflight WHERE expires_at <= ?", (now,))
+
+        write_tx(self._db, renew)
 
     async def count(self, key_id: str) -> int:
         with sqlite_errors():

@@ -182,6 +182,26 @@ def sqlite_errors(label: str = "sqlite") -> Iterator[None]:
         raise StoreUnavailable(f"{label}: {e}") from e
 
 
+def write_tx(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], label: str = "sqlite") -> T:
+    """``fn`` in one write transaction (``BEGIN IMMEDIATE``: workers on the file serialise on its write lock). A
+    file that cannot grow (a full disk, ``max_page_count``) makes SQLite roll the transaction back itself: a
+    ROLLBACK then raised "cannot rollback - no transaction is active", which hid "database or disk is full" from
+    the 503's log line. A COMMIT that fails leaves no transaction open either: the connection's next call would
+    refuse to begin one, for good."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            out = fn(db)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return out
+    except sqlite3.Error as e:
+        raise StoreUnavailable(f"{label}: {e}") from e
+
+
 class SQLiteTables:
     label = "sqlite"
 
@@ -192,24 +212,9 @@ class SQLiteTables:
         self._next_reclaim = 0.0  # per instance (per worker): when a delete next gives free pages back
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T], db: sqlite3.Connection | None = None) -> T:
-        """``fn`` in one write transaction (on ``db``: another connection to this file, with its own
-        ``synchronous``). A file that cannot grow (a full disk, ``max_page_count``) makes
-        SQLite roll the transaction back itself: a ROLLBACK then raised "cannot rollback - no transaction is
-        active", which hid "database or disk is full" from the 503's log line. A COMMIT that fails leaves
-        no transaction open either: the connection's next call would refuse to begin one, for good."""
-        db = self._db if db is None else db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(db)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            return out
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"{self.label}: {e}") from e
+        """``fn`` in one write transaction (``write_tx``) on this store's connection, or on ``db``: another
+        connection to this file, with its own ``synchronous``."""
+        return write_tx(self._db if db is None else db, fn, self.label)
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         try:

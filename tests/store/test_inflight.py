@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
-from api.concurrency import open_slots
+from aiohttp.test_utils import make_mocked_request
+
+from api.concurrency import ConcurrencyLimiter, open_slots
 from shared.store.base import Authorization, Hold, KeyChanges, KeyRecord, Store, hash_key
 
 LEASE_S = 1.0
@@ -34,7 +36,7 @@ async def test_slots_are_taken_up_to_the_limit_uncharged_past_it_and_freed_when_
     assert plain.decision.remaining == 7  # the busy one was not charged
     slots = open_slots(store)
     assert await slots.count(rec.id) == 2
-    await slots.release(rec.id, "h:1")
+    await slots.release([(rec.id, "h:1")])
     assert await slots.count(rec.id) == 1
     assert (await ask(store, secret, "h", 3)).slot == "h:3"
 
@@ -70,7 +72,7 @@ async def at_the_limit(store: Store, first: str, second: str, asking: str) -> tu
 
 async def test_two_processes_share_one_count(store: Store) -> None:
     secret, rec = await at_the_limit(store, "a", "b", "a")
-    await open_slots(store).release(rec.id, "b:0")
+    await open_slots(store).release([(rec.id, "b:0")])
     assert (await ask(store, secret, "a", 1)).slot == "a:1"
 
 
@@ -89,3 +91,39 @@ async def test_expired_slots_stop_counting_even_before_anyone_cleans_them_up(sto
     secret, _ = await at_the_limit(store, "dead", "gone", "h")
     await asyncio.sleep(LEASE_S * 1.2)  # no renewal, no sweep: only their expiry tells
     assert [(await ask(store, secret, "h", i)).status for i in range(2, 5)] == ["ok", "ok", "busy"]
+
+
+class CountingSlots:
+    """The store's slots, each ``release`` call counted (what reaches the store, unchanged)."""
+
+    def __init__(self, slots: object) -> None:
+        self.slots = slots
+        self.calls: list[int] = []
+
+    async def release(self, given: list[tuple[str, str]]) -> None:
+        self.calls.append(len(given))
+        await self.slots.release(given)  # type: ignore[attr-defined]
+
+    async def count(self, key_id: str) -> int:
+        return await self.slots.count(key_id)  # type: ignore[attr-defined]
+
+
+async def test_slots_given_back_together_are_removed_in_one_store_call(store: Store) -> None:
+    """Under load many requests end within a few milliseconds: their slots go in one transaction or round trip,
+    not a store write each; and they are gone from the count right after."""
+    secret, rec = await store.create_key(100)
+    counted = CountingSlots(open_slots(store))
+    limiter = ConcurrencyLimiter(counted, 10, lease_s=LEASE_S, holder="h")  # type: ignore[arg-type]
+    requests = []
+    for _ in range(8):
+        taken = await store.authorize(hash_key(secret), scope="chat", hold=limiter.hold())
+        request = make_mocked_request("POST", "/v1/chat/completions")
+        limiter.holding(request, rec.id, taken.slot)
+        requests.append(request)
+    assert await counted.count(rec.id) == 8
+    for request in requests:
+        limiter.give_back(request)
+    await limiter.drain()
+    assert counted.calls == [8]
+    assert await counted.count(rec.id) == 0
+    assert limiter.held == {}
