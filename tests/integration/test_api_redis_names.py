@@ -12,10 +12,8 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from tests.chaos.own_redis import own_redis
 from tests.keys.procs import ADMIN, prepare, start_api, stop_on_redis, wait_ready
-from tests.store.conftest import redis_url
-
-pytestmark = pytest.mark.redis
 
 
 async def monitor(client: aioredis.Redis, seen: list[dict]) -> None:
@@ -25,13 +23,15 @@ async def monitor(client: aioredis.Redis, seen: list[dict]) -> None:
             seen.append(command)
 
 
-async def caught_up(client: aioredis.Redis, seen: list[dict], timeout: float = 10.0) -> None:
+async def caught_up(client: aioredis.Redis, seen: list[dict], watching: asyncio.Task[None],
+                    timeout: float = 10.0) -> None:
     """MONITOR's stream holds every command run before a marker once the marker is in it: the watcher was cancelled
     as the API's last commands were still on their way to it (a busy host), and missed a connection."""
     marker = f"monitor-marker-{secrets.token_hex(4)}"
     await client.echo(marker)
     deadline = asyncio.get_running_loop().time() + timeout
     while not any(marker in c["command"] for c in seen):  # noqa: ASYNC110 - MONITOR's stream, read by its own task
+        assert not watching.done(), f"the MONITOR watch ended: {watching.exception()!r}"
         assert asyncio.get_running_loop().time() < deadline, "MONITOR did not show the marker in 10 s"
         await asyncio.sleep(0.02)
 
@@ -58,7 +58,14 @@ async def test_every_connection_of_the_api_to_redis_is_named_from_its_start_up_c
     supervisor's check too, with ``WORKERS`` > 1); it now checks on the clients it serves with, and the
     supervisor's is ``sn1-api-<pid>-check``. Every connection that names a key of the API's namespace while it starts
     and serves is named ``sn1-api-...``, and so is every one of them ``CLIENT LIST`` shows."""
-    url, namespace = redis_url(), f"names-{secrets.token_hex(4)}"
+    async with own_redis(tmp_path) as (url, _):
+        await named_from_the_start(tmp_path, url, workers)
+
+
+async def named_from_the_start(tmp_path: Path, url: str, workers: int) -> None:
+    """The check on a Redis of the test's own: MONITOR shows every database's commands, and on the suite's shared
+    Redis the other tests' load made the watch miss the API's (it saw one connection of two)."""
+    namespace = f"names-{secrets.token_hex(4)}"
     watcher = aioredis.Redis.from_url(url, decode_responses=True, client_name="test-watcher")
     seen: list[dict] = []
     watching = asyncio.create_task(monitor(watcher, seen))
@@ -76,7 +83,7 @@ async def test_every_connection_of_the_api_to_redis_is_named_from_its_start_up_c
         lister = aioredis.Redis.from_url(url, decode_responses=True, client_name="test-lister")
         try:
             listed = await lister.client_list()
-            await caught_up(lister, seen)
+            await caught_up(lister, seen, watching)
         finally:
             await lister.aclose()
     finally:
