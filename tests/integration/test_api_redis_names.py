@@ -66,7 +66,8 @@ async def named_from_the_start(tmp_path: Path, url: str, workers: int) -> None:
     """The check on a Redis of the test's own: MONITOR shows every database's commands, and on the suite's shared
     Redis the other tests' load made the watch miss the API's (it saw one connection of two)."""
     namespace = f"names-{secrets.token_hex(4)}"
-    watcher = aioredis.Redis.from_url(url, decode_responses=True, client_name="test-watcher")
+    # no read timeout (redis-py 8 reads with 5 s by default): its own Redis is quiet while the API starts
+    watcher = aioredis.Redis.from_url(url, decode_responses=True, client_name="test-watcher", socket_timeout=None)
     seen: list[dict] = []
     watching = asyncio.create_task(monitor(watcher, seen))
     await asyncio.sleep(0.2)  # MONITOR in place before the API starts
