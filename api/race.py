@@ -33,14 +33,7 @@ from shared.jsonutil import loads
 from shared.logging import printable
 from shared.metagraph import Neuron
 from shared.miner_client import NOT_SERVED, Event, MinerClient, MinerError, event_text
-from shared.protocol import (
-    FINISH_REASONS,
-    MAX_ADVERTISED_NAME,
-    finish_reason,
-    new_call_id,
-    reported_usage,
-    valid_usage,
-)
+from shared.protocol import FINISH_REASONS, finish_reason, is_name, new_call_id, reported_usage, valid_usage
 
 
 @dataclass(slots=True)
@@ -244,7 +237,7 @@ def answer_model(claim: Any) -> str:
     """The model a miner's answer names, when the request named none (any model): a name a miner may advertise
     (1 to ``MAX_ADVERTISED_NAME`` printable characters), or ValueError: a miner is untrusted, and its claim
     reached the caller's answer, every chunk of it, as it came (a 1 MB "name", a line break)."""
-    if not (isinstance(claim, str) and 0 < len(claim) <= MAX_ADVERTISED_NAME and claim.isprintable()):
+    if not is_name(claim):
         raise ValueError("the answer's model is not a model name")
     return claim
 

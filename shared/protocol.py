@@ -645,13 +645,18 @@ class AvailabilityResponse(BaseModel):
         return advertised(v, MAX_ADVERTISED_MODELS)
 
 
+def is_name(name: object) -> bool:
+    """What a miner's name for a task or model may be: 1 to ``MAX_ADVERTISED_NAME`` printable characters."""
+    return isinstance(name, str) and 0 < len(name) <= MAX_ADVERTISED_NAME and name.isprintable()
+
+
 def advertised(names: dict[str, bool], most: int) -> dict[str, bool]:
-    """The first ``most`` of ``names`` that a name may be (1 to ``MAX_ADVERTISED_NAME`` printable characters)."""
+    """The first ``most`` of ``names`` that a name may be (``is_name``)."""
     kept: dict[str, bool] = {}
     for name, ok in names.items():
         if len(kept) >= most:
             break
-        if 0 < len(name) <= MAX_ADVERTISED_NAME and name.isprintable():
+        if is_name(name):
             kept[name] = ok
     return kept
 
