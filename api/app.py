@@ -22,7 +22,7 @@ from api import (
 from api.access_log import access_log_middleware
 from api.auth import INVALID_KEY_LIMIT, STORE_OUTAGE, add_rate_limit_headers, store_outage_log
 from api.chat import CTX, chat_completions
-from api.concurrency import LIMITER, ConcurrencyLimiter, holder_name, open_slots, renewing
+from api.concurrency import LIMITER, ConcurrencyLimiter, holder_name, renewing
 from api.context import ApiContext
 from api.cors import install_cors
 from api.fanout import ping
@@ -83,7 +83,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     if ctx.storage_budget is None:
         ctx.storage_budget = StorageBudget(ctx.store, ctx.settings.stored_bytes_per_key_per_day, ctx.usage.clock)
     holder = holder_name()
-    app[LIMITER] = ConcurrencyLimiter(open_slots(ctx.store), ctx.settings.max_concurrent_requests_per_key,
+    app[LIMITER] = ConcurrencyLimiter(ctx.store.inflight(), ctx.settings.max_concurrent_requests_per_key,
                                       lease_s=ctx.settings.concurrency_lease_seconds, holder=holder)
     app.on_response_prepare.append(add_rate_limit_headers)  # x-ratelimit-* on every charged response
     app.on_response_prepare.append(usage.count_response)

@@ -140,9 +140,10 @@ async def authenticate(request: web.Request, store: Store, *, scope: str | None,
         )
     if len(key) > MAX_KEY_LENGTH:
         raise await invalid_key(request, store)
-    outage = request.app.get(STORE_OUTAGE)
+    outage, key_hash = request.app.get(STORE_OUTAGE), hash_key(key)
     try:
-        auth = await store.authorize(hash_key(key), scope=scope, hold=slots.hold() if slots is not None else None)
+        taking = store.authorize(key_hash, scope=scope) if slots is None else slots.authorize(store, key_hash, scope)
+        auth = await taking
     except StoreUnavailable as e:
         if outage is not None:
             outage.failed(e)
@@ -159,7 +160,7 @@ async def authenticate(request: web.Request, store: Store, *, scope: str | None,
     if auth.status == "scope":
         raise ApiError(403, f"This API key lacks the '{scope}' scope.", code="insufficient_scope")
     if auth.slot is not None and slots is not None:
-        slots.holding(request, auth.record.id, auth.slot)
+        slots.holding(request, auth.record, auth.slot)
     if auth.status == "busy" and slots is not None:
         raise busy(slots.limit_of(auth.record), auth.in_flight)
     assert auth.decision is not None

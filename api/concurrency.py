@@ -15,10 +15,15 @@ key's lookup and rate-limit charge: no round trip of its own. Refused, a request
 charged to the key's request rate, and it never reached a miner, so no token is counted. Giving a slot back is
 off the request's path: the slots given back within ``RELEASE_BATCH_S`` are removed together, in one store call
 (one SQLite transaction, one Redis round trip), so under load a request costs no store write of its own for it.
+Until then the next authorization of the same key from this process removes them itself, before it counts
+(``Hold.releases``, in its one store call): on one process the count is exact, and a client that keeps to its
+limit, sending its next request the moment an answer ends, is never refused. Another process (a worker, a host)
+sees a slot given back up to ``RELEASE_BATCH_S`` later.
 
-The slots are the store's (``shared/store/inflight.py``), each on a lease this process renews every third of
-``CONCURRENCY_LEASE_SECONDS``: a process that dies holding slots holds them no longer than one lease, and so does a
-slot whose request was cancelled while its authorization was on its way back.
+The slots are the store's (``shared/store/inflight.py``, ``Store.inflight``), each on a lease this process renews
+every third of ``CONCURRENCY_LEASE_SECONDS``: a process that dies holding slots holds them no longer than one lease.
+A request cancelled while its authorization is on its way back (its client left) gives back the slot it sent, by
+its key's hash (the key's id is in the answer it never read): removed with the next batch, not left to its lease.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ import itertools
 import os
 import secrets
 import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -37,8 +41,8 @@ from loguru import logger
 
 from shared.aio import stopped
 from shared.errors import ApiError, retry_after
-from shared.store.base import Hold, KeyRecord, Store, StoreUnavailable, concurrency_limit
-from shared.store.inflight import InflightSlots, RedisInflight, SQLiteInflight
+from shared.store.base import Authorization, Hold, KeyRecord, Store, StoreUnavailable, concurrency_limit
+from shared.store.inflight import GivenBack, InflightSlots
 
 RETRY_AFTER_S = 1  # a slot frees when any of the key's requests ends: usually within seconds
 RELEASE_BATCH_S = 0.005  # slots given back within this are removed in one store call; a slot counts this much longer
@@ -48,18 +52,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def holder_name() -> str:
     """This process, as the store names the slots it holds: host, pid and a random part (a pid comes back)."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def open_slots(store: Store) -> InflightSlots:
-    """The slots beside ``store``'s keys: in its Redis (its key link, its namespace) or its SQLite file."""
-    from shared.store.redis import RedisStore
-    from shared.store.sqlite import SQLiteStore
-
-    if isinstance(store, RedisStore):
-        return RedisInflight(store.redis, store.key, store._call)
-    if isinstance(store, SQLiteStore):
-        return SQLiteInflight(store.db, time.time)
-    raise TypeError(f"no in-flight slots for a {type(store).__name__}")
 
 
 class ConcurrencyLimiter:
@@ -72,7 +64,8 @@ class ConcurrencyLimiter:
         self.holder = holder
         self.held: dict[str, set[str]] = {}  # key id -> the slots its requests on this process hold
         self._ids = itertools.count()
-        self._given_back: list[tuple[str, str]] = []  # (key id, slot) given back, for the next batch to remove
+        # key hash -> its slots given back, for the next batch to remove (or the key's next authorization here)
+        self._given_back: dict[str, list[GivenBack]] = {}
         self._releasing: set[asyncio.Task[None]] = set()
         self._batching = False  # a batch is waiting to take ``_given_back``
 
@@ -80,46 +73,73 @@ class ConcurrencyLimiter:
         """The key's own limit, else the default; 0: none."""
         return concurrency_limit(key, self.default_limit)
 
-    def hold(self) -> Hold:
-        """A new slot's terms, for ``Store.authorize`` to take with the request's authorization."""
+    def hold(self, key_hash: str) -> Hold:
+        """A new slot's terms, for ``Store.authorize`` to take with the request's authorization, and the slots of
+        the key given back here and not yet removed, for it to remove first."""
         return Hold(holder=self.holder, slot=f"{self.holder}:{next(self._ids)}", default_limit=self.default_limit,
-                    lease_s=self.lease_s)
+                    lease_s=self.lease_s, releases=tuple(g.slot for g in self._given_back.get(key_hash, ())))
 
-    def holding(self, request: web.Request, key_id: str, slot: str) -> None:
+    async def authorize(self, store: Store, key_hash: str, scope: str | None) -> Authorization:
+        """``store.authorize`` with a new slot's ``Hold``. Once the key was found, the slots the hold gave back are
+        removed: no longer the batch's. A cancel before the answer was read (the client left) gives back the slot
+        sent, which the store may have taken all the same."""
+        hold = self.hold(key_hash)
+        try:
+            auth = await store.authorize(key_hash, scope=scope, hold=hold)
+        except asyncio.CancelledError:
+            self._give_back(GivenBack(key_hash, None, hold.slot))
+            raise
+        if hold.releases and auth.status != "unknown":
+            self._removed(key_hash, set(hold.releases))
+        return auth
+
+    def holding(self, request: web.Request, record: KeyRecord, slot: str) -> None:
         """``request`` holds ``slot`` (taken by its authorization): renewed from now, given back by ``holds_slot``."""
-        request[SLOT] = (key_id, slot)
-        self.held.setdefault(key_id, set()).add(slot)
+        request[SLOT] = GivenBack(record.key_hash, record.id, slot)
+        self.held.setdefault(record.id, set()).add(slot)
 
-    def _forget(self, request: web.Request) -> tuple[str, str] | None:
-        taken = request.pop(SLOT, None)
-        if taken is not None:
-            key_id, slot = taken
-            mine = self.held.get(key_id)
+    def _forget(self, request: web.Request) -> GivenBack | None:
+        taken: GivenBack | None = request.pop(SLOT, None)
+        if taken is not None and taken.key_id is not None:
+            mine = self.held.get(taken.key_id)
             if mine is not None:
-                mine.discard(slot)
+                mine.discard(taken.slot)
                 if not mine:
-                    del self.held[key_id]
+                    del self.held[taken.key_id]
         return taken
 
     def give_back(self, request: web.Request) -> None:
         """The request's slot, if it holds one: no longer renewed at once, and removed from the store with the others
         given back within ``RELEASE_BATCH_S``, in a task of their own (a cancelled handler's ``finally`` must not wait
-        on the store; a removal that fails leaves them to their lease)."""
+        on the store; a removal that fails leaves them to their lease), or by its key's next authorization here."""
         taken = self._forget(request)
-        if taken is None:
-            return
-        self._given_back.append(taken)
+        if taken is not None:
+            self._give_back(taken)
+
+    def _give_back(self, given: GivenBack) -> None:
+        self._given_back.setdefault(given.key_hash, []).append(given)
         if not self._batching:
             self._batching = True
             task = asyncio.ensure_future(self._release_batch())
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
 
+    def _removed(self, key_hash: str, slots: set[str]) -> None:
+        """``slots`` of the key were removed by its authorization: not the batch's to remove again."""
+        left = [g for g in self._given_back.get(key_hash, ()) if g.slot not in slots]
+        if left:
+            self._given_back[key_hash] = left
+        else:
+            self._given_back.pop(key_hash, None)
+
     async def _release_batch(self) -> None:
         try:
             await asyncio.sleep(RELEASE_BATCH_S)
         finally:  # at shutdown too: the batch is removed, not left to its lease
-            batch, self._given_back, self._batching = self._given_back, [], False
+            given, self._given_back, self._batching = self._given_back, {}, False
+        batch = [g for slots in given.values() for g in slots]
+        if not batch:  # each removed by its key's next authorization
+            return
         try:
             await self.slots.release(batch)
         except StoreUnavailable as e:
@@ -145,7 +165,7 @@ class ConcurrencyLimiter:
             await asyncio.gather(*self._releasing, return_exceptions=True)
 
 
-SLOT = web.RequestKey("sn1_concurrency_slot", tuple)  # (key id, slot) a request holds
+SLOT = web.RequestKey("sn1_concurrency_slot", GivenBack)  # the slot a request holds, to give back
 LIMITER = web.AppKey("sn1_concurrency", ConcurrencyLimiter)
 
 

@@ -66,7 +66,7 @@ from loguru import logger  # noqa: E402
 from soak_redis import RedisHeld, pooled_connections, read_held, render_held  # noqa: E402
 from soak_redis import problems as redis_problems  # noqa: E402
 
-from api.concurrency import LIMITER, open_slots  # noqa: E402
+from api.concurrency import LIMITER  # noqa: E402
 from neurons.miner.faults import FaultOptions  # noqa: E402
 from shared.gc_tuning import tune_for_serving  # noqa: E402
 from shared.keys_wire import MAX_CONCURRENT  # noqa: E402
@@ -804,7 +804,7 @@ async def store_on(f: Fleet, tmp: Path, url: str | None) -> AsyncIterator[StoreR
     ctx.responses, ctx.conversations = stores.responses, stores.conversations
     if ctx.usage is not None:
         ctx.usage.store = ctx.store
-    f.app[LIMITER].slots = open_slots(ctx.store)  # the slots beside the keys, as the app opens them
+    f.app[LIMITER].slots = ctx.store.inflight()  # the slots beside the keys, as the app opens them
     f.key, _ = await ctx.store.create_key(1_000_000, max_concurrent_requests=MAX_CONCURRENT)
     for store in sqlite[1:]:
         await store.aclose()

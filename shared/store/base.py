@@ -23,9 +23,12 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 from shared.aio import obeying_cancel
+
+if TYPE_CHECKING:
+    from shared.store.inflight import InflightSlots
 
 T = TypeVar("T")
 KEY_PREFIX = "sn1-"
@@ -187,9 +190,9 @@ def ttl_ms(retention: float) -> int:
 
 class RedisBacked:
     """A store on one ``RedisLink`` (its client ``r``), its names under a namespace (``ns``), its commands through
-    ``_call`` (a ``RedisGate`` naming the store ``LABEL``); ``from_url`` opens a link of its own (no I/O until the
-    first command), which ``aclose`` closes (``RedisLink.release``). Subclasses register their Lua scripts in
-    ``__init__``."""
+    its ``gate`` (a ``RedisGate`` naming the store ``LABEL``; ``_call`` is its ``call``); ``from_url`` opens a link
+    of its own (no I/O until the first command), which ``aclose`` closes (``RedisLink.release``). Subclasses
+    register their Lua scripts in ``__init__``."""
 
     LABEL = "redis"
 
@@ -197,7 +200,8 @@ class RedisBacked:
         self.link = link
         self.r = link.client
         self.ns = namespace
-        self._call = RedisGate(link, self.LABEL).call
+        self.gate = RedisGate(link, self.LABEL)
+        self._call = self.gate.call
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "sn1") -> Self:
@@ -361,12 +365,21 @@ class Hold:
     """A request that takes a slot of its key's limit on requests in flight (``api/concurrency.py``), in the same
     store call as its authorization: ``slot`` names it (its process, the holder, and a counter), ``default_limit``
     applies to a key without its own (``KeyRecord.max_concurrent_requests``), ``lease_s`` is how long it counts
-    unless renewed."""
+    unless renewed. ``releases``: slots of the same key this process gave back and has not yet removed (its
+    release batch waits ``RELEASE_BATCH_S``), removed by the same store call before it counts, once the key is
+    found: a client that ends a request and sends the next at once, at its limit, is not refused for the slot
+    the ended one still held."""
 
     holder: str
     slot: str
     default_limit: int
     lease_s: float
+    releases: tuple[str, ...] = ()
+
+
+def releases_of(holds: Iterable[Hold | None]) -> list[str]:
+    """The slots a turn's holds give back (each once: the requests of one key in a turn may name the same)."""
+    return list(dict.fromkeys(slot for hold in holds if hold is not None for slot in hold.releases))
 
 
 def concurrency_limit(record: KeyRecord, default_limit: int) -> int:
@@ -541,6 +554,11 @@ class Store(Protocol):
                         hold: Hold | None = None) -> Authorization:
         """Look the key up, check expiry and scope, and charge its limit, atomically for the fleet; with ``hold``,
         take its slot of the key's requests in flight in the same step (``busy``, uncharged, at the limit)."""
+        ...
+
+    def inflight(self) -> InflightSlots:
+        """The slots beside the keys (the same Redis link and namespace, the same SQLite file), for the API's
+        ``ConcurrencyLimiter`` to give back, renew and count."""
         ...
 
     async def charge(self, bucket: str, limit: int, *, cost: int = 1, now: float | None = None) -> RateDecision:

@@ -77,4 +77,4 @@ async def redis_mark_first(store: RedisBacked, key_id: str, *, marked: bool) -> 
     ``key_id`` forgotten for ``FORGOTTEN_FOR_S``, unless another store's ``forget_key`` of this delete set it
     already (``marked``)."""
     if not marked:
-        await store._call(store.r.set(redis_name(store.ns, key_id), 1, px=ttl_ms(FORGOTTEN_FOR_S)))
+        await store.gate.call(store.r.set(redis_name(store.ns, key_id), 1, px=ttl_ms(FORGOTTEN_FOR_S)))

@@ -14,17 +14,28 @@ and not charged.
 * SQLite: the ``inflight`` table of the API's file, counted and added to in the authorize turn's write transaction
   (``SlotCount``), so the count and the add are one step for every process on the file.
 
+A slot given back is removed in a batch (``release``), or sooner by the same store call as its key's next
+authorization from the process that held it (``Hold.releases``): counted no more by that process's requests.
+
 Here: what a process does with the slots it took (give them back, renew them, count them), and ``SlotCount``.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from shared.store.base import Authorization, Hold, KeyRecord, concurrency_limit, ttl_ms
+from shared.store.base import (
+    Authorization,
+    Hold,
+    KeyRecord,
+    RedisGate,
+    concurrency_limit,
+    releases_of,
+    ttl_ms,
+)
 from shared.store.sqlite_tables import sqlite_errors, write_tx
 
 # Created with the key store's tables (``sqlite.SCHEMA``): the slots of every process on the file.
@@ -54,7 +65,31 @@ local t = redis.call('TIME')
 return redis.call('ZCOUNT', KEYS[1], '(' .. (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)), '+inf')
 """
 
+# KEYS[1] = ns:key:<hash>; ARGV = the inflight prefix, then slots of that key given back by a request that never
+# learnt its key's id (cancelled before its authorization came back): removed from the key's set, if it still exists.
+_RELEASE_BY_HASH = """
+local id = redis.call('HGET', KEYS[1], 'id')
+if id then redis.call('ZREM', ARGV[1] .. id, unpack(ARGV, 2)) end
+return 1
+"""
+
 _SQL_COUNT = "SELECT COUNT(*) FROM inflight WHERE key_id = ? AND expires_at > ?"
+
+
+class GivenBack(NamedTuple):
+    """A slot given back, to remove: its key's hash, its id (None when the request never learnt it: cancelled before
+    its authorization came back, which may still have taken the slot), the slot."""
+
+    key_hash: str
+    key_id: str | None
+    slot: str
+
+
+def drop_released(db: sqlite3.Connection, holds: list[Hold | None]) -> None:
+    """A SQLite authorize turn's first step for a key it found: the slots its holds give back (``Hold.releases``),
+    deleted before they are counted."""
+    if released := releases_of(holds):
+        db.executemany("DELETE FROM inflight WHERE slot = ?", [(slot,) for slot in released])
 
 
 @dataclass(frozen=True)
@@ -101,8 +136,8 @@ class SlotCount:
 class InflightSlots(Protocol):
     """What a process does with the slots it took (``Store.authorize`` takes them, with a ``Hold``)."""
 
-    async def release(self, slots: list[tuple[str, str]]) -> None:
-        """Remove these slots (key id, slot), in one store call."""
+    async def release(self, slots: list[GivenBack]) -> None:
+        """Remove these slots, in one store call (one not there: nothing)."""
         ...
 
     async def renew(self, held: dict[str, list[str]], lease_s: float) -> None:
@@ -116,23 +151,31 @@ class InflightSlots(Protocol):
 
 
 class RedisInflight:
-    """The slots in one Redis (the key store's link and namespace: ``RedisStore``'s ``redis``, ``key``)."""
+    """The slots in one Redis (the key store's link, namespace and gate: ``RedisStore.inflight``)."""
 
-    def __init__(self, client: Any, key: Callable[..., str], call: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+    def __init__(self, client: Any, key: Callable[..., str], gate: RedisGate) -> None:
         self._key = key
-        self._call = call
+        self._call = gate.call
         self._r = client
         self._renew = client.register_script(_RENEW)
         self._count = client.register_script(_COUNT)
+        self._release_by_hash = client.register_script(_RELEASE_BY_HASH)
 
-    async def release(self, slots: list[tuple[str, str]]) -> None:
-        """One round trip: a ZREM per key."""
+    async def release(self, slots: list[GivenBack]) -> None:
+        """One round trip: a ZREM per key (by its hash, for the slots whose key id was never learnt)."""
         by_key: dict[str, list[str]] = {}
-        for key_id, slot in slots:
-            by_key.setdefault(key_id, []).append(slot)
+        by_hash: dict[str, list[str]] = {}
+        for key_hash, key_id, slot in slots:
+            if key_id is None:
+                by_hash.setdefault(key_hash, []).append(slot)
+            else:
+                by_key.setdefault(key_id, []).append(slot)
         pipe = self._r.pipeline(transaction=False)
         for key_id, names in by_key.items():
             pipe.zrem(self._key("inflight", key_id), *names)
+        for key_hash, names in by_hash.items():
+            await self._release_by_hash(keys=[self._key("key", key_hash)], args=[self._key("inflight", ""), *names],
+                                        client=pipe)
         await self._call(pipe.execute())
 
     async def renew(self, held: dict[str, list[str]], lease_s: float) -> None:
@@ -157,14 +200,15 @@ class SQLiteInflight:
         self._db = db
         self._clock = clock
 
-    async def release(self, slots: list[tuple[str, str]]) -> None:
-        """One transaction."""
+    async def release(self, slots: list[GivenBack]) -> None:
+        """One transaction (by slot: its key's id is not needed)."""
         write_tx(self._db, lambda db: db.executemany("DELETE FROM inflight WHERE slot = ?",
-                                                     [(slot,) for _, slot in slots]))
+                                                     [(given.slot,) for given in slots]))
 
     async def renew(self, held: dict[str, list[str]], lease_s: float) -> None:
         """The slots this process knows it holds, by name (not all those of its holder name: a slot whose request
-        was cancelled while its authorization came back is not known here, and must lapse), in one transaction."""
+        was cancelled while its authorization came back is not known here: given back, it must not come back), in
+        one transaction."""
         now = self._clock()
 
         def renew(db: sqlite3.Connection) -> None:

@@ -251,7 +251,8 @@ class RedisOutbox:
         self.dropped_key = f"{namespace}:outbox:dropped"
         self.lease_key = f"{namespace}:outbox:lease"
         self.outage_key = f"{namespace}:outbox:outage"
-        self._call = RedisGate(link, "redis outbox").call
+        self.gate = RedisGate(link, "redis outbox")
+        self._call = self.gate.call
         self._put = client.register_script(_REDIS_PUT)
         self._lease = client.register_script(_REDIS_LEASE)
         self._release = client.register_script(_REDIS_RELEASE)

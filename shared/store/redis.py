@@ -51,9 +51,11 @@ from shared.store.base import (
     mint_key,
     new_secret,
     oldest_usage_day,
+    releases_of,
     ttl_ms,
 )
 from shared.store.eviction import UNKNOWN
+from shared.store.inflight import RedisInflight
 
 PING_TTL_MS = 10_000  # the key a ping writes (``ping``) is gone this long after the last ping
 
@@ -140,19 +142,26 @@ end
 """
 
 # One key's requests of a turn, in order. KEYS[1] = ns:key:<hash>; ARGV = now|'', rl prefix, inflight prefix, the
-# default limit of requests in flight ('' when no request asks for a slot), the slots' lease (ms), then a scope|''
-# and a slot|'' per request. Replies {'unknown'}, {'expired', fields} or {'each', fields, a status per request, a
+# default limit of requests in flight ('' when no request asks for a slot), the slots' lease (ms), the number of slots
+# given back (``Hold.releases``) and those slots, then a scope|'' and a slot|'' per request. Replies {'unknown'}, {'expired', fields} or {'each', fields, a status per request, a
 # decision per 'ok' one, the key's slots in flight, its limit (0: none)}: the key is read once and charged once
 # (``charge_each``), each request still decided as if alone. A request with a slot past the key's limit is 'busy'
 # (not charged); the others' slots are added once the rate let them in. The charge is the script's first write: a
 # Redis out of memory refuses it (OOM), where a write before it (a delete) would have let the whole script run.
+# The slots given back are removed from the found key's set (an unknown key's are left to the release batch), but
+# after the charge: not counted before it (the count leaves out those still live).
 # HMGET in a fixed order (RECORD_FIELDS) keeps the reply small and its parsing cheap.
 AUTHORIZE = _WINDOW_LUA + """
 local f = redis.call('HMGET', KEYS[1], 'id', 'key_hash', 'prefix', 'rate_limit', 'name', 'scopes', 'allowed_models',
                      'expires_at', 'created_at', 'daily_token_limit', 'max_concurrent')
 if not f[1] then return {'unknown'} end
+local released, first = {}, 7 + tonumber(ARGV[6] ~= '' and ARGV[6] or '0')
+for i = 7, first - 1 do released[#released + 1] = ARGV[i] end
 local now = clock(ARGV[1])
-if f[8] ~= '' and now >= tonumber(f[8]) then return {'expired', f} end
+if f[8] ~= '' and now >= tonumber(f[8]) then
+  if #released > 0 then redis.call('ZREM', ARGV[3] .. f[1], unpack(released)) end  -- frees no memory: no OOM check
+  return {'expired', f}
+end
 local cap, held, slots, now_ms = 0, 0, nil, 0
 if ARGV[4] ~= '' then
   cap = tonumber((f[11] and f[11] ~= '') and f[11] or ARGV[4])
@@ -161,10 +170,14 @@ if ARGV[4] ~= '' then
     local t = redis.call('TIME')
     now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     held = redis.call('ZCOUNT', slots, '(' .. now_ms, '+inf')  -- a read: the rate charge stays the first write
+    for _, slot in ipairs(released) do  -- given back: not counted, removed below
+      local until_ms = redis.call('ZSCORE', slots, slot)
+      if until_ms and tonumber(until_ms) > now_ms then held = held - 1 end
+    end
   end
 end
 local statuses, n, taking, wanted = {}, 0, {}, held
-for i = 6, #ARGV, 2 do
+for i = first, #ARGV, 2 do
   local scope, slot = ARGV[i], ARGV[i + 1]
   if scope ~= '' and not string.find(',' .. f[6] .. ',', ',' .. scope .. ',', 1, true) then
     statuses[#statuses + 1] = 'scope'
@@ -178,6 +191,7 @@ for i = 6, #ARGV, 2 do
 end
 local decisions = {}
 if n > 0 then decisions = charge_each(ARGV[2] .. 'key:' .. f[1], tonumber(f[4]), now, n) end
+if #released > 0 then redis.call('ZREM', ARGV[3] .. f[1], unpack(released)) end
 if slots and next(taking) then
   local lease = tonumber(ARGV[5])
   redis.call('ZREMRANGEBYSCORE', slots, '-inf', now_ms)  -- a dead holder's, expired
@@ -355,7 +369,8 @@ class RedisStore:
         self.link = link
         self.redis: aioredis.Redis = link.client
         self.namespace = namespace
-        self._call = RedisGate(link, "redis").call
+        self.gate = RedisGate(link, "redis")
+        self._call = self.gate.call
         client = self.redis
         self._authorize = client.register_script(AUTHORIZE)
         self._charge = client.register_script(CHARGE)
@@ -375,6 +390,10 @@ class RedisStore:
     def key(self, *parts: str) -> str:
         """A namespaced Redis key name (for features that share this connection)."""
         return ":".join((self.namespace, *parts))
+
+    def inflight(self) -> RedisInflight:
+        """The keys' requests in flight, in this Redis and namespace, through this store's gate."""
+        return RedisInflight(self.redis, self.key, self.gate)
 
     # --- keys -------------------------------------------------------------------------------------
     async def create_key(
@@ -501,8 +520,9 @@ class RedisStore:
     def _authorize_args(self, scopes: list[str | None], holds: list[Hold | None], now: float | None = None,
                         ) -> list[Any]:
         first = next((h for h in holds if h is not None), None)
-        terms = ["", ""] if first is None else [first.default_limit, ttl_ms(first.lease_s)]
-        return ["" if now is None else repr(now), self.key("rl", ""), self.key("inflight", ""), *terms,
+        released = releases_of(holds)
+        terms = ["", "", ""] if first is None else [first.default_limit, ttl_ms(first.lease_s), len(released)]
+        return ["" if now is None else repr(now), self.key("rl", ""), self.key("inflight", ""), *terms, *released,
                 *(x for scope, hold in zip(scopes, holds, strict=True)
                   for x in (scope or "", hold.slot if hold is not None else ""))]
 

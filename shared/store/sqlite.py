@@ -47,7 +47,7 @@ from shared.store.base import (
     oldest_usage_day,
 )
 from shared.store.inflight import SQLITE_SCHEMA as INFLIGHT_SCHEMA
-from shared.store.inflight import SlotCount
+from shared.store.inflight import SlotCount, SQLiteInflight, drop_released
 from shared.store.sqlite_tables import add_columns, open_db, sqlite_errors
 from shared.store.window import charge_each, charge_window
 
@@ -198,6 +198,10 @@ class SQLiteStore:
     def from_url(cls, url: str) -> SQLiteStore:
         return cls(sqlite_path(url))
 
+    def inflight(self) -> SQLiteInflight:
+        """The keys' requests in flight, in this file, on the hot-path connection (the host's clock)."""
+        return SQLiteInflight(self.db, time.time)
+
     def _read(self, row: tuple) -> KeyRecord:
         """A full key row (``_KEY_COLUMNS``) as its record: the cached one, with its ``last_used_at``."""
         record = self._record(row[:-1])
@@ -334,11 +338,13 @@ class SQLiteStore:
                          holds: list[Hold | None] | None = None) -> list[Authorization]:
         """One lookup of the key, then the requests that pass its checks charged in order, in one write; those
         with a ``Hold`` past the key's requests in flight are ``busy`` (not charged), the others take their slot
-        (``inflight`` rows) once the rate let them in."""
+        (``inflight`` rows) once the rate let them in. The slots the holds give back go first, uncounted."""
         holds = holds or [None] * len(scopes)
         row = self.db.execute(_SELECT_BY_HASH, (key_hash,)).fetchone()
         record = self._record(row) if row else None
         statuses = [check_key(record, scope, now) for scope in scopes]
+        if record is not None:
+            drop_released(self.db, holds)
         slots = SlotCount.of(self.db, record, holds, now) if record is not None else None
         if slots is not None:
             statuses = slots.refuse_busy(statuses, holds)

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from api.app import create_api_app
-from api.concurrency import LIMITER, open_slots
+from api.concurrency import LIMITER
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.deterministic import DeterministicBackend, generate_text
 from neurons.miner.faults import REFUSE, STATS, FaultOptions, FaultStats, create_fault_app, refusing_port
@@ -101,7 +101,7 @@ async def fleet_on(tmp_path: Path, store: Any, name: str) -> AsyncIterator[tuple
     instead of its own SQLite file; a key of ``name`` created there. ``store`` is closed at the end."""
     async with fleet(tmp_path, {1: HONEST}) as f:
         sqlite, f.ctx.store = f.ctx.store, store
-        f.app[LIMITER].slots = open_slots(store)  # the slots beside the keys, as the app opens them
+        f.app[LIMITER].slots = store.inflight()  # the slots beside the keys, as the app opens them
         if f.ctx.usage is not None:
             f.ctx.usage.store = store
         await sqlite.close()

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 class TcpProxy:
     """Forwards ``127.0.0.1:<port>`` to ``target``. ``cut()``: refuse and drop every connection;
     ``stall()``: accept and hold connections but forward nothing (a hung server); ``restore()``:
-    drop what was held and forward again on the same port."""
+    drop what was held and forward again on the same port. ``hold_replies()``: requests still reach the
+    server, its replies wait (an answer on its way back) until ``pass_replies()``."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -21,6 +22,8 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._replies = asyncio.Event()  # set: the server's replies are forwarded
+        self._replies.set()
         self._budget: int | None = None  # bytes from clients still forwarded before every link drops
         self.accepted = 0  # connections clients opened so far (a pooled client's high-water mark)
 
@@ -63,10 +66,20 @@ class TcpProxy:
                     return
                 if outbound and self._budget is not None:
                     self._budget -= len(data)
+                if not outbound:
+                    await self._replies.wait()
                 writer.write(data)
                 await writer.drain()
         finally:
             writer.close()
+
+    def hold_replies(self) -> None:
+        """From now on the server's replies wait here; what clients send still reaches it."""
+        self._replies.clear()
+
+    def pass_replies(self) -> None:
+        """The replies held, and those after them, forwarded."""
+        self._replies.set()
 
     def cut_after(self, n_bytes: int) -> None:
         """Forward ``n_bytes`` more from clients, then drop every connection: a link lost part way

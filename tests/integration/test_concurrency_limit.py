@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.parse
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from api import concurrency
 from shared.store.base import Hold, hash_key
+from tests.chaos.tcp_proxy import tcp_proxy
 from tests.helpers import ApiUnderTest, Script, apis_on_one_store, call, chunk, sse
+from tests.store.conftest import redis_url
 
 STORES = ["sqlite", "redis"]
 LIMIT = 2
@@ -161,3 +166,69 @@ async def test_a_keys_own_limit_overrides_the_default(tmp_path: Path, store: str
         assert (await refused(api, api.key)).status == 429  # ... and no third
         for r in (one, *more):
             r.close()
+
+
+def quick() -> Script:
+    """A miner that answers every request at once."""
+    return Script([(0, step) for step in sse(chunk("hi"), chunk(finish="stop"))])
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_client_that_keeps_to_its_limit_back_to_back_is_never_refused(tmp_path: Path, store: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """LIMIT workers, each sending its next request (a stream, then not) the moment its last answer ends: the
+    finished request's slot is given back in a batch ``RELEASE_BATCH_S`` later (5 ms, here 200 ms so that a slot
+    still counted is seen every time), and the key's next authorization on this process removes it first."""
+    monkeypatch.setattr(concurrency, "RELEASE_BATCH_S", 0.2)
+    async with apis_on_one_store(tmp_path, store, 1, quick(), max_concurrent_requests_per_key=LIMIT) as (api,):
+
+        async def back_to_back(s: aiohttp.ClientSession) -> list[int]:
+            statuses = []
+            for i in range(100):
+                async with s.post(api.url + "/v1/chat/completions", json={**CHAT, "stream": i % 2 == 0},
+                                  headers=auth(api.key)) as r:
+                    await r.read()
+                    statuses.append(r.status)
+            return statuses
+
+        async with aiohttp.ClientSession() as s:
+            workers = await asyncio.gather(*(back_to_back(s) for _ in range(LIMIT)))
+        assert Counter(status for statuses in workers for status in statuses) == {200: 100 * LIMIT}
+        assert await until_in_flight(api, api.key, 0) == 0
+
+
+async def test_a_client_that_leaves_while_its_authorization_comes_back_gives_its_slot_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API's Redis behind a proxy that holds Redis's replies: the request's authorization reaches Redis and takes
+    its slot, its answer waits in the proxy, and the client leaves (its handler cancelled) before it comes back. The
+    slot it sent is given back at once: it was left to its lease (here 20 s), which every other request of a key at
+    its limit was refused for."""
+    import redis.asyncio as aioredis
+
+    real = urllib.parse.urlparse(redis_url())
+    async with tcp_proxy(real.hostname or "127.0.0.1", real.port or 6379) as proxy:
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{proxy.port}{real.path or '/0'}")  # the API's store
+        async with apis_on_one_store(tmp_path, "redis", 1, quick(), max_concurrent_requests_per_key=LIMIT,
+                                     concurrency_lease_seconds=20.0) as (api,), aiohttp.ClientSession() as s:
+            record = await api.ctx.store.get_key(hash_key(api.key))
+            slots = f"{api.ctx.settings.store_namespace}:inflight:{record.id}"
+            watcher = aioredis.from_url(redis_url())  # straight to Redis, past the proxy
+            try:
+                proxy.hold_replies()
+                leaving = asyncio.create_task(s.post(api.url + "/v1/chat/completions", json=CHAT,
+                                                     headers=auth(api.key)))
+                for _ in range(100):  # the authorization ran: the slot is taken, its answer held
+                    if await watcher.zcard(slots) == 1:
+                        break
+                    await asyncio.sleep(0.02)
+                assert await watcher.zcard(slots) == 1
+                leaving.cancel()  # the client leaves
+                with contextlib.suppress(asyncio.CancelledError):
+                    await leaving
+                await asyncio.sleep(0.3)  # the API sees the connection close and cancels the handler
+                proxy.pass_replies()
+                assert await until_in_flight(api, api.key, 0, timeout=3.0) == 0
+                assert await watcher.zcard(slots) == 0
+            finally:
+                proxy.pass_replies()
+                await watcher.aclose()

@@ -6,11 +6,15 @@ default, a dead holder's slots counted no longer than their lease, and a live ho
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from pathlib import Path
 
 from aiohttp.test_utils import make_mocked_request
 
-from api.concurrency import ConcurrencyLimiter, open_slots
+from api.concurrency import ConcurrencyLimiter
 from shared.store.base import Authorization, Hold, KeyChanges, KeyRecord, Store, hash_key
+from shared.store.inflight import GivenBack
+from shared.store.sqlite import SQLiteStore
 
 LEASE_S = 1.0
 
@@ -34,18 +38,39 @@ async def test_slots_are_taken_up_to_the_limit_uncharged_past_it_and_freed_when_
     plain = await store.authorize(hash_key(secret), scope="chat")  # no hold (/v1/usage): neither counted nor refused
     assert plain.status == "ok" and plain.slot is None and plain.decision is not None
     assert plain.decision.remaining == 7  # the busy one was not charged
-    slots = open_slots(store)
+    slots = store.inflight()
     assert await slots.count(rec.id) == 2
-    await slots.release([(rec.id, "h:1")])
+    await slots.release([GivenBack(rec.key_hash, rec.id, "h:1")])
     assert await slots.count(rec.id) == 1
     assert (await ask(store, secret, "h", 3)).slot == "h:3"
+
+
+async def test_a_hold_removes_the_slots_it_gives_back_before_it_counts(store: Store) -> None:
+    """A process's slots given back and not yet removed by its batch go with its next authorization of the key,
+    removed before the count: at the limit, the request is let in. A slot not there (already removed, or of
+    another key) counts for nothing."""
+    secret, rec = await store.create_key(100)
+    assert (await ask(store, secret, "h", 0)).slot and (await ask(store, secret, "h", 1)).slot
+    giving_back = replace(hold("h", 2), releases=("h:0", "h:gone"))
+    got = await store.authorize(hash_key(secret), scope="chat", hold=giving_back)
+    assert (got.status, got.slot, got.in_flight) == ("ok", "h:2", 2)
+    assert await store.inflight().count(rec.id) == 2
+    assert (await ask(store, secret, "h", 3)).status == "busy"
+
+
+async def test_a_slot_given_back_by_its_keys_hash_alone_is_removed(store: Store) -> None:
+    """A request cancelled before its authorization came back knows its key's hash, not its id."""
+    secret, rec = await store.create_key(100)
+    assert (await ask(store, secret, "h", 0)).slot == "h:0"
+    await store.inflight().release([GivenBack(rec.key_hash, None, "h:0"), GivenBack("0" * 64, None, "h:9")])
+    assert await store.inflight().count(rec.id) == 0
 
 
 async def test_requests_of_one_turn_are_decided_in_order(store: Store) -> None:
     secret, rec = await store.create_key(10)
     got = await asyncio.gather(*(ask(store, secret, "h", i) for i in range(4)))
     assert [a.status for a in got] == ["ok", "ok", "busy", "busy"]
-    assert await open_slots(store).count(rec.id) == 2
+    assert await store.inflight().count(rec.id) == 2
 
 
 async def test_the_rate_refused_take_no_slot_and_a_keys_own_limit_wins(store: Store) -> None:
@@ -53,7 +78,7 @@ async def test_the_rate_refused_take_no_slot_and_a_keys_own_limit_wins(store: St
     assert (await ask(store, secret, "h", 0)).slot == "h:0"
     refused = await ask(store, secret, "h", 1)
     assert refused.status == "ok" and refused.decision is not None and not refused.decision.allowed
-    assert refused.slot is None and await open_slots(store).count(rec.id) == 1
+    assert refused.slot is None and await store.inflight().count(rec.id) == 1
     secret3, rec3 = await store.create_key(10)
     await store.update_key(rec3.id, KeyChanges(max_concurrent_requests=0))  # no limit for this key
     assert [(await ask(store, secret3, "h", 10 + i)).slot for i in range(3)] == [None] * 3
@@ -72,13 +97,13 @@ async def at_the_limit(store: Store, first: str, second: str, asking: str) -> tu
 
 async def test_two_processes_share_one_count(store: Store) -> None:
     secret, rec = await at_the_limit(store, "a", "b", "a")
-    await open_slots(store).release([(rec.id, "b:0")])
+    await store.inflight().release([GivenBack(rec.key_hash, rec.id, "b:0")])
     assert (await ask(store, secret, "a", 1)).slot == "a:1"
 
 
 async def test_a_dead_holders_slots_lapse_after_their_lease_and_a_live_ones_are_renewed(store: Store) -> None:
     secret, rec = await at_the_limit(store, "dead", "live", "live")
-    live = open_slots(store)
+    live = store.inflight()
     for _ in range(4):  # the live one renews every third of a lease; the dead one never does
         await asyncio.sleep(LEASE_S / 3)
         await live.renew({rec.id: ["live:0"]}, LEASE_S)
@@ -100,7 +125,7 @@ class CountingSlots:
         self.slots = slots
         self.calls: list[int] = []
 
-    async def release(self, given: list[tuple[str, str]]) -> None:
+    async def release(self, given: list[GivenBack]) -> None:
         self.calls.append(len(given))
         await self.slots.release(given)  # type: ignore[attr-defined]
 
@@ -112,13 +137,13 @@ async def test_slots_given_back_together_are_removed_in_one_store_call(store: St
     """Under load many requests end within a few milliseconds: their slots go in one transaction or round trip,
     not a store write each; and they are gone from the count right after."""
     secret, rec = await store.create_key(100)
-    counted = CountingSlots(open_slots(store))
+    counted = CountingSlots(store.inflight())
     limiter = ConcurrencyLimiter(counted, 10, lease_s=LEASE_S, holder="h")  # type: ignore[arg-type]
     requests = []
     for _ in range(8):
-        taken = await store.authorize(hash_key(secret), scope="chat", hold=limiter.hold())
+        taken = await store.authorize(hash_key(secret), scope="chat", hold=limiter.hold(rec.key_hash))
         request = make_mocked_request("POST", "/v1/chat/completions")
-        limiter.holding(request, rec.id, taken.slot)
+        limiter.holding(request, rec, taken.slot)
         requests.append(request)
     assert await counted.count(rec.id) == 8
     for request in requests:
@@ -127,3 +152,24 @@ async def test_slots_given_back_together_are_removed_in_one_store_call(store: St
     assert counted.calls == [8]
     assert await counted.count(rec.id) == 0
     assert limiter.held == {}
+
+
+async def test_a_request_cancelled_as_its_authorization_comes_back_gives_its_slot_back(tmp_path: Path) -> None:
+    """SQLite answers a turn's authorizations in a callback; a cancel that lands in the same loop turn (its client
+    left) is raised where the request awaits its answer, which had taken the slot. The slot it sent is given back
+    (on Redis, through a real API and a reply held on its way: tests/integration/test_concurrency_limit.py)."""
+    store = SQLiteStore(tmp_path / "api.db")
+    secret, rec = await store.create_key(100)
+    limiter = ConcurrencyLimiter(store.inflight(), 2, lease_s=30.0, holder="h")
+    asking = asyncio.create_task(limiter.authorize(store, hash_key(secret), "chat"))
+    await asyncio.sleep(0)  # it asked: its turn's transaction is the next callback
+    asyncio.get_running_loop().call_soon(asking.cancel)  # ... and the cancel the one after it
+    try:
+        await asking
+    except asyncio.CancelledError:
+        pass
+    else:
+        raise AssertionError("not cancelled")
+    await limiter.drain()
+    assert await store.inflight().count(rec.id) == 0  # not held for the 30 s lease
+    await store.close()

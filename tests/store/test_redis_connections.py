@@ -76,9 +76,8 @@ def patient(url: str) -> str:
 
 def store_wait(store: Any) -> float:
     """How long a command of ``store`` waits for a connection (its ``RedisGate``'s wait)."""
-    gate = store._call.__self__  # each Redis store calls through its gate's ``call``
-    assert isinstance(gate, RedisGate)
-    return gate.wait_s
+    assert isinstance(store.gate, RedisGate)  # each Redis store calls through its gate
+    return store.gate.wait_s
 
 
 async def closed(store: Any) -> None:
