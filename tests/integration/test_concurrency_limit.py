@@ -197,6 +197,7 @@ async def test_a_client_that_keeps_to_its_limit_back_to_back_is_never_refused(tm
         assert await until_in_flight(api, api.key, 0) == 0
 
 
+@pytest.mark.redis
 async def test_a_client_that_leaves_while_its_authorization_comes_back_gives_its_slot_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The API's Redis behind a proxy that holds Redis's replies: the request's authorization reaches Redis and takes
