@@ -284,6 +284,8 @@ class KeyRecord:
     daily_token_limit: int | None = None  # prompt + completion tokens per UTC day (None: no limit)
     # requests in flight at once (None: MAX_CONCURRENT_REQUESTS_PER_KEY's default; 0: no limit for this key)
     max_concurrent_requests: int | None = None
+    # bytes written to storage per UTC day (None: STORED_BYTES_PER_KEY_PER_DAY's default; 0: no limit for this key)
+    max_stored_bytes_per_day: int | None = None
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and now >= self.expires_at
@@ -299,7 +301,7 @@ def new_secret(record: KeyRecord, secret: str | None = None) -> tuple[str, KeyRe
 def mint_key(
     rate_limit: int, *, name: str | None, scopes: tuple[str, ...], allowed_models: tuple[str, ...] | None,
     expires_at: float | None, daily_token_limit: int | None = None, secret: str | None = None,
-    max_concurrent_requests: int | None = None,
+    max_concurrent_requests: int | None = None, max_stored_bytes_per_day: int | None = None,
 ) -> tuple[str, KeyRecord]:
     """A new secret (or ``secret``) and the record every backend stores for it (hash, display prefix, public
     id)."""
@@ -307,15 +309,15 @@ def mint_key(
         id=new_key_id(), key_hash="", prefix="", rate_limit=rate_limit,
         name=name, scopes=tuple(scopes), allowed_models=tuple(allowed_models) if allowed_models else None,
         expires_at=expires_at, created_at=time.time(), daily_token_limit=daily_token_limit,
-        max_concurrent_requests=max_concurrent_requests,
+        max_concurrent_requests=max_concurrent_requests, max_stored_bytes_per_day=max_stored_bytes_per_day,
     ), secret)
 
 
 @dataclass(frozen=True)
 class KeyChanges:
     """A partial update of a key; ``None`` leaves a field alone, ``clear_expiry`` removes the expiry and
-    ``clear_token_limit`` the daily token limit, ``clear_concurrency`` the key's own concurrency limit (back to
-    the default)."""
+    ``clear_token_limit`` the daily token limit, ``clear_concurrency`` the key's own concurrency limit and
+    ``clear_storage_budget`` its own daily storage budget (each back to the API's default)."""
 
     rate_limit: int | None = None
     name: str | None = None
@@ -327,6 +329,8 @@ class KeyChanges:
     clear_token_limit: bool = False
     max_concurrent_requests: int | None = None
     clear_concurrency: bool = False
+    max_stored_bytes_per_day: int | None = None
+    clear_storage_budget: bool = False
 
     def apply(self, record: KeyRecord) -> KeyRecord:
         return replace(
@@ -342,6 +346,9 @@ class KeyChanges:
             max_concurrent_requests=None if self.clear_concurrency else (
                 self.max_concurrent_requests if self.max_concurrent_requests is not None
                 else record.max_concurrent_requests),
+            max_stored_bytes_per_day=None if self.clear_storage_budget else (
+                self.max_stored_bytes_per_day if self.max_stored_bytes_per_day is not None
+                else record.max_stored_bytes_per_day),
         )
 
 
@@ -384,7 +391,12 @@ def releases_of(holds: Iterable[Hold | None]) -> list[str]:
 
 def concurrency_limit(record: KeyRecord, default_limit: int) -> int:
     """The key's limit on requests in flight: its own, else the default; 0: none."""
-    return default_limit if record.max_concurrent_requests is None else record.max_concurrent_requests
+    return own_or_default(record.max_concurrent_requests, default_limit)
+
+
+def own_or_default(own: int | None, default: int) -> int:
+    """A per-key limit in force: the key's own (``0`` too: no limit for it), else (None) the API's default."""
+    return default if own is None else own
 
 
 @dataclass(frozen=True)
@@ -528,6 +540,7 @@ class Store(Protocol):
         daily_token_limit: int | None = None,
         secret: str | None = None,
         max_concurrent_requests: int | None = None,
+        max_stored_bytes_per_day: int | None = None,
     ) -> tuple[str, KeyRecord]:
         """Create a key; returns (the secret, shown once; its record). Durable once it returns. ``secret``: the
         key's own (one imported from the subnet's original API; the caller checked it is not stored yet)."""

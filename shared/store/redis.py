@@ -153,7 +153,7 @@ end
 # HMGET in a fixed order (RECORD_FIELDS) keeps the reply small and its parsing cheap.
 AUTHORIZE = _WINDOW_LUA + """
 local f = redis.call('HMGET', KEYS[1], 'id', 'key_hash', 'prefix', 'rate_limit', 'name', 'scopes', 'allowed_models',
-                     'expires_at', 'created_at', 'daily_token_limit', 'max_concurrent')
+                     'expires_at', 'created_at', 'daily_token_limit', 'max_concurrent', 'max_stored_bytes_per_day')
 if not f[1] then return {'unknown'} end
 local released, first = {}, 7 + tonumber(ARGV[6] ~= '' and ARGV[6] or '0')
 for i = 7, first - 1 do released[#released + 1] = ARGV[i] end
@@ -206,7 +206,8 @@ end
 return {'each', f, statuses, decisions, held, cap}
 """
 RECORD_FIELDS = ("id", "key_hash", "prefix", "rate_limit", "name", "scopes", "allowed_models", "expires_at",
-                 "created_at", "daily_token_limit", "max_concurrent")  # a key made before either field has none (nil)
+                 "created_at", "daily_token_limit", "max_concurrent",
+                 "max_stored_bytes_per_day")  # a key made before any of the last three has none of it (nil)
 
 # KEYS[1] = ns:rl:<bucket>; ARGV = limit, cost, now|''
 CHARGE = _WINDOW_LUA + """
@@ -314,6 +315,11 @@ def _opt_float(v: str | None) -> float | None:
     return float(v) if v not in (None, "") else None
 
 
+def _opt_int(v: str | None) -> int | None:
+    """A per-key override's field: empty or missing (a record written before it existed) is None, the default."""
+    return int(v) if v not in (None, "") else None
+
+
 def _record_from_fields(values: list[str]) -> KeyRecord:
     return _record(dict(zip(RECORD_FIELDS, values, strict=True)))
 
@@ -325,8 +331,9 @@ def _record(f: dict[str, str]) -> KeyRecord:
         scopes=tuple(s for s in f.get("scopes", "").split(",") if s),
         allowed_models=tuple(json.loads(f["allowed_models"])) if f.get("allowed_models") else None,
         expires_at=_opt_float(f.get("expires_at")), created_at=float(f.get("created_at") or 0),
-        daily_token_limit=int(f["daily_token_limit"]) if f.get("daily_token_limit") else None,
-        max_concurrent_requests=int(f["max_concurrent"]) if f.get("max_concurrent") else None,
+        daily_token_limit=_opt_int(f.get("daily_token_limit")),
+        max_concurrent_requests=_opt_int(f.get("max_concurrent")),
+        max_stored_bytes_per_day=_opt_int(f.get("max_stored_bytes_per_day")),
     )
 
 
@@ -339,6 +346,8 @@ def _fields(record: KeyRecord) -> dict[str, str]:
         "created_at": repr(record.created_at),
         "daily_token_limit": "" if record.daily_token_limit is None else str(record.daily_token_limit),
         "max_concurrent": "" if record.max_concurrent_requests is None else str(record.max_concurrent_requests),
+        "max_stored_bytes_per_day": ("" if record.max_stored_bytes_per_day is None
+                                     else str(record.max_stored_bytes_per_day)),
     }
 
 
@@ -407,10 +416,12 @@ class RedisStore:
         daily_token_limit: int | None = None,
         secret: str | None = None,
         max_concurrent_requests: int | None = None,
+        max_stored_bytes_per_day: int | None = None,
     ) -> tuple[str, KeyRecord]:
         secret, record = mint_key(rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
                                   expires_at=expires_at, daily_token_limit=daily_token_limit, secret=secret,
-                                  max_concurrent_requests=max_concurrent_requests)
+                                  max_concurrent_requests=max_concurrent_requests,
+                                  max_stored_bytes_per_day=max_stored_bytes_per_day)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.key("key", record.key_hash), mapping=_fields(record))
         pipe.hset(self.key("keys"), record.id, record.key_hash)

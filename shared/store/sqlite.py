@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at REAL NOT NULL,
     last_used_at REAL,
     daily_token_limit INTEGER,
-    max_concurrent INTEGER
+    max_concurrent INTEGER,
+    max_stored_bytes_per_day INTEGER
 );
 CREATE TABLE IF NOT EXISTS rate_windows (
     bucket TEXT PRIMARY KEY,
@@ -95,10 +96,10 @@ FOLDED_DAY = "0000-00-00"  # a key's row of the days pruned, summed (no day of i
 # reads (``_read`` sets it on the cached record). ``authorize`` reads a record without it, as Redis's does: nothing
 # on a request reads it (``/v1/usage`` takes it from the store's usage report).
 _RECORD_COLUMNS = ("id, key_hash, prefix, name, rate_limit, scopes, allowed_models, expires_at, created_at, "
-                   "daily_token_limit, max_concurrent")
+                   "daily_token_limit, max_concurrent, max_stored_bytes_per_day")
 _KEY_COLUMNS = f"{_RECORD_COLUMNS}, last_used_at"
 # Columns added after a release: a file made before them gets them when it is opened.
-_ADDED_COLUMNS = {"daily_token_limit": "INTEGER", "max_concurrent": "INTEGER"}
+_ADDED_COLUMNS = {"daily_token_limit": "INTEGER", "max_concurrent": "INTEGER", "max_stored_bytes_per_day": "INTEGER"}
 _ADDED_USAGE_COLUMNS = {"stored_bytes": "INTEGER NOT NULL DEFAULT 0"}  # bytes written to storage that day
 # ``add_stored_bytes``: one statement (atomic across every process on the file), adding to today's row only while
 # the key exists and, with a limit (not 0), the day stays within it; the row's new count when it added. A negative
@@ -140,6 +141,7 @@ def _record(row: tuple) -> KeyRecord:
         scopes=tuple(json.loads(row[5])),
         allowed_models=tuple(json.loads(row[6])) if row[6] else None,
         expires_at=row[7], created_at=row[8], daily_token_limit=row[9], max_concurrent_requests=row[10],
+        max_stored_bytes_per_day=row[11],
     )
 
 
@@ -219,17 +221,20 @@ class SQLiteStore:
         daily_token_limit: int | None = None,
         secret: str | None = None,
         max_concurrent_requests: int | None = None,
+        max_stored_bytes_per_day: int | None = None,
     ) -> tuple[str, KeyRecord]:
         secret, record = mint_key(rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
                                   expires_at=expires_at, daily_token_limit=daily_token_limit, secret=secret,
-                                  max_concurrent_requests=max_concurrent_requests)
+                                  max_concurrent_requests=max_concurrent_requests,
+                                  max_stored_bytes_per_day=max_stored_bytes_per_day)
         with _errors():
             self.admin.execute(
-                f"INSERT INTO api_keys ({_RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO api_keys ({_RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (record.id, record.key_hash, record.prefix, record.name, record.rate_limit,
                  json.dumps(list(record.scopes)),
                  json.dumps(list(record.allowed_models)) if record.allowed_models else None,
-                 record.expires_at, record.created_at, record.daily_token_limit, record.max_concurrent_requests),
+                 record.expires_at, record.created_at, record.daily_token_limit, record.max_concurrent_requests,
+                 record.max_stored_bytes_per_day),
             )
         return secret, record
 
@@ -254,10 +259,10 @@ class SQLiteStore:
                 new = changes.apply(self._read(row))
                 self.admin.execute(
                     "UPDATE api_keys SET name=?, rate_limit=?, scopes=?, allowed_models=?, expires_at=?, "
-                    "daily_token_limit=?, max_concurrent=? WHERE id=?",
+                    "daily_token_limit=?, max_concurrent=?, max_stored_bytes_per_day=? WHERE id=?",
                     (new.name, new.rate_limit, json.dumps(list(new.scopes)),
                      json.dumps(list(new.allowed_models)) if new.allowed_models else None, new.expires_at,
-                     new.daily_token_limit, new.max_concurrent_requests, key_id),
+                     new.daily_token_limit, new.max_concurrent_requests, new.max_stored_bytes_per_day, key_id),
                 )
                 self.admin.execute("COMMIT")
             except BaseException:

@@ -200,6 +200,24 @@ async def test_a_daily_token_limit_is_kept_changed_and_removed(store: Store) -> 
     assert (await store.get_key_by_id(rec.id)).daily_token_limit is None
 
 
+async def test_a_keys_own_storage_budget_is_kept_changed_and_put_back_to_the_default(store: Store) -> None:
+    """``max_stored_bytes_per_day``: a number (0 too: no limit for the key) is kept until changed; cleared, it is
+    None again (the API's STORED_BYTES_PER_KEY_PER_DAY), and what authorization reads (every request) says so."""
+    secret, rec = await store.create_key(5, max_stored_bytes_per_day=4096)
+    plain, _ = await store.create_key(5)
+    assert rec.max_stored_bytes_per_day == 4096
+    assert (await store.get_key(hash_key(plain))).max_stored_bytes_per_day is None
+    assert (await store.authorize(hash_key(secret), scope="chat", now=T0)).record.max_stored_bytes_per_day == 4096
+    assert [k.max_stored_bytes_per_day for k in await store.list_keys()] == [4096, None]
+    renamed = await store.update_key(rec.id, KeyChanges(name="n", max_concurrent_requests=3))
+    assert renamed.max_stored_bytes_per_day == 4096, "a change of other fields keeps the budget"
+    assert (await store.update_key(rec.id, KeyChanges(max_stored_bytes_per_day=0))).max_stored_bytes_per_day == 0
+    assert (await store.authorize(hash_key(secret), scope="chat", now=T0)).record.max_stored_bytes_per_day == 0
+    cleared = await store.update_key(rec.id, KeyChanges(clear_storage_budget=True))
+    assert (cleared.max_stored_bytes_per_day, cleared.max_concurrent_requests) == (None, 3)
+    assert (await store.get_key_by_id(rec.id)).max_stored_bytes_per_day is None
+
+
 async def test_day_tokens_counts_one_days_prompt_and_completion_tokens(store: Store) -> None:
     _, rec = await store.create_key(5)
     today, yesterday = usage_day(T0), usage_day(T0 - 86400)

@@ -12,7 +12,7 @@ from shared.store.base import hash_key
 from shared.store.sqlite import SQLiteStore
 from tests.store.conftest import redis_test_store
 
-# api_keys as releases before daily_token_limit made it
+# api_keys as releases before daily_token_limit (and max_concurrent_requests, max_stored_bytes_per_day) made it
 OLD_KEYS_TABLE = """
 CREATE TABLE api_keys (
     id TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, name TEXT,
@@ -34,9 +34,12 @@ async def test_a_key_file_from_before_the_daily_token_limit_opens_and_upgrades(t
     try:
         old = await store.get_key(hash_key("sn1-old-secret"))
         assert old is not None and (old.name, old.rate_limit, old.daily_token_limit) == ("old", 7, None)
-        assert (await store.authorize(hash_key("sn1-old-secret"), scope="chat")).status == "ok"
-        secret, new = await again.create_key(5, daily_token_limit=300)
-        assert (await store.get_key(hash_key(secret))).daily_token_limit == 300
+        assert (old.max_concurrent_requests, old.max_stored_bytes_per_day) == (None, None)  # the API's defaults
+        auth = await store.authorize(hash_key("sn1-old-secret"), scope="chat")
+        assert auth.status == "ok" and auth.record.max_stored_bytes_per_day is None
+        secret, new = await again.create_key(5, daily_token_limit=300, max_stored_bytes_per_day=1000)
+        got = await store.get_key(hash_key(secret))
+        assert (got.daily_token_limit, got.max_stored_bytes_per_day) == (300, 1000)
     finally:
         await store.close()
         await again.close()
@@ -46,10 +49,13 @@ async def test_a_key_file_from_before_the_daily_token_limit_opens_and_upgrades(t
 async def test_a_redis_key_from_before_the_daily_token_limit_still_works() -> None:
     async with redis_test_store() as store:
         secret, rec = await store.create_key(5)
-        await store.redis.hdel(store.key("key", rec.key_hash), "daily_token_limit")  # as an earlier release wrote it
+        added_since = ("daily_token_limit", "max_concurrent", "max_stored_bytes_per_day")
+        await store.redis.hdel(store.key("key", rec.key_hash), *added_since)  # as an earlier release wrote it
         auth = await store.authorize(hash_key(secret), scope="chat")
         assert auth.status == "ok" and auth.record.daily_token_limit is None
-        assert (await store.get_key_by_id(rec.id)).daily_token_limit is None
+        assert auth.record.max_stored_bytes_per_day is None and auth.record.max_concurrent_requests is None
+        again = await store.get_key_by_id(rec.id)
+        assert (again.daily_token_limit, again.max_stored_bytes_per_day) == (None, None)
 
 
 async def test_a_store_file_others_could_read_is_made_private_with_a_warning(tmp_path: Path) -> None:
