@@ -87,7 +87,7 @@ async def create(ctx: ApiContext, key: KeyRecord, metadata: dict[str, str], item
     if size_of(encoded) > conversation_store.MAX_CONVERSATION_BYTES:
         raise invalid_value("items", _full(size_of(encoded)))
     made = Conversation(_new_id(), int(time.time()), metadata, size_of(encoded))
-    async with charged(ctx.storage_budget, key.id, size_of(encoded), "this conversation"):
+    async with charged(ctx.storage_budget, key, size_of(encoded), "this conversation"):
         await _call(ctx.conversations.create(key.id, made, encoded, retention=ctx.settings.responses_retention_seconds))
     return made
 
@@ -132,7 +132,7 @@ async def add(ctx: ApiContext, key: KeyRecord, conversation_id: str, items: list
     """Add items at its end, all or none: a 400 saying so when they would take it over its size bound, the 429
     ``storage_limit_exceeded`` when they would pass the key's daily storage budget (nothing added)."""
     store, encoded = _store(ctx, conversation_id), [encode_item(item) for item in items]
-    async with charged(ctx.storage_budget, key.id, size_of(encoded), "these items"):
+    async with charged(ctx.storage_budget, key, size_of(encoded), "these items"):
         done = await _call(store.append(
             key.id, conversation_id, encoded,
             retention=ctx.settings.responses_retention_seconds, max_bytes=conversation_store.MAX_CONVERSATION_BYTES))
@@ -181,7 +181,8 @@ async def history(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> list
     return got
 
 
-async def check_room(ctx: ApiContext, key_id: str, items: list[dict[str, Any]], added: list[dict[str, Any]]) -> None:
+async def check_room(ctx: ApiContext, key: KeyRecord, items: list[dict[str, Any]],
+                     added: list[dict[str, Any]]) -> None:
     """A 400 naming ``conversation`` when a turn's input would take its items over their bound, and the 429
     ``storage_limit_exceeded`` when it would pass the key's daily storage budget: both before any miner is asked
     (its answer is added whatever it weighs, and counted then)."""
@@ -190,10 +191,10 @@ async def check_room(ctx: ApiContext, key_id: str, items: list[dict[str, Any]], 
     if size > conversation_store.MAX_CONVERSATION_BYTES:
         raise invalid_value("conversation", _full(size))
     if ctx.storage_budget is not None:
-        await ctx.storage_budget.check_room(key_id, added_size, "this turn's input")
+        await ctx.storage_budget.check_room(key, added_size, "this turn's input")
 
 
-async def extend(ctx: ApiContext, key_id: str, conversation_id: str, added: list[dict[str, Any]],
+async def extend(ctx: ApiContext, key: KeyRecord, conversation_id: str, added: list[dict[str, Any]],
                  final: dict[str, Any]) -> None:
     """Add a response's input and output items to its conversation, just before its end goes out. A failed
     response adds nothing (the turn can be sent again). Its answer may take the conversation past its bound
@@ -203,16 +204,16 @@ async def extend(ctx: ApiContext, key_id: str, conversation_id: str, added: list
     if ctx.conversations is None or final.get("status") == "failed":
         return
     try:  # asked again as a response is stored (responses_state.keep): ``once``, a write that landed is not doubled
-        await retried(lambda: add_turn(ctx, key_id, conversation_id, added, final),
+        await retried(lambda: add_turn(ctx, key, conversation_id, added, final),
                       attempts=KEEP_ATTEMPTS, pause=KEEP_PAUSE_S, on=StoreUnavailable)
     except StoreUnavailable as e:
         logger.warning("response {} not added to conversation {} (it fails, store_unavailable): {}", final.get("id"),
                        conversation_id, e)
-        await withdraw(ctx, key_id, conversation_id, added, final)
+        await withdraw(ctx, key.id, conversation_id, added, final)
         raise not_added(conversation_id) from None
 
 
-async def add_turn(ctx: ApiContext, key_id: str, conversation_id: str, added: list[dict[str, Any]],
+async def add_turn(ctx: ApiContext, key: KeyRecord, conversation_id: str, added: list[dict[str, Any]],
                    final: dict[str, Any]) -> None:
     """One attempt at adding a response's turn to its conversation (``StoreUnavailable`` when the store fails: the
     caller asks again, or ``withdraw``s it). A conversation deleted meanwhile takes nothing: a WARNING; one whose
@@ -220,18 +221,18 @@ async def add_turn(ctx: ApiContext, key_id: str, conversation_id: str, added: li
     assert ctx.conversations is not None
     turn = _turn(added, final)
     try:
-        done = await ctx.conversations.append(key_id, conversation_id, turn, max_bytes=None, once=True,
+        done = await ctx.conversations.append(key.id, conversation_id, turn, max_bytes=None, once=True,
                                               fence=final["id"], retention=ctx.settings.responses_retention_seconds)
     except KeyForgotten:
         logger.debug("response {} not added to conversation {}: its key id={} was deleted", final.get("id"),
-                     conversation_id, key_id)
+                     conversation_id, key.id)
         return
     if not done.found:
         logger.warning("response {} not added to conversation {}: it was deleted meanwhile", final.get("id"),
                        conversation_id)
     elif ctx.storage_budget is not None and not done.withdrawn:
         # let in by ``check_room``: counted whatever it weighs, once it is stored (not once per attempt)
-        await ctx.storage_budget.count(key_id, size_of(turn))
+        await ctx.storage_budget.count(key, size_of(turn))
 
 
 def _turn(added: list[dict[str, Any]], final: dict[str, Any]) -> list[str]:

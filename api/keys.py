@@ -113,6 +113,7 @@ async def create_api_key(request: web.Request) -> web.Response:
             scopes=tuple(params.scopes) if params.scopes else ALL_SCOPES,
             allowed_models=tuple(params.allowed_models) if params.allowed_models else None,
             daily_token_limit=params.daily_token_limit, max_concurrent_requests=params.max_concurrent_requests,
+            max_stored_bytes_per_day=params.max_stored_bytes_per_day,
         )
     except StoreUnavailable:
         raise store_unavailable() from None
@@ -127,7 +128,8 @@ async def modify_api_key(request: web.Request) -> web.Response:
     params = await _params(request)
     if params.is_empty():
         raise ApiError(400, "Nothing to change: give rate_limit, name, expires_at, expires_in_days, scopes, "
-                            "allowed_models, daily_token_limit or max_concurrent_requests.",
+                            "allowed_models, daily_token_limit, max_concurrent_requests or "
+                            "max_stored_bytes_per_day.",
                        code="missing_parameter")
     changes = params.changes(time.time())
     new = await store_call(store.update_key(record.id, changes))

@@ -300,7 +300,7 @@ class ResponsesFormat:
     def event_log(self, req: ChatCompletionRequest) -> EventLog:
         """A streamed background response's log, opened when it is queued (``stream`` fills it)."""
         assert self.ctx is not None and self.keeping is not None
-        self.log = EventLog(self.ctx, self.keeping.key_id, self.response_id, self.keeping.retention,
+        self.log = EventLog(self.ctx, self.keeping.key, self.response_id, self.keeping.retention,
                             self._renderer(self._skeleton(req.model or "unknown")))
         return self.log
 

@@ -82,9 +82,10 @@ class EventLog:
     event (``response.completed`` ...) is added once the response is settled, so a caller that has it
     finds the response stored."""
 
-    def __init__(self, ctx: ApiContext, key_id: str, response_id: str, retention: float,
+    def __init__(self, ctx: ApiContext, key: KeyRecord, response_id: str, retention: float,
                  events: ResponseStream) -> None:
-        self.ctx, self.key_id, self.response_id, self.retention = ctx, key_id, response_id, retention
+        self.ctx, self.key, self.response_id, self.retention = ctx, key, response_id, retention
+        self.key_id = key.id
         self.events = events  # the renderer, whose sequence numbers the frames carry
         self.tail: bytes | None = None  # the answer's closing events (its items done), held until it is settled
         self.frames: list[bytes] = []  # every event, frames[n] numbered n: its callers here miss none
@@ -137,7 +138,7 @@ class EventLog:
         if self.ctx.storage_budget is None:
             return
         await self.ctx.storage_budget.count_or_warn(
-            self.key_id, self.stored_bytes, f"background response {self.response_id}'s {self.stored_bytes} bytes of "
+            self.key, self.stored_bytes, f"background response {self.response_id}'s {self.stored_bytes} bytes of "
                                             "events not counted")
 
     async def follow(self, after: int) -> AsyncIterator[bytes]:
@@ -295,7 +296,7 @@ async def _put_pending(ctx: ApiContext, key: KeyRecord, response_id: str, data: 
     """Store a background response pending, to be polled: past the key's budget, the 429 before any miner (given
     back if the store fails it, or refuses it: ``PreviousGone``)."""
     assert ctx.responses is not None
-    async with charged(ctx.storage_budget, key.id, len(data.encode()), "this background response"):
+    async with charged(ctx.storage_budget, key, len(data.encode()), "this background response"):
         return await response_store_call(ctx.responses.put(key.id, response_id, data, retention=retention,
                                                            pending=True))
 
@@ -402,7 +403,7 @@ async def settle(request: web.Request, ctx: ApiContext, key: KeyRecord, keeping:
         try:
             if owed:
                 assert conversation_id is not None
-                await conversations_state.add_turn(ctx, keeping.key_id, conversation_id, keeping.added, final)
+                await conversations_state.add_turn(ctx, keeping.key, conversation_id, keeping.added, final)
                 owed, added = False, True
             settled = await ctx.responses.settle(key.id, final["id"], data, retention=keeping.retention,
                                                  item_ids=item_ids(keeping.added, final))
@@ -427,7 +428,7 @@ async def settle(request: web.Request, ctx: ApiContext, key: KeyRecord, keeping:
             ended_with(request, STORE_FAILED)
             owed, until = False, None  # the failed record is offered once more, no longer
     if ctx.storage_budget is not None and settled:  # let in: counted once stored, not refused (kept to be polled)
-        await ctx.storage_budget.count_or_warn(key.id, len(data.encode()), f"response {final['id']}'s settled record "
+        await ctx.storage_budget.count_or_warn(key, len(data.encode()), f"response {final['id']}'s settled record "
                                                "not counted")
     if not settled:
         ended_with(request, CANCELLED)  # the record reads as the cancel (or the delete) left it

@@ -111,7 +111,7 @@ async def continued(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) -
     history = await history_of(ctx, key, wanted)
     wanted = await with_references(ctx, key, wanted, history.items)
     if wanted.conversation_id is not None:
-        await conversations_state.check_room(ctx, key.id, history.items, input_items(wanted))
+        await conversations_state.check_room(ctx, key, history.items, input_items(wanted))
     return wanted, history
 
 
@@ -341,7 +341,7 @@ class Keeping:
     object. Stored, it is a part: its object, ``history.tail`` and ``added``, after its ``history.prev``'s part (a
     first turn, or one of a conversation with no such previous part: with its whole history)."""
 
-    key_id: str
+    key: KeyRecord  # as read for its request: its id, and its own daily storage budget
     retention: float
     history: History
     added: list[dict[str, Any]] = field(default_factory=list)
@@ -349,6 +349,10 @@ class Keeping:
     conversation_id: str | None = None
     data: str | None = None  # the stored form, once sealed and within the size bound
     final: dict[str, Any] | None = None
+
+    @property
+    def key_id(self) -> str:
+        return self.key.id
 
     def seal(self, final: dict[str, Any]) -> dict[str, Any]:
         """Called with the final response before it is sent: one over ``MAX_STORED_BYTES`` is not stored,
@@ -397,7 +401,7 @@ def keeping(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest, history: 
     if not store and wanted.conversation_id is None:
         return None
     added = input_items(wanted, history.items)
-    return Keeping(key.id, ctx.settings.responses_retention_seconds, history, added, store, wanted.conversation_id)
+    return Keeping(key, ctx.settings.responses_retention_seconds, history, added, store, wanted.conversation_id)
 
 
 async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
@@ -422,7 +426,7 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
                              attempts=KEEP_ATTEMPTS, pause=KEEP_PAUSE_S, on=StoreUnavailable)
 
     try:
-        async with within_budget(ctx, keeping.key_id, response_id, len(data.encode())) as allowed:
+        async with within_budget(ctx, keeping.key, response_id, len(data.encode())) as allowed:
             if not allowed:
                 return False
             try:
@@ -432,7 +436,7 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
                 kept = await put(whole)
                 if kept and ctx.storage_budget is not None:  # counted as what is stored
                     more = len(whole.encode()) - len(data.encode())
-                    await ctx.storage_budget.count_or_warn(keeping.key_id, more, f"{more} bytes of response "
+                    await ctx.storage_budget.count_or_warn(keeping.key, more, f"{more} bytes of response "
                                                            f"{response_id} stored whole not counted")
     except StoreUnavailable as e:
         ctx.responses_outage.failed(f"response {response_id} not stored (its answer says store: false): {e}")
@@ -444,7 +448,7 @@ async def keep(ctx: ApiContext, keeping: Keeping | None) -> bool:
 
 
 @asynccontextmanager
-async def within_budget(ctx: ApiContext, key_id: str, response_id: str, size: int) -> AsyncIterator[bool]:
+async def within_budget(ctx: ApiContext, key: KeyRecord, response_id: str, size: int) -> AsyncIterator[bool]:
     """Whether the key's daily storage budget takes a response of ``size`` bytes (counted when it does, and given
     back when the block's write fails: ``StorageBudget.taking``); one it does not is answered ``store: false``, as
     one over ``MAX_STORED_BYTES`` (a WARNING per key per day)."""
@@ -452,9 +456,9 @@ async def within_budget(ctx: ApiContext, key_id: str, response_id: str, size: in
     if budget is None:
         yield True
         return
-    async with budget.taking(key_id, size) as taken:
+    async with budget.taking(key, size) as taken:
         if not taken.allowed:
-            budget.warn_once(key_id, response_id, taken.used)
+            budget.warn_once(key, response_id, taken.used)
         yield taken.allowed
 
 
@@ -476,7 +480,7 @@ async def extend_conversation(ctx: ApiContext, keeping: Keeping, final: dict[str
     """The response's conversation, if it names one, gets this turn's input and output items (or the 503 saying
     it could not)."""
     if keeping.conversation_id is not None:
-        await conversations_state.extend(ctx, keeping.key_id, keeping.conversation_id, keeping.added, final)
+        await conversations_state.extend(ctx, keeping.key, keeping.conversation_id, keeping.added, final)
 
 
 def item_ids(added: list[dict[str, Any]], final: dict[str, Any]) -> list[str]:

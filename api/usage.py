@@ -47,7 +47,7 @@ async def usage_out(request: web.Request, record: KeyRecord) -> UsageOut:
         raise store_unavailable() from None
     today = usage_day(now)
     return UsageOut.of(record, report, today=today, stored_bytes_today=report.stored_bytes.get(today, 0),
-                       stored_bytes_per_day=budget.limit if budget is not None and budget.limit else None,
+                       stored_bytes_per_day=(budget.limit_of(record) or None) if budget is not None else None,
                        max_concurrent_requests=concurrency or None, requests_in_flight=in_flight)
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared.errors import first_problem
 from shared.keys_wire import (
+    DEFAULTABLE,
     CreatedKeyOut,
     DeletedKeyOut,
     ImportedKeysOut,
@@ -55,8 +56,9 @@ def key_params(**fields: Any) -> dict[str, Any]:
         body["expires_at"] = "never"
     if params.clear_token_limit:
         body["daily_token_limit"] = "none"
-    if params.clear_concurrency:
-        body["max_concurrent_requests"] = "default"
+    for name, flag in DEFAULTABLE.items():
+        if getattr(params, flag):
+            body[name] = "default"
     return body
 
 
@@ -84,25 +86,28 @@ class AdminClient:
         self, rate_limit: int, *, name: str | None = None, scopes: list[str] | None = None,
         allowed_models: list[str] | None = None, expires_at: datetime | float | None = None,
         expires_in_days: float | None = None, daily_token_limit: int | None = None,
-        max_concurrent_requests: int | None = None,
+        max_concurrent_requests: int | None = None, max_stored_bytes_per_day: int | None = None,
     ) -> CreatedKeyOut:
         body = key_params(rate_limit=rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
                           expires_at=expires_at, expires_in_days=expires_in_days, daily_token_limit=daily_token_limit,
-                          max_concurrent_requests=max_concurrent_requests)
+                          max_concurrent_requests=max_concurrent_requests,
+                          max_stored_bytes_per_day=max_stored_bytes_per_day)
         return await self._request("POST", "/api_management/create-api-key/", CreatedKeyOut, json=body)
 
     async def modify_key(
         self, key: str, *, rate_limit: int | None = None, name: str | None = None, scopes: list[str] | None = None,
         allowed_models: list[str] | None = None, expires_at: datetime | float | str | None = None,
         expires_in_days: float | None = None, daily_token_limit: int | str | None = None,
-        max_concurrent_requests: int | str | None = None,
+        max_concurrent_requests: int | str | None = None, max_stored_bytes_per_day: int | str | None = None,
     ) -> KeyOut:
         """``key`` is the secret or the key's id; ``expires_at="never"`` removes an expiry,
         ``daily_token_limit="none"`` the daily token limit, ``max_concurrent_requests="default"`` the key's own
-        concurrency limit (the API's default applies again)."""
+        concurrency limit and ``max_stored_bytes_per_day="default"`` its own daily storage budget (the API's
+        default applies again)."""
         body = key_params(rate_limit=rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
                           expires_at=expires_at, expires_in_days=expires_in_days, daily_token_limit=daily_token_limit,
-                          max_concurrent_requests=max_concurrent_requests)
+                          max_concurrent_requests=max_concurrent_requests,
+                          max_stored_bytes_per_day=max_stored_bytes_per_day)
         return await self._request("PUT", f"/api_management/modify-api-key/{key}", KeyOut, json=body)
 
     async def rotate_key(self, key: str) -> RotatedKeyOut:

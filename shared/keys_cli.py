@@ -27,6 +27,16 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+# A key's own overrides of an API default: (its flag, its field, what it is, the flag back to the API's default, the
+# setting that is the default); 0 is "no limit for this key" as the setting's own 0 is.
+OVERRIDES = (
+    ("--max-concurrent", "max_concurrent_requests", "requests in flight at once", "--default-concurrent",
+     "MAX_CONCURRENT_REQUESTS_PER_KEY"),
+    ("--stored-bytes-per-day", "max_stored_bytes_per_day", "bytes written to storage per UTC day (stored responses, "
+     "conversations)", "--default-stored-bytes", "STORED_BYTES_PER_KEY_PER_DAY"),
+)
+
+
 def _key_fields(p: argparse.ArgumentParser, *, create: bool) -> None:
     p.add_argument("--rate-limit", type=int, required=create, help="requests per minute")
     p.add_argument("--name")
@@ -37,13 +47,12 @@ def _key_fields(p: argparse.ArgumentParser, *, create: bool) -> None:
                         help="prompt + completion tokens per UTC day")
     if not create:
         tokens.add_argument("--no-daily-tokens", action="store_true", help="remove the key's daily token limit")
-    concurrency = p.add_mutually_exclusive_group()
-    concurrency.add_argument("--max-concurrent", type=int, dest="max_concurrent_requests",
-                             help="requests in flight at once (0: no limit; default: the API's "
-                                  "MAX_CONCURRENT_REQUESTS_PER_KEY)")
-    if not create:
-        concurrency.add_argument("--default-concurrent", action="store_true",
-                                 help="drop the key's own --max-concurrent: the API's default applies again")
+    for flag, field, what, back, setting in OVERRIDES:
+        own = p.add_mutually_exclusive_group()
+        own.add_argument(flag, type=int, dest=field, help=f"{what} (0: no limit; default: the API's {setting})")
+        if not create:
+            own.add_argument(back, action="store_true", dest=f"default_{field}",
+                             help=f"drop the key's own {flag}: the API's {setting} applies again")
     expiry = p.add_mutually_exclusive_group()
     expiry.add_argument("--expires-at", help="ISO 8601 time or unix seconds")
     expiry.add_argument("--expires-in-days", type=float)
@@ -103,7 +112,7 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
 
     fields = {k: getattr(args, k, None) for k in ("rate_limit", "name", "scopes", "allowed_models", "expires_at",
                                                    "expires_in_days", "daily_token_limit",
-                                                   "max_concurrent_requests")}
+                                                   *(field for _, field, *_ in OVERRIDES))}
     if args.action == "create":
         created = await admin.create_key(**fields)
         if args.json:
@@ -120,11 +129,12 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
             fields["expires_at"] = "never"
         if args.no_daily_tokens:
             fields["daily_token_limit"] = "none"
-        if args.default_concurrent:
-            fields["max_concurrent_requests"] = "default"
+        for _, field, *_ in OVERRIDES:
+            if getattr(args, f"default_{field}"):
+                fields[field] = "default"
         if all(v is None for v in fields.values()):
             raise AdminError(0, "nothing to change: give --rate-limit, --name, --scopes, --models, --daily-tokens, "
-                                "--max-concurrent or an expiry")
+                                "--max-concurrent, --stored-bytes-per-day or an expiry")
         key = await admin.modify_key(args.key, **fields)
         return key.model_dump_json(indent=2) if args.json else table([_key_row(key)], KEY_HEADERS)
     if args.action == "rotate":
@@ -163,8 +173,8 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
             + table(rows, ["day", "requests", "prompt_tok", "completion_tok", "errors", "rate_limited"]))
 
 
-KEY_HEADERS = ["id", "name", "prefix", "rate/min", "tokens/day", "concurrent", "scopes", "models", "expires", "created",
-               "last used", "requests", "tokens"]
+KEY_HEADERS = ["id", "name", "prefix", "rate/min", "tokens/day", "concurrent", "stored/day", "scopes", "models",
+               "expires", "created", "last used", "requests", "tokens"]
 
 
 def imported_line(imported: int, already_here: int) -> str:
@@ -174,10 +184,15 @@ def imported_line(imported: int, already_here: int) -> str:
 
 def _key_row(k: Any) -> list[Any]:
     usage = k.usage
-    concurrent = "default" if k.max_concurrent_requests is None else (k.max_concurrent_requests or "any")
-    return [k.id, k.name, k.prefix + "...", k.rate_limit, k.daily_token_limit or "any", concurrent, ",".join(k.scopes),
+    return [k.id, k.name, k.prefix + "...", k.rate_limit, k.daily_token_limit or "any",
+            _own(k.max_concurrent_requests), _own(k.max_stored_bytes_per_day), ",".join(k.scopes),
             ",".join(k.allowed_models) if k.allowed_models else "any", k.expires_at or "never", k.created_at,
             k.last_used_at, usage.requests if usage else None, usage.total_tokens if usage else None]
+
+
+def _own(limit: int | None) -> int | str:
+    """A key's own override as listed: ``default`` (the API's setting applies), ``any`` (0: no limit), or it."""
+    return "default" if limit is None else (limit or "any")
 
 
 def run_keys(args: argparse.Namespace) -> int:

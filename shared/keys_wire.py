@@ -30,11 +30,14 @@ MAX_NAME = 100
 MAX_MODELS = 64
 MAX_DAILY_TOKENS = 10**12
 MAX_CONCURRENT = 100_000
+# A key's own daily storage budget: 1 TiB a day is past what any one key's day could need (the default is 256 MiB,
+# and 0 already means "no limit"); a bigger number is a typo (a size in bits, a unit twice), told as a 400.
+MAX_STORED_BYTES_PER_DAY = 1 << 40
 NEVER = ("never", "none", "null")
 CLEARABLE = {"expires_at": "clear_expiry", "daily_token_limit": "clear_token_limit"}
-# Set back to the API's default (MAX_CONCURRENT_REQUESTS_PER_KEY) by "default" or null: 0 is "no limit" there, so
-# "none" (which would read as "no limit") is not one of its words.
-DEFAULTABLE = {"max_concurrent_requests": "clear_concurrency"}
+# Set back to the API's default (MAX_CONCURRENT_REQUESTS_PER_KEY, STORED_BYTES_PER_KEY_PER_DAY) by "default" or null:
+# 0 is "no limit" there, so "none" (which would read as "no limit") is not one of their words.
+DEFAULTABLE = {"max_concurrent_requests": "clear_concurrency", "max_stored_bytes_per_day": "clear_storage_budget"}
 DEFAULT_WORDS = ("default", "null")
 FIRST_SECOND, LAST_SECOND = -62135596800.0, 253402300799.0  # 0001-01-01 and 9999-12-31T23:59:59, UTC
 
@@ -64,16 +67,22 @@ class KeyParams(BaseModel):
     max_concurrent_requests: int | None = Field(
         default=None, ge=0, le=MAX_CONCURRENT,
         description="requests in flight at once (0: no limit for this key); 'default' puts back the API's default")
+    max_stored_bytes_per_day: int | None = Field(
+        default=None, ge=0, le=MAX_STORED_BYTES_PER_DAY,
+        description="bytes written to storage per UTC day (0: no limit for this key); 'default' puts back the API's "
+                    "STORED_BYTES_PER_KEY_PER_DAY")
     clear_expiry: bool = Field(default=False, exclude=True)
     clear_token_limit: bool = Field(default=False, exclude=True)
     clear_concurrency: bool = Field(default=False, exclude=True)
+    clear_storage_budget: bool = Field(default=False, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
     def _never(cls, data: Any) -> Any:
         """``expires_at=never`` (or JSON null) removes the expiry, ``daily_token_limit=none`` (or null) the
-        token limit, ``max_concurrent_requests=default`` (or null) the key's own concurrency limit; a null for
-        anything else is an error, not a silent "no change"."""
+        token limit, ``max_concurrent_requests=default`` (or null) the key's own concurrency limit,
+        ``max_stored_bytes_per_day=default`` (or null) its own storage budget; a null for anything else is an error,
+        not a silent "no change"."""
         if not isinstance(data, dict):
             return data
         for name, value in list(data.items()):
@@ -109,7 +118,8 @@ class KeyParams(BaseModel):
             raise ValueError("must fall between 1970 and the end of 9999 (UTC)")
         return v
 
-    @field_validator("rate_limit", "daily_token_limit", "max_concurrent_requests", mode="before")
+    @field_validator("rate_limit", "daily_token_limit", "max_concurrent_requests", "max_stored_bytes_per_day",
+                     mode="before")
     @classmethod
     def _no_bool_or_fraction(cls, v: Any) -> Any:
         if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
@@ -145,9 +155,8 @@ class KeyParams(BaseModel):
         return None
 
     def is_empty(self) -> bool:
-        flags = {"clear_expiry", "clear_token_limit", "clear_concurrency"}
-        return not self.model_fields_set - flags and not (self.clear_expiry or self.clear_token_limit
-                                                          or self.clear_concurrency)
+        flags = {*CLEARABLE.values(), *DEFAULTABLE.values()}
+        return not self.model_fields_set - flags and not any(getattr(self, flag) for flag in flags)
 
     def changes(self, now: float) -> KeyChanges:
         return KeyChanges(
@@ -157,6 +166,7 @@ class KeyParams(BaseModel):
             expires_at=self.expiry(now), clear_expiry=self.clear_expiry,
             daily_token_limit=self.daily_token_limit, clear_token_limit=self.clear_token_limit,
             max_concurrent_requests=self.max_concurrent_requests, clear_concurrency=self.clear_concurrency,
+            max_stored_bytes_per_day=self.max_stored_bytes_per_day, clear_storage_budget=self.clear_storage_budget,
         )
 
 
@@ -189,6 +199,9 @@ class KeyOut(BaseModel):
     daily_token_limit: int | None = None
     max_concurrent_requests: int | None = Field(
         default=None, description="The key's own limit of requests in flight (0: none); null: the API's default")
+    max_stored_bytes_per_day: int | None = Field(
+        default=None, description="The key's own daily storage budget in bytes (0: none); null: the API's "
+                                  "STORED_BYTES_PER_KEY_PER_DAY")
     last_used_at: str | None = None
     usage: UsageTotalsOut | None = None
 
@@ -199,6 +212,7 @@ class KeyOut(BaseModel):
             scopes=list(record.scopes), allowed_models=list(record.allowed_models) if record.allowed_models else None,
             expires_at=iso(record.expires_at), created_at=iso(record.created_at),
             daily_token_limit=record.daily_token_limit, max_concurrent_requests=record.max_concurrent_requests,
+            max_stored_bytes_per_day=record.max_stored_bytes_per_day,
             last_used_at=iso(record.last_used_at), usage=UsageTotalsOut.of(usage) if usage is not None else None,
         )
 
@@ -269,7 +283,8 @@ class UsageOut(BaseModel):
     stored_bytes_today: int = Field(
         default=0, description="Bytes written to storage today (UTC): stored responses, conversations")
     stored_bytes_per_day: int | None = Field(
-        default=None, description="The key's daily storage budget (STORED_BYTES_PER_KEY_PER_DAY); null: none")
+        default=None, description="Bytes this key may write to storage per UTC day, for the fleet (the key's own "
+                                  "max_stored_bytes_per_day, else STORED_BYTES_PER_KEY_PER_DAY); null: no limit")
     max_concurrent_requests: int | None = Field(
         default=None, description="Requests this key may have in flight at once, for the fleet (the key's own limit, "
                                   "else MAX_CONCURRENT_REQUESTS_PER_KEY); null: no limit")

@@ -267,11 +267,15 @@ async def apis_on_one_store(tmp_path: Path, store: str, count: int, miner: Scrip
             await client.aclose()
 
 
-async def call(api: ApiUnderTest, method: str, path: str, body: Any = None,
-               key: str | None = None) -> tuple[int, dict[str, Any]]:
-    """A request to the API under test with its key (or ``key``), JSON ``body`` if any: status and JSON."""
-    async with aiohttp.ClientSession() as s, s.request(method, api.url + path, json=body,
-                                                       headers={"Authorization": f"Bearer {key or api.key}"}) as r:
+ADMIN = {"admin-key": "admin-secret-for-tests"}  # the headers of an admin request to the API under test
+
+
+async def call(api: ApiUnderTest, method: str, path: str, body: Any = None, key: str | None = None,
+               headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    """A request to the API under test with its key (or ``key``; or ``headers``, as ``ADMIN``), JSON ``body`` if
+    any: status and JSON."""
+    headers = headers or {"Authorization": f"Bearer {key or api.key}"}
+    async with aiohttp.ClientSession() as s, s.request(method, api.url + path, json=body, headers=headers) as r:
         return r.status, await r.json()
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from api.responses_state import History, Keeping
+from shared.store.base import KeyRecord
 from shared.store.responses import EMPTY, list_size
 
 
@@ -26,7 +27,8 @@ class CountedObject(dict):
 def test_an_answers_object_is_encoded_once_per_stored_response(prev: str | None) -> None:
     history = [{"id": "msg_0", "type": "message", "role": "user", "content": "Hi"}]
     added = [{"id": "msg_1", "type": "message", "role": "user", "content": "Again"}]
-    keeping = Keeping("key-a", 60.0, History(history, prev, list_size(history) if prev else EMPTY), added)
+    key = KeyRecord(id="key-a", key_hash="", prefix="", rate_limit=1)
+    keeping = Keeping(key, 60.0, History(history, prev, list_size(history) if prev else EMPTY), added)
     CountedObject.encoded = 0
     final = CountedObject({"id": "resp_1", "object": "response", "output": [{"id": "msg_2", "text": "Hello"}]})
     assert keeping.seal(final) is final and keeping.data is not None

@@ -6,6 +6,7 @@ anything is stored or any miner asked, and the count is the store's, shared by e
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ import openai
 import pytest
 from loguru import logger
 
-from shared.store.base import StoreUnavailable
+from shared.store.base import StoreUnavailable, hash_key
 from tests.helpers import (
+    ADMIN,
     ApiUnderTest,
     Script,
     apis_on_one_store,
@@ -25,6 +27,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.integration.test_responses_store import answering
+from tests.store.test_upgrade import OLD_KEYS_TABLE
 
 BUDGET = 20_000
 BIG = "x" * 7_000  # a turn's input: its stored part is some 7.3 KB, so the third such turn passes BUDGET
@@ -149,6 +152,92 @@ async def test_a_background_responses_records_and_events_are_counted(tmp_path: P
 
 def item(text: str) -> dict[str, Any]:
     return {"type": "message", "role": "user", "content": text}
+
+
+async def own_budget(api: ApiUnderTest, key: str, value: Any, *, query: bool = False) -> Any:
+    """The admin sets ``key``'s own ``max_stored_bytes_per_day`` (in a JSON body, or the query string): what the
+    admin's answer says it is now."""
+    path = "/api_management/modify-api-key/" + key
+    if query:
+        status, out = await call(api, "PUT", f"{path}?max_stored_bytes_per_day={value}", headers=ADMIN)
+    else:
+        status, out = await call(api, "PUT", path, {"max_stored_bytes_per_day": value}, headers=ADMIN)
+    assert status == 200, out
+    return out["max_stored_bytes_per_day"]
+
+
+async def budget_in_force(api: ApiUnderTest, key: str) -> int | None:
+    """What ``/v1/usage`` says the key's daily storage budget is (null: no limit)."""
+    status, usage = await call(api, "GET", "/v1/usage", key=key)
+    assert status == 200, usage
+    return usage["stored_bytes_per_day"]
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_keys_own_budget_is_applied_instead_of_the_default_until_put_back(tmp_path: Path, store: str) -> None:
+    """The admin gives one key a budget of its own: its writes past it are refused as the default's are (a response
+    answered unstored, a background response and a conversation write the 429 ``storage_limit_exceeded``), while a
+    key with the default's budget is not; ``/v1/usage`` shows each key's; null or ``default`` puts the default back,
+    0 is no limit for that key, and a key's own may be above the default too."""
+    small = BUDGET // 2  # one BIG turn (some 7.3 KB) fits, a second does not
+    async with apis(tmp_path, store, 1, answering("Noted.")) as (api,):
+        other, _ = await api.ctx.store.create_key(1000)
+        mine, theirs = openai_client(api), openai_client(api, other)
+        assert await own_budget(api, api.key, small) == small
+        assert (await budget_in_force(api, api.key), await budget_in_force(api, other)) == (small, BUDGET)
+        assert stored(await mine.responses.create(model="default", input=BIG))
+        assert not stored(await mine.responses.create(model="default", input=BIG))  # past its own
+        calls = api.scripts[1].calls
+        status, headers, text = await post(api, {"model": "default", "input": BIG, "background": True},
+                                           path="/v1/responses")
+        assert status == 429 and '"storage_limit_exceeded"' in text, text  # the default's 429...
+        assert f"may write {small} bytes" in text and "max_stored_bytes_per_day" in text  # ... naming its own
+        assert 0 < int(headers["Retry-After"]) <= 86400 and api.scripts[1].calls == calls
+        status, body = await call(api, "POST", "/v1/conversations", {"items": [item(BIG)]})
+        assert status == 429 and body["error"]["code"] == "storage_limit_exceeded", body
+        # the other key, on the default's budget: both stored
+        assert stored(await theirs.responses.create(model="default", input=BIG))
+        assert stored(await theirs.responses.create(model="default", input=BIG))
+        assert await own_budget(api, api.key, None) is None  # JSON null: the default again
+        assert await budget_in_force(api, api.key) == BUDGET
+        assert stored(await mine.responses.create(model="default", input=BIG))  # 2 of the default's 20 KB
+        assert await own_budget(api, api.key, 0, query=True) == 0  # no limit for this key
+        assert await budget_in_force(api, api.key) is None
+        for _ in range(2):
+            assert stored(await mine.responses.create(model="default", input=BIG))
+        assert await own_budget(api, api.key, "default", query=True) is None
+        assert not stored(await mine.responses.create(model="default", input=BIG))  # the default's, spent
+        assert not stored(await theirs.responses.create(model="default", input=BIG))  # the default's, spent
+        assert await own_budget(api, other, 4 * BUDGET) == 4 * BUDGET  # above the default
+        assert stored(await theirs.responses.create(model="default", input=BIG))
+        assert await budget_in_force(api, other) == 4 * BUDGET
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_key_stored_before_its_own_budget_existed_has_the_default(tmp_path: Path, store: str) -> None:
+    """A key an earlier release stored, without the field (a SQLite file made before its column, a Redis hash
+    without it), reads as "default": listed so, and held to ``STORED_BYTES_PER_KEY_PER_DAY``."""
+    old = "sn1-" + "o" * 40
+    if store == "sqlite":  # the API opens (and upgrades) the file an earlier release made, its key in it
+        with sqlite3.connect(tmp_path / "api.db") as db:
+            db.executescript(OLD_KEYS_TABLE)
+            db.execute("INSERT INTO api_keys VALUES ('00112233445566aa', ?, 'sn1-oooooo', 'old', 1000, "
+                       "'[\"chat\"]', NULL, NULL, 1.0, NULL)", (hash_key(old),))
+        db.close()
+    async with apis(tmp_path, store, 1, answering("Noted.")) as (api,):
+        if store == "redis":
+            old, record = await api.ctx.store.create_key(1000)
+            await api.ctx.store.redis.hdel(api.ctx.store.key("key", record.key_hash), "max_stored_bytes_per_day")
+        status, listed = await call(api, "GET", "/api_management/api-keys", headers=ADMIN)
+        assert status == 200 and len(listed["data"]) == 2, listed
+        assert [k["max_stored_bytes_per_day"] for k in listed["data"]] == [None, None]
+        assert await budget_in_force(api, old) == BUDGET
+        client = openai_client(api, old)
+        for _ in range(2):
+            assert stored(await client.responses.create(model="default", input=BIG))
+        assert not stored(await client.responses.create(model="default", input=BIG))
+        assert await own_budget(api, old, 30_000) == 30_000  # and it takes one of its own
+        assert stored(await client.responses.create(model="default", input=BIG))
 
 
 async def stored_today(api: ApiUnderTest, key: str | None = None) -> int:

@@ -203,6 +203,43 @@ async def test_dates_out_of_range_and_nulls_on_modify(api: ApiUnderTest, http: a
         assert out["error"]["param"] == "days"
 
 
+async def test_a_keys_own_storage_budget_is_set_shown_put_back_and_bad_values_refused(
+    api: ApiUnderTest, http: aiohttp.ClientSession
+) -> None:
+    """``max_stored_bytes_per_day``: set on create and modify, listed as set (null: the API's default), shown in force
+    by the usage endpoints; 0 is "no limit for this key", null and "default" put back the default; anything but an
+    integer from 0 to 1 TiB is a 400 naming it, on create and on modify, and changes nothing."""
+    base, default = f"{api.url}/api_management", api.ctx.settings.stored_bytes_per_key_per_day
+    created = await create_key(http, api.url, "rate_limit=5&max_stored_bytes_per_day=65536")
+    assert created["max_stored_bytes_per_day"] == 65536
+    url, usage_url = f"{base}/modify-api-key/{created['id']}", f"{base}/api-keys/{created['id']}/usage"
+    status, _, usage = await call(http, "GET", f"{api.url}/v1/usage", headers={"api-key": created["api_key"]})
+    assert status == 200 and usage["stored_bytes_per_day"] == 65536, usage
+    status, _, out = await call(http, "PUT", url, headers=AK, json={"max_stored_bytes_per_day": 0})
+    assert status == 200 and out["max_stored_bytes_per_day"] == 0, out
+    assert (await call(http, "GET", usage_url, headers=AK))[2]["stored_bytes_per_day"] is None  # no limit
+    status, _, out = await call(http, "PUT", url + "?max_stored_bytes_per_day=default", headers=AK)
+    assert status == 200 and out["max_stored_bytes_per_day"] is None, out
+    assert (await call(http, "GET", usage_url, headers=AK))[2]["stored_bytes_per_day"] == default
+    status, _, out = await call(http, "PUT", url + f"?max_stored_bytes_per_day={1 << 40}", headers=AK)
+    assert status == 200 and out["max_stored_bytes_per_day"] == 1 << 40, out  # the largest
+    status, _, out = await call(http, "PUT", url, headers=AK, json={"max_stored_bytes_per_day": None})
+    assert status == 200 and out["max_stored_bytes_per_day"] is None, out
+    listed = (await call(http, "GET", f"{base}/api-keys", headers=AK))[2]["data"]
+    assert {k["id"]: k["max_stored_bytes_per_day"] for k in listed} == {created["id"]: None, listed[0]["id"]: None}
+    for bad in ("-1", "none", "1.5", "true", "abc", "1e3", str((1 << 40) + 1), "9" * 5000):
+        for method, to in (("PUT", url + "?"), ("POST", f"{base}/create-api-key/?rate_limit=5&")):
+            status, _, out = await call(http, method, to + f"max_stored_bytes_per_day={bad}", headers=AK)
+            assert_error(status, out, 400)
+            assert out["error"]["param"] == "max_stored_bytes_per_day", out
+    for bad in (-1, 1.5, True, "many", [1], {"bytes": 1}, 10**30):
+        status, _, out = await call(http, "PUT", url, headers=AK, json={"max_stored_bytes_per_day": bad})
+        assert_error(status, out, 400)
+        assert out["error"]["param"] == "max_stored_bytes_per_day", out
+    listed = (await call(http, "GET", f"{base}/api-keys", headers=AK))[2]["data"]
+    assert len(listed) == 2 and all(k["max_stored_bytes_per_day"] is None for k in listed), "nothing changed"
+
+
 async def test_modify_and_delete_errors(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
     base = f"{api.url}/api_management"
     for ref in ("sn1-unknown", "0123456789abcdef", "not-a-key", "x" * 300):

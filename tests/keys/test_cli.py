@@ -99,6 +99,44 @@ async def test_cli_create_list_modify_usage_delete(api: ApiUnderTest) -> None:
     assert code == 0 and json.loads(out)["deleted"] is True, err
 
 
+async def test_the_cli_and_the_admin_client_set_show_and_put_back_a_keys_storage_budget(api: ApiUnderTest) -> None:
+    """``--stored-bytes-per-day`` / ``max_stored_bytes_per_day``: the key's own daily storage budget, listed as set
+    ("default": the API's, "any": 0, no limit) and shown in force by ``sn1 keys usage``; ``--default-stored-bytes``
+    and ``"default"`` put back the API's; a bad value is refused before anything is sent."""
+    code, out, err = await sn1_keys(api, "--json", "create", "--rate-limit", "9", "--stored-bytes-per-day", "5000")
+    assert code == 0 and json.loads(out)["max_stored_bytes_per_day"] == 5000, err
+    key_id = json.loads(out)["id"]
+    code, out, err = await sn1_keys(api, "usage", key_id)
+    assert code == 0 and "0 of 5000 stored bytes today" in out, err
+    code, out, err = await sn1_keys(api, "list")
+    header, _, *rows = out.strip().splitlines()
+    column = header.split().index("stored/day")
+    assert {r.split()[0]: r.split()[column] for r in rows}[key_id] == "5000", out
+    code, out, err = await sn1_keys(api, "modify", key_id, "--stored-bytes-per-day", "0")
+    assert code == 0 and " any " in out, err  # 0: no limit for this key
+    code, out, err = await sn1_keys(api, "usage", key_id)
+    assert code == 0 and "stored bytes today" not in out, out
+    code, out, err = await sn1_keys(api, "--json", "modify", key_id, "--default-stored-bytes")
+    assert code == 0 and json.loads(out)["max_stored_bytes_per_day"] is None, err
+    code, out, err = await sn1_keys(api, "usage", key_id)
+    assert code == 0 and "0 of 268435456 stored bytes today" in out, err  # the API's STORED_BYTES_PER_KEY_PER_DAY
+    code, _, err = await sn1_keys(api, "modify", key_id, "--stored-bytes-per-day", "-5")
+    assert code == 2 and "max_stored_bytes_per_day" in err
+    code, _, err = await sn1_keys(api, "modify", key_id, "--stored-bytes-per-day", "5000", "--default-stored-bytes")
+    assert code == 2 and "not allowed with" in err  # one or the other
+    async with AdminClient(api.url, ADMIN) as admin:
+        assert (await admin.modify_key(key_id, max_stored_bytes_per_day=777)).max_stored_bytes_per_day == 777
+        assert (await admin.usage(key_id)).stored_bytes_per_day == 777
+        assert [k.max_stored_bytes_per_day for k in await admin.list_keys() if k.id == key_id] == [777]
+        assert (await admin.modify_key(key_id, max_stored_bytes_per_day="default")).max_stored_bytes_per_day is None
+        assert (await admin.usage(key_id)).stored_bytes_per_day == 268435456
+        made = await admin.create_key(5, max_stored_bytes_per_day=0)
+        assert made.max_stored_bytes_per_day == 0 and (await admin.usage(made.id)).stored_bytes_per_day is None
+        with pytest.raises(AdminError) as e:
+            await admin.modify_key(key_id, max_stored_bytes_per_day=(1 << 40) + 1)
+        assert e.value.status == 0 and "max_stored_bytes_per_day" in str(e.value)  # refused before anything was sent
+
+
 async def test_cli_errors_are_clear(api: ApiUnderTest) -> None:
     code, _, err = await sn1_keys(api, "delete", "0123456789abcdef")
     assert code == 1 and "HTTP 404" in err and "No such API key" in err

@@ -26,7 +26,7 @@ async def stored_turn(responses: ResponseStore, conversation: list[dict[str, Any
     response, added = turn(i)
     if pending:
         response = response | {"status": "in_progress", "output": []}
-    keeping = Keeping(KEY.id, 60, await last_turn(ctx, KEY, conversation), added)
+    keeping = Keeping(KEY, 60, await last_turn(ctx, KEY, conversation), added)
     data = keeping.part(response)
     assert data is not None
     assert await responses.put(KEY.id, response["id"], data, retention=60, pending=pending,
