@@ -48,8 +48,11 @@ async def test_the_admin_examples_run_as_written_in_order(api: ApiUnderTest) -> 
     messages = [a.get("message") or a.get("object") for a in answers]
     assert messages == ["API key created", "API key updated", "API key updated", "API key updated", "list", "usage",
                         "API keys imported", "usage", "API key deleted"]
+    batch = answers[3]  # the batch key's limits of its own, as set
+    assert (batch["max_concurrent_requests"], batch["max_stored_bytes_per_day"]) == (256, 1 << 30)
     own_usage = answers[-2]
     assert own_usage["key_id"] == answers[-1]["id"] and own_usage["rate_limit"] == 100
+    assert own_usage["stored_bytes_per_day"] == 1 << 30  # the key's own, in force
 
 
 def admin_client_example() -> str:
