@@ -29,7 +29,7 @@ from api.completion import (
 )
 from api.concurrency import LIMITER, holds_slot
 from api.context import CTX
-from api.fanout import aimed, chat_deadline, node_deadline, settle, start_race
+from api.fanout import aimed, chat_deadline, node_deadline, passed_over, settle, start_race
 from api.race import MinerRun, Race
 from api.route_hints import require
 from api.selection import NO_MINERS, select_miners, top_miner
@@ -164,7 +164,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         try:
             # stage one has part of the node's deadline: a miner that runs out of it is not at fault
             answers = await mixture.gather_answers(ctx, neurons, body, mixture.stage_one_seconds(seconds), rid,
-                                                   excuse_timeouts=True, scored=scored, latency_scale=scale)
+                                                   excuse_timeouts=True, scored=scored, latency_scale=scale,
+                                                   named=bool(req.uids))
         except mixture.StageOneFailed as e:
             e.headers.update(headers)
             _log_answer(request, fmt, key, req, [n.uid for n in neurons], None, use_mixture=True,
@@ -187,7 +188,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             race, winner = await sessions.failover_race(ctx, session, race, body, stream=req.stream,
                                                         request_id=rid, headers=headers)
         if winner is None:
-            error = no_winner_error(race, fmt.input_param, model=body.get("model"))
+            error = no_winner_error(race, fmt.input_param, model=body.get("model"),
+                                    passed_over=passed_over(ctx, body, named=bool(req.uids)))
             tell_no_answer(ctx.no_answer, race, rid, error)
             raise error
         ctx.no_answer.ok()  # nothing unless requests were failing: then, once they no longer are, one INFO line

@@ -30,7 +30,7 @@ from api.completion import (
     tell_no_answer,
 )
 from api.context import CTX, ApiContext
-from api.fanout import aimed, chat_deadline, node_deadline, settle, start_race
+from api.fanout import aimed, chat_deadline, node_deadline, passed_over, settle, start_race
 from api.mixture import is_mixture
 from api.race import MinerRun, Race
 from api.selection import select_miners
@@ -138,7 +138,8 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
         for race, body in races:
             winner = await race.winner()
             if winner is None:
-                error = no_winner_error(race, fmt.input_param, model=body.get("model"))
+                error = no_winner_error(race, fmt.input_param, model=body.get("model"),
+                                        passed_over=passed_over(ctx, body, named=bool(req.uids)))
                 tell_no_answer(ctx.no_answer, race, rid, error)
                 raise error
             winners.append(winner)

@@ -6,9 +6,11 @@ the Responses API (``api/responses.py``), which render the same runs in their ow
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from api.race import MinerRun, Race
+from api.selection import NO_MINERS, not_answering
 from shared.errors import (
     CONTEXT_LENGTH_EXCEEDED,
     MODEL_SERVER_REJECTED,
@@ -18,6 +20,7 @@ from shared.errors import (
 )
 from shared.jsonutil import dumps
 from shared.logging import printable
+from shared.metagraph import Neuron
 from shared.protocol import (
     ChatCompletionRequest,
     completion_object,
@@ -48,11 +51,17 @@ def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
     return usage
 
 
-def no_winner_error(race: Race, input_param: str = "messages", *, model: str | None = None) -> ApiError:
+def no_winner_error(race: Race, input_param: str = "messages", *, model: str | None = None,
+                    passed_over: Sequence[Neuron] = ()) -> ApiError:
     """The error of a race no miner won; ``input_param``: the request's field a context overflow names (its
     API's name for the conversation: chat's ``messages``, the Responses API's ``input``, ...); ``model``: the
-    one the miners were asked for."""
+    one the miners were asked for; ``passed_over``: the miners selection left out of the race, set aside, that
+    may serve it (``fanout.passed_over``)."""
     if race.not_served():
+        if passed_over and race.health is not None:
+            # Its miners are failing, not missing: a 404 told the caller to fix a model name that was right
+            return not_answering(race.health, list(passed_over),
+                                 f"the {len(race.runs)} miner(s) asked do not serve the model `{model}`, and ")
         # No miner raced serves the model: OpenAI's 404 for an unknown model (a 502 was retried twice by
         # the SDKs, and read as the subnet failing, not as the caller's model name).
         return model_not_found(model)
@@ -81,8 +90,8 @@ def tell_no_answer(log: OutageLog, race: Race, rid: str, error: ApiError) -> Non
     (``status=error``): every miner down failed every request without a WARNING. Left out, as no outage of the
     network: a request its miners' model servers refused (the caller's 400), one whose caller chose its
     miners, one whose caller's own deadline was shorter than the node's, and one for a model no miner raced
-    serves (the caller's 404)."""
-    if race.refused() or race.not_served() or not race.scored or race.excuse_timeouts:
+    serves (the caller's 404). A 503 ``no_miners_available`` is always told, as selection's is (``chat.plan``)."""
+    if error.code != NO_MINERS and (race.refused() or race.not_served() or not race.scored or race.excuse_timeouts):
         return
     log.failed(f"rid={rid} answered HTTP {error.status} {error.code}: {printable(error.message)[:800]} (are the "
                "miners up and reachable from this host? the validator's availability lines and "

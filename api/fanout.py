@@ -15,6 +15,7 @@ from loguru import logger
 from api.answer_checks import Check, answer_check, json_opening, must_call, offered_tools
 from api.context import ApiContext
 from api.race import Race
+from api.selection import passed_over as passed_over_by_selection
 from shared.jsonutil import dumpb
 from shared.metagraph import Neuron
 from shared.miner_client import NOT_SERVED
@@ -134,6 +135,18 @@ def not_served_unasked(ctx: ApiContext, race: Race, body: dict[str, Any]) -> set
     cache = ctx.availability
     return {r.uid for r in race.runs if r.error_kind == NOT_SERVED
             and not (cache is not None and cache.serves(r.uid, body.get("task"), model))}
+
+
+def passed_over(ctx: ApiContext, body: dict[str, Any], *, named: bool) -> list[Neuron]:
+    """The miners selection left out of ``body``'s race, set aside, that may serve its task and model
+    (``selection.passed_over``: for ``completion.no_winner_error``); none when the caller ``named`` its miners
+    (``uids``): the race was of those it chose."""
+    if named:
+        return []
+    model = body.get("model")
+    return passed_over_by_selection(ctx.metagraph.snapshot, ctx.availability, ctx.miner_health,
+                                    task=body.get("task"), model=None if model in ANY_MODEL else model,
+                                    self_hotkey=ctx.client.signer.hotkey)
 
 
 def deliver(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str) -> None:

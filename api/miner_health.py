@@ -141,10 +141,11 @@ class MinerHealth:
             rec.probing = False
 
 
-def set_aside_message(health: MinerHealth, neurons: list[Neuron]) -> str:
-    """Why every one of ``neurons`` (all set aside) is skipped: for a 503 and ``/ready``."""
+def set_aside_message(health: MinerHealth, neurons: list[Neuron], which: str = "available") -> str:
+    """Why every one of ``neurons`` (all set aside) is skipped: for a 503 and ``/ready``. ``which``: what they are
+    to the reader (``available``; ``other``: besides the miners a race asked)."""
     reasons = ", ".join(f"{kind} x{n}" for kind, n in sorted(health.reasons(neurons).items()))
-    return (f"every one of the {len(neurons)} available miner(s) failed its last {health.threshold} request(s) "
+    return (f"every one of the {len(neurons)} {which} miner(s) failed its last {health.threshold} request(s) "
             f"from this API ({reasons}): set aside, and probed again within {health.next_probe_in(neurons):.0f} s")
 
 

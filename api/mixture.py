@@ -13,7 +13,7 @@ from typing import Any
 
 from api.completion import no_winner_error
 from api.context import ApiContext
-from api.fanout import settle, start_race
+from api.fanout import passed_over, settle, start_race
 from api.race import MinerRun
 from shared.errors import ApiError
 from shared.metagraph import Neuron
@@ -56,10 +56,11 @@ def final_body(body: dict[str, Any], answers: list[str]) -> dict[str, Any]:
 
 async def gather_answers(
     ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, request_id: str, *,
-    excuse_timeouts: bool = False, scored: bool = True, latency_scale: float | None = None,
+    excuse_timeouts: bool = False, scored: bool = True, latency_scale: float | None = None, named: bool = False,
 ) -> list[MinerRun]:
     """Stage 1: every valid answer from ``neurons`` within ``seconds``; none valid is the error a plain
-    request would get (400 if every model server refused it, 504 past the deadline, else 502)."""
+    request would get (400 if every model server refused it, 504 past the deadline, else 502). ``named``: the
+    caller named ``neurons`` (``uids``)."""
     stage_body = {**body, "stream": True}
     race = start_race(ctx, neurons, stage_body, seconds, stream=False, request_id=request_id,
                       excuse_timeouts=excuse_timeouts, scored=scored, latency_scale=latency_scale)
@@ -67,7 +68,8 @@ async def gather_answers(
     settle(ctx, race, stage_body, kind="mixture_stage1")
     valid = [r for r in race.runs if r.error is None and r.has_answer and r.text]
     if not valid:
-        raise StageOneFailed(no_winner_error(race, model=body.get("model")), race.runs)
+        raise StageOneFailed(no_winner_error(race, model=body.get("model"),
+                                             passed_over=passed_over(ctx, body, named=named)), race.runs)
     return valid
 
 
@@ -78,7 +80,7 @@ class StageOneFailed(ApiError):
 
     def __init__(self, plain: ApiError, runs: list[MinerRun]) -> None:
         super().__init__(plain.status, f"Mixture, first stage: {plain.message}", code=plain.code, param=plain.param,
-                         type_=plain.type)
+                         type_=plain.type, headers=dict(plain.headers))  # a 503's Retry-After, say
         self.runs = runs
 
 

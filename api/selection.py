@@ -80,10 +80,28 @@ def select_miners(
     if health is not None:
         answering = health.answering(candidates)
         if not answering:
-            raise ApiError(503, f"No miner is answering: {set_aside_message(health, candidates)}.", code=NO_MINERS,
-                           headers={"Retry-After": str(max(1, math.ceil(health.next_probe_in(candidates))))})
+            raise not_answering(health, candidates)
         candidates = answering
     return weighted_sample(candidates, k, rng)
+
+
+def not_answering(health: MinerHealth, aside: list[Neuron], why: str = "") -> ApiError:
+    """The 503 of a request whose miners that could answer, ``aside``, are all set aside: their failures named,
+    and ``Retry-After`` the seconds to the next probe. ``why``: what the caller is told first (the miners a race
+    asked, when it was they who could not answer)."""
+    return ApiError(503, f"No miner is answering: {why}{set_aside_message(health, aside, 'other' if why else 'available')}.",
+                    code=NO_MINERS, headers={"Retry-After": str(max(1, math.ceil(health.next_probe_in(aside))))})
+
+
+def passed_over(snapshot: MetagraphSnapshot, cache: AvailabilityCache | None, health: MinerHealth | None, *,
+                task: str | None, model: str | None, self_hotkey: str | None = None) -> list[Neuron]:
+    """The miners selection would race for ``task`` and ``model`` but passes over, set aside: those that may serve
+    the model (fresh availability lists it for them; without fresh data nothing rules a serving miner out) and
+    fail. A race whose every miner says it does not serve the model is then no proof that none does."""
+    if health is None or not health.aside:
+        return []
+    return [n for n in candidate_miners(snapshot, cache, task=task, model=model, self_hotkey=self_hotkey)
+            if health.is_aside(n)]
 
 
 def candidate_miners(snapshot: MetagraphSnapshot, cache: AvailabilityCache | None, *, task: str | None,

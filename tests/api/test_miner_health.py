@@ -10,7 +10,7 @@ import time
 import pytest
 
 from api.miner_health import MinerHealth, probe_forever
-from api.selection import select_miners
+from api.selection import passed_over, select_miners
 from shared.errors import ApiError
 from shared.metagraph import MetagraphSnapshot, Neuron
 
@@ -123,6 +123,27 @@ def test_selection_skips_miners_set_aside_and_refuses_at_once_when_all_are() -> 
     # a caller who names the uids gets them, as asked
     named = select_miners(snap(a, b), None, uids=[1], task=None, model=None, k=5, rng=random.Random(), health=h)
     assert [n.uid for n in named] == [1]
+
+
+def test_the_miners_passed_over_for_a_model_are_those_set_aside_that_may_serve_it() -> None:
+    """What makes a race of miners that each say they do not serve the model a 503 rather than OpenAI's 404."""
+    from api.availability import AvailabilityCache
+
+    h, a, b, c = health(Clock()), neuron(1), neuron(2), neuron(3)
+    metagraph = snap(a, b, c)
+    assert passed_over(metagraph, None, h, task=None, model="m/a") == []  # none set aside: nothing to look up
+    fail(h, a, 3)
+    fail(h, c, 3)
+    # without fresh availability nothing rules a serving miner out: each set aside may serve it
+    assert [n.uid for n in passed_over(metagraph, None, h, task=None, model="m/a")] == [1, 3]
+    cache = AvailabilityCache(None, "http://127.0.0.1:9", "-")  # type: ignore[arg-type]
+    cache.accept({1: {"task_availabilities": {"InferenceTask": True}, "llm_model_availabilities": {"m/a": True}},
+                  2: {"task_availabilities": {"InferenceTask": True}, "llm_model_availabilities": {"m/a": True}},
+                  3: {"task_availabilities": {"InferenceTask": True}, "llm_model_availabilities": {"m/b": True}}})
+    assert [n.uid for n in passed_over(metagraph, cache, h, task="InferenceTask", model="m/a")] == [1]
+    assert [n.uid for n in passed_over(metagraph, cache, h, task="InferenceTask", model="m/b")] == [3]
+    assert passed_over(metagraph, cache, h, task="InferenceTask", model="m/none") == []
+    assert passed_over(metagraph, cache, None, task=None, model="m/a") == []  # no health kept (turned off)
 
 
 async def test_the_prober_asks_each_due_miner_once_and_forgets_a_uid_gone_from_the_metagraph() -> None:

@@ -155,3 +155,69 @@ async def test_an_honest_miner_beside_a_down_one_keeps_the_api_ready_with_the_va
         assert json.loads(text)["checks"]["miners"]["detail"] == "1 serving miner(s)"
         status, body = await chat(api)
         assert status == 200, body
+
+
+def not_serving() -> Script:
+    """A miner up and answering, that does not serve the model asked for: OpenAI's 404, as a model server says it."""
+    return Script([], status=404, error_code="model_not_found")
+
+
+def fresh_availability(api: ApiUnderTest, models: dict[int, list[str]]) -> None:
+    """Fresh availability from the validator: each uid serves ``InferenceTask`` and its ``models``."""
+    cache = AvailabilityCache(api.ctx.client, "http://127.0.0.1:9", api.ctx.client.signer.hotkey)
+    cache.accept({uid: {"task_availabilities": {"InferenceTask": True},
+                        "llm_model_availabilities": dict.fromkeys(served, True)} for uid, served in models.items()})
+    api.ctx.availability = cache
+
+
+async def set_uid_1_aside(api: ApiUnderTest, model: str) -> None:
+    """Three requests for ``model`` that uid 1 fails (503) while the others say they do not serve it: a 502 each
+    (one miner failed on its own, and might have served it), and uid 1 is set aside."""
+    for _ in range(3):
+        status, _, text = await post(api, {"model": model, "messages": MESSAGES}, timeout=10)
+        assert status == 502, text
+    assert api.ctx.miner_health is not None and 1 in api.ctx.miner_health.aside
+
+
+async def test_a_model_whose_miners_are_set_aside_is_a_503_not_openais_404(tmp_path: Path) -> None:
+    """uid 1 serves the model and fails every request; uids 2 and 3 answer ``404 model_not_found`` for it. Once
+    uid 1 was set aside, each request raced 2 and 3 alone, and the caller was told its model does not exist (an app
+    developer fixes a model name that is right, and the SDKs raise ``NotFoundError``, which nobody retries). It is
+    the 503 of every miner set aside: the model's miners are failing, and Retry-After says when one is probed."""
+    from tests.integration.test_race import ASKING_FOR_GONE_MODEL
+
+    failing, others = down(), {2: not_serving(), 3: not_serving()}
+    async with api_with_miners(tmp_path, {1: failing, **others}) as api:  # no availability: every miner is raced
+        await set_uid_1_aside(api, "gone/model")
+        for path, body in [*ASKING_FOR_GONE_MODEL, ("/v1/chat/completions", {**ASKING_FOR_GONE_MODEL[0][1],
+                                                                               "mixture": True})]:
+            status, headers, text = await post(api, body, path=path, timeout=10)
+            error = json.loads(text)["error"]
+            assert status == 503 and error["code"] == "no_miners_available", (path, body, text)
+            assert 1 <= int(headers.get("Retry-After", 0)) <= 10, (path, body, headers)
+            assert "set aside" in error["message"] and "http_5xx x1" in error["message"], error
+            assert "2 miner(s) asked do not serve the model `gone/model`" in error["message"], error
+        assert failing.calls == 3  # the failing miner was not raced again
+        assert api.ctx.no_answer.failing  # an outage of the model's miners: the "requests no miner answers" WARNING
+
+        # a caller naming its miners gets their answer: those it named do not serve the model
+        status, _, text = await post(api, {"model": "gone/model", "messages": MESSAGES, "uids": [2, 3]})
+        assert status == 404 and json.loads(text)["error"]["code"] == "model_not_found", text
+
+
+async def test_with_fresh_availability_only_the_miners_listing_the_model_make_it_a_503(tmp_path: Path) -> None:
+    """Fresh availability: uids 1 and 2 list ``sn1/a``, uid 2 serves it no more (its 404), uid 3 lists ``sn1/b``
+    and serves it no more. uid 1, failing, is set aside: ``sn1/a`` is a 503 (its miner is failing), ``sn1/b`` stays
+    OpenAI's 404 (no miner that serves it is set aside), as does a model no miner lists."""
+    failing, answers_404, answers_404_too = down(), not_serving(), not_serving()
+    async with api_with_miners(tmp_path, {1: failing, 2: answers_404, 3: answers_404_too}) as api:
+        fresh_availability(api, {1: ["sn1/a"], 2: ["sn1/a"], 3: ["sn1/b"]})
+        for _ in range(3):  # races 1 and 2 (those listing it): 1 fails, 2 says it does not serve it
+            status, _, text = await post(api, {"model": "sn1/a", "messages": MESSAGES}, timeout=10)
+            assert status == 502, text
+        status, headers, text = await post(api, {"model": "sn1/a", "messages": MESSAGES}, timeout=10)
+        assert status == 503 and json.loads(text)["error"]["code"] == "no_miners_available", text
+        assert "Retry-After" in headers and answers_404.calls == 4
+        for model in ("sn1/b", "sn1/none"):
+            status, _, text = await post(api, {"model": model, "messages": MESSAGES}, timeout=10)
+            assert status == 404 and json.loads(text)["error"]["code"] == "model_not_found", (model, text)
