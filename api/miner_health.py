@@ -112,6 +112,13 @@ class MinerHealth:
             return neurons
         return [n for n in neurons if aside.get(n.uid) != n.hotkey]
 
+    def aside_uids(self, neurons: Iterable[Neuron | None]) -> list[int]:
+        """The uids of those of ``neurons`` set aside, lowest first (None: a uid not in the metagraph, never
+        set aside)."""
+        if not self.aside:
+            return []
+        return sorted(n.uid for n in neurons if n is not None and self.is_aside(n))
+
     def reasons(self, neurons: Iterable[Neuron]) -> Counter[str]:
         """How many of ``neurons`` are set aside, by their last failure's kind."""
         return Counter(self.records[n.uid].reason for n in neurons if self.is_aside(n))

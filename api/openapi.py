@@ -286,11 +286,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/web_retrieval"): Operation("Web search across miners (JSON body)", "inference",
                                           body=WebRetrievalRequest, response=WebRetrievalOut),
     ("POST", "/miner_availabilities/miner_availabilities"): Operation(
-        "Availability of the given uids (body: a JSON array of uids, or empty for all)", "discovery",
+        "Availability of the given uids, as the validator's poll found it (body: a JSON array of uids, or empty for "
+        "all; header x-sn1-set-aside: those this API process has set aside for failing its requests)", "discovery",
         response=AvailabilityMapOut),
     ("GET", "/miner_availabilities/get_available_miners"): Operation(
         "Up to k uids a chat request for the task and model would race (header x-sn1-availability: fresh, or "
-        "unknown when every serving miner is listed for want of fresh data)", "discovery", query=AvailableMinersQuery, response=UidListOut),
+        "unknown when every serving miner is listed for want of fresh data; header x-sn1-set-aside: the uids left "
+        "out as set aside for failing this API process's requests)", "discovery", query=AvailableMinersQuery, response=UidListOut),
     ("POST", "/api_management/create-api-key/"): Operation(
         "Create an API key (shown once)", "admin", "admin", body=KeyParams, body_required=False, query=KeyParams,
         response=CreatedKeyOut),

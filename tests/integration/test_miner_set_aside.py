@@ -221,3 +221,30 @@ async def test_with_fresh_availability_only_the_miners_listing_the_model_make_it
         for model in ("sn1/b", "sn1/none"):
             status, _, text = await post(api, {"model": model, "messages": MESSAGES}, timeout=10)
             assert status == 404 and json.loads(text)["error"]["code"] == "model_not_found", (model, text)
+
+
+async def test_available_miners_leave_out_those_set_aside_and_both_routes_name_them(tmp_path: Path) -> None:
+    """``get_available_miners`` says it lists the miners a chat would race, and went on listing a miner set aside,
+    which no chat raced: an app picking ``uids`` from it chose a miner failing every request. It leaves it out now;
+    ``miner_availabilities`` keeps the validator's entries as they are (the original API's shape: the miners' own
+    claim), and both name the uids set aside in ``x-sn1-set-aside``."""
+    async with api_with_miners(tmp_path, {1: down(), 2: good()}) as api:
+        fresh_availability(api, {1: ["sn1/a"], 2: ["sn1/a"]})
+
+        async def routes() -> tuple[list[int], str, dict, str]:
+            async with aiohttp.ClientSession(headers={"api-key": api.key}) as s:
+                async with s.get(api.url + "/miner_availabilities/get_available_miners?model=sn1/a") as r:
+                    assert r.status == 200 and r.headers["x-sn1-availability"] == "fresh"
+                    listed, listed_aside = await r.json(), r.headers["x-sn1-set-aside"]
+                async with s.post(api.url + "/miner_availabilities/miner_availabilities", json=None) as r:
+                    assert r.status == 200
+                    return listed, listed_aside, await r.json(), r.headers["x-sn1-set-aside"]
+
+        before = await routes()
+        assert before[:2] == ([1, 2], "") and before[3] == "" and set(before[2]) == {"1", "2"}
+        for _ in range(3):  # uid 2 answers each; uid 1 fails each and is set aside
+            status, body = await chat(api)
+            assert status == 200, body
+        listed, listed_aside, entries, entries_aside = await routes()
+        assert (listed, listed_aside) == ([2], "1")
+        assert entries == before[2] and entries_aside == "1"  # the validator's entries, as they were
