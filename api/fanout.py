@@ -140,13 +140,12 @@ def not_served_unasked(ctx: ApiContext, race: Race, body: dict[str, Any]) -> set
 def passed_over(ctx: ApiContext, body: dict[str, Any], *, named: bool) -> list[Neuron]:
     """The miners selection left out of ``body``'s race, set aside, that may serve its task and model
     (``selection.passed_over``: for ``completion.no_winner_error``); none when the caller ``named`` its miners
-    (``uids``): the race was of those it chose."""
-    if named:
-        return []
+    (``uids``: the race was of those it chose) or asked for any model (no model's miners to speak of)."""
     model = body.get("model")
+    if named or model in ANY_MODEL:
+        return []
     return passed_over_by_selection(ctx.metagraph.snapshot, ctx.availability, ctx.miner_health,
-                                    task=body.get("task"), model=None if model in ANY_MODEL else model,
-                                    self_hotkey=ctx.client.signer.hotkey)
+                                    task=body.get("task"), model=model, self_hotkey=ctx.client.signer.hotkey)
 
 
 def deliver(ctx: ApiContext, race: Race, body: dict[str, Any], *, kind: str) -> None:

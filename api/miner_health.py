@@ -117,7 +117,7 @@ class MinerHealth:
         set aside)."""
         if not self.aside:
             return []
-        return sorted(n.uid for n in neurons if n is not None and self.is_aside(n))
+        return sorted({n.uid for n in neurons if n is not None and self.is_aside(n)})
 
     def reasons(self, neurons: Iterable[Neuron]) -> Counter[str]:
         """How many of ``neurons`` are set aside, by their last failure's kind."""
