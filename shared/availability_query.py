@@ -55,11 +55,12 @@ def parse_k(value: str | None, default: int = 10) -> int:
 def parse_task(value: str | None, advertised: Iterable[str] = ()) -> str | None:
     """``task`` from a query string: one of the subnet's tasks or of those a miner ``advertised``
     (selection takes those too), or None (any). A misspelt task is a 400 naming them, not an empty
-    list that reads as "no miner serves it"."""
+    list that reads as "no miner serves it". Its code is ``unknown_task``, as a chat request's for a task no
+    miner advertises (it was ``invalid_value`` here: one mistake, two codes, and README's table named one)."""
     if not value:
         return None
     if value not in ALL_TASKS and value not in set(advertised):
         names = [*ALL_TASKS, *sorted(set(advertised) - set(ALL_TASKS))]
         raise ApiError(400, f"Unknown task {value[:64]!r}: the tasks are {', '.join(names)}.", param="task",
-                       code="invalid_value")
+                       code="unknown_task")
     return value
