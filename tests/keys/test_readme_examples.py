@@ -4,6 +4,7 @@ written, in order, against a real API: an operator pastes them one after another
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -53,6 +54,23 @@ async def test_the_admin_examples_run_as_written_in_order(api: ApiUnderTest) -> 
     own_usage = answers[-2]
     assert own_usage["key_id"] == answers[-1]["id"] and own_usage["rate_limit"] == 100
     assert own_usage["stored_bytes_per_day"] == 1 << 30  # the key's own, in force
+    assert_the_usage_comment_is(own_usage)
+
+
+def usage_comment() -> str:
+    """The comment under the caller's ``/v1/usage`` example: the answer it promises."""
+    after = README[README.index('curl -s "$A/v1/usage'):].splitlines()[1:]
+    return "\n".join(itertools.takewhile(lambda line: line.startswith("#"), after))
+
+
+def assert_the_usage_comment_is(answer: dict) -> None:
+    """The comment names every field the answer has (its own, its totals', a day's ``date``) and no other, with
+    the values the examples before it set. It said ``"max_concurrent_requests":64`` after the example had set
+    256, and named neither ``stored_bytes_today`` nor ``stored_bytes_per_day``."""
+    comment = usage_comment()
+    assert set(re.findall(r'"(\w+)":', comment)) == {*answer, *answer["totals"], "date"}
+    stated = {name: int(value) for name, value in re.findall(r'"(\w+)":(\d+)\b', comment)}
+    assert stated == {name: answer[name] for name in stated}
 
 
 def admin_client_example() -> str:
