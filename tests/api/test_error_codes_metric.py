@@ -62,3 +62,21 @@ def test_the_bounded_codes_are_the_readme_error_codes_table() -> None:
     table = section[:section.index("\n## ")]
     listed = {code for row in re.findall(r"^\| [^|]+ \| ([^|]+) \|", table, re.M) for code in re.findall(r"`(\w+)`", row)}
     assert listed - {"code"} == API_ERROR_CODES
+
+
+# Source that answers no API request: the signed receivers' checks (the validator's and the miner's refusals) and
+# the admin client (its own ``unreachable`` when the API could not be asked).
+NOT_THE_APIS = {"shared/signing.py", "shared/admin_client.py"}
+# A failed background response's ``error.code``: OpenAI's ``server_error``, inside a response object, not an error body.
+NOT_ERROR_BODIES = {"server_error"}
+CODE = re.compile(r"""\bcode=["'](\w+)["']|["']code["']: ?["'](\w+)["']""")
+
+
+def test_every_code_the_api_answers_is_a_listed_one() -> None:
+    """A code raised in the API's source (``code="..."``, or an error body written out) is in API_ERROR_CODES, so
+    in README's table too (the test above): ``too_many_connections``, the connection guard's 503, was in neither."""
+    root = Path(__file__).resolve().parents[2]
+    sources = [p for p in [*root.glob("api/**/*.py"), *root.glob("shared/**/*.py")]
+               if p.relative_to(root).as_posix() not in NOT_THE_APIS]
+    found = {a or b for path in sources for a, b in CODE.findall(path.read_text())}
+    assert found - NOT_ERROR_BODIES - API_ERROR_CODES == set()
