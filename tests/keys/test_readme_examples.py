@@ -1,5 +1,5 @@
-"""The README's key-management curl examples ("Admin endpoints" and the caller's own usage after it) run as
-written, in order, against a real API: an operator pastes them one after another."""
+"""The README's curl examples for operators and callers ("Admin endpoints" and the caller's own usage after it,
+"Sticky model sessions") run as written, in order, against a real API: a reader pastes them one after another."""
 
 from __future__ import annotations
 
@@ -14,45 +14,51 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ApiUnderTest
+from tests.helpers import ApiUnderTest, api_with_miners
 from tests.keys.conftest import ADMIN
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 README_API = "http://127.0.0.1:42170"
 
 
-def admin_examples() -> str:
-    """The bash blocks of "### Admin endpoints", as one script: the section's blocks share their variables."""
-    section = README[README.index("### Admin endpoints"):]
-    section = section[:section.index("\n### ", 1)]
+def bash_examples(heading: str) -> str:
+    """The bash blocks of the README section under ``heading``, as one script: a section's blocks share their
+    variables."""
+    section = README[README.index(heading):]
+    section = section[:re.search(r"\n##+ ", section[1:]).start() + 1]
     return "\n".join(re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL))
 
 
-async def run_examples(api: ApiUnderTest) -> list[dict]:
-    """Each curl's answer, one JSON object per call (a newline after each, as a terminal shows them)."""
-    script = "curl() { command curl -w '\\n' \"$@\"; }\n" + admin_examples().replace(README_API, api.url)
+async def run_examples(api: ApiUnderTest, heading: str = "### Admin endpoints") -> str:
+    """What the section's examples print, a newline after each curl's answer (as a terminal shows them)."""
+    script = "curl() { command curl -w '\\n' \"$@\"; }\n" + bash_examples(heading).replace(README_API, api.url)
     proc = await asyncio.create_subprocess_exec(
         "bash", "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "SN1_ADMIN_KEY": ADMIN})
+        env={**os.environ, "SN1_ADMIN_KEY": ADMIN, "KEY": api.key})
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0 and not err, err.decode()
-    return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+    return out.decode()
+
+
+def answers(printed: str) -> list[dict]:
+    """One JSON object per line of ``printed``."""
+    return [json.loads(line) for line in printed.splitlines() if line.strip()]
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_the_admin_examples_run_as_written_in_order(api: ApiUnderTest) -> None:
     """Every call answers what its comment says, never an error. The caller's ``/v1/usage`` example used the
     secret the rotate example had just replaced (and came after the delete): it answered 401 invalid_api_key."""
-    answers = await run_examples(api)
-    errors = [a for a in answers if "error" in a]
+    answered = answers(await run_examples(api))
+    errors = [a for a in answered if "error" in a]
     assert not errors
-    messages = [a.get("message") or a.get("object") for a in answers]
+    messages = [a.get("message") or a.get("object") for a in answered]
     assert messages == ["API key created", "API key updated", "API key updated", "API key updated", "list", "usage",
                         "API keys imported", "usage", "API key deleted"]
-    batch = answers[3]  # the batch key's limits of its own, as set
+    batch = answered[3]  # the batch key's limits of its own, as set
     assert (batch["max_concurrent_requests"], batch["max_stored_bytes_per_day"]) == (256, 1 << 30)
-    own_usage = answers[-2]
-    assert own_usage["key_id"] == answers[-1]["id"] and own_usage["rate_limit"] == 100
+    own_usage = answered[-2]
+    assert own_usage["key_id"] == answered[-1]["id"] and own_usage["rate_limit"] == 100
     assert own_usage["stored_bytes_per_day"] == 1 << 30  # the key's own, in force
     assert_the_usage_comment_is(own_usage)
 
@@ -91,3 +97,19 @@ async def test_the_admin_client_example_runs_as_written(api: ApiUnderTest) -> No
     key_id, rate_limit, prefix, count = out.decode().split()
     assert rate_limit == "120" and prefix.startswith("sn1-") and int(count) >= 1
     assert not [k for k in await api.ctx.store.list_keys() if k.id == key_id]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_the_session_examples_run_as_written_in_order(tmp_path: Path) -> None:
+    """Open, two chats on the pinned miner, read, ping, close: each call answers what its comment says. The ping
+    and close examples named a literal ``SESSION_ID``: pasted, each was a 404 ``session_not_found``."""
+    async with api_with_miners(tmp_path, {}, honest={1, 2, 3}) as api:
+        printed = await run_examples(api, "### Sticky model sessions")
+    headers = [line for line in printed.splitlines() if line.startswith("x-sn1-")]
+    opened, read, pinged, closed = answers("\n".join(line for line in printed.splitlines() if line.startswith("{")))
+    assert set(opened) == {"session_id", "model", "uid", "expires_at", "created_at", "failover"}
+    assert opened["model"] == "sn1/deterministic" and opened["failover"] is True and read == opened
+    assert f"x-sn1-session-id: {opened['session_id']}" in headers
+    assert [h for h in headers if h.startswith("x-sn1-miner-uid")] == [f"x-sn1-miner-uid: {opened['uid']}"] * 2
+    assert (pinged["session_id"], pinged["uid"], pinged["status"]) == (opened["session_id"], opened["uid"], "ok")
+    assert closed == {"session_id": opened["session_id"], "deleted": True}
