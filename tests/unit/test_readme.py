@@ -150,3 +150,27 @@ def test_every_link_to_a_heading_names_one() -> None:
     anchors = {anchor(h) for h in re.findall(r"^#{1,4} (.+)$", README, re.M)}
     broken = sorted(set(re.findall(r"\]\(#([^)]+)\)", README)) - anchors)
     assert not broken, f"links to no heading: {broken}"
+
+
+def localnet_options() -> dict[str, str]:
+    """``{option: default cell}`` of the table of ``sn1 localnet``'s options under "Two commands"."""
+    section = README[README.index("## Two commands"):README.index("\n## Try it")]
+    rows = re.findall(r"^\| `(--[a-z-]+)[^`]*` \|([^|]*)\|", section, re.M)
+    return {option: cell.strip() for option, cell in rows}
+
+
+def test_the_localnet_options_table_is_the_parsers() -> None:
+    """Every option ``sn1 localnet`` takes is in the table and no other, and a default the parser states (a
+    number, a name, a path) is the one the table gives; a cell in words (``generated once``, ``all honest``)
+    stands for a default computed at start."""
+    import argparse
+
+    from neurons.localnet import add_localnet_arguments
+
+    parser = argparse.ArgumentParser()
+    add_localnet_arguments(parser)
+    actions = {a.option_strings[0]: a for a in parser._actions if a.option_strings[0] != "-h"}
+    rows = localnet_options()
+    assert sorted(rows) == sorted(actions)
+    stated = {o: a.default for o, a in actions.items() if a.default not in (None, False, [])}
+    assert {o: documented(rows[o]) for o in stated} == {o: str(d) for o, d in stated.items()}
