@@ -26,7 +26,7 @@ from api.race import MinerRun
 from api.selection import select_miners
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
-from shared.protocol import MIN_TIMEOUT
+from shared.protocol import MAX_TIMEOUT, MIN_TIMEOUT
 from shared.settings import split_csv
 from shared.urls import normalise_url
 
@@ -43,7 +43,9 @@ class WebRetrievalRequest(BaseModel):
     search_query: str = Field(min_length=1, max_length=MAX_QUERY)
     n_miners: int | None = Field(default=None, ge=1, le=64)
     n_results: int = Field(default=5, ge=1, le=100)
-    max_response_time: float = Field(default=DEFAULT_RESPONSE_TIME, ge=MIN_TIMEOUT, le=120)
+    # up to what a chat's ``timeout`` may name, cut to MAX_REQUEST_TIMEOUT as it is (a fixed 120 refused 121 s on
+    # a node whose operator allows 300, and was no cap on one that allows 60)
+    max_response_time: float = Field(default=DEFAULT_RESPONSE_TIME, ge=MIN_TIMEOUT, le=MAX_TIMEOUT)
     uids: list[int] | None = Field(default=None, max_length=64, description="Deprecated: prefer n_miners")
 
     @field_validator("search_query")

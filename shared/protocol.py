@@ -21,6 +21,9 @@ DEFAULT_TASK = "InferenceTask"
 # The shortest deadline a caller may ask for: below it no miner can answer over a network, so the
 # request could only ever fail (a 504); it is refused up front instead (a 400 naming the field).
 MIN_TIMEOUT = 0.5
+# The longest a caller may name (``timeout``, ``/web_retrieval``'s ``max_response_time``); the node cuts it to
+# MAX_REQUEST_TIMEOUT, which may be set up to this.
+MAX_TIMEOUT = 600.0
 # Output tokens a request may ask for: the model server refuses what its context cannot hold (a 400 it
 # names); 65,536 refused what OpenAI allows (128k for its newest models).
 MAX_OUTPUT_TOKENS = 1 << 20
@@ -278,7 +281,7 @@ class ChatCompletionRequest(BaseModel):
     mixture: bool | None = None
     inference_mode: str | None = None
     target_results: int | None = Field(default=None, ge=1, le=256)
-    timeout: float | None = Field(default=None, ge=MIN_TIMEOUT, le=600, description="Deadline in seconds")
+    timeout: float | None = Field(default=None, ge=MIN_TIMEOUT, le=MAX_TIMEOUT, description="Deadline in seconds")
     session_id: str | None = Field(default=None, max_length=MAX_SESSION_ID)
 
     # What follows refuses requests that OpenAI and model servers refuse: passed on, each would

@@ -186,12 +186,24 @@ async def test_prose_or_junk_from_a_retrieval_miner_neither_wins_nor_passes_for_
 
 
 async def test_web_retrieval_keeps_to_max_request_timeout(tmp_path: Path) -> None:
-    """max_response_time (10 s by default, up to 120) went past the operator's cap on every deadline."""
+    """max_response_time (10 s by default) went past the operator's cap on every deadline."""
     slow = retrieval([{"url": "https://b.example/late", "content": "late", "relevant": "l"}], delay=5)
     async with api_with_miners(tmp_path, {1: slow}, max_request_timeout=1.0, request_timeout=1.0) as api:
         started = time.monotonic()
         status, _ = await get_json(api, "/web_retrieval?search_query=x&max_response_time=6")
         assert time.monotonic() - started < 3 and status in (502, 504)
+
+
+async def test_web_retrieval_cuts_a_longer_max_response_time_to_max_request_timeout(tmp_path: Path) -> None:
+    """As a chat's ``timeout`` is, and as the README says ("capped by MAX_REQUEST_TIMEOUT"): past a fixed 120 it was
+    a 400, on a node whose operator allows 300 s too."""
+    found = retrieval([{"url": "https://a.example/x", "content": "x", "relevant": "x"}])
+    async with api_with_miners(tmp_path, {1: found}, max_request_timeout=300.0) as api:
+        for seconds in (200, 600):
+            status, data = await get_json(api, f"/web_retrieval?search_query=x&max_response_time={seconds}")
+            assert status == 200 and [r["url"] for r in data["results"]] == ["https://a.example/x"], data
+        status, data = await get_json(api, "/web_retrieval?search_query=x&max_response_time=601")
+        assert status == 400 and data["error"]["param"] == "max_response_time"
 
 
 async def test_availability_routes_serve_the_cache(tmp_path: Path) -> None:
