@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     RootModel,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -81,18 +82,24 @@ class KeyParams(BaseModel):
     def _never(cls, data: Any) -> Any:
         """``expires_at=never`` (or JSON null) removes the expiry, ``daily_token_limit=none`` (or null) the
         token limit, ``max_concurrent_requests=default`` (or null) the key's own concurrency limit,
-        ``max_stored_bytes_per_day=default`` (or null) its own storage budget; a null for anything else is an error,
-        not a silent "no change"."""
+        ``max_stored_bytes_per_day=default`` (or null) its own storage budget (a null for anything else is refused
+        by ``_not_null``)."""
         if not isinstance(data, dict):
             return data
         for name, value in list(data.items()):
             flag, words = (CLEARABLE[name], NEVER) if name in CLEARABLE else (DEFAULTABLE.get(name), DEFAULT_WORDS)
             if flag is not None and (value is None or (isinstance(value, str) and value.lower() in words)):
                 data = {**data, name: None, flag: True}
-            elif value is None and name in cls.model_fields and name not in (*CLEARABLE.values(),
-                                                                              *DEFAULTABLE.values()):
-                raise ValueError(f"{name} cannot be null (leave it out to keep it as it is)")
         return data
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any, info: ValidationInfo) -> Any:
+        """A null for a field that cannot be removed is an error, not a silent "no change", refused at the
+        field so that the 400's ``param`` names it (refused for the whole body, its ``param`` was null)."""
+        if value is None and info.field_name not in (*CLEARABLE, *DEFAULTABLE):
+            raise ValueError(f"{info.field_name} cannot be null (leave it out to keep it as it is)")
+        return value
 
     @field_validator("expires_at", mode="before")
     @classmethod

@@ -187,7 +187,7 @@ async def test_dates_out_of_range_and_nulls_on_modify(api: ApiUnderTest, http: a
     assert status == 200 and out["expires_at"] is None and out["daily_token_limit"] is None, out
     status, _, out = await call(http, "PUT", url, headers=AK, json={"scopes": None})
     assert_error(status, out, 400)
-    assert "scopes cannot be null" in out["error"]["message"]
+    assert "scopes cannot be null" in out["error"]["message"] and out["error"]["param"] == "scopes", out
     # a key's own limit of requests in flight: 0 is "no limit", null or "default" puts back the API's default
     status, _, out = await call(http, "PUT", url + "?max_concurrent_requests=0", headers=AK)
     assert status == 200 and out["max_concurrent_requests"] == 0, out
