@@ -1,5 +1,5 @@
 """The README's curl examples for operators and callers ("Admin endpoints" and the caller's own usage after it,
-"Sticky model sessions") run as written, in order, against a real API: a reader pastes them one after another."""
+"Sticky model sessions", "Web retrieval") run as written, in order, against a real API: a reader pastes them one after another."""
 
 from __future__ import annotations
 
@@ -113,3 +113,18 @@ async def test_the_session_examples_run_as_written_in_order(tmp_path: Path) -> N
     assert [h for h in headers if h.startswith("x-sn1-miner-uid")] == [f"x-sn1-miner-uid: {opened['uid']}"] * 2
     assert (pinged["session_id"], pinged["uid"], pinged["status"]) == (opened["session_id"], opened["uid"], "ok")
     assert closed == {"session_id": opened["session_id"], "deleted": True}
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_the_web_retrieval_examples_find_the_local_corpus(tmp_path: Path) -> None:
+    """The two searches of "Web retrieval", GET and POST, each answer ``{"results": [...]}`` from the offline
+    corpus: at most ``n_results`` pages, each ``{url, content, relevant}``."""
+    from shared.corpus import BASE_URL
+
+    async with api_with_miners(tmp_path, {}, honest={1, 2, 3}) as api:
+        searches = answers(await run_examples(api, "### Web retrieval"))
+    assert len(searches) == 2
+    for search in searches:
+        assert set(search) == {"results"} and 1 <= len(search["results"]) <= 5, search
+        assert all(set(r) == {"url", "content", "relevant"} and r["url"].startswith(BASE_URL)
+                   for r in search["results"]), search
