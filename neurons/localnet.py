@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from shared.listen import server_listens
+from shared.ports import PortPool, port_is_free
 from shared.process import die_with_parent, stop_signals
 from shared.settings import SETTING_NAMES, CommonSettings
 
@@ -54,7 +55,8 @@ def free_port() -> int:
 
 
 def free_ports(n: int, *, avoid: Collection[int] = ()) -> list[int]:
-    """``n`` distinct ports that are free on 127.0.0.1 now, none of them in ``avoid``.
+    """``n`` distinct ports that are free on 127.0.0.1 now, none of them in ``avoid``: the kernel's choice,
+    from its ephemeral range (the test suite takes its own from a ``shared.ports.PortPool``: ``tests/ports.py``).
 
     Every socket is held until all are chosen: ``free_port()`` called twice can return the same
     port (the kernel may hand a just-closed port out again), and the second child given it dies
@@ -75,17 +77,6 @@ def free_ports(n: int, *, avoid: Collection[int] = ()) -> list[int]:
         for s in socks:
             s.close()
     return ports
-
-
-def port_is_free(port: int) -> bool:
-    """Nothing listens on 127.0.0.1:port (connections still closing there do not count, as for our servers)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def first_model(base_url: str) -> str | None:
@@ -205,7 +196,11 @@ class Child:
 
 
 class LocalNet:
-    def __init__(self, config: LocalNetConfig) -> None:
+    def __init__(self, config: LocalNetConfig, *, ports: PortPool | None = None) -> None:
+        """``ports``: where the miners' ports come from. None (``sn1 localnet``): ports the kernel picks now
+        (``free_ports``), as distinct from another ``sn1 localnet``'s as the kernel's choice is; a test suite
+        that starts several networks at once hands in its process's own ``PortPool``, so that no outgoing
+        connection nor another worker's ``bind(0)`` takes a miner's port before the miner binds it."""
         if config.miners < 1:
             raise ValueError("--miners must be at least 1")
         if config.backend == "openai" and not config.upstream:
@@ -218,6 +213,7 @@ class LocalNet:
         if unknown:
             raise ValueError(f"unknown miner profile(s) {sorted(unknown)}; known: {', '.join(all_profiles())}")
         self.cfg = config
+        self.ports = ports
         self.dir = config.directory.resolve()
         self.children: list[Child] = []
         self.info: dict[str, Any] = {}
@@ -256,7 +252,9 @@ class LocalNet:
         external = [spec.split("@", 1) for spec in self.cfg.external_miners]
         share = 1.0 / (self.cfg.miners + len(external))
         taken = {int(address.rpartition(":")[2]) for _, address in external}
-        ports = free_ports(self.cfg.miners, avoid=(self.cfg.api_port, self.cfg.validator_port, *taken))
+        avoid = (self.cfg.api_port, self.cfg.validator_port, *taken)
+        pick = self.ports.take if self.ports else free_ports
+        ports = pick(self.cfg.miners, avoid=avoid)
         for i, port in enumerate(ports, start=1):
             name = f"miner{i}"
             hk = ensure_wallet(name, "default", self.wallet_path)

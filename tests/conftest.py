@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from neurons.localnet import LocalNet, LocalNetConfig, free_ports
+from neurons.localnet import LocalNet, LocalNetConfig
 from shared.aio import describe
+from tests.ports import free_ports, pool
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +27,8 @@ def localnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     directory: Path = tmp_path_factory.mktemp("localnet")
     api_port, validator_port = free_ports(2)
     net = LocalNet(LocalNetConfig(directory=directory, miners=3, api_port=api_port,
-                                  validator_port=validator_port, admin_key="test-admin-key-0123456789"))
+                                  validator_port=validator_port, admin_key="test-admin-key-0123456789"),
+                   ports=pool())
     try:
         info = net.start(timeout=120)
         info["dir"] = str(directory)

@@ -204,11 +204,11 @@ class ApiUnderTest:
 import aiohttp  # noqa: E402
 
 from api.app import create_api_app  # noqa: E402
-from neurons.localnet import free_port  # noqa: E402
 from neurons.miner.app import create_miner_app  # noqa: E402
 from neurons.miner.backends.deterministic import DeterministicBackend  # noqa: E402
 from neurons.miner.quality import DownBackend  # noqa: E402
 from shared.signing import Authorizer, RequestVerifier  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 
 VALIDATOR_KP = keypair("//Validator")
 

@@ -9,10 +9,10 @@ from loguru import logger
 
 from api.availability import AvailabilityCache
 from api.ops import availability_age
-from neurons.localnet import free_port
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Signer
 from tests.helpers import keypair, log_lines, serve_app
+from tests.ports import free_port
 
 VALIDATOR = keypair("//Validator")
 ENTRY = {"task_availabilities": {"InferenceTask": True}, "llm_model_availabilities": {"m1": True}}

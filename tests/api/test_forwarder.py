@@ -12,13 +12,13 @@ from aiohttp import web
 from loguru import logger
 
 from api.scoring_outbox import OutboxForwarder
-from neurons.localnet import free_port
 from shared.aio import describe, within
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Authorizer, RequestVerifier, Signer
 from shared.store.outbox import SQLiteOutbox
 from tests.api.test_outbox import make_outbox  # noqa: F401 - the two-backend fixture
 from tests.helpers import keypair, log_lines, serve_app
+from tests.ports import free_port
 
 API = keypair("//Validator")  # the API signs with the validator hotkey
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from neurons.localnet import free_port
 from tests.helpers import until_empty
 from tests.keys.procs import ApiProcess, prepare, start_api, wait_ready
+from tests.ports import free_port
 
 
 @contextlib.contextmanager

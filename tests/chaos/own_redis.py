@@ -20,7 +20,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from neurons.localnet import free_port, port_is_free
+from neurons.localnet import port_is_free
+from tests.ports import free_port
 
 
 def _port() -> int:

@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from neurons.localnet import LocalNet, LocalNetConfig, free_ports
+from neurons.localnet import LocalNet, LocalNetConfig
 from shared.store.outbox import SQLiteOutbox
+from tests.ports import free_ports, pool
 
 PROFILES = ["honest", "honest", "refuse", "stall-headers", "http500", "disconnect", "bad-sse"]
 HONEST_UIDS = {"1", "2"}
@@ -37,7 +38,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNet]:
     api_port, validator_port = free_ports(2)
     ln = LocalNet(LocalNetConfig(directory=directory, miners=len(PROFILES), api_port=api_port,
                                  validator_port=validator_port, miner_profiles=PROFILES, fast=True,
-                                 admin_key="chaos-admin-key-0123456789"))
+                                 admin_key="chaos-admin-key-0123456789"), ports=pool())
     try:
         ln.start(timeout=120)
         yield ln

@@ -13,7 +13,6 @@ from aiohttp import web
 
 from api.availability import AvailabilityCache
 from api.scoring_outbox import OutboxForwarder
-from neurons.localnet import free_port
 from neurons.validator.app import ValidatorContext, create_validator_app
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.scores import ScoreBook
@@ -25,6 +24,7 @@ from shared.signing import Authorizer, RequestVerifier
 from shared.store.outbox import SQLiteOutbox
 from tests.chaos.fleet import HONEST, MESSAGES, VALIDATOR, chat, expected_answer, fleet, wait_until
 from tests.helpers import StaticSource
+from tests.ports import free_port
 
 SERVES = {"task_availabilities": {"InferenceTask": True}, "llm_model_availabilities": {"sn1/deterministic": True}}
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from neurons.localnet import LocalNet, LocalNetConfig, first_model, free_port, free_ports, port_is_free
+from neurons.localnet import LocalNet, LocalNetConfig, first_model, port_is_free
 from tests.fake_upstream import create_fake_upstream
 from tests.helpers import hangup_as, serve_app, until_empty
+from tests.ports import free_port, free_ports, pool
 
 
 def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
@@ -23,7 +24,8 @@ def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        net = LocalNet(LocalNetConfig(directory=tmp_path, miners=1, api_port=port, validator_port=free_port()))
+        config = LocalNetConfig(directory=tmp_path, miners=1, api_port=port, validator_port=free_port())
+        net = LocalNet(config, ports=pool())
         try:
             with pytest.raises(RuntimeError, match=f"the API port {port} is in use"):
                 net.start(timeout=30)
@@ -110,7 +112,7 @@ def test_with_a_model_server_the_validator_judges_against_that_model(tmp_path: P
         deadline = time.monotonic() + 15
         while port_is_free(port) and time.monotonic() < deadline:  # the upstream is starting
             time.sleep(0.1)
-        with LocalNet(config) as net:
+        with LocalNet(config, ports=pool()) as net:
             info = net.start(timeout=60)
             assert "REFERENCE_LLM_URL=" in (tmp_path / "validator.env").read_text()
             assert "REFERENCE_LLM_MODEL=bench\n" in (tmp_path / "validator.env").read_text()
@@ -176,7 +178,7 @@ def test_store_puts_the_apis_keys_and_traffic_in_redis(tmp_path: Path) -> None:
                             store_url=url, extra_env={"STORE_NAMESPACE": namespace})
     r = redis.Redis.from_url(url)
     try:
-        with LocalNet(config) as net:
+        with LocalNet(config, ports=pool()) as net:
             info = net.start(timeout=60)
             assert f"STORE_URL={url}\n" in (tmp_path / "api.env").read_text()
             client = openai.OpenAI(base_url=info["api_url"] + "/v1", api_key=info["api_key"], max_retries=0)

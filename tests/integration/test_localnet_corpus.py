@@ -7,7 +7,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from neurons.localnet import LocalNet, LocalNetConfig, free_ports
+from neurons.localnet import LocalNet, LocalNetConfig
+from tests.ports import free_ports, pool
 
 
 def test_custom_corpus_reaches_the_miners(tmp_path: Path) -> None:
@@ -19,7 +20,7 @@ def test_custom_corpus_reaches_the_miners(tmp_path: Path) -> None:
     api_port, validator_port = free_ports(2)
     config = LocalNetConfig(directory=tmp_path / "net", miners=1, api_port=api_port, validator_port=validator_port,
                             admin_key="corpus-admin-key-0123456789", corpus=str(corpus))
-    with LocalNet(config) as net:
+    with LocalNet(config, ports=pool()) as net:
         info = net.start(timeout=120)
         def search(n_results: int) -> list[dict]:
             query = urllib.parse.urlencode({"search_query": "Zanzibar turbine rpm", "n_results": n_results})
@@ -38,7 +39,7 @@ def test_rerun_with_the_same_dir_reuses_wallets_and_keys(tmp_path: Path) -> None
     def run_once() -> dict:
         api_port, validator_port = free_ports(2)
         config = LocalNetConfig(directory=tmp_path, miners=1, api_port=api_port, validator_port=validator_port)
-        with LocalNet(config) as net:
+        with LocalNet(config, ports=pool()) as net:
             return net.start(timeout=120)
 
     first, second = run_once(), run_once()

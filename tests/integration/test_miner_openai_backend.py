@@ -402,7 +402,7 @@ async def test_credentials_in_upstream_url_never_reach_the_log() -> None:
     """http://user:token@host/v1 was logged whole, every minute the upstream was unreachable."""
     from loguru import logger
 
-    from neurons.localnet import free_port
+    from tests.ports import free_port
 
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", format="{message}")

@@ -15,7 +15,6 @@ from aiohttp import web
 from bittensor import http_auth
 from loguru import logger
 
-from neurons.localnet import free_port
 from neurons.miner import traffic
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.deterministic import DeterministicBackend
@@ -23,6 +22,7 @@ from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from shared.signing import Authorizer, RequestVerifier, Signer
 from tests.fake_upstream import create_fake_upstream
 from tests.helpers import keypair, serve_app
+from tests.ports import free_port
 
 VALIDATOR, MINER, STRANGER = keypair("//Validator"), keypair("//Miner1"), keypair("//Stranger")
 BODY = json.dumps({"messages": [{"role": "user", "content": "hi"}], "model": "sn1/deterministic"}).encode()

@@ -10,7 +10,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from neurons.localnet import LocalNet, LocalNetConfig, free_ports
+from neurons.localnet import LocalNet, LocalNetConfig
+from tests.ports import free_ports, pool
 
 
 def scores(validator_url: str) -> dict[int, float]:
@@ -35,7 +36,7 @@ def test_organic_traffic_changes_the_validators_scores(tmp_path: Path, agent: bo
     config = LocalNetConfig(directory=tmp_path, miners=2, api_port=api_port, validator_port=validator_port,
                             admin_key="organic-admin-key-0123456789", miner_profiles=["honest", "lazy"],
                             extra_env={"SYNTHETIC_ENABLED": "false", "DEFAULT_K": "2"})
-    with LocalNet(config) as net:
+    with LocalNet(config, ports=pool()) as net:
         info = net.start(timeout=120)
         before = scores(info["validator_url"])
         assert before.get(1, 0.0) == 0.0 and before.get(2, 0.0) == 0.0

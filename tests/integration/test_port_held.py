@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from neurons.localnet import LocalNet, LocalNetConfig, free_port, port_is_free
+from neurons.localnet import LocalNet, LocalNetConfig, port_is_free
 from shared.listen import bound_socket
 from shared.settings import SettingsError
 from tests.keys.procs import ApiProcess, prepare, wait_ready
+from tests.ports import free_port
 
 
 @contextlib.contextmanager

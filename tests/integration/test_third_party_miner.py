@@ -33,7 +33,8 @@ from aiohttp import web
 from bittensor import http_auth
 from bittensor.sp_core import Keypair
 
-from neurons.localnet import LocalNet, LocalNetConfig, external_miner, free_ports
+from neurons.localnet import LocalNet, LocalNetConfig, external_miner
+from tests.ports import free_ports, pool
 
 LIMIT_S = 90.0  # the whole wait for availability, every task and scores (it usually takes about 20 s)
 MODEL = "sn1/deterministic"  # the local network's model: the miner serves the model the API routes by name
@@ -299,7 +300,8 @@ def test_a_miner_written_from_the_protocol_doc_is_one_of_the_network(tmp_path: P
         address = servers.serve(miner.app(), miner_port)
         net = LocalNet(LocalNetConfig(directory=tmp_path / "net", miners=2, api_port=api_port,
                                       validator_port=validator_port, admin_key="third-party-admin-key-0123456789",
-                                      fast=True, external_miners=[f"{keypair.ss58_address}@{address}"]))
+                                      fast=True, external_miners=[f"{keypair.ss58_address}@{address}"]),
+                       ports=pool())
         info = net.start(timeout=120)
         deadline = time.monotonic() + LIMIT_S
         uid = next(m["uid"] for m in info["miners"] if m["backend"] == "external")

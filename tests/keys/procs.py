@@ -12,10 +12,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from neurons.localnet import free_port, free_ports
 from shared.metagraph import MetagraphSnapshot, Neuron, write_metagraph_file
 from shared.wallet import ensure_wallet
 from tests.helpers import hangup_as
+from tests.ports import free_port, free_ports
 
 ADMIN = "fleet-admin-key-0123456789"
 

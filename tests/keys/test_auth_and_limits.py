@@ -9,11 +9,11 @@ from pathlib import Path
 import aiohttp
 
 from api.app import create_api_app
-from neurons.localnet import free_port
 from shared.store.redis import RedisStore
 from shared.store.usage import UsageRecorder
 from tests.helpers import VALIDATOR_KP, ApiUnderTest, build_api_context, serve_app, snapshot
 from tests.keys.conftest import ADMIN, assert_error, call, create_key
+from tests.ports import free_port
 
 CHAT = {"model": "sn1/deterministic", "messages": [{"role": "user", "content": "Count to three, please."}]}
 

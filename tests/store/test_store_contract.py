@@ -241,7 +241,7 @@ async def test_deleting_a_key_drops_its_usage(store: Store) -> None:
 
 @pytest.mark.redis
 async def test_unreachable_redis_raises_store_unavailable() -> None:
-    from neurons.localnet import free_port
+    from tests.ports import free_port
 
     dead = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", namespace="nowhere")
     try:

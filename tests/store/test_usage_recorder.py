@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from neurons.localnet import free_port
 from shared.store.redis import RedisStore
 from shared.store.sqlite import SQLiteStore
 from shared.store.usage import UsageRecorder
+from tests.ports import free_port
 from tests.store.conftest import SlowWriteStore
 
 

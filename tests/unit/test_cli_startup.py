@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from neurons.localnet import free_port, free_ports
 from shared.wallet import ensure_wallet
+from tests.ports import free_port, free_ports
 
 
 def start(role: str, env_file: Path) -> subprocess.CompletedProcess:

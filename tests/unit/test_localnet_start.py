@@ -18,6 +18,7 @@ from aiohttp import web
 
 from neurons.localnet import Child, free_ports, wait_available
 from tests.helpers import serve_app
+from tests.ports import free_port
 
 
 def test_free_ports_are_distinct_and_avoid_the_ports_named() -> None:
@@ -39,7 +40,7 @@ def exited_child(tmp_path: Path) -> Child:
 
 def test_a_child_that_exits_ends_the_availability_wait_at_once(tmp_path: Path) -> None:
     child = exited_child(tmp_path)
-    (silent,) = free_ports(1)  # no validator there: only the dead child can end the wait early
+    silent = free_port()  # no validator there: only the dead child can end the wait early
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="miner7 exited with code 1") as caught:
         wait_available(f"http://127.0.0.1:{silent}", 1, timeout=60, children=[child])

@@ -11,8 +11,8 @@ import sys
 import textwrap
 import time
 
-from neurons.localnet import free_port
 from tests.helpers import hangup_as
+from tests.ports import free_port
 
 SERVER = textwrap.dedent("""
     import asyncio, sys

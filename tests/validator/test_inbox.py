@@ -24,7 +24,6 @@ from aiohttp import web
 from loguru import logger
 
 from api.scoring_outbox import OutboxForwarder
-from neurons.localnet import free_port
 from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.validator.app import SEEN_SIZE, RecentPayloads, ValidatorContext, create_validator_app
 from neurons.validator.inbox import ScoringInbox
@@ -39,6 +38,7 @@ from shared.signing import Signer
 from shared.store.outbox import SQLiteOutbox
 from shared.wallet import ensure_wallet
 from tests.helpers import serve_app, wait_until
+from tests.ports import free_port
 from tests.validator.test_app import BODY, MINERS, VALIDATOR, is_openai_error, make_ctx, payload, post
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from neurons.localnet import LocalNet, LocalNetConfig, free_ports
+from neurons.localnet import LocalNet, LocalNetConfig
+from tests.ports import free_ports, pool
 
 PROFILES = ["honest", "honest", "lazy", "slow", "copy", "down"]
 LIMIT_S = 150.0
@@ -38,7 +39,7 @@ def test_weights_follow_quality_with_fast_intervals(tmp_path: Path) -> None:
     api_port, validator_port = free_ports(2)
     net = LocalNet(LocalNetConfig(directory=tmp_path, miners=len(PROFILES), api_port=api_port,
                                   validator_port=validator_port, admin_key="quality-admin-key-0123456789",
-                                  miner_profiles=PROFILES, fast=True))
+                                  miner_profiles=PROFILES, fast=True), ports=pool())
     try:
         info = net.start(timeout=120)
         started = time.monotonic()

@@ -12,7 +12,6 @@ import pytest
 from aiohttp import web
 from loguru import logger
 
-from neurons.localnet import free_port
 from neurons.validator.app import create_validator_app
 from neurons.validator.availability import AvailabilityBook, poll_all
 from neurons.validator.loops import weights_cycle
@@ -25,6 +24,7 @@ from shared.miner_client import MinerClient, make_session
 from shared.signing import Signer
 from tests.compat.support import sample
 from tests.helpers import log_lines, serve_app, snapshot, wait_until
+from tests.ports import free_port
 from tests.validator.test_app import BODY, MINERS, VALIDATOR, _view, make_ctx, post
 from tests.validator.test_inbox import (
     HONEST,

@@ -18,7 +18,6 @@ import bittensor as bt
 from bittensor.sp_core import Keypair
 from loguru import logger
 
-from neurons.localnet import free_port
 from neurons.validator.app import ValidatorContext, create_validator_app
 from neurons.validator.availability import poll_all
 from neurons.validator.loops import weights_cycle
@@ -40,6 +39,7 @@ from shared.protocol import chunk_object
 from shared.signing import Signer
 from tests.compat.support import sample
 from tests.helpers import log_lines, serve_app
+from tests.ports import free_port
 from tests.validator.test_app import MINERS, VALIDATOR, make_ctx, post
 from tests.validator.test_inbox import answered, validator, validator_env, validator_process
 from tests.validator.test_operator_view import flaky_reference_model
