@@ -470,6 +470,11 @@ class UsageCounts:
         for f in USAGE_FIELDS:
             setattr(self, f, getattr(self, f) + getattr(other, f))
 
+    def counted(self) -> bool:
+        """Anything counted: a store's ``usage`` lists a day only then, both stores alike (SQLite keeps a day's stored
+        bytes in the day's row of counts, and a day with bytes only was an all-zero day there, none on Redis)."""
+        return any(getattr(self, f) for f in USAGE_FIELDS)
+
     @property
     def tokens(self) -> int:
         """Prompt and completion tokens together (what a daily token limit counts)."""

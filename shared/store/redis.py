@@ -611,7 +611,7 @@ class RedisStore:
             elif since_day is None or scope >= since_day:
                 counts = days.setdefault(scope, UsageCounts())
                 setattr(counts, field_name, int(value))
-        return UsageReport(key_id=key_id, totals=totals, days=dict(sorted(days.items())),
+        return UsageReport(key_id=key_id, totals=totals, days={d: c for d, c in sorted(days.items()) if c.counted()},
                            last_used_at=_opt_float(raw.get("last_used_at")), stored_bytes=dict(sorted(stored.items())))
 
     async def day_tokens(self, key_id: str, day: str) -> int:

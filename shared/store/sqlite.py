@@ -454,7 +454,7 @@ class SQLiteStore:
                 last = self.db.execute("SELECT last_used_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
             finally:
                 self.db.execute("COMMIT")
-        days = {r[0]: UsageCounts(*r[1:-1]) for r in rows}
+        days = {r[0]: counts for r in rows if (counts := UsageCounts(*r[1:-1])).counted()}
         return UsageReport(key_id=key_id, totals=UsageCounts(*total_row), days=days,
                            last_used_at=last[0] if last else None, stored_bytes={r[0]: r[-1] for r in rows if r[-1]})
 

@@ -42,3 +42,20 @@ async def test_bytes_given_back_take_the_day_down_to_zero_at_most(store: Store) 
     assert await store.add_stored_bytes(rec.id, DAY, -1000, limit=0) == StoredBytes(True, 0)
     assert await store.add_stored_bytes(rec.id, NEXT, -50, limit=0) == StoredBytes(True, 0)
     assert await store.add_stored_bytes(rec.id, DAY, 1000, limit=1000) == StoredBytes(True, 1000)  # room again
+
+
+async def test_a_day_with_stored_bytes_and_no_counted_use_is_no_usage_day(store: Store) -> None:
+    """``GET /v1/usage``'s ``days`` lists the days the key was used (counted requests), the same on both stores:
+    a day with stored bytes only (a response stored just after midnight, its request counted the day before;
+    or stored before the usage flush) was an all-zero day on SQLite, whose bytes share the day's row, and no day
+    on Redis."""
+    _, rec = await store.create_key(10)
+    await store.add_usage([UsageDelta(rec.id, DAY, UsageCounts(requests=1, completion_tokens=3), last_used_at=1.0)])
+    await store.add_stored_bytes(rec.id, DAY, 100, limit=0)
+    await store.add_stored_bytes(rec.id, NEXT, 200, limit=0)
+    report = await store.usage(rec.id)
+    assert report.days == {DAY: UsageCounts(requests=1, completion_tokens=3)}
+    assert report.stored_bytes == {DAY: 100, NEXT: 200}, "the bytes are still reported, by day"
+    assert (await store.usage(rec.id, since_day=NEXT)).days == {}
+    await store.add_usage([UsageDelta(rec.id, NEXT, UsageCounts(requests=1), last_used_at=2.0)])
+    assert list((await store.usage(rec.id)).days) == [DAY, NEXT], "used on it now"
