@@ -160,30 +160,27 @@ def scripted_miner_app(script: Script) -> web.Application:
 async def build_api_context(tmp: Path, snap: MetagraphSnapshot, signer_keypair: Any, *,
                             redis_namespace: str | None = None, **settings: Any):
     """An ApiContext with a real store (SQLite in ``tmp``, or ``REDIS_URL`` in ``redis_namespace``), a static
-    metagraph and a real signed client."""
+    metagraph and a real signed client. Its stores are the ones a served API opens (``api.worker.open_stores``),
+    each on its own Redis client (no shared ``RedisLinks``: ``close_stores`` closes each)."""
     from api.context import ApiContext
+    from api.worker import open_stores
     from shared.metagraph import MetagraphView
     from shared.miner_client import MinerClient, make_session
     from shared.settings import ApiSettings
     from shared.signing import Signer
-    from shared.store import open_store
-    from shared.store.conversations import open_conversations
-    from shared.store.responses import open_responses
-    from shared.store.sessions import open_sessions
 
     url = f"sqlite:///{tmp / 'api.db'}" if redis_namespace is None else os.environ["REDIS_URL"]
-    namespace = redis_namespace or "sn1"
-    api_settings = ApiSettings(_env_file=None, store_url=url, store_namespace=namespace,
+    api_settings = ApiSettings(_env_file=None, store_url=url, store_namespace=redis_namespace or "sn1",
                                admin_key="admin-secret-for-tests", **settings)
     view = MetagraphView(StaticSource(snap))
     await view.refresh()
     client = MinerClient(make_session(), Signer(signer_keypair),
                          max_response_bytes=api_settings.miner_max_response_bytes)
-    keeping = api_settings.responses_retention_seconds > 0
-    return ApiContext(settings=api_settings, store=open_store(url, namespace=namespace), metagraph=view, client=client,
-                      availability=None, sessions=open_sessions(url, namespace=namespace),
-                      responses=open_responses(url, namespace=namespace) if keeping else None,
-                      conversations=open_conversations(url, namespace=namespace) if keeping else None)
+    stores = open_stores(api_settings, None)
+    # No forwarder here (the tests' apps run without background work): the scoring outbox is not the tests'.
+    await stores.outbox.close()
+    return ApiContext(settings=api_settings, store=stores.store, metagraph=view, client=client, availability=None,
+                      sessions=stores.sessions, responses=stores.responses, conversations=stores.conversations)
 
 
 async def close_stores(ctx: Any) -> None:
