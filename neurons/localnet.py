@@ -153,6 +153,8 @@ def add_localnet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=None, metavar="URL",
                    help="the API's STORE_URL, e.g. redis://127.0.0.1:6379/0 (default: a SQLite file in --dir/state)")
     p.add_argument("--log-level", type=log_level, default="INFO", help="TRACE, DEBUG, INFO (default), WARNING, ...")
+    p.add_argument("--miner-port", type=port, action="append", default=[], metavar="P",
+                   help="a miner's port, in uid order (repeatable; the other miners: ports the system picks)")
     p.add_argument("--external-miner", type=external_miner, action="append", default=[], metavar="HOTKEY@HOST:PORT",
                    help="register a miner you run yourself (your own code: docs/miner-protocol.md) under this SS58 "
                         "hotkey at this address; not started or stopped here (repeatable)")
@@ -178,6 +180,17 @@ class LocalNetConfig:
     # Miners registered in the metagraph but run by someone else ("HOTKEY@HOST:PORT", ``external_miner``): a
     # third party's own miner on the local network, after the built-in ones' uids. Never started nor waited for.
     external_miners: list[str] = field(default_factory=list)
+    miner_ports: list[int] = field(default_factory=list)  # the first miners' ports (``--miner-port``), in uid order
+
+
+def check_miner_ports(config: LocalNetConfig) -> None:
+    """``--miner-port``s a start could not keep: refused before anything starts (ValueError, the CLI's line)."""
+    if len(config.miner_ports) > config.miners:
+        raise ValueError("--miner-port is given more times than --miners")
+    named = [*config.miner_ports, config.api_port, config.validator_port]
+    if len(set(named)) < len(named):
+        raise ValueError(f"--miner-port {config.miner_ports}: each miner needs a port of its own, not the API's "
+                         "nor the validator's")
 
 
 @dataclass
@@ -209,6 +222,7 @@ class LocalNet:
             raise ValueError("--miner-profiles lists more profiles than --miners")
         from neurons.miner.profiles import all_profiles
 
+        check_miner_ports(config)
         unknown = set(config.miner_profiles) - set(all_profiles())
         if unknown:
             raise ValueError(f"unknown miner profile(s) {sorted(unknown)}; known: {', '.join(all_profiles())}")
@@ -252,9 +266,10 @@ class LocalNet:
         external = [spec.split("@", 1) for spec in self.cfg.external_miners]
         share = 1.0 / (self.cfg.miners + len(external))
         taken = {int(address.rpartition(":")[2]) for _, address in external}
-        avoid = (self.cfg.api_port, self.cfg.validator_port, *taken)
+        named = self.cfg.miner_ports
+        avoid = (self.cfg.api_port, self.cfg.validator_port, *taken, *named)
         pick = self.ports.take if self.ports else free_ports
-        ports = pick(self.cfg.miners, avoid=avoid)
+        ports = [*named, *pick(self.cfg.miners - len(named), avoid=avoid)]
         for i, port in enumerate(ports, start=1):
             name = f"miner{i}"
             hk = ensure_wallet(name, "default", self.wallet_path)
@@ -554,7 +569,7 @@ def run_localnet(args: argparse.Namespace) -> int:
         directory=Path(args.dir), miners=args.miners, api_port=args.api_port, validator_port=args.validator_port,
         admin_key=args.admin_key, backend=args.backend, upstream=args.upstream, model=args.model,
         log_level=args.log_level, fast=args.fast, dataset=args.dataset, corpus=args.corpus, store_url=args.store,
-        external_miners=args.external_miner,
+        external_miners=args.external_miner, miner_ports=args.miner_port,
         miner_profiles=[p.strip() for p in args.miner_profiles.split(",") if p.strip()] if args.miner_profiles else [],
     )
     try:

@@ -4,6 +4,7 @@ outlives it, however it is stopped."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import subprocess
@@ -41,9 +42,13 @@ def ours(directory: Path) -> list[str]:
 
 
 def start_localnet(directory: Path, api_port: int, validator_port: int, *, nohup: bool = False) -> subprocess.Popen:
-    """``sn1 localnet`` with one miner, returned once it says it is up (its output is then left unread)."""
+    """``sn1 localnet`` with one miner, returned once it says it is up (its output is then left unread). The miner's
+    port is the test's (``--miner-port``), as the API's and the validator's are: one the kernel picked could be
+    taken by another test's connection before the miner bound it."""
+    miner_port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "localnet", "--miners", "1", "--dir", str(directory),
-                             "--api-port", str(api_port), "--validator-port", str(validator_port)],
+                             "--api-port", str(api_port), "--validator-port", str(validator_port),
+                             "--miner-port", str(miner_port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=hangup_as(nohup=nohup))
     assert proc.stdout is not None
     try:
@@ -54,6 +59,7 @@ def start_localnet(directory: Path, api_port: int, validator_port: int, *, nohup
                 break
         assert any("Local subnet is up" in line for line in seen), "".join(seen)
         assert len(ours(directory)) == 3  # a miner, the validator, the API
+        assert json.loads((directory / "localnet.json").read_text())["miners"][0]["url"].endswith(f":{miner_port}")
     except BaseException:
         kill_all(proc, directory)
         raise

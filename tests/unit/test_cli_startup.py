@@ -195,6 +195,8 @@ def test_log_levels_are_read_in_any_case(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["--api-port", "70000"], "70000 is not a port"), (["--log-level", "loud"], "'loud' is not a log level"),
+    (["--miners", "1", "--miner-port", "20001", "--miner-port", "20002"], "--miner-port is given more times than"),
+    (["--miner-port", "42170"], "each miner needs a port of its own, not the API's nor the validator's"),
 ])
 def test_localnet_refuses_a_bad_option_before_starting_anything(tmp_path: Path, args: list[str], expected: str) -> None:
     out = subprocess.run([sys.executable, "-m", "shared.cli", "localnet", "--dir", str(tmp_path / "ln"), *args],
