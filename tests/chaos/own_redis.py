@@ -2,7 +2,7 @@
 server's configuration (``maxmemory``, ``replicaof``) or a restart cannot be made on the shared ``REDIS_URL``.
 
 ``OWN_REDIS_PORTS=lo-hi`` keeps its port in that range (a host shared by several runs, each given its own);
-otherwise the kernel picks a free one."""
+otherwise it is one of the test process's own (``tests/ports.py``)."""
 
 from __future__ import annotations
 
