@@ -72,24 +72,21 @@ class KeyParams(BaseModel):
         default=None, ge=0, le=MAX_STORED_BYTES_PER_DAY,
         description="bytes written to storage per UTC day (0: no limit for this key); 'default' puts back the API's "
                     "STORED_BYTES_PER_KEY_PER_DAY")
-    clear_expiry: bool = Field(default=False, exclude=True)
-    clear_token_limit: bool = Field(default=False, exclude=True)
-    clear_concurrency: bool = Field(default=False, exclude=True)
-    clear_storage_budget: bool = Field(default=False, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
     def _never(cls, data: Any) -> Any:
         """``expires_at=never`` (or JSON null) removes the expiry, ``daily_token_limit=none`` (or null) the
         token limit, ``max_concurrent_requests=default`` (or null) the key's own concurrency limit,
-        ``max_stored_bytes_per_day=default`` (or null) its own storage budget (a null for anything else is refused
-        by ``_not_null``)."""
+        ``max_stored_bytes_per_day=default`` (or null) its own storage budget: each word is read as a null, and a
+        field given as null is one to clear (``_cleared``; a null for anything else is refused by ``_not_null``).
+        No field of its own says so: a caller could have set it (``{"clear_expiry": true}`` removed an expiry)."""
         if not isinstance(data, dict):
             return data
         for name, value in list(data.items()):
-            flag, words = (CLEARABLE[name], NEVER) if name in CLEARABLE else (DEFAULTABLE.get(name), DEFAULT_WORDS)
-            if flag is not None and (value is None or (isinstance(value, str) and value.lower() in words)):
-                data = {**data, name: None, flag: True}
+            words = NEVER if name in CLEARABLE else DEFAULT_WORDS if name in DEFAULTABLE else ()
+            if isinstance(value, str) and value.lower() in words:
+                data = {**data, name: None}
         return data
 
     @field_validator("*", mode="before")
@@ -161,9 +158,28 @@ class KeyParams(BaseModel):
             return at.timestamp()
         return None
 
+    def _cleared(self, name: str) -> bool:
+        """``name`` was given as null (or its word for it): it is to be removed, or put back to the default."""
+        return name in self.model_fields_set and getattr(self, name) is None
+
+    @property
+    def clear_expiry(self) -> bool:
+        return self._cleared("expires_at")
+
+    @property
+    def clear_token_limit(self) -> bool:
+        return self._cleared("daily_token_limit")
+
+    @property
+    def clear_concurrency(self) -> bool:
+        return self._cleared("max_concurrent_requests")
+
+    @property
+    def clear_storage_budget(self) -> bool:
+        return self._cleared("max_stored_bytes_per_day")
+
     def is_empty(self) -> bool:
-        flags = {*CLEARABLE.values(), *DEFAULTABLE.values()}
-        return not self.model_fields_set - flags and not any(getattr(self, flag) for flag in flags)
+        return not self.model_fields_set
 
     def changes(self, now: float) -> KeyChanges:
         return KeyChanges(

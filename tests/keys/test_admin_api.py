@@ -203,6 +203,35 @@ async def test_dates_out_of_range_and_nulls_on_modify(api: ApiUnderTest, http: a
         assert out["error"]["param"] == "days"
 
 
+async def test_the_internal_clear_flags_are_unknown_parameters_not_a_way_to_change_a_key(
+    api: ApiUnderTest, http: aiohttp.ClientSession
+) -> None:
+    """``clear_expiry`` and its kin are how a null or "never" reaches the store, not parameters: ``{"clear_expiry":
+    true}`` in a modify body removed a key's expiry, and the API description listed the four as parameters. Each is
+    now what any unknown parameter is (as a typo is): a 400 naming it, in a body or a query, that changes nothing."""
+    base = f"{api.url}/api_management"
+    created = await create_key(
+        http, api.url, "rate_limit=5&expires_in_days=2&daily_token_limit=100&max_concurrent_requests=3"
+                       "&max_stored_bytes_per_day=4096")
+    url = f"{base}/modify-api-key/{created['id']}"
+    flags = ("clear_expiry", "clear_token_limit", "clear_concurrency", "clear_storage_budget", "rate_limt")
+    for flag in flags:
+        for method, to, kw in (("PUT", url, {"json": {flag: True}}), ("PUT", f"{url}?{flag}=true", {}),
+                               ("POST", f"{base}/create-api-key/?rate_limit=5", {"json": {flag: True}})):
+            status, _, out = await call(http, method, to, headers=AK, **kw)
+            assert_error(status, out, 400, "invalid_value")
+            assert out["error"]["param"] == flag, out
+    listed = {k["id"]: k for k in (await call(http, "GET", f"{base}/api-keys", headers=AK))[2]["data"]}
+    assert len(listed) == 2, "nothing was created"
+    kept = listed[created["id"]]
+    assert (kept["expires_at"], kept["daily_token_limit"], kept["max_concurrent_requests"],
+            kept["max_stored_bytes_per_day"]) == (created["expires_at"], 100, 3, 4096), kept
+    status, _, out = await call(http, "PUT", url + "?expires_at=never&daily_token_limit=none", headers=AK)
+    assert status == 200 and out["expires_at"] is None and out["daily_token_limit"] is None, out  # the ways that work
+    described = (await call(http, "GET", f"{api.url}/openapi.json"))[2]
+    assert not any(flag in str(described) for flag in flags)
+
+
 async def test_a_keys_own_storage_budget_is_set_shown_put_back_and_bad_values_refused(
     api: ApiUnderTest, http: aiohttp.ClientSession
 ) -> None:
