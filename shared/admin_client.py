@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared.errors import first_problem
 from shared.keys_wire import (
+    CLEARABLE,
     DEFAULTABLE,
     CreatedKeyOut,
     DeletedKeyOut,
@@ -52,13 +53,9 @@ def key_params(**fields: Any) -> dict[str, Any]:
         where, why = first_problem(e)
         raise AdminError(0, f"invalid {where or 'parameters'}: {why}", code="invalid_value") from None
     body = params.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
-    if params.clear_expiry:
-        body["expires_at"] = "never"
-    if params.clear_token_limit:
-        body["daily_token_limit"] = "none"
-    for name, flag in DEFAULTABLE.items():
-        if getattr(params, flag):
-            body[name] = "default"
+    for name, word in {**CLEARABLE, **DEFAULTABLE}.items():
+        if params.cleared(name):
+            body[name] = word
     return body
 
 

@@ -35,10 +35,11 @@ MAX_CONCURRENT = 100_000
 # and 0 already means "no limit"); a bigger number is a typo (a size in bits, a unit twice), told as a 400.
 MAX_STORED_BYTES_PER_DAY = 1 << 40
 NEVER = ("never", "none", "null")
-CLEARABLE = {"expires_at": "clear_expiry", "daily_token_limit": "clear_token_limit"}
+# Each field that a null removes, with the word the admin client sends for it.
+CLEARABLE = {"expires_at": "never", "daily_token_limit": "none"}
 # Set back to the API's default (MAX_CONCURRENT_REQUESTS_PER_KEY, STORED_BYTES_PER_KEY_PER_DAY) by "default" or null:
 # 0 is "no limit" there, so "none" (which would read as "no limit") is not one of their words.
-DEFAULTABLE = {"max_concurrent_requests": "clear_concurrency", "max_stored_bytes_per_day": "clear_storage_budget"}
+DEFAULTABLE = {"max_concurrent_requests": "default", "max_stored_bytes_per_day": "default"}
 DEFAULT_WORDS = ("default", "null")
 FIRST_SECOND, LAST_SECOND = -62135596800.0, 253402300799.0  # 0001-01-01 and 9999-12-31T23:59:59, UTC
 
@@ -79,7 +80,7 @@ class KeyParams(BaseModel):
         """``expires_at=never`` (or JSON null) removes the expiry, ``daily_token_limit=none`` (or null) the
         token limit, ``max_concurrent_requests=default`` (or null) the key's own concurrency limit,
         ``max_stored_bytes_per_day=default`` (or null) its own storage budget: each word is read as a null, and a
-        field given as null is one to clear (``_cleared``; a null for anything else is refused by ``_not_null``).
+        field given as null is one to clear (``cleared``; a null for anything else is refused by ``_not_null``).
         No field of its own says so: a caller could have set it (``{"clear_expiry": true}`` removed an expiry)."""
         if not isinstance(data, dict):
             return data
@@ -146,7 +147,7 @@ class KeyParams(BaseModel):
 
     @model_validator(mode="after")
     def _one_expiry(self) -> KeyParams:
-        if (self.expires_at is not None) + (self.expires_in_days is not None) + self.clear_expiry > 1:
+        if (self.expires_at is not None) + (self.expires_in_days is not None) + self.cleared("expires_at") > 1:
             raise ValueError("give at most one of expires_at, expires_in_days")
         return self
 
@@ -158,25 +159,10 @@ class KeyParams(BaseModel):
             return at.timestamp()
         return None
 
-    def _cleared(self, name: str) -> bool:
-        """``name`` was given as null (or its word for it): it is to be removed, or put back to the default."""
+    def cleared(self, name: str) -> bool:
+        """``name`` (one of ``CLEARABLE`` or ``DEFAULTABLE``) was given as null, or its word for it: it is to be
+        removed, or put back to the API's default."""
         return name in self.model_fields_set and getattr(self, name) is None
-
-    @property
-    def clear_expiry(self) -> bool:
-        return self._cleared("expires_at")
-
-    @property
-    def clear_token_limit(self) -> bool:
-        return self._cleared("daily_token_limit")
-
-    @property
-    def clear_concurrency(self) -> bool:
-        return self._cleared("max_concurrent_requests")
-
-    @property
-    def clear_storage_budget(self) -> bool:
-        return self._cleared("max_stored_bytes_per_day")
 
     def is_empty(self) -> bool:
         return not self.model_fields_set
@@ -186,10 +172,12 @@ class KeyParams(BaseModel):
             rate_limit=self.rate_limit, name=self.name,
             scopes=tuple(self.scopes) if self.scopes is not None else None,
             allowed_models=tuple(self.allowed_models) if self.allowed_models is not None else None,
-            expires_at=self.expiry(now), clear_expiry=self.clear_expiry,
-            daily_token_limit=self.daily_token_limit, clear_token_limit=self.clear_token_limit,
-            max_concurrent_requests=self.max_concurrent_requests, clear_concurrency=self.clear_concurrency,
-            max_stored_bytes_per_day=self.max_stored_bytes_per_day, clear_storage_budget=self.clear_storage_budget,
+            expires_at=self.expiry(now), clear_expiry=self.cleared("expires_at"),
+            daily_token_limit=self.daily_token_limit, clear_token_limit=self.cleared("daily_token_limit"),
+            max_concurrent_requests=self.max_concurrent_requests,
+            clear_concurrency=self.cleared("max_concurrent_requests"),
+            max_stored_bytes_per_day=self.max_stored_bytes_per_day,
+            clear_storage_budget=self.cleared("max_stored_bytes_per_day"),
         )
 
 
