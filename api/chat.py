@@ -151,8 +151,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
     body = req.miner_body(seed=seed, sent=sent)
     if session is not None and req.wants_any_model() and sessions.pinned_model(session):
         body["model"] = session.model  # the session's model, not any the pinned miner serves (and for scoring)
-    seconds, excuse = chat_deadline(ctx.settings, req)
-    scale, scored = node_deadline(ctx.settings, req), planned.scored
+    seconds, caller_cut = chat_deadline(ctx.settings, req)
+    excuse, scale, scored = caller_cut, node_deadline(ctx.settings, req), planned.scored
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
     if session is not None:
         headers["x-sn1-session-id"] = session.id
@@ -167,9 +167,10 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
                                                    excuse_timeouts=True, scored=scored, latency_scale=scale,
                                                    named=bool(req.uids))
         except mixture.StageOneFailed as e:
+            tell_no_answer(ctx.no_answer, e.race, rid, e, caller_cut=caller_cut)  # once: the request ends here
             e.headers.update(headers)
             _log_answer(request, fmt, key, req, [n.uid for n in neurons], None, use_mixture=True,
-                        status=ending(request) or "error", started=started, runs=e.runs, send=send)
+                        status=ending(request) or "error", started=started, runs=e.race.runs, send=send)
             raise
         body = mixture.final_body(body, [r.text for r in answers])
         seconds = max(0.1, seconds - (loop.time() - stage_started))
@@ -190,7 +191,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         if winner is None:
             error = no_winner_error(race, fmt.input_param, model=body.get("model"),
                                     passed_over=passed_over(ctx, body, named=bool(req.uids)))
-            tell_no_answer(ctx.no_answer, race, rid, error)
+            tell_no_answer(ctx.no_answer, race, rid, error, caller_cut=caller_cut)
             raise error
         ctx.no_answer.ok()  # nothing unless requests were failing: then, once they no longer are, one INFO line
         headers["x-sn1-miner-uid"] = str(winner.uid)

@@ -140,7 +140,7 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
             if winner is None:
                 error = no_winner_error(race, fmt.input_param, model=body.get("model"),
                                         passed_over=passed_over(ctx, body, named=bool(req.uids)))
-                tell_no_answer(ctx.no_answer, race, rid, error)
+                tell_no_answer(ctx.no_answer, race, rid, error, caller_cut=excuse)
                 raise error
             winners.append(winner)
         ctx.no_answer.ok()

@@ -84,14 +84,16 @@ def no_winner_error(race: Race, input_param: str = "messages", *, model: str | N
     return ApiError(502, f"No miner returned a valid answer. {errors}".strip(), code="no_valid_answer")
 
 
-def tell_no_answer(log: OutageLog, race: Race, rid: str, error: ApiError) -> None:
+def tell_no_answer(log: OutageLog, race: Race, rid: str, error: ApiError, *, caller_cut: bool) -> None:
     """Count a race no miner won into ``log`` (``ApiContext.no_answer``): its first such request is a WARNING
     with each miner's reason, then a line a minute while they go on. Each was an INFO access line alone
     (``status=error``): every miner down failed every request without a WARNING. Left out, as no outage of the
     network: a request its miners' model servers refused (the caller's 400), one whose caller chose its
-    miners, one whose caller's own deadline was shorter than the node's, and one for a model no miner raced
-    serves (the caller's 404). A 503 ``no_miners_available`` is always told, as selection's is (``chat.plan``)."""
-    if error.code != NO_MINERS and (race.refused() or race.not_served() or not race.scored or race.excuse_timeouts):
+    miners, one whose caller's own deadline was shorter than the node's (``caller_cut``: ``chat_deadline``'s
+    word, not the race's ``excuse_timeouts``, which the node sets too for the deadlines it cuts itself: a
+    mixture's stages were never told), and one for a model no miner raced serves (the caller's 404). A 503
+    ``no_miners_available`` is always told, as selection's is (``chat.plan``)."""
+    if error.code != NO_MINERS and (race.refused() or race.not_served() or not race.scored or caller_cut):
         return
     log.failed(f"rid={rid} answered HTTP {error.status} {error.code}: {printable(error.message)[:800]} (are the "
                "miners up and reachable from this host? the validator's availability lines and "

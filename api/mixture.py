@@ -14,7 +14,7 @@ from typing import Any
 from api.completion import no_winner_error
 from api.context import ApiContext
 from api.fanout import passed_over, settle, start_race
-from api.race import MinerRun
+from api.race import MinerRun, Race
 from shared.errors import ApiError
 from shared.metagraph import Neuron
 from shared.protocol import ChatCompletionRequest
@@ -69,19 +69,19 @@ async def gather_answers(
     valid = [r for r in race.runs if r.error is None and r.has_answer and r.text]
     if not valid:
         raise StageOneFailed(no_winner_error(race, model=body.get("model"),
-                                             passed_over=passed_over(ctx, body, named=named)), race.runs)
+                                             passed_over=passed_over(ctx, body, named=named)), race)
     return valid
 
 
 class StageOneFailed(ApiError):
-    """No valid answer in the first stage: the error a plain request would get, and the stage's runs, which the
-    request's access line names (``failed=1:refused,...``): its line said only ``status=502``, and under
-    ``truncation: "auto"`` the refused attempt had none."""
+    """No valid answer in the first stage: the error a plain request would get, and the stage's race, whose runs the
+    request's access line names (``failed=1:refused,...``: its line said only ``status=502``, and under
+    ``truncation: "auto"`` the refused attempt had none) and which the "requests no miner answers" run counts."""
 
-    def __init__(self, plain: ApiError, runs: list[MinerRun]) -> None:
+    def __init__(self, plain: ApiError, race: Race) -> None:
         super().__init__(plain.status, f"Mixture, first stage: {plain.message}", code=plain.code, param=plain.param,
                          type_=plain.type, headers=dict(plain.headers))  # a 503's Retry-After, say
-        self.runs = runs
+        self.race = race
 
 
 def stage_one_seconds(total: float) -> float:

@@ -173,6 +173,53 @@ async def test_requests_no_miner_answers_are_one_warning_and_their_end_one_line(
     assert end_level == "INFO" and "miners answer again after" in end and "(5 failure(s))" in end, end
 
 
+class AnswersOnce(Script):
+    """A miner that answers its first request, then fails every one with a 500: its model server went down between
+    a mixture's first stage, which it answered, and the final one, which it was asked to write."""
+
+    @property
+    def status(self) -> int:
+        return 200 if self.calls <= 1 else 500
+
+    @status.setter
+    def status(self, _: int) -> None:
+        pass
+
+
+async def test_a_mixture_no_miner_answers_is_counted_once_as_a_plain_request_is(tmp_path: Path) -> None:
+    """Every miner failing failed every mixture request with no WARNING and no count: the first stage's failure
+    was never told, and the final stage's was taken for a caller's short deadline (the node cuts a mixture's
+    deadline itself). Each such request is now counted into the "requests no miner answers" run once, whichever
+    stage no miner answered, as a plain request is; one naming its uids still is not (its miners are its choice)."""
+    said: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: said.append((m.record["level"].name, m.record["message"])), level="INFO")
+    scripts = {2: Script([], status=500), 3: Script([], status=502)}
+    try:
+        async with api_with_miners(tmp_path, scripts, miner_failures_to_set_aside=0) as api:
+            status, _, _ = await post(api, {"messages": MESSAGES, "mixture": True, "uids": [2, 3]},
+                                      headers={"x-request-id": "aimed"})
+            assert status == 502 and api.ctx.no_answer.failures == 0, "a caller's choice, no outage"
+            for i in range(3):
+                status, _, text = await post(api, {"messages": MESSAGES, "mixture": True},
+                                             headers={"x-request-id": f"mix-{i}"})
+                assert status == 502 and "Mixture, first stage" in text, text
+                assert api.ctx.no_answer.failures == i + 1
+        async with api_with_miners(tmp_path, {2: AnswersOnce([(0, d) for d in sse(chunk("hi"), chunk(finish="stop"))]),
+                                              3: Script([], status=500)}, miner_failures_to_set_aside=0) as api:
+            status, _, text = await post(api, {"messages": MESSAGES, "mixture": True},
+                                         headers={"x-request-id": "mix-final"})
+            assert status == 502 and "Mixture" not in text, text  # stage one answered (uid 2); its final stage not
+            assert api.ctx.no_answer.failures == 1
+    finally:
+        logger.remove(sink)
+    told = [(level, m) for level, m in said if m.startswith("requests failing, no miner gave a valid answer")]
+    assert [level for level, _ in told] == ["WARNING", "WARNING"], told
+    assert told[0][1].startswith("requests failing, no miner gave a valid answer: rid=mix-0 answered HTTP 502 "
+                                 "no_valid_answer: Mixture, first stage: "), told
+    assert "uid 2: HTTP 500" in told[0][1] and "uid 3: HTTP 502" in told[0][1], told
+    assert "rid=mix-final answered HTTP 502 no_valid_answer" in told[1][1] and "uid 2: HTTP 500" in told[1][1], told
+
+
 async def _send(url: str, *, key: str, body: bytes, rid: str) -> tuple[int, CIMultiDict[str]]:
     async with aiohttp.ClientSession() as s:
         async with s.post(url, data=body, headers={"Authorization": f"Bearer {key}", "x-request-id": rid,
