@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from api.app import probe_set_aside
 from api.availability import AvailabilityCache
@@ -206,6 +207,33 @@ async def test_a_model_whose_miners_are_set_aside_is_a_503_not_openais_404(tmp_p
         # a caller naming its miners gets their answer: those it named do not serve the model
         status, _, text = await post(api, {"model": "gone/model", "messages": MESSAGES, "uids": [2, 3]})
         assert status == 404 and json.loads(text)["error"]["code"] == "model_not_found", text
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "streamed"])
+@pytest.mark.parametrize("failover", [False, True])
+async def test_a_session_for_a_model_whose_miners_are_set_aside_is_the_503_not_a_404(tmp_path: Path, failover: bool,
+                                                                                      stream: bool) -> None:
+    """A sticky session (``POST /v1/sessions``) for the model of uid 1, set aside for failing, pins uid 2 or 3,
+    which answer ``404 model_not_found`` for it: its chat is the 503 ``no_miners_available`` of a plain request
+    for that model, with its Retry-After, not OpenAI's 404 of a model nobody serves (an SDK's NotFoundError, never
+    retried), with or without failover; the session, pinned to a miner that does not serve its model, is closed."""
+    failing, others = down(), {2: not_serving(), 3: not_serving()}
+    async with api_with_miners(tmp_path, {1: failing, **others}) as api:  # no availability: every miner is raced
+        await set_uid_1_aside(api, "gone/model")
+        status, _, text = await post(api, {"model": "gone/model", "failover": failover}, path="/v1/sessions")
+        assert status == 200 and json.loads(text)["uid"] in others, text  # selection leaves uid 1 out
+        session = json.loads(text)
+        status, headers, text = await post(api, {"messages": MESSAGES, "stream": stream}, timeout=10)
+        error = json.loads(text)["error"]
+        assert status == 503 and error["code"] == "no_miners_available", text
+        assert 1 <= int(headers.get("Retry-After", 0)) <= 10, headers
+        assert "set aside" in error["message"] and "http_5xx x1" in error["message"], error
+        assert "do not serve the model `gone/model`" in error["message"], error
+        assert headers["x-sn1-session-id"] == session["session_id"]
+        assert failing.calls == 3, "the failing miner was not asked again"
+        assert sum(s.calls for s in others.values()) == 6 + (2 if failover else 1)  # the pinned one, its replacement
+        async with aiohttp.ClientSession(headers={"api-key": api.key}) as s, s.get(api.url + "/v1/sessions") as r:
+            assert r.status == 404, "the session was closed"
 
 
 async def test_with_fresh_availability_only_the_miners_listing_the_model_make_it_a_503(tmp_path: Path) -> None:
