@@ -211,3 +211,32 @@ async def test_a_large_picture_is_fetched_whole_and_a_request_past_the_limit_is_
         finally:
             await whole.close()
             await small.close()
+
+
+# IPv6 addresses that carry an IPv4 address inside them, and reach it: NAT64 (64:ff9b::/96, AWS's and every
+# DNS64 network's prefix: a NAT gateway forwards to the IPv4 address, a VPC's 10.x ones too), 6to4 (2002::/16),
+# IPv4-compatible (::a.b.c.d) and IPv4-translated (::ffff:0:a.b.c.d) addresses. Python counts them all "global".
+EMBEDDED_PRIVATE = ("64:ff9b::a00:5", "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1", "::127.0.0.1", "::ffff:0:a00:5")
+
+
+async def test_an_ipv6_address_that_carries_a_private_ipv4_one_is_refused(tmp_path: Path) -> None:
+    """Written in the URL or answered by a name's DNS, an IPv6 address whose IPv4 part is private is the caller's
+    400 "private address", the same as the IPv4 address itself; one whose IPv4 part is public is let through to
+    the connection (a NAT64 network reaches the public IPv4 internet that way)."""
+    received: list = []
+    async with stack(tmp_path, received) as (api, key), aiohttp.ClientSession() as s:
+        for address in EMBEDDED_PRIVATE:
+            status, answer = await post_chat(s, api, key, with_image(f"http://[{address}]:8000/a.png"))
+            assert status == 400, (address, answer)
+            assert "private address" in answer["error"]["message"], (address, answer)
+    assert received == [], "the model server was asked about a private URL"
+    dns = ScriptedDNS({f"n{i}.test": [address] for i, address in enumerate(EMBEDDED_PRIVATE)})
+    fetcher = MediaFetcher(resolver=dns, seconds=5)
+    try:
+        for i, address in enumerate(EMBEDDED_PRIVATE):
+            with pytest.raises(MediaRefused, match=rf"private address \(n{i}\.test\)"):
+                await fetcher.inline(with_image(f"http://n{i}.test/a.png"))
+    finally:
+        await fetcher.close()
+    from neurons.miner.media_urls import is_public
+    assert is_public("64:ff9b::808:808") and is_public("2002:808:808::1"), "a public IPv4 inside stays public"
