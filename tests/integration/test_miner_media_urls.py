@@ -27,7 +27,7 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from neurons.miner.media_urls import MediaFetcher, MediaRefused
+from neurons.miner.media_urls import MediaFetcher, MediaRefused, is_public
 from tests.helpers import serve_app
 from tests.integration.test_miner_openai_backend import post_chat, stack
 
@@ -233,10 +233,9 @@ async def test_an_ipv6_address_that_carries_a_private_ipv4_one_is_refused(tmp_pa
     dns = ScriptedDNS({f"n{i}.test": [address] for i, address in enumerate(EMBEDDED_PRIVATE)})
     fetcher = MediaFetcher(resolver=dns, seconds=5)
     try:
-        for i, address in enumerate(EMBEDDED_PRIVATE):
+        for i in range(len(EMBEDDED_PRIVATE)):
             with pytest.raises(MediaRefused, match=rf"private address \(n{i}\.test\)"):
                 await fetcher.inline(with_image(f"http://n{i}.test/a.png"))
     finally:
         await fetcher.close()
-    from neurons.miner.media_urls import is_public
     assert is_public("64:ff9b::808:808") and is_public("2002:808:808::1"), "a public IPv4 inside stays public"
