@@ -24,11 +24,12 @@ import re
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
+from yarl import URL
 
 from shared.client_address import ip_of
 
@@ -105,9 +106,9 @@ def refused_url(url: str, allowed: AddressPolicy = is_public) -> str | None:
     scheme = scheme_of(url)
     if scheme not in FETCHED_SCHEMES:
         return f"a media URL's scheme must be http, https or data, not {scheme[:20]!r}"
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
+    try:  # read as the HTTP client reads it: ``127。0。0。1`` was a name to ``urlsplit``, an IP address to yarl (IDNA)
+        host = URL(url).raw_host
+    except (ValueError, TypeError):
         return "a media URL is not a URL"
     if not host:
         return "a media URL names no host"

@@ -239,3 +239,26 @@ async def test_an_ipv6_address_that_carries_a_private_ipv4_one_is_refused(tmp_pa
     finally:
         await fetcher.close()
     assert is_public("64:ff9b::808:808") and is_public("2002:808:808::1"), "a public IPv4 inside stays public"
+
+
+async def test_an_ip_address_in_unicode_digits_or_dots_is_checked_as_the_address_connected_to(tmp_path: Path) -> None:
+    """``http://127。0。0。2/`` (ideographic full stops) or fullwidth digits: the URL parser the check used saw a host
+    name (checked when resolved), while the HTTP client normalises it (IDNA) to the IP address ``127.0.0.2`` and
+    connects to it without resolving anything: the check never ran and the "private" server's secret was fetched.
+    The host checked is now the client's own reading of the URL: the caller's 400, nothing fetched."""
+    received: list = []
+    hits: list[str] = []
+    async with media_servers(hits) as (port, inner_port):
+        dns = ScriptedDNS({"media.test": ["127.0.0.1"]})
+        async with stack(tmp_path, received, media=MediaFetcher(resolver=dns, allowed=loopback_only)) as (api, key), \
+                aiohttp.ClientSession() as s:
+            for host in ("127\u30020\u30020\u30022", "\uff11\uff12\uff17.\uff10.\uff10.\uff12", "127\uff0e0\uff0e0\uff0e2"):
+                for stream in (False, True):
+                    url = f"http://{host}:{inner_port}/secret"
+                    status, answer = await post_chat(s, api, key, with_image(url) | {"stream": stream})
+                    assert status == 400, (host, answer)
+                    assert "private address" in answer["error"]["message"], answer
+            status, answer = await post_chat(s, api, key, with_image(f"http://127\u30020\u30020\u30021:{port}/cat.png"))
+            assert status == 200, answer  # the allowed address, written so, is fetched as it was
+    assert "/secret" not in hits, "the private server was asked"
+    assert sent_urls(received) == ["data:image/png;base64," + base64.b64encode(IMAGE).decode()]
