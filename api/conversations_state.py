@@ -231,8 +231,11 @@ async def add_turn(ctx: ApiContext, key: KeyRecord, conversation_id: str, added:
         logger.warning("response {} not added to conversation {}: it was deleted meanwhile", final.get("id"),
                        conversation_id)
     elif ctx.storage_budget is not None and not done.withdrawn:
-        # let in by ``check_room``: counted whatever it weighs, once it is stored (not once per attempt)
-        await ctx.storage_budget.count(key, size_of(turn))
+        # let in by ``check_room``: counted whatever it weighs, once it is stored (not once per attempt); a key store
+        # that fails the count must not fail the turn stored (it was taken as the append's failure: withdrawn, a 503)
+        size = size_of(turn)
+        await ctx.storage_budget.count_or_warn(key, size, f"{size} bytes of response {final.get('id')}'s turn in "
+                                               f"conversation {conversation_id} not counted")
 
 
 def _turn(added: list[dict[str, Any]], final: dict[str, Any]) -> list[str]:

@@ -364,3 +364,24 @@ async def test_usage_reads_the_days_counts_and_stored_bytes_in_one_store_call(tm
         reads = [calls for calls in sent if any(c.startswith(("SELECT", "HGET", "HMGET")) and usage_name in c
                                                 for c in calls)]
         assert len(reads) == 1, reads  # one transaction (SQLite's snapshot), or one command
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_turn_stored_in_its_conversation_stays_when_its_count_fails(tmp_path: Path, store: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key store failing to count a turn's bytes after the conversation store took the turn (the two are
+    different calls, and a store may fail between them): the count was taken as the conversation write failing, so
+    the stored turn was asked again, then withdrawn from the conversation and the answer was a 503. What was stored
+    stays: the answer is the caller's, its turn is in the conversation, and a WARNING says it was not counted."""
+    async with apis(tmp_path, store, 1, answering("Noted.")) as (api,):
+        client = openai_client(api)
+        made = await client.conversations.create(items=[item("Hi")])
+        store_fails(monkeypatch, api.ctx.store, "add_stored_bytes", 10)
+        lines, sink = log_lines()
+        try:
+            answer = await client.responses.create(model="default", input="Hello", conversation=made.id, store=False)
+        finally:
+            logger.remove(sink)
+        assert answer.output_text == "Noted."
+        assert len((await client.conversations.items.list(made.id)).data) == 3, "the turn was withdrawn"
+        assert any("not counted" in line and "WARNING" in line for line in lines), lines
