@@ -22,8 +22,8 @@ sees a slot given back up to ``RELEASE_BATCH_S`` later.
 
 The slots are the store's (``shared/store/inflight.py``, ``Store.inflight``), each on a lease this process renews
 every third of ``CONCURRENCY_LEASE_SECONDS``: a process that dies holding slots holds them no longer than one lease.
-A request cancelled while its authorization is on its way back (its client left) gives back the slot it sent, by
-its key's hash (the key's id is in the answer it never read): removed with the next batch, not left to its lease.
+A request cancelled while its authorization is on its way back (its client left), or whose store failed (an answer
+past the timeout), gives back the slot it sent, by its key's hash (the key's id is in the answer it never read): removed with the next batch, not left to its lease.
 """
 
 from __future__ import annotations
@@ -81,12 +81,13 @@ class ConcurrencyLimiter:
 
     async def authorize(self, store: Store, key_hash: str, scope: str | None) -> Authorization:
         """``store.authorize`` with a new slot's ``Hold``. Once the key was found, the slots the hold gave back are
-        removed: no longer the batch's. A cancel before the answer was read (the client left) gives back the slot
-        sent, which the store may have taken all the same."""
+        removed: no longer the batch's. A cancel before the answer was read (the client left), or a store that
+        failed (its answer came after the timeout: Redis ran the script), gives back the slot sent, which the store
+        may have taken all the same: left to its lease, it held one of the key's slots for a request answered 503."""
         hold = self.hold(key_hash)
         try:
             auth = await store.authorize(key_hash, scope=scope, hold=hold)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, StoreUnavailable):
             self._give_back(GivenBack(key_hash, None, hold.slot))
             raise
         if hold.releases and auth.status != "unknown":

@@ -233,3 +233,35 @@ async def test_a_client_that_leaves_while_its_authorization_comes_back_gives_its
             finally:
                 proxy.pass_replies()
                 await watcher.aclose()
+
+
+@pytest.mark.redis
+async def test_an_authorization_whose_answer_times_out_gives_its_slot_back(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis ran the request's authorization (its slot taken) but its answer came back after the key store's
+    timeout: the request is the 503 ``store_unavailable``, and it holds nothing. Its slot was left to its lease (here
+    20 s), for which every request of a key at its limit was refused; it is now given back as a cancelled one's is."""
+    import redis.asyncio as aioredis
+
+    real = urllib.parse.urlparse(redis_url())
+    async with tcp_proxy(real.hostname or "127.0.0.1", real.port or 6379) as proxy:
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{proxy.port}{real.path or '/0'}")  # the API's store
+        async with apis_on_one_store(tmp_path, "redis", 1, quick(), max_concurrent_requests_per_key=LIMIT,
+                                     concurrency_lease_seconds=20.0) as (api,):
+            record = await api.ctx.store.get_key(hash_key(api.key))
+            slots = f"{api.ctx.settings.store_namespace}:inflight:{record.id}"
+            watcher = aioredis.from_url(redis_url())  # straight to Redis, past the proxy
+            try:
+                proxy.hold_replies()  # past the key store's 2 s timeout
+                r = await refused(api, api.key)
+                assert r.status == 503, r.status
+                proxy.pass_replies()
+                for _ in range(100):
+                    if await watcher.zcard(slots) == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert await watcher.zcard(slots) == 0, "the slot of a request answered 503 is still held"
+                assert await until_in_flight(api, api.key, 0, timeout=3.0) == 0
+            finally:
+                proxy.pass_replies()
+                await watcher.aclose()
