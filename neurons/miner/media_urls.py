@@ -75,13 +75,17 @@ def _part_url(part: dict[str, Any]) -> Any:
 # gateway forwards ``64:ff9b::a00:5`` to 10.0.0.5), IPv4-compatible and IPv4-translated (SIIT) addresses. Python
 # counts them "global" whatever the IPv4 address inside (6to4, ``2002::/16``, is ``IPv6Address.sixtofour``).
 IPV4_CARRYING = tuple(ipaddress.IPv6Network(n) for n in ("64:ff9b::/96", "::/96", "::ffff:0:0:0/96"))
+# Not globally reachable (IANA's special-purpose registry), though Python before 3.12.4 counts them global: the
+# local-use NAT64 prefix (a site's own translator, to its own IPv4 network too), deprecated site-local addresses,
+# and the documentation and SRv6 ranges.
+NOT_GLOBAL_V6 = tuple(ipaddress.IPv6Network(n) for n in ("64:ff9b:1::/48", "fec0::/10", "3fff::/20", "5f00::/16"))
 
 
 def is_public(address: str) -> bool:
     """Whether ``address`` is a public (global) IP address; an IPv4-mapped IPv6 address as its IPv4 one, and an
     IPv6 address that carries an IPv4 one (NAT64, 6to4, IPv4-compatible) public only when that one is too."""
     ip = ip_of(address)
-    if ip is None or not ip.is_global or ip.is_multicast:
+    if ip is None or not ip.is_global or ip.is_multicast or any(ip in network for network in NOT_GLOBAL_V6):
         return False
     inner = carried_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
     return inner is None or (inner.is_global and not inner.is_multicast)
