@@ -82,13 +82,18 @@ class ConcurrencyLimiter:
     async def authorize(self, store: Store, key_hash: str, scope: str | None) -> Authorization:
         """``store.authorize`` with a new slot's ``Hold``. Once the key was found, the slots the hold gave back are
         removed: no longer the batch's. A cancel before the answer was read (the client left), or a store that
-        failed (its answer came after the timeout: Redis ran the script), gives back the slot sent, which the store
-        may have taken all the same: left to its lease, it held one of the key's slots for a request answered 503."""
+        failed when it may have taken the slot all the same (``failed_may_hold``: a Redis answer that came after
+        the timeout), gives back the slot sent: left to its lease, it held one of the key's slots for a request
+        answered 503."""
         hold = self.hold(key_hash)
         try:
             auth = await store.authorize(key_hash, scope=scope, hold=hold)
-        except (asyncio.CancelledError, StoreUnavailable):
+        except asyncio.CancelledError:
             self._give_back(GivenBack(key_hash, None, hold.slot))
+            raise
+        except StoreUnavailable:
+            if self.slots.failed_may_hold:
+                self._give_back(GivenBack(key_hash, None, hold.slot))
             raise
         if hold.releases and auth.status != "unknown":
             self._removed(key_hash, set(hold.releases))

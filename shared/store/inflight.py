@@ -134,7 +134,11 @@ class SlotCount:
 
 
 class InflightSlots(Protocol):
-    """What a process does with the slots it took (``Store.authorize`` takes them, with a ``Hold``)."""
+    """What a process does with the slots it took (``Store.authorize`` takes them, with a ``Hold``).
+    ``failed_may_hold``: whether an authorization that failed (``StoreUnavailable``) may have taken its slot all the
+    same (Redis: the script ran, its answer came after the timeout), so that it must be given back."""
+
+    failed_may_hold: bool
 
     async def release(self, slots: list[GivenBack]) -> None:
         """Remove these slots, in one store call (one not there: nothing)."""
@@ -152,6 +156,8 @@ class InflightSlots(Protocol):
 
 class RedisInflight:
     """The slots in one Redis (the key store's link, namespace and gate: ``RedisStore.inflight``)."""
+
+    failed_may_hold = True  # a script's answer lost past the timeout: it ran
 
     def __init__(self, client: Any, key: Callable[..., str], gate: RedisGate) -> None:
         self._key = key
@@ -195,6 +201,9 @@ class RedisInflight:
 class SQLiteInflight:
     """The slots in the API's SQLite file (the key store's hot-path connection, ``SQLiteStore.db``). The clock is
     the host's: every process on the file is on one host."""
+
+    failed_may_hold = False  # a failed authorize turn's transaction is rolled back: nothing to give back (a locked
+    # file would only block the loop again on the DELETE)
 
     def __init__(self, db: sqlite3.Connection, clock: Callable[[], float]) -> None:
         self._db = db
