@@ -161,3 +161,42 @@ async def test_a_background_turn_in_a_conversation_reads_its_conversation(tmp_pa
         assert await part_prev(api, answered.id) is None
         assert [i["id"] for i in await listed(api, answered.id)][:-1] == [
             i["id"] for i in await conversation_items(api, conversation_id)][:-2]
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_background_turn_whose_last_stored_turn_goes_as_it_is_queued_is_stored_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str) -> None:
+    """The conversation's last stored turn deleted after a background turn read the conversation and before its
+    pending record is written (the store refuses the part: its previous response is gone): the turn is queued all the
+    same, answered, and stored whole, its input items the conversation exactly as it was; the next turn continues
+    it. Before the fallback the request failed, or its record named the deleted response and read as unknown."""
+    miner = answering("Later.")
+    async with api_on(store, tmp_path, miner) as api:
+        client = openai_client(api)
+        conversation_id = await new_conversation(api, "I live in Paris.")
+        made = [await turn(api, conversation_id, f"Question {i}?") for i in range(2)]
+        before = await conversation_items(api, conversation_id)
+        responses, put = api.ctx.responses, api.ctx.responses.put
+        deleted: list[str] = []
+
+        async def deleted_first(owner: str, response_id: str, data: str, **kw: Any) -> bool:
+            """The pending record's first write: the response it continues is deleted just before it."""
+            if kw.get("pending") and not deleted:
+                deleted.append(prev_of(data) or "")
+                assert await responses.delete(owner, made[-1]["id"])
+            return await put(owner, response_id, data, **kw)
+
+        monkeypatch.setattr(responses, "put", deleted_first)
+        queued = await client.responses.create(model="default", input="Slowly?", background=True,
+                                               conversation=conversation_id)
+        monkeypatch.setattr(responses, "put", put)
+        assert deleted == [made[-1]["id"]]  # its part was to continue the deleted turn
+        done = await polled(client, queued)
+        assert (done.status, done.output_text, done.to_dict()["store"]) == ("completed", "Later.", True)
+        assert await part_prev(api, queued.id) is None
+        assert await listed(api, queued.id) == before + [(await listed(api, queued.id))[-1]]
+        assert (await listed(api, queued.id))[-1]["content"] == [{"type": "input_text", "text": "Slowly?"}]
+        assert (await call(api, "GET", f"/v1/responses/{made[-1]['id']}"))[0] == 404
+        after = await turn(api, conversation_id, "And then?")
+        assert await part_prev(api, after["id"]) == queued.id
+        assert (await listed(api, after["id"]))[:-1] == (await conversation_items(api, conversation_id))[:-2]
