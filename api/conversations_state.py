@@ -167,14 +167,15 @@ async def delete(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> None:
         raise _not_found(ctx, conversation_id)
 
 
-async def history(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> list[dict[str, Any]]:
-    """The items a response naming this conversation is answered with; a 400 naming ``conversation`` when
-    there is none (storage off, unknown, another key's)."""
+async def history(ctx: ApiContext, key: KeyRecord, conversation_id: str) -> tuple[list[dict[str, Any]], str | None]:
+    """The items a response naming this conversation is answered with, and its last stored turn as its record names
+    it (``last_stored``; None: none); a 400 naming ``conversation`` when there is none (storage off, unknown,
+    another key's)."""
     if ctx.conversations is None:
         raise invalid_value("conversation", STORAGE_OFF)
     got = None
     if valid_id(conversation_id):
-        got = await _call(ctx.conversations.items(key.id, conversation_id))
+        got = await _call(ctx.conversations.turn_items(key.id, conversation_id))
     if got is None:
         raise ApiError(400, f"Conversation with id '{conversation_id[:64]}' not found.", param="conversation",
                        code="conversation_not_found")
@@ -195,16 +196,17 @@ async def check_room(ctx: ApiContext, key: KeyRecord, items: list[dict[str, Any]
 
 
 async def extend(ctx: ApiContext, key: KeyRecord, conversation_id: str, added: list[dict[str, Any]],
-                 final: dict[str, Any]) -> None:
+                 final: dict[str, Any], last: str | None = None) -> None:
     """Add a response's input and output items to its conversation, just before its end goes out. A failed
     response adds nothing (the turn can be sent again). Its answer may take the conversation past its bound
     (the input was checked before it was asked for; its next turn is then the 400). A store that fails is asked
     twice more; then the turn is taken out again (``withdraw``: the write may have landed though it was reported
-    failed) and the response fails: ``not_added``'s 503, which the caller's retry of the same turn makes good."""
+    failed) and the response fails: ``not_added``'s 503, which the caller's retry of the same turn makes good.
+    ``last``: the conversation's last stored turn from now on (``last_stored``), written with the items."""
     if ctx.conversations is None or final.get("status") == "failed":
         return
     try:  # asked again as a response is stored (responses_state.keep): ``once``, a write that landed is not doubled
-        await retried(lambda: add_turn(ctx, key, conversation_id, added, final),
+        await retried(lambda: add_turn(ctx, key, conversation_id, added, final, last),
                       attempts=KEEP_ATTEMPTS, pause=KEEP_PAUSE_S, on=StoreUnavailable)
     except StoreUnavailable as e:
         logger.warning("response {} not added to conversation {} (it fails, store_unavailable): {}", final.get("id"),
@@ -214,7 +216,7 @@ async def extend(ctx: ApiContext, key: KeyRecord, conversation_id: str, added: l
 
 
 async def add_turn(ctx: ApiContext, key: KeyRecord, conversation_id: str, added: list[dict[str, Any]],
-                   final: dict[str, Any]) -> None:
+                   final: dict[str, Any], last: str | None = None) -> None:
     """One attempt at adding a response's turn to its conversation (``StoreUnavailable`` when the store fails: the
     caller asks again, or ``withdraw``s it). A conversation deleted meanwhile takes nothing: a WARNING; one whose
     key was deleted meanwhile neither (no key can read it: DEBUG)."""
@@ -222,7 +224,8 @@ async def add_turn(ctx: ApiContext, key: KeyRecord, conversation_id: str, added:
     turn = _turn(added, final)
     try:
         done = await ctx.conversations.append(key.id, conversation_id, turn, max_bytes=None, once=True,
-                                              fence=final["id"], retention=ctx.settings.responses_retention_seconds)
+                                              fence=final["id"], retention=ctx.settings.responses_retention_seconds,
+                                              last=last)
     except KeyForgotten:
         logger.debug("response {} not added to conversation {}: its key id={} was deleted", final.get("id"),
                      conversation_id, key.id)

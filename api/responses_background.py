@@ -33,6 +33,7 @@ from api import conversations_state
 from api.access_log import answer_line, ended_with, hold, release, request_id
 from api.auth import invalid_api_key
 from api.context import ApiContext
+from api.last_stored import UNNAMED
 from api.responses_render import ResponseStream
 from api.responses_state import (
     PENDING,
@@ -403,7 +404,8 @@ async def settle(request: web.Request, ctx: ApiContext, key: KeyRecord, keeping:
         try:
             if owed:
                 assert conversation_id is not None
-                await conversations_state.add_turn(ctx, keeping.key, conversation_id, keeping.added, final)
+                await conversations_state.add_turn(ctx, keeping.key, conversation_id, keeping.added, final,
+                                                   last=UNNAMED)
                 owed, added = False, True
             settled = await ctx.responses.settle(key.id, final["id"], data, retention=keeping.retention,
                                                  item_ids=item_ids(keeping.added, final))

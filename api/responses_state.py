@@ -34,11 +34,13 @@ from api import conversations_state
 from api.auth import store_call
 from api.context import ApiContext
 from api.conversations_state import KEEP_ATTEMPTS, KEEP_PAUSE_S
+from api.last_stored import LastStored, digests, folded, listed_size
 from api.responses_render import new_id
 from api.responses_wire import STATELESS, InputItemsQuery, ResponsesRequest, is_item_reference
 from shared.aio import retried
 from shared.errors import MODEL_NOT_FOUND, ApiError, invalid_value
 from shared.store.base import KeyRecord, StoreUnavailable
+from shared.store.conversations import encode_item
 from shared.store.responses import (
     EMPTY,
     PreviousGone,
@@ -87,6 +89,7 @@ class History:
     size: int = EMPTY
     after: int = 0
     before: int | None = None  # ``list_size`` of ``items`` but the last ``after`` (None: ``size``)
+    digest: str | None = None  # a conversation turn's: the ``last_stored`` digest of ``items`` (None: not one)
 
     @property
     def tail(self) -> list[dict[str, Any]]:
@@ -100,7 +103,7 @@ class History:
 
     def alone(self) -> History:
         """The same conversation, stored whole (its ``prev`` is gone)."""
-        return History(self.items, size=self.size)
+        return History(self.items, size=self.size, digest=self.digest)
 
 
 async def continued(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) -> tuple[ResponsesRequest, History]:
@@ -124,10 +127,10 @@ async def history_of(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) 
             raise ApiError(400, "Mutually exclusive parameters: Ensure you are only providing one of: "
                                 "'previous_response_id' or 'conversation'.", param="conversation",
                            code="mutually_exclusive_parameters")
-        items = await conversations_state.history(ctx, key, wanted.conversation_id)
+        items, last = await conversations_state.history(ctx, key, wanted.conversation_id)
         if wanted.store is False or ctx.responses is None:
             return History(items, size=list_size(items))
-        return await last_turn(ctx, key, items)
+        return await last_turn(ctx, key, items, LastStored.read(last))
     if response_id is None:
         return History()
     if ctx.responses is None:
@@ -145,14 +148,22 @@ async def history_of(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) 
     return History(found.items + output, found.id, joined(found.size, list_size(output)))
 
 
-async def last_turn(ctx: ApiContext, key: KeyRecord, items: list[dict[str, Any]]) -> History:
+async def last_turn(ctx: ApiContext, key: KeyRecord, items: list[dict[str, Any]],
+                    last: LastStored | None = None) -> History:
     """A ``conversation``'s ``items`` as the history of a turn to be stored: after the stored response of its last
     stored turn, when they begin with that response's conversation and output exactly (its next part then keeps
     only what comes after: a conversation of N turns takes space linear in N, as a chain does), else whole (a
     first turn, items deleted from the conversation, a turn stored before parts or not stored). That response is
-    found by the id of one of the last ``LAST_TURN_LOOKUPS`` items (the one a stored response added: the items
-    index); a response still pending or kept without its conversation is never continued so."""
-    whole = History(items, size=list_size(items))
+    the one the conversation's record names (``last``), when its digest matches (no store call: ``last_stored``);
+    else it is found by the id of one of the last ``LAST_TURN_LOOKUPS`` items (the one a stored response added:
+    the items index), and read; a response still pending or kept without its conversation is never continued so
+    (a record names neither: a background turn does not name itself)."""
+    encoded = [encode_item(item) for item in items]
+    named, digest = digests(encoded, -1 if last is None else last.count)
+    whole = History(items, size=listed_size(encoded), digest=digest)
+    if last is not None and named == last.digest:
+        return History(items, last.response_id, whole.size, len(items) - last.count,
+                       listed_size(encoded[:last.count]), digest)
     assert ctx.responses is not None
     looked = 0
     for item in reversed(items):
@@ -170,7 +181,7 @@ async def last_turn(ctx: ApiContext, key: KeyRecord, items: list[dict[str, Any]]
         if (found.until is not None or found.response.get("status") in PENDING or not_kept(found)
                 or not same_items(items[:start], found.items + output)):
             return whole
-        return History(items, found.id, whole.size, len(items) - start, joined(found.size, list_size(output)))
+        return History(items, found.id, whole.size, len(items) - start, joined(found.size, list_size(output)), digest)
     return whole
 
 
@@ -388,6 +399,15 @@ class Keeping:
         or one of a conversation stored whole, names none: ``encode`` leaves ``before`` out then)."""
         return encode(response, [], prev=self.history.prev, before=self.history.prev_size)
 
+    def named(self, final: dict[str, Any]) -> str | None:
+        """What its conversation's record names as its last stored turn once this one is added (``last_stored``),
+        when it is to be stored (None: not a conversation's turn, or not stored: the name it had stays)."""
+        if self.data is None or self.history.digest is None:
+            return None
+        turn = self.added + list(final.get("output") or [])
+        return LastStored(final["id"], len(self.history.items) + len(turn),
+                          folded(self.history.digest, (encode_item(item) for item in turn))).text()
+
     def alone(self) -> None:
         """Store it whole from now on: the response its part was to continue (a conversation's last stored turn)
         was deleted or expired as this one was made."""
@@ -480,7 +500,8 @@ async def extend_conversation(ctx: ApiContext, keeping: Keeping, final: dict[str
     """The response's conversation, if it names one, gets this turn's input and output items (or the 503 saying
     it could not)."""
     if keeping.conversation_id is not None:
-        await conversations_state.extend(ctx, keeping.key, keeping.conversation_id, keeping.added, final)
+        await conversations_state.extend(ctx, keeping.key, keeping.conversation_id, keeping.added, final,
+                                         keeping.named(final))
 
 
 def item_ids(added: list[dict[str, Any]], final: dict[str, Any]) -> list[str]:

@@ -7,6 +7,13 @@ host) in two tables, Redis (a fleet) in a hash and a list per conversation, and
 it expires ``RESPONSES_RETENTION_SECONDS`` after its last write (every write
 refreshes it: a conversation in use does not vanish mid-dialogue).
 
+A conversation also names its last stored turn (``last``: an opaque text its
+response's turn wrote with its items, ``append``'s ``last``), so that the next
+turn's stored response is made a part after it without reading that turn's
+stored response (``turn_items``). A record written before 2026-12-07, or by a
+worker of that release, has none, or an older one: the caller checks it against
+the items and falls back to its lookup (``responses_state.last_turn``).
+
 Two workers may append to one conversation at once (two turns sent together, an
 agent adding items while a response is being kept): an append is one SQLite
 ``BEGIN IMMEDIATE`` transaction, or one Lua script in Redis, so neither loses
@@ -42,7 +49,7 @@ from shared.store import forgotten
 from shared.store.base import RedisBacked, RedisLink, RedisLinks, StoreUnavailable, open_by_url, ttl_ms
 from shared.store.forgotten import KeyForgotten
 from shared.store.responses import PURGE_EVERY_S, forget_matching, glob_escaped
-from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables, expiring_table
+from shared.store.sqlite_tables import RECLAIM_AGAIN_S, SQLiteTables, add_columns, expiring_table
 
 # The items of one conversation, as stored (their UTF-8 JSON), may not exceed this: every turn sends the
 # whole conversation to the miners, and one read must stay a small read (as for a stored response).
@@ -116,12 +123,19 @@ class ConversationStore(Protocol):
         """Its items, oldest first; None: no such conversation."""
         ...
 
+    async def turn_items(self, key_id: str, conversation_id: str) -> tuple[list[dict[str, Any]], str | None] | None:
+        """Its items, oldest first, and its ``last`` as the latest ``append`` given one wrote it (None: none was, or
+        the record is older than the field), read together; None: no such conversation."""
+        ...
+
     async def append(self, key_id: str, conversation_id: str, items: list[str], *, retention: float,
-                     max_bytes: int | None, once: bool = False, fence: str | None = None) -> Appended:
+                     max_bytes: int | None, once: bool = False, fence: str | None = None,
+                     last: str | None = None) -> Appended:
         """Add items at its end, atomically: none is added when the result would exceed ``max_bytes``.
         ``once``: none either when it already ends with exactly these items (a write asked again after a
         failure that may have landed after all, as a Redis call that timed out). ``fence``: the turn's name
-        (its response's id); none is added once ``withdraw`` named it."""
+        (its response's id); none is added once ``withdraw`` named it. ``last``: kept as its ``last`` with the
+        items (or when ``once`` found them there); "" takes its ``last`` away; None leaves it."""
         ...
 
     async def withdraw(self, key_id: str, conversation_id: str, items: list[str], *, fence: str,
@@ -166,6 +180,9 @@ CREATE TABLE IF NOT EXISTS conversation_items (
 );
 CREATE INDEX IF NOT EXISTS conversation_items_of ON conversation_items (conversation_id, seq);
 """ + forgotten.SCHEMA
+# Added 2026-12-07, to a table made before too: the conversation's last stored turn (``append``'s ``last``; NULL: none
+# named yet, or named by an earlier release's worker, which neither writes nor reads it).
+LAST_COLUMN = {"last_turn": "TEXT"}
 
 
 class SQLiteConversationStore(SQLiteTables):
@@ -175,6 +192,7 @@ class SQLiteConversationStore(SQLiteTables):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, SCHEMA)
+        add_columns(self._db, "conversations", LAST_COLUMN)
         self._next_purge = 0.0  # per instance (per worker): when this one next deletes expired conversations
 
     async def create(self, key_id: str, conversation: Conversation, items: list[str], *, retention: float) -> None:
@@ -247,12 +265,18 @@ class SQLiteConversationStore(SQLiteTables):
         return self._read(run)
 
     async def items(self, key_id: str, conversation_id: str) -> list[dict[str, Any]] | None:
-        def run(db: sqlite3.Connection) -> list[dict[str, Any]] | None:
-            if self._live(db, key_id, conversation_id, time.time()) is None:
+        found = await self.turn_items(key_id, conversation_id)
+        return None if found is None else found[0]
+
+    async def turn_items(self, key_id: str, conversation_id: str) -> tuple[list[dict[str, Any]], str | None] | None:
+        def run(db: sqlite3.Connection) -> tuple[list[dict[str, Any]], str | None] | None:
+            row = db.execute("SELECT last_turn FROM conversations WHERE id = ? AND key_id = ? AND expires_at > ?",
+                             (conversation_id, key_id, time.time())).fetchone()
+            if row is None:
                 return None
             rows = db.execute("SELECT data FROM conversation_items WHERE conversation_id = ? ORDER BY seq",
                               (conversation_id,))
-            return [json.loads(row[0]) for row in rows]
+            return [json.loads(item[0]) for item in rows], row[0]
 
         return self._read(run)
 
@@ -268,7 +292,8 @@ class SQLiteConversationStore(SQLiteTables):
             raise StoreUnavailable(f"{self.label}: {e}") from e
 
     async def append(self, key_id: str, conversation_id: str, items: list[str], *, retention: float,
-                     max_bytes: int | None, once: bool = False, fence: str | None = None) -> Appended:
+                     max_bytes: int | None, once: bool = False, fence: str | None = None,
+                     last: str | None = None) -> Appended:
         # ``fence`` is not kept: a SQLite write that failed was rolled back, and never lands after a withdraw
         now = time.time()
 
@@ -278,12 +303,14 @@ class SQLiteConversationStore(SQLiteTables):
             if self._live(db, key_id, conversation_id, now) is None:
                 return Appended(found=False)
             if once and items and self._ends_with(db, conversation_id, items):
+                self._name_last(db, conversation_id, last)
                 return Appended(found=True, size=self._size(db, conversation_id))
             size = self._size(db, conversation_id) + size_of(items)
             if max_bytes is not None and size > max_bytes:
                 return Appended(found=True, full=True, size=size)
             self._insert(db, conversation_id, items)
             self._touch(db, conversation_id, now, retention)
+            self._name_last(db, conversation_id, last)
             purged = self._maybe_purge(db, now)  # a host that only continues conversations still drops expired ones
             return Appended(found=True, size=size)
 
@@ -291,6 +318,11 @@ class SQLiteConversationStore(SQLiteTables):
         appended = self._tx(run)
         self._after_purge(purged, now)
         return appended
+
+    @staticmethod
+    def _name_last(db: sqlite3.Connection, conversation_id: str, last: str | None) -> None:
+        if last is not None:
+            db.execute("UPDATE conversations SET last_turn = ? WHERE id = ?", (last or None, conversation_id))
 
     async def withdraw(self, key_id: str, conversation_id: str, items: list[str], *, fence: str,
                        retention: float) -> int | None:
@@ -373,29 +405,38 @@ if #ARGV > 3 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
 return 1
 """
 # KEYS: as CREATE (and the turn's fence, if any). ARGV: TTL in ms, the size bound (-1: none), 1 to add nothing when
-# the list already ends with the items (``once``) else 0, the items. Returns {0, size} when added (or there already,
-# with ``once``), {1, 0} when there is no such conversation, {2, size} when it would be too big, {3, size} when the
-# turn was withdrawn (its fence is there), {4, 0} when its key was forgotten.
+# the list already ends with the items (``once``) else 0, what becomes of the conversation's ``last`` once the items
+# are there (its hash's field: "" stays, "-" goes, else this text), the items. Returns {0, size} when added (or there
+# already, with ``once``), {1, 0} when there is no such conversation, {2, size} when it would be too big, {3, size}
+# when the turn was withdrawn (its fence is there), {4, 0} when its key was forgotten.
 APPEND = """
 if redis.call('EXISTS', KEYS[3]) == 1 then return {4, 0} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {1, 0} end
 local size = tonumber(redis.call('HGET', KEYS[1], 'bytes'))
 if #KEYS > 3 and redis.call('EXISTS', KEYS[4]) == 1 then return {3, size} end
-local n = #ARGV - 3
+local n = #ARGV - 4
+local function name_last()
+  if ARGV[4] == '-' then redis.call('HDEL', KEYS[1], 'last')
+  elseif ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'last', ARGV[4]) end
+end
 if ARGV[3] == '1' and n > 0 then
   local tail = redis.call('LRANGE', KEYS[2], -n, -1)
   local same = #tail == n
   for i = 1, n do
     if not same then break end
-    same = tail[i] == ARGV[i + 3]
+    same = tail[i] == ARGV[i + 4]
   end
-  if same then return {0, size} end
+  if same then
+    name_last()
+    return {0, size}
+  end
 end
-for i = 4, #ARGV do size = size + #ARGV[i] end
+for i = 5, #ARGV do size = size + #ARGV[i] end
 local limit = tonumber(ARGV[2])
 if limit >= 0 and size > limit then return {2, size} end
-for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 redis.call('HSET', KEYS[1], 'bytes', size)
+name_last()
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return {0, size}
@@ -441,7 +482,7 @@ FORGOTTEN = -2  # DELETE_ITEM's and SET_HEADER's answer for a forgotten key
 
 
 class RedisConversationStore(RedisBacked):
-    """A hash per conversation (``{ns}:conversation:{key_id}:{id}``: its header and byte size) and a list of
+    """A hash per conversation (``{ns}:conversation:{key_id}:{id}``: its header, byte size and ``last``) and a list of
     its items (the same name and ``:items``), both with the conversation's TTL; every write is one Lua script,
     atomic in Redis, which reads its key's forgotten mark and what is there before it writes."""
 
@@ -483,22 +524,31 @@ class RedisConversationStore(RedisBacked):
 
     async def items(self, key_id: str, conversation_id: str) -> list[dict[str, Any]] | None:
         raw = await self._raw_items(key_id, conversation_id)
-        return None if raw is None else [json.loads(e) for e in raw]
+        return None if raw is None else [json.loads(e) for e in raw[0]]
 
-    async def _raw_items(self, key_id: str, conversation_id: str) -> list[bytes] | None:
-        """The stored forms of its items, read with its hash in one transaction."""
+    async def turn_items(self, key_id: str, conversation_id: str) -> tuple[list[dict[str, Any]], str | None] | None:
+        raw = await self._raw_items(key_id, conversation_id)
+        if raw is None:
+            return None
+        items, last = raw
+        return [json.loads(e) for e in items], None if last is None else last.decode()
+
+    async def _raw_items(self, key_id: str, conversation_id: str) -> tuple[list[bytes], bytes | None] | None:
+        """The stored forms of its items and its ``last``, read with its hash in one transaction."""
         head, listed = self._names(key_id, conversation_id)
         pipe = self.r.pipeline(transaction=True)
         pipe.exists(head)
+        pipe.hget(head, "last")
         pipe.lrange(listed, 0, -1)
-        exists, raw = await self._call(pipe.execute())
-        return raw if exists else None
+        exists, last, raw = await self._call(pipe.execute())
+        return (raw, last) if exists else None
 
     async def append(self, key_id: str, conversation_id: str, items: list[str], *, retention: float,
-                     max_bytes: int | None, once: bool = False, fence: str | None = None) -> Appended:
+                     max_bytes: int | None, once: bool = False, fence: str | None = None,
+                     last: str | None = None) -> Appended:
         limit = -1 if max_bytes is None else max_bytes
-        status, size = await self._call(self._append(keys=self._keys(key_id, conversation_id, fence),
-                                                     args=[ttl_ms(retention), limit, int(once), *items]))
+        args = [ttl_ms(retention), limit, int(once), _last_arg(last), *items]
+        status, size = await self._call(self._append(keys=self._keys(key_id, conversation_id, fence), args=args))
         if status == 4:
             raise KeyForgotten(key_id)
         return Appended(found=status != 1, full=status == 2, size=int(size), withdrawn=status == 3)
@@ -527,7 +577,7 @@ class RedisConversationStore(RedisBacked):
         if raw is None:
             await self._refuse_forgotten(key_id)
             return None
-        stored = next((e for e in raw if json.loads(e).get("id") == item_id), None)
+        stored = next((e for e in raw[0] if json.loads(e).get("id") == item_id), None)
         if stored is None:
             return False
         removed = await self._call(self._delete_item(keys=self._keys(key_id, conversation_id),
@@ -556,6 +606,13 @@ class RedisConversationStore(RedisBacked):
         await forgotten.redis_mark_first(self, key_id, marked=marked)
         pattern = glob_escaped(f"{self.ns}:conversation:{key_id}:") + "*"
         return await self._call(forget_matching(self.r, pattern))
+
+
+def _last_arg(last: str | None) -> str:
+    """APPEND's ARGV[4] for ``append``'s ``last``: "" (stays), "-" (goes) or the text (a JSON object's)."""
+    if last is None:
+        return ""
+    return last or "-"
 
 
 def open_conversations(url: str, *, namespace: str = "sn1", links: RedisLinks | None = None) -> ConversationStore:

@@ -382,6 +382,7 @@ async def test_a_conversation_store_that_fails_to_read_is_a_503_before_any_miner
             raise StoreUnavailable("redis conversations: ConnectionError: gone")
 
         monkeypatch.setattr(api.ctx.conversations, "items", down)
+        monkeypatch.setattr(api.ctx.conversations, "turn_items", down)  # a response's turn reads it so
         for attempt in (client.responses.create(model="default", input="Again", conversation=made.id),
                         client.responses.create(model="default", input="Again", conversation=made.id, stream=True),
                         client.conversations.items.list(made.id)):

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from api.responses_state import Keeping
+from shared.store.conversations import SQLiteConversationStore
 from shared.store.responses import SQLiteResponseStore, prev_of
 from tests.helpers import ApiUnderTest, Script, call, chunk, openai_client, sse
 from tests.integration.test_responses_background import polled
@@ -57,6 +59,94 @@ async def part_prev(api: ApiUnderTest, response_id: str) -> str | None:
         rows = responses._query("SELECT data FROM stored_responses WHERE id = ? AND key_id = ?", (response_id, key_id))
         return prev_of(rows[0][0])
     return prev_of(await responses.r.get(f"{responses.ns}:response:{key_id}:{response_id}"))
+
+
+def holder_reads(api: ApiUnderTest, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The item ids the response store is asked the holder of from now on (each reads that response's chain)."""
+    asked: list[str] = []
+    holder = api.ctx.responses.holder
+
+    async def counted(key_id: str, item_id: str) -> Any:
+        asked.append(item_id)
+        return await holder(key_id, item_id)
+
+    monkeypatch.setattr(api.ctx.responses, "holder", counted)
+    return asked
+
+
+async def set_name(api: ApiUnderTest, conversation_id: str, text: str | None) -> None:
+    """The conversation record's name of its last stored turn, set in the store (None: none, as a record written
+    before 2026-12-07 has)."""
+    conversations, key_id = api.ctx.conversations, await key_id_of(api)
+    if isinstance(conversations, SQLiteConversationStore):
+        conversations._tx(lambda db: db.execute("UPDATE conversations SET last_turn = ? WHERE id = ?",
+                                                (text, conversation_id)))
+        return
+    head = f"{conversations.ns}:conversation:{key_id}:{conversation_id}"
+    await (conversations.r.hdel(head, "last") if text is None else conversations.r.hset(head, "last", text))
+
+
+async def checked_turn(api: ApiUnderTest, conversation_id: str, text: str) -> dict[str, Any]:
+    """A stored turn whose input items read back as exactly the conversation as it was, then its input."""
+    before = await conversation_items(api, conversation_id)
+    made = await turn(api, conversation_id, text)
+    items = await listed(api, made["id"])
+    assert items[:-1] == before and items[-1]["content"] == [{"type": "input_text", "text": text}], made["id"]
+    return made
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_turn_continues_the_turn_its_conversation_names_without_reading_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str) -> None:
+    """Each stored turn names itself on its conversation's record: the next is stored as a part after it with no read
+    of its stored response (the lookup read that response's whole chain each turn, about as much again as the
+    conversation), items added to the conversation between turns included, each read back exactly."""
+    async with api_on(store, tmp_path, answering("Noted.")) as api:
+        conversation_id = await new_conversation(api, "I live in Paris.")
+        made = [await checked_turn(api, conversation_id, "Question 0?")]
+        asked = holder_reads(api, monkeypatch)
+        for i in range(1, 6):
+            if i == 3:
+                status, _ = await call(api, "POST", f"/v1/conversations/{conversation_id}/items", {"items": [
+                    {"type": "message", "role": "user", "content": "Also: I like tea."}]})
+                assert status == 200
+            made.append(await checked_turn(api, conversation_id, f"Question {i}?"))
+            assert await part_prev(api, made[-1]["id"]) == made[-2]["id"]
+        assert asked == []
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_record_without_a_name_or_with_one_that_no_longer_holds_is_read_as_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str) -> None:
+    """Records written before the name (or by a worker of that release, in a fleet being upgraded) are continued as
+    before: no name, an unreadable one, a turn of an old worker (which names nothing), an item deleted before the
+    named turn, a named response deleted: each turn's input items read back exactly, stored as a part after the
+    last stored turn it can continue, or whole."""
+    async with api_on(store, tmp_path, answering("Noted.")) as api:
+        conversation_id = await new_conversation(api, "I live in Paris.")
+        made = [await checked_turn(api, conversation_id, f"Question {i}?") for i in range(2)]
+        asked = holder_reads(api, monkeypatch)
+        for name in (None, '{"id":7}', "not json"):  # an old record's none; a later release's form; garbage
+            await set_name(api, conversation_id, name)
+            made.append(await checked_turn(api, conversation_id, "Again?"))
+            assert await part_prev(api, made[-1]["id"]) == made[-2]["id"]  # found by the lookup, as before
+            assert len(asked) == 1
+            asked.clear()
+        named = Keeping.named
+        monkeypatch.setattr(Keeping, "named", lambda self, final: None)  # an old worker's turn names nothing
+        made.append(await checked_turn(api, conversation_id, "From an old worker?"))
+        monkeypatch.setattr(Keeping, "named", named)
+        made.append(await checked_turn(api, conversation_id, "And now?"))  # after the last named turn
+        assert await part_prev(api, made[-1]["id"]) == made[-3]["id"] and asked == []
+        first = (await conversation_items(api, conversation_id))[1]["id"]  # the first turn's input
+        assert (await call(api, "DELETE", f"/v1/conversations/{conversation_id}/items/{first}"))[0] == 200
+        made.append(await checked_turn(api, conversation_id, "After a deletion?"))  # the name no longer holds
+        assert await part_prev(api, made[-1]["id"]) is None and asked == [made[-2]["output"][0]["id"]]  # nor lookup
+        assert (await call(api, "DELETE", f"/v1/responses/{made[-1]['id']}"))[0] == 200
+        made.append(await checked_turn(api, conversation_id, "After its response went?"))  # named, gone: whole
+        assert await part_prev(api, made[-1]["id"]) is None and len(asked) == 1
+        made.append(await checked_turn(api, conversation_id, "Then?"))
+        assert await part_prev(api, made[-1]["id"]) == made[-2]["id"] and len(asked) == 1
 
 
 @pytest.mark.parametrize("store", STORES)

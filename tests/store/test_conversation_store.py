@@ -4,14 +4,18 @@ order, is bounded in size, expires after its last write, and two writers appendi
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shared.store import conversations as conversations_module
 from shared.store import forgotten
 from shared.store.conversations import (
     Conversation,
@@ -263,3 +267,48 @@ async def test_a_withdrawn_turn_is_taken_out_wherever_it_is_and_its_late_write_a
                                        fence="resp_2")
     assert added.found and not added.withdrawn
     assert [i["id"] for i in await conversations.items("key-a", "conv_1") or []][-1] == "msg_5"
+
+
+async def test_a_conversation_keeps_the_name_of_its_last_stored_turn_with_its_items(
+        conversations: ConversationStore) -> None:
+    """``append``'s ``last`` is kept with the items (or when a write asked again finds them there), read with them by
+    ``turn_items``; None leaves it, "" takes it away; a record without one reads None."""
+    await conversations.create("key-a", conversation(), [item(1)], retention=60)
+    assert await conversations.turn_items("key-a", "conv_1") == ([json_of(item(1))], None)
+    await conversations.append("key-a", "conv_1", [item(2)], retention=60, max_bytes=None, once=True, last='{"n":2}')
+    assert await conversations.turn_items("key-a", "conv_1") == ([json_of(item(1)), json_of(item(2))], '{"n":2}')
+    await conversations.append("key-a", "conv_1", [item(2)], retention=60, max_bytes=None, once=True, last='{"n":3}')
+    await conversations.append("key-a", "conv_1", [item(3)], retention=60, max_bytes=None)
+    assert (await conversations.turn_items("key-a", "conv_1") or ([], ""))[1] == '{"n":3}'
+    assert await conversations.items("key-a", "conv_1") == [json_of(item(n)) for n in (1, 2, 3)]
+    full = await conversations.append("key-a", "conv_1", [item(4)], retention=60, max_bytes=1, last='{"n":4}')
+    assert full.full and (await conversations.turn_items("key-a", "conv_1") or ([], ""))[1] == '{"n":3}'
+    await conversations.append("key-a", "conv_1", [item(4)], retention=60, max_bytes=None, last="")
+    assert (await conversations.turn_items("key-a", "conv_1") or ([], ""))[1] is None
+    assert await conversations.turn_items("key-b", "conv_1") is None
+
+
+def json_of(encoded: str) -> dict[str, Any]:
+    return json.loads(encoded)
+
+
+async def test_a_sqlite_file_made_before_the_name_of_the_last_stored_turn_takes_it(tmp_path: Path) -> None:
+    """A file whose conversations table has no ``last_turn`` column (made before 2026-12-07): its conversations read as
+    before, naming none, and take the name once opened by this release (the column is added)."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(conversations_module.SCHEMA)  # the table as the earlier release made it
+    db.execute("INSERT INTO conversations (id, key_id, data, expires_at) VALUES ('conv_1', 'key-a', ?, ?)",
+               ('{"created_at":1700000000,"metadata":{}}', time.time() + 60))
+    db.execute("INSERT INTO conversation_items (conversation_id, item_id, data, size) VALUES ('conv_1', 'msg_1', ?, ?)",
+               (item(1), len(item(1))))
+    db.commit()
+    assert "last_turn" not in {row[1] for row in db.execute("PRAGMA table_info(conversations)")}
+    db.close()
+    conversations = SQLiteConversationStore(path)
+    try:
+        assert await conversations.turn_items("key-a", "conv_1") == ([json_of(item(1))], None)
+        await conversations.append("key-a", "conv_1", [item(2)], retention=60, max_bytes=None, last='{"n":2}')
+        assert (await conversations.turn_items("key-a", "conv_1") or ([], ""))[1] == '{"n":2}'
+    finally:
+        await conversations.aclose()
