@@ -130,7 +130,7 @@ def setting_file(name: str) -> Iterator[None]:
         raise SettingsError(f"{name}: {e}") from None
 
 
-# MAX_UNVERIFIED_BODY_BYTES (shared.signing's BodyBudget): 8 miner bodies at their cap, or 4 validator ones.
+# MAX_UNVERIFIED_BODY_BYTES (shared.byte_budget's ByteBudget): 8 miner bodies at their cap, or 4 validator ones.
 UNVERIFIED_BODY_BYTES = 64 << 20
 UNVERIFIED_HELP = ("Bytes of signed-request bodies read at once before their signature is checked (per process); "
                    "past it a 503")
@@ -437,6 +437,11 @@ class MinerSettings(CommonSettings):
     allowed_hotkeys: CsvList = Field(default_factory=list, description="Callers accepted even without a permit")
     max_body_bytes: int = Field(default=8 << 20, ge=1024)  # twice the API's default: what it forwards fits
     max_unverified_body_bytes: int = Field(default=UNVERIFIED_BODY_BYTES, ge=1024, description=UNVERIFIED_HELP)
+    # 256 MiB: a dozen requests at the 20 MiB a request's media may take; held as base64 in the JSON the model
+    # server is sent too, the miner's memory for them peaks near three times this.
+    media_bytes_in_flight: int = Field(default=256 << 20, ge=0, description="Bytes of callers' media URLs (fetched "
+                                       "by the openai backend) held at once, for all requests; past it a 503 "
+                                       "server_busy; 0: no bound")
     miner_profile: str = Field(default="honest", description="Behaviour profile (local network and tests)")
     # A request carries no deadline (synthetic ones look organic): the slow profile takes its requests to have
     # this one, the validator's SYNTHETIC_TIMEOUT (the local network passes it), and answers at 80 % of it.

@@ -11,7 +11,6 @@ A stranger's request thus costs no body read, no sr25519 verify and no stored no
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -23,7 +22,7 @@ from bittensor.wallets import parse_crypto_type
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from shared.aio import wait_event
+from shared.byte_budget import ByteBudget
 from shared.errors import ApiError
 from shared.http import end_unread_body, http_error_code, read_raw
 from shared.logging import printable
@@ -131,51 +130,13 @@ def nonce_retention(max_age: float = http_auth.DEFAULT_MAX_AGE) -> float:
     return max(60.0, max_age + 5)
 
 
-BUDGET_WAIT_S = 5.0  # how long a request whose headers passed waits for room in the unverified-body budget
-
-
-class BodyBudget:
-    """Bytes of request bodies being read before their signature is checked, in one process.
-
-    Headers anyone can copy (a validator's hotkey and ours are public, and a fresh nonce is the clock)
-    pass the header checks; without a bound, 60 such requests holding 8 MB bodies each took a miner
-    from 91 MB to 804 MB. A request takes its declared length (the body cap when it declares none)
-    before its body is read and gives it back once the signature is checked; one that does not fit
-    waits up to ``wait`` seconds for room, then is refused (``RequestVerifier.read_verified``'s 503):
-    refused at once, a burst of the API's own large requests (3 MiB images, one to each miner raced)
-    failed some of them while the budget freed within milliseconds. One body always fits when nothing
-    else is in flight, so a budget below the body cap still lets every size through."""
-
-    def __init__(self, capacity: int, *, wait: float = BUDGET_WAIT_S) -> None:
-        self.capacity = capacity
-        self.wait = wait
-        self.in_flight = 0
-        self.peak = 0  # the most ever in flight (tests, diagnostics)
-        self._freed: asyncio.Event | None = None  # set when bytes are given back (made by the first waiter)
-
-    def _fits(self, size: int) -> bool:
-        return not self.in_flight or self.in_flight + size <= self.capacity
-
-    async def take(self, size: int) -> bool:
-        """Take ``size`` bytes of room, waiting up to ``wait`` seconds for it; False: none came."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + self.wait
-        while not self._fits(size):
-            if self._freed is None:
-                self._freed = asyncio.Event()
-            # not asyncio.wait_for: on 3.11 it swallows a cancel that lands in the turn room came (the request,
-            # its caller gone, took the room and went on)
-            if not await wait_event(self._freed, max(0.0, until - loop.time())):
-                return False
-        self.in_flight += size
-        self.peak = max(self.peak, self.in_flight)
-        return True
-
-    def give(self, size: int) -> None:
-        self.in_flight -= size
-        if self._freed is not None:  # every waiter looks again; those that still do not fit wait anew
-            self._freed.set()
-            self._freed = None
+# How long a request whose headers passed waits for room in the unverified-body budget (``ByteBudget``): headers
+# anyone can copy (a validator's hotkey and ours are public, and a fresh nonce is the clock) pass the header checks,
+# so a request takes its declared length (the body cap when it declares none) before its body is read and gives it
+# back once the signature is checked. Refused at once, a burst of the API's own large requests (3 MiB images, one
+# to each miner raced) failed some of them while the budget freed within milliseconds: it waits this long, then is
+# refused (``RequestVerifier.read_verified``'s 503).
+BUDGET_WAIT_S = 5.0
 
 
 def _refusal(e: http_auth.AuthError) -> ApiError:
@@ -277,7 +238,7 @@ class RequestVerifier:
         self.not_allowed = not_allowed  # why a caller the authorizer refuses is refused, in the 403
         self.nonce_store = nonce_store or http_auth.InMemoryNonceStore(retention=nonce_retention(max_age))
         self.max_age = max_age
-        self.budget = BodyBudget(unverified_body_bytes)
+        self.budget = ByteBudget(unverified_body_bytes, wait=BUDGET_WAIT_S)
 
     def check_headers(self, headers: Any) -> str:
         """The claimed hotkey, once everything the headers decide passed: 400 malformed or duplicated, 403

@@ -142,7 +142,8 @@ def _past_deadline(request: web.Request, when: str) -> ApiError:
 def _backend_failed(request: web.Request, error: BackendError) -> ApiError:
     """The caller's error for a backend failure, noted for the request's log line (a WARNING)."""
     request[BACKEND_FAILURE] = str(error)
-    return ApiError(error.status, str(error), code=error.code)
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    return ApiError(error.status, str(error), code=error.code, headers=headers)
 
 
 async def _complete(request: web.Request, backend: Backend, body: dict[str, Any],

@@ -13,16 +13,26 @@ itself, through a resolver that refuses a private answer at the moment of connec
 address checked is the address connected to), each redirect checked the same way, and hands the model server the
 bytes as a ``data:`` URL. A URL refused, or that cannot be fetched, is the caller's ``400 model_server_rejected``
 (no miner's fault), and the model server is never asked.
+
+The fetched bytes are held until the model server's answer ends (the ``data:`` URL, a third larger, and the JSON
+body carrying it): each request's own cap bounded nothing across requests, and 64 requests with 20 MiB of pictures
+each held gigabytes. A fetcher given ``in_flight`` (the miner's ``MEDIA_BYTES_IN_FLIGHT``) counts every byte as it
+is read against one budget for all requests and gives a request's back when its upstream call ends, however it
+ends (``inlined``); a byte past the budget ends that request's fetch at once (``MediaBusy``: the miner's
+``503 server_busy``). It does not wait for room: room comes back only as model servers answer (seconds), a request
+holding half its pictures while waiting would hold them from the others, and the API races each request to several
+miners, so another miner's answer is what the caller gets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ipaddress
 import re
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import urljoin
 
@@ -31,6 +41,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
+from shared.byte_budget import ByteBudget
 from shared.client_address import ip_of
 
 MEDIA_PARTS = ("image_url", "video_url", "audio_url")  # content parts whose ``{"url": ...}`` a server fetches
@@ -49,6 +60,30 @@ AddressPolicy = Callable[[str], bool]  # whether the miner may connect to an IP 
 
 class MediaRefused(Exception):
     """A caller's media URL the miner does not fetch, or could not: the caller's 400 (its message says why)."""
+
+
+class MediaBusy(Exception):
+    """The media of requests in flight fill the fetcher's budget (``in_flight``): this one's are not fetched."""
+
+
+class Holding:
+    """The bytes of the budget one request's media hold (none without a budget), given back all at once."""
+
+    def __init__(self, budget: ByteBudget | None) -> None:
+        self._budget = budget
+        self.size = 0
+
+    def take(self, size: int) -> None:
+        """Count ``size`` more bytes; MediaBusy when the budget has no room for them (nothing taken)."""
+        if self._budget is not None and not self._budget.try_take(size):
+            raise MediaBusy(f"callers' media fill this miner's budget ({self._budget.capacity} bytes held at once); "
+                            "retry shortly")
+        self.size += size
+
+    def release(self) -> None:
+        if self._budget is not None and self.size:
+            self._budget.give(self.size)
+        self.size = 0
 
 
 class PrivateAddress(OSError):
@@ -152,13 +187,15 @@ class MediaFetcher:
     """Fetches a request's media URLs and puts their bytes in its place as ``data:`` URLs (``inline``).
 
     ``resolver`` and ``allowed``: how names are resolved and which addresses may be connected to (the system's
-    resolver and public addresses only; tests give their own)."""
+    resolver and public addresses only; tests give their own). ``in_flight``: the bytes all requests' media may
+    hold at once (``budget``; 0: no bound), which caps one request's too."""
 
     def __init__(self, *, resolver: AbstractResolver | None = None, allowed: AddressPolicy = is_public,
-                 max_bytes: int = MAX_MEDIA_BYTES, seconds: float = FETCH_SECONDS) -> None:
+                 max_bytes: int = MAX_MEDIA_BYTES, seconds: float = FETCH_SECONDS, in_flight: int = 0) -> None:
         self._resolver = resolver
         self._allowed = allowed
-        self._max_bytes = max_bytes
+        self._max_bytes = min(max_bytes, in_flight) if in_flight else max_bytes  # more would never fit: a 400
+        self.budget = ByteBudget(in_flight) if in_flight else None
         self._seconds = seconds
         self._session: aiohttp.ClientSession | None = None
 
@@ -177,30 +214,45 @@ class MediaFetcher:
             self._session = None
 
     async def inline(self, body: dict[str, Any], *, deadline: float | None = None) -> dict[str, Any]:
+        """``inlined``'s body, its bytes given back to the budget at once (a caller with no upstream call to
+        wait for)."""
+        async with self.inlined(body, deadline=deadline) as out:
+            return out
+
+    @contextlib.asynccontextmanager
+    async def inlined(self, body: dict[str, Any], *, deadline: float | None = None) -> AsyncIterator[dict[str, Any]]:
         """``body`` with each media URL (but ``data:`` ones) replaced by the fetched bytes as a ``data:`` URL, within
-        ``deadline`` (loop time) at most; ``body`` itself is left as it was. MediaRefused: a URL refused or not
-        fetched (a private address, a scheme not http or https, an error status, more than ``max_bytes``)."""
+        ``deadline`` (loop time) at most; ``body`` itself is left as it was. Their bytes count against ``budget``
+        until the block ends, however it ends. MediaRefused: a URL refused or not fetched (a private address, a
+        scheme not http or https, an error status, more than ``max_bytes``); MediaBusy: the budget is full."""
         parts = [p for p in _media_parts(body) if scheme_of(_part_url(p)) != "data"]
         if not parts:
-            return body
+            yield body
+            return
         await self.start()
+        held = Holding(self.budget)
+        try:
+            yield await self._fetch_all(body, parts, deadline, held)
+        finally:
+            held.release()
+
+    async def _fetch_all(self, body: dict[str, Any], parts: list[dict[str, Any]], deadline: float | None,
+                         held: Holding) -> dict[str, Any]:
         fetched: dict[int, str] = {}
-        room = self._max_bytes  # what is left of the request's media bytes
         seconds = self._seconds
         if deadline is not None:
             seconds = min(seconds, deadline - asyncio.get_running_loop().time())
         try:
             async with asyncio.timeout(max(seconds, 0.0)):
                 for part in parts:
-                    fetched[id(part)], size = await self._fetch(_part_url(part), room)
-                    room -= size
+                    fetched[id(part)] = await self._fetch(_part_url(part), held)
         except TimeoutError:
             raise MediaRefused(f"a media URL was not fetched within {seconds:.1f}s") from None
         return _with_urls(body, fetched)
 
-    async def _fetch(self, url: str, room: int) -> tuple[str, int]:
-        """One URL's bytes (at most ``room``) as a ``data:`` URL, and their size; each redirect checked as the URL
-        was (at most ``MAX_REDIRECTS``)."""
+    async def _fetch(self, url: str, held: Holding) -> str:
+        """One URL's bytes as a ``data:`` URL, counted in ``held`` (the request's, at most ``max_bytes``); each
+        redirect checked as the URL was (at most ``MAX_REDIRECTS``)."""
         assert self._session is not None  # ``inline`` started it
         for _ in range(MAX_REDIRECTS + 1):
             if (why := refused_url(url, self._allowed)) is not None:
@@ -212,11 +264,9 @@ class MediaFetcher:
                         continue
                     if r.status != 200:
                         raise MediaRefused(f"a media URL answered HTTP {r.status}")
-                    raw = await read_at_most(r, room)
-                    if raw is None:
-                        raise MediaRefused(f"the request's media are larger than {self._max_bytes} bytes")
+                    raw = await self._read(r, held)
                     kind = r.content_type.lower() if MEDIA_TYPE.match(r.content_type.lower()) else UNKNOWN_TYPE
-                    return f"data:{kind};base64,{base64.b64encode(raw).decode('ascii')}", len(raw)
+                    return f"data:{kind};base64,{base64.b64encode(raw).decode('ascii')}"
             except aiohttp.ClientConnectorError as e:
                 if isinstance(e.os_error, PrivateAddress):
                     raise MediaRefused(str(e.os_error)) from None
@@ -225,16 +275,17 @@ class MediaFetcher:
                 raise MediaRefused(f"a media URL could not be fetched: {type(e).__name__}") from None
         raise MediaRefused(f"a media URL redirected more than {MAX_REDIRECTS} times")
 
-
-async def read_at_most(response: aiohttp.ClientResponse, room: int) -> bytes | None:
-    """The whole body, or None once it passes ``room`` bytes (``read(n)`` returns what has arrived, not ``n``
-    bytes: the body is read to its end)."""
-    raw = bytearray()
-    async for piece in response.content.iter_any():
-        raw += piece
-        if len(raw) > room:
-            return None
-    return bytes(raw)
+    async def _read(self, response: aiohttp.ClientResponse, held: Holding) -> bytes:
+        """The whole body, each piece counted in ``held`` as it arrives (a server may declare no length, or a false
+        one); MediaRefused once the request's media pass ``max_bytes``. ``read(n)`` returns what has arrived, not
+        ``n`` bytes: the body is read to its end."""
+        raw = bytearray()
+        async for piece in response.content.iter_any():
+            if held.size + len(piece) > self._max_bytes:
+                raise MediaRefused(f"the request's media are larger than {self._max_bytes} bytes")
+            held.take(len(piece))
+            raw += piece
+        return bytes(raw)
 
 
 def _with_urls(body: dict[str, Any], fetched: dict[int, str]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 What the headers alone decide (receiver, freshness, a caller we take) is answered while the body is still
 unsent, and the connection closed; bodies with headers that pass are read within a per-process budget of
-unverified bytes (``BodyBudget``), past which a 503; an unauthorised hotkey's valid signature leaves no
+unverified bytes (``ByteBudget``), past which a 503; an unauthorised hotkey's valid signature leaves no
 nonce behind. Real servers on 127.0.0.1, raw sockets, real sr25519 signatures.
 """
 
@@ -25,8 +25,9 @@ from neurons.validator.availability import AvailabilityBook
 from neurons.validator.scores import ScoreBook
 from neurons.validator.scoring import ScoringQueue
 from neurons.validator.tasks import default_registry
+from shared.byte_budget import ByteBudget
 from shared.metagraph import MetagraphView
-from shared.signing import Authorizer, BodyBudget, RequestVerifier
+from shared.signing import Authorizer, RequestVerifier
 from tests.helpers import StaticSource, keypair, serve_app, snapshot
 
 VALIDATOR, MINER, OTHER_MINER, STRANGER = (keypair(u) for u in ("//Validator", "//BodyMiner", "//BodyMiner2",
@@ -190,7 +191,7 @@ async def test_a_request_cancelled_as_room_frees_is_cancelled_and_takes_no_room(
     ``asyncio.wait_for`` (3.11) the cancel was swallowed, the request took the room and went on as if never
     cancelled. Whatever the moment of the cancel, it must end cancelled, or done before it came."""
     for turns in range(8):
-        budget = BodyBudget(100, wait=5.0)
+        budget = ByteBudget(100, wait=5.0)
         assert await budget.take(100)
         waiting = asyncio.create_task(budget.take(100))
         await asyncio.sleep(0.01)  # it waits for room

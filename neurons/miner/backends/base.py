@@ -8,12 +8,15 @@ from typing import Any, Protocol
 
 class BackendError(Exception):
     """The backend could not answer (upstream down, bad upstream reply), or its model server refused
-    the request (a 4xx status with ``code=MODEL_SERVER_REJECTED``)."""
+    the request (a 4xx status with ``code=MODEL_SERVER_REJECTED``). ``retry_after``: the seconds a busy
+    miner's 503 tells the caller to wait before it retries (its ``Retry-After``)."""
 
-    def __init__(self, message: str, status: int = 502, *, code: str | None = None) -> None:
+    def __init__(self, message: str, status: int = 502, *, code: str | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code or "backend_error"
+        self.retry_after = retry_after
 
 
 class Backend(Protocol):

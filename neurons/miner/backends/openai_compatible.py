@@ -24,7 +24,7 @@ from loguru import logger
 
 from neurons.miner.backends.base import BackendError
 from neurons.miner.backends.upstream_fields import forwarded_fields, upstream_request
-from neurons.miner.media_urls import MediaFetcher, MediaRefused
+from neurons.miner.media_urls import MediaBusy, MediaFetcher, MediaRefused
 from shared.errors import MODEL_SERVER_REJECTED, parse_error
 from shared.field_refusals import FieldRefusals
 from shared.jsonutil import dumpb
@@ -53,6 +53,7 @@ ANSWER_TYPES = {False: "application/json", True: "text/event-stream"}  # what a 
 MAX_HEAD_BYTES = 64 << 10
 # TGI's in-stream error kinds (``error_type``) that it answers with a 422 when not streaming.
 TGI_REFUSALS = frozenset({"validation"})
+BUSY_RETRY_AFTER_S = 1  # a full media budget's Retry-After: room comes back as the model server's answers end
 NOT_CHAT = re.compile(r"embed|whisper|tts|dall-e|gpt-image|moderation|rerank|transcribe", re.IGNORECASE)
 
 
@@ -234,32 +235,44 @@ class OpenAICompatibleBackend:
         A refusal that names fields the answer does without is asked again without them, or with them
         renamed (``FieldRefusals``); again for each refusal that names another (a server that refuses
         ``seed`` and ``stream_options`` names one at a time, and asked only twice the first request failed)."""
-        try:  # the model server would fetch them from inside the miner's network: fetched here, checked
-            body = await self._media.inline(body, deadline=deadline)
+        # the model server would fetch them from inside the miner's network: fetched here, checked, and held
+        # within the miner's media budget until this call ends
+        async with self._inlined(body, deadline) as body:
+            out = self.upstream_body(body, stream=stream)
+            while True:
+                # once more on a new connection if a kept-alive one closed before any answer (``post_once_more``:
+                # vLLM's, SGLang's and llama.cpp's servers end an idle one after 5 s, this pool keeps one 15 s)
+                async with await post_once_more(
+                    self._http(), f"{self.base_url}/chat/completions", data=dumpb(out),
+                    headers=self._chat_headers[stream], timeout=self._timeout_until(deadline),
+                    again=lambda: {"timeout": self._timeout_until(deadline)},
+                ) as r:
+                    if r.status == 200:
+                        if r.content_type != ANSWER_TYPES[stream]:  # a proxy's HTML page is no answer, though a 200
+                            raise BackendError(f"upstream answered HTTP 200 with {r.content_type!r}, not "
+                                               f"{ANSWER_TYPES[stream]!r}")
+                        yield r
+                        return
+                    message = self._masked(parse_error((await r.content.read(MAX_ERROR_BYTES)).decode(
+                        "utf-8", "replace"))[1])
+                    refused = r.status in REFUSED_REQUEST
+                    if refused and self._refusals.learn(out, message):  # ends: each time a field named goes
+                        out = self._refusals.apply(out)
+                        continue
+                    raise BackendError(f"upstream HTTP {r.status}: {message[:300]}", status=r.status if refused
+                                       else 502, code=MODEL_SERVER_REJECTED if refused else None)
+
+    @contextlib.asynccontextmanager
+    async def _inlined(self, body: dict[str, Any], deadline: float | None) -> AsyncIterator[dict[str, Any]]:
+        """``MediaFetcher.inlined``, its refusals as BackendErrors: a URL refused is the caller's 400, a full media
+        budget this miner's ``503 server_busy`` (no fault of the caller's, and gone once answers end)."""
+        try:
+            async with self._media.inlined(body, deadline=deadline) as inlined:
+                yield inlined
         except MediaRefused as e:
             raise BackendError(f"refused: {e}", status=400, code=MODEL_SERVER_REJECTED) from None
-        out = self.upstream_body(body, stream=stream)
-        while True:
-            # once more on a new connection if a kept-alive one closed before any answer (``post_once_more``:
-            # vLLM's, SGLang's and llama.cpp's servers end an idle one after 5 s, this pool keeps one 15 s)
-            async with await post_once_more(
-                self._http(), f"{self.base_url}/chat/completions", data=dumpb(out), headers=self._chat_headers[stream],
-                timeout=self._timeout_until(deadline), again=lambda: {"timeout": self._timeout_until(deadline)},
-            ) as r:
-                if r.status == 200:
-                    if r.content_type != ANSWER_TYPES[stream]:  # a proxy's HTML page is no answer, though a 200
-                        raise BackendError(f"upstream answered HTTP 200 with {r.content_type!r}, not "
-                                           f"{ANSWER_TYPES[stream]!r}")
-                    yield r
-                    return
-                message = self._masked(parse_error((await r.content.read(MAX_ERROR_BYTES)).decode(
-                    "utf-8", "replace"))[1])
-                refused = r.status in REFUSED_REQUEST
-                if refused and self._refusals.learn(out, message):  # ends: each time a field named goes
-                    out = self._refusals.apply(out)
-                    continue
-                raise BackendError(f"upstream HTTP {r.status}: {message[:300]}",
-                                   status=r.status if refused else 502, code=MODEL_SERVER_REJECTED if refused else None)
+        except MediaBusy as e:
+            raise BackendError(str(e), status=503, code="server_busy", retry_after=BUSY_RETRY_AFTER_S) from None
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
