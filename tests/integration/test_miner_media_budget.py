@@ -30,7 +30,7 @@ from neurons.miner.media_urls import MediaFetcher
 from shared.signing import Authorizer, RequestVerifier, Signer
 from tests.fake_upstream import MODEL
 from tests.helpers import VALIDATOR_KP, keypair, serve_app, wait_until
-from tests.integration.test_miner_media_urls import ScriptedDNS, loopback_only, with_image
+from tests.integration.test_miner_media_urls import ScriptedDNS, large_picture, loopback_only, with_image
 
 MINER = keypair("//Miner1")
 MIB = 1 << 20
@@ -70,14 +70,6 @@ async def media_server() -> AsyncIterator[int]:
     ``/stall.jpg``, 256 KiB and then nothing more until the test ends."""
     done = asyncio.Event()
 
-    async def large(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
-        await response.prepare(request)
-        for i in range(16):
-            await response.write(bytes([i]) * (64 << 10))
-        await response.write_eof()
-        return response
-
     async def stall(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
         await response.prepare(request)
@@ -86,7 +78,7 @@ async def media_server() -> AsyncIterator[int]:
         return response
 
     app = web.Application()
-    app.router.add_get("/large.jpg", large)
+    app.router.add_get("/large.jpg", large_picture)
     app.router.add_get("/stall.jpg", stall)
     try:
         async with serve_app(app) as url:

@@ -73,6 +73,16 @@ def loopback_only(address: str) -> bool:
     return address == "127.0.0.1"
 
 
+async def large_picture(request: web.Request) -> web.StreamResponse:
+    """1 MiB, written in 64 KiB pieces, its length not declared (chunked)."""
+    response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+    await response.prepare(request)
+    for i in range(16):
+        await response.write(bytes([i]) * (64 << 10))
+    await response.write_eof()
+    return response
+
+
 @contextlib.asynccontextmanager
 async def media_servers(hits: list[str]) -> AsyncIterator[tuple[int, int]]:
     """A media server on 127.0.0.1 (its picture, and redirects) and a "private" one on 127.0.0.2 (the secret):
@@ -90,14 +100,9 @@ async def media_servers(hits: list[str]) -> AsyncIterator[tuple[int, int]]:
         return web.Response(body=SECRET, content_type="image/png")
 
     public, inner = web.Application(), web.Application()
-    async def large(request: web.Request) -> web.StreamResponse:  # 1 MiB, written in 64 KiB pieces
+    async def large(request: web.Request) -> web.StreamResponse:
         hits.append(request.path)
-        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
-        await response.prepare(request)
-        for i in range(16):
-            await response.write(bytes([i]) * (64 << 10))
-        await response.write_eof()
-        return response
+        return await large_picture(request)
 
     public.router.add_get("/cat.png", picture)
     public.router.add_get("/large.jpg", large)
