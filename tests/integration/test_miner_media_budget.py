@@ -19,14 +19,18 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from yarl import URL
 
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
+from neurons.miner.main import build_backend
 from neurons.miner.media_urls import MediaFetcher
+from shared.settings import MinerSettings, SettingsError, load_settings
 from shared.signing import Authorizer, RequestVerifier, Signer
 from tests.fake_upstream import MODEL
 from tests.helpers import VALIDATOR_KP, keypair, serve_app, wait_until
@@ -186,3 +190,21 @@ async def test_bytes_are_given_back_when_the_caller_leaves_or_the_model_server_f
         results = await asyncio.gather(*(chat(url, picture(port)) for _ in range(2)))
         assert [s for s, _, _ in results] == [200, 200], results
         assert in_flight(fetcher) == 0
+
+
+async def test_the_miner_takes_its_budget_from_media_bytes_in_flight(tmp_path: Path) -> None:
+    """``sn1 miner``'s openai backend is built with the budget its env file names, and ``0`` sets none; a negative
+    one stops the start with the setting's name."""
+    async with serve_app(ModelServer().app()) as upstream:
+        env = tmp_path / ".env.miner"
+        for value, want in (("3145728", 3 * MIB), ("0", None)):
+            env.write_text(f"MINER_BACKEND=openai\nUPSTREAM_URL={upstream}/v1\nMEDIA_BYTES_IN_FLIGHT={value}\n")
+            backend = await build_backend(load_settings(MinerSettings, env))
+            try:
+                budget = backend._media.budget  # type: ignore[attr-defined]
+                assert (budget and budget.capacity) == want, value
+            finally:
+                await backend.close()
+    env.write_text("MEDIA_BYTES_IN_FLIGHT=-1\n")
+    with pytest.raises(SettingsError, match="MEDIA_BYTES_IN_FLIGHT"):
+        load_settings(MinerSettings, env)
