@@ -54,9 +54,6 @@ from shared.sse import SSE_HEADERS
 from shared.store.base import KeyRecord, StoreUnavailable
 from shared.store.responses import PreviousGone, StoredResponse
 
-# How long past its answer's deadline a pending response is given before it reads as failed (its worker
-# died): the web search before it, the store's writes, a slow event loop.
-GRACE_S = 30.0
 WATCH_EVERY_S = 1.0  # how often a running background response asks whether it was cancelled on another worker
 SHUTDOWN_GRACE_S = 5.0  # a graceful shutdown waits this long for them, as for a request in flight; then fails them
 SHUT_DOWN = "the gateway shut down before it finished: send the request again"
@@ -179,7 +176,7 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     assert ctx.responses is not None
     # Stored in_progress: its task starts at once (none waits for room: past the bound is a 429), so a poll
     # finds it being answered; the caller gets OpenAI's first word for it, queued.
-    until = time.time() + seconds + GRACE_S  # when the record reads failed if it is still pending
+    until = time.time() + seconds + ctx.settings.background_grace_seconds  # it reads failed if still pending then
     polled = queued | {"status": "in_progress"}
     data = keeping.part(polled, until=until)
     if data is None:

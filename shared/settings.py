@@ -235,6 +235,11 @@ class ApiSettings(CommonSettings):
     concurrency_lease_seconds: float = Field(
         default=30.0, ge=1, le=3600, description="How long a slot of MAX_CONCURRENT_REQUESTS_PER_KEY outlives an "
                                                  "API process that died holding it (renewed every third of it)")
+    # 30 s: what may come between a background response's answer and its record settled (the web search before
+    # it, the store's writes, a slow event loop); a record pending past it was left by a process that died.
+    background_grace_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="How long past its timeout a background response still pending "
+                                                 "reads failed (the process answering it died)")
     max_background_responses: int = Field(
         default=256, ge=0, description="Background responses (background: true) one worker runs at once; past it a "
                                        "429; 0 serves none")

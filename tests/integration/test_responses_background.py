@@ -635,13 +635,14 @@ def conversation_store_failing(api: ApiUnderTest, monkeypatch: pytest.MonkeyPatc
     return failed
 
 
-def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A background record's deadline 1.5 s from its start, its settle offered again every 50 ms until then."""
+def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
+    """A background record's deadline 1.5 s from its start (with the API settings this returns), its settle
+    offered again every 50 ms until then."""
     from api import responses
 
     monkeypatch.setattr(responses_background, "SETTLE_RETRY_S", 0.05)
-    monkeypatch.setattr(responses_background, "GRACE_S", 0.5)
     monkeypatch.setattr(responses, "chat_deadline", lambda *_: (1.0, False))
+    return {"background_grace_seconds": 0.5}
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["polled", "streamed"])
@@ -652,8 +653,8 @@ async def test_a_background_turn_its_conversation_cannot_take_by_its_deadline_en
     ``server_error`` (its ``store_unavailable`` is not one of the SDK's codes for a response's error: the SDK's
     ``Response`` type refused it), streamed: ``response.failed`` in place of ``response.completed``, and nothing of the turn stays in
     the conversation (its writes landed, though each was reported failed): sending it again is safe."""
-    short_deadlines(monkeypatch)
-    async with api_with_miners(tmp_path, {1: slow("Later.", 0.05)}) as api:
+    settings = short_deadlines(monkeypatch)
+    async with api_with_miners(tmp_path, {1: slow("Later.", 0.05)}, **settings) as api:
         client = openai_client(api)
         conversation = await client.conversations.create()
         failed = conversation_store_failing(api, monkeypatch, 10_000)
@@ -740,8 +741,8 @@ async def test_a_background_turns_access_line_says_how_it_was_settled(
     (``response.failed``, streamed), but its access line, written as its race ended, before the settle, said
     ``status=ok``: the engineer on call read a success. The line is written once the turn is settled:
     ``status=store_unavailable``; a turn the store takes still reads ``status=ok``. One such line either way."""
-    short_deadlines(monkeypatch)
-    async with api_with_miners(tmp_path, {1: slow("Later.", 0.05)}) as api:
+    settings = short_deadlines(monkeypatch)
+    async with api_with_miners(tmp_path, {1: slow("Later.", 0.05)}, **settings) as api:
         client = openai_client(api)
         conversation = await client.conversations.create()
         if refused:
