@@ -80,8 +80,9 @@ from tests.chaos.fleet import HONEST, MESSAGES, VALIDATOR, Fleet, expected_answe
 FAULTY = ["refuse", "stall-headers", "stall-body", "trickle", "http500", "bad-json", "bad-sse", "empty",
           "done-only", "huge", "wrong-type", "bad-tools", "late", "disconnect"]
 # Idle keep-alive connections are closed after this long, so "before" and "after" are both measured
-# with empty pools: what remains open then is a leak, not a cached connection.
-KEEPALIVE = 1.0
+# with empty pools: what remains open then is a leak, not a cached connection. Each reading waits two of them
+# (``quiesce``): half a second, not a second, when nothing in the run is idle that long.
+KEEPALIVE = 0.5
 FD_SLACK = 2
 # Python's live memory blocks (sys.getallocatedblocks) may grow by less than this per request over the run: a
 # leak of one object a request fails (a request body kept: ~2 blocks a request of the mix), where RSS, which
