@@ -32,6 +32,12 @@ def answering(text: str) -> Script:
     return Script([(0, d) for d in sse(chunk(text), chunk(finish="stop"))])
 
 
+def paced(miner: Script, seconds: float) -> None:
+    """``miner``'s next answers with ``seconds`` before each of its steps: 0.5 s (1.5 s an answer) for the turn a
+    test deletes, cancels or answers around while it is made; 0 for the turns before and after it."""
+    miner.steps = [(seconds, data) for _, data in miner.steps]
+
+
 @contextlib.asynccontextmanager
 async def api_on(store: str, tmp_path: Path, miner: Script, **settings: Any) -> AsyncIterator[ApiUnderTest]:
     """The API on a SQLite file or on Redis (a fresh namespace, dropped afterwards), with one scripted miner."""
@@ -239,10 +245,11 @@ async def test_a_response_lives_its_retention_with_its_whole_conversation(tmp_pa
 async def test_a_background_turn_in_a_chain_keeps_its_conversation(tmp_path: Path, store: str) -> None:
     """A background response continuing a chain, its previous response deleted while it is answered: it is
     settled with its whole conversation, and continued in turn; a cancelled one reads as before."""
-    miner = Script([(0.5, d) for d in sse(chunk("Later."), chunk(finish="stop"))])
+    miner = answering("Later.")
     async with api_on(store, tmp_path, miner) as api:
         client = openai_client(api)
         made = await turns(api, 3)
+        paced(miner, 0.5)
         queued = await client.responses.create(model="default", input="Slowly?", background=True,
                                                previous_response_id=made[-1]["id"])
         assert (await call(api, "DELETE", f"/v1/responses/{made[-1]['id']}"))[0] == 200
@@ -253,8 +260,10 @@ async def test_a_background_turn_in_a_chain_keeps_its_conversation(tmp_path: Pat
             await asyncio.sleep(0.02)
         assert (done.status, done.output_text) == ("completed", "Later.")
         assert len(await listed(api, queued.id)) == 7
+        paced(miner, 0)
         went_on = await turns(api, 1, prev=queued.id)
         assert len(await listed(api, went_on[0]["id"])) == 9
+        paced(miner, 0.5)
         cancelled = await client.responses.create(model="default", input="Never?", background=True,
                                                   previous_response_id=went_on[0]["id"])
         assert (await client.responses.cancel(cancelled.id)).status == "cancelled"
@@ -266,9 +275,10 @@ async def test_a_background_turn_in_a_chain_keeps_its_conversation(tmp_path: Pat
 async def test_a_turn_whose_previous_response_is_deleted_as_it_is_answered_is_stored_whole(
         tmp_path: Path, store: str) -> None:
     """Its part could name no response any more: it is stored with its whole conversation, as before parts."""
-    miner = Script([(0.5, d) for d in sse(chunk("Later."), chunk(finish="stop"))])
+    miner = answering("Later.")
     async with api_on(store, tmp_path, miner) as api:
         made = await turns(api, 2)
+        paced(miner, 0.5)
         client = openai_client(api)
         asked = asyncio.ensure_future(client.responses.create(model="default", input="Slowly?",
                                                               previous_response_id=made[-1]["id"]))
@@ -277,4 +287,5 @@ async def test_a_turn_whose_previous_response_is_deleted_as_it_is_answered_is_st
         answered = await asyncio.wait_for(asked, 10)
         assert answered.to_dict()["store"] is True
         assert len(await listed(api, answered.id)) == 5
+        paced(miner, 0)
         assert (await turns(api, 1, prev=answered.id))[0]["store"] is True
