@@ -111,6 +111,13 @@ class Script:
     headers: list = field(default_factory=list)  # each request's headers, as received
 
 
+def paced(script: Script, seconds: float) -> None:
+    """The miner's next answers with ``seconds`` before each of its steps: slow for the one answer a test cancels,
+    deletes or reads around while it is made, at once for the turns before and after it (which only need to be
+    there: each slow one cost the test its seconds)."""
+    script.steps = [(seconds, data) for _, data in script.steps]
+
+
 def sse(*datas: str, done: bool = True) -> list[bytes]:
     out = [f"data: {d}\n\n".encode() for d in datas]
     if done:

@@ -30,6 +30,7 @@ from tests.helpers import (
     chunk,
     log_lines,
     openai_client,
+    paced,
     sse,
     wait_until,
 )
@@ -53,7 +54,7 @@ async def polled(client: openai.AsyncOpenAI, response: Any) -> Response:
 
 
 async def test_a_background_response_is_queued_at_once_then_polled_to_its_answer(tmp_path: Path) -> None:
-    miner = slow("Noted.", 1.0)  # 2 s in all: far longer than the create and the first poll, even on a loaded host
+    miner = slow("Noted.", 1.0)  # 3 s in all: far longer than the create and the first poll, even on a loaded host
     async with api_with_miners(tmp_path, {1: miner}) as api:
         client = openai_client(api)
         started = time.perf_counter()
@@ -73,6 +74,7 @@ async def test_a_background_response_is_queued_at_once_then_polled_to_its_answer
         assert done.created_at == queued.created_at and done.usage is not None and done.usage.total_tokens > 0
         assert [item.type async for item in client.responses.input_items.list(done.id)] == ["message"]
         # a stored response like any other: continued, and its items referenced
+        paced(miner, 0)
         second = await client.responses.create(model="default", input="My name?", previous_response_id=done.id)
         assert [m["role"] for m in miner.bodies[-1]["messages"]] == ["user", "assistant", "user"]
         assert second.status == "completed"
@@ -424,6 +426,7 @@ async def test_a_cancel_ends_the_stream_and_only_streamed_background_responses_s
         ended = True
         assert ended and [e.type for e in events] == ["response.created", "response.queued",
                                                       "response.in_progress"]  # then it ends
+        paced(miner, 0)  # the next two only need to be there
         polled_one = await client.responses.create(model="default", input="Hi", background=True)
         foreground = await client.responses.create(model="default", input="Hi")
         for response_id in (polled_one.id, foreground.id):

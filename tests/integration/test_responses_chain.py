@@ -21,7 +21,7 @@ from api.responses_state import stored_item
 from shared.store import responses as responses_module
 from shared.store.base import hash_key
 from shared.store.responses import SQLiteResponseStore
-from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, sse
+from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, paced, sse
 from tests.store.conftest import drop_keys, redis_url
 
 STORES = ["sqlite", pytest.param("redis", marks=pytest.mark.redis)]
@@ -30,12 +30,6 @@ ANSWER = "a" * 2500  # a 2.5 KB answer each turn
 
 def answering(text: str) -> Script:
     return Script([(0, d) for d in sse(chunk(text), chunk(finish="stop"))])
-
-
-def paced(miner: Script, seconds: float) -> None:
-    """``miner``'s next answers with ``seconds`` before each of its steps: 0.5 s (1.5 s an answer) for the turn a
-    test deletes, cancels or answers around while it is made; 0 for the turns before and after it."""
-    miner.steps = [(seconds, data) for _, data in miner.steps]
 
 
 @contextlib.asynccontextmanager
