@@ -10,8 +10,9 @@ import json
 import os
 import secrets
 import signal
+import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,12 +254,10 @@ async def test_key_changes_limits_and_lockouts_made_on_one_host_hold_on_the_othe
         chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 30}
         async with http.post(f"{a}/v1/chat/completions", json=chat, headers={"api-key": key}) as r:
             assert r.status == 200 and (await r.json())["usage"]["total_tokens"] > 20
-        await asyncio.sleep(1.5)  # A's usage flush (every second)
+        await flushed(http, b, made["id"], lambda t: t["prompt_tokens"] + t["completion_tokens"] > 20)  # A's
         async with http.post(f"{b}/v1/chat/completions", json=chat, headers={"api-key": key}) as r:
             assert r.status == 429 and (await r.json())["error"]["code"] == "token_limit_exceeded"
-        await asyncio.sleep(1.5)
-        async with http.get(f"{b}/api_management/api-keys/{made['id']}/usage", headers=AK) as r:
-            totals = (await r.json())["totals"]
+        totals = await flushed(http, b, made["id"], lambda t: t["rate_limited"] > 0)  # B's
         assert totals["requests"] == 2 and totals["rate_limited"] == 1
         async with http.put(f"{b}/api_management/modify-api-key/{made['id']}?scopes=availability",
                             headers=AK) as r:
@@ -270,6 +269,19 @@ async def test_key_changes_limits_and_lockouts_made_on_one_host_hold_on_the_othe
         admin = [await admin_status(http, (a, b)[i % 2], f"wrong-admin-key-{i}") for i in range(11)]
         assert admin == [401] * 10 + [429]
         assert [await admin_status(http, host, ADMIN) for host in (a, b)] == [429, 429]
+
+
+async def flushed(http: aiohttp.ClientSession, host: str, key_id: str, done: Callable[[dict[str, int]], bool],
+                  timeout: float = 15.0) -> dict[str, int]:
+    """The key's usage totals as ``host`` reports them, once ``done`` says the counts it waits for are in the
+    store (each host flushes its own every second): read again each 0.1 s, up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with http.get(f"{host}/api_management/api-keys/{key_id}/usage", headers=AK) as r:
+            totals = (await r.json())["totals"]
+        if done(totals) or time.monotonic() > deadline:
+            return totals
+        await asyncio.sleep(0.1)
 
 
 async def status(http: aiohttp.ClientSession, host: str, key: str) -> int:
