@@ -37,12 +37,12 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
-from loguru import logger
 
 from shared.aio import stopped
 from shared.errors import ApiError, retry_after
 from shared.store.base import Authorization, Hold, KeyRecord, Store, StoreUnavailable, concurrency_limit
 from shared.store.inflight import GivenBack, InflightSlots
+from shared.store.outage import OutageLog
 
 RETRY_AFTER_S = 1  # a slot frees when any of the key's requests ends: usually within seconds
 RELEASE_BATCH_S = 0.005  # slots given back within this are removed in one store call; a slot counts this much longer
@@ -68,6 +68,11 @@ class ConcurrencyLimiter:
         self._given_back: dict[str, list[GivenBack]] = {}
         self._releasing: set[asyncio.Task[None]] = set()
         self._batching = False  # a batch is waiting to take ``_given_back``
+        # A store down fails every batch (one each RELEASE_BATCH_S under traffic) and every renewal: told as a run
+        # (a WARNING, then a line a minute, an INFO when it answers again), not a WARNING each (200 lines a second).
+        self.release_outage = OutageLog(f"in-flight slots not given back (they free when their lease ends, in "
+                                        f"{lease_s:g} s)")
+        self.renew_outage = OutageLog(f"in-flight slots not renewed (tried again every {lease_s / 3:g} s)")
 
     def limit_of(self, key: KeyRecord) -> int:
         """The key's own limit, else the default; 0: none."""
@@ -149,8 +154,9 @@ class ConcurrencyLimiter:
         try:
             await self.slots.release(batch)
         except StoreUnavailable as e:
-            logger.warning("{} slot(s) not given back ({}): they free when their lease ends, in {:g} s",
-                           len(batch), e, self.lease_s)
+            self.release_outage.failed(f"{len(batch)} slot(s): {e}")
+        else:
+            self.release_outage.ok()
 
     async def in_flight(self, key: KeyRecord) -> int:
         return await self.slots.count(key.id)
@@ -163,7 +169,9 @@ class ConcurrencyLimiter:
             try:
                 await self.slots.renew({key_id: sorted(slots) for key_id, slots in self.held.items()}, self.lease_s)
             except StoreUnavailable as e:
-                logger.warning("in-flight slots not renewed ({}): tried again in {:g} s", e, self.lease_s / 3)
+                self.renew_outage.failed(e)
+            else:
+                self.renew_outage.ok()
 
     async def drain(self) -> None:
         """At shutdown: the last slots' removals finished."""

@@ -6,15 +6,23 @@ default, a dead holder's slots counted no longer than their lease, and a live ho
 from __future__ import annotations
 
 import asyncio
+import secrets
+import urllib.parse
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import make_mocked_request
+from loguru import logger
 
 from api.concurrency import ConcurrencyLimiter
 from shared.store.base import Authorization, Hold, KeyChanges, KeyRecord, Store, hash_key
 from shared.store.inflight import GivenBack
+from shared.store.redis import RedisStore
 from shared.store.sqlite import SQLiteStore
+from tests.chaos.tcp_proxy import tcp_proxy
+from tests.helpers import log_lines
+from tests.store.conftest import drop_namespace, redis_url
 
 LEASE_S = 1.0
 
@@ -173,3 +181,41 @@ async def test_a_request_cancelled_as_its_authorization_comes_back_gives_its_slo
     await limiter.drain()
     assert await store.inflight().count(rec.id) == 0  # not held for the 30 s lease
     await store.close()
+
+
+@pytest.mark.redis
+async def test_a_store_down_is_one_warning_for_every_batch_it_fails_then_one_line_when_it_answers() -> None:
+    """Redis unreachable fails every batch of slots given back, one each ``RELEASE_BATCH_S`` under traffic: each was a
+    WARNING of its own (200 lines a second that buried the log). Now the run is one WARNING, and an INFO line when
+    the store answers again; the slots given back after it are removed as before."""
+    real = urllib.parse.urlparse(redis_url())
+    async with tcp_proxy(real.hostname or "127.0.0.1", real.port or 6379) as proxy:
+        store = RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}{real.path or '/0'}",
+                                    namespace=f"test-{secrets.token_hex(6)}")
+        lines, sink = log_lines("INFO")
+        try:
+            secret, rec = await store.create_key(100)
+            limiter = ConcurrencyLimiter(store.inflight(), 50, lease_s=LEASE_S, holder="h")
+            requests = []
+            for _ in range(21):
+                taken = await store.authorize(hash_key(secret), scope="chat", hold=limiter.hold(rec.key_hash))
+                request = make_mocked_request("POST", "/v1/chat/completions")
+                limiter.holding(request, rec, taken.slot)
+                requests.append(request)
+            await proxy.cut()
+            for request in requests[:20]:  # 20 batches, each failing
+                limiter.give_back(request)
+                await limiter.drain()
+            told = [line for line in lines if "not given back" in line]
+            assert len(told) == 1 and told[0].startswith("WARNING"), lines
+            await proxy.restore()
+            limiter.give_back(requests[20])
+            await limiter.drain()
+            assert any(line.startswith("INFO") and "not given back" in line for line in lines), lines
+            assert len([line for line in lines if line.startswith("WARNING")]) == 1, lines
+            assert limiter.release_outage.failures == 0
+        finally:
+            logger.remove(sink)
+            await proxy.restore()
+            await drop_namespace(store)
+            await store.close()
