@@ -12,6 +12,14 @@ DONE = "[DONE]"
 DONE_FRAME = b"data: [DONE]\n\n"
 # A stream's response headers: no proxy (nginx) may buffer it, no cache keep it.
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DONE_TAIL_BYTES = 32  # what ``ends_with_done`` needs of a stream's last bytes
+
+
+def ends_with_done(tail: bytes) -> bool:
+    """Whether a stream's bytes (``tail``: at least their last ``DONE_TAIL_BYTES``) end with its ``[DONE]`` event,
+    line ends aside: ``data: [DONE]``, or ``data:[DONE]`` as TGI writes it."""
+    end = tail[-DONE_TAIL_BYTES:].rstrip(b"\r\n ")
+    return end.endswith(b"data: [DONE]") or end.endswith(b"data:[DONE]")
 
 
 class SSEError(ValueError):

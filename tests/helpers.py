@@ -210,11 +210,24 @@ import aiohttp  # noqa: E402
 from api.app import create_api_app  # noqa: E402
 from neurons.miner.app import create_miner_app  # noqa: E402
 from neurons.miner.backends.deterministic import DeterministicBackend  # noqa: E402
+from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend  # noqa: E402
 from neurons.miner.quality import DownBackend  # noqa: E402
 from shared.signing import Authorizer, RequestVerifier  # noqa: E402
 from tests.ports import free_port  # noqa: E402
 
 VALIDATOR_KP = keypair("//Validator")
+
+
+@contextlib.asynccontextmanager
+async def openai_miner(upstream: web.Application, miner_hotkey: str) -> AsyncIterator[str]:
+    """The reference miner (the openai backend, ``UPSTREAM_TIMEOUT`` its default 120 s) in front of ``upstream``,
+    served over HTTP as the miner of ``miner_hotkey``, taking ``VALIDATOR_KP``'s signed requests: its base URL."""
+    async with serve_app(upstream) as up:
+        backend = OpenAICompatibleBackend(up + "/v1")
+        await backend.start()
+        verifier = RequestVerifier(miner_hotkey, Authorizer(lambda: {VALIDATOR_KP.ss58_address}))
+        async with serve_app(create_miner_app(backend, verifier)) as url:
+            yield url
 
 
 @contextlib.asynccontextmanager

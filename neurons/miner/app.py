@@ -25,7 +25,7 @@ from shared.metagraph import MetagraphView
 from shared.protocol import DEADLINE_HEADER, ChatCompletionRequest, told_deadline
 from shared.request_log import RequestLog
 from shared.signing import CALLER_KEY, RequestVerifier, btauth_middleware
-from shared.sse import DONE_FRAME, encode_event
+from shared.sse import DONE_FRAME, DONE_TAIL_BYTES, encode_event, ends_with_done
 
 BACKEND = web.AppKey("backend", Backend)
 BACKEND_FAILURE = web.RequestKey("sn1_backend_failure", str)  # why the backend did not answer (its BackendError)
@@ -184,7 +184,7 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any],
         except TimeoutError:
             raise _past_deadline(request, "before the model server's first chunk") from None
         headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        if first is not None and _ends_done(first):  # the whole answer came in one read: one write
+        if first is not None and ends_with_done(first):  # the whole answer came in one read: one write
             with contextlib.suppress(BackendError):  # a break after [DONE] loses nothing
                 async for _rest in pieces:  # to the upstream's end, so its connection is reused
                     pass
@@ -196,10 +196,10 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any],
             async with asyncio.timeout_at(timer_at):
                 if first is not None:
                     await response.write(first)
-                    tail = first[-32:]
+                    tail = first[-DONE_TAIL_BYTES:]
                 async for piece in pieces:
                     await response.write(piece)
-                    tail = (tail + piece)[-32:]
+                    tail = (tail + piece[-DONE_TAIL_BYTES:])[-DONE_TAIL_BYTES:]
         except (BackendError, TimeoutError) as e:
             failure = str(e) if isinstance(e, BackendError) else f"the caller's deadline ({DEADLINE_HEADER}) passed"
             request[BACKEND_FAILURE] = f"mid-stream: {failure}"
@@ -208,12 +208,8 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any],
             tail = b""
         # A relayed stream carries the upstream's own [DONE]; every other ending gets ours, after a blank line
         # if the upstream stopped mid-event (else ours would run on into its last line).
-        await response.write_eof(b"" if _ends_done(tail) else _event_boundary(tail) + DONE_FRAME)
+        await response.write_eof(b"" if ends_with_done(tail) else _event_boundary(tail) + DONE_FRAME)
         return response
-
-
-def _ends_done(data: bytes) -> bool:
-    return data[-32:].rstrip(b"\r\n ").endswith(b"data: [DONE]")
 
 
 def _event_boundary(tail: bytes) -> bytes:

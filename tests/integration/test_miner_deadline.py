@@ -9,8 +9,6 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +16,6 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from neurons.miner.app import create_miner_app
 from neurons.miner.backends.base import BackendError
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from neurons.validator.availability import AvailabilityBook
@@ -29,7 +26,7 @@ from shared.corpus import builtin_corpus
 from shared.metagraph import MetagraphView
 from shared.miner_client import MinerClient, make_session
 from shared.protocol import DEADLINE_HEADER, MAX_TOLD_DEADLINE, told_deadline
-from shared.signing import Authorizer, RequestVerifier, Signer
+from shared.signing import Signer
 from shared.tasks import ALL_TASKS
 from tests.fake_upstream import MODEL
 from tests.helpers import (
@@ -39,6 +36,7 @@ from tests.helpers import (
     api_with_miners,
     chunk,
     keypair,
+    openai_miner,
     post,
     scripted_miner_app,
     serve_app,
@@ -134,16 +132,6 @@ def slow_upstream(asked: list[float], closed: list[float]) -> web.Application:
     return app
 
 
-@asynccontextmanager
-async def miner_before(upstream: web.Application) -> AsyncIterator[str]:
-    async with serve_app(upstream) as up:
-        backend = OpenAICompatibleBackend(up + "/v1")  # UPSTREAM_TIMEOUT: its default, 120 s
-        await backend.start()
-        verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR_KP.ss58_address}))
-        async with serve_app(create_miner_app(backend, verifier)) as url:
-            yield url
-
-
 async def signed_chat(url: str, body: dict, deadline: str) -> tuple[int, str]:
     """A caller that tells the miner ``deadline`` and waits far longer (as a caller behind a proxy that keeps
     the connection open does): what the miner answers, and when."""
@@ -159,7 +147,7 @@ async def signed_chat(url: str, body: dict, deadline: str) -> tuple[int, str]:
 async def test_the_reference_miner_stops_asking_its_model_server_at_the_deadline(stream: bool) -> None:
     asked: list[float] = []
     closed: list[float] = []
-    async with miner_before(slow_upstream(asked, closed)) as url:
+    async with openai_miner(slow_upstream(asked, closed), MINER.ss58_address) as url:
         started = time.monotonic()
         status, text = await signed_chat(url, {"messages": [USER], "stream": stream}, "0.6")
         took = time.monotonic() - started

@@ -33,7 +33,7 @@ from shared.openai_headers import openai_headers
 from shared.protocol import ANY_MODEL, DEADLINE_HEADER
 from shared.resend import post_once_more
 from shared.settings import mask_credentials
-from shared.sse import DONE, SSEError, SSEParser
+from shared.sse import DONE, DONE_TAIL_BYTES, SSEError, SSEParser, ends_with_done
 from shared.tasks import ARITHMETIC, INFERENCE, QUESTION_ANSWERING
 
 # The upstream refused the request itself (bad parameter, too many tokens for the model, too large):
@@ -51,6 +51,7 @@ ANSWER_TYPES = {False: "application/json", True: "text/event-stream"}  # what a 
 # How much of a stream is held back to see whether its first event is an error (``opening_error``): an
 # error event is small, and a first event larger than this is an answer, relayed as it comes.
 MAX_HEAD_BYTES = 64 << 10
+AFTER_DONE_S = 0.25  # seconds an upstream's stream is given to end after its [DONE] (``_end_after_done``)
 # TGI's in-stream error kinds (``error_type``) that it answers with a 422 when not streaming.
 TGI_REFUSALS = frozenset({"validation"})
 BUSY_RETRY_AFTER_S = 1  # a full media budget's Retry-After: room comes back as the model server's answers end
@@ -323,8 +324,12 @@ class OpenAICompatibleBackend:
                     raise error
                 if head:
                     yield head
-                async for chunk in reads:
+                tail = head[-DONE_TAIL_BYTES:]
+                while not ends_with_done(tail) and (chunk := await anext(reads, None)) is not None:
                     yield chunk
+                    tail = (tail + chunk[-DONE_TAIL_BYTES:])[-DONE_TAIL_BYTES:]
+                if ends_with_done(tail):
+                    await _end_after_done(r.content)
         except (aiohttp.ClientError, TimeoutError) as e:
             raise upstream_failure(e, deadline, "upstream stream failed") from None
 
@@ -364,6 +369,20 @@ class OpenAICompatibleBackend:
             await self._session.close()
             self._session = None
         await self._media.close()
+
+
+async def _end_after_done(content: aiohttp.StreamReader) -> None:
+    """What an upstream sends after its ``[DONE]`` (its stream's end, at once from a sound server) is read within
+    ``AFTER_DONE_S``, so its connection is kept; past that, or ``MAX_HEAD_BYTES`` of it, it is not waited for (the
+    connection is dropped) nor relayed. Read to the end, a server that held its stream open after ``[DONE]`` held
+    the miner's answer back (all of it, when it came in one read) until the caller's deadline had passed."""
+    if content.at_eof():
+        return
+    left = MAX_HEAD_BYTES
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(AFTER_DONE_S):
+            while left > 0 and (piece := await content.readany()):
+                left -= len(piece)
 
 
 def upstream_failure(error: Exception, deadline: float | None, what: str) -> BackendError:
