@@ -219,11 +219,13 @@ VALIDATOR_KP = keypair("//Validator")
 
 
 @contextlib.asynccontextmanager
-async def openai_miner(upstream: web.Application, miner_hotkey: str) -> AsyncIterator[str]:
-    """The reference miner (the openai backend, ``UPSTREAM_TIMEOUT`` its default 120 s) in front of ``upstream``,
-    served over HTTP as the miner of ``miner_hotkey``, taking ``VALIDATOR_KP``'s signed requests: its base URL."""
+async def openai_miner(upstream: web.Application, miner_hotkey: str, *, api_key: str | None = None
+                       ) -> AsyncIterator[str]:
+    """The reference miner (the openai backend, ``UPSTREAM_TIMEOUT`` its default 120 s, ``api_key`` its
+    ``UPSTREAM_API_KEY``) in front of ``upstream``, served over HTTP as the miner of ``miner_hotkey``, taking
+    ``VALIDATOR_KP``'s signed requests: its base URL."""
     async with serve_app(upstream) as up:
-        backend = OpenAICompatibleBackend(up + "/v1")
+        backend = OpenAICompatibleBackend(up + "/v1", api_key=api_key)
         await backend.start()
         verifier = RequestVerifier(miner_hotkey, Authorizer(lambda: {VALIDATOR_KP.ss58_address}))
         async with serve_app(create_miner_app(backend, verifier)) as url:

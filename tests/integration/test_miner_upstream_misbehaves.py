@@ -8,13 +8,15 @@ import json
 import time
 
 import aiohttp
+import pytest
 from aiohttp import web
+from loguru import logger
 from yarl import URL
 
 from shared.protocol import DEADLINE_HEADER
 from shared.signing import Signer
 from tests.fake_upstream import MODEL
-from tests.helpers import VALIDATOR_KP, chunk, keypair, openai_miner, sse, wait_until
+from tests.helpers import VALIDATOR_KP, chunk, keypair, log_lines, openai_miner, sse, wait_until
 
 MINER = keypair("//Miner1")
 USER = {"role": "user", "content": "hi"}
@@ -48,10 +50,10 @@ def stalling_upstream(pieces: list[bytes], stalled: list[float]) -> web.Applicat
     return app
 
 
-async def streamed(url: str, deadline: str | None) -> tuple[int, bytes, float]:
-    """A validator's streamed chat to the miner, read to the miner's end: its status, bytes, and the seconds
-    until the miner's answer was whole."""
-    raw = json.dumps({"messages": [USER], "stream": True}).encode()
+async def streamed(url: str, deadline: str | None, *, stream: bool = True) -> tuple[int, bytes, float]:
+    """A validator's chat to the miner (streamed unless ``stream`` is false), read to the miner's end: its status,
+    bytes, and the seconds until the miner's answer was whole."""
+    raw = json.dumps({"messages": [USER], "stream": stream}).encode()
     headers = Signer(VALIDATOR_KP).headers("POST", URL(url + "/v1/chat/completions"), raw, MINER.ss58_address)
     headers |= {"Content-Type": "application/json"} | ({DEADLINE_HEADER: deadline} if deadline else {})
     started = time.monotonic()
@@ -82,3 +84,47 @@ async def test_a_stream_the_model_server_keeps_open_after_its_done_ends_at_the_d
         await wait_until(lambda: bool(stalled), 2.0)
     assert status == 200 and body == FIRST + DONE, body
     assert took < 2.0, took
+
+
+UPSTREAM_KEY = "sk-miner-0123456789abcdefSECRET"
+
+
+def key_quoting_upstream() -> web.Application:
+    """An OpenAI-compatible server that refuses the key it was sent inside a 200, quoting it (as OpenAI's 401
+    does): as an error object for a JSON answer (OpenRouter's shape for an error met once under way), as the
+    stream's opening error event for a streamed one (llama.cpp's, vLLM's shape)."""
+
+    async def models(_request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        error = {"error": {"message": f"Incorrect API key provided: {key}.", "type": "invalid_request_error",
+                           "code": 401}}
+        if not body.get("stream"):
+            return web.json_response(error)
+        return web.Response(body=f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n",
+                            content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_an_error_inside_a_200_never_carries_the_model_servers_key_to_the_caller_or_the_log(stream: bool) -> None:
+    """UPSTREAM_API_KEY is masked out of the error text a model server answers with an error status; the same
+    error inside a 200 (a JSON error object, a stream's opening error event) went to the miner's log and, in its
+    502, to the API and on to the API's callers, key and all."""
+    lines, sink = log_lines("INFO")
+    try:
+        async with openai_miner(key_quoting_upstream(), MINER.ss58_address, api_key=UPSTREAM_KEY) as url:
+            status, body, _took = await streamed(url, "5", stream=stream)
+    finally:
+        logger.remove(sink)
+    assert status == 502 and b"Incorrect API key provided: ***" in body, body
+    assert UPSTREAM_KEY.encode() not in body, body
+    assert any("Incorrect API key provided: ***" in line for line in lines), lines
+    assert not [line for line in lines if UPSTREAM_KEY in line]

@@ -16,7 +16,7 @@ import contextlib
 import json
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -55,6 +55,7 @@ AFTER_DONE_S = 0.25  # seconds an upstream's stream is given to end after its [D
 # TGI's in-stream error kinds (``error_type``) that it answers with a 422 when not streaming.
 TGI_REFUSALS = frozenset({"validation"})
 BUSY_RETRY_AFTER_S = 1  # a full media budget's Retry-After: room comes back as the model server's answers end
+Mask = Callable[[str], str]  # what hides the upstream's credentials in its words (``CredentialMask``)
 NOT_CHAT = re.compile(r"embed|whisper|tts|dall-e|gpt-image|moderation|rerank|transcribe", re.IGNORECASE)
 
 
@@ -280,7 +281,7 @@ class OpenAICompatibleBackend:
             async with self._chat(body, stream=False) as r:
                 answer = await r.json(content_type=None)
             if (err := reported_error(answer)) is not None:
-                raise upstream_error(err, answer, "answered HTTP 200 with an error")
+                raise upstream_error(err, answer, "answered HTTP 200 with an error", mask=self._masked)
             return answer
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise BackendError(f"upstream failed: {type(e).__name__}: {e}") from None
@@ -295,7 +296,7 @@ class OpenAICompatibleBackend:
                     raw += piece
                     if len(raw) > MAX_ANSWER_BYTES:
                         raise BackendError(f"upstream answer larger than {MAX_ANSWER_BYTES} bytes")
-                if (error := error_answer(bytes(raw))) is not None:
+                if (error := error_answer(bytes(raw), mask=self._masked)) is not None:
                     raise error
                 if body.get("tools") and b'"tool_calls"' in raw:  # the only answers that may need it
                     return string_arguments(bytes(raw))
@@ -320,7 +321,7 @@ class OpenAICompatibleBackend:
                     if ends_a_line and (event := first_event(head)) or len(head) > MAX_HEAD_BYTES:
                         break
                 event = event or first_event(head, ended=True)  # the stream ended, or its head is large
-                if event is not None and (error := opening_error(event)) is not None:
+                if event is not None and (error := opening_error(event, mask=self._masked)) is not None:
                     raise error
                 if head:
                     yield head
@@ -416,7 +417,7 @@ def first_event(head: bytes, *, ended: bool = False) -> list[bytes] | None:
     return None
 
 
-def opening_error(lines: list[bytes]) -> BackendError | None:
+def opening_error(lines: list[bytes], *, mask: Mask | None = None) -> BackendError | None:
     """The error a stream's first event reports, with the status the upstream would have answered it with
     had it not streamed (400/413/422: the request refused, ``MODEL_SERVER_REJECTED``; else the miner's 502);
     None for an answer's first chunk.
@@ -438,7 +439,7 @@ def opening_error(lines: list[bytes]) -> BackendError | None:
     except ValueError:
         obj = payload.decode("utf-8", "replace")
     err = reported_error(obj) if field == b"data" else obj
-    return None if err is None else upstream_error(err, obj, "stream opened with an error")
+    return None if err is None else upstream_error(err, obj, "stream opened with an error", mask=mask)
 
 
 def reported_error(answer: Any) -> Any:
@@ -449,16 +450,19 @@ def reported_error(answer: Any) -> Any:
     return answer.get("error", answer if answer.get("object") == "error" else None)
 
 
-def upstream_error(err: Any, answer: Any, where: str) -> BackendError:
+def upstream_error(err: Any, answer: Any, where: str, *, mask: Mask | None = None) -> BackendError:
     """The BackendError for an error the upstream reported inside an answer: the status it carries when it
-    is a refusal of the request (400/413/422: ``MODEL_SERVER_REJECTED``, the caller's), else the miner's 502."""
+    is a refusal of the request (400/413/422: ``MODEL_SERVER_REJECTED``, the caller's), else the miner's 502.
+    ``mask``: the backend's ``CredentialMask``, applied before the message is cut (the error goes to the log and
+    to the caller, and a server may quote the key it refused)."""
     status, message = _error_status(err, answer)
+    message = message if mask is None else mask(message)
     refused = status in REFUSED_REQUEST
     return BackendError(f"upstream {where} ({status or 'no status'}): {message[:300]}",
                         status=status if refused else 502, code=MODEL_SERVER_REJECTED if refused else None)
 
 
-def error_answer(raw: bytes) -> BackendError | None:
+def error_answer(raw: bytes, *, mask: Mask | None = None) -> BackendError | None:
     """The error a JSON answer's bytes report though its status was 200 (OpenRouter answers an error met
     once a request was under way so, the status in ``code``), None for an answer. Relayed, such a body was
     the miner's malformed answer, a 0, even when it was the caller's request that was refused. Only a body
@@ -470,7 +474,7 @@ def error_answer(raw: bytes) -> BackendError | None:
     except ValueError:
         return None  # not JSON: the API judges it
     err = reported_error(answer)
-    return None if err is None else upstream_error(err, answer, "answered HTTP 200 with an error")
+    return None if err is None else upstream_error(err, answer, "answered HTTP 200 with an error", mask=mask)
 
 
 def _error_status(err: Any, event: Any) -> tuple[int, str]:
