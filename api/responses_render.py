@@ -181,6 +181,15 @@ def event_logprobs(tokens: list[Any]) -> list[Any]:
             for t in tokens if isinstance(t, dict)] if tokens else []
 
 
+def _whole_json(text: str) -> bool:
+    """Whether a call's arguments so far are a whole JSON value (an object's last piece has come)."""
+    try:
+        loads(text)
+    except ValueError:
+        return False
+    return True
+
+
 class ResponseStream:
     """Chat completion chunks in, Responses API events out (SSE bytes), in OpenAI's order.
 
@@ -188,6 +197,10 @@ class ResponseStream:
     it is done first (its ``.done`` events), so text then calls is a done message, then each call.
     Text that resumes after a call is a new message. Clients rebuild their turns from this order
     (LangChain put an empty message after the calls when the message stayed open across them).
+
+    A chat stream may interleave parallel calls' pieces (by their ``index``): a call whose arguments are not
+    whole JSON yet when another item begins stays open (``unfinished``), and is done when they are, or at the
+    end, so that its ``.done`` events (what apps run the call on) never carry half its arguments.
     """
 
     def __init__(self, base: dict[str, Any], *, annotate: Callable[[str], list[dict[str, Any]]] | None = None,
@@ -202,6 +215,7 @@ class ResponseStream:
         self.thinking: dict[str, Any] | None = None  # the open reasoning item, if the open item is one
         self.current: int | None = None  # the index of the item still open
         self.calls: dict[int, dict[str, Any]] = {}  # chat tool-call index -> its item
+        self.unfinished: list[int] = []  # calls left open by a later item, their arguments not whole JSON yet
         self.final: dict[str, Any] = {}  # the sealed final response, once ``closing`` made it
 
     def event(self, type_: str, **fields: Any) -> bytes:
@@ -326,8 +340,13 @@ class ResponseStream:
         if not arguments:
             return opened
         item["arguments"] += arguments
-        return opened + self.event("response.function_call_arguments.delta", item_id=item["id"],
-                                   output_index=self.items.index(item), delta=arguments)
+        index = self.items.index(item)
+        delta = self.event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                           delta=arguments)
+        if index in self.unfinished and _whole_json(item["arguments"]):
+            self.unfinished.remove(index)
+            return opened + delta + self._close(index, item)
+        return opened + delta
 
     def _open(self, item: dict[str, Any]) -> int:
         self.items.append(item)
@@ -335,11 +354,16 @@ class ResponseStream:
         return self.current
 
     def _close_current(self) -> bytes:
-        """The open item's ``.done`` events (b"" when none is open)."""
+        """The open item's ``.done`` events (b"" when none is open, or when it is a call whose arguments are
+        not whole yet: it is left ``unfinished``)."""
         if self.current is None:
             return b""
         index, self.current, self.message, self.thinking = self.current, None, None, None
-        return self._close(index, self.items[index])
+        item = self.items[index]
+        if item["type"] == "function_call" and not _whole_json(item["arguments"]):
+            self.unfinished.append(index)
+            return b""
+        return self._close(index, item)
 
     def finish(self, *, finish_reason: str | None, usage: dict[str, Any], error: str | None = None) -> bytes:
         """Close the open item, then the response (``completed``, ``incomplete`` or ``failed``)."""
@@ -355,6 +379,8 @@ class ResponseStream:
         out = [self._open_message()] if not answered and error is None else []
         final = finished(self.base, self.items, finish_reason=finish_reason, usage=usage, error=error)
         out.append(self._close_current())
+        out.extend(self._close(index, self.items[index]) for index in sorted(self.unfinished))
+        self.unfinished.clear()
         if self.seal is not None:  # after the close, which writes the last message's annotations into it
             final = self.seal(final)
         self.final = final

@@ -247,3 +247,34 @@ async def test_settings_left_out_are_echoed_as_openais_defaults(honest: ApiUnder
     assert events[0].response.completed_at is None and events[0].response.status == "in_progress"
     for r in (whole, events[-1].response):
         assert r.completed_at is not None and 0 <= r.completed_at - r.created_at <= 5
+
+
+def call_piece(index: int, arguments: str, *, call_id: str | None = None) -> str:
+    """A chunk with a piece of one tool call (its first names it: ``call_id``)."""
+    call: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+    if call_id is not None:
+        call |= {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+    return json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                       "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]})
+
+
+async def test_parallel_calls_streamed_interleaved_are_each_done_whole(tmp_path: Path) -> None:
+    """Chat streams may interleave parallel calls' pieces (by ``index``): the first call was done (its
+    ``function_call_arguments.done`` and ``output_item.done``, which apps run the call on) when the second
+    began, with half its arguments (``{"city":``), and its last piece came after its done event."""
+    steps = sse(call_piece(0, '{"city":', call_id="call_a"), call_piece(1, '{"city":"Rome"}', call_id="call_b"),
+                call_piece(0, '"Paris"}'), chunk(finish="tool_calls"))
+    async with api_with_miners(tmp_path, {1: Script([(0, d) for d in steps])}) as api:
+        _, events = await typed(api, {"input": "Weather in Paris and Rome?", "tools": [WEATHER]})
+        async with openai_client(api).responses.stream(model="default", input="Weather?", tools=[WEATHER]) as stream:
+            done = [e.item async for e in stream if e.type == "response.output_item.done"]
+            final = await stream.get_final_response()
+    whole = {"call_a": '{"city":"Paris"}', "call_b": '{"city":"Rome"}'}
+    for items in (done, final.output, events[-1].response.output):
+        assert {item.call_id: item.arguments for item in items} == whole
+    finished_at = {e.output_index: e.sequence_number for e in events if e.type == "response.output_item.done"}
+    for e in events:
+        if e.type == "response.function_call_arguments.delta":
+            assert e.sequence_number < finished_at[e.output_index], "a delta after its item was done"
+        if e.type == "response.function_call_arguments.done":
+            assert json.loads(e.arguments) in ({"city": "Paris"}, {"city": "Rome"})
