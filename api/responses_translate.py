@@ -112,7 +112,8 @@ def truncated(body: dict[str, Any], keep: float = 0.5) -> dict[str, Any] | None:
     models refused it as longer than their context window (OpenAI drops items from the beginning of the
     conversation): as many as leave about ``keep`` of its text (``kept_share``), one at least; None when
     nothing is left to drop. The system messages it opens with (``instructions``) and its last message
-    stay; a tool result whose call was dropped goes too (chat servers refuse it)."""
+    stay; a tool result whose call was dropped goes too (chat servers refuse it), unless the conversation ends
+    with it: the call then stays with the results that end it (an agent's turn answering a long tool result)."""
     messages = body["messages"]
     head = 0
     while head < len(messages) and messages[head]["role"] in ("system", "developer"):
@@ -124,10 +125,13 @@ def truncated(body: dict[str, Any], keep: float = 0.5) -> dict[str, Any] | None:
     budget, first = keep * sum(sizes), 1
     while first < len(rest) - 1 and sum(sizes[first:]) > budget:
         first += 1
-    kept = rest[first:]
-    while len(kept) > 1 and kept[0]["role"] == "tool":
-        kept = kept[1:]
-    return body | {"messages": messages[:head] + kept}
+    while first < len(rest) - 1 and rest[first]["role"] == "tool":
+        first += 1
+    while first > 0 and rest[first]["role"] == "tool":  # only the last turn's results are left: back to their call
+        first -= 1
+    if first == 0:
+        return None
+    return body | {"messages": messages[:head] + rest[first:]}
 
 
 # A model server's numbers in its refusal: the context it has (OpenAI and vLLM "maximum context length is N",

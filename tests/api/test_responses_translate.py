@@ -371,6 +371,19 @@ def test_the_share_kept_comes_from_the_numbers_in_the_refusal(refusal: str, shar
     assert kept_share(refusal) == pytest.approx(share)
 
 
+def test_truncation_keeps_the_call_of_the_tool_results_that_end_the_conversation() -> None:
+    """Results too long to keep with anything before them: their call stays with them (alone, chat servers
+    refuse them); a conversation that is only that call and its results is not cut at all."""
+    said = lambda role, text: {"role": role, "content": text}  # noqa: E731
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": f"c{i}", "type": "function", "function": {"name": "f", "arguments": "{}"}} for i in (1, 2)]}
+    results = [{"role": "tool", "tool_call_id": f"c{i}", "content": "x" * 500} for i in (1, 2)]
+    cut = truncated({"messages": [said("system", "Be brief."), said("user", "a"), said("assistant", "b"), call,
+                                  *results]})
+    assert cut is not None and cut["messages"] == [said("system", "Be brief."), call, *results]
+    assert truncated(cut) is None
+
+
 def test_truncation_drops_only_as_much_as_the_share_asks() -> None:
     ten = {"messages": [{"role": "user", "content": str(i)} for i in range(10)]}
     assert [m["content"] for m in truncated(ten, 0.85)["messages"]] == [str(i) for i in range(2, 10)]  # type: ignore[index]

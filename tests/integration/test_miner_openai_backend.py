@@ -525,6 +525,25 @@ async def test_truncation_auto_drops_the_oldest_turns_until_the_miners_model_tak
             assert len(listed) == len(LONG_TALK)  # stored whole: the next turn is cut again as it needs
 
 
+async def test_truncation_auto_keeps_the_call_a_long_tool_result_answers(tmp_path: Path) -> None:
+    """An agent's turn ending with a long tool result (a fetched page): cut to fit, the result alone was
+    left, without the call it answers, and the request a 400 about ``messages`` the caller never sent
+    ("must be a response to a preceding message") instead of an answer."""
+    import openai
+
+    tool = {"type": "function", "name": "fetch", "parameters": {"type": "object", "properties": {}}}
+    turn = [{"type": "function_call", "call_id": "call_9", "name": "fetch", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_9", "output": "page:" + "x" * 800}]  # one word
+    received: list = []
+    async with stack(tmp_path, received, context_tokens=40) as (api, key):
+        client = openai.AsyncOpenAI(base_url=api + "/v1", api_key=key, max_retries=0)
+        done = await client.responses.create(model=MODEL, input=LONG_TALK + turn, tools=[tool],  # type: ignore[arg-type]
+                                             truncation="auto")
+    assert done.status == "completed"
+    last = received[-1]["messages"]  # what the model took: the call, then its result
+    assert [m["role"] for m in last] == ["assistant", "tool"] and last[0]["tool_calls"][0]["id"] == "call_9"
+
+
 def access_lines(lines: list[str], rid: str) -> list[str]:
     """The API's access lines of request ``rid`` (the request log hands loguru several in one record)."""
     return [line.split(" | api | ", 1)[1] for record in lines for line in record.splitlines()
