@@ -96,7 +96,9 @@ def tool_check(body: dict[str, Any]) -> Check | None:
     """For a request offering tools: each call's ``arguments`` must be a JSON object (the SDKs and agent
     frameworks ``json.loads`` them, and raise on anything else; ``""`` is taken as ``{}``), fitting the
     function's parameters when it is ``strict``; a ``tool_choice`` that requires a call needs one (a refusal
-    aside); and ``parallel_tool_calls: false`` allows one. None:
+    aside); and ``parallel_tool_calls: false`` allows one. The last call of an answer that ends with
+    ``finish_reason: "length"`` may be cut JSON: the caller's own token limit cut it, and OpenAI returns it
+    so (the caller checks ``finish_reason``); the name and the other calls are still checked. None:
     nothing to check (no tools, or ``"none"``, where any call already fails the miner, ``MinerRun.offered``)."""
     if not offered_tools(body):
         return None
@@ -115,6 +117,8 @@ def tool_check(body: dict[str, Any]) -> Check | None:
             try:
                 arguments = loads(raw) if raw.strip() else {}
             except ValueError:
+                if run.finish_reason == "length" and call is calls[-1]:
+                    continue  # cut by the caller's own max_tokens: returned as cut, as OpenAI does
                 return f"the arguments of the call to {name[:64]!r} are not JSON"
             if not isinstance(arguments, dict):
                 return f"the arguments of the call to {name[:64]!r} are not a JSON object"

@@ -528,3 +528,33 @@ async def test_the_model_servers_system_fingerprint_is_in_the_object_as_in_the_s
         whole = await client.chat.completions.create(model="default", messages=MSG)
         streamed = [c async for c in await client.chat.completions.create(model="default", messages=MSG, stream=True)]
     assert whole.system_fingerprint == "fp_up" and {c.system_fingerprint for c in streamed} == {"fp_up"}
+
+
+async def test_a_call_cut_by_the_callers_max_tokens_is_returned_cut_as_openai_does(tmp_path: Path) -> None:
+    """A tool call the caller's own ``max_tokens`` cut (``finish_reason: "length"``, its arguments half a JSON
+    object) was refused as "not JSON", and the caller got ``502 no_valid_answer`` where OpenAI returns the cut
+    call: the caller's code checks ``finish_reason`` and retries with a larger limit. A call of a tool the
+    request did not offer is still no answer, cut or not."""
+    cut = {"delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                     "function": {"name": "get_weather", "arguments": '{"city": "Par'}}]}}
+    length = {"delta": {}, "finish_reason": "length"}
+    body = {"messages": MSG, "tools": [WEATHER], "max_completion_tokens": 5}
+    async with api_with_miners(tmp_path, {1: scripted(cut, length)}) as api:
+        whole, chunks = await typed_chat(api, body)
+        made = await openai_client(api).chat.completions.create(model="default", **body)
+        stream = await openai_client(api).chat.completions.create(model="default", **body, stream=True)
+        streamed = [c async for c in stream]
+    for choice in (whole.choices[0], made.choices[0]):
+        assert choice.finish_reason == "length" and choice.message.tool_calls is not None
+        assert [(c.function.name, c.function.arguments) for c in choice.message.tool_calls] == [
+            ("get_weather", '{"city": "Par')]
+    for got in (chunks, streamed):
+        assert "".join(tc.function.arguments or "" for c in got for ch in c.choices for tc in ch.delta.tool_calls or []
+                       if tc.function) == '{"city": "Par'
+        assert [ch.finish_reason for c in got for ch in c.choices if ch.finish_reason] == ["length"]
+    unoffered = {"delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                           "function": {"name": "rm_rf", "arguments": '{"path": "/'}}]}}
+    async with api_with_miners(tmp_path, {1: scripted(unoffered, length)}) as api:
+        for stream_it in (False, True):
+            status, _, text = await post(api, {"model": "default", **body, "stream": stream_it})
+            assert status == 502 and "no_valid_answer" in text, text

@@ -278,3 +278,19 @@ async def test_parallel_calls_streamed_interleaved_are_each_done_whole(tmp_path:
             assert e.sequence_number < finished_at[e.output_index], "a delta after its item was done"
         if e.type == "response.function_call_arguments.done":
             assert json.loads(e.arguments) in ({"city": "Paris"}, {"city": "Rome"})
+
+
+async def test_a_call_cut_by_max_output_tokens_is_an_incomplete_response(tmp_path: Path) -> None:
+    """A function call the caller's ``max_output_tokens`` cut (half its arguments) was refused as "not JSON"
+    and the caller got a ``502`` where OpenAI answers ``incomplete`` (``max_output_tokens``) with the cut call."""
+    steps = sse(call_piece(0, '{"city": "Par', call_id="call_a"), chunk(finish="length"))
+    async with api_with_miners(tmp_path, {1: Script([(0, d) for d in steps])}) as api:
+        body = {"input": "Weather in Paris?", "tools": [WEATHER], "max_output_tokens": 5}
+        whole, events = await typed(api, body)
+        made = await openai_client(api).responses.create(model="default", **body)
+    assert events[-1].type == "response.incomplete"
+    for r in (whole, events[-1].response, made):
+        assert r.status == "incomplete" and r.incomplete_details is not None
+        assert r.incomplete_details.reason == "max_output_tokens"
+        assert [(item.type, item.name, item.arguments) for item in r.output if item.type == "function_call"] == [
+            ("function_call", "get_weather", '{"city": "Par')]
