@@ -292,5 +292,5 @@ async def test_a_call_cut_by_max_output_tokens_is_an_incomplete_response(tmp_pat
     for r in (whole, events[-1].response, made):
         assert r.status == "incomplete" and r.incomplete_details is not None
         assert r.incomplete_details.reason == "max_output_tokens"
-        assert [(item.type, item.name, item.arguments) for item in r.output if item.type == "function_call"] == [
-            ("function_call", "get_weather", '{"city": "Par')]
+        assert [(item.type, item.name, item.arguments, item.status) for item in r.output
+                if item.type == "function_call"] == [("function_call", "get_weather", '{"city": "Par', "incomplete")]

@@ -296,3 +296,23 @@ async def test_text_to_a_synthetic_agents_prompt_is_a_zero_even_against_a_sample
                          timings={1: TIMES, 2: TIMES}, deadline_s=10.0, expected=challenge.expected)
         rewards = await scorer.score(job)
     assert rewards == {1: 0.0, 2: 1.0}
+
+
+async def test_a_call_cut_by_the_callers_max_tokens_scores_as_the_references_cut_call(tmp_path) -> None:
+    """The caller's ``max_tokens`` cuts the reference model's call as it cuts an honest miner's (the API returns
+    it cut, as OpenAI does): both arguments half a JSON object. Scored as "not JSON", the honest miner's was a 0,
+    so any key's small limit handed every miner a 0; compared as text, the same cut is the reference's call."""
+    cut = '{"city": "Par'
+    said = {"content": None, "tool_calls": [{"id": "call_9", "type": "function", "function": {
+        "name": "get_weather", "arguments": cut}}], "finish_reason": "length"}
+    small = {**ASK, "max_tokens": 5}
+    for reproducible in (True, False):
+        async with serve_app(sampled_llm(said)) as url, aiohttp.ClientSession() as session:
+            reference = CachedReference(OpenAIReference(url + "/v1", session=session, reproducible=reproducible))
+            rewards = await score(scorer_with(reference, tmp_path), {u: small for u in (1, 2, 3, 4)}, {
+                1: call_chunks("get_weather", cut), 2: call_chunks("get_weather", '{"city": "Ber'),
+                3: call_chunks("get_stock_price", cut), 4: call_chunks("get_weather", "{not json")})
+        assert rewards[1] == 1.0, (reproducible, "the reference's very cut")
+        assert 0.0 < rewards[2] < (0.5 if reproducible else 1.0), (reproducible, "another city, cut: a near miss")
+        assert rewards[3] == 0.0, (reproducible, "the wrong function")
+        assert rewards[4] < rewards[1], reproducible

@@ -9,7 +9,9 @@ The rule, with the reference model asked the same request:
 
 - both call tools: the calls are paired by function name; a pair scores the similarity of its
   arguments (the same keys with the same values: 1), an unpaired call on either side scores 0, and
-  the reward is the mean over the longer list. Arguments that are not a JSON object score 0. With a
+  the reward is the mean over the longer list. Arguments that are not a JSON object score 0, but against
+  a reference's that are not one either (the caller's ``max_tokens`` cut its call too, as it cut an honest
+  miner's) they are compared as text. With a
   reproducible reference (the same deterministic model) an honest miner makes the very same calls:
   anything else earns at most half that similarity, as a text answer's near miss does;
 - one calls a tool and the other answers in text: with a reproducible reference, a 0. Otherwise a
@@ -126,6 +128,8 @@ def call_similarity(answer: tuple[Call, ...], reference: tuple[Call, ...]) -> fl
         mine, theirs = _arguments(call, _limit(paired)), _arguments(paired)
         if mine is not None and theirs is not None:
             total += value_similarity(mine, theirs)
+        elif theirs is None and len(call.arguments) <= _limit(paired):
+            total += value_similarity(call.arguments, paired.arguments)  # cut JSON both (``_key``): as text
     return total / max(len(answer), len(reference))
 
 
@@ -139,13 +143,21 @@ def same_calls(answer: tuple[Call, ...], reference: tuple[Call, ...]) -> bool:
     if len(answer) != len(reference):
         return False
     limit = max((_limit(r) for r in reference), default=MAX_ARGUMENT_CHARS)
-    mine = [_arguments(c, limit) for c in answer]
+    mine = [_key(c, limit) for c in answer]
     if any(m is None for m in mine):
         return False
+    return sorted(mine) == sorted(_key(r, limit) or "" for r in reference)
 
-    def key(calls: tuple[Call, ...], values: list[dict[str, Any] | None]) -> list[str]:
-        return sorted(f"{c.name}\0{json.dumps(v, sort_keys=True)}" for c, v in zip(calls, values, strict=True))
-    return key(answer, mine) == key(reference, [_arguments(r) for r in reference])
+
+def _key(call: Call, limit: int) -> str | None:
+    """The call as compared by ``same_calls``: its name and its arguments as a JSON value, or, when they are not
+    a JSON object, as the text they are (the caller's ``max_tokens`` cut the reference's call too: an honest
+    miner's is cut the same, and scoring it 0 made any caller's small limit a free 0 for every miner). None:
+    longer than ``limit``."""
+    value = _arguments(call, limit)
+    if value is not None:
+        return f"{call.name}\0{json.dumps(value, sort_keys=True)}"
+    return None if len(call.arguments) > limit else f"{call.name}\1{call.arguments.strip()}"
 
 
 def tool_reward(answer: tuple[Call, ...], reference: Reply, body: dict[str, Any], *,
