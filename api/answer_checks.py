@@ -139,8 +139,11 @@ def answer_check(body: dict[str, Any]) -> Check | None:
 
 def json_check(body: dict[str, Any]) -> Check | None:
     """For ``response_format`` ``json_object`` or ``json_schema``: the answer must be JSON, and with a
-    ``strict`` schema it must fit it (a non-strict schema is a model's guide, not a contract). None:
-    nothing to check. An answer that calls a tool is not text to check."""
+    ``strict`` schema it must fit it (a non-strict schema is a model's guide, not a contract). An answer that
+    ends with ``finish_reason: "length"`` may be cut JSON: the caller's own token limit cut it, and OpenAI
+    returns it so (the caller checks ``finish_reason``), as ``tool_check`` does a cut call; a stream's first
+    text must still open the JSON (``json_opening``). None: nothing to check. An answer that calls a tool is
+    not text to check."""
     fmt = body.get("response_format")
     kind = fmt.get("type") if isinstance(fmt, dict) else None
     if kind not in ("json_object", "json_schema"):
@@ -156,7 +159,8 @@ def json_check(body: dict[str, Any]) -> Check | None:
         try:
             value = loads(run.text)
         except ValueError:
-            return NOT_JSON
+            # cut by the caller's own max_tokens: returned as cut, as OpenAI does
+            return None if run.finish_reason == "length" else NOT_JSON
         if schema is None or (why := _misfit(schema, value)) is None:
             return None
         return f"the answer does not fit the request's strict JSON schema: {why}"

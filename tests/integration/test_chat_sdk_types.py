@@ -16,6 +16,7 @@ import openai
 import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic import BaseModel
 
 from tests.helpers import ApiUnderTest, Script, api_with_miners, openai_client, post, sse
 
@@ -558,3 +559,42 @@ async def test_a_call_cut_by_the_callers_max_tokens_is_returned_cut_as_openai_do
         for stream_it in (False, True):
             status, _, text = await post(api, {"model": "default", **body, "stream": stream_it})
             assert status == 502 and "no_valid_answer" in text, text
+
+
+class City(BaseModel):
+    city: str
+
+
+async def test_a_json_answer_cut_by_the_callers_max_tokens_is_returned_cut_as_openai_does(tmp_path: Path) -> None:
+    """A ``response_format`` answer the caller's own ``max_tokens`` cut (``finish_reason: "length"``, half a JSON
+    object) was refused as "not JSON", and the caller got ``502 no_valid_answer`` where OpenAI returns the cut
+    text: the caller's code checks ``finish_reason`` and retries with a larger limit. Prose that ended on its
+    own is still no answer, and a stream of prose still fails at its first word, cut or not."""
+    cut = '{"city": "Par'
+    length = {"delta": {}, "finish_reason": "length"}
+    for fmt in ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "city", "strict": True,
+                "schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                           "additionalProperties": False}}}):
+        body = {"messages": MSG, "response_format": fmt, "max_completion_tokens": 5}
+        async with api_with_miners(tmp_path, {1: scripted({"delta": {"content": cut}}, length)}) as api:
+            whole, chunks = await typed_chat(api, body)
+            made = await openai_client(api).chat.completions.create(model="default", **body)
+            stream = await openai_client(api).chat.completions.create(model="default", **body, stream=True)
+            streamed = [c async for c in stream]
+        for choice in (whole.choices[0], made.choices[0]):
+            assert (choice.finish_reason, choice.message.content) == ("length", cut), fmt
+        for got in (chunks, streamed):
+            assert "".join(ch.delta.content or "" for c in got for ch in c.choices) == cut, fmt
+            assert [ch.finish_reason for c in got for ch in c.choices if ch.finish_reason] == ["length"], fmt
+    async with api_with_miners(tmp_path, {1: scripted({"delta": {"content": cut}}, length)}) as api:
+        with pytest.raises(openai.LengthFinishReasonError):  # the SDK's own word for it, not an APIStatusError
+            await openai_client(api).chat.completions.parse(model="default", messages=MSG, response_format=City,
+                                                            max_completion_tokens=5)
+    body = {"messages": MSG, "response_format": {"type": "json_object"}, "max_completion_tokens": 5}
+    prose = {"delta": {"content": "The weather in Par"}}
+    for script, streams in ((scripted(prose, {"delta": {}, "finish_reason": "stop"}), (False, True)),
+                            (scripted(prose, length), (True,))):
+        async with api_with_miners(tmp_path, {1: script}) as api:
+            for stream_it in streams:
+                status, _, text = await post(api, {"model": "default", **body, "stream": stream_it})
+                assert status == 502 and "no_valid_answer" in text, text

@@ -294,3 +294,23 @@ async def test_a_call_cut_by_max_output_tokens_is_an_incomplete_response(tmp_pat
         assert r.incomplete_details.reason == "max_output_tokens"
         assert [(item.type, item.name, item.arguments, item.status) for item in r.output
                 if item.type == "function_call"] == [("function_call", "get_weather", '{"city": "Par', "incomplete")]
+
+
+async def test_a_json_answer_cut_by_max_output_tokens_is_an_incomplete_response(tmp_path: Path) -> None:
+    """A ``text.format`` JSON answer the caller's ``max_output_tokens`` cut (half an object) was refused as "not
+    JSON" and the caller got a ``502`` where OpenAI answers ``incomplete`` (``max_output_tokens``) with the cut
+    text."""
+    cut = '{"city": "Par'
+    steps = sse(chunk(cut), chunk(finish="length"))
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+              "additionalProperties": False}
+    for fmt in ({"type": "json_object"}, {"type": "json_schema", "name": "city", "strict": True, "schema": schema}):
+        async with api_with_miners(tmp_path, {1: Script([(0, d) for d in steps])}) as api:
+            body = {"input": "Weather in Paris? Answer in JSON.", "text": {"format": fmt}, "max_output_tokens": 5}
+            whole, events = await typed(api, body)
+            made = await openai_client(api).responses.create(model="default", **body)
+        assert events[-1].type == "response.incomplete", fmt
+        for r in (whole, events[-1].response, made):
+            assert r.status == "incomplete" and r.incomplete_details is not None, fmt
+            assert r.incomplete_details.reason == "max_output_tokens"
+            assert r.output_text == cut, fmt

@@ -316,3 +316,22 @@ async def test_a_call_cut_by_the_callers_max_tokens_scores_as_the_references_cut
         assert 0.0 < rewards[2] < (0.5 if reproducible else 1.0), (reproducible, "another city, cut: a near miss")
         assert rewards[3] == 0.0, (reproducible, "the wrong function")
         assert rewards[4] < rewards[1], reproducible
+
+
+async def test_a_json_answer_cut_by_the_callers_max_tokens_scores_as_the_references_cut_text(tmp_path) -> None:
+    """The same limit on a ``response_format`` answer (the API returns it cut, as OpenAI does): it is scored as
+    text against the reference's cut text, so the honest miner's cut is the reference's answer, never a 0."""
+    cut = '{"city": "Paris", "weather": "sunny", "celsius": 2'
+    small = {**ASK, "tools": None, "response_format": {"type": "json_object"}, "max_tokens": 12}
+
+    def cut_chunks(text: str) -> list[str]:
+        return [dumps(chunk_object(completion_id="c", model="m", delta={"role": "assistant", "content": text})),
+                dumps(chunk_object(completion_id="c", model="m", delta={}, finish_reason="length"))]
+    for reproducible in (True, False):
+        async with serve_app(sampled_llm({"content": cut, "finish_reason": "length"})) as url, \
+                aiohttp.ClientSession() as session:
+            reference = CachedReference(OpenAIReference(url + "/v1", session=session, reproducible=reproducible))
+            rewards = await score(scorer_with(reference, tmp_path), {u: small for u in (1, 2)}, {
+                1: cut_chunks(cut), 2: cut_chunks('{"city": "Berlin", "weather": "rain", "celsius": 1')})
+        assert rewards[1] == 1.0, (reproducible, "the reference's very cut")
+        assert rewards[2] < rewards[1], reproducible
