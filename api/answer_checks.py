@@ -44,6 +44,19 @@ def json_opening(body: dict[str, Any]) -> str | None:
     return {"object": "{", "array": "["}.get(root) if isinstance(root, str) else None
 
 
+def caller_limited(body: dict[str, Any]) -> bool:
+    """Whether the caller set its own token limit (``max_tokens``, ``max_completion_tokens``; a Responses request's
+    ``max_output_tokens`` arrives as one): only then may an answer end cut (``finish_reason: "length"``) and be
+    returned so. Trusted without one, a miner's claimed "length" let any fast half-answer win the race."""
+    return any(type(body.get(name)) is int for name in ("max_tokens", "max_completion_tokens"))
+
+
+def opens(text: str, opening: str | tuple[str, ...]) -> bool:
+    """Whether ``text`` (a cut answer's) begins as JSON that opens with ``opening`` (or one of them), whitespace
+    aside."""
+    return text.lstrip().startswith(opening)
+
+
 def offered_tools(body: dict[str, Any]) -> frozenset[str]:
     """The functions a model may call for ``body``: its tools, narrowed by ``tool_choice`` (none with
     ``"none"``, one when it names one). A miner's call of anything else is garbage, never an answer."""
@@ -97,14 +110,16 @@ def tool_check(body: dict[str, Any]) -> Check | None:
     frameworks ``json.loads`` them, and raise on anything else; ``""`` is taken as ``{}``), fitting the
     function's parameters when it is ``strict``; a ``tool_choice`` that requires a call needs one (a refusal
     aside); and ``parallel_tool_calls: false`` allows one. The last call of an answer that ends with
-    ``finish_reason: "length"`` may be cut JSON: the caller's own token limit cut it, and OpenAI returns it
-    so (the caller checks ``finish_reason``); the name and the other calls are still checked. None:
+    ``finish_reason: "length"`` may be cut JSON when the caller set a token limit (``caller_limited``) and the
+    cut arguments open an object: the caller's own limit cut it, and OpenAI returns it so (the caller checks
+    ``finish_reason``); the name and the other calls are still checked. None:
     nothing to check (no tools, or ``"none"``, where any call already fails the miner, ``MinerRun.offered``)."""
     if not offered_tools(body):
         return None
     strict = _strict_schemas(body)
     single = body.get("parallel_tool_calls") is False
     required = must_call(body)
+    may_cut = caller_limited(body)
 
     def check(run: MinerRun) -> str | None:
         calls = run.merged_tool_calls() or []
@@ -117,7 +132,7 @@ def tool_check(body: dict[str, Any]) -> Check | None:
             try:
                 arguments = loads(raw) if raw.strip() else {}
             except ValueError:
-                if run.finish_reason == "length" and call is calls[-1]:
+                if may_cut and run.finish_reason == "length" and call is calls[-1] and opens(raw, "{"):
                     continue  # cut by the caller's own max_tokens: returned as cut, as OpenAI does
                 return f"the arguments of the call to {name[:64]!r} are not JSON"
             if not isinstance(arguments, dict):
@@ -140,9 +155,10 @@ def answer_check(body: dict[str, Any]) -> Check | None:
 def json_check(body: dict[str, Any]) -> Check | None:
     """For ``response_format`` ``json_object`` or ``json_schema``: the answer must be JSON, and with a
     ``strict`` schema it must fit it (a non-strict schema is a model's guide, not a contract). An answer that
-    ends with ``finish_reason: "length"`` may be cut JSON: the caller's own token limit cut it, and OpenAI
-    returns it so (the caller checks ``finish_reason``), as ``tool_check`` does a cut call; a stream's first
-    text must still open the JSON (``json_opening``). None: nothing to check. An answer that calls a tool is
+    ends with ``finish_reason: "length"`` may be cut JSON when the caller set a token limit (``caller_limited``)
+    and its text opens the JSON (``json_opening``; prose claiming a cut is still no answer): the caller's own
+    limit cut it, and OpenAI returns it so (the caller checks ``finish_reason``), as ``tool_check`` does a cut
+    call; a stream's first text must open the JSON too. None: nothing to check. An answer that calls a tool is
     not text to check."""
     fmt = body.get("response_format")
     kind = fmt.get("type") if isinstance(fmt, dict) else None
@@ -152,6 +168,9 @@ def json_check(body: dict[str, Any]) -> Check | None:
     schema = spec.get("schema") if isinstance(spec, dict) and spec.get("strict") is True else None
     if not isinstance(schema, dict):
         schema = None  # a non-strict schema guides the model and is not enforced
+    # How a cut answer must begin (an object or array as the format says; any JSON text that a cut leaves unclosed
+    # when not known); None: no answer may end cut, the caller set no limit.
+    cut_opening = (json_opening(body) or ("{", "[", '"')) if caller_limited(body) else None
 
     def check(run: MinerRun) -> str | None:
         if run.tool_calls or run.refusal:  # a call, or the model declining, is no text to check
@@ -159,8 +178,9 @@ def json_check(body: dict[str, Any]) -> Check | None:
         try:
             value = loads(run.text)
         except ValueError:
-            # cut by the caller's own max_tokens: returned as cut, as OpenAI does
-            return None if run.finish_reason == "length" else NOT_JSON
+            # cut by the caller's own max_tokens (JSON begun, not prose): returned as cut, as OpenAI does
+            cut = cut_opening is not None and run.finish_reason == "length" and opens(run.text, cut_opening)
+            return None if cut and run.text.strip() else NOT_JSON
         if schema is None or (why := _misfit(schema, value)) is None:
             return None
         return f"the answer does not fit the request's strict JSON schema: {why}"

@@ -561,6 +561,34 @@ async def test_a_call_cut_by_the_callers_max_tokens_is_returned_cut_as_openai_do
             assert status == 502 and "no_valid_answer" in text, text
 
 
+
+async def test_a_claimed_cut_is_no_answer_without_the_callers_limit_or_when_the_json_was_never_begun(
+        tmp_path: Path) -> None:
+    """``finish_reason: "length"`` is the miner's own word. Trusted whatever the request, a fast miner won every race
+    asking for JSON or a call with prose or a half answer that merely claimed a cut. A cut answer is returned only
+    when the caller set a token limit and the cut text begins what was asked (an object for a call's arguments or
+    ``json_object``); otherwise it fails that miner, and with no other miner the caller gets the 502."""
+    length = {"delta": {}, "finish_reason": "length"}
+    json_body = {"messages": MSG, "response_format": {"type": "json_object"}}
+    call_body = {"messages": MSG, "tools": [WEATHER]}
+
+    def call(arguments: str) -> dict:
+        return {"delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                          "function": {"name": "get_weather", "arguments": arguments}}]}}
+
+    cases = [  # (script, body, stream modes): each a 502
+        (scripted({"delta": {"content": '{"city": "Par'}}, length), json_body, (False,)),  # no caller limit
+        (scripted({"delta": {"content": "The weather in Par"}}, length),
+         {**json_body, "max_completion_tokens": 5}, (False,)),  # prose claiming a cut
+        (scripted(call('{"city": "Par'), length), call_body, (False, True)),  # no caller limit
+        (scripted(call('city = "Par'), length), {**call_body, "max_tokens": 5}, (False, True)),  # no object begun
+    ]
+    for script, body, streams in cases:
+        async with api_with_miners(tmp_path, {1: script}) as api:
+            for stream_it in streams:
+                status, _, text = await post(api, {"model": "default", **body, "stream": stream_it})
+                assert status == 502 and "no_valid_answer" in text, (body, stream_it, text)
+
 class City(BaseModel):
     city: str
 
