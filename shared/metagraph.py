@@ -181,7 +181,16 @@ class MetagraphView:
         self.snapshot = MetagraphSnapshot(netuid=0, block=0, neurons=(), fetched_at=0.0)
 
     async def refresh(self) -> MetagraphSnapshot:
-        self.snapshot = await self.source.fetch()
+        """Read the source; a read with no neurons after one that had some raises and keeps the last snapshot.
+
+        A subnet never loses every uid (the chain gives a uid to a new hotkey, it does not remove it), so such
+        a read is a bad one (a node that lagged or lost state, a metagraph file rewritten by hand). Taken, every
+        uid "left": the validator dropped every score and saved the empty book over its scores file."""
+        fetched = await self.source.fetch()
+        if not fetched.neurons and self.snapshot.neurons:
+            raise RuntimeError(f"the metagraph read from {self.source_label()} has no neurons (block {fetched.block}; "
+                               f"the last had {len(self.snapshot.neurons)}): kept the last one")
+        self.snapshot = fetched
         return self.snapshot
 
     def hotkey_of(self, uid: int) -> str | None:

@@ -643,3 +643,35 @@ async def test_a_validator_without_a_permit_or_registration_submits_no_weights_a
         await sink.close()
     assert "WARNING weights: not set: this validator (uid 0) holds no validator permit" in lines[0], lines
     assert f"WARNING weights: not set: hotkey {own} is not registered on netuid 1" in lines[1], lines
+
+
+async def test_a_metagraph_read_with_no_neurons_keeps_every_score(tmp_path: Path) -> None:
+    """A subnet never loses every uid (the chain replaces a uid's hotkey, it does not remove the uid): a read
+    with no neurons after one that had some is a bad read (a node that lagged or lost state, a metagraph file
+    rewritten by hand). Taken as the metagraph, every uid "left", every score was dropped and the empty book
+    saved over ``scores.json`` within the cycle: weeks of scores gone on one bad read. It is now a failed
+    refresh: the last snapshot and every score stay, and the cycle fails (a ``metagraph cycle failed``
+    WARNING; ``metagraph_age_seconds`` grows)."""
+    from neurons.validator.loops import metagraph_cycle
+    from shared.metagraph import MetagraphView
+
+    graph_file, scores_file = tmp_path / "metagraph.json", tmp_path / "scores.json"
+    write_metagraph_file(graph_file, snapshot("val", {1: ("hk1", "127.0.0.1:1"), 2: ("hk2", "127.0.0.1:2")}))
+    view = MetagraphView(FileMetagraphSource(graph_file))
+    await view.refresh()
+    book = ScoreBook(PROBS, path=scores_file)
+    for uid in range(3):
+        book.update(uid, view.snapshot.by_uid(uid).hotkey, "A", 1.0)
+    await book.save_off_loop()
+
+    write_metagraph_file(graph_file, MetagraphSnapshot(netuid=1, block=7, neurons=()))
+    with pytest.raises(RuntimeError, match="no neurons"):
+        await metagraph_cycle(view, book, "val")
+    assert len(view.snapshot.neurons) == 3
+    assert sorted(book.miners) == [0, 1, 2]
+    restored = ScoreBook(PROBS, path=scores_file)
+    assert restored.load() and sorted(restored.miners) == [0, 1, 2]
+
+    write_metagraph_file(graph_file, snapshot("val", {1: ("hk1", "127.0.0.1:1")}))  # a real change still resets
+    await metagraph_cycle(view, book, "val")
+    assert sorted(book.miners) == [0, 1]
