@@ -102,7 +102,16 @@ class ScoreBook:
 
         The last weights set lose those uids too, and any uid beyond the metagraph (one weighted only to
         meet the subnet's minimum count holds no score): ``/scores`` showed them with a weight and no
-        hotkey after the subnet shrank."""
+        hotkey after the subnet shrank.
+
+        A metagraph with no neurons drops nothing: a subnet never loses every uid, so it is a bad read (the
+        start's first one: ``MetagraphView.refresh`` refuses later ones), and dropping every score on it saved
+        an empty book over weeks of scores."""
+        if not snapshot.neurons:
+            if self.miners:
+                logger.warning("scores: the metagraph read has no neurons (block {}): scores for {} uids kept",
+                               snapshot.block, len(self.miners))
+            return []
         reset = []
         for uid in list(self.miners):
             neuron = snapshot.by_uid(uid)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import aiohttp
 import bittensor as bt
 import numpy as np
 import pytest
@@ -675,3 +676,28 @@ async def test_a_metagraph_read_with_no_neurons_keeps_every_score(tmp_path: Path
     write_metagraph_file(graph_file, snapshot("val", {1: ("hk1", "127.0.0.1:1")}))  # a real change still resets
     await metagraph_cycle(view, book, "val")
     assert sorted(book.miners) == [0, 1]
+
+
+async def test_a_validator_started_on_a_metagraph_with_no_neurons_keeps_the_scores_it_loaded(tmp_path: Path) -> None:
+    """``sn1 validator`` whose first metagraph read has no neurons (the same bad read, at start): it dropped
+    every score it had just loaded and saved the empty book over ``scores.json`` at its first save (here its
+    shutdown's). They are kept, shown in ``/scores`` and saved again as they were."""
+    from tests.ports import free_port
+    from tests.validator.test_app import MINERS
+    from tests.validator.test_inbox import validator_env, validator_process
+
+    port = free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "validator.log"
+    env_file, _ = validator_env(tmp_path, port)
+    book = ScoreBook(PROBS, path=tmp_path / "state" / "scores.json")
+    for uid, key in MINERS.items():
+        book.update(uid, key.ss58_address, "InferenceTask", 1.0)
+    book.save()
+    write_metagraph_file(tmp_path / "metagraph.json", MetagraphSnapshot(netuid=1, block=9, neurons=()))
+
+    async with validator_process(env_file, url, log), aiohttp.ClientSession() as s, s.get(url + "/scores") as r:
+        shown = {m["uid"]: m["tasks"] for m in (await r.json())["miners"]}
+    assert shown == {uid: {"InferenceTask": 0.1} for uid in MINERS}, log.read_text()[-3000:]
+    saved = json.loads((tmp_path / "state" / "scores.json").read_text())["miners"]
+    assert sorted(int(u) for u in saved) == sorted(MINERS), log.read_text()[-3000:]
+    assert "the metagraph read has no neurons (block 9): scores for 2 uids kept" in log.read_text()
