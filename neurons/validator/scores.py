@@ -23,6 +23,10 @@ from shared.metagraph import MetagraphSnapshot, atomic_write_json
 from shared.store.outage import OutageLog
 
 FORMAT_VERSION = 1
+# A moving average below this is 0. In floating point one never reaches 0 by itself: 0.9 x the smallest double
+# rounds back to it (2.5e-323 stays 2.5e-323), so a miner that went down held a "positive" score for good, and
+# was sampled in synthetic jobs (``holding``) forever. 1e-12 is about 260 failures in a row after a perfect score.
+SCORE_FLOOR = 1e-12
 
 
 @dataclass
@@ -77,7 +81,8 @@ class ScoreBook:
                 logger.info("uid {} changed hotkey: score reset", uid)
             entry = self.miners[uid] = MinerScore(hotkey=hotkey)
         averages, counts = (entry.organic, entry.organic_counts) if organic else (entry.tasks, entry.counts)
-        averages[task] = (1 - self.alpha) * averages.get(task, 0.0) + self.alpha * reward
+        average = (1 - self.alpha) * averages.get(task, 0.0) + self.alpha * reward
+        averages[task] = average if average >= SCORE_FLOOR else 0.0
         counts[task] = counts.get(task, 0) + 1
         entry.updated_at = self.updated_at = time.time()
         return averages[task]

@@ -134,3 +134,23 @@ async def test_miners_down_at_the_poll_with_no_score_do_not_crowd_the_live_ones_
     job = await _cycle(book, uids=uids, scored=(7,))
     assert job is not None and set(job.bodies) == {1, 2, 3, 7}
     assert job.errors[7] == "unavailable for this task"
+
+
+async def test_a_scored_miner_that_went_down_for_good_stops_being_sampled_once_its_score_decays() -> None:
+    """A moving average never reached 0 in floating point (0.9 x 2.5e-323 rounds back to 2.5e-323): a miner that
+    had ever scored and then went down held a "positive" score for good, so it joined every synthetic job (no
+    axon) or kept a place in every sample (unreachable), crowding the live miners out for the validator's life."""
+    from neurons.validator.scores import ScoreBook
+
+    registry = default_registry()
+    book = ScoreBook(registry.probabilities)
+    hotkey = keypair("//Miner2").ss58_address
+    for task in registry.probabilities:
+        book.update(2, hotkey, task, 1.0)
+    assert 2 in book.holding()
+    for _ in range(10_000):  # every synthetic job it joins is a 0 for it
+        for task in registry.probabilities:
+            book.update(2, hotkey, task, 0.0)
+    assert book.combined(2) == 0.0 and 2 not in book.holding()
+    job = await _cycle(_known(1, 2), dark=(2,), scored=tuple(book.holding()))
+    assert job is not None and set(job.bodies) == {1}
