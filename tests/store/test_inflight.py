@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from loguru import logger
 
@@ -141,18 +142,24 @@ class CountingSlots:
         return await self.slots.count(key_id)  # type: ignore[attr-defined]
 
 
+async def holding_requests(store: Store, limiter: ConcurrencyLimiter, secret: str, rec: KeyRecord,
+                           n: int) -> list[web.Request]:
+    """``n`` requests of the key, each authorized with a slot this limiter holds (as the API's handlers are)."""
+    requests = []
+    for _ in range(n):
+        taken = await store.authorize(hash_key(secret), scope="chat", hold=limiter.hold(rec.key_hash))
+        request = make_mocked_request("POST", "/v1/chat/completions")
+        limiter.holding(request, rec, taken.slot)
+        requests.append(request)
+    return requests
+
 async def test_slots_given_back_together_are_removed_in_one_store_call(store: Store) -> None:
     """Under load many requests end within a few milliseconds: their slots go in one transaction or round trip,
     not a store write each; and they are gone from the count right after."""
     secret, rec = await store.create_key(100)
     counted = CountingSlots(store.inflight())
     limiter = ConcurrencyLimiter(counted, 10, lease_s=LEASE_S, holder="h")  # type: ignore[arg-type]
-    requests = []
-    for _ in range(8):
-        taken = await store.authorize(hash_key(secret), scope="chat", hold=limiter.hold(rec.key_hash))
-        request = make_mocked_request("POST", "/v1/chat/completions")
-        limiter.holding(request, rec, taken.slot)
-        requests.append(request)
+    requests = await holding_requests(store, limiter, secret, rec, 8)
     assert await counted.count(rec.id) == 8
     for request in requests:
         limiter.give_back(request)
@@ -196,12 +203,7 @@ async def test_a_store_down_is_one_warning_for_every_batch_it_fails_then_one_lin
         try:
             secret, rec = await store.create_key(100)
             limiter = ConcurrencyLimiter(store.inflight(), 50, lease_s=LEASE_S, holder="h")
-            requests = []
-            for _ in range(11):
-                taken = await store.authorize(hash_key(secret), scope="chat", hold=limiter.hold(rec.key_hash))
-                request = make_mocked_request("POST", "/v1/chat/completions")
-                limiter.holding(request, rec, taken.slot)
-                requests.append(request)
+            requests = await holding_requests(store, limiter, secret, rec, 11)
             await proxy.cut()
             for request in requests[:10]:  # 10 batches, each failing
                 limiter.give_back(request)
