@@ -6,6 +6,7 @@ A cycle that raises is logged and the loop goes on: a validator must run for wee
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,17 @@ async def every(name: str, interval: float, cycle: Callable[[], Awaitable[Any]],
         if observe is not None:
             observe(name, loop.time() - started, ok)
         await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
+
+
+def first_weights_delay(last_set_at: float | None, interval: float, now: float) -> float:
+    """How long after a start the weights loop first runs: what is left of ``interval`` since the last set saved in
+    ``scores.json`` (``last_set_at``, Unix seconds), so a restart neither waits a whole interval nor sets again at
+    once. Waiting a whole interval after every start, a validator restarted more often than its interval (an
+    upgrade, a crash loop, a supervisor's restarts) never set weights; with no set on record (a first start), or a
+    time past ``now`` (a clock set back), it still waits the whole interval."""
+    if last_set_at is None or not math.isfinite(last_set_at) or last_set_at > now:
+        return interval
+    return min(interval, max(0.0, interval - (now - last_set_at)))
 
 
 async def metagraph_cycle(metagraph: MetagraphView, scores: ScoreBook, hotkey: str | None = None) -> None:

@@ -24,6 +24,7 @@ from neurons.validator.inbox import open_inbox
 from neurons.validator.loops import (
     availability_cycle,
     every,
+    first_weights_delay,
     log_own_standing,
     metagraph_cycle,
     synthetic_cycle,
@@ -139,7 +140,8 @@ async def run_validator(settings: ValidatorSettings) -> None:
         lambda: timed("weights", settings.weights_interval,
                       lambda: weights_cycle(scores, sink, metagraph.snapshot, power=settings.weights_power,
                                             hotkey=hotkey.ss58_address),
-                      first_delay=settings.weights_interval),
+                      first_delay=first_weights_delay(scores.last_weights_set_at, settings.weights_interval,
+                                                      time.time())),
     ]
     loops += [
         (lambda: timed("synthetic", settings.synthetic_interval, lambda: synthetic_cycle(

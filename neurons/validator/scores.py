@@ -293,7 +293,7 @@ class ScoreBook:
                            "file); a non-finite one is dropped, the others clamped", self.path, repaired)
         self.miners, self.weights = miners, weights
         self.updated_at = float(data.get("updated_at") or 0.0)
-        self.last_weights_set_at = data.get("last_weights_set_at")
+        self.last_weights_set_at = _unix_seconds(data.get("last_weights_set_at"))
         logger.info("restored scores for {} uids from {}", len(miners), self.path)
         return True
 
@@ -309,6 +309,14 @@ class ScoreBook:
                           f"move it away or repair it, then start again") from None
         logger.warning("scores file {} unreadable ({}); kept as {}, starting from no scores", self.path, error, aside)
 
+
+
+def _unix_seconds(value: object) -> float | None:
+    """A saved time, or None when the file holds none or no finite number there (a hand-edited file: shown as is,
+    a string reached ``/health`` and the weights loop's first wait)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 def _repair(tasks: dict[str, float]) -> int:
     """Make every task average a number in [0, 1], as ``update`` keeps them; returns how many were not.

@@ -19,7 +19,7 @@ import pytest
 from bittensor.sp_core import Keypair
 from loguru import logger
 
-from neurons.validator.loops import weights_cycle
+from neurons.validator.loops import first_weights_delay, weights_cycle
 from neurons.validator.scores import ScoreBook
 from neurons.validator.weights import (
     U16_MAX,
@@ -701,3 +701,48 @@ async def test_a_validator_started_on_a_metagraph_with_no_neurons_keeps_the_scor
     saved = json.loads((tmp_path / "state" / "scores.json").read_text())["miners"]
     assert sorted(int(u) for u in saved) == sorted(MINERS), log.read_text()[-3000:]
     assert "the metagraph read has no neurons (block 9): scores for 2 uids kept" in log.read_text()
+
+
+def test_the_first_weights_set_after_a_start_waits_only_what_is_left_of_the_interval() -> None:
+    """After a restart the weights loop waited a whole ``WEIGHTS_INTERVAL`` whatever ``scores.json`` said of the last
+    set: a validator restarted more often than its interval never set weights. It now waits what is left of the
+    interval since the saved set; a first start, or a saved time past now (a clock set back), waits the whole."""
+    now = 1_800_000_000.0
+    assert first_weights_delay(now - 1200, 600, now) == 0.0  # overdue: at once
+    assert first_weights_delay(now - 100, 600, now) == 500.0  # the rest of the interval
+    assert first_weights_delay(None, 600, now) == 600.0  # never set
+    assert first_weights_delay(now + 3600, 600, now) == 600.0  # a time past now
+    assert first_weights_delay(float("nan"), 600, now) == 600.0
+
+
+async def test_a_restarted_validator_whose_last_set_is_overdue_sets_weights_at_once(tmp_path: Path) -> None:
+    """``sn1 validator`` with ``WEIGHTS_INTERVAL`` 600 s, restored scores and a last set 20 minutes ago in
+    ``scores.json`` (its ledger, the local network's chain, the sink): it sets weights within seconds of its start,
+    where it waited 600 s. A hand-edited non-number in ``last_weights_set_at`` reads as none (it reached
+    ``/health`` as it was)."""
+    from tests.ports import free_port
+    from tests.validator.test_app import MINERS
+    from tests.validator.test_inbox import tail, validator_env, validator_process
+
+    port = free_port()
+    url, log, ledger = f"http://127.0.0.1:{port}", tmp_path / "validator.log", tmp_path / "weights.json"
+    env_file, _ = validator_env(tmp_path, port, NEURON_DISABLE_SET_WEIGHTS="false", WEIGHTS_INTERVAL="600",
+                                WEIGHTS_LEDGER_FILE=str(ledger))
+    book = ScoreBook(PROBS, path=tmp_path / "state" / "scores.json")
+    for uid, key in MINERS.items():
+        book.update(uid, key.ss58_address, "InferenceTask", 1.0)
+    book.last_weights_set_at = time.time() - 1200
+    book.save()
+    async with validator_process(env_file, url, log), aiohttp.ClientSession() as s:
+        for _ in range(200):  # bounded: 10 s
+            if ledger.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert ledger.exists(), tail(log)
+        async with s.get(url + "/health") as r:
+            assert (await r.json())["last_weights_set_at"] > time.time() - 60, tail(log)
+    saved = json.loads(book.path.read_text())
+    saved["last_weights_set_at"] = "yesterday"
+    book.path.write_text(json.dumps(saved))
+    edited = ScoreBook(PROBS, path=book.path)
+    assert edited.load() and edited.last_weights_set_at is None
