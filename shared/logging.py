@@ -7,7 +7,7 @@ Nothing logs a key: the API logs key *ids* and prefixes only. The access log
 from __future__ import annotations
 
 import sys
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from loguru import logger
 
@@ -21,13 +21,21 @@ def printable(text: str) -> str:
     return text.translate(_UNPRINTABLE)
 
 
+MIN_USER_TOKEN = 8  # a URL's user name alone is taken for a token from this length ("admin@" is a name, not a secret)
+
+
 class CredentialMask:
     """A model server's credentials (its API key, a token given as the password of its URL) masked out of text
     it sent: a server that quotes the key it refused ("Incorrect API key provided: ...") had it logged, and
     passed on to whoever reads the error."""
 
     def __init__(self, api_key: str | None, url: str) -> None:
-        self._secrets = [secret for secret in (api_key, urlsplit(url).password) if secret]
+        parts = urlsplit(url)
+        # A URL's password as written (``p%40ss``) and as sent (``p@ss``), and a token given as its user name alone
+        # (``https://TOKEN@host``, sent as Basic auth): a server quoting what it was sent quotes the decoded forms.
+        token = parts.username if parts.password is None and len(parts.username or "") >= MIN_USER_TOKEN else None
+        candidates = (api_key, parts.password, unquote(parts.password or ""), token, unquote(token or ""))
+        self._secrets = sorted({secret for secret in candidates if secret}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
