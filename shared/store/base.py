@@ -335,21 +335,24 @@ class KeyChanges:
     def apply(self, record: KeyRecord) -> KeyRecord:
         return replace(
             record,
-            rate_limit=self.rate_limit if self.rate_limit is not None else record.rate_limit,
-            name=self.name if self.name is not None else record.name,
-            scopes=self.scopes if self.scopes is not None else record.scopes,
+            rate_limit=_changed(self.rate_limit, record.rate_limit),
+            name=_changed(self.name, record.name),
+            scopes=_changed(self.scopes, record.scopes),
             allowed_models=(self.allowed_models or None) if self.allowed_models is not None else record.allowed_models,
-            expires_at=None if self.clear_expiry else (self.expires_at if self.expires_at is not None
-                                                       else record.expires_at),
-            daily_token_limit=None if self.clear_token_limit else (
-                self.daily_token_limit if self.daily_token_limit is not None else record.daily_token_limit),
-            max_concurrent_requests=None if self.clear_concurrency else (
-                self.max_concurrent_requests if self.max_concurrent_requests is not None
-                else record.max_concurrent_requests),
-            max_stored_bytes_per_day=None if self.clear_storage_budget else (
-                self.max_stored_bytes_per_day if self.max_stored_bytes_per_day is not None
-                else record.max_stored_bytes_per_day),
+            expires_at=_changed(self.expires_at, record.expires_at, cleared=self.clear_expiry),
+            daily_token_limit=_changed(self.daily_token_limit, record.daily_token_limit,
+                                       cleared=self.clear_token_limit),
+            max_concurrent_requests=_changed(self.max_concurrent_requests, record.max_concurrent_requests,
+                                             cleared=self.clear_concurrency),
+            max_stored_bytes_per_day=_changed(self.max_stored_bytes_per_day, record.max_stored_bytes_per_day,
+                                              cleared=self.clear_storage_budget),
         )
+
+
+def _changed(new: T | None, old: T | None, *, cleared: bool = False) -> T | None:
+    """A key field after a change: removed (or back to the API's default) when ``cleared``, else the new value,
+    else (None: not given) the old one."""
+    return None if cleared else (old if new is None else new)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ Here: what a process does with the slots it took (give them back, renew them, co
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Protocol
 
@@ -85,11 +85,16 @@ class GivenBack(NamedTuple):
     slot: str
 
 
+def delete_slots(db: sqlite3.Connection, slots: Iterable[str]) -> None:
+    """Remove these slots from the ``inflight`` table (by name: a slot's name is unique, its key's id not needed)."""
+    db.executemany("DELETE FROM inflight WHERE slot = ?", [(slot,) for slot in slots])
+
+
 def drop_released(db: sqlite3.Connection, holds: list[Hold | None]) -> None:
     """A SQLite authorize turn's first step for a key it found: the slots its holds give back (``Hold.releases``),
     deleted before they are counted."""
     if released := releases_of(holds):
-        db.executemany("DELETE FROM inflight WHERE slot = ?", [(slot,) for slot in released])
+        delete_slots(db, released)
 
 
 @dataclass(frozen=True)
@@ -211,8 +216,7 @@ class SQLiteInflight:
 
     async def release(self, slots: list[GivenBack]) -> None:
         """One transaction (by slot: its key's id is not needed)."""
-        write_tx(self._db, lambda db: db.executemany("DELETE FROM inflight WHERE slot = ?",
-                                                     [(given.slot,) for given in slots]))
+        write_tx(self._db, lambda db: delete_slots(db, [given.slot for given in slots]))
 
     async def renew(self, held: dict[str, list[str]], lease_s: float) -> None:
         """The slots this process knows it holds, by name (not all those of its holder name: a slot whose request
