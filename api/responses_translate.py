@@ -29,7 +29,7 @@ from api.responses_wire import (
 from shared.errors import ApiError, invalid_value
 from shared.http import parse_model
 from shared.jsonutil import dumps
-from shared.protocol import passed_on, unanswered_tool_result
+from shared.protocol import passed_on, unanswered_call, unanswered_tool_result
 
 ITEMS: dict[str, type[MessageItem | FunctionCallItem | FunctionCallOutputItem]] = {
     "message": MessageItem,
@@ -71,6 +71,7 @@ def chat_body(r: ResponsesRequest, history: Sequence[dict[str, Any]] = ()) -> di
             raise invalid_value("input", "input has no message to answer (reasoning and web_search_call items are "
                                          "skipped)")
         _check_outputs_answer_calls(messages, start)
+    _check_calls_answered(messages)
     body: dict[str, Any] = {"messages": messages, "stream": r.stream}
     if r.stream:
         body["stream_options"] = {"include_usage": True}  # for the usage of response.completed
@@ -206,6 +207,16 @@ def _check_outputs_answer_calls(messages: list[dict[str, Any]], start: int) -> N
     if orphan is not None:
         raise ApiError(400, f"No tool call found for function call output with call_id {orphan[1][:256]}.",
                        param="input")
+
+
+def _check_calls_answered(messages: list[dict[str, Any]]) -> None:
+    """Each function call of the conversation (the previous response's or the ``conversation``'s last calls, or one
+    in ``input``) has its ``function_call_output`` after it: OpenAI's 400, in its words, naming the call, rather than
+    a model asked to go on without the call's result (it answers as if the call had not been made, or makes it
+    again). The Agents SDK's turn after a response that ended in calls sends their outputs."""
+    call_id = unanswered_call((m["role"], m.get("tool_calls"), m.get("tool_call_id")) for m in messages)
+    if call_id is not None:
+        raise ApiError(400, f"No tool output found for function call {str(call_id)[:256]}.", param="input")
 
 
 def _message(item: MessageItem, at: str) -> dict[str, Any]:

@@ -83,6 +83,19 @@ def unanswered_tool_result(messages: Iterable[tuple[str, Any, Any]], *, start: i
     return None
 
 
+def unanswered_call(messages: Iterable[tuple[str, Any, Any]]) -> Any | None:
+    """The id of the first tool call that no tool message after it answers (None: each is answered).
+    ``messages`` as for ``unanswered_tool_result``: a conversation that leaves a call unanswered asks the model to go
+    on without the call's result (OpenAI's Responses API refuses it)."""
+    waiting: dict[Any, None] = {}  # ordered: the first call left unanswered is named
+    for role, calls, call_id in messages:
+        if calls:
+            waiting.update((call.get("id"), None) for call in calls if isinstance(call, dict))
+        elif role == "tool":
+            waiting.pop(call_id, None)
+    return next(iter(waiting), None)
+
+
 class TextPart(BaseModel):
     """A message's content part: of a type OpenAI's chat takes (what a model server makes of image, audio and
     file parts is its own), and a text part with its text: anything else is the caller's 400 here, not each
