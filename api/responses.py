@@ -169,6 +169,9 @@ async def list_input_items(request: web.Request) -> web.StreamResponse:
     found = await responses_state.stored(ctx, key, request.match_info["response_id"])
     if responses_state.not_kept(found):
         raise invalid_value("response_id", f"this response's input items are not kept: {responses_state.NOT_KEPT}")
+    if found.missing is not None:
+        raise invalid_value("response_id", f"this response's input items cannot be listed: "
+                                           f"{responses_state.incomplete(found)}")
     return json_response(responses_state.page(found.items, query))
 
 

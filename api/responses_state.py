@@ -144,6 +144,9 @@ async def history_of(ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest) 
     if not_kept(found):
         raise ApiError(400, f"Previous response with id '{response_id}' not found: {NOT_KEPT}.",
                        param="previous_response_id", code="previous_response_not_found")
+    if found.missing is not None:
+        raise ApiError(400, f"Previous response with id '{response_id}' cannot be continued: {incomplete(found)}.",
+                       param="previous_response_id", code="previous_response_not_found")
     output = list(found.response.get("output") or [])
     return History(found.items + output, found.id, joined(found.size, list_size(output)))
 
@@ -179,6 +182,7 @@ async def last_turn(ctx: ApiContext, key: KeyRecord, items: list[dict[str, Any]]
         output = list(found.response.get("output") or [])
         start = len(found.items) + len(output)
         if (found.until is not None or found.response.get("status") in PENDING or not_kept(found)
+                or found.missing is not None
                 or not same_items(items[:start], found.items + output)):
             return whole
         return History(items, found.id, whole.size, len(items) - start, joined(found.size, list_size(output)), digest)
@@ -189,6 +193,13 @@ def previous_not_found(response_id: str) -> ApiError:
     """OpenAI's 400 for a ``previous_response_id`` this key cannot see, in OpenAI's words."""
     return ApiError(400, f"Previous response with id '{response_id}' not found.", param="previous_response_id",
                     code="previous_response_not_found")
+
+
+def incomplete(found: StoredResponse) -> str:
+    """Why a stored response whose chain is broken (``StoredResponse.missing``) is neither continued nor listed,
+    naming the response gone: its own object is intact, the conversation before it is not."""
+    return (f"its conversation is incomplete: response '{found.missing}', earlier in its chain of "
+            "previous_response_id, is no longer in the store (evicted); send the conversation in input instead")
 
 
 def not_kept(found: StoredResponse) -> bool:

@@ -85,6 +85,9 @@ class StoredResponse:
     prev: str | None = None  # the response it continues, whose conversation and output come before ``own``
     own: list[dict[str, Any]] = field(default_factory=list)  # the items its part keeps (the last of ``items``)
     before: int = EMPTY  # ``list_size`` of its conversation before ``own``
+    # An ancestor whose part the store no longer has (evicted by Redis, say): ``items`` lack the conversation up to
+    # it, so it is neither continued nor listed; its own object is intact (None: its conversation is whole).
+    missing: str | None = None
 
     @property
     def size(self) -> int:
@@ -155,21 +158,22 @@ def prev_of(data: str | bytes) -> str | None:
 
 def decode(response_id: str, key_id: str, chain: Sequence[str | bytes]) -> StoredResponse | None:
     """A response from its part then its ancestors' (nearest first), as far as the store found them: a chain
-    broken (an ancestor missing: evicted, say) is None, as an unknown response (never a conversation cut short).
-    A part without ``prev`` holds its whole conversation (a first turn, or a record stored before parts)."""
+    broken (an ancestor missing: evicted, say) names the missing one (``missing``), whose absence its readers
+    tell, rather than an unknown response (it is there) or a conversation cut short. A part without ``prev`` holds
+    its whole conversation (a first turn, or a record stored before parts)."""
     parts = [json.loads(raw) for raw in chain]
     if not parts:
         return None
-    if parts[-1].get("prev") is not None:
-        logger.warning("stored response {} of key id={} not read: its conversation is incomplete (response {} "
-                       "is missing)", response_id, key_id, parts[-1]["prev"])
-        return None
+    missing = parts[-1].get("prev")
+    if missing is not None:
+        logger.warning("stored response {} of key id={}: its conversation is incomplete (response {} is missing)",
+                       response_id, key_id, missing)
     items: list[dict[str, Any]] = []
     for part in reversed(parts[1:]):
         items += part["items"] + list(part["response"].get("output") or [])
     head = parts[0]
     return StoredResponse(response_id, key_id, head["response"], items + head["items"], head.get("until"),
-                          prev=head.get("prev"), own=head["items"], before=head.get("before", EMPTY))
+                          prev=head.get("prev"), own=head["items"], before=head.get("before", EMPTY), missing=missing)
 
 
 class ResponseStore(Protocol):

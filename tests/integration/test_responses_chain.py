@@ -283,3 +283,39 @@ async def test_a_turn_whose_previous_response_is_deleted_as_it_is_answered_is_st
         assert len(await listed(api, answered.id)) == 5
         paced(miner, 0)
         assert (await turns(api, 1, prev=answered.id))[0]["store"] is True
+
+
+async def evict(api: ApiUnderTest, key_id: str, response_id: str) -> None:
+    """Take a stored response's part out of the store behind the API's back, as a Redis at its ``maxmemory`` under
+    a ``volatile-*`` policy evicts it (its visible name, and its part moved aside once later turns continued it)."""
+    responses = api.ctx.responses
+    if isinstance(responses, SQLiteResponseStore):
+        responses._tx(lambda db: db.execute("DELETE FROM stored_responses WHERE id = ?", (response_id,)))
+        return
+    assert await responses.r.delete(responses._key(key_id, response_id),
+                                    responses._hidden_key(key_id, response_id)) >= 1
+
+
+@pytest.mark.parametrize("store", STORES)
+async def test_a_response_whose_ancestor_was_evicted_says_which_is_missing(tmp_path: Path, store: str) -> None:
+    """A 3-turn chain whose first response's part is evicted: continuing the last one is the 400 naming the
+    response gone (it read as "not found" itself, a response that is there), and so is listing its input items;
+    the objects themselves are still read (they were 404s), and no miner is asked to answer a conversation cut
+    short."""
+    miner = answering("Noted.")
+    async with api_on(store, tmp_path, miner) as api:
+        made = await turns(api, 3)
+        first, last = made[0]["id"], made[-1]["id"]
+        await evict(api, await key_id_of(api), first)
+        asked = miner.calls
+        status, body = await call(api, "POST", "/v1/responses", {"model": "default", "input": "More?",
+                                                                  "previous_response_id": last})
+        assert (status, body["error"]["code"], body["error"]["param"]) == (
+            400, "previous_response_not_found", "previous_response_id"), body
+        assert f"'{last}' cannot be continued" in body["error"]["message"]
+        assert f"response '{first}', earlier in its chain" in body["error"]["message"]
+        assert miner.calls == asked
+        status, body = await call(api, "GET", f"/v1/responses/{last}/input_items")
+        assert (status, body["error"]["param"]) == (400, "response_id") and first in body["error"]["message"], body
+        assert await call(api, "GET", f"/v1/responses/{last}") == (200, made[-1])
+        assert await call(api, "GET", f"/v1/responses/{made[1]['id']}") == (200, made[1])
