@@ -74,7 +74,7 @@ async def test_a_conversation_that_ended_in_function_calls_needs_their_outputs(t
         status, went_on = await respond(api, input=[output(c) for c in CALLS], conversation=conversation)
         assert status == 200 and went_on["status"] == "completed", went_on
         status, items = await call(api, "GET", f"/v1/conversations/{conversation}/items?order=asc")
-        assert [item["type"] for item in items["data"]] == ["message", "function_call", "function_call", 
+        assert [item["type"] for item in items["data"]] == ["message", "function_call", "function_call",
                                                             "function_call_output", "function_call_output",
                                                             "function_call", "function_call"]
 
