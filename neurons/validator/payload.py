@@ -87,7 +87,15 @@ class OrganicPayload(BaseModel):
             timings={u: t for u, t in self.timings.items() if u in hotkeys},
             errors={u: e for u, e in self.errors.items() if u in hotkeys and e},
             deadline_s=self.deadline_s or deadline_s,
-            created_at=self.created_at or time.time(),  # an API too old to say: its age counts from now
+            created_at=arrival_time(self.created_at, time.time()),
             size=job_bytes(chunks, self.body),
             request_id=self.request_id,
         )
+
+
+def arrival_time(created_at: float | None, now: float) -> float:
+    """The time a payload's age (``ORGANIC_MAX_AGE_SECONDS``) counts from: its ``created_at``, and ``now`` when it
+    has none (an API too old to say) or one in the future (an API whose clock is ahead, or was when it made the
+    payload). Counted from a future time, a payload was never stale: one dated a year ahead waited in the queue
+    or the scoring inbox past any age and was still scored."""
+    return min(created_at, now) if created_at else now

@@ -563,6 +563,22 @@ async def test_a_payload_from_an_api_too_old_to_date_it_is_never_stale() -> None
     assert job.source == "organic" and ctx.scoring_queue.stale_dropped == 0
 
 
+async def test_a_payload_dated_in_the_future_grows_stale_from_its_arrival() -> None:
+    """An API whose clock was ahead dated its payloads in the future: counted from that date, their age stayed
+    negative, and one dated a year ahead was scored however long it had waited in the queue (or the scoring
+    inbox, across restarts). Its age counts from its arrival."""
+    ctx = make_ctx()
+    ctx.scoring_queue.max_age = 0.5
+    ahead = payload(request_id="ahead", kind="chat", created_at=time.time() + 365 * 86400)
+    async with serve_app(create_validator_app(ctx)) as url:
+        status, body = await post(url, "/scoring", json.dumps(ahead).encode())
+        assert status == 202 and ctx.scoring_queue.qsize() == 1, body
+        await asyncio.sleep(0.6)  # it waits in the queue past ORGANIC_MAX_AGE_SECONDS
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ctx.scoring_queue.get(), 0.5)
+        assert ctx.scoring_queue.stale_dropped == 1
+
+
 async def test_the_organic_lane_is_bounded_in_bytes_too() -> None:
     """Bounded by count alone, 10,000 payloads of long streamed answers (MBs of SSE chunks each) were tens
     of GB held while an outage's backlog drained. Past ``max_bytes`` a batch is a 503 (the forwarder keeps
