@@ -72,12 +72,14 @@ def compute_weights(
     s = np.clip(np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0.0, None)
     if s.size == 0 or s.max() <= 0:
         return np.zeros(s.shape)
+    positive = s > 0
     s = (s / s.max()) ** power
     w = s / s.sum()
     # Every positive score keeps at least the smallest u16 step: rounded to 0 (2.5% of the top after the
     # power of 3), the chain would drop it, and the minimum below would be counted on weights it never sees.
+    # ``positive`` is taken before the power: a score under 1e-20 of the top one underflows to 0.0 at a power of 16.
     step = w.max() / U16_MAX
-    w[(w > 0) & (w < step)] = step
+    w[positive & (w < step)] = step
     missing = rules.min_allowed - int(np.count_nonzero(w))
     if missing > 0:
         # Fill up to the minimum with the best remaining uids at the smallest u16 step.

@@ -178,6 +178,18 @@ def test_weights_sum_to_one_and_sharpen() -> None:
     assert not compute_weights(uids, np.array([np.nan, 0, 0, 0])).any()
 
 
+def test_every_positive_score_keeps_a_weight_however_small_and_tiny_scores_set_weights() -> None:
+    """A score raised to ``WEIGHTS_POWER`` (up to 16) underflowed to 0.0 when small enough next to the top one
+    (1e-21 of it: 1e-336), and the miner got no weight although every positive score keeps the smallest u16
+    step. Scores that are all tiny still set weights, in proportion: they are scaled to the top one first."""
+    uids = np.array([1, 2, 3])
+    w = compute_weights(uids, np.array([1.0, 1e-21, 0.0]), power=16.0)
+    dests, values = to_u16(uids, w)
+    assert dests == [1, 2] and values == [U16_MAX, 1]
+    tiny = compute_weights(uids, np.array([2e-14, 1e-14, 0.0]), power=1.0)
+    assert tiny == pytest.approx([2 / 3, 1 / 3, 0.0])
+
+
 def test_max_weight_limit_is_respected() -> None:
     uids = np.arange(5)
     w = compute_weights(uids, np.array([10.0, 1.0, 1.0, 1.0, 1.0]), WeightRules(max_weight=0.3))
