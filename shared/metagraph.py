@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -115,7 +116,7 @@ def write_metagraph_file(path: str | Path, snapshot: MetagraphSnapshot) -> None:
 def atomic_write_json(path: str | Path, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path))
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1)
@@ -125,6 +126,31 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_temp_files(path: str | Path) -> int:
+    """Remove the temp files ``atomic_write_json`` left beside ``path`` when its process was killed between the
+    write and the rename (each has its own name, so every such kill left one more); returns how many. Only for a
+    file one process writes, at its start: another writer's temp file would be taken from under its rename."""
+    path = Path(path)
+    name = re.compile(re.escape(_temp_prefix(path)) + r"[a-z0-9_]{8}")
+    removed = 0
+    for leftover in path.parent.glob(_temp_prefix(path) + "*"):
+        if not name.fullmatch(leftover.name):
+            continue
+        try:
+            leftover.unlink(missing_ok=True)
+        except OSError as e:  # not worth stopping a start for: said, and tried again at the next
+            logger.warning("cannot remove {}, a temp file of {} ({})", leftover, path, e)
+            continue
+        removed += 1
+    if removed:
+        logger.info("removed {} temp file(s) of {} left by a stop in the middle of a write", removed, path)
+    return removed
 
 
 def stake_amount(balance: Any) -> float:

@@ -19,7 +19,7 @@ from typing import Any
 
 from loguru import logger
 
-from shared.metagraph import MetagraphSnapshot, atomic_write_json
+from shared.metagraph import MetagraphSnapshot, atomic_write_json, remove_temp_files
 from shared.store.outage import OutageLog
 
 FORMAT_VERSION = 1
@@ -268,8 +268,12 @@ class ScoreBook:
         await asyncio.to_thread(atomic_write_json, self.path, self.to_json())
 
     def load(self) -> bool:
-        """Restore from ``path``; a missing file is a fresh start, a corrupt one is logged and ignored."""
-        if self.path is None or not self.path.exists():
+        """Restore from ``path``; a missing file is a fresh start, a corrupt one is logged and ignored. The temp
+        files of saves a kill interrupted are removed: the file they were to replace is the last one saved whole."""
+        if self.path is None:
+            return False
+        remove_temp_files(self.path)
+        if not self.path.exists():
             return False
         try:
             data = json.loads(self.path.read_text())

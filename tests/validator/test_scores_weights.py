@@ -167,6 +167,37 @@ def test_sigkill_mid_write_leaves_a_readable_file(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name != "scores.json" and not p.name.startswith(".scores")]
 
 
+KILLED_MID_SAVE = """
+import os, signal, sys
+from neurons.validator.scores import ScoreBook
+book = ScoreBook({"A": 1.0}, alpha=1.0, path=sys.argv[1])
+book.load()  # what the validator does at start
+print(sorted(book.miners), flush=True)
+book.update(int(sys.argv[2]), "hk", "A", 1.0)
+os.replace = lambda *_: os.kill(os.getpid(), signal.SIGKILL)  # killed between the temp file's write and its rename
+book.save()
+"""
+
+
+def test_temp_files_left_by_kills_mid_save_are_removed_at_start(tmp_path: Path) -> None:
+    """A SIGKILL between the temp file's fsync and its rename left ``.scores.json.XXXXXXXX`` (a whole copy of
+    the scores), each under its own name: a crash loop or a supervisor's kills piled them up in STATE_DIR for
+    good. A start reads the last scores saved whole and removes what earlier kills left."""
+    path = tmp_path / "scores.json"
+    book = ScoreBook({"A": 1.0}, alpha=1.0, path=path)
+    book.update(0, "hk", "A", 1.0)
+    book.save()
+    root = Path(__file__).resolve().parents[2]
+    for uid in (1, 2, 3):
+        run = subprocess.run([sys.executable, "-c", KILLED_MID_SAVE, str(path), str(uid)], cwd=root,
+                             capture_output=True, timeout=60)
+        assert run.returncode == -signal.SIGKILL and run.stdout.strip() == b"[0]", run.stderr[-2000:]
+    assert len(list(tmp_path.glob(".scores.json.*"))) <= 1, "each start removes what the kills before it left"
+    restored = ScoreBook({"A": 1.0}, path=path)
+    assert restored.load() and sorted(restored.miners) == [0], "the last scores saved whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.json"]
+
+
 def test_weights_sum_to_one_and_sharpen() -> None:
     uids = np.arange(4)
     w = compute_weights(uids, np.array([1.0, 0.5, 0.0, -1.0]), power=1.0)
