@@ -179,6 +179,12 @@ book.save()
 """
 
 
+def kill_mid_save(path: Path, uid: int) -> subprocess.CompletedProcess[bytes]:
+    """A process that starts as the validator does (``ScoreBook.load``) and is killed in its next save."""
+    return subprocess.run([sys.executable, "-c", KILLED_MID_SAVE, str(path), str(uid)],
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, timeout=60)
+
+
 def test_temp_files_left_by_kills_mid_save_are_removed_at_start(tmp_path: Path) -> None:
     """A SIGKILL between the temp file's fsync and its rename left ``.scores.json.XXXXXXXX`` (a whole copy of
     the scores), each under its own name: a crash loop or a supervisor's kills piled them up in STATE_DIR for
@@ -187,10 +193,8 @@ def test_temp_files_left_by_kills_mid_save_are_removed_at_start(tmp_path: Path) 
     book = ScoreBook({"A": 1.0}, alpha=1.0, path=path)
     book.update(0, "hk", "A", 1.0)
     book.save()
-    root = Path(__file__).resolve().parents[2]
     for uid in (1, 2, 3):
-        run = subprocess.run([sys.executable, "-c", KILLED_MID_SAVE, str(path), str(uid)], cwd=root,
-                             capture_output=True, timeout=60)
+        run = kill_mid_save(path, uid)
         assert run.returncode == -signal.SIGKILL and run.stdout.strip() == b"[0]", run.stderr[-2000:]
     assert len(list(tmp_path.glob(".scores.json.*"))) <= 1, "each start removes what the kills before it left"
     restored = ScoreBook({"A": 1.0}, path=path)
@@ -789,3 +793,34 @@ async def test_a_restarted_validator_whose_last_set_is_overdue_sets_weights_at_o
     book.path.write_text(json.dumps(saved))
     edited = ScoreBook(PROBS, path=book.path)
     assert edited.load() and edited.last_weights_set_at is None
+
+
+async def test_sn1_validator_started_after_kills_mid_save_reads_the_last_scores_and_removes_the_temp_files(
+    tmp_path: Path,
+) -> None:
+    """The start of a real ``sn1 validator`` after two processes were killed between a save's write and its
+    rename: ``/scores`` shows the scores saved whole before, and STATE_DIR holds no temp file any more."""
+    from tests.ports import free_port
+    from tests.validator.test_app import MINERS
+    from tests.validator.test_inbox import validator_env, validator_process
+
+    port = free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "validator.log"
+    env_file, _ = validator_env(tmp_path, port)
+    state = tmp_path / "state"
+    book = ScoreBook(PROBS, path=state / "scores.json")
+    for uid, key in MINERS.items():
+        book.update(uid, key.ss58_address, "InferenceTask", 1.0)
+    book.save()
+    for uid in (7, 8):
+        kill_mid_save(state / "scores.json", uid)
+    assert len(list(state.glob(".scores.json.*"))) == 1, "the second start removed the first one's"
+
+    async with validator_process(env_file, url, log), aiohttp.ClientSession() as s, s.get(url + "/scores") as r:
+        body = await r.json()
+        left = list(state.glob(".scores.json.*"))
+    assert r.status == 200, (body, log.read_text()[-3000:])
+    shown = {m["uid"]: m["tasks"] for m in body["miners"]}
+    assert shown == {uid: {"InferenceTask": 0.1} for uid in MINERS}, log.read_text()[-3000:]
+    assert left == [], left
+    assert "removed 1 temp file(s) of" in log.read_text()
