@@ -22,8 +22,10 @@ sees a slot given back up to ``RELEASE_BATCH_S`` later.
 
 The slots are the store's (``shared/store/inflight.py``, ``Store.inflight``), each on a lease this process renews
 every third of ``CONCURRENCY_LEASE_SECONDS``: a process that dies holding slots holds them no longer than one lease.
-A request cancelled while its authorization is on its way back (its client left), or whose store failed (an answer
-past the timeout), gives back the slot it sent, by its key's hash (the key's id is in the answer it never read): removed with the next batch, not left to its lease.
+A request cancelled while its authorization is on its way back (its client left), or whose store failed after it
+may have run the authorization (on Redis: an answer past the timeout, a link that dropped before the answer came
+back), gives back the slot it sent, by its key's hash (the key's id is in the answer it never read; a key rotated
+meanwhile is still found by its old hash for a minute): removed with the next batch, not left to its lease.
 """
 
 from __future__ import annotations
@@ -87,9 +89,9 @@ class ConcurrencyLimiter:
     async def authorize(self, store: Store, key_hash: str, scope: str | None) -> Authorization:
         """``store.authorize`` with a new slot's ``Hold``. Once the key was found, the slots the hold gave back are
         removed: no longer the batch's. A cancel before the answer was read (the client left), or a store that
-        failed when it may have taken the slot all the same (``failed_may_hold``: a Redis answer that came after
-        the timeout), gives back the slot sent: left to its lease, it held one of the key's slots for a request
-        answered 503."""
+        failed when it may have taken the slot all the same (``failed_may_hold``: on Redis any failure, a timeout or
+        a link dropped after the script was sent), gives back the slot sent: left to its lease, it held one of the
+        key's slots for a request answered 503."""
         hold = self.hold(key_hash)
         try:
             auth = await store.authorize(key_hash, scope=scope, hold=hold)

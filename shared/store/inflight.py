@@ -65,13 +65,20 @@ local t = redis.call('TIME')
 return redis.call('ZCOUNT', KEYS[1], '(' .. (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)), '+inf')
 """
 
-# KEYS[1] = ns:key:<hash>; ARGV = the inflight prefix, then slots of that key given back by a request that never
-# learnt its key's id (cancelled before its authorization came back): removed from the key's set, if it still exists.
+# KEYS[1] = ns:key:<hash>, KEYS[2] = ns:rotated:<hash>; ARGV = the inflight prefix, then slots of that key given back
+# by a request that never learnt its key's id (cancelled before its authorization came back, or its answer lost):
+# removed from the key's set, found by its record, or, for a key rotated since (its record moved to the new
+# secret's hash), by the id its rotation left under the old hash (``ROTATED_HASH_TTL_S``).
 _RELEASE_BY_HASH = """
-local id = redis.call('HGET', KEYS[1], 'id')
+local id = redis.call('HGET', KEYS[1], 'id') or redis.call('GET', KEYS[2])
 if id then redis.call('ZREM', ARGV[1] .. id, unpack(ARGV, 2)) end
 return 1
 """
+
+# How long a rotated key's old hash still names its id (``ns:rotated:<old hash>``, written by ``ROTATE``), for the
+# slots given back by that hash alone: such a give-back is sent within the key store's timeout (2 s) of its
+# authorization, so a minute is ample; past it, the slot would be the lease's anyway.
+ROTATED_HASH_TTL_S = 60.0
 
 _SQL_COUNT = "SELECT COUNT(*) FROM inflight WHERE key_id = ? AND expires_at > ?"
 
@@ -141,7 +148,8 @@ class SlotCount:
 class InflightSlots(Protocol):
     """What a process does with the slots it took (``Store.authorize`` takes them, with a ``Hold``).
     ``failed_may_hold``: whether an authorization that failed (``StoreUnavailable``) may have taken its slot all the
-    same (Redis: the script ran, its answer came after the timeout), so that it must be given back."""
+    same (Redis: the script ran, and its answer came after the timeout or was lost with its link), so that it must
+    be given back."""
 
     failed_may_hold: bool
 
@@ -162,7 +170,7 @@ class InflightSlots(Protocol):
 class RedisInflight:
     """The slots in one Redis (the key store's link, namespace and gate: ``RedisStore.inflight``)."""
 
-    failed_may_hold = True  # a script's answer lost past the timeout: it ran
+    failed_may_hold = True  # a script's answer past the timeout, or lost with its link: it may have run
 
     def __init__(self, client: Any, key: Callable[..., str], gate: RedisGate) -> None:
         self._key = key
@@ -185,8 +193,8 @@ class RedisInflight:
         for key_id, names in by_key.items():
             pipe.zrem(self._key("inflight", key_id), *names)
         for key_hash, names in by_hash.items():
-            await self._release_by_hash(keys=[self._key("key", key_hash)], args=[self._key("inflight", ""), *names],
-                                        client=pipe)
+            await self._release_by_hash(keys=[self._key("key", key_hash), self._key("rotated", key_hash)],
+                                        args=[self._key("inflight", ""), *names], client=pipe)
         await self._call(pipe.execute())
 
     async def renew(self, held: dict[str, list[str]], lease_s: float) -> None:

@@ -8,6 +8,7 @@ deployments or test runs can share one server. Layout (``ns`` = namespace):
 * ``ns:rl:<bucket>``   hash  second -> admitted count (the sliding window, see ``window.py``)
 * ``ns:usage:<id>``    hash  ``total:<field>`` / ``<day>:<field>`` counters and ``last_used_at``
 * ``ns:inflight:<id>`` zset  slot -> lease expiry (ms): the key's requests in flight (``inflight.py``)
+* ``ns:rotated:<sha256>`` string  a rotated key's id under its old hash, for a minute (``ROTATE``, ``inflight.py``)
 * ``ns:store_marker``  string  when the store's first key was created (Unix seconds); never expires (``marker``)
 * ``ns:store_lost``    string  when a process first saw the marker gone: the others, and those started
   later, tell the same loss until a key is created or imported
@@ -55,7 +56,7 @@ from shared.store.base import (
     ttl_ms,
 )
 from shared.store.eviction import UNKNOWN
-from shared.store.inflight import RedisInflight
+from shared.store.inflight import ROTATED_HASH_TTL_S, RedisInflight
 
 PING_TTL_MS = 10_000  # the key a ping writes (``ping``) is gone this long after the last ping
 
@@ -234,14 +235,17 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
 """
 
-# KEYS[1] = ns:key:<old hash>, KEYS[2] = ns:key:<new hash>, KEYS[3] = ns:keys; ARGV = id, new hash, new prefix.
-# The record moves to its new name in one step: no moment where both secrets, or neither, work.
+# KEYS[1] = ns:key:<old hash>, KEYS[2] = ns:key:<new hash>, KEYS[3] = ns:keys, KEYS[4] = ns:rotated:<old hash>;
+# ARGV = id, new hash, new prefix, how long the old hash names the id (ms). The record moves to its new name in one
+# step: no moment where both secrets, or neither, work. The old hash names the id a while longer (never a working
+# secret: the record is gone from it), for a slot given back by that hash alone (``inflight.py``).
 ROTATE = """
 if redis.call('HGET', KEYS[3], ARGV[1]) == false then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[2], 'key_hash', ARGV[2], 'prefix', ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[4])
 return 1
 """
 
@@ -466,8 +470,10 @@ class RedisStore:
         if current is None:
             return None
         secret, new = new_secret(current)
-        keys = [self.key("key", current.key_hash), self.key("key", new.key_hash), self.key("keys")]
-        ok = await self._call(self._rotate(keys=keys, args=[key_id, new.key_hash, new.prefix]))
+        keys = [self.key("key", current.key_hash), self.key("key", new.key_hash), self.key("keys"),
+                self.key("rotated", current.key_hash)]
+        ok = await self._call(self._rotate(keys=keys, args=[key_id, new.key_hash, new.prefix,
+                                                            ttl_ms(ROTATED_HASH_TTL_S)]))
         return (secret, new) if ok else None
 
     async def delete_key(self, key_id: str) -> bool:

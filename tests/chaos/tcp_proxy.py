@@ -25,6 +25,7 @@ class TcpProxy:
         self._replies = asyncio.Event()  # set: the server's replies are forwarded
         self._replies.set()
         self._budget: int | None = None  # bytes from clients still forwarded before every link drops
+        self._losing = False  # the replies held are dropped with their links, not forwarded
         self.accepted = 0  # connections clients opened so far (a pooled client's high-water mark)
 
     async def start(self) -> None:
@@ -68,6 +69,8 @@ class TcpProxy:
                     self._budget -= len(data)
                 if not outbound:
                     await self._replies.wait()
+                    if self._losing:
+                        return
                 writer.write(data)
                 await writer.drain()
         finally:
@@ -80,6 +83,19 @@ class TcpProxy:
     def pass_replies(self) -> None:
         """The replies held, and those after them, forwarded."""
         self._replies.set()
+
+    async def lose_held_replies(self) -> None:
+        """Every link closed with the replies held on it lost (the server ran the commands; their clients read a
+        closed connection), then replies forwarded again, on the same port, for the connections opened after."""
+        self._losing = True
+        try:
+            for w in list(self._writers):
+                w.close()
+            self._writers.clear()
+            self._replies.set()
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        finally:
+            self._losing = False
 
     def cut_after(self, n_bytes: int) -> None:
         """Forward ``n_bytes`` more from clients, then drop every connection: a link lost part way

@@ -19,6 +19,7 @@ import pytest
 
 from api import concurrency
 from shared.store.base import Hold, hash_key
+from shared.store.redis import RedisStore
 from tests.chaos.tcp_proxy import tcp_proxy
 from tests.helpers import ApiUnderTest, Script, apis_on_one_store, call, chunk, sse
 from tests.store.conftest import redis_url
@@ -168,6 +169,28 @@ async def test_a_keys_own_limit_overrides_the_default(tmp_path: Path, store: str
             r.close()
 
 
+@pytest.mark.parametrize("store", STORES)
+async def test_a_key_rotated_with_streams_in_flight_keeps_its_count_and_gets_every_slot_back(tmp_path: Path,
+                                                                                           store: str) -> None:
+    """The admin rotates a key while its two streams (its limit) are open under the old secret: they still count
+    under the new secret (the key's slots, not its secret's), and as they end their slots are given back, so the new
+    secret has the key's whole limit again, none left to its lease."""
+    async with limited(tmp_path, store) as (api,), aiohttp.ClientSession() as s:
+        one, two = await open_stream(s, api, api.key), await open_stream(s, api, api.key)
+        async with s.post(f"{api.url}/api_management/rotate-api-key/{api.key}",
+                          headers={"admin-key": "admin-secret-for-tests"}) as r:
+            assert r.status == 200, await r.text()
+            new = (await r.json())["api_key"]
+        assert (await refused(api, new)).status == 429
+        for r in (one, two):
+            assert (await r.read()).endswith(b"data: [DONE]\n\n")
+        assert await until_in_flight(api, new, 0) == 0
+        again = [await open_stream(s, api, new) for _ in range(LIMIT)]
+        assert (await refused(api, new)).status == 429
+        for r in again:
+            r.close()
+
+
 def quick() -> Script:
     """A miner that answers every request at once."""
     return Script([(0, step) for step in sse(chunk("hi"), chunk(finish="stop"))])
@@ -265,3 +288,49 @@ async def test_an_authorization_whose_answer_times_out_gives_its_slot_back(tmp_p
             finally:
                 proxy.pass_replies()
                 await watcher.aclose()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("rotated", [False, True], ids=["same-secret", "rotated-meanwhile"])
+async def test_an_authorization_whose_link_drops_before_its_answer_gives_its_slot_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rotated: bool) -> None:
+    """Redis ran the request's authorization (its slot taken), then the link dropped before the answer came back: the
+    API read a closed connection (a ConnectionError, not a timeout). The request is the 503 ``store_unavailable`` and
+    holds nothing, so its slot is given back, by its key's hash (the id was in the answer it lost): the key, at its
+    limit of 1, is let in again at once, not refused 429 until the lease (here 20 s) ends. ``rotated``: the admin
+    rotated the key while the answer was on its way, so the old hash no longer names the key (its slot was left to
+    its lease)."""
+    import redis.asyncio as aioredis
+
+    real = urllib.parse.urlparse(redis_url())
+    async with tcp_proxy(real.hostname or "127.0.0.1", real.port or 6379) as proxy:
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{proxy.port}{real.path or '/0'}")  # the API's store
+        async with apis_on_one_store(tmp_path, "redis", 1, quick(), max_concurrent_requests_per_key=1,
+                                     concurrency_lease_seconds=20.0) as (api,):
+            record = await api.ctx.store.get_key(hash_key(api.key))
+            slots = f"{api.ctx.settings.store_namespace}:inflight:{record.id}"
+            watcher = aioredis.from_url(redis_url())  # straight to Redis, past the proxy
+            admin = RedisStore.from_url(redis_url(), namespace=api.ctx.settings.store_namespace)
+            key = api.key
+            try:
+                proxy.hold_replies()
+                dropped = asyncio.create_task(refused(api, key))
+                for _ in range(100):  # the authorization ran: the slot is taken, its answer held
+                    if await watcher.zcard(slots) == 1:
+                        break
+                    await asyncio.sleep(0.02)
+                assert await watcher.zcard(slots) == 1
+                if rotated:
+                    key, _ = await admin.rotate_key(record.id)
+                await proxy.lose_held_replies()  # the link drops: the answer is lost, the slot stays taken
+                assert (await dropped).status == 503
+                for _ in range(100):
+                    if await watcher.zcard(slots) == 0:
+                        break
+                    await asyncio.sleep(0.02)
+                assert await watcher.zcard(slots) == 0, "the slot of a request answered 503 is still held"
+                assert (await refused(api, key)).status == 200  # the key's one slot is free
+            finally:
+                proxy.pass_replies()
+                await watcher.aclose()
+                await admin.close()

@@ -75,6 +75,23 @@ async def test_a_slot_given_back_by_its_keys_hash_alone_is_removed(store: Store)
     assert await store.inflight().count(rec.id) == 0
 
 
+async def test_a_rotated_keys_slots_are_given_back_under_its_old_secret_and_its_count_goes_on(store: Store) -> None:
+    """The admin rotates a key (a new secret, the same id) while requests taken under its old secret are in flight:
+    the count goes on under the new one (the key's slots, not its secret's), and a slot given back by the old
+    secret's hash alone (a request cancelled, or whose answer was lost, as the rotation ran) is removed: left to its
+    lease, it held one of the key's slots for up to 30 s."""
+    secret, rec = await store.create_key(100)
+    assert (await ask(store, secret, "h", 0)).slot == "h:0" and (await ask(store, secret, "h", 1)).slot == "h:1"
+    rotated = await store.rotate_key(rec.id)
+    assert rotated is not None
+    new_secret, new = rotated
+    assert new.id == rec.id and new.key_hash != rec.key_hash
+    assert (await ask(store, new_secret, "h", 2)).status == "busy"  # the old secret's two still count
+    await store.inflight().release([GivenBack(rec.key_hash, rec.id, "h:0"), GivenBack(rec.key_hash, None, "h:1")])
+    assert await store.inflight().count(rec.id) == 0
+    assert [(await ask(store, new_secret, "h", i)).status for i in (3, 4, 5)] == ["ok", "ok", "busy"]
+
+
 async def test_requests_of_one_turn_are_decided_in_order(store: Store) -> None:
     secret, rec = await store.create_key(10)
     got = await asyncio.gather(*(ask(store, secret, "h", i) for i in range(4)))
