@@ -102,7 +102,7 @@ def store_outage_log() -> OutageLog:
 
 def store_unavailable(store: str = "key store") -> ApiError:
     return ApiError(503, f"The {store} is unavailable; try again shortly.", code="store_unavailable",
-                    headers={"Retry-After": "1"})
+                    headers=retry_after(1))
 
 
 @contextlib.contextmanager

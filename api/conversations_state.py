@@ -33,7 +33,7 @@ from api.auth import store_call
 from api.context import ApiContext
 from api.storage_budget import charged
 from shared.aio import retried
-from shared.errors import ApiError, invalid_value
+from shared.errors import ApiError, invalid_value, retry_after
 from shared.store import conversations as conversation_store
 from shared.store.base import KeyRecord, StoreUnavailable
 from shared.store.conversations import (
@@ -288,4 +288,4 @@ def not_added(conversation_id: str) -> ApiError:
     return ApiError(503, f"The answer was not added to conversation '{conversation_id[:64]}': the store is "
                          "unavailable. Nothing of this turn was kept (neither in the conversation nor as a stored "
                          "response): sending the same turn again is safe; try again shortly.",
-                    code="store_unavailable", headers={"Retry-After": "1"})
+                    code="store_unavailable", headers=retry_after(1))

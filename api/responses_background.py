@@ -48,7 +48,7 @@ from api.responses_state import (
 )
 from api.storage_budget import charged
 from shared.aio import follow_growing
-from shared.errors import ApiError, invalid_value
+from shared.errors import ApiError, invalid_value, retry_after
 from shared.http import json_response
 from shared.sse import SSE_HEADERS
 from shared.store.base import KeyRecord, StoreUnavailable
@@ -157,14 +157,19 @@ def check_request(ctx: ApiContext, key: KeyRecord, *, store: bool | None) -> Non
         raise invalid_value("background", "background responses are stored, and this gateway stores none "
                                           "(RESPONSES_RETENTION_SECONDS is 0)")
     if len(ctx.running_responses) >= ctx.settings.max_background_responses:
-        raise ApiError(429, f"This API worker is running {len(ctx.running_responses)} background responses, its "
-                            "bound (MAX_BACKGROUND_RESPONSES): wait for some to finish, or send this one without "
-                            "background.", code="too_many_background_responses", headers={"Retry-After": "1"})
+        raise no_room(f"This API worker is running {len(ctx.running_responses)} background responses, its bound "
+                      "(MAX_BACKGROUND_RESPONSES)")
     mine = sum(1 for owner in ctx.background_owners.values() if owner == key.id)
     if mine >= ctx.settings.max_background_responses_per_key:
-        raise ApiError(429, f"This API key has {mine} background responses running on this API worker, its bound "
-                            "(MAX_BACKGROUND_RESPONSES_PER_KEY): wait for some to finish, or send this one without "
-                            "background.", code="too_many_background_responses", headers={"Retry-After": "1"})
+        raise no_room(f"This API key has {mine} background responses running on this API worker, its bound "
+                      "(MAX_BACKGROUND_RESPONSES_PER_KEY)")
+
+
+def no_room(why: str) -> ApiError:
+    """The 429 of a background response past a bound, with the headers of every 429 (``retry_after``: a second,
+    to the millisecond as the OpenAI SDKs read it): background responses end within seconds."""
+    return ApiError(429, f"{why}: wait for some to finish, or send this one without background.",
+                    code="too_many_background_responses", headers=retry_after(1))
 
 
 async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: dict[str, Any], keeping: Keeping,

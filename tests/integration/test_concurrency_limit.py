@@ -90,7 +90,8 @@ async def test_the_request_past_the_limit_is_a_429_not_charged_and_slots_free_as
         assert await in_flight(api, api.key) == LIMIT
         remaining = int(two.headers["x-ratelimit-remaining-requests"])
         no = await refused(api, api.key)
-        assert no.status == 429 and no.headers["Retry-After"] == "1"
+        assert no.status == 429 and no.headers["Retry-After"] == "1" and no.headers["retry-after-ms"] == "1000"
+        assert "x-ratelimit-remaining-requests" not in no.headers  # not charged: the window was not read
         assert (await no.json())["error"]["code"] == "concurrency_limit_exceeded"
         # not charged to the key's request rate: the window holds the two streams and the two /v1/usage calls only
         assert await rate_remaining(api, api.key) == remaining - 2

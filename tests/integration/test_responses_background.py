@@ -244,9 +244,16 @@ async def test_a_worker_runs_a_bounded_number_at_once(tmp_path: Path) -> None:
     async with api_with_miners(tmp_path, {1: slow("Later.", 0.3)}, max_background_responses=2) as api:
         client = openai_client(api)
         running = [await client.responses.create(model="default", input="Hi", background=True) for _ in range(2)]
-        status, body = await call(api, "POST", "/v1/responses", {"input": "Hi", "background": True})
+        async with aiohttp.ClientSession() as session, session.post(
+                api.url + "/v1/responses", json={"input": "Hi", "background": True},
+                headers={"Authorization": f"Bearer {api.key}"}) as r:
+            status, body, headers = r.status, await r.json(), r.headers
         assert (status, body["error"]["code"], body["error"]["type"]) == (429, "too_many_background_responses",
                                                                           "rate_limit_error")
+        # what the OpenAI SDKs back off by, as on every 429: retry-after-ms first (it was missing), then Retry-After;
+        # and the key's rate, which this request was charged to
+        assert (headers["retry-after-ms"], headers["Retry-After"]) == ("1000", "1")
+        assert int(headers["x-ratelimit-limit-requests"]) >= int(headers["x-ratelimit-remaining-requests"]) >= 0
         async with aiohttp.ClientSession() as session, session.get(api.url + "/metrics") as r:
             assert sample(await r.text(), "sn1_api_background_responses") == 2  # what an operator watches
         assert (await client.responses.create(model="default", input="Hi")).status == "completed"  # foreground: yes

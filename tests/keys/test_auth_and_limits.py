@@ -135,6 +135,7 @@ async def test_store_unreachable_is_503_never_open(api: ApiUnderTest, http: aioh
             status, hdrs, out = await call(http, method, api.url + path, headers=headers, json=CHAT)
             assert_error(status, out, 503, "store_unavailable")
             assert "unavailable" in out["error"]["message"] and hdrs["Retry-After"] == "1"
+            assert hdrs["retry-after-ms"] == "1000"  # what the OpenAI SDKs, which retry a 503 too, read first
     finally:
         api.ctx.store = real
         await dead.close()
