@@ -88,6 +88,8 @@ async def test_a_background_response_past_the_budget_is_a_429_before_any_miner(t
                                            path="/v1/responses")
         assert status == 429 and '"storage_limit_exceeded"' in text, text
         assert 0 < int(headers["Retry-After"]) <= 86400
+        assert headers["x-should-retry"] == "false"  # an SDK raises at once, not sleeping until the day ends
+        assert "x-ratelimit-remaining-requests" in headers  # the request was charged to the key's rate
         assert miner.calls == calls and not api.ctx.running_responses
 
 
