@@ -219,11 +219,14 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             settle(ctx, race, body, kind="mixture" if use_mixture else "chat")
         else:
             race.cancel()  # client gone or a bug: stop every miner request now
-        if outcome == "ok" and winner is not None:
+        if outcome in ("ok", "client_closed") and winner is not None:
+            # A caller that left mid-answer is charged the answer as far as it came: charged nothing, a key
+            # could read long answers free of its token limit by hanging up before [DONE].
             used = {} if unsent else response_usage(req, winner)
             ctx.usage.record(key.id, prompt_tokens=used.get("prompt_tokens") or 0,
                              completion_tokens=used.get("completion_tokens") or 0,
-                             error=winner.error is not None or unsent is not None, day=request.get(USAGE_DAY))
+                             error=outcome == "ok" and (winner.error is not None or unsent is not None),
+                             day=request.get(USAGE_DAY))
         status = unsent or ending(request) or logged_outcome(outcome, [winner] if winner else [])
         _log_answer(request, fmt, key, req, [n.uid for n in neurons], winner.uid if winner else None,
                     use_mixture=use_mixture, status=status, started=started, runs=race.runs, send=send)

@@ -164,9 +164,12 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
                 settle(ctx, race, body)
             else:
                 race.cancel()  # a choice failed, the client left, or a bug: stop every miner request now
-        if outcome == "ok":
+        # a caller that left mid-answer is charged the answers as far as they came (as ``chat.answer`` charges one)
+        if outcome == "ok" or (outcome == "client_closed" and len(winners) == len(asks)):
+            usage = usage or choices_usage(asks, winners)
             ctx.usage.record(key.id, prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
-                             error=any(w.error is not None for w in winners), day=request.get(USAGE_DAY))
+                             error=outcome == "ok" and any(w.error is not None for w in winners),
+                             day=request.get(USAGE_DAY))
         write(request, f"{fmt.kind} rid={rid} key={key.id} n={len(asks)} "
                        f"uids={str([[r.uid for r in race.runs] for race, _ in races]).replace(' ', '')} "
                        f"winners={str([w.uid for w in winners]).replace(' ', '')} stream={req.stream} "
