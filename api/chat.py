@@ -265,15 +265,16 @@ def _frames(batch: list[Event]) -> bytes:
 def _trailer(req: ChatCompletionRequest, run: MinerRun, found: Found | None = None) -> bytes:
     """What follows the winner's chunks: an error event if it failed mid-stream; else the citations
     of a web search that came first (an annotations-only chunk, as OpenAI sends them), and the usage
-    chunk when asked for and the miner sent none; then ``[DONE]``."""
+    chunk when asked for and the miner sent none of its own (its usage on a choice's chunk is moved here, as
+    OpenAI sends it); then ``[DONE]``."""
     if run.error:
         return mid_stream_failure_event([run]) + DONE_FRAME
     out = b""
     model = run.model or req.model or "unknown"
     if found is not None:
         out += citations_event(run.text, found, completion_id=_stream_id(run), model=model)
-    if req.stream_options and req.stream_options.include_usage and run.usage is None:
-        # response_usage: the same estimate as an answer that is not streamed (tool calls and refusals count)
+    if req.stream_options and req.stream_options.include_usage and not run.usage_relayed:
+        # response_usage: the miner's count, else the estimate an answer not streamed gets (tool calls and refusals count)
         chunk = usage_chunk(completion_id=_stream_id(run), model=model, usage=response_usage(req, run))
         out += encode_event(dumps(chunk))
     return out + DONE_FRAME

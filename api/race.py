@@ -78,6 +78,7 @@ class MinerRun:
     # (``stream_options.include_usage``), as OpenAI sends it; a model server that sends it anyway (llama.cpp)
     # broke ``chunk.choices[0]`` in every caller's loop. Its usage is taken either way.
     relay_usage: bool = True
+    usage_relayed: bool = False  # a usage-only chunk of its own is among ``events`` (else the stream's end adds one)
 
     @property
     def uid(self) -> int:
@@ -123,8 +124,15 @@ class MinerRun:
             else:  # not token counts ("n/a"): left out, and the caller's usage estimated as when none came
                 del obj["usage"]
                 data = obj
-            if not choices and not self.relay_usage:
+            if choices:
+                # on a choice's chunk (TGI's, an older llama.cpp's last): OpenAI gives it in a chunk of its own,
+                # which callers read (``if chunk.choices: ... elif chunk.usage``); the stream's end sends it so
+                obj.pop("usage", None)
+                data = obj
+            elif not self.relay_usage or "usage" not in obj:  # not asked for, or no counts left: nothing to relay
                 return None
+            else:
+                self.usage_relayed = True
         claim = obj.get("model")
         if claim and not self.claimed:
             self.claimed = True

@@ -498,6 +498,32 @@ async def test_a_usage_chunk_the_caller_did_not_ask_for_is_not_relayed_and_total
         assert usage["totals"]["prompt_tokens"] == 20  # taken either way, as the caller's accounting
 
 
+@pytest.mark.parametrize("asked", [False, True], ids=["not asked", "include_usage"])
+async def test_a_usage_on_the_finish_chunk_reaches_the_caller_as_openais_usage_chunk(tmp_path: Path,
+                                                                                     asked: bool) -> None:
+    """A model server that puts its usage on the answer's last chunk, beside its ``finish_reason`` (TGI's, an older
+    llama.cpp's), and sends no usage-only chunk: the caller who asked for usage got none where OpenAI gives it (a
+    last chunk of no choices, which the README's own ``elif chunk.usage`` loop reads), and one who did not got it
+    anyway. The usage goes in a chunk of its own when asked for, as OpenAI sends it, and nowhere else."""
+    from tests.helpers import chunk
+
+    counts = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    miner = Script([(0, d) for d in sse(chunk("Hi"), chunk(finish="stop", usage=counts))])
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        options = {"stream_options": {"include_usage": True}} if asked else {}
+        stream = await openai_client(api).chat.completions.create(model="default", messages=MSG, stream=True,
+                                                                  **options)
+        chunks = [c async for c in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    given = [c.usage for c in chunks if c.usage is not None]
+    if asked:
+        assert chunks[-1].choices == [] and given == [chunks[-1].usage], [c.model_dump() for c in chunks]
+        assert (given[0].prompt_tokens, given[0].completion_tokens, given[0].total_tokens) == (10, 5, 15)
+    else:
+        assert given == [] and all(c.choices for c in chunks), [c.model_dump() for c in chunks]
+
+
 async def test_tool_settings_without_tools_do_not_reach_the_miners(tmp_path: Path) -> None:
     """OpenAI and vLLM refuse tool_choice and parallel_tool_calls without tools, and an empty tools list: passed
     on, every miner's model server refused the request and the caller got its 400. Without tools they mean
