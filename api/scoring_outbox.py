@@ -212,7 +212,7 @@ class OutboxForwarder:
             return
         self._refusal_warned_at = now
         message = str(_error_message(body))[:300]
-        if message.startswith("StaleRequest"):  # a clock to fix, not a setting (the message says by how much)
+        if message.startswith(("StaleRequest", "SignedBeforeStart")):  # a clock to fix (the message says by how much)
             logger.warning("the validator at {} refuses this API's scoring payloads as stale (HTTP {}: {}); "
                            "payloads are kept and retried", self.validator_url, status, message)
             return

@@ -22,7 +22,7 @@ from shared.logging import printable
 from shared.metagraph import Neuron
 from shared.resend import post_once_more
 from shared.resigning import ResigningConnector, Signing
-from shared.signing import Signer
+from shared.signing import SIGN_AGAIN_HEADER, Signer
 from shared.sse import DONE, SSEError, SSEParser
 
 Event = str | dict[str, Any]
@@ -204,8 +204,16 @@ class MinerClient:
         # Never a redirect: a miner's 3xx is its answer (a failure), not an address to call. Followed, a miner's
         # ``307 Location: http://10.0.0.5/...`` had this host POST the signed request there (an operator's private
         # model server, a metadata address) and relay that server's answer to the caller.
-        return await post_once_more(self.session, signing.url, again=resigned, data=signing.body,
+        resp = await post_once_more(self.session, signing.url, again=resigned, data=signing.body,
                                     headers=signing.headers, timeout=timeout, allow_redirects=False)
+        if resp.status != 401 or SIGN_AGAIN_HEADER not in resp.headers:
+            return resp
+        # signed before the receiver (re)started (``SignedBeforeStart``): a miner that restarted while the request
+        # was on its way fails no caller for it; signed anew, it is taken (unless our clock is behind its own)
+        resp.release()
+        logger.debug("{} started after the request was signed: signed again and sent once more", signing.url)
+        return await post_once_more(self.session, signing.url, again=resigned, data=signing.body,
+                                    timeout=timeout, allow_redirects=False, **resigned())
 
     def _refused(self, neuron: Neuron, status: int, code: str | None, message: str) -> None:
         """A miner refused our signed request (401/403): one WARNING a minute, quoting the latest refusal.

@@ -26,6 +26,7 @@ from shared.byte_budget import ByteBudget
 from shared.errors import ApiError
 from shared.http import end_unread_body, http_error_code, read_raw
 from shared.logging import printable
+from shared.nonce_store import NonceStore
 from shared.settings import UNVERIFIED_BODY_BYTES
 from shared.ss58 import is_ss58
 
@@ -139,12 +140,22 @@ def nonce_retention(max_age: float = http_auth.DEFAULT_MAX_AGE) -> float:
 BUDGET_WAIT_S = 5.0
 
 
+SIGN_AGAIN_HEADER = "x-sn1-sign-again"  # on a ``SignedBeforeStart`` refusal: the same request, signed anew, is taken
+
+
+class SignedBeforeStart(http_auth.AuthError):
+    """A nonce from before this receiver began remembering nonces: its previous process may have accepted it,
+    and nothing tells a replay of that request from a new one. The sender signs again (a new nonce)."""
+
+
 def _refusal(e: http_auth.AuthError) -> ApiError:
-    return ApiError(_STATUS.get(type(e), 401), f"{type(e).__name__}: {e}", code=type(e).__name__)
+    """The 4xx for a refused signature; one signed before our start tells the sender to sign again."""
+    again = {SIGN_AGAIN_HEADER: "1"} if isinstance(e, SignedBeforeStart) else None
+    return ApiError(_STATUS.get(type(e), 401), f"{type(e).__name__}: {e}", code=type(e).__name__, headers=again)
 
 
-def _claimed_sender(headers: dict[str, str], self_hotkey: str, max_age: float) -> str:
-    """The hotkey a request claims, once every check ``http_auth.verify`` makes on headers alone has
+def _claimed_sender(headers: dict[str, str], self_hotkey: str, max_age: float, now: int) -> tuple[str, int]:
+    """The hotkey a request claims, and its nonce, once every check ``http_auth.verify`` makes on headers alone has
     passed, in its order and with its error classes: shape (``MalformedAuth``), receiver (``WrongReceiver``),
     freshness (``StaleRequest``, ``check_fresh``: by how much). Never stricter than ``verify``, which checks them all again with the
     signature: this only refuses early what it would refuse."""
@@ -179,8 +190,8 @@ def _claimed_sender(headers: dict[str, str], self_hotkey: str, max_age: float) -
                                       "requests")
     if receiver != self_hotkey:
         raise http_auth.WrongReceiver("request was signed for a different receiving hotkey")
-    check_fresh(nonce, max_age, time.time_ns())
-    return sender
+    check_fresh(nonce, max_age, now)
+    return sender, nonce
 
 
 CLOCK_HINT = "check that NTP keeps both hosts' clocks right"
@@ -220,8 +231,29 @@ def refused_signature(status: int, body: Any) -> str | None:
     return printable(f"HTTP {status} {code[:64]}: {message.removeprefix(f'{code}: ')}"[:300])
 
 
+def startup_window(max_age: float = http_auth.DEFAULT_MAX_AGE) -> float:
+    """How long after its start a receiver refuses nonces signed before it (``SignedBeforeStart``): past this, such
+    a nonce is out of the freshness window anyway, unless the wall clock stepped back. On the monotonic clock, so
+    a wall clock stepped back at start cannot stretch it."""
+    return max_age + http_auth.DEFAULT_ALLOWED_SKEW
+
+
+def _wall_now() -> int:
+    """``time.time_ns()``, looked up at each call (a test that sets ``time.time_ns`` is obeyed)."""
+    return time.time_ns()
+
+
+def _monotonic_now() -> float:
+    """``time.monotonic()``, looked up at each call, as ``_wall_now``."""
+    return time.monotonic()
+
+
 class RequestVerifier:
-    """Verifies a signed aiohttp request for one receiver hotkey: headers, then body, then signature."""
+    """Verifies a signed aiohttp request for one receiver hotkey: headers, then body, then signature.
+
+    Its nonce store is in memory and starts empty: a request its previous process accepted (a miner restarted,
+    a new app) is refused as ``SignedBeforeStart`` rather than taken again, for ``startup_window`` after the
+    start. ``wall`` (ns) and ``monotonic`` (s) are the clocks it reads, injectable for tests."""
 
     def __init__(
         self,
@@ -232,20 +264,30 @@ class RequestVerifier:
         max_age: float = http_auth.DEFAULT_MAX_AGE,
         not_allowed: str = "holds no validator permit here and is not allow-listed",
         unverified_body_bytes: int = UNVERIFIED_BODY_BYTES,
+        wall: Callable[[], int] | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.self_hotkey = self_hotkey
         self.authorizer = authorizer
         self.not_allowed = not_allowed  # why a caller the authorizer refuses is refused, in the 403
-        self.nonce_store = nonce_store or http_auth.InMemoryNonceStore(retention=nonce_retention(max_age))
+        self._wall = wall or _wall_now
+        self._monotonic = monotonic = monotonic or _monotonic_now
+        self.nonce_store = nonce_store or NonceStore(nonce_retention(max_age), wall=self._wall, monotonic=monotonic)
         self.max_age = max_age
         self.budget = ByteBudget(unverified_body_bytes, wait=BUDGET_WAIT_S)
+        # the nonce store remembers from here on; taken before the receiver listens, so any request it
+        # answers was signed after this unless the sender's clock is behind ours
+        self.started_ns = self._wall()
+        self._started = monotonic()
 
     def check_headers(self, headers: Any) -> str:
         """The claimed hotkey, once everything the headers decide passed: 400 malformed or duplicated, 403
-        wrong receiver, 401 stale, 403 a caller we do not take. Before the body is read, and before the
-        sr25519 verify and the nonce store: a stranger's valid signature leaves no nonce behind."""
+        wrong receiver, 401 stale or signed before our start, 403 a caller we do not take. Before the body is
+        read, and before the sr25519 verify and the nonce store: a stranger's valid signature leaves no nonce
+        behind."""
         try:
-            sender = _claimed_sender(_auth_headers(headers), self.self_hotkey, self.max_age)
+            sender, nonce = _claimed_sender(_auth_headers(headers), self.self_hotkey, self.max_age, self._wall())
+            self._check_after_start(nonce)
         except http_auth.AuthError as e:
             raise _refusal(e) from None
         if not self.authorizer.allowed(sender):
@@ -253,6 +295,17 @@ class RequestVerifier:
                 raise _refusal(http_auth.MalformedAuth("invalid hotkey address or signature encoding"))
             raise ApiError(403, f"hotkey {sender} {self.not_allowed}", code="NotAValidator")
         return sender
+
+    def _check_after_start(self, nonce: int) -> None:
+        """``SignedBeforeStart`` for a nonce older than our start, within ``startup_window`` of it. A sender
+        whose clock is behind ours by d is refused for the first d seconds (at most the window)."""
+        early = self.started_ns - nonce
+        if early > 0 and self._monotonic() - self._started < startup_window(self.max_age):
+            raise SignedBeforeStart(
+                f"nonce is {_seconds(early)} older than this receiver's start: it remembers nonces only since "
+                f"then and cannot tell this request from a replay of one its previous process took; sign the "
+                f"request again (for {startup_window(self.max_age):g}s after a start, a sender whose clock is "
+                f"behind the receiver's is refused by as much)")
 
     def verify(self, headers: Any, body: bytes, *, method: str, path: str) -> http_auth.Caller:
         """Return the caller or raise ``ApiError`` (400 malformed, 401 bad/stale/replay, 403 not allowed)."""
@@ -266,6 +319,7 @@ class RequestVerifier:
                 self_hotkey_ss58=self.self_hotkey,
                 max_age=self.max_age,
                 nonce_store=self.nonce_store,
+                now_ns=self._wall(),
             )
         except http_auth.AuthError as e:
             raise _refusal(e) from None

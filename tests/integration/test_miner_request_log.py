@@ -66,6 +66,7 @@ async def test_each_refused_request_is_a_warning_with_id_hotkey_route_status_and
         log: list[tuple[str, str]]) -> None:
     """A validator whose requests the miner refused (no signature, a bad one, no permit, a stale
     clock) left no trace at any level but DEBUG's absent chat line: its operator could not tell."""
+    app = miner_app()  # started before the requests are signed: one signed earlier is refused as such
     tampered = signed(CHAT)
     cases = [("no-signature", {}, 400, "MalformedAuth", "-"),
              ("bad-signature", {**tampered, "X-Bittensor-Signature": "0x" + "ab" * 64}, 401, "BadSignature",
@@ -75,7 +76,7 @@ async def test_each_refused_request_is_a_warning_with_id_hotkey_route_status_and
               VALIDATOR.ss58_address),
              ("made-up-hotkey", {**tampered, "X-Bittensor-Hotkey": "5Fake rid=x status=200"}, 400,
               "MalformedAuth", "invalid")]
-    async with serve_app(miner_app()) as url:
+    async with serve_app(app) as url:
         for rid, headers, status, _, _ in cases:
             assert await post(url, CHAT, {**headers, "x-request-id": rid}) == status, rid
         assert await post(url, "/availability", {**signed("/availability", b"{}"), "x-request-id": "ok"},

@@ -18,8 +18,11 @@ URL = "http://127.0.0.1:9/v1/chat/completions?x=1"
 BODY = b'{"messages":[{"role":"user","content":"hi"}]}'
 
 
-def verifier(allow: tuple[str, ...] = ()) -> RequestVerifier:
-    return RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}, allow))
+def verifier(allow: tuple[str, ...] = (), *, up: float = 0.0) -> RequestVerifier:
+    """A miner's verifier; ``up``: the seconds it reports having run since it started (its monotonic clock)."""
+    readings = iter([0.0])
+    return RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}, allow),
+                           monotonic=lambda: next(readings, up))
 
 
 def verify(v: RequestVerifier, headers: dict[str, str], body: bytes = BODY, path: str = "/v1/chat/completions?x=1"):
@@ -75,7 +78,7 @@ def test_a_sender_whose_clock_is_off_is_told_by_how_much(offset_s: int, says: st
     """A validator 30 s or 5 min off was refused with "older than the 10s freshness window" whatever the
     offset, and "in the future" named no number: neither operator could tell how far off, or whose clock."""
     behind = Signer(VALIDATOR, clock=lambda: time.time_ns() - 9 * 10**9).headers("POST", URL, BODY, MINER.ss58_address)
-    assert verify(verifier(), behind).hotkey_ss58 == VALIDATOR.ss58_address, "9 s behind is still fresh"
+    assert verify(verifier(up=60), behind).hotkey_ss58 == VALIDATOR.ss58_address, "9 s behind is still fresh"
     fixed = 1_800_000_000 * 10**9
     skewed = Signer(VALIDATOR, clock=lambda: fixed + offset_s * 10**9).headers("POST", URL, BODY, MINER.ss58_address)
     monkeypatch.setattr(time, "time_ns", lambda: fixed + 40_000)  # the receiver's clock, right
@@ -128,3 +131,25 @@ def test_the_validators_refusal_names_api_hotkeys_not_a_permit() -> None:
     with pytest.raises(ApiError) as e:
         verify(api, signed(signer=STRANGER))
     assert e.value.status == 403 and "is not one of API_HOTKEYS" in e.value.message and "permit" not in e.value.message
+
+
+def test_a_request_signed_before_the_receiver_started_is_refused_saying_why() -> None:
+    """Its nonce store starts empty: a request the previous process took, replayed to the new one within the
+    freshness window, was accepted again. Refused (401, OpenAI-shaped) while it could still be fresh."""
+    h = Signer(VALIDATOR, clock=lambda: time.time_ns() - 3 * 10**9).headers("POST", URL, BODY, MINER.ss58_address)
+    with pytest.raises(ApiError) as e:
+        verify(verifier(up=1), h)
+    assert e.value.status == 401 and e.value.code == "SignedBeforeStart"
+    assert "older than this receiver's start" in e.value.message and "sign the request again" in e.value.message
+    assert e.value.body()["error"]["code"] == "SignedBeforeStart"
+    assert verify(verifier(up=1), signed()).hotkey_ss58 == VALIDATOR.ss58_address, "signed after the start"
+    assert verify(verifier(up=12.5), h).hotkey_ss58 == VALIDATOR.ss58_address, "past the window: a lagging clock"
+
+
+def test_the_start_window_is_on_the_monotonic_clock() -> None:
+    """A wall clock stepped back after the start (its start now "in the future") refuses no one past 12 s."""
+    base = time.time_ns()
+    wall, up = iter([base + 300 * 10**9]), iter([0.0])  # started on a clock 5 min ahead, then NTP stepped it back
+    v = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}),
+                        wall=lambda: next(wall, time.time_ns()), monotonic=lambda: next(up, 13.0))
+    assert verify(v, signed()).hotkey_ss58 == VALIDATOR.ss58_address
