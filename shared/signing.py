@@ -304,8 +304,8 @@ class RequestVerifier:
             raise SignedBeforeStart(
                 f"nonce is {_seconds(early)} older than this receiver's start: it remembers nonces only since "
                 f"then and cannot tell this request from a replay of one its previous process took; sign the "
-                f"request again (for {startup_window(self.max_age):g}s after a start, a sender whose clock is "
-                f"behind the receiver's is refused by as much)")
+                f"request again (a sender whose clock is behind the receiver's is refused for as long as it is "
+                f"behind, in the first {startup_window(self.max_age):g}s after a start)")
 
     def verify(self, headers: Any, body: bytes, *, method: str, path: str) -> http_auth.Caller:
         """Return the caller or raise ``ApiError`` (400 malformed, 401 bad/stale/replay, 403 not allowed)."""
