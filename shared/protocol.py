@@ -27,6 +27,7 @@ MAX_TIMEOUT = 600.0
 # Output tokens a request may ask for: the model server refuses what its context cannot hold (a 400 it
 # names); 65,536 refused what OpenAI allows (128k for its newest models).
 MAX_OUTPUT_TOKENS = 1 << 20
+GREEDY = 0.0  # the temperature of greedy decoding (sampling_parameters.do_sample: false)
 # Unknown fields are kept (forwarded to miners); known ones must have their JSON type, as at OpenAI:
 # "max_tokens": "5" or "stream": "true" is a 400 naming the field, never silently coerced.
 REQUEST_CONFIG = ConfigDict(extra="allow", strict=True)
@@ -408,9 +409,15 @@ class ChatCompletionRequest(BaseModel):
         return sp.max_new_tokens if sp else None
 
     def effective_temperature(self) -> float | None:
+        """The OpenAI field, else the block's; but ``"do_sample": false`` in the block is greedy decoding (0) whatever
+        temperature is given: the flag is Hugging Face ``generate``'s, which then ignores temperature, and the
+        original API's callers send it (its doc's example). Forwarded as it came, no model server read it and the
+        answer was sampled."""
+        sp = self.sampling_parameters
+        if sp is not None and sp.do_sample is False:
+            return GREEDY
         if self.temperature is not None:
             return self.temperature
-        sp = self.sampling_parameters
         return sp.temperature if sp else None
 
     def effective_top_p(self) -> float | None:

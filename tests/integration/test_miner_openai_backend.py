@@ -88,6 +88,35 @@ async def test_sampling_fields_reach_upstream_and_subnet_fields_do_not(tmp_path:
     assert "task" not in sent and "sampling_parameters" not in sent and "my_vendor_flag" not in sent
 
 
+@pytest.mark.parametrize(("do_sample", "temperature"), [(True, 0.7), (False, 0.0)])
+async def test_the_subnet_docs_example_samples_as_do_sample_says(tmp_path: Path, do_sample: bool,
+                                                                 temperature: float) -> None:
+    """The original API's doc example (AsyncOpenAI, its api-key header, extra_body with ``sampling_parameters``)
+    as written, and with ``"do_sample": False``: greedy decoding, temperature 0 at the model server whatever
+    temperature is given (Hugging Face's flag, whose ``generate`` then ignores temperature). It was dropped at
+    the miner, and the "greedy" answer sampled at the caller's 0.7."""
+    import openai
+
+    received: list = []
+    async with stack(tmp_path, received) as (api, key):
+        def make_header(api_key: str) -> dict[str, str]:
+            return {"api-key": f"{api_key}", "Content-Type": "application/json"}
+
+        client = openai.AsyncOpenAI(base_url=f"{api}/v1", max_retries=0,
+                                    timeout=openai.Timeout(30, connect=10, read=20),
+                                    http_client=openai.DefaultAsyncHttpxClient(headers=make_header(key)), api_key=key)
+        result = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": """How are you?"""}], stream=True, temperature=0.7,
+            extra_body={"task": "InferenceTask",
+                        "sampling_parameters": {"mixture": False, "max_new_tokens": 256, "do_sample": do_sample}},
+            seed=42, extra_headers=make_header(key))
+        text = "".join([c.choices[0].delta.content or "" async for c in result if c.choices])
+        await client.close()
+    assert text.strip() == "echo: How are you?"
+    sent = received[-1]
+    assert (sent["temperature"], sent["max_tokens"], sent["seed"]) == (temperature, 256, 42)
+
+
 # A caller's fields that a model server takes and OpenAI does not have (vLLM's), or that act on the miner more than
 # on the answer: none reaches the model server, through the API or sent to the miner by any validator.
 SERVER_ONLY = {"chat_template": "{{ 7*7 }}", "chat_template_kwargs": {"enable_thinking": False},
