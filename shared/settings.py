@@ -70,9 +70,13 @@ PUBLISHED_ADMIN_KEYS = frozenset({"my-long-random-admin-key"})
 
 
 def http_url(v: str) -> str:
-    """A base URL the node calls: with its scheme (``localhost:8000`` started, then failed every call)."""
+    """A base URL the node calls: with its scheme (``localhost:8000`` started, then failed every call). The original
+    subnet API's ``.env.api.example`` wrote ``VALIDATOR_API = "0.0.0.0:8094"``: such a host:port is told the URL to
+    write rather than guessed (http or https is the operator's to say)."""
     if not re.match(r"^https?://[^/\s]+", v):
-        raise ValueError(f"{mask_credentials(v)!r} is not an http(s) URL (http://host:port/...)")
+        shown = mask_credentials(v)
+        fix = f": write http://{shown}" if re.match(r"^[^:/\s]+:\d+(/\S*)?$", v) else ""
+        raise ValueError(f"{shown!r} is not an http(s) URL (http://host:port/...){fix}")
     return v
 
 

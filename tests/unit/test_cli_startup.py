@@ -52,17 +52,22 @@ def test_bad_values_are_listed(tmp_path: Path, role: str) -> None:
     ("validator", "SCORE_ALPHA=0,1\n", "sn1 validator: SCORE_ALPHA: Input should be a valid number, unable to parse "
                                        "string as a number (got '0,1')"),
     ("validator", "REFERENCE_LLM_URL=localhost:8000/v1\n",
-     "sn1 validator: REFERENCE_LLM_URL: 'localhost:8000/v1' is not an http(s) URL (http://host:port/...)"),
+     "sn1 validator: REFERENCE_LLM_URL: 'localhost:8000/v1' is not an http(s) URL (http://host:port/...): write "
+     "http://localhost:8000/v1"),
     ("miner", "UPSTREAM_TIMEOUT=0\n", "sn1 miner: UPSTREAM_TIMEOUT: Input should be greater than 0 (got '0')"),
     ("miner", "MINER_BACKEND=openai\nUPSTREAM_URL=127.0.0.1:8000/v1\n",
-     "sn1 miner: UPSTREAM_URL: '127.0.0.1:8000/v1' is not an http(s) URL (http://host:port/...)"),
+     "sn1 miner: UPSTREAM_URL: '127.0.0.1:8000/v1' is not an http(s) URL (http://host:port/...): write "
+     "http://127.0.0.1:8000/v1"),
+    # the original subnet API's .env.api.example line, as written there
+    ("api", 'VALIDATOR_API = "0.0.0.0:8094"\n',
+     "sn1 api: VALIDATOR_API: '0.0.0.0:8094' is not an http(s) URL (http://host:port/...): write http://0.0.0.0:8094"),
     ("miner", "LOG_LEVEL=warn\n", "sn1 miner: LOG_LEVEL: Input should be 'TRACE', 'DEBUG', 'INFO', 'SUCCESS', "
                                   "'WARNING' or 'ERROR' (got 'WARN')"),
     ("miner", "MINER_PORT=8o91\n", "sn1 miner: MINER_PORT: Input should be a valid integer, unable to parse string as "
                                    "an integer (got '8o91')"),
 ], ids=["negative-timeout", "port-range", "not-a-number", "store-scheme", "redis-db-name", "redis-port", "url-scheme", "log-level", "json",
         "v-negative-timeout", "v-port-range", "v-not-a-number", "v-url-scheme",
-        "zero-timeout", "m-url-scheme", "m-log-level", "port-typo"])
+        "zero-timeout", "m-url-scheme", "original-env-api", "m-log-level", "port-typo"])
 def test_a_bad_value_is_one_line_naming_the_command_the_setting_and_the_value(
         tmp_path: Path, role: str, content: str, expected: str) -> None:
     """What an operator reads in ``journalctl`` or ``pm2 logs``: the whole problem on one line that says which
