@@ -11,7 +11,7 @@ anything else is refused with a 400 naming its place in the body.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from api.responses_wire import (
@@ -61,16 +61,16 @@ def chat_body(r: ResponsesRequest, history: Sequence[dict[str, Any]] = ()) -> di
         messages.append({"role": "system", "content": r.instructions})
     for i, raw in enumerate(history):
         _add_item(messages, raw, f"previous_response_id.{i}")
+    start = len(messages)
     if isinstance(r.input, str):
         messages.append({"role": "user", "content": r.input})
     else:
-        start = len(messages)
         for i, raw in enumerate(r.input):
             _add_item(messages, raw, f"input.{i}")
         if not messages:
             raise invalid_value("input", "input has no message to answer (reasoning and web_search_call items are "
                                          "skipped)")
-        _check_outputs_answer_calls(messages, start)
+    _check_outputs_answer_calls(messages, start, "conversation" if r.conversation_id else "previous_response_id")
     _check_calls_answered(messages)
     body: dict[str, Any] = {"messages": messages, "stream": r.stream}
     if r.stream:
@@ -132,7 +132,10 @@ def truncated(body: dict[str, Any], keep: float = 0.5) -> dict[str, Any] | None:
         first -= 1
     if first == 0:
         return None
-    return body | {"messages": messages[:head] + rest[first:]}
+    kept = rest[first:]
+    while (orphan := unanswered_tool_result(_turns(kept))) is not None:  # its call was in what was dropped
+        del kept[orphan[0]]
+    return body | {"messages": messages[:head] + kept}
 
 
 # A model server's numbers in its refusal: the context it has (OpenAI and vLLM "maximum context length is N",
@@ -197,16 +200,21 @@ def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> N
         messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
 
 
-def _check_outputs_answer_calls(messages: list[dict[str, Any]], start: int) -> None:
-    """Each ``function_call_output`` of this request's input answers a call made before it (in the input, or in
-    the conversation it continues): an orphan, a call id mistyped or a call left out, is OpenAI's 400, in its
-    words, rather than a tool result the model has no call for (chat servers refuse it, or answer nonsense).
-    Chat's own check (``ChatCompletionRequest``) then sees the whole conversation, as for any chat request."""
-    orphan = unanswered_tool_result(((m["role"], m.get("tool_calls"), m.get("tool_call_id")) for m in messages),
-                                    start=start)
+def _turns(messages: list[dict[str, Any]]) -> Iterator[tuple[str, Any, Any]]:
+    """Each chat message's role, calls and the call it answers, as the tool-turn checks read them."""
+    return ((m["role"], m.get("tool_calls"), m.get("tool_call_id")) for m in messages)
+
+
+def _check_outputs_answer_calls(messages: list[dict[str, Any]], start: int, history: str) -> None:
+    """Each ``function_call_output`` answers a call made before it (in the input, or in the conversation it
+    continues): an orphan, a call id mistyped or a call left out, is OpenAI's 400, in its words, rather than a tool
+    result the model has no call for (chat servers refuse it, or answer nonsense). One in the conversation before
+    ``start`` (its call item deleted from a ``conversation``) names ``history``, the field that brought it: it met
+    chat's check, whose words and ``messages.[N]`` a Responses caller has no use for."""
+    orphan = unanswered_tool_result(_turns(messages))
     if orphan is not None:
-        raise ApiError(400, f"No tool call found for function call output with call_id {orphan[1][:256]}.",
-                       param="input")
+        raise ApiError(400, f"No tool call found for function call output with call_id {str(orphan[1])[:256]}.",
+                       param="input" if orphan[0] >= start else history)
 
 
 def _check_calls_answered(messages: list[dict[str, Any]]) -> None:
@@ -214,9 +222,9 @@ def _check_calls_answered(messages: list[dict[str, Any]]) -> None:
     in ``input``) has its ``function_call_output`` after it: OpenAI's 400, in its words, naming the call, rather than
     a model asked to go on without the call's result (it answers as if the call had not been made, or makes it
     again). The Agents SDK's turn after a response that ended in calls sends their outputs."""
-    call_id = unanswered_call((m["role"], m.get("tool_calls"), m.get("tool_call_id")) for m in messages)
-    if call_id is not None:
-        raise ApiError(400, f"No tool output found for function call {str(call_id)[:256]}.", param="input")
+    unanswered = unanswered_call(_turns(messages))
+    if unanswered is not None:  # OpenAI's Responses API names one call
+        raise ApiError(400, f"No tool output found for function call {str(unanswered[1][0])[:256]}.", param="input")
 
 
 def _message(item: MessageItem, at: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 # A miner's error code for a request its model server refused itself (a 4xx: a bad parameter, more
 # tokens than the model takes). The API tells it from the miner's own failure by this code.
@@ -128,6 +129,18 @@ def invalid_value(param: str | None, message: str) -> ApiError:
     """The 400 for a value the caller sent that cannot be used, naming where it sits (``None``: the body)."""
     where = f"value for '{param}'" if param else "request body"  # a body may have a field named "body"
     return ApiError(400, f"Invalid {where}: {message}", param=param, code="invalid_value")
+
+
+# A validator's refusal that is OpenAI's own 400 word for word, its ``param`` too (``messages.[2].role``, where the
+# field is ``messages``): ``openai_refusal`` makes it, and ``shared.http.parse_model`` answers it as it is, not as
+# "Invalid value for ...".
+OPENAI_REFUSAL = "openai_refusal"
+
+
+def openai_refusal(message: str, param: str) -> PydanticCustomError:
+    """OpenAI's 400 for a request, raised in a validator: ``message`` and ``param`` as OpenAI gives them, its
+    ``code`` null as OpenAI's. A ``{param}`` in ``message`` would be filled in (pydantic's template)."""
+    return PydanticCustomError(OPENAI_REFUSAL, message, {"param": param})
 
 
 def error_body(

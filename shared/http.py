@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared.aio import describe_tasks
 from shared.connections import ConnectionGuard, ConnectionLimits, GuardedAppRunner, fd_limited
-from shared.errors import ApiError, error_body, error_type_for, first_problem, invalid_value
+from shared.errors import OPENAI_REFUSAL, ApiError, error_body, error_type_for, first_problem, invalid_value
 from shared.gc_tuning import tune_for_serving
 from shared.ids import request_id_from
 from shared.jsonutil import dumpb, loads_body
@@ -324,6 +324,9 @@ def parse_model(model: type[BaseModel], data: Any, *, at: str = "", strict: bool
     try:
         return model.model_validate(data, strict=strict)
     except ValidationError as e:
+        first = e.errors()[0]
+        if first["type"] == OPENAI_REFUSAL:  # OpenAI's words and param, as they are
+            raise ApiError(400, first["msg"], param=".".join(p for p in (at, first["ctx"]["param"]) if p)) from None
         where, why = first_problem(e)
         param = ".".join(p for p in (at, where) if p) or None
         if why == "Field required" and param:  # OpenAI's words and code for it, as its SDKs surface them

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from shared.errors import openai_refusal
 from shared.ids import random_hex
 
 DEFAULT_TASK = "InferenceTask"
@@ -71,30 +72,37 @@ Metadata = Annotated[dict[Annotated[str, StringConstraints(max_length=64)],
                           Annotated[str, StringConstraints(max_length=512)]], Field(max_length=16)]
 
 
-def unanswered_tool_result(messages: Iterable[tuple[str, Any, Any]], *, start: int = 0) -> tuple[int, Any] | None:
-    """The first tool result, from message ``start`` on, that answers no call a message before it made: its
-    index and the call id it names (None: each answers one). ``messages``: (role, tool_calls, tool_call_id) of
-    each chat message, in order (chat's check, and the Responses API's of its input's function outputs)."""
+MAX_NAMED_CALLS = 16  # the call ids an unanswered-call refusal names (OpenAI names each: bounded here)
+
+
+def unanswered_tool_result(messages: Iterable[tuple[str, Any, Any]]) -> tuple[int, Any] | None:
+    """The first tool result that answers no call a message before it made: its index and the call id it names
+    (None: each answers one). ``messages``: (role, tool_calls, tool_call_id) of each chat message, in order
+    (chat's check, and the Responses API's of its function outputs)."""
     called: set[Any] = set()
     for i, (role, calls, call_id) in enumerate(messages):
         if calls:
             called.update(call.get("id") for call in calls if isinstance(call, dict))
-        elif role == "tool" and i >= start and call_id not in called:
+        elif role == "tool" and call_id not in called:
             return i, call_id
     return None
 
 
-def unanswered_call(messages: Iterable[tuple[str, Any, Any]]) -> Any | None:
-    """The id of the first tool call that no tool message after it answers (None: each is answered).
-    ``messages`` as for ``unanswered_tool_result``: a conversation that leaves a call unanswered asks the model to go
-    on without the call's result (OpenAI's Responses API refuses it)."""
-    waiting: dict[Any, None] = {}  # ordered: the first call left unanswered is named
-    for role, calls, call_id in messages:
+def unanswered_call(messages: Iterable[tuple[str, Any, Any]]) -> tuple[int, list[Any]] | None:
+    """The first message with a tool call that no tool message after it answers: its index and the ids of its
+    calls left unanswered, in order (None: each call is answered). ``messages`` as for ``unanswered_tool_result``:
+    a conversation that leaves a call unanswered asks the model to go on without the call's result (OpenAI's chat
+    and Responses APIs refuse it)."""
+    waiting: dict[Any, int] = {}  # each call id left unanswered -> the message that made it
+    for i, (role, calls, call_id) in enumerate(messages):
         if calls:
-            waiting.update((call.get("id"), None) for call in calls if isinstance(call, dict))
+            waiting.update((call.get("id"), i) for call in calls if isinstance(call, dict))
         elif role == "tool":
             waiting.pop(call_id, None)
-    return next(iter(waiting), None)
+    if not waiting:
+        return None
+    first = min(waiting.values())
+    return first, [call_id for call_id, at in waiting.items() if at == first]
 
 
 class TextPart(BaseModel):
@@ -302,14 +310,20 @@ class ChatCompletionRequest(BaseModel):
     # come back as a miner's failure (a 502 for the caller and a zero score for the miner).
     @field_validator("messages")
     @classmethod
-    def _tool_results_answer_calls(cls, v: list[ChatMessage]) -> list[ChatMessage]:
-        """A tool message answers a call an assistant message before it made (OpenAI's 400, in its words)."""
-        orphan = unanswered_tool_result((m.role, m.tool_calls, m.tool_call_id) for m in v)
-        if orphan is not None:
-            raise PydanticCustomError(
-                "orphan_tool_message", "messages with role 'tool' must be a response to a preceding message with "
-                "'tool_calls' (message {index} answers tool_call_id '{id}', which no earlier message called)",
-                {"index": orphan[0], "id": str(orphan[1])[:64]})
+    def _tool_turns_are_whole(cls, v: list[ChatMessage]) -> list[ChatMessage]:
+        """Each tool message answers a call an assistant message before it made, and each call has its tool
+        message after it: OpenAI's 400s, in its words (``openai_refusal``), the first in the conversation. A call
+        left unanswered asked the miners' models to go on without its result, and they answered anyway."""
+        turns = [(m.role, m.tool_calls, m.tool_call_id) for m in v]
+        orphan, unanswered = unanswered_tool_result(turns), unanswered_call(turns)
+        if unanswered is not None and (orphan is None or unanswered[0] < orphan[0]):
+            ids = ", ".join(str(call_id)[:256] for call_id in unanswered[1][:MAX_NAMED_CALLS])
+            raise openai_refusal("An assistant message with 'tool_calls' must be followed by tool messages "
+                                 "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                                 f"response messages: {ids}", f"messages.[{unanswered[0]}].role")
+        if orphan is not None:  # "preceeding": OpenAI's spelling, which callers match on
+            raise openai_refusal("Invalid parameter: messages with role 'tool' must be a response to a preceeding "
+                                 "message with 'tool_calls'.", f"messages.[{orphan[0]}].role")
         return v
 
     @field_validator("top_logprobs")

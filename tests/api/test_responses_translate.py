@@ -356,6 +356,10 @@ def test_truncation_halves_the_conversation_keeps_the_instructions_and_drops_orp
     assert truncated(cut) is None  # the last message is never dropped
     six = {"messages": [said("user", str(i)) for i in range(6)]}
     assert [m["content"] for m in truncated(six)["messages"]] == ["3", "4", "5"]  # type: ignore[index]
+    # a result later than the cut, whose call was dropped (a message came between them), goes too: kept, the
+    # conversation asked again was refused as chat's 400 (messages.[1].role), a Responses caller's to puzzle over
+    between = {"messages": [said("user", "a" * 50), call, said("user", "b"), result, said("user", "c")]}
+    assert truncated(between) == {"messages": [said("user", "b"), said("user", "c")]}
 
 
 @pytest.mark.parametrize(("refusal", "share"), [
@@ -399,8 +403,9 @@ def test_a_tool_result_answers_a_call_in_its_input_or_in_the_conversation_it_con
         body = chat_body(parse_model(ResponsesRequest, {"input": sent, "tools": [WEATHER]}), history)
         assert body["messages"][-1] == {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
     orphan_before = [{"type": "function_call_output", "call_id": "call_0", "output": "old"}]  # the history's own
-    body = chat_body(parse_model(ResponsesRequest, {"input": "next", "tools": [WEATHER]}), orphan_before)
-    assert body["messages"][-1] == {"role": "user", "content": "next"}  # this check is of the input's outputs only
-    with pytest.raises(ApiError) as e:  # the history's orphan is chat's check to refuse, as any chat request's
-        parse_model(ChatCompletionRequest, body)
-    assert e.value.param == "messages" and "must be a response to a preceding message" in e.value.message
+    for sent, param in (({}, "previous_response_id"), ({"conversation": "conv_1"}, "conversation")):
+        with pytest.raises(ApiError) as e:  # in this API's words, naming the field that brought it (chat's check
+            # named messages.[0].role, a place a Responses caller has no use for)
+            chat_body(parse_model(ResponsesRequest, {"input": "next", "tools": [WEATHER], **sent}), orphan_before)
+        assert (e.value.status, e.value.param) == (400, param)
+        assert e.value.message == "No tool call found for function call output with call_id call_0."

@@ -382,7 +382,7 @@ async def test_values_openai_accepts_are_accepted(tmp_path: Path) -> None:
      "Input should be 'text', 'image_url'"),
     ([{"role": "user", "content": [{"type": "text"}]}], {}, "messages.0.content.0.text", "a text part needs its text"),
     ([{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "call_nope", "content": "sunny"}], {},
-     "messages", "must be a response to a preceding message with 'tool_calls'"),
+     "messages.[1].role", "must be a response to a preceeding message with 'tool_calls'"),
     (MESSAGES, {"metadata": {str(n): "v" for n in range(17)}}, "metadata", "at most 16"),
     (MESSAGES, {"metadata": {"k": 1}}, "metadata.k", "valid string"),
 ], ids=["unknown part", "text part without text", "tool result for no call", "17 metadata pairs", "metadata number"])
