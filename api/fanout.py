@@ -12,7 +12,7 @@ from typing import Any
 
 from loguru import logger
 
-from api.answer_checks import Check, answer_check, json_opening, must_call, offered_tools
+from api.answer_checks import Check, answer_check, caller_limited, json_opening, must_call, offered_tools
 from api.context import ApiContext
 from api.race import Race
 from api.selection import passed_over as passed_over_by_selection
@@ -70,7 +70,7 @@ def start_race(
                 opens_with=json_opening(body), calls_only=must_call(body),
                 relay_usage=not stream or (isinstance(options, dict) and options.get("include_usage") is True),
                 scored=scored, latency_scale=latency_scale, health=ctx.miner_health,
-                model=None if body.get("model") in ANY_MODEL else body.get("model"))
+                model=None if body.get("model") in ANY_MODEL else body.get("model"), caller_limited=caller_limited(body))
     race.start()
     return race
 

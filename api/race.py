@@ -35,6 +35,11 @@ from shared.metagraph import Neuron
 from shared.miner_client import NOT_SERVED, Event, MinerClient, MinerError, event_text
 from shared.protocol import FINISH_REASONS, finish_reason, is_name, new_call_id, reported_usage, valid_usage
 
+# Why a run that ended ``length`` with nothing in it is no answer when the caller set no token limit: no limit of
+# the caller's cut it, and taken on the miner's word it won the race that every other miner failed (an empty
+# response ``incomplete`` for ``max_output_tokens`` that nobody set; no call where ``tool_choice`` required one).
+NOTHING_CUT = "the answer ended 'length' with nothing in it, and the request set no token limit"
+
 
 @dataclass(slots=True)
 class MinerRun:
@@ -296,8 +301,12 @@ class Race:
         latency_scale: float | None = None,
         health: MinerHealth | None = None,
         model: str | None = None,
+        caller_limited: bool = True,
     ) -> None:
         self.client = client
+        # The caller set a token limit (``answer_checks.caller_limited``): only then is an answer cut to nothing
+        # (``finish_reason: "length"``, no word, no thinking) one, the caller's limit's "" (NOTHING_CUT).
+        self.caller_limited = caller_limited
         self.health = health  # told each run's outcome: a miner that keeps failing is set aside (miner_health)
         # False: the caller in effect chose the miners (``fanout.aimed``); its payload says so, and the validator
         # does not score it: a key holder could otherwise score a miner it owns (or sink a rival) at will.
@@ -364,6 +373,8 @@ class Race:
                 raise Unfit(unfit)
             if run.finish_reason is None:  # every OpenAI-shaped answer ends with one: without it, it was cut
                 raise MinerError("the answer ended without a finish_reason (cut short)", kind="bad_response")
+            if run.finish_reason == "length" and not (run.has_answer or run.reasoning or self.caller_limited):
+                raise MinerError(NOTHING_CUT, kind="bad_response")
         except MinerError as e:
             run.error, run.error_kind = str(e), e.kind
         except Unfit as e:

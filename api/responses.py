@@ -291,7 +291,7 @@ class ResponsesFormat:
 
     def complete(self, req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]) -> web.Response:
         output = complete_output(run.text, run.merged_tool_calls(), logprob_tokens(run.logprobs), "".join(run.refusal),
-                                 "".join(run.reasoning))
+                                 "".join(run.reasoning), finish_reason=run.finish_reason)
         for item in output:
             if item["type"] == "message" and item["content"][0]["type"] == "output_text":
                 item["content"][0]["annotations"] = self._annotate(item["content"][0]["text"])

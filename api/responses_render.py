@@ -158,18 +158,27 @@ def finished(base: dict[str, Any], output: list[dict[str, Any]], *, finish_reaso
 
 
 def complete_output(text: str, tool_calls: list[dict[str, Any]] | None,
-                    logprobs: list[Any] | None = None, refusal: str = "", reasoning: str = "") -> list[dict[str, Any]]:
+                    logprobs: list[Any] | None = None, refusal: str = "", reasoning: str = "", *,
+                    finish_reason: str | None = None) -> list[dict[str, Any]]:
     """The output items of a finished answer: its thinking (if any), its text as a message (if any, or
-    empty if there is neither a call nor a refusal), a refusal as a message of one refusal part (after
-    the text, as the stream gives both: the text's message had dropped it), then each call."""
+    empty if there is neither a call nor a refusal and the answer ended whole: ``says_nothing``), a refusal as a
+    message of one refusal part (after the text, as the stream gives both: the text's message had dropped it),
+    then each call."""
     output = [reasoning_item(new_id("rs"), reasoning)] if reasoning else []
-    if text or not (tool_calls or refusal):
+    if text or (not (tool_calls or refusal) and says_nothing(finish_reason)):
         output.append(message_item(new_id("msg"), text, logprobs=logprobs))
     if refusal:
         output.append(message_item(new_id("msg"), "") | {"content": [refusal_part(refusal)]})
     for call in tool_calls or []:
         output.append(call_item(call, arguments=(call.get("function") or {}).get("arguments") or ""))
     return output
+
+
+def says_nothing(finish_reason: str | None) -> bool:
+    """Whether an answer with neither text, a refusal nor a call is an empty message: one that ended whole (a model
+    that stops at once says ``""``); one cut short (``incomplete``: the limit came before a word) has no message,
+    as OpenAI gives it (only its thinking, if any): its ``output_text`` "" either way."""
+    return finish_reason not in INCOMPLETE
 
 
 def event_logprobs(tokens: list[Any]) -> list[Any]:
@@ -373,10 +382,10 @@ class ResponseStream:
     def closing(self, *, finish_reason: str | None, usage: dict[str, Any], error: str | None = None) -> bytes:
         """Close the open item, and seal the final response (``self.final``), whose event ``last`` makes: a
         caller that stores it first may say it was not stored."""
-        # An answer with neither text nor calls (thinking alone, say) ends with an empty message, as in the
-        # non-streamed object.
+        # An answer with neither text nor calls (thinking alone, say) that ended whole ends with an empty message,
+        # as in the non-streamed object (``says_nothing``).
         answered = any(item["type"] != "reasoning" for item in self.items[self.closed:])
-        out = [self._open_message()] if not answered and error is None else []
+        out = [self._open_message()] if not answered and error is None and says_nothing(finish_reason) else []
         final = finished(self.base, self.items, finish_reason=finish_reason, usage=usage, error=error)
         out.append(self._close_current())
         out.extend(self._close(index, self.items[index]) for index in sorted(self.unfinished))

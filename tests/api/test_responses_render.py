@@ -116,22 +116,26 @@ def test_cached_and_reasoning_tokens_are_carried_over() -> None:
         {"cached_tokens": 0, "cache_write_tokens": 0}
 
 
-def test_thinking_alone_cut_short_is_a_reasoning_item_then_an_empty_message_streamed_or_not() -> None:
-    """max_tokens spent on thinking: the answer is incomplete, its thinking whole, and its message the
-    empty one an answer with neither text nor calls gets (agent loops end on it)."""
+def test_thinking_alone_cut_short_is_a_reasoning_item_and_no_message_streamed_or_not() -> None:
+    """max_tokens spent on thinking: the answer is incomplete, its thinking its only item, as OpenAI gives it (an
+    empty message came after it, ``output_text: ""`` in an item OpenAI does not send); one that ended whole and said
+    nothing still has its empty message."""
     got = stream_of(chunk(thought="Hmm"), chunk(thought=", let me see"), finish_reason="length")
     assert [e["type"] for e in got][2:] == [
         "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta",
         "response.reasoning_text.delta", "response.reasoning_text.done", "response.content_part.done",
-        "response.output_item.done",
-        "response.output_item.added", "response.content_part.added", "response.output_text.done",
-        "response.content_part.done", "response.output_item.done", "response.incomplete"]
+        "response.output_item.done", "response.incomplete"]
     whole = finished(skeleton(ResponsesRequest(input="x"), response_id="r", model="m"),
-                     complete_output("", None, reasoning="Hmm, let me see"), finish_reason="length", usage=USAGE)
+                     complete_output("", None, reasoning="Hmm, let me see", finish_reason="length"),
+                     finish_reason="length", usage=USAGE)
     for final in (got[-1]["response"], whole):
-        assert [(i["type"], i["status"]) for i in final["output"]] == [("reasoning", "completed"),
-                                                                       ("message", "incomplete")]
+        assert [(i["type"], i["status"]) for i in final["output"]] == [("reasoning", "incomplete")]
         assert final["output"][0]["content"] == [{"type": "reasoning_text", "text": "Hmm, let me see"}]
+    cut = finished(skeleton(ResponsesRequest(input="x"), response_id="r", model="m"),
+                   complete_output("", None, finish_reason="length"), finish_reason="length", usage=USAGE)
+    assert cut["output"] == [] and stream_of(finish_reason="length")[-1]["response"]["output"] == []
+    ended = stream_of(chunk(thought="Hmm"), finish_reason="stop")[-1]["response"]
+    assert [(i["type"], i["status"]) for i in ended["output"]] == [("reasoning", "completed"), ("message", "completed")]
 
 
 def test_thinking_between_calls_is_its_own_item() -> None:
