@@ -66,6 +66,9 @@ READ_BATCH = 1000  # events a resumed stream reads from the store at once
 # the last one carry it whole, so a resume past the bound has every item, not each piece of it (the deltas'
 # sequence numbers are skipped). A delta event is some 50 times the text it carries.
 MAX_STORED_EVENT_BYTES = 4 << 20
+# A streamed response's stored events are counted against its key's daily storage budget each time this many more
+# bytes of them are stored (and the rest once it ends): a worker that dies part way leaves at most this uncounted.
+COUNT_EVENTS_EVERY = 64 << 10
 TAIL_WAIT_S = 1.0  # how long it waits, once the response is settled, for the last events its worker writes then
 SETTLE_RETRY_S = 1.0  # how often an answer the store could not take is offered again (until the record's deadline)
 LINE_KIND = "responses.background"  # the first word of a background turn's access line (after the request's own)
@@ -88,6 +91,7 @@ class EventLog:
         self.tail: bytes | None = None  # the answer's closing events (its items done), held until it is settled
         self.frames: list[bytes] = []  # every event, frames[n] numbered n: its callers here miss none
         self.stored_bytes = 0
+        self.counted_bytes = 0  # of those, counted against its key's daily storage budget so far
         self.cut = False  # whether deltas are left out of the store (past MAX_STORED_EVENT_BYTES)
         self.done = False
         self._new = asyncio.Event()
@@ -109,6 +113,9 @@ class EventLog:
             await self.ctx.responses.add_events(self.key_id, self.response_id, kept, retention=self.retention)
         except StoreUnavailable as e:
             logger.warning("background response {}: events not stored: {}", self.response_id, e)
+            return
+        if self.stored_bytes - self.counted_bytes >= COUNT_EVENTS_EVERY:
+            await self.count_stored()
 
     def _stored(self, frame: bytes) -> bool:
         """Whether an event goes to the store: every one up to MAX_STORED_EVENT_BYTES, then all but deltas."""
@@ -131,13 +138,16 @@ class EventLog:
         self._new.set()
 
     async def count_stored(self) -> None:
-        """Count the events it stored against its key's daily storage budget, once, when it has ended (one
-        counter update per response, not one per batch of events): let in, they are counted, not refused."""
-        if self.ctx.storage_budget is None:
+        """Count the events it stored since the last count against its key's daily storage budget: every
+        ``COUNT_EVENTS_EVERY`` bytes, and the rest when it has ended (one counter update per step, not one per batch
+        of events). Counted once it ended only, a worker that died part way left them stored a day, uncounted. Let
+        in, they are counted, not refused."""
+        size = self.stored_bytes - self.counted_bytes
+        if self.ctx.storage_budget is None or not size:
             return
+        self.counted_bytes = self.stored_bytes
         await self.ctx.storage_budget.count_or_warn(
-            self.key, self.stored_bytes, f"background response {self.response_id}'s {self.stored_bytes} bytes of "
-                                            "events not counted")
+            self.key, size, f"background response {self.response_id}'s {size} bytes of events not counted")
 
     async def follow(self, after: int) -> AsyncIterator[bytes]:
         """The events after sequence number ``after``, as they come, until the last."""

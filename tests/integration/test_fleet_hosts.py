@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from api.responses_background import COUNT_EVENTS_EVERY
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.deterministic import DeterministicBackend
 from shared.keys_wire import MAX_CONCURRENT
@@ -139,6 +140,45 @@ async def test_a_stream_followed_on_one_host_ends_failed_when_the_host_answering
         assert [e["sequence_number"] for e in events] == list(range(1, len(events) + 1))
         async with http.get(f"{fleet.a.url}/v1/responses/{response_id}", headers=head) as r:
             assert (await r.json())["status"] == "failed"
+
+
+async def test_the_events_a_killed_host_stored_count_against_the_keys_daily_storage_budget(tmp_path: Path) -> None:
+    """Host C streams a long background response, storing its events for a resume elsewhere, and is killed
+    (SIGKILL) part way. Its events were counted against the key's daily storage budget only once the response
+    ended: those of a host that died were stored a day, uncounted (some 200 KB here, 4 MiB at most a response),
+    and ``stored_bytes_today`` on B said nothing of them. They are counted as they are stored, every
+    ``COUNT_EVENTS_EVERY`` bytes: all but that step's are counted when the host dies."""
+    async with two_hosts(tmp_path, slow=long_trickle()) as fleet, aiohttp.ClientSession() as http:
+        c = fleet.another("host-c")
+        try:
+            await asyncio.to_thread(wait_ready, [c])
+            head = {"Authorization": f"Bearer {fleet.key}"}
+            body = {"model": MODEL, "input": "Go on and on.", "background": True, "stream": True}
+            async with http.post(f"{c.url}/v1/responses", json=body, headers=head) as r:
+                seen = b""
+                while len(seen) < 4 * COUNT_EVENTS_EVERY:  # the answer is being made and stored
+                    seen += await r.content.readany()
+                c.kill(signal.SIGKILL)
+        finally:
+            c.kill()
+        response_id = json.loads(seen.split(b"data: ", 1)[1].split(b"\n", 1)[0])["response"]["id"]
+        client = aioredis.Redis.from_url(fleet.store_url)
+        try:
+            names = [name async for name in client.scan_iter(match=f"{fleet.namespace}:response_events:*{response_id}")]
+            # each member is ``{seq}:{frame}``: the frames are what is counted
+            stored = sum(len(member.partition(b":")[2]) for member in await client.zrange(names[0], 0, -1))
+        finally:
+            await client.aclose()
+        async with http.get(f"{fleet.b.url}/v1/usage", headers=head) as r:
+            counted = (await r.json())["stored_bytes_today"]
+        assert stored > 3 * COUNT_EVENTS_EVERY
+        assert counted >= stored - COUNT_EVENTS_EVERY, (counted, stored)
+
+
+def long_trickle() -> Script:
+    """A miner streaming a long answer, a word each 5 ms for 15 s: some 600 KB of the API's events."""
+    return Script([(0.005, f"data: {chunk(f'word{i} ')}\n\n".encode()) for i in range(3000)]
+                  + [(0, b"data: [DONE]\n\n")])
 
 
 async def test_a_cancel_on_one_host_stops_the_miners_of_the_host_answering(tmp_path: Path) -> None:
