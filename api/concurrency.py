@@ -3,8 +3,8 @@
 
 Its request rate bounds how many requests a key starts, not how many it holds open: a key within its rate could
 hold thousands of streams, each holding API memory and a miner's capacity. Chat completions, legacy completions
-and responses take a slot as the key is authorized (with its rate-limit charge) and give it back
-when their handler ends: a stream's when it has been sent, or when the client left (the handler is cancelled), a
+and responses (and a background response's events streamed again) take a slot as the key is authorized (with its
+rate-limit charge) and give it back when their handler ends: a stream's when it has been sent, or when the client left (the handler is cancelled), a
 failure's when it is answered; ``holds_slot`` makes that every exit path. A background response holds one only
 while its request is answered (it is queued at once): what it runs after is bounded by
 ``MAX_BACKGROUND_RESPONSES_PER_KEY``.

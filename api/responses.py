@@ -23,7 +23,7 @@ from api.access_log import access_logged, answer_line, ended_with, logged, note_
 from api.auth import authenticate, check_search_scope
 from api.chat import Plan, answer, plan
 from api.completion import logprob_tokens, mid_stream_failure, response_usage
-from api.concurrency import LIMITER, holds_slot
+from api.concurrency import LIMITER, ConcurrencyLimiter, holds_slot
 from api.context import CTX, ApiContext
 from api.fanout import chat_deadline
 from api.race import MinerRun, Race
@@ -125,12 +125,19 @@ async def _truncated_answer(request: web.Request, key: KeyRecord, req: ChatCompl
 
 
 @access_logged("responses")
+@holds_slot
 async def get_response(request: web.Request) -> web.StreamResponse:
     """``GET /v1/responses/{id}``: the calling key's stored response object; with ``stream=true``, a streamed
-    background response's events again (after ``starting_after``), until its end."""
-    ctx, key = await caller(request)
-    query: RetrieveQuery = parse_model(RetrieveQuery, items_query(request, ("stream", "starting_after",
-                                                                            "include_obfuscation")))
+    background response's events again (after ``starting_after``), until its end. That stream is held open as
+    long as the answer takes (and, on a worker not answering it, reads the store 10 times a second), so it takes
+    one of the key's requests in flight, as the stream that made it did: without one, a key could hold any number
+    of them whatever its ``max_concurrent_requests``. A plain read takes none."""
+    try:
+        streamed = retrieve_query(request).stream
+    except ApiError:  # refused below, once the key is checked (a 401 before a 400, as before)
+        streamed = False
+    ctx, key = await caller(request, slots=request.app[LIMITER] if streamed else None)
+    query = retrieve_query(request)
     found = await responses_state.stored(ctx, key, request.match_info["response_id"])
     if not query.stream:
         return json_response(found.response)
@@ -175,11 +182,17 @@ async def list_input_items(request: web.Request) -> web.StreamResponse:
     return json_response(responses_state.page(found.items, query))
 
 
-async def caller(request: web.Request) -> tuple[ApiContext, KeyRecord]:
+async def caller(request: web.Request, slots: ConcurrencyLimiter | None = None) -> tuple[ApiContext, KeyRecord]:
     """The context and the calling key of a stored-response route: reading one spends no tokens, so no usage
-    is passed (as for the 404 these routes answered before)."""
+    is passed (as for the 404 these routes answered before); ``slots``: it takes one of the key's requests in
+    flight (its handler a ``holds_slot`` one)."""
     ctx = request.app[CTX]
-    return ctx, await authenticate(request, ctx.store, scope="chat")
+    return ctx, await authenticate(request, ctx.store, scope="chat", slots=slots)
+
+
+def retrieve_query(request: web.Request) -> RetrieveQuery:
+    """``GET /v1/responses/{id}``'s query string (a 400 naming what it refuses)."""
+    return parse_model(RetrieveQuery, items_query(request, ("stream", "starting_after", "include_obfuscation")))
 
 
 def items_query(request: web.Request, names: tuple[str, ...] = ("limit", "order", "after")) -> dict[str, object]:

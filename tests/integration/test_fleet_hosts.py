@@ -385,6 +385,50 @@ async def test_requests_in_flight_are_one_count_for_the_hosts_and_a_killed_hosts
             await asyncio.gather(*held, return_exceptions=True)
 
 
+async def test_a_stream_resumed_on_any_host_holds_one_of_the_keys_requests_in_flight(tmp_path: Path) -> None:
+    """A key limited to 2 requests in flight starts a streamed background response on A and leaves it; its
+    events are then streamed again (``GET /v1/responses/{id}?stream=true``) on B and on A at once. Each resumed
+    stream is held open until the response ends (here a minute), and on a host not answering the response each
+    reads the store 10 times a second, yet none took a slot: a key could hold any number of them whatever its
+    ``max_concurrent_requests``, and ``requests_in_flight`` said 0. The third is the 429
+    ``concurrency_limit_exceeded`` (two counted on B's ``/v1/usage``); a plain read of the response (no stream)
+    takes none, and a slot is given back when its stream's client leaves."""
+    async with two_hosts(tmp_path, slow=hanging()) as fleet, aiohttp.ClientSession() as http:
+        head = {"Authorization": f"Bearer {fleet.key}"}
+        async with http.put(f"{fleet.a.url}/api_management/modify-api-key/{fleet.key}?max_concurrent_requests=2",
+                            headers=AK) as r:
+            assert r.status == 200
+        body = {"model": MODEL, "input": "Take your time.", "background": True, "stream": True}
+        async with http.post(f"{fleet.a.url}/v1/responses", json=body, headers=head) as r:
+            first = json.loads((await r.content.readuntil(b"\n\n")).split(b"data: ", 1)[1])
+        response_id = first["response"]["id"]
+
+        async def in_flight() -> int:
+            async with http.get(f"{fleet.b.url}/v1/usage", headers=head) as r:
+                return (await r.json())["requests_in_flight"]
+
+        async def until(want: int) -> int:
+            for _ in range(50):
+                if (now := await in_flight()) == want:
+                    return now
+                await asyncio.sleep(0.1)
+            return now
+
+        assert await until(0) == 0  # the POST's slot, given back as its client left
+        resume = f"/v1/responses/{response_id}?stream=true&starting_after=0"
+        async with contextlib.AsyncExitStack() as held:
+            for host in (fleet.b, fleet.a):
+                r = await held.enter_async_context(http.get(host.url + resume, headers=head))
+                assert r.status == 200 and (await r.content.readuntil(b"\n\n")).startswith(b"event: ")
+            assert await until(2) == 2
+            async with http.get(fleet.b.url + resume, headers=head) as r:
+                assert r.status == 429, await r.text()
+                assert (await r.json())["error"]["code"] == "concurrency_limit_exceeded"
+            async with http.get(f"{fleet.b.url}/v1/responses/{response_id}", headers=head) as r:
+                assert r.status == 200 and (await r.json())["status"] == "in_progress"
+        assert await until(0) == 0  # both streams' clients left
+
+
 async def test_each_worker_holds_its_two_named_redis_clients_and_no_more(tmp_path: Path) -> None:
     """Host A's two workers serve a mix of requests at once (chat completions, stored responses read back,
     conversations, sessions, usage, the admin's key listing), then Redis's own ``CLIENT LIST`` is read for the
