@@ -430,10 +430,10 @@ class SQLiteResponseStore(SQLiteTables):
                              f"{VISIBLE_UNTIL} > ?", (response_id, key_id, now)).fetchone()
             if row is None:
                 return False
-            hide = self._continued(db, key_id, response_id)
+            hide = self._continued(db, key_id, response_id, now)
             self._drop(db, "id = ?", (response_id,), hide=hide)
             prev = None if hide else row[0]
-            while prev is not None and not self._continued(db, key_id, prev):
+            while prev is not None and not self._continued(db, key_id, prev, now):
                 up = db.execute("SELECT prev FROM stored_responses WHERE id = ? AND key_id = ? AND (hidden = 1 OR "
                                 f"{VISIBLE_UNTIL} <= ?)", (prev, key_id, now)).fetchone()
                 if up is None:
@@ -445,10 +445,11 @@ class SQLiteResponseStore(SQLiteTables):
         return self._tx(run)
 
     @staticmethod
-    def _continued(db: sqlite3.Connection, key_id: str, response_id: str) -> bool:
-        """Whether a stored response (hidden or not) continues ``response_id``."""
-        return db.execute("SELECT 1 FROM stored_responses WHERE prev = ? AND key_id = ? LIMIT 1",
-                          (response_id, key_id)).fetchone() is not None
+    def _continued(db: sqlite3.Connection, key_id: str, response_id: str, now: float) -> bool:
+        """Whether a stored response (hidden or not) continues ``response_id``: an expired one's row, not yet
+        purged, does not (it kept a deleted response's part stored until the purge)."""
+        return db.execute("SELECT 1 FROM stored_responses WHERE prev = ? AND key_id = ? AND expires_at > ? LIMIT 1",
+                          (response_id, key_id, now)).fetchone() is not None
 
     async def forget_key(self, key_id: str, *, marked: bool = False) -> int:
         def run(db: sqlite3.Connection) -> int:
@@ -470,8 +471,12 @@ class SQLiteResponseStore(SQLiteTables):
 # its hidden name, and this, until its own retention ends (it reads as before until then).
 MOVED = "moved"
 # The Lua every part script shares: ARGV[1], ARGV[2], ARGV[3] are the key's names' prefixes for a response's part,
-# its hidden part (deleted, or past its own retention: kept for the responses continuing it) and its count of
-# continuing responses; ``prev_of`` reads the ``prev`` a part starts with (``PREV_AT_START``).
+# its hidden part (deleted, or past its own retention: kept for the responses continuing it) and the set of the
+# responses continuing it (their ids); ``prev_of`` reads the ``prev`` a part starts with (``PREV_AT_START``).
+# ``continued`` asks whether one of those is still stored (hidden or not), dropping those expired since: counted
+# (a count was kept until 2026-12-07), an expired one kept a deleted response's part stored, hidden, until the
+# others would have expired. A count an earlier release wrote is kept as a count (``add_kid``, ``drop_kid``) until it
+# expires with them.
 PARTS_LUA = f"""
 local VISIBLE, HIDDEN, KIDS = ARGV[1], ARGV[2], ARGV[3]
 local function prev_of(v) return string.match(v, '^{{"prev":"([^"\\\\\\\\]*)"') end
@@ -485,6 +490,31 @@ end
 local function outlive(name, ttl)
   local left = redis.call('PTTL', name)
   if left == -1 or (left >= 0 and left < ttl) then redis.call('PEXPIRE', name, ttl) end
+end
+local function live(id) return redis.call('EXISTS', VISIBLE .. id, HIDDEN .. id) > 0 end
+local function kids_kind(id) return redis.call('TYPE', KIDS .. id)['ok'] end
+local function continued(id)
+  local kind = kids_kind(id)
+  if kind == 'string' then return tonumber(redis.call('GET', KIDS .. id)) > 0 end
+  if kind ~= 'set' then return false end
+  for _, kid in ipairs(redis.call('SMEMBERS', KIDS .. id)) do
+    if live(kid) then return true end
+    redis.call('SREM', KIDS .. id, kid)
+  end
+  return false
+end
+local function add_kid(id, kid)
+  if kids_kind(id) == 'string' then redis.call('INCR', KIDS .. id) else redis.call('SADD', KIDS .. id, kid) end
+end
+local function drop_kid(id, kid)
+  if kids_kind(id) == 'string' then
+    if redis.call('DECR', KIDS .. id) > 0 then return true end
+  else
+    redis.call('SREM', KIDS .. id, kid)
+    if continued(id) then return true end
+  end
+  redis.call('DEL', KIDS .. id)
+  return false
 end
 local function extend_up(id, ttl)
   for _ = 1, {MAX_CHAIN} do
@@ -507,8 +537,8 @@ end
 
 # Keep a response, unless its key was forgotten (0) or the response it continues is gone (2): KEYS[1] the key's
 # forgotten mark, KEYS[2] the response, KEYS[3] its pending mark, KEYS[4..] its items' names; ARGV[4] the data, ARGV[5]
-# the TTL (ms), ARGV[6] the response id, ARGV[7] "1" for a pending one, ARGV[8] its prev ("" for none), whose count
-# goes up (once) and whose ancestors live as long.
+# the TTL (ms), ARGV[6] the response id, ARGV[7] "1" for a pending one, ARGV[8] its prev ("" for none), which it is
+# named a continuation of (once) and whose ancestors live as long.
 PUT = PARTS_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local prev, ttl = ARGV[8], tonumber(ARGV[5])
@@ -518,7 +548,7 @@ redis.call('SET', KEYS[2], ARGV[4], 'PX', ttl)
 if ARGV[7] == '1' then redis.call('SET', KEYS[3], 1, 'PX', ttl) end
 for i = 4, #KEYS do redis.call('SET', KEYS[i], ARGV[6], 'PX', ttl) end
 if prev ~= '' then
-  if new then redis.call('INCR', KIDS .. prev) end
+  if new then add_kid(prev, ARGV[6]) end
   extend_up(prev, ttl)
 end
 return 1
@@ -572,19 +602,18 @@ if not v then return 0 end
 local moved = v == '{MOVED}'
 if moved then v = redis.call('GET', HIDDEN .. ARGV[4]) or '' end
 redis.call('DEL', KEYS[2], KEYS[3])
-if tonumber(redis.call('GET', KIDS .. ARGV[4]) or '0') > 0 then
+if continued(ARGV[4]) then
   if moved then redis.call('DEL', KEYS[1]) else redis.call('RENAME', KEYS[1], HIDDEN .. ARGV[4]) end
   return 1
 end
 redis.call('DEL', KEYS[1], HIDDEN .. ARGV[4], KIDS .. ARGV[4])
-local prev = prev_of(v)
+local id, prev = ARGV[4], prev_of(v)
 for _ = 1, {MAX_CHAIN} do
-  if not prev or redis.call('EXISTS', KIDS .. prev) == 0 or redis.call('DECR', KIDS .. prev) > 0 then break end
-  redis.call('DEL', KIDS .. prev)
+  if not prev or redis.call('EXISTS', KIDS .. prev) == 0 or drop_kid(prev, id) then break end
   local hidden = redis.call('GET', HIDDEN .. prev)
   if not hidden or redis.call('EXISTS', VISIBLE .. prev) == 1 then break end
   redis.call('DEL', HIDDEN .. prev)
-  prev = prev_of(hidden)
+  id, prev = prev, prev_of(hidden)
 end
 return 1
 """
@@ -604,7 +633,7 @@ return 1
 class RedisResponseStore(RedisBacked):
     """One string per response, its part, named by its key and id (``{ns}:response:{key_id}:{id}``), with Redis's
     TTL: another key's id is simply not there, and Redis expires what is old by its own clock. A response that
-    others continue counts them (``{ns}:response_kids:{key_id}:{id}``) and lives as long as they do: each write
+    others continue names them (a set, ``{ns}:response_kids:{key_id}:{id}``) and lives as long as they do: each write
     walks its ancestors (in its script) and extends their TTLs. Deleted, it is renamed hidden
     (``{ns}:response_hidden:{key_id}:{id}``) while others continue it. Each item it added is a string naming it
     (``{ns}:response_item:{key_id}:{item_id}``) with the same TTL; one whose response was deleted before it

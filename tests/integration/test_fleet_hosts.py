@@ -220,12 +220,45 @@ async def test_a_response_deleted_on_one_host_while_another_streams_it_leaves_no
         assert await wait_until(lambda: miner.active == 0, 10) < 3 and miner.cancelled == 1  # stopped, not done
         async with http.get(f"{fleet.a.url}/v1/responses/{response_id}?stream=true", headers=head) as r:
             assert r.status == 404
-        client = aioredis.Redis.from_url(fleet.store_url)
+        assert await stored_names(fleet, f"response*{response_id}*") == [], "the deleted response's events are stored"
+
+
+async def test_a_deleted_response_goes_from_redis_with_its_last_live_continuation(tmp_path: Path) -> None:
+    """A response made on A is continued twice: on host C (whose stored responses are kept 2 s) and on B. Its
+    caller deletes it on A (hidden: both turns continue it); C's turn expires; the caller deletes B's turn. Nothing
+    continues the deleted response now, and it is gone from Redis at once; the expired turn was still counted as
+    continuing it, and its deleted text stayed in Redis, hidden, until B's turn would have expired (a day)."""
+    async with two_hosts(tmp_path) as fleet, aiohttp.ClientSession() as http:
+        c = fleet.another("host-c", RESPONSES_RETENTION_SECONDS="2")
         try:
-            left = [name async for name in client.scan_iter(match=f"{fleet.namespace}:response*{response_id}*")]
+            await asyncio.to_thread(wait_ready, [c])
+            head = {"Authorization": f"Bearer {fleet.key}"}
+            ids = []
+            for host, prev in ((fleet.a, None), (c, 0), (fleet.b, 0)):
+                body = {"model": MODEL, "input": f"Turn {len(ids)}"} | (
+                    {} if prev is None else {"previous_response_id": ids[prev]})
+                async with http.post(f"{host.url}/v1/responses", json=body, headers=head) as r:
+                    assert r.status == 200, await r.text()
+                    ids.append((await r.json())["id"])
         finally:
-            await client.aclose()
-        assert left == [], "the deleted response's events are still stored"
+            c.kill()
+        async with http.delete(f"{fleet.a.url}/v1/responses/{ids[0]}", headers=head) as r:
+            assert r.status == 200
+        await asyncio.sleep(2.5)  # C's turn expired
+        async with http.get(f"{fleet.b.url}/v1/responses/{ids[1]}", headers=head) as r:
+            assert r.status == 404
+        async with http.delete(f"{fleet.b.url}/v1/responses/{ids[2]}", headers=head) as r:
+            assert r.status == 200
+        assert await stored_names(fleet, f"response*{ids[0]}") == [], "the deleted response is still stored"
+
+
+async def stored_names(fleet: Fleet, pattern: str) -> list[bytes]:
+    """The names of the fleet's Redis namespace that ``pattern`` matches (after the namespace's ``:``)."""
+    client = aioredis.Redis.from_url(fleet.store_url)
+    try:
+        return [name async for name in client.scan_iter(match=f"{fleet.namespace}:{pattern}")]
+    finally:
+        await client.aclose()
 
 
 async def test_a_session_opened_on_one_host_is_honoured_and_closed_on_the_other(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import sqlite3
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from shared.store.responses import (
     response_text,
     within_bound,
 )
+from tests.store.conftest import drop_keys, redis_url
 
 ANSWER = "a" * 2500  # a 2.5 KB answer each turn
 
@@ -264,3 +266,43 @@ async def test_deleting_the_last_turn_takes_the_earlier_ones_past_their_retentio
     assert await parts_of(responses, "key-a") == []
     if isinstance(responses, SQLiteResponseStore):  # their items' rows too (Redis expires its item names itself)
         assert await left_of(responses, "key-a") == 0
+
+
+async def test_a_deleted_response_goes_with_its_last_live_continuation(responses: ResponseStore) -> None:
+    """A response continued twice (two agents' turns after it) is deleted: hidden, for them. One of them expires,
+    then the other is deleted: nothing continues the deleted response any more, and it goes at once, as the README
+    says. The expired turn was still counted as continuing it (Redis's count of its continuations, SQLite's row not
+    yet purged), so the deleted response's part stayed stored, hidden, until the other turn would have expired
+    (with a day's retention, up to a day after its last deletion)."""
+    first, size, _ = await chain(responses, "key-a", range(1))
+    await chain(responses, "key-a", range(1, 2), prev=first, size=size, retention=0.3)  # soon expired
+    await chain(responses, "key-a", range(2, 3), prev=first, size=size)
+    assert await responses.delete("key-a", first)  # hidden: 1 and 2 continue it
+    await asyncio.sleep(0.4)  # 1 expired (not read since: a read of it would drop its SQLite row)
+    assert await responses.delete("key-a", "resp_2")
+    assert first not in await parts_of(responses, "key-a")  # (1's expired row is SQLite's next purge's)
+
+
+@pytest.mark.redis
+async def test_a_count_of_continuations_an_earlier_release_wrote_is_kept_as_a_count(tmp_path: Path) -> None:
+    """Redis kept a count of the responses continuing one until 2026-12-07, a set of their ids since: a count
+    written before the upgrade is still counted up and down as it was, and the response goes with its last
+    continuation."""
+    namespace = f"test-{secrets.token_hex(6)}"
+    store = RedisResponseStore.from_url(redis_url(), namespace=namespace)
+    try:
+        first, size, _ = await chain(store, "key-a", range(1))
+        await chain(store, "key-a", range(1, 2), prev=first, size=size)
+        kids = store._kids_key("key-a", first)
+        await store.r.delete(kids)
+        await store.r.set(kids, 1, px=60_000)  # as the earlier release left it
+        await chain(store, "key-a", range(2, 3), prev=first, size=size)
+        assert await store.r.get(kids) == b"2"
+        assert await store.delete("key-a", first)  # hidden: 1 and 2 continue it
+        assert await store.delete("key-a", "resp_1")
+        assert first in await parts_of(store, "key-a")
+        assert await store.delete("key-a", "resp_2")
+        assert await parts_of(store, "key-a") == []
+    finally:
+        await drop_keys(store.r, namespace)
+        await store.aclose()
