@@ -240,7 +240,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                    "`response.completed` (or `response.incomplete`, `response.failed`)"),
     ("GET", "/v1/responses/{response_id}"): Operation(
         "One of the calling key's stored responses (404 `response_not_found` for any other id); with `stream=true`, "
-        "a streamed background response's events again, after `starting_after`, until its end", "inference",
+        "a streamed background response's events again, after `starting_after`, until its end (one of the key's "
+        "requests in flight while it lasts: 429 `concurrency_limit_exceeded` past its limit)", "inference",
         query=RetrieveQuery, response=ResponseOut, stream=True, event=ResponseEventOut,
         stream_doc="the response's events (`response.created` ... `response.completed`), each with its "
                    "`sequence_number`"),
