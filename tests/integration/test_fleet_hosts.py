@@ -172,7 +172,8 @@ async def test_the_events_a_killed_host_stored_count_against_the_keys_daily_stor
         async with http.get(f"{fleet.b.url}/v1/usage", headers=head) as r:
             counted = (await r.json())["stored_bytes_today"]
         assert stored > 3 * COUNT_EVENTS_EVERY
-        assert counted >= stored - COUNT_EVENTS_EVERY, (counted, stored)
+        # uncounted: what was stored since the last count, under a step (and the batch in flight as it died)
+        assert counted > stored - COUNT_EVENTS_EVERY - 4096, (counted, stored)
 
 
 def long_trickle() -> Script:
