@@ -37,7 +37,7 @@ from shared.protocol import ChatCompletionRequest, passed_on
 from shared.sse import encode_event
 
 # Fields a completion request passes on to its chat request as they are.
-PASSED_ON = ("model", "max_tokens", "temperature", "top_p", "stop", "presence_penalty", "frequency_penalty",
+PASSED_ON = ("model", "temperature", "top_p", "stop", "presence_penalty", "frequency_penalty",
              "logit_bias", "user", "task", "uids", "inference_mode", "timeout", "sampling_parameters")
 # A chat finish reason a text completion has no word for (a miner's tool call, which was not asked for).
 FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
@@ -85,6 +85,8 @@ def chat_body(r: CompletionRequest, prompt: str) -> dict[str, Any]:
     if r.stream and r.stream_options is not None:
         body["stream_options"] = r.stream_options.model_dump(exclude_none=True)
     body.update(passed_on(r, PASSED_ON))
+    if (limit := r.token_limit()) is not None:
+        body["max_tokens"] = limit
     if r.logprobs is not None:
         body["logprobs"] = True
         body["top_logprobs"] = r.logprobs

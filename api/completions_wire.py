@@ -37,7 +37,8 @@ class CompletionRequest(BaseModel):
     prompt: str | list[str] = Field(description="One prompt, or a batch of prompts (each answered n times)")
     model: str | None = None
     suffix: str | None = None
-    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1, le=MAX_OUTPUT_TOKENS)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS,
+                                   description="Default 16, unless sampling_parameters.max_new_tokens sets the limit")
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int = Field(default=1, ge=1, le=MAX_RACES)
@@ -47,7 +48,7 @@ class CompletionRequest(BaseModel):
     _stream_options = stream_options_need_stream()
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
-    _nulls = null_means_default("max_tokens", "n", "stream", "echo")
+    _nulls = null_means_default("n", "stream", "echo")
     stop: str | list[str] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -98,6 +99,16 @@ class CompletionRequest(BaseModel):
             return "n", (f"{len(self.prompts)} prompts x n = {self.n} asks for {len(self.prompts) * self.n} "
                          f"answers; at most {MAX_RACES} a request (send the rest in further requests)")
         return None
+
+    def token_limit(self) -> int | None:
+        """The chat request's ``max_tokens``: the caller's, else OpenAI's default of 16, unless the subnet's
+        ``sampling_parameters.max_new_tokens`` sets the limit (it fills what the OpenAI fields leave unset, as on
+        chat completions: the 16 sent always, it never counted here). None: max_new_tokens is the limit."""
+        if self.max_tokens is not None:
+            return self.max_tokens
+        if self.sampling_parameters is not None and self.sampling_parameters.max_new_tokens is not None:
+            return None
+        return DEFAULT_MAX_TOKENS
 
     @property
     def prompts(self) -> list[str]:

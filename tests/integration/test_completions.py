@@ -171,3 +171,19 @@ async def test_a_body_for_another_route_is_told_where_it_goes(tmp_path: Path, pa
         status, _, text = await post(api, {"model": "default", **body}, path=path)
     error = json.loads(text)["error"]
     assert status == 400 and error["param"] == param and says in error["message"], error
+
+
+async def test_sampling_parameters_max_new_tokens_is_the_limit_when_max_tokens_is_not_sent(tmp_path: Path) -> None:
+    """The subnet's ``sampling_parameters`` fill what the OpenAI fields leave unset, as on chat completions: OpenAI's
+    default of 16 is the limit only when neither sets one (it was always sent, and max_new_tokens never counted)."""
+    sampling = {"sampling_parameters": {"max_new_tokens": 40}}
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        client = openai_client(api)
+        done = await client.completions.create(model="default", prompt="Name a river.", seed=5, extra_body=sampling)
+        chat = await client.chat.completions.create(model="default", seed=5, extra_body=sampling,
+                                                    messages=[{"role": "user", "content": "Name a river."}])
+        capped = await client.completions.create(model="default", prompt="Name a river.", seed=5, max_tokens=6,
+                                                 extra_body=sampling)
+    assert done.usage.completion_tokens == chat.usage.completion_tokens > 16
+    assert done.choices[0].text == chat.choices[0].message.content
+    assert capped.usage.completion_tokens == 6 and capped.choices[0].finish_reason == "length", "max_tokens wins"
