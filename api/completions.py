@@ -39,6 +39,22 @@ from shared.sse import encode_event
 # Fields a completion request passes on to its chat request as they are.
 PASSED_ON = ("model", "temperature", "top_p", "stop", "presence_penalty", "frequency_penalty",
              "logit_bias", "user", "task", "uids", "inference_mode", "timeout", "sampling_parameters")
+# Chat completions' fields that would change the answer, each with where it is served or what to send here: dropped,
+# a caller got 16 tokens for max_completion_tokens 200, prose for a JSON schema, no call for its tools.
+CHAT_FIELDS = {
+    "messages": "send the conversation to /v1/chat/completions (a text completion answers its prompt)",
+    "max_completion_tokens": "the token limit here is max_tokens",
+    "top_logprobs": "logprobs is the number of top tokens here (0 to 5)",
+    "response_format": "a text completion is plain text: ask for JSON on /v1/chat/completions",
+    "tools": "a text completion calls no tools: offer them on /v1/chat/completions",
+    "tool_choice": "a text completion calls no tools: offer them on /v1/chat/completions",
+    "functions": "a text completion calls no tools: offer them on /v1/chat/completions",
+    "function_call": "a text completion calls no tools: offer them on /v1/chat/completions",
+    "web_search_options": "web search is served on /v1/chat/completions",
+}
+# Their values that change nothing (no tools, plain text), which chat clients send by default (and null, for each).
+NEUTRAL: dict[str, tuple[Any, ...]] = {"tools": ([],), "functions": ([],), "tool_choice": ("none", "auto"),
+                                       "function_call": ("none", "auto"), "response_format": ({"type": "text"},)}
 # A chat finish reason a text completion has no word for (a miner's tool call, which was not asked for).
 FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
 
@@ -65,8 +81,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 def refuse_chat_only(sent: dict[str, Any], req: ChatCompletionRequest, *, header_session: str | None = None) -> None:
-    """A mixture of miners and a session are chat completions' own: asked for here, they are a 400 naming
-    the field, not dropped (the caller would get a plain race and never know)."""
+    """A mixture of miners, a session and the chat fields that would change the answer (``CHAT_FIELDS``) are chat
+    completions' own: asked for here, they are a 400 naming the field, not dropped (the caller would get a plain
+    race, or an answer it did not ask for, and never know)."""
+    for name, instead in CHAT_FIELDS.items():
+        if sent.get(name) is not None and sent[name] not in NEUTRAL.get(name, ()):
+            raise ApiError(400, f"{name} is a chat completions field, not served on /v1/completions: {instead}.",
+                           param=name, code="unsupported_parameter")
     if sent.get("session_id") is not None or header_session:
         name = "session_id" if sent.get("session_id") is not None else "x-session-id"
         raise ApiError(400, f"{name} is served on /v1/chat/completions only: send the prompt there as a user "

@@ -125,6 +125,16 @@ async def test_logprobs_in_the_completions_shape(tmp_path: Path, stream: bool) -
     ({"mixture": True}, "mixture", "/v1/chat/completions only"),
     ({"inference_mode": "mixture-of-miners"}, "inference_mode", "/v1/chat/completions only"),
     ({"sampling_parameters": {"mixture": True}}, "sampling_parameters.mixture", "/v1/chat/completions only"),
+    # chat completions' fields, which would change the answer: refused, not dropped (a 16-token answer for
+    # max_completion_tokens 200, prose for a JSON schema, no call for tools)
+    ({"max_completion_tokens": 200}, "max_completion_tokens", "max_tokens"),
+    ({"top_logprobs": 2}, "top_logprobs", "logprobs"),
+    ({"response_format": {"type": "json_object"}}, "response_format", "/v1/chat/completions"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "/v1/chat/completions"),
+    ({"tool_choice": "required"}, "tool_choice", "/v1/chat/completions"),
+    ({"functions": [{"name": "f"}]}, "functions", "/v1/chat/completions"),
+    ({"web_search_options": {}}, "web_search_options", "/v1/chat/completions"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "messages", "/v1/chat/completions"),
 ])
 async def test_what_a_chat_miner_cannot_do_is_a_400(tmp_path: Path, extra: dict, param: str | None,
                                                     says: str) -> None:
@@ -187,3 +197,14 @@ async def test_sampling_parameters_max_new_tokens_is_the_limit_when_max_tokens_i
     assert done.usage.completion_tokens == chat.usage.completion_tokens > 16
     assert done.choices[0].text == chat.choices[0].message.content
     assert capped.usage.completion_tokens == 6 and capped.choices[0].finish_reason == "length", "max_tokens wins"
+
+
+async def test_chat_fields_that_change_nothing_are_accepted(tmp_path: Path) -> None:
+    """What a chat client sends by default, with no effect on a text answer (no tools, plain text), is not
+    refused with the fields that would change it."""
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        done = await openai_client(api).completions.create(
+            model="default", prompt="Name a river.", extra_body={
+                "tools": [], "tool_choice": "none", "response_format": {"type": "text"}, "top_logprobs": None,
+                "parallel_tool_calls": False, "metadata": {"run": "1"}})
+    assert done.choices[0].text
