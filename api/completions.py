@@ -187,8 +187,11 @@ class TextChoices:
                 continue
             out["tokens"].append(t["token"])
             out["token_logprobs"].append(t.get("logprob"))
-            out["top_logprobs"].append({a["token"]: a.get("logprob") for a in t.get("top_logprobs") or []
-                                        if isinstance(a, dict) and isinstance(a.get("token"), str)})
+            top = {a["token"]: a.get("logprob") for a in t.get("top_logprobs") or []
+                   if isinstance(a, dict) and isinstance(a.get("token"), str)}
+            # OpenAI's always holds the sampled token ("up to logprobs+1 elements"): with logprobs 0, it alone
+            top.setdefault(t["token"], t.get("logprob"))
+            out["top_logprobs"].append(top)
             out["text_offset"].append(offset)
             offset += len(t["token"])
         return out

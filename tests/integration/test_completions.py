@@ -208,3 +208,43 @@ async def test_chat_fields_that_change_nothing_are_accepted(tmp_path: Path) -> N
                 "tools": [], "tool_choice": "none", "response_format": {"type": "text"}, "top_logprobs": None,
                 "parallel_tool_calls": False, "metadata": {"run": "1"}})
     assert done.choices[0].text
+
+
+def _sampled(text: str, logprob: float, top: dict[str, float]) -> str:
+    """A chat chunk of one token ``text`` sampled with ``logprob``, the model's most likely tokens ``top``."""
+    obj = json.loads(chunk(text))
+    obj["choices"][0]["logprobs"] = {"content": [{"token": text, "logprob": logprob, "bytes": None, "top_logprobs": [
+        {"token": t, "logprob": lp, "bytes": None} for t, lp in top.items()]}]}
+    return json.dumps(obj)
+
+
+async def _top_logprobs(api, stream: bool, **fields) -> tuple[list[str], list[float | None], list[dict]]:
+    """The tokens, their log probabilities and their top_logprobs of a one-prompt completion, streamed or not."""
+    client = openai_client(api)
+    if not stream:
+        lp = (await client.completions.create(model="default", prompt="Hi", seed=3, **fields)).choices[0].logprobs
+        return lp.tokens, lp.token_logprobs, lp.top_logprobs
+    tokens, lps, tops = [], [], []
+    async for c in await client.completions.create(model="default", prompt="Hi", seed=3, stream=True, **fields):
+        for choice in c.choices:
+            if choice.logprobs is not None:
+                tokens += choice.logprobs.tokens
+                lps += choice.logprobs.token_logprobs
+                tops += choice.logprobs.top_logprobs
+    return tokens, lps, tops
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
+async def test_top_logprobs_always_hold_the_sampled_token(tmp_path: Path, stream: bool) -> None:
+    """OpenAI: "The API will always return the logprob of the sampled token, so there may be up to logprobs+1
+    elements": with logprobs 0, each token's top_logprobs is the token alone (it was {}); a token sampled from
+    outside the model's top ones is in its top_logprobs with them."""
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        tokens, lps, tops = await _top_logprobs(api, stream, logprobs=0, max_tokens=8)
+    assert tokens and tops == [{t: lp} for t, lp in zip(tokens, lps, strict=True)]
+    steps = sse(_sampled("Hey", -2.5, {"Hi": -0.1}), _sampled(" there", -0.2, {" there": -0.2}), chunk(finish="stop"))
+    scripts = {1: Script([(0, d) for d in steps])}
+    async with api_with_miners(tmp_path, scripts) as api:
+        tokens, lps, tops = await _top_logprobs(api, stream, logprobs=1)
+    assert tokens == ["Hey", " there"] and lps == [-2.5, -0.2]
+    assert tops == [{"Hi": -0.1, "Hey": -2.5}, {" there": -0.2}]
