@@ -135,8 +135,9 @@ class TextChoices:
                     "logprobs": self._logprobs(logprob_tokens(run.logprobs), 0),
                     "finish_reason": FINISH.get(run.finish_reason or "stop", "stop")}
                    for i, run in enumerate(winners)]
-        return json_response(self._object(self.new_id(), int(time.time()), self._model(winners[0]), choices, usage),
-                             headers=headers)
+        obj = self._object(self.new_id(), int(time.time()), self._model(winners[0]), choices, usage,
+                           fingerprint=winners[0].fingerprint)  # as chat's n choices carry choice 0's
+        return json_response(obj, headers=headers)
 
     def chunk(self, data: Event, index: int, cid: str, created: int) -> bytes:
         obj = loads(data) if isinstance(data, str) else dict(data)
@@ -157,7 +158,8 @@ class TextChoices:
             self.offsets[index] = self.offsets.get(index, 0) + len(text)
         if not out:
             return b""
-        return encode_event(dumps(self._object(cid, created, obj.get("model") or self.wanted.model or "unknown", out)))
+        return encode_event(dumps(self._object(cid, created, obj.get("model") or self.wanted.model or "unknown", out,
+                                               fingerprint=obj.get("system_fingerprint"))))
 
     def usage_chunk(self, cid: str, created: int, model: str, usage: dict[str, Any]) -> bytes:
         return encode_event(dumps(self._object(cid, created, model, [], usage)))
@@ -170,9 +172,13 @@ class TextChoices:
 
     @staticmethod
     def _object(cid: str, created: int, model: str, choices: list[dict[str, Any]],
-                usage: dict[str, Any] | None = None) -> dict[str, Any]:
+                usage: dict[str, Any] | None = None, *, fingerprint: Any = None) -> dict[str, Any]:
+        """A ``text_completion`` object or chunk, with the model server's ``system_fingerprint`` when it sent one
+        (the backend configuration a ``seed`` reproduces on: OpenAI's Completions API gives it, as chat does)."""
         obj: dict[str, Any] = {"id": cid, "object": "text_completion", "created": created, "model": model,
                                "choices": choices}
+        if isinstance(fingerprint, str):
+            obj["system_fingerprint"] = fingerprint
         if usage is not None:
             obj["usage"] = usage
         return obj

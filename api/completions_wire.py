@@ -133,3 +133,4 @@ class CompletionOut(BaseModel):
     model: str
     choices: list[CompletionChoiceOut] = Field(description="prompt i's choice j at index i * n + j")
     usage: dict[str, Any] | None = None
+    system_fingerprint: str | None = Field(default=None, description="The model server's, when it gave one")

@@ -248,3 +248,21 @@ async def test_top_logprobs_always_hold_the_sampled_token(tmp_path: Path, stream
         tokens, lps, tops = await _top_logprobs(api, stream, logprobs=1)
     assert tokens == ["Hey", " there"] and lps == [-2.5, -0.2]
     assert tops == [{"Hi": -0.1, "Hey": -2.5}, {" there": -0.2}]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
+async def test_the_model_servers_system_fingerprint_is_kept(tmp_path: Path, stream: bool) -> None:
+    """``system_fingerprint`` (the backend configuration a ``seed`` reproduces on) comes back as on chat
+    completions and OpenAI's Completions API; LangChain's ``OpenAI`` keeps it in its ``llm_output``."""
+    def printed(data: str) -> str:
+        return json.dumps(json.loads(data) | {"system_fingerprint": "fp_miner1"})
+
+    scripts = {1: Script([(0, d) for d in sse(printed(chunk("Hello")), printed(chunk(finish="stop")))])}
+    async with api_with_miners(tmp_path, scripts) as api:
+        client = openai_client(api)
+        if stream:
+            chunks = [c async for c in await client.completions.create(model="default", prompt="Hi", stream=True)]
+            assert chunks and {c.system_fingerprint for c in chunks} == {"fp_miner1"}
+        else:
+            done = await client.completions.create(model="default", prompt="Hi")
+            assert done.choices[0].text == "Hello" and done.system_fingerprint == "fp_miner1"
