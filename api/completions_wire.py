@@ -96,8 +96,11 @@ class CompletionRequest(BaseModel):
         if isinstance(self.stop, list) and len(self.stop) > 4:
             return "stop", "stop accepts at most 4 sequences"
         if len(self.prompts) * self.n > MAX_RACES:
-            return "n", (f"{len(self.prompts)} prompts x n = {self.n} asks for {len(self.prompts) * self.n} "
-                         f"answers; at most {MAX_RACES} a request (send the rest in further requests)")
+            # with n = 1, the prompts are what to cut (LangChain's OpenAI batches 20 a request by default)
+            return ("n" if self.n > 1 else "prompt"), (
+                f"{len(self.prompts)} prompts x n = {self.n} asks for {len(self.prompts) * self.n} answers; at most "
+                f"{MAX_RACES} a request (send the rest in further requests: LangChain's OpenAI with batch_size="
+                f"{MAX_RACES // self.n})")
         return None
 
     def token_limit(self) -> int | None:
