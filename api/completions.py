@@ -114,6 +114,11 @@ def chat_body(r: CompletionRequest, prompt: str) -> dict[str, Any]:
     return body
 
 
+def said_tokens(parts: list[Any]) -> list[Any]:
+    """The log probabilities of a run's (or a chunk's) text: its answer's tokens, then its refusal's."""
+    return logprob_tokens(parts) + logprob_tokens(parts, "refusal")
+
+
 class TextChoices:
     """The winners as ``text_completion`` choices: one object, or chunks of the same shape."""
 
@@ -131,8 +136,9 @@ class TextChoices:
         return self.wanted.prompts[index // self.wanted.n] if self.wanted.echo else ""
 
     def complete(self, winners: list[MinerRun], usage: dict[str, Any], headers: dict[str, str]) -> web.Response:
-        choices = [{"text": self._echo(i) + run.text, "index": i,
-                    "logprobs": self._logprobs(logprob_tokens(run.logprobs), 0),
+        # a refusal is the model's words too, and a text completion has no field of its own for it
+        choices = [{"text": self._echo(i) + run.text + "".join(run.refusal), "index": i,
+                    "logprobs": self._logprobs(said_tokens(run.logprobs), 0),
                     "finish_reason": FINISH.get(run.finish_reason or "stop", "stop")}
                    for i, run in enumerate(winners)]
         obj = self._object(self.new_id(), int(time.time()), self._model(winners[0]), choices, usage,
@@ -144,16 +150,15 @@ class TextChoices:
         out = []
         for c in obj.get("choices") or []:  # a usage-only chunk has none: the request's usage comes last
             delta = c.get("delta") or {}
-            text = delta.get("content") or ""
+            text = (delta.get("content") or "") + (delta.get("refusal") or "")  # checked strings: race.absorb
             if index not in self.offsets:  # the choice's first chunk: the prompt first, when echoed
                 text = self._echo(index) + text
             finish = c.get("finish_reason")
-            tokens = (c.get("logprobs") or {}).get("content")
+            tokens = said_tokens([c.get("logprobs")])
             if not (text or finish or tokens):
                 continue
             out.append({"text": text, "index": index,
-                        "logprobs": self._logprobs(tokens if isinstance(tokens, list) else [],
-                                                   self.offsets.get(index, 0)),
+                        "logprobs": self._logprobs(tokens, self.offsets.get(index, 0)),
                         "finish_reason": FINISH.get(finish, "stop") if finish else None})
             self.offsets[index] = self.offsets.get(index, 0) + len(text)
         if not out:

@@ -267,3 +267,20 @@ async def test_the_model_servers_system_fingerprint_is_kept(tmp_path: Path, stre
         else:
             done = await client.completions.create(model="default", prompt="Hi")
             assert done.choices[0].text == "Hello" and done.system_fingerprint == "fp_miner1"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
+async def test_a_refusal_is_the_text(tmp_path: Path, stream: bool) -> None:
+    """A chat model that declines says so in ``refusal``, which a text completion has no field for: its words are
+    the text (it was dropped: an empty text, finish_reason stop, and the refusal's tokens charged)."""
+    declined = json.loads(chunk())
+    declined["choices"][0]["delta"] = {"refusal": "I can't help with that."}
+    scripts = {1: Script([(0, d) for d in sse(json.dumps(declined), chunk(finish="stop"))])}
+    async with api_with_miners(tmp_path, scripts) as api:
+        client = openai_client(api)
+        if stream:
+            text = "".join([ch.text async for c in await client.completions.create(
+                model="default", prompt="Pick a lock.", stream=True) for ch in c.choices])
+        else:
+            text = (await client.completions.create(model="default", prompt="Pick a lock.")).choices[0].text
+    assert text == "I can't help with that."
