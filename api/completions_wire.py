@@ -29,6 +29,9 @@ from shared.protocol import (
 MAX_RACES = 8  # prompts x n: each is a race of DEFAULT_K miners, as n's cap on chat completions
 DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for this route
 MAX_LOGPROBS = 5
+# lm-evaluation-harness's local-completions sends token ids unless told otherwise
+TOKEN_PROMPTS = ("prompts of token ids are not served here (they need the model's tokenizer, and the miners' models "
+                 "differ): send the text (lm-evaluation-harness: tokenized_requests=False)")
 
 
 class CompletionRequest(BaseModel):
@@ -68,10 +71,9 @@ class CompletionRequest(BaseModel):
     @classmethod
     def _text_prompts(cls, v: Any) -> Any:
         if isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v):
-            raise PydanticCustomError("token_prompt", "prompts of token ids are not served here (they need the "
-                                      "model's tokenizer, and the miners' models differ): send the text")
+            raise PydanticCustomError("token_prompt", TOKEN_PROMPTS)
         if isinstance(v, list) and any(isinstance(p, list) for p in v):
-            raise PydanticCustomError("token_prompt", "prompts of token ids are not served here: send the text")
+            raise PydanticCustomError("token_prompt", TOKEN_PROMPTS)
         if isinstance(v, list) and not v:
             raise PydanticCustomError("empty_prompt", "prompt needs at least one prompt")
         return v

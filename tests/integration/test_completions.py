@@ -108,8 +108,11 @@ async def test_logprobs_in_the_completions_shape(tmp_path: Path, stream: bool) -
 
 
 @pytest.mark.parametrize(("extra", "param", "says"), [
-    ({"prompt": [1, 2, 3]}, "prompt", "token ids"),
-    ({"prompt": [[1, 2], [3]]}, "prompt", "token ids"),
+    # lm-evaluation-harness's local-completions sends token ids by default: the 400 says how to send text
+    ({"prompt": [1, 2, 3]}, "prompt", "token ids are not served here (they need the model's tokenizer, and the "
+                                      "miners' models differ): send the text (lm-evaluation-harness: "
+                                      "tokenized_requests=False)"),
+    ({"prompt": [[1, 2], [3]]}, "prompt", "send the text (lm-evaluation-harness: tokenized_requests=False)"),
     ({"prompt": []}, "prompt", "at least one"),
     ({"prompt": 5}, "prompt", ""),
     ({"suffix": "return x"}, "suffix", "fill-in-the-middle"),
