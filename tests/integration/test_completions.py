@@ -10,7 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.helpers import Script, api_with_miners, chunk, openai_client, post, sse
+from tests.helpers import Script, api_with_miners, call, chunk, openai_client, post, sse
 
 HONEST = {1, 2, 3}
 
@@ -287,3 +287,22 @@ async def test_a_refusal_is_the_text(tmp_path: Path, stream: bool) -> None:
         else:
             text = (await client.completions.create(model="default", prompt="Pick a lock.")).choices[0].text
     assert text == "I can't help with that."
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["object", "stream"])
+async def test_a_batch_is_charged_its_usage_once(tmp_path: Path, stream: bool) -> None:
+    """A key's daily token limit is charged what the batch's usage says: each prompt once, every completion."""
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        key, _ = await api.ctx.store.create_key(100, daily_token_limit=10_000)
+        client = openai_client(api, key)
+        fields = {"model": "default", "prompt": ["Name a river.", "Name a hill."], "n": 2, "max_tokens": 9, "seed": 1}
+        if stream:
+            chunks = [c async for c in await client.completions.create(
+                **fields, stream=True, stream_options={"include_usage": True})]
+            usage = chunks[-1].usage
+        else:
+            usage = (await client.completions.create(**fields)).usage
+        status, own = await call(api, "GET", "/v1/usage", key=key)
+    assert usage.completion_tokens == 4 * 9 and status == 200
+    assert own["totals"]["total_tokens"] == usage.total_tokens
+    assert own["tokens_remaining_today"] == 10_000 - usage.total_tokens
