@@ -138,6 +138,12 @@ def setting_file(name: str) -> Iterator[None]:
 UNVERIFIED_BODY_BYTES = 64 << 20
 UNVERIFIED_HELP = ("Bytes of signed-request bodies read at once before their signature is checked (per process); "
                    "past it a 503")
+# 256 MiB: a dozen requests at the 20 MiB a request's media may take (``media_urls``). The miner and the validator
+# (its reference model) each fetch callers' media URLs and hold them until the model server's answer ends.
+MEDIA_BYTES_IN_FLIGHT = 256 << 20
+MEDIA_HELP = ("Bytes of callers' media URLs fetched and held at once, for all requests (a miner's openai backend, "
+              "a validator's reference model); past it the request is refused (the miner's 503 server_busy, a "
+              "validator's job not scored); 0: no bound")
 
 
 class CommonSettings(BaseSettings):
@@ -346,6 +352,7 @@ class ValidatorSettings(CommonSettings):
     synthetic_timeout: float = Field(default=15.0, ge=0.5, le=600, description="Deadline of a synthetic task (s)")
     synthetic_concurrency: int = Field(default=2, ge=1, le=64, description="Synthetic cycles in flight at once")
     scoring_workers: int = Field(default=2, ge=1, le=64, description="Workers draining the scoring queue")
+    media_bytes_in_flight: int = Field(default=MEDIA_BYTES_IN_FLIGHT, ge=0, description=MEDIA_HELP)
     scoring_queue_size: int = Field(default=10_000, ge=1, description="Bound of the scoring queue's organic lane (503 when full)")
     scoring_queue_bytes: int = Field(default=256 << 20, ge=1 << 20, description="The organic lane's bound in bytes of "
                                      "payloads held (503 past it; an empty lane takes any one batch)")
@@ -446,11 +453,7 @@ class MinerSettings(CommonSettings):
     allowed_hotkeys: CsvList = Field(default_factory=list, description="Callers accepted even without a permit")
     max_body_bytes: int = Field(default=8 << 20, ge=1024)  # twice the API's default: what it forwards fits
     max_unverified_body_bytes: int = Field(default=UNVERIFIED_BODY_BYTES, ge=1024, description=UNVERIFIED_HELP)
-    # 256 MiB: a dozen requests at the 20 MiB a request's media may take; held as base64 in the JSON the model
-    # server is sent too, the miner's memory for them peaks near three times this.
-    media_bytes_in_flight: int = Field(default=256 << 20, ge=0, description="Bytes of callers' media URLs (fetched "
-                                       "by the openai backend) held at once, for all requests; past it a 503 "
-                                       "server_busy; 0: no bound")
+    media_bytes_in_flight: int = Field(default=MEDIA_BYTES_IN_FLIGHT, ge=0, description=MEDIA_HELP)
     miner_profile: str = Field(default="honest", description="Behaviour profile (local network and tests)")
     # A request carries no deadline (synthetic ones look organic): the slow profile takes its requests to have
     # this one, the validator's SYNTHETIC_TIMEOUT (the local network passes it), and answers at 80 % of it.

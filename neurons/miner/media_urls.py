@@ -22,6 +22,10 @@ ends (``inlined``); a byte past the budget ends that request's fetch at once (``
 ``503 server_busy``). It does not wait for room: room comes back only as model servers answer (seconds), a request
 holding half its pictures while waiting would hold them from the others, and the API races each request to several
 miners, so another miner's answer is what the caller gets.
+
+The validator fetches an organic request's media with this same fetcher before its reference model re-answers the
+request (``neurons.validator.reference``), within its own ``MEDIA_BYTES_IN_FLIGHT``: there a full budget leaves the
+job unscored.
 """
 
 from __future__ import annotations
@@ -69,15 +73,16 @@ class MediaBusy(Exception):
 class Holding:
     """The bytes of the budget one request's media hold (none without a budget), given back all at once."""
 
-    def __init__(self, budget: ByteBudget | None) -> None:
+    def __init__(self, budget: ByteBudget | None, owner: str = "miner") -> None:
         self._budget = budget
+        self._owner = owner  # who holds the budget, for the refusal's message
         self.size = 0
 
     def take(self, size: int) -> None:
         """Count ``size`` more bytes; MediaBusy when the budget has no room for them (nothing taken)."""
         if self._budget is not None and not self._budget.try_take(size):
-            raise MediaBusy(f"callers' media fill this miner's budget ({self._budget.capacity} bytes held at once); "
-                            "retry shortly")
+            raise MediaBusy(f"callers' media fill this {self._owner}'s budget ({self._budget.capacity} bytes held at "
+                            "once); retry shortly")
         self.size += size
 
     def release(self) -> None:
@@ -159,7 +164,7 @@ def refused_url(url: str, allowed: AddressPolicy = is_public) -> str | None:
 
 
 def private(host: str) -> str:
-    return f"a media URL names a private address ({host[:100]}), which this miner does not fetch"
+    return f"a media URL names a private address ({host[:100]}), which is never fetched"
 
 
 class PublicResolver(AbstractResolver):
@@ -188,10 +193,13 @@ class MediaFetcher:
 
     ``resolver`` and ``allowed``: how names are resolved and which addresses may be connected to (the system's
     resolver and public addresses only; tests give their own). ``in_flight``: the bytes all requests' media may
-    hold at once (``budget``; 0: no bound), which caps one request's too."""
+    hold at once (``budget``; 0: no bound), which caps one request's too. ``owner``: whose budget it is (the miner's,
+    the validator's reference model's), as a full budget's refusal names it."""
 
     def __init__(self, *, resolver: AbstractResolver | None = None, allowed: AddressPolicy = is_public,
-                 max_bytes: int = MAX_MEDIA_BYTES, seconds: float = FETCH_SECONDS, in_flight: int = 0) -> None:
+                 max_bytes: int = MAX_MEDIA_BYTES, seconds: float = FETCH_SECONDS, in_flight: int = 0,
+                 owner: str = "miner") -> None:
+        self._owner = owner
         self._resolver = resolver
         self._allowed = allowed
         self._max_bytes = min(max_bytes, in_flight) if in_flight else max_bytes  # more would never fit: a 400
@@ -230,7 +238,7 @@ class MediaFetcher:
             yield body
             return
         await self.start()
-        held = Holding(self.budget)
+        held = Holding(self.budget, self._owner)
         try:
             yield await self._fetch_all(body, parts, deadline, held)
         finally:

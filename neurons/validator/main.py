@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 from loguru import logger
 
+from neurons.miner.media_urls import MediaFetcher
 from neurons.validator.app import (
     SEEN_SIZE,
     RecentPayloads,
@@ -62,7 +63,8 @@ def build_reference(settings: ValidatorSettings, session: aiohttp.ClientSession)
         key = settings.reference_llm_api_key.get_secret_value() if settings.reference_llm_api_key else None
         return CachedReference(OpenAIReference(
             settings.reference_llm_url, session=session, api_key=key, model=settings.reference_llm_model,
-            timeout=settings.synthetic_timeout * 4, reproducible=settings.reference_llm_reproducible),
+            timeout=settings.synthetic_timeout * 4, reproducible=settings.reference_llm_reproducible,
+            media=MediaFetcher(in_flight=settings.media_bytes_in_flight, owner="validator")),
             status=ReferenceStatus(kind="llm"))
     return CachedReference(DeterministicReference())
 

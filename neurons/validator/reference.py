@@ -32,7 +32,7 @@ from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.openai_compatible import listed_models, listing_hint
 from neurons.miner.backends.tool_calls import planned_tool_call
 from neurons.miner.backends.upstream_fields import upstream_request
-from neurons.miner.media_urls import MediaFetcher, MediaRefused
+from neurons.miner.media_urls import MediaBusy, MediaFetcher, MediaRefused
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.rewards.tools import Reply, calls_of
 from shared.errors import parse_error
@@ -53,7 +53,7 @@ class ReferenceError(Exception):
 
 class UnscorableRequest(Exception):
     """The request is not asked of the reference model (a caller's media URL that is private, or could not be
-    fetched): the job is skipped, and the reference model is not failing (any caller could otherwise make it
+    fetched, or media past the validator's MEDIA_BYTES_IN_FLIGHT): the job is skipped, and the reference model is not failing (any caller could otherwise make it
     look down)."""
 
 
@@ -140,7 +140,8 @@ class OpenAIReference:
         self._last_model: Any = model  # the model last asked for (a request's own, without REFERENCE_LLM_MODEL)
         # A caller's media URLs, fetched here as a miner fetches them (``media_urls``): the reference server
         # fetched them itself, from inside the validator's network (a private address, a redirect to one).
-        self._media = media or MediaFetcher()
+        # ``build_reference`` gives it the validator's budget (MEDIA_BYTES_IN_FLIGHT).
+        self._media = media or MediaFetcher(owner="validator")
 
     def request_body(self, body: dict[str, Any]) -> dict[str, Any]:
         # what a miner's model server is sent of it (``upstream_request``): a caller's own fields (vLLM's
@@ -153,10 +154,15 @@ class OpenAIReference:
         return out
 
     async def reply(self, body: dict[str, Any]) -> Reply:
+        # The fetched media count against the validator's budget (MEDIA_BYTES_IN_FLIGHT) until the reference
+        # model's answer ends, as the bytes are held till then (they were given back as soon as fetched).
         try:
-            inlined = await self._media.inline(body)
-        except MediaRefused as e:
+            async with self._media.inlined(body) as inlined:
+                return await self._ask(inlined)
+        except (MediaRefused, MediaBusy) as e:  # the caller's media, or too many at once: no reference failure
             raise UnscorableRequest(str(e)) from None
+
+    async def _ask(self, inlined: dict[str, Any]) -> Reply:
         with failing_as_reference(self._masked, *UNREACHED, *MISSHAPEN):
             sent = self.request_body(inlined)
             self._last_model = sent.get("model")
