@@ -26,6 +26,7 @@ from api.responses_wire import (
     Tool,
     is_item_reference,
 )
+from shared.content_parts import NO_FILE_STORE
 from shared.errors import ApiError, invalid_value
 from shared.http import parse_model
 from shared.jsonutil import dumps
@@ -242,8 +243,8 @@ def _part(part: dict[str, Any], at: str) -> dict[str, Any]:
     if kind == "input_image":
         url = part.get("image_url")
         if not isinstance(url, str):
-            raise invalid_value(f"{at}.image_url", "an input_image needs an image_url (a URL or a data: URL); "
-                                                   "file ids need OpenAI's file store")
+            raise invalid_value(f"{at}.image_url", f"an input_image needs an image_url (a URL or a data: URL); "
+                                                   f"{NO_FILE_STORE}")
         image = {"url": url} | ({"detail": part["detail"]} if isinstance(part.get("detail"), str) else {})
         return {"type": "image_url", "image_url": image}
     if kind == "input_file":
@@ -258,8 +259,8 @@ def _file(part: dict[str, Any], at: str) -> dict[str, Any]:
     one as ``file_data`` to the Responses API, its default). A file id or URL names what no miner can read."""
     data = part.get("file_data")
     if not isinstance(data, str):
-        raise invalid_value(f"{at}.file_data", "an input_file needs its file_data (base64, or a data: URL); "
-                                               "file ids need OpenAI's file store, and file URLs are not fetched")
+        raise invalid_value(f"{at}.file_data", f"an input_file needs its file_data (base64, or a data: URL); "
+                                               f"{NO_FILE_STORE}, and file URLs are not fetched")
     name = part.get("filename")
     return {"type": "file", "file": {"file_data": data} | ({"filename": name} if isinstance(name, str) else {})}
 

@@ -160,7 +160,7 @@ def first_problem(e: ValidationError) -> tuple[str, str]:
     """Where a validation failed, dotted (``messages.0.content``; ``""`` at the top), and why: the
     first problem is the one each caller reports.
 
-    pydantic reports a union (``content: str | list[TextPart]``) once per member, each under the
+    pydantic reports a union (``content: str | list[ContentPart]``) once per member, each under the
     member's name (``messages.0.content.str``). The caller sent one value: its problem is the one
     of the member it came closest to (the deepest), at the field's own place; a value no member
     took even at the top is "a valid string or a valid list".
@@ -183,7 +183,7 @@ def first_problem(e: ValidationError) -> tuple[str, str]:
 
 
 def _is_member(part: Any) -> bool:
-    """A union member's name in a pydantic location (``str``, ``list[TextPart]``), not a field or a key.
+    """A union member's name in a pydantic location (``str``, ``list[ContentPart]``), not a field or a key.
 
     Only type names: a dict's keys are the caller's words (``logit_bias.Hello``), and our unions
     have no model class as a member of its own."""

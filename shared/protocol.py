@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from shared.content_parts import ContentPart
 from shared.errors import openai_refusal
 from shared.ids import random_hex
 
@@ -105,23 +106,6 @@ def unanswered_call(messages: Iterable[tuple[str, Any, Any]]) -> tuple[int, list
     return first, [call_id for call_id, at in waiting.items() if at == first]
 
 
-class TextPart(BaseModel):
-    """A message's content part: of a type OpenAI's chat takes (what a model server makes of image, audio and
-    file parts is its own), and a text part with its text: anything else is the caller's 400 here, not each
-    miner's model server refusing it."""
-
-    model_config = REQUEST_CONFIG
-    type: Literal["text", "image_url", "input_audio", "file", "refusal"] = "text"
-    text: str | None = Field(default=None, validate_default=True)
-
-    @field_validator("text")
-    @classmethod
-    def _text_of_a_text_part(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v is None and info.data.get("type") == "text":
-            raise PydanticCustomError("missing_text", "a text part needs its text")
-        return v
-
-
 NEEDS_CONTENT = frozenset({"system", "user", "developer", "tool"})
 
 
@@ -133,7 +117,7 @@ class ChatMessage(BaseModel):
 
     model_config = REQUEST_CONFIG
     role: Literal["system", "user", "assistant", "tool", "developer", "function"]
-    content: str | list[TextPart] | None = Field(default=None, validate_default=True)
+    content: str | list[ContentPart] | None = Field(default=None, validate_default=True)
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = Field(default=None, validate_default=True)

@@ -381,11 +381,26 @@ async def test_values_openai_accepts_are_accepted(tmp_path: Path) -> None:
     ([{"role": "user", "content": [{"type": "bogus", "text": "hi"}]}], {}, "messages.0.content.0.type",
      "Input should be 'text', 'image_url'"),
     ([{"role": "user", "content": [{"type": "text"}]}], {}, "messages.0.content.0.text", "a text part needs its text"),
+    ([{"role": "user", "content": [{"type": "image_url"}]}], {}, "messages.0.content.0.image_url",
+     "an image_url part needs its image_url"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"detail": "low"}}]}], {},
+     "messages.0.content.0.image_url.url", "Missing required parameter"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": "https://example.com/a.png"}]}], {},
+     "messages.0.content.0.image_url", "not a string"),
+    ([{"role": "user", "content": [{"type": "input_audio", "input_audio": {"format": "wav"}}]}], {},
+     "messages.0.content.0.input_audio.data", "Missing required parameter"),
+    ([{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "input_audio"}]}], {},
+     "messages.0.content.1.input_audio", "an input_audio part needs its input_audio"),
+    ([{"role": "user", "content": [{"type": "file", "file": {"file_id": "file-abc"}}]}], {},
+     "messages.0.content.0.file.file_data", "file ids need OpenAI's file store"),
+    ([{"role": "user", "content": [{"type": "file"}]}], {}, "messages.0.content.0.file", "a file part needs its file"),
     ([{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "call_nope", "content": "sunny"}], {},
      "messages.[1].role", "must be a response to a preceeding message with 'tool_calls'"),
     (MESSAGES, {"metadata": {str(n): "v" for n in range(17)}}, "metadata", "at most 16"),
     (MESSAGES, {"metadata": {"k": 1}}, "metadata.k", "valid string"),
-], ids=["unknown part", "text part without text", "tool result for no call", "17 metadata pairs", "metadata number"])
+], ids=["unknown part", "text part without text", "image part without image", "image without url",
+        "image as a string", "audio without data", "audio part without audio", "file by id", "file part without file",
+        "tool result for no call", "17 metadata pairs", "metadata number"])
 async def test_messages_openai_refuses_are_400s_naming_the_place_not_a_model_servers_refusal(
         tmp_path: Path, messages: list, extra: dict, param: str, says: str) -> None:
     """Each of these reached the miners, whose model servers refused it: every miner failed and the caller got

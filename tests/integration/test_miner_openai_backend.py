@@ -32,11 +32,12 @@ VALIDATOR, MINER = keypair("//Validator"), keypair("//Miner1")
 
 @contextlib.asynccontextmanager
 async def stack(tmp_path: Path, received: list, *, payloads: list | None = None, media: MediaFetcher | None = None,
-                **upstream: Any):
-    """API -> miner (openai backend) -> fake upstream (``create_fake_upstream``'s options), over HTTP;
+                server: web.Application | None = None, **upstream: Any):
+    """API -> miner (openai backend) -> fake upstream (``create_fake_upstream``'s options, or ``server``), over HTTP;
     ``payloads`` collects the scoring payloads the API hands the validator; ``media``: the miner's media fetcher."""
     async with contextlib.AsyncExitStack() as st:
-        upstream_url = await st.enter_async_context(serve_app(create_fake_upstream(received, **upstream)))
+        model_server = server or create_fake_upstream(received, **upstream)
+        upstream_url = await st.enter_async_context(serve_app(model_server))
         backend = OpenAICompatibleBackend(upstream_url + "/v1", media=media)
         await backend.start()
         st.push_async_callback(backend.close)
