@@ -14,6 +14,7 @@ from typing import Any
 
 from loguru import logger
 
+from shared.jsonutil import dumpb, loads
 from shared.logging import printable
 
 # Dropped when a refusal names them. The sampling extras that vLLM, llama.cpp and Ollama honour and hosted
@@ -74,3 +75,10 @@ class FieldRefusals:
         logger.warning("the upstream refuses {} for model {} ({}): not sent to it from now on", ", ".join(changes),
                        printable(model), printable(message[:200]))
         return True
+
+    def resent(self, sent: bytes, message: str) -> bytes | None:
+        """``learn`` for a request kept as the JSON it was sent as (a caller's media are held in it alone, not in a
+        body beside it too): the JSON to send again, or None when the refusal names nothing to drop or rename. Read
+        back only here, on a refusal."""
+        body = loads(sent)
+        return dumpb(self.apply(body)) if self.learn(body, message) else None

@@ -139,7 +139,9 @@ UNVERIFIED_BODY_BYTES = 64 << 20
 UNVERIFIED_HELP = ("Bytes of signed-request bodies read at once before their signature is checked (per process); "
                    "past it a 503")
 # 256 MiB: a dozen requests at the 20 MiB a request's media may take (``media_urls``). The miner and the validator
-# (its reference model) each fetch callers' media URLs and hold them until the model server's answer ends.
+# (its reference model) each fetch callers' media URLs and hold them until the model server's answer ends, as
+# base64 in the JSON sent: about 1.4 times this while held, near 2.5 times for a moment as they are encoded
+# (tests/integration/test_miner_media_memory.py).
 MEDIA_BYTES_IN_FLIGHT = 256 << 20
 MEDIA_HELP = ("Bytes of callers' media URLs fetched and held at once, for all requests (a miner's openai backend, "
               "a validator's reference model); past it the request is refused (the miner's 503 server_busy, a "

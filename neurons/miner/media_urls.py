@@ -14,11 +14,11 @@ address checked is the address connected to), each redirect checked the same way
 bytes as a ``data:`` URL. A URL refused, or that cannot be fetched, is the caller's ``400 model_server_rejected``
 (no miner's fault), and the model server is never asked.
 
-The fetched bytes are held until the model server's answer ends (the ``data:`` URL, a third larger, and the JSON
-body carrying it): each request's own cap bounded nothing across requests, and 64 requests with 20 MiB of pictures
-each held gigabytes. A fetcher given ``in_flight`` (the miner's ``MEDIA_BYTES_IN_FLIGHT``) counts every byte as it
-is read against one budget for all requests and gives a request's back when its upstream call ends, however it
-ends (``inlined``); a byte past the budget ends that request's fetch at once (``MediaBusy``: the miner's
+The fetched bytes are held until the model server's answer ends, as base64 (a third larger) in the JSON body sent,
+its one copy (``encoded``: the body with the ``data:`` URLs, held beside it, doubled them): each request's own cap
+bounded nothing across requests, and 64 requests with 20 MiB of pictures each held gigabytes. A fetcher given
+``in_flight`` (the miner's ``MEDIA_BYTES_IN_FLIGHT``) counts every byte as it is read against one budget for all
+requests and gives a request's back when its upstream call ends, however it ends; a byte past the budget ends that request's fetch at once (``MediaBusy``: the miner's
 ``503 server_busy``). It does not wait for room: room comes back only as model servers answer (seconds), a request
 holding half its pictures while waiting would hold them from the others, and the API races each request to several
 miners, so another miner's answer is what the caller gets.
@@ -47,6 +47,7 @@ from yarl import URL
 
 from shared.byte_budget import ByteBudget
 from shared.client_address import ip_of
+from shared.jsonutil import dumpb
 
 MEDIA_PARTS = ("image_url", "video_url", "audio_url")  # content parts whose ``{"url": ...}`` a server fetches
 FETCHED_SCHEMES = ("http", "https")
@@ -208,7 +209,7 @@ class MediaFetcher:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        """Open its connection pool (once: ``inline`` opens it at its first use otherwise)."""
+        """Open its connection pool (once: it is opened at its first use otherwise)."""
         if self._session is not None:
             return
         resolver = PublicResolver(self._resolver or ThreadedResolver(), self._allowed)
@@ -222,25 +223,34 @@ class MediaFetcher:
             self._session = None
 
     async def inline(self, body: dict[str, Any], *, deadline: float | None = None) -> dict[str, Any]:
-        """``inlined``'s body, its bytes given back to the budget at once (a caller with no upstream call to
-        wait for)."""
-        async with self.inlined(body, deadline=deadline) as out:
+        """``body`` with its media inlined (``encoded``'s rules), their bytes given back to the budget at once (a
+        caller with no upstream call to wait for)."""
+        async with self._holding(body, deadline, lambda inlined: inlined) as out:
             return out
 
+    def encoded(self, body: dict[str, Any], build: Callable[[dict[str, Any]], dict[str, Any]], *,
+                deadline: float | None = None) -> contextlib.AbstractAsyncContextManager[bytes]:
+        """The JSON of ``build(b)`` (the body sent upstream), ``b`` being ``body`` with each media URL (but ``data:``
+        ones) replaced by the fetched bytes as a ``data:`` URL, fetched within ``deadline`` (loop time) at most;
+        ``body`` itself is left as it was. The JSON is the one copy of the media held until the block ends (the
+        body with the ``data:`` URLs held beside it took as much again), and their bytes count against ``budget``
+        until then, however it ends. MediaRefused: a URL refused or not fetched (a private address, a scheme not
+        http or https, an error status, more than ``max_bytes``); MediaBusy: the budget is full."""
+        return self._holding(body, deadline, lambda inlined: dumpb(build(inlined)))
+
     @contextlib.asynccontextmanager
-    async def inlined(self, body: dict[str, Any], *, deadline: float | None = None) -> AsyncIterator[dict[str, Any]]:
-        """``body`` with each media URL (but ``data:`` ones) replaced by the fetched bytes as a ``data:`` URL, within
-        ``deadline`` (loop time) at most; ``body`` itself is left as it was. Their bytes count against ``budget``
-        until the block ends, however it ends. MediaRefused: a URL refused or not fetched (a private address, a
-        scheme not http or https, an error status, more than ``max_bytes``); MediaBusy: the budget is full."""
+    async def _holding(self, body: dict[str, Any], deadline: float | None,
+                       make: Callable[[dict[str, Any]], Any]) -> AsyncIterator[Any]:
+        """``make`` of the body with its media inlined, their bytes held in the budget until the block ends. No
+        name here keeps the inlined body: once ``make`` returns, only what it made holds the media."""
         parts = [p for p in _media_parts(body) if scheme_of(_part_url(p)) != "data"]
         if not parts:
-            yield body
+            yield make(body)
             return
         await self.start()
         held = Holding(self.budget, self._owner)
         try:
-            yield await self._fetch_all(body, parts, deadline, held)
+            yield make(await self._fetch_all(body, parts, deadline, held))
         finally:
             held.release()
 
@@ -261,7 +271,7 @@ class MediaFetcher:
     async def _fetch(self, url: str, held: Holding) -> str:
         """One URL's bytes as a ``data:`` URL, counted in ``held`` (the request's, at most ``max_bytes``); each
         redirect checked as the URL was (at most ``MAX_REDIRECTS``)."""
-        assert self._session is not None  # ``inline`` started it
+        assert self._session is not None  # ``_holding`` started it
         for _ in range(MAX_REDIRECTS + 1):
             if (why := refused_url(url, self._allowed)) is not None:
                 raise MediaRefused(why)
@@ -272,9 +282,8 @@ class MediaFetcher:
                         continue
                     if r.status != 200:
                         raise MediaRefused(f"a media URL answered HTTP {r.status}")
-                    raw = await self._read(r, held)
                     kind = r.content_type.lower() if MEDIA_TYPE.match(r.content_type.lower()) else UNKNOWN_TYPE
-                    return f"data:{kind};base64,{base64.b64encode(raw).decode('ascii')}"
+                    return data_url(kind, await self._read(r, held))
             except aiohttp.ClientConnectorError as e:
                 if isinstance(e.os_error, PrivateAddress):
                     raise MediaRefused(str(e.os_error)) from None
@@ -283,7 +292,7 @@ class MediaFetcher:
                 raise MediaRefused(f"a media URL could not be fetched: {type(e).__name__}") from None
         raise MediaRefused(f"a media URL redirected more than {MAX_REDIRECTS} times")
 
-    async def _read(self, response: aiohttp.ClientResponse, held: Holding) -> bytes:
+    async def _read(self, response: aiohttp.ClientResponse, held: Holding) -> bytearray:
         """The whole body, each piece counted in ``held`` as it arrives (a server may declare no length, or a false
         one); MediaRefused once the request's media pass ``max_bytes``. ``read(n)`` returns what has arrived, not
         ``n`` bytes: the body is read to its end."""
@@ -293,7 +302,18 @@ class MediaFetcher:
                 raise MediaRefused(f"the request's media are larger than {self._max_bytes} bytes")
             held.take(len(piece))
             raw += piece
-        return bytes(raw)
+        return raw
+
+
+def data_url(kind: str, raw: bytearray) -> str:
+    """``raw`` as a ``data:`` URL of type ``kind``, with at most two copies alive at once: the fetched bytes are let
+    go once encoded (a copy of them, the base64, the text and the URL were all alive at once: six times a picture's
+    size, for a moment)."""
+    encoded = base64.b64encode(raw)
+    raw.clear()
+    joined = f"data:{kind};base64,".encode("ascii") + encoded
+    del encoded
+    return joined.decode("ascii")
 
 
 def _with_urls(body: dict[str, Any], fetched: dict[int, str]) -> dict[str, Any]:

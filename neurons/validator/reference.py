@@ -37,6 +37,7 @@ from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.rewards.tools import Reply, calls_of
 from shared.errors import parse_error
 from shared.field_refusals import FieldRefusals
+from shared.jsonutil import dumpb
 from shared.logging import CredentialMask, printable
 from shared.openai_headers import openai_headers
 from shared.resend import post_once_more
@@ -155,21 +156,22 @@ class OpenAIReference:
 
     async def reply(self, body: dict[str, Any]) -> Reply:
         # The fetched media count against the validator's budget (MEDIA_BYTES_IN_FLIGHT) until the reference
-        # model's answer ends, as the bytes are held till then (they were given back as soon as fetched).
+        # model's answer ends, held in the JSON sent alone (``MediaFetcher.encoded``).
         try:
-            async with self._media.inlined(body) as inlined:
-                return await self._ask(inlined)
+            with failing_as_reference(self._masked, *UNREACHED, *MISSHAPEN):
+                async with self._media.encoded(body, self._sent_body) as sent:
+                    data = await self._completion(sent)
+                message = data["choices"][0]["message"]
+                content, calls = message.get("content"), calls_of(message.get("tool_calls"))
         except (MediaRefused, MediaBusy) as e:  # the caller's media, or too many at once: no reference failure
             raise UnscorableRequest(str(e)) from None
-
-    async def _ask(self, inlined: dict[str, Any]) -> Reply:
-        with failing_as_reference(self._masked, *UNREACHED, *MISSHAPEN):
-            sent = self.request_body(inlined)
-            self._last_model = sent.get("model")
-            data = await self._completion(self._refusals.apply(sent))
-            message = data["choices"][0]["message"]
-            content, calls = message.get("content"), calls_of(message.get("tool_calls"))
         return Reply(text=content if isinstance(content, str) else "", calls=calls)
+
+    def _sent_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What the reference model is sent of ``body`` (its media inlined), as its model takes it."""
+        sent = self.request_body(body)
+        self._last_model = sent.get("model")
+        return self._refusals.apply(sent)
 
     async def probe(self) -> None:
         """A short chat completion of the model last asked for, asked only while the reference model fails and no
@@ -180,23 +182,23 @@ class OpenAIReference:
         if self._last_model:
             body["model"] = self._last_model
         with failing_as_reference(self._masked, *UNREACHED):  # its answer is not read: no shape to miss
-            await self._completion(self._refusals.apply(body))
+            await self._completion(dumpb(self._refusals.apply(body)))
 
-    async def _completion(self, sent: dict[str, Any]) -> Any:
+    async def _completion(self, sent: bytes) -> Any:
         """The server's JSON completion of ``sent``; a 400/422 naming a field the answer does without is asked
         again without it (or renamed), once per field (``FieldRefusals``), and any other refusal is a
         ``ReferenceError`` quoting the server's reason (it said only the status: an operator could not tell a
         refused field from a wrong key)."""
         while True:
             # once more on a new connection if a kept-alive one closed before any answer (``post_once_more``)
-            async with await post_once_more(self.session, f"{self.base_url}/chat/completions", json=sent,
+            async with await post_once_more(self.session, f"{self.base_url}/chat/completions", data=sent,
                                             headers=self._headers, timeout=self.timeout) as r:
                 if r.status == 200:
                     return await r.json(content_type=None)
                 reason = parse_error((await r.content.read(4096)).decode("utf-8", "replace"))[1]
                 reason = self._masked(reason)  # a server that quotes the key it refused must not have it logged
-            if r.status in (400, 422) and self._refusals.learn(sent, reason):  # ends: a field named goes each time
-                sent = self._refusals.apply(sent)
+            if r.status in (400, 422) and (again := self._refusals.resent(sent, reason)) is not None:
+                sent = again  # ends: a field named goes each time
                 continue
             raise ReferenceError(f"reference LLM answered HTTP {r.status}{self._hint(r.status)}: "
                                  f"{printable(reason)[:300]}")

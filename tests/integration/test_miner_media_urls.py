@@ -152,6 +152,22 @@ async def test_the_model_server_gets_the_fetched_bytes_never_the_url(tmp_path: P
     assert sent_urls(received) == ["data:image/png;base64," + base64.b64encode(IMAGE).decode()] * 2
 
 
+async def test_a_request_sent_again_without_a_refused_field_keeps_its_fetched_media(tmp_path: Path) -> None:
+    """The miner holds a request's media in the JSON it sent alone; a model server that refuses a field (Mistral's
+    ``seed``) is sent that JSON again without it, the picture in it, and the picture is fetched once."""
+    received: list = []
+    hits: list[str] = []
+    dns = ScriptedDNS({"media.test": ["127.0.0.1"]})
+    async with media_servers(hits) as (port, _), \
+            stack(tmp_path, received, media=MediaFetcher(resolver=dns, allowed=loopback_only),
+                  quirks=frozenset({"mistral-422"})) as (api, key), aiohttp.ClientSession() as s:
+        status, answer = await post_chat(s, api, key, with_image(f"http://media.test:{port}/cat.png"))
+        assert status == 200, answer
+    assert hits == ["/cat.png"]
+    assert ["seed" in body for body in received] == [True, False]
+    assert sent_urls(received) == ["data:image/png;base64," + base64.b64encode(IMAGE).decode()] * 2
+
+
 async def test_a_name_that_turns_private_after_the_check_is_not_fetched(tmp_path: Path) -> None:
     """DNS rebinding: a name that answers a public address, then a private one. The address refused is the one
     the connection would be made to: the second request is the caller's 400, and the secret is never read."""

@@ -238,14 +238,13 @@ class OpenAICompatibleBackend:
         renamed (``FieldRefusals``); again for each refusal that names another (a server that refuses
         ``seed`` and ``stream_options`` names one at a time, and asked only twice the first request failed)."""
         # the model server would fetch them from inside the miner's network: fetched here, checked, and held
-        # within the miner's media budget until this call ends
-        async with self._inlined(body, deadline) as body:
-            out = self.upstream_body(body, stream=stream)
+        # within the miner's media budget until this call ends, in the JSON sent alone (``MediaFetcher.encoded``)
+        async with self._encoded(body, stream, deadline) as sent:
             while True:
                 # once more on a new connection if a kept-alive one closed before any answer (``post_once_more``:
                 # vLLM's, SGLang's and llama.cpp's servers end an idle one after 5 s, this pool keeps one 15 s)
                 async with await post_once_more(
-                    self._http(), f"{self.base_url}/chat/completions", data=dumpb(out),
+                    self._http(), f"{self.base_url}/chat/completions", data=sent,
                     headers=self._chat_headers[stream], timeout=self._timeout_until(deadline),
                     again=lambda: {"timeout": self._timeout_until(deadline)},
                 ) as r:
@@ -258,19 +257,21 @@ class OpenAICompatibleBackend:
                     message = self._masked(parse_error((await r.content.read(MAX_ERROR_BYTES)).decode(
                         "utf-8", "replace"))[1])
                     refused = r.status in REFUSED_REQUEST
-                    if refused and self._refusals.learn(out, message):  # ends: each time a field named goes
-                        out = self._refusals.apply(out)
-                        continue
-                    raise BackendError(f"upstream HTTP {r.status}: {message[:300]}", status=r.status if refused
-                                       else 502, code=MODEL_SERVER_REJECTED if refused else None)
+                if refused and (again := self._refusals.resent(sent, message)) is not None:
+                    sent = again  # ends: each time a field named goes
+                    continue
+                raise BackendError(f"upstream HTTP {r.status}: {message[:300]}", status=r.status if refused
+                                   else 502, code=MODEL_SERVER_REJECTED if refused else None)
 
     @contextlib.asynccontextmanager
-    async def _inlined(self, body: dict[str, Any], deadline: float | None) -> AsyncIterator[dict[str, Any]]:
-        """``MediaFetcher.inlined``, its refusals as BackendErrors: a URL refused is the caller's 400, a full media
-        budget this miner's ``503 server_busy`` (no fault of the caller's, and gone once answers end)."""
+    async def _encoded(self, body: dict[str, Any], stream: bool, deadline: float | None) -> AsyncIterator[bytes]:
+        """``MediaFetcher.encoded`` of the upstream body, its refusals as BackendErrors: a URL refused is the
+        caller's 400, a full media budget this miner's ``503 server_busy`` (no fault of the caller's, and gone once
+        answers end)."""
         try:
-            async with self._media.inlined(body, deadline=deadline) as inlined:
-                yield inlined
+            async with self._media.encoded(body, lambda b: self.upstream_body(b, stream=stream),
+                                           deadline=deadline) as sent:
+                yield sent
         except MediaRefused as e:
             raise BackendError(f"refused: {e}", status=400, code=MODEL_SERVER_REJECTED) from None
         except MediaBusy as e:
