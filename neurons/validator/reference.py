@@ -29,7 +29,12 @@ import aiohttp
 from loguru import logger
 
 from neurons.miner.backends.deterministic import DeterministicBackend
-from neurons.miner.backends.openai_compatible import listed_models, listing_hint
+from neurons.miner.backends.openai_compatible import (
+    UNREADABLE_INPUT,
+    listed_models,
+    listing_hint,
+    refusal_status,
+)
 from neurons.miner.backends.tool_calls import planned_tool_call
 from neurons.miner.backends.upstream_fields import upstream_request
 from neurons.miner.media_urls import MediaBusy, MediaFetcher, MediaRefused
@@ -200,6 +205,10 @@ class OpenAIReference:
             if r.status in (400, 422) and (again := self._refusals.resent(sent, reason)) is not None:
                 sent = again  # ends: a field named goes each time
                 continue
+            if refusal_status(r.status, reason) and UNREADABLE_INPUT.search(reason):
+                # a text-only reference model given a caller's image: the caller's request, no outage (any caller
+                # could otherwise have the reference model look down)
+                raise UnscorableRequest(f"the reference model cannot read a part of it: {printable(reason)[:300]}")
             raise ReferenceError(f"reference LLM answered HTTP {r.status}{self._hint(r.status)}: "
                                  f"{printable(reason)[:300]}")
 

@@ -29,6 +29,7 @@ from neurons.validator.reference import CachedReference, OpenAIReference
 from shared.settings import ValidatorSettings, load_settings
 from tests.fake_upstream import MODEL
 from tests.helpers import log_lines, serve_app, wait_until
+from tests.integration.test_content_parts import PARTS, text_only_server
 from tests.integration.test_miner_media_budget import ModelServer
 from tests.integration.test_miner_media_urls import ScriptedDNS, loopback_only, media_servers, with_image
 from tests.validator.test_tool_rewards import score, scorer_with
@@ -158,3 +159,25 @@ async def test_the_validator_takes_its_budget_from_media_bytes_in_flight(tmp_pat
             budget = reference.inner._media.budget  # type: ignore[attr-defined]
             assert (budget and budget.capacity) == want, value
             await reference.close()
+
+
+async def test_a_reference_model_that_cannot_read_an_image_leaves_the_job_unscored_with_no_outage(
+        tmp_path: Path) -> None:
+    """A text-only reference model (llama.cpp's server without an mmproj answers a 500) given a caller's image: the
+    job is not scored, in an INFO line, and the reference model is not told failing (any caller could otherwise
+    have it look down); a text job is scored by it as before."""
+    lines, sink = log_lines("INFO")
+    try:
+        async with serve_app(text_only_server("llama.cpp")) as url, aiohttp.ClientSession() as session:
+            reference = reference_with(url, session, fetcher())
+            scorer = scorer_with(reference, tmp_path, reference.status)
+            image = {"messages": [{"role": "user", "content": PARTS[:2]}]}
+            assert await score(scorer, {1: image}, ANSWER) == {}
+            assert await score(scorer, {1: {"messages": [{"role": "user", "content": PARTS[:1]}]}}, ANSWER)
+            await reference.close()
+    finally:
+        logger.remove(sink)
+    assert any(line.startswith("INFO organic InferenceTask job not scored: the reference model cannot read a part")
+               for line in lines), lines
+    assert not [line for line in lines if "reference model failing" in line], lines
+    assert reference.status.failures == 0

@@ -40,6 +40,12 @@ from shared.tasks import ARITHMETIC, INFERENCE, QUESTION_ANSWERING
 # the miner answers with the same status and MODEL_SERVER_REJECTED, so the API can tell the caller's mistake
 # from the miner's failure. Any other upstream status (auth, rate limit, 5xx) is the miner's 502.
 REFUSED_REQUEST = frozenset({400, 413, 422})
+# A model server that cannot read a part of the request (a text-only model given an image or audio) refuses it
+# with a 500 on some servers: llama.cpp's ("image input is not supported - hint: if this is unexpected, you may
+# need to provide the mmproj", ggml-org/llama.cpp#15377; "Unsupported content part type" before, #12947). The
+# caller's request, not the miner's failure: relayed as a 502, any caller could have every such miner fail.
+UNREADABLE_INPUT = re.compile(r"\b(image|audio|video|file) input is not supported\b|\bunsupported content part "
+                              r"type\b", re.IGNORECASE)
 # Models a /models list holds that answer no chat completion (OpenAI's lists embeddings, speech, images and
 # moderation beside its chat models; Ollama's, the embedding models pulled): not advertised.
 # An upstream's whole JSON answer is held in memory: bounded (a 200 MB answer was read whole), far above
@@ -256,12 +262,12 @@ class OpenAICompatibleBackend:
                         return
                     message = self._masked(parse_error((await r.content.read(MAX_ERROR_BYTES)).decode(
                         "utf-8", "replace"))[1])
-                    refused = r.status in REFUSED_REQUEST
+                    refused = refusal_status(r.status, message)
                 if refused and (again := self._refusals.resent(sent, message)) is not None:
                     sent = again  # ends: each time a field named goes
                     continue
-                raise BackendError(f"upstream HTTP {r.status}: {message[:300]}", status=r.status if refused
-                                   else 502, code=MODEL_SERVER_REJECTED if refused else None)
+                raise BackendError(f"upstream HTTP {r.status}: {message[:300]}", status=refused or 502,
+                                   code=MODEL_SERVER_REJECTED if refused else None)
 
     @contextlib.asynccontextmanager
     async def _encoded(self, body: dict[str, Any], stream: bool, deadline: float | None) -> AsyncIterator[bytes]:
@@ -458,9 +464,20 @@ def upstream_error(err: Any, answer: Any, where: str, *, mask: Mask | None = Non
     to the caller, and a server may quote the key it refused)."""
     status, message = _error_status(err, answer)
     message = message if mask is None else mask(message)
-    refused = status in REFUSED_REQUEST
+    refused = refusal_status(status, message)
     return BackendError(f"upstream {where} ({status or 'no status'}): {message[:300]}",
-                        status=status if refused else 502, code=MODEL_SERVER_REJECTED if refused else None)
+                        status=refused or 502, code=MODEL_SERVER_REJECTED if refused else None)
+
+
+def refusal_status(status: int | None, message: str) -> int | None:
+    """The status a model server's refusal of the request itself is relayed with (``MODEL_SERVER_REJECTED``, the
+    caller's): its own for 400/413/422, 400 for a 500 saying it cannot read a part (``UNREADABLE_INPUT``); None
+    for any other error (the miner's 502)."""
+    if status in REFUSED_REQUEST:
+        return status
+    if status == 500 and UNREADABLE_INPUT.search(message):
+        return 400
+    return None
 
 
 def error_answer(raw: bytes, *, mask: Mask | None = None) -> BackendError | None:
