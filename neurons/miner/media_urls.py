@@ -18,10 +18,10 @@ The fetched bytes are held until the model server's answer ends, as base64 (a th
 its one copy (``encoded``: the body with the ``data:`` URLs, held beside it, doubled them): each request's own cap
 bounded nothing across requests, and 64 requests with 20 MiB of pictures each held gigabytes. A fetcher given
 ``in_flight`` (the miner's ``MEDIA_BYTES_IN_FLIGHT``) counts every byte as it is read against one budget for all
-requests and gives a request's back when its upstream call ends, however it ends; a byte past the budget ends that request's fetch at once (``MediaBusy``: the miner's
-``503 server_busy``). It does not wait for room: room comes back only as model servers answer (seconds), a request
-holding half its pictures while waiting would hold them from the others, and the API races each request to several
-miners, so another miner's answer is what the caller gets.
+requests and gives a request's back when its upstream call ends, however it ends; a byte past the budget ends that
+request's fetch at once (``MediaBusy``: the miner's ``503 server_busy``). It does not wait for room: room comes back
+only as model servers answer (seconds), a request holding half its pictures while waiting would hold them from the
+others, and the API races each request to several miners, so another miner's answer is what the caller gets.
 
 The validator fetches an organic request's media with this same fetcher before its reference model re-answers the
 request (``neurons.validator.reference``), within its own ``MEDIA_BYTES_IN_FLIGHT``: there a full budget leaves the

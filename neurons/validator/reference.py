@@ -58,9 +58,9 @@ class ReferenceError(Exception):
 
 
 class UnscorableRequest(Exception):
-    """The request is not asked of the reference model (a caller's media URL that is private, or could not be
-    fetched, or media past the validator's MEDIA_BYTES_IN_FLIGHT): the job is skipped, and the reference model is not failing (any caller could otherwise make it
-    look down)."""
+    """The request is not asked of the reference model, or it cannot read it (a caller's media URL that is private
+    or could not be fetched, media past the validator's MEDIA_BYTES_IN_FLIGHT, an image given a text-only model):
+    the job is skipped, and the reference model is not failing (any caller could otherwise make it look down)."""
 
 
 class EmptyReference(ReferenceError):
