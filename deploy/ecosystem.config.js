@@ -2,7 +2,10 @@
 // Each process reads its own env file, .env.<role> (copy .env.*.example first), or pm2 env alone. Start only what this host runs:
 //   pm2 start deploy/ecosystem.config.js --only sn1-api
 // The API forks WORKERS processes itself (SO_REUSEPORT): keep pm2 at one instance, fork mode.
-// pm2 restarts a process that exits; SIGTERM lets it finish in-flight requests (kill_timeout).
+// pm2 restarts a process that exits, and stops one with SIGINT (its daemon's PM2_KILL_SIGNAL; there is no per-app
+// setting), which the node takes as SIGTERM: a graceful stop. kill_timeout (40 s) lets it finish in-flight requests
+// and outlast its own 30 s shutdown limit (an ERROR naming what is stuck) before pm2 sends SIGKILL.
+// No `time: true`: every line the node logs starts with its own timestamp already.
 const path = require("path");
 const root = path.resolve(__dirname, "..");
 
@@ -22,7 +25,6 @@ function app(name, script, args) {
     exp_backoff_restart_delay: 200,
     kill_timeout: 40000,
     merge_logs: true,
-    time: true,
   };
 }
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.http import SHUTDOWN_LIMIT_S
+
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("api", "validator", "miner")
 
@@ -46,6 +48,11 @@ def test_pm2_ecosystem_runs_the_three_processes() -> None:
     for a in apps:
         assert Path(a["cwd"]) == ROOT and a["instances"] == 1 and a["autorestart"]
         check_command(a["script"], a["args"].split())
+        # The process's own shutdown limit (30 s, then an ERROR naming what is stuck) comes before pm2's SIGKILL,
+        # which says nothing.
+        assert a["kill_timeout"] > SHUTDOWN_LIMIT_S * 1000
+        # pm2's `time` prefixed a second timestamp to every line, each of which starts with the node's own.
+        assert not a.get("time")
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -53,6 +60,7 @@ def test_systemd_unit_restarts_and_runs_a_real_command(role: str) -> None:
     text = (ROOT / "deploy" / "systemd" / f"sn1-{role}.service").read_text()
     fields = dict(re.findall(r"^(\w+)=(.*)$", text, re.M))
     assert fields["Restart"] == "always" and fields["KillSignal"] == "SIGTERM"
+    assert float(fields["TimeoutStopSec"]) > SHUTDOWN_LIMIT_S  # the process's own limit first, with its ERROR
     # ExecStart is relative to WorkingDirectory (through env), so editing WorkingDirectory is enough: an
     # absolute /opt/sn1-node/... in ExecStart failed wherever else the repository was.
     command = fields["ExecStart"].split()
@@ -89,3 +97,19 @@ def test_run_api_without_an_env_file_takes_the_environment_alone(tmp_path: Path)
     lines = out.stderr.splitlines()
     assert lines[0].startswith(f"run_api.sh: no {ROOT}/.env.api: settings from the environment alone"), lines
     assert any(line.startswith("sn1 api: ") and "API_PORT" in line for line in lines), lines
+
+
+def test_the_readme_says_what_the_supervisor_files_run_and_how_long_a_stop_may_take() -> None:
+    """"Process supervision" named `sn1 validator --env-file .env.validator` for files that run `sn1 validator` (the
+    env file read where it is there, so the environment alone can configure it), and the grace before SIGKILL is the
+    one both the units and the pm2 apps give."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Process supervision"):]
+    lead = section[:section.index("\n\n", section.index("\n\n") + 2)]
+    assert "--env-file" not in lead and "`sn1 validator`" in lead and "`sn1 miner`" in lead
+    stops = {float(re.search(r"^TimeoutStopSec=(\S+)$", (ROOT / "deploy" / "systemd" / f"sn1-{role}.service")
+                             .read_text(), re.M).group(1)) for role in ROLES}
+    pm2 = re.search(r"kill_timeout: (\d+)", (ROOT / "deploy" / "ecosystem.config.js").read_text())
+    stops.add(int(pm2.group(1)) / 1000)
+    (stop,) = stops
+    assert f"{stop:g} s before SIGKILL, past its own {SHUTDOWN_LIMIT_S:g} s limit" in " ".join(lead.split())
