@@ -197,10 +197,16 @@ def _own(limit: int | None) -> int | str:
 
 def run_keys(args: argparse.Namespace) -> int:
     from shared.admin_client import AdminClient, AdminError
+    from shared.settings import http_url
 
     admin_key = args.admin_key or os.environ.get("ADMIN_KEY")
     if not admin_key:
         print("sn1 keys: no admin key: pass --admin-key or set ADMIN_KEY", file=sys.stderr)
+        return 2
+    try:  # `SN1_API_URL=127.0.0.1:42170` was "cannot reach the API ...: NonHttpUrlClientError ..."
+        http_url(args.api)
+    except ValueError as e:
+        print(f"sn1 keys: --api / SN1_API_URL: {e}", file=sys.stderr)
         return 2
 
     async def go() -> str:

@@ -148,6 +148,18 @@ async def test_cli_errors_are_clear(api: ApiUnderTest) -> None:
     assert code == 2 and "nothing to change" in err
 
 
+@pytest.mark.parametrize("url", ["127.0.0.1:42170", "localhost:42170/", "ftp://127.0.0.1:42170"])
+def test_an_api_url_without_its_scheme_is_named_as_the_setting_to_fix(url: str) -> None:
+    """``SN1_API_URL=127.0.0.1:42170`` (the host and port, as the API logs them) was "cannot reach the API at
+    127.0.0.1:42170: NonHttpUrlClientError 127.0.0.1:42170/api_management/api-keys": the API was up."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as done:
+        main(["keys", "--api", url, "--admin-key", ADMIN, "list"])
+    assert done.value.code == 2
+    assert err.getvalue() == (f"sn1 keys: --api / SN1_API_URL: {url!r} is not an http(s) URL "
+                              "(http://host:port/...)\n")
+
+
 def test_connection_options_work_before_or_after_the_action() -> None:
     """``sn1 keys list --json`` was "unrecognized arguments" (only ``sn1 keys --json list`` worked)."""
     import argparse
