@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -424,15 +425,32 @@ class ValidatorSettings(CommonSettings):
     def check_state_dir(self) -> None:
         """At start: the state directory must be writable (scores are saved after every job; one that
         cannot hold them failed every job, each with a traceback, while the validator looked up)."""
-        path = Path(self.state_dir)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / ".write-check"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise SettingsError(f"STATE_DIR: {self.state_dir} is not a writable directory ({e.strerror or e})") \
-                from None
+        if why := unwritable(Path(self.state_dir)):
+            raise SettingsError(f"STATE_DIR: {self.state_dir} is not a writable directory ({why})")
+
+    def check_weights_ledger(self) -> None:
+        """At start, on the local network: the weights ledger, and the metagraph file whose incentives it moves, are
+        written at every weights cycle; a directory that cannot take them was a WARNING a ``WEIGHTS_INTERVAL`` (10
+        minutes) after the start, then at every cycle, and no weights were ever set."""
+        if not self.weights_ledger_file or self.neuron_disable_set_weights:
+            return
+        for name, file in (("WEIGHTS_LEDGER_FILE", self.weights_ledger_file), ("METAGRAPH_FILE", self.metagraph_file)):
+            if file and (why := unwritable(Path(file).parent)):
+                raise SettingsError(f"{name}: {file} cannot be written, as the weights ledger does at every weights "
+                                    f"cycle: {Path(file).parent} is not a writable directory ({why})")
+
+
+def unwritable(directory: Path) -> str | None:
+    """Why a file cannot be written into ``directory`` (made if missing), or None: tried, as a write is the only
+    test that knows of read-only mounts, ACLs and full disks."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 class MinerSettings(CommonSettings):

@@ -90,6 +90,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
     started_at = time.monotonic()
     setup_logging(settings.log_level, role="validator")
     settings.check_state_dir()
+    settings.check_weights_ledger()
     sock = bound_socket(settings.scoring_api_host, settings.scoring_api_port,
                         settings="SCORING_API_HOST/SCORING_API_PORT")  # a port in use: stop now
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)

@@ -148,9 +148,12 @@ def _validator_env(tmp_path: Path, extra: str) -> Path:
 
 @pytest.mark.parametrize(("extra", "expected"), [
     ("STATE_DIR=/proc/nope\n", "STATE_DIR: /proc/nope is not a writable directory"),
+    ("WEIGHTS_LEDGER_FILE=/proc/nope/weights.json\n",
+     "sn1 validator: WEIGHTS_LEDGER_FILE: /proc/nope/weights.json cannot be written, as the weights ledger does at "
+     "every weights cycle: /proc/nope is not a writable directory"),
     ('TASK_PROBABILITIES={"Inference": 1}\n', "unknown task(s) Inference; the tasks are InferenceTask"),
     ('TASK_PROBABILITIES={"InferenceTask": -1}\n', "probabilities must be non-negative"),
-], ids=["state-dir", "task-names", "negative"])
+], ids=["state-dir", "weights-ledger", "task-names", "negative"])
 def test_a_validator_setting_it_cannot_work_with_is_one_clear_line(tmp_path: Path, extra: str, expected: str) -> None:
     out = start("validator", _validator_env(tmp_path, extra))
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
