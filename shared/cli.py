@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         "that it gives back the space of expired and deleted rows by itself from then on. Stop the API first: "
         "the rewrite holds the file's write lock until it is done (seconds per GB) and needs as much free disk "
         "again."))
-    vacuum.add_argument("path", type=Path, help="the store file, e.g. ./state/api.db")
+    vacuum.add_argument("path", help="the store file, e.g. ./state/api.db, or the STORE_URL naming it "
+                                     "(sqlite:///./state/api.db)")
     args = parser.parse_args(argv)
 
     if args.command in DEFAULT_ENV:
@@ -115,12 +117,23 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_vacuum(args.path))
 
 
-def _vacuum(path: Path) -> str | None:
-    """``sn1 vacuum``: its sizes before and after on one line; an error's line (exit status 1) otherwise."""
+def _vacuum(target: str) -> str | None:
+    """``sn1 vacuum``: its sizes before and after on one line; an error's line (exit status 1) otherwise. The file is
+    named as a path or as the ``STORE_URL`` an operator has at hand (``sqlite:///./state/api.db`` was read as the
+    path ``sqlite:/state/api.db``: "no such file")."""
     import sqlite3
 
+    from shared.settings import mask_credentials
+    from shared.store.sqlite import sqlite_path
     from shared.store.sqlite_tables import compact
 
+    if target.startswith("sqlite:///"):
+        path = sqlite_path(target)
+    elif re.match(r"^[a-z][a-z0-9+.-]*://", target, re.IGNORECASE):
+        return (f"sn1 vacuum: {mask_credentials(target)}: not a SQLite store (sqlite:///path); a Redis store frees "
+                "its memory by itself")
+    else:
+        path = Path(target)
     if not path.is_file():
         return f"sn1 vacuum: {path}: no such file"
     try:

@@ -127,6 +127,13 @@ def test_a_file_made_before_keeps_its_size_until_sn1_vacuum(tmp_path: Path, caps
     with pytest.raises(SystemExit) as done:
         main(["vacuum", str(tmp_path / "missing.db")])
     assert "no such file" in str(done.value.code)
+    with pytest.raises(SystemExit) as done:  # the STORE_URL, as .env.api has it, names the same file
+        main(["vacuum", f"sqlite:///{path}"])
+    assert done.value.code is None and capsys.readouterr().out.startswith(f"{path}: ")
+    with pytest.raises(SystemExit) as done:
+        main(["vacuum", "redis://:secret@127.0.0.1:6379/0"])
+    assert done.value.code == ("sn1 vacuum: redis://***@127.0.0.1:6379/0: not a SQLite store (sqlite:///path); a "
+                               "Redis store frees its memory by itself")
     (tmp_path / "notes.txt").write_text("not a database at all, " * 100)
     with pytest.raises(SystemExit) as done:
         main(["vacuum", str(tmp_path / "notes.txt")])  # the file's fault: stopping the API would not help
