@@ -39,6 +39,8 @@ from tests.validator.test_scores_weights import _book, _graph, _scripted_sink
 from tests.validator.test_tool_rewards import score, scorer_with
 
 SECRET = "sk-operator-view-0123456789abcdef"
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
 
 def flaky_reference_model(state: dict[str, bool]) -> web.Application:
     """A reference model server that answers 503 "overloaded" while ``state["down"]``, then "the answer"."""
@@ -205,7 +207,8 @@ async def test_a_validator_without_a_permit_says_so_at_start(tmp_path: Path) -> 
     """The first WARNING about a missing permit came with the first metagraph refresh, a minute after start
     (``METAGRAPH_REFRESH_SECONDS``): an operator who started it and looked at once saw nothing wrong."""
     port = free_port()
-    env_file, hotkey = validator_env(tmp_path, port)
+    reference = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: the reference's start WARNING
+    env_file, hotkey = validator_env(tmp_path, port, REFERENCE_LLM_URL=reference, REFERENCE_LLM_MODEL="m")
     graph = json.loads((tmp_path / "metagraph.json").read_text())
     for neuron in graph["neurons"]:
         neuron["validator_permit"] = False
@@ -214,8 +217,13 @@ async def test_a_validator_without_a_permit_says_so_at_start(tmp_path: Path) -> 
     async with validator_process(env_file, f"http://127.0.0.1:{port}", log):
         pass
     text = tail(log, 0)
-    warning = text.find("this validator (uid 0) holds no validator permit")
-    assert 0 <= warning < text.find("serving on"), text
+    # In the order "Running against the real chain" gives them (it said "validator starting" came first).
+    said = [text.find(line) for line in ("this validator (uid 0) holds no validator permit",
+                                         f"reference model at {reference}: ", "validator starting ", "serving on ")]
+    assert 0 <= said[0] < said[1] < said[2] < said[3], text
+    step = " ".join(README[README.index("## Running against the real chain"):].split())
+    assert ("At start it logs a WARNING when its hotkey is not registered or holds no permit, then `reference "
+            "model: MODEL at URL` (or a WARNING") in step and "then `validator starting ...` and `serving on" in step
 
 
 async def test_scores_the_disk_refuses_stay_in_memory_and_health_says_why(tmp_path: Path) -> None:
