@@ -113,3 +113,8 @@ def test_the_readme_says_what_the_supervisor_files_run_and_how_long_a_stop_may_t
     stops.add(int(pm2.group(1)) / 1000)
     (stop,) = stops
     assert f"{stop:g} s before SIGKILL, past its own {SHUTDOWN_LIMIT_S:g} s limit" in " ".join(lead.split())
+    # "Upgrading" said `pip install -e .` "in your virtualenv": the files run .venv/bin/sn1 (run_api.sh too), so an
+    # upgrade installed into another virtualenv was not the one they started.
+    assert "exec .venv/bin/sn1 " in (ROOT / "run_api.sh").read_text()
+    upgrading = readme[readme.index("### Upgrading\n\n") + len("### Upgrading\n\n"):]
+    assert "`.venv/bin/pip install -e .`" in upgrading[:upgrading.index("\n\n")]
