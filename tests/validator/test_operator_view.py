@@ -4,6 +4,7 @@ inbox's backlog and the reference model's failures, over real HTTP on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -207,15 +208,18 @@ async def test_a_validator_without_a_permit_says_so_at_start(tmp_path: Path) -> 
     """The first WARNING about a missing permit came with the first metagraph refresh, a minute after start
     (``METAGRAPH_REFRESH_SECONDS``): an operator who started it and looked at once saw nothing wrong."""
     port = free_port()
-    reference = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: the reference's start WARNING
+    closed = socket.socket()  # bound, never listening: a refused connection (a port merely free might be taken
+    closed.bind(("127.0.0.1", 0))  # meanwhile by another suite's server, which answers)
+    reference = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"  # the reference's start WARNING
     env_file, hotkey = validator_env(tmp_path, port, REFERENCE_LLM_URL=reference, REFERENCE_LLM_MODEL="m")
     graph = json.loads((tmp_path / "metagraph.json").read_text())
     for neuron in graph["neurons"]:
         neuron["validator_permit"] = False
     (tmp_path / "metagraph.json").write_text(json.dumps(graph))
     log = tmp_path / "validator.log"
-    async with validator_process(env_file, f"http://127.0.0.1:{port}", log):
-        pass
+    with closed:
+        async with validator_process(env_file, f"http://127.0.0.1:{port}", log):
+            pass
     text = tail(log, 0)
     # In the order "Running against the real chain" gives them (it said "validator starting" came first).
     said = [text.find(line) for line in ("this validator (uid 0) holds no validator permit",
