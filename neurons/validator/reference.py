@@ -236,8 +236,9 @@ class OpenAIReference:
             async with self.session.get(f"{self.base_url}/models", headers=self._headers,
                                         timeout=aiohttp.ClientTimeout(total=10)) as r:
                 if r.status != 200:
-                    if r.status == 404 and self._at_v1():
-                        return True  # a server with no model list: nothing to check the model against
+                    if r.status == 404 and self._at_v1():  # a server with no model list: nothing to check against
+                        logger.info("reference model: {} at {} (it lists no models: not checked)", self.model, shown)
+                        return True
                     hint = listing_hint(r.status, self.base_url, **REFERENCE_SETTINGS)
                     raise ValueError(f"/models answered HTTP {r.status}{hint}")
                 listed = listed_models(await r.json(content_type=None))

@@ -194,6 +194,16 @@ async def test_a_reference_model_that_cannot_work_is_named_at_start_with_the_set
     assert not ok and "every job is skipped until it answers" in log
 
 
+async def test_a_reference_model_with_no_model_list_is_named_at_start_too() -> None:
+    """A server with no ``/models`` (a 404 at a ``/v1`` URL) passed the start's check in silence: the README's
+    ``reference model: MODEL at URL`` line, which the other servers get, never came."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", lambda _: web.json_response({"choices": []}))
+    async with serve_app(app) as url:
+        ok, log = await checked(url + "/v1")
+    assert ok and log == f"INFO reference model: real-model at {url}/v1 (it lists no models: not checked)"
+
+
 async def test_a_refused_reference_call_names_the_setting_to_fix(model_server: str) -> None:
     """A job's ``reference LLM answered HTTP 404`` did not say the URL lacked /v1 (or 401, the key)."""
     async with aiohttp.ClientSession() as session:
