@@ -197,8 +197,11 @@ class GuardedRequestHandler(RequestHandler):
         self._admitted, self._guard_key = self._guard.admit(address)
         if not self._admitted:
             self._force_close = True  # nothing it sends is parsed
-            if isinstance(transport, asyncio.WriteTransport):  # a clear answer, not a bare reset
-                transport.write(REFUSED)
+            # A clear answer, not a bare close. Not ``isinstance(transport, asyncio.WriteTransport)``: uvloop's
+            # transports, which every process runs on, are no subclass of it, and the 503 was never written.
+            write = getattr(transport, "write", None)
+            if callable(write):
+                write(REFUSED)
             transport.close()
             return
         super().connection_made(transport)

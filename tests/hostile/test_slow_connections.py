@@ -172,6 +172,26 @@ async def test_the_per_address_cap_refuses_the_next_connection_and_says_so_once(
     assert len(refusals) == 1 and "127.0.0.1 has 3 open" in refusals[0], refusals  # once a minute, not per connection
 
 
+def test_the_refusal_is_a_503_on_uvloop_too() -> None:
+    """Every process serves on uvloop (``shared.process.run``), whose transports are no ``asyncio.WriteTransport``:
+    the 503 was written only when the test above ran on asyncio's loop, and a client refused by a real API, validator
+    or miner saw a bare close instead of ``too_many_connections``."""
+    from shared.process import run
+
+    answers: list[bytes] = []
+
+    async def refused() -> None:
+        async with guarded(ConnectionLimits(header_timeout=5, max_per_ip=1)) as (port, _):
+            held = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            answers.append(await asyncio.wait_for(reader.read(), 1.0))
+            for w in (held[1], writer):
+                w.close()
+
+    run(refused)
+    assert answers[0].startswith(b"HTTP/1.1 503") and b'"code":"too_many_connections"' in answers[0], answers
+
+
 async def test_a_trusted_proxy_is_exempt_from_the_per_address_cap_not_from_the_total() -> None:
     limits = ConnectionLimits(header_timeout=5, max_per_ip=2, max_connections=4, trusted=parse_networks(["127.0.0.1"]))
     async with guarded(limits) as (port, guard):
