@@ -129,7 +129,23 @@ def create_private(path: Path) -> None:
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
-        _make_private(path)
+        if _database_or_empty(path):  # another file, a setting naming the wrong one, is refused as it is, unchanged
+            _make_private(path)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _database_or_empty(path: Path) -> bool:
+    """Whether ``path`` holds a SQLite database (or nothing yet): a ``STORE_URL`` or ``SCORING_INBOX_FILE`` naming
+    some other file of the operator's (a notes file, an env file) had its mode changed, with a WARNING, before the
+    start was refused for it."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError:  # a directory, or not ours to read: the open says so, in the setting's words
+        return False
+    return head in (b"", SQLITE_HEADER)
 
 
 def _make_private(path: Path) -> None:

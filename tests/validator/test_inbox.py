@@ -315,12 +315,15 @@ def test_an_inbox_file_that_is_not_a_database_stops_the_start_in_one_line(tmp_pa
     setting, before it serves anything."""
     bad = tmp_path / "inbox.db"
     bad.write_text("not a database " * 100)
+    bad.chmod(0o644)
     env_file, _ = validator_env(tmp_path, free_port(), SCORING_INBOX_FILE=str(bad))
     out = subprocess.run([sys.executable, "-m", "shared.cli", "validator", "--env-file", str(env_file)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.splitlines()[-1] == (f"sn1 validator: SCORING_INBOX_FILE: {bad} cannot be used as the scoring "
                                            "inbox (file is not a database)")
+    # The operator's file, named by mistake, is left as it was (it was made 0600 first, with a WARNING).
+    assert bad.stat().st_mode & 0o777 == 0o644 and "readable by its owner alone" not in out.stderr, out.stderr
 
 
 async def test_the_scored_line_names_the_request_id_across_a_restart(tmp_path: Path) -> None:
