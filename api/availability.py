@@ -23,6 +23,10 @@ from shared.signing import refused_signature
 
 WARN_EVERY = 60.0
 
+# A validator's address that answers, but not as a validator would (another process on that port, another
+# validator, a miner: "HTTP 404", "WrongReceiver"), named the validator alone: which setting was wrong went unsaid.
+NOT_THE_VALIDATOR = "is VALIDATOR_API the validator's SCORING_API_PORT, and VALIDATOR_HOTKEY its hotkey?"
+
 
 class AvailabilityCache:
     def __init__(self, client: MinerClient, validator_url: str, validator_hotkey: str, *,
@@ -90,7 +94,8 @@ class AvailabilityCache:
             self._warn(f"validator unreachable at {self.validator_url}: {e}")
             return False
         if status != 200 or not isinstance(data, dict):
-            self._warn(f"validator answered {refused_signature(status, data) or f'HTTP {status}'} for availabilities")
+            self._warn(f"validator at {self.validator_url} answered {refused_signature(status, data) or f'HTTP {status}'}"
+                       f" for availabilities ({NOT_THE_VALIDATOR})")
             return False
         entries, malformed = parse_entries(data)
         if not entries:  # a validator that just started has polled no miner yet: no news, not "all gone"

@@ -156,3 +156,18 @@ async def test_a_gone_validators_answer_goes_stale_on_time_though_the_wall_clock
             assert cache.serves(1, None, "m1") is None, "stale 120 s after its answer: selection falls back"
     finally:
         logger.remove(sink)
+
+
+async def test_an_address_that_answers_but_is_no_validator_names_the_settings_to_check() -> None:
+    """VALIDATOR_API at the wrong port (another API's, a miner's) was "validator answered HTTP 404 for
+    availabilities": neither the address nor the setting was named, where an unreachable one said both."""
+    lines, sink = log_lines("WARNING")
+    try:
+        async with serve_app(web.Application()) as url, make_session() as session:  # answers 404 to everything
+            cache = AvailabilityCache(MinerClient(session, Signer(VALIDATOR)), url, VALIDATOR.ss58_address)
+            assert not await cache.refresh()
+    finally:
+        logger.remove(sink)
+    assert lines == [f"WARNING validator at {url} answered HTTP 404 for availabilities (is VALIDATOR_API the "
+                     "validator's SCORING_API_PORT, and VALIDATOR_HOTKEY its hotkey?); falling back to all serving "
+                     "miners"], lines
