@@ -147,7 +147,7 @@ async def get_response(request: web.Request) -> web.StreamResponse:
             or await responses_state.response_store_call(ctx.responses.events(key.id, found.id, after=-1, limit=1))):
         raise invalid_value("stream", "only a background response made with stream: true can be streamed again; "
                                       "this one is returned whole (leave stream out)")
-    return await responses_background.stream_log(request, responses_background.resumed(ctx, found, after))
+    return await responses_background.stream_log(request, responses_background.resumed(ctx, key, found, after))
 
 
 @access_logged("responses")

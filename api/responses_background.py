@@ -44,6 +44,7 @@ from api.responses_state import (
     item_ids,
     previous_not_found,
     response_store_call,
+    settle_counted,
     turn_failed,
 )
 from api.storage_budget import charged
@@ -256,7 +257,7 @@ async def stream_log(request: web.Request, events: AsyncIterator[bytes]) -> web.
     return response
 
 
-async def resumed(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIterator[bytes]:
+async def resumed(ctx: ApiContext, key: KeyRecord, found: StoredResponse, after: int) -> AsyncIterator[bytes]:
     """A streamed background response's events after sequence number ``after``: followed here when this
     worker is answering it, else read from the store until it is settled (its last event made up from the
     stored response when the store lacks it: a worker that died before writing it, or before settling it,
@@ -270,14 +271,13 @@ async def resumed(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIt
     seen, last = after, ""
     bound = found.until if found.until is not None else time.time()
     settled_at: float | None = None
-    while not _ends(last):
+    while True:
         pending = await response_store_call(ctx.responses.is_pending(found.key_id, found.id))
-        frames = await response_store_call(ctx.responses.events(found.key_id, found.id, after=seen, limit=READ_BATCH))
-        if frames:
+        async for frames in _stored_events(ctx, found, seen):
             seen, last = frames[-1]
-            yield "".join(frame for _, frame in frames).encode()
-            if len(frames) == READ_BATCH:
-                continue  # more are kept: no wait
+            yield _joined(frames)
+        if _ends(last):
+            return
         if not pending:  # its last events are written just after it is settled: wait a little for them
             settled_at = settled_at or time.monotonic()
             if time.monotonic() - settled_at > TAIL_WAIT_S:
@@ -285,19 +285,41 @@ async def resumed(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIt
         elif time.time() > bound:
             break
         await asyncio.sleep(FOLLOW_EVERY_S)
-    if _ends(last):
-        return
     kept = await response_store_call(ctx.responses.last_event(found.key_id, found.id))
+    if kept is not None and kept[0] > seen:
+        # Written since the last read (its worker's last events, late after the settle, or an answer settled just
+        # as its deadline passed): sent, not skipped. Its last event is written with the events before it (one
+        # store call), so this read has them all.
+        async for frames in _stored_events(ctx, found, seen):
+            seen, last = frames[-1]
+            yield _joined(frames)
+        kept = seen, last
     if kept is not None and _ends(kept[1]):
-        return  # its last event was before ``after``: nothing is left to send
+        return  # sent, or its last event was before ``after``: nothing is left to send
     now = await response_store_call(ctx.responses.get(found.key_id, found.id))
     if now is not None:  # still pending past its deadline: its worker died, and it is failed as a poll reads it
-        now = await as_it_is(ctx, now)
+        now = await as_it_is(ctx, key, now)
     number = (kept[0] if kept is not None else -1) + 1  # the number its last event would have had
     if now is not None and now.response.get("status") in ENDINGS and number > after:
         closing = ResponseStream(now.response)
         closing.seq = number
         yield closing.last(now.response)
+
+
+async def _stored_events(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIterator[list[tuple[int, str]]]:
+    """Every event the store keeps of a response past ``after`` now, ``READ_BATCH`` at a time."""
+    assert ctx.responses is not None
+    while True:
+        frames = await response_store_call(ctx.responses.events(found.key_id, found.id, after=after, limit=READ_BATCH))
+        if frames:
+            yield frames
+        if len(frames) < READ_BATCH:
+            return
+        after = frames[-1][0]
+
+
+def _joined(frames: list[tuple[int, str]]) -> bytes:
+    return "".join(frame for _, frame in frames).encode()
 
 
 def _ends(frame: str) -> bool:
@@ -419,8 +441,8 @@ async def settle(request: web.Request, ctx: ApiContext, key: KeyRecord, keeping:
                 await conversations_state.add_turn(ctx, keeping.key, conversation_id, keeping.added, final,
                                                    last=UNNAMED)
                 owed, added = False, True
-            settled = await ctx.responses.settle(key.id, final["id"], data, retention=keeping.retention,
-                                                 item_ids=item_ids(keeping.added, final))
+            settled = await settle_counted(ctx, key, final["id"], data, retention=keeping.retention,
+                                           item_ids=item_ids(keeping.added, final))
             break
         except StoreUnavailable as e:
             if until is not None and time.time() + SETTLE_RETRY_S < until:
@@ -441,9 +463,6 @@ async def settle(request: web.Request, ctx: ApiContext, key: KeyRecord, keeping:
             final, data = _stored_form(keeping, turn_failed(final, conversations_state.not_added(conversation_id)))
             ended_with(request, STORE_FAILED)
             owed, until = False, None  # the failed record is offered once more, no longer
-    if ctx.storage_budget is not None and settled:  # let in: counted once stored, not refused (kept to be polled)
-        await ctx.storage_budget.count_or_warn(key, len(data.encode()), f"response {final['id']}'s settled record "
-                                               "not counted")
     if not settled:
         ended_with(request, CANCELLED)  # the record reads as the cancel (or the delete) left it
         if added:  # a cancel (or a reader past the deadline) settled it first: the turn is not the conversation's
@@ -475,8 +494,7 @@ async def cancel(ctx: ApiContext, key: KeyRecord, found: StoredResponse, retenti
         return found.response
     cancelled = found.response | {"status": "cancelled"}
     assert ctx.responses is not None
-    if await response_store_call(ctx.responses.settle(key.id, found.id, found.again(cancelled),
-                                                      retention=retention)):
+    if await response_store_call(settle_counted(ctx, key, found.id, found.again(cancelled), retention=retention)):
         task = ctx.running_responses.get(found.id)
         if task is not None:
             task.cancel()

@@ -232,19 +232,31 @@ def failure_code(error: ApiError, otherwise: str = "server_error") -> str:
     return MODEL_NOT_FOUND if error.code == MODEL_NOT_FOUND else otherwise
 
 
-async def as_it_is(ctx: ApiContext, found: StoredResponse) -> StoredResponse:
+async def as_it_is(ctx: ApiContext, key: KeyRecord, found: StoredResponse) -> StoredResponse:
     """A stored response as a reader sees it: a background one still pending past its deadline has failed
     (the process running it died), and is settled so (a store that fails then: it reads so anyway)."""
     if found.until is None or found.response.get("status") not in PENDING or time.time() <= found.until:
         return found
     gone = failed(found.response, STOPPED)
-    assert ctx.responses is not None
     try:
-        await ctx.responses.settle(found.key_id, found.id, found.again(gone),
-                                   retention=ctx.settings.responses_retention_seconds)
+        await settle_counted(ctx, key, found.id, found.again(gone), retention=ctx.settings.responses_retention_seconds)
     except StoreUnavailable as e:
         logger.warning("background response {} not settled as failed: {}", found.id, e)
     return dataclasses.replace(found, response=gone, until=None)
+
+
+async def settle_counted(ctx: ApiContext, key: KeyRecord, response_id: str, data: str, *, retention: float,
+                         item_ids: Sequence[str] = ()) -> bool:
+    """Settle a pending background response with ``data`` (once: False when something settled it first), counted
+    against its key's daily storage budget once stored, whoever writes it: its worker with the answer, a cancel, or
+    a reader failing it past its deadline. Each writes it on the key's behalf, for a response let in with its
+    pending record: counted, never refused (a count the store fails is a WARNING)."""
+    assert ctx.responses is not None
+    settled = await ctx.responses.settle(key.id, response_id, data, retention=retention, item_ids=item_ids)
+    if settled and ctx.storage_budget is not None:
+        await ctx.storage_budget.count_or_warn(key, len(data.encode()), f"response {response_id}'s settled record "
+                                               "not counted")
+    return settled
 
 
 async def forget(ctx: ApiContext, key: KeyRecord, response_id: str) -> None:
@@ -305,7 +317,7 @@ def _not_found(ctx: ApiContext, response_id: str) -> ApiError:
 async def _read(ctx: ApiContext, key: KeyRecord, response_id: str) -> StoredResponse | None:
     assert ctx.responses is not None
     found = await response_store_call(ctx.responses.get(key.id, response_id))
-    return None if found is None else await as_it_is(ctx, found)
+    return None if found is None else await as_it_is(ctx, key, found)
 
 
 def stored_item(raw: dict[str, Any]) -> dict[str, Any]:

@@ -790,3 +790,48 @@ async def test_one_asked_for_as_its_key_is_deleted_is_a_401(honest: ApiUnderTest
     with pytest.raises(openai.AuthenticationError) as e:
         await openai_client(honest, key=secret).responses.create(model="default", input="Hi", background=True)
     assert e.value.code == "invalid_api_key" and not honest.ctx.running_responses
+
+
+@pytest.mark.parametrize("settled", [True, False], ids=["settled", "past its deadline"])
+async def test_a_resumed_streams_last_events_written_just_as_it_stops_reading_are_sent(
+        honest: ApiUnderTest, monkeypatch: pytest.MonkeyPatch, settled: bool) -> None:
+    """Resumed on a worker not answering it, a stream reads the store until the response is settled (and
+    ``TAIL_WAIT_S`` more for its last events), or until its deadline. Its worker's last events (the items done,
+    then ``response.completed``) landed just after the reader's last read of events and before it looked at the
+    store's last event: it found that event an end and stopped, sending none of them (the SDK's helper: "Didn't
+    receive a response.completed event"). It reads what was written since, so the caller gets them, once."""
+    monkeypatch.setattr(responses_background, "TAIL_WAIT_S", 0.2)
+    monkeypatch.setattr(responses_background, "FOLLOW_EVERY_S", 0.02)
+    client = openai_client(honest)
+    key_id, store = await only_key_id(honest), honest.ctx.responses
+    assert store is not None
+    base = {"id": "resp_late", "object": "response", "created_at": 1, "status": "in_progress", "background": True,
+            "model": "m", "output": [], "error": None}
+    item = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": "Late.", "annotations": []}]}
+    done = base | {"status": "completed", "output": [item]}
+    render = responses_background.ResponseStream(base)
+    head = [render.event("response.created", response=base), render.event("response.in_progress", response=base)]
+    tail = [render.event("response.output_item.done", output_index=0, item=item), render.last(done)]
+    await store.put(key_id, "resp_late", encode(base, [], until=time.time() + (60 if settled else 0.3)),
+                    retention=60, pending=True)
+    await store.add_events(key_id, "resp_late", [(n, e.decode()) for n, e in enumerate(head)], retention=60)
+    if settled:  # its worker settled it; its last events are slow to follow (a loaded store, a slow event loop)
+        assert await store.settle(key_id, "resp_late", encode(done, []), retention=60)
+    real = store.last_event
+
+    async def tail_lands_first(*args: Any, **kwargs: Any) -> Any:
+        """Its worker's last write lands now, just before the reader asks for the last event (once)."""
+        if not await store.events(key_id, "resp_late", after=1):
+            if not settled:  # answered just as its deadline passed: settled, then its last events
+                assert await store.settle(key_id, "resp_late", encode(done, []), retention=60)
+            await store.add_events(key_id, "resp_late", [(n, e.decode()) for n, e in enumerate(tail, 2)],
+                                   retention=60)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "last_event", tail_lands_first)
+    got = [e async for e in await client.responses.retrieve("resp_late", stream=True)]
+    assert [(e.type, e.sequence_number) for e in got] == [
+        ("response.created", 0), ("response.in_progress", 1), ("response.output_item.done", 2),
+        ("response.completed", 3)]
+    assert got[-1].response.output_text == "Late."

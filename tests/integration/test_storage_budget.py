@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from loguru import logger
 
 from shared.store.base import StoreUnavailable, hash_key
+from shared.store.responses import encode
 from tests.helpers import (
     ADMIN,
     ApiUnderTest,
@@ -387,3 +389,30 @@ async def test_a_turn_stored_in_its_conversation_stays_when_its_count_fails(tmp_
         assert answer.output_text == "Noted."
         assert len((await client.conversations.items.list(made.id)).data) == 3, "the turn was withdrawn"
         assert any("not counted" in line and "WARNING" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("store", STORES)
+@pytest.mark.parametrize("how", ["failed by a reader", "cancelled"])
+async def test_a_background_record_settled_by_another_than_its_worker_is_counted(tmp_path: Path, store: str,
+                                                                                  how: str) -> None:
+    """A background response's settled record is counted whoever writes it. Its worker's settle was; the ``failed``
+    record a poll writes for a response its dead worker left pending past its deadline, and the ``cancelled`` one
+    of a cancel, were stored a day uncounted."""
+    async with apis(tmp_path, store, 1, answering("Noted.")) as (api,):
+        client = openai_client(api)
+        status, usage = await call(api, "GET", "/v1/usage")
+        assert status == 200, usage
+        key_id, before = usage["key_id"], usage["stored_bytes_today"]
+        queued = {"id": "resp_left", "object": "response", "created_at": 1, "status": "in_progress",
+                  "background": True, "model": "m", "output": [], "error": None}
+        until = time.time() + (-1 if how == "failed by a reader" else 60)  # its worker died, or is answering it
+        assert await api.ctx.responses.put(key_id, "resp_left", encode(queued, [], until=until), retention=60,
+                                           pending=True)  # written (and counted) by its worker: not counted here
+        if how == "cancelled":
+            assert (await client.responses.cancel("resp_left")).status == "cancelled"
+        else:
+            assert (await client.responses.retrieve("resp_left")).status == "failed"
+        found = await api.ctx.responses.get(key_id, "resp_left")
+        assert found is not None and found.response["status"] == ("cancelled" if how == "cancelled" else "failed")
+        status, usage = await call(api, "GET", "/v1/usage")
+        assert usage["stored_bytes_today"] - before == len(found.again(found.response).encode()), usage
