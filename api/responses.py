@@ -74,9 +74,17 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         fmt.kind = responses_background.LINE_KIND  # its race's line, after the request's own, once it is settled
         seconds, _ = chat_deadline(ctx.settings, req)
         log = fmt.event_log(req) if wanted.stream else None
-        return await responses_background.start(request, ctx, key, fmt.queued(req), fmt.keeping, seconds, work, log,
-                                                started=started)
+        return await responses_background.start(request, ctx, key, fmt.queued(req), fmt.keeping,
+                                                seconds * races_at_most(wanted), work, log, started=started)
     return await work()
+
+
+def races_at_most(wanted: ResponsesRequest) -> int:
+    """The races one response may run, each with a deadline of its own: with ``truncation: "auto"``, the first and
+    one more per cut (``MAX_TRUNCATIONS``). A background response's stored deadline covers them all: covering the
+    first only, a poll on any host past it failed the response while its worker, its conversation cut, was still
+    asking the miners again (and the answer that came was dropped)."""
+    return 1 + MAX_TRUNCATIONS if wanted.truncation == "auto" else 1
 
 
 async def _searched_answer(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, body: dict[str, Any],

@@ -188,7 +188,8 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
                 started: float) -> web.StreamResponse:
     """Store ``queued`` as pending, start ``work`` (the race; it seals ``keeping``, and fills ``log`` when
     streamed) in a task tracked for cancel and shutdown, and answer with ``queued``, or follow ``log``.
-    ``started``: the request's ``perf_counter`` start, for its turn's access line."""
+    ``seconds``: what ``work`` may take (its races' deadlines; the stored record reads failed past it and
+    ``BACKGROUND_GRACE_SECONDS``); ``started``: the request's ``perf_counter`` start, for its turn's access line."""
     assert ctx.responses is not None
     # Stored in_progress: its task starts at once (none waits for room: past the bound is a 429), so a poll
     # finds it being answered; the caller gets OpenAI's first word for it, queued.

@@ -104,6 +104,8 @@ class Script:
     status: int = 200
     error_code: str | None = None  # with a failing status: answer an OpenAI-shaped error with this code
     error_message: str = "scripted refusal"  # ... and this message
+    error_delay: float = 0.0  # ... after this many seconds (a model server slow to refuse)
+    errors: int | None = None  # ... to its first this many requests only (None: to every one); the rest, ``steps``
     calls: int = 0
     cancelled: int = 0
     active: int = 0
@@ -135,11 +137,13 @@ def scripted_miner_app(script: Script) -> web.Application:
         script.calls += 1
         script.active += 1
         try:
-            if script.status != 200 and script.error_code:
+            failing = script.status != 200 and (script.errors is None or script.calls <= script.errors)
+            if failing and script.error_code:
+                await asyncio.sleep(script.error_delay)
                 return web.json_response({"error": {"message": script.error_message, "type": "invalid_request_error",
                                                     "code": script.error_code, "param": None}},
                                          status=script.status)
-            if script.status != 200:
+            if failing:
                 return web.Response(status=script.status, text="scripted failure")
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
