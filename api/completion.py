@@ -65,7 +65,7 @@ def no_winner_error(race: Race, input_param: str = "messages", *, model: str | N
         # No miner raced serves the model: OpenAI's 404 for an unknown model (a 502 was retried twice by
         # the SDKs, and read as the subnet failing, not as the caller's model name).
         return model_not_found(model)
-    errors = "; ".join(f"uid {uid}: {err}" for uid, err in race.errors().items())
+    errors = each_failure(race.errors())
     if race.refused():
         # Every miner's model server refused the request itself (a bad parameter, more tokens than the
         # model takes): the caller's to fix, so a 400 (which clients do not retry), not a 502 (which
@@ -82,6 +82,11 @@ def no_winner_error(race: Race, input_param: str = "messages", *, model: str | N
     if race.timed_out():
         return ApiError(504, f"No miner answered validly before the deadline. {errors}".strip(), code="deadline_exceeded")
     return ApiError(502, f"No miner returned a valid answer. {errors}".strip(), code="no_valid_answer")
+
+
+def each_failure(errors: dict[int, str]) -> str:
+    """Why each miner failed, as an error message names them (``uid 2: deadline exceeded; uid 5: ...``)."""
+    return "; ".join(f"uid {uid}: {err}" for uid, err in errors.items())
 
 
 def tell_no_answer(log: OutageLog, race: Race, rid: str, error: ApiError, *, caller_cut: bool) -> None:

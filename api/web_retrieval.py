@@ -12,7 +12,7 @@ import asyncio
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -20,12 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.access_log import access_logged, request_id, write
 from api.auth import SEARCH_SCOPE, authenticate
+from api.completion import each_failure
 from api.context import CTX, ApiContext
 from api.fanout import settle, start_race
 from api.race import MinerRun
 from api.selection import select_miners
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
+from shared.jsonutil import whole_characters
 from shared.protocol import MAX_TIMEOUT, MIN_TIMEOUT
 from shared.settings import split_csv
 from shared.urls import normalise_url
@@ -34,6 +36,10 @@ TASK = "WebRetrievalTask"
 MAX_URL = 2048
 MAX_CONTENT = 20_000
 MAX_QUERY = 2000
+# The most results a caller may ask for, and so the most items of a miner's list read: 36,000 results of a few
+# bytes fit in the 2 MiB a miner may send, and parsing each URL held the event loop (every request of the
+# process) for half a second per such answer.
+MAX_RESULTS = 100
 DEFAULT_RESPONSE_TIME = 10.0  # seconds the miners get when the caller names none (max_response_time)
 MIN_GRACE_S = 0.5  # the least a hedged search waits for more answers after its first (``grace``)
 
@@ -42,7 +48,7 @@ class WebRetrievalRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     search_query: str = Field(min_length=1, max_length=MAX_QUERY)
     n_miners: int | None = Field(default=None, ge=1, le=64)
-    n_results: int = Field(default=5, ge=1, le=100)
+    n_results: int = Field(default=5, ge=1, le=MAX_RESULTS)
     # up to what a chat's ``timeout`` may name, cut to MAX_REQUEST_TIMEOUT as it is (a fixed 120 refused 121 s on
     # a node whose operator allows 300, and was no cap on one that allows 60)
     max_response_time: float = Field(default=DEFAULT_RESPONSE_TIME, ge=MIN_TIMEOUT, le=MAX_TIMEOUT)
@@ -85,13 +91,14 @@ def results_list(text: str) -> list[Any] | None:
 
 
 def parse_results(text: str) -> list[WebResult]:
-    """One miner's answer -> its well-formed results (malformed items dropped)."""
+    """One miner's answer -> its well-formed results (``well_formed``)."""
     return well_formed(results_list(text) or [])
 
 
 def well_formed(data: list[Any]) -> list[WebResult]:
+    """The well-formed results among the list's first ``MAX_RESULTS`` items (malformed ones dropped)."""
     out = []
-    for item in data:
+    for item in data[:MAX_RESULTS]:
         if not isinstance(item, dict):
             continue
         url, content, relevant = item.get("url"), item.get("content"), item.get("relevant", "")
@@ -99,7 +106,9 @@ def well_formed(data: list[Any]) -> list[WebResult]:
             continue
         if len(url) > MAX_URL or not content.strip() or normalise_url(url) is None:
             continue
-        out.append(WebResult(url=url.strip(), content=content[:MAX_CONTENT], relevant=relevant[:MAX_CONTENT]))
+        # whole characters: JSON can spell half an emoji, which no response, chat request or log line can carry
+        out.append(WebResult(url=url.strip(), content=whole_characters(content[:MAX_CONTENT]),
+                             relevant=whole_characters(relevant[:MAX_CONTENT])))
     return out
 
 
@@ -109,11 +118,17 @@ def grace(first_s: float) -> float:
     return max(MIN_GRACE_S, first_s)
 
 
+# Why a miner that ended its answer without a word failed: "nothing found" is an empty list, which the validator
+# scores as an answer; no text is none (it scores 0), and a search whose every miner sent none was a 200 `[]`.
+EMPTY = "the answer is empty (not a list of web results, not even [])"
+
+
 class ResultsCheck:
     """The race's check of retrieval answers. An answer is one when it is a list of results with a usable
-    one, or an empty list (nothing found is an answer). Prose or a list of junk is none: it neither wins
-    the race (the win counted in ``sn1_api_miner_wins``) nor keeps a search whose every miner sent it
-    from failing. What each answer gave is kept: an answer of megabytes is parsed once, not twice."""
+    one, or an empty list (nothing found is an answer). Prose, a list of junk or no text at all is none:
+    it neither wins the race (the win counted in ``sn1_api_miner_wins``) nor keeps a search whose every
+    miner sent it from failing. What each answer gave is kept: an answer of megabytes is parsed once, not
+    twice."""
 
     def __init__(self) -> None:
         self._found: dict[int, list[WebResult]] = {}
@@ -131,6 +146,13 @@ class ResultsCheck:
     def results(self, run: MinerRun) -> list[WebResult]:
         """The run's results: none for a run that failed or sent no answer."""
         return self._found.get(id(run), []) if run.error is None else []
+
+    def failure(self, run: MinerRun) -> str | None:
+        """Why the ended ``run`` gave no answer, or None when it gave one. The race checks only an answer
+        with text in it, so one that ended with none was never checked: it is ``EMPTY``."""
+        if run.error is not None:
+            return run.error
+        return None if id(run) in self._found else EMPTY
 
 
 def merge_results(per_miner: list[list[WebResult]], n_results: int) -> list[WebResult]:
@@ -178,20 +200,22 @@ async def web_retrieval(request: web.Request) -> web.StreamResponse:
     write(request, f"web_retrieval rid={rid} key={key.id} uids={str(found.uids).replace(' ', '')} "
                    f"results={len(found.results)} "
                    f"status={502 if failed else 200} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
-    if failed:
-        raise ApiError(502, "No miner returned web results.", code="no_valid_answer",
-                       headers={"x-request-id": rid})
+    if failed:  # why each miner failed, as chat's 502 says (a timeout or junk asks different things of the caller)
+        raise ApiError(502, f"No miner returned web results. {each_failure(found.failures)}".strip(),
+                       code="no_valid_answer", headers={"x-request-id": rid})
     return json_response({"results": [r.model_dump() for r in found.results]}, headers={"x-request-id": rid})
 
 
 @dataclass
 class Found:
-    """What a search gave: the merged results, the miners asked, and whether every one of them failed."""
+    """What a search gave: the merged results, the miners asked, whether every one of them failed, and why
+    each that failed did (by uid)."""
 
     query: str
     results: list[WebResult]
     uids: list[int]
     all_failed: bool
+    failures: dict[int, str] = field(default_factory=dict)
 
 
 def retrieval_body(query: str, *, n_results: int, timeout: float, seed: int) -> dict[str, Any]:
@@ -228,5 +252,7 @@ async def search(ctx: ApiContext, query: str, *, n_results: int, timeout: float,
         raise
     settle(ctx, race, body, kind="web_retrieval")  # those still answering: once they end
     per_miner = [check.results(r) for r in race.runs if r.done]
+    # one still answering (a hedged search's slowest) has not failed
+    failures = {r.uid: why for r in race.runs if r.done and (why := check.failure(r)) is not None}
     return Found(query=query, results=merge_results(per_miner, n_results), uids=[n.uid for n in neurons],
-                 all_failed=all(r.error for r in race.runs))
+                 all_failed=len(failures) == len(race.runs), failures=failures)

@@ -111,6 +111,13 @@ SURROGATE_KEY = "an object key holds a lone UTF-16 surrogate escape, which is no
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
+def whole_characters(text: str) -> str:
+    """``text`` with each lone UTF-16 surrogate (what the standard parser reads from a ``"\\ud83d"`` escape
+    without its pair) replaced by U+FFFD, as a UTF-8 decoder replaces a broken sequence: for a miner's text
+    the API passes on, which no encoder could otherwise write (a search result holding one was a 500)."""
+    return _SURROGATES.sub("\ufffd", text)
+
+
 def unfit_at(value: Any) -> tuple[tuple[str | int, ...], str] | None:
     """Where the first value JSON can spell but no answer can carry sits, and why (``NON_FINITE``,
     ``SURROGATE``, ``SURROGATE_KEY``), or None. A key with a surrogate is named by its object's path:

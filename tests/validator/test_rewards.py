@@ -181,6 +181,19 @@ def test_a_page_cited_in_another_spelling_of_its_url_is_the_page() -> None:
     assert web_reward(json.dumps(good), query, CORPUS, verifiable_only=True) == pytest.approx(1.0)
 
 
+def test_a_url_the_api_drops_earns_nothing() -> None:
+    """The validator reads a result's URL as the API shows it to callers: one with a newline, a space or
+    credentials in it is no page's address (the API drops it), so it is no valid result either. yarl reads
+    ``https://host/pa\nge`` as ``https://host/page``: it earned the page's full reward."""
+    doc = CORPUS.documents[0]
+    query = doc.title.split(" (")[0] + " " + doc.facts[3].answer
+    cut = len(doc.url) - 3
+    for url in (doc.url[:cut] + "\n" + doc.url[cut:], doc.url[:cut] + "\t" + doc.url[cut:],
+                doc.url.replace("https://", "https://user:pw@", 1)):
+        spelled = [{"url": url, "content": doc.content, "relevant": doc.facts[3].evidence}]
+        assert web_reward(json.dumps(spelled), query, CORPUS, doc.url) == 0.0, url
+
+
 def test_web_relevance_is_a_precision_mean() -> None:
     """Kept as designed: the honest search's lower-ranked pages share 2 of the query's 3 terms, so its list
     scores below 1, and a real, valid page off the query lowers the reward as padding (a mean that paid an
