@@ -113,7 +113,18 @@ class Tool(BaseModel):
     def allowed_domains(self) -> list[str] | None:
         """The domains a web search's results must be on (their subdomains too); None: any."""
         domains = (self.filters or {}).get("allowed_domains")
-        return [d.strip().lower().removeprefix("www.") for d in domains] if domains else None
+        return [domain_name(d) for d in domains] if domains else None
+
+
+def domain_name(written: str) -> str:
+    """The domain an ``allowed_domains`` entry names: its host when it is written as a URL
+    (``https://www.Example.com/path`` is ``example.com``; OpenAI asks for names without the scheme, and
+    one with it matched no result, so the search found nothing), lower-cased, without ``www.``."""
+    text = written.strip()
+    if "://" in text:
+        authority = text.partition("://")[2].partition("/")[0].partition("?")[0].partition("#")[0]
+        text = authority.rpartition("@")[2].partition(":")[0]
+    return text.rstrip("/").lower().removeprefix("www.")
 
 
 class AllowedTools(BaseModel):

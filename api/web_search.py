@@ -137,7 +137,7 @@ def citations_event(text: str, found: Found, *, completion_id: str, model: str, 
 def on_domains(url: str, domains: list[str]) -> bool:
     """Whether ``url``'s host is one of ``domains`` or under one (``en.wikipedia.org`` for ``wikipedia.org``)."""
     host = (urllib.parse.urlsplit(url).hostname or "").lower().removeprefix("www.")
-    return any(host == d or host.endswith("." + d) for d in domains)
+    return any(d and (host == d or host.endswith("." + d)) for d in domains)  # "https://" names no domain
 
 
 # What may follow a URL's last character and still be that URL (a sentence's full stop, comma or closing
