@@ -302,8 +302,12 @@ class Race:
         health: MinerHealth | None = None,
         model: str | None = None,
         caller_limited: bool = True,
+        empty: str | None = None,
     ) -> None:
         self.client = client
+        # Why an answer that ended with no text is none (None: it is one, as a chat's "" may be): a web retrieval's
+        # "nothing found" is ``[]``, and a miner that said nothing won a race every other miner failed.
+        self.empty = empty
         # The caller set a token limit (``answer_checks.caller_limited``): only then is an answer cut to nothing
         # (``finish_reason: "length"``, no word, no thinking) one, the caller's limit's "" (NOTHING_CUT).
         self.caller_limited = caller_limited
@@ -375,6 +379,8 @@ class Race:
                 raise MinerError("the answer ended without a finish_reason (cut short)", kind="bad_response")
             if run.finish_reason == "length" and not (run.has_answer or run.reasoning or self.caller_limited):
                 raise MinerError(NOTHING_CUT, kind="bad_response")
+            if self.empty is not None and not run.has_answer:
+                raise MinerError(self.empty, kind="bad_response")
         except MinerError as e:
             run.error, run.error_kind = str(e), e.kind
         except Unfit as e:

@@ -118,8 +118,9 @@ def grace(first_s: float) -> float:
     return max(MIN_GRACE_S, first_s)
 
 
-# Why a miner that ended its answer without a word failed: "nothing found" is an empty list, which the validator
-# scores as an answer; no text is none (it scores 0), and a search whose every miner sent none was a 200 `[]`.
+# Why a miner that ended its answer without a word failed (``Race.empty``): "nothing found" is an empty list, which
+# the validator scores as an answer; no text is none (it scores 0), and a search whose every miner sent none was a
+# 200 `[]`, its web search call "completed", and the one that said nothing won the race.
 EMPTY = "the answer is empty (not a list of web results, not even [])"
 
 
@@ -146,13 +147,6 @@ class ResultsCheck:
     def results(self, run: MinerRun) -> list[WebResult]:
         """The run's results: none for a run that failed or sent no answer."""
         return self._found.get(id(run), []) if run.error is None else []
-
-    def failure(self, run: MinerRun) -> str | None:
-        """Why the ended ``run`` gave no answer, or None when it gave one. The race checks only an answer
-        with text in it, so one that ended with none was never checked: it is ``EMPTY``."""
-        if run.error is not None:
-            return run.error
-        return None if id(run) in self._found else EMPTY
 
 
 def merge_results(per_miner: list[list[WebResult]], n_results: int) -> list[WebResult]:
@@ -241,7 +235,7 @@ async def search(ctx: ApiContext, query: str, *, n_results: int, timeout: float,
     check = ResultsCheck()
     race = start_race(ctx, neurons, body, timeout, stream=False, request_id=request_id, check=check,
                       excuse_timeouts=timeout < DEFAULT_RESPONSE_TIME,  # a caller's shorter time cuts miners off
-                      scored=not uids, latency_scale=DEFAULT_RESPONSE_TIME)
+                      scored=not uids, latency_scale=DEFAULT_RESPONSE_TIME, empty=EMPTY)
     try:
         if hedged and (first := await race.winner()) is not None:
             await asyncio.wait(race.tasks, timeout=grace(first.timings[-1] if first.timings else 0.0))
@@ -252,7 +246,5 @@ async def search(ctx: ApiContext, query: str, *, n_results: int, timeout: float,
         raise
     settle(ctx, race, body, kind="web_retrieval")  # those still answering: once they end
     per_miner = [check.results(r) for r in race.runs if r.done]
-    # one still answering (a hedged search's slowest) has not failed
-    failures = {r.uid: why for r in race.runs if r.done and (why := check.failure(r)) is not None}
     return Found(query=query, results=merge_results(per_miner, n_results), uids=[n.uid for n in neurons],
-                 all_failed=len(failures) == len(race.runs), failures=failures)
+                 all_failed=all(r.error for r in race.runs), failures=race.errors())

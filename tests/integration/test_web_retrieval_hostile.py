@@ -101,6 +101,10 @@ async def test_every_miner_failing_is_a_502_that_says_why_each_failed(tmp_path: 
         status, body = await retrieve(api, search_query="Pelseldan", uids="2")
         assert status == 502, body
         assert "uid 2: the answer is empty" in body["error"]["message"]
+        async with aiohttp.ClientSession() as session, session.get(api.url + "/metrics") as r:
+            metrics = await r.text()
+        assert 'sn1_api_miner_wins_total{uid="2"}' not in metrics, "a miner that said nothing won the race"
+        assert 'sn1_api_miner_errors_total{kind="bad_response",uid="2"}' in metrics
 
 
 async def test_an_answer_of_many_tiny_results_does_not_hold_the_api(tmp_path: Path) -> None:
