@@ -4,6 +4,7 @@ miners (scripted, and the reference miner over the local corpus)."""
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,7 @@ async def test_an_answer_of_many_tiny_results_does_not_hold_the_api(tmp_path: Pa
                       separators=(",", ":"))
     assert len(chunk(text)) < 2 << 20  # in its SSE event, under the cap on a miner's answer
     async with api_with_miners(tmp_path, {1: answering(text)}, honest={2}) as api:
+        gc.collect()  # what earlier tests of this worker left: a collection of it is no stall of this code's
         async with loop_gaps(0.01) as gaps:
             status, body = await retrieve(api, search_query="Pelseldan", uids="1,2", n_results="100")
         assert status == 200, body
