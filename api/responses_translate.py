@@ -73,7 +73,7 @@ def chat_body(r: ResponsesRequest, history: Sequence[dict[str, Any]] = ()) -> di
                                          "skipped)")
     _check_outputs_answer_calls(messages, start, "conversation" if r.conversation_id else "previous_response_id")
     _check_calls_answered(messages)
-    body: dict[str, Any] = {"messages": messages, "stream": r.stream}
+    body: dict[str, Any] = {"messages": answers_after_calls(messages), "stream": r.stream}
     if r.stream:
         body["stream_options"] = {"include_usage": True}  # for the usage of response.completed
     body.update(passed_on(r, PASSED_ON))
@@ -226,6 +226,23 @@ def _check_calls_answered(messages: list[dict[str, Any]]) -> None:
     unanswered = unanswered_call(_turns(messages))
     if unanswered is not None:  # OpenAI's Responses API names one call
         raise ApiError(400, f"No tool output found for function call {str(unanswered[1][0])[:256]}.", param="input")
+
+
+def answers_after_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` with each tool result moved up to right after the assistant message that made its call (after
+    the results already there), the rest in order. This API pairs an output with its call by id wherever it sits
+    (a message or another turn's items may come between: Codex sends so); chat wants a call's results before any
+    other message, or refuses the conversation (OpenAI's 400, and the chat checks' here)."""
+    turns: list[list[dict[str, Any]]] = []
+    turn_of: dict[Any, list[dict[str, Any]]] = {}  # a call id -> the turn of the message that last made it
+    for message in messages:
+        turn = turn_of.get(message.get("tool_call_id")) if message["role"] == "tool" else None
+        if turn is not None:
+            turn.append(message)
+            continue
+        turns.append([message])
+        turn_of.update((call.get("id"), turns[-1]) for call in message.get("tool_calls") or ())
+    return [message for turn in turns for message in turn]
 
 
 def _message(item: MessageItem, at: str) -> dict[str, Any]:

@@ -137,10 +137,11 @@ def invalid_value(param: str | None, message: str) -> ApiError:
 OPENAI_REFUSAL = "openai_refusal"
 
 
-def openai_refusal(message: str, param: str) -> PydanticCustomError:
-    """OpenAI's 400 for a request, raised in a validator: ``message`` and ``param`` as OpenAI gives them, its
-    ``code`` null as OpenAI's. A ``{param}`` in ``message`` would be filled in (pydantic's template)."""
-    return PydanticCustomError(OPENAI_REFUSAL, message, {"param": param})
+def openai_refusal(message: str, param: str, code: str | None = None) -> PydanticCustomError:
+    """OpenAI's 400 for a request, raised in a validator: ``message``, ``param`` and ``code`` as OpenAI gives them
+    (most of its conversation checks' ``code`` is null). A ``{param}`` in ``message`` would be filled in (pydantic's
+    template)."""
+    return PydanticCustomError(OPENAI_REFUSAL, message, {"param": param, "code": code})
 
 
 def error_body(

@@ -326,7 +326,8 @@ def parse_model(model: type[BaseModel], data: Any, *, at: str = "", strict: bool
     except ValidationError as e:
         first = e.errors()[0]
         if first["type"] == OPENAI_REFUSAL:  # OpenAI's words and param, as they are
-            raise ApiError(400, first["msg"], param=".".join(p for p in (at, first["ctx"]["param"]) if p)) from None
+            raise ApiError(400, first["msg"], param=".".join(p for p in (at, first["ctx"]["param"]) if p),
+                           code=first["ctx"].get("code")) from None
         where, why = first_problem(e)
         param = ".".join(p for p in (at, where) if p) or None
         if why == "Field required" and param:  # OpenAI's words and code for it, as its SDKs surface them

@@ -76,34 +76,64 @@ Metadata = Annotated[dict[Annotated[str, StringConstraints(max_length=64)],
 MAX_NAMED_CALLS = 16  # the call ids an unanswered-call refusal names (OpenAI names each: bounded here)
 
 
-def unanswered_tool_result(messages: Iterable[tuple[str, Any, Any]]) -> tuple[int, Any] | None:
+def unanswered_tool_result(messages: Iterable[tuple[str, Any, Any]], *, in_turn: bool = False) -> tuple[int, Any] | None:
     """The first tool result that answers no call a message before it made: its index and the call id it names
     (None: each answers one). ``messages``: (role, tool_calls, tool_call_id) of each chat message, in order
-    (chat's check, and the Responses API's of its function outputs)."""
+    (chat's check, and the Responses API's of its function outputs). ``in_turn``: chat's rule, a result answers a
+    call of the message right before the run of tool messages it is in (any other message ends the turn); the
+    Responses API pairs an output with its call by id wherever the call was made before it."""
     called: set[Any] = set()
     for i, (role, calls, call_id) in enumerate(messages):
         if calls:
-            called.update(call.get("id") for call in calls if isinstance(call, dict))
-        elif role == "tool" and call_id not in called:
-            return i, call_id
+            made = {call.get("id") for call in calls if isinstance(call, dict)}
+            called = made if in_turn else called | made
+        elif role == "tool":
+            if call_id not in called:
+                return i, call_id
+        elif in_turn:
+            called = set()
     return None
 
 
-def unanswered_call(messages: Iterable[tuple[str, Any, Any]]) -> tuple[int, list[Any]] | None:
+def unanswered_call(messages: Iterable[tuple[str, Any, Any]], *, in_turn: bool = False) -> tuple[int, list[Any]] | None:
     """The first message with a tool call that no tool message after it answers: its index and the ids of its
-    calls left unanswered, in order (None: each call is answered). ``messages`` as for ``unanswered_tool_result``:
+    calls left unanswered, in order (None: each call is answered). ``messages`` and ``in_turn`` as for
+    ``unanswered_tool_result`` (chat's: the answers must come right after the calls, before any other message):
     a conversation that leaves a call unanswered asks the model to go on without the call's result (OpenAI's chat
     and Responses APIs refuse it)."""
     waiting: dict[Any, int] = {}  # each call id left unanswered -> the message that made it
     for i, (role, calls, call_id) in enumerate(messages):
+        if role == "tool" and not calls:
+            waiting.pop(call_id, None)
+            continue
+        if in_turn and waiting:  # the turn ended with calls unanswered
+            break
         if calls:
             waiting.update((call.get("id"), i) for call in calls if isinstance(call, dict))
-        elif role == "tool":
-            waiting.pop(call_id, None)
     if not waiting:
         return None
     first = min(waiting.values())
     return first, [call_id for call_id, at in waiting.items() if at == first]
+
+
+def missing_tool_id(messages: list[Any]) -> PydanticCustomError | None:
+    """OpenAI's 400 for the first tool call sent back without its ``id`` (absent or null) or tool message without
+    the ``tool_call_id`` it answers, in its words and ``param`` (None: none is missing). ``messages``: as sent (a
+    malformed message is left to the model's own checks). Without it, a call's missing id was the call left
+    unanswered ("... did not have response messages: None")."""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        if message.get("role") == "tool" and message.get("tool_call_id") is None:
+            return openai_refusal("Missing parameter 'tool_call_id': messages with role 'tool' must have a "
+                                  "'tool_call_id'.", f"messages.[{i}].tool_call_id")
+        calls = message.get("tool_calls")
+        for j, call in enumerate(calls if isinstance(calls, list) else []):
+            if isinstance(call, dict) and call.get("id") is None:
+                where = f"messages[{i}].tool_calls[{j}].id"
+                return openai_refusal(f"Missing required parameter: '{where}'.", where,
+                                      code="missing_required_parameter")
+    return None
 
 
 NEEDS_CONTENT = frozenset({"system", "user", "developer", "tool"})
@@ -292,14 +322,25 @@ class ChatCompletionRequest(BaseModel):
 
     # What follows refuses requests that OpenAI and model servers refuse: passed on, each would
     # come back as a miner's failure (a 502 for the caller and a zero score for the miner).
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _tool_ids_are_given(cls, v: Any) -> Any:
+        """Each call sent back has its id and each tool message the call it answers (``missing_tool_id``), checked
+        before the messages are read, as OpenAI checks its schema before the conversation."""
+        refusal = missing_tool_id(v) if isinstance(v, list) else None
+        if refusal is not None:
+            raise refusal
+        return v
+
     @field_validator("messages")
     @classmethod
     def _tool_turns_are_whole(cls, v: list[ChatMessage]) -> list[ChatMessage]:
-        """Each tool message answers a call an assistant message before it made, and each call has its tool
-        message after it: OpenAI's 400s, in its words (``openai_refusal``), the first in the conversation. A call
-        left unanswered asked the miners' models to go on without its result, and they answered anyway."""
+        """Each call of an assistant message is answered by a tool message right after it (before any other
+        message), and each tool message answers a call of the assistant message its turn follows: OpenAI's 400s,
+        in its words (``openai_refusal``), the first in the conversation. A call left unanswered asked the miners'
+        models to go on without its result, and they answered anyway."""
         turns = [(m.role, m.tool_calls, m.tool_call_id) for m in v]
-        orphan, unanswered = unanswered_tool_result(turns), unanswered_call(turns)
+        orphan, unanswered = unanswered_tool_result(turns, in_turn=True), unanswered_call(turns, in_turn=True)
         if unanswered is not None and (orphan is None or unanswered[0] < orphan[0]):
             ids = ", ".join(str(call_id)[:256] for call_id in unanswered[1][:MAX_NAMED_CALLS])
             raise openai_refusal("An assistant message with 'tool_calls' must be followed by tool messages "

@@ -39,6 +39,7 @@ def result(call_id: str) -> dict[str, Any]:
 
 ASKED = {"role": "user", "content": "Weather in Paris and Rome?"}
 THANKS = {"role": "user", "content": "Thanks. And tomorrow?"}
+SAID = {"role": "assistant", "content": "Paris is sunny; Rome next."}
 
 
 @pytest.mark.parametrize(("messages", "message", "param"), [
@@ -51,8 +52,14 @@ THANKS = {"role": "user", "content": "Thanks. And tomorrow?"}
     ([ASKED, calls("call_paris"), result("call_paris"), result("call_rome")], ORPHAN, "messages.[3].role"),
     # the first in the conversation: here the call left unanswered, before the result that answers no call
     ([ASKED, calls("call_paris"), result("call_rome")], UNANSWERED + "call_paris", "messages.[1].role"),
+    # a call's results come right after it: another message first leaves it unanswered, whatever follows
+    ([ASKED, calls("call_paris"), THANKS, result("call_paris")], UNANSWERED + "call_paris", "messages.[1].role"),
+    ([ASKED, calls("call_paris", "call_rome"), result("call_paris"), SAID, result("call_rome")],
+     UNANSWERED + "call_rome", "messages.[1].role"),
+    ([ASKED, calls("call_paris"), result("call_paris"), THANKS, result("call_paris")], ORPHAN, "messages.[4].role"),
 ], ids=["one of two calls unanswered", "both unanswered", "the last turn's call unanswered", "result for no call",
-        "result for a call never made", "a mistyped call id"])
+        "result for a call never made", "a mistyped call id", "a user message before the result",
+        "an assistant message between the results", "a result repeated in a later turn"])
 @pytest.mark.parametrize("stream", [False, True])
 async def test_tool_turns_that_do_not_fit_are_openais_400(tmp_path: Path, messages: list[dict[str, Any]],
                                                           message: str, param: str, stream: bool) -> None:
@@ -66,6 +73,66 @@ async def test_tool_turns_that_do_not_fit_are_openais_400(tmp_path: Path, messag
     assert raised.value.status_code == 400
     assert raised.value.body == {"message": message, "type": "invalid_request_error", "code": None, "param": param}
     assert miner.calls == 0, "a miner was asked"
+
+
+def without(key: str, message: dict[str, Any], call: int | None = None) -> dict[str, Any]:
+    """``message`` without ``key`` (of its call number ``call``, when given)."""
+    if call is None:
+        return {k: v for k, v in message.items() if k != key}
+    calls = [dict(c) for c in message["tool_calls"]]
+    del calls[call][key]
+    return message | {"tool_calls": calls}
+
+
+@pytest.mark.parametrize(("messages", "message", "param", "code"), [
+    ([ASKED, without("id", calls("call_paris"), 0), result("call_paris")],
+     "Missing required parameter: 'messages[1].tool_calls[0].id'.", "messages[1].tool_calls[0].id",
+     "missing_required_parameter"),
+    ([ASKED, calls("call_paris"), result("call_paris"), THANKS, without("id", calls("call_x", "call_y"), 1)],
+     "Missing required parameter: 'messages[4].tool_calls[1].id'.", "messages[4].tool_calls[1].id",
+     "missing_required_parameter"),
+    ([ASKED, calls("call_paris"), without("tool_call_id", result("call_paris"))],
+     "Missing parameter 'tool_call_id': messages with role 'tool' must have a 'tool_call_id'.",
+     "messages.[2].tool_call_id", None),
+], ids=["a call without its id", "a later turn's second call without its id", "a tool message without tool_call_id"])
+async def test_a_missing_call_id_is_openais_400(tmp_path: Path, messages: list[dict[str, Any]], message: str,
+                                               param: str, code: str | None) -> None:
+    """A call sent back without its ``id``, or a result without the ``tool_call_id`` it answers, is OpenAI's 400 for
+    the missing field, its ``code`` too (the SDK's ``BadRequestError.code``): a call's missing id read "... did not
+    have response messages: None", a result's "Invalid value for 'messages.2.tool_call_id'" (code invalid_value)."""
+    miner = answering()
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        with pytest.raises(openai.BadRequestError) as raised:
+            await client.chat.completions.create(model="default", messages=messages, tools=[WEATHER])  # type: ignore[arg-type]
+        await client.close()
+    assert raised.value.code == code
+    assert raised.value.body == {"message": message, "type": "invalid_request_error", "code": code, "param": param}
+    assert miner.calls == 0, "a miner was asked"
+
+
+async def test_a_responses_output_after_another_message_is_answered_in_chats_order(tmp_path: Path) -> None:
+    """The Responses API pairs a ``function_call_output`` with its call by id wherever it sits (OpenAI's does; Codex
+    sends a message between them): it still answers, and the miner gets each call's result right after the call,
+    as chat wants. It was given the user's message between them, which chat servers refuse."""
+    miner = answering()
+    output = {"type": "function_call_output", "output": "sunny"}
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        response = await client.responses.create(model="default", tools=[WEATHER["function"] | {"type": "function"}],  # type: ignore[list-item]
+                                                 input=[ASKED,  # type: ignore[list-item]
+                                                        {"type": "function_call", "call_id": "call_paris",
+                                                         "name": "get_weather", "arguments": "{}"},
+                                                        {"type": "function_call", "call_id": "call_rome",
+                                                         "name": "get_weather", "arguments": "{}"},
+                                                        output | {"call_id": "call_paris"},
+                                                        {"role": "user", "content": "Be brief."},
+                                                        output | {"call_id": "call_rome"}])
+        await client.close()
+    assert response.status == "completed" and response.output_text == "Sunny in both."
+    sent = miner.bodies[-1]["messages"]
+    assert [(m["role"], m.get("tool_call_id")) for m in sent] == [
+        ("user", None), ("assistant", None), ("tool", "call_paris"), ("tool", "call_rome"), ("user", None)]
 
 
 async def test_whole_tool_turns_are_answered_and_the_routes_that_build_messages_still_answer(tmp_path: Path) -> None:

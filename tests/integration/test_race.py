@@ -226,7 +226,7 @@ REFUSED_UPSTREAM = [  # (extra request fields, the param the 400 names)
     ({"messages": [{"role": "user"}]}, "messages.0.content"),
     ({"messages": [{"role": "system", "content": None}, USER]}, "messages.0.content"),
     ({"messages": [USER, {"role": "assistant", "content": None, "tool_calls": [CALL]}, {"role": "tool", "content": "{}"}]},
-     "messages.2.tool_call_id"),
+     "messages.[2].tool_call_id"),  # OpenAI's param for it
     ({"top_logprobs": 3}, "top_logprobs"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_time"}}}, "tool_choice"),
