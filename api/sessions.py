@@ -3,8 +3,8 @@
 A session pins one miner (chosen like any selection: serving the model,
 incentive-weighted) to the calling key until it expires. While a key has an
 active session, chat requests without explicit ``uids`` go to that miner only;
-with ``failover``, a miner that fails before its first byte is replaced by
-another serving the same model and the session is re-pinned.
+with ``failover``, a miner that fails before the caller got any of its answer is
+replaced by another serving the same model and the session is re-pinned.
 """
 
 from __future__ import annotations
@@ -190,8 +190,15 @@ async def failover_race(
     ctx: ApiContext, session: Session, race: Race, body: dict[str, Any], *, stream: bool, request_id: str,
     headers: dict[str, str],
 ) -> tuple[Race, MinerRun | None]:
-    """The pinned miner gave no valid answer: with failover, and if it failed before its first byte,
-    re-pin and ask the replacement within what is left of the deadline; otherwise a 502 naming the session.
+    """The pinned miner gave no valid answer: with failover, re-pin and ask the replacement within what is
+    left of the deadline; otherwise a 502 naming the session.
+
+    No winner means the caller got nothing of the failed answer (a stream is relayed from its first content
+    on), so the request can go to the replacement whatever the miner sent before it failed. It was failed
+    over only when the miner had sent no chunk at all: one that sent its role chunk (every OpenAI-compatible
+    server's first) and then dropped, or an answer cut short or stalled before the caller saw it, was a
+    502 (or a 504) telling a caller with ``failover`` to "open another with failover", and the session went
+    on pinning that miner.
 
     A miner that does not serve the session's model (its 404 ``model_not_found``) is failed over as any
     other failure; when no miner asked serves it, the race is returned unanswered, for the caller's
@@ -200,7 +207,7 @@ async def failover_race(
     between two that said so) until the session was pinged or expired."""
     failed = race.runs[0]
     what = ""
-    if session.failover and not failed.events:
+    if session.failover:
         moved, action = await moved_or_closed(ctx, session, f"request failed: {failed.error}")
         neuron = pinned_neuron(ctx, moved) if moved else None
         remaining = race.deadline - asyncio.get_running_loop().time()
