@@ -207,6 +207,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
                 unsent = e.code or "error"
                 raise
             await response.write_eof()
+        if session is not None:
+            await sessions.after_mid_stream_failure(ctx, session, winner)
         return response
     except ApiError as e:
         e.headers.update(headers)

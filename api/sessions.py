@@ -251,6 +251,23 @@ async def failover_race(
                    code="session_miner_failed", headers=dict(headers))
 
 
+async def after_mid_stream_failure(ctx: ApiContext, session: Session, run: MinerRun) -> None:
+    """With failover, a miner whose streamed answer failed after it started (the caller got part of it, then
+    an error event) no longer keeps the session: it is moved, or closed when no other miner serves the model,
+    so the key's next turn goes elsewhere. It kept the session, and a miner that fails every answer midway
+    (a model server that dies at some length) cut every turn short; a ping (one token) passed it as "ok".
+
+    ``run`` is the winner (the pinned miner, or the replacement a failover asked). The answer is sent
+    already: the store down is a WARNING here, not the caller's 503."""
+    if not session.failover or run.error is None:
+        return
+    failed = dataclasses.replace(session, uid=run.uid, hotkey=run.neuron.hotkey)
+    try:
+        await move_or_close(ctx, failed, f"failed mid-stream: {run.error}")
+    except StoreUnavailable as e:
+        logger.warning("session {}: not moved off uid {}, which failed mid-stream: {}", session.id, run.uid, e)
+
+
 async def close_not_serving(ctx: ApiContext, session: Session, run: MinerRun) -> None:
     """Close a session whose miner said it does not serve the session's model (``run``: its answer), unless it
     was moved meanwhile: the key's next request is not pinned to it (each was that miner's 404 again)."""

@@ -106,3 +106,33 @@ async def test_the_responses_api_in_a_failover_session_is_answered_past_a_miner_
         assert events[-1]["type"] == "response.completed"
         text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
         assert text == expected_answer(SEED) and await _pinned_uid(f) == GOOD
+
+
+@pytest.mark.parametrize("failover", [True, False], ids=["failover", "no failover"])
+@pytest.mark.parametrize("fault", sorted(FAIL_AFTER_ANSWER_STARTS))
+async def test_a_stream_that_failed_midway_moves_a_failover_session_off_its_miner(tmp_path, fault: str,
+                                                                                   failover: bool) -> None:
+    """The answer started reaching the caller, so this request cannot go elsewhere: it ends with the error event.
+    With failover the session moved off the miner all the same; it stayed, and every turn was cut short
+    there (a ping, one token, said "ok")."""
+    async with _pinned_to_the_fault(fault, tmp_path, failover=failover) as (f, _):
+        reply = await _turn(f, stream=True)
+        assert reply.status == 200 and reply.headers["x-sn1-miner-uid"] == str(FAULT), reply.text
+        failure = json.loads(reply.sse_datas()[-2])["error"]
+        assert failure["code"] == "miner_failed_mid_stream" and f"uid {FAULT}" in failure["message"], failure
+        assert await _pinned_uid(f) == (GOOD if failover else FAULT)
+        again = await _turn(f, stream=True)
+        assert again.headers["x-sn1-miner-uid"] == str(GOOD if failover else FAULT), again.text
+        if failover:
+            assert again.content() == expected_answer(SEED) and again.sse_datas()[-1] == "[DONE]"
+
+
+
+async def test_a_response_cut_short_midway_moves_a_failover_session_too(tmp_path) -> None:
+    """The Responses API's stream ends ``response.failed`` as the miner's broke; the session moves off that
+    miner as for chat."""
+    async with _pinned_to_the_fault("cut-short", tmp_path, failover=True) as (f, _):
+        reply = await _turn(f, stream=True, path="/v1/responses")
+        assert reply.status == 200 and reply.headers["x-sn1-miner-uid"] == str(FAULT), reply.text
+        assert response_events(reply.text)[-1]["type"] == "response.failed"
+        assert await _pinned_uid(f) == GOOD
