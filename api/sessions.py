@@ -208,35 +208,17 @@ async def failover_race(
     failed = race.runs[0]
     what = ""
     if session.failover:
-        moved, action = await moved_or_closed(ctx, session, f"request failed: {failed.error}")
-        neuron = pinned_neuron(ctx, moved) if moved else None
-        remaining = race.deadline - asyncio.get_running_loop().time()
+        moved, _ = await moved_or_closed(ctx, session, f"request failed: {failed.error}")
         if moved is not None:
             headers["x-sn1-session-moved-from"] = str(session.uid)
-        what = f" The session now pins uid {moved.uid}." if moved is not None else " The session was closed."
+            neuron, what = pinned_neuron(ctx, moved), f" The session now pins uid {moved.uid}."
+        else:  # closed for want of another miner, or it ended as this ran: the request is failed over all the same
+            neuron = pick_miner(ctx, _model(session.model), exclude={session.uid})
+            what = " The session was closed." if neuron is None else " The session has ended."
+        remaining = race.deadline - asyncio.get_running_loop().time()
         if neuron is not None and remaining > 0.05:
-            settle(ctx, race, body, kind="session")  # the failed attempt is scored too
-            # the replacement has only what the failed miner left of the deadline: not its fault if short
-            retry = start_race(ctx, [neuron], body, remaining, stream=stream, request_id=request_id,
-                               excuse_timeouts=True, scored=race.scored,
-                               latency_scale=race.latency_scale or race.deadline - race.started)
-            try:
-                winner = await retry.winner()
-            except BaseException:  # the caller left (or a bug): the handler's cleanup only knows the first race
-                retry.cancel()
-                raise
-            if winner is not None or retry.refused():  # a refusal is the request's: its 400, as any race's
-                return retry, winner
-            settle(ctx, retry, body, kind="session")
-            again = retry.runs[0]
-            if retry.not_served():  # neither serves the model: the caller's 404, and no session pinned to either
-                await close_not_serving(ctx, moved, again)
-                return retry, None
-            status, code = (504, "deadline_exceeded") if again.error_kind == "timeout" else (502, "session_miner_failed")
-            raise ApiError(status, f"Session {session.id}: the pinned miner uid {session.uid} failed ({failed.error}); "
-                           f"the session moved to uid {neuron.uid}, which failed too: {again.error}. The session "
-                           f"now pins uid {neuron.uid}: send the request again, or ping the session to move it.",
-                           code=code, headers=dict(headers))
+            return await _ask_replacement(ctx, session, moved, neuron, race, body, remaining, stream=stream,
+                                          request_id=request_id, headers=headers)
     if race.not_served():  # with failover it was moved (and the replacement not asked: no time left) or closed
         if not session.failover:
             await close_not_serving(ctx, session, failed)
@@ -249,6 +231,44 @@ async def failover_race(
                 "another with failover.")
     raise ApiError(502, f"Session {session.id}: the pinned miner uid {session.uid} failed: {failed.error}.{what}",
                    code="session_miner_failed", headers=dict(headers))
+
+
+async def _ask_replacement(
+    ctx: ApiContext, session: Session, moved: Session | None, neuron: Neuron, race: Race, body: dict[str, Any],
+    remaining: float, *, stream: bool, request_id: str, headers: dict[str, str],
+) -> tuple[Race, MinerRun | None]:
+    """Ask ``neuron`` within ``remaining`` seconds, after the pinned miner failed ``race``: where the session
+    now pins (``moved``), or, the session having ended as the request ran (``moved`` None: it expired, was
+    deleted, or the key's new session replaced it), a miner serving its model, pinned by nothing.
+
+    A session that ended as its request ran was a 502 "the session was closed" for a request with
+    ``failover``, though other miners served the model: a key that opened a new session failed every request
+    still in flight on the old one whose miner then failed."""
+    failed = race.runs[0]
+    settle(ctx, race, body, kind="session")  # the failed attempt is scored too
+    # the replacement has only what the failed miner left of the deadline: not its fault if short
+    retry = start_race(ctx, [neuron], body, remaining, stream=stream, request_id=request_id,
+                       excuse_timeouts=True, scored=race.scored,
+                       latency_scale=race.latency_scale or race.deadline - race.started)
+    try:
+        winner = await retry.winner()
+    except BaseException:  # the caller left (or a bug): the handler's cleanup only knows the first race
+        retry.cancel()
+        raise
+    if winner is not None or retry.refused():  # a refusal is the request's: its 400, as any race's
+        return retry, winner
+    settle(ctx, retry, body, kind="session")
+    again = retry.runs[0]
+    if retry.not_served():  # neither serves the model: the caller's 404, and no session pinned to either
+        if moved is not None:
+            await close_not_serving(ctx, moved, again)
+        return retry, None
+    status, code = (504, "deadline_exceeded") if again.error_kind == "timeout" else (502, "session_miner_failed")
+    where = (f"the session moved to uid {neuron.uid}, which failed too: {again.error}. The session now pins uid "
+             f"{neuron.uid}: send the request again, or ping the session to move it." if moved is not None else
+             f"the session had ended, and uid {neuron.uid}, asked instead, failed too: {again.error}.")
+    raise ApiError(status, f"Session {session.id}: the pinned miner uid {session.uid} failed ({failed.error}); {where}",
+                   code=code, headers=dict(headers))
 
 
 async def after_mid_stream_failure(ctx: ApiContext, session: Session, run: MinerRun) -> None:

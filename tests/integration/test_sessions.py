@@ -621,3 +621,35 @@ async def test_a_session_opened_as_its_key_is_deleted_is_a_401_and_kept_nowhere(
             redis = aioredis.from_url(store_redis_url())
             await drop_keys(redis, namespace)
             await redis.aclose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("ending", ["replaced", "deleted", "expired"])
+async def test_a_failover_request_whose_session_ended_as_it_ran_is_still_failed_over(tmp_path: Path, backend: str,
+                                                                                    ending: str) -> None:
+    """A request with ``failover`` in flight when its session ended (the key opened a new one, or deleted it, on
+    another host; or it expired), and then its pinned miner failed: it was a 502 "the session was closed",
+    though two other miners served the model. It is answered by one of them now, and nothing is pinned to it:
+    the key's new session stays where it was opened."""
+    scripts = miners(3)
+    async with two_apis_sharing_sessions(tmp_path, backend, scripts) as (api, url2):
+        other_host = ApiUnderTest(url=url2, key=api.key, ctx=None, scripts=scripts)
+        _, _, s = await call(api, "POST", "/v1/sessions", json={
+            "model": "default", "failover": True, "session_duration": 1 if ending == "expired" else 600})
+        await api.ctx.sessions.repin(s["session_id"], 1, api.ctx.metagraph.snapshot.by_uid(1).hotkey)
+        scripts[1].steps, scripts[1].die = [(1.3, b"")], True  # fails, no byte, once the session has ended
+        turn = asyncio.create_task(chat(api))
+        await asyncio.sleep(0.3)
+        new = None
+        if ending == "replaced":
+            status, _, new = await call(other_host, "POST", "/v1/sessions", json={"model": "default", "failover": True})
+            assert status == 200, new
+        elif ending == "deleted":
+            assert (await call(other_host, "DELETE", f"/v1/sessions/{s['session_id']}"))[0] == 200
+        status, headers, body = await turn
+        assert status == 200, body
+        assert headers["x-sn1-miner-uid"] in ("2", "3") and headers["x-sn1-session-id"] == s["session_id"]
+        assert body["choices"][0]["message"]["content"] == f"from {headers['x-sn1-miner-uid']}"
+        assert "x-sn1-session-moved-from" not in headers, "nothing was moved: the session had ended"
+        status, _, current = await call(other_host, "GET", "/v1/sessions")
+        assert (status, current) == (200, new) if new else status == 404, current
