@@ -69,9 +69,11 @@ def trickling() -> Script:
 
 
 @contextlib.asynccontextmanager
-async def two_hosts(tmp_path: Path, *, slow: Script | None = None) -> AsyncIterator[Fleet]:
-    """Honest deterministic miners (uids 1, 2) checking the API's real signatures, or one ``slow`` scripted
-    miner, and two API hosts (A with ``WORKERS=2``) on one Redis namespace of their own."""
+async def two_hosts(tmp_path: Path, *, slow: Script | None = None,
+                    honest: tuple[int, ...] | None = None) -> AsyncIterator[Fleet]:
+    """Honest deterministic miners (uids 1, 2, or ``honest``) checking the API's real signatures, or one ``slow``
+    scripted miner (uid 1, beside the ``honest`` ones if any), and two API hosts (A with ``WORKERS=2``) on one
+    Redis namespace of their own."""
     url, namespace = redis_url(), f"test-hosts-{secrets.token_hex(6)}"
     validator = ensure_wallet("validator", "default", tmp_path / "wallets").ss58_address
     async with contextlib.AsyncExitStack() as stack:
@@ -79,12 +81,13 @@ async def two_hosts(tmp_path: Path, *, slow: Script | None = None) -> AsyncItera
         if slow is not None:
             served = await stack.enter_async_context(serve_app(scripted_miner_app(slow)))
             miners[1] = (keypair("//Miner1").ss58_address, served.removeprefix("http://"))
-        else:
-            for uid in (1, 2):
-                kp = keypair(f"//Miner{uid}")
-                verifier = RequestVerifier(kp.ss58_address, Authorizer(lambda: {validator}))
-                served = await stack.enter_async_context(serve_app(create_miner_app(DeterministicBackend(), verifier)))
-                miners[uid] = (kp.ss58_address, served.removeprefix("http://"))
+        if honest is None:
+            honest = () if slow is not None else (1, 2)
+        for uid in honest:
+            kp = keypair(f"//Miner{uid}")
+            verifier = RequestVerifier(kp.ss58_address, Authorizer(lambda: {validator}))
+            served = await stack.enter_async_context(serve_app(create_miner_app(DeterministicBackend(), verifier)))
+            miners[uid] = (kp.ss58_address, served.removeprefix("http://"))
         env = prepare(tmp_path, miners)
         homes = [tmp_path / "host-a", tmp_path / "host-b"]
         for home in homes:
