@@ -208,7 +208,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
                 raise
             await response.write_eof()
         if session is not None:
-            await sessions.after_mid_stream_failure(ctx, session, winner)
+            await sessions.after_mid_stream_failure(ctx, session, race, winner)
         return response
     except ApiError as e:
         e.headers.update(headers)

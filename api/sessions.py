@@ -271,15 +271,17 @@ async def _ask_replacement(
                    code=code, headers=dict(headers))
 
 
-async def after_mid_stream_failure(ctx: ApiContext, session: Session, run: MinerRun) -> None:
+async def after_mid_stream_failure(ctx: ApiContext, session: Session, race: Race, run: MinerRun) -> None:
     """With failover, a miner whose streamed answer failed after it started (the caller got part of it, then
     an error event) no longer keeps the session: it is moved, or closed when no other miner serves the model,
     so the key's next turn goes elsewhere. It kept the session, and a miner that fails every answer midway
     (a model server that dies at some length) cut every turn short; a ping (one token) passed it as "ok".
 
-    ``run`` is the winner (the pinned miner, or the replacement a failover asked). The answer is sent
-    already: the store down is a WARNING here, not the caller's 503."""
-    if not session.failover or run.error is None:
+    Not for a miner cut off by a deadline it is excused from (``Race.excuse_timeouts``: the caller's own
+    shorter ``timeout``, a replacement's remainder): it was answering, and a short deadline is no fault of
+    its own. ``run`` is the winner (the pinned miner, or the replacement a failover asked). The answer is
+    sent already: the store down is a WARNING here, not the caller's 503."""
+    if not session.failover or run.error is None or (race.excuse_timeouts and run.error_kind == "timeout"):
         return
     failed = dataclasses.replace(session, uid=run.uid, hotkey=run.neuron.hotkey)
     try:

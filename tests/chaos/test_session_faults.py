@@ -33,7 +33,8 @@ NOTHING_SENT = [pytest.param(fault, stream, id=f"{fault}-{'stream' if stream els
 
 @contextlib.asynccontextmanager
 async def _pinned_to_the_fault(fault: str, tmp_path: Any, *, failover: bool) -> AsyncIterator[tuple[Fleet, str]]:
-    async with fleet(tmp_path, {FAULT: fault, GOOD: HONEST}, options=OPTIONS, miner_max_response_bytes=CAP) as f:
+    async with fleet(tmp_path, {FAULT: fault, GOOD: HONEST}, options=OPTIONS, miner_max_response_bytes=CAP,
+                     request_timeout=DEADLINE) as f:
         status, opened = await _call(f, "POST", "/v1/sessions", {"model": "default", "failover": failover})
         assert status == 200, opened
         await f.ctx.sessions.repin(opened["session_id"], FAULT, f.ctx.metagraph.snapshot.by_uid(FAULT).hotkey)
@@ -46,8 +47,9 @@ async def _call(f: Fleet, method: str, path: str, body: Any = None) -> tuple[int
         return r.status, await r.json()
 
 
-async def _turn(f: Fleet, *, stream: bool, path: str = "/v1/chat/completions") -> Reply:
-    body: dict[str, Any] = {"model": "default", "stream": stream, "seed": SEED, "timeout": DEADLINE}
+async def _turn(f: Fleet, *, stream: bool, path: str = "/v1/chat/completions", **extra: Any) -> Reply:
+    """A turn with the node's deadline (``DEADLINE``), or ``extra`` fields' own."""
+    body: dict[str, Any] = {"model": "default", "stream": stream, "seed": SEED, **extra}
     body |= {"input": MESSAGES} if path == "/v1/responses" else {"messages": MESSAGES}
     async with aiohttp.ClientSession() as http:
         return await chat(http, f, body, path=path)
@@ -136,3 +138,13 @@ async def test_a_response_cut_short_midway_moves_a_failover_session_too(tmp_path
         assert reply.status == 200 and reply.headers["x-sn1-miner-uid"] == str(FAULT), reply.text
         assert response_events(reply.text)[-1]["type"] == "response.failed"
         assert await _pinned_uid(f) == GOOD
+
+
+async def test_a_stream_cut_by_the_callers_own_short_timeout_keeps_the_session(tmp_path) -> None:
+    """A miner still answering when the caller's own ``timeout`` (shorter than the node's) ran out is not
+    failed by it, as for its score: the session stays on it."""
+    async with _pinned_to_the_fault("stall-mid", tmp_path, failover=True) as (f, _):
+        reply = await _turn(f, stream=True, timeout=DEADLINE / 2)
+        assert reply.status == 200 and reply.headers["x-sn1-miner-uid"] == str(FAULT), reply.text
+        assert json.loads(reply.sse_datas()[-2])["error"]["code"] == "miner_failed_mid_stream"
+        assert await _pinned_uid(f) == FAULT
