@@ -275,7 +275,7 @@ async def after_mid_stream_failure(ctx: ApiContext, session: Session, race: Race
     """With failover, a miner whose streamed answer failed after it started (the caller got part of it, then
     an error event) no longer keeps the session: it is moved, or closed when no other miner serves the model,
     so the key's next turn goes elsewhere. It kept the session, and a miner that fails every answer midway
-    (a model server that dies at some length) cut every turn short; a ping (one token) passed it as "ok".
+    (a model server that dies at some length) cut every turn short; a ping (one token) may well pass it as "ok".
 
     Not for a miner cut off by a deadline it is excused from (``Race.excuse_timeouts``: the caller's own
     shorter ``timeout``, a replacement's remainder): it was answering, and a short deadline is no fault of
@@ -284,8 +284,8 @@ async def after_mid_stream_failure(ctx: ApiContext, session: Session, race: Race
     if not session.failover or run.error is None or (race.excuse_timeouts and run.error_kind == "timeout"):
         return
     failed = dataclasses.replace(session, uid=run.uid, hotkey=run.neuron.hotkey)
-    try:
-        await move_or_close(ctx, failed, f"failed mid-stream: {run.error}")
+    try:  # a replacement's failure: not back to the miner it replaced, which failed this request first
+        await move_or_close(ctx, failed, f"failed mid-stream: {run.error}", avoid=frozenset({session.uid}))
     except StoreUnavailable as e:
         logger.warning("session {}: not moved off uid {}, which failed mid-stream: {}", session.id, run.uid, e)
 
