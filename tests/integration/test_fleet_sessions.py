@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from neurons.miner.backends.deterministic import generate_text
-from tests.helpers import Script
+from tests.helpers import Script, wait_until
 from tests.integration.test_fleet_hosts import MODEL, two_hosts
 
 pytestmark = pytest.mark.redis
@@ -22,8 +22,8 @@ ROLE = json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "
 
 
 def drops_after_its_role_chunk() -> Script:
-    """The role chunk at once, the connection dropped a second later, no content between."""
-    return Script([(0.0, f"data: {ROLE}\n\n".encode()), (1.0, b"")], die=True)
+    """The role chunk at once, the connection dropped two seconds later, no content between."""
+    return Script([(0.0, f"data: {ROLE}\n\n".encode()), (2.0, b"")], die=True)
 
 
 async def _json(http: aiohttp.ClientSession, method: str, url: str, head: dict[str, str],
@@ -50,7 +50,7 @@ async def test_a_failover_turn_whose_session_another_host_replaced_is_answered_b
         assert session["uid"] == 1
         turn = asyncio.create_task(_json(http, "POST", f"{fleet.a.url}/v1/chat/completions", head,
                                          {"messages": MESSAGES, "seed": 5}))
-        await asyncio.sleep(0.4)
+        assert await wait_until(lambda: fleet.miner.active == 1, 10) < 2, "the turn reached its miner (uid 1)"
         status, _, new = await _json(http, "POST", f"{fleet.b.url}/v1/sessions", head, opening)
         assert status == 200, new
         status, headers, body = await turn
