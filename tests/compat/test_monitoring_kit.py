@@ -170,14 +170,31 @@ def test_the_dashboard_is_importable_and_modest() -> None:
     dash = dashboard()
     panels = [p for p in dash["panels"] if p["type"] != "row"]
     assert 10 <= len(panels) <= 16
-    variables = {v["name"]: v for v in dash["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    for p in panels:
-        assert p["datasource"]["uid"] == "${datasource}" and p["targets"], p["title"]
-        for t in p["targets"]:
-            assert t["datasource"]["uid"] == "${datasource}", p["title"]
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_grafanas_import_asks_for_the_prometheus_data_source_and_every_panel_uses_it() -> None:
+    """Grafana's Import (README: Monitoring) asks for a data source only for an ``__inputs`` entry of an
+    exported dashboard, and writes the one picked wherever ``${DS_...}`` stands. The dashboard had none (its
+    panels read a ``datasource`` variable, to be set after the import): the import asked nothing, where the
+    README said to pick the data source in it."""
+    dash = dashboard()
+    inputs = {i["name"]: i for i in dash.get("__inputs", [])}
+    assert [(i["type"], i["pluginId"]) for i in inputs.values()] == [("datasource", "prometheus")], inputs
+    name = next(iter(inputs))
+    assert name.startswith("DS_") and inputs[name]["label"], inputs
+    imported = json.loads(DASHBOARD.read_text().replace(f"${{{name}}}", "picked-uid"))  # what the import does
+    for p in (p for p in imported["panels"] if p["type"] != "row"):
+        assert p["datasource"] == {"type": "prometheus", "uid": "picked-uid"} and p["targets"], p["title"]
+        for t in p["targets"]:
+            assert t["datasource"] == {"type": "prometheus", "uid": "picked-uid"}, p["title"]
+    variables = {v["name"] for v in dash["templating"]["list"]} | {"__rate_interval", "__interval", "__range"}
+    used = set(re.findall(r"\$\{?(\w+)", json.dumps(imported)))
+    assert used <= variables, f"the dashboard names {sorted(used - variables)}, which nothing defines once imported"
+    required = {(r["type"], r["id"]) for r in dash["__requires"]}
+    assert ("datasource", "prometheus") in required
+    assert {("panel", p["type"]) for p in dash["panels"] if p["type"] != "row"} <= required
 
 
 def test_promtool_accepts_the_rules_and_the_example_configuration() -> None:
