@@ -17,11 +17,14 @@ import json
 import random
 import re
 import string
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.urls import url_key
+from loguru import logger
+
+from shared.settings import mask_credentials
+from shared.urls import normalise_url, url_key
 
 CORPUS_SEED = "sn1-corpus-v1"
 DEFAULT_DOCUMENTS = 150
@@ -229,6 +232,11 @@ def builtin_corpus(n: int = DEFAULT_DOCUMENTS, seed: str = CORPUS_SEED) -> Corpu
     return Corpus(generate_documents(n, seed))
 
 
+# Why a corpus record is skipped at load: its page could be no search's result.
+DROPPED_URL = ("a url the API drops from search results (a space, a character that does not print, <, > or \", a "
+               "user name or password, not http(s))")
+
+
 # --- JSONL files ------------------------------------------------------------------------
 def iter_jsonl(path: str | Path) -> Iterator[dict]:
     """Each non-blank line as a JSON object; a bad line stops with its line number."""
@@ -251,21 +259,37 @@ def iter_jsonl_numbered(path: str | Path) -> Iterator[tuple[int, dict]]:
             yield lineno, obj
 
 
-def documents_from_records(records: Iterable[dict]) -> list[Document]:
-    """Records with ``url`` and ``content`` (``title`` optional) become documents; others are skipped."""
-    docs = []
-    for r in records:
-        url, content = r.get("url"), r.get("content")
-        if isinstance(url, str) and isinstance(content, str) and url and content:
-            docs.append(Document(url=url, title=str(r.get("title") or url), content=content))
-    return docs
+def document_from_record(r: dict) -> Document | None:
+    """A record with ``url`` and ``content`` (``title`` optional) as a document; None for any other record."""
+    url, content = r.get("url"), r.get("content")
+    if isinstance(url, str) and isinstance(content, str) and url and content:
+        return Document(url=url, title=str(r.get("title") or url), content=content)
+    return None
 
 
 def load_corpus(path: str | Path | None) -> Corpus:
-    """The JSONL corpus at ``path``, or the built-in one when ``path`` is empty."""
+    """The JSONL corpus at ``path``, or the built-in one when ``path`` is empty.
+
+    A record whose ``url`` the API drops from a search (``normalise_url``: a space, a character that does not
+    print, a user name or password, not http(s)) is skipped, with one WARNING for them all: loaded, the miner
+    returned it and the API dropped it, so a search found fewer pages than the corpus holds and nothing said
+    why; and the validator drew web tasks on a page no answer could cite."""
     if not path:
         return builtin_corpus()
-    docs = documents_from_records(iter_jsonl(path))
+    docs: list[Document] = []
+    dropped: list[tuple[int, str]] = []  # (line, url) of records whose url the API drops
+    for lineno, record in iter_jsonl_numbered(path):
+        doc = document_from_record(record)
+        if doc is not None and normalise_url(doc.url) is None:
+            dropped.append((lineno, doc.url))
+        elif doc is not None:
+            docs.append(doc)
+    if dropped:
+        skipped = (f"{len(dropped)} record(s) with {DROPPED_URL}, skipped; the first, line {dropped[0][0]}: "
+                   f"{mask_credentials(dropped[0][1])[:200]!r}")  # repr: escapes what does not print
+        if not docs:
+            raise ValueError(f"{path}: no record with 'url' and 'content' left: {skipped}")
+        logger.warning("corpus {}: {}", path, skipped)
     if not docs:
         raise ValueError(f"{path}: no record with 'url' and 'content'")
     return Corpus(docs)

@@ -115,6 +115,8 @@ def test_missing_env_file_is_named(tmp_path: Path, role: str) -> None:
     ("DATASET_FILE", '{"messages": [{"role": "user"}]}\n', "data.jsonl:1: messages.0.content: a user message needs content"),
     ("DATASET_FILE", '{"prompt": "ok"}\n{oops\n', "data.jsonl:2: not JSON"),
     ("CORPUS_FILE", '{"title": "no url"}\n', "no record with 'url' and 'content'"),
+    ("CORPUS_FILE", '{"url": "https://a.example/a page", "content": "x"}\n',
+     "no record with 'url' and 'content' left: 1 record(s) with a url the API drops from search results"),
 ])
 def test_an_unusable_data_file_is_one_clear_line(tmp_path: Path, setting: str, content: str, expected: str) -> None:
     """A dataset whose tasks every miner would refuse (or a corpus with nothing in it) stops the validator
