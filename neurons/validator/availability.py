@@ -155,18 +155,35 @@ def warn_none_reachable(told: OutageLog, failures: dict[int, str]) -> None:
                 + (f"; uid {uid}: {failures[uid]}" if uid is not None else ""))
 
 
+# Refusals that point at a clock, by the code a receiver names (``shared.signing``), and how the WARNING counts each:
+# a stale nonce (either clock off), and one older than a receiver's start that the MinerClient's one re-signing
+# did not cure (this host's clock behind the miner's, which just restarted).
+CLOCK_REFUSALS = {"StaleRequest": "as stale", "SignedBeforeStart": "as signed before their start"}
+
+
+def clock_note(refusals: dict[int, str], uids: list[int]) -> tuple[str, list[int]]:
+    """What the WARNING says of the clock refusals among ``refusals`` ("" for none), and their uids in the order
+    counted (the first is the one quoted)."""
+    found = {code: [uid for uid in uids if f" {code}:" in refusals[uid]] for code in CLOCK_REFUSALS}
+    counted = [(code, found[code]) for code in CLOCK_REFUSALS if found[code]]
+    if not counted:
+        return "", []
+    whose = "this host's clock or theirs is off" if found["StaleRequest"] else "this host's clock is behind theirs"
+    counts = " and ".join(f"{len(these)}{' of them' if i == 0 else ''} {CLOCK_REFUSALS[code]} ({code})"
+                          for i, (code, these) in enumerate(counted))
+    return f"; {counts}: {whose}, {CLOCK_HINT}", [uid for _, these in counted for uid in these]
+
+
 def warn_refusals(refusals: dict[int, str], hotkey: str, *, everyone: bool) -> None:
     """One WARNING for the miners that refused our signed requests: it was a DEBUG line each, so a validator
     whose clock had drifted, or that had lost its permit, saw only "0/N miners up" and its miners' scores
-    fall. The first refusal is quoted: a ``StaleRequest`` says by how much the clocks differ. ``everyone``:
-    no miner answered otherwise, so the availability is kept as last known and synthetic jobs pause."""
+    fall. The first refusal is quoted, a clock's first: a ``StaleRequest`` or ``SignedBeforeStart`` says by how
+    much the clocks differ. ``everyone``: no miner answered otherwise, so the availability is kept as last known
+    and synthetic jobs pause."""
     uids = sorted(refusals)
-    stale = [uid for uid in uids if " StaleRequest:" in refusals[uid]]
-    if stale:
-        why = f"; {len(stale)} of them as stale (StaleRequest): this host's clock or theirs is off, {CLOCK_HINT}"
-    else:
-        why = f"; does hotkey {hotkey} hold a validator permit (or an allow-listing) on their metagraph?"
+    why, clock = clock_note(refusals, uids)
+    why = why or f"; does hotkey {hotkey} hold a validator permit (or an allow-listing) on their metagraph?"
     then = "; none answered: availability kept as last known, synthetic jobs paused" if everyone else ""
     logger.warning("availability: {} miner(s) refused this validator's signed requests (uids {}){}{}; uid {}: {}",
                    len(uids), ",".join(map(str, uids[:20])) + (",..." if len(uids) > 20 else ""), why, then,
-                   (stale or uids)[0], refusals[(stale or uids)[0]])
+                   (clock or uids)[0], refusals[(clock or uids)[0]])

@@ -488,6 +488,48 @@ async def test_miners_refusing_a_validator_whose_clock_is_off_are_one_warning_na
     assert "HTTP 401 StaleRequest: nonce is 30." in warnings[0] and "s old, past the 10s freshness window" in warnings[0]
 
 
+async def test_miners_refusing_a_validator_behind_their_restart_are_told_as_a_clock_not_a_permit() -> None:
+    """Miners that just restarted refuse a nonce older than their start (SignedBeforeStart); the MinerClient signs
+    once more, but a validator 4 s behind signs the retry before their start too, and the refusal reaches the
+    poll's WARNING. It was summed up as a permit question ("does hotkey ... hold a validator permit"), which
+    was right, and said nothing of the clock."""
+    apps = {uid: create_miner_app(DeterministicBackend(), RequestVerifier(
+        MINERS[uid].ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))) for uid in MINERS}
+    lines: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="INFO")
+    try:
+        async with serve_app(apps[1]) as u1, serve_app(apps[2]) as u2:
+            snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, u1.removeprefix("http://")),
+                                                     2: (MINERS[2].ss58_address, u2.removeprefix("http://"))})
+            behind = Signer(VALIDATOR, clock=lambda: time.time_ns() - 4 * 10**9)
+            async with make_session() as session:
+                book = await poll_all(MinerClient(session, behind), _view(snap), AvailabilityBook(), timeout=2,
+                                      concurrency=4)
+    finally:
+        logger.remove(sink)
+    assert book.refused_by_all
+    warnings = [m for level, m in lines if level == "WARNING" and m.startswith("availability:")]
+    assert len(warnings) == 1, lines
+    assert "2 miner(s) refused this validator's signed requests (uids 1,2)" in warnings[0]
+    assert "permit" not in warnings[0], "the clock, not the permit"
+    assert ("2 of them as signed before their start (SignedBeforeStart): this host's clock is behind theirs, "
+            "check that NTP keeps both hosts' clocks right") in warnings[0]
+    assert "HTTP 401 SignedBeforeStart: nonce is 4." in warnings[0]
+
+
+def test_stale_and_before_start_refusals_are_counted_as_one_clock_problem() -> None:
+    from neurons.validator.availability import clock_note
+
+    refusals = {1: "HTTP 403 NotAValidator: hotkey 5F... holds no validator permit here",
+                2: "HTTP 401 SignedBeforeStart: nonce is 3.0s older than this receiver's start: ...",
+                3: "HTTP 401 StaleRequest: nonce is 30.0s old, past the 10s freshness window: ..."}
+    note, uids = clock_note(refusals, sorted(refusals))
+    assert note == ("; 1 of them as stale (StaleRequest) and 1 as signed before their start (SignedBeforeStart): "
+                    "this host's clock or theirs is off, check that NTP keeps both hosts' clocks right")
+    assert uids == [3, 2], "the stale one quoted first: it says by how much the clocks differ"
+    assert clock_note({1: refusals[1]}, [1]) == ("", [])
+
+
 async def test_an_api_whose_clock_is_ahead_is_told_its_clock_not_its_settings(tmp_path) -> None:
     """The validator refuses an API 5 min ahead (StaleRequest); the API's WARNING said to check API_HOTKEYS
     and VALIDATOR_HOTKEY, which were right, and not that a clock was off, nor by how much."""
