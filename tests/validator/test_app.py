@@ -462,9 +462,9 @@ async def test_the_availability_poll_tells_each_miner_its_deadline() -> None:
     assert 2.5 < (told_deadline(told[0]) or 0) <= 3.5, told
 
 
-async def test_miners_refusing_a_validator_whose_clock_is_off_are_one_warning_naming_the_offset() -> None:
-    """A validator 30 s behind is refused by every miner (StaleRequest): it logged one DEBUG line a miner and
-    "availability: 0/2 miners up", so its operator saw miners down, not its own clock."""
+async def _poll_two_new_miners(seconds_behind: int) -> tuple[AvailabilityBook, list[str]]:
+    """A poll of two miners that just started by a validator whose clock is ``seconds_behind`` theirs: the book,
+    and the poll's WARNING lines."""
     apps = {uid: create_miner_app(DeterministicBackend(), RequestVerifier(
         MINERS[uid].ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))) for uid in MINERS}
     lines: list[tuple[str, str]] = []
@@ -473,15 +473,21 @@ async def test_miners_refusing_a_validator_whose_clock_is_off_are_one_warning_na
         async with serve_app(apps[1]) as u1, serve_app(apps[2]) as u2:
             snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, u1.removeprefix("http://")),
                                                      2: (MINERS[2].ss58_address, u2.removeprefix("http://"))})
-            behind = Signer(VALIDATOR, clock=lambda: time.time_ns() - 30 * 10**9)
+            behind = Signer(VALIDATOR, clock=lambda: time.time_ns() - seconds_behind * 10**9)
             async with make_session() as session:
                 book = await poll_all(MinerClient(session, behind), _view(snap), AvailabilityBook(), timeout=2,
                                       concurrency=4)
     finally:
         logger.remove(sink)
+    return book, [m for level, m in lines if level == "WARNING" and m.startswith("availability:")]
+
+
+async def test_miners_refusing_a_validator_whose_clock_is_off_are_one_warning_naming_the_offset() -> None:
+    """A validator 30 s behind is refused by every miner (StaleRequest): it logged one DEBUG line a miner and
+    "availability: 0/2 miners up", so its operator saw miners down, not its own clock."""
+    book, warnings = await _poll_two_new_miners(30)
     assert book.entries == {} and book.refused_by_all, "our fault: kept as last known (nothing yet), not marked down"
-    warnings = [m for level, m in lines if level == "WARNING" and m.startswith("availability:")]
-    assert len(warnings) == 1, lines
+    assert len(warnings) == 1, warnings
     assert "2 miner(s) refused this validator's signed requests (uids 1,2)" in warnings[0]
     assert "synthetic jobs paused" in warnings[0] and "permit" not in warnings[0], "the clock, not the permit"
     assert "2 of them as stale (StaleRequest): this host's clock or theirs is off" in warnings[0]
@@ -491,25 +497,11 @@ async def test_miners_refusing_a_validator_whose_clock_is_off_are_one_warning_na
 async def test_miners_refusing_a_validator_behind_their_restart_are_told_as_a_clock_not_a_permit() -> None:
     """Miners that just restarted refuse a nonce older than their start (SignedBeforeStart); the MinerClient signs
     once more, but a validator 4 s behind signs the retry before their start too, and the refusal reaches the
-    poll's WARNING. It was summed up as a permit question ("does hotkey ... hold a validator permit"), which
-    was right, and said nothing of the clock."""
-    apps = {uid: create_miner_app(DeterministicBackend(), RequestVerifier(
-        MINERS[uid].ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))) for uid in MINERS}
-    lines: list[tuple[str, str]] = []
-    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="INFO")
-    try:
-        async with serve_app(apps[1]) as u1, serve_app(apps[2]) as u2:
-            snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, u1.removeprefix("http://")),
-                                                     2: (MINERS[2].ss58_address, u2.removeprefix("http://"))})
-            behind = Signer(VALIDATOR, clock=lambda: time.time_ns() - 4 * 10**9)
-            async with make_session() as session:
-                book = await poll_all(MinerClient(session, behind), _view(snap), AvailabilityBook(), timeout=2,
-                                      concurrency=4)
-    finally:
-        logger.remove(sink)
+    poll's WARNING. It was summed up as a permit question ("does hotkey ... hold a validator permit"), the
+    permit in order, and said nothing of the clock."""
+    book, warnings = await _poll_two_new_miners(4)
     assert book.refused_by_all
-    warnings = [m for level, m in lines if level == "WARNING" and m.startswith("availability:")]
-    assert len(warnings) == 1, lines
+    assert len(warnings) == 1, warnings
     assert "2 miner(s) refused this validator's signed requests (uids 1,2)" in warnings[0]
     assert "permit" not in warnings[0], "the clock, not the permit"
     assert ("2 of them as signed before their start (SignedBeforeStart): this host's clock is behind theirs, "
