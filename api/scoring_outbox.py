@@ -4,7 +4,7 @@ At-least-once, oldest first: the lease holder (one forwarder across every API
 worker and host) posts the head of the outbox, removes it only after a 2xx, and
 on failure waits with exponential backoff and full jitter before retrying the
 same payload, so order is kept. A payload the validator rejects as malformed
-(400/413/422) is dropped with a log line: it would block the queue forever.
+(its 400/422, or a 413 from anyone) is dropped with a log line: it would block the queue forever.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from loguru import logger
 
 from api.delivery_outage import DeliveryOutage
 from shared.aio import wait_event
+from shared.logging import printable
 from shared.miner_client import MinerClient, MinerError
 from shared.store.base import StoreUnavailable
 from shared.store.outage import OutageLog
@@ -28,6 +29,7 @@ from shared.store.outbox import Outbox, OutboxItem
 
 POISON_STATUSES = {400, 413, 422}
 REFUSED_STATUSES = {401, 403}  # the validator does not accept our signature: a setting to fix, said out loud
+SIGNATURE_CODES = frozenset({"MalformedAuth"})  # a 400 about our signature's headers, not about the payloads
 REFUSAL_WARNING_EVERY = 60.0
 MAX_UNSTORED = 10_000  # payloads kept in memory while the store refuses their commit (then oldest dropped)
 MAX_POST_SECONDS = 10.0
@@ -184,13 +186,12 @@ class OutboxForwarder:
         if 200 <= status < 300:
             await self.delivery_outage.ok()
             return True
-        if status in POISON_STATUSES:
+        if malformed_verdict(status, body):
             await self.delivery_outage.ok()
             logger.warning("validator rejected scoring payload {} as malformed (HTTP {}): dropped ({})", item.id,
                            status, describe_rejected([{"index": 0, "error": _error_message(body)}], [item]))
             return True
-        self._warn_if_refused(status, body)
-        if status not in REFUSED_STATUSES:
+        if not self._refused(status, body):
             await self._undelivered(f"HTTP {status}")
         logger.debug("validator answered HTTP {} for payload {}", status, item.id)
         return False
@@ -202,24 +203,39 @@ class OutboxForwarder:
         await self.delivery_outage.failed(f"{why}; the payloads are kept in the outbox and retried (is the validator "
                                           "up? see sn1_api_outbox_depth)")
 
-    def _warn_if_refused(self, status: int, body: Any) -> None:
-        """A validator that refuses our signature stops all organic scoring while the outbox grows; it was
-        a DEBUG line, so nothing said so. A WARNING a minute names the settings to check."""
-        if status not in REFUSED_STATUSES:
-            return
+    def _refused(self, status: int, body: Any) -> bool:
+        """Whether the answer refuses this API rather than the payloads: our signature (401/403, or a 400
+        ``MalformedAuth``), or a 400/422 that is not the validator's at all (a proxy's page). Each stops all
+        organic scoring while the outbox grows, for a setting to fix: a WARNING a minute names it, and the
+        payloads are kept (such a 400 was taken for the validator's verdict on them, and every payload in the
+        outbox was dropped, a WARNING each)."""
+        if status not in REFUSED_STATUSES and (status not in POISON_STATUSES or malformed_verdict(status, body)):
+            return False
         now = asyncio.get_running_loop().time()
-        if now - self._refusal_warned_at < REFUSAL_WARNING_EVERY:
-            return
-        self._refusal_warned_at = now
+        if now - self._refusal_warned_at >= REFUSAL_WARNING_EVERY:
+            self._refusal_warned_at = now
+            self._warn_refused(status, body)
+        return True
+
+    def _warn_refused(self, status: int, body: Any) -> None:
         message = str(_error_message(body))[:300]
-        if message.startswith(("StaleRequest", "SignedBeforeStart")):  # a clock to fix (the message says by how much)
+        if status not in REFUSED_STATUSES and not _validator_error(body):
+            logger.warning("the server at VALIDATOR_API {} answers this API's scoring payloads with HTTP {}, and not "
+                           "in the validator's words (a proxy's page? {}): is it the validator's address, http or "
+                           "https, and port? payloads are kept and retried", self.validator_url, status,
+                           _excerpt(body))
+        elif status not in REFUSED_STATUSES:  # MalformedAuth: it cannot read our signature's headers at all
+            logger.warning("the validator at {} cannot read this API's signature (HTTP {}: {}): do the API and the "
+                           "validator run the same sn1 version, and does anything between them rewrite headers? "
+                           "payloads are kept and retried", self.validator_url, status, message)
+        elif message.startswith(("StaleRequest", "SignedBeforeStart")):  # a clock to fix (it says by how much)
             logger.warning("the validator at {} refuses this API's scoring payloads as stale (HTTP {}: {}); "
                            "payloads are kept and retried", self.validator_url, status, message)
-            return
-        logger.warning("the validator at {} refuses this API's scoring payloads (HTTP {}: {}): check that its "
-                       "API_HOTKEYS lists this API's hotkey {} and that VALIDATOR_HOTKEY ({}) is the validator's; "
-                       "payloads are kept and retried", self.validator_url, status, message[:200],
-                       self.client.signer.hotkey, self.validator_hotkey)
+        else:
+            logger.warning("the validator at {} refuses this API's scoring payloads (HTTP {}: {}): check that its "
+                           "API_HOTKEYS lists this API's hotkey {} and that VALIDATOR_HOTKEY ({}) is the validator's; "
+                           "payloads are kept and retried", self.validator_url, status, message[:200],
+                           self.client.signer.hotkey, self.validator_hotkey)
 
     async def deliver_batch(self, items: list[OutboxItem]) -> bool | None:
         """Post several payloads as one JSON array (one HTTP call instead of one per answer).
@@ -247,12 +263,11 @@ class OutboxForwarder:
                                "(its ORGANIC_MAX_AGE_SECONDS): not scored", stale, len(items))
             self.batch_limit = min(self.batch, self.batch_limit * 2)
             return True
-        if status in POISON_STATUSES:
+        if malformed_verdict(status, body):
             return None
         if status == 503 and len(items) > 1:  # the validator's queue cannot take this many at once: fewer next
             self.batch_limit = max(1, len(items) // 2)
-        self._warn_if_refused(status, body)
-        if status not in REFUSED_STATUSES:
+        if not self._refused(status, body):
             await self._undelivered(f"HTTP {status}")
         logger.debug("validator answered HTTP {} for a batch of {}", status, len(items))
         return False
@@ -374,6 +389,28 @@ def describe_rejected(rejected: Any, items: list[OutboxItem], *, limit: int = 3)
         parts.append(f"rid={rid} why={str(why)[:200]}")
     more = len(rejected) - limit if isinstance(rejected, list) and len(rejected) > limit else 0
     return "; ".join(parts) + (f"; and {more} more" if more else "")
+
+
+def malformed_verdict(status: int, body: Any) -> bool:
+    """Whether an answer says the payloads themselves cannot be taken (dropped: sent again, they fail again).
+    A 413 does, whoever answers it (too large for the way to the validator, a proxy's limit too). A 400 or 422
+    does only in the validator's own error shape, and not about our signature's headers (``MalformedAuth``: a
+    validator of another version); a proxy's page (nginx's "plain HTTP request was sent to HTTPS port") says
+    nothing of them."""
+    if status == 413:
+        return True
+    if status not in POISON_STATUSES:
+        return False
+    return _validator_error(body) and body["error"].get("code") not in SIGNATURE_CODES
+
+
+def _validator_error(body: Any) -> bool:
+    """An error in the shape every answer of the validator's has (``{"error": {"message": ..., ...}}``)."""
+    return isinstance(body, dict) and isinstance(body.get("error"), dict) and "message" in body["error"]
+
+
+def _excerpt(body: Any) -> str:
+    return "its body is not JSON" if body is None else f"its body: {printable(str(body)[:200])}"
 
 
 def _error_message(body: Any) -> Any:

@@ -368,6 +368,31 @@ async def test_a_validator_that_refuses_our_signature_is_a_warning_that_names_th
     assert "API_HOTKEYS" in refused[0] and API.ss58_address in refused[0] and "HTTP 403: nope" in refused[0]
 
 
+async def test_a_validator_that_cannot_read_our_signature_keeps_the_payloads(tmp_path: Path) -> None:
+    """A 400 ``MalformedAuth`` (a validator of another sn1 version) was taken for its verdict that the payloads
+    are malformed: the batch went one by one and every payload was dropped, a WARNING each. It is about our
+    signature: kept, one WARNING a minute saying so, delivered once the validator reads it."""
+    refusal = {"error": {"message": "MalformedAuth: missing or unsupported x-btauth-version", "type":
+                         "invalid_request_error", "param": None, "code": "MalformedAuth"}}
+    validator = FakeValidator(answers=[(400, refusal)] * 4)
+    box = SQLiteOutbox(tmp_path / "api.db")
+    fwd = OutboxForwarder(box, validator, "http://x", "hk", lease_seconds=1.0, linger=0, base_delay=0.02,
+                          max_delay=0.05)
+    lines, sink = log_lines("WARNING")
+    try:
+        for i in range(3):
+            await fwd.sink({"n": i})
+        async with running(fwd):
+            await drained(box)
+    finally:
+        logger.remove(sink)
+        await box.close()
+    assert validator.posts[-1] == [0, 1, 2] and all(p == [0, 1, 2] for p in validator.posts), validator.posts
+    assert not [x for x in lines if "malformed" in x], lines
+    told = [x for x in lines if "cannot read this API's signature" in x]
+    assert len(told) == 1 and "same sn1 version" in told[0] and "MalformedAuth" in told[0], lines
+
+
 async def test_a_validator_down_is_one_warning_and_its_return_one_line(tmp_path: Path) -> None:
     """Each failed post was a DEBUG line: a validator down for an hour grew the outbox with nothing said at
     INFO. Now its first failure is a WARNING naming the cause, and the first delivery after is an INFO line."""

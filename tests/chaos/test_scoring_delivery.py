@@ -1,0 +1,145 @@
+"""Organic scoring delivery end to end, with real processes: ``sn1 api``, ``sn1 validator`` and two honest
+miners (``sn1 localnet``'s), the API's outbox in its SQLite file, the validator's scores read from its log
+(``scored organic InferenceTask rid=...``, a line per payload scored).
+
+What an operator notices is whether every organic answer is scored once, whatever stood between the API and
+the validator for a while: here, a front end that is not the validator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from neurons.localnet import LocalNet, LocalNetConfig
+from shared.store.outbox import SQLiteOutbox
+from tests.chaos.test_localnet_faults import chat
+from tests.ports import free_ports, pool
+
+ROUNDS = 5
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNet]:
+    """Two honest miners, both raced each time (``DEFAULT_K=2``: scored), no synthetic work (every line
+    scored is organic), a short outbox lease (a restarted API delivers at once)."""
+    api_port, validator_port = free_ports(2)
+    ln = LocalNet(LocalNetConfig(directory=tmp_path_factory.mktemp("delivery"), miners=2, api_port=api_port,
+                                 validator_port=validator_port, admin_key="delivery-admin-key-0123456789",
+                                 extra_env={"SYNTHETIC_ENABLED": "false", "DEFAULT_K": "2",
+                                            "OUTBOX_LEASE_SECONDS": "2"}), ports=pool())
+    try:
+        ln.start(timeout=120)
+        yield ln
+    finally:
+        ln.stop()
+
+
+def scored(net: LocalNet) -> Counter[str]:
+    """How many times the validator scored each request id (its log, across its restarts)."""
+    text = (net.dir / "logs" / "validator.log").read_text(errors="replace")
+    return Counter(re.findall(r"scored organic \S+ rid=(\S+):", text))
+
+
+def outbox_depth(net: LocalNet) -> int:
+    async def read() -> int:
+        box = SQLiteOutbox(net.dir / "state" / "api.db")
+        try:
+            return await box.depth()
+        finally:
+            await box.close()
+
+    return asyncio.run(read())
+
+
+def restart_api(net: LocalNet, **overrides: str) -> None:
+    """SIGTERM, then ``sn1 api`` again from its env file with ``overrides`` (until its ``/health`` answers)."""
+    child = net.child("api")
+    child.proc.send_signal(signal.SIGTERM)
+    child.proc.wait(20)
+    net.restart("api", overrides=overrides)
+
+
+def answered(net: LocalNet, seeds: range) -> list[str]:
+    """The request ids of chats answered with a 200."""
+    rids = []
+    for seed in seeds:
+        status, headers, text = chat(net.info, seed)
+        assert status == 200, text
+        rids.append(headers["x-request-id"])
+    return rids
+
+
+def wait_scored(net: LocalNet, rids: list[str], timeout: float = 30) -> Counter[str]:
+    deadline = time.monotonic() + timeout
+    while not all(scored(net)[r] for r in rids) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    time.sleep(1.0)  # a second scoring of any of them would show by now
+    return scored(net)
+
+
+class PlainHttpToTlsPort(BaseHTTPRequestHandler):
+    """What nginx answers a plain-HTTP request on its TLS port: a 400 page, whatever was asked."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        page = b"<html><head><title>400 The plain HTTP request was sent to HTTPS port</title></head></html>"
+        self.send_response(400)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    do_GET = do_POST  # noqa: N815
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def tls_port_spoken_to_in_http() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", free_ports(1)[0]), PlainHttpToTlsPort)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_400_that_is_not_the_validators_keeps_the_payloads_and_says_so_once(net: LocalNet) -> None:
+    """``VALIDATOR_API`` written http:// for a validator behind a TLS front end: every post is its 400 page. It was
+    taken for the validator's verdict that the payloads are malformed: each was dropped (a WARNING each), and none
+    of the answers served meanwhile was ever scored. Now they are kept, one WARNING names the setting, and once
+    ``VALIDATOR_API`` is right again each is scored once."""
+    validator_url = net.info["validator_url"]
+    with tls_port_spoken_to_in_http() as front:
+        log_start = (net.dir / "logs" / "api.log").stat().st_size
+        restart_api(net, VALIDATOR_API=front)
+        rids = answered(net, range(100, 100 + ROUNDS))
+        deadline = time.monotonic() + 10
+        while "VALIDATOR_API" not in (net.dir / "logs" / "api.log").read_text()[log_start:] \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # a few delivery passes more
+        depth = outbox_depth(net)
+        api_log = (net.dir / "logs" / "api.log").read_text()[log_start:]
+    assert depth == ROUNDS, f"{ROUNDS} payloads kept, found {depth}:\n{api_log[-3000:]}"
+    assert "as malformed" not in api_log
+    told = [line for line in api_log.splitlines() if "not in the validator's words" in line]
+    assert len(told) == 1 and f"VALIDATOR_API {front}" in told[0] and "HTTP 400" in told[0], told
+
+    restart_api(net, VALIDATOR_API=validator_url)
+    counts = wait_scored(net, rids)
+    assert {r: counts[r] for r in rids} == dict.fromkeys(rids, 1), "each answer scored once"
+    assert outbox_depth(net) == 0
