@@ -15,12 +15,14 @@ import os
 import random
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from loguru import logger
 
 from api.delivery_outage import DeliveryOutage
 from shared.aio import wait_event
+from shared.http import BODY_TIMEOUT_S
 from shared.logging import printable
 from shared.miner_client import MinerClient, MinerError
 from shared.store.base import StoreUnavailable
@@ -33,6 +35,10 @@ SIGNATURE_CODES = frozenset({"MalformedAuth"})  # a 400 about our signature's he
 REFUSAL_WARNING_EVERY = 60.0
 MAX_UNSTORED = 10_000  # payloads kept in memory while the store refuses their commit (then oldest dropped)
 MAX_POST_SECONDS = 10.0
+# A post's time grows with its body, as if the link carried this much a second at least (512 kbit/s): bound by
+# the lease alone (5 s by default), a payload of a few MB never reached a validator over a thinner link, and every
+# payload behind it waited for good. Never past the validator's own wait for a body (``BODY_TIMEOUT_S``: a 408).
+SLOWEST_LINK_BYTES_PER_S = 64 << 10
 BATCH_BYTES = 512 << 10  # a delivery's JSON array (or its one larger payload); the validator takes up to 16 MiB
 GROUP_COMMIT_SECONDS = 0.02
 LINGER_SECONDS = 0.25  # a delivery waits this long for a fuller batch: one POST per request was the
@@ -71,8 +77,8 @@ class OutboxForwarder:
         self.max_delay = max_delay
         self.rng = rng or random.Random()
         self._refusal_warned_at = -REFUSAL_WARNING_EVERY
-        # A post must end well inside the lease, and the lease is renewed before each one: another
-        # worker must never find it expired while this one is still posting.
+        # A small post ends well inside the lease, renewed before each one (and during a longer one: ``_post``):
+        # another worker must never find it expired while this one is still posting.
         self.post_timeout = min(MAX_POST_SECONDS, lease_seconds / 2)
         self.batch_limit = batch  # halved while the validator's queue refuses a whole batch (503), grown back after
         self.unstored_dropped = 0  # payloads lost because the store refused them for too long
@@ -177,9 +183,8 @@ class OutboxForwarder:
     async def deliver(self, item: OutboxItem) -> bool:
         """True when the payload is done with (accepted, or rejected as malformed)."""
         try:
-            status, body = await self.client.post_json(
-                self.validator_url, "/scoring", item.payload, self.validator_hotkey, timeout=self.post_timeout
-            )
+            status, body = await self._post(len(item.raw), lambda timeout: self.client.post_json(
+                self.validator_url, "/scoring", item.payload, self.validator_hotkey, timeout=timeout))
         except MinerError as e:
             await self._undelivered(str(e))
             return False
@@ -195,6 +200,26 @@ class OutboxForwarder:
             await self._undelivered(f"HTTP {status}")
         logger.debug("validator answered HTTP {} for payload {}", status, item.id)
         return False
+
+    def timeout_for(self, size: int) -> float:
+        """A post of ``size`` bytes: ``post_timeout``, and the time the body takes over the slowest link we
+        serve (``SLOWEST_LINK_BYTES_PER_S``), up to the validator's own wait for it."""
+        return self.post_timeout + min(BODY_TIMEOUT_S, size / SLOWEST_LINK_BYTES_PER_S)
+
+    async def _post(self, size: int, post: Callable[[float], Awaitable[tuple[int, Any]]]) -> tuple[int, Any]:
+        """``post(timeout)``, the lease renewed every third of it meanwhile: a post may outlast the lease now
+        (a large body on a thin link), and another worker must not find it expired and post too. Lost (taken
+        over after a stall), the post is given up: ``MinerError``; the store failing raises its error."""
+        task = asyncio.ensure_future(post(self.timeout_for(size)))
+        try:
+            while not (await asyncio.wait({task}, timeout=self.lease_seconds / 3))[0]:
+                if not await self._lease():
+                    raise MinerError("another API worker took the delivery lease during this post", kind="lease")
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _undelivered(self, why: str) -> None:
         """A post the validator did not take (down, unreachable, 5xx; a refused signature has its own WARNING)."""
@@ -245,9 +270,8 @@ class OutboxForwarder:
         """
         array = ("[" + ",".join(i.raw for i in items) + "]").encode()
         try:
-            status, body = await self.client.post_json_bytes(
-                self.validator_url, "/scoring", array, self.validator_hotkey, timeout=self.post_timeout
-            )
+            status, body = await self._post(len(array), lambda timeout: self.client.post_json_bytes(
+                self.validator_url, "/scoring", array, self.validator_hotkey, timeout=timeout))
         except MinerError as e:
             await self._undelivered(str(e))
             return False

@@ -280,13 +280,14 @@ class RequestVerifier:
         self.started_ns = self._wall()
         self._started = monotonic()
 
-    def check_headers(self, headers: Any) -> str:
+    def check_headers(self, headers: Any, *, now: int | None = None) -> str:
         """The claimed hotkey, once everything the headers decide passed: 400 malformed or duplicated, 403
-        wrong receiver, 401 stale or signed before our start, 403 a caller we do not take. Before the body is
-        read, and before the sr25519 verify and the nonce store: a stranger's valid signature leaves no nonce
-        behind."""
+        wrong receiver, 401 stale (at ``now``, the headers' arrival: ns, the wall clock's) or signed before our
+        start, 403 a caller we do not take. Before the body is read, and before the sr25519 verify and the nonce
+        store: a stranger's valid signature leaves no nonce behind."""
+        now = self._wall() if now is None else now
         try:
-            sender, nonce = _claimed_sender(_auth_headers(headers), self.self_hotkey, self.max_age, self._wall())
+            sender, nonce = _claimed_sender(_auth_headers(headers), self.self_hotkey, self.max_age, now)
             self._check_after_start(nonce)
         except http_auth.AuthError as e:
             raise _refusal(e) from None
@@ -307,9 +308,12 @@ class RequestVerifier:
                 f"request again (a sender whose clock is behind the receiver's is refused for as long as it is "
                 f"behind, in the first {startup_window(self.max_age):g}s after a start)")
 
-    def verify(self, headers: Any, body: bytes, *, method: str, path: str) -> http_auth.Caller:
-        """Return the caller or raise ``ApiError`` (400 malformed, 401 bad/stale/replay, 403 not allowed)."""
-        self.check_headers(headers)
+    def verify(self, headers: Any, body: bytes, *, method: str, path: str,
+               arrived: int | None = None) -> http_auth.Caller:
+        """Return the caller or raise ``ApiError`` (400 malformed, 401 bad/stale/replay, 403 not allowed); fresh
+        or stale as of ``arrived`` (ns), when its headers came (None: now)."""
+        arrived = self._wall() if arrived is None else arrived
+        self.check_headers(headers, now=arrived)
         try:
             return http_auth.verify(
                 _auth_headers(headers),
@@ -319,7 +323,7 @@ class RequestVerifier:
                 self_hotkey_ss58=self.self_hotkey,
                 max_age=self.max_age,
                 nonce_store=self.nonce_store,
-                now_ns=self._wall(),
+                now_ns=arrived,
             )
         except http_auth.AuthError as e:
             raise _refusal(e) from None
@@ -327,9 +331,15 @@ class RequestVerifier:
     async def read_verified(self, request: web.Request) -> http_auth.Caller:
         """The request's caller, its body read (and kept by aiohttp for the handler) only once its headers
         passed ``check_headers``, and only within ``budget`` (else a 503 ``server_busy``). A request refused
-        before its body is read is answered at once and its connection closed, the body unread."""
+        before its body is read is answered at once and its connection closed, the body unread.
+
+        Fresh or stale as its headers arrived: judged again once the body was read, a body that took longer
+        than the freshness window (10 s: a payload of a few MB on a thin link) was refused as ``StaleRequest``
+        every time, and its sender told to check its clock. A replay must still arrive within the window, and
+        the nonce store keeps each nonce a minute past its signing (``nonce_retention``)."""
+        arrived = self._wall()
         try:
-            self.check_headers(request.headers)
+            self.check_headers(request.headers, now=arrived)
         except ApiError as e:
             raise _unread(request, e) from None
         size = _expected_size(request)
@@ -339,7 +349,8 @@ class RequestVerifier:
                 code="server_busy", headers={"Retry-After": "1"}))
         try:
             body = await read_raw(request)  # a body too large or too slow is refused here, unsigned
-            return self.verify(request.headers, body, method=request.method, path=request.raw_path)
+            return self.verify(request.headers, body, method=request.method, path=request.raw_path,
+                               arrived=arrived)
         finally:
             self.budget.give(size)
 

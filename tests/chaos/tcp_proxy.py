@@ -12,7 +12,8 @@ class TcpProxy:
     """Forwards ``127.0.0.1:<port>`` to ``target``. ``cut()``: refuse and drop every connection;
     ``stall()``: accept and hold connections but forward nothing (a hung server); ``restore()``:
     drop what was held and forward again on the same port. ``hold_replies()``: requests still reach the
-    server, its replies wait (an answer on its way back) until ``pass_replies()``."""
+    server, its replies wait (an answer on its way back) until ``pass_replies()``. ``slow(rate)``: what clients
+    send reaches the server at ``rate`` bytes a second at most (a thin or congested link), ``None`` at full speed."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -27,6 +28,7 @@ class TcpProxy:
         self._budget: int | None = None  # bytes from clients still forwarded before every link drops
         self._losing = False  # the replies held are dropped with their links, not forwarded
         self.accepted = 0  # connections clients opened so far (a pooled client's high-water mark)
+        self.rate: float | None = None  # bytes a second from clients (``slow``)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
@@ -71,10 +73,24 @@ class TcpProxy:
                     await self._replies.wait()
                     if self._losing:
                         return
+                if outbound and self.rate:
+                    await self._trickle(writer, data)
+                    continue
                 writer.write(data)
                 await writer.drain()
         finally:
             writer.close()
+
+    async def _trickle(self, writer: asyncio.StreamWriter, data: bytes, piece: int = 4096) -> None:
+        """``data`` at ``rate`` bytes a second, a piece at a time."""
+        for start in range(0, len(data), piece):
+            writer.write(data[start:start + piece])
+            await writer.drain()
+            await asyncio.sleep(len(data[start:start + piece]) / (self.rate or float("inf")))
+
+    def slow(self, rate: float | None) -> None:
+        """Clients' bytes reach the server at ``rate`` bytes a second from now (``None``: full speed)."""
+        self.rate = rate
 
     def hold_replies(self) -> None:
         """From now on the server's replies wait here; what clients send still reaches it."""

@@ -3,7 +3,7 @@ miners (``sn1 localnet``'s), the API's outbox in its SQLite file, the validator'
 (``scored organic InferenceTask rid=...``, a line per payload scored).
 
 What an operator notices is whether every organic answer is scored once, whatever stood between the API and
-the validator for a while: here, a front end that is not the validator.
+the validator for a while: here, a front end that is not the validator, and a thin link (``TcpProxy.slow``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import pytest
 
 from neurons.localnet import LocalNet, LocalNetConfig
 from shared.store.outbox import SQLiteOutbox
-from tests.chaos.test_localnet_faults import chat
+from tests.chaos.tcp_proxy import TcpProxy
+from tests.chaos.test_localnet_faults import chat, request
 from tests.ports import free_ports, pool
 
 ROUNDS = 5
@@ -143,3 +144,41 @@ def test_a_400_that_is_not_the_validators_keeps_the_payloads_and_says_so_once(ne
     counts = wait_scored(net, rids)
     assert {r: counts[r] for r in rids} == dict.fromkeys(rids, 1), "each answer scored once"
     assert outbox_depth(net) == 0
+
+
+@contextlib.contextmanager
+def proxy_to(port: int) -> Iterator[TcpProxy]:
+    """A ``TcpProxy`` to ``127.0.0.1:port``, run by an event loop of its own in a thread (the test is not async)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    proxy = TcpProxy("127.0.0.1", port)
+    asyncio.run_coroutine_threadsafe(proxy.start(), loop).result(5)
+    try:
+        yield proxy
+    finally:
+        asyncio.run_coroutine_threadsafe(proxy.cut(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_a_large_payload_on_a_thin_link_is_delivered_and_does_not_hold_the_others(net: LocalNet) -> None:
+    """A long prompt makes a payload of a MB; the link to the validator carries 100 kB a second. A post had the
+    lease's half (1 s here, 5 s by default) whatever its size: that payload timed out every time, and every
+    payload behind it waited for good (the validator up, its /health answering). Now a post has the time its
+    body takes at 64 KiB/s, the lease renewed meanwhile: each answer is scored once."""
+    validator_url = net.info["validator_url"]
+    with proxy_to(int(validator_url.rsplit(":", 1)[1])) as link:
+        restart_api(net, VALIDATOR_API=f"http://127.0.0.1:{link.port}")
+        link.slow(100_000)
+        status, headers, text = request(net.info["api_url"] + "/v1/chat/completions", timeout=60,
+                                        headers={"Authorization": f"Bearer {net.info['api_key']}"},
+                                        data={"model": "default", "seed": 1,
+                                              "messages": [{"role": "user", "content": "word " * 200_000}]})
+        assert status == 200, text
+        rids = [headers["x-request-id"], *answered(net, range(200, 200 + ROUNDS))]
+        counts = wait_scored(net, rids, timeout=60)
+        assert {r: counts[r] for r in rids} == dict.fromkeys(rids, 1), "each answer scored once, the large one too"
+        assert outbox_depth(net) == 0
+    restart_api(net, VALIDATOR_API=validator_url)

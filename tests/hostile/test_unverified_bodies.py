@@ -205,3 +205,32 @@ async def test_a_request_cancelled_as_room_frees_is_cancelled_and_takes_no_room(
         with pytest.raises(asyncio.CancelledError):
             await waiting
         assert budget.in_flight == 0, f"a cancelled request took room ({turns} turns)"
+
+
+BODIES = {"miner": {"messages": [{"role": "user", "content": "hi"}], "seed": 1},
+          "validator": {"body": {"messages": [{"role": "user", "content": "hi"}], "seed": 1}, "uids": [1, 2],
+                        "request_id": "slow-body", "created_at": time.time()}}
+
+
+@pytest.mark.parametrize("name", PATHS)
+async def test_a_body_that_arrives_slowly_is_judged_fresh_as_its_headers_came(name: str) -> None:
+    """Signed 9 s ago (the window is 10 s), its body taking 1.5 s more to arrive: a payload of a few MB on a thin
+    link. Freshness was judged again once the body was in: refused as StaleRequest every time it was sent (the
+    sender told to check its clock), and the API's scoring outbox held it, and every payload behind it, for good."""
+    async with receiver(name) as (port, verifier, hotkey):
+        verifier.started_ns -= 60 * 10**9  # up for a minute: a nonce of 9 s ago is no SignedBeforeStart
+        body = json.dumps(BODIES[name]).encode()
+        headers = signed(PATHS[name], body, hotkey, nonce_ns=time.time_ns() - 9 * 10**9)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(head(PATHS[name], headers, len(body)))
+            with contextlib.suppress(ConnectionError):  # a receiver that answers early closes the connection
+                for start in range(0, len(body), 16):  # over 1.5 s
+                    writer.write(body[start:start + 16])
+                    await writer.drain()
+                    await asyncio.sleep(1.5 / (len(body) / 16))
+            status = await asyncio.wait_for(reader.readline(), 5)
+            rest = await asyncio.wait_for(reader.read(4096), 5)
+        finally:
+            writer.close()
+    assert int(status.split()[1]) == {"miner": 200, "validator": 202}[name], rest.decode(errors="replace")
