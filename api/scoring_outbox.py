@@ -86,6 +86,10 @@ class OutboxForwarder:
         # A store that refuses writes fails each commit retry and each delivery pass: a few lines, not one each.
         self.commit_outage = OutageLog("scoring outbox: payloads not stored yet")
         self.pass_outage = OutageLog("scoring outbox unreachable")
+        # A full outbox drops at every commit while the validator is away: a WARNING each was a line per request.
+        self.full = OutageLog("scoring outbox full (OUTBOX_MAX_ITEMS or OUTBOX_MAX_BYTES): the oldest payloads are "
+                              "dropped, never scored", back="it has room again", settle=60.0)
+        self.full_dropped = 0  # payloads this worker's commits dropped from the full outbox, since start
         # A validator down, or answering 5xx: each post was a DEBUG line, so the outbox grew with nothing said.
         # Told once per outage across every worker: the lease may move in it (``DeliveryOutage``).
         self.delivery_outage = DeliveryOutage(outbox, f"scoring payloads not delivered to the validator at "
@@ -135,7 +139,11 @@ class OutboxForwarder:
         self._commit_failures = 0
         self.commit_outage.ok()
         if dropped:
-            logger.warning("scoring outbox full: dropped {} oldest payload(s)", dropped)
+            self.full_dropped += dropped
+            self.full.failed(f"dropped {dropped} oldest payload(s) to store {len(group)} ({self.full_dropped} "
+                             "since start; is the validator taking them? see sn1_api_outbox_dropped)")
+        else:
+            self.full.ok()
         for _, done in group:
             if not done.done():
                 done.set_result(None)

@@ -77,7 +77,8 @@ def open_stores(settings: ApiSettings, links: RedisLinks | None) -> Stores:
     keeping = settings.responses_retention_seconds > 0
     return Stores(store=open_store(url, namespace=namespace, links=links),
                   sessions=open_sessions(url, namespace=namespace, links=links),
-                  outbox=open_outbox(url, namespace=namespace, max_items=settings.outbox_max_items, links=links),
+                  outbox=open_outbox(url, namespace=namespace, max_items=settings.outbox_max_items,
+                                    max_bytes=settings.outbox_max_bytes, links=links),
                   responses=open_responses(url, namespace=namespace, links=links) if keeping else None,
                   conversations=open_conversations(url, namespace=namespace, links=links) if keeping else None)
 

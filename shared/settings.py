@@ -227,6 +227,8 @@ class ApiSettings(CommonSettings):
     mixture_k: int = Field(default=3, ge=1, le=64, description="Answers gathered in a mixture's first stage")
     web_retrieval_n_miners: int = Field(default=3, ge=1, le=64, description="Default n_miners for web retrieval")
     outbox_max_items: int = Field(default=10_000, ge=1, description="Scoring outbox bound (oldest dropped)")
+    outbox_max_bytes: int = Field(default=256 << 20, ge=1 << 20,
+                                  description="Scoring outbox bound in bytes of payload JSON (oldest dropped)")
     outbox_lease_seconds: float = Field(default=10.0, gt=0, description="Forwarder lease; a dead holder's expires")
     # A day, not OpenAI's 30: what is kept is the users' prompts and answers, held by whoever runs this API.
     responses_retention_seconds: float = Field(

@@ -5,8 +5,8 @@ never kept only in process memory. One forwarder at a time across all API
 workers and hosts holds a lease and delivers the oldest payloads first; the
 lease expires if its holder dies, so another worker (or the restarted API)
 takes over. A payload is removed only after the validator acknowledged it, so
-nothing acknowledged by the API is lost; when the outbox is full the oldest
-payloads are dropped and counted.
+nothing acknowledged by the API is lost; when the outbox is full (by count, or
+by the size of the payloads' JSON) the oldest payloads are dropped and counted.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any, Protocol
 from shared.jsonutil import dumps, loads
 from shared.store.base import RedisGate, RedisLink, RedisLinks, open_by_url
 from shared.store.sqlite_tables import SQLiteTables
+
+MAX_BYTES = 256 << 20  # ``OUTBOX_MAX_BYTES``'s default
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, holder TEXT, until REAL, value INTEGER);
+-- each payload's size (its JSON's characters), beside it: summed and trimmed without reading the payloads (rows
+-- from before it count 0)
+CREATE TABLE IF NOT EXISTS outbox_size (id INTEGER PRIMARY KEY, size INTEGER NOT NULL);
 INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('lease', NULL, 0, 0);
 INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('dropped', NULL, 0, 0);
 INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('outage', NULL, 0, 0);
@@ -96,9 +101,10 @@ class SQLiteOutbox(SQLiteTables):
 
     label = "sqlite outbox"
 
-    def __init__(self, path: str | Path, *, max_items: int = 10_000) -> None:
+    def __init__(self, path: str | Path, *, max_items: int = 10_000, max_bytes: int = MAX_BYTES) -> None:
         super().__init__(path, SQLITE_SCHEMA)
         self.max_items = max_items
+        self.max_bytes = max_bytes
 
     async def put(self, payload: dict[str, Any]) -> int:
         return await self.put_many([payload])
@@ -108,14 +114,36 @@ class SQLiteOutbox(SQLiteTables):
         rows = [(dumps(p), now) for p in payloads]
 
         def run(db: sqlite3.Connection) -> int:
-            db.executemany("INSERT INTO outbox (payload, created_at) VALUES (?, ?)", rows)
-            excess = self._count_over_limit(db)
+            for row in rows:
+                row_id = db.execute("INSERT INTO outbox (payload, created_at) VALUES (?, ?)", row).lastrowid
+                db.execute("INSERT OR REPLACE INTO outbox_size (id, size) VALUES (?, ?)", (row_id, len(row[0])))
+            excess = max(self._count_over_limit(db), self._count_over_bytes(db))
             if excess > 0:
-                db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,))
+                (last,) = db.execute("SELECT id FROM outbox ORDER BY id LIMIT 1 OFFSET ?", (excess - 1,)).fetchone()
+                db.execute("DELETE FROM outbox WHERE id <= ?", (last,))
+                db.execute("DELETE FROM outbox_size WHERE id <= ?", (last,))
                 db.execute("UPDATE outbox_meta SET value = value + ? WHERE name = 'dropped'", (excess,))
-            return max(0, excess)
+            return excess
 
         return self._tx(run)
+
+    def _count_over_bytes(self, db: sqlite3.Connection) -> int:
+        """How many of the oldest rows go for the rest to fit ``max_bytes`` (the newest always stays: one payload
+        larger than the bound alone is kept). Sizes only: the payloads, MBs each, are not read."""
+        (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox_size").fetchone()
+        if total <= self.max_bytes:
+            return 0
+        # sizes of rows another process removed without them (an API from before them, sharing the file)
+        db.execute("DELETE FROM outbox_size WHERE id < (SELECT COALESCE(MIN(id), 0) FROM outbox)")
+        (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox_size").fetchone()
+        count = 0
+        for (size,) in db.execute("SELECT size FROM outbox_size ORDER BY id"):
+            if total <= self.max_bytes:
+                break
+            total -= size
+            count += 1
+        (rows,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        return min(count, rows - 1)
 
     def _count_over_limit(self, db: sqlite3.Connection) -> int:
         """How many rows exceed ``max_items``. The id span bounds the count from above in two index
@@ -131,11 +159,16 @@ class SQLiteOutbox(SQLiteTables):
         return [OutboxItem(id=str(i), raw=p if isinstance(p, str) else p.decode()) for i, p in rows]
 
     async def ack(self, item_id: str) -> None:
-        self._tx(lambda db: db.execute("DELETE FROM outbox WHERE id = ?", (int(item_id),)))
-        self._after_ack()
+        await self.ack_many([item_id])
 
     async def ack_many(self, item_ids: list[str]) -> None:
-        self._tx(lambda db: db.executemany("DELETE FROM outbox WHERE id = ?", [(int(i),) for i in item_ids]))
+        ids = [(int(i),) for i in item_ids]
+
+        def run(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM outbox WHERE id = ?", ids)
+            db.executemany("DELETE FROM outbox_size WHERE id = ?", ids)
+
+        self._tx(run)
         self._after_ack()
 
     def _after_ack(self) -> None:
@@ -196,15 +229,34 @@ class SQLiteOutbox(SQLiteTables):
         self._close_db()
 
 
-# KEYS[1] = the stream, KEYS[2] = the dropped counter; ARGV = max_items, payload, payload, ...
+# KEYS[1] = the stream, KEYS[2] = the dropped counter, KEYS[3] = the bytes held, KEYS[4] = each entry's size;
+# ARGV = max_items, max_bytes, then a payload and its size, a payload and its size, ...
 _REDIS_PUT = """
-for i = 2, #ARGV do redis.call('XADD', KEYS[1], '*', 'p', ARGV[i]) end
+for i = 3, #ARGV, 2 do
+  local id = redis.call('XADD', KEYS[1], '*', 'p', ARGV[i])
+  redis.call('HSET', KEYS[4], id, ARGV[i + 1])
+  redis.call('INCRBY', KEYS[3], ARGV[i + 1])
+end
+local max_items, max_bytes, dropped = tonumber(ARGV[1]), tonumber(ARGV[2]), 0
 local len = redis.call('XLEN', KEYS[1])
-local excess = len - tonumber(ARGV[1])
-if excess > 0 then
-  redis.call('XTRIM', KEYS[1], 'MAXLEN', tonumber(ARGV[1]))
-  redis.call('INCRBY', KEYS[2], excess)
-  return excess
+while len > 1 and (len > max_items or tonumber(redis.call('GET', KEYS[3]) or '0') > max_bytes) do
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
+  redis.call('XDEL', KEYS[1], first)
+  redis.call('DECRBY', KEYS[3], tonumber(redis.call('HGET', KEYS[4], first) or '0'))
+  redis.call('HDEL', KEYS[4], first)
+  dropped, len = dropped + 1, len - 1
+end
+if dropped > 0 then redis.call('INCRBY', KEYS[2], dropped) end
+return dropped
+"""
+
+# KEYS[1] = the stream, KEYS[2] = the bytes held, KEYS[3] = each entry's size; ARGV = ids
+_REDIS_ACK = """
+for _, id in ipairs(ARGV) do
+  if redis.call('XDEL', KEYS[1], id) == 1 then
+    redis.call('DECRBY', KEYS[2], tonumber(redis.call('HGET', KEYS[3], id) or '0'))
+  end
+  redis.call('HDEL', KEYS[3], id)
 end
 return 0
 """
@@ -243,17 +295,22 @@ PUT_GROUP = 256  # payloads per script call: Redis busy ~2 ms for 256 of 5 KB (m
 class RedisOutbox:
     """Outbox as a Redis stream (``<namespace>:outbox``), exact MAXLEN trimming counted atomically."""
 
-    def __init__(self, link: RedisLink, *, namespace: str = "sn1", max_items: int = 10_000) -> None:
+    def __init__(self, link: RedisLink, *, namespace: str = "sn1", max_items: int = 10_000,
+                 max_bytes: int = MAX_BYTES) -> None:
         self.link = link
         self.r = client = link.client
         self.max_items = max_items
+        self.max_bytes = max_bytes
         self.key = f"{namespace}:outbox"
         self.dropped_key = f"{namespace}:outbox:dropped"
+        self.bytes_key = f"{namespace}:outbox:bytes"  # the size of the payloads held (their JSON's characters)
+        self.sizes_key = f"{namespace}:outbox:sizes"  # entry id -> its payload's size (a stream entry from before: 0)
         self.lease_key = f"{namespace}:outbox:lease"
         self.outage_key = f"{namespace}:outbox:outage"
         self.gate = RedisGate(link, "redis outbox")
         self._call = self.gate.call
         self._put = client.register_script(_REDIS_PUT)
+        self._ack = client.register_script(_REDIS_ACK)
         self._lease = client.register_script(_REDIS_LEASE)
         self._release = client.register_script(_REDIS_RELEASE)
         self._outage_failed = client.register_script(_REDIS_OUTAGE_FAILED)
@@ -271,9 +328,12 @@ class RedisOutbox:
         (a call per payload made the group commit wait for ~50 sequential round trips at load).
         Trimming once after the group drops exactly what trimming after each add would."""
         dropped = 0
+        keys = [self.key, self.dropped_key, self.bytes_key, self.sizes_key]
         for start in range(0, len(payloads), PUT_GROUP):
-            args = [self.max_items, *(dumps(p) for p in payloads[start:start + PUT_GROUP])]
-            dropped += int(await self._call(self._put(keys=[self.key, self.dropped_key], args=args)))
+            args: list[Any] = [self.max_items, self.max_bytes]
+            for raw in (dumps(p) for p in payloads[start:start + PUT_GROUP]):
+                args += [raw, len(raw)]
+            dropped += int(await self._call(self._put(keys=keys, args=args)))
         return dropped
 
     async def peek(self, limit: int) -> list[OutboxItem]:
@@ -286,11 +346,11 @@ class RedisOutbox:
         return out
 
     async def ack(self, item_id: str) -> None:
-        await self._call(self.r.xdel(self.key, item_id))
+        await self.ack_many([item_id])
 
     async def ack_many(self, item_ids: list[str]) -> None:
         if item_ids:
-            await self._call(self.r.xdel(self.key, *item_ids))
+            await self._call(self._ack(keys=[self.key, self.bytes_key, self.sizes_key], args=item_ids))
 
     async def depth(self) -> int:
         return int(await self._call(self.r.xlen(self.key)))
@@ -315,9 +375,10 @@ class RedisOutbox:
         await self.link.release()
 
 
-def open_outbox(url: str, *, namespace: str = "sn1", max_items: int = 10_000,
+def open_outbox(url: str, *, namespace: str = "sn1", max_items: int = 10_000, max_bytes: int = MAX_BYTES,
                 links: RedisLinks | None = None) -> Outbox:
     """The outbox that lives beside the key store named by ``STORE_URL`` (on Redis, on the process's data link,
     ``links``, or on a link of its own without)."""
-    return open_by_url(url, functools.partial(SQLiteOutbox, max_items=max_items),
-                       functools.partial(RedisOutbox, max_items=max_items), namespace=namespace, links=links)
+    return open_by_url(url, functools.partial(SQLiteOutbox, max_items=max_items, max_bytes=max_bytes),
+                       functools.partial(RedisOutbox, max_items=max_items, max_bytes=max_bytes), namespace=namespace,
+                       links=links)

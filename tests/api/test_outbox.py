@@ -21,13 +21,13 @@ async def make_outbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     created: list[Outbox] = []
     namespace = f"test-{uuid.uuid4().hex[:8]}"
 
-    def factory(max_items: int = 100) -> Outbox:
+    def factory(max_items: int = 100, max_bytes: int = 1 << 20) -> Outbox:
         if request.param == "sqlite":
-            box: Outbox = SQLiteOutbox(tmp_path / "api.db", max_items=max_items)
+            box: Outbox = SQLiteOutbox(tmp_path / "api.db", max_items=max_items, max_bytes=max_bytes)
         else:
             if not REDIS_URL:
                 pytest.skip("Redis outbox tests need REDIS_URL (CI sets it; .ci/run)")
-            box = RedisOutbox.from_url(REDIS_URL, namespace=namespace, max_items=max_items)
+            box = RedisOutbox.from_url(REDIS_URL, namespace=namespace, max_items=max_items, max_bytes=max_bytes)
         created.append(box)
         return box
 
@@ -58,6 +58,25 @@ async def test_full_outbox_drops_oldest_and_counts(make_outbox) -> None:
     assert dropped == [0, 0, 0, 1, 1]
     assert [it.payload["n"] for it in await box.peek(10)] == [2, 3, 4]
     assert await box.dropped() == 2
+
+
+async def test_an_outbox_full_by_size_drops_the_oldest_and_counts(make_outbox) -> None:
+    """Bounded by count alone, a validator outage kept 10,000 payloads of long answers: GBs, in Redis its memory,
+    and a Redis full under noeviction refused the API's every write (each request a 503). Past
+    ``OUTBOX_MAX_BYTES`` the oldest go, counted; what is delivered frees its room; one payload larger than the
+    bound alone is kept."""
+    box = make_outbox(max_items=100, max_bytes=10_000)
+    pad = "x" * 3000  # ~3,020 characters a payload: three fit, four do not
+    assert await box.put_many([{"n": i, "pad": pad} for i in range(3)]) == 0
+    assert await box.put({"n": 3, "pad": pad}) == 1
+    assert [i.payload["n"] for i in await box.peek(10)] == [1, 2, 3]
+    await box.ack_many([i.id for i in await box.peek(2)])
+    assert await box.put_many([{"n": i, "pad": pad} for i in (4, 5)]) == 0, "what was delivered left its room"
+    assert [i.payload["n"] for i in await box.peek(10)] == [3, 4, 5]
+    assert await box.put({"n": 6, "pad": "y" * 20_000}) == 3
+    assert [i.payload["n"] for i in await box.peek(10)] == [6] and await box.dropped() == 4
+    await box.ack((await box.peek(1))[0].id)
+    assert await box.put_many([{"n": i, "pad": pad} for i in (7, 8, 9)]) == 0 and await box.depth() == 3
 
 
 async def test_a_gap_left_by_an_ack_out_of_order_drops_nothing(make_outbox) -> None:

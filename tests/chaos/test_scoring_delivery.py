@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import threading
@@ -17,11 +18,13 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from neurons.localnet import LocalNet, LocalNetConfig
 from shared.store.outbox import SQLiteOutbox
+from tests.chaos.own_redis import own_redis_server
 from tests.chaos.tcp_proxy import TcpProxy
 from tests.chaos.test_localnet_faults import chat, request
 from tests.ports import free_ports, pool
@@ -182,3 +185,66 @@ def test_a_large_payload_on_a_thin_link_is_delivered_and_does_not_hold_the_other
         assert {r: counts[r] for r in rids} == dict.fromkeys(rids, 1), "each answer scored once, the large one too"
         assert outbox_depth(net) == 0
     restart_api(net, VALIDATOR_API=validator_url)
+
+
+PROMPT = 100_000  # characters of prompt: a payload of about 100 kB (a long document asked about, as RAG sends)
+
+
+def outage_traffic(ln: LocalNet, redis_url: str, rounds: int) -> tuple[Counter[int | str], list[str]]:
+    """The validator killed, ``rounds`` chats with long prompts: their statuses and the request ids answered."""
+    info = ln.start(timeout=120)
+    validator = ln.child("validator")
+    os.killpg(validator.proc.pid, signal.SIGKILL)
+    validator.proc.wait(10)
+    statuses: Counter[int | str] = Counter()
+    rids = []
+    for seed in range(rounds):
+        status, headers, _ = request(info["api_url"] + "/v1/chat/completions", timeout=30,
+                                     headers={"Authorization": f"Bearer {info['api_key']}"},
+                                     data={"model": "default", "seed": seed,
+                                           "messages": [{"role": "user", "content": f"w{seed} " * (PROMPT // 4)}]})
+        statuses[status] += 1
+        if status == 200:
+            rids.append(headers["x-request-id"])
+    time.sleep(0.5)  # the last payloads' commit
+    status, _, text = request(info["api_url"] + "/ready")
+    statuses[f"ready {status}"] += 1
+    return statuses, rids
+
+
+async def test_a_long_validator_outage_is_bounded_in_bytes_and_the_api_keeps_serving(tmp_path: Path) -> None:
+    """On Redis, the outbox was bounded by count alone (10,000): payloads of long prompts filled Redis's memory
+    during a validator outage, and under ``noeviction`` it then refused the API's every write, every request a
+    503 ``store_unavailable``. Past ``OUTBOX_MAX_BYTES`` the oldest payloads are dropped now, counted, told in
+    one WARNING (not one per commit); the API serves throughout, and what was kept is scored once the
+    validator is back."""
+    async with own_redis_server(tmp_path) as server:
+        await server.client.config_set("maxmemory", "20mb")
+        await server.client.config_set("maxmemory-policy", "noeviction")
+        api_port, validator_port = free_ports(2)
+        ln = LocalNet(LocalNetConfig(directory=tmp_path / "net", miners=2, api_port=api_port,
+                                     validator_port=validator_port, admin_key="bounded-admin-key-0123456789",
+                                     store_url=server.url,
+                                     extra_env={"SYNTHETIC_ENABLED": "false", "DEFAULT_K": "2",
+                                                "OUTBOX_LEASE_SECONDS": "2", "OUTBOX_MAX_BYTES": str(4 << 20)}),
+                      ports=pool())
+        try:
+            statuses, rids = await asyncio.to_thread(outage_traffic, ln, server.url, 400)
+            assert statuses == {200: 400, "ready 200": 1}, f"the API served through the outage: {statuses}"
+            for _ in range(100):  # the last payloads: stored within moments of their answers
+                held = int(await server.client.get("sn1:outbox:bytes") or 0)
+                depth = await server.client.xlen("sn1:outbox")
+                dropped = int(await server.client.get("sn1:outbox:dropped") or 0)
+                if depth + dropped == 400:
+                    break
+                await asyncio.sleep(0.05)
+            assert held <= 4 << 20 and depth + dropped == 400 and 30 < depth < 45, (held, depth, dropped)
+            api_log = (ln.dir / "logs" / "api.log").read_text()
+            full = [line for line in api_log.splitlines() if "scoring outbox full" in line]
+            assert len(full) == 1 and "the oldest payloads are dropped" in full[0], full[:3]
+            await asyncio.to_thread(ln.restart, "validator")
+            counts = await asyncio.to_thread(wait_scored, ln, rids[-depth:], 60)
+            assert {r: counts[r] for r in rids[-depth:]} == dict.fromkeys(rids[-depth:], 1), "the kept: each once"
+            assert not any(counts[r] for r in rids[:-depth]), "the dropped are not scored"
+        finally:
+            await asyncio.to_thread(ln.stop)
