@@ -23,6 +23,7 @@ from shared.store.base import RedisGate, RedisLink, RedisLinks, open_by_url
 from shared.store.sqlite_tables import SQLiteTables
 
 MAX_BYTES = 256 << 20  # ``OUTBOX_MAX_BYTES``'s default
+ACK_GROUP = 500  # ids a statement at most (SQLite's bound on a statement's variables is 32,766)
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, holder TEXT, until REAL, value INTEGER);
--- each payload's size (its JSON's characters), beside it: summed and trimmed without reading the payloads (rows
--- from before it count 0)
+-- each payload's size (its JSON's characters), beside it, and their sum in outbox_meta's 'bytes': trimmed without
+-- reading the payloads (rows from before them count 0)
 CREATE TABLE IF NOT EXISTS outbox_size (id INTEGER PRIMARY KEY, size INTEGER NOT NULL);
 INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('lease', NULL, 0, 0);
 INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('dropped', NULL, 0, 0);
 INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('outage', NULL, 0, 0);
+INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('bytes', NULL, 0, 0);
 """
 
 
@@ -117,30 +119,42 @@ class SQLiteOutbox(SQLiteTables):
             for row in rows:
                 row_id = db.execute("INSERT INTO outbox (payload, created_at) VALUES (?, ?)", row).lastrowid
                 db.execute("INSERT OR REPLACE INTO outbox_size (id, size) VALUES (?, ?)", (row_id, len(row[0])))
-            excess = max(self._count_over_limit(db), self._count_over_bytes(db))
+            held = self._add_bytes(db, sum(len(raw) for raw, _ in rows))
+            excess = max(self._count_over_limit(db), self._count_over_bytes(db, held))
             if excess > 0:
                 (last,) = db.execute("SELECT id FROM outbox ORDER BY id LIMIT 1 OFFSET ?", (excess - 1,)).fetchone()
-                db.execute("DELETE FROM outbox WHERE id <= ?", (last,))
-                db.execute("DELETE FROM outbox_size WHERE id <= ?", (last,))
+                self._remove(db, "id <= ?", (last,))
                 db.execute("UPDATE outbox_meta SET value = value + ? WHERE name = 'dropped'", (excess,))
             return excess
 
         return self._tx(run)
 
-    def _count_over_bytes(self, db: sqlite3.Connection) -> int:
+    @staticmethod
+    def _add_bytes(db: sqlite3.Connection, size: int) -> int:
+        """Count ``size`` more bytes held (less, negative); returns what is held now."""
+        db.execute("UPDATE outbox_meta SET value = value + ? WHERE name = 'bytes'", (size,))
+        return db.execute("SELECT value FROM outbox_meta WHERE name = 'bytes'").fetchone()[0]
+
+    def _remove(self, db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> None:
+        """Delete the rows ``where`` says (of both tables), and their bytes from what is held."""
+        (size,) = db.execute(f"SELECT COALESCE(SUM(size), 0) FROM outbox_size WHERE {where}", args).fetchone()
+        db.execute(f"DELETE FROM outbox WHERE {where}", args)
+        db.execute(f"DELETE FROM outbox_size WHERE {where}", args)
+        self._add_bytes(db, -size)
+
+    def _count_over_bytes(self, db: sqlite3.Connection, held: int) -> int:
         """How many of the oldest rows go for the rest to fit ``max_bytes`` (the newest always stays: one payload
-        larger than the bound alone is kept). Sizes only: the payloads, MBs each, are not read."""
-        (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox_size").fetchone()
-        if total <= self.max_bytes:
+        larger than the bound alone is kept). Their sizes only: the payloads, MBs each, are not read."""
+        if held <= self.max_bytes:
             return 0
-        # sizes of rows another process removed without them (an API from before them, sharing the file)
-        db.execute("DELETE FROM outbox_size WHERE id < (SELECT COALESCE(MIN(id), 0) FROM outbox)")
-        (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox_size").fetchone()
+        # the sizes of rows an API from before them removed (sharing the file), had it run since
+        self._remove(db, "id < (SELECT COALESCE(MIN(id), 0) FROM outbox)", ())
+        held = db.execute("SELECT value FROM outbox_meta WHERE name = 'bytes'").fetchone()[0]
         count = 0
         for (size,) in db.execute("SELECT size FROM outbox_size ORDER BY id"):
-            if total <= self.max_bytes:
+            if held <= self.max_bytes:
                 break
-            total -= size
+            held -= size
             count += 1
         (rows,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
         return min(count, rows - 1)
@@ -162,11 +176,12 @@ class SQLiteOutbox(SQLiteTables):
         await self.ack_many([item_id])
 
     async def ack_many(self, item_ids: list[str]) -> None:
-        ids = [(int(i),) for i in item_ids]
+        ids = tuple(int(i) for i in item_ids)
 
         def run(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM outbox WHERE id = ?", ids)
-            db.executemany("DELETE FROM outbox_size WHERE id = ?", ids)
+            for start in range(0, len(ids), ACK_GROUP):
+                group = ids[start:start + ACK_GROUP]
+                self._remove(db, f"id IN ({','.join('?' * len(group))})", group)
 
         self._tx(run)
         self._after_ack()
