@@ -190,7 +190,7 @@ def test_a_large_payload_on_a_thin_link_is_delivered_and_does_not_hold_the_other
 PROMPT = 100_000  # characters of prompt: a payload of about 100 kB (a long document asked about, as RAG sends)
 
 
-def outage_traffic(ln: LocalNet, redis_url: str, rounds: int) -> tuple[Counter[int | str], list[str]]:
+def outage_traffic(ln: LocalNet, rounds: int) -> tuple[Counter[int | str], list[str]]:
     """The validator killed, ``rounds`` chats with long prompts: their statuses and the request ids answered."""
     info = ln.start(timeout=120)
     validator = ln.child("validator")
@@ -207,8 +207,7 @@ def outage_traffic(ln: LocalNet, redis_url: str, rounds: int) -> tuple[Counter[i
         if status == 200:
             rids.append(headers["x-request-id"])
     time.sleep(0.5)  # the last payloads' commit
-    status, _, text = request(info["api_url"] + "/ready")
-    statuses[f"ready {status}"] += 1
+    statuses[f"ready {request(info['api_url'] + '/ready')[0]}"] += 1
     return statuses, rids
 
 
@@ -229,7 +228,7 @@ async def test_a_long_validator_outage_is_bounded_in_bytes_and_the_api_keeps_ser
                                                 "OUTBOX_LEASE_SECONDS": "2", "OUTBOX_MAX_BYTES": str(4 << 20)}),
                       ports=pool())
         try:
-            statuses, rids = await asyncio.to_thread(outage_traffic, ln, server.url, 400)
+            statuses, rids = await asyncio.to_thread(outage_traffic, ln, 400)
             assert statuses == {200: 400, "ready 200": 1}, f"the API served through the outage: {statuses}"
             for _ in range(100):  # the last payloads: stored within moments of their answers
                 held = int(await server.client.get("sn1:outbox:bytes") or 0)
