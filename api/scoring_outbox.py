@@ -23,6 +23,7 @@ from loguru import logger
 from api.delivery_outage import DeliveryOutage
 from shared.aio import wait_event
 from shared.http import BODY_TIMEOUT_S
+from shared.jsonutil import dumpb
 from shared.logging import printable
 from shared.miner_client import MinerClient, MinerError
 from shared.store.base import StoreUnavailable
@@ -34,6 +35,8 @@ REFUSED_STATUSES = {401, 403}  # the validator does not accept our signature: a 
 SIGNATURE_CODES = frozenset({"MalformedAuth"})  # a 400 about our signature's headers, not about the payloads
 REFUSAL_WARNING_EVERY = 60.0
 MAX_UNSTORED = 10_000  # payloads kept in memory while the store refuses their commit (then oldest dropped)
+# ... and their JSON's size: by count alone, 10,000 payloads of long prompts and answers were GBs in each worker
+MAX_UNSTORED_BYTES = 64 << 20
 MAX_POST_SECONDS = 10.0
 # A post's time grows with its body, as if the link carried this much a second at least (512 kbit/s): bound by
 # the lease alone (5 s by default), a payload of a few MB never reached a validator over a thinner link, and every
@@ -43,6 +46,9 @@ BATCH_BYTES = 512 << 10  # a delivery's JSON array (or its one larger payload); 
 GROUP_COMMIT_SECONDS = 0.02
 LINGER_SECONDS = 0.25  # a delivery waits this long for a fuller batch: one POST per request was the
 # API's largest background cost at low concurrency, and scoring is not in a hurry
+
+
+Waiting = tuple[dict[str, Any], "asyncio.Future[None]", int]  # a payload, its commit's future, its size (0: unknown)
 
 
 class OutboxForwarder:
@@ -60,6 +66,7 @@ class OutboxForwarder:
         base_delay: float = 0.5,
         max_delay: float = 60.0,
         rng: random.Random | None = None,
+        max_unstored_bytes: int = MAX_UNSTORED_BYTES,
     ) -> None:
         self.outbox = outbox
         self.client = client
@@ -99,7 +106,10 @@ class OutboxForwarder:
         self.delivered = 0
         self.delivery_failures = 0
         self._wake = asyncio.Event()
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        # waiting for the group commit: each payload, its future, its JSON's size (0: not measured, as it needs
+        # only be while the store refuses them)
+        self._pending: list[Waiting] = []
+        self.max_unstored_bytes = max_unstored_bytes
         self._committer: asyncio.Task[None] | None = None
 
     async def sink(self, payload: dict[str, Any]) -> None:
@@ -115,7 +125,7 @@ class OutboxForwarder:
         API's largest cost after HTTP itself).
         """
         done = asyncio.get_running_loop().create_future()
-        self._pending.append((payload, done))
+        self._pending.append((payload, done, 0))
         if self._committer is None:
             self._committer = asyncio.ensure_future(self._commit_soon())
         return done
@@ -132,7 +142,7 @@ class OutboxForwarder:
         if not group:
             return
         try:
-            dropped = await self.outbox.put_many([payload for payload, _ in group])
+            dropped = await self.outbox.put_many([payload for payload, _, _ in group])
         except Exception as e:  # noqa: BLE001 - kept for the next try (a locked SQLite, Redis for a moment)
             self._keep_unstored(group, e, final=final)
             return
@@ -144,7 +154,7 @@ class OutboxForwarder:
                              "since start; is the validator taking them? see sn1_api_outbox_dropped)")
         else:
             self.full.ok()
-        for _, done in group:
+        for _, done, _ in group:
             if not done.done():
                 done.set_result(None)
         self._stored += len(group)
@@ -152,11 +162,10 @@ class OutboxForwarder:
             self._full.set()
         self._wake.set()
 
-    def _keep_unstored(self, group: list[tuple[dict[str, Any], asyncio.Future[None]]], error: Exception, *,
-                       final: bool) -> None:
-        """A failed group commit: the payloads wait in memory (oldest first, bounded) and the commit is
-        tried again with backoff; they were thrown away with one warning line. At shutdown (``final``) they
-        are lost, and said to be."""
+    def _keep_unstored(self, group: list[Waiting], error: Exception, *, final: bool) -> None:
+        """A failed group commit: the payloads wait in memory (oldest first, bounded by count and by size) and
+        the commit is tried again with backoff; they were thrown away with one warning line. At shutdown
+        (``final``) they are lost, and said to be."""
         self._pending = group + self._pending
         if final:
             logger.error("scoring outbox: {} payload(s) not stored at shutdown, lost: {}", len(self._pending), error)
@@ -164,11 +173,14 @@ class OutboxForwarder:
             self.unstored_dropped += len(self._pending)
             self._pending = []
             return
-        if len(self._pending) > MAX_UNSTORED:
-            lost, self._pending = self._pending[:-MAX_UNSTORED], self._pending[-MAX_UNSTORED:]
+        kept = self._within_memory()
+        if kept < len(self._pending):
+            lost, self._pending = self._pending[:-kept], self._pending[-kept:]
             self.unstored_dropped += len(lost)
             self._fail_waiters(lost, error)
-            logger.error("scoring outbox: the store refused commits too long; dropped {} oldest payload(s)", len(lost))
+            logger.error("scoring outbox: the store refused commits too long; dropped {} oldest payload(s) held in "
+                         "memory (at most {} and {} MiB of them)", len(lost), MAX_UNSTORED,
+                         self.max_unstored_bytes >> 20)
         self._commit_failures += 1
         delay = min(5.0, GROUP_COMMIT_SECONDS * 2 ** min(self._commit_failures, 10))
         self.commit_outage.failed(f"{len(self._pending)} payload(s) waiting in memory, retried every {delay:.2f} s "
@@ -176,9 +188,21 @@ class OutboxForwarder:
         if self._committer is None:
             self._committer = asyncio.ensure_future(self._commit_soon(delay))
 
+    def _within_memory(self) -> int:
+        """How many of the newest payloads waiting fit ``MAX_UNSTORED`` and ``max_unstored_bytes`` (the newest
+        always does). Each is measured once, here: only while the store refuses them."""
+        self._pending = [(p, done, size or len(dumpb(p))) for p, done, size in self._pending]
+        held = kept = 0
+        for _, _, size in reversed(self._pending):
+            held += size
+            if kept and (kept == MAX_UNSTORED or held > self.max_unstored_bytes):
+                break
+            kept += 1
+        return kept
+
     @staticmethod
-    def _fail_waiters(group: list[tuple[dict[str, Any], asyncio.Future[None]]], error: Exception) -> None:
-        for _, done in group:
+    def _fail_waiters(group: list[Waiting], error: Exception) -> None:
+        for _, done, _ in group:
             if not done.done():
                 done.set_exception(error)
                 done.exception()  # retrieved: an enqueue nobody awaits must not warn at GC

@@ -13,6 +13,7 @@ SQLITE_FULL, as a full disk does (``tests/store/test_sqlite_full.py``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,3 +119,38 @@ async def test_an_outbox_that_cannot_grow_is_a_failing_ready_check_named_outbox(
         finally:
             await asyncio.sleep(0)
             await forwarder.outbox.close()
+
+
+async def test_payloads_the_outbox_cannot_store_are_held_within_a_bound_in_bytes(tmp_path: Path) -> None:
+    """The outbox's file full while the key store still takes its small writes: requests are served and their
+    payloads wait in memory for the store. They were bounded by count alone (10,000): a hundred requests with a
+    1 MB prompt held 100 MB in the worker, 10,000 of them 10 GB. Now at most ``MAX_UNSTORED_BYTES`` (64 MiB) of
+    them, the oldest dropped with an ERROR line; the newest are stored once the file has room."""
+    lines: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="ERROR")
+    try:
+        async with fleet(tmp_path, {1: HONEST}) as f, aiohttp.ClientSession() as s:
+            forwarder = attach_outbox(f, tmp_path / "api.db")
+            db = forwarder.outbox._db
+            try:
+                db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0]}")
+                prompt = [{"role": "user", "content": "word " * 200_000}]  # a payload of 1 MB
+                for seed in range(100):
+                    chat = {"json": {"messages": prompt, "seed": seed}, "headers": {"Authorization": f"Bearer {f.key}"}}
+                    assert (await answer(s, "POST", f.url + "/v1/chat/completions", **chat))[0] == 200
+                await wait_until(lambda: forwarder.unstored_dropped > 0 and not forwarder._committer, 10)
+                held = sum(len(json.dumps(p)) for p, *_ in forwarder._pending)
+                assert held <= 64 << 20 and forwarder.unstored_dropped + len(forwarder._pending) == 100, \
+                    (held, forwarder.unstored_dropped, len(forwarder._pending))
+                kept = len(forwarder._pending)
+                db.execute("PRAGMA max_page_count=1073741823")  # room again: the retry stores what was kept
+                await wait_until(lambda: not forwarder.commit_outage.failing, 10)
+                items = await forwarder.outbox.peek(100)
+                assert [i.payload["body"]["seed"] for i in items] == list(range(100 - kept, 100))
+            finally:
+                await asyncio.sleep(0)
+                await forwarder.outbox.close()
+    finally:
+        logger.remove(sink)
+    dropped = [text for level, text in lines if "held in memory" in text]
+    assert dropped and "at most 10000 and 64 MiB of them" in dropped[0], lines
