@@ -82,6 +82,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if many and request.headers.get("x-session-id"):
         choices.check_request(req.model_copy(update={"session_id": request.headers["x-session-id"]}))
     picks = choices.plan(ctx, key, req) if many else await plan(request, key, req)
+    bypassed = await bypassed_session(request, key, req) if many else None
     fmt: AnswerFormat = CHAT_COMPLETION
     found: Found | None = None
     if req.web_search_options is not None:
@@ -91,7 +92,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         fmt = SearchedChatCompletionFormat(found)
     if isinstance(picks, Plan):
         return await answer(request, key, req, sent, fmt, started=started, planned=picks)
-    return await choices.answer_choices(request, key, req, sent, picks, started=started, found=found)
+    headers = {"x-sn1-session-bypassed": bypassed.id} if bypassed else {}
+    return await choices.answer_choices(request, key, req, sent, picks, started=started, found=found, headers=headers)
+
+
+async def bypassed_session(request: web.Request, key: KeyRecord, req: ChatCompletionRequest) -> Session | None:
+    """The key's session that would have pinned this request but for its ``n`` > 1 (a session pins one miner; n
+    answers are n races): such a request is raced, as one naming ``uids`` is, and its answer's
+    ``x-sn1-session-bypassed`` header names the session. It was raced in silence, the caller's session skipped
+    without a word (a session named with ``n`` is a 400: ``choices.check_request``)."""
+    if req.uids:
+        return None
+    return await sessions.resolve(request.app[CTX], request, None, key, None if req.wants_any_model() else req.model)
 
 
 @dataclass(frozen=True)

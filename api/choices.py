@@ -108,12 +108,14 @@ class ChoicesFormat(Protocol):
 
 
 async def answer_choices(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
-                         picks: list[list[Neuron]], *, started: float, found: Found | None = None) -> web.StreamResponse:
+                         picks: list[list[Neuron]], *, started: float, found: Found | None = None,
+                         headers: dict[str, str] | None = None) -> web.StreamResponse:
     """Race n times (choice i among ``picks[i]``, from ``plan``), then answer with n chat choices (each
-    with its ``url_citation`` annotations when a web search came first: ``found``)."""
+    with its ``url_citation`` annotations when a web search came first: ``found``; ``headers``: the answer's
+    besides its own)."""
     seed = req.seed if req.seed is not None else random.randrange(2**31 - MAX_CHOICES)
     asks = [Ask(req, req.miner_body(seed=choice_seed(seed, i), sent=sent), neurons) for i, neurons in enumerate(picks)]
-    return await run_choices(request, key, asks, ChatChoices(req, found), seed=seed, started=started)
+    return await run_choices(request, key, asks, ChatChoices(req, found), seed=seed, started=started, headers=headers)
 
 
 def choice_seed(seed: int, i: int) -> int:
@@ -123,8 +125,9 @@ def choice_seed(seed: int, i: int) -> int:
 
 
 async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt: ChoicesFormat, *, seed: int,
-                      started: float) -> web.StreamResponse:
-    """Race every ask, then answer with each one's winner as a choice, in order (all or nothing)."""
+                      started: float, headers: dict[str, str] | None = None) -> web.StreamResponse:
+    """Race every ask, then answer with each one's winner as a choice, in order (all or nothing); ``headers``:
+    the answer's (and its error's) besides its own."""
     ctx = request.app[CTX]
     rid = request_id(request)
     req = asks[0].req  # what the asks share: stream, stream_options, timeout, max_tokens
@@ -132,7 +135,7 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
     scale = node_deadline(ctx.settings, req)
     races = [(start_race(ctx, a.neurons, a.body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse,
                          scored=not aimed(a.req, None, a.neurons), latency_scale=scale), a.body) for a in asks]
-    headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
+    headers = {**(headers or {}), "x-request-id": rid, "x-sn1-seed": str(seed)}
     outcome, winners, usage = "error", [], {}
     try:
         for race, body in races:

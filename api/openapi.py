@@ -42,7 +42,7 @@ from api.responses_wire import (
     ResponsesRequest,
     RetrieveQuery,
 )
-from api.sessions import OpenSessionRequest
+from api.sessions import OpenSessionQuery, OpenSessionRequest
 from api.web_retrieval import WebResult, WebRetrievalRequest
 from shared.errors import ApiError
 from shared.http import json_response
@@ -319,7 +319,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/v1/usage"): Operation("The calling key's usage by day", "usage", query=DaysQuery, response=UsageOut),
     ("POST", "/v1/sessions"): Operation(
         "Open a sticky session: pin one miner serving the model to the calling key (404 if none serves it)",
-        "sessions", body=OpenSessionRequest, response=SessionOut),
+        "sessions", body=OpenSessionRequest, query=OpenSessionQuery, response=SessionOut),
     ("GET", "/v1/sessions"): Operation("The calling key's active session (404 if none)", "sessions",
                                        response=SessionOut),
     ("DELETE", "/v1/sessions/{session_id}"): Operation("Close one of the calling key's sessions", "sessions",

@@ -226,11 +226,27 @@ async def failover_race(
     if failed.error_kind == "timeout":  # as a plain request past its deadline: a 504, not a bad answer
         raise ApiError(504, f"Session {session.id}: the pinned miner uid {session.uid} did not answer before the "
                        f"deadline.{what}", code="deadline_exceeded", headers=dict(headers))
-    if not what:  # no failover: the session still pins the miner that failed, until a ping finds it so
-        what = (f" The session still pins it: ping it (POST /v1/sessions/{session.id}/ping) to close it, or open "
-                "another with failover.")
+    if not what:  # no failover: where the session stands now
+        what = await _without_failover(ctx, session)
     raise ApiError(502, f"Session {session.id}: the pinned miner uid {session.uid} failed: {failed.error}.{what}",
                    code="session_miner_failed", headers=dict(headers))
+
+
+async def _without_failover(ctx: ApiContext, session: Session) -> str:
+    """What a 502 of a session without failover says of the session: it still pins the miner that failed (until a
+    ping finds it so), or it ended while the request ran (it expired, was deleted, or the key opened another),
+    where the 502 told the caller to ping it, which was a 404. Without failover nothing moves a session, it only
+    ends. The store down: nothing is said of it."""
+    try:
+        current = await _store(ctx).get(session.id)
+    except StoreUnavailable as e:
+        logger.warning("session {}: not read for its 502 ({}); the session store is unavailable", session.id, e)
+        return ""
+    if current is None:
+        return (" The session has ended meanwhile (it expired, was deleted, or the key opened another): the key's "
+                "next request is raced, or goes to its new session.")
+    return (f" The session still pins it: ping it (POST /v1/sessions/{session.id}/ping) to close it, or open "
+            "another with failover.")
 
 
 async def _ask_replacement(
@@ -315,13 +331,35 @@ async def open_session(request: web.Request) -> web.Response:
     return json_response(session.public())
 
 
+class OpenSessionQuery(BaseModel):
+    """``POST /v1/sessions``'s query string: the model, as the reference sessions API's client names it
+    (``?model_id=...``). Anything else is a 400 naming it, as on ``/web_retrieval``: ``?sessionDuration=60``
+    was ignored and a one-hour session opened; an empty ``?model_id=`` was a 400 asking for ``model``."""
+
+    model_config = ConfigDict(extra="forbid")
+    model_id: str | None = Field(default=None, min_length=1, max_length=256)
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+MODEL_NAMES = ("model", "model_id")  # the body's and the query's names for the model a session is opened for
+
+
 def _with_query_model(sent: Any, request: web.Request) -> Any:
     """The body, with the model a reference-API client names in the query string (``?model_id=...``) when the
-    body names none."""
-    wanted = request.query.get("model_id") or request.query.get("model")
-    if wanted is None or not isinstance(sent, dict) or "model" in sent or "model_id" in sent:
+    body names none. The model named twice, with two values (``?model_id=A`` and ``"model": "B"``), is a 400
+    naming both: the body's was taken, in silence."""
+    parse_model(OpenSessionQuery, dict(request.query))
+    given = [(f"{name} in the query string", value) for name in MODEL_NAMES for value in request.query.getall(name, [])]
+    if isinstance(sent, dict):
+        given += [(f"{name} in the body", sent[name]) for name in MODEL_NAMES if name in sent]
+    if len({repr(value) for _, value in given}) > 1:
+        raise ApiError(400, "Two models named for one session: " + ", ".join(f"{where} {value!r}" for where, value in
+                       given) + ". Name it once.", code="invalid_value", param=given[0][0].split()[0])
+    if not given or not isinstance(sent, dict):
         return sent
-    return sent | {"model": wanted}
+    if "model" in sent and "model_id" in sent:  # the same twice: once is enough
+        return {k: v for k, v in sent.items() if k != "model_id"}
+    return sent if "model" in sent or "model_id" in sent else sent | {"model": given[0][1]}
 
 
 async def _own_session(request: web.Request, ctx: ApiContext, key: KeyRecord) -> Session:

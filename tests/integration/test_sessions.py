@@ -653,3 +653,87 @@ async def test_a_failover_request_whose_session_ended_as_it_ran_is_still_failed_
         assert "x-sn1-session-moved-from" not in headers, "nothing was moved: the session had ended"
         status, _, current = await call(other_host, "GET", "/v1/sessions")
         assert (status, current) == (200, new) if new else status == 404, current
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("ending", ["replaced", "deleted", "expired", "kept"])
+async def test_a_502_without_failover_says_whether_the_session_still_pins_the_miner(tmp_path: Path, backend: str,
+                                                                                    ending: str) -> None:
+    """A request without ``failover`` whose pinned miner failed after its session ended as it ran (the key opened
+    a new one or deleted it on another host, or it expired): the 502 still said "The session still pins it: ping
+    it (POST /v1/sessions/.../ping)", and that ping was a 404. It says the session has ended now; a session that
+    did not end still pins the miner, and the ping the 502 advises closes it."""
+    scripts = miners(3)
+    async with two_apis_sharing_sessions(tmp_path, backend, scripts) as (api, url2):
+        other_host = ApiUnderTest(url=url2, key=api.key, ctx=None, scripts=scripts)
+        _, _, s = await call(api, "POST", "/v1/sessions", json={
+            "model": "default", "session_duration": 1 if ending == "expired" else 600})
+        await api.ctx.sessions.repin(s["session_id"], 1, api.ctx.metagraph.snapshot.by_uid(1).hotkey)
+        scripts[1].steps, scripts[1].die = [(1.3, b"")], True  # fails, no byte, once the session has ended
+        turn = asyncio.create_task(chat(api))
+        await asyncio.sleep(0.3)
+        if ending == "replaced":
+            assert (await call(other_host, "POST", "/v1/sessions", json={"model": "default"}))[0] == 200
+        elif ending == "deleted":
+            assert (await call(other_host, "DELETE", f"/v1/sessions/{s['session_id']}"))[0] == 200
+        status, headers, body = await turn
+        message = body["error"]["message"]
+        assert (status, body["error"]["code"]) == (502, "session_miner_failed"), body
+        assert headers["x-sn1-session-id"] == s["session_id"] and "uid 1 failed" in message, message
+        ping_status, _, pong = await call(other_host, "POST", f"/v1/sessions/{s['session_id']}/ping")
+        if ending == "kept":
+            assert "The session still pins it: ping it" in message, message
+            assert (ping_status, pong["status"]) == (200, "closed"), pong
+        else:
+            assert "still pins" not in message and "The session has ended meanwhile" in message, message
+            assert (ping_status, pong["error"]["code"]) == (404, "session_not_found"), pong
+
+
+async def test_n_choices_bypass_the_keys_session_and_say_so(tmp_path: Path) -> None:
+    """``n`` > 1 with the key's active session (not named): the session pins one miner and n answers are n races,
+    so the request is raced, as one naming ``uids`` is; the caller was not told that its session was skipped.
+    The answer's ``x-sn1-session-bypassed`` names it now, and the session stays where it was. A session named
+    with ``n`` is a 400, as before; a request with no session, or for another model than the session's, has no
+    such header."""
+    scripts = miners(4)
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, headers, _ = await chat(api, n=2)
+        assert status == 200 and "x-sn1-session-bypassed" not in headers, "no session, nothing bypassed"
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default"})
+        for stream in (False, True):
+            async with aiohttp.ClientSession() as http, http.post(
+                    api.url + "/v1/chat/completions", json={"messages": MESSAGES, "n": 2, "stream": stream},
+                    headers={"api-key": api.key}) as r:
+                await r.read()
+                assert r.status == 200 and r.headers["x-sn1-session-bypassed"] == s["session_id"], dict(r.headers)
+                assert "x-sn1-session-id" not in r.headers and len(r.headers["x-sn1-miner-uid"].split(",")) == 2
+        status, _, current = await call(api, "GET", "/v1/sessions")
+        assert status == 200 and current == s, "the session stays where it was"
+        status, _, err = await chat(api, n=2, session_id=s["session_id"])
+        assert (status, err["error"]["param"]) == (400, "n"), err
+        status, headers, _ = await chat(api, n=2, uids=[1, 2])
+        assert status == 200 and "x-sn1-session-bypassed" not in headers, "uids choose the miners: no session asked"
+
+
+async def test_opening_a_session_refuses_a_query_string_it_would_ignore(tmp_path: Path) -> None:
+    """``POST /v1/sessions``'s query string: ``?model_id=A`` with ``"model": "B"`` in the body opened a session for
+    B in silence; an empty ``?model_id=`` was a 400 asking for ``model``, which the caller had not sent; and any
+    other parameter (``?sessionDuration=60``) was ignored, a one-hour session opened. Each is a 400 naming what
+    was sent now, as an unknown query parameter on ``/web_retrieval`` is; the reference API's own call opens."""
+    async with api_with_miners(tmp_path, miners(2)) as api:
+        status, _, err = await call(api, "POST", "/v1/sessions?model_id=default", json={"model": "other"})
+        assert (status, err["error"]["code"], err["error"]["param"]) == (400, "invalid_value", "model_id"), err
+        assert "model_id in the query string 'default'" in err["error"]["message"], err
+        assert "model in the body 'other'" in err["error"]["message"], err
+        status, _, err = await call(api, "POST", "/v1/sessions?model_id=default&model=other", json={})
+        assert status == 400 and "'default'" in err["error"]["message"] and "'other'" in err["error"]["message"], err
+        status, _, err = await call(api, "POST", "/v1/sessions?model_id=", json={"sessionDuration": 60})
+        assert (status, err["error"]["param"]) == (400, "model_id"), err
+        status, _, err = await call(api, "POST", "/v1/sessions?model_id=default&sessionDuration=60", json={})
+        assert (status, err["error"]["param"]) == (400, "sessionDuration"), err
+        assert (await call(api, "GET", "/v1/sessions"))[0] == 404, "no session was opened"
+        status, _, s = await call(api, "POST", "/v1/sessions?model_id=default", json={"model": "default"})
+        assert status == 200 and s["model"] == "default", s  # the same model twice: no conflict
+        status, _, s = await call(api, "POST", "/v1/sessions?model_id=default",
+                                  json={"sessionDuration": 120, "directPayment": False, "failover": False})
+        assert status == 200 and s["expires_at"] - s["created_at"] == 120, s
