@@ -36,12 +36,19 @@ from api.race import MinerRun, Race
 from api.selection import select_miners
 from api.web_retrieval import Found
 from api.web_search import chat_citations, citations_event
-from shared.errors import ApiError
+from shared.errors import ApiError, invalid_value
 from shared.http import json_response
 from shared.jsonutil import dumps, loads
 from shared.metagraph import Neuron
 from shared.miner_client import Event
-from shared.protocol import DEFAULT_TASK, ChatCompletionRequest, new_completion_id, token_counts, usage_chunk
+from shared.protocol import (
+    DEFAULT_TASK,
+    MAX_UIDS,
+    ChatCompletionRequest,
+    new_completion_id,
+    token_counts,
+    usage_chunk,
+)
 from shared.sse import DONE_FRAME, SSE_HEADERS, encode_event
 from shared.store.base import KeyRecord
 
@@ -60,17 +67,30 @@ def check_request(req: ChatCompletionRequest) -> None:
                        code="unsupported_parameter")
 
 
-def plan(ctx: ApiContext, key: KeyRecord, req: ChatCompletionRequest, *, count: int | None = None) -> list[list[Neuron]]:
+def plan(ctx: ApiContext, key: KeyRecord, req: ChatCompletionRequest, *, count: int | None = None,
+         param: str = "n") -> list[list[Neuron]]:
     """Check what ``n`` may not be combined with and what the key may ask for, and choose the miners
     of each of ``count`` (default ``n``) answers apart, so often different ones: every refusal before
-    anything is spent."""
+    anything is spent (``param``: the field a refusal of their number names)."""
     check_request(req)
+    check_named_miners(req.uids, count or req.n or 1, param)
     model = None if req.wants_any_model() else req.model
     check_model(key, model)
     return [select_miners(ctx.metagraph.snapshot, ctx.availability, uids=req.uids, task=req.task or DEFAULT_TASK,
                           model=model, k=ctx.settings.default_k, rng=ctx.rng, self_hotkey=ctx.client.signer.hotkey,
                           health=ctx.miner_health)
             for _ in range(count or req.n or 1)]
+
+
+def check_named_miners(uids: list[int] | None, races: int, param: str) -> None:
+    """400 when ``races`` races of the named ``uids`` together would ask more miners than one race may name
+    (``MAX_UIDS``): a key's limits count requests, and 8 choices of 256 named uids made one charged request ask
+    2,048 miners, each signed with the validator's hotkey."""
+    named = len(set(uids or ()))
+    if races * named > MAX_UIDS:
+        raise invalid_value(param, f"{races} answers, each raced by the {named} miners named in 'uids', would ask "
+                                   f"{races * named} miners; one request may ask at most {MAX_UIDS} (name fewer "
+                                   "uids, or ask for fewer answers a request)")
 
 
 @dataclass(frozen=True)

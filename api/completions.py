@@ -73,7 +73,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     bodies = [chat_body(wanted, prompt) for prompt in wanted.prompts]
     reqs: list[ChatCompletionRequest] = [parse_model(ChatCompletionRequest, b) for b in bodies]
     refuse_chat_only(sent, reqs[0], header_session=request.headers.get("x-session-id"))
-    picks = plan_choices(ctx, key, reqs[0], count=len(reqs) * wanted.n)  # every refusal before any miner is asked
+    picks = plan_choices(ctx, key, reqs[0], count=len(reqs) * wanted.n,  # every refusal before any miner is asked
+                         param="n" if wanted.n > 1 else "prompt")
     seed = wanted.seed if wanted.seed is not None else random.randrange(2**31 - MAX_CHOICES)
     asks = [Ask(req, req.miner_body(seed=choice_seed(seed, j), sent=body), picks[i * wanted.n + j], prompt=i)
             for i, (req, body) in enumerate(zip(reqs, bodies, strict=True)) for j in range(wanted.n)]

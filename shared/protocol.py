@@ -34,6 +34,9 @@ GREEDY = 0.0  # the temperature of greedy decoding (sampling_parameters.do_sampl
 # "max_tokens": "5" or "stream": "true" is a 400 naming the field, never silently coerced.
 REQUEST_CONFIG = ConfigDict(extra="allow", strict=True)
 ANY_MODEL = {"", "default", None}
+# The miners one request may ask: a race naming them (``uids``: every uid of a 256-uid subnet), or n choices'
+# races of its named uids together (``miners_asked``).
+MAX_UIDS = 256
 # For the API only, never sent to miners (web_search_options: the API searches, see api/web_search.py).
 # n: each miner is asked for one answer (the API races once per choice; a miner's second would mix in).
 MAX_SESSION_ID = 128
@@ -313,7 +316,7 @@ class ChatCompletionRequest(BaseModel):
     # The subnet's extras.
     task: str | None = None
     sampling_parameters: SamplingParameters | None = None
-    uids: list[int] | None = Field(default=None, max_length=256)
+    uids: list[int] | None = Field(default=None, max_length=MAX_UIDS)
     mixture: bool | None = None
     inference_mode: str | None = None
     target_results: int | None = Field(default=None, ge=1, le=256)
