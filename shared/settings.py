@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import pydantic_settings
 from dotenv import dotenv_values
@@ -86,6 +86,9 @@ def redis_url(v: str) -> str:
     database 0 without a word (another network's keys, or its own written into theirs), and a port that is no
     number was a traceback at the first connection."""
     parts = urlsplit(v)
+    if address_cut_short(parts):
+        raise ValueError(f"{mask_credentials(v)!r}: the password holds '/', '#' or '?', which end a URL's address "
+                         "there: write each percent-encoded (%2F, %23, %3F)")
     try:
         parts.port  # noqa: B018 -- parsing it is the check
     except ValueError:
@@ -95,6 +98,13 @@ def redis_url(v: str) -> str:
         raise ValueError(f"{mask_credentials(v)!r}: the database {db!r} is not a number "
                          "(redis://host:6379/0: Redis databases are numbered)")
     return v
+
+
+def address_cut_short(parts: SplitResult) -> bool:
+    """An '@' past where the URL's address ends: a '/', '#' or '?' in the password ended it early, so redis-py
+    took the password's first part for the host (and an error quoting the URL showed the rest)."""
+    names = [pair.partition("=")[0] for pair in parts.query.split("&")]
+    return "@" not in parts.netloc and any("@" in part for part in (parts.path, parts.fragment, *names))
 
 
 def ss58_addresses(values: list[str]) -> list[str]:
@@ -534,11 +544,19 @@ def problem_line(cls: type[CommonSettings], err: ErrorDetails) -> str:
     return f"{name}: {message}"
 
 
+# What a URL carries before its host (``user:password@``), to its last '@': a password may hold one (redis-py reads
+# ``redis://:p@ss@host`` as the password ``p@ss``), and masking to the first left the rest of it in the line.
+_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)?\S*@", re.IGNORECASE)
+# A credential given as a query parameter (``redis://host/0?password=...``, which redis-py takes as the password).
+_SECRET_PARAM = re.compile(r"([?&][a-z_]*(?:pass|pwd|token|secret|key|auth)[a-z_]*=)[^&#\s]*", re.IGNORECASE)
+
+
 def mask_credentials(text: str) -> str:
-    """``redis://:pw@host/0`` -> ``redis://***@host/0``: what a URL setting carries before its host is a
-    password (Redis, an upstream's token), and error lines end up in logs."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)?[^/@\s]+@", lambda m: (m.group(1) or "") + "***@", text,
-                  flags=re.IGNORECASE)
+    """``redis://:pw@host/0`` -> ``redis://***@host/0``, ``redis://host/0?password=pw`` -> ``...?password=***``:
+    what a URL setting carries as a password (Redis, an upstream's token), and error lines end up in logs. An '@'
+    in the URL's path or query hides what comes before it too: wider than needed, never a password's part."""
+    masked = _USERINFO.sub(lambda m: (m.group(1) or "") + "***@", text)
+    return _SECRET_PARAM.sub(r"\1***", masked)
 
 
 @contextlib.contextmanager

@@ -588,3 +588,34 @@ def test_an_empty_environment_variable_over_an_env_file_value_is_a_warning(tmp_p
         f"sn1 api: warning: ADMIN_KEY is empty in the environment, which overrides its value in {env} (the "
         "environment wins): `unset ADMIN_KEY` to use the file's")
     assert "file-admin-key" not in out.stderr
+
+
+@pytest.mark.parametrize("url", [
+    "redis://:p@ss-SECRET@127.0.0.1:{port}/0",  # an '@' in the password: redis-py reads it whole, as it must
+    "redis://127.0.0.1:{port}/0?password=SECRET",  # the password as a query parameter, which redis-py takes too
+    "redis://ops:p@ss-SECRET@127.0.0.1:{port}/0?socket_timeout=1&password=SECRET",
+])
+def test_a_redis_password_is_never_printed_however_the_url_carries_it(tmp_path: Path, url: str) -> None:
+    """The WARNING every start writes while the Redis does not answer (into ``journalctl``, a log shipper) showed
+    the password's part after an '@' in it (``redis://***@ss-SECRET@host``), and a ``?password=`` whole."""
+    api, down = free_ports(2)
+    env = tmp_path / "a.env"
+    env.write_text(f"STORE_URL={url.format(port=down)}\nAPI_HOST=127.0.0.1\nAPI_PORT={api}\n"
+                   f"WALLET_PATH={tmp_path / 'no-wallets'}\n")
+    out = start("api", env)  # stops at the missing wallet, after the store check
+    printed = out.stdout + out.stderr
+    assert "STORE_URL: cannot reach redis://" in printed and f"127.0.0.1:{down}/0" in printed, printed
+    assert "SECRET" not in printed and "p@ss" not in printed, printed
+
+
+@pytest.mark.parametrize("url", ["redis://:pa/ss-SECRET@127.0.0.1:6379/0", "redis://:pa#ss-SECRET@127.0.0.1:6379/0"])
+def test_a_redis_password_a_url_cannot_carry_as_it_is_is_named_not_shown(tmp_path: Path, url: str) -> None:
+    """A '/', '#' or '?' in the password ends the URL's address there: redis-py read '//:pa' as the host, and the
+    refusal ("the port is not a number") showed the password whole, or named a port that was fine."""
+    env = tmp_path / "a.env"
+    env.write_text(f"STORE_URL={url}\n")
+    out = start("api", env)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "SECRET" not in out.stderr and "pa/ss" not in out.stderr and "pa#ss" not in out.stderr, out.stderr
+    assert "sn1 api: STORE_URL: 'redis://***@127.0.0.1:6379/0': the password holds '/', '#' or '?'" in out.stderr, \
+        out.stderr
