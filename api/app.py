@@ -28,7 +28,7 @@ from api.cors import install_cors
 from api.fanout import ping
 from api.miner_health import MinerHealth, probe_forever
 from api.storage_budget import StorageBudget
-from shared.client_address import TRUSTED_PROXIES, parse_networks
+from shared.client_address import PEERS_TOLD, TRUSTED_PROXIES, parse_networks
 from shared.http import NOT_SERVED_HERE, error_middleware, json_response
 from shared.ids import random_hex
 from shared.metagraph import Neuron
@@ -47,6 +47,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app[STORE_OUTAGE] = store_outage_log()
     app[NOT_SERVED_HERE] = OPENAI_ONLY
     app[TRUSTED_PROXIES] = parse_networks(ctx.settings.trusted_proxies)
+    app[PEERS_TOLD] = set()
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions.completions)

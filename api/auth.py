@@ -26,7 +26,7 @@ from loguru import logger
 from multidict import CIMultiDictProxy
 
 from api.concurrency import ConcurrencyLimiter, busy
-from shared.client_address import client_address, throttle_key
+from shared.client_address import ADMIN_FAILURES_PER_MINUTE, client_address, throttle_key
 from shared.errors import ApiError, retry_after
 from shared.http import route_path
 from shared.store.base import (
@@ -66,7 +66,6 @@ ADMIN_CALLER = web.RequestKey("sn1_admin_caller", bool)  # the request carried t
 ADMIN_LOG_NAME = "admin"  # who an admin-key request was, in its log line: never the key (ids are 16 hex digits)
 TOKEN_SCOPE = "chat"  # the scope whose requests spend tokens (chat, responses, completions)
 MAX_KEY_LENGTH = 256
-ADMIN_FAILURES_PER_MINUTE = 10
 INVALID_KEYS_PER_MINUTE = 60  # default of INVALID_KEYS_PER_MINUTE (ApiSettings.invalid_keys_per_minute)
 INVALID_KEY_LIMIT = web.AppKey("sn1_invalid_key_limit", int)
 

@@ -18,9 +18,13 @@ import ipaddress
 from collections.abc import Iterable
 
 from aiohttp import web
+from loguru import logger
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 TRUSTED_PROXIES = web.AppKey("sn1_trusted_proxies", tuple)  # tuple[Network, ...]
+PEERS_TOLD = web.AppKey("sn1_unbelieved_peers_told", set)  # throttle keys of peers warned of (``tell_unbelieved``)
+MAX_PEERS_TOLD = 8  # a client can send the header from many addresses: the warnings stay a few lines
+ADMIN_FAILURES_PER_MINUTE = 10  # failed admin logins one client address may make a minute (api.auth's lockout)
 
 
 def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
@@ -87,9 +91,28 @@ def forwarded_client(peer: str | None, forwarded_for: Iterable[str], proxies: tu
 
 
 def client_address(request: web.Request) -> str:
-    """``forwarded_client`` for this request, with the app's ``TRUSTED_PROXIES``."""
+    """``forwarded_client`` for this request, with the app's ``TRUSTED_PROXIES``; an ``X-Forwarded-For`` from a
+    peer they do not name is warned of (``tell_unbelieved``)."""
     proxies = request.app.get(TRUSTED_PROXIES, ())
-    return forwarded_client(request.remote, request.headers.getall("X-Forwarded-For", ()), proxies)
+    forwarded = request.headers.getall("X-Forwarded-For", ())
+    if forwarded and request.remote is not None and not is_trusted(request.remote, proxies):
+        tell_unbelieved(request.app, request.remote)
+    return forwarded_client(request.remote, forwarded, proxies)
+
+
+def tell_unbelieved(app: web.Application, peer: str) -> None:
+    """One WARNING per peer (of the first ``MAX_PEERS_TOLD``) whose ``X-Forwarded-For`` is not believed: a reverse
+    proxy missing from ``TRUSTED_PROXIES`` makes every caller one address, so anyone's failed admin logins lock the
+    admin out for all, and nothing said so. A client may send the header itself: the line says "if"."""
+    told = app.get(PEERS_TOLD)
+    bucket = throttle_key(peer)
+    if told is None or bucket in told or len(told) >= MAX_PEERS_TOLD:
+        return
+    told.add(bucket)
+    logger.warning("X-Forwarded-For from {}, which TRUSTED_PROXIES does not name, is not believed: failed API keys "
+                   "and admin logins are counted against {} itself. If it is your reverse proxy, every caller behind "
+                   "it is that one address, and anyone's {} failed admin logins a minute lock the admin out for all: "
+                   "name it in TRUSTED_PROXIES", peer, peer, ADMIN_FAILURES_PER_MINUTE)
 
 
 def throttle_key(address: str) -> str:

@@ -7,9 +7,12 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
+from loguru import logger
 
 from api.auth import ADMIN_FAILURES_PER_MINUTE, admin_key_matches
 from tests.chaos.fleet import HONEST, MESSAGES, fleet
+from tests.helpers import log_lines
 from tests.hostile.conftest import ADMIN_KEY
 
 CHAT = {"messages": MESSAGES, "seed": 1}
@@ -109,6 +112,40 @@ async def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Path)
             assert (await post(s, url, {"admin-key": f"guess-{i}", **forged}))[0] == 401
         forged = {"X-Forwarded-For": "198.51.100.99"}
         assert (await post(s, url, {"admin-key": "guess-again", **forged}))[0] == 429
+
+
+@pytest.mark.parametrize("trusted", [[], ["10.0.0.0/8"]])
+async def test_a_proxy_not_named_in_trusted_proxies_is_warned_of_once(tmp_path: Path, trusted: list[str]) -> None:
+    """Behind nginx without TRUSTED_PROXIES every caller is the proxy's one address, and anyone's 10 failed admin
+    logins a minute lock the admin out for all: the X-Forwarded-For it sends, not believed, said nothing of it."""
+    lines, sink = log_lines()
+    try:
+        async with fleet(tmp_path, {1: HONEST}, trusted_proxies=trusted) as f, aiohttp.ClientSession() as s:
+            admin = f.url + "/api_management/create-api-key?rate_limit=5"
+            assert (await post(s, admin, {"admin-key": "guess"}))[0] == 401
+            assert not [line for line in lines if "X-Forwarded-For" in line], "no header: nothing to tell"
+            for i in range(3):
+                forwarded = {"X-Forwarded-For": f"203.0.113.{i}"}
+                assert (await post(s, admin, {"admin-key": f"guess-{i}", **forwarded}))[0] == 401
+                assert (await post(s, f.url + "/v1/chat/completions",
+                                   {"Authorization": "Bearer sn1-wrong", **forwarded}))[0] == 401
+    finally:
+        logger.remove(sink)
+    told = [line for line in lines if "X-Forwarded-For" in line]
+    assert len(told) == 1, told
+    assert told[0].startswith("WARNING") and "127.0.0.1" in told[0] and "TRUSTED_PROXIES" in told[0], told
+    assert "lock the admin out" in told[0] and "203.0.113" not in told[0], told
+
+
+async def test_a_trusted_proxys_forwarded_for_is_not_warned_of(tmp_path: Path) -> None:
+    lines, sink = log_lines()
+    try:
+        async with fleet(tmp_path, {1: HONEST}, trusted_proxies=["127.0.0.1"]) as f, aiohttp.ClientSession() as s:
+            admin = f.url + "/api_management/create-api-key?rate_limit=5"
+            assert (await post(s, admin, {"admin-key": "guess", "X-Forwarded-For": "203.0.113.7"}))[0] == 401
+    finally:
+        logger.remove(sink)
+    assert not [line for line in lines if "X-Forwarded-For" in line], lines
 
 
 async def test_an_ipv6_clients_guesses_count_against_its_whole_64(tmp_path: Path) -> None:
