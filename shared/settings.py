@@ -548,7 +548,7 @@ def problem_line(cls: type[CommonSettings], err: ErrorDetails) -> str:
 # ``redis://:p@ss@host`` as the password ``p@ss``), and masking to the first left the rest of it in the line.
 _USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)?\S*@", re.IGNORECASE)
 # A credential given as a query parameter (``redis://host/0?password=...``, which redis-py takes as the password).
-_SECRET_PARAM = re.compile(r"([?&][a-z_]*(?:pass|pwd|token|secret|key|auth)[a-z_]*=)[^&#\s]*", re.IGNORECASE)
+_SECRET_PARAM = re.compile(r"([?&][a-z_.-]*(?:pass|pwd|token|secret|key|auth)[a-z_.-]*=)[^&#\s]*", re.IGNORECASE)
 
 
 def mask_credentials(text: str) -> str:
