@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from shared.protocol import (
     MAX_OUTPUT_TOKENS,
+    MAX_UIDS,
     MIN_TIMEOUT,
     REQUEST_CONFIG,
     Metadata,
@@ -245,7 +246,7 @@ class ResponsesRequest(BaseModel):
     # The subnet's extras, as for chat completions.
     task: str | None = None
     sampling_parameters: SamplingParameters | None = None
-    uids: list[int] | None = Field(default=None, max_length=256)
+    uids: list[int] | None = Field(default=None, max_length=MAX_UIDS)
     mixture: bool | None = None
     inference_mode: str | None = None
     timeout: float | None = Field(default=None, ge=MIN_TIMEOUT, le=600, description="Deadline in seconds")
