@@ -34,8 +34,8 @@ GREEDY = 0.0  # the temperature of greedy decoding (sampling_parameters.do_sampl
 # "max_tokens": "5" or "stream": "true" is a 400 naming the field, never silently coerced.
 REQUEST_CONFIG = ConfigDict(extra="allow", strict=True)
 ANY_MODEL = {"", "default", None}
-# The miners one request may ask: a race naming them (``uids``: every uid of a 256-uid subnet), or n choices'
-# races of its named uids together (``miners_asked``).
+# The miners one race may be named (``uids``: every uid of a 256-uid subnet), and those n choices' races of the
+# named uids may ask together (``api.choices.check_named_miners``).
 MAX_UIDS = 256
 # For the API only, never sent to miners (web_search_options: the API searches, see api/web_search.py).
 # n: each miner is asked for one answer (the API races once per choice; a miner's second would mix in).
