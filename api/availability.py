@@ -17,6 +17,7 @@ from typing import Any
 from loguru import logger
 from pydantic import ValidationError
 
+from shared.availability_query import offered
 from shared.miner_client import MinerClient, MinerError
 from shared.protocol import AvailabilityResponse
 from shared.signing import refused_signature
@@ -38,7 +39,10 @@ class AvailabilityCache:
         self.refresh_seconds = refresh_seconds
         self.stale_seconds = stale_seconds
         self.entries: dict[int, dict[str, Any] | None] = {}
-        self.updated_at = 0.0  # Unix seconds of the last good answer: shown (``/v1/models``' ``created``)
+        self.updated_at = 0.0  # Unix seconds of the last good answer
+        # model -> Unix seconds of the first answer that listed it, of those the last answer lists: ``/v1/models``'
+        # ``created``, which stays put while the model is served (it was ``updated_at``, new at every refresh)
+        self.first_listed: dict[str, int] = {}
         # Ages are told on ``clock`` (monotonic): on the wall clock, an NTP step of a few minutes forward took
         # every worker's availability stale at once (selection raced every miner), and one backward kept a
         # gone validator's answer for minutes more and held the WARNINGs back.
@@ -60,6 +64,8 @@ class AvailabilityCache:
         """Take ``entries`` as the validator's answer now."""
         self.entries = entries
         self.updated_at, self.refreshed_at = time.time(), self._clock()
+        listed = {m for entry in entries.values() if entry for m in offered(entry, "llm_model_availabilities")}
+        self.first_listed = {m: self.first_listed.get(m, int(self.updated_at)) for m in listed}
 
     def serves(self, uid: int, task: str | None, model: str | None) -> bool | None:
         """True/False from fresh data; None when we do not know (no or stale data)."""

@@ -24,52 +24,69 @@ from shared.http import json_response
 
 
 @dataclass
+class Served:
+    """Who serves one model or task: the miners a chat would race (``miners``), those this API has set aside for
+    failing its requests (``aside``), and per task (of a model) the miners it would race, or the models (of a task)."""
+
+    miners: set[int] = field(default_factory=set)
+    aside: set[int] = field(default_factory=set)
+    per_task: dict[str, int] = field(default_factory=dict)
+    models: set[str] = field(default_factory=set)
+
+    def add(self, uid: int, aside: bool) -> None:
+        (self.aside if aside else self.miners).add(uid)
+
+
+@dataclass
 class Catalogue:
-    """Who serves what: per model, the miners and per-task counts; per task, the miners and models."""
+    """Who serves what, per model and per task. A miner set aside still makes its models and tasks listed (a
+    chat for them is a 503 with ``Retry-After`` until a probe finds it answering, not a 404), counted apart."""
 
-    updated_at: int = 0
-    model_miners: dict[str, set[int]] = field(default_factory=dict)
-    model_tasks: dict[str, dict[str, int]] = field(default_factory=dict)
-    task_miners: dict[str, set[int]] = field(default_factory=dict)
-    task_models: dict[str, set[str]] = field(default_factory=dict)
+    created: dict[str, int] = field(default_factory=dict)  # model -> when this API first saw it served
+    by_model: dict[str, Served] = field(default_factory=dict)
+    by_task: dict[str, Served] = field(default_factory=dict)
 
-    def add(self, uid: int, entry: dict[str, Any]) -> None:
+    def add(self, uid: int, entry: dict[str, Any], *, aside: bool = False) -> None:
         models, tasks = offered(entry, "llm_model_availabilities"), offered(entry, "task_availabilities")
         for model in models:
-            self.model_miners.setdefault(model, set()).add(uid)
-            per_task = self.model_tasks.setdefault(model, {})
+            served = self.by_model.setdefault(model, Served())
+            served.add(uid, aside)
             for task in tasks:
-                per_task[task] = per_task.get(task, 0) + 1
+                served.per_task[task] = served.per_task.get(task, 0) + (not aside)
         for task in tasks:
-            self.task_miners.setdefault(task, set()).add(uid)
-            self.task_models.setdefault(task, set()).update(models)
+            served = self.by_task.setdefault(task, Served())
+            served.add(uid, aside)
+            served.models.update(models)
 
     def model(self, name: str) -> ModelOut | None:
-        if name not in self.model_miners:
+        served = self.by_model.get(name)
+        if served is None:
             return None
-        return ModelOut(id=name, created=self.updated_at, miners=len(self.model_miners[name]),
-                        tasks=dict(sorted(self.model_tasks[name].items())))
+        return ModelOut(id=name, created=self.created.get(name, 0), miners=len(served.miners),
+                        miners_set_aside=len(served.aside), tasks=dict(sorted(served.per_task.items())))
 
     def models(self, allowed: list[str] | None = None) -> ModelListOut:
         """Every served model, or those of them a key may use (``allowed_models``), as OpenAI lists them."""
-        names = sorted(self.model_miners) if allowed is None else sorted(set(self.model_miners) & set(allowed))
+        names = sorted(self.by_model) if allowed is None else sorted(set(self.by_model) & set(allowed))
         return ModelListOut(data=[m for name in names if (m := self.model(name))])
 
     def tasks(self) -> TaskListOut:
-        return TaskListOut(data=[TaskOut(id=t, miners=len(uids), models=sorted(self.task_models[t]))
-                                 for t, uids in sorted(self.task_miners.items())])
+        return TaskListOut(data=[TaskOut(id=t, miners=len(s.miners), miners_set_aside=len(s.aside),
+                                         models=sorted(s.models)) for t, s in sorted(self.by_task.items())])
 
 
 def build_catalogue(ctx: ApiContext) -> Catalogue:
-    """The catalogue of miners that are serving now and whose availability is fresh."""
+    """The catalogue of miners that are serving now and whose availability is fresh, those this API has set
+    aside counted apart (what selection races: ``miners`` 0 is the 503 a chat for the model then gets)."""
     cache = ctx.availability
     if cache is None or not cache.fresh():
         return Catalogue()
-    catalogue = Catalogue(updated_at=int(cache.updated_at))
+    catalogue = Catalogue(created=cache.first_listed)
+    health = ctx.miner_health
     for neuron in ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey):
         entry = cache.entries.get(neuron.uid)
         if isinstance(entry, dict):
-            catalogue.add(neuron.uid, entry)
+            catalogue.add(neuron.uid, entry, aside=health is not None and health.is_aside(neuron))
     return catalogue
 
 

@@ -17,10 +17,13 @@ class ModelOut(BaseModel):
 
     id: str
     object: Literal["model"] = "model"
-    created: int = Field(description="Unix seconds of the availability data this entry comes from")
+    created: int = Field(description="Unix seconds when this API first saw a miner serve the model (stays put "
+                                     "while it is served)")
     owned_by: str = "sn1"
-    miners: int = Field(description="Available miners serving this model")
-    tasks: dict[str, int] = Field(description="Task -> available miners serving it with this model")
+    miners: int = Field(description="Available miners serving this model that a request would race now")
+    miners_set_aside: int = Field(description="Available miners serving this model that this API has set aside "
+                                              "for failing its requests (a chat skips them until a probe answers)")
+    tasks: dict[str, int] = Field(description="Task -> available miners serving it with this model, not set aside")
 
 
 class ModelListOut(BaseModel):
@@ -31,7 +34,8 @@ class ModelListOut(BaseModel):
 class TaskOut(BaseModel):
     id: str
     object: Literal["task"] = "task"
-    miners: int = Field(description="Available miners serving this task")
+    miners: int = Field(description="Available miners serving this task that a request would race now")
+    miners_set_aside: int = Field(description="Available miners serving this task that this API has set aside")
     models: list[str] = Field(description="Models served for this task")
 
 
