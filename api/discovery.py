@@ -9,6 +9,7 @@ rather than guessed. Any live API key may read them (as with OpenAI's
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,8 +47,15 @@ class Catalogue:
     by_model: dict[str, Served] = field(default_factory=dict)
     by_task: dict[str, Served] = field(default_factory=dict)
 
-    def add(self, uid: int, entry: dict[str, Any], *, aside: bool = False) -> None:
+    def add(self, uid: int, entry: dict[str, Any], *, aside: bool = False,
+            allowed: Collection[str] | None = None) -> None:
+        """``allowed``: the models a key may use (None: any); a miner serving none of them is left out, so the
+        tasks' miners and models are those a chat of that key could reach."""
         models, tasks = offered(entry, "llm_model_availabilities"), offered(entry, "task_availabilities")
+        if allowed is not None:
+            models = [m for m in models if m in allowed]
+            if not models:
+                return
         for model in models:
             served = self.by_model.setdefault(model, Served())
             served.add(uid, aside)
@@ -65,42 +73,42 @@ class Catalogue:
         return ModelOut(id=name, created=self.created.get(name, 0), miners=len(served.miners),
                         miners_set_aside=len(served.aside), tasks=dict(sorted(served.per_task.items())))
 
-    def models(self, allowed: list[str] | None = None) -> ModelListOut:
-        """Every served model, or those of them a key may use (``allowed_models``), as OpenAI lists them."""
-        names = sorted(self.by_model) if allowed is None else sorted(set(self.by_model) & set(allowed))
-        return ModelListOut(data=[m for name in names if (m := self.model(name))])
+    def models(self) -> ModelListOut:
+        return ModelListOut(data=[m for name in sorted(self.by_model) if (m := self.model(name))])
 
     def tasks(self) -> TaskListOut:
         return TaskListOut(data=[TaskOut(id=t, miners=len(s.miners), miners_set_aside=len(s.aside),
                                          models=sorted(s.models)) for t, s in sorted(self.by_task.items())])
 
 
-def build_catalogue(ctx: ApiContext) -> Catalogue:
+def build_catalogue(ctx: ApiContext, allowed: Collection[str] | None = None) -> Catalogue:
     """The catalogue of miners that are serving now and whose availability is fresh, those this API has set
-    aside counted apart (what selection races: ``miners`` 0 is the 503 a chat for the model then gets)."""
+    aside counted apart (what selection races: ``miners`` 0 is the 503 a chat for the model then gets).
+    ``allowed``: a key's ``allowed_models``, the only models it is told of (as OpenAI lists a key's models)."""
     cache = ctx.availability
     if cache is None or not cache.fresh():
         return Catalogue()
     catalogue = Catalogue(created=cache.first_listed)
+    allowed = None if allowed is None else frozenset(allowed)
     health = ctx.miner_health
     for neuron in ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey):
         entry = cache.entries.get(neuron.uid)
         if isinstance(entry, dict):
-            catalogue.add(neuron.uid, entry, aside=health is not None and health.is_aside(neuron))
+            catalogue.add(neuron.uid, entry, aside=health is not None and health.is_aside(neuron), allowed=allowed)
     return catalogue
 
 
 async def list_models(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope=None)
-    return json_response(build_catalogue(ctx).models(key.allowed_models).model_dump(mode="json"))
+    return json_response(build_catalogue(ctx, key.allowed_models).models().model_dump(mode="json"))
 
 
 async def get_model(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope=None)
     name = request.match_info["model"]
-    found = build_catalogue(ctx).model(name) if key.allowed_models is None or name in key.allowed_models else None
+    found = build_catalogue(ctx, key.allowed_models).model(name)
     if found is None:
         raise model_not_found(name)
     return json_response(found.model_dump(mode="json"))
@@ -108,5 +116,5 @@ async def get_model(request: web.Request) -> web.Response:
 
 async def list_tasks(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    await authenticate(request, ctx.store, scope=None)
-    return json_response(build_catalogue(ctx).tasks().model_dump(mode="json"))
+    key = await authenticate(request, ctx.store, scope=None)
+    return json_response(build_catalogue(ctx, key.allowed_models).tasks().model_dump(mode="json"))

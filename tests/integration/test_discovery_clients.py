@@ -66,3 +66,23 @@ async def test_created_stays_put_across_availability_refreshes(tmp_path: Path) -
         await asyncio.sleep(1.1)
         cache.accept({1: serves([MODEL, "new/model"], ["InferenceTask"])})  # ... and served again: new again
         assert (await client.models.retrieve(MODEL)).created > first
+
+
+async def test_a_key_limited_to_some_models_is_told_of_no_other_in_tasks(tmp_path: Path) -> None:
+    """``/v1/models`` listed such a key its models only, as OpenAI does, but ``/v1/tasks`` named every model served
+    and counted the miners serving only models the key may not use (a chat from it could reach none of them)."""
+    async with api_with_miners(tmp_path, {}, honest={1, 2, 3}) as api:
+        api.ctx.availability = fresh_cache(api, {1: serves([MODEL], ["InferenceTask", "ArithmeticTask"]),
+                                                 2: serves([MODEL, "other/model"], ["InferenceTask"]),
+                                                 3: serves(["other/model"], ["InferenceTask"])})
+        secret, _ = await api.ctx.store.create_key(100, allowed_models=["other/model", "not/served"])
+        async with aiohttp.ClientSession() as s, s.get(api.url + "/v1/tasks",
+                                                       headers={"Authorization": f"Bearer {secret}"}) as r:
+            assert r.status == 200
+            tasks = (await r.json())["data"]
+        assert [(t["id"], t["miners"], t["models"]) for t in tasks] == [("InferenceTask", 2, ["other/model"])]
+        listed = (await openai_client(api, secret).models.list()).data
+        assert [(m.id, m.model_dump()["miners"]) for m in listed] == [("other/model", 2)]
+        status, everything = await get_json(api, "/v1/tasks")  # a key without the limit: every task and model
+        assert status == 200 and [(t["id"], t["miners"]) for t in everything["data"]] == [
+            ("ArithmeticTask", 1), ("InferenceTask", 3)]
