@@ -9,6 +9,7 @@ rather than guessed. Any live API key may read them (as with OpenAI's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,9 @@ from api.auth import authenticate
 from api.chat import CTX
 from api.context import ApiContext
 from api.discovery_wire import ModelListOut, ModelOut, TaskListOut, TaskOut
+from api.selection import NO_MINERS, none_fits
 from shared.availability_query import offered
-from shared.errors import model_not_found
+from shared.errors import ApiError, model_not_found
 from shared.http import json_response
 
 
@@ -110,8 +112,24 @@ async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     found = build_catalogue(ctx, key.allowed_models).model(name)
     if found is None:
-        raise model_not_found(name)
+        raise model_not_found(name) if key.allowed_models is not None and name not in key.allowed_models \
+            else not_listed(ctx, name)
     return json_response(found.model_dump(mode="json"))
+
+
+def not_listed(ctx: ApiContext, model: str) -> ApiError:
+    """Why ``model`` is not in the catalogue, as a chat for it is told: a 404 only when fresh availability says
+    no miner serves it. Every miner down at the last poll is the chat's 503; and without fresh availability
+    (a chat is raced to every serving miner) whether it is served is not known, a 503 until the next refresh:
+    it was a 404 "does not exist" both times, which took an outage for a wrong model name."""
+    cache = ctx.availability
+    if cache is None or not cache.fresh():
+        retry = max(1, math.ceil(ctx.settings.availability_refresh_seconds))  # the next refresh's chance
+        return ApiError(503, f"Whether any miner serves the model `{model}` is not known now: this API has no fresh "
+                             "availability from the validator (a chat is raced to every serving miner meanwhile).",
+                        code=NO_MINERS, headers={"Retry-After": str(retry)})
+    registered = ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey)
+    return none_fits(registered, cache, task=None, model=model)
 
 
 async def list_tasks(request: web.Request) -> web.Response:

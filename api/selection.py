@@ -62,27 +62,33 @@ def select_miners(
     registered = snapshot.serving(exclude_hotkey=self_hotkey)
     candidates = fitting(registered, cache, task=task, model=model)
     if not candidates:
-        if cache is None or not cache.fresh():  # no availability data rules anyone out: none is registered
-            raise ApiError(503, "No serving miners in the metagraph.", code=NO_MINERS)
-        if not any(cache.entries.get(n.uid) for n in registered):
-            # Every miner down at the validator's last poll: an outage, not the caller's model or task. It was a
-            # 404 model_not_found (400 unknown_task for a task only they had advertised): the caller fixed its
-            # request, and the operator's log showed 404s.
-            raise ApiError(503, f"No miner is available: none of the {len(registered)} serving miner(s) answered "
-                                "the validator's last availability poll.", code=NO_MINERS)
-        if task and task not in known_tasks(cache):
-            raise ApiError(400, f"Unknown task '{task}'. Known tasks: {', '.join(sorted(known_tasks(cache)))}.",
-                           param="task", code="unknown_task")
-        if model and not any(cache.matches(n.uid, None, model) for n in registered):
-            raise model_not_found(model)
-        raise ApiError(503, f"No miner is available for task '{task}' and model '{model or 'any'}'.",
-                       code=NO_MINERS)
+        raise none_fits(registered, cache, task=task, model=model)
     if health is not None:
         answering = health.answering(candidates)
         if not answering:
             raise not_answering(health, candidates)
         candidates = answering
     return weighted_sample(candidates, k, rng)
+
+
+def none_fits(registered: list[Neuron], cache: AvailabilityCache | None, *, task: str | None,
+              model: str | None) -> ApiError:
+    """Why no miner of ``registered`` (serving, in the metagraph) fits ``task`` and ``model``: what a chat is told,
+    and ``GET /v1/models/{model}`` too, so the two never disagree on whether a model exists."""
+    if cache is None or not cache.fresh():  # no availability data rules anyone out: none is registered
+        return ApiError(503, "No serving miners in the metagraph.", code=NO_MINERS)
+    if not any(cache.entries.get(n.uid) for n in registered):
+        # Every miner down at the validator's last poll: an outage, not the caller's model or task. It was a
+        # 404 model_not_found (400 unknown_task for a task only they had advertised): the caller fixed its
+        # request, and the operator's log showed 404s.
+        return ApiError(503, f"No miner is available: none of the {len(registered)} serving miner(s) answered "
+                             "the validator's last availability poll.", code=NO_MINERS)
+    if task and task not in known_tasks(cache):
+        return ApiError(400, f"Unknown task '{task}'. Known tasks: {', '.join(sorted(known_tasks(cache)))}.",
+                        param="task", code="unknown_task")
+    if model and not any(cache.matches(n.uid, None, model) for n in registered):
+        return model_not_found(model)
+    return ApiError(503, f"No miner is available for task '{task}' and model '{model or 'any'}'.", code=NO_MINERS)
 
 
 def not_answering(health: MinerHealth, aside: list[Neuron], why: str = "") -> ApiError:

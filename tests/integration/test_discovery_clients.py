@@ -86,3 +86,41 @@ async def test_a_key_limited_to_some_models_is_told_of_no_other_in_tasks(tmp_pat
         status, everything = await get_json(api, "/v1/tasks")  # a key without the limit: every task and model
         assert status == 200 and [(t["id"], t["miners"]) for t in everything["data"]] == [
             ("ArithmeticTask", 1), ("InferenceTask", 3)]
+
+
+async def test_retrieving_a_model_during_an_outage_is_a_503_as_its_chat_is_not_a_404(tmp_path: Path) -> None:
+    """``models.retrieve()`` raised ``NotFoundError`` ("does not exist") for a model the miners serve when the
+    validator's last poll found every miner down (a chat for it: a 503 ``no_miners_available``) and when the
+    availability was stale (a chat for it: raced to every serving miner, answered). A client checking its model
+    that way took an outage for a wrong model name. A name no miner serves stays a 404."""
+    import openai
+
+    async with api_with_miners(tmp_path, {}, honest={1, 2}) as api:
+        cache = api.ctx.availability = fresh_cache(api, {1: None, 2: None})  # every miner down at the last poll
+        client = openai_client(api)
+        status, _, text = await post(api, {"model": MODEL, "messages": MESSAGES}, timeout=10)
+        assert status == 503 and json.loads(text)["error"]["code"] == "no_miners_available", text
+        try:
+            await client.models.retrieve(MODEL)
+            raise AssertionError("retrieved")
+        except openai.APIStatusError as e:
+            assert e.status_code == 503 and e.body["code"] == "no_miners_available", e.body
+
+        cache.accept({1: serves([MODEL], ["InferenceTask"]), 2: None})
+        cache.refreshed_at -= 3600  # the validator gone for an hour: which models are served is not known
+        status, _, text = await post(api, {"model": MODEL, "messages": MESSAGES}, timeout=10)
+        assert status == 200, text
+        try:
+            await client.models.retrieve(MODEL)
+            raise AssertionError("retrieved")
+        except openai.APIStatusError as e:
+            assert e.status_code == 503 and e.body["code"] == "no_miners_available", e.body
+            assert "not known" in e.body["message"] and int(e.response.headers["Retry-After"]) >= 1
+
+        cache.accept({1: serves([MODEL], ["InferenceTask"]), 2: None})  # fresh again
+        assert (await client.models.retrieve(MODEL)).id == MODEL
+        try:
+            await client.models.retrieve("no/such")
+            raise AssertionError("retrieved")
+        except openai.NotFoundError as e:
+            assert e.body["code"] == "model_not_found", e.body
