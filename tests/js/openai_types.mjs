@@ -85,7 +85,7 @@ import type { Response, ResponseStreamEvent } from "openai/resources/responses/r
 import type { ResponseItemList } from "openai/resources/responses/input-items";
 import type { Conversation, ConversationDeletedResource } from "openai/resources/conversations/conversations";
 import type { ConversationItemList } from "openai/resources/conversations/items";
-type SubnetModel = Model & { miners: number; tasks: Record<string, number> };  // the subnet's own fields
+type SubnetModel = Model & { miners: number; miners_set_aside: number; tasks: Record<string, number> };  // the subnet's own fields
 // A streamed legacy completion's choice has finish_reason null until its last chunk, as OpenAI streams it,
 // though the SDK's Completion type (shared with the whole object) has no null.
 type CompletionChunk = Omit<Completion, "choices"> & { choices: Array<Omit<CompletionChoice, "finish_reason"> & {
