@@ -341,9 +341,15 @@ def stored_item(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stored_part(part: Any) -> Any:
-    """A content part as listed: an image without a ``detail`` has OpenAI's default, ``auto``."""
-    if isinstance(part, dict) and part.get("type") == "input_image" and not part.get("detail"):
+    """A content part as listed: an image without a ``detail`` has OpenAI's default, ``auto``; an answer's text
+    without ``annotations`` (a hand-written history's) has none, ``[]`` (the SDK's ``ResponseOutputText`` requires
+    the list: without it the part it parses has no ``annotations`` at all)."""
+    if not isinstance(part, dict):
+        return part
+    if part.get("type") == "input_image" and not part.get("detail"):
         return part | {"detail": "auto"}
+    if part.get("type") == "output_text" and part.get("annotations") is None:
+        return part | {"annotations": []}
     return part
 
 

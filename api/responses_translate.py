@@ -21,9 +21,11 @@ from api.responses_wire import (
     FunctionCallItem,
     FunctionCallOutputItem,
     MessageItem,
+    ReasoningItem,
     ResponsesRequest,
     TextFormat,
     Tool,
+    WebSearchCallItem,
     is_item_reference,
 )
 from shared.content_parts import NO_FILE_STORE
@@ -39,7 +41,8 @@ ITEMS: dict[str, type[MessageItem | FunctionCallItem | FunctionCallOutputItem]] 
 }
 # A model's reasoning summary and an earlier turn's web search (its results are not in the item; the
 # answer that used them follows as a message): no chat message holds them.
-SKIPPED_ITEMS = frozenset({"reasoning", "web_search_call"})
+SKIPPED_ITEMS: dict[str, type[ReasoningItem | WebSearchCallItem]] = {
+    "reasoning": ReasoningItem, "web_search_call": WebSearchCallItem}
 LOGPROBS = "message.output_text.logprobs"  # the include that asks for the answer's token log probabilities
 TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 TOOL_FIELDS = {"name", "description", "parameters", "strict"}  # a chat tool's function, from a flat tool
@@ -173,7 +176,8 @@ def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> N
     if is_item_reference(raw):  # resolved to the item it names before (responses_state.resolved)
         raise invalid_value(at, NO_ITEM_REFERENCES)
     kind = _type_of(raw, at, default="message" if "role" in raw else None)  # no type: a message, if it has a role
-    if kind in SKIPPED_ITEMS:
+    if kind in SKIPPED_ITEMS:  # checked all the same: kept (a conversation's, a stored response's), then listed
+        parse_model(SKIPPED_ITEMS[kind], raw, at=at)
         return
     model = ITEMS.get(kind or "")
     if model is None:

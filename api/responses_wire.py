@@ -198,6 +198,27 @@ class FunctionCallOutputItem(BaseModel):
     status: str | None = None
 
 
+class ReasoningItem(BaseModel):
+    """An earlier turn's reasoning: no miner is sent it, but it is kept and listed as sent, so it has what the
+    SDK's ``ResponseReasoningItem`` requires (OpenAI's 400 names a missing ``summary`` too)."""
+
+    model_config = REQUEST_CONFIG
+    type: Literal["reasoning"]
+    summary: list[dict[str, Any]]
+    id: str | None = None
+
+
+class WebSearchCallItem(BaseModel):
+    """An earlier turn's web search: no miner is sent it (its answer follows as a message), but it is kept and
+    listed as sent, so it has what the SDK's ``ResponseFunctionWebSearch`` requires (its ``action``)."""
+
+    model_config = REQUEST_CONFIG
+    type: Literal["web_search_call"]
+    action: dict[str, Any]
+    id: str | None = None
+    status: str | None = None
+
+
 class ResponsesRequest(BaseModel):
     """The request body. Fields of OpenAI's that only its own platform can honour (``prompt``,
     ``moderation``) are refused; the subnet's extras are as for chat completions."""

@@ -509,3 +509,30 @@ async def test_a_turn_the_store_fails_a_moment_is_added_once(honest: ApiUnderTes
     assert [i.type for i in items] == ["message", "message", "message"], [i.type for i in items]
     assert [i.role for i in items] == ["user", "user", "assistant"]
     assert items[-1].id == answered.output[0].id
+
+
+async def test_items_sent_in_their_short_forms_are_listed_in_the_sdks_shapes(honest: ApiUnderTest) -> None:
+    """An assistant's ``output_text`` part sent without ``annotations`` (as hand-written histories send it) is
+    listed with ``annotations: []``, as the SDK's ``ConversationItem`` requires (without it the SDK's parsed part
+    had no ``annotations`` at all); a reasoning item without ``summary`` or a ``web_search_call`` without
+    ``action`` is the 400 naming the missing field, as OpenAI's, not an item no SDK type could read back."""
+    client = openai_client(honest)
+    written = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hello."}]}
+    made = await client.conversations.create(items=[said("user", "Hi"), written])
+    status, page = await call(honest, "GET", f"/v1/conversations/{made.id}/items?order=asc")
+    assert status == 200
+    ConversationItemList.model_validate(page)  # strictly: every item as the SDK types it
+    assert page["data"][1]["content"] == [{"type": "output_text", "text": "Hello.", "annotations": []}]
+    listed = [i async for i in client.conversations.items.list(made.id, order="asc")]
+    assert listed[1].content[0].annotations == []  # type: ignore[union-attr]
+    answered = await client.responses.create(model="default", input=[written, said("user", "Again")])
+    inputs = [i async for i in client.responses.input_items.list(answered.id, order="asc")]
+    assert inputs[0].content[0].annotations == []  # type: ignore[union-attr]  (a stored response's items too)
+    for item, missing in (({"type": "reasoning", "id": "rs_1"}, "summary"),
+                          ({"type": "web_search_call", "id": "ws_1", "status": "completed"}, "action")):
+        for where in (f"/v1/conversations/{made.id}/items", "/v1/responses"):
+            body = {"items": [item]} if "conversations" in where else {"input": [item, said("user", "x")]}
+            status, got = await call(honest, "POST", where, body)
+            place = "items.0" if "conversations" in where else "input.0"
+            assert status == 400 and got["error"]["param"] == f"{place}.{missing}", (where, got)
+    assert len((await client.conversations.items.list(made.id)).data) == 2  # nothing refused was added
