@@ -139,6 +139,11 @@ class AllowedTools(BaseModel):
     tools: list[dict[str, Any]] = Field(min_length=1)
 
 
+# The longest id an item may have: a page's ``after`` names the item that ended the page before (the SDK's pager
+# sends it), so an item the caller gives a longer id would stop the listing there.
+MAX_ITEM_ID = 256
+
+
 class TextFormat(BaseModel):
     model_config = REQUEST_CONFIG
     type: Literal["text", "json_object", "json_schema"]
@@ -171,7 +176,7 @@ class MessageItem(BaseModel):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
     content: str | list[dict[str, Any]]
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
     status: str | None = None
 
 
@@ -183,7 +188,7 @@ class FunctionCallItem(BaseModel):
     call_id: str
     name: str
     arguments: str
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
     status: str | None = None
 
 
@@ -194,7 +199,7 @@ class FunctionCallOutputItem(BaseModel):
     type: Literal["function_call_output"]
     call_id: str
     output: str | list[dict[str, Any]]
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
     status: str | None = None
 
 
@@ -205,7 +210,7 @@ class ReasoningItem(BaseModel):
     model_config = REQUEST_CONFIG
     type: Literal["reasoning"]
     summary: list[dict[str, Any]]
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
 
 
 class WebSearchCallItem(BaseModel):
@@ -215,7 +220,7 @@ class WebSearchCallItem(BaseModel):
     model_config = REQUEST_CONFIG
     type: Literal["web_search_call"]
     action: dict[str, Any]
-    id: str | None = None
+    id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
     status: str | None = None
 
 
@@ -378,7 +383,8 @@ class InputItemsQuery(BaseModel):
 
     limit: int = Field(default=20, ge=1, le=100, description="Items per page")
     order: Literal["asc", "desc"] = Field(default="desc", description="desc: the newest item first")
-    after: str | None = Field(default=None, max_length=256, description="The id of the item the page starts after")
+    after: str | None = Field(default=None, max_length=MAX_ITEM_ID,
+                              description="The id of the item the page starts after")
     include: list[Includable] | None = Field(default=None, description="Accepted, changing nothing")
 
 

@@ -536,3 +536,22 @@ async def test_items_sent_in_their_short_forms_are_listed_in_the_sdks_shapes(hon
             place = "items.0" if "conversations" in where else "input.0"
             assert status == 400 and got["error"]["param"] == f"{place}.{missing}", (where, got)
     assert len((await client.conversations.items.list(made.id)).data) == 2  # nothing refused was added
+
+
+async def test_an_item_id_too_long_to_page_after_is_a_400_naming_it(honest: ApiUnderTest) -> None:
+    """An id the caller gives an item is a page's ``after`` when it ends a page, and ``after`` takes 256
+    characters: a longer one was kept, and the SDK's pager stopped halfway through the conversation on the 400
+    naming ``after``. It is the 400 naming the item's id as it comes, nothing kept."""
+    client = openai_client(honest)
+    made = await client.conversations.create(items=[said("user", "one")])
+    longest = {"type": "message", "role": "user", "content": "two", "id": "msg_" + "x" * 252}
+    await client.conversations.items.create(made.id, items=[longest, said("user", "three")])
+    listed = [i async for i in client.conversations.items.list(made.id, limit=1, order="asc")]  # each page after one
+    assert texts(listed) == ["one", "two", "three"]
+    too_long = longest | {"id": longest["id"] + "x"}
+    for where, body, param in ((f"/v1/conversations/{made.id}/items", {"items": [too_long]}, "items.0.id"),
+                               ("/v1/conversations", {"items": [said("user", "a"), too_long]}, "items.1.id"),
+                               ("/v1/responses", {"model": "default", "input": [too_long]}, "input.0.id")):
+        status, got = await call(honest, "POST", where, body)
+        assert status == 400 and got["error"]["param"] == param, (where, got)
+    assert len((await client.conversations.items.list(made.id)).data) == 3
