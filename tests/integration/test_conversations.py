@@ -29,10 +29,12 @@ from tests.helpers import (
     ApiUnderTest,
     Script,
     api_with_miners,
+    apis_on_one_store,
     call,
     chunk,
     log_lines,
     openai_client,
+    paced,
     sse,
     wait_until,
 )
@@ -54,6 +56,11 @@ def said(role: str, text: str) -> dict[str, str]:
 def sent_messages(script: Script) -> list[tuple[str, Any]]:
     """(role, content) of each message the miner was last sent."""
     return [(m["role"], m.get("content")) for m in script.bodies[-1]["messages"]]
+
+
+def sent_texts(body: dict[str, Any]) -> list[str]:
+    """The text of each message a miner was sent (a string, or its one text part)."""
+    return [m["content"] if isinstance(m["content"], str) else m["content"][0]["text"] for m in body["messages"]]
 
 
 def texts(items: list[Any]) -> list[str]:
@@ -555,3 +562,25 @@ async def test_an_item_id_too_long_to_page_after_is_a_400_naming_it(honest: ApiU
         status, got = await call(honest, "POST", where, body)
         assert status == 400 and got["error"]["param"] == param, (where, got)
     assert len((await client.conversations.items.list(made.id)).data) == 3
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_two_turns_at_once_on_two_workers_each_stay_whole(tmp_path: Path, store: str) -> None:
+    """Two turns of one conversation sent together, to two workers: each is answered with the conversation as it
+    was when it came (neither sees the other's input), and each one's input and answer are added together, one
+    turn after the other; the next turn is answered with, and stored as, all of it."""
+    miner = answering("Noted.")
+    async with apis_on_one_store(tmp_path, store, 2, miner) as (one, two):
+        first, second = openai_client(one), openai_client(two, key=one.key)
+        made = await first.conversations.create(items=[said("user", "Hi")])
+        paced(miner, 0.3)  # both are being answered at once
+        await asyncio.gather(first.responses.create(model="default", input="A", conversation=made.id),
+                             second.responses.create(model="default", input="B", conversation=made.id))
+        paced(miner, 0)
+        assert sorted(sent_texts(b)[-1] for b in miner.bodies) == ["A", "B"]
+        assert all(sent_texts(b)[:-1] == ["Hi"] for b in miner.bodies)  # neither saw the other
+        items = texts([i async for i in first.conversations.items.list(made.id, order="asc")])
+        assert items in (["Hi", "A", "Noted.", "B", "Noted."], ["Hi", "B", "Noted.", "A", "Noted."])
+        third = await second.responses.create(model="default", input="C", conversation=made.id)
+        assert sent_texts(miner.bodies[-1]) == items + ["C"]
+        assert texts([i async for i in first.responses.input_items.list(third.id, order="asc")]) == items + ["C"]
