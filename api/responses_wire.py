@@ -142,6 +142,10 @@ class AllowedTools(BaseModel):
 # The longest id an item may have: a page's ``after`` names the item that ended the page before (the SDK's pager
 # sends it), so an item the caller gives a longer id would stop the listing there.
 MAX_ITEM_ID = 256
+# The statuses an input item may say it has: the SDK's item types take these (a web search's, ``WebSearchStatus``),
+# and the item is kept and listed as it came.
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+WebSearchStatus = Literal["in_progress", "searching", "completed", "failed", "incomplete"]
 
 
 class TextFormat(BaseModel):
@@ -177,7 +181,7 @@ class MessageItem(BaseModel):
     role: Literal["user", "assistant", "system", "developer"]
     content: str | list[dict[str, Any]]
     id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
-    status: str | None = None
+    status: ItemStatus | None = None
 
 
 class FunctionCallItem(BaseModel):
@@ -189,7 +193,7 @@ class FunctionCallItem(BaseModel):
     name: str
     arguments: str
     id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
-    status: str | None = None
+    status: ItemStatus | None = None
 
 
 class FunctionCallOutputItem(BaseModel):
@@ -200,7 +204,7 @@ class FunctionCallOutputItem(BaseModel):
     call_id: str
     output: str | list[dict[str, Any]]
     id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
-    status: str | None = None
+    status: ItemStatus | None = None
 
 
 class ReasoningItem(BaseModel):
@@ -211,6 +215,7 @@ class ReasoningItem(BaseModel):
     type: Literal["reasoning"]
     summary: list[dict[str, Any]]
     id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
+    status: ItemStatus | None = None
 
 
 class WebSearchCallItem(BaseModel):
@@ -221,7 +226,7 @@ class WebSearchCallItem(BaseModel):
     type: Literal["web_search_call"]
     action: dict[str, Any]
     id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
-    status: str | None = None
+    status: WebSearchStatus | None = None
 
 
 class ResponsesRequest(BaseModel):

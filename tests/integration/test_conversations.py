@@ -522,7 +522,8 @@ async def test_items_sent_in_their_short_forms_are_listed_in_the_sdks_shapes(hon
     """An assistant's ``output_text`` part sent without ``annotations`` (as hand-written histories send it) is
     listed with ``annotations: []``, as the SDK's ``ConversationItem`` requires (without it the SDK's parsed part
     had no ``annotations`` at all); a reasoning item without ``summary`` or a ``web_search_call`` without
-    ``action`` is the 400 naming the missing field, as OpenAI's, not an item no SDK type could read back."""
+    ``action``, or an item whose ``status`` is none of OpenAI's, is the 400 naming the field, as OpenAI's, not an
+    item no SDK type could read back."""
     client = openai_client(honest)
     written = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hello."}]}
     made = await client.conversations.create(items=[said("user", "Hi"), written])
@@ -536,7 +537,11 @@ async def test_items_sent_in_their_short_forms_are_listed_in_the_sdks_shapes(hon
     inputs = [i async for i in client.responses.input_items.list(answered.id, order="asc")]
     assert inputs[0].content[0].annotations == []  # type: ignore[union-attr]  (a stored response's items too)
     for item, missing in (({"type": "reasoning", "id": "rs_1"}, "summary"),
-                          ({"type": "web_search_call", "id": "ws_1", "status": "completed"}, "action")):
+                          ({"type": "web_search_call", "id": "ws_1", "status": "completed"}, "action"),
+                          (said("user", "Hi") | {"status": "done"}, "status"),  # the SDK's types take three
+                          ({"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}", "status": "ok"},
+                           "status"),
+                          ({"type": "web_search_call", "id": "ws_1", "status": "done", "action": {}}, "status")):
         for where in (f"/v1/conversations/{made.id}/items", "/v1/responses"):
             body = {"items": [item]} if "conversations" in where else {"input": [item, said("user", "x")]}
             status, got = await call(honest, "POST", where, body)
