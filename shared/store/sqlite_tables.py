@@ -46,7 +46,7 @@ T = TypeVar("T")
 
 def open_db(path: Path, *, synchronous: str, schema: str = "") -> sqlite3.Connection:
     """A WAL connection to ``path`` with ``schema`` created, then ``BUSY_TIMEOUT_S`` for serving."""
-    create_private(path)
+    made = create_private(path)
     deadline = time.monotonic() + OPEN_TIMEOUT_S
     while True:
         db = sqlite3.connect(path, timeout=OPEN_TIMEOUT_S, isolation_level=None, check_same_thread=False)
@@ -62,6 +62,8 @@ def open_db(path: Path, *, synchronous: str, schema: str = "") -> sqlite3.Connec
             if schema:
                 db.executescript(schema)
             db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            if not made:  # SQLite read it as a database: one made by an older release may be made private now
+                _make_private(path)
             return db
         except sqlite3.OperationalError as e:
             db.close()
@@ -121,31 +123,24 @@ def _size_on_disk(path: Path) -> int:
     return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
-def create_private(path: Path) -> None:
+def create_private(path: Path) -> bool:
     """Create the database file readable by its owner alone, if it is not there (an empty file is an empty
-    database): it holds users' prompts and answers (stored responses, conversations, the scoring outbox), and
-    SQLite gives its -wal and -shm files the database's mode. One already there that others may read (made
-    by a release before 2026-12-06, as 0644) is made private, with a WARNING."""
+    database), and say whether it did: it holds users' prompts and answers (stored responses, conversations, the
+    scoring outbox), and SQLite gives its -wal and -shm files the database's mode. One already there that others
+    may read (made by a release before 2026-12-06, as 0644) is made private by ``open_db``, with a WARNING, once
+    SQLite has read it as a database: a setting naming some other file of the operator's (a notes file, an env
+    file) is refused with that file's mode left as it was.
+
+    The file is never opened here to look at it: closing any descriptor of a file drops every POSIX lock this
+    process holds on it, so peeking at the header while another store of this process had the database open
+    let a second process take the lock that says "nobody else is here", checkpoint and delete the WAL under
+    this one, and lose its writes (a stored response, written by one API process, not found by the next turn on
+    another)."""
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
-        if _database_or_empty(path):  # another file, a setting naming the wrong one, is refused as it is, unchanged
-            _make_private(path)
-
-
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def _database_or_empty(path: Path) -> bool:
-    """Whether ``path`` holds a SQLite database (or nothing yet): a ``STORE_URL`` or ``SCORING_INBOX_FILE`` naming
-    some other file of the operator's (a notes file, an env file) had its mode changed, with a WARNING, before the
-    start was refused for it."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(len(SQLITE_HEADER))
-    except OSError:  # a directory, or not ours to read: the open says so, in the setting's words
         return False
-    return head in (b"", SQLITE_HEADER)
+    return True
 
 
 def _make_private(path: Path) -> None:

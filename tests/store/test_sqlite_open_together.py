@@ -44,3 +44,37 @@ def test_workers_opening_a_new_file_together_all_start(tmp_path: Path) -> None:
             p.join(timeout=10)
         assert outcomes == ["ok"] * PROCESSES, f"round {round_}: {outcomes}"
         assert unreclaimed(path) is None  # made by whichever came first, it gives freed pages back
+
+
+WRITER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("INSERT INTO t VALUES ('from another process')")
+db.close()  # the last connection out checkpoints and removes the WAL, if it can take the lock that says so
+"""
+
+
+def test_a_second_store_opened_in_a_process_keeps_the_first_ones_locks(tmp_path: Path) -> None:
+    """An API process opens one SQLite file several times (keys, outbox, sessions, responses). Looking at the
+    file's header with a descriptor of its own, then closing it, dropped every POSIX lock the process held on
+    the file: another process's last connection then took the lock meant for "nobody else is here", checkpointed
+    and deleted the WAL under this one, and this process's next writes went to a WAL nobody else reads (a stored
+    response one API process wrote was not found by the next turn on another)."""
+    import subprocess
+    import sys
+
+    from shared.store.sqlite_tables import open_db
+
+    path = tmp_path / "api.db"
+    first = open_db(path, synchronous="NORMAL", schema="CREATE TABLE IF NOT EXISTS t (v TEXT);")
+    first.execute("INSERT INTO t VALUES ('before')")
+    second = open_db(path, synchronous="NORMAL")  # another store of this process, on the same file
+    subprocess.run([sys.executable, "-c", WRITER, str(path)], check=True, timeout=30)
+    first.execute("INSERT INTO t VALUES ('after')")
+    reader = subprocess.run([sys.executable, "-c", "import sqlite3, sys; print(sorted(r[0] for r in sqlite3.connect("
+                             "sys.argv[1]).execute('SELECT v FROM t')))", str(path)],
+                            check=True, timeout=30, capture_output=True, text=True)
+    assert reader.stdout.strip() == str(sorted(["before", "from another process", "after"])), reader.stdout
+    second.close()
+    first.close()
