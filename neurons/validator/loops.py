@@ -109,6 +109,22 @@ async def synthetic_cycle(
                 queue.synthetic_qsize(), queue.synthetic_maxsize)
 
 
+async def fresh_weights_cycle(metagraph: MetagraphView, scores: ScoreBook, sink: WeightSink, *, power: float,
+                              hotkey: str | None = None) -> dict[int, float] | None:
+    """``weights_cycle`` over the metagraph as it is now: read (and the scores synced to it) first.
+
+    The chain pays whoever holds a uid when the weights are set. Set on the metagraph of the last metagraph
+    cycle (up to ``METAGRAPH_REFRESH_SECONDS`` old), a uid re-registered since by another hotkey was given its
+    previous owner's share. A metagraph that cannot be read sets nothing this cycle, and says why."""
+    try:
+        await metagraph_cycle(metagraph, scores, hotkey)
+    except Exception as e:  # noqa: BLE001 - said in /health's weights_not_set and the log; the next cycle tries again
+        scores.weights_not_set = f"the metagraph could not be read before setting weights: {type(e).__name__}: {e}"
+        logger.warning("weights: not set: {}", scores.weights_not_set)
+        return None
+    return await weights_cycle(scores, sink, metagraph.snapshot, power=power, hotkey=hotkey)
+
+
 async def weights_cycle(scores: ScoreBook, sink: WeightSink, snapshot: MetagraphSnapshot, *,
                         power: float, hotkey: str | None = None) -> dict[int, float] | None:
     """Compute weights over the metagraph's uids now and hand them to the sink; returns the weights set

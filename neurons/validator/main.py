@@ -26,10 +26,10 @@ from neurons.validator.loops import (
     availability_cycle,
     every,
     first_weights_delay,
+    fresh_weights_cycle,
     log_own_standing,
     metagraph_cycle,
     synthetic_cycle,
-    weights_cycle,
 )
 from neurons.validator.readiness import ReadinessConfig, start_checks
 from neurons.validator.recheck import RECHECK_SECONDS, recheck_cycle
@@ -141,8 +141,8 @@ async def run_validator(settings: ValidatorSettings) -> None:
             client, metagraph, book, timeout=settings.availability_timeout,
             concurrency=settings.availability_concurrency)),
         lambda: timed("weights", settings.weights_interval,
-                      lambda: weights_cycle(scores, sink, metagraph.snapshot, power=settings.weights_power,
-                                            hotkey=hotkey.ss58_address),
+                      lambda: fresh_weights_cycle(metagraph, scores, sink, power=settings.weights_power,
+                                                  hotkey=hotkey.ss58_address),
                       first_delay=first_weights_delay(scores.last_weights_set_at, settings.weights_interval,
                                                       time.time())),
     ]

@@ -824,3 +824,61 @@ async def test_sn1_validator_started_after_kills_mid_save_reads_the_last_scores_
     assert shown == {uid: {"InferenceTask": 0.1} for uid in MINERS}, log.read_text()[-3000:]
     assert left == [], left
     assert "removed 1 temp file(s) of" in log.read_text()
+
+
+async def test_weights_set_after_a_uid_changed_hands_do_not_pay_its_new_owner(tmp_path: Path) -> None:
+    """``sn1 validator`` with the local network's ledger (the chain's stand-in), uid 2 earned by //Miner2 and
+    re-registered by another hotkey after the validator's last metagraph read (``METAGRAPH_REFRESH_SECONDS``
+    away): the next weights set gave uid 2 //Miner2's share, and the ledger wrote it as the new hotkey's
+    incentive, as the chain pays whoever holds a uid when weights are set. The weights cycle reads the
+    metagraph first: uid 2 counts 0 and its score is dropped."""
+    from tests.helpers import keypair
+    from tests.ports import free_port
+    from tests.validator.test_app import MINERS
+    from tests.validator.test_inbox import tail, validator_env, validator_process
+
+    port = free_port()
+    url, log, ledger = f"http://127.0.0.1:{port}", tmp_path / "validator.log", tmp_path / "weights.json"
+    env_file, _ = validator_env(tmp_path, port, NEURON_DISABLE_SET_WEIGHTS="false", WEIGHTS_INTERVAL="3",
+                                METAGRAPH_REFRESH_SECONDS="600", WEIGHTS_LEDGER_FILE=str(ledger))
+    book = ScoreBook(PROBS, path=tmp_path / "state" / "scores.json")
+    for uid, key in MINERS.items():
+        book.update(uid, key.ss58_address, "InferenceTask", 1.0)
+    book.save()
+    newcomer = keypair("//Newcomer").ss58_address
+    source = FileMetagraphSource(tmp_path / "metagraph.json")
+    async with validator_process(env_file, url, log), aiohttp.ClientSession() as s:
+        before = await source.fetch()  # the validator has read this one; uid 2 changes hands after
+        changed = tuple(replace(n, hotkey=newcomer) if n.uid == 2 else n for n in before.neurons)
+        write_metagraph_file(source.path, replace(before, block=before.block + 1, neurons=changed))
+        for _ in range(200):  # bounded: 10 s (the first set is 3 s after the start)
+            if ledger.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert ledger.exists(), tail(log)
+        async with s.get(url + "/scores") as r:
+            shown = {m["uid"]: m for m in (await r.json())["miners"]}
+    assert json.loads(ledger.read_text())["weights"] == {"1": 1.0}, tail(log)
+    incentives = {n.uid: n.incentive for n in (await source.fetch()).neurons}
+    assert incentives[2] == 0.0 and incentives[1] == 1.0, "the newcomer at uid 2 was paid //Miner2's score"
+    assert 2 not in shown and shown[1]["weight"] == 1.0, "uid 2 (no axon yet) holds neither a score nor a weight"
+
+
+async def test_a_metagraph_that_cannot_be_read_before_a_weights_set_sets_nothing_and_says_why(tmp_path: Path) -> None:
+    """The weights cycle's own metagraph read fails (the file gone, a chain endpoint down): nothing is set on the
+    last metagraph read (a uid may have changed hands since), and ``/health`` ``weights_not_set`` says why."""
+    from neurons.validator.loops import fresh_weights_cycle
+    from shared.metagraph import MetagraphView
+
+    path = tmp_path / "metagraph.json"
+    write_metagraph_file(path, _graph(2))
+    view = MetagraphView(FileMetagraphSource(path))
+    await view.first_refresh()
+    book, ledger = _book(1.0, 0.5), tmp_path / "weights.json"
+    sink = LedgerWeightSink(ledger, None, validator_hotkey="val")
+    path.unlink()
+    assert await fresh_weights_cycle(view, book, sink, power=1.0) is None
+    assert not ledger.exists() and book.last_weights_set_at is None
+    assert book.weights_not_set is not None and "metagraph could not be read" in book.weights_not_set
+    write_metagraph_file(path, _graph(2, hotkeys={2: "new-owner"}))
+    assert await fresh_weights_cycle(view, book, sink, power=1.0) == {1: 1.0}, "read again: uid 2 is paid nothing"
