@@ -34,6 +34,9 @@ class AvailabilityBook:
     # At the last poll no miner answered and some refused this validator's signature (HTTP 401/403): its
     # own fault (no validator permit, deregistered, a clock off), not theirs (``poll_all``).
     refused_by_all: bool = False
+    # The uids that refused this validator's signature at the last poll that ended (``refused_by_all`` aside):
+    # a synthetic job leaves them out while this validator holds no permit (``synthetic.run_cycle``).
+    refused: set[int] = field(default_factory=set)
     # Polls that no miner answered: a WARNING at the first, a line a minute while it lasts (it was a WARNING every
     # poll, each AVAILABILITY_INTERVAL), an INFO line once one answers again.
     unreachable: OutageLog = field(default_factory=lambda: OutageLog("availability", back="miners answer the poll "
@@ -133,6 +136,7 @@ async def poll_all(
         warn_refusals(refusals, client.signer.hotkey, everyone=True)
         return book
     book.entries = {n.uid: e for n, e in results}
+    book.refused = set(refusals)
     book.hotkeys = {n.uid: n.hotkey for n, _ in results}
     book.updated_at, book.polled_at = time.time(), time.monotonic()
     logger.info("availability: {}/{} miners up{}", up, len(results), f", {refused} refused us" if refused else "")

@@ -136,6 +136,18 @@ def refused_by_all(job: ScoringJob) -> bool:
     return bool(called) and all(e is not None and e.startswith(REFUSAL_PREFIXES) for e in called)
 
 
+def refused(job: ScoringJob) -> list[int]:
+    """The uids that refused the job's signed request (HTTP 401/403)."""
+    return [u for u, e in job.errors.items() if e.startswith(REFUSAL_PREFIXES)]
+
+
+def leave_out(job: ScoringJob, uids: Iterable[int]) -> None:
+    """Take ``uids`` out of ``job``: neither scored nor named in its "scored" line."""
+    for uid in uids:
+        for part in (job.bodies, job.hotkeys, job.chunks, job.timings, job.errors):
+            part.pop(uid, None)
+
+
 Settle = Callable[[Sequence[ScoringJob]], None]  # jobs done with: their rows leave the inbox (``inbox.py``)
 
 

@@ -25,13 +25,13 @@ from api.race import Race
 from api.web_retrieval import DEFAULT_RESPONSE_TIME, retrieval_body
 from api.web_search import RESULTS_FOR
 from neurons.validator.availability import AvailabilityBook
-from neurons.validator.scoring import DARK, UNAVAILABLE, ScoringJob
+from neurons.validator.scoring import DARK, UNAVAILABLE, ScoringJob, leave_out, refused, refused_by_all
 from neurons.validator.tasks.base import Challenge, TaskRegistry
 from shared import tasks
 from shared.availability_query import offered
 from shared.ids import random_hex
 from shared.jsonutil import dumpb
-from shared.metagraph import MetagraphView, Neuron
+from shared.metagraph import MetagraphSnapshot, MetagraphView, Neuron
 from shared.miner_client import MinerClient
 from shared.protocol import ChatCompletionRequest, asks_stream, content_text
 
@@ -89,6 +89,12 @@ def challenge_body(challenge: Challenge, seed: int, *, results: int = RESULTS[1]
     return ChatCompletionRequest.model_validate(sent).miner_body(seed=seed, sent=sent)
 
 
+def holds_permit(snapshot: MetagraphSnapshot, hotkey: str) -> bool:
+    """Whether ``hotkey`` is registered with a validator permit on ``snapshot``: miners refuse it otherwise."""
+    own = snapshot.by_hotkey(hotkey)
+    return own is not None and own.validator_permit
+
+
 def sample_miners(neurons: list[Neuron], k: int, rng: random.Random) -> list[Neuron]:
     return neurons if len(neurons) <= k else rng.sample(neurons, k)
 
@@ -127,10 +133,16 @@ async def run_cycle(
     ``scored``: uids that hold a score; those of them registered with no axon join the job as failed.
     A miner down at the last poll is sampled only while it holds a score (so the score decays): a 0 for
     one that holds none changes nothing, and on a subnet of 256 uids, most of them down, the samples
-    were mostly such miners and the live ones got a sixteenth of the jobs."""
+    were mostly such miners and the live ones got a sixteenth of the jobs.
+
+    While this validator holds no validator permit (or no registration), a miner that refuses its signature
+    (at the poll or in the job) does as miners are to: it is left out, not scored 0. Scored, the miners that
+    refused it fell to 0 within minutes while one that allow-listed it kept its score, and the first weights
+    set once the permit came back paid that one alone."""
     serving = metagraph.snapshot.serving(exclude_hotkey=client.signer.hotkey)
+    excused = set() if holds_permit(metagraph.snapshot, client.signer.hotkey) else book.refused
     known = [n for n in serving if book.hotkeys.get(n.uid) == n.hotkey
-             and (book.entries.get(n.uid) is not None or n.uid in scored)]
+             and (book.entries.get(n.uid) is not None or (n.uid in scored and n.uid not in excused))]
     neurons = sample_miners(known, config.sample_size, rng)
     if not neurons:
         return None
@@ -163,4 +175,6 @@ async def run_cycle(
         job.chunks[uid], job.timings[uid] = run.event_texts(), list(run.timings)
         if run.error:
             job.errors[uid] = run.error
+    if not holds_permit(metagraph.snapshot, client.signer.hotkey) and not refused_by_all(job):
+        leave_out(job, refused(job))  # every miner refusing it: the scorer skips the whole job, and says why
     return job

@@ -4,17 +4,25 @@ unknown, not a miner to score 0."""
 
 from __future__ import annotations
 
+import json
 import random
 
+import aiohttp
+
+from neurons.miner.app import create_miner_app
+from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.datasets import build_datasets
+from neurons.validator.scores import ScoreBook
 from neurons.validator.synthetic import SyntheticConfig, run_cycle
 from neurons.validator.tasks import default_registry
 from shared.corpus import builtin_corpus
-from shared.metagraph import MetagraphView
+from shared.metagraph import MetagraphSnapshot, MetagraphView, Neuron, write_metagraph_file
 from shared.miner_client import MinerClient, make_session
-from shared.signing import Signer
-from tests.helpers import VALIDATOR_KP, StaticSource, keypair, snapshot
+from shared.signing import Authorizer, RequestVerifier, Signer
+from tests.helpers import VALIDATOR_KP, StaticSource, keypair, serve_app, snapshot, wait_until
+from tests.ports import free_port
+from tests.validator.test_inbox import tail, validator_env, validator_process
 
 NOTHING = {"task_availabilities": {}, "llm_model_availabilities": {}}
 
@@ -154,3 +162,43 @@ async def test_a_scored_miner_that_went_down_for_good_stops_being_sampled_once_i
     assert book.combined(2) == 0.0 and 2 not in book.holding()
     job = await _cycle(_known(1, 2), dark=(2,), scored=tuple(book.holding()))
     assert job is not None and set(job.bodies) == {1}
+
+
+async def test_a_validator_without_a_permit_scores_no_miner_for_refusing_it(tmp_path) -> None:
+    """``sn1 validator`` whose hotkey holds no validator permit on its metagraph: uid 1 allow-lists it, uids 2 and 3
+    refuse it (HTTP 403 ``NotAValidator``), as miners are to. Each synthetic job scored 2 and 3 zero for the
+    validator's own standing (1.0 to 0.03 within 3 s here; about half a score a minute at the default
+    intervals), and its first set once its permit came back paid uid 1 alone. Refusals are left out while it
+    holds no permit; uid 1 is scored as before."""
+    port = free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "validator.log"
+    env_file, validator = validator_env(tmp_path, port, SYNTHETIC_ENABLED="true", SYNTHETIC_INTERVAL="0.3",
+                                        AVAILABILITY_INTERVAL="1", SYNTHETIC_TIMEOUT="2")
+    miners = {uid: keypair(f"//Miner{uid}") for uid in (1, 2, 3)}
+    book = ScoreBook(dict.fromkeys(default_registry().probabilities, 0.25), alpha=1.0,
+                     path=tmp_path / "state" / "scores.json")
+    for uid, key in miners.items():
+        for task in default_registry().probabilities:
+            book.update(uid, key.ss58_address, task, 1.0)
+    book.save()
+
+    def miner(uid: int, allowed: set[str]):
+        return create_miner_app(DeterministicBackend(), RequestVerifier(miners[uid].ss58_address,
+                                                                        Authorizer(lambda: allowed)))
+
+    async with serve_app(miner(1, {validator})) as u1, serve_app(miner(2, set())) as u2, \
+            serve_app(miner(3, set())) as u3:
+        axons = {1: u1, 2: u2, 3: u3}
+        neurons = [Neuron(uid=0, hotkey=validator, stake=1000.0, validator_permit=False)]
+        neurons += [Neuron(uid=u, hotkey=k.ss58_address, axon=axons[u].removeprefix("http://")) for u, k in miners.items()]
+        write_metagraph_file(tmp_path / "metagraph.json", MetagraphSnapshot(netuid=1, block=1, neurons=tuple(neurons)))
+        async with validator_process(env_file, url, log), aiohttp.ClientSession() as s:
+            await wait_until(lambda: tail(log, 0).count("scored synthetic") >= 6, 20)
+            async with s.get(url + "/scores") as r:
+                shown = {m["uid"]: m["score"] for m in (await r.json())["miners"]}
+    scored = [line for line in tail(log, 0).splitlines() if "scored synthetic" in line]
+    assert len(scored) >= 6, tail(log)
+    assert shown[2] == shown[3] == 1.0, (shown, scored[-3:])
+    assert all(" 1=" in line and " 2=" not in line and " 3=" not in line for line in scored), scored[-3:]
+    assert "refused this validator's signed requests (uids 2,3)" in tail(log, 0)
+    assert json.loads(book.path.read_text())["miners"]["2"]["tasks"] == book.to_json()["miners"]["2"]["tasks"]
