@@ -182,6 +182,8 @@ class Scorer:
         answers, copied = await asyncio.to_thread(self._answers, job, task.seed_dependent)
         out: dict[int, float] = {}
         for uid, answer in answers.items():
+            if not self.owns(job, uid):
+                continue  # compared for copies above, judged for nobody (a reference call each)
             if offers_tools(job.bodies[uid]) and answer.error in (None, EMPTY):
                 judged, reward = await self._by_calls(job.bodies[uid], answer, job.expected)
                 if judged:
@@ -200,6 +202,11 @@ class Scorer:
                 continue
             out[uid] = reward * latency_factor(answer.first_content_s, job.deadline_s, self.grace)
         return out
+
+    def owns(self, job: ScoringJob, uid: int) -> bool:
+        """``uid`` is still held by the hotkey that answered in ``job``: only such a uid is judged and credited."""
+        hotkey = job.hotkeys.get(uid)
+        return bool(hotkey) and (self.owner is None or self.owner(uid) == hotkey)
 
     async def _by_calls(self, body: dict[str, Any], answer: Answer,
                         expected: dict[str, Any] | None = None) -> tuple[bool, float | None]:
@@ -264,19 +271,21 @@ class Scorer:
             logger.info("{} {} job not scored: {}", job.source, job.task, e)
             self.settle([job])
             return {}
+        # a uid may change hands while its job waits on the reference model (a minute): credited to nobody
+        rewards = {uid: reward for uid, reward in rewards.items() if self.owns(job, uid)}
         for uid, reward in rewards.items():
-            hotkey = job.hotkeys.get(uid)
-            if hotkey and (self.owner is None or self.owner(uid) == hotkey):
-                self.scores.update(uid, hotkey, job.task, reward, organic=job.source == "organic")
+            self.scores.update(uid, job.hotkeys[uid], job.task, reward, organic=job.source == "organic")
         # With the updates, before any await: a shutdown cancelling the save below flushes them, and the job
         # is neither lost nor scored again after the restart.
         self.settle([job])
         if rewards:
             await self.scores.save_off_loop()
         self.jobs_scored += 1
-        logger.info("scored {} {}{}: {}", job.source, job.task,
+        changed = [uid for uid in sorted(job.bodies) if not self.owns(job, uid)]
+        logger.info("scored {} {}{}: {}{}", job.source, job.task,
                     f" rid={loggable_id(job.request_id)}" if job.source == "organic" else "",
-                    " ".join(f"{u}={r:.2f}" for u, r in sorted(rewards.items())) or "nothing")
+                    " ".join(f"{u}={r:.2f}" for u, r in sorted(rewards.items())) or "nothing",
+                    f" (uid(s) {','.join(map(str, changed))} changed hands: not credited)" if changed else "")
         return rewards
 
 

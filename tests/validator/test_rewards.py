@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
 
 import pytest
+from loguru import logger
 
 from neurons.miner.backends.deterministic import DeterministicBackend, generate_text
 from neurons.miner.search import CorpusSearch
@@ -23,16 +25,18 @@ from neurons.validator.rewards.text import (
     similarity,
     token_f1,
 )
+from neurons.validator.rewards.tools import Reply
 from neurons.validator.rewards.web import web_reward
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import Scorer, ScoringJob, rebuild_answer
+from neurons.validator.scoring import Scorer, ScoringJob, ScoringQueue, rebuild_answer, scoring_worker
 from neurons.validator.synthetic import challenge_body
 from neurons.validator.tasks import default_registry
 from neurons.validator.tasks.base import RewardContext
 from shared.corpus import builtin_corpus
 from shared.jsonutil import dumps
+from shared.metagraph import MetagraphView
 from shared.protocol import chunk_object
-from tests.helpers import loop_gaps
+from tests.helpers import StaticSource, log_lines, loop_gaps, snapshot, wait_until
 
 CORPUS = builtin_corpus()
 
@@ -576,3 +580,47 @@ async def test_an_empty_organic_answer_against_a_reference_that_does_not_reprodu
         job = ScoringJob(source="organic", task="InferenceTask", bodies=bodies, hotkeys={1: "hk1", 2: "hk2"},
                          chunks={1: ended, 2: ended}, timings={1: [0.1, 0.2], 2: [0.1, 0.2]}, deadline_s=10.0)
         assert await scorer.rewards(job) == expected, says
+
+
+class CountingReference(DeterministicReference):
+    """The deterministic reference, counting the seeds it is asked for (a hosted model's calls cost money)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seeds: list[int] = []
+
+    async def reply(self, body: dict) -> Reply:
+        self.seeds.append(body.get("seed"))
+        return await super().reply(body)
+
+
+async def test_a_queued_job_for_a_uid_that_changed_hands_neither_asks_the_reference_nor_names_it(tmp_path) -> None:
+    """A synthetic job queued for uids 1 and 2, scored after uid 2 was re-registered by another hotkey: uid 2
+    was rightly not credited, yet its answer was judged (a reference call per seed, money with a hosted
+    model) and the "scored" line named it (``1=1.00 2=1.00``), as if the new owner had been paid the old
+    one's answer. Now only uid 1 is judged and named, and the line says uid 2 changed hands."""
+    registry = default_registry()
+    scores = ScoreBook(registry.probabilities, alpha=0.5, path=tmp_path / "scores.json")
+    reference = CountingReference()
+    view = MetagraphView(StaticSource(snapshot("val", {1: ("hk1", "127.0.0.1:1"), 2: ("hk-new", "127.0.0.1:2")})))
+    await view.refresh()
+    scorer = Scorer(registry, RewardContext(reference, CORPUS), scores, owner=view.hotkey_of)
+    bodies = {u: {"messages": [{"role": "user", "content": "Tell me a story"}], "task": "InferenceTask",
+                  "seed": 10 + u} for u in (1, 2)}
+    job = ScoringJob(source="synthetic", task="InferenceTask", bodies=bodies, hotkeys={1: "hk1", 2: "hk-old"},
+                     chunks={u: chunks_for(DeterministicBackend().answer_text(b)) for u, b in bodies.items()},
+                     timings={u: [0.05, 0.1, 0.2] for u in bodies}, deadline_s=10.0)
+    queue = ScoringQueue(4)
+    await queue.put(job)
+    lines, sink = log_lines("INFO")
+    worker = asyncio.create_task(scoring_worker(queue, scorer, view))
+    try:
+        await wait_until(lambda: scorer.jobs_scored == 1, 5)
+    finally:
+        worker.cancel()
+        logger.remove(sink)
+    assert reference.seeds == [11], "uid 2's answer was judged for nobody"
+    scored = [line for line in lines if "scored synthetic" in line]
+    assert scored and " 1=1.00" in scored[0] and "2=" not in scored[0], scored
+    assert "uid(s) 2 changed hands" in scored[0], scored
+    assert set(scores.miners) == {1}
