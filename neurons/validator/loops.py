@@ -74,8 +74,10 @@ def log_own_standing(before: MetagraphSnapshot, after: MetagraphSnapshot, hotkey
     said so, and the first sign was every miner refusing it (or the chain refusing its weights)."""
     was, now = before.by_hotkey(hotkey), after.by_hotkey(hotkey)
     if now is None:
-        logger.warning("metagraph: this validator's hotkey {} is not registered (it was uid {}): its weights will "
-                       "be refused and miners refuse its requests", hotkey, was.uid if was else "-")
+        logger.warning("metagraph: this validator's hotkey {} is not registered{}: its weights will be refused and "
+                       "miners refuse its requests", hotkey, f" (it was uid {was.uid})" if was else "")
+    elif was is None and before.neurons:
+        logger.info("metagraph: this validator's hotkey is registered again, as uid {}", now.uid)
     elif not now.validator_permit:
         logger.warning("metagraph: this validator (uid {}) holds no validator permit: miners refuse its requests "
                        "unless they allow-list hotkey {}, and the chain refuses its weights", now.uid, hotkey)

@@ -647,7 +647,9 @@ async def test_the_validator_says_when_its_own_uid_or_permit_changes() -> None:
              graph(Neuron(uid=0, hotkey="val", validator_permit=False), miner),
              graph(Neuron(uid=0, hotkey="val", validator_permit=True), miner),
              graph(Neuron(uid=0, hotkey="other"), miner, Neuron(uid=2, hotkey="val", validator_permit=True)),
-             graph(Neuron(uid=0, hotkey="other"), miner)]
+             graph(Neuron(uid=0, hotkey="other"), miner),
+             graph(Neuron(uid=0, hotkey="other"), miner),
+             graph(Neuron(uid=0, hotkey="other"), miner, Neuron(uid=2, hotkey="val", validator_permit=True))]
     source = StaticSource(steps[0])
     view = MetagraphView(source)
     await view.refresh()
@@ -659,11 +661,13 @@ async def test_the_validator_says_when_its_own_uid_or_permit_changes() -> None:
             await metagraph_cycle(view, ScoreBook(PROBS), "val")
     finally:
         logger.remove(sink)
-    assert len(lines) == 4, lines
+    assert len(lines) == 6, lines
     assert "uid 0) holds no validator permit" in lines[0]
     assert "holds a validator permit again" in lines[1]
     assert "uid changed from 0 to 2" in lines[2]
     assert "is not registered (it was uid 2)" in lines[3]
+    assert lines[4].endswith("is not registered: its weights will be refused and miners refuse its requests"), lines[4]
+    assert "is registered again, as uid 2" in lines[5], "it said nothing when it came back ('it was uid -' before)"
 
 
 async def test_a_validator_without_a_permit_or_registration_submits_no_weights_and_says_why() -> None:
