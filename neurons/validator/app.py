@@ -24,7 +24,7 @@ from neurons.validator.payload import OrganicPayload
 from neurons.validator.readiness import ReadinessConfig, readiness
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import ScoringQueue
+from neurons.validator.scoring import ScoringQueue, excuse_refusals
 from shared.availability_query import parse_k, parse_task, read_uid_list
 from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json, request_lines
@@ -220,9 +220,9 @@ async def scoring(request: web.Request) -> web.Response:
     request[CALLER_KEY] = await ctx.verifier.read_verified(request)
     data = await read_json(request)
     if isinstance(data, list):
-        return await _score_batch(ctx, data)
+        return await _score_batch(ctx, data, request[CALLER_KEY].hotkey_ss58)
     payload: OrganicPayload = parse_model(OrganicPayload, data)
-    queued, _, stale = await _queue_new(ctx, [payload])
+    queued, _, stale = await _queue_new(ctx, [payload], request[CALLER_KEY].hotkey_ss58)
     if stale:
         _log_stale(ctx, stale, 1)
     logger.debug("organic payload request_id={} task={} uids={}: {}", payload.request_id, payload.body.get("task"),
@@ -256,27 +256,29 @@ async def _enqueue(ctx: ValidatorContext, jobs: list[Any], identities: set[Any])
         ctx.seen.add(identity)
 
 
-async def _queue_new(ctx: ValidatorContext, payloads: list[OrganicPayload]) -> tuple[int, int, int]:
+async def _queue_new(ctx: ValidatorContext, payloads: list[OrganicPayload], signer: str) -> tuple[int, int, int]:
     """``_queue_new_now``, one POST at a time while the inbox writes (its write is awaited in a thread), and
     shielded: an API that hangs up mid-write (its handler cancelled) must not leave jobs stored but neither
     queued nor remembered as seen (scored after the next restart, and again when it sends them again)."""
     if ctx.inbox is None:
-        return await _queue_new_now(ctx, payloads)
-    return await asyncio.shield(_queue_new_locked(ctx, ctx.inbox, payloads))
+        return await _queue_new_now(ctx, payloads, signer)
+    return await asyncio.shield(_queue_new_locked(ctx, ctx.inbox, payloads, signer))
 
 
 async def _queue_new_locked(ctx: ValidatorContext, inbox: ScoringInbox,
-                            payloads: list[OrganicPayload]) -> tuple[int, int, int]:
+                            payloads: list[OrganicPayload], signer: str) -> tuple[int, int, int]:
     async with inbox.accepting:
-        return await _queue_new_now(ctx, payloads)
+        return await _queue_new_now(ctx, payloads, signer)
 
 
-async def _queue_new_now(ctx: ValidatorContext, payloads: list[OrganicPayload]) -> tuple[int, int, int]:
+async def _queue_new_now(ctx: ValidatorContext, payloads: list[OrganicPayload], signer: str) -> tuple[int, int, int]:
     """Queue the jobs of the payloads not scored before (all or nothing: ``_enqueue``), then remember
     them; returns (queued, repeated, stale). A payload seen before, or twice in one batch (the forwarder
     retried a batch whose 202 it lost), is acknowledged and not scored again; one none of whose uids is
     registered now spends no queue slot, nor does one whose caller chose its miners (never scored), nor
-    one older than the queue's ``max_age`` (an outbox backlog after an outage: counted, not scored)."""
+    one older than the queue's ``max_age`` (an outbox backlog after an outage: counted, not scored). ``signer``: the
+    API hotkey that signed the POST (and its races): miners that refused it are left out while it holds no
+    permit (``excuse_refusals``)."""
     jobs, identities, repeated, stale = [], set(), 0, 0
     queue = ctx.scoring_queue
     for payload in payloads:
@@ -292,6 +294,7 @@ async def _queue_new_now(ctx: ValidatorContext, payloads: list[OrganicPayload]) 
             stale += 1
             continue
         job = payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout)
+        excuse_refusals(job, ctx.metagraph.snapshot, signer)
         if job.hotkeys:
             jobs.append(job)
     await _enqueue(ctx, jobs, identities)
@@ -305,7 +308,7 @@ def _log_stale(ctx: ValidatorContext, stale: int, total: int) -> None:
                 "scored ({} since start)", stale, total, queue.max_age, queue.stale_dropped)
 
 
-async def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
+async def _score_batch(ctx: ValidatorContext, items: list[Any], signer: str) -> web.Response:
     """A JSON array of payloads (the API's forwarder batches): malformed items are reported, not fatal."""
     if not items or len(items) > MAX_SCORING_BATCH:
         raise ApiError(400, f"A scoring batch holds 1 to {MAX_SCORING_BATCH} payloads.", code="invalid_payload")
@@ -315,7 +318,7 @@ async def _score_batch(ctx: ValidatorContext, items: list[Any]) -> web.Response:
             payloads.append(parse_model(OrganicPayload, item))
         except ApiError as e:
             rejected.append({"index": index, "error": e.message})
-    queued, repeated, stale = await _queue_new(ctx, payloads)
+    queued, repeated, stale = await _queue_new(ctx, payloads, signer)
     if repeated:
         logger.info("scoring: {} of {} payloads were sent before and are not scored again", repeated, len(items))
     if stale:

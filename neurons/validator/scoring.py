@@ -27,7 +27,7 @@ from neurons.validator.rewards.tools import Call, calls_of, offers_tools, tool_r
 from neurons.validator.scores import ScoreBook
 from neurons.validator.tasks.base import RewardContext, TaskRegistry
 from shared.ids import loggable_id
-from shared.metagraph import MetagraphView, Neuron
+from shared.metagraph import MetagraphSnapshot, MetagraphView, Neuron
 from shared.protocol import content_text
 
 
@@ -136,6 +136,12 @@ def refused_by_all(job: ScoringJob) -> bool:
     return bool(called) and all(e is not None and e.startswith(REFUSAL_PREFIXES) for e in called)
 
 
+def holds_permit(snapshot: MetagraphSnapshot, hotkey: str) -> bool:
+    """Whether ``hotkey`` is registered with a validator permit on ``snapshot``: miners refuse it otherwise."""
+    own = snapshot.by_hotkey(hotkey)
+    return own is not None and own.validator_permit
+
+
 def refused(job: ScoringJob) -> list[int]:
     """The uids that refused the job's signed request (HTTP 401/403)."""
     return [u for u, e in job.errors.items() if e.startswith(REFUSAL_PREFIXES)]
@@ -146,6 +152,15 @@ def leave_out(job: ScoringJob, uids: Iterable[int]) -> None:
     for uid in uids:
         for part in (job.bodies, job.hotkeys, job.chunks, job.timings, job.errors):
             part.pop(uid, None)
+
+
+def excuse_refusals(job: ScoringJob, snapshot: MetagraphSnapshot, signer: str) -> None:
+    """Leave out the miners that refused ``job``'s requests when the hotkey that signed them (``signer``: this
+    validator's, or an API's) holds no validator permit on ``snapshot``: they did as miners are to. Scored 0,
+    they fell to nothing within minutes while a miner that allow-listed the hotkey kept its score. Every miner
+    refusing is left to the scorer, which skips the whole job and says why (``refused_by_all``)."""
+    if not holds_permit(snapshot, signer) and not refused_by_all(job):
+        leave_out(job, refused(job))
 
 
 Settle = Callable[[Sequence[ScoringJob]], None]  # jobs done with: their rows leave the inbox (``inbox.py``)

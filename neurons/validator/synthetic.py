@@ -25,13 +25,13 @@ from api.race import Race
 from api.web_retrieval import DEFAULT_RESPONSE_TIME, retrieval_body
 from api.web_search import RESULTS_FOR
 from neurons.validator.availability import AvailabilityBook
-from neurons.validator.scoring import DARK, UNAVAILABLE, ScoringJob, leave_out, refused, refused_by_all
+from neurons.validator.scoring import DARK, UNAVAILABLE, ScoringJob, excuse_refusals, holds_permit
 from neurons.validator.tasks.base import Challenge, TaskRegistry
 from shared import tasks
 from shared.availability_query import offered
 from shared.ids import random_hex
 from shared.jsonutil import dumpb
-from shared.metagraph import MetagraphSnapshot, MetagraphView, Neuron
+from shared.metagraph import MetagraphView, Neuron
 from shared.miner_client import MinerClient
 from shared.protocol import ChatCompletionRequest, asks_stream, content_text
 
@@ -87,12 +87,6 @@ def challenge_body(challenge: Challenge, seed: int, *, results: int = RESULTS[1]
             sent["tool_choice"] = challenge.tool_choice
     sent["task"] = challenge.task
     return ChatCompletionRequest.model_validate(sent).miner_body(seed=seed, sent=sent)
-
-
-def holds_permit(snapshot: MetagraphSnapshot, hotkey: str) -> bool:
-    """Whether ``hotkey`` is registered with a validator permit on ``snapshot``: miners refuse it otherwise."""
-    own = snapshot.by_hotkey(hotkey)
-    return own is not None and own.validator_permit
 
 
 def sample_miners(neurons: list[Neuron], k: int, rng: random.Random) -> list[Neuron]:
@@ -175,6 +169,5 @@ async def run_cycle(
         job.chunks[uid], job.timings[uid] = run.event_texts(), list(run.timings)
         if run.error:
             job.errors[uid] = run.error
-    if not holds_permit(metagraph.snapshot, client.signer.hotkey) and not refused_by_all(job):
-        leave_out(job, refused(job))  # every miner refusing it: the scorer skips the whole job, and says why
+    excuse_refusals(job, metagraph.snapshot, client.signer.hotkey)
     return job

@@ -677,3 +677,19 @@ async def test_miners_that_all_refuse_this_validator_are_not_scored_for_its_faul
     assert await scorer.score(refused) == {} and ctx.scores.miners == {}
     refused.errors[2] = "deadline exceeded"  # one called miner failed on its own: the job is scored
     assert await scorer.score(refused) == {1: 0.0, 2: 0.0}
+
+
+async def test_miners_refusing_an_api_hotkey_without_a_permit_are_not_scored_for_it() -> None:
+    """An API whose hotkey holds no validator permit on the metagraph (``//Api2`` here): the miners that refused
+    its requests (HTTP 403, as miners are to) were scored 0 on its payloads, next to one that allow-listed it.
+    They are left out; the same refusal of a permitted hotkey (``//Validator``) is still the miner's 0."""
+    ctx = make_ctx()
+    refused = payload(errors={"2": "HTTP 403 NotAValidator: hotkey is not a validator"})
+    async with serve_app(create_validator_app(ctx)) as url:
+        status, _ = await post(url, "/scoring", json.dumps(refused).encode(), signer=API2)
+        assert status == 202
+        status, _ = await post(url, "/scoring", json.dumps({**refused, "request_id": "r2"}).encode())
+        assert status == 202
+    unpermitted, permitted = ctx.scoring_queue.get_nowait(), ctx.scoring_queue.get_nowait()
+    assert set(unpermitted.bodies) == set(unpermitted.hotkeys) == {1} and not unpermitted.errors
+    assert set(permitted.bodies) == {1, 2} and permitted.errors[2].startswith("HTTP 403")
