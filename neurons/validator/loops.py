@@ -76,11 +76,11 @@ def log_own_standing(before: MetagraphSnapshot, after: MetagraphSnapshot, hotkey
     if now is None:
         logger.warning("metagraph: this validator's hotkey {} is not registered{}: its weights will be refused and "
                        "miners refuse its requests", hotkey, f" (it was uid {was.uid})" if was else "")
-    elif was is None and before.neurons:
-        logger.info("metagraph: this validator's hotkey is registered again, as uid {}", now.uid)
     elif not now.validator_permit:
         logger.warning("metagraph: this validator (uid {}) holds no validator permit: miners refuse its requests "
                        "unless they allow-list hotkey {}, and the chain refuses its weights", now.uid, hotkey)
+    if was is None and now is not None and before.neurons:
+        logger.info("metagraph: this validator's hotkey is registered now, as uid {}", now.uid)
     if was is not None and now is not None and was.uid != now.uid:
         logger.warning("metagraph: this validator's uid changed from {} to {}", was.uid, now.uid)
     elif was is not None and now is not None and now.validator_permit and not was.validator_permit:

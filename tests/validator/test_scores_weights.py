@@ -667,7 +667,7 @@ async def test_the_validator_says_when_its_own_uid_or_permit_changes() -> None:
     assert "uid changed from 0 to 2" in lines[2]
     assert "is not registered (it was uid 2)" in lines[3]
     assert lines[4].endswith("is not registered: its weights will be refused and miners refuse its requests"), lines[4]
-    assert "is registered again, as uid 2" in lines[5], "it said nothing when it came back ('it was uid -' before)"
+    assert "is registered now, as uid 2" in lines[5], "it said nothing when it came back ('it was uid -' before)"
 
 
 async def test_a_validator_without_a_permit_or_registration_submits_no_weights_and_says_why() -> None:
