@@ -74,7 +74,7 @@ def chat_body(r: ResponsesRequest, history: Sequence[dict[str, Any]] = ()) -> di
         if not messages:
             raise invalid_value("input", "input has no message to answer (reasoning and web_search_call items are "
                                          "skipped)")
-    _check_outputs_answer_calls(messages, start, "conversation" if r.conversation_id else "previous_response_id")
+    _check_outputs_answer_calls(messages, start, history, r.conversation_id)
     _check_calls_answered(messages)
     body: dict[str, Any] = {"messages": answers_after_calls(messages), "stream": r.stream}
     if r.stream:
@@ -210,16 +210,33 @@ def _turns(messages: list[dict[str, Any]]) -> Iterator[tuple[str, Any, Any]]:
     return ((m["role"], m.get("tool_calls"), m.get("tool_call_id")) for m in messages)
 
 
-def _check_outputs_answer_calls(messages: list[dict[str, Any]], start: int, history: str) -> None:
+def _check_outputs_answer_calls(messages: list[dict[str, Any]], start: int, history: Sequence[dict[str, Any]],
+                                conversation_id: str | None) -> None:
     """Each ``function_call_output`` answers a call made before it (in the input, or in the conversation it
     continues): an orphan, a call id mistyped or a call left out, is OpenAI's 400, in its words, rather than a tool
     result the model has no call for (chat servers refuse it, or answer nonsense). One in the conversation before
-    ``start`` (its call item deleted from a ``conversation``) names ``history``, the field that brought it: it met
-    chat's check, whose words and ``messages.[N]`` a Responses caller has no use for."""
+    ``start`` names the field that brought it (``previous_response_id``, ``conversation``): it met chat's check,
+    whose words and ``messages.[N]`` a Responses caller has no use for. In a ``conversation`` (its call item
+    deleted) it stays until the caller deletes it, refusing every turn: the 400 names the item and its route."""
     orphan = unanswered_tool_result(_turns(messages))
-    if orphan is not None:
-        raise ApiError(400, f"No tool call found for function call output with call_id {str(orphan[1])[:256]}.",
-                       param="input" if orphan[0] >= start else history)
+    if orphan is None:
+        return
+    message = f"No tool call found for function call output with call_id {str(orphan[1])[:256]}."
+    if orphan[0] >= start:
+        raise ApiError(400, message, param="input")
+    if conversation_id is None:
+        raise ApiError(400, message, param="previous_response_id")
+    item_id = orphaned_output_id(history, orphan[1])
+    raise ApiError(400, f"{message} It is the conversation's item {item_id} (its function_call item was deleted); "
+                        f"delete it (DELETE /v1/conversations/{conversation_id}/items/{item_id}) to go on.",
+                   param="conversation")
+
+
+def orphaned_output_id(history: Sequence[dict[str, Any]], call_id: Any) -> str:
+    """The id of the first ``function_call_output`` of ``history`` answering ``call_id``: the orphan the check
+    found (a later output of that call id answers no earlier call either, or the first would not be one)."""
+    return next(str(item.get("id")) for item in history
+                if item.get("type") == "function_call_output" and item.get("call_id") == call_id)
 
 
 def _check_calls_answered(messages: list[dict[str, Any]]) -> None:

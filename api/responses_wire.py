@@ -10,9 +10,10 @@ in silence. Responses are stored for ``RESPONSES_RETENTION_SECONDS``
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from shared.protocol import (
@@ -142,6 +143,22 @@ class AllowedTools(BaseModel):
 # The longest id an item may have: a page's ``after`` names the item that ended the page before (the SDK's pager
 # sends it), so an item the caller gives a longer id would stop the listing there.
 MAX_ITEM_ID = 256
+# An id no URL can name as the path segment of ``/v1/conversations/{id}/items/{item_id}``: ``.`` and ``..``, as
+# they are or percent-encoded (the OpenAI SDK refuses to build such a path, and a server resolves it to another
+# route), and one with ``/``, ``?``, ``#`` or a control character (a client that does not escape them, curl or an
+# older SDK, asks for another route). Such an item could never be read or deleted alone.
+UNNAMEABLE_ITEM_ID = re.compile(r"^(?:\.|%2e){1,2}$|[/?#\x00-\x1f\x7f]", re.IGNORECASE)
+
+
+def _nameable(item_id: str) -> str:
+    if UNNAMEABLE_ITEM_ID.search(item_id):
+        raise PydanticCustomError("invalid_item_id", "an item id is a segment of the URL that reads or deletes the "
+                                                     "item: it cannot be '.' or '..', nor hold '/', '?', '#' or a "
+                                                     "control character")
+    return item_id
+
+
+ItemId = Annotated[str, Field(max_length=MAX_ITEM_ID), AfterValidator(_nameable)]
 # The statuses an input item may say it has: the SDK's item types take these (a web search's, ``WebSearchStatus``),
 # and the item is kept and listed as it came.
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
@@ -180,7 +197,7 @@ class MessageItem(BaseModel):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
     content: str | list[dict[str, Any]]
-    id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
+    id: ItemId | None = None
     status: ItemStatus | None = None
 
 
@@ -192,7 +209,7 @@ class FunctionCallItem(BaseModel):
     call_id: str
     name: str
     arguments: str
-    id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
+    id: ItemId | None = None
     status: ItemStatus | None = None
 
 
@@ -203,7 +220,7 @@ class FunctionCallOutputItem(BaseModel):
     type: Literal["function_call_output"]
     call_id: str
     output: str | list[dict[str, Any]]
-    id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
+    id: ItemId | None = None
     status: ItemStatus | None = None
 
 
@@ -214,7 +231,7 @@ class ReasoningItem(BaseModel):
     model_config = REQUEST_CONFIG
     type: Literal["reasoning"]
     summary: list[dict[str, Any]]
-    id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
+    id: ItemId | None = None
     status: ItemStatus | None = None
 
 
@@ -225,7 +242,7 @@ class WebSearchCallItem(BaseModel):
     model_config = REQUEST_CONFIG
     type: Literal["web_search_call"]
     action: dict[str, Any]
-    id: str | None = Field(default=None, max_length=MAX_ITEM_ID)
+    id: ItemId | None = None
     status: WebSearchStatus | None = None
 
 

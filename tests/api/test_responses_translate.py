@@ -402,10 +402,12 @@ def test_a_tool_result_answers_a_call_in_its_input_or_in_the_conversation_it_con
     for history, sent in (([], [call, result]), ([call], [result])):
         body = chat_body(parse_model(ResponsesRequest, {"input": sent, "tools": [WEATHER]}), history)
         assert body["messages"][-1] == {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
-    orphan_before = [{"type": "function_call_output", "call_id": "call_0", "output": "old"}]  # the history's own
+    orphan_before = [{"type": "function_call_output", "call_id": "call_0", "output": "old", "id": "fco_0"}]
     for sent, param in (({}, "previous_response_id"), ({"conversation": "conv_1"}, "conversation")):
         with pytest.raises(ApiError) as e:  # in this API's words, naming the field that brought it (chat's check
             # named messages.[0].role, a place a Responses caller has no use for)
             chat_body(parse_model(ResponsesRequest, {"input": "next", "tools": [WEATHER], **sent}), orphan_before)
         assert (e.value.status, e.value.param) == (400, param)
-        assert e.value.message == "No tool call found for function call output with call_id call_0."
+        assert e.value.message.startswith("No tool call found for function call output with call_id call_0.")
+        # a conversation's orphan stays until the caller deletes it: the 400 says which item, and how
+        assert ("DELETE /v1/conversations/conv_1/items/fco_0" in e.value.message) == (param == "conversation")

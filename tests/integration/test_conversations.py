@@ -550,6 +550,16 @@ async def test_items_sent_in_their_short_forms_are_listed_in_the_sdks_shapes(hon
     assert len((await client.conversations.items.list(made.id)).data) == 2  # nothing refused was added
 
 
+async def assert_id_refused(api: ApiUnderTest, conversation_id: str, item: dict[str, Any]) -> None:
+    """``item``'s id is the 400 naming its place, wherever an item comes: added to the conversation, in a new
+    conversation's items, in a response's ``input``."""
+    for where, body, param in ((f"/v1/conversations/{conversation_id}/items", {"items": [item]}, "items.0.id"),
+                               ("/v1/conversations", {"items": [said("user", "a"), item]}, "items.1.id"),
+                               ("/v1/responses", {"model": "default", "input": [item]}, "input.0.id")):
+        status, got = await call(api, "POST", where, body)
+        assert status == 400 and got["error"]["param"] == param, (where, got)
+
+
 async def test_an_item_id_too_long_to_page_after_is_a_400_naming_it(honest: ApiUnderTest) -> None:
     """An id the caller gives an item is a page's ``after`` when it ends a page, and ``after`` takes 256
     characters: a longer one was kept, and the SDK's pager stopped halfway through the conversation on the 400
@@ -561,11 +571,7 @@ async def test_an_item_id_too_long_to_page_after_is_a_400_naming_it(honest: ApiU
     listed = [i async for i in client.conversations.items.list(made.id, limit=1, order="asc")]  # each page after one
     assert texts(listed) == ["one", "two", "three"]
     too_long = longest | {"id": longest["id"] + "x"}
-    for where, body, param in ((f"/v1/conversations/{made.id}/items", {"items": [too_long]}, "items.0.id"),
-                               ("/v1/conversations", {"items": [said("user", "a"), too_long]}, "items.1.id"),
-                               ("/v1/responses", {"model": "default", "input": [too_long]}, "input.0.id")):
-        status, got = await call(honest, "POST", where, body)
-        assert status == 400 and got["error"]["param"] == param, (where, got)
+    await assert_id_refused(honest, made.id, too_long)
     assert len((await client.conversations.items.list(made.id)).data) == 3
 
 
@@ -589,3 +595,41 @@ async def test_two_turns_at_once_on_two_workers_each_stay_whole(tmp_path: Path, 
         third = await second.responses.create(model="default", input="C", conversation=made.id)
         assert sent_texts(miner.bodies[-1]) == items + ["C"]
         assert texts([i async for i in first.responses.input_items.list(third.id, order="asc")]) == items + ["C"]
+
+
+async def test_an_orphan_output_in_a_conversation_is_a_400_naming_the_item_to_delete(honest: ApiUnderTest) -> None:
+    """A conversation whose function_call item was deleted holds its output with no call: every turn on it is
+    refused. The 400 names the output's item id and the route that deletes it (it named only the call id, and
+    the items had to be listed to find which to delete); deleting that item, the next turn is answered."""
+    client = openai_client(honest)
+    call_item = {"type": "function_call", "call_id": "call_t", "name": "get_time", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "call_t", "output": "10:00", "id": "fco_time"}
+    made = await client.conversations.create(items=[said("user", "Time?"), call_item, output])
+    listed = [i async for i in client.conversations.items.list(made.id, order="asc")]
+    await client.conversations.items.delete(listed[1].id, conversation_id=made.id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(model="default", conversation=made.id, input="And now?")
+    error = refused.value.body
+    assert error["param"] == "conversation" and "call_t" in error["message"]  # type: ignore[index]
+    assert f"DELETE /v1/conversations/{made.id}/items/fco_time" in error["message"]  # type: ignore[index]
+    await client.conversations.items.delete("fco_time", conversation_id=made.id)
+    answered = await client.responses.create(model="default", conversation=made.id, input="And now?")
+    assert answered.status == "completed"
+
+
+@pytest.mark.parametrize("item_id", [".", "..", "%2e", ".%2E", "a/b", "a?b", "a#b", "a\nb", "a\x00b"])
+async def test_an_item_id_no_url_can_name_is_a_400_naming_it(honest: ApiUnderTest, item_id: str) -> None:
+    """An item id the caller chooses is a path segment of the routes reading and deleting the item: ``.`` and
+    ``..`` (the SDK refuses to build such a path; a server resolves it to another route), ``/``, ``?``, ``#``
+    (a client that does not escape them asks another route) and control characters were kept, an item never to
+    be read or deleted alone. Each is the 400 naming the id's place, nothing kept; a dot within an id is fine."""
+    client = openai_client(honest)
+    made = await client.conversations.create(items=[said("user", "one")])
+    bad = said("user", "two") | {"id": item_id}
+    await assert_id_refused(honest, made.id, bad)
+    assert len((await client.conversations.items.list(made.id)).data) == 1
+    dotted = said("user", "three") | {"id": "msg.v1..2"}
+    await client.conversations.items.create(made.id, items=[dotted])
+    got = await client.conversations.items.retrieve("msg.v1..2", conversation_id=made.id)
+    assert got.id == "msg.v1..2"
+    await client.conversations.items.delete("msg.v1..2", conversation_id=made.id)
