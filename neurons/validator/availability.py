@@ -41,6 +41,10 @@ class AvailabilityBook:
     # poll, each AVAILABILITY_INTERVAL), an INFO line once one answers again.
     unreachable: OutageLog = field(default_factory=lambda: OutageLog("availability", back="miners answer the poll "
                                                                      "again"), repr=False, compare=False)
+    # Polls that every miner refused (``refused_by_all``): told as a run too, as it was every poll while it lasted
+    # (a validator without a permit logged the same WARNING every AVAILABILITY_INTERVAL for hours).
+    refused_all: OutageLog = field(default_factory=lambda: OutageLog(
+        "availability", back="the miners no longer all refuse this validator"), repr=False, compare=False)
 
     def age(self) -> float | None:
         """Seconds since the last poll ended (None: none has)."""
@@ -133,8 +137,9 @@ async def poll_all(
     if book.refused_by_all:
         # Every miner down at once for our fault: kept as last known (the API may sign with another hotkey),
         # and the synthetic loops pause; marked down, every miner with a score was sampled and scored 0.
-        warn_refusals(refusals, client.signer.hotkey, everyone=True)
+        book.refused_all.failed(refusal_note(refusals, client.signer.hotkey, everyone=True))
         return book
+    book.refused_all.ok()
     book.entries = {n.uid: e for n, e in results}
     book.refused = set(refusals)
     book.hotkeys = {n.uid: n.hotkey for n, _ in results}
@@ -179,7 +184,12 @@ def clock_note(refusals: dict[int, str], uids: list[int]) -> tuple[str, list[int
 
 
 def warn_refusals(refusals: dict[int, str], hotkey: str, *, everyone: bool) -> None:
-    """One WARNING for the miners that refused our signed requests: it was a DEBUG line each, so a validator
+    """One WARNING for the miners that refused our signed requests (``refusal_note``)."""
+    logger.warning("availability: {}", refusal_note(refusals, hotkey, everyone=everyone))
+
+
+def refusal_note(refusals: dict[int, str], hotkey: str, *, everyone: bool) -> str:
+    """What the WARNING says of the miners that refused our signed requests: it was a DEBUG line each, so a validator
     whose clock had drifted, or that had lost its permit, saw only "0/N miners up" and its miners' scores
     fall. The first refusal is quoted, a clock's first: a ``StaleRequest`` or ``SignedBeforeStart`` says by how
     much the clocks differ. ``everyone``: no miner answered otherwise, so the availability is kept as last known
@@ -188,6 +198,7 @@ def warn_refusals(refusals: dict[int, str], hotkey: str, *, everyone: bool) -> N
     why, clock = clock_note(refusals, uids)
     why = why or f"; does hotkey {hotkey} hold a validator permit (or an allow-listing) on their metagraph?"
     then = "; none answered: availability kept as last known, synthetic jobs paused" if everyone else ""
-    logger.warning("availability: {} miner(s) refused this validator's signed requests (uids {}){}{}; uid {}: {}",
-                   len(uids), ",".join(map(str, uids[:20])) + (",..." if len(uids) > 20 else ""), why, then,
-                   (clock or uids)[0], refusals[(clock or uids)[0]])
+    first = (clock or uids)[0]
+    listed = ",".join(map(str, uids[:20])) + (",..." if len(uids) > 20 else "")
+    return (f"{len(uids)} miner(s) refused this validator's signed requests (uids {listed}){why}{then}; "
+            f"uid {first}: {refusals[first]}")

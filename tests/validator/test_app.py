@@ -693,3 +693,34 @@ async def test_miners_refusing_an_api_hotkey_without_a_permit_are_not_scored_for
     unpermitted, permitted = ctx.scoring_queue.get_nowait(), ctx.scoring_queue.get_nowait()
     assert set(unpermitted.bodies) == set(unpermitted.hotkeys) == {1} and not unpermitted.errors
     assert set(permitted.bodies) == {1, 2} and permitted.errors[2].startswith("HTTP 403")
+
+
+async def test_polls_every_miner_refuses_are_one_warning_and_their_end_one_line() -> None:
+    """A validator without a permit is refused by every miner at every poll: the WARNING came at each poll (every
+    AVAILABILITY_INTERVAL, 30 s, for as long as it had no permit), where no miner answering is one WARNING, a line
+    a minute and an INFO line at its end. It is told so too: granted a permit, the next poll says it is over."""
+    permitted: set[str] = set()
+    verifier = RequestVerifier(MINERS[1].ss58_address, Authorizer(lambda: permitted))
+    lines: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="INFO")
+    book = AvailabilityBook()
+    try:
+        async with serve_app(create_miner_app(DeterministicBackend(), verifier)) as u1:
+            snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, u1.removeprefix("http://"))})
+            async with make_session() as session:
+                client = MinerClient(session, Signer(VALIDATOR))
+                for _ in range(3):
+                    await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
+                    assert book.refused_by_all
+                permitted.add(VALIDATOR.ss58_address)
+                await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
+                await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
+    finally:
+        logger.remove(sink)
+    told = [(level, m) for level, m in lines if m.startswith("availability:") and "miners up" not in m]
+    assert len(told) == 2, lines
+    assert told[0][0] == "WARNING" and "1 miner(s) refused this validator's signed requests (uids 1)" in told[0][1]
+    assert VALIDATOR.ss58_address in told[0][1] and "synthetic jobs paused" in told[0][1]
+    assert told[1][0] == "INFO" and told[1][1].startswith("availability: the miners no longer all refuse this "
+                                                          "validator after ") and told[1][1].endswith("(3 failure(s))")
+    assert book.entries[1] is not None and not book.refused_by_all
