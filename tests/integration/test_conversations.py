@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -213,14 +214,21 @@ async def test_retention_zero_serves_no_conversation(tmp_path: Path) -> None:
 
 
 async def test_a_conversation_expires_after_its_last_write(tmp_path: Path) -> None:
-    async with api_with_miners(tmp_path, {}, honest={1}, responses_retention_seconds=0.4) as api:
+    """Read past its first write's retention, a conversation written to since is still there; past its last
+    write's, it is gone. Timed from the moments the calls returned (a loaded machine's slow call once read as
+    expired with 0.25 s steps)."""
+    retention = 2.0
+    async with api_with_miners(tmp_path, {}, honest={1}, responses_retention_seconds=retention) as api:
         client = openai_client(api)
         made = await client.conversations.create(items=[said("user", "Hi")])
-        await asyncio.sleep(0.25)
+        first = time.monotonic()
+        await asyncio.sleep(retention / 2)
         await client.conversations.items.create(made.id, items=[said("user", "still here")])  # refreshed
-        await asyncio.sleep(0.25)
+        last = time.monotonic()
+        await asyncio.sleep(max(0.0, first + retention + 0.3 - time.monotonic()))  # past the first write's expiry
+        assert time.monotonic() < last + retention, "the machine was too slow to tell the two expiries apart"
         assert len((await client.conversations.items.list(made.id)).data) == 2
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(max(0.0, last + retention + 0.5 - time.monotonic()))
         with pytest.raises(openai.NotFoundError):
             await client.conversations.retrieve(made.id)
         with pytest.raises(openai.BadRequestError):
