@@ -32,7 +32,7 @@ from api.context import CTX
 from api.fanout import aimed, chat_deadline, node_deadline, passed_over, settle, start_race
 from api.race import MinerRun, Race
 from api.route_hints import require
-from api.selection import NO_MINERS, select_miners, top_miner
+from api.selection import NO_MINERS, select_miners
 from api.web_retrieval import Found
 from api.web_search import chat_citations, citations_event, search_into
 from shared.errors import ApiError
@@ -170,12 +170,15 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         headers["x-sn1-session-id"] = session.id
     if planned.moved_from is not None:
         headers["x-sn1-session-moved-from"] = str(planned.moved_from)
+    asked = [n.uid for n in neurons]  # the request's line names them all (a mixture's final miner is one)
+    earlier: list[MinerRun] = []  # a mixture's runs before its final race: its first stage, a failed synthesis
+    rest: list[Neuron] = []  # a mixture's next synthesisers, should the final miner give no answer
     if use_mixture:
         loop = asyncio.get_running_loop()
         stage_started = loop.time()
         try:
             # stage one has part of the node's deadline: a miner that runs out of it is not at fault
-            answers = await mixture.gather_answers(ctx, neurons, body, mixture.stage_one_seconds(seconds), rid,
+            stage_one = await mixture.gather_answers(ctx, neurons, body, mixture.stage_one_seconds(seconds), rid,
                                                    excuse_timeouts=True, scored=scored, latency_scale=scale,
                                                    named=bool(req.uids))
         except mixture.StageOneFailed as e:
@@ -184,9 +187,11 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             _log_answer(request, fmt, key, req, [n.uid for n in neurons], None, use_mixture=True,
                         status=ending(request) or "error", started=started, runs=e.race.runs, send=send)
             raise
+        answers, earlier = stage_one.answers, stage_one.runs
         body = mixture.final_body(body, [r.text for r in answers])
         seconds = max(0.1, seconds - (loop.time() - stage_started))
-        neurons = [top_miner([r.neuron for r in answers])]  # one that failed stage one is not asked again
+        top, *rest = mixture.synthesisers(answers)  # one that failed stage one is not asked again
+        neurons = [top]
         headers["x-sn1-mixture-uids"] = ",".join(str(r.uid) for r in answers)
         excuse = True  # the final miner has what stage one left of the deadline: running out is not its fault
     race = start_race(ctx, neurons, body, seconds, stream=req.stream, request_id=rid, excuse_timeouts=excuse,
@@ -196,6 +201,10 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
     winner: MinerRun | None = None
     try:
         winner = await race.winner()
+        if winner is None and rest:
+            race, winner, failed = await mixture.next_synthesiser(ctx, race, rest, body, stream=req.stream,
+                                                                  request_id=rid, scored=scored, latency_scale=scale)
+            earlier += failed
         # A request the model server refused would be refused by any miner: no failover for it.
         if winner is None and session is not None and not race.refused():
             race, winner = await sessions.failover_race(ctx, session, race, body, stream=req.stream,
@@ -242,8 +251,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
                              error=outcome == "ok" and (winner.error is not None or unsent is not None),
                              day=request.get(USAGE_DAY))
         status = unsent or ending(request) or logged_outcome(outcome, [winner] if winner else [])
-        _log_answer(request, fmt, key, req, [n.uid for n in neurons], winner.uid if winner else None,
-                    use_mixture=use_mixture, status=status, started=started, runs=race.runs, send=send)
+        _log_answer(request, fmt, key, req, asked, winner.uid if winner else None,
+                    use_mixture=use_mixture, status=status, started=started, runs=[*earlier, *race.runs], send=send)
 
 
 def _log_answer(request: web.Request, fmt: AnswerFormat, key: KeyRecord, req: ChatCompletionRequest, uids: list[int],

@@ -4,23 +4,28 @@ Stage 1 asks up to ``MIXTURE_K`` miners non-streaming under the first half of
 the deadline and keeps every valid answer (partial failures are fine). Stage 2
 sends the original conversation plus a synthesis instruction listing those
 answers to the top-incentive miner among those that answered stage 1 (one that failed it is not
-trusted with the last word), streaming or not as the caller asked.
+trusted with the last word), streaming or not as the caller asked; when it gives no answer, the next
+of them is asked within what is left of the deadline (``next_synthesiser``).
 """
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from api.completion import no_winner_error
 from api.context import ApiContext
 from api.fanout import passed_over, settle, start_race
 from api.race import MinerRun, Race
+from api.selection import top_miner
 from shared.errors import ApiError
 from shared.metagraph import Neuron
 from shared.protocol import ChatCompletionRequest
 
 MIXTURE_MODES = {"mixture-of-agents", "mixture-of-miners", "mixture"}
 STAGE_ONE_SHARE = 0.5
+MIN_FINAL_SECONDS = 0.05  # less left than this: the next synthesiser is not asked (it could not answer)
 
 SYNTHESIS_PROMPT = (
     "You have been provided with a set of responses from various models to the latest user query. "
@@ -54,10 +59,19 @@ def final_body(body: dict[str, Any], answers: list[str]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class StageOne:
+    """The first stage's valid answers, and every run of it (the request's access line names each miner asked,
+    and why one failed)."""
+
+    answers: list[MinerRun]
+    runs: list[MinerRun]
+
+
 async def gather_answers(
     ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, request_id: str, *,
     excuse_timeouts: bool = False, scored: bool = True, latency_scale: float | None = None, named: bool = False,
-) -> list[MinerRun]:
+) -> StageOne:
     """Stage 1: every valid answer from ``neurons`` within ``seconds``; none valid is the error a plain
     request would get (400 if every model server refused it, 504 past the deadline, else 502). ``named``: the
     caller named ``neurons`` (``uids``)."""
@@ -70,7 +84,42 @@ async def gather_answers(
     if not valid:
         raise StageOneFailed(no_winner_error(race, model=body.get("model"),
                                              passed_over=passed_over(ctx, body, named=named)), race)
-    return valid
+    return StageOne(answers=valid, runs=list(race.runs))
+
+
+def synthesisers(answers: list[MinerRun]) -> list[Neuron]:
+    """Who may write the final answer, in the order they are asked: the miners that answered stage one, the
+    highest incentive first (``top_miner``)."""
+    left = [r.neuron for r in answers]
+    ordered: list[Neuron] = []
+    while left:
+        ordered.append(top_miner(left))
+        left.remove(ordered[-1])
+    return ordered
+
+
+async def next_synthesiser(
+    ctx: ApiContext, race: Race, rest: list[Neuron], body: dict[str, Any], *, stream: bool, request_id: str,
+    scored: bool, latency_scale: float | None,
+) -> tuple[Race, MinerRun | None, list[MinerRun]]:
+    """The final miner gave no answer (so nothing of it reached the caller): ask the next of ``rest`` within what
+    is left of the deadline, until one answers. Returns the last race, its winner (None: none did) and the runs of
+    the races before it, each settled. A failed synthesis was the caller's 502 with valid answers in hand and
+    the other miners that gave them idle. A synthesis the model server refused is not asked again: any would
+    refuse it."""
+    earlier: list[MinerRun] = []
+    for neuron in rest:
+        remaining = race.deadline - asyncio.get_running_loop().time()
+        if race.refused() or remaining < MIN_FINAL_SECONDS:
+            break
+        settle(ctx, race, body, kind="mixture")
+        earlier.extend(race.runs)
+        race = start_race(ctx, [neuron], body, remaining, stream=stream, request_id=request_id, excuse_timeouts=True,
+                          scored=scored, latency_scale=latency_scale)
+        winner = await race.winner()
+        if winner is not None:
+            return race, winner, earlier
+    return race, None, earlier
 
 
 class StageOneFailed(ApiError):

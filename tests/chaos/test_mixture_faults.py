@@ -1,0 +1,79 @@
+"""A mixture of miners against real miners (honest and fault-injecting) behind the real API.
+
+What the caller gets when one of the mixture's miners fails, and what the request's INFO line says of it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from loguru import logger
+
+from tests.chaos.fleet import HONEST, MESSAGES, chat, fleet
+from tests.helpers import Script, api_with_miners, chunk, post, sse
+
+
+@pytest.fixture
+def lines() -> Iterator[list[str]]:
+    out: list[str] = []
+    handler = logger.add(lambda m: out.extend(str(m).splitlines()), level="INFO", format="{message}")
+    try:
+        yield out
+    finally:
+        logger.remove(handler)
+
+
+def api_line(lines: list[str]) -> str:
+    found = [line for line in lines if " | api | chat rid=" in line and " mixture=True " in line]
+    assert len(found) == 1, lines
+    return found[0]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_the_line_of_a_mixture_names_every_miner_asked_and_why_one_failed(tmp_path: Path, lines: list[str],
+                                                                               stream: bool) -> None:
+    """A mixture's INFO line named the final miner alone (``uids=[1]``): never the first stage's miners, nor
+    the one that failed it (``failed=3:http_5xx``), which a plain request's line says."""
+    async with fleet(tmp_path, {1: HONEST, 2: HONEST, 3: "http500"}) as f, aiohttp.ClientSession() as s:
+        reply = await chat(s, f, {"model": "default", "messages": MESSAGES, "mixture": True, "stream": stream})
+        assert reply.status == 200, reply.text
+        await asyncio.sleep(0.3)  # the access log's flush interval
+    assert sorted(reply.headers["x-sn1-mixture-uids"].split(",")) == ["1", "2"]
+    line = api_line(lines)
+    uids = re.search(r" uids=\[([\d,]*)\] ", line)
+    assert uids and sorted(uids.group(1).split(",")) == ["1", "2", "3"], line
+    assert f" winner={reply.headers['x-sn1-miner-uid']} " in line and line.endswith(" failed=3:http_5xx"), line
+
+
+class AnswersOnce(Script):
+    """A miner that answers its first request, then fails every one with a 500: its model server went down
+    between the mixture's first stage, which it answered, and the synthesis it was then asked for."""
+
+    @property
+    def status(self) -> int:
+        return 200 if self.calls <= 1 else 500
+
+    @status.setter
+    def status(self, _: int) -> None:
+        pass
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_failed_synthesis_goes_to_the_next_miner_that_answered(tmp_path: Path, lines: list[str],
+                                                                      stream: bool) -> None:
+    """The top miner answered the first stage and then failed the synthesis: the caller got a 502 though two
+    valid answers were in hand and an honest miner that had given one was idle."""
+    top = AnswersOnce([(0, d) for d in sse(chunk("first view"), chunk(finish="stop"))])
+    async with api_with_miners(tmp_path, {1: top}, honest={2, 3}, incentives={1: 0.8, 2: 0.15, 3: 0.05}) as api:
+        status, headers, text = await post(api, {"messages": MESSAGES, "mixture": True, "stream": stream})
+        await asyncio.sleep(0.3)
+    assert status == 200, text
+    assert headers["x-sn1-miner-uid"] == "2", "the top-incentive miner among those left that answered stage one"
+    assert sorted(headers["x-sn1-mixture-uids"].split(",")) == ["1", "2", "3"]
+    assert top.calls == 2
+    line = api_line(lines)
+    assert " winner=2 " in line and " status=ok " in line and line.endswith(" failed=1:http_5xx"), line
