@@ -97,8 +97,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def bypassed_session(request: web.Request, key: KeyRecord, req: ChatCompletionRequest) -> Session | None:
-    """The key's session that would have pinned this request but for its ``n`` > 1 (a session pins one miner; n
-    answers are n races): such a request is raced, as one naming ``uids`` is, and its answer's
+    """The key's session that would have pinned this request but for its ``n`` > 1 or its mixture (a session pins
+    one miner; n answers are n races, a mixture asks several): such a request is raced, as one naming ``uids`` is, and its answer's
     ``x-sn1-session-bypassed`` header names the session. It was raced in silence, the caller's session skipped
     without a word (a session named with ``n`` is a 400: ``choices.check_request``)."""
     if req.uids:
@@ -117,6 +117,7 @@ class Plan:
     moved_from: int | None = None  # the session's miner before this request moved it (the miner was gone)
     # Whether the answers are scored: not when the caller in effect chose its miner (``aimed``).
     scored: bool = True
+    bypassed: Session | None = None  # the key's session a mixture does not run in (``x-sn1-session-bypassed``)
 
 
 async def plan(request: web.Request, key: KeyRecord, req: ChatCompletionRequest) -> Plan:
@@ -126,8 +127,10 @@ async def plan(request: web.Request, key: KeyRecord, req: ChatCompletionRequest)
     model = None if req.wants_any_model() else req.model
     check_model(key, model)
     use_mixture = mixture.is_mixture(req)
+    bypassed = None
     if use_mixture:
-        mixture.check_request(req)
+        mixture.check_request(req, request.headers.get("x-session-id"))
+        bypassed = await bypassed_session(request, key, req)
     session = None if (req.uids or use_mixture) else await sessions.resolve(ctx, request, req.session_id, key, model)
     moved_from = None
     if session is not None:
@@ -145,7 +148,7 @@ async def plan(request: web.Request, key: KeyRecord, req: ChatCompletionRequest)
                                      "the miners up? the validator's availability lines say why they are down)")
             raise
     return Plan(mixture=use_mixture, session=session, neurons=neurons, moved_from=moved_from,
-                scored=not aimed(req, session, neurons))
+                scored=not aimed(req, session, neurons), bypassed=bypassed)
 
 
 
@@ -168,6 +171,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
     headers = {"x-request-id": rid, "x-sn1-seed": str(seed)}
     if session is not None:
         headers["x-sn1-session-id"] = session.id
+    if planned.bypassed is not None:
+        headers["x-sn1-session-bypassed"] = planned.bypassed.id
     if planned.moved_from is not None:
         headers["x-sn1-session-moved-from"] = str(planned.moved_from)
     asked = [n.uid for n in neurons]  # the request's line names them all (a mixture's final miner is one)

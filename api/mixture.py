@@ -137,6 +137,13 @@ def stage_one_seconds(total: float) -> float:
     return total * STAGE_ONE_SHARE
 
 
-def check_request(req: ChatCompletionRequest) -> None:
+def check_request(req: ChatCompletionRequest, session_header: str | None) -> None:
+    """What a mixture cannot be combined with: tools (its first stage synthesises text) and a session named
+    (``session_id`` or the ``x-session-id`` header ``session_header``), which pins one miner: a named session was
+    ignored in silence, even one that did not exist, and the caller got a mixture of other miners."""
     if req.tools:
         raise ApiError(400, "Mixture mode does not support tools.", param="tools", code="unsupported_parameter")
+    if req.session_id is not None or session_header is not None:
+        param = "session_id" if req.session_id is not None else "x-session-id"
+        raise ApiError(400, f"A mixture of miners cannot be combined with {param}: a session pins one miner.",
+                       param=param, code="unsupported_parameter")

@@ -5,6 +5,7 @@ What the caller gets when one of the mixture's miners fails, and what the reques
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,3 +78,29 @@ async def test_a_failed_synthesis_goes_to_the_next_miner_that_answered(tmp_path:
     assert top.calls == 2
     line = api_line(lines)
     assert " winner=2 " in line and " status=ok " in line and line.endswith(" failed=1:http_5xx"), line
+
+
+async def test_a_mixture_refuses_a_named_session_and_says_it_bypassed_the_keys(tmp_path: Path) -> None:
+    """A session named with a mixture (``session_id`` or ``x-session-id``) was ignored in silence, even one that
+    does not exist: the caller asked for its pinned miner and got a mixture of others. It is a 400 naming it now,
+    as with ``n`` > 1; the key's own session (not named) is bypassed, and the answer's ``x-sn1-session-bypassed``
+    says so, as an ``n`` > 1 answer's does."""
+    async with api_with_miners(tmp_path, {}, honest={1, 2, 3}) as api:
+        for sent, headers, param in (({"session_id": "no-such-session"}, {}, "session_id"),
+                                     ({}, {"x-session-id": "no-such-session"}, "x-session-id")):
+            status, _, text = await post(api, {"messages": MESSAGES, "mixture": True, **sent}, headers=headers)
+            assert status == 400, text
+            err = json_error(text)
+            assert (err["code"], err["param"]) == ("unsupported_parameter", param), err
+        async with aiohttp.ClientSession() as http, http.post(api.url + "/v1/sessions", json={"model": "default"},
+                                                              headers={"api-key": api.key}) as r:
+            session = await r.json()
+            assert r.status == 200, session
+        for stream in (False, True):
+            status, headers, text = await post(api, {"messages": MESSAGES, "mixture": True, "stream": stream})
+            assert status == 200, text
+            assert headers["x-sn1-session-bypassed"] == session["session_id"] and "x-sn1-session-id" not in headers
+
+
+def json_error(text: str) -> dict:
+    return json.loads(text)["error"]
