@@ -181,16 +181,20 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
     if use_mixture:
         loop = asyncio.get_running_loop()
         stage_started = loop.time()
+        stage = mixture.start_stage_one(ctx, neurons, body, mixture.stage_one_seconds(seconds), rid, scored=scored,
+                                        latency_scale=scale)
         try:
-            # stage one has part of the node's deadline: a miner that runs out of it is not at fault
-            stage_one = await mixture.gather_answers(ctx, neurons, body, mixture.stage_one_seconds(seconds), rid,
-                                                   excuse_timeouts=True, scored=scored, latency_scale=scale,
-                                                   named=bool(req.uids))
+            stage_one = await mixture.gather_answers(ctx, stage, body, named=bool(req.uids))
         except mixture.StageOneFailed as e:
             tell_no_answer(ctx.no_answer, e.race, rid, e, caller_cut=caller_cut)  # once: the request ends here
             e.headers.update(headers)
-            _log_answer(request, fmt, key, req, [n.uid for n in neurons], None, use_mixture=True,
+            _log_answer(request, fmt, key, req, asked, None, use_mixture=True,
                         status=ending(request) or "error", started=started, runs=e.race.runs, send=send)
+            raise
+        except asyncio.CancelledError:  # the caller left: its line names the miners asked, as a plain race's does
+            stage.cancel()
+            _log_answer(request, fmt, key, req, asked, None, use_mixture=True, status="client_closed",
+                        started=started, runs=stage.runs, send=send)
             raise
         answers, earlier = stage_one.answers, stage_one.runs
         body = mixture.final_body(body, [r.text for r in answers])

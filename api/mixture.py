@@ -68,18 +68,25 @@ class StageOne:
     runs: list[MinerRun]
 
 
-async def gather_answers(
-    ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, request_id: str, *,
-    excuse_timeouts: bool = False, scored: bool = True, latency_scale: float | None = None, named: bool = False,
-) -> StageOne:
-    """Stage 1: every valid answer from ``neurons`` within ``seconds``; none valid is the error a plain
-    request would get (400 if every model server refused it, 504 past the deadline, else 502). ``named``: the
-    caller named ``neurons`` (``uids``)."""
-    stage_body = {**body, "stream": True}
-    race = start_race(ctx, neurons, stage_body, seconds, stream=False, request_id=request_id,
-                      excuse_timeouts=excuse_timeouts, scored=scored, latency_scale=latency_scale)
+def start_stage_one(ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, request_id: str, *,
+                    scored: bool = True, latency_scale: float | None = None) -> Race:
+    """Stage 1's race: ``neurons`` asked non-streaming within ``seconds``, a share of the node's deadline, so a miner
+    that runs out of it is not at fault (``excuse_timeouts``). Started apart from ``gather_answers`` so that a
+    caller who hangs up meanwhile still has the race its line names."""
+    return start_race(ctx, neurons, _stage_body(body), seconds, stream=False, request_id=request_id,
+                      excuse_timeouts=True, scored=scored, latency_scale=latency_scale)
+
+
+def _stage_body(body: dict[str, Any]) -> dict[str, Any]:
+    return {**body, "stream": True}
+
+
+async def gather_answers(ctx: ApiContext, race: Race, body: dict[str, Any], *, named: bool = False) -> StageOne:
+    """Stage 1: every valid answer of ``race`` (``start_stage_one``); none valid is the error a plain request would
+    get (400 if every model server refused it, 504 past the deadline, else 502). ``named``: the caller named the
+    miners (``uids``)."""
     await race.finish()
-    settle(ctx, race, stage_body, kind="mixture_stage1")
+    settle(ctx, race, _stage_body(body), kind="mixture_stage1")
     valid = [r for r in race.runs if r.error is None and r.has_answer and r.text]
     if not valid:
         raise StageOneFailed(no_winner_error(race, model=body.get("model"),

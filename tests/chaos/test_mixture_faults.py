@@ -104,3 +104,20 @@ async def test_a_mixture_refuses_a_named_session_and_says_it_bypassed_the_keys(t
 
 def json_error(text: str) -> dict:
     return json.loads(text)["error"]
+
+
+async def test_a_caller_that_leaves_during_the_first_stage_stops_its_miners_and_leaves_the_mixtures_line(
+        tmp_path: Path, lines: list[str]) -> None:
+    """A caller that hung up while the first stage waited for a stalled miner left only the middleware's line
+    (``status=499 code=client_closed_request``): not which miners were asked, nor that it was a mixture, as a plain
+    request's ``status=client_closed`` line says. Its miner requests are stopped, as a plain request's are."""
+    async with fleet(tmp_path, {1: HONEST, 2: "stall-headers", 3: "stall-mid"}, request_timeout=6.0) as f, \
+            aiohttp.ClientSession() as s:
+        with pytest.raises(asyncio.TimeoutError):
+            await chat(s, f, {"model": "default", "messages": MESSAGES, "mixture": True}, limit=0.5)
+        await asyncio.sleep(0.4)
+        assert f.in_flight() == 0 and [f.stats[u].cancelled for u in (2, 3)] == [1, 1]
+    line = api_line(lines)
+    uids = re.search(r" uids=\[([\d,]*)\] ", line)
+    assert uids and sorted(uids.group(1).split(",")) == ["1", "2", "3"], line
+    assert " winner=None stream=False mixture=True status=client_closed " in line, line
