@@ -8,7 +8,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from aiohttp import web
 from bittensor.sp_core import Keypair
@@ -111,6 +111,30 @@ class Script:
     active: int = 0
     bodies: list = field(default_factory=list)
     headers: list = field(default_factory=list)  # each request's headers, as received
+
+
+class AnswersOnce(Script):
+    """A miner that answers its first request, then fails every one with a 500: its model server went down between
+    a mixture's first stage, which it answered, and the final one, which it was asked to write."""
+
+    @property
+    def status(self) -> int:
+        return 200 if self.calls <= 1 else 500
+
+    @status.setter
+    def status(self, _: int) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def info_lines() -> Iterator[list[str]]:
+    """Every line logged at INFO and above meanwhile (a message of several lines is several), as ``{message}``."""
+    out: list[str] = []
+    handler = logger.add(lambda m: out.extend(str(m).splitlines()), level="INFO", format="{message}")
+    try:
+        yield out
+    finally:
+        logger.remove(handler)
 
 
 def paced(script: Script, seconds: float) -> None:

@@ -12,20 +12,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from loguru import logger
 
 from tests.chaos.fleet import HONEST, MESSAGES, chat, fleet
-from tests.helpers import Script, api_with_miners, chunk, post, sse
+from tests.helpers import AnswersOnce, api_with_miners, chunk, info_lines, post, sse
 
 
 @pytest.fixture
 def lines() -> Iterator[list[str]]:
-    out: list[str] = []
-    handler = logger.add(lambda m: out.extend(str(m).splitlines()), level="INFO", format="{message}")
-    try:
+    with info_lines() as out:
         yield out
-    finally:
-        logger.remove(handler)
 
 
 def api_line(lines: list[str]) -> str:
@@ -48,19 +43,6 @@ async def test_the_line_of_a_mixture_names_every_miner_asked_and_why_one_failed(
     uids = re.search(r" uids=\[([\d,]*)\] ", line)
     assert uids and sorted(uids.group(1).split(",")) == ["1", "2", "3"], line
     assert f" winner={reply.headers['x-sn1-miner-uid']} " in line and line.endswith(" failed=3:http_5xx"), line
-
-
-class AnswersOnce(Script):
-    """A miner that answers its first request, then fails every one with a 500: its model server went down
-    between the mixture's first stage, which it answered, and the synthesis it was then asked for."""
-
-    @property
-    def status(self) -> int:
-        return 200 if self.calls <= 1 else 500
-
-    @status.setter
-    def status(self, _: int) -> None:
-        pass
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])

@@ -14,19 +14,15 @@ from loguru import logger
 from multidict import CIMultiDict
 
 from tests.compat.support import sample
-from tests.helpers import Script, api_with_miners, chunk, post, sse
+from tests.helpers import AnswersOnce, Script, api_with_miners, chunk, info_lines, post, sse
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture
 def lines() -> Iterator[list[str]]:
-    out: list[str] = []
-    handler = logger.add(lambda m: out.extend(str(m).splitlines()), level="INFO", format="{message}")
-    try:
+    with info_lines() as out:
         yield out
-    finally:
-        logger.remove(handler)
 
 
 def chat_lines(lines: list[str]) -> list[str]:
@@ -171,19 +167,6 @@ async def test_requests_no_miner_answers_are_one_warning_and_their_end_one_line(
                                                    "answered HTTP 502 no_valid_answer: "), first
     assert "uid 2: HTTP 500" in first and "uid 3: HTTP 502" in first and "are the miners up" in first
     assert end_level == "INFO" and "miners answer again after" in end and "(5 failure(s))" in end, end
-
-
-class AnswersOnce(Script):
-    """A miner that answers its first request, then fails every one with a 500: its model server went down between
-    a mixture's first stage, which it answered, and the final one, which it was asked to write."""
-
-    @property
-    def status(self) -> int:
-        return 200 if self.calls <= 1 else 500
-
-    @status.setter
-    def status(self, _: int) -> None:
-        pass
 
 
 async def test_a_mixture_no_miner_answers_is_counted_once_as_a_plain_request_is(tmp_path: Path) -> None:
