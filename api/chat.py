@@ -178,6 +178,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
     asked = [n.uid for n in neurons]  # the request's line names them all (a mixture's final miner is one)
     earlier: list[MinerRun] = []  # a mixture's runs before its final race: its first stage, a failed synthesis
     rest: list[Neuron] = []  # a mixture's next synthesisers, should the final miner give no answer
+    answers: list[MinerRun] = []  # a mixture's first-stage answers
     if use_mixture:
         loop = asyncio.get_running_loop()
         stage_started = loop.time()
@@ -221,6 +222,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         if winner is None:
             error = no_winner_error(race, fmt.input_param, model=body.get("model"),
                                     passed_over=passed_over(ctx, body, named=bool(req.uids)))
+            if use_mixture:
+                error = mixture.final_stage_error(error, race, len(answers))
             tell_no_answer(ctx.no_answer, race, rid, error, caller_cut=caller_cut)
             raise error
         ctx.no_answer.ok()  # nothing unless requests were failing: then, once they no longer are, one INFO line

@@ -14,12 +14,12 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from api.completion import no_winner_error
+from api.completion import each_failure, no_winner_error
 from api.context import ApiContext
 from api.fanout import passed_over, settle, start_race
 from api.race import MinerRun, Race
 from api.selection import top_miner
-from shared.errors import ApiError
+from shared.errors import CONTEXT_LENGTH_EXCEEDED, MODEL_SERVER_REJECTED, ApiError
 from shared.metagraph import Neuron
 from shared.protocol import ChatCompletionRequest
 
@@ -127,6 +127,19 @@ async def next_synthesiser(
         if winner is not None:
             return race, winner, earlier
     return race, None, earlier
+
+
+def final_stage_error(error: ApiError, race: Race, answers: int) -> ApiError:
+    """The error of a synthesis no miner wrote (``error``: what a plain race would say). One refused as longer than
+    the final model's context is not the caller's messages' fault, as that error says (OpenAI's
+    ``context_length_exceeded`` naming ``messages``, on which agent frameworks trim their history): the first stage
+    answered those messages, and the prompt that overflowed holds its ``answers`` too."""
+    if error.code != CONTEXT_LENGTH_EXCEEDED:
+        return error
+    return ApiError(400, f"Mixture, final stage: the synthesis of {answers} answers (the conversation and each "
+                         "first-stage answer, in one prompt) is longer than the final miner's model's context: ask "
+                         "for fewer tokens (max_tokens bounds each answer), or without a mixture. "
+                         f"{each_failure(race.errors())}", code=MODEL_SERVER_REJECTED)
 
 
 class StageOneFailed(ApiError):

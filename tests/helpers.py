@@ -114,12 +114,14 @@ class Script:
 
 
 class AnswersOnce(Script):
-    """A miner that answers its first request, then fails every one with a 500: its model server went down between
-    a mixture's first stage, which it answered, and the final one, which it was asked to write."""
+    """A miner that answers its first request, then fails every one with ``later_status`` (a 500: its model server
+    went down between a mixture's first stage, which it answered, and the final one, which it was asked to write)."""
+
+    later_status = 500
 
     @property
     def status(self) -> int:
-        return 200 if self.calls <= 1 else 500
+        return 200 if self.calls <= 1 else self.later_status
 
     @status.setter
     def status(self, _: int) -> None:

@@ -103,3 +103,26 @@ async def test_a_caller_that_leaves_during_the_first_stage_stops_its_miners_and_
     uids = re.search(r" uids=\[([\d,]*)\] ", line)
     assert uids and sorted(uids.group(1).split(",")) == ["1", "2", "3"], line
     assert " winner=None stream=False mixture=True status=client_closed " in line, line
+
+
+class OverflowsOnSynthesis(AnswersOnce):
+    """A miner that answers the first stage, then refuses the synthesis as its model server refuses an input
+    longer than its context: the conversation and every first-stage answer in one prompt."""
+
+    later_status = 400
+
+
+async def test_a_synthesis_too_long_for_the_final_model_is_not_told_as_the_callers_messages(tmp_path: Path) -> None:
+    """The synthesis prompt (the conversation and the first stage's answers) overflowed the final miner's context:
+    the caller got OpenAI's ``400 context_length_exceeded`` naming ``messages`` ("reduce the length of the
+    messages"), on which agent frameworks trim their history, though its messages fit (the first stage answered
+    them). It is a 400 ``model_server_rejected`` saying what overflowed and what to do."""
+    top = OverflowsOnSynthesis([(0, d) for d in sse(chunk("first view"), chunk(finish="stop"))],
+                               error_code="model_server_rejected",  # how a miner passes its model server's 400 on
+                               error_message="This model's maximum context length is 4096 tokens.")
+    async with api_with_miners(tmp_path, {1: top}, honest={2}, incentives={1: 0.9, 2: 0.1}) as api:
+        status, _, text = await post(api, {"messages": MESSAGES, "mixture": True})
+    err = json_error(text)
+    assert (status, err["code"], err["param"]) == (400, "model_server_rejected", None), text
+    assert err["message"].startswith("Mixture, final stage: the synthesis of 2 answers "), err
+    assert "max_tokens" in err["message"] and "maximum context length is 4096" in err["message"], err
