@@ -45,8 +45,21 @@ def is_mixture(req: ChatCompletionRequest) -> bool:
 
 
 def synthesis_messages(messages: list[dict[str, Any]], answers: list[str]) -> list[dict[str, Any]]:
+    """The conversation with the synthesis instruction and ``answers`` in its system message: after the caller's
+    own when it has one (as the original Mixture-of-Agents does), else as a system message of its own, first. A
+    second system message was refused by a chat template that takes one (Mistral's), a mixture with a system
+    prompt a 400 on such a model."""
     listing = "\n".join(f"{i}. {a}" for i, a in enumerate(answers, 1))
-    return [{"role": "system", "content": f"{SYNTHESIS_PROMPT}\n{listing}"}, *messages]
+    instruction = f"{SYNTHESIS_PROMPT}\n{listing}"
+    first = messages[0] if messages else None
+    if first is None or first.get("role") != "system":
+        return [{"role": "system", "content": instruction}, *messages]
+    content = first.get("content")
+    if isinstance(content, list):  # content parts: the instruction is one more text part
+        merged: Any = [*content, {"type": "text", "text": f"\n\n{instruction}"}]
+    else:
+        merged = f"{content or ''}\n\n{instruction}"
+    return [{**first, "content": merged}, *messages[1:]]
 
 
 def final_body(body: dict[str, Any], answers: list[str]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from tests.chaos.fleet import HONEST, MESSAGES, chat, fleet
-from tests.helpers import AnswersOnce, api_with_miners, chunk, info_lines, post, sse
+from tests.helpers import AnswersOnce, Script, api_with_miners, chunk, info_lines, post, sse
 
 
 @pytest.fixture
@@ -126,3 +126,39 @@ async def test_a_synthesis_too_long_for_the_final_model_is_not_told_as_the_calle
     assert (status, err["code"], err["param"]) == (400, "model_server_rejected", None), text
     assert err["message"].startswith("Mixture, final stage: the synthesis of 2 answers "), err
     assert "max_tokens" in err["message"] and "maximum context length is 4096" in err["message"], err
+
+
+class OneSystemMessage(Script):
+    """A miner whose model's chat template takes one system message, the first (Mistral's: vLLM refuses any other
+    with a 400 its miner passes on as ``model_server_rejected``)."""
+
+    @property
+    def status(self) -> int:
+        messages = (self.bodies[-1] or {}).get("messages") or [] if self.bodies else []
+        return 400 if any(m.get("role") == "system" for m in messages[1:]) else 200
+
+    @status.setter
+    def status(self, _: int) -> None:
+        pass
+
+
+@pytest.mark.parametrize("content", ["Answer in French.", [{"type": "text", "text": "Answer in French."}]],
+                         ids=["text", "parts"])
+async def test_a_conversation_with_a_system_message_gets_one_system_message_in_its_synthesis(
+        tmp_path: Path, content: str | list) -> None:
+    """The synthesis instruction was a system message put before the caller's own: two system messages, which a
+    chat template taking one (Mistral's) refuses, so every mixture with a system prompt on such a model was a 400
+    ``model_server_rejected``. The instruction now follows the caller's system message, in it (as the original
+    Mixture-of-Agents does)."""
+    views = {uid: sse(chunk(f"view {uid}"), chunk(finish="stop")) for uid in (1, 2)}
+    scripts = {uid: OneSystemMessage([(0, d) for d in views[uid]], error_code="model_server_rejected",
+                                     error_message="After the optional system message, conversation roles must "
+                                                   "alternate user/assistant/user/assistant/...") for uid in (1, 2)}
+    messages = [{"role": "system", "content": content}, *MESSAGES]
+    async with api_with_miners(tmp_path, scripts, incentives={1: 0.9, 2: 0.1}) as api:
+        status, _, text = await post(api, {"messages": messages, "mixture": True})
+    assert status == 200, text
+    sent = scripts[1].bodies[-1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user"] and sent[1:] == MESSAGES, sent
+    system = sent[0]["content"] if isinstance(content, str) else "".join(p["text"] for p in sent[0]["content"])
+    assert system.startswith("Answer in French.") and "view 1" in system and "view 2" in system, system
