@@ -120,10 +120,14 @@ async def get_model(request: web.Request) -> web.Response:
 def not_listed(ctx: ApiContext, model: str) -> ApiError:
     """Why ``model`` is not in the catalogue, as a chat for it is told: a 404 only when fresh availability says
     no miner serves it. Every miner down at the last poll is the chat's 503; and without fresh availability
-    (a chat is raced to every serving miner) whether it is served is not known, a 503 until the next refresh:
-    it was a 404 "does not exist" both times, which took an outage for a wrong model name."""
+    (a chat is raced to every serving miner), a model the last availability known listed may still be served,
+    a 503 until the next refresh: it was a 404 "does not exist" both times, which took an outage for a wrong
+    model name. A name no availability listed stays a 404, fresh or not (a 503 for any name at all named
+    ``../../etc/passwd`` a model that may be served)."""
     cache = ctx.availability
     if cache is None or not cache.fresh():
+        if cache is None or model not in cache.first_listed:  # not served when last known (or never known): a 404
+            return model_not_found(model)  # as before; a 503 for any name took `../../etc/passwd` for a model
         retry = max(1, math.ceil(ctx.settings.availability_refresh_seconds))  # the next refresh's chance
         return ApiError(503, f"Whether any miner serves the model `{model}` is not known now: this API has no fresh "
                              "availability from the validator (a chat is raced to every serving miner meanwhile).",

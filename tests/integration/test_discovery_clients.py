@@ -116,6 +116,11 @@ async def test_retrieving_a_model_during_an_outage_is_a_503_as_its_chat_is_not_a
         except openai.APIStatusError as e:
             assert e.status_code == 503 and e.body["code"] == "no_miners_available", e.body
             assert "not known" in e.body["message"] and int(e.response.headers["Retry-After"]) >= 1
+        try:  # a name the last availability did not list is no model, stale or not (a path or a typo)
+            await client.models.retrieve("../../etc/passwd")
+            raise AssertionError("retrieved")
+        except openai.NotFoundError as e:
+            assert e.body["code"] == "model_not_found", e.body
 
         cache.accept({1: serves([MODEL], ["InferenceTask"]), 2: None})  # fresh again
         assert (await client.models.retrieve(MODEL)).id == MODEL
