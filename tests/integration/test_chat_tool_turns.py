@@ -176,6 +176,9 @@ async def test_a_conversation_whose_call_item_was_deleted_meets_the_responses_ap
         with pytest.raises(openai.BadRequestError) as raised:
             await client.responses.create(model="default", input="And tomorrow?", conversation=made["id"])
         await client.close()
-    assert raised.value.body == {"message": "No tool call found for function call output with call_id call_x.",
-                                 "type": "invalid_request_error", "code": None, "param": "conversation"}
+    body = raised.value.body
+    assert body["message"].startswith("No tool call found for function call output with call_id call_x. It is the "
+                                      "conversation's item "), body  # and the DELETE that repairs it
+    assert {k: body[k] for k in ("type", "code", "param")} == {"type": "invalid_request_error", "code": None,
+                                                               "param": "conversation"}, body
     assert miner.calls == 0

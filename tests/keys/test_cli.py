@@ -156,8 +156,9 @@ def test_an_api_url_without_its_scheme_is_named_as_the_setting_to_fix(url: str) 
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as done:
         main(["keys", "--api", url, "--admin-key", ADMIN, "list"])
     assert done.value.code == 2
+    fix = "" if "://" in url else f": write http://{url}"  # a host:port is told the URL to write
     assert err.getvalue() == (f"sn1 keys: --api / SN1_API_URL: {url!r} is not an http(s) URL "
-                              "(http://host:port/...)\n")
+                              f"(http://host:port/...){fix}\n")
 
 
 def test_connection_options_work_before_or_after_the_action() -> None:
