@@ -20,11 +20,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import IO, Any, get_args
 
+from neurons.localnet_checks import StartCancelled, check_store, lock_directory
 from shared.listen import server_listens
 from shared.ports import PortPool, port_is_free
 from shared.process import die_with_parent, stop_signals
@@ -231,6 +232,7 @@ class LocalNet:
         self.dir = config.directory.resolve()
         self.children: list[Child] = []
         self.info: dict[str, Any] = {}
+        self.lock: IO[str] | None = None  # ``<dir>/localnet.lock``, held from start to stop
 
     # --- set-up -----------------------------------------------------------------
     @property
@@ -381,8 +383,14 @@ class LocalNet:
                 raise RuntimeError(f"the {name} port {port} is in use on 127.0.0.1 (another sn1 localnet?): "
                                    f"stop it, or pick another with --{name.lower()}-port")
 
-    def start(self, *, timeout: float = 90.0, progress: bool = False) -> dict[str, Any]:
+    def start(self, *, timeout: float = 90.0, progress: bool = False,
+              cancelled: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        """Start the network and wait until it serves. ``cancelled``: asked while waiting; once true, the start
+        ends with ``StartCancelled`` (Ctrl-C was taken only once the start had finished, up to minutes later,
+        and the network then said "Local subnet is up ... Press Ctrl-C to stop" to someone who had)."""
+        self.lock = self.lock or lock_directory(self.dir)
         self.check_ports()
+        check_store(self.cfg.store_url)
         self.prepare()
         admin_key = self._admin_key()
         validator_env = self._validator_extra_env(progress=progress)
@@ -409,14 +417,15 @@ class LocalNet:
             "WEIGHTS_LEDGER_FILE": str(self.dir / "weights.json"),
             "AVAILABILITY_INTERVAL": "5",
         } | validator_env, f"{validator_url}/health")
-        self.wait_healthy([c for c in self.children], timeout=timeout, progress=progress)
+        self.wait_healthy([c for c in self.children], timeout=timeout, progress=progress, cancelled=cancelled)
         # The API trusts the validator's availability: do not start it before the validator has
         # seen the miners up, or the first requests fail with 503 "no miner available".
         listening = sum(1 for s in self.miner_specs if s["profile"] != "refuse")
-        wait_available(validator_url, listening, timeout=timeout, children=self.children, logs=self.dir / "logs")
+        wait_available(validator_url, listening, timeout=timeout, children=self.children, logs=self.dir / "logs",
+                       cancelled=cancelled)
         api_url = f"http://127.0.0.1:{self.cfg.api_port}"
         self._spawn("api", "api", self.api_env(validator_url, admin_key), f"{api_url}/health")
-        self.wait_healthy(self.children[-1:], timeout=timeout, progress=progress)
+        self.wait_healthy(self.children[-1:], timeout=timeout, progress=progress, cancelled=cancelled)
         api_key = self._api_key(api_url, admin_key)
         self.info = {
             "api_url": api_url,
@@ -447,10 +456,12 @@ class LocalNet:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())["api_key"]
 
-    def wait_healthy(self, children: list[Child], *, timeout: float, progress: bool = False) -> None:
+    def wait_healthy(self, children: list[Child], *, timeout: float, progress: bool = False,
+                     cancelled: Callable[[], bool] = lambda: False) -> None:
         deadline = time.monotonic() + timeout
         pending = [c for c in children if c.health_url]
         while pending:
+            raise_if_cancelled(cancelled)
             raise_if_exited(pending)
             for child in list(pending):
                 try:
@@ -482,12 +493,20 @@ class LocalNet:
                 child.proc.kill()
                 child.proc.wait()
         self.children.clear()
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     def __enter__(self) -> LocalNet:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def raise_if_cancelled(cancelled: Callable[[], bool]) -> None:
+    if cancelled():
+        raise StartCancelled
 
 
 def raise_if_exited(children: Iterable[Child]) -> None:
@@ -500,7 +519,7 @@ def raise_if_exited(children: Iterable[Child]) -> None:
 
 
 def wait_available(validator_url: str, expected: int, *, timeout: float, children: Iterable[Child] = (),
-                   logs: Path | None = None) -> None:
+                   logs: Path | None = None, cancelled: Callable[[], bool] = lambda: False) -> None:
     """Wait until the validator's availability lists ``expected`` miners as up.
 
     A child that exits meanwhile ends the wait at once: its port taken by another process, a miner
@@ -510,6 +529,7 @@ def wait_available(validator_url: str, expected: int, *, timeout: float, childre
     url = f"{validator_url}/miner_availabilities/miner_availabilities"
     seen: dict[str, Any] = {}
     while True:
+        raise_if_cancelled(cancelled)
         raise_if_exited(children)
         try:
             req = urllib.request.Request(url, data=b"", method="POST")
@@ -588,24 +608,42 @@ def run_localnet(args: argparse.Namespace) -> int:
     code = 0
     try:
         try:
-            info = net.start(progress=True)
+            info = net.start(progress=True, cancelled=lambda: stop["requested"])
+        except StartCancelled:
+            info = None
         except (RuntimeError, OSError, urllib.error.URLError) as e:
             say(f"sn1 localnet: {e}", err=True)
             return 1
-        say(summary(info, net.dir))
-        while not stop["requested"]:
-            dead = net.dead_children()
-            if dead:
-                for c in dead:
-                    say(f"sn1 localnet: {c.name} exited with code {c.proc.returncode}; see {c.log_path}", err=True)
-                code = 1
-                break
-            time.sleep(0.5)
+        if info is not None:
+            say(summary(info, net.dir))
+            code = watch(net, lambda: stop["requested"])
         say("Stopping the local subnet ...")
     finally:  # whatever ends the loop (a signal, a closed pipe, a bug), no child outlives us
         net.stop()
     say("Stopped.")
     return code
+
+
+def watch(net: LocalNet, stopping: Callable[[], bool]) -> int:
+    """Wait for a stop signal (0) or a child's exit (1, saying which and how)."""
+    while not stopping():
+        dead = net.dead_children()
+        if dead:
+            for c in dead:
+                say(f"sn1 localnet: {c.name} {how_it_ended(c.proc.returncode)}; see {c.log_path}", err=True)
+            return 1
+        time.sleep(0.5)
+    return 0
+
+
+def how_it_ended(returncode: int) -> str:
+    """``exited with code 1``, or ``was killed by SIGKILL`` for a signal (it read "exited with code -9")."""
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
 
 
 def say(text: str, *, err: bool = False) -> None:

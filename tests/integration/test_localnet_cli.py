@@ -195,3 +195,86 @@ def test_store_puts_the_apis_keys_and_traffic_in_redis(tmp_path: Path) -> None:
         for name in r.scan_iter(match=f"{namespace}:*"):
             r.delete(name)
         r.close()
+
+
+def localnet_command(directory: Path, *extra: str) -> list[str]:
+    api_port, validator_port, miner_port = free_ports(3)
+    return [sys.executable, "-m", "shared.cli", "localnet", "--miners", "1", "--dir", str(directory), "--api-port",
+            str(api_port), "--validator-port", str(validator_port), "--miner-port", str(miner_port), *extra]
+
+
+def test_a_second_localnet_in_the_same_folder_is_refused_and_the_first_keeps_its_network(tmp_path: Path) -> None:
+    """On other ports, a second network in the same ``--dir`` rewrote the first's metagraph with its own miners:
+    once stopped, the first answered every request 503 for good. Now it is one line, and nothing starts."""
+    first = start_localnet(tmp_path, *free_ports(2))
+    second = None
+    try:
+        metagraph = (tmp_path / "metagraph.json").read_text()
+        second = subprocess.Popen(localnet_command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = second.communicate(timeout=30)
+        assert second.returncode == 1, out + err
+        assert err.strip() == (f"sn1 localnet: another sn1 localnet is running in {tmp_path} (pid {first.pid}): "
+                               "stop it, or pick another --dir")
+        assert (tmp_path / "metagraph.json").read_text() == metagraph
+        assert len(ours(tmp_path)) == 3, "the first network's processes, no more"
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=30) == 0
+        assert until_empty(lambda: ours(tmp_path), 15) == []
+        again = start_localnet(tmp_path, *free_ports(2))  # the folder is free once the first has stopped
+        again.send_signal(signal.SIGINT)
+        assert again.wait(timeout=30) == 0
+    finally:
+        if second is not None:
+            second.kill()
+        kill_all(first, tmp_path)
+
+
+def test_ctrl_c_while_it_starts_stops_it_without_saying_it_is_up(tmp_path: Path) -> None:
+    """Ctrl-C was taken only once the start had finished (up to minutes with a child that never answers): the
+    network then said "Local subnet is up ... Press Ctrl-C to stop" to someone who had, and only then stopped."""
+    proc = subprocess.Popen(localnet_command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("Starting a local subnet")
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=30) == 0, rest
+        assert "Local subnet is up" not in rest and "Press Ctrl-C" not in rest, rest
+        assert rest.endswith("Stopping the local subnet ...\nStopped.\n"), rest
+        assert until_empty(lambda: ours(tmp_path), 15) == [], "children outlived the cancelled start"
+    finally:
+        kill_all(proc, tmp_path)
+
+
+def test_a_store_that_does_not_answer_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """``--store`` on a Redis that is not running: the network said it was up and every request, the printed curl
+    line's too, answered 503 store_unavailable (on a new folder: "HTTP Error 503: Service Unavailable")."""
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    proc = subprocess.run(localnet_command(tmp_path, "--store", url), capture_output=True, text=True, timeout=60)
+    try:
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert proc.stderr.startswith(f"sn1 localnet: --store {url} does not answer ("), proc.stderr
+        assert proc.stderr.rstrip().endswith("start it, or leave --store out (a SQLite file in --dir)"), proc.stderr
+        assert "Local subnet is up" not in proc.stdout
+        assert not (tmp_path / "logs" / "api.log").exists(), "nothing was started"
+    finally:
+        for pid in ours(tmp_path):
+            subprocess.run(["kill", "-9", pid], check=False)
+
+
+def test_a_child_killed_outright_is_named_and_the_network_stops(tmp_path: Path) -> None:
+    """``kill -9`` of a miner: localnet names it and how it ended (it read "exited with code -9"), and stops the
+    rest, exiting 1."""
+    proc = start_localnet(tmp_path, *free_ports(2))
+    try:
+        miner = subprocess.run(["pgrep", "-f", "--", f"--env-file {tmp_path}/miner1.env"], capture_output=True,
+                               text=True).stdout.split()
+        assert len(miner) == 1
+        subprocess.run(["kill", "-9", miner[0]], check=True)
+        assert proc.stdout is not None
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=30) == 1
+        assert f"sn1 localnet: miner1 was killed by SIGKILL; see {tmp_path}/logs/miner1.log" in rest, rest
+        assert until_empty(lambda: ours(tmp_path), 15) == []
+    finally:
+        kill_all(proc, tmp_path)
