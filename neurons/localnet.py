@@ -388,9 +388,9 @@ class LocalNet:
         """Start the network and wait until it serves. ``cancelled``: asked while waiting; once true, the start
         ends with ``StartCancelled`` (Ctrl-C was taken only once the start had finished, up to minutes later,
         and the network then said "Local subnet is up ... Press Ctrl-C to stop" to someone who had)."""
-        self.lock = self.lock or lock_directory(self.dir)
         self.check_ports()
         check_store(self.cfg.store_url)
+        self.lock = self.lock or lock_directory(self.dir)  # after the checks: a refused start leaves no folder
         self.prepare()
         admin_key = self._admin_key()
         validator_env = self._validator_extra_env(progress=progress)
