@@ -42,8 +42,10 @@ def sign_verify_us(n: int = 2000) -> dict[str, float]:
     body = b'{"model":"bench","messages":[{"role":"user","content":"Hello"}],"stream":true}'
     url = "http://127.0.0.1:1/v1/chat/completions"
     sign_us = per_call_us(lambda: signer.headers("POST", url, body, receiver.ss58_address), n)
-    signed = [signer.headers("POST", url, body, receiver.ss58_address) for _ in range(n + 1)]
+    # the verifier first, as a receiver starts before it is sent anything: a nonce signed before its start is
+    # refused (SignedBeforeStart), as one its previous process may have taken
     verifier = RequestVerifier(receiver.ss58_address, Authorizer(lambda: {sender.ss58_address}))
+    signed = [signer.headers("POST", url, body, receiver.ss58_address) for _ in range(n + 1)]
     it = iter(signed)
     verify_us = per_call_us(
         lambda: verifier.verify(next(it), body, method="POST", path="/v1/chat/completions"), n)

@@ -141,3 +141,13 @@ def test_profile_summary_counts_only_the_event_loop_thread(tmp_path: Path) -> No
     assert "40 samples on the event loop's thread (40 in other threads, not counted)" in text
     assert "75.0%  handler (api/chat.py:5)" in text and "25.0%  sign (shared/signing.py:9)" in text
     assert "_worker" not in text
+
+
+def test_the_sign_and_verify_figures_verify_every_request() -> None:
+    """``make bench``'s micro figures verify real signed requests as a miner does: its verifier made after the
+    requests were signed refused them all as signed before its start (``SignedBeforeStart``), and the bench
+    stopped with a traceback before printing its table."""
+    from bench_micro import sign_verify_us
+
+    figures = sign_verify_us(n=20)
+    assert figures["sign_us"] > 0 and figures["verify_us"] > 0
