@@ -29,7 +29,7 @@ from shared.metrics_dir import shared_metrics_dir
 from shared.process import run
 from shared.settings import SettingsError, mask_credentials
 from shared.store import open_store
-from shared.store.base import RedisLinks, Store, StoreUnavailable, is_redis
+from shared.store.base import STORE_START_SECONDS, RedisLinks, Store, StoreUnavailable, is_redis
 from shared.store.eviction import UNKNOWN, eviction_detail, eviction_risk
 from shared.store.sqlite import sqlite_path
 from shared.store.sqlite_tables import unreclaimed
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from shared.settings import ApiSettings
 
 LISTEN = "API_HOST/API_PORT"  # the settings a "cannot listen" start error names
-STORE_START_SECONDS = 5.0  # a Redis this slow to answer one PING at start is as good as down
 
 
 async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = None) -> None:

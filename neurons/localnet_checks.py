@@ -9,8 +9,6 @@ import os
 from pathlib import Path
 from typing import IO
 
-STORE_CHECK_SECONDS = 5.0  # the API's own start check waits as long (``api.main.STORE_START_SECONDS``)
-
 
 class StartCancelled(Exception):
     """Ctrl-C (or SIGTERM) while the network was starting: stop what started, say nothing more."""
@@ -53,13 +51,13 @@ async def _ping(url: str) -> None:
     from shared.aio import within
     from shared.settings import mask_credentials
     from shared.store import open_store
-    from shared.store.base import StoreUnavailable
+    from shared.store.base import STORE_START_SECONDS, StoreUnavailable
 
     store = open_store(url, name="sn1-localnet-check")
     try:
-        await within(store.ping(), STORE_CHECK_SECONDS)
+        await within(store.ping(), STORE_START_SECONDS)
     except (StoreUnavailable, TimeoutError, OSError) as e:
-        reason = str(e) or f"no answer within {STORE_CHECK_SECONDS:g} s"
+        reason = str(e) or f"no answer within {STORE_START_SECONDS:g} s"
         raise RuntimeError(f"--store {mask_credentials(url)} does not answer ({reason}): start it, or leave "
                            "--store out (a SQLite file in --dir)") from None
     finally:

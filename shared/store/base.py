@@ -37,6 +37,11 @@ WINDOW_SECONDS = 60
 USAGE_FIELDS = ("requests", "prompt_tokens", "completion_tokens", "errors", "rate_limited")
 
 
+# How long a start waits for a Redis store's first PING (``sn1 api``'s check, and ``sn1 localnet``'s before it starts
+# anything): a Redis this slow to answer one PING at start is as good as down.
+STORE_START_SECONDS = 5.0
+
+
 class StoreUnavailable(Exception):
     """The store could not be reached; callers answer 503, never let a request through."""
 
