@@ -25,6 +25,11 @@ from shared.protocol import ChatCompletionRequest
 
 MIXTURE_MODES = {"mixture-of-agents", "mixture-of-miners", "mixture"}
 STAGE_ONE_SHARE = 0.5
+# Drafts that make a mixture: once this many are in, the rest of the first stage have a grace (``GRACE_*``), not
+# the stage's whole half of the deadline, which one stalled miner held every caller for.
+QUORUM = 2
+GRACE_FACTOR = 1.0  # the grace: as long again as the quorum took ...
+MIN_GRACE_SECONDS = 0.5  # ... and at least this (network jitter on short answers)
 MIN_FINAL_SECONDS = 0.05  # less left than this: the next synthesiser is not asked (it could not answer)
 
 SYNTHESIS_PROMPT = (
@@ -98,13 +103,35 @@ async def gather_answers(ctx: ApiContext, race: Race, body: dict[str, Any], *, n
     """Stage 1: every valid answer of ``race`` (``start_stage_one``); none valid is the error a plain request would
     get (400 if every model server refused it, 504 past the deadline, else 502). ``named``: the caller named the
     miners (``uids``)."""
-    await race.finish()
-    settle(ctx, race, _stage_body(body), kind="mixture_stage1")
-    valid = [r for r in race.runs if r.error is None and r.has_answer and r.text]
+    await drafts_in(race)
+    settle(ctx, race, _stage_body(body), kind="mixture_stage1")  # a miner still answering is scored once done
+    valid = [r for r in race.runs if _is_draft(r)]
     if not valid:
         raise StageOneFailed(no_winner_error(race, model=body.get("model"),
                                              passed_over=passed_over(ctx, body, named=named)), race)
     return StageOne(answers=valid, runs=list(race.runs))
+
+
+async def drafts_in(race: Race) -> None:
+    """Wait until every miner of ``race`` has answered or failed, or, once ``QUORUM`` valid drafts are in, until the
+    others' grace is over (as long again as the quorum took, at least ``MIN_GRACE_SECONDS``), whichever comes first.
+    The miners still answering are not stopped: they are scored when they finish, as a plain race's losers are."""
+    loop = asyncio.get_running_loop()
+    quorum = min(QUORUM, len(race.runs))
+    pending: set[asyncio.Task[None]] = set(race.tasks)
+    cutoff: float | None = None
+    while pending:
+        timeout = None if cutoff is None else max(0.0, cutoff - loop.time())
+        done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            return  # the grace is over
+        if cutoff is None and sum(_is_draft(r) for r in race.runs) >= quorum:
+            took = loop.time() - race.started
+            cutoff = loop.time() + max(took * GRACE_FACTOR, MIN_GRACE_SECONDS)
+
+
+def _is_draft(run: MinerRun) -> bool:
+    return run.done and run.error is None and run.has_answer and bool(run.text)
 
 
 def synthesisers(answers: list[MinerRun]) -> list[Neuron]:
