@@ -20,6 +20,7 @@ from api.fanout import passed_over, settle, start_race
 from api.race import MinerRun, Race
 from api.selection import top_miner
 from shared.errors import CONTEXT_LENGTH_EXCEEDED, MODEL_SERVER_REJECTED, ApiError
+from shared.jsonutil import dumpb
 from shared.metagraph import Neuron
 from shared.protocol import ChatCompletionRequest
 
@@ -30,6 +31,7 @@ STAGE_ONE_SHARE = 0.5
 QUORUM = 2
 GRACE_FACTOR = 1.0  # the grace: as long again as the quorum took ...
 MIN_GRACE_SECONDS = 0.5  # ... and at least this (network jitter on short answers)
+CUT_NOTE = " [cut short]"  # ends a first-stage answer cut to fit the synthesis in what a miner takes (``fitted``)
 MIN_FINAL_SECONDS = 0.05  # less left than this: the next synthesiser is not asked (it could not answer)
 
 SYNTHESIS_PROMPT = (
@@ -67,7 +69,47 @@ def synthesis_messages(messages: list[dict[str, Any]], answers: list[str]) -> li
     return [{**first, "content": merged}, *messages[1:]]
 
 
-def final_body(body: dict[str, Any], answers: list[str]) -> dict[str, Any]:
+def final_body(body: dict[str, Any], answers: list[str], *, limit: int) -> dict[str, Any]:
+    """The synthesis request: ``body`` with ``answers`` in its instruction, each cut (``fitted``) when the whole would
+    be over ``limit`` bytes, what the miners take (``MINER_MAX_BODY_BYTES``): every miner refused it (413) and the
+    caller got a 502 with valid answers in hand."""
+    out = _synthesis_body(body, answers)
+    if len(dumpb(out)) <= limit:
+        return out
+    room = limit - len(dumpb(_synthesis_body(body, [""] * len(answers))))
+    return _synthesis_body(body, fitted(answers, room))
+
+
+def fitted(answers: list[str], room: int) -> list[str]:
+    """``answers`` in at most ``room`` bytes as JSON text: each a fair share of it, the shorter ones whole, so that
+    no long answer crowds out the others; one cut ends with ``CUT_NOTE``, telling the synthesiser it was."""
+    sizes = [_json_size(a) for a in answers]
+    shares: dict[int, int] = {}
+    left = room - len(answers) * _json_size(CUT_NOTE)
+    for done, i in enumerate(sorted(range(len(answers)), key=sizes.__getitem__)):
+        shares[i] = min(sizes[i], max(0, left // (len(answers) - done)))
+        left -= shares[i]
+    return [a if shares[i] >= sizes[i] else _cut(a, shares[i]) + CUT_NOTE for i, a in enumerate(answers)]
+
+
+def _json_size(text: str) -> int:
+    """The bytes ``text`` takes inside a JSON string (its escapes included; they are per character)."""
+    return len(dumpb(text)) - 2
+
+
+def _cut(text: str, size: int) -> str:
+    """The longest start of ``text`` that takes at most ``size`` bytes as JSON text."""
+    low, high = 0, len(text)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _json_size(text[:mid]) <= size:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low]
+
+
+def _synthesis_body(body: dict[str, Any], answers: list[str]) -> dict[str, Any]:
     out = dict(body)
     out["messages"] = synthesis_messages(body["messages"], answers)
     out.pop("mixture", None)

@@ -235,6 +235,10 @@ class ApiSettings(CommonSettings):
         default=0.05, ge=0, description="Deadline grows by this per requested token (see README)"
     )
     mixture_k: int = Field(default=3, ge=1, le=64, description="Answers gathered in a mixture's first stage")
+    # The miners' own MAX_BODY_BYTES (their default): a mixture's synthesis holds every first-stage answer, and
+    # over this limit every miner asked to write it refused it (413) and the caller got a 502.
+    miner_max_body_bytes: int = Field(default=8 << 20, ge=1024, description="The largest request body the "
+                                      "miners take: a mixture's first-stage answers are cut so its synthesis fits")
     web_retrieval_n_miners: int = Field(default=3, ge=1, le=64, description="Default n_miners for web retrieval")
     outbox_max_items: int = Field(default=10_000, ge=1, description="Scoring outbox bound (oldest dropped)")
     outbox_max_bytes: int = Field(default=256 << 20, ge=1 << 20,

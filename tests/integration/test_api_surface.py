@@ -120,6 +120,21 @@ async def test_a_stalled_first_stage_miner_does_not_hold_the_mixture_once_others
     assert took < 2.0, f"the caller waited {took:.1f} s"
 
 
+async def test_a_synthesis_of_long_drafts_is_cut_to_what_the_final_miner_takes(tmp_path: Path) -> None:
+    """Two long drafts (600 kB each) made a synthesis body over the miners' limit (their ``MAX_BODY_BYTES``; 1 MiB
+    here, aiohttp's default): every miner asked to write it refused the body (413) and the caller got a 502 with
+    two valid answers in hand. Each draft is now cut so the body fits, with a note that it was."""
+    scripts = {uid: answer(f"view {uid} " + "x" * 600_000) for uid in (1, 2)}
+    async with api_with_miners(tmp_path, scripts, incentives={1: 0.9, 2: 0.1}, miner_max_body_bytes=1 << 20) as api:
+        status, headers, text = await post(api, {"messages": MESSAGES, "mixture": True})
+    assert status == 200, text
+    assert headers["x-sn1-miner-uid"] == "1"
+    final = scripts[1].bodies[-1]
+    assert len(json.dumps(final, separators=(",", ":")).encode()) <= 1 << 20
+    system = final["messages"][0]["content"]
+    assert "1. view 1 x" in system and "2. view 2 x" in system and system.count("[cut short]") == 2, system[-300:]
+
+
 def retrieval(results: list | str, delay: float = 0.0) -> Script:
     text = results if isinstance(results, str) else json.dumps(results)
     return answer(text, delay)
