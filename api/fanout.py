@@ -60,11 +60,12 @@ def aimed(req: ChatCompletionRequest, session: object | None, neurons: list[Neur
 def start_race(
     ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, *, stream: bool, request_id: str,
     excuse_timeouts: bool = False, check: Check | None = None, scored: bool = True, latency_scale: float | None = None,
-    empty: str | None = None,
+    empty: str | None = None, seeds: dict[int, int] | None = None,
 ) -> Race:
     """``check``: what makes a whole answer valid, when the request's own fields do not say (a web
     search's list of results); else the request's ``response_format`` and tools decide (``answer_check``).
-    ``empty``: why an answer with no text is none, when it is (``Race.empty``)."""
+    ``empty``: why an answer with no text is none, when it is (``Race.empty``). ``seeds``: the seed each of these
+    uids is sent in place of ``body``'s (a mixture's first stage)."""
     deadline = asyncio.get_running_loop().time() + seconds
     options = body.get("stream_options")
     race = Race(ctx.client, neurons, dumpb(body), deadline, stream=stream, asks_stream=asks_stream(body),
@@ -73,7 +74,8 @@ def start_race(
                 relay_usage=not stream or (isinstance(options, dict) and options.get("include_usage") is True),
                 scored=scored, latency_scale=latency_scale, health=ctx.miner_health,
                 model=None if body.get("model") in ANY_MODEL else body.get("model"), caller_limited=caller_limited(body),
-                empty=empty)
+                empty=empty, seeds=seeds,
+                bodies={uid: dumpb({**body, "seed": seed}) for uid, seed in (seeds or {}).items()})
     race.start()
     return race
 

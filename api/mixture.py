@@ -11,6 +11,7 @@ of them is asked within what is left of the deadline (``next_synthesiser``).
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,7 +135,16 @@ def start_stage_one(ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any]
     that runs out of it is not at fault (``excuse_timeouts``). Started apart from ``gather_answers`` so that a
     caller who hangs up meanwhile still has the race its line names."""
     return start_race(ctx, neurons, _stage_body(body), seconds, stream=False, request_id=request_id,
-                      excuse_timeouts=True, scored=scored, latency_scale=latency_scale)
+                      excuse_timeouts=True, scored=scored, latency_scale=latency_scale,
+                      seeds=stage_seeds(body.get("seed"), neurons))
+
+
+def stage_seeds(seed: int | None, neurons: list[Neuron]) -> dict[int, int]:
+    """A seed for each first-stage miner, derived from the request's ``seed`` and its uid: given one seed, every
+    miner wrote the same draft when they serve the same model deterministically, and the synthesis had one answer
+    several times over. Derived, not drawn: the same request with the same seed asks each miner the same (a
+    caller's seed makes the mixture reproducible as far as the miners are); the synthesis keeps ``seed``."""
+    return {n.uid: random.Random(f"mixture:{seed}:{n.uid}").randrange(2**31) for n in neurons}
 
 
 def _stage_body(body: dict[str, Any]) -> dict[str, Any]:

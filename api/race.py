@@ -303,6 +303,8 @@ class Race:
         model: str | None = None,
         caller_limited: bool = True,
         empty: str | None = None,
+        bodies: dict[int, bytes] | None = None,
+        seeds: dict[int, int] | None = None,
     ) -> None:
         self.client = client
         # Why an answer that ended with no text is none (None: it is one, as a chat's "" may be): a web retrieval's
@@ -327,6 +329,10 @@ class Race:
         self.runs = [MinerRun(n, offered=offered, opens_with=opens_with, calls_only=calls_only,
                               relay_usage=relay_usage, model=model) for n in neurons]
         self.body = body
+        # A body of its own for each of these uids (a mixture's first stage: ``body`` with the uid's seed, in
+        # ``seeds``, which its payload names: the validator scores each answer against its own seed's reference)
+        self.bodies = bodies or {}
+        self.seeds = seeds or {}
         self.deadline = deadline
         self.stream = stream
         # What ``body`` asks the miners for (its ``stream``: ``asks_stream``), told them in ``Accept``. Not
@@ -349,8 +355,8 @@ class Race:
     async def _run(self, run: MinerRun) -> None:
         try:
             loop = asyncio.get_running_loop()
-            batches = self.client.stream_chat_batches(run.neuron, self.body, self.deadline, request_id=self.request_id,
-                                                      stream=self.asks_stream)
+            batches = self.client.stream_chat_batches(run.neuron, self.bodies.get(run.uid, self.body), self.deadline,
+                                                      request_id=self.request_id, stream=self.asks_stream)
             unfit: str | None = None  # why the answer cannot be what was asked: it is kept whole, never relayed
             async for batch in batches:
                 arrived = loop.time() - self.started  # one read: the same arrival time for its events
@@ -506,4 +512,5 @@ class Race:
             # caller's shorter one (``latency_scale``; none known: the validator's ORGANIC_TIMEOUT).
             "deadline_s": self._latency_scale(),
             "created_at": time.time(),
+            **({"seeds": {str(r.uid): self.seeds[r.uid] for r in runs if r.uid in self.seeds}} if self.seeds else {}),
         }

@@ -45,9 +45,11 @@ Identity = tuple[Any, ...]
 
 
 def encode_job(job: ScoringJob) -> str:
-    """An organic job as stored: its one body once (every uid was sent the same), the rest as it is."""
+    """An organic job as stored: its one body once (every uid was sent the same, but for a seed of its own in a
+    mixture's first stage: ``seeds``), the rest as it is."""
     body = next(iter(job.bodies.values()))
-    return dumps({"task": job.task, "body": body, "hotkeys": job.hotkeys, "chunks": job.chunks,
+    seeds = {u: b.get("seed") for u, b in job.bodies.items() if b.get("seed") != body.get("seed")}
+    return dumps({"task": job.task, "body": body, "seeds": seeds, "hotkeys": job.hotkeys, "chunks": job.chunks,
                   "timings": job.timings, "errors": job.errors, "deadline_s": job.deadline_s,
                   "created_at": job.created_at, "size": job.size, "request_id": job.request_id})
 
@@ -56,7 +58,9 @@ def decode_job(row_id: int, raw: str) -> ScoringJob:
     """The job ``encode_job`` stored (``ValueError``, ``KeyError``, ``TypeError`` for a damaged row)."""
     data = loads(raw)
     hotkeys = {int(u): str(hk) for u, hk in data["hotkeys"].items()}
-    return ScoringJob(source="organic", task=str(data["task"]), bodies={u: data["body"] for u in hotkeys},
+    body, seeds = data["body"], {int(u): s for u, s in (data.get("seeds") or {}).items()}  # none: an older row
+    return ScoringJob(source="organic", task=str(data["task"]),
+                      bodies={u: {**body, "seed": seeds[u]} if u in seeds else body for u in hotkeys},
                       hotkeys=hotkeys, chunks={int(u): list(c) for u, c in data["chunks"].items()},
                       timings={int(u): list(t) for u, t in data["timings"].items()},
                       errors={int(u): str(e) for u, e in data["errors"].items()},

@@ -1,9 +1,9 @@
 """The organic scoring payload an API process posts to ``/scoring`` (wire model).
 
 Shape (``api.race.Race.payload()`` plus ``body``): the request body sent to
-every miner, the uids raced and the hotkey each was raced under, each uid's raw
-SSE chunks and their arrival times (seconds since fan-out), each uid's error,
-the winner and a timestamp.
+every miner (with a seed of its own for each uid in ``seeds``), the uids raced and
+the hotkey each was raced under, each uid's raw SSE chunks and their arrival times
+(seconds since fan-out), each uid's error, the winner and a timestamp.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ class OrganicPayload(BaseModel):
     # taken, never scored. A key holder could otherwise score a miner it owns with as many answers as it likes
     # (honest only for its own requests), or sink a rival's.
     caller_chose_miners: bool = False
+    # The seed each of these uids was sent in place of ``body``'s (a mixture's first stage gives each miner its own):
+    # each answer is judged against its own seed's reference. An API from before it existed sends none.
+    seeds: dict[int, int] = Field(default_factory=dict)
 
     def identity(self) -> tuple[Any, ...] | None:
         """What tells this payload from any other (None: an API too old to say). A forwarder that lost the
@@ -58,7 +61,7 @@ class OrganicPayload(BaseModel):
         if any(u < 0 for u in self.uids) or len(set(self.uids)) != len(self.uids):
             raise ValueError("uids must be distinct non-negative integers")
         known = set(self.uids)
-        for name in ("chunks", "timings", "errors", "hotkeys"):
+        for name in ("chunks", "timings", "errors", "hotkeys", "seeds"):
             extra = set(getattr(self, name)) - known
             if extra:
                 raise ValueError(f"{name} has uids {sorted(extra)} that are not in uids")
@@ -73,6 +76,10 @@ class OrganicPayload(BaseModel):
             raise ValueError(f"body is not a chat request ({where}: {why})") from None
         return self
 
+    def body_of(self, uid: int) -> dict[str, Any]:
+        """The body ``uid`` was sent: ``body``, with its own seed when it had one (``seeds``)."""
+        return {**self.body, "seed": self.seeds[uid]} if uid in self.seeds else self.body
+
     def to_job(self, snapshot: MetagraphSnapshot, deadline_s: float) -> ScoringJob:
         """A scoring job for the uids the metagraph still knows, held by the hotkeys that answered."""
         hotkeys = {u: n.hotkey for u in self.uids if (n := snapshot.by_uid(u)) is not None
@@ -81,7 +88,7 @@ class OrganicPayload(BaseModel):
         return ScoringJob(
             source="organic",
             task=str(self.body.get("task") or DEFAULT_TASK),
-            bodies={u: self.body for u in hotkeys},
+            bodies={u: self.body_of(u) for u in hotkeys},
             hotkeys=hotkeys,
             chunks=chunks,
             timings={u: t for u, t in self.timings.items() if u in hotkeys},

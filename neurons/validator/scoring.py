@@ -262,7 +262,9 @@ class Scorer:
                    for uid in job.bodies}
         copied: set[int] = set()
         seeds = {u: b.get("seed") for u, b in job.bodies.items()}
-        if seed_dependent and len(set(seeds.values())) > 1:  # an organic job sends one body (one seed) to all
+        # Synthetic jobs only: they sample (temperature 0.7). An organic job sends one seed to all, but for a mixture's
+        # first stage, whose caller's temperature 0 makes honest answers of one model the same whatever the seed.
+        if seed_dependent and job.source == "synthetic" and len(set(seeds.values())) > 1:
             copied = copied_uids({u: a.text[:MAX_SCORED_CHARS] for u, a in answers.items()
                                   if a.error is None and not a.tool_calls},
                                  seeds, prompt=prompt_text(job.bodies.values()))

@@ -135,6 +135,33 @@ async def test_a_synthesis_of_long_drafts_is_cut_to_what_the_final_miner_takes(t
     assert "1. view 1 x" in system and "2. view 2 x" in system and system.count("[cut short]") == 2, system[-300:]
 
 
+async def test_each_first_stage_miner_gets_a_seed_of_its_own_and_the_synthesis_the_callers(tmp_path: Path) -> None:
+    """Every first-stage miner got the caller's seed: deterministic miners serving one model wrote the same draft,
+    and the mixture synthesised one answer three times. Each now gets a seed of its own, derived from the caller's
+    (the same request with the same seed asks each miner the same); the synthesis gets the caller's seed. The
+    stage's scoring payload names each miner's seed, and the validator scores each against its own."""
+    payloads: list[dict] = []
+    async with api_with_miners(tmp_path, {}, honest={1, 2, 3}, incentives={1: 0.5, 2: 0.3, 3: 0.2}) as api:
+        api.ctx.payload_sinks.append(payloads.append)
+        for _ in range(2):
+            status, headers, text = await post(api, {"messages": MESSAGES, "mixture": True, "seed": 42})
+            assert status == 200 and headers["x-sn1-seed"] == "42", text
+        await asyncio.sleep(0.2)
+        snap = api.ctx.metagraph.snapshot
+    stages = [p for p in payloads if p["kind"] == "mixture_stage1"]
+    finals = [p for p in payloads if p["kind"] == "mixture"]
+    assert len(stages) == 2 and len(finals) == 2, payloads
+    system = finals[0]["body"]["messages"][0]["content"]
+    drafts = system.split("Responses from models:\n", 1)[1].split("\n")
+    assert len(drafts) == 3 and len({d.split(". ", 1)[1] for d in drafts}) == 3, drafts
+    seeds = stages[0]["seeds"]
+    assert sorted(seeds) == ["1", "2", "3"] and len(set(seeds.values())) == 3, seeds
+    assert stages[1]["seeds"] == seeds, "the same caller's seed asks each miner with the same seed"
+    assert stages[0]["body"]["seed"] == 42 and finals[0]["body"]["seed"] == 42
+    job = OrganicPayload.model_validate(stages[0]).to_job(snap, 30.0)
+    assert {u: b["seed"] for u, b in job.bodies.items()} == {int(u): s for u, s in seeds.items()}
+
+
 def retrieval(results: list | str, delay: float = 0.0) -> Script:
     text = results if isinstance(results, str) else json.dumps(results)
     return answer(text, delay)

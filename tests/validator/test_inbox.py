@@ -347,3 +347,31 @@ async def test_the_scored_line_names_the_request_id_across_a_restart(tmp_path: P
     assert scored == ["scored organic InferenceTask rid=-: 1=1.00 2=1.00",
                       "scored organic InferenceTask rid=rid-kept: 1=1.00 2=1.00",
                       "scored organic InferenceTask rid=rid-live: 1=1.00 2=1.00"], scored
+
+
+def honest(seed: int) -> list[str]:
+    """The chunks of the honest answer to ``BODY`` asked with ``seed``."""
+    return [json.dumps({"choices": [{"index": 0, "delta": {
+        "content": DeterministicBackend().answer_text({**BODY, "seed": seed})}}]})]
+
+
+async def test_a_mixture_stage_is_scored_against_each_miners_own_seed_across_a_restart(tmp_path: Path) -> None:
+    """A mixture's first stage sends each miner a seed of its own (``seeds``), for drafts that differ: scored
+    against the body's one seed, every honest draft would miss its reference. Each is judged against its own seed's,
+    queued in the inbox and after a restart too; two honest miners that happen to answer alike under different seeds
+    are not zeroed as copies (the copy rule is for synthetic jobs, which sample; a caller's temperature 0 does not)."""
+    path = tmp_path / "scoring_inbox.db"
+    own = answered("rid-seeds", kind="mixture_stage1", seeds={"1": 11, "2": 22},
+                   chunks={"1": honest(11), "2": honest(22)})
+    alike = answered("rid-alike", kind="mixture_stage1", seeds={"1": 11, "2": 22},
+                     chunks={"1": honest(11), "2": honest(11)})
+    async with validator(path, scoring=False) as (url, ctx):
+        status, body = await post(url, "/scoring", json.dumps([own]).encode())
+        assert status == 202 and body["queued"] == 1, body
+    async with validator(path) as (url, ctx):
+        await wait_until(lambda: organic(ctx, 2) > 0, 10)
+        assert organic(ctx, 1) == organic(ctx, 2) == after(1), "each honest draft matches its own seed's reference"
+        status, body = await post(url, "/scoring", json.dumps([alike]).encode())
+        assert status == 202 and body["queued"] == 1, body
+        await wait_until(lambda: organic(ctx, 1) > after(1), 10)
+        assert organic(ctx, 1) == after(2), "uid 1's draft is its own seed's, and no copy"
