@@ -11,6 +11,7 @@ of them is asked within what is left of the deadline (``next_synthesiser``).
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +28,9 @@ from shared.protocol import ChatCompletionRequest
 
 MIXTURE_MODES = {"mixture-of-agents", "mixture-of-miners", "mixture"}
 STAGE_ONE_SHARE = 0.5
-# Drafts that make a mixture: once this many are in, the rest of the first stage have a grace (``GRACE_*``), not
-# the stage's whole half of the deadline, which one stalled miner held every caller for.
-QUORUM = 2
+# Drafts that make a mixture: once this share of the miners asked (rounded up) gave one, the rest of the first stage
+# have a grace (``GRACE_*``), not the stage's whole half of the deadline, which one stalled miner held every caller for.
+QUORUM_SHARE = 0.5
 GRACE_FACTOR = 1.0  # the grace: as long again as the quorum took ...
 MIN_GRACE_SECONDS = 0.5  # ... and at least this (network jitter on short answers)
 CUT_NOTE = " [cut short]"  # ends a first-stage answer cut to fit the synthesis in what a miner takes (``fitted``)
@@ -165,11 +166,12 @@ async def gather_answers(ctx: ApiContext, race: Race, body: dict[str, Any], *, n
 
 
 async def drafts_in(race: Race) -> None:
-    """Wait until every miner of ``race`` has answered or failed, or, once ``QUORUM`` valid drafts are in, until the
-    others' grace is over (as long again as the quorum took, at least ``MIN_GRACE_SECONDS``), whichever comes first.
-    The miners still answering are not stopped: they are scored when they finish, as a plain race's losers are."""
+    """Wait until every miner of ``race`` has answered or failed, or, once a quorum of valid drafts is in (half of the
+    miners asked, ``QUORUM_SHARE``, rounded up: 2 of ``MIXTURE_K``'s 3, 1 of 2), until the others' grace is over (as
+    long again as the quorum took, at least ``MIN_GRACE_SECONDS``), whichever comes first. The miners still
+    answering are not stopped: they are scored when they finish, as a plain race's slower miners are."""
     loop = asyncio.get_running_loop()
-    quorum = min(QUORUM, len(race.runs))
+    quorum = math.ceil(len(race.runs) * QUORUM_SHARE)
     pending: set[asyncio.Task[None]] = set(race.tasks)
     cutoff: float | None = None
     while pending:

@@ -104,14 +104,17 @@ async def test_a_mixture_that_gets_no_first_stage_answer_fails_as_a_plain_reques
     assert got == status and err["code"] == code and err["message"].startswith("Mixture, first stage:"), text
 
 
-@pytest.mark.parametrize(("delay", "used"), [(0.1, ["1", "2", "3"]), (2.0, ["1", "2"])], ids=["in-grace", "stalled"])
+@pytest.mark.parametrize(("delays", "used"), [({1: 0, 2: 0, 3: 0.1}, ["1", "2", "3"]), ({1: 0, 2: 0, 3: 2.0}, ["1", "2"]),
+                                             ({1: 0, 2: 2.0}, ["1"])], ids=["in-grace", "stalled", "stalled-of-two"])
 async def test_a_stalled_first_stage_miner_does_not_hold_the_mixture_once_others_answered(
-        tmp_path: Path, delay: float, used: list[str]) -> None:
-    """One stalled miner held the first stage for half the deadline (5 s here) though the two others had answered
-    at once: the caller waited for nothing. Once two drafts are in, the rest have a grace (as long again as those
-    took, at least half a second): a miner a little slower is still used, a stalled one is not waited for."""
-    scripts = {1: answer("first view"), 2: answer("second view"), 3: answer("late view", delay=delay)}
-    async with api_with_miners(tmp_path, scripts, incentives={1: 0.5, 2: 0.3, 3: 0.2}, request_timeout=10.0) as api:
+        tmp_path: Path, delays: dict[int, float], used: list[str]) -> None:
+    """One stalled miner held the first stage for half the deadline (5 s here) though the others had answered at
+    once: the caller waited for nothing. Once half the miners asked (rounded up) gave a draft, the rest have a grace
+    (as long again as those took, at least half a second): a miner a little slower is still used, a stalled one is
+    not waited for."""
+    scripts = {uid: answer(f"view {uid}", delay=delay) for uid, delay in delays.items()}
+    incentives = {uid: 1.0 - uid / 10 for uid in delays}
+    async with api_with_miners(tmp_path, scripts, incentives=incentives, request_timeout=10.0) as api:
         started = time.monotonic()
         status, headers, text = await post(api, {"messages": MESSAGES, "mixture": True})
         took = time.monotonic() - started
