@@ -227,6 +227,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             tell_no_answer(ctx.no_answer, race, rid, error, caller_cut=caller_cut)
             raise error
         ctx.no_answer.ok()  # nothing unless requests were failing: then, once they no longer are, one INFO line
+        if use_mixture:  # what its usage estimate counts, when the miner gives none: the drafts are in its prompt
+            winner.prompt = mixture.prompt_text(body)
         headers["x-sn1-miner-uid"] = str(winner.uid)
         if req.stream:
             response = await fmt.stream(request, req, race, winner, headers)

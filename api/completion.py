@@ -32,8 +32,11 @@ from shared.sse import encode_event
 from shared.store.outage import OutageLog
 
 
-def estimated_usage(req: ChatCompletionRequest, completion_text: str) -> dict[str, Any]:
-    prompt = estimate_tokens("\n".join(content_text(m.content) for m in req.messages))
+def estimated_usage(req: ChatCompletionRequest, completion_text: str, prompt_text: str | None = None) -> dict[str, Any]:
+    """~4 characters a token, of ``prompt_text`` (else ``req``'s messages) and ``completion_text``."""
+    if prompt_text is None:
+        prompt_text = "\n".join(content_text(m.content) for m in req.messages)
+    prompt = estimate_tokens(prompt_text)
     completion = estimate_tokens(completion_text)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "estimated": True}
@@ -45,7 +48,7 @@ def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
     # what the model wrote: its thinking, its text, a refusal, and the names and arguments of the tools it called
     calls = "".join(c["function"]["name"] + c["function"]["arguments"] for c in run.tool_calls.values())
     thinking = "".join(run.reasoning)
-    usage = estimated_usage(req, thinking + run.text + "".join(run.refusal) + calls)
+    usage = estimated_usage(req, thinking + run.text + "".join(run.refusal) + calls, run.prompt)
     if thinking:  # counted as reasoning tokens too, as a model server counts them
         usage["completion_tokens_details"] = {"reasoning_tokens": estimate_tokens(thinking)}
     return usage

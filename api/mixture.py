@@ -24,7 +24,7 @@ from api.selection import top_miner
 from shared.errors import CONTEXT_LENGTH_EXCEEDED, MODEL_SERVER_REJECTED, ApiError
 from shared.jsonutil import dumpb
 from shared.metagraph import Neuron
-from shared.protocol import ChatCompletionRequest
+from shared.protocol import ChatCompletionRequest, content_text
 
 MIXTURE_MODES = {"mixture-of-agents", "mixture-of-miners", "mixture"}
 STAGE_ONE_SHARE = 0.5
@@ -80,6 +80,11 @@ def final_body(body: dict[str, Any], answers: list[str], *, limit: int) -> dict[
         return out
     room = limit - len(dumpb(_synthesis_body(body, [""] * len(answers))))
     return _synthesis_body(body, fitted(answers, room))
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """The text of ``body``'s messages (a synthesis: the conversation and the answers), for an estimated usage."""
+    return "\n".join(content_text(m.get("content")) for m in body["messages"])
 
 
 def fitted(answers: list[str], room: int) -> list[str]:

@@ -60,6 +60,9 @@ class MinerRun:
     tool_call_ids: set[str] = field(default_factory=set)
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None  # the miner's, in the SDK's shape (``reported_usage``); None: none valid
+    # The text of its prompt, when not the caller's messages (a mixture's synthesis: they and the first stage's
+    # answers), which an estimated usage counts (``completion.response_usage``)
+    prompt: str | None = None
     # The model the answer is of, for the caller: the one the request named (``Race``'s ``model``: a miner's answer
     # saying another is told as this), else the one the miner's first chunk names (``answer_model``).
     model: str | None = None

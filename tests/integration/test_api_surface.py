@@ -165,6 +165,22 @@ async def test_each_first_stage_miner_gets_a_seed_of_its_own_and_the_synthesis_t
     assert {u: b["seed"] for u, b in job.bodies.items()} == {int(u): s for u, s in seeds.items()}
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_mixtures_estimated_usage_counts_the_drafts_in_its_prompt(tmp_path: Path, stream: bool) -> None:
+    """A final miner that reports no usage gets an estimate (``"estimated": true``): its ``prompt_tokens`` counted the
+    caller's messages alone (5 tokens here), though the README says a mixture's prompt holds the first stage's
+    answers and counts them (as a miner's own count does): two 4,000-character drafts went uncounted, in the answer's
+    usage and the key's daily tokens alike."""
+    scripts = {uid: answer(f"view {uid} " + "word " * 800) for uid in (1, 2)}
+    async with api_with_miners(tmp_path, scripts, incentives={1: 0.9, 2: 0.1}) as api:
+        status, _, text = await post(api, {"messages": MESSAGES, "mixture": True, "stream": stream,
+                                           "stream_options": {"include_usage": True} if stream else None})
+    assert status == 200, text
+    usage = ([json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")][-1]["usage"]
+             if stream else json.loads(text)["usage"])
+    assert usage["estimated"] is True and usage["prompt_tokens"] >= 2 * 4000 // 4, usage
+
+
 def retrieval(results: list | str, delay: float = 0.0) -> Script:
     text = results if isinstance(results, str) else json.dumps(results)
     return answer(text, delay)
