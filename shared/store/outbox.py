@@ -23,6 +23,10 @@ from shared.store.base import RedisGate, RedisLink, RedisLinks, open_by_url
 from shared.store.sqlite_tables import SQLiteTables
 
 MAX_BYTES = 256 << 20  # ``OUTBOX_MAX_BYTES``'s default
+# Over ``max_bytes``, the bytes held are counted again from the sizes of the payloads still there, at most this often
+# (each store): an API of an older version on the same store deletes payloads without releasing their bytes, and
+# the count, ever higher, dropped every payload but the newest at each commit, for good.
+RECOUNT_SECONDS = 60.0
 ACK_GROUP = 500  # ids a statement at most (SQLite's bound on a statement's variables is 32,766)
 
 
@@ -107,6 +111,7 @@ class SQLiteOutbox(SQLiteTables):
         super().__init__(path, SQLITE_SCHEMA)
         self.max_items = max_items
         self.max_bytes = max_bytes
+        self._recounted_at = -RECOUNT_SECONDS  # ``time.monotonic()`` at this process's last recount of the bytes
 
     async def put(self, payload: dict[str, Any]) -> int:
         return await self.put_many([payload])
@@ -150,6 +155,11 @@ class SQLiteOutbox(SQLiteTables):
         # the sizes of rows an API from before them removed (sharing the file), had it run since
         self._remove(db, "id < (SELECT COALESCE(MIN(id), 0) FROM outbox)", ())
         held = db.execute("SELECT value FROM outbox_meta WHERE name = 'bytes'").fetchone()[0]
+        if held > self.max_bytes and time.monotonic() - self._recounted_at >= RECOUNT_SECONDS:
+            self._recounted_at = time.monotonic()  # an API from before the running total removed rows and sizes
+            (held,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox_size WHERE id IN (SELECT id FROM outbox)"
+                                 ).fetchone()
+            db.execute("UPDATE outbox_meta SET value = ? WHERE name = 'bytes'", (held,))
         count = 0
         for (size,) in db.execute("SELECT size FROM outbox_size ORDER BY id"):
             if held <= self.max_bytes:
@@ -244,17 +254,36 @@ class SQLiteOutbox(SQLiteTables):
         self._close_db()
 
 
-# KEYS[1] = the stream, KEYS[2] = the dropped counter, KEYS[3] = the bytes held, KEYS[4] = each entry's size;
-# ARGV = max_items, max_bytes, then a payload and its size, a payload and its size, ...
+# KEYS[1] = the stream, KEYS[2] = the dropped counter, KEYS[3] = the bytes held, KEYS[4] = each entry's size,
+# KEYS[5] = when the bytes held were last counted again; ARGV = max_items, max_bytes, recount seconds, then a payload
+# and its size, a payload and its size, ...
 _REDIS_PUT = """
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local id = redis.call('XADD', KEYS[1], '*', 'p', ARGV[i])
   redis.call('HSET', KEYS[4], id, ARGV[i + 1])
   redis.call('INCRBY', KEYS[3], ARGV[i + 1])
 end
 local max_items, max_bytes, dropped = tonumber(ARGV[1]), tonumber(ARGV[2]), 0
+local function held() return tonumber(redis.call('GET', KEYS[3]) or '0') end
+local function older(a, b)
+  local a1, a2 = string.match(a, '(%d+)-(%d+)')
+  local b1, b2 = string.match(b, '(%d+)-(%d+)')
+  a1, a2, b1, b2 = tonumber(a1), tonumber(a2), tonumber(b1), tonumber(b2)
+  return a1 < b1 or (a1 == b1 and a2 < b2)
+end
+if held() > max_bytes and (redis.call('HLEN', KEYS[4]) > redis.call('XLEN', KEYS[1])
+                           or redis.call('SET', KEYS[5], '1', 'NX', 'EX', tonumber(ARGV[3]))) then
+  -- over the bound: count again what the entries still in the stream hold (an API from before the byte bound
+  -- deletes entries without releasing their bytes): whenever sizes outnumber entries, else once a recount's seconds
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
+  local sizes, total = redis.call('HGETALL', KEYS[4]), 0
+  for j = 1, #sizes, 2 do
+    if older(sizes[j], first) then redis.call('HDEL', KEYS[4], sizes[j]) else total = total + tonumber(sizes[j + 1]) end
+  end
+  redis.call('SET', KEYS[3], total)
+end
 local len = redis.call('XLEN', KEYS[1])
-while len > 1 and (len > max_items or tonumber(redis.call('GET', KEYS[3]) or '0') > max_bytes) do
+while len > 1 and (len > max_items or held() > max_bytes) do
   local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
   redis.call('XDEL', KEYS[1], first)
   redis.call('DECRBY', KEYS[3], tonumber(redis.call('HGET', KEYS[4], first) or '0'))
@@ -320,6 +349,7 @@ class RedisOutbox:
         self.dropped_key = f"{namespace}:outbox:dropped"
         self.bytes_key = f"{namespace}:outbox:bytes"  # the size of the payloads held (their JSON's characters)
         self.sizes_key = f"{namespace}:outbox:sizes"  # entry id -> its payload's size (a stream entry from before: 0)
+        self.recounted_key = f"{namespace}:outbox:recounted"  # set for ``RECOUNT_SECONDS`` after a recount
         self.lease_key = f"{namespace}:outbox:lease"
         self.outage_key = f"{namespace}:outbox:outage"
         self.gate = RedisGate(link, "redis outbox")
@@ -343,9 +373,9 @@ class RedisOutbox:
         (a call per payload made the group commit wait for ~50 sequential round trips at load).
         Trimming once after the group drops exactly what trimming after each add would."""
         dropped = 0
-        keys = [self.key, self.dropped_key, self.bytes_key, self.sizes_key]
+        keys = [self.key, self.dropped_key, self.bytes_key, self.sizes_key, self.recounted_key]
         for start in range(0, len(payloads), PUT_GROUP):
-            args: list[Any] = [self.max_items, self.max_bytes]
+            args: list[Any] = [self.max_items, self.max_bytes, int(RECOUNT_SECONDS)]
             for raw in (dumps(p) for p in payloads[start:start + PUT_GROUP]):
                 args += [raw, len(raw)]
             dropped += int(await self._call(self._put(keys=keys, args=args)))

@@ -79,6 +79,31 @@ async def test_an_outbox_full_by_size_drops_the_oldest_and_counts(make_outbox) -
     assert await box.put_many([{"n": i, "pad": pad} for i in (7, 8, 9)]) == 0 and await box.depth() == 3
 
 
+async def _ack_as_an_older_api(box: Outbox, item_ids: list[str]) -> None:
+    """Delete delivered payloads as an API of an older version on the same store does: on Redis an XDEL alone
+    (before the byte bound), in SQLite the rows and their sizes without the running total (before it)."""
+    if isinstance(box, RedisOutbox):
+        await box.r.xdel(box.key, *item_ids)
+        return
+    marks = ",".join("?" * len(item_ids))
+    box._tx(lambda db: (db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", item_ids),
+                        db.execute(f"DELETE FROM outbox_size WHERE id IN ({marks})", item_ids)))
+
+
+async def test_payloads_an_older_api_delivered_leave_their_room(make_outbox) -> None:
+    """A fleet mixing versions on one store: an older API holding the lease deletes what it delivered without
+    releasing its bytes, so the count of bytes held only grew; past ``OUTBOX_MAX_BYTES`` every commit dropped
+    every payload but the newest, never scored, and went on after the fleet was upgraded. Over the bound, the
+    bytes held are counted again from what is still there (once a minute at most)."""
+    box = make_outbox(max_items=100, max_bytes=10_000)
+    pad = "x" * 3000
+    await box.put_many([{"n": i, "pad": pad} for i in range(3)])
+    await _ack_as_an_older_api(box, [i.id for i in await box.peek(10)])  # ~9 kB never released
+    assert await box.put_many([{"n": i, "pad": pad} for i in range(3)]) == 0, "the room is there"
+    assert await box.depth() == 3 and await box.dropped() == 0
+    assert await box.put({"n": 3, "pad": pad}) == 1, "and the bound still holds"
+
+
 async def test_a_gap_left_by_an_ack_out_of_order_drops_nothing(make_outbox) -> None:
     """The SQLite outbox bounds its count by the id span; a hole in the span must not look full."""
     box = make_outbox(max_items=3)
