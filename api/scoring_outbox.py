@@ -4,7 +4,9 @@ At-least-once, oldest first: the lease holder (one forwarder across every API
 worker and host) posts the head of the outbox, removes it only after a 2xx, and
 on failure waits with exponential backoff and full jitter before retrying the
 same payload, so order is kept. A payload the validator rejects as malformed
-(its 400/422, or a 413 from anyone) is dropped with a log line: it would block the queue forever.
+(its 400/422, or a 413 from anyone) is dropped with a log line: it would block the queue forever. So is one
+the validator fails on (its 500) ``CRASH_ATTEMPTS`` times in a row, once it takes a payload behind it: one that
+fails alike is a validator down, and everything is kept.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ from shared.store.outage import OutageLog
 from shared.store.outbox import Outbox, OutboxItem
 
 POISON_STATUSES = {400, 413, 422}
+OUTAGE_STATUSES = {502, 503, 504}  # a validator away (or behind, 503) whatever it is sent: never a payload's fault
+# A payload the validator fails on (a 5xx but those: its bug, which this payload may trigger) this many times in a
+# row is tried no more once the validator takes the payload behind it: it was retried for good, oldest first, and
+# no payload after it was ever delivered. One behind it failing alike is a validator broken for all: all are kept.
+CRASH_ATTEMPTS = 5
 REFUSED_STATUSES = {401, 403}  # the validator does not accept our signature: a setting to fix, said out loud
 SIGNATURE_CODES = frozenset({"MalformedAuth"})  # a 400 about our signature's headers, not about the payloads
 REFUSAL_WARNING_EVERY = 60.0
@@ -105,6 +112,8 @@ class OutboxForwarder:
         self.failures = 0
         self.delivered = 0
         self.delivery_failures = 0
+        self.rejected = 0  # payloads dropped as the validator would not take them (malformed, or failed on)
+        self._failed_on: tuple[str, int] = ("", 0)  # the payload the validator last failed on, and how often in a row
         self._wake = asyncio.Event()
         # waiting for the group commit: each payload, its future, its JSON's size (0: not measured, as it needs
         # only be while the store refuses them)
@@ -225,9 +234,13 @@ class OutboxForwarder:
             return True
         if malformed_verdict(status, body):
             await self.delivery_outage.ok()
+            self.rejected += 1
             logger.warning("validator rejected scoring payload {} as malformed (HTTP {}): dropped ({})", item.id,
                            status, describe_rejected([{"index": 0, "error": _error_message(body)}], [item]))
             return True
+        if failed_on_it(status):
+            item_id, times = self._failed_on
+            self._failed_on = (item.id, times + 1 if item_id == item.id else 1)
         if not self._refused(status, body):
             await self._undelivered(f"HTTP {status}")
         logger.debug("validator answered HTTP {} for payload {}", status, item.id)
@@ -311,6 +324,7 @@ class OutboxForwarder:
             await self.delivery_outage.ok()
             rejected = body.get("rejected") if isinstance(body, dict) else None
             if rejected and isinstance(rejected, list):
+                self.rejected += len(rejected)
                 logger.warning("validator rejected {} of {} scoring payloads as malformed: dropped ({})",
                                len(rejected), len(items), describe_rejected(rejected, items))
             stale = body.get("stale") if isinstance(body, dict) else None
@@ -319,8 +333,8 @@ class OutboxForwarder:
                                "(its ORGANIC_MAX_AGE_SECONDS): not scored", stale, len(items))
             self.batch_limit = min(self.batch, self.batch_limit * 2)
             return True
-        if malformed_verdict(status, body):
-            return None
+        if malformed_verdict(status, body) or failed_on_it(status):
+            return None  # one by one: the payloads before the one it cannot take are delivered (a 500: counted)
         if status == 503 and len(items) > 1:  # the validator's queue cannot take this many at once: fewer next
             self.batch_limit = max(1, len(items) // 2)
         if not self._refused(status, body):
@@ -335,19 +349,26 @@ class OutboxForwarder:
         peeked = await self.outbox.peek(self.batch_limit)
         items = self._within_bytes(peeked)
         self._backlog = len(peeked) == self.batch_limit or len(items) < len(peeked)  # more waits behind these
-        if len(items) > 1:
+        if len(items) > 1 and self._failed_on[0] != items[0].id:  # a batch with it fails too: it goes alone
             outcome = await self.deliver_batch(items)
             if outcome is not None:
                 return await self._settle_pass([i.id for i in items] if outcome else [])
         delivered: list[str] = []
+        set_aside: OutboxItem | None = None  # failed on too often: dropped if the validator takes the next one
         try:
             for item in items:
                 if not await self._lease():
                     break  # renewed before each post; lost (a stall past it): another worker delivers now
                 if not await self.deliver(item):
+                    if set_aside is None and item is not items[-1] and self._gave_up_on(item):
+                        set_aside = item
+                        continue
                     self.failures += 1
                     self.delivery_failures += 1
                     break
+                if set_aside is not None:
+                    delivered.append(self._drop_failed_on(set_aside))
+                    set_aside = None
                 delivered.append(item.id)
                 self.failures = 0
                 self.delivered += 1
@@ -355,6 +376,20 @@ class OutboxForwarder:
             if delivered:  # one transaction per pass; a crash before it only means a re-delivery
                 await self.outbox.ack_many(delivered)
         return len(delivered)
+
+    def _gave_up_on(self, item: OutboxItem) -> bool:
+        """Whether the validator failed on ``item`` (a 500) ``CRASH_ATTEMPTS`` times in a row, here."""
+        return self._failed_on[0] == item.id and self._failed_on[1] >= CRASH_ATTEMPTS
+
+    def _drop_failed_on(self, item: OutboxItem) -> str:
+        """The validator took the payload behind ``item``: ``item`` is its to fail on, not an outage. Its id, to
+        delete with the delivered ones; said once, with the request id to find the validator's error by."""
+        self.rejected += 1
+        logger.warning("validator failed on scoring payload {} with HTTP 500 {} times in a row while it takes the "
+                       "others: dropped, never scored ({}; see the validator's log for its error)", item.id,
+                       self._failed_on[1], describe_rejected([{"index": 0, "error": "the validator's error"}], [item]))
+        self._failed_on = ("", 0)
+        return item.id
 
     async def _lease(self) -> bool:
         """Take or renew the lease; taking it over, this worker may be the one to end an outage another began."""
@@ -445,6 +480,12 @@ def describe_rejected(rejected: Any, items: list[OutboxItem], *, limit: int = 3)
         parts.append(f"rid={rid} why={str(why)[:200]}")
     more = len(rejected) - limit if isinstance(rejected, list) and len(rejected) > limit else 0
     return "; ".join(parts) + (f"; and {more} more" if more else "")
+
+
+def failed_on_it(status: int) -> bool:
+    """Whether the validator failed while taking the payloads (a 5xx that is not ``OUTAGE_STATUSES``): the
+    payloads' fault perhaps (one may make it fail), perhaps not (a validator broken for all)."""
+    return status >= 500 and status not in OUTAGE_STATUSES
 
 
 def malformed_verdict(status: int, body: Any) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 from loguru import logger
 
-from api.scoring_outbox import OutboxForwarder
+from api.scoring_outbox import CRASH_ATTEMPTS, OutboxForwarder
 from shared.aio import describe, within
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Authorizer, RequestVerifier, Signer
@@ -35,6 +35,8 @@ def scoring_app(received: list[dict], statuses: list[int] | None = None) -> web.
             if status != 202:
                 return web.json_response({"error": {"message": "nope"}}, status=status)
         data = await request.json()
+        if any(p.get("crash") for p in (data if isinstance(data, list) else [data])):
+            raise RuntimeError("a payload this validator fails on")  # aiohttp's 500, as a validator's bug
         if isinstance(data, list):  # the forwarder's batches, as the real validator takes them
             rejected = [{"index": i, "error": "poison"} for i, p in enumerate(data) if p.get("poison")]
             received.extend(p for p in data if not p.get("poison"))
@@ -564,3 +566,64 @@ async def test_a_forwarder_stopped_as_a_payload_arrives_stores_it_and_the_next_o
         assert await box.depth() == 2
     finally:
         await box.close()
+
+
+async def test_a_payload_the_validator_fails_on_is_dropped_after_a_few_tries_and_the_rest_delivered(
+        tmp_path: Path) -> None:
+    """A payload that makes the validator fail (its 500: a bug its contents trigger) was retried for good, the
+    batch it sat in too, oldest first: no payload after it was ever delivered, and the outbox filled and dropped
+    the newest answers. Failed on ``CRASH_ATTEMPTS`` times in a row, it is dropped once the validator takes the
+    payload behind it: one WARNING naming it, counted in ``rejected``."""
+    lines, sink = log_lines("WARNING")
+    received: list[dict] = []
+    posts: list[list[int]] = []
+    app = scoring_app(received)
+
+    @web.middleware
+    async def record(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        import json
+
+        data = json.loads(await request.read())
+        posts.append([p["n"] for p in (data if isinstance(data, list) else [data])])
+        return await handler(request)
+
+    app.middlewares.append(record)
+    try:
+        async with serve_app(app) as url, make_session() as session:
+            box = SQLiteOutbox(tmp_path / "api.db")
+            fwd = forwarder(box, MinerClient(session, Signer(API)), url)
+            for i in range(4):
+                await fwd.sink({"n": i, "request_id": f"rid-{i}", "crash": i == 1})
+            async with running(fwd):
+                await wait_for(lambda: len(received) == 3)
+                await drained(box)
+                await fwd.sink({"n": 4, "request_id": "rid-4"})  # and what comes after goes as ever
+                await wait_for(lambda: len(received) == 4)
+            await box.close()
+    finally:
+        logger.remove(sink)
+    assert [p["n"] for p in received] == [0, 2, 3, 4]
+    assert sum(1 in p for p in posts) <= CRASH_ATTEMPTS + 2, posts  # a batch, then alone, and once more
+    (told,) = [x for x in lines if "dropped" in x]
+    assert "rid=rid-1" in told and f"HTTP 500 {CRASH_ATTEMPTS} times" in told, told
+    assert fwd.rejected == 1
+
+
+async def test_a_validator_that_fails_on_every_payload_loses_none(tmp_path: Path) -> None:
+    """A validator answering 500 to everything (broken, not one payload) is an outage: it takes none of the
+    payloads behind the one it fails on either, so none is dropped however long it lasts."""
+    received: list[dict] = []
+    statuses = [500] * 10_000
+    async with serve_app(scoring_app(received, statuses)) as url, make_session() as session:
+        box = SQLiteOutbox(tmp_path / "api.db")
+        fwd = forwarder(box, MinerClient(session, Signer(API)), url)
+        for i in range(4):
+            await fwd.sink({"n": i})
+        async with running(fwd):
+            await wait_for(lambda: fwd.delivery_failures >= 3 * CRASH_ATTEMPTS, timeout=30)
+            assert await box.depth() == 4
+            statuses.clear()  # fixed
+            await wait_for(lambda: len(received) == 4)
+            await drained(box)
+        await box.close()
+    assert [p["n"] for p in received] == [0, 1, 2, 3] and fwd.rejected == 0
