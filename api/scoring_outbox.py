@@ -16,6 +16,7 @@ import contextlib
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,8 +30,8 @@ from shared.jsonutil import dumpb
 from shared.logging import printable
 from shared.miner_client import MinerClient, MinerError
 from shared.store.base import StoreUnavailable
-from shared.store.outage import OutageLog
-from shared.store.outbox import Outbox, OutboxItem
+from shared.store.outage import OutageLog, OutageTeller
+from shared.store.outbox import Outbox, OutboxItem, Stored
 
 POISON_STATUSES = {400, 413, 422}
 OUTAGE_STATUSES = {502, 503, 504}  # a validator away (or behind, 503) whatever it is sent: never a payload's fault
@@ -101,8 +102,9 @@ class OutboxForwarder:
         self.commit_outage = OutageLog("scoring outbox: payloads not stored yet")
         self.pass_outage = OutageLog("scoring outbox unreachable")
         # A full outbox drops at every commit while the validator is away: a WARNING each was a line per request.
-        self.full = OutageLog("scoring outbox full (OUTBOX_MAX_ITEMS or OUTBOX_MAX_BYTES): the oldest payloads are "
-                              "dropped, never scored", back="it has room again", settle=60.0)
+        # The run is the store's (``Stored``): told once whichever worker's commits drop (each told its own).
+        self.full = OutageTeller("scoring outbox full (OUTBOX_MAX_ITEMS or OUTBOX_MAX_BYTES): the oldest payloads "
+                                 "are dropped, never scored", back="it has room again")
         self.full_dropped = 0  # payloads this worker's commits dropped from the full outbox, since start
         # A validator down, or answering 5xx: each post was a DEBUG line, so the outbox grew with nothing said.
         # Told once per outage across every worker: the lease may move in it (``DeliveryOutage``).
@@ -151,18 +153,14 @@ class OutboxForwarder:
         if not group:
             return
         try:
-            dropped = await self.outbox.put_many([payload for payload, _, _ in group])
+            stored = await self.outbox.store([payload for payload, _, _ in group], time.time())
         except Exception as e:  # noqa: BLE001 - kept for the next try (a locked SQLite, Redis for a moment)
             self._keep_unstored(group, e, final=final)
             return
         self._commit_failures = 0
         self.commit_outage.ok()
-        if dropped:
-            self.full_dropped += dropped
-            self.full.failed(f"dropped {dropped} oldest payload(s) to store {len(group)} ({self.full_dropped} "
-                             "since start; is the validator taking them? see sn1_api_outbox_dropped)")
-        else:
-            self.full.ok()
+        self.full_dropped += stored.dropped
+        self._tell_full(stored, len(group))
         for _, done, _ in group:
             if not done.done():
                 done.set_result(None)
@@ -170,6 +168,19 @@ class OutboxForwarder:
         if self._stored >= self.batch:
             self._full.set()
         self._wake.set()
+
+    def _tell_full(self, stored: Stored, group: int) -> None:
+        """The run of drops of a full outbox, as the store says: every worker's commits drop while the validator
+        is away, and each told its own run, its own drops "since start" (with ``WORKERS=4``, four WARNINGs, four
+        lines a minute, four counts that were none of them the ``sn1_api_outbox_dropped`` of the metrics)."""
+        why = (f"dropped {stored.dropped} oldest payload(s) to store {group} ({stored.total} in all; is the validator "
+               "taking them? see sn1_api_outbox_dropped)")
+        if stored.run == "began":
+            self.full.began(0.0, why)
+        elif stored.run == "again":
+            self.full.still(stored.count, stored.seconds, why)
+        elif stored.run == "ended":
+            self.full.ended(stored.seconds, stored.count)
 
     def _keep_unstored(self, group: list[Waiting], error: Exception, *, final: bool) -> None:
         """A failed group commit: the payloads wait in memory (oldest first, bounded by count and by size) and

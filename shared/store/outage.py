@@ -58,9 +58,14 @@ class OutageTeller:
             return
         self._untold += 1
         if now - self._told_at >= self.every:
-            logger.warning("{}: still failing, {} more time(s) in the last {:.0f} s: {}", self.what, self._untold,
-                           now - self._told_at, error)
+            self.still(self._untold, now - self._told_at, error)
             self._told_at, self._untold = now, 0
+
+    def still(self, failures: int, seconds: float, error: object) -> None:
+        """The "still failing" line: ``failures`` more in the last ``seconds`` (a run whose pace a store shared by
+        workers keeps calls it itself: ``api.scoring_outbox``'s full outbox)."""
+        logger.warning("{}: still failing, {} more time(s) in the last {:.0f} s: {}", self.what, failures, seconds,
+                       error)
 
     def retried(self, now: float, lasted: float, error: object) -> None:
         """A retry of the run's own that failed (``OutageLog.retry_failed``): a WARNING at the first, then once

@@ -27,6 +27,11 @@ MAX_BYTES = 256 << 20  # ``OUTBOX_MAX_BYTES``'s default
 # (each store): an API of an older version on the same store deletes payloads without releasing their bytes, and
 # the count, ever higher, dropped every payload but the newest at each commit, for good.
 RECOUNT_SECONDS = 60.0
+# A full outbox drops at the commits of every API worker sharing it: the run of drops is kept in the store, and
+# told as one (a WARNING, a line a minute at most, an INFO line a commit that drops nothing ``FULL_SETTLE_S`` after
+# the last drop), whichever worker commits. Each worker told its own, and counted its own drops "since start".
+FULL_EVERY_S = 60.0
+FULL_SETTLE_S = 60.0
 ACK_GROUP = 500  # ids a statement at most (SQLite's bound on a statement's variables is 32,766)
 
 
@@ -44,7 +49,23 @@ class OutboxItem:
         return loads(self.raw)
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A group commit: what it dropped, and what it did to the run of drops every worker sharing the store
+    tells as one."""
+
+    dropped: int = 0  # old payloads dropped to make room
+    total: int = 0  # payloads dropped since the store began counting (``sn1_api_outbox_dropped``)
+    run: str = ""  # "began", "again" (its line a minute is due), "ended", or "" (nothing to tell)
+    count: int = 0  # "again": dropping commits since the run's last line; "ended": in the whole run
+    seconds: float = 0.0  # "again": since the run's last line; "ended": how long it lasted
+
+
 class Outbox(Protocol):
+    async def store(self, payloads: list[dict[str, Any]], now: float) -> Stored:
+        """``put_many``, and the run of drops kept beside the payloads, at ``now`` (Unix seconds)."""
+        ...
+
     async def put(self, payload: dict[str, Any]) -> int:
         """Append a payload; returns how many old payloads were dropped to make room."""
         ...
@@ -95,6 +116,10 @@ CREATE TABLE IF NOT EXISTS outbox_meta (name TEXT PRIMARY KEY, holder TEXT, unti
 -- each payload's size (its JSON's characters), beside it, and their sum in outbox_meta's 'bytes': trimmed without
 -- reading the payloads (rows from before them count 0)
 CREATE TABLE IF NOT EXISTS outbox_size (id INTEGER PRIMARY KEY, size INTEGER NOT NULL);
+-- the run of drops of a full outbox (one row while one is on): its start, last drop, dropping commits, last line
+-- and the dropping commits since
+CREATE TABLE IF NOT EXISTS outbox_full (id INTEGER PRIMARY KEY CHECK (id = 1), since REAL NOT NULL,
+    last REAL NOT NULL, commits INTEGER NOT NULL, told REAL NOT NULL, untold INTEGER NOT NULL);
 INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('lease', NULL, 0, 0);
 INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('dropped', NULL, 0, 0);
 INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('outage', NULL, 0, 0);
@@ -117,10 +142,12 @@ class SQLiteOutbox(SQLiteTables):
         return await self.put_many([payload])
 
     async def put_many(self, payloads: list[dict[str, Any]]) -> int:
-        now = time.time()
+        return (await self.store(payloads, time.time())).dropped
+
+    async def store(self, payloads: list[dict[str, Any]], now: float) -> Stored:
         rows = [(dumps(p), now) for p in payloads]
 
-        def run(db: sqlite3.Connection) -> int:
+        def run(db: sqlite3.Connection) -> Stored:
             for row in rows:
                 row_id = db.execute("INSERT INTO outbox (payload, created_at) VALUES (?, ?)", row).lastrowid
                 db.execute("INSERT OR REPLACE INTO outbox_size (id, size) VALUES (?, ?)", (row_id, len(row[0])))
@@ -130,9 +157,29 @@ class SQLiteOutbox(SQLiteTables):
                 (last,) = db.execute("SELECT id FROM outbox ORDER BY id LIMIT 1 OFFSET ?", (excess - 1,)).fetchone()
                 self._remove(db, "id <= ?", (last,))
                 db.execute("UPDATE outbox_meta SET value = value + ? WHERE name = 'dropped'", (excess,))
-            return excess
+            (total,) = db.execute("SELECT value FROM outbox_meta WHERE name = 'dropped'").fetchone()
+            return Stored(excess, total, *self._full_run(db, excess, now))
 
-        return self._tx(run)
+        return self._tx(run) if rows else Stored()
+
+    @staticmethod
+    def _full_run(db: sqlite3.Connection, dropped: int, now: float) -> tuple[str, int, float]:
+        """The run of drops after a commit that dropped ``dropped``: what to tell, the count and the seconds."""
+        row = db.execute("SELECT since, last, commits, told, untold FROM outbox_full").fetchone()
+        if not dropped:
+            if row is None or now - row[1] < FULL_SETTLE_S:
+                return "", 0, 0.0
+            db.execute("DELETE FROM outbox_full")
+            return "ended", row[2], now - row[0]
+        if row is None:
+            db.execute("INSERT INTO outbox_full VALUES (1, ?, ?, 1, ?, 0)", (now, now, now))
+            return "began", 1, 0.0
+        told, untold = row[3], row[4] + 1
+        if now - told < FULL_EVERY_S:
+            db.execute("UPDATE outbox_full SET last = ?, commits = commits + 1, untold = ?", (now, untold))
+            return "", 0, 0.0
+        db.execute("UPDATE outbox_full SET last = ?, commits = commits + 1, told = ?, untold = 0", (now, now))
+        return "again", untold, now - told
 
     @staticmethod
     def _add_bytes(db: sqlite3.Connection, size: int) -> int:
@@ -255,10 +302,12 @@ class SQLiteOutbox(SQLiteTables):
 
 
 # KEYS[1] = the stream, KEYS[2] = the dropped counter, KEYS[3] = the bytes held, KEYS[4] = each entry's size,
-# KEYS[5] = when the bytes held were last counted again; ARGV = max_items, max_bytes, recount seconds, then a payload
-# and its size, a payload and its size, ...
+# KEYS[5] = when the bytes held were last counted again, KEYS[6] = the run of drops (as SQLite's outbox_full);
+# ARGV = max_items, max_bytes, recount seconds, now (0: a group's call but its last, which tells the run), the
+# group's drops before this call, FULL_SETTLE_S, FULL_EVERY_S, then a payload and its size, a payload and its size,
+# ...; returns the drops, the dropped counter, then the run's telling, count and seconds (as ``Stored``)
 _REDIS_PUT = """
-for i = 4, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   local id = redis.call('XADD', KEYS[1], '*', 'p', ARGV[i])
   redis.call('HSET', KEYS[4], id, ARGV[i + 1])
   redis.call('INCRBY', KEYS[3], ARGV[i + 1])
@@ -291,7 +340,26 @@ while len > 1 and (len > max_items or held() > max_bytes) do
   dropped, len = dropped + 1, len - 1
 end
 if dropped > 0 then redis.call('INCRBY', KEYS[2], dropped) end
-return dropped
+local total, now, all = tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[4]), dropped + tonumber(ARGV[5])
+local run = redis.call('HMGET', KEYS[6], 'since', 'last', 'commits', 'told', 'untold')
+if now == 0 then return {dropped, total, '', 0, '0'} end
+if all == 0 then
+  if not run[1] or now - tonumber(run[2]) < tonumber(ARGV[6]) then return {dropped, total, '', 0, '0'} end
+  redis.call('DEL', KEYS[6])
+  return {dropped, total, 'ended', tonumber(run[3]), tostring(now - tonumber(run[1]))}
+end
+if not run[1] then
+  redis.call('HSET', KEYS[6], 'since', ARGV[4], 'last', ARGV[4], 'commits', 1, 'told', ARGV[4], 'untold', 0)
+  return {dropped, total, 'began', 1, '0'}
+end
+local told, untold = tonumber(run[4]), tonumber(run[5]) + 1
+redis.call('HINCRBY', KEYS[6], 'commits', 1)
+if now - told < tonumber(ARGV[7]) then
+  redis.call('HSET', KEYS[6], 'last', ARGV[4], 'untold', untold)
+  return {dropped, total, '', 0, '0'}
+end
+redis.call('HSET', KEYS[6], 'last', ARGV[4], 'told', ARGV[4], 'untold', 0)
+return {dropped, total, 'again', untold, tostring(now - told)}
 """
 
 # KEYS[1] = the stream, KEYS[2] = the bytes held, KEYS[3] = each entry's size; ARGV = ids
@@ -350,6 +418,7 @@ class RedisOutbox:
         self.bytes_key = f"{namespace}:outbox:bytes"  # the size of the payloads held (their JSON's characters)
         self.sizes_key = f"{namespace}:outbox:sizes"  # entry id -> its payload's size (a stream entry from before: 0)
         self.recounted_key = f"{namespace}:outbox:recounted"  # set for ``RECOUNT_SECONDS`` after a recount
+        self.full_key = f"{namespace}:outbox:full"  # the run of drops of a full outbox
         self.lease_key = f"{namespace}:outbox:lease"
         self.outage_key = f"{namespace}:outbox:outage"
         self.gate = RedisGate(link, "redis outbox")
@@ -369,17 +438,25 @@ class RedisOutbox:
         return await self.put_many([payload])
 
     async def put_many(self, payloads: list[dict[str, Any]]) -> int:
+        return (await self.store(payloads, time.time())).dropped
+
+    async def store(self, payloads: list[dict[str, Any]], now: float) -> Stored:
         """The group in one script call per ``PUT_GROUP`` payloads: one round trip, atomic, in order
         (a call per payload made the group commit wait for ~50 sequential round trips at load).
-        Trimming once after the group drops exactly what trimming after each add would."""
-        dropped = 0
-        keys = [self.key, self.dropped_key, self.bytes_key, self.sizes_key, self.recounted_key]
+        Trimming once after the group drops exactly what trimming after each add would. The last call
+        tells the run of drops, for the whole group."""
+        stored = Stored()
+        keys = [self.key, self.dropped_key, self.bytes_key, self.sizes_key, self.recounted_key, self.full_key]
         for start in range(0, len(payloads), PUT_GROUP):
-            args: list[Any] = [self.max_items, self.max_bytes, int(RECOUNT_SECONDS)]
+            last = start + PUT_GROUP >= len(payloads)
+            args: list[Any] = [self.max_items, self.max_bytes, int(RECOUNT_SECONDS), repr(now) if last else 0,
+                               stored.dropped, FULL_SETTLE_S, FULL_EVERY_S]
             for raw in (dumps(p) for p in payloads[start:start + PUT_GROUP]):
                 args += [raw, len(raw)]
-            dropped += int(await self._call(self._put(keys=keys, args=args)))
-        return dropped
+            dropped, total, run, count, seconds = await self._call(self._put(keys=keys, args=args))
+            run = run.decode() if isinstance(run, bytes) else run
+            stored = Stored(stored.dropped + int(dropped), int(total), run, int(count), float(seconds))
+        return stored
 
     async def peek(self, limit: int) -> list[OutboxItem]:
         rows = await self._call(self.r.xrange(self.key, count=limit))

@@ -627,3 +627,37 @@ async def test_a_validator_that_fails_on_every_payload_loses_none(tmp_path: Path
             await drained(box)
         await box.close()
     assert [p["n"] for p in received] == [0, 1, 2, 3] and fwd.rejected == 0
+
+
+async def test_a_full_outbox_is_told_once_however_many_workers_drop(make_outbox, monkeypatch) -> None:  # noqa: F811
+    """With WORKERS > 1 every worker's commits drop from a full outbox, and each told its own run: a WARNING
+    each, a line a minute each, an INFO line each, every one counting its own drops "since start", none of
+    them the total of ``sn1_api_outbox_dropped``. The run is the store's now: one WARNING, one line a minute,
+    one INFO line, whichever worker commits, with the store's total. Both backends."""
+    import shared.store.outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "FULL_EVERY_S", 0.5)
+    monkeypatch.setattr(outbox_module, "FULL_SETTLE_S", 0.5)
+    lines, sink = log_lines("INFO")
+    first, second = make_outbox(max_items=2), make_outbox(max_items=2)  # two workers, one store
+    a = OutboxForwarder(first, FakeValidator(), "http://x", "hk")  # type: ignore[arg-type]
+    b = OutboxForwarder(second, FakeValidator(), "http://x", "hk")  # type: ignore[arg-type]
+    try:
+        for i in range(3):
+            await a.sink({"n": i})  # the third drops the first: the run begins
+        await b.sink({"n": 3})
+        await asyncio.sleep(0.6)
+        await a.sink({"n": 4})  # a minute's line is due (B's drop and this one)
+        await b.sink({"n": 5})
+        await first.ack_many([i.id for i in await first.peek(10)])  # the validator takes them again
+        await asyncio.sleep(0.6)
+        await b.sink({"n": 6})  # nothing dropped a settle after the last drop: the run ends
+        await a.sink({"n": 7})
+    finally:
+        logger.remove(sink)
+    told = [x for x in lines if "scoring outbox full" in x]
+    assert [x.split(" ")[0] for x in told] == ["WARNING", "WARNING", "INFO"], told
+    assert "dropped 1 oldest payload(s) to store 1 (1 in all;" in told[0], told
+    assert "still failing, 2 more time(s) in the last 1 s" in told[1] and "(3 in all;" in told[1], told
+    assert ": it has room again after " in told[2] and "(4 failure(s))" in told[2], told
+    assert await first.dropped() == 4

@@ -28,9 +28,9 @@ class CountingOutbox:
         self.box = box
         self.put_calls = 0
 
-    async def put_many(self, payloads):
+    async def store(self, payloads, now):
         self.put_calls += 1
-        return await self.box.put_many(payloads)
+        return await self.box.store(payloads, now)
 
     def __getattr__(self, name):
         return getattr(self.box, name)
