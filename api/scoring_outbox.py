@@ -365,7 +365,7 @@ class OutboxForwarder:
             if outcome is not None:
                 return await self._settle_pass([i.id for i in items] if outcome else [])
         delivered: list[str] = []
-        set_aside: OutboxItem | None = None  # failed on too often: dropped if the validator takes the next one
+        set_aside: OutboxItem | None = None  # failed on too often: the next one says if the validator fails on all
         try:
             for item in items:
                 if not await self._lease():
@@ -377,12 +377,16 @@ class OutboxForwarder:
                     self.failures += 1
                     self.delivery_failures += 1
                     break
-                if set_aside is not None:
-                    delivered.append(self._drop_failed_on(set_aside))
-                    set_aside = None
                 delivered.append(item.id)
                 self.failures = 0
                 self.delivered += 1
+                if set_aside is not None:
+                    if not await self._last_try(set_aside):
+                        self.failures += 1
+                        self.delivery_failures += 1
+                        break
+                    delivered.append(set_aside.id)
+                    set_aside = None
         finally:
             if delivered:  # one transaction per pass; a crash before it only means a re-delivery
                 await self.outbox.ack_many(delivered)
@@ -392,15 +396,24 @@ class OutboxForwarder:
         """Whether the validator failed on ``item`` (a 500) ``CRASH_ATTEMPTS`` times in a row, here."""
         return self._failed_on[0] == item.id and self._failed_on[1] >= CRASH_ATTEMPTS
 
-    def _drop_failed_on(self, item: OutboxItem) -> str:
-        """The validator took the payload behind ``item``: ``item`` is its to fail on, not an outage. Its id, to
-        delete with the delivered ones; said once, with the request id to find the validator's error by."""
+    async def _last_try(self, item: OutboxItem) -> bool:
+        """The validator took the payload behind ``item``: ``item`` once more, now. Failed on again (a 500), it is
+        the payload the validator fails on, not an outage (nor one 500 in a few): dropped, said once with its
+        request id to find the validator's error by. True when done with (taken, or dropped); False: kept."""
+        times = self._failed_on[1]
+        if not await self._lease():
+            return False
+        if await self.deliver(item):
+            self.delivered += 1
+            return True
+        if self._failed_on != (item.id, times + 1):
+            return False  # not a 500 this time: the validator away, behind, or refusing us
         self.rejected += 1
-        logger.warning("validator failed on scoring payload {} with HTTP 500 {} times in a row while it takes the "
-                       "others: dropped, never scored ({}; see the validator's log for its error)", item.id,
-                       self._failed_on[1], describe_rejected([{"index": 0, "error": "the validator's error"}], [item]))
+        logger.warning("validator failed on scoring payload {} with HTTP 500 {} times in a row, and took the one "
+                       "behind it: dropped, never scored ({}; see the validator's log for its error)", item.id,
+                       times + 1, describe_rejected([{"index": 0, "error": "the validator's error"}], [item]))
         self._failed_on = ("", 0)
-        return item.id
+        return True
 
     async def _lease(self) -> bool:
         """Take or renew the lease; taking it over, this worker may be the one to end an outage another began."""

@@ -573,7 +573,7 @@ async def test_a_payload_the_validator_fails_on_is_dropped_after_a_few_tries_and
     """A payload that makes the validator fail (its 500: a bug its contents trigger) was retried for good, the
     batch it sat in too, oldest first: no payload after it was ever delivered, and the outbox filled and dropped
     the newest answers. Failed on ``CRASH_ATTEMPTS`` times in a row, it is dropped once the validator takes the
-    payload behind it: one WARNING naming it, counted in ``rejected``."""
+    payload behind it and fails on it once more: one WARNING naming it, counted in ``rejected``."""
     lines, sink = log_lines("WARNING")
     received: list[dict] = []
     posts: list[list[int]] = []
@@ -605,8 +605,26 @@ async def test_a_payload_the_validator_fails_on_is_dropped_after_a_few_tries_and
     assert [p["n"] for p in received] == [0, 2, 3, 4]
     assert sum(1 in p for p in posts) <= CRASH_ATTEMPTS + 2, posts  # a batch, then alone, and once more
     (told,) = [x for x in lines if "dropped" in x]
-    assert "rid=rid-1" in told and f"HTTP 500 {CRASH_ATTEMPTS} times" in told, told
+    assert "rid=rid-1" in told and f"HTTP 500 {CRASH_ATTEMPTS + 1} times in a row" in told, told
     assert fwd.rejected == 1
+
+
+async def test_a_payload_the_validator_failed_on_by_chance_is_delivered_not_dropped(tmp_path: Path) -> None:
+    """A validator that answers 500 now and then (not because of the payload) fails on the head of the outbox
+    ``CRASH_ATTEMPTS`` times in a row by chance, then takes the one behind it: the head is tried once more
+    before it is dropped, and delivered."""
+    received: list[dict] = []
+    statuses = [500] * (1 + CRASH_ATTEMPTS)  # the first batch, then the head alone: then all is well
+    async with serve_app(scoring_app(received, statuses)) as url, make_session() as session:
+        box = SQLiteOutbox(tmp_path / "api.db")
+        fwd = forwarder(box, MinerClient(session, Signer(API)), url)
+        for i in range(3):
+            await fwd.sink({"n": i})
+        async with running(fwd):
+            await wait_for(lambda: len(received) == 3)
+            await drained(box)
+        await box.close()
+    assert sorted(p["n"] for p in received) == [0, 1, 2] and fwd.rejected == 0 and not statuses
 
 
 async def test_a_validator_that_fails_on_every_payload_loses_none(tmp_path: Path) -> None:
