@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -609,41 +609,46 @@ async def test_a_payload_the_validator_fails_on_is_dropped_after_a_few_tries_and
     assert fwd.rejected == 1
 
 
+async def delivered_through(tmp_path: Path, statuses: list[int], count: int,
+                            meanwhile: Callable[[OutboxForwarder, SQLiteOutbox], Awaitable[None]] | None = None,
+                            ) -> tuple[list[dict], OutboxForwarder]:
+    """``count`` payloads (``{"n": i}``) delivered by a forwarder to a validator answering ``statuses`` first,
+    then 202: what it received once the outbox is drained. ``meanwhile`` runs first, the forwarder running."""
+    received: list[dict] = []
+    async with serve_app(scoring_app(received, statuses)) as url, make_session() as session:
+        box = SQLiteOutbox(tmp_path / "api.db")
+        fwd = forwarder(box, MinerClient(session, Signer(API)), url)
+        for i in range(count):
+            await fwd.sink({"n": i})
+        async with running(fwd):
+            if meanwhile is not None:
+                await meanwhile(fwd, box)
+            await wait_for(lambda: len(received) == count)
+            await drained(box)
+        await box.close()
+    return received, fwd
+
+
 async def test_a_payload_the_validator_failed_on_by_chance_is_delivered_not_dropped(tmp_path: Path) -> None:
     """A validator that answers 500 now and then (not because of the payload) fails on the head of the outbox
     ``CRASH_ATTEMPTS`` times in a row by chance, then takes the one behind it: the head is tried once more
     before it is dropped, and delivered."""
-    received: list[dict] = []
     statuses = [500] * (1 + CRASH_ATTEMPTS)  # the first batch, then the head alone: then all is well
-    async with serve_app(scoring_app(received, statuses)) as url, make_session() as session:
-        box = SQLiteOutbox(tmp_path / "api.db")
-        fwd = forwarder(box, MinerClient(session, Signer(API)), url)
-        for i in range(3):
-            await fwd.sink({"n": i})
-        async with running(fwd):
-            await wait_for(lambda: len(received) == 3)
-            await drained(box)
-        await box.close()
+    received, fwd = await delivered_through(tmp_path, statuses, 3)
     assert sorted(p["n"] for p in received) == [0, 1, 2] and fwd.rejected == 0 and not statuses
 
 
 async def test_a_validator_that_fails_on_every_payload_loses_none(tmp_path: Path) -> None:
     """A validator answering 500 to everything (broken, not one payload) is an outage: it takes none of the
     payloads behind the one it fails on either, so none is dropped however long it lasts."""
-    received: list[dict] = []
     statuses = [500] * 10_000
-    async with serve_app(scoring_app(received, statuses)) as url, make_session() as session:
-        box = SQLiteOutbox(tmp_path / "api.db")
-        fwd = forwarder(box, MinerClient(session, Signer(API)), url)
-        for i in range(4):
-            await fwd.sink({"n": i})
-        async with running(fwd):
-            await wait_for(lambda: fwd.delivery_failures >= 3 * CRASH_ATTEMPTS, timeout=30)
-            assert await box.depth() == 4
-            statuses.clear()  # fixed
-            await wait_for(lambda: len(received) == 4)
-            await drained(box)
-        await box.close()
+
+    async def broken_a_while(fwd: OutboxForwarder, box: SQLiteOutbox) -> None:
+        await wait_for(lambda: fwd.delivery_failures >= 3 * CRASH_ATTEMPTS, timeout=30)
+        assert await box.depth() == 4
+        statuses.clear()  # fixed
+
+    received, fwd = await delivered_through(tmp_path, statuses, 4, broken_a_while)
     assert [p["n"] for p in received] == [0, 1, 2, 3] and fwd.rejected == 0
 
 
