@@ -39,6 +39,7 @@ OUTAGE_STATUSES = {502, 503, 504}  # a validator away (or behind, 503) whatever 
 # row is tried no more once the validator takes the payload behind it: it was retried for good, oldest first, and
 # no payload after it was ever delivered. One behind it failing alike is a validator broken for all: all are kept.
 CRASH_ATTEMPTS = 5
+PROBES = 4  # payloads behind it it also fails on, passed over to find one it takes (a run of them: one miner's answers)
 REFUSED_STATUSES = {401, 403}  # the validator does not accept our signature: a setting to fix, said out loud
 SIGNATURE_CODES = frozenset({"MalformedAuth"})  # a 400 about our signature's headers, not about the payloads
 REFUSAL_WARNING_EVERY = 60.0
@@ -115,7 +116,7 @@ class OutboxForwarder:
         self.delivered = 0
         self.delivery_failures = 0
         self.rejected = 0  # payloads dropped as the validator would not take them (malformed, or failed on)
-        self._failed_on: tuple[str, int] = ("", 0)  # the payload the validator last failed on, and how often in a row
+        self._failed_on: dict[str, int] = {}  # payloads of this pass the validator failed on (a 500): how often
         self._wake = asyncio.Event()
         # waiting for the group commit: each payload, its future, its JSON's size (0: not measured, as it needs
         # only be while the store refuses them)
@@ -250,8 +251,7 @@ class OutboxForwarder:
                            status, describe_rejected([{"index": 0, "error": _error_message(body)}], [item]))
             return True
         if failed_on_it(status):
-            item_id, times = self._failed_on
-            self._failed_on = (item.id, times + 1 if item_id == item.id else 1)
+            self._failed_on[item.id] = self._failed_on.get(item.id, 0) + 1
         if not self._refused(status, body):
             await self._undelivered(f"HTTP {status}")
         logger.debug("validator answered HTTP {} for payload {}", status, item.id)
@@ -360,19 +360,27 @@ class OutboxForwarder:
         peeked = await self.outbox.peek(self.batch_limit)
         items = self._within_bytes(peeked)
         self._backlog = len(peeked) == self.batch_limit or len(items) < len(peeked)  # more waits behind these
-        if len(items) > 1 and self._failed_on[0] != items[0].id:  # a batch with it fails too: it goes alone
+        ids = {i.id for i in items}
+        self._failed_on = {i: n for i, n in self._failed_on.items() if i in ids}  # delivered, dropped: forgotten
+        if len(items) > 1 and items[0].id not in self._failed_on:  # a batch with it fails too: it goes alone
             outcome = await self.deliver_batch(items)
             if outcome is not None:
                 return await self._settle_pass([i.id for i in items] if outcome else [])
         delivered: list[str] = []
         set_aside: OutboxItem | None = None  # failed on too often: the next one says if the validator fails on all
+        probes = PROBES
         try:
             for item in items:
                 if not await self._lease():
                     break  # renewed before each post; lost (a stall past it): another worker delivers now
+                failed_on = self._failed_on.get(item.id, 0)
                 if not await self.deliver(item):
-                    if set_aside is None and item is not items[-1] and self._gave_up_on(item):
+                    if item is not items[-1] and set_aside is None and self._gave_up_on(item):
                         set_aside = item
+                        continue
+                    if item is not items[-1] and set_aside is not None and probes and (
+                            self._failed_on.get(item.id, 0) > failed_on):
+                        probes -= 1  # it fails on this one too (kept, tried again as the head): one further
                         continue
                     self.failures += 1
                     self.delivery_failures += 1
@@ -394,25 +402,24 @@ class OutboxForwarder:
 
     def _gave_up_on(self, item: OutboxItem) -> bool:
         """Whether the validator failed on ``item`` (a 500) ``CRASH_ATTEMPTS`` times in a row, here."""
-        return self._failed_on[0] == item.id and self._failed_on[1] >= CRASH_ATTEMPTS
+        return self._failed_on.get(item.id, 0) >= CRASH_ATTEMPTS
 
     async def _last_try(self, item: OutboxItem) -> bool:
         """The validator took the payload behind ``item``: ``item`` once more, now. Failed on again (a 500), it is
         the payload the validator fails on, not an outage (nor one 500 in a few): dropped, said once with its
         request id to find the validator's error by. True when done with (taken, or dropped); False: kept."""
-        times = self._failed_on[1]
+        times = self._failed_on.get(item.id, 0)
         if not await self._lease():
             return False
         if await self.deliver(item):
             self.delivered += 1
             return True
-        if self._failed_on != (item.id, times + 1):
+        if self._failed_on.get(item.id, 0) == times:
             return False  # not a 500 this time: the validator away, behind, or refusing us
         self.rejected += 1
-        logger.warning("validator failed on scoring payload {} with HTTP 500 {} times in a row, and took the one "
+        logger.warning("validator failed on scoring payload {} with HTTP 500 {} times in a row, and took one "
                        "behind it: dropped, never scored ({}; see the validator's log for its error)", item.id,
                        times + 1, describe_rejected([{"index": 0, "error": "the validator's error"}], [item]))
-        self._failed_on = ("", 0)
         return True
 
     async def _lease(self) -> bool:
