@@ -117,6 +117,7 @@ class OutboxForwarder:
         self.delivery_failures = 0
         self.rejected = 0  # payloads dropped as the validator would not take them (malformed, or failed on)
         self._failed_on: dict[str, int] = {}  # payloads of this pass the validator failed on (a 500): how often
+        self._failed_why = ""  # the last such failure
         self._wake = asyncio.Event()
         # waiting for the group commit: each payload, its future, its JSON's size (0: not measured, as it needs
         # only be while the store refuses them)
@@ -239,6 +240,8 @@ class OutboxForwarder:
             status, body = await self._post(len(item.raw), lambda timeout: self.client.post_json(
                 self.validator_url, "/scoring", item.payload, self.validator_hotkey, timeout=timeout))
         except MinerError as e:
+            if e.kind == "timeout":  # too large for the link, or one the validator hangs on: as a 500
+                self._count_failed_on(item, f"its post timed out after {self.timeout_for(len(item.raw)):.0f} s")
             await self._undelivered(str(e))
             return False
         if 200 <= status < 300:
@@ -251,7 +254,7 @@ class OutboxForwarder:
                            status, describe_rejected([{"index": 0, "error": _error_message(body)}], [item]))
             return True
         if failed_on_it(status):
-            self._failed_on[item.id] = self._failed_on.get(item.id, 0) + 1
+            self._count_failed_on(item, f"HTTP {status}")
         if not self._refused(status, body):
             await self._undelivered(f"HTTP {status}")
         logger.debug("validator answered HTTP {} for payload {}", status, item.id)
@@ -329,6 +332,8 @@ class OutboxForwarder:
             status, body = await self._post(len(array), lambda timeout: self.client.post_json_bytes(
                 self.validator_url, "/scoring", array, self.validator_hotkey, timeout=timeout))
         except MinerError as e:
+            if e.kind == "timeout":
+                return None  # one by one: one payload the validator hangs on must not hold the batch for good
             await self._undelivered(str(e))
             return False
         if 200 <= status < 300:
@@ -400,6 +405,10 @@ class OutboxForwarder:
                 await self.outbox.ack_many(delivered)
         return len(delivered)
 
+    def _count_failed_on(self, item: OutboxItem, why: str) -> None:
+        self._failed_on[item.id] = self._failed_on.get(item.id, 0) + 1
+        self._failed_why = why
+
     def _gave_up_on(self, item: OutboxItem) -> bool:
         """Whether the validator failed on ``item`` (a 500) ``CRASH_ATTEMPTS`` times in a row, here."""
         return self._failed_on.get(item.id, 0) >= CRASH_ATTEMPTS
@@ -417,9 +426,10 @@ class OutboxForwarder:
         if self._failed_on.get(item.id, 0) == times:
             return False  # not a 500 this time: the validator away, behind, or refusing us
         self.rejected += 1
-        logger.warning("validator failed on scoring payload {} with HTTP 500 {} times in a row, and took one "
+        logger.warning("validator failed on scoring payload {} {} times in a row (the last: {}), and took one "
                        "behind it: dropped, never scored ({}; see the validator's log for its error)", item.id,
-                       times + 1, describe_rejected([{"index": 0, "error": "the validator's error"}], [item]))
+                       times + 1, self._failed_why, describe_rejected([{"index": 0, "error": self._failed_why}],
+                                                                       [item]))
         return True
 
     async def _lease(self) -> bool:

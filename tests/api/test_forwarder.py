@@ -37,6 +37,8 @@ def scoring_app(received: list[dict], statuses: list[int] | None = None) -> web.
         data = await request.json()
         if any(p.get("crash") for p in (data if isinstance(data, list) else [data])):
             raise RuntimeError("a payload this validator fails on")  # aiohttp's 500, as a validator's bug
+        if any(p.get("slow") for p in (data if isinstance(data, list) else [data])):
+            await asyncio.sleep(5)  # past the post's time: too large for the link, or one it hangs on
         if isinstance(data, list):  # the forwarder's batches, as the real validator takes them
             rejected = [{"index": i, "error": "poison"} for i, p in enumerate(data) if p.get("poison")]
             received.extend(p for p in data if not p.get("poison"))
@@ -607,25 +609,43 @@ async def test_a_payload_the_validator_fails_on_is_dropped_after_a_few_tries_and
     assert sum(1 in p for p in posts) <= CRASH_ATTEMPTS + 2, posts  # a batch, then alone, and once more
     told = [x for x in lines if "dropped" in x]
     assert len(told) == 2 and "rid=rid-1" in told[0] and "rid=rid-2" in told[1], told
-    assert f"HTTP 500 {CRASH_ATTEMPTS + 1} times in a row" in told[0], told
+    assert f"{CRASH_ATTEMPTS + 1} times in a row (the last: HTTP 500)" in told[0], told
     assert fwd.rejected == 2
+
+
+async def test_a_payload_whose_post_always_times_out_is_dropped_and_the_rest_delivered(tmp_path: Path) -> None:
+    """A payload whose post never ends in its time (too large for the link to the validator, or one the validator
+    hangs on) was posted again and again, in its batch too: nothing behind it was delivered. It goes as one the
+    validator fails on (a 500) does."""
+    lines, sink = log_lines("WARNING")
+    try:
+        async def slow_then_more(fwd: OutboxForwarder, box: SQLiteOutbox) -> None:
+            await wait_for(lambda: fwd.rejected == 1, timeout=30)
+
+        received, fwd = await delivered_through(tmp_path, [], 4, slow_then_more, slow={1})
+    finally:
+        logger.remove(sink)
+    assert [p["n"] for p in received] == [0, 2, 3]
+    (told,) = [x for x in lines if "dropped" in x]
+    assert "times in a row (the last: its post timed out after 1 s)" in told, told
 
 
 async def delivered_through(tmp_path: Path, statuses: list[int], count: int,
                             meanwhile: Callable[[OutboxForwarder, SQLiteOutbox], Awaitable[None]] | None = None,
-                            ) -> tuple[list[dict], OutboxForwarder]:
-    """``count`` payloads (``{"n": i}``) delivered by a forwarder to a validator answering ``statuses`` first,
-    then 202: what it received once the outbox is drained. ``meanwhile`` runs first, the forwarder running."""
+                            *, slow: frozenset[int] | set[int] = frozenset()) -> tuple[list[dict], OutboxForwarder]:
+    """``count`` payloads (``{"n": i}``, ``slow`` ones answered too late) delivered by a forwarder to a validator
+    answering ``statuses`` first, then 202: what it received once the outbox is drained (of all but the slow).
+    ``meanwhile`` runs first, the forwarder running."""
     received: list[dict] = []
     async with serve_app(scoring_app(received, statuses)) as url, make_session() as session:
         box = SQLiteOutbox(tmp_path / "api.db")
         fwd = forwarder(box, MinerClient(session, Signer(API)), url)
         for i in range(count):
-            await fwd.sink({"n": i})
+            await fwd.sink({"n": i, "slow": i in slow})
         async with running(fwd):
             if meanwhile is not None:
                 await meanwhile(fwd, box)
-            await wait_for(lambda: len(received) == count)
+            await wait_for(lambda: len(received) == count - len(slow))
             await drained(box)
         await box.close()
     return received, fwd
