@@ -5,8 +5,9 @@ worker and host) posts the head of the outbox, removes it only after a 2xx, and
 on failure waits with exponential backoff and full jitter before retrying the
 same payload, so order is kept. A payload the validator rejects as malformed
 (its 400/422, or a 413 from anyone) is dropped with a log line: it would block the queue forever. So is one
-the validator fails on (its 500) ``CRASH_ATTEMPTS`` times in a row, once it takes a payload behind it: one that
-fails alike is a validator down, and everything is kept.
+the validator fails on (its 500, or a post that times out) ``CRASH_ATTEMPTS`` times in a row, once it takes a
+payload behind it and fails on it once more: payloads behind it failing alike are a validator down, and all
+are kept.
 """
 
 from __future__ import annotations
