@@ -117,7 +117,8 @@ class OutboxForwarder:
         self.delivered = 0
         self.delivery_failures = 0
         self.rejected = 0  # payloads dropped as the validator would not take them (malformed, or failed on)
-        self._failed_on: dict[str, int] = {}  # payloads of this pass the validator failed on (a 500): how often
+        self._failed_on: dict[str, int] = {}  # payloads of this pass the validator failed on (a 500, a timeout): how
+        # often in a row, as this worker counts
         self._failed_why = ""  # the last such failure
         self._wake = asyncio.Event()
         # waiting for the group commit: each payload, its future, its JSON's size (0: not measured, as it needs
@@ -411,7 +412,7 @@ class OutboxForwarder:
         self._failed_why = why
 
     def _gave_up_on(self, item: OutboxItem) -> bool:
-        """Whether the validator failed on ``item`` (a 500) ``CRASH_ATTEMPTS`` times in a row, here."""
+        """Whether the validator failed on ``item`` (a 500, a timeout) ``CRASH_ATTEMPTS`` times in a row, here."""
         return self._failed_on.get(item.id, 0) >= CRASH_ATTEMPTS
 
     async def _last_try(self, item: OutboxItem) -> bool:
@@ -425,7 +426,7 @@ class OutboxForwarder:
             self.delivered += 1
             return True
         if self._failed_on.get(item.id, 0) == times:
-            return False  # not a 500 this time: the validator away, behind, or refusing us
+            return False  # not a 500 nor a timeout this time: the validator away, behind, or refusing us
         self.rejected += 1
         logger.warning("validator failed on scoring payload {} {} times in a row (the last: {}), and took one "
                        "behind it: dropped, never scored ({}; see the validator's log for its error)", item.id,
