@@ -27,7 +27,7 @@ from api.concurrency import LIMITER, holds_slot
 from api.context import CTX
 from api.mixture import is_mixture
 from api.race import MinerRun
-from api.route_hints import require
+from api.route_hints import refuse_set, require
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.ids import random_hex
@@ -52,9 +52,6 @@ CHAT_FIELDS = {
     "function_call": "a text completion calls no tools: offer them on /v1/chat/completions",
     "web_search_options": "web search is served on /v1/chat/completions",
 }
-# Their values that change nothing (no tools, plain text), which chat clients send by default (and null, for each).
-NEUTRAL: dict[str, tuple[Any, ...]] = {"tools": ([],), "functions": ([],), "tool_choice": ("none", "auto"),
-                                       "function_call": ("none", "auto"), "response_format": ({"type": "text"},)}
 # A chat finish reason a text completion has no word for (a miner's tool call, which was not asked for).
 FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
 
@@ -85,10 +82,8 @@ def refuse_chat_only(sent: dict[str, Any], req: ChatCompletionRequest, *, header
     """A mixture of miners, a session and the chat fields that would change the answer (``CHAT_FIELDS``) are chat
     completions' own: asked for here, they are a 400 naming the field, not dropped (the caller would get a plain
     race, or an answer it did not ask for, and never know)."""
-    for name, instead in CHAT_FIELDS.items():
-        if sent.get(name) is not None and sent[name] not in NEUTRAL.get(name, ()):
-            raise ApiError(400, f"{name} is a chat completions field, not served on /v1/completions: {instead}.",
-                           param=name, code="unsupported_parameter")
+    refuse_set(sent, CHAT_FIELDS,
+               lambda name, instead: f"{name} is a chat completions field, not served on /v1/completions: {instead}.")
     if sent.get("session_id") is not None or header_session:
         name = "session_id" if sent.get("session_id") is not None else "x-session-id"
         raise ApiError(400, f"{name} is served on /v1/chat/completions only: send the prompt there as a user "

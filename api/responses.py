@@ -32,7 +32,7 @@ from api.responses_render import ResponseStream, complete_output, finished, new_
 from api.responses_state import Keeping
 from api.responses_translate import chat_body, kept_share, search_tool, truncated
 from api.responses_wire import InputItemsQuery, ResponsesRequest, RetrieveQuery
-from api.route_hints import require
+from api.route_hints import refuse_chat_fields_in_responses, require
 from api.web_retrieval import Found
 from api.web_search import SOURCES, citations, query_of, search_call_item, search_into, searching_item
 from shared.errors import CONTEXT_LENGTH_EXCEEDED, ApiError, invalid_value
@@ -56,6 +56,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     sent = await read_json(request)
     require(sent, "input")
     wanted: ResponsesRequest = parse_model(ResponsesRequest, sent)
+    refuse_chat_fields_in_responses(sent)
     if search_tool(wanted) is not None:
         check_search_scope(key, param="tools")
     if wanted.background:

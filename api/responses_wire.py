@@ -25,6 +25,7 @@ from shared.protocol import (
     SamplingParameters,
     StreamOptions,
     null_means_default,
+    tools_in_shape,
 )
 
 MAX_ALLOWED_DOMAINS = 20  # OpenAI's bound on a web search's filters.allowed_domains
@@ -258,6 +259,7 @@ class ResponsesRequest(BaseModel):
     stream: bool = False
     _nulls = null_means_default("stream")
     tools: list[Tool] | None = None
+    _tools_flat = tools_in_shape(nested=False)
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)

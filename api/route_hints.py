@@ -2,11 +2,13 @@
 
 A chat body posted to the Completions route (or a prompt to chat, or a Responses ``input`` to
 either) is a common first mistake with an OpenAI-compatible gateway; "messages: Field required"
-does not say what to do about it.
+does not say what to do about it. So is a chat completions field sent to another route, where it would be
+ignored in silence: refused, naming where it goes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from shared.errors import ApiError
@@ -23,3 +25,45 @@ def require(sent: Any, field: str) -> None:
             if other != field and other not in OWN.get(field, ()) and other in sent:
                 raise ApiError(400, f"'{field}' is required here. A body with '{other}' is for POST {route}.",
                                param=field, code="missing_parameter")
+
+
+# Chat completions' fields that change nothing with these values, which chat clients send by default (no tools,
+# plain text, one answer), as with null for each: accepted on the routes that refuse the field.
+NEUTRAL: dict[str, tuple[Any, ...]] = {"tools": ([],), "functions": ([],), "tool_choice": ("none", "auto"),
+                                       "function_call": ("none", "auto"), "response_format": ({"type": "text"},),
+                                       "n": (1,), "logprobs": (False,), "stop": ([],)}
+# Chat completions' fields that would change the answer, posted to /v1/responses: where the Responses API takes
+# each (OpenAI's own 400 says "has moved to" for the first ones), or what to do. Ignored, a caller got an answer
+# uncut by max_tokens 5, or prose for a JSON response_format, and never knew.
+RESPONSES_MOVED = {
+    "messages": "'input'",
+    "response_format": "'text.format'",
+    "max_tokens": "'max_output_tokens'",
+    "max_completion_tokens": "'max_output_tokens'",
+    "reasoning_effort": "'reasoning.effort'",
+    "verbosity": "'text.verbosity'",
+    "logprobs": "'include' (include: [\"message.output_text.logprobs\"], with top_logprobs)",
+    "web_search_options": "'tools' (tools: [{\"type\": \"web_search\"}])",
+    "functions": "'tools' (each {\"type\": \"function\", \"name\": ..., \"parameters\": ...})",
+    "function_call": "'tool_choice'",
+}
+RESPONSES_NOT_SERVED = {
+    "stop": "The Responses API takes no stop sequences (OpenAI's neither): send the request to /v1/chat/completions",
+    "n": "A response is one answer: send the request to /v1/chat/completions for n answers, or make n requests",
+}
+
+
+def refuse_set(sent: dict[str, Any], fields: dict[str, str], say: Callable[[str, str], str]) -> None:
+    """A 400 ``unsupported_parameter`` naming the first of ``fields`` that ``sent`` sets to a value that asks for
+    something (not null, not ``NEUTRAL``), in the words ``say`` makes of its name and its entry in ``fields``."""
+    for name, instead in fields.items():
+        if sent.get(name) is not None and sent[name] not in NEUTRAL.get(name, ()):
+            raise ApiError(400, say(name, instead), param=name, code="unsupported_parameter")
+
+
+def refuse_chat_fields_in_responses(sent: dict[str, Any]) -> None:
+    """Chat completions' fields on ``/v1/responses`` that would change the answer: a 400 naming the field and where
+    the Responses API takes it (``RESPONSES_MOVED``), or what to do (``RESPONSES_NOT_SERVED``)."""
+    refuse_set(sent, RESPONSES_MOVED,
+               lambda name, to: f"Unsupported parameter: '{name}'. In the Responses API, this parameter has moved to {to}.")
+    refuse_set(sent, RESPONSES_NOT_SERVED, lambda name, what: f"Unsupported parameter: '{name}'. {what}.")

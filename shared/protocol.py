@@ -139,6 +139,45 @@ def missing_tool_id(messages: list[Any]) -> PydanticCustomError | None:
     return None
 
 
+# A function tool in each API's shape, as the 400 for a tool in the other's shows it.
+CHAT_TOOL = '{"type": "function", "function": {"name": ..., "description": ..., "parameters": ...}}'
+RESPONSES_TOOL = '{"type": "function", "name": ..., "description": ..., "parameters": ...}'
+
+
+def other_tool_shape(tools: Any, *, nested: bool) -> PydanticCustomError | None:
+    """OpenAI's 400 (its words, its code) for the first function tool sent in the other API's shape, saying which
+    shape this route takes (None: none is). ``nested``: chat completions' route, whose tools hold their definition
+    in ``function``; the Responses API's are flat. Code moved from one API to the other (or a tool made by
+    ``openai.pydantic_function_tool``, chat's, passed to ``responses.create``) got OpenAI's bare "Missing required
+    parameter", which did not say that the name was there, one level up or down."""
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            continue
+        if nested and "function" not in tool and "name" in tool:
+            return openai_refusal(f"Missing required parameter: 'tools[{i}].function'. A chat completions tool holds "
+                                  f"its definition in 'function': {CHAT_TOOL}; a name beside 'type' is the Responses "
+                                  "API's shape (POST /v1/responses).", f"tools.{i}.function",
+                                  code="missing_required_parameter")
+        if not nested and "name" not in tool and isinstance(tool.get("function"), dict):
+            return openai_refusal(f"Missing required parameter: 'tools[{i}].name'. A Responses API function tool has "
+                                  f"its name beside 'type': {RESPONSES_TOOL}; a definition in 'function' is the chat "
+                                  "completions shape (POST /v1/chat/completions).", f"tools.{i}.name",
+                                  code="missing_required_parameter")
+    return None
+
+
+def tools_in_shape(*, nested: bool) -> Any:
+    """A validator for a request's ``tools``: ``other_tool_shape``'s 400 for a tool in the other API's shape, before
+    the tools are read (as the field's own "Missing required parameter" would come first)."""
+
+    def check(cls: type[BaseModel], value: Any) -> Any:
+        if (refusal := other_tool_shape(value, nested=nested)) is not None:
+            raise refusal
+        return value
+
+    return field_validator("tools", mode="before")(check)
+
+
 NEEDS_CONTENT = frozenset({"system", "user", "developer", "tool"})
 
 
@@ -325,6 +364,8 @@ class ChatCompletionRequest(BaseModel):
 
     # What follows refuses requests that OpenAI and model servers refuse: passed on, each would
     # come back as a miner's failure (a 502 for the caller and a zero score for the miner).
+    _tools_shaped = tools_in_shape(nested=True)
+
     @field_validator("messages", mode="before")
     @classmethod
     def _tool_ids_are_given(cls, v: Any) -> Any:

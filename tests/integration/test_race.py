@@ -13,7 +13,7 @@ import pytest
 
 from neurons.miner.backends.deterministic import generate_text
 from neurons.validator.scoring import rebuild_answer
-from tests.helpers import Script, api_with_miners, chunk, loop_gaps, openai_client, post, sse
+from tests.helpers import ApiUnderTest, Script, api_with_miners, chunk, loop_gaps, openai_client, post, sse
 
 MESSAGES = [{"role": "user", "content": "Race me"}]
 
@@ -625,3 +625,14 @@ async def test_a_strict_schema_that_chooses_itself_is_left_to_the_model_server_n
             status, _, text = await post(api, {"messages": [USER], "stream": stream, "response_format": {
                 "type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": chooses_itself}}})
             assert status == 200 and "Paris" in text, (stream, status, text)
+
+
+async def test_a_responses_shaped_tool_in_chat_is_a_400_showing_the_chat_shape(honest: ApiUnderTest) -> None:
+    """``{"type": "function", "name": ..., "parameters": ...}`` (the Responses API's) was OpenAI's bare
+    "Missing required parameter: 'tools.0.function'", which did not say the definition was there, flat."""
+    flat = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    status, _, text = await post(honest, {"messages": [USER], "tools": [flat]})
+    error = json.loads(text)["error"]
+    assert (status, error["param"], error["code"]) == (400, "tools.0.function", "missing_required_parameter")
+    assert error["message"].startswith("Missing required parameter: 'tools[0].function'.")
+    assert '{"type": "function", "function": {"name": ' in error["message"] and "/v1/responses" in error["message"]

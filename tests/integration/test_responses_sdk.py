@@ -314,3 +314,52 @@ async def test_a_json_answer_cut_by_max_output_tokens_is_an_incomplete_response(
             assert r.status == "incomplete" and r.incomplete_details is not None, fmt
             assert r.incomplete_details.reason == "max_output_tokens"
             assert r.output_text == cut, fmt
+
+
+# Chat completions' fields posted to /v1/responses (code moved over from chat, or extra_body): each would change the
+# answer, and each was ignored in silence (an answer uncut by max_tokens 5, prose for a JSON response_format).
+# OpenAI's Responses API refuses them, naming the field and where it moved.
+CHAT_ONLY = [  # (the field, a value that asks for something, what the 400 says to send instead)
+    ("messages", [{"role": "user", "content": "Hi"}], "'input'"),
+    ("response_format", {"type": "json_object"}, "'text.format'"),
+    ("max_tokens", 5, "'max_output_tokens'"),
+    ("max_completion_tokens", 5, "'max_output_tokens'"),
+    ("reasoning_effort", "low", "'reasoning.effort'"),
+    ("verbosity", "low", "'text.verbosity'"),
+    ("logprobs", True, "message.output_text.logprobs"),
+    ("web_search_options", {}, "web_search"),
+    ("functions", [{"name": "get_weather", "parameters": {"type": "object"}}], "'tools'"),
+    ("function_call", {"name": "get_weather"}, "'tool_choice'"),
+    ("stop", ["a"], "/v1/chat/completions"),
+    ("n", 2, "/v1/chat/completions"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "instead"), CHAT_ONLY, ids=[c[0] for c in CHAT_ONLY])
+async def test_chat_completions_fields_are_a_400_saying_where_they_moved(honest: ApiUnderTest, field: str,
+                                                                         value: Any, instead: str) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        await openai_client(honest).responses.create(model="default", input="Hi", extra_body={field: value})
+    assert (e.value.status_code, e.value.param, e.value.code) == (400, field, "unsupported_parameter")
+    said = e.value.body["message"]  # type: ignore[index]
+    assert said.startswith(f"Unsupported parameter: '{field}'.") and instead in said
+
+
+async def test_chat_fields_that_change_nothing_are_accepted(honest: ApiUnderTest) -> None:
+    """The values chat clients send by default (no tools, plain text, one answer), and null, ask for nothing."""
+    neutral = {"response_format": {"type": "text"}, "n": 1, "logprobs": False, "stop": None, "functions": [],
+               "function_call": "none", "max_tokens": None}
+    made = await openai_client(honest).responses.create(model="default", input="Hi", extra_body=neutral)
+    assert made.status == "completed"
+
+
+async def test_a_chat_shaped_function_tool_is_a_400_showing_the_responses_shape(honest: ApiUnderTest) -> None:
+    """``{"type": "function", "function": {...}}`` (chat's, as ``openai.pydantic_function_tool`` makes it) was
+    'a function tool needs a name', which did not say the name was there, one level down."""
+    chat_tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        await openai_client(honest).responses.create(model="default", input="Hi", tools=[chat_tool])  # type: ignore[list-item]
+    assert (e.value.param, e.value.code) == ("tools.0.name", "missing_required_parameter")
+    said = e.value.body["message"]  # type: ignore[index]
+    assert said.startswith("Missing required parameter: 'tools[0].name'.")
+    assert '{"type": "function", "name": ' in said and "chat completions" in said
