@@ -224,8 +224,11 @@ async def invalid_key(request: web.Request, store: Store) -> ApiError:
 def invalid_api_key() -> ApiError:
     """The 401 of an unknown or deleted key; also of a request whose key was deleted while it ran, found when the
     store refused what it wrote (a background response, a conversation: ``KeyForgotten``), as the same request
-    sent a moment later is answered."""
-    return ApiError(401, "Invalid API key.", code="invalid_api_key")
+    sent a moment later is answered. Its words say where a key comes from: the OpenAI SDK sends ``OPENAI_API_KEY``
+    when the code gives it no key, and "Invalid API key." alone did not say that such a key is none here."""
+    return ApiError(401, "Invalid API key. This API knows no key with this secret: an OpenAI key is none here, nor a "
+                    "deleted key or a rotated key's old secret. Ask this API's operator for a key (and pass it as the "
+                    "SDK's api_key, or OPENAI_API_KEY is sent).", code="invalid_api_key")
 
 
 SEARCH_SCOPE = "web_retrieval"  # the scope of every request that spends the web retrieval miners

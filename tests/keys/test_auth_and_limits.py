@@ -37,6 +37,16 @@ async def test_key_headers_and_401s(api: ApiUnderTest, http: aiohttp.ClientSessi
     assert_error(status, out, 401, "missing_api_key")
 
 
+async def test_an_unknown_keys_401_says_where_a_key_comes_from(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    """The OpenAI SDK sends ``OPENAI_API_KEY`` when the code gives no key of its own: "Invalid API key." said
+    nothing of that, nor where a key here comes from."""
+    status, _, out = await call(http, "GET", f"{api.url}/v1/models", headers=bearer("sk-proj-0123456789abcdef"))
+    assert_error(status, out, 401, "invalid_api_key")
+    said = out["error"]["message"]
+    assert said.startswith("Invalid API key.") and "OpenAI" in said and "operator" in said
+    assert "sk-proj" not in said  # never the key
+
+
 async def test_a_key_header_sent_twice_with_two_values_is_a_400_and_a_header_beats_an_sdks_bearer(
         api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
     """Which of two keys is meant cannot be told (the first won, and a wrong one beside it went unseen). The
