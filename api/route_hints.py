@@ -53,6 +53,21 @@ RESPONSES_NOT_SERVED = {
 }
 
 
+# The Responses API's fields posted to /v1/chat/completions, and what chat takes instead. Unknown fields pass on to
+# the miners there (a model server may take more than OpenAI does), but these are no chat server's: passed on, each was
+# ignored in silence (the instructions lost, an answer uncut by max_output_tokens, a conversation continued from none).
+CHAT_INSTEAD = {
+    "instructions": "send them as the first message, with role 'system' (or 'developer')",
+    "max_output_tokens": "the token limit is 'max_tokens' (or 'max_completion_tokens')",
+    "text": "a format is 'response_format', and verbosity 'verbosity'",
+    "input": "send the conversation as 'messages'",
+    "previous_response_id": "a chat completion is not stored: send the whole conversation in 'messages', or continue "
+                            "the response on POST /v1/responses",
+    "conversation": "conversations are the Responses API's: send the whole conversation in 'messages', or use POST "
+                    "/v1/responses",
+}
+
+
 def refuse_set(sent: dict[str, Any], fields: dict[str, str], say: Callable[[str, str], str]) -> None:
     """A 400 ``unsupported_parameter`` naming the first of ``fields`` that ``sent`` sets to a value that asks for
     something (not null, not ``NEUTRAL``), in the words ``say`` makes of its name and its entry in ``fields``."""
@@ -67,3 +82,10 @@ def refuse_chat_fields_in_responses(sent: dict[str, Any]) -> None:
     refuse_set(sent, RESPONSES_MOVED,
                lambda name, to: f"Unsupported parameter: '{name}'. In the Responses API, this parameter has moved to {to}.")
     refuse_set(sent, RESPONSES_NOT_SERVED, lambda name, what: f"Unsupported parameter: '{name}'. {what}.")
+
+
+def refuse_responses_fields_in_chat(sent: dict[str, Any]) -> None:
+    """The Responses API's fields on ``/v1/chat/completions`` (``CHAT_INSTEAD``): a 400 naming the field and what
+    chat completions take instead."""
+    refuse_set(sent, CHAT_INSTEAD, lambda name, instead: f"Unsupported parameter: '{name}'. It is a Responses API "
+               f"field (POST /v1/responses); in chat completions, {instead}.")

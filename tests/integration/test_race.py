@@ -636,3 +636,26 @@ async def test_a_responses_shaped_tool_in_chat_is_a_400_showing_the_chat_shape(h
     assert (status, error["param"], error["code"]) == (400, "tools.0.function", "missing_required_parameter")
     assert error["message"].startswith("Missing required parameter: 'tools[0].function'.")
     assert '{"type": "function", "function": {"name": ' in error["message"] and "/v1/responses" in error["message"]
+
+
+RESPONSES_ONLY = [  # (a Responses API field, a value that asks for something, what the 400 says to send instead)
+    ("instructions", "Answer in French.", "'system'"),
+    ("max_output_tokens", 5, "'max_tokens'"),
+    ("text", {"format": {"type": "json_object"}}, "'response_format'"),
+    ("input", "Hi", "'messages'"),
+    ("previous_response_id", "resp_1", "/v1/responses"),
+    ("conversation", "conv_1", "/v1/responses"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "instead"), RESPONSES_ONLY, ids=[c[0] for c in RESPONSES_ONLY])
+async def test_responses_fields_in_chat_are_a_400_saying_what_chat_takes(honest: ApiUnderTest, field: str,
+                                                                         value: Any, instead: str) -> None:
+    """Passed on as unknown fields, each was ignored in silence: instructions lost, an answer uncut by
+    max_output_tokens 5, prose for a JSON text.format, a conversation continued from nothing."""
+    status, _, text = await post(honest, {"messages": [USER], field: value})
+    error = json.loads(text)["error"]
+    assert (status, error["param"], error["code"]) == (400, field, "unsupported_parameter"), error
+    assert error["message"].startswith(f"Unsupported parameter: '{field}'.") and instead in error["message"]
+    status, _, text = await post(honest, {"messages": [USER], field: None})
+    assert status == 200, text
