@@ -163,7 +163,7 @@ async def _set_weights(scores: ScoreBook, sink: WeightSink, snapshot: MetagraphS
         logger.info("weights: not set this cycle: {}", e)
         scores.weights_not_set = str(e)
         return None
-    scores.weights = dict(nonzero)
+    scores.record_weights(dict(nonzero), snapshot)
     scores.weights_not_set = None
     if sink.name != "disabled":
         scores.last_weights_set_at, scores.weights_set_clock = time.time(), time.monotonic()

@@ -58,6 +58,9 @@ class ScoreBook:
         self.path = Path(path) if path else None
         self.miners: dict[int, MinerScore] = {}
         self.weights: dict[int, float] = {}
+        # the hotkey that held each weighted uid when the weights were set (``record_weights``): a uid weighted only to
+        # make up the subnet's minimum count holds no score to tell its owner by
+        self.weight_hotkeys: dict[int, str] = {}
         self.updated_at = 0.0
         self.last_weights_set_at: float | None = None  # Unix seconds (saved, shown)
         # ``time.monotonic()`` at the last set of this run (not saved): the readiness check's age, which an NTP
@@ -102,12 +105,18 @@ class ScoreBook:
         # (1 - share x seen) x synthetic + share x seen x (organic / seen):
         return (1 - self.organic_share * seen) * synthetic + self.organic_share * entry.organic[task]
 
+    def record_weights(self, weights: dict[int, float], snapshot: MetagraphSnapshot) -> None:
+        """The weights just set over ``snapshot``, each with the hotkey holding its uid then (``sync``)."""
+        self.weights = dict(weights)
+        self.weight_hotkeys = {uid: n.hotkey for uid in self.weights if (n := snapshot.by_uid(uid)) is not None}
+
     def sync(self, snapshot: MetagraphSnapshot) -> list[int]:
         """Drop uids that left the metagraph or whose hotkey changed; returns the uids reset.
 
-        The last weights set lose those uids too, and any uid beyond the metagraph (one weighted only to
-        meet the subnet's minimum count holds no score): ``/scores`` showed them with a weight and no
-        hotkey after the subnet shrank.
+        The last weights set lose those uids too, a uid weighted only to meet the subnet's minimum count
+        (it holds no score) included: ``/scores`` showed such a uid with a weight and no hotkey after the
+        subnet shrank, and with its weight under a new owner's hotkey after it changed hands. A weight saved
+        without its hotkey (a scores file from before they were kept) is taken as the uid's holder's now.
 
         A metagraph with no neurons drops nothing: a subnet never loses every uid, so it is a bad read (the
         start's first one: ``MetagraphView.refresh`` refuses later ones), and dropping every score on it saved
@@ -117,15 +126,19 @@ class ScoreBook:
                 logger.warning("scores: the metagraph read has no neurons (block {}): scores for {} uids kept",
                                snapshot.block, len(self.miners))
             return []
-        reset = []
+        dropped: set[int] = set()
         for uid in list(self.miners):
             neuron = snapshot.by_uid(uid)
             if neuron is None or neuron.hotkey != self.miners[uid].hotkey:
                 del self.miners[uid]
-                self.weights.pop(uid, None)
-                reset.append(uid)
-        for uid in [u for u in self.weights if snapshot.by_uid(u) is None]:
-            del self.weights[uid]
+                dropped.add(uid)
+        for uid in list(self.weights):
+            neuron = snapshot.by_uid(uid)
+            if uid in dropped or neuron is None or neuron.hotkey != self.weight_hotkeys.setdefault(uid, neuron.hotkey):
+                del self.weights[uid]
+                self.weight_hotkeys.pop(uid, None)
+                dropped.add(uid)
+        reset = sorted(dropped)
         if reset:
             logger.info("scores reset for uids {} (hotkey changed or deregistered)", reset)
         return reset
@@ -194,6 +207,7 @@ class ScoreBook:
             "alpha": self.alpha,
             "organic_share": self.organic_share,
             "weights": {str(u): w for u, w in self.weights.items()},
+            "weight_hotkeys": {str(u): k for u, k in self.weight_hotkeys.items()},
             "miners": {
                 str(uid): {"hotkey": m.hotkey, "tasks": dict(m.tasks), "counts": dict(m.counts),
                            "updated_at": m.updated_at, "organic": dict(m.organic),
@@ -288,6 +302,7 @@ class ScoreBook:
                 for uid, m in data.get("miners", {}).items()
             }
             weights = {int(u): float(w) for u, w in data.get("weights", {}).items() if math.isfinite(float(w))}
+            weight_hotkeys = {int(u): str(k) for u, k in data.get("weight_hotkeys", {}).items() if int(u) in weights}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             self._set_aside(e)
             return False
@@ -295,7 +310,7 @@ class ScoreBook:
         if repaired:
             logger.warning("scores file {}: {} task scores were not numbers in [0, 1] (a damaged or hand-edited "
                            "file); a non-finite one is dropped, the others clamped", self.path, repaired)
-        self.miners, self.weights = miners, weights
+        self.miners, self.weights, self.weight_hotkeys = miners, weights, weight_hotkeys
         self.updated_at = float(data.get("updated_at") or 0.0)
         self.last_weights_set_at = _unix_seconds(data.get("last_weights_set_at"))
         logger.info("restored scores for {} uids from {}", len(miners), self.path)

@@ -604,7 +604,7 @@ def test_after_a_restart_into_a_smaller_subnet_scores_shows_no_uid_beyond_it(tmp
     restored = ScoreBook(PROBS, alpha=1.0, path=path)
     assert restored.load()
     now = _graph(2, hotkeys={2: "new-owner"})
-    assert sorted(restored.sync(now)) == [2, 3, 4]
+    assert restored.sync(now) == [2, 3, 4, 5], "uid 5 lost its weight: reset too (and saved)"
     report = restored.report(now)
     assert {m["uid"] for m in report["miners"]} <= {0, 1, 2}
     by_uid = {m["uid"]: m for m in report["miners"]}
@@ -886,3 +886,25 @@ async def test_a_metagraph_that_cannot_be_read_before_a_weights_set_sets_nothing
     assert book.weights_not_set is not None and "metagraph could not be read" in book.weights_not_set
     write_metagraph_file(path, _graph(2, hotkeys={2: "new-owner"}))
     assert await fresh_weights_cycle(view, book, sink, power=1.0) == {1: 1.0}, "read again: uid 2 is paid nothing"
+
+
+async def test_a_uid_weighted_only_to_meet_the_minimum_starts_fresh_once_it_changes_hands(tmp_path: Path) -> None:
+    """A subnet that wants 4 weights and two scored miners: uids 0 and 3 get the smallest weight to make up the count.
+    Re-registered by another hotkey, it kept that weight in ``/scores`` and ``/metrics`` under its new owner (and
+    in ``scores.json`` across a restart) until the next set: a weight it never earned, where a scored uid that
+    changed hands lost its weight at once."""
+    path = tmp_path / "scores.json"
+    book = _book(1.0, 0.5)
+    book.path = path
+    assert await weights_cycle(book, DisabledSink(WeightRules(min_allowed=4)), _graph(3), power=1.0)
+    assert book.weights[3] > 0, "uid 3 is weighted to meet the minimum count"
+    book.save()  # the scores file as the set left it
+    restarted = ScoreBook(PROBS, alpha=1.0, path=path)
+    assert restarted.load()
+    after = _graph(3, hotkeys={3: "new-owner"})
+    for shown in (book, restarted):  # the running validator's metagraph cycle, and a restart's first sync
+        assert 3 in shown.sync(after)
+        by_uid = {m["uid"]: m for m in shown.report(after)["miners"]}
+        assert by_uid[3]["hotkey"] == "new-owner" and by_uid[3]["weight"] == 0.0, by_uid[3]
+        assert shown.per_uid(after)[3] == (0.0, 0.0) and by_uid[1]["weight"] > 0
+        assert 3 not in shown.to_json()["weights"], "not saved over either"
