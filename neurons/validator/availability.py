@@ -45,6 +45,10 @@ class AvailabilityBook:
     # (a validator without a permit logged the same WARNING every AVAILABILITY_INTERVAL for hours).
     refused_all: OutageLog = field(default_factory=lambda: OutageLog(
         "availability", back="the miners no longer all refuse this validator"), repr=False, compare=False)
+    # Polls that some miners refused while others answered: a run as well (a WARNING at each poll, every
+    # AVAILABILITY_INTERVAL, while one miner's allow-list or lagging metagraph left this validator out).
+    refused_some: OutageLog = field(default_factory=lambda: OutageLog(
+        "availability", back="no miner refuses this validator any more"), repr=False, compare=False)
 
     def age(self) -> float | None:
         """Seconds since the last poll ended (None: none has)."""
@@ -146,7 +150,9 @@ async def poll_all(
     book.updated_at, book.polled_at = time.time(), time.monotonic()
     logger.info("availability: {}/{} miners up{}", up, len(results), f", {refused} refused us" if refused else "")
     if refusals:
-        warn_refusals(refusals, client.signer.hotkey, everyone=False)
+        book.refused_some.failed(refusal_note(refusals, client.signer.hotkey, everyone=False))
+    else:
+        book.refused_some.ok()
     if results and not up and not refusals:
         warn_none_reachable(book.unreachable, failures)
     elif up:
@@ -181,11 +187,6 @@ def clock_note(refusals: dict[int, str], uids: list[int]) -> tuple[str, list[int
     counts = " and ".join(f"{len(these)}{' of them' if i == 0 else ''} {CLOCK_REFUSALS[code]} ({code})"
                           for i, (code, these) in enumerate(counted))
     return f"; {counts}: {whose}, {CLOCK_HINT}", [uid for _, these in counted for uid in these]
-
-
-def warn_refusals(refusals: dict[int, str], hotkey: str, *, everyone: bool) -> None:
-    """One WARNING for the miners that refused our signed requests (``refusal_note``)."""
-    logger.warning("availability: {}", refusal_note(refusals, hotkey, everyone=everyone))
 
 
 def refusal_note(refusals: dict[int, str], hotkey: str, *, everyone: bool) -> str:

@@ -695,32 +695,56 @@ async def test_miners_refusing_an_api_hotkey_without_a_permit_are_not_scored_for
     assert set(permitted.bodies) == {1, 2} and permitted.errors[2].startswith("HTTP 403")
 
 
+async def _polls_until_allowed(refusing: set[int], refused: int, allowed: int
+                               ) -> tuple[AvailabilityBook, list[tuple[str, str]], list[tuple[bool, set[int]]]]:
+    """Miners 1 and 2 polled ``refused`` times while those in ``refusing`` refuse this validator, then ``allowed``
+    times once they take it: the book, the poll's lines after "miners up" (level, message), and the book's
+    ``(refused_by_all, refused)`` after each poll while they refused."""
+    permitted: set[str] = set()
+    apps = [create_miner_app(DeterministicBackend(), RequestVerifier(MINERS[uid].ss58_address, Authorizer(
+        (lambda: permitted) if uid in refusing else (lambda: {VALIDATOR.ss58_address})))) for uid in (1, 2)]
+    lines: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="INFO")
+    book, states = AvailabilityBook(), []
+    try:
+        async with serve_app(apps[0]) as u1, serve_app(apps[1]) as u2, make_session() as session:
+            snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, u1.removeprefix("http://")),
+                                                     2: (MINERS[2].ss58_address, u2.removeprefix("http://"))})
+            client = MinerClient(session, Signer(VALIDATOR))
+            for _ in range(refused):
+                await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
+                states.append((book.refused_by_all, set(book.refused)))
+            permitted.add(VALIDATOR.ss58_address)
+            for _ in range(allowed):
+                await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
+    finally:
+        logger.remove(sink)
+    return book, [(level, m) for level, m in lines if m.startswith("availability:") and "miners up" not in m], states
+
+
 async def test_polls_every_miner_refuses_are_one_warning_and_their_end_one_line() -> None:
     """A validator without a permit is refused by every miner at every poll: the WARNING came at each poll (every
     AVAILABILITY_INTERVAL, 30 s, for as long as it had no permit), where no miner answering is one WARNING, a line
     a minute and an INFO line at its end. It is told so too: granted a permit, the next poll says it is over."""
-    permitted: set[str] = set()
-    verifier = RequestVerifier(MINERS[1].ss58_address, Authorizer(lambda: permitted))
-    lines: list[tuple[str, str]] = []
-    sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="INFO")
-    book = AvailabilityBook()
-    try:
-        async with serve_app(create_miner_app(DeterministicBackend(), verifier)) as u1:
-            snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, u1.removeprefix("http://"))})
-            async with make_session() as session:
-                client = MinerClient(session, Signer(VALIDATOR))
-                for _ in range(3):
-                    await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
-                    assert book.refused_by_all
-                permitted.add(VALIDATOR.ss58_address)
-                await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
-                await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
-    finally:
-        logger.remove(sink)
-    told = [(level, m) for level, m in lines if m.startswith("availability:") and "miners up" not in m]
-    assert len(told) == 2, lines
-    assert told[0][0] == "WARNING" and "1 miner(s) refused this validator's signed requests (uids 1)" in told[0][1]
+    book, told, states = await _polls_until_allowed({1, 2}, 3, 2)
+    assert all(everyone for everyone, _ in states), states
+    assert len(told) == 2, told
+    assert told[0][0] == "WARNING" and "2 miner(s) refused this validator's signed requests (uids 1,2)" in told[0][1]
     assert VALIDATOR.ss58_address in told[0][1] and "synthetic jobs paused" in told[0][1]
     assert told[1][0] == "INFO" and told[1][1].startswith("availability: the miners no longer all refuse this "
                                                           "validator after ") and told[1][1].endswith("(3 failure(s))")
     assert book.entries[1] is not None and not book.refused_by_all
+
+
+async def test_polls_some_miners_refuse_are_one_warning_and_their_end_one_line() -> None:
+    """One miner of two refuses this validator (its allow-list, a metagraph of its own that lags): the WARNING came
+    at every poll, every AVAILABILITY_INTERVAL for as long as it refused, where the all-refuse case is one WARNING,
+    a line a minute and an INFO line at its end. Some refusing is told as such a run too."""
+    book, told, states = await _polls_until_allowed({2}, 3, 2)
+    assert states == [(False, {2})] * 3
+    assert len(told) == 2, told
+    assert told[0][0] == "WARNING" and "1 miner(s) refused this validator's signed requests (uids 2)" in told[0][1]
+    assert VALIDATOR.ss58_address in told[0][1] and "synthetic jobs paused" not in told[0][1]
+    assert told[1][0] == "INFO" and told[1][1].startswith("availability: no miner refuses this validator any more "
+                                                          "after ") and told[1][1].endswith("(3 failure(s))")
+    assert book.refused == set() and book.entries[2] is not None
