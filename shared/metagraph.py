@@ -8,11 +8,13 @@ refreshes in the background.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -160,6 +162,21 @@ def stake_amount(balance: Any) -> float:
     return float(getattr(balance, "amount", balance))
 
 
+async def connected_client(make: Callable[[], Any]) -> Any:
+    """A chain client built by ``make`` and connected, for its owner to keep: one whose connect fails is closed and
+    raised, never kept. The SDK's client is usable only after a connect that worked (a read on one whose connect
+    failed raises ``ConnectionNotReady`` whatever the node does since), so a client kept before its connect, as
+    the metagraph source kept it, failed every later read with the node back."""
+    client = make()
+    try:
+        await client.connect()
+    except BaseException:
+        with contextlib.suppress(Exception):  # what the failed connect left open; its error is the one to tell
+            await client.close()
+        raise
+    return client
+
+
 class ChainMetagraphSource:
     """Reads the subnet's metagraph through the bittensor SDK's async client."""
 
@@ -172,8 +189,7 @@ class ChainMetagraphSource:
         import bittensor as bt
 
         if self._client is None:
-            self._client = bt.Client(self.network)
-            await self._client.connect()
+            self._client = await connected_client(lambda: bt.Client(self.network))
         mg = await self._client.subnets.metagraph(self.netuid, commitments=False)
         if mg is None:
             raise RuntimeError(f"subnet {self.netuid} does not exist on {self.network}")

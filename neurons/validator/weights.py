@@ -25,7 +25,13 @@ from typing import Any, Protocol
 import numpy as np
 from loguru import logger
 
-from shared.metagraph import FileMetagraphSource, MetagraphSnapshot, atomic_write_json, write_metagraph_file
+from shared.metagraph import (
+    FileMetagraphSource,
+    MetagraphSnapshot,
+    atomic_write_json,
+    connected_client,
+    write_metagraph_file,
+)
 
 U16_MAX = 65535
 
@@ -248,9 +254,7 @@ class ChainWeightSink:
 
     async def _connected(self) -> Any:
         if self._client is None:
-            client = self.client_factory()
-            await client.connect()
-            self._client = client
+            self._client = await connected_client(self.client_factory)
         return self._client
 
     async def rules(self) -> WeightRules:

@@ -66,18 +66,25 @@ async def fake_node(port: int, storage: dict) -> AsyncIterator[None]:
         await server.wait_closed()
 
 
-async def test_weights_are_set_again_once_the_chain_endpoint_is_back_without_a_restart() -> None:
-    cold = Keypair.create_from_uri("//Eve")
-    wallet = DevWallet(cold, cold, Keypair.create_from_uri("//Eve//validator"))
+def sink_at(port: int, uri: str, substrate: type[WsSubstrate] = WsSubstrate,
+            ) -> tuple[ChainWeightSink, dict, list[WsSubstrate]]:
+    """A chain weight sink of ``uri``'s validator whose clients dial a node on ``port``: the sink, the storage the
+    node is to answer from, and the substrates of the clients the sink built (in order)."""
+    cold = Keypair.create_from_uri(uri)
+    wallet = DevWallet(cold, cold, Keypair.create_from_uri(uri + "//validator"))
     storage = chain_storage(wallet.hotkey.ss58_address, last_update=850)
-    port = free_port()
     clients: list[WsSubstrate] = []
 
     def client() -> bt.Client:
-        clients.append(WsSubstrate(f"ws://127.0.0.1:{port}", storage=storage))
+        clients.append(substrate(f"ws://127.0.0.1:{port}", storage=storage))
         return bt.Client("local", substrate=clients[-1])
 
-    sink = ChainWeightSink(client, wallet, 1)
+    return ChainWeightSink(client, wallet, 1), storage, clients
+
+
+async def test_weights_are_set_again_once_the_chain_endpoint_is_back_without_a_restart() -> None:
+    port = free_port()
+    sink, storage, clients = sink_at(port, "//Eve")
     book = _book(1.0, 0.5, 0.25)
     try:
         async with fake_node(port, storage):
@@ -130,3 +137,79 @@ async def test_the_metagraph_is_read_again_once_the_chain_endpoint_is_back_witho
         assert view.snapshot.block == 101 and len(clients) == 1, "read again by the same client"
     finally:
         await view.source.close()
+
+
+class DialedSubstrate(WsSubstrate):
+    """``WsSubstrate`` as the SDK's own substrate (``RpcSubstrate``) behaves around a connect: usable only after one
+    that worked. A connect that fails leaves it unconnected (``RpcSubstrate.connect`` closes the connection it
+    tried), and every read then raises ``ConnectionNotReady`` ("Client connection is not open ...") until a
+    connect works; ``RpcSession`` alone would dial again at the next request and hide that."""
+
+    def __init__(self, url: str, **kw: Any) -> None:
+        super().__init__(url, **kw)
+        self.open = False
+        self.closed = False
+
+    async def connect(self) -> None:
+        await super().connect()
+        self.open = True
+
+    async def close(self) -> None:
+        self.open, self.closed = False, True
+        await super().close()
+
+    def _ready(self) -> None:
+        if not self.open:
+            raise bt.ConnectionNotReady("Client connection is not open. Use `async with Client(...)` or call "
+                                        "`await client.connect()` first.")
+
+    async def query(self, module, name, params=None, block_hash=None):
+        self._ready()
+        return await super().query(module, name, params, block_hash)
+
+    async def runtime_call(self, api, method, params, block_hash=None):
+        self._ready()
+        return await super().runtime_call(api, method, params, block_hash)
+
+
+async def test_a_metagraph_source_whose_connect_failed_connects_anew_once_the_endpoint_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ChainMetagraphSource`` kept its client before the connect: one that failed (the node not up yet) stayed,
+    never connected, and every later read went through it and failed (``ConnectionNotReady``) with the node back.
+    The client is kept once connected; one whose connect failed is closed and the next read builds another."""
+    port = free_port()
+    clients: list[DialedSubstrate] = []
+    sdk_client = bt.Client
+
+    def client(network: str) -> bt.Client:
+        clients.append(DialedSubstrate(f"ws://127.0.0.1:{port}"))
+        return sdk_client(network, substrate=clients[-1])
+
+    monkeypatch.setattr(bt, "Client", client)
+    view = MetagraphView(ChainMetagraphSource("local", 1))
+    try:
+        with pytest.raises(Exception, match="could not connect"):
+            await view.refresh()
+        async with fake_node(port, metagraph_storage(100)):
+            await view.refresh()
+            await view.refresh()
+        assert view.snapshot.block == 100 and len(view.snapshot.neurons) == 3
+        assert len(clients) == 2 and clients[0].closed and clients[1].open, "one client per connect that worked"
+    finally:
+        await view.source.close()
+
+
+async def test_a_weight_sink_whose_connect_failed_at_start_sets_weights_once_the_endpoint_answers() -> None:
+    """The start's read of the chain's limits finds no node: said in ``limits.error``, the client that failed to
+    connect closed, and the first weights cycle with the node up connects anew and sets."""
+    port = free_port()
+    sink, storage, clients = sink_at(port, "//Ferdie", DialedSubstrate)
+    try:
+        assert "could not connect" in ((await sink.read_limits()).error or "")
+        async with fake_node(port, storage):
+            assert await weights_cycle(_book(1.0, 0.5), sink, _graph(2), power=1.0)
+        assert len(clients) == 2 and isinstance(clients[0], DialedSubstrate) and clients[0].closed
+        assert len(clients[1].submitted) == 1
+    finally:
+        await sink.close()
