@@ -239,6 +239,11 @@ class LocalNet:
     def wallet_path(self) -> Path:
         return self.dir / "wallets"
 
+    @property
+    def ledger_path(self) -> Path:
+        """The validator's weights ledger (``WEIGHTS_LEDGER_FILE``)."""
+        return self.dir / "weights.json"
+
     def _admin_key(self) -> str:
         if self.cfg.admin_key:
             return self.cfg.admin_key
@@ -255,7 +260,7 @@ class LocalNet:
             return {}
 
     def prepare(self) -> None:
-        from shared.metagraph import MetagraphSnapshot, Neuron, write_metagraph_file
+        from shared.metagraph import MetagraphSnapshot, Neuron, remove_temp_files, write_metagraph_file
         from shared.wallet import coldkey_address, ensure_wallet
 
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -293,6 +298,9 @@ class LocalNet:
                                                 for d in builtin_corpus().documents))
         self.validator_hotkey = validator.ss58_address
         self.metagraph_path = self.dir / "metagraph.json"
+        # what a validator killed in a ledger write left (each kill one more file): none of our processes runs yet
+        for written in (self.metagraph_path, self.ledger_path):
+            remove_temp_files(written)
         write_metagraph_file(self.metagraph_path, MetagraphSnapshot(netuid=1, block=1, neurons=tuple(neurons)))
 
     def _common_env(self, wallet: str) -> dict[str, str]:
@@ -414,7 +422,7 @@ class LocalNet:
             "SCORING_API_HOST": "127.0.0.1",
             "SCORING_API_PORT": str(self.cfg.validator_port),
             "STATE_DIR": str(self.dir / "state" / "validator"),
-            "WEIGHTS_LEDGER_FILE": str(self.dir / "weights.json"),
+            "WEIGHTS_LEDGER_FILE": str(self.ledger_path),
             "AVAILABILITY_INTERVAL": "5",
         } | validator_env, f"{validator_url}/health")
         self.wait_healthy([c for c in self.children], timeout=timeout, progress=progress, cancelled=cancelled)

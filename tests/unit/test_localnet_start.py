@@ -8,6 +8,7 @@ check, and the start waited two minutes for the validator to see ten miners up.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -76,3 +77,38 @@ def test_a_log_past_its_bound_is_started_afresh_keeping_the_last_one(tmp_path: P
         localnet.rotated(path)
     assert not big.exists() and (tmp_path / "api.log.1").read_bytes() == b"x" * 101
     assert small.read_bytes() == b"y" * 100
+
+
+KILLED_MID_SET = """
+import asyncio, os, signal, sys
+from neurons.validator.weights import LedgerWeightSink
+replace, renames = os.replace, [int(sys.argv[3])]
+def killed_at_a_rename(src, dst):  # killed between a temp file's write and its rename, at the rename asked for
+    if renames[0] == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    renames[0] -= 1
+    replace(src, dst)
+os.replace = killed_at_a_rename
+asyncio.run(LedgerWeightSink(sys.argv[1], sys.argv[2], validator_hotkey="v").set_weights([1], [1.0]))
+"""
+
+
+def test_temp_files_left_by_a_validator_killed_mid_set_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    """The local network's validator killed while its ledger set weights (after the stop's 10 s, by the kernel when
+    ``sn1 localnet`` was killed outright, or by an OOM) left ``.metagraph.json.XXXXXXXX`` or ``.weights.json.XXXXXXXX``
+    in ``--dir``, each kill one more under its own name, never removed. The next start removes them (it holds the
+    folder's lock, before any process of its own runs)."""
+    from neurons.localnet import LocalNet, LocalNetConfig
+
+    net = LocalNet(LocalNetConfig(directory=tmp_path, miners=1, miner_ports=[free_port()]))
+    net.prepare()
+    for rename in (0, 1, 0):  # the metagraph's rename, the ledger's, the metagraph's
+        run = subprocess.run([sys.executable, "-c", KILLED_MID_SET, str(tmp_path / "weights.json"),
+                              str(net.metagraph_path), str(rename)],
+                             cwd=Path(__file__).resolve().parents[2], capture_output=True, timeout=60)
+        assert run.returncode == -9, run.stderr[-2000:]
+    left = sorted(p.name.rsplit(".", 1)[0] for p in tmp_path.glob(".*.json.*"))
+    assert left == [".metagraph.json", ".metagraph.json", ".weights.json"], left
+    net.prepare()
+    assert not list(tmp_path.glob(".*.json.*")), "removed at the start"
+    assert json.loads(net.metagraph_path.read_text())["block"] == 1
