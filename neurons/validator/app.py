@@ -314,6 +314,9 @@ async def _score_batch(ctx: ValidatorContext, items: list[Any], signer: str) -> 
         raise ApiError(400, f"A scoring batch holds 1 to {MAX_SCORING_BATCH} payloads.", code="invalid_payload")
     payloads, rejected = [], []
     for index, item in enumerate(items):
+        if not isinstance(item, dict):  # "Request body must be a JSON object" said of a batch that is an array
+            rejected.append({"index": index, "error": "A scoring payload must be a JSON object."})
+            continue
         try:
             payloads.append(parse_model(OrganicPayload, item))
         except ApiError as e:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from neurons.validator.scoring import ScoringJob, job_bytes
 from shared.errors import first_problem
@@ -56,24 +57,39 @@ class OrganicPayload(BaseModel):
             return None
         return (self.request_id, self.kind, self.created_at, tuple(self.uids))
 
+    # Each problem is told as ``PydanticCustomError``, whose message is the 400's as written: a ``ValueError``'s
+    # came as "Invalid request body: Value error, ..." with no param, whatever field it was about, and the API's
+    # outbox quoted that in its WARNING for the dropped payload.
+    @field_validator("uids")
+    @classmethod
+    def _distinct(cls, uids: list[int]) -> list[int]:
+        if any(u < 0 for u in uids) or len(set(uids)) != len(uids):
+            raise PydanticCustomError("invalid_payload", "uids must be distinct non-negative integers")
+        return uids
+
+    @field_validator("body")
+    @classmethod
+    def _chat_request(cls, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            ChatCompletionRequest.model_validate(body)  # the body must be a real chat request
+        except ValidationError as e:
+            where, why = first_problem(e)
+            raise PydanticCustomError("invalid_payload", "not a chat request ({where}: {why})",
+                                      {"where": where, "why": why}) from None
+        return body
+
     @model_validator(mode="after")
     def _consistent(self) -> OrganicPayload:
-        if any(u < 0 for u in self.uids) or len(set(self.uids)) != len(self.uids):
-            raise ValueError("uids must be distinct non-negative integers")
         known = set(self.uids)
         for name in ("chunks", "timings", "errors", "hotkeys", "seeds"):
             extra = set(getattr(self, name)) - known
             if extra:
-                raise ValueError(f"{name} has uids {sorted(extra)} that are not in uids")
+                raise PydanticCustomError("invalid_payload", "{name} has uids {extra} that are not in uids",
+                                          {"name": name, "extra": str(sorted(extra))})
         if sum(len(c) for c in self.chunks.values()) > MAX_CHUNKS:
-            raise ValueError("too many chunks")
+            raise PydanticCustomError("invalid_payload", "too many chunks")
         if self.winner is not None and self.winner not in known:
-            raise ValueError("winner is not one of uids")
-        try:
-            ChatCompletionRequest.model_validate(self.body)  # the body must be a real chat request
-        except ValidationError as e:
-            where, why = first_problem(e)
-            raise ValueError(f"body is not a chat request ({where}: {why})") from None
+            raise PydanticCustomError("invalid_payload", "winner is not one of uids")
         return self
 
     def body_of(self, uid: int) -> dict[str, Any]:

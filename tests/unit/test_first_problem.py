@@ -45,12 +45,11 @@ def test_the_problem_is_named_where_the_caller_put_it(model: type[BaseModel], da
 
 def test_a_problem_of_the_whole_body_is_said_so_not_named_as_a_field_called_body() -> None:
     """The validator's scoring payload has a field ``body``: "Invalid value for 'body'" pointed at it when the
-    problem was the payload's as a whole (repeated uids)."""
+    problem was the payload's as a whole (repeated uids, now named as the uids': a winner not among them here)."""
     from neurons.validator.payload import OrganicPayload
     from shared.errors import ApiError
     from shared.http import parse_model
 
     with pytest.raises(ApiError) as e:
-        parse_model(OrganicPayload, {"body": {"messages": []}, "uids": [1, 1]})
-    assert e.value.param is None and e.value.message == ("Invalid request body: Value error, uids must be distinct "
-                                                         "non-negative integers"), e.value
+        parse_model(OrganicPayload, {"body": {"messages": HI}, "uids": [1], "winner": 2})
+    assert e.value.param is None and e.value.message == "Invalid request body: winner is not one of uids", e.value

@@ -235,6 +235,29 @@ async def test_full_queue_is_503_and_oversized_is_413() -> None:
         assert health["scoring_queue"] == 1 and health["scoring_queue_max"] == 1
 
 
+async def test_a_malformed_payload_is_told_by_the_field_at_fault_in_plain_words() -> None:
+    """What the API's outbox quotes in its WARNING for each payload it drops: its problems came as "Invalid request
+    body: Value error, ..." with no param, whichever field was at fault (a payload's repeated uids, a body that is
+    no chat request), and an item of a batch that is no object as "Request body must be a JSON object" (the body,
+    an array, was one). Each is a 400 naming its field (or the batch item), and a valid item beside them is queued."""
+    ctx = make_ctx()
+    cases = [(payload(uids=[1, 1], chunks={}, timings={}, errors={}), "uids",
+              "Invalid value for 'uids': uids must be distinct non-negative integers"),
+             (payload(body={**BODY, "task": 5}), "body",
+              "Invalid value for 'body': not a chat request (task: Input should be a valid string)"),
+             (payload(winner=3), None, "Invalid request body: winner is not one of uids")]
+    async with serve_app(create_validator_app(ctx)) as url:
+        for sent, param, message in cases:
+            status, body = await post(url, "/scoring", json.dumps(sent).encode())
+            assert status == 400 and is_openai_error(body) and body["error"]["param"] == param, body
+            assert body["error"]["message"] == message, body
+        status, body = await post(url, "/scoring", json.dumps(["x", payload(), cases[0][0]]).encode())
+    assert status == 202 and body["accepted"] == 1 and body["queued"] == 1, body
+    assert body["rejected"] == [{"index": 0, "error": "A scoring payload must be a JSON object."},
+                                {"index": 2, "error": cases[0][2]}], body
+    assert ctx.scoring_queue.qsize() == 1
+
+
 async def test_scoring_batch_queues_valid_items_and_reports_malformed_ones() -> None:
     ctx = make_ctx(queue_size=3)
     lines: list[str] = []
