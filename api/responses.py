@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -38,7 +39,7 @@ from api.web_search import SOURCES, citations, query_of, search_call_item, searc
 from shared.errors import CONTEXT_LENGTH_EXCEEDED, ApiError, invalid_value
 from shared.http import json_response, parse_model, read_json
 from shared.jsonutil import dumpb
-from shared.protocol import ChatCompletionRequest
+from shared.protocol import MAX_UIDS, ChatCompletionRequest
 from shared.sse import SSE_HEADERS
 from shared.store.base import KeyRecord
 
@@ -114,9 +115,10 @@ async def _truncated_answer(request: web.Request, key: KeyRecord, req: ChatCompl
                             fmt: ResponsesFormat, planned: Plan, *, started: float) -> web.StreamResponse:
     """The race and the answer; with ``truncation: "auto"``, a conversation the miners' models refuse as
     longer than their context window is cut from its beginning (``truncated``) and asked again."""
-    cuts = 0
+    cuts, asked = 0, 0
     while True:
         try:
+            asked += len(planned.neurons)
             return await answer(request, key, req, body, fmt, started=started, planned=planned,
                                 send=not fmt.wanted.background)
         except ApiError as e:
@@ -125,12 +127,27 @@ async def _truncated_answer(request: web.Request, key: KeyRecord, req: ChatCompl
             shorter = truncated(body, kept_share(e.message))
             if shorter is None:
                 raise
+            planned = fewer_miners(planned, e, asked=asked, cuts_left=MAX_TRUNCATIONS - cuts)
         if fmt.wanted.background:  # its line now, with the same id: a foreground attempt's was written by its race
             responses_background.attempt_logged(request, key, stream=bool(fmt.wanted.stream), started=started)
         cuts += 1
         note_cuts(request, cuts)  # the next race's line says truncated=<cuts>
         body = shorter
         req = parse_model(ChatCompletionRequest, body)
+
+
+def fewer_miners(planned: Plan, refusal: ApiError, *, asked: int, cuts_left: int) -> Plan:
+    """The miners of the next race once the conversation is cut: those of the last, but no more than a share
+    (of ``cuts_left``) of what the request's races may still ask, as one request's races together ask at most
+    ``MAX_UIDS`` (``n``'s bound: ``choices.check_named_miners``). Each race asked every miner again, so one charged
+    request naming 256 uids asked 1,024 miners. ``refusal``, told why, when no miner is left to ask."""
+    room = (MAX_UIDS - asked) // cuts_left
+    if room < 1:
+        raise ApiError(refusal.status, f"{refusal.message} (truncation: \"auto\" did not ask again: the "
+                                       f"{asked} miners asked already leave none of the {MAX_UIDS} one request may "
+                                       "ask; name fewer uids)", code=refusal.code, param=refusal.param,
+                       headers=refusal.headers)
+    return replace(planned, neurons=planned.neurons[:room])
 
 
 @access_logged("responses")
