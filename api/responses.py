@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api import responses_background, responses_state
+from api import responses_background, responses_state, sessions
 from api.access_log import access_logged, answer_line, ended_with, logged, note_cuts, request_id, write
 from api.auth import authenticate, check_search_scope
 from api.chat import Plan, answer, plan
@@ -43,6 +43,7 @@ from shared.protocol import MAX_UIDS, ChatCompletionRequest
 from shared.sse import SSE_HEADERS
 from shared.store.base import KeyRecord
 
+ANY_MODEL_NAME = "default"  # what a request for any model names before a miner answers (``model_before_answer``)
 NO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}  # a failed stream's
 # truncation: "auto": how many times a conversation too long for the miners' models is cut and asked again
 MAX_TRUNCATIONS = 3
@@ -66,7 +67,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     body = chat_body(wanted, history.items)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)
     planned = await plan(request, key, req)  # a request refused anyway spends no web search
-    fmt = ResponsesFormat(wanted, None, responses_state.keeping(ctx, key, wanted, history), ctx)
+    fmt = ResponsesFormat(wanted, None, responses_state.keeping(ctx, key, wanted, history), ctx,
+                          model=model_before_answer(req, planned))
 
     async def work() -> web.StreamResponse:
         return await _searched_answer(request, key, req, body, fmt, planned, started=started)
@@ -75,10 +77,24 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         assert fmt.keeping is not None  # stored: check_request refused the others
         fmt.kind = responses_background.LINE_KIND  # its race's line, after the request's own, once it is settled
         seconds, _ = chat_deadline(ctx.settings, req)
-        log = fmt.event_log(req) if wanted.stream else None
-        return await responses_background.start(request, ctx, key, fmt.queued(req), fmt.keeping,
+        log = fmt.event_log() if wanted.stream else None
+        return await responses_background.start(request, ctx, key, fmt.queued(), fmt.keeping,
                                                 seconds * races_at_most(wanted), work, log, started=started)
     return await work()
+
+
+def model_before_answer(req: ChatCompletionRequest, planned: Plan) -> str:
+    """The ``model`` a response names before a miner answers (a background response queued, its stream's first
+    events, a stream opened for its web search): the one asked for, or the key's session's; for any model (none
+    asked, ``""``, ``default``), ``default``, this API's name for it, which the answer then replaces with the
+    winning miner's. It said ``unknown``, a model no miner serves: a client that sent it back (polling, then
+    asking again with ``model=response.model``) got a 404 ``model_not_found`` once the miners' availability
+    was known."""
+    if not req.wants_any_model():
+        assert req.model is not None
+        return req.model
+    pinned = sessions.pinned_model(planned.session) if planned.session is not None else None
+    return pinned or ANY_MODEL_NAME
 
 
 def races_at_most(wanted: ResponsesRequest) -> int:
@@ -98,7 +114,7 @@ async def _searched_answer(request: web.Request, key: KeyRecord, req: ChatComple
     tool = search_tool(wanted)
     try:
         if tool is not None:
-            await fmt.search_begins(request, req, query_of(body["messages"]))
+            await fmt.search_begins(request, query_of(body["messages"]))
             body, fmt.found = await search_into(request.app[CTX], body, tool.search_context_size,
                                                 domains=tool.allowed_domains(),
                                                 request_id=request_id(request))
@@ -240,8 +256,9 @@ class ResponsesFormat:
     input_param = "input"
 
     def __init__(self, wanted: ResponsesRequest, found: Found | None = None, keeping: Keeping | None = None,
-                 ctx: ApiContext | None = None) -> None:
+                 ctx: ApiContext | None = None, *, model: str = ANY_MODEL_NAME) -> None:
         self.wanted = wanted
+        self.model = model  # named until a miner answers (``model_before_answer``)
         self.found = found  # the web search made for this answer, if any
         self.keeping = keeping  # how the answer will be stored (None: it will not be)
         self.ctx = ctx  # where it is stored
@@ -253,9 +270,9 @@ class ResponsesFormat:
         self.opened: web.StreamResponse | None = None
         self.events: ResponseStream | None = None
 
-    def queued(self, req: ChatCompletionRequest) -> dict:
+    def queued(self) -> dict:
         """The response before any miner is asked: a background response's first answer."""
-        return self._skeleton(req.model or "unknown") | {"status": "queued"}
+        return self._skeleton(self.model) | {"status": "queued"}
 
     def _skeleton(self, model: str) -> dict:
         return skeleton(self.wanted, response_id=self.response_id, model=model, created_at=self.created_at,
@@ -285,7 +302,7 @@ class ResponsesFormat:
         return search_call_item(self.found, include_sources=SOURCES in (self.wanted.include or []),
                                 item_id=self.search_id)
 
-    async def search_begins(self, request: web.Request, req: ChatCompletionRequest, query: str) -> None:
+    async def search_begins(self, request: web.Request, query: str) -> None:
         """A streamed answer (foreground or background) says its web search began, before the search's seconds:
         a foreground stream is opened for it (its headers then cannot name the winning miner)."""
         if not self.wanted.stream:
@@ -294,7 +311,7 @@ class ResponsesFormat:
         if self.log is not None:
             await self.log.add(self.log.events.searching(item))
             return
-        self.events = self._renderer(self._skeleton(req.model or "unknown"))
+        self.events = self._renderer(self._skeleton(self.model))
         self.opened = web.StreamResponse(headers={"x-request-id": request_id(request), **SSE_HEADERS})
         await self.opened.prepare(request)
         await self.opened.write(self.events.start() + self.events.searching(item))
@@ -339,11 +356,11 @@ class ResponsesFormat:
                        finish_reason=run.finish_reason, usage=response_usage(req, run))
         return KeptFirst(self._keep, self._seal(obj), content_type="application/json", headers=headers)
 
-    def event_log(self, req: ChatCompletionRequest) -> EventLog:
+    def event_log(self) -> EventLog:
         """A streamed background response's log, opened when it is queued (``stream`` fills it)."""
         assert self.ctx is not None and self.keeping is not None
         self.log = EventLog(self.ctx, self.keeping.key, self.response_id, self.keeping.retention,
-                            self._renderer(self._skeleton(req.model or "unknown")))
+                            self._renderer(self._skeleton(self.model)))
         return self.log
 
     async def stream(self, request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun,

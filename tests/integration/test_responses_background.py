@@ -86,6 +86,26 @@ async def only_key_id(api: ApiUnderTest) -> str:
     return keys[0].id
 
 
+@pytest.mark.parametrize("model", [None, "", "default"], ids=["none", "empty", "default"])
+async def test_one_asked_for_any_model_names_default_until_a_miner_answers(tmp_path: Path, model: str | None) -> None:
+    """Asked for any model, a queued response (and its stream's first events) said ``model: "unknown"``, which
+    names no model a miner serves: sent back (``model=response.model``), a 404 once the miners' availability is
+    known. It says ``default``, this API's word for any model, until the answer names the winning miner's, as a
+    foreground response does."""
+    async with api_with_miners(tmp_path, {1: slow("Noted.", 0.3)}) as api:
+        client = openai_client(api)
+        asked = {} if model is None else {"model": model}
+        queued = await client.responses.create(input="Hi", background=True, **asked)  # type: ignore[call-overload]
+        streamed = [e async for e in await client.responses.create(input="Hi", background=True, stream=True,
+                                                                   **asked)]  # type: ignore[call-overload]
+        assert queued.model == "default"
+        assert [e.response.model for e in streamed[:3]] == ["default"] * 3  # created, queued, in_progress
+        assert streamed[-1].response.model == "scripted"  # the miner's, once it answered
+        assert (await polled(client, queued)).model == "scripted"
+        again = await client.responses.create(model=queued.model, input="Hi")  # the model it named, sent back
+        assert again.output_text == "Noted."
+
+
 async def test_cancel_stops_a_queued_response_and_nothing_overwrites_it(tmp_path: Path) -> None:
     """... and its turn's access line says ``status=cancelled`` (it said ``client_closed``: no client had left)."""
     miner = slow("Too late.", 0.5)
