@@ -34,7 +34,7 @@ from api.access_log import answer_line, ended_with, hold, release, request_id
 from api.auth import invalid_api_key
 from api.context import ApiContext
 from api.last_stored import UNNAMED
-from api.responses_render import ResponseStream
+from api.responses_render import ResponseStream, reopened
 from api.responses_state import (
     PENDING,
     Keeping,
@@ -134,7 +134,7 @@ class EventLog:
         """Its last events (the answer's closing ones, if any, then ``final`` as settled: ``response.completed``,
         or ``response.failed`` when its conversation could not take it), then no more."""
         if final is not None and final.get("status") in ENDINGS:
-            await self.add((self.tail or b"") + self.events.last(final))
+            await self.add((self.tail or b"") + self.events.ended(final))
         self.done = True
         self._new.set()
 
@@ -262,7 +262,8 @@ async def resumed(ctx: ApiContext, key: KeyRecord, found: StoredResponse, after:
     """A streamed background response's events after sequence number ``after``: followed here when this
     worker is answering it, else read from the store until it is settled (its last event made up from the
     stored response when the store lacks it: a worker that died before writing it, or before settling it,
-    which fails it once its deadline has passed, as a poll reads it; a cancelled one has none)."""
+    which fails it once its deadline has passed, as a poll reads it; a cancelled one has none), after the
+    ``.done`` events of the items its events left open)."""
     log = ctx.response_logs.get(found.id)
     if log is not None:
         async for chunk in log.follow(after):
@@ -302,9 +303,12 @@ async def resumed(ctx: ApiContext, key: KeyRecord, found: StoredResponse, after:
         now = await as_it_is(ctx, key, now)
     number = (kept[0] if kept is not None else -1) + 1  # the number its last event would have had
     if now is not None and now.response.get("status") in ENDINGS and number > after:
-        closing = ResponseStream(now.response)
+        stored: list[str] = []  # every event, for the items they opened: those left open are done first
+        async for frames in _stored_events(ctx, found, -1):
+            stored.extend(frame for _, frame in frames)
+        closing = reopened(stored)
         closing.seq = number
-        yield closing.last(now.response)
+        yield closing.ended(now.response)
 
 
 async def _stored_events(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIterator[list[tuple[int, str]]]:

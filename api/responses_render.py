@@ -13,8 +13,9 @@ open-weight model's.
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from api.responses_wire import ResponsesRequest
@@ -399,6 +400,27 @@ class ResponseStream:
         """The stream's last event: the final response, as its status names it."""
         return self.event(f"response.{final['status']}", response=final)
 
+    def ended(self, final: dict[str, Any]) -> bytes:
+        """The last events of a stream whose answer never closed its items (its worker shut down, failed, or died
+        before it wrote them): each item still open done, as ``final`` has it (the same id) or as far as it came
+        (``incomplete`` unless ``final`` completed), then ``final``'s event. Its end alone left items the stream
+        opened without their ``.done`` events (what apps act on, a call's arguments whole), as OpenAI's stream never
+        does. A stream whose answer closed them (``closing``) gets the last event alone."""
+        left = sorted({*self.unfinished, *([] if self.current is None else [self.current])})
+        self.current, self.message, self.thinking, self.unfinished = None, None, None, []
+        whole = {item.get("id"): item for item in final.get("output") or () if isinstance(item, dict)}
+        status = "completed" if final.get("status") == "completed" else "incomplete"
+        out = []
+        for index in left:
+            item = copy.deepcopy(whole.get(self.items[index]["id"]) or self.items[index] | {"status": status})
+            if item["type"] == "web_search_call":
+                out.append(self.search_done(item | {"status": "completed" if status == "completed" else "failed"}))
+            elif item["type"] in ("message", "reasoning") and not item.get("content"):
+                out.append(self.event("response.output_item.done", output_index=index, item=item))  # no part came
+            else:
+                out.append(self._close(index, item))
+        return b"".join(out) + self.last(final)
+
     def _close(self, index: int, item: dict[str, Any]) -> bytes:
         if item["type"] == "reasoning":
             part = item["content"][0]
@@ -427,7 +449,46 @@ class ResponseStream:
     def _annotations(self, index: int, item: dict[str, Any]) -> bytes:
         """A message's annotations, found in its whole text (citations can span deltas), as events."""
         part = item["content"][0]
-        part["annotations"] = self.annotate(part["text"]) if self.annotate else []
+        part["annotations"] = self.annotate(part["text"]) if self.annotate else part.get("annotations") or []
         return b"".join(self.event("response.output_text.annotation.added", item_id=item["id"], output_index=index,
                                    content_index=0, annotation_index=i, annotation=a)
                         for i, a in enumerate(part["annotations"]))
+
+
+def reopened(frames: Iterable[str]) -> ResponseStream:
+    """The renderer as a stream's events (``frames``: SSE, as stored) left it: each item they opened, built from its
+    deltas, and open until its ``output_item.done``; the next sequence number after theirs. A stream resumed from
+    the store whose worker died before its closing events ends with its items done from it (``ended``)."""
+    stream = ResponseStream({})
+    for frame in frames:
+        data = loads(frame.split("\ndata: ", 1)[1])
+        stream.seq = int(data["sequence_number"]) + 1
+        _replay(stream, data)
+    return stream
+
+
+def _replay(stream: ResponseStream, data: dict[str, Any]) -> None:
+    """One stored event into ``stream``'s items (``reopened``)."""
+    kind, index = data.get("type"), data.get("output_index")
+    if kind == "response.output_item.added":
+        stream.items.append(copy.deepcopy(data["item"]))
+        stream.unfinished.append(len(stream.items) - 1)
+        return
+    if not isinstance(index, int) or not 0 <= index < len(stream.items):
+        return
+    item = stream.items[index]
+    if kind == "response.output_item.done":
+        stream.items[index] = data["item"]
+        stream.unfinished = [i for i in stream.unfinished if i != index]
+    elif kind == "response.content_part.added":
+        item.setdefault("content", []).append(dict(data["part"]))
+    elif kind == "response.function_call_arguments.delta":
+        item["arguments"] = item.get("arguments", "") + data["delta"]
+    elif kind in _DELTAS and item.get("content"):
+        part = item["content"][min(int(data.get("content_index") or 0), len(item["content"]) - 1)]
+        part[_DELTAS[kind]] = part.get(_DELTAS[kind], "") + data["delta"]
+
+
+# The delta events of a content part, and the part's field each adds to.
+_DELTAS = {"response.output_text.delta": "text", "response.reasoning_text.delta": "text",
+           "response.refusal.delta": "refusal"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -79,6 +80,12 @@ async def test_a_background_response_is_queued_at_once_then_polled_to_its_answer
         second = await client.responses.create(model="default", input="My name?", previous_response_id=done.id)
         assert [m["role"] for m in miner.bodies[-1]["messages"]] == ["user", "assistant", "user"]
         assert second.status == "completed"
+
+
+def in_progress(response_id: str) -> dict[str, Any]:
+    """A background response as its worker stores it while answering (for a test that writes its record)."""
+    return {"id": response_id, "object": "response", "created_at": 1, "status": "in_progress", "background": True,
+            "model": "m", "output": [], "error": None}
 
 
 async def only_key_id(api: ApiUnderTest) -> str:
@@ -229,6 +236,34 @@ async def test_a_shutdown_lets_them_finish_within_its_grace_then_fails_the_rest(
         assert "shut down" in found.response["error"]["message"]
     finally:
         await store.aclose()
+
+
+async def test_a_streamed_one_a_shutdown_fails_mid_answer_ends_its_items_before_response_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shutdown failed a streamed one mid-message: its events went from the message's last delta straight to
+    ``response.failed``, the message never done. Its ``.done`` events come first, the message ``incomplete``."""
+    monkeypatch.setattr(responses_background, "SHUTDOWN_GRACE_S", 0.5)
+    first, *rest = sse(chunk("Once upon"), chunk(" a time"), chunk(finish="stop"))
+    async with api_with_miners(tmp_path, {1: Script([(0, first), *[(5, d) for d in rest]])}) as api:
+        stream = await openai_client(api).responses.create(model="default", input="Hi", background=True, stream=True)
+        events = []
+        async for event in stream:
+            events.append(event)
+            if event.type == "response.output_text.delta":  # its first words came: the caller leaves, then a stop
+                break
+        await stream.close()
+        key_id, response_id = await only_key_id(api), events[0].response.id
+    store = SQLiteResponseStore(tmp_path / "api.db")
+    try:
+        events = [json.loads(frame.split("\ndata: ", 1)[1]) for _, frame in
+                  await store.events(key_id, response_id, after=-1, limit=100)]
+    finally:
+        await store.aclose()
+    assert [e["type"] for e in events[-5:]] == [
+        "response.output_text.delta", "response.output_text.done", "response.content_part.done",
+        "response.output_item.done", "response.failed"]
+    assert events[-2]["item"]["status"] == "incomplete" and events[-2]["item"]["content"][0]["text"] == "Once upon"
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
 
 
 async def test_a_background_turn_of_a_conversation_is_added_once_done(honest: ApiUnderTest) -> None:
@@ -571,6 +606,44 @@ async def test_a_streams_last_event_a_dead_worker_did_not_store_is_made_up_once(
     assert [e async for e in await client.responses.retrieve("resp_cut", stream=True, starting_after=2)] == []
 
 
+@pytest.mark.parametrize("died", [False, True], ids=["settled, then died", "died past its deadline"])
+async def test_a_made_up_last_event_follows_the_done_events_of_the_items_left_open(
+        honest: ApiUnderTest, monkeypatch: pytest.MonkeyPatch, died: bool) -> None:
+    """Its worker stored a message's first events and deltas, then died (having settled the response, or before:
+    failed past its deadline). A resume made up the last event alone: ``response.completed`` (``.failed``) right
+    after a delta, without the ``output_text.done``, ``content_part.done`` and ``output_item.done`` OpenAI's
+    stream always sends first (what apps act on). They come first now: the text as the stored response has it
+    (all of it: deltas past the events bound are not stored), else as far as the deltas came, ``incomplete``."""
+    monkeypatch.setattr(responses_background, "TAIL_WAIT_S", 0.2)
+    client = openai_client(honest)
+    key_id, store = await only_key_id(honest), honest.ctx.responses
+    assert store is not None
+    base = in_progress("resp_open")
+    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    item = {"type": "message", "id": "msg_1", "role": "assistant", "status": "in_progress", "content": []}
+    render = responses_background.ResponseStream(base)
+    frames = [render.event("response.created", response=base), render.event("response.in_progress", response=base),
+              render.event("response.output_item.added", output_index=0, item=item),
+              render.event("response.content_part.added", item_id="msg_1", output_index=0, content_index=0, part=part),
+              *[render.event("response.output_text.delta", item_id="msg_1", output_index=0, content_index=0,
+                             delta=piece, logprobs=[]) for piece in ("Hel", "lo")]]
+    whole = item | {"status": "completed", "content": [part | {"text": "Hello, Ada."}]}
+    done = base | {"status": "completed", "output": [whole]}
+    record = encode(base, [], until=time.time() - 1) if died else encode(done, [])
+    await store.put(key_id, "resp_open", record, retention=60, pending=died)
+    await store.add_events(key_id, "resp_open", [(n, e.decode()) for n, e in enumerate(frames)], retention=60)
+    got = [e async for e in await client.responses.retrieve("resp_open", stream=True, starting_after=5)]
+    assert [(e.type, e.sequence_number) for e in got] == [
+        ("response.output_text.done", 6), ("response.content_part.done", 7), ("response.output_item.done", 8),
+        ("response.failed" if died else "response.completed", 9)]
+    text = "Hello" if died else "Hello, Ada."
+    assert (got[0].text, got[1].part.text, got[2].item.content[0].text) == (text, text, text)
+    assert got[2].item.status == ("incomplete" if died else "completed") and got[2].item.id == "msg_1"
+    if not died:  # the SDK's helper, reading it from the start, has the final response
+        async with client.responses.stream(response_id="resp_open") as events:
+            assert (await events.get_final_response()).output_text == "Hello, Ada."
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["polled", "streamed"])
 async def test_one_whose_conversation_outgrew_the_store_says_store_false_and_cannot_be_continued(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
@@ -826,8 +899,7 @@ async def test_a_resumed_streams_last_events_written_just_as_it_stops_reading_ar
     client = openai_client(honest)
     key_id, store = await only_key_id(honest), honest.ctx.responses
     assert store is not None
-    base = {"id": "resp_late", "object": "response", "created_at": 1, "status": "in_progress", "background": True,
-            "model": "m", "output": [], "error": None}
+    base = in_progress("resp_late")
     item = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
             "content": [{"type": "output_text", "text": "Late.", "annotations": []}]}
     done = base | {"status": "completed", "output": [item]}
