@@ -104,6 +104,26 @@ async def test_a_conversation_and_its_items_as_the_sdk_calls_them(honest: ApiUnd
         assert e.value.code == "conversation_not_found"
 
 
+async def test_an_empty_page_of_items_is_openais_with_null_ids_and_the_sdks_pager_stops(
+        honest: ApiUnderTest) -> None:
+    """An empty conversation's items (and a page past the last) list ``first_id`` and ``last_id`` as ``null``, as
+    OpenAI's lists do when empty: the SDK's pager type (``ConversationCursorPage``) has no ``first_id`` and an
+    optional ``last_id``, and stops there (``ConversationItemList``, whose ``first_id`` is a str, is what adding
+    items answers: never empty)."""
+    client = openai_client(honest)
+    conversation = await client.conversations.create()
+    page = await client.conversations.items.list(conversation.id)
+    assert (page.data, page.has_more, page.last_id, page.has_next_page()) == ([], False, None, False)
+    assert [item async for item in client.conversations.items.list(conversation.id)] == []
+    status, body = await call(honest, "GET", f"/v1/conversations/{conversation.id}/items")
+    assert status == 200 and body == {"object": "list", "data": [], "first_id": None, "last_id": None,
+                                      "has_more": False}
+    await client.conversations.items.create(conversation.id, items=[said("user", "Hi")])  # type: ignore[list-item]
+    last = (await client.conversations.items.list(conversation.id)).data[-1].id
+    past = await client.conversations.items.list(conversation.id, after=last)
+    assert (past.data, past.last_id, past.has_next_page()) == ([], None, False)
+
+
 async def test_two_turns_by_conversation_streamed_and_not(tmp_path: Path) -> None:
     miner = answering("Noted.")
     async with api_with_miners(tmp_path, {1: miner}) as api:
