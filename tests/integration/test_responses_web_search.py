@@ -283,6 +283,16 @@ async def test_a_streamed_answer_says_its_search_began_before_the_search_ends(tm
     assert search["status"] == "completed" and PAGE in message["content"][0]["text"]
 
 
+async def test_a_stream_opened_by_its_search_for_any_model_names_default_until_a_miner_answers(
+        tmp_path: Path) -> None:
+    """Opened before any miner answers, its first events said ``model: "unknown"`` when the request named none:
+    ``default``, this API's word for any model, as a queued background response says it; the last, the miner's."""
+    text = json.dumps([{"url": PAGE, "content": "Pelseldan is a city on the Zorgal river."}])
+    async with api_with_miners(tmp_path, {1: miner_answering(text)}) as api:
+        got = await _events_as_they_come(api, {"input": "Tell me about Pelseldan", "tools": [{"type": "web_search"}]})
+    assert [got[0]["response"]["model"], got[-1]["response"]["model"]] == ["default", "scripted"]
+
+
 async def test_a_stream_opened_by_its_search_ends_failed_when_no_miner_answers(tmp_path: Path) -> None:
     """Once the search's events are sent the status is 200: no miner answering is the stream's own
     ``response.failed`` (what the 502 said), which the SDK reads as the end, not a cut connection."""
