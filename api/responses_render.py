@@ -438,7 +438,7 @@ class ResponseStream:
             part = item["content"][0]
             out = (self._annotations(index, item)
                    + self.event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                                text=part["text"], logprobs=event_logprobs(part["logprobs"]))
+                                text=part["text"], logprobs=event_logprobs(part.get("logprobs") or []))
                    + self.event("response.content_part.done", item_id=item["id"], output_index=index,
                                 content_index=0, part=part))
         else:
