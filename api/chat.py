@@ -186,7 +186,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         stage = mixture.start_stage_one(ctx, neurons, body, mixture.stage_one_seconds(seconds), rid, scored=scored,
                                         latency_scale=scale)
         try:
-            stage_one = await mixture.gather_answers(ctx, stage, body, named=bool(req.uids))
+            stage_one = await mixture.gather_answers(ctx, stage, body, named=bool(req.uids),
+                                                     input_param=fmt.input_param)
         except mixture.StageOneFailed as e:
             tell_no_answer(ctx.no_answer, e.race, rid, e, caller_cut=caller_cut)  # once: the request ends here
             e.headers.update(headers)

@@ -157,15 +157,17 @@ def _stage_body(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "stream": True}
 
 
-async def gather_answers(ctx: ApiContext, race: Race, body: dict[str, Any], *, named: bool = False) -> StageOne:
+async def gather_answers(ctx: ApiContext, race: Race, body: dict[str, Any], *, named: bool = False,
+                         input_param: str = "messages") -> StageOne:
     """Stage 1: every valid answer of ``race`` (``start_stage_one``); none valid is the error a plain request would
     get (400 if every model server refused it, 504 past the deadline, else 502). ``named``: the caller named the
-    miners (``uids``)."""
+    miners (``uids``); ``input_param``: the request's field a context overflow names, as a plain request's does
+    (the Responses API's ``input``: it said ``messages``, a field that request does not have)."""
     await drafts_in(race)
     settle(ctx, race, _stage_body(body), kind="mixture_stage1")  # a miner still answering is scored once done
     valid = [r for r in race.runs if _is_draft(r)]
     if not valid:
-        raise StageOneFailed(no_winner_error(race, model=body.get("model"),
+        raise StageOneFailed(no_winner_error(race, input_param, model=body.get("model"),
                                              passed_over=passed_over(ctx, body, named=named)), race)
     return StageOne(answers=valid, runs=list(race.runs))
 

@@ -75,3 +75,24 @@ async def test_a_request_that_asked_256_miners_is_not_cut_and_asked_again(tmp_pa
             )
     assert (e.value.code, e.value.param, miner.calls) == ("context_length_exceeded", "input", 256)
     assert "name fewer uids" in e.value.message
+
+
+async def test_a_mixtures_overflow_names_input_and_is_cut_and_asked_again(tmp_path: Path) -> None:
+    """A mixture (``inference_mode``) whose first-stage miners all refused the conversation as too long answered
+    OpenAI's ``context_length_exceeded`` naming ``messages``, a field a Responses API request has not: the SDK's
+    ``e.param`` pointed the caller at nothing it sent. It names ``input``, as a plain race's does; with
+    ``truncation: "auto"`` the conversation is cut and the mixture asked again."""
+    miners = {1: overflowing(1), 2: overflowing(1)}
+    async with api_with_miners(tmp_path, miners, incentives={1: 0.9, 2: 0.1}) as api:
+        client = openai_client(api)
+        mixture = {"inference_mode": "Mixture-of-Agents"}
+        with pytest.raises(openai.BadRequestError) as e:
+            await client.responses.create(model="default", input=TALK, extra_body=mixture)  # type: ignore[arg-type]
+        assert (e.value.code, e.value.param) == ("context_length_exceeded", "input")
+        for miner in miners.values():
+            miner.calls = 0
+        done = await client.responses.create(
+            model="default", input=TALK, truncation="auto", extra_body=mixture
+        )  # type: ignore[arg-type]
+    # each refused the whole conversation, answered the cut one, and the top miner wrote the synthesis
+    assert done.output_text == "Fits now." and [m.calls for m in miners.values()] == [3, 2]
