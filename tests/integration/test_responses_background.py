@@ -113,6 +113,20 @@ async def test_one_asked_for_any_model_names_default_until_a_miner_answers(tmp_p
         assert again.output_text == "Noted."
 
 
+async def test_one_asked_for_any_model_in_a_session_names_the_sessions_model_from_the_start(tmp_path: Path) -> None:
+    """The key's session pins a model: a request for any model is answered with it (``answer``), so the queued
+    response names it too, not ``default`` (nor ``unknown``, as it did)."""
+    from tests.compat.support import fresh_cache, serves
+
+    async with api_with_miners(tmp_path, {1: slow("Noted.", 0.1)}) as api:
+        api.ctx.availability = fresh_cache(api, {1: serves(["shared"], ["InferenceTask"])})
+        status, _ = await call(api, "POST", "/v1/sessions", {"model": "shared", "session_duration": 60})
+        assert status == 200
+        client = openai_client(api)
+        queued = await client.responses.create(input="Hi", background=True)
+        assert (queued.model, (await polled(client, queued)).model) == ("shared", "shared")
+
+
 async def test_cancel_stops_a_queued_response_and_nothing_overwrites_it(tmp_path: Path) -> None:
     """... and its turn's access line says ``status=cancelled`` (it said ``client_closed``: no client had left)."""
     miner = slow("Too late.", 0.5)
