@@ -330,12 +330,10 @@ class ResponsesFormat:
         """End an opened stream with ``response.failed`` (what the HTTP error would have said); it is not
         stored, as a request refused with an HTTP error is not."""
         assert self.opened is not None and self.events is not None
-        code = "server_error" if error.status >= 500 else "rate_limit_exceeded" if error.status == 429 \
-            else "invalid_prompt"
         self.events.seal = None  # not kept: a failed answer continues no conversation
         tail = self.events.closing(finish_reason=None, usage=NO_USAGE, error=error.message)
         final = responses_state.as_kept(self.events.final, False)
-        final["error"] = {"code": responses_state.failure_code(error, code), "message": error.message}
+        final["error"] = {"code": responses_state.failure_code(error), "message": error.message}
         await self.opened.write_eof(tail + self.events.last(final))
         if not logged(request):  # failed before its race (the search): ``answer`` logs a raced request
             write(request, answer_line(self.kind, request_id(request), key.id, [], None, stream=True, mixture=False,

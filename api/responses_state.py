@@ -223,13 +223,18 @@ def failed(response: dict[str, Any], message: str, code: str = "server_error") -
     return response | {"status": "failed", "error": {"code": code, "message": message}}
 
 
-def failure_code(error: ApiError, otherwise: str = "server_error") -> str:
-    """The ``error.code`` of a response that failed with ``error`` (an answer's HTTP error, past its request):
-    ``otherwise``, but ``model_not_found`` for a model no miner serves, as the same request's 404 says it. A
-    background response ended ``server_error`` for it, which read as the gateway failing (try again later), not
-    as the model's name. Not in the Python SDK's ``ResponseError.code`` list, which has no code for it: its
-    clients keep any code (``client.responses`` does not validate), only a strict validation refuses it."""
-    return MODEL_NOT_FOUND if error.code == MODEL_NOT_FOUND else otherwise
+def failure_code(error: ApiError) -> str:
+    """The ``error.code`` of a response that failed with ``error`` (an answer's HTTP error, past its request, in a
+    stream opened by its web search or in the background), in the SDK's words for what the HTTP status said:
+    ``server_error`` for a 5xx, ``rate_limit_exceeded`` for a 429, ``invalid_prompt`` for another 4xx (the miners'
+    model servers refused it: too long, a parameter they take not). A background response ended ``server_error``
+    for every one, which read as the gateway failing (try again later) where the request was the caller's to fix.
+    And ``model_not_found`` for a model no miner serves, as the same request's 404 says it (it too read as the
+    gateway failing); not in the Python SDK's ``ResponseError.code`` list, which has no code for it: its clients
+    keep any code (``client.responses`` does not validate), only a strict validation refuses it."""
+    if error.code == MODEL_NOT_FOUND:
+        return MODEL_NOT_FOUND
+    return "server_error" if error.status >= 500 else "rate_limit_exceeded" if error.status == 429 else "invalid_prompt"
 
 
 async def as_it_is(ctx: ApiContext, key: KeyRecord, found: StoredResponse) -> StoredResponse:

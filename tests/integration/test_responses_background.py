@@ -178,6 +178,29 @@ async def test_no_miner_answering_ends_it_failed_with_the_reason(tmp_path: Path)
         assert done.error.message  # the race's reason, as a foreground request's 5xx says it
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["polled", "streamed"])
+async def test_one_the_model_servers_refuse_ends_failed_invalid_prompt_not_server_error(
+        tmp_path: Path, stream: bool) -> None:
+    """Every miner's model server refused the conversation as too long: in the foreground, the caller's 400
+    ``context_length_exceeded``; in the background it ended failed with ``server_error``, which reads as the
+    gateway failing (try again later) though sent again it fails again. It ends ``invalid_prompt``, as a stream
+    opened by its web search ends for the same 400, the 400's words in its message."""
+    refusing = Script([], status=400, error_code="model_server_rejected",
+                      error_message="This model's maximum context length is 40 tokens (context_length_exceeded)")
+    async with api_with_miners(tmp_path, {1: refusing}) as api:
+        client = openai_client(api)
+        made = await client.responses.create(model="default", input="Hi", background=True, stream=stream)
+        if stream:
+            events = [e async for e in made]  # type: ignore[union-attr]
+            assert events[-1].type == "response.failed"
+            assert events[-1].response.error.code == "invalid_prompt"  # type: ignore[union-attr]
+            made = events[0].response
+        done = await polled(client, made)
+        assert (done.status, done.error.code) == ("failed", "invalid_prompt"), done  # type: ignore[union-attr]
+        assert "context_length_exceeded" in done.error.message  # type: ignore[union-attr]
+        Response.model_validate(done.model_dump(), strict=True)  # one of the SDK's codes
+
+
 async def test_a_model_no_miner_serves_ends_it_failed_with_model_not_found(tmp_path: Path) -> None:
     """Every miner answers 404 model_not_found (no fresh availability said so before the race): the request in
     the foreground is OpenAI's 404, and a background one ended failed with ``server_error``, which reads as the
