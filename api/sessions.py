@@ -24,7 +24,7 @@ from api.fanout import ping, settle, start_race
 from api.race import MinerRun, Race
 from api.selection import select_miners
 from shared.errors import ApiError
-from shared.http import json_response, parse_model, read_json
+from shared.http import json_response, parse_model, read_json, refuse_query
 from shared.ids import request_id_from
 from shared.logging import printable
 from shared.metagraph import Neuron
@@ -363,6 +363,8 @@ def _with_query_model(sent: Any, request: web.Request) -> Any:
 
 
 async def _own_session(request: web.Request, ctx: ApiContext, key: KeyRecord) -> Session:
+    """The caller's session the path names; its route reads nothing from the query string (``refuse_query``)."""
+    refuse_query(request)
     session_id = request.match_info["session_id"]
     with store_errors("session store"):
         session = await _store(ctx).get(session_id)
@@ -374,6 +376,7 @@ async def _own_session(request: web.Request, ctx: ApiContext, key: KeyRecord) ->
 async def get_session(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope="chat")
+    refuse_query(request)  # ?session_id=... answered the key's session as if it were the one asked for
     with store_errors("session store"):
         session = await _store(ctx).for_key(key.id)
     if session is None:

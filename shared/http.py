@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.aio import describe_tasks
 from shared.connections import ConnectionGuard, ConnectionLimits, GuardedAppRunner, fd_limited
@@ -334,6 +334,19 @@ def parse_model(model: type[BaseModel], data: Any, *, at: str = "", strict: bool
             raise ApiError(400, f"Missing required parameter: '{param}'.", param=param,
                            code="missing_required_parameter") from None
         raise invalid_value(param, why) from None
+
+
+class NoQuery(BaseModel):
+    """The query string of a route that reads nothing from it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def refuse_query(request: web.Request) -> None:
+    """A 400 naming the first query parameter of a route that reads none (``NoQuery``): it was ignored, so a typo,
+    or a setting meant for the body (``?session_id=...``), went unnoticed. As ``POST /v1/sessions`` and
+    ``/web_retrieval`` refuse one they do not know."""
+    parse_model(NoQuery, dict(request.query))
 
 
 def app_runner(app: web.Application, limits: ConnectionLimits | None = None) -> GuardedAppRunner:

@@ -737,3 +737,22 @@ async def test_opening_a_session_refuses_a_query_string_it_would_ignore(tmp_path
         status, _, s = await call(api, "POST", "/v1/sessions?model_id=default",
                                   json={"sessionDuration": 120, "directPayment": False, "failover": False})
         assert status == 200 and s["expires_at"] - s["created_at"] == 120, s
+
+
+async def test_reading_deleting_and_pinging_a_session_refuse_a_query_string(tmp_path: Path) -> None:
+    """``GET /v1/sessions``, ``DELETE /v1/sessions/{id}`` and its ``/ping`` take nothing from the query string, and
+    took anything in silence: ``GET /v1/sessions?session_id=sess-other`` answered the key's session as if it were
+    the one asked for, a typo'd parameter went unnoticed. Each is a 400 naming the parameter now, as on ``POST
+    /v1/sessions``, and nothing is done (the session is not deleted, not pinged)."""
+    scripts = miners(2)
+    async with api_with_miners(tmp_path, scripts) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default"})
+        sid = s["session_id"]
+        for method, path in (("GET", "/v1/sessions?session_id=sess-other"), ("DELETE", f"/v1/sessions/{sid}?force=1"),
+                             ("POST", f"/v1/sessions/{sid}/ping?timeout=1")):
+            status, _, err = await call(api, method, path)
+            assert (status, err["error"]["code"]) == (400, "invalid_value"), (method, path, err)
+            assert err["error"]["param"] == path.split("?")[1].split("=")[0], err
+        assert sum(sc.calls for sc in scripts.values()) == 0, "no ping was sent"
+        status, _, current = await call(api, "GET", "/v1/sessions")
+        assert status == 200 and current == s, "the session was not deleted"
