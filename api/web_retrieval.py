@@ -170,9 +170,15 @@ def merge_results(per_miner: list[list[WebResult]], n_results: int) -> list[WebR
 
 async def _request_model(request: web.Request) -> WebRetrievalRequest:
     """The parameters: a POST's JSON body, or the query string (a GET's, or a POST with no body, as the
-    subnet's original API took it: ``POST /web_retrieval?search_query=...``)."""
+    subnet's original API took it: ``POST /web_retrieval?search_query=...``). Not both: a query string beside a
+    JSON body is a 400 naming its first parameter (it was dropped in silence: ``?n_results=1`` gave five)."""
     if request.method == "POST":
         sent = await read_json(request, empty={})
+        if sent and request.query:
+            name = next(iter(request.query))
+            raise ApiError(400, f"'{name[:64]}' is in the query string of a request with a JSON body, and would not be "
+                           "read: send every parameter in the body, or all of them in the query string and no body.",
+                           param=name[:64], code="unsupported_parameter")
         if sent or not request.query:
             return parse_model(WebRetrievalRequest, sent, strict=True)  # JSON has its types
     query: dict[str, Any] = dict(request.query)

@@ -241,6 +241,23 @@ async def test_a_miners_bad_url_is_dropped_not_a_500_and_every_repeated_uid_is_a
         assert scripts[1].calls == scripts[2].calls == 1, "uids=1&uids=2 asks both (the last one alone was asked)"
 
 
+async def test_a_post_with_a_json_body_refuses_a_query_string_it_would_ignore(tmp_path: Path) -> None:
+    """``POST /web_retrieval?n_results=1`` with a JSON body took the body's parameters and dropped the query
+    string's in silence: the caller asked for one result and got five. Both at once is a 400 naming the query's
+    parameter, and no miner is asked; a body alone, or a query string alone (the original API's call), is served."""
+    found = [{"url": f"https://a.example/{i}", "content": "page", "relevant": "r"} for i in range(5)]
+    scripts = {1: retrieval(found)}
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, data = await get_json(api, "/web_retrieval?n_results=1", method="POST", json={"search_query": "x"})
+        assert (status, data["error"]["code"], data["error"]["param"]) == (400, "unsupported_parameter", "n_results")
+        assert "query string" in data["error"]["message"] and "body" in data["error"]["message"], data
+        assert scripts[1].calls == 0, "refused before any miner was asked"
+        status, data = await get_json(api, "/web_retrieval", method="POST", json={"search_query": "x", "n_results": 1})
+        assert status == 200 and len(data["results"]) == 1, data
+        status, data = await get_json(api, "/web_retrieval?search_query=x&n_results=1", method="POST")
+        assert status == 200 and len(data["results"]) == 1, data
+
+
 async def test_prose_or_junk_from_a_retrieval_miner_neither_wins_nor_passes_for_a_search(tmp_path: Path) -> None:
     """The fast miner that answers prose was counted the race's winner (``sn1_api_miner_wins``), and a
     search whose every miner sent junk was a 200 with no results, as if the web had nothing."""
