@@ -101,7 +101,8 @@ async def bypassed_session(request: web.Request, key: KeyRecord, req: ChatComple
     """The key's session that would have pinned this request but for its ``n`` > 1 or its mixture (a session pins
     one miner; n answers are n races, a mixture asks several): such a request is raced, as one naming ``uids`` is, and its answer's
     ``x-sn1-session-bypassed`` header names the session. It was raced in silence, the caller's session skipped
-    without a word (a session named with ``n`` is a 400: ``choices.check_request``)."""
+    without a word (a session named with ``n`` is a 400: ``choices.check_request``). A text completion's too
+    (``api/completions.py``: its prompts are several races, as ``n`` is)."""
     if req.uids:
         return None
     return await sessions.resolve(request.app[CTX], request, None, key, None if req.wants_any_model() else req.model)

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from api.access_log import access_logged
 from api.auth import authenticate
+from api.chat import bypassed_session
 from api.choices import MAX_CHOICES, Ask, choice_seed, run_choices
 from api.choices import plan as plan_choices
 from api.completion import logprob_tokens
@@ -75,7 +76,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
     seed = wanted.seed if wanted.seed is not None else random.randrange(2**31 - MAX_CHOICES)
     asks = [Ask(req, req.miner_body(seed=choice_seed(seed, j), sent=body), picks[i * wanted.n + j], prompt=i)
             for i, (req, body) in enumerate(zip(reqs, bodies, strict=True)) for j in range(wanted.n)]
-    return await run_choices(request, key, asks, TextChoices(wanted), seed=seed, started=started)
+    # the key's session pins its chat completions, not these (raced, as chat's n > 1): said, not skipped in silence
+    bypassed = await bypassed_session(request, key, reqs[0])
+    headers = {"x-sn1-session-bypassed": bypassed.id} if bypassed else {}
+    return await run_choices(request, key, asks, TextChoices(wanted), seed=seed, started=started, headers=headers)
 
 
 def refuse_chat_only(sent: dict[str, Any], req: ChatCompletionRequest, *, header_session: str | None = None) -> None:

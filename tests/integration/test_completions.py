@@ -306,3 +306,24 @@ async def test_a_batch_is_charged_its_usage_once(tmp_path: Path, stream: bool) -
     assert usage.completion_tokens == 4 * 9 and status == 200
     assert own["totals"]["total_tokens"] == usage.total_tokens
     assert own["tokens_remaining_today"] == 10_000 - usage.total_tokens
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_keys_active_session_is_named_as_bypassed_not_skipped_in_silence(tmp_path: Path, stream: bool) -> None:
+    """A key's session pins its chat completions; its text completions race (a batch or ``n`` is several races).
+    They raced in silence: a caller who opened a session for its prompt cache had no word that its completions
+    went elsewhere. The answer's ``x-sn1-session-bypassed`` names the session now, as chat's ``n`` > 1 does; not
+    for another model than the session's, nor with ``uids`` (neither would run in the session on chat)."""
+    async with api_with_miners(tmp_path, {}, honest=HONEST) as api:
+        body = {"model": "default", "prompt": "Name a river.", "max_tokens": 5, "stream": stream}
+        status, headers, _ = await post(api, body, path="/v1/completions")
+        assert status == 200 and "x-sn1-session-bypassed" not in headers, "no session, nothing bypassed"
+        status, session = await call(api, "POST", "/v1/sessions", {"model": "default"})
+        assert status == 200, session
+        status, headers, text = await post(api, body, path="/v1/completions")
+        assert status == 200 and headers["x-sn1-session-bypassed"] == session["session_id"], (headers, text)
+        assert "x-sn1-session-id" not in headers
+        status, headers, _ = await post(api, body | {"uids": [1]}, path="/v1/completions")
+        assert status == 200 and "x-sn1-session-bypassed" not in headers, "uids choose the miner: no session asked"
+        status, current = await call(api, "GET", "/v1/sessions")
+        assert status == 200 and current == session, "the session stays where it was"
