@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -72,7 +71,22 @@ def _run_role(role: str, settings: object) -> None:
         run(lambda: run_miner(settings))  # type: ignore[arg-type]
 
 
+INTERRUPTED = 130  # a shell's status for a command that Ctrl-C stopped (128 + SIGINT)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """``sn1``. Ctrl-C before the command takes stop signals itself (its first second or so, as its modules load;
+    a server stops gracefully on one from then on) ends it quietly, with status 130: it printed a traceback of
+    whatever module was loading, pydantic's or aiohttp's, as if the command had failed."""
+    try:
+        _main(argv)
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED)
+
+
+def _main(argv: list[str] | None) -> None:
+    import argparse  # here, not at the top: a Ctrl-C as it loads is ``main``'s quiet exit too
+
     parser = argparse.ArgumentParser(prog="sn1", description="Subnet node: API gateway, validator, miner.")
     sub = parser.add_subparsers(dest="command", required=True)
     for role, what in ROLES.items():

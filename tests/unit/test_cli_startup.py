@@ -619,3 +619,32 @@ def test_a_redis_password_a_url_cannot_carry_as_it_is_is_named_not_shown(tmp_pat
     assert "SECRET" not in out.stderr and "pa/ss" not in out.stderr and "pa#ss" not in out.stderr, out.stderr
     assert "sn1 api: STORE_URL: 'redis://***@127.0.0.1:6379/0': the password holds '/', '#' or '?'" in out.stderr, \
         out.stderr
+
+
+@pytest.mark.parametrize("command", ["api", "validator", "miner", "keys"])
+def test_ctrl_c_while_a_command_starts_exits_quietly(tmp_path: Path, command: str) -> None:
+    """Ctrl-C in the first second of ``sn1 <command>``, as its imports load and before it takes stop signals
+    itself, printed a KeyboardInterrupt traceback of whatever module was loading (pydantic's, aiohttp's), and
+    the process died of the signal. It exits quietly now, with the status a shell gives an interrupted command
+    (130). ``-X importtime`` tells when the command's own imports have begun: the signal is sent then."""
+    import signal
+
+    ensure_wallet("miner", "default", tmp_path / "wallets")
+    env = tmp_path / "start.env"
+    api, scoring, miner = free_ports(3)
+    env.write_text(f"WALLET_PATH={tmp_path / 'wallets'}\nWALLET_NAME=miner\nMETAGRAPH_FILE={tmp_path / 'mg.json'}\n"
+                   f"API_PORT={api}\nSCORING_API_PORT={scoring}\nMINER_PORT={miner}\nWORKERS=1\n")
+    args = ["keys", "list"] if command == "keys" else [command, "--env-file", str(env)]
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "shared.cli", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the command's own imports (inside main) have begun: pydantic loads for every one
+        lines.append(line)
+        if "pydantic" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    stderr = "".join(lines) + proc.communicate(timeout=30)[1]
+    said = [line for line in stderr.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 130, (proc.returncode, said[-20:])
+    assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in said), said[-20:]
