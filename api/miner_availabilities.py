@@ -12,8 +12,8 @@ from aiohttp import web
 from api.auth import authenticate
 from api.chat import CTX
 from api.selection import candidate_miners, known_tasks
-from shared.availability_query import parse_k, parse_task, read_uid_list
-from shared.http import json_response
+from shared.availability_query import AVAILABLE_MINERS_QUERY, parse_k, parse_task, read_uid_list
+from shared.http import json_response, refuse_query
 
 SET_ASIDE = "x-sn1-set-aside"  # the uids this API process has set aside, of those the answer is about
 
@@ -39,6 +39,7 @@ async def get_available_miners(request: web.Request) -> web.Response:
     ``unknown`` (no fresh data: every serving miner, task and model unchecked)."""
     ctx = request.app[CTX]
     await authenticate(request, ctx.store, scope="availability")
+    refuse_query(request, AVAILABLE_MINERS_QUERY)
     k = parse_k(request.query.get("k"))
     cache = ctx.availability
     task, model = parse_task(request.query.get("task"), known_tasks(cache)), request.query.get("model") or None

@@ -18,7 +18,7 @@ from api.concurrency import LIMITER
 from api.context import CTX
 from shared.aio import stopped
 from shared.errors import ApiError
-from shared.http import json_response
+from shared.http import json_response, refuse_query
 from shared.keys_wire import UsageOut
 from shared.store.base import KeyRecord, StoreUnavailable, usage_day
 
@@ -31,6 +31,7 @@ async def get_usage(request: web.Request) -> web.Response:
 
 async def usage_out(request: web.Request, record: KeyRecord) -> UsageOut:
     """A key's usage (``?days=N``, default 30, up to 366), including this worker's unflushed counts."""
+    refuse_query(request, ("days",))  # ?day=7 answered 30 days as if asked for
     raw = request.query.get("days", "30")
     # ASCII digits only, and few: "²" passes isdigit() and int() refuses it; 5,000 digits exceed int()'s limit
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 366:

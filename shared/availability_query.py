@@ -12,6 +12,8 @@ from shared.http import read_json, read_raw
 from shared.tasks import ALL_TASKS
 
 MAX_UIDS = 65536
+# ``get_available_miners``'s query parameters (any other is a 400: ``?models=m2`` listed every miner in silence)
+AVAILABLE_MINERS_QUERY = ("k", "task", "model")
 
 
 def offered(entry: dict[str, Any], field: str) -> list[str]:

@@ -342,11 +342,12 @@ class NoQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def refuse_query(request: web.Request) -> None:
-    """A 400 naming the first query parameter of a route that reads none (``NoQuery``): it was ignored, so a typo,
-    or a setting meant for the body (``?session_id=...``), went unnoticed. As ``POST /v1/sessions`` and
-    ``/web_retrieval`` refuse one they do not know."""
-    parse_model(NoQuery, dict(request.query))
+def refuse_query(request: web.Request, takes: tuple[str, ...] = ()) -> None:
+    """A 400 naming the first query parameter a route does not read (none but ``takes``, which the route parses
+    itself): it was ignored, so a typo (``?day=7`` for ``days``), or a setting meant for the body
+    (``?session_id=...``), went unnoticed. As ``POST /v1/sessions`` and ``/web_retrieval`` refuse one they do
+    not know."""
+    parse_model(NoQuery, {name: value for name, value in request.query.items() if name not in takes})
 
 
 def app_runner(app: web.Application, limits: ConnectionLimits | None = None) -> GuardedAppRunner:

@@ -25,9 +25,9 @@ from neurons.validator.readiness import ReadinessConfig, readiness
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
 from neurons.validator.scoring import ScoringQueue, excuse_refusals
-from shared.availability_query import parse_k, parse_task, read_uid_list
+from shared.availability_query import AVAILABLE_MINERS_QUERY, parse_k, parse_task, read_uid_list
 from shared.errors import ApiError
-from shared.http import error_middleware, json_response, parse_model, read_json, request_lines
+from shared.http import error_middleware, json_response, parse_model, read_json, refuse_query, request_lines
 from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics, metrics_handler, metrics_middleware, show_readiness
 from shared.readiness import failing, gauge_age, ready_response
@@ -206,6 +206,7 @@ async def miner_availabilities(request: web.Request) -> web.Response:
 
 async def get_available_miners(request: web.Request) -> web.Response:
     q = request.query
+    refuse_query(request, AVAILABLE_MINERS_QUERY)
     k = parse_k(q.get("k"))
     ctx = request.app[CTX]
     task = parse_task(q.get("task"), ctx.book.tasks())

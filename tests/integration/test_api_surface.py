@@ -323,6 +323,9 @@ async def test_availability_routes_serve_the_cache(tmp_path: Path) -> None:
         status, data = await get_json(api, "/miner_availabilities/get_available_miners?task=Inference")
         assert status == 400 and data["error"]["param"] == "task" and "InferenceTask" in data["error"]["message"]
         assert data["error"]["code"] == "unknown_task", "the code a chat request's unknown task has (README)"
+        # a parameter it does not read (``models``, ``limit``) was ignored: every miner listed as if for the model
+        status, data = await get_json(api, "/miner_availabilities/get_available_miners?models=m2")
+        assert (status, data["error"]["param"]) == (400, "models"), data
         status, data = await get_json(api, "/miner_availabilities/miner_availabilities", method="POST",
                                       json={"not": "a list"})
         assert status == 400

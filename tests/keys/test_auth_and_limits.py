@@ -133,6 +133,19 @@ async def test_own_usage_endpoint(api: ApiUnderTest, http: aiohttp.ClientSession
     assert_error(status, out, 400)
 
 
+async def test_usage_refuses_a_query_parameter_it_does_not_read(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    """``/v1/usage?day=7`` (a typo of ``days``) answered 30 days as if asked for, on the admin's route of a key's
+    usage too: any parameter but ``days`` is a 400 naming it now, as on the admin routes that change keys."""
+    key = (await create_key(http, api.url, "rate_limit=10"))["api_key"]
+    for url, headers in ((f"{api.url}/v1/usage?day=7", bearer(key)),
+                         (f"{api.url}/api_management/api-keys/{key}/usage?day=7", {"admin-key": ADMIN})):
+        status, _, out = await call(http, "GET", url, headers=headers)
+        assert_error(status, out, 400)
+        assert out["error"]["param"] == "day", out
+        status, _, out = await call(http, "GET", url.replace("day=", "days="), headers=headers)
+        assert status == 200 and out["object"] == "usage", out
+
+
 async def test_store_unreachable_is_503_never_open(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
     dead = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0", namespace="gone")
     real, api.ctx.store = api.ctx.store, dead

@@ -312,6 +312,8 @@ async def test_availability_endpoints_shapes_with_real_miners() -> None:
                 assert r.status == 400
             async with s.get(url + "/miner_availabilities/get_available_miners", params={"task": "Arithmetic"}) as r:
                 assert r.status == 400 and (await r.json())["error"]["param"] == "task"
+            async with s.get(url + "/miner_availabilities/get_available_miners", params={"models": "m2"}) as r:
+                assert r.status == 400 and (await r.json())["error"]["param"] == "models"  # it was ignored
             async with s.get(url + "/scores") as r:
                 scores = await r.json()
     assert set(everyone) == {"1", "2", "3"} and everyone["3"] is None
