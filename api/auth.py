@@ -82,8 +82,9 @@ def extract_api_key(headers: CIMultiDictProxy[str]) -> str | None:
 
 
 def one_header(headers: CIMultiDictProxy[str], name: str) -> str:
-    """A credential header's value ("" when absent); one sent again with another value is a 400: which of them
-    is meant cannot be told (the first used to win, and a wrong one beside it went unseen)."""
+    """A credential header's value, or another that names one thing (``x-session-id``) ("" when absent); one sent
+    again with another value is a 400: which of them is meant cannot be told (the first used to win, and a wrong
+    one beside it went unseen)."""
     values = headers.getall(name, ())
     if len(values) > 1 and any(value != values[0] for value in values):
         raise ApiError(400, f"The {name} header was sent {len(values)} times with different values: send it once.",

@@ -80,8 +80,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return await answer(request, key, req, sent, CHAT_COMPLETION, started=started)
     # Who answers is decided first: a request refused anyway (an unknown model or session, a uid
     # that serves nothing) spends no web search.
-    if many and request.headers.get("x-session-id"):
-        choices.check_request(req.model_copy(update={"session_id": request.headers["x-session-id"]}))
+    if many and (named := sessions.session_header(request)):
+        choices.check_request(req.model_copy(update={"session_id": named}))
     picks = choices.plan(ctx, key, req) if many else await plan(request, key, req)
     bypassed = await bypassed_session(request, key, req) if many else None
     fmt: AnswerFormat = CHAT_COMPLETION
@@ -131,7 +131,7 @@ async def plan(request: web.Request, key: KeyRecord, req: ChatCompletionRequest)
     use_mixture = mixture.is_mixture(req)
     bypassed = None
     if use_mixture:
-        mixture.check_request(req, request.headers.get("x-session-id"))
+        mixture.check_request(req, sessions.session_header(request))
         bypassed = await bypassed_session(request, key, req)
     session = None if (req.uids or use_mixture) else await sessions.resolve(ctx, request, req.session_id, key, model)
     moved_from = None

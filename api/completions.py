@@ -29,6 +29,7 @@ from api.context import CTX
 from api.mixture import is_mixture
 from api.race import MinerRun
 from api.route_hints import refuse_set, require
+from api.sessions import session_header
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.ids import random_hex
@@ -70,7 +71,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, problem[1], param=problem[0], code="unsupported_parameter")
     bodies = [chat_body(wanted, prompt) for prompt in wanted.prompts]
     reqs: list[ChatCompletionRequest] = [parse_model(ChatCompletionRequest, b) for b in bodies]
-    refuse_chat_only(sent, reqs[0], header_session=request.headers.get("x-session-id"))
+    refuse_chat_only(sent, reqs[0], header_session=session_header(request))
     picks = plan_choices(ctx, key, reqs[0], count=len(reqs) * wanted.n,  # every refusal before any miner is asked
                          param="n" if wanted.n > 1 else "prompt")
     seed = wanted.seed if wanted.seed is not None else random.randrange(2**31 - MAX_CHOICES)

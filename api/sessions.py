@@ -18,7 +18,7 @@ from aiohttp import web
 from loguru import logger
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from api.auth import authenticate, check_model, store_errors
+from api.auth import authenticate, check_model, one_header, store_errors
 from api.context import CTX, ApiContext
 from api.fanout import ping, settle, start_race
 from api.race import MinerRun, Race
@@ -141,7 +141,7 @@ async def resolve(ctx: ApiContext, request: web.Request, explicit_id: str | None
     session and another model is a 400."""
     if ctx.sessions is None:
         return None
-    session_id = explicit_id or request.headers.get("x-session-id")
+    session_id = explicit_id or session_header(request)
     # as chat's session_id field is checked (a 5,000-character header was echoed back whole in the 404)
     if session_id is not None and len(session_id) > MAX_SESSION_ID:
         raise ApiError(400, f"x-session-id is at most {MAX_SESSION_ID} characters.", code="invalid_value",
@@ -158,6 +158,12 @@ async def resolve(ctx: ApiContext, request: web.Request, explicit_id: str | None
             return session
         session = await ctx.sessions.for_key(key.id)
         return None if session is None or _other_model(session, model) else session
+
+
+def session_header(request: web.Request) -> str | None:
+    """The session the ``x-session-id`` header names, if any; two of them with two values is a 400 (``one_header``):
+    the first was taken in silence."""
+    return one_header(request.headers, "x-session-id") or None
 
 
 def _other_model(session: Session, model: str | None) -> bool:

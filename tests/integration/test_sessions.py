@@ -756,3 +756,25 @@ async def test_reading_deleting_and_pinging_a_session_refuse_a_query_string(tmp_
         assert sum(sc.calls for sc in scripts.values()) == 0, "no ping was sent"
         status, _, current = await call(api, "GET", "/v1/sessions")
         assert status == 200 and current == s, "the session was not deleted"
+
+
+async def test_x_session_id_sent_twice_with_two_values_is_a_400(tmp_path: Path) -> None:
+    """Two ``x-session-id`` headers (a client's default beside a proxy's, or two layers of a client) named two
+    sessions, and the first was taken in silence, as the key headers' first was once: a 400 ``duplicate_header``
+    now, as for them, on chat and on text completions; the same value twice is one session."""
+    from multidict import CIMultiDict
+
+    async with api_with_miners(tmp_path, miners(2)) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default"})
+        for path, body in (("/v1/chat/completions", {"messages": MESSAGES}), ("/v1/completions", {"prompt": "hi"})):
+            twice = CIMultiDict([("Authorization", f"Bearer {api.key}"), ("x-session-id", s["session_id"]),
+                                 ("x-session-id", "sess-other")])
+            async with aiohttp.ClientSession() as http, http.post(api.url + path, json=body, headers=twice) as r:
+                err = await r.json()
+            assert (r.status, err["error"]["code"]) == (400, "duplicate_header"), (path, err)
+            assert "x-session-id" in err["error"]["message"], err
+        same = CIMultiDict([("Authorization", f"Bearer {api.key}"), ("x-session-id", s["session_id"]),
+                            ("x-session-id", s["session_id"])])
+        async with aiohttp.ClientSession() as http, http.post(api.url + "/v1/chat/completions",
+                                                                json={"messages": MESSAGES}, headers=same) as r:
+            assert r.status == 200 and r.headers["x-sn1-session-id"] == s["session_id"]
