@@ -81,6 +81,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         if e.status == 405 and f"{request.method} {request.path}" in request.app.get(NOT_SERVED_HERE, frozenset()):
             e = web.HTTPNotFound()
+        if (allow := _plain_options(request, e)) is not None:
+            return web.Response(status=204, headers={"Allow": allow})
         request[BODY_CODE] = request[ERROR_CODE] = http_error_code(e)
         message = _http_error_message(request, e)
         if e.status == 404 and request.path.endswith("/") and len(request.path) > 1:
@@ -133,6 +135,22 @@ async def _without_slash_hint(request: web.Request) -> str:
     if match.http_exception is not None and match.http_exception.status == 404:
         return ""
     return f" Did you mean {_KEY_IN_PATH.sub(lambda m: display_prefix(m.group()) + '...', stripped[:200])}?"
+
+
+def _plain_options(request: web.Request, e: web.HTTPException) -> str | None:
+    """The ``Allow`` of a served path for an ``OPTIONS`` request that is not a browser's preflight (no ``Origin``):
+    ``curl -X OPTIONS`` asks which methods the path takes (RFC 9110). CORS's preflight handler refused it with a
+    403 "CORS preflight request failed", a permission error; without CORS (and on the admin routes) it was a 405.
+    None for any other request or error (a path not served stays a 404)."""
+    if request.method != "OPTIONS" or "Origin" in request.headers:
+        return None
+    if isinstance(e, web.HTTPMethodNotAllowed):
+        methods = set(e.allowed_methods)
+    elif e.status == 403 and (resource := request.match_info.route.resource) is not None:
+        methods = {route.method for route in resource}  # CORS's OPTIONS route among them
+    else:
+        return None
+    return ", ".join(sorted(methods | {"OPTIONS"}))
 
 
 def answered_status(exc: BaseException) -> int:

@@ -99,3 +99,19 @@ async def _body(url: str, origin: str, key: str) -> str:
     async with aiohttp.ClientSession() as s, s.get(url, headers={"Origin": origin, "api-key": key}) as r:
         assert "Access-Control-Allow-Origin" not in r.headers
         return await r.text()
+
+
+@pytest.mark.parametrize("origins", [["*"], []], ids=["cors-on", "cors-off"])
+async def test_a_plain_options_request_is_told_the_methods_not_refused(tmp_path: Path, origins: list[str]) -> None:
+    """``curl -X OPTIONS`` (no ``Origin``: not a browser's preflight) asks which methods a path takes (RFC 9110).
+    With CORS on it was a 403 ``CORS preflight request failed``, a permission error for a key that was never the
+    point; with CORS off, and on the admin routes, a 405 "use POST". A 204 with ``Allow`` now; a path not served
+    is still a 404."""
+    async with api_with_miners(tmp_path, honest(), cors_origins=origins) as api, aiohttp.ClientSession() as s:
+        for path, methods in (("/v1/chat/completions", {"POST"}), ("/v1/sessions", {"GET", "HEAD", "POST"}),
+                              ("/api_management/api-keys", {"GET", "HEAD"})):
+            async with s.options(api.url + path) as r:
+                assert r.status == 204, (path, r.status, await r.text())
+                assert {m.strip() for m in r.headers["Allow"].split(",")} == methods | {"OPTIONS"}, dict(r.headers)
+        async with s.options(api.url + "/v1/embeddings") as r:
+            assert r.status == 404
