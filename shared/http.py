@@ -264,7 +264,16 @@ async def read_json(request: web.Request, *, empty: Any = None) -> Any:
     if request.content_type.startswith("multipart/"):
         raise ApiError(415, "Content-Type must be application/json.", code="unsupported_media_type")
     raw = await read_body(request)
-    return empty if empty is not None and not raw.strip() else loads_body(raw)
+    if empty is not None and not raw.strip():
+        return empty
+    try:
+        return loads_body(raw)
+    except ApiError as e:
+        if e.code == "invalid_json" and request.content_type == "application/x-www-form-urlencoded" and raw.strip():
+            # curl -d messages=hi: the parser's "Expecting value" alone did not say what to send instead
+            e.message = (e.message.rstrip(".") + ". It was sent as a form (application/x-www-form-urlencoded); "
+                         "send a JSON object, with Content-Type: application/json.")
+        raise
 
 
 BODY_TIMEOUT_S = 30.0

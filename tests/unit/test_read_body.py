@@ -95,3 +95,24 @@ async def test_an_unexpected_error_is_a_json_500_whose_log_line_names_the_route_
     logged = "".join(lines)
     assert "unhandled error on PUT /api_management/modify-api-key/{api_key}" in logged, logged
     assert secret not in logged and secret[:12] not in logged
+
+
+async def test_a_form_body_that_is_not_json_is_told_to_send_json() -> None:
+    """``curl -d messages=hi`` (or ``--data-urlencode``, or a form post) sends a form, which is not JSON: the 400
+    said only "Expecting value: line 1 column 1 (char 0)". It says the body came as a form and that JSON is
+    wanted now. JSON sent with curl's form Content-Type (``-d '{...}'``) is read as JSON, as before."""
+    from shared.http import read_json
+
+    async def handler(request: web.Request) -> web.Response:
+        return json_response(await read_json(request))
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_post("/", handler)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with serve_app(app) as url, aiohttp.ClientSession() as http:
+        async with http.post(url + "/", data=b"messages=hi&model=default", headers=form) as r:
+            error = (await r.json())["error"]
+        assert r.status == 400 and error["code"] == "invalid_json", error
+        assert "application/x-www-form-urlencoded" in error["message"] and "JSON" in error["message"], error
+        async with http.post(url + "/", data=b'{"messages": []}', headers=form) as r:
+            assert r.status == 200 and await r.json() == {"messages": []}
