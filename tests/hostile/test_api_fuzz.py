@@ -201,6 +201,9 @@ def test_path_traversal_in_key_paths_is_4xx(api_server: Running, value: str) -> 
             continue
         path = re.sub(r"\{[^}]+\}", value, template)
         status, body, _ = send(api_server, method, path, b"{}" if method != "GET" else None, auth_headers(api_server))
+        if method == "OPTIONS" and status == 204:  # a plain OPTIONS is told the methods of the path, and reads nothing
+            assert body == b"", (path, body[:200])
+            continue
         assert 400 <= status < 500, (method, path, status, body[:200])
         check(api_server, method, template, status, body, path)
 
