@@ -20,7 +20,7 @@ from api.auth import check_admin, store_call, store_unavailable
 from api.context import CTX, ApiContext
 from api.usage import usage_out
 from shared.errors import ApiError, invalid_value
-from shared.http import json_response, parse_model, read_json
+from shared.http import json_response, parse_model, read_json, refuse_query
 from shared.keys_wire import (
     LEGACY_SECRET,
     MAX_IMPORTED_KEYS,
@@ -144,6 +144,7 @@ async def import_api_keys(request: web.Request) -> web.Response:
     with its rate limit, so an operator who moves its validator API here moves its callers with it. A key
     already here is left as it is; the secrets are stored hashed and never answered."""
     store = await _admin(request)
+    refuse_query(request)
     wanted = _legacy_keys(await read_json(request))
     made: list[KeyOut] = []
     for secret, legacy in wanted:
@@ -176,6 +177,7 @@ async def rotate_api_key(request: web.Request) -> web.Response:
     """A new secret for the key, shown once; the old one stops working at once. Its id, settings,
     usage history and rate-limit window stay: a leaked key is replaced without losing them."""
     store = await _admin(request)
+    refuse_query(request)
     record = await _resolve(store, request.match_info["api_key"])
     rotated = await store_call(store.rotate_key(record.id))
     if rotated is None:
@@ -187,6 +189,7 @@ async def rotate_api_key(request: web.Request) -> web.Response:
 
 async def delete_api_key(request: web.Request) -> web.Response:
     store = await _admin(request)
+    refuse_query(request)  # ?dry_run=1 deleted the key all the same
     record = await _resolve(store, request.match_info["api_key"])
     deleted = await store_call(store.delete_key(record.id))
     if not deleted:
@@ -220,6 +223,7 @@ async def _forget_responses(ctx: ApiContext, key_id: str) -> None:
 
 async def list_api_keys(request: web.Request) -> web.Response:
     store = await _admin(request)
+    refuse_query(request)  # ?name=team-a listed every key as if filtered
     usage = request.app[CTX].usage
     try:
         records = await store.list_keys()

@@ -373,3 +373,23 @@ async def _sleep_until(t: float) -> None:
     import asyncio
 
     await asyncio.sleep(max(0.0, t - time.time()))
+
+
+async def test_admin_routes_without_parameters_refuse_a_query_string(api: ApiUnderTest,
+                                                                      http: aiohttp.ClientSession) -> None:
+    """Listing, rotating, deleting and importing keys take nothing from the query string, and took anything in
+    silence: ``GET /api_management/api-keys?name=team-a`` listed every key as if filtered, ``?dry_run=1`` on a
+    delete deleted it. A 400 naming the parameter now, as on create and modify, and nothing is done."""
+    created = await create_key(http, api.url, "rate_limit=10&name=team-a")
+    key, base = created["api_key"], f"{api.url}/api_management"
+    for method, url, body in (("GET", f"{base}/api-keys?name=team-a", None),
+                              ("POST", f"{base}/rotate-api-key/{key}?dry_run=1", None),
+                              ("DELETE", f"{base}/delete-api-key/{key}?dry_run=1", None),
+                              ("POST", f"{base}/import-api-keys?dry_run=1", {"a" * 32: {"rate_limit": 5}})):
+        status, _, out = await call(http, method, url, headers=AK, json=body)
+        assert_error(status, out, 400, "invalid_value")
+        assert out["error"]["param"] == url.split("?")[1].split("=")[0], (url, out)
+    status, _, _ = await call(http, "GET", f"{api.url}/v1/usage", headers={"api-key": key})
+    assert status == 200, "the key was neither rotated nor deleted"
+    status, _, listed = await call(http, "GET", f"{base}/api-keys", headers=AK)
+    assert status == 200 and all(k["name"] != "imported" for k in listed["data"]), "nothing was imported"
