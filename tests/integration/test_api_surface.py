@@ -258,6 +258,18 @@ async def test_a_post_with_a_json_body_refuses_a_query_string_it_would_ignore(tm
         assert status == 200 and len(data["results"]) == 1, data
 
 
+async def test_a_get_with_a_json_body_is_told_the_body_is_not_read(tmp_path: Path) -> None:
+    """``curl -X GET -d '{"search_query": ...}'``: a GET reads the query string, and the 400 said "Missing required
+    parameter: 'search_query'", which the caller had sent. It says the body of a GET is not read now."""
+    scripts = {1: retrieval([{"url": "https://a.example/1", "content": "page", "relevant": "r"}])}
+    async with api_with_miners(tmp_path, scripts) as api:
+        status, data = await get_json(api, "/web_retrieval", json={"search_query": "x"})
+        assert (status, data["error"]["code"]) == (400, "unsupported_parameter"), data
+        assert "GET" in data["error"]["message"] and "body" in data["error"]["message"], data
+        status, data = await get_json(api, "/web_retrieval?search_query=x", json={})  # an empty object: nothing in it
+        assert status == 200 and len(data["results"]) == 1, data
+
+
 async def test_prose_or_junk_from_a_retrieval_miner_neither_wins_nor_passes_for_a_search(tmp_path: Path) -> None:
     """The fast miner that answers prose was counted the race's winner (``sn1_api_miner_wins``), and a
     search whose every miner sent junk was a 200 with no results, as if the web had nothing."""
