@@ -706,3 +706,37 @@ async def test_a_full_outbox_is_told_once_however_many_workers_drop(make_outbox,
     assert "still failing, 2 more time(s) in the last 1 s" in told[1] and "(3 in all;" in told[1], told
     assert ": it has room again after " in told[2] and "(4 failure(s))" in told[2], told
     assert await first.dropped() == 4
+
+
+class NoJitter(random.Random):
+    """Full jitter at its top: each backoff its whole cap, so a test can count the posts an outage allows."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def test_workers_sharing_an_outbox_back_off_as_one_in_an_outage(make_outbox) -> None:  # noqa: F811
+    """With WORKERS > 1 the lease holder backing off past the lease lost it to a worker that had not failed,
+    which posted at once and began its own backoff from 0.5 s: the validator, down, was posted to every lease or
+    so instead of at the README's "doubling to 60 s". The holder keeps the lease through its backoff now: the
+    fleet's posts follow one worker's count. Both backends."""
+    posts: list[float] = []
+
+    @web.middleware
+    async def count(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        posts.append(asyncio.get_running_loop().time())
+        return web.json_response({"error": {"message": "down"}}, status=503)
+
+    app = web.Application(middlewares=[count])
+    app.router.add_post("/scoring", lambda request: web.Response())
+    boxes = [make_outbox(), make_outbox(), make_outbox()]  # three workers, one store
+    async with serve_app(app) as url, make_session() as session:
+        workers = [OutboxForwarder(box, MinerClient(session, Signer(API)), url, API.ss58_address, lease_seconds=0.3,
+                                   base_delay=0.05, max_delay=2.0, rng=NoJitter()) for box in boxes]
+        await workers[0].sink({"n": 0})
+        async with running(workers[0]), running(workers[1]), running(workers[2]):
+            await asyncio.sleep(3.5)
+    # one worker's backoff: posts at 0, then 0.1, 0.3, 0.7, 1.5 and 3.1 s (each wait twice the last, up to 2 s)
+    assert len(posts) <= 7, [round(t - posts[0], 2) for t in posts]
+    gaps = [b - a for a, b in zip(posts, posts[1:], strict=False)]
+    assert all(b >= a * 1.5 for a, b in zip(gaps, gaps[1:], strict=False)), [round(g, 2) for g in gaps]
