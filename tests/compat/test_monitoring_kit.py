@@ -159,6 +159,16 @@ def test_the_readme_table_lists_every_alert_with_its_severity() -> None:
     assert table == {r["alert"]: r["labels"]["severity"] for r in rules()}
 
 
+def test_every_scoring_outbox_metric_has_an_alert() -> None:
+    """Each way the scoring outbox loses or holds back organic traffic (a backlog, a full outbox's drops, failed
+    deliveries, payloads the validator would not take) pages someone: ``sn1_api_outbox_rejected`` had no rule, so
+    answers dropped unscored (an API and a validator of different versions) went unseen outside the log."""
+    outbox = sorted(name for name in declared_labels() if name.startswith("sn1_api_outbox_"))
+    named = {m for r in rules() for m in names(r["expr"]).metrics}
+    assert len(outbox) >= 5, outbox
+    assert not [m for m in outbox if m not in named], f"no alert names {sorted(set(outbox) - named)}"
+
+
 def test_the_rules_scrape_the_jobs_the_example_configuration_names() -> None:
     jobs = {j for _, expr in queries() for j in re.findall(r'up\{job="([^"]+)"\}', expr)}
     config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
