@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api.auth import authenticate
+from api.auth import authenticate, check_model
 from api.chat import CTX
 from api.context import ApiContext
 from api.discovery_wire import ModelListOut, ModelOut, TaskListOut, TaskOut
@@ -24,6 +24,9 @@ from api.selection import NO_MINERS, none_fits
 from shared.availability_query import offered
 from shared.errors import ApiError, model_not_found
 from shared.http import json_response
+from shared.protocol import ANY_MODEL
+
+DEFAULT_MODEL = "default"  # the name of "any model" in a request (``ANY_MODEL``), as ``GET /v1/models/default`` answers it
 
 
 @dataclass
@@ -75,6 +78,17 @@ class Catalogue:
         return ModelOut(id=name, created=self.created.get(name, 0), miners=len(served.miners),
                         miners_set_aside=len(served.aside), tasks=dict(sorted(served.per_task.items())))
 
+    def any_model(self) -> ModelOut | None:
+        """``default``, "any model" as a chat takes it: the miners serving any model (each once), per task the
+        miners serving it with any model, first seen when the first model was (None: no model served)."""
+        if not self.by_model:
+            return None
+        served = self.by_model.values()
+        return ModelOut(id=DEFAULT_MODEL, created=min(self.created.get(name, 0) for name in self.by_model),
+                        miners=len(set().union(*(s.miners for s in served))),
+                        miners_set_aside=len(set().union(*(s.aside for s in served))),
+                        tasks={task: len(s.miners) for task, s in sorted(self.by_task.items())})
+
     def models(self) -> ModelListOut:
         return ModelListOut(data=[m for name in sorted(self.by_model) if (m := self.model(name))])
 
@@ -110,6 +124,12 @@ async def get_model(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope=None)
     name = request.match_info["model"]
+    if name in ANY_MODEL:  # "any model", as a chat takes it (it was a 404 model_not_found, as no miner's name)
+        check_model(key, None)  # a key limited to some models must name one, in a chat too
+        found = build_catalogue(ctx).any_model()
+        if found is None:
+            raise not_listed(ctx, None)
+        return json_response(found.model_dump(mode="json"))
     found = build_catalogue(ctx, key.allowed_models).model(name)
     if found is None:
         raise model_not_found(name) if key.allowed_models is not None and name not in key.allowed_models \
@@ -117,19 +137,21 @@ async def get_model(request: web.Request) -> web.Response:
     return json_response(found.model_dump(mode="json"))
 
 
-def not_listed(ctx: ApiContext, model: str) -> ApiError:
+def not_listed(ctx: ApiContext, model: str | None) -> ApiError:
     """Why ``model`` is not in the catalogue, as a chat for it is told: a 404 only when fresh availability says
     no miner serves it. Every miner down at the last poll is the chat's 503; and without fresh availability
     (a chat is raced to every serving miner), a model the last availability known listed may still be served,
     a 503 until the next refresh: it was a 404 "does not exist" both times, which took an outage for a wrong
     model name. A name no availability listed stays a 404, fresh or not (a 503 for any name at all named
-    ``../../etc/passwd`` a model that may be served)."""
+    ``../../etc/passwd`` a model that may be served). ``model`` None: any model (``default``), never a 404."""
     cache = ctx.availability
     if cache is None or not cache.fresh():
-        if cache is None or model not in cache.first_listed:  # not served when last known (or never known): a 404
-            return model_not_found(model)  # as before; a 503 for any name took `../../etc/passwd` for a model
+        # not served when last known (or never known): a 404; a 503 for any name took `../../etc/passwd` for a model
+        if model is not None and (cache is None or model not in cache.first_listed):
+            return model_not_found(model)
         retry = max(1, math.ceil(ctx.settings.availability_refresh_seconds))  # the next refresh's chance
-        return ApiError(503, f"Whether any miner serves the model `{model}` is not known now: this API has no fresh "
+        what = "any model" if model is None else f"the model `{model}`"
+        return ApiError(503, f"Whether any miner serves {what} is not known now: this API has no fresh "
                              "availability from the validator (a chat is raced to every serving miner meanwhile).",
                         code=NO_MINERS, headers={"Retry-After": str(retry)})
     registered = ctx.metagraph.snapshot.serving(exclude_hotkey=ctx.client.signer.hotkey)

@@ -278,7 +278,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("DELETE", "/v1/conversations/{conversation_id}/items/{item_id}"): Operation(
         "Delete one item of a conversation; the conversation", "inference", response=ConversationOut),
     ("GET", "/v1/models"): Operation("Models served by available miners", "discovery", response=ModelListOut),
-    ("GET", "/v1/models/{model}"): Operation("One model: its tasks and miner count", "discovery",
+    ("GET", "/v1/models/{model}"): Operation("One model (`default`: any model): its tasks and miner count", "discovery",
                                              response=ModelOut),
     ("GET", "/v1/tasks"): Operation("Task types and how many miners serve each", "discovery",
                                     response=TaskListOut),

@@ -70,6 +70,28 @@ async def test_unknown_model_is_404_and_no_key_is_401(api: ApiUnderTest) -> None
     assert status == 401 and body["error"]["type"] == "authentication_error"
 
 
+async def test_the_default_model_is_any_model_as_a_chat_takes_it(api: ApiUnderTest) -> None:
+    """``default`` means any model in a request (README), so the OpenAI SDK's ``models.retrieve("default")``, a
+    client checking the model it is about to use, was a 404 model_not_found for the one name every chat takes.
+    It is "any model" now: the miners a chat for it would race, per task too; refused to a key limited to some
+    models, as a chat for it is; and as a chat is told when nothing is served."""
+    status, body = await get_json(api, "/v1/models/default")
+    assert status == 200, body
+    assert body["id"] == "default" and body["object"] == "model" and body["owned_by"] == "sn1"
+    assert body["miners"] == 2 and body["miners_set_aside"] == 0, "miners 1 and 2 serve a model, each counted once"
+    assert body["tasks"] == {"ArithmeticTask": 1, "InferenceTask": 2}
+    assert body["created"] == min(m["created"] for m in (await get_json(api, "/v1/models"))[1]["data"])
+    secret, _ = await api.ctx.store.create_key(100, allowed_models=["other/model"])
+    status, body = await get_json(api, "/v1/models/default", key=secret)
+    assert status == 403 and body["error"]["code"] == "model_not_allowed", body
+    api.ctx.availability = fresh_cache(api, {1: None, 2: None, 3: None})  # every miner down at the last poll
+    status, body = await get_json(api, "/v1/models/default")
+    assert status == 503 and body["error"]["code"] == "no_miners_available", body
+    api.ctx.availability.refreshed_at = time.monotonic() - 3600  # no fresh availability: not known, as any model's
+    status, headers, text = await get(api, "/v1/models/default")
+    assert status == 503 and "Retry-After" in headers and "any model is not known now" in text, text
+
+
 async def test_tasks_list_counts_miners_per_task(api: ApiUnderTest) -> None:
     status, body = await get_json(api, "/v1/tasks")
     assert status == 200
