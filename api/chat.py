@@ -201,7 +201,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
                         started=started, runs=stage.runs, send=send)
             raise
         answers, earlier = stage_one.answers, stage_one.runs
-        body = mixture.final_body(body, [r.text for r in answers], limit=ctx.settings.miner_max_body_bytes)
+        body = mixture.final_body(body, [r.text for r in answers], limit=ctx.settings.miner_max_body_bytes,
+                                  request_id=rid)
         seconds = max(0.1, seconds - (loop.time() - stage_started))
         top, *rest = mixture.synthesisers(answers)  # one that failed stage one is not asked again
         neurons = [top]

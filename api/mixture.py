@@ -16,6 +16,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from loguru import logger
+
 from api.completion import each_failure, no_winner_error
 from api.context import ApiContext
 from api.fanout import passed_over, settle, start_race
@@ -71,15 +73,21 @@ def synthesis_messages(messages: list[dict[str, Any]], answers: list[str]) -> li
     return [{**first, "content": merged}, *messages[1:]]
 
 
-def final_body(body: dict[str, Any], answers: list[str], *, limit: int) -> dict[str, Any]:
+def final_body(body: dict[str, Any], answers: list[str], *, limit: int, request_id: str) -> dict[str, Any]:
     """The synthesis request: ``body`` with ``answers`` in its instruction, each cut (``fitted``) when the whole would
     be over ``limit`` bytes, what the miners take (``MINER_MAX_BODY_BYTES``): every miner refused it (413) and the
-    caller got a 502 with valid answers in hand."""
+    caller got a 502 with valid answers in hand. A cut is a DEBUG line with ``request_id`` (the request's one INFO
+    line is its access line): a thin synthesis had no sign that its drafts were cut."""
     out = _synthesis_body(body, answers)
-    if len(dumpb(out)) <= limit:
+    size = len(dumpb(out))
+    if size <= limit:
         return out
     room = limit - len(dumpb(_synthesis_body(body, [""] * len(answers))))
-    return _synthesis_body(body, fitted(answers, room))
+    cut = fitted(answers, room)
+    logger.debug("mixture rid={} first-stage drafts cut to fit the synthesis in MINER_MAX_BODY_BYTES {}: {} of {} "
+                 "drafts cut, the synthesis body {} bytes before", request_id, limit,
+                 sum(a != b for a, b in zip(answers, cut, strict=True)), len(answers), size)
+    return _synthesis_body(body, cut)
 
 
 def prompt_text(body: dict[str, Any]) -> str:

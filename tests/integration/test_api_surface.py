@@ -11,9 +11,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from loguru import logger
 
 from neurons.validator.payload import OrganicPayload
-from tests.helpers import Script, api_with_miners, chunk, post, sse
+from tests.helpers import Script, api_with_miners, chunk, log_lines, post, sse
 
 MESSAGES = [{"role": "user", "content": "What is a subnet?"}]
 
@@ -126,11 +127,21 @@ async def test_a_stalled_first_stage_miner_does_not_hold_the_mixture_once_others
 async def test_a_synthesis_of_long_drafts_is_cut_to_what_the_final_miner_takes(tmp_path: Path) -> None:
     """Two long drafts (600 kB each) made a synthesis body over the miners' limit (their ``MAX_BODY_BYTES``; 1 MiB
     here, aiohttp's default): every miner asked to write it refused the body (413) and the caller got a 502 with
-    two valid answers in hand. Each draft is now cut so the body fits, with a note that it was."""
+    two valid answers in hand. Each draft is now cut so the body fits, with a note that it was, and a DEBUG line
+    with the request's id says so (nothing did: an operator reading a thin synthesis had no sign of the cut)."""
     scripts = {uid: answer(f"view {uid} " + "x" * 600_000) for uid in (1, 2)}
-    async with api_with_miners(tmp_path, scripts, incentives={1: 0.9, 2: 0.1}, miner_max_body_bytes=1 << 20) as api:
-        status, headers, text = await post(api, {"messages": MESSAGES, "mixture": True})
+    lines, sink = log_lines("DEBUG")
+    try:
+        async with api_with_miners(tmp_path, scripts, incentives={1: 0.9, 2: 0.1},
+                                   miner_max_body_bytes=1 << 20) as api:
+            status, headers, text = await post(api, {"messages": MESSAGES, "mixture": True},
+                                               headers={"x-request-id": "rid-cut-drafts"})
+    finally:
+        logger.remove(sink)
     assert status == 200, text
+    (cut,) = [x for x in lines if "drafts cut" in x]
+    assert cut.startswith("DEBUG mixture rid=rid-cut-drafts first-stage drafts cut to fit the synthesis"), cut
+    assert "2 of 2 drafts cut" in cut and "MINER_MAX_BODY_BYTES 1048576" in cut, cut
     assert headers["x-sn1-miner-uid"] == "1"
     final = scripts[1].bodies[-1]
     assert len(json.dumps(final, separators=(",", ":")).encode()) <= 1 << 20
