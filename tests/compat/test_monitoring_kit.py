@@ -169,6 +169,14 @@ def test_every_scoring_outbox_metric_has_an_alert() -> None:
     assert not [m for m in outbox if m not in named], f"no alert names {sorted(set(outbox) - named)}"
 
 
+def test_the_dashboard_draws_every_scoring_outbox_metric() -> None:
+    """The dashboard's "Scoring outbox" panel drew the backlog, a full outbox's drops, deliveries and failures, but
+    not ``sn1_api_outbox_rejected``: payloads dropped unscored showed nowhere beside the others."""
+    outbox = sorted(name for name in declared_labels() if name.startswith("sn1_api_outbox_"))
+    drawn = {m for where, expr in queries() if where.startswith("panel") for m in names(expr).metrics}
+    assert not [m for m in outbox if m not in drawn], f"no panel draws {sorted(set(outbox) - drawn)}"
+
+
 def test_the_rules_scrape_the_jobs_the_example_configuration_names() -> None:
     jobs = {j for _, expr in queries() for j in re.findall(r'up\{job="([^"]+)"\}', expr)}
     config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
