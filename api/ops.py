@@ -196,6 +196,7 @@ async def sample(ctx: ApiContext, metrics: ApiMetrics) -> None:
         metrics.outbox_delivered.set(forwarder.delivered)
         metrics.outbox_failures.set(forwarder.delivery_failures)
         metrics.outbox_rejected.set(forwarder.rejected)
+        metrics.outbox_lost.set(forwarder.unstored_dropped)
         try:
             metrics.outbox_depth.set(await forwarder.outbox.depth())
             metrics.outbox_dropped.set(await forwarder.outbox.dropped())

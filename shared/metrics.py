@@ -168,6 +168,10 @@ class ApiMetrics:
         self.outbox_rejected = Gauge("sn1_api_outbox_rejected", "Payloads dropped unscored as the validator would "
                                      "not take them: rejected as malformed, or failed on (HTTP 500, or a post timing "
                                      "out) again and again while it took the others (since start)", registry=r, multiprocess_mode="livesum")
+        self.outbox_lost = Gauge("sn1_api_outbox_lost", "Payloads lost before the outbox stored them: the store "
+                                 "refused their commits so long that more waited in memory than its bound (10,000 "
+                                 "and 64 MiB), the oldest dropped (since start)", registry=r,
+                                 multiprocess_mode="livesum")
         # The oldest of the live workers' (livemax): with livemin a worker an hour behind hid behind a fresh one.
         self.metagraph_age = Gauge("sn1_api_metagraph_age_seconds", "Age of the metagraph snapshot",
                                    registry=r, multiprocess_mode="livemax")

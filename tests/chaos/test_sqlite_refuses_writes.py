@@ -25,6 +25,7 @@ from loguru import logger
 from api.scoring_outbox import OutboxForwarder
 from shared.store.outbox import SQLiteOutbox
 from tests.chaos.fleet import HONEST, MESSAGES, VALIDATOR, Fleet, fleet, wait_until
+from tests.compat.support import sample
 
 ADMIN = "admin-secret-for-tests"
 UNUSED_VALIDATOR = "http://127.0.0.1:9"  # the outbox's payloads are never delivered here: only stored
@@ -125,7 +126,8 @@ async def test_payloads_the_outbox_cannot_store_are_held_within_a_bound_in_bytes
     """The outbox's file full while the key store still takes its small writes: requests are served and their
     payloads wait in memory for the store. They were bounded by count alone (10,000): a hundred requests with a
     1 MB prompt held 100 MB in the worker, 10,000 of them 10 GB. Now at most ``MAX_UNSTORED_BYTES`` (64 MiB) of
-    them, the oldest dropped with an ERROR line; the newest are stored once the file has room."""
+    them, the oldest dropped with an ERROR line and counted in ``sn1_api_outbox_lost`` (the ERROR line was all an
+    operator had: no metric, no alert); the newest are stored once the file has room."""
     lines: list[tuple[str, str]] = []
     sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="ERROR")
     try:
@@ -142,6 +144,8 @@ async def test_payloads_the_outbox_cannot_store_are_held_within_a_bound_in_bytes
                 held = sum(len(json.dumps(p)) for p, *_ in forwarder._pending)
                 assert held <= 64 << 20 and forwarder.unstored_dropped + len(forwarder._pending) == 100, \
                     (held, forwarder.unstored_dropped, len(forwarder._pending))
+                async with s.get(f.url + "/metrics") as r:  # lost, never scored: a number to alert on, not a line
+                    assert sample(await r.text(), "sn1_api_outbox_lost") == forwarder.unstored_dropped
                 kept = len(forwarder._pending)
                 db.execute("PRAGMA max_page_count=1073741823")  # room again: the retry stores what was kept
                 await wait_until(lambda: not forwarder.commit_outage.failing, 10)
