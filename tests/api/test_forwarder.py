@@ -740,3 +740,29 @@ async def test_workers_sharing_an_outbox_back_off_as_one_in_an_outage(make_outbo
     assert len(posts) <= 7, [round(t - posts[0], 2) for t in posts]
     gaps = [b - a for a, b in zip(posts, posts[1:], strict=False)]
     assert all(b >= a * 1.5 for a, b in zip(gaps, gaps[1:], strict=False)), [round(g, 2) for g in gaps]
+
+
+async def test_a_lone_payload_the_validator_fails_on_is_retried_at_the_backoff(tmp_path: Path) -> None:
+    """A payload the validator fails on (its 500) with none behind it cannot be told from a validator broken for
+    all: it is kept and retried for the next payload to settle it, at the backoff (README: never in a loop)."""
+    posts: list[float] = []
+
+    @web.middleware
+    async def count(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        posts.append(asyncio.get_running_loop().time())
+        return await handler(request)
+
+    received: list[dict] = []
+    app = scoring_app(received)
+    app.middlewares.append(count)
+    box = SQLiteOutbox(tmp_path / "api.db")
+    async with serve_app(app) as url, make_session() as session:
+        fwd = OutboxForwarder(box, MinerClient(session, Signer(API)), url, API.ss58_address, lease_seconds=1.0,
+                              base_delay=0.05, max_delay=0.4, rng=NoJitter())
+        await fwd.sink({"n": 0, "crash": True})
+        async with running(fwd):
+            await asyncio.sleep(2.5)
+    await box.close()
+    gaps = [b - a for a, b in zip(posts, posts[1:], strict=False)]
+    assert 3 <= len(posts) <= 9 and min(gaps) >= 0.09, [round(g, 2) for g in gaps]  # 0.1, 0.2, then 0.4 apart
+    assert received == [] and fwd.rejected == 0
