@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
+from bench_instructions import callgrind_total, strace_calls  # noqa: E402
 from bench_load import _Conn, _wrk_time_ms, build_request  # noqa: E402
 from bench_profile import summarize  # noqa: E402
 from bench_report import render_table  # noqa: E402
@@ -151,3 +152,29 @@ def test_the_sign_and_verify_figures_verify_every_request() -> None:
 
     figures = sign_verify_us(n=20)
     assert figures["sign_us"] > 0 and figures["verify_us"] > 0
+
+
+STRACE_C = """% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 88.91    0.717267        8965        80        18 futex
+  3.64    0.029378           6      4302           write
+  2.93    0.023641           1     14604           getpid
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.806700          25     18986        18 total
+"""
+
+
+def test_syscall_counts_read_the_calls_column_with_or_without_errors() -> None:
+    """A line with an errors column has one field more: reading the wrong column would count the errors (18
+    futex calls instead of 80) or the microseconds a call (8,965), and every per-request figure would lie."""
+    total, per = strace_calls(STRACE_C)
+    assert total == 18986
+    assert per == {"futex": 80, "write": 4302, "getpid": 14604}
+
+
+def test_instruction_count_is_the_dumps_summary_and_a_dump_without_one_is_refused() -> None:
+    dump = b"version: 1\ncreator: callgrind-3.19.0\nevents: Ir\nsummary: 924123725\n\nfn=(1) main\n5 12\n"
+    assert callgrind_total(dump) == 924123725
+    assert callgrind_total(b"events: Ir\ntotals: 42\n") == 42
+    with pytest.raises(ValueError):
+        callgrind_total(b"events: Ir\n")  # a dump cut short must not read as 0 instructions a request
