@@ -37,13 +37,12 @@ from api.web_retrieval import Found
 from api.web_search import chat_citations, citations_event, search_into
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
-from shared.jsonutil import dumps, loads
+from shared.jsonutil import dumps
 from shared.metagraph import Neuron
 from shared.miner_client import Event, event_text
 from shared.protocol import (
     DEFAULT_TASK,
     ChatCompletionRequest,
-    new_completion_id,
     usage_chunk,
 )
 from shared.sse import DONE_FRAME, SSE_HEADERS, encode_event
@@ -313,19 +312,12 @@ def _trailer(req: ChatCompletionRequest, run: MinerRun, found: Found | None = No
     out = b""
     model = run.model or req.model or "unknown"
     if found is not None:
-        out += citations_event(run.text, found, completion_id=_stream_id(run), model=model)
+        out += citations_event(run.text, found, completion_id=run.completion_id, created=run.created, model=model)
     if req.stream_options and req.stream_options.include_usage and not run.usage_relayed:
         # response_usage: the miner's count, else the estimate an answer not streamed gets (tool calls and refusals count)
-        chunk = usage_chunk(completion_id=_stream_id(run), model=model, usage=response_usage(req, run))
+        chunk = usage_chunk(completion_id=run.completion_id, created=run.created, model=model, usage=response_usage(req, run))
         out += encode_event(dumps(chunk))
     return out + DONE_FRAME
-
-
-def _stream_id(run: MinerRun) -> str:
-    """The relayed stream's completion id (the miner's), for the chunks the API adds to it."""
-    first = run.events[0] if run.events else None
-    found = (loads(first) if isinstance(first, str) else first or {}).get("id")
-    return found if isinstance(found, str) and found else new_completion_id()
 
 
 async def _stream(

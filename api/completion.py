@@ -26,7 +26,6 @@ from shared.protocol import (
     completion_object,
     content_text,
     estimate_tokens,
-    new_completion_id,
 )
 from shared.sse import encode_event
 from shared.store.outage import OutageLog
@@ -44,7 +43,7 @@ def estimated_usage(req: ChatCompletionRequest, completion_text: str, prompt_tex
 
 def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:
     if run.usage is not None:  # kept by the race only when its token counts are sane, in the SDK's shape
-        return run.usage
+        return run.charged() or run.usage  # as far as the request and the answer can hold it
     # what the model wrote: its thinking, its text, a refusal, and the names and arguments of the tools it called
     calls = "".join(c["function"]["name"] + c["function"]["arguments"] for c in run.tool_calls.values())
     thinking = "".join(run.reasoning)
@@ -112,7 +111,8 @@ def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, A
     """The ``chat.completion`` object of one winning run (with the model server's ``system_fingerprint``, as
     its streamed chunks carry it)."""
     obj = completion_object(
-        completion_id=new_completion_id(),
+        completion_id=run.completion_id,  # the API's, as its stream's chunks carry it (``MinerRun.envelope``)
+        created=run.created,
         model=run.model or req.model or "unknown",
         content=run.text or (None if run.tool_calls or run.refusal else ""),
         refusal="".join(run.refusal) or None,

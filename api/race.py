@@ -33,7 +33,15 @@ from shared.jsonutil import loads
 from shared.logging import printable
 from shared.metagraph import Neuron
 from shared.miner_client import NOT_SERVED, Event, MinerClient, MinerError, event_text
-from shared.protocol import FINISH_REASONS, finish_reason, is_name, new_call_id, reported_usage, valid_usage
+from shared.protocol import (
+    FINISH_REASONS,
+    finish_reason,
+    is_name,
+    new_call_id,
+    new_completion_id,
+    reported_usage,
+    valid_usage,
+)
 
 # Why a run that ended ``length`` with nothing in it is no answer when the caller set no token limit: no limit of
 # the caller's cut it, and taken on the miner's word it won the race that every other miner failed (an empty
@@ -87,6 +95,13 @@ class MinerRun:
     # broke ``chunk.choices[0]`` in every caller's loop. Its usage is taken either way.
     relay_usage: bool = True
     usage_relayed: bool = False  # a usage-only chunk of its own is among ``events`` (else the stream's end adds one)
+    # The answer's id and time, the API's own, on every chunk relayed and on the object built of it (``envelope``):
+    # the miner's were relayed as they came, and a miner could change its id mid-stream or send a number for it.
+    # The bytes of the request the miner was sent, which bound the prompt tokens a caller is charged (``charged``);
+    # None: not bounded (the validator rebuilding an answer charges nobody).
+    prompt_bytes: int | None = None
+    completion_id: str = field(default_factory=new_completion_id)
+    created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def uid(self) -> int:
@@ -109,8 +124,8 @@ class MinerRun:
         """Fold one chunk into the running answer and return it as it is to be kept and relayed (None: not
         kept, a usage-only chunk the caller did not ask for); raise ValueError if it is garbage.
 
-        The chunk is returned as it came (a stream is relayed byte for byte), but for what a strict
-        client's type refused in it, put in the SDK's words: a model server's own ``finish_reason``
+        The chunk is returned as it came, but in the answer's envelope (``envelope``: the API's id and time), and
+        for what a strict client's type refused in it, put in the SDK's words: a model server's own ``finish_reason``
         (TGI's "eos_token"), a usage not in the SDK's shape, a tool call's first delta without an id, a
         ``logprobs`` without both of its lists (vLLM sends ``content`` alone; the Node SDK's type requires
         ``refusal`` too, null when empty)."""
@@ -123,12 +138,12 @@ class MinerRun:
                 err = obj["error"]
                 raise ValueError(f"miner reported an error: {err.get('message') if isinstance(err, dict) else err}")
             raise ValueError("chunk has no choices list")
+        data = self.envelope(obj)
         usage = obj.get("usage")
         if usage is not None:
             if valid_usage(usage):
                 self.usage = reported_usage(usage)  # in the SDK's shape, relayed so and given so whole
-                if self.usage != usage:
-                    obj["usage"], data = self.usage, obj
+                obj["usage"] = self.charged()  # what the key is charged: a usage-only chunk comes after the answer
             else:  # not token counts ("n/a"): left out, and the caller's usage estimated as when none came
                 del obj["usage"]
                 data = obj
@@ -160,6 +175,7 @@ class MinerRun:
             if delta:
                 if type(delta) is not dict:
                     raise ValueError("delta is not an object")
+                settled(delta)
                 piece = delta.get("content")
                 if piece:
                     if type(piece) is not str:
@@ -212,6 +228,38 @@ class MinerRun:
                                              "did not offer")
         return data
 
+    def charged(self) -> dict[str, Any] | None:
+        """The miner's ``usage`` as far as the request and the answer can hold it: no more prompt tokens than the
+        request's bytes (and ``IMAGE_TOKENS`` an image), no more completion tokens than the answer's bytes (its
+        thinking, text, refusal and calls) and ``UNSEEN_TOKENS``. A token is a byte at least: a miner's count past
+        that was charged to the caller's key whole (ten million tokens a count, a day's token limit spent by one
+        answer of "Hi")."""
+        if self.usage is None or self.prompt_bytes is None:
+            return self.usage
+        prompt = min(self.usage["prompt_tokens"], self.prompt_bytes)
+        completion = min(self.usage["completion_tokens"], self.output_bytes() + UNSEEN_TOKENS * (1 + len(self.tool_calls)))
+        if (prompt, completion) == (self.usage["prompt_tokens"], self.usage["completion_tokens"]):
+            return self.usage
+        return self.usage | {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion}
+
+    def output_bytes(self) -> int:
+        """The UTF-8 bytes of what the model wrote: its thinking, its text, a refusal, its calls' names and arguments."""
+        calls = (c["function"]["name"] + c["function"]["arguments"] for c in self.tool_calls.values())
+        return sum(len(p.encode()) for p in (*self.reasoning, *self.content, *self.refusal, *calls))
+
+    def envelope(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """A miner's chunk with the answer's ``id``, ``object`` and ``created`` (the API's: ``completion_id``), a
+        ``system_fingerprint`` only when it is a name, and no ``service_tier`` (this API has one). A miner is
+        untrusted, and each of its chunks reached the caller as it came: an id that changed from chunk to chunk,
+        ``"id": 123``, ``"created": "yesterday"`` or a fingerprint object (the SDK's ``model_dump`` warned of each in
+        the caller's process), and ids that no other answer's may share (every chunk of a scripted miner: "c")."""
+        obj["id"], obj["object"], obj["created"] = self.completion_id, CHUNK_OBJECT, self.created
+        if "system_fingerprint" in obj and not is_name(obj["system_fingerprint"]):
+            del obj["system_fingerprint"]
+        obj.pop("service_tier", None)
+        return obj
+
     def _merge_tool_calls(self, calls: Any) -> bool:
         """Fold a delta's tool calls into the answer's; True when a call's first delta had no id, or the id of
         an earlier call of the answer, and was given one (``call_...``): some model servers send none, the SDK's
@@ -258,6 +306,32 @@ def answer_model(claim: Any) -> str:
     return claim
 
 
+CHUNK_OBJECT = "chat.completion.chunk"
+# Tokens a model server counts that no byte of its answer shows (its end-of-turn token, a tool call's markup): each
+# answer's and each call's, over its bytes (``MinerRun.charged``).
+UNSEEN_TOKENS = 64
+# An image's tokens at most, over its URL's bytes: a vision model's largest tiling (Qwen2.5-VL's 16,384).
+IMAGE_TOKENS = 16384
+
+
+def prompt_bound(body: bytes) -> int:
+    """The most prompt tokens a request to a miner can be (``MinerRun.prompt_bytes``): a token a byte of it, and
+    ``IMAGE_TOKENS`` an image it sends."""
+    return len(body) + IMAGE_TOKENS * body.count(b'"image_url"')
+DELTA_OBJECTS = ("audio", "function_call")  # a delta's fields that are objects in the SDK's type, when there
+
+
+def settled(delta: dict[str, Any]) -> None:
+    """A miner's delta as an answer's: its ``role`` the assistant's (LangChain reads ``"user"`` or ``"system"`` there
+    as a message of that role, in the middle of the answer), its ``audio`` and ``function_call`` objects or gone
+    (``"audio": 5`` was a warning in the caller's process)."""
+    if delta.get("role", "assistant") != "assistant":
+        delta["role"] = "assistant"
+    for name in DELTA_OBJECTS:
+        if name in delta and type(delta[name]) is not dict:
+            del delta[name]
+
+
 LOGPROBS_LISTS = ("content", "refusal")  # a choice's logprobs lists, as OpenAI always names them
 
 
@@ -273,12 +347,26 @@ def checked_logprobs(logprobs: Any) -> Any:
         if type(tokens) is not list:
             raise ValueError(f"logprobs.{kind} is not a list")
         for token in tokens:
-            if type(token) is not dict or type(token.get("token")) is not str:
-                raise ValueError("a logprobs token is not an object with a token string")
+            checked_token(token)
             tops = token.get("top_logprobs")
-            if tops is not None and (type(tops) is not list or any(type(t) is not dict for t in tops)):
-                raise ValueError("top_logprobs is not a list of objects")
+            if tops is not None and type(tops) is not list:
+                raise ValueError("top_logprobs is not a list")
+            for top in tops or ():
+                checked_token(top)
     return logprobs
+
+
+def checked_token(token: Any) -> None:
+    """ValueError unless ``token`` is a token's log probability as the SDK types it: its ``token`` a string, its
+    ``logprob`` a number, its ``bytes`` null or a list of integers (a miner's ``"bytes": "y"`` reached the caller,
+    whose ``model_dump`` warned of it)."""
+    if type(token) is not dict or type(token.get("token")) is not str:
+        raise ValueError("a logprobs token is not an object with a token string")
+    if type(token.get("logprob")) not in (int, float):
+        raise ValueError("a logprobs token's logprob is not a number")
+    given = token.get("bytes")
+    if given is not None and (type(given) is not list or any(type(b) is not int for b in given)):
+        raise ValueError("a logprobs token's bytes is not a list of integers")
 
 
 class Race:
@@ -329,8 +417,9 @@ class Race:
         # had left): a miner that ran out of it is not at fault, so it is left out of the payload.
         self.excuse_timeouts = excuse_timeouts
         # ``model``: the one the request names (None: any), which every answer is told as (``MinerRun.model``)
+        bound = prompt_bound(body)
         self.runs = [MinerRun(n, offered=offered, opens_with=opens_with, calls_only=calls_only,
-                              relay_usage=relay_usage, model=model) for n in neurons]
+                              relay_usage=relay_usage, model=model, prompt_bytes=bound) for n in neurons]
         self.body = body
         # A body of its own for each of these uids (a mixture's first stage: ``body`` with the uid's seed, in
         # ``seeds``, which its payload names: the validator scores each answer against its own seed's reference)

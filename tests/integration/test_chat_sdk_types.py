@@ -9,6 +9,8 @@ with the SDK's pydantic models (``ChatCompletion``, ``ChatCompletionChunk``, ``C
 from __future__ import annotations
 
 import json
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 
-from tests.helpers import ApiUnderTest, Script, api_with_miners, openai_client, post, sse
+from tests.helpers import ApiUnderTest, Script, api_with_miners, call, openai_client, post, sse
 
 MSG = [{"role": "user", "content": "What is the weather in Paris?"}]
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
@@ -652,3 +654,90 @@ async def test_a_json_answer_cut_by_the_callers_max_tokens_is_returned_cut_as_op
             for stream_it in streams:
                 status, _, text = await post(api, {"model": "default", **body, "stream": stream_it})
                 assert status == 502 and "no_valid_answer" in text, text
+
+
+def hostile_frames() -> list[str]:
+    """A miner's stream whose envelope is the miner's mischief: an id for each chunk (a number, then strings),
+    a ``created`` that is no time, another object's name, a fingerprint object, a tier of its own, a delta that
+    says it is the system's with an ``audio`` of 5, and a token's log probability whose ``bytes`` is a string."""
+    head = {"object": "chat.completion", "model": "scripted", "system_fingerprint": {"build": 1},
+            "service_tier": "evil"}
+    said = {"index": 0, "delta": {"role": "system", "content": "Hi", "audio": 5}, "finish_reason": None,
+            "logprobs": {"content": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}]}}
+    return [json.dumps(head | {"id": 123, "created": "yesterday", "choices": [said]}),
+            json.dumps(head | {"id": "evil-2", "created": -5, "choices": [{"index": 0, "delta": {"content": " there"}}]}),
+            json.dumps(head | {"id": "evil-3", "created": 0,
+                               "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})]
+
+
+async def test_a_miners_envelope_does_not_reach_the_caller(tmp_path: Path) -> None:
+    """Each chunk of a streamed answer went to the caller with the miner's id, time, object, fingerprint and tier as
+    the miner wrote them: the id changed mid-stream (OpenAI's is one per answer, and a caller keeps the answer
+    by it), and the SDK's ``model_dump`` warned in the caller's process of each field out of its type. The
+    answer's id and time are now the API's, the same on every chunk and on the usage chunk it adds, and unique
+    to the answer (a miner's "c" was every one of its answers' id)."""
+    miner = Script([(0, d) for d in sse(*hostile_frames())])
+    async with api_with_miners(tmp_path, {1: miner}) as api:
+        client = openai_client(api)
+        ids = set()
+        for _ in range(2):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                stream = await client.chat.completions.create(model="default", messages=MSG, stream=True, logprobs=True,
+                                                              stream_options={"include_usage": True})
+                chunks = [c async for c in stream]
+                for c in chunks:
+                    c.model_dump()
+                whole = await client.chat.completions.create(model="default", messages=MSG, logprobs=True)
+                whole.model_dump()
+            assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
+            ids |= {chunks[0].id, whole.id}
+            assert chunks[0].id.startswith("chatcmpl-") and abs(chunks[0].created - time.time()) < 60
+            assert {c.object for c in chunks} == {"chat.completion.chunk"}
+            assert {c.system_fingerprint for c in chunks} == {None} and {c.service_tier for c in chunks} == {None}
+            assert {ch.delta.role for c in chunks for ch in c.choices} <= {"assistant", None}
+            assert "".join(ch.delta.content or "" for c in chunks for ch in c.choices) == "Hi there"
+            assert whole.choices[0].message.content == "Hi there"
+        assert len(ids) == 4, "every answer has an id of its own"
+
+
+@pytest.mark.parametrize("token", [
+    {"token": "Hi", "logprob": -0.1, "bytes": "y", "top_logprobs": []},
+    {"token": "Hi", "logprob": "low", "bytes": None, "top_logprobs": []},
+    {"token": "Hi", "logprob": -0.1, "bytes": None, "top_logprobs": [{"token": "Hi", "logprob": None}]},
+], ids=["bytes-string", "logprob-string", "top-logprob-null"])
+async def test_a_miners_log_probabilities_out_of_the_sdks_type_are_no_answer(tmp_path: Path, token: dict) -> None:
+    """A token's log probability the SDK types as a number, and its ``bytes`` as integers, went to the caller as
+    the miner wrote them (``model_dump`` warned in the caller's process); such an answer is now the miner's failure.
+    """
+    bad = scripted({"delta": {"content": "Hi"}, "logprobs": {"content": [token]}}, {"delta": {}, "finish_reason": "stop"})
+    async with api_with_miners(tmp_path, {1: bad}) as api:
+        status, _, text = await post(api, {"messages": MSG, "logprobs": True, "uids": [1]})
+    assert status == 502 and "logprob" in json.loads(text)["error"]["message"], text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_miners_usage_past_what_the_request_and_answer_hold_is_not_charged(tmp_path: Path,
+                                                                                  stream: bool) -> None:
+    """The key was charged a miner's token counts as it wrote them, up to ten million each: one answer of "Hi
+    there" spent any key's daily token limit, and showed the caller twenty million tokens. A count is now at
+    most a token a byte of the request (the prompt) and of the answer (the completion); a plausible one stands."""
+    said = json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "scripted",
+                       "choices": [{"index": 0, "delta": {"content": "Hi there"}, "finish_reason": "stop"}]})
+    inflated = Script([(0, d) for d in sse(said, usage_chunk({"prompt_tokens": 10**7, "completion_tokens": 10**7}))])
+    plausible = Script([(0, d) for d in sse(said, usage_chunk({"prompt_tokens": 9, "completion_tokens": 2}))])
+    async with api_with_miners(tmp_path, {1: inflated, 2: plausible}) as api:
+        body = {"messages": MSG, "stream": stream} | ({"stream_options": {"include_usage": True}} if stream else {})
+        counts = []
+        for uid in (1, 2):
+            status, _, text = await post(api, body | {"uids": [uid]})
+            assert status == 200, text
+            usage = json.loads(data_frames(text)[-2] if stream else text)["usage"]
+            counts.append((usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]))
+        status, used = await call(api, "GET", "/v1/usage")
+    assert status == 200
+    (prompt, completion, total), plain = counts
+    assert plain == (9, 2, 11), "a count the request and the answer can hold is the miner's"
+    assert prompt < 2_000 and completion <= len("Hi there") + 64 and total == prompt + completion, counts
+    charged = used["totals"]["prompt_tokens"] + used["totals"]["completion_tokens"]
+    assert charged == total + 11, used["totals"]
