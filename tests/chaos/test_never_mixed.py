@@ -21,7 +21,7 @@ import pytest
 
 from api.race import MinerRun, Race
 from shared.metagraph import Neuron
-from shared.miner_client import MinerError
+from shared.miner_client import Event, MinerError, event_text
 
 CASES = 3000
 BATCH = 60
@@ -110,10 +110,10 @@ async def _pause(iterations: int) -> None:
         await asyncio.sleep(0)
 
 
-def tokens(events: list[str]) -> list[tuple[int, int]]:
+def tokens(events: list[Event]) -> list[tuple[int, int]]:
     out = []
     for e in events:
-        for c in json.loads(e).get("choices", []):
+        for c in json.loads(event_text(e)).get("choices", []):
             for tok in (c.get("delta", {}).get("content") or "").split():
                 uid, i = tok.split(":")
                 out.append((int(uid), int(i)))
@@ -146,7 +146,7 @@ async def one_case(seed: int) -> None:
                 assert not any(r.done and r.has_answer and not r.error for r in race.runs), f"seed {seed}"
             return
         m = miners[winner.uid]
-        relayed = [e async for e in race.follow(winner)] if stream else list(winner.events)
+        relayed = [e async for e in race.follow(winner)] if stream else winner.event_texts()
         got = tokens(relayed)
         assert {u for u, _ in got} <= {winner.uid}, f"seed {seed}: spliced answer {got}"
         assert [i for _, i in got] == list(range(len(got))), f"seed {seed}: out of order {got}"
