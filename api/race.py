@@ -95,11 +95,11 @@ class MinerRun:
     # broke ``chunk.choices[0]`` in every caller's loop. Its usage is taken either way.
     relay_usage: bool = True
     usage_relayed: bool = False  # a usage-only chunk of its own is among ``events`` (else the stream's end adds one)
+    # The most prompt tokens the request the miner was sent can be (``prompt_bound``), which a caller is charged at
+    # most (``charged``); None: not bounded (the validator rebuilding an answer charges nobody).
+    prompt_most: int | None = None
     # The answer's id and time, the API's own, on every chunk relayed and on the object built of it (``envelope``):
     # the miner's were relayed as they came, and a miner could change its id mid-stream or send a number for it.
-    # The bytes of the request the miner was sent, which bound the prompt tokens a caller is charged (``charged``);
-    # None: not bounded (the validator rebuilding an answer charges nobody).
-    prompt_bytes: int | None = None
     completion_id: str = field(default_factory=new_completion_id)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -230,13 +230,13 @@ class MinerRun:
 
     def charged(self) -> dict[str, Any] | None:
         """The miner's ``usage`` as far as the request and the answer can hold it: no more prompt tokens than the
-        request's bytes (and ``IMAGE_TOKENS`` an image), no more completion tokens than the answer's bytes (its
+        request's bytes (``prompt_bound``), no more completion tokens than the answer's bytes (its
         thinking, text, refusal and calls) and ``UNSEEN_TOKENS``. A token is a byte at least: a miner's count past
         that was charged to the caller's key whole (ten million tokens a count, a day's token limit spent by one
         answer of "Hi")."""
-        if self.usage is None or self.prompt_bytes is None:
+        if self.usage is None or self.prompt_most is None:
             return self.usage
-        prompt = min(self.usage["prompt_tokens"], self.prompt_bytes)
+        prompt = min(self.usage["prompt_tokens"], self.prompt_most)
         completion = min(self.usage["completion_tokens"], self.output_bytes() + UNSEEN_TOKENS * (1 + len(self.tool_calls)))
         if (prompt, completion) == (self.usage["prompt_tokens"], self.usage["completion_tokens"]):
             return self.usage
@@ -312,12 +312,14 @@ CHUNK_OBJECT = "chat.completion.chunk"
 UNSEEN_TOKENS = 64
 # An image's tokens at most, over its URL's bytes: a vision model's largest tiling (Qwen2.5-VL's 16,384).
 IMAGE_TOKENS = 16384
+# The tokens a chat template adds to a prompt of its own (a model's default system prompt, a tool-calling preamble).
+TEMPLATE_TOKENS = 1024
 
 
 def prompt_bound(body: bytes) -> int:
-    """The most prompt tokens a request to a miner can be (``MinerRun.prompt_bytes``): a token a byte of it, and
-    ``IMAGE_TOKENS`` an image it sends."""
-    return len(body) + IMAGE_TOKENS * body.count(b'"image_url"')
+    """The most prompt tokens a request to a miner can be (``MinerRun.prompt_most``): a token a byte of it,
+    ``TEMPLATE_TOKENS`` its chat template's own text, and ``IMAGE_TOKENS`` an image it sends."""
+    return len(body) + TEMPLATE_TOKENS + IMAGE_TOKENS * body.count(b'"image_url"')
 DELTA_OBJECTS = ("audio", "function_call")  # a delta's fields that are objects in the SDK's type, when there
 
 
@@ -419,7 +421,7 @@ class Race:
         # ``model``: the one the request names (None: any), which every answer is told as (``MinerRun.model``)
         bound = prompt_bound(body)
         self.runs = [MinerRun(n, offered=offered, opens_with=opens_with, calls_only=calls_only,
-                              relay_usage=relay_usage, model=model, prompt_bytes=bound) for n in neurons]
+                              relay_usage=relay_usage, model=model, prompt_most=bound) for n in neurons]
         self.body = body
         # A body of its own for each of these uids (a mixture's first stage: ``body`` with the uid's seed, in
         # ``seeds``, which its payload names: the validator scores each answer against its own seed's reference)
