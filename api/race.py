@@ -35,6 +35,7 @@ from shared.metagraph import Neuron
 from shared.miner_client import NOT_SERVED, Event, MinerClient, MinerError, event_text
 from shared.protocol import (
     FINISH_REASONS,
+    USAGE_DETAILS,
     finish_reason,
     is_name,
     new_call_id,
@@ -238,10 +239,12 @@ class MinerRun:
             return self.usage
         prompt = min(self.usage["prompt_tokens"], self.prompt_most)
         completion = min(self.usage["completion_tokens"], self.output_bytes() + UNSEEN_TOKENS * (1 + len(self.tool_calls)))
-        if (prompt, completion) == (self.usage["prompt_tokens"], self.usage["completion_tokens"]):
-            return self.usage
-        return self.usage | {"prompt_tokens": prompt, "completion_tokens": completion,
-                             "total_tokens": prompt + completion}
+        out = self.usage | {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        # a details group's counts are of its count's tokens: none is more (a miner's cached_tokens of ten million)
+        for group, most in zip(USAGE_DETAILS, (prompt, completion), strict=True):
+            if group in out:
+                out[group] = {name: min(n, most) for name, n in out[group].items()}
+        return out
 
     def output_bytes(self) -> int:
         """The UTF-8 bytes of what the model wrote: its thinking, its text, a refusal, its calls' names and arguments."""

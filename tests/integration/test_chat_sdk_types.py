@@ -724,7 +724,8 @@ async def test_a_miners_usage_past_what_the_request_and_answer_hold_is_not_charg
     most a token a byte of the request (the prompt) and of the answer (the completion); a plausible one stands."""
     said = json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "scripted",
                        "choices": [{"index": 0, "delta": {"content": "Hi there"}, "finish_reason": "stop"}]})
-    inflated = Script([(0, d) for d in sse(said, usage_chunk({"prompt_tokens": 10**7, "completion_tokens": 10**7}))])
+    inflated = Script([(0, d) for d in sse(said, usage_chunk({"prompt_tokens": 10**7, "completion_tokens": 10**7,
+                                                               "prompt_tokens_details": {"cached_tokens": 10**7}}))])
     plausible = Script([(0, d) for d in sse(said, usage_chunk({"prompt_tokens": 9, "completion_tokens": 2}))])
     async with api_with_miners(tmp_path, {1: inflated, 2: plausible}) as api:
         body = {"messages": MSG, "stream": stream} | ({"stream_options": {"include_usage": True}} if stream else {})
@@ -734,6 +735,8 @@ async def test_a_miners_usage_past_what_the_request_and_answer_hold_is_not_charg
             assert status == 200, text
             usage = json.loads(data_frames(text)[-2] if stream else text)["usage"]
             counts.append((usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]))
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+            assert cached <= usage["prompt_tokens"], usage
         status, used = await call(api, "GET", "/v1/usage")
     assert status == 200
     (prompt, completion, total), plain = counts
