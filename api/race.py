@@ -35,6 +35,7 @@ from shared.metagraph import Neuron
 from shared.miner_client import NOT_SERVED, Event, MinerClient, MinerError, event_text
 from shared.protocol import (
     FINISH_REASONS,
+    MAX_ADVERTISED_NAME,
     USAGE_DETAILS,
     finish_reason,
     is_name,
@@ -99,10 +100,12 @@ class MinerRun:
     # The most prompt tokens the request the miner was sent can be (``prompt_bound``), which a caller is charged at
     # most (``charged``); None: not bounded (the validator rebuilding an answer charges nobody).
     prompt_most: int | None = None
-    # The answer's id and time, the API's own, on every chunk relayed and on the object built of it (``envelope``):
-    # the miner's were relayed as they came, and a miner could change its id mid-stream or send a number for it.
+    # The answer's id and time, on every chunk relayed and on the object built of it (``envelope``): the miner's first
+    # chunk's when they are a completion's (``own_envelope``), else the API's own. The miner's were relayed as they
+    # came, and a miner could change its id mid-stream or send a number for it.
     completion_id: str = field(default_factory=new_completion_id)
     created: int = field(default_factory=lambda: int(time.time()))
+    enveloped: bool = False  # its first chunk was seen: the envelope is settled
 
     @property
     def uid(self) -> int:
@@ -139,12 +142,15 @@ class MinerRun:
                 err = obj["error"]
                 raise ValueError(f"miner reported an error: {err.get('message') if isinstance(err, dict) else err}")
             raise ValueError("chunk has no choices list")
-        data = self.envelope(obj)
+        if self.envelope(obj):
+            data = obj
         usage = obj.get("usage")
         if usage is not None:
             if valid_usage(usage):
                 self.usage = reported_usage(usage)  # in the SDK's shape, relayed so and given so whole
-                obj["usage"] = self.charged()  # what the key is charged: a usage-only chunk comes after the answer
+                charged = self.charged()  # what the key is charged: a usage-only chunk comes after the answer
+                if charged != usage:
+                    obj["usage"], data = charged, obj
             else:  # not token counts ("n/a"): left out, and the caller's usage estimated as when none came
                 del obj["usage"]
                 data = obj
@@ -176,7 +182,8 @@ class MinerRun:
             if delta:
                 if type(delta) is not dict:
                     raise ValueError("delta is not an object")
-                settled(delta)
+                if settled(delta):
+                    data = obj
                 piece = delta.get("content")
                 if piece:
                     if type(piece) is not str:
@@ -251,17 +258,30 @@ class MinerRun:
         calls = (c["function"]["name"] + c["function"]["arguments"] for c in self.tool_calls.values())
         return sum(len(p.encode()) for p in (*self.reasoning, *self.content, *self.refusal, *calls))
 
-    def envelope(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """A miner's chunk with the answer's ``id``, ``object`` and ``created`` (the API's: ``completion_id``), a
-        ``system_fingerprint`` only when it is a name, and no ``service_tier`` (this API has one). A miner is
-        untrusted, and each of its chunks reached the caller as it came: an id that changed from chunk to chunk,
-        ``"id": 123``, ``"created": "yesterday"`` or a fingerprint object (the SDK's ``model_dump`` warned of each in
-        the caller's process), and ids that no other answer's may share (every chunk of a scripted miner: "c")."""
+    def envelope(self, obj: dict[str, Any]) -> bool:
+        """Put a miner's chunk in the answer's envelope: its ``id`` and ``created`` (``completion_id``), its ``object``,
+        a ``system_fingerprint`` only when it is a name, and no ``service_tier`` (this API has one); True when that
+        changed the chunk, which is then relayed re-encoded, not as it came. A miner is untrusted, and each of its
+        chunks reached the caller as it came: an id that changed from chunk to chunk, ``"id": 123``, ``"created":
+        "yesterday"`` or a fingerprint object (the SDK's ``model_dump`` warned of each in the caller's process), and
+        ids that no other answer's may share (every chunk of a scripted miner: "c"). The first chunk's id and time
+        are the answer's when they are a completion's (``own_envelope``): a model server's stream (vLLM's,
+        llama.cpp's) then passes byte for byte, as re-encoding each chunk cost the API 13% of its instructions a
+        streamed request (``scripts/bench_instructions.py``)."""
+        if not self.enveloped:
+            self.enveloped = True
+            if own_envelope(obj.get("id"), obj.get("created")):
+                self.completion_id, self.created = obj["id"], obj["created"]
+        fingerprint = obj.get("system_fingerprint")
+        if (obj.get("id") == self.completion_id and obj.get("created") == self.created
+                and obj.get("object") == CHUNK_OBJECT and "service_tier" not in obj
+                and (fingerprint is None or is_name(fingerprint))):
+            return False
         obj["id"], obj["object"], obj["created"] = self.completion_id, CHUNK_OBJECT, self.created
-        if "system_fingerprint" in obj and not is_name(obj["system_fingerprint"]):
+        if fingerprint is not None and not is_name(fingerprint):
             del obj["system_fingerprint"]
         obj.pop("service_tier", None)
-        return obj
+        return True
 
     def _merge_tool_calls(self, calls: Any) -> bool:
         """Fold a delta's tool calls into the answer's; True when a call's first delta had no id, or the id of
@@ -323,18 +343,36 @@ def prompt_bound(body: bytes) -> int:
     """The most prompt tokens a request to a miner can be (``MinerRun.prompt_most``): a token a byte of it,
     ``TEMPLATE_TOKENS`` its chat template's own text, and ``IMAGE_TOKENS`` an image it sends."""
     return len(body) + TEMPLATE_TOKENS + IMAGE_TOKENS * body.count(b'"image_url"')
+
+
 DELTA_OBJECTS = ("audio", "function_call")  # a delta's fields that are objects in the SDK's type, when there
 
 
-def settled(delta: dict[str, Any]) -> None:
+def settled(delta: dict[str, Any]) -> bool:
     """A miner's delta as an answer's: its ``role`` the assistant's (LangChain reads ``"user"`` or ``"system"`` there
     as a message of that role, in the middle of the answer), its ``audio`` and ``function_call`` objects or gone
-    (``"audio": 5`` was a warning in the caller's process)."""
+    (``"audio": 5`` was a warning in the caller's process). True when that changed it."""
+    changed = False
     if delta.get("role", "assistant") != "assistant":
-        delta["role"] = "assistant"
+        delta["role"], changed = "assistant", True
     for name in DELTA_OBJECTS:
         if name in delta and type(delta[name]) is not dict:
             del delta[name]
+            changed = True
+    return changed
+
+
+# A miner's completion id kept as the answer's: as long as a model server's (vLLM's "chatcmpl-" and 32 hex digits,
+# SGLang's 32) and no longer than a name. A shorter one is made anew: Ollama's "chatcmpl-" and 3 digits, a test
+# model's "c", repeat from answer to answer.
+OWN_ID_LENGTH = range(16, MAX_ADVERTISED_NAME + 1)
+CREATED_SKEW_S = 86400  # a miner's ``created`` kept within a day of the API's clock
+
+
+def own_envelope(completion_id: object, created: object) -> bool:
+    """Whether a miner's first chunk's ``id`` and ``created`` can be its answer's (``MinerRun.envelope``)."""
+    return (type(completion_id) is str and len(completion_id) in OWN_ID_LENGTH and completion_id.isprintable()
+            and type(created) is int and abs(created - time.time()) < CREATED_SKEW_S)
 
 
 LOGPROBS_LISTS = ("content", "refusal")  # a choice's logprobs lists, as OpenAI always names them

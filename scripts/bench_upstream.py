@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import socket
+import time
 
 from aiohttp import web
 
@@ -27,21 +28,28 @@ CHUNKS = 20
 DRIP_CHUNKS = 120
 
 
+# A completion's id and time as vLLM writes them ("chatcmpl-" and 32 hex digits; the time it answered): the API keeps
+# a model server's own when they are a completion's (``api.race.own_envelope``), as a real server's are.
+COMPLETION_ID = "chatcmpl-" + "5eed" * 8
+
+
 def completion_bytes() -> bytes:
     return json.dumps({
-        "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": MODEL,
+        "id": COMPLETION_ID, "object": "chat.completion", "created": int(time.time()), "model": MODEL,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "tok " * CHUNKS},
                      "logprobs": None, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 5, "completion_tokens": CHUNKS, "total_tokens": CHUNKS + 5},
     }, separators=(",", ":")).encode()
 
 
-def chunk_frame(i: int, last: bool = False, model: str = MODEL) -> bytes:
+def chunk_frame(i: int, last: bool = False, model: str = MODEL, created: int | None = None) -> bytes:
+    """Chunk ``i`` of a stream; ``created``: the stream's time (one for all its chunks, as a model server's), now
+    when not given."""
     delta = {"content": "tok "} if not last else {}
     if i == 0:
         delta["role"] = "assistant"
-    chunk = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
-             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": "stop" if last else None}]}
+    chunk = {"id": COMPLETION_ID, "object": "chat.completion.chunk", "created": created or int(time.time()),
+             "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": "stop" if last else None}]}
     return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
 
@@ -70,10 +78,11 @@ def create_upstream_app() -> web.Application:
         """``chunks`` chunks, each its own write, ``pause`` seconds apart, then ``[DONE]``."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        created = int(time.time())
         for i in range(chunks - 1):
-            await response.write(chunk_frame(i, model=model))
+            await response.write(chunk_frame(i, model=model, created=created))
             await asyncio.sleep(pause)
-        await response.write_eof(chunk_frame(chunks - 1, last=True, model=model) + b"data: [DONE]\n\n")
+        await response.write_eof(chunk_frame(chunks - 1, last=True, model=model, created=created) + b"data: [DONE]\n\n")
         return response
 
     async def list_models(_request: web.Request) -> web.Response:

@@ -701,6 +701,35 @@ async def test_a_miners_envelope_does_not_reach_the_caller(tmp_path: Path) -> No
         assert len(ids) == 4, "every answer has an id of its own"
 
 
+async def test_a_model_servers_own_envelope_passes_byte_for_byte_and_stays_one(tmp_path: Path) -> None:
+    """A model server's stream (vLLM's id, "chatcmpl-" and 32 hex digits, and the time it answered) was re-encoded
+    chunk by chunk to put the API's id on it, 13% of the API's instructions a streamed request: such a first
+    chunk's id and time are now the answer's, and its chunks go to the caller as they came. A later chunk with
+    another id or time is still put in the first one's, and an answer whose first id is too short to be one of
+    its own (Ollama's "chatcmpl-123") gets the API's."""
+    now = int(time.time())
+    own = "chatcmpl-" + "0123456789abcdef" * 2
+    frames = [json.dumps({"id": own, "object": "chat.completion.chunk", "created": now, "model": "scripted",
+                          "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"},
+                                       "logprobs": None, "finish_reason": None}]}),
+              json.dumps({"id": "chatcmpl-other", "object": "chat.completion.chunk", "created": now + 5,
+                          "model": "scripted", "choices": [{"index": 0, "delta": {"content": " there"}}]}),
+              json.dumps({"id": own, "object": "chat.completion.chunk", "created": now, "model": "scripted",
+                          "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})]
+    short = [f.replace(own, "chatcmpl-123") for f in (frames[0], frames[2])]
+    async with api_with_miners(tmp_path, {1: Script([(0, d) for d in sse(*frames)]),
+                                          2: Script([(0, d) for d in sse(*short)])}) as api:
+        status, _, text = await post(api, {"model": "default", "messages": MSG, "stream": True, "uids": [1]})
+        assert status == 200, text
+        datas = [line[6:] for line in text.splitlines() if line.startswith("data: {")]
+        assert datas[0] == frames[0] and datas[2] == frames[2], "the model server's own chunks, byte for byte"
+        second = json.loads(datas[1])
+        assert (second["id"], second["created"]) == (own, now), "the first chunk's id and time, on every chunk"
+        status, _, text = await post(api, {"model": "default", "messages": MSG, "stream": True, "uids": [2]})
+        ids = {json.loads(line[6:])["id"] for line in text.splitlines() if line.startswith("data: {")}
+        assert len(ids) == 1 and ids != {"chatcmpl-123"}, ids
+
+
 @pytest.mark.parametrize("token", [
     {"token": "Hi", "logprob": -0.1, "bytes": "y", "top_logprobs": []},
     {"token": "Hi", "logprob": "low", "bytes": None, "top_logprobs": []},
