@@ -434,22 +434,6 @@ class OutboxForwarder:
                                                                        [item]))
         return True
 
-    async def _back_off(self, seconds: float) -> None:
-        """Wait ``seconds`` after a failure, still holding the lease if this worker holds it (renewed every third
-        of it): let go, it moved in the backoff to a worker that had not failed, which posted at once and began
-        its own backoff from ``base_delay``, so with ``WORKERS > 1`` the validator was posted to about once a lease
-        however long its outage, never at ``max_delay``. One worker's count is the fleet's now; a holder that
-        dies still lets the lease expire."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + seconds
-        while (left := end - loop.time()) > 0:
-            if self._holding:
-                try:
-                    await self._lease()
-                except Exception as e:  # noqa: BLE001 - not renewed: it may expire, and whoever holds it next posts
-                    logger.debug("scoring outbox: lease not renewed in the backoff: {}", e)
-            await asyncio.sleep(min(left, self.lease_seconds / 3))
-
     async def _lease(self) -> bool:
         """Take or renew the lease; taking it over, this worker may be the one to end an outage another began."""
         holding = await self.outbox.acquire_lease(self.holder, self.lease_seconds)
@@ -502,10 +486,12 @@ class OutboxForwarder:
                     self.pass_outage.ok()
                 if delivered and self._backlog:
                     continue  # a backlog: drain it at full batches
-                if self.failures:  # payloads stored meanwhile wait for it too: they would fail alike
-                    await self._back_off(self.backoff())
-                elif await wait_event(self._wake, self.lease_seconds / 3):
-                    await self._linger()
+                wait = self.backoff() if self.failures else self.lease_seconds / 3
+                if await wait_event(self._wake, wait):
+                    if self.failures:
+                        await asyncio.sleep(self.backoff())
+                    else:
+                        await self._linger()
         finally:
             try:
                 committer = self._committer
