@@ -97,9 +97,10 @@ def chunk(content: str | None = None, *, finish: str | None = None, model: str =
 
 @dataclass
 class Script:
-    """What a scripted miner streams: (delay_seconds, raw bytes) steps; ``die`` drops the connection after."""
+    """What a scripted miner streams: (delay_seconds, raw bytes) steps, a step's delay an ``asyncio.Event`` to
+    wait for instead (the test says when); ``die`` drops the connection after."""
 
-    steps: list[tuple[float, bytes]]
+    steps: list[tuple[float | asyncio.Event, bytes]]
     die: bool = False
     status: int = 200
     error_code: str | None = None  # with a failing status: answer an OpenAI-shaped error with this code
@@ -174,7 +175,9 @@ def scripted_miner_app(script: Script) -> web.Application:
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
             for delay, data in script.steps:
-                if delay:
+                if isinstance(delay, asyncio.Event):
+                    await delay.wait()
+                elif delay:
                     await asyncio.sleep(delay)
                 await resp.write(data)
             if script.die:

@@ -26,22 +26,30 @@ from tests.store.conftest import redis_url
 
 STORES = ["sqlite", "redis"]
 LIMIT = 2
-HOLD_S = 3.0  # how long the miner holds each stream open
 LEASE_S = 1.0  # short, so a test sees a lease pass (and its renewal)
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
-def holding() -> Script:
-    """A miner whose every answer streams its first chunk at once and its end ``HOLD_S`` later."""
+def holding(ends: asyncio.Event) -> Script:
+    """A miner whose every answer streams its first chunk at once and its end once ``ends`` is set. Ended 3 s
+    later instead, the streams of a test on a loaded host ended before it asked for the request past the limit
+    (answered, not refused), and a test whose streams end waited out the 3 s."""
     first, finish, done = sse(chunk("hi"), chunk(finish="stop"))
-    return Script([(0, first), (HOLD_S, finish), (0, done)])
+    return Script([(0, first), (ends, finish), (0, done)])
 
 
 @contextlib.asynccontextmanager
-async def limited(tmp_path: Path, store: str, count: int = 1) -> AsyncIterator[list[ApiUnderTest]]:
-    async with apis_on_one_store(tmp_path, store, count, holding(), max_concurrent_requests_per_key=LIMIT,
+async def limited(tmp_path: Path, store: str, count: int = 1,
+                  ends: asyncio.Event | None = None) -> AsyncIterator[list[ApiUnderTest]]:
+    """``count`` APIs on one store, each key limited to ``LIMIT`` requests in flight, and a miner that holds its
+    streams open until ``ends`` is set (by the test, or as this ends: the servers then stop with no stream held)."""
+    ends = ends or asyncio.Event()
+    async with apis_on_one_store(tmp_path, store, count, holding(ends), max_concurrent_requests_per_key=LIMIT,
                                  concurrency_lease_seconds=LEASE_S) as apis:
-        yield apis
+        try:
+            yield apis
+        finally:
+            ends.set()
 
 
 def auth(key: str) -> dict[str, str]:
@@ -85,7 +93,8 @@ async def until_in_flight(api: ApiUnderTest, key: str, want: int, timeout: float
 @pytest.mark.parametrize("store", STORES)
 async def test_the_request_past_the_limit_is_a_429_not_charged_and_slots_free_as_streams_end(tmp_path: Path,
                                                                                            store: str) -> None:
-    async with limited(tmp_path, store) as (api,), aiohttp.ClientSession() as s:
+    ends = asyncio.Event()
+    async with limited(tmp_path, store, ends=ends) as (api,), aiohttp.ClientSession() as s:
         one, two = await open_stream(s, api, api.key), await open_stream(s, api, api.key)
         assert await in_flight(api, api.key) == LIMIT
         remaining = int(two.headers["x-ratelimit-remaining-requests"])
@@ -101,6 +110,7 @@ async def test_the_request_past_the_limit_is_a_429_not_charged_and_slots_free_as
         three = await open_stream(s, api, other)
         await asyncio.sleep(LEASE_S * 1.5)  # past a lease: the streams' slots are renewed, still held
         assert (await refused(api, api.key)).status == 429
+        ends.set()
         for r in (one, two, three):
             assert (await r.read()).endswith(b"data: [DONE]\n\n")  # each stream ends...
         assert await until_in_flight(api, api.key, 0) == 0  # ... and gives its slot back
@@ -176,16 +186,19 @@ async def test_a_key_rotated_with_streams_in_flight_keeps_its_count_and_gets_eve
     """The admin rotates a key while its two streams (its limit) are open under the old secret: they still count
     under the new secret (the key's slots, not its secret's), and as they end their slots are given back, so the new
     secret has the key's whole limit again, none left to its lease."""
-    async with limited(tmp_path, store) as (api,), aiohttp.ClientSession() as s:
+    ends = asyncio.Event()
+    async with limited(tmp_path, store, ends=ends) as (api,), aiohttp.ClientSession() as s:
         one, two = await open_stream(s, api, api.key), await open_stream(s, api, api.key)
         async with s.post(f"{api.url}/api_management/rotate-api-key/{api.key}",
                           headers={"admin-key": "admin-secret-for-tests"}) as r:
             assert r.status == 200, await r.text()
             new = (await r.json())["api_key"]
         assert (await refused(api, new)).status == 429
+        ends.set()
         for r in (one, two):
             assert (await r.read()).endswith(b"data: [DONE]\n\n")
         assert await until_in_flight(api, new, 0) == 0
+        ends.clear()  # the streams below are held again
         again = [await open_stream(s, api, new) for _ in range(LIMIT)]
         assert (await refused(api, new)).status == 429
         for r in again:
