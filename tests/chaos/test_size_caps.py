@@ -4,8 +4,11 @@ discarded as invalid, and memory stays bounded while it streams."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -13,7 +16,7 @@ from aiohttp import web
 
 from neurons.miner.faults import FaultOptions
 from shared.metagraph import Neuron
-from shared.miner_client import MinerClient
+from shared.miner_client import MinerClient, MinerError, make_session
 from shared.signing import Signer
 from tests.chaos.fleet import (
     HONEST,
@@ -115,3 +118,64 @@ async def test_large_json_answer_under_the_cap_is_read_whole(tmp_path: Path) -> 
         else:
             raise AssertionError("a JSON answer over the cap must be refused")
 
+
+
+@contextlib.asynccontextmanager
+async def deaf_miners(count: int) -> AsyncIterator[tuple[list[str], list[socket.socket]]]:
+    """``count`` axons that accept a connection and never read from it (a stalled or hostile miner), each with a
+    small receive buffer, so the kernel does not take a request in for it: their addresses, and the connections
+    they hold."""
+    loop = asyncio.get_running_loop()
+    listeners, held = [], []
+    for _ in range(count):
+        sock = socket.socket()  # its buffer set before listen: the connections it accepts inherit it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        sock.setblocking(False)
+        listeners.append(sock)
+
+    async def accept(sock: socket.socket) -> None:
+        while True:
+            held.append((await loop.sock_accept(sock))[0])
+
+    tasks = [asyncio.create_task(accept(s)) for s in listeners]
+    try:
+        yield [f"127.0.0.1:{s.getsockname()[1]}" for s in listeners], held
+    finally:
+        for task in tasks:
+            task.cancel()
+        for sock in (*listeners, *held):
+            sock.close()
+
+
+async def test_miners_that_never_read_a_large_request_hold_no_copy_of_it_each() -> None:
+    """One request body goes to every miner a request asks (up to 256 named ``uids``): each connection kept
+    its own copy of it (the transport's buffer) until the miner read it, so 8 miners that never did held
+    8 copies of an 8 MiB body in the API (about 4 MiB each past the loopback kernel's share) until the
+    deadline. Each connection now takes the one body a slice at a time as the miner reads it."""
+    body = json.dumps({"messages": [{"role": "user", "content": "x" * (8 << 20)}]}).encode()
+    async with deaf_miners(8) as (axons, held), make_session() as session:
+        client = MinerClient(session, Signer(VALIDATOR))
+        deadline = asyncio.get_running_loop().time() + 30
+
+        async def ask(uid: int, axon: str) -> None:
+            neuron = Neuron(uid=uid, hotkey=miner_keypair(uid).ss58_address, axon=axon)
+            with contextlib.suppress(MinerError):
+                async for _ in client.stream_chat_batches(neuron, body, deadline):
+                    pass
+
+        tracemalloc.start()
+        try:
+            tasks = [asyncio.create_task(ask(uid, axon)) for uid, axon in enumerate(axons, 1)]
+            await wait_until(lambda: len(held) == len(axons), 5.0)
+            await asyncio.sleep(0.5)  # every connection written to as far as it goes
+            kept, _ = tracemalloc.get_traced_memory()
+            waiting = sum(not t.done() for t in tasks)
+        finally:
+            tracemalloc.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert waiting == len(axons)  # every request still on its way to its miner
+    assert kept < 4 << 20, f"{kept / 2**20:.1f} MiB held for 8 miners that never read an 8 MiB body"
