@@ -184,7 +184,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         loop = asyncio.get_running_loop()
         stage_started = loop.time()
         stage = mixture.start_stage_one(ctx, neurons, body, mixture.stage_one_seconds(seconds), rid, scored=scored,
-                                        latency_scale=scale)
+                                        latency_scale=scale, param="uids" if req.uids else fmt.input_param)
         try:
             stage_one = await mixture.gather_answers(ctx, stage, body, named=bool(req.uids),
                                                      input_param=fmt.input_param)

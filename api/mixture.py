@@ -23,7 +23,7 @@ from api.context import ApiContext
 from api.fanout import passed_over, settle, start_race
 from api.race import MinerRun, Race
 from api.selection import top_miner
-from shared.errors import CONTEXT_LENGTH_EXCEEDED, MODEL_SERVER_REJECTED, ApiError
+from shared.errors import CONTEXT_LENGTH_EXCEEDED, MODEL_SERVER_REJECTED, ApiError, invalid_value
 from shared.jsonutil import dumpb
 from shared.metagraph import Neuron
 from shared.protocol import ChatCompletionRequest, content_text
@@ -36,6 +36,10 @@ QUORUM_SHARE = 0.5
 GRACE_FACTOR = 1.0  # the grace: as long again as the quorum took ...
 MIN_GRACE_SECONDS = 0.5  # ... and at least this (network jitter on short answers)
 CUT_NOTE = " [cut short]"  # ends a first-stage answer cut to fit the synthesis in what a miner takes (``fitted``)
+# The first stage's bodies together: each of its miners is sent one of its own (its own seed), so 256 named miners
+# and a 4 MiB image were 1 GiB of copies at once, and 1.6 s of the event loop to make them. 16 bodies at the API's
+# MAX_BODY_BYTES; a text-only request of 10 kB fits thousands.
+MIXTURE_STAGE_BYTES = 64 << 20
 MIN_FINAL_SECONDS = 0.05  # less left than this: the next synthesiser is not asked (it could not answer)
 
 SYNTHESIS_PROMPT = (
@@ -144,13 +148,30 @@ class StageOne:
 
 
 def start_stage_one(ctx: ApiContext, neurons: list[Neuron], body: dict[str, Any], seconds: float, request_id: str, *,
-                    scored: bool = True, latency_scale: float | None = None) -> Race:
+                    scored: bool = True, latency_scale: float | None = None, param: str = "messages") -> Race:
     """Stage 1's race: ``neurons`` asked non-streaming within ``seconds``, a share of the node's deadline, so a miner
     that runs out of it is not at fault (``excuse_timeouts``). Started apart from ``gather_answers`` so that a
-    caller who hangs up meanwhile still has the race its line names."""
+    caller who hangs up meanwhile still has the race its line names. ``param``: what a refusal of the size of its
+    bodies names (``uids`` when the caller chose the miners, else its input)."""
+    check_stage_size(body, len(neurons), param=param, largest=ctx.settings.max_body_bytes)
     return start_race(ctx, neurons, _stage_body(body), seconds, stream=False, request_id=request_id,
                       excuse_timeouts=True, scored=scored, latency_scale=latency_scale,
                       seeds=stage_seeds(body.get("seed"), neurons))
+
+
+def check_stage_size(body: dict[str, Any], miners: int, *, param: str, largest: int) -> None:
+    """The caller's 400 when the first stage's ``miners`` bodies, one each, would be over ``MIXTURE_STAGE_BYTES``
+    together. ``body`` is measured (serialised once more) only when that many of the ``largest`` a caller may
+    send (``MAX_BODY_BYTES``, and the fields the API adds) could be: never at the default ``MIXTURE_K``."""
+    if miners * (largest + (64 << 10)) <= MIXTURE_STAGE_BYTES:
+        return
+    size = len(dumpb(body))
+    if size * miners > MIXTURE_STAGE_BYTES:
+        raise invalid_value(param,
+                            f"a mixture sends each of its {miners} first-stage miners a {size}-byte copy of the "
+                            f"request (each with its own seed), {size * miners} bytes together, over the "
+                            f"{MIXTURE_STAGE_BYTES} one mixture may send; name fewer uids or send less (smaller "
+                            "images)")
 
 
 def stage_seeds(seed: int | None, neurons: list[Neuron]) -> dict[int, int]:

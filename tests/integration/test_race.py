@@ -659,3 +659,21 @@ async def test_responses_fields_in_chat_are_a_400_saying_what_chat_takes(honest:
     assert error["message"].startswith(f"Unsupported parameter: '{field}'.") and instead in error["message"]
     status, _, text = await post(honest, {"messages": [USER], field: None})
     assert status == 200, text
+
+
+async def test_a_mixture_of_many_named_miners_and_a_large_body_is_the_callers_400(tmp_path: Path) -> None:
+    """Each of a mixture's first-stage miners is sent a body of its own (its own seed): 20 named miners and a
+    4 MiB image made 80 MiB of copies at once (256 of them 1 GiB, and 1.6 s of the event loop), whatever the
+    miners did. Past ``MIXTURE_STAGE_BYTES`` it is the caller's 400 naming ``uids``, before any miner is asked; a
+    few named miners with the same body are still asked."""
+    image = "data:image/png;base64," + "A" * ((4 << 20) - 4096)
+    content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": image}}]
+    many = set(range(3, 23))
+    async with api_with_miners(tmp_path, {}, honest={1, 2}, unlistened=many) as api:
+        body = {"messages": [{"role": "user", "content": content}], "mixture": True, "seed": 1}
+        status, _, text = await post(api, {**body, "uids": sorted(many)})
+        assert status == 400, text[:300]
+        error = json.loads(text)["error"]
+        assert error["param"] == "uids" and "20 " in error["message"], error
+        status, _, text = await post(api, {**body, "uids": [1, 2]}, timeout=60)
+        assert status == 200, text[:300]
