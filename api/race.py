@@ -35,7 +35,6 @@ from shared.metagraph import Neuron
 from shared.miner_client import NOT_SERVED, Event, MinerClient, MinerError, event_text
 from shared.protocol import (
     FINISH_REASONS,
-    MAX_ADVERTISED_NAME,
     USAGE_DETAILS,
     finish_reason,
     is_name,
@@ -362,16 +361,16 @@ def settled(delta: dict[str, Any]) -> bool:
     return changed
 
 
-# A miner's completion id kept as the answer's: as long as a model server's (vLLM's "chatcmpl-" and 32 hex digits,
-# SGLang's 32) and no longer than a name. A shorter one is made anew: Ollama's "chatcmpl-" and 3 digits, a test
-# model's "c", repeat from answer to answer.
-OWN_ID_LENGTH = range(16, MAX_ADVERTISED_NAME + 1)
+# A miner's completion id kept as the answer's: a name (``is_name``) as long as a model server's (vLLM's "chatcmpl-"
+# and 32 hex digits, SGLang's 32). A shorter one is made anew: Ollama's "chatcmpl-" and 3 digits, a test model's "c",
+# repeat from answer to answer.
+OWN_ID_MIN_LENGTH = 16
 CREATED_SKEW_S = 86400  # a miner's ``created`` kept within a day of the API's clock
 
 
 def own_envelope(completion_id: object, created: object) -> bool:
     """Whether a miner's first chunk's ``id`` and ``created`` can be its answer's (``MinerRun.envelope``)."""
-    return (type(completion_id) is str and len(completion_id) in OWN_ID_LENGTH and completion_id.isprintable()
+    return (is_name(completion_id) and len(completion_id) >= OWN_ID_MIN_LENGTH  # type: ignore[arg-type]
             and type(created) is int and abs(created - time.time()) < CREATED_SKEW_S)
 
 
