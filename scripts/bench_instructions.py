@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import os
 import re
@@ -31,13 +30,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_cluster import Cluster  # noqa: E402
+from bench_cluster import Cluster, wait_http  # noqa: E402
 from bench_measure import PATH, ROOT, body  # noqa: E402
 
 CONCURRENCY = 4
@@ -88,19 +85,6 @@ async def send(url: str, key: str, n: int, stream: bool) -> dict[int, int]:
     return statuses
 
 
-def wait_health(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: the process exited ({proc.returncode}) before it answered")
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(1)
-    raise SystemExit(f"{url}: no answer in {timeout:.0f} s")
-
-
 def under_valgrind(pid: int, dump: Path, log: Path) -> subprocess.Popen:
     """Stop process ``pid`` and start its command line again, with its environment and folder, under
     callgrind (counting off until ``callgrind_control -i on``)."""
@@ -123,12 +107,14 @@ def control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True, timeout=120)
 
 
-def counted(procs: dict[str, subprocess.Popen], out: Path, label: str, work: Callable[[], object]) -> dict[str, int]:
-    """The instructions each process executes while ``work`` runs (and a second after it: what the answers left
-    to do, the outbox's commit and the usage batch, is theirs)."""
+def zero(procs: dict[str, subprocess.Popen]) -> None:
     for proc in procs.values():
         control(proc.pid, "-z")
-    work()
+
+
+def dumped(procs: dict[str, subprocess.Popen], out: Path, label: str) -> dict[str, int]:
+    """The instructions each process executed since ``zero``, a second from now: what the answers left to do (the
+    outbox's commit, the usage batch) is theirs."""
     time.sleep(1)
     for proc in procs.values():
         control(proc.pid, "-d", label)
@@ -146,18 +132,21 @@ def count_instructions(cluster: Cluster, out: Path, requests: int) -> dict[str, 
              for name, (pid, _) in targets.items()}
     try:
         for name, (_, health) in targets.items():
-            wait_health(health, procs[name], timeout=900)
+            wait_http(health, procs[name], timeout=900)
         figures: dict[str, dict[str, float]] = {}
         for mode, stream in MODES:
             asyncio.run(send(cluster.urls["sn1"], cluster.api_key, 50, stream))  # warm-up, not counted
             for proc in procs.values():
                 control(proc.pid, "-i", "on")
-            idle = counted(procs, out, f"idle-{mode}", lambda: time.sleep(IDLE_SECONDS))
+            zero(procs)
             t0 = time.monotonic()
-            statuses: dict[int, int] = {}
-            busy = counted(procs, out, mode, functools.partial(
-                lambda answers, stream: answers.update(asyncio.run(send(cluster.urls["sn1"], cluster.api_key,
-                                                                         requests, stream))), statuses, stream))
+            time.sleep(IDLE_SECONDS)
+            idle = dumped(procs, out, f"idle-{mode}")
+            idle_rate = {name: n / (time.monotonic() - t0) for name, n in idle.items()}  # dumped's second counted too
+            zero(procs)
+            t0 = time.monotonic()
+            statuses = asyncio.run(send(cluster.urls["sn1"], cluster.api_key, requests, stream))
+            busy = dumped(procs, out, mode)
             elapsed = time.monotonic() - t0
             for proc in procs.values():
                 control(proc.pid, "-i", "off")
@@ -166,8 +155,8 @@ def count_instructions(cluster: Cluster, out: Path, requests: int) -> dict[str, 
             for name in procs:
                 # what the process does with no request (its timers: the outbox, the usage batch, the metagraph)
                 # runs as long as the requests take, which Valgrind stretches: taken off at the idle rate
-                figures.setdefault(name, {})[mode] = (busy[name] - idle[name] / IDLE_SECONDS * elapsed) / requests
-                figures[name][f"{mode} idle per s"] = idle[name] / IDLE_SECONDS
+                figures.setdefault(name, {})[mode] = (busy[name] - idle_rate[name] * elapsed) / requests
+                figures[name][f"{mode} idle per s"] = idle_rate[name]
         return figures
     finally:
         for proc in procs.values():
