@@ -101,6 +101,7 @@ class Cluster:
         wait_http(f"http://127.0.0.1:{p2}/health", hop2)
         wait_http(f"http://127.0.0.1:{p1}/health", hop1)
         self.urls["bare"] = f"http://127.0.0.1:{p1}"
+        self.urls["bare2"] = f"http://127.0.0.1:{p2}"
         self.admin_key = secrets.token_urlsafe(24)
         self.net = LocalNet(LocalNetConfig(
             directory=self.dir / "net", miners=self.miners, api_port=api_port, validator_port=validator_port,

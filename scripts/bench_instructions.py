@@ -41,6 +41,11 @@ CONCURRENCY = 4
 IDLE_SECONDS = 10.0
 MODES = (("non-stream", False), ("stream", True))
 TOTALS = re.compile(rb"^(?:summary|totals): (\d+)", re.MULTILINE)
+# What a request's instructions are spent in, by the library that ran them (callgrind_annotate names each
+# function's object file): the costs a pass-through does not have, apart from the interpreter running our code.
+LIBRARIES = (("sr25519", "bittensor_core"), ("SQLite", "libsqlite3"), ("OpenSSL", "libcrypto"), ("orjson", "orjson"))
+REST = "Python and the rest"
+ANNOTATED = re.compile(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*?)(?:\s+\[([^\]]+)\])?\s*$")
 
 
 def callgrind_total(dump: bytes) -> int:
@@ -49,6 +54,21 @@ def callgrind_total(dump: bytes) -> int:
     if found is None:
         raise ValueError("no summary or totals line in the callgrind dump")
     return int(found.group(1))
+
+
+def library_shares(annotated: str) -> dict[str, float]:
+    """Each of ``LIBRARIES``' share of the instructions in a ``callgrind_annotate --threshold=100`` listing (each
+    function's own, by its object file), the rest under ``REST``."""
+    spent = dict.fromkeys([name for name, _ in LIBRARIES] + [REST], 0)
+    for line in annotated.splitlines():
+        found = ANNOTATED.match(line)
+        if found is None or "PROGRAM TOTALS" in line:
+            continue
+        obj = (found.group(3) or "").rsplit("/", 1)[-1]
+        name = next((name for name, part in LIBRARIES if part in obj), REST)
+        spent[name] += int(found.group(1).replace(",", ""))
+    total = sum(spent.values())
+    return {name: n / total for name, n in spent.items()} if total else {}
 
 
 def strace_calls(report: str) -> tuple[int, dict[str, int]]:
@@ -112,22 +132,64 @@ def zero(procs: dict[str, subprocess.Popen]) -> None:
         control(proc.pid, "-z")
 
 
-def dumped(procs: dict[str, subprocess.Popen], out: Path, label: str) -> dict[str, int]:
-    """The instructions each process executed since ``zero``, a second from now: what the answers left to do (the
-    outbox's commit, the usage batch) is theirs."""
+def dumped(procs: dict[str, subprocess.Popen], out: Path, label: str) -> dict[str, Path]:
+    """Each process's dump of the instructions it executed since ``zero``, a second from now: what the answers left
+    to do (the outbox's commit, the usage batch) is theirs."""
     time.sleep(1)
     for proc in procs.values():
         control(proc.pid, "-d", label)
-    totals = {}
+    return {name: sorted(out.glob(f"callgrind-{name}.out.*"), key=lambda p: p.stat().st_mtime)[-1] for name in procs}
+
+
+def annotated(dump: Path) -> str:
+    return subprocess.run(["callgrind_annotate", "--threshold=100", str(dump)], check=True, capture_output=True,
+                          text=True, timeout=300).stdout
+
+
+def setups(cluster: Cluster) -> dict[str, tuple[str, dict[str, tuple[int, str]]]]:
+    """What is counted: ``sn1`` (the API and miner 1) and ``bare`` (its two pass-through hops, the same number of
+    hops with no logic), each its URL and its processes' pids and health URLs."""
+    return {"sn1": (cluster.urls["sn1"], {"api": (cluster.pids["api"], cluster.urls["sn1"] + "/health"),
+                                          "miner": (cluster.pids["miner1"], cluster.net.child("miner1").health_url)}),
+            "bare": (cluster.urls["bare"], {"bare1": (cluster.pids["bare1"], cluster.urls["bare"] + "/health"),
+                                            "bare2": (cluster.pids["bare2"], cluster.urls["bare2"] + "/health")})}
+
+
+def count_setup(url: str, key: str, procs: dict[str, subprocess.Popen], out: Path, requests: int,
+                stream: bool, label: str) -> dict[str, dict[str, float]]:
+    """One setup's processes' instructions a request in one mode, their idle rate taken off."""
+    asyncio.run(send(url, key, 50, stream))  # warm-up, not counted
+    for proc in procs.values():
+        control(proc.pid, "-i", "on")
+    zero(procs)
+    t0 = time.monotonic()
+    time.sleep(IDLE_SECONDS)
+    idle = {name: callgrind_total(dump.read_bytes()) for name, dump in dumped(procs, out, f"idle-{label}").items()}
+    idle_rate = {name: n / (time.monotonic() - t0) for name, n in idle.items()}  # dumped's second counted too
+    zero(procs)
+    t0 = time.monotonic()
+    statuses = asyncio.run(send(url, key, requests, stream))
+    dumps = dumped(procs, out, label)
+    elapsed = time.monotonic() - t0
+    busy = {name: callgrind_total(dump.read_bytes()) for name, dump in dumps.items()}
+    for proc in procs.values():
+        control(proc.pid, "-i", "off")
+    if statuses != {200: requests}:
+        raise SystemExit(f"{label}: answers {statuses}, not {requests} x 200")
+    # what a process does with no request (the API's timers: the outbox, the usage batch, the metagraph) runs as
+    # long as the requests take, which Valgrind stretches: taken off at the idle rate
+    figures = {}
     for name in procs:
-        dumps = sorted(out.glob(f"callgrind-{name}.out.*"), key=lambda p: p.stat().st_mtime)
-        totals[name] = callgrind_total(dumps[-1].read_bytes())
-    return totals
+        per_request = (busy[name] - idle_rate[name] * elapsed) / requests
+        shares = library_shares(annotated(dumps[name]))  # of the whole dump: the idle part is a few percent
+        figures[name] = {"per request": per_request, "idle per s": idle_rate[name],
+                         "by library": {lib: share * per_request for lib, share in shares.items()}}
+    return figures
 
 
 def count_instructions(cluster: Cluster, out: Path, requests: int) -> dict[str, dict[str, float]]:
-    targets = {"api": (cluster.pids["api"], cluster.urls["sn1"] + "/health"),
-               "miner": (cluster.pids["miner1"], cluster.net.child("miner1").health_url)}
+    counted = setups(cluster)
+    targets = {name: target for _, processes in counted.values() for name, target in processes.items()}
     procs = {name: under_valgrind(pid, out / f"callgrind-{name}.out", out / f"valgrind-{name}.log")
              for name, (pid, _) in targets.items()}
     try:
@@ -135,28 +197,13 @@ def count_instructions(cluster: Cluster, out: Path, requests: int) -> dict[str, 
             wait_http(health, procs[name], timeout=900)
         figures: dict[str, dict[str, float]] = {}
         for mode, stream in MODES:
-            asyncio.run(send(cluster.urls["sn1"], cluster.api_key, 50, stream))  # warm-up, not counted
-            for proc in procs.values():
-                control(proc.pid, "-i", "on")
-            zero(procs)
-            t0 = time.monotonic()
-            time.sleep(IDLE_SECONDS)
-            idle = dumped(procs, out, f"idle-{mode}")
-            idle_rate = {name: n / (time.monotonic() - t0) for name, n in idle.items()}  # dumped's second counted too
-            zero(procs)
-            t0 = time.monotonic()
-            statuses = asyncio.run(send(cluster.urls["sn1"], cluster.api_key, requests, stream))
-            busy = dumped(procs, out, mode)
-            elapsed = time.monotonic() - t0
-            for proc in procs.values():
-                control(proc.pid, "-i", "off")
-            if statuses != {200: requests}:
-                raise SystemExit(f"{mode}: answers {statuses}, not {requests} x 200")
-            for name in procs:
-                # what the process does with no request (its timers: the outbox, the usage batch, the metagraph)
-                # runs as long as the requests take, which Valgrind stretches: taken off at the idle rate
-                figures.setdefault(name, {})[mode] = (busy[name] - idle_rate[name] * elapsed) / requests
-                figures[name][f"{mode} idle per s"] = idle_rate[name]
+            for setup, (url, processes) in counted.items():
+                mine = {name: procs[name] for name in processes}
+                for name, counts in count_setup(url, cluster.api_key, mine, out, requests, stream,
+                                                f"{setup}-{mode}").items():
+                    figures.setdefault(name, {})[mode] = counts["per request"]
+                    figures[name][f"{mode} idle per s"] = counts["idle per s"]
+                    figures[name][f"{mode} by library"] = counts["by library"]
         return figures
     finally:
         for proc in procs.values():
@@ -169,37 +216,61 @@ def count_instructions(cluster: Cluster, out: Path, requests: int) -> dict[str, 
 
 
 def count_syscalls(cluster: Cluster, out: Path, requests: int) -> dict[str, dict[str, dict]]:
-    targets = {"api": cluster.pids["api"], "miner": cluster.pids["miner1"]}
     figures: dict[str, dict[str, dict]] = {}
     for mode, stream in MODES:
-        asyncio.run(send(cluster.urls["sn1"], cluster.api_key, 50, stream))
-        spies = {name: subprocess.Popen(["strace", "-c", "-f", "-p", str(pid), "-o", str(out / f"strace-{name}.txt")],
-                                        stderr=subprocess.DEVNULL) for name, pid in targets.items()}
-        time.sleep(1)
-        statuses = asyncio.run(send(cluster.urls["sn1"], cluster.api_key, requests, stream))
-        time.sleep(1)
-        for spy in spies.values():
-            spy.send_signal(signal.SIGINT)
-            spy.wait(timeout=30)
-        if statuses != {200: requests}:
-            raise SystemExit(f"{mode}: answers {statuses}, not {requests} x 200")
-        for name in targets:
-            total, per = strace_calls((out / f"strace-{name}.txt").read_text())
-            top = sorted(per.items(), key=lambda kv: -kv[1])[:6]
-            figures.setdefault(name, {})[mode] = {"total": total / requests,
-                                                   "top": {k: v / requests for k, v in top}}
+        for url, processes in setups(cluster).values():
+            asyncio.run(send(url, cluster.api_key, 50, stream))
+            spies = {name: subprocess.Popen(["strace", "-c", "-f", "-p", str(pid), "-o",
+                                             str(out / f"strace-{name}.txt")], stderr=subprocess.DEVNULL)
+                     for name, (pid, _) in processes.items()}
+            time.sleep(1)
+            statuses = asyncio.run(send(url, cluster.api_key, requests, stream))
+            time.sleep(1)
+            for spy in spies.values():
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=30)
+            if statuses != {200: requests}:
+                raise SystemExit(f"{mode}: answers {statuses}, not {requests} x 200")
+            for name in processes:
+                total, per = strace_calls((out / f"strace-{name}.txt").read_text())
+                top = sorted(per.items(), key=lambda kv: -kv[1])[:6]
+                figures.setdefault(name, {})[mode] = {"total": total / requests,
+                                                       "top": {k: v / requests for k, v in top}}
     return figures
+
+
+def ratios(instructions: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``bare``'s instructions a request over ``sn1``'s, each mode: what ``make bench``'s throughput ratio would be
+    if a request's CPU were all that bounded it (both setups share the host's cores, one process a hop), without
+    the host's speed or load in it. The system calls are not in it."""
+    out = {}
+    for mode, _ in MODES:
+        try:
+            sn1 = instructions["api"][mode] + instructions["miner"][mode]
+            bare = instructions["bare1"][mode] + instructions["bare2"][mode]
+        except KeyError:
+            continue
+        out[mode] = bare / sn1
+    return out
 
 
 def report(instructions: dict, syscalls: dict) -> str:
     lines = ["per request (k = 1, concurrency 4)        instructions     system calls (the most made)"]
-    for name in ("api", "miner"):
+    for name in ("api", "miner", "bare1", "bare2"):
         for mode, _ in MODES:
             ins = instructions.get(name, {}).get(mode)
             sc = syscalls.get(name, {}).get(mode)
             ins_text = "" if ins is None else f"{ins / 1e6:8.2f} M"
             sc_text = "" if sc is None else f"{sc['total']:6.1f}  " + ", ".join(f"{k} {v:.1f}" for k, v in sc["top"].items())
             lines.append(f"  {name:<6} {mode:<11} {ins_text:>24}   {sc_text}")
+    for mode, ratio in ratios(instructions).items():
+        lines.append(f"  bare / sn1 instructions, {mode}: {ratio:.2f}x")
+    for mode, _ in MODES:
+        spent = {name: instructions.get(name, {}).get(f"{mode} by library") for name in ("api", "miner", "bare1")}
+        if all(spent.values()):
+            lines.append(f"  where a {mode} request's instructions go (K): " + "; ".join(
+                f"{name} " + ", ".join(f"{lib} {n / 1e3:.0f}" for lib, n in libs.items() if n >= 1e3)
+                for name, libs in spent.items()))
     return "\n".join(lines)
 
 
@@ -235,7 +306,8 @@ def main() -> None:
     text = report(instructions, syscalls)
     print(text)
     (ROOT / "bench" / "instructions.json").write_text(json.dumps(
-        {"requests": args.requests, "concurrency": CONCURRENCY, "instructions": instructions, "syscalls": syscalls},
+        {"requests": args.requests, "concurrency": CONCURRENCY, "instructions": instructions,
+         "bare / sn1": ratios(instructions), "syscalls": syscalls},
         indent=2))
 
 

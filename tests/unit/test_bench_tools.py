@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from bench_instructions import callgrind_total, strace_calls  # noqa: E402
+from bench_instructions import REST, callgrind_total, library_shares, ratios, strace_calls  # noqa: E402
 from bench_load import _Conn, _wrk_time_ms, build_request  # noqa: E402
 from bench_profile import summarize  # noqa: E402
 from bench_report import render_table  # noqa: E402
@@ -178,3 +178,36 @@ def test_instruction_count_is_the_dumps_summary_and_a_dump_without_one_is_refuse
     assert callgrind_total(b"events: Ir\ntotals: 42\n") == 42
     with pytest.raises(ValueError):
         callgrind_total(b"events: Ir\n")  # a dump cut short must not read as 0 instructions a request
+
+
+ANNOTATE = """\
+--------------------------------------------------------------------------------
+Ir
+--------------------------------------------------------------------------------
+1,000 (100.0%)  PROGRAM TOTALS
+
+--------------------------------------------------------------------------------
+Ir                    file:function
+--------------------------------------------------------------------------------
+500 (50.00%)  /tmp/Python-3.11.7/Python/ceval.c:_PyEval_EvalFrameDefault'2 [/usr/lib/libpython3.11.so.1.0]
+200 (20.00%)  ???:<&curve25519_dalek::FieldElement51 as core::ops::arith::Mul>::mul [/v/site-packages/bittensor_core/bittensor_core.abi3.so]
+100 (10.00%)  ???:sqlite3VdbeExec [/usr/lib/x86_64-linux-gnu/libsqlite3.so.0.8.6]
+ 90 ( 9.00%)  ???:SHA256_Update [/usr/lib/x86_64-linux-gnu/libcrypto.so.3]
+ 60 ( 6.00%)  /tmp/Python-3.11.7/./Include/object.h:_PyFrame_Clear
+ 50 ( 5.00%)  ???:0x00000000000284f0 [/v/site-packages/orjson/orjson.cpython-311-x86_64-linux-gnu.so]
+"""
+
+
+def test_library_shares_put_each_functions_instructions_under_its_library() -> None:
+    shares = library_shares(ANNOTATE)
+    # the interpreter's own (with and without an object file) is the rest; the totals line is not a function
+    assert shares == pytest.approx({"sr25519": 0.2, "SQLite": 0.1, "OpenSSL": 0.09, "orjson": 0.05, REST: 0.56})
+    assert library_shares("no functions listed") == {}
+
+
+def test_bare_over_sn1_is_the_pass_through_pairs_instructions_over_the_api_and_miners() -> None:
+    counted = {"api": {"stream": 3.0e6, "non-stream": 2.5e6}, "miner": {"stream": 1.0e6, "non-stream": 1.5e6},
+               "bare1": {"stream": 0.6e6, "non-stream": 0.5e6}, "bare2": {"stream": 0.4e6, "non-stream": 0.5e6}}
+    assert ratios(counted) == pytest.approx({"non-stream": 0.25, "stream": 0.25})
+    del counted["bare2"]["stream"]  # a mode a setup was not counted in has no ratio, rather than a wrong one
+    assert ratios(counted) == pytest.approx({"non-stream": 0.25})
