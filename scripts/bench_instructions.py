@@ -10,7 +10,10 @@ bench can see"). This counts instead of timing:
 - **system calls** (``strace -c -f``, attached to the same processes run normally), which callgrind does
   not see: a SQLite commit's WAL writes and locks are system calls.
 
-Both with one explicit uid (k = 1), the bench's body, non-streaming and streaming, at a low concurrency
+The same for ``bare``'s two pass-through hops, whose sum over the API's and miner's (``bare / sn1``) is the
+issue's throughput ratio without the host in it, and for each process where its instructions go, by library
+(sr25519, SQLite, OpenSSL, orjson: what a pass-through does not run; the rest is the interpreter running Python).
+All with one explicit uid (k = 1), the bench's body, non-streaming and streaming, at a low concurrency
 (4), so that batching by load does not change what a request costs. Divided by the requests sent, the
 figures are per request; run it on two checkouts to compare code (a run takes 5-10 minutes, most of it
 Valgrind starting the two processes). Prints a table and writes ``bench/instructions.json``.
