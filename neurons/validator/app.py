@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,7 +222,7 @@ async def scoring(request: web.Request) -> web.Response:
     data = await read_json(request)
     if isinstance(data, list):
         return await _score_batch(ctx, data, request[CALLER_KEY].hotkey_ss58)
-    payload: OrganicPayload = parse_model(OrganicPayload, data)
+    payload = organic_payload(data, ctx.scores.probabilities)
     queued, _, stale = await _queue_new(ctx, [payload], request[CALLER_KEY].hotkey_ss58)
     if stale:
         _log_stale(ctx, stale, 1)
@@ -234,6 +234,19 @@ async def scoring(request: web.Request) -> web.Response:
 
 
 MAX_SCORING_BATCH = 256
+
+
+def organic_payload(item: Any, tasks: Collection[str]) -> OrganicPayload:
+    """``item`` as a payload this validator can score: well formed, and of one of ``tasks`` (those it scores, its
+    registry's). One of another task (a miner's own, which the API races too) was taken with a 202 and dropped
+    when its turn came, at DEBUG: the API's outbox counted it delivered and nobody learnt it went unscored. Now
+    a 400 ``unknown_task`` naming ``body.task`` and the tasks scored (in a batch, a ``rejected`` item), which the
+    API's forwarder drops as it drops any payload the validator refuses, instead of sending it again."""
+    payload: OrganicPayload = parse_model(OrganicPayload, item)
+    if payload.task not in tasks:
+        raise ApiError(400, f"Unknown task {payload.task[:64]!r}: this validator scores "
+                            f"{', '.join(sorted(tasks))}.", param="body.task", code="unknown_task")
+    return payload
 
 
 async def _enqueue(ctx: ValidatorContext, jobs: list[Any], identities: set[Any]) -> None:
@@ -319,7 +332,7 @@ async def _score_batch(ctx: ValidatorContext, items: list[Any], signer: str) -> 
             rejected.append({"index": index, "error": "A scoring payload must be a JSON object."})
             continue
         try:
-            payloads.append(parse_model(OrganicPayload, item))
+            payloads.append(organic_payload(item, ctx.scores.probabilities))
         except ApiError as e:
             rejected.append({"index": index, "error": e.message})
     queued, repeated, stale = await _queue_new(ctx, payloads, signer)

@@ -92,6 +92,11 @@ class OrganicPayload(BaseModel):
             raise PydanticCustomError("invalid_payload", "winner is not one of uids")
         return self
 
+    @property
+    def task(self) -> str:
+        """The task its body names (a body naming none is the default task's, as miners read it)."""
+        return str(self.body.get("task") or DEFAULT_TASK)
+
     def body_of(self, uid: int) -> dict[str, Any]:
         """The body ``uid`` was sent: ``body``, with its own seed when it had one (``seeds``)."""
         return {**self.body, "seed": self.seeds[uid]} if uid in self.seeds else self.body
@@ -103,7 +108,7 @@ class OrganicPayload(BaseModel):
         chunks = {u: c for u, c in self.chunks.items() if u in hotkeys}
         return ScoringJob(
             source="organic",
-            task=str(self.body.get("task") or DEFAULT_TASK),
+            task=self.task,
             bodies={u: self.body_of(u) for u in hotkeys},
             hotkeys=hotkeys,
             chunks=chunks,

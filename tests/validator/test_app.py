@@ -259,6 +259,66 @@ async def test_a_malformed_payload_is_told_by_the_field_at_fault_in_plain_words(
     assert ctx.scoring_queue.qsize() == 1
 
 
+SCORED = "ArithmeticTask, InferenceTask, QuestionAnsweringTask, WebRetrievalTask"
+
+
+async def test_a_payload_of_a_task_this_validator_does_not_score_is_refused_at_the_door() -> None:
+    """A payload of a task the validator has no reward for (a miner's own, which the API races too) was taken with
+    a 202 and dropped unscored when its turn came, at DEBUG: the API's outbox counted it delivered. It is a 400
+    ``unknown_task`` naming ``body.task`` and the tasks scored; in a batch, a ``rejected`` item; a body naming no
+    task is the default task's, and taken."""
+    ctx = make_ctx()
+    async with serve_app(create_validator_app(ctx)) as url:
+        status, body = await post(url, "/scoring", json.dumps(payload(body={**BODY, "task": "ProgrammingTask"})).encode())
+        assert status == 400 and is_openai_error(body), body
+        assert (body["error"]["code"], body["error"]["param"]) == ("unknown_task", "body.task"), body
+        assert body["error"]["message"] == f"Unknown task 'ProgrammingTask': this validator scores {SCORED}."
+        assert ctx.scoring_queue.empty()
+        untasked = {k: v for k, v in BODY.items() if k != "task"}
+        batch = [payload(body={**BODY, "task": "ProgrammingTask"}, request_id="custom"),
+                 payload(body=untasked, request_id="plain")]
+        status, body = await post(url, "/scoring", json.dumps(batch).encode())
+    assert status == 202 and (body["accepted"], body["queued"]) == (1, 1), body
+    assert body["rejected"] == [{"index": 0, "error": f"Unknown task 'ProgrammingTask': this validator scores {SCORED}."}]
+    assert ctx.scoring_queue.get_nowait().task == "InferenceTask"
+
+
+async def test_a_validator_scoring_fewer_tasks_refuses_the_others(tmp_path) -> None:
+    """Its tasks are those its registry scores (``TASK_PROBABILITIES``: one given 0 has no reward pipeline), and
+    the API's forwarder drops the payload it refuses, alone or in a batch, instead of sending it again, while
+    the payloads around it are delivered."""
+    from api.scoring_outbox import OutboxForwarder
+    from shared.signing import Signer
+    from shared.store.outbox import SQLiteOutbox
+
+    ctx = make_ctx()
+    ctx.scores = ScoreBook(default_registry({"InferenceTask": 1.0}).probabilities)
+    web_payload = payload(body={**BODY, "task": "WebRetrievalTask"}, request_id="web")
+    for batch in (1, 128):
+        box = SQLiteOutbox(tmp_path / f"api-{batch}.db")
+        async with serve_app(create_validator_app(ctx)) as url, make_session() as session:
+            status, body = await post(url, "/scoring", json.dumps(web_payload).encode())
+            assert (status, body["error"]["message"]) == (400, "Unknown task 'WebRetrievalTask': this validator "
+                                                               "scores InferenceTask."), body
+            fwd = OutboxForwarder(box, MinerClient(session, Signer(VALIDATOR)), url, VALIDATOR.ss58_address,
+                                  batch=batch, base_delay=0.05, max_delay=0.2)
+            for n, sent in enumerate((payload(request_id="before"), web_payload, payload(request_id="after"))):
+                await fwd.sink({**sent, "created_at": time.time() + n})
+            task = asyncio.create_task(fwd.run())
+            try:
+                for _ in range(200):
+                    if await box.depth() == 0:
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await box.close()
+        assert ctx.scoring_queue.qsize() == 2, batch
+        assert (fwd.rejected, fwd.delivery_failures) == (1, 0), batch
+        assert [ctx.scoring_queue.get_nowait().request_id for _ in range(2)] == ["before", "after"]
+
+
 async def test_scoring_batch_queues_valid_items_and_reports_malformed_ones() -> None:
     ctx = make_ctx(queue_size=3)
     lines: list[str] = []
