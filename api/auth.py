@@ -28,6 +28,7 @@ from multidict import CIMultiDictProxy
 from api.concurrency import ConcurrencyLimiter, busy
 from shared.client_address import ADMIN_FAILURES_PER_MINUTE, client_address, throttle_key
 from shared.errors import ApiError, retry_after
+from shared.headers import one_value
 from shared.http import route_path
 from shared.store.base import (
     KeyRecord,
@@ -82,14 +83,14 @@ def extract_api_key(headers: CIMultiDictProxy[str]) -> str | None:
 
 
 def one_header(headers: CIMultiDictProxy[str], name: str) -> str:
-    """A credential header's value, or another that names one thing (``x-session-id``) ("" when absent); one sent
-    again with another value is a 400: which of them is meant cannot be told (the first used to win, and a wrong
-    one beside it went unseen)."""
-    values = headers.getall(name, ())
-    if len(values) > 1 and any(value != values[0] for value in values):
-        raise ApiError(400, f"The {name} header was sent {len(values)} times with different values: send it once.",
-                       code="duplicate_header")
-    return values[0] if values else ""
+    """A credential header's value, or another that names one thing (``x-session-id``, ``x-request-id``) ("" when
+    absent); one sent again with another value is a 400 ``duplicate_header`` whose ``param`` names it: which of
+    them is meant cannot be told (the first used to win, and a wrong one beside it went unseen)."""
+    value = one_value(headers, name)
+    if value is None:
+        raise ApiError(400, f"The {name} header was sent {len(headers.getall(name))} times with different values: "
+                            "send it once.", code="duplicate_header", param=name)
+    return value
 
 
 STORE_OUTAGE = web.AppKey("store_outage", OutageLog)

@@ -18,6 +18,7 @@ from aiohttp import web
 from loguru import logger
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from api.access_log import request_id
 from api.auth import authenticate, check_model, one_header, store_errors
 from api.context import CTX, ApiContext
 from api.fanout import ping, settle, start_race
@@ -25,7 +26,6 @@ from api.race import MinerRun, Race
 from api.selection import select_miners
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json, refuse_query
-from shared.ids import request_id_from
 from shared.logging import printable
 from shared.metagraph import Neuron
 from shared.protocol import DEFAULT_TASK, MAX_SESSION_ID
@@ -405,7 +405,7 @@ async def ping_session(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     key = await authenticate(request, ctx.store, scope="chat")
     session = await _own_session(request, ctx, key)
-    rid = request_id_from(request.headers)
+    rid = request_id(request)  # the id its response and log line name (a new one each call, when none was sent)
     started = time.perf_counter()
     error = await ping_miner(ctx, session, rid)
     if error is None:

@@ -12,6 +12,10 @@ import random
 import re
 from typing import Any
 
+from shared.headers import one_value
+
+# The headers a caller names its request's id in (``request_id_from``)
+ID_HEADERS = ("x-request-id", "X-Client-Request-Id")  # as OpenAI spells the second
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/@+-]+")
 SECRET_PREFIX = "sn1-"  # what every API key starts with (shared.store.base.KEY_PREFIX, which imports more)
 
@@ -26,8 +30,9 @@ def request_id_from(headers: Any) -> str:
     caller's own id from) if it is an id (letters, digits, ``-_.:/@+``, up to 128), else a
     new one. Spaces and ``=`` are not: the id goes into the ``key=value`` log line, where
     ``abc key=... winner=9`` charged the request to another key and miner for a log parser. Nor is an API
-    key (``sn1-...``) sent there by mistake: the id is logged, echoed and passed on to the miners."""
-    rid = headers.get("x-request-id") or headers.get("x-client-request-id") or ""
+    key (``sn1-...``) sent there by mistake: the id is logged, echoed and passed on to the miners. Nor is
+    one of two different values the header was sent with (the API refuses such a request: ``ID_HEADERS``)."""
+    rid = one_value(headers, ID_HEADERS[0]) or one_value(headers, ID_HEADERS[1]) or ""
     return rid if _is_id(rid) else random_hex()
 
 

@@ -351,6 +351,34 @@ async def test_a_client_request_id_is_taken_as_the_request_id(tmp_path: Path, li
     assert [x for x in chat_lines(lines) if " | chat rid=mine " in x]
 
 
+async def test_a_request_id_sent_twice_with_two_values_is_a_400_naming_the_header(tmp_path: Path,
+                                                                                 lines: list[str]) -> None:
+    """Two ``x-request-id`` headers (a client's own beside a proxy's) named two ids, and the first was taken in
+    silence: the caller could log the other and find nothing of its request. A 400 ``duplicate_header`` whose
+    ``param`` names the header, on every route, before the key is read (not charged), with a new id of its own; the
+    same value twice is that id, as for the key headers and ``x-session-id``."""
+    scripts = {1: Script([(0, d) for d in sse(chunk("hi"), chunk(finish="stop"))])}
+    async with api_with_miners(tmp_path, scripts) as api, aiohttp.ClientSession() as s:
+        for name in ("x-request-id", "X-Client-Request-Id"):
+            for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models")):
+                headers = [("Authorization", f"Bearer {api.key}"), (name, "mine-1"), (name, "mine-2")]
+                async with s.request(method, api.url + path, headers=headers,
+                                     json={"messages": MESSAGES} if method == "POST" else None) as r:
+                    err, rid = await r.json(), r.headers["x-request-id"]
+                    assert r.status == 400 and "x-ratelimit-remaining-requests" not in r.headers, (name, path, err)
+                assert err["error"] == {"message": f"The {name} header was sent 2 times with different values: send "
+                                                   "it once.", "type": "invalid_request_error",
+                                        "code": "duplicate_header", "param": name}, err
+                assert rid not in ("mine-1", "mine-2"), "an id of its own, not one of the two"
+                api.ctx.request_log.flush()
+                assert [x for x in lines if f" rid={rid} " in x and "status=400 code=duplicate_header" in x], lines
+        assert scripts[1].calls == 0, "no miner was asked"
+        same = [("Authorization", f"Bearer {api.key}"), ("x-request-id", "same"), ("x-request-id", "same")]
+        async with s.post(api.url + "/v1/chat/completions", json={"messages": MESSAGES}, headers=same) as r:
+            assert r.status == 200 and r.headers["x-request-id"] == "same", await r.text()
+        assert CIMultiDict(scripts[1].headers[-1])["x-request-id"] == "same"
+
+
 async def test_every_miner_down_at_the_last_poll_is_a_503_and_a_warning(tmp_path: Path) -> None:
     """The validator's last poll found every miner down: each request was a 404 model_not_found, logged at INFO
     alone, as if callers asked for a model nobody serves."""

@@ -121,6 +121,23 @@ async def test_ping_on_dead_miner_closes_or_moves(tmp_path: Path, failover: bool
             assert pong["status"] == "closed" and status == 404
 
 
+async def test_a_pings_request_id_is_the_one_its_answer_names(tmp_path: Path) -> None:
+    """A ping sent without an ``x-request-id`` asked its miner under one new id and answered (and logged) under
+    another, so its answer's id found nothing in the miner's log; a caller's own id was the same for both."""
+    from multidict import CIMultiDict
+
+    scripts = miners(1)
+    async with api_with_miners(tmp_path, scripts) as api:
+        _, _, s = await call(api, "POST", "/v1/sessions", json={"model": "default"})
+        for sent in ({}, {"x-request-id": "ping-7"}):
+            async with aiohttp.ClientSession() as http, http.post(
+                    f"{api.url}/v1/sessions/{s['session_id']}/ping",
+                    headers={"Authorization": f"Bearer {api.key}", **sent}) as r:
+                assert r.status == 200 and (await r.json())["status"] == "ok"
+                answered = r.headers["x-request-id"]
+            assert CIMultiDict(scripts[1].headers[-1])["x-request-id"] == answered == sent.get("x-request-id", answered)
+
+
 @pytest.mark.parametrize("failover", [False, True])
 async def test_failover_mid_request(tmp_path: Path, failover: bool) -> None:
     scripts = miners(3)
