@@ -249,9 +249,15 @@ def attempt_logged(request: web.Request, key: KeyRecord, *, stream: bool, starte
 
 
 async def stream_log(request: web.Request, events: AsyncIterator[bytes]) -> web.StreamResponse:
-    """Relay a background response's events; a caller that leaves stops only its own stream."""
-    response = web.StreamResponse(headers=SSE_HEADERS)
+    """Relay a background response's events; a caller that leaves stops only its own stream. Its headers name
+    the request's id, as every other answer's do (this one's named none). A HEAD gets the headers alone: aiohttp
+    writes what a stream writes whatever the method, and the events sent after a HEAD's headers were read by the
+    client as its next answer on the connection."""
+    response = web.StreamResponse(headers={"x-request-id": request_id(request), **SSE_HEADERS})
     await response.prepare(request)
+    if request.method == "HEAD":
+        await response.write_eof()
+        return response
     async for chunk in events:
         await response.write(chunk)
     await response.write_eof()

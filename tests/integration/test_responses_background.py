@@ -374,6 +374,41 @@ async def first_events(stream: Any, n: int) -> list[Any]:
     return got
 
 
+async def test_a_head_on_a_streamed_response_is_its_headers_alone_and_the_stream_names_its_request_id(
+        tmp_path: Path) -> None:
+    """``HEAD /v1/responses/{id}?stream=true`` sent the events after its headers, which no client reads for a HEAD:
+    on a kept-alive connection they were taken for the next answer (the next request's came after them, or never).
+    It is the headers alone now, and the GET's stream says its request id, as every other answer does (it said
+    none)."""
+    import socket
+
+    async with api_with_miners(tmp_path, {1: words(3, 0.01)}) as api:
+        client = openai_client(api)
+        created = await client.responses.create(model="default", input="Hi", background=True, stream=True)
+        response_id = (await first_events(created, 1))[0].response.id
+        auth = {"Authorization": f"Bearer {api.key}"}
+        async with aiohttp.ClientSession() as s, s.get(f"{api.url}/v1/responses/{response_id}?stream=true",
+                                                       headers={**auth, "x-request-id": "replay-1"}) as r:
+            assert r.status == 200 and r.headers["x-request-id"] == "replay-1"
+            assert "response.completed" in await r.text()
+        host, port = api.url.removeprefix("http://").split(":")
+
+        def head_then_get() -> bytes:
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                sock.sendall(f"HEAD /v1/responses/{response_id}?stream=true HTTP/1.1\r\nHost: x\r\n"
+                             f"Authorization: Bearer {api.key}\r\nx-request-id: head-1\r\n\r\n"
+                             "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                got = b""
+                while chunk := sock.recv(65536):
+                    got += chunk
+                return got
+
+        head, _, rest = (await asyncio.to_thread(head_then_get)).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in head and b"x-request-id: head-1" in head
+    assert rest.startswith(b"HTTP/1.1 200 "), rest[:200]  # the next answer follows the headers at once
+    assert b"event:" not in rest
+
+
 @pytest.mark.parametrize("elsewhere", [False, True], ids=["same worker", "another worker"])
 async def test_a_streamed_background_response_goes_on_without_its_caller_and_is_streamed_again(
         tmp_path: Path, elsewhere: bool) -> None:

@@ -68,6 +68,31 @@ async def test_a_key_header_sent_twice_with_two_values_is_a_400_and_a_header_bea
     assert_error(status, out, 400, "duplicate_header")
 
 
+async def test_a_head_is_its_get_without_the_body_charged_as_one_request(
+        api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    """HEAD on a route that takes GET is that GET without its body (RFC 9110): the same status and headers, its key
+    checked and charged as the GET's (its ``x-ratelimit-remaining-requests`` counts it), a 429 past the limit. But
+    ``/web_retrieval``, whose GET asks miners for a search: a HEAD spent their work (scored) on an answer thrown
+    away; a 405 naming GET and POST, before the key is read."""
+    key = (await create_key(http, api.url, "rate_limit=3"))["api_key"]
+    async with http.head(f"{api.url}/v1/models", headers=bearer(key)) as r:
+        assert r.status == 200 and await r.read() == b"" and r.headers["Content-Type"] == "application/json"
+        assert r.headers["x-ratelimit-remaining-requests"] == "2" and r.headers["x-request-id"]
+    status, headers, _ = await call(http, "GET", f"{api.url}/v1/models", headers=bearer(key))
+    assert status == 200 and headers["x-ratelimit-remaining-requests"] == "1"
+    async with http.head(f"{api.url}/web_retrieval?search_query=x", headers=bearer(key)) as r:
+        assert r.status == 405 and set(r.headers["Allow"].split(",")) - {"OPTIONS"} == {"GET", "POST"}, r.headers
+        assert "x-ratelimit-remaining-requests" not in r.headers
+    async with http.head(f"{api.url}/v1/usage") as r:
+        assert r.status == 401 and "x-ratelimit-remaining-requests" not in r.headers
+    async with http.head(f"{api.url}/v1/usage", headers=bearer(key)) as r:
+        assert r.status == 200 and r.headers["x-ratelimit-remaining-requests"] == "0"
+    async with http.head(f"{api.url}/v1/sessions", headers=bearer(key)) as r:
+        assert r.status == 429 and int(r.headers["Retry-After"]) >= 59
+    status, _, out = await call(http, "GET", f"{api.url}/v1/usage", headers=bearer(key))
+    assert_error(status, out, 429, "rate_limit_exceeded")
+
+
 async def test_scopes_and_models_are_403(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
     chat_only = (await create_key(http, api.url, "rate_limit=50&scopes=chat&allowed_models=other/model"))["api_key"]
     status, _, out = await call(http, "GET", f"{api.url}/miner_availabilities/get_available_miners",
