@@ -25,11 +25,10 @@ from typing import Any
 
 from aiohttp import web
 
-from api.auth import caller_name, one_header
+from api.auth import caller_name
 from api.context import CTX
-from shared.errors import ApiError
-from shared.http import CLIENT_GONE, ERROR_CODE, answered_status, refused, route_path
-from shared.ids import ID_HEADERS, request_id_from
+from shared.http import CLIENT_GONE, ERROR_CODE, answered_status, route_path
+from shared.ids import request_id_from
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("sn1_request_id", str)
@@ -141,7 +140,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
     started = time.perf_counter()
     status = CLIENT_GONE
     try:
-        response = _id_sent_twice(request) or await handler(request)
+        response = await handler(request)
         status = response.status
         if not response.prepared:  # a stream's handler names its id itself, before its headers go
             response.headers.setdefault("x-request-id", request_id(request))
@@ -154,18 +153,6 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
     finally:
         if not logged(request):
             _line(request, started, status)
-
-
-def _id_sent_twice(request: web.Request) -> web.Response | None:
-    """A 400 ``duplicate_header`` naming ``x-request-id`` (or ``X-Client-Request-Id``) when it was sent twice with
-    two values, as for a key's header: the first was taken in silence, so the caller's logs and this API's could
-    name different ids for one request. Its response names a new id, as its line does (``request_id_from``)."""
-    try:
-        for name in ID_HEADERS:
-            one_header(request.headers, name)
-    except ApiError as e:
-        return refused(request, e)
-    return None
 
 
 def _line(request: web.Request, started: float, status: int) -> None:

@@ -27,6 +27,7 @@ from api.context import ApiContext
 from api.cors import install_cors
 from api.fanout import ping
 from api.miner_health import MinerHealth, probe_forever
+from api.request_shape import request_shape_middleware
 from api.storage_budget import StorageBudget
 from shared.client_address import PEERS_TOLD, TRUSTED_PROXIES, parse_networks
 from shared.http import NOT_SERVED_HERE, error_middleware, json_response
@@ -41,7 +42,8 @@ OPENAI_ONLY = frozenset({"POST /v1/responses/input_tokens", "POST /v1/responses/
 
 
 def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Application:
-    app = web.Application(middlewares=[access_log_middleware, error_middleware], client_max_size=ctx.settings.max_body_bytes)
+    app = web.Application(middlewares=[access_log_middleware, error_middleware, request_shape_middleware],
+                          client_max_size=ctx.settings.max_body_bytes)
     app[CTX] = ctx
     app[INVALID_KEY_LIMIT] = ctx.settings.invalid_keys_per_minute
     app[STORE_OUTAGE] = store_outage_log()

@@ -55,12 +55,11 @@ async def _params(request: web.Request) -> KeyParams:
             data[name] = values[-1]
     if "expires_at" in data:
         data["expires_at"] = plus_restored(data["expires_at"])
-    if request.body_exists:
-        if (await request.read()).strip():  # aiohttp caches the body: read_json reads it again for free
-            body = await read_json(request)
-            if not isinstance(body, dict):
-                raise ApiError(400, "Request body must be a JSON object.", code="invalid_request")
-            data.update(body)
+    if request.body_exists:  # read as every body is (it was read once outside read_json, with no time limit)
+        body = await read_json(request, empty={})
+        if not isinstance(body, dict):
+            raise ApiError(400, "Request body must be a JSON object.", code="invalid_request")
+        data.update(body)
     return parse_model(KeyParams, data)
 
 

@@ -171,13 +171,10 @@ def merge_results(per_miner: list[list[WebResult]], n_results: int) -> list[WebR
 async def _request_model(request: web.Request) -> WebRetrievalRequest:
     """The parameters: a POST's JSON body, or the query string (a GET's, or a POST with no body, as the
     subnet's original API took it: ``POST /web_retrieval?search_query=...``). Not both: a query string beside a
-    JSON body is a 400 naming its first parameter (it was dropped in silence: ``?n_results=1`` gave five), and so
-    is a GET with a JSON body (``curl -X GET -d ...``: "Missing required parameter", which the body had)."""
-    if request.method == "POST" or request.body_exists:
+    JSON body is a 400 naming its first parameter (it was dropped in silence: ``?n_results=1`` gave five). A GET
+    with a JSON body is refused before it comes here, as on every route (``api.request_shape``)."""
+    if request.method == "POST":
         sent = await read_json(request, empty={})
-        if sent and request.method != "POST":
-            raise ApiError(400, "A GET reads its parameters from the query string, and would not read this body: "
-                           "POST the JSON body instead.", code="unsupported_parameter")
         if sent and request.query:
             name = next(iter(request.query))
             raise ApiError(400, f"'{name[:64]}' is in the query string of a request with a JSON body, and would not be "

@@ -59,17 +59,6 @@ def error_response(err: ApiError, *, headers: dict[str, str] | None = None) -> w
     return response
 
 
-def refused(request: web.Request, e: ApiError) -> web.Response:
-    """The error response for ``e``, its code noted for the access log and the error metrics: what
-    ``error_middleware`` answers, for a middleware outside it that refuses a request itself."""
-    _note_error(request, e)
-    return error_response(e)
-
-
-def _note_error(request: web.Request, e: ApiError) -> None:
-    request[BODY_CODE], request[ERROR_CODE] = e.code, e.code or error_type_for(e.status)
-
-
 def http_error_code(e: web.HTTPException) -> str:
     """The error code for one of aiohttp's own refusals: its reason phrase, ``request_entity_too_large``."""
     return e.reason.lower().replace(" ", "_")
@@ -81,12 +70,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as e:
+        request[BODY_CODE], request[ERROR_CODE] = e.code, e.code or error_type_for(e.status)
         if request.writer.output_size > 0:  # a stream's headers went out (a resumed one whose store failed)
             logger.warning("{} {}: a stream ended by {} {}: {}", request.method, route_path(request), e.status,
-                           e.code or error_type_for(e.status), e.message)
-            _note_error(request, e)
+                           request[ERROR_CODE], e.message)
             await _end_broken_stream(request, e.body())
-        return refused(request, e)
+        return error_response(e)
     except web.HTTPException as e:
         if e.status < 400:
             raise

@@ -281,6 +281,27 @@ async def test_a_get_with_a_json_body_is_told_the_body_is_not_read(tmp_path: Pat
         assert status == 200 and len(data["results"]) == 1, data
 
 
+async def test_a_body_on_any_get_is_refused_not_ignored(tmp_path: Path) -> None:
+    """Only ``GET /web_retrieval`` refused a body; every other GET ignored it, so ``curl -X GET -d '{"days": 7}'
+    /v1/usage`` answered 30 days as if the body had been read. A GET (or HEAD) with a body holding anything is a 400
+    ``unsupported_parameter`` on every route, before the key is read (not charged); nothing, or ``{}``, is fine."""
+    async with api_with_miners(tmp_path, {}, honest={1}) as api, aiohttp.ClientSession() as s:
+        key = {"api-key": api.key}
+        for path, body, headers in (("/v1/usage", b'{"days": 7}', key), ("/v1/models", b"days=7", key),
+                                    ("/v1/sessions", b'{"model": "x"}', {}), ("/health", b"[1]", {})):
+            async with s.get(api.url + path, data=body, headers=headers) as r:
+                err = await r.json()
+                assert r.status == 400 and "x-ratelimit-remaining-requests" not in r.headers, (path, err)
+            assert (err["error"]["code"], err["error"]["param"]) == ("unsupported_parameter", None), err
+            assert err["error"]["message"].startswith("A GET reads its parameters from the query string, and would "
+                                                      "not read this body"), err
+        async with s.head(api.url + "/v1/usage", data=b'{"days": 7}', headers=key) as r:
+            assert r.status == 400
+        for body in (b"", b" {} "):
+            async with s.get(api.url + "/v1/usage?days=7", data=body, headers=key) as r:
+                assert r.status == 200 and len((await r.json())["days"]) <= 7
+
+
 async def test_prose_or_junk_from_a_retrieval_miner_neither_wins_nor_passes_for_a_search(tmp_path: Path) -> None:
     """The fast miner that answers prose was counted the race's winner (``sn1_api_miner_wins``), and a
     search whose every miner sent junk was a 200 with no results, as if the web had nothing."""

@@ -393,3 +393,30 @@ async def test_admin_routes_without_parameters_refuse_a_query_string(api: ApiUnd
     assert status == 200, "the key was neither rotated nor deleted"
     status, _, listed = await call(http, "GET", f"{base}/api-keys", headers=AK)
     assert status == 200 and all(k["name"] != "imported" for k in listed["data"]), "nothing was imported"
+
+
+async def test_an_admin_body_that_never_ends_is_a_408_not_a_hang(api: ApiUnderTest,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin routes read their body once outside the API's body reader, with no time limit: a chunked body
+    whose framing broke after its headers (aiohttp never ends such a body) held a create-api-key forever. It is the
+    408 ``request_timeout`` every other route gives (its limit cut from 30 s to 0.5 s here)."""
+    import asyncio
+
+    import shared.http
+
+    monkeypatch.setitem(shared.http.read_raw.__kwdefaults__, "timeout", 0.5)
+    host, port = api.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"POST /api_management/create-api-key HTTP/1.1\r\nHost: x\r\nadmin-key: {ADMIN}\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n".encode())
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(b"zz\r\nabc\r\n0\r\n\r\n")  # a chunk size that is not hex
+    started = time.monotonic()
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        rest = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408"), status_line
+    assert b'"code":"request_timeout"' in rest and time.monotonic() - started < 3
