@@ -30,8 +30,10 @@ async def request_shape_middleware(request: web.Request, handler: Handler) -> we
     one request (its answer and line carry a new id: ``request_id_from``). A 400 ``unsupported_parameter`` for a GET
     (or HEAD) with a JSON body that is not empty: a GET reads the query string, and ``curl -X GET -d '{"days": 7}'
     /v1/usage`` answered the defaults as if the body had been read."""
+    headers = request.headers
     for name in ID_HEADERS:
-        one_header(request.headers, name)
+        if headers.get(name) is not None:  # most requests send neither: one lookup each
+            one_header(headers, name)
     if request.method in _READS_NO_BODY and request.body_exists:
         await _no_body(request)
     return await handler(request)
