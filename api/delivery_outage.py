@@ -17,6 +17,10 @@ ends it, counting from its own first failure when the store's start is later (a 
 
 Nothing costs a store round trip while deliveries succeed: a worker ends the stored run only after it failed
 itself or took the lease over (a run another worker began may be on).
+
+The run's backoff is the store's too (``backoff``, ``resume_at``): each worker kept its own count, and with
+several workers the lease moved in a backoff to one that had not failed, which posted at once and began again
+from ``base_delay``: in a long outage the validator saw a post about every lease (10 s), not every 60 s.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import time
 from collections.abc import Callable
 
 from shared.store.outage import OUTAGE_LOG_EVERY_S, OutageTeller
-from shared.store.outbox import Outbox
+from shared.store.outbox import Outbox, Pace
 
 
 class DeliveryOutage:
@@ -62,6 +66,17 @@ class DeliveryOutage:
             self._seen_since = now
         self._seen_failures += 1
         self._open = True
+
+    async def backoff(self, pace: Pace) -> tuple[int, float]:
+        """A failed delivery pass: the fleet's failed passes in a row and its next attempt (Unix seconds), both
+        kept in the store so that whoever holds the lease next goes on with them."""
+        self._open = True  # the next success ends the backoff too
+        return await self.outbox.outage_backoff(time.time(), pace)
+
+    async def resume_at(self) -> float:
+        """When the fleet's backoff lets the lease holder post (Unix seconds; 0.0: now). No round trip when no
+        run can be on (this worker has neither failed nor taken the lease over since its last success)."""
+        return await self.outbox.outage_resume_at() if self._open else 0.0
 
     async def ok(self) -> None:
         """A delivery succeeded: the INFO line ending the run if this worker is the one that ends it (nothing,

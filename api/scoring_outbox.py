@@ -32,7 +32,7 @@ from shared.logging import printable
 from shared.miner_client import MinerClient, MinerError
 from shared.store.base import StoreUnavailable
 from shared.store.outage import OutageLog, OutageTeller
-from shared.store.outbox import Outbox, OutboxItem, Stored
+from shared.store.outbox import Outbox, OutboxItem, Pace, Stored
 
 POISON_STATUSES = {400, 413, 422}
 OUTAGE_STATUSES = {502, 503, 504}  # a validator away (or behind, 503) whatever it is sent: never a payload's fault
@@ -113,12 +113,16 @@ class OutboxForwarder:
         self.delivery_outage = DeliveryOutage(outbox, f"scoring payloads not delivered to the validator at "
                                               f"{validator_url}", back="it takes them again")
         self._holding = False  # whether this worker held the lease at its last try
-        self.failures = 0
+        self.failures = 0  # failed passes in a row: the fleet's, as the store counts them (``Pace``)
+        # When the next pass may post (Unix seconds): the fleet's backoff, kept in the store beside the outage
+        # (a new lease holder began it again from ``base_delay``: a validator down was posted to once a lease)
+        self._resume_at = 0.0
+        self._backing_off = False  # this worker's own pass failed: it lets the lease go until ``_resume_at``
         self.delivered = 0
         self.delivery_failures = 0
         self.rejected = 0  # payloads dropped as the validator would not take them (malformed, or failed on)
         self._failed_on: dict[str, int] = {}  # payloads of this pass the validator failed on (a 500, a timeout): how
-        # often in a row, as this worker counts
+        # often in a row, as the store counts (every worker's posts; one's own count made 5 tries 5 a lease holder)
         self._failed_why = ""  # the last such failure
         self._wake = asyncio.Event()
         # waiting for the group commit: each payload, its future, its JSON's size (0: not measured, as it needs
@@ -236,6 +240,13 @@ class OutboxForwarder:
         cap = min(self.max_delay, self.base_delay * (2 ** min(self.failures, 30)))
         return self.rng.uniform(0, cap)
 
+    def _failed_here(self) -> None:
+        """A pass that failed on the store itself (or a bug): backed off by this worker alone, the store being
+        where the fleet's backoff is kept."""
+        self.failures += 1
+        self._resume_at = time.time() + self.backoff()
+        self._backing_off = True
+
     async def deliver(self, item: OutboxItem) -> bool:
         """True when the payload is done with (accepted, or rejected as malformed)."""
         try:
@@ -243,7 +254,7 @@ class OutboxForwarder:
                 self.validator_url, "/scoring", item.payload, self.validator_hotkey, timeout=timeout))
         except MinerError as e:
             if e.kind == "timeout":  # too large for the link, or one the validator hangs on: as a 500
-                self._count_failed_on(item, f"its post timed out after {self.timeout_for(len(item.raw)):.0f} s")
+                await self._count_failed_on(item, f"its post timed out after {self.timeout_for(len(item.raw)):.0f} s")
             await self._undelivered(str(e))
             return False
         if 200 <= status < 300:
@@ -256,7 +267,7 @@ class OutboxForwarder:
                            status, describe_rejected([{"index": 0, "error": _error_message(body)}], [item]))
             return True
         if failed_on_it(status):
-            self._count_failed_on(item, f"HTTP {status}")
+            await self._count_failed_on(item, f"HTTP {status}")
         if not self._refused(status, body):
             await self._undelivered(f"HTTP {status}")
         logger.debug("validator answered HTTP {} for payload {}", status, item.id)
@@ -362,13 +373,12 @@ class OutboxForwarder:
 
     async def step(self) -> int:
         """One pass: deliver what we can in order; returns how many were delivered."""
-        if not await self._lease():
+        if not await self._lease() or not await self._due():
             return 0
         peeked = await self.outbox.peek(self.batch_limit)
         items = self._within_bytes(peeked)
         self._backlog = len(peeked) == self.batch_limit or len(items) < len(peeked)  # more waits behind these
-        ids = {i.id for i in items}
-        self._failed_on = {i: n for i, n in self._failed_on.items() if i in ids}  # delivered, dropped: forgotten
+        self._failed_on = {i.id: i.attempts for i in items if i.attempts}  # delivered, dropped: forgotten
         if len(items) > 1 and items[0].id not in self._failed_on:  # a batch with it fails too: it goes alone
             outcome = await self.deliver_batch(items)
             if outcome is not None:
@@ -389,16 +399,14 @@ class OutboxForwarder:
                             self._failed_on.get(item.id, 0) > failed_on):
                         probes -= 1  # it fails on this one too (kept, tried again as the head): one further
                         continue
-                    self.failures += 1
-                    self.delivery_failures += 1
+                    await self._pass_failed()
                     break
                 delivered.append(item.id)
                 self.failures = 0
                 self.delivered += 1
                 if set_aside is not None:
                     if not await self._last_try(set_aside):
-                        self.failures += 1
-                        self.delivery_failures += 1
+                        await self._pass_failed()
                         break
                     delivered.append(set_aside.id)
                     set_aside = None
@@ -407,12 +415,15 @@ class OutboxForwarder:
                 await self.outbox.ack_many(delivered)
         return len(delivered)
 
-    def _count_failed_on(self, item: OutboxItem, why: str) -> None:
-        self._failed_on[item.id] = self._failed_on.get(item.id, 0) + 1
+    async def _count_failed_on(self, item: OutboxItem, why: str) -> None:
+        """One more time the validator failed on ``item``, counted in the store: every lease holder's tries count
+        (each worker counted its own, from 0 again whenever the lease moved or the API restarted)."""
+        self._failed_on[item.id] = max(await self.outbox.failed_on(item.id), self._failed_on.get(item.id, 0) + 1)
         self._failed_why = why
 
     def _gave_up_on(self, item: OutboxItem) -> bool:
-        """Whether the validator failed on ``item`` (a 500, a timeout) ``CRASH_ATTEMPTS`` times in a row, here."""
+        """Whether the validator failed on ``item`` (a 500, a timeout) ``CRASH_ATTEMPTS`` times in a row, whichever
+        workers posted it."""
         return self._failed_on.get(item.id, 0) >= CRASH_ATTEMPTS
 
     async def _last_try(self, item: OutboxItem) -> bool:
@@ -433,6 +444,38 @@ class OutboxForwarder:
                        times + 1, self._failed_why, describe_rejected([{"index": 0, "error": self._failed_why}],
                                                                        [item]))
         return True
+
+    async def _pass_failed(self) -> None:
+        """A pass delivered nothing: the fleet's backoff grows, in the store, so that the next lease holder goes on
+        with it (it posted at once, and began again from ``base_delay``). This worker does not renew the lease
+        while it backs off: a worker that cannot reach the validator (a network split) holds the fleet's
+        deliveries no longer than a lease, and the one that takes it posts when the backoff is over."""
+        self.delivery_failures += 1
+        pace = Pace(self.base_delay, self.max_delay, self.rng.uniform(0.0, 1.0))
+        self.failures, self._resume_at = await self.delivery_outage.backoff(pace)
+        self._backing_off = True
+
+    async def _due(self) -> bool:
+        """Whether the fleet's backoff lets this lease holder post now (no store round trip while deliveries
+        succeed: ``DeliveryOutage.resume_at``)."""
+        now, self._resume_at = time.time(), await self.delivery_outage.resume_at()
+        if self._resume_at > now + 2 * self.max_delay:  # set by a host whose clock is ahead (or ours stepped back)
+            self._resume_at = 0.0  # waited for, it held the fleet's deliveries that long
+        return self._resume_at <= now
+
+    async def _pause(self) -> None:
+        """Wait between passes: this worker's backoff after its own failure, the lease let go meanwhile; holding
+        the lease, until the fleet's next attempt (renewed every third of a lease: it posts then); else a third of
+        a lease, or a payload stored (a batch lingering to fill)."""
+        left = self._resume_at - time.time()
+        if self._backing_off:
+            self._backing_off = False
+            if left > 0:
+                await asyncio.sleep(left)  # payloads stored meanwhile wait for it too: they would fail alike
+        elif self._holding and left > 0:
+            await asyncio.sleep(min(left, self.lease_seconds / 3))
+        elif await wait_event(self._wake, self.lease_seconds / 3):
+            await self._linger()
 
     async def _lease(self) -> bool:
         """Take or renew the lease; taking it over, this worker may be the one to end an outage another began."""
@@ -460,8 +503,7 @@ class OutboxForwarder:
 
     async def _settle_pass(self, delivered: list[str]) -> int:
         if not delivered:
-            self.failures += 1
-            self.delivery_failures += 1
+            await self._pass_failed()
             return 0
         await self.outbox.ack_many(delivered)
         self.failures = 0
@@ -477,21 +519,16 @@ class OutboxForwarder:
                 except StoreUnavailable as e:
                     self.pass_outage.failed(e)
                     delivered = 0
-                    self.failures += 1
+                    self._failed_here()
                 except Exception as e:  # noqa: BLE001 - the forwarder must outlive any one failure
                     logger.opt(exception=e).error("scoring outbox: delivery pass failed; retrying with backoff")
                     delivered = 0
-                    self.failures += 1
+                    self._failed_here()
                 else:
                     self.pass_outage.ok()
                 if delivered and self._backlog:
                     continue  # a backlog: drain it at full batches
-                wait = self.backoff() if self.failures else self.lease_seconds / 3
-                if await wait_event(self._wake, wait):
-                    if self.failures:
-                        await asyncio.sleep(self.backoff())
-                    else:
-                        await self._linger()
+                await self._pause()
         finally:
             try:
                 committer = self._committer

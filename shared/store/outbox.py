@@ -61,6 +61,22 @@ class Stored:
     seconds: float = 0.0  # "again": since the run's last line; "ended": how long it lasted
 
 
+@dataclass(frozen=True)
+class Pace:
+    """The backoff every forwarder sharing the outbox follows after a failed delivery pass: full jitter, the next
+    attempt ``jitter`` (drawn by the caller, in [0, 1]) of ``base * 2**passes`` seconds (at most ``most``) after
+    it, ``passes`` the fleet's failed passes in a row. Kept by each worker, the lease moving to one that had not
+    failed began the backoff again at ``base``: a validator down was posted to about once a lease (10 s), not
+    once a minute."""
+
+    base: float
+    most: float
+    jitter: float
+
+    def delay(self, passes: int) -> float:
+        return self.jitter * min(self.most, self.base * 2 ** min(passes, 30))
+
+
 class Outbox(Protocol):
     async def store(self, payloads: list[dict[str, Any]], now: float) -> Stored:
         """``put_many``, and the run of drops kept beside the payloads, at ``now`` (Unix seconds)."""
@@ -100,7 +116,22 @@ class Outbox(Protocol):
         ...
 
     async def outage_ended(self) -> tuple[float, int] | None:
-        """End the shared outage: its start and failures, to the one caller that ended it (None: none was on)."""
+        """End the shared outage, and its backoff (``outage_backoff``): its start and failures, to the one caller
+        that ended it (None: none was on)."""
+        ...
+
+    async def outage_backoff(self, now: float, pace: Pace) -> tuple[int, float]:
+        """One more failed delivery pass, at ``now`` (Unix seconds): the fleet's failed passes in a row, and the
+        next attempt (Unix seconds) it sets, ``pace`` after ``now``, for whichever worker holds the lease then."""
+        ...
+
+    async def outage_resume_at(self) -> float:
+        """The next delivery attempt the fleet's backoff allows (Unix seconds; 0.0: none waits)."""
+        ...
+
+    async def failed_on(self, item_id: str) -> int:
+        """Count one more time the validator failed on the payload ``item_id`` (its 500, a post timing out); returns
+        how many times it has, whichever worker posted it (``OutboxItem.attempts``, as ``peek`` reads them)."""
         ...
 
     async def close(self) -> None: ...
@@ -124,6 +155,10 @@ INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('lease', 
 INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('dropped', NULL, 0, 0);
 INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('outage', NULL, 0, 0);
 INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('bytes', NULL, 0, 0);
+-- the failed delivery passes' backoff every worker follows: ``until`` the next attempt, ``value`` the passes
+INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('pace', NULL, 0, 0);
+-- the times the validator failed on a payload (its 500, a post timing out), whichever worker posted it
+CREATE TABLE IF NOT EXISTS outbox_failed (id INTEGER PRIMARY KEY, times INTEGER NOT NULL);
 """
 
 
@@ -190,8 +225,8 @@ class SQLiteOutbox(SQLiteTables):
     def _remove(self, db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> None:
         """Delete the rows ``where`` says (of both tables), and their bytes from what is held."""
         (size,) = db.execute(f"SELECT COALESCE(SUM(size), 0) FROM outbox_size WHERE {where}", args).fetchone()
-        db.execute(f"DELETE FROM outbox WHERE {where}", args)
-        db.execute(f"DELETE FROM outbox_size WHERE {where}", args)
+        for table in ("outbox", "outbox_size", "outbox_failed"):
+            db.execute(f"DELETE FROM {table} WHERE {where}", args)
         self._add_bytes(db, -size)
 
     def _count_over_bytes(self, db: sqlite3.Connection, held: int) -> int:
@@ -226,8 +261,18 @@ class SQLiteOutbox(SQLiteTables):
         return count - self.max_items
 
     async def peek(self, limit: int) -> list[OutboxItem]:
-        rows = self._query("SELECT id, payload FROM outbox ORDER BY id LIMIT ?", (limit,))
-        return [OutboxItem(id=str(i), raw=p if isinstance(p, str) else p.decode()) for i, p in rows]
+        rows = self._query("SELECT o.id, o.payload, COALESCE(f.times, 0) FROM outbox o LEFT JOIN outbox_failed f "
+                           "ON f.id = o.id ORDER BY o.id LIMIT ?", (limit,))
+        return [OutboxItem(id=str(i), raw=p if isinstance(p, str) else p.decode(), attempts=n) for i, p, n in rows]
+
+    async def failed_on(self, item_id: str) -> int:
+        def run(db: sqlite3.Connection) -> int:  # none counted for a payload gone meanwhile (delivered, dropped)
+            row = db.execute("INSERT INTO outbox_failed (id, times) SELECT id, 1 FROM outbox WHERE id = ? "
+                             "ON CONFLICT (id) DO UPDATE SET times = times + 1 RETURNING times", (int(item_id),)
+                             ).fetchone()
+            return row[0] if row else 0
+
+        return self._tx(run)
 
     async def ack(self, item_id: str) -> None:
         await self.ack_many([item_id])
@@ -290,19 +335,33 @@ class SQLiteOutbox(SQLiteTables):
     async def outage_ended(self) -> tuple[float, int] | None:
         def run(db: sqlite3.Connection) -> tuple[float, int] | None:
             since, failures = db.execute("SELECT until, value FROM outbox_meta WHERE name = 'outage'").fetchone()
-            if not failures:
-                return None
-            db.execute("UPDATE outbox_meta SET until = 0, value = 0 WHERE name = 'outage'")
-            return float(since), int(failures)
+            db.execute("UPDATE outbox_meta SET until = 0, value = 0 WHERE name IN ('outage', 'pace')")
+            return (float(since), int(failures)) if failures else None
 
         return self._tx(run)
+
+    async def outage_backoff(self, now: float, pace: Pace) -> tuple[int, float]:
+        """The ``pace`` row: ``until`` the next attempt, ``value`` the failed passes in a row."""
+
+        def run(db: sqlite3.Connection) -> tuple[int, float]:
+            (passes,) = db.execute("UPDATE outbox_meta SET value = value + 1 WHERE name = 'pace' RETURNING value"
+                                   ).fetchone()
+            resume = now + pace.delay(passes)
+            db.execute("UPDATE outbox_meta SET until = ? WHERE name = 'pace'", (resume,))
+            return int(passes), resume
+
+        return self._tx(run)
+
+    async def outage_resume_at(self) -> float:
+        return float(self._query("SELECT until FROM outbox_meta WHERE name = 'pace'")[0][0])
 
     async def close(self) -> None:
         self._close_db()
 
 
 # KEYS[1] = the stream, KEYS[2] = the dropped counter, KEYS[3] = the bytes held, KEYS[4] = each entry's size,
-# KEYS[5] = when the bytes held were last counted again, KEYS[6] = the run of drops (as SQLite's outbox_full);
+# KEYS[5] = when the bytes held were last counted again, KEYS[6] = the run of drops (as SQLite's outbox_full),
+# KEYS[7] = the times the validator failed on each entry (``failed_on``);
 # ARGV = max_items, max_bytes, recount seconds, now (0: a group's call but its last, which tells the run), the
 # group's drops before this call, FULL_SETTLE_S, FULL_EVERY_S, then a payload and its size, a payload and its size,
 # ...; returns the drops, the dropped counter, then the run's telling, count and seconds (as ``Stored``)
@@ -337,6 +396,7 @@ while len > 1 and (len > max_items or held() > max_bytes) do
   redis.call('XDEL', KEYS[1], first)
   redis.call('DECRBY', KEYS[3], tonumber(redis.call('HGET', KEYS[4], first) or '0'))
   redis.call('HDEL', KEYS[4], first)
+  redis.call('HDEL', KEYS[7], first)
   dropped, len = dropped + 1, len - 1
 end
 if dropped > 0 then redis.call('INCRBY', KEYS[2], dropped) end
@@ -362,13 +422,15 @@ redis.call('HSET', KEYS[6], 'last', ARGV[4], 'told', ARGV[4], 'untold', 0)
 return {dropped, total, 'again', untold, tostring(now - told)}
 """
 
-# KEYS[1] = the stream, KEYS[2] = the bytes held, KEYS[3] = each entry's size; ARGV = ids
+# KEYS[1] = the stream, KEYS[2] = the bytes held, KEYS[3] = each entry's size, KEYS[4] = the times failed on each;
+# ARGV = ids
 _REDIS_ACK = """
 for _, id in ipairs(ARGV) do
   if redis.call('XDEL', KEYS[1], id) == 1 then
     redis.call('DECRBY', KEYS[2], tonumber(redis.call('HGET', KEYS[3], id) or '0'))
   end
   redis.call('HDEL', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
 end
 return 0
 """
@@ -393,11 +455,29 @@ redis.call('HSETNX', KEYS[1], 'since', ARGV[1])
 return redis.call('HINCRBY', KEYS[1], 'failures', 1)
 """
 
+# ... and its backoff's fields (passes, next) with it
 _REDIS_OUTAGE_ENDED = """
 local v = redis.call('HMGET', KEYS[1], 'since', 'failures')
-if not v[1] then return false end
 redis.call('DEL', KEYS[1])
+if not v[1] then return false end
 return v
+"""
+
+# KEYS[1] = the outage hash; ARGV = now, then ``Pace``'s base, most and jitter: the failed passes in a row, this one
+# counted, and the next attempt it sets (as ``Pace.delay``)
+_REDIS_OUTAGE_BACKOFF = """
+local passes = redis.call('HINCRBY', KEYS[1], 'passes', 1)
+local delay = tonumber(ARGV[4]) * math.min(tonumber(ARGV[3]), tonumber(ARGV[2]) * 2 ^ math.min(passes, 30))
+local resume = string.format('%.6f', tonumber(ARGV[1]) + delay)
+redis.call('HSET', KEYS[1], 'next', resume)
+return {passes, resume}
+"""
+
+# KEYS[1] = the entries' failed counts, KEYS[2] = the stream; ARGV[1] = an entry: its count, one more (0: none, the
+# entry gone meanwhile)
+_REDIS_FAILED_ON = """
+if #redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1]) == 0 then return 0 end
+return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 """
 
 
@@ -421,6 +501,7 @@ class RedisOutbox:
         self.full_key = f"{namespace}:outbox:full"  # the run of drops of a full outbox
         self.lease_key = f"{namespace}:outbox:lease"
         self.outage_key = f"{namespace}:outbox:outage"
+        self.failed_key = f"{namespace}:outbox:failed"  # entry id -> the times the validator failed on it
         self.gate = RedisGate(link, "redis outbox")
         self._call = self.gate.call
         self._put = client.register_script(_REDIS_PUT)
@@ -429,6 +510,8 @@ class RedisOutbox:
         self._release = client.register_script(_REDIS_RELEASE)
         self._outage_failed = client.register_script(_REDIS_OUTAGE_FAILED)
         self._outage_ended = client.register_script(_REDIS_OUTAGE_ENDED)
+        self._outage_backoff = client.register_script(_REDIS_OUTAGE_BACKOFF)
+        self._failed_on = client.register_script(_REDIS_FAILED_ON)
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> RedisOutbox:
@@ -446,7 +529,8 @@ class RedisOutbox:
         Trimming once after the group drops exactly what trimming after each add would. The last call
         tells the run of drops, for the whole group."""
         stored = Stored()
-        keys = [self.key, self.dropped_key, self.bytes_key, self.sizes_key, self.recounted_key, self.full_key]
+        keys = [self.key, self.dropped_key, self.bytes_key, self.sizes_key, self.recounted_key, self.full_key,
+                self.failed_key]
         for start in range(0, len(payloads), PUT_GROUP):
             last = start + PUT_GROUP >= len(payloads)
             args: list[Any] = [self.max_items, self.max_bytes, int(RECOUNT_SECONDS), repr(now) if last else 0,
@@ -459,20 +543,29 @@ class RedisOutbox:
         return stored
 
     async def peek(self, limit: int) -> list[OutboxItem]:
-        rows = await self._call(self.r.xrange(self.key, count=limit))
+        """The entries and the times failed on each, in one round trip (the counts: a few payloads at most)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xrange(self.key, count=limit)
+        pipe.hgetall(self.failed_key)
+        rows, failed = await self._call(pipe.execute())
+        failed = {_text(k): int(v) for k, v in failed.items()}
         out = []
         for item_id, fields in rows:
             raw = fields.get(b"p") if b"p" in fields else fields.get("p")
-            out.append(OutboxItem(id=item_id.decode() if isinstance(item_id, bytes) else item_id,
-                                  raw=raw.decode() if isinstance(raw, bytes) else raw))
+            item_id = _text(item_id)
+            out.append(OutboxItem(id=item_id, raw=_text(raw), attempts=failed.get(item_id, 0)))
         return out
+
+    async def failed_on(self, item_id: str) -> int:
+        return int(await self._call(self._failed_on(keys=[self.failed_key, self.key], args=[item_id])))
 
     async def ack(self, item_id: str) -> None:
         await self.ack_many([item_id])
 
     async def ack_many(self, item_ids: list[str]) -> None:
         if item_ids:
-            await self._call(self._ack(keys=[self.key, self.bytes_key, self.sizes_key], args=item_ids))
+            await self._call(self._ack(keys=[self.key, self.bytes_key, self.sizes_key, self.failed_key],
+                                       args=item_ids))
 
     async def depth(self) -> int:
         return int(await self._call(self.r.xlen(self.key)))
@@ -493,8 +586,20 @@ class RedisOutbox:
         ended = await self._call(self._outage_ended(keys=[self.outage_key]))
         return None if not ended else (float(ended[0]), int(ended[1]))
 
+    async def outage_backoff(self, now: float, pace: Pace) -> tuple[int, float]:
+        passes, resume = await self._call(self._outage_backoff(
+            keys=[self.outage_key], args=[repr(now), repr(pace.base), repr(pace.most), repr(pace.jitter)]))
+        return int(passes), float(resume)
+
+    async def outage_resume_at(self) -> float:
+        return float(await self._call(self.r.hget(self.outage_key, "next")) or 0.0)
+
     async def close(self) -> None:
         await self.link.release()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def open_outbox(url: str, *, namespace: str = "sn1", max_items: int = 10_000, max_bytes: int = MAX_BYTES,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -51,6 +52,20 @@ def scoring_app(received: list[dict], statuses: list[int] | None = None) -> web.
 
     app = web.Application()
     app.router.add_post("/scoring", scoring)
+    return app
+
+
+def recording_app(received: list[dict], posts: list[list[int]]) -> web.Application:
+    """``scoring_app``, each post's payloads' ``n`` recorded in ``posts`` (a batch as one list)."""
+    app = scoring_app(received)
+
+    @web.middleware
+    async def record(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        data = json.loads(await request.read())
+        posts.append([p["n"] for p in (data if isinstance(data, list) else [data])])
+        return await handler(request)
+
+    app.middlewares.append(record)
     return app
 
 
@@ -580,17 +595,7 @@ async def test_a_payload_the_validator_fails_on_is_dropped_after_a_few_tries_and
     lines, sink = log_lines("WARNING")
     received: list[dict] = []
     posts: list[list[int]] = []
-    app = scoring_app(received)
-
-    @web.middleware
-    async def record(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        import json
-
-        data = json.loads(await request.read())
-        posts.append([p["n"] for p in (data if isinstance(data, list) else [data])])
-        return await handler(request)
-
-    app.middlewares.append(record)
+    app = recording_app(received, posts)
     try:
         async with serve_app(app) as url, make_session() as session:
             box = SQLiteOutbox(tmp_path / "api.db")
@@ -611,6 +616,30 @@ async def test_a_payload_the_validator_fails_on_is_dropped_after_a_few_tries_and
     assert len(told) == 2 and "rid=rid-1" in told[0] and "rid=rid-2" in told[1], told
     assert f"{CRASH_ATTEMPTS + 1} times in a row (the last: HTTP 500)" in told[0], told
     assert fwd.rejected == 2
+
+
+async def test_a_payload_the_validator_fails_on_is_dropped_after_a_few_tries_across_the_fleet(
+        make_outbox) -> None:  # noqa: F811
+    """The tries of a payload the validator fails on are counted in the store: the worker that takes the lease
+    over (another API worker or host, or this one restarted) goes on with the count. Each counted its own, from 0,
+    so with the lease moving between workers "dropped after 5 tries" was 5 a worker, and a restart began again.
+    Both backends."""
+    received: list[dict] = []
+    posts: list[list[int]] = []
+    app = recording_app(received, posts)
+    first, second = make_outbox(), make_outbox()  # two workers, one store
+    async with serve_app(app) as url, make_session() as session:
+        a, b = (forwarder(box, MinerClient(session, Signer(API)), url) for box in (first, second))
+        for i in range(4):
+            await a.sink({"n": i, "request_id": f"rid-{i}", "crash": i == 1})
+        async with running(a):
+            await wait_for(lambda: sum(1 in p for p in posts) >= 3)  # its batch, then twice alone
+        stopped_at = len(posts)
+        async with running(b):  # the lease is b's now
+            await wait_for(lambda: len(received) == 3)
+    assert [p["n"] for p in received] == [0, 2, 3] and a.rejected + b.rejected == 1
+    # a batch, then alone, and once more; and one that may have been on its way at the first worker's stop
+    assert sum(1 in p for p in posts) <= CRASH_ATTEMPTS + 3, f"{posts} (a: {stopped_at})"
 
 
 async def test_a_payload_whose_post_always_times_out_is_dropped_and_the_rest_delivered(tmp_path: Path) -> None:
@@ -713,6 +742,35 @@ class NoJitter(random.Random):
 
     def uniform(self, a: float, b: float) -> float:
         return b
+
+
+async def test_workers_sharing_an_outbox_go_on_with_one_backoff_in_an_outage(make_outbox) -> None:  # noqa: F811
+    """Two workers on one store, the validator down. Each kept its own backoff: the holder let the lease go in
+    its backoff, and the worker that took it, not having failed, posted at once and began again from the base,
+    so the validator was posted to about once a lease however long the outage, not at the README's "doubling to
+    60 s". The backoff is the store's now: whoever holds the lease waits for it, and the posts follow one count.
+    Both backends."""
+    posts: list[float] = []
+
+    @web.middleware
+    async def count(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        posts.append(asyncio.get_running_loop().time())
+        return web.json_response({"error": {"message": "down"}}, status=503)
+
+    app = web.Application(middlewares=[count])
+    app.router.add_post("/scoring", lambda request: web.Response())
+    boxes = [make_outbox(), make_outbox()]  # two workers, one store
+    async with serve_app(app) as url, make_session() as session:
+        workers = [OutboxForwarder(box, MinerClient(session, Signer(API)), url, API.ss58_address, lease_seconds=0.3,
+                                   base_delay=0.05, max_delay=2.0, rng=NoJitter()) for box in boxes]
+        await workers[0].sink({"n": 0})
+        async with running(workers[0]), running(workers[1]):
+            await asyncio.sleep(3.5)
+    # one backoff: posts at 0, then 0.1, 0.3, 0.7, 1.5 and 3.1 s (each wait twice the last, up to 2 s)
+    assert len(posts) <= 7, [round(t - posts[0], 2) for t in posts]
+    gaps = [b - a for a, b in zip(posts, posts[1:], strict=False)]
+    assert all(b >= a * 1.5 for a, b in zip(gaps, gaps[1:], strict=False)), [round(g, 2) for g in gaps]
+    assert min(w.delivery_failures for w in workers) >= 1, "the lease moved: both workers posted"
 
 
 async def test_a_worker_that_cannot_reach_the_validator_holds_the_fleets_deliveries_no_longer_than_a_lease(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.store.outbox import Outbox, RedisOutbox, SQLiteOutbox
+from shared.store.outbox import Outbox, Pace, RedisOutbox, SQLiteOutbox
 
 REDIS_URL = os.environ.get("REDIS_URL")
 
@@ -201,3 +201,38 @@ async def test_the_delivery_outage_every_worker_shares_begins_once_and_ends_once
     ended = await asyncio.gather(first.outage_ended(), second.outage_ended())
     assert sorted(ended, key=lambda e: e is not None) == [None, (1000.5, 3)]
     assert await second.outage_failed(4000.0) is True, "the next outage is a run of its own"
+
+
+async def test_the_backoff_of_failed_passes_is_the_stores_and_ends_with_the_outage(make_outbox) -> None:
+    """The failed delivery passes' backoff is kept beside the outage: a worker goes on with the count another
+    left (each worker kept its own, and a new lease holder began again at the base), and a delivery ends it."""
+    first, second = make_outbox(), make_outbox()
+    pace = Pace(base=0.5, most=60.0, jitter=1.0)
+    assert await first.outage_resume_at() == 0.0, "no backoff: post now"
+    assert await first.outage_backoff(1000.0, pace) == (1, 1001.0)
+    assert await second.outage_resume_at() == 1001.0, "the other worker waits for it too"
+    assert await second.outage_backoff(1001.0, pace) == (2, 1003.0), "and goes on with the count"
+    for _ in range(10):
+        passes, resume = await first.outage_backoff(2000.0, Pace(base=0.5, most=60.0, jitter=0.5))
+    assert (passes, resume) == (12, 2030.0), "at most ``most``, jittered"
+    await first.outage_failed(1000.0)
+    assert await second.outage_ended() == (1000.0, 1)
+    assert await first.outage_resume_at() == 0.0 and await first.outage_backoff(3000.0, pace) == (1, 3001.0)
+    await second.outage_ended()  # a backoff with no outage (the validator refusing our signature) ends too
+    assert await first.outage_resume_at() == 0.0
+
+
+async def test_the_times_the_validator_failed_on_a_payload_are_the_stores(make_outbox) -> None:
+    """Counted in the store, whichever worker posted it; forgotten when the payload goes (delivered, dropped)."""
+    first, second = make_outbox(max_items=3), make_outbox(max_items=3)
+    for i in range(3):
+        await first.put({"n": i})
+    head, other, _ = await first.peek(3)
+    assert [await first.failed_on(head.id), await second.failed_on(head.id), await second.failed_on(other.id)] == [
+        1, 2, 1]
+    assert [i.attempts for i in await second.peek(3)] == [2, 1, 0]
+    await first.ack_many([other.id])
+    await first.put({"n": 3})
+    await first.put({"n": 4})  # the head dropped from the full outbox
+    assert [(i.payload["n"], i.attempts) for i in await first.peek(3)] == [(2, 0), (3, 0), (4, 0)]
+    assert await first.failed_on(head.id) == 0, "a payload gone is not counted"
