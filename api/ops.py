@@ -193,10 +193,10 @@ async def sample(ctx: ApiContext, metrics: ApiMetrics) -> None:
         metrics.availability_age.set(availability_age(ctx.availability))
     forwarder = ctx.forwarder
     if forwarder is not None:
-        metrics.outbox_delivered.set(forwarder.delivered)
-        metrics.outbox_failures.set(forwarder.delivery_failures)
-        metrics.outbox_rejected.set(forwarder.rejected)
-        metrics.outbox_lost.set(forwarder.unstored_dropped)
+        metrics.outbox_delivered.catch_up(forwarder.delivered)
+        metrics.outbox_failures.catch_up(forwarder.delivery_failures)
+        metrics.outbox_rejected.catch_up(forwarder.rejected)
+        metrics.outbox_lost.catch_up(forwarder.unstored_dropped)
         try:
             metrics.outbox_depth.set(await forwarder.outbox.depth())
             metrics.outbox_dropped.set(await forwarder.outbox.dropped())

@@ -8,8 +8,11 @@ right before each scrape by the app's ``sample`` callback.
 Several API workers: when ``PROMETHEUS_MULTIPROC_DIR`` is set (``sn1 api`` sets
 it itself when ``WORKERS > 1``), prometheus_client keeps every worker's values
 in files there and a scrape, answered by any worker, reports the whole fleet:
-counters and histograms are summed, per-worker counts such as delivery failures
-use ``livesum`` gauges, shared values (outbox depth) ``max``.
+counters and histograms are summed (a dead worker's counts too), per-worker
+levels such as background responses use ``livesum`` gauges, shared values
+(outbox depth) ``max``. A count that only grows is a counter, never a
+``livesum`` gauge: a worker replaced took its count out of the sum, and
+``increase()`` read the fall as a rise (``Tally``).
 """
 
 from __future__ import annotations
@@ -55,6 +58,26 @@ class Children:
         if child is None:
             child = self._children[values] = self.metric.labels(*values)
         return child
+
+
+class Tally:
+    """A counter fed from a running total kept elsewhere (the scoring forwarder's since-start counts), caught up
+    at each sample. A counter, not a gauge set to the total: summed across workers (``livesum``) such a gauge
+    fell by a worker's count when it was replaced, which ``increase()`` and ``rate()`` read as a counter's reset
+    followed by a rise of the whole sum. A counter's dead workers stay in the sum (prometheus_client keeps their
+    files)."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+        self._seen = 0  # the total at the last catch-up
+
+    def catch_up(self, total: int) -> None:
+        """Count what ``total`` grew by since the last call (a total that went back, a new forwarder's, counts
+        from 0 again)."""
+        grown = total - self._seen if total >= self._seen else total
+        if grown:
+            self.counter.inc(grown)
+        self._seen = total
 
 
 # The method label's values: a request's method is whatever its client wrote where aiohttp parses requests in
@@ -160,18 +183,20 @@ class ApiMetrics:
                                   registry=r, multiprocess_mode="max")
         self.outbox_dropped = Gauge("sn1_api_outbox_dropped", "Payloads dropped because the outbox was full",
                                     registry=r, multiprocess_mode="max")
-        self.outbox_delivered = Gauge("sn1_api_outbox_delivered", "Payloads delivered to the validator (since start)",
-                                      registry=r, multiprocess_mode="livesum")
-        self.outbox_failures = Gauge("sn1_api_outbox_delivery_failures",
-                                     "Failed deliveries to the validator (since start)",
-                                     registry=r, multiprocess_mode="livesum")
-        self.outbox_rejected = Gauge("sn1_api_outbox_rejected", "Payloads dropped unscored as the validator would "
-                                     "not take them: rejected as malformed, or failed on (HTTP 500, or a post timing "
-                                     "out) again and again while it took the others (since start)", registry=r, multiprocess_mode="livesum")
-        self.outbox_lost = Gauge("sn1_api_outbox_lost", "Payloads lost before the outbox stored them: the store "
-                                 "refused their commits so long that more waited in memory than its bound (10,000 "
-                                 "and 64 MiB), the oldest dropped (since start)", registry=r,
-                                 multiprocess_mode="livesum")
+        # Counters, caught up from the forwarder's running totals at each sample (``Tally``): as ``livesum`` gauges
+        # a worker's restart dropped the fleet's sum by its count, and the alerts' increase() took the drop for a
+        # counter's reset and counted the rest again (SN1ScoringPayloadsRejected fired with nothing rejected).
+        self.outbox_delivered = Tally(Counter("sn1_api_outbox_delivered", "Payloads delivered to the validator",
+                                              registry=r))
+        self.outbox_failures = Tally(Counter("sn1_api_outbox_delivery_failures", "Failed deliveries to the validator",
+                                             registry=r))
+        self.outbox_rejected = Tally(Counter(
+            "sn1_api_outbox_rejected", "Payloads dropped unscored as the validator would not take them: rejected as "
+            "malformed, or failed on (HTTP 500, or a post timing out) again and again while it took the others",
+            registry=r))
+        self.outbox_lost = Tally(Counter("sn1_api_outbox_lost", "Payloads lost before the outbox stored them: the "
+                                         "store refused their commits so long that more waited in memory than its "
+                                         "bound (10,000 and 64 MiB), the oldest dropped", registry=r))
         # The oldest of the live workers' (livemax): with livemin a worker an hour behind hid behind a fresh one.
         self.metagraph_age = Gauge("sn1_api_metagraph_age_seconds", "Age of the metagraph snapshot",
                                    registry=r, multiprocess_mode="livemax")

@@ -126,7 +126,7 @@ async def test_payloads_the_outbox_cannot_store_are_held_within_a_bound_in_bytes
     """The outbox's file full while the key store still takes its small writes: requests are served and their
     payloads wait in memory for the store. They were bounded by count alone (10,000): a hundred requests with a
     1 MB prompt held 100 MB in the worker, 10,000 of them 10 GB. Now at most ``MAX_UNSTORED_BYTES`` (64 MiB) of
-    them, the oldest dropped with an ERROR line and counted in ``sn1_api_outbox_lost`` (the ERROR line was all an
+    them, the oldest dropped with an ERROR line and counted in ``sn1_api_outbox_lost_total`` (the ERROR line was all an
     operator had: no metric, no alert); the newest are stored once the file has room."""
     lines: list[tuple[str, str]] = []
     sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="ERROR")
@@ -145,7 +145,7 @@ async def test_payloads_the_outbox_cannot_store_are_held_within_a_bound_in_bytes
                 assert held <= 64 << 20 and forwarder.unstored_dropped + len(forwarder._pending) == 100, \
                     (held, forwarder.unstored_dropped, len(forwarder._pending))
                 async with s.get(f.url + "/metrics") as r:  # lost, never scored: a number to alert on, not a line
-                    assert sample(await r.text(), "sn1_api_outbox_lost") == forwarder.unstored_dropped
+                    assert sample(await r.text(), "sn1_api_outbox_lost_total") == forwarder.unstored_dropped
                 kept = len(forwarder._pending)
                 db.execute("PRAGMA max_page_count=1073741823")  # room again: the retry stores what was kept
                 await wait_until(lambda: not forwarder.commit_outage.failing, 10)

@@ -18,7 +18,7 @@ m = ApiMetrics()
 m.http.observe("/v1/chat/completions", "POST", 200, 0.1)
 m.http.observe("/v1/chat/completions", "POST", 429, 0.01)
 m.errors.observe("/v1/chat/completions", 429, "token_limit_exceeded")
-m.outbox_failures.set(2)
+m.outbox_failures.catch_up(2)
 """
 SCRAPE = """
 from shared.metrics import ApiMetrics, exposition
@@ -76,3 +76,32 @@ def test_an_operators_own_directory_starts_each_run_empty(tmp_path: Path, monkey
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "not-yet"))
     shared_metrics_dir()
     assert (tmp_path / "not-yet").is_dir(), "made when missing (the workers would fail on their first metric)"
+
+
+def test_the_outboxs_counts_do_not_fall_when_a_worker_is_replaced(tmp_path: Path) -> None:
+    """The API's supervisor replaces a worker that died and marks it dead. The scoring outbox's counts were
+    ``livesum`` gauges: the fleet's sum fell by the dead worker's count, and the alerts' ``increase()`` took the
+    fall for a counter's reset and the sum after it for a rise (SN1ScoringPayloadsRejected fired with nothing
+    rejected). As counters, a dead worker's count stays in the sum: it only grows."""
+    from prometheus_client import multiprocess
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+
+    def worker(rejected: int) -> int:
+        code = ("import os\nfrom shared.metrics import ApiMetrics\nm = ApiMetrics()\n"
+                f"m.outbox_rejected.catch_up({rejected})\nm.outbox_delivered.catch_up(10)\nprint(os.getpid())\n")
+        done = subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60, capture_output=True,
+                              text=True)
+        return int(done.stdout)
+
+    def scrape() -> str:
+        return subprocess.run([sys.executable, "-c", SCRAPE], env=env, check=True, timeout=60, capture_output=True,
+                              text=True).stdout
+
+    dead = worker(3)
+    assert sample(scrape(), "sn1_api_outbox_rejected_total") == 3
+    multiprocess.mark_process_dead(dead, str(tmp_path))  # what api/main.py does when it replaces a worker
+    worker(1)  # its replacement rejects one
+    text = scrape()
+    assert sample(text, "sn1_api_outbox_rejected_total") == 4, "the dead worker's 3 stay counted"
+    assert sample(text, "sn1_api_outbox_delivered_total") == 20

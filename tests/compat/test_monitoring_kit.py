@@ -71,6 +71,20 @@ def declared_labels() -> dict[str, set[str]]:
     return found
 
 
+def declared_series() -> dict[str, tuple[str, str]]:
+    """Each series ``shared/metrics.py`` declares, as a scrape spells it (a counter ``x`` as ``x_total``): its
+    type, and a gauge's ``multiprocess_mode`` (how the API's workers' values are merged)."""
+    found: dict[str, tuple[str, str]] = {}
+    for registry in (ApiMetrics().registry, ValidatorMetrics().registry):
+        for collector in list(registry._collector_to_names):
+            if isinstance(collector, Metric):
+                continue
+            kind = collector._type
+            for suffix in SUFFIXES.get(kind, ("",)):
+                found[collector._name + suffix] = (kind, getattr(collector, "_multiprocess_mode", ""))
+    return found
+
+
 def exported(texts: list[str]) -> dict[str, set[str]]:
     """``{sample name: its label names}`` for every series the scrapes expose, or would once observed."""
     declared = declared_labels()
@@ -163,7 +177,7 @@ def test_every_scoring_outbox_metric_has_an_alert() -> None:
     """Each way the scoring outbox loses or holds back organic traffic (a backlog, a full outbox's drops, failed
     deliveries, payloads the validator would not take) pages someone: ``sn1_api_outbox_rejected`` had no rule, so
     answers dropped unscored (an API and a validator of different versions) went unseen outside the log."""
-    outbox = sorted(name for name in declared_labels() if name.startswith("sn1_api_outbox_"))
+    outbox = sorted(name for name in declared_series() if name.startswith("sn1_api_outbox_"))
     named = {m for r in rules() for m in names(r["expr"]).metrics}
     assert len(outbox) >= 5, outbox
     assert not [m for m in outbox if m not in named], f"no alert names {sorted(set(outbox) - named)}"
@@ -172,9 +186,34 @@ def test_every_scoring_outbox_metric_has_an_alert() -> None:
 def test_the_dashboard_draws_every_scoring_outbox_metric() -> None:
     """The dashboard's "Scoring outbox" panel drew the backlog, a full outbox's drops, deliveries and failures, but
     not ``sn1_api_outbox_rejected``: payloads dropped unscored showed nowhere beside the others."""
-    outbox = sorted(name for name in declared_labels() if name.startswith("sn1_api_outbox_"))
+    outbox = sorted(name for name in declared_series() if name.startswith("sn1_api_outbox_"))
     drawn = {m for where, expr in queries() if where.startswith("panel") for m in names(expr).metrics}
     assert not [m for m in outbox if m not in drawn], f"no panel draws {sorted(set(outbox) - drawn)}"
+
+
+SUMMED = {"livesum", "sum"}  # gauge modes that add up the API's workers' values
+RISES = re.compile(r"\b(increase|rate|irate|resets)\s*\(\s*([a-zA-Z_:][\w:]*)")
+
+
+@pytest.mark.parametrize(("where", "expr"), queries(), ids=[w for w, _ in queries()])
+def test_no_rule_or_panel_reads_a_gauge_summed_across_workers_as_a_counter(where: str, expr: str) -> None:
+    """``increase()`` (and ``rate()``) on a gauge summed across the API's workers (``livesum``): when the API's
+    supervisor replaces a worker, the sum falls by that worker's count, which PromQL takes for a counter's reset,
+    counting the whole sum after it as a rise. SN1ScoringPayloadsRejected and SN1ScoringPayloadsLost fired at
+    a worker's restart with nothing rejected or lost; SN1ScoringDeliveryFailing saw deliveries that were none.
+    Such counts are counters now (a dead worker's count stays in a counter's sum)."""
+    declared = declared_series()
+    misread = [(fn, metric) for fn, metric in RISES.findall(expr)
+               if declared.get(metric, ("", ""))[0] == "gauge" and declared[metric][1] in SUMMED]
+    assert not misread, f"{where}: {misread} read a gauge summed across workers as a counter"
+
+
+@pytest.mark.parametrize(("expr", "found"), [
+    ("sum by (job) (increase(sn1_api_outbox_rejected[30m])) > 0", [("increase", "sn1_api_outbox_rejected")]),
+    ("sum(rate( x_total{a=\"b\"}[5m])) / sum(delta(y[5m]))", [("rate", "x_total")]),
+])
+def test_the_rise_reader_finds_the_metric_of_each_increase_and_rate(expr: str, found: list[tuple[str, str]]) -> None:
+    assert RISES.findall(expr) == found
 
 
 def test_the_rules_scrape_the_jobs_the_example_configuration_names() -> None:
