@@ -3,7 +3,8 @@
 At-least-once, oldest first: the lease holder (one forwarder across every API
 worker and host) posts the head of the outbox, removes it only after a 2xx, and
 on failure waits with exponential backoff and full jitter before retrying the
-same payload, so order is kept. A payload the validator rejects as malformed
+same payload, so order is kept. The backoff is the fleet's (kept in the store, as
+is the count of a payload's failed tries below): a new lease holder goes on with it. A payload the validator rejects as malformed
 (its 400/422, or a 413 from anyone) is dropped with a log line: it would block the queue forever. So is one
 the validator fails on (its 500, or a post that times out) ``CRASH_ATTEMPTS`` times in a row, once it takes a
 payload behind it and fails on it once more: payloads behind it failing alike are a validator down, and all
@@ -117,7 +118,7 @@ class OutboxForwarder:
         # When the next pass may post (Unix seconds): the fleet's backoff, kept in the store beside the outage
         # (a new lease holder began it again from ``base_delay``: a validator down was posted to once a lease)
         self._resume_at = 0.0
-        self._backing_off = False  # this worker's own pass failed: it lets the lease go until ``_resume_at``
+        self._backing_off = False  # this worker's own pass failed: it does not renew the lease until ``_resume_at``
         self.delivered = 0
         self.delivery_failures = 0
         self.rejected = 0  # payloads dropped as the validator would not take them (malformed, or failed on)
@@ -447,9 +448,10 @@ class OutboxForwarder:
 
     async def _pass_failed(self) -> None:
         """A pass delivered nothing: the fleet's backoff grows, in the store, so that the next lease holder goes on
-        with it (it posted at once, and began again from ``base_delay``). This worker does not renew the lease
-        while it backs off: a worker that cannot reach the validator (a network split) holds the fleet's
-        deliveries no longer than a lease, and the one that takes it posts when the backoff is over."""
+        with it (each worker kept its own: the next holder posted at once and began again from ``base_delay``).
+        This worker does not renew the lease while it backs off: a worker that cannot reach the validator (a
+        network split) holds the fleet's deliveries no longer than a lease, and the one that takes the lease
+        posts when the backoff is over."""
         self.delivery_failures += 1
         pace = Pace(self.base_delay, self.max_delay, self.rng.uniform(0.0, 1.0))
         self.failures, self._resume_at = await self.delivery_outage.backoff(pace)
@@ -464,9 +466,10 @@ class OutboxForwarder:
         return self._resume_at <= now
 
     async def _pause(self) -> None:
-        """Wait between passes: this worker's backoff after its own failure, the lease let go meanwhile; holding
-        the lease, until the fleet's next attempt (renewed every third of a lease: it posts then); else a third of
-        a lease, or a payload stored (a batch lingering to fill)."""
+        """Wait between passes: after this worker's own failure, until the fleet's next attempt, the lease not
+        renewed meanwhile (another worker may take it); holding the lease, until that attempt too, renewing it
+        every third of a lease (it posts then); else a third of a lease, or a payload stored (a batch lingering
+        to fill)."""
         left = self._resume_at - time.time()
         if self._backing_off:
             self._backing_off = False
