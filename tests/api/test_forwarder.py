@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from api.scoring_outbox import CRASH_ATTEMPTS, OutboxForwarder
 from shared.aio import describe, within
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Authorizer, RequestVerifier, Signer
-from shared.store.outbox import SQLiteOutbox
+from shared.store.outbox import Pace, SQLiteOutbox
 from tests.api.test_outbox import make_outbox  # noqa: F401 - the two-backend fixture
 from tests.helpers import keypair, log_lines, serve_app
 from tests.ports import free_port
@@ -771,6 +772,22 @@ async def test_workers_sharing_an_outbox_go_on_with_one_backoff_in_an_outage(mak
     gaps = [b - a for a, b in zip(posts, posts[1:], strict=False)]
     assert all(b >= a * 1.5 for a, b in zip(gaps, gaps[1:], strict=False)), [round(g, 2) for g in gaps]
     assert min(w.delivery_failures for w in workers) >= 1, "the lease moved: both workers posted"
+
+
+async def test_a_next_attempt_set_by_a_clock_far_ahead_is_not_waited_for(make_outbox) -> None:  # noqa: F811
+    """The fleet's next attempt is a wall-clock time: one set by a host whose clock is an hour ahead (or before
+    ours stepped back) would hold every worker's deliveries that hour. Past two ``max_delay``, it is not waited
+    for. Both backends."""
+    received: list[dict] = []
+    box = make_outbox()
+    await box.outage_backoff(time.time() + 3600, Pace(base=0.5, most=60.0, jitter=1.0))
+    async with serve_app(scoring_app(received)) as url, make_session() as session:
+        fwd = OutboxForwarder(box, MinerClient(session, Signer(API)), url, API.ss58_address, lease_seconds=1.0,
+                              base_delay=0.05, max_delay=1.0)
+        await fwd.sink({"n": 0})
+        async with running(fwd):
+            await wait_for(lambda: len(received) == 1, timeout=3.0)
+    assert await box.outage_resume_at() == 0.0, "the delivery ended the backoff"
 
 
 async def test_a_worker_that_cannot_reach_the_validator_holds_the_fleets_deliveries_no_longer_than_a_lease(
