@@ -144,6 +144,9 @@ def check(server: Running, method: str, template: str, status: int, body: bytes,
     assert ADMIN_KEY.encode() not in body, f"admin key echoed: {where}"
     if server.key not in path:
         assert server.key.encode() not in body or status < 400, f"api key echoed in an error: {where}"
+    if template == "/ready" and status == 503:  # a readiness report, not an error: its reasons (a run past the
+        assert json.loads(body)["ready"] is False, where  # metagraph's 180 s limit finds the test's grown stale)
+        return
     if status >= 400 and not parser_error(status, body):
         err = json.loads(body)["error"]
         assert set(err) == {"message", "type", "code", "param"}, where
