@@ -1,4 +1,4 @@
-"""The ``sn1`` command: ``api``, ``validator``, ``miner``, ``localnet``, ``keys`` and ``vacuum``."""
+"""The ``sn1`` command: ``api``, ``validator``, ``miner``, ``localnet``, ``keys``, ``vacuum`` and ``backup``."""
 
 from __future__ import annotations
 
@@ -109,6 +109,13 @@ def _main(argv: list[str] | None) -> None:
         "again."))
     vacuum.add_argument("path", help="the store file, e.g. ./state/api.db, or the STORE_URL naming it "
                                      "(sqlite:///./state/api.db)")
+    saved = sub.add_parser("backup", help="copy a SQLite store file safely, while the API runs", description=(
+        "Copy a SQLite file the node writes (the API's STORE_URL, the validator's SCORING_INBOX_FILE) to a new file, "
+        "as one consistent snapshot, while the process runs. `cp` is not a backup of it: what was written since "
+        "the last checkpoint is in the -wal file beside it. The copy is one file, readable by its owner alone; to "
+        "restore it, stop the API, remove the store file and its -wal and -shm files, and put the copy in its place."))
+    saved.add_argument("source", help="the store file, e.g. ./state/api.db, or the STORE_URL naming it")
+    saved.add_argument("dest", help="a new file, or a directory to write it into under the source's name")
     args = parser.parse_args(argv)
 
     if args.command in DEFAULT_ENV:
@@ -129,27 +136,35 @@ def _main(argv: list[str] | None) -> None:
         sys.exit(run_keys(args))
     elif args.command == "vacuum":
         sys.exit(_vacuum(args.path))
+    elif args.command == "backup":
+        sys.exit(_backup(args.source, Path(args.dest)))
 
 
-def _vacuum(target: str) -> str | None:
-    """``sn1 vacuum``: its sizes before and after on one line; an error's line (exit status 1) otherwise. The file is
-    named as a path or as the ``STORE_URL`` an operator has at hand (``sqlite:///./state/api.db`` was read as the
-    path ``sqlite:/state/api.db``: "no such file")."""
-    import sqlite3
-
+def _store_file(command: str, target: str, redis_note: str) -> Path | str:
+    """The SQLite file a command is named, as a path or as the ``STORE_URL`` an operator has at hand
+    (``sqlite:///./state/api.db`` was read as the path ``sqlite:/state/api.db``: "no such file"); else the
+    error's line (a Redis URL, its password masked, told ``redis_note``; a file that is not there)."""
     from shared.settings import mask_credentials
     from shared.store.sqlite import sqlite_path
-    from shared.store.sqlite_tables import compact
 
     if target.startswith("sqlite:///"):
         path = sqlite_path(target)
     elif re.match(r"^[a-z][a-z0-9+.-]*://", target, re.IGNORECASE):
-        return (f"sn1 vacuum: {mask_credentials(target)}: not a SQLite store (sqlite:///path); a Redis store frees "
-                "its memory by itself")
+        return f"sn1 {command}: {mask_credentials(target)}: not a SQLite store (sqlite:///path); {redis_note}"
     else:
         path = Path(target)
-    if not path.is_file():
-        return f"sn1 vacuum: {path}: no such file"
+    return path if path.is_file() else f"sn1 {command}: {path}: no such file"
+
+
+def _vacuum(target: str) -> str | None:
+    """``sn1 vacuum``: its sizes before and after on one line; an error's line (exit status 1) otherwise."""
+    import sqlite3
+
+    from shared.store.sqlite_tables import compact
+
+    path = _store_file("vacuum", target, "a Redis store frees its memory by itself")
+    if isinstance(path, str):
+        return path
     try:
         before, after = compact(path)
     except sqlite3.Error as e:
@@ -159,6 +174,29 @@ def _vacuum(target: str) -> str | None:
     print(f"{path}: {before / (1 << 20):.1f} MiB -> {after / (1 << 20):.1f} MiB; it gives back freed space from now on")
     return None
 
+
+def _backup(target: str, dest: Path) -> str | None:
+    """``sn1 backup``: what it wrote on one line (its size, and the API keys it holds, so that a copy of an empty
+    or wrong file shows at once); an error's line (exit status 1) otherwise."""
+    import sqlite3
+
+    from shared.store.sqlite_backup import backup
+
+    path = _store_file("backup", target, "back up Redis itself: its RDB snapshot (BGSAVE, then copy dump.rdb) "
+                                         "or its appendonly files")
+    if isinstance(path, str):
+        return path
+    dest = dest / path.name if dest.is_dir() else dest
+    try:
+        made = backup(path, dest)
+    except OSError as e:  # the destination's directory or disk (its path and why), or backup's own line
+        return f"sn1 backup: {f'{e.filename}: {e.strerror}' if e.strerror else e}"
+    except sqlite3.Error as e:  # the source's own: "file is not a database"
+        return f"sn1 backup: {path}: {e}"
+    keys = "" if made.api_keys is None else f", {made.api_keys} API key(s)"
+    size = f"{made.bytes / (1 << 20):.1f} MiB" if made.bytes >= 1 << 20 else f"{made.bytes >> 10} KiB"
+    print(f"{path} -> {dest}: {size}{keys}")
+    return None
 
 if __name__ == "__main__":
     main()
