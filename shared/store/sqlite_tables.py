@@ -95,7 +95,9 @@ def unreclaimed(path: Path) -> int | None:
     else the bytes it holds free now, for good (a file made before 2026-12-06)."""
     db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)  # reads two pragmas: writes nothing
     try:
-        if db.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL:
+        # an empty file (made ahead for the store, see ``_made_ahead``) is a new database: ``open_db`` gives it
+        # auto_vacuum; read here first, it was "made before 2026-12-06: run sn1 vacuum"
+        if path.stat().st_size == 0 or db.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL:
             return None
         return db.execute("PRAGMA freelist_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
     finally:
@@ -139,6 +141,21 @@ def create_private(path: Path) -> bool:
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
+        return _made_ahead(path)
+    return True
+
+
+def _made_ahead(path: Path) -> bool:
+    """An empty file is one made ahead for the store (``touch``, ``install -m 644 /dev/null``, by a deploy script
+    or a unit's ``ExecStartPre``): SQLite makes it a new database, so it is as new as one made here. Made private
+    before SQLite opens it, with nothing said (it holds nothing yet; warned, it read as an old release's file,
+    its -wal and -shm, which SQLite makes with its mode, each a WARNING of their own). Found by its size, never
+    opened (see ``create_private``). Another user's, which cannot be changed, is left to ``_make_private``."""
+    try:
+        if path.stat().st_size:
+            return False
+        path.chmod(0o600)
+    except PermissionError:
         return False
     return True
 

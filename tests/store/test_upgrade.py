@@ -78,3 +78,35 @@ async def test_a_store_file_others_could_read_is_made_private_with_a_warning(tmp
     assert path.stat().st_mode & 0o777 == 0o600
     assert any(str(path) in w and "readable by its owner alone" in w for w in warnings), warnings
 
+
+
+async def test_an_empty_file_made_ahead_for_the_store_is_a_new_store_not_an_old_one(tmp_path: Path) -> None:
+    """A deploy that makes the store file ahead (``touch``, ``install -m 644 /dev/null``) got four WARNINGs at the
+    API's first start: the file "made before 2026-12-06" (run `sn1 vacuum`), then it and its -wal and -shm each
+    "readable by others". It holds nothing: it is made private in silence, and gives freed space back as a new
+    file does."""
+    from loguru import logger
+
+    from api.main import _warn_unreclaimed
+    from shared.store import sqlite_tables
+
+    path = tmp_path / "api.db"
+    path.touch(mode=0o644)
+    path.chmod(0o644)
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        _warn_unreclaimed(path)  # the API's start reads it before it opens it
+        store = SQLiteStore(path)
+        await store.create_key(60)
+        modes = _modes(path)
+        await store.close()
+    finally:
+        logger.remove(sink)
+    assert warnings == []
+    assert modes == {"api.db": 0o600, "api.db-wal": 0o600, "api.db-shm": 0o600}
+    assert sqlite_tables.unreclaimed(path) is None
+
+
+def _modes(path: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mode & 0o777 for p in sorted(path.parent.glob(f"{path.name}*"))}
