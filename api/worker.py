@@ -39,6 +39,7 @@ from shared.store.outbox import Outbox, open_outbox
 from shared.store.responses import ResponseStore, open_responses
 from shared.store.sessions import SessionStore, open_sessions
 from shared.store.sqlite import sqlite_path
+from shared.store.sqlite_tables import why_not_opened
 from shared.wallet import load_hotkey
 
 
@@ -101,7 +102,8 @@ async def build_context(settings: ApiSettings, *, role: str = "api",
         stores = open_stores(settings, links)
     except (OSError, sqlite3.Error, StoreUnavailable) as e:  # a directory, a file that is not a database
         await client.session.close()
-        raise SettingsError(f"STORE_URL: cannot open {mask_credentials(settings.store_url)}: {e}") from None
+        hint = why_not_opened(sqlite_path(settings.store_url), e) if not is_redis(settings.store_url) else ""
+        raise SettingsError(f"STORE_URL: cannot open {mask_credentials(settings.store_url)}: {e}{hint}") from None
     if new_file:  # a first start, or a mistyped path: every existing key would answer 401, said once here
         where = sqlite_path(settings.store_url)
         logger.warning("STORE_URL: {} did not exist; a new, empty key store was created there{}", where.resolve(),

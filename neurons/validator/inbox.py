@@ -26,7 +26,7 @@ from shared.jsonutil import dumps, loads
 from shared.settings import SettingsError
 from shared.store.base import StoreUnavailable
 from shared.store.outage import OutageLog
-from shared.store.sqlite_tables import SQLiteTables, open_db
+from shared.store.sqlite_tables import SQLiteTables, open_db, why_not_opened
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
@@ -261,4 +261,5 @@ def open_inbox(path: Path) -> ScoringInbox:
     try:
         return ScoringInbox(path)
     except (OSError, sqlite3.Error) as e:
-        raise SettingsError(f"SCORING_INBOX_FILE: {path} cannot be used as the scoring inbox ({e})") from None
+        raise SettingsError(f"SCORING_INBOX_FILE: {path} cannot be used as the scoring inbox ({e})"
+                            f"{why_not_opened(path, e)}") from None

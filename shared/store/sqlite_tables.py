@@ -72,6 +72,33 @@ def open_db(path: Path, *, synchronous: str, schema: str = "") -> sqlite3.Connec
             time.sleep(0.05)
 
 
+def why_not_opened(path: Path, error: BaseException) -> str:
+    """What to fix, for a SQLite file a start could not open (``""``: the error says it all, a file that is not a
+    database). SQLite says "unable to open database file" for a directory named as the file, and for a file in a
+    directory this user cannot write (it writes the -wal and -shm files beside it): a service's user (the units'
+    ``User=sn1``) and a directory made by root, the usual first start, read as nothing more."""
+    if path.is_dir():
+        return f"; {path} is a directory: name a file in it ({path / 'api.db'})"
+    cause = error.__cause__ if isinstance(error, StoreUnavailable) and error.__cause__ else error
+    code = getattr(cause, "sqlite_errorcode", None)
+    if not isinstance(cause, PermissionError) and (code is None or code & 0xFF not in _UNWRITABLE):
+        return ""
+    return (f"; the file and its directory, {path.resolve().parent}, must be writable by this process's user "
+            f"({_user()}): SQLite writes {path.name}-wal and {path.name}-shm beside the file")
+
+
+_UNWRITABLE = frozenset({sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM})
+
+
+def _user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid with no name (a container's)
+        return f"uid {os.geteuid()}"
+
+
 def reclaim(db: sqlite3.Connection) -> int:
     """Give back at most ``RECLAIM_PAGES`` of the file's free pages to the file system, above a slack of
     ``RECLAIM_PAGES`` kept for reuse; how many free pages are still above that slack (0: done). Expired rows

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -126,6 +128,24 @@ def test_a_start_up_error_in_the_workers_is_one_line_not_a_traceback(tmp_path: P
         "WORKERS": "2", "API_PORT": str(free_port()), "STORE_URL": f"sqlite:///{tmp_path}"})  # a directory
     assert out.returncode != 0
     assert "sn1 api: STORE_URL: cannot open" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert f"{tmp_path} is a directory: name a file in it ({tmp_path / 'api.db'})" in out.stderr, out.stderr
+
+
+def test_a_store_sqlite_cannot_write_beside_says_what_to_fix(tmp_path: Path) -> None:
+    """A store file in a directory its user cannot write (a unit's ``User=sn1``, a directory made by root) stopped
+    the start on SQLite's own words alone, "unable to open database file", for a file that is there and readable.
+    Here SQLite cannot make its -wal file (a directory by that name: what root, who may write anywhere, meets)."""
+    store = tmp_path / "state" / "api.db"
+    store.parent.mkdir()
+    sqlite3.connect(store).execute("CREATE TABLE t (a)").connection.close()
+    Path(f"{store}-wal").mkdir()
+    out = start_once(tmp_path / "api.env", prepare(tmp_path) | {
+        "API_PORT": str(free_port()), "STORE_URL": f"sqlite:///{store}"})
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.splitlines()[-1] == (
+        f"sn1 api: STORE_URL: cannot open sqlite:///{store}: sqlite: unable to open database file; the file and its "
+        f"directory, {store.parent}, must be writable by this process's user ({pwd.getpwuid(os.geteuid()).pw_name}): "
+        "SQLite writes api.db-wal and api.db-shm beside the file")
 
 
 def test_a_new_sqlite_store_is_said_once_at_start(tmp_path: Path) -> None:

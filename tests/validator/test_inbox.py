@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import signal
 import sqlite3
 import subprocess
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from loguru import logger
 
@@ -325,6 +327,21 @@ def test_an_inbox_file_that_is_not_a_database_stops_the_start_in_one_line(tmp_pa
     # The operator's file, named by mistake, is left as it was (it was made 0600 first, with a WARNING).
     assert bad.stat().st_mode & 0o777 == 0o644 and "readable by its owner alone" not in out.stderr, out.stderr
 
+
+
+def test_an_inbox_sqlite_cannot_write_beside_says_what_to_fix(tmp_path: Path) -> None:
+    """"unable to open database file" alone, for a STATE_DIR its user cannot write, named nothing to fix."""
+    from neurons.validator.inbox import open_inbox
+    from shared.settings import SettingsError
+
+    path = tmp_path / "scoring_inbox.db"
+    sqlite3.connect(path).execute("CREATE TABLE t (a)").connection.close()
+    Path(f"{path}-wal").mkdir()  # SQLite cannot make its -wal there, as in a directory it may not write
+    with pytest.raises(SettingsError) as refused:
+        open_inbox(path)
+    assert str(refused.value).endswith(f"; the file and its directory, {tmp_path}, must be writable by this "
+                                       "process's user (" + pwd.getpwuid(os.geteuid()).pw_name + "): SQLite writes "
+                                       "scoring_inbox.db-wal and scoring_inbox.db-shm beside the file")
 
 async def test_the_scored_line_names_the_request_id_across_a_restart(tmp_path: Path) -> None:
     """``scored organic InferenceTask: 1=1.00 2=0.00`` named no request: a caller's request id, found in the
