@@ -92,6 +92,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app.on_response_prepare.append(add_rate_limit_headers)  # x-ratelimit-* on every charged response
     app.on_response_prepare.append(usage.count_response)
     install_cors(app, ctx.settings.cors_origins)  # after every route, and after the hooks that add headers
+    app.on_shutdown.append(_stopping)
     app.cleanup_ctx.append(usage.usage_flusher)  # always: the last flush at shutdown must happen
     app.cleanup_ctx.append(renewing)  # always: a stream longer than a lease keeps its slot
     if run_background:
@@ -130,6 +131,12 @@ async def probe_set_aside(ctx: ApiContext) -> None:
 
     assert ctx.miner_health is not None, "create_api_app sets it"
     await probe_forever(ctx.miner_health, lambda uid: ctx.metagraph.snapshot.by_uid(uid), probe)
+
+
+async def _stopping(app: web.Application) -> None:
+    """``on_shutdown``: the stop signal came, the port is closed, and the requests in flight have 5 s before aiohttp
+    cuts them; a request cut from now on is logged ``status=shut_down`` (``logged_outcome``)."""
+    app[CTX].stopping = True
 
 
 async def _flush_request_log(app: web.Application) -> AsyncIterator[None]:

@@ -196,8 +196,9 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             raise
         except asyncio.CancelledError:  # the caller left: its line names the miners asked, as a plain race's does
             stage.cancel()
-            _log_answer(request, fmt, key, req, asked, None, use_mixture=True, status="client_closed",
-                        started=started, runs=stage.runs, send=send)
+            _log_answer(request, fmt, key, req, asked, None, use_mixture=True,
+                        status=logged_outcome("client_closed", [], stopping=ctx.stopping), started=started,
+                        runs=stage.runs, send=send)
             raise
         answers, earlier = stage_one.answers, stage_one.runs
         body = mixture.final_body(body, [r.text for r in answers], limit=ctx.settings.miner_max_body_bytes,
@@ -267,7 +268,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
                              completion_tokens=used.get("completion_tokens") or 0,
                              error=outcome == "ok" and (winner.error is not None or unsent is not None),
                              day=request.get(USAGE_DAY))
-        status = unsent or ending(request) or logged_outcome(outcome, [winner] if winner else [])
+        status = unsent or ending(request) or logged_outcome(outcome, [winner] if winner else [], stopping=ctx.stopping)
         _log_answer(request, fmt, key, req, asked, winner.uid if winner else None,
                     use_mixture=use_mixture, status=status, started=started, runs=[*earlier, *race.runs], send=send)
 

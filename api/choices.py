@@ -196,7 +196,7 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
         write(request, f"{fmt.kind} rid={rid} key={key.id} n={len(asks)} "
                        f"uids={str([[r.uid for r in race.runs] for race, _ in races]).replace(' ', '')} "
                        f"winners={str([w.uid for w in winners]).replace(' ', '')} stream={req.stream} "
-                       f"status={logged_outcome(outcome, winners)} "
+                       f"status={logged_outcome(outcome, winners, stopping=ctx.stopping)} "
                        f"latency_ms={(time.perf_counter() - started) * 1000:.1f}"
                        f"{failures(r for race, _ in races for r in race.runs)}" if ctx.request_log.enabled else "")
 

@@ -152,9 +152,15 @@ def mid_stream_failure(run: MinerRun) -> str | None:
     return f"miner uid {run.uid} failed mid-stream: {run.error}" if run.error else None
 
 
-def logged_outcome(outcome: str, winners: list[MinerRun]) -> str:
+def logged_outcome(outcome: str, winners: list[MinerRun], *, stopping: bool = False) -> str:
     """The access log's word for how a request ended: winners (one per choice) of which one failed after
-    its stream began are not ``ok`` (the caller got an error event), though the answer was sent and counted."""
+    its stream began are not ``ok`` (the caller got an error event), though the answer was sent and counted.
+    A request cancelled while this process stops (``ApiContext.stopping``: aiohttp cuts what still runs 5 s after
+    the stop signal) is ``shut_down``, as a background response its shutdown failed is: its caller did not leave,
+    its connection was closed under it (it read ``client_closed``, and an operator restarting the API saw no sign
+    that the restart had cut anyone)."""
+    if outcome == "client_closed" and stopping:
+        return "shut_down"
     return "failed_mid_stream" if outcome == "ok" and any(w.error for w in winners) else outcome
 
 

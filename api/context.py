@@ -54,6 +54,7 @@ class ApiContext:
     responses: ResponseStore | None = None  # None: RESPONSES_RETENTION_SECONDS is 0, nothing is stored
     conversations: ConversationStore | None = None  # None as ``responses``
     request_log: RequestLog = field(default_factory=lambda: RequestLog("api"))  # one INFO line per request
+    stopping: bool = False  # a stop signal came (``on_shutdown``): a request cut from here on is logged ``shut_down``
     store_marker: MarkerWatch = field(default_factory=MarkerWatch)  # a Redis that came back empty: /ready, an ERROR
     # answers the store did not take (a full disk refuses them while smaller writes pass): a few lines, not one each
     responses_outage: OutageLog = field(default_factory=lambda: OutageLog("stored responses"))

@@ -4,6 +4,7 @@ ones included, written even at shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -322,6 +323,24 @@ async def test_a_stream_is_logged_when_it_ends_with_its_real_outcome(tmp_path: P
     (left,) = [x for x in lines if " | chat rid=leaves " in x]
     assert " winner=3 " in left and " status=client_closed " in left, left
 
+
+
+async def test_a_stream_the_apis_own_shutdown_cuts_is_logged_shut_down(tmp_path: Path, lines: list[str]) -> None:
+    """A restart (SIGTERM) cuts the streams still running once its grace is over; their lines said
+    ``status=client_closed``, as if each caller had hung up, and an operator saw no sign that the restart had
+    cut anyone. A caller that does hang up is still ``client_closed`` (the test above)."""
+    slow = Script([(0, d) for d in sse(chunk("Hel"), done=False)] + [(30.0, b"")])
+    async with aiohttp.ClientSession() as s:
+        async with api_with_miners(tmp_path, {3: slow}) as api:
+            r = await s.post(api.url + "/v1/chat/completions", json={"messages": MESSAGES, "uids": [3], "stream": True},
+                             headers={"Authorization": f"Bearer {api.key}", "x-request-id": "cut"})
+            await r.content.readany()  # the stream has begun; the API stops under it
+            reading = asyncio.create_task(r.content.read())
+        with contextlib.suppress(aiohttp.ClientError):
+            await reading
+        r.release()
+    (line,) = [x for x in lines if " | chat rid=cut " in x]
+    assert " winner=3 " in line and " status=shut_down " in line, line
 
 async def test_a_web_retrieval_every_miner_failed_is_logged_with_its_502(tmp_path: Path, lines: list[str]) -> None:
     async with api_with_miners(tmp_path, {2: Script([], status=500)}) as api:
