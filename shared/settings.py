@@ -65,6 +65,10 @@ def problem_lines(command: str, error: Exception) -> str:
 
 
 MIN_ADMIN_KEY = 16
+# Different characters an admin key must hold: a repeated word or character ("passwordpassword", "adminadminadmin1",
+# "aaaaaaaaaaaaaaaa") passed the length, and is what a guesser tries first. A random key of 16 characters or more
+# holds 8 different ones but for a chance far below one in a billion (hex: 16 possible characters).
+MIN_ADMIN_KEY_CHARS = 8
 MAKE_KEY = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes one"
 # Admin keys the README has shown in its examples: copied as they are, they open every API key to anyone.
 PUBLISHED_ADMIN_KEYS = frozenset({"my-long-random-admin-key"})
@@ -312,8 +316,8 @@ class ApiSettings(CommonSettings):
     @classmethod
     def _strong_admin_key(cls, v: SecretStr | None) -> SecretStr | None:
         """A key that guards every API key: long enough, one an ``admin-key`` header can carry (HTTP trims
-        a value's ends, so a key ending in a space refused every admin call), and not one the README
-        printed as an example, which anyone can read."""
+        a value's ends, so a key ending in a space refused every admin call), not one the README
+        printed as an example, which anyone can read, nor a word or character repeated (``MIN_ADMIN_KEY_CHARS``)."""
         if v is None:
             return v
         key = v.get_secret_value()
@@ -324,6 +328,10 @@ class ApiSettings(CommonSettings):
                              "header can carry: every admin call would be refused")
         if key in PUBLISHED_ADMIN_KEYS:
             raise ValueError(f"is the README's example value, which anyone can read: {MAKE_KEY}")
+        if (different := len(set(key))) < MIN_ADMIN_KEY_CHARS:
+            raise ValueError(f"holds only {different} different character{'s' * (different != 1)} (at least "
+                             f"{MIN_ADMIN_KEY_CHARS}): a repeated word or character is the first a guesser tries: "
+                             f"{MAKE_KEY}")
         return v
 
     @field_validator("validator_api")

@@ -382,7 +382,9 @@ def test_localnet_help_gives_every_option_its_default(tmp_path: Path) -> None:
     ('ADMIN_KEY="0123456789abcdef-ends-in-a-space "\n', None, "starts or ends with whitespace"),
     ("", {"ADMIN_KEY": "\t0123456789abcdef-tab-first"}, "starts or ends with whitespace"),
     ("ADMIN_KEY=my-long-random-admin-key\n", None, "is the README's example value, which anyone can read"),
-], ids=["short", "trailing-space", "tab", "readme-example"])
+    ("ADMIN_KEY=passwordpassword\n", None, "holds only 7 different characters (at least 8): a repeated word"),
+    ("", {"ADMIN_KEY": "a" * 32}, "holds only 1 different character (at least 8)"),
+], ids=["short", "trailing-space", "tab", "readme-example", "repeated-word", "one-character"])
 def test_an_admin_key_that_guards_nothing_is_refused_without_showing_it(
         tmp_path: Path, line: str, environ: dict[str, str] | None, expected: str) -> None:
     """A key ending in a space passed, and every admin call was then refused (HTTP trims header values);
