@@ -136,19 +136,26 @@ class AdminClient:
             raise AdminError(0, f"cannot reach the API at {self.base_url}: {e.__class__.__name__} {e}".strip(),
                              code="unreachable") from None
         if status >= 400:
-            raise _error(status, raw)
+            raise _error(status, raw, self.base_url)
         try:
             return model.model_validate_json(raw)
         except ValidationError as e:
             raise AdminError(status, f"unexpected answer from the API: {e.errors()[0]['msg']}") from None
 
 
-def _error(status: int, raw: bytes) -> AdminError:
+def _error(status: int, raw: bytes, base_url: str) -> AdminError:
+    """The server's error as its status, code and message. A route it does not have (``not_found``, not
+    ``api_key_not_found``) is a URL that names no sn1 API: the validator's port (8094) beside the API's, or a
+    proxy's path prefix left out, answered "no such endpoint here" and no word on which setting to look at."""
     try:
         err = KeyErrorBody.model_validate_json(raw).error
-        return AdminError(status, err.message, err.code)
     except ValidationError:
-        return AdminError(status, raw[:200].decode("utf-8", "replace") or "no body")
+        err = None
+    message = err.message if err else raw[:200].decode("utf-8", "replace") or "no body"
+    if status == 404 and (err is None or err.code == "not_found"):
+        message += (f" Is {base_url} the sn1 API (its API_PORT, 42170 by default)? Not the validator's port nor a "
+                    "miner's: set --api or SN1_API_URL")
+    return AdminError(status, message, err.code if err else None)
 
 
 class _ErrorDetail(BaseModel):

@@ -161,6 +161,22 @@ def test_an_api_url_without_its_scheme_is_named_as_the_setting_to_fix(url: str) 
                               f"(http://host:port/...){fix}\n")
 
 
+
+async def test_an_api_url_that_names_another_server_says_which_setting_to_check() -> None:
+    """``--api`` at the validator's port (8094, beside the API's 42170) was "HTTP 404: Invalid URL (GET
+    /api_management/api-keys): no such endpoint here.", with no word on what to fix."""
+    from aiohttp import web
+
+    from shared.http import error_middleware
+    from tests.helpers import serve_app
+
+    async with serve_app(web.Application(middlewares=[error_middleware])) as other:
+        code, _, err = await sn1_keys(ApiUnderTest(url=other, key="", ctx=None, scripts={}), "list")
+    assert code == 1
+    assert err == (f"sn1 keys list: HTTP 404: Invalid URL (GET /api_management/api-keys): no such endpoint here. Is "
+                   f"{other} the sn1 API (its API_PORT, 42170 by default)? Not the validator's port nor a miner's: "
+                   "set --api or SN1_API_URL\n")
+
 def test_connection_options_work_before_or_after_the_action() -> None:
     """``sn1 keys list --json`` was "unrecognized arguments" (only ``sn1 keys --json list`` worked)."""
     import argparse
