@@ -45,7 +45,8 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
     """A Redis ``STORE_URL`` is asked for a PING at start (opening it does no I/O), on ``links``: one worker's own,
     which it then serves with; without them (the ``WORKERS`` > 1 supervisor's check), on a client of its own named
     ``sn1-api-<pid>-check``, closed after (unnamed, it stood out in Redis's ``CLIENT LIST``). One that refuses us
-    (a wrong password, a database index out of range) is a setting to fix: the start stops with one line.
+    (a wrong password, a database index out of range) is a setting to fix: the start stops with one line; so is a
+    server there that is no Redis (an HTTP port: it was "cannot reach", and the API answered 503 for good).
     One that does not answer (down, or not up yet after a reboot) is a WARNING, and the API starts: it
     answers 503 until Redis does, and ``/ready`` says why, then recovers by itself (stopping instead made
     pm2 give up after ``max_restarts`` and left the API down once Redis was back). One that answers but refuses
@@ -57,6 +58,7 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
         return
     from redis.exceptions import (  # here: a SQLite API never loads redis (9 MB)
         AuthenticationError,
+        InvalidResponse,
         OutOfMemoryError,
         ReadOnlyError,
         ResponseError,
@@ -71,6 +73,10 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
         refused = isinstance(e.__cause__, AuthenticationError | ResponseError)
         if refused and not isinstance(e.__cause__, OutOfMemoryError | ReadOnlyError):
             raise SettingsError(f"STORE_URL: {mask_credentials(url)} refused us: {reason}") from None
+        if isinstance(e.__cause__, InvalidResponse):  # something answers there, and it is no Redis: it never will be
+            raise SettingsError(f"STORE_URL: {mask_credentials(url)} answers, but not as a Redis server does ({reason}): "
+                                "is that the Redis's host and port (6379 by default), not another server's (the "
+                                "validator's 8094, an HTTP proxy)? rediss:// for a Redis that takes TLS only") from None
         logger.warning("STORE_URL: cannot reach {}: {}; starting anyway, requests answer 503 until it answers",
                        mask_credentials(url), reason)
     else:

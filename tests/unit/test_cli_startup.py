@@ -309,6 +309,30 @@ def test_a_redis_that_refuses_the_store_url_stops_the_api_with_one_line(tmp_path
                     "ResponseError: DB index is out of range"], out.stderr[-2000:]
 
 
+
+def test_a_store_url_at_a_server_that_is_no_redis_stops_the_api_with_one_line(tmp_path: Path) -> None:
+    """``STORE_URL=redis://127.0.0.1:8094/0`` (the validator's port): its HTTP answer was taken for an outage, "cannot
+    reach ...: Protocol error, got "H" as reply type byte; starting anyway", and every request was a 503 for good."""
+    import http.server
+    import threading
+
+    http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=http_server.serve_forever, daemon=True).start()
+    try:
+        port = http_server.server_address[1]
+        env, _, _ = api_env(tmp_path, f"redis://:hunter2@127.0.0.1:{port}/0")
+        out = start("api", env)
+    finally:
+        http_server.shutdown()
+        http_server.server_close()
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "hunter2" not in out.stderr, out.stderr[-2000:]
+    said = [line for line in out.stderr.splitlines() if line.startswith("sn1 api:")]
+    assert len(said) == 1 and said[0].startswith(
+        f"sn1 api: STORE_URL: redis://***@127.0.0.1:{port}/0 answers, but not as a Redis server does (redis: "
+        "InvalidResponse: "), said
+    assert said[0].endswith("is that the Redis's host and port (6379 by default), not another server's (the "
+                            "validator's 8094, an HTTP proxy)? rediss:// for a Redis that takes TLS only"), said
+
 def run_cli(*args: str, cwd: Path, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     from shared.settings import SETTING_NAMES
 
