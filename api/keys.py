@@ -76,19 +76,28 @@ def plus_restored(value: str) -> str:
 
 
 async def _resolve(store: Store, ref: str) -> KeyRecord:
-    """The key named by its secret or its id; 404 otherwise."""
+    """The key named by its secret or its id; 404 otherwise. A secret is one of ours (``sn1-...``) or one imported
+    from the original API's key file (``LEGACY_SECRET``: 32 hex digits there): an imported key, which its callers
+    use, was a 404 by its secret, and its id was hard to find (the list shows the first 6 characters of each)."""
     try:
-        if ref.startswith(KEY_PREFIX) and len(ref) <= 256:
-            record = await store.get_key(hash_key(ref))
-        elif _KEY_ID.fullmatch(ref):
+        if _KEY_ID.fullmatch(ref):
             record = await store.get_key_by_id(ref)
+        elif (ref.startswith(KEY_PREFIX) and len(ref) <= 256) or LEGACY_SECRET.fullmatch(ref):
+            record = await store.get_key(hash_key(ref))
         else:
             record = None
     except StoreUnavailable:
         raise store_unavailable() from None
     if record is None:
-        raise ApiError(404, "No such API key.", code="api_key_not_found", param="api_key")
+        raise key_not_found()
     return record
+
+
+def key_not_found() -> ApiError:
+    """The 404 for a key this store does not hold, saying how a key is named: the list's prefix (``sn1-AbCdEf...``)
+    was tried, and read "No such API key." with no word on it."""
+    return ApiError(404, "No such API key: name a key by its id (the key list's first column) or its whole secret, "
+                         "not its prefix.", code="api_key_not_found", param="api_key")
 
 
 def _dump(model: BaseModel, status: int = 200) -> web.Response:
@@ -133,7 +142,7 @@ async def modify_api_key(request: web.Request) -> web.Response:
     changes = params.changes(time.time())
     new = await store_call(store.update_key(record.id, changes))
     if new is None:
-        raise ApiError(404, "No such API key.", code="api_key_not_found", param="api_key")
+        raise key_not_found()
     logger.info("api key modified id={} fields={}", new.id, ",".join(sorted(params.model_fields_set)))
     return json_response({"message": "API key updated", **KeyOut.of(new).model_dump(mode="json")})
 
@@ -180,7 +189,7 @@ async def rotate_api_key(request: web.Request) -> web.Response:
     record = await _resolve(store, request.match_info["api_key"])
     rotated = await store_call(store.rotate_key(record.id))
     if rotated is None:
-        raise ApiError(404, "No such API key.", code="api_key_not_found", param="api_key")
+        raise key_not_found()
     secret, new = rotated
     logger.info("api key rotated id={}", new.id)
     return json_response({"message": "API key rotated", "api_key": secret, **KeyOut.of(new).model_dump(mode="json")})
@@ -192,7 +201,7 @@ async def delete_api_key(request: web.Request) -> web.Response:
     record = await _resolve(store, request.match_info["api_key"])
     deleted = await store_call(store.delete_key(record.id))
     if not deleted:
-        raise ApiError(404, "No such API key.", code="api_key_not_found", param="api_key")
+        raise key_not_found()
     logger.info("api key deleted id={}", record.id)
     await _forget_responses(request.app[CTX], record.id)
     return _dump(DeletedKeyOut(id=record.id))

@@ -291,6 +291,31 @@ async def test_modify_and_delete_errors(api: ApiUnderTest, http: aiohttp.ClientS
     assert api.key not in message and f"/delete-api-key/{api.key[:10]}.../extra" in message, message
 
 
+
+async def test_an_imported_key_is_managed_by_its_secret_as_the_readme_says(api: ApiUnderTest,
+                                                                           http: aiohttp.ClientSession) -> None:
+    """``{api_key}`` may be the secret or the id: an imported key (the original API's 32 hex digits), which its
+    callers use as it is, was a 404 by its secret, so an operator moving over could not modify, rotate or delete
+    a leaked one by what the old key file holds (the list shows only its first 6 characters). A prefix names no
+    key, and the 404 says how to name one."""
+    base = f"{api.url}/api_management"
+    legacy = "0123456789abcdef" * 2
+    status, _, out = await call(http, "POST", f"{base}/import-api-keys", headers=AK, json={legacy: {"rate_limit": 7}})
+    assert status == 200 and out["imported"] == 1, out
+    status, _, out = await call(http, "GET", f"{base}/api-keys/{legacy}/usage", headers=AK)
+    assert status == 200 and out["name"] == "imported" and out["rate_limit"] == 7, out
+    status, _, out = await call(http, "PUT", f"{base}/modify-api-key/{legacy}?rate_limit=9", headers=AK)
+    assert status == 200 and out["rate_limit"] == 9, out
+    for prefix in (legacy[:6], api.key[:10], f"{api.key[:10]}..."):  # as the key list shows them
+        status, _, out = await call(http, "DELETE", f"{base}/delete-api-key/{prefix}", headers=AK)
+        assert_error(status, out, 404, "api_key_not_found")
+        assert out["error"]["message"] == ("No such API key: name a key by its id (the key list's first column) or "
+                                           "its whole secret, not its prefix."), out
+    status, _, out = await call(http, "DELETE", f"{base}/delete-api-key/{legacy}", headers=AK)
+    assert status == 200 and out["deleted"] is True, out
+    status, _, out = await call(http, "GET", f"{api.url}/v1/usage", headers={"api-key": legacy})
+    assert_error(status, out, 401, "invalid_api_key")
+
 async def test_admin_gate(api: ApiUnderTest, http: aiohttp.ClientSession, logs: list[str]) -> None:
     url = f"{api.url}/api_management/create-api-key/?rate_limit=5"
     status, _, out = await call(http, "POST", url)
