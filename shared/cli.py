@@ -144,11 +144,13 @@ def _store_file(command: str, target: str, redis_note: str) -> Path | str:
     """The SQLite file a command is named, as a path or as the ``STORE_URL`` an operator has at hand
     (``sqlite:///./state/api.db`` was read as the path ``sqlite:/state/api.db``: "no such file"); else the
     error's line (a Redis URL, its password masked, told ``redis_note``; a file that is not there)."""
-    from shared.settings import mask_credentials
+    from shared.settings import mask_credentials, sqlite_url_meant
     from shared.store.sqlite import sqlite_path
 
     if target.startswith("sqlite:///"):
         path = sqlite_path(target)
+    elif target.startswith("sqlite:"):  # two slashes: it was "not a SQLite store ...; a Redis store ..."
+        return f"sn1 {command}: {target}: not a SQLite URL{sqlite_url_meant(target)}"
     elif re.match(r"^[a-z][a-z0-9+.-]*://", target, re.IGNORECASE):
         return f"sn1 {command}: {mask_credentials(target)}: not a SQLite store (sqlite:///path); {redis_note}"
     else:

@@ -104,6 +104,17 @@ def redis_url(v: str) -> str:
     return v
 
 
+
+def sqlite_url_meant(v: str) -> str:
+    """The SQLite ``STORE_URL`` a value that is none was likely meant to be, as ``: write ...`` (or ``""``): a URL
+    with two slashes (``sqlite://state/api.db``, SQLAlchemy's habit cut short) or a bare path (``./state/api.db``)."""
+    if v.startswith("sqlite:"):
+        rest = v[len("sqlite:"):].lstrip("/")
+        return f": write sqlite:///{rest} (from the working directory) or sqlite:////{rest} (from /)"
+    if v and "://" not in v and (v.endswith(".db") or v.startswith(("/", "./", "../", "~"))):
+        return f": write sqlite:///{v}" + (" (four slashes for a path from /)" if v.startswith("/") else "")
+    return ""
+
 def address_cut_short(parts: SplitResult) -> bool:
     """An '@' past where the URL's address ends: a '/', '#' or '?' in the password ended it early, so redis-py
     took the password's first part for the host (and an error quoting the URL showed the rest)."""
@@ -353,7 +364,8 @@ class ApiSettings(CommonSettings):
     @classmethod
     def _store_scheme(cls, v: str) -> str:
         if not (v.startswith("sqlite:///") or v.startswith("redis://") or v.startswith("rediss://")):
-            raise ValueError("must be sqlite:///path (one host), redis://host:port/db or rediss://... (a fleet)")
+            raise ValueError("must be sqlite:///path (one host), redis://host:port/db or rediss://... (a fleet)"
+                             f"{sqlite_url_meant(v)}")
         return v if v.startswith("sqlite:///") else redis_url(v)
 
 

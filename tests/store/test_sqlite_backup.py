@@ -78,6 +78,9 @@ def test_what_sn1_backup_refuses_it_says_in_one_line(tmp_path: Path) -> None:
     assert _sn1("backup", str(tmp_path / ".env.api"), str(tmp_path / "b.db")) == (
         f"sn1 backup: {tmp_path / '.env.api'}: file is not a database")
     assert not (tmp_path / "b.db").exists()
+    assert _sn1("backup", "sqlite://state/api.db", str(tmp_path / "b.db")) == (
+        "sn1 backup: sqlite://state/api.db: not a SQLite URL: write sqlite:///state/api.db (from the working "
+        "directory) or sqlite:////state/api.db (from /)")
     said = _sn1("backup", "redis://:hunter2@127.0.0.1:6379/0", str(tmp_path / "b.db"))
     assert isinstance(said, str) and "redis://***@127.0.0.1:6379/0: not a SQLite store" in said
     assert "BGSAVE" in said and "hunter2" not in said

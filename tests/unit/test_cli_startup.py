@@ -34,6 +34,14 @@ def test_bad_values_are_listed(tmp_path: Path, role: str) -> None:
                              "integer (got 'five')"),
     ("api", "STORE_URL=postgres://db/sn1\n", "sn1 api: STORE_URL: must be sqlite:///path (one host), "
                                             "redis://host:port/db or rediss://... (a fleet) (got 'postgres://db/sn1')"),
+    ("api", "STORE_URL=sqlite://state/api.db\n", "sn1 api: STORE_URL: must be sqlite:///path (one host), "
+                                              "redis://host:port/db or rediss://... (a fleet): write "
+                                              "sqlite:///state/api.db (from the working directory) or "
+                                              "sqlite:////state/api.db (from /) (got 'sqlite://state/api.db')"),
+    ("api", "STORE_URL=/var/lib/sn1/api.db\n", "sn1 api: STORE_URL: must be sqlite:///path (one host), "
+                                               "redis://host:port/db or rediss://... (a fleet): write "
+                                               "sqlite:////var/lib/sn1/api.db (four slashes for a path from /) "
+                                               "(got '/var/lib/sn1/api.db')"),
     ("api", "STORE_URL=redis://127.0.0.1:6379/sn1\n",
      "sn1 api: STORE_URL: 'redis://127.0.0.1:6379/sn1': the database 'sn1' is not a number (redis://host:6379/0: "
      "Redis databases are numbered)"),
@@ -65,7 +73,8 @@ def test_bad_values_are_listed(tmp_path: Path, role: str) -> None:
                                   "'WARNING' or 'ERROR' (got 'WARN')"),
     ("miner", "MINER_PORT=8o91\n", "sn1 miner: MINER_PORT: Input should be a valid integer, unable to parse string as "
                                    "an integer (got '8o91')"),
-], ids=["negative-timeout", "port-range", "not-a-number", "store-scheme", "redis-db-name", "redis-port", "url-scheme", "log-level", "json",
+], ids=["negative-timeout", "port-range", "not-a-number", "store-scheme", "sqlite-two-slashes", "sqlite-bare-path",
+        "redis-db-name", "redis-port", "url-scheme", "log-level", "json",
         "v-negative-timeout", "v-port-range", "v-not-a-number", "v-url-scheme",
         "zero-timeout", "m-url-scheme", "original-env-api", "m-log-level", "port-typo"])
 def test_a_bad_value_is_one_line_naming_the_command_the_setting_and_the_value(
