@@ -211,13 +211,15 @@ async def sample_forever(ctx: ApiContext, metrics: ApiMetrics, every: float = SA
     """Keep this worker's gauges fresh between scrapes. With ``WORKERS`` > 1 a scrape is answered by one
     worker and merges every worker's files: the others' gauges were as old as their last scrape (an hour-old
     metagraph read as 2 s old, a drained outbox as 5,000 deep). The store's marker is read here too, so a Redis
-    that came back empty is an ERROR within seconds even where nobody asks ``/ready``."""
+    that came back empty is an ERROR within seconds even where nobody asks ``/ready``. The first sample is taken at
+    once: a worker not sampled yet holds ``sn1_api_ready`` at 0 (its checks unset), so for the first 5 s after each
+    start a scrape read the host not ready while every ``check_ok`` was 1."""
     while True:
-        await asyncio.sleep(every)
         try:
             await sample(ctx, metrics)
         except Exception as e:  # noqa: BLE001 - a failed sample must not end the loop
             logger.debug("metrics sample failed: {}", e)
+        await asyncio.sleep(every)
 
 
 def install(app: web.Application, ctx: ApiContext) -> ApiMetrics:

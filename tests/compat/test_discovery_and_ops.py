@@ -226,6 +226,27 @@ async def test_a_workers_gauges_stay_fresh_between_scrapes(api: ApiUnderTest) ->
     assert metrics.metagraph_age._value.get() >= 3599
 
 
+
+async def test_a_worker_samples_its_gauges_as_it_starts(api: ApiUnderTest) -> None:
+    """With WORKERS > 1 a worker that had not sampled yet (its first sample came after 5 s) held ``sn1_api_ready``
+    at 0: every restart's first scrapes read the host not ready, while every ``check_ok`` was 1."""
+    import asyncio
+
+    from api.ops import sample_forever
+    from shared.metrics import ApiMetrics
+
+    metrics = ApiMetrics()
+    assert (await get_json(api, "/ready", key=None))[0] == 200
+    task = asyncio.create_task(sample_forever(api.ctx, metrics, every=3600))
+    try:
+        for _ in range(100):
+            if metrics.ready._value.get() == 1:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    assert metrics.ready._value.get() == 1
+
 async def test_an_api_hotkey_without_a_validator_permit_is_a_readiness_warning(
         api: ApiUnderTest, monkeypatch: pytest.MonkeyPatch) -> None:
     """The wrong wallet in .env.api, or a validator that has not earned its permit: every miner answers 403 and
