@@ -257,13 +257,15 @@ class MetagraphView:
             return f"{self.source.network} netuid {self.source.netuid}"
         return type(self.source).__name__
 
-    async def run(self) -> None:
-        """Refresh forever; a failed refresh keeps the last good snapshot."""
+    async def run(self, on_refresh: Callable[[MetagraphSnapshot], None] | None = None) -> None:
+        """Refresh forever; a failed refresh keeps the last good snapshot. ``on_refresh`` is handed each new one."""
         while True:
             await asyncio.sleep(self.refresh_seconds)
             try:
                 await self.refresh()
                 logger.debug("metagraph refreshed: {} neurons at block {}", len(self.snapshot.neurons), self.snapshot.block)
+                if on_refresh is not None:
+                    on_refresh(self.snapshot)
             except Exception as e:  # noqa: BLE001 - a refresh failure must not kill the loop
                 logger.warning("metagraph refresh failed, keeping the last snapshot: {}", e)
 

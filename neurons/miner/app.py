@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from neurons.miner.backends.base import Backend, BackendError
+from neurons.miner.standing import Standing
 from neurons.miner.traffic import CLIENT_GONE, REFUSALS, TRAFFIC, RefusalLog, TrafficLog, summary_loop
 from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json
@@ -30,6 +31,7 @@ from shared.sse import DONE_FRAME, DONE_TAIL_BYTES, encode_event, ends_with_done
 BACKEND = web.AppKey("backend", Backend)
 BACKEND_FAILURE = web.RequestKey("sn1_backend_failure", str)  # why the backend did not answer (its BackendError)
 METAGRAPH = web.AppKey("metagraph", MetagraphView)
+STANDING = web.AppKey("standing", Standing)
 
 
 def create_miner_app(
@@ -39,8 +41,10 @@ def create_miner_app(
     metagraph: MetagraphView | None = None,
     max_body_bytes: int = 8 << 20,
     log_level: str = "INFO",
+    standing: Standing | None = None,
 ) -> web.Application:
-    """``log_level``: the process's ``LOG_LEVEL`` (below INFO's, the per-request lines are not even formatted)."""
+    """``log_level``: the process's ``LOG_LEVEL`` (below INFO's, the per-request lines are not even formatted).
+    ``standing``: checked again at each refresh of ``metagraph``, and its problems shown in ``/health``."""
     refusals = RefusalLog()
     app = web.Application(
         middlewares=[error_middleware, btauth_middleware(verifier, on_refused=refusals.record)],
@@ -50,6 +54,8 @@ def create_miner_app(
     app[TRAFFIC] = TrafficLog(lines=RequestLog("miner", level=log_level))
     app[REFUSALS] = refusals
     app.cleanup_ctx.append(summary_loop)
+    if standing is not None:
+        app[STANDING] = standing
     if metagraph is not None:
         app[METAGRAPH] = metagraph
         app.cleanup_ctx.append(_metagraph_refresh)
@@ -62,7 +68,8 @@ def create_miner_app(
 
 
 async def _metagraph_refresh(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[METAGRAPH].run())
+    standing = app.get(STANDING)
+    task = asyncio.create_task(app[METAGRAPH].run(standing.check if standing is not None else None))
     yield
     task.cancel()
 
@@ -77,9 +84,17 @@ async def _flush_request_log(app: web.Application) -> None:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Liveness (``status`` is ``ok`` while the process serves), and ``problems``: what keeps validators from
+    calling this miner or it from answering them (a restart fixes none of them), empty when nothing does."""
     request.app[TRAFFIC].seen(request, "health")
     backend = request.app[BACKEND]
-    return json_response({"status": "ok", "backend": backend.name, "models": backend.models()})
+    models = backend.models()
+    standing = request.app.get(STANDING)
+    problems = list(standing.problems) if standing is not None else []
+    if not models:
+        problems.append("no model is served: the model server lists none, or has not answered yet (see the "
+                        "WARNING at start)")
+    return json_response({"status": "ok", "backend": backend.name, "models": models, "problems": problems})
 
 
 async def availability(request: web.Request) -> web.Response:

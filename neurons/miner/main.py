@@ -12,6 +12,7 @@ from neurons.miner.faults import FAULT_PROFILES, serve_fault_miner
 from neurons.miner.media_urls import MediaFetcher
 from neurons.miner.profiles import apply_quality_profile, check_profile
 from neurons.miner.search import CorpusSearch
+from neurons.miner.standing import Standing
 from shared.connections import connection_limits
 from shared.corpus import load_corpus
 from shared.http import serve_until_signal
@@ -62,12 +63,14 @@ async def run_miner(settings: MinerSettings) -> None:
     # a port in use: stop before the backend starts
     sock = bound_socket(settings.miner_host, settings.miner_port, settings=LISTEN)
     backend = apply_quality_profile(settings.miner_profile, await build_backend(settings), settings)
+    standing = Standing(hotkey.ss58_address, sock.getsockname()[1])
     app = create_miner_app(backend, verifier, metagraph=metagraph, max_body_bytes=settings.max_body_bytes,
-                           log_level=settings.log_level)
+                           log_level=settings.log_level, standing=standing)
     logger.info(
         "miner starting hotkey={} port={} network={} backend={} profile={} models={}",
         hotkey.ss58_address, settings.miner_port, settings.network_label(), backend.name,
         settings.miner_profile, backend.models(),
     )
+    standing.check(metagraph.snapshot)
     await serve_until_signal(app, settings.miner_host, settings.miner_port, sock=sock,
                              limits=connection_limits(settings))
