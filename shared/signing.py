@@ -189,7 +189,11 @@ def _claimed_sender(headers: dict[str, str], self_hotkey: str, max_age: float, n
         raise http_auth.WrongReceiver(f"missing {http_auth.HEADER_RECEIVER}: this server requires receiver-bound "
                                       "requests")
     if receiver != self_hotkey:
-        raise http_auth.WrongReceiver("request was signed for a different receiving hotkey")
+        # named (an address only: the header is anyone's to write), so that a receiver run with another hotkey than
+        # the one its address is published under sees it: "a different receiving hotkey" did not say which
+        named = receiver if is_ss58(receiver) else "an invalid address"
+        raise http_auth.WrongReceiver(f"request was signed for receiving hotkey {named}, not for this receiver's "
+                                      f"{self_hotkey} (the hotkey of its WALLET_NAME/WALLET_HOTKEY)")
     check_fresh(nonce, max_age, now)
     return sender, nonce
 

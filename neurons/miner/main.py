@@ -53,7 +53,9 @@ async def run_miner(settings: MinerSettings) -> None:
     await metagraph.first_refresh()
     verifier = RequestVerifier(
         hotkey.ss58_address, Authorizer(metagraph.permitted_hotkeys, settings.allowed_hotkeys),
-        unverified_body_bytes=settings.max_unverified_body_bytes,
+        unverified_body_bytes=settings.max_unverified_body_bytes, not_allowed=(
+            f"holds no validator permit in this miner's metagraph (netuid {metagraph.snapshot.netuid}) and is not "
+            "in its ALLOWED_HOTKEYS"),
     )
     if settings.miner_profile in FAULT_PROFILES:
         await serve_fault_miner(settings.miner_profile, await build_backend(settings), verifier,

@@ -46,6 +46,9 @@ MAX_SAMPLES = 10_000  # latencies kept per interval for the median: bounded memo
 REFUSAL_LINES = 20  # refusals logged one by one per interval; the rest are counted (a flood is one line)
 MAX_HOTKEYS = 1000  # distinct hotkeys counted per interval: bounded memory under a flood of made-up ones
 STALE = "StaleRequest"  # its line adds why (``signing.check_fresh``: how far off the caller's clock is; our words)
+# Refusals whose line adds the refusal's message (our words): how far off a clock is, which hotkey a request was
+# signed for (a miner run with another hotkey than its axon's refuses every request so), why a hotkey is not taken
+EXPLAINED = (STALE, "WrongReceiver", "NotAValidator")
 
 
 MAX_REASONS = 100  # distinct failure reasons counted per interval beyond the logged ones
@@ -170,7 +173,7 @@ class RefusalLog:
         if self.lines.take():
             logger.warning("refused rid={} hotkey={} method={} route={} status={} reason={}{}",
                            request_id_from(request.headers), hotkey, request.method, route_path(request),
-                           error.status, reason, f" ({error.message.removeprefix(f'{STALE}: ')})" if reason == STALE else "")
+                           error.status, reason, _explained(reason, error.message))
             return
         self.reasons[reason] += 1
         if hotkey in self.hotkeys or len(self.hotkeys) < MAX_HOTKEYS:
@@ -189,6 +192,11 @@ class RefusalLog:
                 f"most: {top}")
         self._reset()
         return line
+
+
+def _explained(reason: str, message: str) -> str:
+    """`` (why)`` for a refusal in ``EXPLAINED``, its message without the reason's own name; else nothing."""
+    return f" ({printable(message.removeprefix(f'{reason}: '))})" if reason in EXPLAINED else ""
 
 
 TRAFFIC = web.AppKey("traffic", TrafficLog)

@@ -85,13 +85,33 @@ async def test_each_refused_request_is_a_warning_with_id_hotkey_route_status_and
     assert len(lines) == len(cases), "one line per refusal, none for the signed request"
     for (rid, _, status, reason, hotkey), line in zip(cases, lines, strict=True):
         base = f"refused rid={rid} hotkey={hotkey} method=POST route={CHAT} status={status} reason={reason}"
-        if reason != "StaleRequest":
+        if reason == "NotAValidator":  # why it is not taken (it said only "NotAValidator")
+            assert line == (f"{base} (hotkey {STRANGER.ss58_address} holds no validator permit here and is not "
+                            "allow-listed)")
+        elif reason != "StaleRequest":
             assert line == base
         else:  # by how much the caller's clock is off, and what to check (it said only "StaleRequest")
             assert line.startswith(base + " (nonce is 600.") and "s old, past the 10s freshness window" in line
             assert line.endswith("check that NTP keeps both hosts' clocks right)")
     signatures = [h["X-Bittensor-Signature"] for _, h, *_ in cases if "X-Bittensor-Signature" in h]
     assert not any(sig[2:] in m for sig in signatures for _, m in log), "a signature is never logged"
+
+
+async def test_a_request_signed_for_another_hotkey_names_both(log: list[tuple[str, str]]) -> None:
+    """A miner run with another hotkey than the one its axon is published under refuses every validator's request
+    as ``WrongReceiver``: its line said only that, not which hotkey the callers sign for nor which one it runs
+    with. A receiver header that is no address is not echoed."""
+    async with serve_app(miner_app()) as url:
+        other = http_auth.sign(VALIDATOR, method="POST", path=CHAT, body=BODY, receiver_ss58=STRANGER.ss58_address)
+        assert await post(url, CHAT, {**other, "x-request-id": "elsewhere"}) == 403
+        forged = {**other, "X-Bittensor-Receiver": "5Fake rid=x status=200"}
+        assert await post(url, CHAT, {**forged, "x-request-id": "forged"}) == 403
+    base = f"hotkey={VALIDATOR.ss58_address} method=POST route={CHAT} status=403 reason=WrongReceiver"
+    assert refusals(log) == [
+        f"refused rid=elsewhere {base} (request was signed for receiving hotkey {STRANGER.ss58_address}, not for "
+        f"this receiver's {MINER.ss58_address} (the hotkey of its WALLET_NAME/WALLET_HOTKEY))",
+        f"refused rid=forged {base} (request was signed for receiving hotkey an invalid address, not for this "
+        f"receiver's {MINER.ss58_address} (the hotkey of its WALLET_NAME/WALLET_HOTKEY))"]
 
 
 async def test_a_body_too_large_to_be_checked_is_a_refusal_line_too(log: list[tuple[str, str]]) -> None:

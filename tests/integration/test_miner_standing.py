@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -18,12 +19,13 @@ import pytest
 from neurons.miner.standing import standing_problems
 from shared.metagraph import MetagraphSnapshot, Neuron, write_metagraph_file
 from shared.settings import SETTING_NAMES
+from shared.signing import Signer
 from shared.wallet import ensure_wallet
 from tests.helpers import keypair, snapshot
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-VALIDATOR = keypair("//Validator")
+VALIDATOR, STRANGER = keypair("//Validator"), keypair("//Stranger")
 
 
 def health(url: str) -> dict:
@@ -42,6 +44,19 @@ def wait_for(check, seconds: float = 30):
             return got
         time.sleep(0.1)
     raise AssertionError("not within the time")
+
+
+def refused_as_stranger(url: str, hotkey: str) -> str:
+    """The message of the 403 a request signed by a hotkey without a permit gets."""
+    body = b"{}"
+    request = urllib.request.Request(url + "/availability", data=body, method="POST",
+                                     headers=Signer(STRANGER).headers("POST", "/availability", body, hotkey))
+    try:
+        urllib.request.urlopen(request, timeout=5).close()
+    except urllib.error.HTTPError as e:
+        assert e.code == 403
+        return json.loads(e.read())["error"]["message"]
+    raise AssertionError("a stranger's request was taken")
 
 
 def test_a_miner_says_when_validators_cannot_call_it_and_when_they_can_again(tmp_path: Path) -> None:
@@ -69,6 +84,9 @@ def test_a_miner_says_when_validators_cannot_call_it_and_when_they_can_again(tmp
         wait_for(lambda: health(url)["problems"] == [])
         wait_for(lambda: f"metagraph: this miner is now uid 1 on netuid 1, axon 127.0.0.1:{port}" in log.read_text())
         time.sleep(0.5)  # refreshes that change nothing say nothing
+        assert refused_as_stranger(url, hotkey) == (
+            f"hotkey {STRANGER.ss58_address} holds no validator permit in this miner's metagraph (netuid 1) and is "
+            "not in its ALLOWED_HOTKEYS")  # "here": an operator with the wrong NETUID could not tell
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
