@@ -385,12 +385,14 @@ def btauth_middleware(
 ) -> Callable[[web.Request, Callable[[web.Request], Awaitable[web.StreamResponse]]], Awaitable[web.StreamResponse]]:
     """aiohttp middleware: every route except ``public_paths`` must be signed for us. ``on_refused``
     hears each refusal (a receiver without a line per request would otherwise show none of them);
-    a signed request pays nothing for it."""
+    a signed request pays nothing for it. A path served by no route, or a method a route does not take, is its
+    404 or 405 whoever asks: an operator's ``curl /metrics`` (or a GET of the chat route) was a 400
+    ``MalformedAuth`` about a missing header, as if the path were served and only the signature wrong."""
     public = frozenset(public_paths)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path in public:
+        if request.path in public or request.match_info.http_exception is not None:
             return await handler(request)
         try:
             request[CALLER_KEY] = await verifier.read_verified(request)

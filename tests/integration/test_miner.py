@@ -101,3 +101,17 @@ async def test_a_question_marker_with_no_question_is_answered_not_a_500() -> Non
         for stream in (False, True):
             status, _, text = await call(url, "/v1/chat/completions", {**body, "stream": stream})
             assert status == 200, text
+
+
+async def test_an_unserved_path_or_method_is_its_404_or_405_unsigned_too() -> None:
+    """An operator's ``curl /metrics`` (the API and validator serve one) or ``curl`` of the chat route was a 400
+    ``MalformedAuth`` "missing X-Bittensor-Version", as if the path were served and only a header missing."""
+    async with serve_app(miner_app()) as url, aiohttp.ClientSession() as s:
+        async with s.get(url + "/metrics") as r:
+            assert r.status == 404 and (await r.json())["error"]["message"] == (
+                "Invalid URL (GET /metrics): no such endpoint here.")
+        async with s.get(url + "/v1/chat/completions") as r:
+            assert r.status == 405 and r.headers["Allow"] == "POST"
+            assert (await r.json())["error"]["code"] == "method_not_allowed"
+        async with s.post(url + "/v1/chat/completions", json=BODY) as r:  # a served route still wants a signature
+            assert r.status == 400 and (await r.json())["error"]["code"] == "MalformedAuth"
