@@ -71,6 +71,10 @@ def _run_role(role: str, settings: object) -> None:
         run(lambda: run_miner(settings))  # type: ignore[arg-type]
 
 
+# The flags of bittensor's miner template (``--axon.port``, ``--logging.debug``), which operators bring along
+BITTENSOR_FLAGS = {"AXON_PORT": "MINER_PORT", "AXON_IP": "MINER_HOST", "LOGGING_DEBUG": "LOG_LEVEL",
+                   "LOGGING_TRACE": "LOG_LEVEL", "LOGGING_INFO": "LOG_LEVEL", "SUBTENSOR_CHAIN_ENDPOINT": "SUBTENSOR_NETWORK"}
+
 INTERRUPTED = 130  # a shell's status for a command that Ctrl-C stopped (128 + SIGINT)
 
 
@@ -116,7 +120,11 @@ def _main(argv: list[str] | None) -> None:
         "restore it, stop the API, remove the store file and its -wal and -shm files, and put the copy in its place."))
     saved.add_argument("source", help="the store file, e.g. ./state/api.db, or the STORE_URL naming it")
     saved.add_argument("dest", help="a new file, or a directory to write it into under the source's name")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command in DEFAULT_ENV:  # `sn1 miner --port 8091`: said to be no option, and what to set
+        sys.exit(not_options(args.command, extra))
+    if extra:
+        args = parser.parse_args(argv)  # argparse's own usage error
 
     if args.command in DEFAULT_ENV:
         from shared.settings import SettingsError, problem_lines
@@ -138,6 +146,30 @@ def _main(argv: list[str] | None) -> None:
         sys.exit(_vacuum(args.path))
     elif args.command == "backup":
         sys.exit(_backup(args.source, Path(args.dest)))
+
+
+def not_options(role: str, extra: list[str]) -> int:
+    """Print what ``sn1 <role>`` was given that is not ``--env-file``, a line a flag with the setting it probably
+    meant (``--port``, ``--axon.port``: ``MINER_PORT``), then where settings go; return argparse's status for a
+    usage error (2). argparse said only ``sn1: error: unrecognized arguments: --port 8091``, under ``sn1``'s usage,
+    not that a process's settings are environment variables and env file lines. A value is never repeated
+    (``--upstream-api-key sk-...``)."""
+    from shared.env_names import closest
+    from shared.settings import ApiSettings, MinerSettings, ValidatorSettings
+
+    cls = {"api": ApiSettings, "validator": ValidatorSettings, "miner": MinerSettings}[role]
+    names = frozenset(name.upper() for name in cls.model_fields)
+    for flag in (token.partition("=")[0] for token in extra if token.startswith("-")):  # values never echoed
+        name = re.sub(r"[-.]", "_", flag.lstrip("-")).upper()
+        name = BITTENSOR_FLAGS.get(name, name)
+        ending = sorted(n for n in names if n.endswith(f"_{name}"))  # --port: MINER_PORT; --host: MINER_HOST
+        guess = name if name in names else ending[0] if len(ending) == 1 else closest(name, names, strict=False)
+        print(f"sn1 {role}: {flag} is not an option" + (f": set {guess}=... instead" if guess else ""),
+              file=sys.stderr)
+    print(f"sn1 {role}: takes no argument but --env-file: settings are environment variables or NAME=value lines of "
+          f"{DEFAULT_ENV[role]} (or --env-file's file); every setting: README.md, 'Configuration reference'",
+          file=sys.stderr)
+    return 2
 
 
 def _store_file(command: str, target: str, redis_note: str) -> Path | str:

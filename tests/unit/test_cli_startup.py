@@ -683,3 +683,22 @@ def test_ctrl_c_while_a_command_starts_exits_quietly(tmp_path: Path, command: st
     said = [line for line in stderr.splitlines() if not line.startswith("import time:")]
     assert proc.returncode == 130, (proc.returncode, said[-20:])
     assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in said), said[-20:]
+
+
+def test_a_flag_is_said_to_be_no_option_with_the_setting_it_meant(tmp_path: Path) -> None:
+    """``sn1 miner --port 8091`` (or the bittensor template's ``--axon.port``) was ``sn1: error: unrecognized
+    arguments`` under the top command's usage, not a word on where settings go; a value is never repeated."""
+    out = run_cli("miner", "--port", "8091", "--axon.port=8092", "--wallet.name", "miner",
+                  "--upstream-api-key=sk-SECRET", "--blacklist.force_validator_permit", cwd=tmp_path)
+    assert out.returncode == 2 and "SECRET" not in out.stderr
+    assert out.stderr.splitlines() == [
+        "sn1 miner: --port is not an option: set MINER_PORT=... instead",
+        "sn1 miner: --axon.port is not an option: set MINER_PORT=... instead",
+        "sn1 miner: --wallet.name is not an option: set WALLET_NAME=... instead",
+        "sn1 miner: --upstream-api-key is not an option: set UPSTREAM_API_KEY=... instead",
+        "sn1 miner: --blacklist.force_validator_permit is not an option",
+        "sn1 miner: takes no argument but --env-file: settings are environment variables or NAME=value lines of "
+        ".env.miner (or --env-file's file); every setting: README.md, 'Configuration reference'"]
+    out = run_cli("validator", "--port", "1", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.splitlines()[0] == (
+        "sn1 validator: --port is not an option: set SCORING_API_PORT=... instead")
