@@ -237,7 +237,8 @@ async def test_what_to_check_when_the_model_list_cannot_be_read(warnings: list[s
         async with backend_for(keyed_url + "/v1", api_key="sk-wrong"):
             assert warnings[-1].endswith("/v1: HTTP 401 (check UPSTREAM_API_KEY)" + NOTHING)
     async with backend_for(url + "/v1"):  # the server down (not started yet, or gone)
-        assert "/v1: Cannot connect to host" in warnings[-1] and warnings[-1].endswith(NOTHING)
+        assert f"/v1: cannot connect to the model server at {url.removeprefix('http://')} (Connection refused): is " \
+            "it running, and UPSTREAM_URL right?" in warnings[-1] and warnings[-1].endswith(NOTHING), warnings[-1]
     assert not any("sk-wrong" in w for w in warnings)
 
 

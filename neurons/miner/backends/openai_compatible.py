@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -60,6 +61,7 @@ MAX_HEAD_BYTES = 64 << 10
 AFTER_DONE_S = 0.25  # seconds an upstream's stream is given to end after its [DONE] (``_end_after_done``)
 # TGI's in-stream error kinds (``error_type``) that it answers with a 422 when not streaming.
 TGI_REFUSALS = frozenset({"validation"})
+LIST_TIMEOUT_S = 10.0  # seconds the upstream's /models has to answer
 BUSY_RETRY_AFTER_S = 1  # a full media budget's Retry-After: room comes back as the model server's answers end
 Mask = Callable[[str], str]  # what hides the upstream's credentials in its words (``CredentialMask``)
 NOT_CHAT = re.compile(r"embed|whisper|tts|dall-e|gpt-image|moderation|rerank|transcribe", re.IGNORECASE)
@@ -155,7 +157,7 @@ class OpenAICompatibleBackend:
         what to check). A server with no list at all (a 404) serves UPSTREAM_MODELS as they are named."""
         try:
             async with self._http().get(f"{self.base_url}/models", headers=self._headers,
-                                        timeout=aiohttp.ClientTimeout(total=10)) as r:
+                                        timeout=aiohttp.ClientTimeout(total=LIST_TIMEOUT_S)) as r:
                 if r.status == 404 and self._serve_models:
                     self._unlisted()
                     return
@@ -172,7 +174,8 @@ class OpenAICompatibleBackend:
                 logger.warning("the upstream at {} lists no model yet: nothing is served until it does (Ollama: "
                                "pull one with ollama pull)", self.shown_url)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            logger.warning("could not list upstream models at {}: {}{}", self.shown_url, e, "" if self._models else
+            why = str(e) if isinstance(e, ValueError) else failure_words(e, f"{LIST_TIMEOUT_S:g} s")
+            logger.warning("could not list upstream models at {}: {}{}", self.shown_url, why, "" if self._models else
                            f"; no model is served until it answers (asked every {self._models_refresh:g}s)")
 
     def _unlisted(self) -> None:
@@ -290,7 +293,9 @@ class OpenAICompatibleBackend:
             if (err := reported_error(answer)) is not None:
                 raise upstream_error(err, answer, "answered HTTP 200 with an error", mask=self._masked)
             return answer
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise upstream_failure(e, None, "upstream failed", timeout=self._timeout.total) from None
+        except ValueError as e:
             raise BackendError(f"upstream failed: {type(e).__name__}: {e}") from None
 
     async def complete_raw(self, body: dict[str, Any], *, deadline: float | None = None) -> bytes:
@@ -309,7 +314,7 @@ class OpenAICompatibleBackend:
                     return string_arguments(bytes(raw))
                 return bytes(raw)
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise upstream_failure(e, deadline, "upstream failed") from None
+            raise upstream_failure(e, deadline, "upstream failed", timeout=self._timeout.total) from None
 
     async def stream_raw(self, body: dict[str, Any], *, deadline: float | None = None) -> AsyncIterator[bytes]:
         """The upstream's SSE bytes as each read returns them (its own ``[DONE]`` included), until the caller's
@@ -339,7 +344,7 @@ class OpenAICompatibleBackend:
                 if ends_with_done(tail):
                     await _end_after_done(r.content)
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise upstream_failure(e, deadline, "upstream stream failed") from None
+            raise upstream_failure(e, deadline, "upstream stream failed", timeout=self._timeout.total) from None
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
         async for batch in self.stream_batches(body):
@@ -393,14 +398,34 @@ async def _end_after_done(content: aiohttp.StreamReader) -> None:
                 left -= len(piece)
 
 
-def upstream_failure(error: Exception, deadline: float | None, what: str) -> BackendError:
+def upstream_failure(error: Exception, deadline: float | None, what: str, *,
+                     timeout: float | None = None) -> BackendError:
     """The BackendError for a request to the upstream that failed (``what``): the caller's deadline (504
     ``deadline_exceeded``) when it timed out at it (its timeout was cut to it: ``_timeout_until``), else the
-    miner's 502 naming the error."""
+    miner's 502 saying why (``failure_words``; ``timeout``: ``UPSTREAM_TIMEOUT``)."""
     if isinstance(error, TimeoutError) and deadline is not None \
             and asyncio.get_running_loop().time() >= deadline - DEADLINE_SLACK:
         return deadline_passed("before the model server finished")
-    return BackendError(f"{what}: {type(error).__name__}: {error}")
+    return BackendError(f"{what}: {failure_words(error, f'UPSTREAM_TIMEOUT ({timeout:g} s)' if timeout else None)}")
+
+
+def failure_words(error: Exception, limit: str | None) -> str:
+    """Why a request to the model server failed, in words its operator can act on. aiohttp's own were
+    ``TimeoutError: `` (nothing after it) for ``UPSTREAM_TIMEOUT``, ``... ssl:default [Connect call failed ...]``
+    for a server that is down, and ``Response payload is not completed: <TransferEncodingError: 400, ...>`` (a
+    400 that never was) for one that closed its connection mid-answer. ``limit``: the timeout, for a timeout."""
+    if isinstance(error, TimeoutError):
+        return f"no answer within {limit}" if limit else "TimeoutError"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        code = error.os_error.errno
+        # the errno's words ("Connection refused": asyncio's strerror is "Connect call failed (...)"); a name that
+        # does not resolve has a negative one (gaierror's), whose own words say it
+        why = os.strerror(code) if isinstance(code, int) and code > 0 else error.os_error.strerror or str(error.os_error)
+        return (f"cannot connect to the model server at {error.host}:{error.port} ({why}): is it running, and "
+                "UPSTREAM_URL right?")
+    if isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return f"the model server closed the connection before its answer ended ({type(error).__name__})"
+    return f"{type(error).__name__}: {error}"
 
 
 def deadline_passed(when: str) -> BackendError:
