@@ -128,3 +128,41 @@ async def test_an_error_inside_a_200_never_carries_the_model_servers_key_to_the_
     assert UPSTREAM_KEY.encode() not in body, body
     assert any("Incorrect API key provided: ***" in line for line in lines), lines
     assert not [line for line in lines if UPSTREAM_KEY in line]
+
+
+def erring_upstream(status: int, error: dict) -> web.Application:
+    """A model server that answers every chat, streamed or not, with the JSON ``error`` and ``status``."""
+
+    async def models(_request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+    async def chat(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(error, status=status)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+TOO_LONG = "This model's maximum context length is 4096 tokens"
+
+
+@pytest.mark.parametrize(("status", "error", "expected"), [
+    # an error as JSON with a 200, asked for a stream (OpenRouter's shape): its status and words, not "upstream
+    # answered HTTP 200 with 'application/json', not 'text/event-stream'", a 502 (and a 0) for the caller's request
+    (200, {"error": {"code": 400, "message": TOO_LONG}}, (400, f"upstream answered HTTP 200 with an error (400): {TOO_LONG}")),
+    (200, {"error": {"code": 502, "message": "Provider returned error"}},
+     (502, "upstream answered HTTP 200 with an error (502): Provider returned error")),
+    # vLLM's older error shape, and TGI's: quoted as the JSON they came in
+    (400, {"object": "error", "message": TOO_LONG, "type": "BadRequestError", "param": None, "code": 400},
+     (400, f"upstream HTTP 400: {TOO_LONG}")),
+    (500, {"error": "CUDA out of memory", "error_type": "generation"}, (502, "upstream HTTP 500: CUDA out of memory")),
+], ids=["200-refusal", "200-failure", "vllm-object-error", "tgi-error"])
+async def test_an_error_a_model_server_answers_as_json_is_told_in_its_own_words(
+        status: int, error: dict, expected: tuple[int, str]) -> None:
+    async with openai_miner(erring_upstream(status, error), MINER.ss58_address) as url:
+        got, body, _took = await streamed(url, "5", stream=True)
+    assert (got, json.loads(body)["error"]["message"]) == expected, body
+    assert json.loads(body)["error"]["code"] == ("model_server_rejected" if expected[0] == 400 else "backend_error")

@@ -26,7 +26,7 @@ from loguru import logger
 from neurons.miner.backends.base import BackendError
 from neurons.miner.backends.upstream_fields import forwarded_fields, upstream_request
 from neurons.miner.media_urls import MediaBusy, MediaFetcher, MediaRefused
-from shared.errors import MODEL_SERVER_REJECTED, parse_error
+from shared.errors import MODEL_SERVER_REJECTED
 from shared.field_refusals import FieldRefusals
 from shared.jsonutil import dumpb
 from shared.logging import CredentialMask
@@ -259,18 +259,27 @@ class OpenAICompatibleBackend:
                 ) as r:
                     if r.status == 200:
                         if r.content_type != ANSWER_TYPES[stream]:  # a proxy's HTML page is no answer, though a 200
-                            raise BackendError(f"upstream answered HTTP 200 with {r.content_type!r}, not "
-                                               f"{ANSWER_TYPES[stream]!r}")
+                            raise await self._not_an_answer(r, stream)
                         yield r
                         return
-                    message = self._masked(parse_error((await r.content.read(MAX_ERROR_BYTES)).decode(
-                        "utf-8", "replace"))[1])
+                    message = self._masked(error_message((await r.content.read(MAX_ERROR_BYTES)).decode(
+                        "utf-8", "replace")))
                     refused = refusal_status(r.status, message)
                 if refused and (again := self._refusals.resent(sent, message)) is not None:
                     sent = again  # ends: each time a field named goes
                     continue
                 raise BackendError(f"upstream HTTP {r.status}: {message[:300]}", status=refused or 502,
                                    code=MODEL_SERVER_REJECTED if refused else None)
+
+    async def _not_an_answer(self, r: aiohttp.ClientResponse, stream: bool) -> BackendError:
+        """The error for a 200 that is not the answer asked for (its type is not ``ANSWER_TYPES[stream]``): the error
+        a JSON body reports, with its status (a stream asked of a server that answers its errors as JSON with a
+        200, as OpenRouter does: its refusal was the miner's 502, a 0, and its words were lost), else its type."""
+        if stream and r.content_type == ANSWER_TYPES[False]:
+            error = error_answer(await r.content.read(MAX_ERROR_BYTES), mask=self._masked)
+            if error is not None:
+                return error
+        return BackendError(f"upstream answered HTTP 200 with {r.content_type!r}, not {ANSWER_TYPES[stream]!r}")
 
     @contextlib.asynccontextmanager
     async def _encoded(self, body: dict[str, Any], stream: bool, deadline: float | None) -> AsyncIterator[bytes]:
@@ -518,6 +527,18 @@ def error_answer(raw: bytes, *, mask: Mask | None = None) -> BackendError | None
         return None  # not JSON: the API judges it
     err = reported_error(answer)
     return None if err is None else upstream_error(err, answer, "answered HTTP 200 with an error", mask=mask)
+
+
+def error_message(text: str) -> str:
+    """The message of an error status's body: OpenAI's ``error.message``, vLLM's older ``{"object": "error",
+    "message": ...}`` and TGI's ``{"error": "..."}`` too (they were quoted as the JSON they came in); the text as
+    it is when it is no such error."""
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return text
+    err = reported_error(answer)
+    return text if err is None else _error_status(err, answer)[1]
 
 
 def _error_status(err: Any, event: Any) -> tuple[int, str]:
