@@ -222,6 +222,8 @@ async def test_what_to_check_when_the_model_list_cannot_be_read(warnings: list[s
     ollama.router.add_get("/api/tags", lambda _r: web.json_response(tags))
     ollama.router.add_get("/proxy/models", lambda _r: web.json_response(tags))  # a proxy passing it on
     ollama.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": None}))
+    # a web UI in front (Open WebUI's pages answer any path): it was "Expecting value: line 1 column 1 (char 0)"
+    ollama.router.add_get("/ui/models", lambda _r: web.Response(text="<!doctype html>", content_type="text/html"))
     keyed = web.Application()
     keyed.router.add_get("/v1/models", lambda _r: web.json_response({"error": "Unauthorized"}, status=401))
     async with serve_app(ollama) as url, serve_app(keyed) as keyed_url:
@@ -231,6 +233,10 @@ async def test_what_to_check_when_the_model_list_cannot_be_read(warnings: list[s
         async with backend_for(url + "/proxy"):
             assert warnings[-1] == (f"could not list upstream models at {url}/proxy: /models answered no 'data' "
                                     "list (keys: models)" + NOTHING)
+        async with backend_for(url + "/ui"):
+            assert warnings[-1] == (f"could not list upstream models at {url}/ui: HTTP 200 with 'text/html' that is not "
+                                    "JSON, no model list (UPSTREAM_URL is the OpenAI-compatible base URL, usually "
+                                    "ending in /v1)" + NOTHING)
         async with backend_for(url + "/v1"):  # Ollama with no model pulled yet
             assert warnings[-1] == (f"the upstream at {url}/v1 lists no model yet: nothing is served until it does "
                                     "(Ollama: pull one with ollama pull)")
