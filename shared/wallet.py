@@ -85,7 +85,22 @@ def hotkey_file(name: str, hotkey: str, path: str | Path) -> Path:
 def _unloadable(name: str, hotkey: str, path: str | Path, reason: Exception) -> SettingsError:
     return SettingsError(
         f"WALLET_NAME/WALLET_HOTKEY/WALLET_PATH: cannot load hotkey '{hotkey}' of wallet '{name}' in {path}: "
-        f"{reason}. Create it with: btcli wallet create -w {name} -H {hotkey} --wallet-path {path}")
+        f"{reason}{_remedy(name, hotkey, path)}")
+
+
+def _remedy(name: str, hotkey: str, path: str | Path) -> str:
+    """The ``btcli`` line that makes a missing hotkey, and the wallet's hotkeys by name (``WALLET_HOTKEY`` may be
+    misspelt); nothing for one that exists (the reason says what is wrong with it). In a wallet that exists it is
+    ``new-hotkey``: ``btcli wallet create`` there, as this line said, asks to overwrite the wallet's coldkey (a yes
+    loses it, and the funds with it unless its mnemonic was kept) and fails with a traceback on a no."""
+    if hotkey_file(name, hotkey, path).exists():
+        return ""
+    wallet = Path(path).expanduser() / name
+    if not wallet.is_dir():
+        return f". Create it with: btcli wallet create -w {name} -H {hotkey} --wallet-path {path}"
+    hotkeys = sorted(p.name for p in (wallet / "hotkeys").glob("*") if p.is_file() and not p.name.endswith("pub.txt"))
+    listed = f" (its hotkeys: {', '.join(hotkeys[:10])})" if hotkeys else ""
+    return f". Add it to the wallet with: btcli wallet new-hotkey -w {name} -H {hotkey} --wallet-path {path}{listed}"
 
 
 def ensure_wallet(name: str, hotkey: str, path: str | Path) -> Any:

@@ -102,6 +102,24 @@ def test_missing_wallet_is_one_clear_line(tmp_path: Path, role: str) -> None:
     assert "cannot load hotkey 'default' of wallet 'ghost'" in out.stderr and "btcli wallet create" in out.stderr
 
 
+def test_a_hotkey_missing_from_a_wallet_that_exists_is_added_not_the_wallet_created_again(tmp_path: Path) -> None:
+    """The line said ``btcli wallet create -w miner -H hk2`` for it, which asks to overwrite the wallet's coldkey
+    (a yes loses it) and fails with a traceback on a no; and it named none of the wallet's hotkeys (a misspelt
+    WALLET_HOTKEY)."""
+    from shared.settings import SettingsError
+    from shared.wallet import load_hotkey
+
+    wallets = tmp_path / "wallets"
+    ensure_wallet("miner", "default", wallets)
+    with pytest.raises(SettingsError) as e:
+        load_hotkey("miner", "hk2", wallets)
+    assert str(e.value).endswith(f". Add it to the wallet with: btcli wallet new-hotkey -w miner -H hk2 --wallet-path "
+                                 f"{wallets} (its hotkeys: default)"), e.value
+    with pytest.raises(SettingsError) as e:
+        load_hotkey("ghost", "default", wallets)
+    assert str(e.value).endswith(f". Create it with: btcli wallet create -w ghost -H default --wallet-path {wallets}")
+
+
 def test_unreadable_metagraph_is_one_clear_line(tmp_path: Path) -> None:
     ensure_wallet("validator", "default", tmp_path / "wallets")
     env = tmp_path / "nometa.env"
