@@ -387,7 +387,8 @@ def app_runner(app: web.Application, limits: ConnectionLimits | None = None) -> 
                             logger=ServerLog(), auto_decompress=False, keepalive_timeout=limits.keepalive_timeout)
 
 
-SHUTDOWN_LIMIT_S = 30.0  # in-flight requests get 5 s (the site's shutdown_timeout); the rest is cleanup
+SHUTDOWN_LIMIT_S = 30.0  # in-flight requests get IN_FLIGHT_GRACE_S; the rest is cleanup
+IN_FLIGHT_GRACE_S = 5.0  # what a request still being answered at a stop signal has to finish
 
 
 async def serve_until_signal(
@@ -405,7 +406,7 @@ async def serve_until_signal(
     sock = sock or bound_socket(host, port, reuse_port=reuse_port)
     runner = app_runner(app, fd_limited(limits or ConnectionLimits()))
     await runner.setup()
-    site = web.SockSite(runner, sock, shutdown_timeout=5.0)
+    site = web.SockSite(runner, sock, shutdown_timeout=IN_FLIGHT_GRACE_S)
     await site.start()
     tune_for_serving()  # after start-up, so the app's long-lived objects are frozen too
     stop = asyncio.Event()
@@ -422,7 +423,21 @@ async def serve_until_signal(
         await stop.wait()
     finally:
         logger.info("shutting down")
-        await _cleanup_within(runner, shutdown_limit)
+        cut = loop.call_later(IN_FLIGHT_GRACE_S, _end_in_flight, runner)
+        try:
+            await _cleanup_within(runner, shutdown_limit)
+        finally:
+            cut.cancel()
+
+
+def _end_in_flight(runner: web.AppRunner) -> None:
+    """Close the connections of the requests still being answered once their grace is over, which cancels their
+    handlers (``handler_cancellation``). aiohttp itself then cancels only a handler reading its request's body and
+    waits as long again for the others: one awaiting anything else (a miner's model server, an API's miners) ran
+    for twice the grace (a Ctrl-C'd miner with a stream in flight took 10 s to stop, not 5)."""
+    server = runner.server
+    for connection in list(server.connections) if server is not None else ():
+        connection.force_close()
 
 
 async def _cleanup_within(runner: web.AppRunner, limit: float) -> None:
