@@ -32,6 +32,7 @@ BACKEND = web.AppKey("backend", Backend)
 BACKEND_FAILURE = web.RequestKey("sn1_backend_failure", str)  # why the backend did not answer (its BackendError)
 METAGRAPH = web.AppKey("metagraph", MetagraphView)
 STANDING = web.AppKey("standing", Standing)
+STOPPING = web.AppKey("stopping", asyncio.Event)  # set once a stop signal came (``on_shutdown``)
 
 
 def create_miner_app(
@@ -62,6 +63,8 @@ def create_miner_app(
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/availability", availability)
+    app[STOPPING] = asyncio.Event()
+    app.on_shutdown.append(_stopping)
     app.on_cleanup.append(_close_backend)
     app.on_cleanup.append(_flush_request_log)
     return app
@@ -72,6 +75,12 @@ async def _metagraph_refresh(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(app[METAGRAPH].run(standing.check if standing is not None else None))
     yield
     task.cancel()
+
+
+async def _stopping(app: web.Application) -> None:
+    """The process is stopping: a request its stop cuts is logged as such (``miner_stopped``), not as a caller
+    that left (``499``, counted as "left by the caller first" in the minute's line)."""
+    app[STOPPING].set()
 
 
 async def _close_backend(app: web.Application) -> None:
@@ -130,7 +139,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         status, code = e.status, e.code
         raise
     except asyncio.CancelledError:
-        status = CLIENT_GONE  # the caller left (a lost race, its deadline): not a failure of this miner
+        if request.app[STOPPING].is_set():  # cut by this miner's own stop (its grace over), not by its caller
+            status, code = 503, "miner_stopped"
+        else:
+            status = CLIENT_GONE  # the caller left (a lost race, its deadline): not a failure of this miner
         raise
     finally:
         request.app[TRAFFIC].record(rid=request_id_from(request.headers),

@@ -318,3 +318,39 @@ async def test_each_chat_request_is_one_info_line_written_by_the_shutdown_at_the
     assert lines[0].startswith(f"chat rid=late-line caller={caller} stream=False status=200 latency_ms="), lines
     assert lines[1].startswith(f"chat rid=no-model caller={caller} stream=False status=404 latency_ms="), lines
     assert lines[1].endswith(" code=model_not_found") and len(lines) == 2, lines
+
+
+async def test_a_request_cut_by_the_miners_own_stop_is_not_a_caller_that_left(log: list[tuple[str, str]]) -> None:
+    """A stream still relayed when the miner was stopped (its grace over) was logged ``status=499``, and counted
+    in the minute's line as "left by the caller first": the caller had not left, the miner had cut it."""
+    asked = asyncio.Event()
+
+    async def stalls(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {"id": "u", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]}
+        await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        asked.set()
+        await asyncio.sleep(30)
+        return response
+
+    up = web.Application()
+    up.router.add_get("/v1/models", lambda _r: web.json_response({"data": [{"id": "m"}]}))
+    up.router.add_post("/v1/chat/completions", stalls)
+    raw = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+    async with serve_app(up) as upstream:
+        backend = OpenAICompatibleBackend(upstream + "/v1")
+        await backend.start()
+        verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
+        app = create_miner_app(backend, verifier)
+        async with serve_app(app) as url:  # its exit is the stop (serve_until_signal's cleanup)
+            caller = asyncio.create_task(post(url, CHAT, {**signed(CHAT, raw), "x-request-id": "cut"}, raw))
+            await asyncio.wait_for(asked.wait(), 10)
+        with pytest.raises(aiohttp.ClientError):
+            await caller  # the stream was cut: the caller did not leave
+        summary = app[traffic.TRAFFIC].summary(60)
+    lines = [m for level, m in log if "chat rid=cut " in m]
+    assert len(lines) == 1 and " status=503 " in lines[0] and lines[0].rstrip().endswith(" code=miner_stopped"), lines
+    assert summary is not None and "(1 failed, 0 left by the caller first)" in summary, summary
