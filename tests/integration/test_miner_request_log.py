@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -273,25 +273,33 @@ def test_a_failure_that_quotes_a_line_break_is_one_log_line(log: list[tuple[str,
     assert "\n" not in line and line.endswith("supplied: x\\x0a2026-01-01 | INFO | miner | ok")
 
 
-async def test_a_model_server_that_drops_a_stream_midway_is_a_warning_with_the_requests_id(
-        log: list[tuple[str, str]]) -> None:
-    """It was a WARNING without the request id or the caller: not to be found among a minute's requests."""
-    async def cut(request: web.Request) -> web.StreamResponse:
+def first_chunk_then(then: Callable[[web.Request], Awaitable[None]]) -> web.Application:
+    """A model server (its one model ``m``) that streams a chat's first chunk, then does ``then`` with the request."""
+    async def chat(request: web.Request) -> web.StreamResponse:
         await request.read()
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         chunk = {"id": "u", "object": "chat.completion.chunk", "created": 0, "model": "m",
                  "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]}
         await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-        await asyncio.sleep(0.05)
-        assert request.transport is not None
-        request.transport.close()  # the model server dies mid-answer
+        await then(request)
         return response
 
     up = web.Application()
     up.router.add_get("/v1/models", lambda _r: web.json_response({"data": [{"id": "m"}]}))
-    up.router.add_post("/v1/chat/completions", cut)
-    async with serve_app(up) as upstream:
+    up.router.add_post("/v1/chat/completions", chat)
+    return up
+
+
+async def test_a_model_server_that_drops_a_stream_midway_is_a_warning_with_the_requests_id(
+        log: list[tuple[str, str]]) -> None:
+    """It was a WARNING without the request id or the caller: not to be found among a minute's requests."""
+    async def cut(request: web.Request) -> None:
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.close()  # the model server dies mid-answer
+
+    async with serve_app(first_chunk_then(cut)) as upstream:
         statuses = await openai_miner_post(upstream + "/v1", [("cut", {"messages": [{"role": "user", "content": "hi"}],
                                                                        "stream": True})])
     assert statuses == [200], "the stream had begun"
@@ -325,22 +333,12 @@ async def test_a_request_cut_by_the_miners_own_stop_is_not_a_caller_that_left(lo
     in the minute's line as "left by the caller first": the caller had not left, the miner had cut it."""
     asked = asyncio.Event()
 
-    async def stalls(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        chunk = {"id": "u", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                 "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]}
-        await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    async def stalls(_request: web.Request) -> None:
         asked.set()
         await asyncio.sleep(30)
-        return response
 
-    up = web.Application()
-    up.router.add_get("/v1/models", lambda _r: web.json_response({"data": [{"id": "m"}]}))
-    up.router.add_post("/v1/chat/completions", stalls)
     raw = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
-    async with serve_app(up) as upstream:
+    async with serve_app(first_chunk_then(stalls)) as upstream:
         backend = OpenAICompatibleBackend(upstream + "/v1")
         await backend.start()
         verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
