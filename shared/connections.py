@@ -16,6 +16,11 @@ descriptors (``/health`` failed, the metagraph refresh hit ``Too many open files
 The hook is aiohttp's own: ``GuardedServer`` (a ``web.Server``) makes ``GuardedRequestHandler``s (its
 ``RequestHandler``), and ``GuardedAppRunner`` swaps it in for the ``Server`` an ``AppRunner`` makes.
 Refusals and timeouts are logged at most once a minute per address (per kind), never per connection.
+
+At a stop, the server also cuts the requests nothing was sent for yet when their grace ends
+(``GuardedServer.end_in_flight``), while their connections can still carry an answer: ``shared.http``'s
+``error_middleware`` answers them a 503 the caller's SDK retries (aiohttp cancelled them 5 s later and closed
+the connection in the same breath, an empty reply).
 """
 
 from __future__ import annotations
@@ -181,7 +186,7 @@ class GuardedRequestHandler(RequestHandler):
     being answered (it looks again one timeout later). Idle time with no byte sent after a request is
     ``keepalive_timeout``'s to bound, as before."""
 
-    __slots__ = ("_guard", "_guard_key", "_admitted", "_header_clock", "_open_payload")
+    __slots__ = ("_guard", "_guard_key", "_admitted", "_header_clock", "_open_payload", "cut_by_stop")
 
     def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -190,6 +195,7 @@ class GuardedRequestHandler(RequestHandler):
         self._admitted = False
         self._header_clock: asyncio.TimerHandle | None = None
         self._open_payload: Any = None  # the body of the last request, while it has not all arrived
+        self.cut_by_stop = False  # the server's stop cancelled the request being answered (``cut_unanswered``)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -251,6 +257,16 @@ class GuardedRequestHandler(RequestHandler):
         self._guard.header_timeout()
         self.force_close()
 
+    def cut_unanswered(self) -> bool:
+        """Cancel the request being answered if not a byte of its answer went out yet, marked ``cut_by_stop``: its
+        handler's middleware answers it a 503 then. Whether it did (once: a second call leaves its 503 be)."""
+        request = self._current_request
+        if self.cut_by_stop or request is None or request.writer.output_size or request.task.done():
+            return self.cut_by_stop
+        self.cut_by_stop = True
+        request.task.cancel()
+        return True
+
 
 class GuardedServer(web.Server):
     """aiohttp's ``Server`` (the protocol factory a site listens with), making guarded handlers."""
@@ -261,6 +277,21 @@ class GuardedServer(web.Server):
 
     def __call__(self) -> RequestHandler:
         return GuardedRequestHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
+
+    def end_in_flight(self) -> None:
+        """As a stop's grace ends: the requests nothing was sent for yet are cut (``cut_unanswered``), their
+        connections still open, so that each is answered a 503 to retry elsewhere; every other connection is
+        closed, which cancels its handler (aiohttp itself cancels only a handler reading its request's body, and
+        waits as long again for the others, then closes their connections in the same breath as it cancels them:
+        an empty reply)."""
+        for connection in list(self.connections):
+            if not (isinstance(connection, GuardedRequestHandler) and connection.cut_unanswered()):
+                connection.force_close()
+
+
+def cut_by_stop(request: web.Request) -> bool:
+    """Whether the server's stop cancelled ``request`` before any of its answer went out (``cut_unanswered``)."""
+    return getattr(request.protocol, "cut_by_stop", False)
 
 
 class GuardedAppRunner(web.AppRunner):

@@ -23,8 +23,23 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.aio import describe_tasks
-from shared.connections import ConnectionGuard, ConnectionLimits, GuardedAppRunner, fd_limited
-from shared.errors import OPENAI_REFUSAL, ApiError, error_body, error_type_for, first_problem, invalid_value
+from shared.connections import (
+    ConnectionGuard,
+    ConnectionLimits,
+    GuardedAppRunner,
+    GuardedServer,
+    cut_by_stop,
+    fd_limited,
+)
+from shared.errors import (
+    OPENAI_REFUSAL,
+    ApiError,
+    error_body,
+    error_type_for,
+    first_problem,
+    invalid_value,
+    retry_after,
+)
 from shared.gc_tuning import tune_for_serving
 from shared.ids import request_id_from
 from shared.jsonutil import dumpb, loads_body
@@ -94,6 +109,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         request[BODY_CODE] = request[ERROR_CODE] = "invalid_body"
         return _unreadable_body(request, e)
     except asyncio.CancelledError:
+        if cut_by_stop(request) and request.writer.output_size == 0:
+            return _stopping(request)
         raise
     except ConnectionResetError:
         # The peer went away before we answered (e.g. the API cancelled a losing miner). aiohttp would
@@ -107,6 +124,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             await _end_broken_stream(request, error_body("Internal server error; the stream was cut short.",
                                                          type_="server_error"))
         return json_response(error_body("Internal server error.", type_="server_error"), status=500)
+
+
+def _stopping(request: web.Request) -> web.Response:
+    """The answer of a request this process's stop cut before any of it was sent (``cut_by_stop``): a 503 with
+    ``Retry-After``, which the OpenAI SDKs retry (on another process behind the balancer, or this one restarted),
+    where the connection closed with no reply at all. The handler's cancel is taken back (``uncancel``), so that
+    aiohttp sends the answer before it closes the connection."""
+    if (task := asyncio.current_task()) is not None:
+        task.uncancel()
+    request[BODY_CODE] = request[ERROR_CODE] = "server_shutting_down"
+    response = json_response(error_body("This API process is stopping (a restart or a deploy); nothing was sent "
+                                        "for this request: send it again.", type_="server_error",
+                                        code="server_shutting_down"), status=503, headers=retry_after(1))
+    response.force_close()
+    return response
 
 
 async def _end_broken_stream(request: web.Request, error: dict[str, Any]) -> None:
@@ -431,13 +463,17 @@ async def serve_until_signal(
 
 
 def _end_in_flight(runner: web.AppRunner) -> None:
-    """Close the connections of the requests still being answered once their grace is over, which cancels their
-    handlers (``handler_cancellation``). aiohttp itself then cancels only a handler reading its request's body and
-    waits as long again for the others: one awaiting anything else (a miner's model server, an API's miners) ran
-    for twice the grace (a Ctrl-C'd miner with a stream in flight took 10 s to stop, not 5)."""
+    """Once the grace is over, the requests still being answered end: one nothing was sent for yet is answered a 503
+    to retry (``GuardedServer.end_in_flight``), the others' connections are closed, which cancels their handlers
+    (``handler_cancellation``). aiohttp itself then cancels only a handler reading its request's body and waits as
+    long again for the others: one awaiting anything else (a miner's model server, an API's miners) ran for twice
+    the grace (a Ctrl-C'd miner with a stream in flight took 10 s to stop, not 5)."""
     server = runner.server
-    for connection in list(server.connections) if server is not None else ():
-        connection.force_close()
+    if isinstance(server, GuardedServer):
+        server.end_in_flight()
+    elif server is not None:
+        for connection in list(server.connections):
+            connection.force_close()
 
 
 async def _cleanup_within(runner: web.AppRunner, limit: float) -> None:
