@@ -5,7 +5,7 @@ worker and host) posts the head of the outbox, removes it only after a 2xx, and
 on failure waits with exponential backoff and full jitter before retrying the
 same payload, so order is kept. The backoff is the fleet's (kept in the store, as
 is the count of a payload's failed tries below): a new lease holder goes on with it. A payload the validator rejects as malformed
-(its 400/422, or a 413 from anyone) is dropped with a log line: it would block the queue forever. So is one
+(its 400/422, or a 413 from anyone) is dropped, told as a run (``malformed``): it would block the queue forever. So is one
 the validator fails on (its 500, or a post that times out) ``CRASH_ATTEMPTS`` times in a row, once it takes a
 payload behind it and fails on it once more: payloads behind it failing alike are a validator down, and all
 are kept.
@@ -32,7 +32,7 @@ from shared.jsonutil import dumpb
 from shared.logging import printable
 from shared.miner_client import MinerClient, MinerError
 from shared.store.base import StoreUnavailable
-from shared.store.outage import OutageLog, OutageTeller
+from shared.store.outage import OUTAGE_LOG_EVERY_S, OutageLog, OutageTeller
 from shared.store.outbox import Outbox, OutboxItem, Pace, Stored
 
 POISON_STATUSES = {400, 413, 422}
@@ -109,6 +109,11 @@ class OutboxForwarder:
         self.full = OutageTeller("scoring outbox full (OUTBOX_MAX_ITEMS or OUTBOX_MAX_BYTES): the oldest payloads "
                                  "are dropped, never scored", back="it has room again")
         self.full_dropped = 0  # payloads this worker's commits dropped from the full outbox, since start
+        # Payloads the validator rejects as malformed (an API and a validator of releases that disagree): a WARNING
+        # each delivery was several lines a second. A run: its first WARNING, a line a minute, an INFO line after a
+        # minute with none (``rejected`` and ``sn1_api_outbox_rejected`` count every payload).
+        self.malformed = OutageLog("validator rejects scoring payloads as malformed: dropped, never scored",
+                                   back="it takes them again", settle=OUTAGE_LOG_EVERY_S)
         # A validator down, or answering 5xx: each post was a DEBUG line, so the outbox grew with nothing said.
         # Told once per outage across every worker: the lease may move in it (``DeliveryOutage``).
         self.delivery_outage = DeliveryOutage(outbox, f"scoring payloads not delivered to the validator at "
@@ -260,12 +265,13 @@ class OutboxForwarder:
             return False
         if 200 <= status < 300:
             await self.delivery_outage.ok()
+            self.malformed.ok()
             return True
         if malformed_verdict(status, body):
             await self.delivery_outage.ok()
             self.rejected += 1
-            logger.warning("validator rejected scoring payload {} as malformed (HTTP {}): dropped ({})", item.id,
-                           status, describe_rejected([{"index": 0, "error": _error_message(body)}], [item]))
+            self.malformed.failed(f"rejected scoring payload {item.id} (HTTP {status}; "
+                                  f"{describe_rejected([{'index': 0, 'error': _error_message(body)}], [item])})")
             return True
         if failed_on_it(status):
             await self._count_failed_on(item, f"HTTP {status}")
@@ -355,8 +361,10 @@ class OutboxForwarder:
             rejected = body.get("rejected") if isinstance(body, dict) else None
             if rejected and isinstance(rejected, list):
                 self.rejected += len(rejected)
-                logger.warning("validator rejected {} of {} scoring payloads as malformed: dropped ({})",
-                               len(rejected), len(items), describe_rejected(rejected, items))
+                self.malformed.failed(f"rejected {len(rejected)} of {len(items)} scoring payloads "
+                                      f"({describe_rejected(rejected, items)})")
+            else:
+                self.malformed.ok()
             stale = body.get("stale") if isinstance(body, dict) else None
             if isinstance(stale, int) and stale > 0:  # an outage's backlog: said here too, where it was kept
                 logger.warning("validator dropped {} of {} scoring payloads as older than it scores "

@@ -261,6 +261,29 @@ async def test_a_rejected_payload_is_logged_with_its_request_id_and_the_reason(t
     assert "rid-good" not in line
 
 
+async def test_a_run_of_malformed_payloads_is_one_warning_not_one_per_delivery(tmp_path: Path) -> None:
+    """A validator that rejects payloads as malformed (releases that disagree) rejected some in every delivery: a
+    WARNING each, several lines a second under traffic. The run is one WARNING (then a line a minute at most),
+    naming the first; every payload is still counted in ``rejected`` (``sn1_api_outbox_rejected``)."""
+    received: list[dict] = []
+    box = SQLiteOutbox(tmp_path / "api.db")
+    lines, sink = log_lines("WARNING")
+    async with serve_app(scoring_app(received)) as url, make_session() as session:
+        fwd = OutboxForwarder(box, MinerClient(session, Signer(API)), url, API.ss58_address, lease_seconds=1.0,
+                              base_delay=0.05, max_delay=0.2, rng=random.Random(1), batch=2, linger=0)
+        for i in range(21):  # batches of two, one of each rejected, then the last alone (a 400)
+            await fwd.sink({"n": i, "request_id": f"rid-{i}", "poison": i % 2 == 0})
+        async with running(fwd):
+            await wait_for(lambda: fwd.rejected == 11)
+            await drained(box)
+    logger.remove(sink)
+    await box.close()
+    assert [p["n"] for p in received] == list(range(1, 21, 2))
+    told = [x for x in lines if "malformed" in x]
+    assert len(told) == 1, told
+    assert "rejected 1 of 2 scoring payloads" in told[0] and "rid=rid-0 why=poison" in told[0], told
+
+
 class FakeValidator:
     """Answers the forwarder's posts from a script (then 202), recording each and how many overlap."""
 
