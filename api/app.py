@@ -27,7 +27,7 @@ from api.context import ApiContext
 from api.cors import install_cors
 from api.fanout import ping
 from api.miner_health import MinerHealth, probe_forever
-from api.request_shape import request_shape_middleware
+from api.request_shape import NO_BODY_POSTS, request_shape_middleware
 from api.storage_budget import StorageBudget
 from shared.client_address import PEERS_TOLD, TRUSTED_PROXIES, parse_networks
 from shared.http import NOT_SERVED_HERE, error_middleware, json_response
@@ -39,6 +39,10 @@ from shared.store.usage import UsageRecorder
 # OpenAI's endpoints on paths this API serves otherwise: its token counting and compaction of responses, and its
 # stored chat completions (a chat completion is not kept here: a stored response, ``/v1/responses``, is)
 OPENAI_ONLY = frozenset({"POST /v1/responses/input_tokens", "POST /v1/responses/compact", "GET /v1/chat/completions"})
+# The POST routes that take no parameters: a body holding anything is refused as unread (``api.request_shape``),
+# as on every GET and DELETE. The OpenAI SDKs send none on ``responses.cancel``.
+NO_BODY_ROUTES = frozenset({"POST /v1/responses/{response_id}/cancel", "POST /v1/sessions/{session_id}/ping",
+                            "POST /api_management/rotate-api-key/{api_key}"})
 
 
 def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Application:
@@ -48,6 +52,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app[INVALID_KEY_LIMIT] = ctx.settings.invalid_keys_per_minute
     app[STORE_OUTAGE] = store_outage_log()
     app[NOT_SERVED_HERE] = OPENAI_ONLY
+    app[NO_BODY_POSTS] = NO_BODY_ROUTES
     app[TRUSTED_PROXIES] = parse_networks(ctx.settings.trusted_proxies)
     app[PEERS_TOLD] = set()
     app.router.add_get("/health", health)

@@ -45,7 +45,8 @@ async def _admin(request: web.Request) -> Store:
 
 
 async def _params(request: web.Request) -> KeyParams:
-    """Query parameters, overridden by a JSON body if one was sent; lists may be comma-separated."""
+    """Query parameters, overridden by a JSON body if one was sent; lists may be comma-separated or repeated (any
+    other parameter sent twice with two values was refused before: ``api.request_shape``)."""
     data: dict[str, Any] = {}
     for name in set(request.query):
         values = request.query.getall(name)

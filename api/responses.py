@@ -239,8 +239,8 @@ def retrieve_query(request: web.Request) -> RetrieveQuery:
 
 def items_query(request: web.Request, names: tuple[str, ...] = ("limit", "order", "after")) -> dict[str, object]:
     """The query string as ``InputItemsQuery`` (or another of ``names``) reads it: ``include`` may repeat
-    (``include[]``, as the SDK sends a list) or be a comma list; the others are single values, the last
-    one sent."""
+    (``include[]``, as the SDK sends a list) or be a comma list; the others are single values (one sent twice
+    with two values was refused before: ``api.request_shape``)."""
     data: dict[str, object] = {name: request.query.getall(name)[-1] for name in names if name in request.query}
     include = [v for value in request.query.getall("include", []) + request.query.getall("include[]", [])
                for v in value.split(",")]

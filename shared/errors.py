@@ -41,7 +41,8 @@ def says_context_overflow(message: str) -> bool:
 # new series (an upstream's or a bug's wording would otherwise grow ``/metrics``).
 API_ERROR_CODES = frozenset({
     "invalid_value", "missing_required_parameter", "missing_parameter", "invalid_json", "invalid_body",
-    "invalid_request", "unsupported_parameter", "duplicate_header", "unknown_uid", "uid_not_serving", "invalid_uids",
+    "invalid_request", "unsupported_parameter", "duplicate_header", "duplicate_parameter",
+    "unknown_uid", "uid_not_serving", "invalid_uids",
     "unknown_task", MODEL_SERVER_REJECTED, CONTEXT_LENGTH_EXCEEDED, "session_model_mismatch",
     "previous_response_not_found", "previous_response_in_progress", "conversation_not_found",
     "mutually_exclusive_parameters", "missing_api_key", "invalid_api_key", "expired_api_key", "invalid_admin_key",

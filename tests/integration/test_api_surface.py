@@ -287,12 +287,12 @@ async def test_a_body_on_any_get_is_refused_not_ignored(tmp_path: Path) -> None:
     ``unsupported_parameter`` on every route, before the key is read (not charged); nothing, or ``{}``, is fine."""
     async with api_with_miners(tmp_path, {}, honest={1}) as api, aiohttp.ClientSession() as s:
         key = {"api-key": api.key}
-        for path, body, headers in (("/v1/usage", b'{"days": 7}', key), ("/v1/models", b"days=7", key),
-                                    ("/v1/sessions", b'{"model": "x"}', {}), ("/health", b"[1]", {})):
+        for path, body, headers, param in (("/v1/usage", b'{"days": 7}', key, "days"), ("/v1/models", b"days=7", key, None),
+                                           ("/v1/sessions", b'{"model": "x"}', {}, "model"), ("/health", b"[1]", {}, None)):
             async with s.get(api.url + path, data=body, headers=headers) as r:
                 err = await r.json()
                 assert r.status == 400 and "x-ratelimit-remaining-requests" not in r.headers, (path, err)
-            assert (err["error"]["code"], err["error"]["param"]) == ("unsupported_parameter", None), err
+            assert (err["error"]["code"], err["error"]["param"]) == ("unsupported_parameter", param), err
             assert err["error"]["message"].startswith("A GET reads its parameters from the query string, and would "
                                                       "not read this body"), err
         async with s.head(api.url + "/v1/usage", data=b'{"days": 7}', headers=key) as r:

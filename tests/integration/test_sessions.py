@@ -301,9 +301,10 @@ async def test_a_session_store_outage_is_a_503_on_every_session_path(tmp_path: P
         store = api.ctx.sessions
         await store.repin(s["session_id"], 1, api.ctx.metagraph.snapshot.by_uid(1).hotkey)  # pinned to the broken one
         store.close = store.repin = _store_down  # writes fail from now on
-        for method, path in (("DELETE", f"/v1/sessions/{s['session_id']}"),
-                             ("POST", f"/v1/sessions/{s['session_id']}/ping"), ("POST", "/v1/chat/completions")):
-            status, headers, body = await call(api, method, path, json={"messages": MESSAGES})
+        for method, path, sent in (("DELETE", f"/v1/sessions/{s['session_id']}", None),
+                                   ("POST", f"/v1/sessions/{s['session_id']}/ping", None),
+                                   ("POST", "/v1/chat/completions", {"messages": MESSAGES})):
+            status, headers, body = await call(api, method, path, json=sent)
             assert status == 503 and body["error"]["code"] == "store_unavailable", (method, path, body)
             assert headers.get("Retry-After") == "1", (method, path, headers)  # as the key store's 503 says
 
