@@ -156,13 +156,17 @@ async def import_api_keys(request: web.Request) -> web.Response:
     refuse_query(request)
     wanted = _legacy_keys(await read_json(request))
     made: list[KeyOut] = []
+    here: list[str] = []
     for secret, legacy in wanted:
-        if await store_call(store.get_key(hash_key(secret))) is not None:
+        if (found := await store_call(store.get_key(hash_key(secret)))) is not None:
+            here.append(found.id)
             continue
         _, record = await store_call(store.create_key(legacy.rate_limit, name="imported", secret=secret))
         made.append(KeyOut.of(record))
-    logger.info("api keys imported: {} new, {} already here", len(made), len(wanted) - len(made))
-    return _dump(ImportedKeysOut(imported=len(made), already_here=len(wanted) - len(made), data=made))
+    # each key by its id, as every other key change is logged: which keys an import made, never their secrets
+    logger.info("api keys imported: {} new ids={}, {} already here ids={}", len(made),
+                ",".join(k.id for k in made) or "-", len(here), ",".join(here) or "-")
+    return _dump(ImportedKeysOut(imported=len(made), already_here=len(here), data=made))
 
 
 def _legacy_keys(sent: Any) -> list[tuple[str, LegacyKey]]:

@@ -184,7 +184,8 @@ def imported_line(imported: int, already_here: int) -> str:
 
 def _key_row(k: Any) -> list[Any]:
     usage = k.usage
-    return [k.id, k.name, k.prefix + "...", k.rate_limit, k.daily_token_limit or "any",
+    shown = k.prefix if "..." in k.prefix else k.prefix + "..."  # an imported key's shows its last 4 too
+    return [k.id, k.name, shown, k.rate_limit, k.daily_token_limit or "any",
             _own(k.max_concurrent_requests), _own(k.max_stored_bytes_per_day), ",".join(k.scopes),
             ",".join(k.allowed_models) if k.allowed_models else "any", k.expires_at or "never", k.created_at,
             k.last_used_at, usage.requests if usage else None, usage.total_tokens if usage else None]

@@ -249,8 +249,12 @@ def hash_key(api_key: str) -> str:
 
 def display_prefix(api_key: str) -> str:
     """What a listing shows of a key: ``sn1-`` and 6 characters; of another (one imported from the subnet's
-    original API) its first 6."""
-    return api_key[: len(KEY_PREFIX) + 6] if api_key.startswith(KEY_PREFIX) else api_key[:6]
+    original API) its first 6 and its last 4, ``012345...cdef``: the keys of one file may all start alike (an
+    operator's own prefix), and were each listed as that one prefix, told apart by their ids alone, which the
+    operator could not match to the file's keys. 10 characters of at least 32, as of ours: no secret."""
+    if api_key.startswith(KEY_PREFIX):
+        return api_key[: len(KEY_PREFIX) + 6]
+    return f"{api_key[:6]}...{api_key[-4:]}"
 
 
 def usage_day(ts: float) -> str:

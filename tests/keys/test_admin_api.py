@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import aiohttp
@@ -315,6 +316,28 @@ async def test_an_imported_key_is_managed_by_its_secret_as_the_readme_says(api: 
     assert status == 200 and out["deleted"] is True, out
     status, _, out = await call(http, "GET", f"{api.url}/v1/usage", headers={"api-key": legacy})
     assert_error(status, out, 401, "invalid_api_key")
+
+async def test_keys_imported_from_one_file_are_told_apart_in_the_list_and_the_log(
+        api: ApiUnderTest, http: aiohttp.ClientSession, logs: list[str]) -> None:
+    """An operator's key file whose keys all start alike (``team01...``) was listed as ``team01`` three times, named
+    ``imported`` each, and logged as "3 new": which id was which key of the file could not be told. The list shows
+    an imported key's first 6 and last 4 characters, and the log line names each key's id; never a secret."""
+    base = f"{api.url}/api_management"
+    secrets = [f"team01{i:022d}{tail}" for i, tail in enumerate(("aaaa", "bbbb", "cccc"))]
+    status, _, out = await call(http, "POST", f"{base}/import-api-keys", headers=AK, json={secrets[0]: {"rate_limit": 5}})
+    assert status == 200 and out["imported"] == 1, out
+    status, _, out = await call(http, "POST", f"{base}/import-api-keys", headers=AK,
+                                json={s: {"rate_limit": 5} for s in secrets})
+    assert (status, out["imported"], out["already_here"]) == (200, 2, 1), out
+    status, _, listed = await call(http, "GET", f"{base}/api-keys", headers=AK)
+    imported = sorted((k for k in listed["data"] if k["name"] == "imported"), key=lambda k: k["prefix"])
+    assert [k["prefix"] for k in imported] == ["team01...aaaa", "team01...bbbb", "team01...cccc"], listed
+    line = next(m for m in logs if "api keys imported: 2 new" in m)
+    first = next(k["id"] for k in imported if k["prefix"] == "team01...aaaa")
+    assert all(k["id"] in line for k in imported if k["id"] != first) and f"already here ids={first}" in line, line
+    shown = json.dumps(listed) + "".join(logs)
+    assert not any(s in shown for s in secrets), "no secret listed or logged"
+
 
 async def test_admin_gate(api: ApiUnderTest, http: aiohttp.ClientSession, logs: list[str]) -> None:
     url = f"{api.url}/api_management/create-api-key/?rate_limit=5"

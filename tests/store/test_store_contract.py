@@ -299,11 +299,11 @@ async def test_rotating_a_key_replaces_its_secret_and_keeps_everything_else(stor
     assert await store.delete_key(rec.id) and await store.rotate_key(rec.id) is None
 
 
-async def test_a_key_made_with_its_own_secret_is_found_by_it_and_shows_six_characters(store: Store) -> None:
+async def test_a_key_made_with_its_own_secret_is_found_by_it_and_shows_its_first_6_and_last_4(store: Store) -> None:
     """An imported key (the subnet's original API's, 32 hex digits) is stored and looked up like any other."""
     secret = "0123456789abcdef0123456789abcdef"
     made, record = await store.create_key(5, name="imported", secret=secret)
-    assert made == secret and record.prefix == "012345" and record.key_hash == hash_key(secret)
+    assert made == secret and record.prefix == "012345...cdef" and record.key_hash == hash_key(secret)
     found = await store.get_key(hash_key(secret))
     assert found is not None and (found.id, found.rate_limit, found.name) == (record.id, 5, "imported")
     assert (await store.authorize(hash_key(secret), scope="chat", now=T0)).decision.allowed
