@@ -42,7 +42,7 @@ from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
 from neurons.validator.scoring import Scorer, ScoringQueue, scoring_worker
 from neurons.validator.synthetic import SyntheticConfig
-from neurons.validator.tasks import default_registry
+from neurons.validator.tasks import default_registry, warn_if_normalised
 from neurons.validator.tasks.base import RewardContext
 from neurons.validator.weights import ChainWeightSink, DisabledSink, LedgerWeightSink, WeightRules, WeightSink
 from shared.connections import connection_limits
@@ -96,6 +96,7 @@ async def run_validator(settings: ValidatorSettings) -> None:
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
     metagraph = MetagraphView.from_settings(settings)
     registry = default_registry(settings.task_probabilities)
+    warn_if_normalised(settings.task_probabilities, registry)
     # Without synthetic jobs, organic answers are all there is to score.
     scores = ScoreBook(registry.probabilities, alpha=settings.score_alpha,
                        path=Path(settings.state_dir) / "scores.json",

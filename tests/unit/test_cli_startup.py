@@ -189,6 +189,40 @@ def test_a_validator_setting_it_cannot_work_with_is_one_clear_line(tmp_path: Pat
     assert expected in out.stderr
 
 
+@pytest.mark.parametrize(("given", "warned"), [
+    ('{"InferenceTask": 1.5, "ArithmeticTask": 0.5}', 'TASK_PROBABILITIES {"InferenceTask": 1.5, "ArithmeticTask": '
+     '0.5} sum to 2, not 1: normalised to {"InferenceTask": 0.75, "ArithmeticTask": 0.25} (each task\'s share of '
+     'synthetic jobs and of the combined score)'),
+    ('{"InferenceTask": 0.75, "ArithmeticTask": 0.25}', None),
+], ids=["normalised", "sums-to-1"])
+def test_task_probabilities_that_do_not_sum_to_1_are_a_warning_naming_those_used(
+        tmp_path: Path, given: str, warned: str | None) -> None:
+    """``TASK_PROBABILITIES={"InferenceTask": 1.5, ...}`` was normalised in silence: the operator could not tell what
+    share each task got. The validator starts all the same, and says once, in a WARNING, what it uses."""
+    import signal
+    import threading
+
+    env = _validator_env(tmp_path, f"TASK_PROBABILITIES={given}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "validator", "--env-file", str(env)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stop = threading.Timer(60, proc.kill)  # a start that never serves fails the test, never hangs it
+    stop.start()
+    lines: list[str] = []
+    try:
+        while (line := proc.stdout.readline()) and "serving on" not in line:
+            lines.append(line.rstrip("\n"))
+    finally:
+        stop.cancel()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert line, "\n".join(lines[-20:])  # it served
+    said = [x for x in lines if "TASK_PROBABILITIES" in x]
+    if warned is None:
+        assert said == [], said
+    else:
+        assert len(said) == 1 and "WARNING" in said[0] and said[0].endswith(warned), said
+
+
 def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     import socket
 
