@@ -55,6 +55,7 @@ MAX_POST_SECONDS = 10.0
 SLOWEST_LINK_BYTES_PER_S = 64 << 10
 BATCH_BYTES = 512 << 10  # a delivery's JSON array (or its one larger payload); the validator takes up to 16 MiB
 GROUP_COMMIT_SECONDS = 0.02
+MAX_COMMIT_DELAY = 5.0  # seconds at most between the retries of a commit the store refused (doubling up to it)
 LINGER_SECONDS = 0.25  # a delivery waits this long for a fuller batch: one POST per request was the
 # API's largest background cost at low concurrency, and scoring is not in a hurry
 
@@ -78,6 +79,7 @@ class OutboxForwarder:
         max_delay: float = 60.0,
         rng: random.Random | None = None,
         max_unstored_bytes: int = MAX_UNSTORED_BYTES,
+        max_commit_delay: float = MAX_COMMIT_DELAY,
     ) -> None:
         self.outbox = outbox
         self.client = client
@@ -135,6 +137,7 @@ class OutboxForwarder:
         # only be while the store refuses them)
         self._pending: list[Waiting] = []
         self.max_unstored_bytes = max_unstored_bytes
+        self.max_commit_delay = max_commit_delay
         self._committer: asyncio.Task[None] | None = None
 
     async def sink(self, payload: dict[str, Any]) -> None:
@@ -216,7 +219,7 @@ class OutboxForwarder:
                          "memory (at most {} and {} MiB of them)", len(lost), MAX_UNSTORED,
                          self.max_unstored_bytes >> 20)
         self._commit_failures += 1
-        delay = min(5.0, GROUP_COMMIT_SECONDS * 2 ** min(self._commit_failures, 10))
+        delay = min(self.max_commit_delay, GROUP_COMMIT_SECONDS * 2 ** min(self._commit_failures, 10))
         self.commit_outage.failed(f"{len(self._pending)} payload(s) waiting in memory, retried every {delay:.2f} s "
                                   f"at most ({error})")
         if self._committer is None:

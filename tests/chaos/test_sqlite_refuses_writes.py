@@ -17,12 +17,14 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from inspect import signature
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from loguru import logger
 
-from api.scoring_outbox import OutboxForwarder
+from api.scoring_outbox import MAX_UNSTORED_BYTES, OutboxForwarder
 from shared.store.outbox import SQLiteOutbox
 from tests.chaos.fleet import HONEST, MESSAGES, VALIDATOR, Fleet, fleet, wait_until
 from tests.compat.support import sample
@@ -56,8 +58,10 @@ async def answer(s: aiohttp.ClientSession, method: str, url: str, **kw: object) 
         return r.status, await r.json(content_type=None)
 
 
-def attach_outbox(f: Fleet, path: Path) -> OutboxForwarder:
-    forwarder = OutboxForwarder(SQLiteOutbox(path), f.ctx.client, UNUSED_VALIDATOR, VALIDATOR.ss58_address)
+def attach_outbox(f: Fleet, path: Path, **settings: Any) -> OutboxForwarder:
+    """``settings``: the forwarder's own (``max_unstored_bytes``, say)."""
+    forwarder = OutboxForwarder(SQLiteOutbox(path), f.ctx.client, UNUSED_VALIDATOR, VALIDATOR.ss58_address,
+                                **settings)
     f.ctx.attach_forwarder(forwarder)
     return forwarder
 
@@ -127,34 +131,43 @@ async def test_payloads_the_outbox_cannot_store_are_held_within_a_bound_in_bytes
     payloads wait in memory for the store. They were bounded by count alone (10,000): a hundred requests with a
     1 MB prompt held 100 MB in the worker, 10,000 of them 10 GB. Now at most ``MAX_UNSTORED_BYTES`` (64 MiB) of
     them, the oldest dropped with an ERROR line and counted in ``sn1_api_outbox_lost_total`` (the ERROR line was all an
-    operator had: no metric, no alert); the newest are stored once the file has room."""
+    operator had: no metric, no alert); the newest are stored once the file has room.
+
+    Run with a bound of 4 MiB and 25 requests with a prompt of 250 kB (100 of 1 MB against the 64 MiB default took
+    ~25 s): about the same share of them is over the bound, and the bound's own figure is what the ERROR line must
+    name. Its commits are retried every 0.5 s at most, not 5 s: the test waits for a retry twice."""
+    assert signature(OutboxForwarder).parameters["max_unstored_bytes"].default == MAX_UNSTORED_BYTES == 64 << 20
+    bound, requests = 4 << 20, 25
     lines: list[tuple[str, str]] = []
     sink = logger.add(lambda m: lines.append((m.record["level"].name, m.record["message"])), level="ERROR")
     try:
         async with fleet(tmp_path, {1: HONEST}) as f, aiohttp.ClientSession() as s:
-            forwarder = attach_outbox(f, tmp_path / "api.db")
+            forwarder = attach_outbox(f, tmp_path / "api.db", max_unstored_bytes=bound, max_commit_delay=0.5)
             db = forwarder.outbox._db
             try:
                 db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0]}")
-                prompt = [{"role": "user", "content": "word " * 200_000}]  # a payload of 1 MB
-                for seed in range(100):
+                prompt = [{"role": "user", "content": "word " * 50_000}]  # a payload of 250 kB
+                for seed in range(requests):
                     chat = {"json": {"messages": prompt, "seed": seed}, "headers": {"Authorization": f"Bearer {f.key}"}}
                     assert (await answer(s, "POST", f.url + "/v1/chat/completions", **chat))[0] == 200
-                await wait_until(lambda: forwarder.unstored_dropped > 0 and not forwarder._committer, 10)
+                # every payload kept went through a refused commit (measured then), the bound applied to all of them
+                await wait_until(lambda: forwarder.unstored_dropped + len(forwarder._pending) == requests
+                                 and all(size for *_, size in forwarder._pending), 10)
                 held = sum(len(json.dumps(p)) for p, *_ in forwarder._pending)
-                assert held <= 64 << 20 and forwarder.unstored_dropped + len(forwarder._pending) == 100, \
+                assert held <= bound and forwarder.unstored_dropped > 0 \
+                    and forwarder.unstored_dropped + len(forwarder._pending) == requests, \
                     (held, forwarder.unstored_dropped, len(forwarder._pending))
                 async with s.get(f.url + "/metrics") as r:  # lost, never scored: a number to alert on, not a line
                     assert sample(await r.text(), "sn1_api_outbox_lost_total") == forwarder.unstored_dropped
                 kept = len(forwarder._pending)
                 db.execute("PRAGMA max_page_count=1073741823")  # room again: the retry stores what was kept
                 await wait_until(lambda: not forwarder.commit_outage.failing, 10)
-                items = await forwarder.outbox.peek(100)
-                assert [i.payload["body"]["seed"] for i in items] == list(range(100 - kept, 100))
+                items = await forwarder.outbox.peek(requests)
+                assert [i.payload["body"]["seed"] for i in items] == list(range(requests - kept, requests))
             finally:
                 await asyncio.sleep(0)
                 await forwarder.outbox.close()
     finally:
         logger.remove(sink)
     dropped = [text for level, text in lines if "held in memory" in text]
-    assert dropped and "at most 10000 and 64 MiB of them" in dropped[0], lines
+    assert dropped and "at most 10000 and 4 MiB of them" in dropped[0], lines
