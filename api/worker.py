@@ -117,7 +117,8 @@ async def build_context(settings: ApiSettings, *, role: str = "api",
         logger.warning("{} (GET /ready warns of it too)", permit.detail)
     ctx.attach_forwarder(OutboxForwarder(stores.outbox, client, settings.validator_api,
                                          settings.validator_hotkey or hotkey.ss58_address,
-                                         lease_seconds=settings.outbox_lease_seconds))
+                                         lease_seconds=settings.outbox_lease_seconds,
+                                         max_delay=settings.outbox_retry_max_seconds))
     return ctx, stores
 
 

@@ -259,6 +259,8 @@ class ApiSettings(CommonSettings):
     outbox_max_bytes: int = Field(default=256 << 20, ge=1 << 20,
                                   description="Scoring outbox bound in bytes of payload JSON (oldest dropped)")
     outbox_lease_seconds: float = Field(default=10.0, gt=0, description="Forwarder lease; a dead holder's expires")
+    outbox_retry_max_seconds: float = Field(default=60.0, gt=0, description="The longest a failed delivery backs off: "
+                                            "how late at most the outbox delivers again once the validator is back")
     # A day, not OpenAI's 30: what is kept is the users' prompts and answers, held by whoever runs this API.
     responses_retention_seconds: float = Field(
         default=86400, ge=0, description="How long a stored Responses API response is kept (previous_response_id); "

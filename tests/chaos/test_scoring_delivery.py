@@ -188,6 +188,7 @@ def test_a_large_payload_on_a_thin_link_is_delivered_and_does_not_hold_the_other
 
 
 PROMPT = 100_000  # characters of prompt: a payload of about 100 kB (a long document asked about, as RAG sends)
+ROUNDS_OF_OUTAGE = 200  # chats while the validator is down
 
 
 def outage_traffic(ln: LocalNet, rounds: int) -> tuple[Counter[int | str], list[str]]:
@@ -216,33 +217,37 @@ async def test_a_long_validator_outage_is_bounded_in_bytes_and_the_api_keeps_ser
     during a validator outage, and under ``noeviction`` it then refused the API's every write, every request a
     503 ``store_unavailable``. Past ``OUTBOX_MAX_BYTES`` the oldest payloads are dropped now, counted, told in
     one WARNING (not one per commit); the API serves throughout, and what was kept is scored once the
-    validator is back."""
+    validator is back. 200 requests of 100 kB (20 MB) against a bound of 2 MiB, on a Redis of 10 MB: unbounded, they
+    fill it (400 against 4 MiB and 20 MB took twice as long to prove the same). Its deliveries back off 2 s at most
+    (``OUTBOX_RETRY_MAX_SECONDS``): grown to 60 s in the outage, the backoff held the scoring up to a minute after."""
     async with own_redis_server(tmp_path) as server:
-        await server.client.config_set("maxmemory", "20mb")
+        await server.client.config_set("maxmemory", "10mb")
         await server.client.config_set("maxmemory-policy", "noeviction")
         api_port, validator_port = free_ports(2)
         ln = LocalNet(LocalNetConfig(directory=tmp_path / "net", miners=2, api_port=api_port,
                                      validator_port=validator_port, admin_key="bounded-admin-key-0123456789",
                                      store_url=server.url,
                                      extra_env={"SYNTHETIC_ENABLED": "false", "DEFAULT_K": "2",
-                                                "OUTBOX_LEASE_SECONDS": "2", "OUTBOX_MAX_BYTES": str(4 << 20)}),
+                                                "OUTBOX_LEASE_SECONDS": "2", "OUTBOX_MAX_BYTES": str(2 << 20),
+                                                "OUTBOX_RETRY_MAX_SECONDS": "2"}),
                       ports=pool())
         try:
-            statuses, rids = await asyncio.to_thread(outage_traffic, ln, 400)
-            assert statuses == {200: 400, "ready 200": 1}, f"the API served through the outage: {statuses}"
+            statuses, rids = await asyncio.to_thread(outage_traffic, ln, ROUNDS_OF_OUTAGE)
+            assert statuses == {200: ROUNDS_OF_OUTAGE, "ready 200": 1}, f"the API served through the outage: {statuses}"
             for _ in range(100):  # the last payloads: stored within moments of their answers
                 held = int(await server.client.get("sn1:outbox:bytes") or 0)
                 depth = await server.client.xlen("sn1:outbox")
                 dropped = int(await server.client.get("sn1:outbox:dropped") or 0)
-                if depth + dropped == 400:
+                if depth + dropped == ROUNDS_OF_OUTAGE:
                     break
                 await asyncio.sleep(0.05)
-            assert held <= 4 << 20 and depth + dropped == 400 and 30 < depth < 45, (held, depth, dropped)
+            assert held <= 2 << 20 and depth + dropped == ROUNDS_OF_OUTAGE and 15 < depth < 23, (held, depth, dropped)
             api_log = (ln.dir / "logs" / "api.log").read_text()
             full = [line for line in api_log.splitlines() if "scoring outbox full" in line]
             assert len(full) == 1 and "the oldest payloads are dropped" in full[0], full[:3]
             await asyncio.to_thread(ln.restart, "validator")
-            counts = await asyncio.to_thread(wait_scored, ln, rids[-depth:], 60)
+            # within 20 s: delivery backs off 2 s at most (OUTBOX_RETRY_MAX_SECONDS), not up to 60 s (the default)
+            counts = await asyncio.to_thread(wait_scored, ln, rids[-depth:], 20)
             assert {r: counts[r] for r in rids[-depth:]} == dict.fromkeys(rids[-depth:], 1), "the kept: each once"
             assert not any(counts[r] for r in rids[:-depth]), "the dropped are not scored"
         finally:
