@@ -18,7 +18,18 @@ import pytest
 
 from neurons.localnet import LocalNet, LocalNetConfig
 from shared.aio import describe
+from shared.gc_tuning import freeze_heap
 from tests.ports import free_ports, pool
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Each pytest process (each xdist worker) freezes the heap its collection left (``freeze_heap``), as a served
+    process freezes its start-up heap: with every test module imported that is some 350,000 objects, and each full
+    collection pass walked them all, 0.5 to 0.9 s of CPU a pass here. Such a pass in the middle of a test stalled
+    its servers as long: the reference miner's deadline test saw 1.3-1.6 s go by before the in-process miner asked
+    its model server, on a slow host (a fresh ``sn1 miner`` asks it within milliseconds: it freezes its own
+    start-up heap before it answers anything)."""
+    freeze_heap()
 
 
 @pytest.fixture(scope="session")

@@ -8,18 +8,22 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.gc_tuning import OLDER_THRESHOLD, YOUNG_THRESHOLD, tune_for_serving
+from shared.gc_tuning import OLDER_THRESHOLD, YOUNG_THRESHOLD, freeze_heap, tune_for_serving
 
 
 @pytest.fixture
 def tuned() -> Iterator[None]:
-    before = gc.get_threshold()
+    """``tune_for_serving`` from an unfrozen heap; the suite's own freeze (``tests/conftest.py``) made again after."""
+    before, frozen = gc.get_threshold(), gc.get_freeze_count() > 0
+    gc.unfreeze()
     tune_for_serving()
     try:
         yield
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+        if frozen:
+            freeze_heap()
 
 
 class Node:
@@ -39,3 +43,9 @@ def test_cycles_made_while_serving_are_still_collected_without_an_explicit_colle
     for _ in range(YOUNG_THRESHOLD * 5):  # enough allocation for several young passes
         Node()
     assert sum(r() is None for r in early) == len(early)
+
+
+def test_the_suites_processes_froze_the_heap_their_collection_left() -> None:
+    """Left to the collector, each full pass of a worker that imported every test module walked them all (0.5-0.9 s
+    of CPU a pass), and stalled whatever test ran then (``tests/conftest.py``)."""
+    assert gc.get_freeze_count() > 10_000
