@@ -61,12 +61,13 @@ class _Fixed:
 
 
 def test_agents_prompts_vary_past_recognition_and_a_lookup_table() -> None:
-    """Over 10,000 seeds: nearly every tool set is new, thousands of function names and wordings; a table keyed on
-    the tool set (names) learned on half answers almost none of the other half. Before: 4 tools, 4 templates."""
-    records = agents(10_000)
-    assert len({tool_set(r) for r in records}) >= 9_900
+    """Over 5,000 seeds: nearly every tool set is new, thousands of function names and wordings; a table keyed on
+    the tool set (names) learned on half answers almost none of the other half. Before: 4 tools, 4 templates.
+    (10,000 seeds took 5 s of CPU for the same shares: 5,000 tool sets, 4,389 names, 4,989 wordings, no hit.)"""
+    records = agents(5_000)
+    assert len({tool_set(r) for r in records}) >= 4_950
     assert len({t["function"]["name"] for r in records for t in r["tools"]}) >= 2_000
-    assert len({wording(r) for r in records}) >= 9_000
+    assert len({wording(r) for r in records}) >= 4_500
     assert {len(r["tools"]) for r in records} == {1, 2, 3, 4, 5, 6}
     types = {json.dumps(s.get("type")) for r in records for t in r["tools"]
              for s in t["function"]["parameters"]["properties"].values()}
@@ -76,9 +77,9 @@ def test_agents_prompts_vary_past_recognition_and_a_lookup_table() -> None:
 
     def key(r: dict[str, Any]) -> tuple[str, ...]:
         return tuple(sorted(t["function"]["name"] for t in r["tools"]))
-    table = {key(r): r["call"] for r in records[:5_000]}
-    hits = sum(table.get(key(r)) == r["call"] for r in records[5_000:])
-    assert hits <= 25, hits  # at most 0.5 %
+    table = {key(r): r["call"] for r in records[:2_500]}
+    hits = sum(table.get(key(r)) == r["call"] for r in records[2_500:])
+    assert hits <= 12, hits  # at most 0.5 %
 
 
 def test_every_kind_of_agents_request_passes_the_apis_request_validation() -> None:
