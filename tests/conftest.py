@@ -32,6 +32,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     freeze_heap()
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``-n`` with xdist's default distribution: the tests sharing a started local subnet on one worker
+    (``tests/xdist_groups.py``); any other ``--dist`` is xdist's own."""
+    if config.getvalue("dist") != "load":
+        return None
+    from tests.xdist_groups import SharedSubnetScheduling
+
+    return SharedSubnetScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def localnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A whole local subnet (3 deterministic miners, validator, API) shared by the session's tests."""
