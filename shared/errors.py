@@ -51,7 +51,7 @@ API_ERROR_CODES = frozenset({
     "unsupported_media_type", "unsupported_content_encoding", "rate_limit_exceeded", "token_limit_exceeded",
     "concurrency_limit_exceeded", "storage_limit_exceeded", "invalid_key_rate_limited", "admin_rate_limited",
     "too_many_background_responses", "no_valid_answer", "session_miner_failed", "no_miners_available", "store_unavailable", "sessions_disabled",
-    "deadline_exceeded", "miner_failed_mid_stream",
+    "deadline_exceeded", "miner_failed_mid_stream", "server_shutting_down",
     "too_many_connections",  # written by the connection guard before any handler (shared/connections.py)
 })
 
