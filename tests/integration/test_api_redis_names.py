@@ -97,7 +97,9 @@ async def named_from_the_start(tmp_path: Path, url: str, workers: int) -> None:
     unnamed = sorted(used - set(names))
     assert not unnamed, [c for c in seen if f"{c['client_address']}:{c['client_port']}" in unnamed][:10]
     assert all(names[a].startswith("sn1-api-") for a in used), sorted(names[a] for a in used)
-    listed = [c for c in listed if c["addr"] in used]  # the API's, still open
-    assert listed and all(c["name"].startswith("sn1-api-") for c in listed), listed
+    # the API's, still open; not the test's own clients, whose address may be one an API connection closed before
+    # (a busy host's full run saw an address of the API's listed under another name)
+    listed = [c for c in listed if c["addr"] in used and not c["name"].startswith("test-")]
+    assert listed and all(c["name"].startswith("sn1-api-") for c in listed), [(c["addr"], c["name"]) for c in listed]
     if workers > 1:
         assert any(names[a].endswith("-check") for a in used), sorted(names[a] for a in used)

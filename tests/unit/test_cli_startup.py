@@ -712,6 +712,11 @@ def test_a_redis_password_a_url_cannot_carry_as_it_is_is_named_not_shown(tmp_pat
 CTRL_C_AT_PYDANTIC = """
 import os, signal, sys
 
+# a terminal's Ctrl-C reaches a foreground command, whose SIGINT is Python's: a command started in the background
+# (a CI step or a shell's ``&``) inherits SIGINT ignored, and is right to ignore it
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class _CtrlC:
     fired = False
 
