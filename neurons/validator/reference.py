@@ -33,6 +33,7 @@ from neurons.miner.backends.openai_compatible import (
     UNREADABLE_INPUT,
     listed_models,
     listing_hint,
+    listing_json,
     refusal_status,
 )
 from neurons.miner.backends.tool_calls import planned_tool_call
@@ -241,7 +242,8 @@ class OpenAIReference:
                         return True
                     hint = listing_hint(r.status, self.base_url, **REFERENCE_SETTINGS)
                     raise ValueError(f"/models answered HTTP {r.status}{hint}")
-                listed = listed_models(await r.json(content_type=None))
+                listed = listed_models(await listing_json(r, self.base_url,
+                                                          url_setting=REFERENCE_SETTINGS["url_setting"]))
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             logger.warning("reference model at {}: {}: {}; every job is skipped until it answers", shown,
                            type(e).__name__, self._masked(str(e)))

@@ -172,6 +172,19 @@ async def checked(url: str, *, key: str | None = "sk-right", model: str | None =
     return ok, "\n".join(lines)
 
 
+async def test_a_reference_url_that_serves_a_web_page_says_so_not_the_json_parsers_words() -> None:
+    """A REFERENCE_LLM_URL at a web UI (a 200 HTML page for ``/models``) was told as ``JSONDecodeError: Expecting
+    value: line 1 column 1 (char 0)``; it says what came and which setting to fix, as the miner's does."""
+    app = web.Application()
+    app.router.add_get("/models", lambda _r: web.Response(text="<html>a chat UI</html>", content_type="text/html"))
+    async with serve_app(app) as url:
+        ok, log = await checked(url)
+    assert not ok
+    assert "HTTP 200 with 'text/html' that is not JSON, no model list (REFERENCE_LLM_URL is the OpenAI-compatible " \
+           "base URL, usually ending in /v1)" in log, log
+    assert "Expecting value" not in log, log
+
+
 async def test_a_reference_model_that_cannot_work_is_named_at_start_with_the_setting_to_fix(model_server: str) -> None:
     """REFERENCE_LLM_URL without /v1, a wrong key, a model the server does not serve, a server that is down:
     each skipped every job, and the validator said nothing until the first job's WARNING, minutes later."""

@@ -85,13 +85,13 @@ def listed_models(listing: Any) -> list[str]:
     return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id")]
 
 
-async def listing_json(r: aiohttp.ClientResponse, base_url: str) -> Any:
+async def listing_json(r: aiohttp.ClientResponse, base_url: str, *, url_setting: str = "UPSTREAM_URL") -> Any:
     """A 200 ``/models`` answer's JSON; ValueError saying what came instead. A web page (a UI, or a proxy's, served
     at a URL that is not the API's) was "Expecting value: line 1 column 1 (char 0)", the JSON parser's words."""
     try:
         return await r.json(content_type=None)
     except ValueError:
-        hint = "" if base_url.rstrip("/").endswith("/v1") else " (UPSTREAM_URL is the OpenAI-compatible base URL, " \
+        hint = "" if base_url.rstrip("/").endswith("/v1") else f" ({url_setting} is the OpenAI-compatible base URL, " \
                                                               "usually ending in /v1)"
         raise ValueError(f"HTTP 200 with {r.content_type!r} that is not JSON, no model list{hint}") from None
 
