@@ -244,16 +244,15 @@ class OutboxForwarder:
                 done.set_exception(error)
                 done.exception()  # retrieved: an enqueue nobody awaits must not warn at GC
 
-    def backoff(self) -> float:
-        """Full jitter: uniform in [0, min(max_delay, base * 2**failures)]."""
-        cap = min(self.max_delay, self.base_delay * (2 ** min(self.failures, 30)))
-        return self.rng.uniform(0, cap)
+    def _pace(self) -> Pace:
+        """The backoff after a failed pass: full jitter, drawn now (``Pace.delay``)."""
+        return Pace(self.base_delay, self.max_delay, self.rng.uniform(0.0, 1.0))
 
     def _failed_here(self) -> None:
         """A pass that failed on the store itself (or a bug): backed off by this worker alone, the store being
         where the fleet's backoff is kept."""
         self.failures += 1
-        self._resume_at = time.time() + self.backoff()
+        self._resume_at = time.time() + self._pace().delay(self.failures)
         self._backing_off = True
 
     async def deliver(self, item: OutboxItem) -> bool:
@@ -464,8 +463,7 @@ class OutboxForwarder:
         network split) holds the fleet's deliveries no longer than a lease, and the one that takes the lease
         posts when the backoff is over."""
         self.delivery_failures += 1
-        pace = Pace(self.base_delay, self.max_delay, self.rng.uniform(0.0, 1.0))
-        self.failures, self._resume_at = await self.delivery_outage.backoff(pace)
+        self.failures, self._resume_at = await self.delivery_outage.backoff(self._pace())
         self._backing_off = True
 
     async def _due(self) -> bool:
