@@ -468,12 +468,8 @@ def _end_in_flight(runner: web.AppRunner) -> None:
     (``handler_cancellation``). aiohttp itself then cancels only a handler reading its request's body and waits as
     long again for the others: one awaiting anything else (a miner's model server, an API's miners) ran for twice
     the grace (a Ctrl-C'd miner with a stream in flight took 10 s to stop, not 5)."""
-    server = runner.server
-    if isinstance(server, GuardedServer):
-        server.end_in_flight()
-    elif server is not None:
-        for connection in list(server.connections):
-            connection.force_close()
+    if isinstance(runner.server, GuardedServer):  # always (``app_runner``); None once cleaned up
+        runner.server.end_in_flight()
 
 
 async def _cleanup_within(runner: web.AppRunner, limit: float) -> None:
