@@ -31,7 +31,7 @@ from api.concurrency import LIMITER, holds_slot
 from api.context import CTX
 from api.fanout import aimed, chat_deadline, node_deadline, passed_over, settle, start_race
 from api.race import MinerRun, Race
-from api.route_hints import refuse_responses_fields_in_chat, require
+from api.route_hints import refuse_unserved_fields_in_chat, require
 from api.selection import NO_MINERS, select_miners
 from api.web_retrieval import Found
 from api.web_search import chat_citations, citations_event, search_into
@@ -71,7 +71,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     sent = await read_json(request)
     require(sent, "messages")
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)
-    refuse_responses_fields_in_chat(sent)
+    refuse_unserved_fields_in_chat(sent)
     if req.web_search_options is not None:
         check_search_scope(key, param="web_search_options")
     many = (req.n or 1) > 1

@@ -773,3 +773,36 @@ async def test_a_miners_usage_past_what_the_request_and_answer_hold_is_not_charg
     assert prompt < 2_000 and completion <= len("Hi there") + 64 and total == prompt + completion, counts
     charged = used["totals"]["prompt_tokens"] + used["totals"]["completion_tokens"]
     assert charged == total + 11, used["totals"]
+
+
+LEGACY = {"name": "get_weather", "description": "The weather in a city",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"functions": [LEGACY]}, "functions"),
+    ({"functions": [LEGACY], "function_call": {"name": "get_weather"}}, "functions"),
+    ({"tools": [WEATHER], "function_call": {"name": "get_weather"}}, "function_call"),
+    ({"tools": [WEATHER], "function_call": "none"}, None),
+    ({"functions": [], "function_call": "auto"}, None),
+], ids=["functions", "forced", "function_call", "none", "neutral"])
+async def test_legacy_functions_are_a_400_naming_the_field_not_ignored(tmp_path: Path, extra: dict,
+                                                                       param: str | None) -> None:
+    """OpenAI's deprecated ``functions`` and ``function_call`` reached the miners as unknown fields: the test model and
+    vLLM answered prose (a forced ``function_call`` too, so ``message.function_call`` was null), and a model server
+    that answers a legacy call lost it. Now the 400 names the field and says to send ``tools``/``tool_choice``,
+    before any miner is asked; their values that ask for nothing pass, as on the other routes."""
+    script = scripted({"delta": {"content": "Hi"}}, {"delta": {}, "finish_reason": "stop"})
+    async with api_with_miners(tmp_path, {1: script}) as api:
+        client = openai_client(api)
+        if param is None:
+            answer = await client.chat.completions.create(model="default", messages=MSG, **extra)
+            assert answer.choices[0].message.content == "Hi" and script.calls == 1
+            return
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as e:
+                await client.chat.completions.create(model="default", messages=MSG, stream=stream, **extra)
+            assert (e.value.param, e.value.code) == (param, "unsupported_parameter")
+            assert f"Unsupported parameter: '{param}'. It is OpenAI's deprecated form" in e.value.message
+            assert ("'tools'" if param == "functions" else "'tool_choice'") in e.value.message
+    assert script.calls == 0
