@@ -32,7 +32,7 @@ EXPECTED = {  # most specific first: the agents example also mentions AsyncOpenA
     "web_search_options": ["| citations: 0"],
     "client.completions": ["0 length ", "3 length ", "usage: ", "langchain: "],
     "response_format=City": ["name='Tell me about Paris' population=4 landmarks=['Tell me about Paris']"],
-    "langchain_openai": ["uid=7 hotkey='uid and hotkey of the top miner?'"],
+    "langchain_openai": ["uid=7 hotkey='uid and hotkey of the top miner?'", "hotkey='The top miner?'"],
     "AsyncOpenAI": ["sn1/deterministic"],
     "/v1/chat/completions": ['"object":"chat.completion"', "data: [DONE]", '"object":"list"', '"results"',
                              '"background":true', '"status":"completed"'],

@@ -8,6 +8,8 @@ import urllib.request
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionChunk
+from pydantic import BaseModel
 
 
 def client(info: dict, **kw) -> openai.OpenAI:
@@ -180,3 +182,83 @@ def test_web_retrieval_returns_deduplicated_results_from_the_local_corpus(localn
     assert len(set(urls)) == len(urls), "results are de-duplicated by URL"
     assert all(x["url"].startswith(BASE_URL) and x["content"] for x in results)
     assert any(x["url"] == doc.url for x in results), "the document matching the query is found"
+
+
+class GetWeather(BaseModel):
+    """The weather in a city."""
+
+    city: str
+
+
+def test_with_streaming_response_gives_the_headers_then_the_body_as_it_comes(localnet: dict) -> None:
+    """``with_streaming_response`` (the SDK's way to read headers before the body, streamed or not): the subnet's
+    headers are there before a byte of the answer is read, and the body is what ``create`` would have parsed."""
+    c = client(localnet)
+    asked = dict(model="sn1/deterministic", seed=3, messages=[{"role": "user", "content": "Hello"}])
+    with c.chat.completions.with_streaming_response.create(**asked, stream=True) as r:
+        assert r.headers["content-type"].startswith("text/event-stream") and r.headers["x-sn1-miner-uid"]
+        frames = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
+    assert frames[-1] == "[DONE]"
+    streamed = "".join(ChatCompletionChunk.model_validate_json(f).choices[0].delta.content or "" for f in frames[:-1])
+    with c.chat.completions.with_streaming_response.create(**asked) as r:
+        assert r.headers["x-sn1-seed"] == "3"
+        whole = r.parse()
+    assert whole.choices[0].message.content == streamed == c.chat.completions.create(**asked).choices[0].message.content
+
+
+def test_the_sdks_stream_helper_parses_a_strict_tools_arguments(localnet: dict) -> None:
+    """``client.chat.completions.stream`` with ``pydantic_function_tool`` (strict): the arguments' ``done`` event and
+    the final completion carry them parsed into the model, as they would from OpenAI."""
+    with client(localnet).chat.completions.stream(
+            model="sn1/deterministic", messages=[{"role": "user", "content": 'The weather in city "Oslo"?'}],
+            tools=[openai.pydantic_function_tool(GetWeather)], tool_choice="required") as stream:
+        done = [e for e in stream if e.type == "tool_calls.function.arguments.done"]
+        final = stream.get_final_completion()
+    assert [e.parsed_arguments for e in done] == [GetWeather(city="Oslo")]
+    (call,) = final.choices[0].message.tool_calls
+    assert call.function.parsed_arguments == GetWeather(city="Oslo") and final.choices[0].finish_reason == "tool_calls"
+
+
+def test_langchain_runs_a_tool_loop_and_streams_its_events(localnet: dict) -> None:
+    """LangChain on chat completions: ``bind_tools`` and a loop that runs each call and sends its ``ToolMessage``
+    back ends on an answer; ``astream_events`` (v2) gives the model's start, stream and end, the end holding the
+    call; ``with_structured_output(method="function_calling")`` parses the forced call."""
+    import asyncio
+
+    from langchain_core.messages import HumanMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        return f"21 C in {city}"
+
+    def llm() -> ChatOpenAI:
+        return ChatOpenAI(model="sn1/deterministic", base_url=localnet["api_url"] + "/v1",
+                          api_key=localnet["api_key"], max_retries=0, stream_usage=True)
+
+    bound = llm().bind_tools([get_weather])
+    messages: list = [HumanMessage('What is the weather in city "Paris"?')]
+    for _ in range(3):
+        answer = bound.invoke(messages)
+        messages.append(answer)
+        if not answer.tool_calls:
+            break
+        messages += [get_weather.invoke(call) for call in answer.tool_calls]
+    assert [m.type for m in messages] == ["human", "ai", "tool", "ai"] and messages[-1].content
+    assert messages[2].content == "21 C in Paris"
+
+    async def events() -> tuple[dict[str, int], object]:
+        kinds: dict[str, int] = {}
+        end = None
+        async for event in llm().bind_tools([get_weather]).astream_events("weather in Paris", version="v2"):
+            kinds[event["event"]] = kinds.get(event["event"], 0) + 1
+            end = event["data"]["output"] if event["event"] == "on_chat_model_end" else end
+        return kinds, end
+
+    kinds, end = asyncio.run(events())
+    assert kinds["on_chat_model_start"] == kinds["on_chat_model_end"] == 1 and kinds["on_chat_model_stream"] > 1
+    assert [c["name"] for c in end.tool_calls] == ["get_weather"] and end.usage_metadata["total_tokens"] > 0
+    assert llm().with_structured_output(GetWeather, method="function_calling").invoke('city "Rome"') == \
+        GetWeather(city="Rome")
