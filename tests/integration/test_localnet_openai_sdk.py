@@ -262,3 +262,43 @@ def test_langchain_runs_a_tool_loop_and_streams_its_events(localnet: dict) -> No
     assert [c["name"] for c in end.tool_calls] == ["get_weather"] and end.usage_metadata["total_tokens"] > 0
     assert llm().with_structured_output(GetWeather, method="function_calling").invoke('city "Rome"') == \
         GetWeather(city="Rome")
+
+
+def test_the_sdk_retries_a_busy_keys_429_after_its_retry_after_and_never_a_400(localnet: dict) -> None:
+    """The OpenAI SDK's own retries, as an app leaves them on: a burst past the key's ``max_concurrent_requests``
+    is answered 429 with ``Retry-After`` (and ``retry-after-ms``), which the SDK waits out and sends again, so every
+    call of the burst succeeds; a 400 (the caller's) and a 404 are sent once, not retried."""
+    import asyncio
+
+    import httpx
+
+    made = urllib.request.Request(localnet["api_url"] + "/api_management/create-api-key/", method="POST",
+                                  data=json.dumps({"rate_limit": 600, "max_concurrent_requests": 4}).encode(),
+                                  headers={"admin-key": localnet["admin_key"], "Content-Type": "application/json"})
+    with urllib.request.urlopen(made, timeout=10) as r:
+        key = json.load(r)["api_key"]
+    sent: list[str] = []
+
+    async def count(request: httpx.Request) -> None:
+        sent.append(request.url.path)
+
+    async def burst() -> tuple[list, list[Exception]]:
+        http = httpx.AsyncClient(event_hooks={"request": [count]}, timeout=30)
+        c = openai.AsyncOpenAI(base_url=localnet["api_url"] + "/v1", api_key=key, max_retries=4, http_client=http)
+        answers = await asyncio.gather(*[c.chat.completions.with_raw_response.create(
+            model="sn1/deterministic", messages=[{"role": "user", "content": f"Question {i}"}]) for i in range(12)])
+        refused = []
+        for bad in (dict(model="sn1/deterministic", n=9), dict(model="no/such-model")):
+            try:
+                await c.chat.completions.create(messages=[{"role": "user", "content": "Hi"}], **bad)
+            except openai.APIStatusError as e:
+                refused.append(e)
+        await c.close()
+        return answers, refused
+
+    answers, refused = asyncio.run(burst())
+    assert all(a.parse().choices[0].message.content for a in answers)
+    retried = sum(a.retries_taken for a in answers)
+    assert retried >= 1, "12 calls at once on a key that takes 4 in flight: some were refused and sent again"
+    assert [(type(e), e.status_code) for e in refused] == [(openai.BadRequestError, 400), (openai.NotFoundError, 404)]
+    assert len(sent) == 12 + retried + 2, "each 400 and 404 was sent once"
