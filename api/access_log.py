@@ -27,6 +27,7 @@ from aiohttp import web
 
 from api.auth import caller_name
 from api.context import CTX
+from shared.connections import cut_by_stop
 from shared.http import CLIENT_GONE, ERROR_CODE, answered_status, route_path
 from shared.ids import request_id_from
 
@@ -37,6 +38,7 @@ _ENDED_WITH = web.RequestKey("sn1_ended_with", str)
 _HELD = web.RequestKey("sn1_access_held", tuple)  # a line not written yet (``hold``): its maker and status
 _CUTS = web.RequestKey("sn1_access_cuts", int)  # times the conversation was cut (``note_cuts``)
 _KIND = "access_log_kind"  # a handler's attribute: the word its lines start with (``chat``)
+SHUT_DOWN = "shut_down"  # the status word of a request this process's stop cut (its caller did not leave)
 
 
 def request_id(request: web.Request) -> str:
@@ -160,7 +162,10 @@ def _line(request: web.Request, started: float, status: int) -> None:
     paths carry an API key, and an unknown path is whatever a client sent)."""
     kind = getattr(request.match_info.handler, _KIND, None)
     where = "" if kind else f" method={request.method} route={route_path(request)}"
+    said: int | str = status
     code = request.get(ERROR_CODE) if status != CLIENT_GONE else "client_closed_request"
+    if status == CLIENT_GONE and cut_by_stop(request):  # not its caller: this process's stop ended its stream
+        said, code = SHUT_DOWN, request.get(ERROR_CODE)
     write(request, f"{kind or 'http'} rid={request_id(request)} key={caller_name(request)}{where} "
-                   f"status={status} code={code} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
+                   f"status={said} code={code} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
 

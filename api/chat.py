@@ -25,6 +25,7 @@ from api.completion import (
     mid_stream_failure_event,
     no_winner_error,
     response_usage,
+    stop_event,
     tell_no_answer,
 )
 from api.concurrency import LIMITER, holds_slot
@@ -35,6 +36,7 @@ from api.route_hints import refuse_unserved_fields_in_chat, require
 from api.selection import NO_MINERS, select_miners
 from api.web_retrieval import Found
 from api.web_search import chat_citations, citations_event, search_into
+from shared.connections import end_at_stop
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json
 from shared.jsonutil import dumps
@@ -335,8 +337,10 @@ async def _stream(
         return web.Response(body=_frames(run.events) + _trailer(req, run, found), headers=headers)
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
+    end_at_stop(request, stop_event)
     async for batch in race.follow_batches(run):
         await response.write(_frames(batch))
+    end_at_stop(request, None)
     await response.write_eof(_trailer(req, run, found))
     return response
 

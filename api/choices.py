@@ -27,6 +27,7 @@ from api.completion import (
     mid_stream_failure_event,
     no_winner_error,
     response_usage,
+    stop_event,
     tell_no_answer,
 )
 from api.context import CTX, ApiContext
@@ -36,6 +37,7 @@ from api.race import MinerRun, Race
 from api.selection import select_miners
 from api.web_retrieval import Found
 from api.web_search import chat_citations, citations_event
+from shared.connections import end_at_stop
 from shared.errors import ApiError, invalid_value
 from shared.http import json_response
 from shared.jsonutil import dumps, loads
@@ -280,9 +282,11 @@ async def _stream(request: web.Request, req: ChatCompletionRequest, races: list[
     request's usage, taken once the streams have ended (a winner's own count comes last)."""
     response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
     await response.prepare(request)
+    end_at_stop(request, stop_event)
     cid, created = fmt.new_id(), int(time.time())
     async for i, batch in _merged(races, winners):
         await response.write(b"".join(fmt.chunk(data, i, cid, created) for data in batch))
+    end_at_stop(request, None)
     usage = choices_usage(asks, winners)
     if any(run.error for run in winners):
         tail = mid_stream_failure_event(winners)

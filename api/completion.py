@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from api.access_log import SHUT_DOWN
 from api.race import MinerRun, Race
 from api.selection import NO_MINERS, not_answering
 from shared.errors import (
@@ -17,6 +18,7 @@ from shared.errors import (
     ApiError,
     model_not_found,
     says_context_overflow,
+    shutting_down,
 )
 from shared.jsonutil import dumps
 from shared.logging import printable
@@ -27,7 +29,7 @@ from shared.protocol import (
     content_text,
     estimate_tokens,
 )
-from shared.sse import encode_event
+from shared.sse import DONE_FRAME, encode_event
 from shared.store.outage import OutageLog
 
 
@@ -160,7 +162,7 @@ def logged_outcome(outcome: str, winners: list[MinerRun], *, stopping: bool = Fa
     its connection was closed under it (it read ``client_closed``, and an operator restarting the API saw no sign
     that the restart had cut anyone)."""
     if outcome == "client_closed" and stopping:
-        return "shut_down"
+        return SHUT_DOWN
     return "failed_mid_stream" if outcome == "ok" and any(w.error for w in winners) else outcome
 
 
@@ -170,3 +172,14 @@ def mid_stream_failure_event(runs: list[MinerRun]) -> bytes:
     message = "; ".join(f for f in map(mid_stream_failure, runs) if f)
     return encode_event(dumps({"error": {"message": message, "type": "upstream_error",
                                          "code": "miner_failed_mid_stream", "param": None}}))
+
+
+# What a stream cut short by this process's stop is told (``shared.connections.end_at_stop``), in every API's stream.
+STREAM_CUT = "the stream was cut short"
+
+
+def stop_event() -> bytes:
+    """The SSE error event (OpenAI's shape, code ``server_shutting_down``) and ``[DONE]`` that end a chat or text
+    completion stream this process's stop cut (``end_at_stop``): it was cut with no reason (no error, no ``[DONE]``),
+    which the OpenAI SDKs raise as a connection error, a network fault's."""
+    return encode_event(dumps(shutting_down(STREAM_CUT).body())) + DONE_FRAME

@@ -23,7 +23,7 @@ from api import responses_background, responses_state, sessions
 from api.access_log import access_logged, answer_line, ended_with, logged, note_cuts, request_id, write
 from api.auth import authenticate, check_search_scope
 from api.chat import Plan, answer, plan
-from api.completion import logprob_tokens, mid_stream_failure, response_usage
+from api.completion import STREAM_CUT, logprob_tokens, mid_stream_failure, response_usage
 from api.concurrency import LIMITER, ConcurrencyLimiter, holds_slot
 from api.context import CTX, ApiContext
 from api.fanout import chat_deadline
@@ -36,7 +36,8 @@ from api.responses_wire import InputItemsQuery, ResponsesRequest, RetrieveQuery
 from api.route_hints import refuse_chat_fields_in_responses, require
 from api.web_retrieval import Found
 from api.web_search import SOURCES, citations, query_of, search_call_item, search_into, searching_item
-from shared.errors import CONTEXT_LENGTH_EXCEEDED, ApiError, invalid_value
+from shared.connections import end_at_stop
+from shared.errors import CONTEXT_LENGTH_EXCEEDED, ApiError, invalid_value, shutting_down
 from shared.http import json_response, parse_model, read_json
 from shared.jsonutil import dumpb
 from shared.protocol import MAX_UIDS, ChatCompletionRequest
@@ -311,9 +312,10 @@ class ResponsesFormat:
         if self.log is not None:
             await self.log.add(self.log.events.searching(item))
             return
-        self.events = self._renderer(self._skeleton(self.model))
+        events = self.events = self._renderer(self._skeleton(self.model))
         self.opened = web.StreamResponse(headers={"x-request-id": request_id(request), **SSE_HEADERS})
         await self.opened.prepare(request)
+        end_at_stop(request, lambda: failed_end(events, shutting_down(STREAM_CUT)))
         await self.opened.write(self.events.start() + self.events.searching(item))
 
     async def search_ends(self) -> None:
@@ -330,11 +332,8 @@ class ResponsesFormat:
         """End an opened stream with ``response.failed`` (what the HTTP error would have said); it is not
         stored, as a request refused with an HTTP error is not."""
         assert self.opened is not None and self.events is not None
-        self.events.seal = None  # not kept: a failed answer continues no conversation
-        tail = self.events.closing(finish_reason=None, usage=NO_USAGE, error=error.message)
-        final = responses_state.as_kept(self.events.final, False)
-        final["error"] = {"code": responses_state.failure_code(error), "message": error.message}
-        await self.opened.write_eof(tail + self.events.last(final))
+        end_at_stop(request, None)
+        await self.opened.write_eof(failed_end(self.events, error))
         if not logged(request):  # failed before its race (the search): ``answer`` logs a raced request
             write(request, answer_line(self.kind, request_id(request), key.id, [], None, stream=True, mixture=False,
                                        status=str(error.code), started=started))
@@ -377,8 +376,11 @@ class ResponsesFormat:
             response = web.StreamResponse(headers={**headers, **SSE_HEADERS})
             await response.prepare(request)
             await response.write(events.start())
+        # cut by a stop, it fails as a stream its miner failed: its items done as far as they came, then failed
+        end_at_stop(request, lambda: failed_end(events, shutting_down(STREAM_CUT), response_usage(req, run)))
         async for batch in race.follow_batches(run):
             await response.write(b"".join(events.feed(e) for e in batch))
+        end_at_stop(request, None)
         tail = _closing(events, req, run)  # seals the final response
         await response.write_eof(tail + await self._last(request, events))
         return response
@@ -419,6 +421,18 @@ class KeptFirst(web.Response):
         if not self.prepared and not await self._keep():  # prepared again on its way out (a no-op): kept once
             self.body = dumpb(responses_state.as_kept(self._final, False))
         return await super().prepare(request)
+
+
+def failed_end(events: ResponseStream, error: ApiError, usage: dict[str, Any] = NO_USAGE) -> bytes:
+    """The last events of a stream that fails with ``error`` once it has begun (a web search's failure, or this
+    process's stop: ``end_at_stop``): each item open done as far as it came, then ``response.failed`` (with
+    ``error``'s words, and its code in the SDK's words: ``failure_code``; ``usage``: the answer's so far). Not
+    stored, as a request refused with an HTTP error is not: a failed answer continues no conversation."""
+    events.seal = None
+    tail = events.closing(finish_reason=None, usage=usage, error=error.message)
+    final = responses_state.as_kept(events.final, False)
+    final["error"] = {"code": responses_state.failure_code(error), "message": error.message}
+    return tail + events.last(final)
 
 
 def _closing(events: ResponseStream, req: ChatCompletionRequest, run: MinerRun) -> bytes:

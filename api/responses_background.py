@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
-from api import conversations_state
+from api import access_log, conversations_state
 from api.access_log import answer_line, ended_with, hold, release, request_id
 from api.auth import invalid_api_key
 from api.context import ApiContext
@@ -75,7 +75,7 @@ SETTLE_RETRY_S = 1.0  # how often an answer the store could not take is offered 
 LINE_KIND = "responses.background"  # the first word of a background turn's access line (after the request's own)
 # A background turn's access line when its end is not its race's (``settle``): the store failed it, or a cancel (a
 # delete) or a shutdown came first.
-STORE_FAILED, CANCELLED, SHUT_DOWN_STATUS = "store_unavailable", "cancelled", "shut_down"
+STORE_FAILED, CANCELLED, SHUT_DOWN_STATUS = "store_unavailable", "cancelled", access_log.SHUT_DOWN
 
 
 class EventLog:

@@ -17,10 +17,11 @@ The hook is aiohttp's own: ``GuardedServer`` (a ``web.Server``) makes ``GuardedR
 ``RequestHandler``), and ``GuardedAppRunner`` swaps it in for the ``Server`` an ``AppRunner`` makes.
 Refusals and timeouts are logged at most once a minute per address (per kind), never per connection.
 
-At a stop, the server also cuts the requests nothing was sent for yet when their grace ends
+At a stop, the server also cuts the requests still in flight when their grace ends
 (``GuardedServer.end_in_flight``), while their connections can still carry an answer: ``shared.http``'s
-``error_middleware`` answers them a 503 the caller's SDK retries (aiohttp cancelled them 5 s later and closed
-the connection in the same breath, an empty reply).
+``error_middleware`` answers one nothing was sent for a 503 the caller's SDK retries (aiohttp cancelled them 5 s
+later and closed the connection in the same breath, an empty reply), and ends a stream that had begun with the
+last event its handler gave for a stop (``end_at_stop``: an error event, where the stream was cut with no reason).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from shared.settings import CommonSettings
 
 LOG_EVERY_S = 60.0
+# The last bytes of a stream should this process's stop cut it (``end_at_stop``): made when it is cut.
+STOP_ENDING = web.RequestKey[Callable[[], bytes]]("sn1_stop_ending")
 # What a connection past a cap is told before it is closed (it sent nothing yet: a whole answer in one write).
 _REFUSED_BODY = (b'{"error":{"message":"Too many connections are open from this address or in all '
                  b'(MAX_CONNECTIONS_PER_IP, MAX_CONNECTIONS); retry shortly.","type":"service_unavailable",'
@@ -195,7 +198,7 @@ class GuardedRequestHandler(RequestHandler):
         self._admitted = False
         self._header_clock: asyncio.TimerHandle | None = None
         self._open_payload: Any = None  # the body of the last request, while it has not all arrived
-        self.cut_by_stop = False  # the server's stop cancelled the request being answered (``cut_unanswered``)
+        self.cut_by_stop = False  # the server's stop cancelled the request being answered (``cut_in_flight``)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -257,12 +260,16 @@ class GuardedRequestHandler(RequestHandler):
         self._guard.header_timeout()
         self.force_close()
 
-    def cut_unanswered(self) -> bool:
-        """Cancel the request being answered if not a byte of its answer went out yet, marked ``cut_by_stop``: its
-        handler's middleware answers it a 503 then. Whether it did (once: a second call leaves its 503 be)."""
+    def cut_in_flight(self) -> bool:
+        """Cancel the request being answered, marked ``cut_by_stop``, when its caller can still be told why: not a
+        byte of its answer went out yet (its handler's middleware answers it a 503), or it is a stream that gave its
+        last event for a stop (``end_at_stop``: the middleware writes it, then closes). Whether it did (once: a
+        second call leaves its answer be); any other (a stream that gave none) ``end_in_flight`` closes."""
         request = self._current_request
-        if self.cut_by_stop or request is None or request.writer.output_size or request.task.done():
+        if self.cut_by_stop or request is None or request.task.done():
             return self.cut_by_stop
+        if request.writer.output_size and STOP_ENDING not in request:
+            return False
         self.cut_by_stop = True
         request.task.cancel()
         return True
@@ -279,19 +286,31 @@ class GuardedServer(web.Server):
         return GuardedRequestHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
 
     def end_in_flight(self) -> None:
-        """As a stop's grace ends: the requests nothing was sent for yet are cut (``cut_unanswered``), their
-        connections still open, so that each is answered a 503 to retry elsewhere; every other connection is
-        closed, which cancels its handler (aiohttp itself cancels only a handler reading its request's body, and
+        """As a stop's grace ends: the requests nothing was sent for yet, and the streams that gave their last event
+        for a stop, are cut (``cut_in_flight``), their connections still open, so that each is answered a 503 to
+        retry elsewhere, or ends with that event; every other connection is closed, which cancels its handler (aiohttp itself cancels only a handler reading its request's body, and
         waits as long again for the others, then closes their connections in the same breath as it cancels them:
         an empty reply)."""
         for connection in list(self.connections):
-            if not (isinstance(connection, GuardedRequestHandler) and connection.cut_unanswered()):
+            if not (isinstance(connection, GuardedRequestHandler) and connection.cut_in_flight()):
                 connection.force_close()
 
 
 def cut_by_stop(request: web.Request) -> bool:
-    """Whether the server's stop cancelled ``request`` before any of its answer went out (``cut_unanswered``)."""
+    """Whether the server's stop cancelled ``request`` (``cut_in_flight``): nothing of its answer had gone out, or
+    it is a stream with a last event for a stop (``end_at_stop``)."""
     return getattr(request.protocol, "cut_by_stop", False)
+
+
+def end_at_stop(request: web.Request, ending: Callable[[], bytes] | None) -> None:
+    """From now on, a stop that cuts ``request``'s stream (begun: its headers went out) ends it with ``ending()``'s
+    bytes (made then: a Responses stream's last events carry its sequence numbers), then closes its connection:
+    the caller's SDK raises with the reason, where the stream was cut with no word (no ``[DONE]``, no error).
+    ``None``: no more (the stream is writing its own end)."""
+    if ending is None:
+        request.pop(STOP_ENDING, None)
+    else:
+        request[STOP_ENDING] = ending
 
 
 class GuardedAppRunner(web.AppRunner):

@@ -20,6 +20,8 @@ from pydantic_core import PydanticCustomError
 MODEL_SERVER_REJECTED = "model_server_rejected"
 # OpenAI's code for a model it does not serve; a miner answers it (a 404) for a ``model`` it does not list.
 MODEL_NOT_FOUND = "model_not_found"
+# The code of a request this process's stop cut (``shutting_down``): the caller sends it again.
+SERVER_SHUTTING_DOWN = "server_shutting_down"
 # OpenAI's code for an input longer than the model's context window: LangChain (its ContextOverflowError),
 # Pydantic AI (ModelContextWindowExceededError) and agents that trim or summarize their history act on it.
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
@@ -51,7 +53,7 @@ API_ERROR_CODES = frozenset({
     "unsupported_media_type", "unsupported_content_encoding", "rate_limit_exceeded", "token_limit_exceeded",
     "concurrency_limit_exceeded", "storage_limit_exceeded", "invalid_key_rate_limited", "admin_rate_limited",
     "too_many_background_responses", "no_valid_answer", "session_miner_failed", "no_miners_available", "store_unavailable", "sessions_disabled",
-    "deadline_exceeded", "miner_failed_mid_stream", "server_shutting_down",
+    "deadline_exceeded", "miner_failed_mid_stream", SERVER_SHUTTING_DOWN,
     "too_many_connections",  # written by the connection guard before any handler (shared/connections.py)
 })
 
@@ -124,6 +126,14 @@ def model_not_found(model: str | None) -> ApiError:
     from availability or every miner raced said so."""
     return ApiError(404, f"The model `{model or 'default'}` does not exist or you do not have access to it.",
                     code=MODEL_NOT_FOUND, param="model", type_="invalid_request_error")
+
+
+def shutting_down(what: str) -> ApiError:
+    """The error of a request this process's stop cut at the end of its grace (``what``: how far its answer had
+    come): a 503 with ``Retry-After``, which the OpenAI SDKs retry, where nothing was sent; the last event of a
+    stream that had begun, whose caller sends it again."""
+    return ApiError(503, f"This API process is stopping (a restart or a deploy); {what}: send it again.",
+                    code=SERVER_SHUTTING_DOWN, type_="server_error", headers=retry_after(1), close=True)
 
 
 def invalid_value(param: str | None, message: str) -> ApiError:

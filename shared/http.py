@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.aio import describe_tasks
 from shared.connections import (
+    STOP_ENDING,
     ConnectionGuard,
     ConnectionLimits,
     GuardedAppRunner,
@@ -33,12 +34,13 @@ from shared.connections import (
 )
 from shared.errors import (
     OPENAI_REFUSAL,
+    SERVER_SHUTTING_DOWN,
     ApiError,
     error_body,
     error_type_for,
     first_problem,
     invalid_value,
-    retry_after,
+    shutting_down,
 )
 from shared.gc_tuning import tune_for_serving
 from shared.ids import request_id_from
@@ -109,8 +111,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         request[BODY_CODE] = request[ERROR_CODE] = "invalid_body"
         return _unreadable_body(request, e)
     except asyncio.CancelledError:
-        if cut_by_stop(request) and request.writer.output_size == 0:
-            return _stopping(request)
+        if cut_by_stop(request):
+            if request.writer.output_size == 0:
+                return _stopping(request)
+            if (ending := request.get(STOP_ENDING)) is not None:  # a stream that had begun: its last event
+                request[BODY_CODE] = request[ERROR_CODE] = SERVER_SHUTTING_DOWN
+                await _end_stream(request, ending())
         raise
     except ConnectionResetError:
         # The peer went away before we answered (e.g. the API cancelled a losing miner). aiohttp would
@@ -133,30 +139,31 @@ def _stopping(request: web.Request) -> web.Response:
     aiohttp sends the answer before it closes the connection."""
     if (task := asyncio.current_task()) is not None:
         task.uncancel()
-    request[BODY_CODE] = request[ERROR_CODE] = "server_shutting_down"
-    response = json_response(error_body("This API process is stopping (a restart or a deploy); nothing was sent "
-                                        "for this request: send it again.", type_="server_error",
-                                        code="server_shutting_down"), status=503, headers=retry_after(1))
-    response.force_close()
-    return response
+    request[BODY_CODE] = request[ERROR_CODE] = SERVER_SHUTTING_DOWN
+    return error_response(shutting_down("nothing was sent for this request"))
 
 
 async def _end_broken_stream(request: web.Request, error: dict[str, Any]) -> None:
     """End a stream a bug or an error after its headers broke with an error event (``error``, the body an
-    HTTP error would have had), ``[DONE]`` and the body's end, then the connection (which can carry nothing
-    else now): the client's SDK raises at once instead of waiting for more that would never come (an
-    ``ApiError`` there, a 503 of a store that failed under a resumed stream, was answered as a new response on
-    the same connection: the caller waited for its own timeout). Only streams (SSE) are written in parts."""
-    event = dumpb(error)
+    HTTP error would have had) and ``[DONE]`` (``_end_stream``): the client's SDK raises at once instead of waiting
+    for more that would never come (an ``ApiError`` there, a 503 of a store that failed under a resumed stream, was
+    answered as a new response on the same connection: the caller waited for its own timeout). Only streams (SSE)
+    are written in parts."""
+    await _end_stream(request, b"data: " + dumpb(error) + b"\n\ndata: [DONE]\n\n")
+    raise asyncio.CancelledError
+
+
+async def _end_stream(request: web.Request, last: bytes) -> None:
+    """Write a stream's ``last`` bytes and its body's end, then close the connection, which can carry nothing
+    else now (the stream broke, or this process's stop cut it)."""
     try:
-        await request.writer.write(b"data: " + event + b"\n\ndata: [DONE]\n\n")
+        await request.writer.write(last)
         await request.writer.write_eof()
     except (ConnectionError, RuntimeError) as e:
-        logger.debug("could not end the broken stream: {}", e)
+        logger.debug("could not end the stream: {}", e)
     finally:
         if request.transport is not None:
             request.transport.close()
-    raise asyncio.CancelledError
 
 
 async def _without_slash_hint(request: web.Request) -> str:

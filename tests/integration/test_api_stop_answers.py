@@ -47,8 +47,8 @@ async def api_before(tmp_path: Path, miner: Script) -> AsyncIterator[Stopping]:
 
 
 async def test_requests_whose_miner_had_not_answered_get_a_503_to_retry_when_the_api_stops(tmp_path: Path) -> None:
-    """SIGTERM while a chat completion (plain and streamed), a legacy completion and a Responses request wait on a
-    miner that has sent nothing: each got an empty reply (the connection closed with no response, curl's exit 52)
+    """SIGTERM while a chat completion (plain and streamed), a legacy completion and a Responses request (plain and
+    streamed) wait on a miner that has sent nothing: each got an empty reply (the connection closed with no response, curl's exit 52)
     once the 5 s grace was over. Nothing had been sent, so each now gets a 503 ``server_shutting_down`` with
     ``Retry-After``, which the OpenAI SDKs retry (on another API process, or this one restarted)."""
     hanging = Script([(60.0, chunk("late").encode())])
@@ -56,7 +56,9 @@ async def test_requests_whose_miner_had_not_answered_get_a_503_to_retry_when_the
         asks = [("/v1/chat/completions", {"model": MODEL, "messages": MESSAGES}),
                 ("/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "stream": True}),
                 ("/v1/completions", {"model": MODEL, "prompt": "Take your time."}),
-                ("/v1/responses", {"model": MODEL, "input": "Take your time."})]
+                ("/v1/responses", {"model": MODEL, "input": "Take your time."}),
+                # a Responses stream sends nothing (not even response.created) before its miner's first words
+                ("/v1/responses", {"model": MODEL, "input": "Take your time.", "stream": True})]
 
         async def ask(path: str, body: dict) -> tuple[int, dict[str, str], bytes]:
             async with http.post(run.api.url + path, json=body, headers=run.head,
@@ -80,27 +82,79 @@ async def test_requests_whose_miner_had_not_answered_get_a_503_to_retry_when_the
     assert log.count(" status=shut_down ") == len(asks), log[-3000:]
 
 
-async def test_a_stream_that_had_begun_ends_without_done_when_the_api_stops(tmp_path: Path) -> None:
+def events_of(body: bytes) -> list[tuple[str | None, str]]:
+    """A stream's SSE events as (``event:`` name or None, ``data:``)."""
+    out = []
+    for frame in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        name, data = None, []
+        for line in frame.decode().split("\n"):
+            if line.startswith("event:"):
+                name = line.removeprefix("event:").strip()
+            elif line.startswith("data:"):
+                data.append(line.removeprefix("data:").strip())
+        if data:
+            out.append((name, "\n".join(data)))
+    return out
+
+
+async def test_a_stream_that_had_begun_ends_with_an_error_event_when_the_api_stops(tmp_path: Path) -> None:
     """A stream whose first chunks went out cannot be answered a 503 any more: it runs on through the grace, then
-    is cut as the README says (its connection closes with no ``[DONE]``), its line ``status=shut_down``."""
+    its connection was closed under it, with no ``[DONE]`` and no reason (the SDKs raised a connection error, as
+    for a network fault). Now a chat and a text completion stream end with an OpenAI error event, code
+    ``server_shutting_down``, then ``[DONE]``; a Responses stream fails as when its miner fails mid-way (its items
+    done as far as they came, then ``response.failed``), and so does one that had sent only what it sends at once
+    (``response.created``, its web search beginning): its 200 had gone out. Each line says ``status=shut_down``."""
     trickling = Script([(0.2, f"data: {chunk(f'word{i} ')}\n\n".encode()) for i in range(150)]
                        + [(0, b"data: [DONE]\n\n")])
+    asks = {"chat": ("/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "stream": True}, b"word1 "),
+            "text": ("/v1/completions", {"model": MODEL, "prompt": "Take your time.", "stream": True}, b"word1 "),
+            "responses": ("/v1/responses", {"model": MODEL, "input": "Take your time.", "stream": True}, b"word1 "),
+            # its search is a race the trickling miner answers after 30 s: only its first events went out
+            "searching": ("/v1/responses", {"model": MODEL, "input": "Pelseldan?", "stream": True,
+                                            "tools": [{"type": "web_search"}]}, b"response.web_search_call.searching")}
     async with api_before(tmp_path, trickling) as run, aiohttp.ClientSession() as http:
-        seen = b""
-        ended_with: Exception | None = None
-        async with http.post(run.api.url + "/v1/chat/completions", headers=run.head,
-                             json={"model": MODEL, "messages": MESSAGES, "stream": True},
-                             timeout=aiohttp.ClientTimeout(total=30)) as r:
-            assert r.status == 200
-            while b"word1 " not in seen:
-                seen += await r.content.readany()
-            run.api.proc.send_signal(signal.SIGTERM)
-            try:
-                async for part in r.content.iter_any():
-                    seen += part
-            except aiohttp.ClientPayloadError as e:
-                ended_with = e
-    assert ended_with is not None, "the stream ended as if complete"
-    assert b"word5 " in seen, "the stream did not run on through the grace"
-    assert b"[DONE]" not in seen and b'"error"' not in seen, seen[-500:]
-    assert run.api.log.read_text().count(" status=shut_down ") == 1
+        begun = asyncio.Event()
+        going: set[str] = set()
+
+        async def stream(name: str, path: str, body: dict, first: bytes) -> tuple[bytes, Exception | None]:
+            seen = b""
+            async with http.post(run.api.url + path, headers=run.head, json=body,
+                                 timeout=aiohttp.ClientTimeout(total=30)) as r:
+                assert r.status == 200, await r.text()
+                while first not in seen:
+                    seen += await r.content.readany()
+                going.add(name)
+                if len(going) == len(asks):
+                    begun.set()
+                try:
+                    async for part in r.content.iter_any():
+                        seen += part
+                except aiohttp.ClientPayloadError as e:
+                    return seen, e
+            return seen, None
+
+        tasks = {name: asyncio.create_task(stream(name, *ask)) for name, ask in asks.items()}
+        await asyncio.wait_for(begun.wait(), 20)
+        run.api.proc.send_signal(signal.SIGTERM)
+        got = {name: await task for name, task in tasks.items()}
+    for name, (seen, broke) in got.items():
+        assert broke is None, (name, broke, seen[-500:])  # the body ended as a body ends: the SDK reads its events
+    for name in ("chat", "text"):
+        seen = got[name][0]
+        assert b"word5 " in seen, "the stream did not run on through the grace"
+        *_, (_, error), (_, done) = events_of(seen)
+        assert done == "[DONE]", seen[-500:]
+        error = json.loads(error)["error"]
+        assert error["code"] == "server_shutting_down" and error["type"] == "server_error", error
+        assert "stopping" in error["message"] and "send it again" in error["message"], error
+    for name in ("responses", "searching"):
+        events = events_of(got[name][0])
+        numbered = [json.loads(data) for _, data in events]
+        assert [e["sequence_number"] for e in numbered] == list(range(len(numbered))), name
+        last_name, last = events[-1]
+        failed = json.loads(last)["response"]
+        assert last_name == "response.failed" and failed["status"] == "failed", (name, events[-3:])
+        assert failed["error"]["code"] == "server_error" and "stopping" in failed["error"]["message"], failed
+    answered = [name for name, _ in events_of(got["responses"][0])]
+    assert "response.output_text.done" in answered and "response.output_item.done" in answered, answered[-6:]
+    assert run.api.log.read_text().count(" status=shut_down ") == len(asks)
