@@ -56,16 +56,24 @@ def write(request: web.Request, line: str) -> None:
 
 
 def answer_line(kind: str, rid: str, key_id: str, uids: list[int], winner: int | None, *, stream: bool | None,
-                mixture: bool, status: str, started: float, runs: Iterable[Any] = (), truncated: int = 0) -> str:
+                mixture: bool, status: str, started: float, runs: Iterable[Any] = (), truncated: int = 0,
+                code: str | None = None) -> str:
     """The line of a request that reached (or was to reach) its miners: ``chat rid=... key=... uids=[...]
     winner=... stream=... mixture=... status=... latency_ms=...`` (``started``: its ``perf_counter`` start),
-    ``truncated=N`` before the latency when its conversation was cut N times before this race (``note_cuts``), then
-    ``failed=...`` when any of ``runs`` (the race's ``MinerRun``s) had failed by then (``failures``)."""
+    ``code=...`` after the status when it ended with an error (``code``: the one its caller was told, as a refused
+    request's line names it), ``truncated=N`` before the latency when its conversation was cut N times before this
+    race (``note_cuts``), then ``failed=...`` when any of ``runs`` (the race's ``MinerRun``s) had failed by then
+    (``failures``)."""
     # uids without spaces (``[2,1,4]``): "uids=[2, 1, 4]" read as ``uids=[2,`` to a key=value parser or a grep
     return (f"{kind} rid={rid} key={key_id} uids={str(uids).replace(' ', '')} winner={winner} stream={stream} "
             f"mixture={mixture} "
-            f"status={status}{f' truncated={truncated}' if truncated else ''} "
+            f"status={status}{code_field(code)}{f' truncated={truncated}' if truncated else ''} "
             f"latency_ms={(time.perf_counter() - started) * 1000:.1f}{failures(runs)}")
+
+
+def code_field(code: str | None) -> str:
+    """`` code=...`` of a line whose request ended with an error (its caller's code); "" for one that did not."""
+    return f" code={code}" if code else ""
 
 
 def failures(runs: Iterable[Any]) -> str:

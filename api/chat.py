@@ -24,6 +24,7 @@ from api.completion import (
     logged_outcome,
     mid_stream_failure_event,
     no_winner_error,
+    outcome_code,
     response_usage,
     stop_event,
     tell_no_answer,
@@ -193,8 +194,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         except mixture.StageOneFailed as e:
             tell_no_answer(ctx.no_answer, e.race, rid, e, caller_cut=caller_cut)  # once: the request ends here
             e.headers.update(headers)
-            _log_answer(request, fmt, key, req, asked, None, use_mixture=True,
-                        status=ending(request) or "error", started=started, runs=e.race.runs, send=send)
+            _log_answer(request, fmt, key, req, asked, None, use_mixture=True, status=ending(request) or "error",
+                        started=started, runs=e.race.runs, send=send, failure=e.code)
             raise
         except asyncio.CancelledError:  # the caller left: its line names the miners asked, as a plain race's does
             stage.cancel()
@@ -214,6 +215,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
                       scored=scored, latency_scale=scale)
     outcome = "error"
     unsent: str | None = None  # the code of an error that took the answer's place (its conversation's store failed)
+    failure: str | None = None  # the code of the HTTP error the request ended with, if any
     winner: MinerRun | None = None
     try:
         winner = await race.winner()
@@ -252,6 +254,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             await sessions.after_mid_stream_failure(ctx, session, race, winner)
         return response
     except ApiError as e:
+        failure = e.code
         e.headers.update(headers)
         raise
     except asyncio.CancelledError:
@@ -271,20 +274,21 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
                              error=outcome == "ok" and (winner.error is not None or unsent is not None),
                              day=request.get(USAGE_DAY))
         status = unsent or ending(request) or logged_outcome(outcome, [winner] if winner else [], stopping=ctx.stopping)
-        _log_answer(request, fmt, key, req, asked, winner.uid if winner else None,
-                    use_mixture=use_mixture, status=status, started=started, runs=[*earlier, *race.runs], send=send)
+        _log_answer(request, fmt, key, req, asked, winner.uid if winner else None, use_mixture=use_mixture,
+                    status=status, started=started, runs=[*earlier, *race.runs], send=send, failure=failure)
 
 
 def _log_answer(request: web.Request, fmt: AnswerFormat, key: KeyRecord, req: ChatCompletionRequest, uids: list[int],
                 winner: int | None, *, use_mixture: bool, status: str, started: float, runs: list[MinerRun],
-                send: bool) -> None:
-    """The request's access line (``answer_line``); a background turn's (``send=False``) is held, and written once
-    the turn is settled (``responses_background``)."""
+                send: bool, failure: str | None = None) -> None:
+    """The request's access line (``answer_line``; ``failure``: the code of the HTTP error it ended with, if any); a
+    background turn's (``send=False``) is held, and written once the turn is settled (``responses_background``)."""
     rid = request_id(request)
 
     def line(status: str) -> str:
         return answer_line(fmt.kind, rid, key.id, uids, winner, stream=req.stream, mixture=use_mixture, status=status,
-                           started=started, runs=runs, truncated=cuts_of(request))
+                           started=started, runs=runs, truncated=cuts_of(request),
+                           code=outcome_code(status, failure))
 
     if not send:
         hold(request, line, status)

@@ -19,13 +19,14 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from api.access_log import failures, request_id, write
+from api.access_log import code_field, failures, request_id, write
 from api.auth import USAGE_DAY, check_model
 from api.completion import (
     completion_for,
     logged_outcome,
     mid_stream_failure_event,
     no_winner_error,
+    outcome_code,
     response_usage,
     stop_event,
     tell_no_answer,
@@ -159,6 +160,7 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
                          scored=not aimed(a.req, None, a.neurons), latency_scale=scale), a.body) for a in asks]
     headers = {**(headers or {}), "x-request-id": rid, "x-sn1-seed": str(seed)}
     outcome, winners, usage = "error", [], {}
+    failure: str | None = None  # the code of the HTTP error the request ended with, if any
     try:
         for race, body in races:
             winner = await race.winner()
@@ -178,6 +180,7 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
         outcome = "ok"
         return response
     except ApiError as e:
+        failure = e.code
         e.headers.update(headers)
         raise
     except asyncio.CancelledError:
@@ -195,10 +198,11 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
             ctx.usage.record(key.id, prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
                              error=outcome == "ok" and any(w.error is not None for w in winners),
                              day=request.get(USAGE_DAY))
+        status = logged_outcome(outcome, winners, stopping=ctx.stopping)
         write(request, f"{fmt.kind} rid={rid} key={key.id} n={len(asks)} "
                        f"uids={str([[r.uid for r in race.runs] for race, _ in races]).replace(' ', '')} "
                        f"winners={str([w.uid for w in winners]).replace(' ', '')} stream={req.stream} "
-                       f"status={logged_outcome(outcome, winners, stopping=ctx.stopping)} "
+                       f"status={status}{code_field(outcome_code(status, failure))} "
                        f"latency_ms={(time.perf_counter() - started) * 1000:.1f}"
                        f"{failures(r for race, _ in races for r in race.runs)}" if ctx.request_log.enabled else "")
 

@@ -15,6 +15,7 @@ from api.selection import NO_MINERS, not_answering
 from shared.errors import (
     CONTEXT_LENGTH_EXCEEDED,
     MODEL_SERVER_REJECTED,
+    SERVER_SHUTTING_DOWN,
     ApiError,
     model_not_found,
     says_context_overflow,
@@ -31,6 +32,9 @@ from shared.protocol import (
 )
 from shared.sse import DONE_FRAME, encode_event
 from shared.store.outage import OutageLog
+
+FAILED_MID_STREAM = "failed_mid_stream"  # the access line's word for a stream its winner failed after it began
+MINER_FAILED_MID_STREAM = "miner_failed_mid_stream"  # the code of that stream's last event
 
 
 def estimated_usage(req: ChatCompletionRequest, completion_text: str, prompt_text: str | None = None) -> dict[str, Any]:
@@ -163,7 +167,18 @@ def logged_outcome(outcome: str, winners: list[MinerRun], *, stopping: bool = Fa
     that the restart had cut anyone)."""
     if outcome == "client_closed" and stopping:
         return SHUT_DOWN
-    return "failed_mid_stream" if outcome == "ok" and any(w.error for w in winners) else outcome
+    return FAILED_MID_STREAM if outcome == "ok" and any(w.error for w in winners) else outcome
+
+
+def outcome_code(status: str, error_code: str | None = None) -> str | None:
+    """The ``code=`` of a raced request's access line (``logged_outcome``'s ``status``): the error code its caller
+    was told, as a refused request's line has it: ``error_code`` (the HTTP error's: ``no_valid_answer``,
+    ``deadline_exceeded``, ...) for ``error``, the stream's last event's for ``failed_mid_stream`` and ``shut_down``;
+    None for any other (``ok``, a caller that left). A stream whose miner died mid-way said only
+    ``status=failed_mid_stream``, and a race no miner won ``status=error``, with no code at all."""
+    if status == "error":
+        return error_code
+    return {FAILED_MID_STREAM: MINER_FAILED_MID_STREAM, SHUT_DOWN: SERVER_SHUTTING_DOWN}.get(status)
 
 
 def mid_stream_failure_event(runs: list[MinerRun]) -> bytes:
@@ -171,7 +186,7 @@ def mid_stream_failure_event(runs: list[MinerRun]) -> bytes:
     started, naming each that did."""
     message = "; ".join(f for f in map(mid_stream_failure, runs) if f)
     return encode_event(dumps({"error": {"message": message, "type": "upstream_error",
-                                         "code": "miner_failed_mid_stream", "param": None}}))
+                                         "code": MINER_FAILED_MID_STREAM, "param": None}}))
 
 
 # What a stream cut short by this process's stop is told (``shared.connections.end_at_stop``), in every API's stream.

@@ -30,6 +30,8 @@ from shared.sse import DONE_FRAME, DONE_TAIL_BYTES, encode_event, ends_with_done
 
 BACKEND = web.AppKey("backend", Backend)
 BACKEND_FAILURE = web.RequestKey("sn1_backend_failure", str)  # why the backend did not answer (its BackendError)
+# The error a stream that had begun ended with (its last event): what its line says, as an HTTP error's would.
+CUT_STREAM = web.RequestKey("sn1_cut_stream", ApiError)
 METAGRAPH = web.AppKey("metagraph", MetagraphView)
 STANDING = web.AppKey("standing", Standing)
 STOPPING = web.AppKey("stopping", asyncio.Event)  # set once a stop signal came (``on_shutdown``)
@@ -133,7 +135,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             raise _past_deadline(request, "before the model server was asked")
         response = await (_stream(request, backend, data, deadline) if stream
                           else _complete(request, backend, data, deadline))
-        status = 502 if request.get(BACKEND_FAILURE) else response.status  # it failed mid-stream
+        cut = request.get(CUT_STREAM)  # it failed mid-stream: its line says so as an error answer's does
+        status, code = (cut.status, cut.code) if cut is not None else (response.status, None)
         return response
     except ApiError as e:
         status, code = e.status, e.code
@@ -228,10 +231,11 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any],
                     await response.write(piece)
                     tail = (tail + piece[-DONE_TAIL_BYTES:])[-DONE_TAIL_BYTES:]
         except (BackendError, TimeoutError) as e:
-            failure = str(e) if isinstance(e, BackendError) else f"the caller's deadline ({DEADLINE_HEADER}) passed"
-            request[BACKEND_FAILURE] = f"mid-stream: {failure}"
-            await response.write(_event_boundary(tail) + encode_event(dumps({"error": {"message": failure,
-                                                                                       "type": "upstream_error"}})))
+            cut = request[CUT_STREAM] = (_backend_failed(request, e) if isinstance(e, BackendError)
+                                         else _past_deadline(request, "as the answer streamed"))
+            request[BACKEND_FAILURE] = f"mid-stream: {request[BACKEND_FAILURE]}"
+            # the error an answer not begun would have had, as its last event (OpenAI's shape: its code too)
+            await response.write(_event_boundary(tail) + encode_event(dumps(cut.body())))
             tail = b""
         # A relayed stream carries the upstream's own [DONE]; every other ending gets ours, after a blank line
         # if the upstream stopped mid-event (else ours would run on into its last line).

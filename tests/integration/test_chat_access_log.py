@@ -325,6 +325,31 @@ async def test_a_stream_is_logged_when_it_ends_with_its_real_outcome(tmp_path: P
 
 
 
+async def test_a_request_that_ended_in_an_error_names_its_code(tmp_path: Path, lines: list[str]) -> None:
+    """A refused request's line names the code its caller got (``status=400 code=invalid_json``); a raced one's did
+    not: a stream whose miner died mid-way said ``status=failed_mid_stream`` (its caller's last event said
+    ``miner_failed_mid_stream``), and a race no miner won ``status=error`` alone (a 502 ``no_valid_answer`` read as
+    a 504 ``deadline_exceeded`` does). Each now says ``code=...`` after its status, as the refusal's does: chat,
+    and a text completion stream (its choices' line)."""
+    dies = Script([(0, d) for d in sse(chunk("Hel"), done=False)] + [(0.3, b"")], die=True)
+    async with api_with_miners(tmp_path, {2: dies, 3: Script([], status=500)}) as api:
+        status, _, text = await post(api, {"messages": MESSAGES, "uids": [2], "stream": True},
+                                     headers={"x-request-id": "died"})
+        assert status == 200 and "miner_failed_mid_stream" in text, text
+        status, _, text = await post(api, {"prompt": "Hi", "uids": [2], "stream": True}, path="/v1/completions",
+                                     headers={"x-request-id": "text-died"})
+        assert status == 200 and "miner_failed_mid_stream" in text, text
+        status, _, text = await post(api, {"messages": MESSAGES, "uids": [3]}, headers={"x-request-id": "lost"})
+        assert status == 502 and "no_valid_answer" in text, text
+        api.ctx.request_log.flush()
+    (died,) = [x for x in lines if " | chat rid=died " in x]
+    assert " status=failed_mid_stream code=miner_failed_mid_stream latency_ms=" in died, died
+    (text_died,) = [x for x in lines if " | completions rid=text-died " in x]
+    assert " status=failed_mid_stream code=miner_failed_mid_stream latency_ms=" in text_died, text_died
+    (lost,) = [x for x in lines if " | chat rid=lost " in x]
+    assert " status=error code=no_valid_answer latency_ms=" in lost, lost
+
+
 async def test_a_stream_the_apis_own_shutdown_cuts_is_logged_shut_down(tmp_path: Path, lines: list[str]) -> None:
     """A restart (SIGTERM) cuts the streams still running once its grace is over; their lines said
     ``status=client_closed``, as if each caller had hung up, and an operator saw no sign that the restart had
