@@ -6,6 +6,7 @@ Nothing logs a key: the API logs key *ids* and prefixes only. The access log
 
 from __future__ import annotations
 
+import re
 import sys
 from urllib.parse import unquote, urlsplit
 
@@ -19,6 +20,19 @@ _UNPRINTABLE = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {0x85: "\\x85", 0
 def printable(text: str) -> str:
     """``text`` on one line: each control character (a line break among them) written as its escape."""
     return text.translate(_UNPRINTABLE)
+
+
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9._:/@+\-]")
+FIELD_CHARS = 100  # of a caller's value, what a log line's field shows (``field_value``)
+
+
+def field_value(text: str, limit: int = FIELD_CHARS) -> str:
+    """A caller's value (a model name it asked for) as one word of a ``key=value`` log line: its first ``limit``
+    characters, each outside letters, digits and ``._:/@+-`` written as its escape (a space or an ``=`` in it would
+    otherwise forge a field, a line break a line), ``...`` after a value cut there."""
+    shown = _NOT_PLAIN.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 256 else f"\\u{ord(m[0]):04x}",
+                           text[:limit])
+    return shown + ("..." if len(text) > limit else "")
 
 
 MIN_USER_TOKEN = 8  # a URL's user name alone is taken for a token from this length ("admin@" is a name, not a secret)

@@ -123,12 +123,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     deadline = caller_deadline(request)
     status, stream, code = 500, False, None
+    unserved: str | None = None  # the model asked for, when this miner does not serve it (its line names it)
     try:
         data = await read_json(request)
         req: ChatCompletionRequest = parse_model(ChatCompletionRequest, data)
         stream = bool(req.stream)
         backend = request.app[BACKEND]
         if not req.wants_any_model() and req.model not in backend.models():
+            unserved = req.model
             raise ApiError(404, f"The model '{req.model}' is not served here.", code="model_not_found",
                            param="model")
         if deadline is not None and deadline <= asyncio.get_running_loop().time():
@@ -151,7 +153,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         request.app[TRAFFIC].record(rid=request_id_from(request.headers),
                                     caller=request[CALLER_KEY].hotkey_ss58, stream=stream, status=status,
                                     latency_ms=(time.perf_counter() - started) * 1000,
-                                    failure=request.get(BACKEND_FAILURE), code=code)
+                                    failure=request.get(BACKEND_FAILURE), code=code, model=unserved)
 
 
 def caller_deadline(request: web.Request) -> float | None:

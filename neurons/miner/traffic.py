@@ -36,7 +36,7 @@ from loguru import logger
 from shared.errors import ApiError
 from shared.http import route_path
 from shared.ids import request_id_from
-from shared.logging import printable
+from shared.logging import field_value, printable
 from shared.request_log import RequestLog
 from shared.signing import claimed_hotkey, verified_hotkey
 
@@ -92,13 +92,15 @@ class TrafficLog:
         self.other: Counter[str] = Counter()  # availability and health requests, by route
 
     def record(self, *, rid: str, caller: str, stream: bool, status: int, latency_ms: float,
-               failure: str | None = None, code: str | None = None) -> None:
+               failure: str | None = None, code: str | None = None, model: str | None = None) -> None:
         """One chat request, one line: ``failure``, why the model server did not answer it (a WARNING line,
-        within the budget); ``code``, the error code the caller was answered with."""
+        within the budget); ``code``, the error code the caller was answered with; ``model``, the model it asked
+        for, when that is why (``model_not_found``: the line said only the code, and an operator could not tell
+        which model the validators want that this miner lacks)."""
         if failure is not None:
             self._failed(rid, caller, stream, status, latency_ms, code, failure)
         elif self.lines.enabled:  # nothing is formatted at LOG_LEVEL=WARNING
-            self.lines.write(_line(rid, caller[:10], stream, status, latency_ms, code))
+            self.lines.write(_line(rid, caller[:10], stream, status, latency_ms, code, model))
         self.requests += 1
         self.left += status == CLIENT_GONE
         self.failed += status >= 400 and status != CLIENT_GONE
@@ -147,10 +149,12 @@ class TrafficLog:
         return line
 
 
-def _line(rid: str, caller: str, stream: bool, status: int, latency_ms: float, code: str | None) -> str:
-    """``chat rid=... caller=... stream=... status=... latency_ms=...`` (`` code=...`` for an error answer)."""
+def _line(rid: str, caller: str, stream: bool, status: int, latency_ms: float, code: str | None,
+          model: str | None = None) -> str:
+    """``chat rid=... caller=... stream=... status=... latency_ms=...`` (`` code=...`` for an error answer, then
+    `` model=...`` for one that names the model asked for: the caller's words, as one word, cut: ``field_value``)."""
     return (f"chat rid={rid} caller={caller} stream={stream} status={status} latency_ms={latency_ms:.1f}"
-            f"{'' if code is None else f' code={code}'}")
+            f"{'' if code is None else f' code={code}'}{'' if model is None else f' model={field_value(model)}'}")
 
 
 class RefusalLog:

@@ -327,7 +327,23 @@ async def test_each_chat_request_is_one_info_line_written_by_the_shutdown_at_the
     caller = VALIDATOR.ss58_address[:10]
     assert lines[0].startswith(f"chat rid=late-line caller={caller} stream=False status=200 latency_ms="), lines
     assert lines[1].startswith(f"chat rid=no-model caller={caller} stream=False status=404 latency_ms="), lines
-    assert lines[1].endswith(" code=model_not_found") and len(lines) == 2, lines
+    assert lines[1].endswith(" code=model_not_found model=not-here") and len(lines) == 2, lines
+
+
+async def test_a_model_not_served_is_named_in_its_line_as_one_word_cut_short(log: list[tuple[str, str]]) -> None:
+    """A request for a model this miner does not serve was logged ``code=model_not_found`` alone: the operator could
+    not tell which model the validators ask for that it lacks. Its line names it: the caller's words, a space or an
+    ``=`` escaped (it could forge a field), a long one cut."""
+    asked = ["meta-llama/Llama-3.1-8B-Instruct", 'x status=200 code="ok"', "m" * 5000]
+    async with serve_app(miner_app()) as url:
+        for i, model in enumerate(asked):
+            body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "model": model}).encode()
+            assert await post(url, CHAT, {**signed(CHAT, body), "x-request-id": f"nm-{i}"}, body) == 404
+    lines = [x.split(" | ", 3)[-1] for level, m in log if level == "INFO" for x in m.splitlines() if " chat rid=nm-" in x]
+    assert len(lines) == 3, lines
+    assert lines[0].endswith(" code=model_not_found model=meta-llama/Llama-3.1-8B-Instruct"), lines[0]
+    assert lines[1].endswith(r" code=model_not_found model=x\x20status\x3d200\x20code\x3d\x22ok\x22"), lines[1]
+    assert lines[2].endswith(" model=" + "m" * 100 + "...") and len(lines[2]) < 300, lines[2]
 
 
 async def test_a_request_cut_by_the_miners_own_stop_is_not_a_caller_that_left(log: list[tuple[str, str]]) -> None:
