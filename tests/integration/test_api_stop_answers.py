@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import openai
 
 from tests.helpers import Script, chunk, keypair, scripted_miner_app, serve_app, wait_until
 from tests.keys.procs import ADMIN, ApiProcess, prepare, start_api, wait_ready
@@ -116,6 +117,25 @@ async def test_a_stream_that_had_begun_ends_with_an_error_event_when_the_api_sto
         begun = asyncio.Event()
         going: set[str] = set()
 
+        def started(name: str) -> None:
+            going.add(name)
+            if len(going) == len(asks) + 1:  # and the SDK's
+                begun.set()
+
+        async def through_the_sdk() -> tuple[str, Exception | None]:
+            """What the OpenAI SDK's caller sees: its text, and what its loop raised."""
+            client = openai.AsyncOpenAI(base_url=run.api.url + "/v1", api_key=run.head["Authorization"][7:],
+                                        max_retries=0, timeout=30)
+            text = ""
+            try:
+                async for part in await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True):
+                    text += (part.choices[0].delta.content or "") if part.choices else ""
+                    if "word1 " in text:
+                        started("sdk")
+            except Exception as e:  # what it raises is what is tested
+                return text, e
+            return text, None
+
         async def stream(name: str, path: str, body: dict, first: bytes) -> tuple[bytes, Exception | None]:
             seen = b""
             async with http.post(run.api.url + path, headers=run.head, json=body,
@@ -123,9 +143,7 @@ async def test_a_stream_that_had_begun_ends_with_an_error_event_when_the_api_sto
                 assert r.status == 200, await r.text()
                 while first not in seen:
                     seen += await r.content.readany()
-                going.add(name)
-                if len(going) == len(asks):
-                    begun.set()
+                started(name)
                 try:
                     async for part in r.content.iter_any():
                         seen += part
@@ -134,9 +152,14 @@ async def test_a_stream_that_had_begun_ends_with_an_error_event_when_the_api_sto
             return seen, None
 
         tasks = {name: asyncio.create_task(stream(name, *ask)) for name, ask in asks.items()}
+        sdk = asyncio.create_task(through_the_sdk())
         await asyncio.wait_for(begun.wait(), 20)
         run.api.proc.send_signal(signal.SIGTERM)
         got = {name: await task for name, task in tasks.items()}
+        text, raised = await sdk
+    # it raised httpx's RemoteProtocolError (incomplete chunked read), as for a network fault: now the reason
+    assert isinstance(raised, openai.APIError) and not isinstance(raised, openai.APIConnectionError), repr(raised)
+    assert "This API process is stopping" in raised.message and "word5 " in text, (raised.message, text[-200:])
     for name, (seen, broke) in got.items():
         assert broke is None, (name, broke, seen[-500:])  # the body ended as a body ends: the SDK reads its events
     for name in ("chat", "text"):
@@ -157,4 +180,4 @@ async def test_a_stream_that_had_begun_ends_with_an_error_event_when_the_api_sto
         assert failed["error"]["code"] == "server_error" and "stopping" in failed["error"]["message"], failed
     answered = [name for name, _ in events_of(got["responses"][0])]
     assert "response.output_text.done" in answered and "response.output_item.done" in answered, answered[-6:]
-    assert run.api.log.read_text().count(" status=shut_down ") == len(asks)
+    assert run.api.log.read_text().count(" status=shut_down code=server_shutting_down ") == len(asks) + 1
