@@ -288,9 +288,9 @@ class GuardedServer(web.Server):
     def end_in_flight(self) -> None:
         """As a stop's grace ends: the requests nothing was sent for yet, and the streams that gave their last event
         for a stop, are cut (``cut_in_flight``), their connections still open, so that each is answered a 503 to
-        retry elsewhere, or ends with that event; every other connection is closed, which cancels its handler (aiohttp itself cancels only a handler reading its request's body, and
-        waits as long again for the others, then closes their connections in the same breath as it cancels them:
-        an empty reply)."""
+        retry elsewhere, or ends with that event; every other connection is closed, which cancels its handler
+        (aiohttp itself cancels only a handler reading its request's body, and waits as long again for the others,
+        then closes their connections in the same breath as it cancels them: an empty reply)."""
         for connection in list(self.connections):
             if not (isinstance(connection, GuardedRequestHandler) and connection.cut_in_flight()):
                 connection.force_close()
