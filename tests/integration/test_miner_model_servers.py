@@ -5,9 +5,11 @@ behind a plain server scores: the quirk is its server's, not its fault."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import random
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -246,6 +248,50 @@ async def test_what_to_check_when_the_model_list_cannot_be_read(warnings: list[s
         assert f"/v1: cannot connect to the model server at {url.removeprefix('http://')} (Connection refused): is " \
             "it running, and UPSTREAM_URL right?" in warnings[-1] and warnings[-1].endswith(NOTHING), warnings[-1]
     assert not any("sk-wrong" in w for w in warnings)
+
+
+async def test_a_tls_failure_says_tls_not_operation_not_permitted(warnings: list[str], tmp_path: Path) -> None:
+    """UPSTREAM_URL with https:// at a model server that speaks plain HTTP (vLLM and Ollama do, by default): the
+    TLS handshake fails, and the start's WARNING said "cannot connect ... (Operation not permitted): is it running",
+    the words of the SSL error's errno 1, not of the failure; so did a certificate the miner does not trust (one
+    of the server's own making). Each names what failed now, and says what to check."""
+    async with serve_app(create_fake_upstream([])) as url:
+        plain = url.removeprefix("http://")
+        async with backend_for(f"https://{plain}/v1"):
+            assert f"/v1: the TLS handshake with the model server at {plain} failed (wrong version number): " \
+                "https:// in UPSTREAM_URL for a server that speaks plain HTTP? (http:// then)" in warnings[-1], \
+                warnings[-1]
+            assert "Operation not permitted" not in warnings[-1]
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0, ssl=self_signed(tmp_path))
+    where = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server, backend_for(f"https://{where}/v1"):
+        assert f"/v1: the model server at {where} has a certificate this miner does not trust (self-signed " \
+            "certificate): is UPSTREAM_URL's host the one its certificate names?" in warnings[-1], warnings[-1]
+
+
+def self_signed(directory: Path) -> ssl.SSLContext:
+    """A server's TLS context with a certificate of its own making, for 127.0.0.1."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+    return context
 
 
 async def test_n_never_reaches_a_server_that_refuses_it(tmp_path: Path) -> None:

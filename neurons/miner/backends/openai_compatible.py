@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -185,7 +186,9 @@ class OpenAICompatibleBackend:
                 logger.warning("the upstream at {} lists no model yet: nothing is served until it does (Ollama: "
                                "pull one with ollama pull)", self.shown_url)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            why = str(e) if isinstance(e, ValueError) else failure_words(e, f"{LIST_TIMEOUT_S:g} s")
+            # aiohttp's certificate error is a ValueError too (ssl.CertificateError's): told as the others are
+            why = failure_words(e, f"{LIST_TIMEOUT_S:g} s") if isinstance(e, aiohttp.ClientError | TimeoutError) \
+                else str(e)
             logger.warning("could not list upstream models at {}: {}{}", self.shown_url, why, "" if self._models else
                            f"; no model is served until it answers (asked every {self._models_refresh:g}s)")
 
@@ -436,6 +439,8 @@ def failure_words(error: Exception, limit: str | None) -> str:
     400 that never was) for one that closed its connection mid-answer. ``limit``: the timeout, for a timeout."""
     if isinstance(error, TimeoutError):
         return f"no answer within {limit}" if limit else "TimeoutError"
+    if isinstance(error, aiohttp.ClientConnectorError) and isinstance(error.os_error, ssl.SSLError):
+        return _tls_words(error.os_error, f"{error.host}:{error.port}")
     if isinstance(error, aiohttp.ClientConnectorError):
         code = error.os_error.errno
         # the errno's words ("Connection refused": asyncio's strerror is "Connect call failed (...)"); a name that
@@ -446,6 +451,17 @@ def failure_words(error: Exception, limit: str | None) -> str:
     if isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         return f"the model server closed the connection before its answer ended ({type(error).__name__})"
     return f"{type(error).__name__}: {error}"
+
+
+def _tls_words(error: ssl.SSLError, where: str) -> str:
+    """A TLS handshake that failed, in its own words: its errno is 1 whatever went wrong, which read "Operation not
+    permitted" (an https:// UPSTREAM_URL at a server that speaks plain HTTP, as vLLM and Ollama do by default)."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (f"the model server at {where} has a certificate this miner does not trust "
+                f"({error.verify_message or error.reason}): is UPSTREAM_URL's host the one its certificate names?")
+    reason = (error.reason or type(error).__name__).replace("_", " ").lower()
+    return (f"the TLS handshake with the model server at {where} failed ({reason}): https:// in UPSTREAM_URL for a "
+            "server that speaks plain HTTP? (http:// then)")
 
 
 def deadline_passed(when: str) -> BackendError:
