@@ -75,6 +75,10 @@ def _run_role(role: str, settings: object) -> None:
 BITTENSOR_FLAGS = {"AXON_PORT": "MINER_PORT", "AXON_IP": "MINER_HOST", "LOGGING_DEBUG": "LOG_LEVEL",
                    "LOGGING_TRACE": "LOG_LEVEL", "LOGGING_INFO": "LOG_LEVEL", "SUBTENSOR_CHAIN_ENDPOINT": "SUBTENSOR_NETWORK"}
 
+# What ``not_options`` shows of an argument: a long flag (``--port``, ``--axon.port``) or a short one (``-p``); any
+# other argument beginning with '-' may be a value (``--admin-key -Xk9...``: a token_urlsafe key may begin so)
+_FLAG = re.compile(r"--[A-Za-z][A-Za-z0-9._-]{0,39}|-[A-Za-z]")
+
 INTERRUPTED = 130  # a shell's status for a command that Ctrl-C stopped (128 + SIGINT)
 
 
@@ -160,6 +164,10 @@ def not_options(role: str, extra: list[str]) -> int:
     cls = {"api": ApiSettings, "validator": ValidatorSettings, "miner": MinerSettings}[role]
     names = frozenset(name.upper() for name in cls.model_fields)
     for flag in (token.partition("=")[0] for token in extra if token.startswith("-")):  # values never echoed
+        if not _FLAG.fullmatch(flag):  # "-Xk9...": a value beginning with '-' (a secret, maybe) is no flag's shape
+            print(f"sn1 {role}: an argument that begins with '-' is not an option (not shown: it may be a value)",
+                  file=sys.stderr)
+            continue
         name = re.sub(r"[-.]", "_", flag.lstrip("-")).upper()
         name = BITTENSOR_FLAGS.get(name, name)
         ending = sorted(n for n in names if n.endswith(f"_{name}"))  # --port: MINER_PORT; --host: MINER_HOST

@@ -796,3 +796,10 @@ def test_a_flag_is_said_to_be_no_option_with_the_setting_it_meant(tmp_path: Path
     out = run_cli("validator", "--port", "1", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.splitlines()[0] == (
         "sn1 validator: --port is not an option: set SCORING_API_PORT=... instead")
+    # a value that begins with '-' (a token_urlsafe key does one time in 32) is a value still, never shown
+    out = run_cli("api", "--admin-key", "-Xk9SECRET_0123456789abcdefghij", "--port", "1", cwd=tmp_path)
+    assert out.returncode == 2 and "SECRET" not in out.stderr, out.stderr
+    assert out.stderr.splitlines()[:3] == [
+        "sn1 api: --admin-key is not an option: set ADMIN_KEY=... instead",
+        "sn1 api: an argument that begins with '-' is not an option (not shown: it may be a value)",
+        "sn1 api: --port is not an option: set API_PORT=... instead"]
