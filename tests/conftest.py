@@ -32,6 +32,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     freeze_heap()
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's: without it (``-p no:xdist``) an unknown hook stopped pytest
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """``-n`` with xdist's default distribution: the tests sharing a started local subnet on one worker
     (``tests/xdist_groups.py``); any other ``--dist`` is xdist's own."""

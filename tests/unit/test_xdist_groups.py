@@ -4,6 +4,8 @@ started again by each worker that runs one of its tests."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.xdist_groups import ON_THE_SESSION_SUBNET, WITH_A_MODULE_SUBNET, group_of
@@ -29,3 +31,13 @@ def test_a_test_goes_with_its_group_or_alone() -> None:
     assert group_of("tests/chaos/test_localnet_faults.py::test_every_request_is_answered_by_an_honest_miner[True]") \
         == "tests/chaos/test_localnet_faults.py"
     assert group_of("tests/unit/test_sse.py::test_x") == "tests/unit/test_sse.py::test_x"
+
+
+def test_the_suite_runs_without_xdist_too() -> None:
+    """``pytest -p no:xdist`` (as one runs a test under a debugger, or where xdist is not installed): the suite's
+    xdist hook is optional, not an unknown hook that stopped pytest with an INTERNALERROR before any test ran."""
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+                          f"{__file__}::test_a_test_goes_with_its_group_or_alone"],
+                         capture_output=True, text=True, timeout=120, cwd=TESTS.parent)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "1 passed" in out.stdout
