@@ -31,7 +31,7 @@ def backup(source: Path, dest: Path) -> Backup:
     is. ``dest`` is never overwritten (``FileExistsError``), and removed again if the copy fails."""
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such file")
-    if not create_private(dest):
+    if not create_private(dest, made_ahead=False):  # an empty file there may be another user's: never written
         raise FileExistsError(f"{dest} exists: a backup never overwrites a file, name a new one")
     try:
         _copy(source, dest)

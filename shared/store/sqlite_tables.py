@@ -152,7 +152,7 @@ def _size_on_disk(path: Path) -> int:
     return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
-def create_private(path: Path) -> bool:
+def create_private(path: Path, *, made_ahead: bool = True) -> bool:
     """Create the database file readable by its owner alone, if it is not there (an empty file is an empty
     database), and say whether it did: it holds users' prompts and answers (stored responses, conversations, the
     scoring outbox), and SQLite gives its -wal and -shm files the database's mode. One already there that others
@@ -164,11 +164,12 @@ def create_private(path: Path) -> bool:
     process holds on it, so peeking at the header while another store of this process had the database open
     let a second process take the lock that says "nobody else is here", checkpoint and delete the WAL under
     this one, and lose its writes (a stored response, written by one API process, not found by the next turn on
-    another)."""
+    another). ``made_ahead`` off: only a file made here is new (``sn1 backup``'s copy: an empty file already
+    there may be anyone's, a link to anywhere)."""
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
-        return _made_ahead(path)
+        return made_ahead and _made_ahead(path)
     return True
 
 

@@ -84,3 +84,24 @@ def test_what_sn1_backup_refuses_it_says_in_one_line(tmp_path: Path) -> None:
     said = _sn1("backup", "redis://:hunter2@127.0.0.1:6379/0", str(tmp_path / "b.db"))
     assert isinstance(said, str) and "redis://***@127.0.0.1:6379/0: not a SQLite store" in said
     assert "BGSAVE" in said and "hunter2" not in said
+
+
+def test_a_backup_never_writes_into_a_file_already_there_even_an_empty_one(tmp_path: Path) -> None:
+    """An empty file (or a link to one) at the destination is refused as any file there is, and left as it was:
+    taken as a store's file made ahead, it was made 0600 and the copy of every key and stored prompt written into
+    it, a file whoever made it owns (root's ``sn1 backup api.db /tmp/api.db`` into another user's empty
+    ``/tmp/api.db``: that user could read the copy); a failed copy then removed it."""
+    source = tmp_path / "api.db"
+    sqlite3.connect(source).execute("CREATE TABLE api_keys (id TEXT)").connection.close()
+    empty = tmp_path / "empty.db"
+    empty.touch(mode=0o644)
+    empty.chmod(0o644)
+    (tmp_path / "link.db").symlink_to(empty)
+    for dest in (empty, tmp_path / "link.db"):
+        assert _sn1("backup", str(source), str(dest)) == (
+            f"sn1 backup: {dest} exists: a backup never overwrites a file, name a new one")
+        assert empty.stat().st_size == 0 and stat.S_IMODE(empty.stat().st_mode) == 0o644
+    (tmp_path / ".env.api").write_text("ADMIN_KEY=x\n" * 200)
+    assert _sn1("backup", str(tmp_path / ".env.api"), str(empty)) == (
+        f"sn1 backup: {empty} exists: a backup never overwrites a file, name a new one")
+    assert empty.exists(), "a failed copy removes only a file it made"
