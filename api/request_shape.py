@@ -39,7 +39,11 @@ async def request_shape_middleware(request: web.Request, handler: Handler) -> we
     one request (its answer and line carry a new id: ``request_id_from``). A 400 ``duplicate_parameter`` for a query
     parameter sent twice with two values (``one_value_each``). A 400 ``unsupported_parameter`` for a body holding
     anything on a request that reads none: ``curl -X GET -d '{"days": 7}' /v1/usage`` answered the defaults as if
-    the body had been read (``_no_body``)."""
+    the body had been read (``_no_body``). A path no route serves, or a method its route does not take, is its 404
+    or 405 whatever it sends: the mistake is the path or the method (``GET /v1/modles`` with a body was a 400
+    about the body)."""
+    if request.match_info.http_exception is not None:
+        return await handler(request)
     headers = request.headers
     for name in ID_HEADERS:
         if headers.get(name) is not None:  # most requests send neither: one lookup each

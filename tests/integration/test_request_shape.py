@@ -95,3 +95,23 @@ async def test_a_body_on_a_post_or_delete_that_takes_none_is_refused_and_nothing
                                     data=b" {} ")
         assert status == 200 and out["deleted"] is True, out
         await client.close()
+
+
+
+async def test_a_path_not_served_or_a_method_not_taken_is_its_404_or_405_whatever_its_body(tmp_path: Path) -> None:
+    """The shape checks ran before routing's own answer: ``GET /v1/modles`` with a body was the 400 "A GET reads
+    its parameters from the query string", ``DELETE /v1/usage`` with one the 400 " takes no body" (naming no
+    route: there is none), and either with two request ids a 400 ``duplicate_header``: the caller's mistake was
+    the path or the method. Now the 404, and the 405 naming the methods served, as without a body."""
+    async with api_with_miners(tmp_path, {}, honest={1}) as api, aiohttp.ClientSession() as s:
+        for extra in ([], [("x-request-id", "a"), ("x-request-id", "b")]):
+            headers = [("api-key", api.key), *extra]
+            async with s.get(api.url + "/v1/modles", headers=headers, json={"days": 7}) as r:
+                out = await r.json()
+                assert (r.status, out["error"]["code"]) == (404, "not_found"), out
+            async with s.delete(api.url + "/v1/usage", headers=headers, json={"days": 7}) as r:
+                out = await r.json()
+                assert (r.status, out["error"]["code"]) == (405, "method_not_allowed"), out
+                assert "GET" in r.headers["Allow"], r.headers
+        async with s.get(api.url + "/v1/modles?days=1&days=2", headers={"api-key": api.key}) as r:
+            assert r.status == 404, await r.text()
