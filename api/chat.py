@@ -200,7 +200,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
         except asyncio.CancelledError:  # the caller left: its line names the miners asked, as a plain race's does
             stage.cancel()
             _log_answer(request, fmt, key, req, asked, None, use_mixture=True,
-                        status=logged_outcome("client_closed", [], stopping=ctx.stopping), started=started,
+                        status=logged_outcome("client_closed", [], stopping=ctx.ended_by_stop(request)), started=started,
                         runs=stage.runs, send=send)
             raise
         answers, earlier = stage_one.answers, stage_one.runs
@@ -273,7 +273,8 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
                              completion_tokens=used.get("completion_tokens") or 0,
                              error=outcome == "ok" and (winner.error is not None or unsent is not None),
                              day=request.get(USAGE_DAY))
-        status = unsent or ending(request) or logged_outcome(outcome, [winner] if winner else [], stopping=ctx.stopping)
+        status = unsent or ending(request) or logged_outcome(outcome, [winner] if winner else [],
+                                                             stopping=ctx.ended_by_stop(request))
         _log_answer(request, fmt, key, req, asked, winner.uid if winner else None, use_mixture=use_mixture,
                     status=status, started=started, runs=[*earlier, *race.runs], send=send, failure=failure)
 

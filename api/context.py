@@ -14,6 +14,7 @@ from api.availability import AvailabilityCache
 from api.miner_health import MinerHealth
 from api.scoring_outbox import OutboxForwarder
 from api.storage_budget import StorageBudget
+from shared.connections import ended_by_stop
 from shared.metagraph import MetagraphView
 from shared.miner_client import MinerClient
 from shared.request_log import RequestLog
@@ -62,6 +63,11 @@ class ApiContext:
     # first one's reasons, a line a minute while they go on, an INFO line once answers come back
     no_answer: OutageLog = field(default_factory=lambda: OutageLog(
         "requests failing, no miner gave a valid answer", back="miners answer again", settle=NO_ANSWER_SETTLE_S))
+
+    def ended_by_stop(self, request: web.Request) -> bool:
+        """Whether this process's stop, not its caller, ended ``request`` (cancelled): logged ``shut_down``, not
+        ``client_closed``. A caller that leaves during the stop's grace is still one (``ended_by_stop``)."""
+        return self.stopping and ended_by_stop(request)
 
     def attach_forwarder(self, forwarder: OutboxForwarder) -> None:
         """Every settled fan-out's payload goes to the durable outbox; the forwarder delivers it."""

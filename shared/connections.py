@@ -189,7 +189,7 @@ class GuardedRequestHandler(RequestHandler):
     being answered (it looks again one timeout later). Idle time with no byte sent after a request is
     ``keepalive_timeout``'s to bound, as before."""
 
-    __slots__ = ("_guard", "_guard_key", "_admitted", "_header_clock", "_open_payload", "cut_by_stop")
+    __slots__ = ("_guard", "_guard_key", "_admitted", "_header_clock", "_open_payload", "cut_by_stop", "closed_here")
 
     def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -199,6 +199,7 @@ class GuardedRequestHandler(RequestHandler):
         self._header_clock: asyncio.TimerHandle | None = None
         self._open_payload: Any = None  # the body of the last request, while it has not all arrived
         self.cut_by_stop = False  # the server's stop cancelled the request being answered (``cut_in_flight``)
+        self.closed_here = False  # this server closed the connection (``force_close``), not its peer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -222,7 +223,15 @@ class GuardedRequestHandler(RequestHandler):
         if self._admitted:
             self._admitted = False
             self._guard.release(self._guard_key)
+        here = self.closed_here
         super().connection_lost(exc)
+        self.closed_here = here  # aiohttp's connection_lost calls force_close too: a peer's close is none from here
+
+    def force_close(self) -> None:
+        """Close the connection from this side (a stop's cut, aiohttp's own at the end of a stop, a header timeout):
+        marked, so that a handler it cancels is not taken for one whose caller left (``ended_by_stop``)."""
+        self.closed_here = True
+        super().force_close()
 
     def data_received(self, data: bytes) -> None:
         requests = self._request_count
@@ -311,6 +320,16 @@ def end_at_stop(request: web.Request, ending: Callable[[], bytes] | None) -> Non
         request.pop(STOP_ENDING, None)
     else:
         request[STOP_ENDING] = ending
+
+
+def ended_by_stop(request: web.Request) -> bool:
+    """Whether the server, not the caller, ended ``request`` (asked of one cancelled while the process stops): cut
+    before any of its answer went out (``cut_by_stop``), its connection closed from this side (``force_close``:
+    as the stop's grace ended), or its handler cancelled with the connection still open (aiohttp's own cancel of
+    one reading its body). A caller that leaves closes the connection first, from its side: such a request is the
+    caller's (a race the API settled, its deadline), during a stop as at any other time."""
+    protocol = request.protocol
+    return cut_by_stop(request) or getattr(protocol, "closed_here", False) or request.transport is not None
 
 
 class GuardedAppRunner(web.AppRunner):

@@ -18,6 +18,7 @@ from aiohttp import web
 from neurons.miner.backends.base import Backend, BackendError
 from neurons.miner.standing import Standing
 from neurons.miner.traffic import CLIENT_GONE, REFUSALS, TRAFFIC, RefusalLog, TrafficLog, summary_loop
+from shared.connections import ended_by_stop
 from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json
 from shared.ids import request_id_from
@@ -81,7 +82,8 @@ async def _metagraph_refresh(app: web.Application) -> AsyncIterator[None]:
 
 async def _stopping(app: web.Application) -> None:
     """The process is stopping: a request its stop cuts is logged as such (``miner_stopped``), not as a caller
-    that left (``499``, counted as "left by the caller first" in the minute's line)."""
+    that left (``499``, counted as "left by the caller first" in the minute's line); a caller that leaves meanwhile
+    (a race the API settled) is still one (``ended_by_stop``)."""
     app[STOPPING].set()
 
 
@@ -144,7 +146,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         status, code = e.status, e.code
         raise
     except asyncio.CancelledError:
-        if request.app[STOPPING].is_set():  # cut by this miner's own stop (its grace over), not by its caller
+        if request.app[STOPPING].is_set() and ended_by_stop(request):  # by this miner's stop, not by its caller
             status, code = 503, "miner_stopped"
         else:
             status = CLIENT_GONE  # the caller left (a lost race, its deadline): not a failure of this miner

@@ -367,6 +367,31 @@ async def test_a_stream_the_apis_own_shutdown_cuts_is_logged_shut_down(tmp_path:
     (line,) = [x for x in lines if " | chat rid=cut " in x]
     assert " winner=3 " in line and " status=shut_down " in line, line
 
+
+async def test_a_caller_that_hangs_up_while_the_api_stops_is_still_client_closed(tmp_path: Path,
+                                                                                 lines: list[str]) -> None:
+    """A caller that hangs up in the stop's grace left on its own, the stop cut nothing: its line said
+    ``status=shut_down``, as every request cancelled once the stop began did."""
+    slow = Script([(0, d) for d in sse(chunk("Hel"), done=False)] + [(30.0, b"")])
+    serving = api_with_miners(tmp_path, {3: slow})
+    api = await serving.__aenter__()
+    stopping = None
+    try:
+        async with aiohttp.ClientSession() as s:
+            r = await s.post(api.url + "/v1/chat/completions", json={"messages": MESSAGES, "uids": [3], "stream": True},
+                             headers={"Authorization": f"Bearer {api.key}", "x-request-id": "left"})
+            await r.content.readany()  # the stream has begun; the API begins to stop
+            stopping = asyncio.create_task(serving.__aexit__(None, None, None))
+            for _ in range(500):
+                if api.ctx.stopping:
+                    break
+                await asyncio.sleep(0.01)
+            r.close()  # the caller hangs up, within the grace
+    finally:
+        await (stopping or serving.__aexit__(None, None, None))
+    (line,) = [x for x in lines if " | chat rid=left " in x]
+    assert " winner=3 " in line and " status=client_closed " in line, line
+
 async def test_a_web_retrieval_every_miner_failed_is_logged_with_its_502(tmp_path: Path, lines: list[str]) -> None:
     async with api_with_miners(tmp_path, {2: Script([], status=500)}) as api:
         async with aiohttp.ClientSession() as s:

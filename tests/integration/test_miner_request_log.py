@@ -5,6 +5,7 @@ minute's summary). A real miner on 127.0.0.1, its log read through a loguru sink
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,7 +17,7 @@ from bittensor import http_auth
 from loguru import logger
 
 from neurons.miner import traffic
-from neurons.miner.app import create_miner_app
+from neurons.miner.app import STOPPING, create_miner_app
 from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from shared.signing import Authorizer, RequestVerifier, Signer
@@ -370,3 +371,34 @@ async def test_a_request_cut_by_the_miners_own_stop_is_not_a_caller_that_left(lo
     lines = [m for level, m in log if "chat rid=cut " in m]
     assert len(lines) == 1 and " status=503 " in lines[0] and lines[0].rstrip().endswith(" code=miner_stopped"), lines
     assert summary is not None and "(1 failed, 0 left by the caller first)" in summary, summary
+
+
+async def test_a_caller_that_leaves_while_the_miner_stops_is_still_a_caller_that_left(
+        log: list[tuple[str, str]]) -> None:
+    """The API settles a race and cancels its losers at any time, during a miner's stop too: such a request, whose
+    caller left in the stop's grace, was logged ``status=503 code=miner_stopped`` and counted failed, as if the
+    stop had cut it. It is ``status=499``, "left by the caller first", as at any other time."""
+    asked = asyncio.Event()
+
+    async def stalls(_request: web.Request) -> None:
+        asked.set()
+        await asyncio.sleep(30)
+
+    raw = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+    async with serve_app(first_chunk_then(stalls)) as upstream, contextlib.AsyncExitStack() as serving:
+        backend = OpenAICompatibleBackend(upstream + "/v1")
+        await backend.start()
+        verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
+        app = create_miner_app(backend, verifier)
+        url = await serving.enter_async_context(serve_app(app))
+        caller = asyncio.create_task(post(url, CHAT, {**signed(CHAT, raw), "x-request-id": "left"}, raw))
+        await asyncio.wait_for(asked.wait(), 10)
+        stopping = asyncio.create_task(serving.aclose())  # the stop; its grace (1 s here) begins
+        await asyncio.wait_for(app[STOPPING].wait(), 10)
+        caller.cancel()  # the API took another miner's answer: it closes this connection
+        await asyncio.gather(caller, return_exceptions=True)
+        await stopping
+        summary = app[traffic.TRAFFIC].summary(60)
+    lines = [m for level, m in log if "chat rid=left " in m]
+    assert len(lines) == 1 and " status=499 " in lines[0], lines
+    assert summary is not None and "(0 failed, 1 left by the caller first)" in summary, summary
