@@ -93,12 +93,16 @@ def _remedy(name: str, hotkey: str, path: str | Path) -> str:
     misspelt); nothing for one that exists (the reason says what is wrong with it). In a wallet that exists it is
     ``new-hotkey``: ``btcli wallet create`` there, as this line said, asks to overwrite the wallet's coldkey (a yes
     loses it, and the funds with it unless its mnemonic was kept) and fails with a traceback on a no."""
-    if hotkey_file(name, hotkey, path).exists():
-        return ""
     wallet = Path(path).expanduser() / name
-    if not wallet.is_dir():
-        return f". Create it with: btcli wallet create -w {name} -H {hotkey} --wallet-path {path}"
-    hotkeys = sorted(p.name for p in (wallet / "hotkeys").glob("*") if p.is_file() and not p.name.endswith("pub.txt"))
+    try:
+        if hotkey_file(name, hotkey, path).exists():
+            return ""
+        if not wallet.is_dir():
+            return f". Create it with: btcli wallet create -w {name} -H {hotkey} --wallet-path {path}"
+        hotkeys = sorted(p.name for p in (wallet / "hotkeys").glob("*")
+                         if p.is_file() and not p.name.endswith("pub.txt"))
+    except OSError:  # a directory this user cannot enter, a name too long: the reason says it, no btcli line helps
+        return ""
     listed = f" (its hotkeys: {', '.join(hotkeys[:10])})" if hotkeys else ""
     return f". Add it to the wallet with: btcli wallet new-hotkey -w {name} -H {hotkey} --wallet-path {path}{listed}"
 

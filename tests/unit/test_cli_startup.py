@@ -120,6 +120,49 @@ def test_a_hotkey_missing_from_a_wallet_that_exists_is_added_not_the_wallet_crea
     assert str(e.value).endswith(f". Create it with: btcli wallet create -w ghost -H default --wallet-path {wallets}")
 
 
+def test_a_wallet_this_user_cannot_enter_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A service's user (the units' ``User=sn1``) and a wallet under root's own directory: the hotkey cannot be
+    read (Permission denied), and looking for the ``btcli`` line to suggest (does the wallet exist, which hotkeys
+    does it hold) raised that PermissionError again, out of the error being made: a traceback, not the one line.
+    As root (the suite's user in CI) the load runs in a child process as ``nobody``; a hotkey name too long for the
+    file system takes the same path either way."""
+    from shared.settings import SettingsError
+    from shared.wallet import load_hotkey
+
+    wallets = tmp_path / "wallets"
+    ensure_wallet("miner", "default", wallets)
+    with pytest.raises(SettingsError, match="File name too long"):
+        load_hotkey("miner", "h" * 300, wallets)
+    wallets.chmod(0o700)
+    if os.geteuid() != 0:
+        wallets.chmod(0o000)
+        try:
+            with pytest.raises(SettingsError, match="Permission denied"):
+                load_hotkey("miner", "default", wallets)
+        finally:
+            wallets.chmod(0o700)
+        return
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # nobody: root's wallet directory (0700) is not its to enter
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            load_hotkey("miner", "default", wallets)
+            said = "loaded"
+        except BaseException as e:  # noqa: BLE001 - what escaped, told to the parent
+            said = f"{type(e).__name__}: {e}"
+        os.write(write, said.encode()[:4000])
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as got:
+        said = got.read()
+    assert said.startswith(f"{SettingsError.__name__}: WALLET_NAME/WALLET_HOTKEY/WALLET_PATH: cannot load hotkey "
+                           "'default' of wallet 'miner'") and "Permission denied" in said, said
+    assert "btcli wallet create" not in said, said  # the wallet exists: it is not this user's to read
+
+
 def test_unreadable_metagraph_is_one_clear_line(tmp_path: Path) -> None:
     ensure_wallet("validator", "default", tmp_path / "wallets")
     env = tmp_path / "nometa.env"
