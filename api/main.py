@@ -102,8 +102,8 @@ def _warn_unreclaimed(path: Path) -> None:
     file itself, as that holds the write lock of every worker for as long as it takes)."""
     try:
         free = unreclaimed(path) if path.is_file() else None
-    except sqlite3.Error:  # not a database: build_context says so, in STORE_URL's words
-        return
+    except (sqlite3.Error, OSError):  # not a database, or not this user's to reach: build_context says so, in
+        return  # STORE_URL's words (what to fix: ``why_not_opened``)
     if free is not None:
         logger.warning("STORE_URL: {} was made before 2026-12-06: it never gives back the space of expired or "
                        "deleted rows ({:.1f} MiB free inside it now, reused but kept on disk). Stop the API and "

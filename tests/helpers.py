@@ -392,3 +392,39 @@ async def loop_gaps(tick: float = 0.005) -> AsyncIterator[list[float]]:
         await asyncio.sleep(10 * tick)  # the next tick records a stall that ended just now
     finally:
         ticker.cancel()
+
+
+NOBODY = 65534  # the uid and gid of ``nobody``
+
+
+def without_access(directory: Path, call: Callable[[], object]) -> str:
+    """``call()`` made by a user that cannot enter ``directory`` (a service's ``User=`` and a directory root made
+    0700), as ``"ExceptionName: message"`` (``"returned"`` when nothing was raised). Root enters any directory, so
+    as root (the suite's user in CI) it runs in a forked child as ``nobody``, whatever it needs imported first;
+    otherwise ``directory`` is made unenterable meanwhile."""
+    if os.geteuid() != 0:
+        directory.chmod(0o000)
+        try:
+            call()
+            return "returned"
+        except Exception as e:  # noqa: BLE001 - what escaped, told to the test
+            return f"{type(e).__name__}: {e}"
+        finally:
+            directory.chmod(0o700)
+    directory.chmod(0o700)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        said = "returned"
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            call()
+        except BaseException as e:  # noqa: BLE001 - what escaped, told to the parent
+            said = f"{type(e).__name__}: {e}"
+        os.write(write, said.encode()[:4000])
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as got:
+        return got.read()

@@ -77,8 +77,11 @@ def why_not_opened(path: Path, error: BaseException) -> str:
     database). SQLite says "unable to open database file" for a directory named as the file, and for a file in a
     directory this user cannot write (it writes the -wal and -shm files beside it): a service's user (the units'
     ``User=sn1``) and a directory made by root, the usual first start, read as nothing more."""
-    if path.is_dir():
-        return f"; {path} is a directory: name a file in it ({path / 'api.db'})"
+    try:
+        if path.is_dir():
+            return f"; {path} is a directory: name a file in it ({path / 'api.db'})"
+    except OSError:  # a directory on the way this user cannot enter: its PermissionError, said below
+        pass
     cause = error.__cause__ if isinstance(error, StoreUnavailable) and error.__cause__ else error
     code = getattr(cause, "sqlite_errorcode", None)
     if not isinstance(cause, PermissionError) and (code is None or code & 0xFF not in _UNWRITABLE):

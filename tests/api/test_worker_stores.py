@@ -49,3 +49,19 @@ async def test_a_workers_stores_close_and_leave_the_shared_redis_clients_open() 
         assert await links.data.client.ping() and await links.keys.client.ping()  # the worker's, closed after
     finally:
         await links.aclose()
+
+
+def test_a_store_in_a_directory_its_user_cannot_enter_is_left_to_the_line_that_says_so(tmp_path: Path) -> None:
+    """An API run as a service's user, its STORE_URL file under a directory root made 0700: the start's look at
+    whether the file gives freed space back (``reach_store``) raised the PermissionError of its ``is_file``, a
+    traceback before the line that says what to fix (``build_context``: the file and its directory must be this
+    user's to write). It lets the file be, as it does a file that is no database."""
+    import asyncio
+
+    from api.main import reach_store
+    from tests.helpers import without_access
+
+    state = tmp_path / "state"
+    state.mkdir()
+    said = without_access(state, lambda: asyncio.run(reach_store(f"sqlite:///{state / 'api.db'}", "sn1")))
+    assert said == "returned", said

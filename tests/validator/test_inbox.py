@@ -343,6 +343,21 @@ def test_an_inbox_sqlite_cannot_write_beside_says_what_to_fix(tmp_path: Path) ->
                                        "process's user (" + pwd.getpwuid(os.geteuid()).pw_name + "): SQLite writes "
                                        "scoring_inbox.db-wal and scoring_inbox.db-shm beside the file")
 
+
+def test_an_inbox_in_a_directory_its_user_cannot_enter_is_one_line(tmp_path: Path) -> None:
+    """A STATE_DIR under a directory root made 0700, and a validator run as a service's user: what to fix was
+    looked for with a ``stat`` of the file, which raised the same PermissionError out of the error being made (a
+    traceback, not the SettingsError line). The API's STORE_URL file takes the same path (``why_not_opened``)."""
+    from neurons.validator.inbox import open_inbox
+    from tests.helpers import without_access
+
+    state = tmp_path / "state"
+    state.mkdir()
+    said = without_access(state, lambda: open_inbox(state / "scoring_inbox.db"))
+    assert said.startswith(f"SettingsError: SCORING_INBOX_FILE: {state / 'scoring_inbox.db'} cannot be used as the "
+                           "scoring inbox ([Errno 13] Permission denied"), said
+    assert said.endswith("SQLite writes scoring_inbox.db-wal and scoring_inbox.db-shm beside the file"), said
+
 async def test_the_scored_line_names_the_request_id_across_a_restart(tmp_path: Path) -> None:
     """``scored organic InferenceTask: 1=1.00 2=0.00`` named no request: a caller's request id, found in the
     API's access log, could not be followed to its scores. A job kept in the inbox over a restart keeps it."""
