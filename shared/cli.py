@@ -195,7 +195,10 @@ def _store_file(command: str, target: str, redis_note: str) -> Path | str:
         return f"sn1 {command}: {mask_credentials(target)}: not a SQLite store (sqlite:///path); {redis_note}"
     else:
         path = Path(target)
-    return path if path.is_file() else f"sn1 {command}: {path}: no such file"
+    try:
+        return path if path.is_file() else f"sn1 {command}: {path}: no such file"
+    except OSError as e:  # a directory on the way this user cannot enter (the service's own, root's)
+        return f"sn1 {command}: {path}: {e.strerror or e}"
 
 
 def _vacuum(target: str) -> str | None:
@@ -228,8 +231,8 @@ def _backup(target: str, dest: Path) -> str | None:
                                          "or its appendonly files")
     if isinstance(path, str):
         return path
-    dest = dest / path.name if dest.is_dir() else dest
     try:
+        dest = dest / path.name if dest.is_dir() else dest
         made = backup(path, dest)
     except OSError as e:  # the destination's directory or disk (its path and why), or backup's own line
         return f"sn1 backup: {f'{e.filename}: {e.strerror}' if e.strerror else e}"

@@ -105,3 +105,16 @@ def test_a_backup_never_writes_into_a_file_already_there_even_an_empty_one(tmp_p
     assert _sn1("backup", str(tmp_path / ".env.api"), str(empty)) == (
         f"sn1 backup: {empty} exists: a backup never overwrites a file, name a new one")
     assert empty.exists(), "a failed copy removes only a file it made"
+
+
+def test_a_store_this_user_cannot_reach_is_said_in_one_line(tmp_path: Path) -> None:
+    """An operator running ``sn1 backup`` (or ``sn1 vacuum``) as themselves on a store under a directory only the
+    service's user (or root) may enter: the check that the file is there raised its PermissionError, a traceback."""
+    from tests.helpers import without_access
+
+    state = tmp_path / "state"
+    state.mkdir()
+    sqlite3.connect(state / "api.db").execute("CREATE TABLE api_keys (id TEXT)").connection.close()
+    for command, dest in (("backup", [str(tmp_path / "b.db")]), ("vacuum", [])):
+        said = without_access(state, lambda c=command, d=dest: main([c, str(state / "api.db"), *d]))
+        assert said == f"SystemExit: sn1 {command}: {state / 'api.db'}: Permission denied", said
