@@ -259,10 +259,13 @@ class ValidatorMetrics:
                                            "Synthetic jobs waiting to be scored", registry=r)
         self.scoring_inbox_waiting = Gauge("sn1_validator_scoring_inbox_waiting", "Organic payloads from before a "
                                            "restart waiting on disk for room in the scoring lane", registry=r)
-        self.organic_stale_dropped = Gauge("sn1_validator_organic_stale_dropped", "Organic payloads dropped "
-                                           "unscored as older than ORGANIC_MAX_AGE_SECONDS, since start", registry=r)
-        self.reference_failures = Gauge("sn1_validator_reference_failures", "Reference model calls that failed "
-                                        "since start (each skipped a job)", registry=r)
+        # Counts that only grow, caught up from the validator's running totals at each scrape (``Tally``): as
+        # gauges, ``increase()`` in the alerts read a gauge, which Prometheus flags ("might not be a counter").
+        self.organic_stale_dropped = Tally(Counter("sn1_validator_organic_stale_dropped", "Organic payloads "
+                                                   "dropped unscored as older than ORGANIC_MAX_AGE_SECONDS",
+                                                   registry=r))
+        self.reference_failures = Tally(Counter("sn1_validator_reference_failures", "Reference model calls that "
+                                                "failed (each skipped a job)", registry=r))
         self.last_weights_set = Gauge("sn1_validator_last_weights_set_timestamp_seconds", "Unix time weights were "
                                       "last set (0: never, by this state dir)", registry=r)
         self.metagraph_age = Gauge("sn1_validator_metagraph_age_seconds", "Age of the metagraph last read "

@@ -76,7 +76,7 @@ async def test_metrics_show_the_scoring_inbox_backlog_and_the_synthetic_lane(tmp
     assert sample(text, "sn1_validator_scoring_inbox_waiting") == 3
     assert sample(text, "sn1_validator_scoring_queue_depth") == 2
     assert sample(text, "sn1_validator_synthetic_queue_depth") == 0
-    assert sample(text, "sn1_validator_organic_stale_dropped") == 0
+    assert sample(text, "sn1_validator_organic_stale_dropped_total") == 0
     assert sample(text, "sn1_validator_last_weights_set_timestamp_seconds") == 0
 
 
@@ -109,13 +109,19 @@ async def test_health_and_metrics_count_reference_failures_without_the_key(refus
                 await reference.reply(BODY)
             status, text = await get(url, "/health")
             _, prom = await get(url, "/metrics")
+            with pytest.raises(ReferenceError):
+                await reference.reply(BODY | {"seed": 2})  # another question: not the cached failure
+            _, again = await get(url, "/metrics")
     assert json.loads(before)["reference"]["failures"] == 0
     health = json.loads(text)["reference"]
     assert status == 200 and health["kind"] == "llm" and health["calls"] == 1 and health["failures"] == 1
     assert "HTTP 401" in health["last_error"] and "Incorrect API key" in health["last_error"]
     assert health["last_error_at"] is not None and health["last_ok_at"] is None
     assert SECRET not in text and SECRET not in prom
-    assert sample(prom, "sn1_validator_reference_failures") == 1
+    # A counter (the alerts read it with increase()): a gauge was flagged by Prometheus as "might not be a counter"
+    assert "# TYPE sn1_validator_reference_failures_total counter" in prom
+    assert sample(prom, "sn1_validator_reference_failures_total") == 1
+    assert sample(again, "sn1_validator_reference_failures_total") == 2  # each scrape counts what it has not yet
 
 
 async def test_a_scores_file_the_validator_cannot_read_is_kept_aside_not_overwritten(tmp_path: Path) -> None:
