@@ -40,7 +40,7 @@ from neurons.validator.reference import (
 )
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import Scorer, ScoringQueue, scoring_worker
+from neurons.validator.scoring import Scorer, ScoringQueue, job_failures, scoring_worker
 from neurons.validator.synthetic import SyntheticConfig
 from neurons.validator.tasks import default_registry, warn_if_normalised
 from neurons.validator.tasks.base import RewardContext
@@ -153,7 +153,8 @@ async def run_validator(settings: ValidatorSettings) -> None:
             first_delay=min(settings.availability_timeout, settings.synthetic_interval)))
         for _ in range(settings.synthetic_concurrency if settings.synthetic_enabled else 0)
     ]
-    loops += [lambda: scoring_worker(queue, scorer, metagraph) for _ in range(settings.scoring_workers)]
+    failures = job_failures()  # one run for all the workers: a job per worker failing alike is one line
+    loops += [lambda: scoring_worker(queue, scorer, metagraph, failures) for _ in range(settings.scoring_workers)]
     # the inbox, the reference model and the scores' file tried again while they fail and no traffic does (``recheck.py``)
     recheck = functools.partial(recheck_cycle, inbox, reference, scores, observe=metrics.observe_recheck)
     loops.append(lambda: timed("recheck", RECHECK_SECONDS, recheck, first_delay=RECHECK_SECONDS))

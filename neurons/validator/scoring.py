@@ -29,6 +29,7 @@ from neurons.validator.tasks.base import RewardContext, TaskRegistry
 from shared.ids import loggable_id
 from shared.metagraph import MetagraphSnapshot, MetagraphView, Neuron
 from shared.protocol import content_text
+from shared.store.outage import OUTAGE_LOG_EVERY_S, OutageLog
 
 
 @dataclass
@@ -300,10 +301,15 @@ class Scorer:
         self.jobs_scored += 1
         changed = [uid for uid in sorted(job.bodies) if not self.owns(job, uid)]
         logger.info("scored {} {}{}: {}{}", job.source, job.task,
-                    f" rid={loggable_id(job.request_id)}" if job.source == "organic" else "",
+                    rid_note(job),
                     " ".join(f"{u}={r:.2f}" for u, r in sorted(rewards.items())) or "nothing",
                     f" (uid(s) {','.join(map(str, changed))} changed hands: not credited)" if changed else "")
         return rewards
+
+
+def rid_note(job: ScoringJob) -> str:
+    """`` rid=...`` for an organic job (the caller's request, to find in the API's log), "" for a synthetic one."""
+    return f" rid={loggable_id(job.request_id)}" if job.source == "organic" else ""
 
 
 CHUNK_OVERHEAD = 64  # bytes a Python str and its list slot cost beyond its characters (and a timing's float)
@@ -430,8 +436,21 @@ class ScoringQueue:
                 self.settle(stale)
 
 
-async def scoring_worker(queue: ScoringQueue, scorer: Scorer, metagraph: MetagraphView) -> None:
-    """Drain the queue forever; a job whose uid changed hotkey since it was queued is not credited."""
+def job_failures(clock: Callable[[], float] = time.monotonic) -> OutageLog:
+    """The run of scoring jobs that raise (a bug some payloads trigger), shared by the scoring workers: its first
+    failure is an ERROR with the traceback, then a line a minute counting the jobs that failed since, and an INFO
+    line once jobs have been scored for a minute with none failing. A traceback per job (each organic payload of
+    one shape failing alike) was hundreds of lines a second under traffic, burying everything else."""
+    return OutageLog("scoring jobs fail, each dropped unscored", back="jobs are scored again",
+                     settle=OUTAGE_LOG_EVERY_S, clock=clock,
+                     needs_operator=lambda _: "a validator bug: report it with this traceback")
+
+
+async def scoring_worker(queue: ScoringQueue, scorer: Scorer, metagraph: MetagraphView,
+                         failures: OutageLog | None = None) -> None:
+    """Drain the queue forever; a job whose uid changed hotkey since it was queued is not credited. A job that
+    raises is dropped and told in ``failures`` (``job_failures``: one for all the workers)."""
+    failures = failures or job_failures()
     while True:
         job = await queue.get()
         try:
@@ -440,5 +459,7 @@ async def scoring_worker(queue: ScoringQueue, scorer: Scorer, metagraph: Metagra
                            if (n := snapshot.by_uid(u)) is not None and n.hotkey == hk}
             await scorer.score(job)
         except Exception as e:  # noqa: BLE001 - one bad job must not stop the worker
-            logger.exception("scoring job failed, dropped: {}", e)
+            failures.failed(f"{job.source} {job.task} job{rid_note(job)}: {type(e).__name__}: {e}", exception=e)
             queue.settle([job])  # scored again after a restart, it would fail again
+        else:
+            failures.ok()

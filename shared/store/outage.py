@@ -42,13 +42,16 @@ class OutageTeller:
         self._retry_gap = RETRY_LOG_FIRST_S  # how long after it the next one may
         self._retries_untold = 0  # failed retries since
 
-    def began(self, now: float, error: object, hint: str | None = None) -> None:
-        """The failure that began the run: its one WARNING, or an ERROR with what to fix (``hint``)."""
+    def began(self, now: float, error: object, hint: str | None = None,
+              exception: BaseException | None = None) -> None:
+        """The failure that began the run: its one WARNING, or an ERROR with what to fix (``hint``); with
+        ``exception`` (a bug's), its traceback, told for the run's first failure alone."""
         self._told_at, self._untold = now, 0
+        log = logger.opt(exception=exception) if exception is not None else logger
         if hint:
-            logger.error("{}: {}; {}", self.what, error, hint)
+            log.error("{}: {}; {}", self.what, error, hint)
         else:
-            logger.warning("{}: {}", self.what, error)
+            log.warning("{}: {}", self.what, error)
 
     def again(self, now: float, error: object) -> None:
         """One more failure in the run: the "still failing" line once ``every`` seconds passed since the last
@@ -141,15 +144,17 @@ class OutageLog:
         self.last_error = str(error)
         self.tried_at, self.tried_by, self._tried = time.time(), by, now
 
-    def failed(self, error: object) -> None:
-        """One more failure: a WARNING if it begins a run or the last line is ``every`` seconds old."""
+    def failed(self, error: object, exception: BaseException | None = None) -> None:
+        """One more failure: a WARNING if it begins a run or the last line is ``every`` seconds old; the run's
+        first line carries ``exception``'s traceback, if given (a bug's: one traceback a run, not one a failure)."""
         now = self._clock()
         self.failures += 1
         self._tried_now(now, error, TRAFFIC)
         self._last_failure = now
         if self._began is None:
             self._began = now
-            self.teller.began(now, error, self.needs_operator(error) if self.needs_operator is not None else None)
+            self.teller.began(now, error, self.needs_operator(error) if self.needs_operator is not None else None,
+                              exception)
         else:
             self.teller.again(now, error)
 

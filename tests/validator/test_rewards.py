@@ -28,7 +28,14 @@ from neurons.validator.rewards.text import (
 from neurons.validator.rewards.tools import Reply
 from neurons.validator.rewards.web import web_reward
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import Scorer, ScoringJob, ScoringQueue, rebuild_answer, scoring_worker
+from neurons.validator.scoring import (
+    Scorer,
+    ScoringJob,
+    ScoringQueue,
+    job_failures,
+    rebuild_answer,
+    scoring_worker,
+)
 from neurons.validator.synthetic import challenge_body
 from neurons.validator.tasks import default_registry
 from neurons.validator.tasks.base import RewardContext
@@ -624,3 +631,68 @@ async def test_a_queued_job_for_a_uid_that_changed_hands_neither_asks_the_refere
     assert scored and " 1=1.00" in scored[0] and "2=" not in scored[0], scored
     assert "uid(s) 2 changed hands" in scored[0], scored
     assert set(scores.miners) == {1}
+
+
+class BrokenReference(DeterministicReference):
+    """A reference model client with a bug: each call raises what nothing expects (not a ``ReferenceError``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = True
+
+    async def reply(self, body: dict) -> Reply:
+        if self.broken:
+            raise KeyError("choices")
+        return await super().reply(body)
+
+
+def organic_job(i: int) -> ScoringJob:
+    body = {"messages": [{"role": "user", "content": f"Tell me a story {i}"}], "task": "InferenceTask", "seed": 7}
+    return ScoringJob(source="organic", task="InferenceTask", bodies={1: body}, hotkeys={1: "hk1"},
+                      chunks={1: chunks_for(DeterministicBackend().answer_text(body))}, timings={1: [0.05, 0.1]},
+                      deadline_s=10.0, request_id=f"rid-{i}")
+
+
+async def test_scoring_jobs_that_fail_alike_are_one_traceback_and_a_count_not_a_traceback_each(tmp_path) -> None:
+    """A job whose scoring raises (a bug the payloads of one shape trigger) was dropped with a traceback of its
+    own: 40 such payloads were 40 ERROR lines of 30 lines each, and under traffic hundreds a second that buried
+    the rest of the log. Now the two workers' failures are one run: an ERROR with the first one's traceback and
+    what it was, a line a minute counting those since, and an INFO line once jobs score again."""
+    registry = default_registry()
+    scores = ScoreBook(registry.probabilities, alpha=0.5, path=tmp_path / "scores.json")
+    reference = BrokenReference()
+    view = MetagraphView(StaticSource(snapshot("val", {1: ("hk1", "127.0.0.1:1")})))
+    await view.refresh()
+    scorer = Scorer(registry, RewardContext(reference, CORPUS), scores, owner=view.hotkey_of)
+    queue = ScoringQueue(100)
+    for i in range(40):
+        queue.put_nowait(organic_job(i))
+    now = [0.0]
+    failures = job_failures(clock=lambda: now[0])
+    lines, sink = log_lines("INFO")
+    records: list = []
+    traced = logger.add(lambda m: records.append(m.record), level="ERROR")
+    workers = [asyncio.create_task(scoring_worker(queue, scorer, view, failures)) for _ in range(2)]
+    try:
+        await wait_until(lambda: failures.failures == 40, 10)
+        now[0] = 61.0
+        queue.put_nowait(organic_job(40))  # one more failure a minute on: the line that counts them
+        await wait_until(lambda: failures.failures == 41, 5)
+        reference.broken = False  # fixed (a restart with the fix, or the model server's answers back)
+        now[0] = 200.0
+        queue.put_nowait(organic_job(41))
+        await wait_until(lambda: scorer.jobs_scored == 1 and not failures.failing, 5)
+    finally:
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        logger.remove(sink)
+        logger.remove(traced)
+    told = [x for x in lines if "scoring job" in x]
+    assert len(told) == 3, told
+    first, still, ended = told
+    assert first.startswith("ERROR scoring jobs fail, each dropped unscored: organic InferenceTask job rid=rid-0: "
+                            "KeyError: 'choices'; a validator bug"), first
+    assert [r["exception"] is not None for r in records] == [True], "one traceback, the run's first failure's"
+    assert "still failing, 40 more time(s) in the last 61 s" in still and "rid=rid-40" in still, still
+    assert ended.startswith("INFO") and "jobs are scored again after 200.0 s (41 failure(s))" in ended, ended
