@@ -148,7 +148,8 @@ async def poll_all(
     book.refused = set(refusals)
     book.hotkeys = {n.uid: n.hotkey for n, _ in results}
     book.updated_at, book.polled_at = time.time(), time.monotonic()
-    logger.info("availability: {}/{} miners up{}", up, len(results), f", {refused} refused us" if refused else "")
+    logger.info("availability: {}/{} miners up{}{}", up, len(results), f", {refused} refused us" if refused else "",
+                down_note(failures) if up else "")  # none up: the WARNING below says why
     if refusals:
         book.refused_some.failed(refusal_note(refusals, client.signer.hotkey, everyone=False))
     else:
@@ -158,6 +159,21 @@ async def poll_all(
     elif up:
         book.unreachable.ok()
     return book
+
+
+def listed_uids(uids: list[int], most: int = 20) -> str:
+    """``1,4,7`` for a line, the first ``most`` of them and ``,...`` past those (a subnet has up to 256 uids)."""
+    return ",".join(map(str, uids[:most])) + (",..." if len(uids) > most else "")
+
+
+def down_note(failures: dict[int, str]) -> str:
+    """What the poll's INFO line says of the miners that did not answer: their uids and the first one's reason.
+    The line said ``3/4 miners up`` alone, the reasons at DEBUG: a miner killed, or one whose port closed, could
+    be told from a live one only by ``/miner_availabilities``' ``null``."""
+    if not failures:
+        return ""
+    uids = sorted(failures)
+    return f"; not answering: uid(s) {listed_uids(uids)} (uid {uids[0]}: {failures[uids[0]]})"
 
 
 def warn_none_reachable(told: OutageLog, failures: dict[int, str]) -> None:
@@ -200,6 +216,5 @@ def refusal_note(refusals: dict[int, str], hotkey: str, *, everyone: bool) -> st
     why = why or f"; does hotkey {hotkey} hold a validator permit (or an allow-listing) on their metagraph?"
     then = "; none answered: availability kept as last known, synthetic jobs paused" if everyone else ""
     first = (clock or uids)[0]
-    listed = ",".join(map(str, uids[:20])) + (",..." if len(uids) > 20 else "")
-    return (f"{len(uids)} miner(s) refused this validator's signed requests (uids {listed}){why}{then}; "
+    return (f"{len(uids)} miner(s) refused this validator's signed requests (uids {listed_uids(uids)}){why}{then}; "
             f"uid {first}: {refusals[first]}")

@@ -20,6 +20,7 @@ from neurons.validator.reference import CachedReference, OpenAIReference, Refere
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
 from neurons.validator.weights import DisabledSink
+from shared.metagraph import MetagraphSnapshot
 from shared.metrics import ValidatorMetrics
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Signer
@@ -290,12 +291,27 @@ async def test_scores_the_disk_refuses_stay_in_memory_and_health_says_why(tmp_pa
                for line in lines), lines
 
 
+def two_miners() -> tuple[list[int], MetagraphSnapshot]:
+    """Two free ports and a metagraph serving uids 1 and 2 on them (nothing listens until a test serves one)."""
+    ports = [free_port(), free_port()]
+    return ports, snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, f"127.0.0.1:{ports[0]}"),
+                                                    2: (MINERS[2].ss58_address, f"127.0.0.1:{ports[1]}")})
+
+
+def uid1_miner() -> web.Application:
+    """The reference miner of uid 1, taking this validator's signature."""
+    from neurons.miner.app import create_miner_app
+    from neurons.miner.backends.deterministic import DeterministicBackend
+    from shared.signing import Authorizer, RequestVerifier
+
+    verifier = RequestVerifier(MINERS[1].ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
+    return create_miner_app(DeterministicBackend(), verifier)
+
+
 async def test_no_reachable_miner_is_a_warning_with_a_reason() -> None:
     """``availability: 0/2 miners up`` at INFO, the reasons at DEBUG: a validator whose host could not reach
     any miner (a firewall, a wrong network) looked like one on a subnet of dead miners."""
-    ports = [free_port(), free_port()]
-    snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, f"127.0.0.1:{ports[0]}"),
-                                             2: (MINERS[2].ss58_address, f"127.0.0.1:{ports[1]}")})
+    ports, snap = two_miners()
     lines, handler = log_lines("INFO")
     try:
         async with make_session() as session:
@@ -313,13 +329,7 @@ async def test_no_reachable_miner_is_a_warning_with_a_reason() -> None:
 async def test_polls_no_miner_answers_are_one_warning_and_their_end_one_line() -> None:
     """The WARNING came at every poll (each AVAILABILITY_INTERVAL, a second on a fast local network) for as long
     as the miners were out of reach, and nothing said when they came back but ``1/2 miners up``."""
-    from neurons.miner.app import create_miner_app
-    from neurons.miner.backends.deterministic import DeterministicBackend
-    from shared.signing import Authorizer, RequestVerifier
-
-    ports = [free_port(), free_port()]
-    snap = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, f"127.0.0.1:{ports[0]}"),
-                                             2: (MINERS[2].ss58_address, f"127.0.0.1:{ports[1]}")})
+    ports, snap = two_miners()
     lines, handler = log_lines("INFO")
     book = AvailabilityBook()
     try:
@@ -327,8 +337,7 @@ async def test_polls_no_miner_answers_are_one_warning_and_their_end_one_line() -
             client = MinerClient(session, Signer(VALIDATOR))
             for _ in range(3):
                 await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
-            verifier = RequestVerifier(MINERS[1].ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
-            async with serve_app(create_miner_app(DeterministicBackend(), verifier), port=ports[0]):
+            async with serve_app(uid1_miner(), port=ports[0]):
                 await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
                 await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
     finally:
@@ -338,6 +347,28 @@ async def test_polls_no_miner_answers_are_one_warning_and_their_end_one_line() -
     assert told[0].startswith("WARNING availability: none of 2 serving miner(s) answered the poll"), told
     assert told[1].startswith("INFO availability: miners answer the poll again after ") and \
         told[1].endswith("(3 failure(s))"), told
+
+
+async def test_the_polls_line_names_the_miners_that_do_not_answer_and_why() -> None:
+    """A miner killed showed in the log as ``availability: 1/2 miners up`` alone, its uid and reason at DEBUG: the
+    operator could not tell which miner was gone, or why, without ``/miner_availabilities``. The line names the
+    uids not answering and the first one's reason."""
+    ports, snap = two_miners()
+    lines, handler = log_lines("INFO")
+    try:
+        async with make_session() as session:
+            client = MinerClient(session, Signer(VALIDATOR))
+            async with serve_app(uid1_miner(), port=ports[0]):
+                book = await poll_all(client, _view(snap), AvailabilityBook(), timeout=2, concurrency=4)
+                await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
+    finally:
+        logger.remove(handler)
+    assert book.entries[1] is not None and book.entries[2] is None
+    polls = [line for line in lines if line.startswith("INFO availability: ")]
+    assert len(polls) == 2 and polls[0] == polls[1], lines
+    assert polls[0].startswith(f"INFO availability: 1/2 miners up; not answering: uid(s) 2 (uid 2: unreachable at "
+                               f"127.0.0.1:{ports[1]}: "), polls[0]
+    assert not [line for line in lines if line.startswith("WARNING")], lines  # one miner down: no outage
 
 
 async def test_a_token_in_the_reference_url_is_never_quoted_back_into_the_log() -> None:
