@@ -223,9 +223,7 @@ async def scoring(request: web.Request) -> web.Response:
     if isinstance(data, list):
         return await _score_batch(ctx, data, request[CALLER_KEY].hotkey_ss58)
     payload = organic_payload(data, ctx.scores.probabilities)
-    queued, _, stale = await _queue_new(ctx, [payload], request[CALLER_KEY].hotkey_ss58)
-    if stale:
-        _log_stale(ctx, stale, 1)
+    queued, _, _ = await _queue_new(ctx, [payload], request[CALLER_KEY].hotkey_ss58)
     logger.debug("organic payload request_id={} task={} uids={}: {}", payload.request_id, payload.body.get("task"),
                  payload.uids, "queued" if queued else "not queued (seen before, too old, or no uid registered now)")
     snapshot = ctx.metagraph.snapshot
@@ -312,14 +310,11 @@ async def _queue_new_now(ctx: ValidatorContext, payloads: list[OrganicPayload], 
         if job.hotkeys:
             jobs.append(job)
     await _enqueue(ctx, jobs, identities)
-    queue.stale_dropped += stale
+    if stale:
+        queue.dropped_stale(stale, f"of {len(payloads)} payload(s) of a /scoring, acknowledged")
+    elif jobs:
+        queue.stale_told.ok()
     return len(jobs), repeated, stale
-
-
-def _log_stale(ctx: ValidatorContext, stale: int, total: int) -> None:
-    queue = ctx.scoring_queue
-    logger.info("scoring: {} of {} payloads are older than ORGANIC_MAX_AGE_SECONDS ({:g} s): acknowledged, not "
-                "scored ({} since start)", stale, total, queue.max_age, queue.stale_dropped)
 
 
 async def _score_batch(ctx: ValidatorContext, items: list[Any], signer: str) -> web.Response:
@@ -338,8 +333,6 @@ async def _score_batch(ctx: ValidatorContext, items: list[Any], signer: str) -> 
     queued, repeated, stale = await _queue_new(ctx, payloads, signer)
     if repeated:
         logger.info("scoring: {} of {} payloads were sent before and are not scored again", repeated, len(items))
-    if stale:
-        _log_stale(ctx, stale, len(items))
     if rejected:
         first = rejected[0]
         logger.warning("scoring: rejected {} of {} payloads as malformed (first: index {} request_id={}: {})",

@@ -242,9 +242,7 @@ class ScoringInbox(SQLiteTables):
         except StoreUnavailable as e:
             logger.warning("scoring inbox: dropped jobs not removed from the file ({}): met again at the next start", e)
         if stale:
-            queue.stale_dropped += len(stale)
-            logger.info("scoring inbox: dropped {} stored organic payload(s) older than ORGANIC_MAX_AGE_SECONDS "
-                        "({:g} s), not scored ({} since start)", len(stale), queue.max_age, queue.stale_dropped)
+            queue.dropped_stale(len(stale), "stored in the scoring inbox")
         if damaged:
             logger.warning("scoring inbox: dropped {} stored organic payload(s) that could not be read back "
                            "(a damaged or hand-edited file), not scored", len(damaged))

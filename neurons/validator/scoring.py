@@ -350,10 +350,20 @@ class ScoringQueue:
         self.synthetic_maxsize = synthetic_maxsize
         self.max_age = max_age
         self.stale_dropped = 0  # organic payloads too old to score (at /scoring or while queued), since start
+        # An outage's backlog is delivered stale batch after batch: a line each was thousands of lines within a
+        # minute. Told as a run: its first batch, a line a minute, an INFO line a minute after the last one.
+        self.stale_told = OutageLog("scoring: organic payloads older than ORGANIC_MAX_AGE_SECONDS dropped, not scored",
+                                    back="none dropped for a minute", settle=OUTAGE_LOG_EVERY_S)
         self._organic: asyncio.Queue[Any] = asyncio.Queue(maxsize)
         self._synthetic: asyncio.Queue[Any] = asyncio.Queue(synthetic_maxsize)
         self._synthetic_next = True  # whose turn it is when both lanes hold jobs
         self._ready = asyncio.Event()  # set by every put; a worker that finds both lanes empty waits on it
+
+    def dropped_stale(self, count: int, where: str) -> None:
+        """``count`` organic payloads dropped as older than ``max_age`` (``where``: of what), counted and told as a
+        run (``stale_told``)."""
+        self.stale_dropped += count
+        self.stale_told.failed(f"{count} {where}, older than {self.max_age or 0:g} s ({self.stale_dropped} since start)")
 
     def _lane(self, job: Any) -> asyncio.Queue[Any]:
         return self._synthetic if getattr(job, "source", None) == "synthetic" else self._organic
@@ -413,8 +423,8 @@ class ScoringQueue:
         return (time.time() if now is None else now) - created_at > self.max_age
 
     async def get(self) -> Any:
-        """The next job to score; organic ones that grew stale while queued are dropped and counted
-        (one line per call, not one per job: a drained backlog is thousands of them)."""
+        """The next job to score; organic ones that grew stale while queued are dropped and counted (told as a
+        run, ``dropped_stale``: a line per call, or per job, was thousands of lines for a drained backlog)."""
         stale: list[Any] = []
         try:
             while True:
@@ -424,15 +434,15 @@ class ScoringQueue:
                     self._ready.clear()
                     await self._ready.wait()
                     continue
-                if getattr(job, "source", None) == "organic" and self.is_stale(job.created_at):
-                    stale.append(job)
-                    continue
+                if getattr(job, "source", None) == "organic":
+                    if self.is_stale(job.created_at):
+                        stale.append(job)
+                        continue
+                    self.stale_told.ok()
                 return job
         finally:
             if stale:
-                self.stale_dropped += len(stale)
-                logger.info("scoring: dropped {} queued organic payload(s) older than {:g} s, not scored "
-                            "({} since start)", len(stale), self.max_age, self.stale_dropped)
+                self.dropped_stale(len(stale), "queued")
                 self.settle(stale)
 
 

@@ -29,7 +29,7 @@ from shared.metagraph import MetagraphView
 from shared.miner_client import MinerClient, make_session
 from shared.protocol import DEADLINE_HEADER, told_deadline
 from shared.signing import Authorizer, RequestVerifier, Signer
-from tests.helpers import StaticSource, keypair, serve_app, snapshot
+from tests.helpers import StaticSource, keypair, log_lines, serve_app, snapshot
 
 VALIDATOR, API2, STRANGER = keypair("//Validator"), keypair("//Api2"), keypair("//Stranger")
 MINERS = {1: keypair("//Miner1"), 2: keypair("//Miner2")}
@@ -679,6 +679,43 @@ async def test_a_payload_older_than_the_validator_scores_is_dropped_and_counted(
                            hotkeys={1: MINERS[1].ss58_address}, created_at=1.0)
     queue.put_nowait(synthetic)
     assert await asyncio.wait_for(queue.get(), 1) is synthetic
+
+
+async def test_an_outages_stale_backlog_is_one_line_not_one_a_batch() -> None:
+    """After an outage the API's outbox delivers its backlog 128 payloads a batch, every one older than
+    ``ORGANIC_MAX_AGE_SECONDS``: the validator logged a line per batch (600 payloads were 5 lines within a second
+    on the local network; an hour's backlog thousands), and so did the queue per worker's take. One run now: its
+    first batch, then a line a minute; every payload is still counted."""
+    ctx = make_ctx(queue_size=100)
+    ctx.scoring_queue.max_age = 600.0
+    lines, sink = log_lines("INFO")
+    try:
+        async with serve_app(create_validator_app(ctx)) as url:
+            for b in range(10):
+                batch = [payload(request_id=f"old-{b}-{i}", kind="chat", created_at=time.time() - 3600)
+                         for i in range(20)]
+                status, body = await post(url, "/scoring", json.dumps(batch).encode())
+                assert status == 202 and body["stale"] == 20, body
+            status, body = await post(url, "/scoring", json.dumps([payload(request_id="fresh", kind="chat")]).encode())
+            assert status == 202 and body["queued"] == 1, body
+            queue = ctx.scoring_queue
+            waited = queue.get_nowait()
+            for _ in range(5):  # grown stale while queued: each worker's take of them
+                waited.created_at = time.time() - 601
+                queue.put_nowait(waited)
+                fresh = ScoringJob(source="organic", task="InferenceTask", bodies={1: BODY},
+                                   hotkeys={1: MINERS[1].ss58_address})
+                queue.put_nowait(fresh)
+                assert await asyncio.wait_for(queue.get(), 1) is fresh
+            async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
+                metrics = await r.text()
+    finally:
+        logger.remove(sink)
+    assert ctx.scoring_queue.stale_dropped == 205
+    assert "sn1_validator_organic_stale_dropped_total 205.0" in metrics
+    told = [line for line in lines if "older than" in line]
+    assert told == ["WARNING scoring: organic payloads older than ORGANIC_MAX_AGE_SECONDS dropped, not scored: 20 of "
+                    "20 payload(s) of a /scoring, acknowledged, older than 600 s (20 since start)"], told
 
 
 async def test_a_payload_from_an_api_too_old_to_date_it_is_never_stale() -> None:
