@@ -128,6 +128,11 @@ class OutboxForwarder:
         self._backing_off = False  # this worker's own pass failed: it does not renew the lease until ``_resume_at``
         self.delivered = 0
         self.delivery_failures = 0
+        self.stale = 0  # payloads the validator took and dropped as older than it scores, since start
+        # An outage's backlog is delivered stale batch after batch: a WARNING each was thousands within a minute.
+        self.stale_told = OutageLog("validator drops scoring payloads as older than it scores (its "
+                                    "ORGANIC_MAX_AGE_SECONDS): not scored", back="it takes them fresh again",
+                                    settle=OUTAGE_LOG_EVERY_S)
         self.rejected = 0  # payloads dropped as the validator would not take them (malformed, or failed on)
         self._failed_on: dict[str, int] = {}  # payloads of this pass the validator failed on (a 500, a timeout): how
         # often in a row, as the store counts (every worker's posts; one's own count made 5 tries 5 a lease holder)
@@ -369,8 +374,10 @@ class OutboxForwarder:
                 self.malformed.ok()
             stale = body.get("stale") if isinstance(body, dict) else None
             if isinstance(stale, int) and stale > 0:  # an outage's backlog: said here too, where it was kept
-                logger.warning("validator dropped {} of {} scoring payloads as older than it scores "
-                               "(its ORGANIC_MAX_AGE_SECONDS): not scored", stale, len(items))
+                self.stale += stale
+                self.stale_told.failed(f"{stale} of {len(items)} in a delivery ({self.stale} since start)")
+            else:
+                self.stale_told.ok()
             self.batch_limit = min(self.batch, self.batch_limit * 2)
             return True
         if malformed_verdict(status, body) or failed_on_it(status):

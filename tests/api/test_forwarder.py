@@ -865,3 +865,32 @@ async def test_a_lone_payload_the_validator_fails_on_is_retried_at_the_backoff(t
     gaps = [b - a for a, b in zip(posts, posts[1:], strict=False)]
     assert 3 <= len(posts) <= 9 and min(gaps) >= 0.09, [round(g, 2) for g in gaps]  # 0.1, 0.2, then 0.4 apart
     assert received == [] and fwd.rejected == 0
+
+
+async def test_an_outages_stale_backlog_is_one_warning_not_one_a_batch(tmp_path: Path) -> None:
+    """The backlog of a validator outage longer than its ``ORGANIC_MAX_AGE_SECONDS`` is delivered a batch at a time
+    and dropped by the validator as too old: a WARNING per batch (600 payloads were 5 WARNINGs within 0.2 s on the
+    local network; an hour's backlog, thousands). One run now: its first batch, then a line a minute. Against the
+    validator's own ``/scoring``."""
+    from neurons.validator.app import create_validator_app
+    from tests.validator.test_app import make_ctx, payload
+
+    ctx = make_ctx(queue_size=100)
+    ctx.scoring_queue.max_age = 600.0
+    lines, sink = log_lines("WARNING")
+    try:
+        async with serve_app(create_validator_app(ctx)) as url, make_session() as session:
+            box = SQLiteOutbox(tmp_path / "api.db")
+            fwd = OutboxForwarder(box, MinerClient(session, Signer(API)), url, API.ss58_address, lease_seconds=1.0,
+                                  batch=4, linger=0.0, rng=random.Random(1))
+            for i in range(20):
+                await fwd.sink(payload(request_id=f"old-{i}", kind="chat", created_at=time.time() - 3600))
+            async with running(fwd):
+                await drained(box)
+            await box.close()
+    finally:
+        logger.remove(sink)
+    assert fwd.stale == 20 and ctx.scoring_queue.stale_dropped == 20
+    told = [line for line in lines if "older than it scores" in line]
+    assert told == ["WARNING validator drops scoring payloads as older than it scores (its ORGANIC_MAX_AGE_SECONDS): "
+                    "not scored: 4 of 4 in a delivery (4 since start)"], told
