@@ -154,7 +154,8 @@ async def run_validator(settings: ValidatorSettings) -> None:
         for _ in range(settings.synthetic_concurrency if settings.synthetic_enabled else 0)
     ]
     failures = job_failures()  # one run for all the workers: a job per worker failing alike is one line
-    loops += [lambda: scoring_worker(queue, scorer, metagraph, failures) for _ in range(settings.scoring_workers)]
+    loops += [lambda: scoring_worker(queue, scorer, metagraph, failures, observe=metrics.observe_loop)
+              for _ in range(settings.scoring_workers)]
     # the inbox, the reference model and the scores' file tried again while they fail and no traffic does (``recheck.py``)
     recheck = functools.partial(recheck_cycle, inbox, reference, scores, observe=metrics.observe_recheck)
     loops.append(lambda: timed("recheck", RECHECK_SECONDS, recheck, first_delay=RECHECK_SECONDS))

@@ -457,12 +457,17 @@ def job_failures(clock: Callable[[], float] = time.monotonic) -> OutageLog:
 
 
 async def scoring_worker(queue: ScoringQueue, scorer: Scorer, metagraph: MetagraphView,
-                         failures: OutageLog | None = None) -> None:
+                         failures: OutageLog | None = None,
+                         observe: Callable[[str, float, bool], None] | None = None) -> None:
     """Drain the queue forever; a job whose uid changed hotkey since it was queued is not credited. A job that
-    raises is dropped and told in ``failures`` (``job_failures``: one for all the workers)."""
+    raises is dropped and told in ``failures`` (``job_failures``: one for all the workers). ``observe("scoring",
+    seconds, ok)`` is told about every job, as a loop's cycles are (``/metrics``: a job that raised counts in
+    ``loop_failures_total{loop="scoring"}``, which the loop alert reads; it was in the log alone)."""
     failures = failures or job_failures()
+    loop = asyncio.get_running_loop()
     while True:
         job = await queue.get()
+        started, ok = loop.time(), False
         try:
             snapshot = metagraph.snapshot
             job.hotkeys = {u: hk for u, hk in job.hotkeys.items()
@@ -472,4 +477,7 @@ async def scoring_worker(queue: ScoringQueue, scorer: Scorer, metagraph: Metagra
             failures.failed(f"{job.source} {job.task} job{rid_note(job)}: {type(e).__name__}: {e}", exception=e)
             queue.settle([job])  # scored again after a restart, it would fail again
         else:
+            ok = True
             failures.ok()
+        if observe is not None:
+            observe("scoring", loop.time() - started, ok)

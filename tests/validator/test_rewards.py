@@ -9,6 +9,7 @@ import time
 
 import pytest
 from loguru import logger
+from prometheus_client import generate_latest
 
 from neurons.miner.backends.deterministic import DeterministicBackend, generate_text
 from neurons.miner.search import CorpusSearch
@@ -42,7 +43,9 @@ from neurons.validator.tasks.base import RewardContext
 from shared.corpus import builtin_corpus
 from shared.jsonutil import dumps
 from shared.metagraph import MetagraphView
+from shared.metrics import ValidatorMetrics
 from shared.protocol import chunk_object
+from tests.compat.support import sample
 from tests.helpers import StaticSource, log_lines, loop_gaps, snapshot, wait_until
 
 CORPUS = builtin_corpus()
@@ -672,7 +675,9 @@ async def test_scoring_jobs_that_fail_alike_are_one_traceback_and_a_count_not_a_
     lines, sink = log_lines("INFO")
     records: list = []
     traced = logger.add(lambda m: records.append(m.record), level="ERROR")
-    workers = [asyncio.create_task(scoring_worker(queue, scorer, view, failures)) for _ in range(2)]
+    metrics = ValidatorMetrics()
+    workers = [asyncio.create_task(scoring_worker(queue, scorer, view, failures, observe=metrics.observe_loop))
+               for _ in range(2)]
     try:
         await wait_until(lambda: failures.failures == 40, 10)
         now[0] = 61.0
@@ -696,3 +701,7 @@ async def test_scoring_jobs_that_fail_alike_are_one_traceback_and_a_count_not_a_
     assert [r["exception"] is not None for r in records] == [True], "one traceback, the run's first failure's"
     assert "still failing, 40 more time(s) in the last 61 s" in still and "rid=rid-40" in still, still
     assert ended.startswith("INFO") and "jobs are scored again after 200.0 s (41 failure(s))" in ended, ended
+    # and in /metrics, where the loop alert (SN1ValidatorLoopFailing) reads it: it was in the log alone
+    text = generate_latest(metrics.registry).decode()
+    assert sample(text, "sn1_validator_loop_failures_total", loop="scoring") == 41
+    assert sample(text, "sn1_validator_loop_seconds_count", loop="scoring") == 42
