@@ -231,7 +231,9 @@ class OpenAIReference:
         """At start: ask ``/models`` and say in one line what is wrong (True: nothing found). A reference model
         that cannot be reached, refuses the key, sits at a URL without ``/v1`` or does not serve the model
         named skips every job it is asked, and the first sign was a ``job skipped`` WARNING per job, minutes
-        later. Not fatal: a model server still loading comes up after the validator."""
+        later. Not fatal: a model server still loading comes up after the validator. A list that cannot be read
+        (the server unreachable, a refusal, no OpenAI API there) is a ``ReferenceError``: the reference model's
+        run of failures begins with it (``CachedReference.check``)."""
         shown = mask_credentials(self.base_url)
         try:
             async with self.session.get(f"{self.base_url}/models", headers=self._headers,
@@ -245,9 +247,8 @@ class OpenAIReference:
                 listed = listed_models(await listing_json(r, self.base_url,
                                                           url_setting=REFERENCE_SETTINGS["url_setting"]))
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            logger.warning("reference model at {}: {}: {}; every job is skipped until it answers", shown,
-                           type(e).__name__, self._masked(str(e)))
-            return False
+            raise ReferenceError(f"its model list at {shown} could not be read at start: {type(e).__name__}: "
+                                 f"{self._masked(str(e))}") from None
         return self._check_model(shown, listed)
 
     def _check_model(self, shown: str, listed: list[str]) -> bool:
@@ -329,9 +330,19 @@ class CachedReference:
         self.status.ok()
 
     async def check(self) -> bool:
-        """The inner model's start-up check, where it has one (the built-in model needs none)."""
+        """The inner model's start-up check, where it has one (the built-in model needs none). One that could not
+        read the model list begins the run of failures (``ReferenceStatus.start_failed``): ``/ready``'s
+        ``reference`` check fails from the start and the recheck asks the model until it answers. The WARNING said
+        every job would be skipped while ``/ready`` answered 200 until a job asked the model (never, with no
+        organic traffic and synthetic jobs off)."""
         check = getattr(self.inner, "check", None)
-        return bool(await check()) if check is not None else True
+        if check is None:
+            return True
+        try:
+            return bool(await check())
+        except ReferenceError as e:
+            self.status.start_failed(e)
+            return False
 
     async def close(self) -> None:
         await self.inner.close()

@@ -37,6 +37,12 @@ class ReferenceStatus:
         self.last_error = str(error)[:500]
         self.last_error_at = time.time()
 
+    def start_failed(self, error: Exception) -> None:
+        """The start's check could not read the model list: the run of failures begins with it (its WARNING, and
+        ``/ready`` failing until a call answers), though no job was skipped (``failures`` counts none)."""
+        self.last_error, self.last_error_at = str(error)[:500], time.time()
+        self.outage.failed(error)
+
     def report(self) -> dict[str, object]:
         return {"kind": self.kind, "calls": self.calls, "failures": self.failures, "last_error": self.last_error,
                 "last_error_at": self.last_error_at, "last_ok_at": self.last_ok_at}

@@ -16,6 +16,7 @@ from loguru import logger
 from neurons.validator.app import create_validator_app
 from neurons.validator.availability import AvailabilityBook, poll_all
 from neurons.validator.loops import weights_cycle
+from neurons.validator.recheck import recheck_cycle
 from neurons.validator.reference import CachedReference, OpenAIReference, ReferenceError
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
@@ -211,7 +212,35 @@ async def test_a_reference_model_that_cannot_work_is_named_at_start_with_the_set
     assert not ok and "REFERENCE_LLM_MODEL is unset" in log
 
     ok, log = await checked(f"http://127.0.0.1:{free_port()}/v1")
-    assert not ok and "every job is skipped until it answers" in log
+    assert not ok and "WARNING reference model failing, jobs skipped: its model list at http://127.0.0.1:" in log
+    assert "could not be read at start: ClientConnectorError" in log, log
+
+
+async def test_a_reference_model_down_at_start_fails_ready_from_the_start_until_it_answers() -> None:
+    """A reference model the start's check could not reach was a WARNING ("every job is skipped until it
+    answers") while ``/ready`` said ``reference: llm: no call yet`` and answered 200 until a job asked the model:
+    never, with synthetic jobs off and no organic traffic. Its run of failures begins at start now: ``/ready`` is a
+    503 naming it, and the recheck's question clears it once the model server is up."""
+    port = free_port()
+    ctx = make_ctx()
+    async with aiohttp.ClientSession() as session:
+        reference = CachedReference(OpenAIReference(f"http://127.0.0.1:{port}/v1", session=session, api_key=SECRET,
+                                                    model="real-model"), status=ReferenceStatus(kind="llm"))
+        ctx.reference = reference.status
+        assert not await reference.check()
+        async with serve_app(create_validator_app(ctx)) as url:
+            status, body = await get(url, "/ready")
+            assert status == 503, body
+            check = json.loads(body)["checks"]["reference"]
+            assert not check["ok"] and "its model list at http://127.0.0.1:" in check["detail"], check
+            assert "could not be read at start: ClientConnectorError" in check["detail"], check
+            _, health = await get(url, "/health")
+            assert json.loads(health)["reference"]["failures"] == 0, "no job was skipped"
+            async with serve_app(flaky_reference_model({"down": False}), port=port):
+                await recheck_cycle(None, reference, quiet=0.0)  # the model server is up: its question answered
+            status, body = await get(url, "/ready")
+    assert status == 200 and json.loads(body)["checks"]["reference"]["ok"], body
+    assert SECRET not in body
 
 
 async def test_a_reference_model_with_no_model_list_is_named_at_start_too() -> None:
@@ -253,7 +282,8 @@ async def test_a_validator_without_a_permit_says_so_at_start(tmp_path: Path) -> 
     text = tail(log, 0)
     # In the order "Running against the real chain" gives them (it said "validator starting" came first).
     said = [text.find(line) for line in ("this validator (uid 0) holds no validator permit",
-                                         f"reference model at {reference}: ", "validator starting ", "serving on ")]
+                                         f"reference model failing, jobs skipped: its model list at {reference} ",
+                                         "validator starting ", "serving on ")]
     assert 0 <= said[0] < said[1] < said[2] < said[3], text
     step = " ".join(README[README.index("## Running against the real chain"):].split())
     assert ("At start it logs a WARNING when its hotkey is not registered or holds no permit, then `reference "
