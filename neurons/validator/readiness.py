@@ -27,7 +27,7 @@ from neurons.validator.recheck import RECHECK_SECONDS
 from neurons.validator.weights import ChainLimits
 from shared.aio import within
 from shared.readiness import CheckOut, ReadyOut, metagraph_check, ready_out
-from shared.store.outage import RECHECK, TRAFFIC, OutageLog
+from shared.store.outage import RECHECK, START, TRAFFIC, OutageLog
 
 if TYPE_CHECKING:
     from neurons.validator.app import ValidatorContext
@@ -36,7 +36,8 @@ MIN_AVAILABILITY_LIMIT = 60.0  # seconds: the shortest age at which availability
 POLLS_MISSED = 3  # availability older than this many AVAILABILITY_INTERVALs (plus a poll's timeout) is stale
 WEIGHTS_MISSED = 3  # no weights set for this many WEIGHTS_INTERVALs (or chain rate limits) is a failure
 CHAIN_READ_SECONDS = 15.0  # the longest the start waits for the chain's limits
-TRIED_BY = {TRAFFIC: "traffic", RECHECK: f"the recheck, every {RECHECK_SECONDS:g}s while no traffic tries"}
+TRIED_BY = {TRAFFIC: "traffic", RECHECK: f"the recheck, every {RECHECK_SECONDS:g}s while no traffic tries",
+            START: "the check at start"}
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from shared.store.outage import OutageLog
+from shared.store.outage import START, OutageLog
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ReferenceStatus:
         """The start's check could not read the model list: the run of failures begins with it (its WARNING, and
         ``/ready`` failing until a call answers), though no job was skipped (``failures`` counts none)."""
         self.last_error, self.last_error_at = str(error)[:500], time.time()
-        self.outage.failed(error)
+        self.outage.failed(error, by=START)
 
     def report(self) -> dict[str, object]:
         return {"kind": self.kind, "calls": self.calls, "failures": self.failures, "last_error": self.last_error,

@@ -23,7 +23,8 @@ from loguru import logger
 OUTAGE_LOG_EVERY_S = 60.0  # while a run of failures lasts, one line at most this often
 RETRY_LOG_FIRST_S = 60.0  # a failed retry's line after the first: this long after it, then twice as long each time
 RETRY_LOG_MAX_S = 1800.0  # ... up to this: a run of retries that never ends is told twice an hour
-TRAFFIC, RECHECK = "traffic", "recheck"  # what last tried a run: its own uses (``failed``), or a retry of its own
+# what last tried a run: its own uses (``failed``), a retry of its own, or a check at the process's start
+TRAFFIC, RECHECK, START = "traffic", "recheck", "start"
 
 
 class OutageTeller:
@@ -115,7 +116,7 @@ class OutageLog:
         self.failures = 0  # in the run (0: no run)
         self.last_error: str | None = None  # the run's latest failure, for a readiness check to quote
         self.tried_at: float | None = None  # Unix seconds of the run's latest try that failed (None: no run)
-        self.tried_by: str | None = None  # what made it: ``TRAFFIC`` (``failed``) or ``RECHECK`` (``retry_failed``)
+        self.tried_by: str | None = None  # what made it: ``TRAFFIC`` or ``START`` (``failed``), ``RECHECK`` (``retry_failed``)
         self._tried = 0.0  # ``clock`` at it
 
     @property
@@ -144,12 +145,13 @@ class OutageLog:
         self.last_error = str(error)
         self.tried_at, self.tried_by, self._tried = time.time(), by, now
 
-    def failed(self, error: object, exception: BaseException | None = None) -> None:
+    def failed(self, error: object, exception: BaseException | None = None, by: str = TRAFFIC) -> None:
         """One more failure: a WARNING if it begins a run or the last line is ``every`` seconds old; the run's
-        first line carries ``exception``'s traceback, if given (a bug's: one traceback a run, not one a failure)."""
+        first line carries ``exception``'s traceback, if given (a bug's: one traceback a run, not one a failure).
+        ``by``: what tried (``TRAFFIC``, or ``START``: a check at the process's start)."""
         now = self._clock()
         self.failures += 1
-        self._tried_now(now, error, TRAFFIC)
+        self._tried_now(now, error, by)
         self._last_failure = now
         if self._began is None:
             self._began = now

@@ -234,6 +234,7 @@ async def test_a_reference_model_down_at_start_fails_ready_from_the_start_until_
             check = json.loads(body)["checks"]["reference"]
             assert not check["ok"] and "its model list at http://127.0.0.1:" in check["detail"], check
             assert "could not be read at start: ClientConnectorError" in check["detail"], check
+            assert check["last_tried_by"] == "start" and "by the check at start)" in check["detail"], check
             _, health = await get(url, "/health")
             assert json.loads(health)["reference"]["failures"] == 0, "no job was skipped"
             async with serve_app(flaky_reference_model({"down": False}), port=port):
