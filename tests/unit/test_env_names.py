@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from shared.env_names import edit_distance, environment_problems
+from shared.env_names import environment_problems, one_edit_apart
 from shared.settings import (
     SETTING_NAMES,
     ApiSettings,
@@ -129,8 +131,39 @@ def test_other_programs_variables_are_not_taken_for_typos() -> None:
     assert environment_problems(dict.fromkeys(OTHERS, "x"), SETTING_NAMES) == []
 
 
+def edit_distance(a: str, b: str) -> int:
+    """Edits (insert, delete, substitute, swap two neighbours) that turn ``a`` into ``b``: the definition
+    ``one_edit_apart`` answers in linear time for a distance of at most 1."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        row = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], prev2[j - 2] + 1)
+        prev2, prev = prev, row
+    return prev[-1]
+
+
 @pytest.mark.parametrize(("a", "b", "d"), [("API_PORT", "API_PROT", 1), ("NETUID", "NETUID", 0),
                                            ("ADMIN_KEY", "ADMINKEY", 1), ("WORKERS", "WORKER", 1), ("ab", "ba", 1),
                                            ("REDIS_URL", "STORE_URL", 5)])
 def test_edit_distance(a: str, b: str, d: int) -> None:
     assert edit_distance(a, b) == d
+    assert one_edit_apart(a, b) == one_edit_apart(b, a) == (d <= 1)
+
+
+NAMEISH = st.text(alphabet="ABP_", max_size=7)  # few letters: near and equal names are common
+
+
+@given(NAMEISH, NAMEISH)
+def test_one_edit_apart_is_an_edit_distance_of_at_most_1(a: str, b: str) -> None:
+    assert one_edit_apart(a, b) == (edit_distance(a, b) <= 1)
+
+
+@given(NAMEISH, st.integers(0, 7), st.sampled_from("ABP_"))
+def test_one_edit_is_found_wherever_it_is(a: str, at: int, c: str) -> None:
+    at = min(at, len(a))
+    for b in (a[:at] + c + a[at:], a[:at] + a[at + 1:], a[:at] + c + a[at + 1:], a[:at] + a[at + 1:at + 2] + a[at:at + 1] + a[at + 2:]):
+        assert one_edit_apart(a, b) and one_edit_apart(b, a), (a, b)
