@@ -93,7 +93,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
-    import argparse  # here, not at the top: a Ctrl-C as it loads is ``main``'s quiet exit too
+    """Every command's own modules are imported where it runs: the parser's modules (argparse and the two below)
+    load nothing else, so ``sn1 --help``, ``sn1 keys ...`` and ``sn1 backup`` never wait for pydantic, aiohttp
+    or the bittensor SDK, and a settings error is said before ``sn1 api|validator|miner`` loads any but
+    pydantic (tests/unit/test_import_footprint.py)."""
+    # here, not at the top: a Ctrl-C as they load is ``main``'s quiet exit too
+    import argparse
+
+    from neurons.localnet_args import add_localnet_arguments
+    from shared.keys_cli import add_keys_arguments
 
     parser = argparse.ArgumentParser(prog="sn1", description="Subnet node: API gateway, validator, miner.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,11 +112,7 @@ def _main(argv: list[str] | None) -> None:
         p.add_argument("--env-file", default=None, help=(
             f"settings file (default: {DEFAULT_ENV[role]} in the current directory, if there is one; "
             "else environment variables and defaults only)"))
-    from neurons.localnet import add_localnet_arguments
-
     add_localnet_arguments(sub.add_parser("localnet", help="start a whole local subnet on 127.0.0.1"))
-    from shared.keys_cli import add_keys_arguments
-
     add_keys_arguments(sub.add_parser("keys", help="manage API keys on a running API (admin key)"))
     vacuum = sub.add_parser("vacuum", help="shrink a SQLite store file, with the API stopped", description=(
         "Rewrite a SQLite store file (STORE_URL's) to its smallest, and convert one made before 2026-12-06 so "
@@ -184,8 +188,8 @@ def _store_file(command: str, target: str, redis_note: str) -> Path | str:
     """The SQLite file a command is named, as a path or as the ``STORE_URL`` an operator has at hand
     (``sqlite:///./state/api.db`` was read as the path ``sqlite:/state/api.db``: "no such file"); else the
     error's line (a Redis URL, its password masked, told ``redis_note``; a file that is not there)."""
-    from shared.settings import mask_credentials, sqlite_url_meant
     from shared.store.sqlite import sqlite_path
+    from shared.url_text import mask_credentials, sqlite_url_meant
 
     if target.startswith("sqlite:///"):
         path = sqlite_path(target)

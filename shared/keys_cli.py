@@ -9,7 +9,6 @@ tables by default, ``--json`` for scripts. Exit codes: 0 ok, 1 the API said no,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -197,13 +196,16 @@ def _own(limit: int | None) -> int | str:
 
 
 def run_keys(args: argparse.Namespace) -> int:
+    admin_key = args.admin_key or os.environ.get("ADMIN_KEY")
+    if not admin_key:  # said before the imports below (~0.3 s): a forgotten key costs no wait
+        print("sn1 keys: no admin key: pass --admin-key or set ADMIN_KEY", file=sys.stderr)
+        return 2
+    # here, not at the top: every `sn1 ...` builds this module's parser (asyncio alone is ~30 ms)
+    import asyncio
+
     from shared.admin_client import AdminClient, AdminError
     from shared.settings import http_url
 
-    admin_key = args.admin_key or os.environ.get("ADMIN_KEY")
-    if not admin_key:
-        print("sn1 keys: no admin key: pass --admin-key or set ADMIN_KEY", file=sys.stderr)
-        return 2
     try:  # `SN1_API_URL=127.0.0.1:42170` was "cannot reach the API ...: NonHttpUrlClientError ..."
         http_url(args.api)
     except ValueError as e:

@@ -24,7 +24,9 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.env_names import env_file_problems, environment_problems
+from shared.log_levels import LogLevel
 from shared.tasks import ALL_TASKS
+from shared.url_text import mask_credentials, sqlite_url_meant
 
 
 def split_csv(value: object) -> object:
@@ -122,16 +124,6 @@ def repeats_itself(key: str) -> bool:
     return False
 
 
-def sqlite_url_meant(v: str) -> str:
-    """The SQLite ``STORE_URL`` a value that is none was likely meant to be, as ``: write ...`` (or ``""``): a URL
-    with two slashes (``sqlite://state/api.db``, SQLAlchemy's habit cut short) or a bare path (``./state/api.db``)."""
-    if v.startswith("sqlite:"):
-        rest = v[len("sqlite:"):].lstrip("/")
-        return f": write sqlite:///{rest} (from the working directory) or sqlite:////{rest} (from /)"
-    if v and "://" not in v and (v.endswith(".db") or v.startswith(("/", "./", "../", "~"))):
-        return f": write sqlite:///{v}" + (" (four slashes for a path from /)" if v.startswith("/") else "")
-    return ""
-
 def address_cut_short(parts: SplitResult) -> bool:
     """An '@' past where the URL's address ends: a '/', '#' or '?' in the password ended it early, so redis-py
     took the password's first part for the host (and an error quoting the URL showed the rest)."""
@@ -217,7 +209,7 @@ class CommonSettings(BaseSettings):
     # sent one request hold its socket for an hour.
     keepalive_timeout: float = Field(default=75.0, gt=0, le=86400, description="Seconds an idle kept-alive "
                                      "connection stays open between requests")
-    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
+    log_level: LogLevel = "INFO"
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -583,21 +575,6 @@ def problem_line(cls: type[CommonSettings], err: ErrorDetails) -> str:
         if repr(shown) not in message:  # a validator that quotes the value already
             message += f" (got {shown!r})"
     return f"{name}: {message}"
-
-
-# What a URL carries before its host (``user:password@``), to its last '@': a password may hold one (redis-py reads
-# ``redis://:p@ss@host`` as the password ``p@ss``), and masking to the first left the rest of it in the line.
-_USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)?\S*@", re.IGNORECASE)
-# A credential given as a query parameter (``redis://host/0?password=...``, which redis-py takes as the password).
-_SECRET_PARAM = re.compile(r"([?&][a-z_.-]*(?:pass|pwd|token|secret|key|auth)[a-z_.-]*=)[^&#\s]*", re.IGNORECASE)
-
-
-def mask_credentials(text: str) -> str:
-    """``redis://:pw@host/0`` -> ``redis://***@host/0``, ``redis://host/0?password=pw`` -> ``...?password=***``:
-    what a URL setting carries as a password (Redis, an upstream's token), and error lines end up in logs. An '@'
-    in the URL's path or query hides what comes before it too: wider than needed, never a password's part."""
-    masked = _USERINFO.sub(lambda m: (m.group(1) or "") + "***@", text)
-    return _SECRET_PARAM.sub(r"\1***", masked)
 
 
 @contextlib.contextmanager

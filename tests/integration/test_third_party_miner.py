@@ -33,7 +33,8 @@ from aiohttp import web
 from bittensor import http_auth
 from bittensor.sp_core import Keypair
 
-from neurons.localnet import LocalNet, LocalNetConfig, external_miner
+from neurons.localnet import LocalNet, LocalNetConfig
+from neurons.localnet_args import external_miner
 from tests.ports import free_ports, pool
 
 LIMIT_S = 90.0  # the whole wait for availability, every task and scores (it usually takes about 20 s)

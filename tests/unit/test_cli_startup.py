@@ -790,8 +790,10 @@ def test_ctrl_c_while_a_command_starts_exits_quietly(tmp_path: Path, command: st
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(CTRL_C_AT_PYDANTIC)
     args = ["keys", "list"] if command == "keys" else [command, "--env-file", str(env)]
+    # an admin key: without one, `sn1 keys` stops before its imports (before pydantic's)
+    keys = {"ADMIN_KEY": "ctrl-c-admin-key-0123456789"} if command == "keys" else {}
     out = subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": str(hook)})
+                         env={**os.environ, "PYTHONPATH": str(hook), **keys})
     said = out.stderr.splitlines()
     assert "ctrl-c sent" in said, said[-20:]  # the hook ran: the signal came as pydantic began to load
     assert out.returncode == 130, (out.returncode, said[-20:])

@@ -1,12 +1,22 @@
 """What an API on SQLite loads: the Redis client (with the tracing and crypto packages it pulls in, 9 MB of
 every worker's memory) only when the store is Redis. A top-level import in api/main.py once loaded it for
-every API, and the bench's 1,000 open streams went from 136 to 144 MB of its 150 MB target."""
+every API, and the bench's 1,000 open streams went from 136 to 144 MB of its 150 MB target.
+
+What an ``sn1`` command loads before it answers: ``sn1 --help``, ``sn1 keys ...`` and ``sn1 localnet --help``
+built their parser from modules that loaded pydantic, loguru and aiohttp (~0.2 s of CPU, more on a busy host) to
+print a page of text; a settings error is said without the SDK, aiohttp or loguru, which only a process that
+gets past its settings uses."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from shared.settings import SETTING_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,8 +31,9 @@ def test_an_api_on_sqlite_does_not_load_the_redis_client() -> None:
 
 def test_a_start_that_stops_on_its_settings_loads_neither_the_sdk_nor_aiohttp(tmp_path: Path) -> None:
     """``sn1 api|validator|miner`` with a bad setting, and ``sn1 keys --help``, say their line without loading
-    bittensor (~0.8 s of CPU: its ``__init__`` imports the EVM and Ethereum packages) or aiohttp (~0.3 s): the
-    empty hotkey lists' check imported the SDK, and building the parser loaded the admin client's aiohttp."""
+    bittensor (~0.8 s of CPU: its ``__init__`` imports the EVM and Ethereum packages), aiohttp (~0.3 s) or loguru:
+    the empty hotkey lists' check imported the SDK, building the parser loaded the admin client's aiohttp, and
+    then ``sn1 localnet``'s loguru (``shared.listen``)."""
     env = tmp_path / "bad.env"
     env.write_text("NETUID=-3\n")
     code = ("import sys, shared.cli\n"
@@ -32,7 +43,7 @@ def test_a_start_that_stops_on_its_settings_loads_neither_the_sdk_nor_aiohttp(tm
             "        shared.cli.main(argv)\n"
             "    except SystemExit as e:\n"
             "        print('exit', e.code, file=sys.stderr)\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'bittensor', 'aiohttp'}))")
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'bittensor', 'aiohttp', 'loguru'}))")
     out = subprocess.run([sys.executable, "-c", code, str(env)], capture_output=True, text=True, timeout=60,
                          cwd=ROOT, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:]
@@ -63,3 +74,39 @@ def test_hotkeys_are_checked_without_loading_the_sdk(tmp_path: Path) -> None:
     assert "NETUID" in out.stderr and "API_HOTKEYS" not in out.stderr, out.stderr[-2000:]
     assert (f"sn1 miner: ALLOWED_HOTKEYS: {typo!r} is not a hotkey's SS58 address (5...): invalid ss58 address: "
             "Invalid checksum") in out.stderr, out.stderr[-2000:]
+
+
+PARSER_ONLY = frozenset({"bittensor", "aiohttp", "loguru", "pydantic", "pydantic_settings"})  # argparse's text alone
+STORE_FILE_ONLY = PARSER_ONLY - {"loguru"}  # the SQLite store's modules log with loguru
+
+
+def imported(args: list[str], cwd: Path) -> tuple[set[str], list[str]]:
+    """The top-level packages ``sn1 <args>`` imported (``-X importtime``'s report of a real process, with no
+    setting in its environment), and its stderr lines but that report's."""
+    env = {k: v for k, v in os.environ.items() if k.upper() not in SETTING_NAMES} | {"PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "shared.cli", *args], capture_output=True,
+                         text=True, timeout=60, cwd=cwd, env=env)
+    report = [line for line in out.stderr.splitlines() if line.startswith("import time:")]
+    said = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
+    assert report, out.stderr[-2000:]  # -X importtime ran
+    return {line.rpartition("|")[2].strip().split(".")[0] for line in report}, said
+
+
+@pytest.mark.parametrize("args", [["--help"], ["keys", "--help"], ["api", "--help"], ["localnet", "--help"],
+                                  ["keys", "list"], ["localnet", "--api-port", "70000"]],
+                         ids=["help", "keys-help", "api-help", "localnet-help", "keys-no-admin-key", "localnet-port"])
+def test_help_and_usage_errors_load_nothing_but_the_parser(tmp_path: Path, args: list[str]) -> None:
+    """A help page, a bad option and ``sn1 keys`` without an admin key are said with argparse alone."""
+    modules, said = imported(args, tmp_path)
+    assert not modules & PARSER_ONLY, (sorted(modules & PARSER_ONLY), said[-5:])
+
+
+@pytest.mark.parametrize("command", ["backup", "vacuum"])
+def test_a_store_file_command_loads_neither_the_settings_nor_the_sdk(tmp_path: Path, command: str) -> None:
+    """``sn1 backup`` and ``sn1 vacuum`` read a SQLite file: a ``STORE_URL`` they cannot take is said without
+    pydantic (its credentials masked all the same), and neither ever loads the SDK or aiohttp."""
+    args = [command, "redis://:SECRET@127.0.0.1:6379/0", *(["copy.db"] if command == "backup" else [])]
+    modules, said = imported(args, tmp_path)
+    assert len(said) == 1 and said[0].startswith(f"sn1 {command}: redis://***@127.0.0.1:6379/0: not a SQLite store"), \
+        said
+    assert not modules & STORE_FILE_ONLY, sorted(modules & STORE_FILE_ONLY)

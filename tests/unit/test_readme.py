@@ -165,7 +165,7 @@ def test_the_localnet_options_table_is_the_parsers() -> None:
     stands for a default computed at start."""
     import argparse
 
-    from neurons.localnet import add_localnet_arguments
+    from neurons.localnet_args import add_localnet_arguments
 
     parser = argparse.ArgumentParser()
     add_localnet_arguments(parser)
