@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from shared.settings import SETTING_NAMES
 from shared.wallet import ensure_wallet
 from tests.ports import free_port, free_ports
+
+Sn1 = Callable[..., subprocess.CompletedProcess]
 
 
 def start(role: str, env_file: Path) -> subprocess.CompletedProcess:
@@ -18,16 +22,46 @@ def start(role: str, env_file: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.fixture
+def sn1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Sn1:
+    """``sn1 <args>`` run in this process (``shared.cli.main``), from ``tmp_path`` with no setting in the environment
+    but ``environ``: its status and output as a shell gets them (the text of a ``SystemExit`` is printed to stderr,
+    with status 1, as Python does). For what the command line and settings validation say: a process start each
+    (0.25-0.5 s of CPU) made this file one of the suite's slowest. ``REAL_STARTS`` and tests/unit/test_import_footprint.py
+    start real processes for the same lines. A command that gets past its settings fails the test here: it would
+    have started a server in the test process."""
+    from shared.cli import main
+
+    def started(role: str, settings: object) -> None:
+        raise AssertionError(f"sn1 {role} got past its settings, and would have started")
+
+    def run(*args: str, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(tmp_path)
+        for name in [k for k in os.environ if k.upper() in SETTING_NAMES]:
+            monkeypatch.delenv(name)
+        for name, value in (environ or {}).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setattr("shared.cli._run_role", started)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stopped:
+            main(list(args))
+        out, code = capsys.readouterr(), stopped.value.code
+        said = f"{code}\n" if isinstance(code, str) else ""
+        return subprocess.CompletedProcess(["sn1", *args], 1 if said else code or 0, out.out, out.err + said)
+
+    return run
+
+
 @pytest.mark.parametrize("role", ["api", "validator", "miner"])
-def test_bad_values_are_listed(tmp_path: Path, role: str) -> None:
+def test_bad_values_are_listed(tmp_path: Path, role: str, sn1: Sn1) -> None:
     env = tmp_path / "bad.env"
     env.write_text("NETUID=-3\nLOG_LEVEL=LOUD\nAPI_PORT=abc\nSCORING_API_PORT=0\nMINER_PORT=99999\n")
-    out = start(role, env)
+    out = sn1(role, "--env-file", str(env))
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "NETUID" in out.stderr and "LOG_LEVEL" in out.stderr
 
 
-@pytest.mark.parametrize(("role", "content", "expected"), [
+BAD_VALUES = [
     ("api", "REQUEST_TIMEOUT=-1\n", "sn1 api: REQUEST_TIMEOUT: Input should be greater than 0 (got '-1')"),
     ("api", "API_PORT=70000\n", "sn1 api: API_PORT: Input should be less than or equal to 65535 (got '70000')"),
     ("api", "DEFAULT_K=five\n", "sn1 api: DEFAULT_K: Input should be a valid integer, unable to parse string as an "
@@ -73,21 +107,39 @@ def test_bad_values_are_listed(tmp_path: Path, role: str) -> None:
                                   "'WARNING' or 'ERROR' (got 'WARN')"),
     ("miner", "MINER_PORT=8o91\n", "sn1 miner: MINER_PORT: Input should be a valid integer, unable to parse string as "
                                    "an integer (got '8o91')"),
-], ids=["negative-timeout", "port-range", "not-a-number", "store-scheme", "sqlite-two-slashes", "sqlite-bare-path",
+]
+BAD_VALUE_IDS = ["negative-timeout", "port-range", "not-a-number", "store-scheme", "sqlite-two-slashes", "sqlite-bare-path",
         "redis-db-name", "redis-port", "url-scheme", "log-level", "json",
         "v-negative-timeout", "v-port-range", "v-not-a-number", "v-url-scheme",
-        "zero-timeout", "m-url-scheme", "original-env-api", "m-log-level", "port-typo"])
+        "zero-timeout", "m-url-scheme", "original-env-api", "m-log-level", "port-typo"]
+REAL_STARTS = ["redis-port", "v-url-scheme", "port-typo"]  # a role each, run as real processes too
+
+
+@pytest.mark.parametrize(("role", "content", "expected"), BAD_VALUES, ids=BAD_VALUE_IDS)
 def test_a_bad_value_is_one_line_naming_the_command_the_setting_and_the_value(
-        tmp_path: Path, role: str, content: str, expected: str) -> None:
+        tmp_path: Path, role: str, content: str, expected: str, sn1: Sn1) -> None:
     """What an operator reads in ``journalctl`` or ``pm2 logs``: the whole problem on one line that says which
     process and which variable, and the value it was given (a URL's credentials masked). It was a
     ``sn1 api: invalid settings:`` line, then the variable indented on the next, with pydantic's
     ``Value error,`` and never the value."""
     env = tmp_path / "bad.env"
     env.write_text(content)
-    out = start(role, env)
+    out = sn1(role, "--env-file", str(env))
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.splitlines() == [expected]
+    assert "hunter2" not in out.stderr
+
+
+@pytest.mark.parametrize(("role", "content", "expected"),
+                         [case for case, name in zip(BAD_VALUES, BAD_VALUE_IDS, strict=True) if name in REAL_STARTS],
+                         ids=REAL_STARTS)
+def test_a_real_start_says_a_bad_value_in_the_same_one_line(
+        tmp_path: Path, role: str, content: str, expected: str) -> None:
+    """The in-process runs above, end to end: a process of its own prints that line alone and exits 1."""
+    env = tmp_path / "bad.env"
+    env.write_text(content)
+    out = start(role, env)
+    assert (out.returncode, out.stderr.splitlines()) == (1, [expected])
     assert "hunter2" not in out.stderr
 
 
@@ -150,9 +202,9 @@ def test_unreadable_metagraph_is_one_clear_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("role", ["api", "validator", "miner"])
-def test_missing_env_file_is_named(tmp_path: Path, role: str) -> None:
+def test_missing_env_file_is_named(tmp_path: Path, role: str, sn1: Sn1) -> None:
     """An env file asked for and missing stops the start, settings in the environment or not."""
-    out = run_cli(role, "--env-file", str(tmp_path / "nope.env"), cwd=tmp_path, environ={"NETUID": "5"})
+    out = sn1(role, "--env-file", str(tmp_path / "nope.env"), environ={"NETUID": "5"})
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.splitlines() == [f"sn1 {role}: env file {tmp_path / 'nope.env'} not found"]
 
@@ -203,6 +255,7 @@ def _validator_env(tmp_path: Path, extra: str) -> Path:
     ('TASK_PROBABILITIES={"InferenceTask": -1}\n', "probabilities must be non-negative"),
 ], ids=["state-dir", "weights-ledger", "task-names", "negative"])
 def test_a_validator_setting_it_cannot_work_with_is_one_clear_line(tmp_path: Path, extra: str, expected: str) -> None:
+    """A real start: the directories are checked as the validator starts (``run_validator``), past its settings."""
     out = start("validator", _validator_env(tmp_path, extra))
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert expected in out.stderr
@@ -423,10 +476,10 @@ def run_cli(*args: str, cwd: Path, environ: dict[str, str] | None = None) -> sub
 
 
 @pytest.mark.parametrize("role", ["api", "validator", "miner"])
-def test_help_says_where_settings_come_from(tmp_path: Path, role: str) -> None:
+def test_help_says_where_settings_come_from(role: str, sn1: Sn1) -> None:
     """``sn1 <role> --help`` said only "settings file (default .env.<role>)": not that the environment
     overrides it, that the default is looked for in the current directory, nor where settings are listed."""
-    out = run_cli(role, "--help", cwd=tmp_path)
+    out = sn1(role, "--help")
     text = " ".join(out.stdout.split())
     assert out.returncode == 0
     assert "the environment wins" in text and "'Configuration reference'" in text
@@ -453,30 +506,29 @@ def test_a_missing_default_env_file_is_said_when_nothing_else_configures_the_pro
 
 
 @pytest.mark.parametrize("role", ["api", "validator", "miner"])
-def test_a_process_configured_by_its_environment_alone_is_not_warned_about_an_env_file(
-        tmp_path: Path, role: str) -> None:
+def test_a_process_configured_by_its_environment_alone_is_not_warned_about_an_env_file(role: str, sn1: Sn1) -> None:
     """Docker and systemd ``Environment=`` deployments asked for no env file, and got a warning that
     there was none at every start."""
-    out = run_cli(role, cwd=tmp_path, environ={"NETUID": "-1"})
+    out = sn1(role, environ={"NETUID": "-1"})
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.splitlines() == [f"sn1 {role}: NETUID: Input should be greater than or equal to 0 (got '-1')"]
 
 
-def test_an_env_file_that_is_a_directory_or_not_text_is_one_line(tmp_path: Path) -> None:
+def test_an_env_file_that_is_a_directory_or_not_text_is_one_line(tmp_path: Path, sn1: Sn1) -> None:
     """A directory was skipped as if it were an empty file; bytes that are not UTF-8 were a traceback."""
-    out = run_cli("api", "--env-file", str(tmp_path), cwd=tmp_path)
+    out = sn1("api", "--env-file", str(tmp_path))
     assert out.returncode == 1 and out.stderr.splitlines() == [f"sn1 api: env file {tmp_path} is a directory"]
     binary = tmp_path / "bin.env"
     binary.write_bytes(b"API_PORT=\xff\xfe\n")
-    out = run_cli("api", "--env-file", str(binary), cwd=tmp_path)
+    out = sn1("api", "--env-file", str(binary))
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.splitlines() == [f"sn1 api: env file {binary}: cannot read it ('utf-8' codec can't decode "
                                        "byte 0xff in position 9: invalid start byte)"]
 
 
-def test_localnet_help_gives_every_option_its_default(tmp_path: Path) -> None:
+def test_localnet_help_gives_every_option_its_default(sn1: Sn1) -> None:
     """--api-port, --validator-port and --backend were listed with no word on what they do or default to."""
-    text = " ".join(run_cli("localnet", "--help", cwd=tmp_path).stdout.split())
+    text = " ".join(sn1("localnet", "--help").stdout.split())
     assert "API port (default 42170)" in text and "validator API port (default 8094)" in text
     assert "miner backend: the built-in test model (default)" in text
 
@@ -490,12 +542,12 @@ def test_localnet_help_gives_every_option_its_default(tmp_path: Path) -> None:
     ("", {"ADMIN_KEY": "a" * 32}, "is a word or character repeated"),
 ], ids=["short", "trailing-space", "tab", "readme-example", "repeated-word", "one-character"])
 def test_an_admin_key_that_guards_nothing_is_refused_without_showing_it(
-        tmp_path: Path, line: str, environ: dict[str, str] | None, expected: str) -> None:
+        tmp_path: Path, line: str, environ: dict[str, str] | None, expected: str, sn1: Sn1) -> None:
     """A key ending in a space passed, and every admin call was then refused (HTTP trims header values);
     the README's own example key passed, so a copied example left every API key open to its readers."""
     env = tmp_path / "a.env"
     env.write_text(line)
-    out = run_cli("api", "--env-file", str(env), cwd=tmp_path, environ=environ)
+    out = sn1("api", "--env-file", str(env), environ=environ)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert len(out.stderr.splitlines()) == 1 and out.stderr.startswith(f"sn1 api: ADMIN_KEY: {expected}")
     secret = (environ or {}).get("ADMIN_KEY") or line.partition("=")[2].strip().strip('"')
@@ -543,12 +595,13 @@ def test_the_readme_shows_no_usable_admin_key() -> None:
      "REFERENCE_LLM_URL/REFERENCE_LLM_API_KEY: REFERENCE_LLM_URL carries credentials (user:token@) and "
      "REFERENCE_LLM_API_KEY is set"),
 ], ids=["miner", "validator"])
-def test_credentials_in_the_url_and_a_key_are_one_line(tmp_path: Path, role: str, content: str, names: str) -> None:
+def test_credentials_in_the_url_and_a_key_are_one_line(tmp_path: Path, role: str, content: str, names: str,
+                                                        sn1: Sn1) -> None:
     """Both make the Authorization header, and aiohttp refused every upstream request given both: the miner
     started, served no model, and said so only in a WARNING about listing them."""
     env = tmp_path / "c.env"
     env.write_text(content)
-    out = run_cli(role, "--env-file", str(env), cwd=tmp_path)
+    out = sn1(role, "--env-file", str(env))
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.splitlines() == [f"sn1 {role}: {names}; the server gets one Authorization header: keep only "
                                        "one of them"]
@@ -605,8 +658,8 @@ def test_no_secret_in_what_a_started_api_prints_even_at_trace(tmp_path: Path) ->
     assert ADMIN not in log and "wrong-guess" not in log
 
 
-def test_keys_help_steers_the_admin_key_off_the_command_line(tmp_path: Path) -> None:
-    text = " ".join(run_cli("keys", "--help", cwd=tmp_path).stdout.split())
+def test_keys_help_steers_the_admin_key_off_the_command_line(sn1: Sn1) -> None:
+    text = " ".join(sn1("keys", "--help").stdout.split())
     assert "admin key (env ADMIN_KEY, better: a command line is visible to every user in ps)" in text
 
 
@@ -691,12 +744,12 @@ def test_more_workers_than_cores_is_a_warning_at_start(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("role", ["validator", "miner"])
-def test_an_admin_key_in_another_process_env_file_is_said_to_be_the_apis(tmp_path: Path, role: str) -> None:
+def test_an_admin_key_in_another_process_env_file_is_said_to_be_the_apis(tmp_path: Path, role: str, sn1: Sn1) -> None:
     """The original subnet API's doc put ``admin-key`` in ``.env.validator``: set there, it was ignored in
     silence and the API's admin routes stayed off. The warning names the file and the API's, never the value."""
     env = tmp_path / f".env.{role}"
     env.write_text("ADMIN_KEY=moved-from-the-original-api-0123\nNETUID=-1\n")
-    out = start(role, env)
+    out = sn1(role, "--env-file", str(env))
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.splitlines()[0] == (
         f"sn1 {role}: warning: ADMIN_KEY ({env}) is the API's setting (.env.api), not this process's: ignored here "
@@ -704,14 +757,13 @@ def test_an_admin_key_in_another_process_env_file_is_said_to_be_the_apis(tmp_pat
     assert "moved-from" not in out.stderr
 
 
-def test_an_empty_environment_variable_over_an_env_file_value_is_a_warning(tmp_path: Path) -> None:
+def test_an_empty_environment_variable_over_an_env_file_value_is_a_warning(tmp_path: Path, sn1: Sn1) -> None:
     """``export ADMIN_KEY="$SN1_ADMIN_KEY"`` with that variable unset left ``ADMIN_KEY`` empty in the shell, and
     an API started from it ran with its admin routes off although ``.env.api`` sets the key, in silence. The
     warning names the setting and the file, never the file's value."""
     env = tmp_path / ".env.api"
     env.write_text("ADMIN_KEY=file-admin-key-0123456789\nAPI_PORT=abc\n")
-    out = subprocess.run([sys.executable, "-m", "shared.cli", "api", "--env-file", str(env)],
-                         capture_output=True, text=True, timeout=60, env={**os.environ, "ADMIN_KEY": ""})
+    out = sn1("api", "--env-file", str(env), environ={"ADMIN_KEY": ""})
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.splitlines()[0] == (
         f"sn1 api: warning: ADMIN_KEY is empty in the environment, which overrides its value in {env} (the "
@@ -738,12 +790,12 @@ def test_a_redis_password_is_never_printed_however_the_url_carries_it(tmp_path: 
 
 
 @pytest.mark.parametrize("url", ["redis://:pa/ss-SECRET@127.0.0.1:6379/0", "redis://:pa#ss-SECRET@127.0.0.1:6379/0"])
-def test_a_redis_password_a_url_cannot_carry_as_it_is_is_named_not_shown(tmp_path: Path, url: str) -> None:
+def test_a_redis_password_a_url_cannot_carry_as_it_is_is_named_not_shown(tmp_path: Path, url: str, sn1: Sn1) -> None:
     """A '/', '#' or '?' in the password ends the URL's address there: redis-py read '//:pa' as the host, and the
     refusal ("the port is not a number") showed the password whole, or named a port that was fine."""
     env = tmp_path / "a.env"
     env.write_text(f"STORE_URL={url}\n")
-    out = start("api", env)
+    out = sn1("api", "--env-file", str(env))
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "SECRET" not in out.stderr and "pa/ss" not in out.stderr and "pa#ss" not in out.stderr, out.stderr
     assert "sn1 api: STORE_URL: 'redis://***@127.0.0.1:6379/0': the password holds '/', '#' or '?'" in out.stderr, \
@@ -800,11 +852,11 @@ def test_ctrl_c_while_a_command_starts_exits_quietly(tmp_path: Path, command: st
     assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in said), said[-20:]
 
 
-def test_a_flag_is_said_to_be_no_option_with_the_setting_it_meant(tmp_path: Path) -> None:
+def test_a_flag_is_said_to_be_no_option_with_the_setting_it_meant(sn1: Sn1) -> None:
     """``sn1 miner --port 8091`` (or the bittensor template's ``--axon.port``) was ``sn1: error: unrecognized
     arguments`` under the top command's usage, not a word on where settings go; a value is never repeated."""
-    out = run_cli("miner", "--port", "8091", "--axon.port=8092", "--wallet.name", "miner",
-                  "--upstream-api-key=sk-SECRET", "--blacklist.force_validator_permit", cwd=tmp_path)
+    out = sn1("miner", "--port", "8091", "--axon.port=8092", "--wallet.name", "miner",
+              "--upstream-api-key=sk-SECRET", "--blacklist.force_validator_permit")
     assert out.returncode == 2 and "SECRET" not in out.stderr
     assert out.stderr.splitlines() == [
         "sn1 miner: --port is not an option: set MINER_PORT=... instead",
@@ -814,11 +866,11 @@ def test_a_flag_is_said_to_be_no_option_with_the_setting_it_meant(tmp_path: Path
         "sn1 miner: --blacklist.force_validator_permit is not an option",
         "sn1 miner: takes no argument but --env-file: settings are environment variables or NAME=value lines of "
         ".env.miner (or --env-file's file); every setting: README.md, 'Configuration reference'"]
-    out = run_cli("validator", "--port", "1", cwd=tmp_path)
+    out = sn1("validator", "--port", "1")
     assert out.returncode == 2 and out.stderr.splitlines()[0] == (
         "sn1 validator: --port is not an option: set SCORING_API_PORT=... instead")
     # a value that begins with '-' (a token_urlsafe key does one time in 32) is a value still, never shown
-    out = run_cli("api", "--admin-key", "-Xk9SECRET_0123456789abcdefghij", "--port", "1", cwd=tmp_path)
+    out = sn1("api", "--admin-key", "-Xk9SECRET_0123456789abcdefghij", "--port", "1")
     assert out.returncode == 2 and "SECRET" not in out.stderr, out.stderr
     assert out.stderr.splitlines()[:3] == [
         "sn1 api: --admin-key is not an option: set ADMIN_KEY=... instead",
