@@ -56,7 +56,11 @@ def _settings(role: str, env_file: str | None):
 
 def _run_role(role: str, settings: object) -> None:
     from shared.process import run
+    from shared.wallet import check_hotkey
 
+    # The hotkey first, without the SDK: a WALLET_NAME, WALLET_HOTKEY or WALLET_PATH that names no usable key is
+    # a setting to fix like the others, said before the role's modules load the bittensor SDK (~0.7 s of CPU).
+    check_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)  # type: ignore[attr-defined]
     if role == "api":
         from api.main import run_api
 

@@ -780,10 +780,11 @@ def test_a_redis_password_is_never_printed_however_the_url_carries_it(tmp_path: 
     """The WARNING every start writes while the Redis does not answer (into ``journalctl``, a log shipper) showed
     the password's part after an '@' in it (``redis://***@ss-SECRET@host``), and a ``?password=`` whole."""
     api, down = free_ports(2)
+    ensure_wallet("validator", "default", tmp_path / "wallets")
     env = tmp_path / "a.env"
     env.write_text(f"STORE_URL={url.format(port=down)}\nAPI_HOST=127.0.0.1\nAPI_PORT={api}\n"
-                   f"WALLET_PATH={tmp_path / 'no-wallets'}\n")
-    out = start("api", env)  # stops at the missing wallet, after the store check
+                   f"WALLET_PATH={tmp_path / 'wallets'}\nMETAGRAPH_FILE={tmp_path / 'missing.json'}\n")
+    out = start("api", env)  # stops at the missing metagraph file, after the store check
     printed = out.stdout + out.stderr
     assert "STORE_URL: cannot reach redis://" in printed and f"127.0.0.1:{down}/0" in printed, printed
     assert "SECRET" not in printed and "p@ss" not in printed, printed
