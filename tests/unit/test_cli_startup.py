@@ -563,13 +563,14 @@ def test_a_random_admin_key_is_taken_however_few_characters_it_repeats() -> None
 
     from pydantic import ValidationError
 
-    from shared.settings import ApiSettings
+    from shared.settings import ApiSettings, repeats_itself
 
     draw = random.Random(7)
     keys = ["".join(draw.choice(alphabet) for _ in range(16))
             for alphabet in ("0123456789abcdef", "0123456789") for _ in range(10_000)]
     assert sum(len(set(k)) < 8 for k in keys) > 1000, "the sample holds keys with few different characters"
-    for key in keys:
+    assert [k for k in keys if repeats_itself(k)] == []  # the check the settings make (a whole settings load each
+    for key in sorted(keys, key=lambda k: len(set(k)))[:50]:  # is slow): and the least varied 50 through them
         assert ApiSettings(_env_file=None, admin_key=key).admin_key is not None
     for key in ("passwordpassword", "adminadminadmin1", "a" * 32, "abababababababab!", "0123456701234567",
                 "aaaaaaaabbbbbbbb"):
