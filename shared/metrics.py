@@ -298,9 +298,12 @@ class ValidatorMetrics:
         self._miner_uids = uids
 
     def observe_loop(self, name: str, seconds: float, ok: bool) -> None:
+        """One cycle of loop ``name``. Its failure count is made at its first cycle, at 0: a series that appeared
+        with the first failure hid that failure from ``increase()`` (SN1ValidatorLoopFailing)."""
         self.loop_seconds.labels(name).observe(seconds)
+        failures = self.loop_failures.labels(name)
         if not ok:
-            self.loop_failures.labels(name).inc()
+            failures.inc()
 
     def observe_recheck(self, check: str, ok: bool) -> None:
         self.rechecks.labels(check, "ok" if ok else "failed").inc()

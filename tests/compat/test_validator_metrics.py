@@ -50,3 +50,17 @@ async def test_validator_metrics_show_loops_queue_and_requests() -> None:
     assert sample(text, "sn1_validator_scoring_queue_max") == 5
     assert sample(text, "sn1_validator_http_requests_total", route="/health", method="GET", status="200") == 1
     assert sample(text, "sn1_validator_http_requests_total", route="unmatched", status="404") == 1
+
+
+def test_a_loops_failure_count_is_there_at_zero_from_its_first_cycle() -> None:
+    """``increase(sn1_validator_loop_failures_total[15m])`` (SN1ValidatorLoopFailing) sees a loop's first failure
+    only if the series was there before it, at 0: it appeared with the first failure, which the alert then missed
+    (Prometheus takes a new series' first value as its start, not as an increase)."""
+    from prometheus_client import generate_latest
+
+    metrics = ValidatorMetrics()
+    metrics.observe_loop("weights", 0.01, ok=True)
+    text = generate_latest(metrics.registry).decode()
+    assert 'sn1_validator_loop_failures_total{loop="weights"} 0.0' in text.splitlines()
+    metrics.observe_loop("weights", 0.01, ok=False)
+    assert sample(generate_latest(metrics.registry).decode(), "sn1_validator_loop_failures_total", loop="weights") == 1
