@@ -32,6 +32,7 @@ from shared.keys_wire import (
     RotatedKeyOut,
     UsageOut,
 )
+from shared.url_text import mask_credentials
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -133,10 +134,11 @@ class AdminClient:
                 raw = await r.read()
                 status = r.status
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise AdminError(0, f"cannot reach the API at {self.base_url}: {e.__class__.__name__} {e}".strip(),
-                             code="unreachable") from None
+            shown = mask_credentials(self.base_url)  # a proxy's basic auth (user:password@) is never printed
+            said = f"cannot reach the API at {shown}: {e.__class__.__name__} {str(e).replace(self.base_url, shown)}"
+            raise AdminError(0, said.strip(), code="unreachable") from None
         if status >= 400:
-            raise _error(status, raw, self.base_url)
+            raise _error(status, raw, mask_credentials(self.base_url))
         try:
             return model.model_validate_json(raw)
         except ValidationError as e:

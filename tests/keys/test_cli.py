@@ -279,3 +279,19 @@ def test_the_import_summary_counts_in_words() -> None:
     assert imported_line(1, 0) == "imported 1 key (0 already here)"
     assert imported_line(0, 2) == "imported 0 keys (2 already here)"
     assert imported_line(2, 0) == "imported 2 keys (0 already here)"
+
+
+async def test_an_api_url_with_a_password_is_never_printed_with_it() -> None:
+    """``SN1_API_URL=https://ops:<password>@proxy/`` (a proxy with basic auth, which aiohttp takes from the URL): an
+    error printed the URL as given, its password too, into a terminal's scrollback or a cron job's mail."""
+    from aiohttp import web
+
+    from shared.http import error_middleware
+    from tests.helpers import free_port, serve_app
+
+    async with serve_app(web.Application(middlewares=[error_middleware])) as other:
+        with_password = other.replace("http://", "http://ops:s3cretPass@")
+        down = f"http://ops:s3cretPass@127.0.0.1:{free_port()}"
+        for url, exit_code in ((with_password, 1), (down, 2)):
+            code, _, err = await sn1_keys(ApiUnderTest(url=url, key="", ctx=None, scripts={}), "list")
+            assert code == exit_code and "s3cretPass" not in err and "http://***@127.0.0.1:" in err, err
