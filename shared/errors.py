@@ -132,7 +132,7 @@ def shutting_down(what: str) -> ApiError:
     """The error of a request this process's stop cut at the end of its grace (``what``: how far its answer had
     come): a 503 with ``Retry-After``, which the OpenAI SDKs retry, where nothing was sent; the last event of a
     stream that had begun, whose caller sends it again."""
-    return ApiError(503, f"This API process is stopping (a restart or a deploy); {what}: send it again.",
+    return ApiError(503, f"This server is stopping (a restart or a deploy); {what}: send it again.",
                     code=SERVER_SHUTTING_DOWN, type_="server_error", headers=retry_after(1), close=True)
 
 

@@ -159,7 +159,7 @@ async def test_a_stream_that_had_begun_ends_with_an_error_event_when_the_api_sto
         text, raised = await sdk
     # it raised httpx's RemoteProtocolError (incomplete chunked read), as for a network fault: now the reason
     assert isinstance(raised, openai.APIError) and not isinstance(raised, openai.APIConnectionError), repr(raised)
-    assert "This API process is stopping" in raised.message and "word5 " in text, (raised.message, text[-200:])
+    assert "This server is stopping" in raised.message and "word5 " in text, (raised.message, text[-200:])
     for name, (seen, broke) in got.items():
         assert broke is None, (name, broke, seen[-500:])  # the body ended as a body ends: the SDK reads its events
     for name in ("chat", "text"):
