@@ -126,7 +126,7 @@ class OutboxForwarder:
         # (a new lease holder began it again from ``base_delay``: a validator down was posted to once a lease)
         self._resume_at = 0.0
         self._backing_off = False  # this worker's own pass failed: it does not renew the lease until ``_resume_at``
-        self.delivered = 0
+        self.delivered = 0  # payloads the validator took; those it rejected are in ``rejected``, not here too
         self.delivery_failures = 0
         self.stale = 0  # payloads the validator took and dropped as older than it scores, since start
         # An outage's backlog is delivered stale batch after batch: a WARNING each was thousands within a minute.
@@ -273,6 +273,7 @@ class OutboxForwarder:
         if 200 <= status < 300:
             await self.delivery_outage.ok()
             self.malformed.ok()
+            self.delivered += 1
             return True
         if malformed_verdict(status, body):
             await self.delivery_outage.ok()
@@ -366,7 +367,9 @@ class OutboxForwarder:
         if 200 <= status < 300:
             await self.delivery_outage.ok()
             rejected = body.get("rejected") if isinstance(body, dict) else None
+            taken = len(items)  # done with, all of them; the validator took all but those it rejected
             if rejected and isinstance(rejected, list):
+                taken = max(0, taken - len(rejected))
                 self.rejected += len(rejected)
                 self.malformed.failed(f"rejected {len(rejected)} of {len(items)} scoring payloads "
                                       f"({describe_rejected(rejected, items)})")
@@ -379,6 +382,7 @@ class OutboxForwarder:
             else:
                 self.stale_told.ok()
             self.batch_limit = min(self.batch, self.batch_limit * 2)
+            self.delivered += taken
             return True
         if malformed_verdict(status, body) or failed_on_it(status):
             return None  # one by one: the payloads before the one it cannot take are delivered (a 500: counted)
@@ -421,7 +425,6 @@ class OutboxForwarder:
                     break
                 delivered.append(item.id)
                 self.failures = 0
-                self.delivered += 1
                 if set_aside is not None:
                     if not await self._last_try(set_aside):
                         await self._pass_failed()
@@ -452,7 +455,6 @@ class OutboxForwarder:
         if not await self._lease():
             return False
         if await self.deliver(item):
-            self.delivered += 1
             return True
         if self._failed_on.get(item.id, 0) == times:
             return False  # not a 500 nor a timeout this time: the validator away, behind, or refusing us
@@ -526,7 +528,6 @@ class OutboxForwarder:
             return 0
         await self.outbox.ack_many(delivered)
         self.failures = 0
-        self.delivered += len(delivered)
         return len(delivered)
 
     async def run(self) -> None:

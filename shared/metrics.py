@@ -186,7 +186,8 @@ class ApiMetrics:
         # Counters, caught up from the forwarder's running totals at each sample (``Tally``): as ``livesum`` gauges
         # a worker's restart dropped the fleet's sum by its count, and the alerts' increase() took the drop for a
         # counter's reset and counted the rest again (SN1ScoringPayloadsRejected fired with nothing rejected).
-        self.outbox_delivered = Tally(Counter("sn1_api_outbox_delivered", "Payloads delivered to the validator",
+        self.outbox_delivered = Tally(Counter("sn1_api_outbox_delivered", "Payloads the validator took (not those "
+                                              "it rejected: sn1_api_outbox_rejected)",
                                               registry=r))
         self.outbox_failures = Tally(Counter("sn1_api_outbox_delivery_failures", "Failed deliveries to the validator",
                                              registry=r))
