@@ -10,6 +10,7 @@ few its checks need; the app is imported where a worker runs (``_worker_entry``)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -77,12 +78,35 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
             raise SettingsError(f"STORE_URL: {mask_credentials(url)} answers, but not as a Redis server does ({reason}): "
                                 "is that the Redis's host and port (6379 by default), not another server's (the "
                                 "validator's 8094, an HTTP proxy)? rediss:// for a Redis that takes TLS only") from None
+        if url.startswith("rediss://") and await _plain_redis_at(url):
+            raise SettingsError(f"STORE_URL: {mask_credentials(url)} asks for TLS, and the Redis there answers "
+                                "without it: write redis://, or turn TLS on in that Redis") from None
         logger.warning("STORE_URL: cannot reach {}: {}; starting anyway, requests answer 503 until it answers",
                        mask_credentials(url), reason)
     else:
         await _warn_eviction(store)
     finally:
         await store.close()
+
+
+async def _plain_redis_at(url: str) -> bool:
+    """Whether a Redis without TLS answers at ``url``'s host and port: a TLS handshake with one hangs (it waits for
+    a command's end of line) until the connect timeout, which looked like an outage to wait out (a 503 for good)."""
+    from yarl import URL
+
+    where = URL(url)
+    try:
+        reader, writer = await within(asyncio.open_connection(where.host or "127.0.0.1", where.port or 6379), 2.0)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(b"PING\r\n")
+        first = await within(reader.read(16), 2.0)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+    return first.startswith((b"+PONG", b"-NOAUTH", b"-ERR", b"-WRONGPASS"))
 
 
 async def _warn_eviction(store: Store) -> None:

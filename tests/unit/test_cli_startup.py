@@ -443,6 +443,22 @@ def test_a_redis_that_refuses_the_store_url_stops_the_api_with_one_line(tmp_path
 
 
 
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs REDIS_URL for a real Redis without TLS "
+                                                           "(CI sets it: .ci/run)")
+def test_rediss_at_a_redis_without_tls_stops_the_api_with_one_line(tmp_path: Path) -> None:
+    """``rediss://`` at a Redis that takes no TLS: the handshake hung until the connect timeout, taken for an outage
+    ("cannot reach ...: Timeout connecting to server; starting anyway"), and every request was a 503 for good."""
+    from yarl import URL
+
+    real = URL(os.environ["REDIS_URL"])
+    env, _, _ = api_env(tmp_path, f"rediss://:hunter2@{real.host}:{real.port or 6379}/0")
+    out = start("api", env)
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "hunter2" not in out.stderr, out.stderr[-2000:]
+    said = [line for line in out.stderr.splitlines() if line.startswith("sn1 api:")]
+    assert said == [f"sn1 api: STORE_URL: rediss://***@{real.host}:{real.port or 6379}/0 asks for TLS, and the Redis "
+                    "there answers without it: write redis://, or turn TLS on in that Redis"], out.stderr[-2000:]
+
+
 def test_a_store_url_at_a_server_that_is_no_redis_stops_the_api_with_one_line(tmp_path: Path) -> None:
     """``STORE_URL=redis://127.0.0.1:8094/0`` (the validator's port): its HTTP answer was taken for an outage, "cannot
     reach ...: Protocol error, got "H" as reply type byte; starting anyway", and every request was a 503 for good."""
