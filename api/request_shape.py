@@ -30,6 +30,9 @@ NO_BODY_POSTS = web.AppKey("sn1_no_body_posts", frozenset)
 # The query parameters a route reads as a list, each value one item: ``include`` (``include[]`` as the OpenAI SDK
 # sends a list), ``/web_retrieval``'s ``uids``, a key's ``scopes`` and ``allowed_models``. Any other is one value.
 LIST_PARAMETERS = frozenset({"include", "include[]", "uids", "scopes", "allowed_models"})
+# What probes and scrapers ask: they read nothing a request sends, and a 400 there, for a request id two chained
+# proxies each appended, would take a healthy host out of its load balancer.
+_PROBES = frozenset({"/health", "/ready", "/metrics"})
 
 
 @web.middleware
@@ -41,8 +44,8 @@ async def request_shape_middleware(request: web.Request, handler: Handler) -> we
     anything on a request that reads none: ``curl -X GET -d '{"days": 7}' /v1/usage`` answered the defaults as if
     the body had been read (``_no_body``). A path no route serves, or a method its route does not take, is its 404
     or 405 whatever it sends: the mistake is the path or the method (``GET /v1/modles`` with a body was a 400
-    about the body)."""
-    if request.match_info.http_exception is not None:
+    about the body). A probe (``/health``, ``/ready``, ``/metrics``) is answered whatever it sends."""
+    if request.match_info.http_exception is not None or request.path in _PROBES:
         return await handler(request)
     headers = request.headers
     for name in ID_HEADERS:

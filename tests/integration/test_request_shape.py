@@ -115,3 +115,17 @@ async def test_a_path_not_served_or_a_method_not_taken_is_its_404_or_405_whateve
                 assert "GET" in r.headers["Allow"], r.headers
         async with s.get(api.url + "/v1/modles?days=1&days=2", headers={"api-key": api.key}) as r:
             assert r.status == 404, await r.text()
+
+
+async def test_a_probe_is_answered_whatever_ids_or_parameters_it_repeats(tmp_path: Path) -> None:
+    """Two chained proxies that each append an ``x-request-id`` (or a scraper's repeated parameter) made ``/health``
+    and ``/ready`` a 400 ``duplicate_header``: a load balancer took a healthy host out. A probe reads neither."""
+    from multidict import CIMultiDict
+
+    async with api_with_miners(tmp_path, {}, honest={1}) as api:
+        twice = CIMultiDict([("x-request-id", "lb-1"), ("x-request-id", "proxy-2")])
+        for path in ("/health", "/ready", "/metrics", "/health?probe=a&probe=b"):
+            async with aiohttp.ClientSession() as s, s.get(api.url + path, headers=twice) as r:
+                assert r.status in (200, 503) and "duplicate" not in await r.text(), (path, r.status)
+        status, _, out = await send(api, "GET", "/v1/models", params=[("a", "1"), ("a", "2")])
+        assert status == 400 and out["error"]["code"] == "duplicate_parameter", "the API's own routes still refuse it"
