@@ -110,6 +110,10 @@ def test_a_backup_never_writes_into_a_file_already_there_even_an_empty_one(tmp_p
 def test_a_store_this_user_cannot_reach_is_said_in_one_line(tmp_path: Path) -> None:
     """An operator running ``sn1 backup`` (or ``sn1 vacuum``) as themselves on a store under a directory only the
     service's user (or root) may enter: the check that the file is there raised its PermissionError, a traceback."""
+    # The commands import these when run: here first, where the checkout can be read (the child runs as nobody,
+    # who may not read a clone under a 0700 directory, as CI's and mktemp's are).
+    import shared.store.sqlite_backup
+    import shared.store.sqlite_tables  # noqa: F401
     from tests.helpers import without_access
 
     state = tmp_path / "state"
