@@ -30,8 +30,8 @@ NO_BODY_POSTS = web.AppKey("sn1_no_body_posts", frozenset)
 # The query parameters a route reads as a list, each value one item: ``include`` (``include[]`` as the OpenAI SDK
 # sends a list), ``/web_retrieval``'s ``uids``, a key's ``scopes`` and ``allowed_models``. Any other is one value.
 LIST_PARAMETERS = frozenset({"include", "include[]", "uids", "scopes", "allowed_models"})
-# What probes and scrapers ask: they read nothing a request sends, and a 400 there, for a request id two chained
-# proxies each appended, would take a healthy host out of its load balancer.
+# What probes and scrapers ask: they read no id nor parameter, and a 400 there, for a request id two chained
+# proxies each appended, would take a healthy host out of its load balancer (a body is refused there too).
 _PROBES = frozenset({"/health", "/ready", "/metrics"})
 
 
@@ -44,15 +44,16 @@ async def request_shape_middleware(request: web.Request, handler: Handler) -> we
     anything on a request that reads none: ``curl -X GET -d '{"days": 7}' /v1/usage`` answered the defaults as if
     the body had been read (``_no_body``). A path no route serves, or a method its route does not take, is its 404
     or 405 whatever it sends: the mistake is the path or the method (``GET /v1/modles`` with a body was a 400
-    about the body). A probe (``/health``, ``/ready``, ``/metrics``) is answered whatever it sends."""
-    if request.match_info.http_exception is not None or request.path in _PROBES:
+    about the body). A probe (``/health``, ``/ready``, ``/metrics``) is answered whatever ids or parameters it repeats."""
+    if request.match_info.http_exception is not None:
         return await handler(request)
-    headers = request.headers
-    for name in ID_HEADERS:
-        if headers.get(name) is not None:  # most requests send neither: one lookup each
-            one_header(headers, name)
-    if request.query_string:  # most requests (every chat completion) have none: no parsing
-        one_value_each(request.query)
+    if request.path not in _PROBES:
+        headers = request.headers
+        for name in ID_HEADERS:
+            if headers.get(name) is not None:  # most requests send neither: one lookup each
+                one_header(headers, name)
+        if request.query_string:  # most requests (every chat completion) have none: no parsing
+            one_value_each(request.query)
     if request.body_exists and _reads_no_body(request):
         await _no_body(request)
     return await handler(request)
