@@ -49,7 +49,7 @@ from shared.byte_budget import ByteBudget
 from shared.client_address import ip_of
 from shared.jsonutil import dumpb
 
-MEDIA_PARTS = ("image_url", "video_url", "audio_url")  # content parts whose ``{"url": ...}`` a server fetches
+MEDIA_PARTS = ("image_url", "video_url", "audio_url")  # a part's keys whose URL (``{"url": ...}``) a server fetches
 FETCHED_SCHEMES = ("http", "https")
 # What the miner fetches for one request: its media together (OpenAI takes images up to 20 MB), within this many
 # seconds (and the caller's deadline), following at most this many redirects.
@@ -96,19 +96,27 @@ class PrivateAddress(OSError):
     """A host name resolved to an address the miner does not connect to (``PublicResolver``)."""
 
 
-def _media_parts(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The media parts of the body's messages that carry a URL string."""
+def _media_parts(body: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
+    """Each media URL of the body's messages: a part and its media key (``MEDIA_PARTS``) carrying a URL string,
+    whatever the part's ``type`` says. vLLM fetches a part's ``image_url``, ``video_url`` or ``audio_url`` when
+    the part has no ``type`` (its shorthand), or has a ``uuid`` whatever its type (``{"type": "text", "uuid": ...,
+    "image_url": ...}``), and an ``input_image``'s ``image_url`` string: read by ``type`` alone, such a part went
+    to the model server with its URL, which fetched it."""
     for message in body.get("messages") or ():
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, list):
             continue
         for part in content:
-            if isinstance(part, dict) and part.get("type") in MEDIA_PARTS and isinstance(_part_url(part), str):
-                yield part
+            if not isinstance(part, dict):
+                continue
+            for key in MEDIA_PARTS:
+                if isinstance(_part_url(part, key), str):
+                    yield part, key
 
 
-def _part_url(part: dict[str, Any]) -> Any:
-    inner = part.get(part["type"])
+def _part_url(part: dict[str, Any], key: str) -> Any:
+    """The URL under ``key`` in ``part``: ``{"url": ...}`` or the string itself (vLLM's shorthand)."""
+    inner = part.get(key)
     return inner.get("url") if isinstance(inner, dict) else inner
 
 
@@ -243,7 +251,7 @@ class MediaFetcher:
                        make: Callable[[dict[str, Any]], Any]) -> AsyncIterator[Any]:
         """``make`` of the body with its media inlined, their bytes held in the budget until the block ends. No
         name here keeps the inlined body: once ``make`` returns, only what it made holds the media."""
-        parts = [p for p in _media_parts(body) if scheme_of(_part_url(p)) != "data"]
+        parts = [(p, key) for p, key in _media_parts(body) if scheme_of(_part_url(p, key)) != "data"]
         if not parts:
             yield make(body)
             return
@@ -254,16 +262,16 @@ class MediaFetcher:
         finally:
             held.release()
 
-    async def _fetch_all(self, body: dict[str, Any], parts: list[dict[str, Any]], deadline: float | None,
+    async def _fetch_all(self, body: dict[str, Any], parts: list[tuple[dict[str, Any], str]], deadline: float | None,
                          held: Holding) -> dict[str, Any]:
-        fetched: dict[int, str] = {}
+        fetched: dict[tuple[int, str], str] = {}
         seconds = self._seconds
         if deadline is not None:
             seconds = min(seconds, deadline - asyncio.get_running_loop().time())
         try:
             async with asyncio.timeout(max(seconds, 0.0)):
-                for part in parts:
-                    fetched[id(part)] = await self._fetch(_part_url(part), held)
+                for part, key in parts:
+                    fetched[(id(part), key)] = await self._fetch(_part_url(part, key), held)
         except TimeoutError:
             raise MediaRefused(f"a media URL was not fetched within {seconds:.1f}s") from None
         return _with_urls(body, fetched)
@@ -316,14 +324,19 @@ def data_url(kind: str, raw: bytearray) -> str:
     return joined.decode("ascii")
 
 
-def _with_urls(body: dict[str, Any], fetched: dict[int, str]) -> dict[str, Any]:
-    """A copy of ``body`` whose media parts (by ``id``) carry the ``fetched`` URLs (their other fields kept)."""
+def _with_urls(body: dict[str, Any], fetched: dict[tuple[int, str], str]) -> dict[str, Any]:
+    """A copy of ``body`` whose media parts (by ``id`` and media key) carry the ``fetched`` URLs (their other
+    fields kept)."""
     def part_of(part: Any) -> Any:
-        url = fetched.get(id(part))
-        if url is None:
+        if not isinstance(part, dict):
             return part
-        inner = part[part["type"]]
-        return {**part, part["type"]: {**inner, "url": url} if isinstance(inner, dict) else url}
+        out = part
+        for key in MEDIA_PARTS:
+            url = fetched.get((id(part), key))
+            if url is not None:
+                inner = part[key]
+                out = {**out, key: {**inner, "url": url} if isinstance(inner, dict) else url}
+        return out
 
     messages = []
     for message in body.get("messages") or ():

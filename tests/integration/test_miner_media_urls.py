@@ -286,3 +286,48 @@ async def test_an_ip_address_in_unicode_digits_or_dots_is_checked_as_the_address
             assert status == 200, answer  # the allowed address, written so, is fetched as it was
     assert "/secret" not in hits, "the private server was asked"
     assert sent_urls(received) == ["data:image/png;base64," + base64.b64encode(IMAGE).decode()]
+
+
+# Parts a model server fetches though their ``type`` names no media (vLLM's ``chat_utils``): no ``type`` at all (its
+# shorthand), a ``uuid`` beside any type (it then reads the part's media keys, whatever the type), an ``input_image``
+# (its ``image_url`` is the URL itself). Each passed the API's checks (a part's type defaults to text, extra keys
+# pass on) or comes from another validator's API; the miner read parts by type, and handed their URLs on.
+def media_without_their_type(url: str) -> dict[str, dict]:
+    return {"no type": {"text": "look", "image_url": {"url": url}},
+            "no type, video": {"text": "look", "video_url": {"url": url}},
+            "a text part with a uuid": {"type": "text", "text": "look", "uuid": "u1", "image_url": {"url": url}},
+            "a text part with a uuid, audio as a string": {"type": "text", "text": "look", "uuid": "u1",
+                                                             "audio_url": url}}
+
+
+async def test_a_media_url_in_a_part_whose_type_names_no_media_never_reaches_the_model_server(
+        tmp_path: Path) -> None:
+    received: list = []
+    async with stack(tmp_path, received) as (api, key), aiohttp.ClientSession() as s:
+        port = api.rsplit(":", 1)[1]
+        for name, part in media_without_their_type(f"http://127.0.0.1:{port}/v1/models").items():
+            body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, part]}]}
+            status, answer = await post_chat(s, api, key, body)
+            assert status == 400, (name, answer)
+            assert "private address" in answer["error"]["message"], (name, answer)
+    assert received == [], "the model server was handed a private URL to fetch"
+
+
+async def test_every_media_key_of_a_part_is_fetched_and_handed_on_as_bytes() -> None:
+    """Whatever a part's type: its media keys carry the fetched bytes (``input_image`` too, which the API does not
+    take but another validator's API may send), and the model server is handed no URL to fetch."""
+    hits: list[str] = []
+    fetched = "data:image/png;base64," + base64.b64encode(IMAGE).decode()
+    async with media_servers(hits) as (port, _):
+        fetcher = MediaFetcher(resolver=ScriptedDNS({"media.test": ["127.0.0.1"]}), allowed=loopback_only)
+        try:
+            url = f"http://media.test:{port}/cat.png"
+            parts = [*media_without_their_type(url).values(), {"type": "input_image", "image_url": url}]
+            body = await fetcher.inline({"messages": [{"role": "user", "content": parts}]})
+        finally:
+            await fetcher.close()
+    out = body["messages"][0]["content"]
+    assert [p.get("image_url") or p.get("video_url") or p.get("audio_url") for p in out] == [
+        {"url": fetched}, {"url": fetched}, {"url": fetched}, fetched, fetched]
+    assert [p.get("uuid") for p in out] == [None, None, "u1", "u1", None]  # the other fields kept
+    assert hits == ["/cat.png"] * 5
