@@ -15,11 +15,13 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from loguru import logger
+
+from shared.public_address import is_public
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,13 +216,42 @@ class ChainMetagraphSource:
             self._client = None
 
 
-class MetagraphView:
-    """The current snapshot plus a refresh loop. Readers never block on the network."""
+AxonPolicy = Callable[[str], bool]  # whether a miner's axon at this IP address may be called
+MAX_AXONS_NAMED = 5  # of the axons not called, how many the WARNING names
 
-    def __init__(self, source: MetagraphSource, *, refresh_seconds: float = 60.0) -> None:
+
+def axon_host(axon: str) -> str:
+    """The IP address of an ``ip:port`` or ``[v6]:port`` axon."""
+    return axon.rpartition(":")[0].strip("[]")
+
+
+def callable_axons(snapshot: MetagraphSnapshot, allowed: AxonPolicy) -> tuple[MetagraphSnapshot, list[Neuron]]:
+    """``snapshot`` with each axon at an address not ``allowed`` taken away (its neuron serves nothing here), and
+    the neurons whose axon was."""
+    refused = [n for n in snapshot.neurons if n.axon and not allowed(axon_host(n.axon))]
+    if not refused:
+        return snapshot, []
+    gone = {n.uid for n in refused}
+    neurons = tuple(replace(n, axon=None) if n.uid in gone else n for n in snapshot.neurons)
+    return replace(snapshot, neurons=neurons), refused
+
+
+class MetagraphView:
+    """The current snapshot plus a refresh loop. Readers never block on the network.
+
+    ``axons``: which miners' axon addresses may be called (None: all). A hotkey publishes any IP it likes on chain
+    (``10.0.0.7``, ``127.0.0.2``, ``169.254.169.254``): called as published, a stranger's registration had this
+    host POST its callers' prompts, signed, into its own network (the reference model server a validator runs on
+    ``127.0.0.1:8000`` answered them, scored as that miner's answers). Such a neuron is taken as serving no axon,
+    and a WARNING names it whenever the set changes."""
+
+    def __init__(self, source: MetagraphSource, *, refresh_seconds: float = 60.0,
+                 axons: AxonPolicy | None = None) -> None:
         self.source = source
         self.refresh_seconds = refresh_seconds
         self.snapshot = MetagraphSnapshot(netuid=0, block=0, neurons=(), fetched_at=0.0)
+        self._axons = axons
+        self._refused: frozenset[str] = frozenset()  # the axons refused at the last refresh (``_callable``)
 
     async def refresh(self) -> MetagraphSnapshot:
         """Read the source; a read with no neurons after one that had some raises and keeps the last snapshot.
@@ -232,8 +263,22 @@ class MetagraphView:
         if not fetched.neurons and self.snapshot.neurons:
             raise RuntimeError(f"the metagraph read from {self.source_label()} has no neurons (block {fetched.block}; "
                                f"the last had {len(self.snapshot.neurons)}): kept the last one")
-        self.snapshot = fetched
+        self.snapshot = self._callable(fetched)
         return self.snapshot
+
+    def _callable(self, fetched: MetagraphSnapshot) -> MetagraphSnapshot:
+        """``fetched`` with the axons ``axons`` refuses taken away, told once per change of them."""
+        if self._axons is None:
+            return fetched
+        kept, refused = callable_axons(fetched, self._axons)
+        axons = frozenset(f"uid {n.uid} at {n.axon}" for n in refused)
+        if axons and axons != self._refused:
+            named = sorted(axons)
+            logger.warning("metagraph: {} miner(s) publish an axon at a private address, never called (PRIVATE_AXONS="
+                           "true calls them, for a chain whose nodes share a private network): {}{}", len(named),
+                           ", ".join(named[:MAX_AXONS_NAMED]), ", ..." if len(named) > MAX_AXONS_NAMED else "")
+        self._refused = axons
+        return kept
 
     def hotkey_of(self, uid: int) -> str | None:
         """The hotkey that owns ``uid`` now (None: no such uid)."""
@@ -270,10 +315,13 @@ class MetagraphView:
                 logger.warning("metagraph refresh failed, keeping the last snapshot: {}", e)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> MetagraphView:
-        """The view every process builds: the file source for the local network, else the chain."""
+    def from_settings(cls, settings: Any, *, calls_miners: bool = True) -> MetagraphView:
+        """The view every process builds: the file source for the local network, else the chain. A process that
+        ``calls_miners`` (the API, the validator) calls only public axons read from the chain, unless
+        ``PRIVATE_AXONS``; a metagraph file's (the local network's, on 127.0.0.1) are all called."""
+        private = bool(settings.metagraph_file) or settings.private_axons or not calls_miners
         return cls(make_source(settings.metagraph_file, settings.subtensor_network, settings.netuid),
-                   refresh_seconds=settings.metagraph_refresh_seconds)
+                   refresh_seconds=settings.metagraph_refresh_seconds, axons=None if private else is_public)
 
     def permitted_hotkeys(self) -> frozenset[str]:
         return self.snapshot.permitted_hotkeys

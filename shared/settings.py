@@ -195,6 +195,10 @@ class CommonSettings(BaseSettings):
         default=None, description="Read the metagraph from this JSON file instead of the chain (local network)"
     )
     metagraph_refresh_seconds: float = Field(default=60.0, gt=0)
+    private_axons: bool = Field(default=False, description="The API and the validator call miners whose axon on "
+                                "chain is a private address (10.x, 127.x, 169.254.x, ...): for a chain whose nodes "
+                                "share a private network. Off, such a miner is never called (a WARNING names it). "
+                                "A METAGRAPH_FILE's axons are all called")
     # 10 s: a client's request line and headers are one write (a few hundred bytes; a slow mobile link sends
     # them within a couple of round trips); nginx waits 60 s, which lets a flood hold six times the sockets.
     header_timeout: float = Field(default=10.0, gt=0, le=600, description="Seconds a connection has to send a "

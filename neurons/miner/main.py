@@ -49,7 +49,7 @@ async def run_miner(settings: MinerSettings) -> None:
     with setting_file("MINER_PROFILE"):
         check_profile(settings.miner_profile)
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
-    metagraph = MetagraphView.from_settings(settings)
+    metagraph = MetagraphView.from_settings(settings, calls_miners=False)
     await metagraph.first_refresh()
     verifier = RequestVerifier(
         hotkey.ss58_address, Authorizer(metagraph.permitted_hotkeys, settings.allowed_hotkeys),
