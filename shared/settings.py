@@ -181,6 +181,9 @@ MEDIA_BYTES_IN_FLIGHT = 256 << 20
 MEDIA_HELP = ("Bytes of callers' media URLs fetched and held at once, for all requests (a miner's openai backend, "
               "a validator's reference model); past it the request is refused (the miner's 503 server_busy, a "
               "validator's job not scored); 0: no bound")
+PRIVATE_MEDIA_HELP = ("Fetch callers' media URLs at private addresses too (127.0.0.1, 10.x, 169.254.169.254, ...): for a "
+                      "network whose callers are all yours (a local network, a private test chain); any caller on a "
+                      "public subnet could have this host fetch what only its network reaches")
 
 
 class CommonSettings(BaseSettings):
@@ -405,6 +408,7 @@ class ValidatorSettings(CommonSettings):
     synthetic_concurrency: int = Field(default=2, ge=1, le=64, description="Synthetic cycles in flight at once")
     scoring_workers: int = Field(default=2, ge=1, le=64, description="Workers draining the scoring queue")
     media_bytes_in_flight: int = Field(default=MEDIA_BYTES_IN_FLIGHT, ge=0, description=MEDIA_HELP)
+    private_media_urls: bool = Field(default=False, description=PRIVATE_MEDIA_HELP)
     scoring_queue_size: int = Field(default=10_000, ge=1, description="Bound of the scoring queue's organic lane (503 when full)")
     scoring_queue_bytes: int = Field(default=256 << 20, ge=1 << 20, description="The organic lane's bound in bytes of "
                                      "payloads held (503 past it; an empty lane takes any one batch)")
@@ -523,6 +527,7 @@ class MinerSettings(CommonSettings):
     max_body_bytes: int = Field(default=8 << 20, ge=1024)  # twice the API's default: what it forwards fits
     max_unverified_body_bytes: int = Field(default=UNVERIFIED_BODY_BYTES, ge=1024, description=UNVERIFIED_HELP)
     media_bytes_in_flight: int = Field(default=MEDIA_BYTES_IN_FLIGHT, ge=0, description=MEDIA_HELP)
+    private_media_urls: bool = Field(default=False, description=PRIVATE_MEDIA_HELP)
     miner_profile: str = Field(default="honest", description="Behaviour profile (local network and tests)")
     # A request carries no deadline (synthetic ones look organic): the slow profile takes its requests to have
     # this one, the validator's SYNTHETIC_TIMEOUT (the local network passes it), and answers at 80 % of it.

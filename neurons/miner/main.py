@@ -9,7 +9,7 @@ from neurons.miner.backends.base import Backend
 from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from neurons.miner.faults import FAULT_PROFILES, serve_fault_miner
-from neurons.miner.media_urls import MediaFetcher
+from neurons.miner.media_urls import fetcher_for
 from neurons.miner.profiles import apply_quality_profile, check_profile
 from neurons.miner.search import CorpusSearch
 from neurons.miner.standing import Standing
@@ -35,7 +35,7 @@ async def build_backend(settings: MinerSettings) -> Backend:
             timeout=settings.upstream_timeout,
             serve_models=settings.upstream_models,
             extra_fields=settings.upstream_extra_fields,
-            media=MediaFetcher(in_flight=settings.media_bytes_in_flight),
+            media=fetcher_for(settings),
         )
         await backend.start()
         return backend

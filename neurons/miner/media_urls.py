@@ -168,6 +168,18 @@ class PublicResolver(AbstractResolver):
         await self._inner.close()
 
 
+def any_address(address: str) -> bool:
+    """Every address: ``PRIVATE_MEDIA_URLS``, for a network whose callers are all the operator's own."""
+    return True
+
+
+def fetcher_for(settings: Any, owner: str = "miner") -> MediaFetcher:
+    """The fetcher a miner's openai backend or a validator's reference model uses, from its settings: within
+    ``MEDIA_BYTES_IN_FLIGHT``, public addresses only unless ``PRIVATE_MEDIA_URLS``."""
+    return MediaFetcher(in_flight=settings.media_bytes_in_flight, owner=owner,
+                        allowed=any_address if settings.private_media_urls else is_public)
+
+
 class MediaFetcher:
     """Fetches a request's media URLs and puts their bytes in its place as ``data:`` URLs (``inline``).
 

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from loguru import logger
 
-from neurons.miner.media_urls import MediaFetcher
+from neurons.miner.media_urls import fetcher_for
 from neurons.validator.app import (
     SEEN_SIZE,
     RecentPayloads,
@@ -64,7 +64,7 @@ def build_reference(settings: ValidatorSettings, session: aiohttp.ClientSession)
         return CachedReference(OpenAIReference(
             settings.reference_llm_url, session=session, api_key=key, model=settings.reference_llm_model,
             timeout=settings.synthetic_timeout * 4, reproducible=settings.reference_llm_reproducible,
-            media=MediaFetcher(in_flight=settings.media_bytes_in_flight, owner="validator")),
+            media=fetcher_for(settings, owner="validator")),
             status=ReferenceStatus(kind="llm"))
     return CachedReference(DeterministicReference())
 

@@ -331,3 +331,29 @@ async def test_every_media_key_of_a_part_is_fetched_and_handed_on_as_bytes() -> 
         {"url": fetched}, {"url": fetched}, {"url": fetched}, fetched, fetched]
     assert [p.get("uuid") for p in out] == [None, None, "u1", "u1", None]  # the other fields kept
     assert hits == ["/cat.png"] * 5
+
+
+async def test_private_media_urls_are_fetched_only_when_the_operator_says_so() -> None:
+    """A miner (a validator) built from its settings refuses a media URL on 127.0.0.1; ``PRIVATE_MEDIA_URLS=true``
+    (a local network, whose callers are all its operator's) fetches it."""
+    from neurons.miner.media_urls import fetcher_for
+    from shared.settings import MinerSettings, ValidatorSettings
+
+    hits: list[str] = []
+    async with media_servers(hits) as (port, _):
+        body = with_image(f"http://127.0.0.1:{port}/cat.png")
+        for settings, owner in ((MinerSettings(_env_file=None), "miner"),
+                                (ValidatorSettings(_env_file=None), "validator")):
+            fetcher = fetcher_for(settings, owner)
+            try:
+                with pytest.raises(MediaRefused, match="private address"):
+                    await fetcher.inline(body)
+            finally:
+                await fetcher.close()
+            fetcher = fetcher_for(settings.model_copy(update={"private_media_urls": True}), owner)
+            try:
+                assert sent_urls([await fetcher.inline(body)]) == [
+                    "data:image/png;base64," + base64.b64encode(IMAGE).decode()]
+            finally:
+                await fetcher.close()
+    assert hits == ["/cat.png", "/cat.png"]
