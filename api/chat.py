@@ -32,6 +32,7 @@ from api.completion import (
 from api.concurrency import LIMITER, holds_slot
 from api.context import CTX
 from api.fanout import aimed, chat_deadline, node_deadline, passed_over, settle, start_race
+from api.legacy_functions import as_function_call, as_tools, events_as_function_call
 from api.race import MinerRun, Race
 from api.route_hints import refuse_unserved_fields_in_chat, require
 from api.selection import NO_MINERS, select_miners
@@ -73,30 +74,34 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage, slots=request.app[LIMITER])
     sent = await read_json(request)
     require(sent, "messages")
+    sent, function_call = as_tools(sent) if isinstance(sent, dict) else (sent, False)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)
     refuse_unserved_fields_in_chat(sent)
+    if function_call and mixture.is_mixture(req):  # as tools are (``mixture.check_request``), naming what was sent
+        raise ApiError(400, "Mixture mode does not support functions.", param="functions", code="unsupported_parameter")
     if req.web_search_options is not None:
         check_search_scope(key, param="web_search_options")
     many = (req.n or 1) > 1
+    fmt: AnswerFormat = ChatCompletionFormat(function_call=True) if function_call else CHAT_COMPLETION
     if req.web_search_options is None and not many:
-        return await answer(request, key, req, sent, CHAT_COMPLETION, started=started)
+        return await answer(request, key, req, sent, fmt, started=started)
     # Who answers is decided first: a request refused anyway (an unknown model or session, a uid
     # that serves nothing) spends no web search.
     if many and (named := sessions.session_header(request)):
         choices.check_request(req.model_copy(update={"session_id": named}))
     picks = choices.plan(ctx, key, req) if many else await plan(request, key, req)
     bypassed = await bypassed_session(request, key, req) if many else None
-    fmt: AnswerFormat = CHAT_COMPLETION
     found: Found | None = None
     if req.web_search_options is not None:
         sent, found = await search_into(ctx, sent, req.web_search_options.search_context_size,
                                         request_id=request_id(request))
         req = parse_model(ChatCompletionRequest, sent)
-        fmt = SearchedChatCompletionFormat(found)
+        fmt = ChatCompletionFormat(found, function_call=function_call)
     if isinstance(picks, Plan):
         return await answer(request, key, req, sent, fmt, started=started, planned=picks)
     headers = {"x-sn1-session-bypassed": bypassed.id} if bypassed else {}
-    return await choices.answer_choices(request, key, req, sent, picks, started=started, found=found, headers=headers)
+    return await choices.answer_choices(request, key, req, sent, picks, started=started, found=found, headers=headers,
+                                        function_call=function_call)
 
 
 async def bypassed_session(request: web.Request, key: KeyRecord, req: ChatCompletionRequest) -> Session | None:
@@ -298,8 +303,10 @@ def _log_answer(request: web.Request, fmt: AnswerFormat, key: KeyRecord, req: Ch
 
 
 def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str],
-              found: Found | None = None) -> web.Response:
+              found: Found | None = None, *, function_call: bool = False) -> web.Response:
     obj = completion_for(req, run, response_usage(req, run))
+    if function_call:  # a legacy function calling request: its call as message.function_call
+        obj = as_function_call(obj)
     if found is not None:  # a web search came first: the places the answer names its sources
         obj["choices"][0]["message"]["annotations"] = chat_citations(run.text, found)
     return json_response(obj, headers=headers)
@@ -330,48 +337,47 @@ def _trailer(req: ChatCompletionRequest, run: MinerRun, found: Found | None = No
 
 async def _stream(
     request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun, headers: dict[str, str],
-    found: Found | None = None,
+    found: Found | None = None, *, function_call: bool = False,
 ) -> web.StreamResponse:
     """Relay the winner's events as they arrive; a failure after it won ends with an error event.
 
     A winner whose whole answer is already in (a fast miner's stream often arrives in one read)
-    goes out as one response body: one write instead of a chunked stream's three.
+    goes out as one response body: one write instead of a chunked stream's three. ``function_call``: a legacy
+    function calling request, whose call is streamed as ``delta.function_call`` (``legacy_functions``).
     """
     headers = {**headers, **SSE_HEADERS}
+    shaped = events_as_function_call if function_call else list
     if run.done:
-        return web.Response(body=_frames(run.events) + _trailer(req, run, found), headers=headers)
+        return web.Response(body=_frames(shaped(run.events)) + _trailer(req, run, found), headers=headers)
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     end_at_stop(request, stop_event)
     async for batch in race.follow_batches(run):
-        await response.write(_frames(batch))
+        await response.write(_frames(shaped(batch)))
     end_at_stop(request, None)
     await response.write_eof(_trailer(req, run, found))
     return response
 
 
 class ChatCompletionFormat:
-    """OpenAI's chat completion: one ``chat.completion`` object, or the winner's chunks relayed."""
+    """OpenAI's chat completion: one ``chat.completion`` object, or the winner's chunks relayed. ``found``: a web
+    search came first (``web_search_options``): the object's message carries ``url_citation`` annotations, and a
+    stream ends with them in an annotations-only chunk. ``function_call``: the request was OpenAI's legacy function
+    calling, and its answer is in that shape (``legacy_functions``)."""
 
     kind = "chat"
     input_param = "messages"
-    complete = staticmethod(_complete)
-    stream = staticmethod(_stream)
 
-
-class SearchedChatCompletionFormat(ChatCompletionFormat):
-    """A chat completion after a web search (``web_search_options``): the object's message carries
-    ``url_citation`` annotations, and a stream ends with them in an annotations-only chunk."""
-
-    def __init__(self, found: Found) -> None:
+    def __init__(self, found: Found | None = None, *, function_call: bool = False) -> None:
         self.found = found
+        self.function_call = function_call
 
     def complete(self, req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]) -> web.Response:
-        return _complete(req, run, headers, self.found)
+        return _complete(req, run, headers, self.found, function_call=self.function_call)
 
     async def stream(self, request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun,
                      headers: dict[str, str]) -> web.StreamResponse:
-        return await _stream(request, req, race, run, headers, self.found)
+        return await _stream(request, req, race, run, headers, self.found, function_call=self.function_call)
 
 
 CHAT_COMPLETION = ChatCompletionFormat()

@@ -68,17 +68,6 @@ CHAT_INSTEAD = {
 }
 
 
-# OpenAI's deprecated forms of tools on chat completions, and what to send instead. Passed on, none reached a model
-# server that answers them as OpenAI does: the test model and vLLM answered prose (a forced ``function_call`` too),
-# and an answer of a legacy call lost it (``message.function_call`` null, ``content`` empty), with no word of why.
-CHAT_LEGACY = {
-    "functions": "'tools' (each function as {\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": "
-                 "...}}; its calls come back in 'message.tool_calls', each answered by a 'tool' message)",
-    "function_call": "'tool_choice' (\"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": "
-                     "{\"name\": ...}})",
-}
-
-
 def refuse_set(sent: dict[str, Any], fields: dict[str, str], say: Callable[[str, str], str]) -> None:
     """A 400 ``unsupported_parameter`` naming the first of ``fields`` that ``sent`` sets to a value that asks for
     something (not null, not ``NEUTRAL``), in the words ``say`` makes of its name and its entry in ``fields``."""
@@ -96,10 +85,8 @@ def refuse_chat_fields_in_responses(sent: dict[str, Any]) -> None:
 
 
 def refuse_unserved_fields_in_chat(sent: dict[str, Any]) -> None:
-    """The Responses API's fields on ``/v1/chat/completions`` (``CHAT_INSTEAD``), and OpenAI's deprecated
-    ``functions`` and ``function_call`` (``CHAT_LEGACY``): a 400 naming the field and what chat completions take
-    instead."""
-    refuse_set(sent, CHAT_LEGACY, lambda name, instead: f"Unsupported parameter: '{name}'. It is OpenAI's deprecated "
-               f"form of tool calling, not served here: send {instead}.")
+    """The Responses API's fields on ``/v1/chat/completions`` (``CHAT_INSTEAD``): a 400 naming the field and what
+    chat completions take instead. (OpenAI's deprecated ``functions`` and ``function_call`` are served:
+    ``legacy_functions``.)"""
     refuse_set(sent, CHAT_INSTEAD, lambda name, instead: f"Unsupported parameter: '{name}'. It is a Responses API "
                f"field (POST /v1/responses); in chat completions, {instead}.")

@@ -20,7 +20,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 
-from tests.helpers import ApiUnderTest, Script, api_with_miners, call, openai_client, post, sse
+from tests.helpers import ApiUnderTest, Script, api_with_miners, call, openai_client, post, sse, wait_until
 
 MSG = [{"role": "user", "content": "What is the weather in Paris?"}]
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
@@ -777,32 +777,147 @@ async def test_a_miners_usage_past_what_the_request_and_answer_hold_is_not_charg
 
 LEGACY = {"name": "get_weather", "description": "The weather in a city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+LEGACY_TIME = {"name": "get_time", "description": "The local time in a city",
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
 
 
-@pytest.mark.parametrize(("extra", "param"), [
-    ({"functions": [LEGACY]}, "functions"),
-    ({"functions": [LEGACY], "function_call": {"name": "get_weather"}}, "functions"),
-    ({"tools": [WEATHER], "function_call": {"name": "get_weather"}}, "function_call"),
-    ({"tools": [WEATHER], "function_call": "none"}, None),
-    ({"functions": [], "function_call": "auto"}, None),
-], ids=["functions", "forced", "function_call", "none", "neutral"])
-async def test_legacy_functions_are_a_400_naming_the_field_not_ignored(tmp_path: Path, extra: dict,
-                                                                       param: str | None) -> None:
-    """OpenAI's deprecated ``functions`` and ``function_call`` reached the miners as unknown fields: the test model and
-    vLLM answered prose (a forced ``function_call`` too, so ``message.function_call`` was null), and a model server
-    that answers a legacy call lost it. Now the 400 names the field and says to send ``tools``/``tool_choice``,
-    before any miner is asked; their values that ask for nothing pass, as on the other routes."""
+def legacy_stream_call(chunks: list[ChatCompletionChunk], index: int = 0) -> tuple[str, str]:
+    """The name and arguments a legacy stream's ``delta.function_call`` pieces make for choice ``index``: the name
+    in the first piece alone, then the arguments in pieces; no ``tool_calls`` delta on the way."""
+    pieces = [c.delta.function_call for chunk in chunks for c in chunk.choices
+              if c.index == index and c.delta.function_call is not None]
+    assert pieces and pieces[0].name and all(p.name is None for p in pieces[1:]), pieces
+    assert all(c.delta.tool_calls is None for chunk in chunks for c in chunk.choices)
+    return pieces[0].name, "".join(p.arguments or "" for p in pieces)
+
+
+@pytest.mark.parametrize(("extra", "called"), [
+    ({"functions": [LEGACY]}, "get_weather"),
+    ({"functions": [LEGACY, LEGACY_TIME], "function_call": {"name": "get_time"}}, "get_time"),
+    ({"functions": [LEGACY], "function_call": "auto", "n": 2}, "get_weather"),
+    ({"functions": [LEGACY], "function_call": "none"}, None),
+], ids=["auto", "forced", "n2", "none"])
+async def test_legacy_functions_are_answered_with_a_function_call(honest: ApiUnderTest, extra: dict,
+                                                                  called: str | None) -> None:
+    """OpenAI's deprecated ``functions`` and ``function_call`` (older LangChain, agent frameworks, tutorials) are
+    served through the miners' tools: the answer's call is ``message.function_call`` with ``finish_reason:
+    "function_call"`` and no ``tool_calls``, and a stream sends it as ``delta.function_call`` pieces (the name,
+    then the arguments), each validated strictly by the SDK's types. It was a 400 ``unsupported_parameter``."""
+    whole, chunks = await typed_chat(honest, {"messages": MSG, **extra})
+    for choice in whole.choices:
+        assert choice.message.tool_calls is None
+        if called is None:
+            assert choice.finish_reason == "stop" and choice.message.content and choice.message.function_call is None
+            continue
+        assert choice.finish_reason == "function_call" and choice.message.content is None
+        assert choice.message.function_call.name == called
+        assert "city" in json.loads(choice.message.function_call.arguments)
+        assert legacy_stream_call(chunks, choice.index) == (called, choice.message.function_call.arguments)
+    ends = sorted(c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason)
+    assert ends == sorted(c.finish_reason for c in whole.choices) and len(ends) == extra.get("n", 1)
+
+
+async def test_the_sdks_functions_argument_calls_and_continues_a_legacy_conversation(honest: ApiUnderTest) -> None:
+    """The OpenAI SDK's own ``functions=`` and ``function_call=``: a call, then the conversation sent back as the
+    legacy shape has it (the assistant's ``function_call``, then a ``function`` message with the result), which the
+    model answers in text; streamed too. The validator is handed the tools request it became, one it takes."""
+    from neurons.validator.payload import OrganicPayload
+
+    payloads: list[dict] = []
+    honest.ctx.payload_sinks.append(payloads.append)
+    client = openai_client(honest)
+    first = await client.chat.completions.create(model="default", messages=MSG, functions=[LEGACY],
+                                                 function_call={"name": "get_weather"})
+    call = first.choices[0].message.function_call
+    assert (first.choices[0].finish_reason, call.name) == ("function_call", "get_weather")
+    history = [*MSG, first.choices[0].message.model_dump(exclude_none=True),
+               {"role": "function", "name": "get_weather", "content": '{"celsius": 21}'}]
+    then = await client.chat.completions.create(model="default", messages=history, functions=[LEGACY])
+    assert then.choices[0].finish_reason == "stop" and then.choices[0].message.content
+    assert then.choices[0].message.function_call is None
+    stream = await client.chat.completions.create(model="default", messages=MSG, functions=[LEGACY], stream=True)
+    pieces = [c.choices[0].delta.function_call async for c in stream if c.choices and c.choices[0].delta.function_call]
+    assert pieces[0].name == "get_weather" and "".join(p.arguments or "" for p in pieces) == call.arguments
+    await wait_until(lambda: len(payloads) >= 3, 10)
+    for payload in payloads:
+        scored = OrganicPayload.model_validate(payload)  # as the validator's /scoring takes it
+        assert "functions" not in scored.body and "function_call" not in scored.body
+        assert scored.body["tools"] == [{"type": "function", "function": LEGACY}]
+        assert scored.body["parallel_tool_calls"] is False
+    assert payloads[0]["body"]["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    turns = payloads[1]["body"]["messages"]
+    assert [m["role"] for m in turns] == ["user", "assistant", "tool"]
+    assert turns[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": call.arguments}
+    assert turns[2] == {"role": "tool", "tool_call_id": turns[1]["tool_calls"][0]["id"], "content": '{"celsius": 21}'}
+    assert "function_call" not in turns[1]
+
+
+async def test_langchains_legacy_function_calling_parses_the_call(honest: ApiUnderTest, loopback_only: None) -> None:
+    """LangChain's legacy path (``bind(functions=..., function_call=...)`` and ``JsonOutputFunctionsParser``, what
+    ``create_openai_fn_runnable`` built), invoked and streamed: the call's arguments, parsed."""
+    from langchain_core.output_parsers.openai_functions import JsonOutputFunctionsParser
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model="default", base_url=honest.url + "/v1", api_key=honest.key, max_retries=0)
+    chain = llm.bind(functions=[LEGACY], function_call={"name": "get_weather"}) | JsonOutputFunctionsParser()
+    assert await chain.ainvoke('What is the weather in city "Oslo"?') == {"city": "Oslo"}
+    streamed = [part async for part in chain.astream('What is the weather in city "Oslo"?')]
+    assert streamed[-1] == {"city": "Oslo"}
+    message = await llm.bind(functions=[LEGACY]).ainvoke('What is the weather in city "Oslo"?')
+    assert message.additional_kwargs["function_call"]["name"] == "get_weather" and not message.tool_calls
+
+
+async def test_a_miner_that_makes_two_calls_is_no_answer_to_a_legacy_request(tmp_path: Path) -> None:
+    """A legacy answer holds one call, as OpenAI's did: the miners are asked with ``parallel_tool_calls: false``,
+    and a miner that makes two calls anyway is no answer, streamed or not (the next one answers)."""
+    two = scripted({"delta": {"role": "assistant", "tool_calls": [
+        {"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":'}},
+    ]}}, {"delta": {"tool_calls": [{"index": 0, "function": {"arguments": ' "Oslo"}'}}]}},
+        {"delta": {"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
+                                   "function": {"name": "get_time", "arguments": "{}"}}]}},
+        {"delta": {}, "finish_reason": "tool_calls"})
+    body = {"model": "default", "messages": MSG, "functions": [LEGACY, LEGACY_TIME], "uids": [1]}
+    async with api_with_miners(tmp_path, {1: two}, honest={2}) as api:
+        status, _, text = await post(api, body)
+        assert status == 502 and "parallel_tool_calls" in text, text
+        assert two.bodies[0]["parallel_tool_calls"] is False and "functions" not in two.bodies[0]
+        status, _, text = await post(api, body | {"stream": True})
+        assert status == 502 and "parallel_tool_calls" in text, text
+        whole, chunks = await typed_chat(api, body | {"uids": None})  # streamed and not
+        assert whole.choices[0].message.function_call.name == "get_weather"
+        assert legacy_stream_call(chunks)[0] == "get_weather"
+
+
+@pytest.mark.parametrize(("extra", "param", "words"), [
+    ({"functions": [LEGACY], "tools": [WEATHER]}, "functions",
+     "'functions' and 'tools' cannot both be provided. 'functions' is deprecated; use the 'tools' parameter"),
+    ({"functions": [LEGACY], "tool_choice": "required"}, "functions", "'functions' and 'tool_choice' cannot both"),
+    ({"tools": [WEATHER], "function_call": {"name": "get_weather"}}, "function_call",
+     "use the 'tool_choice' parameter instead"),
+    ({"function_call": {"name": "get_weather"}}, "function_call",
+     "'function_call' is only allowed when 'functions' are specified"),
+    ({"functions": [LEGACY], "function_call": {"name": "get_time"}}, "function_call", "'get_time' is not among"),
+    ({"functions": [LEGACY], "function_call": "required"}, "function_call", "expected 'none', 'auto' or"),
+    ({"functions": [{"name": "get weather"}]}, "functions.0.name", "a function name is 1 to 64"),
+    ({"functions": {"name": "get_weather"}}, "functions", "expected an array"),
+    ({"functions": [LEGACY], "mixture": True}, "functions", "Mixture mode does not support functions"),
+], ids=["with-tools", "with-tool_choice", "function_call-with-tools", "no-functions", "unknown", "required",
+        "bad-name", "not-a-list", "mixture"])
+async def test_a_legacy_request_openai_refuses_is_a_400_naming_the_field(tmp_path: Path, extra: dict, param: str,
+                                                                         words: str) -> None:
+    """What OpenAI refuses of the legacy fields (both forms at once, a ``function_call`` naming no function offered)
+    is a 400 naming the field the caller sent (not ``tools.0.function.name``, which it never sent), streamed or
+    not, before any miner is asked; their values that ask for nothing pass."""
     script = scripted({"delta": {"content": "Hi"}}, {"delta": {}, "finish_reason": "stop"})
     async with api_with_miners(tmp_path, {1: script}) as api:
-        client = openai_client(api)
-        if param is None:
-            answer = await client.chat.completions.create(model="default", messages=MSG, **extra)
-            assert answer.choices[0].message.content == "Hi" and script.calls == 1
-            return
         for stream in (False, True):
-            with pytest.raises(openai.BadRequestError) as e:
-                await client.chat.completions.create(model="default", messages=MSG, stream=stream, **extra)
-            assert (e.value.param, e.value.code) == (param, "unsupported_parameter")
-            assert f"Unsupported parameter: '{param}'. It is OpenAI's deprecated form" in e.value.message
-            assert ("'tools'" if param == "functions" else "'tool_choice'") in e.value.message
-    assert script.calls == 0
+            status, _, text = await post(api, {"model": "default", "messages": MSG, "stream": stream, **extra})
+            error = json.loads(text)["error"]
+            assert (status, error["param"]) == (400, param), text
+            assert words in error["message"], text
+        assert script.calls == 0
+        client = openai_client(api)
+        for neutral in ({"tools": [WEATHER], "function_call": "none"}, {"functions": [], "function_call": "auto"}):
+            answer = await client.chat.completions.create(model="default", messages=MSG, **neutral)
+            assert answer.choices[0].message.content == "Hi"
+        assert "functions" not in script.bodies[-1] and "function_call" not in script.bodies[-1]
