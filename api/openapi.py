@@ -96,6 +96,8 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ToolCall] | None = None
+    function_call: ToolCallFunction | None = Field(default=None, description="The call of a request that sent "
+                                                   "OpenAI's deprecated `functions` (then no `tool_calls`)")
 
 
 class Choice(BaseModel):
@@ -121,6 +123,7 @@ class ChunkDelta(BaseModel):
     role: str | None = None
     content: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None  # a legacy ``functions`` request's call, in pieces
 
 
 class ChunkChoice(BaseModel):
