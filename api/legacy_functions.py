@@ -80,7 +80,8 @@ def as_tools(sent: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         raise _bad(f"Invalid request: '{legacy[0]}' and '{modern[0]}' cannot both be provided. '{legacy[0]}' is "
                    f"deprecated; use the '{INSTEAD[legacy[0]]}' parameter instead.", legacy[0], "invalid_request")
     out = {k: v for k, v in sent.items() if k not in LEGACY}
-    out["messages"] = messages_as_tools(_messages(sent))
+    if isinstance(sent.get("messages"), list):  # else its own 400 (missing, not a list) names it as sent
+        out["messages"] = messages_as_tools(sent["messages"])
     if not _asks(sent, "functions"):
         if sent.get("function_call") not in (None, *NEUTRAL_CHOICES):
             raise _bad("Invalid value for 'function_call': 'function_call' is only allowed when 'functions' are "

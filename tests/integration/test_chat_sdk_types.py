@@ -830,7 +830,7 @@ async def test_the_sdks_functions_argument_calls_and_continues_a_legacy_conversa
                                                  function_call={"name": "get_weather"})
     call = first.choices[0].message.function_call
     assert (first.choices[0].finish_reason, call.name) == ("function_call", "get_weather")
-    history = [*MSG, first.choices[0].message.model_dump(exclude_none=True),
+    history = [*MSG, first.choices[0].message,  # the SDK's own message object, as OpenAI's cookbook sent it back
                {"role": "function", "name": "get_weather", "content": '{"celsius": 21}'}]
     then = await client.chat.completions.create(model="default", messages=history, functions=[LEGACY])
     assert then.choices[0].finish_reason == "stop" and then.choices[0].message.content
@@ -901,8 +901,9 @@ async def test_a_miner_that_makes_two_calls_is_no_answer_to_a_legacy_request(tmp
     ({"functions": [{"name": "get weather"}]}, "functions.0.name", "a function name is 1 to 64"),
     ({"functions": {"name": "get_weather"}}, "functions", "expected an array"),
     ({"functions": [LEGACY], "mixture": True}, "functions", "Mixture mode does not support functions"),
+    ({"functions": [LEGACY], "messages": None}, "messages", "Invalid value for 'messages': Input should be a valid list"),
 ], ids=["with-tools", "with-tool_choice", "function_call-with-tools", "no-functions", "unknown", "required",
-        "bad-name", "not-a-list", "mixture"])
+        "bad-name", "not-a-list", "mixture", "no-messages"])
 async def test_a_legacy_request_openai_refuses_is_a_400_naming_the_field(tmp_path: Path, extra: dict, param: str,
                                                                          words: str) -> None:
     """What OpenAI refuses of the legacy fields (both forms at once, a ``function_call`` naming no function offered)
