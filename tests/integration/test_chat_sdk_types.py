@@ -796,7 +796,8 @@ def legacy_stream_call(chunks: list[ChatCompletionChunk], index: int = 0) -> tup
     ({"functions": [LEGACY, LEGACY_TIME], "function_call": {"name": "get_time"}}, "get_time"),
     ({"functions": [LEGACY], "function_call": "auto", "n": 2}, "get_weather"),
     ({"functions": [LEGACY], "function_call": "none"}, None),
-], ids=["auto", "forced", "n2", "none"])
+    ({"functions": [LEGACY], "web_search_options": {}}, "get_weather"),
+], ids=["auto", "forced", "n2", "none", "web-search"])
 async def test_legacy_functions_are_answered_with_a_function_call(honest: ApiUnderTest, extra: dict,
                                                                   called: str | None) -> None:
     """OpenAI's deprecated ``functions`` and ``function_call`` (older LangChain, agent frameworks, tutorials) are
