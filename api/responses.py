@@ -12,6 +12,7 @@ made with ``background: true`` is answered by a task after the request
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -23,7 +24,14 @@ from api import responses_background, responses_state, sessions
 from api.access_log import access_logged, answer_line, ended_with, logged, note_cuts, request_id, write
 from api.auth import authenticate, check_search_scope
 from api.chat import Plan, answer, plan
-from api.completion import STREAM_CUT, logprob_tokens, mid_stream_failure, response_usage
+from api.completion import (
+    STREAM_CUT,
+    logged_outcome,
+    logprob_tokens,
+    mid_stream_failure,
+    outcome_code,
+    response_usage,
+)
 from api.concurrency import LIMITER, ConcurrencyLimiter, holds_slot
 from api.context import CTX, ApiContext
 from api.fanout import chat_deadline
@@ -115,10 +123,15 @@ async def _searched_answer(request: web.Request, key: KeyRecord, req: ChatComple
     tool = search_tool(wanted)
     try:
         if tool is not None:
-            await fmt.search_begins(request, query_of(body["messages"]))
-            body, fmt.found = await search_into(request.app[CTX], body, tool.search_context_size,
-                                                domains=tool.allowed_domains(),
-                                                request_id=request_id(request))
+            try:
+                await fmt.search_begins(request, query_of(body["messages"]))
+                body, fmt.found = await search_into(request.app[CTX], body, tool.search_context_size,
+                                                    domains=tool.allowed_domains(),
+                                                    request_id=request_id(request))
+            except asyncio.CancelledError:  # its caller left, or this process's stop cut it
+                status = logged_outcome("client_closed", [], stopping=request.app[CTX].ended_by_stop(request))
+                fmt.searched_line(request, key, status, started=started, code=outcome_code(status))
+                raise
             await fmt.search_ends()
             req = parse_model(ChatCompletionRequest, body)
         return await _truncated_answer(request, key, req, body, fmt, planned, started=started)
@@ -190,7 +203,8 @@ async def get_response(request: web.Request) -> web.StreamResponse:
             or await responses_state.response_store_call(ctx.responses.events(key.id, found.id, after=-1, limit=1))):
         raise invalid_value("stream", "only a background response made with stream: true can be streamed again; "
                                       "this one is returned whole (leave stream out)")
-    return await responses_background.stream_log(request, responses_background.resumed(ctx, key, found, after))
+    return await responses_background.stream_log(request, found.id, responses_background.resumed(ctx, key, found, after),
+                                                  after=after)
 
 
 @access_logged("responses")
@@ -334,10 +348,19 @@ class ResponsesFormat:
         assert self.opened is not None and self.events is not None
         end_at_stop(request, None)
         await self.opened.write_eof(failed_end(self.events, error))
-        if not logged(request):  # failed before its race (the search): ``answer`` logs a raced request
-            write(request, answer_line(self.kind, request_id(request), key.id, [], None, stream=True, mixture=False,
-                                       status=str(error.code), started=started))
+        self.searched_line(request, key, str(error.code), started=started)
         return self.opened
+
+    def searched_line(self, request: web.Request, key: KeyRecord, status: str, *, started: float,
+                      code: str | None = None) -> None:
+        """The line of a request that ended in its web search (failed, cut by a stop, its caller gone), before any
+        chat miner was asked: a raced request's, saying so (``uids=[] winner=None``, ``stream``), where the
+        middleware's said neither. None when its race wrote one (``answer`` logs a raced request), or for a
+        background response (its turn's line is held: ``responses_background.owe_line``)."""
+        if not logged(request) and not self.wanted.background:
+            write(request, answer_line(self.kind, request_id(request), key.id, [], None,
+                                       stream=bool(self.wanted.stream), mixture=False, status=status, started=started,
+                                       code=code))
 
     def _annotate(self, text: str) -> list[dict]:
         return citations(text, self.found) if self.found is not None else []
@@ -380,9 +403,13 @@ class ResponsesFormat:
         end_at_stop(request, lambda: failed_end(events, shutting_down(STREAM_CUT), response_usage(req, run)))
         async for batch in race.follow_batches(run):
             await response.write(b"".join(events.feed(e) for e in batch))
-        end_at_stop(request, None)
         tail = _closing(events, req, run)  # seals the final response
-        await response.write_eof(tail + await self._last(request, events))
+        # cut by a stop while it is stored: its whole answer, then its end as a store that failed gives it (it had a
+        # bare close, no last event)
+        end_at_stop(request, lambda: tail + self._unkept_last(events))
+        last = await self._last(request, events)
+        end_at_stop(request, None)
+        await response.write_eof(tail + last)
         return response
 
     async def _last(self, request: web.Request, events: ResponseStream) -> bytes:
@@ -396,6 +423,15 @@ class ResponsesFormat:
             ended_with(request, e.code or "error")
             return events.last(responses_state.turn_failed(events.final, e))
         return events.last(responses_state.as_kept(events.final, kept))
+
+    def _unkept_last(self, events: ResponseStream) -> bytes:
+        """The last event of a stream this process's stop cut as its sealed response was being stored, as ``_last``
+        gives it when the store fails: ``store: false`` (whether the store took it is not known); ``response.failed``
+        when it continues a conversation, which may lack the turn (sending it again is the caller's safe course)."""
+        if self.keeping is not None and self.keeping.conversation_id is not None:
+            return events.last(responses_state.turn_failed(
+                events.final, shutting_down("this turn may not be in its conversation")))
+        return events.last(responses_state.as_kept(events.final, False))
 
     async def _stream_to_log(self, log: EventLog, req: ChatCompletionRequest, race: Race,
                              run: MinerRun) -> web.StreamResponse:

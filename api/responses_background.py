@@ -22,6 +22,7 @@ starting_after=N``, on any worker), and the answer goes on without it.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -49,8 +50,10 @@ from api.responses_state import (
 )
 from api.storage_budget import charged
 from shared.aio import follow_growing
-from shared.errors import ApiError, invalid_value, retry_after
+from shared.connections import end_at_stop
+from shared.errors import SERVER_SHUTTING_DOWN, ApiError, invalid_value, retry_after
 from shared.http import json_response
+from shared.jsonutil import dumpb
 from shared.sse import SSE_HEADERS
 from shared.store.base import KeyRecord, StoreUnavailable
 from shared.store.responses import PreviousGone, StoredResponse
@@ -229,7 +232,7 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     # The caller knows its id before any miner has answered: these events are the log's first (added to it
     # before this awaits anything, so before the task runs).
     await log.add(log.events.start(queued=True))
-    return await stream_log(request, log.follow(-1))
+    return await stream_log(request, response_id, log.follow(-1))
 
 
 def owe_line(request: web.Request, key: KeyRecord, *, stream: bool, started: float) -> None:
@@ -248,20 +251,49 @@ def attempt_logged(request: web.Request, key: KeyRecord, *, stream: bool, starte
     owe_line(request, key, stream=stream, started=started)
 
 
-async def stream_log(request: web.Request, events: AsyncIterator[bytes]) -> web.StreamResponse:
-    """Relay a background response's events; a caller that leaves stops only its own stream. Its headers name
-    the request's id, as every other answer's do (this one's named none). A HEAD gets the headers alone: aiohttp
-    writes what a stream writes whatever the method, and the events sent after a HEAD's headers were read by the
-    client as its next answer on the connection."""
+async def stream_log(request: web.Request, response_id: str, events: AsyncIterator[bytes], *,
+                     after: int = -1) -> web.StreamResponse:
+    """Relay a background response's events (those after sequence number ``after``); a caller that leaves stops
+    only its own stream, and this process's stop ends it with ``stopped_following``. Its headers name the request's
+    id, as every other answer's do (this one's named none). A HEAD gets the headers alone: aiohttp writes what a
+    stream writes whatever the method, and the events sent after a HEAD's headers were read by the client as its
+    next answer on the connection."""
     response = web.StreamResponse(headers={"x-request-id": request_id(request), **SSE_HEADERS})
     await response.prepare(request)
     if request.method == "HEAD":
         await response.write_eof()
         return response
+    sent = after
+    end_at_stop(request, lambda: stopped_following(response_id, sent))
     async for chunk in events:
         await response.write(chunk)
+        sent = last_number(chunk, sent)
+    end_at_stop(request, None)
     await response.write_eof()
     return response
+
+
+def stopped_following(response_id: str, sent: int) -> bytes:
+    """The last event of a caller following a background response when this process stops: an ``error`` event
+    (code ``server_shutting_down``) saying where to stream it again from, with no ``sequence_number`` (every number
+    is the response's own, stored for a resume: one taken here would be skipped or repeated there) and the error
+    under ``error`` too, which both OpenAI SDKs raise as an ``APIError`` with its words. Its connection was closed
+    with no word, which the SDKs raise as a network fault's connection error. The response goes on (this process
+    gives it ``SHUTDOWN_GRACE_S`` more, then fails it): its other events, its end too, are there to resume."""
+    error = ApiError(503, f"This server is stopping (a restart or a deploy); response {response_id} goes on without "
+                          f"this stream: stream it again with starting_after={sent} for the rest of its events (its "
+                          "end too), or poll it.", code=SERVER_SHUTTING_DOWN, type_="server_error").body()["error"]
+    return b"event: error\ndata: " + dumpb({"type": "error", "code": error["code"], "message": error["message"],
+                                           "param": None, "error": error}) + b"\n\n"
+
+
+_NUMBER = re.compile(rb'"sequence_number":(\d+)')  # an event's own, its data's first number (``ResponseStream.event``)
+
+
+def last_number(chunk: bytes, before: int) -> int:
+    """The sequence number of the last event in ``chunk`` (whole SSE frames), ``before`` when it has none."""
+    found = _NUMBER.search(chunk.rstrip(b"\n").rsplit(b"\n\n", 1)[-1])
+    return int(found.group(1)) if found else before
 
 
 async def resumed(ctx: ApiContext, key: KeyRecord, found: StoredResponse, after: int) -> AsyncIterator[bytes]:
@@ -376,17 +408,22 @@ async def _settled(request: web.Request, ctx: ApiContext, key: KeyRecord, queued
         ended_with(request, CANCELLED)
         return None
     except ApiError as e:
-        final = failed(queued, e.message, failure_code(e))
-        if log is not None and log.events.closed:  # its stream showed a web search: the response has it too
-            final["output"] = log.events.items[:log.events.closed]
+        final = _so_far(failed(queued, e.message, failure_code(e)), log)
     except asyncio.CancelledError:  # a cancel (which settled it already) or a shutdown
-        if await settle(request, ctx, key, keeping, failed(queued, SHUT_DOWN)) is not None:
+        if await settle(request, ctx, key, keeping, _so_far(failed(queued, SHUT_DOWN), log)) is not None:
             ended_with(request, SHUT_DOWN_STATUS)
         raise
     except Exception as e:
         logger.opt(exception=e).error("background response {} failed", queued["id"])
         final = failed(queued, "internal error")
     return await settle(request, ctx, key, keeping, final, until=until)
+
+
+def _so_far(final: dict[str, Any], log: EventLog | None) -> dict[str, Any]:
+    """A response failed before its answer was whole (its search failed, or a shutdown), with the items its stream
+    showed as far as they came (``ResponseStream.so_far``), as the stream's own events then end them: it had none
+    (a shutdown's), or its search's still ``in_progress``."""
+    return final | {"output": log.events.so_far()} if log is not None and log.events.items else final
 
 
 async def _end_log(ctx: ApiContext, key: KeyRecord, response_id: str, log: EventLog | None) -> None:

@@ -221,6 +221,7 @@ class ResponseStream:
         self.seq = 0
         self.items: list[dict[str, Any]] = []  # in output order; each the item as it will be when done
         self.closed = 0  # items[:closed] were whole before the answer began (a web search)
+        self.search: int | None = None  # the index of a web search's item still running (``searching``)
         self.message: dict[str, Any] | None = None  # the open message, if the open item is one
         self.thinking: dict[str, Any] | None = None  # the open reasoning item, if the open item is one
         self.current: int | None = None  # the index of the item still open
@@ -252,7 +253,7 @@ class ResponseStream:
         """A ``web_search_call`` item's opening events (``item`` in progress), sent as its search begins: a
         streamed caller sees the search start instead of seconds of silence."""
         index = self._open(item)
-        self.closed, self.current = len(self.items), None  # opened and closed whole, before the answer
+        self.closed, self.current, self.search = len(self.items), None, index  # whole before the answer
         ids = {"output_index": index, "item_id": item["id"]}
         # Made one after another, in the order sent: each takes the next sequence_number (the completed
         # event, made first, had number 2 and came after 3, 4 and 5).
@@ -264,9 +265,28 @@ class ResponseStream:
         """The closing events of the search ``searching`` opened (``item`` as it ended, under the same id)."""
         index = next(i for i, it in enumerate(self.items) if it["id"] == item["id"])
         self.items[index] = item
+        self.search = None
         ids = {"output_index": index, "item_id": item["id"]}
         done = self.event("response.web_search_call.completed", **ids) if item["status"] == "completed" else b""
         return done + self.event("response.output_item.done", output_index=index, item=item)
+
+    def search_failed(self) -> bytes:
+        """The closing events of a web search the stream's failure (the search's own, or this process's stop) ended
+        before it did: its item ``failed`` (OpenAI's word for a search call that did not finish), as a search no
+        retrieval miner answered; b"" when none runs. It was left ``in_progress``, never done, in a stream whose
+        every other item was."""
+        if self.search is None:
+            return b""
+        return self.search_done(self.items[self.search] | {"status": "failed"})
+
+    def so_far(self) -> list[dict[str, Any]]:
+        """Every item its events opened, as far as it came, as a response that failed now has them (a background
+        response its worker's shutdown or a failed search ended): one still open ``incomplete``, a search still
+        running ``failed``, as ``ended`` then closes them. Such a response said no output at all, or only its
+        search's, still ``in_progress``, after events that had done the items."""
+        still = {*self.unfinished, *([] if self.current is None else [self.current])}
+        return [item | {"status": "failed"} if index == self.search else item | {"status": "incomplete"}
+                if index in still else item for index, item in enumerate(self.items)]
 
     def feed(self, chunk: Event) -> bytes:
         """The events for one chat chunk (already checked by the race: an object with choices)."""
@@ -386,7 +406,9 @@ class ResponseStream:
         # An answer with neither text nor calls (thinking alone, say) that ended whole ends with an empty message,
         # as in the non-streamed object (``says_nothing``).
         answered = any(item["type"] != "reasoning" for item in self.items[self.closed:])
-        out = [self._open_message()] if not answered and error is None and says_nothing(finish_reason) else []
+        out = [self.search_failed()]  # a failure during the search (an answer begins after it)
+        if not answered and error is None and says_nothing(finish_reason):
+            out.append(self._open_message())
         final = finished(self.base, self.items, finish_reason=finish_reason, usage=usage, error=error)
         out.append(self._close_current())
         out.extend(self._close(index, self.items[index]) for index in sorted(self.unfinished))
@@ -406,8 +428,8 @@ class ResponseStream:
         (``incomplete`` unless ``final`` completed), then ``final``'s event. Its end alone left items the stream
         opened without their ``.done`` events (what apps act on, a call's arguments whole), as OpenAI's stream never
         does. A stream whose answer closed them (``closing``) gets the last event alone."""
-        left = sorted({*self.unfinished, *([] if self.current is None else [self.current])})
-        self.current, self.message, self.thinking, self.unfinished = None, None, None, []
+        left = sorted({*self.unfinished, *(index for index in (self.current, self.search) if index is not None)})
+        self.current, self.message, self.thinking, self.unfinished, self.search = None, None, None, [], None
         whole = {item.get("id"): item for item in final.get("output") or () if isinstance(item, dict)}
         status = "completed" if final.get("status") == "completed" else "incomplete"
         out = []

@@ -38,6 +38,50 @@ def response_events(text: str) -> list[dict]:
     return out
 
 
+ENDINGS = ("response.completed", "response.failed", "response.incomplete")
+
+
+def stream_faults(events: list[dict]) -> list[str]:
+    """What is inconsistent in a Responses stream's events, as OpenAI's SDKs and their callers read it (none: []):
+    a sequence number skipped or repeated, an ``output_index`` used twice, an item opened and never done (or done
+    still ``in_progress``), a content part never done, an event after the last, or a last event whose ``output``
+    is not the items done, with their ids and statuses."""
+    faults = []
+    if [e.get("sequence_number") for e in events] != list(range(len(events))):
+        faults.append(f"sequence numbers {[e.get('sequence_number') for e in events]}")
+    if not events or events[-1]["type"] not in ENDINGS or sum(e["type"] in ENDINGS for e in events) != 1:
+        faults.append(f"not one last event: {[e['type'] for e in events][-3:]}")
+    added: dict[int, dict] = {}
+    done: dict[int, dict] = {}
+    parts: set[tuple[int, int]] = set()
+    for e in events:
+        index = e.get("output_index")
+        if e["type"] == "response.output_item.added":
+            if index != len(added):
+                faults.append(f"output_index {index} added as item {len(added)}")
+            added[index] = e["item"]
+        elif e["type"] == "response.output_item.done":
+            if index in done or added.get(index, {}).get("id") != e["item"]["id"]:
+                faults.append(f"item {index} done twice, or not the one added")
+            if e["item"].get("status") in ("in_progress", "searching"):
+                faults.append(f"item {index} done {e['item']['status']}")
+            done[index] = e["item"]
+        elif e["type"] == "response.content_part.added":
+            parts.add((index, e["content_index"]))
+        elif e["type"] == "response.content_part.done":
+            parts.discard((index, e["content_index"]))
+        elif index in done:
+            faults.append(f"{e['type']} after item {index} was done")
+    faults += [f"item {index} ({item['type']}) never done" for index, item in added.items() if index not in done]
+    faults += [f"content part {part} never done" for part in sorted(parts)]
+    output = events[-1].get("response", {}).get("output") if events else None
+    whole = [(item["id"], item.get("status")) for _, item in sorted(done.items())]
+    if output is not None and [(item["id"], item.get("status")) for item in output] != whole:
+        faults.append(f"the last event's output {[(o['type'], o.get('status')) for o in output]} is not the items "
+                      f"done {[(item['type'], item.get('status')) for _, item in sorted(done.items())]}")
+    return faults
+
+
 def keypair(uri: str) -> Keypair:
     """A deterministic sr25519 keypair (``//Validator``, ``//Miner1``, ...)."""
     return Keypair.create_from_uri(uri)

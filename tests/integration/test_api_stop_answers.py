@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import openai
 
-from tests.helpers import Script, chunk, keypair, scripted_miner_app, serve_app, wait_until
+from tests.chaos.tcp_proxy import tcp_proxy
+from tests.helpers import Script, chunk, keypair, scripted_miner_app, serve_app, stream_faults, wait_until
 from tests.keys.procs import ADMIN, ApiProcess, prepare, start_api, wait_ready
 
 MODEL = "sn1/deterministic"
@@ -29,20 +33,22 @@ class Stopping:
     api: ApiProcess
     miner: Script
     head: dict[str, str]
+    env: dict[str, str]  # its settings (another API started on its store takes them)
 
 
 @contextlib.asynccontextmanager
-async def api_before(tmp_path: Path, miner: Script) -> AsyncIterator[Stopping]:
+async def api_before(tmp_path: Path, miner: Script, *, store_url: str | None = None,
+                     namespace: str = "sn1") -> AsyncIterator[Stopping]:
     async with serve_app(scripted_miner_app(miner)) as served:
         env = prepare(tmp_path, {1: (keypair("//Miner1").ss58_address, served.removeprefix("http://"))})
-        api = start_api(tmp_path, env, store_url=f"sqlite:///{tmp_path / 'api.db'}")
+        api = start_api(tmp_path, env, store_url=store_url or f"sqlite:///{tmp_path / 'api.db'}", namespace=namespace)
         try:
             await asyncio.to_thread(wait_ready, [api])
             async with aiohttp.ClientSession() as http, http.post(
                     f"{api.url}/api_management/create-api-key/?rate_limit=1000", headers={"admin-key": ADMIN}) as r:
                 assert r.status == 200, await r.text()
                 key = (await r.json())["api_key"]
-            yield Stopping(api, miner, {"Authorization": f"Bearer {key}"})
+            yield Stopping(api, miner, {"Authorization": f"Bearer {key}"}, env)
         finally:
             api.kill()
 
@@ -172,6 +178,8 @@ async def test_a_stream_that_had_begun_ends_with_an_error_event_when_the_api_sto
         assert "stopping" in error["message"] and "send it again" in error["message"], error
     for name in ("responses", "searching"):
         events = events_of(got[name][0])
+        # its search's item was left in_progress, never done: done failed, as the response.failed has it
+        assert stream_faults([json.loads(data) for _, data in events]) == [], (name, events[-4:])
         numbered = [json.loads(data) for _, data in events]
         assert [e["sequence_number"] for e in numbered] == list(range(len(numbered))), name
         last_name, last = events[-1]
@@ -180,4 +188,93 @@ async def test_a_stream_that_had_begun_ends_with_an_error_event_when_the_api_sto
         assert failed["error"]["code"] == "server_error" and "stopping" in failed["error"]["message"], failed
     answered = [name for name, _ in events_of(got["responses"][0])]
     assert "response.output_text.done" in answered and "response.output_item.done" in answered, answered[-6:]
-    assert run.api.log.read_text().count(" status=shut_down code=server_shutting_down ") == len(asks) + 1
+    log = run.api.log.read_text()
+    assert log.count(" status=shut_down code=server_shutting_down ") == len(asks) + 1
+    # the searching stream's line said neither uids nor winner (the middleware's): now what is known, none asked
+    assert log.count(" uids=[] winner=None stream=True mixture=False status=shut_down code=server_shutting_down ") == 1
+
+
+async def test_a_stream_storing_its_answer_when_the_api_stops_still_ends_with_its_last_event(tmp_path: Path) -> None:
+    """A Responses stream whose answer is whole and being stored (a store that does not answer) when the stop's grace
+    ends had a bare close: its items never done, no last event (the SDK raised a connection error). Now it ends as
+    when the store fails: its items done, then ``response.completed`` saying ``store: false``."""
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    target = redis_url.split("://", 1)[1].split("/", 1)
+    host, port = target[0].rsplit(":", 1)
+    last_words = asyncio.Event()
+    miner = Script([(0, f"data: {chunk('word0 ')}\n\n".encode()),
+                    (last_words, f"data: {chunk('word1', finish='stop')}\n\ndata: [DONE]\n\n".encode())])
+    db = target[1] if len(target) > 1 else "0"
+    async with tcp_proxy(host, int(port)) as proxy, api_before(
+            tmp_path, miner, store_url=f"redis://127.0.0.1:{proxy.port}/{db}",
+            namespace=f"stop-{secrets.token_hex(4)}") as run, aiohttp.ClientSession() as http:
+        seen = b""
+        async with http.post(run.api.url + "/v1/responses", headers=run.head, timeout=aiohttp.ClientTimeout(total=40),
+                             json={"model": MODEL, "input": "Take your time.", "stream": True}) as r:
+            assert r.status == 200, await r.text()
+            while b"word0 " not in seen:
+                seen += await r.content.readany()
+            proxy.hold_replies()  # the store hears the answer's record, and does not answer
+            run.api.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(4.0)  # the answer ends, and is being stored, as the grace (5 s) ends
+            last_words.set()
+            try:
+                seen += await r.content.read()
+            finally:
+                proxy.pass_replies()
+    events = [json.loads(data) for _, data in events_of(seen)]
+    assert stream_faults(events) == [], [e["type"] for e in events][-5:]
+    final = events[-1]
+    assert final["type"] == "response.completed" and final["response"]["store"] is False, final
+    assert final["response"]["output"][0]["content"][0]["text"] == "word0 word1"
+
+
+async def test_a_caller_following_a_background_stream_is_told_where_to_resume_when_the_api_stops(
+        tmp_path: Path) -> None:
+    """The caller of a streamed background response (and one following it again, ``GET ...?stream=true``) had its
+    connection closed with no word when the API stopped (a network fault to the SDK), while the response went on.
+    Now each ends with an ``error`` event without a sequence number (the numbers are the response's own, stored for a
+    resume), which the SDK raises with the words ``starting_after=<the last it had>``; resumed from there on the
+    API started again, the events go on with no gap, to the response's end."""
+    trickling = Script([(0.2, f"data: {chunk(f'word{i} ')}\n\n".encode()) for i in range(150)]
+                       + [(0, b"data: [DONE]\n\n")])
+    async with api_before(tmp_path, trickling) as run:
+        client = openai.AsyncOpenAI(base_url=run.api.url + "/v1", api_key=run.head["Authorization"][7:],
+                                    max_retries=0, timeout=30)
+        made: list[Any] = []
+        followed: list[Any] = []
+
+        async def read(stream: Any, into: list[Any]) -> Exception | None:
+            try:
+                async for event in stream:
+                    into.append(event)
+            except Exception as e:  # what it raises is what is tested
+                return e
+            return None
+
+        stream = await client.responses.create(model=MODEL, input="Take your time.", background=True, stream=True)
+        maker = asyncio.create_task(read(stream, made))
+        assert await wait_until(lambda: any(e.type == "response.output_text.delta" for e in made), 20) < 20
+        follower = asyncio.create_task(read(await client.responses.retrieve(made[0].response.id, stream=True),
+                                            followed))
+        assert await wait_until(lambda: len(followed) > 5, 20) < 20
+        run.api.proc.send_signal(signal.SIGTERM)
+        raised = [await maker, await follower]
+        await asyncio.to_thread(run.api.proc.wait, 30)
+        again = start_api(tmp_path, run.env, store_url=f"sqlite:///{tmp_path / 'api.db'}")
+        try:
+            await asyncio.to_thread(wait_ready, [again])
+            other = openai.AsyncOpenAI(base_url=again.url + "/v1", api_key=run.head["Authorization"][7:],
+                                       max_retries=0, timeout=30)
+            for events, error in zip((made, followed), raised, strict=True):
+                assert isinstance(error, openai.APIError) and not isinstance(error, openai.APIConnectionError), error
+                assert error.code == "server_shutting_down", error
+                last = events[-1].sequence_number
+                assert f"starting_after={last} " in error.message, (error.message, last)
+                rest = [e async for e in await other.responses.retrieve(made[0].response.id, stream=True,
+                                                                       starting_after=last)]
+                whole = [e.model_dump(mode="json") for e in [*events, *rest]]
+                assert stream_faults(whole) == [], [e["type"] for e in whole][-5:]
+                assert whole[-1]["type"] == "response.failed", whole[-1]["type"]
+        finally:
+            again.kill()

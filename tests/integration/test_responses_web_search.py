@@ -14,8 +14,10 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
+from api import web_search
+from shared.errors import ApiError
 from tests.compat.support import fresh_cache, serves
-from tests.helpers import Script, api_with_miners, chunk, post, sse
+from tests.helpers import Script, api_with_miners, chunk, openai_client, post, sse, stream_faults
 
 PAGE = "https://corpus.sn1.local/wiki/pelseldan-city"
 
@@ -327,6 +329,37 @@ async def test_a_stream_opened_by_its_search_for_a_model_no_miner_serves_ends_fa
     failed = got[-1]["response"]
     assert got[-1]["type"] == "response.failed" and failed["error"]["code"] == "model_not_found", failed
     assert "`no/such-model` does not exist" in failed["error"]["message"]
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["foreground", "background"])
+async def test_a_search_that_fails_ends_its_item_failed_before_response_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, background: bool) -> None:
+    """A web search that fails (its retrieval miners' selection refuses it) fails the stream it opened: its
+    ``web_search_call`` item was left ``in_progress``, with no ``output_item.done`` (every other open item gets
+    its done events), and the background response's ``response.failed`` (and its stored record) said the search
+    was still ``in_progress``. Now the item is done ``failed`` (a search call's status for one that did not
+    finish), as the last event and the stored response have it."""
+    async def refused(*_: object, **__: object) -> None:
+        await asyncio.sleep(0.2)
+        raise ApiError(400, "Unknown task 'web_retrieval'.", code="unknown_task", param="task")
+
+    monkeypatch.setattr(web_search, "search", refused)
+    async with api_with_miners(tmp_path, {1: miner_answering("Pelseldan is a city.")}) as api:
+        body = {"model": "default", "input": "Pelseldan?", "tools": [{"type": "web_search"}], "background": background}
+        got = await _events_as_they_come(api, body)
+        client = openai_client(api)
+        async with client.responses.stream(**body) as events:  # the SDK's accumulator takes it
+            sdk = [event async for event in events]
+        stored = await client.responses.retrieve(got[0]["response"]["id"]) if background else None
+    assert stream_faults(got) == []
+    assert [e["type"] for e in got][-3:] == ["response.web_search_call.searching", "response.output_item.done",
+                                             "response.failed"]
+    assert got[-2]["item"]["status"] == "failed" and got[-2]["item"]["id"] == got[-1]["response"]["output"][0]["id"]
+    assert sdk[-1].type == "response.failed" and [(o.type, o.status) for o in sdk[-1].response.output] == [
+        ("web_search_call", "failed")]
+    if stored is not None:
+        assert stored.status == "failed" and [(o.type, o.status) for o in stored.output] == [
+            ("web_search_call", "failed")]
 
 
 async def test_a_search_does_not_wait_for_its_slowest_miner_and_still_scores_it(tmp_path: Path) -> None:
