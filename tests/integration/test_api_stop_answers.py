@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import openai
+import pytest
 
 from tests.chaos.tcp_proxy import tcp_proxy
 from tests.helpers import Script, chunk, keypair, scripted_miner_app, serve_app, stream_faults, wait_until
@@ -194,10 +195,13 @@ async def test_a_stream_that_had_begun_ends_with_an_error_event_when_the_api_sto
     assert log.count(" uids=[] winner=None stream=True mixture=False status=shut_down code=server_shutting_down ") == 1
 
 
-async def test_a_stream_storing_its_answer_when_the_api_stops_still_ends_with_its_last_event(tmp_path: Path) -> None:
+@pytest.mark.parametrize("conversation", [False, True], ids=["alone", "conversation"])
+async def test_a_stream_storing_its_answer_when_the_api_stops_still_ends_with_its_last_event(
+        tmp_path: Path, conversation: bool) -> None:
     """A Responses stream whose answer is whole and being stored (a store that does not answer) when the stop's grace
     ends had a bare close: its items never done, no last event (the SDK raised a connection error). Now it ends as
-    when the store fails: its items done, then ``response.completed`` saying ``store: false``."""
+    when the store fails: its items done, then ``response.completed`` saying ``store: false``; a turn of a
+    conversation, which may lack it, ``response.failed`` (sending it again is the caller's safe course)."""
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     target = redis_url.split("://", 1)[1].split("/", 1)
     host, port = target[0].rsplit(":", 1)
@@ -208,9 +212,13 @@ async def test_a_stream_storing_its_answer_when_the_api_stops_still_ends_with_it
     async with tcp_proxy(host, int(port)) as proxy, api_before(
             tmp_path, miner, store_url=f"redis://127.0.0.1:{proxy.port}/{db}",
             namespace=f"stop-{secrets.token_hex(4)}") as run, aiohttp.ClientSession() as http:
-        seen = b""
+        seen, body = b"", {"model": MODEL, "input": "Take your time.", "stream": True}
+        if conversation:
+            async with http.post(run.api.url + "/v1/conversations", headers=run.head, json={}) as r:
+                assert r.status == 200, await r.text()
+                body["conversation"] = (await r.json())["id"]
         async with http.post(run.api.url + "/v1/responses", headers=run.head, timeout=aiohttp.ClientTimeout(total=40),
-                             json={"model": MODEL, "input": "Take your time.", "stream": True}) as r:
+                             json=body) as r:
             assert r.status == 200, await r.text()
             while b"word0 " not in seen:
                 seen += await r.content.readany()
@@ -225,8 +233,12 @@ async def test_a_stream_storing_its_answer_when_the_api_stops_still_ends_with_it
     events = [json.loads(data) for _, data in events_of(seen)]
     assert stream_faults(events) == [], [e["type"] for e in events][-5:]
     final = events[-1]
-    assert final["type"] == "response.completed" and final["response"]["store"] is False, final
-    assert final["response"]["output"][0]["content"][0]["text"] == "word0 word1"
+    assert final["response"]["store"] is False and final["response"]["output"][0]["content"][0]["text"] == "word0 word1"
+    if conversation:
+        assert final["type"] == "response.failed" and "may not be in its conversation" in final["response"]["error"][
+            "message"], final
+    else:
+        assert final["type"] == "response.completed", final
 
 
 async def test_a_caller_following_a_background_stream_is_told_where_to_resume_when_the_api_stops(
