@@ -34,6 +34,7 @@ from tests.helpers import (
     openai_client,
     paced,
     sse,
+    stream_faults,
     wait_until,
 )
 
@@ -301,6 +302,38 @@ async def test_a_streamed_one_a_shutdown_fails_mid_answer_ends_its_items_before_
         "response.output_item.done", "response.failed"]
     assert events[-2]["item"]["status"] == "incomplete" and events[-2]["item"]["content"][0]["text"] == "Once upon"
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    # and the failed response has the message as far as it came, as its events showed it (its output was empty)
+    assert stream_faults(events) == [], events[-1]["response"]["output"]
+
+
+async def test_a_streamed_one_a_shutdown_fails_during_its_search_ends_the_search_item_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shutdown failed a streamed one during its web search: its ``web_search_call`` item was never done, and the
+    failed response (stored, and its last event) had no output at all after events that showed the search. The
+    item is done ``failed`` now, as the failed response has it."""
+    monkeypatch.setattr(responses_background, "SHUTDOWN_GRACE_S", 0.5)
+    async with api_with_miners(tmp_path, {1: Script([(30, d) for d in sse(chunk("late"))])}) as api:
+        stream = await openai_client(api).responses.create(model="default", input="Pelseldan?", background=True,
+                                                           stream=True, tools=[{"type": "web_search"}])
+        events = []
+        async for event in stream:
+            events.append(event)
+            if event.type == "response.web_search_call.searching":  # the caller leaves, then a stop
+                break
+        await stream.close()
+        key_id, response_id = await only_key_id(api), events[0].response.id
+    store = SQLiteResponseStore(tmp_path / "api.db")
+    try:
+        stored = [json.loads(frame.split("\ndata: ", 1)[1]) for _, frame in
+                  await store.events(key_id, response_id, after=-1, limit=100)]
+        found = await store.get(key_id, response_id)
+    finally:
+        await store.aclose()
+    assert stream_faults(stored) == [], [e["type"] for e in stored]
+    assert [e["type"] for e in stored[-3:]] == ["response.web_search_call.searching", "response.output_item.done",
+                                                "response.failed"]
+    assert found is not None and [(o["type"], o["status"]) for o in found.response["output"]] == [
+        ("web_search_call", "failed")]
 
 
 async def test_a_background_turn_of_a_conversation_is_added_once_done(honest: ApiUnderTest) -> None:
