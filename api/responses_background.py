@@ -346,7 +346,10 @@ async def resumed(ctx: ApiContext, key: KeyRecord, found: StoredResponse, after:
             stored.extend(frame for _, frame in frames)
         closing = reopened(stored)
         closing.seq = number
-        yield closing.ended(now.response)
+        final = now.response
+        if not final.get("output") and closing.items:  # failed past its deadline: the items as far as they came
+            final = final | {"output": closing.so_far()}
+        yield closing.ended(final)
 
 
 async def _stored_events(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIterator[list[tuple[int, str]]]:

@@ -281,11 +281,11 @@ class ResponseStream:
 
     def so_far(self) -> list[dict[str, Any]]:
         """Every item its events opened, as far as it came, as a response that failed now has them (a background
-        response its worker's shutdown or a failed search ended): one still open ``incomplete``, a search still
-        running ``failed``, as ``ended`` then closes them. Such a response said no output at all, or only its
-        search's, still ``in_progress``, after events that had done the items."""
-        still = {*self.unfinished, *([] if self.current is None else [self.current])}
-        return [item | {"status": "failed"} if index == self.search else item | {"status": "incomplete"}
+        response its worker's shutdown, a failed search or its worker's death ended): one still open ``incomplete``,
+        a search still running ``failed``, as ``ended`` then closes them. Such a response said no output at all, or
+        only its search's, still ``in_progress``, after events that had done the items."""
+        still = {*self.unfinished, *(index for index in (self.current, self.search) if index is not None)}
+        return [item | {"status": "failed" if item["type"] == "web_search_call" else "incomplete"}
                 if index in still else item for index, item in enumerate(self.items)]
 
     def feed(self, chunk: Event) -> bytes:

@@ -744,6 +744,9 @@ async def test_a_made_up_last_event_follows_the_done_events_of_the_items_left_op
     text = "Hello" if died else "Hello, Ada."
     assert (got[0].text, got[1].part.text, got[2].item.content[0].text) == (text, text, text)
     assert got[2].item.status == ("incomplete" if died else "completed") and got[2].item.id == "msg_1"
+    # read from the start, it is whole: the failed response had no output after the message's done events
+    whole = [e.model_dump(mode="json") async for e in await client.responses.retrieve("resp_open", stream=True)]
+    assert stream_faults(whole) == [], whole[-1]["response"]["output"]
     if not died:  # the SDK's helper, reading it from the start, has the final response
         async with client.responses.stream(response_id="resp_open") as events:
             assert (await events.get_final_response()).output_text == "Hello, Ada."
