@@ -276,6 +276,29 @@ async def test_a_shutdown_lets_them_finish_within_its_grace_then_fails_the_rest(
         await store.aclose()
 
 
+async def left_at(api: ApiUnderTest, stream: Any, event_type: str) -> tuple[str, str]:
+    """Read a background response's stream up to its first ``event_type``, then leave (the response goes on): its
+    key's id and its id."""
+    response_id = ""
+    async for event in stream:
+        if event.type == "response.created":
+            response_id = event.response.id
+        if event.type == event_type:
+            break
+    await stream.close()
+    return await only_key_id(api), response_id
+
+
+async def kept_after_stop(tmp_path: Path, key_id: str, response_id: str) -> tuple[list[dict[str, Any]], Any]:
+    """A background response's stored events and record, read from the store once its API stopped."""
+    store = SQLiteResponseStore(tmp_path / "api.db")
+    try:
+        return ([json.loads(frame.split("\ndata: ", 1)[1]) for _, frame in
+                 await store.events(key_id, response_id, after=-1, limit=100)], await store.get(key_id, response_id))
+    finally:
+        await store.aclose()
+
+
 async def test_a_streamed_one_a_shutdown_fails_mid_answer_ends_its_items_before_response_failed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shutdown failed a streamed one mid-message: its events went from the message's last delta straight to
@@ -284,19 +307,9 @@ async def test_a_streamed_one_a_shutdown_fails_mid_answer_ends_its_items_before_
     first, *rest = sse(chunk("Once upon"), chunk(" a time"), chunk(finish="stop"))
     async with api_with_miners(tmp_path, {1: Script([(0, first), *[(5, d) for d in rest]])}) as api:
         stream = await openai_client(api).responses.create(model="default", input="Hi", background=True, stream=True)
-        events = []
-        async for event in stream:
-            events.append(event)
-            if event.type == "response.output_text.delta":  # its first words came: the caller leaves, then a stop
-                break
-        await stream.close()
-        key_id, response_id = await only_key_id(api), events[0].response.id
-    store = SQLiteResponseStore(tmp_path / "api.db")
-    try:
-        events = [json.loads(frame.split("\ndata: ", 1)[1]) for _, frame in
-                  await store.events(key_id, response_id, after=-1, limit=100)]
-    finally:
-        await store.aclose()
+        # its first words came: the caller leaves, then a stop
+        key_id, response_id = await left_at(api, stream, "response.output_text.delta")
+    events, _ = await kept_after_stop(tmp_path, key_id, response_id)
     assert [e["type"] for e in events[-5:]] == [
         "response.output_text.delta", "response.output_text.done", "response.content_part.done",
         "response.output_item.done", "response.failed"]
@@ -315,20 +328,8 @@ async def test_a_streamed_one_a_shutdown_fails_during_its_search_ends_the_search
     async with api_with_miners(tmp_path, {1: Script([(30, d) for d in sse(chunk("late"))])}) as api:
         stream = await openai_client(api).responses.create(model="default", input="Pelseldan?", background=True,
                                                            stream=True, tools=[{"type": "web_search"}])
-        events = []
-        async for event in stream:
-            events.append(event)
-            if event.type == "response.web_search_call.searching":  # the caller leaves, then a stop
-                break
-        await stream.close()
-        key_id, response_id = await only_key_id(api), events[0].response.id
-    store = SQLiteResponseStore(tmp_path / "api.db")
-    try:
-        stored = [json.loads(frame.split("\ndata: ", 1)[1]) for _, frame in
-                  await store.events(key_id, response_id, after=-1, limit=100)]
-        found = await store.get(key_id, response_id)
-    finally:
-        await store.aclose()
+        key_id, response_id = await left_at(api, stream, "response.web_search_call.searching")
+    stored, found = await kept_after_stop(tmp_path, key_id, response_id)
     assert stream_faults(stored) == [], [e["type"] for e in stored]
     assert [e["type"] for e in stored[-3:]] == ["response.web_search_call.searching", "response.output_item.done",
                                                 "response.failed"]
