@@ -37,6 +37,7 @@ from tests.helpers import (
     openai_client,
     paced,
     sse,
+    stream_faults,
     wait_until,
 )
 from tests.store.conftest import conversations_of, drop_keys, redis_url
@@ -471,6 +472,7 @@ async def test_a_turn_the_store_cannot_take_fails_and_the_conversation_stays_as_
                                                                      extra_headers=turn)]
             types = [e.type for e in events]
             assert types[-1] == "response.failed" and "response.completed" not in types, types
+            assert stream_faults([e.model_dump(mode="json") for e in events]) == []  # its items done, as it says
             response = events[-1].response  # type: ignore[union-attr]
             # the SDK's code for it: store_unavailable (the 503's) is not among the SDK's codes of a response's error
             assert (response.status, response.error.code) == ("failed", "server_error")  # type: ignore[union-attr]
