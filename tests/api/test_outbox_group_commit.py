@@ -103,5 +103,6 @@ async def test_redis_group_is_one_round_trip_per_put_group_in_order() -> None:
         assert [it.payload["n"] for it in items] == list(range(30, n))  # -1 and 0..29 were dropped
         assert await box.dropped() == 31
     finally:
-        await box.r.delete(box.key, box.dropped_key, box.bytes_key, box.sizes_key)
+        await box.r.delete(box.key, box.dropped_key, box.bytes_key, box.sizes_key, box.full_key, box.recounted_key,
+                           box.failed_key)  # every key it writes: the run of drops' too (it was left in Redis)
         await box.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import secrets
 import signal
 import time
@@ -202,16 +201,26 @@ async def test_a_stream_storing_its_answer_when_the_api_stops_still_ends_with_it
     ends had a bare close: its items never done, no last event (the SDK raised a connection error). Now it ends as
     when the store fails: its items done, then ``response.completed`` saying ``store: false``; a turn of a
     conversation, which may lack it, ``response.failed`` (sending it again is the caller's safe course)."""
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    target = redis_url.split("://", 1)[1].split("/", 1)
+    import redis.asyncio
+
+    from tests.store.conftest import drop_keys, redis_url
+
+    url = redis_url()  # skipped without REDIS_URL, with the usual reason (CI sets it)
+    target = url.split("://", 1)[1].split("/", 1)
     host, port = target[0].rsplit(":", 1)
     last_words = asyncio.Event()
     miner = Script([(0, f"data: {chunk('word0 ')}\n\n".encode()),
                     (last_words, f"data: {chunk('word1', finish='stop')}\n\ndata: [DONE]\n\n".encode())])
     db = target[1] if len(target) > 1 else "0"
-    async with tcp_proxy(host, int(port)) as proxy, api_before(
-            tmp_path, miner, store_url=f"redis://127.0.0.1:{proxy.port}/{db}",
-            namespace=f"stop-{secrets.token_hex(4)}") as run, aiohttp.ClientSession() as http:
+    namespace = f"test-stop-{secrets.token_hex(4)}"
+    async with contextlib.AsyncExitStack() as stack:
+        redis_client = redis.asyncio.from_url(url)
+        stack.push_async_callback(redis_client.aclose)
+        stack.push_async_callback(drop_keys, redis_client, namespace)  # the namespace goes with the test
+        proxy = await stack.enter_async_context(tcp_proxy(host, int(port)))
+        store_url = f"redis://127.0.0.1:{proxy.port}/{db}"
+        run = await stack.enter_async_context(api_before(tmp_path, miner, store_url=store_url, namespace=namespace))
+        http = await stack.enter_async_context(aiohttp.ClientSession())
         seen, body = b"", {"model": MODEL, "input": "Take your time.", "stream": True}
         if conversation:
             async with http.post(run.api.url + "/v1/conversations", headers=run.head, json={}) as r:
