@@ -36,7 +36,11 @@ import orjson
 from shared.errors import ApiError, invalid_value
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
-_LONG_DIGITS = re.compile(rb"\d{19}")  # a possible integer beyond 64 bits
+# A possible integer beyond 64 bits: a run of 19 digits, found as a run of 19 b"0" in the body with each digit made a
+# b"0" and every other byte a space (two passes in C over the body: a regex search for rb"\d{19}" tried a match at
+# each byte, ~25 ns a byte, 6 us for a chat request of 240 bytes and 0.3 s for one of 8 MB).
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_DIGITS = b"0" * 19
 # How deep a request body may nest: far past any chat request or JSON schema, and under what the encoders take
 # (orjson writes 255 levels, the standard library's encoder about 990; deeper, a body read fine was a 500 when
 # it was sent on to the miners).
@@ -73,7 +77,7 @@ def loads_body(raw: bytes) -> Any:
 
 
 def _parsed(raw: bytes) -> Any:
-    if _LONG_DIGITS.search(raw) is None:
+    if not has_long_digits(raw):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -89,6 +93,11 @@ def _parsed(raw: bytes) -> Any:
         where, problem = unfit
         raise invalid_value(".".join(map(str, where)) or None, problem)
     return value
+
+
+def has_long_digits(raw: bytes) -> bool:
+    """Whether ``raw`` holds a run of 19 or more ASCII digits (what orjson may read as a float, losing digits)."""
+    return _LONG_DIGITS in raw.translate(_DIGITS_AS_ZERO)
 
 
 def deeper_than(value: Any, limit: int) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 from bittensor import http_auth
 from bittensor.wallets import parse_crypto_type
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from shared.byte_budget import ByteBudget
@@ -78,20 +78,25 @@ class Signer:
 _STATUS = {http_auth.MalformedAuth: 400, http_auth.WrongReceiver: 403}
 _AUTH_HEADERS = (http_auth.HEADER_VERSION, http_auth.HEADER_HOTKEY, http_auth.HEADER_NONCE, http_auth.HEADER_SIGNATURE,
                  http_auth.HEADER_RECEIVER, http_auth.HEADER_CRYPTO)
+# Each as the multidict looks it up (an ``istr``: a plain name is lowercased and hashed again at each lookup), the
+# header's name as an error names it, and the lowercased key ``_auth_headers`` gives its value under.
+_AUTH_NAMES = tuple((istr(name), name, name.lower()) for name in _AUTH_HEADERS)
+_VERSION, _HOTKEY, _NONCE, _SIGNATURE, _RECEIVER, _CRYPTO = (lower for _, _, lower in _AUTH_NAMES)
 
 
-def _auth_headers(headers: Any) -> Any:
-    """Only the btauth headers of a case-insensitive mapping: ``verify`` lowercases every header it
-    is given, and a request carries a dozen it does not read."""
+def _auth_headers(headers: Any) -> dict[str, str]:
+    """The btauth headers, under lowercased names (as ``http_auth.verify`` reads them): only those of a
+    case-insensitive mapping (a request carries a dozen it does not read). Taken once per request, for the header
+    checks and the signature's."""
     if not isinstance(headers, CIMultiDictProxy | CIMultiDict):
-        return headers
+        return {key.lower(): value for key, value in headers.items()}
     picked = {}
-    for name in _AUTH_HEADERS:
-        values = headers.getall(name, ())
+    for key, name, lower in _AUTH_NAMES:
+        values = headers.getall(key, ())
         if len(values) > 1:  # which copy was signed is ambiguous: refuse rather than pick one
             raise ApiError(400, f"MalformedAuth: duplicate {name} header", code="MalformedAuth")
         if values:
-            picked[name] = values[0]
+            picked[lower] = values[0]
     return picked
 
 
@@ -154,19 +159,18 @@ def _refusal(e: http_auth.AuthError) -> ApiError:
     return ApiError(_STATUS.get(type(e), 401), f"{type(e).__name__}: {e}", code=type(e).__name__, headers=again)
 
 
-def _claimed_sender(headers: dict[str, str], self_hotkey: str, max_age: float, now: int) -> tuple[str, int]:
+def _claimed_sender(lowered: dict[str, str], self_hotkey: str, max_age: float, now: int) -> tuple[str, int]:
     """The hotkey a request claims, and its nonce, once every check ``http_auth.verify`` makes on headers alone has
     passed, in its order and with its error classes: shape (``MalformedAuth``), receiver (``WrongReceiver``),
     freshness (``StaleRequest``, ``check_fresh``: by how much). Never stricter than ``verify``, which checks them all again with the
-    signature: this only refuses early what it would refuse."""
-    lowered = {key.lower(): value for key, value in headers.items()}
-    if lowered.get(http_auth.HEADER_VERSION.lower()) != http_auth.VERSION:
+    signature: this only refuses early what it would refuse. ``lowered``: ``_auth_headers``'s."""
+    if lowered.get(_VERSION) != http_auth.VERSION:
         raise http_auth.MalformedAuth(f"missing or unsupported {http_auth.HEADER_VERSION} "
                                       f"(expected {http_auth.VERSION!r})")
-    sender = lowered.get(http_auth.HEADER_HOTKEY.lower())
+    sender = lowered.get(_HOTKEY)
     if not sender:
         raise http_auth.MalformedAuth(f"missing {http_auth.HEADER_HOTKEY}")
-    raw_nonce = lowered.get(http_auth.HEADER_NONCE.lower())
+    raw_nonce = lowered.get(_NONCE)
     if raw_nonce is None:
         raise http_auth.MalformedAuth(f"missing {http_auth.HEADER_NONCE}")
     try:
@@ -174,17 +178,17 @@ def _claimed_sender(headers: dict[str, str], self_hotkey: str, max_age: float, n
     except ValueError:
         raise http_auth.MalformedAuth(f"{http_auth.HEADER_NONCE} is not a decimal integer") from None
     try:
-        parse_crypto_type(lowered.get(http_auth.HEADER_CRYPTO.lower(), "sr25519"))
+        parse_crypto_type(lowered.get(_CRYPTO, "sr25519"))
     except ValueError:
         raise http_auth.MalformedAuth(f"unsupported {http_auth.HEADER_CRYPTO}") from None
-    signature = lowered.get(http_auth.HEADER_SIGNATURE.lower())
+    signature = lowered.get(_SIGNATURE)
     if signature is None:
         raise http_auth.MalformedAuth(f"missing {http_auth.HEADER_SIGNATURE}")
     try:
         bytes.fromhex(signature.removeprefix("0x"))
     except ValueError:
         raise http_auth.MalformedAuth(f"{http_auth.HEADER_SIGNATURE} is not hex") from None
-    receiver = lowered.get(http_auth.HEADER_RECEIVER.lower())
+    receiver = lowered.get(_RECEIVER)
     if receiver is None:
         raise http_auth.WrongReceiver(f"missing {http_auth.HEADER_RECEIVER}: this server requires receiver-bound "
                                       "requests")
@@ -289,17 +293,24 @@ class RequestVerifier:
         wrong receiver, 401 stale (at ``now``, the headers' arrival: ns, the wall clock's) or signed before our
         start, 403 a caller we do not take. Before the body is read, and before the sr25519 verify and the nonce
         store: a stranger's valid signature leaves no nonce behind."""
-        now = self._wall() if now is None else now
+        return self._checked(_auth_headers(headers), self._wall() if now is None else now)
+
+    def _checked(self, auth: dict[str, str], now: int) -> str:
+        """``check_headers`` of ``_auth_headers``'s ``auth``."""
         try:
-            sender, nonce = _claimed_sender(_auth_headers(headers), self.self_hotkey, self.max_age, now)
+            sender, nonce = _claimed_sender(auth, self.self_hotkey, self.max_age, now)
             self._check_after_start(nonce)
         except http_auth.AuthError as e:
             raise _refusal(e) from None
+        self._authorize(sender)
+        return sender
+
+    def _authorize(self, sender: str) -> None:
+        """403 for a claimed ``sender`` we do not take (400 for one that is no address)."""
         if not self.authorizer.allowed(sender):
             if not is_ss58(sender):  # what ``verify`` says of it: no address is no caller to refuse
                 raise _refusal(http_auth.MalformedAuth("invalid hotkey address or signature encoding"))
             raise ApiError(403, f"hotkey {sender} {self.not_allowed}", code="NotAValidator")
-        return sender
 
     def _check_after_start(self, nonce: int) -> None:
         """``SignedBeforeStart`` for a nonce older than our start, within ``startup_window`` of it. A sender
@@ -317,10 +328,17 @@ class RequestVerifier:
         """Return the caller or raise ``ApiError`` (400 malformed, 401 bad/stale/replay, 403 not allowed); fresh
         or stale as of ``arrived`` (ns), when its headers came (None: now)."""
         arrived = self._wall() if arrived is None else arrived
-        self.check_headers(headers, now=arrived)
+        auth = _auth_headers(headers)
+        self._checked(auth, arrived)
+        return self._verified(auth, body, method=method, path=path, arrived=arrived)
+
+    def _verified(self, auth: dict[str, str], body: bytes, *, method: str, path: str,
+                  arrived: int) -> http_auth.Caller:
+        """The signature over ``body`` and the nonce checked (``http_auth.verify``), ``auth``'s headers having
+        passed ``_checked``."""
         try:
             return http_auth.verify(
-                _auth_headers(headers),
+                auth,
                 body,
                 method=method,
                 path=path,
@@ -343,7 +361,8 @@ class RequestVerifier:
         the nonce store keeps each nonce a minute past its signing (``nonce_retention``)."""
         arrived = self._wall()
         try:
-            self.check_headers(request.headers, now=arrived)
+            auth = _auth_headers(request.headers)  # once: the checks before the body and the signature's
+            sender = self._checked(auth, arrived)
         except ApiError as e:
             raise _unread(request, e) from None
         size = _expected_size(request)
@@ -353,8 +372,10 @@ class RequestVerifier:
                 code="server_busy", headers={"Retry-After": "1"}))
         try:
             body = await read_raw(request)  # a body too large or too slow is refused here, unsigned
-            return self.verify(request.headers, body, method=request.method, path=request.raw_path,
-                               arrived=arrived)
+            # what the headers decided stands (the same headers, the same arrival), but whether the caller is
+            # taken: a metagraph refresh while the body came may have taken its permit
+            self._authorize(sender)
+            return self._verified(auth, body, method=request.method, path=request.raw_path, arrived=arrived)
         finally:
             self.budget.give(size)
 

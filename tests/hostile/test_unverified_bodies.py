@@ -234,3 +234,34 @@ async def test_a_body_that_arrives_slowly_is_judged_fresh_as_its_headers_came(na
         finally:
             writer.close()
     assert int(status.split()[1]) == {"miner": 200, "validator": 202}[name], rest.decode(errors="replace")
+
+
+async def test_a_permit_lost_while_the_body_came_is_refused_after_it() -> None:
+    """The caller is checked again once its body is read: a metagraph refresh that took its permit while the body
+    was on its way refuses the request (403 ``NotAValidator``), and its nonce is not kept."""
+    permitted = {VALIDATOR.ss58_address}
+    verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: permitted), unverified_body_bytes=BUDGET)
+    async with serve_app(create_miner_app(DeterministicBackend(), verifier, max_body_bytes=BODY_CAP)) as url:
+        body = json.dumps({"model": "any", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        path = PATHS["miner"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        try:
+            writer.write(head(path, signed(path, body, MINER.ss58_address), len(body)) + body[:10])
+            await writer.drain()
+            for _ in range(200):  # its headers passed: its body is being read, within the budget
+                if verifier.budget.in_flight:
+                    break
+                await asyncio.sleep(0.01)
+            assert verifier.budget.in_flight
+            permitted.clear()  # the metagraph refreshed: the validator's permit is gone
+            writer.write(body[10:])
+            await writer.drain()
+            status = await asyncio.wait_for(reader.readline(), 5)
+            rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = int(next(line.split(b":")[1] for line in rest.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            answer = json.loads(await asyncio.wait_for(reader.readexactly(length), 5))
+        finally:
+            writer.close()
+    assert int(status.split()[1]) == 403 and answer["error"]["code"] == "NotAValidator"
+    assert len(verifier.nonce_store) == 0

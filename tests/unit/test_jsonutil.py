@@ -5,6 +5,7 @@ where they sit."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.errors import ApiError
-from shared.jsonutil import MAX_DEPTH, NON_FINITE, dumpb, loads_body, unfit_at
+from shared.jsonutil import MAX_DEPTH, NON_FINITE, dumpb, has_long_digits, loads_body, unfit_at
 
 ACCEPTED_BY_STDLIB_ONLY = [
     b'{"seed": 123456789012345678901234567890}',  # beyond 64 bits: orjson refuses, stdlib reads it
@@ -30,6 +31,15 @@ def test_big_integers_keep_their_value() -> None:
     assert loads_body(b'{"seed": 123456789012345678901234567890}')["seed"] == 123456789012345678901234567890
     assert loads_body(b'[18446744073709551616, -9223372036854775809]') == [2**64, -(2**63) - 1]
     assert loads_body(b'[9223372036854775807]') == [2**63 - 1]
+
+
+@given(st.binary(max_size=80) | st.lists(st.sampled_from([b"1", b"9", b"0", b"a", b" ", b"\xd9", b"/", b":"]),
+                                          max_size=80).map(b"".join))
+def test_long_digits_are_found_as_the_regex_finds_them(raw: bytes) -> None:
+    """The check that sends a body to the standard parser (an integer beyond 64 bits keeps its digits) finds what
+    ``\\d{19}`` finds: every run of 19 ASCII digits, and nothing else."""
+    assert has_long_digits(raw) == (re.search(rb"\d{19}", raw) is not None)
+    assert has_long_digits(b"x" + b"7" * 19 + raw) and not has_long_digits(b"1" * 18 + b"." + b"2" * 18)
 
 
 @pytest.mark.parametrize(("raw", "param"), [
