@@ -65,7 +65,9 @@ async def run_miner(settings: MinerSettings) -> None:
     # a port in use: stop before the backend starts
     sock = bound_socket(settings.miner_host, settings.miner_port, settings=LISTEN)
     backend = apply_quality_profile(settings.miner_profile, await build_backend(settings), settings)
-    standing = Standing(hotkey.ss58_address, sock.getsockname()[1])
+    # validators call only public axons read from the chain (``MetagraphView.from_settings``): a private one is said
+    standing = Standing(hotkey.ss58_address, sock.getsockname()[1],
+                        public_only=not settings.metagraph_file and not settings.private_axons)
     app = create_miner_app(backend, verifier, metagraph=metagraph, max_body_bytes=settings.max_body_bytes,
                            log_level=settings.log_level, standing=standing)
     logger.info(

@@ -116,6 +116,20 @@ def test_what_the_metagraph_says_of_the_miners_axon(axon: str | None, expected: 
     assert standing_problems(_own(axon), "5Miner", 8091) == ([expected] if expected else [])
 
 
+@pytest.mark.parametrize(("axon", "public_only", "private"), [
+    ("10.0.0.7:8091", True, True), ("[::ffff:127.0.0.1]:8091", True, True), ("1.1.1.1:8091", True, False),
+    ("10.0.0.7:8091", False, False)], ids=["private", "mapped-loopback", "public", "private-chain"])
+def test_an_axon_at_a_private_address_is_said_when_validators_skip_it(axon: str, public_only: bool,
+                                                                      private: bool) -> None:
+    """Validators and APIs call no axon at a private address read from the chain (``PRIVATE_AXONS`` off): a miner
+    that published one (its LAN address, ``btcli tx serve-axon --ip 10.0.0.7``) said nothing and was never called."""
+    problems = standing_problems(_own(axon), "5Miner", 8091, public_only=public_only)
+    assert problems == ([f"uid 3's axon is published at {axon}, a private address: validators and APIs call only "
+                         "public ones (publish this host's public IP with btcli tx serve-axon --netuid 7; "
+                         "PRIVATE_AXONS=true on every node of a chain whose nodes share a private network)"]
+                        if private else [])
+
+
 async def test_health_says_when_the_model_server_serves_no_model() -> None:
     """``/health`` said ``ok`` with ``"models": []`` when the model server was down at start: a monitor reading
     ``status`` alone saw a healthy miner that answered nothing."""
