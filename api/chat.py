@@ -346,14 +346,14 @@ async def _stream(
     function calling request, whose call is streamed as ``delta.function_call`` (``legacy_functions``).
     """
     headers = {**headers, **SSE_HEADERS}
-    shaped = events_as_function_call if function_call else list
     if run.done:
-        return web.Response(body=_frames(shaped(run.events)) + _trailer(req, run, found), headers=headers)
+        events = events_as_function_call(run.events) if function_call else run.events
+        return web.Response(body=_frames(events) + _trailer(req, run, found), headers=headers)
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     end_at_stop(request, stop_event)
     async for batch in race.follow_batches(run):
-        await response.write(_frames(shaped(batch)))
+        await response.write(_frames(events_as_function_call(batch) if function_call else batch))
     end_at_stop(request, None)
     await response.write_eof(_trailer(req, run, found))
     return response

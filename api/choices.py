@@ -139,7 +139,8 @@ async def answer_choices(request: web.Request, key: KeyRecord, req: ChatCompleti
     besides its own; ``function_call``: each in the legacy function calling shape, ``legacy_functions``)."""
     seed = req.seed if req.seed is not None else random.randrange(2**31 - MAX_CHOICES)
     asks = [Ask(req, req.miner_body(seed=choice_seed(seed, i), sent=sent), neurons) for i, neurons in enumerate(picks)]
-    return await run_choices(request, key, asks, ChatChoices(req, found, function_call=function_call), seed=seed, started=started, headers=headers)
+    fmt = ChatChoices(req, found, function_call=function_call)
+    return await run_choices(request, key, asks, fmt, seed=seed, started=started, headers=headers)
 
 
 def choice_seed(seed: int, i: int) -> int:

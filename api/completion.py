@@ -178,7 +178,10 @@ def outcome_code(status: str, error_code: str | None = None) -> str | None:
     ``status=failed_mid_stream``, and a race no miner won ``status=error``, with no code at all."""
     if status == "error":
         return error_code
-    return {FAILED_MID_STREAM: MINER_FAILED_MID_STREAM, SHUT_DOWN: SERVER_SHUTTING_DOWN}.get(status)
+    return _STATUS_CODES.get(status)
+
+
+_STATUS_CODES = {FAILED_MID_STREAM: MINER_FAILED_MID_STREAM, SHUT_DOWN: SERVER_SHUTTING_DOWN}  # ``outcome_code``'s
 
 
 def mid_stream_failure_event(runs: list[MinerRun]) -> bytes:
