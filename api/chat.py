@@ -34,7 +34,7 @@ from api.context import CTX
 from api.fanout import aimed, chat_deadline, node_deadline, passed_over, settle, start_race
 from api.legacy_functions import as_function_call, as_tools, events_as_function_call
 from api.race import MinerRun, Race
-from api.route_hints import refuse_unserved_fields_in_chat, require
+from api.route_hints import refuse_responses_fields_in_chat, require
 from api.selection import NO_MINERS, select_miners
 from api.web_retrieval import Found
 from api.web_search import chat_citations, citations_event, search_into
@@ -76,7 +76,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     require(sent, "messages")
     sent, function_call = as_tools(sent) if isinstance(sent, dict) else (sent, False)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)
-    refuse_unserved_fields_in_chat(sent)
+    refuse_responses_fields_in_chat(sent)
     if function_call and mixture.is_mixture(req):  # as tools are (``mixture.check_request``), naming what was sent
         raise ApiError(400, "Mixture mode does not support functions.", param="functions", code="unsupported_parameter")
     if req.web_search_options is not None:

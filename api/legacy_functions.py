@@ -19,13 +19,14 @@ from typing import Any
 from shared.errors import ApiError
 from shared.jsonutil import dumps, loads
 from shared.miner_client import Event
+from shared.protocol import FUNCTION_NAME
 
 LEGACY = ("functions", "function_call")
 INSTEAD = {"functions": "tools", "function_call": "tool_choice"}  # what each legacy field is now
 # What a legacy request cannot also hold (OpenAI: "'functions' and 'tools' cannot both be provided").
 MODERN = ("tools", "tool_choice")
 NEUTRAL_CHOICES = ("none", "auto")
-FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # OpenAI's, as ``FunctionDefinition`` checks a tool's
+_NAME = re.compile(FUNCTION_NAME)  # a function's name, as ``FunctionDefinition`` checks a tool's
 CALLS = "function_call"  # the legacy answer's finish reason and message field
 
 
@@ -48,7 +49,7 @@ def _checked_functions(functions: Any) -> list[dict[str, Any]]:
         if not isinstance(fn, dict):
             raise _bad(f"Invalid type for 'functions[{i}]': expected an object.", f"functions.{i}")
         name = fn.get("name")
-        if not isinstance(name, str) or not FUNCTION_NAME.match(name):
+        if not isinstance(name, str) or not _NAME.match(name):
             raise _bad(f"Invalid 'functions[{i}].name': a function name is 1 to 64 letters, digits, underscores "
                        "or dashes.", f"functions.{i}.name")
     return functions

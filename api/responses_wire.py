@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, field_val
 from pydantic_core import PydanticCustomError
 
 from shared.protocol import (
+    FUNCTION_NAME,
     MAX_OUTPUT_TOKENS,
     MAX_UIDS,
     MIN_TIMEOUT,
@@ -76,7 +77,7 @@ class Tool(BaseModel):
 
     model_config = REQUEST_CONFIG
     type: str
-    name: str | None = Field(default=None, validate_default=True, pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    name: str | None = Field(default=None, validate_default=True, pattern=FUNCTION_NAME)
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None

@@ -84,7 +84,7 @@ def refuse_chat_fields_in_responses(sent: dict[str, Any]) -> None:
     refuse_set(sent, RESPONSES_NOT_SERVED, lambda name, what: f"Unsupported parameter: '{name}'. {what}.")
 
 
-def refuse_unserved_fields_in_chat(sent: dict[str, Any]) -> None:
+def refuse_responses_fields_in_chat(sent: dict[str, Any]) -> None:
     """The Responses API's fields on ``/v1/chat/completions`` (``CHAT_INSTEAD``): a 400 naming the field and what
     chat completions take instead. (OpenAI's deprecated ``functions`` and ``function_call`` are served:
     ``legacy_functions``.)"""

@@ -240,9 +240,13 @@ class SamplingParameters(BaseModel):
     mixture: bool | None = None
 
 
+# A function's (a tool's) name as OpenAI takes one.
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
 class FunctionDefinition(BaseModel):
     model_config = REQUEST_CONFIG
-    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    name: str = Field(pattern=FUNCTION_NAME)
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
