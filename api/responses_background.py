@@ -51,7 +51,7 @@ from api.responses_state import (
 from api.storage_budget import charged
 from shared.aio import follow_growing
 from shared.connections import end_at_stop
-from shared.errors import SERVER_SHUTTING_DOWN, ApiError, invalid_value, retry_after
+from shared.errors import SERVER_SHUTTING_DOWN, STOPPING, ApiError, invalid_value, retry_after
 from shared.http import json_response
 from shared.jsonutil import dumpb
 from shared.sse import SSE_HEADERS
@@ -280,7 +280,7 @@ def stopped_following(response_id: str, sent: int) -> bytes:
     under ``error`` too, which both OpenAI SDKs raise as an ``APIError`` with its words. Its connection was closed
     with no word, which the SDKs raise as a network fault's connection error. The response goes on (this process
     gives it ``SHUTDOWN_GRACE_S`` more, then fails it): its other events, its end too, are there to resume."""
-    error = ApiError(503, f"This server is stopping (a restart or a deploy); response {response_id} goes on without "
+    error = ApiError(503, f"{STOPPING}; response {response_id} goes on without "
                           f"this stream: stream it again with starting_after={sent} for the rest of its events (its "
                           "end too), or poll it.", code=SERVER_SHUTTING_DOWN, type_="server_error").body()["error"]
     return b"event: error\ndata: " + dumpb({"type": "error", "code": error["code"], "message": error["message"],

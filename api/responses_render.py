@@ -284,9 +284,13 @@ class ResponseStream:
         response its worker's shutdown, a failed search or its worker's death ended): one still open ``incomplete``,
         a search still running ``failed``, as ``ended`` then closes them. Such a response said no output at all, or
         only its search's, still ``in_progress``, after events that had done the items."""
-        still = {*self.unfinished, *(index for index in (self.current, self.search) if index is not None)}
+        still = self._still_open()
         return [item | {"status": "failed" if item["type"] == "web_search_call" else "incomplete"}
                 if index in still else item for index, item in enumerate(self.items)]
+
+    def _still_open(self) -> set[int]:
+        """The indexes of the items opened and not done: those left open, the open one, a search still running."""
+        return {*self.unfinished, *(index for index in (self.current, self.search) if index is not None)}
 
     def feed(self, chunk: Event) -> bytes:
         """The events for one chat chunk (already checked by the race: an object with choices)."""
@@ -428,7 +432,7 @@ class ResponseStream:
         (``incomplete`` unless ``final`` completed), then ``final``'s event. Its end alone left items the stream
         opened without their ``.done`` events (what apps act on, a call's arguments whole), as OpenAI's stream never
         does. A stream whose answer closed them (``closing``) gets the last event alone."""
-        left = sorted({*self.unfinished, *(index for index in (self.current, self.search) if index is not None)})
+        left = sorted(self._still_open())
         self.current, self.message, self.thinking, self.unfinished, self.search = None, None, None, [], None
         whole = {item.get("id"): item for item in final.get("output") or () if isinstance(item, dict)}
         status = "completed" if final.get("status") == "completed" else "incomplete"

@@ -128,11 +128,14 @@ def model_not_found(model: str | None) -> ApiError:
                     code=MODEL_NOT_FOUND, param="model", type_="invalid_request_error")
 
 
+STOPPING = "This server is stopping (a restart or a deploy)"  # the first words of every answer a stop cuts
+
+
 def shutting_down(what: str) -> ApiError:
     """The error of a request this process's stop cut at the end of its grace (``what``: how far its answer had
     come): a 503 with ``Retry-After``, which the OpenAI SDKs retry, where nothing was sent; the last event of a
     stream that had begun, whose caller sends it again."""
-    return ApiError(503, f"This server is stopping (a restart or a deploy); {what}: send it again.",
+    return ApiError(503, f"{STOPPING}; {what}: send it again.",
                     code=SERVER_SHUTTING_DOWN, type_="server_error", headers=retry_after(1), close=True)
 
 

@@ -34,14 +34,17 @@ class ReferenceStatus:
     def failed(self, error: Exception) -> None:
         self.calls += 1
         self.failures += 1
-        self.last_error = str(error)[:500]
-        self.last_error_at = time.time()
+        self._note(error)
 
     def start_failed(self, error: Exception) -> None:
         """The start's check could not read the model list: the run of failures begins with it (its WARNING, and
         ``/ready`` failing until a call answers), though no job was skipped (``failures`` counts none)."""
-        self.last_error, self.last_error_at = str(error)[:500], time.time()
+        self._note(error)
         self.outage.failed(error, by=START)
+
+    def _note(self, error: Exception) -> None:
+        """``error`` as the last one (``report``'s)."""
+        self.last_error, self.last_error_at = str(error)[:500], time.time()
 
     def report(self) -> dict[str, object]:
         return {"kind": self.kind, "calls": self.calls, "failures": self.failures, "last_error": self.last_error,
