@@ -381,13 +381,6 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     return params
 
 
-# The HTTP parser (aiohttp) answers a request it cannot parse (request line or a header over 8190 bytes,
-# invalid HTTP) itself, before any application code runs: a plain-text 400, the one non-JSON error.
-PARSER_400 = {"description": "Invalid request: an OpenAI-shaped error; or, when the HTTP parser rejects the "
-                             "request itself (request line or a header over 8190 bytes), plain text",
-              "content": {"text/plain": {"schema": {"type": "string"}}}}
-
-
 def sse_event_schema(refs: dict[tuple[type[BaseModel], str], Any], event: type[BaseModel]) -> dict[str, Any]:
     """One server-sent event of a stream: its ``data`` is a JSON event, an OpenAI error, or ``[DONE]``."""
     payload = {"anyOf": [refs[(event, "serialization")], refs[(ErrorOut, "serialization")]]}
@@ -411,8 +404,7 @@ def _responses(op: Operation, refs: dict[tuple[type[BaseModel], str], Any]) -> d
         content["text/event-stream"] = {"schema": sse_event_schema(refs, op.event or ChatCompletionChunkOut),
                                         "description": op.stream_doc}
     ok = {"description": op.summary, "content": content}
-    responses = {"200": ok, "400": PARSER_400 | {"content": {**error["content"], **PARSER_400["content"]}},
-                 "4XX": error, "5XX": error}
+    responses = {"200": ok, "4XX": error, "5XX": error}
     if op.tag == "operations" and op.response is ReadyOut:
         responses["503"] = {"description": "Not ready (same body, with reasons)", "content": ok["content"]}
     return responses

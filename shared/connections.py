@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 from loguru import logger
 
@@ -53,6 +54,10 @@ _REFUSED_BODY = (b'{"error":{"message":"Too many connections are open from this 
                  b'"code":"too_many_connections","param":null}}')
 REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
            b"Connection: close\r\nContent-Length: " + str(len(_REFUSED_BODY)).encode() + b"\r\n\r\n" + _REFUSED_BODY)
+# What a server answers where aiohttp would answer plain text (``GuardedRequestHandler.handle_error``): given the
+# request (an empty stand-in for one the parser refused), the status, the exception, the length of the request's
+# first line as far as it came (a refused one's) and whether it was its connection's first; made by ``shared.http``.
+ErrorAnswer = Callable[[web.BaseRequest, int, BaseException | None, int, bool], web.StreamResponse]
 _MAX_TOLD = 4096  # addresses whose last log line is remembered; older ones are forgotten past this
 FD_HEADROOM = 0.25  # of the fd limit kept for the process's own files and outgoing connections
 
@@ -189,11 +194,16 @@ class GuardedRequestHandler(RequestHandler):
     being answered (it looks again one timeout later). Idle time with no byte sent after a request is
     ``keepalive_timeout``'s to bound, as before."""
 
-    __slots__ = ("_guard", "_guard_key", "_admitted", "_header_clock", "_open_payload", "cut_by_stop", "closed_here")
+    __slots__ = ("_guard", "_guard_key", "_admitted", "_header_clock", "_open_payload", "cut_by_stop", "closed_here",
+                 "_answer_error", "_line_length", "_line_ended")
 
-    def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, *, guard: ConnectionGuard, answer_error: ErrorAnswer,
+                 **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
+        self._answer_error = answer_error
+        self._line_length = 0  # bytes of the next request's first line seen so far (up to its line break)
+        self._line_ended = False
         self._guard_key: str | None = None
         self._admitted = False
         self._header_clock: asyncio.TimerHandle | None = None
@@ -236,8 +246,12 @@ class GuardedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         requests = self._request_count
         in_body = self._open_payload is not None  # these bytes go on the last request's body
+        if not in_body:
+            self._measure_line(data)
         super().data_received(data)
         if self._request_count != requests:  # a whole request line and headers (or a refused one)
+            if not self._messages or not isinstance(getattr(self._messages[-1][0], "exc", None), HttpProcessingError):
+                self._line_length, self._line_ended = 0, False  # the next request's line is measured afresh
             self._stop_header_clock()
             payload = self._messages[-1][1] if self._messages else None
             self._open_payload = payload if payload is not None and not payload.is_eof() else None
@@ -249,6 +263,27 @@ class GuardedRequestHandler(RequestHandler):
         # connection 10 s later, as a slow client's.
         if data and not in_body:
             self._start_header_clock()
+
+    def _measure_line(self, data: bytes) -> None:
+        """Count the request line's bytes up to its line break: a refused request whose line is longer than the
+        parser's limit is a URI too long (414), one whose line ended within it a header too long (431); aiohttp
+        raises the same ``LineTooLong`` for both. (A head that follows another in the same read, pipelined, is
+        measured from the read's start: at worst a 414 said a 431.)"""
+        if self._line_ended:
+            return
+        end = data.find(b"\n")
+        self._line_length += len(data) if end < 0 else end
+        self._line_ended = end >= 0
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """aiohttp's answer where no app middleware runs (a request its parser refused, a failure outside every
+        error middleware), made an OpenAI-shaped error by ``answer_error``: aiohttp's own is plain text, which the
+        OpenAI SDKs show as an unreadable error. A refused request is logged by ``answer_error``, once; anything
+        else, by aiohttp (``ServerLog``: a bug's traceback), which also raises when an answer had begun."""
+        if not isinstance(exc, HttpProcessingError):
+            super().handle_error(request, status, exc, message)
+        return self._answer_error(request, status, exc, self._line_length, self._request_count == 1)
 
     def _start_header_clock(self) -> None:
         if self._header_clock is None:
@@ -287,12 +322,14 @@ class GuardedRequestHandler(RequestHandler):
 class GuardedServer(web.Server):
     """aiohttp's ``Server`` (the protocol factory a site listens with), making guarded handlers."""
 
-    def __init__(self, *args: Any, guard: ConnectionGuard, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, guard: ConnectionGuard, answer_error: ErrorAnswer, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.guard = guard
+        self.answer_error = answer_error
 
     def __call__(self) -> RequestHandler:
-        return GuardedRequestHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
+        return GuardedRequestHandler(self, loop=self._loop, guard=self.guard, answer_error=self.answer_error,
+                                     **self._kwargs)
 
     def end_in_flight(self) -> None:
         """As a stop's grace ends: the requests nothing was sent for yet, and the streams that gave their last event
@@ -333,14 +370,17 @@ def ended_by_stop(request: web.Request) -> bool:
 
 
 class GuardedAppRunner(web.AppRunner):
-    """An ``AppRunner`` whose server guards its connections with ``guard``."""
+    """An ``AppRunner`` whose server guards its connections with ``guard`` and answers what aiohttp answers itself
+    with ``answer_error``."""
 
-    def __init__(self, app: web.Application, *, guard: ConnectionGuard, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, guard: ConnectionGuard, answer_error: ErrorAnswer,
+                 **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.guard = guard
+        self.answer_error = answer_error
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # the app's start-up runs here, as it does in AppRunner
         return GuardedServer(plain.request_handler, request_factory=plain.request_factory,
                              handler_cancellation=plain.handler_cancellation, loop=asyncio.get_running_loop(),
-                             guard=self.guard, **plain._kwargs)
+                             guard=self.guard, answer_error=self.answer_error, **plain._kwargs)

@@ -55,6 +55,8 @@ API_ERROR_CODES = frozenset({
     "too_many_background_responses", "no_valid_answer", "session_miner_failed", "no_miners_available", "store_unavailable", "sessions_disabled",
     "deadline_exceeded", "miner_failed_mid_stream", SERVER_SHUTTING_DOWN,
     "too_many_connections",  # written by the connection guard before any handler (shared/connections.py)
+    # a request the HTTP parser refused, answered before any handler (shared.http.unparsed_refusal)
+    "uri_too_long", "request_header_fields_too_large", "malformed_request",
 })
 
 _TYPES = {

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -416,14 +416,54 @@ def refuse_query(request: web.Request, takes: tuple[str, ...] = ()) -> None:
     parse_model(NoQuery, {name: value for name, value in request.query.items() if name not in takes})
 
 
+def answer_error(request: web.BaseRequest, status: int, exc: BaseException | None, line_length: int,
+                 first: bool) -> web.Response:
+    """What a server answers where aiohttp answers itself (``GuardedRequestHandler.handle_error``): for a request
+    its HTTP parser refused, an OpenAI-shaped 414, 431 or 400 saying what to change, never quoting the request
+    (its bytes may hold a key), and one access line in the shape of a refused request's (``route=?``: nothing was
+    routed), at DEBUG for a connection's first request with no HTTP method (TLS or a scanner on an HTTP port,
+    which aiohttp keeps at DEBUG too); else (a failure outside every error middleware, logged by aiohttp) a 500."""
+    if not isinstance(exc, HttpProcessingError):
+        return error_response(ApiError(status, "Internal server error." if status == 500 else "The request timed out.",
+                                       close=True))
+    err = unparsed_refusal(exc, line_length)
+    rid = request_id_from({})
+    logger.log("DEBUG" if first and isinstance(exc, BadHttpMethod) else "INFO",
+               "http rid={} method=? route=? status={} code={} from={} parser={}", rid, err.status, err.code,
+               request.remote, type(exc).__name__)
+    return error_response(err, headers={"x-request-id": rid})
+
+
+def unparsed_refusal(exc: HttpProcessingError, line_length: int) -> ApiError:
+    """The error of a request aiohttp's parser refused: ``LineTooLong`` is a request line past the limit when
+    the request's first line (``line_length`` bytes, up to its line break) is longer than it, else a header."""
+    if isinstance(exc, LineTooLong):
+        limit = exc.args[1]
+        if line_length > int(limit):
+            return ApiError(414, f"The request line is too long: its path and query string may be at most {limit} "
+                                 "bytes, percent-encoded. Send long parameters in a JSON body.",
+                            code="uri_too_long", close=True)
+        return ApiError(431, f"A request header is too long: each may be at most {limit} bytes, its name and "
+                             "value together.", code="request_header_fields_too_large", close=True)
+    why = exc.message.split("\n\n", 1)[0]  # the C parser quotes the offending bytes after a blank line
+    why = " ".join(why.replace(":\n", ": ").split()).rstrip(":.")
+    if "Too many headers" in why:
+        return ApiError(431, "Too many request headers (at most 128).", code="request_header_fields_too_large",
+                        close=True)
+    if not why or "'" in why or '"' in why:  # it quotes the request (a Python parser's words): not repeated
+        why = type(exc).__name__
+    return ApiError(400, f"The request is not valid HTTP/1.1 and was not read: {why}.", code="malformed_request",
+                    close=True)
+
+
 def app_runner(app: web.Application, limits: ConnectionLimits | None = None) -> GuardedAppRunner:
     """How every server here runs an app: handlers cancelled when their client goes, no aiohttp access
     log (ours is ``request_log``), aiohttp's own reports through loguru without a client's bytes,
     compressed bodies decoded by ``read_body``, not by aiohttp, and connections held to ``limits``
     (``shared.connections``: a header timeout, caps per address and in all; the defaults when not given)."""
     limits = limits or ConnectionLimits()
-    return GuardedAppRunner(app, guard=ConnectionGuard(limits), handler_cancellation=True, access_log=None,
-                            logger=ServerLog(), auto_decompress=False, keepalive_timeout=limits.keepalive_timeout)
+    return GuardedAppRunner(app, guard=ConnectionGuard(limits), answer_error=answer_error, handler_cancellation=True,
+                            access_log=None, logger=ServerLog(), auto_decompress=False, keepalive_timeout=limits.keepalive_timeout)
 
 
 SHUTDOWN_LIMIT_S = 30.0  # in-flight requests get IN_FLIGHT_GRACE_S; the rest is cleanup

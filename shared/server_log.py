@@ -5,7 +5,9 @@ line, broken chunked framing) before any of our code runs, and logs it with the
 standard library as an ERROR with a traceback and the parser's message, which quotes the offending
 bytes: an ``Authorization`` header padded past the limit put the caller's API key in the log, and
 any client could fill the log with tracebacks. ``ServerLog`` is handed to ``web.AppRunner`` as its
-documented ``logger`` argument, which aiohttp's ``RequestHandler`` writes to.
+documented ``logger`` argument, which aiohttp's ``RequestHandler`` writes to. A request whose head the parser
+refused no longer comes here (``GuardedRequestHandler.handle_error`` answers and logs it, once, as an access
+line); a body's broken framing found outside its handler still does.
 """
 
 from __future__ import annotations
