@@ -63,6 +63,7 @@ ERROR_CODE = web.RequestKey("sn1_error_code", str)
 # the type there): the API counts its errors by it (``sn1_api_errors_total``) without reading the body.
 BODY_CODE = web.RequestKey("sn1_error_body_code", str)
 CLIENT_GONE = 499  # nginx's status for a client that closed the connection before the answer
+MAX_POLLERS = 1024  # addresses whose last answer ``request_lines`` keeps for a polled route
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -225,17 +226,30 @@ def observed(on_end: Callable[[web.Request, int, float], None]) -> Callable[[web
     return middleware
 
 
-def request_lines(role: str, caller: Callable[[web.Request], str] = lambda _: "-",
+def request_lines(role: str, caller: Callable[[web.Request], str] = lambda _: "-", polled: frozenset[str] = frozenset(),
                   ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """A middleware (outermost but metrics) writing one INFO line per request of a low-traffic server (the
     validator's: the API's outbox, availability queries, scrapes): route pattern, status, error code,
     latency, the caller's ``x-request-id`` and who the caller proved to be (``caller``: with several API
-    hosts, which one sent it). The API has its own, batched (``api/access_log.py``)."""
+    hosts, which one sent it). The API has its own, batched (``api/access_log.py``).
+
+    A route in ``polled`` (``/miner_availabilities``, which every API worker asks every few seconds) is a DEBUG
+    line while it answers an address as it last did: its INFO lines buried the server's own. The first request from
+    an address, a failure and a change of status stay INFO."""
+    last: dict[tuple[str, str | None], int] = {}  # (route, client address) -> the status it was answered last
 
     def line(request: web.Request, status: int, seconds: float) -> None:
-        logger.info("{} rid={} caller={} method={} route={} status={} code={} latency_ms={:.1f}", role,
-                    request_id_from(request.headers), caller(request), request.method, route_path(request),
-                    status, request.get(ERROR_CODE), seconds * 1000)
+        route = route_path(request)
+        level = "INFO"
+        if route in polled:
+            key = (route, request.remote)
+            level = "DEBUG" if status < 400 and last.get(key) == status else "INFO"
+            if key not in last and len(last) >= MAX_POLLERS:  # addresses without end: forget, and say again
+                last.clear()
+            last[key] = status
+        logger.log(level, "{} rid={} caller={} method={} route={} status={} code={} latency_ms={:.1f}", role,
+                   request_id_from(request.headers), caller(request), request.method, route, status,
+                   request.get(ERROR_CODE), seconds * 1000)
 
     return observed(line)
 

@@ -43,6 +43,8 @@ def scoring_verifier(self_hotkey: str, api_hotkeys: list[str], *,
 
 
 SEEN_SIZE = 100_000
+# Routes the APIs poll (each worker every few seconds): their lines at DEBUG while the answer's status holds.
+POLLED = frozenset({"/miner_availabilities/miner_availabilities", "/miner_availabilities/get_available_miners"})
 
 
 class RecentPayloads:
@@ -102,7 +104,8 @@ def create_validator_app(
     app = web.Application(middlewares=[error_middleware], client_max_size=max_body_bytes)
     app[CTX] = ctx
     metrics = metrics or ValidatorMetrics()
-    app.middlewares.insert(0, request_lines("validator", verified_hotkey))  # a line per request, with the status the caller got
+    # a line per request, with the status the caller got; the APIs' availability polls at DEBUG while nothing changes
+    app.middlewares.insert(0, request_lines("validator", verified_hotkey, POLLED))
     app.middlewares.insert(0, metrics_middleware(metrics.http))  # outermost: sees the final status
     app.router.add_get("/metrics", metrics_handler(metrics.registry, lambda: _sample(ctx, metrics)))
     app.router.add_get("/health", health)

@@ -127,6 +127,25 @@ async def test_every_validator_request_leaves_one_line_with_its_status() -> None
     assert " caller=- " in lines[3] and " route=? status=404 " in lines[3] and "/nowhere" not in lines[3]
 
 
+async def test_routine_availability_polls_are_debug_and_a_change_or_a_failure_is_info() -> None:
+    """Each API worker polls ``/miner_availabilities`` every few seconds: a line each at INFO buried the
+    validator's own lines. The first poll from an address, a failed one and the first that works again stay INFO."""
+    records: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: records.append((m.record["level"].name, m.record["message"])), level="DEBUG",
+                      filter=lambda r: r["message"].startswith("validator rid="))
+    polled = "/miner_availabilities/miner_availabilities"
+    try:
+        async with serve_app(create_validator_app(make_ctx())) as url, aiohttp.ClientSession() as s:
+            for body in (None, None, None, ["x"], None, None):
+                async with s.post(url + polled, json=body) as r:
+                    await r.read()
+    finally:
+        logger.remove(sink)
+    said = [(level, re.search(r"status=(\d+)", line)[1]) for level, line in records if f"route={polled} " in line]
+    assert said == [("INFO", "200"), ("DEBUG", "200"), ("DEBUG", "200"), ("INFO", "400"), ("INFO", "200"),
+                    ("DEBUG", "200")], said
+
+
 async def test_organic_latency_is_judged_on_the_deadline_the_miners_had() -> None:
     """The API strips ``timeout`` from the body it forwards, so the deadline travels as ``deadline_s``: a
     caller's 120 s (or a long max_tokens) must not be judged on the validator's 30 s default."""
