@@ -65,8 +65,9 @@ async def metagraph_cycle(metagraph: MetagraphView, scores: ScoreBook, hotkey: s
         await scores.save_off_loop()
     if hotkey is not None:
         log_own_standing(before, snapshot, hotkey)
-    logger.info("metagraph: block {} neurons {} serving {} reset {}", snapshot.block, len(snapshot.neurons),
-                len(snapshot.serving()), reset or "-")
+    # the uids ``sync`` dropped have their own line, in words
+    logger.info("metagraph: block {}: {} neurons, {} serving an axon", snapshot.block, len(snapshot.neurons),
+                len(snapshot.serving()))
 
 
 def log_own_standing(before: MetagraphSnapshot, after: MetagraphSnapshot, hotkey: str) -> None:

@@ -140,7 +140,7 @@ class ScoreBook:
                 dropped.add(uid)
         reset = sorted(dropped)
         if reset:
-            logger.info("scores reset for uids {} (hotkey changed or deregistered)", reset)
+            _say_dropped(reset, snapshot)
         return reset
 
     # --- reads -------------------------------------------------------------------------
@@ -351,3 +351,23 @@ def _repair(tasks: dict[str, float]) -> int:
             tasks[task] = min(1.0, max(0.0, value))
             bad += 1
     return bad
+
+
+def _say_dropped(uids: list[int], snapshot: MetagraphSnapshot) -> None:
+    """One line saying in words whose scores ``sync`` dropped, why, and that nothing is to be done (it said
+    ``scores reset for uids [2]``, and the metagraph's line ``reset [2]``, which read as a fault)."""
+    changed = [uid for uid in uids if snapshot.by_uid(uid) is not None]
+    gone = [uid for uid in uids if snapshot.by_uid(uid) is None]
+    why = []
+    if changed:
+        why.append(f"{_uid_words(changed)} ({'its' if len(changed) == 1 else 'their'} hotkey changed: another miner "
+                   "registered there)")
+    if gone:
+        why.append(f"{_uid_words(gone)} (no longer in the metagraph)")
+    logger.info("scores: dropped the score and last weight of {}, as the chain's registrations change: a new miner "
+                "at a uid is scored from 0 by the next jobs; nothing to do", " and ".join(why))
+
+
+def _uid_words(uids: list[int]) -> str:
+    return f"uid {uids[0]}" if len(uids) == 1 else f"uids {', '.join(map(str, uids))}"
+

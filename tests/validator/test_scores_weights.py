@@ -729,6 +729,30 @@ async def test_a_metagraph_read_with_no_neurons_keeps_every_score(tmp_path: Path
     assert sorted(book.miners) == [0, 1]
 
 
+async def test_the_metagraph_line_says_in_words_what_was_dropped_and_that_nothing_is_to_be_done(tmp_path: Path) -> None:
+    """Each refresh said ``metagraph: block 7 neurons 2 serving 2 reset -`` (``reset [2]`` when uid 2's miner
+    changed): an operator could not tell what was reset, why, or whether to act."""
+    from neurons.validator.loops import metagraph_cycle
+    from shared.metagraph import MetagraphView
+    from tests.helpers import info_lines
+
+    graph_file = tmp_path / "metagraph.json"
+    write_metagraph_file(graph_file, snapshot("val", {1: ("hk1", "127.0.0.1:1"), 2: ("hk2", "127.0.0.1:2")}))
+    view = MetagraphView(FileMetagraphSource(graph_file))
+    book = ScoreBook(PROBS, path=tmp_path / "scores.json")
+    with info_lines() as quiet:
+        await metagraph_cycle(view, book, "val")
+    book.update(2, "hk2", "A", 1.0)
+    write_metagraph_file(graph_file, snapshot("val", {1: ("hk1", "127.0.0.1:1"), 2: ("hk9", None)}))
+    with info_lines() as changed:
+        await metagraph_cycle(view, book, "val")
+    assert not any(" reset" in line for line in quiet + changed), quiet + changed
+    assert [line for line in quiet if line.startswith("metagraph: ")] == [
+        "metagraph: block 1: 3 neurons, 2 serving an axon"], quiet
+    said = [line for line in changed if "uid 2" in line]
+    assert len(said) == 1 and "its hotkey changed" in said[0] and "nothing to do" in said[0], changed
+
+
 async def test_a_validator_started_on_a_metagraph_with_no_neurons_keeps_the_scores_it_loaded(tmp_path: Path) -> None:
     """``sn1 validator`` whose first metagraph read has no neurons (the same bad read, at start): it dropped
     every score it had just loaded and saved the empty book over ``scores.json`` at its first save (here its
