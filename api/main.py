@@ -18,7 +18,7 @@ import shutil
 import sqlite3
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -34,7 +34,6 @@ from shared.store.base import STORE_START_SECONDS, RedisLinks, Store, StoreUnava
 from shared.store.eviction import UNKNOWN, eviction_detail, eviction_risk
 from shared.store.sqlite import sqlite_path
 from shared.store.sqlite_tables import unreclaimed
-from shared.wallet import check_hotkey
 
 if TYPE_CHECKING:
     from shared.settings import ApiSettings
@@ -149,15 +148,16 @@ def warn_workers_above_cores(workers: int) -> None:
                        workers, cores, cores)
 
 
-def run_api(settings: ApiSettings) -> None:
+def run_api(settings: ApiSettings, hotkey: Any | None = None) -> None:
+    """``hotkey``: the keypair ``sn1`` read at start (``check_hotkey``, before forking: a bad key stops the start
+    once, not in every worker); one worker signs with it, a fleet's workers each read the file once."""
     if settings.workers == 1:
         from api.worker import serve_worker
 
-        run(lambda: serve_worker(settings, reuse_port=False))
+        run(lambda: serve_worker(settings, reuse_port=False, hotkey=hotkey))
         return
     setup_logging(settings.log_level, role="api")
     warn_workers_above_cores(settings.workers)
-    check_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)  # fail fast, before forking
     run(lambda: reach_store(settings.store_url, settings.store_namespace))  # a refusal: one line, before the workers
     # The workers share the port with SO_REUSEPORT, and so would another API's workers (a copy still
     # running, pm2 and systemd both starting it): a plain bind first tells a port in use, once.

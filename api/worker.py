@@ -11,6 +11,7 @@ import os
 import sqlite3
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from loguru import logger
 
@@ -84,10 +85,11 @@ def open_stores(settings: ApiSettings, links: RedisLinks | None) -> Stores:
                   conversations=open_conversations(url, namespace=namespace, links=links) if keeping else None)
 
 
-async def build_context(settings: ApiSettings, *, role: str = "api",
-                        links: RedisLinks | None = None) -> tuple[ApiContext, Stores]:
-    """A worker's context, and the stores it runs on (``Stores.aclose`` at its stop)."""
-    hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
+async def build_context(settings: ApiSettings, *, role: str = "api", links: RedisLinks | None = None,
+                        hotkey: Any | None = None) -> tuple[ApiContext, Stores]:
+    """A worker's context, and the stores it runs on (``Stores.aclose`` at its stop). ``hotkey``: the keypair
+    already read (``check_hotkey``), else the worker reads it."""
+    hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path, read=hotkey)
     signer = Signer(hotkey)
     metagraph = MetagraphView.from_settings(settings)
     await metagraph.first_refresh()
@@ -130,7 +132,7 @@ async def first_marker(ctx: ApiContext) -> None:
         await within(ctx.store_marker.check(ctx.store), STORE_START_SECONDS)
 
 
-async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
+async def serve_worker(settings: ApiSettings, *, reuse_port: bool, hotkey: Any | None = None) -> None:
     role = f"api[{os.getpid()}]"
     setup_logging(settings.log_level, role=role)
     sock = bound_socket(settings.api_host, settings.api_port, reuse_port=reuse_port, settings=LISTEN)  # a port in use: stop now
@@ -138,7 +140,7 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool) -> None:
     try:
         if not reuse_port:  # one worker checks its store here, on its own clients; a fleet's supervisor checked it
             await reach_store(settings.store_url, settings.store_namespace, links=links)
-        ctx, stores = await build_context(settings, role=role, links=links)
+        ctx, stores = await build_context(settings, role=role, links=links, hotkey=hotkey)
     except BaseException:
         if links is not None:
             await links.aclose()

@@ -60,19 +60,20 @@ def _run_role(role: str, settings: object) -> None:
 
     # The hotkey first, without the SDK: a WALLET_NAME, WALLET_HOTKEY or WALLET_PATH that names no usable key is
     # a setting to fix like the others, said before the role's modules load the bittensor SDK (~0.7 s of CPU).
-    check_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)  # type: ignore[attr-defined]
+    # The keypair read here is handed in: the role does not read the file again.
+    hotkey = check_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)  # type: ignore[attr-defined]
     if role == "api":
         from api.main import run_api
 
-        run_api(settings)  # type: ignore[arg-type]
+        run_api(settings, hotkey)  # type: ignore[arg-type]
     elif role == "validator":
         from neurons.validator.main import run_validator
 
-        run(lambda: run_validator(settings))  # type: ignore[arg-type]
+        run(lambda: run_validator(settings, hotkey))  # type: ignore[arg-type]
     else:
         from neurons.miner.main import run_miner
 
-        run(lambda: run_miner(settings))  # type: ignore[arg-type]
+        run(lambda: run_miner(settings, hotkey))  # type: ignore[arg-type]
 
 
 # The flags of bittensor's miner template (``--axon.port``, ``--logging.debug``), which operators bring along

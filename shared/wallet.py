@@ -15,15 +15,17 @@ from bittensor_core import KeyfileError, deserialize_keypair_from_keyfile_data, 
 from shared.settings import SettingsError
 
 
-def load_hotkey(name: str, hotkey: str, path: str | Path) -> Any:
+def load_hotkey(name: str, hotkey: str, path: str | Path, *, read: Any | None = None) -> Any:
     """Return the hotkey keypair (decoded once; reuse it for every signature).
 
     A missing or unreadable key file is a configuration problem: ``SettingsError``
     with the path and how to fix it, not a traceback; so is an encrypted one (``refuse_encrypted``), which the
-    SDK would ask a password for. The file is read once (``_read_hotkey``, the SDK's own decoding); only an
-    encrypted one whose password the SDK's variable holds is left to the SDK's wallet to decrypt.
+    SDK would ask a password for. The file is read once (``_read_hotkey``, the SDK's own decoding), or not at all
+    when ``read`` is the keypair ``check_hotkey`` returned at start (``sn1`` checks it before the role's modules
+    load, and hands it in); only an encrypted one whose password the SDK's variable holds is left to the SDK's
+    wallet to decrypt.
     """
-    keypair = _read_hotkey(name, hotkey, path)
+    keypair = read if read is not None else _read_hotkey(name, hotkey, path)
     if keypair is not None:
         return keypair
     import bittensor as bt
@@ -34,11 +36,12 @@ def load_hotkey(name: str, hotkey: str, path: str | Path) -> Any:
         raise _unloadable(name, hotkey, path, e) from None
 
 
-def check_hotkey(name: str, hotkey: str, path: str | Path) -> None:
-    """``load_hotkey``'s check without the SDK, for the API's supervisor, which forks its workers only once the
-    key is known good (``_read_hotkey``). One whose password the SDK's variable holds is left to the workers to
-    decrypt (~3 s of CPU each)."""
-    _read_hotkey(name, hotkey, path)
+def check_hotkey(name: str, hotkey: str, path: str | Path) -> Any | None:
+    """``load_hotkey``'s check without the SDK, for ``sn1`` before a role's modules load and for the API's
+    supervisor, which forks its workers only once the key is known good (``_read_hotkey``): the keypair, to hand to
+    ``load_hotkey`` (the file was read at start and again by the role), or None for one whose password the SDK's
+    variable holds, left to the role (each API worker: ~3 s of CPU) to decrypt."""
+    return _read_hotkey(name, hotkey, path)
 
 
 def _read_hotkey(name: str, hotkey: str, path: str | Path) -> Any | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from loguru import logger
 
 from neurons.miner.app import create_miner_app
@@ -44,11 +46,12 @@ async def build_backend(settings: MinerSettings) -> Backend:
     return DeterministicBackend(settings.miner_model, search=CorpusSearch(corpus))
 
 
-async def run_miner(settings: MinerSettings) -> None:
+async def run_miner(settings: MinerSettings, hotkey: Any | None = None) -> None:
+    """``hotkey``: the keypair ``sn1`` read at start (``check_hotkey``), so the key file is read once."""
     setup_logging(settings.log_level, role="miner")
     with setting_file("MINER_PROFILE"):
         check_profile(settings.miner_profile)
-    hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
+    hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path, read=hotkey)
     metagraph = MetagraphView.from_settings(settings, calls_miners=False)
     await metagraph.first_refresh()
     verifier = RequestVerifier(

@@ -86,14 +86,15 @@ def build_sink(settings: ValidatorSettings, hotkey_ss58: str) -> WeightSink:
     return ChainWeightSink(lambda: bt.Client(settings.subtensor_network), wallet, settings.netuid)
 
 
-async def run_validator(settings: ValidatorSettings) -> None:
+async def run_validator(settings: ValidatorSettings, hotkey: Any | None = None) -> None:
+    """``hotkey``: the keypair ``sn1`` read at start (``check_hotkey``), so the key file is read once."""
     started_at = time.monotonic()
     setup_logging(settings.log_level, role="validator")
     settings.check_state_dir()
     settings.check_weights_ledger()
     sock = bound_socket(settings.scoring_api_host, settings.scoring_api_port,
                         settings="SCORING_API_HOST/SCORING_API_PORT")  # a port in use: stop now
-    hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path)
+    hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path, read=hotkey)
     metagraph = MetagraphView.from_settings(settings)
     registry = default_registry(settings.task_probabilities)
     warn_if_normalised(settings.task_probabilities, registry)
