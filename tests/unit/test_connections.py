@@ -52,6 +52,14 @@ def test_the_aiohttp_internals_the_guard_reads_are_there() -> None:
     for name in ("_request_count", "_messages", "_request_in_progress", "_force_close", "_loop"):
         assert name in RequestHandler.__slots__ or any(name in getattr(c, "__slots__", ())
                                                        for c in RequestHandler.__mro__), name
+    # ``handle_error`` answers a refused request (a queued message with the parser's ``exc``) in JSON
+    import inspect
+
+    from aiohttp import web_protocol
+
+    assert list(inspect.signature(RequestHandler.handle_error).parameters) == ["self", "request", "status", "exc",
+                                                                               "message"]
+    assert "exc" in web_protocol._ErrInfo.__slots__
 
 
 async def test_refusals_held_back_are_told_when_their_minute_ends(monkeypatch) -> None:  # type: ignore[no-untyped-def]
