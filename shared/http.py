@@ -452,8 +452,8 @@ def unparsed_refusal(exc: HttpProcessingError, line_length: int) -> ApiError:
     """The error of a request aiohttp's parser refused: ``LineTooLong`` is a request line past the limit when
     the request's first line (``line_length`` bytes, up to its line break) is longer than it, else a header."""
     if isinstance(exc, LineTooLong):
-        limit = exc.args[1]
-        if line_length > int(limit):
+        limit = int(exc.args[1]) if str(exc.args[1]).isdigit() else 8190  # aiohttp's default, where it said none
+        if line_length > limit:
             return ApiError(414, f"The request line is too long: its path and query string may be at most {limit} "
                                  "bytes, percent-encoded. Send long parameters in a JSON body.",
                             code="uri_too_long", close=True)
