@@ -43,8 +43,10 @@ def scoring_verifier(self_hotkey: str, api_hotkeys: list[str], *,
 
 
 SEEN_SIZE = 100_000
-# Routes the APIs poll (each worker every few seconds): their lines at DEBUG while the answer's status holds.
-POLLED = frozenset({"/miner_availabilities/miner_availabilities", "/miner_availabilities/get_available_miners"})
+# Routes asked over and over (the APIs' availability polls, each worker every few seconds; a Prometheus scrape, a
+# supervisor's or balancer's probe): their lines at DEBUG while the answer's status holds.
+POLLED = frozenset({"/miner_availabilities/miner_availabilities", "/miner_availabilities/get_available_miners",
+                    "/metrics", "/health", "/ready"})
 
 
 class RecentPayloads:

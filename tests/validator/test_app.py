@@ -146,6 +146,24 @@ async def test_routine_availability_polls_are_debug_and_a_change_or_a_failure_is
                     ("DEBUG", "200")], said
 
 
+async def test_routine_scrapes_and_probes_are_debug_after_the_first() -> None:
+    """Prometheus scrapes ``/metrics`` every 15 s and a balancer asks ``/health`` every few: an INFO line each
+    buried the validator's own lines as the availability polls did. The first of each from an address stays INFO."""
+    records: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: records.append((m.record["level"].name, m.record["message"])), level="DEBUG",
+                      filter=lambda r: r["message"].startswith("validator rid="))
+    try:
+        async with serve_app(create_validator_app(make_ctx())) as url, aiohttp.ClientSession() as s:
+            for route in ("/metrics", "/health", "/metrics", "/health", "/metrics"):
+                async with s.get(url + route) as r:
+                    await r.read()
+    finally:
+        logger.remove(sink)
+    said = [(level, re.search(r"route=(\S+)", line)[1]) for level, line in records]
+    assert said == [("INFO", "/metrics"), ("INFO", "/health"), ("DEBUG", "/metrics"), ("DEBUG", "/health"),
+                    ("DEBUG", "/metrics")], said
+
+
 async def test_organic_latency_is_judged_on_the_deadline_the_miners_had() -> None:
     """The API strips ``timeout`` from the body it forwards, so the deadline travels as ``deadline_s``: a
     caller's 120 s (or a long max_tokens) must not be judged on the validator's 30 s default."""
