@@ -470,18 +470,21 @@ def unparsed_refusal(exc: HttpProcessingError, line_length: int) -> ApiError:
                     close=True)
 
 
-def app_runner(app: web.Application, limits: ConnectionLimits | None = None) -> GuardedAppRunner:
+SHUTDOWN_LIMIT_S = 30.0  # in-flight requests get IN_FLIGHT_GRACE_S; the rest is cleanup
+IN_FLIGHT_GRACE_S = 5.0  # what a request still being answered at a stop signal has to finish
+
+
+def app_runner(app: web.Application, limits: ConnectionLimits | None = None, *,
+               shutdown_timeout: float = IN_FLIGHT_GRACE_S) -> GuardedAppRunner:
     """How every server here runs an app: handlers cancelled when their client goes, no aiohttp access
     log (ours is ``request_log``), aiohttp's own reports through loguru without a client's bytes,
     compressed bodies decoded by ``read_body``, not by aiohttp, and connections held to ``limits``
-    (``shared.connections``: a header timeout, caps per address and in all; the defaults when not given)."""
+    (``shared.connections``: a header timeout, caps per address and in all; the defaults when not given).
+    ``shutdown_timeout``: what in-flight requests get at a stop (on the runner: aiohttp deprecates it on a site)."""
     limits = limits or ConnectionLimits()
     return GuardedAppRunner(app, guard=ConnectionGuard(limits), answer_error=answer_error, handler_cancellation=True,
-                            access_log=None, logger=ServerLog(), auto_decompress=False, keepalive_timeout=limits.keepalive_timeout)
-
-
-SHUTDOWN_LIMIT_S = 30.0  # in-flight requests get IN_FLIGHT_GRACE_S; the rest is cleanup
-IN_FLIGHT_GRACE_S = 5.0  # what a request still being answered at a stop signal has to finish
+                            access_log=None, logger=ServerLog(), auto_decompress=False,
+                            keepalive_timeout=limits.keepalive_timeout, shutdown_timeout=shutdown_timeout)
 
 
 async def serve_until_signal(
@@ -499,7 +502,7 @@ async def serve_until_signal(
     sock = sock or bound_socket(host, port, reuse_port=reuse_port)
     runner = app_runner(app, fd_limited(limits or ConnectionLimits()))
     await runner.setup()
-    site = web.SockSite(runner, sock, shutdown_timeout=IN_FLIGHT_GRACE_S)
+    site = web.SockSite(runner, sock)
     await site.start()
     tune_for_serving()  # after start-up, so the app's long-lived objects are frozen too
     stop = asyncio.Event()

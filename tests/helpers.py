@@ -90,9 +90,9 @@ def keypair(uri: str) -> Keypair:
 @contextlib.asynccontextmanager
 async def serve_app(app: web.Application, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Serve ``app`` on ``port`` (default: a free one); yield its base URL; always clean up."""
-    runner = app_runner(app)
+    runner = app_runner(app, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=1.0, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:

@@ -37,9 +37,9 @@ async def validator_on(port: int, queue: ScoringQueue, view: MetagraphView) -> A
                            verifier=RequestVerifier(VALIDATOR.ss58_address,
                                                     Authorizer(lambda: (), [VALIDATOR.ss58_address])),
                            metagraph=view)
-    runner = app_runner(create_validator_app(ctx))
+    runner = app_runner(create_validator_app(ctx), shutdown_timeout=0.5)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, shutdown_timeout=0.5).start()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
         yield
     finally:

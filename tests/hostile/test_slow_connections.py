@@ -42,9 +42,9 @@ def miner_app() -> web.Application:
 
 @contextlib.asynccontextmanager
 async def guarded(limits: ConnectionLimits) -> AsyncIterator[tuple[int, ConnectionGuard]]:
-    runner = app_runner(miner_app(), limits)
+    runner = app_runner(miner_app(), limits, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, shutdown_timeout=0.5)
+    site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     try:
         yield site._server.sockets[0].getsockname()[1], runner.guard  # type: ignore[union-attr]

@@ -48,9 +48,9 @@ async def test_a_graceful_shutdown_stores_the_payload_of_an_answered_request(tmp
         box = SQLiteOutbox(tmp_path / "api.db")
         ctx.attach_forwarder(OutboxForwarder(box, ctx.client, "http://127.0.0.1:9", VALIDATOR_KP.ss58_address))
         secret, _ = await ctx.store.create_key(1000)
-        runner = web.AppRunner(create_api_app(ctx, run_background=True))
+        runner = web.AppRunner(create_api_app(ctx, run_background=True), shutdown_timeout=5.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, shutdown_timeout=5.0)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
         async with aiohttp.ClientSession() as s, s.post(
