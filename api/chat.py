@@ -32,7 +32,7 @@ from api.completion import (
 from api.concurrency import LIMITER, holds_slot
 from api.context import CTX
 from api.fanout import aimed, chat_deadline, node_deadline, passed_over, settle, start_race
-from api.legacy_functions import as_function_call, as_tools, events_as_function_call
+from api.legacy_functions import Legacy, LegacyStream, as_function_call, as_tools
 from api.race import MinerRun, Race
 from api.route_hints import refuse_responses_fields_in_chat, require
 from api.selection import NO_MINERS, select_miners
@@ -74,7 +74,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     key = await authenticate(request, ctx.store, scope="chat", usage=ctx.usage, slots=request.app[LIMITER])
     sent = await read_json(request)
     require(sent, "messages")
-    sent, function_call = as_tools(sent) if isinstance(sent, dict) else (sent, False)
+    sent, function_call = as_tools(sent) if isinstance(sent, dict) else (sent, None)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, sent)
     refuse_responses_fields_in_chat(sent)
     if function_call and mixture.is_mixture(req):  # as tools are (``mixture.check_request``), naming what was sent
@@ -82,7 +82,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if req.web_search_options is not None:
         check_search_scope(key, param="web_search_options")
     many = (req.n or 1) > 1
-    fmt: AnswerFormat = ChatCompletionFormat(function_call=True) if function_call else CHAT_COMPLETION
+    fmt: AnswerFormat = ChatCompletionFormat(function_call=function_call) if function_call else CHAT_COMPLETION
     if req.web_search_options is None and not many:
         return await answer(request, key, req, sent, fmt, started=started)
     # Who answers is decided first: a request refused anyway (an unknown model or session, a uid
@@ -303,10 +303,10 @@ def _log_answer(request: web.Request, fmt: AnswerFormat, key: KeyRecord, req: Ch
 
 
 def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str],
-              found: Found | None = None, *, function_call: bool = False) -> web.Response:
+              found: Found | None = None, *, function_call: Legacy | None = None) -> web.Response:
     obj = completion_for(req, run, response_usage(req, run))
     if function_call:  # a legacy function calling request: its call as message.function_call
-        obj = as_function_call(obj)
+        obj = as_function_call(obj, forced=function_call.forced)
     if found is not None:  # a web search came first: the places the answer names its sources
         obj["choices"][0]["message"]["annotations"] = chat_citations(run.text, found)
     return json_response(obj, headers=headers)
@@ -337,7 +337,7 @@ def _trailer(req: ChatCompletionRequest, run: MinerRun, found: Found | None = No
 
 async def _stream(
     request: web.Request, req: ChatCompletionRequest, race: Race, run: MinerRun, headers: dict[str, str],
-    found: Found | None = None, *, function_call: bool = False,
+    found: Found | None = None, *, function_call: Legacy | None = None,
 ) -> web.StreamResponse:
     """Relay the winner's events as they arrive; a failure after it won ends with an error event.
 
@@ -346,14 +346,15 @@ async def _stream(
     function calling request, whose call is streamed as ``delta.function_call`` (``legacy_functions``).
     """
     headers = {**headers, **SSE_HEADERS}
+    shape = LegacyStream(forced=function_call.forced) if function_call else None
     if run.done:
-        events = events_as_function_call(run.events) if function_call else run.events
+        events = shape.events(run.events) if shape else run.events
         return web.Response(body=_frames(events) + _trailer(req, run, found), headers=headers)
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     end_at_stop(request, stop_event)
     async for batch in race.follow_batches(run):
-        await response.write(_frames(events_as_function_call(batch) if function_call else batch))
+        await response.write(_frames(shape.events(batch) if shape else batch))
     end_at_stop(request, None)
     await response.write_eof(_trailer(req, run, found))
     return response
@@ -368,7 +369,7 @@ class ChatCompletionFormat:
     kind = "chat"
     input_param = "messages"
 
-    def __init__(self, found: Found | None = None, *, function_call: bool = False) -> None:
+    def __init__(self, found: Found | None = None, *, function_call: Legacy | None = None) -> None:
         self.found = found
         self.function_call = function_call
 

@@ -33,7 +33,7 @@ from api.completion import (
 )
 from api.context import CTX, ApiContext
 from api.fanout import aimed, chat_deadline, node_deadline, passed_over, settle, start_race
-from api.legacy_functions import as_function_call, chunk_as_function_call
+from api.legacy_functions import Legacy, LegacyStream, as_function_call
 from api.mixture import is_mixture
 from api.race import MinerRun, Race
 from api.selection import select_miners
@@ -133,7 +133,7 @@ class ChoicesFormat(Protocol):
 
 async def answer_choices(request: web.Request, key: KeyRecord, req: ChatCompletionRequest, sent: dict[str, Any],
                          picks: list[list[Neuron]], *, started: float, found: Found | None = None,
-                         headers: dict[str, str] | None = None, function_call: bool = False) -> web.StreamResponse:
+                         headers: dict[str, str] | None = None, function_call: Legacy | None = None) -> web.StreamResponse:
     """Race n times (choice i among ``picks[i]``, from ``plan``), then answer with n chat choices (each
     with its ``url_citation`` annotations when a web search came first: ``found``; ``headers``: the answer's
     besides its own; ``function_call``: each in the legacy function calling shape, ``legacy_functions``)."""
@@ -251,10 +251,12 @@ class ChatChoices:
     kind = "chat"
     input_param = "messages"
 
-    def __init__(self, req: ChatCompletionRequest, found: Found | None = None, *, function_call: bool = False) -> None:
+    def __init__(self, req: ChatCompletionRequest, found: Found | None = None, *,
+                 function_call: Legacy | None = None) -> None:
         self.req = req
         self.found = found  # a web search came first: each choice names its sources as url_citations
         self.function_call = function_call  # a legacy function calling request: its calls in that shape
+        self.legacy_streams: dict[int, LegacyStream] = {}  # each streamed choice's, by its index
 
     def new_id(self) -> str:
         return new_completion_id()
@@ -262,7 +264,7 @@ class ChatChoices:
     def complete(self, winners: list[MinerRun], usage: dict[str, Any], headers: dict[str, str]) -> web.Response:
         objects = [completion_for(self.req, run, usage) for run in winners]
         if self.function_call:
-            objects = [as_function_call(o) for o in objects]
+            objects = [as_function_call(o, forced=self.function_call.forced) for o in objects]
         if self.found is not None:
             for o, run in zip(objects, winners, strict=True):
                 o["choices"][0]["message"]["annotations"] = chat_citations(run.text, self.found)
@@ -278,7 +280,10 @@ class ChatChoices:
                         for i, run in enumerate(winners))
 
     def chunk(self, data: Event, index: int, cid: str, created: int) -> bytes:
-        return _relabelled(chunk_as_function_call(data) if self.function_call else data, index, cid, created)
+        if self.function_call:
+            shape = self.legacy_streams.setdefault(index, LegacyStream(forced=self.function_call.forced))
+            data = shape.chunk(data)
+        return _relabelled(data, index, cid, created)
 
     def usage_chunk(self, cid: str, created: int, model: str, usage: dict[str, Any]) -> bytes:
         return encode_event(dumps(usage_chunk(completion_id=cid, model=model, usage=usage, created=created)))

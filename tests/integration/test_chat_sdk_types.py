@@ -791,26 +791,28 @@ def legacy_stream_call(chunks: list[ChatCompletionChunk], index: int = 0) -> tup
     return pieces[0].name, "".join(p.arguments or "" for p in pieces)
 
 
-@pytest.mark.parametrize(("extra", "called"), [
-    ({"functions": [LEGACY]}, "get_weather"),
-    ({"functions": [LEGACY, LEGACY_TIME], "function_call": {"name": "get_time"}}, "get_time"),
-    ({"functions": [LEGACY], "function_call": "auto", "n": 2}, "get_weather"),
-    ({"functions": [LEGACY], "function_call": "none"}, None),
-    ({"functions": [LEGACY], "web_search_options": {}}, "get_weather"),
-], ids=["auto", "forced", "n2", "none", "web-search"])
+@pytest.mark.parametrize(("extra", "called", "ends"), [
+    ({"functions": [LEGACY]}, "get_weather", "function_call"),
+    ({"functions": [LEGACY, LEGACY_TIME], "function_call": {"name": "get_time"}}, "get_time", "stop"),
+    ({"functions": [LEGACY], "function_call": "auto", "n": 2}, "get_weather", "function_call"),
+    ({"functions": [LEGACY, LEGACY_TIME], "function_call": {"name": "get_time"}, "n": 2}, "get_time", "stop"),
+    ({"functions": [LEGACY], "function_call": "none"}, None, "stop"),
+    ({"functions": [LEGACY], "web_search_options": {}}, "get_weather", "function_call"),
+], ids=["auto", "forced", "n2", "n2-forced", "none", "web-search"])
 async def test_legacy_functions_are_answered_with_a_function_call(honest: ApiUnderTest, extra: dict,
-                                                                  called: str | None) -> None:
+                                                                  called: str | None, ends: str) -> None:
     """OpenAI's deprecated ``functions`` and ``function_call`` (older LangChain, agent frameworks, tutorials) are
     served through the miners' tools: the answer's call is ``message.function_call`` with ``finish_reason:
-    "function_call"`` and no ``tool_calls``, and a stream sends it as ``delta.function_call`` pieces (the name,
-    then the arguments), each validated strictly by the SDK's types. It was a 400 ``unsupported_parameter``."""
+    "function_call"`` (``"stop"`` for a call the caller forced, as OpenAI ends one) and no ``tool_calls``, and a
+    stream sends it as ``delta.function_call`` pieces (the name, then the arguments), each validated strictly by
+    the SDK's types. It was a 400 ``unsupported_parameter``; a forced call then ended ``function_call``."""
     whole, chunks = await typed_chat(honest, {"messages": MSG, **extra})
     for choice in whole.choices:
         assert choice.message.tool_calls is None
         if called is None:
             assert choice.finish_reason == "stop" and choice.message.content and choice.message.function_call is None
             continue
-        assert choice.finish_reason == "function_call" and choice.message.content is None
+        assert choice.finish_reason == ends and choice.message.content is None
         assert choice.message.function_call.name == called
         assert "city" in json.loads(choice.message.function_call.arguments)
         assert legacy_stream_call(chunks, choice.index) == (called, choice.message.function_call.arguments)
@@ -830,7 +832,7 @@ async def test_the_sdks_functions_argument_calls_and_continues_a_legacy_conversa
     first = await client.chat.completions.create(model="default", messages=MSG, functions=[LEGACY],
                                                  function_call={"name": "get_weather"})
     call = first.choices[0].message.function_call
-    assert (first.choices[0].finish_reason, call.name) == ("function_call", "get_weather")
+    assert (first.choices[0].finish_reason, call.name) == ("stop", "get_weather")  # forced: OpenAI's "stop"
     history = [*MSG, first.choices[0].message,  # the SDK's own message object, as OpenAI's cookbook sent it back
                {"role": "function", "name": "get_weather", "content": '{"celsius": 21}'}]
     then = await client.chat.completions.create(model="default", messages=history, functions=[LEGACY])
@@ -889,12 +891,35 @@ async def test_a_miner_that_makes_two_calls_is_no_answer_to_a_legacy_request(tmp
         assert legacy_stream_call(chunks)[0] == "get_weather"
 
 
+@pytest.mark.parametrize(("choice", "miners", "openais"), [
+    ("auto", "stop", "function_call"),  # vLLM's and others' word for an answer of calls
+    ({"name": "get_weather"}, "tool_calls", "stop"),  # forced: OpenAI's "stop" (openai-node#305)
+], ids=["chosen-ended-stop", "forced-ended-tool_calls"])
+async def test_a_legacy_calls_finish_reason_is_openais_whatever_the_miner_said(tmp_path: Path, choice: Any,
+                                                                               miners: str, openais: str) -> None:
+    """A legacy answer's ``finish_reason`` was the miner's, put in legacy words (``tool_calls`` as
+    ``function_call``): a chosen call from a model server that ends calls ``stop`` read ``stop`` (code that checks
+    for ``function_call``, as OpenAI's cookbook did, found no call), and a forced call read ``function_call``,
+    which OpenAI never answers to one. Now OpenAI's, streamed and not, through the SDK."""
+    call = {"delta": {"role": "assistant", "tool_calls": [
+        {"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}}
+    async with api_with_miners(tmp_path, {1: scripted(call, {"delta": {}, "finish_reason": miners})}) as api:
+        client = openai_client(api)
+        sent = {"model": "default", "messages": MSG, "functions": [LEGACY], "function_call": choice}
+        whole = await client.chat.completions.create(**sent)
+        assert (whole.choices[0].finish_reason, whole.choices[0].message.function_call.name) == (openais, "get_weather")
+        stream = await client.chat.completions.create(**sent, stream=True)
+        ends = [c.choices[0].finish_reason async for c in stream if c.choices and c.choices[0].finish_reason]
+        assert ends == [openais]
+
+
 @pytest.mark.parametrize(("extra", "param", "words"), [
-    ({"functions": [LEGACY], "tools": [WEATHER]}, "functions",
+    ({"functions": [LEGACY], "tools": [WEATHER]}, None,
      "'functions' and 'tools' cannot both be provided. 'functions' is deprecated; use the 'tools' parameter"),
-    ({"functions": [LEGACY], "tool_choice": "required"}, "functions", "'functions' and 'tool_choice' cannot both"),
+    ({"functions": [LEGACY], "tool_choice": "required"}, None, "'functions' and 'tool_choice' cannot both"),
     ({"tools": [WEATHER], "function_call": {"name": "get_weather"}}, "function_call",
-     "use the 'tool_choice' parameter instead"),
+     "'function_call' is only allowed when 'functions' are specified. 'function_call' is deprecated; use the "
+     "'tool_choice' parameter instead"),
     ({"function_call": {"name": "get_weather"}}, "function_call",
      "'function_call' is only allowed when 'functions' are specified"),
     ({"functions": [LEGACY], "function_call": {"name": "get_time"}}, "function_call", "'get_time' is not among"),
@@ -905,11 +930,13 @@ async def test_a_miner_that_makes_two_calls_is_no_answer_to_a_legacy_request(tmp
     ({"functions": [LEGACY], "messages": None}, "messages", "Invalid value for 'messages': Input should be a valid list"),
 ], ids=["with-tools", "with-tool_choice", "function_call-with-tools", "no-functions", "unknown", "required",
         "bad-name", "not-a-list", "mixture", "no-messages"])
-async def test_a_legacy_request_openai_refuses_is_a_400_naming_the_field(tmp_path: Path, extra: dict, param: str,
-                                                                         words: str) -> None:
+async def test_a_legacy_request_openai_refuses_is_a_400_naming_the_field(tmp_path: Path, extra: dict,
+                                                                         param: str | None, words: str) -> None:
     """What OpenAI refuses of the legacy fields (both forms at once, a ``function_call`` naming no function offered)
     is a 400 naming the field the caller sent (not ``tools.0.function.name``, which it never sent), streamed or
-    not, before any miner is asked; their values that ask for nothing pass."""
+    not, before any miner is asked; their values that ask for nothing pass. Its ``param`` is OpenAI's: null for
+    ``functions`` beside ``tools`` or ``tool_choice`` (two fields; it was ``functions``), ``function_call`` for one
+    without ``functions``, beside ``tools`` too (it was the two-fields 400, in other words)."""
     script = scripted({"delta": {"content": "Hi"}}, {"delta": {}, "finish_reason": "stop"})
     async with api_with_miners(tmp_path, {1: script}) as api:
         for stream in (False, True):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from api.legacy_functions import as_function_call, chunk_as_function_call, messages_as_tools
+import pytest
+
+from api.legacy_functions import LegacyStream, as_function_call, messages_as_tools
 
 
 def chunk(delta: dict, finish: str | None = None) -> str:
@@ -18,17 +20,18 @@ def test_a_stream_of_two_calls_shows_the_first_alone_as_function_call_pieces() -
     legacy shape holds one), and ``finish_reason`` ``function_call``; the miner's chunk is left as it came."""
     first = {"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
     second = {"index": 1, "id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+    stream = LegacyStream()
+    text = chunk({"content": "Hi"})
+    assert stream.chunk(text) is text
     sent = chunk({"role": "assistant", "content": None, "tool_calls": [first, second]})
-    out = json.loads(chunk_as_function_call(sent))["choices"][0]
+    out = json.loads(stream.chunk(sent))["choices"][0]
     assert out["delta"] == {"role": "assistant", "content": None,
                             "function_call": {"name": "get_weather", "arguments": ""}}
-    assert json.loads(chunk_as_function_call(chunk({"tool_calls": [second]})))["choices"][0]["delta"] == {}
+    assert json.loads(stream.chunk(chunk({"tool_calls": [second]})))["choices"][0]["delta"] == {}
     piece = chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city"'}}]})
-    assert json.loads(chunk_as_function_call(piece))["choices"][0]["delta"] == {"function_call": {"arguments": '{"city"'}}
-    end = json.loads(chunk_as_function_call(chunk({}, "tool_calls")))["choices"][0]
+    assert json.loads(stream.chunk(piece))["choices"][0]["delta"] == {"function_call": {"arguments": '{"city"'}}
+    end = json.loads(stream.chunk(chunk({}, "tool_calls")))["choices"][0]
     assert end["finish_reason"] == "function_call"
-    text = chunk({"content": "Hi"})
-    assert chunk_as_function_call(text) is text
     assert "tool_calls" in json.loads(sent)["choices"][0]["delta"]
 
 
@@ -40,6 +43,40 @@ def test_a_completion_keeps_its_first_call_as_function_call() -> None:
     choice = as_function_call(obj)["choices"][0]
     assert choice == {"index": 0, "finish_reason": "function_call",
                       "message": {"role": "assistant", "content": None, "function_call": {"name": "a", "arguments": "{}"}}}
+
+
+CALL = {"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(("forced", "miners", "openais"), [
+    (False, "tool_calls", "function_call"),
+    (False, "stop", "function_call"),  # vLLM and others end calls "stop": a chosen call is still "function_call"
+    (True, "tool_calls", "stop"),  # a forced call ends "stop" at OpenAI (openai-node#305), as a named tool_choice does
+    (True, "stop", "stop"),
+    (True, "length", "length"),  # the caller's limit cut the call: said so, whatever was asked
+    (False, "length", "length"),
+])
+def test_a_legacy_answers_finish_reason_is_openais(forced: bool, miners: str, openais: str) -> None:
+    """OpenAI ends a call the model chose ``function_call``, and one the caller forced (``function_call: {"name":
+    ...}``) ``stop``: the miner's own was kept, so a forced call read ``function_call`` (its ``tool_calls``) and a
+    chosen call from a model server that ends calls ``stop`` read ``stop``, and code that checks
+    ``finish_reason == "function_call"`` (OpenAI's cookbook) found no call. Streamed and not alike."""
+    obj = {"choices": [{"index": 0, "finish_reason": miners,
+                        "message": {"role": "assistant", "content": None, "tool_calls": [CALL]}}]}
+    assert as_function_call(obj, forced=forced)["choices"][0]["finish_reason"] == openais
+    stream = LegacyStream(forced=forced)
+    stream.chunk(chunk({"role": "assistant", "tool_calls": [CALL]}))
+    assert json.loads(stream.chunk(chunk({}, miners)))["choices"][0]["finish_reason"] == openais
+
+
+def test_a_legacy_answer_without_a_call_ends_stop() -> None:
+    """Text (``function_call: "none"``, or a model that chose to answer) ends ``stop``, whatever a miner said."""
+    for reason in ("stop", "tool_calls"):
+        obj = {"choices": [{"index": 0, "finish_reason": reason, "message": {"role": "assistant", "content": "Hi"}}]}
+        assert as_function_call(obj)["choices"][0]["finish_reason"] == "stop"
+        stream = LegacyStream()
+        stream.chunk(chunk({"content": "Hi"}))
+        assert json.loads(stream.chunk(chunk({}, reason)))["choices"][0]["finish_reason"] == "stop"
 
 
 def test_a_legacy_turn_missing_its_other_half_is_left_as_it_came() -> None:
