@@ -15,6 +15,7 @@ from api.selection import NO_MINERS, not_answering
 from shared.errors import (
     CONTEXT_LENGTH_EXCEEDED,
     MODEL_SERVER_REJECTED,
+    NO_RETRY,
     SERVER_SHUTTING_DOWN,
     ApiError,
     model_not_found,
@@ -89,7 +90,11 @@ def no_winner_error(race: Race, input_param: str = "messages", *, model: str | N
                         code=MODEL_SERVER_REJECTED)
     if race.timed_out():
         return ApiError(504, f"No miner answered validly before the deadline. {errors}".strip(), code="deadline_exceeded")
-    return ApiError(502, f"No miner returned a valid answer. {errors}".strip(), code="no_valid_answer")
+    # Every miner answered and none fit what the request asked (a strict schema no answer fits, say): a retry asks
+    # the same miners the same thing, and the SDKs retry a 502 twice (the caller waited three times for one
+    # failure). Said so (``x-should-retry: false``), the SDK raises at once; a miner down or broken is still retried.
+    headers = dict(NO_RETRY) if race.unfit() else None
+    return ApiError(502, f"No miner returned a valid answer. {errors}".strip(), code="no_valid_answer", headers=headers)
 
 
 def each_failure(errors: dict[int, str]) -> str:

@@ -600,6 +600,11 @@ class Race:
         """Every miner's model server refused the request itself: the caller's mistake, not theirs."""
         return bool(self.runs) and all(r.error_kind == "refused" for r in self.runs)
 
+    def unfit(self) -> bool:
+        """Every miner answered, and no answer was what the request asked for (``answer_checks``: JSON that fits
+        its strict schema, a call its ``tool_choice`` requires): the caller's request, not a miner that was down."""
+        return bool(self.runs) and all(r.error_kind == UNFIT for r in self.runs)
+
     def timed_out(self) -> bool:
         return any(r.error_kind == "timeout" or not r.done for r in self.runs)
 

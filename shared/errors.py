@@ -80,6 +80,9 @@ _TYPES = {
 # 60-61 s after its request (shared/store/window.py). Longer waits (a daily token budget's, until the day ends)
 # are not worth sleeping through inside one call.
 LONGEST_RETRY_WAIT = 61
+# The header that tells the OpenAI SDKs (Python and Node: both obey it before the status) not to retry an error
+# that a retry would only repeat; a copy goes on each error (``dict(NO_RETRY)``).
+NO_RETRY = {"x-should-retry": "false"}
 
 
 def retry_after(seconds: float) -> dict[str, str]:
@@ -91,7 +94,7 @@ def retry_after(seconds: float) -> dict[str, str]:
     had them wait the whole second ``Retry-After`` rounds it up to."""
     wait = max(1, math.ceil(seconds))
     if wait > LONGEST_RETRY_WAIT:
-        return {"Retry-After": str(wait), "x-should-retry": "false"}
+        return {"Retry-After": str(wait), **NO_RETRY}
     return {"Retry-After": str(wait), "retry-after-ms": str(max(1, math.ceil(seconds * 1000)))}
 
 

@@ -656,6 +656,39 @@ async def test_a_json_answer_cut_by_the_callers_max_tokens_is_returned_cut_as_op
                 assert status == 502 and "no_valid_answer" in text, text
 
 
+STRICT_CITY = {"type": "json_schema", "json_schema": {"name": "city", "strict": True, "schema": {
+    "type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+    "required": ["city", "population"], "additionalProperties": False}}}
+
+
+async def test_an_answer_no_miner_can_fit_is_not_retried_by_the_sdk_and_a_miner_down_still_is(tmp_path: Path) -> None:
+    """A strict ``json_schema`` that every miner's answer missed (prose, or JSON without a required field) was a
+    502 the OpenAI SDK retries twice by default: the same miners asked the same thing, the caller waited three
+    times for one failure. It says ``x-should-retry: false`` now (both SDKs obey it), so the SDK raises at once,
+    streamed or not; the 502 of a miner that is down has no such header, and the SDK still retries it."""
+    prose = {"delta": {"content": "I would rather not say."}}
+    unfit = {"delta": {"content": '{"city": "Paris"}'}}
+    stop = {"delta": {}, "finish_reason": "stop"}
+    for script, streams in ((scripted(prose, stop), (False, True)), (scripted(unfit, stop), (False,))):
+        async with api_with_miners(tmp_path, {1: script}) as api:
+            client = openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=2, timeout=20)
+            for stream_it in streams:
+                asked = script.calls
+                with pytest.raises(openai.InternalServerError) as raised:
+                    await client.chat.completions.create(model="default", messages=MSG, response_format=STRICT_CITY,
+                                                         stream=stream_it)
+                assert raised.value.status_code == 502 and raised.value.code == "no_valid_answer"
+                assert raised.value.response.headers["x-should-retry"] == "false"
+                assert script.calls - asked == 1, "asked once: the SDK did not retry"
+    down = Script([], status=500)
+    async with api_with_miners(tmp_path, {1: down}) as api:
+        client = openai.AsyncOpenAI(base_url=api.url + "/v1", api_key=api.key, max_retries=2, timeout=20)
+        with pytest.raises(openai.InternalServerError) as raised:
+            await client.chat.completions.create(model="default", messages=MSG, response_format=STRICT_CITY)
+        assert raised.value.status_code == 502 and "x-should-retry" not in raised.value.response.headers
+        assert down.calls == 3, "a miner down is worth the SDK's two retries"
+
+
 def hostile_frames() -> list[str]:
     """A miner's stream whose envelope is the miner's mischief: an id for each chunk (a number, then strings),
     a ``created`` that is no time, another object's name, a fingerprint object, a tier of its own, a delta that
