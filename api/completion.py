@@ -26,6 +26,7 @@ from shared.jsonutil import dumps
 from shared.logging import printable
 from shared.metagraph import Neuron
 from shared.protocol import (
+    SERVICE_TIER,
     ChatCompletionRequest,
     completion_object,
     content_text,
@@ -120,7 +121,8 @@ def tell_no_answer(log: OutageLog, race: Race, rid: str, error: ApiError, *, cal
 
 def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, Any]) -> dict[str, Any]:
     """The ``chat.completion`` object of one winning run (with the model server's ``system_fingerprint``, as
-    its streamed chunks carry it)."""
+    its streamed chunks carry it), and the tier that served it, as OpenAI's says it and the Responses API's here
+    (``SERVICE_TIER``: it was left out, the SDK's ``None``, where ``/v1/responses`` said "default")."""
     obj = completion_object(
         completion_id=run.completion_id,  # the API's, as its stream's chunks carry it (``MinerRun.envelope``)
         created=run.created,
@@ -136,6 +138,7 @@ def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, A
     )
     if run.fingerprint is not None:
         obj["system_fingerprint"] = run.fingerprint
+    obj["service_tier"] = SERVICE_TIER
     return obj
 
 

@@ -22,7 +22,7 @@ from api.responses_wire import ResponsesRequest
 from shared.ids import random_hex
 from shared.jsonutil import dumpb, loads
 from shared.miner_client import Event
-from shared.protocol import token_count
+from shared.protocol import SERVICE_TIER, token_count
 
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
@@ -86,7 +86,7 @@ def echoed(r: ResponsesRequest, *, store: bool = False) -> dict[str, Any]:
         "reasoning": {"effort": r.reasoning.effort if r.reasoning else None,
                       "summary": r.reasoning.summary if r.reasoning else None},
         "safety_identifier": r.safety_identifier,
-        "service_tier": "default",
+        "service_tier": SERVICE_TIER,
         "store": store,
         "temperature": r.temperature,
         "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"},

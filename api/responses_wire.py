@@ -22,6 +22,7 @@ from shared.protocol import (
     MAX_UIDS,
     MIN_TIMEOUT,
     REQUEST_CONFIG,
+    SERVICE_TIER,
     Metadata,
     SamplingParameters,
     StreamOptions,
@@ -376,7 +377,7 @@ class ResponseOut(BaseModel):
     truncation: Literal["auto", "disabled"] = "disabled"
     store: bool = Field(default=False, description="Whether the response was stored (retrievable, and continued "
                                                    "by previous_response_id)")
-    service_tier: str = "default"
+    service_tier: str = SERVICE_TIER
     background: bool = Field(default=False, description="Made with background: true (polled, and cancellable)")
     previous_response_id: str | None = None
     conversation: dict[str, str] | None = Field(default=None, description="The conversation this response "

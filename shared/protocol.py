@@ -582,6 +582,10 @@ def function_name(named: dict[str, Any]) -> str | None:
 
 
 # How a chat choice may end, in the SDK's words (its type is a Literal of these).
+# The tier an answer says served it (OpenAI's chat completion and response name the one that did: "default" for
+# its standard one, whatever ``service_tier`` asked): the gateway has one, so a chat completion and a Responses API
+# response alike say it. A miner's own (its hosted upstream's "priority", say) is never the caller's.
+SERVICE_TIER = "default"
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 # A model server's own words for an answer cut at its token limit; its other words of its own (TGI's
 # "eos_token" and "stop_sequence", vLLM's "abort") mean it stopped.

@@ -689,6 +689,26 @@ async def test_an_answer_no_miner_can_fit_is_not_retried_by_the_sdk_and_a_miner_
         assert down.calls == 3, "a miner down is worth the SDK's two retries"
 
 
+async def test_a_chat_answer_names_the_tier_that_served_it_as_the_responses_api_does(tmp_path: Path) -> None:
+    """OpenAI's chat completion names the tier that served it (``"default"``), as its response does, whatever
+    ``service_tier`` asked; here the chat answer left it out (the SDK's ``service_tier`` None) while the Responses
+    API said ``"default"``, for one request to one miner. Both say ``"default"`` now, ``n`` choices too, whatever
+    the miner's chunks claimed (its upstream's ``"priority"``); a stream's chunks carry none (README)."""
+    frames = [json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "scripted",
+                          "service_tier": "priority", "choices": [{"index": 0, "finish_reason": None} | c]})
+              for c in ({"delta": {"content": "Hi"}}, {"delta": {}, "finish_reason": "stop"})]
+    async with api_with_miners(tmp_path, {1: Script([(0, d) for d in sse(*frames)])}) as api:
+        client = openai_client(api)
+        for n in (1, 2):
+            chat = await client.chat.completions.create(model="default", messages=MSG, service_tier="priority", n=n)
+            assert chat.service_tier == "default" and len(chat.choices) == n
+        response = await client.responses.create(model="default", input="Hi", service_tier="priority")
+        assert response.service_tier == chat.service_tier
+        stream = await client.chat.completions.create(model="default", messages=MSG, stream=True,
+                                                      stream_options={"include_usage": True})
+        assert {c.service_tier async for c in stream} == {None}
+
+
 def hostile_frames() -> list[str]:
     """A miner's stream whose envelope is the miner's mischief: an id for each chunk (a number, then strings),
     a ``created`` that is no time, another object's name, a fingerprint object, a tier of its own, a delta that
