@@ -35,6 +35,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("sn1_request_id", str)
 _LOGGED = web.RequestKey("sn1_access_logged", bool)
 _ENDED_WITH = web.RequestKey("sn1_ended_with", str)
+_FAILED_WITH = web.RequestKey("sn1_failed_with", str)  # the code of the HTTP error it ended with (``failed_with``)
 _HELD = web.RequestKey("sn1_access_held", tuple)  # a line not written yet (``hold``): its maker and status
 _CUTS = web.RequestKey("sn1_access_cuts", int)  # times the conversation was cut (``note_cuts``)
 _KIND = "access_log_kind"  # a handler's attribute: the word its lines start with (``chat``)
@@ -95,6 +96,18 @@ def ended_with(request: web.Request, code: str) -> None:
     error in place of its answer's end (a Responses turn its conversation could not take: ``response.failed``),
     or a background turn was settled so (``hold``). Its line says ``status=<code>``, not ``ok``."""
     request[_ENDED_WITH] = code
+
+
+def failed_with(request: web.Request, code: str | None) -> None:
+    """The request ended with the HTTP error of ``code`` where no race's line named it (a background turn whose web
+    search failed): the line held for it (``hold``) names it, ``status=error code=<code>``, as a race's does."""
+    if code:
+        request[_FAILED_WITH] = code
+
+
+def failure(request: web.Request) -> str | None:
+    """The code ``failed_with`` noted, if any."""
+    return request.get(_FAILED_WITH)
 
 
 def ending(request: web.Request) -> str | None:

@@ -344,11 +344,12 @@ class ResponsesFormat:
     async def fail(self, request: web.Request, key: KeyRecord, error: ApiError, *,
                    started: float) -> web.StreamResponse:
         """End an opened stream with ``response.failed`` (what the HTTP error would have said); it is not
-        stored, as a request refused with an HTTP error is not."""
+        stored, as a request refused with an HTTP error is not. Its line says ``status=error code=<code>``, as a
+        raced request's that ended in an HTTP error (``outcome_code``): it said ``status=<code>``."""
         assert self.opened is not None and self.events is not None
         end_at_stop(request, None)
         await self.opened.write_eof(failed_end(self.events, error))
-        self.searched_line(request, key, str(error.code), started=started)
+        self.searched_line(request, key, "error", started=started, code=outcome_code("error", error.code))
         return self.opened
 
     def searched_line(self, request: web.Request, key: KeyRecord, status: str, *, started: float,

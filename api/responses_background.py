@@ -33,6 +33,7 @@ from loguru import logger
 from api import access_log, conversations_state
 from api.access_log import answer_line, ended_with, hold, release, request_id
 from api.auth import invalid_api_key
+from api.completion import outcome_code
 from api.context import ApiContext
 from api.last_stored import UNNAMED
 from api.responses_render import ResponseStream, reopened
@@ -240,7 +241,8 @@ def owe_line(request: web.Request, key: KeyRecord, *, stream: bool, started: flo
     settled."""
     rid = request_id(request)
     hold(request, lambda status: answer_line(LINE_KIND, rid, key.id, [], None, stream=stream, mixture=False,
-                                             status=status, started=started), "error")
+                                             status=status, started=started,
+                                             code=outcome_code(status, access_log.failure(request))), "error")
 
 
 def attempt_logged(request: web.Request, key: KeyRecord, *, stream: bool, started: float) -> None:
@@ -411,6 +413,7 @@ async def _settled(request: web.Request, ctx: ApiContext, key: KeyRecord, queued
         ended_with(request, CANCELLED)
         return None
     except ApiError as e:
+        access_log.failed_with(request, e.code)  # for its line, when no race's named it (its search failed)
         final = _so_far(failed(queued, e.message, failure_code(e)), log)
     except asyncio.CancelledError:  # a cancel (which settled it already) or a shutdown
         if await settle(request, ctx, key, keeping, _so_far(failed(queued, SHUT_DOWN), log)) is not None:

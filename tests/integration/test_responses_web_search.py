@@ -17,7 +17,17 @@ from openai import AsyncOpenAI
 from api import web_search
 from shared.errors import ApiError
 from tests.compat.support import fresh_cache, serves
-from tests.helpers import Script, api_with_miners, chunk, openai_client, post, sse, stream_faults
+from tests.helpers import (
+    Script,
+    api_with_miners,
+    chunk,
+    info_lines,
+    openai_client,
+    post,
+    sse,
+    stream_faults,
+    wait_until,
+)
 
 PAGE = "https://corpus.sn1.local/wiki/pelseldan-city"
 
@@ -344,13 +354,22 @@ async def test_a_search_that_fails_ends_its_item_failed_before_response_failed(
         raise ApiError(400, "Unknown task 'web_retrieval'.", code="unknown_task", param="task")
 
     monkeypatch.setattr(web_search, "search", refused)
-    async with api_with_miners(tmp_path, {1: miner_answering("Pelseldan is a city.")}) as api:
-        body = {"model": "default", "input": "Pelseldan?", "tools": [{"type": "web_search"}], "background": background}
-        got = await _events_as_they_come(api, body)
-        client = openai_client(api)
-        async with client.responses.stream(**body) as events:  # the SDK's accumulator takes it
-            sdk = [event async for event in events]
-        stored = await client.responses.retrieve(got[0]["response"]["id"]) if background else None
+    with info_lines() as lines:
+        async with api_with_miners(tmp_path, {1: miner_answering("Pelseldan is a city.")}) as api:
+            body = {"model": "default", "input": "Pelseldan?", "tools": [{"type": "web_search"}],
+                    "background": background}
+            got = await _events_as_they_come(api, body)
+            client = openai_client(api)
+            async with client.responses.stream(**body) as events:  # the SDK's accumulator takes it
+                sdk = [event async for event in events]
+            stored = await client.responses.retrieve(got[0]["response"]["id"]) if background else None
+            await wait_until(lambda: not api.ctx.running_responses, 5)
+            api.ctx.request_log.flush()
+    # its line says what every failed request's says, status=error and the code (it said status=unknown_task)
+    kind = "responses.background" if background else "responses"
+    ended = [line for line in lines if f"| api | {kind} rid=" in line]
+    assert len(ended) == 2 and all(" uids=[] winner=None stream=True mixture=False status=error code=unknown_task "
+                                   in line for line in ended), ended
     assert stream_faults(got) == []
     assert [e["type"] for e in got][-3:] == ["response.web_search_call.searching", "response.output_item.done",
                                              "response.failed"]
