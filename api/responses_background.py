@@ -32,7 +32,7 @@ from loguru import logger
 
 from api import access_log, conversations_state
 from api.access_log import answer_line, ended_with, hold, release, request_id
-from api.auth import invalid_api_key
+from api.auth import invalid_api_key, store_errors
 from api.completion import outcome_code
 from api.context import ApiContext
 from api.last_stored import UNNAMED
@@ -47,6 +47,7 @@ from api.responses_state import (
     previous_not_found,
     response_store_call,
     settle_counted,
+    stored_events,
     turn_failed,
 )
 from api.storage_budget import charged
@@ -65,7 +66,6 @@ SHUT_DOWN = "the gateway shut down before it finished: send the request again"
 # The statuses a stream's last event names (OpenAI's stream has no event for a cancelled one: it just ends).
 ENDINGS = ("completed", "incomplete", "failed")
 FOLLOW_EVERY_S = 0.1  # how often a stream resumed on another worker reads the store for the next events
-READ_BATCH = 1000  # events a resumed stream reads from the store at once
 # A streamed response's events are stored (for a resume on another worker, or after it ended) up to this many
 # bytes, some 16,000 tokens' deltas; past it only the events that are not deltas: each item's .done events and
 # the last one carry it whole, so a resume past the bound has every item, not each piece of it (the deltas'
@@ -348,22 +348,14 @@ async def resumed(ctx: ApiContext, key: KeyRecord, found: StoredResponse, after:
             stored.extend(frame for _, frame in frames)
         closing = reopened(stored)
         closing.seq = number
-        final = now.response
-        if not final.get("output") and closing.items:  # failed past its deadline: the items as far as they came
-            final = final | {"output": closing.so_far()}
-        yield closing.ended(final)
+        yield closing.ended(now.response)  # failed past its deadline: its output the items as far as they came
 
 
 async def _stored_events(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIterator[list[tuple[int, str]]]:
-    """Every event the store keeps of a response past ``after`` now, ``READ_BATCH`` at a time."""
-    assert ctx.responses is not None
-    while True:
-        frames = await response_store_call(ctx.responses.events(found.key_id, found.id, after=after, limit=READ_BATCH))
-        if frames:
+    """``stored_events`` on a request's path: the store down is the 503 naming it."""
+    with store_errors("response store"):
+        async for frames in stored_events(ctx, found, after):
             yield frames
-        if len(frames) < READ_BATCH:
-            return
-        after = frames[-1][0]
 
 
 def _joined(frames: list[tuple[int, str]]) -> bytes:

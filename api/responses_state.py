@@ -35,7 +35,7 @@ from api.auth import store_call
 from api.context import ApiContext
 from api.conversations_state import KEEP_ATTEMPTS, KEEP_PAUSE_S
 from api.last_stored import LastStored, digests, folded, listed_size
-from api.responses_render import new_id
+from api.responses_render import new_id, reopened
 from api.responses_wire import STATELESS, InputItemsQuery, ResponsesRequest, is_item_reference
 from shared.aio import retried
 from shared.errors import MODEL_NOT_FOUND, ApiError, invalid_value
@@ -60,6 +60,7 @@ ITEM_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output"
 STORAGE_OFF = f"{STATELESS} (RESPONSES_RETENTION_SECONDS is 0)"
 MAX_ITEM_ID = 256  # an item id an item_reference can name (a longer one is kept, not indexed)
 MAX_REFERENCED_RESPONSES = 16  # stored responses one request's item references may read
+READ_BATCH = 1000  # a response's stored events read from the store at once
 # A conversation's last items whose ids are looked up to find its last stored turn (``last_turn``): its output's
 # last item, or items added to the conversation after it (a lookup each).
 LAST_TURN_LOOKUPS = 4
@@ -244,10 +245,34 @@ async def as_it_is(ctx: ApiContext, key: KeyRecord, found: StoredResponse) -> St
         return found
     gone = failed(found.response, STOPPED)
     try:
+        gone = gone | {"output": await output_so_far(ctx, found)}
         await settle_counted(ctx, key, found.id, found.again(gone), retention=ctx.settings.responses_retention_seconds)
     except StoreUnavailable as e:
         logger.warning("background response {} not settled as failed: {}", found.id, e)
     return dataclasses.replace(found, response=gone, until=None)
+
+
+async def output_so_far(ctx: ApiContext, found: StoredResponse) -> list[dict[str, Any]]:
+    """The output of a pending response failed now (its worker died): the items its stored events showed, as far as
+    they came (``ResponseStream.so_far``: one left open ``incomplete``, a search still running ``failed``), as its
+    stream's last event has them; its own output (none) for a response not streamed. Polled, it said ``output: []``
+    where the same response streamed again listed them."""
+    stored: list[str] = []
+    async for frames in stored_events(ctx, found, -1):
+        stored.extend(frame for _, frame in frames)
+    return reopened(stored).so_far() if stored else list(found.response.get("output") or [])
+
+
+async def stored_events(ctx: ApiContext, found: StoredResponse, after: int) -> AsyncIterator[list[tuple[int, str]]]:
+    """Every event the store keeps of a response past ``after`` now, ``READ_BATCH`` at a time."""
+    assert ctx.responses is not None
+    while True:
+        frames = await ctx.responses.events(found.key_id, found.id, after=after, limit=READ_BATCH)
+        if frames:
+            yield frames
+        if len(frames) < READ_BATCH:
+            return
+        after = frames[-1][0]
 
 
 async def settle_counted(ctx: ApiContext, key: KeyRecord, response_id: str, data: str, *, retention: float,

@@ -753,6 +753,49 @@ async def test_a_made_up_last_event_follows_the_done_events_of_the_items_left_op
             assert (await events.get_final_response()).output_text == "Hello, Ada."
 
 
+@pytest.mark.parametrize("first", ["polled", "streamed"])
+async def test_one_failed_past_its_deadline_has_the_same_output_polled_and_streamed(
+        honest: ApiUnderTest, monkeypatch: pytest.MonkeyPatch, first: str) -> None:
+    """Its worker died mid-answer (a reasoning item done, a message begun): past its deadline it reads failed. Polled
+    (``GET /v1/responses/{id}``), it said ``output: []``, while its stream resumed listed the items its events had
+    shown, in the last event's ``response``. Both now have them, with the same statuses (OpenAI keeps a failed
+    response's partial output), whichever reader failed it first."""
+    monkeypatch.setattr(responses_background, "TAIL_WAIT_S", 0.2)
+    client = openai_client(honest)
+    key_id, store = await only_key_id(honest), honest.ctx.responses
+    assert store is not None
+    base = in_progress("resp_died")
+    thought = {"type": "reasoning", "id": "rs_1", "summary": [], "status": "completed",
+               "content": [{"type": "reasoning_text", "text": "Hm."}]}
+    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    item = {"type": "message", "id": "msg_1", "role": "assistant", "status": "in_progress", "content": []}
+    render = responses_background.ResponseStream(base)
+    frames = [render.event("response.created", response=base), render.event("response.in_progress", response=base),
+              render.event("response.output_item.added", output_index=0, item=thought | {"status": "in_progress"}),
+              render.event("response.output_item.done", output_index=0, item=thought),
+              render.event("response.output_item.added", output_index=1, item=item),
+              render.event("response.content_part.added", item_id="msg_1", output_index=1, content_index=0, part=part),
+              render.event("response.output_text.delta", item_id="msg_1", output_index=1, content_index=0,
+                           delta="Hel", logprobs=[])]
+    await store.put(key_id, "resp_died", encode(base, [], until=time.time() - 1), retention=60, pending=True)
+    await store.add_events(key_id, "resp_died", [(n, e.decode()) for n, e in enumerate(frames)], retention=60)
+
+    async def streamed() -> Any:
+        events = [e async for e in await client.responses.retrieve("resp_died", stream=True)]
+        assert events[-1].type == "response.failed", events[-1].type
+        return events[-1].response
+
+    if first == "polled":
+        polled_now, last = await client.responses.retrieve("resp_died"), await streamed()
+    else:
+        last = await streamed()
+        polled_now = await client.responses.retrieve("resp_died")
+    assert polled_now.status == "failed" and polled_now.error is not None
+    assert [(o.id, o.status) for o in polled_now.output] == [("rs_1", "completed"), ("msg_1", "incomplete")]
+    assert polled_now.output_text == "Hel"
+    assert [o.model_dump() for o in polled_now.output] == [o.model_dump() for o in last.output]
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["polled", "streamed"])
 async def test_one_whose_conversation_outgrew_the_store_says_store_false_and_cannot_be_continued(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
