@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -30,6 +31,7 @@ from api.miner_health import MinerHealth, probe_forever
 from api.request_shape import NO_BODY_POSTS, request_shape_middleware
 from api.storage_budget import StorageBudget
 from shared.client_address import PEERS_TOLD, TRUSTED_PROXIES, parse_networks
+from shared.connections import cut_now
 from shared.http import NOT_SERVED_HERE, error_middleware, json_response
 from shared.ids import random_hex
 from shared.metagraph import Neuron
@@ -140,8 +142,13 @@ async def probe_set_aside(ctx: ApiContext) -> None:
 
 async def _stopping(app: web.Application) -> None:
     """``on_shutdown``: the stop signal came, the port is closed, and the requests in flight have 5 s before aiohttp
-    cuts them; a request cut from now on is logged ``status=shut_down`` (``logged_outcome``)."""
-    app[CTX].stopping = True
+    cuts them; a request cut from now on is logged ``status=shut_down`` (``logged_outcome``). The callers following
+    a background response are cut now, each told where to resume (``responses_background.stopped_following``): the
+    response goes on without them, and they waited out the 5 s for nothing, then were told the same."""
+    ctx = app[CTX]
+    ctx.stopping, ctx.stopped_at = True, time.monotonic()
+    for request in list(ctx.followers.values()):
+        cut_now(request)
 
 
 async def _flush_request_log(app: web.Application) -> AsyncIterator[None]:
@@ -157,8 +164,9 @@ async def _settle_in_flight(app: web.Application) -> AsyncIterator[None]:
     forwarder's last commit."""
     yield
     ctx = app[CTX]
-    if ctx.running_responses:  # background responses get what a request in flight gets to finish
-        await asyncio.wait(list(ctx.running_responses.values()), timeout=responses_background.SHUTDOWN_GRACE_S)
+    if ctx.running_responses:  # background responses get what a request in flight gets to finish, from the signal
+        left = responses_background.SHUTDOWN_GRACE_S - (time.monotonic() - ctx.stopped_at)
+        await asyncio.wait(list(ctx.running_responses.values()), timeout=max(left, 0.0))
     for t in list(ctx.background):
         t.cancel()
     await asyncio.gather(*ctx.background, return_exceptions=True)

@@ -56,6 +56,10 @@ class ApiContext:
     conversations: ConversationStore | None = None  # None as ``responses``
     request_log: RequestLog = field(default_factory=lambda: RequestLog("api"))  # one INFO line per request
     stopping: bool = False  # a stop signal came (``on_shutdown``): a request cut from here on is logged ``shut_down``
+    stopped_at: float = 0.0  # when it came (``time.monotonic``): background responses get their grace from then
+    # the requests relaying a background response's events (``responses_background.stream_log``): a stop cuts them
+    # at once, telling each where to resume, as nothing of the response waits on them
+    followers: dict[int, web.Request] = field(default_factory=dict)  # by ``id`` (a request is not hashable)
     store_marker: MarkerWatch = field(default_factory=MarkerWatch)  # a Redis that came back empty: /ready, an ERROR
     # answers the store did not take (a full disk refuses them while smaller writes pass): a few lines, not one each
     responses_outage: OutageLog = field(default_factory=lambda: OutageLog("stored responses"))

@@ -34,7 +34,7 @@ from api import access_log, conversations_state
 from api.access_log import answer_line, ended_with, hold, release, request_id
 from api.auth import invalid_api_key, store_errors
 from api.completion import outcome_code
-from api.context import ApiContext
+from api.context import CTX, ApiContext
 from api.last_stored import UNNAMED
 from api.responses_render import ResponseStream, reopened
 from api.responses_state import (
@@ -52,7 +52,7 @@ from api.responses_state import (
 )
 from api.storage_budget import charged
 from shared.aio import follow_growing
-from shared.connections import end_at_stop
+from shared.connections import cut_now, end_at_stop
 from shared.errors import SERVER_SHUTTING_DOWN, STOPPING, ApiError, invalid_value, retry_after
 from shared.http import json_response
 from shared.jsonutil import dumpb
@@ -256,35 +256,46 @@ def attempt_logged(request: web.Request, key: KeyRecord, *, stream: bool, starte
 async def stream_log(request: web.Request, response_id: str, events: AsyncIterator[bytes], *,
                      after: int = -1) -> web.StreamResponse:
     """Relay a background response's events (those after sequence number ``after``); a caller that leaves stops
-    only its own stream, and this process's stop ends it with ``stopped_following``. Its headers name the request's
-    id, as every other answer's do (this one's named none). A HEAD gets the headers alone: aiohttp writes what a
-    stream writes whatever the method, and the events sent after a HEAD's headers were read by the client as its
-    next answer on the connection."""
+    only its own stream, and this process's stop ends it at once (``ApiContext.followers``) with
+    ``stopped_following``. Its headers name the request's id, as every other answer's do (this one's named none). A
+    HEAD gets the headers alone: aiohttp writes what a stream writes whatever the method, and the events sent after
+    a HEAD's headers were read by the client as its next answer on the connection."""
     response = web.StreamResponse(headers={"x-request-id": request_id(request), **SSE_HEADERS})
     await response.prepare(request)
     if request.method == "HEAD":
         await response.write_eof()
         return response
-    sent = after
-    end_at_stop(request, lambda: stopped_following(response_id, sent))
-    async for chunk in events:
-        await response.write(chunk)
-        sent = last_number(chunk, sent)
+    ctx, sent = request.app[CTX], after
+    end_at_stop(request, lambda: stopped_following(response_id, sent, here=response_id in ctx.running_responses))
+    ctx.followers[id(request)] = request
+    try:
+        if ctx.stopping:  # came in during the stop's grace, on a connection kept alive
+            cut_now(request)
+        async for chunk in events:
+            await response.write(chunk)
+            sent = last_number(chunk, sent)
+    finally:
+        ctx.followers.pop(id(request), None)
     end_at_stop(request, None)
     await response.write_eof()
     return response
 
 
-def stopped_following(response_id: str, sent: int) -> bytes:
-    """The last event of a caller following a background response when this process stops: an ``error`` event
-    (code ``server_shutting_down``) saying where to stream it again from, with no ``sequence_number`` (every number
-    is the response's own, stored for a resume: one taken here would be skipped or repeated there) and the error
-    under ``error`` too, which both OpenAI SDKs raise as an ``APIError`` with its words. Its connection was closed
-    with no word, which the SDKs raise as a network fault's connection error. The response goes on (this process
-    gives it ``SHUTDOWN_GRACE_S`` more, then fails it): its other events, its end too, are there to resume."""
-    error = ApiError(503, f"{STOPPING}; response {response_id} goes on without "
-                          f"this stream: stream it again with starting_after={sent} for the rest of its events (its "
-                          "end too), or poll it.", code=SERVER_SHUTTING_DOWN, type_="server_error").body()["error"]
+def stopped_following(response_id: str, sent: int, *, here: bool) -> bytes:
+    """The last event of a caller following a background response when this process stops, sent at once (the
+    response goes on without the caller: its events are stored): an ``error`` event (code ``server_shutting_down``,
+    as every stream a stop cuts) saying how long the response goes on and where to stream it again from, with no
+    ``sequence_number`` (every number is the response's own, stored for a resume: one taken here would be skipped or
+    repeated there) and the error under ``error`` too, which both OpenAI SDKs raise as an ``APIError`` with its
+    words. ``here``: this process runs the response, and gives it ``SHUTDOWN_GRACE_S`` from the stop signal, then
+    fails it; else another runs it, which this stop does not touch. Its other events, its end too, are there to
+    resume. The caller waited out the stop's grace for requests in flight (5 s) before it was told."""
+    goes_on = (f"goes on here for up to {SHUTDOWN_GRACE_S:g} s while the server stops (it fails if it is not done "
+               "by then)" if here else "goes on on another API worker")
+    error = ApiError(503, f"{STOPPING}; response {response_id} {goes_on}, without this stream: stream it again "
+                          f"with starting_after={sent} for the rest of its events (its end too), from another API "
+                          "worker or this one once restarted, or poll it.", code=SERVER_SHUTTING_DOWN,
+                     type_="server_error").body()["error"]
     return b"event: error\ndata: " + dumpb({"type": "error", "code": error["code"], "message": error["message"],
                                            "param": None, "error": error}) + b"\n\n"
 

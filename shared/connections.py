@@ -304,12 +304,15 @@ class GuardedRequestHandler(RequestHandler):
         self._guard.header_timeout()
         self.force_close()
 
-    def cut_in_flight(self) -> bool:
-        """Cancel the request being answered, marked ``cut_by_stop``, when its caller can still be told why: not a
-        byte of its answer went out yet (its handler's middleware answers it a 503), or it is a stream that gave its
-        last event for a stop (``end_at_stop``: the middleware writes it, then closes). Whether it did (once: a
-        second call leaves its answer be); any other (a stream that gave none) ``end_in_flight`` closes."""
+    def cut_in_flight(self, only: web.Request | None = None) -> bool:
+        """Cancel the request being answered (``only``: if it is that one), marked ``cut_by_stop``, when its caller
+        can still be told why: not a byte of its answer went out yet (its handler's middleware answers it a 503), or
+        it is a stream that gave its last event for a stop (``end_at_stop``: the middleware writes it, then closes).
+        Whether it did (once: a second call leaves its answer be); any other (a stream that gave none)
+        ``end_in_flight`` closes."""
         request = self._current_request
+        if only is not None and request is not only:
+            return False
         if self.cut_by_stop or request is None or request.task.done():
             return self.cut_by_stop
         if request.writer.output_size and STOP_ENDING not in request:
@@ -346,6 +349,14 @@ def cut_by_stop(request: web.Request) -> bool:
     """Whether the server's stop cancelled ``request`` (``cut_in_flight``): nothing of its answer had gone out, or
     it is a stream with a last event for a stop (``end_at_stop``)."""
     return getattr(request.protocol, "cut_by_stop", False)
+
+
+def cut_now(request: web.Request) -> bool:
+    """Cut ``request`` at once, as a stop's grace ends cuts it (``cut_in_flight``: a stream with a last event for a
+    stop, ``end_at_stop``, ends with it), for one that has nothing to wait for in the grace (a caller following a
+    background response, which goes on without it). Whether it was cut."""
+    protocol = request.protocol
+    return isinstance(protocol, GuardedRequestHandler) and protocol.cut_in_flight(request)
 
 
 def end_at_stop(request: web.Request, ending: Callable[[], bytes] | None) -> None:

@@ -280,7 +280,10 @@ async def test_a_caller_following_a_background_stream_is_told_where_to_resume_wh
                                             followed))
         assert await wait_until(lambda: len(followed) > 5, 20) < 20
         run.api.proc.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
         raised = [await maker, await follower]
+        # told at once, not after the 5 s the stop gives requests in flight (the response goes on without them)
+        assert time.monotonic() - stopped < 2.5, time.monotonic() - stopped
         await asyncio.to_thread(run.api.proc.wait, 30)
         again = start_api(tmp_path, run.env, store_url=f"sqlite:///{tmp_path / 'api.db'}")
         try:
@@ -292,6 +295,7 @@ async def test_a_caller_following_a_background_stream_is_told_where_to_resume_wh
                 assert error.code == "server_shutting_down", error
                 last = events[-1].sequence_number
                 assert f"starting_after={last} " in error.message, (error.message, last)
+                assert "goes on here for up to 5 s" in error.message, error.message  # then fails, unless done
                 rest = [e async for e in await other.responses.retrieve(made[0].response.id, stream=True,
                                                                        starting_after=last)]
                 whole = [e.model_dump(mode="json") for e in [*events, *rest]]

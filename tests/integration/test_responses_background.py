@@ -6,6 +6,7 @@ never pending for ever."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import sqlite3
@@ -1109,3 +1110,40 @@ async def test_a_truncated_background_response_is_not_failed_while_its_worker_as
         done = polls[-1]
         assert (done.status, done.output_text, miner.calls) == ("completed", "Fits now.", 4), done.error
         assert len(miner.bodies[-1]["messages"]) < len(talk)  # asked again, cut
+
+
+async def test_a_caller_following_one_on_a_worker_that_stops_is_told_at_once_where_to_resume(tmp_path: Path) -> None:
+    """A worker stops (a deploy) while a caller follows, from the store, a streamed background response another
+    worker runs: the caller waited out the stop's grace for requests in flight, for nothing (the response goes on
+    without it), and was then cut. It is told at once: an ``error`` event ``server_shutting_down`` saying the response
+    goes on on another worker and where to resume, from which the other worker's stream has the rest, to its end."""
+    words = [chunk(f"w{i} ") for i in range(15)]
+    miner = Script([(0.2, d) for d in sse(*words, chunk(finish="stop"))])  # 3 s of words
+    async with api_with_miners(tmp_path, {1: miner}) as here, contextlib.AsyncExitStack() as stack:
+        there = await stack.enter_async_context(api_with_miners(tmp_path, {1: Script([])}))
+        _, response_id = await left_at(here, await openai_client(here).responses.create(
+            model="default", input="Hi", background=True, stream=True), "response.in_progress")
+        seen, error, took = b"", None, 0.0
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{there.url}/v1/responses/{response_id}?stream=true", headers={"Authorization": f"Bearer {here.key}"},
+                timeout=aiohttp.ClientTimeout(total=20)) as r:
+            assert r.status == 200, await r.text()
+            while b"response.output_text.delta" not in seen:
+                seen += await r.content.readany()
+            stopping = asyncio.create_task(stack.aclose())  # the other worker stops
+            started = time.monotonic()
+            with contextlib.suppress(aiohttp.ClientPayloadError):
+                async for line in r.content:
+                    seen += line
+                    if line.startswith(b"data: ") and b'"type":"error"' in line:
+                        error, took = json.loads(line[6:]), time.monotonic() - started
+            await stopping
+        assert error is not None, seen[-300:]
+        assert took < 0.5, took  # at once, not after the grace
+        assert error["code"] == "server_shutting_down" and "goes on on another API worker" in error["message"], error
+        last = max(json.loads(line[6:])["sequence_number"] for line in seen.split(b"\n")
+                   if line.startswith(b"data: ") and b"sequence_number" in line)
+        assert f"starting_after={last} " in error["message"], (error["message"], last)
+        rest = [e async for e in await openai_client(here).responses.retrieve(response_id, stream=True,
+                                                                              starting_after=last)]
+        assert rest[0].sequence_number == last + 1 and rest[-1].type == "response.completed", rest[-1].type
