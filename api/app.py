@@ -104,8 +104,10 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app.cleanup_ctx.append(renewing)  # always: a stream longer than a lease keeps its slot
     if run_background:
         app.cleanup_ctx.append(_background)
+    # last in, first out: the final lines go out once the background responses are settled (their turns' lines are
+    # written then: flushed before, they were lost), and before the rest of the cleanup
+    app.cleanup_ctx.append(_flush_request_log)
     app.cleanup_ctx.append(_settle_in_flight)  # exits before _background: payloads in before the outbox closes
-    app.cleanup_ctx.append(_flush_request_log)  # last in, first out: the final lines go out first
     return app
 
 

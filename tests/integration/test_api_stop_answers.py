@@ -285,6 +285,9 @@ async def test_a_caller_following_a_background_stream_is_told_where_to_resume_wh
         # told at once, not after the 5 s the stop gives requests in flight (the response goes on without them)
         assert time.monotonic() - stopped < 2.5, time.monotonic() - stopped
         await asyncio.to_thread(run.api.proc.wait, 30)
+        # the turn's line, written as the stop failed it, is in the log (it was written after the log's last flush)
+        turn = [line for line in run.api.log.read_text().splitlines() if " responses.background rid=" in line]
+        assert len(turn) == 1 and " status=shut_down code=server_shutting_down " in turn[0], turn
         again = start_api(tmp_path, run.env, store_url=f"sqlite:///{tmp_path / 'api.db'}")
         try:
             await asyncio.to_thread(wait_ready, [again])
