@@ -292,10 +292,12 @@ def stopped_following(response_id: str, sent: int, *, here: bool) -> bytes:
     resume. The caller waited out the stop's grace for requests in flight (5 s) before it was told."""
     goes_on = (f"goes on here for up to {SHUTDOWN_GRACE_S:g} s while the server stops (it fails if it is not done "
                "by then)" if here else "goes on on another API worker")
+    # one cut before its first event streams it from its start: ``starting_after=-1`` is a 400
+    again = f"with starting_after={sent} for the rest of its events" if sent >= 0 else (
+        "without starting_after for all its events")
     error = ApiError(503, f"{STOPPING}; response {response_id} {goes_on}, without this stream: stream it again "
-                          f"with starting_after={sent} for the rest of its events (its end too), from another API "
-                          "worker or this one once restarted, or poll it.", code=SERVER_SHUTTING_DOWN,
-                     type_="server_error").body()["error"]
+                          f"{again} (its end too), from another API worker or this one once restarted, or poll it.",
+                     code=SERVER_SHUTTING_DOWN, type_="server_error").body()["error"]
     return b"event: error\ndata: " + dumpb({"type": "error", "code": error["code"], "message": error["message"],
                                            "param": None, "error": error}) + b"\n\n"
 
