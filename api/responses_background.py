@@ -289,7 +289,8 @@ def stopped_following(response_id: str, sent: int, *, here: bool) -> bytes:
     repeated there) and the error under ``error`` too, which both OpenAI SDKs raise as an ``APIError`` with its
     words. ``here``: this process runs the response, and gives it ``SHUTDOWN_GRACE_S`` from the stop signal, then
     fails it; else another runs it, which this stop does not touch. Its other events, its end too, are there to
-    resume. The caller waited out the stop's grace for requests in flight (5 s) before it was told."""
+    resume. Until 2026-12-07 it was sent only once the stop's grace for requests in flight (5 s) was over: the caller
+    waited those seconds for nothing."""
     goes_on = (f"goes on here for up to {SHUTDOWN_GRACE_S:g} s while the server stops (it fails if it is not done "
                "by then)" if here else "goes on on another API worker")
     # one cut before its first event streams it from its start: ``starting_after=-1`` is a 400
