@@ -17,7 +17,16 @@ from aiohttp import web
 
 from neurons.miner.backends.base import Backend, BackendError
 from neurons.miner.standing import Standing
-from neurons.miner.traffic import CLIENT_GONE, REFUSALS, TRAFFIC, RefusalLog, TrafficLog, summary_loop
+from neurons.miner.traffic import (
+    CLIENT_GONE,
+    FAILING,
+    REFUSALS,
+    TRAFFIC,
+    FailureStreak,
+    RefusalLog,
+    TrafficLog,
+    summary_loop,
+)
 from shared.connections import ended_by_stop
 from shared.errors import ApiError
 from shared.http import error_middleware, json_response, parse_model, read_json
@@ -57,6 +66,7 @@ def create_miner_app(
     app[BACKEND] = backend
     app[TRAFFIC] = TrafficLog(lines=RequestLog("miner", level=log_level))
     app[REFUSALS] = refusals
+    app[FAILING] = FailureStreak()
     app.cleanup_ctx.append(summary_loop)
     if standing is not None:
         app[STANDING] = standing
@@ -104,9 +114,14 @@ async def health(request: web.Request) -> web.Response:
     models = backend.models()
     standing = request.app.get(STANDING)
     problems = list(standing.problems) if standing is not None else []
-    if not models:
+    # what the model server's list says (down, empty, a model UPSTREAM_MODELS names missing), else the bare fact
+    told = getattr(backend, "problems", list)()
+    problems += told
+    if not models and not told:
         problems.append("no model is served: the model server lists none, or has not answered yet (see the "
                         "WARNING at start)")
+    if (failing := request.app[FAILING].problem()) is not None:
+        problems.append(failing)
     return json_response({"status": "ok", "backend": backend.name, "models": models, "problems": problems})
 
 
@@ -152,6 +167,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             status = CLIENT_GONE  # the caller left (a lost race, its deadline): not a failure of this miner
         raise
     finally:
+        request.app[FAILING].record(status, code, request.get(BACKEND_FAILURE))
         request.app[TRAFFIC].record(rid=request_id_from(request.headers),
                                     caller=request[CALLER_KEY].hotkey_ss58, stream=stream, status=status,
                                     latency_ms=(time.perf_counter() - started) * 1000,

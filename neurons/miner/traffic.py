@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from loguru import logger
 
-from shared.errors import ApiError
+from shared.errors import MODEL_SERVER_REJECTED, ApiError
 from shared.http import route_path
 from shared.ids import request_id_from
 from shared.logging import field_value, printable
@@ -203,7 +204,42 @@ def _explained(reason: str, message: str) -> str:
     return f" ({printable(message.removeprefix(f'{reason}: '))})" if reason in EXPLAINED else ""
 
 
+FAILING_STREAK = 3  # chat requests in a row the model server failed before ``/health`` says so
+FAILING_STATUSES = frozenset({502, 504})  # the model server failed (an error, garbage, down) or was too slow
+
+
+class FailureStreak:
+    """The chat requests in a row that the model server failed (this miner's 502s and 504s), for ``/health``'s
+    ``problems``. A model server that went down after the start, a wrong ``UPSTREAM_API_KEY`` or one slower than
+    callers wait failed every request while ``/health`` said ``ok`` with no problem: a monitor saw a healthy miner
+    that scored 0. An answer, or a refusal of the caller's request (``model_server_rejected``: the server
+    answered), ends the streak."""
+
+    def __init__(self, streak: int = FAILING_STREAK) -> None:
+        self.streak = streak
+        self.failed = 0
+        self.since = 0.0  # Unix seconds at the streak's first failure
+        self.latest = ""
+
+    def record(self, status: int, code: str | None, failure: str | None) -> None:
+        if status == 200 and failure is None or code == MODEL_SERVER_REJECTED:
+            self.failed = 0
+        elif failure is not None and status in FAILING_STATUSES:
+            self.since = self.since if self.failed else time.time()
+            self.failed += 1
+            self.latest = failure
+
+    def problem(self) -> str | None:
+        """The streak in words, once it is ``streak`` long (None before, and once an answer ended it)."""
+        if self.failed < self.streak:
+            return None
+        since = time.strftime("%H:%M:%S", time.gmtime(self.since))
+        return (f"the model server failed the last {self.failed} chat requests in a row (since {since} UTC; each "
+                f"scores 0), the latest: {printable(self.latest[:REASON_CHARS * 2])}")
+
+
 TRAFFIC = web.AppKey("traffic", TrafficLog)
+FAILING = web.AppKey("failing", FailureStreak)
 REFUSALS = web.AppKey("refusals", RefusalLog)
 
 

@@ -140,12 +140,15 @@ async def test_health_says_when_the_model_server_serves_no_model() -> None:
     from shared.signing import Authorizer, RequestVerifier
     from tests.helpers import serve_app
 
-    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{free_port()}/v1")  # nothing listens there
+    port = free_port()
+    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{port}/v1")  # nothing listens there
     await backend.start()
     verifier = RequestVerifier(keypair("//Miner1").ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
     async with serve_app(create_miner_app(backend, verifier)) as url:
         async with aiohttp.ClientSession() as s, s.get(url + "/health") as r:
             body = await r.json()
     assert r.status == 200 and body["status"] == "ok" and body["models"] == []
-    assert body["problems"] == ["no model is served: the model server lists none, or has not answered yet (see the "
-                                "WARNING at start)"]
+    # why, as the start's WARNING says it (it was "the model server lists none, or has not answered yet")
+    assert body["problems"] == [f"could not list upstream models at http://127.0.0.1:{port}/v1: cannot connect to the "
+                                f"model server at 127.0.0.1:{port} (Connection refused): is it running, and "
+                                "UPSTREAM_URL right?; no model is served until it answers (asked every 60s)"]

@@ -142,6 +142,7 @@ class OpenAICompatibleBackend:
         self._models_refresh = models_refresh
         self._serve_models = list(serve_models or [])  # UPSTREAM_MODELS: the operator's choice, in order
         self._missing: list[str] = []
+        self._listing_problem: str | None = None  # why its last /models gave no model to serve (``problems``)
         self._refresher: asyncio.Task[None] | None = None
         self._refusals = FieldRefusals()  # what its models refused, learnt from their 4xx
         self._fields = forwarded_fields(extra_fields or ())  # what of a request the model server is sent
@@ -171,6 +172,7 @@ class OpenAICompatibleBackend:
             async with self._http().get(f"{self.base_url}/models", headers=self._headers,
                                         timeout=aiohttp.ClientTimeout(total=LIST_TIMEOUT_S)) as r:
                 if r.status == 404 and self._serve_models:
+                    self._listing_problem = None
                     self._unlisted()
                     return
                 if r.status != 200:
@@ -180,17 +182,22 @@ class OpenAICompatibleBackend:
             models = self._served(listed)
             if models != self._models and models:
                 logger.info("upstream models: {}", ", ".join(models))
+            self._listing_problem = None
             if models:
                 self._models = models
-            elif not listed and not self._models:  # it was silent: a miner serving nothing, for no reason given
-                logger.warning("the upstream at {} lists no model yet: nothing is served until it does (Ollama: "
-                               "pull one with ollama pull)", self.shown_url)
+            elif not listed:
+                self._listing_problem = (f"the upstream at {self.shown_url} lists no model yet: nothing is served "
+                                         "until it does (Ollama: pull one with ollama pull)")
+                if not self._models:  # it was silent: a miner serving nothing, for no reason given
+                    logger.warning("{}", self._listing_problem)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             # aiohttp's certificate error is a ValueError too (ssl.CertificateError's): told as the others are
             why = failure_words(e, f"{LIST_TIMEOUT_S:g} s") if isinstance(e, aiohttp.ClientError | TimeoutError) \
                 else str(e)
-            logger.warning("could not list upstream models at {}: {}{}", self.shown_url, why, "" if self._models else
-                           f"; no model is served until it answers (asked every {self._models_refresh:g}s)")
+            self._listing_problem = f"could not list upstream models at {self.shown_url}: {why}" + (
+                f"; still advertising its last list ({', '.join(self._models)})" if self._models else
+                f"; no model is served until it answers (asked every {self._models_refresh:g}s)")
+            logger.warning("{}", self._listing_problem)
 
     def _unlisted(self) -> None:
         """The upstream has no /models (Cloudflare Workers AI's OpenAI endpoint, some proxies): the models
@@ -211,6 +218,17 @@ class OpenAICompatibleBackend:
                            ", ".join(missing), ", ".join(listed[:20]))
         self._missing = missing
         return [m for m in self._serve_models if m in listed]
+
+    def problems(self) -> list[str]:
+        """What its last ``/models`` said is wrong (``/health``'s ``problems``): the model server not answering it
+        (down after the start too, while the last list is still advertised), listing no model, or not listing a
+        model ``UPSTREAM_MODELS`` names. Empty when it lists what is served."""
+        problems = [self._listing_problem] if self._listing_problem else []
+        if self._missing and self._listing_problem is None:
+            problems.append(f"UPSTREAM_MODELS names {', '.join(self._missing)} that the model server at "
+                            f"{self.shown_url} does not list: not served (GET {self.shown_url}/models lists the names "
+                            "it takes)")
+        return problems
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -1,0 +1,125 @@
+"""A miner whose model server fails it says so in ``/health``'s ``problems``, with why.
+
+It said ``ok`` with no problem while its model server was down (gone after the start: the models it listed at
+start stayed advertised, and every request was a 502, a 0), while the server refused its key, and, for
+``UPSTREAM_MODELS`` naming a model the server does not list, it said "the model server lists none, or has not
+answered yet" of a server that had answered with a list. A real miner in front of a real model server on 127.0.0.1,
+called with the validator's own signed client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from neurons.miner.app import create_miner_app
+from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
+from shared.jsonutil import dumpb
+from shared.metagraph import Neuron
+from shared.miner_client import MinerClient, MinerError, make_session
+from shared.signing import Authorizer, RequestVerifier, Signer
+from tests.fake_upstream import MODEL, create_fake_upstream
+from tests.helpers import keypair, serve_app
+from tests.ports import free_port
+
+VALIDATOR, MINER = keypair("//Validator"), keypair("//Miner1")
+CHAT = {"messages": [{"role": "user", "content": "Hi"}], "seed": 7, "stream": False, "task": "InferenceTask"}
+
+
+@contextlib.asynccontextmanager
+async def miner_before(upstream_url: str, **backend_options) -> AsyncIterator[tuple[str, OpenAICompatibleBackend]]:
+    """The reference miner (openai backend) in front of ``upstream_url``: its URL and its backend."""
+    backend = OpenAICompatibleBackend(upstream_url, **backend_options)
+    await backend.start()
+    verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
+    try:
+        async with serve_app(create_miner_app(backend, verifier)) as url:
+            yield url, backend
+    finally:
+        await backend.close()
+
+
+async def problems(url: str) -> list[str]:
+    async with aiohttp.ClientSession() as s, s.get(url + "/health") as r:
+        body = await r.json()
+        assert r.status == 200 and body["status"] == "ok"
+        return body["problems"]
+
+
+async def chat(url: str) -> bool:
+    """One signed chat request as the validator sends it: whether it was answered."""
+    session = make_session()
+    try:
+        client = MinerClient(session, Signer(VALIDATOR))
+        neuron = Neuron(uid=1, hotkey=MINER.ss58_address, axon=url.removeprefix("http://"))
+        deadline = asyncio.get_running_loop().time() + 10
+        try:
+            return bool([e async for e in client.stream_chat(neuron, dumpb(CHAT), deadline, stream=False)])
+        except MinerError:
+            return False
+    finally:
+        await session.close()
+
+
+async def test_a_model_server_gone_after_the_start_is_a_problem_until_it_answers_again() -> None:
+    port = free_port()
+    upstream_url = f"http://127.0.0.1:{port}/v1"
+    async with contextlib.AsyncExitStack() as st:
+        up = await st.enter_async_context(contextlib.AsyncExitStack())
+        await up.enter_async_context(serve_app(create_fake_upstream([]), port=port))
+        url, backend = await st.enter_async_context(miner_before(upstream_url))
+        assert await chat(url) and await problems(url) == []
+        await up.aclose()  # the model server stops (crashed, out of memory, restarted by hand)
+
+        assert not await chat(url)
+        assert not await chat(url)
+        assert await problems(url) == [], "one or two failures are no standing problem"
+        assert not await chat(url)
+        [failing] = await problems(url)
+        assert failing.startswith("the model server failed the last 3 chat requests in a row (since ")
+        assert failing.endswith(f"cannot connect to the model server at 127.0.0.1:{port} (Connection refused): is "
+                                "it running, and UPSTREAM_URL right?"), failing
+        await backend.refresh_models()  # its minute's listing fails too: the models are still advertised
+        assert (await problems(url))[0] == (
+            f"could not list upstream models at {upstream_url}: cannot connect to the model server at 127.0.0.1:{port} "
+            f"(Connection refused): is it running, and UPSTREAM_URL right?; still advertising its last list ({MODEL})")
+
+        await st.enter_async_context(serve_app(create_fake_upstream([]), port=port))  # back
+        await backend.refresh_models()
+        assert len(await problems(url)) == 1, "the listing answers: only the streak is left"
+        assert await chat(url) and await problems(url) == []
+
+
+@pytest.mark.parametrize("status", [401, 500])
+async def test_a_model_server_that_fails_every_request_is_named_with_its_words(status: int) -> None:
+    """A wrong ``UPSTREAM_API_KEY`` (a 401 for every chat) or a broken server: a 502 each, and ``/health`` said
+    nothing. Its words are given, the key never."""
+    server = web.Application()
+    server.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
+    server.router.add_post("/v1/chat/completions", lambda _r: web.json_response(
+        {"error": {"message": "no good (sk-secret-key-1234)", "type": "x"}}, status=status))
+    async with serve_app(server) as up, miner_before(up + "/v1", api_key="sk-secret-key-1234") as (url, _):
+        for _ in range(3):
+            assert not await chat(url)
+        [failing] = await problems(url)
+    assert failing.endswith(f"the latest: upstream HTTP {status}: no good (***)"), failing
+
+
+async def test_upstream_models_the_server_does_not_list_are_named() -> None:
+    """``UPSTREAM_MODELS=Qwen/Qwen2.5-7B-Instruct`` before a server listing ``fake/llm-1`` (Ollama names its models
+    ``qwen2.5:7b``): ``/health`` said "lists none, or has not answered yet" of a server that answered."""
+    async with serve_app(create_fake_upstream([])) as up, \
+            miner_before(up + "/v1", serve_models=["Qwen/Qwen2.5-7B-Instruct"]) as (url, _):
+        assert await problems(url) == [
+            f"UPSTREAM_MODELS names Qwen/Qwen2.5-7B-Instruct that the model server at {up}/v1 does not list: not "
+            f"served (GET {up}/v1/models lists the names it takes)"]
+
+
+async def test_a_model_server_that_lists_no_model_says_so() -> None:
+    async with serve_app(create_fake_upstream([], models=[])) as up, miner_before(up + "/v1") as (url, _):
+        assert await problems(url) == [f"the upstream at {up}/v1 lists no model yet: nothing is served until it "
+                                       "does (Ollama: pull one with ollama pull)"]
