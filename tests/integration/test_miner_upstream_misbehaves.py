@@ -166,3 +166,30 @@ async def test_an_error_a_model_server_answers_as_json_is_told_in_its_own_words(
         got, body, _took = await streamed(url, "5", stream=True)
     assert (got, json.loads(body)["error"]["message"]) == expected, body
     assert json.loads(body)["error"]["code"] == ("model_server_rejected" if expected[0] == 400 else "backend_error")
+
+
+@pytest.mark.parametrize(("body", "said"), [
+    (b"<html><body>502 Bad Gateway</body></html>", "<html><body>502 Bad Gateway</body></html>"),
+    (b'{"id": "chatcmpl-1", "object": "chat.comp', '{"id": "chatcmpl-1", "object": "chat.comp'),  # cut off
+    (b'{"result": "4", "key": "sk-secret-key-1234"}', '{"result": "4", "key": "***"}'),  # another API's answer
+    (b"", "an empty body"),
+])
+async def test_a_200_labelled_json_that_is_no_chat_completion_is_the_miners_502_saying_what_came(
+        body: bytes, said: str) -> None:
+    """Relayed as it came, such a body was a 0 at the API and the validator while the miner logged ``status=200``:
+    its operator saw nothing wrong. It is the miner's 502 now, with a WARNING quoting its start (the key masked)."""
+    upstream = web.Application()
+    upstream.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
+    upstream.router.add_post("/v1/chat/completions", lambda _r: web.Response(body=body, content_type="application/json"))
+    lines, sink = log_lines()
+    try:
+        async with openai_miner(upstream, MINER.ss58_address, api_key="sk-secret-key-1234") as url:
+            status, answer, _took = await streamed(url, None, stream=False)
+    finally:
+        logger.remove(sink)
+    assert status == 502, answer
+    error = json.loads(answer)["error"]
+    assert error["code"] == "backend_error"
+    assert error["message"] == f"upstream answered HTTP 200 with no chat completion (no 'choices'): {said}"
+    assert any("status=502" in line and error["message"] in line for line in lines), lines
+    assert not any("sk-secret" in line for line in lines)

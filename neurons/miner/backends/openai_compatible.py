@@ -30,7 +30,7 @@ from neurons.miner.media_urls import MediaBusy, MediaFetcher, MediaRefused
 from shared.errors import MODEL_SERVER_REJECTED
 from shared.field_refusals import FieldRefusals
 from shared.jsonutil import dumpb
-from shared.logging import CredentialMask
+from shared.logging import CredentialMask, printable
 from shared.openai_headers import openai_headers
 from shared.protocol import ANY_MODEL, DEADLINE_HEADER
 from shared.resend import post_once_more
@@ -349,8 +349,8 @@ class OpenAICompatibleBackend:
                     raw += piece
                     if len(raw) > MAX_ANSWER_BYTES:
                         raise BackendError(f"upstream answer larger than {MAX_ANSWER_BYTES} bytes")
-                if (error := error_answer(bytes(raw), mask=self._masked)) is not None:
-                    raise error
+                if b'"choices"' not in raw:  # every answer has them: an error object, or no answer at all
+                    raise error_answer(bytes(raw), mask=self._masked) or no_completion(bytes(raw), mask=self._masked)
                 if body.get("tools") and b'"tool_calls"' in raw:  # the only answers that may need it
                     return string_arguments(bytes(raw))
                 return bytes(raw)
@@ -572,6 +572,14 @@ def error_answer(raw: bytes, *, mask: Mask | None = None) -> BackendError | None
         return None  # not JSON: the API judges it
     err = reported_error(answer)
     return None if err is None else upstream_error(err, answer, "answered HTTP 200 with an error", mask=mask)
+
+
+def no_completion(raw: bytes, *, mask: Mask) -> BackendError:
+    """The miner's 502 for a 200 labelled JSON that holds no chat completion (no ``choices``) and no error: a proxy's
+    page labelled JSON, a body cut off, another API's answer at the URL. Relayed as an answer, each was a 0 scored
+    against a miner whose log said ``status=200`` and whose operator saw nothing wrong."""
+    start = printable(mask(raw[:MAX_HEAD_BYTES].decode("utf-8", "replace"))[:200]) or "an empty body"
+    return BackendError(f"upstream answered HTTP 200 with no chat completion (no 'choices'): {start}")
 
 
 def error_message(text: str) -> str:
