@@ -26,6 +26,7 @@ one line; past the budget its INFO line carries the failure instead.
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import time
 from collections import Counter
@@ -208,6 +209,11 @@ FAILING_STREAK = 3  # chat requests in a row the model server failed before ``/h
 FAILING_STATUSES = frozenset({502, 504})  # the model server failed (an error, garbage, down) or was too slow
 
 
+# Where a failure's own words end and the model server's begin (``upstream HTTP 500: <its message>``): what
+# ``/health``, which anyone who reaches the miner's port may read, leaves out, as the server may quote a caller's prompt.
+SERVER_WORDS = re.compile(r"(HTTP \d{3}|\((?:\d{3}|no status|no 'choices')\)): .*", re.DOTALL)
+
+
 class FailureStreak:
     """The chat requests in a row that the model server failed (this miner's 502s and 504s), for ``/health``'s
     ``problems``. A model server that went down after the start, a wrong ``UPSTREAM_API_KEY`` or one slower than
@@ -234,8 +240,9 @@ class FailureStreak:
         if self.failed < self.streak:
             return None
         since = time.strftime("%H:%M:%S", time.gmtime(self.since))
+        latest = SERVER_WORDS.sub(r"\1 (its words are in the WARNING lines)", self.latest, count=1)
         return (f"the model server failed the last {self.failed} chat requests in a row (since {since} UTC; each "
-                f"scores 0), the latest: {printable(self.latest[:REASON_CHARS * 2])}")
+                f"scores 0), the latest: {printable(latest[:REASON_CHARS * 2])}")
 
 
 TRAFFIC = web.AppKey("traffic", TrafficLog)

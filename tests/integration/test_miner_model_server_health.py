@@ -97,7 +97,8 @@ async def test_a_model_server_gone_after_the_start_is_a_problem_until_it_answers
 @pytest.mark.parametrize("status", [401, 500])
 async def test_a_model_server_that_fails_every_request_is_named_with_its_words(status: int) -> None:
     """A wrong ``UPSTREAM_API_KEY`` (a 401 for every chat) or a broken server: a 502 each, and ``/health`` said
-    nothing. Its words are given, the key never."""
+    nothing. Its status is given, not its words (they may quote a caller's prompt, and anyone reaching the port
+    reads ``/health``): they are in the WARNING lines."""
     server = web.Application()
     server.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
     server.router.add_post("/v1/chat/completions", lambda _r: web.json_response(
@@ -106,7 +107,7 @@ async def test_a_model_server_that_fails_every_request_is_named_with_its_words(s
         for _ in range(3):
             assert not await chat(url)
         [failing] = await problems(url)
-    assert failing.endswith(f"the latest: upstream HTTP {status}: no good (***)"), failing
+    assert failing.endswith(f"the latest: upstream HTTP {status} (its words are in the WARNING lines)"), failing
 
 
 async def test_upstream_models_the_server_does_not_list_are_named() -> None:
