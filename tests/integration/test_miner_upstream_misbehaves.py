@@ -193,3 +193,32 @@ async def test_a_200_labelled_json_that_is_no_chat_completion_is_the_miners_502_
     assert error["message"] == f"upstream answered HTTP 200 with no chat completion (no 'choices'): {said}"
     assert any("status=502" in line and error["message"] in line for line in lines), lines
     assert not any("sk-secret" in line for line in lines)
+
+
+@pytest.mark.parametrize(("stream", "said"), [
+    (b"", "upstream stream ended before its first event (no answer)"),
+    (b": ping\n\n", "upstream stream ended before its first event (no answer)"),
+    (b"data: [DONE]\n\n", "upstream stream ended before its first chunk (data: [DONE] at once: no answer)"),
+    (b"data: Hello there\n\ndata: [DONE]\n\n",
+     "upstream stream opened with no chat completion chunk (no 'choices'): Hello there"),
+    (b'event: message\ndata: {"token": {"text": "4"}, "key": "sk-secret-key-1234"}\n\n',
+     "upstream stream opened with no chat completion chunk (no 'choices'): {\"token\": {\"text\": \"4\"}, \"key\": \"***\"}"),
+])
+async def test_a_stream_that_opens_with_no_chat_completion_chunk_is_the_miners_502_saying_what_came(
+        stream: bytes, said: str) -> None:
+    """An event stream with no answer in it (empty, ``[DONE]`` at once, another API's events, text that is no JSON)
+    was relayed: an answer with no ``finish_reason``, a 0 at the API and the validator, logged ``status=200``."""
+    upstream = web.Application()
+    upstream.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
+    upstream.router.add_post("/v1/chat/completions",
+                             lambda _r: web.Response(body=stream, content_type="text/event-stream"))
+    lines, sink = log_lines()
+    try:
+        async with openai_miner(upstream, MINER.ss58_address, api_key="sk-secret-key-1234") as url:
+            status, answer, _took = await streamed(url, None)
+    finally:
+        logger.remove(sink)
+    assert status == 502, answer
+    assert json.loads(answer)["error"]["message"] == said
+    assert any("status=502" in line and said in line for line in lines), lines
+    assert not any("sk-secret" in line for line in lines)

@@ -367,14 +367,17 @@ class OpenAICompatibleBackend:
         try:
             async with self._chat(body, stream=True, deadline=deadline) as r:
                 reads = r.content.iter_any()
-                head, event = b"", None
+                head, event, ended = b"", None, True
                 async for chunk in reads:
                     head += chunk
                     ends_a_line = b"\n" in chunk or b"\r" in chunk
                     if ends_a_line and (event := first_event(head)) or len(head) > MAX_HEAD_BYTES:
+                        ended = False
                         break
                 event = event or first_event(head, ended=True)  # the stream ended, or its head is large
                 if event is not None and (error := opening_error(event, mask=self._masked)) is not None:
+                    raise error
+                if (event is not None or ended) and (error := no_first_chunk(event, mask=self._masked)) is not None:
                     raise error
                 if head:
                     yield head
@@ -526,6 +529,23 @@ def opening_error(lines: list[bytes], *, mask: Mask | None = None) -> BackendErr
         obj = payload.decode("utf-8", "replace")
     err = reported_error(obj) if field == b"data" else obj
     return None if err is None else upstream_error(err, obj, "stream opened with an error", mask=mask)
+
+
+def no_first_chunk(event: list[bytes] | None, *, mask: Mask) -> BackendError | None:
+    """The miner's 502 for a stream whose first event (its field lines; None: the stream ended with none) is no chat
+    completion chunk: no event at all, ``[DONE]`` at once, or data with no ``"choices"`` (text that is no JSON,
+    another API's events). Relayed, each was an answer without a word or a ``finish_reason``, a 0 at the API and
+    the validator, while the miner logged ``status=200``. None for a chunk, or an event with no data to judge."""
+    if event is None:
+        return BackendError("upstream stream ended before its first event (no answer)")
+    data = b"\n".join(value.removeprefix(b" ") for field, _, value in (line.partition(b":") for line in event)
+                      if field == b"data")
+    if not data or b'"choices"' in data:
+        return None
+    if data.strip() == DONE.encode():
+        return BackendError("upstream stream ended before its first chunk (data: [DONE] at once: no answer)")
+    start = printable(mask(data[:MAX_ERROR_BYTES].decode("utf-8", "replace"))[:200])
+    return BackendError(f"upstream stream opened with no chat completion chunk (no 'choices'): {start}")
 
 
 def reported_error(answer: Any) -> Any:
