@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from loguru import logger
 
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
@@ -23,7 +24,7 @@ from shared.metagraph import Neuron
 from shared.miner_client import MinerClient, MinerError, make_session
 from shared.signing import Authorizer, RequestVerifier, Signer
 from tests.fake_upstream import MODEL, create_fake_upstream
-from tests.helpers import keypair, serve_app
+from tests.helpers import keypair, log_lines, serve_app
 from tests.ports import free_port
 
 VALIDATOR, MINER = keypair("//Validator"), keypair("//Miner1")
@@ -124,3 +125,18 @@ async def test_a_model_server_that_lists_no_model_says_so() -> None:
     async with serve_app(create_fake_upstream([], models=[])) as up, miner_before(up + "/v1") as (url, _):
         assert await problems(url) == [f"the upstream at {up}/v1 lists no model yet: nothing is served until it "
                                        "does (Ollama: pull one with ollama pull)"]
+
+
+async def test_a_model_server_that_lists_no_chat_model_says_so() -> None:
+    """Ollama with only an embedding model pulled: nothing was served, with no WARNING, and ``/health`` said "lists
+    none, or has not answered yet" of a server that listed two models."""
+    lines, sink = log_lines()
+    try:
+        async with serve_app(create_fake_upstream([], models=["nomic-embed-text", "whisper-1"])) as up, \
+                miner_before(up + "/v1") as (url, _):
+            said = (f"the upstream at {up}/v1 lists no chat model (only nomic-embed-text, whisper-1): nothing is served "
+                    "(a chat model it lists under such a name is served when UPSTREAM_MODELS names it)")
+            assert await problems(url) == [said]
+    finally:
+        logger.remove(sink)
+    assert f"WARNING {said}" in lines

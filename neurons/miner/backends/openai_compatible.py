@@ -188,8 +188,12 @@ class OpenAICompatibleBackend:
             elif not listed:
                 self._listing_problem = (f"the upstream at {self.shown_url} lists no model yet: nothing is served "
                                          "until it does (Ollama: pull one with ollama pull)")
-                if not self._models:  # it was silent: a miner serving nothing, for no reason given
-                    logger.warning("{}", self._listing_problem)
+            elif not self._serve_models:  # an embedding model alone pulled: it was as silent
+                self._listing_problem = (f"the upstream at {self.shown_url} lists no chat model (only "
+                                         f"{', '.join(listed[:20])}): nothing is served (a chat model it lists under "
+                                         "such a name is served when UPSTREAM_MODELS names it)")
+            if self._listing_problem and not self._models:  # a miner serving nothing, for no reason given
+                logger.warning("{}", self._listing_problem)
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             # aiohttp's certificate error is a ValueError too (ssl.CertificateError's): told as the others are
             why = failure_words(e, f"{LIST_TIMEOUT_S:g} s") if isinstance(e, aiohttp.ClientError | TimeoutError) \
