@@ -45,6 +45,9 @@ CUT_STREAM = web.RequestKey("sn1_cut_stream", ApiError)
 METAGRAPH = web.AppKey("metagraph", MetagraphView)
 STANDING = web.AppKey("standing", Standing)
 STOPPING = web.AppKey("stopping", asyncio.Event)  # set once a stop signal came (``on_shutdown``)
+# Seconds before its deadline that a caller's leaving counts as leaving at it (``left_at_deadline``): the time the
+# request took to arrive, which the caller's deadline counts and this miner's does not.
+LEFT_AT_DEADLINE_S = 0.5
 
 
 def create_miner_app(
@@ -163,6 +166,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except asyncio.CancelledError:
         if request.app[STOPPING].is_set() and ended_by_stop(request):  # by this miner's stop, not by its caller
             status, code = 503, "miner_stopped"
+        elif left_at_deadline(deadline):  # too slow, not a race lost: as the miner's own 504 at that moment
+            status, code = 504, "deadline_exceeded"
+            request[BACKEND_FAILURE] = f"the caller left at its deadline ({DEADLINE_HEADER}) before the answer ended"
         else:
             status = CLIENT_GONE  # the caller left (a lost race, its deadline): not a failure of this miner
         raise
@@ -180,6 +186,15 @@ def caller_deadline(request: web.Request) -> float | None:
     would cost this miner's model server for nobody (it kept generating until its own ``UPSTREAM_TIMEOUT``)."""
     left = told_deadline(request.headers.get(DEADLINE_HEADER))
     return None if left is None else asyncio.get_running_loop().time() + left
+
+
+def left_at_deadline(deadline: float | None) -> bool:
+    """Whether a caller that left now left at its deadline (within ``LEFT_AT_DEADLINE_S``: its clock ran from when
+    it sent the request, this miner's from when it arrived). Its close and this miner's own 504 come at the same
+    moment, and whichever came first decided the request's line: a model server slower than callers wait showed
+    mostly as callers that left first (``status=499``, "left by the caller first": races lost) and never in
+    ``/health``."""
+    return deadline is not None and asyncio.get_running_loop().time() >= deadline - LEFT_AT_DEADLINE_S
 
 
 def _past_deadline(request: web.Request, when: str) -> ApiError:

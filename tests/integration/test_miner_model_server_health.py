@@ -16,12 +16,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 from loguru import logger
+from yarl import URL
 
 from neurons.miner.app import create_miner_app
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from shared.jsonutil import dumpb
 from shared.metagraph import Neuron
 from shared.miner_client import MinerClient, MinerError, make_session
+from shared.protocol import DEADLINE_HEADER
 from shared.signing import Authorizer, RequestVerifier, Signer
 from tests.fake_upstream import MODEL, create_fake_upstream
 from tests.helpers import keypair, log_lines, serve_app
@@ -51,13 +53,13 @@ async def problems(url: str) -> list[str]:
         return body["problems"]
 
 
-async def chat(url: str) -> bool:
-    """One signed chat request as the validator sends it: whether it was answered."""
+async def chat(url: str, seconds: float = 10) -> bool:
+    """One signed chat request as the validator sends it (its deadline ``seconds`` away): whether it was answered."""
     session = make_session()
     try:
         client = MinerClient(session, Signer(VALIDATOR))
         neuron = Neuron(uid=1, hotkey=MINER.ss58_address, axon=url.removeprefix("http://"))
-        deadline = asyncio.get_running_loop().time() + 10
+        deadline = asyncio.get_running_loop().time() + seconds
         try:
             return bool([e async for e in client.stream_chat(neuron, dumpb(CHAT), deadline, stream=False)])
         except MinerError:
@@ -140,3 +142,66 @@ async def test_a_model_server_that_lists_no_chat_model_says_so() -> None:
     finally:
         logger.remove(sink)
     assert f"WARNING {said}" in lines
+
+
+async def test_a_model_server_slower_than_callers_wait_is_named() -> None:
+    """Every answer past the caller's deadline (``x-sn1-deadline``): a 504 each, a 0 each, and ``/health`` said
+    nothing."""
+    async def slow(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(5)
+        return web.json_response({})
+
+    server = web.Application()
+    server.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
+    server.router.add_post("/v1/chat/completions", slow)
+    async with serve_app(server) as up, miner_before(up + "/v1") as (url, _):
+        for _ in range(3):
+            assert not await chat(url, seconds=0.5)
+        await asyncio.sleep(0.2)  # the miner's line is written as its deadline passes, the caller gone already
+        [failing] = await problems(url)
+    # the caller's close and the miner's own 504 come at the same moment: either one's words
+    assert failing.startswith("the model server failed the last 3 chat requests in a row"), failing
+    assert failing.endswith(("the latest: the caller's deadline (x-sn1-deadline) passed before the model server "
+                             "finished", "the latest: the caller left at its deadline (x-sn1-deadline) before the "
+                             "answer ended")), failing
+
+
+async def left_after(url: str, deadline: str, seconds: float) -> None:
+    """A signed chat whose caller tells the miner ``deadline`` (``x-sn1-deadline``) and hangs up after ``seconds``."""
+    raw = dumpb(CHAT)
+    headers = Signer(VALIDATOR).headers("POST", URL(url + "/v1/chat/completions"), raw, MINER.ss58_address)
+    headers |= {"Content-Type": "application/json", DEADLINE_HEADER: deadline}
+    with pytest.raises(TimeoutError):
+        async with aiohttp.ClientSession() as s, s.post(url + "/v1/chat/completions", data=raw, headers=headers,
+                                                        timeout=aiohttp.ClientTimeout(total=seconds)) as r:
+            await r.read()
+
+
+async def test_a_caller_that_leaves_at_its_deadline_is_a_deadline_failure_not_a_race_lost() -> None:
+    """The caller's clock runs from when it sent the request, so it hangs up a little before the miner's deadline
+    passes: such a request was ``status=499``, "left by the caller first" (a race lost), and a model server slower
+    than callers wait showed nowhere else. One that leaves well before its deadline is still a race lost."""
+    async def slow(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(5)
+        return web.json_response({})
+
+    server = web.Application()
+    server.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
+    server.router.add_post("/v1/chat/completions", slow)
+    lines, sink = log_lines()
+    try:
+        async with serve_app(server) as up, miner_before(up + "/v1") as (url, _):
+            for _ in range(3):
+                await left_after(url, "5", 0.3)  # another miner won the race
+            await asyncio.sleep(0.2)
+            assert await problems(url) == [] and lines == []
+            for _ in range(3):
+                await left_after(url, "1.0", 0.8)  # at its deadline, less the way here
+            await asyncio.sleep(0.2)
+            [failing] = await problems(url)
+    finally:
+        logger.remove(sink)
+    assert failing.endswith("the latest: the caller left at its deadline (x-sn1-deadline) before the answer ended")
+    assert len(lines) == 3 and all(" status=504 " in line and "code=deadline_exceeded" in line for line in lines), lines
