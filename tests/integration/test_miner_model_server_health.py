@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -30,6 +30,7 @@ from tests.helpers import keypair, log_lines, serve_app
 from tests.ports import free_port
 
 VALIDATOR, MINER = keypair("//Validator"), keypair("//Miner1")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "seed": 7, "stream": False, "task": "InferenceTask"}
 
 
@@ -44,6 +45,21 @@ async def miner_before(upstream_url: str, **backend_options) -> AsyncIterator[tu
             yield url, backend
     finally:
         await backend.close()
+
+
+def model_server(chat: Handler) -> web.Application:
+    """A model server listing ``MODEL`` whose chat completions ``chat`` answers."""
+    server = web.Application()
+    server.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
+    server.router.add_post("/v1/chat/completions", chat)
+    return server
+
+
+async def slow(request: web.Request) -> web.Response:
+    """A model server's chat slower than any caller here waits."""
+    await request.read()
+    await asyncio.sleep(5)
+    return web.json_response({})
 
 
 async def problems(url: str) -> list[str]:
@@ -102,9 +118,7 @@ async def test_a_model_server_that_fails_every_request_is_named_with_its_words(s
     """A wrong ``UPSTREAM_API_KEY`` (a 401 for every chat) or a broken server: a 502 each, and ``/health`` said
     nothing. Its status is given, not its words (they may quote a caller's prompt, and anyone reaching the port
     reads ``/health``): they are in the WARNING lines."""
-    server = web.Application()
-    server.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
-    server.router.add_post("/v1/chat/completions", lambda _r: web.json_response(
+    server = model_server(lambda _r: web.json_response(
         {"error": {"message": "no good (sk-secret-key-1234)", "type": "x"}}, status=status))
     async with serve_app(server) as up, miner_before(up + "/v1", api_key="sk-secret-key-1234") as (url, _):
         for _ in range(3):
@@ -147,14 +161,7 @@ async def test_a_model_server_that_lists_no_chat_model_says_so() -> None:
 async def test_a_model_server_slower_than_callers_wait_is_named() -> None:
     """Every answer past the caller's deadline (``x-sn1-deadline``): a 504 each, a 0 each, and ``/health`` said
     nothing."""
-    async def slow(request: web.Request) -> web.Response:
-        await request.read()
-        await asyncio.sleep(5)
-        return web.json_response({})
-
-    server = web.Application()
-    server.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
-    server.router.add_post("/v1/chat/completions", slow)
+    server = model_server(slow)
     async with serve_app(server) as up, miner_before(up + "/v1") as (url, _):
         for _ in range(3):
             assert not await chat(url, seconds=0.5)
@@ -182,14 +189,7 @@ async def test_a_caller_that_leaves_at_its_deadline_is_a_deadline_failure_not_a_
     """The caller's clock runs from when it sent the request, so it hangs up a little before the miner's deadline
     passes: such a request was ``status=499``, "left by the caller first" (a race lost), and a model server slower
     than callers wait showed nowhere else. One that leaves well before its deadline is still a race lost."""
-    async def slow(request: web.Request) -> web.Response:
-        await request.read()
-        await asyncio.sleep(5)
-        return web.json_response({})
-
-    server = web.Application()
-    server.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
-    server.router.add_post("/v1/chat/completions", slow)
+    server = model_server(slow)
     lines, sink = log_lines()
     try:
         async with serve_app(server) as up, miner_before(up + "/v1") as (url, _):
