@@ -61,7 +61,7 @@ def create_miner_app(
 ) -> web.Application:
     """``log_level``: the process's ``LOG_LEVEL`` (below INFO's, the per-request lines are not even formatted).
     ``standing``: checked again at each refresh of ``metagraph``, and its problems shown in ``/health``."""
-    refusals = RefusalLog()
+    refusals = RefusalLog(caller=verifier.authorizer.allowed)
     app = web.Application(
         middlewares=[error_middleware, btauth_middleware(verifier, on_refused=refusals.record)],
         client_max_size=max_body_bytes,
@@ -125,6 +125,7 @@ async def health(request: web.Request) -> web.Response:
                         "WARNING at start)")
     if (failing := request.app[FAILING].problem()) is not None:
         problems.append(failing)
+    problems += request.app[REFUSALS].problems()
     return json_response({"status": "ok", "backend": backend.name, "models": models, "problems": problems})
 
 

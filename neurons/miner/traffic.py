@@ -30,7 +30,7 @@ import re
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from loguru import logger
@@ -51,6 +51,9 @@ STALE = "StaleRequest"  # its line adds why (``signing.check_fresh``: how far of
 # Refusals whose line adds the refusal's message (our words): how far off a clock is, which hotkey a request was
 # signed for (a miner run with another hotkey than its axon's refuses every request so), why a hotkey is not taken
 EXPLAINED = (STALE, "WrongReceiver", "NotAValidator")
+# Refusals of a validator's request that this miner's setup causes (its clock, its hotkey), told in ``/health``
+SETUP_REFUSALS = (STALE, "WrongReceiver")
+SETUP_WINDOW_S = 120.0  # seconds such a refusal stays a problem (validators call every few seconds)
 
 
 MAX_REASONS = 100  # distinct failure reasons counted per interval beyond the logged ones
@@ -161,11 +164,24 @@ def _line(rid: str, caller: str, stream: bool, status: int, latency_ms: float, c
 
 class RefusalLog:
     """Requests the signature check refused: a WARNING line each, the first ``REFUSAL_LINES`` of an
-    interval; after that counted by reason and hotkey and told in ``summary``'s one line."""
+    interval; after that counted by reason and hotkey and told in ``summary``'s one line.
 
-    def __init__(self, max_lines: int = REFUSAL_LINES) -> None:
+    ``caller``: whether a hotkey may call this miner (a validator's). Its requests refused for this miner's own setup
+    (``SETUP_REFUSALS``: a clock off, a miner run with another hotkey than its axon's) are ``problems``: every
+    validator's job refused so scores this miner 0, while ``/health`` said nothing."""
+
+    def __init__(self, max_lines: int = REFUSAL_LINES, *, caller: Callable[[str], bool] | None = None) -> None:
         self.lines = LineBudget(max_lines)
+        self._caller = caller
+        self._setup: dict[str, tuple[float, str]] = {}  # reason -> when (monotonic), and its line's words
         self._reset()
+
+    def problems(self) -> list[str]:
+        """The ``SETUP_REFUSALS`` of callers' requests within the last ``SETUP_WINDOW_S`` seconds, the latest each."""
+        now = time.monotonic()
+        return [f"requests of a validator refused as {reason} in the last {SETUP_WINDOW_S:g} s (each a 0 when "
+                f"scored), the latest {now - at:.0f} s ago: {words}"
+                for reason, (at, words) in sorted(self._setup.items()) if now - at <= SETUP_WINDOW_S]
 
     def _reset(self) -> None:
         self.lines.reset()
@@ -176,6 +192,8 @@ class RefusalLog:
         """``btauth_middleware``'s ``on_refused``: the request id, the hotkey it claims (never its
         signature), the route's pattern, the status and why."""
         hotkey, reason = claimed_hotkey(request.headers), error.code or str(error.status)
+        if reason in SETUP_REFUSALS and self._caller is not None and self._caller(hotkey):
+            self._setup[reason] = (time.monotonic(), f"hotkey {hotkey}: {printable(error.message)}")
         if self.lines.take():
             logger.warning("refused rid={} hotkey={} method={} route={} status={} reason={}{}",
                            request_id_from(request.headers), hotkey, request.method, route_path(request),

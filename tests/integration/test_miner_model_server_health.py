@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -205,3 +206,34 @@ async def test_a_caller_that_leaves_at_its_deadline_is_a_deadline_failure_not_a_
         logger.remove(sink)
     assert failing.endswith("the latest: the caller left at its deadline (x-sn1-deadline) before the answer ended")
     assert len(lines) == 3 and all(" status=504 " in line and "code=deadline_exceeded" in line for line in lines), lines
+
+
+async def signed_by(url: str, signer: Signer, receiver: str) -> int:
+    """The status of a chat request ``signer`` signed for ``receiver``."""
+    raw = dumpb(CHAT)
+    headers = signer.headers("POST", URL(url + "/v1/chat/completions"), raw, receiver)
+    async with aiohttp.ClientSession() as s, s.post(url + "/v1/chat/completions", data=raw,
+                                                    headers=headers | {"Content-Type": "application/json"}) as r:
+        return r.status
+
+
+async def test_a_validators_requests_refused_for_this_miners_clock_or_hotkey_are_named() -> None:
+    """A miner whose clock is off refuses every validator's request (``StaleRequest``), one run with another hotkey
+    than its axon's too (``WrongReceiver``): every job a 0, while ``/health`` said nothing. A stranger's refusals
+    (no permit) are no problem of this miner's."""
+    stale = Signer(VALIDATOR)
+    stale._clock = lambda: time.time_ns() - 60 * 10**9  # the miner's clock a minute ahead of the validator's
+    stranger = Signer(keypair("//Stranger"))
+    stranger._clock = stale._clock
+    async with serve_app(create_fake_upstream([])) as up, miner_before(up + "/v1") as (url, _):
+        assert await signed_by(url, stranger, MINER.ss58_address) == 401
+        assert await signed_by(url, Signer(VALIDATOR), keypair("//Miner2").ss58_address) == 403
+        assert await signed_by(url, stale, MINER.ss58_address) == 401
+        found = await problems(url)
+    assert [p.split(":")[0] for p in found] == [
+        "requests of a validator refused as StaleRequest in the last 120 s (each a 0 when scored), the latest 0 s ago",
+        "requests of a validator refused as WrongReceiver in the last 120 s (each a 0 when scored), the latest 0 s "
+        "ago"], found
+    assert f"hotkey {VALIDATOR.ss58_address}: StaleRequest: nonce is 60.0s old" in found[0]
+    assert f"signed for receiving hotkey {keypair('//Miner2').ss58_address}, not for this receiver's " \
+           f"{MINER.ss58_address}" in found[1]
