@@ -222,3 +222,25 @@ async def test_a_stream_that_opens_with_no_chat_completion_chunk_is_the_miners_5
     assert json.loads(answer)["error"]["message"] == said
     assert any("status=502" in line and said in line for line in lines), lines
     assert not any("sk-secret" in line for line in lines)
+
+
+async def test_a_stream_that_ends_without_a_finish_reason_or_done_is_a_failure_the_miner_tells() -> None:
+    """Words, then the stream's end, with no ``finish_reason`` and no ``[DONE]`` (a proxy's time or size limit cut
+    it cleanly): the miner added its ``[DONE]`` and logged ``status=200``, and the API and the validator took the
+    answer as cut short, a 0. It ends with an error event now, and the request's line says so."""
+    cut = b"".join(sse(chunk("The answer"), chunk(" is"), done=False))
+    upstream = web.Application()
+    upstream.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
+    upstream.router.add_post("/v1/chat/completions",
+                             lambda _r: web.Response(body=cut, content_type="text/event-stream"))
+    lines, sink = log_lines()
+    try:
+        async with openai_miner(upstream, MINER.ss58_address) as url:
+            status, answer, _took = await streamed(url, None)
+    finally:
+        logger.remove(sink)
+    said = "upstream stream ended without a finish_reason or [DONE]: cut short, a failed answer"
+    assert status == 200 and answer.startswith(cut) and answer.endswith(b"data: [DONE]\n\n"), answer
+    error = json.loads(answer[len(cut):].split(b"\n\n")[0].removeprefix(b"data: "))["error"]
+    assert error["message"].startswith(said) and error["code"] == "backend_error", error
+    assert any("status=502" in line and f"mid-stream: {said}" in line for line in lines), lines

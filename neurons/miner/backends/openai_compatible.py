@@ -386,11 +386,16 @@ class OpenAICompatibleBackend:
                 if head:
                     yield head
                 tail = head[-DONE_TAIL_BYTES:]
+                finished = finishes(head)
                 while not ends_with_done(tail) and (chunk := await anext(reads, None)) is not None:
                     yield chunk
+                    finished = finished or finishes(tail + chunk)  # the tail: a finish_reason split between reads
                     tail = (tail + chunk[-DONE_TAIL_BYTES:])[-DONE_TAIL_BYTES:]
                 if ends_with_done(tail):
                     await _end_after_done(r.content)
+                elif not finished:
+                    raise BackendError("upstream stream ended without a finish_reason or [DONE]: cut short, a failed "
+                                       "answer (a proxy's time or size limit before the model server?)")
         except (aiohttp.ClientError, TimeoutError) as e:
             raise upstream_failure(e, deadline, "upstream stream failed", timeout=self._timeout.total) from None
 
@@ -533,6 +538,12 @@ def opening_error(lines: list[bytes], *, mask: Mask | None = None) -> BackendErr
         obj = payload.decode("utf-8", "replace")
     err = reported_error(obj) if field == b"data" else obj
     return None if err is None else upstream_error(err, obj, "stream opened with an error", mask=mask)
+
+
+def finishes(data: bytes) -> bool:
+    """Whether a stream's bytes hold a chunk's ``finish_reason`` (a string: ``null`` is none), as every model
+    server's JSON writes it (no space; Python's ``json`` with one)."""
+    return b'"finish_reason":"' in data or b'"finish_reason": "' in data
 
 
 def no_first_chunk(event: list[bytes] | None, *, mask: Mask) -> BackendError | None:
