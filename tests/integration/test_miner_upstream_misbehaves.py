@@ -50,6 +50,14 @@ def stalling_upstream(pieces: list[bytes], stalled: list[float]) -> web.Applicat
     return app
 
 
+def answering(body: bytes, content_type: str) -> web.Application:
+    """A model server listing ``MODEL`` whose every chat completion is ``body``, a 200 of ``content_type``."""
+    upstream = web.Application()
+    upstream.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
+    upstream.router.add_post("/v1/chat/completions", lambda _r: web.Response(body=body, content_type=content_type))
+    return upstream
+
+
 async def streamed(url: str, deadline: str | None, *, stream: bool = True) -> tuple[int, bytes, float]:
     """A validator's chat to the miner (streamed unless ``stream`` is false), read to the miner's end: its status,
     bytes, and the seconds until the miner's answer was whole."""
@@ -178,9 +186,7 @@ async def test_a_200_labelled_json_that_is_no_chat_completion_is_the_miners_502_
         body: bytes, said: str) -> None:
     """Relayed as it came, such a body was a 0 at the API and the validator while the miner logged ``status=200``:
     its operator saw nothing wrong. It is the miner's 502 now, with a WARNING quoting its start (the key masked)."""
-    upstream = web.Application()
-    upstream.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
-    upstream.router.add_post("/v1/chat/completions", lambda _r: web.Response(body=body, content_type="application/json"))
+    upstream = answering(body, "application/json")
     lines, sink = log_lines()
     try:
         async with openai_miner(upstream, MINER.ss58_address, api_key="sk-secret-key-1234") as url:
@@ -208,10 +214,7 @@ async def test_a_stream_that_opens_with_no_chat_completion_chunk_is_the_miners_5
         stream: bytes, said: str) -> None:
     """An event stream with no answer in it (empty, ``[DONE]`` at once, another API's events, text that is no JSON)
     was relayed: an answer with no ``finish_reason``, a 0 at the API and the validator, logged ``status=200``."""
-    upstream = web.Application()
-    upstream.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
-    upstream.router.add_post("/v1/chat/completions",
-                             lambda _r: web.Response(body=stream, content_type="text/event-stream"))
+    upstream = answering(stream, "text/event-stream")
     lines, sink = log_lines()
     try:
         async with openai_miner(upstream, MINER.ss58_address, api_key="sk-secret-key-1234") as url:
@@ -229,10 +232,7 @@ async def test_a_stream_that_ends_without_a_finish_reason_or_done_is_a_failure_t
     it cleanly): the miner added its ``[DONE]`` and logged ``status=200``, and the API and the validator took the
     answer as cut short, a 0. It ends with an error event now, and the request's line says so."""
     cut = b"".join(sse(chunk("The answer"), chunk(" is"), done=False))
-    upstream = web.Application()
-    upstream.router.add_get("/v1/models", lambda _r: web.json_response({"object": "list", "data": [{"id": MODEL}]}))
-    upstream.router.add_post("/v1/chat/completions",
-                             lambda _r: web.Response(body=cut, content_type="text/event-stream"))
+    upstream = answering(cut, "text/event-stream")
     lines, sink = log_lines()
     try:
         async with openai_miner(upstream, MINER.ss58_address) as url:
