@@ -52,6 +52,8 @@ from shared.store.base import KEY_PREFIX, display_prefix
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _KEY_IN_PATH = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]+")
+V1_PREFIX = "/v1"  # where OpenAI's routes live, here as at OpenAI (a client's base_url ends in it)
+V1_TWICE = V1_PREFIX * 2 + "/"
 # Endpoints (``"METHOD /path"``) this server does not serve on a path it serves otherwise (OpenAI's
 # ``POST /v1/responses/input_tokens`` matches ``/v1/responses/{response_id}``; its stored chat completions'
 # ``GET /v1/chat/completions``): a 404 naming the request, as OpenAI's for a path it lacks, not a 405 that
@@ -103,8 +105,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return web.Response(status=204, headers={"Allow": allow})
         request[BODY_CODE] = request[ERROR_CODE] = http_error_code(e)
         message = _http_error_message(request, e)
-        if e.status == 404 and request.path.endswith("/") and len(request.path) > 1:
-            message += await _without_slash_hint(request)
+        if e.status == 404:
+            message += await _served_path_hint(request)
         body = error_body(message, type_=error_type_for(e.status), code=http_error_code(e))
         headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}
         return json_response(body, status=e.status, headers=headers)
@@ -167,14 +169,31 @@ async def _end_stream(request: web.Request, last: bytes) -> None:
             request.transport.close()
 
 
-async def _without_slash_hint(request: web.Request) -> str:
-    """`` Did you mean ...?`` when the path without its trailing slash is served (curl users add one;
-    the router, as OpenAI's, treats them as two paths), else nothing."""
-    stripped = request.path.rstrip("/") or "/"
-    match = await request.app.router.resolve(request.clone(rel_url=request.rel_url.with_path(stripped)))
-    if match.http_exception is not None and match.http_exception.status == 404:
+async def _served_path_hint(request: web.Request) -> str:
+    """`` Did you mean ...?`` naming the served path a 404's path was most likely meant to be, else nothing:
+    without its trailing slash (curl users add one; the router, as OpenAI's, treats them as two paths), or with
+    its ``/v1`` put right (an OpenAI client's ``base_url`` without it posts ``/chat/completions``; one that adds
+    ``/v1`` to a base URL already ending in it asks ``/v1/v1/models``), which the hint then says."""
+    path = request.path
+    if len(path) > 1 and path.endswith("/") and await _serves(request, stripped := path.rstrip("/") or "/"):
+        return f" Did you mean {_KEY_IN_PATH.sub(lambda m: display_prefix(m.group()) + '...', stripped[:200])}?"
+    if path.startswith(V1_TWICE):
+        meant = path[len(V1_PREFIX):]
+    elif not path.startswith(V1_PREFIX + "/"):
+        meant = V1_PREFIX + path
+    else:
         return ""
-    return f" Did you mean {_KEY_IN_PATH.sub(lambda m: display_prefix(m.group()) + '...', stripped[:200])}?"
+    if len(meant) > 200 or _KEY_IN_PATH.search(meant) or not await _serves(request, meant, exactly=True):
+        return ""
+    return f" Did you mean {meant}? (an OpenAI client's base_url ends in {V1_PREFIX}: http://<host>:<port>{V1_PREFIX})"
+
+
+async def _serves(request: web.Request, path: str, *, exactly: bool = False) -> bool:
+    """Whether this server has a route for ``path`` (``exactly``: for the request's method too)."""
+    match = await request.app.router.resolve(request.clone(rel_url=request.rel_url.with_path(path)))
+    if match.http_exception is None:
+        return True
+    return not exactly and match.http_exception.status != 404
 
 
 def _plain_options(request: web.Request, e: web.HTTPException) -> str | None:

@@ -112,3 +112,23 @@ async def test_logprobs_pass_through_and_response_format_reaches_the_miner(tmp_p
         stream = await client.chat.completions.create(model="default", messages=MSG, logprobs=True, stream=True)
         streamed = [c.choices[0].logprobs for c in [c async for c in stream] if c.choices and c.choices[0].logprobs]
         assert streamed and streamed[0].content[0].bytes == [72, 105]
+
+
+async def test_a_base_url_without_or_with_a_doubled_v1_is_told_the_path_that_is_served(honest: ApiUnderTest) -> None:
+    """``base_url="http://host:42170"`` (no ``/v1``: the SDK posts ``/chat/completions``) and a tool that adds
+    ``/v1`` to a base URL already ending in it (``/v1/v1/models``) are the commonest first mistakes: the 404 named
+    only the path asked for, and the newcomer had to guess what was wrong with it."""
+    import openai
+
+    bare = openai.AsyncOpenAI(base_url=honest.url, api_key=honest.key, max_retries=0, timeout=20)
+    with pytest.raises(openai.NotFoundError) as missing:
+        await bare.chat.completions.create(model="default", messages=MSG)
+    assert "Did you mean /v1/chat/completions?" in missing.value.message
+    assert "base_url" in missing.value.message
+    doubled = openai.AsyncOpenAI(base_url=honest.url + "/v1/v1", api_key=honest.key, max_retries=0, timeout=20)
+    with pytest.raises(openai.NotFoundError) as twice:
+        await doubled.models.list()
+    assert "Did you mean /v1/models?" in twice.value.message
+    with pytest.raises(openai.NotFoundError) as unserved:  # a path served under no prefix is told nothing more
+        await openai_client(honest).embeddings.create(model="default", input="hi")
+    assert "Did you mean" not in unserved.value.message
