@@ -63,6 +63,28 @@ def test_json_schema_answers_validate_against_the_callers_model() -> None:
     assert person.friends and person.friends[0].home.city == PROMPT, "a model that refers to itself still fits"
 
 
+class Booking(BaseModel):
+    """Shapes the test model broke: a ``pattern`` (codes, phone numbers), a tuple (``prefixItems``), a step."""
+
+    code: str = Field(pattern=r"^[A-Z]{2}-\d{3}$")
+    phone: str = Field(pattern=r"^\+?[0-9]{7,12}$", max_length=12)
+    slot: tuple[int, str, bool]
+    seats: int = Field(ge=1, le=20, multiple_of=4)
+    price: float = Field(multiple_of=0.5, gt=0)
+    tags: set[str] = Field(min_length=2)
+
+
+def test_patterns_tuples_steps_and_unique_items_fit_the_callers_model() -> None:
+    """``client.chat.completions.parse`` with a field ``Field(pattern=...)`` got a 502 (the SDK's strict schema
+    is checked, and the prompt's words fit no pattern), and a ``tuple[int, str]`` came back ``[null, null]``:
+    a pydantic model the application already had failed on the local network and nowhere else."""
+    booking = Booking.model_validate_json(answer(response_format=schema_of(Booking)))
+    assert booking.seats % 4 == 0 and booking.slot[1] == PROMPT and len(booking.tags) == 2
+    assert instance({"type": "string", "pattern": "Paris"}, PROMPT) == PROMPT, "words that fit are kept"
+    assert instance({"type": "string", "pattern": "(a"}, PROMPT) == PROMPT, "a pattern that is no regex: the words"
+    assert instance({"type": "integer", "minimum": 5, "maximum": 7, "multipleOf": 10}, "x") == 5, "none fits: a bound"
+
+
 def test_json_object_wraps_the_usual_answer_and_no_format_is_plain_text() -> None:
     plain = answer()
     assert json.loads(answer(response_format={"type": "json_object"})) == {"answer": plain}

@@ -10,11 +10,13 @@ array (or ``minItems``), numbers inside their bounds, strings in their
 - ``enum`` -> its first value; ``const`` -> itself; ``anyOf``/``oneOf`` -> the
   first choice that is not ``null``; ``allOf`` -> its first schema;
 - string -> ``text`` (cut to ``maxLength``, padded to ``minLength``), or a fixed
-  value of its ``format`` (date-time, date, time, email, uri, uuid);
+  value of its ``format`` (date-time, date, time, email, uri, uuid); one its
+  ``pattern`` does not match is a sample of the pattern (``pattern_sample``);
 - integer / number -> the number of words in ``text``, moved into
-  ``minimum``/``maximum``;
+  ``minimum``/``maximum``, then to a ``multipleOf`` inside them;
 - boolean -> ``true``; null -> ``null``;
-- object -> every property; array -> ``minItems`` items, at least one.
+- object -> every property; array -> ``minItems`` items, at least one (each
+  from ``text`` and its place, ``uniqueItems``), or a tuple's (``prefixItems``).
 
 From ``SHALLOW`` levels down, the smallest value that fits instead: only the
 required properties, ``minItems`` items (none by default), ``null`` where
@@ -27,7 +29,10 @@ own schema) is ``null``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from neurons.miner.backends.pattern_sample import MAX_SAMPLE, fits, parsed, sample
 
 SHALLOW = 3
 MAX_DEPTH = 12
@@ -102,8 +107,23 @@ class _Builder:
     def _array(self, schema: dict[str, Any], depth: int) -> list[Any]:
         if depth >= MAX_DEPTH or self.left <= 0:
             return []
+        prefix = schema.get("prefixItems", schema.get("items"))  # a tuple: 2020-12's prefixItems, draft 4's items
+        if isinstance(prefix, list):
+            return [self.value(item, depth + 1) for item in prefix[:MAX_ITEMS]]
         count = min(_bound(schema.get("minItems"), 1 if depth < SHALLOW else 0), MAX_ITEMS)
-        return [self.value(schema.get("items", {}), depth + 1) for _ in range(count)]
+        if schema.get("uniqueItems") is not True:
+            return [self.value(schema.get("items", {}), depth + 1) for _ in range(count)]
+        return [self._nth(schema.get("items", {}), depth + 1, n) for n in range(count)]
+
+    def _nth(self, schema: Any, depth: int, n: int) -> Any:
+        """The ``n``th item of a ``uniqueItems`` array (a ``set[str]``): built from the words and ``n`` more, so
+        that its strings and numbers differ from the others'."""
+        text = self.text
+        self.text = f"{text} {n + 1}" if n else text
+        try:
+            return self.value(schema, depth)
+        finally:
+            self.text = text
 
 
 def _resolve(schema: Any, root: Any) -> Any:
@@ -131,7 +151,12 @@ def _string(schema: dict[str, Any], text: str) -> str:
         return FORMATS[fmt]
     value = text[: _bound(schema.get("maxLength"), MAX_STRING)]
     shortest = min(_bound(schema.get("minLength"), 0), MAX_PADDED)  # a request must not buy a huge string
-    return value + "x" * (shortest - len(value)) if len(value) < shortest else value
+    value = value + "x" * (shortest - len(value)) if len(value) < shortest else value
+    tree = parsed(pattern := schema.get("pattern"))
+    if tree is None or fits(tree, pattern, value):
+        return value
+    fitted = sample(tree, shortest, _bound(schema.get("maxLength"), MAX_SAMPLE))
+    return value if fitted is None else fitted
 
 
 def _number(schema: dict[str, Any], text: str) -> int | float:
@@ -143,7 +168,21 @@ def _number(schema: dict[str, Any], text: str) -> int | float:
         value = high[0] - high[1]
         if low is not None and value < low[0] + low[1]:  # a narrow open range (0 < x < 1): its middle
             value = (low[0] + high[0]) / 2
+    value = _step(value, schema.get("multipleOf"), low, high)
     return int(value) if schema.get("type") == "integer" else value
+
+
+def _step(value: float, step: Any, low: tuple[float, int] | None, high: tuple[float, int] | None) -> float:
+    """The multiple of ``step`` (``multipleOf``) nearest ``value`` inside the bounds, above it first; ``value``
+    when there is none (or no step)."""
+    if not isinstance(step, int | float) or isinstance(step, bool) or not 0 < step < float("inf"):
+        return value
+    for multiple in (math.ceil(value / step), math.floor(value / step)):
+        candidate = round(multiple * step, 12)
+        if (low is None or candidate > low[0] or (candidate == low[0] and not low[1])) and (
+                high is None or candidate < high[0] or (candidate == high[0] and not high[1])):
+            return candidate
+    return value
 
 
 def _limit(schema: dict[str, Any], inclusive: str, exclusive: str) -> tuple[float, int] | None:
