@@ -8,13 +8,14 @@ the same with pydantic models of the shapes applications use.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Literal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, Field
+from pydantic import UUID1, UUID4, BaseModel, Field, IPvAnyAddress
 
 from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.schema_instance import instance
@@ -83,6 +84,28 @@ def test_patterns_tuples_steps_and_unique_items_fit_the_callers_model() -> None:
     assert instance({"type": "string", "pattern": "Paris"}, PROMPT) == PROMPT, "words that fit are kept"
     assert instance({"type": "string", "pattern": "(a"}, PROMPT) == PROMPT, "a pattern that is no regex: the words"
     assert instance({"type": "integer", "minimum": 5, "maximum": 7, "multipleOf": 10}, "x") == 5, "none fits: a bound"
+
+
+class Host(BaseModel):
+    """Pydantic's own types, each a string ``format`` (or a dict's ``minProperties``) the words do not fit."""
+
+    address: IPv4Address
+    v6: IPv6Address
+    network: IPv4Network
+    any_address: IPvAnyAddress
+    ttl: timedelta
+    id: UUID1
+    token: UUID4
+    labels: dict[str, int] = Field(min_length=2)
+    ports: frozenset[int] = Field(min_length=3)
+    none_yet: list[int] = Field(max_length=0)
+
+
+def test_pydantic_formats_and_sized_dicts_fit_the_callers_model() -> None:
+    """An IP address, a ``timedelta``, a versioned UUID or a ``dict`` with ``min_length`` came back as the prompt's
+    words (or ``{}``, or a set of equal numbers): the caller's ``parse`` failed on the local network."""
+    host = Host.model_validate_json(answer(response_format=schema_of(Host)))
+    assert len(host.labels) == 2 and len(host.ports) == 3 and host.none_yet == []
 
 
 def test_json_object_wraps_the_usual_answer_and_no_format_is_plain_text() -> None:

@@ -10,13 +10,15 @@ array (or ``minItems``), numbers inside their bounds, strings in their
 - ``enum`` -> its first value; ``const`` -> itself; ``anyOf``/``oneOf`` -> the
   first choice that is not ``null``; ``allOf`` -> its first schema;
 - string -> ``text`` (cut to ``maxLength``, padded to ``minLength``), or a fixed
-  value of its ``format`` (date-time, date, time, email, uri, uuid); one its
+  value of its ``format`` (date-time, date, time, email, uri, uuid, ipv4, ipv6,
+  duration, hostname, and pydantic's own: uuid1, ipv4network, ...); one its
   ``pattern`` does not match is a sample of the pattern (``pattern_sample``);
 - integer / number -> the number of words in ``text``, moved into
   ``minimum``/``maximum``, then to a ``multipleOf`` inside them;
 - boolean -> ``true``; null -> ``null``;
-- object -> every property; array -> ``minItems`` items, at least one (each
-  from ``text`` and its place, ``uniqueItems``), or a tuple's (``prefixItems``).
+- object -> every property, and entries up to ``minProperties`` (a ``dict``'s);
+  array -> ``minItems`` items, at least one (none past ``maxItems``; each from
+  ``text`` and its place, ``uniqueItems``), or a tuple's (``prefixItems``).
 
 From ``SHALLOW`` levels down, the smallest value that fits instead: only the
 required properties, ``minItems`` items (none by default), ``null`` where
@@ -48,6 +50,31 @@ FORMATS = {
     "uri": "https://example.com/",
     "url": "https://example.com/",
     "uuid": "00000000-0000-4000-8000-000000000000",
+    # pydantic's own (IPv4Address, IPv4Network, timedelta, UUID1, ...) and JSON Schema's others
+    "uuid1": "00000000-0000-1000-8000-000000000000",
+    "uuid3": "00000000-0000-3000-8000-000000000000",
+    "uuid4": "00000000-0000-4000-8000-000000000000",
+    "uuid5": "00000000-0000-5000-8000-000000000000",
+    "ipv4": "192.0.2.1",
+    "ipv6": "2001:db8::1",
+    "ipvanyaddress": "192.0.2.1",
+    "ipv4network": "192.0.2.0/24",
+    "ipv6network": "2001:db8::/32",
+    "ipvanynetwork": "192.0.2.0/24",
+    "ipv4interface": "192.0.2.1/24",
+    "ipv6interface": "2001:db8::1/32",
+    "ipvanyinterface": "192.0.2.1/24",
+    "duration": "PT1H",
+    "hostname": "example.com",
+    "idn-email": "user@example.com",
+    "idn-hostname": "example.com",
+    "iri": "https://example.com/",
+    "uri-reference": "https://example.com/",
+    "iri-reference": "https://example.com/",
+    "json-pointer": "/",
+    "name-email": "User <user@example.com>",
+    "base64": "UGFyaXM=",
+    "byte": "UGFyaXM=",
 }
 
 
@@ -98,11 +125,24 @@ class _Builder:
 
     def _object(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
         properties = schema.get("properties")
-        if depth >= MAX_DEPTH or self.left <= 0 or not isinstance(properties, dict):
+        if depth >= MAX_DEPTH or self.left <= 0:
             return {}
+        if not isinstance(properties, dict):
+            return self._more_properties(schema, depth, 0)
         required = schema.get("required") if isinstance(schema.get("required"), list) else []
-        return {name: self.value(sub, depth + 1) for name, sub in properties.items()
-                if depth < SHALLOW or name in required}
+        built = {name: self.value(sub, depth + 1) for name, sub in properties.items()
+                 if depth < SHALLOW or name in required}
+        return built | self._more_properties(schema, depth, len(built))
+
+    def _more_properties(self, schema: dict[str, Any], depth: int, has: int) -> dict[str, Any]:
+        """The entries a ``minProperties`` (a ``dict`` with ``min_length``) asks beyond the ``has`` built, keyed by
+        the words and their place, valued by ``additionalProperties``: none where it is ``false``."""
+        extra = schema.get("additionalProperties", {})
+        wanted = min(_bound(schema.get("minProperties"), 0), MAX_ITEMS) - has
+        if extra is False or wanted <= 0:
+            return {}
+        extra = extra if isinstance(extra, dict) else {}
+        return {_nth_text(self.text, has + n): self._nth(extra, depth + 1, has + n) for n in range(wanted)}
 
     def _array(self, schema: dict[str, Any], depth: int) -> list[Any]:
         if depth >= MAX_DEPTH or self.left <= 0:
@@ -110,20 +150,27 @@ class _Builder:
         prefix = schema.get("prefixItems", schema.get("items"))  # a tuple: 2020-12's prefixItems, draft 4's items
         if isinstance(prefix, list):
             return [self.value(item, depth + 1) for item in prefix[:MAX_ITEMS]]
-        count = min(_bound(schema.get("minItems"), 1 if depth < SHALLOW else 0), MAX_ITEMS)
+        count = min(_bound(schema.get("minItems"), 1 if depth < SHALLOW else 0), MAX_ITEMS,
+                    _bound(schema.get("maxItems"), MAX_ITEMS))
         if schema.get("uniqueItems") is not True:
             return [self.value(schema.get("items", {}), depth + 1) for _ in range(count)]
         return [self._nth(schema.get("items", {}), depth + 1, n) for n in range(count)]
 
     def _nth(self, schema: Any, depth: int, n: int) -> Any:
-        """The ``n``th item of a ``uniqueItems`` array (a ``set[str]``): built from the words and ``n`` more, so
-        that its strings and numbers differ from the others'."""
+        """The ``n``th of values that must differ (a ``uniqueItems`` array's items, a ``set[str]``; a dict's
+        entries): built from the words and ``n`` more (``_nth_text``), so its strings and numbers differ."""
         text = self.text
-        self.text = f"{text} {n + 1}" if n else text
+        self.text = _nth_text(text, n)
         try:
             return self.value(schema, depth)
         finally:
             self.text = text
+
+
+def _nth_text(text: str, n: int) -> str:
+    """``text`` for the ``n``th of values that must differ: ``n`` more words (``2 3 ...``), a text of its own and
+    a count of its own."""
+    return " ".join([text, *map(str, range(2, n + 2))])
 
 
 def _resolve(schema: Any, root: Any) -> Any:
