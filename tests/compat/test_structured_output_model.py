@@ -8,6 +8,8 @@ the same with pydantic models of the shapes applications use.
 from __future__ import annotations
 
 import json
+import time
+import warnings
 from datetime import datetime, timedelta
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
@@ -106,6 +108,20 @@ def test_pydantic_formats_and_sized_dicts_fit_the_callers_model() -> None:
     words (or ``{}``, or a set of equal numbers): the caller's ``parse`` failed on the local network."""
     host = Host.model_validate_json(answer(response_format=schema_of(Host)))
     assert len(host.labels) == 2 and len(host.ports) == 3 and host.none_yet == []
+
+
+def test_a_costly_or_odd_pattern_ends_quickly_and_quietly() -> None:
+    """The caller's ``pattern`` reaches the miner unchecked: repeats inside repeats built 16 million characters
+    (seconds of the event loop) before the sample was found too long, and a pattern Python's ``re`` warns about
+    (``[[:alpha:]]``, a POSIX class) wrote a ``FutureWarning`` to the miner's log for every answer."""
+    started = time.perf_counter()
+    for pattern in ("(a{4000}){4000}", "((a{60}){60}){60}", "(?P<n>){4000}x", "(a+)+$"):
+        assert len(instance({"type": "string", "pattern": pattern}, PROMPT)) <= 4096
+    assert time.perf_counter() - started < 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted = instance({"type": "string", "pattern": "[[:alpha:]]"}, PROMPT)
+    assert fitted == "[]", fitted  # to Python's re: a class of "[:alph", then "]"
 
 
 def test_json_object_wraps_the_usual_answer_and_no_format_is_plain_text() -> None:

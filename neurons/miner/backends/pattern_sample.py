@@ -16,10 +16,12 @@ from __future__ import annotations
 import re
 import re._constants as sre
 import re._parser as sre_parse
+import warnings
 from typing import Any
 
 MAX_PATTERN = 1000  # characters of a pattern this model parses at all
 MAX_SAMPLE = 4096
+MAX_STEPS = 20_000  # regex items built for one sample, at most
 GROWTH = (0, 1, 2, 4, 8, 16, 32, 64, 256)  # extra repeats tried, in turn, to reach a minLength
 CATEGORY_CHARS = {
     sre.CATEGORY_DIGIT: "0", sre.CATEGORY_NOT_DIGIT: "a", sre.CATEGORY_WORD: "a",
@@ -34,7 +36,9 @@ def parsed(pattern: Any) -> Any:
     if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN:
         return None
     try:
-        return sre_parse.parse(pattern)
+        with warnings.catch_warnings():  # "possible nested set" and the like: the caller's, not ours to log
+            warnings.simplefilter("ignore")
+            return sre_parse.parse(pattern)
     except (re.error, RecursionError, OverflowError):
         return None
 
@@ -42,7 +46,11 @@ def parsed(pattern: Any) -> Any:
 def fits(tree: Any, pattern: str, text: str) -> bool:
     """Whether ``text`` fits ``pattern`` (searched, as JSON Schema's are), told only for a pattern that cannot
     backtrack for long (``safe``); False for any other."""
-    return safe(tree) and re.search(pattern, text) is not None
+    if not safe(tree):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return re.search(pattern, text) is not None
 
 
 def sample(tree: Any, shortest: int = 0, longest: int = MAX_SAMPLE) -> str | None:
@@ -85,8 +93,12 @@ class _Sampler:
     def __init__(self, grow: int) -> None:
         self.grow = grow
         self.groups: dict[int, str] = {}
+        self.left = MAX_STEPS
 
     def build(self, tree: Any) -> str:
+        self.left -= len(tree)
+        if self.left < 0:  # empty groups repeated thousands of times, inside repeats: no length bounds them
+            raise ValueError("pattern too costly")
         return "".join(self.item(op, av) for op, av in tree)
 
     def item(self, op: Any, av: Any) -> str:
@@ -116,10 +128,16 @@ class _Sampler:
         raise ValueError(f"no sample for {op}")
 
     def repeat(self, least: int, most: int, tree: Any) -> str:
+        """``tree`` repeated, never past ``MAX_SAMPLE`` characters (repeats inside repeats multiply)."""
         count = min(least + self.grow, most) if most != sre.MAXREPEAT else least + self.grow
-        if count > MAX_SAMPLE:
-            raise ValueError("repeat too long")
-        return "".join(self.build(tree) for _ in range(count))
+        parts: list[str] = []
+        size = 0
+        for _ in range(count):
+            parts.append(self.build(tree))
+            size += len(parts[-1])
+            if size > MAX_SAMPLE or len(parts) > MAX_SAMPLE:
+                raise ValueError("repeat too long")
+        return "".join(parts)
 
 
 def _one_of(items: list[tuple[Any, Any]]) -> str:
