@@ -50,7 +50,7 @@ API_ERROR_CODES = frozenset({
     "mutually_exclusive_parameters", "missing_api_key", "invalid_api_key", "expired_api_key", "invalid_admin_key",
     "insufficient_scope", "model_not_allowed", "admin_disabled", MODEL_NOT_FOUND, "not_found", "response_not_found",
     "item_not_found", "session_not_found", "api_key_not_found", "method_not_allowed", "request_entity_too_large",
-    "unsupported_media_type", "unsupported_content_encoding", "rate_limit_exceeded", "token_limit_exceeded",
+    "unsupported_media_type", "unsupported_content_encoding", "request_timeout", "rate_limit_exceeded", "token_limit_exceeded",
     "concurrency_limit_exceeded", "storage_limit_exceeded", "invalid_key_rate_limited", "admin_rate_limited",
     "too_many_background_responses", "no_valid_answer", "session_miner_failed", "no_miners_available", "store_unavailable", "sessions_disabled",
     "deadline_exceeded", "miner_failed_mid_stream", SERVER_SHUTTING_DOWN,

@@ -286,10 +286,10 @@ def _unreadable_body(request: web.Request, e: web.RequestPayloadError) -> web.Re
     cause = e.__cause__
     why = cause.message if isinstance(cause, HttpProcessingError) and cause.message else "it is malformed"
     return error_response(_unread_body_error(request, 400, f"Request body could not be read: {why.rstrip('.')}.",
-                                             "invalid_body"))
+                                             code="invalid_body"))
 
 
-def _unread_body_error(request: web.Request, status: int, message: str, code: str) -> ApiError:
+def _unread_body_error(request: web.Request, status: int, message: str, *, code: str) -> ApiError:
     """An error that ends the connection after a body that was not read to its end.
 
     The body is marked ended first: aiohttp would otherwise go on reading it after the answer (to
@@ -365,7 +365,7 @@ async def read_raw(request: web.Request, *, timeout: float = BODY_TIMEOUT_S) -> 
             return await request.read()
     except TimeoutError:
         raise _unread_body_error(request, 408, f"Request body did not arrive whole within {timeout:g} s.",
-                                 "request_timeout") from None
+                                 code="request_timeout") from None
 
 
 async def read_body(request: web.Request) -> bytes:
