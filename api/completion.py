@@ -29,8 +29,9 @@ from shared.protocol import (
     SERVICE_TIER,
     ChatCompletionRequest,
     completion_object,
-    content_text,
     estimate_tokens,
+    estimated_counts,
+    messages_text,
 )
 from shared.sse import DONE_FRAME, encode_event
 from shared.store.outage import OutageLog
@@ -42,11 +43,8 @@ MINER_FAILED_MID_STREAM = "miner_failed_mid_stream"  # the code of that stream's
 def estimated_usage(req: ChatCompletionRequest, completion_text: str, prompt_text: str | None = None) -> dict[str, Any]:
     """~4 characters a token, of ``prompt_text`` (else ``req``'s messages) and ``completion_text``."""
     if prompt_text is None:
-        prompt_text = "\n".join(content_text(m.content) for m in req.messages)
-    prompt = estimate_tokens(prompt_text)
-    completion = estimate_tokens(completion_text)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "estimated": True}
+        prompt_text = messages_text(req.messages)
+    return estimated_counts(prompt_text, completion_text) | {"estimated": True}
 
 
 def response_usage(req: ChatCompletionRequest, run: MinerRun) -> dict[str, Any]:

@@ -621,13 +621,15 @@ def reported_usage(usage: dict[str, Any]) -> dict[str, Any]:
     """A miner's usage (its counts checked by ``valid_usage``) as the SDK's ``CompletionUsage``
     types it: every count the type requires (a server that sent only ``completion_tokens`` left the
     others out; the total is their sum), and of each details group only its token counts (a group that was not an object, or
-    a count in it that was "n/a", went on as it came)."""
+    a count in it that was "n/a", went on as it came); ``"estimated": true`` when the miner says it estimated one."""
     prompt, completion = usage.get("prompt_tokens", 0), usage["completion_tokens"]
     # total_tokens is their sum, whatever the miner wrote (a miner is not trusted: a caller may bill from it)
     out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     for group in USAGE_DETAILS:
         if counts := token_counts(usage.get(group)):
             out[group] = counts
+    if usage.get("estimated") is True:  # a count the miner's model server did not give (``counted_usage``)
+        out["estimated"] = True
     return out
 
 
@@ -780,3 +782,14 @@ def estimate_tokens(text: str) -> int:
     if not text:
         return 0
     return max(1, (len(text) + 3) // 4)
+
+
+def messages_text(messages: Iterable[Any]) -> str:
+    """The text of a conversation's messages (request dicts or models), one a line: what a prompt's estimate counts."""
+    return "\n".join(content_text(m.get("content") if isinstance(m, dict) else m.content) for m in messages)
+
+
+def estimated_counts(prompt_text: str, completion_text: str) -> dict[str, int]:
+    """Usage's three counts, each ``estimate_tokens`` of its text: the same estimate wherever no count came."""
+    prompt, completion = estimate_tokens(prompt_text), estimate_tokens(completion_text)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

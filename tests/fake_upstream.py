@@ -65,6 +65,10 @@ QUIRKS = {
     # OpenAI's reasoning models (o1, o3, gpt-5) beside its others: max_tokens refused for
     # max_completion_tokens, a temperature or top_p other than 1 refused, each in OpenAI's words
     "openai-reasoning-model": f"{REASONER} listed too, refusing what OpenAI's reasoning models refuse",
+    # Ollama's OpenAI endpoint for a prompt it had cached (ollama/ollama#5370): prompt_tokens 0
+    "cached-prompt-zero": "usage's prompt_tokens 0, streamed or not",
+    # servers that count nothing (some proxies and small servers): an answer not streamed has no usage
+    "no-usage": "no usage in an answer not streamed",
 }
 THOUGHT = "The user wants an echo."
 
@@ -169,6 +173,8 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
             fn = body["tools"][0]["function"]["name"]
             tool_calls = [{"index": 0, "id": "call_1", "type": "function",
                            "function": {"name": fn, "arguments": '{"q": "x"}'}}]
+        usage = {"prompt_tokens": 0 if "cached-prompt-zero" in quirks else 3, "completion_tokens": 4}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
             for thinking in {"reasoning_content", "reasoning"} & quirks:
@@ -184,7 +190,7 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
                 "system_fingerprint": "fp_fake",  # as OpenAI's answers carry one
                 "choices": [{"index": 0, "message": message,
                              "finish_reason": "tool_calls" if tool_calls else "stop"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+                **({} if "no-usage" in quirks else {"usage": usage}),
             })
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
@@ -192,7 +198,6 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
         field, end = {"tgi": ("data:", "\n\n"), "sse-starlette": ("data: ", "\r\n\r\n")}.get(stream_style,
                                                                                              ("data: ", "\n\n"))
 
-        usage = {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
         event = "event: message\n" if "event-lines" in quirks else ""
 
         async def send(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> None:
@@ -231,8 +236,7 @@ def create_fake_upstream(received: list[dict[str, Any]], *, strict: bool = True,
             words = text.split(" ")
             for i, word in enumerate(words):
                 await send({"content": word + " "}, "stop" if i == len(words) - 1 else None)
-            await send(None, usage={"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
-                       timings={"prompt_n": 3, "predicted_n": 4, "predicted_per_second": 50.0})
+            await send(None, usage=usage, timings={"prompt_n": 3, "predicted_n": 4, "predicted_per_second": 50.0})
         else:
             for word in text.split(" "):
                 await send({"content": word + " "})

@@ -161,6 +161,34 @@ async def test_the_upstreams_system_fingerprint_reaches_the_caller(tmp_path: Pat
     assert status == 200 and out["system_fingerprint"] == "fp_fake", out
 
 
+@pytest.mark.parametrize("quirk", ["cached-prompt-zero", "no-usage"])
+async def test_a_count_the_model_server_gives_as_0_or_not_at_all_is_estimated_and_charged(
+        tmp_path: Path, quirk: str) -> None:
+    """Ollama answered ``prompt_tokens: 0`` for a prompt it had cached (ollama/ollama#5370): the miner relayed it, and
+    the API showed and charged the key 0 prompt tokens (its daily token limit never reached by such requests). The
+    miner estimates such a count as the API does (~4 characters a token: "hi there" is 2), and says so."""
+    async with stack(tmp_path, [], quirks=frozenset({quirk})) as (api, key), aiohttp.ClientSession() as s:
+        status, out = await post_chat(s, api, key, {"messages": [{"role": "user", "content": "hi there"}]})
+    assert status == 200, out
+    assert out["usage"] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6, "estimated": True}
+
+
+@pytest.mark.parametrize("style", ["openai", "llama.cpp"])
+async def test_a_streamed_prompt_count_of_0_is_estimated_and_charged(tmp_path: Path, style: str) -> None:
+    """The same 0 in a stream's usage chunk (the miner relays a stream unparsed): its prompt count is estimated, the
+    total with it, wherever the usage chunk comes."""
+    body = {"messages": [{"role": "user", "content": "hi there"}], "stream": True,
+            "stream_options": {"include_usage": True}}
+    async with stack(tmp_path, [], quirks=frozenset({"cached-prompt-zero", "include-usage"}), stream_style=style) \
+            as (api, key), aiohttp.ClientSession() as s:
+        async with s.post(api + "/v1/chat/completions", json=body, headers={"api-key": key}) as r:
+            raw = await r.read()
+    assert r.status == 200, raw
+    parser = SSEParser()
+    usages = [json.loads(e)["usage"] for e in parser.feed(raw) + parser.close() if e != DONE and '"usage"' in e]
+    assert usages[-1] == {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6, "estimated": True}
+
+
 async def test_tool_calls_pass_through(tmp_path: Path) -> None:
     received: list = []
     tools = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]

@@ -46,6 +46,7 @@ from shared.protocol import (
     completion_object,
     content_text,
     estimate_tokens,
+    messages_text,
     new_completion_id,
     usage_chunk,
 )
@@ -87,7 +88,7 @@ def generate_text(body: dict[str, Any]) -> str:
 
 
 def prompt_text(body: dict[str, Any]) -> str:
-    return "\n".join(content_text(m.get("content")) for m in body.get("messages", []))
+    return messages_text(body.get("messages", []))
 
 
 def last_user_text(body: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ import aiohttp
 from loguru import logger
 
 from neurons.miner.backends.base import BackendError
+from neurons.miner.backends.counted_usage import counted, prompt_counted
 from neurons.miner.backends.upstream_fields import forwarded_fields, upstream_request
 from neurons.miner.media_urls import MediaBusy, MediaFetcher, MediaRefused
 from shared.errors import MODEL_SERVER_REJECTED
@@ -344,8 +345,8 @@ class OpenAICompatibleBackend:
             raise BackendError(f"upstream failed: {type(e).__name__}: {e}") from None
 
     async def complete_raw(self, body: dict[str, Any], *, deadline: float | None = None) -> bytes:
-        """The upstream's JSON completion, byte for byte (but tool calls' arguments, ``string_arguments``);
-        asked for until the caller's ``deadline`` (loop time) at most."""
+        """The upstream's JSON completion, byte for byte (but tool calls' arguments, ``string_arguments``, and usage
+        counts it left out or gave as 0, ``counted``); asked for until the caller's ``deadline`` (loop time) at most."""
         try:
             async with self._chat(body, stream=False, deadline=deadline) as r:
                 raw = bytearray()
@@ -353,11 +354,12 @@ class OpenAICompatibleBackend:
                     raw += piece
                     if len(raw) > MAX_ANSWER_BYTES:
                         raise BackendError(f"upstream answer larger than {MAX_ANSWER_BYTES} bytes")
-                if b'"choices"' not in raw:  # every answer has them: an error object, or no answer at all
-                    raise error_answer(bytes(raw), mask=self._masked) or no_completion(bytes(raw), mask=self._masked)
-                if body.get("tools") and b'"tool_calls"' in raw:  # the only answers that may need it
-                    return string_arguments(bytes(raw))
-                return bytes(raw)
+                answer = bytes(raw)
+                if b'"choices"' not in answer:  # every answer has them: an error object, or no answer at all
+                    raise error_answer(answer, mask=self._masked) or no_completion(answer, mask=self._masked)
+                if body.get("tools") and b'"tool_calls"' in answer:  # the only answers that may need it
+                    answer = string_arguments(answer)
+                return counted(answer, body)  # a count it left out, or a 0 for text, estimated
         except (aiohttp.ClientError, TimeoutError) as e:
             raise upstream_failure(e, deadline, "upstream failed", timeout=self._timeout.total) from None
 
@@ -384,11 +386,11 @@ class OpenAICompatibleBackend:
                 if (event is not None or ended) and (error := no_first_chunk(event, mask=self._masked)) is not None:
                     raise error
                 if head:
-                    yield head
+                    yield prompt_counted(head, body)  # a usage's prompt count of 0 estimated
                 tail = head[-DONE_TAIL_BYTES:]
                 finished = finishes(head)
                 while not ends_with_done(tail) and (chunk := await anext(reads, None)) is not None:
-                    yield chunk
+                    yield prompt_counted(chunk, body)
                     finished = finished or finishes(tail + chunk)  # the tail: a finish_reason split between reads
                     tail = (tail + chunk[-DONE_TAIL_BYTES:])[-DONE_TAIL_BYTES:]
                 if ends_with_done(tail):
