@@ -49,7 +49,10 @@ class FieldRefusals:
         self._renamed: dict[str, dict[str, str]] = {}
 
     def apply(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``body`` as its model takes it: without the fields it refused, with the renamed ones renamed."""
+        """``body`` as its model takes it: without the fields it refused, with the renamed ones renamed (``body``
+        itself while no model refused a field, as nearly always: no copy a request)."""
+        if not self._dropped and not self._renamed:
+            return body
         model = str(body.get("model") or "")
         dropped, renamed = self._dropped.get(model, ()), self._renamed.get(model, {})
         out = {k: v for k, v in body.items() if k not in dropped}

@@ -18,6 +18,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+# Seconds between two sweeps of what is past: a nonce is forgotten up to this much later than ``retention`` says
+# (kept longer, never shorter: no replay is taken for it), and a request reads one clock, not both, nor sweeps.
+SWEEP_S = 1.0
+
 
 class NonceStore:
     """``http_auth``'s ``NonceStore``: ``check_and_store`` is True for a (hotkey, nonce) not seen before, and
@@ -32,12 +36,15 @@ class NonceStore:
         self._recent: deque[tuple[float, tuple[str, int]]] = deque()  # by monotonic expiry, in insertion order
         self._held: list[tuple[int, str]] = []  # heap by nonce: past their monotonic expiry, not yet past the wall
         self._lock = threading.Lock()  # ``verify`` may run in a worker thread (a large body)
+        self._next_sweep = 0.0  # monotonic: when ``_forget`` runs next
 
     def check_and_store(self, hotkey_ss58: str, nonce_ns: int) -> bool:
         key = (hotkey_ss58, nonce_ns)
         with self._lock:
             now = self._monotonic()
-            self._forget(now)
+            if now >= self._next_sweep:  # once a ``SWEEP_S``, not at each request: one clock read a request, not two
+                self._next_sweep = now + SWEEP_S
+                self._forget(now)
             if key in self._seen:
                 return False
             self._seen.add(key)

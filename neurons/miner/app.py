@@ -48,6 +48,7 @@ STOPPING = web.AppKey("stopping", asyncio.Event)  # set once a stop signal came 
 # Seconds before its deadline that a caller's leaving counts as leaving at it (``left_at_deadline``): the time the
 # request took to arrive, which the caller's deadline counts and this miner's does not.
 LEFT_AT_DEADLINE_S = 0.5
+NO_TIMER = contextlib.nullcontext()  # ``_timer``'s block for no deadline (it holds nothing: shared by every request)
 
 
 def create_miner_app(
@@ -243,7 +244,7 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any],
     async with contextlib.aclosing(stream_raw(body, deadline=deadline) if stream_raw is not None
                                    else _encoded(backend, body)) as pieces:
         try:
-            async with asyncio.timeout_at(timer_at):
+            async with _timer(timer_at):
                 first = await anext(pieces, None)
         except BackendError as e:
             raise _backend_failed(request, e) from None
@@ -259,7 +260,7 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any],
         await response.prepare(request)
         tail = b""
         try:
-            async with asyncio.timeout_at(timer_at):
+            async with _timer(timer_at):
                 if first is not None:
                     await response.write(first)
                     tail = first[-DONE_TAIL_BYTES:]
@@ -277,6 +278,12 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any],
         # if the upstream stopped mid-event (else ours would run on into its last line).
         await response.write_eof(b"" if ends_with_done(tail) else _event_boundary(tail) + DONE_FRAME)
         return response
+
+
+def _timer(when: float | None) -> contextlib.AbstractAsyncContextManager[object]:
+    """A block that ends at ``when`` (loop time), or a block with no timer at all for None (a raw stream's own request
+    keeps the deadline): ``asyncio.timeout_at(None)`` made and entered a timer object twice a stream for nothing."""
+    return asyncio.timeout_at(when) if when is not None else NO_TIMER
 
 
 def _event_boundary(tail: bytes) -> bytes:

@@ -92,6 +92,20 @@ class Holding:
         self.size = 0
 
 
+class Made(contextlib.AbstractAsyncContextManager):
+    """A block that holds nothing, around ``value`` made already (``MediaFetcher.encoded`` of a body with no media
+    URL to fetch)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    async def __aenter__(self) -> Any:
+        return self.value
+
+    async def __aexit__(self, *_exc: object) -> None:
+        return None
+
+
 class PrivateAddress(OSError):
     """A host name resolved to an address the miner does not connect to (``PublicResolver``)."""
 
@@ -112,6 +126,11 @@ def _media_parts(body: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
             for key in MEDIA_PARTS:
                 if isinstance(_part_url(part, key), str):
                     yield part, key
+
+
+def _fetched_parts(body: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """The media parts of ``body`` whose URL is fetched here: all but ``data:`` ones."""
+    return [(p, key) for p, key in _media_parts(body) if scheme_of(_part_url(p, key)) != "data"]
 
 
 def _part_url(part: dict[str, Any], key: str) -> Any:
@@ -216,7 +235,7 @@ class MediaFetcher:
     async def inline(self, body: dict[str, Any], *, deadline: float | None = None) -> dict[str, Any]:
         """``body`` with its media inlined (``encoded``'s rules), their bytes given back to the budget at once (a
         caller with no upstream call to wait for)."""
-        async with self._holding(body, deadline, lambda inlined: inlined) as out:
+        async with self._holding(body, None, deadline, lambda inlined: inlined) as out:
             return out
 
     def encoded(self, body: dict[str, Any], build: Callable[[dict[str, Any]], dict[str, Any]], *,
@@ -226,15 +245,21 @@ class MediaFetcher:
         ``body`` itself is left as it was. The JSON is the one copy of the media held until the block ends (the
         body with the ``data:`` URLs held beside it took as much again), and their bytes count against ``budget``
         until then, however it ends. MediaRefused: a URL refused or not fetched (a private address, a scheme not
-        http or https, an error status, more than ``max_bytes``); MediaBusy: the budget is full."""
-        return self._holding(body, deadline, lambda inlined: dumpb(build(inlined)))
+        http or https, an error status, more than ``max_bytes``); MediaBusy: the budget is full. A body with no
+        media URL to fetch, nearly every one, holds nothing: its JSON is made at once, in a block that costs a
+        request no generator."""
+        parts = _fetched_parts(body)
+        if not parts:
+            return Made(dumpb(build(body)))
+        return self._holding(body, parts, deadline, lambda inlined: dumpb(build(inlined)))
 
     @contextlib.asynccontextmanager
-    async def _holding(self, body: dict[str, Any], deadline: float | None,
-                       make: Callable[[dict[str, Any]], Any]) -> AsyncIterator[Any]:
-        """``make`` of the body with its media inlined, their bytes held in the budget until the block ends. No
-        name here keeps the inlined body: once ``make`` returns, only what it made holds the media."""
-        parts = [(p, key) for p, key in _media_parts(body) if scheme_of(_part_url(p, key)) != "data"]
+    async def _holding(self, body: dict[str, Any], parts: list[tuple[dict[str, Any], str]] | None,
+                       deadline: float | None, make: Callable[[dict[str, Any]], Any]) -> AsyncIterator[Any]:
+        """``make`` of the body with its media inlined (``parts``: its media parts to fetch, ``_fetched_parts``,
+        when known), their bytes held in the budget until the block ends. No name here keeps the inlined body:
+        once ``make`` returns, only what it made holds the media."""
+        parts = _fetched_parts(body) if parts is None else parts
         if not parts:
             yield make(body)
             return

@@ -284,29 +284,34 @@ class OpenAICompatibleBackend:
         renamed (``FieldRefusals``); again for each refusal that names another (a server that refuses
         ``seed`` and ``stream_options`` names one at a time, and asked only twice the first request failed)."""
         # the model server would fetch them from inside the miner's network: fetched here, checked, and held
-        # within the miner's media budget until this call ends, in the JSON sent alone (``MediaFetcher.encoded``)
-        async with self._encoded(body, stream, deadline) as sent:
-            while True:
-                # once more on a new connection if a kept-alive one closed before any answer (``post_once_more``:
-                # vLLM's, SGLang's and llama.cpp's servers end an idle one after 5 s, this pool keeps one 15 s)
-                async with await post_once_more(
-                    self._http(), f"{self.base_url}/chat/completions", data=sent,
-                    headers=self._chat_headers[stream], timeout=self._timeout_until(deadline),
-                    again=lambda: {"timeout": self._timeout_until(deadline)},
-                ) as r:
-                    if r.status == 200:
-                        if r.content_type != ANSWER_TYPES[stream]:  # a proxy's HTML page is no answer, though a 200
-                            raise await self._not_an_answer(r, stream)
-                        yield r
-                        return
-                    message = self._masked(error_message((await r.content.read(MAX_ERROR_BYTES)).decode(
-                        "utf-8", "replace")))
-                    refused = refusal_status(r.status, message)
-                if refused and (again := self._refusals.resent(sent, message)) is not None:
-                    sent = again  # ends: each time a field named goes
-                    continue
-                raise BackendError(f"upstream HTTP {r.status}: {message[:300]}", status=refused or 502,
-                                   code=MODEL_SERVER_REJECTED if refused else None)
+        # within the miner's media budget until this call ends, in the JSON sent alone (``MediaFetcher.encoded``;
+        # its refusals translated here, not in a block of its own: one generator-based block a request, not two)
+        try:
+            async with self._media.encoded(body, lambda b: self.upstream_body(b, stream=stream),
+                                           deadline=deadline) as sent:
+                while True:
+                    # once more on a new connection if a kept-alive one closed before any answer (``post_once_more``:
+                    # vLLM's, SGLang's and llama.cpp's servers end an idle one after 5 s, this pool keeps one 15 s)
+                    async with await post_once_more(
+                        self._http(), f"{self.base_url}/chat/completions", data=sent,
+                        headers=self._chat_headers[stream], timeout=self._timeout_until(deadline),
+                        again=lambda: {"timeout": self._timeout_until(deadline)},
+                    ) as r:
+                        if r.status == 200:
+                            if r.content_type != ANSWER_TYPES[stream]:  # a proxy's HTML page is no answer, though 200
+                                raise await self._not_an_answer(r, stream)
+                            yield r
+                            return
+                        message = self._masked(error_message((await r.content.read(MAX_ERROR_BYTES)).decode(
+                            "utf-8", "replace")))
+                        refused = refusal_status(r.status, message)
+                    if refused and (again := self._refusals.resent(sent, message)) is not None:
+                        sent = again  # ends: each time a field named goes
+                        continue
+                    raise BackendError(f"upstream HTTP {r.status}: {message[:300]}", status=refused or 502,
+                                       code=MODEL_SERVER_REJECTED if refused else None)
+        except (MediaRefused, MediaBusy) as e:
+            raise media_failure(e) from None
 
     async def _not_an_answer(self, r: aiohttp.ClientResponse, stream: bool) -> BackendError:
         """The error for a 200 that is not the answer asked for (its type is not ``ANSWER_TYPES[stream]``): the error
@@ -317,20 +322,6 @@ class OpenAICompatibleBackend:
             if error is not None:
                 return error
         return BackendError(f"upstream answered HTTP 200 with {r.content_type!r}, not {ANSWER_TYPES[stream]!r}")
-
-    @contextlib.asynccontextmanager
-    async def _encoded(self, body: dict[str, Any], stream: bool, deadline: float | None) -> AsyncIterator[bytes]:
-        """``MediaFetcher.encoded`` of the upstream body, its refusals as BackendErrors: a URL refused is the
-        caller's 400, a full media budget this miner's ``503 server_busy`` (no fault of the caller's, and gone once
-        answers end)."""
-        try:
-            async with self._media.encoded(body, lambda b: self.upstream_body(b, stream=stream),
-                                           deadline=deadline) as sent:
-                yield sent
-        except MediaRefused as e:
-            raise BackendError(f"refused: {e}", status=400, code=MODEL_SERVER_REJECTED) from None
-        except MediaBusy as e:
-            raise BackendError(str(e), status=503, code="server_busy", retry_after=BUSY_RETRY_AFTER_S) from None
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -451,6 +442,14 @@ async def _end_after_done(content: aiohttp.StreamReader) -> None:
         async with asyncio.timeout(AFTER_DONE_S):
             while left > 0 and (piece := await content.readany()):
                 left -= len(piece)
+
+
+def media_failure(error: MediaRefused | MediaBusy) -> BackendError:
+    """The BackendError for the caller's media the miner did not fetch: a URL refused is the caller's 400, a full
+    media budget this miner's ``503 server_busy`` (no fault of the caller's, and gone once answers end)."""
+    if isinstance(error, MediaRefused):
+        return BackendError(f"refused: {error}", status=400, code=MODEL_SERVER_REJECTED)
+    return BackendError(str(error), status=503, code="server_busy", retry_after=BUSY_RETRY_AFTER_S)
 
 
 def upstream_failure(error: Exception, deadline: float | None, what: str, *,
