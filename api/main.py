@@ -32,6 +32,7 @@ from shared.settings import SettingsError, mask_credentials
 from shared.store import open_store
 from shared.store.base import STORE_START_SECONDS, RedisLinks, Store, StoreUnavailable, is_redis
 from shared.store.eviction import UNKNOWN, eviction_detail, eviction_risk
+from shared.store.persistence import persistence_risk
 from shared.store.sqlite import sqlite_path
 from shared.store.sqlite_tables import unreclaimed
 
@@ -84,6 +85,7 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
                        mask_credentials(url), reason)
     else:
         await _warn_eviction(store)
+        await _warn_persistence(store)
     finally:
         await store.close()
 
@@ -117,6 +119,16 @@ async def _warn_eviction(store: Store) -> None:
             logger.warning("STORE_URL: {} (GET /ready warns of it too)", eviction_detail(policy))
         elif policy == UNKNOWN:
             logger.info("STORE_URL: {}", eviction_detail(policy))
+
+
+async def _warn_persistence(store: Store) -> None:
+    """A Redis that keeps its data in memory only, or in snapshots alone: a restart of it loses API keys (every one,
+    or those made since its last snapshot), and their callers told the operator, by 401s. One WARNING at start; a
+    Redis that refuses CONFIG GET (a managed one, which persists as its console says) is not told."""
+    with contextlib.suppress(StoreUnavailable, TimeoutError, OSError):  # it answered the ping: a blip, no more
+        got = await within(store.persistence(), STORE_START_SECONDS)
+        if got is not None and (risk := persistence_risk(got)) is not None:
+            logger.warning("STORE_URL: this Redis {}", risk)
 
 
 def _warn_unreclaimed(path: Path) -> None:

@@ -29,6 +29,7 @@ from shared.aio import obeying_cancel
 
 if TYPE_CHECKING:
     from shared.store.inflight import InflightSlots
+    from shared.store.persistence import Persistence
 
 T = TypeVar("T")
 KEY_PREFIX = "sn1-"
@@ -628,6 +629,10 @@ class Store(Protocol):
     async def eviction_policy(self) -> str | None:
         """Redis's ``maxmemory-policy`` (``unknown`` where CONFIG is refused); None for a store that evicts
         nothing (a SQLite file). At start and by ``/ready``, never per request."""
+        ...
+
+    async def persistence(self) -> Persistence | None:
+        """Redis's ``appendonly`` and ``save`` (None where CONFIG is refused); None for a SQLite file. At start."""
         ...
 
     async def marker(self, *, seen: bool) -> StoreMarker | None:

@@ -57,6 +57,7 @@ from shared.store.base import (
 )
 from shared.store.eviction import UNKNOWN
 from shared.store.inflight import ROTATED_HASH_TTL_S, RedisInflight
+from shared.store.persistence import Persistence
 
 PING_TTL_MS = 10_000  # the key a ping writes (``ping``) is gone this long after the last ping
 
@@ -639,16 +640,27 @@ class RedisStore:
         a read-only replica after a failover) made every request a 503 while ``/ready`` said ready."""
         await self._call(self.redis.set(self.key("ping"), "1", px=PING_TTL_MS))
 
-    async def eviction_policy(self) -> str:
-        """Redis's ``maxmemory-policy`` (``eviction.py``), or ``unknown`` where CONFIG is refused (an ACL without
-        it, a managed Redis that renames it). Read at start and by ``/ready``, never per request."""
+    async def _config(self, name: str) -> str | None:
+        """One of Redis's ``CONFIG`` values, or None where CONFIG is refused (an ACL without it, a managed Redis
+        that renames it). Read at start and by ``/ready``, never per request."""
         try:
-            got = await self._call(self.redis.config_get("maxmemory-policy"))
+            got = await self._call(self.redis.config_get(name))
         except StoreUnavailable as e:
             if isinstance(e.__cause__, ResponseError):
-                return UNKNOWN
+                return None
             raise
-        return str(got.get("maxmemory-policy") or UNKNOWN)
+        value = got.get(name)
+        return None if value is None else str(value)
+
+    async def eviction_policy(self) -> str:
+        """Redis's ``maxmemory-policy`` (``eviction.py``), or ``unknown`` where CONFIG is refused."""
+        return await self._config("maxmemory-policy") or UNKNOWN
+
+    async def persistence(self) -> Persistence | None:
+        """Redis's ``appendonly`` and ``save`` (``persistence.py``), or None where CONFIG is refused."""
+        appendonly = await self._config("appendonly")
+        save = await self._config("save")
+        return None if appendonly is None or save is None else Persistence(appendonly, save)
 
     async def marker(self, *, seen: bool) -> StoreMarker:
         """The marker (``StoreMarker``): one script, every few seconds per process (the

@@ -491,6 +491,10 @@ class SQLiteStore:
         """Nothing to read: a file evicts nothing."""
         return None
 
+    async def persistence(self) -> None:
+        """Nothing to read: a file is on disk (its writes are fsynced as the store table says)."""
+        return None
+
     async def marker(self, *, seen: bool) -> None:
         """Nothing to watch: a file does not come back empty behind the API's back (a missing one is made, with
         a WARNING, at start)."""

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from loguru import logger
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from api.main import reach_store
 from neurons.localnet import port_is_free
 from tests.ports import free_port
 
@@ -102,3 +104,14 @@ async def own_redis(tmp_path: Path) -> AsyncIterator[tuple[str, aioredis.Redis]]
     """``(url, admin client)`` of a fresh server on 127.0.0.1, stopped afterwards."""
     async with own_redis_server(tmp_path) as server:
         yield server.url, server.client
+
+
+async def start_lines(url: str, namespace: str) -> list[str]:
+    """``LEVEL message`` of each line an API's start (``reach_store``) logs at INFO and above, on the Redis at ``url``."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
+    try:
+        await reach_store(url, namespace)
+    finally:
+        logger.remove(sink)
+    return lines

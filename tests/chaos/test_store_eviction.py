@@ -9,24 +9,17 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from loguru import logger
 
-from api.main import reach_store
 from shared.store.redis import RedisStore
 from tests.chaos.fleet import fleet_on
-from tests.chaos.own_redis import own_redis
+from tests.chaos.own_redis import own_redis, start_lines
 
 EVICTING = {"allkeys-lru": "API keys (their callers get 401)", "volatile-ttl": "rate-limit windows"}
 
 
 async def ready_and_start_lines(tmp_path: Path, url: str) -> tuple[int, dict, list[str]]:
     """``/ready`` of an API on ``url``, and the lines its start (``reach_store``) logs at INFO and above."""
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(f"{m.record['level'].name} {m.record['message']}"), level="INFO")
-    try:
-        await reach_store(url, "eviction")
-    finally:
-        logger.remove(sink)
+    lines = await start_lines(url, "eviction")
     async with (fleet_on(tmp_path, RedisStore.from_url(url, namespace="eviction"), "eviction") as (f, _),
                 aiohttp.ClientSession() as s, s.get(f.url + "/ready") as r):
         return r.status, await r.json(), lines
