@@ -321,7 +321,18 @@ async def check_admin(request: web.Request, admin_key: str | None, store: Store)
         raise store_unavailable() from None
     logger.warning("admin auth failed remote={} method={} path={}", address, request.method,
                    route_path(request))
-    raise ApiError(401, "Invalid or missing admin-key header.", code="invalid_admin_key")
+    raise ApiError(401, admin_refusal(sent), code="invalid_admin_key")
+
+
+def admin_refusal(sent: str) -> str:
+    """What to fix, where "Invalid or missing admin-key header." left it to guess: the header to send (an SDK's
+    ``Authorization: Bearer`` is for API keys), or the key to send in it, and the lockout a guessing game ends in."""
+    if not sent:
+        return ("Missing admin-key header: send this API's ADMIN_KEY as 'admin-key: <key>' (Authorization, api-key "
+                "and x-api-key carry API keys, not the admin key).")
+    return (f"Wrong admin key: the admin-key header is not this API's ADMIN_KEY (its .env.api or environment). "
+            f"{ADMIN_FAILURES_PER_MINUTE} failures a minute from one address lock the admin routes for it for a "
+            "minute, the right key too.")
 
 
 def caller_name(request: web.Request) -> str | None:

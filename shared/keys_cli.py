@@ -219,7 +219,9 @@ def run_keys(args: argparse.Namespace) -> int:
     try:
         answer = asyncio.run(go())
     except AdminError as e:
-        print(f"sn1 keys {args.action}: {e}", file=sys.stderr)
+        source = "--admin-key" if args.admin_key else "ADMIN_KEY in the environment"
+        hint = f" (the key sent came from {source})" if e.code == "invalid_admin_key" else ""
+        print(f"sn1 keys {args.action}: {e}{hint}", file=sys.stderr)
         return 2 if e.status == 0 else 1
     return _show(answer, args.action)
 

@@ -341,12 +341,15 @@ async def test_keys_imported_from_one_file_are_told_apart_in_the_list_and_the_lo
 
 async def test_admin_gate(api: ApiUnderTest, http: aiohttp.ClientSession, logs: list[str]) -> None:
     url = f"{api.url}/api_management/create-api-key/?rate_limit=5"
-    status, _, out = await call(http, "POST", url)
-    assert_error(status, out, 401, "invalid_admin_key")
+    status, _, out = await call(http, "POST", url, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert_error(status, out, 401, "invalid_admin_key")  # the header an SDK sends: said to be the wrong one
+    assert out["error"]["message"].startswith("Missing admin-key header: send this API's ADMIN_KEY as "), out
     wrong = "wrong-admin-key-attempt-123"
     for _ in range(9):
         status, _, out = await call(http, "POST", url, headers={"admin-key": wrong})
         assert_error(status, out, 401, "invalid_admin_key")
+    assert out["error"]["message"].startswith("Wrong admin key: the admin-key header is not this API's ADMIN_KEY"), out
+    assert "10 failures a minute" in out["error"]["message"], out
     # ten failures from this address in a minute: even the right key is refused for now
     status, headers, out = await call(http, "POST", url, headers=AK)
     assert_error(status, out, 429, "admin_rate_limited")

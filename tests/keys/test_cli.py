@@ -148,6 +148,27 @@ async def test_cli_errors_are_clear(api: ApiUnderTest) -> None:
     assert code == 2 and "nothing to change" in err
 
 
+async def test_a_wrong_admin_key_names_the_setting_it_came_from(api: ApiUnderTest) -> None:
+    """"HTTP 401: Invalid or missing admin-key header." named a header the operator never wrote: ``sn1 keys`` sends
+    it from ``--admin-key`` or ``ADMIN_KEY``, and that is what to fix (to the API's own ``ADMIN_KEY``)."""
+    wrong = "a-wrong-admin-key-0123456789"
+    code, _, err = await sn1_keys(api, "list", admin_key=wrong)
+    assert code == 1 and "HTTP 401" in err, err
+    assert "not this API's ADMIN_KEY" in err and "--admin-key" in err and wrong not in err, err
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADMIN_KEY", wrong)
+        code, err = await asyncio.to_thread(cli_exit, ["keys", "--api", api.url, "list"])
+    assert code == 1 and "ADMIN_KEY in the environment" in err and wrong not in err, err
+
+
+def cli_exit(argv: list[str]) -> tuple[int, str]:
+    """``sn1 <argv>``'s exit code and stderr (``shared.cli.main``, as the console script runs it)."""
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as done:
+        main(argv)
+    return int(done.value.code or 0), err.getvalue()
+
+
 @pytest.mark.parametrize("url", ["127.0.0.1:42170", "localhost:42170/", "ftp://127.0.0.1:42170"])
 def test_an_api_url_without_its_scheme_is_named_as_the_setting_to_fix(url: str) -> None:
     """``SN1_API_URL=127.0.0.1:42170`` (the host and port, as the API logs them) was "cannot reach the API at
