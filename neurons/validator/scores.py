@@ -288,6 +288,10 @@ class ScoreBook:
             return False
         remove_temp_files(self.path)
         if not self.path.exists():
+            logger.warning("no scores file {}: every miner starts from no score, as at a first start. If this validator "
+                           "ran before, its scores are elsewhere: STATE_DIR names another directory (a relative one "
+                           "is taken from the working directory, {}); stop it and point STATE_DIR at them",
+                           self.path.resolve(), Path.cwd())
             return False
         try:
             data = json.loads(self.path.read_text())

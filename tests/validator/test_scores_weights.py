@@ -932,3 +932,27 @@ async def test_a_uid_weighted_only_to_meet_the_minimum_starts_fresh_once_it_chan
         assert by_uid[3]["hotkey"] == "new-owner" and by_uid[3]["weight"] == 0.0, by_uid[3]
         assert shown.per_uid(after)[3] == (0.0, 0.0) and by_uid[1]["weight"] > 0
         assert 3 not in shown.to_json()["weights"], "not saved over either"
+
+
+async def test_a_validator_without_a_scores_file_says_so_naming_state_dir(tmp_path: Path) -> None:
+    """``sn1 validator`` whose ``STATE_DIR`` holds no ``scores.json`` (a first start, or a validator moved or started
+    from another directory with a relative ``STATE_DIR``): every miner starts from 0, its weights re-earned from
+    nothing, and it said nothing. Now one WARNING names the file and ``STATE_DIR``; a start that restores the scores
+    says nothing of it."""
+    from tests.ports import free_port
+    from tests.validator.test_inbox import tail, validator_env, validator_process
+
+    port = free_port()
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "validator.log"
+    env_file, _ = validator_env(tmp_path, port)
+    scores = tmp_path / "state" / "scores.json"
+    async with validator_process(env_file, url, log):
+        pass
+    told = [line for line in tail(log, 0).splitlines() if "no scores file" in line]
+    assert len(told) == 1 and "WARNING" in told[0], tail(log)
+    assert str(scores) in told[0] and "STATE_DIR" in told[0] and "working directory" in told[0], told
+    assert scores.exists(), "saved at the stop"
+    log.write_text("")
+    async with validator_process(env_file, url, log):
+        pass
+    assert "no scores file" not in tail(log, 0) and "restored scores" in tail(log, 0), tail(log)
