@@ -125,6 +125,19 @@ async def store_call(pending: Awaitable[T], store: str = "key store") -> T:
         return await pending
 
 
+def missing_key_message(headers: CIMultiDictProxy[str]) -> str:
+    """The 401 for no key. An ``Authorization`` header without ``Bearer`` (``Authorization: <key>``, a hand-written
+    curl line) is said to be so: "Missing API key." to someone who sent one had them check the key, not the word
+    before it. The header's value is never repeated."""
+    send = "Send it as 'Authorization: Bearer <key>', 'api-key: <key>' or 'x-api-key: <key>'."
+    sent = one_header(headers, "Authorization").strip()
+    if sent.lower() == "bearer":  # `-H "Authorization: Bearer $KEY"` with KEY unset
+        return f"Missing API key: the Authorization header is 'Bearer' with no key after it (an unset variable?). {send}"
+    if sent:
+        return f"Missing API key: the Authorization header has no 'Bearer ' before the key. {send}"
+    return f"Missing API key. {send}"
+
+
 async def authenticate(request: web.Request, store: Store, *, scope: str | None,
                        usage: UsageRecorder | None = None, slots: ConcurrencyLimiter | None = None) -> KeyRecord:
     """The caller's key, charged once; 401 unknown/expired, 403 scope, 429 over the limit (or, for a
@@ -134,11 +147,7 @@ async def authenticate(request: web.Request, store: Store, *, scope: str | None,
     call: its handler must be a ``holds_slot`` one, which gives it back."""
     key = extract_api_key(request.headers)
     if key is None:
-        raise ApiError(
-            401,
-            "Missing API key. Send it as 'Authorization: Bearer <key>', 'api-key: <key>' or 'x-api-key: <key>'.",
-            code="missing_api_key",
-        )
+        raise ApiError(401, missing_key_message(request.headers), code="missing_api_key")
     if len(key) > MAX_KEY_LENGTH:
         raise await invalid_key(request, store)
     outage, key_hash = request.app.get(STORE_OUTAGE), hash_key(key)

@@ -37,6 +37,22 @@ async def test_key_headers_and_401s(api: ApiUnderTest, http: aiohttp.ClientSessi
     assert_error(status, out, 401, "missing_api_key")
 
 
+async def test_a_key_in_authorization_without_bearer_is_told_so(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
+    """``Authorization: <key>`` (or ``Basic <key>``), a curl line written by hand: "Missing API key." to someone who
+    sent one, who then checks the key, not the word before it. The 401 names the scheme, never the key."""
+    for value in (api.key, f"Basic {api.key}", f"Token {api.key}"):
+        status, _, out = await call(http, "GET", f"{api.url}/v1/usage", headers={"Authorization": value})
+        assert_error(status, out, 401, "missing_api_key")
+        message = out["error"]["message"]
+        assert "Authorization header has no 'Bearer ' before the key" in message, message
+        assert api.key not in message, message
+    status, _, out = await call(http, "GET", f"{api.url}/v1/usage", headers={"Authorization": "Bearer "})
+    assert_error(status, out, 401, "missing_api_key")  # curl -H "Authorization: Bearer $KEY", KEY unset
+    assert "'Bearer' with no key after it (an unset variable?)" in out["error"]["message"], out
+    status, _, out = await call(http, "GET", f"{api.url}/v1/usage", headers={})
+    assert out["error"]["message"].startswith("Missing API key. Send it as 'Authorization: Bearer <key>'"), out
+
+
 async def test_an_unknown_keys_401_says_where_a_key_comes_from(api: ApiUnderTest, http: aiohttp.ClientSession) -> None:
     """The OpenAI SDK sends ``OPENAI_API_KEY`` when the code gives no key of its own: "Invalid API key." said
     nothing of that, nor where a key here comes from."""
