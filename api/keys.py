@@ -126,6 +126,7 @@ async def create_api_key(request: web.Request) -> web.Response:
         )
     except StoreUnavailable:
         raise store_unavailable() from None
+    request.app[CTX].store_marker.marked()
     logger.info("api key created id={} rate_limit={} scopes={}", record.id, record.rate_limit, ",".join(record.scopes))
     # the subnet doc's two fields first, then the key's public details
     return json_response({"message": "API key created", "api_key": secret, **KeyOut.of(record).model_dump(mode="json")})
@@ -163,6 +164,7 @@ async def import_api_keys(request: web.Request) -> web.Response:
             continue
         _, record = await store_call(store.create_key(legacy.rate_limit, name="imported", secret=secret))
         made.append(KeyOut.of(record))
+        request.app[CTX].store_marker.marked()
     # each key by its id, as every other key change is logged: which keys an import made, never their secrets
     logger.info("api keys imported: {} new ids={}, {} already here ids={}", len(made),
                 ",".join(k.id for k in made) or "-", len(here), ",".join(here) or "-")

@@ -63,6 +63,12 @@ class MarkerWatch:
                         m.namespace)
         return None
 
+    def marked(self) -> None:
+        """This process created or imported a key, which writes the marker in the same step: it has seen it. A
+        Redis emptied before this process's next check (every 5 s) read as a new store, to it as to every other,
+        and the loss right after an operator's first key was told by nobody."""
+        self.seen = True
+
     @property
     def store_lost(self) -> bool:
         """The store is judged lost by this process (``sn1_api_store_lost``)."""

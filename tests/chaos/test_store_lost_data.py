@@ -166,3 +166,20 @@ async def test_an_api_started_after_the_loss_before_anyone_noticed_it_does_not_h
             assert await chat(s, f, key) == 401
     assert len(errors(lines)) == 2, errors(lines)  # each process says it once
     assert [t for level, t in lines if level == "WARNING" and "a new, empty key store was started" in t], lines
+
+
+async def test_a_loss_right_after_the_first_key_is_told_by_the_process_that_made_it(tmp_path: Path) -> None:
+    """An operator's first key, then Redis restarted empty within the 5 s before any process read the marker: the
+    process that wrote the marker (with the key) had not "seen" it, so the empty store read as a new one, ``/ready``
+    200 and no ERROR, for good, while the key handed out was a 401. The process that creates (or imports) a key
+    knows the marker is there."""
+    with captured() as lines:
+        async with api_on_own_redis(tmp_path) as (f, server, _), aiohttp.ClientSession() as s:
+            await server.restart()  # the fleet's own key gone, unseen: a new, empty store to this process
+            async with s.post(f.url + "/api_management/create-api-key/?rate_limit=5",
+                              headers={"admin-key": ADMIN}) as r:
+                assert r.status == 200, await r.text()
+            await server.restart()  # at once: no marker check in between
+            status, body = await ready(s, f)
+    assert status == 503 and "the key store lost its data" in str(body["reasons"]), body
+    assert errors(lines) and LOST in errors(lines)[0], lines
