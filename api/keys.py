@@ -184,6 +184,9 @@ def _legacy_keys(sent: Any) -> list[tuple[str, LegacyKey]]:
         if not LEGACY_SECRET.fullmatch(secret):
             raise invalid_value(str(i), "each key must be 32 to 256 letters, digits, '-' or '_' (the original "
                                         "API's were 32 hex digits): a shorter one is too easy to guess")
+        if not isinstance(entry, dict):  # {"<key>": 60}: it was "Request body must be a JSON object."
+            raise invalid_value(str(i), 'each key\'s entry must be an object, {"rate_limit": N, "usage": M}, as the '
+                                        "original API's key file holds them")
         out.append((secret, parse_model(LegacyKey, entry, at=str(i))))
     return out
 

@@ -317,6 +317,20 @@ async def test_an_imported_key_is_managed_by_its_secret_as_the_readme_says(api: 
     status, _, out = await call(http, "GET", f"{api.url}/v1/usage", headers={"api-key": legacy})
     assert_error(status, out, 401, "invalid_api_key")
 
+async def test_an_import_entry_that_is_no_object_is_named_by_its_place(api: ApiUnderTest,
+                                                                       http: aiohttp.ClientSession) -> None:
+    """``{"<key>": 60}`` (the rate limit alone, not ``{"rate_limit": 60}``) was "Request body must be a JSON object."
+    about a body that is one: the entry at fault, by its place in the file (never its key), and the shape wanted."""
+    legacy = "fedcba9876543210" * 2
+    status, _, out = await call(http, "POST", f"{api.url}/api_management/import-api-keys", headers=AK,
+                                json={"0123456789abcdef" * 2: {"rate_limit": 5}, legacy: 60})
+    assert_error(status, out, 400, "invalid_value")
+    assert out["error"]["param"] == "1" and '{"rate_limit": N, "usage": M}' in out["error"]["message"], out
+    assert legacy not in json.dumps(out), out
+    status, _, listed = await call(http, "GET", f"{api.url}/api_management/api-keys", headers=AK)
+    assert not [k for k in listed["data"] if k["name"] == "imported"], "nothing imported"
+
+
 async def test_keys_imported_from_one_file_are_told_apart_in_the_list_and_the_log(
         api: ApiUnderTest, http: aiohttp.ClientSession, logs: list[str]) -> None:
     """An operator's key file whose keys all start alike (``team01...``) was listed as ``team01`` three times, named
