@@ -338,7 +338,8 @@ def admin_refusal(sent: str) -> str:
     ``Authorization: Bearer`` is for API keys), or the key to send in it, and the lockout a guessing game ends in."""
     if not sent:
         return ("Missing admin-key header: send this API's ADMIN_KEY as 'admin-key: <key>' (Authorization, api-key "
-                "and x-api-key carry API keys, not the admin key).")
+                "and x-api-key carry API keys, not the admin key; curl leaves out a header whose value is empty: is "
+                "the variable holding the key set?).")
     return (f"Wrong admin key: the admin-key header is not this API's ADMIN_KEY (its .env.api or environment). "
             f"{ADMIN_FAILURES_PER_MINUTE} failures a minute from one address lock the admin routes for it for a "
             "minute, the right key too.")

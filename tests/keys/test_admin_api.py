@@ -358,6 +358,7 @@ async def test_admin_gate(api: ApiUnderTest, http: aiohttp.ClientSession, logs: 
     status, _, out = await call(http, "POST", url, headers={"Authorization": f"Bearer {ADMIN}"})
     assert_error(status, out, 401, "invalid_admin_key")  # the header an SDK sends: said to be the wrong one
     assert out["error"]["message"].startswith("Missing admin-key header: send this API's ADMIN_KEY as "), out
+    assert "is the variable holding the key set?" in out["error"]["message"], out  # curl -H "admin-key: $UNSET"
     wrong = "wrong-admin-key-attempt-123"
     for _ in range(9):
         status, _, out = await call(http, "POST", url, headers={"admin-key": wrong})
