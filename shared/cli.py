@@ -214,13 +214,16 @@ def _vacuum(target: str) -> str | None:
     """``sn1 vacuum``: its sizes before and after on one line; an error's line (exit status 1) otherwise."""
     import sqlite3
 
-    from shared.store.sqlite_tables import compact
+    from shared.store.sqlite_tables import FileInUse, compact
 
     path = _store_file("vacuum", target, "a Redis store frees its memory by itself")
     if isinstance(path, str):
         return path
     try:
         before, after = compact(path)
+    except FileInUse as e:
+        return (f"sn1 vacuum: {e} (an API worker, a validator, a backup): stop the API first; the rewrite would hold "
+                "the write lock of every worker until it is done (seconds per GB, each request a 503 meanwhile)")
     except sqlite3.Error as e:
         # "database is locked" is an API still writing to it; anything else is the file's own (not a database)
         hint = " (stop the API first)" if "locked" in str(e) or "busy" in str(e) else ""

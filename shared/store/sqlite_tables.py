@@ -140,14 +140,34 @@ def compact(path: Path) -> tuple[int, int]:
     ``VACUUM`` holds the write lock until it has copied the whole file (seconds per GB, and as much free disk
     again), so every worker's store call fails meanwhile; which is why the API never does it at start."""
     before = _size_on_disk(path)
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    db = sqlite3.connect(path, timeout=0, isolation_level=None)
     try:
+        _alone(db, path)
         db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("VACUUM")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         db.close()
     return before, _size_on_disk(path)
+
+
+class FileInUse(sqlite3.OperationalError):
+    """Another process has the store file open (an API worker, a validator, a backup): ``compact`` would hold the
+    write lock of every one of them until it is done."""
+
+
+def _alone(db: sqlite3.Connection, path: Path) -> None:
+    """Take the file for ``db`` alone, kept to its close (``locking_mode=EXCLUSIVE``), or raise ``FileInUse``: any
+    other process's connection, idle ones too (a WAL connection holds the file's shared lock while it is open), is
+    a refusal, where ``VACUUM`` went ahead under a running API and made every worker's store call wait on it."""
+    db.execute("PRAGMA locking_mode=EXCLUSIVE")
+    try:
+        db.execute("BEGIN EXCLUSIVE")
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise FileInUse(f"{path} is open in another process") from None
+        raise
+    db.execute("COMMIT")
 
 
 def _size_on_disk(path: Path) -> int:

@@ -192,3 +192,37 @@ async def test_workers_reclaiming_one_file_together_lose_nothing(tmp_path: Path)
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
     assert _on_disk(path) < burst // 2
+
+
+def test_sn1_vacuum_refuses_a_file_another_process_has_open(tmp_path: Path) -> None:
+    """``sn1 vacuum`` on the store of an API still running (the README says stop it first; an operator in a hurry
+    does not): it went ahead, and the rewrite held the write lock of every worker for as long as it took (seconds
+    per GB: every keyed request a 503). It now refuses in one line while another process has the file open, and
+    changes nothing; once that process is gone, it runs."""
+    import subprocess
+    import sys
+
+    from shared.store import sqlite_tables
+    from shared.store.responses import SCHEMA
+
+    path = tmp_path / "api.db"
+    db = sqlite_tables.open_db(path, synchronous="NORMAL", schema=SCHEMA)
+    db.close()
+    holder = subprocess.Popen([sys.executable, "-c", (  # an API worker: the store open, idle between requests
+        "import time; from pathlib import Path; from shared.store import sqlite_tables; "
+        "from shared.store.responses import SCHEMA; "
+        f"db = sqlite_tables.open_db(Path({str(path)!r}), synchronous='NORMAL', schema=SCHEMA); "
+        "db.execute('SELECT count(*) FROM stored_responses').fetchall(); print('open', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n", holder.communicate()
+        done = subprocess.run([sys.executable, "-m", "shared.cli", "vacuum", str(path)], capture_output=True,
+                              text=True, timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert f"sn1 vacuum: {path} is open in another process" in done.stderr and "stop the API" in done.stderr, done
+    again = subprocess.run([sys.executable, "-m", "shared.cli", "vacuum", str(path)], capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 0 and "MiB ->" in again.stdout, (again.stdout, again.stderr)
