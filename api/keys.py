@@ -45,8 +45,9 @@ async def _admin(request: web.Request) -> Store:
 
 
 async def _params(request: web.Request) -> KeyParams:
-    """Query parameters, overridden by a JSON body if one was sent; lists may be comma-separated or repeated (any
-    other parameter sent twice with two values was refused before: ``api.request_shape``)."""
+    """Query parameters and a JSON body's, each named in one of them only (which of two values was meant cannot be
+    told); lists may be comma-separated or repeated (any other parameter sent twice with two values was refused
+    before: ``api.request_shape``)."""
     data: dict[str, Any] = {}
     for name in set(request.query):
         values = request.query.getall(name)
@@ -60,6 +61,9 @@ async def _params(request: web.Request) -> KeyParams:
         body = await read_json(request, empty={})
         if not isinstance(body, dict):
             raise ApiError(400, "Request body must be a JSON object.", code="invalid_request")
+        if twice := sorted(set(body) & set(request.query)):  # ?rate_limit=60 -d '{"rate_limit": 600}': 600, in silence
+            raise ApiError(400, f"'{twice[0]}' was given in both the query string and the JSON body: give it once.",
+                           code="invalid_request", param=twice[0])
         data.update(body)
     return parse_model(KeyParams, data)
 

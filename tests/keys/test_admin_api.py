@@ -317,6 +317,25 @@ async def test_an_imported_key_is_managed_by_its_secret_as_the_readme_says(api: 
     status, _, out = await call(http, "GET", f"{api.url}/v1/usage", headers={"api-key": legacy})
     assert_error(status, out, 401, "invalid_api_key")
 
+async def test_a_parameter_in_both_the_query_and_the_body_is_refused(api: ApiUnderTest,
+                                                                     http: aiohttp.ClientSession) -> None:
+    """``?rate_limit=60`` with ``-d '{"rate_limit": 600}'`` made a key of 600 a minute, the query's 60 dropped in
+    silence (the body won). Which was meant cannot be told: a 400 naming it, and no key made or changed."""
+    base = f"{api.url}/api_management"
+    before = len((await call(http, "GET", f"{base}/api-keys", headers=AK))[2]["data"])
+    status, _, out = await call(http, "POST", f"{base}/create-api-key/?rate_limit=60", headers=AK,
+                                json={"rate_limit": 600, "name": "both"})
+    assert_error(status, out, 400, "invalid_request")
+    assert out["error"]["param"] == "rate_limit" and "both the query string and the JSON body" in out["error"]["message"]
+    assert len((await call(http, "GET", f"{base}/api-keys", headers=AK))[2]["data"]) == before, "no key made"
+    made = await create_key(http, api.url, "rate_limit=5", json={"name": "apart"})  # different names: both taken
+    assert (made["rate_limit"], made["name"]) == (5, "apart"), made
+    status, _, out = await call(http, "PUT", f"{base}/modify-api-key/{made['id']}?scopes=chat", headers=AK,
+                                json={"scopes": ["availability"]})
+    assert_error(status, out, 400, "invalid_request")
+    assert out["error"]["param"] == "scopes", out
+
+
 async def test_an_import_entry_that_is_no_object_is_named_by_its_place(api: ApiUnderTest,
                                                                        http: aiohttp.ClientSession) -> None:
     """``{"<key>": 60}`` (the rate limit alone, not ``{"rate_limit": 60}``) was "Request body must be a JSON object."
