@@ -18,6 +18,10 @@ from pydantic_core import PydanticCustomError
 # A miner's error code for a request its model server refused itself (a 4xx: a bad parameter, more
 # tokens than the model takes). The API tells it from the miner's own failure by this code.
 MODEL_SERVER_REJECTED = "model_server_rejected"
+# The statuses that code is the caller's with (docs/miner-protocol.md §5): the model server refused the request
+# itself. A 401/403 (the model server refusing the miner's own key) or 429 (rate-limiting the miner) with that code
+# is the miner's failure: taken as the caller's, a miner with a wrong key was never set aside, nor scored 0.
+REJECTED_STATUSES = frozenset({400, 413, 422})
 # OpenAI's code for a model it does not serve; a miner answers it (a 404) for a ``model`` it does not list.
 MODEL_NOT_FOUND = "model_not_found"
 # The code of a request this process's stop cut (``shutting_down``): the caller sends it again.

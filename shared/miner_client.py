@@ -16,7 +16,7 @@ import aiohttp
 from loguru import logger
 from yarl import URL
 
-from shared.errors import MODEL_NOT_FOUND, MODEL_SERVER_REJECTED, parse_error
+from shared.errors import MODEL_NOT_FOUND, MODEL_SERVER_REJECTED, REJECTED_STATUSES, parse_error
 from shared.jsonutil import dumpb, dumps, loads
 from shared.logging import printable
 from shared.metagraph import Neuron
@@ -109,6 +109,17 @@ class MinerError(Exception):
         self.kind = kind
 
 
+def model_server_refused(status: int, message: str) -> MinerError:
+    """A miner's answer that its model server refused the request (``model_server_rejected``): the caller's
+    (``refused``) for the statuses of a request refused itself (``REJECTED_STATUSES``); any other (a 401/403 for
+    the miner's own key, a 429 for its rate limit, a 5xx) the miner's failure, told as its model server's (its
+    words never begin ``HTTP 401``/``HTTP 403``, which the validator reads as a refused signature, not scored)."""
+    if status in REJECTED_STATUSES:
+        return MinerError(f"HTTP {status}: {message[:300]}", kind="refused")
+    return MinerError(f"its model server refused the miner (HTTP {status} {MODEL_SERVER_REJECTED}): {message[:300]}",
+                      kind=status_kind(status))
+
+
 def make_session(*, limit: int = 1024, limit_per_host: int = 256) -> aiohttp.ClientSession:
     """The process-wide pooled session (call once, inside the running loop)."""
     connector = ResigningConnector(limit=limit, limit_per_host=limit_per_host, ttl_dns_cache=300)
@@ -196,8 +207,8 @@ class MinerClient:
                         if resp.status in REFUSED_SIGNATURE and code != MODEL_SERVER_REJECTED:
                             self._refused(neuron, resp.status, code, message)
                             raise MinerError(f"HTTP {resp.status}: {text[:300]}", kind="signature")
-                        if resp.status < 500 and code == MODEL_SERVER_REJECTED:
-                            raise MinerError(f"HTTP {resp.status}: {message[:300]}", kind="refused")
+                        if code == MODEL_SERVER_REJECTED:
+                            raise model_server_refused(resp.status, message)
                         if resp.status == 404 and code == MODEL_NOT_FOUND:
                             raise MinerError(f"HTTP 404 {MODEL_NOT_FOUND}: {message[:300]}", kind=NOT_SERVED)
                         note = redirect_note(resp.status, resp.headers.get("Location"))

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from neurons.miner.backends.deterministic import generate_text
-from neurons.validator.scoring import rebuild_answer
+from neurons.validator.scoring import REFUSAL_PREFIXES, rebuild_answer
 from tests.helpers import ApiUnderTest, Script, api_with_miners, chunk, loop_gaps, openai_client, post, sse
 
 MESSAGES = [{"role": "user", "content": "Race me"}]
@@ -291,6 +291,27 @@ async def test_a_request_every_model_server_refused_is_the_callers_400(
     # A request every model server refused is the caller's mistake: it is not scored (scored, it would be a
     # zero for each miner, and any key could sink honest miners' scores so). Any other outcome is scored.
     assert len(payloads) == (0 if code == "model_server_rejected" else 2)
+
+
+@pytest.mark.parametrize("status", [401, 403, 429])
+async def test_a_model_server_refusing_the_miner_itself_is_the_miners_failure_not_the_callers_400(
+        tmp_path: Path, status: int) -> None:
+    """A miner whose model server refuses its own key (401/403) or rate-limits it (429), relayed with
+    ``model_server_rejected``: only 400/413/422 are the caller's (docs/miner-protocol.md §5). Taken as the caller's,
+    such miners answered the caller a 400 for a request nothing was wrong with, were never set aside, and were not
+    scored (no payload; the validator reads ``HTTP 401``/``HTTP 403`` as a refused signature)."""
+    payloads: list[dict] = []
+    async with api_with_miners(tmp_path, {1: refusing(status), 2: refusing(status)},
+                               miner_failures_to_set_aside=2) as api:
+        api.ctx.payload_sinks.append(payloads.append)
+        for stream in (False, True):
+            got, _, text = await post(api, {"messages": [USER], "stream": stream})
+            assert (got, json.loads(text)["error"]["code"]) == (502, "no_valid_answer"), (stream, text)
+        assert api.ctx.miner_health is not None and set(api.ctx.miner_health.aside) == {1, 2}
+    assert len(payloads) == 2  # scored: a 0 for each
+    errors = [e for p in payloads for e in p["errors"].values()]
+    assert len(errors) == 4 and not any(e.startswith(REFUSAL_PREFIXES) for e in errors), errors
+    assert {k for p in payloads for k in p["error_kinds"].values()} == {"http_4xx"}
 
 
 @pytest.mark.parametrize("listed", [False, True], ids=["never-listed", "listed"])

@@ -28,7 +28,7 @@ from neurons.miner.backends.base import BackendError
 from neurons.miner.backends.counted_usage import counted, prompt_counted
 from neurons.miner.backends.upstream_fields import forwarded_fields, upstream_request
 from neurons.miner.media_urls import MediaBusy, MediaFetcher, MediaRefused
-from shared.errors import MODEL_SERVER_REJECTED
+from shared.errors import MODEL_SERVER_REJECTED, REJECTED_STATUSES
 from shared.field_refusals import FieldRefusals
 from shared.jsonutil import dumpb
 from shared.logging import CredentialMask, printable
@@ -42,7 +42,7 @@ from shared.tasks import ARITHMETIC, INFERENCE, QUESTION_ANSWERING
 # The upstream refused the request itself (bad parameter, too many tokens for the model, too large):
 # the miner answers with the same status and MODEL_SERVER_REJECTED, so the API can tell the caller's mistake
 # from the miner's failure. Any other upstream status (auth, rate limit, 5xx) is the miner's 502.
-REFUSED_REQUEST = frozenset({400, 413, 422})
+REFUSED_REQUEST = REJECTED_STATUSES
 # A model server that cannot read a part of the request (a text-only model given an image or audio) refuses it
 # with a 500 on some servers: llama.cpp's ("image input is not supported - hint: if this is unexpected, you may
 # need to provide the mmproj", ggml-org/llama.cpp#15377; "Unsupported content part type" before, #12947). The
