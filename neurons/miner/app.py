@@ -42,6 +42,9 @@ BACKEND = web.AppKey("backend", Backend)
 BACKEND_FAILURE = web.RequestKey("sn1_backend_failure", str)  # why the backend did not answer (its BackendError)
 # The error a stream that had begun ended with (its last event): what its line says, as an HTTP error's would.
 CUT_STREAM = web.RequestKey("sn1_cut_stream", ApiError)
+# When a stream's first chunk came from the backend (perf_counter): its line's ``ttft_ms``, what the validator's
+# latency reward scores (to the first word, which the first chunk carries or comes just before).
+FIRST_CHUNK_AT = web.RequestKey("sn1_first_chunk_at", float)
 METAGRAPH = web.AppKey("metagraph", MetagraphView)
 STANDING = web.AppKey("standing", Standing)
 STOPPING = web.AppKey("stopping", asyncio.Event)  # set once a stop signal came (``on_shutdown``)
@@ -176,10 +179,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         request.app[FAILING].record(status, code, request.get(BACKEND_FAILURE))
+        first_at = request.get(FIRST_CHUNK_AT)
         request.app[TRAFFIC].record(rid=request_id_from(request.headers),
                                     caller=request[CALLER_KEY].hotkey_ss58, stream=stream, status=status,
                                     latency_ms=(time.perf_counter() - started) * 1000,
-                                    failure=request.get(BACKEND_FAILURE), code=code, model=unserved)
+                                    failure=request.get(BACKEND_FAILURE), code=code, model=unserved,
+                                    ttft_ms=None if first_at is None else (first_at - started) * 1000)
 
 
 def caller_deadline(request: web.Request) -> float | None:
@@ -250,6 +255,8 @@ async def _stream(request: web.Request, backend: Backend, body: dict[str, Any],
             raise _backend_failed(request, e) from None
         except TimeoutError:
             raise _past_deadline(request, "before the model server's first chunk") from None
+        if first is not None:
+            request[FIRST_CHUNK_AT] = time.perf_counter()
         headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         if first is not None and ends_with_done(first):  # the whole answer came in one read: one write
             with contextlib.suppress(BackendError):  # a break after [DONE] loses nothing

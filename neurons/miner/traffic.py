@@ -97,15 +97,16 @@ class TrafficLog:
         self.other: Counter[str] = Counter()  # availability and health requests, by route
 
     def record(self, *, rid: str, caller: str, stream: bool, status: int, latency_ms: float,
-               failure: str | None = None, code: str | None = None, model: str | None = None) -> None:
+               failure: str | None = None, code: str | None = None, model: str | None = None,
+               ttft_ms: float | None = None) -> None:
         """One chat request, one line: ``failure``, why the model server did not answer it (a WARNING line,
         within the budget); ``code``, the error code the caller was answered with; ``model``, the model it asked
         for, when that is why (``model_not_found``: the line said only the code, and an operator could not tell
-        which model the validators want that this miner lacks)."""
+        which model the validators want that this miner lacks); ``ttft_ms``, a stream's time to its first chunk."""
         if failure is not None:
-            self._failed(rid, caller, stream, status, latency_ms, code, failure)
+            self._failed(rid, caller, stream, status, latency_ms, code, failure, ttft_ms)
         elif self.lines.enabled:  # nothing is formatted at LOG_LEVEL=WARNING
-            self.lines.write(_line(rid, caller[:10], stream, status, latency_ms, code, model))
+            self.lines.write(_line(rid, caller[:10], stream, status, latency_ms, code, model, ttft_ms))
         self.requests += 1
         self.left += status == CLIENT_GONE
         self.failed += status >= 400 and status != CLIENT_GONE
@@ -115,16 +116,18 @@ class TrafficLog:
             self.latencies_ms.append(latency_ms)
 
     def _failed(self, rid: str, caller: str, stream: bool, status: int, latency_ms: float, code: str | None,
-                failure: str) -> None:
+                failure: str, ttft_ms: float | None = None) -> None:
         """A request the model server failed: its line is a WARNING saying why, naming the whole hotkey (the
         first of the interval's budget), else its INFO line ends with why and the reason is counted for the
         summary."""
         if self.failure_lines.take():
-            logger.warning("{}: the model server {}: {}", _line(rid, caller, stream, status, latency_ms, code),
+            logger.warning("{}: the model server {}: {}", _line(rid, caller, stream, status, latency_ms, code,
+                                                                 ttft_ms=ttft_ms),
                            "refused the request" if status < 500 else "failed", printable(failure))
             return
         reason = printable(failure[:REASON_CHARS])
-        self.lines.write(f"{_line(rid, caller[:10], stream, status, latency_ms, code)} failure={reason}")
+        self.lines.write(f"{_line(rid, caller[:10], stream, status, latency_ms, code, ttft_ms=ttft_ms)} "
+                         f"failure={reason}")
         if reason in self.unlogged or len(self.unlogged) < MAX_REASONS:
             self.unlogged[reason] += 1
 
@@ -155,10 +158,12 @@ class TrafficLog:
 
 
 def _line(rid: str, caller: str, stream: bool, status: int, latency_ms: float, code: str | None,
-          model: str | None = None) -> str:
-    """``chat rid=... caller=... stream=... status=... latency_ms=...`` (`` code=...`` for an error answer, then
-    `` model=...`` for one that names the model asked for: the caller's words, as one word, cut: ``field_value``)."""
+          model: str | None = None, ttft_ms: float | None = None) -> str:
+    """``chat rid=... caller=... stream=... status=... latency_ms=...`` (`` ttft_ms=...`` for a stream that got its
+    first chunk, `` code=...`` for an error answer, then `` model=...`` for one that names the model asked for: the
+    caller's words, as one word, cut: ``field_value``)."""
     return (f"chat rid={rid} caller={caller} stream={stream} status={status} latency_ms={latency_ms:.1f}"
+            f"{'' if ttft_ms is None else f' ttft_ms={ttft_ms:.1f}'}"
             f"{'' if code is None else f' code={code}'}{'' if model is None else f' model={field_value(model)}'}")
 
 

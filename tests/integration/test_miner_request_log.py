@@ -402,3 +402,35 @@ async def test_a_caller_that_leaves_while_the_miner_stops_is_still_a_caller_that
     lines = [m for level, m in log if "chat rid=left " in m]
     assert len(lines) == 1 and " status=499 " in lines[0], lines
     assert summary is not None and "(0 failed, 1 left by the caller first)" in summary, summary
+
+
+async def test_a_streamed_requests_line_says_its_time_to_first_chunk(log: list[tuple[str, str]]) -> None:
+    """The validator's latency reward is to the first word: a line with the whole answer's time alone could not
+    tell a model server slow to start from one slow to finish. A JSON answer has no first chunk: none said."""
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for delay, delta, finish in ((0.05, {"content": "Hi"}, None), (0.4, {}, "stop")):
+            await asyncio.sleep(delay)
+            chunk = {"id": "u", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    up = web.Application()
+    up.router.add_get("/v1/models", lambda _r: web.json_response({"data": [{"id": "m"}]}))
+    up.router.add_post("/v1/chat/completions", chat)
+    ask = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with serve_app(up) as upstream:
+        assert await openai_miner_post(upstream + "/v1", [("ttft", ask)]) == [200]
+    app = miner_app()
+    async with serve_app(app) as url:
+        assert await post(url, CHAT, {**signed(CHAT), "x-request-id": "whole"}) == 200
+        app[traffic.TRAFFIC].lines.flush()
+    lines = {x.split(" | ", 3)[-1].split()[1]: x.split(" | ", 3)[-1] for _, m in log for x in m.splitlines()
+             if " chat rid=" in x}
+    fields = dict(f.split("=", 1) for f in lines["rid=ttft"].split()[1:])
+    assert 40 <= float(fields["ttft_ms"]) <= float(fields["latency_ms"]) - 300, lines["rid=ttft"]
+    assert "ttft_ms=" not in lines["rid=whole"], lines["rid=whole"]
