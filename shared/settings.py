@@ -53,6 +53,45 @@ def csv_or_json_list(value: object) -> object:
 CsvList = Annotated[list[str], NoDecode, BeforeValidator(csv_or_json_list)]
 
 
+ALIAS_EXAMPLE = "Qwen/Qwen2.5-7B-Instruct=qwen2.5:7b"
+
+
+def model_aliases(value: object) -> object:
+    """``UPSTREAM_MODEL_ALIASES`` as an operator writes it, ``public=upstream, ...`` (or a JSON object): the name
+    callers and validators ask for, and the model server's own for it. Each name on one side once, and no name on
+    both: an upstream model served under two names, or a chain of them, would answer under a name nobody asked."""
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        with contextlib.suppress(ValueError):
+            value = json.loads(value)
+    if isinstance(value, dict):
+        pairs = [(str(k).strip(), str(v).strip()) for k, v in value.items()]
+    elif isinstance(value, str):
+        pairs = []
+        for item in (part.strip() for part in value.split(",") if part.strip()):
+            public, eq, upstream = (side.strip() for side in item.partition("="))
+            if not eq or "=" in upstream:
+                raise ValueError(f"{item!r} is not public=upstream (e.g. {ALIAS_EXAMPLE})")
+            pairs.append((public, upstream))
+    else:
+        return value
+    aliases: dict[str, str] = {}
+    for public, upstream in pairs:
+        if not public or not upstream:
+            raise ValueError(f"{public}={upstream} leaves a name out (public=upstream, e.g. {ALIAS_EXAMPLE})")
+        if public == "default":
+            raise ValueError("'default' is no model's name: requests for it go to the first model served")
+        if public in aliases or upstream in aliases.values():
+            raise ValueError(f"{public}={upstream}: each public and each upstream name may be given once")
+        aliases[public] = upstream
+    if both := sorted(set(aliases) & set(aliases.values())):
+        raise ValueError(f"{', '.join(both)} is both a public name and an upstream one")
+    return aliases
+
+
+# A table of model names read from one env var (``model_aliases``), not pydantic-settings' JSON alone.
+ModelAliases = Annotated[dict[str, str], NoDecode, BeforeValidator(model_aliases)]
+
+
 class SettingsError(Exception):
     """Raised with every bad setting, one ``NAME: what is wrong`` line each (the CLI prefixes each line
     with the command, so every line of a journal or pm2 log says on its own which process and setting)."""
@@ -523,6 +562,10 @@ class MinerSettings(CommonSettings):
         default_factory=list,
         description="Request fields beyond OpenAI's sent to the model server (e.g. chat_template_kwargs); empty: "
                     "none (any caller on the network reaches them)")
+    upstream_model_aliases: ModelAliases = Field(
+        default_factory=dict,
+        description=f"Models served under another public name, public=upstream (e.g. {ALIAS_EXAMPLE}): advertised "
+                    "and answered as the public name, asked of the model server as its own")
     allowed_hotkeys: CsvList = Field(default_factory=list, description="Callers accepted even without a permit")
     max_body_bytes: int = Field(default=8 << 20, ge=1024)  # twice the API's default: what it forwards fits
     max_unverified_body_bytes: int = Field(default=UNVERIFIED_BODY_BYTES, ge=1024, description=UNVERIFIED_HELP)

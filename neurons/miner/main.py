@@ -37,6 +37,7 @@ async def build_backend(settings: MinerSettings) -> Backend:
             timeout=settings.upstream_timeout,
             serve_models=settings.upstream_models,
             extra_fields=settings.upstream_extra_fields,
+            aliases=settings.upstream_model_aliases,
             media=fetcher_for(settings),
         )
         await backend.start()

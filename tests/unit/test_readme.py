@@ -71,6 +71,8 @@ def matches(value: object, cell: str) -> bool:
         return said == str(value).lower()
     if isinstance(value, list):
         return said == (",".join(value) if value else "empty") or (not value and cell.startswith("empty"))
+    if isinstance(value, dict):  # a table (UPSTREAM_MODEL_ALIASES): empty by default
+        return not value and cell.startswith("empty")
     if isinstance(value, int | float):
         try:
             return float(said) == float(value)

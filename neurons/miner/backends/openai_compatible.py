@@ -18,7 +18,7 @@ import math
 import os
 import re
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -67,6 +67,9 @@ LIST_TIMEOUT_S = 10.0  # seconds the upstream's /models has to answer
 BUSY_RETRY_AFTER_S = 1  # a full media budget's Retry-After: room comes back as the model server's answers end
 Mask = Callable[[str], str]  # what hides the upstream's credentials in its words (``CredentialMask``)
 NOT_CHAT = re.compile(r"embed|whisper|tts|dall-e|gpt-image|moderation|rerank|transcribe", re.IGNORECASE)
+# An answer's ``"model": "..."`` (any spacing; a JSON string, escapes and all): renamed to the public name a caller
+# asked for (``UPSTREAM_MODEL_ALIASES``). Unescaped quotes are JSON's own, so a "model" in the text is never one.
+MODEL_FIELD = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 
 
 def listed_models(listing: Any) -> list[str]:
@@ -126,6 +129,7 @@ class OpenAICompatibleBackend:
         serve_models: list[str] | None = None,
         media: MediaFetcher | None = None,
         extra_fields: list[str] | None = None,
+        aliases: dict[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         # For logs: credentials in the URL (http://user:token@host/v1) are never written out.
@@ -142,6 +146,9 @@ class OpenAICompatibleBackend:
         self._models: list[str] = []
         self._models_refresh = models_refresh
         self._serve_models = list(serve_models or [])  # UPSTREAM_MODELS: the operator's choice, in order
+        # UPSTREAM_MODEL_ALIASES: public name -> the model server's, and back (advertised and answered as the public)
+        self._aliases = dict(aliases or {})
+        self._public = {upstream: public for public, upstream in self._aliases.items()}
         self._missing: list[str] = []
         self._listing_problem: str | None = None  # why its last /models gave no model to serve (``problems``)
         self._refresher: asyncio.Task[None] | None = None
@@ -207,22 +214,32 @@ class OpenAICompatibleBackend:
     def _unlisted(self) -> None:
         """The upstream has no /models (Cloudflare Workers AI's OpenAI endpoint, some proxies): the models
         UPSTREAM_MODELS names are taken on the operator's word (a miner advertised nothing, for good)."""
-        if self._models != self._serve_models:
+        named = self._advertised(self._wanted())
+        if self._models != named:
             logger.warning("the upstream at {} has no model list (/models: HTTP 404): serving UPSTREAM_MODELS "
-                           "as named: {}", self.shown_url, ", ".join(self._serve_models))
-            self._models = list(self._serve_models)
+                           "as named: {}", self.shown_url, ", ".join(named))
+            self._models = named
 
     def _served(self, listed: list[str]) -> list[str]:
         """The models to advertise: those of UPSTREAM_MODELS the upstream lists, in that order, else
         every listed chat model. A chosen model the upstream does not list is left out, with a warning."""
         if not self._serve_models:
-            return [m for m in listed if not NOT_CHAT.search(m)]
-        missing = [m for m in self._serve_models if m not in listed]
+            return self._advertised([m for m in listed if not NOT_CHAT.search(m)])
+        wanted = self._wanted()
+        missing = [m for m in wanted if m not in listed]
         if missing and listed and missing != self._missing:  # once per change, not every refresh
             logger.warning("UPSTREAM_MODELS names {} that the upstream does not list (it lists {})",
                            ", ".join(missing), ", ".join(listed[:20]))
         self._missing = missing
-        return [m for m in self._serve_models if m in listed]
+        return self._advertised([m for m in wanted if m in listed])
+
+    def _wanted(self) -> list[str]:
+        """UPSTREAM_MODELS in the model server's names (an operator may name a model by its public name)."""
+        return [self._aliases.get(m, m) for m in self._serve_models]
+
+    def _advertised(self, upstream: list[str]) -> list[str]:
+        """The model server's ``upstream`` names as callers see them: each under its public name if it has one."""
+        return [self._public.get(m, m) for m in upstream] if self._public else upstream
 
     def problems(self) -> list[str]:
         """What its last ``/models`` said is wrong (``/health``'s ``problems``): the model server not answering it
@@ -251,10 +268,26 @@ class OpenAICompatibleBackend:
             return []
         return [INFERENCE, QUESTION_ANSWERING, ARITHMETIC]
 
+    def _served_model(self, body: dict[str, Any]) -> Any:
+        """The model a request is answered by, as advertised: the one it names, the first served for ``default``."""
+        model = body.get("model")
+        return self._models[0] if model in ANY_MODEL and self._models else model
+
+    def _renamed(self, body: dict[str, Any]) -> bytes | None:
+        """The ``"model"`` field an answer to ``body`` carries instead of the model server's: the public name the
+        request is answered under when it is an alias (``UPSTREAM_MODEL_ALIASES``); None (the answer's bytes
+        relayed untouched) otherwise."""
+        if not self._aliases:
+            return None
+        model = self._served_model(body)
+        return b'"model":' + dumpb(model) if isinstance(model, str) and model in self._aliases else None
+
     def upstream_body(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
         out = upstream_request(body, self._fields)
         if out.get("model") in ANY_MODEL and self._models:
             out["model"] = self._models[0]
+        if self._aliases and isinstance(model := out.get("model"), str) and model in self._aliases:
+            out["model"] = self._aliases[model]  # the model server's own name for it
         out["stream"] = stream
         if not stream:
             out.pop("stream_options", None)
@@ -329,6 +362,8 @@ class OpenAICompatibleBackend:
                 answer = await r.json(content_type=None)
             if (err := reported_error(answer)) is not None:
                 raise upstream_error(err, answer, "answered HTTP 200 with an error", mask=self._masked)
+            if self._renamed(body) is not None and isinstance(answer, dict):
+                answer["model"] = self._served_model(body)
             return answer
         except (aiohttp.ClientError, TimeoutError) as e:
             raise upstream_failure(e, None, "upstream failed", timeout=self._timeout.total) from None
@@ -350,11 +385,19 @@ class OpenAICompatibleBackend:
                     raise error_answer(answer, mask=self._masked) or no_completion(answer, mask=self._masked)
                 if body.get("tools") and b'"tool_calls"' in answer:  # the only answers that may need it
                     answer = string_arguments(answer)
-                return counted(answer, body)  # a count it left out, or a 0 for text, estimated
+                answer = counted(answer, body)  # a count it left out, or a 0 for text, estimated
+                return answer if (field := self._renamed(body)) is None else renamed_model(answer, field)
         except (aiohttp.ClientError, TimeoutError) as e:
             raise upstream_failure(e, deadline, "upstream failed", timeout=self._timeout.total) from None
 
-    async def stream_raw(self, body: dict[str, Any], *, deadline: float | None = None) -> AsyncIterator[bytes]:
+    def stream_raw(self, body: dict[str, Any], *, deadline: float | None = None) -> AsyncIterator[bytes]:
+        """``relayed_stream``'s bytes, with the public name in each chunk's ``model`` for a model served under an
+        alias (``renamed_stream``); as they came otherwise."""
+        reads = self.relayed_stream(body, deadline=deadline)
+        return reads if (field := self._renamed(body)) is None else renamed_stream(reads, field)
+
+    async def relayed_stream(self, body: dict[str, Any], *,
+                             deadline: float | None = None) -> AsyncGenerator[bytes]:
         """The upstream's SSE bytes as each read returns them (its own ``[DONE]`` included), until the caller's
         ``deadline`` (loop time) at most.
 
@@ -428,6 +471,26 @@ class OpenAICompatibleBackend:
             await self._session.close()
             self._session = None
         await self._media.close()
+
+
+def renamed_model(data: bytes, field: bytes) -> bytes:
+    """``data`` (whole JSON lines) with each ``"model": "..."`` replaced by ``field``."""
+    return MODEL_FIELD.sub(lambda _m: field, data) if b'"model"' in data else data
+
+
+async def renamed_stream(reads: AsyncGenerator[bytes], field: bytes) -> AsyncIterator[bytes]:
+    """A stream's ``reads`` with each chunk's ``model`` as ``field`` (``renamed_model``): each read up to its last
+    line end, the rest held for the next (a read may end inside a chunk's model name); closed with ``reads``."""
+    held = b""
+    async with contextlib.aclosing(reads):
+        async for piece in reads:
+            data = held + piece if held else piece
+            cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+            held = data[cut:]
+            if cut:
+                yield renamed_model(data[:cut], field)
+    if held:
+        yield renamed_model(held, field)
 
 
 async def _end_after_done(content: aiohttp.StreamReader) -> None:
