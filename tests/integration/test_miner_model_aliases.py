@@ -142,3 +142,13 @@ def test_aliases_are_read_as_written_or_as_json(monkeypatch: pytest.MonkeyPatch)
     assert load_settings(MinerSettings).upstream_model_aliases == {PUBLIC: OWN, "a": "b"}
     monkeypatch.setenv("UPSTREAM_MODEL_ALIASES", json.dumps({PUBLIC: OWN}))
     assert load_settings(MinerSettings).upstream_model_aliases == {PUBLIC: OWN}
+
+
+async def test_an_alias_for_a_model_the_server_does_not_list_is_a_health_problem() -> None:
+    """A tag mistyped or a model not pulled: its public name was advertised by nobody, and nothing said why."""
+    async with serve_app(ollama([])) as upstream, aliased_miner(upstream, f"{PUBLIC}=qwen2.5:7b-instruct") as url:
+        async with aiohttp.ClientSession() as s, s.get(url + "/health") as r:
+            health = await r.json()
+    assert PUBLIC not in health["models"], health
+    assert health["problems"] == [f"UPSTREAM_MODEL_ALIASES names qwen2.5:7b-instruct (for {PUBLIC}) that the model "
+                                  f"server at {upstream}/v1 does not list: not served"], health

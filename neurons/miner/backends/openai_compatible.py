@@ -150,6 +150,7 @@ class OpenAICompatibleBackend:
         self._aliases = dict(aliases or {})
         self._public = {upstream: public for public, upstream in self._aliases.items()}
         self._missing: list[str] = []
+        self._unaliased: list[str] = []  # UPSTREAM_MODEL_ALIASES' upstream names its /models lacks (``problems``)
         self._listing_problem: str | None = None  # why its last /models gave no model to serve (``problems``)
         self._refresher: asyncio.Task[None] | None = None
         self._refusals = FieldRefusals()  # what its models refused, learnt from their 4xx
@@ -223,6 +224,7 @@ class OpenAICompatibleBackend:
     def _served(self, listed: list[str]) -> list[str]:
         """The models to advertise: those of UPSTREAM_MODELS the upstream lists, in that order, else
         every listed chat model. A chosen model the upstream does not list is left out, with a warning."""
+        self._check_aliases(listed)
         if not self._serve_models:
             return self._advertised([m for m in listed if not NOT_CHAT.search(m)])
         wanted = self._wanted()
@@ -232,6 +234,15 @@ class OpenAICompatibleBackend:
                            ", ".join(missing), ", ".join(listed[:20]))
         self._missing = missing
         return self._advertised([m for m in wanted if m in listed])
+
+    def _check_aliases(self, listed: list[str]) -> None:
+        """The aliases whose upstream name the model server does not list (a tag mistyped, a model not pulled): a
+        WARNING once per change, and a problem in ``/health``; the public name is then advertised by nobody."""
+        unaliased = [f"{upstream} (for {public})" for upstream, public in self._public.items() if upstream not in listed]
+        if unaliased and listed and unaliased != self._unaliased:
+            logger.warning("UPSTREAM_MODEL_ALIASES names {} that the upstream does not list (it lists {})",
+                           ", ".join(unaliased), ", ".join(listed[:20]))
+        self._unaliased = unaliased if listed else []
 
     def _wanted(self) -> list[str]:
         """UPSTREAM_MODELS in the model server's names (an operator may name a model by its public name)."""
@@ -246,6 +257,9 @@ class OpenAICompatibleBackend:
         (down after the start too, while the last list is still advertised), listing no model, or not listing a
         model ``UPSTREAM_MODELS`` names. Empty when it lists what is served."""
         problems = [self._listing_problem] if self._listing_problem else []
+        if self._unaliased and self._listing_problem is None:
+            problems.append(f"UPSTREAM_MODEL_ALIASES names {', '.join(self._unaliased)} that the model server at "
+                            f"{self.shown_url} does not list: not served")
         if self._missing and self._listing_problem is None:
             problems.append(f"UPSTREAM_MODELS names {', '.join(self._missing)} that the model server at "
                             f"{self.shown_url} does not list: not served (GET {self.shown_url}/models lists the names "
