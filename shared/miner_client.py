@@ -100,7 +100,8 @@ class MinerError(Exception):
     ``kind`` names the failure in a word the API's access log shows for each miner that lost (``failed=2:http_5xx``):
     ``timeout``, ``unreachable`` (no connection could be made), ``dropped`` (connected, then the connection broke
     before the answer was whole), ``http_5xx``/``http_4xx``/... (an error status),
-    ``signature`` (it refused this host's signature: 401/403), ``refused`` (its model server refused the request),
+    ``signature`` (it refused this host's signature: 401/403), ``refused`` (its model server refused the request:
+    400/413/422 ``model_server_rejected``, ``model_server_refused``),
     ``bad_response`` (garbage: broken JSON or SSE, the wrong content type, an answer cut short), ``too_large``.
     """
 
