@@ -70,8 +70,16 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     refuse_chat_fields_in_responses(sent)
     if search_tool(wanted) is not None:
         check_search_scope(key, param="tools")
-    if wanted.background:
-        responses_background.check_request(ctx, key, store=wanted.store)
+    if not wanted.background:
+        return await _create(request, ctx, key, wanted, started)
+    with responses_background.reserved(request, ctx, key, store=wanted.store):
+        return await _create(request, ctx, key, wanted, started)
+
+
+async def _create(request: web.Request, ctx: ApiContext, key: KeyRecord, wanted: ResponsesRequest,
+                  started: float) -> web.StreamResponse:
+    """``create_response`` past its checks: the turn's history, its plan, and its answer (a background one
+    started, its place in the bounds held by ``responses_background.reserved`` until it is)."""
     wanted, history = await responses_state.continued(ctx, key, wanted)
     body = chat_body(wanted, history.items)
     req: ChatCompletionRequest = parse_model(ChatCompletionRequest, body)

@@ -22,9 +22,10 @@ starting_after=N``, on any worker), and the answer goes on without it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -66,6 +67,10 @@ SHUT_DOWN = "the gateway shut down before it finished: send the request again"
 # The statuses a stream's last event names (OpenAI's stream has no event for a cancelled one: it just ends).
 ENDINGS = ("completed", "incomplete", "failed")
 FOLLOW_EVERY_S = 0.1  # how often a stream resumed on another worker reads the store for the next events
+# A background response's place in the bounds while it is being started (``reserved``): in ``background_owners``
+# under this prefix and the request's id, until its task is tracked under its response id.
+RESERVED_PREFIX = "starting-"
+RESERVED = web.RequestKey("sn1_background_reserved", str)
 # A streamed response's events are stored (for a resume on another worker, or after it ended) up to this many
 # bytes, some 16,000 tokens' deltas; past it only the events that are not deltas: each item's .done events and
 # the last one carry it whole, so a resume past the bound has every item, not each piece of it (the deltas'
@@ -164,20 +169,43 @@ def check_request(ctx: ApiContext, key: KeyRecord, *, store: bool | None) -> Non
     """A background response is stored to be polled (or streamed again): each refusal a 400 naming its
     field, before anything is spent; a worker runs at most ``MAX_BACKGROUND_RESPONSES`` at once (a task
     each, and its miners' connections, held with no caller's connection to bound them), of which one key
-    at most ``MAX_BACKGROUND_RESPONSES_PER_KEY``: past either a 429."""
+    at most ``MAX_BACKGROUND_RESPONSES_PER_KEY``: past either a 429. Counted with those being started
+    (``reserved``)."""
     if store is False:
         raise invalid_value("store", "a background response is stored, to be polled: send store: true (or leave "
                                      "it out)")
     if ctx.responses is None:
         raise invalid_value("background", "background responses are stored, and this gateway stores none "
                                           "(RESPONSES_RETENTION_SECONDS is 0)")
-    if len(ctx.running_responses) >= ctx.settings.max_background_responses:
-        raise no_room(f"This API worker is running {len(ctx.running_responses)} background responses, its bound "
+    if len(ctx.background_owners) >= ctx.settings.max_background_responses:
+        raise no_room(f"This API worker is running {len(ctx.background_owners)} background responses, its bound "
                       "(MAX_BACKGROUND_RESPONSES)")
     mine = sum(1 for owner in ctx.background_owners.values() if owner == key.id)
     if mine >= ctx.settings.max_background_responses_per_key:
         raise no_room(f"This API key has {mine} background responses running on this API worker, its bound "
                       "(MAX_BACKGROUND_RESPONSES_PER_KEY)")
+
+
+@contextlib.contextmanager
+def reserved(request: web.Request, ctx: ApiContext, key: KeyRecord, *, store: bool | None) -> Iterator[None]:
+    """``check_request``, and a place in its bounds held from the check until ``start`` tracks the response's task
+    or the request fails: a request awaits the store (its history, its pending record) between the two, and a
+    burst of a key's requests all passed the check before any was counted (64 at once, against a bound of 32)."""
+    check_request(ctx, key, store=store)
+    place = f"{RESERVED_PREFIX}{id(request)}"
+    ctx.background_owners[place] = key.id
+    request[RESERVED] = place
+    try:
+        yield
+    finally:
+        unreserve(request, ctx)
+
+
+def unreserve(request: web.Request, ctx: ApiContext) -> None:
+    """Give back the place ``reserved`` held for ``request`` (once: a second call does nothing)."""
+    place = request.pop(RESERVED, None)
+    if place is not None:
+        ctx.background_owners.pop(place, None)
 
 
 def no_room(why: str) -> ApiError:
@@ -221,6 +249,7 @@ async def start(request: web.Request, ctx: ApiContext, key: KeyRecord, queued: d
     task = ctx.spawn(_run(request, ctx, key, queued, keeping, work, log, until=until))
     ctx.running_responses[response_id] = task
     ctx.background_owners[response_id] = key.id
+    unreserve(request, ctx)  # counted as running from here
 
     def forget(_: Any) -> None:
         ctx.running_responses.pop(response_id, None)
