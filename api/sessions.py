@@ -26,7 +26,7 @@ from api.race import MinerRun, Race
 from api.selection import select_miners
 from shared.errors import ApiError
 from shared.http import json_response, parse_model, read_json, refuse_query
-from shared.logging import printable
+from shared.logging import field_value
 from shared.metagraph import Neuron
 from shared.protocol import DEFAULT_TASK, MAX_SESSION_ID
 from shared.store.base import KeyRecord, StoreUnavailable
@@ -331,9 +331,9 @@ async def open_session(request: web.Request) -> web.Response:
         # a key deleted as this ran: the 401 it would get a moment later (KeyForgotten), nothing kept
         session = await _store(ctx).open(key.id, body.model, miner.uid, miner.hotkey,
                                          duration=body.session_duration, failover=body.failover)
-    # the caller's model name, taken as written while availability is unknown: on one line (a line break in it
-    # wrote a line of the caller's into the API's log)
-    logger.info("session {} opened key={} model={} uid={}", session.id, key.id, printable(session.model), session.uid)
+    # the caller's model name, taken as written while availability is unknown: one word of the line (a line break in
+    # it wrote a line of the caller's into the API's log, a space and an ``=`` fields of its own: ``uid=999``)
+    logger.info("session {} opened key={} model={} uid={}", session.id, key.id, field_value(session.model), session.uid)
     return json_response(session.public())
 
 
