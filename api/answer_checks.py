@@ -8,11 +8,15 @@ JSON. A run that fails these checks is a failed miner (``bad_response``), and th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
+import regex
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import ValidationError, best_match
 
 from shared.jsonutil import loads
 
@@ -91,17 +95,66 @@ def _strict_schemas(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# What one answer's check may spend matching the caller's regular expressions (a schema's ``pattern`` and
+# ``patternProperties``), all together: an honest pattern matches in microseconds; ``^(a|aa)+$`` on 60 letters and
+# a ``!`` backtracks for decades, and held the event loop (every request of the worker) while it did.
+PATTERN_SECONDS = 0.02
+_PATTERNS_UNTIL: ContextVar[float] = ContextVar("sn1_patterns_until", default=math.inf)  # ``time.monotonic``
+
+
+class PatternsTooSlow(Exception):
+    """The caller's patterns took past ``PATTERN_SECONDS`` on this answer: it is not checked against them."""
+
+
+def _search(pattern: str, text: str) -> bool:
+    """``re.search`` as jsonschema makes it, within what is left of ``PATTERN_SECONDS`` (``regex``'s timeout:
+    Python's ``re`` cannot be stopped once it runs)."""
+    left = _PATTERNS_UNTIL.get() - time.monotonic()
+    if left <= 0:
+        raise PatternsTooSlow
+    try:
+        return regex.search(pattern, text, timeout=left) is not None
+    except TimeoutError:
+        raise PatternsTooSlow from None
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Iterator[ValidationError]:
+    """jsonschema's ``pattern``, bounded (``_search``)."""
+    if validator.is_type(instance, "string") and not _search(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any,
+                        schema: dict[str, Any]) -> Iterator[ValidationError]:
+    """jsonschema's ``patternProperties``, bounded (``_search``)."""
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for name, value in instance.items():
+            if _search(pattern, name):
+                yield from validator.descend(value, subschema, path=name, schema_path=pattern)
+
+
+# made once: ``validators.extend`` takes some 4 ms
+BoundedValidator = validators.extend(Draft202012Validator, {"pattern": _pattern,
+                                                            "patternProperties": _pattern_properties})
+
+
 def _misfit(schema: dict[str, Any], value: Any) -> str | None:
     """Why ``value`` does not fit ``schema`` (None: it fits, or the schema cannot be checked).
 
     The schema is not checked against the metaschema first: that took ~20 ms of the event loop (an agent
     with ten strict tools paid it ten times on every turn), and a schema the validator cannot read or walk
-    (``"type": 5``, a ``$ref`` to nowhere, ``anyOf`` naming itself) raises here, and is left to the model
-    server, as it was when the metaschema refused it."""
+    (``"type": 5``, a ``$ref`` to nowhere, ``anyOf`` naming itself), or whose patterns take longer than
+    ``PATTERN_SECONDS`` to match, raises here, and is left to the model server, as it was when the metaschema
+    refused it."""
+    until = _PATTERNS_UNTIL.set(time.monotonic() + PATTERN_SECONDS)
     try:
-        error = best_match(Draft202012Validator(schema).iter_errors(value))
+        error = best_match(BoundedValidator(schema).iter_errors(value))
     except Exception:  # noqa: BLE001 - jsonschema raises many kinds (TypeError, UnknownType, Unresolvable, ...)
         return None
+    finally:
+        _PATTERNS_UNTIL.reset(until)
     return None if error is None else error.message[:200]
 
 

@@ -64,3 +64,21 @@ def test_a_request_with_strict_schemas_costs_no_metaschema_check(monkeypatch: py
     assert check(calling("odd", '{"anything": 1}')) is None  # unreadable: left to the model server
     text = MinerRun(Neuron(uid=1, hotkey=""), content=['{"town": "Paris"}'])
     assert "strict JSON schema" in (check(text) or "")
+
+
+def test_a_strict_schemas_patterns_are_still_checked_within_their_bound() -> None:
+    def check(schema: dict, text: str) -> str | None:
+        body = {"response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "x", "strict": True, "schema": schema}}}
+        checked = answer_check(body)
+        assert checked is not None
+        return checked(MinerRun(Neuron(uid=1, hotkey=""), content=[text]))
+
+    digits = {"type": "object", "properties": {"n": {"type": "string", "pattern": "^[0-9]+$"}}}
+    assert check(digits, '{"n": "123"}') is None
+    assert "does not match" in (check(digits, '{"n": "abc"}') or "")
+    keyed = {"type": "object", "patternProperties": {"^x": {"type": "integer"}}}
+    assert check(keyed, '{"x1": 1, "y": "any"}') is None
+    assert "is not of type 'integer'" in (check(keyed, '{"x1": "one"}') or "")
+    # a pattern the bound cuts short leaves the answer unchecked, as a schema the check cannot walk
+    assert check({"type": "object", "properties": {"s": {"pattern": "^(a|aa)+$"}}}, '{"s": "' + "a" * 80 + '!"}') is None
