@@ -95,27 +95,34 @@ def _strict_schemas(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-# What one answer's check may spend matching the caller's regular expressions (a schema's ``pattern`` and
-# ``patternProperties``), all together: an honest pattern matches in microseconds; ``^(a|aa)+$`` on 60 letters and
-# a ``!`` backtracks for decades, and held the event loop (every request of the worker) while it did.
-PATTERN_SECONDS = 0.02
-_PATTERNS_UNTIL: ContextVar[float] = ContextVar("sn1_patterns_until", default=math.inf)  # ``time.monotonic``
+# What one answer's check against a strict schema may take: an honest one takes a millisecond or so (~80 us an
+# item of a list); a caller's schema can ask for years, and held the event loop (every request of the worker) while
+# it ran: a ``pattern`` that backtracks (``^(a|aa)+$`` on 60 letters and a ``!``), ``anyOf`` within ``anyOf`` through
+# ``$defs`` (twice the work a level: 25 levels of a few hundred bytes are 33 million steps). Past it, the answer is
+# left unchecked, as one whose schema the check cannot read (the model server enforces the schema it was given).
+CHECK_SECONDS = 0.25
+_CHECK_UNTIL: ContextVar[float] = ContextVar("sn1_check_until", default=math.inf)  # ``time.monotonic``
 
 
-class PatternsTooSlow(Exception):
-    """The caller's patterns took past ``PATTERN_SECONDS`` on this answer: it is not checked against them."""
+class CheckTooSlow(Exception):
+    """The check of an answer against a strict schema took past ``CHECK_SECONDS``: the answer is not checked."""
+
+
+def _left() -> float:
+    """What is left of the check's ``CHECK_SECONDS``; CheckTooSlow once nothing is."""
+    left = _CHECK_UNTIL.get() - time.monotonic()
+    if left <= 0:
+        raise CheckTooSlow
+    return left
 
 
 def _search(pattern: str, text: str) -> bool:
-    """``re.search`` as jsonschema makes it, within what is left of ``PATTERN_SECONDS`` (``regex``'s timeout:
-    Python's ``re`` cannot be stopped once it runs)."""
-    left = _PATTERNS_UNTIL.get() - time.monotonic()
-    if left <= 0:
-        raise PatternsTooSlow
+    """``re.search`` as jsonschema makes it, within what is left of the check's time (``regex``'s timeout: Python's
+    ``re`` cannot be stopped once it runs)."""
     try:
-        return regex.search(pattern, text, timeout=left) is not None
+        return regex.search(pattern, text, timeout=_left()) is not None
     except TimeoutError:
-        raise PatternsTooSlow from None
+        raise CheckTooSlow from None
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Iterator[ValidationError]:
@@ -135,9 +142,19 @@ def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any,
                 yield from validator.descend(value, subschema, path=name, schema_path=pattern)
 
 
+def _timed(keyword: Callable[..., Any]) -> Callable[..., Iterator[ValidationError]]:
+    """A jsonschema keyword that first checks the check's time is not up (every step of a walk is a keyword's)."""
+    def run(validator: Any, value: Any, instance: Any, schema: dict[str, Any]) -> Iterator[ValidationError]:
+        _left()
+        yield from keyword(validator, value, instance, schema) or ()
+
+    return run
+
+
 # made once: ``validators.extend`` takes some 4 ms
-BoundedValidator = validators.extend(Draft202012Validator, {"pattern": _pattern,
-                                                            "patternProperties": _pattern_properties})
+BoundedValidator = validators.extend(Draft202012Validator, {
+    name: _timed(keyword) for name, keyword in (Draft202012Validator.VALIDATORS
+                                                | {"pattern": _pattern, "patternProperties": _pattern_properties}).items()})
 
 
 def _misfit(schema: dict[str, Any], value: Any) -> str | None:
@@ -145,16 +162,15 @@ def _misfit(schema: dict[str, Any], value: Any) -> str | None:
 
     The schema is not checked against the metaschema first: that took ~20 ms of the event loop (an agent
     with ten strict tools paid it ten times on every turn), and a schema the validator cannot read or walk
-    (``"type": 5``, a ``$ref`` to nowhere, ``anyOf`` naming itself), or whose patterns take longer than
-    ``PATTERN_SECONDS`` to match, raises here, and is left to the model server, as it was when the metaschema
-    refused it."""
-    until = _PATTERNS_UNTIL.set(time.monotonic() + PATTERN_SECONDS)
+    (``"type": 5``, a ``$ref`` to nowhere, ``anyOf`` naming itself), or that takes longer than ``CHECK_SECONDS``
+    to check, raises here, and is left to the model server, as it was when the metaschema refused it."""
+    until = _CHECK_UNTIL.set(time.monotonic() + CHECK_SECONDS)
     try:
         error = best_match(BoundedValidator(schema).iter_errors(value))
     except Exception:  # noqa: BLE001 - jsonschema raises many kinds (TypeError, UnknownType, Unresolvable, ...)
         return None
     finally:
-        _PATTERNS_UNTIL.reset(until)
+        _CHECK_UNTIL.reset(until)
     return None if error is None else error.message[:200]
 
 

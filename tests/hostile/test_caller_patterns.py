@@ -1,7 +1,8 @@
-"""A caller's regular expressions, run by the API on a miner's answer: a strict JSON schema's ``pattern`` (and
-``patternProperties``) is matched against the answer to check that it fits. Python's ``re`` backtracks, so a
-pattern such as ``^(a|aa)+$`` on 60 letters and a ``!`` takes years: one request held the API worker's event
-loop (every caller's requests, its ``/health``) for as long as a model's answer let it."""
+"""A caller's strict JSON schema, run by the API on a miner's answer to check that it fits: a ``pattern`` (and
+``patternProperties``) is matched with Python's ``re``, which backtracks, so ``^(a|aa)+$`` on 60 letters and a
+``!`` takes years; ``anyOf`` within ``anyOf`` through ``$defs`` doubles the work a level, a few hundred bytes for
+millions of steps. One request held the API worker's event loop (every caller's requests, its ``/health``) for
+as long as the schema and a model's answer let it."""
 
 from __future__ import annotations
 
@@ -16,17 +17,22 @@ from tests.helpers import Script, api_with_miners, chunk, loop_gaps, sse
 # be seen, short enough that the unbounded match ends while the test waits for it
 LETTERS = 35
 EVIL = "^(a|aa)+$"
+LEVELS = 15  # ~1.5 s (CPU) of jsonschema's anyOf
 
 
 def schema(keyword: str) -> dict:
+    if keyword == "anyOf":  # 2**LEVELS ways to fail
+        defs = {"d0": {"type": "integer"}} | {
+            f"d{i}": {"anyOf": [{"$ref": f"#/$defs/d{i - 1}"}, {"$ref": f"#/$defs/d{i - 1}"}]} for i in range(1, LEVELS)}
+        return {"type": "object", "properties": {"s": {"$ref": f"#/$defs/d{LEVELS - 1}"}}, "$defs": defs}
     if keyword == "pattern":
         return {"type": "object", "properties": {"s": {"type": "string", "pattern": EVIL}}, "required": ["s"]}
     return {"type": "object", "patternProperties": {EVIL: {"type": "string"}}}
 
 
-async def test_a_strict_schemas_pattern_cannot_hold_the_event_loop(tmp_path: Path) -> None:
-    for keyword in ("pattern", "patternProperties"):
-        text = json.dumps({"s": "a" * LETTERS + "!"} if keyword == "pattern" else {"a" * LETTERS + "!": "x"})
+async def test_a_strict_schema_cannot_hold_the_event_loop(tmp_path: Path) -> None:
+    for keyword in ("pattern", "patternProperties", "anyOf"):
+        text = json.dumps({"a" * LETTERS + "!": "x"} if keyword == "patternProperties" else {"s": "a" * LETTERS + "!"})
         miner = Script([(0, d) for d in sse(chunk(text), chunk(finish="stop"))])
         body = {"messages": [{"role": "user", "content": "Hi"}],
                 "response_format": {"type": "json_schema",
@@ -37,6 +43,6 @@ async def test_a_strict_schemas_pattern_cannot_hold_the_event_loop(tmp_path: Pat
                                   headers={"Authorization": f"Bearer {api.key}"}) as r:
                     status = r.status
             assert max(gaps) < 0.5, (keyword, f"the event loop was held {max(gaps):.2f} s")
-            # the check gives up on the caller's pattern within its bound and leaves the answer to the model
+            # the check gives up on the caller's schema within its bound and leaves the answer to the model
             # server, as a schema it cannot walk: the answer is the caller's
             assert status == 200, keyword
