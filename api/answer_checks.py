@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import regex
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
+from jsonschema_specifications import REGISTRY as SPECIFICATIONS
 
 from shared.jsonutil import loads
 
@@ -163,10 +164,15 @@ def _misfit(schema: dict[str, Any], value: Any) -> str | None:
     The schema is not checked against the metaschema first: that took ~20 ms of the event loop (an agent
     with ten strict tools paid it ten times on every turn), and a schema the validator cannot read or walk
     (``"type": 5``, a ``$ref`` to nowhere, ``anyOf`` naming itself), or that takes longer than ``CHECK_SECONDS``
-    to check, raises here, and is left to the model server, as it was when the metaschema refused it."""
+    to check, raises here, and is left to the model server, as it was when the metaschema refused it.
+
+    A ``$ref`` is followed within the schema and to the JSON Schema metaschemas alone (``SPECIFICATIONS``, no
+    retrieval): jsonschema's default fetches any other URL with a blocking ``urlopen`` and no timeout, so a caller's
+    ``"$ref": "http://169.254.169.254/..."`` had the API request it from inside its network, and a URL that never
+    answered held the event loop for good."""
     until = _CHECK_UNTIL.set(time.monotonic() + CHECK_SECONDS)
     try:
-        error = best_match(BoundedValidator(schema).iter_errors(value))
+        error = best_match(BoundedValidator(schema, registry=SPECIFICATIONS).iter_errors(value))
     except Exception:  # noqa: BLE001 - jsonschema raises many kinds (TypeError, UnknownType, Unresolvable, ...)
         return None
     finally:

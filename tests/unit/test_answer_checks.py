@@ -82,3 +82,7 @@ def test_a_strict_schemas_patterns_are_still_checked_within_their_bound() -> Non
     assert "is not of type 'integer'" in (check(keyed, '{"x1": "one"}') or "")
     # a pattern the bound cuts short leaves the answer unchecked, as a schema the check cannot walk
     assert check({"type": "object", "properties": {"s": {"pattern": "^(a|aa)+$"}}}, '{"s": "' + "a" * 80 + '!"}') is None
+    # a reference within the schema is still followed; one to a URL is not (never fetched: the answer is unchecked)
+    defined = {"type": "object", "properties": {"s": {"$ref": "#/$defs/n"}}, "$defs": {"n": {"type": "integer"}}}
+    assert "is not of type 'integer'" in (check(defined, '{"s": "x"}') or "")
+    assert check({"type": "object", "properties": {"s": {"$ref": "http://127.0.0.1:9/n"}}}, '{"s": "x"}') is None
