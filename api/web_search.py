@@ -13,6 +13,7 @@ names a source's URL.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
 import string
@@ -158,14 +159,20 @@ def citations(text: str, found: Found) -> list[dict[str, Any]]:
                 named.append((start, end, result.url))
             start = text.find(result.url, end)
     out: list[dict[str, Any]] = []
-    urls: list[tuple[int, int]] = []
+    # The places cited by URL, by start: they do not overlap, so their ends rise too, and a place overlaps one of
+    # them only if it starts before the last one's end. (Each place was checked against every one kept before it,
+    # and each [n] too: an answer naming a source 8,000 times held the event loop 8 s.)
+    starts: list[int] = []
+    ends: list[int] = []
     for start, end, url in sorted(named, key=lambda m: (m[0], m[0] - m[1])):  # longest first where they overlap
-        if not any(s < end and start < e for s, e in urls):  # a.com/x inside a.com/x/y is not a citation of a.com/x
+        if not ends or start >= ends[-1]:  # a.com/x inside a.com/x/y is not a citation of a.com/x
             out.append(_citation(url, start, end))
-            urls.append((start, end))
+            starts.append(start)
+            ends.append(end)
     for m in REFERENCE.finditer(text):
         n = int(m.group(1))
-        if 1 <= n <= len(found.results) and not any(s <= m.start() < e for s, e in urls):
+        within = bisect.bisect_right(starts, m.start()) - 1  # the last place cited by URL that starts at or before it
+        if 1 <= n <= len(found.results) and not (within >= 0 and m.start() < ends[within]):
             out.append(_citation(found.results[n - 1].url, m.start(), m.end()))
     return sorted(out, key=lambda a: a["start_index"])
 
