@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
@@ -85,6 +85,13 @@ def unanswered_tool_result(messages: Iterable[tuple[str, Any, Any]], *, in_turn:
     (chat's check, and the Responses API's of its function outputs). ``in_turn``: chat's rule, a result answers a
     call of the message right before the run of tool messages it is in (any other message ends the turn); the
     Responses API pairs an output with its call by id wherever the call was made before it."""
+    return next(tool_results_without_call(messages, in_turn=in_turn), None)
+
+
+def tool_results_without_call(messages: Iterable[tuple[str, Any, Any]], *,
+                              in_turn: bool = False) -> Iterator[tuple[int, Any]]:
+    """Each tool result that answers no call a message before it made (``unanswered_tool_result``'s, all of them, in
+    one pass: dropping one leaves the others as they were)."""
     called: set[Any] = set()
     for i, (role, calls, call_id) in enumerate(messages):
         if calls:
@@ -92,10 +99,9 @@ def unanswered_tool_result(messages: Iterable[tuple[str, Any, Any]], *, in_turn:
             called = made if in_turn else called | made
         elif role == "tool":
             if call_id not in called:
-                return i, call_id
+                yield i, call_id
         elif in_turn:
             called = set()
-    return None
 
 
 def unanswered_call(messages: Iterable[tuple[str, Any, Any]], *, in_turn: bool = False) -> tuple[int, list[Any]] | None:
