@@ -191,6 +191,10 @@ def event_logprobs(tokens: list[Any]) -> list[Any]:
             for t in tokens if isinstance(t, dict)] if tokens else []
 
 
+# An unfinished call's arguments up to this size are parsed at each of their deltas (``_whole_now``)
+WHOLE_CHECK_BYTES = 4096
+
+
 def _whole_json(text: str) -> bool:
     """Whether a call's arguments so far are a whole JSON value (an object's last piece has come)."""
     try:
@@ -226,7 +230,11 @@ class ResponseStream:
         self.thinking: dict[str, Any] | None = None  # the open reasoning item, if the open item is one
         self.current: int | None = None  # the index of the item still open
         self.calls: dict[int, dict[str, Any]] = {}  # chat tool-call index -> its item
-        self.unfinished: list[int] = []  # calls left open by a later item, their arguments not whole JSON yet
+        self.unfinished: set[int] = set()  # calls left open by a later item, their arguments not whole JSON yet
+        # Each item's index, by its id(): looked up in ``items`` at each delta, a miner's answer of 20,000 calls held
+        # the event loop 8 s (the items are kept in ``items``, so no id is reused)
+        self._index_of: dict[int, int] = {}
+        self._tried: dict[int, int] = {}  # an unfinished call's index -> its arguments' length when last not whole
         self.final: dict[str, Any] = {}  # the sealed final response, once ``closing`` made it
 
     def event(self, type_: str, **fields: Any) -> bytes:
@@ -315,14 +323,14 @@ class ResponseStream:
         assert self.message is not None
         self.message["content"][0]["refusal"] += piece
         return opened + self.event("response.refusal.delta", item_id=self.message["id"],
-                                   output_index=self.items.index(self.message), content_index=0, delta=piece)
+                                   output_index=self._index_of[id(self.message)], content_index=0, delta=piece)
 
     def _thought(self, piece: str) -> bytes:
         opened = b"" if self.thinking is not None else self._open_reasoning()
         assert self.thinking is not None
         self.thinking["content"][0]["text"] += piece
         return opened + self.event("response.reasoning_text.delta", item_id=self.thinking["id"],
-                                   output_index=self.items.index(self.thinking), content_index=0, delta=piece)
+                                   output_index=self._index_of[id(self.thinking)], content_index=0, delta=piece)
 
     def _open_reasoning(self) -> bytes:
         closed = self._close_current()
@@ -344,7 +352,7 @@ class ResponseStream:
         part["text"] += piece
         part["logprobs"].extend(logprobs)
         return opened + self.event("response.output_text.delta", item_id=self.message["id"],
-                                   output_index=self.items.index(self.message), content_index=0, delta=piece,
+                                   output_index=self._index_of[id(self.message)], content_index=0, delta=piece,
                                    logprobs=event_logprobs(logprobs))
 
     def _open_message(self, part: dict[str, Any] | None = None) -> bytes:
@@ -374,17 +382,29 @@ class ResponseStream:
         if not arguments:
             return opened
         item["arguments"] += arguments
-        index = self.items.index(item)
+        index = self._index_of[id(item)]
         delta = self.event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
                            delta=arguments)
-        if index in self.unfinished and _whole_json(item["arguments"]):
+        if index in self.unfinished and self._whole_now(index, item["arguments"]):
             self.unfinished.remove(index)
             return opened + delta + self._close(index, item)
         return opened + delta
 
+    def _whole_now(self, index: int, arguments: str) -> bool:
+        """Whether an unfinished call's arguments are whole JSON now. Past ``WHOLE_CHECK_BYTES`` they are parsed
+        again only each time they doubled (each delta parsed them whole: 300 KB of arguments in 10-byte deltas held
+        the event loop 3.4 s); a call left open so is done at the end with the others (``closing``)."""
+        if len(arguments) > WHOLE_CHECK_BYTES and len(arguments) < 2 * self._tried.get(index, 0):
+            return False
+        if _whole_json(arguments):
+            return True
+        self._tried[index] = len(arguments)
+        return False
+
     def _open(self, item: dict[str, Any]) -> int:
         self.items.append(item)
         self.current = len(self.items) - 1
+        self._index_of[id(item)] = self.current
         return self.current
 
     def _close_current(self) -> bytes:
@@ -395,7 +415,7 @@ class ResponseStream:
         index, self.current, self.message, self.thinking = self.current, None, None, None
         item = self.items[index]
         if item["type"] == "function_call" and not _whole_json(item["arguments"]):
-            self.unfinished.append(index)
+            self.unfinished.add(index)
             return b""
         return self._close(index, item)
 
@@ -433,7 +453,7 @@ class ResponseStream:
         opened without their ``.done`` events (what apps act on, a call's arguments whole), as OpenAI's stream never
         does. A stream whose answer closed them (``closing``) gets the last event alone."""
         left = sorted(self._still_open())
-        self.current, self.message, self.thinking, self.unfinished, self.search = None, None, None, [], None
+        self.current, self.message, self.thinking, self.unfinished, self.search = None, None, None, set(), None
         whole = {item.get("id"): item for item in final.get("output") or () if isinstance(item, dict)}
         status = "completed" if final.get("status") == "completed" else "incomplete"
         out = []
@@ -498,14 +518,14 @@ def _replay(stream: ResponseStream, data: dict[str, Any]) -> None:
     kind, index = data.get("type"), data.get("output_index")
     if kind == "response.output_item.added":
         stream.items.append(copy.deepcopy(data["item"]))
-        stream.unfinished.append(len(stream.items) - 1)
+        stream.unfinished.add(len(stream.items) - 1)
         return
     if not isinstance(index, int) or not 0 <= index < len(stream.items):
         return
     item = stream.items[index]
     if kind == "response.output_item.done":
         stream.items[index] = data["item"]
-        stream.unfinished = [i for i in stream.unfinished if i != index]
+        stream.unfinished.discard(index)
     elif kind == "response.content_part.added":
         item.setdefault("content", []).append(dict(data["part"]))
     elif kind == "response.function_call_arguments.delta":
