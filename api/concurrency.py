@@ -36,7 +36,7 @@ import itertools
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import web
 
@@ -80,30 +80,32 @@ class ConcurrencyLimiter:
         """The key's own limit, else the default; 0: none."""
         return concurrency_limit(key, self.default_limit)
 
-    def hold(self, key_hash: str) -> Hold:
-        """A new slot's terms, for ``Store.authorize`` to take with the request's authorization, and the slots of
-        the key given back here and not yet removed, for it to remove first."""
+    def hold(self, releases: Sequence[GivenBack] = ()) -> Hold:
+        """A new slot's terms, for ``Store.authorize`` to take with the request's authorization, and the slots given
+        back here that it is to remove first."""
         return Hold(holder=self.holder, slot=f"{self.holder}:{next(self._ids)}", default_limit=self.default_limit,
-                    lease_s=self.lease_s, releases=tuple(g.slot for g in self._given_back.get(key_hash, ())))
+                    lease_s=self.lease_s, releases=tuple(g.slot for g in releases))
 
     async def authorize(self, store: Store, key_hash: str, scope: str | None) -> Authorization:
-        """``store.authorize`` with a new slot's ``Hold``. Once the key was found, the slots the hold gave back are
-        removed: no longer the batch's. A cancel before the answer was read (the client left), or a store that
-        failed when it may have taken the slot all the same (``failed_may_hold``: on Redis any failure, a timeout or
-        a link dropped after the script was sent), gives back the slot sent: left to its lease, it held one of the
-        key's slots for a request answered 503."""
-        hold = self.hold(key_hash)
+        """``store.authorize`` with a new slot's ``Hold``. The key's slots given back here go with it, the
+        authorization's to remove from then on, no longer the batch's too: a batch that ran while the authorization
+        was on its way removed them a second time. Should the authorization not remove them (the key unknown now, a
+        cancel, a store that failed), they are the batch's again. A cancel before the answer was read (the client
+        left), or a store that failed when it may have taken the slot all the same (``failed_may_hold``: on Redis any
+        failure, a timeout or a link dropped after the script was sent), gives back the slot sent: left to its lease,
+        it held one of the key's slots for a request answered 503."""
+        given = self._given_back.pop(key_hash, [])
+        hold = self.hold(given)
         try:
             auth = await store.authorize(key_hash, scope=scope, hold=hold)
         except asyncio.CancelledError:
-            self._give_back(GivenBack(key_hash, None, hold.slot))
+            self._give_back(*given, GivenBack(key_hash, None, hold.slot))
             raise
         except StoreUnavailable:
-            if self.slots.failed_may_hold:
-                self._give_back(GivenBack(key_hash, None, hold.slot))
+            self._give_back(*given, *([GivenBack(key_hash, None, hold.slot)] if self.slots.failed_may_hold else []))
             raise
-        if hold.releases and auth.status != "unknown":
-            self._removed(key_hash, set(hold.releases))
+        if given and auth.status == "unknown":  # no key found: nothing removed
+            self._give_back(*given)
         return auth
 
     def holding(self, request: web.Request, record: KeyRecord, slot: str) -> None:
@@ -129,21 +131,14 @@ class ConcurrencyLimiter:
         if taken is not None:
             self._give_back(taken)
 
-    def _give_back(self, given: GivenBack) -> None:
-        self._given_back.setdefault(given.key_hash, []).append(given)
-        if not self._batching:
+    def _give_back(self, *given: GivenBack) -> None:
+        for one in given:
+            self._given_back.setdefault(one.key_hash, []).append(one)
+        if given and not self._batching:
             self._batching = True
             task = asyncio.ensure_future(self._release_batch())
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
-
-    def _removed(self, key_hash: str, slots: set[str]) -> None:
-        """``slots`` of the key were removed by its authorization: not the batch's to remove again."""
-        left = [g for g in self._given_back.get(key_hash, ()) if g.slot not in slots]
-        if left:
-            self._given_back[key_hash] = left
-        else:
-            self._given_back.pop(key_hash, None)
 
     async def _release_batch(self) -> None:
         try:

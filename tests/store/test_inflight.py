@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from loguru import logger
 
-from api.concurrency import ConcurrencyLimiter
+from api.concurrency import RELEASE_BATCH_S, ConcurrencyLimiter
 from shared.store.base import Authorization, Hold, KeyChanges, KeyRecord, Store, hash_key
 from shared.store.inflight import GivenBack
 from shared.store.redis import RedisStore
@@ -164,7 +164,7 @@ async def holding_requests(store: Store, limiter: ConcurrencyLimiter, secret: st
     """``n`` requests of the key, each authorized with a slot this limiter holds (as the API's handlers are)."""
     requests = []
     for _ in range(n):
-        taken = await store.authorize(hash_key(secret), scope="chat", hold=limiter.hold(rec.key_hash))
+        taken = await store.authorize(hash_key(secret), scope="chat", hold=limiter.hold())
         request = make_mocked_request("POST", "/v1/chat/completions")
         limiter.holding(request, rec, taken.slot)
         requests.append(request)
@@ -184,6 +184,36 @@ async def test_slots_given_back_together_are_removed_in_one_store_call(store: St
     assert counted.calls == [8]
     assert await counted.count(rec.id) == 0
     assert limiter.held == {}
+
+
+class SlowStore:
+    """The store, each authorization's answer coming ``delay_s`` later (a busy store, a loaded host)."""
+
+    def __init__(self, store: Store, delay_s: float) -> None:
+        self.store = store
+        self.delay_s = delay_s
+
+    async def authorize(self, key_hash: str, *, scope: str | None, hold: Hold | None = None) -> Authorization:
+        auth = await self.store.authorize(key_hash, scope=scope, hold=hold)
+        await asyncio.sleep(self.delay_s)
+        return auth
+
+
+async def test_a_slot_given_back_is_removed_once_by_the_next_authorization_not_by_the_batch_too(store: Store) -> None:
+    """A slot given back goes with the key's next authorization from this process, which removes it; the batch that
+    ran while that authorization was on its way removed it as well (a second store write for the same slot, every
+    time the store took longer than ``RELEASE_BATCH_S`` to answer). Now the batch has nothing left to remove."""
+    secret, rec = await store.create_key(100)
+    counted = CountingSlots(store.inflight())
+    limiter = ConcurrencyLimiter(counted, 10, lease_s=LEASE_S, holder="h")  # type: ignore[arg-type]
+    (request,) = await holding_requests(store, limiter, secret, rec, 1)
+    limiter.give_back(request)
+    slow = SlowStore(store, RELEASE_BATCH_S * 4)
+    taken = await limiter.authorize(slow, hash_key(secret), "chat")  # type: ignore[arg-type]
+    await limiter.drain()
+    assert taken.status == "ok" and taken.in_flight == 1  # the slot given back was not counted
+    assert counted.calls == []
+    assert await counted.count(rec.id) == 1
 
 
 async def test_a_request_cancelled_as_its_authorization_comes_back_gives_its_slot_back(tmp_path: Path) -> None:
