@@ -161,6 +161,10 @@ INSERT OR IGNORE INTO outbox_meta (name, holder, until, value) VALUES ('pace', N
 CREATE TABLE IF NOT EXISTS outbox_failed (id INTEGER PRIMARY KEY, times INTEGER NOT NULL);
 """
 
+# A group commit's reads: the id span (``_count_over_limit``), the drops so far, and whether a run of drops is on.
+_BOOKKEEPING = ("SELECT (SELECT MIN(id) FROM outbox), (SELECT MAX(id) FROM outbox), "
+                "(SELECT value FROM outbox_meta WHERE name = 'dropped'), EXISTS (SELECT 1 FROM outbox_full)")
+
 
 class SQLiteOutbox(SQLiteTables):
     """Outbox in the API's SQLite file (own tables, own connection; WAL, safe across processes)."""
@@ -187,12 +191,16 @@ class SQLiteOutbox(SQLiteTables):
                 row_id = db.execute("INSERT INTO outbox (payload, created_at) VALUES (?, ?)", row).lastrowid
                 db.execute("INSERT OR REPLACE INTO outbox_size (id, size) VALUES (?, ?)", (row_id, len(row[0])))
             held = self._add_bytes(db, sum(len(raw) for raw, _ in rows))
-            excess = max(self._count_over_limit(db), self._count_over_bytes(db, held))
+            # what the bookkeeping reads, in one statement (it was three): the id span, the drops, a run of drops on
+            lo, hi, total, running = db.execute(_BOOKKEEPING).fetchone()
+            excess = max(self._count_over_limit(db, lo, hi), self._count_over_bytes(db, held))
             if excess > 0:
                 (last,) = db.execute("SELECT id FROM outbox ORDER BY id LIMIT 1 OFFSET ?", (excess - 1,)).fetchone()
                 self._remove(db, "id <= ?", (last,))
-                db.execute("UPDATE outbox_meta SET value = value + ? WHERE name = 'dropped'", (excess,))
-            (total,) = db.execute("SELECT value FROM outbox_meta WHERE name = 'dropped'").fetchone()
+                (total,) = db.execute("UPDATE outbox_meta SET value = value + ? WHERE name = 'dropped' RETURNING value",
+                                      (excess,)).fetchone()
+            if not (excess or running):  # the common commit: no drop, no run of drops to end
+                return Stored(0, total)
             return Stored(excess, total, *self._full_run(db, excess, now))
 
         return self._tx(run) if rows else Stored()
@@ -219,8 +227,8 @@ class SQLiteOutbox(SQLiteTables):
     @staticmethod
     def _add_bytes(db: sqlite3.Connection, size: int) -> int:
         """Count ``size`` more bytes held (less, negative); returns what is held now."""
-        db.execute("UPDATE outbox_meta SET value = value + ? WHERE name = 'bytes'", (size,))
-        return db.execute("SELECT value FROM outbox_meta WHERE name = 'bytes'").fetchone()[0]
+        return db.execute("UPDATE outbox_meta SET value = value + ? WHERE name = 'bytes' RETURNING value",
+                          (size,)).fetchone()[0]
 
     def _remove(self, db: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> None:
         """Delete the rows ``where`` says (of both tables), and their bytes from what is held."""
@@ -251,11 +259,10 @@ class SQLiteOutbox(SQLiteTables):
         (rows,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
         return min(count, rows - 1)
 
-    def _count_over_limit(self, db: sqlite3.Connection) -> int:
-        """How many rows exceed ``max_items``. The id span bounds the count from above in two index
-        lookups; the exact count (a scan of every row's page) is needed only when the span is over."""
-        lo, hi = db.execute("SELECT (SELECT MIN(id) FROM outbox), (SELECT MAX(id) FROM outbox)").fetchone()
-        if lo is None or hi - lo + 1 <= self.max_items:
+    def _count_over_limit(self, db: sqlite3.Connection, lo: int | None, hi: int | None) -> int:
+        """How many rows exceed ``max_items``. The id span (``lo``, ``hi``: two index lookups) bounds the count from
+        above; the exact count (a scan of every row's page) is needed only when the span is over."""
+        if lo is None or hi is None or hi - lo + 1 <= self.max_items:
             return 0
         (count,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
         return count - self.max_items

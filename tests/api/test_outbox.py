@@ -60,6 +60,24 @@ async def test_full_outbox_drops_oldest_and_counts(make_outbox) -> None:
     assert await box.dropped() == 2
 
 
+async def test_a_group_commit_on_sqlite_is_its_rows_and_two_statements_of_bookkeeping(tmp_path: Path) -> None:
+    """Every request's payload goes through a group commit: besides its rows, one write (the bytes held) and one read
+    (the id span, the drops, a run of drops), where it made five statements (the bytes written then read back, the
+    span, the drops, the run); what it answers is the same."""
+    box = SQLiteOutbox(tmp_path / "api.db", max_items=100)
+    await box.put_many([{"n": 0}])
+    statements: list[str] = []
+    box._db.set_trace_callback(statements.append)
+    stored = await box.store([{"n": 1}, {"n": 2}, {"n": 3}], 1.0)
+    box._db.set_trace_callback(None)
+    rows = [s for s in statements if s.startswith("INSERT")]
+    bookkeeping = [s for s in statements if s not in rows and s not in ("BEGIN IMMEDIATE", "COMMIT")]
+    assert len(rows) == 6 and len(bookkeeping) == 2, statements
+    assert (stored.dropped, stored.total, stored.run) == (0, 0, "")
+    assert [it.payload["n"] for it in await box.peek(10)] == [0, 1, 2, 3]
+    await box.close()
+
+
 async def test_an_outbox_full_by_size_drops_the_oldest_and_counts(make_outbox) -> None:
     """Bounded by count alone, a validator outage kept 10,000 payloads of long answers: GBs, in Redis its memory,
     and a Redis full under noeviction refused the API's every write (each request a 503). Past
