@@ -49,7 +49,7 @@ from shared.protocol import (
     ChatCompletionRequest,
     usage_chunk,
 )
-from shared.sse import DONE_FRAME, SSE_HEADERS, encode_event
+from shared.sse import DONE_FRAME, SSE_HEADERS, encode_event, encode_events
 from shared.store.base import KeyRecord
 from shared.store.sessions import Session
 
@@ -313,8 +313,8 @@ def _complete(req: ChatCompletionRequest, run: MinerRun, headers: dict[str, str]
 
 
 def _frames(batch: list[Event]) -> bytes:
-    # encode_event: a miner's event may span several data: lines (pretty-printed JSON), each its own line
-    return b"".join(encode_event(event_text(d)) for d in batch)
+    # encode_events: a miner's event may span several data: lines (pretty-printed JSON), each its own line
+    return encode_events([d if type(d) is str else event_text(d) for d in batch])
 
 
 def _trailer(req: ChatCompletionRequest, run: MinerRun, found: Found | None = None) -> bytes:

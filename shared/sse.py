@@ -147,3 +147,15 @@ def encode_event(data: str | bytes) -> bytes:
         lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
         return b"".join(b"data: " + ln + b"\n" for ln in lines) + b"\n"
     return b"data: " + raw + b"\n\n"
+
+
+def encode_events(texts: list[str]) -> bytes:
+    """``encode_event`` of each, joined: in one join and one encode when no text spans lines (a stream's chunks, as
+    model servers send them: one line of JSON each), each framed alone otherwise. A streamed answer's 20 chunks
+    framed one by one cost the API about 115 K instructions, a sixth of a bare hop's whole request."""
+    if not texts:
+        return b""
+    joined = "\n\ndata: ".join(texts)
+    if joined.count("\n") != 2 * (len(texts) - 1) or "\r" in joined:
+        return b"".join(encode_event(text) for text in texts)
+    return b"data: " + joined.encode() + b"\n\n"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.sse import DONE, SSEError, SSEParser, encode_event
+from shared.sse import DONE, SSEError, SSEParser, encode_event, encode_events
 
 
 def feed_all(chunks: list[bytes], **kw) -> list[str]:
@@ -100,3 +100,13 @@ def test_fast_path_whole_frames() -> None:
     raw = b"".join(b'data: {"i":%d}\n\n' % i for i in range(20)) + b"data: [DONE]\n\n"
     assert feed_all([raw]) == [f'{{"i":{i}}}' for i in range(20)] + [DONE]
     assert feed_all([raw[:25], raw[25:]]) == [f'{{"i":{i}}}' for i in range(20)] + [DONE]
+
+
+EVENT_PIECES = ['{"a":', "1}", "\n", "\r", "\r\n", " ", "é", "data: "]
+
+
+@given(st.lists(st.lists(st.sampled_from(EVENT_PIECES), max_size=8).map("".join), max_size=8))
+def test_a_batch_of_events_is_framed_as_each_alone(texts: list[str]) -> None:
+    """A streamed answer's chunks are framed together (``encode_events``: one join, one encode): byte for byte what
+    framing each alone gives, a chunk that spans lines (pretty-printed JSON, a stray CR) included."""
+    assert encode_events(texts) == b"".join(encode_event(text) for text in texts)
