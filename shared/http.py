@@ -419,7 +419,7 @@ def parse_model(model: type[BaseModel], data: Any, *, at: str = "", strict: bool
     ``at``, the dotted place of ``data`` in the body, when it is a part of it). ``strict``: no type is
     converted (``"3"`` is not a number), for a model that also reads query strings, where all is text."""
     if not isinstance(data, dict):
-        raise ApiError(400, "Request body must be a JSON object.", code="invalid_request")
+        raise _not_an_object(model, data, at)
     try:
         return model.model_validate(data, strict=strict)
     except ValidationError as e:
@@ -433,6 +433,21 @@ def parse_model(model: type[BaseModel], data: Any, *, at: str = "", strict: bool
             raise ApiError(400, f"Missing required parameter: '{param}'.", param=param,
                            code="missing_required_parameter") from None
         raise invalid_value(param, why) from None
+
+
+_JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+
+
+def _not_an_object(model: type[BaseModel], data: Any, at: str) -> ApiError:
+    """The 400 for a value that is no JSON object where ``model`` is read: the body's own words for the body;
+    for a part of it (``at``), that part named, with the fields it takes, as every other refusal of a part
+    names its place ("Request body must be a JSON object." said of ``input.3`` sent the caller to the body)."""
+    if not at:
+        return ApiError(400, "Request body must be a JSON object.", code="invalid_request")
+    fields = list(model.model_fields)
+    shape = ", ".join(f'"{name}"' for name in fields[:4]) + (", ..." if len(fields) > 4 else "")
+    sent = "null" if data is None else _JSON_KINDS.get(type(data), "not an object")
+    return invalid_value(at, f"must be a JSON object ({{{shape}}}), not {sent}")
 
 
 class NoQuery(BaseModel):

@@ -8,7 +8,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from api.responses_wire import ResponsesRequest
-from shared.errors import first_problem
+from shared.errors import ApiError, first_problem
+from shared.http import parse_model
 from shared.protocol import ChatCompletionRequest
 
 HI = [{"role": "user", "content": "x"}]
@@ -53,3 +54,20 @@ def test_a_problem_of_the_whole_body_is_said_so_not_named_as_a_field_called_body
     with pytest.raises(ApiError) as e:
         parse_model(OrganicPayload, {"body": {"messages": HI}, "uids": [1], "winner": 2})
     assert e.value.param is None and e.value.message == "Invalid request body: winner is not one of uids", e.value
+
+
+@pytest.mark.parametrize(("data", "sent"), [([1], "an array"), ("x", "a string"), (None, "null"), (3, "a number")])
+def test_a_part_that_is_no_object_is_named_not_the_body(data: Any, sent: str) -> None:
+    """A part of the body read as a model (an ``input`` item, an imported key's entry) that is no JSON object was
+    refused as "Request body must be a JSON object.", which sent the caller looking at a body that is one."""
+    with pytest.raises(ApiError) as e:
+        parse_model(ChatCompletionRequest, data, at="input.3")
+    assert e.value.status == 400 and e.value.param == "input.3" and e.value.code == "invalid_value"
+    assert e.value.message.startswith("""Invalid value for 'input.3': must be a JSON object ({"messages", "model", """)
+    assert e.value.message.endswith(f", ...}}), not {sent}")
+
+
+def test_a_body_that_is_no_object_is_the_body() -> None:
+    with pytest.raises(ApiError) as e:
+        parse_model(ChatCompletionRequest, [1])
+    assert (e.value.status, e.value.param, e.value.message) == (400, None, "Request body must be a JSON object.")
