@@ -170,10 +170,11 @@ def run_api(settings: ApiSettings, hotkey: Any | None = None) -> None:
         return
     setup_logging(settings.log_level, role="api")
     warn_workers_above_cores(settings.workers)
-    run(lambda: reach_store(settings.store_url, settings.store_namespace))  # a refusal: one line, before the workers
     # The workers share the port with SO_REUSEPORT, and so would another API's workers (a copy still
-    # running, pm2 and systemd both starting it): a plain bind first tells a port in use, once.
+    # running, pm2 and systemd both starting it): a plain bind first tells a port in use, once; before the
+    # store's check, as one worker binds first, so that a start that cannot listen says that first and alone.
     bound_socket(settings.api_host, settings.api_port, settings=LISTEN).close()
+    run(lambda: reach_store(settings.store_url, settings.store_namespace))  # a refusal: one line, before the workers
     metrics_dir = shared_metrics_dir()
     mp = multiprocessing.get_context("spawn")
     workers = [mp.Process(target=_worker_entry, args=(settings, os.getpid()), daemon=False)

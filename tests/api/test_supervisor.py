@@ -322,3 +322,23 @@ def test_an_encrypted_hotkey_stops_the_api_before_any_worker_with_one_line(tmp_p
     assert "Enter password" not in out.stderr, out.stderr[-3000:]  # the SDK's prompt
     assert len([line for line in out.stderr.splitlines() if "encrypted" in line]) == 1, out.stderr[-3000:]
     assert "workers on port" not in out.stderr, out.stderr[-3000:]
+
+
+def test_a_port_in_use_is_the_first_line_a_fleet_start_says(tmp_path: Path) -> None:
+    """``WORKERS=2`` on a port another process holds (a copy of the API still running): the supervisor checked the
+    store first, so a Redis not up yet put its WARNING (after a wait) above the line that says why the start failed.
+    The port is checked first now, as one worker checks it: the port's line is all the start says."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port := free_port()))
+        taken.listen()
+        settings = prepare(tmp_path) | {"API_PORT": str(port), "WORKERS": "2",
+                                        "STORE_URL": f"redis://127.0.0.1:{free_port()}/0"}  # no Redis there
+        (env := tmp_path / "api.env").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "ADMIN_KEY", "STORE_", "WORKERS"))}
+        out = subprocess.run([sys.executable, "-m", "shared.cli", "api", "--env-file", str(env)],
+                             capture_output=True, text=True, timeout=60, env=clean)
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.splitlines() == [f"sn1 api: API_HOST/API_PORT: cannot listen on 127.0.0.1:{port}: "
+                                       "Address already in use"], out.stderr[-2000:]
