@@ -32,6 +32,7 @@ from shared.settings import SettingsError, mask_credentials
 from shared.store import open_store
 from shared.store.base import STORE_START_SECONDS, RedisLinks, Store, StoreUnavailable, is_redis
 from shared.store.eviction import UNKNOWN, eviction_detail, eviction_risk
+from shared.store.marker import MarkerWatch
 from shared.store.persistence import persistence_risk
 from shared.store.sqlite import sqlite_path
 from shared.store.sqlite_tables import unreclaimed
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 LISTEN = "API_HOST/API_PORT"  # the settings a "cannot listen" start error names
 
 
-async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = None) -> None:
+async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = None, fleet: bool = False) -> bool:
     """A Redis ``STORE_URL`` is asked for a PING at start (opening it does no I/O), on ``links``: one worker's own,
     which it then serves with; without them (the ``WORKERS`` > 1 supervisor's check), on a client of its own named
     ``sn1-api-<pid>-check``, closed after (unnamed, it stood out in Redis's ``CLIENT LIST``). One that refuses us
@@ -52,11 +53,16 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
     answers 503 until Redis does, and ``/ready`` says why, then recovers by itself (stopping instead made
     pm2 give up after ``max_restarts`` and left the API down once Redis was back). One that answers but refuses
     writes (out of memory, a read-only replica) is the WARNING too. A SQLite file is opened, hence checked, where it
-    is built; here it is only read for whether it gives freed space back."""
+    is built; here it is only read for whether it gives freed space back.
+
+    ``fleet``: the ``WORKERS`` > 1 supervisor's check, which also says "a new, empty key store" once for all its
+    workers (each said it); True when it did check for it (the store answered), so that the workers say nothing."""
     if url.startswith("sqlite:///"):
         _warn_unreclaimed(sqlite_path(url))
+        if fleet and not sqlite_path(url).exists():  # its workers create it
+            warn_new_sqlite(sqlite_path(url))
     if not is_redis(url):
-        return
+        return True
     from redis.exceptions import (  # here: a SQLite API never loads redis (9 MB)
         AuthenticationError,
         InvalidResponse,
@@ -83,11 +89,24 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
                                 "without it: write redis://, or turn TLS on in that Redis") from None
         logger.warning("STORE_URL: cannot reach {}: {}; starting anyway, requests answer 503 until it answers",
                        mask_credentials(url), reason)
+        return False
     else:
         await _warn_eviction(store)
         await _warn_persistence(store)
+        if fleet:  # a store that stops answering here is read by the workers' periodic work, as any outage
+            with contextlib.suppress(StoreUnavailable, TimeoutError, OSError):
+                await within(MarkerWatch().check(store), STORE_START_SECONDS)
+        return True
     finally:
         await store.close()
+
+
+def warn_new_sqlite(path: Path) -> None:
+    """A first start, or a mistyped path: every existing key would answer 401, said once (by the process about to
+    create the file, or by a fleet's supervisor before its workers do)."""
+    logger.warning("STORE_URL: {} did not exist; a new, empty key store was created there{}", path.resolve(),
+                   "" if path.is_absolute() else " (sqlite:/// takes a path from the working directory; an "
+                                                 "absolute one takes four slashes: sqlite:////var/lib/...)")
 
 
 async def _plain_redis_at(url: str) -> bool:
@@ -174,10 +193,11 @@ def run_api(settings: ApiSettings, hotkey: Any | None = None) -> None:
     # running, pm2 and systemd both starting it): a plain bind first tells a port in use, once; before the
     # store's check, as one worker binds first, so that a start that cannot listen says that first and alone.
     bound_socket(settings.api_host, settings.api_port, settings=LISTEN).close()
-    run(lambda: reach_store(settings.store_url, settings.store_namespace))  # a refusal: one line, before the workers
+    # a refusal: one line, before the workers
+    told = run(lambda: reach_store(settings.store_url, settings.store_namespace, fleet=True))
     metrics_dir = shared_metrics_dir()
     mp = multiprocessing.get_context("spawn")
-    workers = [mp.Process(target=_worker_entry, args=(settings, os.getpid()), daemon=False)
+    workers = [mp.Process(target=_worker_entry, args=(settings, os.getpid(), told), daemon=False)
                for _ in range(settings.workers)]
     logger.info("api supervisor starting {} workers on port {}", len(workers), settings.api_port)
     try:
@@ -194,8 +214,8 @@ def run_api(settings: ApiSettings, hotkey: Any | None = None) -> None:
         sys.exit(status)
 
 
-def _worker_entry(settings: ApiSettings, supervisor: int) -> None:
+def _worker_entry(settings: ApiSettings, supervisor: int, new_store_told: bool) -> None:
     """A spawned worker's target: it, not the supervisor, imports the app."""
     from api.worker import worker_main
 
-    worker_main(settings, supervisor)
+    worker_main(settings, supervisor, new_store_told)

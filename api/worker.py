@@ -18,7 +18,7 @@ from loguru import logger
 from api.app import create_api_app
 from api.availability import AvailabilityCache
 from api.context import ApiContext
-from api.main import LISTEN, STORE_START_SECONDS, reach_store
+from api.main import LISTEN, STORE_START_SECONDS, reach_store, warn_new_sqlite
 from api.ops import permit_check
 from api.scoring_outbox import OutboxForwarder
 from shared.aio import within
@@ -86,9 +86,10 @@ def open_stores(settings: ApiSettings, links: RedisLinks | None) -> Stores:
 
 
 async def build_context(settings: ApiSettings, *, role: str = "api", links: RedisLinks | None = None,
-                        hotkey: Any | None = None) -> tuple[ApiContext, Stores]:
+                        hotkey: Any | None = None, new_store_told: bool = False) -> tuple[ApiContext, Stores]:
     """A worker's context, and the stores it runs on (``Stores.aclose`` at its stop). ``hotkey``: the keypair
-    already read (``check_hotkey``), else the worker reads it."""
+    already read (``check_hotkey``), else the worker reads it. ``new_store_told``: a fleet's supervisor said
+    "a new, empty key store" if it is one (``reach_store``), so this worker does not (each of them said it)."""
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path, read=hotkey)
     signer = Signer(hotkey)
     metagraph = MetagraphView.from_settings(settings)
@@ -99,21 +100,20 @@ async def build_context(settings: ApiSettings, *, role: str = "api", links: Redi
         refresh_seconds=settings.availability_refresh_seconds, stale_seconds=settings.availability_stale_seconds,
     )
     await availability.refresh()
-    new_file = settings.store_url.startswith("sqlite:///") and not sqlite_path(settings.store_url).exists()
+    new_file = (settings.store_url.startswith("sqlite:///") and not new_store_told
+                and not sqlite_path(settings.store_url).exists())
     try:  # a SQLite path that cannot be opened: STORE_URL's one line at start, not a traceback
         stores = open_stores(settings, links)
     except (OSError, sqlite3.Error, StoreUnavailable) as e:  # a directory, a file that is not a database
         await client.session.close()
         hint = why_not_opened(sqlite_path(settings.store_url), e) if not is_redis(settings.store_url) else ""
         raise SettingsError(f"STORE_URL: cannot open {mask_credentials(settings.store_url)}: {e}{hint}") from None
-    if new_file:  # a first start, or a mistyped path: every existing key would answer 401, said once here
-        where = sqlite_path(settings.store_url)
-        logger.warning("STORE_URL: {} did not exist; a new, empty key store was created there{}", where.resolve(),
-                       "" if where.is_absolute() else " (sqlite:/// takes a path from the working directory; an "
-                                                      "absolute one takes four slashes: sqlite:////var/lib/...)")
+    if new_file:
+        warn_new_sqlite(sqlite_path(settings.store_url))
     ctx = ApiContext(settings=settings, store=stores.store, metagraph=metagraph, client=client,
                      availability=availability, sessions=stores.sessions, responses=stores.responses,
                      conversations=stores.conversations, request_log=RequestLog(role, level=settings.log_level))
+    ctx.store_marker.told_new = new_store_told
     await first_marker(ctx)
     if not (permit := permit_check(ctx)).ok:  # the operator's first sign would be its users' 502s
         logger.warning("{} (GET /ready warns of it too)", permit.detail)
@@ -132,7 +132,8 @@ async def first_marker(ctx: ApiContext) -> None:
         await within(ctx.store_marker.check(ctx.store), STORE_START_SECONDS)
 
 
-async def serve_worker(settings: ApiSettings, *, reuse_port: bool, hotkey: Any | None = None) -> None:
+async def serve_worker(settings: ApiSettings, *, reuse_port: bool, hotkey: Any | None = None,
+                       new_store_told: bool = False) -> None:
     role = f"api[{os.getpid()}]"
     setup_logging(settings.log_level, role=role)
     sock = bound_socket(settings.api_host, settings.api_port, reuse_port=reuse_port, settings=LISTEN)  # a port in use: stop now
@@ -140,7 +141,8 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool, hotkey: Any |
     try:
         if not reuse_port:  # one worker checks its store here, on its own clients; a fleet's supervisor checked it
             await reach_store(settings.store_url, settings.store_namespace, links=links)
-        ctx, stores = await build_context(settings, role=role, links=links, hotkey=hotkey)
+        ctx, stores = await build_context(settings, role=role, links=links, hotkey=hotkey,
+                                          new_store_told=new_store_told)
     except BaseException:
         if links is not None:
             await links.aclose()
@@ -164,10 +166,10 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool, hotkey: Any |
     await serve_until_signal(app, settings.api_host, settings.api_port, sock=sock, limits=limits)
 
 
-def worker_main(settings: ApiSettings, supervisor: int) -> None:
+def worker_main(settings: ApiSettings, supervisor: int, new_store_told: bool = False) -> None:
     """One of a ``WORKERS`` > 1 fleet, spawned by the supervisor (``api.main``)."""
     stop_with_parent(supervisor)  # a supervisor killed outright must not leave its workers serving
     try:
-        run(lambda: serve_worker(settings, reuse_port=True))
+        run(lambda: serve_worker(settings, reuse_port=True, new_store_told=new_store_told))
     except SettingsError as e:  # one line, as with one worker (a spawned process printed its traceback)
         sys.exit(problem_lines("api", e))

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 PR_SET_PDEATHSIG = 1
 
@@ -52,8 +53,11 @@ def stop_signals() -> tuple[signal.Signals, ...]:
     return (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
-    """Run a process's main coroutine on uvloop."""
+T = TypeVar("T")
+
+
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    """Run a process's main coroutine on uvloop; what it returns (a start-up check's finding)."""
     import uvloop
 
-    uvloop.run(main())
+    return uvloop.run(main())

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import until_empty
-from tests.keys.procs import ApiProcess, prepare, start_api, wait_ready
+from tests.keys.procs import ApiProcess, prepare, start_api, stop_on_redis, wait_ready
 from tests.ports import free_port
 
 
@@ -342,3 +342,19 @@ def test_a_port_in_use_is_the_first_line_a_fleet_start_says(tmp_path: Path) -> N
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert out.stderr.splitlines() == [f"sn1 api: API_HOST/API_PORT: cannot listen on 127.0.0.1:{port}: "
                                        "Address already in use"], out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_a_new_empty_key_store_is_said_once_by_a_fleet(tmp_path: Path, store: str) -> None:
+    """``WORKERS=2`` on a store with no keys yet: its WARNING ("a new, empty key store ...", which tells an operator
+    whose keys are gone where to look) was said by each worker, the same line twice or more in one start."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+    namespace = f"marker-{os.getpid()}-{time.monotonic_ns()}"
+    store_url = f"sqlite:///{tmp_path / 'api.db'}" if store == "sqlite" else url
+    api = start_api(tmp_path, prepare(tmp_path), store_url=store_url, namespace=namespace, workers=2)
+    try:
+        wait_ready([api], workers=2)
+    finally:
+        stop_on_redis([api], url, namespace) if store == "redis" else api.kill(signal.SIGKILL)
+    log = api.log.read_text()
+    assert log.count("a new, empty key store was") == 1, log[-3000:]
