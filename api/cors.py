@@ -20,10 +20,15 @@ from collections.abc import Awaitable, Callable
 import aiohttp_cors
 from aiohttp import hdrs, web
 
+from shared.connections import on_refusal
+
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
 CLOSED_TO_BROWSERS = ("/api_management/", "/metrics")
 PREFLIGHT_CACHE_SECONDS = 600
+# the response headers a page may read without being told (the CORS safelist), of those an error answer has
+_SAFELISTED = frozenset({"content-type", "content-length", "cache-control", "expires", "last-modified", "pragma",
+                         "content-language", "access-control-allow-origin"})
 
 
 def install_cors(app: web.Application, origins: list[str]) -> None:
@@ -39,6 +44,18 @@ def install_cors(app: web.Application, origins: list[str]) -> None:
     for resource in list(app.router.resources()):
         if not resource.canonical.startswith(CLOSED_TO_BROWSERS):
             cors.add(resource)
+    if "*" in origins:
+        on_refusal(app, _open_to_any_page)
+
+
+def _open_to_any_page(_request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """A request the HTTP parser refused (a 414, a 431, a 400 ``malformed_request``) is answered before any hook of
+    the app, so aiohttp-cors never saw it and a page could not read why. Its ``Origin`` is unknown (the parser gave
+    up before handing any header over): with ``CORS_ORIGINS=*`` the answer is open to every page, as it would be to
+    that one; with a list of origins it stays closed (a browser reads a network error), naming no page it may not."""
+    response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = "*"
+    response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = ",".join(
+        name for name in response.headers if name.lower() not in _SAFELISTED)
 
 
 def _with_origin_only(hook: ResponseHook) -> ResponseHook:

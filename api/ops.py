@@ -20,8 +20,9 @@ from api.chat import CTX
 from api.context import ApiContext
 from api.miner_health import REASONS, set_aside_message
 from shared.aio import within
+from shared.connections import on_refusal
 from shared.metagraph import Neuron
-from shared.metrics import ApiMetrics, metrics_handler, metrics_middleware, show_readiness
+from shared.metrics import ApiMetrics, count_refusals, metrics_handler, metrics_middleware, show_readiness
 from shared.readiness import CheckOut, ReadyOut, gauge_age, ready_out, ready_response
 from shared.readiness import metagraph_check as shared_metagraph_check
 from shared.store.base import StoreUnavailable
@@ -227,6 +228,7 @@ def install(app: web.Application, ctx: ApiContext) -> ApiMetrics:
     metrics = ApiMetrics()
     app[METRICS] = metrics
     app.middlewares.insert(0, metrics_middleware(metrics.http, metrics.errors))  # outermost: sees the final status
+    on_refusal(app, count_refusals(metrics.http, metrics.errors))  # and what the parser refused, before it
     ctx.payload_sinks.append(metrics.payload_sink)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_handler(metrics.registry, lambda: sample(ctx, metrics)))

@@ -58,6 +58,10 @@ REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\
 # request (an empty stand-in for one the parser refused), the status, the exception, the length of the request's
 # first line as far as it came (a refused one's) and whether it was its connection's first; made by ``shared.http``.
 ErrorAnswer = Callable[[web.BaseRequest, int, BaseException | None, int, bool], web.StreamResponse]
+# What an app does with the answer to a request the parser refused, which none of its middlewares nor response hooks
+# see (the API counts it in its metrics, and opens it to browsers): given the stand-in request and the answer.
+RefusalHook = Callable[[web.BaseRequest, web.StreamResponse], None]
+REFUSAL_HOOKS = web.AppKey("sn1_refusal_hooks", list)
 _MAX_TOLD = 4096  # addresses whose last log line is remembered; older ones are forgotten past this
 FD_HEADROOM = 0.25  # of the fd limit kept for the process's own files and outgoing connections
 
@@ -394,4 +398,28 @@ class GuardedAppRunner(web.AppRunner):
         plain = await super()._make_server()  # the app's start-up runs here, as it does in AppRunner
         return GuardedServer(plain.request_handler, request_factory=plain.request_factory,
                              handler_cancellation=plain.handler_cancellation, loop=asyncio.get_running_loop(),
-                             guard=self.guard, answer_error=self.answer_error, **plain._kwargs)
+                             guard=self.guard, answer_error=with_refusal_hooks(self.answer_error, self.app),
+                             **plain._kwargs)
+
+
+def on_refusal(app: web.Application, hook: RefusalHook) -> None:
+    """Call ``hook`` with each answer to a request aiohttp's parser refused (``REFUSAL_HOOKS``), before it is sent."""
+    app.setdefault(REFUSAL_HOOKS, []).append(hook)
+
+
+def with_refusal_hooks(answer: ErrorAnswer, app: web.Application) -> ErrorAnswer:
+    """``answer``, then ``app``'s refusal hooks on a parser's refusal's answer (``answer`` itself with none). Only
+    ``handle_error`` calls it: nothing here runs for a request that was read."""
+    hooks: list[RefusalHook] = app.get(REFUSAL_HOOKS, [])
+    if not hooks:
+        return answer
+
+    def answered(request: web.BaseRequest, status: int, exc: BaseException | None, line: int,
+                 first: bool) -> web.StreamResponse:
+        response = answer(request, status, exc, line, first)
+        if isinstance(exc, HttpProcessingError):
+            for hook in hooks:
+                hook(request, response)
+        return response
+
+    return answered

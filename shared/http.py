@@ -475,6 +475,7 @@ def answer_error(request: web.BaseRequest, status: int, exc: BaseException | Non
         return error_response(ApiError(status, "Internal server error." if status == 500 else "The request timed out.",
                                        close=True))
     err = unparsed_refusal(exc, line_length)
+    request[BODY_CODE] = err.code  # for an app's refusal hooks (``shared.connections.on_refusal``): its metrics
     rid = request_id_from({})
     logger.log("DEBUG" if first and isinstance(exc, BadHttpMethod) else "INFO",
                "http rid={} method=? route=? status={} code={} from={} parser={}", rid, err.status, err.code,

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 UNMATCHED = "unmatched"
+UNPARSED = "?"  # the route of a request the HTTP parser refused (``count_refusals``), as its access line says it
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Sampler = Callable[[], Awaitable[None]]
@@ -119,8 +120,12 @@ class HttpMetrics:
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         method = method if method in HTTP_METHODS else OTHER_METHOD
-        self._requests(route, method, str(status)).inc()
+        self.count(route, method, status)
         self._latency(route, method).observe(seconds)
+
+    def count(self, route: str, method: str, status: int) -> None:
+        """One request answered ``status`` (``observe`` without its latency: a request no handler took)."""
+        self._requests(route, method, str(status)).inc()
         if status == 429:
             self.rate_limited.labels(route).inc()
 
@@ -147,6 +152,20 @@ def route_label(request: web.Request) -> str:
     """The matched route's pattern (``/v1/models/{model}``), never the raw path: bounded label values."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else UNMATCHED
+
+
+def count_refusals(http: HttpMetrics, errors: ErrorCodes | None = None) -> Callable[[web.BaseRequest,
+                                                                                    web.StreamResponse], None]:
+    """A refusal hook (``shared.connections.on_refusal``) counting each request the HTTP parser refused, which no
+    middleware sees, as ``metrics_middleware`` counts the others: under ``route="?"``, ``method="other"`` (nothing
+    was routed, nor read: as its access line's ``route=?``), its latency not observed (there was no handler)."""
+
+    def count(request: web.BaseRequest, response: web.StreamResponse) -> None:
+        http.count(UNPARSED, OTHER_METHOD, response.status)
+        if errors is not None:
+            errors.observe(UNPARSED, response.status, request.get(BODY_CODE))
+
+    return count
 
 
 def metrics_middleware(http: HttpMetrics, errors: ErrorCodes | None = None) -> Any:

@@ -111,3 +111,39 @@ async def test_a_failure_outside_every_error_middleware_is_a_json_500() -> None:
             status_line, headers, body = await raw(url, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
     assert " 500 " in status_line and headers["content-type"].startswith("application/json"), (status_line, body)
     assert json.loads(body)["error"]["type"] == "server_error"
+
+
+def _scraped(text: str, name: str) -> dict[tuple[str, ...], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {tuple(sorted(s.labels.items())): s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == name and s.labels.get("route") == "?"}
+
+
+@pytest.mark.parametrize("origins", [["*"], ["https://app.example.com"]])
+async def test_the_api_counts_a_refused_request_and_lets_a_browser_read_it(origins: list[str], tmp_path: Path) -> None:
+    """A request the parser refused never reached the API's middlewares: ``sn1_api_http_requests_total`` and
+    ``sn1_api_errors_total`` did not count it (a flood of them was invisible), and its answer had no CORS header, so
+    a browser page could not read why. Counted now under ``route="?"``; with ``CORS_ORIGINS=*`` (the default) the
+    answer is open to any page. Its ``Origin`` cannot be read (the parser refused the request before handing over
+    any header): with a list of origins no page is named, and the browser reads a network error, as before."""
+    import aiohttp
+
+    async with api_with_miners(tmp_path, {}, cors_origins=origins) as api:
+        for data, *_ in MALFORMED.values():
+            _, headers, _ = await raw(api.url, data.replace(b"\r\n", b"\r\nOrigin: https://app.example.com\r\n", 1))
+            if origins == ["*"]:
+                assert headers.get("access-control-allow-origin") == "*", headers
+                assert "x-request-id" in headers.get("access-control-expose-headers", "").split(","), headers
+            else:
+                assert "access-control-allow-origin" not in headers, headers
+        async with aiohttp.ClientSession() as s, s.get(api.url + "/metrics") as r:
+            text = await r.text()
+    assert _scraped(text, "sn1_api_http_requests_total") == {
+        (("method", "other"), ("route", "?"), ("status", "414")): 1.0,
+        (("method", "other"), ("route", "?"), ("status", "431")): 2.0,
+        (("method", "other"), ("route", "?"), ("status", "400")): 1.0}, text
+    assert _scraped(text, "sn1_api_errors_total") == {
+        (("code", "uri_too_long"), ("route", "?")): 1.0,
+        (("code", "request_header_fields_too_large"), ("route", "?")): 2.0,
+        (("code", "malformed_request"), ("route", "?")): 1.0}, text
