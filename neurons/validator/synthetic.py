@@ -31,7 +31,7 @@ from shared import tasks
 from shared.availability_query import offered
 from shared.ids import random_hex
 from shared.jsonutil import dumpb
-from shared.metagraph import MetagraphView, Neuron
+from shared.metagraph import MetagraphSnapshot, MetagraphView, Neuron
 from shared.miner_client import MinerClient
 from shared.protocol import ChatCompletionRequest, asks_stream, content_text
 
@@ -110,6 +110,52 @@ async def query_one(client: MinerClient, neuron: Neuron, body: dict[str, Any], d
     return race
 
 
+def sampled_pool(snapshot: MetagraphSnapshot, book: AvailabilityBook, scored: Collection[int],
+                 own_hotkey: str) -> list[Neuron]:
+    """The serving miners a job may sample: those whose availability is known for their current hotkey, and of
+    those the poll found down only the ones that still hold a score (see ``run_cycle``)."""
+    excused = set() if holds_permit(snapshot, own_hotkey) else book.refused
+    return [n for n in snapshot.serving(exclude_hotkey=own_hotkey) if book.hotkeys.get(n.uid) == n.hotkey
+            and (book.entries.get(n.uid) is not None or (n.uid in scored and n.uid not in excused))]
+
+
+def dark_miners(snapshot: MetagraphSnapshot, scored: Collection[int], own_hotkey: str) -> list[Neuron]:
+    """Miners that hold a score but serve no axon any more: they join every job as failed, so the score decays."""
+    return [n for n in snapshot.neurons if n.uid in scored and not n.axon and n.hotkey != own_hotkey]
+
+
+def job_bodies(challenge: Challenge, seed_dependent: bool, asked: list[Neuron], book: AvailabilityBook,
+               config: SyntheticConfig, rng: random.Random) -> dict[int, dict[str, Any]]:
+    """Each asked miner's request: one wording for the job, each miner's own seed for a seed-dependent task (one
+    shared seed otherwise), and a ``model`` it serves. The draws from ``rng`` keep their order: a seeded cycle
+    replays."""
+    shared_seed = rng.randrange(2**31)
+    results, timeout = rng.choice(RESULTS), min(config.timeout, DEFAULT_RESPONSE_TIME)  # as a caller's search
+    words = wording(rng)
+    return {n.uid: challenge_body(challenge, rng.randrange(2**31) if seed_dependent else shared_seed,
+                                  results=results, timeout=timeout,
+                                  words=dataclasses.replace(words, model=_model_for(rng, book, n.uid, words.model)))
+            for n in asked}
+
+
+async def ask_miners(client: MinerClient, job: ScoringJob, neurons: list[Neuron], book: AvailabilityBook,
+                     timeout: float) -> None:
+    """Send each sampled miner its body at once, all within one deadline, and record what each streamed back in
+    ``job``; a miner that does not serve the task is recorded as unavailable, not called."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    calls: dict[int, asyncio.Task[Race]] = {}
+    for n in neurons:
+        if book.serves(n.uid, job.task):
+            calls[n.uid] = asyncio.create_task(query_one(client, n, job.bodies[n.uid], deadline))
+        else:
+            job.errors[n.uid] = UNAVAILABLE
+    for uid, call in calls.items():
+        run = (await call).runs[0]
+        job.chunks[uid], job.timings[uid] = run.event_texts(), list(run.timings)
+        if run.error:
+            job.errors[uid] = run.error
+
+
 async def run_cycle(
     client: MinerClient,
     metagraph: MetagraphView,
@@ -133,41 +179,19 @@ async def run_cycle(
     (at the poll or in the job) does as miners are to: it is left out, not scored 0. Scored, the miners that
     refused it fell to 0 within minutes while one that allow-listed it kept its score, and the first weights
     set once the permit came back paid that one alone."""
-    serving = metagraph.snapshot.serving(exclude_hotkey=client.signer.hotkey)
-    excused = set() if holds_permit(metagraph.snapshot, client.signer.hotkey) else book.refused
-    known = [n for n in serving if book.hotkeys.get(n.uid) == n.hotkey
-             and (book.entries.get(n.uid) is not None or (n.uid in scored and n.uid not in excused))]
-    neurons = sample_miners(known, config.sample_size, rng)
+    snapshot, own = metagraph.snapshot, client.signer.hotkey
+    neurons = sample_miners(sampled_pool(snapshot, book, scored, own), config.sample_size, rng)
     if not neurons:
         return None
     task = registry.choose(rng)
     challenge = task.build(rng, datasets)
-    dark = [n for n in metagraph.snapshot.neurons
-            if n.uid in scored and not n.axon and n.hotkey != client.signer.hotkey]
-    shared_seed = rng.randrange(2**31)
+    dark = dark_miners(snapshot, scored, own)
     asked = [*neurons, *dark]
-    results, timeout = rng.choice(RESULTS), min(config.timeout, DEFAULT_RESPONSE_TIME)  # as a caller's search
-    words = wording(rng)
-    bodies = {n.uid: challenge_body(challenge, rng.randrange(2**31) if task.seed_dependent else shared_seed,
-                                    results=results, timeout=timeout,
-                                    words=dataclasses.replace(words, model=_model_for(rng, book, n.uid, words.model)))
-              for n in asked}
-    job = ScoringJob(source="synthetic", task=task.name, bodies=bodies, hotkeys={n.uid: n.hotkey for n in asked},
-                     deadline_s=config.timeout, expected=challenge.expected)
+    job = ScoringJob(source="synthetic", task=task.name,
+                     bodies=job_bodies(challenge, task.seed_dependent, asked, book, config, rng),
+                     hotkeys={n.uid: n.hotkey for n in asked}, deadline_s=config.timeout, expected=challenge.expected)
     for n in dark:
         job.errors[n.uid] = DARK
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + config.timeout
-    calls: dict[int, asyncio.Task[Race]] = {}
-    for n in neurons:
-        if book.serves(n.uid, task.name):
-            calls[n.uid] = asyncio.create_task(query_one(client, n, bodies[n.uid], deadline))
-        else:
-            job.errors[n.uid] = UNAVAILABLE
-    for uid, call in calls.items():
-        run = (await call).runs[0]
-        job.chunks[uid], job.timings[uid] = run.event_texts(), list(run.timings)
-        if run.error:
-            job.errors[uid] = run.error
-    excuse_refusals(job, metagraph.snapshot, client.signer.hotkey)
+    await ask_miners(client, job, neurons, book, config.timeout)
+    excuse_refusals(job, metagraph.snapshot, own)
     return job
