@@ -146,12 +146,31 @@ async def _save_scores(app: web.Application) -> None:
 def _run_background(factories: list[Callable[[], Awaitable[Any]]]):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         tasks = [asyncio.ensure_future(f()) for f in factories]
+        for t in tasks:
+            if isinstance(t, asyncio.Task):  # named after its function (``scoring_worker``); ``every`` names its loop
+                t.set_name(getattr(t.get_coro(), "__name__", t.get_name()))
+            t.add_done_callback(say_stopped)
         yield
         for t in tasks:
+            t.remove_done_callback(say_stopped)  # stopped by the shutdown: nothing to say
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     return ctx
+
+
+def say_stopped(task: asyncio.Future[Any]) -> None:
+    """An ERROR, with its traceback, for a loop that ended by itself while the validator serves. Each loop catches
+    its cycles' failures, so one that ends is a validator bug; its exception was read only at shutdown, by a
+    ``gather`` that discarded it, and the validator served on without that loop (no weights set, no availability
+    polled) with nothing in the log."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    name = task.get_name() if isinstance(task, asyncio.Task) else "a background"
+    why = f"{type(error).__name__}: {error}" if error is not None else "it returned"
+    logger.opt(exception=error).error("validator: the {} loop stopped ({}): it does not run again until the "
+                                      "validator restarts; a validator bug: report it with this traceback", name, why)
 
 
 async def _sample(ctx: ValidatorContext, metrics: ValidatorMetrics) -> None:

@@ -29,6 +29,7 @@ async def every(name: str, interval: float, cycle: Callable[[], Awaitable[Any]],
     """Run ``cycle`` forever, ``interval`` seconds apart (start to start when it is quicker).
 
     ``observe(name, seconds, ok)`` is told about every cycle (the ``/metrics`` loop timings)."""
+    name_task(name)
     await asyncio.sleep(first_delay)
     loop = asyncio.get_running_loop()
     while True:
@@ -44,6 +45,13 @@ async def every(name: str, interval: float, cycle: Callable[[], Awaitable[Any]],
         if observe is not None:
             observe(name, loop.time() - started, ok)
         await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
+
+
+def name_task(name: str) -> None:
+    """Name the running task after its loop: the line saying a loop stopped names it (``app.say_stopped``)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.set_name(name)
 
 
 def first_weights_delay(last_set_at: float | None, interval: float, now: float) -> float:

@@ -917,3 +917,30 @@ async def test_polls_some_miners_refuse_are_one_warning_and_their_end_one_line()
     assert told[1][0] == "INFO" and told[1][1].startswith("availability: no miner refuses this validator any more "
                                                           "after ") and told[1][1].endswith("(3 failure(s))")
     assert book.refused == set() and book.entries[2] is not None
+
+
+async def test_a_loop_that_stops_is_an_error_in_the_log_at_once() -> None:
+    """A background loop that ends by an exception (one escaping ``every``'s own guard: here its metrics hook) was
+    silent: its task's exception was read only at shutdown, by a ``gather`` that discarded it, and the validator
+    served on without that loop (no weights set, no availability polled) with nothing in the log."""
+    from neurons.validator.loops import every
+
+    def broken_hook(name: str, seconds: float, ok: bool) -> None:
+        raise RuntimeError("metrics hook broke")
+
+    async def cycle() -> None:
+        return None
+
+    lines, sink = log_lines("ERROR")
+    try:
+        background = [lambda: every("weights", 0.01, cycle, observe=broken_hook)]
+        async with serve_app(create_validator_app(make_ctx(), background=background)):
+            for _ in range(100):
+                if lines:
+                    break
+                await asyncio.sleep(0.02)
+            assert lines, "nothing said while the app still serves"
+    finally:
+        logger.remove(sink)
+    assert "weights loop stopped" in lines[0] and "RuntimeError: metrics hook broke" in lines[0], lines
+    assert len(lines) == 1, lines  # said once, not again at shutdown
