@@ -6,10 +6,11 @@ A cycle that raises is logged and the loop goes on: a validator must run for wee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from loguru import logger
@@ -126,7 +127,10 @@ async def fresh_weights_cycle(metagraph: MetagraphView, scores: ScoreBook, sink:
 
     The chain pays whoever holds a uid when the weights are set. Set on the metagraph of the last metagraph
     cycle (up to ``METAGRAPH_REFRESH_SECONDS`` old), a uid re-registered since by another hotkey was given its
-    previous owner's share. A metagraph that cannot be read sets nothing this cycle, and says why."""
+    previous owner's share. A metagraph that cannot be read sets nothing this cycle, and says why. The sink's wait
+    for its turn (the chain's rate limit, up to minutes) comes before the read, for the same reason."""
+    with recording_why_not_set(scores):
+        await sink.wait_turn()
     try:
         await metagraph_cycle(metagraph, scores, hotkey)
     except Exception as e:  # noqa: BLE001 - said in /health's weights_not_set and the log; the next cycle tries again
@@ -145,8 +149,16 @@ async def weights_cycle(scores: ScoreBook, sink: WeightSink, snapshot: Metagraph
     ``snapshot`` sizes the vector: only uids that exist now, each scored only for the hotkey holding it,
     and unscored uids available to fill the subnet's minimum count of weights or to take what its max
     share caps (with only the scored uids, a young validator's set was refused by the chain)."""
-    try:
+    with recording_why_not_set(scores):
         return await _set_weights(scores, sink, snapshot, power=power, hotkey=hotkey)
+
+
+@contextlib.contextmanager
+def recording_why_not_set(scores: ScoreBook) -> Iterator[None]:
+    """An exception raised inside is why this weights cycle set nothing: kept in ``scores.weights_not_set``
+    (``/health``, ``/ready``) and raised on, for the loop's WARNING."""
+    try:
+        yield
     except Exception as e:
         scores.weights_not_set = f"{type(e).__name__}: {e}"
         raise

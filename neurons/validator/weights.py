@@ -16,6 +16,7 @@ follows quality exactly as on chain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -139,6 +140,10 @@ class WeightSink(Protocol):
 
     async def rules(self) -> WeightRules: ...
 
+    async def wait_turn(self) -> None:
+        """Wait until a set would be taken now, before the weights are computed (the chain's rate limit)."""
+        ...
+
     async def set_weights(self, uids: list[int], weights: list[float]) -> str:
         """Submit normalised weights; returns a one-line outcome for the log. Raises on failure."""
         ...
@@ -156,6 +161,9 @@ class DisabledSink:
 
     async def rules(self) -> WeightRules:
         return self._rules
+
+    async def wait_turn(self) -> None:
+        return None
 
     async def set_weights(self, uids: list[int], weights: list[float]) -> str:
         return "not set (NEURON_DISABLE_SET_WEIGHTS)"
@@ -178,6 +186,9 @@ class LedgerWeightSink:
 
     async def rules(self) -> WeightRules:
         return self._rules
+
+    async def wait_turn(self) -> None:
+        return None
 
     async def set_weights(self, uids: list[int], weights: list[float]) -> str:
         dests, values = to_u16(np.asarray(uids, dtype=np.int64), np.asarray(weights, dtype=np.float64))
@@ -300,6 +311,19 @@ class ChainWeightSink:
             return float(await client.block_time())
         except Exception:  # noqa: BLE001 - a chain that does not say: the sink's own assumption
             return self.block_seconds
+
+    async def wait_turn(self) -> None:
+        """Wait out the weights rate limit, when it is within ``max_wait``, before the weights cycle reads the
+        metagraph and computes the weights (``loops.fresh_weights_cycle``). Waited in ``set_weights`` alone, the
+        weights set were computed up to ``max_wait`` earlier, on a metagraph in which a uid re-registered meanwhile
+        by another hotkey still had its previous owner, who was paid. A longer wait, or a hotkey not registered:
+        no wait here, and the set says why (``set_weights`` meets the same)."""
+        client = await self._connected()
+        uid = await client.neurons.uid(self.wallet.hotkey.ss58_address, self.netuid)
+        if uid is None:
+            return
+        with contextlib.suppress(WeightsNotSet):
+            await self._wait_for_rate_limit(client, uid)
 
     async def set_weights(self, uids: list[int], weights: list[float]) -> str:
         import bittensor as bt

@@ -956,3 +956,32 @@ async def test_a_validator_without_a_scores_file_says_so_naming_state_dir(tmp_pa
     async with validator_process(env_file, url, log):
         pass
     assert "no scores file" not in tail(log, 0) and "restored scores" in tail(log, 0), tail(log)
+
+
+async def test_weights_set_after_waiting_out_the_chains_rate_limit_follow_the_metagraph_read_after_the_wait(
+        tmp_path: Path) -> None:
+    """The chain sink waits out the weights rate limit (up to ``max_wait``, 300 s by default) before it sets. The
+    weights were computed on the metagraph read before that wait: a uid re-registered by another hotkey meanwhile
+    was paid its previous owner's share, the very case the weights cycle reads the metagraph first to avoid. The
+    wait comes first now, then the read."""
+    from neurons.validator.loops import fresh_weights_cycle
+    from shared.metagraph import MetagraphView
+
+    sink, fake = _chain_sink("//Eve", last_update=990, max_limit=U16_MAX, min_allowed=1)  # 90 blocks left
+    fake.block_seconds = 0.01  # 0.9 s
+    path = tmp_path / "metagraph.json"
+    write_metagraph_file(path, _graph(2))
+    view = MetagraphView(FileMetagraphSource(path))
+    await view.first_refresh()
+
+    async def uid_2_changes_hands_during_the_wait() -> None:
+        await asyncio.sleep(0.3)
+        write_metagraph_file(path, _graph(2, hotkeys={2: "new-owner"}))
+        fake.block += 100
+
+    changing = asyncio.create_task(uid_2_changes_hands_during_the_wait())
+    book = _book(1.0, 0.5)
+    assert await fresh_weights_cycle(view, book, sink, power=1.0) == {1: 1.0}, "uid 2's new owner is paid nothing"
+    await changing
+    assert fake.submitted[0][0].params["dests"] == [1]
+    await sink.close()
