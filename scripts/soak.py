@@ -898,9 +898,10 @@ async def validator_behind(f: Fleet, tmp: Path, outbox: Any = None) -> AsyncIter
     structures and the outbox's depth."""
     from api.availability import AvailabilityCache
     from api.scoring_outbox import OutboxForwarder
-    from neurons.validator.app import RecentPayloads, ValidatorContext, create_validator_app, scoring_verifier
+    from neurons.validator.app import ValidatorContext, create_validator_app, scoring_verifier
     from neurons.validator.availability import AvailabilityBook
     from neurons.validator.inbox import open_inbox
+    from neurons.validator.intake import RecentPayloads
     from neurons.validator.scores import ScoreBook
     from neurons.validator.scoring import ScoringQueue, scoring_worker
     from neurons.validator.tasks import default_registry

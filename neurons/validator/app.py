@@ -3,15 +3,14 @@
 ``/health``, ``/ready``, ``/scores`` and ``/miner_availabilities/*`` answer anyone (the
 same public information as the metagraph and the weights); ``/scoring`` needs a
 btauth/1 signature from an allow-listed API hotkey. Handlers are thin: the
-logic lives in the objects of ``ValidatorContext``.
+logic lives in the objects of ``ValidatorContext`` and, for ``/scoring``, in ``intake.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,19 +19,17 @@ from loguru import logger
 
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.inbox import ScoringInbox
-from neurons.validator.payload import OrganicPayload
+from neurons.validator.intake import RecentPayloads, take_batch, take_one
 from neurons.validator.readiness import ReadinessConfig, readiness
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import ScoringQueue, excuse_refusals
+from neurons.validator.scoring import ScoringQueue
 from shared.availability_query import AVAILABLE_MINERS_QUERY, parse_k, parse_task, read_uid_list
-from shared.errors import ApiError
-from shared.http import error_middleware, json_response, parse_model, read_json, refuse_query, request_lines
+from shared.http import error_middleware, json_response, read_json, refuse_query, request_lines
 from shared.metagraph import MetagraphView
 from shared.metrics import ValidatorMetrics, metrics_handler, metrics_middleware, show_readiness
 from shared.readiness import failing, gauge_age, ready_response
 from shared.signing import CALLER_KEY, UNVERIFIED_BODY_BYTES, Authorizer, RequestVerifier, verified_hotkey
-from shared.store.base import StoreUnavailable
 
 
 def scoring_verifier(self_hotkey: str, api_hotkeys: list[str], *,
@@ -42,37 +39,10 @@ def scoring_verifier(self_hotkey: str, api_hotkeys: list[str], *,
                            not_allowed="is not one of API_HOTKEYS, the API hotkeys this validator takes requests from")
 
 
-SEEN_SIZE = 100_000
 # Routes asked over and over (the APIs' availability polls, each worker every few seconds; a Prometheus scrape, a
 # supervisor's or balancer's probe): their lines at DEBUG while the answer's status holds.
 POLLED = frozenset({"/miner_availabilities/miner_availabilities", "/miner_availabilities/get_available_miners",
                     "/metrics", "/health", "/ready"})
-
-
-class RecentPayloads:
-    """The identities of the last ``size`` payloads accepted: a payload sent again (its 202 was lost on
-    the way back, so the API's forwarder retried) is acknowledged and not scored a second time. The
-    validator's inbox keeps a copy on disk (``ScoringInbox.seen``), so a restart forgets none of them."""
-
-    def __init__(self, size: int = SEEN_SIZE, restored: list[tuple[Any, ...]] | None = None) -> None:
-        self.size = size
-        self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
-        for identity in restored or ():
-            self.add(identity)
-
-    def __contains__(self, identity: tuple[Any, ...] | None) -> bool:
-        return identity is not None and identity in self._seen
-
-    def add(self, identity: tuple[Any, ...] | None) -> None:
-        if identity is None:
-            return
-        self._seen[identity] = None
-        if len(self._seen) > self.size:
-            self._seen.popitem(last=False)
-
-    def pushed_out(self, count: int) -> list[tuple[Any, ...]]:
-        """The oldest identities that adding ``count`` new ones will push out (the inbox forgets them too)."""
-        return list(itertools.islice(self._seen, max(0, len(self._seen) + count - self.size)))
 
 
 @dataclass
@@ -197,25 +167,29 @@ async def ready(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     """Liveness, always a 200: ``status`` is "ok" when ``/ready`` would be a 200, else "degraded", with the
     failing required checks named in ``failing_checks`` (``/ready`` says why)."""
-    ctx = request.app[CTX]
+    return json_response(health_body(request.app[CTX]))
+
+
+def health_body(ctx: ValidatorContext) -> dict[str, Any]:
+    """``/health``'s answer, from memory alone: each part's state (``README`` "HTTP API")."""
     not_ready = failing(readiness(ctx))
-    return json_response({"status": "degraded" if not_ready else "ok", "failing_checks": not_ready,
-                          "availability_updated_at": ctx.book.updated_at or None,
-                          "scoring_queue": ctx.scoring_queue.qsize(),
-                          "scoring_queue_max": ctx.scoring_queue.maxsize,
-                          "scoring_queue_bytes": ctx.scoring_queue.organic_bytes,
-                          "scoring_queue_max_bytes": ctx.scoring_queue.max_bytes,
-                          "synthetic_queue": ctx.scoring_queue.synthetic_qsize(),
-                          "synthetic_queue_max": ctx.scoring_queue.synthetic_maxsize,
-                          "organic_stale_dropped": ctx.scoring_queue.stale_dropped,
-                          "scoring_inbox_waiting": ctx.inbox.waiting if ctx.inbox is not None else 0,
-                          "scores_updated_at": ctx.scores.updated_at or None,
-                          "scores_save_error": ctx.scores.save_error,
-                          "last_weights_set_at": ctx.scores.last_weights_set_at,
-                          "weights_not_set": ctx.scores.weights_not_set,
-                          "metagraph_block": ctx.metagraph.snapshot.block,
-                          "metagraph_age_seconds": round(ctx.metagraph.age_seconds, 1),
-                          "reference": ctx.reference.report()})
+    return {"status": "degraded" if not_ready else "ok", "failing_checks": not_ready,
+            "availability_updated_at": ctx.book.updated_at or None,
+            "scoring_queue": ctx.scoring_queue.qsize(),
+            "scoring_queue_max": ctx.scoring_queue.maxsize,
+            "scoring_queue_bytes": ctx.scoring_queue.organic_bytes,
+            "scoring_queue_max_bytes": ctx.scoring_queue.max_bytes,
+            "synthetic_queue": ctx.scoring_queue.synthetic_qsize(),
+            "synthetic_queue_max": ctx.scoring_queue.synthetic_maxsize,
+            "organic_stale_dropped": ctx.scoring_queue.stale_dropped,
+            "scoring_inbox_waiting": ctx.inbox.waiting if ctx.inbox is not None else 0,
+            "scores_updated_at": ctx.scores.updated_at or None,
+            "scores_save_error": ctx.scores.save_error,
+            "last_weights_set_at": ctx.scores.last_weights_set_at,
+            "weights_not_set": ctx.scores.weights_not_set,
+            "metagraph_block": ctx.metagraph.snapshot.block,
+            "metagraph_age_seconds": round(ctx.metagraph.age_seconds, 1),
+            "reference": ctx.reference.report()}
 
 
 async def scores(request: web.Request) -> web.Response:
@@ -240,131 +214,12 @@ async def get_available_miners(request: web.Request) -> web.Response:
 
 async def scoring(request: web.Request) -> web.Response:
     """Organic results: signature first (its headers before the body is read: 400/401/403, 503 when too many
-    bodies are being read unverified), then the payload (400), then the queue (503)."""
+    bodies are being read unverified), then the payload (400), then the queue (503): ``intake.py``."""
     ctx = request.app[CTX]
     request[CALLER_KEY] = await ctx.verifier.read_verified(request)
     data = await read_json(request)
+    signer = request[CALLER_KEY].hotkey_ss58
     if isinstance(data, list):
-        return await _score_batch(ctx, data, request[CALLER_KEY].hotkey_ss58)
-    payload = organic_payload(data, ctx.scores.probabilities)
-    queued, _, _ = await _queue_new(ctx, [payload], request[CALLER_KEY].hotkey_ss58)
-    logger.debug("organic payload request_id={} task={} uids={}: {}", payload.request_id, payload.body.get("task"),
-                 payload.uids, "queued" if queued else "not queued (seen before, too old, or no uid registered now)")
-    snapshot = ctx.metagraph.snapshot
-    return json_response({"status": "accepted", "uids": sorted(u for u in payload.uids if snapshot.by_uid(u))},
-                         status=202)
-
-
-MAX_SCORING_BATCH = 256
-
-
-def organic_payload(item: Any, tasks: Collection[str]) -> OrganicPayload:
-    """``item`` as a payload this validator can score: well formed, and of one of ``tasks`` (those it scores, its
-    registry's). One of another task (a miner's own, which the API races too) was taken with a 202 and dropped
-    when its turn came, at DEBUG: the API's outbox counted it delivered and nobody learnt it went unscored. Now
-    a 400 ``unknown_task`` naming ``body.task`` and the tasks scored (in a batch, a ``rejected`` item), which the
-    API's forwarder drops as it drops any payload the validator refuses, instead of sending it again."""
-    payload: OrganicPayload = parse_model(OrganicPayload, item)
-    if payload.task not in tasks:
-        raise ApiError(400, f"Unknown task {payload.task[:64]!r}: this validator scores "
-                            f"{', '.join(sorted(tasks))}.", param="body.task", code="unknown_task")
-    return payload
-
-
-async def _enqueue(ctx: ValidatorContext, jobs: list[Any], identities: set[Any]) -> None:
-    """All or nothing: a batch that does not fit (by count or by bytes, or behind jobs from before a restart
-    still waiting on disk: a batch of repeats alone is still taken) is a 503 and is retried whole; so is one
-    the inbox cannot store. The jobs and the
-    identities new to the seen-list are on disk before they are queued, and before the 202."""
-    queue = ctx.scoring_queue
-    if (jobs and ctx.inbox is not None and ctx.inbox.waiting) or not queue.room_for(jobs):
-        raise ApiError(503, "Scoring queue is full; retry later.", code="queue_full", headers={"Retry-After": "5"})
-    new = [i for i in identities if i is not None]
-    if ctx.inbox is not None:
-        try:
-            await ctx.inbox.accept(jobs, new, ctx.seen.pushed_out(len(new)))
-        except StoreUnavailable:
-            raise ApiError(503, "The validator could not store these scoring payloads (its disk may be full); "
-                                "retry later.", code="store_unavailable", headers={"Retry-After": "5"}) from None
-    for job in jobs:
-        queue.put_nowait(job)
-    for identity in new:
-        ctx.seen.add(identity)
-
-
-async def _queue_new(ctx: ValidatorContext, payloads: list[OrganicPayload], signer: str) -> tuple[int, int, int]:
-    """``_queue_new_now``, one POST at a time while the inbox writes (its write is awaited in a thread), and
-    shielded: an API that hangs up mid-write (its handler cancelled) must not leave jobs stored but neither
-    queued nor remembered as seen (scored after the next restart, and again when it sends them again)."""
-    if ctx.inbox is None:
-        return await _queue_new_now(ctx, payloads, signer)
-    return await asyncio.shield(_queue_new_locked(ctx, ctx.inbox, payloads, signer))
-
-
-async def _queue_new_locked(ctx: ValidatorContext, inbox: ScoringInbox,
-                            payloads: list[OrganicPayload], signer: str) -> tuple[int, int, int]:
-    async with inbox.accepting:
-        return await _queue_new_now(ctx, payloads, signer)
-
-
-async def _queue_new_now(ctx: ValidatorContext, payloads: list[OrganicPayload], signer: str) -> tuple[int, int, int]:
-    """Queue the jobs of the payloads not scored before (all or nothing: ``_enqueue``), then remember
-    them; returns (queued, repeated, stale). A payload seen before, or twice in one batch (the forwarder
-    retried a batch whose 202 it lost), is acknowledged and not scored again; one none of whose uids is
-    registered now spends no queue slot, nor does one whose caller chose its miners (never scored), nor
-    one older than the queue's ``max_age`` (an outbox backlog after an outage: counted, not scored). ``signer``: the
-    API hotkey that signed the POST (and its races): miners that refused it are left out while it holds no
-    permit (``excuse_refusals``)."""
-    jobs, identities, repeated, stale = [], set(), 0, 0
-    queue = ctx.scoring_queue
-    for payload in payloads:
-        identity = payload.identity()
-        if identity in ctx.seen or (identity is not None and identity in identities):
-            repeated += 1
-            continue
-        identities.add(identity)
-        if payload.caller_chose_miners:
-            logger.debug("scoring: request_id={} not scored: its caller chose the miners", payload.request_id)
-            continue
-        if queue.is_stale(payload.created_at):
-            stale += 1
-            continue
-        job = payload.to_job(ctx.metagraph.snapshot, ctx.organic_timeout)
-        excuse_refusals(job, ctx.metagraph.snapshot, signer)
-        if job.hotkeys:
-            jobs.append(job)
-    await _enqueue(ctx, jobs, identities)
-    if stale:
-        queue.dropped_stale(stale, f"of {len(payloads)} payload(s) of a /scoring, acknowledged")
-    elif jobs:
-        queue.stale_told.ok()
-    return len(jobs), repeated, stale
-
-
-async def _score_batch(ctx: ValidatorContext, items: list[Any], signer: str) -> web.Response:
-    """A JSON array of payloads (the API's forwarder batches): malformed items are reported, not fatal."""
-    if not items or len(items) > MAX_SCORING_BATCH:
-        raise ApiError(400, f"A scoring batch holds 1 to {MAX_SCORING_BATCH} payloads.", code="invalid_payload")
-    payloads, rejected = [], []
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):  # "Request body must be a JSON object" said of a batch that is an array
-            rejected.append({"index": index, "error": "A scoring payload must be a JSON object."})
-            continue
-        try:
-            payloads.append(organic_payload(item, ctx.scores.probabilities))
-        except ApiError as e:
-            rejected.append({"index": index, "error": e.message})
-    queued, repeated, stale = await _queue_new(ctx, payloads, signer)
-    if repeated:
-        logger.info("scoring: {} of {} payloads were sent before and are not scored again", repeated, len(items))
-    if rejected:
-        first = rejected[0]
-        logger.warning("scoring: rejected {} of {} payloads as malformed (first: index {} request_id={}: {})",
-                       len(rejected), len(items), first["index"], _request_id(items[first["index"]]), first["error"])
-    # accepted: every well-formed payload, queued or not (one sent before, too old, or with no uid registered now)
-    return json_response({"status": "accepted", "accepted": len(items) - len(rejected), "queued": queued,
-                          "stale": stale, "rejected": rejected}, status=202)
-
-
-def _request_id(item: Any) -> Any:
-    return str(item.get("request_id"))[:128] if isinstance(item, dict) else None
+        outcome = await take_batch(ctx, data, signer)
+        return json_response({"status": "accepted", **dataclasses.asdict(outcome)}, status=202)
+    return json_response({"status": "accepted", "uids": await take_one(ctx, data, signer)}, status=202)

@@ -14,16 +14,11 @@ import aiohttp
 from loguru import logger
 
 from neurons.miner.media_urls import fetcher_for
-from neurons.validator.app import (
-    SEEN_SIZE,
-    RecentPayloads,
-    ValidatorContext,
-    create_validator_app,
-    scoring_verifier,
-)
+from neurons.validator.app import ValidatorContext, create_validator_app, scoring_verifier
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.datasets import build_datasets
 from neurons.validator.inbox import ScoringInbox, open_inbox
+from neurons.validator.intake import SEEN_SIZE, RecentPayloads
 from neurons.validator.loops import (
     availability_cycle,
     every,

@@ -27,8 +27,9 @@ from loguru import logger
 
 from api.scoring_outbox import OutboxForwarder
 from neurons.miner.backends.deterministic import DeterministicBackend
-from neurons.validator.app import SEEN_SIZE, RecentPayloads, ValidatorContext, create_validator_app
+from neurons.validator.app import ValidatorContext, create_validator_app
 from neurons.validator.inbox import ScoringInbox
+from neurons.validator.intake import SEEN_SIZE, RecentPayloads
 from neurons.validator.reference import DeterministicReference
 from neurons.validator.scoring import Scorer, ScoringJob, ScoringQueue, scoring_worker
 from neurons.validator.tasks import default_registry
