@@ -25,7 +25,7 @@ from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.rewards.penalties import DEFAULT_GRACE, copied_uids, latency_factor
 from neurons.validator.rewards.tools import Call, calls_of, offers_tools, tool_reward
 from neurons.validator.scores import ScoreBook
-from neurons.validator.tasks.base import RewardContext, TaskRegistry
+from neurons.validator.tasks.base import RewardContext, Task, TaskRegistry
 from shared.ids import loggable_id
 from shared.metagraph import MetagraphSnapshot, MetagraphView, Neuron
 from shared.protocol import content_text
@@ -200,24 +200,31 @@ class Scorer:
         for uid, answer in answers.items():
             if not self.owns(job, uid):
                 continue  # compared for copies above, judged for nobody (a reference call each)
-            if offers_tools(job.bodies[uid]) and answer.error in (None, EMPTY):
-                judged, reward = await self._by_calls(job.bodies[uid], answer, job.expected)
-                if judged:
-                    if reward is not None:
-                        out[uid] = reward * latency_factor(answer.first_content_s, job.deadline_s, self.grace)
-                    continue
-            if job.source == "organic" and caller_emptied(job.bodies[uid], answer):
-                if not await self._empty_is_right(job.bodies[uid]):
-                    out[uid] = 0.0  # the reference says something: the caller's limits did not empty it
-                continue
-            if answer.error is not None or uid in copied or answer.tool_calls or not answer.text.strip():
-                out[uid] = 0.0  # an error, a copy, or tools called that were never offered (or `tool_choice: none`)
-                continue
-            reward = await task.reward(job.bodies[uid], answer.text[:MAX_SCORED_CHARS], job.expected, self.ctx)
-            if reward is None:
-                continue
-            out[uid] = reward * latency_factor(answer.first_content_s, job.deadline_s, self.grace)
+            reward = await self._judge(job, task, uid, answer, copied=uid in copied)
+            if reward is not None:
+                out[uid] = reward
         return out
+
+    async def _judge(self, job: ScoringJob, task: Task, uid: int, answer: Answer, *, copied: bool) -> float | None:
+        """One answer's reward (None: not scored), in the order the rules take precedence: by its calls when the
+        request offered tools, then an empty organic answer the caller's own limits may explain, then the
+        penalties (an error, a copy, tools called that were never offered or `tool_choice: none`), then the task's
+        own reward; the latency factor on whatever is earned."""
+        body = job.bodies[uid]
+        if offers_tools(body) and answer.error in (None, EMPTY):
+            judged, reward = await self._by_calls(body, answer, job.expected)
+            if judged:
+                return None if reward is None else reward * self._latency(answer, job)
+        if job.source == "organic" and caller_emptied(body, answer):
+            # the reference says something: the caller's limits did not empty it
+            return None if await self._empty_is_right(body) else 0.0
+        if answer.error is not None or copied or answer.tool_calls or not answer.text.strip():
+            return 0.0
+        reward = await task.reward(body, answer.text[:MAX_SCORED_CHARS], job.expected, self.ctx)
+        return None if reward is None else reward * self._latency(answer, job)
+
+    def _latency(self, answer: Answer, job: ScoringJob) -> float:
+        return latency_factor(answer.first_content_s, job.deadline_s, self.grace)
 
     def owns(self, job: ScoringJob, uid: int) -> bool:
         """``uid`` is still held by the hotkey that answered in ``job``: only such a uid is judged and credited."""
