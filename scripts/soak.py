@@ -903,7 +903,8 @@ async def validator_behind(f: Fleet, tmp: Path, outbox: Any = None) -> AsyncIter
     from neurons.validator.inbox import open_inbox
     from neurons.validator.intake import RecentPayloads
     from neurons.validator.scores import ScoreBook
-    from neurons.validator.scoring import ScoringQueue, scoring_worker
+    from neurons.validator.scoring import scoring_worker
+    from neurons.validator.scoring_queue import ScoringQueue
     from neurons.validator.tasks import default_registry
     from shared.metagraph import MetagraphSnapshot, MetagraphView
     from shared.store.outbox import open_outbox

@@ -23,7 +23,7 @@ from neurons.validator.intake import RecentPayloads, take_batch, take_one
 from neurons.validator.readiness import ReadinessConfig, readiness
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import ScoringQueue
+from neurons.validator.scoring_queue import ScoringQueue
 from shared.availability_query import AVAILABLE_MINERS_QUERY, parse_k, parse_task, read_uid_list
 from shared.http import error_middleware, json_response, read_json, refuse_query, request_lines
 from shared.metagraph import MetagraphView

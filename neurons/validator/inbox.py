@@ -21,7 +21,8 @@ from typing import Any
 
 from loguru import logger
 
-from neurons.validator.scoring import ScoringJob, ScoringQueue
+from neurons.validator.scoring import ScoringJob
+from neurons.validator.scoring_queue import ScoringQueue
 from shared.jsonutil import dumps, loads
 from shared.settings import SettingsError
 from shared.store.base import StoreUnavailable

@@ -17,7 +17,7 @@ from loguru import logger
 
 from neurons.validator.availability import AvailabilityBook, poll_all
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import ScoringQueue
+from neurons.validator.scoring_queue import ScoringQueue
 from neurons.validator.synthetic import SyntheticConfig, run_cycle
 from neurons.validator.tasks.base import TaskRegistry
 from neurons.validator.weights import WeightSink, WeightsNotSet, log_top, weights_from_scores

@@ -37,7 +37,8 @@ from neurons.validator.reference import (
 )
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import Scorer, ScoringQueue, job_failures, scoring_worker
+from neurons.validator.scoring import Scorer, job_failures, scoring_worker
+from neurons.validator.scoring_queue import ScoringQueue
 from neurons.validator.synthetic import SyntheticConfig
 from neurons.validator.tasks import default_registry, warn_if_normalised
 from neurons.validator.tasks.base import RewardContext, TaskRegistry

@@ -16,7 +16,7 @@ from api.scoring_outbox import OutboxForwarder
 from neurons.validator.app import ValidatorContext, create_validator_app
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import ScoringQueue
+from neurons.validator.scoring_queue import ScoringQueue
 from neurons.validator.tasks import default_registry
 from shared.http import app_runner
 from shared.metagraph import MetagraphView

@@ -26,7 +26,7 @@ from neurons.miner.faults import create_fault_app
 from neurons.validator.app import ValidatorContext, create_validator_app
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import ScoringQueue
+from neurons.validator.scoring_queue import ScoringQueue
 from neurons.validator.tasks import default_registry
 from shared.metagraph import MetagraphView
 from shared.signing import Authorizer, RequestVerifier

@@ -23,7 +23,7 @@ from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.validator.app import ValidatorContext, create_validator_app, scoring_verifier
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import ScoringQueue
+from neurons.validator.scoring_queue import ScoringQueue
 from neurons.validator.tasks import default_registry
 from shared.byte_budget import ByteBudget
 from shared.metagraph import MetagraphView

@@ -21,7 +21,8 @@ from neurons.validator.app import ValidatorContext, create_validator_app
 from neurons.validator.availability import AvailabilityBook, poll_all
 from neurons.validator.reference import DeterministicReference
 from neurons.validator.scores import ScoreBook
-from neurons.validator.scoring import Scorer, ScoringJob, ScoringQueue, scoring_worker
+from neurons.validator.scoring import Scorer, ScoringJob, scoring_worker
+from neurons.validator.scoring_queue import ScoringQueue
 from neurons.validator.tasks import default_registry
 from neurons.validator.tasks.base import RewardContext
 from shared.corpus import builtin_corpus
