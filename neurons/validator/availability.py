@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from loguru import logger
@@ -189,7 +191,8 @@ def warn_none_reachable(told: OutageLog, failures: dict[int, str]) -> None:
 # Refusals that point at a clock, by the code a receiver names (``shared.signing``), and how the WARNING counts each:
 # a stale nonce (either clock off), and one older than a receiver's start that the MinerClient's one re-signing
 # did not cure (this host's clock behind the miner's, which just restarted).
-CLOCK_REFUSALS = {"StaleRequest": "as stale", "SignedBeforeStart": "as signed before their start"}
+CLOCK_REFUSALS: Mapping[str, str] = MappingProxyType({"StaleRequest": "as stale",
+                                                     "SignedBeforeStart": "as signed before their start"})
 
 
 def clock_note(refusals: dict[int, str], uids: list[int]) -> tuple[str, list[int]]:

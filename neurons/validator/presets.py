@@ -7,7 +7,10 @@ subnet (it sends far more synthetic traffic than miners should bear).
 
 from __future__ import annotations
 
-FAST_ENV: dict[str, str] = {
+from collections.abc import Mapping
+from types import MappingProxyType
+
+FAST_ENV: Mapping[str, str] = MappingProxyType({
     "METAGRAPH_REFRESH_SECONDS": "2",
     "AVAILABILITY_INTERVAL": "1",
     "AVAILABILITY_TIMEOUT": "1",
@@ -16,4 +19,4 @@ FAST_ENV: dict[str, str] = {
     "SYNTHETIC_CONCURRENCY": "4",
     "SCORE_ALPHA": "0.2",
     "WEIGHTS_INTERVAL": "3",
-}
+})

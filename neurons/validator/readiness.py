@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from loguru import logger
@@ -36,8 +37,9 @@ MIN_AVAILABILITY_LIMIT = 60.0  # seconds: the shortest age at which availability
 POLLS_MISSED = 3  # availability older than this many AVAILABILITY_INTERVALs (plus a poll's timeout) is stale
 WEIGHTS_MISSED = 3  # no weights set for this many WEIGHTS_INTERVALs (or chain rate limits) is a failure
 CHAIN_READ_SECONDS = 15.0  # the longest the start waits for the chain's limits
-TRIED_BY = {TRAFFIC: "traffic", RECHECK: f"the recheck, every {RECHECK_SECONDS:g}s while no traffic tries",
-            START: "the check at start"}
+TRIED_BY: Mapping[str, str] = MappingProxyType({
+    TRAFFIC: "traffic", RECHECK: f"the recheck, every {RECHECK_SECONDS:g}s while no traffic tries",
+    START: "the check at start"})
 
 
 @dataclass
@@ -312,12 +314,12 @@ def weights_rate_limit(ctx: ValidatorContext) -> CheckOut:
                                                     f"than {what}")
 
 
-CHECKS: dict[str, Callable[[ValidatorContext], CheckOut]] = {
+CHECKS: Mapping[str, Callable[[ValidatorContext], CheckOut]] = MappingProxyType({
     "metagraph": metagraph, "availability": availability, "scores": scores, "scoring_inbox": scoring_inbox,
     "reference": reference, "permit": permit, "stake": stake, "weights": weights,
     "miners": miners, "scoring_queue": scoring_queue, "last_weights_cycle": last_weights_cycle,
     "weights_rate_limit": weights_rate_limit,
-}
+})
 START_CHECKS = ("weights_rate_limit", "stake")  # the ones the start reads the chain for, and warns about
 
 

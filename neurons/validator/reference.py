@@ -22,7 +22,8 @@ import contextlib
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import aiohttp
@@ -50,8 +51,9 @@ from shared.resend import post_once_more
 from shared.settings import mask_credentials
 
 # The settings an operator fixes for what the reference model's server refuses (``listing_hint``'s words)
-REFERENCE_SETTINGS = {"url_setting": "REFERENCE_LLM_URL", "key_setting": "REFERENCE_LLM_API_KEY",
-                      "models_setting": "REFERENCE_LLM_MODEL", "what": "its model"}
+REFERENCE_SETTINGS: Mapping[str, str] = MappingProxyType({
+    "url_setting": "REFERENCE_LLM_URL", "key_setting": "REFERENCE_LLM_API_KEY", "models_setting": "REFERENCE_LLM_MODEL",
+    "what": "its model"})
 
 
 class ReferenceError(Exception):

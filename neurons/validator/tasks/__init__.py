@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from loguru import logger
 
@@ -15,15 +17,15 @@ from neurons.validator.tasks.web import WebRetrievalTask
 
 # Inference is most of the subnet's traffic, so most of the score; the others keep a
 # miner honest on tasks a cheap model cannot fake.
-DEFAULT_PROBABILITIES = {
+DEFAULT_PROBABILITIES: Mapping[str, float] = MappingProxyType({
     InferenceTask.name: 0.5,
     QuestionAnsweringTask.name: 0.2,
     ArithmeticTask.name: 0.15,
     WebRetrievalTask.name: 0.15,
-}
+})
 
 
-def default_registry(probabilities: dict[str, float] | None = None) -> TaskRegistry:
+def default_registry(probabilities: Mapping[str, float] | None = None) -> TaskRegistry:
     probs = probabilities or DEFAULT_PROBABILITIES
     known: list[Task] = [InferenceTask(), QuestionAnsweringTask(), ArithmeticTask(), WebRetrievalTask()]
     unknown = set(probs) - {t.name for t in known}
