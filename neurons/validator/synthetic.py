@@ -149,11 +149,15 @@ async def ask_miners(client: MinerClient, job: ScoringJob, neurons: list[Neuron]
             calls[n.uid] = asyncio.create_task(query_one(client, n, job.bodies[n.uid], deadline))
         else:
             job.errors[n.uid] = UNAVAILABLE
-    for uid, call in calls.items():
-        run = (await call).runs[0]
-        job.chunks[uid], job.timings[uid] = run.event_texts(), list(run.timings)
-        if run.error:
-            job.errors[uid] = run.error
+    try:
+        for uid, call in calls.items():
+            run = (await call).runs[0]
+            job.chunks[uid], job.timings[uid] = run.event_texts(), list(run.timings)
+            if run.error:
+                job.errors[uid] = run.error
+    finally:  # the cycle stopped (a shutdown): the calls not awaited yet stop with it, not at their deadline
+        for call in calls.values():
+            call.cancel()
 
 
 async def run_cycle(

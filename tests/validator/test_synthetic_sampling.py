@@ -202,3 +202,47 @@ async def test_a_validator_without_a_permit_scores_no_miner_for_refusing_it(tmp_
     assert all(" 1=" in line and " 2=" not in line and " 3=" not in line for line in scored), scored[-3:]
     assert "refused this validator's signed requests (uids 2,3)" in tail(log, 0)
     assert json.loads(book.path.read_text())["miners"]["2"]["tasks"] == book.to_json()["miners"]["2"]["tasks"]
+
+
+async def test_a_synthetic_cycle_stopped_mid_job_leaves_no_miner_call_running() -> None:
+    """A shutdown cancels the synthetic loops mid-job: the calls to the sampled miners were left running (until
+    their deadline, past the session's close), and at exit were "Task was destroyed but it is pending"."""
+    import asyncio
+
+    from aiohttp import web
+
+    from neurons.validator.tasks import DEFAULT_PROBABILITIES
+
+    arrived = asyncio.Event()
+    held: list[int] = []
+
+    async def never_answers(request: web.Request) -> web.StreamResponse:
+        held.append(1)
+        if len(held) == 2:
+            arrived.set()
+        await asyncio.sleep(60)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", never_answers)
+    every_task = {"task_availabilities": dict.fromkeys(DEFAULT_PROBABILITIES, True), "llm_model_availabilities": {}}
+    async with serve_app(app) as url:
+        axon = url.removeprefix("http://")
+        miners = {uid: (keypair(f"//Miner{uid}").ss58_address, axon) for uid in (1, 2)}
+        view = MetagraphView(StaticSource(snapshot(VALIDATOR_KP.ss58_address, miners)))
+        await view.refresh()
+        book = AvailabilityBook(entries={1: every_task, 2: every_task},
+                                hotkeys={u: hk for u, (hk, _) in miners.items()})
+        client = MinerClient(make_session(), Signer(VALIDATOR_KP))
+        try:
+            cycle = asyncio.create_task(run_cycle(client, view, book, default_registry(),
+                                                  build_datasets(builtin_corpus()),
+                                                  SyntheticConfig(sample_size=8, timeout=30.0), random.Random(1)))
+            await asyncio.wait_for(arrived.wait(), 10)
+            cycle.cancel()
+            await asyncio.gather(cycle, return_exceptions=True)
+            await asyncio.sleep(0.05)
+            running = [t for t in asyncio.all_tasks() if "query_one" in repr(t.get_coro())]
+            assert running == [], "miner calls still running after their cycle was stopped"
+        finally:
+            await client.session.close()
