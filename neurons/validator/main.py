@@ -228,11 +228,15 @@ def validator_context(parts: Parts, started_at: float) -> ValidatorContext:
 
 async def close_parts(parts: Parts) -> None:
     """Shutdown, after the loops stopped: the clients the parts hold (the chain's, the reference model's pool,
-    the miners' session, the metagraph's source)."""
-    await parts.sink.close()
-    await parts.reference.close()
-    await parts.session.close()
-    await parts.metagraph.source.close()
+    the miners' session, the metagraph's source). One that fails to close is said, and the others are still
+    closed: the first failure (a chain connection already gone) left the rest open, and nothing said why."""
+    closes = {"the weight sink": parts.sink.close, "the reference model": parts.reference.close,
+              "the miners' session": parts.session.close, "the metagraph source": parts.metagraph.source.close}
+    for what, close in closes.items():
+        try:
+            await close()
+        except Exception as e:  # noqa: BLE001 - said, and the next part is still closed
+            logger.warning("shutdown: {} was not closed cleanly: {}: {}", what, type(e).__name__, e)
 
 
 def log_start(parts: Parts) -> None:

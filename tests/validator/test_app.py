@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -945,3 +946,30 @@ async def test_a_loop_that_stops_is_an_error_in_the_log_at_once() -> None:
         logger.remove(sink)
     assert "weights loop stopped" in lines[0] and "RuntimeError: metrics hook broke" in lines[0], lines
     assert len(lines) == 1, lines  # said once, not again at shutdown
+
+
+async def test_a_part_that_fails_to_close_at_shutdown_leaves_the_others_closed_and_is_said() -> None:
+    """The weight sink's close failing (a chain connection already gone) stopped the shutdown's closes there: the
+    reference model's pool, the miners' session and the metagraph's source were left open, and nothing said why."""
+    from types import SimpleNamespace
+
+    from neurons.validator.main import close_parts
+    from neurons.validator.reference import CachedReference
+
+    class ChainGone:
+        async def close(self) -> None:
+            raise ConnectionError("chain gone")
+
+    session = make_session()
+    parts = SimpleNamespace(sink=ChainGone(), reference=CachedReference(DeterministicReference()), session=session,
+                            metagraph=make_ctx().metagraph)
+    lines, sink = log_lines("WARNING")
+    try:
+        with contextlib.suppress(ConnectionError):  # raised: the failure before the fix
+            await close_parts(parts)  # type: ignore[arg-type]
+        closed_by_shutdown = session.closed
+    finally:
+        logger.remove(sink)
+        await session.close()  # what the test opened, whatever close_parts did
+    assert closed_by_shutdown, "the miners' session was left open"
+    assert any("weight sink" in line and "ConnectionError: chain gone" in line for line in lines), lines
