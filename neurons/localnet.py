@@ -10,6 +10,7 @@ integration tests start.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import secrets
@@ -133,6 +134,12 @@ def check_miner_ports(config: LocalNetConfig) -> None:
     if len(set(named)) < len(named):
         raise ValueError(f"--miner-port {config.miner_ports}: each miner needs a port of its own, not the API's "
                          "nor the validator's")
+
+
+# What polling a child that is not up yet may raise: nothing listening (URLError, OSError), or an answer that is no
+# HTTP (http.client's BadStatusLine): a poll of a port in the ephemeral range with nothing bound yet can connect to
+# itself (TCP's simultaneous open) and read back its own request, ``GET /health HTTP/1.1``, which ended the start.
+NOT_UP_YET = (urllib.error.URLError, OSError, http.client.HTTPException)
 
 
 @dataclass
@@ -419,7 +426,7 @@ class LocalNet:
                             pending.remove(child)
                             if progress:
                                 say(f"  up: {child.name:<10} {child.health_url.rsplit('/', 1)[0]}")
-                except (urllib.error.URLError, OSError):
+                except NOT_UP_YET:
                     pass
             if pending and time.monotonic() > deadline:
                 names = ", ".join(c.name for c in pending)
@@ -487,7 +494,7 @@ def wait_available(validator_url: str, expected: int, *, timeout: float, childre
             seen = answer if isinstance(answer, dict) else {}
             if sum(1 for entry in seen.values() if entry) >= expected:
                 return
-        except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        except (*NOT_UP_YET, ValueError, AttributeError):
             pass
         if time.monotonic() > deadline:
             down = [str(uid) for uid, entry in seen.items() if not entry]

@@ -112,3 +112,37 @@ def test_temp_files_left_by_a_validator_killed_mid_set_are_removed_at_the_next_s
     net.prepare()
     assert not list(tmp_path.glob(".*.json.*")), "removed at the start"
     assert json.loads(net.metagraph_path.read_text())["block"] == 1
+
+
+def test_a_health_poll_that_reads_no_http_keeps_waiting(tmp_path: Path) -> None:
+    """A poll of a port with nothing bound yet, in the ephemeral range, can connect to itself (TCP's simultaneous
+    open) and read its own request back: ``BadStatusLine: GET /health HTTP/1.1`` ended the whole start (a flaky
+    ``test_localnet_cli``). Such an answer is a child not up yet, as a refused connection is."""
+    import socket
+    import threading
+
+    from neurons.localnet import LocalNet, LocalNetConfig
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        for answer in (b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",  # its own request, as a self-connected poll reads
+                       b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        net = LocalNet(LocalNetConfig(directory=tmp_path))
+        net.wait_healthy([Child("miner1", alive, f"http://127.0.0.1:{port}/health", tmp_path / "m.log")], timeout=20)
+    finally:
+        alive.kill()
+        alive.wait()
+        listener.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "the second poll, answered 200, ended the wait"
