@@ -23,14 +23,17 @@ from neurons.validator.tasks.base import TaskRegistry
 from neurons.validator.weights import WeightSink, WeightsNotSet, log_top, weights_from_scores
 from shared.metagraph import MetagraphSnapshot, MetagraphView
 from shared.miner_client import MinerClient
+from shared.store.outage import OutageLog
 
 
 async def every(name: str, interval: float, cycle: Callable[[], Awaitable[Any]], *, first_delay: float = 0.0,
                 observe: Callable[[str, float, bool], None] | None = None) -> None:
     """Run ``cycle`` forever, ``interval`` seconds apart (start to start when it is quicker).
 
-    ``observe(name, seconds, ok)`` is told about every cycle (the ``/metrics`` loop timings)."""
+    ``observe(name, seconds, ok)`` is told about every cycle (the ``/metrics`` loop timings). A run of failed
+    cycles is told as ``failed_cycle`` says, and its end in one INFO line."""
     name_task(name)
+    failures = OutageLog(f"{name} cycle failed", every=math.inf, back="a cycle succeeded again")
     await asyncio.sleep(first_delay)
     loop = asyncio.get_running_loop()
     while True:
@@ -39,13 +42,24 @@ async def every(name: str, interval: float, cycle: Callable[[], Awaitable[Any]],
         try:
             await cycle()
             ok = True
+            failures.ok()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - one failed cycle must not end the loop
-            logger.warning("{} cycle failed: {}: {}", name, type(e).__name__, e)
+            failed_cycle(failures, name, e)
         if observe is not None:
             observe(name, loop.time() - started, ok)
         await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
+
+
+def failed_cycle(failures: OutageLog, name: str, error: Exception) -> None:
+    """Tell a failed cycle: the first of a run with its traceback, each repeat in one line naming how many in a
+    row. A bug inside a cycle fails it every interval, and told in one line each with no traceback, the operator
+    never had a stack to report (``failures.ok`` ends the run with one INFO line)."""
+    said = f"{type(error).__name__}: {error}"
+    failures.failed(said, exception=error)  # its ``every`` is infinite: the run's first line alone, with the stack
+    if failures.failures > 1:
+        logger.warning("{} cycle failed again ({} in a row): {}", name, failures.failures, said)
 
 
 def name_task(name: str) -> None:

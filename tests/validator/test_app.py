@@ -948,6 +948,45 @@ async def test_a_loop_that_stops_is_an_error_in_the_log_at_once() -> None:
     assert len(lines) == 1, lines  # said once, not again at shutdown
 
 
+async def test_a_run_of_failed_cycles_is_told_with_one_traceback_a_count_and_its_end() -> None:
+    """A bug inside a cycle fails it every interval: each was a one-line WARNING with no traceback, so the operator
+    never had a stack to report. The run's first failure carries the traceback, each repeat is one line naming how
+    many in a row, and the first cycle that succeeds after them is one INFO line."""
+    from neurons.validator.loops import every
+
+    outcomes = iter(["bug", "bug", "bug", "ok", "ok", "bug"])
+    done = asyncio.Event()
+
+    async def cycle() -> None:
+        outcome = next(outcomes, None)
+        if outcome is None:
+            done.set()
+        elif outcome == "bug":
+            {}["missing"]  # noqa: B018 - a validator bug: a KeyError deep in the cycle
+
+    said: list[tuple[str, str, str]] = []
+    sink = logger.add(lambda m: said.append((m.record["level"].name, m.record["message"], str(m))), level="INFO",
+                      format="{message}", filter=lambda r: "cycle" in r["message"])
+    task = asyncio.create_task(every("metagraph", 0.001, cycle))
+    try:
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        logger.remove(sink)
+    levels_and_lines = [(level, message) for level, message, _ in said]
+    assert levels_and_lines[0] == ("WARNING", "metagraph cycle failed: KeyError: 'missing'"), said
+    assert "Traceback" in said[0][2] and "in cycle" in said[0][2], said[0][2]  # the stack, naming the bug's frame
+    assert levels_and_lines[1:3] == [("WARNING", "metagraph cycle failed again (2 in a row): KeyError: 'missing'"),
+                                     ("WARNING", "metagraph cycle failed again (3 in a row): KeyError: 'missing'")]
+    assert all("Traceback" not in text for _, _, text in said[1:3])  # the repeats are one line each
+    assert levels_and_lines[3][0] == "INFO" and re.fullmatch(
+        r"metagraph cycle failed: a cycle succeeded again after \d+\.\d s \(3 failure\(s\)\)", said[3][1]), said
+    assert levels_and_lines[4] == ("WARNING", "metagraph cycle failed: KeyError: 'missing'"), said  # a new run
+    assert "Traceback" in said[4][2] and len(said) == 6 and said[5][0] == "INFO", said  # and its end
+
+
 async def test_a_part_that_fails_to_close_at_shutdown_leaves_the_others_closed_and_is_said() -> None:
     """The weight sink's close failing (a chain connection already gone) stopped the shutdown's closes there: the
     reference model's pool, the miners' session and the metagraph's source were left open, and nothing said why."""
