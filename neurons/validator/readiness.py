@@ -303,8 +303,10 @@ def weights_rate_limit(ctx: ValidatorContext) -> CheckOut:
         error = f" ({limits.error})" if limits is not None and limits.error else ""
         return CheckOut(ok=True, required=False, detail=f"not checked: the chain's weights rate limit is not read "
                                                         f"yet{error}")
+    assumed = (f", the block time assumed: the chain did not answer ({limits.block_seconds_assumed})"
+               if limits.block_seconds_assumed else "")
     what = (f"the chain's weights rate limit on netuid {limits.netuid} ({limits.rate_limit_blocks} blocks x "
-            f"{limits.block_seconds:g} s = {seconds:g} s)")
+            f"{limits.block_seconds:g} s = {seconds:g} s{assumed})")
     if cfg.weights_interval < seconds:
         return CheckOut(ok=False, required=False,
                         detail=f"WEIGHTS_INTERVAL ({cfg.weights_interval:g} s) is shorter than {what}: the cycles in "

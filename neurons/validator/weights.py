@@ -225,6 +225,8 @@ class ChainLimits:
     netuid: int
     rate_limit_blocks: int | None = None  # ``WeightsSetRateLimit``: blocks between two sets of one hotkey
     block_seconds: float | None = None  # the chain's block time (12 s on finney, 0.25 s on a fast local chain)
+    # why ``block_seconds`` is the sink's assumption, not the chain's (its error when asked; None: the chain said it)
+    block_seconds_assumed: str | None = None
     # ``StakeThreshold``: the stake weight a hotkey needs to set weights (the subnet owner's is exempt), in
     # TAO/alpha units (the chain keeps it in rao); the SDK's preflight does not check it, the chain does
     stake_threshold: float | None = None
@@ -306,11 +308,20 @@ class ChainWeightSink:
         """The chain's block time (the SDK reads it once and caches it), or ``block_seconds`` when the chain
         does not say. The rate limit's wait and ``/ready``'s ``weights_rate_limit`` both use this one: a wait
         counted at 12 s a block on a 0.25 s local chain was 48 times too long, and past ``max_wait`` set
-        nothing at all."""
+        nothing at all. The assumption is kept in ``limits.block_seconds_assumed`` and said once in the log:
+        taken quietly, ``/ready`` quoted it as if the chain had said it."""
         try:
-            return float(await client.block_time())
-        except Exception:  # noqa: BLE001 - a chain that does not say: the sink's own assumption
+            seconds = float(await client.block_time())
+        except Exception as e:  # noqa: BLE001 - a chain that does not say: the sink's own assumption
+            if self.limits.block_seconds_assumed is None:
+                logger.warning("weights: the chain did not say its block time ({}: {}): {:g} s a block assumed for "
+                               "the rate limit's wait and /ready", type(e).__name__, e, self.block_seconds)
+            self.limits.block_seconds_assumed = f"{type(e).__name__}: {e}"
             return self.block_seconds
+        if self.limits.block_seconds_assumed is not None:
+            logger.info("weights: the chain says its block time again: {:g} s", seconds)
+            self.limits.block_seconds_assumed = None
+        return seconds
 
     async def wait_turn(self) -> None:
         """Wait out the weights rate limit, when it is within ``max_wait``, before the weights cycle reads the

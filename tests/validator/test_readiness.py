@@ -419,6 +419,46 @@ async def test_a_stake_below_the_chains_minimum_and_a_short_weights_interval_are
         await sink.close()
 
 
+async def test_a_block_time_the_chain_did_not_say_is_called_assumed_in_ready_and_said_once_in_the_log() -> None:
+    """The chain sink falls back to 12 s a block when the chain does not answer for its block time: /ready's
+    ``weights_rate_limit`` quoted that figure as if the chain had said it, and nothing in the log said otherwise.
+    /ready says it is assumed and why, the log says so once (not at every weights cycle), and once the chain
+    answers, /ready quotes the chain's own."""
+    sink, fake = chain_sink(chain_storage(VALIDATOR.ss58_address, last_update=850))
+    said_block_time = fake.block_time
+
+    async def no_answer() -> float:
+        raise ConnectionError("the node closed the connection")
+
+    fake.block_time = no_answer
+    ctx = make_ctx()
+    on_chain(ctx, sink, weights_interval=1200)
+    lines, handler = log_lines("INFO")
+    try:
+        await start_checks(ctx, sink.read_limits)
+        await sink.rules()  # two weights cycles meet the same silence
+        await sink.rules()
+        async with served(ctx) as url:
+            ready = await assert_ready(url)
+            assert ready["checks"]["weights_rate_limit"]["detail"] == (
+                "WEIGHTS_INTERVAL (1200 s) is no shorter than the chain's weights rate limit on netuid 1 (100 blocks x "
+                "12 s = 1200 s, the block time assumed: the chain did not answer (ConnectionError: the node closed the "
+                "connection))")
+            fake.block_time, fake.block_seconds = said_block_time, 0.25  # the chain answers: a fast local chain
+            await sink.rules()
+            ready = await assert_ready(url)
+            assert ready["checks"]["weights_rate_limit"]["detail"] == (
+                "WEIGHTS_INTERVAL (1200 s) is no shorter than the chain's weights rate limit on netuid 1 (100 blocks x "
+                "0.25 s = 25 s)")
+    finally:
+        logger.remove(handler)
+        await sink.close()
+    told = [line for line in lines if "block time" in line]
+    assert told == ["WARNING weights: the chain did not say its block time (ConnectionError: the node closed the "
+                    "connection): 12 s a block assumed for the rate limit's wait and /ready",
+                    "INFO weights: the chain says its block time again: 0.25 s"], lines
+
+
 async def test_no_permit_fails_when_weights_go_on_chain_and_the_weights_check_waits_for_it() -> None:
     sink, _ = chain_sink(chain_storage(VALIDATOR.ss58_address, last_update=850))
     ctx = scored(make_ctx())
