@@ -458,15 +458,18 @@ async def sweep(ctx: ApiContext) -> int:
 
 async def sweep_loop(ctx: ApiContext, interval: float) -> None:
     """Sweep every ``interval`` seconds. A store down skips rounds, told as a run (``OutageLog``): a WARNING a
-    round was four lines a minute for as long as it lasted."""
+    round was four lines a minute for as long as it lasted. A bug in a round is a run too, its first line with the
+    traceback: a traceback a round (every 15 s) buried the API's log in the same stack."""
     outage = OutageLog("session sweep skipped")
+    bugs = OutageLog("session sweep failed", back="a sweep succeeded again")
     while True:
         await asyncio.sleep(interval)
         try:
             await sweep(ctx)
         except StoreUnavailable as e:
             outage.failed(e)
-        except Exception:  # a bug in one round must not end the sweeps for good
-            logger.exception("session sweep failed; trying again in {} s", interval)
+        except Exception as e:  # a bug in one round must not end the sweeps for good
+            bugs.failed(f"{type(e).__name__}: {e}", exception=e)
         else:
             outage.ok()
+            bugs.ok()

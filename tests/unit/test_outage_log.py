@@ -122,6 +122,39 @@ async def test_session_sweeps_skipped_by_a_store_down_are_one_line_and_their_end
     assert "(20 failure(s))" in lines[1]
 
 
+async def test_a_bug_in_the_session_sweep_is_one_traceback_a_run_not_one_a_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round that fails by a bug logged its whole traceback each time (every 15 s, as long as the bug lasted)."""
+    from api import sessions
+
+    said: list[tuple[str, str, bool]] = []
+    sink = logger.add(lambda m: said.append((m.record["level"].name, m.record["message"],
+                                             m.record["exception"] is not None)), level="DEBUG")
+    rounds: list[bool] = []
+    enough = asyncio.Event()
+
+    async def sweep(_ctx: object) -> int:
+        rounds.append(True)
+        if len(rounds) <= 20:
+            raise KeyError("missing")
+        if len(rounds) >= 25:
+            enough.set()
+        return 0
+
+    monkeypatch.setattr(sessions, "sweep", sweep)
+    loop = asyncio.create_task(sessions.sweep_loop(None, 0.001))  # type: ignore[arg-type]
+    try:
+        await asyncio.wait_for(enough.wait(), 10)
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        logger.remove(sink)
+    told = [(level, message, stack) for level, message, stack in said if "session sweep" in message]
+    assert told[0] == ("WARNING", "session sweep failed: KeyError: 'missing'", True), told
+    assert [t[2] for t in told].count(True) == 1, "one traceback for the run"
+    assert told[-1][0] == "INFO" and "a sweep succeeded again" in told[-1][1] and "(20 failure(s))" in told[-1][1], told
+    assert len(told) == 2, told
+
+
 async def test_a_delivery_outage_shared_by_workers_is_told_in_the_same_lines(lines: list[str], tmp_path) -> None:
     """The forwarders' run lives in the outbox (``DeliveryOutage``), its lines are an ``OutageLog``'s: one
     WARNING whichever worker began it, a "still failing" line a minute from the worker that keeps failing
