@@ -13,12 +13,13 @@ names a source's URL.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
+import heapq
 import re
 import string
 import time
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 from api.context import ApiContext
@@ -36,6 +37,9 @@ SEARCH_TIMEOUT_S = DEFAULT_RESPONSE_TIME  # at most; a request's own shorter tim
 # A source named by its number in the results message ("[2]"); not a markdown link's label
 # ("[2](https://...)"), whose URL is found as written.
 REFERENCE = re.compile(r"\[(\d{1,2})\](?!\()")
+# The citations of one answer, at most: the first places it names a source (a hostile miner's answer naming one
+# URL 700,000 times kept as many in the API worker's memory). An answer that cites more is still given whole.
+MAX_CITATIONS = 256
 SOURCES = "web_search_call.action.sources"  # the ``include`` that asks for the sources in the call item
 
 
@@ -149,32 +153,44 @@ URL_GOES_ON = frozenset(string.ascii_letters + string.digits + "-_~/%?#=&+@")
 def citations(text: str, found: Found) -> list[dict[str, Any]]:
     """A ``url_citation`` for each place the answer names a result, in the order they appear (the
     Responses API's shape): by its URL, or by its number in the results it was given (``[2]``, as
-    models cite numbered sources)."""
-    named = []
-    for result in found.results:
-        start = text.find(result.url)
-        while start != -1:
-            end = start + len(result.url)
-            if end == len(text) or text[end] not in URL_GOES_ON:  # a.com/x in a.com/xyz names another page
-                named.append((start, end, result.url))
-            start = text.find(result.url, end)
+    models cite numbered sources). The first ``MAX_CITATIONS`` only: the places are found lazily, in order,
+    and the search stops there (a miner's 8 MiB answer naming a URL 700,000 times was as many citations,
+    over 100 MB of the API worker's memory); the answer's text is never cut."""
     out: list[dict[str, Any]] = []
-    # The places cited by URL, by start: they do not overlap, so their ends rise too, and a place overlaps one of
-    # them only if it starts before the last one's end. (Each place was checked against every one kept before it,
-    # and each [n] too: an answer naming a source 8,000 times held the event loop 8 s.)
-    starts: list[int] = []
-    ends: list[int] = []
-    for start, end, url in sorted(named, key=lambda m: (m[0], m[0] - m[1])):  # longest first where they overlap
-        if not ends or start >= ends[-1]:  # a.com/x inside a.com/x/y is not a citation of a.com/x
-            out.append(_citation(url, start, end))
-            starts.append(start)
-            ends.append(end)
+    if not found.results:
+        return out
+    # Every place that names a result (by URL: the longest first where several start at one place; by number),
+    # in order. A place cited by URL overlaps an earlier one only if it starts before the last one's end (they
+    # do not overlap, so their ends rise too), and a number inside one is part of that URL, not a citation.
+    cited_to = 0  # the end of the last place cited by URL
+    for start, shorter, n, url in heapq.merge(*(_named(text, r.url) for r in found.results), _numbered(text)):
+        if start < cited_to:  # a.com/x inside a.com/x/y is not a citation of a.com/x; nor [2] inside a URL
+            continue
+        if url:
+            cited_to = start - shorter
+            out.append(_citation(url, start, cited_to))
+        elif 1 <= n <= len(found.results):
+            out.append(_citation(found.results[n - 1].url, start, start - shorter))
+        if len(out) == MAX_CITATIONS:
+            break
+    return out
+
+
+def _named(text: str, url: str) -> Iterator[tuple[int, int, int, str]]:
+    """Each place ``text`` names ``url`` as a whole (a.com/x in a.com/xyz names another page), in order, as
+    (start, minus its length, 0, url): sorted with others, the longest of those starting at one place comes first."""
+    start = text.find(url)
+    while start != -1:
+        end = start + len(url)
+        if end == len(text) or text[end] not in URL_GOES_ON:
+            yield start, start - end, 0, url
+        start = text.find(url, end)
+
+
+def _numbered(text: str) -> Iterator[tuple[int, int, int, str]]:
+    """Each ``[n]`` in ``text``, in order, as (start, minus its length, n, "")."""
     for m in REFERENCE.finditer(text):
-        n = int(m.group(1))
-        within = bisect.bisect_right(starts, m.start()) - 1  # the last place cited by URL that starts at or before it
-        if 1 <= n <= len(found.results) and not (within >= 0 and m.start() < ends[within]):
-            out.append(_citation(found.results[n - 1].url, m.start(), m.end()))
-    return sorted(out, key=lambda a: a["start_index"])
+        yield m.start(), m.start() - m.end(), int(m.group(1)), ""
 
 
 def _citation(url: str, start: int, end: int) -> dict[str, Any]:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 from api.responses_render import ResponseStream, skeleton
 from api.responses_wire import ResponsesRequest
 from api.web_retrieval import Found, WebResult
-from api.web_search import chat_citations, citations, context_text, query_of, search_call_item, with_results
+from api.web_search import (
+    MAX_CITATIONS,
+    chat_citations,
+    citations,
+    context_text,
+    query_of,
+    search_call_item,
+    with_results,
+)
 from tests.api.test_responses_render import USAGE, chunk
 from tests.helpers import response_events
 
@@ -127,3 +137,20 @@ def test_a_search_no_miner_answered_is_a_failed_call_and_the_answer_goes_on() ->
     kinds = [e["type"] for e in got]
     assert "response.web_search_call.completed" not in kinds and kinds[-1] == "response.completed"
     assert [o["status"] for o in got[-1]["response"]["output"]] == ["failed", "completed"]
+
+
+def test_a_miners_8_mib_answer_naming_a_source_700_000_times_keeps_a_bounded_number_of_citations() -> None:
+    # each place was a citation (and a place found, before it): 700,000 of them, over 100 MB of the API worker's
+    # memory for one answer; the first MAX_CITATIONS are kept, and what finding them holds is as bounded
+    page = "http://a.co/x"
+    found = Found(query="q", results=[WebResult(url=page, content="c")], uids=[1], all_failed=False)
+    text = (f"{page} [1] " * (8 * 2**20 // len(f"{page} [1] ")))[:8 * 2**20]
+    tracemalloc.start()
+    try:
+        annotations = citations(text, found)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(annotations) == MAX_CITATIONS
+    assert [a["start_index"] for a in annotations[:4]] == [0, len(page) + 1, len(page) + 5, 2 * len(page) + 6]
+    assert peak < 2 * 2**20, f"{peak / 2**20:.1f} MiB held to annotate one answer"

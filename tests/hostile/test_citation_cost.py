@@ -1,7 +1,8 @@
 """What a web search's answer costs the API to annotate: each place the answer names a source is a citation, and
 a place was checked against every citation kept before it (and each ``[n]`` too), so an answer naming a source
 some thousands of times (a miner's, or a model asked to repeat a URL) held the API worker's event loop for seconds
-(128 KB: 5 s; a miner's 8 MiB answer: hours)."""
+(128 KB: 5 s; a miner's 8 MiB answer: hours). And each place was a citation kept in the worker's memory: a miner's
+8 MiB answer naming one URL 700,000 times, as many dicts, over 100 MB; the first ``MAX_CITATIONS`` are kept."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
+from api.web_search import MAX_CITATIONS
 from tests.helpers import Script, api_with_miners, chunk, loop_gaps, sse
 
 PAGE = "http://a.co"
@@ -31,8 +33,12 @@ async def test_an_answer_citing_a_source_thousands_of_times_does_not_hold_the_ev
     assert status == 200, answer
     (message,) = [item for item in answer["output"] if item["type"] == "message"]
     annotations = message["content"][0]["annotations"]
-    # every mention is a citation, each place once, in order (the JSON string's own PAGE included)
-    assert len([a for a in annotations if a["end_index"] - a["start_index"] == len(PAGE)]) == TIMES + 1
-    assert len(annotations) == 2 * TIMES + 1
+    # the first MAX_CITATIONS mentions are citations, each place once, in order (the JSON string's own PAGE
+    # first; then the mentions by URL, as the [1]s come after them all); the answer's text is whole
+    assert len(annotations) == MAX_CITATIONS
+    assert all(a["end_index"] - a["start_index"] == len(PAGE) for a in annotations)
     starts = [a["start_index"] for a in annotations]
     assert starts == sorted(set(starts))
+    text_out = message["content"][0]["text"]
+    assert text_out.count(PAGE) == TIMES + 1 and text_out.count("[1]") == TIMES
+    assert all(text_out[a["start_index"]:a["end_index"]] == PAGE for a in annotations)
