@@ -34,6 +34,11 @@ DEFAULT_ONLY = re.compile(r"\bonly the default\b", re.IGNORECASE)
 # Renamed when the refusal says to. OpenAI's reasoning models: "Unsupported parameter: 'max_tokens' is not
 # supported with this model. Use 'max_completion_tokens' instead." (the API hands miners ``max_tokens``).
 RENAMES = {"max_tokens": "max_completion_tokens"}
+# The models whose refusals are kept, at most (the least recently learnt forgotten first: asked again, a model's
+# server refuses again, and it is learnt again). A miner learns only for the models it advertises (a request for
+# any other is its 404 before its model server is asked); the validator's reference model is asked under the
+# model each organic job names, and any miner can advertise, and any caller ask for, endless names.
+MAX_MODELS = 64
 
 
 def names(message: str, field: str) -> bool:
@@ -47,6 +52,10 @@ class FieldRefusals:
     def __init__(self) -> None:
         self._dropped: dict[str, set[str]] = {}
         self._renamed: dict[str, dict[str, str]] = {}
+
+    def __len__(self) -> int:
+        """How many models' refusals are kept."""
+        return len(self._dropped)
 
     def apply(self, body: dict[str, Any]) -> dict[str, Any]:
         """``body`` as its model takes it: without the fields it refused, with the renamed ones renamed (``body``
@@ -72,6 +81,9 @@ class FieldRefusals:
         if not drop and not rename:
             return False
         model = str(sent.get("model") or "")
+        if model not in self._dropped and len(self._dropped) >= MAX_MODELS:
+            oldest = next(iter(self._dropped))
+            del self._dropped[oldest], self._renamed[oldest]
         self._dropped.setdefault(model, set()).update(drop)
         self._renamed.setdefault(model, {}).update(rename)
         changes = sorted(drop) + [f"{old} (sent as {new})" for old, new in rename.items()]
