@@ -35,7 +35,7 @@ from shared.store.eviction import UNKNOWN, eviction_detail, eviction_risk
 from shared.store.marker import MarkerWatch
 from shared.store.persistence import persistence_risk
 from shared.store.sqlite import sqlite_path
-from shared.store.sqlite_tables import unreclaimed
+from shared.store.sqlite_tables import unreclaimed, why_not_opened
 
 if TYPE_CHECKING:
     from shared.settings import ApiSettings
@@ -59,7 +59,8 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
     workers (each said it); True when it did check for it (the store answered), so that the workers say nothing."""
     if url.startswith("sqlite:///"):
         _warn_unreclaimed(sqlite_path(url))
-        if fleet and not sqlite_path(url).exists():  # its workers create it
+        if fleet and not sqlite_path(url).exists():  # made here: one that cannot be is its error alone, once
+            await _create_sqlite(url)
             warn_new_sqlite(sqlite_path(url))
     if not is_redis(url):
         return True
@@ -99,6 +100,21 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
         return True
     finally:
         await store.close()
+
+
+async def _create_sqlite(url: str) -> None:
+    """A fleet's new SQLite file, made by its supervisor before the workers start: they each made it, and the
+    supervisor's "was created there" came before their "cannot open" for a directory that could not be made."""
+    try:
+        await open_store(url).close()
+    except (OSError, sqlite3.Error, StoreUnavailable) as e:
+        raise cannot_open(url, e) from None
+
+
+def cannot_open(url: str, e: BaseException) -> SettingsError:
+    """STORE_URL's one line for a store a start could not open, with what to fix in a SQLite file's case."""
+    hint = why_not_opened(sqlite_path(url), e) if not is_redis(url) else ""
+    return SettingsError(f"STORE_URL: cannot open {mask_credentials(url)}: {e}{hint}")
 
 
 def warn_new_sqlite(path: Path) -> None:

@@ -18,7 +18,7 @@ from loguru import logger
 from api.app import create_api_app
 from api.availability import AvailabilityCache
 from api.context import ApiContext
-from api.main import LISTEN, STORE_START_SECONDS, reach_store, warn_new_sqlite
+from api.main import LISTEN, STORE_START_SECONDS, cannot_open, reach_store, warn_new_sqlite
 from api.ops import permit_check
 from api.scoring_outbox import OutboxForwarder
 from shared.aio import within
@@ -31,7 +31,7 @@ from shared.metagraph import MetagraphView
 from shared.miner_client import MinerClient, make_session
 from shared.process import run, stop_with_parent
 from shared.request_log import RequestLog
-from shared.settings import ApiSettings, SettingsError, mask_credentials, problem_lines
+from shared.settings import ApiSettings, SettingsError, problem_lines
 from shared.signing import Signer
 from shared.store import open_store
 from shared.store.base import RedisLinks, Store, StoreUnavailable, is_redis
@@ -40,7 +40,6 @@ from shared.store.outbox import Outbox, open_outbox
 from shared.store.responses import ResponseStore, open_responses
 from shared.store.sessions import SessionStore, open_sessions
 from shared.store.sqlite import sqlite_path
-from shared.store.sqlite_tables import why_not_opened
 from shared.wallet import load_hotkey
 
 
@@ -106,8 +105,7 @@ async def build_context(settings: ApiSettings, *, role: str = "api", links: Redi
         stores = open_stores(settings, links)
     except (OSError, sqlite3.Error, StoreUnavailable) as e:  # a directory, a file that is not a database
         await client.session.close()
-        hint = why_not_opened(sqlite_path(settings.store_url), e) if not is_redis(settings.store_url) else ""
-        raise SettingsError(f"STORE_URL: cannot open {mask_credentials(settings.store_url)}: {e}{hint}") from None
+        raise cannot_open(settings.store_url, e) from None
     if new_file:
         warn_new_sqlite(sqlite_path(settings.store_url))
     ctx = ApiContext(settings=settings, store=stores.store, metagraph=metagraph, client=client,

@@ -358,3 +358,17 @@ def test_a_new_empty_key_store_is_said_once_by_a_fleet(tmp_path: Path, store: st
         stop_on_redis([api], url, namespace) if store == "redis" else api.kill(signal.SIGKILL)
     log = api.log.read_text()
     assert log.count("a new, empty key store was") == 1, log[-3000:]
+
+
+def test_a_sqlite_store_whose_directory_cannot_be_made_is_only_its_error_in_a_fleet(tmp_path: Path) -> None:
+    """``WORKERS=2`` and a STORE_URL file whose directory cannot be made (a file in its place here; a directory this
+    user cannot write did the same): the supervisor said "a new, empty key store was created there" first, then
+    the workers "cannot open". The supervisor makes the file now: the start says only why it cannot."""
+    (blocker := tmp_path / "state").write_text("a file where the store's directory should be")
+    store = blocker / "api" / "api.db"
+    out = start_once(tmp_path / "api.env", prepare(tmp_path) | {
+        "WORKERS": "2", "API_PORT": str(free_port()), "STORE_URL": f"sqlite:///{store}"})
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "was created there" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.splitlines() == [f"sn1 api: STORE_URL: cannot open sqlite:///{store}: [Errno 20] Not a "
+                                       f"directory: '{store.parent}'"], out.stderr[-3000:]
