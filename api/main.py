@@ -32,7 +32,7 @@ from shared.settings import SettingsError, mask_credentials
 from shared.store import open_store
 from shared.store.base import STORE_START_SECONDS, RedisLinks, Store, StoreUnavailable, is_redis
 from shared.store.eviction import UNKNOWN, eviction_detail, eviction_risk
-from shared.store.marker import MarkerWatch
+from shared.store.marker import MarkerWatch, Said
 from shared.store.persistence import persistence_risk
 from shared.store.sqlite import sqlite_path
 from shared.store.sqlite_tables import unreclaimed, why_not_opened
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 LISTEN = "API_HOST/API_PORT"  # the settings a "cannot listen" start error names
 
 
-async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = None, fleet: bool = False) -> bool:
+async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = None,
+                      fleet: bool = False) -> Said | None:
     """A Redis ``STORE_URL`` is asked for a PING at start (opening it does no I/O), on ``links``: one worker's own,
     which it then serves with; without them (the ``WORKERS`` > 1 supervisor's check), on a client of its own named
     ``sn1-api-<pid>-check``, closed after (unnamed, it stood out in Redis's ``CLIENT LIST``). One that refuses us
@@ -55,15 +56,16 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
     writes (out of memory, a read-only replica) is the WARNING too. A SQLite file is opened, hence checked, where it
     is built; here it is only read for whether it gives freed space back.
 
-    ``fleet``: the ``WORKERS`` > 1 supervisor's check, which also says "a new, empty key store" once for all its
-    workers (each said it); True when it did check for it (the store answered), so that the workers say nothing."""
+    ``fleet``: the ``WORKERS`` > 1 supervisor's check, which also says "a new, empty key store", or that the store
+    lost its data, once for all its workers (each said it); what it said (``Said``), for the workers to say none of
+    it again, or None when the store did not answer (``worker_said``)."""
     if url.startswith("sqlite:///"):
         _warn_unreclaimed(sqlite_path(url))
         if fleet and not sqlite_path(url).exists():  # made here: one that cannot be is its error alone, once
             await _create_sqlite(url)
             warn_new_sqlite(sqlite_path(url))
     if not is_redis(url):
-        return True
+        return Said(new=True)
     from redis.exceptions import (  # here: a SQLite API never loads redis (9 MB)
         AuthenticationError,
         InvalidResponse,
@@ -90,14 +92,16 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
                                 "without it: write redis://, or turn TLS on in that Redis") from None
         logger.warning("STORE_URL: cannot reach {}: {}; starting anyway, requests answer 503 until it answers",
                        mask_credentials(url), reason)
-        return False
+        return None
     else:
         await _warn_eviction(store)
         await _warn_persistence(store)
         if fleet:  # a store that stops answering here is read by the workers' periodic work, as any outage
+            watch = MarkerWatch()
             with contextlib.suppress(StoreUnavailable, TimeoutError, OSError):
-                await within(MarkerWatch().check(store), STORE_START_SECONDS)
-        return True
+                await within(watch.check(store), STORE_START_SECONDS)
+            return Said(new=True, lost_since=watch.lost.since if watch.lost is not None else None)
+        return Said(new=True)
     finally:
         await store.close()
 
@@ -115,6 +119,12 @@ def cannot_open(url: str, e: BaseException) -> SettingsError:
     """STORE_URL's one line for a store a start could not open, with what to fix in a SQLite file's case."""
     hint = why_not_opened(sqlite_path(url), e) if not is_redis(url) else ""
     return SettingsError(f"STORE_URL: cannot open {mask_credentials(url)}: {e}{hint}")
+
+
+def worker_said(said: Said | None, worker: int) -> Said:
+    """What a fleet's worker number ``worker`` leaves unsaid: what the supervisor said, or, when the store did not
+    answer it, "a new, empty key store" for every worker but the first (each said it once Redis answered)."""
+    return said if said is not None else Said(new=worker > 0)
 
 
 def warn_new_sqlite(path: Path) -> None:
@@ -210,11 +220,11 @@ def run_api(settings: ApiSettings, hotkey: Any | None = None) -> None:
     # store's check, as one worker binds first, so that a start that cannot listen says that first and alone.
     bound_socket(settings.api_host, settings.api_port, settings=LISTEN).close()
     # a refusal: one line, before the workers
-    told = run(lambda: reach_store(settings.store_url, settings.store_namespace, fleet=True))
+    said = run(lambda: reach_store(settings.store_url, settings.store_namespace, fleet=True))
     metrics_dir = shared_metrics_dir()
     mp = multiprocessing.get_context("spawn")
-    workers = [mp.Process(target=_worker_entry, args=(settings, os.getpid(), told), daemon=False)
-               for _ in range(settings.workers)]
+    workers = [mp.Process(target=_worker_entry, args=(settings, os.getpid(), worker_said(said, i)), daemon=False)
+               for i in range(settings.workers)]
     logger.info("api supervisor starting {} workers on port {}", len(workers), settings.api_port)
     try:
         status = Supervisor(workers).run()
@@ -230,8 +240,8 @@ def run_api(settings: ApiSettings, hotkey: Any | None = None) -> None:
         sys.exit(status)
 
 
-def _worker_entry(settings: ApiSettings, supervisor: int, new_store_told: bool) -> None:
+def _worker_entry(settings: ApiSettings, supervisor: int, said: Said) -> None:
     """A spawned worker's target: it, not the supervisor, imports the app."""
     from api.worker import worker_main
 
-    worker_main(settings, supervisor, new_store_told)
+    worker_main(settings, supervisor, said)

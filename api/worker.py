@@ -36,6 +36,7 @@ from shared.signing import Signer
 from shared.store import open_store
 from shared.store.base import RedisLinks, Store, StoreUnavailable, is_redis
 from shared.store.conversations import ConversationStore, open_conversations
+from shared.store.marker import MarkerWatch, Said
 from shared.store.outbox import Outbox, open_outbox
 from shared.store.responses import ResponseStore, open_responses
 from shared.store.sessions import SessionStore, open_sessions
@@ -85,10 +86,10 @@ def open_stores(settings: ApiSettings, links: RedisLinks | None) -> Stores:
 
 
 async def build_context(settings: ApiSettings, *, role: str = "api", links: RedisLinks | None = None,
-                        hotkey: Any | None = None, new_store_told: bool = False) -> tuple[ApiContext, Stores]:
+                        hotkey: Any | None = None, said: Said | None = None) -> tuple[ApiContext, Stores]:
     """A worker's context, and the stores it runs on (``Stores.aclose`` at its stop). ``hotkey``: the keypair
-    already read (``check_hotkey``), else the worker reads it. ``new_store_told``: a fleet's supervisor said
-    "a new, empty key store" if it is one (``reach_store``), so this worker does not (each of them said it)."""
+    already read (``check_hotkey``), else the worker reads it. ``said``: what a fleet's start said of the store
+    (``reach_store``, ``worker_said``): "a new, empty key store", a loss; this worker does not say it again."""
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path, read=hotkey)
     signer = Signer(hotkey)
     metagraph = MetagraphView.from_settings(settings)
@@ -99,7 +100,7 @@ async def build_context(settings: ApiSettings, *, role: str = "api", links: Redi
         refresh_seconds=settings.availability_refresh_seconds, stale_seconds=settings.availability_stale_seconds,
     )
     await availability.refresh()
-    new_file = (settings.store_url.startswith("sqlite:///") and not new_store_told
+    new_file = (settings.store_url.startswith("sqlite:///") and not (said is not None and said.new)
                 and not sqlite_path(settings.store_url).exists())
     try:  # a SQLite path that cannot be opened: STORE_URL's one line at start, not a traceback
         stores = open_stores(settings, links)
@@ -111,7 +112,7 @@ async def build_context(settings: ApiSettings, *, role: str = "api", links: Redi
     ctx = ApiContext(settings=settings, store=stores.store, metagraph=metagraph, client=client,
                      availability=availability, sessions=stores.sessions, responses=stores.responses,
                      conversations=stores.conversations, request_log=RequestLog(role, level=settings.log_level))
-    ctx.store_marker.told_new = new_store_told
+    ctx.store_marker = MarkerWatch(said)
     await first_marker(ctx)
     if not (permit := permit_check(ctx)).ok:  # the operator's first sign would be its users' 502s
         logger.warning("{} (GET /ready warns of it too)", permit.detail)
@@ -131,7 +132,7 @@ async def first_marker(ctx: ApiContext) -> None:
 
 
 async def serve_worker(settings: ApiSettings, *, reuse_port: bool, hotkey: Any | None = None,
-                       new_store_told: bool = False) -> None:
+                       said: Said | None = None) -> None:
     role = f"api[{os.getpid()}]"
     setup_logging(settings.log_level, role=role)
     sock = bound_socket(settings.api_host, settings.api_port, reuse_port=reuse_port, settings=LISTEN)  # a port in use: stop now
@@ -140,7 +141,7 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool, hotkey: Any |
         if not reuse_port:  # one worker checks its store here, on its own clients; a fleet's supervisor checked it
             await reach_store(settings.store_url, settings.store_namespace, links=links)
         ctx, stores = await build_context(settings, role=role, links=links, hotkey=hotkey,
-                                          new_store_told=new_store_told)
+                                          said=said)
     except BaseException:
         if links is not None:
             await links.aclose()
@@ -164,10 +165,10 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool, hotkey: Any |
     await serve_until_signal(app, settings.api_host, settings.api_port, sock=sock, limits=limits)
 
 
-def worker_main(settings: ApiSettings, supervisor: int, new_store_told: bool = False) -> None:
+def worker_main(settings: ApiSettings, supervisor: int, said: Said | None = None) -> None:
     """One of a ``WORKERS`` > 1 fleet, spawned by the supervisor (``api.main``)."""
     stop_with_parent(supervisor)  # a supervisor killed outright must not leave its workers serving
     try:
-        run(lambda: serve_worker(settings, reuse_port=True, new_store_told=new_store_told))
+        run(lambda: serve_worker(settings, reuse_port=True, said=said))
     except SettingsError as e:  # one line, as with one worker (a spawned process printed its traceback)
         sys.exit(problem_lines("api", e))

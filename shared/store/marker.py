@@ -12,6 +12,7 @@ for a new one and marked it, and the loss was told by nobody.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from loguru import logger
@@ -30,13 +31,24 @@ def lost_detail(m: StoreMarker) -> str:
             "importing a key clears this)")
 
 
+@dataclass(frozen=True)
+class Said:
+    """What a ``WORKERS`` > 1 start already said of the store's marker (``reach_store``, in the supervisor), handed
+    to a worker so that it does not say it again: each worker said "a new, empty key store", and "lost its data"
+    after the supervisor had, the same line three times in one start."""
+
+    new: bool = False  # "a new, empty key store" is said (by the supervisor, or by another worker)
+    lost_since: float | None = None  # the loss the supervisor told: silent here (``/ready`` still shows it)
+
+
 class MarkerWatch:
     """This process's view of the store's marker: says each change once (never per check)."""
 
-    def __init__(self) -> None:
+    def __init__(self, said: Said | None = None) -> None:
         self.seen = False  # the marker was present at a check from here (its absence is then a loss)
-        self.told_new = False  # the "new, empty key store" WARNING was said (once, not at every check)
+        self.told_new = said is not None and said.new  # the "new, empty key store" WARNING was said (once)
         self.lost: StoreMarker | None = None  # the loss this process has told, until the store is marked again
+        self._said_lost = said.lost_since if said is not None else None
 
     async def check(self, store: Store) -> str | None:
         """``/ready``'s reason while the store has lost its data, else None. Raises ``StoreUnavailable``."""
@@ -78,6 +90,8 @@ class MarkerWatch:
         if self.lost is not None:
             return
         self.lost = m
+        if m.since == self._said_lost:  # the supervisor's start said this one
+            return
         logger.error("Redis at {} lost its data: restarted without persistence (appendonly/save), or FLUSHALL; "
                      "every API key is gone: restore from backup or re-create keys (namespace {}: its store marker "
                      "is gone, first seen {}). GET /ready answers 503 until a key is created or imported (the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -372,3 +373,70 @@ def test_a_sqlite_store_whose_directory_cannot_be_made_is_only_its_error_in_a_fl
     assert "was created there" not in out.stderr, out.stderr[-3000:]
     assert out.stderr.splitlines() == [f"sn1 api: STORE_URL: cannot open sqlite:///{store}: [Errno 20] Not a "
                                        f"directory: '{store.parent}'"], out.stderr[-3000:]
+
+
+def ready_statuses(api: ApiProcess, times: int = 12) -> list[tuple[int, str]]:
+    """``/ready``'s status and body, each on a new connection (the kernel spreads them over the workers)."""
+    import urllib.error
+    import urllib.request
+
+    got = []
+    for _ in range(times):
+        try:
+            with urllib.request.urlopen(api.url + "/ready", timeout=5) as r:
+                got.append((r.status, r.read().decode()))
+        except urllib.error.HTTPError as e:
+            got.append((e.code, e.read().decode()))
+    return got
+
+
+def test_a_store_that_lost_its_data_is_one_error_for_a_fleet_start(tmp_path: Path) -> None:
+    """``WORKERS=2`` on a Redis whose loss an earlier run recorded: the ERROR "lost its data" was said by the
+    supervisor's check and by each worker, three times in one start. The supervisor says it; each worker's
+    ``/ready`` still answers 503 with the reason."""
+    import redis
+
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+    namespace = f"lost-{os.getpid()}-{time.monotonic_ns()}"
+    with redis.Redis.from_url(url) as client:
+        client.set(f"{namespace}:store_lost", repr(time.time() - 60))
+    api = start_api(tmp_path, prepare(tmp_path), store_url=url, namespace=namespace, workers=2)
+    try:
+        wait_ready([api], workers=2)
+        answers = ready_statuses(api)
+    finally:
+        stop_on_redis([api], url, namespace)
+    log = api.log.read_text()
+    assert log.count("lost its data: restarted without persistence") == 1, log[-3000:]
+    assert "| api |" in next(line for line in log.splitlines() if "lost its data" in line), log[-3000:]
+    assert all(status == 503 and "the key store lost its data" in body for status, body in answers), answers
+
+
+def test_a_redis_that_did_not_answer_the_supervisor_is_no_new_store_per_worker(tmp_path: Path) -> None:
+    """``WORKERS=2`` and a Redis not up yet at start (a reboot: the API before Redis): the supervisor warned it
+    cannot reach it, then, once Redis answered, each worker said "a new, empty key store" (the supervisor had not
+    read the marker to say it once). One worker says it now, once."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not on PATH: the test runs a Redis of its own")
+    port = free_port()
+    api = start_api(tmp_path, prepare(tmp_path), store_url=f"redis://127.0.0.1:{port}/0", workers=2)
+    server = None
+    try:
+        wait_ready([api], workers=2)
+        assert "STORE_URL: cannot reach" in api.log.read_text()
+        server = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                                   "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while any("store:" in body for _, body in ready_statuses(api, 4)):  # each worker reads the marker
+            assert time.monotonic() < deadline, (ready_statuses(api, 1), api.log.read_text()[-3000:])
+            time.sleep(0.2)
+        time.sleep(6)  # and every worker's periodic check (every 5 s) has run since
+    finally:
+        api.kill(signal.SIGKILL)
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+    log = api.log.read_text()
+    assert log.count("STORE_URL: cannot reach") == 1, log[-3000:]
+    assert log.count("a new, empty key store was") == 1, log[-3000:]
