@@ -95,48 +95,18 @@ def test_failures_mixed_with_successes_are_one_run_until_they_settle(lines: list
     assert lines[2:] == ["INFO requests failing: answers again after 109.5 s (100 failure(s))"] and not log.failing
 
 
-async def test_session_sweeps_skipped_by_a_store_down_are_one_line_and_their_end_another(
-        lines: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each skipped round was a WARNING (one each 15 s by default, each 5 s on a local network)."""
+async def sweeps_failing(monkeypatch: pytest.MonkeyPatch, error: Exception, failing: int = 20) -> None:
+    """Run the API's session sweep loop over ``failing`` rounds that raise ``error``, then five that work."""
     from api import sessions
-    from shared.store.base import StoreUnavailable
 
     rounds: list[bool] = []
     enough = asyncio.Event()
 
     async def sweep(_ctx: object) -> int:
         rounds.append(True)
-        if len(rounds) <= 20:
-            raise StoreUnavailable("sqlite sessions: database is locked")
-        if len(rounds) >= 25:
-            enough.set()
-        return 0
-
-    monkeypatch.setattr(sessions, "sweep", sweep)
-    loop = asyncio.create_task(sessions.sweep_loop(None, 0.001))  # type: ignore[arg-type]
-    await asyncio.wait_for(enough.wait(), 10)
-    loop.cancel()
-    await asyncio.gather(loop, return_exceptions=True)
-    assert lines == ["WARNING session sweep skipped: sqlite sessions: database is locked",
-                     lines[1]] and lines[1].startswith("INFO session sweep skipped: the store answers again"), lines
-    assert "(20 failure(s))" in lines[1]
-
-
-async def test_a_bug_in_the_session_sweep_is_one_traceback_a_run_not_one_a_round(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A round that fails by a bug logged its whole traceback each time (every 15 s, as long as the bug lasted)."""
-    from api import sessions
-
-    said: list[tuple[str, str, bool]] = []
-    sink = logger.add(lambda m: said.append((m.record["level"].name, m.record["message"],
-                                             m.record["exception"] is not None)), level="DEBUG")
-    rounds: list[bool] = []
-    enough = asyncio.Event()
-
-    async def sweep(_ctx: object) -> int:
-        rounds.append(True)
-        if len(rounds) <= 20:
-            raise KeyError("missing")
-        if len(rounds) >= 25:
+        if len(rounds) <= failing:
+            raise error
+        if len(rounds) >= failing + 5:
             enough.set()
         return 0
 
@@ -147,6 +117,27 @@ async def test_a_bug_in_the_session_sweep_is_one_traceback_a_run_not_one_a_round
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
+
+
+async def test_session_sweeps_skipped_by_a_store_down_are_one_line_and_their_end_another(
+        lines: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each skipped round was a WARNING (one each 15 s by default, each 5 s on a local network)."""
+    from shared.store.base import StoreUnavailable
+
+    await sweeps_failing(monkeypatch, StoreUnavailable("sqlite sessions: database is locked"))
+    assert lines == ["WARNING session sweep skipped: sqlite sessions: database is locked",
+                     lines[1]] and lines[1].startswith("INFO session sweep skipped: the store answers again"), lines
+    assert "(20 failure(s))" in lines[1]
+
+
+async def test_a_bug_in_the_session_sweep_is_one_traceback_a_run_not_one_a_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round that fails by a bug logged its whole traceback each time (every 15 s, as long as the bug lasted)."""
+    said: list[tuple[str, str, bool]] = []
+    sink = logger.add(lambda m: said.append((m.record["level"].name, m.record["message"],
+                                             m.record["exception"] is not None)), level="DEBUG")
+    try:
+        await sweeps_failing(monkeypatch, KeyError("missing"))
+    finally:
         logger.remove(sink)
     told = [(level, message, stack) for level, message, stack in said if "session sweep" in message]
     assert told[0] == ("WARNING", "session sweep failed: KeyError: 'missing'", True), told
