@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import sqlite3
 import time
 from dataclasses import replace
@@ -352,11 +353,15 @@ async def test_an_ntp_step_of_the_wall_clock_moves_no_age_that_ready_tells(tmp_p
         wall_step(-900)
         ready = await assert_ready(url, "miners")
         details = {name: ready["checks"][name]["detail"] for name in ("metagraph", "availability", "weights")}
-        assert details["metagraph"].endswith(", 0s old") and details["availability"].endswith(", 0s old"), details
-        assert details["weights"].startswith("last set 0s ago"), details
+        # the seconds the test itself took (a second on a busy host), never the steps' 300 or -900
+        ages = [re.search(pattern, details[name]) for name, pattern in (
+            ("metagraph", r", (-?\d+)s old$"), ("availability", r", (-?\d+)s old$"), ("weights", r"^last set (-?\d+)s ago"))]
+        assert all(age is not None and 0 <= int(age[1]) <= 5 for age in ages), details
         ctx.reference.outage.failed("reference LLM answered HTTP 503")
         wall_step(+3600)
-        await assert_failing(url, "reference", "failed its last 1 call(s), for 0s:")
+        ready = await assert_failing(url, "reference", "failed its last 1 call(s), for ")
+        failing_for = re.search(r"for (-?\d+)s:", ready["checks"]["reference"]["detail"])
+        assert failing_for is not None and 0 <= int(failing_for[1]) <= 5, ready["checks"]["reference"]
 
 
 def scored(ctx: ValidatorContext) -> ValidatorContext:
