@@ -298,10 +298,11 @@ class OpenAICompatibleBackend:
 
     def upstream_body(self, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
         out = upstream_request(body, self._fields)
-        if out.get("model") in ANY_MODEL and self._models:
-            out["model"] = self._models[0]
-        if self._aliases and isinstance(model := out.get("model"), str) and model in self._aliases:
-            out["model"] = self._aliases[model]  # the model server's own name for it
+        model = self._served_model(out)  # ``default`` (or none) is the first model served
+        if self._aliases and isinstance(model, str):
+            model = self._aliases.get(model, model)  # the model server's own name for it
+        if model is not None:
+            out["model"] = model
         out["stream"] = stream
         if not stream:
             out.pop("stream_options", None)
