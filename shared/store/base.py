@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypedDict, TypeVar, Unpack
 
 from shared.aio import obeying_cancel
 
@@ -308,10 +308,25 @@ def new_secret(record: KeyRecord, secret: str | None = None) -> tuple[str, KeyRe
     return secret, replace(record, key_hash=hash_key(secret), prefix=display_prefix(secret))
 
 
+class NewKey(TypedDict, total=False):
+    """A new key's settings besides its rate limit, each as ``KeyRecord`` holds it; one not given is ``mint_key``'s
+    default. Listed once: ``Store.create_key`` and both backends take them as ``**settings`` and hand them on."""
+
+    name: str | None
+    scopes: tuple[str, ...]
+    allowed_models: tuple[str, ...] | None
+    expires_at: float | None
+    daily_token_limit: int | None
+    secret: str | None  # the key's own (one imported from the subnet's original API), not a fresh one
+    max_concurrent_requests: int | None
+    max_stored_bytes_per_day: int | None
+
+
 def mint_key(
-    rate_limit: int, *, name: str | None, scopes: tuple[str, ...], allowed_models: tuple[str, ...] | None,
-    expires_at: float | None, daily_token_limit: int | None = None, secret: str | None = None,
-    max_concurrent_requests: int | None = None, max_stored_bytes_per_day: int | None = None,
+    rate_limit: int, *, name: str | None = None, scopes: tuple[str, ...] = ALL_SCOPES,
+    allowed_models: tuple[str, ...] | None = None, expires_at: float | None = None,
+    daily_token_limit: int | None = None, secret: str | None = None, max_concurrent_requests: int | None = None,
+    max_stored_bytes_per_day: int | None = None,
 ) -> tuple[str, KeyRecord]:
     """A new secret (or ``secret``) and the record every backend stores for it (hash, display prefix, public
     id)."""
@@ -547,19 +562,7 @@ class StoreMarker:
 
 
 class Store(Protocol):
-    async def create_key(
-        self,
-        rate_limit: int,
-        *,
-        name: str | None = None,
-        scopes: tuple[str, ...] = ALL_SCOPES,
-        allowed_models: tuple[str, ...] | None = None,
-        expires_at: float | None = None,
-        daily_token_limit: int | None = None,
-        secret: str | None = None,
-        max_concurrent_requests: int | None = None,
-        max_stored_bytes_per_day: int | None = None,
-    ) -> tuple[str, KeyRecord]:
+    async def create_key(self, rate_limit: int, **settings: Unpack[NewKey]) -> tuple[str, KeyRecord]:
         """Create a key; returns (the secret, shown once; its record). Durable once it returns. ``secret``: the
         key's own (one imported from the subnet's original API; the caller checked it is not stored yet)."""
         ...

@@ -26,18 +26,18 @@ import asyncio
 import json
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Unpack
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
 from shared.store.base import (
-    ALL_SCOPES,
     USAGE_FIELDS,
     Authorization,
     Hold,
     KeyChanges,
     KeyRecord,
+    NewKey,
     RateDecision,
     RedisGate,
     RedisLink,
@@ -410,23 +410,8 @@ class RedisStore:
         return RedisInflight(self.redis, self.key, self.gate)
 
     # --- keys -------------------------------------------------------------------------------------
-    async def create_key(
-        self,
-        rate_limit: int,
-        *,
-        name: str | None = None,
-        scopes: tuple[str, ...] = ALL_SCOPES,
-        allowed_models: tuple[str, ...] | None = None,
-        expires_at: float | None = None,
-        daily_token_limit: int | None = None,
-        secret: str | None = None,
-        max_concurrent_requests: int | None = None,
-        max_stored_bytes_per_day: int | None = None,
-    ) -> tuple[str, KeyRecord]:
-        secret, record = mint_key(rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
-                                  expires_at=expires_at, daily_token_limit=daily_token_limit, secret=secret,
-                                  max_concurrent_requests=max_concurrent_requests,
-                                  max_stored_bytes_per_day=max_stored_bytes_per_day)
+    async def create_key(self, rate_limit: int, **settings: Unpack[NewKey]) -> tuple[str, KeyRecord]:
+        secret, record = mint_key(rate_limit, **settings)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.key("key", record.key_hash), mapping=_fields(record))
         pipe.hset(self.key("keys"), record.id, record.key_hash)

@@ -24,14 +24,15 @@ import time
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Unpack
 
 from shared.store.base import (
-    ALL_SCOPES,
     USAGE_FIELDS,
     Authorization,
     Hold,
     KeyChanges,
     KeyRecord,
+    NewKey,
     RateDecision,
     StoredBytes,
     StoreUnavailable,
@@ -210,23 +211,8 @@ class SQLiteStore:
         return record if row[-1] is None else replace(record, last_used_at=row[-1])
 
     # --- keys -------------------------------------------------------------------------------------
-    async def create_key(
-        self,
-        rate_limit: int,
-        *,
-        name: str | None = None,
-        scopes: tuple[str, ...] = ALL_SCOPES,
-        allowed_models: tuple[str, ...] | None = None,
-        expires_at: float | None = None,
-        daily_token_limit: int | None = None,
-        secret: str | None = None,
-        max_concurrent_requests: int | None = None,
-        max_stored_bytes_per_day: int | None = None,
-    ) -> tuple[str, KeyRecord]:
-        secret, record = mint_key(rate_limit, name=name, scopes=scopes, allowed_models=allowed_models,
-                                  expires_at=expires_at, daily_token_limit=daily_token_limit, secret=secret,
-                                  max_concurrent_requests=max_concurrent_requests,
-                                  max_stored_bytes_per_day=max_stored_bytes_per_day)
+    async def create_key(self, rate_limit: int, **settings: Unpack[NewKey]) -> tuple[str, KeyRecord]:
+        secret, record = mint_key(rate_limit, **settings)
         with _errors():
             self.admin.execute(
                 f"INSERT INTO api_keys ({_RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",

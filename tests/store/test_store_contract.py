@@ -11,6 +11,7 @@ import pytest
 from shared.store.base import (
     USAGE_DAYS_KEPT,
     KeyChanges,
+    NewKey,
     Store,
     StoreUnavailable,
     UsageCounts,
@@ -35,6 +36,19 @@ async def test_create_then_lookup_by_hash_and_id(store: Store) -> None:
     assert (await store.get_key_by_id(rec.id)) == got
     assert await store.get_key(hash_key(secret + "x")) is None
     assert await store.get_key_by_id("0123456789abcdef") is None
+
+
+async def test_every_new_key_setting_is_kept(store: Store) -> None:
+    """``NewKey`` lists a key's settings once for both backends: each one given is the key's, as read back."""
+    given: NewKey = {"name": "team", "scopes": ("chat",), "allowed_models": ("m1",), "expires_at": T0 + 3600,
+                     "daily_token_limit": 1000, "secret": "imported-" + "x" * 32, "max_concurrent_requests": 3,
+                     "max_stored_bytes_per_day": 4096}
+    assert set(given) == set(NewKey.__annotations__), "a setting added to NewKey is checked here too"
+    secret, rec = await store.create_key(7, **given)
+    got = await store.get_key_by_id(rec.id)
+    assert secret == given["secret"] and got is not None and got == await store.get_key(hash_key(secret))
+    assert {name: getattr(got, name) for name in given if name != "secret"} == {
+        name: value for name, value in given.items() if name != "secret"}
 
 
 async def test_keys_are_distinct_and_listed_without_secrets(store: Store) -> None:
