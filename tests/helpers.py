@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import signal
 import time
@@ -381,6 +382,30 @@ async def post(api: ApiUnderTest, body: dict, *, timeout: float = 20, headers: d
         async with s.post(api.url + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout),
                           headers={"Authorization": f"Bearer {api.key}", **(headers or {})}) as r:
             return r.status, dict(r.headers), await r.text()
+
+
+async def synthetic_jobs(client: Any, miner_url: str, cycles: int) -> MetagraphSnapshot:
+    """The validator's own jobs to one miner, as it sends them: ``cycles`` synthetic cycles (``run_cycle``, seeds
+    0, 1, ...; 7 s each) through ``client`` (a ``MinerClient``) to uid 1, hotkey ``//Miner1`` at ``miner_url``,
+    available for every task. Returns the metagraph they ran on (uid 1 is the miner)."""
+    from neurons.validator.availability import AvailabilityBook
+    from neurons.validator.datasets import build_datasets
+    from neurons.validator.synthetic import SyntheticConfig, run_cycle
+    from neurons.validator.tasks import default_registry
+    from shared.corpus import builtin_corpus
+    from shared.metagraph import MetagraphView
+    from shared.tasks import ALL_TASKS
+
+    miner = keypair("//Miner1").ss58_address
+    snap = snapshot(VALIDATOR_KP.ss58_address, {1: (miner, miner_url.removeprefix("http://"))})
+    view = MetagraphView(StaticSource(snap))
+    await view.refresh()
+    book = AvailabilityBook(entries={1: {"task_availabilities": dict.fromkeys(ALL_TASKS, True),
+                                         "llm_model_availabilities": {}}}, hotkeys={1: miner})
+    for seed in range(cycles):
+        await run_cycle(client, view, book, default_registry(), build_datasets(builtin_corpus()),
+                        SyntheticConfig(sample_size=8, timeout=7.0), random.Random(seed))
+    return snap
 
 
 def until_empty(probe: Callable[[], list[str]], seconds: float) -> list[str]:

@@ -7,35 +7,27 @@ caller, and the availability poll and the model server's calls said ``*/*``."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 from aiohttp import web
 
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
-from neurons.validator.availability import AvailabilityBook, poll_one
-from neurons.validator.datasets import build_datasets
+from neurons.validator.availability import poll_one
 from neurons.validator.reference import OpenAIReference
-from neurons.validator.synthetic import SyntheticConfig, run_cycle
-from neurons.validator.tasks import default_registry
-from shared.corpus import builtin_corpus
-from shared.metagraph import MetagraphView
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Signer
-from shared.tasks import ALL_TASKS
 from tests.fake_upstream import MODEL
 from tests.helpers import (
     VALIDATOR_KP,
     Script,
-    StaticSource,
     api_with_miners,
     chunk,
     keypair,
     post,
     scripted_miner_app,
     serve_app,
-    snapshot,
     sse,
+    synthetic_jobs,
 )
 
 MINER = keypair("//Miner1")
@@ -79,16 +71,8 @@ async def test_the_validators_jobs_and_availability_poll_say_what_they_take() ->
     app = scripted_miner_app(script)
     app.router.add_post("/availability", availability)
     async with serve_app(app) as url, make_session() as session:
-        snap = snapshot(VALIDATOR_KP.ss58_address, {1: (MINER.ss58_address, url[7:])})
-        view = MetagraphView(StaticSource(snap))
-        await view.refresh()
-        book = AvailabilityBook(entries={1: {"task_availabilities": dict.fromkeys(ALL_TASKS, True),
-                                             "llm_model_availabilities": {}}}, hotkeys={1: MINER.ss58_address})
         client = MinerClient(session, Signer(VALIDATOR_KP))
-        for seed in range(6):
-            await run_cycle(client, view, book, default_registry(), build_datasets(builtin_corpus()),
-                            SyntheticConfig(sample_size=8, timeout=7.0), random.Random(seed))
-        neuron = snap.by_uid(1)
+        neuron = (await synthetic_jobs(client, url, cycles=6)).by_uid(1)
         assert neuron is not None
         assert await poll_one(client, neuron, 3.0) is not None
     jobs = accepted(script)

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -22,22 +21,15 @@ from yarl import URL
 
 from neurons.miner.backends.base import BackendError
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
-from neurons.validator.availability import AvailabilityBook
-from neurons.validator.datasets import build_datasets
-from neurons.validator.synthetic import SyntheticConfig, run_cycle
-from neurons.validator.tasks import default_registry
-from shared.corpus import builtin_corpus
-from shared.metagraph import MetagraphView, write_metagraph_file
+from shared.metagraph import write_metagraph_file
 from shared.miner_client import MinerClient, make_session
 from shared.protocol import DEADLINE_HEADER, MAX_TOLD_DEADLINE, told_deadline
 from shared.signing import Signer
-from shared.tasks import ALL_TASKS
 from shared.wallet import ensure_wallet
 from tests.fake_upstream import MODEL
 from tests.helpers import (
     VALIDATOR_KP,
     Script,
-    StaticSource,
     api_with_miners,
     chunk,
     keypair,
@@ -47,6 +39,7 @@ from tests.helpers import (
     serve_app,
     snapshot,
     sse,
+    synthetic_jobs,
     wait_until,
 )
 from tests.ports import free_port
@@ -81,18 +74,8 @@ async def test_the_validator_tells_each_miner_its_deadline_as_the_api_does() -> 
     """A synthetic job's request carries the header as a caller's does (SYNTHETIC_TIMEOUT's seconds left): a
     miner cannot tell the two apart by it."""
     script = answering()
-    async with serve_app(scripted_miner_app(script)) as url:
-        view = MetagraphView(StaticSource(snapshot(VALIDATOR_KP.ss58_address, {1: (MINER.ss58_address, url[7:])})))
-        await view.refresh()
-        book = AvailabilityBook(entries={1: {"task_availabilities": dict.fromkeys(ALL_TASKS, True),
-                                             "llm_model_availabilities": {}}}, hotkeys={1: MINER.ss58_address})
-        client = MinerClient(make_session(), Signer(VALIDATOR_KP))
-        try:
-            for seed in range(3):
-                await run_cycle(client, view, book, default_registry(), build_datasets(builtin_corpus()),
-                                SyntheticConfig(sample_size=8, timeout=7.0), random.Random(seed))
-        finally:
-            await client.session.close()
+    async with serve_app(scripted_miner_app(script)) as url, make_session() as session:
+        await synthetic_jobs(MinerClient(session, Signer(VALIDATOR_KP)), url, cycles=3)
     assert len(told(script)) == 3 and all(6.0 < s <= 7.0 for s in told(script)), told(script)
 
 
