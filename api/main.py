@@ -66,30 +66,13 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
             warn_new_sqlite(sqlite_path(url))
     if not is_redis(url):
         return Said(new=True)
-    from redis.exceptions import (  # here: a SQLite API never loads redis (9 MB)
-        AuthenticationError,
-        InvalidResponse,
-        OutOfMemoryError,
-        ReadOnlyError,
-        ResponseError,
-    )
-
     store = open_store(url, namespace=namespace, links=links, name=f"sn1-api-{os.getpid()}-check")
     try:
         await within(store.ping(), STORE_START_SECONDS)
     except (StoreUnavailable, TimeoutError, OSError) as e:
         reason = str(e) or f"no answer within {STORE_START_SECONDS:g} s"
-        # Out of memory or a read-only replica (the ping writes) pass with time, as an outage does: not a setting.
-        refused = isinstance(e.__cause__, AuthenticationError | ResponseError)
-        if refused and not isinstance(e.__cause__, OutOfMemoryError | ReadOnlyError):
-            raise SettingsError(f"STORE_URL: {mask_credentials(url)} refused us: {reason}") from None
-        if isinstance(e.__cause__, InvalidResponse):  # something answers there, and it is no Redis: it never will be
-            raise SettingsError(f"STORE_URL: {mask_credentials(url)} answers, but not as a Redis server does ({reason}): "
-                                "is that the Redis's host and port (6379 by default), not another server's (the "
-                                "validator's 8094, an HTTP proxy)? rediss:// for a Redis that takes TLS only") from None
-        if url.startswith("rediss://") and await _plain_redis_at(url):
-            raise SettingsError(f"STORE_URL: {mask_credentials(url)} asks for TLS, and the Redis there answers "
-                                "without it: write redis://, or turn TLS on in that Redis") from None
+        if (wrong := await _wrong_setting(url, e, reason)) is not None:
+            raise wrong from None
         logger.warning("STORE_URL: cannot reach {}: {}; starting anyway, requests answer 503 until it answers",
                        mask_credentials(url), reason)
         return None
@@ -104,6 +87,31 @@ async def reach_store(url: str, namespace: str, *, links: RedisLinks | None = No
         return Said(new=True)
     finally:
         await store.close()
+
+
+async def _wrong_setting(url: str, failed: BaseException, reason: str) -> SettingsError | None:
+    """What a Redis ``STORE_URL`` whose PING ``failed`` (``reason``: why, in words) says is a setting to fix, for the
+    start to stop on; None for an outage, which passes by itself (the start goes on, and the API answers 503)."""
+    from redis.exceptions import (  # here: a SQLite API never loads redis (9 MB)
+        AuthenticationError,
+        InvalidResponse,
+        OutOfMemoryError,
+        ReadOnlyError,
+        ResponseError,
+    )
+
+    # Out of memory or a read-only replica (the ping writes) pass with time, as an outage does: not a setting.
+    refused = isinstance(failed.__cause__, AuthenticationError | ResponseError)
+    if refused and not isinstance(failed.__cause__, OutOfMemoryError | ReadOnlyError):
+        return SettingsError(f"STORE_URL: {mask_credentials(url)} refused us: {reason}")
+    if isinstance(failed.__cause__, InvalidResponse):  # something answers there, and it is no Redis: it never will be
+        return SettingsError(f"STORE_URL: {mask_credentials(url)} answers, but not as a Redis server does ({reason}): "
+                             "is that the Redis's host and port (6379 by default), not another server's (the "
+                             "validator's 8094, an HTTP proxy)? rediss:// for a Redis that takes TLS only")
+    if url.startswith("rediss://") and await _plain_redis_at(url):
+        return SettingsError(f"STORE_URL: {mask_credentials(url)} asks for TLS, and the Redis there answers "
+                             "without it: write redis://, or turn TLS on in that Redis")
+    return None
 
 
 async def _create_sqlite(url: str) -> None:
