@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import argparse
+
     from pydantic_settings import BaseSettings
 
 DEFAULT_ENV = {"api": ".env.api", "validator": ".env.validator", "miner": ".env.miner"}
@@ -102,6 +104,37 @@ def _main(argv: list[str] | None) -> None:
     load nothing else, so ``sn1 --help``, ``sn1 keys ...`` and ``sn1 backup`` never wait for pydantic, aiohttp
     or the bittensor SDK, and a settings error is said before ``sn1 api|validator|miner`` loads any but
     pydantic (tests/unit/test_import_footprint.py)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command in DEFAULT_ENV:  # `sn1 miner --port 8091`: said to be no option, and what to set
+        sys.exit(not_options(args.command, extra))
+    if extra:
+        args = parser.parse_args(argv)  # argparse's own usage error
+
+    if args.command in DEFAULT_ENV:
+        from shared.settings import SettingsError, problem_lines
+
+        settings = _settings(args.command, args.env_file)
+        try:
+            _run_role(args.command, settings)
+        except SettingsError as e:  # wallet or metagraph unreadable at start: one clear line, no traceback
+            sys.exit(problem_lines(args.command, e))
+    elif args.command == "localnet":
+        from neurons.localnet import run_localnet
+
+        sys.exit(run_localnet(args))
+    elif args.command == "keys":
+        from shared.keys_cli import run_keys
+
+        sys.exit(run_keys(args))
+    elif args.command == "vacuum":
+        sys.exit(_vacuum(args.path))
+    elif args.command == "backup":
+        sys.exit(_backup(args.source, Path(args.dest)))
+
+
+def _parser() -> argparse.ArgumentParser:
+    """``sn1``'s commands and their arguments (each role's, ``localnet``'s, ``keys``', ``vacuum``'s, ``backup``'s)."""
     # here, not at the top: a Ctrl-C as they load is ``main``'s quiet exit too
     import argparse
 
@@ -133,32 +166,7 @@ def _main(argv: list[str] | None) -> None:
         "restore it, stop the API, remove the store file and its -wal and -shm files, and put the copy in its place."))
     saved.add_argument("source", help="the store file, e.g. ./state/api.db, or the STORE_URL naming it")
     saved.add_argument("dest", help="a new file, or a directory to write it into under the source's name")
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command in DEFAULT_ENV:  # `sn1 miner --port 8091`: said to be no option, and what to set
-        sys.exit(not_options(args.command, extra))
-    if extra:
-        args = parser.parse_args(argv)  # argparse's own usage error
-
-    if args.command in DEFAULT_ENV:
-        from shared.settings import SettingsError, problem_lines
-
-        settings = _settings(args.command, args.env_file)
-        try:
-            _run_role(args.command, settings)
-        except SettingsError as e:  # wallet or metagraph unreadable at start: one clear line, no traceback
-            sys.exit(problem_lines(args.command, e))
-    elif args.command == "localnet":
-        from neurons.localnet import run_localnet
-
-        sys.exit(run_localnet(args))
-    elif args.command == "keys":
-        from shared.keys_cli import run_keys
-
-        sys.exit(run_keys(args))
-    elif args.command == "vacuum":
-        sys.exit(_vacuum(args.path))
-    elif args.command == "backup":
-        sys.exit(_backup(args.source, Path(args.dest)))
+    return parser
 
 
 def not_options(role: str, extra: list[str]) -> int:
