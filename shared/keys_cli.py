@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # loaded when a command runs: every `sn1 ...` builds this parser, and aiohttp costs ~0.3 s
-    from shared.admin_client import AdminClient
+    from shared.admin_client import AdminClient, UsageOut
 
 DEFAULT_API = "http://127.0.0.1:42170"
 
@@ -107,7 +107,6 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
 
 
 async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
-    from shared.admin_client import AdminError
 
     fields = {k: getattr(args, k, None) for k in ("rate_limit", "name", "scopes", "allowed_models", "expires_at",
                                                    "expires_in_days", "daily_token_limit",
@@ -124,17 +123,7 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
             return json.dumps([k.model_dump(mode="json") for k in keys], indent=2)
         return table([_key_row(k) for k in keys], KEY_HEADERS) if keys else "no keys"
     if args.action == "modify":
-        if args.no_expiry:
-            fields["expires_at"] = "never"
-        if args.no_daily_tokens:
-            fields["daily_token_limit"] = "none"
-        for _, field, *_ in OVERRIDES:
-            if getattr(args, f"default_{field}"):
-                fields[field] = "default"
-        if all(v is None for v in fields.values()):
-            raise AdminError(0, "nothing to change: give --rate-limit, --name, --scopes, --models, --daily-tokens, "
-                                "--max-concurrent, --stored-bytes-per-day or an expiry")
-        key = await admin.modify_key(args.key, **fields)
+        key = await admin.modify_key(args.key, **_changes(args, fields))
         return key.model_dump_json(indent=2) if args.json else table([_key_row(key)], KEY_HEADERS)
     if args.action == "rotate":
         rotated = await admin.rotate_key(args.key)
@@ -143,11 +132,7 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
         return (f"API key rotated (the new secret, shown once; the old one no longer works):\n  {rotated.api_key}\n\n"
                 + table([_key_row(rotated)], KEY_HEADERS))
     if args.action == "import":
-        try:  # a key file is small: read at once, before any request
-            legacy = json.loads(Path(args.file).read_text(encoding="utf-8"))  # noqa: ASYNC240
-        except (OSError, ValueError) as e:
-            raise AdminError(0, f"cannot read {args.file}: {e}") from None
-        done = await admin.import_keys(legacy)
+        done = await admin.import_keys(_key_file(args.file))
         if args.json:
             return done.model_dump_json(indent=2)
         return (imported_line(done.imported, done.already_here)
@@ -158,6 +143,42 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
     report = await admin.usage(args.key, days=args.days)
     if args.json:
         return report.model_dump_json(indent=2)
+    return _usage_text(report)
+
+
+def _changes(args: argparse.Namespace, fields: dict[str, Any]) -> dict[str, Any]:
+    """``sn1 keys modify``'s changes: ``fields`` given, and each ``--no-...`` or ``--default-...`` as the admin API
+    clears a setting; nothing to change is the command's error."""
+    from shared.admin_client import AdminError
+
+    fields = dict(fields)
+    if args.no_expiry:
+        fields["expires_at"] = "never"
+    if args.no_daily_tokens:
+        fields["daily_token_limit"] = "none"
+    for _, field, *_ in OVERRIDES:
+        if getattr(args, f"default_{field}"):
+            fields[field] = "default"
+    if all(v is None for v in fields.values()):
+        raise AdminError(0, "nothing to change: give --rate-limit, --name, --scopes, --models, --daily-tokens, "
+                            "--max-concurrent, --stored-bytes-per-day or an expiry")
+    return fields
+
+
+def _key_file(path: str) -> Any:
+    """``sn1 keys import``'s file, read at once before any request (a key file is small); unreadable, the command's
+    error."""
+    from shared.admin_client import AdminError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise AdminError(0, f"cannot read {path}: {e}") from None
+
+
+def _usage_text(report: UsageOut) -> str:
+    """``sn1 keys usage``'s report as a person reads it: the key's limits and use today, then a row a day and the
+    totals."""
     t = report.totals
     rows = [[d.date, d.requests, d.prompt_tokens, d.completion_tokens, d.errors, d.rate_limited] for d in report.days]
     rows.append(["total", t.requests, t.prompt_tokens, t.completion_tokens, t.errors, t.rate_limited])
