@@ -48,8 +48,23 @@ NO_BODY_ROUTES = frozenset({"POST /v1/responses/{response_id}/cancel", "POST /v1
 
 
 def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Application:
+    """The API over ``ctx``, in steps whose order counts: what its handlers read from the app, its routes, the parts
+    of ``ctx`` a caller may leave out (a test's), the keys' concurrency limiter, then its hooks and background work
+    (CORS after every route and every hook that adds a header). ``run_background``: the metagraph, availability,
+    outbox and probe loops (a test's app runs without)."""
     app = web.Application(middlewares=[access_log_middleware, error_middleware, request_shape_middleware],
                           client_max_size=ctx.settings.max_body_bytes)
+    _share(app, ctx)
+    _add_routes(app, ctx)
+    _fill_in(ctx)
+    app[LIMITER] = ConcurrencyLimiter(ctx.store.inflight(), ctx.settings.max_concurrent_requests_per_key,
+                                      lease_s=ctx.settings.concurrency_lease_seconds, holder=holder_name())
+    _add_hooks(app, ctx, run_background=run_background)
+    return app
+
+
+def _share(app: web.Application, ctx: ApiContext) -> None:
+    """What the handlers and middlewares read from the app: the context, and the settings they go by."""
     app[CTX] = ctx
     app[INVALID_KEY_LIMIT] = ctx.settings.invalid_keys_per_minute
     app[STORE_OUTAGE] = store_outage_log()
@@ -57,6 +72,11 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app[NO_BODY_POSTS] = NO_BODY_ROUTES
     app[TRUSTED_PROXIES] = parse_networks(ctx.settings.trusted_proxies)
     app[PEERS_TOLD] = set()
+
+
+def _add_routes(app: web.Application, ctx: ApiContext) -> None:
+    """The routes table: OpenAI's endpoints, the subnet's original API's, the admin API, operations (``ops``) and
+    sessions."""
     app.router.add_get("/health", health)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions.completions)
@@ -85,6 +105,10 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     app.router.add_get("/v1/sessions", sessions.get_session)
     app.router.add_delete("/v1/sessions/{session_id}", sessions.delete_session)
     app.router.add_post("/v1/sessions/{session_id}/ping", sessions.ping_session)
+
+
+def _fill_in(ctx: ApiContext) -> None:
+    """The parts of ``ctx`` its maker may leave None (a test's): each made from the settings and the store."""
     if ctx.miner_health is None:
         settings = ctx.settings
         ctx.miner_health = MinerHealth(settings.miner_failures_to_set_aside, settings.miner_cooldown_seconds,
@@ -93,9 +117,11 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
         ctx.usage = UsageRecorder(ctx.store)
     if ctx.storage_budget is None:
         ctx.storage_budget = StorageBudget(ctx.store, ctx.settings.stored_bytes_per_key_per_day, ctx.usage.clock)
-    holder = holder_name()
-    app[LIMITER] = ConcurrencyLimiter(ctx.store.inflight(), ctx.settings.max_concurrent_requests_per_key,
-                                      lease_s=ctx.settings.concurrency_lease_seconds, holder=holder)
+
+
+def _add_hooks(app: web.Application, ctx: ApiContext, *, run_background: bool) -> None:
+    """What runs around the requests: the headers added to each response, CORS, and the work at start and at
+    shutdown, in the order it must run."""
     app.on_response_prepare.append(add_rate_limit_headers)  # x-ratelimit-* on every charged response
     app.on_response_prepare.append(usage.count_response)
     install_cors(app, ctx.settings.cors_origins)  # after every route, and after the hooks that add headers
@@ -108,7 +134,6 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     # written then: flushed before, they were lost), and before the rest of the cleanup
     app.cleanup_ctx.append(_flush_request_log)
     app.cleanup_ctx.append(_settle_in_flight)  # exits before _background: payloads in before the outbox closes
-    return app
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
