@@ -351,20 +351,9 @@ class LocalNet:
         admin_key = self._admin_key()
         validator_env = self._validator_extra_env(progress=progress)
         for spec in self.miner_specs:
-            env = self._common_env(spec["wallet"]) | {
-                "MINER_HOST": "127.0.0.1",
-                "MINER_PORT": str(spec["port"]),
-                "MINER_BACKEND": self.cfg.backend,
-                "MINER_MODEL": self.cfg.model,
-                "MINER_PROFILE": spec["profile"],
-            }
-            if "SYNTHETIC_TIMEOUT" in validator_env:  # the slow profile answers at 80 % of the tasks' deadline
-                env["SLOW_PROFILE_DEADLINE"] = validator_env["SYNTHETIC_TIMEOUT"]
-            if self.cfg.upstream:
-                env["UPSTREAM_URL"] = self.cfg.upstream
             # A ``refuse`` miner never listens, so there is no /health to wait for.
             health = "" if spec["profile"] == "refuse" else f"http://127.0.0.1:{spec['port']}/health"
-            self._spawn(f"miner{spec['uid']}", "miner", env, health)
+            self._spawn(f"miner{spec['uid']}", "miner", self._miner_env(spec, validator_env), health)
         validator_url = f"http://127.0.0.1:{self.cfg.validator_port}"
         self._spawn("validator", "validator", self._common_env(VALIDATOR_WALLET) | {
             "SCORING_API_HOST": "127.0.0.1",
@@ -382,8 +371,31 @@ class LocalNet:
         api_url = f"http://127.0.0.1:{self.cfg.api_port}"
         self._spawn("api", "api", self.api_env(validator_url, admin_key), f"{api_url}/health")
         self.wait_healthy(self.children[-1:], timeout=timeout, progress=progress, cancelled=cancelled)
-        api_key = self._api_key(api_url, admin_key)
-        self.info = {
+        self.info = self._info(api_url, validator_url, admin_key, self._api_key(api_url, admin_key))
+        path = self.dir / "localnet.json"
+        path.write_text(json.dumps(self.info, indent=2))
+        path.chmod(0o600)
+        return self.info
+
+    def _miner_env(self, spec: dict[str, Any], validator_env: dict[str, str]) -> dict[str, str]:
+        """A miner's settings: its wallet, port, backend, model and profile (``validator_env``: the validator's own,
+        whose deadline the slow profile answers by)."""
+        env = self._common_env(spec["wallet"]) | {
+            "MINER_HOST": "127.0.0.1",
+            "MINER_PORT": str(spec["port"]),
+            "MINER_BACKEND": self.cfg.backend,
+            "MINER_MODEL": self.cfg.model,
+            "MINER_PROFILE": spec["profile"],
+        }
+        if "SYNTHETIC_TIMEOUT" in validator_env:  # the slow profile answers at 80 % of the tasks' deadline
+            env["SLOW_PROFILE_DEADLINE"] = validator_env["SYNTHETIC_TIMEOUT"]
+        if self.cfg.upstream:
+            env["UPSTREAM_URL"] = self.cfg.upstream
+        return env
+
+    def _info(self, api_url: str, validator_url: str, admin_key: str, api_key: str) -> dict[str, Any]:
+        """What ``localnet.json`` tells a script of the network that is up: its URLs, keys, wallet and miners."""
+        return {
             "api_url": api_url,
             "validator_url": validator_url,
             "admin_key": admin_key,
@@ -398,10 +410,6 @@ class LocalNet:
                 for s in self.miner_specs
             ] + self.external_specs,
         }
-        path = self.dir / "localnet.json"
-        path.write_text(json.dumps(self.info, indent=2))
-        path.chmod(0o600)
-        return self.info
 
     def _api_key(self, api_url: str, admin_key: str) -> str:
         previous = self._previous().get("api_key")
