@@ -49,7 +49,7 @@ from shared.store.base import (
 )
 from shared.store.inflight import SQLITE_SCHEMA as INFLIGHT_SCHEMA
 from shared.store.inflight import SlotCount, SQLiteInflight, drop_released
-from shared.store.sqlite_tables import add_columns, open_db, sqlite_errors
+from shared.store.sqlite_tables import add_columns, open_db, sqlite_errors, write_tx
 from shared.store.window import charge_each, charge_window
 
 SCHEMA = """
@@ -235,27 +235,21 @@ class SQLiteStore:
         return self._read(row) if row else None
 
     async def update_key(self, key_id: str, changes: KeyChanges) -> KeyRecord | None:
-        with _errors():
-            self.admin.execute("BEGIN IMMEDIATE")
-            try:
-                row = self.admin.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-                if row is None:
-                    self.admin.execute("ROLLBACK")
-                    return None
-                new = changes.apply(self._read(row))
-                self.admin.execute(
-                    "UPDATE api_keys SET name=?, rate_limit=?, scopes=?, allowed_models=?, expires_at=?, "
-                    "daily_token_limit=?, max_concurrent=?, max_stored_bytes_per_day=? WHERE id=?",
-                    (new.name, new.rate_limit, json.dumps(list(new.scopes)),
-                     json.dumps(list(new.allowed_models)) if new.allowed_models else None, new.expires_at,
-                     new.daily_token_limit, new.max_concurrent_requests, new.max_stored_bytes_per_day, key_id),
-                )
-                self.admin.execute("COMMIT")
-            except BaseException:
-                if self.admin.in_transaction:
-                    self.admin.execute("ROLLBACK")
-                raise
-        return new
+        def run(db: sqlite3.Connection) -> KeyRecord | None:
+            row = db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            if row is None:
+                return None
+            new = changes.apply(self._read(row))
+            db.execute(
+                "UPDATE api_keys SET name=?, rate_limit=?, scopes=?, allowed_models=?, expires_at=?, "
+                "daily_token_limit=?, max_concurrent=?, max_stored_bytes_per_day=? WHERE id=?",
+                (new.name, new.rate_limit, json.dumps(list(new.scopes)),
+                 json.dumps(list(new.allowed_models)) if new.allowed_models else None, new.expires_at,
+                 new.daily_token_limit, new.max_concurrent_requests, new.max_stored_bytes_per_day, key_id),
+            )
+            return new
+
+        return write_tx(self.admin, run)
 
     async def rotate_key(self, key_id: str) -> tuple[str, KeyRecord] | None:
         with _errors():
@@ -270,18 +264,13 @@ class SQLiteStore:
         return (secret, new) if cur.rowcount else None
 
     async def delete_key(self, key_id: str) -> bool:
-        with _errors():
-            self.admin.execute("BEGIN IMMEDIATE")
-            try:
-                cur = self.admin.execute("DELETE FROM api_keys WHERE id = ?", (key_id,))
-                self.admin.execute("DELETE FROM usage_daily WHERE key_id = ?", (key_id,))
-                self.admin.execute("DELETE FROM rate_windows WHERE bucket = ?", (f"key:{key_id}",))
-                self.admin.execute("COMMIT")
-            except BaseException:
-                if self.admin.in_transaction:
-                    self.admin.execute("ROLLBACK")
-                raise
-        return cur.rowcount > 0
+        def run(db: sqlite3.Connection) -> bool:
+            cur = db.execute("DELETE FROM api_keys WHERE id = ?", (key_id,))
+            db.execute("DELETE FROM usage_daily WHERE key_id = ?", (key_id,))
+            db.execute("DELETE FROM rate_windows WHERE bucket = ?", (f"key:{key_id}",))
+            return cur.rowcount > 0
+
+        return write_tx(self.admin, run)
 
     async def list_keys(self) -> list[KeyRecord]:
         with _errors():
@@ -376,33 +365,28 @@ class SQLiteStore:
             return
         cols = ", ".join(USAGE_FIELDS)
         adds = ", ".join(f"{f} = {f} + excluded.{f}" for f in USAGE_FIELDS)
-        with _errors():
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                for d in deltas:
-                    exists = self.db.execute("SELECT 1 FROM api_keys WHERE id = ?", (d.key_id,)).fetchone()
-                    if not exists:  # deleted meanwhile: its usage goes with it
-                        continue
-                    counts = [getattr(d.counts, f) for f in USAGE_FIELDS]
-                    if any(counts):  # all zero adds no day (as on Redis): only the last use moves
-                        self.db.execute(
-                            f"INSERT INTO usage_daily (key_id, day, {cols}) VALUES (?,?,?,?,?,?,?)"
-                            f" ON CONFLICT(key_id, day) DO UPDATE SET {adds}",
-                            (d.key_id, d.day, *counts),
-                        )
-                    self.db.execute(
-                        "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
-                        (d.last_used_at, d.key_id),
+        def run(db: sqlite3.Connection) -> None:
+            for d in deltas:
+                exists = db.execute("SELECT 1 FROM api_keys WHERE id = ?", (d.key_id,)).fetchone()
+                if not exists:  # deleted meanwhile: its usage goes with it
+                    continue
+                counts = [getattr(d.counts, f) for f in USAGE_FIELDS]
+                if any(counts):  # all zero adds no day (as on Redis): only the last use moves
+                    db.execute(
+                        f"INSERT INTO usage_daily (key_id, day, {cols}) VALUES (?,?,?,?,?,?,?)"
+                        f" ON CONFLICT(key_id, day) DO UPDATE SET {adds}",
+                        (d.key_id, d.day, *counts),
                     )
-                # In the same transaction: after the commit, a prune that met a busy lock failed a flush whose
-                # usage was stored, and the recorder wrote that usage again (counted twice).
-                self._prune_windows(time.time())
-                self._prune_usage(max(d.last_used_at for d in deltas))
-                self.db.execute("COMMIT")
-            except BaseException:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
+                db.execute(
+                    "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+                    (d.last_used_at, d.key_id),
+                )
+            # In the same transaction: after the commit, a prune that met a busy lock failed a flush whose
+            # usage was stored, and the recorder wrote that usage again (counted twice).
+            self._prune_windows(time.time())
+            self._prune_usage(max(d.last_used_at for d in deltas))
+
+        write_tx(self.db, run)
 
     def _prune_windows(self, now: float) -> None:
         """Drop windows idle for over a minute (they hold nothing); piggybacks on the usage flush."""
