@@ -342,19 +342,16 @@ async def api_with_miners(tmp_path: Path, scripts: dict[int, Script], *, honest:
 
 
 @contextlib.asynccontextmanager
-async def apis_on_one_store(tmp_path: Path, store: str, count: int, miner: Script,
-                            **settings: Any) -> AsyncIterator[list[ApiUnderTest]]:
-    """``count`` API processes on one store (``store``: "sqlite", one file; "redis", one ``REDIS_URL`` namespace,
-    dropped after; skipped without a Redis), each with ``miner`` as uid 1 and ``settings``."""
+async def fresh_namespace(store: str, name: str = "apis") -> AsyncIterator[str | None]:
+    """For ``store`` "redis": a namespace of its own in ``REDIS_URL`` (``test-<name>-<random>``), its keys dropped
+    after (skipped without a Redis); for "sqlite": None (the test's file is its own)."""
     from tests.store.conftest import drop_keys, redis_url
 
-    namespace = f"test-apis-{secrets.token_hex(6)}" if store == "redis" else None
+    namespace = f"test-{name}-{secrets.token_hex(6)}" if store == "redis" else None
     if namespace is not None:
         redis_url()  # skipped without a Redis
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            yield [await stack.enter_async_context(api_with_miners(
-                tmp_path, {1: miner}, redis_namespace=namespace, **settings)) for _ in range(count)]
+        yield namespace
     finally:
         if namespace is not None:
             import redis.asyncio as aioredis
@@ -362,6 +359,16 @@ async def apis_on_one_store(tmp_path: Path, store: str, count: int, miner: Scrip
             client = aioredis.from_url(redis_url())
             await drop_keys(client, namespace)
             await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def apis_on_one_store(tmp_path: Path, store: str, count: int, miner: Script,
+                            **settings: Any) -> AsyncIterator[list[ApiUnderTest]]:
+    """``count`` API processes on one store (``store``: "sqlite", one file; "redis", one ``REDIS_URL`` namespace,
+    dropped after; skipped without a Redis), each with ``miner`` as uid 1 and ``settings``."""
+    async with fresh_namespace(store) as namespace, contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(api_with_miners(
+            tmp_path, {1: miner}, redis_namespace=namespace, **settings)) for _ in range(count)]
 
 
 ADMIN = {"admin-key": "admin-secret-for-tests"}  # the headers of an admin request to the API under test

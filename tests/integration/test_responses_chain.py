@@ -8,21 +8,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from api.responses_render import new_id
 from api.responses_state import stored_item
 from shared.store import responses as responses_module
 from shared.store.base import hash_key
 from shared.store.responses import SQLiteResponseStore
-from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, paced, sse
-from tests.store.conftest import drop_keys, redis_url
+from tests.helpers import (
+    ApiUnderTest,
+    Script,
+    api_with_miners,
+    call,
+    chunk,
+    fresh_namespace,
+    openai_client,
+    paced,
+    sse,
+)
 
 STORES = ["sqlite", pytest.param("redis", marks=pytest.mark.redis)]
 ANSWER = "a" * 2500  # a 2.5 KB answer each turn
@@ -35,17 +42,9 @@ def answering(text: str) -> Script:
 @contextlib.asynccontextmanager
 async def api_on(store: str, tmp_path: Path, miner: Script, **settings: Any) -> AsyncIterator[ApiUnderTest]:
     """The API on a SQLite file or on Redis (a fresh namespace, dropped afterwards), with one scripted miner."""
-    namespace = f"test-chain-{secrets.token_hex(6)}" if store == "redis" else None
-    if namespace is not None:
-        redis_url()  # skipped without a Redis
-    try:
-        async with api_with_miners(tmp_path, {1: miner}, redis_namespace=namespace, **settings) as api:
-            yield api
-    finally:
-        if namespace is not None:
-            client = aioredis.from_url(redis_url())
-            await drop_keys(client, namespace)
-            await client.aclose()
+    async with fresh_namespace(store, "chain") as namespace, \
+            api_with_miners(tmp_path, {1: miner}, redis_namespace=namespace, **settings) as api:
+        yield api
 
 
 async def key_id_of(api: ApiUnderTest) -> str:

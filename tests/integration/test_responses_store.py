@@ -7,22 +7,29 @@ conversation, the new request's instructions first (the earlier ones are not car
 from __future__ import annotations
 
 import asyncio
-import secrets
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
-import redis.asyncio as aioredis
 from openai.types.responses import Response, ResponseItem
 from pydantic import TypeAdapter
 
 from shared.store import responses as responses_module
 from shared.store.base import hash_key
 from shared.store.responses import SQLiteResponseStore
-from tests.helpers import ApiUnderTest, Script, api_with_miners, call, chunk, openai_client, sse, wait_until
-from tests.store.conftest import drop_keys, redis_url
+from tests.helpers import (
+    ApiUnderTest,
+    Script,
+    api_with_miners,
+    call,
+    chunk,
+    fresh_namespace,
+    openai_client,
+    sse,
+    wait_until,
+)
 
 ITEM: TypeAdapter[Any] = TypeAdapter(ResponseItem)
 TIME = {"type": "function", "name": "get_time", "description": "The local time in a city",
@@ -279,40 +286,32 @@ async def test_an_answer_made_as_its_key_is_deleted_is_not_stored(tmp_path: Path
     file, or two hosts on one Redis) while its response is being answered: the answer was stored when it came,
     for the usual day, though reads are scoped to the key and no key could ever read it. Nothing of it is stored;
     the request in flight still gets its answer, saying ``store: false``."""
-    namespace = f"test-deleted-{secrets.token_hex(6)}" if store == "redis" else None
-    if namespace is not None:
-        redis_url()  # skipped without a Redis
     miner = Script([(0.3, d) for d in sse(chunk("Late."), chunk(finish="stop"))])
-    try:
-        async with api_with_miners(tmp_path, {1: miner}, redis_namespace=namespace) as here, \
-                api_with_miners(tmp_path, {1: answering("Other.")}, redis_namespace=namespace) as other:
-            key_id = (await here.ctx.store.get_key(hash_key(here.key))).id
-            client = openai_client(here)
-            asked = asyncio.ensure_future(client.responses.create(
-                model="default", input="Hi", stream=mode == "streamed", background=mode == "background"))
-            await wait_until(lambda: miner.active > 0, 5)
-            admin = (here if deleted_on == "this host" else other).url
-            async with aiohttp.ClientSession() as s, s.delete(f"{admin}/api_management/delete-api-key/{here.key}",
-                                                              headers={"admin-key": "admin-secret-for-tests"}) as r:
-                assert r.status == 200, await r.text()
-            made = await asked
-            if mode == "streamed":
-                events = [e async for e in made]
-                assert events[-1].type == "response.completed"
-                made = events[-1].response
-            if mode == "background":
-                await wait_until(lambda: not here.ctx.running_responses, 5)
-            else:
-                assert made.output_text == "Late." and made.to_dict()["store"] is False, made
-            assert miner.calls == 1 and not here.ctx.running_responses
-            for host in (here, other):
-                assert await host.ctx.responses.get(key_id, made.id) is None
-            assert await stored_by(here, key_id) == 0
-    finally:
-        if namespace is not None:
-            client = aioredis.from_url(redis_url())
-            await drop_keys(client, namespace)
-            await client.aclose()
+    async with fresh_namespace(store, "deleted") as namespace, \
+            api_with_miners(tmp_path, {1: miner}, redis_namespace=namespace) as here, \
+            api_with_miners(tmp_path, {1: answering("Other.")}, redis_namespace=namespace) as other:
+        key_id = (await here.ctx.store.get_key(hash_key(here.key))).id
+        client = openai_client(here)
+        asked = asyncio.ensure_future(client.responses.create(
+            model="default", input="Hi", stream=mode == "streamed", background=mode == "background"))
+        await wait_until(lambda: miner.active > 0, 5)
+        admin = (here if deleted_on == "this host" else other).url
+        async with aiohttp.ClientSession() as s, s.delete(f"{admin}/api_management/delete-api-key/{here.key}",
+                                                          headers={"admin-key": "admin-secret-for-tests"}) as r:
+            assert r.status == 200, await r.text()
+        made = await asked
+        if mode == "streamed":
+            events = [e async for e in made]
+            assert events[-1].type == "response.completed"
+            made = events[-1].response
+        if mode == "background":
+            await wait_until(lambda: not here.ctx.running_responses, 5)
+        else:
+            assert made.output_text == "Late." and made.to_dict()["store"] is False, made
+        assert miner.calls == 1 and not here.ctx.running_responses
+        for host in (here, other):
+            assert await host.ctx.responses.get(key_id, made.id) is None
+        assert await stored_by(here, key_id) == 0
 
 
 async def stored_by(api: ApiUnderTest, key_id: str) -> int:
