@@ -11,6 +11,7 @@ import contextlib
 import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from api import concurrency
 from shared.store.base import Hold, hash_key
 from shared.store.redis import RedisStore
-from tests.chaos.tcp_proxy import tcp_proxy
+from tests.chaos.tcp_proxy import TcpProxy, tcp_proxy
 from tests.helpers import ApiUnderTest, Script, apis_on_one_store, call, chunk, sse
 from tests.store.conftest import redis_url
 
@@ -234,6 +235,48 @@ async def test_a_client_that_keeps_to_its_limit_back_to_back_is_never_refused(tm
         assert await until_in_flight(api, api.key, 0) == 0
 
 
+@dataclass
+class BehindProxy:
+    """One API whose store's Redis it reaches through ``proxy`` (which can hold Redis's replies), and ``watcher``, a
+    client straight to Redis, past the proxy, that reads ``slots``: the slots in flight of the API's key
+    (``key_id``)."""
+
+    api: ApiUnderTest
+    proxy: TcpProxy
+    watcher: Any  # redis.asyncio.Redis
+    key_id: str
+    slots: str
+
+    async def slots_held(self, want: int, pause: float = 0.02) -> int:
+        """How many of the key's slots are taken, once they are ``want`` (or after 100 looks ``pause`` apart)."""
+        for _ in range(100):
+            if await self.watcher.zcard(self.slots) == want:
+                break
+            await asyncio.sleep(pause)
+        return await self.watcher.zcard(self.slots)
+
+
+@contextlib.asynccontextmanager
+async def behind_proxy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, limit: int) -> AsyncIterator[BehindProxy]:
+    """An API on ``REDIS_URL`` through a proxy, each key limited to ``limit`` requests in flight with 20 s leases (a
+    slot left to its lease is seen as still taken); the proxy passes the replies again as this ends."""
+    import redis.asyncio as aioredis
+
+    real = urllib.parse.urlparse(redis_url())
+    async with tcp_proxy(real.hostname or "127.0.0.1", real.port or 6379) as proxy:
+        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{proxy.port}{real.path or '/0'}")  # the API's store
+        async with apis_on_one_store(tmp_path, "redis", 1, quick(), max_concurrent_requests_per_key=limit,
+                                     concurrency_lease_seconds=20.0) as (api,):
+            record = await api.ctx.store.get_key(hash_key(api.key))
+            watcher = aioredis.from_url(redis_url())  # straight to Redis, past the proxy
+            try:
+                yield BehindProxy(api, proxy, watcher, record.id,
+                                  f"{api.ctx.settings.store_namespace}:inflight:{record.id}")
+            finally:
+                proxy.pass_replies()
+                await watcher.aclose()
+
+
 @pytest.mark.redis
 async def test_a_client_that_leaves_while_its_authorization_comes_back_gives_its_slot_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -241,35 +284,17 @@ async def test_a_client_that_leaves_while_its_authorization_comes_back_gives_its
     its slot, its answer waits in the proxy, and the client leaves (its handler cancelled) before it comes back. The
     slot it sent is given back at once: it was left to its lease (here 20 s), which every other request of a key at
     its limit was refused for."""
-    import redis.asyncio as aioredis
-
-    real = urllib.parse.urlparse(redis_url())
-    async with tcp_proxy(real.hostname or "127.0.0.1", real.port or 6379) as proxy:
-        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{proxy.port}{real.path or '/0'}")  # the API's store
-        async with apis_on_one_store(tmp_path, "redis", 1, quick(), max_concurrent_requests_per_key=LIMIT,
-                                     concurrency_lease_seconds=20.0) as (api,), aiohttp.ClientSession() as s:
-            record = await api.ctx.store.get_key(hash_key(api.key))
-            slots = f"{api.ctx.settings.store_namespace}:inflight:{record.id}"
-            watcher = aioredis.from_url(redis_url())  # straight to Redis, past the proxy
-            try:
-                proxy.hold_replies()
-                leaving = asyncio.create_task(s.post(api.url + "/v1/chat/completions", json=CHAT,
-                                                     headers=auth(api.key)))
-                for _ in range(100):  # the authorization ran: the slot is taken, its answer held
-                    if await watcher.zcard(slots) == 1:
-                        break
-                    await asyncio.sleep(0.02)
-                assert await watcher.zcard(slots) == 1
-                leaving.cancel()  # the client leaves
-                with contextlib.suppress(asyncio.CancelledError):
-                    await leaving
-                await asyncio.sleep(0.3)  # the API sees the connection close and cancels the handler
-                proxy.pass_replies()
-                assert await until_in_flight(api, api.key, 0, timeout=3.0) == 0
-                assert await watcher.zcard(slots) == 0
-            finally:
-                proxy.pass_replies()
-                await watcher.aclose()
+    async with behind_proxy(monkeypatch, tmp_path, LIMIT) as b, aiohttp.ClientSession() as s:
+        b.proxy.hold_replies()
+        leaving = asyncio.create_task(s.post(b.api.url + "/v1/chat/completions", json=CHAT, headers=auth(b.api.key)))
+        assert await b.slots_held(1) == 1  # the authorization ran: the slot is taken, its answer held
+        leaving.cancel()  # the client leaves
+        with contextlib.suppress(asyncio.CancelledError):
+            await leaving
+        await asyncio.sleep(0.3)  # the API sees the connection close and cancels the handler
+        b.proxy.pass_replies()
+        assert await until_in_flight(b.api, b.api.key, 0, timeout=3.0) == 0
+        assert await b.watcher.zcard(b.slots) == 0
 
 
 @pytest.mark.redis
@@ -278,30 +303,13 @@ async def test_an_authorization_whose_answer_times_out_gives_its_slot_back(tmp_p
     """Redis ran the request's authorization (its slot taken) but its answer came back after the key store's
     timeout: the request is the 503 ``store_unavailable``, and it holds nothing. Its slot was left to its lease (here
     20 s), for which every request of a key at its limit was refused; it is now given back as a cancelled one's is."""
-    import redis.asyncio as aioredis
-
-    real = urllib.parse.urlparse(redis_url())
-    async with tcp_proxy(real.hostname or "127.0.0.1", real.port or 6379) as proxy:
-        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{proxy.port}{real.path or '/0'}")  # the API's store
-        async with apis_on_one_store(tmp_path, "redis", 1, quick(), max_concurrent_requests_per_key=LIMIT,
-                                     concurrency_lease_seconds=20.0) as (api,):
-            record = await api.ctx.store.get_key(hash_key(api.key))
-            slots = f"{api.ctx.settings.store_namespace}:inflight:{record.id}"
-            watcher = aioredis.from_url(redis_url())  # straight to Redis, past the proxy
-            try:
-                proxy.hold_replies()  # past the key store's 2 s timeout
-                r = await refused(api, api.key)
-                assert r.status == 503, r.status
-                proxy.pass_replies()
-                for _ in range(100):
-                    if await watcher.zcard(slots) == 0:
-                        break
-                    await asyncio.sleep(0.05)
-                assert await watcher.zcard(slots) == 0, "the slot of a request answered 503 is still held"
-                assert await until_in_flight(api, api.key, 0, timeout=3.0) == 0
-            finally:
-                proxy.pass_replies()
-                await watcher.aclose()
+    async with behind_proxy(monkeypatch, tmp_path, LIMIT) as b:
+        b.proxy.hold_replies()  # past the key store's 2 s timeout
+        r = await refused(b.api, b.api.key)
+        assert r.status == 503, r.status
+        b.proxy.pass_replies()
+        assert await b.slots_held(0, pause=0.05) == 0, "the slot of a request answered 503 is still held"
+        assert await until_in_flight(b.api, b.api.key, 0, timeout=3.0) == 0
 
 
 @pytest.mark.redis
@@ -314,37 +322,18 @@ async def test_an_authorization_whose_link_drops_before_its_answer_gives_its_slo
     limit of 1, is let in again at once, not refused 429 until the lease (here 20 s) ends. ``rotated``: the admin
     rotated the key while the answer was on its way, so the old hash no longer names the key (its slot was left to
     its lease)."""
-    import redis.asyncio as aioredis
-
-    real = urllib.parse.urlparse(redis_url())
-    async with tcp_proxy(real.hostname or "127.0.0.1", real.port or 6379) as proxy:
-        monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{proxy.port}{real.path or '/0'}")  # the API's store
-        async with apis_on_one_store(tmp_path, "redis", 1, quick(), max_concurrent_requests_per_key=1,
-                                     concurrency_lease_seconds=20.0) as (api,):
-            record = await api.ctx.store.get_key(hash_key(api.key))
-            slots = f"{api.ctx.settings.store_namespace}:inflight:{record.id}"
-            watcher = aioredis.from_url(redis_url())  # straight to Redis, past the proxy
-            admin = RedisStore.from_url(redis_url(), namespace=api.ctx.settings.store_namespace)
-            key = api.key
-            try:
-                proxy.hold_replies()
-                dropped = asyncio.create_task(refused(api, key))
-                for _ in range(100):  # the authorization ran: the slot is taken, its answer held
-                    if await watcher.zcard(slots) == 1:
-                        break
-                    await asyncio.sleep(0.02)
-                assert await watcher.zcard(slots) == 1
-                if rotated:
-                    key, _ = await admin.rotate_key(record.id)
-                await proxy.lose_held_replies()  # the link drops: the answer is lost, the slot stays taken
-                assert (await dropped).status == 503
-                for _ in range(100):
-                    if await watcher.zcard(slots) == 0:
-                        break
-                    await asyncio.sleep(0.02)
-                assert await watcher.zcard(slots) == 0, "the slot of a request answered 503 is still held"
-                assert (await refused(api, key)).status == 200  # the key's one slot is free
-            finally:
-                proxy.pass_replies()
-                await watcher.aclose()
-                await admin.close()
+    async with behind_proxy(monkeypatch, tmp_path, 1) as b:
+        admin = RedisStore.from_url(redis_url(), namespace=b.api.ctx.settings.store_namespace)
+        key = b.api.key
+        try:
+            b.proxy.hold_replies()
+            dropped = asyncio.create_task(refused(b.api, key))
+            assert await b.slots_held(1) == 1  # the authorization ran: the slot is taken, its answer held
+            if rotated:
+                key, _ = await admin.rotate_key(b.key_id)
+            await b.proxy.lose_held_replies()  # the link drops: the answer is lost, the slot stays taken
+            assert (await dropped).status == 503
+            assert await b.slots_held(0) == 0, "the slot of a request answered 503 is still held"
+            assert (await refused(b.api, key)).status == 200  # the key's one slot is free
+        finally:
+            await admin.close()
