@@ -415,6 +415,27 @@ async def synthetic_jobs(client: Any, miner_url: str, cycles: int) -> MetagraphS
     return snap
 
 
+def failing_appends(api: ApiUnderTest, monkeypatch: Any, times: int, *, landed: bool,
+                    noting: str = "fence") -> list[Any]:
+    """The API's conversation store fails its next ``times`` appends (each having ``landed`` first: a timed-out Redis
+    call that ran all the same), as StoreUnavailable; what each failed one was given as ``noting`` (its ``fence``,
+    its ``once``), in a list."""
+    from shared.store.base import StoreUnavailable
+
+    real_append, failed = api.ctx.conversations.append, []
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if len(failed) < times:
+            failed.append(kwargs.get(noting))
+            if landed:
+                await real_append(*args, **kwargs)
+            raise StoreUnavailable("redis conversations: TimeoutError")
+        return await real_append(*args, **kwargs)
+
+    monkeypatch.setattr(api.ctx.conversations, "append", flaky)
+    return failed
+
+
 def until_empty(probe: Callable[[], list[str]], seconds: float) -> list[str]:
     """What ``probe`` still finds (processes, say) once it finds nothing or ``seconds`` have passed."""
     deadline = time.monotonic() + seconds

@@ -33,6 +33,7 @@ from tests.helpers import (
     apis_on_one_store,
     call,
     chunk,
+    failing_appends,
     log_lines,
     openai_client,
     paced,
@@ -429,26 +430,6 @@ async def test_a_conversation_store_that_fails_to_read_is_a_503_before_any_miner
         assert miner.bodies == []
 
 
-def failing_appends(api: ApiUnderTest, monkeypatch: pytest.MonkeyPatch, times: int, *,
-                    landed: bool) -> list[Any]:
-    """The conversation store fails its next ``times`` appends (each having ``landed`` first: a timed-out Redis
-    call that ran all the same); the fence of each failed one, in a list."""
-    from shared.store.base import StoreUnavailable
-
-    real_append, failed = api.ctx.conversations.append, []
-
-    async def flaky(*args: Any, **kwargs: Any) -> Any:
-        if len(failed) < times:
-            failed.append(kwargs.get("fence"))
-            if landed:
-                await real_append(*args, **kwargs)
-            raise StoreUnavailable("redis conversations: TimeoutError")
-        return await real_append(*args, **kwargs)
-
-    monkeypatch.setattr(api.ctx.conversations, "append", flaky)
-    return failed
-
-
 @pytest.mark.parametrize("stream", [False, True], ids=["object", "streamed"])
 @pytest.mark.parametrize("landed", [False, True], ids=["refused", "landed but reported failed"])
 async def test_a_turn_the_store_cannot_take_fails_and_the_conversation_stays_as_it_was(
@@ -525,21 +506,9 @@ async def test_a_turn_the_store_fails_a_moment_is_added_once(honest: ApiUnderTes
     """The store away a moment as a turn ends (a Redis restart): the turn was lost from the conversation (a
     WARNING), and the next turn's model never saw it. The write is asked again, as a stored response's is;
     one that landed though it was reported failed (a timed-out Redis call) is not added twice."""
-    from shared.store.base import StoreUnavailable
-
     client = openai_client(honest)
     made = await client.conversations.create(items=[said("user", "Hi")])
-    real_append, failures = honest.ctx.conversations.append, []
-
-    async def flaky(*args: Any, **kwargs: Any) -> Any:
-        if not failures:
-            failures.append(kwargs.get("once"))
-            if landed:
-                await real_append(*args, **kwargs)
-            raise StoreUnavailable("redis conversations: TimeoutError")
-        return await real_append(*args, **kwargs)
-
-    monkeypatch.setattr(honest.ctx.conversations, "append", flaky)
+    failures = failing_appends(honest, monkeypatch, 1, landed=landed, noting="once")
     answered = await client.responses.create(model="default", input="Hi again", conversation=made.id)
     items = [i async for i in client.conversations.items.list(made.id, order="asc")]
     assert failures == [True]

@@ -31,6 +31,7 @@ from tests.helpers import (
     apis_on_one_store,
     call,
     chunk,
+    failing_appends,
     log_lines,
     openai_client,
     paced,
@@ -874,24 +875,6 @@ async def test_a_stream_resumed_from_a_store_that_then_fails_ends_at_once_with_t
         assert got and got[0].sequence_number == 5  # what the store gave before it failed
 
 
-def conversation_store_failing(api: ApiUnderTest, monkeypatch: pytest.MonkeyPatch, times: int) -> list[Any]:
-    """The conversation store fails its next ``times`` appends (each landed first: a timed-out Redis call that ran
-    all the same); each failed one's fence, in a list."""
-    from shared.store.base import StoreUnavailable
-
-    real, failed = api.ctx.conversations.append, []
-
-    async def flaky(*args: Any, **kwargs: Any) -> Any:
-        if len(failed) < times:
-            failed.append(kwargs.get("fence"))
-            await real(*args, **kwargs)
-            raise StoreUnavailable("redis conversations: TimeoutError")
-        return await real(*args, **kwargs)
-
-    monkeypatch.setattr(api.ctx.conversations, "append", flaky)
-    return failed
-
-
 def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
     """A background record's deadline 1.5 s from its start (with the API settings this returns), its settle
     offered again every 50 ms until then."""
@@ -914,7 +897,7 @@ async def test_a_background_turn_its_conversation_cannot_take_by_its_deadline_en
     async with api_with_miners(tmp_path, {1: slow("Later.", 0.05)}, **settings) as api:
         client = openai_client(api)
         conversation = await client.conversations.create()
-        failed = conversation_store_failing(api, monkeypatch, 10_000)
+        failed = failing_appends(api, monkeypatch, 10_000, landed=True)
         made = await client.responses.create(model="default", input="Hi", background=True, stream=stream,
                                              conversation=conversation.id)
         if stream:
@@ -946,7 +929,7 @@ async def test_a_background_turn_its_conversation_takes_late_is_added_once_and_c
     async with api_with_miners(tmp_path, {1: slow("Later.", 0.05)}) as api:
         client = openai_client(api)
         conversation = await client.conversations.create()
-        failed = conversation_store_failing(api, monkeypatch, 2)
+        failed = failing_appends(api, monkeypatch, 2, landed=True)
         done = await polled(client, await client.responses.create(model="default", input="Hi", background=True,
                                                                   conversation=conversation.id))
         assert (done.status, done.output_text, failed) == ("completed", "Later.", [done.id, done.id])
