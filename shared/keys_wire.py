@@ -181,6 +181,13 @@ class KeyParams(BaseModel):
         )
 
 
+def key_settings(record: KeyRecord) -> dict[str, Any]:
+    """What a key may do and until when, as the key list and a usage report show it alike."""
+    return {"prefix": record.prefix, "scopes": list(record.scopes),
+            "allowed_models": list(record.allowed_models) if record.allowed_models else None,
+            "expires_at": iso(record.expires_at), "created_at": iso(record.created_at)}
+
+
 class UsageTotalsOut(BaseModel):
     requests: int = 0
     prompt_tokens: int = 0
@@ -219,9 +226,7 @@ class KeyOut(BaseModel):
     @classmethod
     def of(cls, record: KeyRecord, usage: UsageCounts | None = None) -> KeyOut:
         return cls(
-            id=record.id, name=record.name, prefix=record.prefix, rate_limit=record.rate_limit,
-            scopes=list(record.scopes), allowed_models=list(record.allowed_models) if record.allowed_models else None,
-            expires_at=iso(record.expires_at), created_at=iso(record.created_at),
+            id=record.id, name=record.name, rate_limit=record.rate_limit, **key_settings(record),
             daily_token_limit=record.daily_token_limit, max_concurrent_requests=record.max_concurrent_requests,
             max_stored_bytes_per_day=record.max_stored_bytes_per_day,
             last_used_at=iso(record.last_used_at), usage=UsageTotalsOut.of(usage) if usage is not None else None,
@@ -287,6 +292,13 @@ class UsageOut(BaseModel):
     object: Literal["usage"] = "usage"
     key_id: str
     name: str | None = None
+    # The key's own settings, so that its holder can tell what it may do and until when without asking the
+    # operator (a key's first sign of its expiry was the 401 ``expired_api_key``, of its scopes a 403).
+    prefix: str | None = Field(default=None, description="The key's first characters, as the key list shows them")
+    scopes: list[str] | None = Field(default=None, description="The routes' scopes this key may use")
+    allowed_models: list[str] | None = Field(default=None, description="The models this key may use; null: any")
+    expires_at: str | None = Field(default=None, description="When this key stops working (UTC); null: never")
+    created_at: str | None = None
     rate_limit: int
     daily_token_limit: int | None = None
     tokens_remaining_today: int | None = Field(
@@ -313,7 +325,8 @@ class UsageOut(BaseModel):
         used = report.days.get(today) if today is not None else None
         spent = used.tokens if used is not None else 0
         return cls(
-            key_id=record.id, name=record.name, rate_limit=record.rate_limit, daily_token_limit=limit,
+            key_id=record.id, name=record.name, **key_settings(record), rate_limit=record.rate_limit,
+            daily_token_limit=limit,
             tokens_remaining_today=max(0, limit - spent) if limit is not None else None,
             stored_bytes_today=stored_bytes_today, stored_bytes_per_day=stored_bytes_per_day,
             max_concurrent_requests=max_concurrent_requests, requests_in_flight=requests_in_flight,
