@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from api.auth import check_admin, store_call, store_unavailable
 from api.context import CTX, ApiContext
+from api.key_list import KEY_ID, select_keys
 from api.usage import usage_out
 from shared.errors import ApiError, invalid_value
 from shared.http import json_response, parse_model, read_json, refuse_query
@@ -27,13 +28,13 @@ from shared.keys_wire import (
     DeletedKeyOut,
     ImportedKeysOut,
     KeyListOut,
+    KeyListQuery,
     KeyOut,
     KeyParams,
     LegacyKey,
 )
 from shared.store.base import ALL_SCOPES, KEY_PREFIX, KeyRecord, Store, StoreUnavailable, hash_key
 
-_KEY_ID = re.compile(r"[0-9a-f]{16}")
 _LIST_FIELDS = ("scopes", "allowed_models")
 
 
@@ -85,7 +86,7 @@ async def _resolve(store: Store, ref: str) -> KeyRecord:
     from the original API's key file (``LEGACY_SECRET``: 32 hex digits there): an imported key, which its callers
     use, was a 404 by its secret, and its id was hard to find (the list shows the first 6 characters of each)."""
     try:
-        if _KEY_ID.fullmatch(ref):
+        if KEY_ID.fullmatch(ref):
             record = await store.get_key_by_id(ref)
         elif (ref.startswith(KEY_PREFIX) and len(ref) <= 256) or LEGACY_SECRET.fullmatch(ref):
             record = await store.get_key(hash_key(ref))
@@ -244,15 +245,18 @@ async def _forget_responses(ctx: ApiContext, key_id: str) -> None:
 
 
 async def list_api_keys(request: web.Request) -> web.Response:
+    """The keys matching the query's filters, a page of them with ``limit`` (``api.key_list``), each with its
+    usage totals. An unknown parameter is a 400 naming it (``?nmae=team-a`` would list every key)."""
     store = await _admin(request)
-    refuse_query(request)  # ?name=team-a listed every key as if filtered
+    query = parse_model(KeyListQuery, dict(request.query))
     usage = request.app[CTX].usage
     try:
-        records = await store.list_keys()
-        out = [KeyOut.of(r, (await usage.report(r.id)).totals) for r in records]
+        page = select_keys(await store.list_keys(), query, time.time())
+        out = [KeyOut.of(r, (await usage.report(r.id)).totals) for r in page.records]
     except StoreUnavailable:
         raise store_unavailable() from None
-    return _dump(KeyListOut(data=out))
+    return _dump(KeyListOut(data=out, first_id=out[0].id if out else None, last_id=out[-1].id if out else None,
+                            has_more=page.has_more))
 
 
 async def api_key_usage(request: web.Request) -> web.Response:

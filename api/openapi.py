@@ -52,6 +52,7 @@ from shared.keys_wire import (
     ImportedKeysOut,
     KeyImport,
     KeyListOut,
+    KeyListQuery,
     KeyParams,
     ModifiedKeyOut,
     RotatedKeyOut,
@@ -315,8 +316,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         response=ImportedKeysOut),
     ("DELETE", "/api_management/delete-api-key/{api_key}"): Operation(
         "Delete an API key (by secret or id)", "admin", "admin", response=DeletedKeyOut),
-    ("GET", "/api_management/api-keys"): Operation("List API keys with usage totals", "admin", "admin",
-                                                   response=KeyListOut),
+    ("GET", "/api_management/api-keys"): Operation(
+        "List API keys with usage totals (filtered by name, scope or status; paged with limit and after)", "admin",
+        "admin", query=KeyListQuery, response=KeyListOut),
     ("GET", "/api_management/api-keys/{api_key}/usage"): Operation(
         "One key's usage by day", "admin", "admin", query=DaysQuery, response=UsageOut),
     ("GET", "/v1/usage"): Operation("The calling key's usage by day", "usage", query=DaysQuery, response=UsageOut),

@@ -27,6 +27,7 @@ from shared.keys_wire import (
     DeletedKeyOut,
     ImportedKeysOut,
     KeyListOut,
+    KeyListQuery,
     KeyOut,
     KeyParams,
     RotatedKeyOut,
@@ -45,14 +46,18 @@ class AdminError(Exception):
         self.code = code
 
 
-def key_params(**fields: Any) -> dict[str, Any]:
-    """Validate parameters locally (same rules as the server) and return the JSON body to send."""
-    given = {k: v for k, v in fields.items() if v is not None}
+def validated(model: type[M], given: dict[str, Any]) -> M:
+    """``given`` as the server reads it, or the ``AdminError`` it would answer, before anything is sent."""
     try:
-        params = KeyParams.model_validate(given)
+        return model.model_validate(given)
     except ValidationError as e:
         where, why = first_problem(e)
         raise AdminError(0, f"invalid {where or 'parameters'}: {why}", code="invalid_value") from None
+
+
+def key_params(**fields: Any) -> dict[str, Any]:
+    """Validate parameters locally (same rules as the server) and return the JSON body to send."""
+    params = validated(KeyParams, {k: v for k, v in fields.items() if v is not None})
     body = params.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
     for name, word in {**CLEARABLE, **DEFAULTABLE}.items():
         if params.cleared(name):
@@ -119,8 +124,20 @@ class AdminClient:
     async def delete_key(self, key: str) -> DeletedKeyOut:
         return await self._request("DELETE", f"/api_management/delete-api-key/{key}", DeletedKeyOut)
 
-    async def list_keys(self) -> list[KeyOut]:
-        return (await self._request("GET", "/api_management/api-keys", KeyListOut)).data
+    async def list_keys(self, *, name: str | None = None, scope: str | None = None,
+                        status: str | None = None) -> list[KeyOut]:
+        """Every key (of ``name``, with ``scope``, ``active`` or ``expired``: those only), oldest first."""
+        return (await self.key_page(name=name, scope=scope, status=status)).data
+
+    async def key_page(self, *, limit: int | None = None, after: str | None = None, order: str | None = None,
+                       name: str | None = None, scope: str | None = None, status: str | None = None) -> KeyListOut:
+        """A page of ``limit`` keys after the key ``after`` (the last page's ``last_id``); ``has_more`` says
+        whether another follows. Without ``limit``, every key that matches."""
+        given = {k: v for k, v in {"limit": limit, "after": after, "order": order, "name": name, "scope": scope,
+                                   "status": status}.items() if v is not None}
+        validated(KeyListQuery, given)
+        return await self._request("GET", "/api_management/api-keys", KeyListOut,
+                                   params={k: str(v) for k, v in given.items()})
 
     async def usage(self, key: str, *, days: int = 30) -> UsageOut:
         return await self._request("GET", f"/api_management/api-keys/{key}/usage", UsageOut,

@@ -84,7 +84,14 @@ def add_keys_arguments(p: argparse.ArgumentParser) -> None:
         return sub.add_parser(name, help=help, parents=[anywhere])
 
     _key_fields(action("create", "create a key (its secret is printed once)"), create=True)
-    action("list", "list keys with usage totals")
+    listing = action("list", "list keys with usage totals (oldest first)")
+    listing.add_argument("--name", help="only keys of this name")
+    listing.add_argument("--scope", choices=["chat", "web_retrieval", "availability"], help="only keys with this scope")
+    listing.add_argument("--status", choices=["active", "expired"], help="only keys that work now, or expired ones")
+    listing.add_argument("--limit", type=int, help="keys per page (1-1000; default: every key); --json then prints "
+                                                   "the page: data, first_id, last_id, has_more")
+    listing.add_argument("--after", help="the page after this key id (the last page's last_id)")
+    listing.add_argument("--desc", action="store_true", help="the newest key first")
     modify = action("modify", "change a key's limit, name, scopes, models or expiry")
     modify.add_argument("key", help="the key's id or secret")
     _key_fields(modify, create=False)
@@ -118,10 +125,7 @@ async def _run(args: argparse.Namespace, admin: AdminClient) -> str:
         return (f"API key created (shown once, store it now):\n  {created.api_key}\n\n"
                 + table([_key_row(created)], KEY_HEADERS))
     if args.action == "list":
-        keys = await admin.list_keys()
-        if args.json:
-            return json.dumps([k.model_dump(mode="json") for k in keys], indent=2)
-        return table([_key_row(k) for k in keys], KEY_HEADERS) if keys else "no keys"
+        return await _list(args, admin)
     if args.action == "modify":
         key = await admin.modify_key(args.key, **_changes(args, fields))
         return key.model_dump_json(indent=2) if args.json else table([_key_row(key)], KEY_HEADERS)
@@ -191,6 +195,18 @@ def _usage_text(report: UsageOut) -> str:
     return (f"key {report.key_id} ({report.name or 'unnamed'}), {report.rate_limit}/min{tokens}{stored}{in_flight}, "
             f"last used {report.last_used_at or 'never'}\n"
             + table(rows, ["day", "requests", "prompt_tok", "completion_tok", "errors", "rate_limited"]))
+
+
+async def _list(args: argparse.Namespace, admin: AdminClient) -> str:
+    """``sn1 keys list``: every key that matches, or (``--limit``) a page of them, ending with the command for the
+    next page when there is one."""
+    page = await admin.key_page(limit=args.limit, after=args.after, order="desc" if args.desc else None,
+                                name=args.name, scope=args.scope, status=args.status)
+    if args.json:
+        return page.model_dump_json(indent=2) if args.limit is not None else \
+            json.dumps([k.model_dump(mode="json") for k in page.data], indent=2)
+    shown = table([_key_row(k) for k in page.data], KEY_HEADERS) if page.data else "no keys"
+    return shown + (f"\nmore keys: add --after {page.last_id}" if page.has_more else "")
 
 
 KEY_HEADERS = ["id", "name", "prefix", "rate/min", "tokens/day", "concurrent", "stored/day", "scopes", "models",

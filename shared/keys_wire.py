@@ -277,9 +277,33 @@ class RotatedKeyOut(KeyOut):
     api_key: str
 
 
+MAX_KEYS_PER_PAGE = 1000
+
+
+class KeyListQuery(BaseModel):
+    """``GET /api_management/api-keys``: which keys, and a page of them (without ``limit``, every key that
+    matches, as the list answered before it took any parameter). Keys are in the order they were made (``desc``:
+    the newest first), so a key made while an admin pages through comes on a later page, not before it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int | None = Field(default=None, ge=1, le=MAX_KEYS_PER_PAGE,
+                              description="Keys per page (absent: every key that matches)")
+    after: str | None = Field(default=None, min_length=1, max_length=64,
+                              description="The id of the key the page starts after: the last page's last_id")
+    order: Literal["asc", "desc"] = Field(default="asc", description="asc: the oldest key first")
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_NAME, description="Only keys of this name")
+    scope: Scope | None = Field(default=None, description="Only keys with this scope")
+    status: Literal["active", "expired"] | None = Field(
+        default=None, description="Only keys that work now (active) or have passed their expiry (expired)")
+
+
 class KeyListOut(BaseModel):
     object: Literal["list"] = "list"
     data: list[KeyOut]
+    first_id: str | None = Field(default=None, description="The first key's id on this page")
+    last_id: str | None = Field(default=None, description="The last key's id on this page: the next page's after")
+    has_more: bool = Field(default=False, description="More keys match after this page")
 
 
 class DeletedKeyOut(BaseModel):

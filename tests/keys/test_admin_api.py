@@ -462,12 +462,13 @@ async def _sleep_until(t: float) -> None:
 
 async def test_admin_routes_without_parameters_refuse_a_query_string(api: ApiUnderTest,
                                                                       http: aiohttp.ClientSession) -> None:
-    """Listing, rotating, deleting and importing keys take nothing from the query string, and took anything in
-    silence: ``GET /api_management/api-keys?name=team-a`` listed every key as if filtered, ``?dry_run=1`` on a
-    delete deleted it. A 400 naming the parameter now, as on create and modify, and nothing is done."""
+    """Rotating, deleting and importing keys take nothing from the query string, and listing them only its own
+    filters; each took anything in silence: ``GET /api_management/api-keys?nmae=team-a`` listed every key as if
+    filtered, ``?dry_run=1`` on a delete deleted it. A 400 naming the parameter now, as on create and modify, and
+    nothing is done."""
     created = await create_key(http, api.url, "rate_limit=10&name=team-a")
     key, base = created["api_key"], f"{api.url}/api_management"
-    for method, url, body in (("GET", f"{base}/api-keys?name=team-a", None),
+    for method, url, body in (("GET", f"{base}/api-keys?nmae=team-a", None),
                               ("POST", f"{base}/rotate-api-key/{key}?dry_run=1", None),
                               ("DELETE", f"{base}/delete-api-key/{key}?dry_run=1", None),
                               ("POST", f"{base}/import-api-keys?dry_run=1", {"a" * 32: {"rate_limit": 5}})):

@@ -316,3 +316,34 @@ async def test_an_api_url_with_a_password_is_never_printed_with_it() -> None:
         for url, exit_code in ((with_password, 1), (down, 2)):
             code, _, err = await sn1_keys(ApiUnderTest(url=url, key="", ctx=None, scripts={}), "list")
             assert code == exit_code and "s3cretPass" not in err and "http://***@127.0.0.1:" in err, err
+
+
+async def test_the_cli_and_the_admin_client_filter_and_page_the_key_list(api: ApiUnderTest) -> None:
+    """``sn1 keys list --name/--scope/--status`` and ``--limit``/``--after`` (the admin client's ``key_page``): a
+    team's keys, one page at a time, the table ending with the flag for the next page. Before, every key, always."""
+    async with AdminClient(api.url, ADMIN) as admin:
+        made = [await admin.create_key(5, name="pager") for _ in range(3)]
+        ids = [k.id for k in made]
+        assert [k.id for k in await admin.list_keys(name="pager")] == ids
+        page = await admin.key_page(limit=2, name="pager")
+        assert [k.id for k in page.data] == ids[:2] and page.has_more and page.last_id == ids[1]
+        page = await admin.key_page(limit=2, name="pager", after=page.last_id)
+        assert [k.id for k in page.data] == ids[2:] and not page.has_more
+        with pytest.raises(AdminError) as e:
+            await admin.key_page(limit=0)
+        assert e.value.status == 0 and "limit" in str(e.value)  # refused before anything was sent
+
+    code, out, err = await sn1_keys(api, "list", "--name", "pager", "--limit", "2")
+    assert code == 0, err
+    assert ids[0] in out and ids[1] in out and ids[2] not in out
+    assert out.strip().splitlines()[-1] == f"more keys: add --after {ids[1]}"
+    code, out, err = await sn1_keys(api, "list", "--name", "pager", "--limit", "2", "--after", ids[1])
+    assert code == 0 and ids[2] in out and "more keys" not in out, err
+    code, out, err = await sn1_keys(api, "--json", "list", "--name", "pager", "--limit", "1", "--desc")
+    assert code == 0, err
+    page = json.loads(out)
+    assert [k["id"] for k in page["data"]] == [ids[2]] and page["has_more"] is True
+    code, out, err = await sn1_keys(api, "--json", "list", "--scope", "chat", "--status", "active")
+    assert code == 0 and set(ids) <= {k["id"] for k in json.loads(out)}, err  # a list, as without a filter
+    code, out, err = await sn1_keys(api, "list", "--status", "revoked")
+    assert code == 2 and "revoked" in err  # argparse's choices

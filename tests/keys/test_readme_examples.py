@@ -53,7 +53,7 @@ async def test_the_admin_examples_run_as_written_in_order(api: ApiUnderTest) -> 
     errors = [a for a in answered if "error" in a]
     assert not errors
     messages = [a.get("message") or a.get("object") for a in answered]
-    assert messages == ["API key created", "API key updated", "API key updated", "API key updated", "list", "usage",
+    assert messages == ["API key created", "API key updated", "API key updated", "API key updated", "list", "list", "usage",
                         "API keys imported", "usage", "API key deleted"]
     batch = answered[3]  # the batch key's limits of its own, as set
     assert (batch["max_concurrent_requests"], batch["max_stored_bytes_per_day"]) == (256, 1 << 30)
