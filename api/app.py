@@ -115,6 +115,7 @@ def _fill_in(ctx: ApiContext) -> None:
                                        settings.miner_max_cooldown_seconds)
     if ctx.usage is None:
         ctx.usage = UsageRecorder(ctx.store)
+    ctx.usage.token_sinks.append(app[ops.METRICS].count_tokens)
     if ctx.storage_budget is None:
         ctx.storage_budget = StorageBudget(ctx.store, ctx.settings.stored_bytes_per_key_per_day, ctx.usage.clock)
 

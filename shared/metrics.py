@@ -198,6 +198,10 @@ class ApiMetrics:
                                     "kind (timeout, unreachable, http_5xx, signature, bad_response, ...)",
                                     ["uid", "kind"], registry=r)
         self.fanouts = Counter("sn1_api_fanouts", "Settled fan-outs by kind", ["kind"], registry=r)
+        self.tokens = Counter("sn1_api_tokens", "Tokens charged to API keys, as their usage counts them (the "
+                              "miner's count bounded by the answer, else an estimate), by kind: prompt or completion",
+                              ["kind"], registry=r)
+        self._prompt_tokens, self._completion_tokens = self.tokens.labels("prompt"), self.tokens.labels("completion")
         self.outbox_depth = Gauge("sn1_api_outbox_depth", "Scoring payloads waiting for delivery",
                                   registry=r, multiprocess_mode="max")
         self.outbox_dropped = Gauge("sn1_api_outbox_dropped", "Payloads dropped because the outbox was full",
@@ -242,6 +246,13 @@ class ApiMetrics:
         self._fanouts, self._errors = Children(self.fanouts), Children(self.miner_errors)
         self._first, self._answer, self._wins = (Children(self.miner_first_chunk), Children(self.miner_answer),
                                                  Children(self.miner_wins))
+
+    def count_tokens(self, prompt: int, completion: int) -> None:
+        """A ``UsageRecorder`` token sink: one request's tokens, as charged to its key."""
+        if prompt:
+            self._prompt_tokens.inc(prompt)
+        if completion:
+            self._completion_tokens.inc(completion)
 
     def payload_sink(self, payload: dict[str, Any]) -> None:
         """A payload sink: every settled fan-out's per-uid timings, errors and winner become metrics."""

@@ -42,6 +42,9 @@ class UsageRecorder:
         # tokens today dip by that batch while the write is in flight, and a spent budget reopens).
         self._flushing: dict[tuple[str, str], UsageCounts] = {}
         self._lock = asyncio.Lock()
+        # Told of each request's tokens as they are counted (prompt, completion): the API's
+        # ``sn1_api_tokens_total``, so a fleet's token throughput is a metric, not a sum over every key's usage.
+        self.token_sinks: list[Callable[[int, int], None]] = []
         self.outage = OutageLog("usage flush failed")  # a flush a second: a store down for an hour was 3,600 lines
         self._day = ("", 0.0, -1.0)  # (day, its first second, its last second): formatting a date per
         # request showed in the profile, and the day changes once every 86,400 seconds
@@ -81,9 +84,12 @@ class UsageRecorder:
         """A request's tokens when its work ends, under ``day``: the day it was authorized (default today),
         so a request that runs past midnight UTC is counted whole on the day whose budget let it in."""
         counts = self._slot(key_id, day)
-        counts.prompt_tokens += _tokens(prompt_tokens)
-        counts.completion_tokens += _tokens(completion_tokens)
+        prompt, completion = _tokens(prompt_tokens), _tokens(completion_tokens)
+        counts.prompt_tokens += prompt
+        counts.completion_tokens += completion
         counts.errors += int(bool(error))
+        for sink in self.token_sinks:
+            sink(prompt, completion)
 
     async def tokens_today(self, key_id: str) -> int:
         """The key's prompt + completion tokens today (UTC): what every process flushed, and what this
