@@ -24,6 +24,7 @@ from shared.protocol import (
     StreamOptions,
     logit_bias_is_openais,
     null_means_default,
+    stop_is_bounded,
     stream_options_need_stream,
 )
 
@@ -54,6 +55,7 @@ class CompletionRequest(BaseModel):
     echo: bool = False
     _nulls = null_means_default("n", "stream", "echo")
     stop: str | list[str] | None = None
+    _stop = stop_is_bounded()
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
@@ -96,8 +98,6 @@ class CompletionRequest(BaseModel):
         if self.echo and self.logprobs is not None:
             return "echo", ("echo with logprobs needs the prompt's own token log probabilities, which chat "
                             "miners do not give (loglikelihood evaluations cannot run here)")
-        if isinstance(self.stop, list) and len(self.stop) > 4:
-            return "stop", "stop accepts at most 4 sequences"
         if len(self.prompts) * self.n > MAX_RACES:
             # with n = 1, the prompts are what to cut (LangChain's OpenAI batches 20 a request by default)
             return ("n" if self.n > 1 else "prompt"), (

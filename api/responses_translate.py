@@ -29,7 +29,7 @@ from api.responses_wire import (
     is_item_reference,
 )
 from shared.content_parts import NO_FILE_STORE
-from shared.errors import ApiError, invalid_value
+from shared.errors import ApiError, empty_array, invalid_value, missing_parameter
 from shared.http import parse_model
 from shared.jsonutil import dumps
 from shared.protocol import passed_on, tool_results_without_call, unanswered_call, unanswered_tool_result
@@ -70,6 +70,7 @@ def chat_body(r: ResponsesRequest, history: Sequence[dict[str, Any]] = ()) -> di
         messages.append({"role": "user", "content": r.input})
     else:
         for i, raw in enumerate(r.input):
+            _has_content(raw, f"input.{i}")
             _add_item(messages, raw, f"input.{i}")
         if not messages:
             raise invalid_value("input", "input has no message to answer (reasoning and web_search_call items are "
@@ -206,6 +207,14 @@ def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> N
     else:
         output = item.output if isinstance(item.output, str) else _joined_text(item.output, f"{at}.output")
         messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+
+
+def _has_content(raw: dict[str, Any], at: str) -> None:
+    """OpenAI's 400 (``empty_array``) for a message of the caller's ``input`` whose ``content`` is an empty list:
+    it was sent on as a message with nothing in it, and the model answered nothing (an empty user turn). Items
+    read back (a stored response's, a conversation's) are not checked: they were kept as they came."""
+    if raw.get("content") == [] and raw.get("type", "message") == "message":
+        raise empty_array(f"{at}.content")
 
 
 def _turns(messages: list[dict[str, Any]]) -> Iterator[tuple[str, Any, Any]]:
@@ -415,8 +424,11 @@ def _tool_choice(r: ResponsesRequest, tools: list[Tool], allowed: AllowedTools |
 def _response_format(fmt: TextFormat) -> dict[str, Any]:
     if fmt.type == "json_object":
         return {"type": "json_object"}
-    if not fmt.name or fmt.schema_ is None:
-        raise invalid_value("text.format", "a json_schema format needs a name and a schema")
+    for field, value in (("name", fmt.name), ("schema", fmt.schema_)):
+        if value is None:  # OpenAI's 400 names the field left out (this named only text.format)
+            raise missing_parameter(f"text.format.{field}")
+    if not fmt.name:
+        raise invalid_value("text.format.name", "a json_schema format needs a name")
     schema = {"name": fmt.name, "schema": fmt.schema_}
     if fmt.description is not None:
         schema["description"] = fmt.description

@@ -30,6 +30,9 @@ from shared.protocol import (
     tools_in_shape,
 )
 
+# OpenAI's least max_output_tokens (its 400 integer_below_min_value below it): a smaller limit was taken here, and a
+# probe that works nowhere else (max_output_tokens: 1) seemed to.
+MIN_OUTPUT_TOKENS = 16
 MAX_ALLOWED_DOMAINS = 20  # OpenAI's bound on a web search's filters.allowed_domains
 STATELESS = "this gateway stores no responses: send the whole conversation in 'input'"
 NO_ITEM_REFERENCES = ("an item_reference names a stored item, and is sent as that item: one here was not resolved "
@@ -266,7 +269,7 @@ class ResponsesRequest(BaseModel):
     parallel_tool_calls: bool | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_OUTPUT_TOKENS)
+    max_output_tokens: int | None = Field(default=None, ge=MIN_OUTPUT_TOKENS, le=MAX_OUTPUT_TOKENS)
     include: list[Includable] | None = None
     # Calls to built-in tools (web search, the only one served, runs at most once): 0 means no search.
     max_tool_calls: int | None = Field(default=None, ge=0, le=2**31 - 1)  # echoed: a number every client reads

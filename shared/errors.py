@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 # A miner's error code for a request its model server refused itself (a 4xx: a bad parameter, more
 # tokens than the model takes). The API tells it from the miner's own failure by this code.
@@ -47,6 +47,10 @@ def says_context_overflow(message: str) -> bool:
 # new series (an upstream's or a bug's wording would otherwise grow ``/metrics``).
 API_ERROR_CODES = frozenset({
     "invalid_value", "missing_required_parameter", "missing_parameter", "invalid_json", "invalid_body",
+    # a value past its field's bound, in OpenAI's codes (``out_of_bounds``)
+    "integer_below_min_value", "integer_above_max_value", "decimal_below_min_value", "decimal_above_max_value",
+    "empty_array", "array_below_min_length", "array_above_max_length", "object_above_max_properties",
+    "string_above_max_length", "empty_string",
     "invalid_request", "unsupported_parameter", "duplicate_header", "duplicate_parameter",
     "unknown_uid", "uid_not_serving", "invalid_uids",
     "unknown_task", MODEL_SERVER_REJECTED, CONTEXT_LENGTH_EXCEEDED, "session_model_mismatch",
@@ -154,6 +158,12 @@ def invalid_value(param: str | None, message: str) -> ApiError:
     return ApiError(400, f"Invalid {where}: {message}", param=param, code="invalid_value")
 
 
+def missing_parameter(param: str) -> ApiError:
+    """OpenAI's 400 for a required field left out (or null), naming it: its words and code, which its SDKs
+    surface."""
+    return ApiError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+
+
 # A validator's refusal that is OpenAI's own 400 word for word, its ``param`` too (``messages.[2].role``, where the
 # field is ``messages``): ``openai_refusal`` makes it, and ``shared.http.parse_model`` answers it as it is, not as
 # "Invalid value for ...".
@@ -165,6 +175,11 @@ def openai_refusal(message: str, param: str, code: str | None = None) -> Pydanti
     (most of its conversation checks' ``code`` is null). A ``{param}`` in ``message`` would be filled in (pydantic's
     template)."""
     return PydanticCustomError(OPENAI_REFUSAL, message, {"param": param, "code": code})
+
+
+def missing_refusal(param: str) -> PydanticCustomError:
+    """``missing_parameter``'s 400, raised in a validator (a field inside a free-form object)."""
+    return openai_refusal(f"Missing required parameter: '{param}'.", param, code="missing_required_parameter")
 
 
 def error_body(
@@ -189,10 +204,17 @@ def first_problem(e: ValidationError) -> tuple[str, str]:
     of the member it came closest to (the deepest), at the field's own place; a value no member
     took even at the top is "a valid string or a valid list".
     """
+    where, why, _ = _located(e)
+    return where, why
+
+
+def _located(e: ValidationError) -> tuple[str, str, ErrorDetails | None]:
+    """``first_problem``'s place and words, and the one error they are (None: the words of several, or of a
+    dict's key)."""
     errors = e.errors()
     loc = tuple(errors[0]["loc"])
     if loc[-1:] == ("[key]",):  # a dict's key refused: the dict is the place (the key may be long, or anything)
-        return _dotted(loc[:-2]), f"each key: {errors[0]['msg']}"
+        return _dotted(loc[:-2]), f"each key: {errors[0]['msg']}", None
     for i, part in enumerate(loc):
         branches = [err for err in errors
                     if len(err["loc"]) > i and tuple(err["loc"][:i]) == loc[:i] and _is_member(err["loc"][i])]
@@ -200,10 +222,89 @@ def first_problem(e: ValidationError) -> tuple[str, str]:
             continue
         closest = max(branches, key=lambda err: len(err["loc"]))
         if len(closest["loc"]) > i + 1:
-            return _dotted(loc[:i] + tuple(closest["loc"][i + 1:])), closest["msg"]
+            return _dotted(loc[:i] + tuple(closest["loc"][i + 1:])), closest["msg"], closest
         wanted = dict.fromkeys(err["msg"].removeprefix("Input should be ") for err in branches)
-        return _dotted(loc[:i]), "Input should be " + " or ".join(wanted)
-    return _dotted(loc), errors[0]["msg"]
+        return _dotted(loc[:i]), "Input should be " + " or ".join(wanted), None
+    return _dotted(loc), errors[0]["msg"], errors[0]
+
+
+def out_of_bounds(e: ValidationError, at: str = "") -> ApiError | None:
+    """OpenAI's 400 for a value past its field's bound (a number below its minimum or above its maximum, an empty
+    or too long array, too many properties, a string too long or empty), in its words and ``code``
+    (``integer_below_min_value``, ``empty_array``, ...), naming the field below ``at``; None for any other
+    problem. Clients that sort OpenAI's refusals by code (an output limit too high, a cache key too long) read
+    these; all of them were ``invalid_value`` here."""
+    where, _, error = _located(e)
+    words = _bound_words(error) if error is not None and where else None
+    if words is None:
+        return None
+    return _past_bound(".".join(p for p in (at, where) if p), *words)
+
+
+def empty_array(param: str) -> ApiError:
+    """OpenAI's 400 for an empty array where it takes one item at least (``out_of_bounds``'s, for a check of
+    the caller's own)."""
+    return _past_bound(param, "empty_array", _EMPTY_ARRAY.format(least=1))
+
+
+def _past_bound(param: str, code: str, words: str) -> ApiError:
+    return ApiError(400, f"Invalid '{param}': {words}", param=param, code=code)
+
+
+def array_too_long(param: str, most: int, size: int) -> PydanticCustomError:
+    """``out_of_bounds``'s 400 for an array longer than ``most``, raised in a validator (a list in a union, which
+    pydantic's own check would report once per member)."""
+    return openai_refusal(f"Invalid '{param}': {_ARRAY_TOO_LONG.format(most=most, size=size)}", param,
+                          code="array_above_max_length")
+
+
+_ARRAY_TOO_LONG = "array too long. Expected an array with maximum length {most}, but got an array with length {size} instead."
+_EMPTY_ARRAY = "empty array. Expected an array with minimum length {least}, but got an empty array instead."
+
+
+# pydantic's number bound errors: the bound's key in ``ctx``, OpenAI's sign for it, its code's end and its words
+_BOUNDS = {"greater_than_equal": ("ge", ">=", "below_min_value", "below minimum value"),
+           "greater_than": ("gt", ">", "below_min_value", "below minimum value"),
+           "less_than_equal": ("le", "<=", "above_max_value", "above maximum value"),
+           "less_than": ("lt", "<", "above_max_value", "above maximum value")}
+
+
+def _bound_words(error: ErrorDetails) -> tuple[str, str] | None:
+    """(code, words after "Invalid 'param': ") of OpenAI's refusal of what pydantic's ``error`` refused."""
+    kind, ctx, sent = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind in _BOUNDS:
+        key, sign, code, said = _BOUNDS[kind]
+        bound = ctx[key]
+        number = "decimal" if isinstance(bound, float) else "integer"  # the field's type (a float's bound is one)
+        return f"{number}_{code}", (f"{number} {said}. Expected a value {sign} {_number(bound)}, but got "
+                                    f"{_number(sent)} instead.")
+    size = len(sent) if isinstance(sent, (list, dict, str)) else ctx.get("actual_length")
+    if kind == "too_short" and ctx.get("field_type") == "List":
+        if not size:
+            return "empty_array", _EMPTY_ARRAY.format(least=ctx["min_length"])
+        return "array_below_min_length", (f"array too short. Expected an array with minimum length "
+                                          f"{ctx['min_length']}, but got an array with length {size} instead.")
+    if kind == "too_long" and ctx.get("field_type") == "List":
+        return "array_above_max_length", _ARRAY_TOO_LONG.format(most=ctx["max_length"], size=size)
+    if kind == "too_long" and ctx.get("field_type") == "Dictionary":
+        return "object_above_max_properties", (f"too many properties. Expected an object with at most "
+                                               f"{ctx['max_length']} properties, but got an object with {size} "
+                                               "properties instead.")
+    if kind == "string_too_long":
+        return "string_above_max_length", (f"string too long. Expected a string with maximum length "
+                                           f"{ctx['max_length']}, but got a string with length {size} instead.")
+    if kind == "string_too_short" and not size:
+        return "empty_string", (f"empty string. Expected a string with minimum length {ctx['min_length']}, but got an "
+                                "empty string instead.")
+    return None
+
+
+def _number(value: Any) -> str:
+    """A number as OpenAI writes it in a refusal: ``2`` for 2.0, ``0.5``; anything else as sent (a query string's
+    text), cut short."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return str(value)[:40]
 
 
 def _is_member(part: Any) -> bool:

@@ -40,6 +40,8 @@ from shared.errors import (
     error_type_for,
     first_problem,
     invalid_value,
+    missing_parameter,
+    out_of_bounds,
     shutting_down,
 )
 from shared.gc_tuning import tune_for_serving
@@ -427,11 +429,12 @@ def parse_model(model: type[BaseModel], data: Any, *, at: str = "", strict: bool
         if first["type"] == OPENAI_REFUSAL:  # OpenAI's words and param, as they are
             raise ApiError(400, first["msg"], param=".".join(p for p in (at, first["ctx"]["param"]) if p),
                            code=first["ctx"].get("code")) from None
+        if (bound := out_of_bounds(e, at)) is not None:  # OpenAI's words and code for it (integer_below_min_value)
+            raise bound from None
         where, why = first_problem(e)
         param = ".".join(p for p in (at, where) if p) or None
         if why == "Field required" and param:  # OpenAI's words and code for it, as its SDKs surface them
-            raise ApiError(400, f"Missing required parameter: '{param}'.", param=param,
-                           code="missing_required_parameter") from None
+            raise missing_parameter(param) from None
         raise invalid_value(param, why) from None
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pydantic_core import PydanticCustomError
 
 from shared.content_parts import ContentPart
-from shared.errors import openai_refusal
+from shared.errors import array_too_long, missing_refusal, openai_refusal
 from shared.ids import random_hex
 
 DEFAULT_TASK = "InferenceTask"
@@ -139,9 +139,7 @@ def missing_tool_id(messages: list[Any]) -> PydanticCustomError | None:
         calls = message.get("tool_calls")
         for j, call in enumerate(calls if isinstance(calls, list) else []):
             if isinstance(call, dict) and call.get("id") is None:
-                where = f"messages[{i}].tool_calls[{j}].id"
-                return openai_refusal(f"Missing required parameter: '{where}'.", where,
-                                      code="missing_required_parameter")
+                return missing_refusal(f"messages[{i}].tool_calls[{j}].id")
     return None
 
 
@@ -300,6 +298,21 @@ def stream_options_need_stream() -> Any:
     return field_validator("stream_options")(check)
 
 
+MAX_STOPS = 4  # OpenAI's most stop sequences
+
+
+def stop_is_bounded() -> Any:
+    """A validator of ``stop``: at most ``MAX_STOPS`` sequences, as OpenAI's 400 says it (``array_above_max_length``,
+    its words: ``out_of_bounds``'s for a list field), naming ``stop``."""
+
+    def check(cls: type[BaseModel], v: Any) -> Any:
+        if isinstance(v, list) and len(v) > MAX_STOPS:
+            raise array_too_long("stop", MAX_STOPS, len(v))
+        return v
+
+    return field_validator("stop")(check)
+
+
 MAX_LOGIT_BIAS = 100
 
 
@@ -376,6 +389,8 @@ class ChatCompletionRequest(BaseModel):
     # come back as a miner's failure (a 502 for the caller and a zero score for the miner).
     _tools_shaped = tools_in_shape(nested=True)
 
+    _stop = stop_is_bounded()
+
     @field_validator("messages", mode="before")
     @classmethod
     def _tool_ids_are_given(cls, v: Any) -> Any:
@@ -440,6 +455,10 @@ class ChatCompletionRequest(BaseModel):
             raise PydanticCustomError("invalid_response_format",
                                       "response_format type must be 'text', 'json_object' or 'json_schema'")
         schema = v.get("json_schema")
+        if v["type"] == "json_schema" and schema is None:  # OpenAI's 400 names what is missing (this named only
+            raise missing_refusal("response_format.json_schema")  # response_format)
+        if v["type"] == "json_schema" and isinstance(schema, dict) and schema.get("name") is None:
+            raise missing_refusal("response_format.json_schema.name")
         if v["type"] == "json_schema" and not (isinstance(schema, dict) and isinstance(schema.get("name"), str)
                                                and schema["name"]):
             raise PydanticCustomError("invalid_response_format",
@@ -475,12 +494,6 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("uids must be non-negative integers")
         return v
 
-    @field_validator("stop")
-    @classmethod
-    def _stop_is_bounded(cls, v: Any) -> Any:
-        if isinstance(v, list) and len(v) > 4:  # a field check, so the 400 names 'stop' as its param
-            raise PydanticCustomError("too_many_stops", "stop accepts at most 4 sequences")
-        return v
 
     def allowed_tools(self) -> tuple[frozenset[str], str] | None:
         """The functions an ``allowed_tools`` choice lists and its ``mode``; None: another choice."""

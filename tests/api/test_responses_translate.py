@@ -203,7 +203,7 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
 
 
 @pytest.mark.parametrize(("fields", "param", "says"), [
-    ({"input": "x", "previous_response_id": ""}, "previous_response_id", "at least 1 character"),
+    ({"input": "x", "previous_response_id": ""}, "previous_response_id", "empty string. Expected a string with minimum length 1"),
     ({"input": "x", "conversation": {"name": "c"}}, "conversation", "a conversation id, or an object"),
     ({"input": []}, "input", "at least one item"),
     ({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input", "no message to answer"),
@@ -246,8 +246,9 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
     ({"input": "x", "tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "tools": [WEATHER]}},
      "tool_choice.mode", "Missing required parameter"),
     ({"input": "x", "tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []}},
-     "tool_choice.tools", "at least 1"),
-    ({"input": "x", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format", "needs a name"),
+     "tool_choice.tools", "empty array"),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name",
+     "Missing required parameter"),
     ({"input": "x", "max_output_tokens": "5"}, "max_output_tokens", "valid integer"),
     # echoed on the response as the SDK types them: a value OpenAI refuses is a 400, not an echo the SDK refuses
     ({"input": "x", "truncation": "sometimes"}, "truncation", "'auto' or 'disabled'"),
@@ -255,11 +256,11 @@ def test_an_earlier_turns_web_search_item_is_skipped() -> None:
     ({"input": "x", "reasoning": {"summary": "verbose"}}, "reasoning.summary", "'concise'"),
     ({"input": "x", "prompt_cache_retention": "1h"}, "prompt_cache_retention", "'24h'"),
     ({"input": "x", "safety_identifier": 7}, "safety_identifier", "valid string"),
-    ({"input": "x", "max_tool_calls": -1}, "max_tool_calls", "greater than or equal to 0"),
+    ({"input": "x", "max_tool_calls": -1}, "max_tool_calls", "Expected a value >= 0"),
     ({"input": "x", "max_tool_calls": 1.0}, "max_tool_calls", "valid integer"),
     ({"input": "x", "max_tool_calls": True}, "max_tool_calls", "valid integer"),
     ({"input": "x", "max_tool_calls": "2"}, "max_tool_calls", "valid integer"),
-    ({"input": "x", "max_tool_calls": 2**70}, "max_tool_calls", "less than or equal to"),  # echoed: no client reads it
+    ({"input": "x", "max_tool_calls": 2**70}, "max_tool_calls", "above maximum value"),  # echoed: no client reads it
     ({"input": "x", "stream_options": 5}, "stream_options", "valid dictionary"),
     ({"input": "x", "stream_options": {"include_obfuscation": "no"}}, "stream_options.include_obfuscation",
      "valid boolean"),

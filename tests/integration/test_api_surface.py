@@ -501,7 +501,7 @@ async def test_too_many_stop_sequences_is_a_400_naming_stop(tmp_path: Path) -> N
     async with api_with_miners(tmp_path, {}, honest={1}) as api:
         status, _, text = await post(api, {"messages": MESSAGES, "stop": ["a", "b", "c", "d", "e"]})
     err = json.loads(text)["error"]
-    assert status == 400 and err["param"] == "stop" and "at most 4" in err["message"], err
+    assert status == 400 and err["param"] == "stop" and "maximum length 4" in err["message"], err
     assert "Value error" not in err["message"]
 
 

@@ -46,7 +46,7 @@ async def test_streamed_choices_interleave_under_one_id_with_one_usage_chunk(tmp
 
 
 @pytest.mark.parametrize(("extra", "says"), [
-    ({"n": 9}, "less than or equal to 8"),
+    ({"n": 9}, "Expected a value <= 8"),
     ({"n": 2, "inference_mode": "Mixture-of-Agents"}, "mixture"),
     ({"n": 2, "session_id": "s"}, "session_id"),
 ])

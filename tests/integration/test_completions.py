@@ -120,7 +120,7 @@ async def test_logprobs_in_the_completions_shape(tmp_path: Path, stream: bool) -
     ({"best_of": 3}, "best_of", "best_of"),
     ({"prompt": ["a"] * 3, "n": 3}, "n", "at most 8"),
     ({"prompt": ["a"] * 9}, "prompt", "at most 8"),  # LangChain's batch of 20: the prompts are the field to cut
-    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "maximum length 4"),
     ({"logprobs": 6}, "logprobs", ""),
     ({"max_tokens": "5"}, "max_tokens", ""),
     ({"uids": [99]}, "uids", "Unknown uid 99"),

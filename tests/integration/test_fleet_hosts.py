@@ -307,7 +307,7 @@ async def test_a_burst_on_one_host_is_answered_not_refused_as_a_store_outage(tmp
         chats = [one("/v1/chat/completions", {"model": MODEL, "max_tokens": 5,
                                                "messages": [{"role": "user", "content": f"Hi {i}"}]})
                  for i in range(150)]
-        responses = [one("/v1/responses", {"model": MODEL, "input": f"Hi {i}", "max_output_tokens": 5})
+        responses = [one("/v1/responses", {"model": MODEL, "input": f"Hi {i}", "max_output_tokens": 16})
                      for i in range(150)]
         answers = await asyncio.gather(*chats, *responses)
         refused = [text for status, text in answers if status != 200]
@@ -481,7 +481,7 @@ async def test_each_worker_holds_its_two_named_redis_clients_and_no_more(tmp_pat
                                     headers=AK if path.startswith("/api_management") else head) as r:
                 return r.status, await r.text()
 
-        say = {"model": MODEL, "max_output_tokens": 5}
+        say = {"model": MODEL, "max_output_tokens": 16}
         made = await asyncio.gather(*(one("POST", "/v1/responses", say | {"input": f"Hi {i}"}) for i in range(20)))
         assert {status for status, _ in made} == {200}, made[0]
         mix = [one("POST", "/v1/chat/completions", {"model": MODEL, "max_tokens": 5,

@@ -233,7 +233,7 @@ REFUSED_UPSTREAM = [  # (extra request fields, the param the 400 names)
     ({"tools": [{"function": {"name": "get_weather"}}]}, "tools.0.type"),
     ({"tools": [{"type": "function", "function": {"name": "get weather"}}]}, "tools.0.function.name"),
     ({"response_format": {"type": "xml"}}, "response_format"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format.json_schema.name"),
 ]
 ACCEPTED = [
     {"messages": [USER, {"role": "assistant"}, USER]},  # an assistant message may go without content

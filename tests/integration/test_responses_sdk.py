@@ -161,11 +161,11 @@ async def test_moderation_is_a_400_not_ignored(honest: ApiUnderTest) -> None:
 
 
 async def test_an_answer_cut_by_max_output_tokens_is_incomplete_and_says_why(honest: ApiUnderTest) -> None:
-    whole, events = await typed(honest, {"input": "Hello there", "max_output_tokens": 3})
+    whole, events = await typed(honest, {"input": "Hello there", "max_output_tokens": 16})
     assert events[-1].type == "response.incomplete"
     for r in (whole, events[-1].response):
         assert r.status == "incomplete" and r.incomplete_details is not None
-        assert r.incomplete_details.reason == "max_output_tokens" and r.max_output_tokens == 3
+        assert r.incomplete_details.reason == "max_output_tokens" and r.max_output_tokens == 16
         assert r.completed_at is None  # OpenAI's is set for a completed response only
         assert [(item.type, item.status) for item in r.output] == [("message", "incomplete")]
 
@@ -175,7 +175,7 @@ async def test_a_model_servers_own_word_for_a_cut_is_incomplete_too(tmp_path: Pa
     ``length`` (as chat completions do), not as a completed answer."""
     steps = sse(chunk("Hello, th"), chunk(finish="max_tokens"))
     async with api_with_miners(tmp_path, {1: Script([(0, d) for d in steps])}) as api:
-        whole, events = await typed(api, {"input": "Hello there", "max_output_tokens": 3})
+        whole, events = await typed(api, {"input": "Hello there", "max_output_tokens": 16})
     for r in (whole, events[-1].response):
         assert r.status == "incomplete" and r.incomplete_details is not None
         assert r.incomplete_details.reason == "max_output_tokens"
@@ -285,7 +285,7 @@ async def test_a_call_cut_by_max_output_tokens_is_an_incomplete_response(tmp_pat
     and the caller got a ``502`` where OpenAI answers ``incomplete`` (``max_output_tokens``) with the cut call."""
     steps = sse(call_piece(0, '{"city": "Par', call_id="call_a"), chunk(finish="length"))
     async with api_with_miners(tmp_path, {1: Script([(0, d) for d in steps])}) as api:
-        body = {"input": "Weather in Paris?", "tools": [WEATHER], "max_output_tokens": 5}
+        body = {"input": "Weather in Paris?", "tools": [WEATHER], "max_output_tokens": 16}
         whole, events = await typed(api, body)
         made = await openai_client(api).responses.create(model="default", **body)
     assert events[-1].type == "response.incomplete"
@@ -306,7 +306,7 @@ async def test_a_json_answer_cut_by_max_output_tokens_is_an_incomplete_response(
               "additionalProperties": False}
     for fmt in ({"type": "json_object"}, {"type": "json_schema", "name": "city", "strict": True, "schema": schema}):
         async with api_with_miners(tmp_path, {1: Script([(0, d) for d in steps])}) as api:
-            body = {"input": "Weather in Paris? Answer in JSON.", "text": {"format": fmt}, "max_output_tokens": 5}
+            body = {"input": "Weather in Paris? Answer in JSON.", "text": {"format": fmt}, "max_output_tokens": 16}
             whole, events = await typed(api, body)
             made = await openai_client(api).responses.create(model="default", **body)
         assert events[-1].type == "response.incomplete", fmt

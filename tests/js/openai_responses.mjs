@@ -37,7 +37,7 @@ await run({
     stream.on("response.output_text.delta", (e) => { text += e.delta; });
     const final = await stream.finalResponse();
     assert.deepEqual([final.status, final.output_text], ["completed", text]);
-    const cut = await client().responses.stream({ model: CHAT_MODEL, input: "x", max_output_tokens: 3 }).finalResponse();
+    const cut = await client().responses.stream({ model: CHAT_MODEL, input: "x", max_output_tokens: 16 }).finalResponse();
     assert.deepEqual([cut.status, cut.incomplete_details.reason], ["incomplete", "max_output_tokens"]);
   },
   async "parse: zodTextFormat gives output_parsed, streamed or not"() {

@@ -63,7 +63,7 @@ async function payloads() {
   const answered = await call("POST", "/responses", { model: "default", previous_response_id: first.id,
     tools: [TOOL], input: [{ type: "function_call_output", call_id: callItem.call_id, output: "21 C" }] });
   add("Response", [first, answered]);
-  for (const extra of [{}, { tools: [TOOL] }, { max_output_tokens: 3 }, { tools: [{ type: "web_search" }] },
+  for (const extra of [{}, { tools: [TOOL] }, { max_output_tokens: 16 }, { tools: [{ type: "web_search" }] },
     { include: ["message.output_text.logprobs"], top_logprobs: 1 }, { background: true }]) {
     const body = { model: "default", input: "Paris?", ...extra };
     add("Response", [await call("POST", "/responses", body)]);
