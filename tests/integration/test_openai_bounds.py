@@ -9,7 +9,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.helpers import Script, api_with_miners, chunk, openai_client, post, sse
+from tests.helpers import Script, api_with_miners, call, chunk, openai_client, post, sse
 
 MESSAGES = [{"role": "user", "content": "What is a subnet?"}]
 
@@ -74,8 +74,10 @@ async def test_an_input_message_with_empty_content_is_openais_400(tmp_path: Path
      "decimal above maximum value. Expected a value <= 1, but got 1.5 instead."),
     ("/v1/responses", {"input": "hi", "top_logprobs": 21}, "top_logprobs", "integer_above_max_value",
      "integer above maximum value. Expected a value <= 20, but got 21 instead."),
+    ("/v1/responses", {"input": "hi", "metadata": {"k": "x" * 600}}, "metadata.k", "string_above_max_length",
+     "string too long. Expected a string with maximum length 512, but got a string with length 600 instead."),
 ], ids=["temperature", "max_tokens", "no messages", "chat stop", "metadata", "logprobs", "completions stop", "top_p",
-        "top_logprobs"])
+        "top_logprobs", "metadata value"])
 async def test_a_value_past_its_bound_is_openais_400_with_its_code(tmp_path: Path, path: str, body: dict, param: str,
                                                                    code: str, words: str) -> None:
     """Every such refusal was ``invalid_value`` with pydantic's words ("Input should be less than or equal to
@@ -109,3 +111,13 @@ async def test_a_json_schema_format_missing_a_field_names_that_field(tmp_path: P
     assert status == 400, text
     assert (err["code"], err["param"]) == ("missing_required_parameter", param), err
     assert err["message"] == f"Missing required parameter: '{param}'."
+
+
+async def test_a_list_limit_past_its_bound_in_the_query_string_is_openais_400(tmp_path: Path) -> None:
+    """A query parameter is read from text: its bound's refusal is OpenAI's too, the number as it was sent."""
+    async with api_with_miners(tmp_path, {1: answer()}) as api:
+        made = await openai_client(api).responses.create(model="default", input="hi")
+        status, body = await call(api, "GET", f"/v1/responses/{made.id}/input_items?limit=101")
+    assert status == 400 and body["error"] == {
+        "message": "Invalid 'limit': integer above maximum value. Expected a value <= 100, but got 101 instead.",
+        "type": "invalid_request_error", "code": "integer_above_max_value", "param": "limit"}
