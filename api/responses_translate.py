@@ -334,6 +334,8 @@ def _type_of(obj: dict[str, Any], at: str, default: str | None = None) -> str | 
 
 def _text_of(part: dict[str, Any], at: str, field: str = "text") -> str:
     text = part.get(field)
+    if field not in part:  # OpenAI's 400 for it (a null is a value, and not a string)
+        raise missing_parameter(f"{at}.{field}")
     if not isinstance(text, str):
         raise invalid_value(f"{at}.{field}", "must be a string")
     return text

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from shared.errors import NEEDED
 from shared.protocol import (
     FUNCTION_NAME,
     MAX_OUTPUT_TOKENS,
@@ -101,7 +102,7 @@ class Tool(BaseModel):
     @classmethod
     def _named(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None and info.data.get("type") == "function":
-            raise PydanticCustomError("missing_name", "a function tool needs a name")
+            raise PydanticCustomError(NEEDED, "a function tool needs a name")
         return v
 
     @field_validator("filters")

@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from shared.errors import NEEDED
+
 PART_CONFIG = ConfigDict(extra="allow", strict=True)  # the request's own (``REQUEST_CONFIG``): extras pass on
 PART_TYPES = ("text", "image_url", "input_audio", "file", "refusal")
 # A file by its id needs OpenAI's file store, which no miner has: the part must carry the file itself.
@@ -71,7 +73,7 @@ class ContentPart(BaseModel):
     @classmethod
     def _text_of_a_text_part(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None and info.data.get("type") == "text":
-            raise PydanticCustomError("missing_text", "a text part needs its text")
+            raise PydanticCustomError(NEEDED, "a text part needs its text")
         return v
 
     @field_validator("image_url", mode="before")
@@ -86,5 +88,5 @@ class ContentPart(BaseModel):
     @classmethod
     def _payload_of_its_type(cls, v: Any, info: ValidationInfo) -> Any:
         if v is None and info.data.get("type") == info.field_name:
-            raise PydanticCustomError("missing_payload", PAYLOADS[info.field_name])
+            raise PydanticCustomError(NEEDED, PAYLOADS[info.field_name])
         return v

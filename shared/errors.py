@@ -158,10 +158,31 @@ def invalid_value(param: str | None, message: str) -> ApiError:
     return ApiError(400, f"Invalid {where}: {message}", param=param, code="invalid_value")
 
 
-def missing_parameter(param: str) -> ApiError:
+def missing_parameter(param: str, why: str = "") -> ApiError:
     """OpenAI's 400 for a required field left out (or null), naming it: its words and code, which its SDKs
-    surface."""
-    return ApiError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    surface (``why``: what the field is for, said after them)."""
+    said = f": {why}" if why else ""
+    return ApiError(400, f"Missing required parameter: '{param}'{said}.", param=param,
+                    code="missing_required_parameter")
+
+
+# The type of a validator's refusal of a field the value needs (a user message's content, a text part's text): left
+# out, it is OpenAI's ``missing_required_parameter``, with the refusal's words; sent as null, an ``invalid_value``.
+NEEDED = "needed"
+
+
+def left_out(data: Any, where: str) -> bool:
+    """Whether the field at ``where`` (dotted, as ``first_problem`` names it) is absent from ``data`` (its object is
+    there, the key is not)."""
+    *path, name = where.split(".")
+    for step in path:
+        if isinstance(data, dict):
+            data = data.get(step)
+        elif isinstance(data, list) and step.isdigit() and int(step) < len(data):
+            data = data[int(step)]
+        else:
+            return False
+    return isinstance(data, dict) and name not in data
 
 
 # A validator's refusal that is OpenAI's own 400 word for word, its ``param`` too (``messages.[2].role``, where the
@@ -204,11 +225,11 @@ def first_problem(e: ValidationError) -> tuple[str, str]:
     of the member it came closest to (the deepest), at the field's own place; a value no member
     took even at the top is "a valid string or a valid list".
     """
-    where, why, _ = _located(e)
+    where, why, _ = located(e)
     return where, why
 
 
-def _located(e: ValidationError) -> tuple[str, str, ErrorDetails | None]:
+def located(e: ValidationError) -> tuple[str, str, ErrorDetails | None]:
     """``first_problem``'s place and words, and the one error they are (None: the words of several, or of a
     dict's key)."""
     errors = e.errors()
@@ -234,7 +255,7 @@ def out_of_bounds(e: ValidationError, at: str = "") -> ApiError | None:
     (``integer_below_min_value``, ``empty_array``, ...), naming the field below ``at``; None for any other
     problem. Clients that sort OpenAI's refusals by code (an output limit too high, a cache key too long) read
     these; all of them were ``invalid_value`` here."""
-    where, _, error = _located(e)
+    where, _, error = located(e)
     words = _bound_words(error) if error is not None and where else None
     if words is None:
         return None

@@ -33,13 +33,15 @@ from shared.connections import (
     fd_limited,
 )
 from shared.errors import (
+    NEEDED,
     OPENAI_REFUSAL,
     SERVER_SHUTTING_DOWN,
     ApiError,
     error_body,
     error_type_for,
-    first_problem,
     invalid_value,
+    left_out,
+    located,
     missing_parameter,
     out_of_bounds,
     shutting_down,
@@ -431,10 +433,12 @@ def parse_model(model: type[BaseModel], data: Any, *, at: str = "", strict: bool
                            code=first["ctx"].get("code")) from None
         if (bound := out_of_bounds(e, at)) is not None:  # OpenAI's words and code for it (integer_below_min_value)
             raise bound from None
-        where, why = first_problem(e)
+        where, why, error = located(e)
         param = ".".join(p for p in (at, where) if p) or None
         if why == "Field required" and param:  # OpenAI's words and code for it, as its SDKs surface them
             raise missing_parameter(param) from None
+        if error is not None and error["type"] == NEEDED and param and left_out(data, where):
+            raise missing_parameter(param, why) from None
         raise invalid_value(param, why) from None
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pydantic_core import PydanticCustomError
 
 from shared.content_parts import ContentPart
-from shared.errors import array_too_long, missing_refusal, openai_refusal
+from shared.errors import NEEDED, array_too_long, missing_refusal, openai_refusal
 from shared.ids import random_hex
 
 DEFAULT_TASK = "InferenceTask"
@@ -203,7 +203,7 @@ class ChatMessage(BaseModel):
     def _content_where_required(cls, v: Any, info: ValidationInfo) -> Any:
         role = info.data.get("role")
         if v is None and role in NEEDS_CONTENT:
-            raise PydanticCustomError("missing_content", "a {role} message needs content (a string or a list of "
+            raise PydanticCustomError(NEEDED, "a {role} message needs content (a string or a list of "
                                       "parts)", {"role": role})
         return v
 

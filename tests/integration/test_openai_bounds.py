@@ -121,3 +121,32 @@ async def test_a_list_limit_past_its_bound_in_the_query_string_is_openais_400(tm
     assert status == 400 and body["error"] == {
         "message": "Invalid 'limit': integer above maximum value. Expected a value <= 100, but got 101 instead.",
         "type": "invalid_request_error", "code": "integer_above_max_value", "param": "limit"}
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/chat/completions", {"messages": [{"role": "user"}]}, "messages.0.content"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+     "messages.0.content.0.text"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+     "messages.0.content.0.image_url"),
+    ("/v1/responses", {"input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "input.0.content.0.text"),
+    ("/v1/responses", {"input": "hi", "tools": [{"type": "function"}]}, "tools.0.name"),
+], ids=["message content", "text part", "image part", "input_text", "function tool name"])
+async def test_a_required_field_left_out_is_openais_missing_required_parameter(tmp_path: Path, path: str, body: dict,
+                                                                               param: str) -> None:
+    """These were ``invalid_value`` (the place named, the code not OpenAI's): a field left out is OpenAI's
+    ``missing_required_parameter``, as every other field left out already was here."""
+    async with api_with_miners(tmp_path, {1: answer()}) as api:
+        status, _, text = await post(api, {"model": "default", **body}, path=path)
+    err = json.loads(text)["error"]
+    assert status == 400, text
+    assert (err["code"], err["param"]) == ("missing_required_parameter", param), err
+    assert err["message"].startswith(f"Missing required parameter: '{param}'")
+
+
+async def test_a_required_field_sent_as_null_is_still_an_invalid_value(tmp_path: Path) -> None:
+    """Sent, as ``null``, the field is there with a value that will not do: not "missing"."""
+    async with api_with_miners(tmp_path, {1: answer()}) as api:
+        status, _, text = await post(api, {"model": "default", "messages": [{"role": "user", "content": None}]})
+    err = json.loads(text)["error"]
+    assert status == 400 and (err["code"], err["param"]) == ("invalid_value", "messages.0.content"), err
