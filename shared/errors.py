@@ -159,8 +159,8 @@ def invalid_value(param: str | None, message: str) -> ApiError:
 
 
 def missing_parameter(param: str, why: str = "") -> ApiError:
-    """OpenAI's 400 for a required field left out (or null), naming it: its words and code, which its SDKs
-    surface (``why``: what the field is for, said after them)."""
+    """OpenAI's 400 for a required field left out, naming it: its words and code, which its SDKs surface (``why``:
+    what the field is for, said after them)."""
     said = f": {why}" if why else ""
     return ApiError(400, f"Missing required parameter: '{param}'{said}.", param=param,
                     code="missing_required_parameter")
