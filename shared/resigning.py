@@ -15,10 +15,10 @@ import time
 from typing import Any
 
 import aiohttp
-from bittensor import http_auth
 from yarl import URL
 
 from shared.protocol import DEADLINE_HEADER
+from shared.sdk import http_auth
 from shared.signing import Signer
 
 RETELL_AFTER = 0.05  # seconds a request waited for a connection after which its deadline header is redone

@@ -17,8 +17,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
-from bittensor import http_auth
-from bittensor.wallets import parse_crypto_type
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
@@ -27,6 +25,7 @@ from shared.errors import ApiError
 from shared.http import end_unread_body, http_error_code, read_raw
 from shared.logging import printable
 from shared.nonce_store import NonceStore
+from shared.sdk import http_auth, parse_crypto_type
 from shared.settings import UNVERIFIED_BODY_BYTES
 from shared.ss58 import is_ss58
 
