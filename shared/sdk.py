@@ -17,32 +17,48 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
+import threading
 from types import ModuleType
 from typing import Any
 
 PACKAGE = "bittensor"
 
 
-def _finish(package: ModuleType, name: str) -> Any:
-    """The module's ``__getattr__`` (PEP 562) while its ``__init__`` has not run: run it, then answer ``name``."""
-    del package.__dict__["__getattr__"]
-    try:
-        package.__spec__.loader.exec_module(package)  # type: ignore[union-attr]
-    except BaseException:
-        package.__dict__["__getattr__"] = lambda attr: _finish(package, attr)
-        raise
-    return getattr(package, name)
+class _Deferred:
+    """The light package's ``__getattr__`` (PEP 562), called for a name it does not hold yet: runs the package's
+    ``__init__`` on it once, then answers the name as the whole SDK does. Another thread asking meanwhile waits
+    for it, as an import in progress makes it wait; the ``__init__`` running asks it for its own submodules
+    (``from . import evm``), which it is told are not there yet, so that the import system loads them."""
+
+    def __init__(self, package: ModuleType) -> None:
+        self.package = package
+        self.lock = threading.RLock()
+        self.running = False
+
+    def __call__(self, name: str) -> Any:
+        with self.lock:
+            if self.running:  # this thread, inside the __init__ below
+                raise AttributeError(f"module {PACKAGE!r} has no attribute {name!r} yet")
+            if self.package.__dict__.get("__getattr__") is self:
+                self.running = True
+                try:
+                    self.package.__spec__.loader.exec_module(self.package)  # type: ignore[union-attr]
+                finally:
+                    self.running = False
+                if self.package.__dict__.get("__getattr__") is self:  # the SDK defines none of its own
+                    del self.package.__dict__["__getattr__"]
+        return getattr(self.package, name)
 
 
 def _light_package() -> None:
-    """``bittensor`` in ``sys.modules`` with its ``__init__`` deferred (``_finish``), unless it is there already."""
+    """``bittensor`` in ``sys.modules`` with its ``__init__`` deferred (``_Deferred``), unless it is there already."""
     if PACKAGE in sys.modules:
         return
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or spec.loader is None:  # not installed: the import below says so, as it always did
         return
     package = importlib.util.module_from_spec(spec)
-    package.__dict__["__getattr__"] = lambda attr: _finish(package, attr)
+    package.__dict__["__getattr__"] = _Deferred(package)
     sys.modules[PACKAGE] = package
     # what its __init__ does first of all: the SDK's loggers stay silent unless the application opts in
     logging.getLogger(PACKAGE).addHandler(logging.NullHandler())

@@ -36,3 +36,36 @@ def test_a_process_that_imported_the_sdk_first_keeps_it() -> None:
     code = "import bittensor, sys, shared.sdk; assert shared.sdk.http_auth is bittensor.http_auth; print('ok')"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+THREADS = r'''
+import threading
+import shared.sdk
+import bittensor as bt
+
+names = ["Wallet", "Client", "Subtensor", "SetWeights", "Metagraph", "Balance"] * 2
+start, got, failed = threading.Barrier(len(names)), {}, []
+
+
+def ask(name):
+    start.wait()
+    try:
+        got[name] = getattr(bt, name)
+    except AttributeError as e:
+        failed.append(f"{name}: {e}")
+
+
+threads = [threading.Thread(target=ask, args=(n,)) for n in names]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("failed:", failed)
+'''
+
+
+def test_threads_asking_at_once_each_get_the_whole_sdk() -> None:
+    """As an import in progress in one thread makes another wait, the SDK's ``__init__`` running in one thread
+    makes the others wait for it: none of them is told a name is missing that it defines."""
+    done = subprocess.run([sys.executable, "-c", THREADS], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "failed: []", (done.stdout, done.stderr[-3000:])
