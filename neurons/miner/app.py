@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from neurons.miner.backends.base import Backend, BackendError
+from neurons.miner.backends.server_watch import DOWN_PROBE_S
 from neurons.miner.standing import Standing
 from neurons.miner.traffic import (
     CLIENT_GONE,
@@ -51,6 +53,11 @@ STOPPING = web.AppKey("stopping", asyncio.Event)  # set once a stop signal came 
 # Seconds before its deadline that a caller's leaving counts as leaving at it (``left_at_deadline``): the time the
 # request took to arrive, which the caller's deadline counts and this miner's does not.
 LEFT_AT_DEADLINE_S = 0.5
+# A chat request while the backend serves no model (its model server down, or listing none): a 503 at once, not
+# the model server asked (a 502 after a connection refused, or a hung connect to a host gone), nor a 404
+# ``model_not_found`` for a model served again once the server is back. Retry-After: the seconds between its probes.
+MODEL_SERVER_UNAVAILABLE = "model_server_unavailable"
+UNAVAILABLE_RETRY_AFTER = str(math.ceil(DOWN_PROBE_S))
 NO_TIMER = contextlib.nullcontext()  # ``_timer``'s block for no deadline (it holds nothing: shared by every request)
 
 
@@ -154,6 +161,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         req: ChatCompletionRequest = parse_model(ChatCompletionRequest, data)
         stream = bool(req.stream)
         backend = request.app[BACKEND]
+        if (down := getattr(backend, "unavailable", _serving)()) is not None:
+            raise ApiError(503, down, code=MODEL_SERVER_UNAVAILABLE, headers={"Retry-After": UNAVAILABLE_RETRY_AFTER})
         if not req.wants_any_model() and req.model not in backend.models():
             unserved = req.model
             raise ApiError(404, f"The model '{req.model}' is not served here.", code="model_not_found",
@@ -185,6 +194,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                                     latency_ms=(time.perf_counter() - started) * 1000,
                                     failure=request.get(BACKEND_FAILURE), code=code, model=unserved,
                                     ttft_ms=None if first_at is None else (first_at - started) * 1000)
+
+
+def _serving() -> str | None:
+    """A backend's ``unavailable`` when it has none (it always serves what it lists)."""
+    return None
 
 
 def caller_deadline(request: web.Request) -> float | None:

@@ -176,7 +176,7 @@ async def test_the_parsed_completion_reports_a_200_error_body_too() -> None:
             await backend.close()
 
 
-NOTHING = "; no model is served until it answers (asked every 60s)"  # said while no model is served
+NOTHING = "; no model is served until it answers (asked every 5s)"  # said while no model is served
 
 
 @pytest.fixture

@@ -363,7 +363,7 @@ async def test_models_come_from_the_upstream_even_when_it_comes_up_late() -> Non
     up.router.add_get("/v1/models", lambda _r: web.json_response({"data": [{"id": "late-model"}]}))
     async with serve_app(up) as url:
         port = int(url.rsplit(":", 1)[1])
-    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{port}/v1", models_refresh=0.05)
+    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{port}/v1", models_refresh=0.05, down_probe=0.05)
     await backend.start()  # nothing listens on the port now
     try:
         assert backend.models() == []
@@ -445,7 +445,7 @@ async def test_a_chat_model_serves_arithmetic_and_nothing_is_served_before_the_u
     up.router.add_get("/v1/models", lambda _r: web.json_response({"data": [{"id": "m"}]}))
     async with serve_app(up) as url:
         port = int(url.rsplit(":", 1)[1])
-    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{port}/v1", models_refresh=0.05)
+    backend = OpenAICompatibleBackend(f"http://127.0.0.1:{port}/v1", models_refresh=0.05, down_probe=0.05)
     await backend.start()  # nothing listens yet: a model server still loading
     try:
         assert backend.tasks() == [], "no model, no task: advertised, every job would fail"
@@ -502,7 +502,7 @@ async def test_an_ollama_with_no_model_pulled_yet_is_no_crash_and_its_first_mode
     at start (and, had it come later, the refresher for good: the model pulled next was never served)."""
     listed: list[str] = []
     async with serve_app(create_fake_upstream([], models=listed)) as url:
-        backend = OpenAICompatibleBackend(url + "/v1", models_refresh=0.05)
+        backend = OpenAICompatibleBackend(url + "/v1", models_refresh=0.05, down_probe=0.05)
         await backend.start()
         try:
             assert backend.models() == [] and backend.tasks() == []

@@ -26,6 +26,7 @@ from loguru import logger
 
 from neurons.miner.backends.base import BackendError
 from neurons.miner.backends.counted_usage import counted, prompt_counted
+from neurons.miner.backends.server_watch import DOWN_PROBE_S, ServerWatch, clock_time
 from neurons.miner.backends.upstream_fields import forwarded_fields, upstream_request
 from neurons.miner.media_urls import MediaBusy, MediaFetcher, MediaRefused
 from shared.errors import MODEL_SERVER_REJECTED, REJECTED_STATUSES
@@ -126,6 +127,7 @@ class OpenAICompatibleBackend:
         api_key: str | None = None,
         timeout: float = 120.0,
         models_refresh: float = 60.0,
+        down_probe: float = DOWN_PROBE_S,
         serve_models: list[str] | None = None,
         media: MediaFetcher | None = None,
         extra_fields: list[str] | None = None,
@@ -152,6 +154,7 @@ class OpenAICompatibleBackend:
         self._missing: list[str] = []
         self._unaliased: list[str] = []  # UPSTREAM_MODEL_ALIASES' upstream names its /models lacks (``problems``)
         self._listing_problem: str | None = None  # why its last /models gave no model to serve (``problems``)
+        self._watch = ServerWatch(self.shown_url, down_every=down_probe)  # down: nothing advertised
         self._refresher: asyncio.Task[None] | None = None
         self._refusals = FieldRefusals()  # what its models refused, learnt from their 4xx
         self._fields = forwarded_fields(extra_fields or ())  # what of a request the model server is sent
@@ -165,52 +168,72 @@ class OpenAICompatibleBackend:
         self._refresher = asyncio.create_task(self._refresh_forever())
 
     async def _refresh_forever(self) -> None:
-        """Refresh until closed: an unforeseen failure is logged, never the end of the task (a dead
-        refresher left nothing behind but a miner that never saw a model the upstream gained)."""
+        """Refresh until closed, every ``models_refresh`` seconds while models are served, every ``down_probe``
+        while none is, sooner when a chat request failed (``ServerWatch``): an unforeseen failure is logged, never
+        the end of the task (a dead refresher left nothing behind but a miner that never saw a model the upstream
+        gained)."""
         while True:
-            await asyncio.sleep(self._models_refresh)
+            await self._watch.wait(self._watch.delay(self._models_refresh, serving=bool(self.models())))
             try:
                 await self.refresh_models()
             except Exception:  # noqa: BLE001 - one bad answer must not stop the refresher
                 logger.exception("refreshing the upstream models at {} failed", self.shown_url)
 
     async def refresh_models(self) -> None:
-        """Read the upstream's models; a failure keeps the last list (and says so once per failure, with
-        what to check). A server with no list at all (a 404) serves UPSTREAM_MODELS as they are named."""
+        """Read the upstream's models. A failure is said once, with what to check, and a second in a row (the first,
+        when nothing is served yet) takes the model server as down: nothing is advertised until it answers again. A
+        server with no list at all (a 404) serves UPSTREAM_MODELS as they are named."""
         try:
-            async with self._http().get(f"{self.base_url}/models", headers=self._headers,
-                                        timeout=aiohttp.ClientTimeout(total=LIST_TIMEOUT_S)) as r:
-                if r.status == 404 and self._serve_models:
-                    self._listing_problem = None
-                    self._unlisted()
-                    return
-                if r.status != 200:
-                    raise ValueError(f"HTTP {r.status}{listing_hint(r.status, self.base_url)}")
-                data = await listing_json(r, self.base_url)
-            listed = listed_models(data)
-            models = self._served(listed)
-            if models != self._models and models:
-                logger.info("upstream models: {}", ", ".join(models))
-            self._listing_problem = None
-            if models:
-                self._models = models
-            elif not listed:
-                self._listing_problem = (f"the upstream at {self.shown_url} lists no model yet: nothing is served "
-                                         "until it does (Ollama: pull one with ollama pull)")
-            elif not self._serve_models:  # an embedding model alone pulled: it was as silent
-                self._listing_problem = (f"the upstream at {self.shown_url} lists no chat model (only "
-                                         f"{', '.join(listed[:20])}): nothing is served (a chat model it lists under "
-                                         "such a name is served when UPSTREAM_MODELS names it)")
-            if self._listing_problem and not self._models:  # a miner serving nothing, for no reason given
-                logger.warning("{}", self._listing_problem)
+            listed = await self._listing()
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             # aiohttp's certificate error is a ValueError too (ssl.CertificateError's): told as the others are
             why = failure_words(e, f"{LIST_TIMEOUT_S:g} s") if isinstance(e, aiohttp.ClientError | TimeoutError) \
                 else str(e)
-            self._listing_problem = f"could not list upstream models at {self.shown_url}: {why}" + (
-                f"; still advertising its last list ({', '.join(self._models)})" if self._models else
-                f"; no model is served until it answers (asked every {self._models_refresh:g}s)")
-            logger.warning("{}", self._listing_problem)
+            self._watch.failed(f"could not list upstream models at {self.shown_url}: {why}", serving=self.models())
+            return
+        if listed is None:
+            self._tell(None)
+            self._unlisted()
+        else:
+            self._listed(listed)
+        self._watch.answered(self._models)
+
+    async def _listing(self) -> list[str] | None:
+        """The model ids the upstream's ``/models`` lists; None for a server with no list (a 404) when
+        UPSTREAM_MODELS names what to serve. ValueError (or aiohttp's errors) for a list not read."""
+        async with self._http().get(f"{self.base_url}/models", headers=self._headers,
+                                    timeout=aiohttp.ClientTimeout(total=LIST_TIMEOUT_S)) as r:
+            if r.status == 404 and self._serve_models:
+                return None
+            if r.status != 200:
+                raise ValueError(f"HTTP {r.status}{listing_hint(r.status, self.base_url)}")
+            return listed_models(await listing_json(r, self.base_url))
+
+    def _listed(self, listed: list[str]) -> None:
+        """Advertise what of ``listed`` is served (nothing, when it lists none: a model it no longer lists was
+        advertised still, and every request for it failed), and say once why that is nothing."""
+        models = self._served(listed)
+        if models != self._models and models:
+            logger.info("upstream models: {}", ", ".join(models))
+        self._models = models
+        if models:
+            self._tell(None)
+        elif not listed:
+            self._tell(f"the upstream at {self.shown_url} lists no model yet: nothing is served until it does "
+                       "(Ollama: pull one with ollama pull)")
+        elif not self._serve_models:  # an embedding model alone pulled: it was as silent
+            self._tell(f"the upstream at {self.shown_url} lists no chat model (only {', '.join(listed[:20])}): "
+                       "nothing is served (a chat model it lists under such a name is served when UPSTREAM_MODELS "
+                       "names it)")
+        else:  # UPSTREAM_MODELS names none it lists: ``_served`` said so, and ``problems`` does
+            self._tell(None)
+
+    def _tell(self, problem: str | None) -> None:
+        """Why a listing that answered gives no model to serve (None: it gives some, or ``problems`` says why), a
+        WARNING once per change (it was said at every refresh)."""
+        if problem is not None and problem != self._listing_problem:
+            logger.warning("{}", problem)
+        self._listing_problem = problem
 
     def _unlisted(self) -> None:
         """The upstream has no /models (Cloudflare Workers AI's OpenAI endpoint, some proxies): the models
@@ -254,8 +277,10 @@ class OpenAICompatibleBackend:
 
     def problems(self) -> list[str]:
         """What its last ``/models`` said is wrong (``/health``'s ``problems``): the model server not answering it
-        (down after the start too, while the last list is still advertised), listing no model, or not listing a
-        model ``UPSTREAM_MODELS`` names. Empty when it lists what is served."""
+        (at start, or down since, with nothing advertised meanwhile), listing no model, or not listing a model
+        ``UPSTREAM_MODELS`` names. Empty when it lists what is served."""
+        if (down := self._watch.problem()) is not None:
+            return [down]
         problems = [self._listing_problem] if self._listing_problem else []
         if self._unaliased and self._listing_problem is None:
             problems.append(f"UPSTREAM_MODEL_ALIASES names {', '.join(self._unaliased)} that the model server at "
@@ -272,13 +297,22 @@ class OpenAICompatibleBackend:
         return self._session
 
     def models(self) -> list[str]:
-        return list(self._models)
+        """What the model server's last listing gave to serve; nothing while it is down (``ServerWatch``)."""
+        return [] if self._watch.down else list(self._models)
+
+    def unavailable(self) -> str | None:
+        """Why a chat request is answered this miner's ``503`` without asking the model server (it serves no model:
+        down, or listing none of its models), in words for its caller; None while a model is served."""
+        if self._watch.down_since is not None:
+            return (f"This miner's model server is not answering (since {clock_time(self._watch.down_since)}): no "
+                    "model is served until it answers again.")
+        return None if self._models else "This miner's model server lists no model to serve."
 
     def tasks(self) -> list[str]:
         """What a chat model answers: inference, questions on a context, arithmetic (it was left out, and
         every arithmetic job, 15% of the weight, was this miner's 0). Web retrieval needs a search this
         backend does not have. Nothing while the upstream lists no model (down, or still loading)."""
-        if not self._models:
+        if not self.models():
             return []
         return [INFERENCE, QUESTION_ANSWERING, ARITHMETIC]
 
@@ -356,10 +390,16 @@ class OpenAICompatibleBackend:
                     if refused and (again := self._refusals.resent(sent, message)) is not None:
                         sent = again  # ends: each time a field named goes
                         continue
+                    if not refused:
+                        self._watch.wake()  # is it down? (a proxy's 502 for a server gone, a key revoked)
                     raise BackendError(f"upstream HTTP {r.status}: {message[:300]}", status=refused or 502,
                                        code=MODEL_SERVER_REJECTED if refused else None)
         except (MediaRefused, MediaBusy) as e:
             raise media_failure(e) from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
+            if not isinstance(e, TimeoutError):  # refused, reset, closed mid-answer: is it down? (a timeout: slow)
+                self._watch.wake()
+            raise
 
     async def _not_an_answer(self, r: aiohttp.ClientResponse, stream: bool) -> BackendError:
         """The error for a 200 that is not the answer asked for (its type is not ``ANSWER_TYPES[stream]``): the error
