@@ -15,7 +15,6 @@ import contextlib
 import time
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from loguru import logger
 from yarl import URL
@@ -23,7 +22,7 @@ from yarl import URL
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Signer
 from tests.fake_upstream import MODEL, create_fake_upstream
-from tests.helpers import log_lines, serve_app, wait_until
+from tests.helpers import log_lines, serve_app
 from tests.integration.test_miner_model_server_health import MINER, VALIDATOR, chat, miner_before, problems
 from tests.ports import free_port
 
@@ -50,8 +49,8 @@ async def advertised(url: str) -> list[str]:
 async def until_advertised(url: str, models: list[str], seconds: float = 5.0) -> float:
     """Poll the miner's availability until it lists ``models``; the seconds it took (asserted within ``seconds``)."""
     started = time.monotonic()
-    while (found := await advertised(url)) != models and time.monotonic() - started < seconds:
-        await asyncio.sleep(0.05)
+    while (found := await advertised(url)) != models and time.monotonic() - started < seconds:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # polling another party's state (the miner, over HTTP)
     assert found == models, found
     return time.monotonic() - started
 
@@ -156,3 +155,25 @@ async def test_a_proxy_whose_server_is_gone_is_found_by_the_first_chat_it_fails(
     assert len(lines) == 2 and "status=502" in lines[0], lines
     assert lines[1] == (f"WARNING could not list upstream models at {up}/v1: HTTP 502{NOT_SERVED}: {MODEL} no longer "
                         "advertised"), lines
+
+
+async def test_a_model_the_server_no_longer_lists_is_no_longer_advertised_and_said_once() -> None:
+    """``ollama rm`` (or a server restarted with another model): the model it listed last stayed advertised, every
+    request for it a 502; and "lists no model yet" was a WARNING at every listing."""
+    listed = [MODEL]
+    lines, sink = log_lines()
+    try:
+        async with serve_app(create_fake_upstream([], models=listed)) as up, \
+                miner_before(up + "/v1", models_refresh=0.1, down_probe=0.1) as (url, _):
+            assert await advertised(url) == [MODEL]
+            listed.clear()
+            await until_advertised(url, [], seconds=2.0)
+            await asyncio.sleep(0.5)  # listed again and again: said once
+            status, body, _ = await chat_status(url)
+            assert (status, body["error"]["code"]) == (503, "model_server_unavailable"), body
+            assert await problems(url) == [f"the upstream at {up}/v1 lists no model yet: nothing is served until it "
+                                           "does (Ollama: pull one with ollama pull)"]
+    finally:
+        logger.remove(sink)
+    assert lines == [f"WARNING the upstream at {up}/v1 lists no model yet: nothing is served until it does (Ollama: "
+                     "pull one with ollama pull)"], lines

@@ -171,11 +171,14 @@ def failures(log: list[tuple[str, str]]) -> list[str]:
     return [m for level, m in log if level == "WARNING" and m.startswith("chat rid=")]
 
 
-async def openai_miner_post(upstream_url: str, bodies: list[tuple[str, dict]], *, timeout: float = 120.0) -> list[int]:
+async def openai_miner_post(upstream_url: str, bodies: list[tuple[str, dict]], *, timeout: float = 120.0,
+                            stopped: contextlib.AsyncExitStack | None = None) -> list[int]:
     """Each (request id, body) sent, signed, to a miner in front of ``upstream_url`` (``UPSTREAM_TIMEOUT``:
-    ``timeout``); their statuses."""
+    ``timeout``); their statuses. ``stopped``: the model server, stopped once the miner has started."""
     backend = OpenAICompatibleBackend(upstream_url, timeout=timeout)
     await backend.start()
+    if stopped is not None:
+        await stopped.aclose()
     verifier = RequestVerifier(MINER.ss58_address, Authorizer(lambda: {VALIDATOR.ss58_address}))
     try:
         async with serve_app(create_miner_app(backend, verifier)) as url:
@@ -194,8 +197,10 @@ async def test_a_request_the_model_server_fails_or_refuses_is_a_warning_with_id_
     in the minute's summary: the operator could not tell the miner was earning nothing, nor why."""
     ask = {"messages": [{"role": "user", "content": "hi"}]}
     down = free_port()
-    assert await openai_miner_post(f"http://127.0.0.1:{down}/v1", [("down", ask), ("down-s", {
-        **ask, "stream": True})]) == [502, 502]
+    async with contextlib.AsyncExitStack() as server:  # gone after the start (before it, nothing is advertised)
+        await server.enter_async_context(serve_app(create_fake_upstream([]), port=down))
+        assert await openai_miner_post(f"http://127.0.0.1:{down}/v1", [("down", ask), ("down-s", {
+            **ask, "stream": True})], stopped=server) == [502, 502]
     async with serve_app(create_fake_upstream([], refuses=frozenset({"response_format"}))) as up:
         assert await openai_miner_post(up + "/v1", [("ok", ask), ("json", {
             **ask, "response_format": {"type": "json_object"}})]) == [200, 400]
