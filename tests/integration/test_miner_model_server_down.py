@@ -15,10 +15,12 @@ import contextlib
 import time
 from typing import Any
 
+import pytest
 from aiohttp import web
 from loguru import logger
 from yarl import URL
 
+from neurons.miner.backends import server_watch
 from shared.miner_client import MinerClient, make_session
 from shared.signing import Signer
 from tests.fake_upstream import MODEL, create_fake_upstream
@@ -88,7 +90,8 @@ async def test_a_model_server_gone_is_advertised_by_no_one_until_it_answers_agai
             assert (await availability(url))["task_availabilities"] == {}, "no task either"
             status, body, headers = await chat_status(url)  # from an API that has not polled since
             assert status == 503 and body["error"]["code"] == "model_server_unavailable", body
-            assert body["error"]["message"].startswith("This miner's model server is not answering (since "), body
+            assert body["error"]["message"].startswith("This miner serves no model now: its model server's model list could "
+                                                 "not be read since "), body
             assert headers["Retry-After"] == "5"
             [down] = await problems(url)
             why = (f"could not list upstream models at {upstream_url}: cannot connect to the model server at "
@@ -177,3 +180,19 @@ async def test_a_model_the_server_no_longer_lists_is_no_longer_advertised_and_sa
         logger.remove(sink)
     assert lines == [f"WARNING the upstream at {up}/v1 lists no model yet: nothing is served until it does (Ollama: "
                      "pull one with ollama pull)"], lines
+
+
+async def test_a_server_too_busy_to_list_its_models_is_not_down_while_it_answers_chats(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that lists its models only between answers (a single-threaded one under load) fails its listings
+    while it answers chats: withdrawn, it would lose the traffic it serves. Once it has answered none for a while
+    (``ANSWERING_S``), it is down."""
+    monkeypatch.setattr(server_watch, "ANSWERING_S", 1.5)
+    proxy: dict[str, Any] = {"listings": [200] + [502] * 1000, "gone": False}
+    async with serve_app(behind_a_proxy(proxy)) as up, \
+            miner_before(up + "/v1", down_probe=DOWN_PROBE, models_refresh=0.2) as (url, _):
+        for _ in range(8):  # 2 s of answers, listings failing all along
+            assert await chat(url)
+            await asyncio.sleep(0.25)
+        assert await advertised(url) == [MODEL]
+        assert await until_advertised(url, [], seconds=3.0) > 0.5  # none answered for ANSWERING_S: an outage

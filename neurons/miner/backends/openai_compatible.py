@@ -189,7 +189,8 @@ class OpenAICompatibleBackend:
             # aiohttp's certificate error is a ValueError too (ssl.CertificateError's): told as the others are
             why = failure_words(e, f"{LIST_TIMEOUT_S:g} s") if isinstance(e, aiohttp.ClientError | TimeoutError) \
                 else str(e)
-            self._watch.failed(f"could not list upstream models at {self.shown_url}: {why}", serving=self.models())
+            self._watch.failed(f"could not list upstream models at {self.shown_url}: {why}", serving=self.models(),
+                               refused=isinstance(e, aiohttp.ClientConnectorError))
             return
         if listed is None:
             self._tell(None)
@@ -304,8 +305,8 @@ class OpenAICompatibleBackend:
         """Why a chat request is answered this miner's ``503`` without asking the model server (it serves no model:
         down, or listing none of its models), in words for its caller; None while a model is served."""
         if self._watch.down_since is not None:
-            return (f"This miner's model server is not answering (since {clock_time(self._watch.down_since)}): no "
-                    "model is served until it answers again.")
+            return (f"This miner serves no model now: its model server's model list could not be read since "
+                    f"{clock_time(self._watch.down_since)}.")
         return None if self._models else "This miner's model server lists no model to serve."
 
     def tasks(self) -> list[str]:
@@ -380,6 +381,7 @@ class OpenAICompatibleBackend:
                         again=lambda: {"timeout": self._timeout_until(deadline)},
                     ) as r:
                         if r.status == 200:
+                            self._watch.answered_chat()
                             if r.content_type != ANSWER_TYPES[stream]:  # a proxy's HTML page is no answer, though 200
                                 raise await self._not_an_answer(r, stream)
                             yield r
@@ -391,14 +393,14 @@ class OpenAICompatibleBackend:
                         sent = again  # ends: each time a field named goes
                         continue
                     if not refused:
-                        self._watch.wake()  # is it down? (a proxy's 502 for a server gone, a key revoked)
+                        self._watch.failed_chat()  # is it down? (a proxy's 502 for a server gone, a key revoked)
                     raise BackendError(f"upstream HTTP {r.status}: {message[:300]}", status=refused or 502,
                                        code=MODEL_SERVER_REJECTED if refused else None)
         except (MediaRefused, MediaBusy) as e:
             raise media_failure(e) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
             if not isinstance(e, TimeoutError):  # refused, reset, closed mid-answer: is it down? (a timeout: slow)
-                self._watch.wake()
+                self._watch.failed_chat()
             raise
 
     async def _not_an_answer(self, r: aiohttp.ClientResponse, stream: bool) -> BackendError:

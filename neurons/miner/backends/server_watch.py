@@ -7,7 +7,7 @@ advertising the models it listed last: validators and APIs kept sending it reque
 served is asked again at once (``confirm``: a kept-alive connection the server had just closed is no outage),
 and a second failure takes the server as down: the miner advertises nothing and answers a chat with a ``503``
 until a listing succeeds; it is asked every ``down_every`` seconds meanwhile. A chat request the model server
-failed wakes the probe early (``wake``), so an outage is seen at the first failed request, not a minute later.
+failed wakes the probe early (``failed_chat``), so an outage is seen at the first failed request, not a minute later.
 Each change is logged once (a WARNING as it goes down, an INFO line when it answers again), never per probe.
 """
 
@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 
 from loguru import logger
 
 DOWN_PROBE_S = 5.0  # seconds between listings while the model server is down (or lists nothing to serve)
 CONFIRM_S = 1.0  # seconds before a failed listing is asked again, and the least between two probes
+# Seconds after a chat request it answered during which its listings' timeouts and error statuses are not an outage:
+# a server that lists its models only between answers (single-threaded, under load) would lose the traffic it serves.
+ANSWERING_S = 30.0
 
 
 def clock_time(at: float) -> str:
@@ -38,6 +42,7 @@ class ServerWatch:
         self.failures = 0  # listings failed in a row
         self.down_since: float | None = None  # Unix seconds when it was taken as down
         self.why = ""  # the last failure's words, as logged (``failed``)
+        self.last_answer = -math.inf  # monotonic: when it last answered a chat request (its status 200)
         self._wake = asyncio.Event()
         self._last_probe = 0.0  # monotonic
 
@@ -45,12 +50,16 @@ class ServerWatch:
     def down(self) -> bool:
         return self.down_since is not None
 
-    def failed(self, why: str, *, serving: list[str]) -> bool:
+    def failed(self, why: str, *, serving: list[str], refused: bool = False) -> bool:
         """A listing failed (``why``): whether the server is now down. A first failure while ``serving`` models is
-        not (asked again in ``confirm`` seconds); a second is, and stops their advertising. A WARNING when it goes
-        down or its reason changes, once."""
+        not (asked again in ``confirm`` seconds); a second is, and stops their advertising, unless it may be busy
+        rather than gone: it answered a chat request in the last ``ANSWERING_S`` (and failed none since), and did not
+        refuse the connection
+        (``refused``: nothing listens there, or its name or TLS fails; a timeout or an error status is not). A
+        WARNING when it goes down or its reason changes, once."""
         self.failures += 1
-        if serving and self.failures < 2:
+        busy = not refused and time.monotonic() - self.last_answer < ANSWERING_S
+        if serving and (self.failures < 2 or busy):
             return False
         words = f"{why}; no model is served until it answers (asked every {self.down_every:g}s)"
         if serving:
@@ -69,6 +78,10 @@ class ServerWatch:
                         ", ".join(models) or "no model")
         self.failures, self.down_since, self.why = 0, None, ""
 
+    def answered_chat(self) -> None:
+        """It answered a chat request (a 200): up, whatever a listing it failed meanwhile says (``failed``)."""
+        self.last_answer = time.monotonic()
+
     def problem(self) -> str | None:
         """``/health``'s words while down (None while it answers)."""
         if self.down_since is None:
@@ -82,12 +95,14 @@ class ServerWatch:
             return self.confirm
         return refresh if serving else self.down_every
 
-    def wake(self) -> None:
-        """A chat request the model server failed: list its models now (within ``confirm`` of the last listing)."""
+    def failed_chat(self) -> None:
+        """A chat request the model server failed: list its models now (within ``confirm`` of the last listing), and
+        no chat it answered before excuses a listing that fails (``failed``)."""
+        self.last_answer = -math.inf
         self._wake.set()
 
     async def wait(self, delay: float) -> None:
-        """Until the next listing is due: ``delay`` seconds, or a ``wake`` (no sooner than ``confirm`` after the
+        """Until the next listing is due: ``delay`` seconds, or a ``failed_chat`` (no sooner than ``confirm`` after the
         last listing: a burst of failed requests is one probe)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
