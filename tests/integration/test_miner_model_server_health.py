@@ -132,12 +132,14 @@ async def test_a_model_server_that_fails_every_request_is_named_with_its_words(s
 
 async def test_upstream_models_the_server_does_not_list_are_named() -> None:
     """``UPSTREAM_MODELS=Qwen/Qwen2.5-7B-Instruct`` before a server listing ``fake/llm-1`` (Ollama names its models
-    ``qwen2.5:7b``): ``/health`` said "lists none, or has not answered yet" of a server that answered."""
+    ``qwen2.5:7b``): ``/health`` said "lists none, or has not answered yet" of a server that answered, and then not
+    how to serve the model under the name callers ask for (the operator's likely intent)."""
     async with serve_app(create_fake_upstream([])) as up, \
             miner_before(up + "/v1", serve_models=["Qwen/Qwen2.5-7B-Instruct"]) as (url, _):
         assert await problems(url) == [
             f"UPSTREAM_MODELS names Qwen/Qwen2.5-7B-Instruct that the model server at {up}/v1 does not list: not "
-            f"served (GET {up}/v1/models lists the names it takes)"]
+            f"served (GET {up}/v1/models lists the names it takes); to serve a model it lists under that name: "
+            f"UPSTREAM_MODEL_ALIASES=Qwen/Qwen2.5-7B-Instruct={MODEL}"]
 
 
 async def test_a_model_server_that_lists_no_model_says_so() -> None:

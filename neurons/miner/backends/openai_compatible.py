@@ -152,6 +152,7 @@ class OpenAICompatibleBackend:
         self._aliases = dict(aliases or {})
         self._public = {upstream: public for public, upstream in self._aliases.items()}
         self._missing: list[str] = []
+        self._hint = ""  # the alias that would serve a model of ``_missing`` (``_alias_hint``)
         self._unaliased: list[str] = []  # UPSTREAM_MODEL_ALIASES' upstream names its /models lacks (``problems``)
         self._listing_problem: str | None = None  # why its last /models gave no model to serve (``problems``)
         self._watch = ServerWatch(self.shown_url, down_every=down_probe)  # down: nothing advertised
@@ -254,10 +255,22 @@ class OpenAICompatibleBackend:
         wanted = self._wanted()
         missing = [m for m in wanted if m not in listed]
         if missing and listed and missing != self._missing:  # once per change, not every refresh
-            logger.warning("UPSTREAM_MODELS names {} that the upstream does not list (it lists {})",
-                           ", ".join(missing), ", ".join(listed[:20]))
+            logger.warning("UPSTREAM_MODELS names {} that the upstream does not list (it lists {}){}",
+                           ", ".join(missing), ", ".join(listed[:20]), self._alias_hint(missing, listed))
         self._missing = missing
+        self._hint = self._alias_hint(missing, listed)
         return self._advertised([m for m in wanted if m in listed])
+
+    def _alias_hint(self, missing: list[str], listed: list[str]) -> str:
+        """How to serve a model ``UPSTREAM_MODELS`` names by the name callers ask for (a Hugging Face name) that the
+        server lists under its own (Ollama's ``qwen2.5:7b``): the alias, with the server's name when it lists one chat
+        model; nothing for a name an alias maps already (its own warning says what is wrong)."""
+        named = [m for m in missing if m not in self._public]
+        chat = [m for m in listed if not NOT_CHAT.search(m)]
+        if not named or not chat:
+            return ""
+        upstream = chat[0] if len(chat) == 1 else "<its name for it>"
+        return f"; to serve a model it lists under that name: UPSTREAM_MODEL_ALIASES={named[0]}={upstream}"
 
     def _check_aliases(self, listed: list[str]) -> None:
         """The aliases whose upstream name the model server does not list (a tag mistyped, a model not pulled): a
@@ -289,7 +302,7 @@ class OpenAICompatibleBackend:
         if self._missing and self._listing_problem is None:
             problems.append(f"UPSTREAM_MODELS names {', '.join(self._missing)} that the model server at "
                             f"{self.shown_url} does not list: not served (GET {self.shown_url}/models lists the names "
-                            "it takes)")
+                            f"it takes){self._hint}")
         return problems
 
     def _http(self) -> aiohttp.ClientSession:
@@ -307,7 +320,7 @@ class OpenAICompatibleBackend:
         if self._watch.down_since is not None:
             return (f"This miner serves no model now: its model server's model list could not be read since "
                     f"{clock_time(self._watch.down_since)}.")
-        return None if self._models else "This miner's model server lists no model to serve."
+        return None if self._models else "This miner serves no model now: its model server lists none it is set to serve."
 
     def tasks(self) -> list[str]:
         """What a chat model answers: inference, questions on a context, arithmetic (it was left out, and
