@@ -29,7 +29,7 @@ from tests.integration.test_miner_model_server_health import MINER, VALIDATOR, c
 from tests.ports import free_port
 
 DOWN_PROBE = 0.2  # the seconds between listings while the server is down (5 by default)
-NOT_SERVED = f"; no model is served until it answers (asked every {DOWN_PROBE:g}s)"
+NOT_SERVED = f"; no model is served until its model list is read (asked every {DOWN_PROBE:g}s)"
 
 
 async def availability(url: str) -> dict[str, Any]:

@@ -107,8 +107,8 @@ async def test_a_model_server_gone_after_the_start_is_a_problem_until_it_answers
         await backend.refresh_models()
         assert (await problems(url))[0].startswith(
             f"could not list upstream models at {upstream_url}: cannot connect to the model server at 127.0.0.1:{port} "
-            "(Connection refused): is it running, and UPSTREAM_URL right?; no model is served until it answers (asked "
-            "every 5s), since ")
+            "(Connection refused): is it running, and UPSTREAM_URL right?; no model is served until its model list is "
+            "read (asked every 5s), since ")
 
         await st.enter_async_context(serve_app(create_fake_upstream([]), port=port))  # back
         await backend.refresh_models()

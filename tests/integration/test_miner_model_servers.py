@@ -176,7 +176,7 @@ async def test_the_parsed_completion_reports_a_200_error_body_too() -> None:
             await backend.close()
 
 
-NOTHING = "; no model is served until it answers (asked every 5s)"  # said while no model is served
+NOTHING = "; no model is served until its model list is read (asked every 5s)"  # said while no model is served
 
 
 @pytest.fixture
@@ -244,6 +244,9 @@ async def test_what_to_check_when_the_model_list_cannot_be_read(warnings: list[s
                                     "(Ollama: pull one with ollama pull)")
         async with backend_for(keyed_url + "/v1", api_key="sk-wrong"):
             assert warnings[-1].endswith("/v1: HTTP 401 (check UPSTREAM_API_KEY)" + NOTHING)
+        async with backend_for(keyed_url + "/v1"):  # it was "check UPSTREAM_API_KEY" of a setting left empty
+            assert warnings[-1].endswith("/v1: HTTP 401 (the server wants a key, and UPSTREAM_API_KEY sets none)"
+                                         + NOTHING)
     async with backend_for(url + "/v1"):  # the server down (not started yet, or gone)
         assert f"/v1: cannot connect to the model server at {url.removeprefix('http://')} (Connection refused): is " \
             "it running, and UPSTREAM_URL right?" in warnings[-1] and warnings[-1].endswith(NOTHING), warnings[-1]

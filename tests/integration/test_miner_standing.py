@@ -151,4 +151,4 @@ async def test_health_says_when_the_model_server_serves_no_model() -> None:
     # why, as the start's WARNING says it (it was "the model server lists none, or has not answered yet")
     assert [p.rpartition(", since ")[0] for p in body["problems"]] == [f"could not list upstream models at http://127.0.0.1:{port}/v1: cannot connect to the "
                                 f"model server at 127.0.0.1:{port} (Connection refused): is it running, and "
-                                "UPSTREAM_URL right?; no model is served until it answers (asked every 5s)"]
+                                "UPSTREAM_URL right?; no model is served until its model list is read (asked every 5s)"]

@@ -104,16 +104,17 @@ async def listing_json(r: aiohttp.ClientResponse, base_url: str, *, url_setting:
 
 def listing_hint(status: int, base_url: str, *, url_setting: str = "UPSTREAM_URL",
                  key_setting: str = "UPSTREAM_API_KEY", models_setting: str = "UPSTREAM_MODELS",
-                 what: str = "its models") -> str:
+                 what: str = "its models", keyed: bool = True) -> str:
     """What to check when ``/models`` answers ``status``: the URL (``http://host:11434`` is Ollama's own
-    API, whose OpenAI-compatible one is under ``/v1``), or the key; named by the settings of the process
+    API, whose OpenAI-compatible one is under ``/v1``), or the key (``keyed``: one is set; a server that wants one
+    when none is set was told "check UPSTREAM_API_KEY" of an empty setting); named by the settings of the process
     asking (the miner's upstream, the validator's reference model)."""
     if status == 404:
         if not base_url.rstrip("/").endswith("/v1"):
             return f" ({url_setting} is the OpenAI-compatible base URL, usually ending in /v1)"
         return f" (a server with no model list: name {what} in {models_setting})"
     if status in (401, 403):
-        return f" (check {key_setting})"
+        return f" (check {key_setting})" if keyed else f" (the server wants a key, and {key_setting} sets none)"
     return ""
 
 
@@ -137,6 +138,7 @@ class OpenAICompatibleBackend:
         # For logs: credentials in the URL (http://user:token@host/v1) are never written out.
         self.shown_url = mask_credentials(self.base_url)
         self._headers = openai_headers(api_key)
+        self._keyed = bool(api_key)  # a 401 with none set says to set one (``listing_hint``)
         # A chat's: it accepts what its answer must be (ANSWER_TYPES), an SSE stream when it asks for one.
         self._chat_headers = {stream: openai_headers(api_key, accept=kind) for stream, kind in ANSWER_TYPES.items()}
         # What an upstream's error text must never carry on: it goes to the log and to the API's caller.
@@ -208,7 +210,7 @@ class OpenAICompatibleBackend:
             if r.status == 404 and self._serve_models:
                 return None
             if r.status != 200:
-                raise ValueError(f"HTTP {r.status}{listing_hint(r.status, self.base_url)}")
+                raise ValueError(f"HTTP {r.status}{listing_hint(r.status, self.base_url, keyed=self._keyed)}")
             return listed_models(await listing_json(r, self.base_url))
 
     def _listed(self, listed: list[str]) -> None:

@@ -61,7 +61,7 @@ class ServerWatch:
         busy = not refused and time.monotonic() - self.last_answer < ANSWERING_S
         if serving and (self.failures < 2 or busy):
             return False
-        words = f"{why}; no model is served until it answers (asked every {self.down_every:g}s)"
+        words = f"{why}; no model is served until its model list is read (asked every {self.down_every:g}s)"
         if serving:
             words += f": {', '.join(serving)} no longer advertised"
         if not self.down or why != self.why:
@@ -86,7 +86,7 @@ class ServerWatch:
         """``/health``'s words while down (None while it answers)."""
         if self.down_since is None:
             return None
-        return (f"{self.why}; no model is served until it answers (asked every {self.down_every:g}s), since "
+        return (f"{self.why}; no model is served until its model list is read (asked every {self.down_every:g}s), since "
                 f"{clock_time(self.down_since)}")
 
     def delay(self, refresh: float, *, serving: bool) -> float:
