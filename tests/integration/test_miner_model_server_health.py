@@ -20,6 +20,7 @@ from loguru import logger
 from yarl import URL
 
 from neurons.miner.app import create_miner_app
+from neurons.miner.backends import server_watch
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from shared.jsonutil import dumpb
 from shared.metagraph import Neuron
@@ -85,7 +86,9 @@ async def chat(url: str, seconds: float = 10) -> bool:
         await session.close()
 
 
-async def test_a_model_server_gone_after_the_start_is_a_problem_until_it_answers_again() -> None:
+async def test_a_model_server_gone_after_the_start_is_a_problem_until_it_answers_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_watch, "CONFIRM_S", 5.0)  # its own listings do not take it down during the chats
     port = free_port()
     upstream_url = f"http://127.0.0.1:{port}/v1"
     async with contextlib.AsyncExitStack() as st:

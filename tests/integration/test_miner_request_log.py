@@ -18,6 +18,7 @@ from loguru import logger
 
 from neurons.miner import traffic
 from neurons.miner.app import STOPPING, create_miner_app
+from neurons.miner.backends import server_watch
 from neurons.miner.backends.deterministic import DeterministicBackend
 from neurons.miner.backends.openai_compatible import OpenAICompatibleBackend
 from shared.signing import Authorizer, RequestVerifier, Signer
@@ -192,9 +193,10 @@ async def openai_miner_post(upstream_url: str, bodies: list[tuple[str, dict]], *
 
 
 async def test_a_request_the_model_server_fails_or_refuses_is_a_warning_with_id_caller_and_why(
-        log: list[tuple[str, str]]) -> None:
+        log: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
     """A model server down, or refusing a field, failed every request with nothing above DEBUG but a count
     in the minute's summary: the operator could not tell the miner was earning nothing, nor why."""
+    monkeypatch.setattr(server_watch, "CONFIRM_S", 5.0)  # both requests reach the server before it is taken as down
     ask = {"messages": [{"role": "user", "content": "hi"}]}
     down = free_port()
     async with contextlib.AsyncExitStack() as server:  # gone after the start (before it, nothing is advertised)
