@@ -396,9 +396,9 @@ class OpenAICompatibleBackend:
                         again=lambda: {"timeout": self._timeout_until(deadline)},
                     ) as r:
                         if r.status == 200:
-                            self._watch.answered_chat()
                             if r.content_type != ANSWER_TYPES[stream]:  # a proxy's HTML page is no answer, though 200
                                 raise await self._not_an_answer(r, stream)
+                            self._watch.answered_chat()
                             yield r
                             return
                         message = self._masked(error_message((await r.content.read(MAX_ERROR_BYTES)).decode(

@@ -50,25 +50,24 @@ class ServerWatch:
     def down(self) -> bool:
         return self.down_since is not None
 
-    def failed(self, why: str, *, serving: list[str], refused: bool = False) -> bool:
-        """A listing failed (``why``): whether the server is now down. A first failure while ``serving`` models is
-        not (asked again in ``confirm`` seconds); a second is, and stops their advertising, unless it may be busy
-        rather than gone: it answered a chat request in the last ``ANSWERING_S`` (and failed none since), and did not
-        refuse the connection
-        (``refused``: nothing listens there, or its name or TLS fails; a timeout or an error status is not). A
-        WARNING when it goes down or its reason changes, once."""
+    def failed(self, why: str, *, serving: list[str], refused: bool = False) -> None:
+        """A listing failed (``why``). A first failure while ``serving`` models does not take the server as down
+        (asked again in ``confirm`` seconds); a second does, and stops their advertising, unless it may be busy rather
+        than gone: it answered a chat request in the last ``ANSWERING_S`` (and failed none since), and did not refuse
+        the connection (``refused``: nothing listens there, or its name or TLS fails; a timeout or an error status is
+        not). A WARNING when it goes down or its reason changes, once."""
         self.failures += 1
         busy = not refused and time.monotonic() - self.last_answer < ANSWERING_S
         if serving and (self.failures < 2 or busy):
-            return False
-        words = f"{why}; no model is served until its model list is read (asked every {self.down_every:g}s)"
+            logger.debug("{} (asked again in {:g}s{})", why, self.confirm, "; it answers chat requests" if busy else "")
+            return
+        words = self._words(why)
         if serving:
             words += f": {', '.join(serving)} no longer advertised"
         if not self.down or why != self.why:
             logger.warning("{}", words)
         self.why = why
         self.down_since = self.down_since or time.time()
-        return True
 
     def answered(self, models: list[str]) -> None:
         """A listing succeeded: ``models`` are served (advertised) again. An INFO line if it was down."""
@@ -86,13 +85,19 @@ class ServerWatch:
         """``/health``'s words while down (None while it answers)."""
         if self.down_since is None:
             return None
-        return (f"{self.why}; no model is served until its model list is read (asked every {self.down_every:g}s), since "
-                f"{clock_time(self.down_since)}")
+        return f"{self._words(self.why)}, since {clock_time(self.down_since)}"
+
+    def _words(self, why: str) -> str:
+        """A failure's words (``why``) with what it means, as the log and ``/health`` say it."""
+        return f"{why}; no model is served until its model list is read (asked every {self.down_every:g}s)"
 
     def delay(self, refresh: float, *, serving: bool) -> float:
-        """Seconds until the next listing: ``refresh`` while models are served and the last listing answered."""
-        if self.failures and serving:
+        """Seconds until the next listing: ``refresh`` while models are served and the last listing answered,
+        ``confirm`` after its first failure, ``down_every`` while none is served (or its server is busy)."""
+        if self.failures == 1 and serving:
             return self.confirm
+        if self.failures and serving:
+            return self.down_every
         return refresh if serving else self.down_every
 
     def failed_chat(self) -> None:
