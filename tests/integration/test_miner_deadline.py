@@ -222,6 +222,10 @@ async def test_the_openai_backend_gives_its_upstream_request_no_longer_than_the_
                         await backend.complete_raw(body, deadline=started + 0.4)
                 took = asyncio.get_running_loop().time() - started
                 assert (e.value.status, e.value.code) == (504, "deadline_exceeded") and 0.35 < took < 1.5, (e.value, took)
+                # a stream with no chunk yet: the model never started answering (a queue, a long prompt), which an
+                # operator tells from an answer generated too slowly (it said "before the model server finished")
+                assert str(e.value).endswith("before the model server's first chunk" if stream
+                                             else "before the model server finished"), e.value
         finally:
             await backend.close()
     assert len(asked) == 2

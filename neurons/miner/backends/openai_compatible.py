@@ -476,6 +476,7 @@ class OpenAICompatibleBackend:
         Its first event is read before anything is yielded: a stream that opens with an error (llama.cpp
         until October 2025 and TGI refuse a prompt too long for the model that way, after a 200) is the
         BackendError its status says, as if the upstream had answered with it (``opening_error``)."""
+        began = False  # its first chunk was relayed (the deadline's words say whether the model had begun)
         try:
             async with self._chat(body, stream=True, deadline=deadline) as r:
                 reads = r.content.iter_any()
@@ -492,6 +493,7 @@ class OpenAICompatibleBackend:
                 if (event is not None or ended) and (error := no_first_chunk(event, mask=self._masked)) is not None:
                     raise error
                 if head:
+                    began = True
                     yield prompt_counted(head, body)  # a usage's prompt count of 0 estimated
                 tail = head[-DONE_TAIL_BYTES:]
                 finished = finishes(head)
@@ -505,7 +507,9 @@ class OpenAICompatibleBackend:
                     raise BackendError("upstream stream ended without a finish_reason or [DONE]: cut short, a failed "
                                        "answer (a proxy's time or size limit before the model server?)")
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise upstream_failure(e, deadline, "upstream stream failed", timeout=self._timeout.total) from None
+            raise upstream_failure(e, deadline, "upstream stream failed", timeout=self._timeout.total,
+                                   when="as the answer streamed" if began else "before the model server's first chunk"
+                                   ) from None
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
         async for batch in self.stream_batches(body):
@@ -587,14 +591,14 @@ def media_failure(error: MediaRefused | MediaBusy) -> BackendError:
     return BackendError(str(error), status=503, code="server_busy", retry_after=BUSY_RETRY_AFTER_S)
 
 
-def upstream_failure(error: Exception, deadline: float | None, what: str, *,
-                     timeout: float | None = None) -> BackendError:
+def upstream_failure(error: Exception, deadline: float | None, what: str, *, timeout: float | None = None,
+                     when: str = "before the model server finished") -> BackendError:
     """The BackendError for a request to the upstream that failed (``what``): the caller's deadline (504
-    ``deadline_exceeded``) when it timed out at it (its timeout was cut to it: ``_timeout_until``), else the
-    miner's 502 saying why (``failure_words``; ``timeout``: ``UPSTREAM_TIMEOUT``)."""
+    ``deadline_exceeded``, passed ``when``) when it timed out at it (its timeout was cut to it: ``_timeout_until``),
+    else the miner's 502 saying why (``failure_words``; ``timeout``: ``UPSTREAM_TIMEOUT``)."""
     if isinstance(error, TimeoutError) and deadline is not None \
             and asyncio.get_running_loop().time() >= deadline - DEADLINE_SLACK:
-        return deadline_passed("before the model server finished")
+        return deadline_passed(when)
     return BackendError(f"{what}: {failure_words(error, f'UPSTREAM_TIMEOUT ({timeout:g} s)' if timeout else None)}")
 
 
