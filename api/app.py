@@ -57,6 +57,7 @@ def create_api_app(ctx: ApiContext, *, run_background: bool = True) -> web.Appli
     _share(app, ctx)
     _add_routes(app, ctx)
     _fill_in(ctx)
+    ctx.usage.token_sinks.append(app[ops.METRICS].count_tokens)  # sn1_api_tokens_total: the tokens as charged
     app[LIMITER] = ConcurrencyLimiter(ctx.store.inflight(), ctx.settings.max_concurrent_requests_per_key,
                                       lease_s=ctx.settings.concurrency_lease_seconds, holder=holder_name())
     _add_hooks(app, ctx, run_background=run_background)
@@ -115,7 +116,6 @@ def _fill_in(ctx: ApiContext) -> None:
                                        settings.miner_max_cooldown_seconds)
     if ctx.usage is None:
         ctx.usage = UsageRecorder(ctx.store)
-    ctx.usage.token_sinks.append(app[ops.METRICS].count_tokens)
     if ctx.storage_budget is None:
         ctx.storage_budget = StorageBudget(ctx.store, ctx.settings.stored_bytes_per_key_per_day, ctx.usage.clock)
 
