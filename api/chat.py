@@ -277,7 +277,7 @@ async def answer(request: web.Request, key: KeyRecord, req: ChatCompletionReques
             ctx.usage.record(key.id, prompt_tokens=used.get("prompt_tokens") or 0,
                              completion_tokens=used.get("completion_tokens") or 0,
                              error=outcome == "ok" and (winner.error is not None or unsent is not None),
-                             day=request.get(USAGE_DAY))
+                             day=request.get(USAGE_DAY), model=winner.model or req.model)
         status = unsent or ending(request) or logged_outcome(outcome, [winner] if winner else [],
                                                              stopping=ctx.ended_by_stop(request))
         _log_answer(request, fmt, key, req, asked, winner.uid if winner else None, use_mixture=use_mixture,

@@ -199,7 +199,7 @@ async def run_choices(request: web.Request, key: KeyRecord, asks: list[Ask], fmt
             usage = usage or choices_usage(asks, winners)
             ctx.usage.record(key.id, prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
                              error=outcome == "ok" and any(w.error is not None for w in winners),
-                             day=request.get(USAGE_DAY))
+                             day=request.get(USAGE_DAY), model=winners[0].model or req.model)
         status = logged_outcome(outcome, winners, stopping=ctx.ended_by_stop(request))
         write(request, f"{fmt.kind} rid={rid} key={key.id} n={len(asks)} "
                        f"uids={str([[r.uid for r in race.runs] for race, _ in races]).replace(' ', '')} "

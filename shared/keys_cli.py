@@ -182,7 +182,7 @@ def _key_file(path: str) -> Any:
 
 def _usage_text(report: UsageOut) -> str:
     """``sn1 keys usage``'s report as a person reads it: the key's limits and use today, then a row a day and the
-    totals."""
+    totals, then (when the days name any) a row a day and model."""
     t = report.totals
     rows = [[d.date, d.requests, d.prompt_tokens, d.completion_tokens, d.errors, d.rate_limited] for d in report.days]
     rows.append(["total", t.requests, t.prompt_tokens, t.completion_tokens, t.errors, t.rate_limited])
@@ -194,7 +194,14 @@ def _usage_text(report: UsageOut) -> str:
                  if report.max_concurrent_requests is not None else "")
     return (f"key {report.key_id} ({report.name or 'unnamed'}), {report.rate_limit}/min{tokens}{stored}{in_flight}, "
             f"last used {report.last_used_at or 'never'}\n"
-            + table(rows, ["day", "requests", "prompt_tok", "completion_tok", "errors", "rate_limited"]))
+            + table(rows, ["day", "requests", "prompt_tok", "completion_tok", "errors", "rate_limited"])
+            + _by_model(report))
+
+
+def _by_model(report: UsageOut) -> str:
+    """The days' models, a row each (what answered, with how many tokens); "" when no day names one."""
+    rows = [[d.date, m.model, m.requests, m.prompt_tokens, m.completion_tokens] for d in report.days for m in d.models]
+    return "\n\nby model\n" + table(rows, ["day", "model", "requests", "prompt_tok", "completion_tok"]) if rows else ""
 
 
 async def _list(args: argparse.Namespace, admin: AdminClient) -> str:

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from shared.store.base import KeyChanges, KeyRecord, UsageCounts, UsageReport
+from shared.store.usage_models import MODELS_PER_DAY, OTHER, ModelCounts, listed
 
 Scope = Literal["chat", "web_retrieval", "availability"]
 MAX_RATE_LIMIT = 1_000_000
@@ -201,8 +202,32 @@ class UsageTotalsOut(BaseModel):
         return cls(**counts.as_dict())
 
 
+class UsageModelOut(BaseModel):
+    """One model's part of a key's day: the requests answered with it and their tokens."""
+
+    model: str = Field(description=f"The model the answers named; {OTHER!r}: names past the day's "
+                                   f"{MODELS_PER_DAY} (and names no model may have)")
+    requests: int = Field(default=0, description="Requests answered with this model (a refused one names none)")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    @classmethod
+    def of(cls, model: str, counts: ModelCounts) -> UsageModelOut:
+        return cls(model=model, requests=counts.requests, prompt_tokens=counts.prompt_tokens,
+                   completion_tokens=counts.completion_tokens, total_tokens=counts.tokens)
+
+
 class UsageDayOut(UsageTotalsOut):
     date: str
+    models: list[UsageModelOut] = Field(
+        default_factory=list, description="The day's answered requests and tokens by model, by name, 'other' last: "
+                                          "its tokens add up to the day's (a day counted before the breakdown has "
+                                          "none)")
+
+    @classmethod
+    def of_day(cls, day: str, counts: UsageCounts) -> UsageDayOut:
+        return cls(date=day, **counts.as_dict(), models=[UsageModelOut.of(m, c) for m, c in listed(counts.models)])
 
 
 class KeyOut(BaseModel):
@@ -356,6 +381,6 @@ class UsageOut(BaseModel):
             max_concurrent_requests=max_concurrent_requests, requests_in_flight=requests_in_flight,
             last_used_at=iso(max(filter(None, (report.last_used_at, record.last_used_at)), default=None)),
             totals=UsageTotalsOut.of(report.totals),
-            days=[UsageDayOut(date=d, **c.as_dict()) for d, c in report.days.items()],
+            days=[UsageDayOut.of_day(d, c) for d, c in report.days.items()],
         )
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypedDict, TypeVar, Unpack
 
 from shared.aio import obeying_cancel
+from shared.store.usage_models import ModelCounts, add_models
 
 if TYPE_CHECKING:
     from shared.store.inflight import InflightSlots
@@ -493,10 +494,15 @@ class UsageCounts:
     completion_tokens: int = 0
     errors: int = 0
     rate_limited: int = 0
+    # A day's answered requests and tokens by model (``usage_models``); a report's totals have none
+    models: dict[str, ModelCounts] = field(default_factory=dict)
 
-    def add(self, other: UsageCounts) -> None:
+    def add(self, other: UsageCounts, *, models: bool = True) -> None:
+        """Add ``other``'s counts (and, unless ``models`` is False, its models' rows, within the day's cap)."""
         for f in USAGE_FIELDS:
             setattr(self, f, getattr(self, f) + getattr(other, f))
+        if models and other.models:
+            add_models(self.models, other.models)
 
     def counted(self) -> bool:
         """Anything counted: a store's ``usage`` lists a day only then, both stores alike (SQLite keeps a day's stored

@@ -6,7 +6,8 @@ deployments or test runs can share one server. Layout (``ns`` = namespace):
 * ``ns:key:<sha256>``  hash  the key record (never the secret)
 * ``ns:keys``          hash  key id -> sha256 (listing, lookups by id)
 * ``ns:rl:<bucket>``   hash  second -> admitted count (the sliding window, see ``window.py``)
-* ``ns:usage:<id>``    hash  ``total:<field>`` / ``<day>:<field>`` counters and ``last_used_at``
+* ``ns:usage:<id>``    hash  ``total:<field>`` / ``<day>:<field>`` counters and ``last_used_at``; a day's models
+  (``usage_models``): ``<day>:model:<field>:<model>`` counters and ``<day>:models``, how many names but ``other``
 * ``ns:inflight:<id>`` zset  slot -> lease expiry (ms): the key's requests in flight (``inflight.py``)
 * ``ns:rotated:<sha256>`` string  a rotated key's id under its old hash, for a minute (``ROTATE``, ``inflight.py``)
 * ``ns:store_marker``  string  when the store's first key was created (Unix seconds); never expires (``marker``)
@@ -58,6 +59,7 @@ from shared.store.base import (
 from shared.store.eviction import UNKNOWN
 from shared.store.inflight import ROTATED_HASH_TTL_S, RedisInflight
 from shared.store.persistence import Persistence
+from shared.store.usage_models import MODEL_FIELDS, MODELS_PER_DAY, OTHER, ModelCounts
 
 PING_TTL_MS = 10_000  # the key a ping writes (``ping``) is gone this long after the last ping
 
@@ -251,9 +253,12 @@ return 1
 """
 
 # KEYS[1] = ns:usage:<id>, KEYS[2] = ns:keys; ARGV = id, day, last_used_at, counts in USAGE_FIELDS order, the
-# oldest day kept. The days before it are dropped once per key each time it moves (once a day): keyed on the day
-# written instead, a batch of many days scanned the whole hash once per day in it (1,500 days: seconds, past the
-# socket timeout, and a retried flush could count twice). ``pruned_on``: the mark before 2026-12-06 (a day written).
+# oldest day kept, MODELS_PER_DAY, OTHER, then each model's name and counts in MODEL_FIELDS order. The days before
+# the oldest are dropped once per key each time it moves (once a day): keyed on the day written instead, a batch of
+# many days scanned the whole hash once per day in it (1,500 days: seconds, past the socket timeout, and a retried
+# flush could count twice). ``pruned_on``: the mark before 2026-12-06 (a day written). A model's fields begin with
+# their day (pruned with it); a name the day does not hold yet is added while ``<day>:models`` is under the cap,
+# else its counts go to OTHER's; a model's ``requests`` field is written even at 0: it says the day holds the name.
 ADD_USAGE = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return 0 end
 if (redis.call('HGET', KEYS[1], 'pruned_to') or '') < ARGV[9] then
@@ -270,6 +275,21 @@ for i, name in ipairs(fields) do
   if n ~= 0 then
     redis.call('HINCRBY', KEYS[1], 'total:' .. name, n)
     redis.call('HINCRBY', KEYS[1], ARGV[2] .. ':' .. name, n)
+  end
+end
+local cap, other, names = tonumber(ARGV[10]), ARGV[11], ARGV[2] .. ':models'
+for i = 12, #ARGV, 4 do
+  local model = ARGV[i]
+  if model ~= other and redis.call('HEXISTS', KEYS[1], ARGV[2] .. ':model:requests:' .. model) == 0 then
+    if tonumber(redis.call('HGET', KEYS[1], names) or '0') < cap then
+      redis.call('HINCRBY', KEYS[1], names, 1)
+    else
+      model = other
+    end
+  end
+  for j, name in ipairs({'requests', 'prompt_tokens', 'completion_tokens'}) do
+    local n = tonumber(ARGV[i + j])
+    if n ~= 0 or j == 1 then redis.call('HINCRBY', KEYS[1], ARGV[2] .. ':model:' .. name .. ':' .. model, n) end
   end
 end
 local last = tonumber(redis.call('HGET', KEYS[1], 'last_used_at') or '0')
@@ -314,6 +334,11 @@ if n > 0 then
 end
 return {'new', ARGV[1]}
 """
+
+
+def _model_counts(row: ModelCounts) -> tuple[int, ...]:
+    """A model's counts as ``ADD_USAGE`` takes them (``MODEL_FIELDS`` order)."""
+    return tuple(getattr(row, f) for f in MODEL_FIELDS)
 
 
 def _opt_float(v: str | None) -> float | None:
@@ -582,7 +607,9 @@ class RedisStore:
             await self._add_usage(
                 keys=[self.key("usage", d.key_id), self.key("keys")],
                 args=[d.key_id, d.day, repr(d.last_used_at), *(getattr(d.counts, f) for f in USAGE_FIELDS),
-                      oldest_usage_day(d.last_used_at)],  # when this moves, the days before it are dropped
+                      oldest_usage_day(d.last_used_at),  # when this moves, the days before it are dropped
+                      MODELS_PER_DAY, OTHER,
+                      *(v for name, row in d.counts.models.items() for v in (name, *_model_counts(row)))],
                 client=pipe,
             )
         await self._call(pipe.execute())
@@ -592,7 +619,12 @@ class RedisStore:
         totals = UsageCounts()
         days: dict[str, UsageCounts] = {}
         stored: dict[str, int] = {}
+        models: dict[str, dict[str, ModelCounts]] = {}
         for name, value in raw.items():
+            day, kind, model_field, model = (*name.split(":", 3), "", "", "")[:4]
+            if kind == "model" and model_field in MODEL_FIELDS and (since_day is None or day >= since_day):
+                setattr(models.setdefault(day, {}).setdefault(model, ModelCounts()), model_field, int(value))
+                continue
             scope, _, field_name = name.rpartition(":")
             if field_name == "stored_bytes" and (since_day is None or scope >= since_day) and int(value):
                 stored[scope] = int(value)
@@ -603,6 +635,9 @@ class RedisStore:
             elif since_day is None or scope >= since_day:
                 counts = days.setdefault(scope, UsageCounts())
                 setattr(counts, field_name, int(value))
+        for day, rows in models.items():
+            if day in days:  # a day's models only with the day, as on SQLite
+                days[day].models = rows
         return UsageReport(key_id=key_id, totals=totals, days={d: c for d, c in sorted(days.items()) if c.counted()},
                            last_used_at=_opt_float(raw.get("last_used_at")), stored_bytes=dict(sorted(stored.items())))
 

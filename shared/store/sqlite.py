@@ -50,6 +50,7 @@ from shared.store.base import (
 from shared.store.inflight import SQLITE_SCHEMA as INFLIGHT_SCHEMA
 from shared.store.inflight import SlotCount, SQLiteInflight, drop_released
 from shared.store.sqlite_tables import add_columns, open_db, sqlite_errors, write_tx
+from shared.store.usage_models import MODEL_FIELDS, MODELS_PER_DAY, OTHER, ModelCounts
 from shared.store.window import charge_each, charge_window
 
 SCHEMA = """
@@ -84,6 +85,16 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     PRIMARY KEY (key_id, day)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_daily_day ON usage_daily (day);
+CREATE TABLE IF NOT EXISTS usage_models (
+    key_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, day, model)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS usage_models_day ON usage_models (day);
 """ + INFLIGHT_SCHEMA
 # Decoded key rows a store keeps (``SQLiteStore._record``): rows are re-read on every request, so a change shows at
 # once; only the decoding (two JSON lists, a record) is memoised, by the row's columns but ``last_used_at``. Keyed
@@ -112,6 +123,18 @@ SELECT :key, :day, MAX(:size, 0) WHERE EXISTS (SELECT 1 FROM api_keys WHERE id =
                      + :size <= :limit)
 ON CONFLICT(key_id, day) DO UPDATE SET stored_bytes = MAX(stored_bytes + :size, 0)
 RETURNING stored_bytes
+"""
+# A model's row of a key's day (``usage_models``): added under its own name while the day holds it or has room for
+# it (fewer than ``MODELS_PER_DAY`` names but ``OTHER``), else under ``OTHER``. One statement, in the flush's
+# transaction: the cap holds for every process on the file.
+_ADD_MODEL = f"""
+INSERT INTO usage_models (key_id, day, model, {', '.join(MODEL_FIELDS)})
+SELECT :key, :day, CASE
+    WHEN :model = :other OR EXISTS (SELECT 1 FROM usage_models WHERE key_id = :key AND day = :day AND model = :model)
+      OR (SELECT COUNT(*) FROM usage_models WHERE key_id = :key AND day = :day AND model != :other) < :cap
+    THEN :model ELSE :other END, :requests, :prompt_tokens, :completion_tokens
+WHERE true
+ON CONFLICT(key_id, day, model) DO UPDATE SET {', '.join(f'{f} = {f} + excluded.{f}' for f in MODEL_FIELDS)}
 """
 
 
@@ -267,6 +290,7 @@ class SQLiteStore:
         def run(db: sqlite3.Connection) -> bool:
             cur = db.execute("DELETE FROM api_keys WHERE id = ?", (key_id,))
             db.execute("DELETE FROM usage_daily WHERE key_id = ?", (key_id,))
+            db.execute("DELETE FROM usage_models WHERE key_id = ?", (key_id,))
             db.execute("DELETE FROM rate_windows WHERE bucket = ?", (f"key:{key_id}",))
             return cur.rowcount > 0
 
@@ -377,6 +401,10 @@ class SQLiteStore:
                         f" ON CONFLICT(key_id, day) DO UPDATE SET {adds}",
                         (d.key_id, d.day, *counts),
                     )
+                if d.counts.models:
+                    db.executemany(_ADD_MODEL, [
+                        {"key": d.key_id, "day": d.day, "model": name, "other": OTHER, "cap": MODELS_PER_DAY,
+                         **{f: getattr(row, f) for f in MODEL_FIELDS}} for name, row in d.counts.models.items()])
                 db.execute(
                     "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
                     (d.last_used_at, d.key_id),
@@ -405,6 +433,7 @@ class SQLiteStore:
                         f"GROUP BY key_id ON CONFLICT(key_id, day) DO UPDATE SET {adds}",
                         (FOLDED_DAY, oldest, FOLDED_DAY))
         self.db.execute("DELETE FROM usage_daily WHERE day < ? AND day != ?", (oldest, FOLDED_DAY))
+        self.db.execute("DELETE FROM usage_models WHERE day < ?", (oldest,))  # no totals by model: nothing to fold
         self._next_usage_prune = now + USAGE_PRUNE_EVERY_S
 
     async def usage(self, key_id: str, *, since_day: str | None = None) -> UsageReport:
@@ -422,9 +451,16 @@ class SQLiteStore:
                     "WHERE key_id = ?", (key_id,),
                 ).fetchone()
                 last = self.db.execute("SELECT last_used_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+                models = self.db.execute(
+                    f"SELECT day, model, {', '.join(MODEL_FIELDS)} FROM usage_models WHERE key_id = ? AND day >= ?",
+                    (key_id, since_day or ""),
+                ).fetchall()
             finally:
                 self.db.execute("COMMIT")
         days = {r[0]: counts for r in rows if (counts := UsageCounts(*r[1:-1])).counted()}
+        for day, model, *counted in models:
+            if day in days:  # a day's models only with the day (a day with no request counted is not listed)
+                days[day].models[model] = ModelCounts(*counted)
         return UsageReport(key_id=key_id, totals=UsageCounts(*total_row), days=days,
                            last_used_at=last[0] if last else None, stored_bytes={r[0]: r[-1] for r in rows if r[-1]})
 

@@ -10,9 +10,11 @@ Two entry points, so nothing is counted twice:
 
 * ``count_response(key_id, status, day=)``: called once per authenticated response (by the
   API's response hook): one request; an error if status >= 400; rate-limited if 429.
-* ``record(key_id, prompt_tokens=, completion_tokens=, error=, day=)``: called by a handler
+* ``record(key_id, prompt_tokens=, completion_tokens=, error=, day=, model=)``: called by a handler
   when the work ends: tokens, and ``error=True`` only for a failure the status could
-  not show (a stream that broke after its 200).
+  not show (a stream that broke after its 200); the request and its tokens are also
+  counted for ``model``, the one its answer names (``usage_models``): a dict key in the
+  same buffer, written with the same batch.
 
 Both file under ``day``, the UTC day the request was authorized (``today()`` then): a
 request that starts before midnight and ends after is counted whole on its first day.
@@ -26,9 +28,10 @@ from collections.abc import Callable
 
 from loguru import logger
 
-from shared.protocol import token_count
+from shared.protocol import is_name, token_count
 from shared.store.base import Store, StoreUnavailable, UsageCounts, UsageDelta, UsageReport, usage_day
 from shared.store.outage import OutageLog
+from shared.store.usage_models import OTHER, UNKNOWN, ModelCounts, model_row
 
 
 class UsageRecorder:
@@ -80,14 +83,21 @@ class UsageRecorder:
             counts.errors += 1
 
     def record(self, key_id: str, *, prompt_tokens: object = 0, completion_tokens: object = 0, error: bool = False,
-               day: str | None = None) -> None:
+               day: str | None = None, model: str | None = None) -> None:
         """A request's tokens when its work ends, under ``day``: the day it was authorized (default today),
-        so a request that runs past midnight UTC is counted whole on the day whose budget let it in."""
+        so a request that runs past midnight UTC is counted whole on the day whose budget let it in; and under
+        ``model``, the one its answer names (None: ``UNKNOWN``)."""
         counts = self._slot(key_id, day)
         prompt, completion = _tokens(prompt_tokens), _tokens(completion_tokens)
         counts.prompt_tokens += prompt
         counts.completion_tokens += completion
         counts.errors += int(bool(error))
+        row = counts.models.get(model) if model else None  # a model this slot counts already: one dict lookup
+        if row is None:
+            row = _model_row(counts, model)
+        row.requests += 1
+        row.prompt_tokens += prompt
+        row.completion_tokens += completion
         for sink in self.token_sinks:
             sink(prompt, completion)
 
@@ -167,13 +177,19 @@ class UsageRecorder:
         """The store's report plus what this process has not flushed yet."""
         report = await self.store.usage(key_id, since_day=since_day)
         for day, counts in self.pending_for(key_id).items():
-            report.totals.add(counts)
+            report.totals.add(counts, models=False)  # totals have no breakdown: the days do
             if since_day is None or day >= since_day:
                 report.days.setdefault(day, UsageCounts()).add(counts)
         report.days = dict(sorted(report.days.items()))
         mine = [t for (kid, _), t in self._last_used.items() if kid == key_id]
         report.last_used_at = max([*mine, report.last_used_at or 0.0]) or None
         return report
+
+
+def _model_row(counts: UsageCounts, model: str | None) -> ModelCounts:
+    """The row of a (key, day) slot a request of ``model`` counts in: its own, ``UNKNOWN`` for none, ``OTHER``
+    for a string no model may be named (the caller wrote it) or past the day's cap."""
+    return model_row(counts.models, (model if is_name(model) else OTHER) if model else UNKNOWN)
 
 
 def _tokens(value: object) -> int:

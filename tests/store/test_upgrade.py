@@ -110,3 +110,52 @@ async def test_an_empty_file_made_ahead_for_the_store_is_a_new_store_not_an_old_
 
 def _modes(path: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mode & 0o777 for p in sorted(path.parent.glob(f"{path.name}*"))}
+
+
+# The key store as the release before usage by model made it (no usage_models table)
+BEFORE_MODELS = """
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, name TEXT,
+    rate_limit INTEGER NOT NULL, scopes TEXT NOT NULL, allowed_models TEXT, expires_at REAL,
+    created_at REAL NOT NULL, last_used_at REAL, daily_token_limit INTEGER, max_concurrent INTEGER,
+    max_stored_bytes_per_day INTEGER
+);
+CREATE TABLE rate_windows (bucket TEXT PRIMARY KEY, state BLOB NOT NULL, updated_at REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE usage_daily (
+    key_id TEXT NOT NULL, day TEXT NOT NULL, requests INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0, rate_limited INTEGER NOT NULL DEFAULT 0,
+    stored_bytes INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (key_id, day)
+) WITHOUT ROWID;
+CREATE INDEX usage_daily_day ON usage_daily (day);
+"""
+
+
+async def test_a_store_file_from_before_usage_by_model_keeps_its_usage_and_counts_models_from_now_on(
+        tmp_path: Path) -> None:
+    """The usage a key had is read as it was (its days without a breakdown); the next flush's models are stored
+    beside it, by any worker on the file."""
+    from shared.store.base import UsageCounts, UsageDelta
+    from shared.store.usage_models import ModelCounts
+
+    path = tmp_path / "api.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(BEFORE_MODELS)
+        db.execute("INSERT INTO api_keys (id, key_hash, prefix, name, rate_limit, scopes, created_at) "
+                   "VALUES ('00112233445566aa', ?, 'sn1-abcdef', 'old', 7, '[\"chat\"]', 1.0)",
+                   (hash_key("sn1-old-secret"),))
+        db.execute("INSERT INTO usage_daily VALUES ('00112233445566aa', '2026-12-06', 4, 30, 12, 1, 0, 100)")
+    db.close()
+    store, again = SQLiteStore(path), SQLiteStore(path)
+    try:
+        before = await store.usage("00112233445566aa")
+        assert before.days["2026-12-06"].tokens == 42 and before.days["2026-12-06"].models == {}
+        await again.add_usage([UsageDelta("00112233445566aa", "2026-12-07", UsageCounts(
+            requests=1, prompt_tokens=5, completion_tokens=2, models={"alpha": ModelCounts(1, 5, 2)}), 2.0)])
+        report = await store.usage("00112233445566aa")
+        assert report.totals.tokens == 49 and report.stored_bytes == {"2026-12-06": 100}
+        assert report.days["2026-12-07"].models == {"alpha": ModelCounts(1, 5, 2)}
+        assert report.days["2026-12-06"].models == {}
+    finally:
+        await store.close()
+        await again.close()

@@ -84,3 +84,46 @@ async def test_counts_the_store_refuses_at_shutdown_are_said_to_be_lost(tmp_path
                                           "did not take them"), said
     await dead.close()
     await store.close()
+
+
+async def test_a_requests_model_is_counted_in_the_same_batch_and_shown_before_it_is_written(tmp_path: Path) -> None:
+    """The model reaches the store with the day's counts, in the one ``add_usage`` a flush makes (no store call
+    per request), and a report shows it at once; no model is ``unknown`` (as the answer's ``model`` says), and a
+    string no model may be named is counted under ``other``."""
+    from shared.store.usage_models import OTHER, UNKNOWN
+
+    store = CountingStore(tmp_path / "u.db")
+    _, rec = await store.create_key(10)
+    usage = UsageRecorder(store)
+    for model, prompt, completion in (("alpha", 3, 4), ("alpha", 1, 1), ("beta", 5, 0), (None, 2, 2),
+                                      ("bad\nname", 1, 0), ("x" * 300, 0, 1)):
+        usage.count_response(rec.id, 200)
+        usage.record(rec.id, prompt_tokens=prompt, completion_tokens=completion, model=model)
+    expected = {"alpha": (2, 4, 5), "beta": (1, 5, 0), UNKNOWN: (1, 2, 2), OTHER: (2, 1, 1)}
+    (unflushed,) = (await usage.report(rec.id)).days.values()
+    assert {m: (r.requests, r.prompt_tokens, r.completion_tokens) for m, r in unflushed.models.items()} == expected
+    assert await usage.flush() == 1 and store.batches == 1
+    (stored,) = (await store.usage(rec.id)).days.values()
+    assert {m: (r.requests, r.prompt_tokens, r.completion_tokens) for m, r in stored.models.items()} == expected
+    assert stored.tokens == 20 == sum(r.tokens for r in stored.models.values())
+    await store.close()
+
+
+async def test_a_workers_unflushed_names_past_the_cap_are_shown_under_other_as_the_store_will_count_them(
+        tmp_path: Path) -> None:
+    from shared.store.usage_models import MODELS_PER_DAY, OTHER
+
+    store = SQLiteStore(tmp_path / "u.db")
+    _, rec = await store.create_key(10)
+    other_worker, usage = UsageRecorder(store), UsageRecorder(store)
+    for i in range(MODELS_PER_DAY - 1):
+        other_worker.record(rec.id, prompt_tokens=1, model=f"stored-{i}")
+    await other_worker.flush()
+    for i in range(3):
+        usage.record(rec.id, completion_tokens=1, model=f"mine-{i}")
+    shown = {m: r.tokens for m, r in next(iter((await usage.report(rec.id)).days.values())).models.items()}
+    assert len(shown) == MODELS_PER_DAY + 1 and shown["mine-0"] == 1 and shown[OTHER] == 2
+    await usage.flush()
+    stored = {m: r.tokens for m, r in next(iter((await store.usage(rec.id)).days.values())).models.items()}
+    assert stored == shown
+    await store.close()
