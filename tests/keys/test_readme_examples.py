@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.keys_wire import UsageModelOut
 from tests.helpers import ApiUnderTest, api_with_miners
 from tests.keys.conftest import ADMIN
 
@@ -70,11 +71,12 @@ def usage_comment() -> str:
 
 
 def assert_the_usage_comment_is(answer: dict) -> None:
-    """The comment names every field the answer has (its own, its totals', a day's ``date``) and no other, with
+    """The comment names every field the answer has (its own, its totals', a day's ``date`` and ``models``) and no other, with
     the values the examples before it set. It said ``"max_concurrent_requests":64`` after the example had set
     256, and named neither ``stored_bytes_today`` nor ``stored_bytes_per_day``."""
     comment = usage_comment()
-    assert set(re.findall(r'"(\w+)":', comment)) == {*answer, *answer["totals"], "date"}
+    day = {"date", "models", *UsageModelOut.model_fields}  # a day's own fields (the totals' besides), its models'
+    assert set(re.findall(r'"(\w+)":', comment)) == {*answer, *answer["totals"], *day}
     stated = {name: int(value) for name, value in re.findall(r'"(\w+)":(\d+)\b', comment)}
     assert stated == {name: answer[name] for name in stated}
 
