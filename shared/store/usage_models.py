@@ -18,7 +18,7 @@ UNKNOWN = "unknown"  # an answer that names no model (its ``model`` field says "
 MODEL_FIELDS = ("requests", "prompt_tokens", "completion_tokens")
 
 
-@dataclass
+@dataclass(slots=True)  # three counters added to per request: slots make that the cheapest it can be
 class ModelCounts:
     """One model's part of a key's day: the requests answered with it (a request refused before any miner
     answered names no model, so the day's ``requests`` may be more than its models' sum) and their tokens (the
