@@ -1,7 +1,8 @@
 """Usage by model through the real API, on a SQLite file and on Redis (``REDIS_URL``), two API processes on one
 store (a fleet): ``/v1/usage``, the admin's view of a key's usage and ``sn1 keys usage`` break each day down by
-the model its answers named (chat completions, ``n`` choices, text completions, the Responses API), the models'
-tokens adding up to the day's, and a day's names past the cap counted under ``other`` for the whole fleet."""
+the model its answers named (chat completions, streamed or not, ``n`` choices, text completions, the Responses
+API), the models' tokens adding up to the day's, and a day's names past the cap counted under ``other`` for the
+whole fleet."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ async def test_a_keys_day_is_broken_down_by_the_model_each_answer_named(tmp_path
     async with fleet(tmp_path, store) as (a, b):
         key = a.key  # one key, used on both hosts
         assert await ask(a, key, chat("alpha")) == 200
+        assert await ask(b, key, chat("alpha", stream=True)) == 200
         assert await ask(b, key, chat("alpha", n=2)) == 200  # n choices: one request
         assert await ask(b, key, {"model": "alpha", "prompt": ASK, "max_tokens": 20}, "/v1/completions") == 200
         assert await ask(a, key, {"model": "beta", "input": ASK, "max_output_tokens": 20}, "/v1/responses") == 200
@@ -63,9 +65,9 @@ async def test_a_keys_day_is_broken_down_by_the_model_each_answer_named(tmp_path
         assert status == 200, usage
         models = by_model(usage)
         assert list(models) == ["alpha", "beta", "scripted"]
-        assert [models[m]["requests"] for m in models] == [3, 1, 1]
+        assert [models[m]["requests"] for m in models] == [4, 1, 1]
         (today,) = usage["days"]
-        assert today["requests"] == 6, "the day's requests count the refused one too"
+        assert today["requests"] == 7, "the day's requests count the refused one too"
         assert sum(m["total_tokens"] for m in models.values()) == today["total_tokens"] > 0
         assert all(m["total_tokens"] == m["prompt_tokens"] + m["completion_tokens"] > 0 for m in models.values())
         assert set(usage["totals"]) == {"requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors",
@@ -76,13 +78,13 @@ async def test_a_keys_day_is_broken_down_by_the_model_each_answer_named(tmp_path
         status, seen = await call(b, "GET", f"/api_management/api-keys/{key_id}/usage?days=2", headers=ADMIN)
         assert status == 200, seen
         assert seen["days"][0]["models"] == usage["days"][0]["models"], "the other host, from the store, says the same"
-        assert seen["days"][0]["requests"] == 7, "the /v1/usage read counted, as any request, under no model"
+        assert seen["days"][0]["requests"] == 8, "the /v1/usage read counted, as any request, under no model"
 
         code, out, err = await sn1_keys(b, "usage", key_id, "--days", "1")
         assert code == 0, err
         table = out.split("by model\n", 1)[1].splitlines()
         assert table[0].split() == ["day", "model", "requests", "prompt_tok", "completion_tok"]
-        assert [row.split()[1:3] for row in table[2:]] == [["alpha", "3"], ["beta", "1"], ["scripted", "1"]]
+        assert [row.split()[1:3] for row in table[2:]] == [["alpha", "4"], ["beta", "1"], ["scripted", "1"]]
         code, out, err = await sn1_keys(b, "--json", "usage", key_id)
         assert code == 0 and json.loads(out)["days"][-1]["models"] == usage["days"][0]["models"], err
 
