@@ -105,12 +105,14 @@ async def test_bad_list_parameters_are_400s_naming_them(tmp_path: Path, store: s
     async with apis_on_one_store(tmp_path, store, 1, Script([])) as (api,):
         made = await make(api, name="x")
         await call(api, "DELETE", f"/api_management/delete-api-key/{made['id']}", headers=ADMIN)
-        for query, param in (("limit=0", "limit"), ("limit=1001", "limit"), ("limit=two", "limit"),
-                             ("status=revoked", "status"), ("scope=admin", "scope"), ("order=up", "order"),
-                             ("name=", "name"), ("nmae=x", "nmae"), (f"after={made['id']}", "after"),
-                             (f"after={api.key}", "after")):
+        for query, param, code in (
+                ("limit=0", "limit", "integer_below_min_value"), ("limit=1001", "limit", "integer_above_max_value"),
+                ("limit=two", "limit", "invalid_value"), ("status=revoked", "status", "invalid_value"),
+                ("scope=admin", "scope", "invalid_value"), ("order=up", "order", "invalid_value"),
+                ("name=", "name", "empty_string"), ("nmae=x", "nmae", "invalid_value"),
+                (f"after={made['id']}", "after", "invalid_value"), (f"after={api.key}", "after", "invalid_value")):
             status, out = await call(api, "GET", f"{LIST}?{query}", headers=ADMIN)
-            assert status == 400 and out["error"]["code"] == "invalid_value", (query, out)
+            assert status == 400 and out["error"]["code"] == code, (query, out)  # OpenAI's codes for a bound
             assert out["error"]["param"] == param, (query, out)
         assert api.key not in out["error"]["message"], "a secret given as after is never echoed"
         assert made["id"] in (await call(api, "GET", f"{LIST}?after={made['id']}", headers=ADMIN))[1]["error"][
