@@ -21,6 +21,7 @@ from shared.availability_query import offered
 from shared.miner_client import MinerClient, MinerError
 from shared.protocol import AvailabilityResponse
 from shared.signing import refused_signature
+from shared.store.outage import Voice
 
 WARN_EVERY = 60.0
 
@@ -32,8 +33,10 @@ NOT_THE_VALIDATOR = "is VALIDATOR_API the validator's SCORING_API_PORT, and VALI
 class AvailabilityCache:
     def __init__(self, client: MinerClient, validator_url: str, validator_hotkey: str, *,
                  refresh_seconds: float = 15.0, stale_seconds: float = 120.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, voice: Voice | None = None) -> None:
         self.client = client
+        # Every worker asks the same validator: with ``WORKERS`` > 1 one tells its failing for all (``api.fleet``).
+        self.voice = voice or Voice()
         self.validator_url = validator_url
         self.validator_hotkey = validator_hotkey
         self.refresh_seconds = refresh_seconds
@@ -111,8 +114,8 @@ class AvailabilityCache:
             self._warn(f"validator sent {malformed} malformed availability entries", state="taken as unavailable")
         self.accept(entries)
         if self._failing_since is not None:  # the WARNINGs said it failed: one line says it is over
-            logger.info("validator at {} answers availabilities again after {:.0f} s ({} failed refresh(es))",
-                        self.validator_url, self._clock() - self._failing_since, self._failed)
+            logger.log(self.voice.level("INFO"), "validator at {} answers availabilities again after {:.0f} s ({} "
+                       "failed refresh(es))", self.validator_url, self._clock() - self._failing_since, self._failed)
             self._failing_since, self._failed = None, 0
         return True
 
@@ -126,7 +129,8 @@ class AvailabilityCache:
             self._last_warning = now
             if state is None:
                 state = "keeping the cached availability" if self.fresh() else "falling back to all serving miners"
-            logger.warning("{}; {}", message, state)
+            first = self._failed == 1 and self._failing_since == now  # a run's first line says who tells it
+            logger.log(self.voice.level("WARNING"), "{}; {}{}", message, state, self.voice.note if first else "")
 
     async def run(self) -> None:
         while True:

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from api.availability import AvailabilityCache
+from api.fleet import Fleet
 from api.miner_health import MinerHealth
 from api.scoring_outbox import OutboxForwarder
 from api.storage_budget import StorageBudget
@@ -55,6 +56,7 @@ class ApiContext:
     responses: ResponseStore | None = None  # None: RESPONSES_RETENTION_SECONDS is 0, nothing is stored
     conversations: ConversationStore | None = None  # None as ``responses``
     request_log: RequestLog = field(default_factory=lambda: RequestLog("api"))  # one INFO line per request
+    fleet: Fleet = field(default_factory=Fleet)  # this worker's place among ``WORKERS``: who tells the runs all meet
     stopping: bool = False  # a stop signal came (``on_shutdown``): a request cut from here on is logged ``shut_down``
     stopped_at: float = 0.0  # when it came (``time.monotonic``): background responses get their grace from then
     # the requests relaying a background response's events (``responses_background.stream_log``): a stop cuts them

@@ -231,7 +231,7 @@ def run_api(settings: ApiSettings, hotkey: Any | None = None) -> None:
     said = run(lambda: reach_store(settings.store_url, settings.store_namespace, fleet=True))
     metrics_dir = shared_metrics_dir()
     mp = multiprocessing.get_context("spawn")
-    workers = [mp.Process(target=_worker_entry, args=(settings, os.getpid(), worker_said(said, i)), daemon=False)
+    workers = [mp.Process(target=_worker_entry, args=(settings, os.getpid(), worker_said(said, i), i), daemon=False)
                for i in range(settings.workers)]
     logger.info("api supervisor starting {} workers on port {}", len(workers), settings.api_port)
     try:
@@ -248,8 +248,8 @@ def run_api(settings: ApiSettings, hotkey: Any | None = None) -> None:
         sys.exit(status)
 
 
-def _worker_entry(settings: ApiSettings, supervisor: int, said: Said) -> None:
-    """A spawned worker's target: it, not the supervisor, imports the app."""
+def _worker_entry(settings: ApiSettings, supervisor: int, said: Said, worker: int) -> None:
+    """A spawned worker's target (number ``worker``, 0 the first): it, not the supervisor, imports the app."""
     from api.worker import worker_main
 
-    worker_main(settings, supervisor, said)
+    worker_main(settings, supervisor, said, worker)

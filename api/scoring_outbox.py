@@ -32,7 +32,7 @@ from shared.jsonutil import dumpb
 from shared.logging import printable
 from shared.miner_client import MinerClient, MinerError
 from shared.store.base import StoreUnavailable
-from shared.store.outage import OUTAGE_LOG_EVERY_S, OutageLog, OutageTeller
+from shared.store.outage import OUTAGE_LOG_EVERY_S, OutageLog, OutageTeller, Voice
 from shared.store.outbox import Outbox, OutboxItem, Pace, Stored
 
 POISON_STATUSES = {400, 413, 422}
@@ -80,6 +80,7 @@ class OutboxForwarder:
         rng: random.Random | None = None,
         max_unstored_bytes: int = MAX_UNSTORED_BYTES,
         max_commit_delay: float = MAX_COMMIT_DELAY,
+        voice: Voice | None = None,
     ) -> None:
         self.outbox = outbox
         self.client = client
@@ -105,7 +106,8 @@ class OutboxForwarder:
         self._commit_failures = 0
         # A store that refuses writes fails each commit retry and each delivery pass: a few lines, not one each.
         self.commit_outage = OutageLog("scoring outbox: payloads not stored yet")
-        self.pass_outage = OutageLog("scoring outbox unreachable")
+        # A pass every worker runs on the same store: with ``WORKERS`` > 1, told by one for all (``api.fleet``).
+        self.pass_outage = OutageLog("scoring outbox unreachable", voice=voice)
         # A full outbox drops at every commit while the validator is away: a WARNING each was a line per request.
         # The run is the store's (``Stored``): told once whichever worker's commits drop (each told its own).
         self.full = OutageTeller("scoring outbox full (OUTBOX_MAX_ITEMS or OUTBOX_MAX_BYTES): the oldest payloads "

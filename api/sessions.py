@@ -460,7 +460,7 @@ async def sweep_loop(ctx: ApiContext, interval: float) -> None:
     """Sweep every ``interval`` seconds. A store down skips rounds, told as a run (``OutageLog``): a WARNING a
     round was four lines a minute for as long as it lasted. A bug in a round is a run too, its first line with the
     traceback: a traceback a round (every 15 s) buried the API's log in the same stack."""
-    outage = OutageLog("session sweep skipped")
+    outage = OutageLog("session sweep skipped", voice=ctx.fleet.voice())  # every worker sweeps: told by one
     bugs = OutageLog("session sweep failed", back="a sweep succeeded again")
     while True:
         await asyncio.sleep(interval)

@@ -18,6 +18,7 @@ from loguru import logger
 from api.app import create_api_app
 from api.availability import AvailabilityCache
 from api.context import ApiContext
+from api.fleet import Fleet
 from api.main import LISTEN, STORE_START_SECONDS, cannot_open, reach_store, warn_new_sqlite
 from api.ops import permit_check
 from api.scoring_outbox import OutboxForwarder
@@ -86,10 +87,13 @@ def open_stores(settings: ApiSettings, links: RedisLinks | None) -> Stores:
 
 
 async def build_context(settings: ApiSettings, *, role: str = "api", links: RedisLinks | None = None,
-                        hotkey: Any | None = None, said: Said | None = None) -> tuple[ApiContext, Stores]:
+                        hotkey: Any | None = None, said: Said | None = None,
+                        fleet: Fleet | None = None) -> tuple[ApiContext, Stores]:
     """A worker's context, and the stores it runs on (``Stores.aclose`` at its stop). ``hotkey``: the keypair
     already read (``check_hotkey``), else the worker reads it. ``said``: what a fleet's start said of the store
-    (``reach_store``, ``worker_said``): "a new, empty key store", a loss; this worker does not say it again."""
+    (``reach_store``, ``worker_said``): "a new, empty key store", a loss; this worker does not say it again.
+    ``fleet``: this worker's place among ``WORKERS`` (``api.fleet``: who tells the runs of failures all meet)."""
+    fleet = fleet or Fleet()
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path, read=hotkey)
     signer = Signer(hotkey)
     metagraph = MetagraphView.from_settings(settings)
@@ -98,6 +102,7 @@ async def build_context(settings: ApiSettings, *, role: str = "api", links: Redi
     availability = AvailabilityCache(
         client, settings.validator_api, hotkey.ss58_address,
         refresh_seconds=settings.availability_refresh_seconds, stale_seconds=settings.availability_stale_seconds,
+        voice=fleet.voice(),
     )
     await availability.refresh()
     new_file = (settings.store_url.startswith("sqlite:///") and not (said is not None and said.new)
@@ -111,7 +116,8 @@ async def build_context(settings: ApiSettings, *, role: str = "api", links: Redi
         warn_new_sqlite(sqlite_path(settings.store_url))
     ctx = ApiContext(settings=settings, store=stores.store, metagraph=metagraph, client=client,
                      availability=availability, sessions=stores.sessions, responses=stores.responses,
-                     conversations=stores.conversations, request_log=RequestLog(role, level=settings.log_level))
+                     conversations=stores.conversations, request_log=RequestLog(role, level=settings.log_level),
+                     fleet=fleet)
     ctx.store_marker = MarkerWatch(said)
     await first_marker(ctx)
     if not (permit := permit_check(ctx)).ok:  # the operator's first sign would be its users' 502s
@@ -119,7 +125,7 @@ async def build_context(settings: ApiSettings, *, role: str = "api", links: Redi
     ctx.attach_forwarder(OutboxForwarder(stores.outbox, client, settings.validator_api,
                                          settings.validator_hotkey or hotkey.ss58_address,
                                          lease_seconds=settings.outbox_lease_seconds,
-                                         max_delay=settings.outbox_retry_max_seconds))
+                                         max_delay=settings.outbox_retry_max_seconds, voice=fleet.voice()))
     return ctx, stores
 
 
@@ -132,7 +138,7 @@ async def first_marker(ctx: ApiContext) -> None:
 
 
 async def serve_worker(settings: ApiSettings, *, reuse_port: bool, hotkey: Any | None = None,
-                       said: Said | None = None) -> None:
+                       said: Said | None = None, fleet: Fleet | None = None) -> None:
     role = f"api[{os.getpid()}]"
     setup_logging(settings.log_level, role=role)
     sock = bound_socket(settings.api_host, settings.api_port, reuse_port=reuse_port, settings=LISTEN)  # a port in use: stop now
@@ -141,7 +147,7 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool, hotkey: Any |
         if not reuse_port:  # one worker checks its store here, on its own clients; a fleet's supervisor checked it
             await reach_store(settings.store_url, settings.store_namespace, links=links)
         ctx, stores = await build_context(settings, role=role, links=links, hotkey=hotkey,
-                                          said=said)
+                                          said=said, fleet=fleet)
     except BaseException:
         if links is not None:
             await links.aclose()
@@ -165,10 +171,10 @@ async def serve_worker(settings: ApiSettings, *, reuse_port: bool, hotkey: Any |
     await serve_until_signal(app, settings.api_host, settings.api_port, sock=sock, limits=limits)
 
 
-def worker_main(settings: ApiSettings, supervisor: int, said: Said | None = None) -> None:
-    """One of a ``WORKERS`` > 1 fleet, spawned by the supervisor (``api.main``)."""
+def worker_main(settings: ApiSettings, supervisor: int, said: Said | None = None, worker: int = 0) -> None:
+    """One of a ``WORKERS`` > 1 fleet, spawned by the supervisor (``api.main``): number ``worker`` (0 the first)."""
     stop_with_parent(supervisor)  # a supervisor killed outright must not leave its workers serving
     try:
-        run(lambda: serve_worker(settings, reuse_port=True, said=said))
+        run(lambda: serve_worker(settings, reuse_port=True, said=said, fleet=Fleet(worker, settings.workers)))
     except SettingsError as e:  # one line, as with one worker (a spawned process printed its traceback)
         sys.exit(problem_lines("api", e))

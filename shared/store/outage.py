@@ -6,7 +6,7 @@ as long as it lasts: each said so in a WARNING of its own, thousands of lines a 
 buried everything else in the log (and filled its disk). Each such use of the store now keeps an
 ``OutageLog``: the first failure of a run is a WARNING with its reason, the run goes on in one line a
 minute with how many failed since, and the first success after it is one INFO line saying how long it
-lasted. A failure that needs an operator (``needs_operator``: a SQLite file that refuses writes) begins its run
+lasted (``recovered: <what>: ...``). A failure that needs an operator (``needs_operator``: a SQLite file that refuses writes) begins its run
 with an ERROR instead. A run that only traffic tries, tried again by its process while there is none
 (``neurons.validator.recheck``), says when it was last tried and by what (``tried_at``, ``tried_by``), and a try
 of its own that fails is a WARNING at a slowing pace: at the first, then after 1, 2, 4 ... minutes, at most every
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from loguru import logger
 
@@ -25,6 +26,22 @@ RETRY_LOG_FIRST_S = 60.0  # a failed retry's line after the first: this long aft
 RETRY_LOG_MAX_S = 1800.0  # ... up to this: a run of retries that never ends is told twice an hour
 # what last tried a run: its own uses (``failed``), a retry of its own, or a check at the process's start
 TRAFFIC, RECHECK, START = "traffic", "recheck", "start"
+# The first word of every line ending a run: ``recovered: <what>: <what came back> after N s (M failure(s))``, where
+# the run's first line was ``<what>: <reason>``. A monitor pairs the two on ``<what>``.
+RECOVERED = "recovered: "
+
+
+@dataclass(frozen=True)
+class Voice:
+    """How loud a process tells a run: as it is (the default), or at DEBUG (``quiet``) when another process tells the
+    same run for it, ``note`` ending the first line of the process that does (an API's ``WORKERS`` > 1 fleet, whose
+    workers each meet a store or a validator down in their own periodic work: ``api.fleet``)."""
+
+    quiet: bool = False
+    note: str = ""
+
+    def level(self, level: str) -> str:
+        return "DEBUG" if self.quiet else level
 
 
 class OutageTeller:
@@ -33,10 +50,11 @@ class OutageTeller:
     WARNING (an ERROR when an operator must act), a "still failing" line at most every ``every`` seconds of
     this teller's clock, and the INFO line ending it."""
 
-    def __init__(self, what: str, *, back: str, every: float = OUTAGE_LOG_EVERY_S) -> None:
+    def __init__(self, what: str, *, back: str, every: float = OUTAGE_LOG_EVERY_S, voice: Voice | None = None) -> None:
         self.what = what  # the start of each line
         self.back = back  # what the INFO line ending a run says came back (the store, the reference model, ...)
         self.every = every
+        self.voice = voice or Voice()
         self._told_at: float | None = None  # when a line last spoke of the run (None: not yet, by this teller)
         self._untold = 0  # failures since
         self._retry_told_at: float | None = None  # when a line last spoke of the run's failed retries (None: not yet)
@@ -50,9 +68,9 @@ class OutageTeller:
         self._told_at, self._untold = now, 0
         log = logger.opt(exception=exception) if exception is not None else logger
         if hint:
-            log.error("{}: {}; {}", self.what, error, hint)
+            log.log(self.voice.level("ERROR"), "{}: {}; {}{}", self.what, error, hint, self.voice.note)
         else:
-            log.warning("{}: {}", self.what, error)
+            log.log(self.voice.level("WARNING"), "{}: {}{}", self.what, error, self.voice.note)
 
     def again(self, now: float, error: object) -> None:
         """One more failure in the run: the "still failing" line once ``every`` seconds passed since the last
@@ -68,8 +86,8 @@ class OutageTeller:
     def still(self, failures: int, seconds: float, error: object) -> None:
         """The "still failing" line: ``failures`` more in the last ``seconds`` (a run whose pace a store shared by
         workers keeps calls it itself: ``api.scoring_outbox``'s full outbox)."""
-        logger.warning("{}: still failing, {} more time(s) in the last {:.0f} s: {}", self.what, failures, seconds,
-                       error)
+        logger.log(self.voice.level("WARNING"), "{}: still failing, {} more time(s) in the last {:.0f} s: {}", self.what,
+                   failures, seconds, error)
 
     def retried(self, now: float, lasted: float, error: object) -> None:
         """A retry of the run's own that failed (``OutageLog.retry_failed``): a WARNING at the first, then once
@@ -80,14 +98,18 @@ class OutageTeller:
             if now - self._retry_told_at < self._retry_gap:
                 return
             self._retry_gap = min(self._retry_gap * 2, RETRY_LOG_MAX_S)
-        logger.warning("{}: tried again, still failing {:.0f} s into the run ({} tr(ies) since the last such line; "
-                       "the next such line in {:.0f} s): {}", self.what, lasted, self._retries_untold, self._retry_gap,
-                       error)
+        logger.log(self.voice.level("WARNING"), "{}: tried again, still failing {:.0f} s into the run ({} tr(ies) since "
+                   "the last such line; the next such line in {:.0f} s): {}", self.what, lasted, self._retries_untold,
+                   self._retry_gap, error)
         self._retry_told_at, self._retries_untold = now, 0
 
     def ended(self, lasted: float, failures: int) -> None:
-        """The run is over: the INFO line, with how long it lasted and how many failures it held."""
-        logger.info("{}: {} after {:.1f} s ({} failure(s))", self.what, self.back, lasted, failures)
+        """The run is over: the INFO line, with how long it lasted and how many failures it held. It begins with
+        ``RECOVERED`` and then the run's ``what``, as its first line did: said as ``what`` alone, a recovery read as
+        one more failure (``metagraph cycle failed: a cycle succeeded again ...``), and a log rule matching ``what``
+        took the end of an outage for its start."""
+        logger.log(self.voice.level("INFO"), "{}{}: {} after {:.1f} s ({} failure(s))", RECOVERED, self.what, self.back,
+                   lasted, failures)
         self.forget()
 
     def forget(self) -> None:
@@ -101,12 +123,13 @@ class OutageLog:
 
     def __init__(self, what: str, *, every: float = OUTAGE_LOG_EVERY_S,
                  clock: Callable[[], float] = time.monotonic, back: str = "the store answers again",
-                 settle: float = 0.0, needs_operator: Callable[[object], str | None] | None = None) -> None:
+                 settle: float = 0.0, needs_operator: Callable[[object], str | None] | None = None,
+                 voice: Voice | None = None) -> None:
         self.what = what
         # A failure that will not pass by itself (a file made read-only, a full disk) begins its run with an
         # ERROR and what to fix (the hint it returns), rather than a WARNING: one line per outage to alert on.
         self.needs_operator = needs_operator
-        self.teller = OutageTeller(what, back=back, every=every)
+        self.teller = OutageTeller(what, back=back, every=every, voice=voice)
         # A success ends the run only this long after its last failure: failures mixed with successes (most
         # requests answered, some not) are one run told once a minute, not a WARNING and an INFO line each.
         self.settle = settle

@@ -463,7 +463,7 @@ async def test_a_validator_down_is_one_warning_and_its_return_one_line(tmp_path:
     assert len(told) == 2, lines
     assert told[0].startswith(f"WARNING scoring payloads not delivered to the validator at {url}: ")
     assert "Cannot connect" in told[0] and "kept in the outbox and retried" in told[0]
-    assert told[1].startswith(f"INFO scoring payloads not delivered to the validator at {url}: it takes them again "
+    assert told[1].startswith(f"INFO recovered: scoring payloads not delivered to the validator at {url}: it takes them again "
                               "after "), told
 
 
@@ -517,7 +517,8 @@ async def test_an_outage_is_told_once_whichever_worker_holds_the_lease_at_its_st
     told = [x for x in lines if "scoring payloads not delivered" in x]
     assert told == told_when_back, "the first worker, back with the lease, told a run already over"
     assert [x.split(":")[0] for x in told] == ["WARNING scoring payloads not delivered to the validator at http",
-                                               "INFO scoring payloads not delivered to the validator at http"], told
+                                               "INFO recovered"], told
+    assert told[1].startswith("INFO recovered: scoring payloads not delivered to the validator at http"), told
     assert "HTTP 503" in told[0]
     assert ": it takes them again after " in told[1], told
     assert f"({a.delivery_failures + b.delivery_failures} failure(s))" in told[1], told
@@ -560,7 +561,8 @@ async def test_a_validator_outage_outlived_by_a_redis_restarted_empty_still_ends
         logger.remove(sink)
     told = [x for x in lines if "scoring payloads not delivered" in x]
     assert [x.split(":")[0] for x in told] == ["WARNING scoring payloads not delivered to the validator at http",
-                                               "INFO scoring payloads not delivered to the validator at http"], told
+                                               "INFO recovered"], told
+    assert told[1].startswith("INFO recovered: scoring payloads not delivered to the validator at http"), told
     assert ": it takes them again after " in told[1] and f"({fwd.delivery_failures} failure(s))" in told[1], told
     assert received == [{"n": 2}]
 

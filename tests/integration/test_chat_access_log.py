@@ -161,7 +161,7 @@ async def test_requests_no_miner_answers_are_one_warning_and_their_end_one_line(
             assert status == 200
     finally:
         logger.remove(sink)
-    told = [(level, m) for level, m in said if m.startswith("requests failing, no miner gave a valid answer")]
+    told = [(level, m) for level, m in said if m.removeprefix("recovered: ").startswith("requests failing, no miner gave a valid answer")]
     assert len(told) == 2, told
     (level, first), (end_level, end) = told
     assert level == "WARNING" and first.startswith("requests failing, no miner gave a valid answer: rid=down-0 "
@@ -196,7 +196,7 @@ async def test_a_mixture_no_miner_answers_is_counted_once_as_a_plain_request_is(
             assert api.ctx.no_answer.failures == 1
     finally:
         logger.remove(sink)
-    told = [(level, m) for level, m in said if m.startswith("requests failing, no miner gave a valid answer")]
+    told = [(level, m) for level, m in said if m.removeprefix("recovered: ").startswith("requests failing, no miner gave a valid answer")]
     assert [level for level, _ in told] == ["WARNING", "WARNING"], told
     assert told[0][1].startswith("requests failing, no miner gave a valid answer: rid=mix-0 answered HTTP 502 "
                                  "no_valid_answer: Mixture, first stage: "), told
@@ -468,7 +468,7 @@ async def test_every_miner_down_at_the_last_poll_is_a_503_and_a_warning(tmp_path
                 assert status == 503 and '"no_miners_available"' in text, text
     finally:
         logger.remove(sink)
-    told = [(level, m) for level, m in said if m.startswith("requests failing")]
+    told = [(level, m) for level, m in said if m.removeprefix("recovered: ").startswith("requests failing")]
     assert len(told) == 1 and told[0][0] == "WARNING", told
     assert "rid=down-0 answered HTTP 503 no_miners_available: No miner is available: none of the 2" in told[0][1]
 

@@ -427,6 +427,43 @@ def test_a_redis_store_that_does_not_answer_yet_is_a_warning_and_the_api_serves_
     assert "Traceback" not in output and "hunter2" not in output and admin_key not in output
 
 
+def test_a_redis_down_at_a_fleets_start_is_told_by_one_worker_not_once_per_worker(tmp_path: Path) -> None:
+    """Redis (and the validator) down as a WORKERS=2 API starts: every worker's outbox pass, session sweep and
+    availability refresh meet it, and each worker told its own run, two WARNINGs each a minute that read as two
+    outages. The first worker tells each for both, saying so; the other tells it at DEBUG (here, at TRACE, seen)."""
+    import signal
+    import time
+
+    down = free_port()
+    env, _, _ = api_env(tmp_path, f"redis://127.0.0.1:{down}/0", workers=2)
+    with env.open("a") as f:
+        f.write("AVAILABILITY_REFRESH_SECONDS=1\n")  # the session sweep's pace too
+    out = tmp_path / "api.out"
+    with out.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "api", "--env-file", str(env)],
+                                stdout=sink, stderr=subprocess.STDOUT, text=True)
+    runs = ("scoring outbox unreachable: ", "session sweep skipped: ", "validator unreachable at ")
+
+    def told(level: str, what: str) -> list[str]:
+        return [line for line in out.read_text().splitlines() if f"| {level}" in line and what in line]
+
+    try:
+        deadline = time.monotonic() + 90  # a start of 2 workers on a loaded host
+        while not all(len(told("DEBUG", what)) and told("WARNING", what) for what in runs):
+            assert time.monotonic() < deadline and proc.poll() is None, out.read_text()[-3000:]
+            time.sleep(0.2)
+        time.sleep(2)  # more sweeps and refreshes in both workers
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    for what in runs:
+        warned = told("WARNING", what)
+        assert len(warned) == 1, warned
+        assert warned[0].endswith("(told by one worker for all 2: the others log it at DEBUG)"), warned
+        # the other worker met it too, and said it at DEBUG alone
+        assert {line.split(" | ")[2] for line in told("DEBUG", what)} - {warned[0].split(" | ")[2]}, told("DEBUG", what)
+
+
 @pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs REDIS_URL for a real Redis to refuse a setting "
                                                            "(CI sets it: .ci/run)")
 def test_a_redis_that_refuses_the_store_url_stops_the_api_with_one_line(tmp_path: Path) -> None:

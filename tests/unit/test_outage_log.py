@@ -36,7 +36,7 @@ def test_a_run_of_failures_is_a_line_a_minute_and_its_end_one_more(lines: list[s
     now[0] = 70.0
     log.ok()
     log.ok()
-    assert lines[2:] == ["INFO store unavailable, answering 503: the store answers again after 70.0 s "
+    assert lines[2:] == ["INFO recovered: store unavailable, answering 503: the store answers again after 70.0 s "
                          "(1001 failure(s))"]
     assert not log.failing
     log.failed("sqlite: database is locked")  # a new run is told again at once
@@ -68,7 +68,7 @@ def test_a_run_tried_again_every_30_s_is_told_at_a_slowing_pace_and_counts_no_fa
     assert lines[2].startswith("WARNING scoring inbox: payloads not stored: tried again, still failing 90 s into the "
                                "run (2 tr(ies) since the last such line; the next such line in 120 s)"), lines
     log.ok()
-    assert lines[-1] == "INFO scoring inbox: payloads not stored: the store answers again after 7200.0 s (1 failure(s))"
+    assert lines[-1] == "INFO recovered: scoring inbox: payloads not stored: the store answers again after 7200.0 s (1 failure(s))"
     assert (log.tried_at, log.tried_by, log.tried_ago) == (None, None, None)
     log.failed("database or disk is full")  # a new run: its first failed retry is told at once again
     log.retry_failed("still full")
@@ -92,7 +92,7 @@ def test_failures_mixed_with_successes_are_one_run_until_they_settle(lines: list
     assert len(lines) == 2 and log.failing, "the last failure was 9 s ago: the run goes on"
     now[0] += 1.5
     log.ok()
-    assert lines[2:] == ["INFO requests failing: answers again after 109.5 s (100 failure(s))"] and not log.failing
+    assert lines[2:] == ["INFO recovered: requests failing: answers again after 109.5 s (100 failure(s))"] and not log.failing
 
 
 async def sweeps_failing(monkeypatch: pytest.MonkeyPatch, error: Exception, failing: int = 20) -> None:
@@ -126,7 +126,7 @@ async def test_session_sweeps_skipped_by_a_store_down_are_one_line_and_their_end
 
     await sweeps_failing(monkeypatch, StoreUnavailable("sqlite sessions: database is locked"))
     assert lines == ["WARNING session sweep skipped: sqlite sessions: database is locked",
-                     lines[1]] and lines[1].startswith("INFO session sweep skipped: the store answers again"), lines
+                     lines[1]] and lines[1].startswith("INFO recovered: session sweep skipped: the store answers again"), lines
     assert "(20 failure(s))" in lines[1]
 
 
@@ -170,7 +170,7 @@ async def test_a_delivery_outage_shared_by_workers_is_told_in_the_same_lines(lin
         await b.ok()
         a.took_over()  # the lease back (only its holder delivers)
         await a.ok()  # a run already ended, by another worker: nothing more to say
-        assert len(lines) == 3 and lines[2].startswith("INFO not delivered: it takes them again after "), lines
+        assert len(lines) == 3 and lines[2].startswith("INFO recovered: not delivered: it takes them again after "), lines
         assert lines[2].endswith("(32 failure(s))")
     finally:
         await first.close()

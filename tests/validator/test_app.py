@@ -890,7 +890,7 @@ async def _polls_until_allowed(refusing: set[int], refused: int, allowed: int
                 await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
     finally:
         logger.remove(sink)
-    return book, [(level, m) for level, m in lines if m.startswith("availability:") and "miners up" not in m], states
+    return book, [(level, m) for level, m in lines if m.startswith(("availability:", "recovered: availability:")) and "miners up" not in m], states
 
 
 async def test_polls_every_miner_refuses_are_one_warning_and_their_end_one_line() -> None:
@@ -902,7 +902,7 @@ async def test_polls_every_miner_refuses_are_one_warning_and_their_end_one_line(
     assert len(told) == 2, told
     assert told[0][0] == "WARNING" and "2 miner(s) refused this validator's signed requests (uids 1,2)" in told[0][1]
     assert VALIDATOR.ss58_address in told[0][1] and "synthetic jobs paused" in told[0][1]
-    assert told[1][0] == "INFO" and told[1][1].startswith("availability: the miners no longer all refuse this "
+    assert told[1][0] == "INFO" and told[1][1].startswith("recovered: availability: the miners no longer all refuse this "
                                                           "validator after ") and told[1][1].endswith("(3 failure(s))")
     assert book.entries[1] is not None and not book.refused_by_all
 
@@ -916,7 +916,7 @@ async def test_polls_some_miners_refuse_are_one_warning_and_their_end_one_line()
     assert len(told) == 2, told
     assert told[0][0] == "WARNING" and "1 miner(s) refused this validator's signed requests (uids 2)" in told[0][1]
     assert VALIDATOR.ss58_address in told[0][1] and "synthetic jobs paused" not in told[0][1]
-    assert told[1][0] == "INFO" and told[1][1].startswith("availability: no miner refuses this validator any more "
+    assert told[1][0] == "INFO" and told[1][1].startswith("recovered: availability: no miner refuses this validator any more "
                                                           "after ") and told[1][1].endswith("(3 failure(s))")
     assert book.refused == set() and book.entries[2] is not None
 
@@ -982,7 +982,7 @@ async def test_a_run_of_failed_cycles_is_told_with_one_traceback_a_count_and_its
                                      ("WARNING", "metagraph cycle failed again (3 in a row): KeyError: 'missing'")]
     assert all("Traceback" not in text for _, _, text in said[1:3])  # the repeats are one line each
     assert levels_and_lines[3][0] == "INFO" and re.fullmatch(
-        r"metagraph cycle failed: a cycle succeeded again after \d+\.\d s \(3 failure\(s\)\)", said[3][1]), said
+        r"recovered: metagraph cycle failed: a cycle succeeded again after \d+\.\d s \(3 failure\(s\)\)", said[3][1]), said
     assert levels_and_lines[4] == ("WARNING", "metagraph cycle failed: KeyError: 'missing'"), said  # a new run
     assert "Traceback" in said[4][2] and len(said) == 6 and said[5][0] == "INFO", said  # and its end
 

@@ -318,7 +318,7 @@ async def test_scores_the_disk_refuses_stay_in_memory_and_health_says_why(tmp_pa
     assert set(json.loads(path.read_text())["miners"]) == {"1", "2", "3"}
     warnings = [line for line in lines if line.startswith("WARNING")]
     assert len(warnings) == 1 and f"WARNING scores not saved to {path}" in warnings[0], lines
-    assert any(line.startswith(f"INFO scores not saved to {path}") and ": saved again after" in line
+    assert any(line.startswith(f"INFO recovered: scores not saved to {path}") and ": saved again after" in line
                for line in lines), lines
 
 
@@ -376,7 +376,7 @@ async def test_polls_no_miner_answers_are_one_warning_and_their_end_one_line() -
     told = [line for line in lines if not line.startswith("INFO availability: ") or "miners up" not in line]
     assert len(told) == 2, lines
     assert told[0].startswith("WARNING availability: none of 2 serving miner(s) answered the poll"), told
-    assert told[1].startswith("INFO availability: miners answer the poll again after ") and \
+    assert told[1].startswith("INFO recovered: availability: miners answer the poll again after ") and \
         told[1].endswith("(3 failure(s))"), told
 
 
@@ -464,7 +464,7 @@ async def test_a_reference_model_down_for_many_jobs_is_one_warning_and_one_line_
     assert len(lines) == 2, lines
     assert lines[0].startswith("WARNING reference model failing, jobs skipped: organic InferenceTask job skipped: "
                                "reference LLM answered HTTP 503")
-    assert lines[1].startswith("INFO reference model failing, jobs skipped: it answers again after")
+    assert lines[1].startswith("INFO recovered: reference model failing, jobs skipped: it answers again after")
     assert "(5 failure(s))" in lines[1]
 
 

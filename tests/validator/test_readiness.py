@@ -225,9 +225,9 @@ async def test_a_scoring_inbox_refusal_ends_with_no_traffic_once_the_disk_takes_
             assert (await post(url, "/scoring", json.dumps(BIG).encode()))[0] == 202, "and so does /scoring"
     finally:
         logger.remove(handler)
-    told = [line for line in lines if line.startswith(("WARNING scoring inbox", "INFO scoring inbox: payloads"))]
+    told = [line for line in lines if line.startswith(("WARNING scoring inbox", "INFO recovered: scoring inbox: payloads"))]
     assert len(told) == 3 and "tried again, still failing" in told[1], told  # the recheck's (test_recheck.py)
-    assert told[2].startswith("INFO scoring inbox: payloads not stored, /scoring answers 503: the store answers "
+    assert told[2].startswith("INFO recovered: scoring inbox: payloads not stored, /scoring answers 503: the store answers "
                               "again after "), told
     assert told[2].endswith("(1 failure(s))"), "the recheck's refusal is no /scoring refused"
 
@@ -285,7 +285,7 @@ async def test_a_failing_reference_model_fails_until_a_call_answers(tmp_path: Pa
     told = [line for line in lines if "reference model failing" in line]
     assert len(told) == 2 and told[0].startswith("WARNING reference model failing, jobs skipped: organic "
                                                  "InferenceTask job skipped: reference LLM answered HTTP 503"), told
-    assert told[1].startswith("INFO reference model failing, jobs skipped: it answers again after") and \
+    assert told[1].startswith("INFO recovered: reference model failing, jobs skipped: it answers again after") and \
         told[1].endswith("(2 failure(s))"), told
 
 
@@ -315,7 +315,7 @@ async def test_a_reference_model_back_with_no_job_to_ask_it_is_asked_by_the_rech
     assert health["reference"]["failures"] == 2, "the recheck's failed question skipped no job"
     told = [line for line in lines if "reference model failing" in line]
     assert len(told) == 3 and "tried again, still failing" in told[1], told  # the recheck's (test_recheck.py)
-    assert told[2].startswith("INFO reference model failing, jobs skipped: it answers again after") and \
+    assert told[2].startswith("INFO recovered: reference model failing, jobs skipped: it answers again after") and \
         told[2].endswith("(2 failure(s))"), told
 
 
