@@ -19,10 +19,11 @@ from loguru import logger
 
 from neurons.validator.availability import AvailabilityBook
 from neurons.validator.inbox import ScoringInbox
-from neurons.validator.intake import RecentPayloads, take_batch, take_one
+from neurons.validator.intake import IntakeRefused, RecentPayloads, take_batch, take_one
 from neurons.validator.readiness import ReadinessConfig, readiness
 from neurons.validator.reference_status import ReferenceStatus
 from neurons.validator.scores import ScoreBook
+from neurons.validator.scoring_http import read_batch, read_payload, refusal
 from neurons.validator.scoring_queue import ScoringQueue
 from shared.availability_query import AVAILABLE_MINERS_QUERY, parse_k, parse_task, read_uid_list
 from shared.http import error_middleware, json_response, read_json, refuse_query, request_lines
@@ -214,12 +215,19 @@ async def get_available_miners(request: web.Request) -> web.Response:
 
 async def scoring(request: web.Request) -> web.Response:
     """Organic results: signature first (its headers before the body is read: 400/401/403, 503 when too many
-    bodies are being read unverified), then the payload (400), then the queue (503): ``intake.py``."""
+    bodies are being read unverified), then the payload (400), then the queue (503): ``intake.py``, whose refusals
+    are answered here alone (``scoring_http.refusal``)."""
     ctx = request.app[CTX]
     request[CALLER_KEY] = await ctx.verifier.read_verified(request)
     data = await read_json(request)
     signer = request[CALLER_KEY].hotkey_ss58
-    if isinstance(data, list):
-        outcome = await take_batch(ctx, data, signer)
-        return json_response({"status": "accepted", **dataclasses.asdict(outcome)}, status=202)
-    return json_response({"status": "accepted", "uids": await take_one(ctx, data, signer)}, status=202)
+    tasks = ctx.scores.probabilities
+    try:
+        if isinstance(data, list):
+            payloads, rejected = read_batch(data, tasks)
+            outcome = await take_batch(ctx, data, payloads, rejected, signer)
+            return json_response({"status": "accepted", **dataclasses.asdict(outcome)}, status=202)
+        uids = await take_one(ctx, read_payload(data, tasks), signer)
+    except IntakeRefused as e:
+        raise refusal(e) from None
+    return json_response({"status": "accepted", "uids": uids}, status=202)

@@ -21,6 +21,7 @@ from shared.miner_client import MinerClient, MinerError, redirect_note
 from shared.protocol import AvailabilityResponse
 from shared.signing import CLOCK_HINT, refused_signature
 from shared.store.outage import OutageLog
+from shared.unchanged import Unchanged
 
 
 @dataclass
@@ -51,6 +52,9 @@ class AvailabilityBook:
     # AVAILABILITY_INTERVAL, while one miner's allow-list or lagging metagraph left this validator out).
     refused_some: OutageLog = field(default_factory=lambda: OutageLog(
         "availability", back="no miner refuses this validator any more"), repr=False, compare=False)
+    # The poll's line: INFO when the miners up, refusing or not answering changed, DEBUG when it says the same (it
+    # was INFO every poll, 2,880 alike a day, a miner lost among them)
+    told: Unchanged = field(default_factory=Unchanged, repr=False, compare=False)
 
     def age(self) -> float | None:
         """Seconds since the last poll ended (None: none has)."""
@@ -150,8 +154,10 @@ async def poll_all(
     book.refused = set(refusals)
     book.hotkeys = {n.uid: n.hotkey for n, _ in results}
     book.updated_at, book.polled_at = time.time(), time.monotonic()
-    logger.info("availability: {}/{} miners up{}{}", up, len(results), f", {refused} refused us" if refused else "",
-                down_note(failures) if up else "")  # none up: the WARNING below says why
+    says = (up, len(results), tuple(sorted(refusals)), tuple(sorted(failures)))
+    # none up: the WARNING below says why
+    logger.log(book.told.level(says), "availability: {}/{} miners up{}{}", up, len(results),
+               f", {refused} refused us" if refused else "", down_note(failures) if up else "")
     if refusals:
         book.refused_some.failed(refusal_note(refusals, client.signer.hotkey, everyone=False))
     else:

@@ -1,6 +1,7 @@
 """Organic payloads in (the logic behind ``POST /scoring``): checked, told apart from ones sent before, stored in the
-scoring inbox and queued, all or nothing. ``app.scoring`` is its HTTP side (the signature, the body, the answer):
-what is here needs no server to test.
+scoring inbox and queued, all or nothing. ``app.scoring`` and ``scoring_http`` are its HTTP side (the signature, the
+body read into payloads, the answer, and each ``IntakeRefused`` here as an OpenAI-shaped error): what is here needs no
+server to test, and says nothing of statuses or headers.
 """
 
 from __future__ import annotations
@@ -17,14 +18,40 @@ from loguru import logger
 from neurons.validator.inbox import ScoringInbox
 from neurons.validator.payload import OrganicPayload
 from neurons.validator.scoring import excuse_refusals
-from shared.errors import ApiError
-from shared.http import parse_model
 from shared.store.base import StoreUnavailable
 
 if TYPE_CHECKING:
     from neurons.validator.app import ValidatorContext
 
 SEEN_SIZE = 100_000
+
+
+class IntakeRefused(Exception):
+    """What the validator cannot take, in its own words (the exception's message); ``scoring_http.refusal`` answers
+    each kind with its status, code and headers."""
+
+
+class UnknownTask(IntakeRefused):
+    """A payload of a task this validator does not score (a miner's own, which the API races too)."""
+
+    def __init__(self, task: str, scored: Collection[str]) -> None:
+        super().__init__(f"Unknown task {task[:64]!r}: this validator scores {', '.join(sorted(scored))}.")
+
+
+class QueueFull(IntakeRefused):
+    """A batch that does not fit the organic lane now (or waits behind jobs from before a restart): sent again later."""
+
+    def __init__(self) -> None:
+        super().__init__("Scoring queue is full; retry later.")
+
+
+class InboxRefused(IntakeRefused):
+    """The scoring inbox could not store the batch (a full or read-only disk): sent again later."""
+
+    def __init__(self) -> None:
+        super().__init__("The validator could not store these scoring payloads (its disk may be full); retry later.")
+
+
 class RecentPayloads:
     """The identities of the last ``size`` payloads accepted: a payload sent again (its 202 was lost on
     the way back, so the API's forwarder retried) is acknowledged and not scored a second time. The
@@ -51,37 +78,30 @@ class RecentPayloads:
         return list(itertools.islice(self._seen, max(0, len(self._seen) + count - self.size)))
 
 
-MAX_SCORING_BATCH = 256
-
-
-def organic_payload(item: Any, tasks: Collection[str]) -> OrganicPayload:
-    """``item`` as a payload this validator can score: well formed, and of one of ``tasks`` (those it scores, its
-    registry's). One of another task (a miner's own, which the API races too) was taken with a 202 and dropped
-    when its turn came, at DEBUG: the API's outbox counted it delivered and nobody learnt it went unscored. Now
-    a 400 ``unknown_task`` naming ``body.task`` and the tasks scored (in a batch, a ``rejected`` item), which the
-    API's forwarder drops as it drops any payload the validator refuses, instead of sending it again."""
-    payload: OrganicPayload = parse_model(OrganicPayload, item)
+def check_task(payload: OrganicPayload, tasks: Collection[str]) -> OrganicPayload:
+    """``payload`` if it is of one of ``tasks`` (those this validator scores, its registry's), else ``UnknownTask``.
+    One of another task was taken with a 202 and dropped when its turn came, at DEBUG: the API's outbox counted it
+    delivered and nobody learnt it went unscored. Now it is refused (in a batch, a ``rejected`` item), and the API's
+    forwarder drops it as it drops any payload the validator refuses, instead of sending it again."""
     if payload.task not in tasks:
-        raise ApiError(400, f"Unknown task {payload.task[:64]!r}: this validator scores "
-                            f"{', '.join(sorted(tasks))}.", param="body.task", code="unknown_task")
+        raise UnknownTask(payload.task, tasks)
     return payload
 
 
 async def _enqueue(ctx: ValidatorContext, jobs: list[Any], identities: set[Any]) -> None:
     """All or nothing: a batch that does not fit (by count or by bytes, or behind jobs from before a restart
-    still waiting on disk: a batch of repeats alone is still taken) is a 503 and is retried whole; so is one
-    the inbox cannot store. The jobs and the
+    still waiting on disk: a batch of repeats alone is still taken) is ``QueueFull`` and is retried whole; one the
+    inbox cannot store is ``InboxRefused``. The jobs and the
     identities new to the seen-list are on disk before they are queued, and before the 202."""
     queue = ctx.scoring_queue
     if (jobs and ctx.inbox is not None and ctx.inbox.waiting) or not queue.room_for(jobs):
-        raise ApiError(503, "Scoring queue is full; retry later.", code="queue_full", headers={"Retry-After": "5"})
+        raise QueueFull
     new = [i for i in identities if i is not None]
     if ctx.inbox is not None:
         try:
             await ctx.inbox.accept(jobs, new, ctx.seen.pushed_out(len(new)))
         except StoreUnavailable:
-            raise ApiError(503, "The validator could not store these scoring payloads (its disk may be full); "
-                                "retry later.", code="store_unavailable", headers={"Retry-After": "5"}) from None
+            raise InboxRefused from None
     for job in jobs:
         queue.put_nowait(job)
     for identity in new:
@@ -148,26 +168,10 @@ class BatchOutcome:
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
-def parse_batch(items: list[Any], tasks: Collection[str]) -> tuple[list[OrganicPayload], list[dict[str, Any]]]:
-    """The batch's well-formed payloads, and each other item's index and why (malformed items are reported, not
-    fatal: the API's forwarder drops those and delivers the rest)."""
-    if not items or len(items) > MAX_SCORING_BATCH:
-        raise ApiError(400, f"A scoring batch holds 1 to {MAX_SCORING_BATCH} payloads.", code="invalid_payload")
-    payloads, rejected = [], []
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):  # "Request body must be a JSON object" said of a batch that is an array
-            rejected.append({"index": index, "error": "A scoring payload must be a JSON object."})
-            continue
-        try:
-            payloads.append(organic_payload(item, tasks))
-        except ApiError as e:
-            rejected.append({"index": index, "error": e.message})
-    return payloads, rejected
-
-
-async def take_batch(ctx: ValidatorContext, items: list[Any], signer: str) -> BatchOutcome:
-    """A JSON array of payloads (the API's forwarder batches), taken as ``parse_batch`` and ``queue_new`` say."""
-    payloads, rejected = parse_batch(items, ctx.scores.probabilities)
+async def take_batch(ctx: ValidatorContext, items: list[Any], payloads: list[OrganicPayload],
+                     rejected: list[dict[str, Any]], signer: str) -> BatchOutcome:
+    """A JSON array of payloads (the API's forwarder batches): ``items`` as sent, read into the well-formed
+    ``payloads`` and the ``rejected`` ones (``scoring_http.read_batch``), taken as ``queue_new`` says."""
     queued, repeated, stale = await queue_new(ctx, payloads, signer)
     if repeated:
         logger.info("scoring: {} of {} payloads were sent before and are not scored again", repeated, len(items))
@@ -178,9 +182,8 @@ async def take_batch(ctx: ValidatorContext, items: list[Any], signer: str) -> Ba
     return BatchOutcome(accepted=len(items) - len(rejected), queued=queued, stale=stale, rejected=rejected)
 
 
-async def take_one(ctx: ValidatorContext, data: Any, signer: str) -> list[int]:
+async def take_one(ctx: ValidatorContext, payload: OrganicPayload, signer: str) -> list[int]:
     """One payload, taken as ``queue_new`` says; returns its uids registered now (what its 202 names)."""
-    payload = organic_payload(data, ctx.scores.probabilities)
     queued, _, _ = await queue_new(ctx, [payload], signer)
     logger.debug("organic payload request_id={} task={} uids={}: {}", payload.request_id, payload.body.get("task"),
                  payload.uids, "queued" if queued else "not queued (seen before, too old, or no uid registered now)")

@@ -24,6 +24,7 @@ from neurons.validator.weights import WeightSink, WeightsNotSet, log_top, weight
 from shared.metagraph import MetagraphSnapshot, MetagraphView
 from shared.miner_client import MinerClient
 from shared.store.outage import OutageLog
+from shared.unchanged import Unchanged
 
 
 async def every(name: str, interval: float, cycle: Callable[[], Awaitable[Any]], *, first_delay: float = 0.0,
@@ -80,7 +81,11 @@ def first_weights_delay(last_set_at: float | None, interval: float, now: float) 
     return min(interval, max(0.0, interval - (now - last_set_at)))
 
 
-async def metagraph_cycle(metagraph: MetagraphView, scores: ScoreBook, hotkey: str | None = None) -> None:
+async def metagraph_cycle(metagraph: MetagraphView, scores: ScoreBook, hotkey: str | None = None,
+                          told: Unchanged | None = None) -> None:
+    """Read the metagraph, drop the scores of uids that changed hands, and say it in one line: INFO when the count of
+    neurons or of those serving changed since the last INFO one (``told``, shared by the loops that read it), DEBUG
+    when it says the same (it was INFO every cycle, 1,440 alike a day)."""
     before = metagraph.snapshot
     snapshot = await metagraph.refresh()
     reset = scores.sync(snapshot)
@@ -89,8 +94,9 @@ async def metagraph_cycle(metagraph: MetagraphView, scores: ScoreBook, hotkey: s
     if hotkey is not None:
         log_own_standing(before, snapshot, hotkey)
     # the uids ``sync`` dropped have their own line, in words
-    logger.info("metagraph: block {}: {} neurons, {} serving an axon", snapshot.block, len(snapshot.neurons),
-                len(snapshot.serving()))
+    neurons, serving = len(snapshot.neurons), len(snapshot.serving())
+    logger.log((told or Unchanged()).level((neurons, serving)), "metagraph: block {}: {} neurons, {} serving an axon",
+               snapshot.block, neurons, serving)
 
 
 def log_own_standing(before: MetagraphSnapshot, after: MetagraphSnapshot, hotkey: str) -> None:
@@ -136,7 +142,7 @@ async def synthetic_cycle(
 
 
 async def fresh_weights_cycle(metagraph: MetagraphView, scores: ScoreBook, sink: WeightSink, *, power: float,
-                              hotkey: str | None = None) -> dict[int, float] | None:
+                              hotkey: str | None = None, told: Unchanged | None = None) -> dict[int, float] | None:
     """``weights_cycle`` over the metagraph as it is now: read (and the scores synced to it) first.
 
     The chain pays whoever holds a uid when the weights are set. Set on the metagraph of the last metagraph
@@ -146,7 +152,7 @@ async def fresh_weights_cycle(metagraph: MetagraphView, scores: ScoreBook, sink:
     with recording_why_not_set(scores):
         await sink.wait_turn()
     try:
-        await metagraph_cycle(metagraph, scores, hotkey)
+        await metagraph_cycle(metagraph, scores, hotkey, told)
     except Exception as e:  # noqa: BLE001 - said in /health's weights_not_set and the log; the next cycle tries again
         scores.weights_not_set = f"the metagraph could not be read before setting weights: {type(e).__name__}: {e}"
         logger.warning("weights: not set: {}", scores.weights_not_set)

@@ -6,7 +6,7 @@ import functools
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from shared.metrics import ValidatorMetrics
 from shared.miner_client import MinerClient, make_session
 from shared.settings import ValidatorSettings, mask_credentials, setting_file
 from shared.signing import Signer
+from shared.unchanged import Unchanged
 from shared.wallet import load_hotkey
 
 
@@ -104,6 +105,8 @@ class Parts:
     book: AvailabilityBook
     queue: ScoringQueue
     scorer: Scorer
+    # the metagraph's line, read by its loop and the weights loop: INFO when what it says changed (``Unchanged``)
+    metagraph_told: Unchanged = field(default_factory=Unchanged)
 
 
 def open_scores(settings: ValidatorSettings, registry: TaskRegistry) -> ScoreBook:
@@ -172,14 +175,15 @@ def periodic_loops(parts: Parts, timed: Callable[..., Awaitable[None]]) -> list[
     availability, weights, the synthetic loops and the recheck."""
     p, s = parts, parts.settings
     loops: list[Loop] = [
-        lambda: timed("metagraph", s.metagraph_refresh_seconds, lambda: metagraph_cycle(p.metagraph, p.scores, p.hotkey),
+        lambda: timed("metagraph", s.metagraph_refresh_seconds, lambda: metagraph_cycle(p.metagraph, p.scores, p.hotkey,
+                                                                                        p.metagraph_told),
                       first_delay=s.metagraph_refresh_seconds),
         lambda: timed("availability", s.availability_interval, lambda: availability_cycle(
             p.client, p.metagraph, p.book, timeout=s.availability_timeout,
             concurrency=s.availability_concurrency)),
         lambda: timed("weights", s.weights_interval,
                       lambda: fresh_weights_cycle(p.metagraph, p.scores, p.sink, power=s.weights_power,
-                                                  hotkey=p.hotkey),
+                                                  hotkey=p.hotkey, told=p.metagraph_told),
                       first_delay=first_weights_delay(p.scores.last_weights_set_at, s.weights_interval, time.time())),
     ]
     synthetic = SyntheticConfig(sample_size=s.synthetic_sample_size, timeout=s.synthetic_timeout)

@@ -396,10 +396,68 @@ async def test_the_polls_line_names_the_miners_that_do_not_answer_and_why() -> N
         logger.remove(handler)
     assert book.entries[1] is not None and book.entries[2] is None
     polls = [line for line in lines if line.startswith("INFO availability: ")]
-    assert len(polls) == 2 and polls[0] == polls[1], lines
+    assert len(polls) == 1, lines  # the second poll said the same: at DEBUG
     assert polls[0].startswith(f"INFO availability: 1/2 miners up; not answering: uid(s) 2 (uid 2: unreachable at "
                                f"127.0.0.1:{ports[1]}: "), polls[0]
     assert not [line for line in lines if line.startswith("WARNING")], lines  # one miner down: no outage
+
+
+async def test_a_poll_that_says_what_the_last_said_is_debug_and_a_change_is_info() -> None:
+    """``availability: 58/58 miners up`` was INFO at every poll (every 30 s, 2,880 alike a day), a miner lost among
+    them. A poll whose line says what the last INFO one said is DEBUG; a miner lost or back is INFO at once."""
+    ports, snap = two_miners()
+    lines, handler = log_lines("DEBUG")
+    book = AvailabilityBook()
+    try:
+        async with make_session() as session:
+            client = MinerClient(session, Signer(VALIDATOR))
+            async with serve_app(uid1_miner(), port=ports[0]):
+                for _ in range(3):
+                    await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
+            await poll_all(client, _view(snap), book, timeout=2, concurrency=4)  # uid 1 gone too
+            async with serve_app(uid1_miner(), port=ports[0]):
+                for _ in range(2):
+                    await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
+    finally:
+        logger.remove(handler)
+    polls = [line.split(";")[0] for line in lines if line.split(" ", 1)[1].startswith("availability: ")
+             and "miners up" in line]
+    assert polls == ["INFO availability: 1/2 miners up", "DEBUG availability: 1/2 miners up",
+                     "DEBUG availability: 1/2 miners up", "INFO availability: 0/2 miners up",
+                     "INFO availability: 1/2 miners up", "DEBUG availability: 1/2 miners up"], lines
+
+
+async def test_a_metagraph_read_that_says_what_the_last_said_is_debug_then_info_again_after_ten_minutes() -> None:
+    """``metagraph: block N: 64 neurons, 58 serving an axon`` was INFO every cycle (every 60 s), the block its only
+    change. The same counts are DEBUG; a neuron more, or fewer serving, is INFO; and so is the same line once ten
+    minutes passed since the last INFO one (the loop is seen to run)."""
+    from neurons.validator.loops import metagraph_cycle
+    from shared.metagraph import MetagraphView
+    from shared.unchanged import Unchanged
+    from tests.helpers import StaticSource
+
+    ports, snap = two_miners()
+    view = MetagraphView(StaticSource(snap))
+    now = [0.0]
+    told = Unchanged(clock=lambda: now[0])
+    scores = ScoreBook({"InferenceTask": 1.0})
+    lines, handler = log_lines("DEBUG")
+    try:
+        for _ in range(2):
+            await metagraph_cycle(view, scores, told=told)
+        view.source.snapshot = snapshot(VALIDATOR.ss58_address, {1: (MINERS[1].ss58_address, f"127.0.0.1:{ports[0]}"),
+                                                                2: (MINERS[2].ss58_address, None)})
+        await metagraph_cycle(view, scores, told=told)
+        now[0] = 599.0
+        await metagraph_cycle(view, scores, told=told)
+        now[0] = 601.0
+        await metagraph_cycle(view, scores, told=told)
+    finally:
+        logger.remove(handler)
+    assert [line for line in lines if " metagraph: block " in line] == [
+        "INFO metagraph: block 1: 3 neurons, 2 serving an axon", "DEBUG metagraph: block 1: 3 neurons, 2 serving an axon",
+        "INFO metagraph: block 1: 3 neurons, 1 serving an axon", "DEBUG metagraph: block 1: 3 neurons, 1 serving an axon",
+        "INFO metagraph: block 1: 3 neurons, 1 serving an axon"], lines
 
 
 async def test_a_token_in_the_reference_url_is_never_quoted_back_into_the_log() -> None:
