@@ -96,7 +96,7 @@ async def build_context(settings: ApiSettings, *, role: str = "api", links: Redi
     fleet = fleet or Fleet()
     hotkey = load_hotkey(settings.wallet_name, settings.wallet_hotkey, settings.wallet_path, read=hotkey)
     signer = Signer(hotkey)
-    metagraph = MetagraphView.from_settings(settings)
+    metagraph = MetagraphView.from_settings(settings, voice=fleet.voice())
     await metagraph.first_refresh()
     client = MinerClient(make_session(), signer, max_response_bytes=settings.miner_max_response_bytes)
     availability = AvailabilityCache(

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from loguru import logger
 
 from shared.public_address import is_public
+from shared.store.outage import OutageLog, Voice
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,8 +247,12 @@ class MetagraphView:
     and a WARNING names it whenever the set changes."""
 
     def __init__(self, source: MetagraphSource, *, refresh_seconds: float = 60.0,
-                 axons: AxonPolicy | None = None) -> None:
+                 axons: AxonPolicy | None = None, voice: Voice | None = None) -> None:
         self.source = source
+        # refreshes that fail (a chain endpoint down): a run, told as every run is (it was a WARNING each refresh, and
+        # nothing said when they worked again); ``voice``: an API fleet's workers all meet it, one tells it
+        self.refresh_failures = OutageLog("metagraph refresh failed, keeping the last snapshot",
+                                          back="a refresh succeeded again", voice=voice)
         self.refresh_seconds = refresh_seconds
         self.snapshot = MetagraphSnapshot(netuid=0, block=0, neurons=(), fetched_at=0.0)
         self._axons = axons
@@ -311,17 +316,18 @@ class MetagraphView:
                 logger.debug("metagraph refreshed: {} neurons at block {}", len(self.snapshot.neurons), self.snapshot.block)
                 if on_refresh is not None:
                     on_refresh(self.snapshot)
+                self.refresh_failures.ok()
             except Exception as e:  # noqa: BLE001 - a refresh failure must not kill the loop
-                logger.warning("metagraph refresh failed, keeping the last snapshot: {}", e)
+                self.refresh_failures.failed(f"{type(e).__name__}: {e}")
 
     @classmethod
-    def from_settings(cls, settings: Any, *, calls_miners: bool = True) -> MetagraphView:
+    def from_settings(cls, settings: Any, *, calls_miners: bool = True, voice: Voice | None = None) -> MetagraphView:
         """The view every process builds: the file source for the local network, else the chain. A process that
         ``calls_miners`` (the API, the validator) calls only public axons read from the chain, unless
         ``PRIVATE_AXONS``; a metagraph file's (the local network's, on 127.0.0.1) are all called."""
         private = bool(settings.metagraph_file) or settings.private_axons or not calls_miners
         return cls(make_source(settings.metagraph_file, settings.subtensor_network, settings.netuid),
-                   refresh_seconds=settings.metagraph_refresh_seconds, axons=None if private else is_public)
+                   refresh_seconds=settings.metagraph_refresh_seconds, axons=None if private else is_public, voice=voice)
 
     def permitted_hotkeys(self) -> frozenset[str]:
         return self.snapshot.permitted_hotkeys

@@ -4,11 +4,14 @@ its end (``shared.store.outage``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from loguru import logger
 
+from api.fleet import Fleet
 from shared.store.outage import OutageLog
 
 
@@ -111,7 +114,7 @@ async def sweeps_failing(monkeypatch: pytest.MonkeyPatch, error: Exception, fail
         return 0
 
     monkeypatch.setattr(sessions, "sweep", sweep)
-    loop = asyncio.create_task(sessions.sweep_loop(None, 0.001))  # type: ignore[arg-type]
+    loop = asyncio.create_task(sessions.sweep_loop(SimpleNamespace(fleet=Fleet()), 0.001))  # type: ignore[arg-type]
     try:
         await asyncio.wait_for(enough.wait(), 10)
     finally:
@@ -175,3 +178,38 @@ async def test_a_delivery_outage_shared_by_workers_is_told_in_the_same_lines(lin
     finally:
         await first.close()
         await second.close()
+
+
+async def test_metagraph_refreshes_that_fail_are_one_warning_and_their_end_one_line(lines: list[str]) -> None:
+    """An API's or a miner's metagraph refresh that failed was a WARNING each refresh (every
+    METAGRAPH_REFRESH_SECONDS, in every API worker) for as long as the chain endpoint was down, and nothing said
+    when refreshes worked again. It is a run: one WARNING, and one line that reads as its end."""
+    from shared.metagraph import MetagraphView
+    from tests.helpers import StaticSource, snapshot
+
+    class Flaky(StaticSource):
+        failures = 4
+
+        async def fetch(self):  # type: ignore[no-untyped-def]
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("chain endpoint wss://node:443 unreachable")
+            return self.snapshot
+
+    view = MetagraphView(Flaky(snapshot("5Validator", {1: ("5Miner", "1.2.3.4:8091")})), refresh_seconds=0.001)
+    task = asyncio.create_task(view.run())
+    try:
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if view.snapshot.neurons:
+                break
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    told = [line for line in lines if "metagraph refresh" in line and not line.startswith("DEBUG")]
+    assert told[0] == ("WARNING metagraph refresh failed, keeping the last snapshot: ConnectionError: chain endpoint "
+                       "wss://node:443 unreachable"), told
+    assert len(told) == 2 and told[1].startswith("INFO recovered: metagraph refresh failed, keeping the last snapshot: "
+                                                 "a refresh succeeded again after ") and told[1].endswith(
+        "(4 failure(s))"), told
