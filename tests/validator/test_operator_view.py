@@ -3,6 +3,8 @@ inbox's backlog and the reference model's failures, over real HTTP on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import socket
 from pathlib import Path
@@ -339,6 +341,26 @@ def uid1_miner() -> web.Application:
     return create_miner_app(DeterministicBackend(), verifier)
 
 
+async def polls(uid1_up: list[bool], level: str = "INFO") -> tuple[list[str], list[int]]:
+    """Availability polls of ``two_miners``, uid 1 served at the polls ``uid1_up`` says and uid 2 at none: the lines
+    logged from ``level``, and the miners' ports."""
+    ports, snap = two_miners()
+    lines, handler = log_lines(level)
+    book = AvailabilityBook()
+    try:
+        async with make_session() as session:
+            client = MinerClient(session, Signer(VALIDATOR))
+            for up, run in itertools.groupby(uid1_up):
+                async with contextlib.AsyncExitStack() as serving:
+                    if up:
+                        await serving.enter_async_context(serve_app(uid1_miner(), port=ports[0]))
+                    for _ in run:
+                        await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
+    finally:
+        logger.remove(handler)
+    return lines, ports
+
+
 async def test_no_reachable_miner_is_a_warning_with_a_reason() -> None:
     """``availability: 0/2 miners up`` at INFO, the reasons at DEBUG: a validator whose host could not reach
     any miner (a firewall, a wrong network) looked like one on a subnet of dead miners."""
@@ -360,19 +382,7 @@ async def test_no_reachable_miner_is_a_warning_with_a_reason() -> None:
 async def test_polls_no_miner_answers_are_one_warning_and_their_end_one_line() -> None:
     """The WARNING came at every poll (each AVAILABILITY_INTERVAL, a second on a fast local network) for as long
     as the miners were out of reach, and nothing said when they came back but ``1/2 miners up``."""
-    ports, snap = two_miners()
-    lines, handler = log_lines("INFO")
-    book = AvailabilityBook()
-    try:
-        async with make_session() as session:
-            client = MinerClient(session, Signer(VALIDATOR))
-            for _ in range(3):
-                await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
-            async with serve_app(uid1_miner(), port=ports[0]):
-                await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
-                await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
-    finally:
-        logger.remove(handler)
+    lines, _ = await polls([False, False, False, True, True])
     told = [line for line in lines if not line.startswith("INFO availability: ") or "miners up" not in line]
     assert len(told) == 2, lines
     assert told[0].startswith("WARNING availability: none of 2 serving miner(s) answered the poll"), told
@@ -405,24 +415,10 @@ async def test_the_polls_line_names_the_miners_that_do_not_answer_and_why() -> N
 async def test_a_poll_that_says_what_the_last_said_is_debug_and_a_change_is_info() -> None:
     """``availability: 58/58 miners up`` was INFO at every poll (every 30 s, 2,880 alike a day), a miner lost among
     them. A poll whose line says what the last INFO one said is DEBUG; a miner lost or back is INFO at once."""
-    ports, snap = two_miners()
-    lines, handler = log_lines("DEBUG")
-    book = AvailabilityBook()
-    try:
-        async with make_session() as session:
-            client = MinerClient(session, Signer(VALIDATOR))
-            async with serve_app(uid1_miner(), port=ports[0]):
-                for _ in range(3):
-                    await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
-            await poll_all(client, _view(snap), book, timeout=2, concurrency=4)  # uid 1 gone too
-            async with serve_app(uid1_miner(), port=ports[0]):
-                for _ in range(2):
-                    await poll_all(client, _view(snap), book, timeout=2, concurrency=4)
-    finally:
-        logger.remove(handler)
-    polls = [line.split(";")[0] for line in lines if line.split(" ", 1)[1].startswith("availability: ")
-             and "miners up" in line]
-    assert polls == ["INFO availability: 1/2 miners up", "DEBUG availability: 1/2 miners up",
+    lines, _ = await polls([True, True, True, False, True, True], level="DEBUG")  # uid 2 never up, uid 1 gone once
+    said = [line.split(";")[0] for line in lines if line.split(" ", 1)[1].startswith("availability: ")
+            and "miners up" in line]
+    assert said == ["INFO availability: 1/2 miners up", "DEBUG availability: 1/2 miners up",
                      "DEBUG availability: 1/2 miners up", "INFO availability: 0/2 miners up",
                      "INFO availability: 1/2 miners up", "DEBUG availability: 1/2 miners up"], lines
 
