@@ -25,4 +25,5 @@ class Fleet:
             return Voice()
         if self.worker > 0:
             return Voice(quiet=True)
-        return Voice(note=f" (told by one worker for all {self.workers}: the others log it at DEBUG)")
+        # "debug" in lower case: a ``grep -v DEBUG`` over the log must not drop the one line that is said
+        return Voice(note=f" (said once for all {self.workers} workers: the others log it at debug level)")

@@ -459,7 +459,7 @@ def test_a_redis_down_at_a_fleets_start_is_told_by_one_worker_not_once_per_worke
     for what in runs:
         warned = told("WARNING", what)
         assert len(warned) == 1, warned
-        assert warned[0].endswith("(told by one worker for all 2: the others log it at DEBUG)"), warned
+        assert warned[0].endswith("(said once for all 2 workers: the others log it at debug level)"), warned
         # the other worker met it too, and said it at DEBUG alone
         assert {line.split(" | ")[2] for line in told("DEBUG", what)} - {warned[0].split(" | ")[2]}, told("DEBUG", what)
 
