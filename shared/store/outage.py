@@ -6,11 +6,12 @@ as long as it lasts: each said so in a WARNING of its own, thousands of lines a 
 buried everything else in the log (and filled its disk). Each such use of the store now keeps an
 ``OutageLog``: the first failure of a run is a WARNING with its reason, the run goes on in one line a
 minute with how many failed since, and the first success after it is one INFO line saying how long it
-lasted (``recovered: <what>: ...``). A failure that needs an operator (``needs_operator``: a SQLite file that refuses writes) begins its run
-with an ERROR instead. A run that only traffic tries, tried again by its process while there is none
-(``neurons.validator.recheck``), says when it was last tried and by what (``tried_at``, ``tried_by``), and a try
-of its own that fails is a WARNING at a slowing pace: at the first, then after 1, 2, 4 ... minutes, at most every
-``RETRY_LOG_MAX_S`` (it was DEBUG only: an operator could not tell whether it was still tried, or why it failed).
+lasted (``recovered: <what>: ...``). A failure that needs an operator (``needs_operator``: a SQLite file that
+refuses writes) begins its run with an ERROR instead. A run that only traffic tries, tried again by its process
+while there is none (``neurons.validator.recheck``), says when it was last tried and by what (``tried_at``,
+``tried_by``), and a try of its own that fails is a WARNING at a slowing pace: at the first, then after 1, 2, 4 ...
+minutes, at most every ``RETRY_LOG_MAX_S`` (it was DEBUG only: an operator could not tell whether it was still
+tried, or why it failed).
 """
 
 from __future__ import annotations
