@@ -21,7 +21,7 @@ from shared.availability_query import offered
 from shared.miner_client import MinerClient, MinerError
 from shared.protocol import AvailabilityResponse
 from shared.signing import refused_signature
-from shared.store.outage import Voice
+from shared.store.outage import RECOVERED, Voice
 
 WARN_EVERY = 60.0
 
@@ -114,8 +114,9 @@ class AvailabilityCache:
             self._warn(f"validator sent {malformed} malformed availability entries", state="taken as unavailable")
         self.accept(entries)
         if self._failing_since is not None:  # the WARNINGs said it failed: one line says it is over
-            logger.log(self.voice.level("INFO"), "validator at {} answers availabilities again after {:.0f} s ({} "
-                       "failed refresh(es))", self.validator_url, self._clock() - self._failing_since, self._failed)
+            logger.log(self.voice.level("INFO"), "{}validator at {} answers availabilities again after {:.0f} s ({} "
+                       "failed refresh(es))", RECOVERED, self.validator_url, self._clock() - self._failing_since,
+                       self._failed)
             self._failing_since, self._failed = None, 0
         return True
 

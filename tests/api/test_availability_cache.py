@@ -68,8 +68,8 @@ async def test_the_validator_answering_again_is_one_line() -> None:
                 assert await cache.refresh()
     finally:
         logger.remove(sink)
-    assert [x.split(":")[0] for x in lines] == ["WARNING validator unreachable at http", "INFO validator at http"]
-    assert lines[1].startswith(f"INFO validator at {url} answers availabilities again after ") and \
+    assert [x.split(":")[0] for x in lines] == ["WARNING validator unreachable at http", "INFO recovered"]
+    assert lines[1].startswith(f"INFO recovered: validator at {url} answers availabilities again after ") and \
         lines[1].endswith("(3 failed refresh(es))"), lines
 
 
