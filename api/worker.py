@@ -118,7 +118,7 @@ async def build_context(settings: ApiSettings, *, role: str = "api", links: Redi
                      availability=availability, sessions=stores.sessions, responses=stores.responses,
                      conversations=stores.conversations, request_log=RequestLog(role, level=settings.log_level),
                      fleet=fleet)
-    ctx.store_marker = MarkerWatch(said)
+    ctx.store_marker = MarkerWatch(said, voice=fleet.voice())
     await first_marker(ctx)
     if not (permit := permit_check(ctx)).ok:  # the operator's first sign would be its users' 502s
         logger.warning("{} (GET /ready warns of it too)", permit.detail)

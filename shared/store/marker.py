@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from loguru import logger
 
 from shared.store.base import Store, StoreMarker
+from shared.store.outage import RECOVERED, Voice
 
 
 def _utc(t: float) -> str:
@@ -44,7 +45,10 @@ class Said:
 class MarkerWatch:
     """This process's view of the store's marker: says each change once (never per check)."""
 
-    def __init__(self, said: Said | None = None) -> None:
+    def __init__(self, said: Said | None = None, voice: Voice | None = None) -> None:
+        # an API fleet's workers each check the marker (every 5 s): a loss in the middle of a run was an ERROR from
+        # every worker; the first tells it for all (``api.fleet``), each still answering /ready 503
+        self.voice = voice or Voice()
         self.seen = False  # the marker was present at a check from here (its absence is then a loss)
         self.told_new = said is not None and said.new  # the "new, empty key store" WARNING was said (once)
         self.lost: StoreMarker | None = None  # the loss this process has told, until the store is marked again
@@ -60,8 +64,9 @@ class MarkerWatch:
             return lost_detail(m)
         self.seen = m.status in ("present", "adopted")
         if self.lost is not None:
-            logger.info("STORE_URL: {} (namespace {}) is marked again (a key created or imported, a backup restored): GET /ready's "
-                        "store check passes again", m.where, m.namespace)
+            logger.log(self.voice.level("INFO"), "{}STORE_URL: {} (namespace {}) is marked again (a key created or "
+                       "imported, a backup restored): GET /ready's store check passes again", RECOVERED, m.where,
+                       m.namespace)
             self.lost = None
         elif m.status == "new" and not self.told_new:
             self.told_new = True
@@ -92,7 +97,8 @@ class MarkerWatch:
         self.lost = m
         if m.since == self._said_lost:  # the supervisor's start said this one
             return
-        logger.error("Redis at {} lost its data: restarted without persistence (appendonly/save), or FLUSHALL; "
-                     "every API key is gone: restore from backup or re-create keys (namespace {}: its store marker "
-                     "is gone, first seen {}). GET /ready answers 503 until a key is created or imported (the "
-                     "admin endpoints work)", m.where, m.namespace, _utc(m.since))
+        logger.log(self.voice.level("ERROR"), "Redis at {} lost its data: restarted without persistence "
+                   "(appendonly/save), or FLUSHALL; every API key is gone: restore from backup or re-create keys "
+                   "(namespace {}: its store marker is gone, first seen {}). GET /ready answers 503 until a key is "
+                   "created or imported (the admin endpoints work){}", m.where, m.namespace, _utc(m.since),
+                   self.voice.note)
