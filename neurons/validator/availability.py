@@ -150,14 +150,16 @@ async def poll_all(
         book.refused_all.failed(refusal_note(refusals, client.signer.hotkey, everyone=True))
         return book
     book.refused_all.ok()
+    back = answering_again(book, results)
     book.entries = {n.uid: e for n, e in results}
     book.refused = set(refusals)
     book.hotkeys = {n.uid: n.hotkey for n, _ in results}
     book.updated_at, book.polled_at = time.time(), time.monotonic()
     says = (up, len(results), tuple(sorted(refusals)), tuple(sorted(failures)))
     # none up: the WARNING below says why
-    logger.log(book.told.level(says), "availability: {}/{} miners up{}{}", up, len(results),
-               f", {refused} refused us" if refused else "", down_note(failures) if up else "")
+    logger.log(book.told.level(says), "availability: {}/{} miners up{}{}{}", up, len(results),
+               f", {refused} refused us" if refused else "",
+               f"; answering again: uid(s) {listed_uids(back)}" if back else "", down_note(failures) if up else "")
     if refusals:
         book.refused_some.failed(refusal_note(refusals, client.signer.hotkey, everyone=False))
     else:
@@ -167,6 +169,13 @@ async def poll_all(
     elif up:
         book.unreachable.ok()
     return book
+
+
+def answering_again(book: AvailabilityBook, results: list[tuple[Neuron, dict[str, Any] | None]]) -> list[int]:
+    """The uids that did not answer the last poll and answer this one, under the same hotkey: the line said ``3/3
+    miners up`` alone when a miner came back, and which one it was went unsaid."""
+    return sorted(n.uid for n, e in results if e is not None and n.uid in book.entries
+                  and book.entries[n.uid] is None and book.hotkeys.get(n.uid) == n.hotkey)
 
 
 def listed_uids(uids: list[int], most: int = 20) -> str:

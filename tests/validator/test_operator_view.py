@@ -421,6 +421,10 @@ async def test_a_poll_that_says_what_the_last_said_is_debug_and_a_change_is_info
     assert said == ["INFO availability: 1/2 miners up", "DEBUG availability: 1/2 miners up",
                      "DEBUG availability: 1/2 miners up", "INFO availability: 0/2 miners up",
                      "INFO availability: 1/2 miners up", "DEBUG availability: 1/2 miners up"], lines
+    back = [line for line in lines if line.startswith("INFO availability: 1/2 miners up; answering again")]
+    assert back == [line for line in lines if "answering again" in line] and len(back) == 1, lines  # uid 1, once
+    assert back[0].startswith("INFO availability: 1/2 miners up; answering again: uid(s) 1; not answering: uid(s) 2 "
+                              "(uid 2: unreachable at "), back
 
 
 async def test_a_metagraph_read_that_says_what_the_last_said_is_debug_then_info_again_after_ten_minutes() -> None:
