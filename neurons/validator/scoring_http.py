@@ -13,7 +13,7 @@ from shared.errors import ApiError
 from shared.http import parse_model
 
 MAX_SCORING_BATCH = 256
-RETRY_AFTER = {"Retry-After": "5"}  # a batch refused for now: the API's forwarder sends it again after that
+RETRY_AFTER_S = "5"  # a batch refused for now: the API's forwarder sends it again after that
 
 
 def refusal(e: IntakeRefused) -> ApiError:
@@ -23,9 +23,9 @@ def refusal(e: IntakeRefused) -> ApiError:
     if isinstance(e, UnknownTask):
         return ApiError(400, str(e), param="body.task", code="unknown_task")
     if isinstance(e, QueueFull):
-        return ApiError(503, str(e), code="queue_full", headers=RETRY_AFTER)
+        return ApiError(503, str(e), code="queue_full", headers={"Retry-After": RETRY_AFTER_S})
     if isinstance(e, InboxRefused):
-        return ApiError(503, str(e), code="store_unavailable", headers=RETRY_AFTER)
+        return ApiError(503, str(e), code="store_unavailable", headers={"Retry-After": RETRY_AFTER_S})
     raise TypeError(f"no answer for {type(e).__name__}") from e  # a kind added to intake without its answer here
 
 
