@@ -85,6 +85,29 @@ async def test_a_required_tool_choice_calls_a_tool_after_a_tool_result_too() -> 
     assert auto["choices"][0]["finish_reason"] == "stop"
 
 
+async def test_a_required_call_after_a_tool_result_moves_on_to_a_tool_not_yet_called() -> None:
+    """An agent whose answer is itself a tool (Pydantic AI's default structured output, ``final_result``;
+    LangChain's ``ToolStrategy``) sends ``tool_choice: "required"`` on every turn. After its tool's result the
+    model called that same tool again, the one the user's words match, and the agent looped until its request
+    limit (Pydantic AI's 50): a real model goes on to the tool it has not called yet, the answer."""
+    final = {"type": "function", "function": {"name": "final_result", "description": "The final response",
+                                              "parameters": {"type": "object", "properties": {
+                                                  "city": {"type": "string"}}, "required": ["city"]}}}
+    msgs = [{"role": "user", "content": "Weather in Paris"}]
+    first = await complete(messages=msgs, tools=[WEATHER, final], tool_choice="required")
+    call = first["choices"][0]["message"]["tool_calls"][0]
+    assert call["function"]["name"] == "get_weather"
+    turn = msgs + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                   {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}]
+    again = await complete(messages=turn, tools=[WEATHER, final], tool_choice="required")
+    assert [c["function"]["name"] for c in again["choices"][0]["message"]["tool_calls"]] == ["final_result"]
+    streamed = await stream(messages=turn, tools=[WEATHER, final], tool_choice="required")
+    assert streamed[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "final_result"
+    new_question = turn + [{"role": "user", "content": "And the weather in Rome?"}]
+    asked = await complete(messages=new_question, tools=[WEATHER, final], tool_choice="required")
+    assert asked["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+
+
 async def test_arguments_are_the_values_the_message_states_by_name() -> None:
     """A value stated by its parameter's name ("city "New York"", "days: 3", "the alerts is no", a list, a nested
     object's field) is the argument, as a model takes it; an optional parameter the message does not state is

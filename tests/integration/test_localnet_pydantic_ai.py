@@ -11,6 +11,7 @@ from pydantic_ai import Agent, NativeOutput, PromptedOutput, ToolOutput  # noqa:
 from pydantic_ai.messages import TextPart, ToolCallPart, ToolReturnPart  # noqa: E402
 from pydantic_ai.models.openai import OpenAIChatModel  # noqa: E402
 from pydantic_ai.providers.openai import OpenAIProvider  # noqa: E402
+from pydantic_ai.usage import UsageLimits  # noqa: E402
 
 MODEL = "sn1/deterministic"
 SEEDED = {"extra_body": {"seed": 11}}
@@ -75,6 +76,28 @@ async def test_a_structured_output_type_comes_back_validated(localnet: dict, wra
     async with structured.run_stream("Paris") as streamed:
         partials = [p async for p in streamed.stream_output(debounce_by=None)]
     assert partials[-1] == result.output and streamed.usage.requests == 1
+
+
+@pytest.mark.parametrize("wrap", [lambda t: t, ToolOutput], ids=["default", "tool"])
+async def test_an_agent_with_a_tool_and_an_output_tool_calls_one_then_the_other(localnet: dict, wrap) -> None:
+    """The commonest agent: a tool and a structured answer, which Pydantic AI asks for as a tool of its own
+    (``final_result``, with ``tool_choice: "required"``). The test model called the agent's tool again after
+    its result, every turn, and the run ended in ``UsageLimitExceeded`` after 50 requests."""
+    trip = agent(localnet, output_type=wrap(City))
+    asked: list[str] = []
+
+    @trip.tool_plain
+    def forecast(city: str) -> str:
+        """The forecast for a city."""
+        asked.append(city)
+        return "sunny"
+
+    result = await trip.run("Forecast for Paris", usage_limits=UsageLimits(request_limit=4))
+    assert isinstance(result.output, City) and asked == ["Forecast for Paris"]
+    assert result.usage.requests == 2 and result.usage.tool_calls == 1
+    async with trip.run_stream("Forecast for Rome", usage_limits=UsageLimits(request_limit=4)) as streamed:
+        assert isinstance(await streamed.get_output(), City)
+    assert asked[-1] == "Forecast for Rome"
 
 
 async def test_run_stream_yields_the_text_as_it_comes_with_usage(localnet: dict) -> None:

@@ -7,7 +7,10 @@ calls, so the test model must make them for an agent test to be real. The rule:
 - ``tool_choice: {"type": "function", "function": {"name": X}}`` -> call ``X``;
 - otherwise, if the last message is a ``tool`` result -> no tool call: the
   model answers in text (so an agent loop ends), unless ``tool_choice`` is
-  ``"required"``, which obliges a call (as OpenAI's and vLLM's models make one);
+  ``"required"``, which obliges a call (as OpenAI's and vLLM's models make one):
+  then it calls a tool not yet called since the last user message when there is
+  one (an agent whose answer is a tool, Pydantic AI's ``final_result``, gets it
+  after its other tool's result, not that tool again until its request limit);
 - otherwise -> call the tool that shares the most distinct words with the last
   user message (its name split on ``_``/``-`` and camelCase, plus its description;
   common function words such as "the", "a", "for" do not count; the first tool
@@ -75,6 +78,27 @@ def _last_user_text(messages: list[Any]) -> str:
     return ""
 
 
+def _called_since_user(messages: list[Any]) -> set[str]:
+    """The names of the functions the assistant called since the last user message (this turn's calls)."""
+    called: set[str] = set()
+    for m in reversed(messages):
+        if not isinstance(m, dict) or m.get("role") == "user":
+            break
+        calls = m.get("tool_calls") if m.get("role") == "assistant" else None
+        for call in calls if isinstance(calls, list) else []:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+                called.add(fn["name"])
+    return called
+
+
+def _not_yet_called(functions: list[dict[str, Any]], messages: list[Any]) -> list[dict[str, Any]]:
+    """The functions this turn has not called, or all of them when it has called each (a required call
+    after a tool result moves on, as a model does, rather than repeat the call it has the result of)."""
+    called = _called_since_user(messages)
+    return [f for f in functions if f["name"] not in called] or functions
+
+
 def _choose(functions: list[dict[str, Any]], text: str) -> dict[str, Any]:
     best = max(range(len(functions)), key=lambda i: (relevance(functions[i], text), -i))
     return functions[best]
@@ -102,6 +126,8 @@ def planned_tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
     if named is None and choice != "required" and answered:
         return None
     text = _last_user_text(messages)
+    if answered and named is None:
+        functions = _not_yet_called(functions, messages)
     fn = next((f for f in functions if f["name"] == named), None) if named else _choose(functions, text)
     if fn is None:
         return None
