@@ -37,7 +37,7 @@ from neurons.miner.backends.openai_compatible import (
     listing_json,
     refusal_status,
 )
-from neurons.miner.backends.tool_calls import planned_tool_call
+from neurons.miner.backends.tool_calls import planned_tool_calls
 from neurons.miner.backends.upstream_fields import upstream_request
 from neurons.miner.media_urls import MediaBusy, MediaFetcher, MediaRefused
 from neurons.validator.reference_status import ReferenceStatus
@@ -106,9 +106,9 @@ class DeterministicReference:
         self.backend = backend or DeterministicBackend()
 
     async def reply(self, body: dict[str, Any]) -> Reply:
-        call = planned_tool_call(body)  # the very rule the local miners follow
-        if call is not None:
-            return Reply(calls=calls_of([call]))
+        calls = planned_tool_calls(body)  # the very rule the local miners follow
+        if calls:
+            return Reply(calls=calls_of(calls))
         return Reply(text=self.backend.answer_text(body))
 
     async def answer(self, body: dict[str, Any]) -> str:

@@ -108,6 +108,33 @@ async def test_a_required_call_after_a_tool_result_moves_on_to_a_tool_not_yet_ca
     assert asked["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
 
 
+async def test_a_message_naming_several_tools_gets_a_call_of_each_in_parallel() -> None:
+    """A message that names two or more tools by name gets a call of each, in the order it names them, as
+    a model makes parallel calls: the test model made one call only, so an agent's parallel tool calls (the
+    SDKs' ``tool_calls[1]``, a stream's second ``index``, the Agents SDK running both) were never exercised
+    on a local network. ``parallel_tool_calls: false`` keeps the one call of the usual rule."""
+    clock = {"type": "function", "function": {"name": "get_time", "description": "Local time in a city",
+                                              "parameters": {"type": "object", "properties": {
+                                                  "city": {"type": "string"}}, "required": ["city"]}}}
+    msgs = [{"role": "user", "content": 'Call get_time and get_weather for city "Oslo"'}]
+    both = await complete(messages=msgs, tools=[WEATHER, clock])
+    calls = both["choices"][0]["message"]["tool_calls"]
+    assert [c["function"]["name"] for c in calls] == ["get_time", "get_weather"]
+    assert [json.loads(c["function"]["arguments"])["city"] for c in calls] == ["Oslo", "Oslo"]
+    assert both["choices"][0]["finish_reason"] == "tool_calls" and len({c["id"] for c in calls}) == 2
+    chunks = await stream(messages=msgs, tools=[WEATHER, clock], stream_options={"include_usage": True})
+    deltas = [d for c in chunks if c["choices"] for d in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert [d["index"] for d in deltas if "id" in d] == [0, 1]
+    streamed = ["".join(d["function"]["arguments"] for d in deltas if d["index"] == i) for i in (0, 1)]
+    assert streamed == [c["function"]["arguments"] for c in calls]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls" and chunks[-1]["usage"]["completion_tokens"]
+    one = await complete(messages=msgs, tools=[WEATHER, clock], parallel_tool_calls=False)
+    assert len(one["choices"][0]["message"]["tool_calls"]) == 1
+    named = await complete(messages=msgs, tools=[WEATHER, clock],
+                           tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert [c["function"]["name"] for c in named["choices"][0]["message"]["tool_calls"]] == ["get_weather"]
+
+
 async def test_arguments_are_the_values_the_message_states_by_name() -> None:
     """A value stated by its parameter's name ("city "New York"", "days: 3", "the alerts is no", a list, a nested
     object's field) is the argument, as a model takes it; an optional parameter the message does not state is

@@ -35,7 +35,7 @@ from typing import Any
 
 from neurons.miner.backends.logprobs import Logprobs, wants_logprobs
 from neurons.miner.backends.schema_instance import instance
-from neurons.miner.backends.tool_calls import planned_tool_call, tool_call_completion, tool_call_stream
+from neurons.miner.backends.tool_calls import planned_tool_calls, tool_call_completion, tool_call_stream
 from neurons.miner.search import DEFAULT_RESULTS, MAX_RESULTS, CorpusSearch, SearchBackend, best_sentence
 from shared import tasks
 from shared.arithmetic import evaluate, find_expression
@@ -59,6 +59,11 @@ VOCABULARY = (
 ).split()
 DEFAULT_WORDS = 48
 WORDS_PER_CHUNK = 4
+
+
+def _arguments(calls: list[dict[str, Any]]) -> str:
+    """The calls' arguments, the text their completion tokens are counted on."""
+    return " ".join(call["function"]["arguments"] for call in calls)
 
 
 def request_fingerprint(body: dict[str, Any]) -> bytes:
@@ -221,9 +226,9 @@ class DeterministicBackend:
         return "length" if max_tokens and len(text.split()) >= int(max_tokens) < DEFAULT_WORDS else "stop"
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        call = planned_tool_call(body)  # tools given: see tool_calls.py for the documented rule
-        if call is not None:
-            return tool_call_completion(call, model=self.model, usage=self._usage(body, call["function"]["arguments"]))
+        calls = planned_tool_calls(body)  # tools given: see tool_calls.py for the documented rule
+        if calls:
+            return tool_call_completion(calls, model=self.model, usage=self._usage(body, _arguments(calls)))
         text = self.answer_text(body)
         logprobs = self._logprobs(body)
         return completion_object(
@@ -240,11 +245,11 @@ class DeterministicBackend:
         return Logprobs(body, request_fingerprint(body), VOCABULARY) if wants_logprobs(body) else None
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
-        call = planned_tool_call(body)
-        if call is not None:
+        calls = planned_tool_calls(body)
+        if calls:
             wants_usage = (body.get("stream_options") or {}).get("include_usage")
-            usage = self._usage(body, call["function"]["arguments"]) if wants_usage else None
-            for data in tool_call_stream(call, model=self.model, usage=usage):
+            usage = self._usage(body, _arguments(calls)) if wants_usage else None
+            for data in tool_call_stream(calls, model=self.model, usage=usage):
                 yield data
             return
         text = self.answer_text(body)

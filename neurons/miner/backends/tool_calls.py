@@ -11,6 +11,9 @@ calls, so the test model must make them for an agent test to be real. The rule:
   then it calls a tool not yet called since the last user message when there is
   one (an agent whose answer is a tool, Pydantic AI's ``final_result``, gets it
   after its other tool's result, not that tool again until its request limit);
+- otherwise, if the last user message names two or more tools by their whole
+  names (``get_weather and get_time``) and ``parallel_tool_calls`` is not false ->
+  a call of each, in the order it names them (parallel calls);
 - otherwise -> call the tool that shares the most distinct words with the last
   user message (its name split on ``_``/``-`` and camelCase, plus its description;
   common function words such as "the", "a", "for" do not count; the first tool
@@ -114,53 +117,74 @@ def arguments_for(parameters: Any, text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def planned_tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The tool call the model makes for this request, or None when it answers in text."""
+def _named_in(functions: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """The functions ``text`` names by their whole name (``get_weather``), in the order it first names them."""
+    found = []
+    for fn in functions:
+        at = re.search(rf"(?<![\w-]){re.escape(fn['name'])}(?![\w-])", text, re.IGNORECASE)
+        if at:
+            found.append((at.start(), fn))
+    return [fn for _, fn in sorted(found, key=lambda pair: pair[0])]
+
+
+def _call(fn: dict[str, Any], text: str, seed: Any) -> dict[str, Any]:
+    arguments = json.dumps(arguments_for(fn.get("parameters"), text), ensure_ascii=False)
+    digest = hashlib.sha256(json.dumps([fn["name"], arguments, seed]).encode()).hexdigest()
+    return {"id": f"call_{digest[:24]}", "type": "function", "function": {"name": fn["name"], "arguments": arguments}}
+
+
+def planned_tool_calls(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool calls the model makes for this request (several when the message names several tools and
+    ``parallel_tool_calls`` is not false), or none when it answers in text."""
     functions = _functions(body)
     choice = body.get("tool_choice")
     if not functions or choice == "none":
-        return None
+        return []
     messages = body.get("messages") if isinstance(body.get("messages"), list) else []
     named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
     answered = messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
     if named is None and choice != "required" and answered:
-        return None
+        return []
     text = _last_user_text(messages)
     if answered and named is None:
         functions = _not_yet_called(functions, messages)
+    parallel = [] if named or answered or body.get("parallel_tool_calls") is False else _named_in(functions, text)
+    if len(parallel) > 1:
+        return [_call(fn, text, body.get("seed")) for fn in parallel]
     fn = next((f for f in functions if f["name"] == named), None) if named else _choose(functions, text)
-    if fn is None:
-        return None
-    arguments = json.dumps(arguments_for(fn.get("parameters"), text), ensure_ascii=False)
-    digest = hashlib.sha256(json.dumps([fn["name"], arguments, body.get("seed")]).encode()).hexdigest()
-    return {"id": f"call_{digest[:24]}", "type": "function", "function": {"name": fn["name"], "arguments": arguments}}
+    return [] if fn is None else [_call(fn, text, body.get("seed"))]
 
 
-def tool_call_completion(call: dict[str, Any], *, model: str, usage: dict[str, Any]) -> dict[str, Any]:
-    """A whole ``chat.completion`` whose message is the call (``content: null``, ``finish_reason: tool_calls``)."""
-    return completion_object(completion_id=new_completion_id(), model=model, content=None, tool_calls=[call],
+def planned_tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The model's first tool call for this request, or None when it answers in text."""
+    calls = planned_tool_calls(body)
+    return calls[0] if calls else None
+
+
+def tool_call_completion(calls: list[dict[str, Any]], *, model: str, usage: dict[str, Any]) -> dict[str, Any]:
+    """A whole ``chat.completion`` whose message is the calls (``content: null``, ``finish_reason: tool_calls``)."""
+    return completion_object(completion_id=new_completion_id(), model=model, content=None, tool_calls=calls,
                              finish_reason="tool_calls", usage=usage)
 
 
-def tool_call_stream(call: dict[str, Any], *, model: str, usage: dict[str, Any] | None) -> Iterator[str]:
-    """The call's chunks as JSON text (then a usage chunk when ``usage`` is given)."""
+def tool_call_stream(calls: list[dict[str, Any]], *, model: str, usage: dict[str, Any] | None) -> Iterator[str]:
+    """The calls' chunks as JSON text, one call after the other (then a usage chunk when ``usage`` is given)."""
     cid = new_completion_id()
-    for chunk in tool_call_chunks(call, completion_id=cid, model=model):
-        yield dumps(chunk)
+    for index, call in enumerate(calls):
+        for delta in tool_call_deltas(call, index=index):
+            role = {"role": "assistant", "content": None} if index == 0 and "id" in delta else {}
+            yield dumps(chunk_object(completion_id=cid, model=model, delta={**role, "tool_calls": [delta]}))
+    yield dumps(chunk_object(completion_id=cid, model=model, delta={}, finish_reason="tool_calls"))
     if usage is not None:
         yield dumps(usage_chunk(completion_id=cid, model=model, usage=usage))
 
 
-def tool_call_chunks(call: dict[str, Any], *, completion_id: str, model: str) -> Iterator[dict[str, Any]]:
-    """The call as OpenAI streams it: id and name first, the arguments in two pieces, then ``tool_calls``."""
+def tool_call_deltas(call: dict[str, Any], *, index: int) -> Iterator[dict[str, Any]]:
+    """The call as OpenAI streams it: id and name first, then the arguments in two pieces."""
     arguments = call["function"]["arguments"]
     half = len(arguments) // 2
-    head = {"index": 0, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"],
-                                                                          "arguments": ""}}
-    yield chunk_object(completion_id=completion_id, model=model,
-                       delta={"role": "assistant", "content": None, "tool_calls": [head]})
+    yield {"index": index, "id": call["id"], "type": "function",
+           "function": {"name": call["function"]["name"], "arguments": ""}}
     for piece in (arguments[:half], arguments[half:]):
         if piece:
-            yield chunk_object(completion_id=completion_id, model=model,
-                               delta={"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
-    yield chunk_object(completion_id=completion_id, model=model, delta={}, finish_reason="tool_calls")
+            yield {"index": index, "function": {"arguments": piece}}
