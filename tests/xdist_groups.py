@@ -16,6 +16,7 @@ from xdist.scheduler import LoadScopeScheduling
 ON_THE_SESSION_SUBNET = frozenset({
     "tests/compat/test_docs_examples.py",
     "tests/compat/test_monitoring_kit.py",
+    "tests/compat/test_parallel_tool_calls.py",
     "tests/integration/test_localnet_follow_request.py",
     "tests/integration/test_localnet_js_clients.py",
     "tests/integration/test_localnet_openai_sdk.py",

@@ -55,7 +55,7 @@ def test_the_openai_sdk_gets_both_calls_streamed_or_not_and_answers_after_both_r
 
 
 def test_langchain_streams_both_calls_and_runs_them(localnet: dict) -> None:
-    """``bind_tools`` (strict) streamed with ``astream``: the chunks add up to both calls, with usage."""
+    """``bind_tools`` (strict), streamed: the chunks add up to both calls, with usage."""
     from langchain_core.tools import tool
     from langchain_openai import ChatOpenAI
 
@@ -71,14 +71,10 @@ def test_langchain_streams_both_calls_and_runs_them(localnet: dict) -> None:
 
     llm = ChatOpenAI(model=MODEL, base_url=localnet["api_url"] + "/v1", api_key=localnet["api_key"],
                      max_retries=0, stream_usage=True).bind_tools([get_weather, get_time], strict=True)
-
-    async def aggregate():
-        whole = None
-        async for chunk in llm.astream(ASK):
-            whole = chunk if whole is None else whole + chunk
-        return whole
-
-    message = asyncio.run(aggregate())
+    # (sync: LangChain keeps one async HTTP client a process, bound to the first event loop that used it)
+    message = None
+    for chunk in llm.stream(ASK):
+        message = chunk if message is None else message + chunk
     assert [(c["name"], c["args"]) for c in message.tool_calls] == [
         ("get_weather", {"city": "Oslo"}), ("get_time", {"city": "Oslo"})]
     assert message.usage_metadata["total_tokens"] > 0
