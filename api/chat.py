@@ -36,6 +36,7 @@ from api.legacy_functions import Legacy, LegacyStream, as_function_call, as_tool
 from api.race import MinerRun, Race
 from api.route_hints import refuse_responses_fields_in_chat, require
 from api.selection import NO_MINERS, select_miners
+from api.tool_finish import finish_stream
 from api.web_retrieval import Found
 from api.web_search import chat_citations, citations_event, search_into
 from shared.connections import end_at_stop
@@ -346,7 +347,7 @@ async def _stream(
     function calling request, whose call is streamed as ``delta.function_call`` (``legacy_functions``).
     """
     headers = {**headers, **SSE_HEADERS}
-    shape = LegacyStream(forced=function_call.forced) if function_call else None
+    shape = LegacyStream(forced=function_call.forced) if function_call else finish_stream(req)
     if run.done:
         events = shape.events(run.events) if shape else run.events
         return web.Response(body=_frames(events) + _trailer(req, run, found), headers=headers)

@@ -37,6 +37,7 @@ from api.legacy_functions import Legacy, LegacyStream, as_function_call
 from api.mixture import is_mixture
 from api.race import MinerRun, Race
 from api.selection import select_miners
+from api.tool_finish import ToolsFinishStream, finish_stream
 from api.web_retrieval import Found
 from api.web_search import chat_citations, citations_event
 from shared.connections import end_at_stop
@@ -257,6 +258,7 @@ class ChatChoices:
         self.found = found  # a web search came first: each choice names its sources as url_citations
         self.function_call = function_call  # a legacy function calling request: its calls in that shape
         self.legacy_streams: dict[int, LegacyStream] = {}  # each streamed choice's, by its index
+        self.finish_streams: dict[int, ToolsFinishStream | None] = {}  # each streamed choice's calls' finish_reason
 
     def new_id(self) -> str:
         return new_completion_id()
@@ -283,6 +285,8 @@ class ChatChoices:
         if self.function_call:
             shape = self.legacy_streams.setdefault(index, LegacyStream(forced=self.function_call.forced))
             data = shape.chunk(data)
+        elif (finish := self.finish_streams.setdefault(index, finish_stream(self.req))) is not None:
+            data = finish.chunk(data)
         return _relabelled(data, index, cid, created)
 
     def usage_chunk(self, cid: str, created: int, model: str, usage: dict[str, Any]) -> bytes:

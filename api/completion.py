@@ -12,6 +12,7 @@ from typing import Any
 from api.access_log import SHUT_DOWN
 from api.race import MinerRun, Race
 from api.selection import NO_MINERS, not_answering
+from api.tool_finish import asks_tools, named_choice, tools_finish
 from shared.errors import (
     CONTEXT_LENGTH_EXCEEDED,
     MODEL_SERVER_REJECTED,
@@ -117,6 +118,15 @@ def tell_no_answer(log: OutageLog, race: Race, rid: str, error: ApiError, *, cal
                "sn1_api_miner_errors_total say which fail)")
 
 
+def _finish_reason(req: ChatCompletionRequest, run: MinerRun) -> str:
+    """The answer's ``finish_reason``: the miner's (in the SDK's words: race.absorb), in OpenAI's word for a call
+    (``tool_finish``) when the request offers tools."""
+    reason = run.finish_reason if run.finish_reason else ("tool_calls" if run.tool_calls else "stop")
+    if not asks_tools(req.tools, req.tool_choice):
+        return reason
+    return tools_finish(reason, called=bool(run.tool_calls), forced=named_choice(req.tool_choice))
+
+
 def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, Any]) -> dict[str, Any]:
     """The ``chat.completion`` object of one winning run (with the model server's ``system_fingerprint``, as
     its streamed chunks carry it), and the tier that served it, as OpenAI's says it and the Responses API's here
@@ -129,8 +139,7 @@ def completion_for(req: ChatCompletionRequest, run: MinerRun, usage: dict[str, A
         refusal="".join(run.refusal) or None,
         reasoning="".join(run.reasoning) or None,
         tool_calls=run.merged_tool_calls(),  # each with an id: MinerRun gives one where none came
-        finish_reason=run.finish_reason if run.finish_reason else  # in the SDK's words: race.absorb
-        ("tool_calls" if run.tool_calls else "stop"),
+        finish_reason=_finish_reason(req, run),
         usage=usage,
         logprobs=choice_logprobs(run.logprobs),
     )

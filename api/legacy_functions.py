@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from api.tool_finish import tools_finish
 from shared.errors import ApiError
 from shared.jsonutil import dumps, loads
 from shared.miner_client import Event
@@ -29,7 +30,6 @@ MODERN = ("tools", "tool_choice")
 NEUTRAL_CHOICES = ("none", "auto")
 _NAME = re.compile(FUNCTION_NAME)  # a function's name, as ``FunctionDefinition`` checks a tool's
 CALLS = "function_call"  # the legacy answer's finish reason and message field
-ENDED = ("stop", "tool_calls")  # a miner's words for an answer that ended on its own (not cut, not filtered)
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,12 @@ class Legacy:
 
 
 def legacy_finish(reason: Any, *, called: bool, forced: bool) -> Any:
-    """OpenAI's ``finish_reason`` for a legacy answer that ended on its own (``ENDED``): ``function_call`` when it
+    """OpenAI's ``finish_reason`` for a legacy answer that ended on its own (``tool_finish.ENDED``): ``function_call`` when it
     holds a call the model chose to make, ``stop`` when the caller forced it or there is none; any other
     (``length``: a call the caller's token limit cut) as it came. The miner's own was kept: a forced call ended
     ``function_call`` or ``tool_calls``' ``function_call``, and a model server that ends its calls ``stop`` (vLLM
     for a named choice, some for any) left a chosen call without the ``function_call`` that code checks for."""
-    if reason not in ENDED:
-        return reason
-    return CALLS if called and not forced else "stop"
+    return tools_finish(reason, called=called, forced=forced, calls=CALLS)
 
 
 def _asks(sent: dict[str, Any], name: str) -> bool:

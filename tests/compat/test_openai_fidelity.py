@@ -132,3 +132,46 @@ async def test_a_base_url_without_or_with_a_doubled_v1_is_told_the_path_that_is_
     with pytest.raises(openai.NotFoundError) as unserved:  # a path served under no prefix is told nothing more
         await openai_client(honest).embeddings.create(model="default", input="hi")
     assert "Did you mean" not in unserved.value.message
+
+
+def call_chunks(finish: str) -> list[str]:
+    """A model server's streamed call of get_weather, ended with its own word for it (``finish``)."""
+    head = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    piece = {"index": 0, "function": {"arguments": '{"city": "Paris"}'}}
+    return [json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "scripted",
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]})
+            for delta, reason in (({"role": "assistant", "tool_calls": [head]}, None), ({"tool_calls": [piece]}, None),
+                                  ({}, finish))]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("n", [1, 2])
+async def test_a_calls_finish_reason_is_openais_whatever_word_the_miners_server_used(
+        tmp_path: Path, stream: bool, n: int) -> None:
+    """OpenAI ends a call the model chose ``tool_calls`` and a call of the function ``tool_choice`` names ``stop``.
+    Model servers differ (some end every call ``stop``, others a named one ``tool_calls``), and the miner's word
+    was passed on: code that checks ``finish_reason == "tool_calls"`` (OpenAI's cookbook loop) read a chosen call
+    as no call from one miner and not another."""
+    scripts = {uid: Script([(0, d) for d in sse(*call_chunks("stop"))]) for uid in (1, 2)}
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    async with api_with_miners(tmp_path, scripts) as api:
+        client = openai_client(api)
+        for choice, expected in (("auto", "tool_calls"), ("required", "tool_calls")):
+            assert await finish_reasons(client, stream, n, tool_choice=choice) == [expected] * n
+    scripts = {uid: Script([(0, d) for d in sse(*call_chunks("tool_calls"))]) for uid in (1, 2)}
+    async with api_with_miners(tmp_path, scripts) as api:
+        client = openai_client(api)
+        assert await finish_reasons(client, stream, n, tool_choice=named) == ["stop"] * n
+        assert await finish_reasons(client, stream, n, tool_choice="auto") == ["tool_calls"] * n
+
+
+async def finish_reasons(client: openai.AsyncOpenAI, stream: bool, n: int, **kw: object) -> list[str]:
+    """Each choice's ``finish_reason``, and that its call came whole."""
+    asked = {"model": "default", "messages": MSG, "tools": WEATHER, "n": n, **kw}
+    if not stream:
+        out = await client.chat.completions.create(**asked)
+        assert all(c.message.tool_calls[0].function.arguments == '{"city": "Paris"}' for c in out.choices)
+        return [c.finish_reason for c in out.choices]
+    chunks = [c async for c in await client.chat.completions.create(**asked, stream=True)]
+    ended = {c.choices[0].index: c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason}
+    return [ended[i] for i in range(n)]
