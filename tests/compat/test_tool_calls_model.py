@@ -86,8 +86,8 @@ async def test_a_required_tool_choice_calls_a_tool_after_a_tool_result_too() -> 
 
 
 async def test_a_required_call_after_a_tool_result_moves_on_to_a_tool_not_yet_called() -> None:
-    """An agent whose answer is itself a tool (Pydantic AI's default structured output, ``final_result``;
-    LangChain's ``ToolStrategy``) sends ``tool_choice: "required"`` on every turn. After its tool's result the
+    """An agent whose answer is itself a tool (Pydantic AI's default structured output, ``final_result``)
+    sends ``tool_choice: "required"`` on every turn. After its tool's result the
     model called that same tool again, the one the user's words match, and the agent looped until its request
     limit (Pydantic AI's 50): a real model goes on to the tool it has not called yet, the answer."""
     final = {"type": "function", "function": {"name": "final_result", "description": "The final response",
