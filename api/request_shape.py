@@ -17,7 +17,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from api.auth import one_header
-from shared.errors import ApiError
+from shared.errors import ApiError, shown_name
 from shared.http import read_body
 from shared.ids import ID_HEADERS
 from shared.jsonutil import loads_body
@@ -67,7 +67,7 @@ def one_value_each(query: MultiDictProxy[str]) -> None:
     seen: dict[str, str] = {}
     for name, value in query.items():
         if name not in LIST_PARAMETERS and seen.setdefault(name, value) != value:
-            shown = name[:64]
+            shown = shown_name(name)
             raise ApiError(400, f"The query parameter '{shown}' was sent twice with different values, and which one is "
                                 "meant cannot be told: send it once.", param=shown, code="duplicate_parameter")
 
@@ -99,7 +99,7 @@ async def _no_body(request: web.Request) -> None:
         sent = True
     if not sent:
         return
-    field = next(iter(sent))[:64] if isinstance(sent, dict) else None
+    field = shown_name(next(iter(sent))) if isinstance(sent, dict) else None
     named = f" ('{field}' in it)" if field else ""
     if request.method in _QUERY_ONLY:
         raise ApiError(400, f"A {request.method} reads its parameters from the query string, and would not read this "

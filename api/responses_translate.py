@@ -29,7 +29,7 @@ from api.responses_wire import (
     is_item_reference,
 )
 from shared.content_parts import NO_FILE_STORE
-from shared.errors import ApiError, empty_array, invalid_value, missing_parameter
+from shared.errors import ApiError, empty_array, invalid_value, missing_parameter, shown_name
 from shared.http import parse_model
 from shared.jsonutil import dumps
 from shared.protocol import passed_on, tool_results_without_call, unanswered_call, unanswered_tool_result
@@ -300,7 +300,7 @@ def _part(part: dict[str, Any], at: str) -> dict[str, Any]:
     if kind == "input_file":
         return _file(part, at)
     raise invalid_value(f"{at}.type", f"content parts served here are input_text, input_image and input_file, "
-                                      f"not {kind!r}")
+                                      f"not {shown_name(repr(kind))}")
 
 
 def _file(part: dict[str, Any], at: str) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from shared.ids import SECRET_PREFIX
+
 # A miner's error code for a request its model server refused itself (a 4xx: a bad parameter, more
 # tokens than the model takes). The API tells it from the miner's own failure by this code.
 MODEL_SERVER_REJECTED = "model_server_rejected"
@@ -337,7 +339,20 @@ def _is_member(part: Any) -> bool:
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc)
+    return ".".join(shown_name(p) if isinstance(p, str) else str(p) for p in loc)
+
+
+MAX_NAME_SHOWN = 64  # characters of a caller's own name an error quotes (a metadata key's most)
+_SECRET = re.compile(re.escape(SECRET_PREFIX) + r"[A-Za-z0-9_-]*")
+
+
+def shown_name(name: str) -> str:
+    """A name the caller chose (a field or query parameter it made up, a dict's key, a content part's type) as an
+    error quotes it: an API key pasted into it as ``sn1-***`` (``?sn1-...`` answered the secret back, for a proxy's or
+    a client's log to keep), and no more than ``MAX_NAME_SHOWN`` characters of it, cut with ``...`` (a field named with
+    a megabyte of text was answered with it twice, in the message and ``param``)."""
+    masked = _SECRET.sub(SECRET_PREFIX + "***", name)
+    return masked if len(masked) <= MAX_NAME_SHOWN else masked[:MAX_NAME_SHOWN] + "..."
 
 
 def parse_error(text: str) -> tuple[str | None, str]:
