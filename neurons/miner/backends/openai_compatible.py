@@ -407,7 +407,7 @@ class OpenAICompatibleBackend:
                     if refused and (again := self._refusals.resent(sent, message)) is not None:
                         sent = again  # ends: each time a field named goes
                         continue
-                    if not refused:
+                    if not refused and r.status != RATE_LIMITED:
                         self._watch.failed_chat()  # is it down? (a proxy's 502 for a server gone, a key revoked)
                     raise BackendError(f"upstream HTTP {r.status}: {message[:300]}", status=refused or 502,
                                        code=MODEL_SERVER_REJECTED if refused else None)
@@ -721,6 +721,11 @@ def upstream_error(err: Any, answer: Any, where: str, *, mask: Mask | None = Non
     refused = refusal_status(status, message)
     return BackendError(f"upstream {where} ({status or 'no status'}): {message[:300]}",
                         status=refused or 502, code=MODEL_SERVER_REJECTED if refused else None)
+
+
+# A model server's 429: it is there, past its rate limit (a hosted one's, drawn by a flood of callers). No outage to
+# look for: a listing woken by each spent the same limit, and two 429 listings took the server as down (``ServerWatch``).
+RATE_LIMITED = 429
 
 
 def refusal_status(status: int | None, message: str) -> int | None:
