@@ -186,7 +186,7 @@ def _add_item(messages: list[dict[str, Any]], raw: dict[str, Any], at: str) -> N
     model = ITEMS.get(kind or "")
     if model is None:
         raise invalid_value(f"{at}.type", f"input items served here are {', '.join(ITEMS)}, item_reference "
-                                          f"(and reasoning and web_search_call, skipped); not {kind!r}")
+                                          f"(and reasoning and web_search_call, skipped); not {shown_name(repr(kind))}")
     item = parse_model(model, raw, at=at)
     last = messages[-1] if messages else None
     turn = last if last is not None and last["role"] == "assistant" else None  # the assistant turn going on
@@ -320,7 +320,7 @@ def _joined_text(parts: list[dict[str, Any]], at: str) -> str:
     for i, part in enumerate(parts):
         kind = _type_of(part, f"{at}.{i}")
         if kind not in TEXT_PARTS and kind != "refusal":
-            raise invalid_value(f"{at}.{i}.type", f"only text parts are served here, not {kind!r}")
+            raise invalid_value(f"{at}.{i}.type", f"only text parts are served here, not {shown_name(repr(kind))}")
         texts.append(_text_of(part, f"{at}.{i}", field="refusal" if kind == "refusal" else "text"))
     return "".join(texts)
 

@@ -24,7 +24,7 @@ from api.context import CTX, ApiContext
 from api.fanout import ping, settle, start_race
 from api.race import MinerRun, Race
 from api.selection import select_miners
-from shared.errors import ApiError
+from shared.errors import ApiError, shown_name
 from shared.http import json_response, parse_model, read_json, refuse_query
 from shared.logging import field_value
 from shared.metagraph import Neuron
@@ -359,7 +359,7 @@ def _with_query_model(sent: Any, request: web.Request) -> Any:
     if isinstance(sent, dict):
         given += [(f"{name} in the body", sent[name]) for name in MODEL_NAMES if name in sent]
     if len({repr(value) for _, value in given}) > 1:
-        raise ApiError(400, "Two models named for one session: " + ", ".join(f"{where} {value!r}" for where, value in
+        raise ApiError(400, "Two models named for one session: " + ", ".join(f"{where} {shown_name(repr(value))}" for where, value in
                        given) + ". Name it once.", code="invalid_value", param=given[0][0].split()[0])
     if not given or not isinstance(sent, dict):
         return sent

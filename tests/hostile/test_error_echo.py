@@ -38,6 +38,10 @@ async def test_a_secret_in_a_name_is_never_answered_back(tmp_path: Path) -> None
             ("POST", "/v1/chat/completions", {"model": "m", "messages": CHAT, "metadata": {secret: "v" * 600}}, None),
             ("POST", "/v1/responses", {"model": "m", "input": [{"role": "user", "content": [
                 {"type": secret, "text": "x"}]}]}, None),
+            ("POST", "/v1/responses", {"model": "m", "input": [{"type": secret}]}, None),
+            ("POST", "/v1/responses", {"model": "m", "input": [{"role": "assistant", "content": [
+                {"type": secret, "text": "x"}]}]}, None),
+            ("POST", "/v1/sessions?model_id=m", {"model": secret}, None),  # the model named twice
         ):
             error, _ = await refused(api, method, path, body, headers)
             assert secret not in str(error) and secret[4:12] not in str(error), (path, error)
@@ -51,6 +55,7 @@ async def test_a_huge_name_is_named_in_a_few_characters(tmp_path: Path) -> None:
             ("POST", "/v1/responses", {"model": "m", "input": [{"role": "user", "content": [
                 {"type": HUGE, "text": "x"}]}]}, None),
             ("GET", "/v1/usage", {HUGE: 1}, None),  # a body on a route that reads none
+            ("POST", "/v1/sessions?model_id=m", {"model": HUGE}, None),
         ):
             error, size = await refused(api, method, path, body, headers)
             assert size < 1000, (path, size, str(error)[:200])
