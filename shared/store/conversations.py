@@ -191,8 +191,7 @@ class SQLiteConversationStore(SQLiteTables):
     label = "sqlite conversations"
 
     def __init__(self, path: str | Path) -> None:
-        super().__init__(path, SCHEMA)
-        add_columns(self._db, "conversations", LAST_COLUMN)
+        super().__init__(path, SCHEMA, migrate=lambda db: add_columns(db, "conversations", LAST_COLUMN))
         self._next_purge = 0.0  # per instance (per worker): when this one next deletes expired conversations
 
     async def create(self, key_id: str, conversation: Conversation, items: list[str], *, retention: float) -> None:

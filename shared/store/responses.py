@@ -293,6 +293,12 @@ EXTEND_ANCESTORS = f"""WITH RECURSIVE up(id, n) AS (SELECT ?, 0
     WHERE key_id = ?4 AND expires_at < ?3 AND id IN (SELECT id FROM up)"""
 
 
+def _add_part_columns(db: sqlite3.Connection) -> None:
+    """A responses table made by an earlier release gains its parts' columns and their index."""
+    add_columns(db, "stored_responses", PART_COLUMNS)
+    db.execute(PART_INDEX)
+
+
 class SQLiteResponseStore(SQLiteTables):
     """A row per response: its part (``data``), its ``prev`` and its expiry, which its ancestors' rows are extended
     to when it is written (an ancestor lives as long as its longest-living descendant, and the bounded purge by
@@ -301,9 +307,7 @@ class SQLiteResponseStore(SQLiteTables):
     label = "sqlite responses"
 
     def __init__(self, path: str | Path) -> None:
-        super().__init__(path, SCHEMA)
-        add_columns(self._db, "stored_responses", PART_COLUMNS)
-        self._db.execute(PART_INDEX)
+        super().__init__(path, SCHEMA, migrate=_add_part_columns)
         self._next_purge = 0.0  # per instance (per worker): when this one next deletes expired rows
 
     async def put(self, key_id: str, response_id: str, data: str, *, retention: float,

@@ -21,6 +21,7 @@ import json
 import sqlite3
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -145,8 +146,9 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len("sqlite:///"):])
 
 
-def _connect(path: Path, synchronous: str, schema: str = "") -> sqlite3.Connection:
-    db = open_db(path, synchronous=synchronous, schema=schema)
+def _connect(path: Path, synchronous: str, schema: str = "",
+             migrate: Callable[[sqlite3.Connection], None] | None = None) -> sqlite3.Connection:
+    db = open_db(path, synchronous=synchronous, schema=schema, migrate=migrate)
     db.create_function("window_charge", 4, window_charge_sql, deterministic=True)
     return db
 
@@ -212,8 +214,7 @@ class SQLiteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _errors():
-            self.admin = _connect(self.path, "FULL", SCHEMA)
-            _add_columns(self.admin)
+            self.admin = _connect(self.path, "FULL", SCHEMA, _add_columns)
             self.db = _connect(self.path, "NORMAL")
         self._waiting: list[Waiter] = []
         self._next_usage_prune = 0.0  # the first flush prunes

@@ -108,7 +108,7 @@ await run({
     const invalid = await raised(client().chat.completions.create({ model: "default", messages: user("x"),
       temperature: 9 }));
     assert.ok(invalid instanceof OpenAI.BadRequestError);
-    assert.deepEqual([invalid.code, invalid.param, invalid.type], ["invalid_value", "temperature",
+    assert.deepEqual([invalid.code, invalid.param, invalid.type], ["decimal_above_max_value", "temperature",
       "invalid_request_error"]);
     assert.ok(invalid.requestID);
   },
