@@ -137,7 +137,9 @@ def missing_tool_id(messages: list[Any]) -> PydanticCustomError | None:
             return openai_refusal("Missing parameter 'tool_call_id': messages with role 'tool' must have a "
                                   "'tool_call_id'.", f"messages.[{i}].tool_call_id")
         calls = message.get("tool_calls")
-        for j, call in enumerate(calls if isinstance(calls, list) else []):
+        if not isinstance(calls, list):  # nearly every message: no list to walk
+            continue
+        for j, call in enumerate(calls):
             if isinstance(call, dict) and call.get("id") is None:
                 return missing_refusal(f"messages[{i}].tool_calls[{j}].id")
     return None
@@ -408,6 +410,8 @@ class ChatCompletionRequest(BaseModel):
         message), and each tool message answers a call of the assistant message its turn follows: OpenAI's 400s,
         in its words (``openai_refusal``), the first in the conversation. A call left unanswered asked the miners'
         models to go on without its result, and they answered anyway."""
+        if not any(m.tool_calls or m.role == "tool" for m in v):
+            return v  # no call made and no result sent (nearly every request): nothing to pair
         turns = [(m.role, m.tool_calls, m.tool_call_id) for m in v]
         orphan, unanswered = unanswered_tool_result(turns, in_turn=True), unanswered_call(turns, in_turn=True)
         if unanswered is not None and (orphan is None or unanswered[0] < orphan[0]):
