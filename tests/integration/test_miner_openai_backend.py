@@ -650,3 +650,16 @@ async def test_each_attempt_of_a_truncated_background_response_has_its_access_li
                 assert " truncated=" not in races[0], "the first race was asked with the conversation as sent"
     finally:
         logger.remove(handler)
+
+
+async def test_an_upstream_url_that_does_not_parse_fails_each_request_not_the_start() -> None:
+    """The chat URL is parsed once, at construction: one that does not parse (a port out of range) is still each
+    request's 502 saying why, as when aiohttp parsed it at every request, not a backend that cannot be made."""
+    backend = OpenAICompatibleBackend("http://127.0.0.1:99999/v1", serve_models=[MODEL])
+    await backend.start()
+    try:
+        with pytest.raises(BackendError) as refused:
+            await backend.complete_raw({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+        assert refused.value.status == 502 and "upstream failed" in str(refused.value)
+    finally:
+        await backend.close()
