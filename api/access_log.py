@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -32,28 +33,46 @@ from shared.http import CLIENT_GONE, ERROR_CODE, answered_status, route_path
 from shared.ids import request_id_from
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-REQUEST_ID = web.RequestKey("sn1_request_id", str)
-_LOGGED = web.RequestKey("sn1_access_logged", bool)
-_ENDED_WITH = web.RequestKey("sn1_ended_with", str)
-_FAILED_WITH = web.RequestKey("sn1_failed_with", str)  # the code of the HTTP error it ended with (``failed_with``)
-_HELD = web.RequestKey("sn1_access_held", tuple)  # a line not written yet (``hold``): its maker and status
-_CUTS = web.RequestKey("sn1_access_cuts", int)  # times the conversation was cut (``note_cuts``)
 _KIND = "access_log_kind"  # a handler's attribute: the word its lines start with (``chat``)
 SHUT_DOWN = "shut_down"  # the status word of a request this process's stop cut (its caller did not leave)
 
 
+@dataclass(slots=True)
+class Access:
+    """What the access log keeps of one request while it runs, in one object set where the request comes in
+    (``access_log_middleware``). Kept as a request key each, most of them were read where they had never been set
+    (a chat request's end asks whether it ended with an error and how often it was cut): each such read is a
+    ``KeyError`` raised and caught inside aiohttp's ``Mapping.get``, about 4 K instructions."""
+
+    rid: str  # the request's id (``request_id``)
+    logged: bool = False  # the handler wrote its line (``write``)
+    ended_with: str | None = None  # ``ended_with``
+    failed_with: str | None = None  # the code of the HTTP error it ended with (``failed_with``)
+    held: tuple[Callable[[str], str], str] | None = None  # a line not written yet (``hold``): its maker and status
+    cuts: int = 0  # times the conversation was cut (``note_cuts``)
+
+
+_ACCESS = web.RequestKey("sn1_access", Access)
+
+
+def access_of(request: web.Request) -> Access:
+    """The request's ``Access``; made here for a request that did not come in through the middleware (a test's)."""
+    try:
+        return request[_ACCESS]
+    except KeyError:
+        access = request[_ACCESS] = Access(request_id_from(request.headers))
+        return access
+
+
 def request_id(request: web.Request) -> str:
-    """The request's id, chosen once: the caller's ``x-request-id`` when usable, else a new one."""
-    rid = request.get(REQUEST_ID)
-    if rid is None:
-        rid = request[REQUEST_ID] = request_id_from(request.headers)
-    return rid
+    """The request's id, chosen once as it comes in: the caller's ``x-request-id`` when usable, else a new one."""
+    return access_of(request).rid
 
 
 def write(request: web.Request, line: str) -> None:
     """The handler's own line for this request (the middleware then writes none)."""
     request.app[CTX].request_log.write(line)
-    request[_LOGGED] = True
+    access_of(request).logged = True
 
 
 def answer_line(kind: str, rid: str, key_id: str, uids: list[int], winner: int | None, *, stream: bool | None,
@@ -95,48 +114,49 @@ def ended_with(request: web.Request, code: str) -> None:
     """The request ended with ``code`` after its race had an answer: a stream, sent with a 200, ended with that
     error in place of its answer's end (a Responses turn its conversation could not take: ``response.failed``),
     or a background turn was settled so (``hold``). Its line says ``status=<code>``, not ``ok``."""
-    request[_ENDED_WITH] = code
+    access_of(request).ended_with = code
 
 
 def failed_with(request: web.Request, code: str | None) -> None:
     """The request ended with the HTTP error of ``code`` where no race's line named it (a background turn whose web
     search failed): the line held for it (``hold``) names it, ``status=error code=<code>``, as a race's does."""
     if code:
-        request[_FAILED_WITH] = code
+        access_of(request).failed_with = code
 
 
 def failure(request: web.Request) -> str | None:
     """The code ``failed_with`` noted, if any."""
-    return request.get(_FAILED_WITH)
+    return access_of(request).failed_with
 
 
 def ending(request: web.Request) -> str | None:
     """The code a request ended with after its race (``ended_with``), if any."""
-    return request.get(_ENDED_WITH)
+    return access_of(request).ended_with
 
 
 def note_cuts(request: web.Request, cuts: int) -> None:
     """The request's conversation was cut ``cuts`` times so far (``truncation: "auto"``): its next race's line says
     ``truncated=<cuts>``, and an operator tells the shortened attempts from the one asked as sent."""
-    request[_CUTS] = cuts
+    access_of(request).cuts = cuts
 
 
 def cuts_of(request: web.Request) -> int:
     """How many times the request's conversation was cut before its current race (``note_cuts``); 0 for most."""
-    return request.get(_CUTS, 0)
+    return access_of(request).cuts
 
 
 def hold(request: web.Request, line: Callable[[str], str], status: str) -> None:
     """Keep a request's line (``line(status)`` makes it) until its outcome is known: a background Responses turn
     is settled after its race, and written at the race's end its line said ``status=ok`` for a turn the store
     then failed. ``release`` writes it."""
-    request[_HELD] = (line, status)
+    access_of(request).held = (line, status)
 
 
 def release(request: web.Request) -> None:
     """Write the held line (if any, once), saying how the request ended (``ended_with``) when that is known, else
     the status it was held with."""
-    held = request.pop(_HELD, None)
+    access = access_of(request)
+    held, access.held = access.held, None
     if held is not None:
         line, status = held
         write(request, line(ending(request) or status) if request.app[CTX].request_log.enabled else "")
@@ -144,7 +164,7 @@ def release(request: web.Request) -> None:
 
 def logged(request: web.Request) -> bool:
     """Whether the handler wrote this request's line already."""
-    return bool(request.get(_LOGGED))
+    return access_of(request).logged
 
 
 def access_logged(kind: str) -> Callable[[Handler], Handler]:
@@ -162,23 +182,24 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
     """Outside ``error_middleware``: sees the status the caller got, and a client's leaving (499)."""
     started = time.perf_counter()
     status = CLIENT_GONE
+    access = request[_ACCESS] = Access(request_id_from(request.headers))
     try:
         response = await handler(request)
         status = response.status
         if not response.prepared:  # a stream's handler names its id itself, before its headers go
-            response.headers.setdefault("x-request-id", request_id(request))
+            response.headers.setdefault("x-request-id", access.rid)
         return response
     except BaseException as e:
         status = answered_status(e)
         if isinstance(e, web.HTTPException):  # a redirect, or an error error_middleware did not turn into a response
-            e.headers.setdefault("x-request-id", request_id(request))
+            e.headers.setdefault("x-request-id", access.rid)
         raise
     finally:
-        if not logged(request):
-            _line(request, started, status)
+        if not access.logged:
+            _line(request, access.rid, started, status)
 
 
-def _line(request: web.Request, started: float, status: int) -> None:
+def _line(request: web.Request, rid: str, started: float, status: int) -> None:
     """The line of a request whose handler wrote none; the route's pattern, never its path (admin
     paths carry an API key, and an unknown path is whatever a client sent)."""
     kind = getattr(request.match_info.handler, _KIND, None)
@@ -187,6 +208,6 @@ def _line(request: web.Request, started: float, status: int) -> None:
     code = request.get(ERROR_CODE) if status != CLIENT_GONE else "client_closed_request"
     if status == CLIENT_GONE and cut_by_stop(request):  # not its caller: this process's stop ended its stream
         said, code = SHUT_DOWN, request.get(ERROR_CODE)
-    write(request, f"{kind or 'http'} rid={request_id(request)} key={caller_name(request)}{where} "
+    write(request, f"{kind or 'http'} rid={rid} key={caller_name(request)}{where} "
                    f"status={said} code={code} latency_ms={(time.perf_counter() - started) * 1000:.1f}")
 

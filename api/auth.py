@@ -291,9 +291,12 @@ async def add_rate_limit_headers(request: web.Request, response: web.StreamRespo
     """``on_response_prepare``: every response to a charged request reports the key's limit (and its
     daily token limit, for a key that has one, as OpenAI's ``x-ratelimit-*-tokens``)."""
     decision = request.get(RATE_DECISION)
-    if decision is not None:
-        response.headers.update(rate_limit_headers(decision))
-    budget = request.get(TOKEN_BUDGET)
+    if decision is None:  # not charged: nor given a token budget, which only a charged request is
+        return
+    response.headers.update(rate_limit_headers(decision))
+    # asked only of a key with a daily token limit (a KeyError inside aiohttp's ``get`` costs the others 4 K
+    # instructions a request): a charged request has its key's record
+    budget = request.get(TOKEN_BUDGET) if request[KEY_RECORD].daily_token_limit is not None else None
     if budget is not None:
         response.headers.update({"x-ratelimit-limit-tokens": str(budget.limit),
                                  "x-ratelimit-remaining-tokens": str(budget.remaining),

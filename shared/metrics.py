@@ -175,7 +175,7 @@ def metrics_middleware(http: HttpMetrics, errors: ErrorCodes | None = None) -> A
     def on_end(request: web.Request, status: int, seconds: float) -> None:
         route = route_label(request)
         http.observe(route, request.method, status, seconds)
-        if errors is not None:
+        if errors is not None and status >= 400:  # the code asked of an error only: most requests set none
             errors.observe(route, status, request.get(BODY_CODE))
 
     return observed(on_end)
