@@ -241,21 +241,29 @@ class MinerRun:
         thinking, text, refusal and calls) and ``UNSEEN_TOKENS``. A token is a byte at least: a miner's count past
         that was charged to the caller's key whole (ten million tokens a count, a day's token limit spent by one
         answer of "Hi")."""
-        if self.usage is None or self.prompt_most is None:
-            return self.usage
-        prompt = min(self.usage["prompt_tokens"], self.prompt_most)
-        completion = min(self.usage["completion_tokens"], self.output_bytes() + UNSEEN_TOKENS * (1 + len(self.tool_calls)))
-        out = self.usage | {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        usage, most = self.usage, self.prompt_most
+        if usage is None or most is None:
+            return usage
+        prompt = usage["prompt_tokens"]
+        if prompt > most:
+            prompt = most
+        completion = usage["completion_tokens"]
+        unseen = UNSEEN_TOKENS * (1 + len(self.tool_calls))
+        if completion > unseen:  # at most the unseen tokens: within the bound whatever the answer's bytes
+            completion = min(completion, self.output_bytes() + unseen)
+        out = usage | {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         # a details group's counts are of its count's tokens: none is more (a miner's cached_tokens of ten million)
-        for group, most in zip(USAGE_DETAILS, (prompt, completion), strict=True):
-            if group in out:
-                out[group] = {name: min(n, most) for name, n in out[group].items()}
+        if len(out) > 3:  # a details group, or ``estimated``: most miners' usage has neither
+            for group, most in zip(USAGE_DETAILS, (prompt, completion), strict=True):
+                if group in out:
+                    out[group] = {name: min(n, most) for name, n in out[group].items()}
         return out
 
     def output_bytes(self) -> int:
-        """The UTF-8 bytes of what the model wrote: its thinking, its text, a refusal, its calls' names and arguments."""
-        calls = (c["function"]["name"] + c["function"]["arguments"] for c in self.tool_calls.values())
-        return sum(len(p.encode()) for p in (*self.reasoning, *self.content, *self.refusal, *calls))
+        """The UTF-8 bytes of what the model wrote: its thinking, its text, a refusal, its calls' names and arguments
+        (the bytes of the parts joined are the sum of each part's: one encode, not one a chunk)."""
+        calls = [c["function"]["name"] + c["function"]["arguments"] for c in self.tool_calls.values()]
+        return len("".join((*self.reasoning, *self.content, *self.refusal, *calls)).encode())
 
     def envelope(self, obj: dict[str, Any]) -> bool:
         """Put a miner's chunk in the answer's envelope: its ``id`` and ``created`` (``completion_id``), its ``object``,
