@@ -166,11 +166,21 @@ class OutboxForwarder:
         return done
 
     async def _commit_soon(self, delay: float = GROUP_COMMIT_SECONDS) -> None:
+        """The group commit, ``delay`` from now; a committer cancelled while it waits still commits its group. One
+        closed unrun (its task dropped with its event loop, as a test's teardown may) commits nothing: nothing can
+        be awaited then, and a failed commit's retry found no loop to run on (a RuntimeError the interpreter
+        printed as an unraisable exception)."""
         try:
             await asyncio.sleep(delay)
-        finally:
+        except GeneratorExit:
+            self._committer = None
+            raise
+        except BaseException:
             self._committer = None
             await self._commit()
+            raise
+        self._committer = None
+        await self._commit()
 
     async def _commit(self, *, final: bool = False) -> None:
         group, self._pending = self._pending, []

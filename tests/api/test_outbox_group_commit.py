@@ -106,3 +106,36 @@ async def test_redis_group_is_one_round_trip_per_put_group_in_order() -> None:
         await box.r.delete(box.key, box.dropped_key, box.bytes_key, box.sizes_key, box.full_key, box.recounted_key,
                            box.failed_key)  # every key it writes: the run of drops' too (it was left in Redis)
         await box.close()
+
+
+def test_a_committer_dropped_with_its_event_loop_leaves_no_unraisable_error(tmp_path) -> None:
+    """A forwarder whose group commit was still waiting when its event loop went (a test's teardown; a worker's
+    loop closed without the forwarder's stop) was closed by the garbage collector: its ``finally`` committed then,
+    on a store already closed, and the failed commit's retry asked for a loop that was gone. Python printed the
+    RuntimeError as "Exception ignored in: <coroutine OutboxForwarder._commit_soon>" (seen in CI's run, credited to
+    whichever test the collector ran in)."""
+    import gc
+    import sys
+
+    from shared.store.outbox import SQLiteOutbox
+
+    box = SQLiteOutbox(tmp_path / "outbox.db")
+    loop = asyncio.new_event_loop()
+
+    async def queue_one() -> OutboxForwarder:
+        fwd = OutboxForwarder(box, None, UNUSED_URL, "hk", rng=random.Random(1))  # type: ignore[arg-type]
+        fwd.enqueue({"n": 1})  # its committer now waits GROUP_COMMIT_SECONDS
+        return fwd
+
+    fwd = loop.run_until_complete(queue_one())
+    loop.run_until_complete(box.close())
+    loop.close()  # the committer's task is still pending
+    asyncio.set_event_loop(None)  # as an asyncio test's teardown leaves the thread: no loop to be had
+    caught: list[object] = []
+    hook, sys.unraisablehook = sys.unraisablehook, caught.append
+    try:
+        del fwd, loop
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert not caught, [getattr(c, "exc_value", c) for c in caught]
