@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from loguru import logger
 
 from shared.metagraph import Neuron
+from shared.store.outage import RECOVERED
 
 # An answer, even one the caller cannot use: the miner is up and talking sense. ``not_served`` (404
 # model_not_found: availability's business, per model), ``refused`` (its model server refused the caller's
@@ -85,7 +86,8 @@ class MinerHealth:
     def _answered(self, uid: int) -> None:
         rec = self.records.pop(uid, None)
         if rec is not None and self.aside.pop(uid, None) is not None:
-            logger.info("uid {} answers again: back in rotation after {:.0f} s set aside", uid,
+            # as every run's end (``shared.store.outage.RECOVERED``): the run's first words, ``uid N set aside``, after it
+            logger.info("{}uid {} set aside: it answers again, back in rotation after {:.0f} s", RECOVERED, uid,
                         self._clock() - rec.since)
 
     def _set_aside(self, uid: int, rec: Record) -> None:

@@ -188,3 +188,22 @@ def test_recording_costs_well_under_a_microsecond_or_two() -> None:
     mixed = min(mixed_round() for _ in range(5))
     print(f"record: {answered * 1e9:.0f} ns (no miner failing), {mixed * 1e9:.0f} ns (one set aside)")
     assert answered < 5e-6 and mixed < 5e-6  # generous: a loaded 2-core CI host
+
+
+def test_a_miner_back_in_rotation_is_told_as_the_end_of_its_run() -> None:
+    """Its set-aside WARNING begins ``uid N set aside``; the INFO line when it answers again begins ``recovered: uid N
+    set aside``, as every run's end does (``shared.store.outage.RECOVERED``), so one log rule pairs the two. It said
+    ``uid N answers again: ...``, which no rule for the other runs' ends matched."""
+    from loguru import logger
+
+    clock, lines = Clock(), []
+    h, a = health(clock), neuron(7)
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO", format="{message}")
+    try:
+        fail(h, a, 3)
+        clock.now += 40
+        h.record(a, None)
+    finally:
+        logger.remove(sink)
+    assert lines[0].startswith("uid 7 set aside: "), lines
+    assert lines[1] == "recovered: uid 7 set aside: it answers again, back in rotation after 40 s", lines
