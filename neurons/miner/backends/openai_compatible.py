@@ -262,11 +262,11 @@ class OpenAICompatibleBackend:
             return self._advertised([m for m in listed if not NOT_CHAT.search(m)])
         wanted = self._wanted()
         missing = [m for m in wanted if m not in listed]
+        self._hint = self._alias_hint(missing, listed)
         if missing and listed and missing != self._missing:  # once per change, not every refresh
             logger.warning("UPSTREAM_MODELS names {} that the upstream does not list (it lists {}){}",
-                           ", ".join(missing), ", ".join(listed[:20]), self._alias_hint(missing, listed))
+                           ", ".join(missing), ", ".join(listed[:20]), self._hint)
         self._missing = missing
-        self._hint = self._alias_hint(missing, listed)
         return self._advertised([m for m in wanted if m in listed])
 
     def _alias_hint(self, missing: list[str], listed: list[str]) -> str:
